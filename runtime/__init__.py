@@ -1,0 +1,1 @@
+"""dbspec.runtime: executes a Plan. The only package that imports torch, diffusers, accelerate and peft."""
