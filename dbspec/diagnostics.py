@@ -43,7 +43,7 @@ class Diagnostic:
 
     def sort_key(self) -> tuple:
         s = self.span
-        pos = (0, s.file, s.line, s.col) if s else (1, "", 0, 0)
+        pos = (0, s.origin == "--set", s.file, s.line, s.col) if s else (1, False, "", 0, 0)
         return (*pos, self.code, self.message)
 
 
@@ -106,7 +106,7 @@ def render_text(diagnostic: Diagnostic, sources: dict[str, str]) -> str:
                 f"{s.line} | {text}",
                 f"{gutter} | {' ' * (s.col - 1)}{'^' * width}",
             ]
-    pad = "   " if s is not None else ""
+    pad = " " * (len(str(s.line)) + 1) if s is not None else ""
     for note in d.notes:
         lines.append(f"{pad}= note: {note}")
     if d.help:

@@ -1,0 +1,228 @@
+"""Cross-field rules (DBS2xx) that need no file system: one small function each.
+
+A rule reads the structured Spec, asks `given(path)` whether the user wrote a key, and yields `Hit`s.
+`total_steps` is known when the spec gives `schedule.steps`; the compiler passes the computed count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import attrs
+
+from dbspec.spec.model import LoraAdapter, Spec
+from dbspec.spec.paths import KeyPath
+
+Given = Callable[[KeyPath], bool]
+
+
+@attrs.frozen(kw_only=True)
+class Hit:
+    code: str
+    severity: str
+    path: KeyPath
+    message: str
+    help: str = ""
+
+
+def _err(code, path, message, help=""):
+    return Hit(code=code, severity="error", path=path, message=message, help=help)
+
+
+def _warn(code, path, message, help=""):
+    return Hit(code=code, severity="warning", path=path, message=message, help=help)
+
+
+def _class_indices(spec: Spec) -> list[int]:
+    return [i for i, d in enumerate(spec.datasets) if d.role == "class"]
+
+
+def prior_without_class_data(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if _class_indices(spec):
+        return
+    for key in ("prior_weight", "prior"):
+        if given(("loss", key)):
+            yield _warn("DBS201", ("loss", key), f"loss.{key} is set but no dataset has role = \"class\"",
+                        "the prior-preservation term needs a class dataset; add one or remove this key")
+
+
+def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    stop = spec.train.text_encoder_stop_step
+    if stop and total_steps is not None and stop >= total_steps:
+        yield _err("DBS202", ("train", "text_encoder_stop_step"),
+                   f"train.text_encoder_stop_step ({stop}) is not below the run's {total_steps} steps",
+                   "use 0 to train the text encoder for the whole run, or a smaller step")
+
+
+def text_encoder_options_inert(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if spec.train.text_encoder:
+        return
+    for path in (("train", "text_encoder_stop_step"), ("optimizer", "text_encoder_lr")):
+        if given(path):
+            yield _warn("DBS206", path, f"{'.'.join(path)} has no effect: train.text_encoder is false",
+                        "set train.text_encoder = true, or remove this key")
+
+
+def interval_beyond_run(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if total_steps is None:
+        return
+    for table in ("checkpoints", "validation"):
+        every = getattr(spec, table).every
+        if every > total_steps:
+            yield _warn("DBS204", (table, "every"),
+                        f"{table}.every ({every}) is larger than the run ({total_steps} steps)",
+                        "only the end of the run will be saved/validated; lower it or use 0")
+
+
+def validation_without_prompts(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    v = spec.validation
+    if not v.prompts and (v.every or given(("validation", "every"))):
+        yield _err("DBS205", ("validation", "every"), "validation.every is set but validation.prompts is empty",
+                   "add prompts = [\"a photo of ...\"] to [validation]")
+
+
+def steps_or_epochs(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.steps and s.epochs:
+        yield _err("DBS207", ("schedule", "epochs"), "set schedule.steps or schedule.epochs, not both")
+    elif not s.steps and not s.epochs:
+        yield _err("DBS207", ("schedule",), "the run length is not set",
+                   "add steps = 800 (or epochs = 10) to [schedule]")
+
+
+def prompt_required(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.prompt:
+            continue
+        if d.captions == "prompt":
+            yield _err("DBS208", ("datasets", i), f"dataset `{d.name}` uses captions = \"prompt\" but has no prompt",
+                       "add prompt = \"a photo of ...\", or choose captions = \"textfile\" or \"filename\"")
+        elif d.generate:
+            yield _err("DBS208", ("datasets", i, "generate"), f"dataset `{d.name}` generates class images but has "
+                       "no prompt", "add prompt = \"a photo of a dog\" (the class prompt)")
+
+
+def unique_dataset_names(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    counts = Counter(d.name for d in spec.datasets)
+    seen: set[str] = set()
+    for i, d in enumerate(spec.datasets):
+        if counts[d.name] > 1 and d.name in seen:
+            yield _err("DBS209", ("datasets", i, "name"), f"dataset name `{d.name}` is used more than once",
+                       "give every [[datasets]] a unique name")
+        seen.add(d.name)
+
+
+def needs_instance_dataset(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if spec.datasets and not any(d.role == "instance" for d in spec.datasets):
+        yield _err("DBS210", ("datasets",), "no dataset has role = \"instance\"",
+                   "DreamBooth needs images of the subject: add a [[datasets]] with role = \"instance\"")
+
+
+def warmup_with_constant(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.warmup_steps and s.lr_schedule == "constant":
+        yield _warn("DBS211", ("schedule", "warmup_steps"), "warmup_steps has no effect with lr_schedule = \"constant\"",
+                    "use lr_schedule = \"constant_with_warmup\"")
+
+
+def quantize_needs_frozen_base(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    lora = isinstance(spec.adapter, LoraAdapter)
+    p = spec.precision
+    if p.quantize_unet != "none" and spec.train.unet and not lora:
+        yield _err("DBS212", ("precision", "quantize_unet"), "a fully fine-tuned UNet cannot be quantised",
+                   "quantisation is for the frozen base of LoRA runs: set adapter.kind = \"lora\"")
+    if p.quantize_text_encoder != "none" and spec.train.text_encoder and not lora:
+        yield _err("DBS212", ("precision", "quantize_text_encoder"),
+                   "a fully fine-tuned text encoder cannot be quantised", "set adapter.kind = \"lora\"")
+
+
+def text_cache_while_training_te(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
+        yield _warn("DBS213", ("cache", "text_embeddings"), "text embeddings cannot be cached while the text "
+                    "encoder trains; it is cached only after train.text_encoder_stop_step, if any")
+
+
+def generate_only_for_class(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.generate and d.role != "class":
+            yield _err("DBS214", ("datasets", i, "generate"), f"dataset `{d.name}` is an instance dataset; "
+                       "only class datasets generate images", "set role = \"class\", or remove generate")
+
+
+def lora_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if isinstance(spec.adapter, LoraAdapter) and spec.optimizer.lr < 1e-5:
+        where = "is" if given(("optimizer", "lr")) else "defaults to"
+        yield _warn("DBS215", ("optimizer", "lr"), f"optimizer.lr {where} {spec.optimizer.lr:g}, very low for LoRA",
+                    "LoRA usually trains at 5e-5 to 2e-4, e.g. lr = 1e-4")
+
+
+def inert_loss_options(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if given(("loss", "huber_delta")) and spec.loss.kind != "huber":
+        yield _warn("DBS216", ("loss", "huber_delta"), "loss.huber_delta has no effect unless loss.kind = \"huber\"")
+    if given(("optimizer", "momentum")) and spec.optimizer.kind != "sgd":
+        yield _warn("DBS216", ("optimizer", "momentum"), "optimizer.momentum is only used by kind = \"sgd\"")
+    if given(("precision", "bf16_fallback")) and spec.precision.mixed != "bf16":
+        yield _warn("DBS216", ("precision", "bf16_fallback"), "precision.bf16_fallback applies only to mixed = \"bf16\"")
+
+
+def something_trains(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if not spec.train.unet and not spec.train.text_encoder:
+        yield _err("DBS217", ("train",), "nothing trains: train.unet and train.text_encoder are both false")
+
+
+def bucket_bounds(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    b = spec.buckets
+    if b.min_size and b.max_size and b.min_size > b.max_size:
+        yield _err("DBS218", ("buckets", "min_size"), f"buckets.min_size ({b.min_size}) exceeds max_size ({b.max_size})")
+    if b.step % 8:
+        yield _err("DBS218", ("buckets", "step"), f"buckets.step ({b.step}) must be a multiple of 8",
+                   "the VAE downsamples by 8; use 64 (kohya's default) or 32")
+    if b.no_upscale and (given(("buckets", "min_size")) or given(("buckets", "max_size"))):
+        yield _warn("DBS218", ("buckets", "no_upscale"), "min_size/max_size are ignored with no_upscale = true")
+    for i, d in enumerate(spec.datasets):
+        if d.resolution % 8:
+            yield _err("DBS218", ("datasets", i, "resolution"), f"resolution {d.resolution} is not a multiple of 8")
+
+
+def two_betas(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    betas = spec.optimizer.betas
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        yield _err("DBS219", ("optimizer", "betas"), f"optimizer.betas must be two numbers in [0, 1); found {betas}")
+
+
+def one_mask_source(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.masks and d.mask_from_alpha:
+            yield _err("DBS221", ("datasets", i, "mask_from_alpha"),
+                       f"dataset `{d.name}` sets both masks and mask_from_alpha", "choose one mask source")
+
+
+def exports_match_adapter(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    lora = isinstance(spec.adapter, LoraAdapter)
+    for fmt in spec.checkpoints.exports:
+        if fmt == "single_file" and lora:
+            yield _err("DBS222", ("checkpoints", "exports"), "single_file exports full-model runs; this is a LoRA run",
+                       "use exports = [\"kohya_lora\"]")
+        if fmt == "kohya_lora" and not lora:
+            yield _err("DBS222", ("checkpoints", "exports"), "kohya_lora exports LoRA runs; this is a full fine-tune",
+                       "use exports = [\"single_file\"]")
+
+
+def zero_snr_needs_v(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if spec.loss.zero_terminal_snr and spec.model.prediction == "epsilon":
+        yield _warn("DBS223", ("loss", "zero_terminal_snr"), "zero terminal SNR with epsilon prediction: the model "
+                    "cannot predict noise at the final step", "use model.prediction = \"v_prediction\"")
+
+
+RULES = (
+    prior_without_class_data, text_encoder_stop_beyond_run, text_encoder_options_inert, interval_beyond_run,
+    validation_without_prompts, steps_or_epochs, prompt_required, unique_dataset_names, needs_instance_dataset,
+    warmup_with_constant, quantize_needs_frozen_base, text_cache_while_training_te, generate_only_for_class,
+    lora_learning_rate, inert_loss_options, something_trains, bucket_bounds, two_betas, one_mask_source,
+    exports_match_adapter, zero_snr_needs_v,
+)
+
+
+def run_rules(spec: Spec, given: Given, total_steps: int | None) -> list[Hit]:
+    return [hit for rule in RULES for hit in rule(spec, given, total_steps)]

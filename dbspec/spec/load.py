@@ -1,0 +1,185 @@
+"""Reading spec text: tomli for values, the span index for positions, `--set` overrides on top."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli
+
+from dbspec.diagnostics import Diagnostic, Span, error
+from dbspec.spec.paths import KeyPath, dotted
+from dbspec.spec.spans import SpanIndex, build_span_index
+
+OVERRIDES_FILE = "<--set>"
+
+
+@attrs.frozen(kw_only=True)
+class RawSpec:
+    """The TOML data as written, with where each key came from."""
+
+    file: str  # the spec path as the user gave it (used in messages)
+    path: Path  # absolute path of the spec file
+    data: dict
+    spans: SpanIndex
+    override_spans: dict  # KeyPath -> Span of the `--set` that wrote it
+    sources: dict  # file label -> text, for rendering source lines
+
+    def key_span(self, path: KeyPath) -> Span | None:
+        return self.override_spans.get(path) or self.spans.key(path) or self.spans.nearest(path)
+
+    def value_span(self, path: KeyPath) -> Span | None:
+        return self.override_spans.get(path) or self.spans.value(path) or self.key_span(path)
+
+    def given(self, path: KeyPath) -> bool:
+        """Did the user write this key (in the file or with --set)?"""
+        node: Any = self.data
+        for part in path:
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    return False
+            elif not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+
+def read_text(path: Path, label: str) -> tuple[str | None, list[Diagnostic]]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, [error("DBS002", f"spec file `{label}` does not exist", help="check the path")]
+    except (IsADirectoryError, PermissionError, OSError) as exc:
+        return None, [error("DBS002", f"cannot read spec file `{label}`: {exc.strerror or exc}")]
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        span = Span(file=label, line=line, col=col, end_line=line, end_col=col + 1)
+        return None, [error("DBS003", "spec file is not valid UTF-8", span=span,
+                            help="save the file as UTF-8 (TOML files must be UTF-8)")]
+
+
+def parse_toml(text: str, label: str) -> tuple[dict | None, list[Diagnostic]]:
+    try:
+        return tomli.loads(text), []
+    except tomli.TOMLDecodeError as exc:
+        line, col = getattr(exc, "lineno", 1) or 1, getattr(exc, "colno", 1) or 1
+        message = getattr(exc, "msg", str(exc))
+        span = Span(file=label, line=line, col=col, end_line=line, end_col=col + 1)
+        return None, [error("DBS001", f"TOML syntax error: {_lower_first(message)}", span=span,
+                            help=_syntax_help(text, line))]
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _syntax_help(text: str, line: int) -> str:
+    lines = text.splitlines()
+    src = lines[line - 1] if 0 < line <= len(lines) else ""
+    if re.match(r"^\s*[\w.-]+\s*=\s*[A-Za-z_][\w./:-]*\s*(#.*)?$", src) and not re.search(
+        r"=\s*(true|false|inf|nan)\b", src
+    ):
+        return "strings need quotes: key = \"value\""
+    if src.count('"') % 2 == 1:
+        return "a string is not closed; add the missing quote"
+    return "see https://toml.io for the syntax"
+
+
+def load_spec_file(path: Path, label: str, overrides: list[str]) -> tuple[RawSpec | None, list[Diagnostic]]:
+    text, diags = read_text(path, label)
+    if text is None:
+        return None, diags
+    data, diags = parse_toml(text, label)
+    sources = {label: text}
+    if data is None:
+        return None, diags
+    override_spans, diags = apply_overrides(data, overrides)
+    if overrides:
+        sources[OVERRIDES_FILE] = "\n".join(overrides)
+    raw = RawSpec(file=label, path=path.resolve(), data=data, spans=build_span_index(text, label),
+                  override_spans=override_spans, sources=sources)
+    return raw, diags
+
+
+_SEGMENT = re.compile(r"([A-Za-z0-9_-]+)((?:\[\d+\])*)")
+
+
+def parse_override_key(key: str) -> KeyPath | None:
+    """"datasets[0].repeats" or "datasets.0.repeats" -> ("datasets", 0, "repeats")."""
+    path: list = []
+    for segment in key.split("."):
+        if segment.isdigit():
+            path.append(int(segment))
+            continue
+        m = _SEGMENT.fullmatch(segment)
+        if not m:
+            return None
+        path.append(m.group(1))
+        path += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
+    return tuple(path) if path and isinstance(path[0], str) else None
+
+
+def parse_override_value(text: str) -> tuple[Any, bool]:
+    """Parse as a TOML value; a bare word that is not TOML (a path, a hub id) is taken as a string."""
+    try:
+        return tomli.loads(f"v = {text}")["v"], True
+    except tomli.TOMLDecodeError:
+        bare = bool(text) and not re.search(r"[\"'\[\]{}=,\s]", text) and not text[0].isdigit()
+        return (text, True) if bare else (None, False)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Diagnostic]]:
+    spans: dict = {}
+    diags: list[Diagnostic] = []
+    for line, item in enumerate(overrides, start=1):
+        key, eq, value_text = item.partition("=")
+        key = key.strip()
+        whole = Span(file=OVERRIDES_FILE, line=line, col=1, end_line=line, end_col=len(item) + 1, origin="--set")
+        path = parse_override_key(key) if eq else None
+        if path is None:
+            diags.append(error("DBS004", f"cannot read override `{item}`", span=whole,
+                               help="write --set table.key=value, e.g. --set optimizer.lr=2e-6"))
+            continue
+        value, ok = parse_override_value(value_text.strip())
+        if not ok:
+            diags.append(error("DBS004", f"the value of override `{key}` is not a TOML value", span=whole,
+                               help=f"quote strings: --set '{key}=\"...\"'"))
+            continue
+        problem = _assign(data, path, value)
+        if problem:
+            diags.append(error("DBS004", f"cannot apply override `{key}`: {problem}", span=whole))
+            continue
+        start = len(key) + 2
+        spans[path] = attrs.evolve(whole, col=start if start <= len(item) else 1)
+    return spans, diags
+
+
+def _assign(data: dict, path: KeyPath, value: Any) -> str:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return f"{dotted(path[: i + 1])} does not exist"
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            return f"{dotted(path[:i])} is not a table"
+        if part not in node:
+            if isinstance(nxt, int):
+                return f"{dotted(path[: i + 1])} does not exist"
+            node[part] = {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            return f"{dotted(path)} does not exist"
+    elif not isinstance(node, dict):
+        return f"{dotted(path[:-1])} is not a table"
+    node[last] = value
+    return ""

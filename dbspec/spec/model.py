@@ -1,0 +1,322 @@
+"""The spec language v1: one attrs class per TOML table, one `option()` per key.
+
+This file is the single source of truth for every option: its type, default and doc feed the strict
+loader, the JSON Schema (`dbspec schema`), `docs/spec-reference.md` and `dbspec explain`. TOML keys equal
+attribute names. Classes hold what the user wrote (after defaults), never derived values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import attrs
+
+from dbspec.spec.fields import option
+
+SPEC_VERSION = 1
+
+Family = Literal["auto", "sd1", "sd2", "sdxl"]
+Prediction = Literal["auto", "epsilon", "v_prediction"]
+Quantization = Literal["none", "int8", "int4", "fp8"]
+frozen = attrs.frozen(kw_only=True)
+
+
+@frozen
+class Model:
+    base: str = option(
+        doc="Base model: a hub id, a diffusers folder, a single-file .safetensors (or .ckpt) checkpoint, "
+        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl).",
+        example="runwayml/stable-diffusion-v1-5",
+    )
+    family: Family = option("auto", doc="Model family; auto detects it from the model's configs or tensor names.")
+    prediction: Prediction = option(
+        "auto", doc="What the UNet predicts; auto reads the scheduler config. SD2 768 px models use v_prediction."
+    )
+    vae: str = option(
+        "",
+        doc="Replacement VAE (hub id, folder or file), e.g. an fp16-fixed SDXL VAE; empty keeps the base model's.",
+        example="madebyollin/sdxl-vae-fp16-fix",
+    )
+    revision: str = option("main", doc="Hub revision (branch, tag or commit) when base is a hub id.")
+    allow_pickle: bool = option(
+        False, doc="Allow loading .ckpt (pickle) checkpoints, which can run arbitrary code. Prefer .safetensors."
+    )
+    clip_skip: int = option(
+        1, doc="Use the text encoder's n-th layer from the end (1 = last layer, 2 = penultimate).", minimum=1, maximum=12
+    )
+
+
+@frozen
+class NoAdapter:
+    kind: Literal["none"] = option("none", doc="Adapter kind: none trains the base weights (full fine-tune).")
+
+
+@frozen
+class LoraAdapter:
+    kind: Literal["lora"] = option(doc="Adapter kind: lora trains low-rank adapters and freezes the base weights.")
+    rank: int = option(16, doc="LoRA rank (dimension of the low-rank update).", minimum=1, maximum=1024)
+    alpha: float = option(
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        doc="LoRA alpha; the update is scaled by alpha / rank.",
+        derived="same as `rank` (scale 1.0)",
+        exclusive_minimum=0,
+        example=8.0,
+    )
+    dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
+    unet_targets: list[str] = option(
+        factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        doc="UNet module names (suffixes) that get adapters.",
+    )
+    text_encoder_targets: list[str] = option(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        doc="Text-encoder module names (suffixes) that get adapters when the text encoder trains.",
+    )
+
+
+Adapter = Union[NoAdapter, LoraAdapter]
+ADAPTER_VARIANTS: dict[str, type] = {"none": NoAdapter, "lora": LoraAdapter}
+
+
+@frozen
+class Train:
+    unet: bool = option(True, doc="Train the UNet.")
+    text_encoder: bool = option(
+        False,
+        doc="Also train the text encoder(s); improves likeness (HF study) at the cost of memory.",
+    )
+    text_encoder_stop_step: int = option(
+        0,
+        doc="Freeze the text encoder after this many optimizer steps; 0 trains it for the whole run.",
+        minimum=0,
+    )
+
+
+@frozen
+class Dataset:
+    name: str = option(doc="A short unique name, used in the plan and in messages.", example="subject")
+    path: str = option(doc="Image folder, relative to the spec file.", example="data/ohwx-dog")
+    role: Literal["instance", "class"] = option(
+        "instance", doc="instance: the subject to learn; class: regularisation images for prior preservation."
+    )
+    recursive: bool = option(False, doc="Also scan sub-folders.")
+    captions: Literal["prompt", "textfile", "filename"] = option(
+        "prompt",
+        doc="Caption source: prompt gives every image `prompt`; textfile reads a sidecar file with "
+        "`caption_extension`; filename uses the file name (without extension, underscores as spaces).",
+    )
+    prompt: str = option("", doc="Caption used by captions = \"prompt\", and the prompt for generated class images.",
+                         example="a photo of ohwx dog")
+    caption_extension: str = option(".txt", doc="Sidecar caption extension for captions = \"textfile\".")
+    caption_prefix: str = option("", doc="Text put before every caption (joined with a space).")
+    caption_suffix: str = option("", doc="Text put after every caption (joined with a space).")
+    repeats: int = option(1, doc="How many times each image is seen per epoch.", minimum=1)
+    resolution: int = option(512, doc="Training resolution: buckets keep this pixel area.", minimum=64, maximum=4096)
+    crop: Literal["center", "random"] = option("center", doc="Crop placement after the cover-resize into a bucket.")
+    flip: bool = option(False, doc="Random horizontal flips.")
+    masks: str = option(
+        "", doc="Folder of masks paired with images by file stem (white = train, black = ignore); empty for none."
+    )
+    mask_from_alpha: bool = option(False, doc="Use each image's alpha channel as its loss mask.")
+    generate: int = option(
+        0,
+        doc="Class datasets: make the folder hold at least this many images, generating the missing ones "
+        "with the base model from `prompt`.",
+        minimum=0,
+    )
+    min_image_size: int = option(
+        64, doc="Images whose short side is below this many pixels are problems (see on_bad_image).", minimum=1
+    )
+    on_bad_image: Literal["error", "skip"] = option(
+        "error", doc="What to do with unreadable, truncated or too-small images: stop with an error, or skip them."
+    )
+
+
+@frozen
+class Buckets:
+    mode: Literal["aspect", "square"] = option(
+        "aspect",
+        doc="aspect: kohya-compatible aspect-ratio buckets; square: every image is cover-resized and cropped to "
+        "resolution x resolution.",
+    )
+    min_size: int = option(
+        0, doc="Smallest bucket side in pixels; 0 = half the dataset resolution.", minimum=0
+    )
+    max_size: int = option(
+        0, doc="Largest bucket side in pixels; 0 = twice the dataset resolution.", minimum=0
+    )
+    step: int = option(64, doc="Bucket sides are multiples of this.", minimum=8)
+    no_upscale: bool = option(
+        False, doc="Never upscale: small images get a bucket of their own size (kohya bucket_no_upscale)."
+    )
+
+
+@frozen
+class Loss:
+    kind: Literal["mse", "huber", "l1"] = option("mse", doc="Element-wise loss.")
+    huber_delta: float = option(0.1, doc="Huber threshold (kind = \"huber\").", exclusive_minimum=0)
+    prior: Literal["images", "base_model"] = option(
+        "images",
+        doc="Prior-preservation target for class datasets: images trains on class images; base_model uses the "
+        "frozen base model's prediction on the same noisy latents as the target.",
+    )
+    prior_weight: float = option(1.0, doc="Weight of the prior-preservation term.", minimum=0)
+    min_snr_gamma: float = option(
+        0.0, doc="Min-SNR weighting gamma (5 is common); 0 turns it off.", minimum=0, example=5.0
+    )
+    noise_offset: float = option(0.0, doc="Offset noise strength (0.05-0.1 typical); 0 turns it off.", minimum=0)
+    zero_terminal_snr: bool = option(
+        False, doc="Rescale the noise schedule to zero terminal SNR (use with v_prediction)."
+    )
+
+
+@frozen
+class Optimizer:
+    kind: Literal["adamw", "adamw8bit", "adafactor", "sgd", "prodigy", "lion"] = option(
+        "adamw", doc="Optimizer. adamw8bit needs CUDA (bitsandbytes)."
+    )
+    lr: float = option(
+        2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
+    )
+    text_encoder_lr: float = option(
+        attrs.Factory(lambda self: self.lr, takes_self=True),
+        doc="Learning rate of the text encoder(s).",
+        derived="same as `lr`",
+        exclusive_minimum=0,
+        example=1e-6,
+    )
+    weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
+    betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
+    eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
+    momentum: float = option(0.0, doc="SGD momentum.", minimum=0, maximum=1)
+    max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
+
+
+@frozen
+class Schedule:
+    steps: int = option(0, doc="Optimizer steps to train; set this or `epochs`.", minimum=0, example=800)
+    epochs: int = option(0, doc="Epochs to train; set this or `steps`.", minimum=0)
+    batch_size: int = option(1, doc="Images per batch (per process).", minimum=1)
+    accumulation: int = option(1, doc="Batches accumulated per optimizer step.", minimum=1)
+    lr_schedule: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = option("constant", doc="Learning-rate schedule (diffusers get_scheduler).")
+    warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
+    cycles: int = option(1, doc="Restarts for cosine_with_restarts.", minimum=1)
+    balance_classes: bool = option(
+        True,
+        doc="Each epoch draws as many class samples as instance samples (kohya's rule); false uses the class "
+        "datasets' own repeats.",
+    )
+    seed: int = option(0, doc="Seed for weights init of adapters, noise, timesteps, data order and augmentation.",
+                       minimum=0)
+
+
+@frozen
+class Precision:
+    mixed: Literal["auto", "no", "fp16", "bf16"] = option(
+        "auto", doc="Mixed precision; auto picks bf16 where the device has it, fp16 elsewhere on GPUs, no on CPU."
+    )
+    bf16_fallback: Literal["error", "fp16"] = option(
+        "error", doc="When mixed = \"bf16\" and the device lacks bf16: stop with an error, or use fp16."
+    )
+    quantize_unet: Quantization = option("none", doc="Quantise the frozen UNet base weights (LoRA runs).")
+    quantize_text_encoder: Quantization = option("none", doc="Quantise the frozen text-encoder base weights.")
+    gradient_checkpointing: bool = option(False, doc="Recompute activations in the backward pass to save memory.")
+    attention: Literal["sdpa", "eager"] = option("sdpa", doc="Attention implementation.")
+    tf32: bool = option(True, doc="Allow TF32 matmuls on CUDA.")
+    vae_dtype: Literal["fp32", "fp16", "bf16"] = option(
+        "fp32", doc="VAE dtype when encoding; fp32 avoids the SDXL fp16 VAE overflow."
+    )
+
+
+@frozen
+class Cache:
+    latents: bool = option(True, doc="Cache VAE latents on disk (content-addressed).")
+    text_embeddings: bool = option(True, doc="Cache text embeddings while the text encoder is frozen.")
+    dir: str = option(".dbspec-cache", doc="Cache folder, relative to the spec file.")
+
+
+@frozen
+class Validation:
+    prompts: list[str] = option(factory=list, doc="Validation prompts; empty turns validation off.",
+                                example=["a photo of ohwx dog on a beach"])
+    negative_prompt: str = option("", doc="Negative prompt for every validation image.")
+    every: int = option(0, doc="Validate every N steps; 0 validates only at the end.", minimum=0)
+    scheduler: Literal["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
+        "ddim", doc="Sampling scheduler (DDIM recommended by the HF DreamBooth study)."
+    )
+    steps: int = option(50, doc="Inference steps (~100 helps noisy results).", minimum=1)
+    guidance: float = option(7.5, doc="Classifier-free guidance scale.", minimum=0)
+    images_per_prompt: int = option(1, doc="Images per prompt.", minimum=1)
+    seed: int = option(0, doc="Seed for validation images (fixed across the run).", minimum=0)
+
+
+@frozen
+class Checkpoints:
+    every: int = option(0, doc="Save every N steps; 0 saves only at the end.", minimum=0)
+    keep: int = option(3, doc="Keep the last K step checkpoints; 0 keeps all.", minimum=0)
+    save_precision: Literal["fp32", "fp16", "bf16"] = option("fp32", doc="dtype of saved weights.")
+    exports: list[Literal["single_file", "kohya_lora"]] = option(
+        factory=list,
+        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (LoRA runs).",
+    )
+
+
+@frozen
+class Ema:
+    enabled: bool = option(False, doc="Keep an exponential moving average of the trained weights.")
+    decay: float = option(0.9999, doc="EMA decay.", minimum=0, maximum=1)
+    warmup: bool = option(True, doc="Ramp the decay up as min(decay, (1 + step) / (10 + step)).")
+    update_every: int = option(1, doc="Update the EMA every N optimizer steps.", minimum=1)
+    offload: bool = option(False, doc="Keep the EMA weights on the CPU.")
+
+
+@frozen
+class Output:
+    dir: str = option("output", doc="Output folder for checkpoints, samples and logs, relative to the spec file.")
+    name: str = option("dbspec", doc="Base name of exported files.")
+
+
+@frozen
+class Logging:
+    every: int = option(10, doc="Log metrics every N steps.", minimum=1)
+    tensorboard: bool = option(True, doc="Write TensorBoard events.")
+
+
+@frozen
+class Spec:
+    spec_version: int = option(doc="Spec language version; must be 1.", example=1)
+    model: Model = option(doc="The base model.")
+    datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
+    adapter: Adapter = option(factory=NoAdapter, doc="Adapter: kind = \"none\" (full fine-tune) or \"lora\".")
+    train: Train = option(factory=Train, doc="What trains.")
+    buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
+    loss: Loss = option(factory=Loss, doc="Loss terms.")
+    optimizer: Optimizer = option(factory=Optimizer, doc="Optimizer.")
+    schedule: Schedule = option(factory=Schedule, doc="Steps, batches and the learning-rate schedule.")
+    precision: Precision = option(factory=Precision, doc="Precision, quantisation and memory savers.")
+    cache: Cache = option(factory=Cache, doc="Latent and text-embedding caches.")
+    validation: Validation = option(factory=Validation, doc="Validation images during training.")
+    checkpoints: Checkpoints = option(factory=Checkpoints, doc="Checkpoints and exports.")
+    ema: Ema = option(factory=Ema, doc="Exponential moving average of weights.")
+    output: Output = option(factory=Output, doc="Where outputs go.")
+    logging: Logging = option(factory=Logging, doc="Metrics logging.")
+
+
+TABLE_CLASSES = (Model, NoAdapter, LoraAdapter, Train, Dataset, Buckets, Loss, Optimizer, Schedule, Precision,
+                 Cache, Validation, Checkpoints, Ema, Output, Logging, Spec)
+for _cls in TABLE_CLASSES:
+    attrs.resolve_types(_cls, globals(), locals())
+
+
+def table_classes() -> dict[str, tuple[type, ...]]:
+    """Top-level table name -> the class(es) its table structures into (adapter: one per variant)."""
+    out: dict[str, tuple[type, ...]] = {}
+    for field in attrs.fields(Spec):
+        if field.name == "adapter":
+            out[field.name] = tuple(ADAPTER_VARIANTS.values())
+        elif field.name == "datasets":
+            out[field.name] = (Dataset,)
+        elif attrs.has(field.type):
+            out[field.name] = (field.type,)
+    return out
