@@ -1,0 +1,287 @@
+"""Built-in tiny models: `[model] base = "builtin:tiny-sd1"` trains offline, in seconds, on CPU.
+
+This module is the registry only: names, families and the exact component configs as plain dicts, plus
+parameter counts the compiler uses for memory estimates. It never imports torch; `dbspec.runtime.tiny`
+builds the randomly initialised diffusers pipelines from these configs (a runtime test proves the counts).
+
+The shapes mirror the real families at toy scale, so the same code paths run: SD1 (epsilon, CLIP text
+encoder, quick_gelu), SD2 (v-prediction, OpenCLIP-shaped gelu encoder, linear projections, pad "!"),
+SDXL (two text encoders, concatenated cross-attention, pooled projection + 6 time ids). The VAE downsamples
+x8 like the real ones, so 64 px images give 8x8 latents.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+BUILTIN_PREFIX = "builtin:"
+# Bump when any config, the tokenizer or the initialisation changes: caches key on `identity`.
+BUILTIN_VERSION = 1
+
+Family = Literal["sd1", "sd2", "sdxl"]
+Prediction = Literal["epsilon", "v_prediction"]
+
+# --- tokenizer -------------------------------------------------------------------------------------------
+# A CLIP byte-level BPE vocabulary: every byte symbol, alone and word-final, so any text tokenizes without
+# unknown tokens; a few merges of common English pairs so BPE really merges. Order matters: each merge may
+# only use symbols that exist before it.
+TOKENIZER_MERGES: tuple[tuple[str, str], ...] = (
+    ("t", "h"), ("i", "n"), ("a", "n"), ("e", "r"), ("o", "n"), ("r", "e"), ("o", "r"), ("e", "n"),
+    ("a", "t"), ("s", "t"), ("o", "u"), ("a", "r"), ("h", "e"), ("p", "h"), ("d", "o"), ("t", "o</w>"),
+    ("a", "t</w>"), ("th", "e</w>"), ("o", "f</w>"), ("i", "s</w>"), ("e", "d</w>"), ("e", "s</w>"),
+    ("e", "r</w>"), ("o", "n</w>"), ("an", "d</w>"), ("in", "g</w>"), ("ph", "o"), ("pho", "to</w>"),
+    ("do", "g</w>"), ("c", "at</w>"),
+)  # fmt: skip
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MODEL_MAX_LENGTH = 77
+END_OF_WORD = "</w>"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP map from the 256 byte values to printable unicode symbols (no whitespace/control)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    byte_values = list(printable)
+    code_points = list(printable)
+    shifted = 0
+    for byte in range(256):
+        if byte not in printable:
+            byte_values.append(byte)
+            code_points.append(256 + shifted)
+            shifted += 1
+    return {byte: chr(point) for byte, point in zip(byte_values, code_points)}
+
+
+def tokenizer_vocab() -> dict[str, int]:
+    """vocab.json of the built-in tokenizer: bytes, word-final bytes, merge results, then the two specials."""
+    symbols = list(bytes_to_unicode().values())
+    tokens = [*symbols, *(symbol + END_OF_WORD for symbol in symbols)]
+    tokens += [left + right for left, right in TOKENIZER_MERGES]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+VOCAB_SIZE = 2 * 256 + len(TOKENIZER_MERGES) + 2
+BOS_ID = VOCAB_SIZE - 2
+EOS_ID = VOCAB_SIZE - 1
+BANG_ID = 0  # "!" is the first printable byte symbol; SD2 and SDXL's OpenCLIP tokenizer pad with it
+
+
+def _tokenizer(pad_token: str) -> dict[str, Any]:
+    return {
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+        "pad_token": pad_token,
+        "model_max_length": MODEL_MAX_LENGTH,
+    }
+
+
+# --- component configs ------------------------------------------------------------------------------------
+def _text_encoder(*, hidden: int, hidden_act: str, pad_id: int, projection_dim: int) -> dict[str, Any]:
+    return {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": 3,  # >= 2: SDXL (and clip-skip) read the penultimate hidden state
+        "num_attention_heads": 4,
+        "max_position_embeddings": MODEL_MAX_LENGTH,
+        "hidden_act": hidden_act,
+        "layer_norm_eps": 1e-5,
+        "projection_dim": projection_dim,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": pad_id,
+    }
+
+
+def _vae(scaling_factor: float) -> dict[str, Any]:
+    # Four blocks = three x2 downsamples = x8, as in the real SD VAEs.
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [16, 32, 32, 32],
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "latent_channels": 4,
+        "sample_size": 64,
+        "scaling_factor": scaling_factor,
+    }
+
+
+def _sd_unet(*, cross_attention_dim: int, attention_head_dim: int | list[int], linear: bool) -> dict[str, Any]:
+    # Attention at the high-resolution block and in the middle, like SD1/SD2 (which have it in 3 of 4 blocks).
+    return {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": attention_head_dim,
+        "use_linear_projection": linear,
+    }
+
+
+SDXL_TIME_EMBED_DIM = 8
+SDXL_TIME_IDS = 6  # original size (2) + crop top-left (2) + target size (2)
+SD1_TEXT_HIDDEN = 32
+OPENCLIP_TEXT_HIDDEN = 64
+
+
+def _sdxl_unet() -> dict[str, Any]:
+    # SDXL: no attention in the first block, cross-attention over te1 ++ te2 hidden states, and an added
+    # embedding of te2's pooled projection concatenated with the 6 time ids.
+    return {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [32, 64],
+        "layers_per_block": 2,
+        "transformer_layers_per_block": [1, 2],
+        "cross_attention_dim": SD1_TEXT_HIDDEN + OPENCLIP_TEXT_HIDDEN,
+        "attention_head_dim": [2, 4],
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
+        "projection_class_embeddings_input_dim": SDXL_TIME_IDS * SDXL_TIME_EMBED_DIM + OPENCLIP_TEXT_HIDDEN,
+    }
+
+
+_SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def _ddpm(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "_class_name": "DDPMScheduler",
+        **_SD_BETAS,
+        "prediction_type": prediction,
+        "clip_sample": False,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+    }
+
+
+def _sdxl_euler() -> dict[str, Any]:
+    return {
+        "_class_name": "EulerDiscreteScheduler",
+        **_SD_BETAS,
+        "prediction_type": "epsilon",
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+    }
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class BuiltinModel:
+    """One built-in model: everything needed to build it and to plan for it without loading it.
+
+    Configs are plain JSON-shaped dicts in the keyword spelling of the diffusers/transformers classes
+    (`scheduler["_class_name"]` names the scheduler class). Treat them as read-only; copy before editing.
+    """
+
+    name: str
+    family: Family
+    prediction: Prediction
+    pipeline_class: str  # diffusers pipeline class written to model_index.json
+    resolution: int  # native image side in pixels
+    latent_channels: int
+    latent_downsample: int  # image side / latent side
+    vae_scaling_factor: float
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    text_encoder_2: dict[str, Any] | None  # SDXL only
+    tokenizer: dict[str, Any]
+    tokenizer_2: dict[str, Any] | None  # SDXL only
+    scheduler: dict[str, Any]
+    params: dict[str, int]  # exact parameter count per component
+    identity: str  # e.g. "builtin:tiny-sd1@v1"; part of every cache key derived from this model
+
+
+def _model(name: str, **fields: Any) -> BuiltinModel:
+    return BuiltinModel(
+        name=name,
+        identity=f"{name}@v{BUILTIN_VERSION}",
+        resolution=64,
+        latent_channels=4,
+        latent_downsample=8,
+        **fields,
+    )
+
+
+_SD1 = _model(
+    "builtin:tiny-sd1",
+    family="sd1",
+    prediction="epsilon",
+    pipeline_class="StableDiffusionPipeline",
+    vae_scaling_factor=0.18215,
+    unet=_sd_unet(cross_attention_dim=SD1_TEXT_HIDDEN, attention_head_dim=4, linear=False),
+    vae=_vae(0.18215),
+    text_encoder=_text_encoder(hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=32),
+    text_encoder_2=None,
+    tokenizer=_tokenizer(pad_token=EOS_TOKEN),
+    tokenizer_2=None,
+    scheduler=_ddpm("epsilon"),
+    params={"unet": 792_964, "vae": 316_695, "text_encoder": 45_568},
+)
+
+_SD2 = _model(
+    "builtin:tiny-sd2",
+    family="sd2",
+    prediction="v_prediction",
+    pipeline_class="StableDiffusionPipeline",
+    vae_scaling_factor=0.18215,
+    unet=_sd_unet(cross_attention_dim=OPENCLIP_TEXT_HIDDEN, attention_head_dim=[2, 4], linear=True),
+    vae=_vae(0.18215),
+    text_encoder=_text_encoder(hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=64),
+    text_encoder_2=None,
+    tokenizer=_tokenizer(pad_token="!"),
+    tokenizer_2=None,
+    scheduler=_ddpm("v_prediction"),
+    params={"unet": 803_204, "vae": 316_695, "text_encoder": 140_288},
+)
+
+_SDXL = _model(
+    "builtin:tiny-sdxl",
+    family="sdxl",
+    prediction="epsilon",
+    pipeline_class="StableDiffusionXLPipeline",
+    vae_scaling_factor=0.13025,
+    unet=_sdxl_unet(),
+    vae=_vae(0.13025),
+    text_encoder=_text_encoder(hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=32),
+    text_encoder_2=_text_encoder(
+        hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=OPENCLIP_TEXT_HIDDEN
+    ),
+    tokenizer=_tokenizer(pad_token=EOS_TOKEN),
+    tokenizer_2=_tokenizer(pad_token="!"),
+    scheduler=_sdxl_euler(),
+    params={"unet": 2_029_764, "vae": 316_695, "text_encoder": 45_568, "text_encoder_2": 144_384},
+)
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL)}
+
+
+def is_builtin(base: str) -> bool:
+    """True when `base` asks for a built-in model (known or not; `builtin_model` says which exist)."""
+    return base.startswith(BUILTIN_PREFIX)
+
+
+def builtin_model(base: str) -> BuiltinModel:
+    """The registry entry for `base`; KeyError naming the known built-ins when there is none."""
+    if base not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN_MODELS)
+        raise KeyError(f"unknown built-in model {base!r}; known: {known}")
+    return BUILTIN_MODELS[base]

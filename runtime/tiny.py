@@ -1,0 +1,157 @@
+"""Build and save the built-in tiny models (`builtin:tiny-sd1`, `-sd2`, `-sdxl`) from `dbspec.builtin`.
+
+`materialize` writes an ordinary diffusers folder, so training loads a built-in through exactly the code
+path of a real model (`from_pretrained(folder)`). Weights are random but a pure function of (name, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from dbspec.builtin import TOKENIZER_MERGES, BuiltinModel, builtin_model, tokenizer_vocab
+
+MARKER_FILE = "dbspec_builtin.json"  # written last into the temp folder: its presence means "complete"
+
+_SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "EulerDiscreteScheduler": EulerDiscreteScheduler}
+
+
+def build_pipeline(name: str, seed: int = 0) -> DiffusionPipeline:
+    """A randomly initialised pipeline for built-in `name`; same (name, seed) -> bit-identical weights.
+
+    Seeds only a forked CPU RNG, so the caller's random state is left exactly as it was.
+    """
+    model = builtin_model(name)
+    with torch.random.fork_rng(devices=[]):
+        components = _build_components(model, seed)
+    if model.family == "sdxl":
+        # No watermarker: it needs the optional invisible-watermark package and would alter samples.
+        return StableDiffusionXLPipeline(**components, add_watermarker=False)
+    return StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+
+
+def _seed_for(seed: int, component: str) -> int:
+    # Each component gets its own stream, so changing one component's config leaves the others' weights alone.
+    return zlib.crc32(f"{seed}:{component}".encode())
+
+
+def _seeded(seed: int, component: str) -> None:
+    torch.random.default_generator.manual_seed(_seed_for(seed, component))
+
+
+def _build_components(model: BuiltinModel, seed: int) -> dict[str, Any]:
+    _seeded(seed, "unet")
+    components: dict[str, Any] = {"unet": UNet2DConditionModel(**model.unet).eval()}
+    _seeded(seed, "vae")
+    components["vae"] = AutoencoderKL(**model.vae).eval()
+    _seeded(seed, "text_encoder")
+    components["text_encoder"] = CLIPTextModel(CLIPTextConfig(**model.text_encoder)).eval()
+    components["tokenizer"] = build_tokenizer(model.tokenizer)
+    if model.text_encoder_2 is not None and model.tokenizer_2 is not None:
+        _seeded(seed, "text_encoder_2")
+        components["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**model.text_encoder_2)).eval()
+        components["tokenizer_2"] = build_tokenizer(model.tokenizer_2)
+    scheduler_config = dict(model.scheduler)
+    scheduler_class = _SCHEDULERS[scheduler_config.pop("_class_name")]
+    components["scheduler"] = scheduler_class.from_config(scheduler_config)
+    return components
+
+
+def build_tokenizer(settings: dict[str, Any]) -> CLIPTokenizer:
+    """The built-in CLIP BPE tokenizer (byte-level: no prompt ever yields an unknown token)."""
+    return CLIPTokenizer(vocab=tokenizer_vocab(), merges=list(TOKENIZER_MERGES), **settings)
+
+
+def materialize(name: str, folder: Path, seed: int = 0) -> Path:
+    """Write built-in `name` as a diffusers folder at `folder` (atomically) and return it.
+
+    A folder that already holds this identity and seed is reused as is. A folder holding another
+    built-in (older version, other seed) is replaced; any other non-empty folder is left alone and
+    FileExistsError is raised, since it may be the user's.
+    """
+    model = builtin_model(name)
+    folder = Path(folder)
+    marker = {"identity": model.identity, "seed": seed}
+    if _holds(folder, marker):
+        return folder
+    _check_replaceable(folder)  # before building: fail fast on a folder we must not touch
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        build_pipeline(name, seed).save_pretrained(staging, safe_serialization=True)
+        _write_bpe_files(staging, model)
+        (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+        _move_into_place(staging, folder, marker)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _holds(folder: Path, marker: dict[str, Any]) -> bool:
+    return _read_marker(folder) == marker
+
+
+def _write_bpe_files(folder: Path, model: BuiltinModel) -> None:
+    # transformers 5 saves only tokenizer.json; real SD folders also carry vocab.json + merges.txt, which
+    # older transformers and other tools read. Same content, so every reader tokenizes identically.
+    merges = "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in TOKENIZER_MERGES)
+    vocab = json.dumps(tokenizer_vocab(), ensure_ascii=False)
+    subfolders = ["tokenizer"] + (["tokenizer_2"] if model.tokenizer_2 is not None else [])
+    for subfolder in subfolders:
+        (folder / subfolder / "vocab.json").write_text(vocab, encoding="utf-8")
+        (folder / subfolder / "merges.txt").write_text(merges, encoding="utf-8")
+
+
+def _move_into_place(staging: Path, folder: Path, marker: dict[str, Any]) -> None:
+    if _holds(folder, marker):
+        return  # another process finished the same folder meanwhile
+    if folder.exists():
+        _check_replaceable(folder)
+        _discard(folder)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        # Another process finished the same folder first: fine when it wrote what we would have.
+        if not _holds(folder, marker):
+            raise
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Only a missing folder, an empty one, or one holding some built-in may be replaced."""
+    if not folder.exists() or _read_marker(folder) is not None:
+        return
+    if not folder.is_dir() or any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not a built-in model folder; not overwriting it")
+
+
+def _discard(folder: Path) -> None:
+    # Rename first so a half-deleted folder never sits at the final path.
+    trash = folder.parent / f".{folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)

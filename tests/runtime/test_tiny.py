@@ -1,0 +1,205 @@
+"""The built-in tiny models: fast, deterministic, real diffusers pipelines that save and load like real ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTokenizer
+
+from dbspec.builtin import BUILTIN_MODELS, TOKENIZER_MERGES, VOCAB_SIZE, builtin_model, is_builtin, tokenizer_vocab
+from dbspec.runtime.tiny import MARKER_FILE, build_pipeline, materialize
+
+NAMES = sorted(BUILTIN_MODELS)
+PROMPT = "a photo of ohwx dog"
+
+
+def _state(pipe: DiffusionPipeline, component: str) -> dict[str, torch.Tensor]:
+    return getattr(pipe, component).state_dict()
+
+
+def _assert_same_weights(left: DiffusionPipeline, right: DiffusionPipeline, components: list[str]) -> None:
+    for component in components:
+        left_state, right_state = _state(left, component), _state(right, component)
+        assert left_state.keys() == right_state.keys(), component
+        for key, tensor in left_state.items():
+            assert torch.equal(tensor, right_state[key]), f"{component}.{key}"
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("builtin")
+    return {name: materialize(name, root / name.removeprefix("builtin:")) for name in NAMES}
+
+
+def test_registry_names_and_unknown_name() -> None:
+    assert is_builtin("builtin:tiny-sd1") and is_builtin("builtin:nope")
+    assert not is_builtin("runwayml/stable-diffusion-v1-5")
+    assert builtin_model("builtin:tiny-sdxl").identity == "builtin:tiny-sdxl@v1"
+    with pytest.raises(KeyError, match="builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl"):
+        builtin_model("builtin:tiny-sd3")
+
+
+def test_merges_only_use_symbols_that_exist_before_them() -> None:
+    vocab = tokenizer_vocab()
+    assert len(vocab) == VOCAB_SIZE
+    known = set(list(vocab)[: 2 * 256])
+    for left, right in TOKENIZER_MERGES:
+        assert left in known and right in known and left + right not in known, (left, right)
+        known.add(left + right)
+
+
+def test_registry_module_does_not_import_torch() -> None:
+    code = "import sys, dbspec.builtin; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_build_is_fast_deterministic_and_leaves_rng_alone(name: str) -> None:
+    model = builtin_model(name)
+    torch.manual_seed(1234)
+    rng_before = torch.get_rng_state()
+    timings, pipes = [], []
+    for _ in range(2):
+        started = time.perf_counter()
+        pipes.append(build_pipeline(name, seed=7))
+        timings.append(time.perf_counter() - started)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert min(timings) < 1.0, timings
+    _assert_same_weights(pipes[0], pipes[1], list(model.params))
+    other_seed = build_pipeline(name, seed=8)
+    assert not torch.equal(_state(other_seed, "unet")["conv_in.weight"], _state(pipes[0], "unet")["conv_in.weight"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_counts_match_registry(name: str) -> None:
+    model = builtin_model(name)
+    pipe = build_pipeline(name)
+    counted = {component: sum(p.numel() for p in getattr(pipe, component).parameters()) for component in model.params}
+    assert counted == model.params
+    assert pipe.unet.config.sample_size * model.latent_downsample == model.resolution
+    assert pipe.vae_scale_factor == model.latent_downsample
+    assert pipe.vae.config.scaling_factor == model.vae_scaling_factor
+    assert pipe.scheduler.config.prediction_type == model.prediction
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_materialize_round_trips_through_from_pretrained(name: str, materialized: dict[str, Path]) -> None:
+    model = builtin_model(name)
+    folder = materialized[name]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == model.pipeline_class
+    assert json.loads((folder / MARKER_FILE).read_text()) == {"identity": model.identity, "seed": 0}
+    assert list(folder.parent.glob(f".{folder.name}.*")) == []  # no staging leftovers
+    assert (folder / "tokenizer" / "merges.txt").read_text().startswith("#version: 0.2\n")
+    assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
+
+    loaded = DiffusionPipeline.from_pretrained(folder)
+    assert type(loaded).__name__ == model.pipeline_class
+    _assert_same_weights(build_pipeline(name), loaded, list(model.params))
+    assert loaded.scheduler.config.prediction_type == model.prediction
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    assert unet.config.cross_attention_dim == model.unet["cross_attention_dim"]
+
+    mtime = (folder / MARKER_FILE).stat().st_mtime_ns
+    assert materialize(name, folder) == folder
+    assert (folder / MARKER_FILE).stat().st_mtime_ns == mtime  # reused, not rewritten
+
+
+def test_materialize_replaces_other_seed_but_never_a_foreign_folder(tmp_path: Path) -> None:
+    folder = materialize("builtin:tiny-sd1", tmp_path / "model", seed=1)
+    materialize("builtin:tiny-sd1", folder, seed=2)
+    assert json.loads((folder / MARKER_FILE).read_text())["seed"] == 2
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        materialize("builtin:tiny-sd1", foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_step_inference_from_the_saved_folder(name: str, materialized: dict[str, Path]) -> None:
+    pipe = DiffusionPipeline.from_pretrained(materialized[name])
+    pipe.set_progress_bar_config(disable=True)
+    size = builtin_model(name).resolution
+    generator = torch.Generator().manual_seed(0)
+    images = pipe(PROMPT, num_inference_steps=2, height=size, width=size, generator=generator).images
+    assert images[0].size == (size, size)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizers_cover_any_prompt(name: str, materialized: dict[str, Path]) -> None:
+    pipe = DiffusionPipeline.from_pretrained(materialized[name])
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if builtin_model(name).family == "sdxl":
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    for tokenizer, text_encoder in pairs:
+        assert len(tokenizer) == VOCAB_SIZE == text_encoder.config.vocab_size
+        assert tokenizer.model_max_length == 77
+        for prompt in (PROMPT, "Café au lait, 100% — ohwx 🐕!"):
+            ids = tokenizer(prompt).input_ids
+            assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+            assert tokenizer.unk_token_id not in ids[1:-1]
+        merged = tokenizer.convert_ids_to_tokens(tokenizer(PROMPT).input_ids)
+        assert "photo</w>" in merged and "dog</w>" in merged
+        padded = tokenizer(PROMPT, padding="max_length", max_length=77).input_ids
+        assert len(padded) == 77 and padded[-1] == tokenizer.pad_token_id
+
+
+def test_vocab_and_merges_files_alone_tokenize_identically(materialized: dict[str, Path], tmp_path: Path) -> None:
+    # Readers without tokenizer.json support (older transformers, other tools) use vocab.json + merges.txt.
+    saved = materialized["builtin:tiny-sd1"] / "tokenizer"
+    bpe_only = tmp_path / "tokenizer"
+    shutil.copytree(saved, bpe_only, ignore=shutil.ignore_patterns("tokenizer.json"))
+    prompt = "Café au lait, 100% — ohwx 🐕!"
+    from_bpe_files = CLIPTokenizer.from_pretrained(bpe_only)(prompt).input_ids
+    assert from_bpe_files == CLIPTokenizer.from_pretrained(saved)(prompt).input_ids
+
+
+def test_sdxl_second_tokenizer_pads_with_bang() -> None:
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    assert pipe.tokenizer_2.pad_token == "!" and pipe.tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer_vocab()["!"] == pipe.tokenizer_2.pad_token_id
+
+
+def _conditioning(pipe: DiffusionPipeline, batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    with torch.no_grad():
+        if not hasattr(pipe, "text_encoder_2"):
+            return pipe.encode_prompt(PROMPT, "cpu", batch, False)[0], None
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            PROMPT, device="cpu", num_images_per_prompt=batch, do_classifier_free_guidance=False
+        )
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)
+    return embeds, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_unet_training_step_changes_weights(name: str) -> None:
+    torch.manual_seed(0)
+    pipe = build_pipeline(name)
+    unet = pipe.unet.train()
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.sample() * pipe.vae.config.scaling_factor
+    assert latents.shape == (2, 4, 8, 8)
+    embeds, added = _conditioning(pipe, batch=2)
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, 1000, (2,))
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    before = {key: value.clone() for key, value in unet.state_dict().items()}
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    prediction = unet(noisy, timesteps, embeds, added_cond_kwargs=added).sample
+    loss = torch.nn.functional.mse_loss(prediction, noise)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    changed = [key for key, value in unet.state_dict().items() if not torch.equal(value, before[key])]
+    assert len(changed) == len(before)  # every UNet tensor gets a gradient and moves
