@@ -95,7 +95,8 @@ def render_text(diagnostic: Diagnostic, sources: dict[str, str]) -> str:
     if s is not None:
         where = f"{s.at()} (from --set)" if s.origin == "--set" else s.at()
         lines.append(f"  --> {where}")
-        source_lines = sources.get(s.file, "").splitlines()
+        # Lines end at "\n" only, as in TOML and in spans: str.splitlines() also splits at U+2028, \x0c...
+        source_lines = sources[s.file].split("\n") if s.file in sources else []
         if 1 <= s.line <= len(source_lines):
             text = source_lines[s.line - 1].rstrip("\r").expandtabs(1)
             gutter = " " * len(str(s.line))

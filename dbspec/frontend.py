@@ -3,32 +3,56 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import attrs
 
 from dbspec.compiler.rules import Hit, run_rules
 from dbspec.diagnostics import Diagnostic
-from dbspec.spec.check import Checked, load_and_structure
+from dbspec.spec.check import Checked, anchor, check_ranges, load_and_structure
 from dbspec.spec.load import RawSpec, parse_override_key
 from dbspec.spec.model import Spec
 from dbspec.spec.structure import structure_spec
+
+if TYPE_CHECKING:
+    from dbspec.plan.model import Plan, TargetEnv
 from dbspec.spec.paths import dotted
 
 
 def check_spec(path: Path, label: str | None = None, overrides: list[str] | None = None) -> Checked:
     """Load, structure, range-check and rule-check a spec; all diagnostics gathered."""
     checked = load_and_structure(path, label or str(path), list(overrides or []))
-    if checked.raw is None:
+    if checked.raw is None or not checked.raw.parsed:
         return checked
-    spec = checked.spec or salvage(checked.raw.data, checked.diagnostics)
+    raw, found = checked.raw, checked.diagnostics
+    spec = checked.spec or salvage(raw.data, found)
+    # Keys whose value was replaced by a default (salvage) or is not known at all.
+    replaced = [parse_override_key(d.path) or () for d in found if d.path] if checked.spec is None else []
+    if spec is not None and checked.spec is None:
+        found += tuple(check_ranges(raw, spec))
     extra: tuple[Diagnostic, ...] = ()
     if spec is not None:
-        flagged = {d.path for d in checked.diagnostics}
-        hits = run_rules(spec, checked.raw.given, spec.schedule.steps or None)
-        extra = tuple(hit_to_diagnostic(checked.raw, h) for h in hits if dotted(h.path) not in flagged)
-    diagnostics = tuple(sorted(checked.diagnostics + extra, key=Diagnostic.sort_key))
+        flagged = {d.path for d in found}
+        hits = run_rules(spec, raw.given, spec.schedule.steps or None)
+        extra = tuple(hit_to_diagnostic(raw, h) for h in hits
+                      if dotted(h.path) not in flagged and not _near_replaced(h.path, replaced))
+    diagnostics = tuple(sorted(found + extra, key=Diagnostic.sort_key))
     return attrs.evolve(checked, diagnostics=diagnostics)
+
+
+def _near_replaced(path: tuple, replaced: list[tuple]) -> bool:
+    """Is `path` in the table (or dataset) of a key that salvage replaced by its default?
+
+    Rules there read the default standing in for the user's bad value, and would report a mistake the
+    user did not make (a mistyped `prompts` is not "no prompts"; a misspelt `promt` is not "no prompt").
+    """
+    scope = _scope(path)
+    return any(scope[: len(s)] == s for s in map(_scope, replaced))
+
+
+def _scope(path: tuple) -> tuple:
+    return path[:2] if len(path) > 1 and isinstance(path[1], int) else path[:1]
 
 
 def salvage(data: dict, diagnostics: tuple[Diagnostic, ...]) -> Spec | None:
@@ -61,4 +85,25 @@ def _delete(data: dict, path: tuple) -> bool:
 def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
     span = raw.value_span(hit.path) if raw.given(hit.path) else raw.key_span(hit.path)
     return Diagnostic(code=hit.code, severity=hit.severity, message=hit.message, path=dotted(hit.path),
-                      span=span, help=hit.help)
+                      span=anchor(raw, span), help=hit.help)
+
+
+@attrs.frozen(kw_only=True)
+class Planned:
+    plan: "Plan | None"
+    diagnostics: tuple[Diagnostic, ...]
+    sources: dict
+
+
+def plan_spec(path: Path, env: "TargetEnv", label: str | None = None, overrides: list[str] | None = None) -> Planned:
+    """Check and compile a spec for `env`; diagnostics hold every error and warning either way."""
+    from dbspec.compiler.compile import compile_plan
+    from dbspec.diagnostics import DiagnosticError
+
+    checked = check_spec(path, label, overrides)
+    sources = checked.raw.sources if checked.raw else {}
+    try:
+        plan, warnings = compile_plan(checked, env)
+    except DiagnosticError as exc:
+        return Planned(plan=None, diagnostics=exc.diagnostics, sources=sources)
+    return Planned(plan=plan, diagnostics=warnings, sources=sources)

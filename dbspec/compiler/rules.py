@@ -85,7 +85,8 @@ def validation_without_prompts(spec: Spec, given: Given, total_steps) -> Iterato
 def steps_or_epochs(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
     s = spec.schedule
     if s.steps and s.epochs:
-        yield _err("DBS207", ("schedule", "epochs"), "set schedule.steps or schedule.epochs, not both")
+        yield _err("DBS207", ("schedule", "epochs"), "set schedule.steps or schedule.epochs, not both",
+                   "remove one of them")
     elif not s.steps and not s.epochs:
         yield _err("DBS207", ("schedule",), "the run length is not set",
                    "add steps = 800 (or epochs = 10) to [schedule]")
@@ -140,7 +141,8 @@ def quantize_needs_frozen_base(spec: Spec, given: Given, total_steps) -> Iterato
 def text_cache_while_training_te(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
     if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
         yield _warn("DBS213", ("cache", "text_embeddings"), "text embeddings cannot be cached while the text "
-                    "encoder trains; it is cached only after train.text_encoder_stop_step, if any")
+                    "encoder trains", "they are cached from train.text_encoder_stop_step on, if it is set; "
+                    "otherwise remove this key")
 
 
 def generate_only_for_class(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
@@ -152,9 +154,13 @@ def generate_only_for_class(spec: Spec, given: Given, total_steps) -> Iterator[H
 
 def lora_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
     if isinstance(spec.adapter, LoraAdapter) and spec.optimizer.lr < 1e-5:
-        where = "is" if given(("optimizer", "lr")) else "defaults to"
-        yield _warn("DBS215", ("optimizer", "lr"), f"optimizer.lr {where} {spec.optimizer.lr:g}, very low for LoRA",
-                    "LoRA usually trains at 5e-5 to 2e-4, e.g. lr = 1e-4")
+        lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
+        if given(("optimizer", "lr")):
+            yield _warn("DBS215", ("optimizer", "lr"), f"optimizer.lr is {lr}, very low for LoRA",
+                        "LoRA usually trains at 5e-5 to 2e-4, e.g. lr = 1e-4")
+        else:  # point at what made the default wrong
+            yield _warn("DBS215", ("adapter", "kind"), f"optimizer.lr defaults to {lr} (for full fine-tunes), "
+                        "very low for LoRA", "add lr = 1e-4 to [optimizer]; LoRA usually trains at 5e-5 to 2e-4")
 
 
 def inert_loss_options(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
@@ -168,7 +174,8 @@ def inert_loss_options(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
 
 def something_trains(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
     if not spec.train.unet and not spec.train.text_encoder:
-        yield _err("DBS217", ("train",), "nothing trains: train.unet and train.text_encoder are both false")
+        yield _err("DBS217", ("train",), "nothing trains: train.unet and train.text_encoder are both false",
+                   "set unet = true (or text_encoder = true) in [train]")
 
 
 def bucket_bounds(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
@@ -182,7 +189,10 @@ def bucket_bounds(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
         yield _warn("DBS218", ("buckets", "no_upscale"), "min_size/max_size are ignored with no_upscale = true")
     for i, d in enumerate(spec.datasets):
         if d.resolution % 8:
-            yield _err("DBS218", ("datasets", i, "resolution"), f"resolution {d.resolution} is not a multiple of 8")
+            low, high = d.resolution // 8 * 8, d.resolution // 8 * 8 + 8
+            yield _err("DBS218", ("datasets", i, "resolution"),
+                       f"datasets[{i}].resolution ({d.resolution}) is not a multiple of 8",
+                       f"the VAE downsamples by 8; use {low} or {high}")
 
 
 def two_betas(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:

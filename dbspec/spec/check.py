@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from dbspec.diagnostics import Diagnostic, error
+from dbspec.diagnostics import Diagnostic, Span, error
+from dbspec.spec.fields import spec_leaves
 from dbspec.spec.load import RawSpec, load_spec_file
 from dbspec.spec.model import SPEC_VERSION, Spec, table_classes
 from dbspec.spec.paths import KeyPath, dotted, table_label
@@ -26,8 +28,8 @@ class Checked:
 
 def load_and_structure(path: Path, label: str, overrides: list[str]) -> Checked:
     raw, diags = load_spec_file(path, label, overrides)
-    if raw is None:
-        return Checked(raw=None, spec=None, diagnostics=tuple(diags))
+    if raw is None or not raw.parsed:
+        return Checked(raw=raw, spec=None, diagnostics=tuple(diags))
     version = _check_version(raw)
     if version:
         return Checked(raw=raw, spec=None, diagnostics=(*diags, *version))
@@ -44,9 +46,14 @@ def _check_version(raw: RawSpec) -> list[Diagnostic]:
     version = raw.data["spec_version"]
     if type(version) is int and version == SPEC_VERSION:
         return []
-    return [error("DBS106", f"unsupported spec_version {version!r}", path="spec_version",
-                  span=raw.value_span(("spec_version",)),
-                  help=f"this dbspec reads spec_version = {SPEC_VERSION}")]
+    if type(version) is not int:
+        help_text = f"write spec_version = {SPEC_VERSION} (a whole number, without quotes)"
+    elif version > SPEC_VERSION:
+        help_text = f"this dbspec reads spec_version = {SPEC_VERSION}; version {version} needs a newer dbspec"
+    else:
+        help_text = f"this dbspec reads spec_version = {SPEC_VERSION}"
+    return [error("DBS106", f"unsupported spec_version {_show(version)}", path="spec_version",
+                  span=raw.value_span(("spec_version",)), help=help_text)]
 
 
 def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
@@ -55,11 +62,13 @@ def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
     if p.kind == "unknown":
         table = path[0] if len(path) > 1 else ""
         own = _TABLE_FIELDS[table] if table else set(_TABLE_FIELDS) | {"spec_version"}
-        return error("DBS102", f"unknown key `{p.keys[0]}` in {table_label(path[:-1])}", path=key,
-                     span=raw.key_span(path), help=suggest(p.keys[0], table, own))
+        what = f"table `[{key}]`" if isinstance(raw_value(raw.data, path), dict) else f"key `{p.keys[0]}` in"
+        where = "" if what.startswith("table") else f" {table_label(path[:-1])}"
+        return error("DBS102", f"unknown {what}{where}", path=key,
+                     span=anchor(raw, raw.key_span(path)), help=suggest(p.keys[0], table, own))
     if p.kind == "missing":
-        return error("DBS103", f"missing required key `{path[-1]}` in {table_label(path[:-1])}", path=key,
-                     span=raw.key_span(path), help=_missing_help(path))
+        return error("DBS103", _missing_message(path, p.cls), path=key, span=anchor(raw, raw.key_span(path)),
+                     help=_missing_help(path, p.cls))
     if p.kind == "enum":
         allowed = ", ".join(f'"{a}"' for a in p.allowed)
         return error("DBS104", f"`{key}` must be one of {allowed}; found {_show(p.actual)}", path=key,
@@ -68,46 +77,112 @@ def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
         return error("DBS203", f"`{path[-1]}` is a {p.variant} adapter option, but adapter.kind is \"{p.actual}\"",
                      path=key, span=raw.key_span(path),
                      help=f"set adapter.kind = \"{p.variant}\", or remove `{path[-1]}`")
-    expected = p.expected + (f" (one of {', '.join(repr(a) for a in p.allowed)})" if p.allowed else "")
+    expected = p.expected + (f" (one of {', '.join(_show(a) for a in p.allowed)})" if p.allowed else "")
     return error("DBS101", f"`{key}` must be a{'n' if expected[0] in 'aeiou' else ''} {expected}; "
-                 f"found {toml_type(p.actual)} {_show(p.actual)}", path=key, span=raw.value_span(path),
-                 help=_type_help(p.expected, p.actual))
+                 f"found {_found(p.actual)}", path=key, span=anchor(raw, raw.value_span(path)),
+                 help=_type_help(path, p.expected, p.actual))
+
+
+def anchor(raw: RawSpec, span: Span | None) -> Span:
+    """`span`, or the start of the file for keys with no place in it (a missing top-level table)."""
+    return span or Span(file=raw.file, line=1, col=1, end_line=1, end_col=2)
+
+
+def raw_value(data: Any, path: KeyPath) -> Any:
+    """The value at `path` in the TOML data as written, or None."""
+    for part in path:
+        if isinstance(part, int) and isinstance(data, list) and part < len(data):
+            data = data[part]
+        elif isinstance(part, str) and isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _show(value: Any) -> str:
+    """A value as TOML would write it, cut short."""
     if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        text = repr(value)
-        return text if len(text) < 40 else text[:37] + "..."
-    return str(value)
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{ " + ", ".join(f"{dotted((k,))} = {_show(v)}" for k, v in value.items()) + " }"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _missing_help(path: KeyPath) -> str:
+def _found(value: Any) -> str:
+    return "a table" if isinstance(value, dict) else f"{toml_type(value)} {_show(value)}"
+
+
+def _missing_message(path: KeyPath, cls: type | None) -> str:
+    if path == ("datasets",):
+        return "the spec has no [[datasets]]"
+    field = _field(cls, path[-1])
+    if field is not None and attrs.has(field.type):
+        return f"missing required table [{dotted(path)}]"
+    return f"missing required key `{path[-1]}` in {table_label(path[:-1])}"
+
+
+def _field(cls: type | None, name: Any) -> attrs.Attribute | None:
+    fields = attrs.fields_dict(cls) if cls is not None and attrs.has(cls) else {}
+    return fields[name] if name in fields else None
+
+
+def _missing_help(path: KeyPath, cls: type | None) -> str:
+    name = path[-1]
     if path == ("datasets",):
         return "add a [[datasets]] table with name, path and prompt"
-    return f"add `{path[-1]} = ...` to {table_label(path[:-1])}"
+    field = _field(cls, name)
+    if field is not None and attrs.has(field.type):
+        required = [f for f in attrs.fields(field.type) if f.default is attrs.NOTHING]
+        keys = ", ".join(f"{f.name} = {_show(f.metadata['example'])}" for f in required)
+        return f"add a [{name}] table" + (f" with {keys}" if keys else "")
+    example = _show(field.metadata["example"]) if field is not None and field.metadata["example"] is not None \
+        else "..."
+    where = f"to {table_label(path[:-1])}" if len(path) > 1 else "at the top of the file"
+    return f"add `{name} = {example}` {where}"
 
 
 def _enum_help(actual: Any, allowed: tuple) -> str:
     import difflib
 
-    close = difflib.get_close_matches(str(actual), [str(a) for a in allowed], n=1, cutoff=0.5)
+    same_letters = [a for a in allowed if str(a).lower() == str(actual).lower()]
+    close = same_letters or difflib.get_close_matches(str(actual), [str(a) for a in allowed], n=1, cutoff=0.5)
     return f"did you mean \"{close[0]}\"?" if close else ""
 
 
-def _type_help(expected: str, actual: Any) -> str:
+def _type_help(path: KeyPath, expected: str, actual: Any) -> str:
     if expected in ("integer", "number") and isinstance(actual, str):
         return f"remove the quotes: {actual}" if _numeric(actual) else ""
     if expected == "integer" and isinstance(actual, float):
-        return f"use a whole number, e.g. {round(actual)}"
+        return f"use a whole number, e.g. {round(actual)}" if math.isfinite(actual) else "use a whole number"
     if expected == "boolean" and isinstance(actual, str) and actual.lower() in ("true", "false"):
         return f"write {actual.lower()} without quotes"
-    if expected == "array" and isinstance(actual, str):
-        return f"wrap it in brackets: [\"{actual}\"]"
+    if expected == "array" and isinstance(actual, dict) and path == ("datasets",):
+        return "write [[datasets]] (two brackets): each [[datasets]] table adds one dataset"
+    if expected == "array" and not isinstance(actual, (list, dict)):
+        return f"wrap it in brackets: [{_show(actual)}]"
+    if expected == "table":
+        return _table_help(path, actual)
     return ""
+
+
+# The key a table given as a single value most likely meant (`model = "x"` -> model.base = "x").
+_MAIN_KEY = {"model": "base", "adapter": "kind", "datasets": "path"}
+
+
+def _table_help(path: KeyPath, actual: Any) -> str:
+    table = path[0]
+    if table == "datasets":
+        return "each dataset is a [[datasets]] table with name, path and prompt"
+    if isinstance(actual, str) and table in _MAIN_KEY and len(path) == 1:
+        return f"`{table}` is a table; did you mean `{table}.{_MAIN_KEY[table]} = {_show(actual)}`?"
+    return f"write [{dotted(path)}] on its own line, with its keys on the lines below"
 
 
 def _numeric(text: str) -> bool:
@@ -121,36 +196,23 @@ def _numeric(text: str) -> bool:
 def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
     """Bounds from each option's metadata (minimum, maximum, exclusive_minimum), for every table."""
     found: list[Diagnostic] = []
-    for path, value, field in _leaves(spec, ()):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
+    for path, value, field in spec_leaves(spec):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not raw.given(path):
+            continue  # defaults are in range; a default derived from a bad value is reported as that value
         bound = _violated(value, field.metadata)
         if bound:
             key = dotted(path)
-            found.append(error("DBS105", f"`{key}` must be {bound}; found {_show(value)}", path=key,
-                               span=raw.value_span(path)))
+            found.append(error("DBS105", f"`{key}` must be {bound}; found {_show(raw_value(raw.data, path))}",
+                               path=key, span=raw.value_span(path)))
     return found
-
-
-def _leaves(obj: Any, path: KeyPath):
-    for field in attrs.fields(type(obj)):
-        value = getattr(obj, field.name)
-        here = (*path, field.name)
-        if attrs.has(type(value)):
-            yield from _leaves(value, here)
-        elif isinstance(value, list) and value and attrs.has(type(value[0])):
-            for i, item in enumerate(value):
-                yield from _leaves(item, (*here, i))
-        else:
-            yield here, value, field
 
 
 def _violated(value: float, meta: dict) -> str:
     lo, hi, xlo = meta["minimum"], meta["maximum"], meta["exclusive_minimum"]
-    if lo is not None and value < lo:
-        return f">= {lo}" + (f" and <= {hi}" if hi is not None else "")
-    if hi is not None and value > hi:
-        return f"<= {hi}" + (f" and >= {lo}" if lo is not None else "")
+    if not math.isfinite(value):
+        return "a finite number"  # nan passes every comparison; inf is no setting
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return " and ".join(text for text in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if text)
     if xlo is not None and value <= xlo:
         return f"> {xlo}"
     return ""

@@ -54,3 +54,17 @@ def static_default(field: attrs.Attribute) -> Any:
     if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
         return None if d.takes_self else d.factory()
     return d
+
+
+def spec_leaves(obj: Any, path: tuple = ()):
+    """(key path, value, field) for every option of a structured spec; arrays of tables by index."""
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        here = (*path, field.name)
+        if attrs.has(type(value)):
+            yield from spec_leaves(value, here)
+        elif isinstance(value, list) and value and attrs.has(type(value[0])):
+            for i, item in enumerate(value):
+                yield from spec_leaves(item, (*here, i))
+        else:
+            yield here, value, field

@@ -12,6 +12,7 @@ import tomli
 from dbspec.diagnostics import Diagnostic, Span, error
 from dbspec.spec.paths import KeyPath, dotted
 from dbspec.spec.spans import SpanIndex, build_span_index
+from dbspec.spec.syntax import decode_problem, syntax_error
 
 OVERRIDES_FILE = "<--set>"
 
@@ -26,9 +27,11 @@ class RawSpec:
     spans: SpanIndex
     override_spans: dict  # KeyPath -> Span of the `--set` that wrote it
     sources: dict  # file label -> text, for rendering source lines
+    override_key_spans: dict = attrs.field(factory=dict)  # KeyPath -> Span of the key of its `--set`
+    parsed: bool = True  # False: the text is not UTF-8 or not TOML; data is empty
 
     def key_span(self, path: KeyPath) -> Span | None:
-        return self.override_spans.get(path) or self.spans.key(path) or self.spans.nearest(path)
+        return self.override_key_spans.get(path) or self.spans.key(path) or self.spans.nearest(path)
 
     def value_span(self, path: KeyPath) -> Span | None:
         return self.override_spans.get(path) or self.spans.value(path) or self.key_span(path)
@@ -46,63 +49,48 @@ class RawSpec:
         return True
 
 
-def read_text(path: Path, label: str) -> tuple[str | None, list[Diagnostic]]:
+def read_text(path: Path, label: str) -> tuple[str | None, str, list[Diagnostic]]:
+    """(text, text to show in messages, diagnostics); text is None when the file cannot be read or decoded."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return None, [error("DBS002", f"spec file `{label}` does not exist", help="check the path")]
+        return None, "", [error("DBS002", f"spec file `{label}` does not exist", help="check the path")]
     except (IsADirectoryError, PermissionError, OSError) as exc:
-        return None, [error("DBS002", f"cannot read spec file `{label}`: {exc.strerror or exc}")]
-    try:
-        return raw.decode("utf-8"), []
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        span = Span(file=label, line=line, col=col, end_line=line, end_col=col + 1)
-        return None, [error("DBS003", "spec file is not valid UTF-8", span=span,
-                            help="save the file as UTF-8 (TOML files must be UTF-8)")]
+        return None, "", [error("DBS002", f"cannot read spec file `{label}`: {exc.strerror or exc}")]
+    problem = decode_problem(raw, label)
+    if problem is not None:
+        return None, problem[1], [problem[0]]
+    text = raw.decode("utf-8")
+    return text, text, []
 
 
 def parse_toml(text: str, label: str) -> tuple[dict | None, list[Diagnostic]]:
     try:
         return tomli.loads(text), []
     except tomli.TOMLDecodeError as exc:
-        line, col = getattr(exc, "lineno", 1) or 1, getattr(exc, "colno", 1) or 1
-        message = getattr(exc, "msg", str(exc))
-        span = Span(file=label, line=line, col=col, end_line=line, end_col=col + 1)
-        return None, [error("DBS001", f"TOML syntax error: {_lower_first(message)}", span=span,
-                            help=_syntax_help(text, line))]
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-def _syntax_help(text: str, line: int) -> str:
-    lines = text.splitlines()
-    src = lines[line - 1] if 0 < line <= len(lines) else ""
-    if re.match(r"^\s*[\w.-]+\s*=\s*[A-Za-z_][\w./:-]*\s*(#.*)?$", src) and not re.search(
-        r"=\s*(true|false|inf|nan)\b", src
-    ):
-        return "strings need quotes: key = \"value\""
-    if src.count('"') % 2 == 1:
-        return "a string is not closed; add the missing quote"
-    return "see https://toml.io for the syntax"
+        return None, [syntax_error(text, label, exc)]
 
 
 def load_spec_file(path: Path, label: str, overrides: list[str]) -> tuple[RawSpec | None, list[Diagnostic]]:
-    text, diags = read_text(path, label)
-    if text is None:
-        return None, diags
-    data, diags = parse_toml(text, label)
+    """The spec as written, with overrides applied.
+
+    None when the file cannot be read; a RawSpec with `parsed` False (no data, only `sources` for showing
+    source lines) when it is not UTF-8 or not TOML.
+    """
+    text, shown, diags = read_text(path, label)
+    if text is not None:
+        data, diags = parse_toml(text, label)
+    if text is None or data is None:
+        if not shown:
+            return None, diags
+        return RawSpec(file=label, path=path.resolve(), data={}, spans=SpanIndex({}), override_spans={},
+                       sources={label: shown}, parsed=False), diags
     sources = {label: text}
-    if data is None:
-        return None, diags
-    override_spans, diags = apply_overrides(data, overrides)
+    key_spans, value_spans, diags = apply_overrides(data, overrides)
     if overrides:
         sources[OVERRIDES_FILE] = "\n".join(overrides)
     raw = RawSpec(file=label, path=path.resolve(), data=data, spans=build_span_index(text, label),
-                  override_spans=override_spans, sources=sources)
+                  override_spans=value_spans, override_key_spans=key_spans, sources=sources)
     return raw, diags
 
 
@@ -133,7 +121,9 @@ def parse_override_value(text: str) -> tuple[Any, bool]:
         return (text, True) if bare else (None, False)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Diagnostic]]:
+def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, dict, list[Diagnostic]]:
+    """Write each `--set key=value` into `data`: (key spans, value spans, problems), spans by KeyPath."""
+    key_spans: dict = {}
     spans: dict = {}
     diags: list[Diagnostic] = []
     for line, item in enumerate(overrides, start=1):
@@ -147,16 +137,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Diagno
             continue
         value, ok = parse_override_value(value_text.strip())
         if not ok:
+            example = '["..."]' if value_text.strip().startswith("[") else '"..."'
             diags.append(error("DBS004", f"the value of override `{key}` is not a TOML value", span=whole,
-                               help=f"quote strings: --set '{key}=\"...\"'"))
+                               help=f"quote strings: --set '{key}={example}'"))
             continue
         problem = _assign(data, path, value)
         if problem:
             diags.append(error("DBS004", f"cannot apply override `{key}`: {problem}", span=whole))
             continue
-        start = len(key) + 2
-        spans[path] = attrs.evolve(whole, col=start if start <= len(item) else 1)
-    return spans, diags
+        value_col = item.index("=") + 2 + len(value_text) - len(value_text.lstrip())
+        key_col = len(item) - len(item.lstrip()) + 1
+        key_spans[path] = attrs.evolve(whole, col=key_col, end_col=key_col + len(key))
+        spans[path] = attrs.evolve(whole, col=value_col if value_col <= len(item) else 1)
+    return key_spans, spans, diags
 
 
 def _assign(data: dict, path: KeyPath, value: Any) -> str:

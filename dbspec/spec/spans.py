@@ -120,7 +120,9 @@ class _Scanner:
     def span(self, start: int, end: int) -> Span:
         line, col = self.line_col(start)
         end_line, end_col = self.line_col(end)
-        return Span(file=self.file, line=line, col=col, end_line=end_line, end_col=end_col, origin=self.origin)
+        return Span(
+            file=self.file, line=line, col=col, end_line=end_line, end_col=end_col, origin=self.origin
+        )
 
     def line_col(self, offset: int) -> tuple[int, int]:
         index = bisect.bisect_right(self.line_starts, offset) - 1

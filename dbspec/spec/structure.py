@@ -109,9 +109,10 @@ def _adapter_hook(value, _):
     """Tagged union on `kind`: pick the variant, and name keys that belong to another variant."""
     if type(value) is not dict:
         raise SpecProblem(kind="type", expected="table", actual=value)
-    kind = value.get("kind", "none")  # the tag, not an option: absent means the default variant
-    if kind not in ADAPTER_VARIANTS:
-        problem = SpecProblem(kind="enum", actual=kind, allowed=tuple(ADAPTER_VARIANTS))
+    kind = value["kind"] if "kind" in value else "none"  # absent means the default variant
+    if type(kind) is not str or kind not in ADAPTER_VARIANTS:  # a list or table is not hashable
+        problem = SpecProblem(kind="enum" if type(kind) is str else "type", expected="string", actual=kind,
+                              allowed=tuple(ADAPTER_VARIANTS))
         problem.__notes__ = [_AttrNote("kind")]
         raise ClassValidationError("adapter", [problem], dict)
     cls = ADAPTER_VARIANTS[kind]

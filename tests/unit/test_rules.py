@@ -1,0 +1,155 @@
+"""Every cross-field rule (DBS2xx) fires on a minimal spec that breaks it and is silent on the nearest valid one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import tomli
+
+from dbspec.compiler import rules
+from dbspec.compiler.rules import RULES, run_rules
+from dbspec.spec.structure import structure_spec
+
+HEAD = 'spec_version = 1\n[model]\nbase = "runwayml/stable-diffusion-v1-5"\n'
+DOG = '[[datasets]]\nname = "dog"\npath = "data/dog"\nprompt = "a photo of ohwx dog"\n'
+DOGS = '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "data/dogs"\nprompt = "a photo of a dog"\n'
+STEPS = "[schedule]\nsteps = 100\n"
+LORA = '[adapter]\nkind = "lora"\n'
+TE = "[train]\ntext_encoder = true\n"
+
+
+def given_in(data: dict):
+    """`given(path)` for rules: did the TOML data write this key?"""
+
+    def given(path: tuple) -> bool:
+        node: Any = data
+        for part in path:
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    return False
+            elif not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    return given
+
+
+def hits_of(rule, body: str) -> list[tuple[str, str, tuple]]:
+    data = tomli.loads(HEAD + body)
+    spec, problems = structure_spec(data)
+    assert problems == [], problems
+    return [(h.code, h.severity, h.path) for h in rule(spec, given_in(data), spec.schedule.steps or None)]
+
+
+# rule, a spec body that breaks it, the hits expected, the nearest body that does not.
+CASES = [
+    (rules.prior_without_class_data, DOG + STEPS + "[loss]\nprior_weight = 0.5\n",
+     [("DBS201", "warning", ("loss", "prior_weight"))], DOG + DOGS + STEPS + "[loss]\nprior_weight = 0.5\n"),
+    (rules.prior_without_class_data, DOG + STEPS + '[loss]\nprior = "base_model"\n',
+     [("DBS201", "warning", ("loss", "prior"))], DOG + STEPS),
+    (rules.text_encoder_stop_beyond_run, TE + "text_encoder_stop_step = 100\n" + DOG + STEPS,
+     [("DBS202", "error", ("train", "text_encoder_stop_step"))], TE + "text_encoder_stop_step = 99\n" + DOG + STEPS),
+    (rules.text_encoder_options_inert, "[train]\ntext_encoder_stop_step = 50\n" + DOG + STEPS,
+     [("DBS206", "warning", ("train", "text_encoder_stop_step"))], TE + "text_encoder_stop_step = 50\n" + DOG + STEPS),
+    (rules.text_encoder_options_inert, DOG + "[optimizer]\ntext_encoder_lr = 1e-6\n" + STEPS,
+     [("DBS206", "warning", ("optimizer", "text_encoder_lr"))], TE + DOG + "[optimizer]\ntext_encoder_lr = 1e-6\n" + STEPS),
+    (rules.interval_beyond_run, DOG + STEPS + "[checkpoints]\nevery = 101\n",
+     [("DBS204", "warning", ("checkpoints", "every"))], DOG + STEPS + "[checkpoints]\nevery = 100\n"),
+    (rules.interval_beyond_run, DOG + STEPS + '[validation]\nevery = 500\nprompts = ["x"]\n',
+     [("DBS204", "warning", ("validation", "every"))], DOG + STEPS + '[validation]\nevery = 50\nprompts = ["x"]\n'),
+    (rules.validation_without_prompts, DOG + STEPS + "[validation]\nevery = 10\n",
+     [("DBS205", "error", ("validation", "every"))], DOG + STEPS + '[validation]\nevery = 10\nprompts = ["x"]\n'),
+    (rules.steps_or_epochs, DOG, [("DBS207", "error", ("schedule",))], DOG + STEPS),
+    (rules.steps_or_epochs, DOG + "[schedule]\nsteps = 100\nepochs = 2\n",
+     [("DBS207", "error", ("schedule", "epochs"))], DOG + "[schedule]\nepochs = 2\n"),
+    (rules.prompt_required, '[[datasets]]\nname = "dog"\npath = "data/dog"\n' + STEPS,
+     [("DBS208", "error", ("datasets", 0))],
+     '[[datasets]]\nname = "dog"\npath = "data/dog"\ncaptions = "filename"\n' + STEPS),
+    (rules.prompt_required, DOG + '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "d"\ncaptions = "textfile"\n'
+     "generate = 10\n" + STEPS, [("DBS208", "error", ("datasets", 1, "generate"))],
+     DOG + '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "d"\ncaptions = "textfile"\n' + STEPS),
+    (rules.unique_dataset_names, DOG + DOG.replace("data/dog", "data/dog2") + STEPS,
+     [("DBS209", "error", ("datasets", 1, "name"))], DOG + DOG.replace('"dog"', '"dog2"') + STEPS),
+    (rules.needs_instance_dataset, DOGS + STEPS, [("DBS210", "error", ("datasets",))], DOG + DOGS + STEPS),
+    (rules.warmup_with_constant, DOG + STEPS + "warmup_steps = 10\n",
+     [("DBS211", "warning", ("schedule", "warmup_steps"))],
+     DOG + STEPS + 'warmup_steps = 10\nlr_schedule = "constant_with_warmup"\n'),
+    (rules.quantize_needs_frozen_base, DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
+     [("DBS212", "error", ("precision", "quantize_unet"))], LORA + DOG + STEPS + '[precision]\nquantize_unet = "int8"\n'),
+    (rules.quantize_needs_frozen_base, TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
+     [("DBS212", "error", ("precision", "quantize_text_encoder"))],
+     DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n'),
+    (rules.text_cache_while_training_te, TE + DOG + STEPS + "[cache]\ntext_embeddings = true\n",
+     [("DBS213", "warning", ("cache", "text_embeddings"))], TE + DOG + STEPS),
+    (rules.generate_only_for_class, DOG + "generate = 10\n" + STEPS,
+     [("DBS214", "error", ("datasets", 0, "generate"))], DOG + DOGS + "generate = 10\n" + STEPS),
+    (rules.lora_learning_rate, LORA + DOG + STEPS, [("DBS215", "warning", ("adapter", "kind"))],
+     LORA + DOG + STEPS + "[optimizer]\nlr = 1e-4\n"),
+    (rules.lora_learning_rate, LORA + DOG + STEPS + "[optimizer]\nlr = 1e-6\n",
+     [("DBS215", "warning", ("optimizer", "lr"))], DOG + STEPS + "[optimizer]\nlr = 1e-6\n"),
+    (rules.inert_loss_options, DOG + STEPS + "[loss]\nhuber_delta = 0.2\n",
+     [("DBS216", "warning", ("loss", "huber_delta"))], DOG + STEPS + '[loss]\nkind = "huber"\nhuber_delta = 0.2\n'),
+    (rules.inert_loss_options, DOG + STEPS + "[optimizer]\nmomentum = 0.9\n",
+     [("DBS216", "warning", ("optimizer", "momentum"))], DOG + STEPS + '[optimizer]\nkind = "sgd"\nmomentum = 0.9\n'),
+    (rules.inert_loss_options, DOG + STEPS + '[precision]\nbf16_fallback = "fp16"\n',
+     [("DBS216", "warning", ("precision", "bf16_fallback"))],
+     DOG + STEPS + '[precision]\nmixed = "bf16"\nbf16_fallback = "fp16"\n'),
+    (rules.something_trains, "[train]\nunet = false\n" + DOG + STEPS, [("DBS217", "error", ("train",))],
+     "[train]\nunet = false\ntext_encoder = true\n" + DOG + STEPS),
+    (rules.bucket_bounds, DOG + "[buckets]\nmin_size = 1024\nmax_size = 512\n" + STEPS,
+     [("DBS218", "error", ("buckets", "min_size"))], DOG + "[buckets]\nmin_size = 512\nmax_size = 512\n" + STEPS),
+    (rules.bucket_bounds, DOG + "[buckets]\nstep = 12\n" + STEPS, [("DBS218", "error", ("buckets", "step"))],
+     DOG + "[buckets]\nstep = 16\n" + STEPS),
+    (rules.bucket_bounds, DOG + "[buckets]\nno_upscale = true\nmax_size = 1024\n" + STEPS,
+     [("DBS218", "warning", ("buckets", "no_upscale"))], DOG + "[buckets]\nno_upscale = true\n" + STEPS),
+    (rules.bucket_bounds, DOG + "resolution = 700\n" + STEPS, [("DBS218", "error", ("datasets", 0, "resolution"))],
+     DOG + "resolution = 704\n" + STEPS),
+    (rules.two_betas, DOG + STEPS + "[optimizer]\nbetas = [0.9]\n", [("DBS219", "error", ("optimizer", "betas"))],
+     DOG + STEPS + "[optimizer]\nbetas = [0.9, 0.99]\n"),
+    (rules.two_betas, DOG + STEPS + "[optimizer]\nbetas = [0.9, 1.0]\n", [("DBS219", "error", ("optimizer", "betas"))],
+     DOG + STEPS + "[optimizer]\nbetas = [0.0, 0.999999]\n"),
+    (rules.one_mask_source, DOG + 'masks = "data/masks"\nmask_from_alpha = true\n' + STEPS,
+     [("DBS221", "error", ("datasets", 0, "mask_from_alpha"))], DOG + 'masks = "data/masks"\n' + STEPS),
+    (rules.exports_match_adapter, LORA + DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
+     [("DBS222", "error", ("checkpoints", "exports"))], DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n'),
+    (rules.exports_match_adapter, DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n',
+     [("DBS222", "error", ("checkpoints", "exports"))],
+     LORA + DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n'),
+    (rules.zero_snr_needs_v, 'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
+     [("DBS223", "warning", ("loss", "zero_terminal_snr"))],
+     'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n"),
+]
+
+
+@pytest.mark.parametrize(("rule", "bad", "expected", "good"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_rule_fires_on_the_broken_spec(rule, bad, expected, good):
+    assert hits_of(rule, bad) == expected
+
+
+@pytest.mark.parametrize(("rule", "bad", "expected", "good"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_rule_is_silent_on_the_nearest_valid_spec(rule, bad, expected, good):
+    assert hits_of(rule, good) == []
+
+
+def test_every_rule_has_a_case():
+    assert {rule.__name__ for rule in RULES} == {case[0].__name__ for case in CASES}
+
+
+@pytest.mark.parametrize("good", sorted({case[3] for case in CASES}))
+def test_the_valid_specs_pass_every_rule_but_their_known_warnings(good):
+    """The nearest valid specs are valid for all rules, not only their own (no error from any rule)."""
+    data = tomli.loads(HEAD + good)
+    spec, _ = structure_spec(data)
+    errors = [h for h in run_rules(spec, given_in(data), spec.schedule.steps or None) if h.severity == "error"]
+    assert errors == []
+
+
+def test_hits_carry_a_message_and_a_known_severity():
+    for rule, bad, _, _ in CASES:
+        data = tomli.loads(HEAD + bad)
+        spec, _ = structure_spec(data)
+        for hit in rule(spec, given_in(data), spec.schedule.steps or None):
+            assert hit.message and hit.severity in ("error", "warning")
+            assert hit.code.startswith("DBS2")
