@@ -1,0 +1,324 @@
+"""The run's output folder: plan.json, atomic checkpoints with a `latest` pointer, and weight writers.
+
+```
+<out>/plan.json                 the plan that produced this run
+<out>/checkpoints/step-000030/  one complete checkpoint: weights + training_state.pt
+<out>/checkpoints/latest        names the newest complete checkpoint folder; replaced atomically
+<out>/final/                    the final weights (same format as a checkpoint's weights)
+```
+A checkpoint is written into a hidden temp folder and renamed into place, so a step folder that exists
+is complete; `latest` moves only after that, and pruning happens last and never touches `latest`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from dbspec.util.atomic import write_text_atomic
+
+STATE_FILE = "training_state.pt"
+LATEST_FILE = "latest"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+_TMP_DIR = re.compile(r"^\.tmp-step-\d+-(\d+)$")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+Family = Literal["sd1", "sd2", "sdxl"]
+
+
+class OutputError(Exception):
+    """The output folder holds something this run must not write over."""
+
+
+# --- output folder ------------------------------------------------------------------------------------------
+def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool, resume: bool) -> Path:
+    """Create `out` for this plan's run, refusing (OutputError) to mix it with another run.
+
+    `overwrite` moves an existing run aside to `<out>.old-<timestamp>` (nothing is deleted); `resume`
+    keeps a run of the same plan so the loop can continue from `latest_checkpoint(out)`.
+    """
+    out = Path(out)
+    held = _run_hash(out)
+    if held is not None and (held != plan_hash or not resume) and _has_results(out, held == plan_hash):
+        if not overwrite:
+            raise OutputError(_refusal(out, held, plan_hash, resume))
+        _move_aside(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if _run_hash(out) != plan_hash:
+        write_text_atomic(out / "plan.json", plan_json)
+    return out
+
+
+def _run_hash(out: Path) -> str | None:
+    """The plan hash of the run in `out`; "" for a folder holding an unreadable plan or results without one."""
+    try:
+        data = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "" if (out / "checkpoints").exists() or (out / "final").exists() else None
+    except (OSError, ValueError):
+        return ""
+    stated = data["plan_hash"] if isinstance(data, dict) and "plan_hash" in data else ""
+    return stated if isinstance(stated, str) else ""
+
+
+def _has_results(out: Path, same_plan: bool) -> bool:
+    # Another plan's folder is always a run; the same plan's only once it saved something worth keeping.
+    return not same_plan or any(_step_dirs(out)) or (out / "final").exists()
+
+
+def _refusal(out: Path, held: str, plan_hash: str, resume: bool) -> str:
+    aside = f"--overwrite (moves the old run aside to {out.name}.old-<timestamp>; nothing is deleted)"
+    if held == plan_hash:
+        return f"{out} already holds checkpoints of this plan: pass --resume to continue it, or {aside}"
+    what = f"another plan ({held[:19]}…)" if held else "a run this dbspec cannot read"
+    cannot = "it cannot be resumed with this plan; " if resume else ""
+    return f"{out} holds {what}: {cannot}choose another output folder, or pass {aside}"
+
+
+def _move_aside(out: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out.with_name(f"{out.name}.old-{stamp}")
+    suffix = 1
+    while target.exists():
+        target = out.with_name(f"{out.name}.old-{stamp}-{suffix}")
+        suffix += 1
+    os.replace(out, target)
+    return target
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+def save_checkpoint(
+    out: Path, step: int, *, weights: Callable[[Path], None], state: dict[str, Any], keep: int
+) -> Path:
+    """Write checkpoint `step` (weights via the callback, `state` via torch.save), point `latest` at it,
+    then prune to the newest `keep` (0 keeps all). A failure leaves no step folder and `latest` unchanged."""
+    _check_loadable(state, "state")
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    staging = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        weights(staging)
+        torch.save(state, staging / STATE_FILE)
+        _fsync_tree(staging)
+        # A folder of this step left by an interrupted run (never named by `latest`) makes way, renamed first.
+        replaced = _rename_away(final) if final.exists() else None
+        os.replace(staging, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_text_atomic(root / LATEST_FILE, final.name + "\n")
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+    _prune(root, keep, final)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint to resume from: the one `latest` names; if that pointer is missing or broken, the
+    newest step folder (complete by construction: it is renamed into place only after a full write)."""
+    root = Path(out) / "checkpoints"
+    try:
+        named = (root / LATEST_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        named = ""
+    if _STEP_DIR.match(named) and (root / named / STATE_FILE).is_file():
+        return root / named
+    complete = [folder for folder in _step_dirs(Path(out)) if (folder / STATE_FILE).is_file()]
+    return complete[-1] if complete else None
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """The training state saved with a checkpoint, on CPU. weights_only=True is safe and sufficient:
+    `save_checkpoint` only accepts plain data (RNG states included, see `capture_rng_state`)."""
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _step_dirs(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(match.group(1)), entry) for entry in root.iterdir() if (match := _STEP_DIR.match(entry.name))]
+    return [folder for _, folder in sorted(found)]
+
+
+def _prune(root: Path, keep: int, latest: Path) -> None:
+    for entry in root.iterdir():  # leftovers of processes that died mid-save or mid-delete
+        match = _TMP_DIR.match(entry.name)
+        if entry.name.startswith(".trash-") or (match and not _pid_alive(int(match.group(1)))):
+            shutil.rmtree(entry, ignore_errors=True)
+    if keep <= 0:
+        return
+    for folder in _step_dirs(root.parent)[:-keep]:
+        if folder != latest:
+            shutil.rmtree(_rename_away(folder), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else
+    return True
+
+
+def _rename_away(folder: Path) -> Path:
+    # Rename before deleting: a half-deleted folder must never sit under a step-XXXXXX name.
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    return trash
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # platforms that cannot open directories (Windows) order renames themselves
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+_PLAIN = (torch.Tensor, int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Fail at the first save, not at resume hours later, when `state` holds what weights_only refuses."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_loadable(key, where)
+            _check_loadable(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        for index, item in enumerate(value):
+            _check_loadable(item, f"{where}[{index}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"{where} is a {type(value).__name__}; checkpoint state must be tensors, numbers, "
+                        "strings, None, lists, tuples and dicts")
+
+
+# --- RNG state ------------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from (python, numpy, torch CPU/CUDA/MPS), as weights_only-loadable data."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo `capture_rng_state`: the next draws repeat the ones made after the capture."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        count = min(len(state["cuda"]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(state["cuda"][:count])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+# --- weight writers -------------------------------------------------------------------------------------------
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    return dtype if isinstance(dtype, torch.dtype) else _DTYPES[dtype]
+
+
+def save_full_weights(
+    folder: Path, unet: nn.Module | None, text_encoders: dict[str, nn.Module] | None, dtype: str | torch.dtype
+) -> None:
+    """`save_pretrained` (safetensors) of each trained component into `folder/<name>/`, cast to `dtype`.
+
+    Saving never needs a second copy of the model in accelerator memory; the live modules are untouched.
+    """
+    components = {"unet": unet, **(text_encoders or {})}
+    for name, module in components.items():
+        if module is not None:
+            _cast_copy(module, torch_dtype(dtype)).save_pretrained(Path(folder) / name, safe_serialization=True)
+
+
+def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A save-only copy: built on the meta device, filled from a cast CPU state dict. Non-persistent
+    buffers (CLIP's position_ids) stay on meta: save_pretrained writes the state dict only."""
+    cast = {key: value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype, copy=True)
+            for key, value in module.state_dict().items()}
+    build = getattr(type(module), "from_config", type(module))  # diffusers: from_config; transformers: __init__
+    with torch.device("meta"):
+        copy = build(module.config)
+    copy.load_state_dict(cast, assign=True, strict=True)
+    return copy
+
+
+def save_lora_weights(
+    folder: Path,
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    dtype: str | torch.dtype,
+    *,
+    family: Family,
+    text_encoder_2: nn.Module | None = None,
+) -> Path:
+    """`pytorch_lora_weights.safetensors` in diffusers' format (as examples/dreambooth/train_dreambooth_lora.py
+    writes it), with each adapter's LoraConfig as metadata so `pipe.load_lora_weights(folder)` restores
+    rank, alpha and targets exactly. Modules are peft-adapted (`add_adapter` or `get_peft_model`) or None."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if text_encoder_2 is not None and family != "sdxl":
+        raise ValueError(f"text_encoder_2 LoRA given for family {family!r}; only sdxl has a second text encoder")
+    layers = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    kwargs: dict[str, Any] = {}
+    for name, module in layers.items():
+        if module is not None:
+            kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _lora_layers(module, dtype)
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline_class.save_lora_weights(Path(folder), safe_serialization=True, **kwargs)
+    return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def _lora_layers(module: nn.Module, dtype: str | torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    if isinstance(module, PeftModel):  # its keys carry a base_model.model. prefix diffusers does not expect
+        module = module.get_base_model()
+    adapter = "default" if "default" in module.peft_config else next(iter(module.peft_config))
+    state = get_peft_model_state_dict(module, adapter_name=adapter)
+    cast = {key: value.detach().to("cpu", torch_dtype(dtype)).contiguous() for key, value in state.items()}
+    return convert_state_dict_to_diffusers(cast), module.peft_config[adapter].to_dict()
