@@ -57,6 +57,105 @@ def check(
     raise typer.Exit(code)
 
 
+TargetOption = Annotated[Optional[str], typer.Option(
+    "--target", help="Compile for another machine: cpu, cuda:24GB, cuda:16GB:7.5, mps:32GB (default: this one).")]
+
+
+def resolve_target(target: str | None, output_hint: Path | None = None):
+    from dbspec.compiler.target import parse_target, probe_target
+
+    if target is None:
+        return probe_target(output_hint)
+    try:
+        return parse_target(target)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--target") from None
+
+
+@app.command()
+def plan(
+    spec: Annotated[Path, typer.Argument(help="The spec file.")],
+    set_: SetOption = None,
+    target: TargetOption = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plan as JSON to this path.")] = None,
+    explain_origins: Annotated[bool, typer.Option("--explain", help="Show where every value came from.")] = False,
+    fmt: FormatOption = "text",
+    strict: StrictOption = False,
+) -> None:
+    """Compile a spec into a resolved execution plan and show it; no model is loaded."""
+    from rich.console import Console
+
+    from dbspec.frontend import plan_spec
+    from dbspec.plan.io import write_plan
+    from dbspec.plan.summary import render_summary
+
+    _check_format(fmt)
+    planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
+    if planned.plan is None or fmt == "json":
+        emit(planned.diagnostics, planned.sources, fmt)
+    else:
+        render_summary(planned.plan, Console(highlight=False, soft_wrap=True), explain=explain_origins)
+    if planned.plan is not None and json_out is not None:
+        write_plan(planned.plan, json_out)
+        if fmt == "text":
+            typer.echo(f"wrote {json_out}")
+    raise typer.Exit(exit_code(planned.diagnostics, strict))
+
+
+@app.command()
+def run(
+    source: Annotated[Path, typer.Argument(help="A spec (.toml) or a plan written by `dbspec plan --json` (.json).")],
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Move an output folder holding another run aside and start afresh.")] = False,
+    strict: StrictOption = False,
+) -> None:
+    """Train: compile the spec (or read the plan), show the plan, then run it."""
+    from rich.console import Console
+
+    from dbspec.plan.summary import render_summary
+
+    console = Console(highlight=False, soft_wrap=True)
+    the_plan = _plan_for_run(source, set_ or [], strict)
+    render_summary(the_plan, console)
+    from dbspec.runtime.execute import RunError, execute
+
+    try:
+        result = execute(the_plan, overwrite=overwrite, resume=resume, console=console)
+    except RunError as exc:
+        where = f"\n  --> {exc.where}" if exc.where else ""
+        hint = f"\n  = help: {exc.hint}" if exc.hint else ""
+        typer.echo(f"error: {exc.message}{where}{hint}", err=True)
+        raise typer.Exit(1) from None
+    if result.status == "interrupted":
+        typer.echo(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}\n"
+                   f"resume with: dbspec run {source} --resume", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"finished {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s)\n"
+               f"weights: {result.final}\noutputs: {result.output}")
+
+
+def _plan_for_run(source: Path, overrides: list[str], strict: bool):
+    from dbspec.frontend import plan_spec
+
+    if source.suffix == ".json":
+        from dbspec.plan.io import PlanFileError, read_plan
+
+        if overrides:
+            raise typer.BadParameter("--set applies to specs; compile the spec again instead", param_hint="--set")
+        try:
+            return read_plan(source)
+        except PlanFileError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    planned = plan_spec(source, resolve_target(None, None), str(source), overrides)
+    if planned.plan is None or exit_code(planned.diagnostics, strict):
+        emit(planned.diagnostics, planned.sources, "text")
+        raise typer.Exit(1)
+    return planned.plan
+
+
 @app.command()
 def schema(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON Schema.")] = Path(

@@ -41,6 +41,9 @@ class OutputError(Exception):
 
 
 # --- output folder ------------------------------------------------------------------------------------------
+RUN_FILE = "run.json"  # {"run_hash": ...}: what the run trains, without machine-specific plan fields
+
+
 def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool, resume: bool) -> Path:
     """Create `out` for this plan's run, refusing (OutputError) to mix it with another run.
 
@@ -56,18 +59,21 @@ def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool
     out.mkdir(parents=True, exist_ok=True)
     if _run_hash(out) != plan_hash:
         write_text_atomic(out / "plan.json", plan_json)
+        write_text_atomic(out / RUN_FILE, json.dumps({"run_hash": plan_hash}) + "\n")
     return out
 
 
 def _run_hash(out: Path) -> str | None:
-    """The plan hash of the run in `out`; "" for a folder holding an unreadable plan or results without one."""
+    """The run hash in `out` (run.json, beside plan.json); "" for a folder holding an unreadable one, or results
+    without one."""
     try:
-        data = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+        data = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return "" if (out / "checkpoints").exists() or (out / "final").exists() else None
+        held = any((out / name).exists() for name in ("checkpoints", "final", "plan.json"))
+        return "" if held else None
     except (OSError, ValueError):
         return ""
-    stated = data["plan_hash"] if isinstance(data, dict) and "plan_hash" in data else ""
+    stated = data["run_hash"] if isinstance(data, dict) and "run_hash" in data else ""
     return stated if isinstance(stated, str) else ""
 
 

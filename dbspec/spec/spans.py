@@ -115,8 +115,6 @@ class _Scanner:
         self.array_table_sizes: Counter[Path] = Counter()  # [[x]] headers seen, per resolved path
         self.table: Path = ()  # the table that key/value lines currently belong to
 
-    # -- positions -----------------------------------------------------------------------------
-
     def span(self, start: int, end: int) -> Span:
         line, col = self.line_col(start)
         end_line, end_col = self.line_col(end)
@@ -137,8 +135,6 @@ class _Scanner:
             self.implicit.discard(path)
         else:
             self.implicit.add(path)
-
-    # -- low-level reading ---------------------------------------------------------------------
 
     def peek(self, length: int = 1) -> str:
         return self.text[self.pos : self.pos + length]
@@ -173,8 +169,6 @@ class _Scanner:
         if found is None:
             raise _Stop
         return found.end()
-
-    # -- statements ----------------------------------------------------------------------------
 
     def document(self) -> None:
         while True:
@@ -258,8 +252,6 @@ class _Scanner:
             name = self.text[start:end]
         self.pos = end
         return _KeyPart(name=name, start=start, end=end)
-
-    # -- values --------------------------------------------------------------------------------
 
     def value(self, path: Path, depth: int) -> None:
         """Move past the value at the cursor, indexing what is inside it."""

@@ -94,6 +94,13 @@ def test_inline_tables_and_arrays():
     assert where(text, ("x", 1, "k")) == (2, 19, "k", "2")
 
 
+def test_multi_line_inline_table():  # TOML 1.1
+    text = "t = {  # c\r\n  a = 1,  # one\r\n\r\n  b.c = [\r\n 2 ],\r\n}\r\nu = 3"
+    assert where(text, ("t", "a")) == (2, 3, "a", "1")
+    assert where(text, ("t", "b", "c")) == (4, 5, "c", "[\r\n 2 ]")
+    assert where(text, ("u",)) == (7, 1, "u", "3")
+
+
 def test_multi_line_array_with_comments_and_trailing_comma():
     text = '[validation]\nprompts = [  # first\n  "a, b", # c ]\n\n  # ]\n  "d",\n]\nafter = 1\n'
     array = text[text.index("[  #") : text.index("]\nafter") + 1]
@@ -234,7 +241,7 @@ class Renderer:
         out = []
         for i, char in enumerate(text):
             if multi_line and char == "\n" and i > 0:
-                out.append(self.nl)  # a newline right after the opening quotes would be trimmed
+                out.append(self.nl)  # raw, but not first: a newline right after `"""` is trimmed
             elif multi_line and char == '"' and out[-2:] != ['"', '"']:
                 out.append(char)  # runs of up to two raw quotes are content
             elif char in SHORT_ESCAPES or CONTROL.match(char):
@@ -280,7 +287,9 @@ class Renderer:
         self.values[path] = value
         if isinstance(value, dict):
             items = self.items(path, value)
-            body = self.choose(" ", "") + ", ".join(items) + self.choose(" ", ",", "")  # "," is TOML 1.1
+            # Newlines and a trailing comma in inline tables are TOML 1.1 (tomli >= 2.3).
+            separator = self.choose(", ", ",", "," + self.nl + "  ")
+            body = self.choose(" ", "", self.nl) + separator.join(items) + self.choose(" ", ",", "", self.nl)
             return "{" + body + "}" if items else "{}"
         if not isinstance(value, list):
             return self.scalar(value)

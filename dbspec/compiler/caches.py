@@ -1,0 +1,75 @@
+"""Cache pass: content-addressed keys for latents and text embeddings, and hits against the disk now.
+
+A latent key hashes everything that changes the tensor: image bytes, bucket, resize, crop, flip, the VAE's
+identity and dtype. A text key hashes the caption, the text encoders' identity, clip skip and dtype. So a
+changed image, resolution or VAE can never reuse an old entry. The runtime writes entries at these keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import attrs
+
+from dbspec.compiler.context import Context
+from dbspec.plan.model import CachePlan, DatasetPlan, ImagePlan, ModelPlan, PrecisionPlan
+
+LATENT_FORMAT = "latent-v1"
+TEXT_FORMAT = "text-v1"
+
+
+def _key(parts: list) -> str:
+    return hashlib.blake2b(json.dumps(parts, separators=(",", ":")).encode(), digest_size=20).hexdigest()
+
+
+def latent_key(img: ImagePlan, flip: bool, vae_identity: str, vae_dtype: str) -> str:
+    return _key([LATENT_FORMAT, img.sha, img.bucket, img.resized, img.crop, flip, vae_identity, vae_dtype])
+
+
+def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
+    return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype])
+
+
+def entry_path(cache_dir: Path, kind: str, key: str) -> Path:
+    """Where the runtime stores an entry: <dir>/<kind>/<ab>/<key>.safetensors."""
+    return cache_dir / kind / key[:2] / f"{key}.safetensors"
+
+
+def plan_caches(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...],
+                precision: PrecisionPlan) -> tuple[tuple[DatasetPlan, ...], CachePlan]:
+    c, spec = ctx.spec.cache, ctx.spec
+    cache_dir = ctx.cache_dir
+    notes: list[str] = []
+    te_trains = spec.train.text_encoder
+    text_on = c.text_embeddings and not te_trains and model is not None
+    if c.text_embeddings and te_trains:
+        notes.append("text embeddings are not cached: the text encoder trains")
+    vae_dtype = next(p.dtype for p in precision.components if p.name == "vae")
+    text_dtype = next(p.dtype for p in precision.components if p.name == "text_encoder")
+    out: list[DatasetPlan] = []
+    keys: dict[str, set[str]] = {"latents": set(), "text": set()}
+    for d in datasets:
+        latents_on = c.latents and d.crop == "center" and model is not None
+        if c.latents and d.crop == "random":
+            notes.append(f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)")
+        images = []
+        for img in d.images:
+            used = img.repeats > 0  # balanced-out class images never train: nothing to encode
+            lkeys = tuple(latent_key(img, f, model.vae_identity, vae_dtype) for f in _flips(d)) \
+                if latents_on and used else ()
+            tkey = text_key(img.caption, model, text_dtype) if text_on and used else ""
+            keys["latents"].update(lkeys)
+            keys["text"].update((tkey,) if tkey else ())
+            images.append(attrs.evolve(img, latent_keys=lkeys, text_key=tkey))
+        out.append(attrs.evolve(d, images=tuple(images)))
+    hits = {kind: sum(entry_path(cache_dir, kind, k).exists() for k in ks) for kind, ks in keys.items()}
+    plan = CachePlan(dir=str(cache_dir), latents=c.latents, text_embeddings=text_on,
+                     latent_hits=hits["latents"], latent_misses=len(keys["latents"]) - hits["latents"],
+                     text_hits=hits["text"], text_misses=len(keys["text"]) - hits["text"], notes=tuple(notes))
+    return tuple(out), plan
+
+
+def _flips(d: DatasetPlan) -> tuple[bool, ...]:
+    return (False, True) if d.flip else (False,)

@@ -1,0 +1,207 @@
+"""compile(spec, env) -> Plan: one pass per concern, every diagnostic gathered, one failure at the end."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import attrs
+
+from dbspec import __version__
+from dbspec.compiler import schedule as sched
+from dbspec.compiler.caches import plan_caches
+from dbspec.compiler.context import Context
+from dbspec.compiler.datasets import plan_datasets
+from dbspec.compiler.losses import plan_loss
+from dbspec.compiler.memory import estimate_memory
+from dbspec.compiler.models import FAMILY_PARAMS, plan_model
+from dbspec.compiler.origins import derived, spec_origins
+from dbspec.compiler.precision import plan_precision
+from dbspec.compiler.rules import run_rules
+from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
+from dbspec.frontend import hit_to_diagnostic
+from dbspec.plan.model import (
+    PLAN_VERSION, AdapterPlan, BucketPlan, CheckpointPlan, DatasetPlan, EmaPlan, LoggingPlan, OptimizerPlan, Plan,
+    SchedulePlan, TargetEnv, ValidationPlan,
+)
+from dbspec.spec.check import Checked
+from dbspec.spec.model import LoraAdapter
+
+# LoRA parameters per unit of rank with the default targets (attention projections: rank x (in + out) each),
+# counted on the public models; FAMILY_PARAMS holds their sizes.
+LORA_PER_RANK = {
+    "sd1": {"unet": 199_296, "text_encoder": 73_728},
+    "sd2": {"unet": 207_488, "text_encoder": 188_416},
+    "sdxl": {"unet": 1_451_520, "text_encoder": 73_728, "text_encoder_2": 327_680},
+}
+
+
+def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnostic, ...]]:
+    """Compile a checked spec for `env`: the plan and its warnings. Raises DiagnosticError holding every
+    error and warning."""
+    if checked.spec is None or checked.raw is None or any(d.severity == "error" for d in checked.diagnostics):
+        raise DiagnosticError(checked.diagnostics)
+    ctx = Context(spec=checked.spec, raw=checked.raw, env=env, diagnostics=list(checked.diagnostics))
+    model = plan_model(ctx)
+    datasets = balance(ctx, plan_datasets(ctx, model))
+    buckets = sched.bucket_table(_bucket_samples(datasets), ctx.spec.schedule.batch_size)
+    schedule = _schedule(ctx, datasets, buckets)
+    if schedule is not None:
+        _plan_time_rules(ctx, schedule.total_steps)
+    loss = plan_loss(ctx, model, datasets)
+    precision = plan_precision(ctx, model)
+    _environment_rules(ctx)
+    datasets, cache = plan_caches(ctx, model, datasets, precision)
+    raise_if_errors(ctx.diagnostics)
+    assert model is not None and schedule is not None
+    memory = _memory(ctx, model, precision, buckets)
+    if not memory.fits:
+        ctx.report("DBS350", "warning", f"estimated memory {_gib(memory.total)} exceeds the target's "
+                   f"{_gib(memory.available)}", ("precision",),
+                   help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit")
+    plan = _assemble(ctx, model, datasets, buckets, schedule, loss, precision, cache, memory)
+    return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
+
+
+def balance(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> tuple[DatasetPlan, ...]:
+    """Per-image samples per epoch: instance images use their repeats; class images are balanced to match
+    (kohya's rule) unless schedule.balance_classes is false, when they keep their own repeats."""
+    class_images = [(di, ii) for di, d in enumerate(datasets) if d.role == "class" for ii in range(len(d.images))]
+    new_repeats: dict[tuple[int, int], int] = {}
+    if ctx.spec.schedule.balance_classes:
+        target = sum(img.repeats for d in datasets if d.role == "instance" for img in d.images)
+        counts = sched.balance_class_repeats([datasets[di].images[ii].repeats for di, ii in class_images], target)
+        new_repeats = dict(zip(class_images, counts))
+    out = []
+    for di, d in enumerate(datasets):
+        if d.role == "class" and new_repeats:
+            images = tuple(attrs.evolve(img, repeats=new_repeats[(di, ii)]) for ii, img in enumerate(d.images))
+            d = attrs.evolve(d, images=images)
+        out.append(attrs.evolve(d, samples_per_epoch=sum(img.repeats for img in d.images)))
+    return tuple(out)
+
+
+def _bucket_samples(datasets: tuple[DatasetPlan, ...]) -> dict:
+    samples: dict = defaultdict(lambda: [0, 0])
+    for d in datasets:
+        for img in d.images:
+            samples[img.bucket][d.role == "class"] += img.repeats
+    return {size: tuple(v) for size, v in samples.items()}
+
+
+def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> SchedulePlan | None:
+    s, spec = ctx.spec.schedule, ctx.spec
+    batches = sum(b.batches_per_epoch for b in buckets)
+    if batches == 0:
+        if not any(d.code in ("DBS301", "DBS302") for d in ctx.diagnostics):
+            ctx.report("DBS332", "error", "no image will train: every dataset is empty after skipping problem files",
+                       ("datasets",))
+        return None
+    for b in buckets:
+        if b.short:
+            n = b.instance_samples + b.class_samples
+            ctx.report("DBS333", "warning", f"bucket {b.size[0]}x{b.size[1]} holds {n} sample(s), fewer than "
+                       f"batch_size {s.batch_size}: they train as one smaller batch each epoch (not dropped)",
+                       ("schedule", "batch_size"))
+    try:
+        return _compute(ctx, batches, buckets)
+    except ValueError as exc:
+        ctx.report("DBS334", "error", f"the schedule cannot be computed: {exc}", ("schedule",))
+        return None
+
+
+def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> SchedulePlan:
+    s, spec = ctx.spec.schedule, ctx.spec
+    return sched.compute_schedule(
+        batches_per_epoch=batches, instance_samples=sum(b.instance_samples for b in buckets),
+        class_samples=sum(b.class_samples for b in buckets), batch_size=s.batch_size, accumulation=s.accumulation,
+        processes=ctx.env.processes, steps=s.steps, epochs=s.epochs, lr=spec.optimizer.lr,
+        lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps, cycles=s.cycles,
+        text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
+        checkpoint_every=spec.checkpoints.every, validate_every=spec.validation.every,
+        validate=bool(spec.validation.prompts), seed=s.seed)
+
+
+def _plan_time_rules(ctx: Context, total_steps: int) -> None:
+    """Rules that need the step count re-run when the spec gave epochs."""
+    if ctx.spec.schedule.steps:
+        return
+    codes = {"DBS202", "DBS204"}
+    for hit in run_rules(ctx.spec, ctx.raw.given, total_steps):
+        if hit.code in codes:
+            ctx.diagnostics.append(hit_to_diagnostic(ctx.raw, hit))
+
+
+def _environment_rules(ctx: Context) -> None:
+    if ctx.spec.optimizer.kind == "adamw8bit" and ctx.env.device != "cuda":
+        ctx.report("DBS343", "error", f"optimizer.kind = \"adamw8bit\" needs CUDA (bitsandbytes); the target is "
+                   f"{ctx.env.device}", ("optimizer", "kind"),
+                   help="use \"adamw\" here, or plan for a GPU with --target cuda:24GB")
+
+
+def _memory(ctx: Context, model, precision, buckets):
+    spec = ctx.spec
+    trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
+    lora = isinstance(spec.adapter, LoraAdapter)
+    if lora:
+        trainable["lora"] = _lora_estimate(model, spec.adapter, precision)
+    largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
+    return estimate_memory(
+        components=precision.components, trainable_params=trainable, optimizer=spec.optimizer.kind,
+        momentum=spec.optimizer.momentum, batch_size=spec.schedule.batch_size, max_bucket=largest,
+        family=model.family, gradient_checkpointing=spec.precision.gradient_checkpointing, mixed=precision.mixed,
+        ema=spec.ema.enabled, ema_offload=spec.ema.offload,
+        teacher=spec.loss.prior == "base_model" and not lora and any(d.role == "class" for d in spec.datasets),
+        available=ctx.env.memory_bytes)
+
+
+def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
+    """Adapter parameters: exact for the public models and the default targets; scaled by size for others."""
+    total = 0.0
+    for c in precision.components:
+        if c.trainable == "lora":
+            per_rank = LORA_PER_RANK[model.family][c.name] * c.params / FAMILY_PARAMS[model.family][c.name]
+            total += per_rank * adapter.rank
+    return int(total)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _assemble(ctx: Context, model, datasets, buckets, schedule, loss, precision, cache, memory) -> Plan:
+    spec = ctx.spec
+    a = spec.adapter
+    adapter = (AdapterPlan(kind="lora", rank=a.rank, alpha=a.alpha, dropout=a.dropout,
+                           unet_targets=tuple(a.unet_targets), text_encoder_targets=tuple(a.text_encoder_targets))
+               if isinstance(a, LoraAdapter) else AdapterPlan(kind="none"))
+    o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
+    first = next(d for d in spec.datasets if d.role == "instance")
+    origins = spec_origins(spec, ctx.raw)
+    origins.update({
+        "schedule.total_steps": derived("schedule.steps" if spec.schedule.steps else "epochs x steps per epoch"),
+        "schedule.epochs": derived("total steps / steps per epoch"),
+        "precision.mixed": derived(precision.reason),
+        "model.family": derived("detected") if spec.model.family == "auto" else origins["model.family"],
+        "model.prediction": derived("detected") if spec.model.prediction == "auto" else origins["model.prediction"],
+    })
+    warnings = tuple(render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key()))
+    return Plan(
+        plan_version=PLAN_VERSION, dbspec_version=__version__, spec_file=str(ctx.raw.path), spec_dir=str(ctx.spec_dir),
+        target=ctx.env, model=model, adapter=adapter, train_unet=spec.train.unet,
+        train_text_encoder=spec.train.text_encoder, datasets=datasets, buckets=buckets, schedule=schedule, loss=loss,
+        precision=precision,
+        optimizer=OptimizerPlan(kind=o.kind, lr=o.lr, text_encoder_lr=o.text_encoder_lr, weight_decay=o.weight_decay,
+                                betas=(o.betas[0], o.betas[1]), eps=o.eps, momentum=o.momentum,
+                                max_grad_norm=o.max_grad_norm),
+        cache=cache,
+        validation=ValidationPlan(prompts=tuple(v.prompts), negative_prompt=v.negative_prompt,
+                                  steps=schedule.validation_steps, scheduler=v.scheduler, inference_steps=v.steps,
+                                  guidance=v.guidance, images_per_prompt=v.images_per_prompt, seed=v.seed,
+                                  size=(first.resolution, first.resolution)),
+        checkpoints=CheckpointPlan(dir=str(ctx.resolve(spec.output.dir)), name=spec.output.name,
+                                   steps=schedule.checkpoint_steps, keep=c.keep, save_precision=c.save_precision,
+                                   exports=tuple(c.exports)),
+        ema=EmaPlan(enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload),
+        logging=LoggingPlan(every=spec.logging.every, tensorboard=spec.logging.tensorboard),
+        memory=memory, origins=origins, warnings=warnings,
+    )

@@ -1,0 +1,206 @@
+"""Datasets pass: scan folders, caption every image, pair masks, place images in buckets, plan class images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import attrs
+
+from dbspec.compiler import buckets as bk
+from dbspec.compiler.context import Context
+from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
+from dbspec.plan.model import DatasetPlan, GeneratePlan, ImagePlan, ModelPlan
+from dbspec.spec.model import Dataset
+
+MANIFEST = ".dbspec-generated.json"  # written by the runtime beside generated class images
+
+
+@attrs.frozen(kw_only=True)
+class Placer:
+    """How one dataset maps an image size to a bucket (kohya-compatible rules, dbspec/compiler/buckets.py)."""
+
+    mode: str
+    resolution: int
+    step: int
+    buckets: tuple[tuple[int, int], ...] = ()
+
+    def place(self, size: tuple[int, int]) -> bk.Placement:
+        if self.mode == "square":
+            return bk.place_square(size, (self.resolution, self.resolution))
+        if self.mode == "no_upscale":
+            return bk.place_no_upscale(size, self.resolution * self.resolution, self.step)
+        return bk.place(size, self.buckets)
+
+
+def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
+    b = ctx.spec.buckets
+    if b.mode == "square":
+        return Placer(mode="square", resolution=d.resolution, step=b.step)
+    if b.no_upscale:
+        return Placer(mode="no_upscale", resolution=d.resolution, step=b.step)
+    lo = b.min_size or d.resolution // 2
+    hi = b.max_size or d.resolution * 2
+    problems = bk.range_violations((d.resolution, d.resolution), lo, hi, b.step)
+    if problems:
+        ctx.report("DBS330", "error", f"buckets for dataset `{d.name}`: {'; '.join(problems)}",
+                   ("datasets", index, "resolution"), help="adjust buckets.min_size / max_size / step")
+        return None
+    return Placer(mode="aspect", resolution=d.resolution, step=b.step,
+                  buckets=bk.bucket_list((d.resolution, d.resolution), lo, hi, b.step))
+
+
+def plan_datasets(ctx: Context, model: ModelPlan | None) -> tuple[DatasetPlan, ...]:
+    plans = []
+    for i, d in enumerate(ctx.spec.datasets):
+        plan = _plan_dataset(ctx, i, d, model)
+        if plan is not None:
+            plans.append(plan)
+    return tuple(plans)
+
+
+def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None) -> DatasetPlan | None:
+    folder = ctx.resolve(d.path)
+    placer = make_placer(ctx, i, d)
+    generating = d.role == "class" and d.generate > 0
+    if generating and not folder.exists():
+        scan = ScanResult(images=(), diagnostics=(), cache_hits=0, cache_misses=0)
+    else:
+        scan = scan_folder(folder, recursive=d.recursive, min_size=d.min_image_size, on_bad=d.on_bad_image,
+                           cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].path")
+        for diag in scan.diagnostics:
+            if not (generating and diag.code == "DBS302"):  # an empty class folder is fine when we generate
+                ctx.adopt(diag, ("datasets", i, "path"))
+    key = manifest_key(model, d)
+    existing, stale = _split_generated(folder, scan.images, key)
+    if stale:
+        ctx.report("DBS324", "warning", f"{stale} class images in `{d.path}` were generated for another base model, "
+                   "prompt or resolution; they will be regenerated", ("datasets", i, "generate"))
+    masks = _masks(ctx, i, d, existing)
+    if placer is None or masks is None:
+        return None
+    images = [_image(ctx, i, d, info, masks, placer) for info in existing]
+    generate = _generate_plan(ctx, d, folder, len(existing), key) if generating else None
+    if generate is not None:
+        images += _future_images(d, generate, placer)
+    skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
+    return DatasetPlan(name=d.name, role=d.role, path=str(folder), resolution=d.resolution, crop=d.crop, flip=d.flip,
+                       mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
+                       images=tuple(img for img in images if img is not None), skipped=skipped, generate=generate)
+
+
+def caption_for(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
+    if d.captions == "prompt":
+        core = d.prompt
+    elif d.captions == "filename":
+        core = Path(info.rel).stem.replace("_", " ").strip()
+    else:
+        core = _read_caption(ctx, i, d, info)
+        if core is None:
+            return None
+    return " ".join(part for part in (d.caption_prefix, core, d.caption_suffix) if part)
+
+
+def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
+    sidecar = Path(info.path).with_suffix(d.caption_extension)
+    try:
+        lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        if d.prompt:
+            return d.prompt
+        ctx.report("DBS320", "error", f"no caption file `{sidecar.name}` for image `{info.rel}` in dataset `{d.name}`",
+                   ("datasets", i, "captions"), help=f"write {sidecar.name}, or set prompt to use as a fallback")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        ctx.report("DBS320", "error", f"cannot read caption file `{sidecar}`: {exc}", ("datasets", i, "captions"),
+                   help="save caption files as UTF-8 text")
+        return None
+    if not lines:
+        ctx.report("DBS320", "warning", f"caption file `{sidecar.name}` is empty", ("datasets", i, "captions"))
+        return d.prompt
+    return lines[0]  # the first line, as kohya reads it
+
+
+def _image(ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer) -> ImagePlan | None:
+    caption = caption_for(ctx, i, d, info)
+    if caption is None:
+        return None
+    try:
+        p = placer.place((info.width, info.height))
+    except ValueError as exc:
+        ctx.report("DBS331", "error", f"image `{info.rel}` in dataset `{d.name}` fits no bucket: {exc}",
+                   ("datasets", i, "path"), help="use a larger image or lower buckets.step")
+        return None
+    mask_path, mask_sha = masks.get(info.rel, ("", ""))
+    return ImagePlan(path=info.path, rel=info.rel, sha=info.sha, size=(info.width, info.height),
+                     orientation=info.orientation, caption=caption, repeats=d.repeats, bucket=p.bucket,
+                     resized=p.resized, crop=p.crop, mask=mask_path, mask_sha=mask_sha)
+
+
+def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> dict | None:
+    """rel -> (mask path, mask sha); every image needs a mask of its own size. None on errors."""
+    if d.mask_from_alpha:
+        missing = [img.rel for img in images if not img.has_alpha]
+        for rel in missing:
+            ctx.report("DBS323", "error", f"image `{rel}` has no alpha channel to use as a mask",
+                       ("datasets", i, "mask_from_alpha"), help="save it as RGBA PNG, or use a masks folder")
+        return None if missing else {img.rel: ("alpha", img.sha) for img in images}
+    if not d.masks:
+        return {}
+    scan = scan_folder(ctx.resolve(d.masks), recursive=d.recursive, min_size=1, on_bad="error",
+                       cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].masks")
+    for diag in scan.diagnostics:
+        ctx.adopt(diag, ("datasets", i, "masks"))
+    by_stem = {str(Path(m.rel).with_suffix("")): m for m in scan.images}
+    found, ok = {}, not scan.diagnostics
+    for img in images:
+        mask = by_stem.get(str(Path(img.rel).with_suffix("")))
+        if mask is None:
+            ok = False
+            ctx.report("DBS321", "error", f"image `{img.rel}` has no mask in `{d.masks}` (looked for "
+                       f"`{Path(img.rel).stem}.*`)", ("datasets", i, "masks"), help="add the mask or remove the image")
+        elif (mask.width, mask.height) != (img.width, img.height):
+            ok = False
+            ctx.report("DBS322", "error", f"mask `{mask.rel}` is {mask.width}x{mask.height} but image `{img.rel}` is "
+                       f"{img.width}x{img.height}", ("datasets", i, "masks"), help="resize the mask to the image size")
+        else:
+            found[img.rel] = (mask.path, mask.sha)
+    return found if ok else None
+
+
+def manifest_key(model: ModelPlan | None, d: Dataset) -> str:
+    identity = model.identity if model else "unknown"
+    text = json.dumps([identity, d.prompt, d.resolution, "class-v1"])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _split_generated(folder: Path, images: tuple[ImageInfo, ...], key: str) -> tuple[tuple[ImageInfo, ...], int]:
+    """Leave out images generated for another base model, prompt or resolution: they get regenerated."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files, made_for = set(manifest["files"]), manifest["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return images, 0
+    if made_for == key:
+        return images, 0
+    kept = tuple(img for img in images if img.rel not in files)
+    return kept, len(images) - len(kept)
+
+
+def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) -> GeneratePlan | None:
+    count = max(0, d.generate - have)
+    if count == 0:
+        return None
+    seeds = tuple(ctx.spec.schedule.seed * 1_000_003 + have + k for k in range(count))
+    return GeneratePlan(folder=str(folder), count=count, prompt=d.prompt, resolution=(d.resolution, d.resolution),
+                        seeds=seeds, manifest_key=key)
+
+
+def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer) -> list[ImagePlan]:
+    placed = placer.place(gen.resolution)
+    return [ImagePlan(path=str(Path(gen.folder) / f"class-{seed}.png"), rel=f"class-{seed}.png",
+                      sha=f"generated:{gen.manifest_key}:{seed}", size=gen.resolution, orientation=1,
+                      caption=" ".join(p for p in (d.caption_prefix, d.prompt, d.caption_suffix) if p),
+                      repeats=d.repeats, bucket=placed.bucket, resized=placed.resized, crop=placed.crop)
+            for seed in gen.seeds]

@@ -1,0 +1,264 @@
+"""Scan a dataset folder: every image that will train, with its size and content hash, and every problem file.
+
+Cost model (why it is fast): one `os.scandir` walk, one `stat` per file, each file's bytes read once
+(imagecache.probe_file: hash and header parse from the same bytes, no pixel decode; on a few threads,
+as reads and hashing release the GIL). Facts are cached
+per file, so an unchanged dataset re-scans with a stat per file and no read at all; the cache file
+is written once, at the end, and only when something changed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import attrs
+from PIL import Image
+
+from dbspec.compiler import imagecache
+from dbspec.compiler.imagecache import FileFacts, bad_facts, probe_file
+from dbspec.diagnostics import Diagnostic, error, warning
+
+OnBad = Literal["error", "skip"]
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+_BATCH = 32  # files per thread-pool task
+_MAX_THREADS = 8
+_PENDING = bad_facts("", "")  # placeholder until a file is probed
+_SKIP_HINT = 'set `on_bad_image = "skip"` in this dataset to leave such files out'
+_HELP = {
+    "DBS303": f"re-export the image or remove it; {_SKIP_HINT}",
+    "DBS304": f"the file is empty: copy it again or remove it; {_SKIP_HINT}",
+    "DBS306": f"use a larger image, lower `min_image_size`, or remove it; {_SKIP_HINT}",
+    "DBS307": f"downscale the image or remove it; {_SKIP_HINT}",
+    "DBS308": f"the file was cut short (interrupted copy or download?): copy it again or remove it; {_SKIP_HINT}",
+}
+
+
+@attrs.frozen(kw_only=True)
+class ImageInfo:
+    path: str  # absolute POSIX path
+    rel: str  # POSIX path relative to the scanned folder
+    width: int  # after EXIF orientation
+    height: int
+    orientation: int  # EXIF orientation tag (1 if none)
+    mode: str
+    has_alpha: bool  # alpha channel, or a palette/colour-key transparency
+    bytes: int
+    mtime_ns: int
+    sha: str  # blake2b(digest_size=16) of the file's bytes, hex
+
+
+@attrs.frozen(kw_only=True)
+class ScanResult:
+    images: tuple[ImageInfo, ...]  # usable images, sorted by `rel`
+    diagnostics: tuple[Diagnostic, ...]
+    cache_hits: int
+    cache_misses: int  # files whose bytes were read
+
+
+class _Found(NamedTuple):
+    """One listed image file: its stat, or why it could not be stat'ed (a tuple: made per file, warm path)."""
+
+    rel: str
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+    broken: str = ""  # reason the file cannot be read at all
+
+
+def scan_folder(
+    folder: Path,
+    *,
+    recursive: bool,
+    min_size: int,
+    on_bad: OnBad,
+    cache_dir: Path | None,
+    key_path: str,
+    max_pixels: int | None = None,
+) -> ScanResult:
+    """List the images of `folder` with sizes and hashes; problem files become diagnostics.
+
+    `on_bad`: "error" reports problem files as errors, "skip" as warnings; either way they are left
+    out of `images`. `max_pixels` defaults to Pillow's `Image.MAX_IMAGE_PIXELS` (None there: no limit).
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
+    root = os.path.abspath(folder)
+    found, walk_errors = _walk(root, recursive, key_path)
+    if found is None:
+        return ScanResult(images=(), diagnostics=tuple(walk_errors), cache_hits=0, cache_misses=0)
+    cache_file = imagecache.cache_file_for(cache_dir, _posix(root)) if cache_dir is not None else None
+    old = imagecache.load_entries(cache_file, _posix(root)) if cache_file is not None else {}
+    new = {} if recursive else _out_of_scope(old, _posix(root))
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    with warnings.catch_warnings():
+        # Pillow warns about the very files we report (bombs, odd EXIF); the diagnostics say it once.
+        warnings.simplefilter("ignore")
+        all_facts, hits, misses = _all_facts(found, old, new)
+    images: list[ImageInfo] = []
+    diagnostics = list(walk_errors)
+    for item, facts in zip(found, all_facts):
+        problem, reason = _problem(facts, min_size, limit)
+        if problem:
+            diagnostics.append(_file_diagnostic(problem, item.rel, reason, on_bad, key_path))
+        else:
+            images.append(_image_info(item, facts))
+    if cache_file is not None and new != old:
+        imagecache.save_entries(cache_file, _posix(root), new)
+    if not images and not any(d.severity == "error" for d in diagnostics):
+        diagnostics.append(_no_images(root, bool(found), recursive, key_path))
+    return ScanResult(images=tuple(images), diagnostics=tuple(diagnostics), cache_hits=hits, cache_misses=misses)
+
+
+def _all_facts(
+    found: list[_Found], old: imagecache.Entries, new: imagecache.Entries
+) -> tuple[list[FileFacts], int, int]:
+    """Facts of every listed file, in order, with (cache hits, cache misses).
+
+    Files are known without reading (empty, unlistable), cached, or read and probed. Records each
+    read or cached file's entry in `new`, the cache as it will be written.
+    """
+    all_facts: list[FileFacts] = []
+    missing: list[int] = []  # indexes into `found` of files to read
+    hits = 0
+    for index, item in enumerate(found):
+        facts = _zero_or_broken(item)
+        if facts is None:
+            facts = imagecache.lookup(old, item.path, item.size, item.mtime_ns)
+            if facts is None:
+                missing.append(index)
+                facts = _PENDING
+            else:
+                new[item.path] = old[item.path]
+                hits += 1
+        all_facts.append(facts)
+    for index, facts in zip(missing, _probe_files([found[i].path for i in missing])):
+        item = found[index]
+        all_facts[index] = facts
+        new[item.path] = imagecache.make_entry(item.size, item.mtime_ns, facts)
+    return all_facts, hits, len(missing)
+
+
+def _probe_files(paths: list[str]) -> list[FileFacts]:
+    """Read and probe files, in order, on a few threads in batches.
+
+    Reads and blake2b release the GIL, so hashing overlaps header parsing; for multi-megabyte photos
+    hashing dominates and scales with cores. Batches amortise the pool's per-task cost (~20 us).
+    """
+    batches = [paths[start : start + _BATCH] for start in range(0, len(paths), _BATCH)]
+    if len(batches) <= 1:
+        return [probe_file(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1, len(batches))) as pool:
+        return [facts for batch in pool.map(_probe_batch, batches) for facts in batch]
+
+
+def _probe_batch(paths: list[str]) -> list[FileFacts]:
+    return [probe_file(path) for path in paths]
+
+
+def _zero_or_broken(item: _Found) -> FileFacts | None:
+    """Facts known without reading the file (not cached: they cost nothing)."""
+    if item.broken:
+        problem, reason = "DBS303", item.broken
+    elif item.size == 0:
+        problem, reason = "DBS304", "is empty (0 bytes)"
+    else:
+        return None
+    return bad_facts(problem, reason)
+
+
+def _problem(facts: FileFacts, min_size: int, max_pixels: int | None) -> tuple[str, str]:
+    """The file's own problem, else the policy checks (which depend on arguments, so are not cached)."""
+    if facts.problem:
+        return facts.problem, facts.reason
+    if max_pixels is not None and facts.width * facts.height > max_pixels:
+        pixels = facts.width * facts.height
+        return "DBS307", f"has {pixels} pixels, more than the limit of {max_pixels} (possible decompression bomb)"
+    short = min(facts.width, facts.height)
+    if short < min_size:
+        size = f"{facts.width}x{facts.height}"
+        return "DBS306", f"is {size}: its short side {short} is below min_image_size = {min_size}"
+    return "", ""
+
+
+def _walk(root: str, recursive: bool, key_path: str) -> tuple[list[_Found] | None, list[Diagnostic]]:
+    """Image files under `root` sorted by relative path; None (and DBS301) when `root` cannot be listed."""
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        return None, [_folder_error(root, what, key_path)]
+    found: list[_Found] = []
+    problems: list[Diagnostic] = []
+    pending = [("", root)]
+    while pending:
+        prefix, directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    _visit(entry, prefix, recursive, found, pending)
+        except OSError as e:
+            failure = _folder_error(directory, f"cannot be read ({e.strerror or e})", key_path)
+            if directory == root:
+                return None, [failure]
+            problems.append(failure)
+    found.sort(key=lambda item: item.rel)
+    return found, problems
+
+
+def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found], pending: list) -> None:
+    name = entry.name
+    if name.startswith("."):  # hidden files and folders (.git, .DS_Store, editor backups)
+        return
+    rel = prefix + name
+    is_image_name = "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS
+    if is_image_name and entry.is_file():
+        try:
+            st = entry.stat()
+        except OSError as e:  # vanished or unreadable between listing and stat
+            found.append(_Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})"))
+            return
+        found.append(_Found(rel=rel, path=_posix(entry.path), size=st.st_size, mtime_ns=st.st_mtime_ns))
+    elif recursive and entry.is_dir(follow_symlinks=False):  # never follow folder links: no cycles
+        pending.append((rel + "/", entry.path))
+    elif is_image_name and entry.is_symlink() and not entry.is_dir():
+        found.append(_Found(rel=rel, path=_posix(entry.path), broken="is a broken symbolic link"))
+
+
+def _out_of_scope(entries: imagecache.Entries, root: str) -> imagecache.Entries:
+    """Entries in sub-folders, kept by a non-recursive scan that did not look at them."""
+    start = len(root) + 1
+    return {path: entry for path, entry in entries.items() if "/" in path[start:]}
+
+
+def _image_info(item: _Found, facts: FileFacts) -> ImageInfo:
+    return ImageInfo(path=item.path, rel=item.rel, width=facts.width, height=facts.height,
+                     orientation=facts.orientation, mode=facts.mode, has_alpha=facts.has_alpha,
+                     bytes=item.size, mtime_ns=item.mtime_ns, sha=facts.sha)
+
+
+def _file_diagnostic(code: str, rel: str, reason: str, on_bad: OnBad, key_path: str) -> Diagnostic:
+    message = f"image `{rel}` {reason}"
+    if on_bad == "skip":
+        return warning(code, message, path=key_path, notes=('left out (on_bad_image = "skip")',))
+    return error(code, message, path=key_path, help=_HELP[code])
+
+
+def _folder_error(folder: str, what: str, key_path: str) -> Diagnostic:
+    return error("DBS301", f"dataset folder `{_posix(folder)}` {what}", path=key_path,
+                 help="check the path; relative paths resolve against the spec file's folder")
+
+
+def _no_images(root: str, any_listed: bool, recursive: bool, key_path: str) -> Diagnostic:
+    if any_listed:
+        return error("DBS302", f"dataset folder `{_posix(root)}` has no usable images: every one was skipped",
+                     path=key_path, help="fix or replace the skipped images listed above")
+    exts = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+    notes = () if recursive else ("sub-folders are not scanned unless `recursive = true`",)
+    return error("DBS302", f"dataset folder `{_posix(root)}` has no images ({exts})", path=key_path, notes=notes,
+                 help="put images in the folder, or point `path` at the folder that holds them")
+
+
+def _posix(path: str) -> str:
+    return path if os.sep == "/" else path.replace(os.sep, "/")

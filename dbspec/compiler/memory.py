@@ -1,0 +1,235 @@
+"""A device-memory estimate for one training step, from parameter counts alone (no torch, no weights).
+
+What is counted (bytes on the training device, per process):
+
+- weights: every component's parameters in the dtype it is held in; quantised bases at 1 byte (int8, fp8)
+  or 0.5 byte (int4) plus their scales, with embeddings and norms left in the held dtype; LoRA adapters fp32.
+- gradients: one per trainable parameter, in that parameter's dtype (fp32 master weights and adapters: 4).
+- optimizer state per trainable parameter (`OPTIMIZER_STATE_BYTES`).
+- EMA: an fp32 copy of the trainable parameters, unless it is offloaded to the CPU.
+- teacher: the frozen base copy of fully trained components a base-model prior predicts with (mixed dtype).
+- activations: the heuristic in `activation_bytes` (see its docstring and docs/memory.md).
+- overhead: `OVERHEAD_FRACTION` of the sum plus `OVERHEAD_FIXED` for the CUDA context, cuBLAS/cuDNN
+  workspaces and caching-allocator fragmentation; part of `total`, reported in the notes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from dbspec.plan.model import ComponentPlan, MemoryPlan
+
+__all__ = ["activation_bytes", "estimate_memory", "lora_param_count"]
+
+GIB = 2**30
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+MIXED_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
+# Stored bytes per quantised weight, plus scales: quanto int8/fp8 scale per output channel (~0), int4 a
+# bf16 scale and shift per group of 128 (4 / 128 = 0.03 bytes); rounded up.
+QUANTIZED_BYTES = {"int8": 1.0 + 0.01, "fp8": 1.0 + 0.01, "int4": 0.5 + 0.04}
+# quanto quantises Linear and Conv2d weights only; token embeddings, norms and biases stay in the held dtype.
+# Shares from the real models: CLIP-L token embedding 37.9M of 123.1M (31%), OpenCLIP-bigG 63.2M of 694.7M
+# (9%), OpenCLIP-H (SD2) 50.6M of 340.4M (15%); UNet biases and norms < 1%.
+UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10}
+OPTIMIZER_STATE_BYTES = {
+    "adamw": 8,  # exp_avg + exp_avg_sq, fp32
+    "adamw8bit": 2,  # bitsandbytes blockwise 8-bit moments (tensors < 4096 elements keep 8 bytes)
+    "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
+    "prodigy": 16,  # exp_avg, exp_avg_sq, s, p0
+    "lion": 4,  # exp_avg only
+}
+SGD_MOMENTUM_BYTES = 4
+OVERHEAD_FRACTION = 0.10
+OVERHEAD_FIXED = GIB // 2
+FAMILY_ACTIVATIONS = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl"}  # SD2's UNet has SD1's widths
+# UNet activation bytes per latent pixel per sample, bf16 autocast, SDPA attention; (plain, checkpointed).
+# Derivation in `activation_bytes` and docs/memory.md.
+UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (0, 0), "sdxl": (0, 0)}
+FP32_ACTIVATION_FACTOR = 1.7  # mixed = "no": measured fp32 / bf16 saved-activation ratio (not 2: some stay fp32)
+# Trained text encoders' activations per sample (77 tokens): CLIP-L ~31 MB, OpenCLIP-bigG ~140 MB, rounded up.
+TEXT_ENCODER_ACTIVATION_BYTES = {"text_encoder": 64 * 2**20, "text_encoder_2": 256 * 2**20}
+
+
+def lora_param_count(linear_shapes: Mapping[str, tuple[int, int]], targets: tuple[str, ...], rank: int) -> int:
+    """Adapter parameters: rank * (in + out) for each Linear (or 1x1 conv) whose name matches a target.
+
+    `linear_shapes` maps module name -> (out_features, in_features). Matching is peft's suffix rule for a list
+    of target names: the module name equals the target or ends with "." + target.
+    """
+    if rank < 0:
+        raise ValueError(f"LoRA rank must be >= 0, got {rank}")
+    total = 0
+    for name, (out_features, in_features) in linear_shapes.items():
+        if any(name == target or name.endswith("." + target) for target in targets):
+            total += rank * (in_features + out_features)
+    return total
+
+
+def estimate_memory(
+    *,
+    components: tuple[ComponentPlan, ...],
+    trainable_params: Mapping[str, int],
+    optimizer: str,
+    momentum: float = 0.0,
+    batch_size: int,
+    max_bucket: tuple[int, int],
+    family: str,
+    gradient_checkpointing: bool,
+    mixed: str,
+    ema: bool,
+    ema_offload: bool,
+    teacher: bool,
+    available: int,
+) -> MemoryPlan:
+    """Peak device bytes of one training step at the largest bucket.
+
+    `trainable_params` maps a fully trained component's name to its parameter count, and a LoRA-trained
+    component's name (or "lora", for all adapters together) to its adapter parameter count. `batch_size` is the
+    samples in one forward pass per process, class images included. `available` 0 means unknown.
+    """
+    notes: list[str] = []
+    groups = _trained_groups(components, trainable_params)
+    trainable = sum(g.count for g in groups)
+    adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
+    weights = sum(_weight_bytes(c, notes) for c in components) + adapters
+    gradients = sum(g.count * g.param_bytes for g in groups)
+    optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
+    ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
+    teacher_bytes = _teacher_bytes(components, teacher, mixed, notes)
+    full_fp32 = sum(c.params for c in components if c.trainable == "full" and c.dtype == "fp32")
+    activations = activation_bytes(
+        family=family, batch_size=batch_size, max_bucket=max_bucket, gradient_checkpointing=gradient_checkpointing,
+        mixed=mixed, autocast_weight_params=full_fp32,
+        text_encoders=tuple(c.name for c in components if c.name.startswith("text_encoder") and c.trainable != "frozen"),
+    ) if trainable else 0
+    subtotal = weights + gradients + optimizer_bytes + ema_bytes + teacher_bytes + activations
+    overhead = int(subtotal * OVERHEAD_FRACTION) + OVERHEAD_FIXED
+    notes.append(f"total includes {_gib(overhead)} overhead: {OVERHEAD_FRACTION:.0%} for allocator fragmentation plus "
+                 f"{_gib(OVERHEAD_FIXED)} for the CUDA context and cuBLAS/cuDNN workspaces")
+    notes.append("activations are a heuristic calibrated on SD1.5/SDXL UNets (docs/memory.md); expect +-40%")
+    total = subtotal + overhead
+    if available <= 0:
+        notes.append("device memory unknown (pass --target cuda:24GB to check): assumed to fit")
+    return MemoryPlan(weights=weights, gradients=gradients, optimizer=optimizer_bytes, activations=activations,
+                      ema=ema_bytes, teacher=teacher_bytes, total=total, available=max(available, 0),
+                      fits=available <= 0 or total <= available, notes=tuple(notes))
+
+
+def activation_bytes(
+    *,
+    family: str,
+    batch_size: int,
+    max_bucket: tuple[int, int],
+    gradient_checkpointing: bool,
+    mixed: str,
+    autocast_weight_params: int = 0,
+    text_encoders: tuple[str, ...] = (),
+) -> int:
+    """Activation bytes held for the backward pass at its peak, for one step at the largest bucket.
+
+    bytes = batch_size x latent_pixels x C[family][checkpointing] x (1.7 when mixed = "no")
+            + autocast_weight_params x 2 when mixed precision runs without checkpointing
+            + batch_size x per-sample activations of each trained text encoder
+
+    latent_pixels = (width / 8) x (height / 8). C was measured, not guessed: one real diffusers UNet training
+    step (SD1.5 and SDXL configs, random weights, bf16 autocast, SDPA) on the CPU at 32x32 and 64x64 latents,
+    taking the peak rise of resident memory with every tensor in its own mmap (docs/memory.md). The slope
+    between the two sizes is the per-pixel cost; attention is memory-efficient, so it grows linearly. The
+    measured slopes are rounded up by ~25% for what a CUDA run adds: autocast keeps GroupNorm/LayerNorm in
+    fp32, and kernels take workspaces. Fully trained fp32 weights under autocast are cast to bf16 copies that
+    the backward pass keeps unless checkpointing recomputes them. LoRA runs save somewhat less (frozen Linear
+    layers outside the targets keep no inputs); the estimate does not credit that.
+    """
+    if family not in FAMILY_ACTIVATIONS:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILY_ACTIVATIONS)}")
+    if mixed not in MIXED_BYTES:
+        raise ValueError(f"unknown mixed precision {mixed!r}; known: {sorted(MIXED_BYTES)}")
+    width, height = max_bucket
+    latent_pixels = (width // 8) * (height // 8)
+    plain, checkpointed = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL[FAMILY_ACTIVATIONS[family]]
+    per_pixel = checkpointed if gradient_checkpointing else plain
+    precision = FP32_ACTIVATION_FACTOR if mixed == "no" else 1.0
+    unet = batch_size * latent_pixels * per_pixel * precision
+    casts = autocast_weight_params * 2 if mixed != "no" and not gradient_checkpointing else 0
+    text = batch_size * sum(TEXT_ENCODER_ACTIVATION_BYTES[name] for name in text_encoders
+                            if name in TEXT_ENCODER_ACTIVATION_BYTES)
+    return int(unet + casts + text)
+
+@attrs.frozen(kw_only=True)
+class _Trained:
+    name: str  # component name, or "lora" for all adapters together
+    count: int
+    param_bytes: int  # bytes per trainable parameter; its gradient has the same dtype
+    adapter: bool
+
+
+def _trained_groups(components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int]) -> list[_Trained]:
+    """Check `trainable_params` against the components: a typo must not silently drop a gradient."""
+    by_name = {c.name: c for c in components}
+    groups = []
+    for name, count in trainable_params.items():
+        component = by_name[name] if name in by_name else None
+        if count < 0:
+            raise ValueError(f"trainable_params[{name!r}] is negative: {count}")
+        if name == "lora" or (component is not None and component.trainable == "lora"):
+            groups.append(_Trained(name=name, count=count, param_bytes=4, adapter=True))  # peft keeps adapters fp32
+        elif component is not None and component.trainable == "full":
+            groups.append(_Trained(name=name, count=count, param_bytes=DTYPE_BYTES[component.dtype], adapter=False))
+        else:
+            raise ValueError(f"trainable_params names {name!r}, which is not a trained component "
+                             f"(trained: {sorted(c.name for c in components if c.trainable != 'frozen')}, or 'lora')")
+    missing = [c.name for c in components if c.trainable == "full" and c.name not in trainable_params]
+    if missing:
+        raise ValueError(f"trainable_params lacks the fully trained component(s) {missing}")
+    return groups
+
+
+def _weight_bytes(component: ComponentPlan, notes: list[str]) -> int:
+    held = DTYPE_BYTES[component.dtype]
+    if component.quantized == "none":
+        return component.params * held
+    share = UNQUANTIZED_SHARE[component.name] if component.name in UNQUANTIZED_SHARE else 0.0
+    per_param = (1 - share) * QUANTIZED_BYTES[component.quantized] + share * held
+    notes.append(f"{component.name} {component.quantized}: {QUANTIZED_BYTES[component.quantized]:.2f} bytes per "
+                 f"quantised weight including scales; embeddings, norms and biases (~{share:.0%}) stay "
+                 f"{component.dtype}")
+    return int(component.params * per_param)
+
+
+def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) -> float:
+    """Optimizer state bytes per trainable (fp32) parameter."""
+    if optimizer == "sgd":
+        return SGD_MOMENTUM_BYTES if momentum > 0 else 0
+    if optimizer not in OPTIMIZER_STATE_BYTES:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
+    if optimizer == "adafactor":
+        notes.append("adafactor state counted as 4 bytes per parameter, an upper bound: without beta1 its factored "
+                     "second moment needs far less, except on 3x3 convolutions")
+    if optimizer == "adamw8bit":
+        notes.append("adamw8bit: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes")
+    return OPTIMIZER_STATE_BYTES[optimizer]
+
+
+def _ema_bytes(trainable: int, ema: bool, offload: bool, notes: list[str]) -> int:
+    if not ema:
+        return 0
+    if offload:
+        notes.append(f"EMA weights offloaded: {_gib(trainable * 4)} in CPU memory, 0 on the device")
+        return 0
+    return trainable * 4
+
+
+def _teacher_bytes(components: tuple[ComponentPlan, ...], teacher: bool, mixed: str, notes: list[str]) -> int:
+    if not teacher:
+        return 0
+    params = sum(c.params for c in components if c.trainable == "full")
+    if params == 0:
+        notes.append("base-model prior without fully trained components: the adapters are switched off instead of "
+                     "keeping a teacher copy")
+    return params * MIXED_BYTES[mixed]
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"

@@ -1,0 +1,151 @@
+"""Model pass: what the base model is (family, prediction, parameter counts, identity), without torch."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import attrs
+
+from dbspec.builtin import builtin_model, is_builtin
+from dbspec.compiler.context import Context
+from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
+from dbspec.compiler.safetensors_header import file_fingerprint
+from dbspec.plan.model import ModelPlan
+
+BASE = ("model", "base")
+_TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+# Public base models by hub id: a plan for one not downloaded yet still knows what it trains.
+KNOWN_HUB_MODELS = {
+    "runwayml/stable-diffusion-v1-5": ("sd1", "epsilon"),
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("sd1", "epsilon"),
+    "CompVis/stable-diffusion-v1-4": ("sd1", "epsilon"),
+    "stabilityai/stable-diffusion-2": ("sd2", "v_prediction"),
+    "stabilityai/stable-diffusion-2-1": ("sd2", "v_prediction"),
+    "stabilityai/stable-diffusion-2-base": ("sd2", "epsilon"),
+    "stabilityai/stable-diffusion-2-1-base": ("sd2", "epsilon"),
+    "stabilityai/stable-diffusion-xl-base-1.0": ("sdxl", "epsilon"),
+}
+# Parameter counts of each family's public models (counted from their diffusers/transformers configs), for the
+# memory estimate of a hub model not downloaded yet. SD2's text encoder is OpenCLIP ViT-H without its last layer.
+FAMILY_PARAMS = {
+    "sd1": {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
+    "sd2": {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
+    "sdxl": {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
+             "vae": 83_653_863},
+}
+
+
+def plan_model(ctx: Context) -> ModelPlan | None:
+    m = ctx.spec.model
+    if is_builtin(m.base):
+        return _builtin(ctx)
+    try:
+        facts = inspect_model(m.base, ctx.spec_dir, revision=m.revision)
+    except ModelFileError as exc:
+        ctx.report("DBS310", "error", f"cannot read the base model: {exc.reason}", BASE,
+                   help=f"check `{exc.path}`; a diffusers folder needs model_index.json")
+        return None
+    assert facts is not None
+    facts = _known_hub(facts)
+    if facts.source == "ckpt" and not m.allow_pickle:
+        ctx.report("DBS311", "error", f"`{m.base}` is a pickle checkpoint, which can run arbitrary code when loaded",
+                   BASE, help="convert it to .safetensors, or set model.allow_pickle = true if you trust it")
+    identity = facts.identity or f"unresolved:{m.base}@{m.revision}"
+    ids = {"vae": facts.component_ids.get("vae", f"{identity}/vae"),
+           "text": "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in _TEXT_PARTS)}
+    family = _family(ctx, facts)
+    # An unknown hub id not downloaded: setting model.family settles the prediction too (sd1/sdxl); one error.
+    prediction = _prediction(ctx, facts, family) if family is not None or facts.resolved else None
+    if family is None or prediction is None:
+        return None
+    params, notes = dict(facts.params), facts.notes
+    if not facts.resolved and not params and family in FAMILY_PARAMS:
+        params = dict(FAMILY_PARAMS[family])
+        notes += (f"parameter counts are those of the public {family} models (the weights are not downloaded)",)
+    return ModelPlan(base=m.base, source=facts.source, path=facts.path, resolved=facts.resolved, family=family,
+                     prediction=prediction, revision=m.revision, vae=_vae(ctx), allow_pickle=m.allow_pickle,
+                     clip_skip=m.clip_skip, identity=identity, vae_identity=_vae_identity(ctx, ids["vae"]),
+                     text_identity=ids["text"], params=params, variant=facts.variant, notes=notes)
+
+
+def _known_hub(facts: ModelFacts) -> ModelFacts:
+    """An unresolved hub id of a well-known base model: its family and prediction from KNOWN_HUB_MODELS."""
+    if facts.source != "hub" or facts.resolved or facts.base not in KNOWN_HUB_MODELS:
+        return facts
+    family, prediction = KNOWN_HUB_MODELS[facts.base]
+    note = (f"family {family} and prediction {prediction} are those of the published {facts.base}; "
+            "plan again after downloading it to read them from its files")
+    return attrs.evolve(facts, family=family, prediction=prediction, notes=(*facts.notes, note))
+
+
+def _builtin(ctx: Context) -> ModelPlan | None:
+    m = ctx.spec.model
+    try:
+        b = builtin_model(m.base)
+    except KeyError as exc:
+        ctx.report("DBS310", "error", f"unknown built-in model `{m.base}`", BASE, help=str(exc.args[0]))
+        return None
+    for key, stated, actual in (("family", m.family, b.family), ("prediction", m.prediction, b.prediction)):
+        if stated not in ("auto", actual):
+            ctx.report("DBS312", "error", f"model.{key} is \"{stated}\" but {m.base} is {actual}", ("model", key),
+                       help="remove the key to use the detected value")
+    folder = ctx.cache_dir / "models" / b.identity.replace(":", "-").replace("@", "-")
+    return ModelPlan(base=m.base, source="builtin", path=str(folder), resolved=True, family=b.family,
+                     prediction=b.prediction, revision="", vae=_vae(ctx), allow_pickle=False, clip_skip=m.clip_skip,
+                     identity=b.identity, vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
+                     text_identity=f"{b.identity}/text", params=dict(b.params),
+                     notes=(f"built on first use into {folder}",))
+
+
+def _family(ctx: Context, facts: ModelFacts) -> str | None:
+    stated = ctx.spec.model.family
+    if stated != "auto":
+        if facts.family not in ("unknown", stated):
+            ctx.report("DBS312", "warning", f"model.family is \"{stated}\" but the weights look like {facts.family}",
+                       ("model", "family"), help="remove the key to use the detected family")
+        return stated
+    if facts.family == "unknown":
+        reason = "; ".join(facts.notes) or ("" if facts.resolved else "the model is not in the local cache")
+        ctx.report("DBS313", "error", f"cannot tell the family of `{facts.base}`{': ' + reason if reason else ''}",
+                   ("model", "family"), help="set model.family = \"sd1\", \"sd2\" or \"sdxl\"")
+        return None
+    return facts.family
+
+
+def _prediction(ctx: Context, facts: ModelFacts, family: str | None) -> str | None:
+    stated = ctx.spec.model.prediction
+    if stated != "auto":
+        return stated
+    if facts.prediction != "unknown":
+        return facts.prediction
+    if not facts.resolved and family in ("sd1", "sdxl"):
+        return "epsilon"  # unresolved hub ids of these families are epsilon models; run re-checks after download
+    ctx.report("DBS313", "error", f"cannot tell the prediction type of `{facts.base}`", ("model", "prediction"),
+               help="set model.prediction = \"epsilon\" or \"v_prediction\" (SD 2.x 768 px models use v_prediction)")
+    return None
+
+
+def _vae(ctx: Context) -> str:
+    vae = ctx.spec.model.vae
+    if not vae:
+        return ""
+    local = ctx.resolve(vae)
+    return str(local) if local.exists() else vae
+
+
+def _vae_identity(ctx: Context, base_vae_id: str) -> str:
+    """Identity of the VAE that encodes latents: the replacement VAE if any, else the base model's."""
+    vae = _vae(ctx)
+    if not vae:
+        return base_vae_id
+    path = Path(vae)
+    if path.is_file():
+        return "file:" + file_fingerprint(path)
+    if path.is_dir():
+        digest = hashlib.blake2b(digest_size=16)
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                digest.update(f"{f.relative_to(path)}:{file_fingerprint(f)}".encode())
+        return "dir:" + digest.hexdigest()
+    return f"hub:{vae}"  # model.revision is the base model's, not the VAE's

@@ -1,0 +1,279 @@
+"""The Plan: everything a run needs, resolved. Frozen, JSON-serialisable, versioned.
+
+The runtime reads a Plan and nothing else, so every choice the spec implies is made here:
+paths are absolute, counts are integers, dtypes are per component, and `origins` says where each
+value came from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+PLAN_VERSION = 1
+frozen = attrs.frozen(kw_only=True)
+
+Size = tuple[int, int]  # (width, height) in pixels
+Dtype = Literal["fp32", "fp16", "bf16"]
+
+
+@frozen
+class TargetEnv:
+    """What the plan is compiled for: probed by the CLI, or given with --target."""
+
+    device: Literal["cuda", "mps", "cpu"]
+    memory_bytes: int = 0  # device memory (CUDA/MPS); 0 = unknown
+    bf16: bool = False
+    compute_capability: str = ""  # CUDA only, e.g. "8.9"
+    free_disk_bytes: int = 0  # at the output folder; 0 = unknown
+    processes: int = 1
+    description: str = ""
+
+
+@frozen
+class Origin:
+    kind: Literal["spec", "--set", "default", "derived", "converted"]
+    where: str = ""  # "spec.toml:12:1" for spec/--set values
+    note: str = ""  # for derived values: what they were derived from
+
+
+@frozen
+class ModelPlan:
+    base: str
+    source: Literal["builtin", "diffusers", "single_file", "ckpt", "hub"]
+    path: str  # resolved absolute path; "" when a hub id is not in the local cache
+    resolved: bool
+    family: Literal["sd1", "sd2", "sdxl"]
+    prediction: Literal["epsilon", "v_prediction"]
+    revision: str
+    vae: str  # replacement VAE (resolved path or hub id); "" keeps the base model's
+    allow_pickle: bool
+    clip_skip: int
+    identity: str  # stable id of the weights, part of every cache key
+    vae_identity: str  # the VAE that encodes latents (replacement VAE or the base model's)
+    text_identity: str  # the text encoder(s) and tokenizer(s)
+    params: dict[str, int]  # component -> parameter count
+    variant: str = ""  # diffusers weight variant, e.g. "fp16"
+    notes: tuple[str, ...] = ()
+
+
+@frozen
+class AdapterPlan:
+    kind: Literal["none", "lora"]
+    rank: int = 0
+    alpha: float = 0.0
+    dropout: float = 0.0
+    unet_targets: tuple[str, ...] = ()
+    text_encoder_targets: tuple[str, ...] = ()
+
+
+@frozen
+class ImagePlan:
+    path: str  # absolute
+    rel: str  # relative to the dataset folder
+    sha: str  # content hash
+    size: Size  # after EXIF orientation
+    orientation: int
+    caption: str
+    repeats: int  # samples per epoch drawn from this image
+    bucket: Size
+    resized: Size
+    crop: tuple[int, int]  # nominal (centre) crop offset inside `resized`
+    mask: str = ""  # absolute mask path, "alpha" for the alpha channel, "" for none
+    mask_sha: str = ""
+    latent_keys: tuple[str, ...] = ()  # one per flip state cached; () when latents are not cached
+    text_key: str = ""  # "" when text embeddings are not cached
+
+
+@frozen
+class GeneratePlan:
+    """Class images to make before training."""
+
+    folder: str
+    count: int  # images to generate now
+    prompt: str
+    resolution: Size
+    seeds: tuple[int, ...]
+    manifest_key: str  # hash of (base model identity, prompt, resolution): a change regenerates
+
+
+@frozen
+class DatasetPlan:
+    name: str
+    role: Literal["instance", "class"]
+    path: str
+    resolution: int
+    crop: Literal["center", "random"]
+    flip: bool
+    mask_source: Literal["none", "folder", "alpha"]
+    images: tuple[ImagePlan, ...]
+    skipped: tuple[str, ...] = ()  # "file: reason" for each left-out file
+    samples_per_epoch: int = 0
+    generate: GeneratePlan | None = None
+
+
+@frozen
+class BucketPlan:
+    size: Size
+    instance_samples: int
+    class_samples: int
+    batches_per_epoch: int
+    short: bool = False  # fewer samples than the batch size: one smaller batch
+
+
+@frozen
+class SchedulePlan:
+    total_steps: int  # optimizer steps
+    epochs: int
+    batch_size: int
+    accumulation: int
+    processes: int
+    batches_per_epoch: int  # per process
+    steps_per_epoch: int
+    instance_samples_per_epoch: int
+    class_samples_per_epoch: int
+    lr_schedule: str
+    warmup_steps: int
+    cycles: int
+    text_encoder_stop_step: int  # 0 = trains the whole run (or never, when the text encoder is frozen)
+    checkpoint_steps: tuple[int, ...]
+    validation_steps: tuple[int, ...]
+    lr_points: tuple[tuple[int, float], ...]  # (step, lr) at warm-up end, checkpoints and the end
+    seed: int
+
+
+@frozen
+class LossPlan:
+    kind: Literal["mse", "huber", "l1"]
+    huber_delta: float
+    target: Literal["epsilon", "v_prediction"]
+    min_snr_gamma: float
+    noise_offset: float
+    zero_terminal_snr: bool
+    masked: bool
+    prior: Literal["none", "images", "base_model"]
+    prior_weight: float
+    formula: str
+
+
+@frozen
+class ComponentPlan:
+    name: str  # unet, text_encoder, text_encoder_2, vae
+    dtype: Dtype  # dtype the weights are held in
+    trainable: Literal["full", "lora", "frozen"]
+    quantized: Literal["none", "int8", "int4", "fp8"] = "none"
+    gradient_checkpointing: bool = False
+    params: int = 0
+
+
+@frozen
+class PrecisionPlan:
+    mixed: Literal["no", "fp16", "bf16"]
+    reason: str
+    attention: Literal["sdpa", "eager"]
+    tf32: bool
+    components: tuple[ComponentPlan, ...]
+
+
+@frozen
+class OptimizerPlan:
+    kind: str
+    lr: float
+    text_encoder_lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    momentum: float
+    max_grad_norm: float
+
+
+@frozen
+class CachePlan:
+    dir: str
+    latents: bool
+    text_embeddings: bool
+    latent_hits: int = 0
+    latent_misses: int = 0
+    text_hits: int = 0
+    text_misses: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@frozen
+class ValidationPlan:
+    prompts: tuple[str, ...]
+    negative_prompt: str
+    steps: tuple[int, ...]  # optimizer steps after which to validate
+    scheduler: str
+    inference_steps: int
+    guidance: float
+    images_per_prompt: int
+    seed: int
+    size: Size
+
+
+@frozen
+class CheckpointPlan:
+    dir: str  # output folder (absolute)
+    name: str
+    steps: tuple[int, ...]
+    keep: int
+    save_precision: Dtype
+    exports: tuple[str, ...]
+
+
+@frozen
+class EmaPlan:
+    enabled: bool
+    decay: float
+    warmup: bool
+    update_every: int
+    offload: bool
+
+
+@frozen
+class LoggingPlan:
+    every: int
+    tensorboard: bool
+
+
+@frozen
+class MemoryPlan:
+    weights: int  # bytes
+    gradients: int
+    optimizer: int
+    activations: int
+    ema: int
+    teacher: int  # frozen copy for a base-model prior in full fine-tunes
+    total: int
+    available: int  # device memory, 0 = unknown
+    fits: bool
+    notes: tuple[str, ...] = ()
+
+
+@frozen
+class Plan:
+    plan_version: int
+    dbspec_version: str
+    spec_file: str
+    spec_dir: str
+    target: TargetEnv
+    model: ModelPlan
+    adapter: AdapterPlan
+    train_unet: bool
+    train_text_encoder: bool
+    datasets: tuple[DatasetPlan, ...]
+    buckets: tuple[BucketPlan, ...]
+    schedule: SchedulePlan
+    loss: LossPlan
+    precision: PrecisionPlan
+    optimizer: OptimizerPlan
+    cache: CachePlan
+    validation: ValidationPlan
+    checkpoints: CheckpointPlan
+    ema: EmaPlan
+    logging: LoggingPlan
+    memory: MemoryPlan
+    origins: dict[str, Origin]
+    warnings: tuple[str, ...] = ()  # rendered warnings from compiling

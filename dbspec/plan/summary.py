@@ -1,0 +1,155 @@
+"""The dry-run summary: rich tables of what a plan will do."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from dbspec.plan.model import Plan
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n else "unknown"
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
+    for col in columns:
+        table.add_column(col, overflow="fold")  # wrap long names and paths, never cut them
+    return table
+
+
+def _count(n: int) -> str:
+    """Parameter counts at a glance: 859.5M, 2.57B, 41.2K (the built-in tiny models)."""
+    for scale, suffix, digits in ((1e9, "B", 2), (1e6, "M", 1), (1e3, "K", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f}{suffix}"
+    return str(n)
+
+
+def _shown(path: str) -> str:
+    """A path below the working folder relative to it (shorter to read), any other absolute."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def model_table(plan: Plan) -> Table:
+    m = plan.model
+    t = _table("Model", "base", "source", "family", "prediction", "parameters")
+    params = ", ".join(f"{k} {_count(v)}" for k, v in m.params.items()) or "unknown"
+    t.add_row(m.base, m.source + ("" if m.resolved else " (not downloaded)"), m.family, m.prediction, params)
+    t.caption = "\n".join(f"note: {note}" for note in m.notes) or None
+    t.caption_justify = "left"
+    return t
+
+
+def datasets_table(plan: Plan) -> Table:
+    t = _table("Datasets", "name", "role", "images", "samples/epoch", "resolution", "captions", "skipped", "generate")
+    for d in plan.datasets:
+        captions = Counter(img.caption for img in d.images)
+        caption = captions.most_common(1)[0][0] if captions else ""
+        if len(captions) > 1:
+            caption += f" (+{len(captions) - 1} more)"
+        gen = f"{d.generate.count} new" if d.generate else ""
+        t.add_row(d.name, d.role, str(len(d.images)), str(d.samples_per_epoch), str(d.resolution), caption,
+                  str(len(d.skipped)), gen)
+    return t
+
+
+def buckets_table(plan: Plan) -> Table:
+    t = _table("Buckets", "size", "instance", "class", "batches/epoch", "")
+    for b in plan.buckets:
+        t.add_row(f"{b.size[0]}x{b.size[1]}", str(b.instance_samples), str(b.class_samples),
+                  str(b.batches_per_epoch), "fewer than batch size" if b.short else "")
+    return t
+
+
+def schedule_table(plan: Plan) -> Table:
+    s = plan.schedule
+    t = _table("Schedule", "what", "value")
+    rows = [
+        ("optimizer steps", f"{s.total_steps} ({_plural(s.epochs, 'epoch')} x {_plural(s.steps_per_epoch, 'step')})"),
+        ("batch", f"{s.batch_size} x {s.accumulation} accumulation x {s.processes} process(es)"),
+        ("samples per epoch", f"{s.instance_samples_per_epoch} instance + {s.class_samples_per_epoch} class"),
+        ("optimizer", f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
+                      + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")),
+        ("lr schedule", f"{s.lr_schedule}, warm-up {s.warmup_steps}"),
+        ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
+        ("checkpoints", _steps(s.checkpoint_steps)),
+        ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
+        ("text encoder", _te(plan)),
+        ("seed", str(s.seed)),
+    ]
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _steps(steps: tuple[int, ...]) -> str:
+    return ", ".join(map(str, steps[:8])) + (f", ... ({len(steps)} in all)" if len(steps) > 8 else "")
+
+
+def _te(plan: Plan) -> str:
+    if not plan.train_text_encoder:
+        return "frozen"
+    stop = plan.schedule.text_encoder_stop_step
+    return f"trains until step {stop}" if stop else "trains the whole run"
+
+
+def training_table(plan: Plan) -> Table:
+    t = _table("Loss and precision", "what", "value")
+    t.add_row("loss", plan.loss.formula)
+    t.add_row("adapter", plan.adapter.kind if plan.adapter.kind == "none" else
+              f"lora rank {plan.adapter.rank}, alpha {plan.adapter.alpha:g}")
+    t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")
+    for c in plan.precision.components:
+        quant = f", {c.quantized}" if c.quantized != "none" else ""
+        ckpt = ", checkpointing" if c.gradient_checkpointing else ""
+        t.add_row(f"  {c.name}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
+    cache = plan.cache
+    t.add_row("latent cache", f"{cache.latent_hits} hits, {cache.latent_misses} to encode" if cache.latents else "off")
+    t.add_row("text cache", f"{cache.text_hits} hits, {cache.text_misses} to encode" if cache.text_embeddings
+              else "off")
+    t.add_row("cache folder", _shown(cache.dir))
+    t.add_row("output", _shown(plan.checkpoints.dir))
+    return t
+
+
+def memory_table(plan: Plan) -> Table:
+    m = plan.memory
+    t = _table(f"Memory estimate ({plan.target.description or plan.target.device})", "part", "size")
+    for name in ("weights", "gradients", "optimizer", "activations", "ema", "teacher"):
+        value = getattr(m, name)
+        if value:
+            t.add_row(name, _gib(value))
+    t.add_row("total", f"{_gib(m.total)} of {_gib(m.available)}" + ("" if m.fits else "  (does not fit)"))
+    return t
+
+
+def origins_table(plan: Plan) -> Table:
+    t = _table("Where each value came from", "key", "origin", "where")
+    for key, origin in sorted(plan.origins.items()):
+        t.add_row(key, origin.kind, origin.where or origin.note)
+    return t
+
+
+def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> None:
+    parts = [model_table(plan), datasets_table(plan), buckets_table(plan), schedule_table(plan),
+             training_table(plan), memory_table(plan)]
+    defaults = sorted(k for k, o in plan.origins.items() if o.kind in ("default", "derived"))
+    if explain:
+        parts.append(origins_table(plan))
+    console.print(Group(*[item for p in parts for item in (p, "")]))
+    if not explain:
+        console.print(f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin.")
+    for text in plan.warnings:
+        console.print(text, markup=False, highlight=False)

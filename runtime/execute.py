@@ -1,0 +1,60 @@
+"""`execute(plan)`: the runtime's entry point. Runtime failures come back as RunError naming the spec line."""
+
+from __future__ import annotations
+
+from dbspec.plan.model import Plan
+from dbspec.runtime.checkpoints import OutputError
+from dbspec.runtime.data import DataError
+from dbspec.runtime.loop import NonFiniteLoss, RunResult, train
+from dbspec.runtime.models import ModelLoadError
+from dbspec.runtime.optim import OptimizerError
+from dbspec.runtime.setup import DeviceError
+
+
+class RunError(Exception):
+    """A run that cannot go on: `message` says why, `where` points at the spec value behind it."""
+
+    def __init__(self, message: str, where: str = "", hint: str = ""):
+        self.message, self.where, self.hint = message, where, hint
+        super().__init__(message)
+
+
+def quiet_libraries() -> None:
+    """Our progress bars and messages replace the libraries' own (weight-shard bars, torchvision notices)."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def execute(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=None,
+            stop_after: int | None = None, keep_models: bool = False) -> RunResult:
+    quiet_libraries()
+    try:
+        return train(plan, overwrite=overwrite, resume=resume, console=console, stop_after=stop_after,
+                     keep_models=keep_models)
+    except DataError as exc:
+        raise RunError(str(exc), _dataset_origin(plan, exc.path),
+                       "fix or remove the file, then run again with --resume") from exc
+    except NonFiniteLoss as exc:
+        raise RunError(str(exc), _origin(plan, "optimizer.lr"),
+                       "the last good checkpoint is intact; lower optimizer.lr or use mixed = \"bf16\"/\"no\", "
+                       "then resume") from exc
+    except (ModelLoadError, DeviceError, OutputError, OptimizerError) as exc:
+        key = {ModelLoadError: "model.base", OutputError: "output.dir", OptimizerError: "optimizer.kind"}
+        raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
+
+
+def _origin(plan: Plan, key: str) -> str:
+    origin = plan.origins.get(key)  # noqa: SIM401 - plan data, not user config
+    return origin.where if origin is not None else ""
+
+
+def _dataset_origin(plan: Plan, path: str) -> str:
+    for i, d in enumerate(plan.datasets):
+        if any(img.path == path or img.mask == path for img in d.images):
+            return _origin(plan, f"datasets[{i}].path")
+    return ""

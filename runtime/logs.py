@@ -1,0 +1,72 @@
+"""Progress bars and metrics: a rich bar on the console, JSONL and TensorBoard events in the output folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dbspec.plan.model import LoggingPlan
+
+
+@contextlib.contextmanager
+def cache_progress(console: Console | None):
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console or Console(stderr=True), transient=True) as progress:
+        yield progress
+
+
+class TrainProgress:
+    """Step, loss, LR, it/s and ETA on one line."""
+
+    def __init__(self, progress: Progress, total: int, completed: int):
+        self._progress = progress
+        self._task = progress.add_task("training", total=total, completed=completed, loss=float("nan"), lr=0.0)
+
+    def update(self, *, step: int, loss: float, lr: float) -> None:
+        self._progress.update(self._task, completed=step, loss=loss, lr=lr)
+
+
+@contextlib.contextmanager
+def train_progress(console: Console | None, total: int, completed: int):
+    columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+               TextColumn("lr {task.fields[lr]:.2e}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console or Console(stderr=True)) as progress:
+        yield TrainProgress(progress, total, completed)
+
+
+class MetricsLog:
+    """metrics.jsonl (appended across resumes) and TensorBoard events under <out>/logs."""
+
+    def __init__(self, out: Path, plan: LoggingPlan, start_step: int):
+        self.every = plan.every
+        out.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._tb = None
+        if plan.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(out / "logs"), purge_step=start_step + 1)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if step % self.every and step != 1:
+            return
+        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(f"train/{name}", value, step)
+
+    def images(self, step: int, grid: Path) -> None:
+        if self._tb is not None and grid.exists():
+            self._tb.add_image("validation", np.asarray(Image.open(grid).convert("RGB")), step, dataformats="HWC")
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()

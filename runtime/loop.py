@@ -1,0 +1,217 @@
+"""The training loop: one function, read top to bottom. Every choice was made in the plan."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from dbspec.plan.io import plan_to_json, run_hash
+from dbspec.plan.model import Plan
+from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.data import BucketBatchSampler
+from dbspec.runtime.logs import MetricsLog, cache_progress, train_progress
+from dbspec.runtime.models import load_components
+from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
+from dbspec.runtime.sample import generate_class_images, validate
+from dbspec.runtime.setup import configure_models, fill_caches, pick_device, pipeline_for, set_train_mode
+from dbspec.runtime.step import Parts, run_batch
+from dbspec.runtime.weights import restore_trainable, save_weights, trainable_state, write_final
+
+
+@attrs.frozen
+class RunResult:
+    status: str  # "finished" | "interrupted"
+    steps: int
+    output: str
+    final: str  # folder of the final weights ("" when interrupted)
+    last_checkpoint: str
+    seconds: float
+    steps_per_second: float
+    losses: tuple[float, ...]  # loss of every optimizer step this process ran
+    components: object = attrs.field(default=None, eq=False, repr=False)  # the trained models (keep_models)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float, files: tuple[str, ...]):
+        self.step, self.value, self.files = step, value, files
+        super().__init__(f"loss became {value} at step {step}; batch files: {', '.join(files)}")
+
+
+def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=None,
+          stop_after: int | None = None, keep_models: bool = False) -> RunResult:
+    """Run the plan. `stop_after` ends early after that many steps as if interrupted; `keep_models`
+    returns the trained models in the result (for callers that go on using them, and tests)."""
+    started = time.perf_counter()
+    out = Path(plan.checkpoints.dir)
+    s = plan.schedule
+    ckpt.prepare_output(out, plan_to_json(plan), run_hash(plan), overwrite=overwrite, resume=resume)
+    device = pick_device(plan)
+    torch.manual_seed(s.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = plan.precision.tf32
+        torch.backends.cudnn.allow_tf32 = plan.precision.tf32
+
+    # Models: load, make class images with the untouched base model, then freeze/adapt for training.
+    comps = load_components(plan)
+    comps.unet.to(device)
+    comps.vae.to(device)
+    for enc in comps.text_encoders:
+        enc.to(device)
+    pipeline = pipeline_for(plan, comps)
+    for d in plan.datasets:
+        if d.generate is not None:
+            generate_class_images(pipeline, d.generate, batch_size=4)
+    unet_params, text_params = configure_models(plan, comps, device)
+    with cache_progress(console) as progress:
+        latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
+
+    # Optimizer, LR schedule, data order and the one generator that draws all training noise.
+    optimizer = make_optimizer(param_groups(unet_params, text_params, plan.optimizer), plan.optimizer)
+    lr_scheduler = make_lr_scheduler(optimizer, s)
+    scaler = torch.amp.GradScaler(device.type) if plan.precision.mixed == "fp16" else None
+    sampler = BucketBatchSampler.from_plan(plan)
+    generator = torch.Generator().manual_seed(s.seed)
+    parts = Parts(plan=plan, unet=comps.unet, vae=comps.vae, text_encoders=comps.text_encoders,
+                  tokenizers=comps.tokenizers, noise_scheduler=comps.noise_scheduler, latent_cache=latent_cache,
+                  text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params))
+    step = 0
+    if resume and (folder := ckpt.latest_checkpoint(out)) is not None:
+        state = ckpt.load_state(folder)
+        restore_trainable(comps, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        generator.set_state(state["generator"])
+        ckpt.restore_rng_state(state["rng"])
+        step = state["step"]
+    stop_text_at = s.text_encoder_stop_step
+    if stop_text_at and step >= stop_text_at:
+        freeze_text_encoders(parts, optimizer)
+    set_train_mode(comps, plan)
+    autocast = _autocast(device, plan.precision.mixed)
+    log = MetricsLog(out, plan.logging, start_step=step)
+    interrupted = _InterruptFlag()
+    losses: list[float] = []
+    last_checkpoint = ""
+
+    with interrupted, train_progress(console, s.total_steps, step) as progress:
+        while step < s.total_steps:
+            batches = _next_step_batches(sampler, s.accumulation)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, terms = 0.0, {}
+            for batch in batches:
+                with autocast:
+                    result = run_batch(parts, batch)
+                value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(step + 1, value, result.files)
+                loss = result.loss / len(batches)
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += value / len(batches)
+                terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if plan.optimizer.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(unet_params + text_params, plan.optimizer.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr_scheduler.step()
+            step += 1
+            losses.append(step_loss)
+            if stop_text_at and step == stop_text_at:
+                freeze_text_encoders(parts, optimizer)
+            log.write(step, {"loss": step_loss, **terms, "lr": lr_scheduler.get_last_lr()[0],
+                             "epoch": sampler.epoch})
+            progress.update(step=step, loss=step_loss, lr=lr_scheduler.get_last_lr()[0])
+
+            if step in plan.validation.steps:
+                validate(pipeline, plan.validation, out, step)
+                log.images(step, out / "samples" / f"step-{step:06d}" / "grid.png")
+                set_train_mode(comps, plan)
+            stopping = interrupted.requested or (stop_after is not None and step >= stop_after)
+            if step in plan.checkpoints.steps or stopping:
+                state = {"trainable": trainable_state(comps, plan), "optimizer": optimizer.state_dict(),
+                         "lr_scheduler": lr_scheduler.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None, "sampler": sampler.state_dict(),
+                         "generator": generator.get_state(), "rng": ckpt.capture_rng_state(), "step": step,
+                         "run_hash": run_hash(plan)}
+                folder = ckpt.save_checkpoint(out, step, weights=lambda f: save_weights(f, comps, plan),
+                                              state=state, keep=plan.checkpoints.keep)
+                last_checkpoint = str(folder)
+            if stopping and step < s.total_steps:
+                log.close()
+                return _result("interrupted", plan, step, "", last_checkpoint, started, losses,
+                               comps if keep_models else None)
+
+    final = out / "final"
+    write_final(final, pipeline, comps, plan)
+    log.close()
+    return _result("finished", plan, step, str(final), last_checkpoint, started, losses,
+                   comps if keep_models else None)
+
+
+def _next_step_batches(sampler: BucketBatchSampler, accumulation: int) -> list:
+    """The batches of one optimizer step: up to `accumulation`, never crossing an epoch's end."""
+    state = sampler.state_dict()
+    if state["position"] >= len(sampler):
+        sampler.load_state_dict({"epoch": state["epoch"] + 1, "position": 0})
+    n = min(accumulation, len(sampler) - sampler.state_dict()["position"])
+    batches = iter(sampler)
+    return [next(batches) for _ in range(n)]
+
+
+def freeze_text_encoders(parts: Parts, optimizer: torch.optim.Optimizer) -> None:
+    """After the stop step the text encoder is frozen. Its parameters get no gradient, and optimizers skip
+    parameters without one (no update, no weight decay)."""
+    for enc in parts.text_encoders:
+        enc.requires_grad_(False)
+        enc.eval()
+    parts.text_trains = False
+
+
+def _autocast(device: torch.device, mixed: str):
+    if mixed == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed == "bf16" else torch.float16)
+
+
+class _InterruptFlag:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to checkpoint at the next step boundary and stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _result(status, plan, step, final, last_checkpoint, started, losses, comps) -> RunResult:
+    seconds = time.perf_counter() - started
+    return RunResult(status=status, steps=step, output=plan.checkpoints.dir, final=final,
+                     last_checkpoint=last_checkpoint, seconds=seconds,
+                     steps_per_second=len(losses) / seconds if seconds else 0.0, losses=tuple(losses),
+                     components=comps)

@@ -1,0 +1,59 @@
+"""Optimizers and LR schedules, as the plan chose them."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from dbspec.plan.model import OptimizerPlan, SchedulePlan
+
+
+class OptimizerError(Exception):
+    """The chosen optimizer cannot run here (missing package or device)."""
+
+
+def param_groups(unet_params: list, text_params: list, opt: OptimizerPlan) -> list[dict]:
+    groups = []
+    if unet_params:
+        groups.append({"params": unet_params, "lr": opt.lr, "name": "unet"})
+    if text_params:
+        groups.append({"params": text_params, "lr": opt.text_encoder_lr, "name": "text_encoder"})
+    return groups
+
+
+def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    kind = opt.kind
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    if kind == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # A fixed LR (relative_step off) so the plan's LR schedule is the one that applies.
+        return Adafactor(groups, lr=opt.lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                         weight_decay=opt.weight_decay)
+    if kind == "adamw8bit":
+        bnb = _import("bitsandbytes", "pip install bitsandbytes (CUDA only)")
+        return bnb.optim.AdamW8bit(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    if kind == "prodigy":
+        prodigy = _import("prodigyopt", "pip install prodigyopt")
+        return prodigy.Prodigy(groups, betas=opt.betas, weight_decay=opt.weight_decay)
+    if kind == "lion":
+        lion = _import("lion_pytorch", "pip install lion-pytorch")
+        return lion.Lion(groups, betas=opt.betas, weight_decay=opt.weight_decay)
+    raise OptimizerError(f"unknown optimizer {kind!r}")
+
+
+def _import(name: str, hint: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise OptimizerError(f"optimizer needs the `{name}` package: {hint}") from exc
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
+    return get_scheduler(s.lr_schedule, optimizer, num_warmup_steps=s.warmup_steps,
+                         num_training_steps=s.total_steps, num_cycles=s.cycles)

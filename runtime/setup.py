@@ -1,0 +1,117 @@
+"""Setting up a run from the plan: device, trainable parameters, caches, pipelines for sampling."""
+
+from __future__ import annotations
+
+import torch
+
+from dbspec.plan.model import Plan
+from dbspec.runtime import adapters
+from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
+from dbspec.runtime.models import Components, set_attention, to_dtype
+from dbspec.runtime.text import encode
+
+
+class DeviceError(Exception):
+    """The plan was compiled for a device this machine lacks."""
+
+
+def pick_device(plan: Plan) -> torch.device:
+    want = plan.target.device
+    if want == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if want == "mps" and torch.backends.mps.is_available():
+        return torch.device("mps")
+    if want == "cpu":
+        return torch.device("cpu")
+    raise DeviceError(f"the plan was compiled for {plan.target.description or want}, but this machine has no "
+                      f"{want} device: compile it here with `dbspec plan` (or `dbspec run spec.toml`)")
+
+
+def component_dtype(plan: Plan, name: str) -> torch.dtype:
+    return to_dtype(next(c.dtype for c in plan.precision.components if c.name == name))
+
+
+def configure_models(plan: Plan, comps: Components, device: torch.device) -> tuple[list, list]:
+    """Freeze, attach adapters, set dtypes and checkpointing; return (unet params, text params) that train."""
+    seed = plan.schedule.seed
+    lora = plan.adapter.kind == "lora"
+    for module in (comps.unet, comps.vae, *comps.text_encoders):
+        adapters.freeze(module)
+    comps.vae.to(device, dtype=component_dtype(plan, "vae"))
+    comps.unet.to(device, dtype=component_dtype(plan, "unet"))
+    set_attention(comps.unet, plan.precision.attention)
+    unet_params: list = []
+    if plan.train_unet:
+        if lora:
+            adapters.add_lora(comps.unet, plan.adapter, plan.adapter.unet_targets, seed)
+            for p in adapters.trainable_parameters(comps.unet):
+                p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision base
+        else:
+            comps.unet.requires_grad_(True)
+        unet_params = adapters.trainable_parameters(comps.unet)
+        if plan.precision.components[0].gradient_checkpointing:
+            comps.unet.enable_gradient_checkpointing()
+    text_params: list = []
+    names = ("text_encoder", "text_encoder_2")
+    for i, enc in enumerate(comps.text_encoders):
+        enc.to(device, dtype=component_dtype(plan, names[i]))
+        if plan.train_text_encoder:
+            if lora:
+                adapters.add_lora(enc, plan.adapter, plan.adapter.text_encoder_targets, seed + 1 + i)
+                for p in adapters.trainable_parameters(enc):
+                    p.data = p.data.float()
+            else:
+                enc.requires_grad_(True)
+            text_params += adapters.trainable_parameters(enc)
+            if plan.precision.components[1].gradient_checkpointing:
+                enc.gradient_checkpointing_enable()
+    return unet_params, text_params
+
+
+def set_train_mode(comps: Components, plan: Plan) -> None:
+    comps.unet.train(plan.train_unet)
+    for enc in comps.text_encoders:
+        enc.train(plan.train_text_encoder)
+
+
+def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -> tuple:
+    """Encode what the caches miss; returns (latent cache, text cache, counts)."""
+    latent_cache = text_cache = None
+    counts = {}
+    if plan.cache.latents and any(img.latent_keys for d in plan.datasets for img in d.images):
+        latent_cache = TensorCache(plan.cache.dir, "latents")
+        vae_dtype = component_dtype(plan, "vae")
+
+        def encode_pixels(pixels):
+            dist = comps.vae.encode(pixels.to(device, vae_dtype)).latent_dist
+            return dist.mean.float().cpu(), dist.std.float().cpu()
+
+        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels, batch_size=4,
+                                           progress=progress)
+    if plan.cache.text_embeddings:
+        required = ("prompt_embeds", "pooled") if plan.model.family == "sdxl" else ("prompt_embeds",)
+        text_cache = TensorCache(plan.cache.dir, "text", required=required)
+
+        def encode_text(captions):
+            out = encode(comps.text_encoders, comps.tokenizers, captions, family=plan.model.family,
+                         clip_skip=plan.model.clip_skip, device=device)
+            return {k: v.float().cpu() for k, v in out.items()}
+
+        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, batch_size=8, progress=progress)
+    return latent_cache, text_cache, counts
+
+
+def pipeline_for(plan: Plan, comps: Components):
+    """A diffusers pipeline over the live (training) components, for validation and class images."""
+    import diffusers
+
+    from dbspec.runtime.models import PIPELINES
+
+    cls = getattr(diffusers, PIPELINES[plan.model.family])
+    scheduler = diffusers.DDPMScheduler.from_config(comps.scheduler_config)
+    kwargs = {"unet": comps.unet, "vae": comps.vae, "text_encoder": comps.text_encoders[0],
+              "tokenizer": comps.tokenizers[0], "scheduler": scheduler}
+    if plan.model.family == "sdxl":
+        kwargs.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
+        return cls(**kwargs, add_watermarker=False)
+    return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,0 +1,80 @@
+"""Which weights a run trains, how they are saved as outputs, and restored on resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from dbspec.plan.model import Plan
+from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.models import Components
+
+TEXT_NAMES = ("text_encoder", "text_encoder_2")
+
+
+def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module]:
+    modules: dict[str, torch.nn.Module] = {}
+    if plan.train_unet:
+        modules["unet"] = comps.unet
+    if plan.train_text_encoder:
+        modules.update(zip(TEXT_NAMES, comps.text_encoders))
+    return modules
+
+
+def _selected(name: str, plan: Plan) -> bool:
+    return plan.adapter.kind != "lora" or "lora_" in name
+
+
+def trainable_state(comps: Components, plan: Plan) -> dict[str, torch.Tensor]:
+    """Every weight the run trains (also after the text encoder stopped), at full precision, for resume."""
+    return {f"{prefix}.{name}": p.detach().to("cpu", copy=True)
+            for prefix, module in _trained_modules(comps, plan).items()
+            for name, p in module.named_parameters() if _selected(name, plan)}
+
+
+def restore_trainable(comps: Components, state: dict[str, torch.Tensor]) -> None:
+    modules = {"unet": comps.unet, **dict(zip(TEXT_NAMES, comps.text_encoders))}
+    params = {f"{prefix}.{name}": p for prefix, m in modules.items() for name, p in m.named_parameters()}
+    missing = [k for k in state if k not in params]
+    if missing:
+        raise ValueError(f"checkpoint holds weights this run does not have (e.g. {missing[0]}): was it made by "
+                         "another plan?")
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value.to(params[key].device, params[key].dtype))
+
+
+def save_weights(folder: Path, comps: Components, plan: Plan) -> None:
+    """LoRA runs: diffusers LoRA safetensors. Full runs: the trained components as diffusers folders."""
+    folder = Path(folder)
+    dtype = plan.checkpoints.save_precision
+    trained = _trained_modules(comps, plan)
+    if plan.adapter.kind == "lora":
+        encoders = dict(zip(TEXT_NAMES, comps.text_encoders)) if plan.train_text_encoder else {}
+        ckpt.save_lora_weights(folder, trained.get("unet"), encoders.get("text_encoder"), dtype,
+                               family=plan.model.family, text_encoder_2=encoders.get("text_encoder_2"))
+        return
+    text = {name: m for name, m in trained.items() if name != "unet"}
+    ckpt.save_full_weights(folder, trained.get("unet"), text, dtype)
+
+
+def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan) -> None:
+    """A complete diffusers folder (full runs): the pipeline, with the trained parts cast to save_precision."""
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    save_weights(folder, comps, plan)
+
+
+def write_final(final: Path, pipeline, comps: Components, plan: Plan) -> None:
+    """The run's result, written beside and then renamed into place (a crash never leaves half a `final`)."""
+    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    if plan.adapter.kind == "none":
+        save_pipeline(staging, pipeline, comps, plan)
+    else:
+        save_weights(staging, comps, plan)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)

@@ -1,0 +1,78 @@
+"""Tiny real runs for runtime tests: a spec in tmp_path over copies of the bundled sample images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dbspec.frontend import plan_spec
+from dbspec.plan.model import Plan, TargetEnv
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, description="test cpu")
+
+BASE_SPEC = """\
+spec_version = 1
+
+[model]
+base = "{base}"
+
+[[datasets]]
+name = "toy"
+path = "data/toy"
+prompt = "a photo of ohwx toy"
+resolution = 64
+repeats = 2
+{dataset_extra}
+
+{class_dataset}
+
+[buckets]
+step = 16
+
+[optimizer]
+lr = 1e-3
+
+[schedule]
+steps = {steps}
+batch_size = 2
+
+[cache]
+dir = "cache"
+
+[output]
+dir = "out"
+
+{extra}
+"""
+
+CLASS_DATASET = """\
+[[datasets]]
+name = "toys"
+role = "class"
+path = "data/class-toy"
+prompt = "a photo of a toy"
+resolution = 64
+"""
+
+
+def write_spec(tmp: Path, *, base: str = "builtin:tiny-sd1", steps: int = 4, extra: str = "",
+               dataset_extra: str = "", with_class: bool = False) -> Path:
+    for name in ("toy", "class-toy"):
+        if not (tmp / "data" / name).exists():
+            shutil.copytree(ROOT / "specs" / "data" / name, tmp / "data" / name)
+    text = BASE_SPEC.format(base=base, steps=steps, extra=extra, dataset_extra=dataset_extra,
+                            class_dataset=CLASS_DATASET if with_class else "")
+    path = tmp / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def compile_spec(path: Path, overrides: list[str] | None = None, env: TargetEnv = CPU) -> Plan:
+    planned = plan_spec(path, env, str(path), overrides or [])
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    return planned.plan
+
+
+def make_plan(tmp: Path, **kw) -> Plan:
+    return compile_spec(write_spec(tmp, **kw))

@@ -1,0 +1,82 @@
+"""`dbspec run` as a user runs it: the quickstart, a plan file, and Ctrl-C then --resume (a real signal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dbspec.cli import app
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import ROOT, compile_spec, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_end_to_end(tmp_path):
+    """The README's first command, outputs redirected into tmp."""
+    args = ["run", str(ROOT / "specs" / "quickstart.toml"), "--set", f"output.dir={tmp_path / 'out'}",
+            "--set", f"cache.dir={tmp_path / 'cache'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert "finished 60 steps" in result.output
+    assert (out / "final" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (out / "samples" / "step-000060" / "grid.png").exists()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-000060"
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) >= 6
+
+
+def test_run_a_written_plan(tmp_path):
+    spec = write_spec(tmp_path, steps=2)
+    plan_file = tmp_path / "plan.json"
+    runner = CliRunner()
+    assert runner.invoke(app, ["plan", str(spec), "--target", "cpu", "--json", str(plan_file)]).exit_code == 0
+    result = runner.invoke(app, ["run", str(plan_file)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "final").exists()
+
+
+def _wait_for(path: Path, predicate, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and predicate(path):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {path}")
+
+
+def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
+    spec = write_spec(tmp_path, steps=30, extra="[logging]\nevery = 1\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dbspec.cli", "run", str(spec)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    try:
+        _wait_for(metrics, lambda p: len(p.read_text().splitlines()) >= 3, timeout=240)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "--resume" in output
+    stopped_at = int((tmp_path / "out" / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert 3 <= stopped_at < 30
+
+    plan = compile_spec(spec)
+    resumed = execute(plan, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 30
+    whole = execute(compile_spec(spec, ["output.dir=whole"]))
+    a = load_file(str(Path(whole.final) / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(Path(resumed.final) / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
