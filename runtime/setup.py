@@ -64,7 +64,8 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
                 enc.requires_grad_(True)
             text_params += adapters.trainable_parameters(enc)
             if plan.precision.components[1].gradient_checkpointing:
-                enc.gradient_checkpointing_enable()
+                # transformers 5 renamed it; older releases only have the first name.
+                getattr(enc, "activation_checkpointing_enable", enc.gradient_checkpointing_enable)()
     return unet_params, text_params
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 
+from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.models import Components
+from dbspec.util.atomic import write_text_atomic
 
 TEXT_NAMES = ("text_encoder", "text_encoder_2")
 
@@ -48,8 +50,10 @@ def restore_trainable(comps: Components, state: dict[str, torch.Tensor]) -> None
 
 
 def save_weights(folder: Path, comps: Components, plan: Plan) -> None:
-    """LoRA runs: diffusers LoRA safetensors. Full runs: the trained components as diffusers folders."""
+    """LoRA runs: diffusers LoRA safetensors. Full runs: the trained components as diffusers folders.
+    The plan that produced them is written beside them."""
     folder = Path(folder)
+    write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
     if plan.adapter.kind == "lora":

@@ -152,6 +152,8 @@ def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> d
                        cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].masks")
     for diag in scan.diagnostics:
         ctx.adopt(diag, ("datasets", i, "masks"))
+    if any(d.code in ("DBS301", "DBS302") for d in scan.diagnostics):
+        return None  # no mask folder: one error says it, not one per image
     by_stem = {str(Path(m.rel).with_suffix("")): m for m in scan.images}
     found, ok = {}, not scan.diagnostics
     for img in images:

@@ -1,8 +1,7 @@
 """Scan a dataset folder: every image that will train, with its size and content hash, and every problem file.
 
 Cost model (why it is fast): one `os.scandir` walk, one `stat` per file, each file's bytes read once
-(imagecache.probe_file: hash and header parse from the same bytes, no pixel decode; on a few threads,
-as reads and hashing release the GIL). Facts are cached
+(imagecache.probe_file: hash and header parse from the same bytes, no pixel decode). Facts are cached
 per file, so an unchanged dataset re-scans with a stat per file and no read at all; the cache file
 is written once, at the end, and only when something changed.
 """
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -24,9 +22,6 @@ from dbspec.diagnostics import Diagnostic, error, warning
 
 OnBad = Literal["error", "skip"]
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-_BATCH = 32  # files per thread-pool task
-_MAX_THREADS = 8
-_PENDING = bad_facts("", "")  # placeholder until a file is probed
 _SKIP_HINT = 'set `on_bad_image = "skip"` in this dataset to leave such files out'
 _HELP = {
     "DBS303": f"re-export the image or remove it; {_SKIP_HINT}",
@@ -122,41 +117,20 @@ def _all_facts(
     read or cached file's entry in `new`, the cache as it will be written.
     """
     all_facts: list[FileFacts] = []
-    missing: list[int] = []  # indexes into `found` of files to read
-    hits = 0
-    for index, item in enumerate(found):
+    hits = misses = 0
+    for item in found:
         facts = _zero_or_broken(item)
         if facts is None:
             facts = imagecache.lookup(old, item.path, item.size, item.mtime_ns)
-            if facts is None:
-                missing.append(index)
-                facts = _PENDING
-            else:
-                new[item.path] = old[item.path]
+            if facts is not None:
                 hits += 1
+                new[item.path] = old[item.path]
+            else:
+                misses += 1
+                facts = probe_file(item.path)
+                new[item.path] = imagecache.make_entry(item.size, item.mtime_ns, facts)
         all_facts.append(facts)
-    for index, facts in zip(missing, _probe_files([found[i].path for i in missing])):
-        item = found[index]
-        all_facts[index] = facts
-        new[item.path] = imagecache.make_entry(item.size, item.mtime_ns, facts)
-    return all_facts, hits, len(missing)
-
-
-def _probe_files(paths: list[str]) -> list[FileFacts]:
-    """Read and probe files, in order, on a few threads in batches.
-
-    Reads and blake2b release the GIL, so hashing overlaps header parsing; for multi-megabyte photos
-    hashing dominates and scales with cores. Batches amortise the pool's per-task cost (~20 us).
-    """
-    batches = [paths[start : start + _BATCH] for start in range(0, len(paths), _BATCH)]
-    if len(batches) <= 1:
-        return [probe_file(path) for path in paths]
-    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1, len(batches))) as pool:
-        return [facts for batch in pool.map(_probe_batch, batches) for facts in batch]
-
-
-def _probe_batch(paths: list[str]) -> list[FileFacts]:
-    return [probe_file(path) for path in paths]
+    return all_facts, hits, misses
 
 
 def _zero_or_broken(item: _Found) -> FileFacts | None:

@@ -23,7 +23,6 @@ import os
 import random
 import tempfile
 import time
-from math import inf
 from pathlib import Path
 
 from PIL import Image
@@ -67,25 +66,27 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder, cache_root = Path(tmp) / "images", Path(tmp) / "caches"
+        folder = Path(tmp) / "images"
         folder.mkdir()
         (gen_s, _), _ = timed(lambda: make_images(folder, args.n))
         print(f"generated {args.n} images in {gen_s:.1f} s")
-        scan = lambda cache_dir: scan_folder(  # noqa: E731
-            folder, recursive=False, min_size=1, on_bad="error", cache_dir=cache_dir, key_path="bench"
-        )
-        best = {"floor": (inf, inf), "cold": (inf, inf), "warm": (inf, inf)}
-        keep = lambda name, t: best.__setitem__(name, tuple(map(min, best[name], t)))  # noqa: E731
-        for run in range(args.repeat):
-            keep("floor", timed(lambda: floor_scan(folder))[0])
-            cache_dir = cache_root / str(run)
-            t, cold = timed(lambda: scan(cache_dir))
-            keep("cold", t)
-            t, warm = timed(lambda: scan(cache_dir))
-            keep("warm", t)
-            assert len(cold.images) == len(warm.images) == args.n and not cold.diagnostics
-            assert warm.cache_misses == 0 and warm.cache_hits == args.n
+        runs = [measure(folder, Path(tmp) / f"cache{run}", args.n) for run in range(args.repeat)]
+        best = {name: tuple(min(r[name][i] for r in runs) for i in (0, 1)) for name in runs[0]}
         report(best, args.n)
+
+
+def measure(folder: Path, cache_dir: Path, n: int) -> dict[str, tuple[float, float]]:
+    """One run of floor, cold scan (empty cache_dir) and warm scan: {name: (wall s, cpu s)}."""
+
+    def scan():
+        return scan_folder(folder, recursive=False, min_size=1, on_bad="error", cache_dir=cache_dir, key_path="bench")
+
+    floor_t, _ = timed(lambda: floor_scan(folder))
+    cold_t, cold = timed(scan)
+    warm_t, warm = timed(scan)
+    assert len(cold.images) == len(warm.images) == n and not cold.diagnostics
+    assert warm.cache_misses == 0 and warm.cache_hits == n
+    return {"floor": floor_t, "cold": cold_t, "warm": warm_t}
 
 
 def report(best: dict[str, tuple[float, float]], n: int) -> None:
@@ -95,6 +96,7 @@ def report(best: dict[str, tuple[float, float]], n: int) -> None:
     for label, i in (("wall", 0), ("cpu", 1)):
         floor, cold, warm = (best[k][i] for k in ("floor", "cold", "warm"))
         print(f"{label:<5} cold/floor = {cold / floor:.2f} (target <= 3)   warm/cold = {warm / cold:.3f} (target <= 0.2)")
+
 
 if __name__ == "__main__":
     main()

@@ -79,8 +79,8 @@ def test_lists_images_sorted_with_sizes_hashes_and_any_case_extension(tmp_path):
     assert second.sha == hashlib.blake2b(png.read_bytes(), digest_size=16).hexdigest()
 
 
-def test_many_files_are_probed_on_threads_in_order(tmp_path):
-    for i in range(70):  # more than one batch of 32: the thread pool runs
+def test_many_files_keep_their_order_and_facts(tmp_path):
+    for i in range(70):
         write(tmp_path / f"{i:03d}.png", encode(rgb((20 + i, 30)), "PNG"))
     write(tmp_path / "050b.png", b"")
     result = scan(tmp_path, cache_dir=tmp_path / ".cache")

@@ -1,0 +1,113 @@
+"""The run's options, each through the real loop on a tiny model: model sources, optimizers, precision,
+class-image generation, masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dbspec.runtime.execute import RunError, execute
+from dbspec.runtime.tiny import materialize
+from tests.runtime.runspec import compile_spec, make_plan, write_spec
+
+
+def _fake_hub_cache(root: Path, repo: str) -> Path:
+    """The Hugging Face cache layout: models--org--name/refs/main -> snapshots/<commit>/ (a diffusers folder)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    materialize("builtin:tiny-sd1", repo_dir / "snapshots" / commit)
+    return repo_dir / "snapshots" / commit
+
+
+def test_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
+    snapshot = _fake_hub_cache(tmp_path / "hub", "acme/tiny-sd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    # The tiny model's dimensions match no real family, so the spec states it (as a user would for odd models).
+    plan = compile_spec(write_spec(tmp_path, base="acme/tiny-sd", steps=1), ['model.family="sd1"'])
+    assert plan.model.source == "hub" and plan.model.resolved and plan.model.path == str(snapshot)
+    assert plan.model.family == "sd1" and plan.model.params["unet"] > 0
+    assert execute(plan).status == "finished"
+
+
+def test_missing_hub_model_fails_with_the_download_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = compile_spec(write_spec(tmp_path, base="acme/not-here", steps=1), ['model.family="sd1"'])
+    assert not plan.model.resolved
+    with pytest.raises(RunError) as info:
+        execute(plan)
+    assert "huggingface-cli download acme/not-here" in info.value.message
+    assert "spec.toml" in info.value.where
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adafactor"])
+def test_other_optimizers_train(tmp_path, kind):
+    spec = write_spec(tmp_path, steps=2)
+    plan = compile_spec(spec, [f'optimizer.kind="{kind}"', 'schedule.lr_schedule="linear"'])
+    result = execute(plan)
+    assert result.status == "finished" and len(result.losses) == 2
+
+
+def test_lora_with_text_encoder_and_gradient_checkpointing(tmp_path):
+    plan = make_plan(tmp_path, steps=2, extra="""
+[adapter]
+kind = "lora"
+rank = 2
+
+[train]
+text_encoder = true
+
+[optimizer]
+lr = 1e-4
+
+[precision]
+gradient_checkpointing = true
+""".replace("[optimizer]\nlr = 1e-4\n", ""))
+    result = execute(plan)
+    assert result.status == "finished"
+    assert (Path(result.final) / "pytorch_lora_weights.safetensors").exists()
+    assert (Path(result.final) / "plan.json").exists()
+
+
+def test_bf16_autocast_on_the_cpu(tmp_path):
+    spec = write_spec(tmp_path, steps=1)
+    plan = compile_spec(spec, ['precision.mixed="bf16"'])
+    assert plan.precision.mixed == "bf16"
+    assert execute(plan).status == "finished"
+
+
+def test_missing_class_images_are_generated_then_trained_on(tmp_path):
+    spec = write_spec(tmp_path, steps=2, with_class=True)
+    text = spec.read_text().replace('path = "data/class-toy"', 'path = "generated"\ngenerate = 2')
+    spec.write_text(text)
+    plan = compile_spec(spec)
+    gen = next(d.generate for d in plan.datasets if d.role == "class")
+    assert gen is not None and gen.count == 2
+    assert execute(plan).status == "finished"
+    folder = tmp_path / "generated"
+    manifest = json.loads((folder / ".dbspec-generated.json").read_text())
+    assert sorted(manifest["files"]) == sorted(f"class-{s}.png" for s in gen.seeds)
+    assert all(Image.open(folder / f).size == (64, 64) for f in manifest["files"])
+    replanned = compile_spec(spec, ["output.dir=out2"])
+    assert next(d.generate for d in replanned.datasets if d.role == "class") is None  # reused, not regenerated
+    other = compile_spec(spec, ["output.dir=out3", 'datasets[1].prompt="a photo of a robot"'])
+    assert next(d.generate for d in other.datasets if d.role == "class").count == 2  # prompt changed
+
+
+def test_masked_dataset_trains(tmp_path):
+    spec = write_spec(tmp_path, steps=2, dataset_extra="masks = \"masks\"")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for img in sorted((tmp_path / "data" / "toy").iterdir()):
+        size = Image.open(img).size
+        mask = Image.new("L", size, 0)
+        mask.paste(255, (0, 0, size[0] // 2, size[1]))
+        mask.save(masks / img.name)
+    plan = compile_spec(spec)
+    assert plan.loss.masked and all(i.mask for i in plan.datasets[0].images)
+    assert execute(plan).status == "finished"
