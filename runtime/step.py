@@ -11,8 +11,11 @@ from dbspec.plan.model import Plan
 from dbspec.runtime import losses
 from dbspec.runtime.adapters import has_lora
 from dbspec.runtime.cache import TensorCache
-from dbspec.runtime.data import Sample, load_example, sample_rng
+from dbspec.runtime.data import Sample, load_example, load_mask, sample_rng
 from dbspec.runtime.text import encode, sdxl_time_ids
+
+
+MEMO_ENTRIES = 4096  # cached posteriors kept in RAM (a 1024 px SDXL latent pair is ~0.5 MB)
 
 
 @attrs.define
@@ -30,6 +33,7 @@ class Parts:
     device: torch.device
     generator: torch.Generator  # CPU generator: the same draws on every device; its state is checkpointed
     text_trains: bool = False  # switched off at the text encoder's stop step
+    memo: dict = attrs.field(factory=dict)  # latent key -> posterior, read once from the cache
 
 
 @attrs.frozen
@@ -39,18 +43,32 @@ class StepResult:
     files: tuple[str, ...]
 
 
-def latents_for(parts: Parts, batch: Sequence[Sample], pixels: list) -> torch.Tensor:
-    """Scaled latents: a fresh sample of each image's VAE posterior (cached mean/std, or encoded now)."""
-    means, stds = [], []
-    for sample, px in zip(batch, pixels):
-        entry = parts.latent_cache.get(sample.latent_key) if parts.latent_cache and sample.latent_key else None
-        if entry is None:
-            with torch.no_grad():
-                dist = parts.vae.encode(px[None].to(parts.device, parts.vae.dtype)).latent_dist
-            entry = {"mean": dist.mean[0].float().cpu(), "std": dist.std[0].float().cpu()}
-        means.append(entry["mean"])
-        stds.append(entry["std"])
-    mean, std = torch.stack(means), torch.stack(stds)
+def posterior(parts: Parts, sample: Sample, crop_mode: str) -> tuple[dict, torch.Tensor | None]:
+    """The sample's VAE posterior {"mean", "std"} and its mask (None without one).
+
+    A cached latent needs no image decode; entries are kept in memory after their first read (the cache
+    file is verified once, then reused every epoch).
+    """
+    key = sample.latent_key
+    entry = parts.memo.get(key) if key else None
+    if entry is None and key and parts.latent_cache is not None:
+        entry = parts.latent_cache.get(key)
+        if entry is not None and len(parts.memo) < MEMO_ENTRIES:
+            parts.memo[key] = entry
+    if entry is not None:
+        mask = load_mask(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample)) \
+            if sample.img.mask else None
+        return entry, mask
+    pixels, mask = load_example(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample))
+    with torch.no_grad():
+        dist = parts.vae.encode(pixels[None].to(parts.device, parts.vae.dtype)).latent_dist
+    return {"mean": dist.mean[0].float().cpu(), "std": dist.std[0].float().cpu()}, mask
+
+
+def sample_latents(parts: Parts, entries: list[dict]) -> torch.Tensor:
+    """Scaled latents: a fresh draw from each image's posterior, from the training generator."""
+    mean = torch.stack([e["mean"] for e in entries])
+    std = torch.stack([e["std"] for e in entries])
     noise = torch.randn(mean.shape, generator=parts.generator)
     return ((mean + std * noise) * parts.vae.config.scaling_factor).to(parts.device)
 
@@ -77,9 +95,8 @@ def unet_forward(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sam
 def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
     """Forward one micro-batch and return its loss (instance term + prior term) and the terms for logging."""
     plan, loss_plan = parts.plan, parts.plan.loss
-    crop_of = {d: plan.datasets[d].crop for d in {s.dataset for s in batch}}
-    examples = [load_example(s.img, crop_mode=crop_of[s.dataset], flip=s.flip, rng=sample_rng(s)) for s in batch]
-    latents = latents_for(parts, batch, [px for px, _ in examples])
+    loaded = [posterior(parts, s, plan.datasets[s.dataset].crop) for s in batch]
+    latents = sample_latents(parts, [entry for entry, _ in loaded])
     text = text_for(parts, batch)
     gen = parts.generator
     noise = losses.offset_noise(torch.randn(latents.shape, generator=gen), loss_plan.noise_offset, gen)
@@ -95,14 +112,13 @@ def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
         target = torch.where(is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch),
                              target)
     elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta)
-    per_sample = losses.per_sample_loss(elementwise, _masks(examples, latents, parts.device))
+    per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
     weights = losses.min_snr_weights(alphas, timesteps, loss_plan.min_snr_gamma, loss_plan.target)
     total, terms = losses.combine_terms(per_sample, is_prior, weights, loss_plan.prior_weight)
     return StepResult(loss=total, terms=terms, files=tuple(s.img.path for s in batch))
 
 
-def _masks(examples, latents: torch.Tensor, device) -> torch.Tensor | None:
-    masks = [m for _, m in examples]
+def _masks(masks: list, latents: torch.Tensor, device) -> torch.Tensor | None:
     if all(m is None for m in masks):
         return None
     full = [m if m is not None else torch.ones_like(next(x for x in masks if x is not None)) for m in masks]
