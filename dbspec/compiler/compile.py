@@ -92,7 +92,8 @@ def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> Schedu
     s, spec = ctx.spec.schedule, ctx.spec
     batches = sum(b.batches_per_epoch for b in buckets)
     if batches == 0:
-        if not any(d.code in ("DBS301", "DBS302") for d in ctx.diagnostics):
+        # Data errors (missing folders, bad images, captions or masks) already say why; this only adds noise.
+        if not any(d.severity == "error" and d.code.startswith("DBS3") for d in ctx.diagnostics):
             ctx.report("DBS332", "error", "no image will train: every dataset is empty after skipping problem files",
                        ("datasets",))
         return None
@@ -168,6 +169,21 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _origins(ctx: Context, precision) -> dict:
+    """Spec origins, with the values the compiler computed (or resolved from "auto") marked derived."""
+    spec = ctx.spec
+    origins = spec_origins(spec, ctx.raw)
+    origins["schedule.total_steps"] = derived("schedule.steps" if spec.schedule.steps else "epochs x steps per epoch")
+    if spec.schedule.steps:
+        origins["schedule.epochs"] = derived("total steps / steps per epoch")
+    if spec.precision.mixed != precision.mixed:  # "auto", or a bf16 fallback
+        origins["precision.mixed"] = derived(precision.reason)
+    for key in ("family", "prediction"):
+        if getattr(spec.model, key) == "auto":
+            origins[f"model.{key}"] = derived("detected")
+    return origins
+
+
 def _assemble(ctx: Context, model, datasets, buckets, schedule, loss, precision, cache, memory) -> Plan:
     spec = ctx.spec
     a = spec.adapter
@@ -176,14 +192,7 @@ def _assemble(ctx: Context, model, datasets, buckets, schedule, loss, precision,
                if isinstance(a, LoraAdapter) else AdapterPlan(kind="none"))
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
-    origins = spec_origins(spec, ctx.raw)
-    origins.update({
-        "schedule.total_steps": derived("schedule.steps" if spec.schedule.steps else "epochs x steps per epoch"),
-        "schedule.epochs": derived("total steps / steps per epoch"),
-        "precision.mixed": derived(precision.reason),
-        "model.family": derived("detected") if spec.model.family == "auto" else origins["model.family"],
-        "model.prediction": derived("detected") if spec.model.prediction == "auto" else origins["model.prediction"],
-    })
+    origins = _origins(ctx, precision)
     warnings = tuple(render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key()))
     return Plan(
         plan_version=PLAN_VERSION, dbspec_version=__version__, spec_file=str(ctx.raw.path), spec_dir=str(ctx.spec_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -27,11 +28,17 @@ class Placer:
     buckets: tuple[tuple[int, int], ...] = ()
 
     def place(self, size: tuple[int, int]) -> bk.Placement:
-        if self.mode == "square":
-            return bk.place_square(size, (self.resolution, self.resolution))
-        if self.mode == "no_upscale":
-            return bk.place_no_upscale(size, self.resolution * self.resolution, self.step)
-        return bk.place(size, self.buckets)
+        return _place(self, size)
+
+
+@functools.lru_cache(maxsize=65536)
+def _place(placer: Placer, size: tuple[int, int]) -> bk.Placement:
+    """Placement depends on the size alone: datasets repeat sizes, so each is computed once."""
+    if placer.mode == "square":
+        return bk.place_square(size, (placer.resolution, placer.resolution))
+    if placer.mode == "no_upscale":
+        return bk.place_no_upscale(size, placer.resolution * placer.resolution, placer.step)
+    return bk.place(size, placer.buckets)
 
 
 def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
@@ -44,8 +51,11 @@ def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
     hi = b.max_size or d.resolution * 2
     problems = bk.range_violations((d.resolution, d.resolution), lo, hi, b.step)
     if problems:
+        hint = "adjust buckets.min_size / max_size / step"
+        if lo < b.step:  # the smallest bucket rounds down to 0: the step is too coarse for this resolution
+            hint = f"lower buckets.step to {lo - lo % 8} or less (kohya's 64 suits 512 px and up), or set buckets.min_size"
         ctx.report("DBS330", "error", f"buckets for dataset `{d.name}`: {'; '.join(problems)}",
-                   ("datasets", index, "resolution"), help="adjust buckets.min_size / max_size / step")
+                   ("datasets", index, "resolution"), help=hint)
         return None
     return Placer(mode="aspect", resolution=d.resolution, step=b.step,
                   buckets=bk.bucket_list((d.resolution, d.resolution), lo, hi, b.step))
@@ -103,21 +113,26 @@ def caption_for(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None
 
 
 def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
-    sidecar = Path(info.path).with_suffix(d.caption_extension)
+    image = Path(info.path)
+    sidecar = image.with_name(image.stem + d.caption_extension)  # kohya: splitext(path)[0] + extension
     try:
         lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except FileNotFoundError:
         if d.prompt:
             return d.prompt
+        ext = d.caption_extension
+        hint = f"; caption_extension is \"{ext}\": did you mean \".{ext}\"?" if ext and not ext.startswith(".") else ""
         ctx.report("DBS320", "error", f"no caption file `{sidecar.name}` for image `{info.rel}` in dataset `{d.name}`",
-                   ("datasets", i, "captions"), help=f"write {sidecar.name}, or set prompt to use as a fallback")
+                   ("datasets", i, "captions"), help=f"write {sidecar.name}, or set prompt to use as a fallback{hint}")
         return None
     except (OSError, UnicodeDecodeError) as exc:
         ctx.report("DBS320", "error", f"cannot read caption file `{sidecar}`: {exc}", ("datasets", i, "captions"),
                    help="save caption files as UTF-8 text")
         return None
     if not lines:
-        ctx.report("DBS320", "warning", f"caption file `{sidecar.name}` is empty", ("datasets", i, "captions"))
+        used = f"the prompt \"{d.prompt}\"" if d.prompt else "an empty caption"
+        ctx.report("DBS320", "warning", f"caption file `{sidecar.name}` is empty: image `{info.rel}` trains with "
+                   f"{used}", ("datasets", i, "captions"))
         return d.prompt
     return lines[0]  # the first line, as kohya reads it
 

@@ -46,7 +46,7 @@ OVERHEAD_FIXED = GIB // 2
 FAMILY_ACTIVATIONS = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl"}  # SD2's UNet has SD1's widths
 # UNet activation bytes per latent pixel per sample, bf16 autocast, SDPA attention; (plain, checkpointed).
 # Derivation in `activation_bytes` and docs/memory.md.
-UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (0, 0), "sdxl": (0, 0)}
+UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (300_000, 100_000), "sdxl": (550_000, 60_000)}
 FP32_ACTIVATION_FACTOR = 1.7  # mixed = "no": measured fp32 / bf16 saved-activation ratio (not 2: some stay fp32)
 # Trained text encoders' activations per sample (77 tokens): CLIP-L ~31 MB, OpenCLIP-bigG ~140 MB, rounded up.
 TEXT_ENCODER_ACTIVATION_BYTES = {"text_encoder": 64 * 2**20, "text_encoder_2": 256 * 2**20}

@@ -47,26 +47,37 @@ def plan_model(ctx: Context) -> ModelPlan | None:
                    help=f"check `{exc.path}`; a diffusers folder needs model_index.json")
         return None
     assert facts is not None
-    facts = _known_hub(facts)
+    facts = _missing_folder_note(ctx, _known_hub(facts))
     if facts.source == "ckpt" and not m.allow_pickle:
         ctx.report("DBS311", "error", f"`{m.base}` is a pickle checkpoint, which can run arbitrary code when loaded",
                    BASE, help="convert it to .safetensors, or set model.allow_pickle = true if you trust it")
-    identity = facts.identity or f"unresolved:{m.base}@{m.revision}"
-    ids = {"vae": facts.component_ids.get("vae", f"{identity}/vae"),
-           "text": "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in _TEXT_PARTS)}
     family = _family(ctx, facts)
     # An unknown hub id not downloaded: setting model.family settles the prediction too (sd1/sdxl); one error.
     prediction = _prediction(ctx, facts, family) if family is not None or facts.resolved else None
     if family is None or prediction is None:
         return None
+    identity = facts.identity or f"unresolved:{m.base}@{m.revision}"
     params, notes = dict(facts.params), facts.notes
     if not facts.resolved and not params and family in FAMILY_PARAMS:
         params = dict(FAMILY_PARAMS[family])
         notes += (f"parameter counts are those of the public {family} models (the weights are not downloaded)",)
+    text_parts = _TEXT_PARTS if family == "sdxl" else _TEXT_PARTS[:2]
+    text_identity = "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in text_parts)
+    vae_identity = _vae_identity(ctx, facts.component_ids.get("vae", f"{identity}/vae"))
     return ModelPlan(base=m.base, source=facts.source, path=facts.path, resolved=facts.resolved, family=family,
                      prediction=prediction, revision=m.revision, vae=_vae(ctx), allow_pickle=m.allow_pickle,
-                     clip_skip=m.clip_skip, identity=identity, vae_identity=_vae_identity(ctx, ids["vae"]),
-                     text_identity=ids["text"], params=params, variant=facts.variant, notes=notes)
+                     clip_skip=m.clip_skip, identity=identity, vae_identity=vae_identity, text_identity=text_identity,
+                     params=params, variant=facts.variant, notes=notes)
+
+
+def _missing_folder_note(ctx: Context, facts: ModelFacts) -> ModelFacts:
+    """`models/sd15` reads as a hub id when the folder is missing: say that it is no folder either."""
+    base = ctx.spec.model.base
+    if facts.source != "hub" or facts.resolved or not (ctx.spec_dir / base.split("/")[0]).is_dir():
+        return facts
+    note = (f"nor is it a folder: `{ctx.resolve(base)}` does not exist "
+            "(relative paths resolve against the spec's folder)")
+    return attrs.evolve(facts, notes=(*facts.notes, note))
 
 
 def _known_hub(facts: ModelFacts) -> ModelFacts:

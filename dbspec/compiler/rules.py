@@ -141,8 +141,8 @@ def quantize_needs_frozen_base(spec: Spec, given: Given, total_steps) -> Iterato
 def text_cache_while_training_te(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
     if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
         yield _warn("DBS213", ("cache", "text_embeddings"), "text embeddings cannot be cached while the text "
-                    "encoder trains", "they are cached from train.text_encoder_stop_step on, if it is set; "
-                    "otherwise remove this key")
+                    "encoder trains", "captions are encoded at every step instead, also after "
+                    "train.text_encoder_stop_step; remove this key")
 
 
 def generate_only_for_class(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:

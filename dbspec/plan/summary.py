@@ -12,7 +12,9 @@ from dbspec.plan.model import Plan
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n else "unknown"
+    if not n:
+        return "unknown"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"  # tiny models: MiB, not "0.00 GiB"
 
 
 def _table(title: str, *columns: str) -> Table:

@@ -1,0 +1,263 @@
+"""Plan files (JSON with a version and a content hash) and the `dbspec plan` command's options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dbspec.cli import app
+from dbspec.compiler.target import parse_target
+from dbspec.frontend import plan_spec
+from dbspec.plan.io import PlanFileError, plan_from_json, plan_hash, plan_to_json, read_plan, write_plan
+from dbspec.plan.model import PLAN_VERSION, Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = "cuda:24GB:8.9"
+
+RICH_SPEC = """\
+spec_version = 1
+
+[model]
+base = "builtin:tiny-sdxl"
+
+[adapter]
+kind = "lora"
+rank = 4
+
+[train]
+text_encoder = true
+text_encoder_stop_step = 4
+
+[[datasets]]
+name = "subject"
+path = "inst"
+captions = "textfile"
+prompt = "a photo of ohwx toy"
+resolution = 64
+repeats = 3
+flip = true
+mask_from_alpha = true
+
+[[datasets]]
+name = "toys"
+role = "class"
+path = "cls"
+prompt = "a photo of a toy"
+resolution = 64
+generate = 3
+
+[buckets]
+step = 16
+
+[loss]
+kind = "huber"
+min_snr_gamma = 5.0
+prior = "base_model"
+
+[optimizer]
+lr = 1e-4
+
+[schedule]
+epochs = 3
+batch_size = 2
+lr_schedule = "cosine_with_restarts"
+cycles = 2
+warmup_steps = 2
+
+[precision]
+quantize_unet = "int8"
+
+[validation]
+prompts = ["ohwx toy on a beach"]
+
+[checkpoints]
+every = 3
+exports = ["kohya_lora"]
+
+[ema]
+enabled = true
+
+[cache]
+dir = "cache"
+
+[output]
+dir = "out"
+"""
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
+@pytest.fixture
+def rich_spec(tmp_path: Path) -> Path:
+    """A spec touching most of the plan: LoRA on SDXL, masks, textfile captions, class generation, EMA."""
+    (tmp_path / "inst").mkdir()
+    for k, size in enumerate([(64, 64), (96, 64), (64, 96)]):
+        Image.new("RGBA", size, (200, 30, 30, 128)).save(tmp_path / "inst" / f"{k}.png")
+        (tmp_path / "inst" / f"{k}.txt").write_text(f"ohwx toy, view {k}")
+    path = tmp_path / "spec.toml"
+    path.write_text(RICH_SPEC)
+    return path
+
+
+@pytest.fixture
+def quickstart(tmp_path: Path) -> Path:
+    """specs/quickstart.toml with its images, copied into tmp_path."""
+    shutil.copytree(ROOT / "specs" / "data", tmp_path / "data")
+    text = (ROOT / "specs" / "quickstart.toml").read_text()
+    path = tmp_path / "quickstart.toml"
+    path.write_text(text.replace('dir = "output/quickstart"', 'dir = "out"') + '\n[cache]\ndir = "cache"\n')
+    return path
+
+
+def compiled(spec: Path, label: str = "spec.toml") -> Plan:
+    planned = plan_spec(spec, parse_target(TARGET), label)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    return planned.plan
+
+
+# --- JSON ---------------------------------------------------------------------------------------------------
+
+
+def test_round_trip_is_exact(rich_spec, quickstart):
+    for plan in (compiled(rich_spec), compiled(quickstart)):
+        text = plan_to_json(plan)
+        again = plan_from_json(text)
+        assert again == plan
+        assert plan_to_json(again) == text
+        assert json.loads(text)["plan_hash"] == plan_hash(plan)
+
+
+def test_rich_plan_holds_what_the_spec_asked_for(rich_spec):
+    plan = compiled(rich_spec)
+    instance, klass = plan.datasets
+    assert instance.mask_source == "alpha" and all(img.mask == "alpha" for img in instance.images)
+    assert {img.caption for img in instance.images} == {f"ohwx toy, view {k}" for k in range(3)}
+    assert klass.generate is not None and klass.generate.count == 3
+    assert plan.loss.prior == "base_model" and plan.loss.formula == (
+        "L = mean_inst[ minsnr5(t)·huber0.1(ε̂, ε)·mask/area ] + 1·mean_class[ huber0.1(ε̂, ε_base(x_t))·mask/area ]")
+    assert [(c.name, c.trainable, c.quantized) for c in plan.precision.components] == [
+        ("unet", "lora", "int8"), ("text_encoder", "lora", "none"), ("text_encoder_2", "lora", "none"),
+        ("vae", "frozen", "none")]
+    assert plan.schedule.text_encoder_stop_step == 4 and plan.ema.enabled
+
+
+def test_written_file_reads_back(tmp_path, rich_spec):
+    plan = compiled(rich_spec)
+    write_plan(plan, tmp_path / "plan.json")
+    assert read_plan(tmp_path / "plan.json") == plan
+
+
+def test_an_edited_plan_is_refused(tmp_path, quickstart):
+    text = plan_to_json(compiled(quickstart))
+    edited = text.replace('"total_steps": 60', '"total_steps": 61')
+    assert edited != text
+    with pytest.raises(PlanFileError, match="edited or corrupted"):
+        plan_from_json(edited, "plan.json")
+    data = json.loads(text)
+    del data["plan_hash"]
+    with pytest.raises(PlanFileError, match="hash mismatch"):
+        plan_from_json(json.dumps(data))
+
+
+def test_another_plan_version_is_refused_with_what_to_do(quickstart):
+    data = json.loads(plan_to_json(compiled(quickstart)))
+    data["plan_version"] = PLAN_VERSION + 1
+    with pytest.raises(PlanFileError, match=f"plan_version {PLAN_VERSION + 1}.*compile the spec again"):
+        plan_from_json(json.dumps(data), "old.json")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "not valid JSON"),
+    ("[]", "plan_version None"),
+])
+def test_unreadable_plan_files(text, message):
+    with pytest.raises(PlanFileError, match=message):
+        plan_from_json(text)
+
+
+def test_a_rehashed_file_that_does_not_match_the_format_is_refused(quickstart):
+    data = json.loads(plan_to_json(compiled(quickstart)))
+    del data["plan_hash"]
+    data["schedule"]["surprise"] = 1
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    data["plan_hash"] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()  # as a careful editor would
+    with pytest.raises(PlanFileError, match="does not match the plan format"):
+        plan_from_json(json.dumps(data))
+
+
+def test_missing_plan_file(tmp_path):
+    with pytest.raises(PlanFileError, match="cannot read"):
+        read_plan(tmp_path / "absent.json")
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["plan", *args], env={"COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout
+
+
+def test_plan_json_writes_the_plan(tmp_path, quickstart):
+    out = tmp_path / "plans" / "plan.json"
+    code, stdout = run_cli(str(quickstart), "--target", TARGET, "--json", str(out))
+    assert code == 0 and f"wrote {out}" in stdout
+    assert read_plan(out) == compiled(quickstart, str(quickstart))
+    assert "Schedule" in stdout and "60 (1 epoch x 60 steps)" in stdout
+
+
+def test_explain_lists_every_origin(quickstart):
+    code, stdout = run_cli(str(quickstart), "--target", TARGET, "--explain")
+    assert code == 0 and "Where each value came from" in stdout
+    lines = {line.split("│")[0].strip(): line for line in stdout.splitlines() if "│" in line}
+    assert "spec" in lines["optimizer.lr"] and f"{quickstart}:" in lines["optimizer.lr"]
+    assert "default" in lines["optimizer.weight_decay"]
+    assert "derived" in lines["schedule.total_steps"] and "schedule.steps" in lines["schedule.total_steps"]
+    plan = compiled(quickstart)
+    assert set(plan.origins) <= set(lines)
+
+
+def test_format_json_emits_diagnostic_records(tmp_path, quickstart):
+    code, stdout = run_cli(str(quickstart), "--target", TARGET, "--format", "json", "--set", "schedule.batch_size=32")
+    payload = json.loads(stdout)
+    assert code == 0 and payload["errors"] == 0 and payload["warnings"] >= 1
+    record = payload["diagnostics"][0]
+    assert record["code"] == "DBS333" and record["severity"] == "warning" and record["path"] == "schedule.batch_size"
+    assert record["span"]["file"] == "<--set>"
+    code, stdout = run_cli(str(quickstart), "--target", "cpu", "--format", "json",
+                           "--set", 'optimizer.kind="adamw8bit"')
+    payload = json.loads(stdout)
+    assert code == 1 and [d["code"] for d in payload["diagnostics"]] == ["DBS343"]
+
+
+def test_strict_fails_on_warnings(quickstart):
+    args = (str(quickstart), "--target", TARGET, "--set", "schedule.batch_size=32")
+    code, stdout = run_cli(*args)
+    assert code == 0 and "warning[DBS333]" in stdout
+    code, stdout = run_cli(*args, "--strict")
+    assert code == 1 and "warning[DBS333]" in stdout
+    assert run_cli(str(quickstart), "--target", TARGET, "--strict")[0] == 0
+
+
+def test_errors_exit_1_and_no_plan_is_written(tmp_path, quickstart):
+    out = tmp_path / "plan.json"
+    code, stdout = run_cli(str(quickstart), "--target", "cuda:16GB:7.5", "--set", 'precision.mixed="bf16"',
+                           "--json", str(out))
+    assert code == 1 and "error[DBS340]" in stdout and "1 error" in stdout
+    assert not out.exists()
+
+
+def test_bad_target_is_a_usage_error(quickstart):
+    code, _ = run_cli(str(quickstart), "--target", "tpu:8GB")
+    assert code == 2
