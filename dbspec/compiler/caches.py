@@ -14,7 +14,8 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.context import Context
-from dbspec.plan.model import CachePlan, DatasetPlan, ImagePlan, ModelPlan, PrecisionPlan
+from dbspec.plan.model import CachePlan, DatasetPlan, ModelPlan, PrecisionPlan
+from dbspec.spec.model import Dataset
 
 LATENT_FORMAT = "latent-v1"
 TEXT_FORMAT = "text-v1"
@@ -25,12 +26,43 @@ def _key(parts: list) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=20).hexdigest()
 
 
-def latent_key(img: ImagePlan, flip: bool, vae_identity: str, vae_dtype: str) -> str:
-    return _key([LATENT_FORMAT, img.sha, img.bucket, img.resized, img.crop, flip, vae_identity, vae_dtype])
+def latent_key(sha: str, bucket, resized, crop, flip: bool, vae_identity: str, vae_dtype: str) -> str:
+    return _key([LATENT_FORMAT, sha, tuple(bucket), tuple(resized), tuple(crop), flip, vae_identity, vae_dtype])
 
 
 def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
     return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype])
+
+
+@attrs.define
+class Keyer:
+    """Computes an image's cache keys as the datasets pass builds it (so each ImagePlan is made once)."""
+
+    model: ModelPlan | None
+    latents: bool
+    text: bool
+    vae_dtype: str
+    text_dtype: str
+    text_keys: dict = attrs.field(factory=dict)  # caption -> key: captions repeat, hash each once
+
+    def keys(self, d: Dataset, sha: str, bucket, resized, crop, caption: str) -> tuple[tuple[str, ...], str]:
+        if self.model is None:
+            return (), ""
+        flips = (False, True) if d.flip else (False,)
+        lkeys = tuple(latent_key(sha, bucket, resized, crop, f, self.model.vae_identity, self.vae_dtype)
+                      for f in flips) if self.latents and d.crop == "center" else ()
+        if not self.text:
+            return lkeys, ""
+        if caption not in self.text_keys:
+            self.text_keys[caption] = text_key(caption, self.model, self.text_dtype)
+        return lkeys, self.text_keys[caption]
+
+
+def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) -> Keyer:
+    c = ctx.spec.cache
+    dtype = {p.name: p.dtype for p in precision.components}
+    return Keyer(model=model, latents=c.latents, text=c.text_embeddings and not ctx.spec.train.text_encoder,
+                 vae_dtype=dtype["vae"], text_dtype=dtype["text_encoder"])
 
 
 def entry_path(cache_dir: Path, kind: str, key: str) -> Path:
@@ -52,52 +84,22 @@ def stored_keys(cache_dir: Path, kind: str) -> set[str]:
     return found
 
 
-def plan_caches(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...],
-                precision: PrecisionPlan) -> tuple[tuple[DatasetPlan, ...], CachePlan]:
+def plan_cache(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...]) -> CachePlan:
+    """Where the caches live and how many entries the plan's keys find on disk now."""
     c, spec = ctx.spec.cache, ctx.spec
-    cache_dir = ctx.cache_dir
     notes: list[str] = []
-    te_trains = spec.train.text_encoder
-    text_on = c.text_embeddings and not te_trains and model is not None
-    if c.text_embeddings and te_trains:
+    text_on = c.text_embeddings and not spec.train.text_encoder and model is not None
+    if c.text_embeddings and spec.train.text_encoder:
         notes.append("text embeddings are not cached: the text encoder trains")
-    vae_dtype = next(p.dtype for p in precision.components if p.name == "vae")
-    text_dtype = next(p.dtype for p in precision.components if p.name == "text_encoder")
-    out: list[DatasetPlan] = []
+    notes += [f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"
+              for d in datasets if c.latents and d.crop == "random"]
     keys: dict[str, set[str]] = {"latents": set(), "text": set()}
-    text_keys: dict[str, str] = {}
     for d in datasets:
-        latents_on = c.latents and d.crop == "center" and model is not None
-        if c.latents and d.crop == "random":
-            notes.append(f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)")
-        images = []
         for img in d.images:
-            used = img.repeats > 0  # balanced-out class images never train: nothing to encode
-            lkeys = tuple(latent_key(img, f, model.vae_identity, vae_dtype) for f in _flips(d)) \
-                if latents_on and used else ()
-            if text_on and used and img.caption not in text_keys:
-                text_keys[img.caption] = text_key(img.caption, model, text_dtype)  # captions repeat: hash once
-            tkey = text_keys[img.caption] if text_on and used else ""
-            keys["latents"].update(lkeys)
-            keys["text"].update((tkey,) if tkey else ())
-            images.append(_with_keys(img, lkeys, tkey))
-        out.append(attrs.evolve(d, images=tuple(images)))
-    hits = {kind: len(ks & stored_keys(cache_dir, kind)) for kind, ks in keys.items()}
-    plan = CachePlan(dir=str(cache_dir), latents=c.latents, text_embeddings=text_on,
+            keys["latents"].update(img.latent_keys)
+            if img.text_key:
+                keys["text"].add(img.text_key)
+    hits = {kind: len(ks & stored_keys(ctx.cache_dir, kind)) for kind, ks in keys.items()}
+    return CachePlan(dir=str(ctx.cache_dir), latents=c.latents, text_embeddings=text_on,
                      latent_hits=hits["latents"], latent_misses=len(keys["latents"]) - hits["latents"],
                      text_hits=hits["text"], text_misses=len(keys["text"]) - hits["text"], notes=tuple(notes))
-    return tuple(out), plan
-
-
-_IMAGE_FIELDS = tuple(f.name for f in attrs.fields(ImagePlan))
-
-
-def _with_keys(img: ImagePlan, latent_keys: tuple[str, ...], text_key: str) -> ImagePlan:
-    """attrs.evolve without its per-call introspection (this runs once per image)."""
-    values = {name: getattr(img, name) for name in _IMAGE_FIELDS}
-    values.update(latent_keys=latent_keys, text_key=text_key)
-    return ImagePlan(**values)
-
-
-def _flips(d: DatasetPlan) -> tuple[bool, ...]:
-    return (False, True) if d.flip else (False,)

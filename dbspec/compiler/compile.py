@@ -8,7 +8,7 @@ import attrs
 
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
-from dbspec.compiler.caches import plan_caches
+from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
 from dbspec.compiler.losses import plan_loss
@@ -42,15 +42,15 @@ def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnost
         raise DiagnosticError(checked.diagnostics)
     ctx = Context(spec=checked.spec, raw=checked.raw, env=env, diagnostics=list(checked.diagnostics))
     model = plan_model(ctx)
-    datasets = balance(ctx, plan_datasets(ctx, model))
+    precision = plan_precision(ctx, model)
+    datasets = balance(ctx, plan_datasets(ctx, model, make_keyer(ctx, model, precision)))
     buckets = sched.bucket_table(_bucket_samples(datasets), ctx.spec.schedule.batch_size)
     schedule = _schedule(ctx, datasets, buckets)
     if schedule is not None:
         _plan_time_rules(ctx, schedule.total_steps)
     loss = plan_loss(ctx, model, datasets)
-    precision = plan_precision(ctx, model)
     _environment_rules(ctx)
-    datasets, cache = plan_caches(ctx, model, datasets, precision)
+    cache = plan_cache(ctx, model, datasets)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets)
@@ -74,10 +74,17 @@ def balance(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> tuple[DatasetPla
     out = []
     for di, d in enumerate(datasets):
         if d.role == "class" and new_repeats:
-            images = tuple(attrs.evolve(img, repeats=new_repeats[(di, ii)]) for ii, img in enumerate(d.images))
+            images = tuple(_with_repeats(img, new_repeats[(di, ii)]) for ii, img in enumerate(d.images))
             d = attrs.evolve(d, images=images)
         out.append(attrs.evolve(d, samples_per_epoch=sum(img.repeats for img in d.images)))
     return tuple(out)
+
+
+def _with_repeats(img, repeats: int):
+    """A balanced class image; one that never trains (0 repeats) has nothing to cache."""
+    if repeats:
+        return attrs.evolve(img, repeats=repeats)
+    return attrs.evolve(img, repeats=0, latent_keys=(), text_key="")
 
 
 def _bucket_samples(datasets: tuple[DatasetPlan, ...]) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler import buckets as bk
+from dbspec.compiler.caches import Keyer
 from dbspec.compiler.context import Context
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.plan.model import DatasetPlan, GeneratePlan, ImagePlan, ModelPlan
@@ -18,7 +18,7 @@ from dbspec.spec.model import Dataset
 MANIFEST = ".dbspec-generated.json"  # written by the runtime beside generated class images
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class Placer:
     """How one dataset maps an image size to a bucket (kohya-compatible rules, dbspec/compiler/buckets.py)."""
 
@@ -26,19 +26,19 @@ class Placer:
     resolution: int
     step: int
     buckets: tuple[tuple[int, int], ...] = ()
+    _placed: dict = attrs.field(factory=dict, eq=False, repr=False)  # size -> Placement: sizes repeat
 
     def place(self, size: tuple[int, int]) -> bk.Placement:
-        return _place(self, size)
+        if size not in self._placed:
+            self._placed[size] = self._compute(size)
+        return self._placed[size]
 
-
-@functools.lru_cache(maxsize=65536)
-def _place(placer: Placer, size: tuple[int, int]) -> bk.Placement:
-    """Placement depends on the size alone: datasets repeat sizes, so each is computed once."""
-    if placer.mode == "square":
-        return bk.place_square(size, (placer.resolution, placer.resolution))
-    if placer.mode == "no_upscale":
-        return bk.place_no_upscale(size, placer.resolution * placer.resolution, placer.step)
-    return bk.place(size, placer.buckets)
+    def _compute(self, size: tuple[int, int]) -> bk.Placement:
+        if self.mode == "square":
+            return bk.place_square(size, (self.resolution, self.resolution))
+        if self.mode == "no_upscale":
+            return bk.place_no_upscale(size, self.resolution * self.resolution, self.step)
+        return bk.place(size, self.buckets)
 
 
 def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
@@ -61,16 +61,16 @@ def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
                   buckets=bk.bucket_list((d.resolution, d.resolution), lo, hi, b.step))
 
 
-def plan_datasets(ctx: Context, model: ModelPlan | None) -> tuple[DatasetPlan, ...]:
+def plan_datasets(ctx: Context, model: ModelPlan | None, keyer: Keyer) -> tuple[DatasetPlan, ...]:
     plans = []
     for i, d in enumerate(ctx.spec.datasets):
-        plan = _plan_dataset(ctx, i, d, model)
+        plan = _plan_dataset(ctx, i, d, model, keyer)
         if plan is not None:
             plans.append(plan)
     return tuple(plans)
 
 
-def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None) -> DatasetPlan | None:
+def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None, keyer: Keyer) -> DatasetPlan | None:
     folder = ctx.resolve(d.path)
     placer = make_placer(ctx, i, d)
     generating = d.role == "class" and d.generate > 0
@@ -90,10 +90,10 @@ def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None) -> 
     masks = _masks(ctx, i, d, existing)
     if placer is None or masks is None:
         return None
-    images = [_image(ctx, i, d, info, masks, placer) for info in existing]
+    images = [_image(ctx, i, d, info, masks, placer, keyer) for info in existing]
     generate = _generate_plan(ctx, d, folder, len(existing), key) if generating else None
     if generate is not None:
-        images += _future_images(d, generate, placer)
+        images += _future_images(d, generate, placer, keyer)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
     return DatasetPlan(name=d.name, role=d.role, path=str(folder), resolution=d.resolution, crop=d.crop, flip=d.flip,
                        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
@@ -137,7 +137,8 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
     return lines[0]  # the first line, as kohya reads it
 
 
-def _image(ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer) -> ImagePlan | None:
+def _image(ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer,
+           keyer: Keyer) -> ImagePlan | None:
     caption = caption_for(ctx, i, d, info)
     if caption is None:
         return None
@@ -148,9 +149,11 @@ def _image(ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, place
                    ("datasets", i, "path"), help="use a larger image or lower buckets.step")
         return None
     mask_path, mask_sha = masks.get(info.rel, ("", ""))
+    latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, caption)
     return ImagePlan(path=info.path, rel=info.rel, sha=info.sha, size=(info.width, info.height),
                      orientation=info.orientation, caption=caption, repeats=d.repeats, bucket=p.bucket,
-                     resized=p.resized, crop=p.crop, mask=mask_path, mask_sha=mask_sha)
+                     resized=p.resized, crop=p.crop, mask=mask_path, mask_sha=mask_sha,
+                     latent_keys=latent_keys, text_key=text_key)
 
 
 def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> dict | None:
@@ -214,10 +217,15 @@ def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) 
                         seeds=seeds, manifest_key=key)
 
 
-def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer) -> list[ImagePlan]:
+def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer) -> list[ImagePlan]:
     placed = placer.place(gen.resolution)
-    return [ImagePlan(path=str(Path(gen.folder) / f"class-{seed}.png"), rel=f"class-{seed}.png",
-                      sha=f"generated:{gen.manifest_key}:{seed}", size=gen.resolution, orientation=1,
-                      caption=" ".join(p for p in (d.caption_prefix, d.prompt, d.caption_suffix) if p),
-                      repeats=d.repeats, bucket=placed.bucket, resized=placed.resized, crop=placed.crop)
-            for seed in gen.seeds]
+    caption = " ".join(p for p in (d.caption_prefix, d.prompt, d.caption_suffix) if p)
+    images = []
+    for seed in gen.seeds:
+        sha = f"generated:{gen.manifest_key}:{seed}"  # made from (model, prompt, resolution, seed): a stable id
+        latent_keys, text_key = keyer.keys(d, sha, placed.bucket, placed.resized, placed.crop, caption)
+        images.append(ImagePlan(path=str(Path(gen.folder) / f"class-{seed}.png"), rel=f"class-{seed}.png", sha=sha,
+                                size=gen.resolution, orientation=1, caption=caption, repeats=d.repeats,
+                                bucket=placed.bucket, resized=placed.resized, crop=placed.crop,
+                                latent_keys=latent_keys, text_key=text_key))
+    return images
