@@ -19,7 +19,9 @@ from dbspec.runtime.logs import MetricsLog, cache_progress, train_progress
 from dbspec.runtime.models import load_components
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.sample import generate_class_images, validate
-from dbspec.runtime.setup import configure_models, fill_caches, pick_device, pipeline_for, set_train_mode
+from dbspec.runtime.setup import (
+    configure_models, fill_caches, make_teacher, pick_device, pipeline_for, set_train_mode,
+)
 from dbspec.runtime.step import Parts, run_batch
 from dbspec.runtime.weights import restore_trainable, save_weights, trainable_state, write_final
 
@@ -67,6 +69,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     for d in plan.datasets:
         if d.generate is not None:
             generate_class_images(pipeline, d.generate, batch_size=4)
+    teacher = make_teacher(plan, comps, device)
     unet_params, text_params = configure_models(plan, comps, device)
     with cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
@@ -79,7 +82,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     generator = torch.Generator().manual_seed(s.seed)
     parts = Parts(plan=plan, unet=comps.unet, vae=comps.vae, text_encoders=comps.text_encoders,
                   tokenizers=comps.tokenizers, noise_scheduler=comps.noise_scheduler, latent_cache=latent_cache,
-                  text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params))
+                  text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params),
+                  teacher=teacher)
     step = 0
     if resume and (folder := ckpt.latest_checkpoint(out)) is not None:
         state = ckpt.load_state(folder)

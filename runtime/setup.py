@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from dbspec.plan.model import Plan
@@ -116,3 +118,12 @@ def pipeline_for(plan: Plan, comps: Components):
         kwargs.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
         return cls(**kwargs, add_watermarker=False)
     return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def make_teacher(plan: Plan, comps: Components, device: torch.device) -> torch.nn.Module | None:
+    """Full fine-tunes with a base-model prior keep a frozen copy of the base UNet (its memory is in the plan)."""
+    if plan.loss.prior != "base_model" or plan.adapter.kind == "lora" or not plan.train_unet:
+        return None
+    teacher = copy.deepcopy(comps.unet).requires_grad_(False).eval()
+    dtype = torch.float32 if plan.precision.mixed == "no" else to_dtype(plan.precision.mixed)
+    return teacher.to(device, dtype=dtype)

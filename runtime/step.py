@@ -34,6 +34,7 @@ class Parts:
     generator: torch.Generator  # CPU generator: the same draws on every device; its state is checkpointed
     text_trains: bool = False  # switched off at the text encoder's stop step
     memo: dict = attrs.field(factory=dict)  # latent key -> posterior, read once from the cache
+    teacher: torch.nn.Module | None = None  # frozen base UNet for a base-model prior in full fine-tunes
 
 
 @attrs.frozen
@@ -126,13 +127,16 @@ def _masks(masks: list, latents: torch.Tensor, device) -> torch.Tensor | None:
 
 
 def base_prediction(parts: Parts, noisy, timesteps, text, batch) -> torch.Tensor:
-    """The frozen base model's prediction: the LoRA adapter switched off, no gradient."""
-    unet = parts.unet
-    if not has_lora(unet):
-        raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")
+    """The frozen base model's prediction, no gradient: the LoRA adapter switched off, or the teacher copy."""
+    text = {k: v.detach() for k, v in text.items()}
     with torch.no_grad():
+        if parts.teacher is not None:
+            return unet_forward(attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch).float()
+        unet = parts.unet
+        if not has_lora(unet):
+            raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")
         unet.disable_adapters()
         try:
-            return unet_forward(parts, noisy, timesteps, {k: v.detach() for k, v in text.items()}, batch).float()
+            return unet_forward(parts, noisy, timesteps, text, batch).float()
         finally:
             unet.enable_adapters()
