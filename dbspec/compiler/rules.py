@@ -225,12 +225,18 @@ def zero_snr_needs_v(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
                     "cannot predict noise at the final step", "use model.prediction = \"v_prediction\"")
 
 
+def prodigy_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    if spec.optimizer.kind == "prodigy" and spec.optimizer.lr < 0.1:
+        yield _warn("DBS224", ("optimizer", "lr"), f"Prodigy estimates its own step size; lr {spec.optimizer.lr:g} "
+                    "scales that estimate down", "use lr = 1.0 with prodigy")
+
+
 RULES = (
     prior_without_class_data, text_encoder_stop_beyond_run, text_encoder_options_inert, interval_beyond_run,
     validation_without_prompts, steps_or_epochs, prompt_required, unique_dataset_names, needs_instance_dataset,
     warmup_with_constant, quantize_needs_frozen_base, text_cache_while_training_te, generate_only_for_class,
     lora_learning_rate, inert_loss_options, something_trains, bucket_bounds, two_betas, one_mask_source,
-    exports_match_adapter, zero_snr_needs_v,
+    exports_match_adapter, zero_snr_needs_v, prodigy_learning_rate,
 )
 
 

@@ -45,7 +45,7 @@ def test_missing_hub_model_fails_with_the_download_command(tmp_path, monkeypatch
     assert "spec.toml" in info.value.where
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adafactor"])
+@pytest.mark.parametrize("kind", ["sgd", "adafactor", "prodigy", "lion"])
 def test_other_optimizers_train(tmp_path, kind):
     spec = write_spec(tmp_path, steps=2)
     plan = compile_spec(spec, [f'optimizer.kind="{kind}"', 'schedule.lr_schedule="linear"'])

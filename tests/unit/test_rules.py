@@ -120,6 +120,8 @@ CASES = [
     (rules.zero_snr_needs_v, 'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
      [("DBS223", "warning", ("loss", "zero_terminal_snr"))],
      'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n"),
+    (rules.prodigy_learning_rate, DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1e-4\n',
+     [("DBS224", "warning", ("optimizer", "lr"))], DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n'),
 ]
 
 
