@@ -15,6 +15,7 @@ from dbspec.plan.io import plan_to_json, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import BucketBatchSampler
+from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import MetricsLog, cache_progress, train_progress
 from dbspec.runtime.models import load_components
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
@@ -76,6 +77,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
     optimizer = make_optimizer(param_groups(unet_params, text_params, plan.optimizer), plan.optimizer)
+    ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
     lr_scheduler = make_lr_scheduler(optimizer, s)
     scaler = torch.amp.GradScaler(device.type) if plan.precision.mixed == "fp16" else None
     sampler = BucketBatchSampler.from_plan(plan)
@@ -94,6 +96,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
             scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         generator.set_state(state["generator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         ckpt.restore_rng_state(state["rng"])
         step = state["step"]
     stop_text_at = s.text_encoder_stop_step
@@ -132,6 +136,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                 optimizer.step()
             lr_scheduler.step()
             step += 1
+            if ema is not None:
+                ema.update(step)
             losses.append(step_loss)
             if stop_text_at and step == stop_text_at:
                 freeze_text_encoders(parts, optimizer)
@@ -140,7 +146,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
             progress.update(step=step, loss=step_loss, lr=lr_scheduler.get_last_lr()[0])
 
             if step in plan.validation.steps:
-                validate(pipeline, plan.validation, out, step)
+                with ema.swap() if ema is not None else contextlib.nullcontext():  # validate the EMA weights
+                    validate(pipeline, plan.validation, out, step)
                 log.images(step, out / "samples" / f"step-{step:06d}" / "grid.png")
                 set_train_mode(comps, plan)
             stopping = interrupted.requested or (stop_after is not None and step >= stop_after)
@@ -149,8 +156,9 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                          "lr_scheduler": lr_scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "sampler": sampler.state_dict(),
                          "generator": generator.get_state(), "rng": ckpt.capture_rng_state(), "step": step,
+                         "ema": ema.state_dict() if ema is not None else None,
                          "run_hash": run_hash(plan)}
-                folder = ckpt.save_checkpoint(out, step, weights=lambda f: save_weights(f, comps, plan),
+                folder = ckpt.save_checkpoint(out, step, weights=lambda f: save_weights(f, comps, plan, ema),
                                               state=state, keep=plan.checkpoints.keep)
                 last_checkpoint = str(folder)
             if stopping and step < s.total_steps:
@@ -159,7 +167,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                                comps if keep_models else None)
 
     final = out / "final"
-    write_final(final, pipeline, comps, plan)
+    write_final(final, pipeline, comps, plan, ema)
     log.close()
     return _result("finished", plan, step, str(final), last_checkpoint, started, losses,
                    comps if keep_models else None)

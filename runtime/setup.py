@@ -10,6 +10,7 @@ from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
 from dbspec.runtime.models import Components, set_attention, to_dtype
+from dbspec.runtime.quantize import quantize_frozen
 from dbspec.runtime.text import encode
 
 
@@ -34,41 +35,41 @@ def component_dtype(plan: Plan, name: str) -> torch.dtype:
 
 
 def configure_models(plan: Plan, comps: Components, device: torch.device) -> tuple[list, list]:
-    """Freeze, attach adapters, set dtypes and checkpointing; return (unet params, text params) that train."""
-    seed = plan.schedule.seed
-    lora = plan.adapter.kind == "lora"
+    """Freeze, quantise, attach adapters, set dtypes and checkpointing as each ComponentPlan says;
+    return (unet params, text params) that train."""
     for module in (comps.unet, comps.vae, *comps.text_encoders):
         adapters.freeze(module)
     comps.vae.to(device, dtype=component_dtype(plan, "vae"))
-    comps.unet.to(device, dtype=component_dtype(plan, "unet"))
     set_attention(comps.unet, plan.precision.attention)
-    unet_params: list = []
-    if plan.train_unet:
-        if lora:
-            adapters.add_lora(comps.unet, plan.adapter, plan.adapter.unet_targets, seed)
-            for p in adapters.trainable_parameters(comps.unet):
-                p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision base
-        else:
-            comps.unet.requires_grad_(True)
-        unet_params = adapters.trainable_parameters(comps.unet)
-        if plan.precision.components[0].gradient_checkpointing:
-            comps.unet.enable_gradient_checkpointing()
+    unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
     text_params: list = []
-    names = ("text_encoder", "text_encoder_2")
-    for i, enc in enumerate(comps.text_encoders):
-        enc.to(device, dtype=component_dtype(plan, names[i]))
-        if plan.train_text_encoder:
-            if lora:
-                adapters.add_lora(enc, plan.adapter, plan.adapter.text_encoder_targets, seed + 1 + i)
-                for p in adapters.trainable_parameters(enc):
-                    p.data = p.data.float()
-            else:
-                enc.requires_grad_(True)
-            text_params += adapters.trainable_parameters(enc)
-            if plan.precision.components[1].gradient_checkpointing:
-                # transformers 5 renamed it; older releases only have the first name.
-                getattr(enc, "activation_checkpointing_enable", enc.gradient_checkpointing_enable)()
+    for i, (name, enc) in enumerate(zip(TEXT_NAMES, comps.text_encoders)):
+        text_params += _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
     return unet_params, text_params
+
+
+TEXT_NAMES = ("text_encoder", "text_encoder_2")
+
+
+def _prepare(module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...],
+             seed: int) -> list:
+    comp = next(c for c in plan.precision.components if c.name == name)
+    # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
+    module.to(device, dtype=to_dtype(comp.dtype))
+    if comp.quantized != "none":
+        quantize_frozen(module, comp.quantized)
+    if comp.trainable == "lora":
+        adapters.add_lora(module, plan.adapter, targets, seed)
+        for p in adapters.trainable_parameters(module):
+            p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision or quantised base
+    elif comp.trainable == "full":
+        module.requires_grad_(True)
+    if comp.gradient_checkpointing:
+        if hasattr(module, "enable_gradient_checkpointing"):  # diffusers models
+            module.enable_gradient_checkpointing()
+        else:  # transformers 5 renamed it; older releases only have the second name
+            getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
+    return adapters.trainable_parameters(module) if comp.trainable != "frozen" else []
 
 
 def set_train_mode(comps: Components, plan: Plan) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components
 from dbspec.util.atomic import write_text_atomic
 
@@ -49,10 +51,17 @@ def restore_trainable(comps: Components, state: dict[str, torch.Tensor]) -> None
             params[key].copy_(value.to(params[key].device, params[key].dtype))
 
 
-def save_weights(folder: Path, comps: Components, plan: Plan) -> None:
+def save_weights(folder: Path, comps: Components, plan: Plan, ema=None) -> None:
     """LoRA runs: diffusers LoRA safetensors. Full runs: the trained components as diffusers folders.
-    The plan that produced them is written beside them."""
+    The plan that produced them is written beside them, and the EMA weights in `ema/` when enabled."""
     folder = Path(folder)
+    if ema is not None:
+        with ema.swap():
+            _save_trained(folder / "ema", comps, plan)
+    _save_trained(folder, comps, plan)
+
+
+def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
@@ -65,20 +74,23 @@ def save_weights(folder: Path, comps: Components, plan: Plan) -> None:
     ckpt.save_full_weights(folder, trained.get("unet"), text, dtype)
 
 
-def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan) -> None:
+def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:
     """A complete diffusers folder (full runs): the pipeline, with the trained parts cast to save_precision."""
     pipeline.save_pretrained(folder, safe_serialization=True)
-    save_weights(folder, comps, plan)
+    save_weights(folder, comps, plan, ema)
 
 
-def write_final(final: Path, pipeline, comps: Components, plan: Plan) -> None:
-    """The run's result, written beside and then renamed into place (a crash never leaves half a `final`)."""
+def write_final(final: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:
+    """The run's result and its exports, written beside and then renamed into place (a crash never
+    leaves half a `final`). With EMA, the exports hold the EMA weights (what validation showed)."""
     staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     if plan.adapter.kind == "none":
-        save_pipeline(staging, pipeline, comps, plan)
+        save_pipeline(staging, pipeline, comps, plan, ema)
     else:
-        save_weights(staging, comps, plan)
+        save_weights(staging, comps, plan, ema)
+    with ema.swap() if ema is not None else contextlib.nullcontext():
+        exports_for_plan(plan, staging, comps)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)

@@ -128,14 +128,12 @@ def warmup_with_constant(spec: Spec, given: Given, total_steps) -> Iterator[Hit]
 
 
 def quantize_needs_frozen_base(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
-    lora = isinstance(spec.adapter, LoraAdapter)
-    p = spec.precision
-    if p.quantize_unet != "none" and spec.train.unet and not lora:
-        yield _err("DBS212", ("precision", "quantize_unet"), "a fully fine-tuned UNet cannot be quantised",
-                   "quantisation is for the frozen base of LoRA runs: set adapter.kind = \"lora\"")
-    if p.quantize_text_encoder != "none" and spec.train.text_encoder and not lora:
-        yield _err("DBS212", ("precision", "quantize_text_encoder"),
-                   "a fully fine-tuned text encoder cannot be quantised", "set adapter.kind = \"lora\"")
+    if isinstance(spec.adapter, LoraAdapter):
+        return
+    for key, what in (("quantize_unet", "UNet"), ("quantize_text_encoder", "text encoder")):
+        if getattr(spec.precision, key) != "none":
+            yield _err("DBS212", ("precision", key), f"quantising the {what} needs a LoRA run: only a frozen base can be quantised",
+                       "quantisation is for the frozen base of LoRA runs: set adapter.kind = \"lora\"")
 
 
 def text_cache_while_training_te(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:

@@ -139,6 +139,10 @@ RESUME_SPEC = """
 [loss]
 noise_offset = 0.05
 
+[ema]
+enabled = true
+decay = 0.9
+
 [checkpoints]
 every = 0
 """
@@ -154,8 +158,11 @@ def test_interrupted_then_resumed_run_is_bit_identical(tmp_path):
     second = execute(plan, resume=True)
     assert second.status == "finished" and second.steps == 6
     assert first.losses + second.losses == whole.losses
-    a, b = _unet_file(Path(whole.final)), _unet_file(Path(second.final))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for sub in ("", "ema"):
+        a, b = _unet_file(Path(whole.final) / sub), _unet_file(Path(second.final) / sub)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema, live = _unet_file(Path(whole.final) / "ema"), _unet_file(Path(whole.final))
+    assert any(not torch.equal(ema[k], live[k]) for k in live)
 
 
 def test_non_finite_loss_stops_and_names_the_batch(tmp_path):

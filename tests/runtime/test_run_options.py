@@ -111,3 +111,41 @@ def test_masked_dataset_trains(tmp_path):
     plan = compile_spec(spec)
     assert plan.loss.masked and all(i.mask for i in plan.datasets[0].images)
     assert execute(plan).status == "finished"
+
+
+def test_int8_base_lora_run(tmp_path):
+    from dbspec.runtime.quantize import is_quantized
+
+    plan = make_plan(tmp_path, steps=3, extra="""
+[adapter]
+kind = "lora"
+rank = 4
+
+[precision]
+quantize_unet = "int8"
+""")
+    assert next(c for c in plan.precision.components if c.name == "unet").quantized == "int8"
+    result = execute(plan, keep_models=True)
+    assert is_quantized(result.components.unet)
+    assert (Path(result.final) / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_exports_are_written_with_the_final_weights(tmp_path):
+    import diffusers
+    import torch
+    from safetensors import safe_open
+
+    full = make_plan(tmp_path / "full", steps=1, extra='[checkpoints]\nexports = ["single_file"]\n')
+    result = execute(full)
+    single = Path(result.final) / "dbspec.safetensors"
+    with safe_open(str(single), "pt") as f:
+        assert f.metadata()["dbspec.base_model"] == "builtin:tiny-sd1"
+    pipe = diffusers.StableDiffusionPipeline.from_single_file(str(single), config=full.model.path)
+    trained = diffusers.UNet2DConditionModel.from_pretrained(result.final, subfolder="unet")
+    for (name, a), b in zip(trained.state_dict().items(), pipe.unet.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    lora = make_plan(tmp_path / "lora", steps=1, extra='[adapter]\nkind = "lora"\n[checkpoints]\n'
+                     'exports = ["kohya_lora"]\n')
+    result = execute(lora)
+    assert (Path(result.final) / "dbspec.kohya.safetensors").exists()

@@ -80,7 +80,7 @@ CASES = [
      [("DBS212", "error", ("precision", "quantize_unet"))], LORA + DOG + STEPS + '[precision]\nquantize_unet = "int8"\n'),
     (rules.quantize_needs_frozen_base, TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
      [("DBS212", "error", ("precision", "quantize_text_encoder"))],
-     DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n'),
+     LORA + TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n'),
     (rules.text_cache_while_training_te, TE + DOG + STEPS + "[cache]\ntext_embeddings = true\n",
      [("DBS213", "warning", ("cache", "text_embeddings"))], TE + DOG + STEPS),
     (rules.generate_only_for_class, DOG + "generate = 10\n" + STEPS,
