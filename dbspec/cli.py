@@ -157,6 +157,65 @@ def _plan_for_run(source: Path, overrides: list[str], strict: bool):
 
 
 @app.command()
+def sample(
+    source: Annotated[Path, typer.Argument(help="A run's output folder, a diffusers folder, a LoRA folder/file, or a "
+                                                "single-file .safetensors.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs and grid.png.")] = Path("samples"),
+    base: Annotated[str, typer.Option(help="Base model for LoRA weights (default: from the run's plan.json).")] = "",
+    config: Annotated[str, typer.Option(help="Diffusers folder or hub id with configs, for single files.")] = "",
+    family: Annotated[str, typer.Option(help="sd1, sd2 or sdxl, for single files.")] = "sd1",
+    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
+    scheduler: Annotated[str, typer.Option(help="ddim, euler, euler_a, dpmpp, unipc or pndm.")] = "ddim",
+    steps: Annotated[int, typer.Option(help="Inference steps.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    seed: Annotated[int, typer.Option(help="Seed of image 0 of every prompt (image i uses seed + i).")] = 0,
+    images: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+) -> None:
+    """Generate images from a finished output: PNGs and a grid."""
+    from dbspec.plan.model import ValidationPlan
+
+    if scheduler not in ("ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"):
+        raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
+    if family not in ("sd1", "sd2", "sdxl"):
+        raise typer.BadParameter(f"family must be sd1, sd2 or sdxl, not {family!r}", param_hint="--family")
+    settings = ValidationPlan(prompts=tuple(prompt), negative_prompt=negative, steps=(), scheduler=scheduler,
+                              inference_steps=steps, guidance=guidance, images_per_prompt=images, seed=seed,
+                              size=(size, size))
+    from dbspec.runtime.inference import SampleError, SampleRequest
+    from dbspec.runtime.inference import sample as run_sample
+
+    try:
+        paths = run_sample(SampleRequest(source=source, base=base, config=config, family=family,
+                                         settings=settings), out)
+    except (SampleError, OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {len(paths) - 1} images and {paths[-1]}")
+
+
+@app.command()
+def masks(
+    images: Annotated[Path, typer.Argument(help="The image folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks (use it as a dataset's masks).")],
+    from_alpha: Annotated[bool, typer.Option("--from-alpha", help="Masks from each image's alpha channel "
+                                             "(default: all white, i.e. train everywhere).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace masks that exist.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", help="Also sub-folders.")] = False,
+) -> None:
+    """Write loss masks for a folder: all white (to edit), or from the alpha channel."""
+    from dbspec.masks import write_masks
+
+    written, problems = write_masks(images, out, "alpha" if from_alpha else "white", overwrite=overwrite,
+                                    recursive=recursive)
+    if problems:
+        emit(tuple(problems), {}, "text")
+    typer.echo(f"wrote {len(written)} masks to {out}")
+    raise typer.Exit(1 if any(d.severity == "error" for d in problems) else 0)
+
+
+@app.command()
 def schema(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON Schema.")] = Path(
         "schemas/dbspec.schema.json"),
@@ -182,6 +241,56 @@ def explain(key: Annotated[str, typer.Argument(help="A key such as optimizer.lr 
     text, found = explain_key(key)
     typer.echo(text)
     raise typer.Exit(0 if found else 1)
+
+
+convert_app = typer.Typer(no_args_is_help=True, help="Convert kohya, diffusers or SimpleTuner configs into a spec. "
+                          "Exit 0 converted, 1 the legacy input is invalid or cannot be expressed, 2 usage error.")
+app.add_typer(convert_app, name="convert")
+OutOption = Annotated[Path, typer.Option("--output", "-o", help="The spec to write (paths in it are relative to it).")]
+ReportOption = Annotated[bool, typer.Option("--report", help="Print what became of every legacy key.")]
+AllowOption = Annotated[bool, typer.Option(
+    "--allow-unsupported", help="Convert anyway, leaving out settings dbspec cannot express (each is reported).")]
+CwdOption = Annotated[Optional[Path], typer.Option(
+    "--cwd", help="The folder the legacy tool ran in: its relative paths resolve there (default: here).")]
+CommandOption = Annotated[Optional[str], typer.Option(
+    "--command", help="The launch command: a .sh/.bat/.txt file, the command text, or - for standard input.")]
+
+
+def _convert(converter, output: Path, report: bool, fmt: str) -> None:
+    from dbspec.convert import execute
+
+    _check_format(fmt)
+    raise typer.Exit(execute(converter, output, report=report, fmt=fmt))
+
+
+@convert_app.command("kohya")
+def convert_kohya(
+    output: OutOption,
+    dataset_config: Annotated[Optional[Path], typer.Option("--dataset-config", help="kohya dataset TOML/JSON.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config-file", help="kohya --config_file TOML.")] = None,
+    command: CommandOption = None,
+    train_data_dir: Annotated[Optional[str], typer.Option("--train-data-dir", help="Folders named `10_sks dog`.")] = None,
+    reg_data_dir: Annotated[Optional[str], typer.Option("--reg-data-dir", help="Regularisation folders `1_dog`.")] = None,
+    script: Annotated[Optional[str], typer.Option("--script", help="train_db, sdxl_train, train_network or "
+                                                  "sdxl_train_network (when the command does not name it).")] = None,
+    cwd: CwdOption = None,
+    report: ReportOption = False,
+    allow_unsupported: AllowOption = False,
+    fmt: FormatOption = "text",
+) -> None:
+    """kohya-ss sd-scripts: dataset config, --config_file, command line and folder names, kohya's precedence."""
+    from dbspec.convert.kohya import convert_kohya as run_kohya
+    from dbspec.convert.kohya_args import SCRIPTS
+    from dbspec.convert.kohya_inputs import KohyaRequest
+
+    if script is not None and script.removesuffix(".py") not in SCRIPTS:
+        raise typer.BadParameter(f"choose one of {', '.join(SCRIPTS)}", param_hint="--script")
+    if not any((dataset_config, config_file, command, train_data_dir)):
+        raise typer.BadParameter("give at least one of --command, --config-file, --dataset-config, --train-data-dir")
+    req = KohyaRequest(command=command, config_file=config_file, dataset_config=dataset_config,
+                       train_data_dir=train_data_dir, reg_data_dir=reg_data_dir,
+                       script=script.removesuffix(".py") if script else None, cwd=cwd or Path.cwd())
+    _convert(lambda: run_kohya(req, output, allow_unsupported), output, report, fmt)
 
 
 def main() -> None:

@@ -94,6 +94,12 @@ def validate(
     come from the weights and the prompt, never from the noise. The pipeline's scheduler is restored.
     """
     folder = Path(out_dir) / "samples" / f"step-{step:06d}"
+    return render(pipeline, plan_validation, folder, autocast_dtype=autocast_dtype)
+
+
+def render(pipeline: DiffusionPipeline, plan_validation: ValidationPlan, folder: Path, *,
+           autocast_dtype: torch.dtype | None = None) -> list[Path]:
+    """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate."""
     original_scheduler = pipeline.scheduler
     pipeline.scheduler = make_scheduler(plan_validation.scheduler, original_scheduler.config)
     pipeline.set_progress_bar_config(disable=True)

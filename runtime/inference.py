@@ -1,0 +1,108 @@
+"""`dbspec sample`: images from a finished output (diffusers folder, single file, or base + LoRA)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import diffusers
+import torch
+
+from dbspec.plan.model import ValidationPlan
+from dbspec.runtime import tiny
+from dbspec.runtime.execute import quiet_libraries
+from dbspec.runtime.sample import render
+
+LORA_FILES = ("pytorch_lora_weights.safetensors",)
+
+
+class SampleError(Exception):
+    """The source cannot be sampled; the message says what to pass."""
+
+
+@attrs.frozen(kw_only=True)
+class SampleRequest:
+    source: Path  # a run's output folder, its final/ folder, a diffusers folder, a .safetensors file
+    base: str = ""  # base model for LoRA sources (hub id, folder, builtin:...); from the run's plan if empty
+    config: str = ""  # diffusers folder or hub id with configs, for single files offline
+    family: str = "sd1"  # for single files and bases that do not say
+    settings: ValidationPlan
+
+
+def sample(request: SampleRequest, out: Path) -> list[Path]:
+    quiet_libraries()
+    pipe = load_pipeline(request).to(best_device())
+    pipe.set_progress_bar_config(disable=True)
+    return render(pipe, request.settings, out)
+
+
+def load_pipeline(request: SampleRequest):
+    source = request.source
+    if source.is_dir() and (source / "final").is_dir():  # a run's output folder
+        source = source / "final"
+    plan = _plan_beside(source)
+    if source.is_dir() and (source / "model_index.json").exists():
+        return diffusers.DiffusionPipeline.from_pretrained(str(source))
+    lora = _lora_file(source)
+    if lora is not None:
+        base = request.base or (plan["model"]["base"] if plan else "")
+        if not base:
+            raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
+        pipe = _base_pipeline(base, plan, request)
+        pipe.load_lora_weights(str(lora))
+        return pipe
+    if source.suffix == ".safetensors":
+        cls = _pipeline_class(request.family)
+        kwargs = {"config": request.config} if request.config else {}
+        return cls.from_single_file(str(source), **kwargs)
+    raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def _plan_beside(source: Path) -> dict | None:
+    for folder in (source, source.parent):
+        path = folder / "plan.json"
+        if folder.is_dir() and path.exists():
+            return json.loads(path.read_text())
+    return None
+
+
+def _lora_file(source: Path) -> Path | None:
+    if source.is_file() and source.suffix == ".safetensors" and _is_lora(source):
+        return source
+    for name in LORA_FILES:
+        if (source / name).exists():
+            return source / name
+    return None
+
+
+def _is_lora(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any("lora" in key for key in list(f.keys())[:50])
+
+
+def _base_pipeline(base: str, plan: dict | None, request: SampleRequest):
+    if base.startswith("builtin:"):
+        folder = Path(plan["model"]["path"]) if plan and plan["model"]["base"] == base else \
+            Path.home() / ".cache" / "dbspec" / "models" / base.replace(":", "-")
+        return diffusers.DiffusionPipeline.from_pretrained(str(tiny.materialize(base, folder)))
+    if Path(base).suffix == ".safetensors":
+        family = plan["model"]["family"] if plan else request.family
+        kwargs = {"config": request.config} if request.config else {}
+        return _pipeline_class(family).from_single_file(base, **kwargs)
+    path = plan["model"]["path"] if plan and plan["model"]["base"] == base and plan["model"]["path"] else base
+    return diffusers.DiffusionPipeline.from_pretrained(path)
+
+
+def _pipeline_class(family: str):
+    return diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
+
+
+def best_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,54 @@
+"""`dbspec sample` and `dbspec masks` from the command line."""
+
+from __future__ import annotations
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from dbspec.cli import app
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import make_plan
+
+
+def test_sample_a_lora_run_and_a_full_run(tmp_path):
+    runner = CliRunner()
+    lora = execute(make_plan(tmp_path / "lora", steps=1, extra='[adapter]\nkind = "lora"\n'))
+    result = runner.invoke(app, ["sample", lora.output, "-p", "a photo of ohwx toy", "-p", "a toy on a beach",
+                                 "--images", "2", "--steps", "2", "--size", "64", "-o", str(tmp_path / "s1")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == [
+        "grid.png", "p00-i00.png", "p00-i01.png", "p01-i00.png", "p01-i01.png"]
+    assert Image.open(tmp_path / "s1" / "grid.png").size == (128, 128)
+
+    full = execute(make_plan(tmp_path / "full", steps=1))
+    result = runner.invoke(app, ["sample", full.final, "-p", "a toy", "--steps", "2", "--size", "64",
+                                 "--scheduler", "euler", "-o", str(tmp_path / "s2")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s2" / "p00-i00.png").exists()
+
+
+def test_sample_lora_without_a_base_says_what_to_pass(tmp_path):
+    lora = execute(make_plan(tmp_path, steps=1, extra='[adapter]\nkind = "lora"\n'))
+    weights = tmp_path / "only.safetensors"
+    weights.write_bytes((tmp_path / "out" / "final" / "pytorch_lora_weights.safetensors").read_bytes())
+    result = CliRunner().invoke(app, ["sample", str(weights), "-p", "x", "--size", "64", "--steps", "1"])
+    assert result.exit_code == 1 and "--base" in result.output
+    del lora
+
+
+def test_masks_from_alpha_and_white(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (0, 0, 20, 30))
+    rgba.save(images / "a.png")
+    Image.new("RGB", (20, 20)).save(images / "b.jpg")
+    runner = CliRunner()
+    result = runner.invoke(app, ["masks", str(images), "--out", str(tmp_path / "m"), "--from-alpha"])
+    assert result.exit_code == 0, result.output
+    mask = Image.open(tmp_path / "m" / "a.png")
+    assert mask.size == (40, 30) and mask.getpixel((5, 5)) == 255 and mask.getpixel((35, 5)) == 0
+    assert not (tmp_path / "m" / "b.png").exists() and "no alpha" in result.output
+    result = runner.invoke(app, ["masks", str(images), "--out", str(tmp_path / "w")])
+    assert result.exit_code == 0
+    assert Image.open(tmp_path / "w" / "b.png").getextrema() == (255, 255)
