@@ -147,7 +147,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
 
             if step in plan.validation.steps:
                 with ema.swap() if ema is not None else contextlib.nullcontext():  # validate the EMA weights
-                    validate(pipeline, plan.validation, out, step)
+                    validate(pipeline, plan.validation, out, step, autocast_dtype=_mixed_dtype(plan))
                 log.images(step, out / "samples" / f"step-{step:06d}" / "grid.png")
                 set_train_mode(comps, plan)
             stopping = interrupted.requested or (stop_after is not None and step >= stop_after)
@@ -190,6 +190,10 @@ def freeze_text_encoders(parts: Parts, optimizer: torch.optim.Optimizer) -> None
         enc.requires_grad_(False)
         enc.eval()
     parts.text_trains = False
+
+
+def _mixed_dtype(plan: Plan) -> torch.dtype | None:
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[plan.precision.mixed]
 
 
 def _autocast(device: torch.device, mixed: str):

@@ -66,6 +66,9 @@ def quantize_frozen(module: torch.nn.Module, kind: str, *, exclude: Sequence[str
     layers = sum(1 for m in module.modules() if isinstance(m, QModuleMixin) and m.frozen)
     if layers:
         _install_autocast_guard(module)
+        for m in module.modules():
+            if isinstance(m, QModuleMixin) and m.frozen:
+                m.register_forward_pre_hook(_contiguous_inputs)
     return QuantizeReport(kind=kind, layers=layers, bytes_before=before, bytes_after=quantized_bytes(module))
 
 
@@ -91,6 +94,12 @@ def _tensor_bytes(tensor: torch.Tensor) -> int:
         names, _ = inner.__tensor_flatten__()
         return sum(_tensor_bytes(getattr(inner, name)) for name in names)
     return inner.numel() * inner.element_size()
+
+
+def _contiguous_inputs(module: torch.nn.Module, args: tuple) -> tuple:
+    """quanto's CPU int8 matmul (torch._weight_int8pack_mm) rejects activations whose last dimension is
+    strided, which diffusers' attention reshapes produce; a copy only when needed."""
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _install_autocast_guard(module: torch.nn.Module) -> None:
