@@ -51,7 +51,9 @@ def snr(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
 
     Zero-terminal-SNR schedules give exactly 0 at the last timestep.
     """
-    alphas_at_t = alphas_cumprod.to(timesteps.device)[timesteps].double()
+    # float64 where the device has it (precision near ac_t = 1); MPS has no float64, float32 is close enough there.
+    wide = torch.float32 if timesteps.device.type == "mps" else torch.float64
+    alphas_at_t = alphas_cumprod.to(timesteps.device)[timesteps].to(wide)
     return (alphas_at_t / (1.0 - alphas_at_t)).float()
 
 
