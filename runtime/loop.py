@@ -21,7 +21,7 @@ from dbspec.runtime.models import load_components
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.sample import generate_class_images, validate
 from dbspec.runtime.setup import (
-    configure_models, fill_caches, make_teacher, pick_device, pipeline_for, set_train_mode,
+    configure_models, fill_caches, make_accelerator, make_teacher, pipeline_for, set_train_mode,
 )
 from dbspec.runtime.step import Parts, run_batch
 from dbspec.runtime.weights import restore_trainable, save_weights, trainable_state, write_final
@@ -54,7 +54,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     out = Path(plan.checkpoints.dir)
     s = plan.schedule
     ckpt.prepare_output(out, plan_to_json(plan), run_hash(plan), overwrite=overwrite, resume=resume)
-    device = pick_device(plan)
+    accelerator = make_accelerator(plan)
+    device = accelerator.device
     torch.manual_seed(s.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = plan.precision.tf32
@@ -79,10 +80,15 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     optimizer = make_optimizer(param_groups(unet_params, text_params, plan.optimizer), plan.optimizer)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
     lr_scheduler = make_lr_scheduler(optimizer, s)
-    scaler = torch.amp.GradScaler(device.type) if plan.precision.mixed == "fp16" else None
-    sampler = BucketBatchSampler.from_plan(plan)
+    # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.
+    trained = [m for m in (comps.unet, *comps.text_encoders) if any(p.requires_grad for p in m.parameters())]
+    *wrapped, optimizer = accelerator.prepare(*trained, optimizer)
+    forward = {id(m): w for m, w in zip(trained, wrapped)}
+    scaler = accelerator.scaler
+    sampler = BucketBatchSampler.from_plan(plan, rank=accelerator.process_index)
     generator = torch.Generator().manual_seed(s.seed)
-    parts = Parts(plan=plan, unet=comps.unet, vae=comps.vae, text_encoders=comps.text_encoders,
+    parts = Parts(plan=plan, unet=forward.get(id(comps.unet), comps.unet), vae=comps.vae,
+                  text_encoders=[forward.get(id(e), e) for e in comps.text_encoders],
                   tokenizers=comps.tokenizers, noise_scheduler=comps.noise_scheduler, latent_cache=latent_cache,
                   text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params),
                   teacher=teacher)
@@ -104,7 +110,6 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     if stop_text_at and step >= stop_text_at:
         freeze_text_encoders(parts, optimizer)
     set_train_mode(comps, plan)
-    autocast = _autocast(device, plan.precision.mixed)
     log = MetricsLog(out, plan.logging, start_step=step)
     interrupted = _InterruptFlag()
     losses: list[float] = []
@@ -116,24 +121,17 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
             optimizer.zero_grad(set_to_none=True)
             step_loss, terms = 0.0, {}
             for batch in batches:
-                with autocast:
+                with accelerator.autocast():
                     result = run_batch(parts, batch)
                 value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
                 if not math.isfinite(value):
                     raise NonFiniteLoss(step + 1, value, result.files)
-                loss = result.loss / len(batches)
-                (scaler.scale(loss) if scaler else loss).backward()
+                accelerator.backward(result.loss / len(batches))
                 step_loss += value / len(batches)
                 terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if plan.optimizer.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(unet_params + text_params, plan.optimizer.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            if plan.optimizer.max_grad_norm > 0:  # unscales fp16 gradients first
+                accelerator.clip_grad_norm_(unet_params + text_params, plan.optimizer.max_grad_norm)
+            optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
             lr_scheduler.step()
             step += 1
             if ema is not None:
@@ -194,12 +192,6 @@ def freeze_text_encoders(parts: Parts, optimizer: torch.optim.Optimizer) -> None
 
 def _mixed_dtype(plan: Plan) -> torch.dtype | None:
     return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[plan.precision.mixed]
-
-
-def _autocast(device: torch.device, mixed: str):
-    if mixed == "no":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed == "bf16" else torch.float16)
 
 
 class _InterruptFlag:

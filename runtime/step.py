@@ -132,7 +132,7 @@ def base_prediction(parts: Parts, noisy, timesteps, text, batch) -> torch.Tensor
     with torch.no_grad():
         if parts.teacher is not None:
             return unet_forward(attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch).float()
-        unet = parts.unet
+        unet = getattr(parts.unet, "module", parts.unet)  # DDP-wrapped under several processes
         if not has_lora(unet):
             raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")
         unet.disable_adapters()

@@ -44,10 +44,10 @@ SGD_MOMENTUM_BYTES = 4
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED = GIB // 2
 FAMILY_ACTIVATIONS = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl"}  # SD2's UNet has SD1's widths
-# UNet activation bytes per latent pixel per sample, bf16 autocast, SDPA attention; (plain, checkpointed).
-# Derivation in `activation_bytes` and docs/memory.md.
-UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (300_000, 100_000), "sdxl": (550_000, 60_000)}
-FP32_ACTIVATION_FACTOR = 1.7  # mixed = "no": measured fp32 / bf16 saved-activation ratio (not 2: some stay fp32)
+# UNet activation bytes per latent pixel per sample at 16-bit autocast with SDPA: (plain, checkpointed).
+# Measured on real diffusers UNets, cross-checked against a published T4 table; see `activation_bytes`.
+UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (350_000, 100_000), "sdxl": (600_000, 60_000)}
+FP32_ACTIVATION_FACTOR = 1.7  # mixed = "no": measured fp32 / autocast ratio (not 2: autocast keeps norms fp32)
 # Trained text encoders' activations per sample (77 tokens): CLIP-L ~31 MB, OpenCLIP-bigG ~140 MB, rounded up.
 TEXT_ENCODER_ACTIVATION_BYTES = {"text_encoder": 64 * 2**20, "text_encoder_2": 256 * 2**20}
 
@@ -98,11 +98,12 @@ def estimate_memory(
     optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
     teacher_bytes = _teacher_bytes(components, teacher, mixed, notes)
+    # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.
     full_fp32 = sum(c.params for c in components if c.trainable == "full" and c.dtype == "fp32")
+    trained_text = tuple(c.name for c in components if c.name.startswith("text_encoder") and c.trainable != "frozen")
     activations = activation_bytes(
         family=family, batch_size=batch_size, max_bucket=max_bucket, gradient_checkpointing=gradient_checkpointing,
-        mixed=mixed, autocast_weight_params=full_fp32,
-        text_encoders=tuple(c.name for c in components if c.name.startswith("text_encoder") and c.trainable != "frozen"),
+        mixed=mixed, autocast_weight_params=full_fp32, text_encoders=trained_text,
     ) if trainable else 0
     subtotal = weights + gradients + optimizer_bytes + ema_bytes + teacher_bytes + activations
     overhead = int(subtotal * OVERHEAD_FRACTION) + OVERHEAD_FIXED
@@ -127,20 +128,28 @@ def activation_bytes(
     autocast_weight_params: int = 0,
     text_encoders: tuple[str, ...] = (),
 ) -> int:
-    """Activation bytes held for the backward pass at its peak, for one step at the largest bucket.
+    """Activation bytes held at the peak of the backward pass, for one step at the largest bucket.
 
     bytes = batch_size x latent_pixels x C[family][checkpointing] x (1.7 when mixed = "no")
-            + autocast_weight_params x 2 when mixed precision runs without checkpointing
+            + 2 x autocast_weight_params when mixed precision runs without checkpointing
             + batch_size x per-sample activations of each trained text encoder
 
-    latent_pixels = (width / 8) x (height / 8). C was measured, not guessed: one real diffusers UNet training
-    step (SD1.5 and SDXL configs, random weights, bf16 autocast, SDPA) on the CPU at 32x32 and 64x64 latents,
-    taking the peak rise of resident memory with every tensor in its own mmap (docs/memory.md). The slope
-    between the two sizes is the per-pixel cost; attention is memory-efficient, so it grows linearly. The
-    measured slopes are rounded up by ~25% for what a CUDA run adds: autocast keeps GroupNorm/LayerNorm in
-    fp32, and kernels take workspaces. Fully trained fp32 weights under autocast are cast to bf16 copies that
-    the backward pass keeps unless checkpointing recomputes them. LoRA runs save somewhat less (frozen Linear
-    layers outside the targets keep no inputs); the estimate does not credit that.
+    latent_pixels = (width / 8) x (height / 8). Where C comes from (docs/memory.md has the tables):
+
+    - Measured: one training step of the real SD1.5 and SDXL UNets (diffusers, random weights, bf16 autocast
+      with GroupNorm/LayerNorm in fp32 as CUDA autocast runs them, SDPA) on the CPU at 32x32 and 64x64
+      latents; peak resident memory with every tensor in its own mmap and parameter gradients dropped.
+      Without checkpointing the cost is linear: SD1.5 300 KB, SDXL 525 KB per latent pixel. With
+      checkpointing it is ~30 KB per pixel plus ~0.2 GB for the block being recomputed: 87 KB per pixel
+      for SD1.5 at 512 px, 43 KB for SDXL at 1024 px.
+    - Published: ShivamShrirao's T4 table for SD1.x (fp16, xformers, checkpointing) puts a second sample at
+      +0.48 GB, 126 KB per latent pixel, and +2.5 GB without checkpointing.
+    - Chosen between the two, rounded up: SD1/SD2 350 KB plain, 100 KB checkpointed; SDXL 600 KB, 60 KB.
+
+    mixed = "no" keeps fp32 activations: 1.7x (measured; not 2x, as norms already run in fp32). Fully trained
+    fp32 weights under autocast are cast to 16-bit copies that the backward pass keeps (measured: +1.72 GB
+    for SD1.5) unless checkpointing recomputes them. LoRA runs save somewhat less (frozen Linear layers
+    outside the targets keep no inputs); the estimate does not credit that.
     """
     if family not in FAMILY_ACTIVATIONS:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILY_ACTIVATIONS)}")
@@ -156,6 +165,7 @@ def activation_bytes(
     text = batch_size * sum(TEXT_ENCODER_ACTIVATION_BYTES[name] for name in text_encoders
                             if name in TEXT_ENCODER_ACTIVATION_BYTES)
     return int(unet + casts + text)
+
 
 @attrs.frozen(kw_only=True)
 class _Trained:

@@ -49,9 +49,10 @@ def parse_target(text: str) -> TargetEnv:
         description = _describe("cuda", memory, f"cc {cc_text}{assumed}", bf16, processes)
         return TargetEnv(device="cuda", memory_bytes=memory, bf16=bf16, compute_capability=cc_text,
                          processes=processes, description=description)
-    # MPS has bf16 from macOS 14; a --target describes the machine you will run on, so assume a current macOS.
-    note = "macOS 14+ for bf16" if device == "mps" else ""
-    return TargetEnv(device=device, memory_bytes=memory, bf16=True, description=_describe(device, memory, note, True, 1))
+    description = _describe(device, memory, "", True, 1)
+    if device == "mps":  # MPS has bf16 from macOS 14; a --target names the machine to run on: assume a current one
+        description += " (macOS 14+)"
+    return TargetEnv(device=device, memory_bytes=memory, bf16=True, description=description)
 
 
 def _parse_fields(text: str, device: str, fields: list[str]) -> tuple[int, str, int]:

@@ -1,0 +1,261 @@
+"""dbspec.compiler.memory: LoRA counts by hand, a hand-worked estimate, and the published VRAM figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbspec.compiler.memory import (
+    UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL,
+    activation_bytes,
+    estimate_memory,
+    lora_param_count,
+)
+from dbspec.plan.model import ComponentPlan
+
+GIB = 2**30
+# Real parameter counts (diffusers checkpoints).
+SD15 = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
+SDXL = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840, "vae": 83_653_863}
+
+
+def comp(name, dtype, trainable="frozen", params=0, quantized="none"):
+    return ComponentPlan(name=name, dtype=dtype, trainable=trainable, quantized=quantized, params=params)
+
+
+def estimate(**overrides):
+    args = dict(optimizer="adamw", momentum=0.0, batch_size=1, max_bucket=(512, 512), family="sd1",
+                gradient_checkpointing=True, mixed="bf16", ema=False, ema_offload=False, teacher=False, available=0)
+    args.update(overrides)
+    return estimate_memory(**args)
+
+
+# --- LoRA parameter counts ------------------------------------------------------------------------------
+
+
+def test_lora_count_by_hand():
+    shapes = {
+        "down.attn1.to_q": (320, 320),  # 4 * (320 + 320) = 2560
+        "down.attn1.to_k": (320, 320),  # 2560
+        "down.attn2.to_k": (320, 768),  # 4 * (768 + 320) = 4352
+        "down.attn1.to_out.0": (320, 320),  # 2560
+        "down.attn1.to_out.1": (320, 320),  # a Dropout's name in real models; not a target here
+        "down.attn1.x_to_q": (10, 10),  # "to_q" only as a substring: peft's suffix rule skips it
+        "to_q": (8, 4),  # exact name: 4 * 12 = 48
+        "down.ff.net.0.proj": (2560, 320),
+    }
+    assert lora_param_count(shapes, ("to_q", "to_k", "to_out.0"), 4) == 2560 * 3 + 4352 + 48
+    assert lora_param_count(shapes, ("ff.net.0.proj",), 8) == 8 * (2560 + 320)
+    assert lora_param_count(shapes, (), 16) == 0
+    assert lora_param_count(shapes, ("to_q",), 0) == 0
+    with pytest.raises(ValueError):
+        lora_param_count(shapes, ("to_q",), -1)
+
+
+def attention_shapes(blocks, depth, context_dim) -> dict[str, tuple[int, int]]:
+    """(out, in) of every attention projection of a UNet, written out from its architecture.
+
+    blocks: (prefix, width, attentions); depth: transformer blocks per attention at each width.
+    """
+    shapes = {}
+    for prefix, dim, count in blocks:
+        for i in range(count):
+            for j in range(depth[dim]):
+                block = f"{prefix}.attentions.{i}.transformer_blocks.{j}"
+                for attn, context in (("attn1", dim), ("attn2", context_dim)):  # self- and cross-attention
+                    shapes[f"{block}.{attn}.to_q"] = (dim, dim)
+                    shapes[f"{block}.{attn}.to_k"] = (dim, context)
+                    shapes[f"{block}.{attn}.to_v"] = (dim, context)
+                    shapes[f"{block}.{attn}.to_out.0"] = (dim, dim)
+                shapes[f"{block}.ff.net.2"] = (dim, 4 * dim)
+    return shapes
+
+
+SD15_ATTENTIONS = attention_shapes(
+    [("down_blocks.0", 320, 2), ("down_blocks.1", 640, 2), ("down_blocks.2", 1280, 2), ("mid_block", 1280, 1),
+     ("up_blocks.1", 1280, 3), ("up_blocks.2", 640, 3), ("up_blocks.3", 320, 3)],
+    depth={320: 1, 640: 1, 1280: 1}, context_dim=768)
+SDXL_ATTENTIONS = attention_shapes(
+    [("down_blocks.1", 640, 2), ("down_blocks.2", 1280, 2), ("mid_block", 1280, 1), ("up_blocks.0", 1280, 3),
+     ("up_blocks.1", 640, 3)],
+    depth={640: 2, 1280: 10}, context_dim=2048)
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def test_lora_count_matches_the_published_sd15_attention_lora():
+    # diffusers' first SD1.5 DreamBooth LoRA (rank 4 on q/k/v/out of every attention): 797,184 parameters,
+    # the 3.2 MB fp32 pytorch_attn_procs.bin of its README.
+    assert lora_param_count(SD15_ATTENTIONS, ATTENTION_TARGETS, 4) == 797_184
+    # SDXL: 70 transformer blocks, 140 attentions; per block r * (14 * width + 2 * 2048)
+    assert lora_param_count(SDXL_ATTENTIONS, ATTENTION_TARGETS, 16) == 16 * (10 * 13_056 + 60 * 22_016)
+
+
+# --- the estimate, by hand --------------------------------------------------------------------------------
+
+
+def test_full_finetune_by_hand():
+    components = (comp("unet", "fp32", "full", 1_000_000), comp("text_encoder", "bf16", params=500_000),
+                  comp("vae", "fp32", params=100_000))
+    plan = estimate(components=components, trainable_params={"unet": 1_000_000}, batch_size=2, ema=True,
+                    teacher=True, available=0)
+    assert plan.weights == 4_000_000 + 1_000_000 + 400_000
+    assert plan.gradients == 4_000_000  # fp32 master gradients
+    assert plan.optimizer == 8_000_000  # AdamW: two fp32 moments
+    assert plan.ema == 4_000_000
+    assert plan.teacher == 2_000_000  # a bf16 copy of the trained UNet
+    per_pixel = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sd1"][1]
+    assert plan.activations == 2 * 64 * 64 * per_pixel  # checkpointed: no autocast weight copies kept
+    subtotal = 4_000_000 + 1_000_000 + 400_000 + 4_000_000 + 8_000_000 + 4_000_000 + 2_000_000 + plan.activations
+    assert plan.total == subtotal + int(subtotal * 0.10) + GIB // 2
+    assert plan.available == 0 and plan.fits
+    assert any("unknown" in note for note in plan.notes)
+
+
+def test_lora_quantized_by_hand():
+    components = (comp("unet", "bf16", "lora", 1_000_000, quantized="int8"),
+                  comp("text_encoder", "bf16", params=200_000), comp("vae", "fp32", params=100_000))
+    plan = estimate(components=components, trainable_params={"lora": 10_000}, optimizer="adamw8bit",
+                    max_bucket=(1024, 1024), family="sdxl", available=8 * GIB)
+    # int8: 99% of the UNet at 1.01 bytes (weight + scales), 1% (norms, biases) stays bf16
+    unet = int(1_000_000 * (0.99 * 1.01 + 0.01 * 2))
+    assert plan.weights == unet + 400_000 + 400_000 + 10_000 * 4  # adapters in fp32
+    assert plan.gradients == 40_000
+    assert plan.optimizer == 20_000
+    assert plan.ema == plan.teacher == 0
+    assert plan.activations == 128 * 128 * UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sdxl"][1]
+    assert plan.fits and plan.available == 8 * GIB
+    assert any("int8" in note for note in plan.notes)
+
+
+@pytest.mark.parametrize(("optimizer", "momentum", "per_param"), [
+    ("adamw", 0.0, 8), ("adamw8bit", 0.0, 2), ("adafactor", 0.0, 4), ("sgd", 0.0, 0), ("sgd", 0.9, 4),
+    ("prodigy", 0.0, 16), ("lion", 0.0, 4),
+])
+def test_optimizer_state(optimizer, momentum, per_param):
+    plan = estimate(components=(comp("unet", "fp32", "full", 1000),), trainable_params={"unet": 1000},
+                    optimizer=optimizer, momentum=momentum)
+    assert plan.optimizer == 1000 * per_param
+
+
+def test_ema_offload_costs_no_device_memory():
+    components = (comp("unet", "fp32", "full", 1000),)
+    on_device = estimate(components=components, trainable_params={"unet": 1000}, ema=True)
+    offloaded = estimate(components=components, trainable_params={"unet": 1000}, ema=True, ema_offload=True)
+    assert (on_device.ema, offloaded.ema) == (4000, 0)
+    assert any("offloaded" in note for note in offloaded.notes)
+
+
+def test_fits_against_available():
+    components = (comp("unet", "fp32", "full", 10**9),)
+    small = estimate(components=components, trainable_params={"unet": 10**9}, available=8 * GIB)
+    large = estimate(components=components, trainable_params={"unet": 10**9}, available=80 * GIB)
+    assert small.total > 8 * GIB and not small.fits
+    assert large.fits
+    assert not any("unknown" in note for note in small.notes)
+
+
+def test_activation_terms():
+    base = dict(family="sd1", batch_size=1, max_bucket=(512, 768), mixed="bf16")
+    plain, checkpointed = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sd1"]
+    latent = 64 * 96
+    assert activation_bytes(**base, gradient_checkpointing=False) == latent * plain
+    assert activation_bytes(**base, gradient_checkpointing=True) == latent * checkpointed
+    assert activation_bytes(**base, gradient_checkpointing=True, autocast_weight_params=1000) == latent * checkpointed
+    # without checkpointing, autocast's bf16 copies of fp32 weights stay alive for the backward pass
+    assert activation_bytes(**base, gradient_checkpointing=False, autocast_weight_params=1000) == latent * plain + 2000
+    fp32 = activation_bytes(**{**base, "mixed": "no"}, gradient_checkpointing=True, autocast_weight_params=1000)
+    assert fp32 == int(latent * checkpointed * 1.7)
+    with_text = activation_bytes(**base, gradient_checkpointing=True, text_encoders=("text_encoder",))
+    assert with_text > latent * checkpointed
+    assert plain > checkpointed > 0
+    assert UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sdxl"][0] > plain  # SDXL's deep transformers cost more
+    assert activation_bytes(**{**base, "family": "sd2"}, gradient_checkpointing=True) == latent * checkpointed
+
+
+def test_bad_inputs_raise():
+    components = (comp("unet", "fp32", "full", 1000), comp("text_encoder", "bf16", params=10))
+    with pytest.raises(ValueError, match="not a trained component"):
+        estimate(components=components, trainable_params={"unet": 1000, "unte": 5})
+    with pytest.raises(ValueError, match="not a trained component"):
+        estimate(components=components, trainable_params={"unet": 1000, "text_encoder": 10})  # frozen
+    with pytest.raises(ValueError, match="lacks"):
+        estimate(components=components, trainable_params={})
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        estimate(components=components, trainable_params={"unet": 1000}, optimizer="adam")
+    with pytest.raises(ValueError, match="unknown model family"):
+        estimate(components=components, trainable_params={"unet": 1000}, family="flux")
+
+
+def test_trained_text_encoder_adds_its_share():
+    unet_only = (comp("unet", "fp32", "full", SD15["unet"]), comp("text_encoder", "bf16", params=SD15["text_encoder"]))
+    with_text = (comp("unet", "fp32", "full", SD15["unet"]),
+                 comp("text_encoder", "fp32", "full", SD15["text_encoder"]))
+    a = estimate(components=unet_only, trainable_params={"unet": SD15["unet"]})
+    b = estimate(components=with_text, trainable_params={"unet": SD15["unet"], "text_encoder": SD15["text_encoder"]})
+    assert b.gradients - a.gradients == SD15["text_encoder"] * 4
+    assert b.weights - a.weights == SD15["text_encoder"] * 2  # bf16 -> fp32
+    assert b.activations > a.activations
+
+
+# --- published figures (peers.md §E1; docs/memory.md) ---------------------------------------------------
+
+
+def sd15_full(mixed: str) -> tuple[ComponentPlan, ...]:
+    held = "fp32" if mixed == "no" else mixed
+    return (comp("unet", "fp32", "full", SD15["unet"]), comp("text_encoder", held, params=SD15["text_encoder"]),
+            comp("vae", held, params=SD15["vae"]))
+
+
+def test_sd15_full_8bit_adam_checkpointing_matches_the_diffusers_figures():
+    # diffusers examples/dreambooth: a 16 GB GPU trains SD1.x at 512 px, batch 1, with 8-bit Adam and
+    # checkpointing (accelerate's default config: no mixed precision); 12 GB adds memory-efficient attention,
+    # which dbspec always uses (SDPA); 8 GB needs DeepSpeed offload.
+    plan = estimate(components=sd15_full("no"), trainable_params={"unet": SD15["unet"]}, optimizer="adamw8bit",
+                    mixed="no")
+    assert 8 * GIB < plan.total <= 12 * GIB
+    # The same run in bf16 (dbspec's default on a GPU) needs a little less.
+    bf16 = estimate(components=sd15_full("bf16"), trainable_params={"unet": SD15["unet"]}, optimizer="adamw8bit")
+    assert 8 * GIB < bf16.total < plan.total
+
+
+def test_sd15_full_matches_shivam_t4_table():
+    # ShivamShrirao/diffusers README, measured on a T4 (latents and text cached, encoders freed, fp16):
+    # 9.92 GB (batch 1, checkpointing, 8-bit Adam), 10.4 (batch 2), 15.79 (AdamW instead of 8-bit).
+    unet = (comp("unet", "fp32", "full", SD15["unet"]),)
+    cases = [(1, "adamw8bit", 9.92), (2, "adamw8bit", 10.4), (1, "adamw", 15.79)]
+    for batch_size, optimizer, published in cases:
+        plan = estimate(components=unet, trainable_params={"unet": SD15["unet"]}, optimizer=optimizer,
+                        batch_size=batch_size, mixed="fp16")
+        assert abs(plan.total / GIB - published) / published < 0.10, (batch_size, optimizer, plan.total / GIB)
+
+
+def sdxl_lora(quantized: str) -> tuple[ComponentPlan, ...]:
+    return (comp("unet", "bf16", "lora", SDXL["unet"], quantized=quantized),
+            comp("text_encoder", "bf16", params=SDXL["text_encoder"]),
+            comp("text_encoder_2", "bf16", params=SDXL["text_encoder_2"]), comp("vae", "fp32", params=SDXL["vae"]))
+
+
+SDXL_RANK16_ATTENTION_LORA = lora_param_count(SDXL_ATTENTIONS, ATTENTION_TARGETS, 16)  # 23.2M
+
+
+def test_sdxl_lora_int8_checkpointing_fits_16_gb():
+    # diffusers README_sdxl: SDXL DreamBooth LoRA fits < 16 GB with checkpointing and 8-bit Adam.
+    plan = estimate(components=sdxl_lora("int8"), trainable_params={"lora": SDXL_RANK16_ATTENTION_LORA},
+                    optimizer="adamw8bit", max_bucket=(1024, 1024), family="sdxl", available=16 * GIB)
+    assert plan.total < 16 * GIB and plan.fits
+
+
+def test_sdxl_lora_bf16_matches_kohya():
+    # kohya docs/train_SDXL-en.md: SDXL LoRA needs 8 GB (10 GB recommended), text encoder outputs cached.
+    unet_and_vae = (comp("unet", "bf16", "lora", SDXL["unet"]), comp("vae", "fp32", params=SDXL["vae"]))
+    plan = estimate(components=unet_and_vae, trainable_params={"lora": SDXL_RANK16_ATTENTION_LORA},
+                    optimizer="adamw8bit", max_bucket=(1024, 1024), family="sdxl")
+    assert 6 * GIB < plan.total < 10 * GIB
+
+
+def test_sdxl_full_finetune_does_not_fit_24_gb_with_fp32_master_weights():
+    # kohya's 24 GB SDXL full fine-tune holds bf16 weights and fuses the optimizer into backward (no gradient
+    # buffer); with fp32 master weights, gradients and 8-bit Adam the same run needs ~30 GB.
+    components = (comp("unet", "fp32", "full", SDXL["unet"]), comp("vae", "fp32", params=SDXL["vae"]))
+    plan = estimate(components=components, trainable_params={"unet": SDXL["unet"]}, optimizer="adamw8bit",
+                    max_bucket=(1024, 1024), family="sdxl", available=24 * GIB)
+    assert not plan.fits and plan.total < 40 * GIB
