@@ -149,3 +149,21 @@ def test_exports_are_written_with_the_final_weights(tmp_path):
                      'exports = ["kohya_lora"]\n')
     result = execute(lora)
     assert (Path(result.final) / "dbspec.kohya.safetensors").exists()
+
+
+def test_replacement_vae_is_loaded_and_keys_the_latent_cache(tmp_path):
+    """[model] vae: a separate VAE (e.g. SDXL's fp16-fixed one) encodes latents; the cache keys follow it."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    vae_folder = tmp_path / "my-vae"
+    vae = build_pipeline("builtin:tiny-sd1", seed=7).vae  # other weights than the base model's own VAE
+    vae.save_pretrained(vae_folder / "vae")
+    base_plan = make_plan(tmp_path, steps=1)
+    plan = compile_spec(tmp_path / "spec.toml", [f'model.vae="{vae_folder}"', "output.dir=out2"])
+    assert plan.model.vae == str(vae_folder) and plan.model.vae_identity.startswith("dir:")
+    assert not set(base_plan.datasets[0].images[0].latent_keys) & set(plan.datasets[0].images[0].latent_keys)
+    result = execute(plan, keep_models=True)
+    import torch
+
+    loaded = result.components.vae.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in vae.state_dict().items())
