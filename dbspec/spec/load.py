@@ -10,7 +10,7 @@ import attrs
 import tomli
 
 from dbspec.diagnostics import Diagnostic, Span, error
-from dbspec.spec.paths import KeyPath, dotted
+from dbspec.spec.paths import KeyPath, dotted, has_path
 from dbspec.spec.spans import SpanIndex, build_span_index
 from dbspec.spec.syntax import decode_problem, syntax_error
 
@@ -38,15 +38,7 @@ class RawSpec:
 
     def given(self, path: KeyPath) -> bool:
         """Did the user write this key (in the file or with --set)?"""
-        node: Any = self.data
-        for part in path:
-            if isinstance(part, int):
-                if not isinstance(node, list) or part >= len(node):
-                    return False
-            elif not isinstance(node, dict) or part not in node:
-                return False
-            node = node[part]
-        return True
+        return has_path(self.data, path)
 
 
 def read_text(path: Path, label: str) -> tuple[str | None, str, list[Diagnostic]]:

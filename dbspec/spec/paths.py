@@ -26,3 +26,16 @@ def table_label(path: KeyPath) -> str:
 
 def _bare(key: str) -> bool:
     return bool(key) and all(c.isalnum() or c in "-_" for c in key)
+
+
+def has_path(data: dict, path: KeyPath) -> bool:
+    """Does `path` exist in the TOML data (tables by key, arrays by index)?"""
+    node = data
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False
+        elif not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import tomli
 
 from dbspec.compiler import rules
 from dbspec.compiler.rules import RULES, run_rules
+from dbspec.spec.paths import has_path
 from dbspec.spec.structure import structure_spec
 
 HEAD = 'spec_version = 1\n[model]\nbase = "runwayml/stable-diffusion-v1-5"\n'
@@ -23,15 +22,7 @@ def given_in(data: dict):
     """`given(path)` for rules: did the TOML data write this key?"""
 
     def given(path: tuple) -> bool:
-        node: Any = data
-        for part in path:
-            if isinstance(part, int):
-                if not isinstance(node, list) or part >= len(node):
-                    return False
-            elif not isinstance(node, dict) or part not in node:
-                return False
-            node = node[part]
-        return True
+        return has_path(data, path)
 
     return given
 
