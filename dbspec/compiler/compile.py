@@ -96,7 +96,7 @@ def _bucket_samples(datasets: tuple[DatasetPlan, ...]) -> dict:
 
 
 def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> SchedulePlan | None:
-    s, spec = ctx.spec.schedule, ctx.spec
+    s = ctx.spec.schedule
     batches = sum(b.batches_per_epoch for b in buckets)
     if batches == 0:
         # Data errors (missing folders, bad images, captions or masks) already say why; this only adds noise.
