@@ -27,7 +27,18 @@ def _key(parts: list) -> str:
 
 
 def latent_key(sha: str, bucket, resized, crop, flip: bool, vae_identity: str, vae_dtype: str) -> str:
-    return _key([LATENT_FORMAT, sha, tuple(bucket), tuple(resized), tuple(crop), flip, vae_identity, vae_dtype])
+    return _latent_key(sha, bucket, resized, crop, flip, _model_part(vae_identity, vae_dtype))
+
+
+def _model_part(vae_identity: str, vae_dtype: str) -> bytes:
+    return repr((LATENT_FORMAT, vae_identity, vae_dtype)).encode()
+
+
+def _latent_key(sha: str, bucket, resized, crop, flip: bool, model_part: bytes) -> str:
+    """The image part as plain integers and the model part pre-encoded: this runs per image and flip."""
+    digest = hashlib.blake2b(model_part, digest_size=20)
+    digest.update(f"|{sha}|{bucket[0]},{bucket[1]}|{resized[0]},{resized[1]}|{crop[0]},{crop[1]}|{flip:d}".encode())
+    return digest.hexdigest()
 
 
 def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
@@ -44,13 +55,20 @@ class Keyer:
     vae_dtype: str
     text_dtype: str
     text_keys: dict = attrs.field(factory=dict)  # caption -> key: captions repeat, hash each once
+    model_part: bytes = b""
+
+    def __attrs_post_init__(self) -> None:
+        if self.model is not None:
+            self.model_part = _model_part(self.model.vae_identity, self.vae_dtype)
 
     def keys(self, d: Dataset, sha: str, bucket, resized, crop, caption: str) -> tuple[tuple[str, ...], str]:
         if self.model is None:
             return (), ""
-        flips = (False, True) if d.flip else (False,)
-        lkeys = tuple(latent_key(sha, bucket, resized, crop, f, self.model.vae_identity, self.vae_dtype)
-                      for f in flips) if self.latents and d.crop == "center" else ()
+        lkeys: tuple[str, ...] = ()
+        if self.latents and d.crop == "center":
+            lkeys = (_latent_key(sha, bucket, resized, crop, False, self.model_part),)
+            if d.flip:
+                lkeys += (_latent_key(sha, bucket, resized, crop, True, self.model_part),)
         if not self.text:
             return lkeys, ""
         if caption not in self.text_keys:

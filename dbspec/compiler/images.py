@@ -32,8 +32,7 @@ _HELP = {
 }
 
 
-@attrs.frozen(kw_only=True)
-class ImageInfo:
+class ImageInfo(NamedTuple):  # NamedTuple, not attrs: one per file per scan, built several times faster
     path: str  # absolute POSIX path
     rel: str  # POSIX path relative to the scanned folder
     width: int  # after EXIF orientation
