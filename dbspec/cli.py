@@ -293,6 +293,42 @@ def convert_kohya(
     _convert(lambda: run_kohya(req, output, allow_unsupported), output, report, fmt)
 
 
+@convert_app.command("diffusers")
+def convert_diffusers(
+    output: OutOption,
+    command: CommandOption = None,
+    cwd: CwdOption = None,
+    report: ReportOption = False,
+    allow_unsupported: AllowOption = False,
+    fmt: FormatOption = "text",
+) -> None:
+    """diffusers train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py command lines."""
+    from dbspec.convert.diffusers import DiffusersRequest, convert_diffusers as run_diffusers
+
+    if command is None:
+        raise typer.BadParameter("give the launch command: --command train.sh (or - for standard input)")
+    req = DiffusersRequest(command=command, cwd=cwd or Path.cwd())
+    _convert(lambda: run_diffusers(req, output, allow_unsupported), output, report, fmt)
+
+
+@convert_app.command("simpletuner")
+def convert_simpletuner(
+    output: OutOption,
+    config: Annotated[Path, typer.Option("--config", help="SimpleTuner config.json (or config.toml).")],
+    backend: Annotated[Optional[Path], typer.Option(
+        "--backend", help="multidatabackend.json (default: config.json's data_backend_config).")] = None,
+    cwd: CwdOption = None,
+    report: ReportOption = False,
+    allow_unsupported: AllowOption = False,
+    fmt: FormatOption = "text",
+) -> None:
+    """SimpleTuner config.json + multidatabackend.json (SD 1.x, SD 2.x, SDXL)."""
+    from dbspec.convert.simpletuner import SimpleTunerRequest, convert_simpletuner as run_simpletuner
+
+    req = SimpleTunerRequest(config=config, backend=backend, cwd=cwd or Path.cwd())
+    _convert(lambda: run_simpletuner(req, output, allow_unsupported), output, report, fmt)
+
+
 def main() -> None:
     """Console entry point: no traceback for bad input; internal errors exit 2 with a short report."""
     try:

@@ -1,0 +1,266 @@
+"""`dbspec convert diffusers`: diffusers' train_dreambooth.py, train_dreambooth_lora.py and
+train_dreambooth_lora_sdxl.py command lines.
+
+Their loss is dbspec's: instance MSE (Min-SNR weighted) + prior_loss_weight x class MSE per batch. Family and
+prediction come from the model's configs in both, so they stay `auto`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from dbspec.compiler.models import KNOWN_HUB_MODELS
+from dbspec.compiler.schedule import LR_SCHEDULES
+from dbspec.convert.argv import parse_argv
+from dbspec.convert.core import Conversion, Legacy, require_minimums
+from dbspec.convert.diffusers_args import SCRIPTS, arg_table, script_of
+from dbspec.convert.diffusers_data import Data, map_data
+from dbspec.convert.diffusers_out import map_outputs
+from dbspec.convert.kohya_model import model_path
+from dbspec.convert.launcher import InputError, launcher_options, read_command, report_launcher
+from dbspec.convert.paths import PathMapper
+
+Args = dict[str, Legacy]
+LORA_SCRIPTS = ("train_dreambooth_lora", "train_dreambooth_lora_sdxl")
+UNSUPPORTED = {
+    "tokenizer_name": "a separate tokenizer", "tokenizer_max_length": "a tokenizer length other than the model's",
+    "text_encoder_use_attention_mask": "text-encoder attention masks", "class_labels_conditioning": "IF class labels",
+    "dataset_name": "Hugging Face datasets (dbspec trains from folders)", "dataset_config_name": "ditto",
+    "caption_column": "captions from a Hugging Face dataset", "do_edm_style_training": "EDM-style training",
+    "use_dora": "DoRA adapters", "validation_images": "image-conditioned validation",
+}
+# the scripts divide by these or loop over them
+MINIMUM = {"train_batch_size": 1, "gradient_accumulation_steps": 1, "max_train_steps": 1, "num_train_epochs": 1,
+           "checkpointing_steps": 1, "validation_steps": 1, "validation_epochs": 1, "rank": 1, "resolution": 8,
+           "lr_num_cycles": 1, "num_class_images": 0, "repeats": 1, "learning_rate": 0}
+INERT = {k: "no effect on what trains" for k in (
+    "push_to_hub", "hub_token", "hub_model_id", "logging_dir", "local_rank", "dataloader_num_workers",
+    "enable_xformers_memory_efficient_attention", "set_grads_to_none", "pre_compute_text_embeddings", "cache_dir",
+    "skip_save_text_encoder", "image_column")}
+INERT["resume_from_checkpoint"] = "resuming is a run-time choice: `dbspec run spec.toml --resume`"
+
+
+@attrs.frozen(kw_only=True)
+class DiffusersRequest:
+    command: str
+    cwd: Path
+
+
+def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool = False):
+    conv = Conversion(tool="diffusers", allow_unsupported=allow_unsupported)
+    paths = PathMapper(cwd=req.cwd.resolve(), out_dir=out.resolve().parent)
+    command, label = read_command(req.command, req.cwd)
+    script = script_of(command.script) if command.script else None
+    if script is None:
+        raise InputError(f"the command runs `{command.script or 'no script'}`, not one of "
+                         f"{', '.join(s + '.py' for s in SCRIPTS)}")
+    a = _args(command.args, script, conv)
+    launcher = launcher_options(command)
+    if not require_minimums(a, MINIMUM, conv):
+        return conv, []
+    _model(a, script, paths, conv)
+    lora = script in LORA_SCRIPTS
+    if lora:
+        _adapter(a, conv)
+    data = map_data(a, script, paths, conv)
+    total, per_epoch = _length(a, data, conv)
+    _lr(a, script, total, conv)
+    _optimizer(a, script, conv)
+    _loss(a, script, data, conv)
+    _precision(a, script, launcher, conv)
+    map_outputs(a, script, lora, per_epoch, paths, conv)
+    report_launcher(launcher, conv, script_sets_precision=a["mixed_precision"].value is not None)
+    _sweep(a, conv)
+    source = label if label == "the command text" else f"command {label}"
+    return conv, [f"Converted by `dbspec convert diffusers` ({script}.py) from: {source}.",
+                  "Each value's comment names the diffusers option it came from; `--report` lists every option."]
+
+
+def _args(tokens, script: str, conv: Conversion) -> Args:
+    table = arg_table(script)
+    parsed = parse_argv(tokens, table)
+    for option, text, why in parsed.problems:
+        key = option.lstrip("-")
+        if why.startswith(("unrecognized", "ambiguous")):
+            conv.unsupported(Legacy(key=key, value=text, source="command line"),
+                             f"{why} for {script}.py (argparse would stop; a newer script's option dbspec does "
+                             "not know)")
+        else:
+            conv.invalid(key, text, "command line", why)
+    args = {name: Legacy(key=name, value=arg.default, source="default") for name, arg in table.items()}
+    args.update({k: Legacy(key=k, value=v, source="command line") for k, v in parsed.values.items()})
+    return args
+
+
+def _model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
+    base = a["pretrained_model_name_or_path"]
+    if not base.value:
+        conv.invalid(base.key, None, base.source, "the script requires it")
+        return
+    conv.mapped(base, ("model", "base"), model_path(base.value, paths))
+    if script.endswith("sdxl"):
+        conv.put(("model", "family"), "sdxl", f"{conv.tool} {script}.py trains SDXL")
+    revision = a["revision"]
+    if revision.value:
+        conv.mapped(revision, ("model", "revision"), revision.value)
+    if a["variant"].value:
+        conv.differs(a["variant"], "dbspec loads the model's default weight files, not a variant")
+    if "pretrained_vae_model_name_or_path" in a and a["pretrained_vae_model_name_or_path"].value:
+        vae = a["pretrained_vae_model_name_or_path"]
+        conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
+
+
+def _adapter(a: Args, conv: Conversion) -> None:
+    conv.put(("adapter", "kind"), "lora", f"{conv.tool} LoRA script")
+    rank = a["rank"]
+    conv.mapped(rank, ("adapter", "rank"), rank.value)
+    conv.put(("adapter", "alpha"), float(rank.value), f"{conv.tool} sets lora_alpha = rank")
+    dropout = a["lora_dropout"]
+    if dropout.value:
+        conv.mapped(dropout, ("adapter", "dropout"), float(dropout.value))
+
+
+def _length(a: Args, data: Data | None, conv: Conversion) -> tuple[int | None, int | None]:
+    accum, steps, epochs = a["gradient_accumulation_steps"], a["max_train_steps"], a["num_train_epochs"]
+    if accum.value != 1:
+        conv.mapped(accum, ("schedule", "accumulation"), accum.value)
+    per_epoch = -(-data.diffusers_batches // accum.value) if data and data.diffusers_batches else None
+    if steps.value:
+        conv.mapped(steps, ("schedule", "steps"), steps.value)
+        if epochs.given:
+            conv.inert(epochs, "max_train_steps overrides it")
+        return steps.value, per_epoch
+    if per_epoch is None:
+        conv.mapped(epochs, ("schedule", "epochs"), epochs.value)
+        return None, None
+    total = epochs.value * per_epoch
+    if data.spec_batches == data.diffusers_batches:
+        conv.mapped(epochs, ("schedule", "epochs"), epochs.value)
+    else:
+        conv.differs(epochs, f"diffusers' epoch has {data.diffusers_batches} batches, the spec's {data.spec_batches}: "
+                     f"the run keeps diffusers' {total} steps", ("schedule", "steps"), total)
+    return total, per_epoch
+
+
+def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
+    lr, name, warm = a["learning_rate"], a["lr_scheduler"], a["lr_warmup_steps"]
+    value = lr.value
+    if a["scale_lr"].value:
+        value = lr.value * a["gradient_accumulation_steps"].value * a["train_batch_size"].value
+        conv.record(a["scale_lr"], "mapped", "optimizer.lr", "x accumulation x batch size (one process)")
+    conv.mapped(lr, ("optimizer", "lr"), float(value),
+                comment=conv.comment(lr, "scaled by --scale_lr") if value != lr.value else "")
+    if name.value not in LR_SCHEDULES:
+        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+        return
+    if name.value != "constant":
+        conv.mapped(name, ("schedule", "lr_schedule"), name.value)
+    else:
+        conv.record(name, "mapped", "schedule.lr_schedule")
+    if name.value == "constant":
+        if warm.given:
+            conv.inert(warm, "the constant schedule has no warm-up")
+    elif total is not None and warm.value >= total:
+        conv.unsupported(warm, f"a warm-up of {warm.value} steps is not shorter than the {total}-step run (the LR "
+                         "never reaches learning_rate); dbspec needs warmup_steps < steps")
+    elif warm.value:
+        conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
+    cycles, power = a["lr_num_cycles"], a["lr_power"]
+    if name.value == "cosine_with_restarts":
+        conv.mapped(cycles, ("schedule", "cycles"), cycles.value)
+    if name.value == "polynomial" and power.value != 1.0:
+        conv.unsupported(power, "dbspec's polynomial schedule has power 1")
+
+
+def _optimizer(a: Args, script: str, conv: Conversion) -> None:
+    choice = a["optimizer"] if "optimizer" in a else None
+    if choice is not None and choice.value.lower() == "prodigy":
+        conv.unsupported(choice, "diffusers runs Prodigy with bias correction and safeguard warm-up on (its "
+                         "--prodigy_* options are parsed with type=bool, so they stay on); dbspec's Prodigy has "
+                         "them off")
+        return
+    eight = a["use_8bit_adam"]
+    kind = "adamw8bit" if eight.value else "adamw"
+    conv.mapped(eight, ("optimizer", "kind"), kind, comment=conv.comment(eight))
+    if choice is not None:
+        conv.record(choice, "mapped", "optimizer.kind", "" if choice.value.lower() == "adamw" else
+                    "diffusers falls back to AdamW for other names")
+    betas = [float(a["adam_beta1"].value), float(a["adam_beta2"].value)]
+    if betas != [0.9, 0.999]:
+        conv.put(("optimizer", "betas"), betas, f"{conv.tool} adam_beta1, adam_beta2")
+    for key in ("adam_beta1", "adam_beta2"):
+        conv.record(a[key], "mapped", "optimizer.betas")
+    for key, target, default in (("adam_weight_decay", "weight_decay", 1e-2), ("adam_epsilon", "eps", 1e-8),
+                                 ("max_grad_norm", "max_grad_norm", 1.0)):
+        if a[key].value != default:
+            conv.mapped(a[key], ("optimizer", target), float(a[key].value))
+        else:
+            conv.record(a[key], "mapped", f"optimizer.{target}")
+    te_decay = a["adam_weight_decay_text_encoder"] if "adam_weight_decay_text_encoder" in a else None
+    if te_decay is not None and a["train_text_encoder"].value and te_decay.value != a["adam_weight_decay"].value:
+        conv.differs(te_decay, "dbspec uses one weight decay for the U-Net and the text encoders")
+
+
+def _loss(a: Args, script: str, data: Data | None, conv: Conversion) -> None:
+    weight = a["prior_loss_weight"]
+    if data and data.prior:
+        if weight.value != 1.0:
+            conv.mapped(weight, ("loss", "prior_weight"), float(weight.value))
+        else:
+            conv.record(weight, "mapped", "loss.prior_weight")
+    elif weight.given:
+        conv.inert(weight, "no --with_prior_preservation")
+    snr = a["snr_gamma"] if "snr_gamma" in a else None
+    if snr is not None and snr.value:
+        conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
+        base = a["pretrained_model_name_or_path"].value or ""
+        if base not in KNOWN_HUB_MODELS or KNOWN_HUB_MODELS[base][1] == "v_prediction":
+            conv.differs(snr, "for v-prediction models diffusers weights by min(snr, gamma)/snr + 1, dbspec by "
+                         "min(snr, gamma)/(snr + 1) (the corrected form); the same for epsilon models")
+    if "offset_noise" in a and a["offset_noise"].value:
+        conv.mapped(a["offset_noise"], ("loss", "noise_offset"), 0.1,
+                    comment=conv.comment(a["offset_noise"], "diffusers' fixed strength 0.1"))
+
+
+def _precision(a: Args, script: str, launcher: dict[str, Legacy], conv: Conversion) -> None:
+    mixed = a["mixed_precision"]
+    if mixed.value is None and "mixed_precision" in launcher:
+        mixed = launcher["mixed_precision"]
+    if mixed.value is None:
+        conv.warn("DBS407", "no --mixed_precision: diffusers takes it from the accelerate config; converted as "
+                  "\"no\" (accelerate's default)", "mixed_precision", help="pass --mixed_precision to be sure")
+        conv.mapped(mixed, ("precision", "mixed"), "no",
+                    comment=conv.comment(mixed, "accelerate's default; your accelerate config may differ"))
+    else:
+        conv.mapped(mixed, ("precision", "mixed"), mixed.value)
+    if mixed.value in ("fp16", "bf16") and not script.endswith("sdxl"):
+        conv.put(("precision", "vae_dtype"), mixed.value, f"{conv.tool} casts the VAE to the mixed-precision dtype")
+    grad, tf32 = a["gradient_checkpointing"], a["allow_tf32"]
+    if grad.value:
+        conv.mapped(grad, ("precision", "gradient_checkpointing"), True)
+    conv.mapped(tf32, ("precision", "tf32"), bool(tf32.value))
+    text = a["train_text_encoder"]
+    if text.value and "pre_compute_text_embeddings" in a and a["pre_compute_text_embeddings"].value:
+        conv.invalid("pre_compute_text_embeddings", True, "command line", "the script raises: "
+                     "`--train_text_encoder` cannot be used with `--pre_compute_text_embeddings`")
+    if text.value:
+        conv.mapped(text, ("train", "text_encoder"), True)
+        te_lr = a["text_encoder_lr"] if "text_encoder_lr" in a else None
+        if te_lr is not None and float(te_lr.value) != float(conv.values[("optimizer", "lr")][0]):
+            conv.mapped(te_lr, ("optimizer", "text_encoder_lr"), float(te_lr.value))
+    elif "text_encoder_lr" in a and a["text_encoder_lr"].given:
+        conv.inert(a["text_encoder_lr"], "the text encoder does not train")
+
+
+def _sweep(a: Args, conv: Conversion) -> None:
+    for key, legacy in a.items():
+        if not legacy.given or key in conv.reports:
+            continue
+        if key in UNSUPPORTED and legacy.value:
+            conv.unsupported(legacy, f"dbspec has no {UNSUPPORTED[key]}")
+        elif key in ("class_data_dir", "class_prompt", "num_class_images") and not a["with_prior_preservation"].value:
+            conv.ignored(legacy, "no --with_prior_preservation: the script warns and ignores it")
+        else:
+            conv.inert(legacy, INERT[key] if key in INERT else "not used with these settings")

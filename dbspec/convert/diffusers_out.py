@@ -1,0 +1,64 @@
+"""diffusers' checkpoints, validation, logging, output folder and seed -> the matching spec tables."""
+
+from __future__ import annotations
+
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.paths import PathMapper
+
+Args = dict[str, Legacy]
+
+
+def map_outputs(a: Args, script: str, lora: bool, per_epoch: int | None, paths: PathMapper,
+                conv: Conversion) -> None:
+    out = a["output_dir"]
+    conv.mapped(out, ("output", "dir"), paths.for_spec(out.value))
+    every, limit = a["checkpointing_steps"], a["checkpoints_total_limit"]
+    conv.mapped(every, ("checkpoints", "every"), every.value)
+    conv.mapped(limit, ("checkpoints", "keep"), limit.value or 0,
+                comment=conv.comment(limit, "None keeps every checkpoint") if limit.value is None else "")
+    if lora and "output_kohya_format" in a and a["output_kohya_format"].value:
+        conv.mapped(a["output_kohya_format"], ("checkpoints", "exports"), ["kohya_lora"])
+    seed = a["seed"]
+    if seed.value is not None:
+        conv.mapped(seed, ("schedule", "seed"), seed.value)
+    else:
+        conv.record(seed, "defaulted", "schedule.seed", "diffusers draws a random seed; dbspec uses 0")
+    _validation(a, script, per_epoch, conv)
+    report = a["report_to"]
+    conv.mapped(report, ("logging", "tensorboard"), report.value in ("tensorboard", "all"))
+    if report.value not in ("tensorboard",):
+        conv.differs(report, "dbspec logs to TensorBoard only")
+
+
+def _validation(a: Args, script: str, per_epoch: int | None, conv: Conversion) -> None:
+    prompt = a["validation_prompt"]
+    interval = a["validation_steps"] if "validation_steps" in a else a["validation_epochs"]
+    if not prompt.value:
+        for key in ("validation_steps", "validation_epochs", "num_validation_images", "validation_scheduler"):
+            if key in a and a[key].given:
+                conv.inert(a[key], "no --validation_prompt")
+        return
+    conv.mapped(prompt, ("validation", "prompts"), [prompt.value])
+    conv.mapped(a["num_validation_images"], ("validation", "images_per_prompt"), a["num_validation_images"].value)
+    if interval.key == "validation_steps":
+        conv.mapped(interval, ("validation", "every"), interval.value)
+    elif per_epoch is not None:
+        conv.mapped(interval, ("validation", "every"), interval.value * per_epoch,
+                    comment=conv.comment(interval, f"{interval.value} x {per_epoch} steps per epoch"))
+    else:
+        conv.depends(interval.key, "the images could not be counted: epochs could not become steps; validation "
+                     "runs at the end only")
+        conv.record(interval, "differs", "validation.every")
+    scheduler = a["validation_scheduler"] if "validation_scheduler" in a else None
+    if scheduler is not None and scheduler.value == "DDPMScheduler":
+        conv.differs(scheduler, "dbspec validates with DPM-Solver++ here, not DDPM")
+    else:
+        conv.put(("validation", "scheduler"), "dpmpp", f"{conv.tool} validates with DPMSolverMultistepScheduler")
+        if scheduler is not None:
+            conv.record(scheduler, "mapped", "validation.scheduler")
+    conv.put(("validation", "steps"), 25, f"{conv.tool} validates with 25 inference steps")
+    if script.endswith("sdxl"):
+        conv.put(("validation", "guidance"), 5.0, "the SDXL pipeline's default guidance")
+    seed = a["seed"]
+    if seed.value:
+        conv.put(("validation", "seed"), seed.value, f"{conv.tool} seeds validation with --seed")

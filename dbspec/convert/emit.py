@@ -1,0 +1,77 @@
+"""Write a Conversion as spec TOML: schema line, spec_version, tables in the spec model's order, one trailing
+comment per value naming the legacy key it came from."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+
+from dbspec.convert.core import Conversion
+from dbspec.spec.model import SPEC_VERSION, Dataset, LoraAdapter, Spec
+
+SCHEMA_LINE = "#:schema ../schemas/dbspec.schema.json"
+_COMMENT_COLUMN = 40
+
+
+def table_order() -> list[tuple[str, type]]:
+    """(table, class) in the order of the Spec model; adapter is written as its lora variant."""
+    out = []
+    for field in attrs.fields(Spec):
+        if field.name == "spec_version":
+            continue
+        cls = {"adapter": LoraAdapter, "datasets": Dataset}.get(field.name, field.type)
+        out.append((field.name, cls))
+    return out
+
+
+def render_spec(conv: Conversion, header: list[str]) -> str:
+    lines = [SCHEMA_LINE, *[f"# {h}" if h else "#" for h in header], f"spec_version = {SPEC_VERSION}"]
+    for table, cls in table_order():
+        if table == "datasets":
+            for index in sorted({p[1] for p in conv.values if p[0] == "datasets"}):
+                lines += ["", "[[datasets]]", *_rows(conv, cls, ("datasets", index))]
+            continue
+        rows = _rows(conv, cls, (table,))
+        if rows:
+            lines += ["", f"[{table}]", *rows]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(conv: Conversion, cls: type, prefix: tuple) -> list[str]:
+    names = [f.name for f in attrs.fields(cls)]
+    depth = len(prefix)
+    mine = {p[depth]: v for p, v in conv.values.items() if p[:depth] == prefix and len(p) == depth + 1}
+    unknown = set(mine) - set(names)
+    if unknown:  # a converter bug: say which key, not a broken spec
+        raise ValueError(f"converter wrote unknown key(s) {sorted(unknown)} into {prefix}")
+    pairs = [(f"{name} = {toml_value(mine[name][0])}", mine[name][1]) for name in names if name in mine]
+    width = min(_COMMENT_COLUMN, max((len(text) for text, _ in pairs), default=0))
+    return [f"{text.ljust(width)}  # {note}" if note else text for text, note in pairs]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write {value} to TOML")
+        text = repr(value)
+        return text if any(c in text for c in ".eE") else text + ".0"
+    if isinstance(value, str):
+        return toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def toml_string(text: str) -> str:
+    """A literal string for Windows paths (backslashes stay readable), else a basic string."""
+    literal_ok = "\\" in text and "'" not in text and not any(ord(c) < 32 or c == "\x7f" for c in text)
+    if literal_ok:
+        return f"'{text}'"
+    return json.dumps(text, ensure_ascii=False)

@@ -1,0 +1,228 @@
+"""kohya datasets as kohya builds them: the dataset config (or the legacy folder names), validated by kohya's
+schema, with every subset value resolved through kohya's fallback chain and the legacy key it came from.
+
+Fallback order (config_util.BlueprintGenerator): subset -> [[datasets]] -> [general] -> the argparse value of
+the same name (CLI, config_file or argparse default) -> the dataclass default. The first non-None value wins.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dbspec.convert import kohya_schema as ks
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.paths import PathMapper
+
+Args = dict[str, Legacy]
+
+
+@attrs.frozen(kw_only=True)
+class KSubset:
+    index: int
+    values: dict[str, Legacy]  # every subset key, effective, with the legacy key it came from
+
+
+@attrs.frozen(kw_only=True)
+class KDataset:
+    index: int
+    kind: str  # dreambooth | controlnet | finetune
+    values: dict[str, Legacy]  # every dataset-level key, effective
+    subsets: tuple[KSubset, ...]
+
+
+def load_dataset_config(path: Path, conv: Conversion) -> dict | None:
+    """kohya's load_user_config: .toml or .json; None (reported) when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        conv.invalid("dataset_config", str(path), "dataset_config", f"cannot read it: {exc}")
+        return None
+    if not isinstance(data, dict):
+        conv.invalid("dataset_config", str(path), "dataset_config", "expected a table at the top level")
+        return None
+    return data
+
+
+def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | None:
+    """generate_dreambooth_subsets_config_by_subdirs: one dataset from `N_class tokens` sub-folders."""
+    subsets: list[dict] = []
+    for key, is_reg in (("train_data_dir", False), ("reg_data_dir", True)):
+        root = args[key].value
+        if root is None:
+            continue
+        local = paths.local(root)
+        if local is None or not local.is_dir():
+            why = "is a Windows path" if local is None else "does not exist here"
+            conv.invalid(key, root, args[key].source, f"the folder {why}, so its `N_class tokens` sub-folders "
+                         "cannot be listed", help="convert where the images are, or pass --cwd")
+            return None
+        for sub in sorted(p for p in local.iterdir() if p.is_dir()):
+            subset = _folder_subset(key, root, sub.name, is_reg, conv, args[key].source)
+            if subset is not None:
+                subsets.append(subset)
+    return {"datasets": [{"subsets": subsets}]}
+
+
+def _folder_subset(key: str, root: str, name: str, is_reg: bool, conv: Conversion, source: str) -> dict | None:
+    legacy = Legacy(key=f"{key}/{name}", value=name, source="folder name")
+    head, _, tail = name.partition("_")
+    try:
+        repeats = int(head)
+    except ValueError:
+        conv.ignored(legacy, "the folder name does not start with `<repeats>_` (e.g. `10_sks dog`)")
+        return None
+    if repeats < 1:
+        conv.ignored(legacy, f"{repeats} repeats: kohya skips the folder")
+        return None
+    sep = "\\" if "\\" in root and "/" not in root else "/"
+    return {"image_dir": root.rstrip("\\/") + sep + name, "num_repeats": repeats, "class_tokens": tail,
+            "is_reg": is_reg, "_folder": legacy}
+
+
+def validate(config: dict, script: str, masked_loss: bool, conv: Conversion, source: str) -> list[str] | None:
+    """ConfigSanitizer: the subset kind of each dataset; None when kohya would reject the config."""
+    ok = _check_keys(config, ("general", "datasets"), "", conv, source)
+    general = optional(config, "general", {})
+    if not isinstance(general, dict):
+        conv.invalid("general", general, source, "expected a table")
+        return None
+    datasets = optional(config, "datasets", [])
+    if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+        conv.invalid("datasets", datasets, source, "expected an array of tables ([[datasets]])")
+        return None
+    kinds = [_kind(d, i, script, masked_loss, conv, source) for i, d in enumerate(datasets)]
+    allowed_general = {**ks.DATASET_KEYS, **{k: v for kind in set(filter(None, kinds)) or {"dreambooth"}
+                                               for k, v in ks.ascendable(kind).items()}}
+    ok &= _check_table(general, allowed_general, "general", conv, source)
+    for i, (dataset, kind) in enumerate(zip(datasets, kinds)):
+        ok &= kind is not None and _check_dataset(dataset, i, kind, conv, source)
+    return kinds if ok else None
+
+
+def _kind(dataset: dict, i: int, script: str, masked_loss: bool, conv: Conversion, source: str) -> str | None:
+    subsets = [s for s in optional(dataset, "subsets", []) if isinstance(s, dict)]
+    if script == "train_db":  # ConfigSanitizer(dreambooth, no fine-tuning, controlnet=masked_loss)
+        return "controlnet" if masked_loss else "dreambooth"
+    if masked_loss and subsets and all("conditioning_data_dir" in s for s in subsets):
+        return "controlnet"
+    if subsets and all("metadata_file" in s for s in subsets):
+        return "finetune"
+    if all("metadata_file" not in s for s in subsets):
+        return "dreambooth"
+    conv.invalid(f"datasets[{i}].subsets", "...", source, "DreamBooth subset and fine tuning subset cannot be "
+                 "mixed in the same dataset (kohya ConfigSanitizer)")
+    return None
+
+
+def _check_dataset(dataset: dict, i: int, kind: str, conv: Conversion, source: str) -> bool:
+    allowed = {**ks.DATASET_KEYS, **ks.ascendable(kind), "subsets": None}
+    ok = _check_table(dataset, allowed, f"datasets[{i}]", conv, source)
+    subsets = optional(dataset, "subsets", [])
+    if not isinstance(subsets, list) or not all(isinstance(s, dict) for s in subsets):
+        conv.invalid(f"datasets[{i}].subsets", subsets, source, "expected an array of tables")
+        return False
+    for j, subset in enumerate(subsets):
+        where = f"datasets[{i}].subsets[{j}]"
+        ok &= _check_table(subset, ks.subset_keys(kind), where, conv, source, kind)
+        for key in ks.REQUIRED[kind]:
+            if key not in subset:
+                conv.invalid(f"{where}.{key}", None, source, f"required key not provided ({_kind_rule(kind)})")
+                ok = False
+    return ok
+
+
+def _check_table(table: dict, allowed: dict, where: str, conv: Conversion, source: str, kind: str = "") -> bool:
+    ok = True
+    for key, value in table.items():
+        path = f"{where}.{key}" if where else key
+        if key.startswith("_"):  # the converter's own annotations (legacy folder names)
+            continue
+        if key not in allowed:
+            conv.invalid(path, value, source, f"extra keys not allowed here{_extra_hint(key, kind)}")
+            ok = False
+        elif allowed[key] is not None and ks.type_problem(value, allowed[key]):
+            conv.invalid(path, value, source, ks.type_problem(value, allowed[key]))
+            ok = False
+    return ok
+
+
+def _check_keys(config: dict, allowed: tuple, where: str, conv: Conversion, source: str) -> bool:
+    extra = [k for k in config if k not in allowed]
+    for key in extra:
+        conv.invalid(key, config[key], source, "extra keys not allowed: the top level holds only [general] and "
+                     "[[datasets]]")
+    return not extra
+
+
+def _extra_hint(key: str, kind: str) -> str:
+    if kind == "controlnet" and key in ("is_reg", "class_tokens", "alpha_mask"):
+        return (f": subsets with conditioning_data_dir (masked loss) are validated as ControlNet subsets, which "
+                f"may not set `{key}` (kohya ConfigSanitizer; regularisation images cannot carry masks)")
+    if kind == "dreambooth" and key == "conditioning_data_dir":
+        return ": conditioning_data_dir (loss masks) needs --masked_loss, and then every subset of the dataset " \
+               "must have one (kohya ConfigSanitizer)"
+    if key in ("prior_loss_weight", "max_token_length", "debug_dataset"):
+        return f": `{key}` is a command-line option only"
+    return ""
+
+
+def _kind_rule(kind: str) -> str:
+    return {"controlnet": "masked-loss subsets need image_dir and conditioning_data_dir",
+            "dreambooth": "DreamBooth subsets need image_dir",
+            "finetune": "fine-tuning subsets need metadata_file"}[kind]
+
+
+def resolve(config: dict, kinds: list[str], args: Args, source: str) -> tuple[KDataset, ...]:
+    """Every dataset and subset value through kohya's fallback chain."""
+    general = optional(config, "general", {})
+    out = []
+    for i, (dataset, kind) in enumerate(zip(optional(config, "datasets", []), kinds)):
+        layers = [(dataset, f"datasets[{i}]"), (general, "general")]
+        values = {k: _lookup(k, layers, args, source) for k in ks.DATASET_KEYS}
+        subsets = []
+        for j, subset in enumerate(optional(dataset, "subsets", [])):
+            sub_layers = [(subset, f"datasets[{i}].subsets[{j}]"), *layers]
+            sub_values = {k: _lookup(k, sub_layers, args, source) for k in ks.subset_keys(kind)}
+            for key in ("is_reg", "alpha_mask", "class_tokens", "metadata_file", "conditioning_data_dir"):
+                if key not in sub_values:  # not a key of this subset kind: kohya's dataclass default
+                    sub_values[key] = Legacy(key=key, value=ks.DEFAULTS[key], source="default")
+            if "_folder" in subset:
+                for k in ("image_dir", "num_repeats", "class_tokens", "is_reg"):
+                    sub_values[k] = attrs.evolve(subset["_folder"], value=subset[k])
+            subsets.append(KSubset(index=j, values=sub_values))
+        out.append(KDataset(index=i, kind=kind, values=values, subsets=tuple(subsets)))
+    return tuple(out)
+
+
+def _lookup(key: str, layers: list[tuple[dict, str]], args: Args, source: str) -> Legacy:
+    for table, where in layers:
+        if key in table and table[key] is not None:  # kohya's "first non-None" rule
+            return Legacy(key=f"{where}.{key}", value=table[key], source=source)
+    arg_name = ks.ARGPARSE_NAME[key] if key in ks.ARGPARSE_NAME else key
+    if arg_name in args and args[arg_name].value is not None:
+        return _from_argparse(key, args[arg_name])
+    return Legacy(key=key, value=ks.DEFAULTS[key], source="default")
+
+
+def optional(table: dict, key: str, empty: Any) -> Any:
+    """An optional kohya table or array; unknown keys were already reported by `validate`."""
+    return table[key] if key in table else empty
+
+
+def _from_argparse(key: str, legacy: Legacy) -> Legacy:
+    """CLI strings that kohya's prepare_dataset_args turns into tuples."""
+    value = legacy.value
+    if key in ("resolution", "face_crop_aug_range") and isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            value = [int(p) for p in parts] if key == "resolution" else [float(p) for p in parts]
+        except ValueError:
+            value = legacy.value  # reported by the caller as invalid
+        value = value[0] if key == "resolution" and isinstance(value, list) and len(value) == 1 else value
+    return attrs.evolve(legacy, value=value)

@@ -1,0 +1,226 @@
+"""kohya datasets and subsets -> [[datasets]], [buckets] and the batch size.
+
+Each kohya subset (one image folder) becomes one dbspec dataset. Captions keep kohya's rule: the sidecar file
+`<image stem><caption_extension>` when it exists, else `class_tokens` (captions = "textfile" with `prompt` as the
+fallback). Bucket settings, the batch size and the resolution rules are per [[datasets]] in kohya but global
+(or per dataset) in dbspec: they convert when all kohya datasets agree.
+"""
+
+from __future__ import annotations
+
+import math
+import attrs
+
+from dbspec.compiler import buckets as bk
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.epochs import Bucketing, Img, Part, list_images
+from dbspec.convert.kohya_data import KDataset, KSubset
+from dbspec.convert.kohya_subsets import map_subset, subset_problems
+from dbspec.convert.paths import PathMapper
+
+
+@attrs.frozen(kw_only=True)
+class Layout:
+    """The converted datasets, with what the epoch arithmetic needs."""
+
+    batch_size: Legacy
+    settings: tuple["Settings", ...]  # per kohya [[datasets]]
+    parts: tuple[tuple[KDataset, KSubset, tuple[Img, ...] | None], ...]  # kept subsets, with their images
+    has_class: bool
+    masked: bool
+
+    def epoch_parts(self) -> list[Part] | None:
+        """The kept subsets for epoch arithmetic; None when some folder could not be read here."""
+        if any(images is None for _, _, images in self.parts):
+            return None
+        return [Part(images=images, repeats=s.values["num_repeats"].value, is_class=bool(s.values["is_reg"].value),
+                     group=d.index, bucketing=self.settings[d.index].kohya,
+                     converted=self.settings[d.index].converted) for d, s, images in self.parts]
+
+
+def map_datasets(datasets: tuple[KDataset, ...], script: str, cache_latents: bool, paths: PathMapper,
+                 conv: Conversion) -> Layout | None:
+    if not datasets:
+        conv.invalid("datasets", [], "dataset_config", "no dataset: kohya needs at least one [[datasets]] with "
+                     "subsets (or train_data_dir)")
+        return None
+    settings = [_dataset_settings(d, script, conv) for d in datasets]
+    if any(s is None for s in settings):
+        return None
+    batch = _one(conv, [(d.values["batch_size"], d.values["batch_size"].value) for d in datasets], "batch_size",
+                 "dbspec has one schedule.batch_size for all datasets")
+    shape = _one(conv, [(d.values["enable_bucket"], s.mode_key) for d, s in zip(datasets, settings)],
+                 "bucket settings", "dbspec has one [buckets] table for all datasets")
+    if batch is None or shape is None:
+        return None
+    conv.mapped(datasets[0].values["batch_size"], ("schedule", "batch_size"), batch)
+    _write_buckets(datasets[0], settings[0], conv)
+    parts = _parts(datasets, settings, paths, conv)
+    for out_index, (dataset, subset, images) in enumerate(parts):
+        setting = settings[dataset.index]
+        map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
+        subset_problems(dataset, subset, images, setting, cache_latents, conv)
+    if not parts:
+        conv.invalid("datasets", "...", "dataset_config", "no subset with images and repeats >= 1: kohya has "
+                     "nothing to train")
+        return None
+    uncacheable = [s.values[k] for _, s, _ in parts for k in ("random_crop", "color_aug") if s.values[k].value]
+    if cache_latents and uncacheable:
+        conv.invalid("cache_latents", True, "command line", f"kohya asserts latents are not cached with "
+                     f"random_crop or color_aug (`{uncacheable[0].key}` is on)")
+    has_class = any(s.values["is_reg"].value for _, s, _ in parts)
+    masked = any(d.kind == "controlnet" or s.values["alpha_mask"].value for d, s, _ in parts)
+    return Layout(batch_size=datasets[0].values["batch_size"], settings=tuple(settings), parts=tuple(parts),
+                  has_class=has_class, masked=masked)
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    resolution: tuple[int, int]
+    spec_resolution: int
+    kohya: Bucketing
+    converted: Bucketing
+    mode_key: tuple
+
+
+def _dataset_settings(d: KDataset, script: str, conv: Conversion) -> Settings | None:
+    v = d.values
+    if v["batch_size"].value < 1:
+        conv.invalid(v["batch_size"].key, v["batch_size"].value, v["batch_size"].source, "must be at least 1")
+        return None
+    reso = v["resolution"]
+    size = _resolution(reso, conv)
+    if size is None:
+        return None
+    enabled = bool(v["enable_bucket"].value)
+    step = v["bucket_reso_steps"].value
+    mode = "square" if not enabled else "no_upscale" if v["bucket_no_upscale"].value else "aspect"
+    low, high = v["min_bucket_reso"].value, v["max_bucket_reso"].value
+    if enabled and not _bucket_rules_ok(d, size, script, conv):
+        return None
+    spec_reso = _spec_resolution(reso, size, mode, conv)
+    if spec_reso is None:
+        return None
+    kohya = Bucketing(mode=mode, resolution=size, min_size=low, max_size=high, step=step)
+    converted = attrs.evolve(kohya, resolution=(spec_reso, spec_reso))
+    key = (mode,) if mode == "square" else (mode, step) if mode == "no_upscale" else \
+        (mode, *bk.adjust_min_max(low, high, step), step)
+    return Settings(resolution=size, spec_resolution=spec_reso, kohya=kohya, converted=converted, mode_key=key)
+
+
+def _resolution(reso: Legacy, conv: Conversion) -> tuple[int, int] | None:
+    value = reso.value
+    if value is None:
+        conv.invalid("resolution", None, reso.source, "kohya needs a resolution (DreamBoothDataset asserts one): set "
+                     "--resolution or `resolution` in the dataset config")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, int) and x > 0 for x in value):
+        return (value[0], value[1])
+    conv.invalid(reso.key, value, reso.source, 'expected "N" or "W,H"')
+    return None
+
+
+def _spec_resolution(reso: Legacy, size: tuple[int, int], mode: str, conv: Conversion) -> int | None:
+    width, height = size
+    side = width if width == height else math.isqrt(width * height)
+    if width != height and (mode == "square" or side * side != width * height):
+        conv.unsupported(reso, f"a non-square resolution {width}x{height}: dbspec resolutions are one side N (buckets "
+                         "keep the area N*N); kohya's buckets use only the area, so W*H must be a square number")
+        return None
+    if side % 8 or not 64 <= side <= 4096:
+        conv.unsupported(reso, f"resolution {side}: dbspec needs a multiple of 8 between 64 and 4096")
+        return None
+    return side
+
+
+def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conversion) -> bool:
+    v = d.values
+    step = v["bucket_reso_steps"]
+    multiple = 32 if script.startswith("sdxl") else 64
+    ok = True
+    if step.value < 1:
+        conv.invalid(step.key, step.value, step.source, "kohya divides by bucket_reso_steps")
+        return False
+    if step.value % multiple:
+        conv.invalid(step.key, step.value, step.source, f"{script}.py asserts bucket_reso_steps % {multiple} == 0 "
+                     f"(verify_bucket_reso_steps({multiple})) when buckets are enabled")
+        ok = False
+    elif not v["bucket_no_upscale"].value:
+        for problem in bk.range_violations(size, v["min_bucket_reso"].value, v["max_bucket_reso"].value, step.value):
+            conv.invalid(v["min_bucket_reso"].key, v["min_bucket_reso"].value, v["min_bucket_reso"].source,
+                         f"kohya asserts min(resolution) >= min_bucket_reso and max(resolution) <= max_bucket_reso "
+                         f"(after rounding to bucket_reso_steps): {problem}")
+            ok = False
+    return ok
+
+
+def _one(conv: Conversion, pairs: list[tuple[Legacy, object]], what: str, why: str):
+    values = {value for _, value in pairs}
+    if len(values) == 1:
+        return pairs[0][1]
+    for legacy, value in pairs:
+        conv.unsupported(legacy, f"the [[datasets]] use different {what} ({', '.join(map(str, values))}): {why}")
+    return None
+
+
+def _write_buckets(d: KDataset, s: Settings, conv: Conversion) -> None:
+    v = d.values
+    if s.kohya.mode == "square":
+        conv.mapped(v["enable_bucket"], ("buckets", "mode"), "square",
+                    comment=conv.comment(v["enable_bucket"], "buckets off: one resolution x resolution bucket"))
+        for key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"):
+            conv.inert(v[key], "buckets are off (enable_bucket = false)")
+        return
+    conv.mapped(v["enable_bucket"], ("buckets", "mode"), "aspect")
+    conv.mapped(v["bucket_reso_steps"], ("buckets", "step"), v["bucket_reso_steps"].value)
+    if s.kohya.mode == "no_upscale":
+        conv.mapped(v["bucket_no_upscale"], ("buckets", "no_upscale"), True)
+        for key in ("min_bucket_reso", "max_bucket_reso"):
+            conv.inert(v[key], "ignored with bucket_no_upscale (kohya warns the same)")
+        return
+    low, high = bk.adjust_min_max(v["min_bucket_reso"].value, v["max_bucket_reso"].value, s.kohya.step)
+    conv.mapped(v["min_bucket_reso"], ("buckets", "min_size"), low)
+    conv.mapped(v["max_bucket_reso"], ("buckets", "max_size"), high)
+    conv.record(v["bucket_no_upscale"], "mapped", "buckets.no_upscale")
+
+
+def _parts(datasets, settings, paths: PathMapper, conv: Conversion) -> list:
+    """Subsets kohya actually trains: repeats >= 1, not a repeated folder of the same dataset, not empty, and
+    reg subsets only where the dataset has training images to balance them against."""
+    kept = []
+    for d in datasets:
+        seen: set[str] = set()
+        rows = []
+        for s in d.subsets:
+            image_dir = s.values["image_dir"].value
+            legacy = s.values["image_dir"]
+            if d.kind == "finetune":
+                conv.unsupported(s.values["metadata_file"], "fine-tuning subsets (metadata JSON captions) have no "
+                                 "dbspec equivalent")
+                continue
+            if s.values["num_repeats"].value < 1:
+                conv.ignored(s.values["num_repeats"], "num_repeats < 1: kohya skips the subset")
+                continue
+            if image_dir in seen:
+                conv.ignored(legacy, "the same image_dir appears earlier in this dataset: kohya ignores this subset")
+                continue
+            seen.add(image_dir)
+            local = paths.local(image_dir)
+            images = list_images(local) if local is not None else None
+            if images == ():
+                conv.ignored(legacy, "the folder holds no images: kohya skips the subset")
+                continue
+            rows.append((d, s, images))
+        kept += _drop_unbalanced_reg(rows, conv)
+    return kept
+
+
+def _drop_unbalanced_reg(rows: list, conv: Conversion) -> list:
+    if any(not s.values["is_reg"].value for _, s, _ in rows):
+        return rows
+    for _, s, _ in rows:
+        conv.ignored(s.values["is_reg"], "this [[datasets]] has no training images: kohya balances reg images per "
+                     "dataset against its training images, so these are never used")
+    return []

@@ -1,0 +1,173 @@
+"""kohya's saving, sampling, logging and seed -> [checkpoints], [validation], [output], [logging], schedule.seed.
+
+None of these change the trained weights; they convert exactly where dbspec can say the same, and otherwise
+produce a difference note. Epoch intervals become step intervals with kohya's steps per epoch.
+"""
+
+from __future__ import annotations
+
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.paths import PathMapper
+
+Args = dict[str, Legacy]
+SAMPLERS = {"ddim": "ddim", "pndm": "pndm", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
+            "k_euler_a": "euler_a", "dpmsolver++": "dpmpp"}
+SAVE_DTYPES = {"float": "fp32", "fp16": "fp16", "bf16": "bf16"}
+_FILE_FORMATS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def map_outputs(a: Args, script: str, lora: bool, steps_per_epoch: int | None, paths: PathMapper,
+                conv: Conversion) -> None:
+    out, name = a["output_dir"], a["output_name"]
+    if out.value:
+        conv.mapped(out, ("output", "dir"), paths.for_spec(out.value))
+    conv.mapped(name, ("output", "name"), name.value or "last",
+                comment="" if name.value else conv.comment(name, "kohya names the final file `last`"))
+    _exports(a, script, lora, conv)
+    every = _every(a, "save_every_n_steps", "save_every_n_epochs", steps_per_epoch, ("checkpoints", "every"), conv)
+    if every:
+        _keep(a, every, steps_per_epoch, conv)
+    seed = a["seed"]
+    if seed.value is not None:
+        conv.mapped(seed, ("schedule", "seed"), seed.value)
+    else:
+        conv.record(seed, "defaulted", "schedule.seed", "kohya draws a random seed; dbspec uses 0")
+    logs, tracker = a["logging_dir"], a["log_with"]
+    tensorboard = bool(logs.value) and tracker.value in (None, "tensorboard", "all")
+    conv.mapped(logs, ("logging", "tensorboard"), tensorboard,
+                comment=conv.comment(logs, "kohya logs only when logging_dir is set"))
+    if tracker.value in ("wandb", "all"):
+        conv.differs(tracker, "dbspec logs to TensorBoard only, not to Weights & Biases")
+    _sampling(a, steps_per_epoch, paths, conv)
+
+
+def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
+    fmt, precision = a["save_model_as"], a["save_precision"]
+    if lora:
+        if fmt.value in ("ckpt", "pt"):
+            conv.differs(fmt, "dbspec writes kohya LoRA files as .safetensors", ("checkpoints", "exports"),
+                         ["kohya_lora"])
+        else:
+            conv.mapped(fmt, ("checkpoints", "exports"), ["kohya_lora"])
+    else:
+        base = a["pretrained_model_name_or_path"].value or ""
+        single = fmt.value in ("ckpt", "safetensors") or (fmt.value is None and base.lower().endswith(_FILE_FORMATS))
+        if single:
+            conv.mapped(fmt, ("checkpoints", "exports"), ["single_file"],
+                        comment=conv.comment(fmt, "the base model's format" if fmt.value is None else ""))
+        else:
+            conv.record(fmt, "mapped", "checkpoints", "a diffusers folder, as dbspec saves")
+        if fmt.value == "ckpt" or (single and fmt.value is None and not base.lower().endswith(".safetensors")):
+            conv.differs(fmt, "dbspec writes single files as .safetensors, never pickle .ckpt")
+        if "use_safetensors" in a and a["use_safetensors"].given:
+            conv.inert(a["use_safetensors"], "dbspec always writes safetensors")
+    value = SAVE_DTYPES[precision.value] if precision.value in SAVE_DTYPES else None
+    if value and value != "fp32":
+        conv.mapped(precision, ("checkpoints", "save_precision"), value)
+    else:
+        conv.record(precision, "mapped", "checkpoints.save_precision",
+                    "" if precision.value else "kohya saves in the training dtype (fp32)")
+
+
+def _every(a: Args, steps_key: str, epochs_key: str, per_epoch: int | None, path: tuple,
+           conv: Conversion) -> int:
+    """A step interval from kohya's step and epoch intervals (kohya honours both; dbspec has one)."""
+    steps, epochs = a[steps_key], a[epochs_key]
+    if epochs.value and steps.value and path[0] == "checkpoints":
+        conv.differs(epochs, f"kohya saves every {steps.value} steps and every {epochs.value} epochs; dbspec keeps "
+                     "the step interval")
+    if epochs.value and (path[0] == "validation" or not steps.value):
+        if per_epoch is None:
+            conv.depends(epochs.key, "the images could not be counted here, so the epoch interval could not become "
+                         "a step interval; only the end of the run is covered")
+            conv.record(epochs, "differs", ".".join(path))
+            return 0
+        every = epochs.value * per_epoch
+        conv.mapped(epochs, path, every, comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} steps per epoch"))
+        if steps.value:
+            conv.inert(steps, f"{epochs_key} takes precedence")
+        return every
+    if steps.value:
+        conv.mapped(steps, path, steps.value)
+        return steps.value
+    return 0
+
+
+def _keep(a: Args, every: int, per_epoch: int | None, conv: Conversion) -> None:
+    last_steps, last_epochs = a["save_last_n_steps"], a["save_last_n_epochs"]
+    if last_epochs.value and per_epoch:
+        keep = max(1, last_epochs.value * per_epoch // every)
+        conv.differs(last_epochs, "kohya removes epoch checkpoints older than N epochs; dbspec keeps the last "
+                     f"{keep} checkpoints", ("checkpoints", "keep"), keep)
+    elif last_steps.value:
+        keep = max(1, last_steps.value // every)
+        conv.differs(last_steps, f"kohya removes step checkpoints older than {last_steps.value} steps; dbspec keeps "
+                     f"the last {keep} checkpoints", ("checkpoints", "keep"), keep)
+    else:
+        conv.put(("checkpoints", "keep"), 0, f"{conv.tool} keeps every saved checkpoint")
+    for key in ("save_n_epoch_ratio",):
+        if a[key].value:
+            conv.differs(a[key], "dbspec saves at a step interval; the ratio was not converted")
+
+
+def _sampling(a: Args, per_epoch: int | None, paths: PathMapper, conv: Conversion) -> None:
+    prompts_arg = a["sample_prompts"]
+    keys = ("sample_every_n_steps", "sample_every_n_epochs", "sample_sampler", "sample_at_first")
+    if not prompts_arg.value:
+        for key in keys:
+            if a[key].given:
+                conv.inert(a[key], "no sample_prompts")
+        return
+    if not (a["sample_every_n_steps"].value or a["sample_every_n_epochs"].value or a["sample_at_first"].value):
+        conv.inert(prompts_arg, "kohya samples only with sample_every_n_steps/epochs or sample_at_first")
+        return
+    if not _prompts(prompts_arg, paths, conv):
+        for key in keys:
+            if a[key].given:
+                conv.inert(a[key], "the sample prompts did not convert")
+        return
+    _every(a, "sample_every_n_steps", "sample_every_n_epochs", per_epoch, ("validation", "every"), conv)
+    if a["sample_at_first"].given:
+        conv.inert(a["sample_at_first"], "dbspec validates at its interval and at the end")
+    sampler = a["sample_sampler"]
+    if sampler.value in SAMPLERS and SAMPLERS[sampler.value] != "ddim":
+        conv.mapped(sampler, ("validation", "scheduler"), SAMPLERS[sampler.value])
+    elif sampler.value != "ddim":
+        conv.differs(sampler, "dbspec has no such sampler; validation uses ddim")
+    else:
+        conv.record(sampler, "mapped", "validation.scheduler")
+
+
+def _prompts(legacy: Legacy, paths: PathMapper, conv: Conversion) -> bool:
+    local = paths.local(legacy.value)
+    if local is None or not local.is_file() or local.suffix.lower() != ".txt":
+        conv.differs(legacy, "only .txt prompt files that can be read here convert; the spec has no validation")
+        return False
+    parsed = [_prompt_line(line) for line in local.read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.lstrip().startswith("#")]
+    if not parsed:
+        conv.inert(legacy, "the prompt file is empty")
+        return False
+    conv.mapped(legacy, ("validation", "prompts"), [p for p, _ in parsed])
+    conv.put(("validation", "steps"), 30, f"{conv.tool} samples with 30 steps unless a prompt says --s")
+    for flag, key, cast in (("n", "negative_prompt", str), ("s", "steps", int), ("l", "guidance", float),
+                            ("d", "seed", int)):
+        values = {opts[flag] for _, opts in parsed if flag in opts}
+        if len(values) == 1 and all(flag in opts for _, opts in parsed):
+            conv.put(("validation", key), cast(values.pop()), conv.comment(legacy, f"--{flag} in the prompt file"))
+        elif values:
+            conv.differs(legacy, f"prompts set different --{flag}; dbspec has one {key} for all")
+    if any(flag in opts for _, opts in parsed for flag in ("w", "h", "ss")):
+        conv.differs(legacy, "per-prompt sizes and samplers (--w/--h/--ss) do not convert: validation images use the "
+                     "first dataset's resolution")
+    return True
+
+
+def _prompt_line(line: str) -> tuple[str, dict[str, str]]:
+    """kohya's sample prompt syntax: `prompt --n negative --w 512 --s 28 ...` (split at " --")."""
+    parts = line.strip().split(" --")
+    options = {}
+    for part in parts[1:]:
+        flag, _, value = part.strip().partition(" ")
+        options[flag.lower()] = value.strip()
+    return parts[0].strip(), options

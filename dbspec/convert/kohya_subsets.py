@@ -1,0 +1,168 @@
+"""One kohya subset -> one [[datasets]] entry, and every subset setting dbspec cannot keep."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.epochs import Img
+from dbspec.convert.kohya_data import KDataset, KSubset
+from dbspec.convert.paths import PathMapper
+
+_SMALL = 64  # dbspec's default min_image_size
+
+# subset key -> (value that changes nothing, why dbspec cannot express another value)
+_UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "shuffle_caption": (False, "dbspec does not shuffle caption tags"),
+    "caption_dropout_rate": (0.0, "dbspec has no caption dropout"),
+    "caption_dropout_every_n_epochs": (0, "dbspec has no caption dropout"),
+    "caption_tag_dropout_rate": (0.0, "dbspec has no caption tag dropout"),
+    "token_warmup_step": (0, "dbspec has no token warm-up"),
+    "enable_wildcard": (False, "dbspec reads the first caption line literally ({a|b} wildcards are kohya's)"),
+    "keep_tokens_separator": ("", "dbspec does not split captions at a keep_tokens separator"),
+    "secondary_separator": (None, "dbspec does not rewrite caption separators"),
+    "color_aug": (False, "dbspec has no colour augmentation"),
+    "face_crop_aug_range": (None, "dbspec has no face-crop augmentation"),
+    "custom_attributes": (None, "dbspec has no custom subset attributes (e.g. diff_output_preservation)"),
+}
+# keys that only matter together with an unsupported feature
+_INERT_WITHOUT: dict[str, str] = {
+    "keep_tokens": "only affects caption shuffling and tag dropout, which are off",
+    "caption_separator": "only affects caption shuffling and tag dropout, which are off",
+    "token_warmup_min": "token warm-up is off (token_warmup_step = 0)",
+    "cache_info": "a kohya cache file; no effect on training",
+}
+
+
+def map_subset(i: int, dataset: KDataset, subset: KSubset, images: tuple[Img, ...] | None, resolution: int,
+               paths: PathMapper, conv: Conversion) -> None:
+    v = subset.values
+    at = ("datasets", i)
+    image_dir = v["image_dir"]
+    conv.put((*at, "name"), _unique_name(conv, v, paths), f"{conv.tool} {image_dir.key}: a name for the folder")
+    conv.mapped(image_dir, (*at, "path"), paths.for_spec(image_dir.value))
+    if v["is_reg"].value:
+        conv.mapped(v["is_reg"], (*at, "role"), "class")
+    else:
+        conv.record(v["is_reg"], "mapped", "datasets.role")
+    _captions(at, dataset, v, conv)
+    conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
+    reso = dataset.values["resolution"]
+    conv.mapped(reso, (*at, "resolution"), resolution)
+    if v["random_crop"].value:
+        conv.mapped(v["random_crop"], (*at, "crop"), "random")
+    else:
+        conv.record(v["random_crop"], "mapped", "datasets.crop")
+    _flag(conv, v["flip_aug"], (*at, "flip"))
+    if dataset.kind == "controlnet":
+        cond = v["conditioning_data_dir"]
+        conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
+    elif "alpha_mask" in v:
+        _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
+    if images and any(min(img.oriented) < _SMALL for img in images):
+        conv.put((*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)")
+
+
+def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion) -> None:
+    ext = v["caption_extension"]
+    extension = ext.value if ext.value.startswith(".") else "." + ext.value  # kohya prepends the dot
+    note = "caption files, else class_tokens" if dataset.kind == "dreambooth" else "caption files"
+    conv.put((*at, "captions"), "textfile", f"{conv.tool} reads <image stem>{extension}: {note}")
+    conv.mapped(ext, (*at, "caption_extension"), extension)
+    tokens = v["class_tokens"] if "class_tokens" in v else None
+    if tokens is not None and tokens.value:
+        conv.mapped(tokens, (*at, "prompt"), tokens.value)
+    for key in ("caption_prefix", "caption_suffix"):
+        if v[key].value:
+            conv.mapped(v[key], (*at, key), v[key].value)
+
+
+def _flag(conv: Conversion, legacy: Legacy, path: tuple) -> None:
+    if legacy.value:
+        conv.mapped(legacy, path, True)
+    else:
+        conv.record(legacy, "mapped", ".".join(str(p) for p in path if isinstance(p, str)))
+
+
+def _unique_name(conv: Conversion, v: dict[str, Legacy], paths: PathMapper) -> str:
+    folder = paths.name_of(v["image_dir"].value) or "images"
+    base = re.sub(r"^\d+_", "", folder).strip() or folder
+    taken = {value for path, (value, _) in conv.values.items() if path[0] == "datasets" and path[-1] == "name"}
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def subset_problems(dataset: KDataset, subset: KSubset, images: tuple[Img, ...] | None, setting,
+                    cache_latents: bool, conv: Conversion) -> None:
+    v = subset.values
+    for key, (neutral, why) in _UNSUPPORTED.items():
+        if key in v and v[key].value not in (neutral, None, "", 0, {}):
+            conv.unsupported(v[key], why)
+        elif key in v and v[key].given:
+            conv.inert(v[key], "the value kohya treats as off")
+    for key, why in _INERT_WITHOUT.items():
+        if key in v and v[key].given:
+            conv.inert(v[key], why)
+    interp = v["resize_interpolation"]
+    if interp.value is not None:
+        conv.differs(interp, "dbspec resizes with its own filter; the images keep the same size and crop")
+    _dataset_level(dataset, conv)
+    if images is not None:
+        _caption_coverage(subset, images, conv)
+        _image_checks(subset, images, setting, cache_latents, conv)
+    if dataset.kind == "controlnet" or ("alpha_mask" in v and v["alpha_mask"].value):
+        key = v["conditioning_data_dir"] if dataset.kind == "controlnet" else v["alpha_mask"]
+        conv.differs(key, "kohya multiplies the loss by the mask and averages over the whole image; dbspec divides "
+                     "by the mask area, so a small mask does not shrink the loss")
+
+
+def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
+    v = dataset.values
+    if v["network_multiplier"].value != 1.0:
+        conv.unsupported(v["network_multiplier"], "dbspec applies every LoRA at full strength during training")
+    if v["validation_split"].value:
+        conv.unsupported(v["validation_split"], "dbspec has no held-out validation split")
+    for key in ("validation_seed", "network_multiplier", "validation_split"):
+        if v[key].given and v[key].key not in conv.reports:
+            conv.inert(v[key], "no effect with these settings")
+
+
+def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion) -> None:
+    v = subset.values
+    tokens = v["class_tokens"].value if "class_tokens" in v else None
+    if tokens:
+        return
+    ext = v["caption_extension"].value
+    ext = ext if ext.startswith(".") else "." + ext
+    bare = [img.path.name for img in images if not img.path.with_suffix(ext).is_file()]
+    if bare:
+        conv.unsupported(v["image_dir"], f"{len(bare)} image(s) (e.g. {bare[0]}) have no {ext} caption file and the "
+                         "subset has no class_tokens: kohya trains them with an empty caption, dbspec needs a caption",
+                         help="add caption files or class_tokens (or a `N_class tokens` folder name)")
+
+
+def _image_checks(subset: KSubset, images: tuple[Img, ...], setting, cache_latents: bool, conv: Conversion) -> None:
+    v = subset.values
+    turned = [img.path.name for img in images if img.orientation != 1]
+    if turned:
+        conv.differs(v["image_dir"], f"{len(turned)} image(s) (e.g. {turned[0]}) carry an EXIF rotation: kohya "
+                     "trains the stored pixels, dbspec (like diffusers) trains the upright image")
+    if setting.kohya.mode != "square" or cache_latents:
+        return
+    width, height = setting.resolution
+    small = [img.path.name for img in images if img.size[0] < width or img.size[1] < height]
+    large = [img.path.name for img in images if img.size != (width, height) and img.path.name not in small]
+    if small:
+        conv.invalid(v["image_dir"].key, v["image_dir"].value, v["image_dir"].source,
+                     f"with buckets and cache_latents off kohya asserts every image is at least {width}x{height}; "
+                     f"{small[0]} is smaller")
+    elif large and not v["random_crop"].value:
+        conv.invalid(v["image_dir"].key, v["image_dir"].value, v["image_dir"].source,
+                     f"with buckets, cache_latents and random_crop off kohya asserts images are exactly "
+                     f"{width}x{height}; {large[0]} is larger")
+    elif large:
+        conv.differs(v["random_crop"], "without buckets or cached latents kohya crops a random window from the "
+                     "unresized image; dbspec resizes the image to cover the square first, then crops")

@@ -1,0 +1,225 @@
+"""kohya's run length, LR schedule, text-encoder training, learning rates and optimizer -> [schedule],
+[train] and [optimizer]."""
+
+from __future__ import annotations
+
+import attrs
+
+from dbspec.compiler.schedule import LR_SCHEDULES
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.optimizers import kohya_optimizer, optimizer_settings, parse_kohya_args
+from dbspec.spec.model import Optimizer
+
+Args = dict[str, Legacy]
+_OPTIMIZER_DEFAULTS = {f.name: f.default for f in attrs.fields(Optimizer) if not isinstance(f.default, attrs.Factory)}
+_OPTIMIZER_DEFAULTS["betas"] = [0.9, 0.999]
+
+
+@attrs.frozen(kw_only=True)
+class Length:
+    total_steps: int | None  # kohya's max_train_steps after the epoch override; None when not countable here
+    steps_per_epoch: int | None  # kohya's
+
+
+def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, conv: Conversion) -> Length:
+    accum = a["gradient_accumulation_steps"]
+    if accum.value != 1:
+        conv.mapped(accum, ("schedule", "accumulation"), accum.value)
+    else:
+        conv.record(accum, "mapped", "schedule.accumulation")
+    per_epoch = -(-kohya_batches // accum.value) if kohya_batches else None
+    epochs, steps = a["max_train_epochs"], a["max_train_steps"]
+    if epochs.value is None:
+        conv.mapped(steps, ("schedule", "steps"), steps.value)
+        return Length(total_steps=steps.value, steps_per_epoch=per_epoch)
+    if steps.given:
+        conv.inert(steps, "max_train_epochs overrides it")
+    if per_epoch is None:
+        conv.mapped(epochs, ("schedule", "epochs"), epochs.value)
+        conv.depends(epochs.key, "the image folders could not be read here, so the epoch length was not checked "
+                     "against kohya's")
+        return Length(total_steps=None, steps_per_epoch=None)
+    total = epochs.value * per_epoch
+    if dbspec_batches == kohya_batches:
+        conv.mapped(epochs, ("schedule", "epochs"), epochs.value,
+                    note=f"{per_epoch} steps per epoch in both, {total} steps")
+    else:
+        conv.differs(epochs, f"kohya's epoch has {kohya_batches} batches, the converted spec's {dbspec_batches} (kohya "
+                     "batches each [[datasets]] apart and ignores EXIF rotation): the run keeps kohya's "
+                     f"{total} steps", ("schedule", "steps"), total,
+                     comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} kohya steps per epoch"))
+    return Length(total_steps=total, steps_per_epoch=per_epoch)
+
+
+def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
+    name, warm = a["lr_scheduler"], a["lr_warmup_steps"]
+    for key in ("lr_scheduler_type", "lr_scheduler_args"):
+        if a[key].value:
+            conv.unsupported(a[key], "a custom scheduler class or its arguments")
+    if name.value not in LR_SCHEDULES:
+        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+        return
+    if name.value != "constant":
+        conv.mapped(name, ("schedule", "lr_schedule"), name.value)
+    else:
+        conv.record(name, "mapped", "schedule.lr_schedule")
+    if warm.value and name.value == "constant":
+        conv.invalid(warm.key, warm.value, warm.source, "kohya raises `constant does not require num_warmup_steps`",
+                     help="use lr_scheduler constant_with_warmup, or drop the warm-up")
+    elif isinstance(warm.value, float) and warm.value:
+        if total is None:
+            conv.unsupported(warm, "a warm-up ratio of an epoch-based run: the images could not be counted here, so "
+                             "the step count it is a ratio of is unknown", help="convert where the images are")
+        else:
+            steps = int(warm.value * total)  # kohya get_scheduler_fix: int(ratio * max_train_steps)
+            conv.mapped(warm, ("schedule", "warmup_steps"), steps,
+                        comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"))
+    elif warm.value:
+        conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
+    else:
+        conv.record(warm, "mapped", "schedule.warmup_steps")
+    _schedule_shape(a, name.value, conv)
+
+
+def _schedule_shape(a: Args, name: str, conv: Conversion) -> None:
+    cycles, power = a["lr_scheduler_num_cycles"], a["lr_scheduler_power"]
+    if name == "cosine_with_restarts":
+        conv.mapped(cycles, ("schedule", "cycles"), cycles.value)
+    elif cycles.given:
+        conv.inert(cycles, f"only cosine_with_restarts uses it; {name} does not")
+    if name == "polynomial" and power.value != 1.0:
+        conv.unsupported(power, "dbspec's polynomial schedule has power 1")
+    elif power.given:
+        conv.inert(power, "power 1 is dbspec's" if name == "polynomial" else f"{name} does not use it")
+    for key in ("lr_decay_steps", "lr_scheduler_timescale", "lr_scheduler_min_lr_ratio"):
+        if a[key].given:
+            conv.inert(a[key], f"{name} does not use it")
+
+
+def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) -> bool:
+    """[train] text_encoder and its stop step; returns whether the text encoder trains."""
+    if script == "train_db":
+        return _train_db_text_encoder(a, total, conv)
+    cached = "cache_text_encoder_outputs" in a and a["cache_text_encoder_outputs"]
+    if script == "sdxl_train":
+        flag = a["train_text_encoder"]
+        if flag.value and cached.value:
+            conv.invalid(cached.key, True, cached.source, "sdxl_train.py asserts that text-encoder outputs are not "
+                         "cached while the text encoders train")
+        _write_flag(conv, flag, bool(flag.value))
+        return bool(flag.value)
+    unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
+    if cached and cached.value and not unet_only.value:
+        conv.invalid(cached.key, True, cached.source, "kohya asserts network_train_unet_only when text-encoder "
+                     "outputs are cached (a text-encoder LoRA cannot train on cached outputs)")
+    trains = not unet_only.value
+    _write_flag(conv, unet_only, trains, note="kohya trains text-encoder LoRA unless network_train_unet_only")
+    if te_only.value:
+        conv.mapped(te_only, ("train", "unet"), False)
+    return trains
+
+
+def _train_db_text_encoder(a: Args, total: int | None, conv: Conversion) -> bool:
+    stop = a["stop_text_encoder_training"]
+    if stop.value is None:
+        conv.mapped(stop, ("train", "text_encoder"), True,
+                    comment=conv.comment(stop, "train_db trains the text encoder unless told otherwise"))
+        return True
+    if stop.value <= 0:  # -1: never; 0: kohya stops before the first step
+        conv.mapped(stop, ("train", "text_encoder"), False, note="kohya never updates the text encoder")
+        return False
+    conv.mapped(stop, ("train", "text_encoder"), True)
+    if total is not None and stop.value >= total:
+        conv.record(stop, "mapped", "train.text_encoder", f"not below the {total} steps: trains the whole run")
+    else:
+        conv.mapped(stop, ("train", "text_encoder_stop_step"), stop.value)
+    return True
+
+
+def _write_flag(conv: Conversion, legacy: Legacy, trains: bool, note: str = "") -> None:
+    if trains:
+        conv.put(("train", "text_encoder"), True, conv.comment(legacy, note))
+        conv.record(legacy, "mapped", "train.text_encoder")
+    else:
+        conv.record(legacy, "mapped", "train.text_encoder")
+
+
+def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversion) -> None:
+    lr = a["learning_rate"]
+    unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
+    if not unet_lr.value:
+        conv.unsupported(unet_lr, "a learning rate of 0 freezes the U-Net; set train.unet = false in the spec "
+                         "instead (dbspec needs a positive lr)")
+        return
+    conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
+    te = _text_encoder_lr(a, script, lr, conv)
+    if te is not None and text_encoder:
+        if float(te.value) != float(unet_lr.value):
+            conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
+        else:
+            conv.record(te, "mapped", "optimizer.text_encoder_lr")
+    elif te is not None and te.given and te is not lr:
+        conv.inert(te, "the text encoder does not train")
+    if lr.given and lr.key not in conv.reports:
+        conv.inert(lr, "unet_lr and text_encoder_lr take its place")
+
+
+def _text_encoder_lr(a: Args, script: str, lr: Legacy, conv: Conversion) -> Legacy | None:
+    if script == "train_db":
+        te = a["learning_rate_te"]
+        return te if te.value is not None else lr
+    if script == "sdxl_train":
+        te1, te2 = a["learning_rate_te1"], a["learning_rate_te2"]
+        values = [x.value if x.value is not None else lr.value for x in (te1, te2)]
+        if values[0] != values[1]:
+            conv.unsupported(te2 if te2.given else te1, f"the two SDXL text encoders train at different rates "
+                             f"({values[0]} and {values[1]}): dbspec has one text_encoder_lr")
+            return None
+        return te1 if te1.value is not None else te2 if te2.value is not None else lr
+    te = a["text_encoder_lr"]
+    values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
+    if len(set(map(float, values))) > 1:
+        conv.unsupported(te, "one rate per text encoder: dbspec has one text_encoder_lr")
+        return None
+    return attrs.evolve(te, value=float(values[0])) if values else lr  # kohya falls back to learning_rate
+
+
+def map_optimizer(a: Args, conv: Conversion) -> None:
+    kind_arg = a["optimizer_type"]
+    legacy_flags = [a[k] for k in ("use_8bit_adam", "use_lion_optimizer") if a[k].value]
+    if legacy_flags and kind_arg.value:
+        conv.invalid(legacy_flags[0].key, True, legacy_flags[0].source, "kohya asserts optimizer_type and "
+                     "use_8bit_adam/use_lion_optimizer are not used together")
+        return
+    if legacy_flags:
+        name = "AdamW8bit" if legacy_flags[0].key == "use_8bit_adam" else "Lion"
+        kind_arg = attrs.evolve(legacy_flags[0], value=name)
+    name = kohya_optimizer(kind_arg.value)
+    if name.kind is None:
+        conv.unsupported(kind_arg, name.why)
+        return
+    if name.why:
+        conv.differs(kind_arg, name.why, ("optimizer", "kind"), name.kind)
+    else:
+        conv.mapped(kind_arg, ("optimizer", "kind"), name.kind)
+    args = a["optimizer_args"]
+    kwargs, problems = parse_kohya_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    settings = optimizer_settings(name.kind, kwargs)
+    for key, value in settings.values.items():
+        if value == _OPTIMIZER_DEFAULTS[key]:
+            continue
+        source = args if key in kwargs else kind_arg
+        conv.put(("optimizer", key), value,
+                 conv.comment(source, "" if key in kwargs else f"{kind_arg.value or 'AdamW'} default"))
+    if settings.unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in settings.unsupported.items())
+        conv.unsupported(args, f"optimizer arguments dbspec does not set: {rest}")
+    elif args.given:
+        conv.record(args, "mapped", "optimizer")
+    norm = a["max_grad_norm"]
+    if norm.value != 1.0:
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), float(norm.value))
+    else:
+        conv.record(norm, "mapped", "optimizer.max_grad_norm")

@@ -1,0 +1,75 @@
+"""The launcher part of a command (`accelerate launch --num_processes 2 ...`, `python`), and reading inputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.shell import Command, split_command
+
+_VALUED = {"num_processes", "num_machines", "mixed_precision", "gpu_ids", "num_cpu_threads_per_process",
+           "main_process_port", "main_process_ip", "machine_rank", "dynamo_backend", "config_file",
+           "gradient_accumulation_steps", "rdzv_backend", "same_network", "deepspeed_config_file", "zero_stage"}
+
+
+class InputError(Exception):
+    """A legacy input file cannot be read (reported as DBS401)."""
+
+
+def read_command(spec: str, cwd: Path) -> tuple[Command, str]:
+    """A command from a file path, `-` (standard input) or the command text itself; and its label."""
+    if spec == "-":
+        return split_command(sys.stdin.read()), "standard input"
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else cwd / path
+    if _is_file(path) or not any(c.isspace() for c in spec.strip()):
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the command file `{spec}`: {exc}") from None
+        windows = {".bat": True, ".cmd": True, ".sh": False}.get(path.suffix.lower())
+        return split_command(text, windows), str(spec)
+    return split_command(spec), "the command text"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a command text too long to be a file name
+        return False
+
+
+def launcher_options(command: Command) -> dict[str, Legacy]:
+    """`accelerate launch` options, keyed `accelerate launch --name`."""
+    tokens = list(command.launcher)
+    out: dict[str, Legacy] = {}
+    if "launch" not in tokens:
+        return out
+    i = tokens.index("launch") + 1
+    while i < len(tokens):
+        name, eq, value = tokens[i].lstrip("-").partition("=")
+        name = name.replace("-", "_")
+        if not eq and name in _VALUED and i + 1 < len(tokens):
+            value, i = tokens[i + 1], i + 1
+        out[name] = Legacy(key=f"accelerate launch --{name}", value=value if (eq or name in _VALUED) else True,
+                           source="command line")
+        i += 1
+    return out
+
+
+def report_launcher(options: dict[str, Legacy], conv: Conversion, script_sets_precision: bool) -> None:
+    """Every launcher option's fate. The script's own --mixed_precision wins over accelerate's (kohya always
+    passes one; diffusers scripts only when given)."""
+    for name, legacy in options.items():
+        if name == "num_processes" and str(legacy.value) not in ("1", "True"):
+            conv.differs(legacy, f"{legacy.value} processes: dbspec takes the process count from the machine it "
+                         "runs on (`dbspec plan --target`); per-process batch size and step counts are kept")
+        elif name == "multi_gpu":
+            conv.differs(legacy, "dbspec takes the process count from the machine it runs on")
+        elif name == "mixed_precision" and not script_sets_precision:
+            conv.record(legacy, "mapped", "precision.mixed")
+        elif name == "mixed_precision":
+            conv.inert(legacy, "the script passes its own --mixed_precision, which wins over accelerate's")
+        else:
+            conv.inert(legacy, "launcher setting: no effect on what trains")

@@ -1,0 +1,98 @@
+"""Legacy optimizer names and arguments -> [optimizer].
+
+dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), lion (lion_pytorch Lion), sgd (torch
+SGD, no Nesterov), adafactor (transformers Adafactor with a fixed LR: relative_step, scale_parameter and
+warmup_init off), prodigy (prodigyopt Prodigy with its default d0/d_coef/...). Each legacy optimizer is mapped
+with the defaults its legacy constructor would use, so weight decay and betas stay what they were.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import attrs
+
+# kind -> defaults of the constructor the legacy tool calls (weight_decay, betas, eps)
+_DEFAULTS = {
+    "adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # torch.optim.AdamW, bnb AdamW8bit
+    "adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},
+    "lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},  # lion_pytorch.Lion, bnb Lion8bit
+    "sgd": {"weight_decay": 0.0, "momentum": 0.0},  # torch.optim.SGD
+    "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
+    "prodigy": {"weight_decay": 0.0, "betas": [0.9, 0.999]},  # prodigyopt.Prodigy
+}
+# Keyword arguments of the legacy constructors that dbspec keeps exactly when they hold these values.
+_HARMLESS = {
+    "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},
+    "prodigy": {"d0": 1e-6, "d_coef": 1.0, "decouple": True, "use_bias_correction": False,
+                "safeguard_warmup": False, "beta3": None, "growth_rate": float("inf")},
+    "adamw": {"amsgrad": False}, "adamw8bit": {"amsgrad": False},
+}
+_SETTABLE = {"weight_decay", "betas", "eps", "momentum"}
+
+
+@attrs.frozen(kw_only=True)
+class KohyaName:
+    kind: str | None  # None: no dbspec equivalent
+    why: str = ""  # for None: why not; else a difference worth saying ("" when exact)
+
+
+def kohya_optimizer(name: str) -> KohyaName:
+    """kohya get_optimizer: case-insensitive names; other names are torch.optim classes or dotted paths."""
+    lower = name.lower()
+    exact = {"": "adamw", "adamw": "adamw", "adamw8bit": "adamw8bit", "lion": "lion", "adafactor": "adafactor",
+             "prodigy": "prodigy", "torch.optim.adamw": "adamw", "bitsandbytes.optim.adamw8bit": "adamw8bit",
+             "sgd": "sgd", "torch.optim.sgd": "sgd"}
+    if lower in exact and (lower != "sgd" or name == "SGD"):
+        return KohyaName(kind=exact[lower])
+    paged = {"pagedadamw": "adamw", "pagedadamw32bit": "adamw", "pagedadamw8bit": "adamw8bit"}
+    if lower in paged:
+        return KohyaName(kind=paged[lower], why="bitsandbytes' paged variant: the same update, only the optimizer "
+                         "state is paged to CPU memory; dbspec keeps it on the device")
+    if lower in ("lion8bit", "pagedlion8bit"):
+        return KohyaName(kind="lion", why="bitsandbytes' 8-bit Lion keeps quantised optimizer state; dbspec's Lion "
+                         "keeps it in 32 bits (the same update up to quantisation)")
+    if lower.startswith("sgdnesterov"):
+        return KohyaName(kind=None, why="SGD with Nesterov momentum (kohya adds momentum=0.9): dbspec's sgd has no "
+                         "Nesterov option")
+    return KohyaName(kind=None, why=f"dbspec has no {name} optimizer (it has adamw, adamw8bit, lion, sgd, "
+                     "adafactor, prodigy)")
+
+
+def parse_kohya_args(items: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """kohya's `optimizer_args`: "key=value" with value = ast.literal_eval(value) ("betas=0.9,0.99" -> tuple)."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for item in items:
+        key, eq, text = str(item).partition("=")
+        if not eq:
+            problems.append(f"`{item}` is not key=value")
+            continue
+        try:
+            values[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            problems.append(f"`{item}`: the value is not a Python literal (kohya uses ast.literal_eval)")
+    return values, problems
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum)
+    unsupported: dict[str, Any]  # legacy keyword arguments dbspec cannot express
+
+
+def optimizer_settings(kind: str, kwargs: dict[str, Any]) -> Settings:
+    """Legacy constructor kwargs over the constructor's defaults, split into dbspec keys and the rest."""
+    merged = {**_DEFAULTS[kind], **{k: v for k, v in kwargs.items() if k in _SETTABLE}}
+    if "betas" in merged:
+        merged["betas"] = [float(b) for b in merged["betas"]]
+    if kind != "sgd":
+        merged.pop("momentum", None)
+    harmless = _HARMLESS[kind] if kind in _HARMLESS else {}
+    rest = {k: v for k, v in kwargs.items() if k not in _SETTABLE and not (k in harmless and harmless[k] == v)}
+    if kind == "adafactor":  # dbspec runs Adafactor with a fixed LR: relative_step etc. must be off
+        for key, value in (("relative_step", True), ("scale_parameter", True)):
+            if key not in kwargs:
+                rest[key] = f"{value} (Adafactor's default)"
+    return Settings(values=merged, unsupported=rest)

@@ -1,0 +1,113 @@
+"""Shared fixtures for the `dbspec convert` tests: image folders made with PIL, running a converter into a
+spec file, and compiling that spec to a plan for an RTX-4090-like target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dbspec.convert import convert
+from dbspec.convert.diffusers import DiffusersRequest, convert_diffusers
+from dbspec.convert.kohya import convert_kohya
+from dbspec.convert.kohya_inputs import KohyaRequest
+from dbspec.convert.run import Outcome
+from dbspec.convert.simpletuner import SimpleTunerRequest, convert_simpletuner
+from dbspec.frontend import check_spec, plan_spec
+from dbspec.plan.model import Plan, TargetEnv
+
+GPU = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
+SD15 = "runwayml/stable-diffusion-v1-5"
+SD21 = "stabilityai/stable-diffusion-2-1"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hub ids never resolve from this machine's cache: plans use the published models' facts."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
+def images(folder: Path, count: int, size: tuple[int, int] = (96, 64), *, prefix: str = "img", ext: str = ".png",
+           mode: str = "RGB", caption: str | None = None, caption_ext: str = ".caption",
+           orientation: int | None = None) -> list[Path]:
+    """`count` small images (and caption files when `caption` is given)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(count):
+        path = folder / f"{prefix}{i:03d}{ext}"
+        color = (40 + i % 200, 90, 160) if mode == "RGB" else (40 + i % 200, 90, 160, 128)
+        image = Image.new(mode, size, color)
+        if orientation is not None:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            image.save(path, exif=exif)
+        else:
+            image.save(path)
+        if caption is not None:
+            path.with_suffix(caption_ext).write_text(f"{caption} {i}\n", encoding="utf-8")
+        made.append(path)
+    return made
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def out_path(tmp: Path) -> Path:
+    return tmp / "specs" / "converted.toml"
+
+
+def kohya(tmp: Path, *, allow: bool = False, **request) -> Outcome:
+    req = KohyaRequest(cwd=tmp, **request)
+    out = out_path(tmp)
+    return convert(lambda: convert_kohya(req, out, allow), out)
+
+
+def diffusers(tmp: Path, command: str, *, allow: bool = False) -> Outcome:
+    req = DiffusersRequest(command=command, cwd=tmp)
+    out = out_path(tmp)
+    return convert(lambda: convert_diffusers(req, out, allow), out)
+
+
+def simpletuner(tmp: Path, config: str, backend: str | None, *, allow: bool = False) -> Outcome:
+    req = SimpleTunerRequest(config=Path(config), backend=Path(backend) if backend else None, cwd=tmp)
+    out = out_path(tmp)
+    return convert(lambda: convert_simpletuner(req, out, allow), out)
+
+
+def plan_of(outcome: Outcome, tmp: Path, overrides: list[str] | None = None) -> Plan:
+    """The converted spec passes `dbspec check` and compiles; its plan."""
+    assert outcome.written, errors(outcome)
+    return plan_at(out_path(tmp), overrides)
+
+
+def plan_at(path: Path, overrides: list[str] | None = None) -> Plan:
+    checked = check_spec(path)
+    assert not [d for d in checked.diagnostics if d.severity == "error"], checked.diagnostics
+    planned = plan_spec(path, GPU, overrides=overrides)
+    assert planned.plan is not None, [f"{d.code} {d.path}: {d.message}" for d in planned.diagnostics]
+    return planned.plan
+
+
+def errors(outcome: Outcome) -> list[str]:
+    return [f"{d.code} {d.path}: {d.message}" for d in outcome.diagnostics if d.severity == "error"]
+
+
+def codes(outcome: Outcome) -> set[str]:
+    return {d.code for d in outcome.diagnostics}
+
+
+def messages(outcome: Outcome, code: str) -> str:
+    return "\n".join(d.message for d in outcome.diagnostics if d.code == code)
+
+
+def fate(outcome: Outcome, key: str) -> str:
+    return outcome.conversion.reports[key].fate
+
+
+def repeats(plan: Plan, dataset: int) -> list[int]:
+    return [img.repeats for img in plan.datasets[dataset].images]
