@@ -129,8 +129,9 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                 accelerator.backward(result.loss / len(batches))
                 step_loss += value / len(batches)
                 terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
-            if plan.optimizer.max_grad_norm > 0:  # unscales fp16 gradients first
-                accelerator.clip_grad_norm_(unet_params + text_params, plan.optimizer.max_grad_norm)
+            if plan.optimizer.max_grad_norm > 0:
+                accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
+                torch.nn.utils.clip_grad_norm_(unet_params + text_params, plan.optimizer.max_grad_norm)
             optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
             lr_scheduler.step()
             step += 1
@@ -140,7 +141,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
             if stop_text_at and step == stop_text_at:
                 freeze_text_encoders(parts, optimizer)
             log.write(step, {"loss": step_loss, **terms, "lr": lr_scheduler.get_last_lr()[0],
-                             "epoch": sampler.epoch})
+                             "epoch": sampler.epoch, "seconds": time.perf_counter() - started})
             progress.update(step=step, loss=step_loss, lr=lr_scheduler.get_last_lr()[0])
 
             if step in plan.validation.steps:

@@ -74,10 +74,20 @@ def sample_latents(parts: Parts, entries: list[dict]) -> torch.Tensor:
     return ((mean + std * noise) * parts.vae.config.scaling_factor).to(parts.device)
 
 
+def _text_entry(parts: Parts, key: str) -> dict | None:
+    """A cached text embedding, read from disk once per run (captions repeat every step)."""
+    if key not in parts.memo:
+        entry = parts.text_cache.get(key)
+        if entry is None:
+            return None
+        parts.memo[key] = entry
+    return parts.memo[key]
+
+
 def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
     plan = parts.plan
     if parts.text_cache is not None and not parts.text_trains and all(s.img.text_key for s in batch):
-        entries = [parts.text_cache.get(s.img.text_key) for s in batch]
+        entries = [_text_entry(parts, s.img.text_key) for s in batch]
         if all(e is not None for e in entries):
             return {k: torch.stack([e[k] for e in entries]).to(parts.device) for k in entries[0]}
     with torch.set_grad_enabled(parts.text_trains):
