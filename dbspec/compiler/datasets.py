@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -102,14 +103,20 @@ def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None, key
 
 def caption_for(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
     if d.captions == "prompt":
-        core = d.prompt
-    elif d.captions == "filename":
+        return _prompt_caption(d.caption_prefix, d.prompt, d.caption_suffix)
+    if d.captions == "filename":
         core = Path(info.rel).stem.replace("_", " ").strip()
     else:
         core = _read_caption(ctx, i, d, info)
         if core is None:
             return None
-    return " ".join(part for part in (d.caption_prefix, core, d.caption_suffix) if part)
+    return _prompt_caption(d.caption_prefix, core, d.caption_suffix)
+
+
+@functools.lru_cache(maxsize=1024)
+def _prompt_caption(prefix: str, core: str, suffix: str) -> str:
+    """prefix, caption and suffix joined with spaces (one string per dataset in prompt mode: cached)."""
+    return " ".join(part for part in (prefix, core, suffix) if part)
 
 
 def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
