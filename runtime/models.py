@@ -88,8 +88,9 @@ def _from_single_file(m: ModelPlan) -> dict:
     import diffusers
 
     pipeline_cls = getattr(diffusers, PIPELINES[m.family])
-    # diffusers refuses pickle unless asked: .ckpt loads only when the spec allowed it (the compiler checked).
-    pipe = pipeline_cls.from_single_file(m.path, **({} if m.source == "single_file" else {"use_safetensors": False}))
+    # .ckpt loads only when the spec allowed pickle (the compiler refuses it otherwise).
+    kwargs = {"config": m.config} if m.config else {}
+    pipe = pipeline_cls.from_single_file(m.path, **kwargs)
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if m.family == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if m.family == "sdxl" else [])
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoders": encoders, "tokenizers": tokenizers,

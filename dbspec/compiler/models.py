@@ -65,7 +65,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     text_identity = "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in text_parts)
     vae_identity = _vae_identity(ctx, facts.component_ids.get("vae", f"{identity}/vae"))
     return ModelPlan(base=m.base, source=facts.source, path=facts.path, resolved=facts.resolved, family=family,
-                     prediction=prediction, revision=m.revision, vae=_vae(ctx), allow_pickle=m.allow_pickle,
+                     prediction=prediction, revision=m.revision, config=_config(ctx), vae=_vae(ctx), allow_pickle=m.allow_pickle,
                      clip_skip=m.clip_skip, identity=identity, vae_identity=vae_identity, text_identity=text_identity,
                      params=params, variant=facts.variant, notes=notes)
 
@@ -103,7 +103,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
                        help="remove the key to use the detected value")
     folder = ctx.cache_dir / "models" / b.identity.replace(":", "-").replace("@", "-")
     return ModelPlan(base=m.base, source="builtin", path=str(folder), resolved=True, family=b.family,
-                     prediction=b.prediction, revision="", vae=_vae(ctx), allow_pickle=False, clip_skip=m.clip_skip,
+                     prediction=b.prediction, revision="", config="", vae=_vae(ctx), allow_pickle=False, clip_skip=m.clip_skip,
                      identity=b.identity, vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
                      text_identity=f"{b.identity}/text", params=dict(b.params),
                      notes=(f"built on first use into {folder}",))
@@ -135,6 +135,13 @@ def _prediction(ctx: Context, facts: ModelFacts, family: str | None) -> str | No
     ctx.report("DBS313", "error", f"cannot tell the prediction type of `{facts.base}`", ("model", "prediction"),
                help="set model.prediction = \"epsilon\" or \"v_prediction\" (SD 2.x 768 px models use v_prediction)")
     return None
+
+
+def _config(ctx: Context) -> str:
+    config = ctx.spec.model.config
+    if config and ctx.resolve(config).is_dir():
+        return str(ctx.resolve(config))
+    return config
 
 
 def _vae(ctx: Context) -> str:

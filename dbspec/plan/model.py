@@ -47,6 +47,7 @@ class ModelPlan:
     family: Literal["sd1", "sd2", "sdxl"]
     prediction: Literal["epsilon", "v_prediction"]
     revision: str
+    config: str  # configs for a single-file base (resolved path or hub id); "" = diffusers' default
     vae: str  # replacement VAE (resolved path or hub id); "" keeps the base model's
     allow_pickle: bool
     clip_skip: int

@@ -38,6 +38,12 @@ class Model:
         example="madebyollin/sdxl-vae-fp16-fix",
     )
     revision: str = option("main", doc="Hub revision (branch, tag or commit) when base is a hub id.")
+    config: str = option(
+        "",
+        doc="For a single-file base: a diffusers folder or hub id whose configs describe it (diffusers otherwise "
+        "fetches the family's reference configs, which needs the network or the Hugging Face cache).",
+        example="models/sd15-diffusers",
+    )
     allow_pickle: bool = option(
         False, doc="Allow loading .ckpt (pickle) checkpoints, which can run arbitrary code. Prefer .safetensors."
     )

@@ -167,3 +167,25 @@ def test_replacement_vae_is_loaded_and_keys_the_latent_cache(tmp_path):
 
     loaded = result.components.vae.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in vae.state_dict().items())
+
+
+def test_single_file_base_trains_offline_with_local_configs(tmp_path):
+    """A .safetensors checkpoint in the original SD layout (as A1111 uses), with `model.config` naming a local
+    diffusers folder for its configs, as an offline user would."""
+    from dbspec.runtime.exports import export_single_file
+    from dbspec.runtime.tiny import build_pipeline
+
+    configs = materialize("builtin:tiny-sd1", tmp_path / "configs")
+    pipe = build_pipeline("builtin:tiny-sd1", seed=3)
+    checkpoint = tmp_path / "model.safetensors"
+    export_single_file(checkpoint, unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder], family="sd1",
+                       dtype="fp32", metadata={})
+    spec = write_spec(tmp_path, base="model.safetensors", steps=1)
+    plan = compile_spec(spec, ['model.family="sd1"', f'model.config="{configs}"'])
+    assert plan.model.source == "single_file" and plan.model.config == str(configs)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    import torch
+
+    loaded = result.components.vae.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in pipe.vae.state_dict().items())
