@@ -43,18 +43,21 @@ def train_progress(console: Console | None, total: int, completed: int):
 class MetricsLog:
     """metrics.jsonl (appended across resumes) and TensorBoard events under <out>/logs."""
 
-    def __init__(self, out: Path, plan: LoggingPlan, start_step: int):
-        self.every = plan.every
+    def __init__(self, out: Path, plan: LoggingPlan, start_step: int, enabled: bool = True):
+        self.every = plan.every if enabled else 0
+        self._jsonl = None
+        self._tb = None
+        if not enabled:  # processes other than the main one log nothing
+            return
         out.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._tb = None
         if plan.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(out / "logs"), purge_step=start_step + 1)
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        if step % self.every and step != 1:
+        if self._jsonl is None or (step % self.every and step != 1):
             return
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
@@ -67,6 +70,7 @@ class MetricsLog:
             self._tb.add_image("validation", np.asarray(Image.open(grid).convert("RGB")), step, dataformats="HWC")
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()

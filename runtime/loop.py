@@ -53,8 +53,11 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     started = time.perf_counter()
     out = Path(plan.checkpoints.dir)
     s = plan.schedule
-    ckpt.prepare_output(out, plan_to_json(plan), run_hash(plan), overwrite=overwrite, resume=resume)
     accelerator = make_accelerator(plan)
+    main = accelerator.is_main_process  # with several processes, only the first writes outputs
+    if main:
+        ckpt.prepare_output(out, plan_to_json(plan), run_hash(plan), overwrite=overwrite, resume=resume)
+    accelerator.wait_for_everyone()
     device = accelerator.device
     torch.manual_seed(s.seed)
     if device.type == "cuda":
@@ -68,12 +71,13 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     for enc in comps.text_encoders:
         enc.to(device)
     pipeline = pipeline_for(plan, comps)
-    for d in plan.datasets:
-        if d.generate is not None:
-            generate_class_images(pipeline, d.generate, batch_size=4)
+    with accelerator.main_process_first():  # the others then find the images made
+        for d in plan.datasets:
+            if d.generate is not None:
+                generate_class_images(pipeline, d.generate, batch_size=4)
     teacher = make_teacher(plan, comps, device)
     unet_params, text_params = configure_models(plan, comps, device)
-    with cache_progress(console) as progress:
+    with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
@@ -86,7 +90,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     forward = {id(m): w for m, w in zip(trained, wrapped)}
     scaler = accelerator.scaler
     sampler = BucketBatchSampler.from_plan(plan, rank=accelerator.process_index)
-    generator = torch.Generator().manual_seed(s.seed)
+    # Each process draws its own noise; one process reproduces single-GPU runs exactly.
+    generator = torch.Generator().manual_seed(s.seed + 1_000_003 * accelerator.process_index)
     parts = Parts(plan=plan, unet=forward.get(id(comps.unet), comps.unet), vae=comps.vae,
                   text_encoders=[forward.get(id(e), e) for e in comps.text_encoders],
                   tokenizers=comps.tokenizers, noise_scheduler=comps.noise_scheduler, latent_cache=latent_cache,
@@ -101,7 +106,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
-        generator.set_state(state["generator"])
+        if main:
+            generator.set_state(state["generator"])  # the others keep their own streams (see notes in docs)
         if ema is not None:
             ema.load_state_dict(state["ema"])
         ckpt.restore_rng_state(state["rng"])
@@ -110,7 +116,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     if stop_text_at and step >= stop_text_at:
         freeze_text_encoders(parts, optimizer)
     set_train_mode(comps, plan)
-    log = MetricsLog(out, plan.logging, start_step=step)
+    log = MetricsLog(out, plan.logging, start_step=step, enabled=main)
     interrupted = _InterruptFlag()
     losses: list[float] = []
     last_checkpoint = ""
@@ -144,13 +150,13 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                              "epoch": sampler.epoch, "seconds": time.perf_counter() - started})
             progress.update(step=step, loss=step_loss, lr=lr_scheduler.get_last_lr()[0])
 
-            if step in plan.validation.steps:
+            if step in plan.validation.steps and main:
                 with ema.swap() if ema is not None else contextlib.nullcontext():  # validate the EMA weights
                     validate(pipeline, plan.validation, out, step, autocast_dtype=_mixed_dtype(plan))
                 log.images(step, out / "samples" / f"step-{step:06d}" / "grid.png")
                 set_train_mode(comps, plan)
             stopping = interrupted.requested or (stop_after is not None and step >= stop_after)
-            if step in plan.checkpoints.steps or stopping:
+            if (step in plan.checkpoints.steps or stopping) and main:
                 state = {"trainable": trainable_state(comps, plan), "optimizer": optimizer.state_dict(),
                          "lr_scheduler": lr_scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "sampler": sampler.state_dict(),
@@ -166,7 +172,9 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                                comps if keep_models else None)
 
     final = out / "final"
-    write_final(final, pipeline, comps, plan, ema)
+    accelerator.wait_for_everyone()
+    if main:
+        write_final(final, pipeline, comps, plan, ema)
     log.close()
     return _result("finished", plan, step, str(final), last_checkpoint, started, losses,
                    comps if keep_models else None)
