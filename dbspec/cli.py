@@ -81,8 +81,11 @@ def plan(
     explain_origins: Annotated[bool, typer.Option("--explain", help="Show where every value came from.")] = False,
     fmt: FormatOption = "text",
     strict: StrictOption = False,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Fetch hub models (base and VAE) into the Hugging Face cache first.")] = False,
 ) -> None:
-    """Compile a spec into a resolved execution plan and show it; no model is loaded."""
+    """Compile a spec into a resolved execution plan and show it; no model is loaded, no network used
+    (unless --download)."""
     from rich.console import Console
 
     from dbspec.frontend import plan_spec
@@ -90,16 +93,36 @@ def plan(
     from dbspec.plan.summary import render_summary
 
     _check_format(fmt)
+    if download:
+        _download_models(spec, set_ or [])
     planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
     if planned.plan is None or fmt == "json":
         emit(planned.diagnostics, planned.sources, fmt)
     else:
         render_summary(planned.plan, Console(highlight=False, soft_wrap=True), explain=explain_origins)
-    if planned.plan is not None and json_out is not None:
+    code = exit_code(planned.diagnostics, strict)
+    if planned.plan is not None and json_out is not None and code == 0:
         write_plan(planned.plan, json_out)
         if fmt == "text":
             typer.echo(f"wrote {json_out}")
-    raise typer.Exit(exit_code(planned.diagnostics, strict))
+    raise typer.Exit(code)
+
+
+def _download_models(spec: Path, overrides: list[str]) -> None:
+    from dbspec.compiler.hub import DownloadError, download, is_local
+    from dbspec.frontend import check_spec
+
+    checked = check_spec(spec, str(spec), overrides)
+    if checked.spec is None:
+        return  # plan_spec reports the spec's errors
+    model = checked.spec.model
+    for name, revision in ((model.base, model.revision), (model.vae, "main")):
+        if name and not is_local(name, spec.parent):
+            try:
+                typer.echo(f"downloaded {name} to {download(name, revision)}")
+            except DownloadError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
 
 
 @app.command()

@@ -261,3 +261,19 @@ def test_errors_exit_1_and_no_plan_is_written(tmp_path, quickstart):
 def test_bad_target_is_a_usage_error(quickstart):
     code, _ = run_cli(str(quickstart), "--target", "tpu:8GB")
     assert code == 2
+
+
+def test_plan_download_reports_an_offline_failure(tmp_path, monkeypatch):
+    """--download is the only way `dbspec plan` reaches the network; offline it fails with the reason."""
+    from typer.testing import CliRunner
+
+    from dbspec.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = tmp_path / "spec.toml"
+    spec.write_text('spec_version = 1\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
+                    'prompt = "x"\n[schedule]\nsteps = 10\n')
+    result = CliRunner().invoke(app, ["plan", str(spec), "--download", "--target", "cpu"])
+    assert result.exit_code == 1
+    assert "cannot download acme/not-cached@main" in result.output
