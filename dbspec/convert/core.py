@@ -165,3 +165,18 @@ def show(value: Any) -> str:
         return "None"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def map_schedule_name(conv: Conversion, name: Legacy) -> bool:
+    """A legacy LR scheduler name: mapped when dbspec has it ("constant" is dbspec's default, so only
+    recorded), else reported unsupported. Returns whether it mapped."""
+    from dbspec.compiler.schedule import LR_SCHEDULES
+
+    if name.value not in LR_SCHEDULES:
+        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+        return False
+    if name.value != "constant":
+        conv.mapped(name, ("schedule", "lr_schedule"), name.value)
+    else:
+        conv.record(name, "mapped", "schedule.lr_schedule")
+    return True

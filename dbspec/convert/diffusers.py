@@ -12,9 +12,8 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.models import KNOWN_HUB_MODELS
-from dbspec.compiler.schedule import LR_SCHEDULES
 from dbspec.convert.argv import parse_argv
-from dbspec.convert.core import Conversion, Legacy, require_minimums
+from dbspec.convert.core import Conversion, Legacy, map_schedule_name, require_minimums
 from dbspec.convert.diffusers_args import SCRIPTS, arg_table, script_of
 from dbspec.convert.diffusers_data import Data, map_data
 from dbspec.convert.diffusers_out import map_outputs
@@ -152,13 +151,8 @@ def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
         conv.record(a["scale_lr"], "mapped", "optimizer.lr", "x accumulation x batch size (one process)")
     conv.mapped(lr, ("optimizer", "lr"), float(value),
                 comment=conv.comment(lr, "scaled by --scale_lr") if value != lr.value else "")
-    if name.value not in LR_SCHEDULES:
-        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+    if not map_schedule_name(conv, name):
         return
-    if name.value != "constant":
-        conv.mapped(name, ("schedule", "lr_schedule"), name.value)
-    else:
-        conv.record(name, "mapped", "schedule.lr_schedule")
     if name.value == "constant":
         if warm.given:
             conv.inert(warm, "the constant schedule has no warm-up")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from dbspec.compiler.schedule import LR_SCHEDULES
-from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.optimizers import kohya_optimizer, optimizer_settings, parse_kohya_args
 from dbspec.spec.model import Optimizer
 
@@ -56,13 +55,8 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     for key in ("lr_scheduler_type", "lr_scheduler_args"):
         if a[key].value:
             conv.unsupported(a[key], "a custom scheduler class or its arguments")
-    if name.value not in LR_SCHEDULES:
-        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+    if not map_schedule_name(conv, name):
         return
-    if name.value != "constant":
-        conv.mapped(name, ("schedule", "lr_schedule"), name.value)
-    else:
-        conv.record(name, "mapped", "schedule.lr_schedule")
     if warm.value and name.value == "constant":
         conv.invalid(warm.key, warm.value, warm.source, "kohya raises `constant does not require num_warmup_steps`",
                      help="use lr_scheduler constant_with_warmup, or drop the warm-up")
