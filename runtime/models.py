@@ -34,7 +34,7 @@ def load_components(plan: Plan) -> Components:
     m = plan.model
     try:
         if m.source == "single_file" or m.source == "ckpt":
-            parts = _from_single_file(m)
+            parts = _from_single_file(m, plan.cache.dir)
         else:
             parts = _from_folder(_folder_for(m), m)
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -84,17 +84,44 @@ def _no_variant(kw: dict) -> dict:
     return {k: v for k, v in kw.items() if k != "variant"}
 
 
-def _from_single_file(m: ModelPlan) -> dict:
+def _from_single_file(m: ModelPlan, cache_dir: str) -> dict:
     import diffusers
 
     pipeline_cls = getattr(diffusers, PIPELINES[m.family])
-    # .ckpt loads only when the spec allowed pickle (the compiler refuses it otherwise).
     kwargs = {"config": m.config} if m.config else {}
-    pipe = pipeline_cls.from_single_file(m.path, **kwargs)
+    path = m.path if m.source == "single_file" else _ckpt_as_safetensors(m, Path(cache_dir))
+    pipe = pipeline_cls.from_single_file(path, **kwargs)
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if m.family == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if m.family == "sdxl" else [])
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoders": encoders, "tokenizers": tokenizers,
             "scheduler": pipe.scheduler}
+
+
+def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
+    """A .ckpt's tensors as a .safetensors file in the cache (keyed by the checkpoint's identity).
+
+    torch.load(weights_only=True) unless the spec allowed pickle: a file needing more fails with a clear error.
+    """
+    import pickle
+
+    from safetensors.torch import save_file
+
+    target = cache_dir / "models" / f"ckpt-{m.identity.split(':')[-1][:32]}.safetensors"
+    if target.exists():
+        return str(target)
+    try:
+        obj = torch.load(m.path, map_location="cpu", weights_only=not m.allow_pickle)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(f"`{m.base}` holds more than tensors, and loading it would unpickle arbitrary objects: "
+                             f"convert it to .safetensors, or set model.allow_pickle = true if you trust it ({exc})"
+                             ) from None
+    state = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(staging))
+    os.replace(staging, target)
+    return str(target)
 
 
 def _load_vae(m: ModelPlan) -> AutoencoderKL:

@@ -49,8 +49,9 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     assert facts is not None
     facts = _missing_folder_note(ctx, _known_hub(facts))
     if facts.source == "ckpt" and not m.allow_pickle:
-        ctx.report("DBS311", "error", f"`{m.base}` is a pickle checkpoint, which can run arbitrary code when loaded",
-                   BASE, help="convert it to .safetensors, or set model.allow_pickle = true if you trust it")
+        ctx.report("DBS311", "warning", f"`{m.base}` is a pickle checkpoint: it will load with "
+                   "torch.load(weights_only=True), which refuses anything but tensors", BASE,
+                   help="convert it to .safetensors; set model.allow_pickle = true only for a file you trust")
     family = _family(ctx, facts)
     # An unknown hub id not downloaded: setting model.family settles the prediction too (sd1/sdxl); one error.
     prediction = _prediction(ctx, facts, family) if family is not None or facts.resolved else None

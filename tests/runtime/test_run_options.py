@@ -189,3 +189,49 @@ def test_single_file_base_trains_offline_with_local_configs(tmp_path):
 
     loaded = result.components.vae.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in pipe.vae.state_dict().items())
+
+
+class TrainingNote:
+    """A non-tensor object inside a .ckpt, as old training scripts stored them."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _ckpt_base(tmp_path, extra_object=None) -> Path:
+    import torch
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.exports import export_single_file
+    from dbspec.runtime.tiny import build_pipeline
+
+    pipe = build_pipeline("builtin:tiny-sd1", seed=5)
+    single = tmp_path / "tmp.safetensors"
+    export_single_file(single, unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder], family="sd1",
+                       dtype="fp32", metadata={})
+    payload = {"state_dict": load_file(str(single)), "global_step": 1000}
+    if extra_object is not None:
+        payload["note"] = extra_object
+    torch.save(payload, tmp_path / "model.ckpt")
+    single.unlink()
+    return tmp_path / "model.ckpt"
+
+
+def test_ckpt_base_loads_weights_only_and_refuses_objects_unless_allowed(tmp_path):
+    configs = materialize("builtin:tiny-sd1", tmp_path / "configs")
+    _ckpt_base(tmp_path)
+    spec = write_spec(tmp_path, base="model.ckpt", steps=1)
+    overrides = ['model.family="sd1"', 'model.prediction="epsilon"', f'model.config="{configs}"']
+    planned = compile_spec(spec, overrides)
+    assert planned.model.source == "ckpt" and any("DBS311" in w for w in planned.warnings)
+    assert execute(planned).status == "finished"  # tensors only: weights_only=True reads it
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _ckpt_base(other, TrainingNote("made with an old script"))
+    spec = write_spec(other, base="model.ckpt", steps=1)
+    with pytest.raises(RunError) as info:
+        execute(compile_spec(spec, overrides))
+    assert "allow_pickle" in info.value.message
+    allowed = compile_spec(spec, [*overrides, "model.allow_pickle=true", "output.dir=out2"])
+    assert execute(allowed).status == "finished"
