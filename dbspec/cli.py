@@ -95,7 +95,7 @@ def plan(
     _check_format(fmt)
     if download:
         _download_models(spec, set_ or [])
-    planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
+    planned = plan_spec(spec, resolve_target(target, spec.parent), str(spec), set_ or [])
     if planned.plan is None or fmt == "json":
         emit(planned.diagnostics, planned.sources, fmt)
     else:
@@ -172,7 +172,7 @@ def _plan_for_run(source: Path, overrides: list[str], strict: bool):
         except PlanFileError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    planned = plan_spec(source, resolve_target(None, None), str(source), overrides)
+    planned = plan_spec(source, resolve_target(None, source.parent), str(source), overrides)
     if planned.plan is None or exit_code(planned.diagnostics, strict):
         emit(planned.diagnostics, planned.sources, "text")
         raise typer.Exit(1)

@@ -11,6 +11,7 @@ from dbspec.compiler import schedule as sched
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
+from dbspec.compiler.disk import disk_needed
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import FAMILY_PARAMS, plan_model
@@ -58,6 +59,7 @@ def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnost
         ctx.report("DBS350", "warning", f"estimated memory {_gib(memory.total)} exceeds the target's "
                    f"{_gib(memory.available)}", ("precision",),
                    help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit")
+    _check_disk(ctx, precision, memory, schedule, datasets, cache)
     plan = _assemble(ctx, model, datasets, buckets, schedule, loss, precision, cache, memory)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
@@ -160,6 +162,20 @@ def _memory(ctx: Context, model, precision, buckets):
         ema=spec.ema.enabled, ema_offload=spec.ema.offload,
         teacher=spec.loss.prior == "base_model" and not lora and any(d.role == "class" for d in spec.datasets),
         available=ctx.env.memory_bytes)
+
+
+def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> None:
+    free = ctx.env.free_disk_bytes
+    if not free:
+        return  # unknown (e.g. --target given): nothing to compare
+    c = ctx.spec.checkpoints
+    need = disk_needed(precision=precision, memory=memory, schedule=schedule, keep=c.keep,
+                       save_precision=c.save_precision, lora=isinstance(ctx.spec.adapter, LoraAdapter),
+                       datasets=datasets, cache=cache)
+    if need > free:
+        ctx.report("DBS351", "warning", f"the run may write {_gib(need)} (checkpoints, final weights, latent cache) "
+                   f"but {_gib(free)} is free", ("checkpoints", "keep"),
+                   help="lower checkpoints.keep, use save_precision = \"fp16\", or free disk space")
 
 
 def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:

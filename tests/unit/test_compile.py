@@ -784,3 +784,24 @@ def test_a_step_too_coarse_for_the_resolution_says_which_step_fits(toy):
     (d,) = planned.diagnostics
     assert "rounds down to 0 with step 64" in d.message and "lower buckets.step to 32 or less" in d.help
     assert d.span.line == spec_line(toy, "resolution = 64")
+
+
+def test_disk_warning_when_outputs_exceed_free_disk(tmp_path):
+    """DBS351: checkpoints + final weights + latent cache against the target's free disk."""
+    from dbspec.frontend import plan_spec
+    from dbspec.plan.model import TargetEnv
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (64, 64), (i, 0, 0)).save(images / f"{i}.png")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('spec_version = 1\n[model]\nbase = "builtin:tiny-sd1"\n[[datasets]]\nname = "a"\npath = "imgs"\n'
+                    'prompt = "x"\nresolution = 64\n[buckets]\nstep = 16\n[schedule]\nsteps = 10\n'
+                    '[checkpoints]\nevery = 2\nkeep = 0\n')
+    tight = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, free_disk_bytes=1 << 20)
+    roomy = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, free_disk_bytes=1 << 40)
+    assert any(d.code == "DBS351" for d in plan_spec(spec, tight).diagnostics)
+    assert not any(d.code == "DBS351" for d in plan_spec(spec, roomy).diagnostics)
