@@ -1,6 +1,9 @@
-"""Where every value came from: the spec file, a --set override, a default, or derived from other values."""
+"""Where every value came from: the spec file, a --set override, a converted legacy key, a default, or
+derived from other values."""
 
 from __future__ import annotations
+
+import re
 
 import attrs
 
@@ -23,10 +26,22 @@ def _origin(raw: RawSpec, path: KeyPath, field: attrs.Attribute) -> Origin:
         return Origin(kind="--set", where=raw.override_spans[path].at())
     if raw.given(path):
         span = raw.spans.key(path)
-        return Origin(kind="spec", where=span.at() if span else raw.file)
+        where = span.at() if span else raw.file
+        legacy = _converted_from(raw, span.line) if span else ""
+        return Origin(kind="converted", where=where, note=legacy) if legacy else Origin(kind="spec", where=where)
     if field.metadata["derived"]:
         return Origin(kind="derived", note=field.metadata["derived"])
     return Origin(kind="default")
+
+
+# `dbspec convert` ends each value's line with a comment naming the legacy key (dbspec/convert/core.py).
+_CONVERTED = re.compile(r"#\s*((?:kohya|diffusers|SimpleTuner) .+?)\s*$")
+
+
+def _converted_from(raw: RawSpec, line: int) -> str:
+    lines = raw.sources[raw.file].split("\n")
+    match = _CONVERTED.search(lines[line - 1]) if 0 < line <= len(lines) else None
+    return match.group(1) if match else ""
 
 
 def derived(note: str) -> Origin:

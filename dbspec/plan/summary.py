@@ -85,7 +85,8 @@ def schedule_table(plan: Plan) -> Table:
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         ("text encoder", _te(plan)),
-        ("seed", str(s.seed)),
+        ("seed", f"{s.seed}: noise, timesteps, data order, flips and crops, adapter init"
+                 + (", class images (one seed each)" if any(d.generate for d in plan.datasets) else "")),
     ]
     for row in rows:
         t.add_row(*row)
@@ -140,7 +141,7 @@ def memory_table(plan: Plan) -> Table:
 def origins_table(plan: Plan) -> Table:
     t = _table("Where each value came from", "key", "origin", "where")
     for key, origin in sorted(plan.origins.items()):
-        t.add_row(key, origin.kind, origin.where or origin.note)
+        t.add_row(key, origin.kind, "  ".join(part for part in (origin.where, origin.note) if part))
     return t
 
 

@@ -93,3 +93,31 @@ def test_cli_simpletuner_and_written_spec_layout(tmp_path, monkeypatch):
     tables = [line for line in lines if line.startswith("[")]
     assert tables == ["[model]", "[[datasets]]", "[adapter]", "[optimizer]", "[schedule]", "[precision]", "[output]"]
     assert all("# SimpleTuner" in line for line in lines if " = " in line and not line.startswith(("#", "spec_")))
+
+
+def test_converted_values_keep_their_legacy_origin_in_the_plan(tmp_path):
+    """`dbspec plan --explain` shows, for a converted spec, which legacy key each value came from."""
+    from PIL import Image
+
+    from dbspec.frontend import plan_spec
+    from dbspec.plan.model import TargetEnv
+
+    folder = tmp_path / "train" / "5_sks dog"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (512, 512), (i, 0, 0)).save(folder / f"{i}.png")
+    command = tmp_path / "cmd.sh"
+    command.write_text('accelerate launch train_db.py --pretrained_model_name_or_path="runwayml/stable-diffusion-v1-5" '
+                       '--train_data_dir="train" --resolution=512 --learning_rate=1e-6 --max_train_steps=100\n')
+    from typer.testing import CliRunner
+
+    from dbspec.cli import app
+
+    out = tmp_path / "spec.toml"
+    result = CliRunner().invoke(app, ["convert", "kohya", "--command", str(command), "--cwd", str(tmp_path),
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    planned = plan_spec(out, TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9"))
+    origin = planned.plan.origins["optimizer.lr"]
+    assert origin.kind == "converted" and "learning_rate" in origin.note
+    assert planned.plan.origins["datasets[0].repeats"].kind == "converted"
