@@ -188,3 +188,14 @@ def test_output_of_another_plan_is_refused(tmp_path):
     moved = execute(compile_spec(spec, ["optimizer.lr=5e-4"]), overwrite=True)
     assert moved.status == "finished"
     assert list(tmp_path.glob("out.old-*"))
+
+
+def test_an_image_broken_after_planning_stops_the_run_naming_it_and_its_spec_line(tmp_path):
+    plan = compile_spec(write_spec(tmp_path, steps=8), ["cache.latents=false"])  # > one epoch: every image
+    victim = Path(plan.datasets[0].images[0].path)
+    victim.write_bytes(victim.read_bytes()[:50])  # truncated after `dbspec plan` looked at it
+    with pytest.raises(RunError) as info:
+        execute(plan)
+    assert victim.name in info.value.message
+    assert info.value.where.endswith("spec.toml:8:1")  # line 8: path = "data/toy"
+    assert "--resume" in info.value.hint
