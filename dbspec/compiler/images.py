@@ -88,48 +88,64 @@ def scan_folder(
     old = imagecache.load_entries(cache_file, _posix(root)) if cache_file is not None else {}
     new = {} if recursive else _out_of_scope(old, _posix(root))
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    images: list[ImageInfo] = []
+    diagnostics = list(walk_errors)
+    hits = misses = 0
     with warnings.catch_warnings():
         # Pillow warns about the very files we report (bombs, odd EXIF); the diagnostics say it once.
         warnings.simplefilter("ignore")
-        all_facts, hits, misses = _all_facts(found, old, new)
-    images: list[ImageInfo] = []
-    diagnostics = list(walk_errors)
-    for item, facts in zip(found, all_facts):
-        problem, reason = _problem(facts, min_size, limit)
-        if problem:
-            diagnostics.append(_file_diagnostic(problem, item.rel, reason, on_bad, key_path))
-        else:
-            images.append(_image_info(item, facts))
-    if cache_file is not None and new != old:
+        for item in found:
+            info = _cached_image(item, old, min_size, limit)
+            if info is not None:  # the warm path: a valid, unchanged, unproblematic cached file
+                hits += 1
+                new[item.path] = old[item.path]
+                images.append(info)
+                continue
+            facts, cached = _facts(item, old, new)
+            hits, misses = hits + (cached is True), misses + (cached is False)
+            problem, reason = _problem(facts, min_size, limit)
+            if problem:
+                diagnostics.append(_file_diagnostic(problem, item.rel, reason, on_bad, key_path))
+            else:
+                images.append(_image_info(item, facts))
+    # Without misses, `new` holds a subset of `old`'s entries, unchanged: equal exactly when no entry was dropped.
+    if cache_file is not None and (misses or len(new) != len(old)):
         imagecache.save_entries(cache_file, _posix(root), new)
     if not images and not any(d.severity == "error" for d in diagnostics):
         diagnostics.append(_no_images(root, bool(found), recursive, key_path))
     return ScanResult(images=tuple(images), diagnostics=tuple(diagnostics), cache_hits=hits, cache_misses=misses)
 
 
-def _all_facts(
-    found: list[_Found], old: imagecache.Entries, new: imagecache.Entries
-) -> tuple[list[FileFacts], int, int]:
-    """Facts of every listed file, in order, with (cache hits, cache misses).
+def _cached_image(item: _Found, old: imagecache.Entries, min_size: int, limit: int | None) -> ImageInfo | None:
+    """The ImageInfo straight from a cache entry when nothing needs looking at (one call per file, warm)."""
+    entry = old.get(item.path)
+    if (type(entry) is not list or len(entry) != 10 or entry[0] != item.size or entry[1] != item.mtime_ns
+            or not item.size or item.broken or entry[8]):
+        return None
+    _, _, width, height, orientation, mode, has_alpha, sha, _, _ = entry
+    if (type(width) is not int or type(height) is not int or type(orientation) is not int or type(mode) is not str
+            or type(has_alpha) is not bool or type(sha) is not str
+            or min(width, height) < min_size or (limit is not None and width * height > limit)):
+        return None  # the slow path validates the entry fully and reports the problem
+    return ImageInfo(item.path, item.rel, width, height, orientation, mode, has_alpha, item.size, item.mtime_ns,
+                     sha)
 
-    Files are known without reading (empty, unlistable), cached, or read and probed. Records each
-    read or cached file's entry in `new`, the cache as it will be written.
+
+def _facts(item: _Found, old: imagecache.Entries, new: imagecache.Entries) -> tuple[FileFacts, bool | None]:
+    """A file's facts and whether they came from the cache (None: known without reading it).
+
+    Records each read or cached file's entry in `new`, the cache as it will be written.
     """
-    all_facts: list[FileFacts] = []
-    hits = misses = 0
-    for item in found:
-        facts = _zero_or_broken(item)
-        if facts is None:
-            facts = imagecache.lookup(old, item.path, item.size, item.mtime_ns)
-            if facts is not None:
-                hits += 1
-                new[item.path] = old[item.path]
-            else:
-                misses += 1
-                facts = probe_file(item.path)
-                new[item.path] = imagecache.make_entry(item.size, item.mtime_ns, facts)
-        all_facts.append(facts)
-    return all_facts, hits, misses
+    facts = _zero_or_broken(item)
+    if facts is not None:
+        return facts, None
+    facts = imagecache.lookup(old, item.path, item.size, item.mtime_ns)
+    if facts is not None:
+        new[item.path] = old[item.path]
+        return facts, True
+    facts = probe_file(item.path)
+    new[item.path] = imagecache.make_entry(item.size, item.mtime_ns, facts)
+    return facts, False
 
 
 def _zero_or_broken(item: _Found) -> FileFacts | None:
