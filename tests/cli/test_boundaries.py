@@ -9,12 +9,16 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "peft", "optimum", "safetensors.torch")
 
 
-def test_check_and_cli_import_no_torch():
+def test_check_plan_and_cli_import_no_torch(tmp_path):
     code = (
         "import sys\n"
+        f"tmp = {str(tmp_path)!r}\n"
         "from typer.testing import CliRunner\n"
         "from dbspec.cli import app\n"
         "r = CliRunner().invoke(app, ['check', 'specs/quickstart.toml'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(app, ['plan', 'specs/quickstart.toml', '--target', 'cpu',\n"
+        "                             '--set', f'cache.dir={tmp}'])\n"
         "assert r.exit_code == 0, r.output\n"
         f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY!r}]\n"
         "assert not heavy, heavy\n"

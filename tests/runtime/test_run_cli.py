@@ -80,3 +80,14 @@ def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     a = load_file(str(Path(whole.final) / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(Path(resumed.final) / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_failure_prints_the_reason_the_spec_line_and_a_hint(tmp_path):
+    spec = write_spec(tmp_path, steps=6)
+    result = CliRunner().invoke(app, ["run", str(spec), "--set", "optimizer.lr=1e30", "--set",
+                                      "optimizer.max_grad_norm=0"])
+    assert result.exit_code == 1
+    assert "error: loss became" in result.output
+    assert "--> <--set>" in result.output  # the lr came from the command line
+    assert "= help: the last good checkpoint is intact" in result.output
+    assert "Traceback" not in result.output
