@@ -18,3 +18,14 @@ def test_readme_opens_with_install_and_test_commands():
     first_block = lines[lines.index("```bash") + 1: lines.index("```bash") + 6]
     assert any("dbspec run specs/quickstart.toml" in line for line in first_block)
     assert any("pytest" in line for line in first_block)
+
+
+def test_the_readme_spec_checks_clean(tmp_path):
+    from dbspec.frontend import check_spec
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = tmp_path / "spec.toml"
+    spec.write_text(block)
+    checked = check_spec(spec)
+    assert checked.spec is not None and checked.diagnostics == ()
