@@ -155,7 +155,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                     validate(pipeline, plan.validation, out, step, autocast_dtype=_mixed_dtype(plan))
                 log.images(step, out / "samples" / f"step-{step:06d}" / "grid.png")
                 set_train_mode(comps, plan)
-            stopping = interrupted.requested or (stop_after is not None and step >= stop_after)
+            stopping = _all_agree(accelerator, interrupted.requested or (stop_after is not None and step >= stop_after))
             if (step in plan.checkpoints.steps or stopping) and main:
                 state = {"trainable": trainable_state(comps, plan), "optimizer": optimizer.state_dict(),
                          "lr_scheduler": lr_scheduler.state_dict(),
@@ -166,6 +166,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                 folder = ckpt.save_checkpoint(out, step, weights=lambda f: save_weights(f, comps, plan, ema),
                                               state=state, keep=plan.checkpoints.keep)
                 last_checkpoint = str(folder)
+            if step in plan.checkpoints.steps or stopping:
+                accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
             if stopping and step < s.total_steps:
                 log.close()
                 return _result("interrupted", plan, step, "", last_checkpoint, started, losses,
@@ -197,6 +199,14 @@ def freeze_text_encoders(parts: Parts, optimizer: torch.optim.Optimizer) -> None
         enc.requires_grad_(False)
         enc.eval()
     parts.text_trains = False
+
+
+def _all_agree(accelerator, stop: bool) -> bool:
+    """With several processes, one Ctrl-C (or SIGTERM) stops all of them at the same step, or DDP would hang."""
+    if accelerator.num_processes == 1:
+        return stop
+    flag = torch.tensor([int(stop)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item())  # a sync point, once per step
 
 
 def _mixed_dtype(plan: Plan) -> torch.dtype | None:
