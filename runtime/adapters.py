@@ -1,9 +1,17 @@
-"""LoRA adapters through peft (diffusers' and transformers' add_adapter), and which parameters train."""
+"""LoRA adapters through peft's own API, and which parameters train.
+
+Adapters are injected with `peft.inject_adapter_in_model` for every module, UNet and text encoders alike, not
+through diffusers' or transformers' `add_adapter`: those integrations gate on peft versions of their own
+(transformers 5.24 asks for peft >= 0.22, unreleased when it shipped), and peft's API is what they both call."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from dbspec.plan.model import AdapterPlan
 
@@ -19,7 +27,28 @@ def add_lora(module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, 
     """Attach a LoRA adapter; its random init is seeded so a run is reproducible."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module.add_adapter(lora_config(adapter, targets))
+        inject_lora(module, lora_config(adapter, targets))
+
+
+def inject_lora(module: torch.nn.Module, config: LoraConfig) -> None:
+    """peft wraps the targeted layers in place, marks only the adapter weights trainable and sets
+    `module.peft_config`, which the exporters read."""
+    inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
+
+
+@contextmanager
+def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """The base model's behaviour inside the block: every LoRA layer passes its input through unchanged."""
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -28,7 +57,3 @@ def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def freeze(module: torch.nn.Module) -> None:
     module.requires_grad_(False)
-
-
-def has_lora(module: torch.nn.Module) -> bool:
-    return bool(getattr(module, "peft_config", None))

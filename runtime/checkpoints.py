@@ -302,7 +302,7 @@ def save_lora_weights(
 ) -> Path:
     """`pytorch_lora_weights.safetensors` in diffusers' format (as examples/dreambooth/train_dreambooth_lora.py
     writes it), with each adapter's LoraConfig as metadata so `pipe.load_lora_weights(folder)` restores
-    rank, alpha and targets exactly. Modules are peft-adapted (`add_adapter` or `get_peft_model`) or None."""
+    rank, alpha and targets exactly. Modules are peft-adapted (`inject_lora` or `get_peft_model`) or None."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if text_encoder_2 is not None and family != "sdxl":

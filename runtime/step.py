@@ -9,7 +9,7 @@ import torch
 
 from dbspec.plan.model import Plan
 from dbspec.runtime import losses
-from dbspec.runtime.adapters import has_lora
+from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.data import Sample, load_example, load_mask, sample_rng
 from dbspec.runtime.text import encode, sdxl_time_ids
@@ -143,10 +143,5 @@ def base_prediction(parts: Parts, noisy, timesteps, text, batch) -> torch.Tensor
         if parts.teacher is not None:
             return unet_forward(attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch).float()
         unet = getattr(parts.unet, "module", parts.unet)  # DDP-wrapped under several processes
-        if not has_lora(unet):
-            raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")
-        unet.disable_adapters()
-        try:
+        with adapters_disabled(unet):
             return unet_forward(parts, noisy, timesteps, text, batch).float()
-        finally:
-            unet.enable_adapters()

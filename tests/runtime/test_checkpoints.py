@@ -15,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
+from dbspec.runtime.adapters import inject_lora
 from dbspec.runtime.checkpoints import (
     OutputError,
     capture_rng_state,
@@ -210,7 +211,7 @@ def test_full_weights_reload_in_save_dtype_and_leave_live_model_alone(tmp_path: 
 
 def _add_lora(module: torch.nn.Module, targets: list[str], seed: int) -> None:
     # rank 4 with alpha 8: loading must restore the scale from the saved metadata, not assume alpha = rank.
-    module.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights="gaussian"))
+    inject_lora(module, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights="gaussian"))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in module.named_parameters():

@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from peft import LoraConfig
 from safetensors import safe_open
 
+from dbspec.runtime.adapters import inject_lora
 from dbspec import __version__
 from dbspec.plan.io import plan_hash
 from dbspec.runtime import tiny
@@ -121,10 +122,10 @@ def _adapted(family: str):
     pipe = tiny.build_pipeline(f"builtin:tiny-{family}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=6, init_lora_weights="gaussian",
+        inject_lora(pipe.unet, LoraConfig(r=4, lora_alpha=6, init_lora_weights="gaussian",
                                          target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1"]))
         for encoder in _encoders(pipe):
-            encoder.add_adapter(LoraConfig(r=4, lora_alpha=6, init_lora_weights="gaussian",
+            inject_lora(encoder, LoraConfig(r=4, lora_alpha=6, init_lora_weights="gaussian",
                                            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]))
         with torch.no_grad():  # lora_B starts at zero: give the adapters an effect to compare
             for module in [pipe.unet, *_encoders(pipe)]:

@@ -7,6 +7,7 @@ import torch
 from optimum.quanto import QLinear, QTensor
 from peft import LoraConfig
 
+from dbspec.runtime.adapters import inject_lora
 from dbspec.builtin import BOS_ID, EOS_ID
 from dbspec.runtime.quantize import (
     QuantizedAutocastError,
@@ -30,7 +31,7 @@ def _tiny_unet() -> torch.nn.Module:
 def _add_lora(module: torch.nn.Module, targets: list[str]) -> list[torch.nn.Parameter]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        module.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
+        inject_lora(module, LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
     return [p for p in module.parameters() if p.requires_grad]
 
 
