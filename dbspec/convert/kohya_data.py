@@ -8,11 +8,11 @@ the same name (CLI, config_file or argparse default) -> the dataclass default. T
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
+import tomli
 
 from dbspec.convert import kohya_schema as ks
 from dbspec.convert.core import Conversion, Legacy
@@ -39,7 +39,7 @@ def load_dataset_config(path: Path, conv: Conversion) -> dict | None:
     """kohya's load_user_config: .toml or .json; None (reported) when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomli.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         conv.invalid("dataset_config", str(path), "dataset_config", f"cannot read it: {exc}")
         return None

@@ -7,11 +7,11 @@ the namespace before argparse runs again, so they bypass argparse's types, choic
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
+import tomli
 
 from dbspec.convert.argv import Arg, parse_argv
 from dbspec.convert.core import Conversion, Legacy
@@ -116,8 +116,8 @@ def _cli_config_path(cli: dict[str, Any], cwd: Path) -> Path | None:
 
 def _read_config_file(path: Path, table: dict[str, Arg], conv: Conversion) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomli.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError) as exc:
         raise InputError(f"cannot read the config file `{path}`: {exc}") from None
     flat: dict[str, Any] = {}
     for section, body in data.items():

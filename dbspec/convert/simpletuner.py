@@ -8,11 +8,11 @@ defaults (snapshot 2026-08); they change between SimpleTuner versions, so the re
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
+import tomli
 
 from dbspec.convert.core import Conversion, Legacy
 from dbspec.convert.launcher import InputError
@@ -96,7 +96,7 @@ def _number_ok(name: str, value: Any, conv: Conversion) -> bool:
 def _load(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
-        return tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        return tomli.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"cannot read `{path}`: {exc}") from None
 

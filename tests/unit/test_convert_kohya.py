@@ -7,9 +7,8 @@ balancing, bucket sizes, warm-up ratios of max_train_steps, the text-encoder sto
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomli
 
 from convert_kit import SD15, SD21, SDXL, empty_hub_cache, fate, images, kohya, messages, plan_of, repeats, write  # noqa: F401
 from dbspec.compiler import buckets as bk
@@ -299,7 +298,7 @@ def test_windows_paths_survive_and_compile_once_mapped(tmp_path):
                 '  --pretrained_model_name_or_path="%MODEL%" ^\n  --dataset_config="d.toml" ^\n'
                 '  --output_dir="C:\\out\\run 1" --max_train_steps 50\n')
     outcome = kohya(tmp_path, command=str(bat))
-    spec = tomllib.loads(outcome.text)
+    spec = tomli.loads(outcome.text)
     assert spec["datasets"][0]["path"] == win and spec["output"]["dir"] == r"C:\out\run 1"
     images(tmp_path / "here", 2, (512, 512))
     plan = plan_of(outcome, tmp_path, overrides=["datasets[0].path=../here", "output.dir=../out"])
