@@ -251,6 +251,23 @@ def explain(key: Annotated[str, typer.Argument(help="A key such as optimizer.lr 
     raise typer.Exit(0 if found else 1)
 
 
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable, for bug reports.")] = False) -> None:
+    """Show dbspec, Python, torch (build, devices, bf16) and library versions; warn about known-bad combinations."""
+    import json
+
+    from dbspec.envreport import render_text, report
+
+    try:
+        from dbspec.runtime.probe import torch_facts
+    except ImportError:  # dbspec check and plan work without torch
+        facts: dict = {"installed": False}
+    else:
+        facts = torch_facts()
+    data = report(facts)
+    typer.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+
+
 app.add_typer(convert_app, name="convert")
 
 
