@@ -15,6 +15,7 @@ VAE's noise for the whole run. The cost is twice the disk: 2 x 4 x 128 x 128 x 4
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,11 @@ _NONFINITE_HINT = {
     "text": "the text encoder overflowed in its dtype: encode in fp32",
 }
 Job = TypeVar("Job")
+# One item per encoder call: a VAE or text-encoder output depends, in its last bits, on which other items share
+# the batch (kernel blocking), so a batch of one makes an entry's bytes a function of its own input alone and a
+# resumed run that re-encodes an entry trains on the very same bytes. DreamBooth sets are small; the cost is a
+# few seconds at most.
+ENCODE_BATCH = 1
 
 
 class TensorCache:
@@ -89,8 +95,8 @@ class TensorCache:
     def put(self, key: str, tensors: Mapping[str, Tensor], meta: Mapping[str, str] | None = None) -> Path:
         """Store float tensors as float32 on CPU, atomically: a reader sees the old entry or the whole new one."""
         extra = dict(meta or {})
-        if {"key", "format"} & set(extra):
-            raise ValueError("`key` and `format` metadata are set by the cache itself")
+        if {"key", "format", "sha256"} & set(extra):
+            raise ValueError("`key`, `format` and `sha256` metadata are set by the cache itself")
         missing = [name for name in self.required if name not in tensors]
         if missing:
             raise ValueError(f"{self.kind} entry {key} lacks tensors {missing}")
@@ -99,7 +105,8 @@ class TensorCache:
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{self.kind} tensor `{name}` for key {key} holds NaN or inf values; not cached. "
                                  f"{_NONFINITE_HINT[self.kind]}")
-        data = safetensors.torch.save(prepared, metadata={**extra, "key": key, "format": self.format})
+        data = safetensors.torch.save(prepared, metadata={**extra, "key": key, "format": self.format,
+                                                          "sha256": tensor_checksum(prepared)})
         path = self.path(key)
         _write_atomic(path, data)
         return path
@@ -110,6 +117,8 @@ class TensorCache:
         missing = [name for name in self.required if name not in tensors]
         if missing:
             return f"lacks tensors {missing}"
+        if meta.get("sha256") != tensor_checksum(tensors):  # a flipped bit loads fine: only a checksum sees it
+            return "does not match its checksum (damaged on disk, or written by an older dbspec)"
         bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         return f"holds NaN or inf values in {bad}" if bad else ""
 
@@ -128,7 +137,7 @@ class CacheCounts:
 
 
 def ensure_latents(cache: TensorCache, datasets: Sequence[DatasetPlan],
-                   encode: Callable[[Tensor], tuple[Tensor, Tensor]], *, batch_size: int,
+                   encode: Callable[[Tensor], tuple[Tensor, Tensor]], *, batch_size: int = ENCODE_BATCH,
                    progress: Progress | None = None) -> CacheCounts:
     """Encode every latent the plan keys (ImagePlan.latent_keys, one per flip state) that is not cached.
 
@@ -153,7 +162,7 @@ def ensure_latents(cache: TensorCache, datasets: Sequence[DatasetPlan],
 
 
 def ensure_text(cache: TensorCache, datasets: Sequence[DatasetPlan],
-                encode: Callable[[list[str]], Mapping[str, Tensor]], *, batch_size: int,
+                encode: Callable[[list[str]], Mapping[str, Tensor]], *, batch_size: int = ENCODE_BATCH,
                 progress: Progress | None = None) -> CacheCounts:
     """Encode every caption the plan keys (ImagePlan.text_key) that is not cached; one entry per distinct key.
 
@@ -200,6 +209,16 @@ def _check_batch(tensors: Mapping[str, Tensor], size: int) -> None:
     wrong = {name: tuple(t.shape) for name, t in tensors.items() if t.ndim == 0 or t.shape[0] != size}
     if wrong:
         raise ValueError(f"the encoder returned shapes {wrong} for a batch of {size}")
+
+
+def tensor_checksum(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and bytes, in name order: what an entry must still hold."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _prepare(t: Tensor) -> Tensor:

@@ -99,7 +99,7 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
             dist = comps.vae.encode(pixels.to(device, vae_dtype)).latent_dist
             return dist.mean.float().cpu(), dist.std.float().cpu()
 
-        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels, batch_size=4,
+        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels,
                                            progress=progress)
     if plan.cache.text_embeddings:
         required = ("prompt_embeds", "pooled") if plan.model.family == "sdxl" else ("prompt_embeds",)
@@ -110,7 +110,7 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
                          clip_skip=plan.model.clip_skip, device=device)
             return {k: v.float().cpu() for k, v in out.items()}
 
-        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, batch_size=8, progress=progress)
+        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, progress=progress)
     return latent_cache, text_cache, counts
 
 

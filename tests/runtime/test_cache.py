@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from dbspec.plan.model import DatasetPlan, ImagePlan
-from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
+from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text, tensor_checksum
 from dbspec.runtime.data import load_pixels
 
 KEY = "ab" + "0" * 38
@@ -42,7 +42,8 @@ def test_put_get_round_trip_with_layout_and_metadata(tmp_path):
     assert got["mean"].dtype == torch.float32 and torch.equal(got["mean"], stored["mean"].half().float())
     assert torch.equal(got["std"], stored["std"])
     with safetensors.safe_open(path, framework="pt") as handle:
-        assert handle.metadata() == {"key": KEY, "format": "latent-v1", "image": "dog.png"}
+        assert handle.metadata() == {"key": KEY, "format": "latent-v1", "image": "dog.png",
+                                     "sha256": tensor_checksum(got)}
     assert cache.get(OTHER) is None
 
 
@@ -73,6 +74,12 @@ def damage(cache: TensorCache, how: str) -> None:
         bad = entry()
         bad["std"][0, 0, 0] = float("nan")
         safetensors.torch.save_file(bad, str(path), metadata={"key": KEY, "format": "latent-v1"})
+    elif how == "bit_flip":  # still a valid safetensors file with finite values: only the checksum tells
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x01  # a low mantissa bit of the last float
+        path.write_bytes(bytes(data))
+    elif how == "no_checksum":  # written by an older dbspec: not trusted, rebuilt once
+        safetensors.torch.save_file(entry(), str(path), metadata={"key": KEY, "format": "latent-v1"})
     elif how == "inf":
         bad = entry()
         bad["mean"][1, 2, 3] = float("inf")
@@ -80,7 +87,7 @@ def damage(cache: TensorCache, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["garbage", "truncated", "empty", "wrong_key", "wrong_format", "missing_tensor",
-                                 "nan", "inf"])
+                                 "nan", "inf", "bit_flip", "no_checksum"])
 def test_damaged_entries_read_as_misses_and_are_deleted(tmp_path, caplog, how):
     cache = TensorCache(tmp_path, "latents")
     cache.put(KEY, entry())
@@ -193,6 +200,27 @@ def test_ensure_latents_encodes_only_misses(tmp_path):
     cache.path(square.latent_keys[0]).write_bytes(b"corrupt")
     assert ensure_latents(cache, datasets, encode, batch_size=4) == type(counts)(hits=9, encoded=1)
     assert calls == [(1, 3, 32, 32)]
+
+
+def test_a_re_encoded_latent_is_bit_identical_to_the_first(tmp_path):
+    # A kill during caching makes the resumed run encode the rest; an entry must not depend on its batch companions.
+    vae = tiny_vae()
+
+    def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = vae.encode(pixels).latent_dist
+        return dist.mean, dist.std
+
+    datasets = latent_datasets(tmp_path)
+    cache = TensorCache(tmp_path / "cache", "latents")
+    with torch.no_grad():
+        ensure_latents(cache, datasets, encode)
+    keys = [key for d in datasets for img in d.images for key in img.latent_keys]
+    first = {key: tensor_checksum(cache.get(key)) for key in keys}  # the tensors' bytes (header order may vary)
+    for key in keys[1::2]:
+        cache.path(key).unlink()
+    with torch.no_grad():
+        assert ensure_latents(cache, datasets, encode).encoded == len(keys[1::2])
+    assert {key: tensor_checksum(cache.get(key)) for key in keys} == first
 
 
 def test_ensure_text_encodes_each_distinct_caption_once(tmp_path):
