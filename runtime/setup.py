@@ -9,6 +9,7 @@ import torch
 from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
+from dbspec.runtime.data import verify_sources
 from dbspec.runtime.models import Components, set_attention, to_dtype
 from dbspec.runtime.quantize import quantize_frozen
 from dbspec.runtime.text import encode
@@ -91,6 +92,7 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
     """Encode what the caches miss; returns (latent cache, text cache, counts)."""
     latent_cache = text_cache = None
     counts = {}
+    verify_sources(plan.datasets)  # before any cache hit is trusted
     if plan.cache.latents and any(img.latent_keys for d in plan.datasets for img in d.images):
         latent_cache = TensorCache(plan.cache.dir, "latents")
         vae_dtype = component_dtype(plan, "vae")

@@ -5,8 +5,12 @@ The cache lets re-planning an unchanged dataset open no image.
 
 One JSON file per scanned folder (named by a hash of the folder's absolute path, so datasets never
 rewrite each other's), mapping each image's absolute path to the facts its bytes gave last time.
-An entry is reused only while the file's size and mtime_ns are unchanged. Anything unexpected in
-the file (corrupt JSON, another version, malformed entry) means a miss and a rebuild, never a crash.
+An entry is reused only while the file's size and stamp (mtime, ctime and inode, as git's index
+compares them) are unchanged: a picture replaced by another of the same size and mtime (`cp -p`,
+`rsync -t`, `touch -r`) gets a new ctime or inode, which user programs cannot set back. The file is
+a header line (format, versions, folder, and a hash of the entries' text) and the entries' JSON on the
+next: an entry edited or damaged on disk fails the hash, and the whole file is rebuilt. Anything
+unexpected (corrupt JSON, another version, malformed entry) means a miss and a rebuild, never a crash.
 Written once per scan, atomically (temp file + os.replace), and only when something changed.
 """
 
@@ -26,12 +30,12 @@ import PIL
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 FORMAT = "dbspec-image-scan"
-VERSION = 1  # bump when FileFacts or the checks that produce them change
+VERSION = 2  # bump when FileFacts, the entry layout or the checks that produce them change
 
-# A stored entry: [size, mtime_ns, width, height, orientation, mode, has_alpha, sha, problem, reason]
+# A stored entry: [size, stamp, width, height, orientation, mode, has_alpha, sha, problem, reason]
 Entry = list
 Entries = dict[str, Entry]
-_ENTRY_TYPES = (int, int, int, int, int, str, bool, str, str, str)
+_ENTRY_TYPES = (int, str, int, int, int, str, bool, str, str, str)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
@@ -194,46 +198,57 @@ def cache_file_for(cache_dir: Path, folder: str) -> Path:
     return cache_dir / f"images-{digest}.json"
 
 
+def file_stamp(st: os.stat_result) -> str:
+    """What changes whenever a file's content may have: mtime, ctime (set by the kernel on every write, rename
+    or metadata change) and inode (a file copied or moved into place)."""
+    return f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def load_entries(cache_file: Path, folder: str) -> Entries:
-    """The stored entries, or {} when the file is missing, unreadable, corrupt or from another version."""
+    """The stored entries, or {} when the file is missing, unreadable, corrupt, edited or from another version."""
     try:
         with open(cache_file, "rb") as f:
-            doc = json.loads(f.read())
+            head, _, body = f.read().partition(b"\n")
+        doc = json.loads(head)
     except (OSError, ValueError):
         return {}
-    if not isinstance(doc, dict) or _header(folder) != {k: doc.get(k) for k in _header(folder)}:
+    expected = {**_header(folder), "entries_blake2b": _digest(body)}
+    if not isinstance(doc, dict) or doc != expected:
         return {}
-    entries = doc.get("entries")
+    try:
+        entries = json.loads(body)
+    except ValueError:
+        return {}
     return entries if isinstance(entries, dict) else {}
 
 
-def lookup(entries: Entries, path: str, size: int, mtime_ns: int) -> FileFacts | None:
-    """The cached facts of `path` if its size and mtime are unchanged and the entry is well-formed."""
+def lookup(entries: Entries, path: str, size: int, stamp: str) -> FileFacts | None:
+    """The cached facts of `path` if its size and stamp are unchanged and the entry is well-formed."""
     entry = entries.get(path)
     # One call per file on every warm scan: compare the exact type tuple (cheaper than ten isinstance calls).
-    if type(entry) is not list or len(entry) != 10 or entry[0] != size or entry[1] != mtime_ns:
+    if type(entry) is not list or len(entry) != 10 or entry[0] != size or entry[1] != stamp:
         return None
     if tuple(map(type, entry)) != _ENTRY_TYPES:
         return None
     return FileFacts._make(entry[2:])
 
 
-def make_entry(size: int, mtime_ns: int, facts: FileFacts) -> Entry:
+def make_entry(size: int, stamp: str, facts: FileFacts) -> Entry:
     f = facts
-    return [size, mtime_ns, f.width, f.height, f.orientation, f.mode, f.has_alpha, f.sha, f.problem, f.reason]
+    return [size, stamp, f.width, f.height, f.orientation, f.mode, f.has_alpha, f.sha, f.problem, f.reason]
 
 
 def save_entries(cache_file: Path, folder: str, entries: Entries) -> None:
     """Write atomically; a cache that cannot be written only costs speed, so errors are ignored."""
-    doc = {**_header(folder), "entries": entries}
     # ensure_ascii keeps undecodable file names (surrogate escapes) round-trippable.
-    text = json.dumps(doc, separators=(",", ":"))
+    body = json.dumps(entries, separators=(",", ":")).encode("ascii")
+    head = json.dumps({**_header(folder), "entries_blake2b": _digest(body)}, separators=(",", ":"))
     tmp = ""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=cache_file.name + ".", suffix=".tmp", dir=cache_file.parent)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(head.encode("ascii") + b"\n" + body)
         os.replace(tmp, cache_file)
     except OSError:
         if tmp:
@@ -241,6 +256,10 @@ def save_entries(cache_file: Path, folder: str, entries: Entries) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 def _header(folder: str) -> dict:

@@ -41,7 +41,7 @@ class ImageInfo(NamedTuple):  # NamedTuple, not attrs: one per file per scan, bu
     mode: str
     has_alpha: bool  # alpha channel, or a palette/colour-key transparency
     bytes: int
-    mtime_ns: int
+    stamp: str  # file_stamp(stat): what must be unchanged for cached facts to hold
     sha: str  # blake2b(digest_size=16) of the file's bytes, hex
 
 
@@ -59,7 +59,7 @@ class _Found(NamedTuple):
     rel: str
     path: str
     size: int = 0
-    mtime_ns: int = 0
+    stamp: str = ""
     broken: str = ""  # reason the file cannot be read at all
 
 
@@ -119,7 +119,7 @@ def scan_folder(
 def _cached_image(item: _Found, old: imagecache.Entries, min_size: int, limit: int | None) -> ImageInfo | None:
     """The ImageInfo straight from a cache entry when nothing needs looking at (one call per file, warm)."""
     entry = old.get(item.path)
-    if (type(entry) is not list or len(entry) != 10 or entry[0] != item.size or entry[1] != item.mtime_ns
+    if (type(entry) is not list or len(entry) != 10 or entry[0] != item.size or entry[1] != item.stamp
             or not item.size or item.broken or entry[8]):
         return None
     _, _, width, height, orientation, mode, has_alpha, sha, _, _ = entry
@@ -127,7 +127,7 @@ def _cached_image(item: _Found, old: imagecache.Entries, min_size: int, limit: i
             or type(has_alpha) is not bool or type(sha) is not str
             or min(width, height) < min_size or (limit is not None and width * height > limit)):
         return None  # the slow path validates the entry fully and reports the problem
-    return ImageInfo(item.path, item.rel, width, height, orientation, mode, has_alpha, item.size, item.mtime_ns,
+    return ImageInfo(item.path, item.rel, width, height, orientation, mode, has_alpha, item.size, item.stamp,
                      sha)
 
 
@@ -139,12 +139,12 @@ def _facts(item: _Found, old: imagecache.Entries, new: imagecache.Entries) -> tu
     facts = _zero_or_broken(item)
     if facts is not None:
         return facts, None
-    facts = imagecache.lookup(old, item.path, item.size, item.mtime_ns)
+    facts = imagecache.lookup(old, item.path, item.size, item.stamp)
     if facts is not None:
         new[item.path] = old[item.path]
         return facts, True
     facts = probe_file(item.path)
-    new[item.path] = imagecache.make_entry(item.size, item.mtime_ns, facts)
+    new[item.path] = imagecache.make_entry(item.size, item.stamp, facts)
     return facts, False
 
 
@@ -208,7 +208,8 @@ def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found]
         except OSError as e:  # vanished or unreadable between listing and stat
             found.append(_Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})"))
             return
-        found.append(_Found(rel=rel, path=_posix(entry.path), size=st.st_size, mtime_ns=st.st_mtime_ns))
+        found.append(_Found(rel=rel, path=_posix(entry.path), size=st.st_size,
+                            stamp=imagecache.file_stamp(st)))
     elif recursive and entry.is_dir(follow_symlinks=False):  # never follow folder links: no cycles
         pending.append((rel + "/", entry.path))
     elif is_image_name and entry.is_symlink() and not entry.is_dir():
@@ -224,7 +225,7 @@ def _out_of_scope(entries: imagecache.Entries, root: str) -> imagecache.Entries:
 def _image_info(item: _Found, facts: FileFacts) -> ImageInfo:
     # Positional: the field order of ImageInfo (per file, per scan; keyword construction costs more).
     return ImageInfo(item.path, item.rel, facts.width, facts.height, facts.orientation, facts.mode, facts.has_alpha,
-                     item.size, item.mtime_ns, facts.sha)
+                     item.size, item.stamp, facts.sha)
 
 
 def _file_diagnostic(code: str, rel: str, reason: str, on_bad: OnBad, key_path: str) -> Diagnostic:

@@ -199,3 +199,15 @@ def test_an_image_broken_after_planning_stops_the_run_naming_it_and_its_spec_lin
     assert victim.name in info.value.message
     assert info.value.where.endswith("spec.toml:8:1")  # line 8: path = "data/toy"
     assert "--resume" in info.value.hint
+
+
+def test_a_picture_replaced_after_planning_is_never_trained_on_from_the_latent_cache(tmp_path):
+    spec = write_spec(tmp_path, steps=2)
+    first, second = (compile_spec(spec, [f'output.dir="{name}"']) for name in ("first", "second"))
+    assert execute(first).status == "finished"  # fills the latent cache with the planned pictures' latents
+    victim, other = (Path(img.path) for img in second.datasets[0].images[:2])
+    victim.write_bytes(other.read_bytes())  # a cache hit would never open the file again
+    with pytest.raises(RunError) as info:
+        execute(second)
+    assert victim.name in info.value.message and "content changed after the plan was made" in info.value.message
+    assert "dbspec plan" in info.value.message

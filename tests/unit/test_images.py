@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile, WebPImagePlugin
 
 from dbspec.compiler import imagecache
-from dbspec.compiler.imagecache import probe_image
+from dbspec.compiler.imagecache import file_stamp, probe_image
 from dbspec.compiler.images import ScanResult, scan_folder
 
 KEY = "datasets[0].path"
@@ -75,7 +75,7 @@ def test_lists_images_sorted_with_sizes_hashes_and_any_case_extension(tmp_path):
     first, second = result.images[:2]
     assert (first.width, first.height, first.orientation, first.mode) == (50, 60, 1, "RGB")
     assert second.path == png.absolute().as_posix()
-    assert second.bytes == png.stat().st_size and second.mtime_ns == png.stat().st_mtime_ns
+    assert second.bytes == png.stat().st_size and second.stamp == file_stamp(png.stat())
     assert second.sha == hashlib.blake2b(png.read_bytes(), digest_size=16).hexdigest()
 
 
@@ -337,14 +337,58 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path, dataset, garbage):
     assert scan(dataset, cache_dir=cache_dir, on_bad="skip").cache_misses == 0
 
 
+def stored_entries(file: Path) -> dict:
+    return json.loads(file.read_bytes().partition(b"\n")[2])
+
+
+def rewrite_entries(file: Path, entries: dict, *, rehash: bool) -> None:
+    """Write edited entries back, with the header's entries hash recomputed (a well-formed file) or left stale."""
+    head = json.loads(file.read_bytes().partition(b"\n")[0])
+    body = json.dumps(entries, separators=(",", ":")).encode()
+    if rehash:
+        head["entries_blake2b"] = hashlib.blake2b(body, digest_size=16).hexdigest()
+    file.write_bytes(json.dumps(head).encode() + b"\n" + body)
+
+
 def test_malformed_entry_is_a_miss(tmp_path, dataset):
     cache_dir = tmp_path / "cache"
     scan(dataset, cache_dir=cache_dir, on_bad="skip")
     file = cache_file(cache_dir, dataset)
-    doc = json.loads(file.read_text())
-    doc["entries"][(dataset / "img0.png").absolute().as_posix()][2] = "wide"
-    file.write_text(json.dumps(doc))
+    entries = stored_entries(file)
+    entries[(dataset / "img0.png").absolute().as_posix()][2] = "wide"
+    rewrite_entries(file, entries, rehash=True)
     assert scan(dataset, cache_dir=cache_dir, on_bad="skip").cache_misses == 1
+
+
+def test_an_edited_or_damaged_entry_fails_the_hash_and_the_file_is_rebuilt(tmp_path, dataset):
+    # A well-typed entry with a wrong size would otherwise be trusted on every re-plan, and every run would
+    # stop with "the file changed after the plan was made".
+    cache_dir = tmp_path / "cache"
+    first = scan(dataset, cache_dir=cache_dir, on_bad="skip")
+    file = cache_file(cache_dir, dataset)
+    entries = stored_entries(file)
+    entries[(dataset / "img0.png").absolute().as_posix()][2] += 7  # width
+    rewrite_entries(file, entries, rehash=False)
+    again = scan(dataset, cache_dir=cache_dir, on_bad="skip")
+    assert again.cache_misses == 4 and again.images == first.images
+    assert scan(dataset, cache_dir=cache_dir, on_bad="skip").cache_misses == 0
+
+
+def test_a_picture_replaced_by_another_of_the_same_size_and_mtime_is_read_again(tmp_path, dataset):
+    cache_dir = tmp_path / "cache"
+    path = dataset / "img0.png"
+    before = {i.rel: i for i in scan(dataset, cache_dir=cache_dir, on_bad="skip").images}["img0.png"]
+    data = bytearray(path.read_bytes())
+    replacement = encode(Image.new("RGB", (40, 30), (30, 200, 30)), "PNG")
+    assert len(replacement) == len(data), "the test needs two PNGs of one byte size"
+    st = path.stat()
+    staged = dataset / ".staged"
+    staged.write_bytes(replacement)
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(staged, path)  # same size, same mtime, new inode and ctime
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = {i.rel: i for i in scan(dataset, cache_dir=cache_dir, on_bad="skip").images}["img0.png"]
+    assert after.sha != before.sha
 
 
 def test_removed_files_leave_the_cache_and_folders_have_separate_caches(tmp_path, dataset):
@@ -352,7 +396,7 @@ def test_removed_files_leave_the_cache_and_folders_have_separate_caches(tmp_path
     scan(dataset, cache_dir=cache_dir, recursive=True, on_bad="skip")
     (dataset / "img2.png").unlink()
     scan(dataset, cache_dir=cache_dir, on_bad="skip")  # not recursive: sub/ entries stay
-    keys = json.loads(cache_file(cache_dir, dataset).read_text())["entries"]
+    keys = stored_entries(cache_file(cache_dir, dataset))
     root = dataset.absolute().as_posix()
     assert sorted(k[len(root) + 1 :] for k in keys) == ["broken.jpg", "img0.png", "img1.png", "sub/deep.png"]
     scan(dataset / "sub", cache_dir=cache_dir)
