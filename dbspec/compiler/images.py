@@ -89,7 +89,7 @@ def scan_folder(
     new = {} if recursive else _out_of_scope(old, _posix(root))
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     images: list[ImageInfo] = []
-    diagnostics = list(walk_errors)
+    problems: list[tuple[str, str, str]] = []  # (code, rel, reason) per problem file
     hits = misses = 0
     with warnings.catch_warnings():
         # Pillow warns about the very files we report (bombs, odd EXIF); the diagnostics say it once.
@@ -105,9 +105,10 @@ def scan_folder(
             hits, misses = hits + (cached is True), misses + (cached is False)
             problem, reason = _problem(facts, min_size, limit)
             if problem:
-                diagnostics.append(_file_diagnostic(problem, item.rel, reason, on_bad, key_path))
+                problems.append((problem, item.rel, reason))
             else:
                 images.append(_image_info(item, facts))
+    diagnostics = walk_errors + _file_diagnostics(problems, root, on_bad, key_path)
     # Without misses, `new` holds a subset of `old`'s entries, unchanged: equal exactly when no entry was dropped.
     if cache_file is not None and (misses or len(new) != len(old)):
         imagecache.save_entries(cache_file, _posix(root), new)
@@ -202,7 +203,12 @@ def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found]
         return
     rel = prefix + name
     is_image_name = "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS
-    if is_image_name and entry.is_file():
+    try:
+        is_file = is_image_name and entry.is_file()
+    except OSError as e:  # a symbolic link loop (ELOOP): name the link, never fail the whole folder
+        found.append(_Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})"))
+        return
+    if is_file:
         try:
             st = entry.stat()
         except OSError as e:  # vanished or unreadable between listing and stat
@@ -228,11 +234,34 @@ def _image_info(item: _Found, facts: FileFacts) -> ImageInfo:
                      item.size, item.stamp, facts.sha)
 
 
-def _file_diagnostic(code: str, rel: str, reason: str, on_bad: OnBad, key_path: str) -> Diagnostic:
-    message = f"image `{rel}` {reason}"
+GROUP_AT = 4  # this many files with one problem in one folder become one diagnostic listing them
+LISTED = 20  # files named in a grouped diagnostic; the count says how many more
+
+
+def _file_diagnostics(problems: list[tuple[str, str, str]], root: str, on_bad: OnBad,
+                      key_path: str) -> list[Diagnostic]:
+    """One diagnostic per problem file, or one per code when many files share it (10,000 empty files are one
+    block, not 10,000)."""
+    by_code: dict[str, list[tuple[str, str]]] = {}
+    for code, rel, reason in problems:
+        by_code.setdefault(code, []).append((rel, reason))
+    out = []
+    for code, rel, reason in problems:  # file order; a grouped code stands where its first file would
+        files = by_code[code]
+        if len(files) < GROUP_AT:
+            out.append(_file_diagnostic(code, f"image `{rel}` {reason}", (), on_bad, key_path))
+        elif files[0][0] == rel:
+            notes = tuple(f"`{name}` {why}" for name, why in files[:LISTED])
+            more = (f"... and {len(files) - LISTED} more",) if len(files) > LISTED else ()
+            message = f"{len(files)} images in `{_posix(root)}` have this problem ({code})"
+            out.append(_file_diagnostic(code, message, notes + more, on_bad, key_path))
+    return out
+
+
+def _file_diagnostic(code: str, message: str, notes: tuple[str, ...], on_bad: OnBad, key_path: str) -> Diagnostic:
     if on_bad == "skip":
-        return warning(code, message, path=key_path, notes=('left out (on_bad_image = "skip")',))
-    return error(code, message, path=key_path, help=_HELP[code])
+        return warning(code, message, path=key_path, notes=notes + ('left out (on_bad_image = "skip")',))
+    return error(code, message, path=key_path, help=_HELP[code], notes=notes)
 
 
 def _folder_error(folder: str, what: str, key_path: str) -> Diagnostic:

@@ -408,3 +408,27 @@ def test_unwritable_cache_dir_is_not_fatal(tmp_path, dataset):
     blocker = write(tmp_path / "cache", b"a file where the cache folder should be")
     result = scan(dataset, cache_dir=blocker, on_bad="skip")
     assert len(result.images) == 3 and result.cache_misses == 4
+
+
+def test_many_files_with_one_problem_are_one_diagnostic_listing_them(tmp_path):
+    folder = tmp_path / "many"
+    write(folder / "good.png", encode(rgb(), "PNG"))
+    for i in range(30):
+        write(folder / f"empty{i:02d}.png", b"")
+    write(folder / "broken.jpg", b"not a jpeg")
+    result = scan(folder, on_bad="skip")
+    assert codes(result) == [("DBS303", "warning"), ("DBS304", "warning")]
+    grouped = result.diagnostics[1]
+    assert grouped.message == f"30 images in `{folder.as_posix()}` have this problem (DBS304)"
+    assert grouped.notes[0] == "`empty00.png` is empty (0 bytes)" and grouped.notes[20] == "... and 10 more"
+    assert len(scan(folder).diagnostics) == 2 and len(result.images) == 1
+
+
+def test_a_symbolic_link_loop_is_named_and_skippable(tmp_path):
+    folder = tmp_path / "links"
+    write(folder / "good.png", encode(rgb(), "PNG"))
+    (folder / "a.png").symlink_to(folder / "b.png")
+    (folder / "b.png").symlink_to(folder / "a.png")
+    strict = scan(folder)
+    assert [d.message.split(" cannot")[0] for d in strict.diagnostics] == ["image `a.png`", "image `b.png`"]
+    assert [i.rel for i in scan(folder, on_bad="skip").images] == ["good.png"]
