@@ -8,6 +8,7 @@ carries them out. Batches never mix buckets, nothing is dropped, and the order i
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -164,28 +165,45 @@ class DataError(Exception):
 
 
 def verify_sources(datasets: Sequence[DatasetPlan]) -> int:
-    """Hash every image and mask file the plan names and compare with the plan, before any cached latent is
-    trusted: a latent cache hit never opens the image, so this is what keeps a run from training on the latents
-    of a picture that was replaced since planning. Costs one read of each file per run (blake2b runs at about
-    1 GB/s). Class images the run generates are skipped: they are made from the plan. Returns the bytes read."""
-    changed, total = [], 0
+    """Read every image and mask file the plan names, before any cached latent is trusted; report every file
+    whose content changed since planning or whose pixels do not decode, all at once.
+
+    A latent cache hit never opens the image, so the hash check is what keeps a run from training on the latents
+    of a picture replaced since planning; the plan reads headers only, so the decode is what finds pixel data
+    broken behind a valid header before step 1 rather than at the step that needs it. Costs one read and one
+    decode of each file per run (seconds for a few hundred photos). Class images the run generates are skipped:
+    they are made from the plan. Returns the bytes read."""
+    problems, total = [], 0
     for dataset in datasets:
         for img in dataset.images:
             for path, sha in ((img.path, img.sha), (img.mask, img.mask_sha)):
                 if not path or path == "alpha" or sha.startswith("generated:"):
                     continue
-                try:
-                    data = Path(path).read_bytes()
-                except OSError as exc:
-                    raise DataError(path, f"cannot be read ({exc.strerror or exc})") from exc
+                data, problem = _check_source(path, sha)
                 total += len(data)
-                if hashlib.blake2b(data, digest_size=16).hexdigest() != sha:
-                    changed.append(path)
-    if changed:
-        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:6])}{', ...' if len(changed) > 6 else ''})"
-        raise DataError(changed[0], "its content changed after the plan was made"
-                                    f"{more if len(changed) > 1 else ''}; run `dbspec plan` again")
+                if problem:
+                    problems.append((path, problem))
+    if problems:
+        path, problem = problems[0]
+        others = "".join(f"; `{p}` {why}" for p, why in problems[1:])
+        raise DataError(path, f"{problem}{others}; fix or replace {'them' if others else 'it'} and run "
+                              "`dbspec plan` again")
     return total
+
+
+def _check_source(path: str, sha: str) -> tuple[bytes, str]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return b"", f"cannot be read ({exc.strerror or exc})"
+    if hashlib.blake2b(data, digest_size=16).hexdigest() != sha:
+        return data, "its content changed after the plan was made"
+    try:
+        with Image.open(io.BytesIO(data)) as handle:
+            handle.load()
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on broken pixel data
+        return data, f"does not decode ({type(exc).__name__}: {exc})"
+    return data, ""
 
 
 def crop_offset(img: ImagePlan, crop_mode: CropMode, rng: random.Random | None) -> tuple[int, int]:
