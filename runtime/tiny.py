@@ -6,6 +6,7 @@ path of a real model (`from_pretrained(folder)`). Weights are random but a pure 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -99,7 +100,8 @@ def materialize(name: str, folder: Path, seed: int = 0) -> Path:
     try:
         build_pipeline(name, seed).save_pretrained(staging, safe_serialization=True)
         _write_bpe_files(staging, model)
-        (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+        stored = {**marker, "files": _manifest(staging)}
+        (staging / MARKER_FILE).write_text(json.dumps(stored, indent=2) + "\n")
         _move_into_place(staging, folder, marker)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -114,7 +116,22 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def _holds(folder: Path, marker: dict[str, Any]) -> bool:
-    return _read_marker(folder) == marker
+    """The folder holds this built-in, every file as it was written (a damaged or partly deleted folder, or
+    one from a dbspec that wrote no manifest, is rebuilt)."""
+    stored = _read_marker(folder)
+    if not isinstance(stored, dict) or {key: stored.get(key) for key in marker} != marker:
+        return False
+    files = stored.get("files")
+    return isinstance(files, dict) and bool(files) and _manifest(folder) == files
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    """blake2b of every file but the marker, by relative path: a few MB for the tiny models, milliseconds."""
+    try:
+        return {path.relative_to(folder).as_posix(): hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+                for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER_FILE}
+    except OSError:
+        return {}
 
 
 def _write_bpe_files(folder: Path, model: BuiltinModel) -> None:

@@ -96,7 +96,10 @@ def test_materialize_round_trips_through_from_pretrained(name: str, materialized
     folder = materialized[name]
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == model.pipeline_class
-    assert json.loads((folder / MARKER_FILE).read_text()) == {"identity": model.identity, "seed": 0}
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    assert {key: marker[key] for key in ("identity", "seed")} == {"identity": model.identity, "seed": 0}
+    assert set(marker["files"]) == {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                                    if p.is_file() and p.name != MARKER_FILE}
     assert list(folder.parent.glob(f".{folder.name}.*")) == []  # no staging leftovers
     assert (folder / "tokenizer" / "merges.txt").read_text().startswith("#version: 0.2\n")
     assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
@@ -123,6 +126,25 @@ def test_materialize_replaces_other_seed_but_never_a_foreign_folder(tmp_path: Pa
     with pytest.raises(FileExistsError):
         materialize("builtin:tiny-sd1", foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "delete_config", "no_manifest"])
+def test_a_damaged_built_in_folder_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    folder = materialize("builtin:tiny-sd1", tmp_path / "model")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    intact = weights.read_bytes()
+    if damage == "truncate_weights":
+        weights.write_bytes(intact[: len(intact) // 2])
+    elif damage == "delete_config":
+        (folder / "vae" / "config.json").unlink()
+    else:  # written by a dbspec before manifests
+        marker = json.loads((folder / MARKER_FILE).read_text())
+        del marker["files"]
+        (folder / MARKER_FILE).write_text(json.dumps(marker))
+    assert materialize("builtin:tiny-sd1", folder) == folder
+    assert weights.read_bytes() == intact and (folder / "vae" / "config.json").is_file()
+    assert "files" in json.loads((folder / MARKER_FILE).read_text())
+    DiffusionPipeline.from_pretrained(folder)
 
 
 @pytest.mark.parametrize("name", NAMES)
