@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dbspec.plan.model import LoggingPlan
+from dbspec.util.atomic import write_text_atomic
 
 
 @contextlib.contextmanager
@@ -50,6 +51,7 @@ class MetricsLog:
         if not enabled:  # processes other than the main one log nothing
             return
         out.mkdir(parents=True, exist_ok=True)
+        keep_rows_up_to(out / "metrics.jsonl", start_step)
         self._jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         if plan.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -74,3 +76,24 @@ class MetricsLog:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the rows a resumed run will log again (steps after its checkpoint) and a row torn by a kill, so
+    metrics.jsonl holds each step once. Rewritten atomically; untouched when nothing needs dropping."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) == len(lines) and all(line.endswith("\n") for line in lines):
+        return
+    write_text_atomic(path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row["step"] if isinstance(row, dict) and type(row.get("step")) is int else None
