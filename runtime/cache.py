@@ -53,6 +53,10 @@ Job = TypeVar("Job")
 ENCODE_BATCH = 1
 
 
+class CacheWriteError(Exception):
+    """An entry could not be written (disk full, no permission): names the folder; the run stops cleanly."""
+
+
 class TensorCache:
     """safetensors entries of one kind under `dir`; damaged entries read as misses and are deleted."""
 
@@ -108,7 +112,12 @@ class TensorCache:
         data = safetensors.torch.save(prepared, metadata={**extra, "key": key, "format": self.format,
                                                           "sha256": tensor_checksum(prepared)})
         path = self.path(key)
-        _write_atomic(path, data)
+        try:
+            _write_atomic(path, data)
+        except OSError as exc:
+            raise CacheWriteError(f"cannot write {self.kind} cache entry into {path.parent} "
+                                  f"({exc.strerror or exc}; {len(data)} bytes): free disk space or set cache.dir "
+                                  "to a folder with room, then run again") from exc
         return path
 
     def _problem(self, key: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dbspec.plan.model import Plan
+from dbspec.runtime.cache import CacheWriteError
 from dbspec.runtime.checkpoints import OutputError
 from dbspec.runtime.data import DataError
 from dbspec.runtime.loop import NonFiniteLoss, RunResult, train
@@ -43,8 +44,9 @@ def execute(plan: Plan, *, overwrite: bool = False, resume: bool = False, consol
         raise RunError(str(exc), _origin(plan, "optimizer.lr"),
                        "the last good checkpoint is intact; lower optimizer.lr or use mixed = \"bf16\"/\"no\", "
                        "then resume") from exc
-    except (ModelLoadError, DeviceError, OutputError, OptimizerError) as exc:
-        key = {ModelLoadError: "model.base", OutputError: "output.dir", OptimizerError: "optimizer.kind"}
+    except (ModelLoadError, DeviceError, OutputError, OptimizerError, CacheWriteError) as exc:
+        key = {ModelLoadError: "model.base", OutputError: "output.dir", OptimizerError: "optimizer.kind",
+               CacheWriteError: "cache.dir"}
         raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
 
 

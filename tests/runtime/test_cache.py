@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import resource
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from dbspec.plan.model import DatasetPlan, ImagePlan
-from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text, tensor_checksum
+from dbspec.runtime.cache import CacheWriteError, TensorCache, ensure_latents, ensure_text, tensor_checksum
 from dbspec.runtime.data import load_pixels
 
 KEY = "ab" + "0" * 38
@@ -122,7 +124,7 @@ def test_writes_leave_no_temp_files_even_when_the_rename_fails(tmp_path):
     assert all(name.endswith(".safetensors") and "/." not in name for name in files_under(tmp_path))
     assert len(files_under(tmp_path)) == 6
     cache.path(OTHER).mkdir(parents=True)  # a folder in the way: os.replace fails after the temp file is written
-    with pytest.raises(OSError):
+    with pytest.raises(CacheWriteError, match=str(cache.path(OTHER).parent)):
         cache.put(OTHER, entry())
     assert len(files_under(tmp_path)) == 6
 
@@ -253,3 +255,24 @@ def test_an_encoder_returning_the_wrong_batch_is_reported(tmp_path):
     cache = TensorCache(tmp_path / "cache", "latents")
     with pytest.raises(ValueError, match="batch of"):
         ensure_latents(cache, datasets, lambda x: (x[:1], x[:1]), batch_size=4)
+
+
+@contextmanager
+def file_size_limit(nbytes: int):
+    """Writes past `nbytes` fail with EFBIG, as on a full disk (Python ignores SIGXFSZ), in this process only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_full_disk_names_the_cache_folder_and_leaves_no_partial_entry(tmp_path):
+    cache = TensorCache(tmp_path, "latents")
+    cache.put(KEY, entry())
+    with file_size_limit(1024), pytest.raises(CacheWriteError) as info:
+        cache.put(OTHER, entry(1))
+    assert str(cache.path(OTHER).parent) in str(info.value) and "free disk space" in str(info.value)
+    assert files_under(tmp_path) == [str(cache.path(KEY).relative_to(tmp_path))]
+    assert torch.equal(cache.get(KEY)["mean"], entry()["mean"])  # what was there is intact
