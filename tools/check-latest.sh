@@ -26,14 +26,19 @@ grep -v "sys_platform == 'never'" "$dir/resolved.txt" > "$dir/install.txt"
 "$venv/bin/pip" install -q -r "$dir/install.txt" -e ".[test]" || exit 2
 
 echo "== packages that differ from requirements/lock.txt (locked -> tested)"
-python3 - "$dir/install.txt" <<'PY'
-import re, sys
+"$venv/bin/python" - "$dir/install.txt" <<'PY'
+import sys
+from packaging.requirements import InvalidRequirement, Requirement
 def pins(path):
+    """name -> version of the lines that apply to this interpreter and platform (the lock is universal)."""
     out = {}
     for line in open(path):
-        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;#]+)", line)
-        if m:
-            out[m.group(1).lower()] = m.group(2)
+        try:
+            req = Requirement(line.split("#")[0].strip())
+        except InvalidRequirement:
+            continue
+        if (req.marker is None or req.marker.evaluate()) and str(req.specifier).startswith("=="):
+            out[req.name.lower()] = str(req.specifier)[2:]
     return out
 locked, tested = pins("requirements/lock.txt"), pins(sys.argv[1])
 moved = [(n, locked.get(n, "-"), tested.get(n, "-")) for n in sorted(set(locked) | set(tested))
