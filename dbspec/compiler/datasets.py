@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import json
@@ -123,7 +124,8 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
     image = Path(info.path)
     sidecar = image.with_name(image.stem + d.caption_extension)  # kohya: splitext(path)[0] + extension
     try:
-        lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        text, cut = _read_capped(sidecar)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     except FileNotFoundError:
         if d.prompt:
             return d.prompt
@@ -141,7 +143,26 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
         ctx.report("DBS320", "warning", f"caption file `{sidecar.name}` is empty: image `{info.rel}` trains with "
                    f"{used}", ("datasets", i, "captions"))
         return d.prompt
-    return lines[0]  # the first line, as kohya reads it
+    caption = lines[0]  # the first line, as kohya reads it
+    if cut or len(caption) > MAX_CAPTION_CHARS:
+        what = f"more than {MAX_CAPTION_BYTES} bytes" if cut else f"a {len(caption)}-character first line"
+        ctx.report("DBS325", "warning", f"caption file `{sidecar.name}` of image `{info.rel}` holds {what}: only "
+                   f"its first {MAX_CAPTION_CHARS} characters are kept", ("datasets", i, "captions"),
+                   help="text encoders read at most 77 tokens (225 with long prompts), a few hundred characters")
+    return caption[:MAX_CAPTION_CHARS]
+
+
+MAX_CAPTION_CHARS = 10_000  # far past what 225 tokens can cover; keeps plans and summaries small
+MAX_CAPTION_BYTES = 1 << 20
+
+
+def _read_capped(path: Path) -> tuple[str, bool]:
+    """The file's text up to MAX_CAPTION_BYTES (a multi-byte character cut at the end is dropped), and whether
+    it was cut. Raises FileNotFoundError, OSError or UnicodeDecodeError as read_text would."""
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_CAPTION_BYTES + 1)
+    cut = len(raw) > MAX_CAPTION_BYTES
+    return codecs.getincrementaldecoder("utf-8")().decode(raw[:MAX_CAPTION_BYTES], final=not cut), cut
 
 
 def _image(ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer,

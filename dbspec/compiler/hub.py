@@ -16,7 +16,12 @@ class DownloadError(Exception):
 
 
 def is_local(base: str, spec_dir: Path) -> bool:
-    return base.startswith("builtin:") or (spec_dir / base).expanduser().exists() or Path(base).is_absolute()
+    if base.startswith("builtin:") or Path(base).is_absolute():
+        return True
+    try:
+        return (spec_dir / base).expanduser().exists()
+    except OSError:  # a name too long to probe is a path, not a hub id: the model pass reports it (DBS310)
+        return True
 
 
 def download(repo_id: str, revision: str) -> Path:

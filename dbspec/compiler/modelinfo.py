@@ -7,6 +7,7 @@ already in the local Hugging Face cache. It never unpickles and never reaches th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +61,16 @@ def inspect_model(base: str, spec_dir: Path, *, revision: str = "main") -> Model
     if base.startswith("builtin:"):
         return None
     local = (Path(spec_dir) / Path(base).expanduser()).absolute()
+    try:
+        return _inspect_path(base, local, revision)
+    except OSError as exc:  # probing the path itself failed (name too long, no permission): the user's to fix
+        name = str(exc.filename or local)
+        reason = (f"the path is too long for the file system ({len(name)} characters)"
+                  if exc.errno == errno.ENAMETOOLONG else str(exc.strerror or exc))
+        raise ModelFileError(name, reason) from exc
+
+
+def _inspect_path(base: str, local: Path, revision: str) -> ModelFacts:
     if local.is_dir():
         return _inspect_diffusers(base, local, source="diffusers")
     if local.is_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -18,6 +19,11 @@ import attrs
 
 # Same limit as the safetensors library: a larger header means a corrupt or hostile file.
 MAX_HEADER_BYTES = 100_000_000
+# A header is {name: {shape: [...]}}, 3 levels; json.loads recurses per level, so a deeper one is refused first.
+_MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_BRACKET_RUN = re.compile(rb"([\[{]+)|([\]}]+)")
 _DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
     "U16": 16, "I16": 16, "F16": 16, "BF16": 16,
@@ -86,13 +92,34 @@ def _read_raw_header(path: Path) -> tuple[dict, int]:
             raw = f.read(n)
     except OSError as e:
         raise ModelFileError(path, f"cannot read: {e.strerror or e}") from e
+    _check_nesting(path, raw)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFileError(path, f"header is not valid JSON ({e}); the file is corrupt or not safetensors") from e
+    except RecursionError:  # _check_nesting should have caught it; a corrupt file is never an internal error
+        raise ModelFileError(path, "header nests too deeply; the file is corrupt or not safetensors") from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "header is not a JSON object")
     return header, file_size - 8 - n
+
+
+def _check_nesting(path: Path, raw: bytes) -> None:
+    """Refuse a header nested much deeper than _MAX_JSON_DEPTH before json.loads recurses into it.
+
+    Strings go first (metadata values often hold JSON text), then everything but brackets, then empty
+    pairs (a few levels: the limit is approximate, real headers are 3 deep); depth changes by whole runs
+    of brackets, so the Python loop is per run and C-speed passes do the rest.
+    """
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw))
+    for _ in range(2):
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    depth = 0
+    for run in _BRACKET_RUN.finditer(brackets):
+        depth += len(run.group(1) or b"") - len(run.group(2) or b"")
+        if depth > _MAX_JSON_DEPTH:
+            raise ModelFileError(path, f"header nests more than {_MAX_JSON_DEPTH} levels deep; the file is corrupt "
+                                 "or not safetensors")
 
 
 def _tensor_info(path: str | os.PathLike, name: str, entry: object, data_bytes: int) -> TensorInfo:

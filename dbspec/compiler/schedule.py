@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from dbspec.plan.model import BucketPlan, SchedulePlan, Size
+from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 POLYNOMIAL_LR_END = 1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
 POLYNOMIAL_POWER = 1.0  # get_scheduler's default `power`
 COSINE_CYCLES = 0.5  # get_scheduler never passes num_cycles to "cosine": it is always a half cosine
+LR_POINTS_AT_CHECKPOINTS = 16  # the plan shows the LR at this many checkpoints at most: its size never grows with steps
 
 
 def balance_class_repeats(own_repeats: list[int], target: int) -> list[int]:
@@ -147,13 +148,11 @@ def lr_at(step: int, *, lr: float, schedule: str, warmup: int, total: int, cycle
     return lr * _FACTORS[schedule](step, warmup, total, cycles, lr)
 
 
-def interval_steps(every: int, total: int) -> tuple[int, ...]:
+def interval_steps(every: int, total: int) -> StepRange:
     """Steps N, 2N, ... below `total`, then `total` itself; every = 0 gives only the end."""
     _require_at_least("total steps", total, 1)
     _require_at_least("interval", every, 0)
-    if every == 0:
-        return (total,)
-    return (*range(every, total, every), total)
+    return StepRange(every=every, end=total)
 
 
 def compute_schedule(*, batches_per_epoch: int, instance_samples: int, class_samples: int, batch_size: int,
@@ -188,7 +187,7 @@ def compute_schedule(*, batches_per_epoch: int, instance_samples: int, class_sam
     warmup_end = (warmup_steps,) if warmup_steps and lr_schedule != "constant" else ()
     lr_points = tuple(
         (step, lr_at(step, lr=lr, schedule=lr_schedule, warmup=warmup_steps, total=total_steps, cycles=cycles))
-        for step in sorted({0, *warmup_end, *checkpoint_steps})
+        for step in sorted({0, *warmup_end, *checkpoint_steps.spread(LR_POINTS_AT_CHECKPOINTS)})
     )
     return SchedulePlan(
         total_steps=total_steps, epochs=epochs, batch_size=batch_size, accumulation=accumulation,
@@ -196,7 +195,7 @@ def compute_schedule(*, batches_per_epoch: int, instance_samples: int, class_sam
         instance_samples_per_epoch=instance_samples, class_samples_per_epoch=class_samples,
         lr_schedule=lr_schedule, warmup_steps=warmup_steps, cycles=cycles,
         text_encoder_stop_step=text_encoder_stop_step, checkpoint_steps=checkpoint_steps,
-        validation_steps=interval_steps(validate_every, total_steps) if validate else (),
+        validation_steps=interval_steps(validate_every, total_steps) if validate else StepRange(every=0, end=0),
         lr_points=lr_points, seed=seed,
     )
 

@@ -7,11 +7,13 @@ value came from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
 from typing import Literal
 
 import attrs
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: checkpoint and validation steps are a StepRange, not a list
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -124,6 +126,45 @@ class BucketPlan:
 
 
 @frozen
+class StepRange:
+    """Steps `every`, 2 x `every`, ... below `end`, then `end` itself: the same size for any run length.
+
+    every = 0 gives only `end`; end = 0 gives no step at all (validation without prompts).
+    """
+
+    every: int
+    end: int
+
+    def __contains__(self, step: object) -> bool:
+        if not isinstance(step, int) or not 0 < step <= self.end:
+            return False
+        return step == self.end or (self.every > 0 and step % self.every == 0)
+
+    def __len__(self) -> int:
+        if self.end <= 0:
+            return 0
+        return 1 if self.every <= 0 else (self.end - 1) // self.every + 1
+
+    def __iter__(self) -> Iterator[int]:
+        if self.end <= 0:
+            return
+        if self.every > 0:
+            yield from range(self.every, self.end, self.every)
+        yield self.end
+
+    def first(self, n: int) -> tuple[int, ...]:
+        return tuple(islice(self, n))
+
+    def spread(self, n: int) -> tuple[int, ...]:
+        """At most `n` of the steps, evenly spread, the last always included (for summaries and LR points)."""
+        count = len(self)
+        if count <= n:
+            return tuple(self)
+        picks = sorted({i * (count - 1) // (n - 1) for i in range(n)})  # integers: exact for any run length
+        return tuple(self.end if i == count - 1 else (i + 1) * self.every for i in picks)
+
+
+@frozen
 class SchedulePlan:
     total_steps: int  # optimizer steps
     epochs: int
@@ -138,9 +179,9 @@ class SchedulePlan:
     warmup_steps: int
     cycles: int
     text_encoder_stop_step: int  # 0 = trains the whole run (or never, when the text encoder is frozen)
-    checkpoint_steps: tuple[int, ...]
-    validation_steps: tuple[int, ...]
-    lr_points: tuple[tuple[int, float], ...]  # (step, lr) at warm-up end, checkpoints and the end
+    checkpoint_steps: StepRange
+    validation_steps: StepRange
+    lr_points: tuple[tuple[int, float], ...]  # (step, lr) at 0, warm-up end, up to 16 checkpoints and the end
     seed: int
 
 
@@ -205,7 +246,7 @@ class CachePlan:
 class ValidationPlan:
     prompts: tuple[str, ...]
     negative_prompt: str
-    steps: tuple[int, ...]  # optimizer steps after which to validate
+    steps: StepRange  # optimizer steps after which to validate
     scheduler: str
     inference_steps: int
     guidance: float
@@ -218,7 +259,7 @@ class ValidationPlan:
 class CheckpointPlan:
     dir: str  # output folder (absolute)
     name: str
-    steps: tuple[int, ...]
+    steps: StepRange
     keep: int
     save_precision: Dtype
     exports: tuple[str, ...]

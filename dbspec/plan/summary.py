@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import Plan
+from dbspec.plan.model import Plan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -54,7 +54,7 @@ def datasets_table(plan: Plan) -> Table:
     t = _table("Datasets", "name", "role", "images", "samples/epoch", "resolution", "captions", "skipped", "generate")
     for d in plan.datasets:
         captions = Counter(img.caption for img in d.images)
-        caption = captions.most_common(1)[0][0] if captions else ""
+        caption = _short(captions.most_common(1)[0][0]) if captions else ""
         if len(captions) > 1:
             caption += f" (+{len(captions) - 1} more)"
         gen = f"{d.generate.count} new" if d.generate else ""
@@ -97,8 +97,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _steps(steps: tuple[int, ...]) -> str:
-    return ", ".join(map(str, steps[:8])) + (f", ... ({len(steps)} in all)" if len(steps) > 8 else "")
+def _steps(steps: StepRange) -> str:
+    if len(steps) <= 8:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps.first(3))) + f", ... every {steps.every} to {steps.end} ({len(steps)} in all)"
 
 
 def _te(plan: Plan) -> str:
@@ -156,3 +158,8 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
         console.print(f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin.")
     for text in plan.warnings:
         console.print(text, markup=False, highlight=False)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A caption as the summary shows it: one table cell, however long the caption file was."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -209,7 +209,7 @@ def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
 
 def _violated(value: float, meta: dict) -> str:
     lo, hi, xlo = meta["minimum"], meta["maximum"], meta["exclusive_minimum"]
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite, and may not fit a float
         return "a finite number"  # nan passes every comparison; inf is no setting
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         return " and ".join(text for text in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if text)

@@ -10,6 +10,7 @@ import attrs
 import tomli
 
 from dbspec.diagnostics import Diagnostic, Span, error
+from dbspec.spec.limits import depth_error, text_problem, too_deep_path, value_problem
 from dbspec.spec.paths import KeyPath, dotted, has_path
 from dbspec.spec.spans import SpanIndex, build_span_index
 from dbspec.spec.syntax import decode_problem, syntax_error
@@ -57,10 +58,19 @@ def read_text(path: Path, label: str) -> tuple[str | None, str, list[Diagnostic]
 
 
 def parse_toml(text: str, label: str) -> tuple[dict | None, list[Diagnostic]]:
+    too_deep = text_problem(text, label)  # before tomli, whose recursion these limits bound
+    if too_deep is not None:
+        return None, [too_deep]
     try:
         return tomli.loads(text), []
     except tomli.TOMLDecodeError as exc:
         return None, [syntax_error(text, label, exc)]
+    except RecursionError:  # text_problem missed a nesting it could not follow; never an internal error
+        span = Span(file=label, line=1, col=1, end_line=1, end_col=2)
+        return None, [error("DBS005", "the spec nests values too deeply to read", span=span)]
+    except ValueError as exc:  # int()'s digit limit, which tomli lets escape; text_problem should catch it first
+        span = Span(file=label, line=1, col=1, end_line=1, end_col=2)
+        return None, [error("DBS006", f"the spec holds a number too long to read: {exc}", span=span)]
 
 
 def load_spec_file(path: Path, label: str, overrides: list[str]) -> tuple[RawSpec | None, list[Diagnostic]]:
@@ -83,7 +93,22 @@ def load_spec_file(path: Path, label: str, overrides: list[str]) -> tuple[RawSpe
         sources[OVERRIDES_FILE] = "\n".join(overrides)
     raw = RawSpec(file=label, path=path.resolve(), data=data, spans=build_span_index(text, label),
                   override_spans=value_spans, override_key_spans=key_spans, sources=sources)
+    too_deep = too_deep_path(data)
+    if too_deep is not None:  # later stages recurse through values: stop before they can overflow
+        return attrs.evolve(raw, data={}, parsed=False), [*diags, depth_error(too_deep, _deepest_span(raw, too_deep))]
     return raw, diags
+
+
+def _deepest_span(raw: RawSpec, path: KeyPath) -> Span:
+    """The `--set` that wrote into `path`, else the key span of the longest prefix of `path` in the file."""
+    for written, span in raw.override_key_spans.items():
+        if written[: len(path)] == path[: len(written)]:
+            return span
+    for length in range(len(path), 0, -1):
+        span = raw.spans.key(path[:length])
+        if span is not None:
+            return span
+    return Span(file=raw.file, line=1, col=1, end_line=1, end_col=2)
 
 
 _SEGMENT = re.compile(r"([A-Za-z0-9_-]+)((?:\[\d+\])*)")
@@ -108,7 +133,7 @@ def parse_override_value(text: str) -> tuple[Any, bool]:
     """Parse as a TOML value; a bare word that is not TOML (a path, a hub id) is taken as a string."""
     try:
         return tomli.loads(f"v = {text}")["v"], True
-    except tomli.TOMLDecodeError:
+    except (tomli.TOMLDecodeError, RecursionError, ValueError):  # the last two: past limits value_problem checks
         bare = bool(text) and not re.search(r"[\"'\[\]{}=,\s]", text) and not text[0].isdigit()
         return (text, True) if bare else (None, False)
 
@@ -126,6 +151,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, dict, list[
         if path is None:
             diags.append(error("DBS004", f"cannot read override `{item}`", span=whole,
                                help="write --set table.key=value, e.g. --set optimizer.lr=2e-6"))
+            continue
+        too_big = value_problem(value_text, key, whole)
+        if too_big is not None:
+            diags.append(too_big)
             continue
         value, ok = parse_override_value(value_text.strip())
         if not ok:

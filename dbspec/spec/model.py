@@ -115,7 +115,7 @@ class Dataset:
     caption_extension: str = option(".txt", doc="Sidecar caption extension for captions = \"textfile\".")
     caption_prefix: str = option("", doc="Text put before every caption (joined with a space).")
     caption_suffix: str = option("", doc="Text put after every caption (joined with a space).")
-    repeats: int = option(1, doc="How many times each image is seen per epoch.", minimum=1)
+    repeats: int = option(1, doc="How many times each image is seen per epoch.", minimum=1, maximum=10_000)
     resolution: int = option(512, doc="Training resolution: buckets keep this pixel area.", minimum=64, maximum=4096)
     crop: Literal["center", "random"] = option("center", doc="Crop placement after the cover-resize into a bucket.")
     flip: bool = option(False, doc="Random horizontal flips.")
@@ -128,6 +128,7 @@ class Dataset:
         doc="Class datasets: make the folder hold at least this many images, generating the missing ones "
         "with the base model from `prompt`.",
         minimum=0,
+        maximum=100_000,  # the plan lists one seed per image to generate
     )
     min_image_size: int = option(
         64, doc="Images whose short side is below this many pixels are problems (see on_bad_image).", minimum=1
@@ -144,11 +145,12 @@ class Buckets:
         doc="aspect: kohya-compatible aspect-ratio buckets; square: every image is cover-resized and cropped to "
         "resolution x resolution.",
     )
+    # Bounded: the compiler enumerates every side from min to max (twice the largest resolution is 8192).
     min_size: int = option(
-        0, doc="Smallest bucket side in pixels; 0 = half the dataset resolution.", minimum=0
+        0, doc="Smallest bucket side in pixels; 0 = half the dataset resolution.", minimum=0, maximum=16384
     )
     max_size: int = option(
-        0, doc="Largest bucket side in pixels; 0 = twice the dataset resolution.", minimum=0
+        0, doc="Largest bucket side in pixels; 0 = twice the dataset resolution.", minimum=0, maximum=16384
     )
     step: int = option(64, doc="Bucket sides are multiples of this.", minimum=8)
     no_upscale: bool = option(
@@ -199,8 +201,10 @@ class Optimizer:
 
 @frozen
 class Schedule:
-    steps: int = option(0, doc="Optimizer steps to train; set this or `epochs`.", minimum=0, example=800)
-    epochs: int = option(0, doc="Epochs to train; set this or `steps`.", minimum=0)
+    # Upper bounds keep plans and checks fast; far above any real run (thousands of steps, a few hundred epochs).
+    steps: int = option(0, doc="Optimizer steps to train; set this or `epochs`.", minimum=0, maximum=10_000_000,
+                        example=800)
+    epochs: int = option(0, doc="Epochs to train; set this or `steps`.", minimum=0, maximum=1_000_000)
     batch_size: int = option(1, doc="Images per batch (per process).", minimum=1)
     accumulation: int = option(1, doc="Batches accumulated per optimizer step.", minimum=1)
     lr_schedule: Literal[

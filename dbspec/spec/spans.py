@@ -23,7 +23,8 @@ from dbspec.diagnostics import Span
 Path = tuple[str | int, ...]
 
 # Inline tables and arrays nested deeper than this are not indexed: each level costs Python stack
-# frames, and no spec nests anywhere near this far.
+# frames. It is above the spec language's limit (limits.MAX_DEPTH, checked before this index is built),
+# so every spec that is read at all is indexed whole and its diagnostics keep their positions.
 _MAX_NESTING = 100
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -7,6 +7,7 @@ instead. Problems are raised as `SpecProblem`s inside cattrs' exception groups a
 
 from __future__ import annotations
 
+import sys
 import typing
 from typing import Any, Literal
 
@@ -47,6 +48,8 @@ def _strict(expected_type: type, name: str):
         if type(value) is expected_type:
             return value
         if expected_type is float and type(value) is int:
+            if abs(value) > sys.float_info.max:  # float() would raise OverflowError
+                raise SpecProblem(kind="type", expected=f"{name} (at most {sys.float_info.max:.3g})", actual=value)
             return float(value)  # TOML writes 1 for 1.0; an int is a valid number
         raise SpecProblem(kind="type", expected=name, actual=value)
 

@@ -16,7 +16,8 @@ from dbspec.diagnostics import Diagnostic, Span, error
 
 _KEY_PART = r'(?:[A-Za-z0-9_-]+|"[^"\n]*"|\'[^\'\n]*\')'
 _KEY_VALUE = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=\s*")
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]#]*?)\s*(\]\]?)?\s*(#.*)?$")
+# The name ends on a non-space: a lazy name before `\s*` took quadratic time on a line of trailing spaces.
+_HEADER = re.compile(r"^\s*(\[\[?)\s*((?:[^\]#]*[^\]#\s])?)\s*(\]\]?)?\s*(#.*)?$")
 _TOKEN = re.compile(r"[^\s,\]}#]+")
 _BOOLEAN_CASES = re.compile(r"(?i:true|false)")
 

@@ -164,7 +164,7 @@ def test_quickstart_is_right(compiled: Compiled) -> None:
     assert buckets(plan) == {(48, 80): (20, 20, 20), (64, 64): (30, 30, 30), (80, 48): (10, 10, 10)}
     assert schedule_facts(plan) == (60, 1, 60, 60, 60, 60)
     assert [img.repeats for img in plan.datasets[1].images] == [10] * 6
-    assert plan.schedule.checkpoint_steps == plan.schedule.validation_steps == (30, 60)
+    assert tuple(plan.schedule.checkpoint_steps) == tuple(plan.schedule.validation_steps) == (30, 60)
     assert list(plan.schedule.lr_points) == [(0, 1e-4), (30, 1e-4), (60, 1e-4)]
     assert captions(plan) == {"toy": {"a photo of ohwx toy"}, "toys": {"a photo of a toy"}}
     assert plan.loss.formula == "L = mean_inst[ mse(ε̂, ε) ] + 1·mean_class[ mse(ε̂, ε) ]"
@@ -200,8 +200,8 @@ def test_sd15_face_full_prior_is_right(compiled: Compiled) -> None:
     expected[(512, 512)] = (200, 600, 400)
     assert buckets(plan) == expected
     assert schedule_facts(plan) == (1000, 2, 600, 600, 600, 600)
-    assert plan.schedule.checkpoint_steps == (250, 500, 750, 1000)
-    assert plan.schedule.validation_steps == (200, 400, 600, 800, 1000)
+    assert tuple(plan.schedule.checkpoint_steps) == (250, 500, 750, 1000)
+    assert tuple(plan.schedule.validation_steps) == (200, 400, 600, 800, 1000)
     assert {lr for _, lr in plan.schedule.lr_points} == {1e-6}
     assert captions(plan) == {"face": {"a photo of ohwx person"}, "people": {"a photo of a person"}}
     assert plan.loss.formula == "L = mean_inst[ mse(ε̂, ε) ] + 1·mean_class[ mse(ε̂, ε) ]"
@@ -221,7 +221,7 @@ def test_sd15_subject_lora_is_right(compiled: Compiled) -> None:
     assert schedule_facts(plan) == (800, 3, 300, 300, 600, 0)
     assert list(plan.schedule.lr_points) == [(0, 0.0), (50, 1e-4), (200, 1e-4), (400, 1e-4), (600, 1e-4),
                                              (800, 1e-4)]
-    assert plan.schedule.validation_steps == tuple(range(100, 801, 100))
+    assert tuple(plan.schedule.validation_steps) == tuple(range(100, 801, 100))
     assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("lora", 16, 16.0)
     assert components(plan) == {"unet": ("bf16", "lora", "none", True),
                                 "text_encoder": ("bf16", "frozen", "none", False),
@@ -240,7 +240,8 @@ def test_sd21_v_full_is_right(compiled: Compiled) -> None:
     # 768 px, step 64: the squares stay square, the four others go to 896x640 / 640x896
     assert buckets(plan) == {(640, 896): (200, 0, 200), (768, 768): (200, 0, 200), (896, 640): (200, 0, 200)}
     assert schedule_facts(plan) == (800, 3, 600, 300, 600, 0)  # batch 1, 2 accumulated per step
-    assert plan.schedule.checkpoint_steps == (400, 800) and plan.schedule.validation_steps == (200, 400, 600, 800)
+    assert tuple(plan.schedule.checkpoint_steps) == (400, 800)
+    assert tuple(plan.schedule.validation_steps) == (200, 400, 600, 800)
     assert plan.loss.formula == "L = mean_inst[ minsnr5(t)·mse(v̂, v) ]"
     assert (plan.precision.mixed, plan.precision.reason) == ("bf16", "as the spec says")
     assert components(plan) == {"unet": ("fp32", "full", "none", True),

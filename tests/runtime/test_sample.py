@@ -11,7 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from dbspec.plan.model import GeneratePlan, ValidationPlan
+from dbspec.plan.model import GeneratePlan, StepRange, ValidationPlan
 from dbspec.runtime.sample import MANIFEST, generate_class_images, make_scheduler, validate
 from dbspec.runtime.tiny import build_pipeline
 
@@ -26,7 +26,7 @@ def pipe() -> DiffusionPipeline:
 # Small images keep each pipeline call cheap: the tiny VAE's convolutions dominate its cost.
 def _validation(scheduler: str, prompts: tuple[str, ...] = ("a photo of ohwx dog", "a dog on a beach"),
                 images: int = 2) -> ValidationPlan:
-    return ValidationPlan(prompts=prompts, negative_prompt="blurry", steps=(30,), scheduler=scheduler,
+    return ValidationPlan(prompts=prompts, negative_prompt="blurry", steps=StepRange(every=0, end=30), scheduler=scheduler,
                           inference_steps=2, guidance=5.0, images_per_prompt=images, seed=7, size=(48, 32))
 
 

@@ -470,8 +470,8 @@ def test_lr_points_and_checkpoints(toy):
                checkpoints={"every": 8}, validation={"every": 5, "prompts": ["ohwx toy"]}, optimizer={"lr": 1e-4})
     plan = planned_ok(toy)
     s = plan.schedule
-    assert s.checkpoint_steps == (8, 16, 20) == plan.checkpoints.steps
-    assert s.validation_steps == (5, 10, 15, 20) == plan.validation.steps
+    assert tuple(s.checkpoint_steps) == (8, 16, 20) and plan.checkpoints.steps == s.checkpoint_steps
+    assert tuple(s.validation_steps) == (5, 10, 15, 20) and plan.validation.steps == s.validation_steps
     expected = [(step, sched.lr_at(step, lr=1e-4, schedule="linear", warmup=4, total=20, cycles=1))
                 for step in (0, 4, 8, 16, 20)]
     assert list(s.lr_points) == expected
@@ -805,3 +805,25 @@ def test_disk_warning_when_outputs_exceed_free_disk(tmp_path):
     roomy = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, free_disk_bytes=1 << 40)
     assert any(d.code == "DBS351" for d in plan_spec(spec, tight).diagnostics)
     assert not any(d.code == "DBS351" for d in plan_spec(spec, roomy).diagnostics)
+
+
+def test_a_huge_caption_file_is_capped_with_a_warning_and_shown_short(toy):
+    from rich.console import Console
+
+    from dbspec.compiler.datasets import MAX_CAPTION_CHARS
+    from dbspec.plan.summary import render_summary
+
+    (toy / "inst" / "a.txt").write_text("ohwx toy, " * 1_100_000)  # 11 MB on one line
+    (toy / "inst" / "b.txt").write_text("ohwx toy " + "é" * 20_000)  # a long line of two-byte characters
+    (toy / "inst" / "c.txt").write_text("ohwx toy from above")
+    write_spec(toy, {"captions": "textfile", "prompt": None})
+    planned = compile_in(toy)
+    assert codes(planned) == ["DBS325", "DBS325"]
+    assert "more than 1048576 bytes" in planned.diagnostics[0].message
+    assert "a 20009-character first line" in planned.diagnostics[1].message
+    plan = planned.plan
+    assert max(len(c) for c in captions(plan).values()) == MAX_CAPTION_CHARS
+    console = Console(file=io.StringIO(), width=120)
+    render_summary(plan, console)  # took minutes: rich laid out an 11 MB table cell
+    shown = console.file.getvalue()
+    assert "ohwx toy, ohwx toy" in shown and "…" in shown and len(shown) < 20_000

@@ -154,7 +154,7 @@ def test_sdxl_lora_unet_only_with_kohya_targets(tmp_path):
     assert not plan.train_text_encoder
     o = plan.optimizer
     assert (o.kind, o.weight_decay, o.betas, o.lr) == ("adamw8bit", 0.05, (0.9, 0.99), pytest.approx(1e-4))
-    assert plan.checkpoints.steps == (100, 200, 300) and plan.checkpoints.save_precision == "fp16"
+    assert tuple(plan.checkpoints.steps) == (100, 200, 300) and plan.checkpoints.save_precision == "fp16"
     assert plan.checkpoints.exports == ("kohya_lora",) and plan.checkpoints.keep == 0
     assert any(c.quantized == "fp8" for c in plan.precision.components)
 
@@ -174,8 +174,8 @@ def test_sd15_lora_defaults_epochs_and_epoch_intervals(tmp_path):
     assert (plan.optimizer.lr, plan.optimizer.text_encoder_lr) == (pytest.approx(1e-4), pytest.approx(5e-5))
     # 60 samples / batch 3 = 20 steps per epoch
     assert (plan.schedule.epochs, plan.schedule.total_steps, plan.schedule.cycles) == (6, 120, 3)
-    assert plan.checkpoints.steps == (40, 80, 120)
-    assert plan.validation.steps == (60, 120) and plan.validation.scheduler == "euler_a"
+    assert tuple(plan.checkpoints.steps) == (40, 80, 120)
+    assert tuple(plan.validation.steps) == (60, 120) and plan.validation.scheduler == "euler_a"
     v = plan.validation
     assert (v.prompts[1], v.negative_prompt, v.inference_steps, v.guidance) == ("sks toy in the snow", "blurry", 28, 6.5)
     assert plan.logging.tensorboard

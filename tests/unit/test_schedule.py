@@ -134,18 +134,18 @@ def test_processes_split_the_batches() -> None:
 
 def test_checkpoint_and_validation_steps() -> None:
     plan = schedule(checkpoint_every=30, validate_every=25)
-    assert plan.checkpoint_steps == (30, 60, 90, 100)
-    assert plan.validation_steps == (25, 50, 75, 100)
-    assert schedule(checkpoint_every=30, validate_every=25, validate=False).validation_steps == ()
-    assert schedule().checkpoint_steps == (100,)
+    assert tuple(plan.checkpoint_steps) == (30, 60, 90, 100)
+    assert tuple(plan.validation_steps) == (25, 50, 75, 100)
+    assert tuple(schedule(checkpoint_every=30, validate_every=25, validate=False).validation_steps) == ()
+    assert tuple(schedule().checkpoint_steps) == (100,)
 
 
 def test_interval_steps() -> None:
-    assert interval_steps(0, 100) == (100,)
-    assert interval_steps(100, 100) == (100,)
-    assert interval_steps(150, 100) == (100,)
-    assert interval_steps(50, 100) == (50, 100)
-    assert interval_steps(1, 3) == (1, 2, 3)
+    assert tuple(interval_steps(0, 100)) == (100,)
+    assert tuple(interval_steps(100, 100)) == (100,)
+    assert tuple(interval_steps(150, 100)) == (100,)
+    assert tuple(interval_steps(50, 100)) == (50, 100)
+    assert tuple(interval_steps(1, 3)) == (1, 2, 3)
     with pytest.raises(ValueError):
         interval_steps(-1, 10)
     with pytest.raises(ValueError):
