@@ -8,7 +8,7 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.compiler.rules import Hit, run_rules
+from dbspec.compiler.rules import Hit, run_path_rules, run_rules
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import Checked, anchor, check_ranges, load_and_structure
 from dbspec.spec.load import RawSpec, parse_override_key
@@ -34,7 +34,7 @@ def check_spec(path: Path, label: str | None = None, overrides: list[str] | None
     extra: tuple[Diagnostic, ...] = ()
     if spec is not None:
         flagged = {d.path for d in found}
-        hits = run_rules(spec, raw.given, spec.schedule.steps or None)
+        hits = run_rules(spec, raw.given, spec.schedule.steps or None) + run_path_rules(spec, raw.path)
         extra = tuple(hit_to_diagnostic(raw, h) for h in hits
                       if dotted(h.path) not in flagged and not _near_replaced(h.path, replaced))
     diagnostics = tuple(sorted(found + extra, key=Diagnostic.sort_key))

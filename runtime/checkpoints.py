@@ -1,6 +1,7 @@
 """The run's output folder: plan.json, atomic checkpoints with a `latest` pointer, and weight writers.
 
 ```
+<out>/run.json, .dbspec.lock    dbspec's run marker and the run's lock (see outdir.py)
 <out>/plan.json                 the plan that produced this run
 <out>/checkpoints/step-000030/  one complete checkpoint: weights + training_state.pt
 <out>/checkpoints/latest        names the newest complete checkpoint folder; replaced atomically
@@ -12,12 +13,10 @@ is complete; `latest` moves only after that, and pruning happens last and never 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -26,80 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from dbspec.plan.io import run_differences
+from dbspec.runtime.outdir import STEP_DIR as _STEP_DIR
+from dbspec.runtime.outdir import OutputError, prepare_output  # noqa: F401 - the output folder's API, re-exported
 from dbspec.util.atomic import write_text_atomic
 
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _TMP_DIR = re.compile(r"^\.tmp-step-\d+-(\d+)$")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Family = Literal["sd1", "sd2", "sdxl"]
-
-
-class OutputError(Exception):
-    """The output folder holds something this run must not write over."""
-
-
-# --- output folder ------------------------------------------------------------------------------------------
-RUN_FILE = "run.json"  # {"run_hash": ...}: what the run trains, without machine-specific plan fields
-
-
-def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool, resume: bool) -> Path:
-    """Create `out` for this plan's run, refusing (OutputError) to mix it with another run.
-
-    `overwrite` moves an existing run aside to `<out>.old-<timestamp>` (nothing is deleted); `resume`
-    keeps a run of the same plan so the loop can continue from `latest_checkpoint(out)`.
-    """
-    out = Path(out)
-    held = _run_hash(out)
-    if held is not None and (held != plan_hash or not resume) and _has_results(out, held == plan_hash):
-        if not overwrite:
-            raise OutputError(_refusal(out, held, plan_hash, resume))
-        _move_aside(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if _run_hash(out) != plan_hash:
-        write_text_atomic(out / "plan.json", plan_json)
-        write_text_atomic(out / RUN_FILE, json.dumps({"run_hash": plan_hash}) + "\n")
-    return out
-
-
-def _run_hash(out: Path) -> str | None:
-    """The run hash in `out` (run.json, beside plan.json); "" for a folder holding an unreadable one, or results
-    without one."""
-    try:
-        data = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        held = any((out / name).exists() for name in ("checkpoints", "final", "plan.json"))
-        return "" if held else None
-    except (OSError, ValueError):
-        return ""
-    stated = data["run_hash"] if isinstance(data, dict) and "run_hash" in data else ""
-    return stated if isinstance(stated, str) else ""
-
-
-def _has_results(out: Path, same_plan: bool) -> bool:
-    # Another plan's folder is always a run; the same plan's only once it saved something worth keeping.
-    return not same_plan or any(_step_dirs(out)) or (out / "final").exists()
-
-
-def _refusal(out: Path, held: str, plan_hash: str, resume: bool) -> str:
-    aside = f"--overwrite (moves the old run aside to {out.name}.old-<timestamp>; nothing is deleted)"
-    if held == plan_hash:
-        return f"{out} already holds checkpoints of this plan: pass --resume to continue it, or {aside}"
-    what = f"another plan ({held[:19]}…)" if held else "a run this dbspec cannot read"
-    cannot = "it cannot be resumed with this plan; " if resume else ""
-    return f"{out} holds {what}: {cannot}choose another output folder, or pass {aside}"
-
-
-def _move_aside(out: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = out.with_name(f"{out.name}.old-{stamp}")
-    suffix = 1
-    while target.exists():
-        target = out.with_name(f"{out.name}.old-{stamp}-{suffix}")
-        suffix += 1
-    os.replace(out, target)
-    return target
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
@@ -151,6 +86,28 @@ def load_state(folder: Path) -> dict[str, Any]:
     """The training state saved with a checkpoint, on CPU. weights_only=True is safe and sufficient:
     `save_checkpoint` only accepts plain data (RNG states included, see `capture_rng_state`)."""
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def resume_state(out: Path, run_hash: str, plan_json: str) -> dict[str, Any] | None:
+    """The state of the checkpoint to resume from (None when there is none), refused (OutputError) unless
+    this run saved it: run.json vouches for the folder, not for checkpoints copied in from another run."""
+    folder = latest_checkpoint(out)
+    if folder is None:
+        return None
+    state = load_state(folder)
+    saved = state.get("run_hash", "")  # noqa: SIM401 - checkpoint data, not config
+    if saved != run_hash:
+        raise OutputError(_other_run(folder, saved, run_hash, state.get("plan", ""), plan_json))
+    return state
+
+
+def _other_run(folder: Path, saved: str, run_hash: str, saved_plan: str, plan_json: str) -> str:
+    changes = run_differences(saved_plan, plan_json) if saved_plan else []
+    what = f"; what differs: {'; '.join(changes)}" if changes else ""
+    held = f"{saved[:19]}…" if saved else "none recorded"
+    return (f"checkpoint {folder} was saved by another run (run hash {held}, this plan's is {run_hash[:19]}…)"
+            f"{what}: it cannot be resumed with this plan; choose another output folder, or pass --overwrite "
+            "instead of --resume to move the old run aside and start afresh")
 
 
 def _step_dirs(out: Path) -> list[Path]:

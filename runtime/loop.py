@@ -51,13 +51,24 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     """Run the plan. `stop_after` ends early after that many steps as if interrupted; `keep_models`
     returns the trained models in the result (for callers that go on using them, and tests)."""
     started = time.perf_counter()
+    accelerator = make_accelerator(plan)
+    plan_json = plan_to_json(plan)
+    # With several processes only the first writes outputs; it holds the output folder's lock for the whole run.
+    claim = (ckpt.prepare_output(Path(plan.checkpoints.dir), plan_json, run_hash(plan), overwrite=overwrite,
+                                 resume=resume) if accelerator.is_main_process else contextlib.nullcontext())
+    with claim:
+        return _train(plan, accelerator, plan_json, started, resume=resume, console=console,
+                      stop_after=stop_after, keep_models=keep_models)
+
+
+def _train(plan: Plan, accelerator, plan_json: str, started: float, *, resume: bool, console,
+           stop_after: int | None, keep_models: bool) -> RunResult:
     out = Path(plan.checkpoints.dir)
     s = plan.schedule
-    accelerator = make_accelerator(plan)
-    main = accelerator.is_main_process  # with several processes, only the first writes outputs
-    if main:
-        ckpt.prepare_output(out, plan_to_json(plan), run_hash(plan), overwrite=overwrite, resume=resume)
+    main = accelerator.is_main_process
     accelerator.wait_for_everyone()
+    # Read (and vet) the checkpoint before loading models: resuming another run's checkpoint fails at once.
+    resumed = ckpt.resume_state(out, run_hash(plan), plan_json) if resume else None
     device = accelerator.device
     torch.manual_seed(s.seed)
     if device.type == "cuda":
@@ -98,20 +109,20 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                   text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params),
                   teacher=teacher)
     step = 0
-    if resume and (folder := ckpt.latest_checkpoint(out)) is not None:
-        state = ckpt.load_state(folder)
-        restore_trainable(comps, state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
+    if resumed is not None:
+        restore_trainable(comps, resumed["trainable"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        lr_scheduler.load_state_dict(resumed["lr_scheduler"])
+        if scaler is not None and resumed["scaler"] is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        sampler.load_state_dict(resumed["sampler"])
         if main:
-            generator.set_state(state["generator"])  # the others keep their own streams (see notes in docs)
+            generator.set_state(resumed["generator"])  # the others keep their own streams (see notes in docs)
         if ema is not None:
-            ema.load_state_dict(state["ema"])
-        ckpt.restore_rng_state(state["rng"])
-        step = state["step"]
+            ema.load_state_dict(resumed["ema"])
+        ckpt.restore_rng_state(resumed["rng"])
+        step = resumed["step"]
+        resumed = None  # frees the CPU copy of the weights and optimizer state
     stop_text_at = s.text_encoder_stop_step
     if stop_text_at and step >= stop_text_at:
         freeze_text_encoders(parts, optimizer)
@@ -162,7 +173,7 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
                          "scaler": scaler.state_dict() if scaler else None, "sampler": sampler.state_dict(),
                          "generator": generator.get_state(), "rng": ckpt.capture_rng_state(), "step": step,
                          "ema": ema.state_dict() if ema is not None else None,
-                         "run_hash": run_hash(plan)}
+                         "run_hash": run_hash(plan), "plan": plan_json}
                 folder = ckpt.save_checkpoint(out, step, weights=lambda f: save_weights(f, comps, plan, ema),
                                               state=state, keep=plan.checkpoints.keep)
                 last_checkpoint = str(folder)

@@ -24,8 +24,10 @@ from dbspec.plan.model import (
     PLAN_VERSION, AdapterPlan, BucketPlan, CheckpointPlan, DatasetPlan, EmaPlan, LoggingPlan, OptimizerPlan, Plan,
     SchedulePlan, TargetEnv, ValidationPlan,
 )
-from dbspec.spec.check import Checked
+from dbspec.spec.check import Checked, anchor
+from dbspec.spec.fields import spec_leaves
 from dbspec.spec.model import LoraAdapter
+from dbspec.spec.paths import dotted
 
 # LoRA parameters per unit of rank with the default targets (attention projections: rank x (in + out) each),
 # counted on the public models; FAMILY_PARAMS holds their sizes.
@@ -42,6 +44,27 @@ def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnost
     if checked.spec is None or checked.raw is None or any(d.severity == "error" for d in checked.diagnostics):
         raise DiagnosticError(checked.diagnostics)
     ctx = Context(spec=checked.spec, raw=checked.raw, env=env, diagnostics=list(checked.diagnostics))
+    try:
+        return _compile(ctx)
+    except OSError as exc:  # a path the spec names cannot even be probed (name too long, no permission)
+        ctx.diagnostics.append(path_error(ctx, exc))
+        raise DiagnosticError(ctx.diagnostics) from None
+
+
+def path_error(ctx: Context, exc: OSError) -> Diagnostic:
+    """DBS309 on the spec key whose value is part of the failing path (the longest such value)."""
+    name = str(exc.filename or "")
+    given = [(path, value) for path, value, _ in spec_leaves(ctx.spec)
+             if isinstance(value, str) and value and value in name and ctx.raw.given(path)]
+    path = max(given, key=lambda item: len(item[1]))[0] if given else ()
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    span = (ctx.raw.value_span(path) if path else None) or anchor(ctx.raw, None)
+    return Diagnostic(code="DBS309", severity="error", message=f"cannot use `{shown}` as a path: "
+                      f"{exc.strerror or exc}", path=dotted(path), span=span,
+                      help="shorten the path, or check its permissions")
+
+
+def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     precision = plan_precision(ctx, model)
     datasets = balance(ctx, plan_datasets(ctx, model, make_keyer(ctx, model, precision)))

@@ -1,13 +1,16 @@
-"""Cross-field rules (DBS2xx) that need no file system: one small function each.
+"""Cross-field rules (DBS2xx): one small function each.
 
 A rule reads the structured Spec, asks `given(path)` whether the user wrote a key, and yields `Hit`s.
 `total_steps` is known when the spec gives `schedule.steps`; the compiler passes the computed count.
+Path rules (at the end) also take the spec file: they compare folders, resolved as the compiler does.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import attrs
 
@@ -240,3 +243,53 @@ RULES = (
 
 def run_rules(spec: Spec, given: Given, total_steps: int | None) -> list[Hit]:
     return [hit for rule in RULES for hit in rule(spec, given, total_steps)]
+
+
+# --- path rules: they also need the spec file's location --------------------------------------------------------
+def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
+    """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder, nor
+    holds the spec. The run writes there and --overwrite moves the whole folder aside, inputs included."""
+    base = spec_file.resolve().parent
+    out = _resolved(base, spec.output.dir)
+    overlaps = [f"{_relation(out, _resolved(base, value))} {key} \"{value}\""
+                for key, value in _input_folders(spec) if _overlap(out, _resolved(base, value))]
+    if out in spec_file.resolve().parents:
+        overlaps.insert(0, f"contains the spec file {spec_file.name}")
+    if overlaps:
+        yield _err("DBS225", ("output", "dir"), f"output.dir \"{spec.output.dir}\" overlaps the run's inputs: it "
+                   + ", ".join(overlaps),
+                   "dbspec writes checkpoints, samples and logs there and --overwrite moves the whole folder aside; "
+                   "use a folder of its own, e.g. dir = \"output\" beside the spec")
+
+
+def _input_folders(spec: Spec) -> Iterator[tuple[str, str]]:
+    for i, d in enumerate(spec.datasets):
+        yield f"datasets[{i}].path", d.path
+        if d.masks:
+            yield f"datasets[{i}].masks", d.masks
+    yield "cache.dir", spec.cache.dir
+
+
+def _resolved(base: Path, value: str) -> Path:
+    """Like the compiler's Context.resolve, with symlinks followed so that two spellings of a folder match."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # `~user` of an unknown user: compared as written
+        path = Path(value)
+    path = path if path.is_absolute() else base / path
+    try:
+        return path.resolve()
+    except (OSError, ValueError):  # a NUL byte, a loop of links: other checks name the path; compare its spelling
+        return Path(os.path.normpath(path))
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _relation(out: Path, other: Path) -> str:
+    return "is" if out == other else "contains" if out in other.parents else "is inside"
+
+
+def run_path_rules(spec: Spec, spec_file: Path) -> list[Hit]:
+    return list(output_overlaps_inputs(spec, spec_file))

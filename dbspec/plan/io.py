@@ -9,9 +9,26 @@ from pathlib import Path
 import cattrs
 
 from dbspec.plan.model import PLAN_VERSION, Plan
+from dbspec.plan.validate import plan_problems
 from dbspec.util.atomic import write_text_atomic
 
 _CONVERTER = cattrs.Converter(forbid_extra_keys=True)
+
+
+class _WrongType(TypeError):
+    """A plan value of the wrong JSON type; cattrs alone would coerce "5" or 2.7 to 5 or 2 silently."""
+
+
+def _strict(kind: type, accepts: tuple[type, ...]):
+    def structure(value, _type):
+        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, accepts):
+            raise _WrongType(f"expected {kind.__name__}, found {json.dumps(value)[:40]}")
+        return kind(value)
+    return structure
+
+
+for _kind, _accepts in ((int, (int,)), (float, (int, float)), (bool, (bool,)), (str, (str,))):
+    _CONVERTER.register_structure_hook(_kind, _strict(_kind, _accepts))
 
 
 class PlanFileError(Exception):
@@ -41,13 +58,43 @@ _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")
 
 def run_hash(plan: Plan) -> str:
     """Identity of what a plan trains (for resume and output-folder checks); see _VOLATILE."""
-    data = plan_to_data(plan)
-    for key in _VOLATILE_TOP:
-        data.pop(key)
+    return "sha256:" + hashlib.sha256(_canonical(_run_data(plan_to_data(plan))).encode()).hexdigest()
+
+
+def _run_data(data: dict) -> dict:
+    data = {key: value for key, value in data.items() if key not in (*_VOLATILE_TOP, "plan_hash")}
     for table, keys in _VOLATILE.items():
-        for key in keys:
-            data[table].pop(key)
-    return "sha256:" + hashlib.sha256(_canonical(data).encode()).hexdigest()
+        if isinstance(data.get(table), dict):  # noqa: SIM401 - plan data, not config
+            data[table] = {key: value for key, value in data[table].items() if key not in keys}
+    return data
+
+
+def run_differences(old_json: str, new_json: str, limit: int = 5) -> list[str]:
+    """`key: old -> new` for the plan fields that make two plan files train differently (at most `limit`),
+    to say why a checkpoint of one cannot continue under the other."""
+    old, new = (_flatten(_run_data(json.loads(text))) for text in (old_json, new_json))
+    keys = [key for key in sorted(old.keys() | new.keys())
+            if key not in old or key not in new or old[key] != new[key]]
+    shown = [f"{key}: {_short(old, key)} -> {_short(new, key)}" for key in keys[:limit]]
+    return shown + ([f"and {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    """{"a.b[0].c": leaf} for nested dicts and lists."""
+    if isinstance(value, dict):
+        items = ((f"{prefix}.{key}" if prefix else key, item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{prefix}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return {prefix: value}
+    return {k: v for path, item in items for k, v in _flatten(item, path).items()}
+
+
+def _short(values: dict, key: str) -> str:
+    if key not in values:
+        return "(absent)"
+    text = json.dumps(values[key], ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def plan_to_json(plan: Plan) -> str:
@@ -74,9 +121,22 @@ def plan_from_json(text: str, source: str = "plan") -> Plan:
     if stated != actual:
         raise PlanFileError(f"{source} was edited or corrupted (hash mismatch): compile the spec again")
     try:
-        return _CONVERTER.structure(data, Plan)
+        plan = _CONVERTER.structure(data, Plan)
     except Exception as exc:  # noqa: BLE001 - any structuring failure means an unusable file
-        raise PlanFileError(f"{source} does not match the plan format: {exc}") from None
+        raise PlanFileError(f"{source} does not match the plan format: {'; '.join(_type_errors(exc))}") from None
+    problems = plan_problems(plan)
+    if problems:
+        raise PlanFileError(f"{source} holds values dbspec cannot run: {'; '.join(problems)}; compile the spec "
+                            "again with `dbspec plan`")
+    return plan
+
+
+def _type_errors(exc: Exception) -> list[str]:
+    """`expected int, found "5" @ schedule.batch_size` for each bad value."""
+    def describe(error: BaseException, type_) -> str:
+        return str(error) if isinstance(error, _WrongType) else cattrs.v.format_exception(error, type_)
+
+    return [line.replace("@ $.", "@ ") for line in cattrs.transform_error(exc, format_exception=describe)]
 
 
 def read_plan(path: Path) -> Plan:
@@ -84,4 +144,7 @@ def read_plan(path: Path) -> Plan:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PlanFileError(f"{path} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+                            "plan files are UTF-8 JSON; compile the spec again with `dbspec plan`") from None
     return plan_from_json(text, str(path))

@@ -155,39 +155,39 @@ def test_real_optimizer_scheduler_and_scaler_state_round_trip(tmp_path: Path) ->
 
 
 # --- output folder --------------------------------------------------------------------------------------------
+def _claim(out: Path, plan: tuple[str, str], **options) -> None:
+    """prepare_output, then release the folder's lock at once (as a run that ended would)."""
+    options = {"overwrite": False, "resume": False, **options}
+    prepare_output(out, *plan, **options).release()
+
+
 def test_prepare_output_refuses_to_mix_runs(tmp_path: Path) -> None:
     out = tmp_path / "run"
     plan_a, plan_b = _plan("sha256:" + "a" * 64), _plan("sha256:" + "b" * 64)
-    prepare_output(out, *plan_a, overwrite=False, resume=False)
+    _claim(out, plan_a)
     assert (out / "plan.json").read_text() == plan_a[0]
-    prepare_output(out, *plan_a, overwrite=False, resume=False)  # nothing saved yet: fine
+    _claim(out, plan_a)  # nothing saved yet: fine
     _save(out, 10)
     with pytest.raises(OutputError, match="--resume"):
-        prepare_output(out, *plan_a, overwrite=False, resume=False)
-    prepare_output(out, *plan_a, overwrite=False, resume=True)
+        _claim(out, plan_a)
+    _claim(out, plan_a, resume=True)
     assert latest_checkpoint(out) is not None
     for resume in (False, True):
         with pytest.raises(OutputError, match="another plan.*--overwrite"):
-            prepare_output(out, *plan_b, overwrite=False, resume=resume)
+            _claim(out, plan_b, resume=resume)
     assert (out / "plan.json").read_text() == plan_a[0]
 
 
 def test_overwrite_moves_the_old_run_aside(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    prepare_output(out, *_plan("sha256:a"), overwrite=False, resume=False)
+    _claim(out, _plan("sha256:a"))
     _save(out, 10)
-    prepare_output(out, *_plan("sha256:b"), overwrite=True, resume=False)
+    _claim(out, _plan("sha256:b"), overwrite=True)
     (old,) = tmp_path.glob("run.old-*")
     assert json.loads((old / "plan.json").read_text())["plan_hash"] == "sha256:a"
     assert latest_checkpoint(old) == old / "checkpoints" / "step-000010"
     assert json.loads((out / "plan.json").read_text())["plan_hash"] == "sha256:b"
     assert latest_checkpoint(out) is None
-
-
-def test_results_without_a_plan_are_not_written_over(tmp_path: Path) -> None:
-    (tmp_path / "final").mkdir()
-    with pytest.raises(OutputError, match="cannot read"):
-        prepare_output(tmp_path, *_plan("sha256:a"), overwrite=False, resume=False)
 
 
 # --- weights --------------------------------------------------------------------------------------------------

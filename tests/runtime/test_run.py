@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,24 @@ def test_output_of_another_plan_is_refused(tmp_path):
     moved = execute(compile_spec(spec, ["optimizer.lr=5e-4"]), overwrite=True)
     assert moved.status == "finished"
     assert list(tmp_path.glob("out.old-*"))
+
+
+def test_resume_refuses_a_checkpoint_saved_by_another_run(tmp_path):
+    spec = write_spec(tmp_path, steps=4)
+    execute(compile_spec(spec, ["output.dir=a"]), stop_after=2)
+    plan_b = compile_spec(spec, ["output.dir=b", "optimizer.lr=5e-4"])
+    execute(plan_b, stop_after=1)
+    # run.json vouches for folder b; the newest checkpoint in it was copied in from run a.
+    b = tmp_path / "b" / "checkpoints"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-000002", b / "step-000002")
+    (b / "latest").write_text("step-000002\n")
+    with pytest.raises(RunError) as info:
+        execute(plan_b, resume=True)
+    message = info.value.message
+    assert f"checkpoint {b / 'step-000002'} was saved by another run" in message
+    assert "optimizer.lr: 0.001 -> 0.0005" in message and "--overwrite" in message, message
+    assert info.value.where.startswith("<--set>")  # where output.dir came from
+    assert not (tmp_path / "b" / "final").exists()
 
 
 def test_an_image_broken_after_planning_stops_the_run_naming_it_and_its_spec_line(tmp_path):

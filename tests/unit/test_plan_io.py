@@ -194,6 +194,68 @@ def test_a_rehashed_file_that_does_not_match_the_format_is_refused(quickstart):
         plan_from_json(json.dumps(data))
 
 
+def rehashed(plan: Plan, edit) -> str:
+    """The plan's JSON after `edit(data)`, with the hash recomputed as a careful hand editor would."""
+    data = json.loads(plan_to_json(plan))
+    del data["plan_hash"]
+    edit(data)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({**data, "plan_hash": "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()})
+
+
+def _set(table: str, key: str, value):
+    return lambda data: data[table].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("schedule", "batch_size", 0), "schedule.batch_size must be an integer of at least 1; found 0"),
+    (_set("schedule", "accumulation", 0), "schedule.accumulation must be an integer of at least 1; found 0"),
+    (_set("schedule", "total_steps", -5), "schedule.total_steps must be an integer of at least 1; found -5"),
+    (_set("optimizer", "lr", 0.0), "optimizer.lr must be a number above 0; found 0.0"),
+    (_set("ema", "decay", 1.5), r"ema.decay must be a number in \[0, 1\]; found 1.5"),
+    (_set("logging", "every", 0), "logging.every must be an integer of at least 1; found 0"),
+    (_set("checkpoints", "dir", "/"), "checkpoints.dir must be an absolute folder path below a filesystem root"),
+    (_set("checkpoints", "dir", "out"), "checkpoints.dir must be an absolute folder path"),
+])
+def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):
+    with pytest.raises(PlanFileError, match=f"^plan.json holds values dbspec cannot run: .*{message}"):
+        plan_from_json(rehashed(compiled(quickstart), edit), "plan.json")
+
+
+def test_a_rehashed_plan_whose_output_overlaps_an_input_is_refused(quickstart):
+    plan = compiled(quickstart)
+    text = rehashed(plan, _set("checkpoints", "dir", plan.datasets[0].path + "/out"))
+    with pytest.raises(PlanFileError, match=r"checkpoints.dir .* must not overlap the input folder datasets\[0\].path"):
+        plan_from_json(text, "plan.json")
+
+
+@pytest.mark.parametrize("value,message", [
+    ("2", 'expected int, found "2" @ schedule.batch_size'),
+    (2.7, "expected int, found 2.7 @ schedule.batch_size"),
+    (True, "expected int, found true @ schedule.batch_size"),
+])
+def test_a_rehashed_plan_with_a_wrong_type_is_refused_not_coerced(quickstart, value, message):
+    with pytest.raises(PlanFileError, match=f"does not match the plan format: {message}"):
+        plan_from_json(rehashed(compiled(quickstart), _set("schedule", "batch_size", value)), "plan.json")
+
+
+def test_a_plan_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path, quickstart):
+    path = tmp_path / "plan.json"
+    write_plan(compiled(quickstart), path)
+    path.write_bytes(path.read_bytes().replace(b'"plan_version"', b'"plan_versi\xe9n"', 1))
+    with pytest.raises(PlanFileError, match=r"plan.json is not UTF-8 \(byte 0xe9 at offset \d+\)"):
+        read_plan(path)
+
+
+def test_run_reports_a_bad_plan_file_without_an_internal_error(tmp_path, quickstart):
+    path = tmp_path / "plan.json"
+    path.write_text(rehashed(compiled(quickstart), _set("schedule", "batch_size", 0)))
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None)))
+    assert "schedule.batch_size must be an integer of at least 1; found 0" in result.output
+    assert "internal error" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_missing_plan_file(tmp_path):
     with pytest.raises(PlanFileError, match="cannot read"):
         read_plan(tmp_path / "absent.json")

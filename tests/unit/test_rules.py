@@ -146,3 +146,44 @@ def test_hits_carry_a_message_and_a_known_severity():
         for hit in rule(spec, given_in(data), spec.schedule.steps or None):
             assert hit.message and hit.severity in ("error", "warning")
             assert hit.code.startswith("DBS2")
+
+
+# --- DBS225: the output folder overlaps an input (a path rule: it needs the spec file's location) ---------------
+def overlaps(tmp_path, body: str) -> list[str]:
+    spec_file = tmp_path / "project" / "spec.toml"
+    spec, problems = structure_spec(tomli.loads(HEAD + body))
+    assert problems == [], problems
+    return [h.message for h in rules.output_overlaps_inputs(spec, spec_file)]
+
+
+EVERYTHING = ('it contains the spec file spec.toml, contains datasets[0].path "data/dog", contains '
+              'datasets[0].masks "masks", contains cache.dir "cache"')
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    (".", EVERYTHING),
+    ("/", EVERYTHING),
+    ("data/dog", 'it is datasets[0].path "data/dog"'),
+    ("data/dog/out", 'it is inside datasets[0].path "data/dog"'),
+    ("data", 'it contains datasets[0].path "data/dog"'),
+    ("masks/x", 'it is inside datasets[0].masks "masks"'),
+    ("cache/out", 'it is inside cache.dir "cache"'),
+    ("../project/data/./dog", 'it is datasets[0].path "data/dog"'),  # another spelling of the same folder
+])
+def test_output_overlapping_an_input_is_an_error_naming_both(tmp_path, output, expected):
+    body = DOG + 'masks = "masks"\n' + STEPS + f'[cache]\ndir = "cache"\n[output]\ndir = "{output}"\n'
+    found = overlaps(tmp_path, body)
+    assert found == [f'output.dir "{output}" overlaps the run\'s inputs: {expected}']
+
+
+def test_output_reached_through_a_symlink_is_compared_as_its_target(tmp_path):
+    (tmp_path / "project" / "data" / "dog").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "project" / "data")
+    found = overlaps(tmp_path, DOG + STEPS + f'[output]\ndir = "{tmp_path / "link" / "dog" / "out"}"\n')
+    assert len(found) == 1 and found[0].endswith('it is inside datasets[0].path "data/dog"')
+
+
+@pytest.mark.parametrize("output", ["output", "../outputs/dog", "data/dog-out", "cache-out"])
+def test_output_beside_the_inputs_is_fine(tmp_path, output):
+    body = DOG + 'masks = "masks"\n' + STEPS + f'[cache]\ndir = "cache"\n[output]\ndir = "{output}"\n'
+    assert overlaps(tmp_path, body) == []

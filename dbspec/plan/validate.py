@@ -1,0 +1,92 @@
+"""The values a plan must hold for the runtime to run it, checked when a plan file is read.
+
+A plan from the compiler always passes; a hand-edited plan.json (hash recomputed) is checked as strictly as a
+spec, so `batch_size = 0` fails here naming the field, not deep inside the loop (or, for `accumulation = 0`,
+not by "finishing" a run that trained nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from dbspec.plan.model import Plan
+
+Check = tuple[str, Callable[[object], bool], str]  # dotted field, test, requirement
+
+
+def _at_least(low: float) -> Callable[[object], bool]:
+    return lambda v: _number(v) and v >= low
+
+
+def _above(low: float) -> Callable[[object], bool]:
+    return lambda v: _number(v) and v > low
+
+
+def _fraction(v: object) -> bool:
+    return _number(v) and 0 <= v <= 1
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_CHECKS: tuple[Check, ...] = (
+    *((key, _at_least(1), "an integer of at least 1") for key in (
+        "schedule.total_steps", "schedule.epochs", "schedule.batch_size", "schedule.accumulation",
+        "schedule.processes", "schedule.batches_per_epoch", "schedule.steps_per_epoch", "validation.inference_steps",
+        "validation.images_per_prompt", "ema.update_every", "logging.every", "schedule.cycles")),
+    *((key, _at_least(0), "a number of at least 0") for key in (
+        "schedule.warmup_steps", "schedule.text_encoder_stop_step", "schedule.seed", "validation.seed",
+        "validation.guidance", "checkpoints.keep", "model.clip_skip", "optimizer.text_encoder_lr",
+        "optimizer.weight_decay", "optimizer.eps", "optimizer.max_grad_norm", "loss.prior_weight",
+        "loss.min_snr_gamma", "loss.noise_offset", "loss.huber_delta")),
+    ("optimizer.lr", _above(0), "a number above 0"),
+    ("optimizer.momentum", _fraction, "a number in [0, 1]"),
+    ("ema.decay", _fraction, "a number in [0, 1]"),
+    ("adapter.dropout", _fraction, "a number in [0, 1]"),
+)
+
+
+def plan_problems(plan: Plan) -> list[str]:
+    """`field must be ...; found value` for every value the runtime cannot run with."""
+    found = [f"{key} must be {need}; found {_get(plan, key)!r}" for key, test, need in _CHECKS
+             if not test(_get(plan, key))]
+    return found + list(_structure_problems(plan))
+
+
+def _structure_problems(plan: Plan) -> Iterator[str]:
+    if plan.adapter.kind == "lora" and not (_at_least(1)(plan.adapter.rank) and _above(0)(plan.adapter.alpha)):
+        yield (f"a LoRA adapter needs rank >= 1 and alpha > 0; found rank {plan.adapter.rank}, "
+               f"alpha {plan.adapter.alpha}")
+    if not any(d.role == "instance" and d.images for d in plan.datasets):
+        yield "datasets must hold an instance dataset with images; found none"
+    for i, d in enumerate(plan.datasets):
+        if any(not _at_least(0)(img.repeats) for img in d.images):
+            yield f"datasets[{i}].images[].repeats must be at least 0"
+    for i, b in enumerate(plan.buckets):
+        if not all(_at_least(8)(side) for side in b.size):
+            yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
+    yield from _output_problems(plan)
+
+
+def _output_problems(plan: Plan) -> Iterator[str]:
+    """The output folder is the run's own (as DBS225 checks in specs): not `/`, not over or inside an input."""
+    out = Path(plan.checkpoints.dir)
+    if not out.is_absolute() or out.parent == out:
+        yield f"checkpoints.dir must be an absolute folder path below a filesystem root; found {str(out)!r}"
+        return
+    inputs = [(f"datasets[{i}].path", d.path) for i, d in enumerate(plan.datasets)] + [("cache.dir", plan.cache.dir)]
+    for key, folder in inputs:
+        if out == Path(folder) or out in Path(folder).parents or Path(folder) in out.parents:
+            yield f"checkpoints.dir {str(out)!r} must not overlap the input folder {key} {folder!r}"
+    if out in Path(plan.spec_file).parents:
+        yield f"checkpoints.dir {str(out)!r} must not contain the spec file {plan.spec_file!r}"
+
+
+def _get(plan: Plan, key: str) -> object:
+    value: object = plan
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
