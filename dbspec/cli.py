@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -46,11 +47,11 @@ TargetOption = Annotated[Optional[str], typer.Option(
     "--target", help="Compile for another machine: cpu, cuda:24GB, cuda:16GB:7.5, mps:32GB (default: this one).")]
 
 
-def resolve_target(target: str | None, output_hint: Path | None = None):
+def resolve_target(target: str | None):
     from dbspec.compiler.target import parse_target, probe_target
 
     if target is None:
-        return probe_target(output_hint)
+        return probe_target()
     try:
         return parse_target(target)
     except ValueError as exc:
@@ -80,7 +81,7 @@ def plan(
     check_format(fmt)
     if download:
         _download_models(spec, set_ or [])
-    planned = plan_spec(spec, resolve_target(target, spec.parent), str(spec), set_ or [])
+    planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
     if planned.plan is None or fmt == "json":
         emit(planned.diagnostics, planned.sources, fmt)
     else:
@@ -138,10 +139,18 @@ def run(
         raise typer.Exit(1) from None
     if result.status == "interrupted":
         typer.echo(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}\n"
-                   f"resume with: dbspec run {source} --resume", err=True)
+                   f"resume with: {resume_command(source, set_ or [], strict)}", err=True)
         raise typer.Exit(130)
     typer.echo(f"finished {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s)\n"
                f"weights: {result.final}\noutputs: {result.output}")
+
+
+def resume_command(source: Path, overrides: list[str], strict: bool) -> str:
+    """The command that resumes this run: the same source and every --set (they are part of the plan, so
+    leaving one out makes another plan, which --resume refuses), shell-quoted. Never --overwrite."""
+    words = ["dbspec", "run", str(source), *(part for value in overrides for part in ("--set", value)),
+             *(["--strict"] if strict else []), "--resume"]
+    return shlex.join(words)
 
 
 def _plan_for_run(source: Path, overrides: list[str], strict: bool):
@@ -157,7 +166,7 @@ def _plan_for_run(source: Path, overrides: list[str], strict: bool):
         except PlanFileError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    planned = plan_spec(source, resolve_target(None, source.parent), str(source), overrides)
+    planned = plan_spec(source, resolve_target(None), str(source), overrides)
     if planned.plan is None or exit_code(planned.diagnostics, strict):
         emit(planned.diagnostics, planned.sources, "text")
         raise typer.Exit(1)
@@ -182,13 +191,14 @@ def sample(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
 ) -> None:
     """Generate images from a finished output: PNGs and a grid."""
-    from dbspec.plan.model import ValidationPlan
+    from dbspec.plan.model import StepRange, ValidationPlan
 
     if scheduler not in ("ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"):
         raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
     if family not in ("sd1", "sd2", "sdxl"):
         raise typer.BadParameter(f"family must be sd1, sd2 or sdxl, not {family!r}", param_hint="--family")
-    settings = ValidationPlan(prompts=tuple(prompt), negative_prompt=negative, steps=(), scheduler=scheduler,
+    settings = ValidationPlan(prompts=tuple(prompt), negative_prompt=negative, steps=StepRange(every=0, end=0),
+                              scheduler=scheduler,
                               inference_steps=steps, guidance=guidance, images_per_prompt=images, seed=seed,
                               size=(size, size))
     from dbspec.runtime.inference import SampleError, SampleRequest

@@ -11,7 +11,7 @@ from dbspec.compiler import schedule as sched
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
-from dbspec.compiler.disk import disk_needed
+from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import FAMILY_PARAMS, plan_model
@@ -82,8 +82,8 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         ctx.report("DBS350", "warning", f"estimated memory {_gib(memory.total)} exceeds the target's "
                    f"{_gib(memory.available)}", ("precision",),
                    help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit")
-    _check_disk(ctx, precision, memory, schedule, datasets, cache)
-    plan = _assemble(ctx, model, datasets, buckets, schedule, loss, precision, cache, memory)
+    target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
+    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
@@ -187,18 +187,38 @@ def _memory(ctx: Context, model, precision, buckets):
         available=ctx.env.memory_bytes)
 
 
-def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> None:
-    free = ctx.env.free_disk_bytes
-    if not free:
-        return  # unknown (e.g. --target given): nothing to compare
+def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> TargetEnv:
+    """DBS351 per device lacking room; the target with what was measured (unchanged when disk is not
+    measurable here, e.g. with --target: the plan is for another machine)."""
+    if not ctx.env.measure_disk:
+        return ctx.env
     c = ctx.spec.checkpoints
     need = disk_needed(precision=precision, memory=memory, schedule=schedule, keep=c.keep,
                        save_precision=c.save_precision, lora=isinstance(ctx.spec.adapter, LoraAdapter),
                        datasets=datasets, cache=cache)
-    if need > free:
-        ctx.report("DBS351", "warning", f"the run may write {_gib(need)} (checkpoints, final weights, latent cache) "
-                   f"but {_gib(free)} is free", ("checkpoints", "keep"),
-                   help="lower checkpoints.keep, use save_precision = \"fp16\", or free disk space")
+    output, cached = free_disk(ctx.resolve(ctx.spec.output.dir)), free_disk(ctx.cache_dir)
+    for short in shortfalls(need, output, cached):
+        _report_disk(ctx, short, need)
+    shared = output is not None and cached is not None and output.device == cached.device
+    return attrs.evolve(ctx.env, free_disk_bytes=output.free if output else 0,
+                        cache_free_disk_bytes=cached.free if cached else 0, shared_disk=shared)
+
+
+_DISK_WRITES = {"output.dir": "checkpoints and final weights", "cache.dir": "latent cache"}
+_DISK_HELP = {"output.dir": "lower checkpoints.keep, use checkpoints.save_precision = \"fp16\"",
+              "cache.dir": "set cache.latents = false"}
+
+
+def _report_disk(ctx: Context, short, need) -> None:
+    parts = {"output.dir": need.output, "cache.dir": need.cache}
+    keys = [key for key in short.keys if parts[key]]  # a shared disk: name only the folders that get bytes
+    what = " + ".join(f"{_size(parts[key])} to {key} ({_DISK_WRITES[key]})" for key in keys)
+    if len(keys) > 1:  # both folders on one device: their needs add up
+        what += f" = {_size(short.needed)} on one disk"
+    remedies = ", ".join(_DISK_HELP[key] for key in keys)
+    ctx.report("DBS351", "warning", f"the run may write {what}, but `{short.folder}` has {_size(short.free)} free",
+               tuple(keys[0].split(".")),
+               help=f"{remedies}, point {' and '.join(keys)} at a disk with more room, or free disk space")
 
 
 def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
@@ -213,6 +233,13 @@ def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
+
+
+def _size(n: int) -> str:
+    """GiB, MiB or KiB: a small run's needs would all read "0.0 GiB"."""
+    if n >= 2**30:
+        return _gib(n)
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def _origins(ctx: Context, precision) -> dict:
@@ -230,7 +257,8 @@ def _origins(ctx: Context, precision) -> dict:
     return origins
 
 
-def _assemble(ctx: Context, model, datasets, buckets, schedule, loss, precision, cache, memory) -> Plan:
+def _assemble(ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache,
+              memory) -> Plan:
     spec = ctx.spec
     a = spec.adapter
     adapter = (AdapterPlan(kind="lora", rank=a.rank, alpha=a.alpha, dropout=a.dropout,
@@ -242,7 +270,7 @@ def _assemble(ctx: Context, model, datasets, buckets, schedule, loss, precision,
     warnings = tuple(render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key()))
     return Plan(
         plan_version=PLAN_VERSION, dbspec_version=__version__, spec_file=str(ctx.raw.path), spec_dir=str(ctx.spec_dir),
-        target=ctx.env, model=model, adapter=adapter, train_unet=spec.train.unet,
+        target=target, model=model, adapter=adapter, train_unet=spec.train.unet,
         train_text_encoder=spec.train.text_encoder, datasets=datasets, buckets=buckets, schedule=schedule, loss=loss,
         precision=precision,
         optimizer=OptimizerPlan(kind=o.kind, lr=o.lr, text_encoder_lr=o.text_encoder_lr, weight_decay=o.weight_decay,

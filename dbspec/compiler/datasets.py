@@ -14,6 +14,7 @@ from dbspec.compiler import buckets as bk
 from dbspec.compiler.caches import Keyer
 from dbspec.compiler.context import Context
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
+from dbspec.compiler.unusable import report_unusable, sidecars
 from dbspec.plan.model import DatasetPlan, GeneratePlan, ImagePlan, ModelPlan
 from dbspec.spec.model import Dataset
 
@@ -80,10 +81,12 @@ def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None, key
         scan = ScanResult(images=(), diagnostics=(), cache_hits=0, cache_misses=0)
     else:
         scan = scan_folder(folder, recursive=d.recursive, min_size=d.min_image_size, on_bad=d.on_bad_image,
-                           cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].path")
+                           cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].path",
+                           sidecars=sidecars(d.caption_extension))
         for diag in scan.diagnostics:
             if not (generating and diag.code == "DBS302"):  # an empty class folder is fine when we generate
                 ctx.adopt(diag, ("datasets", i, "path"))
+        report_unusable(ctx, i, folder, scan)
     key = manifest_key(model, d)
     existing, stale = _split_generated(folder, scan.images, key)
     if stale:

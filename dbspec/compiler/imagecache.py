@@ -30,12 +30,13 @@ import PIL
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 FORMAT = "dbspec-image-scan"
-VERSION = 2  # bump when FileFacts, the entry layout or the checks that produce them change
+VERSION = 3  # 3: frames. Bump when FileFacts, the entry layout or the checks that produce them change
 
-# A stored entry: [size, stamp, width, height, orientation, mode, has_alpha, sha, problem, reason]
+# A stored entry: [size, stamp, width, height, orientation, mode, has_alpha, sha, problem, reason, frames]
 Entry = list
 Entries = dict[str, Entry]
-_ENTRY_TYPES = (int, str, int, int, int, str, bool, str, str, str)
+ENTRY_LENGTH = 11
+_ENTRY_TYPES = (int, str, int, int, int, str, bool, str, str, str, int)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
@@ -53,6 +54,7 @@ class FileFacts(NamedTuple):
     sha: str  # blake2b(digest_size=16) of the bytes, hex
     problem: str = ""  # diagnostic code when the file is broken, "" when fine
     reason: str = ""  # what is wrong, in words ("is truncated: ...")
+    frames: int = 1  # more than 1: an animation, of which only the first frame trains
 
 
 def probe_image(data: bytes) -> FileFacts:
@@ -83,7 +85,18 @@ def probe_image(data: bytes) -> FileFacts:
             width, height = height, width
         has_alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
         return FileFacts(width=width, height=height, orientation=orientation, mode=im.mode,
-                         has_alpha=has_alpha, sha=sha)
+                         has_alpha=has_alpha, sha=sha, frames=_frames(im))
+
+
+def _frames(im: Image.Image) -> int:
+    """Frames of an animated PNG (APNG) or WebP, read from the header (acTL chunk, ANIM header: no decode).
+
+    JPEGs are 1: a camera's MPO holds a preview or second view after the picture, not an animation.
+    """
+    if im.format not in ("PNG", "WEBP"):
+        return 1
+    frames = getattr(im, "n_frames", 1)
+    return frames if type(frames) is int and frames > 1 else 1
 
 
 def _truncation(im: Image.Image, data: bytes) -> tuple[str, bool]:
@@ -226,7 +239,7 @@ def lookup(entries: Entries, path: str, size: int, stamp: str) -> FileFacts | No
     """The cached facts of `path` if its size and stamp are unchanged and the entry is well-formed."""
     entry = entries.get(path)
     # One call per file on every warm scan: compare the exact type tuple (cheaper than ten isinstance calls).
-    if type(entry) is not list or len(entry) != 10 or entry[0] != size or entry[1] != stamp:
+    if type(entry) is not list or len(entry) != ENTRY_LENGTH or entry[0] != size or entry[1] != stamp:
         return None
     if tuple(map(type, entry)) != _ENTRY_TYPES:
         return None
@@ -235,7 +248,7 @@ def lookup(entries: Entries, path: str, size: int, stamp: str) -> FileFacts | No
 
 def make_entry(size: int, stamp: str, facts: FileFacts) -> Entry:
     f = facts
-    return [size, stamp, f.width, f.height, f.orientation, f.mode, f.has_alpha, f.sha, f.problem, f.reason]
+    return [size, stamp, f.width, f.height, f.orientation, f.mode, f.has_alpha, f.sha, f.problem, f.reason, f.frames]
 
 
 def save_entries(cache_file: Path, folder: str, entries: Entries) -> None:

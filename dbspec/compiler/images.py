@@ -22,6 +22,9 @@ from dbspec.diagnostics import Diagnostic, error, warning
 
 OnBad = Literal["error", "skip"]
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+# Files kept beside images that are not meant to train: captions, and the sidecars kohya (.npz latents, .json
+# metadata) and other trainers (.toml) write. Never listed as unusable; a dataset adds its caption_extension.
+SIDECAR_EXTENSIONS = (".txt", ".caption", ".json", ".npz", ".toml")
 _SKIP_HINT = 'set `on_bad_image = "skip"` in this dataset to leave such files out'
 _HELP = {
     "DBS303": f"re-export the image or remove it; {_SKIP_HINT}",
@@ -43,6 +46,7 @@ class ImageInfo(NamedTuple):  # NamedTuple, not attrs: one per file per scan, bu
     bytes: int
     stamp: str  # file_stamp(stat): what must be unchanged for cached facts to hold
     sha: str  # blake2b(digest_size=16) of the file's bytes, hex
+    frames: int  # more than 1: animated, only the first frame trains
 
 
 @attrs.frozen(kw_only=True)
@@ -51,6 +55,7 @@ class ScanResult:
     diagnostics: tuple[Diagnostic, ...]
     cache_hits: int
     cache_misses: int  # files whose bytes were read
+    unusable: tuple[str, ...] = ()  # relative paths of files that are neither images dbspec reads nor sidecars
 
 
 class _Found(NamedTuple):
@@ -72,16 +77,18 @@ def scan_folder(
     cache_dir: Path | None,
     key_path: str,
     max_pixels: int | None = None,
+    sidecars: tuple[str, ...] = SIDECAR_EXTENSIONS,
 ) -> ScanResult:
     """List the images of `folder` with sizes and hashes; problem files become diagnostics.
 
     `on_bad`: "error" reports problem files as errors, "skip" as warnings; either way they are left
     out of `images`. `max_pixels` defaults to Pillow's `Image.MAX_IMAGE_PIXELS` (None there: no limit).
+    Other files (a .gif, a .heic) are listed in `unusable`, except hidden ones and names ending in `sidecars`.
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
     root = os.path.abspath(folder)
-    found, walk_errors = _walk(root, recursive, key_path)
+    found, unusable, walk_errors = _walk(root, recursive, key_path, tuple(e.lower() for e in sidecars))
     if found is None:
         return ScanResult(images=(), diagnostics=tuple(walk_errors), cache_hits=0, cache_misses=0)
     cache_file = imagecache.cache_file_for(cache_dir, _posix(root)) if cache_dir is not None else None
@@ -114,22 +121,23 @@ def scan_folder(
         imagecache.save_entries(cache_file, _posix(root), new)
     if not images and not any(d.severity == "error" for d in diagnostics):
         diagnostics.append(_no_images(root, bool(found), recursive, key_path))
-    return ScanResult(images=tuple(images), diagnostics=tuple(diagnostics), cache_hits=hits, cache_misses=misses)
+    return ScanResult(images=tuple(images), diagnostics=tuple(diagnostics), cache_hits=hits, cache_misses=misses,
+                      unusable=tuple(unusable))
 
 
 def _cached_image(item: _Found, old: imagecache.Entries, min_size: int, limit: int | None) -> ImageInfo | None:
     """The ImageInfo straight from a cache entry when nothing needs looking at (one call per file, warm)."""
     entry = old.get(item.path)
-    if (type(entry) is not list or len(entry) != 10 or entry[0] != item.size or entry[1] != item.stamp
-            or not item.size or item.broken or entry[8]):
+    if (type(entry) is not list or len(entry) != imagecache.ENTRY_LENGTH or entry[0] != item.size
+            or entry[1] != item.stamp or not item.size or item.broken or entry[8]):
         return None
-    _, _, width, height, orientation, mode, has_alpha, sha, _, _ = entry
+    _, _, width, height, orientation, mode, has_alpha, sha, _, _, frames = entry
     if (type(width) is not int or type(height) is not int or type(orientation) is not int or type(mode) is not str
-            or type(has_alpha) is not bool or type(sha) is not str
+            or type(has_alpha) is not bool or type(sha) is not str or type(frames) is not int
             or min(width, height) < min_size or (limit is not None and width * height > limit)):
         return None  # the slow path validates the entry fully and reports the problem
     return ImageInfo(item.path, item.rel, width, height, orientation, mode, has_alpha, item.size, item.stamp,
-                     sha)
+                     sha, frames)
 
 
 def _facts(item: _Found, old: imagecache.Entries, new: imagecache.Entries) -> tuple[FileFacts, bool | None]:
@@ -174,12 +182,15 @@ def _problem(facts: FileFacts, min_size: int, max_pixels: int | None) -> tuple[s
     return "", ""
 
 
-def _walk(root: str, recursive: bool, key_path: str) -> tuple[list[_Found] | None, list[Diagnostic]]:
-    """Image files under `root` sorted by relative path; None (and DBS301) when `root` cannot be listed."""
+def _walk(root: str, recursive: bool, key_path: str,
+          sidecars: tuple[str, ...]) -> tuple[list[_Found] | None, list[str], list[Diagnostic]]:
+    """Image files under `root` and the unusable files' relative paths, each sorted; None (and DBS301) when
+    `root` cannot be listed."""
     if not os.path.isdir(root):
         what = "is not a folder" if os.path.exists(root) else "does not exist"
-        return None, [_folder_error(root, what, key_path)]
+        return None, [], [_folder_error(root, what, key_path)]
     found: list[_Found] = []
+    unusable: list[str] = []
     problems: list[Diagnostic] = []
     pending = [("", root)]
     while pending:
@@ -187,39 +198,60 @@ def _walk(root: str, recursive: bool, key_path: str) -> tuple[list[_Found] | Non
         try:
             with os.scandir(directory) as listing:
                 for entry in listing:
-                    _visit(entry, prefix, recursive, found, pending)
+                    if not _visit(entry, prefix, recursive, found, pending):
+                        _note_unusable(entry, prefix, sidecars, unusable)
         except OSError as e:
             failure = _folder_error(directory, f"cannot be read ({e.strerror or e})", key_path)
             if directory == root:
-                return None, [failure]
+                return None, [], [failure]
             problems.append(failure)
     found.sort(key=lambda item: item.rel)
-    return found, problems
+    unusable.sort()
+    return found, unusable, problems
 
 
-def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found], pending: list) -> None:
+def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found], pending: list) -> bool:
+    """Lists an image file or queues a folder; False for a name this does not look at (maybe unusable)."""
     name = entry.name
     if name.startswith("."):  # hidden files and folders (.git, .DS_Store, editor backups)
-        return
+        return True
     rel = prefix + name
     is_image_name = "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS
+    if not is_image_name:
+        if recursive and entry.is_dir(follow_symlinks=False):  # never follow folder links: no cycles
+            pending.append((rel + "/", entry.path))
+            return True
+        return False
     try:
-        is_file = is_image_name and entry.is_file()
+        is_file = entry.is_file()
     except OSError as e:  # a symbolic link loop (ELOOP): name the link, never fail the whole folder
         found.append(_Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})"))
-        return
+        return True
     if is_file:
         try:
             st = entry.stat()
         except OSError as e:  # vanished or unreadable between listing and stat
             found.append(_Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})"))
-            return
+            return True
         found.append(_Found(rel=rel, path=_posix(entry.path), size=st.st_size,
                             stamp=imagecache.file_stamp(st)))
     elif recursive and entry.is_dir(follow_symlinks=False):  # never follow folder links: no cycles
         pending.append((rel + "/", entry.path))
-    elif is_image_name and entry.is_symlink() and not entry.is_dir():
+    elif entry.is_symlink() and not entry.is_dir():
         found.append(_Found(rel=rel, path=_posix(entry.path), broken="is a broken symbolic link"))
+    return True
+
+
+def _note_unusable(entry: os.DirEntry, prefix: str, sidecars: tuple[str, ...], unusable: list[str]) -> None:
+    """A regular file (or a link to one) that is neither an image dbspec reads nor a sidecar: it will not train,
+    and the user should know (a folder of .heic photos is not an empty dataset by intent)."""
+    if entry.name.lower().endswith(sidecars):
+        return
+    try:
+        if entry.is_file():  # d_type from the listing: no extra system call on most file systems
+            unusable.append(prefix + entry.name)
+    except OSError:
+        pass  # a link loop with an odd name: nothing would read it anyway
 
 
 def _out_of_scope(entries: imagecache.Entries, root: str) -> imagecache.Entries:
@@ -231,7 +263,7 @@ def _out_of_scope(entries: imagecache.Entries, root: str) -> imagecache.Entries:
 def _image_info(item: _Found, facts: FileFacts) -> ImageInfo:
     # Positional: the field order of ImageInfo (per file, per scan; keyword construction costs more).
     return ImageInfo(item.path, item.rel, facts.width, facts.height, facts.orientation, facts.mode, facts.has_alpha,
-                     item.size, item.stamp, facts.sha)
+                     item.size, item.stamp, facts.sha, facts.frames)
 
 
 GROUP_AT = 4  # this many files with one problem in one folder become one diagnostic listing them

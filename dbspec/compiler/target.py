@@ -12,7 +12,8 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+
+import attrs
 
 from dbspec.plan.model import TargetEnv
 
@@ -95,18 +96,19 @@ def _describe(device: str, memory: int, detail: str, bf16: bool, processes: int)
 # --- probing this machine ------------------------------------------------------------------------------
 
 
-def probe_target(output_dir: Path | None = None) -> TargetEnv:
-    """This machine: the first visible CUDA GPU, else Apple MPS, else the CPU. Never imports torch."""
-    free_disk = _free_disk_bytes(output_dir)
+def probe_target() -> TargetEnv:
+    """This machine: the first visible CUDA GPU, else Apple MPS, else the CPU. Never imports torch.
+
+    `measure_disk` is set: the run writes here, so the compiler's disk pass measures the free space at the
+    output and cache folders once it has resolved them (the CLI cannot: they come from the spec).
+    """
     gpu = _probe_cuda()
     if gpu is not None:
-        return TargetEnv(device="cuda", memory_bytes=gpu.memory_bytes, bf16=gpu.bf16,
-                         compute_capability=gpu.compute_capability, free_disk_bytes=free_disk,
-                         processes=gpu.processes, description=gpu.description)
+        return attrs.evolve(gpu, measure_disk=True)
     if sys.platform == "darwin" and platform.machine() == "arm64":
-        return _probe_mps(free_disk)
+        return _probe_mps()
     memory = _physical_memory_bytes()
-    return TargetEnv(device="cpu", memory_bytes=memory, bf16=True, free_disk_bytes=free_disk,
+    return TargetEnv(device="cpu", memory_bytes=memory, bf16=True, measure_disk=True,
                      description=_describe(f"cpu ({platform.machine() or 'unknown'})", memory, "", True, 1))
 
 
@@ -173,13 +175,13 @@ def _launcher_world_size() -> int:
     return int(world) if world.isdigit() and int(world) >= 1 else 1
 
 
-def _probe_mps(free_disk: int) -> TargetEnv:
+def _probe_mps() -> TargetEnv:
     output = _run(["sysctl", "-n", "hw.memsize"], SYSCTL_TIMEOUT_S)
     memory = int(output.strip()) if output and output.strip().isdigit() else _physical_memory_bytes()
     release = platform.mac_ver()[0]
     bf16 = bool(release) and int(release.split(".")[0]) >= 14  # MPS gained bf16 in macOS 14 (Sonoma)
     detail = f"macOS {release or 'unknown'}, unified memory"
-    return TargetEnv(device="mps", memory_bytes=memory, bf16=bf16, free_disk_bytes=free_disk,
+    return TargetEnv(device="mps", memory_bytes=memory, bf16=bf16, measure_disk=True,
                      description=_describe("mps (Apple silicon)", memory, detail, bf16, 1))
 
 
@@ -195,17 +197,4 @@ def _physical_memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def _free_disk_bytes(output_dir: Path | None) -> int:
-    """Free bytes on the disk holding output_dir (or its nearest existing parent); 0 when unknown."""
-    if output_dir is None:
-        return 0
-    folder = Path(output_dir).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
         return 0

@@ -50,7 +50,8 @@ def plan_hash(plan: Plan) -> str:
 # Parts of a plan that describe the machine or the disk at compile time, not the training run: two plans
 # that differ only here train identically, so a run may resume under either.
 _VOLATILE = {
-    "target": ("free_disk_bytes", "memory_bytes", "description"),
+    "target": ("free_disk_bytes", "cache_free_disk_bytes", "shared_disk", "measure_disk", "memory_bytes",
+               "description"),
     "cache": ("latent_hits", "latent_misses", "text_hits", "text_misses", "notes"),
 }
 _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")

@@ -28,7 +28,10 @@ class TargetEnv:
     memory_bytes: int = 0  # device memory (CUDA/MPS); 0 = unknown
     bf16: bool = False
     compute_capability: str = ""  # CUDA only, e.g. "8.9"
-    free_disk_bytes: int = 0  # at the output folder; 0 = unknown
+    measure_disk: bool = False  # this machine (probed): the compiler measures free disk at the run's folders
+    free_disk_bytes: int = 0  # at output.dir (its nearest existing folder), as the compiler measured; 0 = unknown
+    cache_free_disk_bytes: int = 0  # at cache.dir, likewise; 0 = unknown
+    shared_disk: bool = False  # output.dir and cache.dir are on one device: their needs add up
     processes: int = 1
     description: str = ""
 

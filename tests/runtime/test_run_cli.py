@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dbspec.cli import app
-from dbspec.runtime.execute import execute
+from dbspec.runtime.execute import RunError, execute
 from tests.runtime.runspec import ROOT, compile_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -56,11 +57,17 @@ def _wait_for(path: Path, predicate, timeout: float) -> None:
     raise AssertionError(f"timed out waiting for {path}")
 
 
+# A value that needs shell quoting; it is part of the plan (and so of the run hash) though nothing validates.
+NEGATIVE = "validation.negative_prompt=\"blurry, 'low' quality\""  # --set values are TOML
+
+
 def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """The printed resume command, followed as a user would (shell-split), resumes the same run: it repeats
+    every --set the run was started with."""
     spec = write_spec(tmp_path, steps=30, extra="[logging]\nevery = 1\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dbspec.cli", "run", str(spec)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dbspec.cli", "run", str(spec), "--set", NEGATIVE],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "out" / "metrics.jsonl"
     try:
         _wait_for(metrics, lambda p: len(p.read_text().splitlines()) >= 3, timeout=240)
@@ -69,16 +76,19 @@ def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, output
-    assert "--resume" in output
+    hint = next(line for line in output.splitlines() if line.startswith("resume with: "))
+    argv = shlex.split(hint.removeprefix("resume with: "))
+    assert argv == ["dbspec", "run", str(spec), "--set", NEGATIVE, "--resume"]
     stopped_at = int((tmp_path / "out" / "checkpoints" / "latest").read_text().strip().split("-")[1])
     assert 3 <= stopped_at < 30
 
-    plan = compile_spec(spec)
-    resumed = execute(plan, resume=True)
-    assert resumed.status == "finished" and resumed.steps == 30
-    whole = execute(compile_spec(spec, ["output.dir=whole"]))
+    with pytest.raises(RunError):  # the old hint's command: without the --set
+        execute(compile_spec(spec), resume=True)
+    resumed = CliRunner().invoke(app, argv[1:])
+    assert resumed.exit_code == 0 and "finished 30 steps" in resumed.output, resumed.output
+    whole = execute(compile_spec(spec, ["output.dir=whole", NEGATIVE]))
     a = load_file(str(Path(whole.final) / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(Path(resumed.final) / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "out" / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

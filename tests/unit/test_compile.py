@@ -193,6 +193,38 @@ def test_missing_dataset_folder(tmp_path):
     assert "nowhere" in d.message and d.span.line == spec_line(tmp_path, 'path = "nowhere"')
 
 
+def animated_webp(path: Path, frames: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.new("RGB", (64, 64), (0, 40 * i, 0)) for i in range(frames)]
+    images[0].save(path, "WEBP", save_all=True, append_images=images[1:])
+    return path
+
+
+def test_files_the_plan_cannot_use_are_one_warning_per_dataset(toy):
+    """DBS305 lists what will not train (up to 20 names and a count), never captions or sidecars; DBS326 names
+    animations, which train on their first frame. A warm re-plan (the image cache filled) says the same."""
+    inst = toy / "inst"
+    for i in range(25):
+        image(inst / f"clip{i:02d}.gif", (64, 64), format="GIF")
+    (inst / "phone.heic").write_bytes(b"not read")
+    for name in ("a.cap", "a.txt", "b.caption", "b.npz", "meta.json", "dataset.toml", ".DS_Store"):
+        (inst / name).write_text("ohwx toy")
+    animated_webp(inst / "dance.webp", 5)
+    write_spec(toy, {"captions": "filename", "caption_extension": ".cap", "prompt": None})
+    for _ in ("cold", "warm"):
+        planned = compile_in(toy)
+        assert planned.plan is not None and codes(planned) == ["DBS305", "DBS326"]
+        unusable, animated = planned.diagnostics
+        assert unusable.severity == "warning" and unusable.path == "datasets[0].path"
+        assert unusable.message.startswith(f"26 files in `{inst.as_posix()}` will not train")
+        assert unusable.notes[:2] == ("`clip00.gif`", "`clip01.gif`") and unusable.notes[-1] == "... and 6 more"
+        assert len(unusable.notes) == 21 and not any("cap" in n or "json" in n for n in unusable.notes)
+        assert animated.message.endswith("only the first frame of each trains")
+        assert animated.notes == ("`dance.webp` has 5 frames",)
+        (dataset,) = planned.plan.datasets
+        assert len(dataset.images) == 4 and dataset.skipped == ()  # the animation trains; nothing was skipped
+
+
 # --- captions ---------------------------------------------------------------------------------------------
 
 
@@ -784,27 +816,6 @@ def test_a_step_too_coarse_for_the_resolution_says_which_step_fits(toy):
     (d,) = planned.diagnostics
     assert "rounds down to 0 with step 64" in d.message and "lower buckets.step to 32 or less" in d.help
     assert d.span.line == spec_line(toy, "resolution = 64")
-
-
-def test_disk_warning_when_outputs_exceed_free_disk(tmp_path):
-    """DBS351: checkpoints + final weights + latent cache against the target's free disk."""
-    from dbspec.frontend import plan_spec
-    from dbspec.plan.model import TargetEnv
-
-    images = tmp_path / "imgs"
-    images.mkdir()
-    from PIL import Image
-
-    for i in range(3):
-        Image.new("RGB", (64, 64), (i, 0, 0)).save(images / f"{i}.png")
-    spec = tmp_path / "spec.toml"
-    spec.write_text('spec_version = 1\n[model]\nbase = "builtin:tiny-sd1"\n[[datasets]]\nname = "a"\npath = "imgs"\n'
-                    'prompt = "x"\nresolution = 64\n[buckets]\nstep = 16\n[schedule]\nsteps = 10\n'
-                    '[checkpoints]\nevery = 2\nkeep = 0\n')
-    tight = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, free_disk_bytes=1 << 20)
-    roomy = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, free_disk_bytes=1 << 40)
-    assert any(d.code == "DBS351" for d in plan_spec(spec, tight).diagnostics)
-    assert not any(d.code == "DBS351" for d in plan_spec(spec, roomy).diagnostics)
 
 
 def test_a_huge_caption_file_is_capped_with_a_warning_and_shown_short(toy):

@@ -112,6 +112,47 @@ def test_recursive_only_on_request(tmp_path):
     assert [i.rel for i in scan(tmp_path, recursive=True).images] == ["sub/deep/x.jpg", "top.png"]
 
 
+def test_files_dbspec_does_not_read_are_listed_but_not_sidecars_hidden_files_or_folders(tmp_path):
+    write(tmp_path / "a.png", encode(rgb(), "PNG"))
+    write(tmp_path / "b.gif", encode(rgb(), "GIF"))
+    write(tmp_path / "c.TIFF", encode(rgb(), "TIFF"))
+    for name in ("d.heic", "e.avif", "README", "notes.md"):
+        write(tmp_path / name, b"not read")
+    for name in ("a.txt", "a.caption", "a.json", "a.npz", "dataset.toml", "a.TXT", "a.tags", ".DS_Store"):
+        write(tmp_path / name, b"sidecar or hidden")
+    write(tmp_path / "sub" / "f.gif", encode(rgb(), "GIF"))
+    write(tmp_path / "sub.old.png" / "g.png", encode(rgb(), "PNG"))  # a folder with an image's name
+    flat = scan_folder(tmp_path, recursive=False, min_size=1, on_bad="error", cache_dir=None, key_path=KEY,
+                       sidecars=(".txt", ".caption", ".json", ".npz", ".toml", ".tags"))
+    assert flat.unusable == ("README", "b.gif", "c.TIFF", "d.heic", "e.avif", "notes.md")
+    assert [i.rel for i in flat.images] == ["a.png"] and flat.diagnostics == ()
+    deep = scan(tmp_path, recursive=True)  # the default sidecars: a.tags is not one
+    assert deep.unusable == ("README", "a.tags", "b.gif", "c.TIFF", "d.heic", "e.avif", "notes.md", "sub/f.gif")
+    assert [i.rel for i in deep.images] == ["a.png", "sub.old.png/g.png"]
+
+
+def apng(frames: int) -> bytes:
+    images = [Image.new("RGB", (40, 30), (40 * i, 0, 0)) for i in range(frames)]
+    return encode(images[0], "PNG", save_all=True, append_images=images[1:])
+
+
+def test_animated_png_and_webp_count_their_frames_cold_and_warm(tmp_path):
+    folder = tmp_path / "data"
+    write(folder / "moving.png", apng(3))
+    moving = [Image.new("RGB", (40, 30), (0, 50 * i, 0)) for i in range(4)]
+    write(folder / "moving.webp", encode(moving[0], "WEBP", save_all=True, append_images=moving[1:]))
+    write(folder / "still.png", apng(1))
+    mpo = write(folder / "photo.jpg", encode(rgb(), "MPO", save_all=True, append_images=[rgb()]))
+    with Image.open(mpo) as im:
+        assert im.n_frames == 2  # a camera's multi-picture JPEG (a preview or a second view): not an animation
+    cold = scan(folder, cache_dir=tmp_path / "cache")
+    warm = scan(folder, cache_dir=tmp_path / "cache")
+    assert warm.cache_misses == 0 and warm.images == cold.images
+    assert {i.rel: i.frames for i in warm.images} == {"moving.png": 3, "moving.webp": 4, "photo.jpg": 1,
+                                                      "still.png": 1}
+    assert cold.diagnostics == ()  # animations train (their first frame); the compiler warns
+
+
 # --- header facts --------------------------------------------------------------------------------
 
 
