@@ -32,6 +32,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from dbspec.plan.model import DatasetPlan, ImagePlan
+from dbspec.runtime import faults
 from dbspec.runtime.data import load_pixels
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class TensorCache:
         path = self.path(key)
         try:
             _write_atomic(path, data)
+            faults.reached("cache.entry")
         except OSError as exc:
             raise CacheWriteError(f"cannot write {self.kind} cache entry into {path.parent} "
                                   f"({exc.strerror or exc}; {len(data)} bytes): free disk space or set cache.dir "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -26,13 +25,14 @@ import torch
 from torch import nn
 
 from dbspec.plan.io import run_differences
+from dbspec.runtime import faults
 from dbspec.runtime.outdir import STEP_DIR as _STEP_DIR
+from dbspec.runtime.outdir import fsync_dir as _fsync_dir
 from dbspec.runtime.outdir import OutputError, prepare_output  # noqa: F401 - the output folder's API, re-exported
 from dbspec.util.atomic import write_text_atomic
 
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
-_TMP_DIR = re.compile(r"^\.tmp-step-\d+-(\d+)$")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Family = Literal["sd1", "sd2", "sdxl"]
 
@@ -52,20 +52,44 @@ def save_checkpoint(
     staging.mkdir()
     try:
         weights(staging)
+        faults.reached("checkpoint.weights")
         torch.save(state, staging / STATE_FILE)
+        faults.reached("checkpoint.state")
         _fsync_tree(staging)
         # A folder of this step left by an interrupted run (never named by `latest`) makes way, renamed first.
         replaced = _rename_away(final) if final.exists() else None
         os.replace(staging, final)
         _fsync_dir(root)
-    except BaseException:
+        faults.reached("checkpoint.renamed")
+        write_text_atomic(root / LATEST_FILE, final.name + "\n")
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_write_failure(exc):
+            raise OutputError(write_failure(f"checkpoint {final.name}", root, exc)) from exc
         raise
-    write_text_atomic(root / LATEST_FILE, final.name + "\n")
+    faults.reached("checkpoint.latest")
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     _prune(root, keep, final)
     return final
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """A full disk, a quota or a lost permission: OSError from Python, RuntimeError from torch.save's writer."""
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "PytorchStreamWriter" in str(exc))
+
+
+def write_failure(what: str, folder: Path, exc: BaseException) -> str:
+    """What failed, where, how much room there is, and what is still safe."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    kept = latest_checkpoint(folder.parent if folder.name == "checkpoints" else folder)
+    safe = f"the last good checkpoint, {kept}, is intact" if kept else "no checkpoint was written yet"
+    return (f"cannot write {what} into {folder} ({reason}; {free}); {safe}: free disk space (or lower "
+            "checkpoints.keep, or save_precision = \"fp16\") and run again with --resume")
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -119,25 +143,12 @@ def _step_dirs(out: Path) -> list[Path]:
 
 
 def _prune(root: Path, keep: int, latest: Path) -> None:
-    for entry in root.iterdir():  # leftovers of processes that died mid-save or mid-delete
-        match = _TMP_DIR.match(entry.name)
-        if entry.name.startswith(".trash-") or (match and not _pid_alive(int(match.group(1)))):
-            shutil.rmtree(entry, ignore_errors=True)
+    """Keep the newest `keep` step folders (leftovers of killed runs are `outdir.recover`'s, at start)."""
     if keep <= 0:
         return
     for folder in _step_dirs(root.parent)[:-keep]:
         if folder != latest:
             shutil.rmtree(_rename_away(folder), ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists but belongs to someone else
-    return True
 
 
 def _rename_away(folder: Path) -> Path:
@@ -156,19 +167,6 @@ def _fsync_tree(folder: Path) -> None:
         elif path.is_dir():
             _fsync_dir(path)
     _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # platforms that cannot open directories (Windows) order renames themselves
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 _PLAIN = (torch.Tensor, int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import attrs
 import torch
+from rich.console import Console
 
 from dbspec.plan.io import plan_to_json, run_hash
 from dbspec.plan.model import Plan
@@ -57,6 +58,8 @@ def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=
     claim = (ckpt.prepare_output(Path(plan.checkpoints.dir), plan_json, run_hash(plan), overwrite=overwrite,
                                  resume=resume) if accelerator.is_main_process else contextlib.nullcontext())
     with claim:
+        for note in getattr(claim, "recovered", ()):
+            (console or Console(stderr=True)).print(f"note: {note}", markup=False, highlight=False)
         return _train(plan, accelerator, plan_json, started, resume=resume, console=console,
                       stop_after=stop_after, keep_models=keep_models)
 
@@ -187,7 +190,8 @@ def _train(plan: Plan, accelerator, plan_json: str, started: float, *, resume: b
     final = out / "final"
     accelerator.wait_for_everyone()
     if main:
-        write_final(final, pipeline, comps, plan, ema)
+        with _InterruptFlag():  # Ctrl-C or SIGTERM now waits for the final weights (a second Ctrl-C does not)
+            write_final(final, pipeline, comps, plan, ema)
     log.close()
     return _result("finished", plan, step, str(final), last_checkpoint, started, losses,
                    comps if keep_models else None)

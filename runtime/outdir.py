@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
+from dbspec.runtime import faults
 from dbspec.util.atomic import write_text_atomic
 
 try:
@@ -26,6 +28,10 @@ except ImportError:  # Windows: no flock; one run per folder is then up to the u
 RUN_FILE = "run.json"  # {"run_hash": ...}: what the run trains, without machine-specific plan fields
 LOCK_FILE = ".dbspec.lock"  # holds the pid of the run that has the folder
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+FINAL_DIR = "final"
+# What dbspec writes before renaming into place (`.x.tmp`, `.x.tmp-<pid>`, `.tmp-step-...`) or deletes after
+# renaming away (`.trash-...`): under the folder's lock any such entry is a dead run's.
+_TEMPORARY = re.compile(r"^\.(?:.+\.tmp(?:-\d+)?|tmp-step-.+|trash-.+)$")
 
 
 class OutputError(Exception):
@@ -42,6 +48,7 @@ class OutputLock:
     def __init__(self, out: Path):
         self.out = out
         self._fd: int | None = _lock(out)
+        self.recovered: list[str] = []  # what `recover` did when the run claimed the folder
 
     def release(self) -> None:
         if self._fd is not None:
@@ -66,6 +73,7 @@ def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool
     _refuse_foreign(out)
     lock = _create_and_lock(out)
     try:
+        lock.recovered = recover(out)
         held = _run_hash(out)
         if held is not None and (held != plan_hash or not resume) and _has_results(out, held == plan_hash):
             if not overwrite:
@@ -76,6 +84,7 @@ def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool
         if _run_hash(out) != plan_hash:
             write_text_atomic(out / "plan.json", plan_json)
             write_text_atomic(out / RUN_FILE, json.dumps({"run_hash": plan_hash}) + "\n")
+        faults.reached("output.claimed")
     except BaseException:
         lock.release()
         raise
@@ -169,3 +178,67 @@ def _move_aside(out: Path) -> Path:
         suffix += 1
     os.replace(out, target)
     return target
+
+
+def recover(out: Path) -> list[str]:
+    """Tidy what killed runs left, holding the folder's lock (so no live process writes here): put back a
+    finished model that a kill left renamed aside, and delete half-written temporaries. Says what it did."""
+    done = []
+    final = out / FINAL_DIR
+    for aside in sorted(out.glob(f".{FINAL_DIR}.old-*")):
+        if final.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, final)
+            done.append(f"put back {final}, which a killed run had moved aside to replace it")
+    stale = [path for path in _walk_hidden(out) if _TEMPORARY.match(path.name)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if stale:
+        done.append(f"deleted {len(stale)} temporary file(s) or folder(s) left by a killed run")
+    return done
+
+
+def _walk_hidden(out: Path) -> list[Path]:
+    """Hidden entries anywhere under `out` (links not followed), without descending into them."""
+    found, pending = [], [out]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name != LOCK_FILE:
+                found.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+    return found
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder `staging` at `target` without ever deleting a complete `target` before its
+    replacement is in place: the old one is renamed aside first and deleted last (a kill in between leaves it
+    for `recover` to put back)."""
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, aside)
+        faults.reached("final.old_aside")
+    os.replace(staging, target)
+    fsync_dir(target.parent)
+    faults.reached("final.renamed")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames inside `folder` durable (a no-op where folders cannot be opened: Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

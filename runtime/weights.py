@@ -12,8 +12,10 @@ import torch
 from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime import faults
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components
+from dbspec.runtime.outdir import replace_folder
 from dbspec.util.atomic import write_text_atomic
 
 TEXT_NAMES = ("text_encoder", "text_encoder_2")
@@ -81,16 +83,22 @@ def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=Non
 
 
 def write_final(final: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:
-    """The run's result and its exports, written beside and then renamed into place (a crash never
-    leaves half a `final`). With EMA, the exports hold the EMA weights (what validation showed)."""
+    """The run's result and its exports, written beside and then renamed into place (a crash never leaves
+    half a `final`, and an earlier `final` is deleted only once the new one is in place). With EMA, the
+    exports hold the EMA weights (what validation showed)."""
     staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    if plan.adapter.kind == "none":
-        save_pipeline(staging, pipeline, comps, plan, ema)
-    else:
-        save_weights(staging, comps, plan, ema)
-    with ema.swap() if ema is not None else contextlib.nullcontext():
-        exports_for_plan(plan, staging, comps)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    try:
+        if plan.adapter.kind == "none":
+            save_pipeline(staging, pipeline, comps, plan, ema)
+        else:
+            save_weights(staging, comps, plan, ema)
+        with ema.swap() if ema is not None else contextlib.nullcontext():
+            exports_for_plan(plan, staging, comps)
+        faults.reached("final.staged")
+        replace_folder(staging, final)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if ckpt.is_write_failure(exc):
+            raise ckpt.OutputError(ckpt.write_failure("the final weights", final.parent, exc)) from exc
+        raise

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
 from dbspec.runtime.adapters import inject_lora
+from dbspec.runtime.outdir import recover
 from dbspec.runtime.checkpoints import (
     OutputError,
     capture_rng_state,
@@ -86,12 +87,27 @@ def test_resaving_a_step_replaces_it_and_leftovers_of_dead_saves_go(tmp_path: Pa
     _save(tmp_path, 10)
     _save(tmp_path, 20)
     (tmp_path / "checkpoints" / "latest").write_text("step-000010\n")  # died before moving the pointer
-    dead = tmp_path / "checkpoints" / ".tmp-step-000030-999999999"  # no such process
-    dead.mkdir()
+    for leftover in (".tmp-step-000030-999999999", ".trash-step-000005-4242"):  # a dead save, a dead prune
+        (tmp_path / "checkpoints" / leftover).mkdir()
+    (tmp_path / "checkpoints" / ".latest.x1y2z3.tmp").write_text("step-0")  # a dead pointer update
+    assert recover(tmp_path) == ["deleted 3 temporary file(s) or folder(s) left by a killed run"]
     folder = save_checkpoint(tmp_path, 20, weights=lambda f: (f / "new.bin").write_bytes(b"n"), state={}, keep=0)
     assert sorted(entry.name for entry in folder.iterdir()) == ["new.bin", "training_state.pt"]
     assert latest_checkpoint(tmp_path) == folder
     assert _steps(tmp_path) == ["step-000010", "step-000020"]  # no temp or trash folders left
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000010", "step-000020"]
+
+
+def test_a_final_model_moved_aside_by_a_killed_run_is_put_back(tmp_path: Path) -> None:
+    (tmp_path / ".final.old-4242").mkdir()  # killed between moving the old final aside and renaming the new one in
+    (tmp_path / ".final.old-4242" / "weights.bin").write_bytes(b"finished")
+    (tmp_path / ".final.tmp-4242").mkdir()  # the half-written replacement
+    notes = recover(tmp_path)
+    assert (tmp_path / "final" / "weights.bin").read_bytes() == b"finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and len(notes) == 2
+    (tmp_path / ".final.old-4343").mkdir()  # killed after the new final was in place: the old one goes
+    recover(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
 
 
 def test_state_that_weights_only_cannot_load_is_refused_at_save(tmp_path: Path) -> None:
