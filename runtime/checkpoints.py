@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from dbspec.plan.io import run_differences
@@ -74,14 +75,23 @@ def save_checkpoint(
     return final
 
 
+# How torch.save's C++ writer reports a failed write (full disk, quota): a RuntimeError naming its stream.
+_TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "iostream error")
+
+
 def is_write_failure(exc: BaseException) -> bool:
-    """A full disk, a quota or a lost permission: OSError from Python, RuntimeError from torch.save's writer."""
-    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "PytorchStreamWriter" in str(exc))
+    """A full disk, a quota or a lost permission, as Python (OSError), safetensors (SafetensorError) or
+    torch.save (RuntimeError from its writer) report it."""
+    if isinstance(exc, (OSError, SafetensorError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in _TORCH_WRITE_ERRORS)
 
 
 def write_failure(what: str, folder: Path, exc: BaseException) -> str:
     """What failed, where, how much room there is, and what is still safe."""
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+    detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+        f"the write failed, usually a full disk or a quota: {detail}"
     try:
         free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
     except OSError:

@@ -86,3 +86,13 @@ def test_a_kill_while_replacing_a_finished_model_loses_nothing(tmp_path, referen
     assert all(torch.equal(restored[key], reference[key]) for key in reference)
     assert execute(compile_spec(spec), resume=True).status == "finished"
     assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("sent", ["INT", "TERM"])
+def test_ctrl_c_or_sigterm_during_the_final_save_lets_it_finish(tmp_path, monkeypatch, reference, sent):
+    monkeypatch.setenv(ENV, f"final.staged:{sent}")  # delivered to this process, in the middle of the save
+    result = execute(compile_spec(spec_in(tmp_path)))
+    assert result.status == "finished"
+    final = load_file(tmp_path / "out" / LORA)
+    assert all(torch.equal(final[key], reference[key]) for key in reference)
+    assert leftovers(tmp_path / "out") == []
