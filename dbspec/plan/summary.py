@@ -124,6 +124,7 @@ def training_table(plan: Plan) -> Table:
     t.add_row("latent cache", f"{cache.latent_hits} hits, {cache.latent_misses} to encode" if cache.latents else "off")
     t.add_row("text cache", f"{cache.text_hits} hits, {cache.text_misses} to encode" if cache.text_embeddings
               else "off")
+    t.add_row("source check", _source_check(plan))
     t.add_row("cache folder", _shown(cache.dir))
     t.add_row("output", _shown(plan.checkpoints.dir))
     return t
@@ -163,3 +164,11 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
 def _short(text: str, limit: int = 80) -> str:
     """A caption as the summary shows it: one table cell, however long the caption file was."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _source_check(plan: Plan) -> str:
+    """What each run reads before step 1 to know no source changed since this plan (runtime/data.py)."""
+    files = {path for d in plan.datasets for img in d.images
+             for path, sha in ((img.path, img.sha), (img.mask, img.mask_sha))
+             if path and path != "alpha" and not sha.startswith("generated:")}
+    return f"{_plural(len(files), 'file')} hashed and decoded at the start of each run"
