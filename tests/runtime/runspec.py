@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import resource
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dbspec.frontend import plan_spec
@@ -76,3 +79,14 @@ def compile_spec(path: Path, overrides: list[str] | None = None, env: TargetEnv 
 
 def make_plan(tmp: Path, **kw) -> Plan:
     return compile_spec(write_spec(tmp, **kw))
+
+
+@contextmanager
+def file_size_limit(nbytes: int) -> Iterator[None]:
+    """Writes past `nbytes` fail with EFBIG, as on a full disk (Python ignores SIGXFSZ), in this process only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

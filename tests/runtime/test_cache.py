@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import resource
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from rich.progress import Progress
 from dbspec.plan.model import DatasetPlan, ImagePlan
 from dbspec.runtime.cache import CacheWriteError, TensorCache, ensure_latents, ensure_text, tensor_checksum
 from dbspec.runtime.data import load_pixels
+from tests.runtime.runspec import file_size_limit
 
 KEY = "ab" + "0" * 38
 OTHER = "cd" + "1" * 38
@@ -255,17 +254,6 @@ def test_an_encoder_returning_the_wrong_batch_is_reported(tmp_path):
     cache = TensorCache(tmp_path / "cache", "latents")
     with pytest.raises(ValueError, match="batch of"):
         ensure_latents(cache, datasets, lambda x: (x[:1], x[:1]), batch_size=4)
-
-
-@contextmanager
-def file_size_limit(nbytes: int):
-    """Writes past `nbytes` fail with EFBIG, as on a full disk (Python ignores SIGXFSZ), in this process only."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_a_full_disk_names_the_cache_folder_and_leaves_no_partial_entry(tmp_path):

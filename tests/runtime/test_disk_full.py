@@ -4,8 +4,6 @@ Python ignores SIGXFSZ), set in this process around the run only."""
 
 from __future__ import annotations
 
-import resource
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import RunError, execute
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, file_size_limit, write_spec
 
 EXTRA = """
 [adapter]
@@ -27,16 +25,6 @@ keep = 1
 [logging]
 tensorboard = false
 """
-
-
-@contextmanager
-def file_size_limit(nbytes: int):
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_run_resumes(tmp_path):
