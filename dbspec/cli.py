@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -238,9 +239,11 @@ def schema(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON Schema.")] = Path(
         "schemas/dbspec.schema.json"),
     docs: Annotated[Optional[Path], typer.Option("--docs", help="Also write the Markdown spec reference here.")] = None,
+    errors: Annotated[Optional[Path], typer.Option("--errors", help="Also write the diagnostic code reference "
+                                                   "(docs/errors.md, from dbspec/codes.py) here.")] = None,
 ) -> None:
-    """Write the JSON Schema (and the spec reference) generated from the spec model."""
-    from dbspec.spec.reference import reference_markdown
+    """Write the JSON Schema (and the spec and error references) generated from the spec model and code table."""
+    from dbspec.spec.reference import errors_markdown, reference_markdown
     from dbspec.spec.schema import schema_text
     from dbspec.util.atomic import write_text_atomic
 
@@ -249,14 +252,19 @@ def schema(
     if docs is not None:
         write_text_atomic(docs, reference_markdown())
         typer.echo(f"wrote {docs}")
+    if errors is not None:
+        write_text_atomic(errors, errors_markdown())
+        typer.echo(f"wrote {errors}")
 
 
 @app.command()
-def explain(key: Annotated[str, typer.Argument(help="A key such as optimizer.lr or datasets.repeats")]) -> None:
-    """Show a key's type, default, meaning and an example."""
+def explain(key: Annotated[str, typer.Argument(help="A key such as optimizer.lr or datasets.repeats, or a "
+                                              "diagnostic code such as DBS102")]) -> None:
+    """Show a key's type, default, meaning and an example, or what a diagnostic code means."""
     from dbspec.spec.reference import explain as explain_key
+    from dbspec.spec.reference import explain_code
 
-    text, found = explain_key(key)
+    text, found = explain_code(key) if re.fullmatch(r"(?i)dbs\d{3}", key) else explain_key(key)
     typer.echo(text)
     raise typer.Exit(0 if found else 1)
 

@@ -16,6 +16,7 @@ from typing import Literal, NamedTuple
 import attrs
 from PIL import Image
 
+from dbspec import codes
 from dbspec.compiler import imagecache
 from dbspec.compiler.imagecache import FileFacts, bad_facts, probe_file
 from dbspec.diagnostics import Diagnostic, error, warning
@@ -26,13 +27,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 # metadata) and other trainers (.toml) write. Never listed as unusable; a dataset adds its caption_extension.
 SIDECAR_EXTENSIONS = (".txt", ".caption", ".json", ".npz", ".toml")
 _SKIP_HINT = 'set `on_bad_image = "skip"` in this dataset to leave such files out'
-_HELP = {
-    "DBS303": f"re-export the image or remove it; {_SKIP_HINT}",
-    "DBS304": f"the file is empty: copy it again or remove it; {_SKIP_HINT}",
-    "DBS306": f"use a larger image, lower `min_image_size`, or remove it; {_SKIP_HINT}",
-    "DBS307": f"downscale the image or remove it; {_SKIP_HINT}",
-    "DBS308": f"the file was cut short (interrupted copy or download?): copy it again or remove it; {_SKIP_HINT}",
-}
 
 
 class ImageInfo(NamedTuple):  # NamedTuple, not attrs: one per file per scan, built several times faster
@@ -293,7 +287,7 @@ def _file_diagnostics(problems: list[tuple[str, str, str]], root: str, on_bad: O
 def _file_diagnostic(code: str, message: str, notes: tuple[str, ...], on_bad: OnBad, key_path: str) -> Diagnostic:
     if on_bad == "skip":
         return warning(code, message, path=key_path, notes=notes + ('left out (on_bad_image = "skip")',))
-    return error(code, message, path=key_path, help=_HELP[code], notes=notes)
+    return error(code, message, path=key_path, help=f"{codes.help(code)}; {_SKIP_HINT}", notes=notes)
 
 
 def _folder_error(folder: str, what: str, key_path: str) -> Diagnostic:

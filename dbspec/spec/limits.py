@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from dbspec import codes
 from dbspec.diagnostics import Diagnostic, Span, error
 from dbspec.spec.paths import KeyPath, dotted
 from dbspec.spec.spans import _BASIC_BODY, _LITERAL_BODY, _ML_BASIC_BODY, _ML_LITERAL_BODY
@@ -25,8 +26,6 @@ _NEXT = re.compile(r"\"\"\"|'''|[\"'#\[\]{},\n]|[0-9][0-9_]{%d,}" % MAX_DIGITS)
 _KEY_PART = re.compile(r"""[ \t]*([A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')[ \t]*""")
 _LINE_SPACE = re.compile(r"[ \t]*")
 _INLINE_SPACE = re.compile(r"(?:[ \t\r\n]|#[^\n]*)*")  # TOML 1.1 inline tables may span lines
-_HELP = {"DBS005": "no spec nests more than a few levels; look for brackets or dots repeated by mistake",
-         "DBS006": "no setting needs a number this long; look for digits pasted by mistake"}
 
 
 def text_problem(text: str, label: str) -> Diagnostic | None:
@@ -38,7 +37,7 @@ def text_problem(text: str, label: str) -> Diagnostic | None:
     line = text.count("\n", 0, offset) + 1
     col = offset - (text.rfind("\n", 0, offset) + 1) + 1
     span = Span(file=label, line=line, col=col, end_line=line, end_col=col + 1)
-    return error(code, message, path=key, span=span, help=_HELP[code])
+    return error(code, message, path=key, span=span, help=codes.help(code))
 
 
 def value_problem(text: str, key: str, span: Span) -> Diagnostic | None:
@@ -49,7 +48,7 @@ def value_problem(text: str, key: str, span: Span) -> Diagnostic | None:
     if found is None:
         return None
     _, code, message, _ = found
-    return error(code, message, path=key, span=span, help=_HELP[code])
+    return error(code, message, path=key, span=span, help=codes.help(code))
 
 
 def too_deep_path(data: dict) -> KeyPath | None:
@@ -70,7 +69,7 @@ def depth_error(path: KeyPath, span: Span) -> Diagnostic:
     key = short(dotted(path[: MAX_DEPTH + 1]))
     return error("DBS005", f"`{key}` is more than {MAX_DEPTH} levels deep; key paths may have at most {MAX_DEPTH} "
                  "levels (tables, dotted key parts and array elements together)", path=key, span=span,
-                 help=_HELP["DBS005"])
+                 help=codes.help("DBS005"))
 
 
 def short(text: str, limit: int = 60) -> str:

@@ -238,3 +238,15 @@ def test_the_console_script_matches_the_in_process_run(write):
     assert proc.returncode == 1
     assert proc.stdout == invoke("check", spec).stdout
     assert proc.stderr == ""
+
+
+def test_explain_a_code_shows_its_row():
+    result = invoke("explain", "dbs225")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("DBS225 (error): `output.dir` overlaps the run's inputs\n\n`output.dir` overlaps")
+
+
+def test_explain_an_unknown_code_exits_1():
+    result = invoke("explain", "DBS999")
+    assert result.exit_code == 1
+    assert result.stdout == "unknown code `DBS999` (docs/errors.md lists them)\n"

@@ -8,11 +8,12 @@ import pytest
 import tomli
 
 from dbspec.frontend import check_spec
-from dbspec.spec.reference import reference_markdown
+from dbspec.spec.reference import errors_markdown, reference_markdown
 from dbspec.spec.schema import schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "dbspec schema --docs docs/spec-reference.md"
+REGENERATE_ERRORS = "dbspec schema --errors docs/errors.md"
 SPECS = sorted((ROOT / "specs").rglob("*.toml"))
 
 
@@ -24,6 +25,12 @@ def test_schema_is_current():
 def test_reference_is_current():
     committed = (ROOT / "docs" / "spec-reference.md").read_text()
     assert committed == reference_markdown(), f"docs/spec-reference.md is stale: run `{REGENERATE}`"
+
+
+def test_error_codes_doc_is_current():
+    committed = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert committed == errors_markdown(), (
+        f"docs/errors.md is stale (edit dbspec/codes.py, not the file): run `{REGENERATE_ERRORS}`")
 
 
 def test_schema_is_valid_draft_2020_12():
