@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import attrs
 import diffusers
 import torch
 
-from dbspec.plan.model import ValidationPlan
+from dbspec.plan.io import PlanFileError, read_plan
+from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
 from dbspec.runtime.execute import quiet_libraries
 from dbspec.runtime.sample import render
@@ -46,7 +46,7 @@ def load_pipeline(request: SampleRequest):
         return diffusers.DiffusionPipeline.from_pretrained(str(source))
     lora = _lora_file(source)
     if lora is not None:
-        base = request.base or (plan["model"]["base"] if plan else "")
+        base = request.base or (plan.model.base if plan else "")
         if not base:
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
@@ -59,11 +59,16 @@ def load_pipeline(request: SampleRequest):
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
 
 
-def _plan_beside(source: Path) -> dict | None:
+def _plan_beside(source: Path) -> Plan | None:
+    """The run's plan next to its output, for the base model of a LoRA. One this dbspec cannot read (another
+    plan version, edited) is no hint at all: then --base is asked for."""
     for folder in (source, source.parent):
         path = folder / "plan.json"
         if folder.is_dir() and path.exists():
-            return json.loads(path.read_text())
+            try:
+                return read_plan(path)
+            except PlanFileError:
+                return None
     return None
 
 
@@ -83,16 +88,17 @@ def _is_lora(path: Path) -> bool:
         return any("lora" in key for key in list(f.keys())[:50])
 
 
-def _base_pipeline(base: str, plan: dict | None, request: SampleRequest):
+def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
+    planned = plan.model if plan and plan.model.base == base else None  # the run's own base: use its resolution
     if base.startswith("builtin:"):
-        folder = Path(plan["model"]["path"]) if plan and plan["model"]["base"] == base else \
+        folder = Path(planned.path) if planned else \
             Path.home() / ".cache" / "dbspec" / "models" / base.replace(":", "-")
         return diffusers.DiffusionPipeline.from_pretrained(str(tiny.materialize(base, folder)))
     if Path(base).suffix == ".safetensors":
-        family = plan["model"]["family"] if plan else request.family
+        family = plan.model.family if plan else request.family
         kwargs = {"config": request.config} if request.config else {}
         return _pipeline_class(family).from_single_file(base, **kwargs)
-    path = plan["model"]["path"] if plan and plan["model"]["base"] == base and plan["model"]["path"] else base
+    path = planned.path if planned and planned.path else base
     return diffusers.DiffusionPipeline.from_pretrained(path)
 
 

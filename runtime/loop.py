@@ -88,7 +88,7 @@ def _train(plan: Plan, accelerator, plan_json: str, started: float, *, resume: b
     with accelerator.main_process_first():  # the others then find the images made
         for d in plan.datasets:
             if d.generate is not None:
-                generate_class_images(pipeline, d.generate, batch_size=4)
+                generate_class_images(pipeline, d.generate)
     teacher = make_teacher(plan, comps, device)
     unet_params, text_params = configure_models(plan, comps, device)
     with accelerator.main_process_first(), cache_progress(console) as progress:

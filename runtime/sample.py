@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -32,6 +33,7 @@ from dbspec.util.atomic import write_bytes_atomic, write_text_atomic
 
 MANIFEST = ".dbspec-generated.json"  # the compiler reads it to count images already generated for a key
 _SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "ddpm": (DDPMScheduler, {}),
     "ddim": (DDIMScheduler, {}),
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
@@ -144,21 +146,14 @@ def _grid(rows: list[list[Image.Image]]) -> Image.Image:
 
 
 # --- class images ---------------------------------------------------------------------------------------------
-def generate_class_images(
-    pipeline: DiffusionPipeline,
-    gen: GeneratePlan,
-    batch_size: int,
-    *,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
-    autocast_dtype: torch.dtype | None = None,
-) -> list[Path]:
-    """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image.
+def generate_class_images(pipeline: DiffusionPipeline, gen: GeneratePlan, *,
+                          autocast_dtype: torch.dtype | None = None) -> list[Path]:
+    """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image, sampled
+    with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call.
 
     Files generated for another manifest key are first moved into `stale-<key[:8]>/` (never deleted).
     The manifest is rewritten after every batch, so an interrupted run keeps what it made; files this
-    key already produced are not made again. Defaults for steps and guidance follow diffusers'
-    DreamBooth example, which samples class images with the pipeline's own defaults.
+    key already produced are not made again.
     """
     folder = Path(gen.folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,29 +164,32 @@ def generate_class_images(
         if path.exists():  # a file this key did not generate: keep it, out of the way
             _move_into(path, folder / "stale-unlisted")
     pipeline.set_progress_bar_config(disable=True)
-    with _inference(pipeline, autocast_dtype), Progress(transient=True) as progress:
-        task = progress.add_task(f"class images: {gen.prompt}", total=len(gen.seeds), completed=len(paths) - len(todo))
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            images = _generate_batch(pipeline, gen, [seed for seed, _ in batch], num_inference_steps, guidance_scale)
-            for image, (_, path) in zip(images, batch):
-                _save_png(image, path)
-                made.append(path.name)
-            _write_manifest(folder, gen, made)
-            progress.advance(task, len(batch))
+    original_scheduler = pipeline.scheduler
+    pipeline.scheduler = make_scheduler(gen.scheduler, original_scheduler.config)
+    try:
+        with _inference(pipeline, autocast_dtype), Progress(transient=True) as progress:
+            task = progress.add_task(f"class images: {gen.prompt}", total=len(gen.seeds),
+                                     completed=len(paths) - len(todo))
+            for start in range(0, len(todo), gen.batch_size):
+                batch = todo[start : start + gen.batch_size]
+                for image, (_, path) in zip(_generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch):
+                    _save_png(image, path)
+                    made.append(path.name)
+                _write_manifest(folder, gen, made)
+                progress.advance(task, len(batch))
+    finally:
+        pipeline.scheduler = original_scheduler
     _write_manifest(folder, gen, made)
     return paths
 
 
-def _generate_batch(
-    pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[int], steps: int, guidance: float
-) -> list[Image.Image]:
+def _generate_batch(pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[int]) -> list[Image.Image]:
     width, height = gen.resolution
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     result = pipeline(
         prompt=[gen.prompt] * len(seeds),
-        num_inference_steps=steps,
-        guidance_scale=guidance,
+        num_inference_steps=gen.steps,
+        guidance_scale=gen.guidance,
         height=height,
         width=width,
         generator=generators,
@@ -226,5 +224,6 @@ def _move_into(path: Path, stale_folder: Path) -> None:
 
 def _write_manifest(folder: Path, gen: GeneratePlan, made: list[str]) -> None:
     manifest = {"key": gen.manifest_key, "files": sorted(set(made)), "prompt": gen.prompt,
-                "resolution": list(gen.resolution)}
+                "resolution": list(gen.resolution), "scheduler": gen.scheduler, "steps": gen.steps,
+                "guidance": gen.guidance}
     write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")

@@ -117,7 +117,8 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
 
 
 def pipeline_for(plan: Plan, comps: Components):
-    """A diffusers pipeline over the live (training) components, for validation and class images."""
+    """A diffusers pipeline over the live (training) components, for validation and class images (both set
+    the sampling scheduler their plan names; DDPM is only the placeholder)."""
     import diffusers
 
     from dbspec.runtime.models import PIPELINES
@@ -133,8 +134,8 @@ def pipeline_for(plan: Plan, comps: Components):
 
 
 def make_teacher(plan: Plan, comps: Components, device: torch.device) -> torch.nn.Module | None:
-    """Full fine-tunes with a base-model prior keep a frozen copy of the base UNet (its memory is in the plan)."""
-    if plan.loss.prior != "base_model" or plan.adapter.kind == "lora" or not plan.train_unet:
+    """The frozen base UNet copy the plan asks for (`loss.teacher`; its memory is in the plan's estimate)."""
+    if "unet" not in plan.loss.teacher:
         return None
     teacher = copy.deepcopy(comps.unet).requires_grad_(False).eval()
     dtype = torch.float32 if plan.precision.mixed == "no" else to_dtype(plan.precision.mixed)

@@ -21,8 +21,8 @@ from dbspec.compiler.rules import run_rules
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
 from dbspec.frontend import hit_to_diagnostic
 from dbspec.plan.model import (
-    PLAN_VERSION, AdapterPlan, BucketPlan, CheckpointPlan, DatasetPlan, EmaPlan, LoggingPlan, OptimizerPlan, Plan,
-    SchedulePlan, TargetEnv, ValidationPlan,
+    PLAN_VERSION, AdapterPlan, BucketPlan, CheckpointPlan, DatasetPlan, EmaPlan, LoggingPlan, LossPlan, OptimizerPlan,
+    Plan, SchedulePlan, TargetEnv, ValidationPlan,
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
@@ -77,7 +77,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     cache = plan_cache(ctx, model, datasets)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
-    memory = _memory(ctx, model, precision, buckets)
+    memory = _memory(ctx, model, precision, buckets, loss)
     if not memory.fits:
         ctx.report("DBS350", "warning", f"estimated memory {_gib(memory.total)} exceeds the target's "
                    f"{_gib(memory.available)}", ("precision",),
@@ -171,20 +171,17 @@ def _environment_rules(ctx: Context) -> None:
                    help="use \"adamw\" here, or plan for a GPU with --target cuda:24GB")
 
 
-def _memory(ctx: Context, model, precision, buckets):
+def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
-    lora = isinstance(spec.adapter, LoraAdapter)
-    if lora:
+    if isinstance(spec.adapter, LoraAdapter):
         trainable["lora"] = _lora_estimate(model, spec.adapter, precision)
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components, trainable_params=trainable, optimizer=spec.optimizer.kind,
         momentum=spec.optimizer.momentum, batch_size=spec.schedule.batch_size, max_bucket=largest,
         family=model.family, gradient_checkpointing=spec.precision.gradient_checkpointing, mixed=precision.mixed,
-        ema=spec.ema.enabled, ema_offload=spec.ema.offload,
-        teacher=spec.loss.prior == "base_model" and not lora and any(d.role == "class" for d in spec.datasets),
-        available=ctx.env.memory_bytes)
+        ema=spec.ema.enabled, ema_offload=spec.ema.offload, teacher=loss.teacher, available=ctx.env.memory_bytes)
 
 
 def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> TargetEnv:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.plan.model import DatasetPlan, LossPlan, ModelPlan
+from dbspec.spec.model import LoraAdapter
 
 
 def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...]) -> LossPlan:
@@ -16,8 +19,18 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
     target = model.prediction if model else "epsilon"
     plan = LossPlan(kind=spec.kind, huber_delta=spec.huber_delta, target=target, min_snr_gamma=spec.min_snr_gamma,
                     noise_offset=spec.noise_offset, zero_terminal_snr=spec.zero_terminal_snr, masked=masked,
-                    prior=prior, prior_weight=spec.prior_weight if prior != "none" else 0.0, formula="")
+                    prior=prior, prior_weight=spec.prior_weight if prior != "none" else 0.0, formula="",
+                    teacher=teacher_components(ctx, prior))
     return attrs.evolve(plan, formula=formula(plan))
+
+
+def teacher_components(ctx: Context, prior: str) -> tuple[Literal["unet"], ...]:
+    """What a base-model prior keeps a frozen copy of. LoRA runs switch their adapters off instead; a full
+    fine-tune copies the UNet it trains. A frozen UNet needs no copy (DBS226 refuses that case: the base text
+    encoder would be needed, and the runtime does not keep one)."""
+    if prior != "base_model" or isinstance(ctx.spec.adapter, LoraAdapter) or not ctx.spec.train.unet:
+        return ()
+    return ("unet",)
 
 
 def formula(p: LossPlan) -> str:

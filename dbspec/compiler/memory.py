@@ -7,7 +7,8 @@ What is counted (bytes on the training device, per process):
 - gradients: one per trainable parameter, in that parameter's dtype (fp32 master weights and adapters: 4).
 - optimizer state per trainable parameter (`OPTIMIZER_STATE_BYTES`).
 - EMA: an fp32 copy of the trainable parameters, unless it is offloaded to the CPU.
-- teacher: the frozen base copy of fully trained components a base-model prior predicts with (mixed dtype).
+- teacher: the frozen base copies the plan lists in `loss.teacher` (a base-model prior in a full fine-tune),
+  in the mixed dtype.
 - activations: the heuristic in `activation_bytes` (see its docstring and docs/memory.md).
 - overhead: `OVERHEAD_FRACTION` of the sum plus `OVERHEAD_FIXED` for the CUDA context, cuBLAS/cuDNN
   workspaces and caching-allocator fragmentation; part of `total`, reported in the notes.
@@ -80,7 +81,7 @@ def estimate_memory(
     mixed: str,
     ema: bool,
     ema_offload: bool,
-    teacher: bool,
+    teacher: tuple[str, ...],
     available: int,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
@@ -97,7 +98,7 @@ def estimate_memory(
     gradients = sum(g.count * g.param_bytes for g in groups)
     optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
-    teacher_bytes = _teacher_bytes(components, teacher, mixed, notes)
+    teacher_bytes = _teacher_bytes(components, teacher, mixed)
     # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.
     full_fp32 = sum(c.params for c in components if c.trainable == "full" and c.dtype == "fp32")
     trained_text = tuple(c.name for c in components if c.name.startswith("text_encoder") and c.trainable != "frozen")
@@ -231,14 +232,9 @@ def _ema_bytes(trainable: int, ema: bool, offload: bool, notes: list[str]) -> in
     return trainable * 4
 
 
-def _teacher_bytes(components: tuple[ComponentPlan, ...], teacher: bool, mixed: str, notes: list[str]) -> int:
-    if not teacher:
-        return 0
-    params = sum(c.params for c in components if c.trainable == "full")
-    if params == 0:
-        notes.append("base-model prior without fully trained components: the adapters are switched off instead of "
-                     "keeping a teacher copy")
-    return params * MIXED_BYTES[mixed]
+def _teacher_bytes(components: tuple[ComponentPlan, ...], teacher: tuple[str, ...], mixed: str) -> int:
+    """The frozen copies the plan decided on (loss.teacher), held in the mixed dtype (fp32 without)."""
+    return sum(c.params for c in components if c.name in teacher) * MIXED_BYTES[mixed]
 
 
 def _gib(n: int) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import attrs
 
+from dbspec import codes
 from dbspec.spec.model import LoraAdapter, Spec
 from dbspec.spec.paths import KeyPath
 
@@ -232,12 +233,20 @@ def prodigy_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit
                     "scales that estimate down", "use lr = 1.0 with prodigy")
 
 
+def base_prior_needs_unet(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+    # The base-model prior compares the trained UNet with its base (adapters off, or a frozen copy). With a
+    # frozen UNet only the text encoder moves, and its base would have to be kept: not supported.
+    if spec.loss.prior == "base_model" and not spec.train.unet and spec.train.text_encoder:
+        yield _err("DBS226", ("loss", "prior"), "loss.prior = \"base_model\" needs train.unet = true; found "
+                   "train.unet = false with train.text_encoder = true", codes.help("DBS226"))
+
+
 RULES = (
     prior_without_class_data, text_encoder_stop_beyond_run, text_encoder_options_inert, interval_beyond_run,
     validation_without_prompts, steps_or_epochs, prompt_required, unique_dataset_names, needs_instance_dataset,
     warmup_with_constant, quantize_needs_frozen_base, text_cache_while_training_te, generate_only_for_class,
     lora_learning_rate, inert_loss_options, something_trains, bucket_bounds, two_betas, one_mask_source,
-    exports_match_adapter, zero_snr_needs_v, prodigy_learning_rate,
+    exports_match_adapter, zero_snr_needs_v, prodigy_learning_rate, base_prior_needs_unet,
 )
 
 

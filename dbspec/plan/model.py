@@ -13,7 +13,7 @@ from typing import Literal
 
 import attrs
 
-PLAN_VERSION = 2  # 2: checkpoint and validation steps are a StepRange, not a list
+PLAN_VERSION = 3  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -101,7 +101,11 @@ class GeneratePlan:
     prompt: str
     resolution: Size
     seeds: tuple[int, ...]
-    manifest_key: str  # hash of (base model identity, prompt, resolution): a change regenerates
+    manifest_key: str  # hash of (base model identity, prompt, resolution, sampling settings): a change regenerates
+    scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"]
+    steps: int  # inference steps per image
+    guidance: float
+    batch_size: int  # images per pipeline call; the images do not depend on it (one generator per seed)
 
 
 @frozen
@@ -200,6 +204,9 @@ class LossPlan:
     prior: Literal["none", "images", "base_model"]
     prior_weight: float
     formula: str
+    # Components kept as a frozen base copy for prior = "base_model" in a full fine-tune (LoRA runs switch
+    # their adapters off instead): decided here once, counted by the memory estimate, made by the runtime.
+    teacher: tuple[Literal["unet"], ...]
 
 
 @frozen

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import Plan, StepRange
+from dbspec.plan.model import GeneratePlan, Plan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -57,7 +57,7 @@ def datasets_table(plan: Plan) -> Table:
         caption = _short(captions.most_common(1)[0][0]) if captions else ""
         if len(captions) > 1:
             caption += f" (+{len(captions) - 1} more)"
-        gen = f"{d.generate.count} new" if d.generate else ""
+        gen = _generate(d.generate) if d.generate else ""
         t.add_row(d.name, d.role, str(len(d.images)), str(d.samples_per_epoch), str(d.resolution), caption,
                   str(len(d.skipped)), gen)
     return t
@@ -103,6 +103,17 @@ def _steps(steps: StepRange) -> str:
     return ", ".join(map(str, steps.first(3))) + f", ... every {steps.every} to {steps.end} ({len(steps)} in all)"
 
 
+def _generate(gen: GeneratePlan) -> str:
+    return f"{gen.count} new ({gen.scheduler}, {gen.steps} steps, cfg {gen.guidance:g}, batch {gen.batch_size})"
+
+
+def _teacher(plan: Plan) -> str:
+    """Where the base-model prior's base prediction comes from."""
+    if plan.loss.teacher:
+        return f"frozen base copy of the {', '.join(plan.loss.teacher)}"
+    return "none: the LoRA adapters are switched off"
+
+
 def _te(plan: Plan) -> str:
     if not plan.train_text_encoder:
         return "frozen"
@@ -113,6 +124,8 @@ def _te(plan: Plan) -> str:
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
+    if plan.loss.prior == "base_model":
+        t.add_row("teacher", _teacher(plan))
     t.add_row("adapter", plan.adapter.kind if plan.adapter.kind == "none" else
               f"lora rank {plan.adapter.rank}, alpha {plan.adapter.alpha:g}")
     t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")

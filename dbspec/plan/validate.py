@@ -60,11 +60,18 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     if plan.adapter.kind == "lora" and not (_at_least(1)(plan.adapter.rank) and _above(0)(plan.adapter.alpha)):
         yield (f"a LoRA adapter needs rank >= 1 and alpha > 0; found rank {plan.adapter.rank}, "
                f"alpha {plan.adapter.alpha}")
+    if plan.loss.prior == "base_model" and not plan.train_unet:  # DBS226 in specs: nothing to compare with
+        yield "loss.prior \"base_model\" needs train_unet = true; found false"
     if not any(d.role == "instance" and d.images for d in plan.datasets):
         yield "datasets must hold an instance dataset with images; found none"
     for i, d in enumerate(plan.datasets):
         if any(not _at_least(0)(img.repeats) for img in d.images):
             yield f"datasets[{i}].images[].repeats must be at least 0"
+        gen = d.generate
+        if gen is not None and not (_at_least(1)(gen.steps) and _at_least(1)(gen.batch_size)
+                                    and _at_least(0)(gen.guidance)):
+            yield (f"datasets[{i}].generate needs steps >= 1, batch_size >= 1 and guidance >= 0; found steps "
+                   f"{gen.steps}, batch_size {gen.batch_size}, guidance {gen.guidance}")
     for i, b in enumerate(plan.buckets):
         if not all(_at_least(8)(side) for side in b.size):
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"

@@ -130,6 +130,18 @@ class Dataset:
         minimum=0,
         maximum=100_000,  # the plan lists one seed per image to generate
     )
+    # Class-image sampling. Defaults follow diffusers' DreamBooth example (the pipeline's own defaults, a DDPM
+    # scheduler); steps, guidance and scheduler change the images, so they are part of the manifest key.
+    generate_scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
+        "ddpm", doc="Sampling scheduler for generated class images."
+    )
+    generate_steps: int = option(50, doc="Inference steps per generated class image.", minimum=1, maximum=1000)
+    generate_guidance: float = option(7.5, doc="Classifier-free guidance scale for generated class images.",
+                                      minimum=0)
+    generate_batch: int = option(
+        4, doc="Class images generated per pipeline call (memory only: each image has its own seed).",
+        minimum=1, maximum=256,
+    )
     min_image_size: int = option(
         64, doc="Images whose short side is below this many pixels are problems (see on_bad_image).", minimum=1
     )

@@ -83,20 +83,25 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
 
 def test_missing_class_images_are_generated_then_trained_on(tmp_path):
     spec = write_spec(tmp_path, steps=2, with_class=True)
-    text = spec.read_text().replace('path = "data/class-toy"', 'path = "generated"\ngenerate = 2')
+    text = spec.read_text().replace('path = "data/class-toy"', 'path = "generated"\ngenerate = 2\n'
+                                    'generate_scheduler = "euler"\ngenerate_steps = 3\ngenerate_batch = 1')
     spec.write_text(text)
     plan = compile_spec(spec)
     gen = next(d.generate for d in plan.datasets if d.role == "class")
     assert gen is not None and gen.count == 2
+    assert (gen.scheduler, gen.steps, gen.guidance, gen.batch_size) == ("euler", 3, 7.5, 1)
     assert execute(plan).status == "finished"
     folder = tmp_path / "generated"
     manifest = json.loads((folder / ".dbspec-generated.json").read_text())
     assert sorted(manifest["files"]) == sorted(f"class-{s}.png" for s in gen.seeds)
+    assert (manifest["scheduler"], manifest["steps"], manifest["guidance"]) == ("euler", 3, 7.5)  # the plan's sampler
     assert all(Image.open(folder / f).size == (64, 64) for f in manifest["files"])
     replanned = compile_spec(spec, ["output.dir=out2"])
     assert next(d.generate for d in replanned.datasets if d.role == "class") is None  # reused, not regenerated
     other = compile_spec(spec, ["output.dir=out3", 'datasets[1].prompt="a photo of a robot"'])
     assert next(d.generate for d in other.datasets if d.role == "class").count == 2  # prompt changed
+    more_steps = compile_spec(spec, ["output.dir=out4", "datasets[1].generate_steps=4"])
+    assert next(d.generate for d in more_steps.datasets if d.role == "class").count == 2  # sampler changed
 
 
 def test_masked_dataset_trains(tmp_path):

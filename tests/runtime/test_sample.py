@@ -15,7 +15,7 @@ from dbspec.plan.model import GeneratePlan, StepRange, ValidationPlan
 from dbspec.runtime.sample import MANIFEST, generate_class_images, make_scheduler, validate
 from dbspec.runtime.tiny import build_pipeline
 
-SCHEDULERS = ["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"]
+SCHEDULERS = ["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,11 @@ def _validation(scheduler: str, prompts: tuple[str, ...] = ("a photo of ohwx dog
                           inference_steps=2, guidance=5.0, images_per_prompt=images, seed=7, size=(48, 32))
 
 
-def _gen(folder: Path, key: str, seeds: tuple[int, ...]) -> GeneratePlan:
+def _gen(folder: Path, key: str, seeds: tuple[int, ...], *, batch_size: int = 2, scheduler: str = "ddpm",
+         steps: int = 2) -> GeneratePlan:
     return GeneratePlan(folder=str(folder), count=len(seeds), prompt="a photo of a dog", resolution=(32, 32),
-                        seeds=seeds, manifest_key=key)
+                        seeds=seeds, manifest_key=key, scheduler=scheduler, steps=steps, guidance=7.5,
+                        batch_size=batch_size)
 
 
 def test_make_scheduler_keeps_the_model_schedule(pipe: DiffusionPipeline) -> None:
@@ -42,7 +44,7 @@ def test_make_scheduler_keeps_the_model_schedule(pipe: DiffusionPipeline) -> Non
         assert scheduler.config.prediction_type == "epsilon"
     assert make_scheduler("dpmpp", pipe.scheduler.config).config.algorithm_type == "dpmsolver++"
     assert type(make_scheduler("euler_a", pipe.scheduler.config)).__name__ == "EulerAncestralDiscreteScheduler"
-    with pytest.raises(ValueError, match="known: ddim, euler"):
+    with pytest.raises(ValueError, match="known: ddpm, ddim, euler"):
         make_scheduler("lms", pipe.scheduler.config)
 
 
@@ -77,22 +79,22 @@ def test_class_images_manifest_resume_and_stale_files(pipe: DiffusionPipeline, t
     folder = tmp_path / "class"
     folder.mkdir()
     (folder / "mine.png").write_bytes(b"user image")
-    made = generate_class_images(pipe, _gen(folder, "key-one-aaaa", (100, 101, 102)), batch_size=2,
-                                 num_inference_steps=2)
+    made = generate_class_images(pipe, _gen(folder, "key-one-aaaa", (100, 101, 102), batch_size=2))
     assert [path.name for path in made] == ["class-100.png", "class-101.png", "class-102.png"]
     assert all(Image.open(path).size == (32, 32) for path in made)
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest == {"key": "key-one-aaaa", "files": ["class-100.png", "class-101.png", "class-102.png"],
-                        "prompt": "a photo of a dog", "resolution": [32, 32]}
+                        "prompt": "a photo of a dog", "resolution": [32, 32], "scheduler": "ddpm", "steps": 2,
+                        "guidance": 7.5}
 
     # The same key again: listed files are kept as they are, only new seeds are made.
     before = made[0].stat().st_mtime_ns
-    generate_class_images(pipe, _gen(folder, "key-one-aaaa", (100, 103)), batch_size=2, num_inference_steps=2)
+    generate_class_images(pipe, _gen(folder, "key-one-aaaa", (100, 103), batch_size=2))
     assert made[0].stat().st_mtime_ns == before
     assert json.loads((folder / MANIFEST).read_text())["files"][-1] == "class-103.png"
 
     # Another key (other model or prompt): the old images move aside, nothing is deleted.
-    generate_class_images(pipe, _gen(folder, "key-two-bbbb", (100,)), batch_size=4, num_inference_steps=2)
+    generate_class_images(pipe, _gen(folder, "key-two-bbbb", (100,), batch_size=4))
     stale = folder / "stale-key-one-"
     assert sorted(path.name for path in stale.iterdir()) == [f"class-{seed}.png" for seed in (100, 101, 102, 103)]
     assert sorted(path.name for path in folder.glob("*.png")) == ["class-100.png", "mine.png"]
@@ -101,8 +103,8 @@ def test_class_images_manifest_resume_and_stale_files(pipe: DiffusionPipeline, t
 
 def test_batches_do_not_change_class_images(pipe: DiffusionPipeline, tmp_path: Path) -> None:
     seeds = (5, 6)
-    one = generate_class_images(pipe, _gen(tmp_path / "one", "k", seeds), batch_size=1, num_inference_steps=2)
-    two = generate_class_images(pipe, _gen(tmp_path / "two", "k", seeds), batch_size=2, num_inference_steps=2)
+    one = generate_class_images(pipe, _gen(tmp_path / "one", "k", seeds, batch_size=1))
+    two = generate_class_images(pipe, _gen(tmp_path / "two", "k", seeds, batch_size=2))
     for single, batched in zip(one, two):
         difference = np.abs(np.asarray(Image.open(single), np.int16) - np.asarray(Image.open(batched), np.int16))
         assert difference.max() <= 1  # same noise per seed; batched matmuls may round one step differently
@@ -111,6 +113,22 @@ def test_batches_do_not_change_class_images(pipe: DiffusionPipeline, tmp_path: P
 
 def test_an_unlisted_file_at_a_planned_path_is_moved_not_overwritten(pipe: DiffusionPipeline, tmp_path: Path) -> None:
     (tmp_path / "class-1.png").write_bytes(b"someone else's")
-    generate_class_images(pipe, _gen(tmp_path, "k", (1,)), batch_size=1, num_inference_steps=2)
+    generate_class_images(pipe, _gen(tmp_path, "k", (1,), batch_size=1))
     assert (tmp_path / "stale-unlisted" / "class-1.png").read_bytes() == b"someone else's"
     assert Image.open(tmp_path / "class-1.png").size == (32, 32)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path), np.int16)
+
+
+def test_class_images_follow_the_planned_sampler(pipe: DiffusionPipeline, tmp_path: Path) -> None:
+    original_scheduler = pipe.scheduler
+    ddpm = generate_class_images(pipe, _gen(tmp_path / "ddpm", "k", (5,)))
+    again = generate_class_images(pipe, _gen(tmp_path / "again", "k", (5,)))
+    euler = generate_class_images(pipe, _gen(tmp_path / "euler", "k", (5,), scheduler="euler"))
+    longer = generate_class_images(pipe, _gen(tmp_path / "longer", "k", (5,), steps=3))
+    assert pipe.scheduler is original_scheduler  # the planned sampler is set for the call only
+    assert np.array_equal(_pixels(ddpm[0]), _pixels(again[0]))
+    assert not np.array_equal(_pixels(ddpm[0]), _pixels(euler[0]))
+    assert not np.array_equal(_pixels(ddpm[0]), _pixels(longer[0]))

@@ -33,7 +33,12 @@ def test_sample_lora_without_a_base_says_what_to_pass(tmp_path):
     weights.write_bytes((tmp_path / "out" / "final" / "pytorch_lora_weights.safetensors").read_bytes())
     result = CliRunner().invoke(app, ["sample", str(weights), "-p", "x", "--size", "64", "--steps", "1"])
     assert result.exit_code == 1 and "--base" in result.output
-    del lora
+    # A plan beside the output that fails read_plan (edited: hash mismatch) names no base either.
+    plan_file = tmp_path / "out" / "final" / "plan.json"  # read first: the one beside the weights
+    plan_file.write_text(plan_file.read_text().replace('"builtin:tiny-sd1"', '"builtin:tiny-sd2"', 1))
+    result = CliRunner().invoke(app, ["sample", lora.output, "-p", "x", "--size", "64", "--steps", "1",
+                                      "-o", str(tmp_path / "samples")])
+    assert result.exit_code == 1 and "--base" in result.output
 
 
 def test_masks_from_alpha_and_white(tmp_path):

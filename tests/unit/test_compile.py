@@ -7,6 +7,7 @@ test_modelinfo, test_target); these tests check that the compiler wires them tog
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -390,6 +391,64 @@ def test_manifest_key_follows_prompt_and_model(toy):
     assert key(prompt="a photo of a plush toy") != base
     assert key(resolution=128) != base
     assert key("builtin:tiny-sd2") != base
+
+
+def test_class_image_sampling_is_planned_and_keys_the_manifest(toy):
+    def gen(**changes):
+        write_spec(toy, {}, class_dataset(generate=2, **changes))
+        return planned_ok(toy).datasets[1].generate
+
+    default = gen()
+    assert (default.scheduler, default.steps, default.guidance, default.batch_size) == ("ddpm", 50, 7.5, 4)
+    # Today's settings keep the key earlier versions wrote: their class images are not regenerated.
+    identity = planned_ok(toy).model.identity
+    earlier = json.dumps([identity, "a photo of a toy", 64, "class-v1"])
+    assert default.manifest_key == hashlib.blake2b(earlier.encode(), digest_size=16).hexdigest()
+    custom = gen(generate_scheduler="euler", generate_steps=20, generate_guidance=5.0, generate_batch=2)
+    assert (custom.scheduler, custom.steps, custom.guidance, custom.batch_size) == ("euler", 20, 5.0, 2)
+    assert gen(generate_batch=1).manifest_key == default.manifest_key  # batching changes no image
+    for change in ({"generate_scheduler": "ddim"}, {"generate_steps": 49}, {"generate_guidance": 7.0}):
+        assert gen(**change).manifest_key != default.manifest_key, change
+
+
+@pytest.mark.parametrize("tables,teacher", [
+    ({}, ("unet",)),
+    ({"train": {"text_encoder": True}}, ("unet",)),  # the text encoder trains too, but is not copied
+    ({"adapter": {"kind": "lora"}}, ()),  # the adapters are switched off instead
+    ({"loss": {"prior": "images"}}, ()),
+])
+def test_the_teacher_copy_is_decided_once_and_counted(toy, tables, teacher):
+    image(toy / "cls" / "c.png", (64, 64))
+    write_spec(toy, {}, class_dataset(), **{"loss": {"prior": "base_model"}, **tables})
+    plan = planned_ok(toy)
+    assert plan.loss.teacher == teacher
+    copied = sum(c.params for c in plan.precision.components if c.name in teacher)
+    assert plan.memory.teacher == copied * {"no": 4, "fp16": 2, "bf16": 2}[plan.precision.mixed]
+
+
+def test_the_summary_shows_the_teacher_and_the_class_image_sampler(toy):
+    from rich.console import Console
+
+    from dbspec.plan.summary import render_summary
+
+    write_spec(toy, {}, class_dataset(generate=2, generate_steps=20), loss={"prior": "base_model"})
+    console = Console(file=io.StringIO(), width=200)
+    render_summary(planned_ok(toy), console)
+    text = console.file.getvalue()
+    assert "frozen base copy of the unet" in text
+    assert "2 new (ddpm, 20 steps, cfg 7.5, batch 4)" in text
+
+
+def test_no_teacher_without_class_images(toy):
+    write_spec(toy, loss={"prior": "base_model"})
+    assert planned_ok(toy).loss.teacher == ()
+
+
+def test_a_base_prior_with_a_frozen_unet_is_refused(toy):
+    image(toy / "cls" / "c.png", (64, 64))
+    write_spec(toy, {}, class_dataset(), loss={"prior": "base_model"}, train={"unet": False, "text_encoder": True})
+    planned = compile_in(toy)
+    assert planned.plan is None and "DBS226" in codes(planned, "error")
 
 
 def test_images_generated_for_another_key_are_regenerated(toy):

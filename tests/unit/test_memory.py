@@ -24,7 +24,7 @@ def comp(name, dtype, trainable="frozen", params=0, quantized="none"):
 
 def estimate(**overrides):
     args = dict(optimizer="adamw", momentum=0.0, batch_size=1, max_bucket=(512, 512), family="sd1",
-                gradient_checkpointing=True, mixed="bf16", ema=False, ema_offload=False, teacher=False, available=0)
+                gradient_checkpointing=True, mixed="bf16", ema=False, ema_offload=False, teacher=(), available=0)
     args.update(overrides)
     return estimate_memory(**args)
 
@@ -96,7 +96,7 @@ def test_full_finetune_by_hand():
     components = (comp("unet", "fp32", "full", 1_000_000), comp("text_encoder", "bf16", params=500_000),
                   comp("vae", "fp32", params=100_000))
     plan = estimate(components=components, trainable_params={"unet": 1_000_000}, batch_size=2, ema=True,
-                    teacher=True, available=0)
+                    teacher=("unet",), available=0)
     assert plan.weights == 4_000_000 + 1_000_000 + 400_000
     assert plan.gradients == 4_000_000  # fp32 master gradients
     assert plan.optimizer == 8_000_000  # AdamW: two fp32 moments

@@ -216,6 +216,8 @@ def _set(table: str, key: str, value):
     (_set("logging", "every", 0), "logging.every must be an integer of at least 1; found 0"),
     (_set("checkpoints", "dir", "/"), "checkpoints.dir must be an absolute folder path below a filesystem root"),
     (_set("checkpoints", "dir", "out"), "checkpoints.dir must be an absolute folder path"),
+    (lambda data: (data["loss"].__setitem__("prior", "base_model"), data.__setitem__("train_unet", False)),
+     'loss.prior "base_model" needs train_unet = true; found false'),
 ])
 def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):
     with pytest.raises(PlanFileError, match=f"^plan.json holds values dbspec cannot run: .*{message}"):

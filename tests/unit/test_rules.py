@@ -113,6 +113,9 @@ CASES = [
      'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n"),
     (rules.prodigy_learning_rate, DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1e-4\n',
      [("DBS224", "warning", ("optimizer", "lr"))], DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n'),
+    (rules.base_prior_needs_unet, "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS
+     + '[loss]\nprior = "base_model"\n', [("DBS226", "error", ("loss", "prior"))],
+     "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS),
 ]
 
 
