@@ -47,3 +47,53 @@ def test_runtime_takes_a_plan_only():
     for path in (ROOT / "runtime").rglob("*.py"):
         bad = [n for n in _imports(path) if n.startswith(forbidden)]
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+# The layers, lowest first: a module may import only from its own layer's package or a lower layer (the data flow
+# CLI -> spec -> compiler -> plan, with the runtime beside the compiler, reading plans only).
+LAYERS: dict[str, int] = {
+    "util": 0, "diagnostics": 0, "codes": 0, "builtin": 0, "envreport": 0,
+    "plan": 1, "spec": 1,
+    "compiler": 2, "runtime": 2,
+    "frontend": 3,
+    "convert": 4, "masks": 4,
+    "cli_common": 5, "cli_convert": 6, "cli": 7,
+}
+RUNTIME_MAY_IMPORT = {"builtin", "plan", "util", "runtime"}
+
+
+def _package(path: Path) -> str:
+    rel = path.relative_to(ROOT).parts
+    if rel[0] == "runtime":
+        return "runtime"
+    return rel[1] if len(rel) > 2 else rel[1].removesuffix(".py")
+
+
+def _dbspec_imports(path: Path) -> set[str]:
+    """First-level dbspec packages a module imports (`from dbspec import codes` counts as `codes`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "dbspec":
+            found |= {alias.name for alias in node.names}
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        found |= {name.split(".")[1] for name in names if name.startswith("dbspec.")}
+    return found - {"__version__"}
+
+
+def test_every_module_imports_only_its_layer_or_below():
+    broken = []
+    for path in [*(ROOT / "dbspec").rglob("*.py"), *(ROOT / "runtime").rglob("*.py")]:
+        source = _package(path)
+        if source == "__init__":
+            continue
+        for target in _dbspec_imports(path) - {source}:
+            allowed = target in RUNTIME_MAY_IMPORT if source == "runtime" else LAYERS[target] < LAYERS[source]
+            if not allowed:
+                broken.append(f"{path.relative_to(ROOT)}: {source} imports {target}")
+    assert broken == []
+
+
+def test_every_package_has_a_layer():
+    packages = {_package(path) for path in (ROOT / "dbspec").rglob("*.py")} - {"__init__"}
+    assert packages <= set(LAYERS), packages - set(LAYERS)
