@@ -1,4 +1,8 @@
-"""Check a spec file end to end without touching the file system beyond the spec itself."""
+"""The check and plan pipeline the CLI drives: `check_spec` (load, structure, ranges, then the check-time rules,
+on a salvaged spec when some keys were bad) and `plan_spec` (check, then compile for a target).
+
+It sits above the spec and the compiler and imports both; nothing in dbspec/spec, compiler or plan imports it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.compiler.rules import Hit, run_path_rules, run_rules
+from dbspec.compiler.rules import check_rules, hit_to_diagnostic
 from dbspec.diagnostics import Diagnostic
-from dbspec.spec.check import Checked, anchor, check_ranges, load_and_structure
-from dbspec.spec.load import RawSpec, parse_override_key
+from dbspec.spec.check import Checked, check_ranges, load_and_structure
+from dbspec.spec.load import parse_override_key
 from dbspec.spec.model import Spec
 from dbspec.spec.structure import structure_spec
 
@@ -34,7 +38,7 @@ def check_spec(path: Path, label: str | None = None, overrides: list[str] | None
     extra: tuple[Diagnostic, ...] = ()
     if spec is not None:
         flagged = {d.path for d in found}
-        hits = run_rules(spec, raw.given, spec.schedule.steps or None) + run_path_rules(spec, raw.path)
+        hits = check_rules(spec, raw.given, raw.path)
         extra = tuple(hit_to_diagnostic(raw, h) for h in hits
                       if dotted(h.path) not in flagged and not _near_replaced(h.path, replaced))
     diagnostics = tuple(sorted(found + extra, key=Diagnostic.sort_key))
@@ -80,12 +84,6 @@ def _delete(data: dict, path: tuple) -> bool:
         del node[path[-1]]
         return True
     return False
-
-
-def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
-    span = raw.value_span(hit.path) if raw.given(hit.path) else raw.key_span(hit.path)
-    return Diagnostic(code=hit.code, severity=hit.severity, message=hit.message, path=dotted(hit.path),
-                      span=anchor(raw, span), help=hit.help)
 
 
 @attrs.frozen(kw_only=True)

@@ -17,9 +17,8 @@ from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import FAMILY_PARAMS, plan_model
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
-from dbspec.compiler.rules import run_rules
+from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
-from dbspec.frontend import hit_to_diagnostic
 from dbspec.plan.model import (
     PLAN_VERSION, AdapterPlan, BucketPlan, CheckpointPlan, DatasetPlan, EmaPlan, LoggingPlan, LossPlan, OptimizerPlan,
     Plan, SchedulePlan, TargetEnv, ValidationPlan,
@@ -71,7 +70,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     buckets = sched.bucket_table(_bucket_samples(datasets), ctx.spec.schedule.batch_size)
     schedule = _schedule(ctx, datasets, buckets)
     if schedule is not None:
-        _plan_time_rules(ctx, schedule.total_steps)
+        _plan_rules(ctx, schedule.total_steps)
     loss = plan_loss(ctx, model, datasets)
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets)
@@ -154,21 +153,15 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         validate=bool(spec.validation.prompts), seed=s.seed)
 
 
-def _plan_time_rules(ctx: Context, total_steps: int) -> None:
-    """Rules that need the step count re-run when the spec gave epochs."""
-    if ctx.spec.schedule.steps:
+def _plan_rules(ctx: Context, total_steps: int) -> None:
+    """The "plan" rules, now that the step count is known, unless the check already ran them (spec gave steps)."""
+    if steps_known(ctx.spec):
         return
-    codes = {"DBS202", "DBS204"}
-    for hit in run_rules(ctx.spec, ctx.raw.given, total_steps):
-        if hit.code in codes:
-            ctx.diagnostics.append(hit_to_diagnostic(ctx.raw, hit))
+    ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in run_plan_rules(ctx.spec, ctx.raw.given, total_steps)]
 
 
 def _environment_rules(ctx: Context) -> None:
-    if ctx.spec.optimizer.kind == "adamw8bit" and ctx.env.device != "cuda":
-        ctx.report("DBS343", "error", f"optimizer.kind = \"adamw8bit\" needs CUDA (bitsandbytes); the target is "
-                   f"{ctx.env.device}", ("optimizer", "kind"),
-                   help="use \"adamw\" here, or plan for a GPU with --target cuda:24GB")
+    ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in run_environment_rules(ctx.spec, ctx.env)]
 
 
 def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):

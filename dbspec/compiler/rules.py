@@ -1,8 +1,16 @@
-"""Cross-field rules (DBS2xx): one small function each.
+"""Diagnostic rules (DBS2xx, and the target checks): one small function each, registered with its phase.
 
-A rule reads the structured Spec, asks `given(path)` whether the user wrote a key, and yields `Hit`s.
-`total_steps` is known when the spec gives `schedule.steps`; the compiler passes the computed count.
-Path rules (at the end) also take the spec file: they compare folders, resolved as the compiler does.
+A rule reads the structured Spec, asks `given(path)` whether the user wrote a key, and yields `Hit`s. Its phase,
+declared with `@rule(...)` above it, says what else it needs and so when it runs, once:
+
+- "spec": the Spec alone: `rule(spec, given)`; run by `dbspec check` (and so before every plan).
+- "paths": the spec file's location: `rule(spec, spec_file)`; run by `dbspec check`. They compare folders,
+  resolved as the compiler does.
+- "plan": compiled facts (the run's step count): `rule(spec, given, total_steps)`. Run by `dbspec check` when
+  the spec gives `schedule.steps` (the count is known), else by the compiler once it has counted the steps.
+- "environment": the target: `rule(spec, env)`; run by the compiler.
+
+Adding a rule is adding one function with its phase (and a case in tests/unit/test_rules.py).
 """
 
 from __future__ import annotations
@@ -11,14 +19,42 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
 from dbspec import codes
+from dbspec.diagnostics import Diagnostic
+from dbspec.spec.check import anchor
+from dbspec.spec.load import RawSpec
 from dbspec.spec.model import LoraAdapter, Spec
-from dbspec.spec.paths import KeyPath
+from dbspec.spec.paths import KeyPath, dotted
+
+if TYPE_CHECKING:
+    from dbspec.plan.model import TargetEnv
 
 Given = Callable[[KeyPath], bool]
+Phase = Literal["spec", "paths", "plan", "environment"]
+PHASES: tuple[Phase, ...] = ("spec", "paths", "plan", "environment")
+_BY_PHASE: dict[str, list[Callable[..., Iterator["Hit"]]]] = {phase: [] for phase in PHASES}
+PHASE_OF: dict[str, Phase] = {}  # rule function name -> its phase
+
+
+def rule(phase: Phase):
+    """Register the decorated function as a rule of `phase` (rules of a phase run in the order declared)."""
+    if phase not in _BY_PHASE:
+        raise ValueError(f"unknown rule phase {phase!r}; one of {PHASES}")
+
+    def register(fn):
+        _BY_PHASE[phase].append(fn)
+        PHASE_OF[fn.__name__] = phase
+        return fn
+
+    return register
+
+
+def rules_of(*phases: Phase) -> tuple[Callable[..., Iterator["Hit"]], ...]:
+    return tuple(fn for phase in phases for fn in _BY_PHASE[phase])
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +78,8 @@ def _class_indices(spec: Spec) -> list[int]:
     return [i for i, d in enumerate(spec.datasets) if d.role == "class"]
 
 
-def prior_without_class_data(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def prior_without_class_data(spec: Spec, given: Given) -> Iterator[Hit]:
     if _class_indices(spec):
         return
     for key in ("prior_weight", "prior"):
@@ -51,15 +88,17 @@ def prior_without_class_data(spec: Spec, given: Given, total_steps) -> Iterator[
                         "the prior-preservation term needs a class dataset; add one or remove this key")
 
 
-def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("plan")
+def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
     stop = spec.train.text_encoder_stop_step
-    if stop and total_steps is not None and stop >= total_steps:
+    if stop and stop >= total_steps:
         yield _err("DBS202", ("train", "text_encoder_stop_step"),
                    f"train.text_encoder_stop_step ({stop}) is not below the run's {total_steps} steps",
                    "use 0 to train the text encoder for the whole run, or a smaller step")
 
 
-def text_encoder_options_inert(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.train.text_encoder:
         return
     for path in (("train", "text_encoder_stop_step"), ("optimizer", "text_encoder_lr")):
@@ -68,9 +107,8 @@ def text_encoder_options_inert(spec: Spec, given: Given, total_steps) -> Iterato
                         "set train.text_encoder = true, or remove this key")
 
 
-def interval_beyond_run(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
-    if total_steps is None:
-        return
+@rule("plan")
+def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
     for table in ("checkpoints", "validation"):
         every = getattr(spec, table).every
         if every > total_steps:
@@ -79,14 +117,16 @@ def interval_beyond_run(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
                         "only the end of the run will be saved/validated; lower it or use 0")
 
 
-def validation_without_prompts(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
     if not v.prompts and (v.every or given(("validation", "every"))):
         yield _err("DBS205", ("validation", "every"), "validation.every is set but validation.prompts is empty",
                    "add prompts = [\"a photo of ...\"] to [validation]")
 
 
-def steps_or_epochs(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def steps_or_epochs(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
     if s.steps and s.epochs:
         yield _err("DBS207", ("schedule", "epochs"), "set schedule.steps or schedule.epochs, not both",
@@ -96,7 +136,8 @@ def steps_or_epochs(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
                    "add steps = 800 (or epochs = 10) to [schedule]")
 
 
-def prompt_required(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.prompt:
             continue
@@ -108,7 +149,8 @@ def prompt_required(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
                        "no prompt", "add prompt = \"a photo of a dog\" (the class prompt)")
 
 
-def unique_dataset_names(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def unique_dataset_names(spec: Spec, given: Given) -> Iterator[Hit]:
     counts = Counter(d.name for d in spec.datasets)
     seen: set[str] = set()
     for i, d in enumerate(spec.datasets):
@@ -118,20 +160,23 @@ def unique_dataset_names(spec: Spec, given: Given, total_steps) -> Iterator[Hit]
         seen.add(d.name)
 
 
-def needs_instance_dataset(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def needs_instance_dataset(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.datasets and not any(d.role == "instance" for d in spec.datasets):
         yield _err("DBS210", ("datasets",), "no dataset has role = \"instance\"",
                    "DreamBooth needs images of the subject: add a [[datasets]] with role = \"instance\"")
 
 
-def warmup_with_constant(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
     if s.warmup_steps and s.lr_schedule == "constant":
         yield _warn("DBS211", ("schedule", "warmup_steps"), "warmup_steps has no effect with lr_schedule = \"constant\"",
                     "use lr_schedule = \"constant_with_warmup\"")
 
 
-def quantize_needs_frozen_base(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
     if isinstance(spec.adapter, LoraAdapter):
         return
     for key, what in (("quantize_unet", "UNet"), ("quantize_text_encoder", "text encoder")):
@@ -140,21 +185,24 @@ def quantize_needs_frozen_base(spec: Spec, given: Given, total_steps) -> Iterato
                        "quantisation is for the frozen base of LoRA runs: set adapter.kind = \"lora\"")
 
 
-def text_cache_while_training_te(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def text_cache_while_training_te(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
         yield _warn("DBS213", ("cache", "text_embeddings"), "text embeddings cannot be cached while the text "
                     "encoder trains", "captions are encoded at every step instead, also after "
                     "train.text_encoder_stop_step; remove this key")
 
 
-def generate_only_for_class(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def generate_only_for_class(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.generate and d.role != "class":
             yield _err("DBS214", ("datasets", i, "generate"), f"dataset `{d.name}` is an instance dataset; "
                        "only class datasets generate images", "set role = \"class\", or remove generate")
 
 
-def lora_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def lora_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
     if isinstance(spec.adapter, LoraAdapter) and spec.optimizer.lr < 1e-5:
         lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
         if given(("optimizer", "lr")):
@@ -165,7 +213,8 @@ def lora_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
                         "very low for LoRA", "add lr = 1e-4 to [optimizer]; LoRA usually trains at 5e-5 to 2e-4")
 
 
-def inert_loss_options(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
     if given(("loss", "huber_delta")) and spec.loss.kind != "huber":
         yield _warn("DBS216", ("loss", "huber_delta"), "loss.huber_delta has no effect unless loss.kind = \"huber\"")
     if given(("optimizer", "momentum")) and spec.optimizer.kind != "sgd":
@@ -174,13 +223,15 @@ def inert_loss_options(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
         yield _warn("DBS216", ("precision", "bf16_fallback"), "precision.bf16_fallback applies only to mixed = \"bf16\"")
 
 
-def something_trains(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
     if not spec.train.unet and not spec.train.text_encoder:
         yield _err("DBS217", ("train",), "nothing trains: train.unet and train.text_encoder are both false",
                    "set unet = true (or text_encoder = true) in [train]")
 
 
-def bucket_bounds(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
     b = spec.buckets
     if b.min_size and b.max_size and b.min_size > b.max_size:
         yield _err("DBS218", ("buckets", "min_size"), f"buckets.min_size ({b.min_size}) exceeds max_size ({b.max_size})")
@@ -197,20 +248,23 @@ def bucket_bounds(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
                        f"the VAE downsamples by 8; use {low} or {high}")
 
 
-def two_betas(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def two_betas(spec: Spec, given: Given) -> Iterator[Hit]:
     betas = spec.optimizer.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         yield _err("DBS219", ("optimizer", "betas"), f"optimizer.betas must be two numbers in [0, 1); found {betas}")
 
 
-def one_mask_source(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.masks and d.mask_from_alpha:
             yield _err("DBS221", ("datasets", i, "mask_from_alpha"),
                        f"dataset `{d.name}` sets both masks and mask_from_alpha", "choose one mask source")
 
 
-def exports_match_adapter(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
     lora = isinstance(spec.adapter, LoraAdapter)
     for fmt in spec.checkpoints.exports:
         if fmt == "single_file" and lora:
@@ -221,19 +275,22 @@ def exports_match_adapter(spec: Spec, given: Given, total_steps) -> Iterator[Hit
                        "use exports = [\"single_file\"]")
 
 
-def zero_snr_needs_v(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.loss.zero_terminal_snr and spec.model.prediction == "epsilon":
         yield _warn("DBS223", ("loss", "zero_terminal_snr"), "zero terminal SNR with epsilon prediction: the model "
                     "cannot predict noise at the final step", "use model.prediction = \"v_prediction\"")
 
 
-def prodigy_learning_rate(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.optimizer.kind == "prodigy" and spec.optimizer.lr < 0.1:
         yield _warn("DBS224", ("optimizer", "lr"), f"Prodigy estimates its own step size; lr {spec.optimizer.lr:g} "
                     "scales that estimate down", "use lr = 1.0 with prodigy")
 
 
-def base_prior_needs_unet(spec: Spec, given: Given, total_steps) -> Iterator[Hit]:
+@rule("spec")
+def base_prior_needs_unet(spec: Spec, given: Given) -> Iterator[Hit]:
     # The base-model prior compares the trained UNet with its base (adapters off, or a frozen copy). With a
     # frozen UNet only the text encoder moves, and its base would have to be kept: not supported.
     if spec.loss.prior == "base_model" and not spec.train.unet and spec.train.text_encoder:
@@ -241,20 +298,8 @@ def base_prior_needs_unet(spec: Spec, given: Given, total_steps) -> Iterator[Hit
                    "train.unet = false with train.text_encoder = true", codes.help("DBS226"))
 
 
-RULES = (
-    prior_without_class_data, text_encoder_stop_beyond_run, text_encoder_options_inert, interval_beyond_run,
-    validation_without_prompts, steps_or_epochs, prompt_required, unique_dataset_names, needs_instance_dataset,
-    warmup_with_constant, quantize_needs_frozen_base, text_cache_while_training_te, generate_only_for_class,
-    lora_learning_rate, inert_loss_options, something_trains, bucket_bounds, two_betas, one_mask_source,
-    exports_match_adapter, zero_snr_needs_v, prodigy_learning_rate, base_prior_needs_unet,
-)
-
-
-def run_rules(spec: Spec, given: Given, total_steps: int | None) -> list[Hit]:
-    return [hit for rule in RULES for hit in rule(spec, given, total_steps)]
-
-
 # --- path rules: they also need the spec file's location --------------------------------------------------------
+@rule("paths")
 def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder, nor
     holds the spec. The run writes there and --overwrite moves the whole folder aside, inputs included."""
@@ -300,5 +345,47 @@ def _relation(out: Path, other: Path) -> str:
     return "is" if out == other else "contains" if out in other.parents else "is inside"
 
 
+
+
+# --- environment rules: they need the target ---------------------------------------------------------------------
+@rule("environment")
+def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    if spec.optimizer.kind == "adamw8bit" and env.device != "cuda":
+        yield _err("DBS343", ("optimizer", "kind"), f"optimizer.kind = \"adamw8bit\" needs CUDA (bitsandbytes); the "
+                   f"target is {env.device}", "use \"adamw\" here, or plan for a GPU with --target cuda:24GB")
+
+
+# --- the runners: each runs exactly the rules of its phase -------------------------------------------------------
+def run_spec_rules(spec: Spec, given: Given) -> list[Hit]:
+    return [hit for fn in rules_of("spec") for hit in fn(spec, given)]
+
+
 def run_path_rules(spec: Spec, spec_file: Path) -> list[Hit]:
-    return list(output_overlaps_inputs(spec, spec_file))
+    return [hit for fn in rules_of("paths") for hit in fn(spec, spec_file)]
+
+
+def run_plan_rules(spec: Spec, given: Given, total_steps: int) -> list[Hit]:
+    return [hit for fn in rules_of("plan") for hit in fn(spec, given, total_steps)]
+
+
+def run_environment_rules(spec: Spec, env: TargetEnv) -> list[Hit]:
+    return [hit for fn in rules_of("environment") for hit in fn(spec, env)]
+
+
+def steps_known(spec: Spec) -> int | None:
+    """The run's step count when the spec gives it: the "plan" rules then run at check time, not at plan time."""
+    return spec.schedule.steps or None
+
+
+def check_rules(spec: Spec, given: Given, spec_file: Path) -> list[Hit]:
+    """The rules `dbspec check` runs: "spec", "paths", and "plan" when the step count is already known."""
+    total_steps = steps_known(spec)
+    plan = run_plan_rules(spec, given, total_steps) if total_steps else []
+    return run_spec_rules(spec, given) + plan + run_path_rules(spec, spec_file)
+
+
+def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
+    """A Hit placed on the spec text: the value when the user wrote the key, else the key (or its table)."""
+    span = raw.value_span(hit.path) if raw.given(hit.path) else raw.key_span(hit.path)
+    return Diagnostic(code=hit.code, severity=hit.severity, message=hit.message, path=dotted(hit.path),
+                      span=anchor(raw, span), help=hit.help)

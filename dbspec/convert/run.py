@@ -1,4 +1,4 @@
-"""Finish a conversion: check the spec with the spec front end before it replaces `-o`, so only specs that pass
+"""Finish a conversion: check the spec as `dbspec check` does (`frontend.check_spec`) before it replaces `-o`, so only specs that pass
 `dbspec check` are ever written. A value dbspec rejects (a legacy repeats of -1, an epsilon of 0) is reported
 against the legacy key its comment names (DBS403); an error no value explains is a converter bug (DBS408)."""
 

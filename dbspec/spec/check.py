@@ -1,4 +1,5 @@
-"""The spec front end: load, structure, check ranges; every problem becomes a positioned Diagnostic."""
+"""Schema checks of a spec file: load, structure, check ranges (DBS0xx, DBS1xx); every problem becomes a
+positioned Diagnostic. The cross-field rules are dbspec/compiler/rules.py; frontend.py runs both."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import pytest
 import tomli
 
 from dbspec.compiler import rules
-from dbspec.compiler.rules import RULES, run_rules
+from dbspec.compiler.rules import PHASE_OF, check_rules, rules_of, run_environment_rules, run_plan_rules, run_spec_rules
+from dbspec.plan.model import TargetEnv
 from dbspec.spec.paths import has_path
 from dbspec.spec.structure import structure_spec
 
@@ -31,7 +32,14 @@ def hits_of(rule, body: str) -> list[tuple[str, str, tuple]]:
     data = tomli.loads(HEAD + body)
     spec, problems = structure_spec(data)
     assert problems == [], problems
-    return [(h.code, h.severity, h.path) for h in rule(spec, given_in(data), spec.schedule.steps or None)]
+    return [(h.code, h.severity, h.path) for h in run_one(rule, spec, given_in(data))]
+
+
+def run_one(rule, spec, given):
+    """A "spec" rule reads the spec; a "plan" rule also the step count (here the spec's `steps`)."""
+    if PHASE_OF[rule.__name__] == "plan":
+        return list(rule(spec, given, spec.schedule.steps))
+    return list(rule(spec, given))
 
 
 # rule, a spec body that breaks it, the hits expected, the nearest body that does not.
@@ -130,7 +138,7 @@ def test_rule_is_silent_on_the_nearest_valid_spec(rule, bad, expected, good):
 
 
 def test_every_rule_has_a_case():
-    assert {rule.__name__ for rule in RULES} == {case[0].__name__ for case in CASES}
+    assert {rule.__name__ for rule in rules_of("spec", "plan")} == {case[0].__name__ for case in CASES}
 
 
 @pytest.mark.parametrize("good", sorted({case[3] for case in CASES}))
@@ -138,7 +146,8 @@ def test_the_valid_specs_pass_every_rule_but_their_known_warnings(good):
     """The nearest valid specs are valid for all rules, not only their own (no error from any rule)."""
     data = tomli.loads(HEAD + good)
     spec, _ = structure_spec(data)
-    errors = [h for h in run_rules(spec, given_in(data), spec.schedule.steps or None) if h.severity == "error"]
+    hits = run_spec_rules(spec, given_in(data)) + run_plan_rules(spec, given_in(data), spec.schedule.steps)
+    errors = [h for h in hits if h.severity == "error"]
     assert errors == []
 
 
@@ -146,7 +155,7 @@ def test_hits_carry_a_message_and_a_known_severity():
     for rule, bad, _, _ in CASES:
         data = tomli.loads(HEAD + bad)
         spec, _ = structure_spec(data)
-        for hit in rule(spec, given_in(data), spec.schedule.steps or None):
+        for hit in run_one(rule, spec, given_in(data)):
             assert hit.message and hit.severity in ("error", "warning")
             assert hit.code.startswith("DBS2")
 
@@ -190,3 +199,40 @@ def test_output_reached_through_a_symlink_is_compared_as_its_target(tmp_path):
 def test_output_beside_the_inputs_is_fine(tmp_path, output):
     body = DOG + 'masks = "masks"\n' + STEPS + f'[cache]\ndir = "cache"\n[output]\ndir = "{output}"\n'
     assert overlaps(tmp_path, body) == []
+
+
+# --- phases: every rule declares one, and each runner runs exactly its phase's rules ------------------------------
+def test_every_rule_function_declares_a_phase():
+    """A module-level function yielding Hits with a rule's signature is registered with a phase."""
+    import inspect
+
+    found = {name for name, fn in inspect.getmembers(rules, inspect.isfunction)
+             if fn.__module__ == rules.__name__ and inspect.signature(fn).return_annotation == "Iterator[Hit]"
+             and not name.startswith("_")}
+    assert found == set(PHASE_OF)
+    assert {PHASE_OF[fn.__name__] for fn in rules_of("paths")} == {"paths"}
+    assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs"]
+    assert [fn.__name__ for fn in rules_of("plan")] == ["text_encoder_stop_beyond_run", "interval_beyond_run"]
+
+
+def test_an_unknown_phase_is_refused():
+    with pytest.raises(ValueError, match="phase"):
+        rules.rule("later")
+
+
+def test_plan_rules_run_at_check_time_only_when_the_spec_gives_steps(tmp_path):
+    body = TE + "text_encoder_stop_step = 100\n" + DOG
+    for schedule, expected in ((STEPS, ["DBS202"]), ("[schedule]\nepochs = 2\n", [])):
+        data = tomli.loads(HEAD + body + schedule)
+        spec, problems = structure_spec(data)
+        assert problems == []
+        hits = check_rules(spec, given_in(data), tmp_path / "spec.toml")
+        assert [h.code for h in hits if h.code in ("DBS202", "DBS204")] == expected
+
+
+def test_adamw8bit_needs_a_cuda_target():
+    spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + '[optimizer]\nkind = "adamw8bit"\n'))
+    cpu = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=False)
+    cuda = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
+    assert [(h.code, h.path) for h in run_environment_rules(spec, cpu)] == [("DBS343", ("optimizer", "kind"))]
+    assert run_environment_rules(spec, cuda) == []
