@@ -201,7 +201,7 @@ def _check_source(path: str, sha: str) -> tuple[bytes, str]:
     try:
         with Image.open(io.BytesIO(data)) as handle:
             handle.load()
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on broken pixel data
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on broken pixels
         return data, f"does not decode ({type(exc).__name__}: {exc})"
     return data, ""
 

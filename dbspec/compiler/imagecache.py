@@ -16,6 +16,7 @@ Written once per scan, atomically (temp file + os.replace), and only when someth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +26,6 @@ from pathlib import Path
 
 from typing import NamedTuple
 
-import attrs
 import PIL
 from PIL import ExifTags, Image, UnidentifiedImageError
 
@@ -67,7 +67,7 @@ def probe_image(data: bytes) -> FileFacts:
         return bad_facts("DBS307", reason, sha)
     except UnidentifiedImageError:
         return bad_facts("DBS303", "is not an image Pillow can identify", sha)
-    except Exception as e:  # plugins raise SyntaxError, struct.error, ValueError... on broken headers
+    except Exception as e:  # noqa: BLE001 - plugins raise SyntaxError, struct.error, ValueError... on bad headers
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and _webp_declared(data) > len(data):
             reason = f"is truncated: its header declares {_webp_declared(data)} bytes, the file has {len(data)}"
             return bad_facts("DBS308", reason, sha)  # libwebp refuses to open a cut file
@@ -78,7 +78,7 @@ def probe_image(data: bytes) -> FileFacts:
             if cut:
                 return bad_facts("DBS308", f"is truncated: {cut}", sha)
             orientation = _orientation(im, late_metadata)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure reading a hostile file is that file's problem
             return bad_facts("DBS303", f"has corrupt data or metadata ({type(e).__name__}: {e})", sha)
         width, height = im.size
         if orientation >= 5:  # 5..8 turn the image a quarter: width and height swap
@@ -123,7 +123,7 @@ def _truncation(im: Image.Image, data: bytes) -> tuple[str, bool]:
     try:
         with Image.open(io.BytesIO(data)) as fresh:
             fresh.verify()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - verify() raises whatever the format's plugin raises
         return f"Pillow's verify() failed ({type(e).__name__}: {e})", False
     return "", False
 
@@ -265,10 +265,8 @@ def save_entries(cache_file: Path, folder: str, entries: Entries) -> None:
         os.replace(tmp, cache_file)
     except OSError:
         if tmp:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _digest(body: bytes) -> str:

@@ -160,7 +160,7 @@ def _one(conv: Conversion, pairs: list[tuple[Legacy, object]], what: str, why: s
     values = {value for _, value in pairs}
     if len(values) == 1:
         return pairs[0][1]
-    for legacy, value in pairs:
+    for legacy, _ in pairs:
         conv.unsupported(legacy, f"the [[datasets]] use different {what} ({', '.join(map(str, values))}): {why}")
     return None
 

@@ -92,9 +92,7 @@ def anchor(raw: RawSpec, span: Span | None) -> Span:
 def raw_value(data: Any, path: KeyPath) -> Any:
     """The value at `path` in the TOML data as written, or None."""
     for part in path:
-        if isinstance(part, int) and isinstance(data, list) and part < len(data):
-            data = data[part]
-        elif isinstance(part, str) and isinstance(data, dict) and part in data:
+        if isinstance(part, int) and isinstance(data, list) and part < len(data) or isinstance(part, str) and isinstance(data, dict) and part in data:
             data = data[part]
         else:
             return None

@@ -12,6 +12,8 @@ are exclusive.
 
 from __future__ import annotations
 
+import contextlib
+
 import bisect
 import re
 from collections import Counter
@@ -86,10 +88,8 @@ class SpanIndex:
 def build_span_index(text: str, file: str, *, origin: str = "") -> SpanIndex:
     """Index the key paths of TOML `text`; spans name `file` (and `origin`, e.g. "--set")."""
     scanner = _Scanner(text, file, origin)
-    try:
+    with contextlib.suppress(_Stop):  # text it cannot follow: keep what was indexed
         scanner.document()
-    except _Stop:
-        pass  # text it cannot follow: keep what was indexed
     return SpanIndex(scanner.entries)
 
 

@@ -156,9 +156,9 @@ def test_dbspec_run_on_a_folder_in_use_fails_before_loading_anything(tmp_path):
     from tests.runtime.runspec import make_plan
 
     plan = make_plan(tmp_path, steps=1)
-    with prepare_output(Path(plan.checkpoints.dir), *PLAN_A, overwrite=False, resume=False):
-        with pytest.raises(RunError) as info:
-            execute(plan)
+    with prepare_output(Path(plan.checkpoints.dir), *PLAN_A, overwrite=False, resume=False), \
+            pytest.raises(RunError) as info:
+        execute(plan)
     assert f"is in use by another dbspec run (pid {os.getpid()})" in info.value.message
     line = (tmp_path / "spec.toml").read_text().splitlines().index('dir = "out"') + 1
     assert info.value.where.startswith(f"{tmp_path / 'spec.toml'}:{line}:")  # output.dir

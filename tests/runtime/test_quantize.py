@@ -132,9 +132,9 @@ def test_autocast_of_another_dtype_raises_a_clear_error_and_same_dtype_runs():
     ids = torch.tensor([[BOS_ID, 1, 2, EOS_ID]])
     float32_base = _text_encoder()
     quantize_frozen(float32_base, "int8")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        with pytest.raises(QuantizedAutocastError, match="before quantising"):
-            float32_base(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            pytest.raises(QuantizedAutocastError, match="before quantising"):
+        float32_base(ids)
     bf16_base = _text_encoder()
     quantize_frozen(bf16_base, "int8", dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):

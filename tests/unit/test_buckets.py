@@ -135,8 +135,8 @@ def assert_invariants(placement: Placement, step: int | None) -> None:
     if step is not None:
         assert bucket_w % step == 0 and bucket_h % step == 0
     assert resized_w >= bucket_w and resized_h >= bucket_h  # the resize covers the bucket
-    assert 0 <= left and left + bucket_w <= resized_w  # the crop lies inside the resized image
-    assert 0 <= top and top + bucket_h <= resized_h
+    assert left >= 0 and left + bucket_w <= resized_w  # the crop lies inside the resized image
+    assert top >= 0 and top + bucket_h <= resized_h
 
 
 # ---- kohya.md §4 verified examples --------------------------------------------------------------
