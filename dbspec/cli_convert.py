@@ -44,9 +44,9 @@ def convert_kohya(
     fmt: FormatOption = "text",
 ) -> None:
     """kohya-ss sd-scripts: dataset config, --config_file, command line and folder names, kohya's precedence."""
-    from dbspec.convert.kohya import convert_kohya as run_kohya
-    from dbspec.convert.kohya_args import SCRIPTS
-    from dbspec.convert.kohya_inputs import KohyaRequest
+    from dbspec.convert.kohya.convert import convert_kohya as run_kohya
+    from dbspec.convert.kohya.args import SCRIPTS
+    from dbspec.convert.kohya.inputs import KohyaRequest
 
     if script is not None and script.removesuffix(".py") not in SCRIPTS:
         raise typer.BadParameter(f"choose one of {', '.join(SCRIPTS)}", param_hint="--script")
@@ -68,8 +68,8 @@ def convert_diffusers(
     fmt: FormatOption = "text",
 ) -> None:
     """diffusers train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py command lines."""
-    from dbspec.convert.diffusers import DiffusersRequest
-    from dbspec.convert.diffusers import convert_diffusers as run_diffusers
+    from dbspec.convert.diffusers.convert import DiffusersRequest
+    from dbspec.convert.diffusers.convert import convert_diffusers as run_diffusers
 
     if command is None:
         raise typer.BadParameter("give the launch command: --command train.sh (or - for standard input)")
@@ -89,8 +89,8 @@ def convert_simpletuner(
     fmt: FormatOption = "text",
 ) -> None:
     """SimpleTuner config.json + multidatabackend.json (SD 1.x, SD 2.x, SDXL)."""
-    from dbspec.convert.simpletuner import SimpleTunerRequest
-    from dbspec.convert.simpletuner import convert_simpletuner as run_simpletuner
+    from dbspec.convert.simpletuner.convert import SimpleTunerRequest
+    from dbspec.convert.simpletuner.convert import convert_simpletuner as run_simpletuner
 
     req = SimpleTunerRequest(config=config, backend=backend, cwd=cwd or Path.cwd())
     _convert(lambda: run_simpletuner(req, output, allow_unsupported), output, report, fmt)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.convert.core import Conversion
-from dbspec.convert.launcher import InputError
-from dbspec.convert.run import Outcome, finish, unreadable
+from dbspec.convert.common.core import Conversion
+from dbspec.convert.common.launcher import InputError
+from dbspec.convert.common.run import Outcome, finish, unreadable
 
 Converter = Callable[[], tuple[Conversion, list[str]]]
 
@@ -34,7 +34,7 @@ def execute(converter: Converter, out: Path, *, report: bool, fmt: str) -> int:
     import typer
     from rich.console import Console
 
-    from dbspec.convert.report import render_report
+    from dbspec.convert.common.report import render_report
     from dbspec.diagnostics import render_all_text, render_json
 
     outcome = convert(converter, out)

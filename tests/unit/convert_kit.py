@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from dbspec.convert import convert
-from dbspec.convert.diffusers import DiffusersRequest, convert_diffusers
-from dbspec.convert.kohya import convert_kohya
-from dbspec.convert.kohya_inputs import KohyaRequest
-from dbspec.convert.run import Outcome
-from dbspec.convert.simpletuner import SimpleTunerRequest, convert_simpletuner
+from dbspec.convert.diffusers.convert import DiffusersRequest, convert_diffusers
+from dbspec.convert.kohya.convert import convert_kohya
+from dbspec.convert.kohya.inputs import KohyaRequest
+from dbspec.convert.common.run import Outcome
+from dbspec.convert.simpletuner.convert import SimpleTunerRequest, convert_simpletuner
 from dbspec.frontend import check_spec, plan_spec
 from dbspec.plan.model import Plan, TargetEnv
 

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from convert_kit import SD15, empty_hub_cache, images, out_path, plan_at, write  # noqa: F401
 from dbspec.cli import app
-from dbspec.convert.argv import Arg, int_or_float, parse_argv
-from dbspec.convert.shell import split_command
+from dbspec.convert.common.argv import Arg, int_or_float, parse_argv
+from dbspec.convert.common.shell import split_command
 
 runner = CliRunner()
 

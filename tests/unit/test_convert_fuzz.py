@@ -12,10 +12,10 @@ import random
 import pytest
 
 from convert_kit import SD15, SDXL, diffusers, empty_hub_cache, images, kohya, out_path, simpletuner, write  # noqa: F401
-from dbspec.convert import kohya_schema as ks
-from dbspec.convert.diffusers_args import arg_table as diffusers_table
-from dbspec.convert.kohya_args import arg_table as kohya_table
-from dbspec.convert.simpletuner import DEFAULTS as SIMPLETUNER_DEFAULTS
+from dbspec.convert.kohya import schema as ks
+from dbspec.convert.diffusers.args import arg_table as diffusers_table
+from dbspec.convert.kohya.args import arg_table as kohya_table
+from dbspec.convert.simpletuner.convert import DEFAULTS as SIMPLETUNER_DEFAULTS
 from dbspec.frontend import check_spec
 
 TEXT = {"int": ["1", "0", "3", "500", "-1", "x"], "float": ["0.5", "1e-4", "0", "2", "-3"],

@@ -6,8 +6,8 @@ produce a difference note. Epoch intervals become step intervals with kohya's st
 
 from __future__ import annotations
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
 SAMPLERS = {"ddim": "ddim", "pndm": "pndm", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.compiler.schedule import LR_SCHEDULES
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.kohya_model import model_path
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.model import model_path
+from dbspec.convert.common.paths import PathMapper
 
 Cfg = dict[str, Legacy]
 FAMILIES = {"sd1x": "sd1", "sd2x": "sd2", "sdxl": "sdxl", "legacy": "auto"}

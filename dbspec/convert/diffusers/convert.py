@@ -12,14 +12,14 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.models import KNOWN_HUB_MODELS
-from dbspec.convert.argv import parse_argv
-from dbspec.convert.core import Conversion, Legacy, map_schedule_name, require_minimums
-from dbspec.convert.diffusers_args import SCRIPTS, arg_table, script_of
-from dbspec.convert.diffusers_data import Data, map_data
-from dbspec.convert.diffusers_out import map_outputs
-from dbspec.convert.kohya_model import model_path
-from dbspec.convert.launcher import InputError, launcher_options, read_command, report_launcher
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.argv import parse_argv
+from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name, require_minimums
+from dbspec.convert.diffusers.args import SCRIPTS, arg_table, script_of
+from dbspec.convert.diffusers.data import Data, map_data
+from dbspec.convert.diffusers.out import map_outputs
+from dbspec.convert.kohya.model import model_path
+from dbspec.convert.common.launcher import InputError, launcher_options, read_command, report_launcher
+from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
 LORA_SCRIPTS = ("train_dreambooth_lora", "train_dreambooth_lora_sdxl")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.epochs import Img
-from dbspec.convert.kohya_data import KDataset, KSubset
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.epochs import Img
+from dbspec.convert.kohya.data import KDataset, KSubset
+from dbspec.convert.common.paths import PathMapper
 
 _SMALL = 64  # dbspec's default min_image_size
 

@@ -14,11 +14,11 @@ from typing import Any
 import attrs
 import tomli
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.launcher import InputError
-from dbspec.convert.paths import PathMapper
-from dbspec.convert.simpletuner_data import map_backends
-from dbspec.convert.simpletuner_train import map_training
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.launcher import InputError
+from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.simpletuner.data import map_backends
+from dbspec.convert.simpletuner.train import map_training
 
 DEFAULTS: dict[str, Any] = {
     "model_type": "lora", "model_family": None, "lora_type": "standard", "lora_rank": 16, "lora_alpha": None,

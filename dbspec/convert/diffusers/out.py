@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
 

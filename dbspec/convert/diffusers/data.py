@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import attrs
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.epochs import list_images
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.epochs import list_images
+from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import attrs
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper
 
 _CAPTIONS = {"textfile": "textfile", "instanceprompt": "prompt", "filename": "filename"}
 _CACHE_KEYS = frozenset({"cache_dir_vae", "cache_dir", "vae_cache_clear_each_epoch", "vae_cache_ondemand",

@@ -12,11 +12,11 @@ import math
 import attrs
 
 from dbspec.compiler import buckets as bk
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.epochs import Bucketing, Img, Part, list_images
-from dbspec.convert.kohya_data import KDataset, KSubset
-from dbspec.convert.kohya_subsets import map_subset, subset_problems
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.epochs import Bucketing, Img, Part, list_images
+from dbspec.convert.kohya.data import KDataset, KSubset
+from dbspec.convert.kohya.subsets import map_subset, subset_problems
+from dbspec.convert.common.paths import PathMapper
 
 
 @attrs.frozen(kw_only=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import attrs
 
-from dbspec.convert.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.optimizers import kohya_optimizer, optimizer_settings, parse_kohya_args
+from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
+from dbspec.convert.common.optimizers import kohya_optimizer, optimizer_settings, parse_kohya_args
 from dbspec.spec.model import Optimizer
 
 Args = dict[str, Legacy]

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dbspec.convert.core import Conversion, Legacy, require_minimums
-from dbspec.convert.epochs import dbspec_epoch, kohya_epoch
-from dbspec.convert.kohya_data import KDataset, folder_config, load_dataset_config, optional, resolve, validate
-from dbspec.convert.kohya_datasets import Layout, map_datasets
-from dbspec.convert.kohya_args import MINIMUM
-from dbspec.convert.kohya_inputs import KohyaArgs, KohyaRequest, kohya_args
-from dbspec.convert.kohya_loss import map_loss
-from dbspec.convert.kohya_model import map_adapter, map_model, map_precision
-from dbspec.convert.kohya_outputs import map_outputs
-from dbspec.convert.kohya_train import map_learning_rates, map_length, map_lr_schedule, map_optimizer, \
+from dbspec.convert.common.core import Conversion, Legacy, require_minimums
+from dbspec.convert.common.epochs import dbspec_epoch, kohya_epoch
+from dbspec.convert.kohya.data import KDataset, folder_config, load_dataset_config, optional, resolve, validate
+from dbspec.convert.kohya.datasets import Layout, map_datasets
+from dbspec.convert.kohya.args import MINIMUM
+from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
+from dbspec.convert.kohya.loss import map_loss
+from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
+from dbspec.convert.kohya.outputs import map_outputs
+from dbspec.convert.kohya.train import map_learning_rates, map_length, map_lr_schedule, map_optimizer, \
     map_text_encoder
-from dbspec.convert.launcher import report_launcher
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.launcher import report_launcher
+from dbspec.convert.common.paths import PathMapper
 
 # Options that never change what trains.
 INERT = {

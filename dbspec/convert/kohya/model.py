@@ -7,8 +7,8 @@ the weights.
 
 from __future__ import annotations
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dbspec.convert.core import Conversion, KeyReport
+from dbspec.convert.common.core import Conversion, KeyReport
 
 _STYLE = {"mapped": "green", "defaulted": "cyan", "differs": "yellow", "unsupported": "red", "inert": "dim",
           "invalid": "bold red"}

@@ -8,7 +8,7 @@ add_optimizer_arguments, add_sd_saving_arguments, add_masked_loss_arguments), `l
 
 from __future__ import annotations
 
-from dbspec.convert.argv import Arg
+from dbspec.convert.common.argv import Arg
 
 SCRIPTS = ("train_db", "sdxl_train", "train_network", "sdxl_train_network")
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",

@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 import tomli
 
-from dbspec.convert import kohya_schema as ks
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.paths import PathMapper
+from dbspec.convert.kohya import schema as ks
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
 

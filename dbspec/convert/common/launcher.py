@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.shell import Command, split_command
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.shell import Command, split_command
 
 _VALUED = {"num_processes", "num_machines", "mixed_precision", "gpu_ids", "num_cpu_threads_per_process",
            "main_process_port", "main_process_ip", "machine_rank", "dynamo_backend", "config_file",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.convert.core import UNSUPPORTED, Conversion
-from dbspec.convert.emit import render_spec
+from dbspec.convert.common.core import UNSUPPORTED, Conversion
+from dbspec.convert.common.emit import render_spec
 from dbspec.diagnostics import Diagnostic, error
 from dbspec.spec.load import parse_override_key
 from dbspec.util.atomic import write_text_atomic

@@ -13,10 +13,10 @@ from typing import Any
 import attrs
 import tomli
 
-from dbspec.convert.argv import Arg, parse_argv
-from dbspec.convert.core import Conversion, Legacy
-from dbspec.convert.kohya_args import SCRIPTS, arg_table, script_of
-from dbspec.convert.launcher import InputError, launcher_options, read_command
+from dbspec.convert.common.argv import Arg, parse_argv
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.args import SCRIPTS, arg_table, script_of
+from dbspec.convert.common.launcher import InputError, launcher_options, read_command
 
 # Keys the bmaltais kohya_ss GUI writes into config files; kohya ignores them.
 GUI_KEYS = frozenset({"epoch", "noise_offset_type", "sdxl", "lr_restart_cycles", "LoRA_type", "model_list",

@@ -4,7 +4,7 @@ output folder); options newer than a user's copy of a script are simply never gi
 
 from __future__ import annotations
 
-from dbspec.convert.argv import Arg
+from dbspec.convert.common.argv import Arg
 
 SCRIPTS = ("train_dreambooth", "train_dreambooth_lora", "train_dreambooth_lora_sdxl")
 

@@ -8,7 +8,7 @@ every batch holds one kind of sample (batch size 1), apart from Min-SNR, which k
 
 from __future__ import annotations
 
-from dbspec.convert.core import Conversion, Legacy
+from dbspec.convert.common.core import Conversion, Legacy
 
 Args = dict[str, Legacy]
 # option -> (value meaning "off", why dbspec cannot express another value)

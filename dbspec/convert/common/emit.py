@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from dbspec.convert.core import Conversion
+from dbspec.convert.common.core import Conversion
 from dbspec.spec.model import SPEC_VERSION, Dataset, LoraAdapter, Spec
 
 SCHEMA_LINE = "#:schema ../schemas/dbspec.schema.json"

@@ -1,0 +1,1 @@
+"""The diffusers DreamBooth example scripts (entry point: convert.py)."""

@@ -1,0 +1,1 @@
+"""SimpleTuner configs and data backends (entry point: convert.py)."""
