@@ -51,6 +51,20 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
+def lora_adapter(module: torch.nn.Module | None) -> tuple[torch.nn.Module, str] | None:
+    """The LoRA adapter a peft-adapted module carries, as (the plain module whose names are the model's own paths,
+    the adapter's name); None when it carries none. The one reader the LoRA writers (diffusers format in
+    checkpoints.py, kohya format in exports.py) share."""
+    from peft import PeftModel
+
+    if module is None or not getattr(module, "peft_config", None):
+        return None
+    if isinstance(module, PeftModel):  # its keys carry a base_model.model. prefix the model's own paths lack
+        module = module.get_base_model()
+    name = ADAPTER_NAME if ADAPTER_NAME in module.peft_config else next(iter(module.peft_config))
+    return module, name
+
+
 def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 

@@ -276,20 +276,23 @@ def save_lora_weights(
     kwargs: dict[str, Any] = {}
     for name, module in layers.items():
         if module is not None:
-            kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _lora_layers(module, dtype)
+            kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _diffusers_lora_layers(module, dtype)
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_class.save_lora_weights(Path(folder), safe_serialization=True, **kwargs)
     return Path(folder) / "pytorch_lora_weights.safetensors"
 
 
-def _lora_layers(module: nn.Module, dtype: str | torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _diffusers_lora_layers(module: nn.Module, dtype: str | torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapter's weights in diffusers' key layout, cast to `dtype`, and its LoraConfig as a dict."""
     from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
-    if isinstance(module, PeftModel):  # its keys carry a base_model.model. prefix diffusers does not expect
-        module = module.get_base_model()
-    adapter = "default" if "default" in module.peft_config else next(iter(module.peft_config))
+    from dbspec.runtime.adapters import lora_adapter
+
+    found = lora_adapter(module)
+    if found is None:
+        raise ValueError("no LoRA adapter to save: the module carries no peft adapter")
+    module, adapter = found
     state = get_peft_model_state_dict(module, adapter_name=adapter)
     cast = {key: value.detach().to("cpu", torch_dtype(dtype)).contiguous() for key, value in state.items()}
     return convert_state_dict_to_diffusers(cast), module.peft_config[adapter].to_dict()

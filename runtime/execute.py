@@ -9,7 +9,7 @@ from dbspec.runtime.data import DataError
 from dbspec.runtime.loop import NonFiniteLoss, RunResult, train
 from dbspec.runtime.models import ModelLoadError
 from dbspec.runtime.optim import OptimizerError
-from dbspec.runtime.setup import DeviceError
+from dbspec.runtime.device import DeviceError
 
 
 class RunError(Exception):

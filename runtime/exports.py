@@ -29,6 +29,7 @@ from torch import nn
 from dbspec import __version__
 from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
+from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.checkpoints import Family, torch_dtype
 
 Table = dict[str, tuple[str, dict[str, str]]]  # diffusers module path -> (original path, child renames)
@@ -218,7 +219,7 @@ def kohya_lora_state(*, unet: nn.Module | None, text_encoders: list, family: Fam
         sdxl_names = unet_table(unet.config) if family == "sdxl" else None
         parts.append(("lora_unet", unet, (lambda n: rename(n, sdxl_names)) if sdxl_names else (lambda n: n)))
     for prefix, module, to_path in parts:
-        for name, down, up, rank, alpha in _lora_layers(module):
+        for name, down, up, rank, alpha in _kohya_lora_layers(module):
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", cast, copy=True).contiguous()
             tensors[f"{key}.lora_up.weight"] = up.detach().to("cpu", cast, copy=True).contiguous()
@@ -232,16 +233,14 @@ def kohya_lora_state(*, unet: nn.Module | None, text_encoders: list, family: Fam
     return tensors, dims
 
 
-def _lora_layers(module: nn.Module | None):
+def _kohya_lora_layers(module: nn.Module | None):
     """(module path, lora_A weight, lora_B weight, rank, kohya alpha) for each LoRA layer of the adapter."""
-    from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    if module is None or not getattr(module, "peft_config", None):
+    found = lora_adapter(module)
+    if found is None:
         return
-    if isinstance(module, PeftModel):  # names under get_base_model() are the plain module paths
-        module = module.get_base_model()
-    adapter = "default" if "default" in module.peft_config else next(iter(module.peft_config))
+    module, adapter = found
     for name, layer in module.named_modules():
         if not isinstance(layer, LoraLayer) or adapter not in layer.r:
             continue

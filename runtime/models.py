@@ -152,3 +152,18 @@ def set_attention(unet: UNet2DConditionModel, kind: str) -> None:
 
 def to_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def pipeline_for(plan: Plan, comps: Components):
+    """A diffusers pipeline over the live (training) components, for validation and class images (both set
+    the sampling scheduler their plan names; DDPM is only the placeholder)."""
+    import diffusers
+
+    cls = getattr(diffusers, PIPELINES[plan.model.family])
+    scheduler = diffusers.DDPMScheduler.from_config(comps.scheduler_config)
+    kwargs = {"unet": comps.unet, "vae": comps.vae, "text_encoder": comps.text_encoders[0],
+              "tokenizer": comps.tokenizers[0], "scheduler": scheduler}
+    if plan.model.family == "sdxl":
+        kwargs.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
+        return cls(**kwargs, add_watermarker=False)
+    return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,142 +1,120 @@
-"""Setting up a run from the plan: device, trainable parameters, caches, pipelines for sampling."""
+"""`setup(plan) -> Run`: everything before the first step (litgpt's `setup`), and `Run`, the parts it builds.
+
+Device and accelerator (`device.py`), models (`models.py`), their preparation for training (`prepare.py`),
+class images, caches (`cache_fill.py`), optimizer, LR schedule, data order, noise generator, EMA, teacher, and
+the resumed state (`state.py`). The loop (`loop.py`) then only steps.
+"""
 
 from __future__ import annotations
 
-import copy
+from pathlib import Path
 
+import attrs
 import torch
 
+from dbspec.plan.io import run_hash
 from dbspec.plan.model import Plan
-from dbspec.runtime import adapters
-from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
-from dbspec.runtime.data import verify_sources
-from dbspec.runtime.models import Components, set_attention, to_dtype
-from dbspec.runtime.quantize import quantize_frozen
-from dbspec.runtime.text import encode
+from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.cache_fill import fill_caches
+from dbspec.runtime.data import BucketBatchSampler
+from dbspec.runtime.ema import Ema
+from dbspec.runtime.logs import cache_progress
+from dbspec.runtime.models import Components, load_components, pipeline_for
+from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
+from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
+from dbspec.runtime.sample import generate_class_images
+from dbspec.runtime.state import TrainState
+from dbspec.runtime.step import Parts
 
 
-class DeviceError(Exception):
-    """The plan was compiled for a device this machine lacks."""
+@attrs.define(eq=False)
+class Run:
+    """The parts of one run the loop steps; `step` is where it starts (0, or the resumed checkpoint's)."""
+
+    plan: Plan
+    plan_json: str
+    accelerator: object
+    out: Path
+    comps: Components
+    pipeline: object  # a diffusers pipeline over the live components (validation, final weights)
+    parts: Parts  # what one micro-batch needs (step.run_batch)
+    params: list  # every trained parameter (gradient clipping)
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    scaler: object  # accelerate's fp16 gradient scaler, or None
+    sampler: BucketBatchSampler
+    generator: torch.Generator
+    ema: Ema | None
+    step: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
-def make_accelerator(plan: Plan):
-    """accelerate owns devices, mixed precision (autocast, fp16 grad scaling) and multi-process wrapping."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
+def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> Run:
+    """Build the run the plan describes on `accelerator`; with `resume`, restored from the latest checkpoint."""
+    s = plan.schedule
+    out = Path(plan.checkpoints.dir)
+    accelerator.wait_for_everyone()
+    # Read (and vet) the checkpoint before loading models: resuming another run's checkpoint fails at once.
+    saved = ckpt.resume_state(out, run_hash(plan), plan_json) if resume else None
+    resumed = TrainState.from_checkpoint(saved) if saved is not None else None
+    device = accelerator.device
+    torch.manual_seed(s.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = plan.precision.tf32
+        torch.backends.cudnn.allow_tf32 = plan.precision.tf32
 
-    # accelerate keeps one global state per process; a process may run several plans (notebooks, tests,
-    # `dbspec sample` after a run), so each run starts from a fresh one. The distributed state stays.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    want = plan.target.device
-    accelerator = Accelerator(mixed_precision=plan.precision.mixed, cpu=want == "cpu")
-    got = accelerator.device.type
-    if got != want:
-        raise DeviceError(f"the plan was compiled for {plan.target.description or want}, but this machine runs "
-                          f"on {got}: compile it here with `dbspec plan` (or `dbspec run spec.toml`)")
-    if accelerator.num_processes != plan.schedule.processes:
-        raise DeviceError(f"the plan was compiled for {plan.schedule.processes} process(es), but "
-                          f"{accelerator.num_processes} are running: compile it with the same launcher")
-    return accelerator
-
-
-def component_dtype(plan: Plan, name: str) -> torch.dtype:
-    return to_dtype(next(c.dtype for c in plan.precision.components if c.name == name))
-
-
-def configure_models(plan: Plan, comps: Components, device: torch.device) -> tuple[list, list]:
-    """Freeze, quantise, attach adapters, set dtypes and checkpointing as each ComponentPlan says;
-    return (unet params, text params) that train."""
-    for module in (comps.unet, comps.vae, *comps.text_encoders):
-        adapters.freeze(module)
-    comps.vae.to(device, dtype=component_dtype(plan, "vae"))
-    set_attention(comps.unet, plan.precision.attention)
-    unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
-    text_params: list = []
-    for i, (name, enc) in enumerate(zip(TEXT_NAMES, comps.text_encoders)):
-        text_params += _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
-    return unet_params, text_params
-
-
-TEXT_NAMES = ("text_encoder", "text_encoder_2")
-
-
-def _prepare(module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...],
-             seed: int) -> list:
-    comp = next(c for c in plan.precision.components if c.name == name)
-    # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
-    module.to(device, dtype=to_dtype(comp.dtype))
-    if comp.quantized != "none":
-        quantize_frozen(module, comp.quantized)
-    if comp.trainable == "lora":
-        adapters.add_lora(module, plan.adapter, targets, seed)
-        for p in adapters.trainable_parameters(module):
-            p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision or quantised base
-    elif comp.trainable == "full":
-        module.requires_grad_(True)
-    if comp.gradient_checkpointing:
-        if hasattr(module, "enable_gradient_checkpointing"):  # diffusers models
-            module.enable_gradient_checkpointing()
-        else:  # transformers 5 renamed it; older releases only have the second name
-            getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
-    return adapters.trainable_parameters(module) if comp.trainable != "frozen" else []
-
-
-def set_train_mode(comps: Components, plan: Plan) -> None:
-    comps.unet.train(plan.train_unet)
+    # Models: load, make class images with the untouched base model, then freeze/adapt for training.
+    comps = load_components(plan)
+    comps.unet.to(device)
+    comps.vae.to(device)
     for enc in comps.text_encoders:
-        enc.train(plan.train_text_encoder)
+        enc.to(device)
+    pipeline = pipeline_for(plan, comps)
+    with accelerator.main_process_first():  # the others then find the images made
+        for d in plan.datasets:
+            if d.generate is not None:
+                generate_class_images(pipeline, d.generate)
+    teacher = make_teacher(plan, comps, device)
+    unet_params, text_params = configure_models(plan, comps, device)
+    with accelerator.main_process_first(), cache_progress(console) as progress:
+        latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
+
+    # Optimizer, LR schedule, data order and the one generator that draws all training noise.
+    optimizer = make_optimizer(param_groups(unet_params, text_params, plan.optimizer), plan.optimizer)
+    ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
+    lr_scheduler = make_lr_scheduler(optimizer, s)
+    # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.
+    trained = [m for m in (comps.unet, *comps.text_encoders) if any(p.requires_grad for p in m.parameters())]
+    *wrapped, optimizer = accelerator.prepare(*trained, optimizer)
+    forward = {id(m): w for m, w in zip(trained, wrapped)}
+    sampler = BucketBatchSampler.from_plan(plan, rank=accelerator.process_index)
+    # Each process draws its own noise; one process reproduces single-GPU runs exactly.
+    generator = torch.Generator().manual_seed(s.seed + 1_000_003 * accelerator.process_index)
+    parts = Parts(plan=plan, unet=forward.get(id(comps.unet), comps.unet), vae=comps.vae,
+                  text_encoders=[forward.get(id(e), e) for e in comps.text_encoders],
+                  tokenizers=comps.tokenizers, noise_scheduler=comps.noise_scheduler, latent_cache=latent_cache,
+                  text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params),
+                  teacher=teacher)
+    run = Run(plan=plan, plan_json=plan_json, accelerator=accelerator, out=out, comps=comps, pipeline=pipeline,
+              parts=parts, params=unet_params + text_params, optimizer=optimizer, lr_scheduler=lr_scheduler,
+              scaler=accelerator.scaler, sampler=sampler, generator=generator, ema=ema)
+    if resumed is not None:
+        resumed.restore(run)
+        run.step = resumed.step
+        resumed = None  # frees the CPU copy of the weights and optimizer state
+    if s.text_encoder_stop_step and run.step >= s.text_encoder_stop_step:
+        freeze_text_encoders(run)
+    set_train_mode(comps, plan)
+    return run
 
 
-def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -> tuple:
-    """Encode what the caches miss; returns (latent cache, text cache, counts)."""
-    latent_cache = text_cache = None
-    counts = {}
-    verify_sources(plan.datasets)  # before any cache hit is trusted
-    if plan.cache.latents and any(img.latent_keys for d in plan.datasets for img in d.images):
-        latent_cache = TensorCache(plan.cache.dir, "latents")
-        vae_dtype = component_dtype(plan, "vae")
-
-        def encode_pixels(pixels):
-            dist = comps.vae.encode(pixels.to(device, vae_dtype)).latent_dist
-            return dist.mean.float().cpu(), dist.std.float().cpu()
-
-        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels,
-                                           progress=progress)
-    if plan.cache.text_embeddings:
-        required = ("prompt_embeds", "pooled") if plan.model.family == "sdxl" else ("prompt_embeds",)
-        text_cache = TensorCache(plan.cache.dir, "text", required=required)
-
-        def encode_text(captions):
-            out = encode(comps.text_encoders, comps.tokenizers, captions, family=plan.model.family,
-                         clip_skip=plan.model.clip_skip, device=device)
-            return {k: v.float().cpu() for k, v in out.items()}
-
-        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, progress=progress)
-    return latent_cache, text_cache, counts
-
-
-def pipeline_for(plan: Plan, comps: Components):
-    """A diffusers pipeline over the live (training) components, for validation and class images (both set
-    the sampling scheduler their plan names; DDPM is only the placeholder)."""
-    import diffusers
-
-    from dbspec.runtime.models import PIPELINES
-
-    cls = getattr(diffusers, PIPELINES[plan.model.family])
-    scheduler = diffusers.DDPMScheduler.from_config(comps.scheduler_config)
-    kwargs = {"unet": comps.unet, "vae": comps.vae, "text_encoder": comps.text_encoders[0],
-              "tokenizer": comps.tokenizers[0], "scheduler": scheduler}
-    if plan.model.family == "sdxl":
-        kwargs.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
-        return cls(**kwargs, add_watermarker=False)
-    return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
-def make_teacher(plan: Plan, comps: Components, device: torch.device) -> torch.nn.Module | None:
-    """The frozen base UNet copy the plan asks for (`loss.teacher`; its memory is in the plan's estimate)."""
-    if "unet" not in plan.loss.teacher:
-        return None
-    teacher = copy.deepcopy(comps.unet).requires_grad_(False).eval()
-    dtype = torch.float32 if plan.precision.mixed == "no" else to_dtype(plan.precision.mixed)
-    return teacher.to(device, dtype=dtype)
+def freeze_text_encoders(run: Run) -> None:
+    """After the stop step the text encoder is frozen. Its parameters get no gradient, and optimizers skip
+    parameters without one (no update, no weight decay)."""
+    for enc in run.parts.text_encoders:
+        enc.requires_grad_(False)
+        enc.eval()
+    run.parts.text_trains = False

@@ -17,7 +17,7 @@ from dbspec.plan.io import plan_hash
 from dbspec.runtime import tiny
 from dbspec.runtime.exports import export_kohya_lora, export_single_file, exports_for_plan, rename, unet_table
 from dbspec.runtime.models import load_components
-from dbspec.runtime.setup import configure_models
+from dbspec.runtime.prepare import configure_models
 from tests.runtime.runspec import compile_spec, write_spec
 
 FAMILIES = ["sd1", "sd2", "sdxl"]

@@ -10,7 +10,7 @@ from dbspec.frontend import plan_spec
 from dbspec.runtime.data import Sample
 from dbspec.runtime.models import load_components
 from dbspec.runtime.optim import make_optimizer, param_groups
-from dbspec.runtime.setup import configure_models, make_teacher
+from dbspec.runtime.prepare import configure_models, make_teacher
 from dbspec.runtime.step import Parts, run_batch
 from tests.runtime.runspec import CPU, make_plan, write_spec
 

@@ -1,0 +1,41 @@
+"""Filling the run's caches: latents through the VAE and prompt embeddings through the text encoders, for
+every entry `cache.py`'s content-addressed stores miss."""
+
+from __future__ import annotations
+
+import torch
+
+from dbspec.plan.model import Plan
+from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
+from dbspec.runtime.data import verify_sources
+from dbspec.runtime.models import Components
+from dbspec.runtime.prepare import component_dtype
+from dbspec.runtime.text import encode
+
+
+def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -> tuple:
+    """Encode what the caches miss; returns (latent cache, text cache, counts)."""
+    latent_cache = text_cache = None
+    counts = {}
+    verify_sources(plan.datasets)  # before any cache hit is trusted
+    if plan.cache.latents and any(img.latent_keys for d in plan.datasets for img in d.images):
+        latent_cache = TensorCache(plan.cache.dir, "latents")
+        vae_dtype = component_dtype(plan, "vae")
+
+        def encode_pixels(pixels):
+            dist = comps.vae.encode(pixels.to(device, vae_dtype)).latent_dist
+            return dist.mean.float().cpu(), dist.std.float().cpu()
+
+        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels,
+                                           progress=progress)
+    if plan.cache.text_embeddings:
+        required = ("prompt_embeds", "pooled") if plan.model.family == "sdxl" else ("prompt_embeds",)
+        text_cache = TensorCache(plan.cache.dir, "text", required=required)
+
+        def encode_text(captions):
+            out = encode(comps.text_encoders, comps.tokenizers, captions, family=plan.model.family,
+                         clip_skip=plan.model.clip_skip, device=device)
+            return {k: v.float().cpu() for k, v in out.items()}
+
+        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, progress=progress)
+    return latent_cache, text_cache, counts

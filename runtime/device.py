@@ -1,0 +1,30 @@
+"""The device and accelerate's Accelerator a run trains on, checked against the plan's target."""
+
+from __future__ import annotations
+
+from dbspec.plan.model import Plan
+
+
+class DeviceError(Exception):
+    """The plan was compiled for a device this machine lacks."""
+
+
+def make_accelerator(plan: Plan):
+    """accelerate owns devices, mixed precision (autocast, fp16 grad scaling) and multi-process wrapping."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps one global state per process; a process may run several plans (notebooks, tests,
+    # `dbspec sample` after a run), so each run starts from a fresh one. The distributed state stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    want = plan.target.device
+    accelerator = Accelerator(mixed_precision=plan.precision.mixed, cpu=want == "cpu")
+    got = accelerator.device.type
+    if got != want:
+        raise DeviceError(f"the plan was compiled for {plan.target.description or want}, but this machine runs "
+                          f"on {got}: compile it here with `dbspec plan` (or `dbspec run spec.toml`)")
+    if accelerator.num_processes != plan.schedule.processes:
+        raise DeviceError(f"the plan was compiled for {plan.schedule.processes} process(es), but "
+                          f"{accelerator.num_processes} are running: compile it with the same launcher")
+    return accelerator

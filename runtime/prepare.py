@@ -1,0 +1,70 @@
+"""Preparing loaded components for training as the plan says: freezing, quantising, LoRA adapters, dtypes,
+gradient checkpointing, train/eval mode, and the frozen teacher copy."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from dbspec.plan.model import Plan
+from dbspec.runtime import adapters
+from dbspec.runtime.models import Components, set_attention, to_dtype
+from dbspec.runtime.quantize import quantize_frozen
+
+
+def component_dtype(plan: Plan, name: str) -> torch.dtype:
+    return to_dtype(next(c.dtype for c in plan.precision.components if c.name == name))
+
+
+def configure_models(plan: Plan, comps: Components, device: torch.device) -> tuple[list, list]:
+    """Freeze, quantise, attach adapters, set dtypes and checkpointing as each ComponentPlan says;
+    return (unet params, text params) that train."""
+    for module in (comps.unet, comps.vae, *comps.text_encoders):
+        adapters.freeze(module)
+    comps.vae.to(device, dtype=component_dtype(plan, "vae"))
+    set_attention(comps.unet, plan.precision.attention)
+    unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
+    text_params: list = []
+    for i, (name, enc) in enumerate(zip(TEXT_NAMES, comps.text_encoders)):
+        text_params += _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
+    return unet_params, text_params
+
+
+TEXT_NAMES = ("text_encoder", "text_encoder_2")
+
+
+def _prepare(module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...],
+             seed: int) -> list:
+    comp = next(c for c in plan.precision.components if c.name == name)
+    # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
+    module.to(device, dtype=to_dtype(comp.dtype))
+    if comp.quantized != "none":
+        quantize_frozen(module, comp.quantized)
+    if comp.trainable == "lora":
+        adapters.add_lora(module, plan.adapter, targets, seed)
+        for p in adapters.trainable_parameters(module):
+            p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision or quantised base
+    elif comp.trainable == "full":
+        module.requires_grad_(True)
+    if comp.gradient_checkpointing:
+        if hasattr(module, "enable_gradient_checkpointing"):  # diffusers models
+            module.enable_gradient_checkpointing()
+        else:  # transformers 5 renamed it; older releases only have the second name
+            getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
+    return adapters.trainable_parameters(module) if comp.trainable != "frozen" else []
+
+
+def set_train_mode(comps: Components, plan: Plan) -> None:
+    comps.unet.train(plan.train_unet)
+    for enc in comps.text_encoders:
+        enc.train(plan.train_text_encoder)
+
+
+def make_teacher(plan: Plan, comps: Components, device: torch.device) -> torch.nn.Module | None:
+    """The frozen base UNet copy the plan asks for (`loss.teacher`; its memory is in the plan's estimate)."""
+    if "unet" not in plan.loss.teacher:
+        return None
+    teacher = copy.deepcopy(comps.unet).requires_grad_(False).eval()
+    dtype = torch.float32 if plan.precision.mixed == "no" else to_dtype(plan.precision.mixed)
+    return teacher.to(device, dtype=dtype)

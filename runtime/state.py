@@ -1,0 +1,66 @@
+"""`TrainState`: what a checkpoint's training_state.pt holds, typed, and how a run captures and restores it.
+
+The file stays a plain dict (torch.save, loaded with weights_only=True); its keys are the field names below, in
+this order, so checkpoints written before this class existed still resume.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+
+from dbspec.plan.io import run_hash
+from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.weights import restore_trainable, trainable_state
+
+if TYPE_CHECKING:
+    from dbspec.runtime.setup import Run
+
+
+@attrs.frozen
+class TrainState:
+    trainable: dict[str, Any]  # the trained weights (LoRA or full), see weights.trainable_state
+    optimizer: dict[str, Any]
+    lr_scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None  # fp16 gradient scaling; None without it
+    sampler: dict[str, Any]  # data order: epoch and position
+    generator: torch.Tensor  # the training-noise generator of the first process
+    rng: dict[str, Any]  # python, numpy and torch RNGs (checkpoints.capture_rng_state)
+    step: int
+    ema: dict[str, Any] | None
+    run_hash: str  # which run saved it (resume refuses another run's checkpoint)
+    plan: str  # that run's plan JSON, to say what differs
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The dict training_state.pt stores."""
+        return attrs.asdict(self, recurse=False)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainState:
+        return cls(**{field.name: saved[field.name] for field in attrs.fields(cls)})
+
+    @classmethod
+    def capture(cls, run: Run, step: int) -> TrainState:
+        """The state of `run` after `step` optimizer steps."""
+        return cls(trainable=trainable_state(run.comps, run.plan), optimizer=run.optimizer.state_dict(),
+                   lr_scheduler=run.lr_scheduler.state_dict(),
+                   scaler=run.scaler.state_dict() if run.scaler else None, sampler=run.sampler.state_dict(),
+                   generator=run.generator.get_state(), rng=ckpt.capture_rng_state(), step=step,
+                   ema=run.ema.state_dict() if run.ema is not None else None,
+                   run_hash=run_hash(run.plan), plan=run.plan_json)
+
+    def restore(self, run: Run) -> None:
+        """Put `run` back where it was when this state was captured (its step is `self.step`)."""
+        restore_trainable(run.comps, self.trainable)
+        run.optimizer.load_state_dict(self.optimizer)
+        run.lr_scheduler.load_state_dict(self.lr_scheduler)
+        if run.scaler is not None and self.scaler is not None:
+            run.scaler.load_state_dict(self.scaler)
+        run.sampler.load_state_dict(self.sampler)
+        if run.accelerator.is_main_process:
+            run.generator.set_state(self.generator)  # the others keep their own streams (see notes in docs)
+        if run.ema is not None:
+            run.ema.load_state_dict(self.ema)
+        ckpt.restore_rng_state(self.rng)
