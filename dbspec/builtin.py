@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 import attrs
 
+from dbspec.families import Family
+
 BUILTIN_PREFIX = "builtin:"
 # Bump when any config, the tokenizer or the initialisation changes: caches key on `identity`.
 BUILTIN_VERSION = 1
 
-Family = Literal["sd1", "sd2", "sdxl"]
 Prediction = Literal["epsilon", "v_prediction"]
 
 # --- tokenizer -------------------------------------------------------------------------------------------

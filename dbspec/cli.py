@@ -196,8 +196,11 @@ def sample(
 
     if scheduler not in ("ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"):
         raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
-    if family not in ("sd1", "sd2", "sdxl"):
-        raise typer.BadParameter(f"family must be sd1, sd2 or sdxl, not {family!r}", param_hint="--family")
+    from dbspec.families import FAMILIES
+
+    if family not in FAMILIES:
+        *first, last = FAMILIES
+        raise typer.BadParameter(f"family must be {', '.join(first)} or {last}, not {family!r}", param_hint="--family")
     settings = ValidationPlan(prompts=tuple(prompt), negative_prompt=negative, steps=StepRange(every=0, end=0),
                               scheduler=scheduler,
                               inference_steps=steps, guidance=guidance, images_per_prompt=images, seed=seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
 from dbspec.runtime.data import verify_sources
@@ -29,7 +30,8 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
         counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels,
                                            progress=progress)
     if plan.cache.text_embeddings:
-        required = ("prompt_embeds", "pooled") if plan.model.family == "sdxl" else ("prompt_embeds",)
+        pooled = family_spec(plan.model.family).pooled_embeddings
+        required = ("prompt_embeds", "pooled") if pooled else ("prompt_embeds",)
         text_cache = TensorCache(plan.cache.dir, "text", required=required)
 
         def encode_text(captions):

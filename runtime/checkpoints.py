@@ -18,15 +18,17 @@ import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from dbspec.families import FAMILIES, Family, family_spec
 from dbspec.plan.io import run_differences
 from dbspec.runtime import faults
+from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.outdir import STEP_DIR as _STEP_DIR
 from dbspec.runtime.outdir import fsync_dir as _fsync_dir
 from dbspec.runtime.outdir import OutputError, prepare_output  # noqa: F401 - the output folder's API, re-exported
@@ -34,8 +36,6 @@ from dbspec.util.atomic import write_text_atomic
 
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-Family = Literal["sd1", "sd2", "sdxl"]
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 # --- weight writers -------------------------------------------------------------------------------------------
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    return dtype if isinstance(dtype, torch.dtype) else _DTYPES[dtype]
+    return to_dtype(dtype)
 
 
 def save_full_weights(
@@ -268,16 +268,18 @@ def save_lora_weights(
     """`pytorch_lora_weights.safetensors` in diffusers' format (as examples/dreambooth/train_dreambooth_lora.py
     writes it), with each adapter's LoraConfig as metadata so `pipe.load_lora_weights(folder)` restores
     rank, alpha and targets exactly. Modules are peft-adapted (`inject_lora` or `get_peft_model`) or None."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
-    if text_encoder_2 is not None and family != "sdxl":
-        raise ValueError(f"text_encoder_2 LoRA given for family {family!r}; only sdxl has a second text encoder")
-    layers = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    spec = family_spec(family)
+    if text_encoder_2 is not None and len(spec.text_encoders) < 2:
+        two = ", ".join(name for name, f in FAMILIES.items() if len(f.text_encoders) > 1)
+        raise ValueError(f"text_encoder_2 LoRA given for family {family!r}; only {two} has a second text encoder")
+    layers = {spec.denoiser: unet, **dict(zip(spec.text_encoder_names, (text_encoder, text_encoder_2)))}
     kwargs: dict[str, Any] = {}
     for name, module in layers.items():
         if module is not None:
             kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _diffusers_lora_layers(module, dtype)
-    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
     pipeline_class.save_lora_weights(Path(folder), safe_serialization=True, **kwargs)
     return Path(folder) / "pytorch_lora_weights.safetensors"
 

@@ -8,6 +8,7 @@ import attrs
 import diffusers
 import torch
 
+from dbspec.families import family_spec
 from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
@@ -103,7 +104,7 @@ def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
 
 
 def _pipeline_class(family: str):
-    return diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
+    return getattr(diffusers, family_spec(family).pipeline_class)
 
 
 def best_device() -> torch.device:

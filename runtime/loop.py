@@ -18,6 +18,7 @@ from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
+from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.sample import validate
@@ -166,7 +167,7 @@ def _all_agree(accelerator, stop: bool) -> bool:
 
 
 def _mixed_dtype(plan: Plan) -> torch.dtype | None:
-    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[plan.precision.mixed]
+    return mixed_dtype(plan.precision.mixed)
 
 
 class _InterruptFlag:

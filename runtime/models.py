@@ -10,10 +10,11 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from dbspec.families import family_spec
 from dbspec.plan.model import ModelPlan, Plan
 from dbspec.runtime import tiny
+from dbspec.runtime.dtypes import to_dtype  # noqa: F401 - re-exported
 
-PIPELINES = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 
 
 class ModelLoadError(Exception):
@@ -65,12 +66,10 @@ def _from_folder(root: str, m: ModelPlan) -> dict:
     kw = {"revision": m.revision} if m.source == "hub" and m.revision else {}
     if m.variant:
         kw["variant"] = m.variant
-    sdxl = m.family == "sdxl"
-    text_encoders = [CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)]
-    tokenizers = [CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **_no_variant(kw))]
-    if sdxl:
-        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2", **kw))
-        tokenizers.append(CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2", **_no_variant(kw)))
+    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+    encoders = family_spec(m.family).text_encoders
+    text_encoders = [classes[e.model_class].from_pretrained(root, subfolder=e.component, **kw) for e in encoders]
+    tokenizers = [CLIPTokenizer.from_pretrained(root, subfolder=e.tokenizer, **_no_variant(kw)) for e in encoders]
     return {
         "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw),
         "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", **kw),
@@ -87,12 +86,13 @@ def _no_variant(kw: dict) -> dict:
 def _from_single_file(m: ModelPlan, cache_dir: str) -> dict:
     import diffusers
 
-    pipeline_cls = getattr(diffusers, PIPELINES[m.family])
+    spec = family_spec(m.family)
+    pipeline_cls = getattr(diffusers, spec.pipeline_class)
     kwargs = {"config": m.config} if m.config else {}
     path = m.path if m.source == "single_file" else _ckpt_as_safetensors(m, Path(cache_dir))
     pipe = pipeline_cls.from_single_file(path, **kwargs)
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if m.family == "sdxl" else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if m.family == "sdxl" else [])
+    encoders = [getattr(pipe, name) for name in spec.text_encoder_names]
+    tokenizers = [getattr(pipe, name) for name in spec.tokenizer_names]
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoders": encoders, "tokenizers": tokenizers,
             "scheduler": pipe.scheduler}
 
@@ -150,20 +150,16 @@ def set_attention(unet: UNet2DConditionModel, kind: str) -> None:
         unet.set_attn_processor(AttnProcessor())
 
 
-def to_dtype(name: str) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
 def pipeline_for(plan: Plan, comps: Components):
     """A diffusers pipeline over the live (training) components, for validation and class images (both set
     the sampling scheduler their plan names; DDPM is only the placeholder)."""
     import diffusers
 
-    cls = getattr(diffusers, PIPELINES[plan.model.family])
+    spec = family_spec(plan.model.family)
+    cls = getattr(diffusers, spec.pipeline_class)
     scheduler = diffusers.DDPMScheduler.from_config(comps.scheduler_config)
-    kwargs = {"unet": comps.unet, "vae": comps.vae, "text_encoder": comps.text_encoders[0],
-              "tokenizer": comps.tokenizers[0], "scheduler": scheduler}
-    if plan.model.family == "sdxl":
-        kwargs.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
+    kwargs = {spec.denoiser: comps.unet, "vae": comps.vae, "scheduler": scheduler,
+              **dict(zip(spec.text_encoder_names, comps.text_encoders)), **dict(zip(spec.tokenizer_names, comps.tokenizers))}
+    if not spec.safety_checker:  # SDXL's pipeline: an optional watermarker instead
         return cls(**kwargs, add_watermarker=False)
     return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -7,6 +7,7 @@ import copy
 
 import torch
 
+from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
 from dbspec.runtime.models import Components, set_attention, to_dtype
@@ -26,12 +27,9 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
     set_attention(comps.unet, plan.precision.attention)
     unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
     text_params: list = []
-    for i, (name, enc) in enumerate(zip(TEXT_NAMES, comps.text_encoders)):
+    for i, (name, enc) in enumerate(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)):
         text_params += _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
     return unet_params, text_params
-
-
-TEXT_NAMES = ("text_encoder", "text_encoder_2")
 
 
 def _prepare(module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...],

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
+from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import losses
 from dbspec.runtime.adapters import adapters_disabled
@@ -97,7 +98,7 @@ def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
 
 def unet_forward(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample]) -> torch.Tensor:
     kwargs = {}
-    if parts.plan.model.family == "sdxl":
+    if family_spec(parts.plan.model.family).time_ids:  # SDXL: pooled embeddings and micro-conditioning ids
         ids = torch.stack([sdxl_time_ids(s.img.size, s.img.crop, s.img.bucket) for s in batch]).to(parts.device)
         kwargs["added_cond_kwargs"] = {"text_embeds": text["pooled"], "time_ids": ids}
     return parts.unet(noisy, timesteps, text["prompt_embeds"], **kwargs).sample

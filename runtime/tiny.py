@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import diffusers
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from dbspec.families import family_spec
 from dbspec.builtin import TOKENIZER_MERGES, BuiltinModel, builtin_model, tokenizer_vocab
 
 MARKER_FILE = "dbspec_builtin.json"  # written last into the temp folder: its presence means "complete"
@@ -42,10 +42,12 @@ def build_pipeline(name: str, seed: int = 0) -> DiffusionPipeline:
     model = builtin_model(name)
     with torch.random.fork_rng(devices=[]):
         components = _build_components(model, seed)
-    if model.family == "sdxl":
+    spec = family_spec(model.family)
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
+    if not spec.safety_checker:
         # No watermarker: it needs the optional invisible-watermark package and would alter samples.
-        return StableDiffusionXLPipeline(**components, add_watermarker=False)
-    return StableDiffusionPipeline(
+        return pipeline_class(**components, add_watermarker=False)
+    return pipeline_class(
         **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
 

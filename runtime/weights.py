@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from dbspec.families import ALL_TEXT_ENCODERS, family_spec
 from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
@@ -18,7 +19,6 @@ from dbspec.runtime.models import Components
 from dbspec.runtime.outdir import replace_folder
 from dbspec.util.atomic import write_text_atomic
 
-TEXT_NAMES = ("text_encoder", "text_encoder_2")
 
 
 def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module]:
@@ -26,7 +26,7 @@ def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module
     if plan.train_unet:
         modules["unet"] = comps.unet
     if plan.train_text_encoder:
-        modules.update(zip(TEXT_NAMES, comps.text_encoders))
+        modules.update(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders))
     return modules
 
 
@@ -42,7 +42,7 @@ def trainable_state(comps: Components, plan: Plan) -> dict[str, torch.Tensor]:
 
 
 def restore_trainable(comps: Components, state: dict[str, torch.Tensor]) -> None:
-    modules = {"unet": comps.unet, **dict(zip(TEXT_NAMES, comps.text_encoders))}
+    modules = {"unet": comps.unet, **dict(zip(ALL_TEXT_ENCODERS, comps.text_encoders))}
     params = {f"{prefix}.{name}": p for prefix, m in modules.items() for name, p in m.named_parameters()}
     missing = [k for k in state if k not in params]
     if missing:
@@ -68,7 +68,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
     if plan.adapter.kind == "lora":
-        encoders = dict(zip(TEXT_NAMES, comps.text_encoders)) if plan.train_text_encoder else {}
+        encoders = dict(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)) \
+            if plan.train_text_encoder else {}
         ckpt.save_lora_weights(folder, trained.get("unet"), encoders.get("text_encoder"), dtype,
                                family=plan.model.family, text_encoder_2=encoders.get("text_encoder_2"))
         return

@@ -14,7 +14,8 @@ from dbspec.compiler.datasets import plan_datasets
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
-from dbspec.compiler.models import FAMILY_PARAMS, plan_model
+from dbspec.compiler.models import plan_model
+from dbspec.families import family_spec
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
@@ -28,13 +29,6 @@ from dbspec.spec.fields import spec_leaves
 from dbspec.spec.model import LoraAdapter
 from dbspec.spec.paths import dotted
 
-# LoRA parameters per unit of rank with the default targets (attention projections: rank x (in + out) each),
-# counted on the public models; FAMILY_PARAMS holds their sizes.
-LORA_PER_RANK = {
-    "sd1": {"unet": 199_296, "text_encoder": 73_728},
-    "sd2": {"unet": 207_488, "text_encoder": 188_416},
-    "sdxl": {"unet": 1_451_520, "text_encoder": 73_728, "text_encoder_2": 327_680},
-}
 
 
 def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnostic, ...]]:
@@ -216,7 +210,8 @@ def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
     total = 0.0
     for c in precision.components:
         if c.trainable == "lora":
-            per_rank = LORA_PER_RANK[model.family][c.name] * c.params / FAMILY_PARAMS[model.family][c.name]
+            public = family_spec(model.family)
+            per_rank = public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name]
             total += per_rank * adapter.rank
     return int(total)
 

@@ -18,6 +18,7 @@ from typing import Literal
 
 import attrs
 
+from dbspec.families import Family as ModelFamily
 from dbspec.compiler.safetensors_header import (
     ModelFileError,
     TensorInfo,
@@ -33,7 +34,7 @@ from dbspec.compiler.safetensors_header import (
 __all__ = ["ModelFacts", "ModelFileError", "hub_cache_dir", "inspect_model"]
 
 Source = Literal["diffusers", "single_file", "ckpt", "hub"]
-Family = Literal["sd1", "sd2", "sdxl", "unknown"]
+Family = Literal[ModelFamily, "unknown"]  # the registry's families, or not recognised
 Prediction = Literal["epsilon", "v_prediction", "unknown"]
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")

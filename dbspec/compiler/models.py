@@ -11,10 +11,10 @@ from dbspec.builtin import builtin_model, is_builtin
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
 from dbspec.compiler.safetensors_header import file_fingerprint
+from dbspec.families import FAMILIES, family_spec
 from dbspec.plan.model import ModelPlan
 
 BASE = ("model", "base")
-_TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 # Public base models by hub id: a plan for one not downloaded yet still knows what it trains.
 KNOWN_HUB_MODELS = {
     "runwayml/stable-diffusion-v1-5": ("sd1", "epsilon"),
@@ -26,14 +26,8 @@ KNOWN_HUB_MODELS = {
     "stabilityai/stable-diffusion-2-1-base": ("sd2", "epsilon"),
     "stabilityai/stable-diffusion-xl-base-1.0": ("sdxl", "epsilon"),
 }
-# Parameter counts of each family's public models (counted from their diffusers/transformers configs), for the
-# memory estimate of a hub model not downloaded yet. SD2's text encoder is OpenCLIP ViT-H without its last layer.
-FAMILY_PARAMS = {
-    "sd1": {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
-    "sd2": {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
-    "sdxl": {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
-             "vae": 83_653_863},
-}
+# Parameter counts of each family's public models, for the memory estimate of a hub model not downloaded yet.
+FAMILY_PARAMS = {name: dict(f.public_params) for name, f in FAMILIES.items()}
 
 
 def plan_model(ctx: Context) -> ModelPlan | None:
@@ -62,7 +56,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     if not facts.resolved and not params and family in FAMILY_PARAMS:
         params = dict(FAMILY_PARAMS[family])
         notes += (f"parameter counts are those of the public {family} models (the weights are not downloaded)",)
-    text_parts = _TEXT_PARTS if family == "sdxl" else _TEXT_PARTS[:2]
+    text_parts = [part for e in family_spec(family).text_encoders for part in (e.component, e.tokenizer)]
     text_identity = "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in text_parts)
     vae_identity = _vae_identity(ctx, facts.component_ids.get("vae", f"{identity}/vae"))
     return ModelPlan(base=m.base, source=facts.source, path=facts.path, resolved=facts.resolved, family=family,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dbspec.compiler.context import Context
+from dbspec.families import family_spec
 from dbspec.plan.model import ComponentPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import LoraAdapter
 
@@ -49,7 +50,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     _check_quantization(ctx, "quantize_text_encoder", p.quantize_text_encoder)
     lora = isinstance(spec.adapter, LoraAdapter)
     frozen_dtype = "fp32" if mixed == "no" else mixed
-    text_parts = ("text_encoder", "text_encoder_2") if model and model.family == "sdxl" else ("text_encoder",)
+    text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
     params = model.params if model else {}
 
     def component(name: str, trains: bool, quant: str) -> ComponentPlan:

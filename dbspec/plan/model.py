@@ -13,6 +13,7 @@ from typing import Literal
 
 import attrs
 
+from dbspec.families import Family
 PLAN_VERSION = 3  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling
 frozen = attrs.frozen(kw_only=True)
 
@@ -49,7 +50,7 @@ class ModelPlan:
     source: Literal["builtin", "diffusers", "single_file", "ckpt", "hub"]
     path: str  # resolved absolute path; "" when a hub id is not in the local cache
     resolved: bool
-    family: Literal["sd1", "sd2", "sdxl"]
+    family: Family
     prediction: Literal["epsilon", "v_prediction"]
     revision: str
     config: str  # configs for a single-file base (resolved path or hub id); "" = diffusers' default

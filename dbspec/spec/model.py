@@ -11,11 +11,12 @@ from typing import Literal, Union
 
 import attrs
 
+from dbspec.families import Family as ModelFamily
 from dbspec.spec.fields import option
 
 SPEC_VERSION = 1
 
-Family = Literal["auto", "sd1", "sd2", "sdxl"]
+Family = Literal["auto", ModelFamily]  # the registry's families (dbspec/families.py), or detect
 Prediction = Literal["auto", "epsilon", "v_prediction"]
 Quantization = Literal["none", "int8", "int4", "fp8"]
 frozen = attrs.frozen(kw_only=True)

@@ -1,0 +1,91 @@
+"""The model-family registry (dbspec/families.py) is the one place that knows the families.
+
+Family names as string literals ("sd1", "sd2", "sdxl") appear in code only in the registry, in the built-in
+tiny models, and in the places on ALLOWED below that have not moved to the registry yet. A new file testing a
+family name fails here: ask the registry instead (`family_spec(name).<fact>`), or add the fact to FamilySpec.
+Moving a place to the registry means deleting its line below (a stale line fails too).
+"""
+
+from __future__ import annotations
+
+import ast
+import typing
+from pathlib import Path
+
+from dbspec import families
+from dbspec.families import FAMILIES, Family, family_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+HOME = {"dbspec/families.py", "dbspec/builtin.py"}  # the registry, and the tiny models (one per family)
+
+# Not yet moved: file -> why it still names a family.
+ALLOWED = {
+    "dbspec/cli.py": "`dbspec sample --family` defaults to sd1 for single files",
+    "runtime/inference.py": "SampleRequest.family defaults to sd1 for single files and bases that do not say",
+    "dbspec/compiler/modelinfo.py": "detection: family from UNet configs, context dims and single-file key prefixes",
+    "dbspec/compiler/models.py": "KNOWN_HUB_MODELS (hub id -> family, prediction); which families' weights say their prediction",
+    "dbspec/compiler/memory.py": "activation-memory facts per family (memory facts belong in the registry)",
+    "runtime/exports.py": "single-file and kohya key layouts (text-encoder prefixes, ss_base_model_version)",
+    "runtime/text.py": "prompt encoding, SD1/2 vs SDXL (a per-family runtime module's job)",
+    "dbspec/convert/kohya/model.py": "kohya's script names and v2 flag -> family",
+    "dbspec/convert/kohya/datasets.py": "kohya sdxl scripts' bucket step",
+    "dbspec/convert/kohya/inputs.py": "kohya GUI key named `sdxl`",
+    "dbspec/convert/diffusers/convert.py": "diffusers script names (train_dreambooth_lora_sdxl) -> family",
+    "dbspec/convert/diffusers/out.py": "diffusers script names -> family",
+    "dbspec/convert/simpletuner/train.py": "SimpleTuner's model_family values -> family",
+}
+
+
+def _family_literals(path: Path) -> list[int]:
+    names = set(FAMILIES)
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+
+
+def _code_files() -> list[Path]:
+    return sorted([*(ROOT / "dbspec").rglob("*.py"), *(ROOT / "runtime").rglob("*.py")])
+
+
+def test_family_names_only_in_the_registry_and_the_allow_list():
+    naming = {str(p.relative_to(ROOT)): lines for p in _code_files() if (lines := _family_literals(p))}
+    unexpected = {f"{path}:{lines}" for path, lines in naming.items() if path not in HOME | set(ALLOWED)}
+    assert not unexpected, ("these files test a family name; ask dbspec.families instead (or add the place to "
+                            f"ALLOWED with its reason): {sorted(unexpected)}")
+    stale = set(ALLOWED) - set(naming)
+    assert not stale, f"no family name left in {sorted(stale)}: delete their ALLOWED lines"
+
+
+def test_the_family_type_is_declared_once():
+    declared = []
+    for path in _code_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Literal":
+                values = {e.value for e in ast.walk(node.slice) if isinstance(e, ast.Constant)}
+                if values & set(FAMILIES):
+                    declared.append(str(path.relative_to(ROOT)))
+    assert declared == ["dbspec/families.py"]
+
+
+def test_registry_matches_the_type_and_the_tiny_models():
+    from dbspec.builtin import BUILTIN_MODELS
+
+    assert tuple(FAMILIES) == typing.get_args(Family)
+    for name, spec in FAMILIES.items():
+        assert spec.name == name and family_spec(name) is spec
+    for model in BUILTIN_MODELS.values():
+        spec = family_spec(model.family)
+        assert model.pipeline_class == spec.pipeline_class
+        assert model.vae_scaling_factor == spec.vae_scaling_factor
+        assert model.latent_channels == spec.latent_channels
+        assert (model.text_encoder_2 is not None) == ("text_encoder_2" in spec.text_encoder_names)
+        assert model.prediction == spec.prediction
+    assert families.ALL_TEXT_ENCODERS == ("text_encoder", "text_encoder_2")
+
+
+def test_unknown_family_names_the_known_ones():
+    try:
+        family_spec("sd3")
+    except KeyError as exc:
+        assert "sd1, sd2, sdxl" in str(exc)
+    else:
+        raise AssertionError("sd3 is not a family")
