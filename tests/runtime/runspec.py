@@ -49,6 +49,14 @@ dir = "out"
 {extra}
 """
 
+TEXT_ENCODER_LORA = """
+[adapter]
+kind = "lora"
+rank = 2
+
+[train]
+text_encoder = true
+"""
 CLASS_DATASET = """\
 [[datasets]]
 name = "toys"

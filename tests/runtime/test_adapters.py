@@ -16,7 +16,7 @@ import transformers.integrations.peft
 from dbspec.runtime.adapters import adapters_disabled, inject_lora, lora_config
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import make_plan
+from tests.runtime.runspec import TEXT_ENCODER_LORA, make_plan
 
 UNRELEASED = "99.0"
 
@@ -34,17 +34,7 @@ class _Adapter:  # the AdapterPlan fields lora_config reads
 
 
 def test_text_encoder_lora_trains_with_the_base_model_prior_behind_closed_gates(tmp_path, peft_gates_closed):
-    plan = make_plan(tmp_path, steps=2, extra="""
-[adapter]
-kind = "lora"
-rank = 2
-
-[train]
-text_encoder = true
-
-[loss]
-prior = "base_model"
-""")
+    plan = make_plan(tmp_path, steps=2, extra=TEXT_ENCODER_LORA + '\n[loss]\nprior = "base_model"\n')
     result = execute(plan)
     assert result.status == "finished"
     assert (Path(result.final) / "pytorch_lora_weights.safetensors").exists()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dbspec.runtime.execute import RunError, execute
 from dbspec.runtime.tiny import materialize
-from tests.runtime.runspec import compile_spec, make_plan, write_spec
+from tests.runtime.runspec import TEXT_ENCODER_LORA, compile_spec, make_plan, write_spec
 
 
 def _fake_hub_cache(root: Path, repo: str) -> Path:
@@ -54,20 +54,7 @@ def test_other_optimizers_train(tmp_path, kind):
 
 
 def test_lora_with_text_encoder_and_gradient_checkpointing(tmp_path):
-    plan = make_plan(tmp_path, steps=2, extra="""
-[adapter]
-kind = "lora"
-rank = 2
-
-[train]
-text_encoder = true
-
-[optimizer]
-lr = 1e-4
-
-[precision]
-gradient_checkpointing = true
-""".replace("[optimizer]\nlr = 1e-4\n", ""))
+    plan = make_plan(tmp_path, steps=2, extra=TEXT_ENCODER_LORA + "\n[precision]\ngradient_checkpointing = true\n")
     result = execute(plan)
     assert result.status == "finished"
     assert (Path(result.final) / "pytorch_lora_weights.safetensors").exists()
