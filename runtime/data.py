@@ -176,9 +176,7 @@ def verify_sources(datasets: Sequence[DatasetPlan]) -> int:
     problems, total = [], 0
     for dataset in datasets:
         for img in dataset.images:
-            for path, sha in ((img.path, img.sha), (img.mask, img.mask_sha)):
-                if not path or path == "alpha" or sha.startswith("generated:"):
-                    continue
+            for path, sha in img.source_files():
                 data, problem = _check_source(path, sha)
                 total += len(data)
                 if problem:

@@ -92,6 +92,16 @@ class ImagePlan:
     latent_keys: tuple[str, ...] = ()  # one per flip state cached; () when latents are not cached
     text_key: str = ""  # "" when text embeddings are not cached
 
+    def source_files(self) -> tuple[tuple[str, str], ...]:
+        """(path, content hash) of the files this image is read from: the image and a mask file. Class images
+        the run generates are made from the plan, so they have none to check."""
+        if self.sha.startswith("generated:"):
+            return ()
+        files = [(self.path, self.sha)]
+        if self.mask and self.mask != "alpha":
+            files.append((self.mask, self.mask_sha))
+        return tuple(files)
+
 
 @frozen
 class GeneratePlan:

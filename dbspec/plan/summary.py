@@ -181,7 +181,5 @@ def _short(text: str, limit: int = 80) -> str:
 
 def _source_check(plan: Plan) -> str:
     """What each run reads before step 1 to know no source changed since this plan (runtime/data.py)."""
-    files = {path for d in plan.datasets for img in d.images
-             for path, sha in ((img.path, img.sha), (img.mask, img.mask_sha))
-             if path and path != "alpha" and not sha.startswith("generated:")}
+    files = {path for d in plan.datasets for img in d.images for path, _ in img.source_files()}
     return f"{_plural(len(files), 'file')} hashed and decoded at the start of each run"
