@@ -43,7 +43,11 @@ END_OF_WORD = "</w>"
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP map from the 256 byte values to printable unicode symbols (no whitespace/control)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     byte_values = list(printable)
     code_points = list(printable)
     shifted = 0
@@ -114,7 +118,9 @@ def _vae(scaling_factor: float) -> dict[str, Any]:
     }
 
 
-def _sd_unet(*, cross_attention_dim: int, attention_head_dim: int | list[int], linear: bool) -> dict[str, Any]:
+def _sd_unet(
+    *, cross_attention_dim: int, attention_head_dim: int | list[int], linear: bool
+) -> dict[str, Any]:
     # Attention at the high-resolution block and in the middle, like SD1/SD2 (which have it in 3 of 4 blocks).
     return {
         "sample_size": 8,
@@ -157,7 +163,12 @@ def _sdxl_unet() -> dict[str, Any]:
     }
 
 
-_SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+_SD_BETAS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+}
 
 
 def _ddpm(prediction: Prediction) -> dict[str, Any]:
@@ -230,7 +241,9 @@ _SD1 = _model(
     vae_scaling_factor=0.18215,
     unet=_sd_unet(cross_attention_dim=SD1_TEXT_HIDDEN, attention_head_dim=4, linear=False),
     vae=_vae(0.18215),
-    text_encoder=_text_encoder(hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=32),
+    text_encoder=_text_encoder(
+        hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=32
+    ),
     text_encoder_2=None,
     tokenizer=_tokenizer(pad_token=EOS_TOKEN),
     tokenizer_2=None,
@@ -246,7 +259,9 @@ _SD2 = _model(
     vae_scaling_factor=0.18215,
     unet=_sd_unet(cross_attention_dim=OPENCLIP_TEXT_HIDDEN, attention_head_dim=[2, 4], linear=True),
     vae=_vae(0.18215),
-    text_encoder=_text_encoder(hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=64),
+    text_encoder=_text_encoder(
+        hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=64
+    ),
     text_encoder_2=None,
     tokenizer=_tokenizer(pad_token="!"),
     tokenizer_2=None,
@@ -262,7 +277,9 @@ _SDXL = _model(
     vae_scaling_factor=0.13025,
     unet=_sdxl_unet(),
     vae=_vae(0.13025),
-    text_encoder=_text_encoder(hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=32),
+    text_encoder=_text_encoder(
+        hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=32
+    ),
     text_encoder_2=_text_encoder(
         hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=OPENCLIP_TEXT_HIDDEN
     ),

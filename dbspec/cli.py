@@ -21,8 +21,13 @@ from dbspec.cli_common import (
 )
 from dbspec.cli_convert import convert_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="DreamBooth fine-tuning from one declarative, compiler-checked TOML spec.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="DreamBooth fine-tuning from one declarative, compiler-checked TOML spec.",
+)
+
 
 @app.command()
 def check(
@@ -44,8 +49,13 @@ def check(
     raise typer.Exit(code)
 
 
-TargetOption = Annotated[Optional[str], typer.Option(
-    "--target", help="Compile for another machine: cpu, cuda:24GB, cuda:16GB:7.5, mps:32GB (default: this one).")]
+TargetOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--target",
+        help="Compile for another machine: cpu, cuda:24GB, cuda:16GB:7.5, mps:32GB (default: this one).",
+    ),
+]
 
 
 def resolve_target(target: str | None):
@@ -64,12 +74,18 @@ def plan(
     spec: Annotated[Path, typer.Argument(help="The spec file.")],
     set_: SetOption = None,
     target: TargetOption = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plan as JSON to this path.")] = None,
-    explain_origins: Annotated[bool, typer.Option("--explain", help="Show where every value came from.")] = False,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the plan as JSON to this path.")
+    ] = None,
+    explain_origins: Annotated[
+        bool, typer.Option("--explain", help="Show where every value came from.")
+    ] = False,
     fmt: FormatOption = "text",
     strict: StrictOption = False,
-    download: Annotated[bool, typer.Option(
-        "--download", help="Fetch hub models (base and VAE) into the Hugging Face cache first.")] = False,
+    download: Annotated[
+        bool,
+        typer.Option("--download", help="Fetch hub models (base and VAE) into the Hugging Face cache first."),
+    ] = False,
 ) -> None:
     """Compile a spec into a resolved execution plan and show it; no model is loaded, no network used
     (unless --download)."""
@@ -114,11 +130,15 @@ def _download_models(spec: Path, overrides: list[str]) -> None:
 
 @app.command()
 def run(
-    source: Annotated[Path, typer.Argument(help="A spec (.toml) or a plan written by `dbspec plan --json` (.json).")],
+    source: Annotated[
+        Path, typer.Argument(help="A spec (.toml) or a plan written by `dbspec plan --json` (.json).")
+    ],
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Move an output folder holding another run aside and start afresh.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Move an output folder holding another run aside and start afresh."),
+    ] = False,
     strict: StrictOption = False,
 ) -> None:
     """Train: compile the spec (or read the plan), show the plan, then run it."""
@@ -139,18 +159,29 @@ def run(
         typer.echo(f"error: {exc.message}{where}{hint}", err=True)
         raise typer.Exit(1) from None
     if result.status == "interrupted":
-        typer.echo(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}\n"
-                   f"resume with: {resume_command(source, set_ or [], strict)}", err=True)
+        typer.echo(
+            f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}\n"
+            f"resume with: {resume_command(source, set_ or [], strict)}",
+            err=True,
+        )
         raise typer.Exit(130)
-    typer.echo(f"finished {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s)\n"
-               f"weights: {result.final}\noutputs: {result.output}")
+    typer.echo(
+        f"finished {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s)\n"
+        f"weights: {result.final}\noutputs: {result.output}"
+    )
 
 
 def resume_command(source: Path, overrides: list[str], strict: bool) -> str:
     """The command that resumes this run: the same source and every --set (they are part of the plan, so
     leaving one out makes another plan, which --resume refuses), shell-quoted. Never --overwrite."""
-    words = ["dbspec", "run", str(source), *(part for value in overrides for part in ("--set", value)),
-             *(["--strict"] if strict else []), "--resume"]
+    words = [
+        "dbspec",
+        "run",
+        str(source),
+        *(part for value in overrides for part in ("--set", value)),
+        *(["--strict"] if strict else []),
+        "--resume",
+    ]
     return shlex.join(words)
 
 
@@ -161,7 +192,9 @@ def _plan_for_run(source: Path, overrides: list[str], strict: bool):
         from dbspec.plan.io import PlanFileError, read_plan
 
         if overrides:
-            raise typer.BadParameter("--set applies to specs; compile the spec again instead", param_hint="--set")
+            raise typer.BadParameter(
+                "--set applies to specs; compile the spec again instead", param_hint="--set"
+            )
         try:
             return read_plan(source)
         except PlanFileError as exc:
@@ -176,12 +209,23 @@ def _plan_for_run(source: Path, overrides: list[str], strict: bool):
 
 @app.command()
 def sample(
-    source: Annotated[Path, typer.Argument(help="A run's output folder, a diffusers folder, a LoRA folder/file, or a "
-                                                "single-file .safetensors.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A run's output folder, a diffusers folder, a LoRA folder/file, or a "
+            "single-file .safetensors."
+        ),
+    ],
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt; repeat for several.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs and grid.png.")] = Path("samples"),
-    base: Annotated[str, typer.Option(help="Base model for LoRA weights (default: from the run's plan.json).")] = "",
-    config: Annotated[str, typer.Option(help="Diffusers folder or hub id with configs, for single files.")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs and grid.png.")] = Path(
+        "samples"
+    ),
+    base: Annotated[
+        str, typer.Option(help="Base model for LoRA weights (default: from the run's plan.json).")
+    ] = "",
+    config: Annotated[
+        str, typer.Option(help="Diffusers folder or hub id with configs, for single files.")
+    ] = "",
     family: Annotated[str, typer.Option(help="sd1, sd2 or sdxl, for single files.")] = "sd1",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     scheduler: Annotated[str, typer.Option(help="ddim, euler, euler_a, dpmpp, unipc or pndm.")] = "ddim",
@@ -200,17 +244,27 @@ def sample(
 
     if family not in FAMILIES:
         *first, last = FAMILIES
-        raise typer.BadParameter(f"family must be {', '.join(first)} or {last}, not {family!r}", param_hint="--family")
-    settings = ValidationPlan(prompts=tuple(prompt), negative_prompt=negative, steps=StepRange(every=0, end=0),
-                              scheduler=scheduler,
-                              inference_steps=steps, guidance=guidance, images_per_prompt=images, seed=seed,
-                              size=(size, size))
+        raise typer.BadParameter(
+            f"family must be {', '.join(first)} or {last}, not {family!r}", param_hint="--family"
+        )
+    settings = ValidationPlan(
+        prompts=tuple(prompt),
+        negative_prompt=negative,
+        steps=StepRange(every=0, end=0),
+        scheduler=scheduler,
+        inference_steps=steps,
+        guidance=guidance,
+        images_per_prompt=images,
+        seed=seed,
+        size=(size, size),
+    )
     from dbspec.runtime.inference import SampleError, SampleRequest
     from dbspec.runtime.inference import sample as run_sample
 
     try:
-        paths = run_sample(SampleRequest(source=source, base=base, config=config, family=family,
-                                         settings=settings), out)
+        paths = run_sample(
+            SampleRequest(source=source, base=base, config=config, family=family, settings=settings), out
+        )
     except (SampleError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -220,17 +274,25 @@ def sample(
 @app.command()
 def masks(
     images: Annotated[Path, typer.Argument(help="The image folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks (use it as a dataset's masks).")],
-    from_alpha: Annotated[bool, typer.Option("--from-alpha", help="Masks from each image's alpha channel "
-                                             "(default: all white, i.e. train everywhere).")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the masks (use it as a dataset's masks).")
+    ],
+    from_alpha: Annotated[
+        bool,
+        typer.Option(
+            "--from-alpha",
+            help="Masks from each image's alpha channel (default: all white, i.e. train everywhere).",
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace masks that exist.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", help="Also sub-folders.")] = False,
 ) -> None:
     """Write loss masks for a folder: all white (to edit), or from the alpha channel."""
     from dbspec.masks import write_masks
 
-    written, problems = write_masks(images, out, "alpha" if from_alpha else "white", overwrite=overwrite,
-                                    recursive=recursive)
+    written, problems = write_masks(
+        images, out, "alpha" if from_alpha else "white", overwrite=overwrite, recursive=recursive
+    )
     if problems:
         emit(tuple(problems), {}, "text")
     typer.echo(f"wrote {len(written)} masks to {out}")
@@ -240,10 +302,18 @@ def masks(
 @app.command()
 def schema(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON Schema.")] = Path(
-        "schemas/dbspec.schema.json"),
-    docs: Annotated[Optional[Path], typer.Option("--docs", help="Also write the Markdown spec reference here.")] = None,
-    errors: Annotated[Optional[Path], typer.Option("--errors", help="Also write the diagnostic code reference "
-                                                   "(docs/errors.md, from dbspec/codes.py) here.")] = None,
+        "schemas/dbspec.schema.json"
+    ),
+    docs: Annotated[
+        Optional[Path], typer.Option("--docs", help="Also write the Markdown spec reference here.")
+    ] = None,
+    errors: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--errors",
+            help="Also write the diagnostic code reference (docs/errors.md, from dbspec/codes.py) here.",
+        ),
+    ] = None,
 ) -> None:
     """Write the JSON Schema (and the spec and error references) generated from the spec model and code table."""
     from dbspec.spec.reference import errors_markdown, reference_markdown
@@ -261,8 +331,14 @@ def schema(
 
 
 @app.command()
-def explain(key: Annotated[str, typer.Argument(help="A key such as optimizer.lr or datasets.repeats, or a "
-                                              "diagnostic code such as DBS102")]) -> None:
+def explain(
+    key: Annotated[
+        str,
+        typer.Argument(
+            help="A key such as optimizer.lr or datasets.repeats, or a diagnostic code such as DBS102"
+        ),
+    ],
+) -> None:
     """Show a key's type, default, meaning and an example, or what a diagnostic code means."""
     from dbspec.spec.reference import explain as explain_key
     from dbspec.spec.reference import explain_code
@@ -273,7 +349,9 @@ def explain(key: Annotated[str, typer.Argument(help="A key such as optimizer.lr 
 
 
 @app.command()
-def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable, for bug reports.")] = False) -> None:
+def env(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable, for bug reports.")] = False,
+) -> None:
     """Show dbspec, Python, torch (build, devices, bf16) and library versions; warn about known-bad combinations."""
     import json
 
@@ -303,8 +381,11 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if os.environ.get("DBSPEC_DEBUG"):
             raise
-        typer.echo(f"internal error: {type(exc).__name__}: {exc}\n"
-                   "this is a dbspec bug; rerun with DBSPEC_DEBUG=1 for a traceback and report it", err=True)
+        typer.echo(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "this is a dbspec bug; rerun with DBSPEC_DEBUG=1 for a traceback and report it",
+            err=True,
+        )
         sys.exit(2)
 
 

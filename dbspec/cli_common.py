@@ -8,7 +8,9 @@ import typer
 
 from dbspec.diagnostics import Diagnostic, render_all_text, render_json
 
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a value: --set optimizer.lr=2e-6")]
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a value: --set optimizer.lr=2e-6")
+]
 FormatOption = Annotated[str, typer.Option("--format", help="text or json")]
 StrictOption = Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")]
 

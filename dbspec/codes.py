@@ -46,238 +46,618 @@ GROUPS: tuple[Group, ...] = (
     Group("1", "DBS1xx: the schema"),
     Group("2", "DBS2xx: options that contradict each other"),
     Group("3", "DBS3xx: data, models and the target machine (`dbspec plan`)"),
-    Group("4", "DBS4xx: converting legacy configs (`dbspec convert`)", """\
+    Group(
+        "4",
+        "DBS4xx: converting legacy configs (`dbspec convert`)",
+        """\
 `dbspec convert kohya|diffusers|simpletuner` writes no spec while any of these is an error (exit 1);
-`--report` lists what became of every legacy key. See [converting.md](converting.md)."""),
+`--report` lists what became of every legacy key. See [converting.md](converting.md).""",
+    ),
 )
 
 CODES: tuple[Code, ...] = (
     # --- DBS0xx: reading the file ----------------------------------------------------------------------------
-    Code("DBS001", ERROR, "TOML syntax error", """\
+    Code(
+        "DBS001",
+        ERROR,
+        "TOML syntax error",
+        """\
 TOML syntax error. The position is where the parser stopped; the help line guesses the usual cause (an unquoted
-string, an unclosed quote or bracket)."""),
-    Code("DBS002", ERROR, "The spec file cannot be read", """\
-The spec file cannot be read (missing, a folder, no permission)."""),
-    Code("DBS003", ERROR, "The spec file is not UTF-8", """\
-The spec file is not UTF-8. TOML files must be UTF-8; re-save it."""),
-    Code("DBS004", ERROR, "A `--set` override cannot be read or applied", """\
+string, an unclosed quote or bracket).""",
+    ),
+    Code(
+        "DBS002",
+        ERROR,
+        "The spec file cannot be read",
+        """\
+The spec file cannot be read (missing, a folder, no permission).""",
+    ),
+    Code(
+        "DBS003",
+        ERROR,
+        "The spec file is not UTF-8",
+        """\
+The spec file is not UTF-8. TOML files must be UTF-8; re-save it.""",
+    ),
+    Code(
+        "DBS004",
+        ERROR,
+        "A `--set` override cannot be read or applied",
+        """\
 A `--set` override cannot be read or applied. Write `--set table.key=value`; values are TOML
-(`--set optimizer.lr=2e-6`, `--set 'validation.prompts=["a", "b"]'`); a bare word is taken as a string."""),
-    Code("DBS005", ERROR, "A key path more than 32 levels deep", """\
+(`--set optimizer.lr=2e-6`, `--set 'validation.prompts=["a", "b"]'`); a bare word is taken as a string.""",
+    ),
+    Code(
+        "DBS005",
+        ERROR,
+        "A key path more than 32 levels deep",
+        """\
 A key path more than 32 levels deep: arrays and inline tables nested past 32 levels, a dotted key or `[table]`
 header of more than 32 parts, or both together (in the file or through `--set`). Real specs are 4 levels deep at
 most; the limit keeps every reader far inside Python's stack. It is checked before anything else reads the
 values, so it is the only error reported; it points at the first bracket or key past the limit.""",
-         help="no spec nests more than a few levels; look for brackets or dots repeated by mistake"),
-    Code("DBS006", ERROR, "A number of more than 100 digits", """\
+        help="no spec nests more than a few levels; look for brackets or dots repeated by mistake",
+    ),
+    Code(
+        "DBS006",
+        ERROR,
+        "A number of more than 100 digits",
+        """\
 A number of more than 100 digits. No setting needs one (seeds, the longest, have 20), and Python refuses to
 convert integers of more than 4300 digits; it is checked on the text, before the values are read.""",
-         help="no setting needs a number this long; look for digits pasted by mistake"),
-
+        help="no setting needs a number this long; look for digits pasted by mistake",
+    ),
     # --- DBS1xx: the schema ----------------------------------------------------------------------------------
-    Code("DBS101", ERROR, "Wrong type", """\
+    Code(
+        "DBS101",
+        ERROR,
+        "Wrong type",
+        """\
 Wrong type. dbspec never coerces: `"5"` is not a number, `2.7` is not an integer, `true` is not an integer.
-An integer is accepted where a number is expected."""),
-    Code("DBS102", ERROR, "Unknown key", """\
+An integer is accepted where a number is expected.""",
+    ),
+    Code(
+        "DBS102",
+        ERROR,
+        "Unknown key",
+        """\
 Unknown key. The help suggests the closest key of the same table, the table the key belongs to, or the dbspec name
-of a kohya/diffusers option (`learning_rate` -> `lr` in `[optimizer]`)."""),
-    Code("DBS103", ERROR, "A required key is missing", """\
-A required key is missing (`spec_version`, `[model] base`, `[[datasets]]` with `name` and `path`)."""),
-    Code("DBS104", ERROR, "A value outside an option's allowed set", """\
-A value outside an option's allowed set; the message lists them."""),
-    Code("DBS105", ERROR, "A number outside an option's bounds", """\
-A number outside an option's bounds (e.g. `repeats` >= 1)."""),
-    Code("DBS106", ERROR, "Unsupported `spec_version`", """\
-Unsupported `spec_version`."""),
-
+of a kohya/diffusers option (`learning_rate` -> `lr` in `[optimizer]`).""",
+    ),
+    Code(
+        "DBS103",
+        ERROR,
+        "A required key is missing",
+        """\
+A required key is missing (`spec_version`, `[model] base`, `[[datasets]]` with `name` and `path`).""",
+    ),
+    Code(
+        "DBS104",
+        ERROR,
+        "A value outside an option's allowed set",
+        """\
+A value outside an option's allowed set; the message lists them.""",
+    ),
+    Code(
+        "DBS105",
+        ERROR,
+        "A number outside an option's bounds",
+        """\
+A number outside an option's bounds (e.g. `repeats` >= 1).""",
+    ),
+    Code(
+        "DBS106",
+        ERROR,
+        "Unsupported `spec_version`",
+        """\
+Unsupported `spec_version`.""",
+    ),
     # --- DBS2xx: options that contradict each other ----------------------------------------------------------
-    Code("DBS201", WARNING, "A prior-preservation setting without a class dataset", """\
-`loss.prior_weight` or `loss.prior` set without a class dataset (warning: it has no effect)."""),
-    Code("DBS202", ERROR, "`train.text_encoder_stop_step` is not below the run's step count", """\
-`train.text_encoder_stop_step` is not below the run's step count."""),
-    Code("DBS203", ERROR, "An adapter option under the wrong `adapter.kind`", """\
-An adapter option under the wrong `adapter.kind` (e.g. `rank` with `kind = "none"`)."""),
-    Code("DBS204", WARNING, "A checkpoint or validation interval longer than the run", """\
-`checkpoints.every` or `validation.every` larger than the run (warning)."""),
-    Code("DBS205", ERROR, "`validation.every` without `validation.prompts`", """\
-`validation.every` set but no `validation.prompts`."""),
-    Code("DBS206", WARNING, "Text-encoder options while the text encoder does not train", """\
-Text-encoder options while `train.text_encoder` is false (warning)."""),
-    Code("DBS207", ERROR, "The run length is not set exactly once", """\
-The run length: set exactly one of `schedule.steps` and `schedule.epochs`."""),
-    Code("DBS208", ERROR, "A dataset that needs a prompt has none", """\
-A dataset that needs a prompt has none (captions = "prompt", or class images to generate)."""),
-    Code("DBS209", ERROR, "Two datasets share a name", """\
-Two datasets share a name."""),
-    Code("DBS210", ERROR, "No instance dataset", """\
-No instance dataset."""),
-    Code("DBS211", WARNING, "Warm-up with a constant learning rate", """\
-`warmup_steps` with `lr_schedule = "constant"` (warning: no effect)."""),
-    Code("DBS212", ERROR, "Quantising weights that are fully fine-tuned", """\
-Quantising weights that are fully fine-tuned."""),
-    Code("DBS213", WARNING, "Cached text embeddings while the text encoder trains", """\
-`cache.text_embeddings` while the text encoder trains (warning)."""),
-    Code("DBS214", ERROR, "`generate` on an instance dataset", """\
-`generate` on an instance dataset."""),
-    Code("DBS215", WARNING, "A very low LoRA learning rate", """\
-A LoRA learning rate that is very low (warning)."""),
-    Code("DBS216", WARNING, "An option that has no effect with the chosen variant", """\
+    Code(
+        "DBS201",
+        WARNING,
+        "A prior-preservation setting without a class dataset",
+        """\
+`loss.prior_weight` or `loss.prior` set without a class dataset (warning: it has no effect).""",
+    ),
+    Code(
+        "DBS202",
+        ERROR,
+        "`train.text_encoder_stop_step` is not below the run's step count",
+        """\
+`train.text_encoder_stop_step` is not below the run's step count.""",
+    ),
+    Code(
+        "DBS203",
+        ERROR,
+        "An adapter option under the wrong `adapter.kind`",
+        """\
+An adapter option under the wrong `adapter.kind` (e.g. `rank` with `kind = "none"`).""",
+    ),
+    Code(
+        "DBS204",
+        WARNING,
+        "A checkpoint or validation interval longer than the run",
+        """\
+`checkpoints.every` or `validation.every` larger than the run (warning).""",
+    ),
+    Code(
+        "DBS205",
+        ERROR,
+        "`validation.every` without `validation.prompts`",
+        """\
+`validation.every` set but no `validation.prompts`.""",
+    ),
+    Code(
+        "DBS206",
+        WARNING,
+        "Text-encoder options while the text encoder does not train",
+        """\
+Text-encoder options while `train.text_encoder` is false (warning).""",
+    ),
+    Code(
+        "DBS207",
+        ERROR,
+        "The run length is not set exactly once",
+        """\
+The run length: set exactly one of `schedule.steps` and `schedule.epochs`.""",
+    ),
+    Code(
+        "DBS208",
+        ERROR,
+        "A dataset that needs a prompt has none",
+        """\
+A dataset that needs a prompt has none (captions = "prompt", or class images to generate).""",
+    ),
+    Code(
+        "DBS209",
+        ERROR,
+        "Two datasets share a name",
+        """\
+Two datasets share a name.""",
+    ),
+    Code(
+        "DBS210",
+        ERROR,
+        "No instance dataset",
+        """\
+No instance dataset.""",
+    ),
+    Code(
+        "DBS211",
+        WARNING,
+        "Warm-up with a constant learning rate",
+        """\
+`warmup_steps` with `lr_schedule = "constant"` (warning: no effect).""",
+    ),
+    Code(
+        "DBS212",
+        ERROR,
+        "Quantising weights that are fully fine-tuned",
+        """\
+Quantising weights that are fully fine-tuned.""",
+    ),
+    Code(
+        "DBS213",
+        WARNING,
+        "Cached text embeddings while the text encoder trains",
+        """\
+`cache.text_embeddings` while the text encoder trains (warning).""",
+    ),
+    Code(
+        "DBS214",
+        ERROR,
+        "`generate` on an instance dataset",
+        """\
+`generate` on an instance dataset.""",
+    ),
+    Code(
+        "DBS215",
+        WARNING,
+        "A very low LoRA learning rate",
+        """\
+A LoRA learning rate that is very low (warning).""",
+    ),
+    Code(
+        "DBS216",
+        WARNING,
+        "An option that has no effect with the chosen variant",
+        """\
 An option that has no effect with the chosen variant (warning): `huber_delta` without huber loss, `momentum`
-without SGD, `bf16_fallback` without bf16."""),
-    Code("DBS217", ERROR, "Nothing trains", """\
-Nothing trains."""),
-    Code("DBS218", EITHER, "Bucket settings that do not fit together", """\
-Bucket settings: min above max, a step that is not a multiple of 8, a resolution not a multiple of 8."""),
-    Code("DBS219", ERROR, "`optimizer.betas` out of range", """\
-`optimizer.betas` must be two numbers in [0, 1)."""),
-    Code("DBS221", ERROR, "Two mask sources on one dataset", """\
-Two mask sources on one dataset."""),
-    Code("DBS222", ERROR, "An export format that does not fit the run", """\
-An export format that does not fit the run (single_file for LoRA, kohya_lora for full runs)."""),
-    Code("DBS223", WARNING, "Zero terminal SNR with epsilon prediction", """\
-Zero terminal SNR with epsilon prediction (warning)."""),
-    Code("DBS224", WARNING, "Prodigy with a small learning rate", """\
-Prodigy with a small learning rate (warning): Prodigy adapts its step size and expects `lr = 1.0`."""),
-    Code("DBS225", ERROR, "`output.dir` overlaps the run's inputs", """\
+without SGD, `bf16_fallback` without bf16.""",
+    ),
+    Code(
+        "DBS217",
+        ERROR,
+        "Nothing trains",
+        """\
+Nothing trains.""",
+    ),
+    Code(
+        "DBS218",
+        EITHER,
+        "Bucket settings that do not fit together",
+        """\
+Bucket settings: min above max, a step that is not a multiple of 8, a resolution not a multiple of 8.""",
+    ),
+    Code(
+        "DBS219",
+        ERROR,
+        "`optimizer.betas` out of range",
+        """\
+`optimizer.betas` must be two numbers in [0, 1).""",
+    ),
+    Code(
+        "DBS221",
+        ERROR,
+        "Two mask sources on one dataset",
+        """\
+Two mask sources on one dataset.""",
+    ),
+    Code(
+        "DBS222",
+        ERROR,
+        "An export format that does not fit the run",
+        """\
+An export format that does not fit the run (single_file for LoRA, kohya_lora for full runs).""",
+    ),
+    Code(
+        "DBS223",
+        WARNING,
+        "Zero terminal SNR with epsilon prediction",
+        """\
+Zero terminal SNR with epsilon prediction (warning).""",
+    ),
+    Code(
+        "DBS224",
+        WARNING,
+        "Prodigy with a small learning rate",
+        """\
+Prodigy with a small learning rate (warning): Prodigy adapts its step size and expects `lr = 1.0`.""",
+    ),
+    Code(
+        "DBS225",
+        ERROR,
+        "`output.dir` overlaps the run's inputs",
+        """\
 `output.dir` overlaps the run's inputs: it is, contains or sits inside a dataset folder, a mask folder or the
 cache folder, or it contains the spec file (`.`, the spec's own folder, `/`). The run writes checkpoints,
 samples and logs into `output.dir`, and `--overwrite` moves the whole folder aside, so it must be a folder of its
-own. Paths are compared after resolving them against the spec's folder and following symlinks."""),
-    Code("DBS226", ERROR, "A base-model prior with a frozen UNet", """\
+own. Paths are compared after resolving them against the spec's folder and following symlinks.""",
+    ),
+    Code(
+        "DBS226",
+        ERROR,
+        "A base-model prior with a frozen UNet",
+        """\
 `loss.prior = "base_model"` with `train.unet = false` and `train.text_encoder = true`. The base-model prior compares
 the trained UNet's prediction with the base model's (LoRA adapters switched off, or a frozen copy of the UNet in a
 full fine-tune). When only the text encoder trains, the base would need the untouched text encoder, which is not
 kept. Train the UNet too, or use `loss.prior = "images"`.""",
-         help='set train.unet = true, or use loss.prior = "images" (class images as targets)'),
-
+        help='set train.unet = true, or use loss.prior = "images" (class images as targets)',
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
-    Code("DBS301", ERROR, "A dataset folder is missing or not a folder", """\
-A dataset folder is missing or not a folder."""),
-    Code("DBS302", ERROR, "A dataset folder has no images", """\
-A dataset folder has no images (png, jpg, jpeg, webp, bmp)."""),
-    Code("DBS303", EITHER, "An image that cannot be read", """\
+    Code(
+        "DBS301",
+        ERROR,
+        "A dataset folder is missing or not a folder",
+        """\
+A dataset folder is missing or not a folder.""",
+    ),
+    Code(
+        "DBS302",
+        ERROR,
+        "A dataset folder has no images",
+        """\
+A dataset folder has no images (png, jpg, jpeg, webp, bmp).""",
+    ),
+    Code(
+        "DBS303",
+        EITHER,
+        "An image that cannot be read",
+        """\
 An image that cannot be read (corrupt, or not an image).""",
-         help="re-export the image or remove it"),
-    Code("DBS304", EITHER, "A zero-byte image file", """\
+        help="re-export the image or remove it",
+    ),
+    Code(
+        "DBS304",
+        EITHER,
+        "A zero-byte image file",
+        """\
 A zero-byte image file.""",
-         help="the file is empty: copy it again or remove it"),
-    Code("DBS305", WARNING, "Files in a dataset folder that dbspec does not read", """\
+        help="the file is empty: copy it again or remove it",
+    ),
+    Code(
+        "DBS305",
+        WARNING,
+        "Files in a dataset folder that dbspec does not read",
+        """\
 Files in a dataset folder that dbspec does not read, so they will not train (warning): any extension but png,
 jpg, jpeg, webp and bmp (`.gif`, `.tiff`, `.heic`, `.avif`, a file without an extension...). One warning per
 dataset names up to 20 of them and counts the rest. Caption and sidecar files are never listed: the dataset's
 `caption_extension` and `.txt`, `.caption`, `.json`, `.npz`, `.toml` (the files kohya and other trainers keep
 beside images), nor are hidden files and sub-folders. Convert the files to a format dbspec reads to train on
-them."""),
-    Code("DBS306", EITHER, "An image smaller than the dataset's `min_image_size`", """\
+them.""",
+    ),
+    Code(
+        "DBS306",
+        EITHER,
+        "An image smaller than the dataset's `min_image_size`",
+        """\
 An image smaller than the dataset's `min_image_size`.""",
-         help="use a larger image, lower `min_image_size`, or remove it"),
-    Code("DBS307", EITHER, "An image over Pillow's decompression-bomb limit", """\
+        help="use a larger image, lower `min_image_size`, or remove it",
+    ),
+    Code(
+        "DBS307",
+        EITHER,
+        "An image over Pillow's decompression-bomb limit",
+        """\
 An image with more pixels than Pillow's decompression-bomb limit.""",
-         help="downscale the image or remove it"),
-    Code("DBS308", EITHER, "A truncated image", """\
+        help="downscale the image or remove it",
+    ),
+    Code(
+        "DBS308",
+        EITHER,
+        "A truncated image",
+        """\
 A truncated image (the end of the file is missing).
 
 Problem images are errors by default; `on_bad_image = "skip"` in the dataset turns them into warnings and leaves
 the files out, listed by name in the plan.""",
-         help="the file was cut short (interrupted copy or download?): copy it again or remove it"),
-    Code("DBS309", ERROR, "A path the spec names cannot be probed", """\
+        help="the file was cut short (interrupted copy or download?): copy it again or remove it",
+    ),
+    Code(
+        "DBS309",
+        ERROR,
+        "A path the spec names cannot be probed",
+        """\
 A path the spec names cannot even be probed: the operating system refuses it (a name too long for the file
 system, no permission to look inside a folder). The message gives the path as resolved against the spec's folder
-and points at the key that names it."""),
-    Code("DBS310", ERROR, "The base model cannot be read", """\
-The base model cannot be read (missing file, corrupt safetensors header, not a diffusers folder, unknown built-in)."""),
-    Code("DBS311", WARNING, "A pickle checkpoint without `model.allow_pickle = true`", """\
+and points at the key that names it.""",
+    ),
+    Code(
+        "DBS310",
+        ERROR,
+        "The base model cannot be read",
+        """\
+The base model cannot be read (missing file, corrupt safetensors header, not a diffusers folder, unknown built-in).""",
+    ),
+    Code(
+        "DBS311",
+        WARNING,
+        "A pickle checkpoint without `model.allow_pickle = true`",
+        """\
 A pickle checkpoint (`.ckpt`) without `model.allow_pickle = true` (warning): it is loaded with
 `torch.load(weights_only=True)`, which reads tensors and refuses anything that could run code. A file that needs
-full unpickling stops the run with an error; `allow_pickle = true` allows it, for files you trust."""),
-    Code("DBS312", EITHER, "A stated model family or prediction contradicts the weights", """\
-A stated model family or prediction that contradicts the weights."""),
-    Code("DBS313", ERROR, "The family or prediction type cannot be detected", """\
-The family or prediction type cannot be detected; set `model.family` / `model.prediction`."""),
-    Code("DBS320", EITHER, "A caption file is missing, unreadable or empty", """\
-A caption file is missing, unreadable or empty."""),
-    Code("DBS321", ERROR, "An image has no mask", """\
-An image has no mask in the masks folder."""),
-    Code("DBS322", ERROR, "A mask's size differs from its image's", """\
-A mask's size differs from its image's."""),
-    Code("DBS323", EITHER, "`mask_from_alpha` on an image without an alpha channel", """\
-`mask_from_alpha` on an image without an alpha channel."""),
-    Code("DBS324", WARNING, "Class images generated for another model, prompt, resolution or sampler", """\
+full unpickling stops the run with an error; `allow_pickle = true` allows it, for files you trust.""",
+    ),
+    Code(
+        "DBS312",
+        EITHER,
+        "A stated model family or prediction contradicts the weights",
+        """\
+A stated model family or prediction that contradicts the weights.""",
+    ),
+    Code(
+        "DBS313",
+        ERROR,
+        "The family or prediction type cannot be detected",
+        """\
+The family or prediction type cannot be detected; set `model.family` / `model.prediction`.""",
+    ),
+    Code(
+        "DBS320",
+        EITHER,
+        "A caption file is missing, unreadable or empty",
+        """\
+A caption file is missing, unreadable or empty.""",
+    ),
+    Code(
+        "DBS321",
+        ERROR,
+        "An image has no mask",
+        """\
+An image has no mask in the masks folder.""",
+    ),
+    Code(
+        "DBS322",
+        ERROR,
+        "A mask's size differs from its image's",
+        """\
+A mask's size differs from its image's.""",
+    ),
+    Code(
+        "DBS323",
+        EITHER,
+        "`mask_from_alpha` on an image without an alpha channel",
+        """\
+`mask_from_alpha` on an image without an alpha channel.""",
+    ),
+    Code(
+        "DBS324",
+        WARNING,
+        "Class images generated for another model, prompt, resolution or sampler",
+        """\
 Class images generated for another base model, prompt, resolution or sampling settings (`generate_scheduler`,
 `generate_steps`, `generate_guidance`) (warning: they are regenerated; the old
-files are moved aside, never deleted)."""),
-    Code("DBS325", WARNING, "A caption longer than any text encoder reads", """\
+files are moved aside, never deleted).""",
+    ),
+    Code(
+        "DBS325",
+        WARNING,
+        "A caption longer than any text encoder reads",
+        """\
 A caption file is longer than any text encoder reads (over 1 MiB, or a first line over 10,000 characters): only
 the first 10,000 characters are kept, and the plan summary shows captions shortened to one line. Text encoders read
-77 tokens (225 with long prompts), a few hundred characters."""),
-    Code("DBS326", WARNING, "An animated image trains on its first frame only", """\
+77 tokens (225 with long prompts), a few hundred characters.""",
+    ),
+    Code(
+        "DBS326",
+        WARNING,
+        "An animated image trains on its first frame only",
+        """\
 An animated image: an animated PNG (APNG) or WebP with more than one frame (warning). It trains, on its first
 frame only, as Pillow opens it; one warning per dataset names up to 20 of them with their frame counts. Export
-the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is not an animation."""),
-    Code("DBS330", ERROR, "Bucket bounds that do not fit a dataset's resolution", """\
-Bucket bounds that do not fit a dataset's resolution."""),
-    Code("DBS331", ERROR, "An image that fits no bucket", """\
-An image that fits no bucket."""),
-    Code("DBS332", ERROR, "No image would train", """\
-No image would train."""),
-    Code("DBS333", WARNING, "A bucket holding fewer samples than the batch size", """\
-A bucket holding fewer samples than the batch size (warning: they train as one smaller batch, never dropped)."""),
-    Code("DBS334", ERROR, "The schedule cannot be computed", """\
-The schedule cannot be computed (e.g. warm-up longer than the run)."""),
-    Code("DBS340", ERROR, "bf16 mixed precision on a target without bf16", """\
-`mixed = "bf16"` on a target without bf16 (set `bf16_fallback = "fp16"` to fall back)."""),
-    Code("DBS341", WARNING, "fp16 mixed precision on the CPU", """\
-fp16 mixed precision on the CPU (warning)."""),
-    Code("DBS342", ERROR, "fp8 quantisation below CUDA compute capability 8.9", """\
-fp8 quantisation on a target below CUDA compute capability 8.9."""),
-    Code("DBS343", ERROR, "`adamw8bit` on a target without CUDA", """\
-`adamw8bit` on a target without CUDA."""),
-    Code("DBS350", WARNING, "The memory estimate exceeds the target's memory", """\
-The memory estimate exceeds the target's memory (warning)."""),
-    Code("DBS351", WARNING, "What the run writes exceeds the free disk", """\
+the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is not an animation.""",
+    ),
+    Code(
+        "DBS330",
+        ERROR,
+        "Bucket bounds that do not fit a dataset's resolution",
+        """\
+Bucket bounds that do not fit a dataset's resolution.""",
+    ),
+    Code(
+        "DBS331",
+        ERROR,
+        "An image that fits no bucket",
+        """\
+An image that fits no bucket.""",
+    ),
+    Code(
+        "DBS332",
+        ERROR,
+        "No image would train",
+        """\
+No image would train.""",
+    ),
+    Code(
+        "DBS333",
+        WARNING,
+        "A bucket holding fewer samples than the batch size",
+        """\
+A bucket holding fewer samples than the batch size (warning: they train as one smaller batch, never dropped).""",
+    ),
+    Code(
+        "DBS334",
+        ERROR,
+        "The schedule cannot be computed",
+        """\
+The schedule cannot be computed (e.g. warm-up longer than the run).""",
+    ),
+    Code(
+        "DBS340",
+        ERROR,
+        "bf16 mixed precision on a target without bf16",
+        """\
+`mixed = "bf16"` on a target without bf16 (set `bf16_fallback = "fp16"` to fall back).""",
+    ),
+    Code(
+        "DBS341",
+        WARNING,
+        "fp16 mixed precision on the CPU",
+        """\
+fp16 mixed precision on the CPU (warning).""",
+    ),
+    Code(
+        "DBS342",
+        ERROR,
+        "fp8 quantisation below CUDA compute capability 8.9",
+        """\
+fp8 quantisation on a target below CUDA compute capability 8.9.""",
+    ),
+    Code(
+        "DBS343",
+        ERROR,
+        "`adamw8bit` on a target without CUDA",
+        """\
+`adamw8bit` on a target without CUDA.""",
+    ),
+    Code(
+        "DBS350",
+        WARNING,
+        "The memory estimate exceeds the target's memory",
+        """\
+The memory estimate exceeds the target's memory (warning).""",
+    ),
+    Code(
+        "DBS351",
+        WARNING,
+        "What the run writes exceeds the free disk",
+        """\
 What the run will write exceeds the free disk where it goes (warning). Kept checkpoints with their training
 state and the final weights go to `output.dir`, new latent cache entries to `cache.dir`; each is measured at its
 folder (resolved against the spec's folder, symlinks followed; the nearest existing parent when the folder is
 not made yet). Folders on one device (`st_dev`) share its free space, so their needs add up; on two devices each
 is compared with its own. The message names the folder measured, the bytes needed and free. Checked only when
-planning on the machine that runs (not with `--target`, which plans for another machine)."""),
-
+planning on the machine that runs (not with `--target`, which plans for another machine).""",
+    ),
     # --- DBS4xx: converting legacy configs (`dbspec convert`) ------------------------------------------------
-    Code("DBS401", ERROR, "A legacy input cannot be read", """\
+    Code(
+        "DBS401",
+        ERROR,
+        "A legacy input cannot be read",
+        """\
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
 `multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a script the converter
-does not know. Relative paths resolve against `--cwd` (default: the current folder)."""),
-    Code("DBS402", ERROR, "The legacy tool itself rejects the input", """\
+does not know. Relative paths resolve against `--cwd` (default: the current folder).""",
+    ),
+    Code(
+        "DBS402",
+        ERROR,
+        "The legacy tool itself rejects the input",
+        """\
 The legacy tool itself rejects the input, and the message states its rule: kohya's dataset-config schema
 (`extra keys not allowed`, strict types, `is_reg` with `conditioning_data_dir`), its asserts
 (`bucket_reso_steps % 64` for train_db/train_network, `% 32` for SDXL; resolution inside the bucket range; a
 resolution given at all; `constant` schedules without warm-up), argparse type and choice errors, or a diffusers
-script's own checks (prior preservation without class data)."""),
-    Code("DBS403", EITHER, "A setting that changes training has no dbspec equivalent", """\
+script's own checks (prior preservation without class data).""",
+    ),
+    Code(
+        "DBS403",
+        EITHER,
+        "A setting that changes training has no dbspec equivalent",
+        """\
 A setting that changes training has no dbspec equivalent (caption shuffling or dropout, colour augmentation,
 pseudo-Huber loss, multi-resolution noise, SGD with Nesterov, LoCon `conv_dim`, a non-square resolution, a
 SimpleTuner noise offset applied to a fraction of steps...), or an option the converter does not know. The
 conversion stops; `--allow-unsupported` converts without the setting, lists it at the top of the spec and keeps
-this as a warning."""),
-    Code("DBS404", WARNING, "Converted to the closest dbspec setting; the meaning differs", """\
+this as a warning.""",
+    ),
+    Code(
+        "DBS404",
+        WARNING,
+        "Converted to the closest dbspec setting; the meaning differs",
+        """\
 Converted to the closest dbspec setting, and the meaning differs as the message says (warning): for example
 kohya's per-sample prior weighting in mixed batches, kohya's per-dataset reg balancing, diffusers' instance/class
 pairing in each batch, mask-area normalisation, EXIF-rotated images, SimpleTuner's bucket sizes. Each one is
-also written at the top of the converted spec."""),
-    Code("DBS405", WARNING, "The legacy tool ignores this key too", """\
+also written at the top of the converted spec.""",
+    ),
+    Code(
+        "DBS405",
+        WARNING,
+        "The legacy tool ignores this key too",
+        """\
 The legacy tool ignores this key too (warning), so the legacy config probably does not do what its author
 meant: `train_data_dir` next to `--dataset_config`, a config_file key that is not an option of the script, a
-nested table kohya's one-level flattening loses, a folder name without the `N_` repeats prefix."""),
-    Code("DBS406", WARNING, "A value depends on image folders that cannot be read here", """\
+nested table kohya's one-level flattening loses, a folder name without the `N_` repeats prefix.""",
+    ),
+    Code(
+        "DBS406",
+        WARNING,
+        "A value depends on image folders that cannot be read here",
+        """\
 A value depends on the image folders and they cannot be read here (warning): epoch lengths, epoch intervals and
 warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch counts when the images are
-present. Convert on the machine that holds the images, or pass `--cwd`."""),
-    Code("DBS407", WARNING, "The converter assumed the legacy tool's default", """\
+present. Convert on the machine that holds the images, or pass `--cwd`.""",
+    ),
+    Code(
+        "DBS407",
+        WARNING,
+        "The converter assumed the legacy tool's default",
+        """\
 The legacy input does not say, and the converter assumed the legacy tool's default (warning): no script named
 (train_db.py), diffusers' mixed precision coming from an accelerate config file, SimpleTuner defaults that changed
-between versions."""),
-    Code("DBS408", ERROR, "The written spec does not pass `dbspec check`", """\
-The written spec does not pass `dbspec check`. This is a converter bug; please report it with the legacy input."""),
+between versions.""",
+    ),
+    Code(
+        "DBS408",
+        ERROR,
+        "The written spec does not pass `dbspec check`",
+        """\
+The written spec does not pass `dbspec check`. This is a converter bug; please report it with the legacy input.""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

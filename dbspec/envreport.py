@@ -15,8 +15,18 @@ from packaging.version import InvalidVersion, Version
 
 from dbspec import __version__
 
-LIBRARIES = ("diffusers", "transformers", "accelerate", "peft", "optimum-quanto", "safetensors", "tokenizers",
-             "huggingface-hub", "numpy", "bitsandbytes")
+LIBRARIES = (
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "peft",
+    "optimum-quanto",
+    "safetensors",
+    "tokenizers",
+    "huggingface-hub",
+    "numpy",
+    "bitsandbytes",
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -32,10 +42,11 @@ KNOWN_BREAKS: tuple[KnownBreak, ...] = (
     KnownBreak(
         when={"transformers": ">=5.24", "peft": "<0.22"},
         effect="transformers' own peft integration (add_adapter, enable_adapters, ...) refuses this peft. "
-               "dbspec still trains (it injects adapters through peft directly), but your own scripts that "
-               "call text_encoder.add_adapter fail",
+        "dbspec still trains (it injects adapters through peft directly), but your own scripts that "
+        "call text_encoder.add_adapter fail",
         fix="install the tested set: pip install -c requirements/lock.txt -e . (transformers 5.23), "
-            "or peft >= 0.22 once it is released"),
+        "or peft >= 0.22 once it is released",
+    ),
 )
 
 
@@ -78,10 +89,12 @@ def render_text(data: dict) -> str:
     torch = data["torch"]
     rows = [("dbspec", data["dbspec"]), ("python", data["python"]), ("platform", data["platform"])]
     if torch.get("version"):
-        rows += [("torch", f"{torch['version']} ({torch['build']})"),
-                 ("cuda", _devices(torch["cuda_devices"]) if torch["cuda_available"] else "not available"),
-                 ("mps", "available" if torch["mps_available"] else "not available"),
-                 ("bf16", torch["bf16"])]
+        rows += [
+            ("torch", f"{torch['version']} ({torch['build']})"),
+            ("cuda", _devices(torch["cuda_devices"]) if torch["cuda_available"] else "not available"),
+            ("mps", "available" if torch["mps_available"] else "not available"),
+            ("bf16", torch["bf16"]),
+        ]
     else:
         rows.append(("torch", "not installed (dbspec check and plan work; run, sample and masks need it)"))
     rows += [(name, version or "not installed") for name, version in data["libraries"].items()]
@@ -93,4 +106,6 @@ def render_text(data: dict) -> str:
 
 
 def _devices(devices: list[dict]) -> str:
-    return "; ".join(f"{d['index']}: {d['name']} ({d['memory_gib']:.0f} GiB, cc {d['capability']})" for d in devices)
+    return "; ".join(
+        f"{d['index']}: {d['name']} ({d['memory_gib']:.0f} GiB, cc {d['capability']})" for d in devices
+    )

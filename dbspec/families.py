@@ -68,30 +68,66 @@ _TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 FAMILIES: dict[str, FamilySpec] = {
     "sd1": FamilySpec(
-        name="sd1", pipeline_class="StableDiffusionPipeline", safety_checker=True, denoiser="unet", denoiser_class="UNet2DConditionModel",
-        text_encoders=(_CLIP_L,), latent_channels=4, vae_scaling_factor=0.18215, resolution=512,
-        prediction="epsilon", pooled_embeddings=False, time_ids=0, lora_targets=_UNET_TARGETS,
+        name="sd1",
+        pipeline_class="StableDiffusionPipeline",
+        safety_checker=True,
+        denoiser="unet",
+        denoiser_class="UNet2DConditionModel",
+        text_encoders=(_CLIP_L,),
+        latent_channels=4,
+        vae_scaling_factor=0.18215,
+        resolution=512,
+        prediction="epsilon",
+        pooled_embeddings=False,
+        time_ids=0,
+        lora_targets=_UNET_TARGETS,
         text_lora_targets=_TEXT_TARGETS,
         public_params={"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
         lora_params_per_rank={"unet": 199_296, "text_encoder": 73_728},
     ),
     "sd2": FamilySpec(
-        name="sd2", pipeline_class="StableDiffusionPipeline", safety_checker=True, denoiser="unet", denoiser_class="UNet2DConditionModel",
+        name="sd2",
+        pipeline_class="StableDiffusionPipeline",
+        safety_checker=True,
+        denoiser="unet",
+        denoiser_class="UNet2DConditionModel",
         text_encoders=(TextEncoderSpec("text_encoder", "tokenizer", "CLIPTextModel"),),  # OpenCLIP ViT-H
-        latent_channels=4, vae_scaling_factor=0.18215, resolution=768, prediction="v_prediction",
-        pooled_embeddings=False, time_ids=0, lora_targets=_UNET_TARGETS, text_lora_targets=_TEXT_TARGETS,
+        latent_channels=4,
+        vae_scaling_factor=0.18215,
+        resolution=768,
+        prediction="v_prediction",
+        pooled_embeddings=False,
+        time_ids=0,
+        lora_targets=_UNET_TARGETS,
+        text_lora_targets=_TEXT_TARGETS,
         # SD2's text encoder is OpenCLIP ViT-H without its last layer.
         public_params={"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
         lora_params_per_rank={"unet": 207_488, "text_encoder": 188_416},
     ),
     "sdxl": FamilySpec(
-        name="sdxl", pipeline_class="StableDiffusionXLPipeline", safety_checker=False, denoiser="unet",
+        name="sdxl",
+        pipeline_class="StableDiffusionXLPipeline",
+        safety_checker=False,
+        denoiser="unet",
         denoiser_class="UNet2DConditionModel",
-        text_encoders=(_CLIP_L, TextEncoderSpec("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection")),
-        latent_channels=4, vae_scaling_factor=0.13025, resolution=1024, prediction="epsilon",
-        pooled_embeddings=True, time_ids=6, lora_targets=_UNET_TARGETS, text_lora_targets=_TEXT_TARGETS,
-        public_params={"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
-                       "vae": 83_653_863},
+        text_encoders=(
+            _CLIP_L,
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),
+        ),
+        latent_channels=4,
+        vae_scaling_factor=0.13025,
+        resolution=1024,
+        prediction="epsilon",
+        pooled_embeddings=True,
+        time_ids=6,
+        lora_targets=_UNET_TARGETS,
+        text_lora_targets=_TEXT_TARGETS,
+        public_params={
+            "unet": 2_567_463_684,
+            "text_encoder": 123_060_480,
+            "text_encoder_2": 694_659_840,
+            "vae": 83_653_863,
+        },
         lora_params_per_rank={"unet": 1_451_520, "text_encoder": 73_728, "text_encoder_2": 327_680},
     ),
 }
@@ -109,4 +145,6 @@ def family_spec(name: str) -> FamilySpec:
 
 
 # Every text-encoder component name any family uses, in order (for tables keyed by component).
-ALL_TEXT_ENCODERS: tuple[str, ...] = tuple(dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names))
+ALL_TEXT_ENCODERS: tuple[str, ...] = tuple(
+    dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names)
+)

@@ -39,8 +39,11 @@ def check_spec(path: Path, label: str | None = None, overrides: list[str] | None
     if spec is not None:
         flagged = {d.path for d in found}
         hits = check_rules(spec, raw.given, raw.path)
-        extra = tuple(hit_to_diagnostic(raw, h) for h in hits
-                      if dotted(h.path) not in flagged and not _near_replaced(h.path, replaced))
+        extra = tuple(
+            hit_to_diagnostic(raw, h)
+            for h in hits
+            if dotted(h.path) not in flagged and not _near_replaced(h.path, replaced)
+        )
     diagnostics = tuple(sorted(found + extra, key=Diagnostic.sort_key))
     return attrs.evolve(checked, diagnostics=diagnostics)
 
@@ -93,7 +96,9 @@ class Planned:
     sources: dict
 
 
-def plan_spec(path: Path, env: "TargetEnv", label: str | None = None, overrides: list[str] | None = None) -> Planned:
+def plan_spec(
+    path: Path, env: "TargetEnv", label: str | None = None, overrides: list[str] | None = None
+) -> Planned:
     """Check and compile a spec for `env`; diagnostics hold every error and warning either way."""
     from dbspec.compiler.compile import compile_plan
     from dbspec.diagnostics import DiagnosticError

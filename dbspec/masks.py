@@ -15,13 +15,16 @@ from dbspec.util.atomic import write_bytes_atomic
 Source = Literal["white", "alpha"]
 
 
-def write_masks(images: Path, out: Path, source: Source, *, overwrite: bool = False,
-                recursive: bool = False) -> tuple[list[Path], list[Diagnostic]]:
+def write_masks(
+    images: Path, out: Path, source: Source, *, overwrite: bool = False, recursive: bool = False
+) -> tuple[list[Path], list[Diagnostic]]:
     """One PNG mask per image, same name stem and size (EXIF orientation applied), white = trained.
 
     Existing masks are kept unless `overwrite`; images without alpha are reported for source "alpha".
     """
-    scan = scan_folder(images, recursive=recursive, min_size=1, on_bad="skip", cache_dir=None, key_path="images")
+    scan = scan_folder(
+        images, recursive=recursive, min_size=1, on_bad="skip", cache_dir=None, key_path="images"
+    )
     written: list[Path] = []
     problems = list(scan.diagnostics)
     for info in scan.images:
@@ -29,8 +32,14 @@ def write_masks(images: Path, out: Path, source: Source, *, overwrite: bool = Fa
         if target.exists() and not overwrite:
             continue
         if source == "alpha" and not info.has_alpha:
-            problems.append(Diagnostic(code="DBS323", severity="warning", path="images",
-                                       message=f"image `{info.rel}` has no alpha channel; no mask written"))
+            problems.append(
+                Diagnostic(
+                    code="DBS323",
+                    severity="warning",
+                    path="images",
+                    message=f"image `{info.rel}` has no alpha channel; no mask written",
+                )
+            )
             continue
         with Image.open(info.path) as im:
             im = ImageOps.exif_transpose(im)

@@ -19,8 +19,13 @@ ADAPTER_NAME = "default"
 
 
 def lora_config(adapter: AdapterPlan, targets: tuple[str, ...]) -> LoraConfig:
-    return LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                      init_lora_weights="gaussian", target_modules=list(targets))
+    return LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        init_lora_weights="gaussian",
+        target_modules=list(targets),
+    )
 
 
 def add_lora(module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, ...], seed: int) -> None:

@@ -43,7 +43,7 @@ FORMATS: dict[str, str] = {"latents": "latent-v1", "text": "text-v1"}
 REQUIRED: dict[str, tuple[str, ...]] = {"latents": ("mean", "std"), "text": ("prompt_embeds",)}
 _NONFINITE_HINT = {
     "latents": "an fp16 VAE overflowing (SDXL's original VAE does) is the usual cause: encode in fp32 or use "
-               "the fp16-fix VAE",
+    "the fp16-fix VAE",
     "text": "the text encoder overflowed in its dtype: encode in fp32",
 }
 Job = TypeVar("Job")
@@ -61,7 +61,9 @@ class CacheWriteError(Exception):
 class TensorCache:
     """safetensors entries of one kind under `dir`; damaged entries read as misses and are deleted."""
 
-    def __init__(self, dir: str | os.PathLike[str], kind: CacheKind, *, required: tuple[str, ...] | None = None):
+    def __init__(
+        self, dir: str | os.PathLike[str], kind: CacheKind, *, required: tuple[str, ...] | None = None
+    ):
         if kind not in FORMATS:
             raise ValueError(f"cache kind must be 'latents' or 'text', got {kind!r}")
         self.root = Path(dir)
@@ -108,18 +110,24 @@ class TensorCache:
         prepared = {name: _prepare(t) for name, t in tensors.items()}
         for name, t in prepared.items():
             if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{self.kind} tensor `{name}` for key {key} holds NaN or inf values; not cached. "
-                                 f"{_NONFINITE_HINT[self.kind]}")
-        data = safetensors.torch.save(prepared, metadata={**extra, "key": key, "format": self.format,
-                                                          "sha256": tensor_checksum(prepared)})
+                raise ValueError(
+                    f"{self.kind} tensor `{name}` for key {key} holds NaN or inf values; not cached. "
+                    f"{_NONFINITE_HINT[self.kind]}"
+                )
+        data = safetensors.torch.save(
+            prepared,
+            metadata={**extra, "key": key, "format": self.format, "sha256": tensor_checksum(prepared)},
+        )
         path = self.path(key)
         try:
             _write_atomic(path, data)
             faults.reached("cache.entry")
         except OSError as exc:
-            raise CacheWriteError(f"cannot write {self.kind} cache entry into {path.parent} "
-                                  f"({exc.strerror or exc}; {len(data)} bytes): free disk space or set cache.dir "
-                                  "to a folder with room, then run again") from exc
+            raise CacheWriteError(
+                f"cannot write {self.kind} cache entry into {path.parent} "
+                f"({exc.strerror or exc}; {len(data)} bytes): free disk space or set cache.dir "
+                "to a folder with room, then run again"
+            ) from exc
         return path
 
     def _problem(self, key: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> str:
@@ -128,9 +136,13 @@ class TensorCache:
         missing = [name for name in self.required if name not in tensors]
         if missing:
             return f"lacks tensors {missing}"
-        if meta.get("sha256") != tensor_checksum(tensors):  # a flipped bit loads fine: only a checksum sees it
+        if meta.get("sha256") != tensor_checksum(
+            tensors
+        ):  # a flipped bit loads fine: only a checksum sees it
             return "does not match its checksum (damaged on disk, or written by an older dbspec)"
-        bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [
+            name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
         return f"holds NaN or inf values in {bad}" if bad else ""
 
     def _discard(self, path: Path, problem: str) -> None:
@@ -147,9 +159,14 @@ class CacheCounts:
     encoded: int  # entries computed and written now
 
 
-def ensure_latents(cache: TensorCache, datasets: Sequence[DatasetPlan],
-                   encode: Callable[[Tensor], tuple[Tensor, Tensor]], *, batch_size: int = ENCODE_BATCH,
-                   progress: Progress | None = None) -> CacheCounts:
+def ensure_latents(
+    cache: TensorCache,
+    datasets: Sequence[DatasetPlan],
+    encode: Callable[[Tensor], tuple[Tensor, Tensor]],
+    *,
+    batch_size: int = ENCODE_BATCH,
+    progress: Progress | None = None,
+) -> CacheCounts:
     """Encode every latent the plan keys (ImagePlan.latent_keys, one per flip state) that is not cached.
 
     `encode` maps float32 CPU pixels (B, 3, H, W) in [-1, 1] to the posterior's (mean, std), each
@@ -168,13 +185,19 @@ def ensure_latents(cache: TensorCache, datasets: Sequence[DatasetPlan],
         _check_batch({"mean": mean, "std": std}, len(batch))
         return [{"mean": mean[i], "std": std[i]} for i in range(len(batch))]
 
-    return _fill(cache, jobs, encode_batch, group=lambda job: job[0].bucket, batch_size=batch_size,
-                 progress=progress)
+    return _fill(
+        cache, jobs, encode_batch, group=lambda job: job[0].bucket, batch_size=batch_size, progress=progress
+    )
 
 
-def ensure_text(cache: TensorCache, datasets: Sequence[DatasetPlan],
-                encode: Callable[[list[str]], Mapping[str, Tensor]], *, batch_size: int = ENCODE_BATCH,
-                progress: Progress | None = None) -> CacheCounts:
+def ensure_text(
+    cache: TensorCache,
+    datasets: Sequence[DatasetPlan],
+    encode: Callable[[list[str]], Mapping[str, Tensor]],
+    *,
+    batch_size: int = ENCODE_BATCH,
+    progress: Progress | None = None,
+) -> CacheCounts:
     """Encode every caption the plan keys (ImagePlan.text_key) that is not cached; one entry per distinct key.
 
     `encode` maps captions to batched tensors, e.g. {"prompt_embeds": (B, 77, D)} and, for SDXL,
@@ -194,8 +217,15 @@ def ensure_text(cache: TensorCache, datasets: Sequence[DatasetPlan],
     return _fill(cache, jobs, encode_batch, group=lambda job: 0, batch_size=batch_size, progress=progress)
 
 
-def _fill(cache: TensorCache, jobs: dict[str, Job], encode_batch: Callable[[list[Job]], list[dict[str, Tensor]]],
-          *, group: Callable[[Job], object], batch_size: int, progress: Progress | None) -> CacheCounts:
+def _fill(
+    cache: TensorCache,
+    jobs: dict[str, Job],
+    encode_batch: Callable[[list[Job]], list[dict[str, Tensor]]],
+    *,
+    group: Callable[[Job], object],
+    batch_size: int,
+    progress: Progress | None,
+) -> CacheCounts:
     """Check every key, then encode the misses in batches of one group each, writing entries as they come."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -206,7 +236,7 @@ def _fill(cache: TensorCache, jobs: dict[str, Job], encode_batch: Callable[[list
     task = progress.add_task(f"caching {cache.kind}", total=len(misses)) if progress and misses else None
     for keys in groups.values():
         for start in range(0, len(keys), batch_size):
-            chunk = keys[start:start + batch_size]
+            chunk = keys[start : start + batch_size]
             with torch.no_grad():
                 entries = encode_batch([jobs[key] for key in chunk])
             for key, tensors in zip(chunk, entries):
@@ -240,7 +270,7 @@ def _prepare(t: Tensor) -> Tensor:
 def _metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors file's JSON header (8-byte little-endian length, then JSON)."""
     length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     return header["__metadata__"] if "__metadata__" in header else {}
 
 

@@ -27,16 +27,21 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
             dist = comps.vae.encode(pixels.to(device, vae_dtype)).latent_dist
             return dist.mean.float().cpu(), dist.std.float().cpu()
 
-        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels,
-                                           progress=progress)
+        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels, progress=progress)
     if plan.cache.text_embeddings:
         pooled = family_spec(plan.model.family).pooled_embeddings
         required = ("prompt_embeds", "pooled") if pooled else ("prompt_embeds",)
         text_cache = TensorCache(plan.cache.dir, "text", required=required)
 
         def encode_text(captions):
-            out = encode(comps.text_encoders, comps.tokenizers, captions, family=plan.model.family,
-                         clip_skip=plan.model.clip_skip, device=device)
+            out = encode(
+                comps.text_encoders,
+                comps.tokenizers,
+                captions,
+                family=plan.model.family,
+                clip_skip=plan.model.clip_skip,
+                device=device,
+            )
             return {k: v.float().cpu() for k, v in out.items()}
 
         counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, progress=progress)

@@ -90,16 +90,21 @@ def is_write_failure(exc: BaseException) -> bool:
 def write_failure(what: str, folder: Path, exc: BaseException) -> str:
     """What failed, where, how much room there is, and what is still safe."""
     detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
-        f"the write failed, usually a full disk or a quota: {detail}"
+    reason = (
+        exc.strerror
+        if isinstance(exc, OSError) and exc.strerror
+        else f"the write failed, usually a full disk or a quota: {detail}"
+    )
     try:
         free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
     except OSError:
         free = "free space unknown"
     kept = latest_checkpoint(folder.parent if folder.name == "checkpoints" else folder)
     safe = f"the last good checkpoint, {kept}, is intact" if kept else "no checkpoint was written yet"
-    return (f"cannot write {what} into {folder} ({reason}; {free}); {safe}: free disk space (or lower "
-            "checkpoints.keep, or save_precision = \"fp16\") and run again with --resume")
+    return (
+        f"cannot write {what} into {folder} ({reason}; {free}); {safe}: free disk space (or lower "
+        'checkpoints.keep, or save_precision = "fp16") and run again with --resume'
+    )
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -139,16 +144,20 @@ def _other_run(folder: Path, saved: str, run_hash: str, saved_plan: str, plan_js
     changes = run_differences(saved_plan, plan_json) if saved_plan else []
     what = f"; what differs: {'; '.join(changes)}" if changes else ""
     held = f"{saved[:19]}…" if saved else "none recorded"
-    return (f"checkpoint {folder} was saved by another run (run hash {held}, this plan's is {run_hash[:19]}…)"
-            f"{what}: it cannot be resumed with this plan; choose another output folder, or pass --overwrite "
-            "instead of --resume to move the old run aside and start afresh")
+    return (
+        f"checkpoint {folder} was saved by another run (run hash {held}, this plan's is {run_hash[:19]}…)"
+        f"{what}: it cannot be resumed with this plan; choose another output folder, or pass --overwrite "
+        "instead of --resume to move the old run aside and start afresh"
+    )
 
 
 def _step_dirs(out: Path) -> list[Path]:
     root = out / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(match.group(1)), entry) for entry in root.iterdir() if (match := _STEP_DIR.match(entry.name))]
+    found = [
+        (int(match.group(1)), entry) for entry in root.iterdir() if (match := _STEP_DIR.match(entry.name))
+    ]
     return [folder for _, folder in sorted(found)]
 
 
@@ -192,8 +201,10 @@ def _check_loadable(value: Any, where: str) -> None:
         for index, item in enumerate(value):
             _check_loadable(item, f"{where}[{index}]")
     elif not isinstance(value, _PLAIN):
-        raise TypeError(f"{where} is a {type(value).__name__}; checkpoint state must be tensors, numbers, "
-                        "strings, None, lists, tuples and dicts")
+        raise TypeError(
+            f"{where} is a {type(value).__name__}; checkpoint state must be tensors, numbers, "
+            "strings, None, lists, tuples and dicts"
+        )
 
 
 # --- RNG state ------------------------------------------------------------------------------------------------
@@ -241,15 +252,21 @@ def save_full_weights(
     components = {"unet": unet, **(text_encoders or {})}
     for name, module in components.items():
         if module is not None:
-            _cast_copy(module, torch_dtype(dtype)).save_pretrained(Path(folder) / name, safe_serialization=True)
+            _cast_copy(module, torch_dtype(dtype)).save_pretrained(
+                Path(folder) / name, safe_serialization=True
+            )
 
 
 def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A save-only copy: built on the meta device, filled from a cast CPU state dict. Non-persistent
     buffers (CLIP's position_ids) stay on meta: save_pretrained writes the state dict only."""
-    cast = {key: value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype, copy=True)
-            for key, value in module.state_dict().items()}
-    build = getattr(type(module), "from_config", type(module))  # diffusers: from_config; transformers: __init__
+    cast = {
+        key: value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype, copy=True)
+        for key, value in module.state_dict().items()
+    }
+    build = getattr(
+        type(module), "from_config", type(module)
+    )  # diffusers: from_config; transformers: __init__
     with torch.device("meta"):
         copy = build(module.config)
     copy.load_state_dict(cast, assign=True, strict=True)
@@ -273,18 +290,24 @@ def save_lora_weights(
     spec = family_spec(family)
     if text_encoder_2 is not None and len(spec.text_encoders) < 2:
         two = ", ".join(name for name, f in FAMILIES.items() if len(f.text_encoders) > 1)
-        raise ValueError(f"text_encoder_2 LoRA given for family {family!r}; only {two} has a second text encoder")
+        raise ValueError(
+            f"text_encoder_2 LoRA given for family {family!r}; only {two} has a second text encoder"
+        )
     layers = {spec.denoiser: unet, **dict(zip(spec.text_encoder_names, (text_encoder, text_encoder_2)))}
     kwargs: dict[str, Any] = {}
     for name, module in layers.items():
         if module is not None:
-            kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _diffusers_lora_layers(module, dtype)
+            kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _diffusers_lora_layers(
+                module, dtype
+            )
     pipeline_class = getattr(diffusers, spec.pipeline_class)
     pipeline_class.save_lora_weights(Path(folder), safe_serialization=True, **kwargs)
     return Path(folder) / "pytorch_lora_weights.safetensors"
 
 
-def _diffusers_lora_layers(module: nn.Module, dtype: str | torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _diffusers_lora_layers(
+    module: nn.Module, dtype: str | torch.dtype
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The adapter's weights in diffusers' key layout, cast to `dtype`, and its LoraConfig as a dict."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict

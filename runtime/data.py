@@ -63,11 +63,20 @@ class BucketBatchSampler:
     DDP's gradient all-reduce never waits on a process that has finished its epoch.
     """
 
-    def __init__(self, datasets: Sequence[DatasetPlan], *, batch_size: int, seed: int, processes: int = 1,
-                 rank: int = 0) -> None:
+    def __init__(
+        self,
+        datasets: Sequence[DatasetPlan],
+        *,
+        batch_size: int,
+        seed: int,
+        processes: int = 1,
+        rank: int = 0,
+    ) -> None:
         if batch_size < 1 or processes < 1 or not 0 <= rank < processes:
-            raise ValueError(f"need batch_size >= 1, processes >= 1 and 0 <= rank < processes; got batch_size="
-                             f"{batch_size}, processes={processes}, rank={rank}")
+            raise ValueError(
+                f"need batch_size >= 1, processes >= 1 and 0 <= rank < processes; got batch_size="
+                f"{batch_size}, processes={processes}, rank={rank}"
+            )
         self.datasets = tuple(datasets)
         self.batch_size, self.seed, self.processes, self.rank = batch_size, seed, processes, rank
         self.total_batches = sum(-(-n // batch_size) for n in _bucket_counts(self.datasets).values())
@@ -96,10 +105,12 @@ class BucketBatchSampler:
         for size in sorted(by_bucket):
             samples = by_bucket[size]
             rng.shuffle(samples)
-            batches += [tuple(samples[i:i + self.batch_size]) for i in range(0, len(samples), self.batch_size)]
+            batches += [
+                tuple(samples[i : i + self.batch_size]) for i in range(0, len(samples), self.batch_size)
+            ]
         rng.shuffle(batches)
         padded = [batches[i % len(batches)] for i in range(self.batches_per_epoch * self.processes)]
-        mine = padded[self.rank::self.processes]
+        mine = padded[self.rank :: self.processes]
         self._cached = (epoch, mine)
         return mine
 
@@ -129,10 +140,16 @@ class BucketBatchSampler:
         if set(state) != {"epoch", "position"}:
             raise ValueError(f"sampler state needs exactly `epoch` and `position`, got {sorted(state)}")
         epoch, position = state["epoch"], state["position"]
-        if not (isinstance(epoch, int) and isinstance(position, int) and epoch >= 0
-                and 0 <= position <= self.batches_per_epoch):
-            raise ValueError(f"sampler state {dict(state)} does not fit {self.batches_per_epoch} batches per epoch "
-                             "(was it saved with another batch size, dataset or process count?)")
+        if not (
+            isinstance(epoch, int)
+            and isinstance(position, int)
+            and epoch >= 0
+            and 0 <= position <= self.batches_per_epoch
+        ):
+            raise ValueError(
+                f"sampler state {dict(state)} does not fit {self.batches_per_epoch} batches per epoch "
+                "(was it saved with another batch size, dataset or process count?)"
+            )
         self._epoch, self._position = epoch, position
 
 
@@ -151,7 +168,9 @@ def _draw_samples(datasets: tuple[DatasetPlan, ...], rng: random.Random) -> dict
         for ii, img in enumerate(d.images):
             for _ in range(img.repeats):
                 flip = d.flip and rng.random() < 0.5
-                sample = Sample(dataset=di, image=ii, role=d.role, flip=flip, aug_seed=rng.getrandbits(63), img=img)
+                sample = Sample(
+                    dataset=di, image=ii, role=d.role, flip=flip, aug_seed=rng.getrandbits(63), img=img
+                )
                 by_bucket.setdefault(img.bucket, []).append(sample)
     return by_bucket
 
@@ -184,8 +203,10 @@ def verify_sources(datasets: Sequence[DatasetPlan]) -> int:
     if problems:
         path, problem = problems[0]
         others = "".join(f"; `{p}` {why}" for p, why in problems[1:])
-        raise DataError(path, f"{problem}{others}; fix or replace {'them' if others else 'it'} and run "
-                              "`dbspec plan` again")
+        raise DataError(
+            path,
+            f"{problem}{others}; fix or replace {'them' if others else 'it'} and run `dbspec plan` again",
+        )
     return total
 
 
@@ -216,15 +237,17 @@ def crop_offset(img: ImagePlan, crop_mode: CropMode, rng: random.Random | None) 
     return rng.randint(0, rw - bw), rng.randint(0, rh - bh)  # exactly two draws
 
 
-def load_pixels(img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False,
-                rng: random.Random | None = None) -> torch.Tensor:
+def load_pixels(
+    img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
+) -> torch.Tensor:
     """The training image: float32 (3, H, W) in [-1, 1] with (W, H) = img.bucket. Alpha is dropped."""
     offset = crop_offset(img, crop_mode, rng)
     return _rgb_tensor(_fit(_open(img.path, img.size).convert("RGB"), img, offset, flip))
 
 
-def load_mask(img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False,
-              rng: random.Random | None = None) -> torch.Tensor:
+def load_mask(
+    img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
+) -> torch.Tensor:
     """The loss mask: float32 (1, H, W) in [0, 1], 0 (dark) = ignored, 1 (white) = trained.
 
     Same resize, crop and flip as load_pixels: given generators in the same state (e.g. two
@@ -234,8 +257,9 @@ def load_mask(img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = Fa
     return _mask_tensor(_fit(_mask_image(img, None), img, offset, flip))
 
 
-def load_example(img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False,
-                 rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_example(
+    img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pixels and mask (None without one) cut from one crop window, decoding the image once."""
     offset = crop_offset(img, crop_mode, rng)
     source = _open(img.path, img.size)
@@ -251,7 +275,9 @@ def _mask_image(img: ImagePlan, source: Image.Image | None) -> Image.Image:
         raise ValueError(f"image `{img.path}` has no mask")
     if img.mask == "alpha":
         image = source if source is not None else _open(img.path, img.size)
-        return image.convert("RGBA").getchannel("A")  # RGBA first: also covers LA, PA and palette transparency
+        return image.convert("RGBA").getchannel(
+            "A"
+        )  # RGBA first: also covers LA, PA and palette transparency
     return _open(img.mask, img.size).convert("L")
 
 
@@ -264,8 +290,11 @@ def _open(path: str, expected: Size) -> Image.Image:
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad files
         raise DataError(path, f"{type(exc).__name__}: {exc}") from exc
     if image.size != tuple(expected):
-        raise DataError(path, f"is {image.size[0]}x{image.size[1]}, but the plan expects {expected[0]}x"
-                              f"{expected[1]}: the file changed after the plan was made; run `dbspec plan` again")
+        raise DataError(
+            path,
+            f"is {image.size[0]}x{image.size[1]}, but the plan expects {expected[0]}x"
+            f"{expected[1]}: the file changed after the plan was made; run `dbspec plan` again",
+        )
     return image
 
 
@@ -273,7 +302,9 @@ def _fit(image: Image.Image, img: ImagePlan, offset: tuple[int, int], flip: bool
     """Resize to img.resized, cut img.bucket at `offset`, mirror if asked: the plan's geometry exactly."""
     (rw, rh), (bw, bh), (left, top) = img.resized, img.bucket, offset
     if not (0 <= left <= rw - bw and 0 <= top <= rh - bh):
-        raise ValueError(f"crop {bw}x{bh} at {offset} does not fit in the resized {rw}x{rh} image `{img.path}`")
+        raise ValueError(
+            f"crop {bw}x{bh} at {offset} does not fit in the resized {rw}x{rh} image `{img.path}`"
+        )
     if image.size != (rw, rh):
         image = image.resize((rw, rh), RESAMPLE)
     image = image.crop((left, top, left + bw, top + bh))

@@ -22,9 +22,13 @@ def make_accelerator(plan: Plan):
     accelerator = Accelerator(mixed_precision=plan.precision.mixed, cpu=want == "cpu")
     got = accelerator.device.type
     if got != want:
-        raise DeviceError(f"the plan was compiled for {plan.target.description or want}, but this machine runs "
-                          f"on {got}: compile it here with `dbspec plan` (or `dbspec run spec.toml`)")
+        raise DeviceError(
+            f"the plan was compiled for {plan.target.description or want}, but this machine runs "
+            f"on {got}: compile it here with `dbspec plan` (or `dbspec run spec.toml`)"
+        )
     if accelerator.num_processes != plan.schedule.processes:
-        raise DeviceError(f"the plan was compiled for {plan.schedule.processes} process(es), but "
-                          f"{accelerator.num_processes} are running: compile it with the same launcher")
+        raise DeviceError(
+            f"the plan was compiled for {plan.schedule.processes} process(es), but "
+            f"{accelerator.num_processes} are running: compile it with the same launcher"
+        )
     return accelerator

@@ -23,8 +23,15 @@ CPU = torch.device("cpu")
 
 
 class Ema:
-    def __init__(self, parameters: Iterable[torch.nn.Parameter], *, decay: float, warmup: bool, offload: bool,
-                 update_every: int = 1):
+    def __init__(
+        self,
+        parameters: Iterable[torch.nn.Parameter],
+        *,
+        decay: float,
+        warmup: bool,
+        offload: bool,
+        update_every: int = 1,
+    ):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
         if update_every < 1:
@@ -32,13 +39,19 @@ class Ema:
         self.parameters = list(parameters)
         self.decay, self.warmup, self.offload, self.update_every = decay, warmup, offload, update_every
         self.updates = 0  # updates done so far: the decay schedule's clock
-        self.shadow = [p.detach().to(CPU if offload else p.device, torch.float32, copy=True)
-                       for p in self.parameters]
+        self.shadow = [
+            p.detach().to(CPU if offload else p.device, torch.float32, copy=True) for p in self.parameters
+        ]
 
     @classmethod
     def from_plan(cls, plan: EmaPlan, parameters: Iterable[torch.nn.Parameter]) -> Ema:
-        return cls(parameters, decay=plan.decay, warmup=plan.warmup, offload=plan.offload,
-                   update_every=plan.update_every)
+        return cls(
+            parameters,
+            decay=plan.decay,
+            warmup=plan.warmup,
+            offload=plan.offload,
+            update_every=plan.update_every,
+        )
 
     def decay_for_update(self, n: int) -> float:
         """Decay used by the n-th update (1-based)."""
@@ -81,8 +94,13 @@ class Ema:
 
     def state_dict(self) -> dict:
         """Plain values and CPU tensors (loadable with torch.load(weights_only=True)); copies, not views."""
-        return {"decay": self.decay, "warmup": self.warmup, "update_every": self.update_every,
-                "updates": self.updates, "shadow": [s.detach().to(CPU, copy=True) for s in self.shadow]}
+        return {
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "update_every": self.update_every,
+            "updates": self.updates,
+            "shadow": [s.detach().to(CPU, copy=True) for s in self.shadow],
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:

@@ -31,22 +31,42 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def execute(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=None,
-            stop_after: int | None = None, keep_models: bool = False) -> RunResult:
+def execute(
+    plan: Plan,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    console=None,
+    stop_after: int | None = None,
+    keep_models: bool = False,
+) -> RunResult:
     quiet_libraries()
     try:
-        return train(plan, overwrite=overwrite, resume=resume, console=console, stop_after=stop_after,
-                     keep_models=keep_models)
+        return train(
+            plan,
+            overwrite=overwrite,
+            resume=resume,
+            console=console,
+            stop_after=stop_after,
+            keep_models=keep_models,
+        )
     except DataError as exc:
-        raise RunError(str(exc), _dataset_origin(plan, exc.path),
-                       "fix or remove the file, then run again with --resume") from exc
+        raise RunError(
+            str(exc), _dataset_origin(plan, exc.path), "fix or remove the file, then run again with --resume"
+        ) from exc
     except NonFiniteLoss as exc:
-        raise RunError(str(exc), _origin(plan, "optimizer.lr"),
-                       "the last good checkpoint is intact; lower optimizer.lr or use mixed = \"bf16\"/\"no\", "
-                       "then resume") from exc
+        raise RunError(
+            str(exc),
+            _origin(plan, "optimizer.lr"),
+            'the last good checkpoint is intact; lower optimizer.lr or use mixed = "bf16"/"no", then resume',
+        ) from exc
     except (ModelLoadError, DeviceError, OutputError, OptimizerError, CacheWriteError) as exc:
-        key = {ModelLoadError: "model.base", OutputError: "output.dir", OptimizerError: "optimizer.kind",
-               CacheWriteError: "cache.dir"}
+        key = {
+            ModelLoadError: "model.base",
+            OutputError: "output.dir",
+            OptimizerError: "optimizer.kind",
+            CacheWriteError: "cache.dir",
+        }
         raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
 
 

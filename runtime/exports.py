@@ -35,11 +35,23 @@ from dbspec.runtime.checkpoints import Family, torch_dtype
 Table = dict[str, tuple[str, dict[str, str]]]  # diffusers module path -> (original path, child renames)
 
 # --- UNet -----------------------------------------------------------------------------------------------
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+}
 
 
 def unet_table(config: Mapping[str, Any]) -> Table:
@@ -47,7 +59,9 @@ def unet_table(config: Mapping[str, Any]) -> Table:
     input_blocks, then the downsampler; per up block one more pair, the upsampler after the last attention."""
     per_block = config["layers_per_block"]
     if not isinstance(per_block, int):
-        raise ValueError(f"layers_per_block {per_block!r} varies per block; the original layout cannot hold it")
+        raise ValueError(
+            f"layers_per_block {per_block!r} varies per block; the original layout cannot hold it"
+        )
     span = per_block + 1
     table: Table = {name: (original, {}) for name, original in _UNET_TOP.items()}
     for i in range(len(config["down_block_types"])):
@@ -76,8 +90,11 @@ _VAE_CONV_ATTENTION = re.compile(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$")  # 1
 def vae_table(config: Mapping[str, Any]) -> Table:
     """The original VAE numbers decoder blocks from the bottom: diffusers up_blocks.0 is up.{n-1}."""
     blocks, per_block = len(config["down_block_types"]), config["layers_per_block"]
-    table: Table = {f"{coder}.{name}": (f"{coder}.{name}", {}) for coder in ("encoder", "decoder")
-                    for name in ("conv_in", "conv_out")}
+    table: Table = {
+        f"{coder}.{name}": (f"{coder}.{name}", {})
+        for coder in ("encoder", "decoder")
+        for name in ("conv_in", "conv_out")
+    }
     table.update({name: (name, {}) for name in ("quant_conv", "post_quant_conv")})
     for coder in ("encoder", "decoder"):
         table[f"{coder}.conv_norm_out"] = (f"{coder}.norm_out", {})
@@ -89,7 +106,10 @@ def vae_table(config: Mapping[str, Any]) -> Table:
             table[f"encoder.down_blocks.{i}.resnets.{j}"] = (f"encoder.down.{i}.block.{j}", _VAE_RESNET)
         table[f"encoder.down_blocks.{i}.downsamplers.0"] = (f"encoder.down.{i}.downsample", {})
         for j in range(per_block + 1):
-            table[f"decoder.up_blocks.{i}.resnets.{j}"] = (f"decoder.up.{blocks - 1 - i}.block.{j}", _VAE_RESNET)
+            table[f"decoder.up_blocks.{i}.resnets.{j}"] = (
+                f"decoder.up.{blocks - 1 - i}.block.{j}",
+                _VAE_RESNET,
+            )
         table[f"decoder.up_blocks.{i}.upsamplers.0"] = (f"decoder.up.{blocks - 1 - i}.upsample", {})
     return table
 
@@ -105,20 +125,29 @@ def rename(name: str, table: Table) -> str:
         rest = ".".join(parts[cut:])
         for child, original in children.items():
             if rest == child or rest.startswith(child + "."):
-                rest = original + rest[len(child):]
+                rest = original + rest[len(child) :]
                 break
         return f"{target}.{rest}" if rest else target
-    raise ValueError(f"`{name}` has no place in the original Stable Diffusion layout (a module this exporter "
-                     "does not know, or LoRA layers: LoRA runs export kohya_lora)")
+    raise ValueError(
+        f"`{name}` has no place in the original Stable Diffusion layout (a module this exporter "
+        "does not know, or LoRA layers: LoRA runs export kohya_lora)"
+    )
 
 
 # --- text encoders --------------------------------------------------------------------------------------
-_OPENCLIP_TOP = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-                 "text_model.embeddings.position_embedding.weight": "positional_embedding",
-                 "text_model.final_layer_norm.weight": "ln_final.weight",
-                 "text_model.final_layer_norm.bias": "ln_final.bias"}
-_OPENCLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-                   "self_attn.out_proj": "attn.out_proj"}
+_OPENCLIP_TOP = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+}
+_OPENCLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
 _CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _QKV = {"self_attn.q_proj": 0, "self_attn.k_proj": 1, "self_attn.v_proj": 2}
 
@@ -141,7 +170,9 @@ def openclip_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
             parts = qkv.setdefault((match.group(1), match.group(3)), [None, None, None])
             parts[_QKV[match.group(2)]] = value
         elif match and match.group(2) in _OPENCLIP_LAYER:
-            out[f"transformer.resblocks.{match.group(1)}.{_OPENCLIP_LAYER[match.group(2)]}.{match.group(3)}"] = value
+            out[
+                f"transformer.resblocks.{match.group(1)}.{_OPENCLIP_LAYER[match.group(2)]}.{match.group(3)}"
+            ] = value
         else:
             raise ValueError(f"`{key}` has no place in the OpenCLIP layout")
     for (layer, kind), parts in qkv.items():
@@ -156,13 +187,23 @@ def _text_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {clip_path(k): v for k, v in module.state_dict().items() if not k.endswith("position_ids")}
 
 
-_ENCODER_PREFIXES = {"sd1": ("cond_stage_model.transformer.",), "sd2": ("cond_stage_model.model.",),
-                     "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")}
+_ENCODER_PREFIXES = {
+    "sd1": ("cond_stage_model.transformer.",),
+    "sd2": ("cond_stage_model.model.",),
+    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
+}
 
 
 # --- single file ----------------------------------------------------------------------------------------
-def single_file_state(*, unet: nn.Module, vae: nn.Module, text_encoders: list, family: Family,
-                      prediction: str = "epsilon", zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
+def single_file_state(
+    *,
+    unet: nn.Module,
+    vae: nn.Module,
+    text_encoders: list,
+    family: Family,
+    prediction: str = "epsilon",
+    zero_terminal_snr: bool = False,
+) -> dict[str, torch.Tensor]:
     """Every weight under its original key (views of the modules' tensors where nothing is merged)."""
     prefixes = _ENCODER_PREFIXES[family]
     if len(text_encoders) != len(prefixes):
@@ -185,15 +226,32 @@ def single_file_state(*, unet: nn.Module, vae: nn.Module, text_encoders: list, f
     return state
 
 
-def export_single_file(path: Path, *, unet: nn.Module, vae: nn.Module, text_encoders: list, family: Family,
-                       dtype: str, metadata: dict[str, str], prediction: str = "epsilon",
-                       zero_terminal_snr: bool = False) -> Path:
+def export_single_file(
+    path: Path,
+    *,
+    unet: nn.Module,
+    vae: nn.Module,
+    text_encoders: list,
+    family: Family,
+    dtype: str,
+    metadata: dict[str, str],
+    prediction: str = "epsilon",
+    zero_terminal_snr: bool = False,
+) -> Path:
     """One `.safetensors` with UNet, VAE and text encoder(s) in the original layout, floats cast to `dtype`."""
-    state = single_file_state(unet=unet, vae=vae, text_encoders=text_encoders, family=family,
-                              prediction=prediction, zero_terminal_snr=zero_terminal_snr)
+    state = single_file_state(
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        family=family,
+        prediction=prediction,
+        zero_terminal_snr=zero_terminal_snr,
+    )
     cast = torch_dtype(dtype)
-    tensors = {k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True).contiguous()
-               for k, v in state.items()}
+    tensors = {
+        k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True).contiguous()
+        for k, v in state.items()
+    }
     return _write(Path(path), tensors, {**metadata, "format": "pt"})
 
 
@@ -202,8 +260,9 @@ _TEXT_PREFIXES = {1: ("lora_te",), 2: ("lora_te1", "lora_te2")}
 _MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # kohya's ss_base_model_version
 
 
-def kohya_lora_state(*, unet: nn.Module | None, text_encoders: list, family: Family,
-                     dtype: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def kohya_lora_state(
+    *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """kohya tensors (up/down in `dtype`, alpha in fp32 so a fractional alpha keeps its exact scale) and
     the ss_network_dim / ss_network_alpha they imply. `text_encoders`: none, or one entry per encoder of the
     family (None or adapter-less for one that did not train)."""
@@ -228,8 +287,10 @@ def kohya_lora_state(*, unet: nn.Module | None, text_encoders: list, family: Fam
             alphas.add(alpha)
     if not tensors:
         raise ValueError("no LoRA layers to export: the modules carry no peft adapter")
-    dims = {"ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
-            "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic"}
+    dims = {
+        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
+        "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
+    }
     return tensors, dims
 
 
@@ -245,22 +306,37 @@ def _kohya_lora_layers(module: nn.Module | None):
         if not isinstance(layer, LoraLayer) or adapter not in layer.r:
             continue
         if adapter not in layer.lora_A or layer.use_dora.get(adapter) or layer.lora_bias.get(adapter):
-            raise ValueError(f"`{name}`: only plain LoRA on Linear/Conv2d layers has a kohya form "
-                             "(no DoRA, LoRA bias or embedding adapters)")
+            raise ValueError(
+                f"`{name}`: only plain LoRA on Linear/Conv2d layers has a kohya form "
+                "(no DoRA, LoRA bias or embedding adapters)"
+            )
         rank = layer.r[adapter]
         # kohya scales by alpha / rank; peft by `scaling` (alpha / rank, or / sqrt(rank) with rsLoRA).
         alpha = float(layer.scaling[adapter]) * rank
         yield name, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, rank, alpha
 
 
-def export_kohya_lora(path: Path, *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str,
-                      metadata: dict[str, str], prediction: str = "epsilon") -> Path:
+def export_kohya_lora(
+    path: Path,
+    *,
+    unet: nn.Module | None,
+    text_encoders: list,
+    family: Family,
+    dtype: str,
+    metadata: dict[str, str],
+    prediction: str = "epsilon",
+) -> Path:
     """kohya/A1111 LoRA `.safetensors` of the peft adapters on `unet` and `text_encoders` (None entries and
     adapter-less modules are skipped), with the ss_* metadata A1111's extra-networks page reads."""
     tensors, dims = kohya_lora_state(unet=unet, text_encoders=text_encoders, family=family, dtype=dtype)
     version = _MODEL_VERSIONS[family] + ("_v" if prediction == "v_prediction" and family != "sdxl" else "")
-    kohya = {"ss_network_module": "networks.lora", **dims, "ss_base_model_version": version,
-             "ss_v2": str(family == "sd2"), "ss_v_parameterization": str(prediction == "v_prediction")}
+    kohya = {
+        "ss_network_module": "networks.lora",
+        **dims,
+        "ss_base_model_version": version,
+        "ss_v2": str(family == "sd2"),
+        "ss_v_parameterization": str(prediction == "v_prediction"),
+    }
     return _write(Path(path), tensors, {**metadata, **kohya})
 
 
@@ -284,29 +360,59 @@ def plan_metadata(plan: Plan, step: int = 0) -> dict[str, str]:
     """What made these weights: dbspec version, plan hash, base model and a training summary."""
     a, s, o = plan.adapter, plan.schedule, plan.optimizer
     training = {
-        "step": step or s.total_steps, "total_steps": s.total_steps, "epochs": s.epochs,
-        "batch_size": s.batch_size, "accumulation": s.accumulation, "seed": s.seed,
-        "optimizer": o.kind, "lr": o.lr, "text_encoder_lr": o.text_encoder_lr, "lr_schedule": s.lr_schedule,
-        "adapter": a.kind, "rank": a.rank, "alpha": a.alpha, "mixed_precision": plan.precision.mixed,
-        "train_unet": plan.train_unet, "train_text_encoder": plan.train_text_encoder,
+        "step": step or s.total_steps,
+        "total_steps": s.total_steps,
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "accumulation": s.accumulation,
+        "seed": s.seed,
+        "optimizer": o.kind,
+        "lr": o.lr,
+        "text_encoder_lr": o.text_encoder_lr,
+        "lr_schedule": s.lr_schedule,
+        "adapter": a.kind,
+        "rank": a.rank,
+        "alpha": a.alpha,
+        "mixed_precision": plan.precision.mixed,
+        "train_unet": plan.train_unet,
+        "train_text_encoder": plan.train_text_encoder,
         "save_precision": plan.checkpoints.save_precision,
-        "datasets": [{"name": d.name, "role": d.role, "images": len(d.images),
-                      "samples_per_epoch": d.samples_per_epoch} for d in plan.datasets],
+        "datasets": [
+            {
+                "name": d.name,
+                "role": d.role,
+                "images": len(d.images),
+                "samples_per_epoch": d.samples_per_epoch,
+            }
+            for d in plan.datasets
+        ],
     }
-    return {"dbspec.version": __version__, "dbspec.plan_hash": plan_hash(plan), "dbspec.base_model": plan.model.base,
-            "dbspec.family": plan.model.family, "dbspec.prediction": plan.model.prediction,
-            "dbspec.training": json.dumps(training, sort_keys=True)}
+    return {
+        "dbspec.version": __version__,
+        "dbspec.plan_hash": plan_hash(plan),
+        "dbspec.base_model": plan.model.base,
+        "dbspec.family": plan.model.family,
+        "dbspec.prediction": plan.model.prediction,
+        "dbspec.training": json.dumps(training, sort_keys=True),
+    }
 
 
 def _kohya_training(plan: Plan, step: int) -> dict[str, str]:
     instance = sum(img.repeats for d in plan.datasets if d.role == "instance" for img in d.images)
     regularisation = sum(len(d.images) for d in plan.datasets if d.role == "class")
-    return {"ss_sd_model_name": plan.model.base, "ss_output_name": plan.checkpoints.name,
-            "ss_steps": str(step or plan.schedule.total_steps), "ss_max_train_steps": str(plan.schedule.total_steps),
-            "ss_learning_rate": str(plan.optimizer.lr), "ss_text_encoder_lr": str(plan.optimizer.text_encoder_lr),
-            "ss_num_train_images": str(instance), "ss_num_reg_images": str(regularisation),
-            "ss_seed": str(plan.schedule.seed), "ss_mixed_precision": plan.precision.mixed,
-            "ss_training_comment": f"dbspec {__version__}"}
+    return {
+        "ss_sd_model_name": plan.model.base,
+        "ss_output_name": plan.checkpoints.name,
+        "ss_steps": str(step or plan.schedule.total_steps),
+        "ss_max_train_steps": str(plan.schedule.total_steps),
+        "ss_learning_rate": str(plan.optimizer.lr),
+        "ss_text_encoder_lr": str(plan.optimizer.text_encoder_lr),
+        "ss_num_train_images": str(instance),
+        "ss_num_reg_images": str(regularisation),
+        "ss_seed": str(plan.schedule.seed),
+        "ss_mixed_precision": plan.precision.mixed,
+        "ss_training_comment": f"dbspec {__version__}",
+    }
 
 
 def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Path]:
@@ -314,18 +420,35 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
     and `<name>.kohya.safetensors` (kohya_lora, LoRA runs). `step` 0 means the finished run."""
     folder, name, written = Path(folder), plan.checkpoints.name, []
     metadata = plan_metadata(plan, step)
-    common = {"family": plan.model.family, "dtype": plan.checkpoints.save_precision,
-              "prediction": plan.model.prediction}
+    common = {
+        "family": plan.model.family,
+        "dtype": plan.checkpoints.save_precision,
+        "prediction": plan.model.prediction,
+    }
     for fmt in plan.checkpoints.exports:
         if fmt == "single_file":
-            written.append(export_single_file(folder / f"{name}.safetensors", unet=comps.unet, vae=comps.vae,
-                                              text_encoders=list(comps.text_encoders), metadata=metadata,
-                                              zero_terminal_snr=plan.loss.zero_terminal_snr, **common))
+            written.append(
+                export_single_file(
+                    folder / f"{name}.safetensors",
+                    unet=comps.unet,
+                    vae=comps.vae,
+                    text_encoders=list(comps.text_encoders),
+                    metadata=metadata,
+                    zero_terminal_snr=plan.loss.zero_terminal_snr,
+                    **common,
+                )
+            )
         elif fmt == "kohya_lora":
             encoders = list(comps.text_encoders) if plan.train_text_encoder else []
-            written.append(export_kohya_lora(folder / f"{name}.kohya.safetensors",
-                                             unet=comps.unet if plan.train_unet else None, text_encoders=encoders,
-                                             metadata={**metadata, **_kohya_training(plan, step)}, **common))
+            written.append(
+                export_kohya_lora(
+                    folder / f"{name}.kohya.safetensors",
+                    unet=comps.unet if plan.train_unet else None,
+                    text_encoders=encoders,
+                    metadata={**metadata, **_kohya_training(plan, step)},
+                    **common,
+                )
+            )
         else:
             raise ValueError(f"unknown export format {fmt!r}")
     return written

@@ -90,10 +90,15 @@ def _is_lora(path: Path) -> bool:
 
 
 def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
-    planned = plan.model if plan and plan.model.base == base else None  # the run's own base: use its resolution
+    planned = (
+        plan.model if plan and plan.model.base == base else None
+    )  # the run's own base: use its resolution
     if base.startswith("builtin:"):
-        folder = Path(planned.path) if planned else \
-            Path.home() / ".cache" / "dbspec" / "models" / base.replace(":", "-")
+        folder = (
+            Path(planned.path)
+            if planned
+            else Path.home() / ".cache" / "dbspec" / "models" / base.replace(":", "-")
+        )
         return diffusers.DiffusionPipeline.from_pretrained(str(tiny.materialize(base, folder)))
     if Path(base).suffix == ".safetensors":
         family = plan.model.family if plan else request.family

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dbspec.plan.model import LoggingPlan
 from dbspec.util.atomic import write_text_atomic
@@ -17,8 +24,14 @@ from dbspec.util.atomic import write_text_atomic
 
 @contextlib.contextmanager
 def cache_progress(console: Console | None):
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console or Console(stderr=True), transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        transient=True,
+    ) as progress:
         yield progress
 
 
@@ -27,7 +40,9 @@ class TrainProgress:
 
     def __init__(self, progress: Progress, total: int, completed: int):
         self._progress = progress
-        self._task = progress.add_task("training", total=total, completed=completed, loss=float("nan"), lr=0.0)
+        self._task = progress.add_task(
+            "training", total=total, completed=completed, loss=float("nan"), lr=0.0
+        )
 
     def update(self, *, step: int, loss: float, lr: float) -> None:
         self._progress.update(self._task, completed=step, loss=loss, lr=lr)
@@ -35,8 +50,15 @@ class TrainProgress:
 
 @contextlib.contextmanager
 def train_progress(console: Console | None, total: int, completed: int):
-    columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-               TextColumn("lr {task.fields[lr]:.2e}"), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("step"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("lr {task.fields[lr]:.2e}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console or Console(stderr=True)) as progress:
         yield TrainProgress(progress, total, completed)
 
@@ -69,7 +91,9 @@ class MetricsLog:
 
     def images(self, step: int, grid: Path) -> None:
         if self._tb is not None and grid.exists():
-            self._tb.add_image("validation", np.asarray(Image.open(grid).convert("RGB")), step, dataformats="HWC")
+            self._tb.add_image(
+                "validation", np.asarray(Image.open(grid).convert("RGB")), step, dataformats="HWC"
+            )
 
     def close(self) -> None:
         if self._jsonl is not None:

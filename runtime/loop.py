@@ -47,16 +47,28 @@ class NonFiniteLoss(Exception):
         super().__init__(f"loss became {value} at step {step}; batch files: {', '.join(files)}")
 
 
-def train(plan: Plan, *, overwrite: bool = False, resume: bool = False, console=None,
-          stop_after: int | None = None, keep_models: bool = False) -> RunResult:
+def train(
+    plan: Plan,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    console=None,
+    stop_after: int | None = None,
+    keep_models: bool = False,
+) -> RunResult:
     """Run the plan. `stop_after` ends early after that many steps as if interrupted; `keep_models`
     returns the trained models in the result (for callers that go on using them, and tests)."""
     started = time.perf_counter()
     accelerator = make_accelerator(plan)
     plan_json = plan_to_json(plan)
     # With several processes only the first writes outputs; it holds the output folder's lock for the whole run.
-    claim = (ckpt.prepare_output(Path(plan.checkpoints.dir), plan_json, run_hash(plan), overwrite=overwrite,
-                                 resume=resume) if accelerator.is_main_process else contextlib.nullcontext())
+    claim = (
+        ckpt.prepare_output(
+            Path(plan.checkpoints.dir), plan_json, run_hash(plan), overwrite=overwrite, resume=resume
+        )
+        if accelerator.is_main_process
+        else contextlib.nullcontext()
+    )
     with claim:
         for note in getattr(claim, "recovered", ()):
             (console or Console(stderr=True)).print(f"note: {note}", markup=False, highlight=False)
@@ -84,22 +96,39 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
             if step == s.text_encoder_stop_step:
                 freeze_text_encoders(run)
             lr = run.lr_scheduler.get_last_lr()[0]
-            log.write(step, {"loss": step_loss, **terms, "lr": lr, "epoch": run.sampler.epoch,
-                             "seconds": time.perf_counter() - started})
+            log.write(
+                step,
+                {
+                    "loss": step_loss,
+                    **terms,
+                    "lr": lr,
+                    "epoch": run.sampler.epoch,
+                    "seconds": time.perf_counter() - started,
+                },
+            )
             progress.update(step=step, loss=step_loss, lr=lr)
 
             if step in plan.validation.steps and run.main:
                 _validate(run, step, log)
-            stopping = _all_agree(run.accelerator,
-                                  interrupted.requested or (stop_after is not None and step >= stop_after))
+            stopping = _all_agree(
+                run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
+            )
             if (step in plan.checkpoints.steps or stopping) and run.main:
                 last_checkpoint = str(_save_checkpoint(run, step))
             if step in plan.checkpoints.steps or stopping:
                 run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
             if stopping and step < s.total_steps:
                 log.close()
-                return _result("interrupted", plan, step, "", last_checkpoint, started, losses,
-                               run.comps if keep_models else None)
+                return _result(
+                    "interrupted",
+                    plan,
+                    step,
+                    "",
+                    last_checkpoint,
+                    started,
+                    losses,
+                    run.comps if keep_models else None,
+                )
 
     final = out / "final"
     run.accelerator.wait_for_everyone()
@@ -107,8 +136,16 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
         with _InterruptFlag():  # Ctrl-C or SIGTERM now waits for the final weights (a second Ctrl-C does not)
             write_final(final, run.pipeline, run.comps, plan, run.ema)
     log.close()
-    return _result("finished", plan, step, str(final), last_checkpoint, started, losses,
-                   run.comps if keep_models else None)
+    return _result(
+        "finished",
+        plan,
+        step,
+        str(final),
+        last_checkpoint,
+        started,
+        losses,
+        run.comps if keep_models else None,
+    )
 
 
 def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
@@ -144,8 +181,13 @@ def _validate(run: Run, step: int, log: MetricsLog) -> None:
 
 def _save_checkpoint(run: Run, step: int) -> Path:
     state = TrainState.capture(run, step)
-    return ckpt.save_checkpoint(run.out, step, weights=lambda f: save_weights(f, run.comps, run.plan, run.ema),
-                                state=state.to_checkpoint(), keep=run.plan.checkpoints.keep)
+    return ckpt.save_checkpoint(
+        run.out,
+        step,
+        weights=lambda f: save_weights(f, run.comps, run.plan, run.ema),
+        state=state.to_checkpoint(),
+        keep=run.plan.checkpoints.keep,
+    )
 
 
 def _next_step_batches(sampler: BucketBatchSampler, accumulation: int) -> list:
@@ -195,7 +237,14 @@ class _InterruptFlag:
 
 def _result(status, plan, step, final, last_checkpoint, started, losses, comps) -> RunResult:
     seconds = time.perf_counter() - started
-    return RunResult(status=status, steps=step, output=plan.checkpoints.dir, final=final,
-                     last_checkpoint=last_checkpoint, seconds=seconds,
-                     steps_per_second=len(losses) / seconds if seconds else 0.0, losses=tuple(losses),
-                     components=comps)
+    return RunResult(
+        status=status,
+        steps=step,
+        output=plan.checkpoints.dir,
+        final=final,
+        last_checkpoint=last_checkpoint,
+        seconds=seconds,
+        steps_per_second=len(losses) / seconds if seconds else 0.0,
+        losses=tuple(losses),
+        components=comps,
+    )

@@ -57,7 +57,9 @@ def snr(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
     return (alphas_at_t / (1.0 - alphas_at_t)).float()
 
 
-def min_snr_weights(alphas_cumprod: Tensor, timesteps: Tensor, gamma: float, prediction: Prediction) -> Tensor:
+def min_snr_weights(
+    alphas_cumprod: Tensor, timesteps: Tensor, gamma: float, prediction: Prediction
+) -> Tensor:
     """Min-SNR-gamma per-sample loss weights (Hang et al. 2023, arXiv 2303.09556), shape (B,).
 
     epsilon: min(snr, gamma) / snr; v_prediction: min(snr, gamma) / (snr + 1). This is the corrected
@@ -127,7 +129,9 @@ def per_sample_loss(elementwise: Tensor, mask: Tensor | None) -> Tensor:
     area = weights.sum(dim=reduce_dims)
     has_area = area > 0
     # The where() guards both the value and the gradient: 0/clamped keeps the empty-mask sample finite.
-    return torch.where(has_area, masked_sum / area.clamp_min(torch.finfo(area.dtype).tiny), torch.zeros_like(area))
+    return torch.where(
+        has_area, masked_sum / area.clamp_min(torch.finfo(area.dtype).tiny), torch.zeros_like(area)
+    )
 
 
 def _check_mask_shape(mask: Tensor, elementwise: Tensor) -> None:

@@ -16,7 +16,6 @@ from dbspec.runtime import tiny
 from dbspec.runtime.dtypes import to_dtype  # noqa: F401 - re-exported
 
 
-
 class ModelLoadError(Exception):
     """The base model cannot be loaded; the message says what to do."""
 
@@ -43,15 +42,21 @@ def load_components(plan: Plan) -> Components:
     if m.vae:
         parts["vae"] = _load_vae(m)
     noise = noise_scheduler(parts["scheduler"].config, plan)
-    return Components(unet=parts["unet"], vae=parts["vae"], text_encoders=parts["text_encoders"],
-                      tokenizers=parts["tokenizers"], noise_scheduler=noise,
-                      scheduler_config=dict(parts["scheduler"].config))
+    return Components(
+        unet=parts["unet"],
+        vae=parts["vae"],
+        text_encoders=parts["text_encoders"],
+        tokenizers=parts["tokenizers"],
+        noise_scheduler=noise,
+        scheduler_config=dict(parts["scheduler"].config),
+    )
 
 
 def noise_scheduler(config, plan: Plan) -> DDPMScheduler:
     """The training noise schedule: the model's betas, the plan's prediction type and terminal-SNR choice."""
-    return DDPMScheduler.from_config(config, prediction_type=plan.model.prediction,
-                                     rescale_betas_zero_snr=plan.loss.zero_terminal_snr)
+    return DDPMScheduler.from_config(
+        config, prediction_type=plan.model.prediction, rescale_betas_zero_snr=plan.loss.zero_terminal_snr
+    )
 
 
 def _folder_for(m: ModelPlan) -> str:
@@ -68,8 +73,12 @@ def _from_folder(root: str, m: ModelPlan) -> dict:
         kw["variant"] = m.variant
     classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
     encoders = family_spec(m.family).text_encoders
-    text_encoders = [classes[e.model_class].from_pretrained(root, subfolder=e.component, **kw) for e in encoders]
-    tokenizers = [CLIPTokenizer.from_pretrained(root, subfolder=e.tokenizer, **_no_variant(kw)) for e in encoders]
+    text_encoders = [
+        classes[e.model_class].from_pretrained(root, subfolder=e.component, **kw) for e in encoders
+    ]
+    tokenizers = [
+        CLIPTokenizer.from_pretrained(root, subfolder=e.tokenizer, **_no_variant(kw)) for e in encoders
+    ]
     return {
         "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw),
         "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", **kw),
@@ -93,8 +102,13 @@ def _from_single_file(m: ModelPlan, cache_dir: str) -> dict:
     pipe = pipeline_cls.from_single_file(path, **kwargs)
     encoders = [getattr(pipe, name) for name in spec.text_encoder_names]
     tokenizers = [getattr(pipe, name) for name in spec.tokenizer_names]
-    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoders": encoders, "tokenizers": tokenizers,
-            "scheduler": pipe.scheduler}
+    return {
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "text_encoders": encoders,
+        "tokenizers": tokenizers,
+        "scheduler": pipe.scheduler,
+    }
 
 
 def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
@@ -112,9 +126,10 @@ def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
     try:
         obj = torch.load(m.path, map_location="cpu", weights_only=not m.allow_pickle)
     except pickle.UnpicklingError as exc:
-        raise ModelLoadError(f"`{m.base}` holds more than tensors, and loading it would unpickle arbitrary objects: "
-                             f"convert it to .safetensors, or set model.allow_pickle = true if you trust it ({exc})"
-                             ) from None
+        raise ModelLoadError(
+            f"`{m.base}` holds more than tensors, and loading it would unpickle arbitrary objects: "
+            f"convert it to .safetensors, or set model.allow_pickle = true if you trust it ({exc})"
+        ) from None
     state = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
     tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -137,8 +152,10 @@ def _load_hint(m: ModelPlan, exc: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     if m.source == "hub" and not m.resolved:
         how = "unset HF_HUB_OFFLINE to download it, or " if offline else ""
-        return (f"cannot load `{m.base}`: it is not in the local Hugging Face cache ({exc}); {how}"
-                f"run `huggingface-cli download {m.base}` first")
+        return (
+            f"cannot load `{m.base}`: it is not in the local Hugging Face cache ({exc}); {how}"
+            f"run `huggingface-cli download {m.base}` first"
+        )
     return f"cannot load the base model `{m.base}` from {m.path or m.base}: {exc}"
 
 
@@ -158,8 +175,13 @@ def pipeline_for(plan: Plan, comps: Components):
     spec = family_spec(plan.model.family)
     cls = getattr(diffusers, spec.pipeline_class)
     scheduler = diffusers.DDPMScheduler.from_config(comps.scheduler_config)
-    kwargs = {spec.denoiser: comps.unet, "vae": comps.vae, "scheduler": scheduler,
-              **dict(zip(spec.text_encoder_names, comps.text_encoders)), **dict(zip(spec.tokenizer_names, comps.tokenizers))}
+    kwargs = {
+        spec.denoiser: comps.unet,
+        "vae": comps.vae,
+        "scheduler": scheduler,
+        **dict(zip(spec.text_encoder_names, comps.text_encoders)),
+        **dict(zip(spec.tokenizer_names, comps.tokenizers)),
+    }
     if not spec.safety_checker:  # SDXL's pipeline: an optional watermarker instead
         return cls(**kwargs, add_watermarker=False)
     return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -31,8 +31,14 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         from transformers.optimization import Adafactor
 
         # A fixed LR (relative_step off) so the plan's LR schedule is the one that applies.
-        return Adafactor(groups, lr=opt.lr, relative_step=False, scale_parameter=False, warmup_init=False,
-                         weight_decay=opt.weight_decay)
+        return Adafactor(
+            groups,
+            lr=opt.lr,
+            relative_step=False,
+            scale_parameter=False,
+            warmup_init=False,
+            weight_decay=opt.weight_decay,
+        )
     if kind == "adamw8bit":
         bnb = _import("bitsandbytes", "pip install bitsandbytes (CUDA only)")
         return bnb.optim.AdamW8bit(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
@@ -55,5 +61,10 @@ def _import(name: str, hint: str):
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
-    return get_scheduler(s.lr_schedule, optimizer, num_warmup_steps=s.warmup_steps,
-                         num_training_steps=s.total_steps, num_cycles=s.cycles)
+    return get_scheduler(
+        s.lr_schedule,
+        optimizer,
+        num_warmup_steps=s.warmup_steps,
+        num_training_steps=s.total_steps,
+        num_cycles=s.cycles,
+    )

@@ -94,7 +94,9 @@ def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool
 def _refuse_foreign(out: Path) -> None:
     """A file, or a folder with content that dbspec did not mark as a run, is not ours to write into."""
     if out.exists() and not out.is_dir():
-        raise OutputError(f"output.dir {out} is a file, not a folder: choose a folder path (dbspec creates it)")
+        raise OutputError(
+            f"output.dir {out} is a file, not a folder: choose a folder path (dbspec creates it)"
+        )
     if not out.is_dir() or _run_hash(out) is not None:
         return
     try:
@@ -103,10 +105,16 @@ def _refuse_foreign(out: Path) -> None:
         raise OutputError(f"cannot read the output folder {out}: {exc.strerror or exc}") from None
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        marker = f"its {RUN_FILE} is not dbspec's run marker" if RUN_FILE in found else f"no run marker ({RUN_FILE})"
-        raise OutputError(f"output.dir {out} is not empty ({shown}) and holds {marker}: dbspec writes only into "
-                          "a new or empty folder or one of its own runs, and --overwrite moves aside only its own "
-                          "runs; choose another output folder")
+        marker = (
+            f"its {RUN_FILE} is not dbspec's run marker"
+            if RUN_FILE in found
+            else f"no run marker ({RUN_FILE})"
+        )
+        raise OutputError(
+            f"output.dir {out} is not empty ({shown}) and holds {marker}: dbspec writes only into "
+            "a new or empty folder or one of its own runs, and --overwrite moves aside only its own "
+            "runs; choose another output folder"
+        )
 
 
 def _create_and_lock(out: Path) -> OutputLock:
@@ -121,8 +129,10 @@ def _lock(out: Path) -> int | None:
     try:
         fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(f"the output folder {out} is not writable ({exc.strerror or exc}): make it writable "
-                          "or choose another output.dir") from None
+        raise OutputError(
+            f"the output folder {out} is not writable ({exc.strerror or exc}): make it writable "
+            "or choose another output.dir"
+        ) from None
     if fcntl is None:
         return fd
     try:
@@ -130,8 +140,10 @@ def _lock(out: Path) -> int | None:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise OutputError(f"the output folder {out} is in use by another dbspec run (pid {holder}): one run per "
-                          "output folder; wait for it to end, or choose another output.dir") from None
+        raise OutputError(
+            f"the output folder {out} is in use by another dbspec run (pid {holder}): one run per "
+            "output folder; wait for it to end, or choose another output.dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -169,7 +181,9 @@ def _refusal(out: Path, held: str, plan_hash: str, resume: bool) -> str:
 
 def _move_aside(out: Path) -> Path:
     if out.parent == out:
-        raise OutputError(f"{out} is a filesystem root; it cannot be moved aside: choose another output folder")
+        raise OutputError(
+            f"{out} is a filesystem root; it cannot be moved aside: choose another output folder"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out.with_name(f"{out.name}.old-{stamp}")
     suffix = 1

@@ -27,13 +27,18 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
     set_attention(comps.unet, plan.precision.attention)
     unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
     text_params: list = []
-    for i, (name, enc) in enumerate(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)):
-        text_params += _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
+    for i, (name, enc) in enumerate(
+        zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)
+    ):
+        text_params += _prepare(
+            enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i
+        )
     return unet_params, text_params
 
 
-def _prepare(module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...],
-             seed: int) -> list:
+def _prepare(
+    module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...], seed: int
+) -> list:
     comp = next(c for c in plan.precision.components if c.name == name)
     # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
     module.to(device, dtype=to_dtype(comp.dtype))

@@ -29,11 +29,17 @@ def _build() -> str:
 
 def _device(index: int) -> dict:
     props = torch.cuda.get_device_properties(index)
-    return {"index": index, "name": props.name, "memory_gib": props.total_memory / 2**30,
-            "capability": f"{props.major}.{props.minor}"}
+    return {
+        "index": index,
+        "name": props.name,
+        "memory_gib": props.total_memory / 2**30,
+        "capability": f"{props.major}.{props.minor}",
+    }
 
 
 def _bf16(cuda: bool) -> str:
     if cuda:
-        return "supported on cuda:0" if torch.cuda.is_bf16_supported() else "not supported on cuda:0 (use fp16)"
+        return (
+            "supported on cuda:0" if torch.cuda.is_bf16_supported() else "not supported on cuda:0 (use fp16)"
+        )
     return "CPU: supported, but slower than fp32 here"

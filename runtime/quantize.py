@@ -46,8 +46,13 @@ class QuantizeReport:
     bytes_after: int
 
 
-def quantize_frozen(module: torch.nn.Module, kind: str, *, exclude: Sequence[str] = DEFAULT_EXCLUDE,
-                    dtype: torch.dtype | None = None) -> QuantizeReport:
+def quantize_frozen(
+    module: torch.nn.Module,
+    kind: str,
+    *,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    dtype: torch.dtype | None = None,
+) -> QuantizeReport:
     """Quantise the weights of frozen `module` in place (kind: int8 | int4 | fp8) and freeze them.
 
     `dtype` (optional) casts the module first; otherwise cast it yourself before calling. Call before
@@ -62,7 +67,9 @@ def quantize_frozen(module: torch.nn.Module, kind: str, *, exclude: Sequence[str
     before = quantized_bytes(module)
     quantize(module, weights=QTYPES[kind], exclude=list(exclude))
     freeze(module)
-    module.requires_grad_(False)  # quanto's freeze wraps each quantised weight in a fresh (trainable) Parameter
+    module.requires_grad_(
+        False
+    )  # quanto's freeze wraps each quantised weight in a fresh (trainable) Parameter
     layers = sum(1 for m in module.modules() if isinstance(m, QModuleMixin) and m.frozen)
     if layers:
         _install_autocast_guard(module)
@@ -117,7 +124,8 @@ def _refuse_foreign_autocast(module: torch.nn.Module, args) -> None:
         raise QuantizedAutocastError(
             f"{type(module).__name__} holds quantised weights in {module_dtype}, but runs under {autocast_dtype} "
             f"autocast, which would cast them (quanto: 'The dtype of a weights Tensor cannot be changed'). Cast "
-            "the module to the compute dtype before quantising, or run it outside autocast.")
+            "the module to the compute dtype before quantising, or run it outside autocast."
+        )
 
 
 def _float_dtype(module: torch.nn.Module) -> torch.dtype:

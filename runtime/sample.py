@@ -57,8 +57,9 @@ def _inference(pipeline: DiffusionPipeline, autocast_dtype: torch.dtype | None) 
     modules = [module for module in pipeline.components.values() if isinstance(module, torch.nn.Module)]
     training = [module.training for module in modules]
     device_type = pipeline.device.type
-    autocast = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-                else nullcontext())
+    autocast = (
+        torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
     try:
         for module in modules:
             module.eval()
@@ -99,8 +100,13 @@ def validate(
     return render(pipeline, plan_validation, folder, autocast_dtype=autocast_dtype)
 
 
-def render(pipeline: DiffusionPipeline, plan_validation: ValidationPlan, folder: Path, *,
-           autocast_dtype: torch.dtype | None = None) -> list[Path]:
+def render(
+    pipeline: DiffusionPipeline,
+    plan_validation: ValidationPlan,
+    folder: Path,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[Path]:
     """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate."""
     original_scheduler = pipeline.scheduler
     pipeline.scheduler = make_scheduler(plan_validation.scheduler, original_scheduler.config)
@@ -110,10 +116,16 @@ def render(pipeline: DiffusionPipeline, plan_validation: ValidationPlan, folder:
     try:
         with _inference(pipeline, autocast_dtype):
             for prompt_index, prompt in enumerate(plan_validation.prompts):
-                rows.append([_sample(pipeline, plan_validation, prompt, image_index)
-                             for image_index in range(plan_validation.images_per_prompt)])
-                paths += [_save_png(image, folder / f"p{prompt_index:02d}-i{image_index:02d}.png")
-                          for image_index, image in enumerate(rows[-1])]
+                rows.append(
+                    [
+                        _sample(pipeline, plan_validation, prompt, image_index)
+                        for image_index in range(plan_validation.images_per_prompt)
+                    ]
+                )
+                paths += [
+                    _save_png(image, folder / f"p{prompt_index:02d}-i{image_index:02d}.png")
+                    for image_index, image in enumerate(rows[-1])
+                ]
     finally:
         pipeline.scheduler = original_scheduler
     if rows:
@@ -146,8 +158,9 @@ def _grid(rows: list[list[Image.Image]]) -> Image.Image:
 
 
 # --- class images ---------------------------------------------------------------------------------------------
-def generate_class_images(pipeline: DiffusionPipeline, gen: GeneratePlan, *,
-                          autocast_dtype: torch.dtype | None = None) -> list[Path]:
+def generate_class_images(
+    pipeline: DiffusionPipeline, gen: GeneratePlan, *, autocast_dtype: torch.dtype | None = None
+) -> list[Path]:
     """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image, sampled
     with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call.
 
@@ -159,7 +172,9 @@ def generate_class_images(pipeline: DiffusionPipeline, gen: GeneratePlan, *,
     folder.mkdir(parents=True, exist_ok=True)
     made = _adopt_manifest(folder, gen.manifest_key)
     paths = [folder / f"class-{seed}.png" for seed in gen.seeds]
-    todo = [(seed, path) for seed, path in zip(gen.seeds, paths) if not (path.name in made and path.is_file())]
+    todo = [
+        (seed, path) for seed, path in zip(gen.seeds, paths) if not (path.name in made and path.is_file())
+    ]
     for _, path in todo:
         if path.exists():  # a file this key did not generate: keep it, out of the way
             _move_into(path, folder / "stale-unlisted")
@@ -168,11 +183,14 @@ def generate_class_images(pipeline: DiffusionPipeline, gen: GeneratePlan, *,
     pipeline.scheduler = make_scheduler(gen.scheduler, original_scheduler.config)
     try:
         with _inference(pipeline, autocast_dtype), Progress(transient=True) as progress:
-            task = progress.add_task(f"class images: {gen.prompt}", total=len(gen.seeds),
-                                     completed=len(paths) - len(todo))
+            task = progress.add_task(
+                f"class images: {gen.prompt}", total=len(gen.seeds), completed=len(paths) - len(todo)
+            )
             for start in range(0, len(todo), gen.batch_size):
                 batch = todo[start : start + gen.batch_size]
-                for image, (_, path) in zip(_generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch):
+                for image, (_, path) in zip(
+                    _generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch
+                ):
                     _save_png(image, path)
                     made.append(path.name)
                 _write_manifest(folder, gen, made)
@@ -223,7 +241,13 @@ def _move_into(path: Path, stale_folder: Path) -> None:
 
 
 def _write_manifest(folder: Path, gen: GeneratePlan, made: list[str]) -> None:
-    manifest = {"key": gen.manifest_key, "files": sorted(set(made)), "prompt": gen.prompt,
-                "resolution": list(gen.resolution), "scheduler": gen.scheduler, "steps": gen.steps,
-                "guidance": gen.guidance}
+    manifest = {
+        "key": gen.manifest_key,
+        "files": sorted(set(made)),
+        "prompt": gen.prompt,
+        "resolution": list(gen.resolution),
+        "scheduler": gen.scheduler,
+        "steps": gen.steps,
+        "guidance": gen.guidance,
+    }
     write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")

@@ -93,14 +93,36 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     sampler = BucketBatchSampler.from_plan(plan, rank=accelerator.process_index)
     # Each process draws its own noise; one process reproduces single-GPU runs exactly.
     generator = torch.Generator().manual_seed(s.seed + 1_000_003 * accelerator.process_index)
-    parts = Parts(plan=plan, unet=forward.get(id(comps.unet), comps.unet), vae=comps.vae,
-                  text_encoders=[forward.get(id(e), e) for e in comps.text_encoders],
-                  tokenizers=comps.tokenizers, noise_scheduler=comps.noise_scheduler, latent_cache=latent_cache,
-                  text_cache=text_cache, device=device, generator=generator, text_trains=bool(text_params),
-                  teacher=teacher)
-    run = Run(plan=plan, plan_json=plan_json, accelerator=accelerator, out=out, comps=comps, pipeline=pipeline,
-              parts=parts, params=unet_params + text_params, optimizer=optimizer, lr_scheduler=lr_scheduler,
-              scaler=accelerator.scaler, sampler=sampler, generator=generator, ema=ema)
+    parts = Parts(
+        plan=plan,
+        unet=forward.get(id(comps.unet), comps.unet),
+        vae=comps.vae,
+        text_encoders=[forward.get(id(e), e) for e in comps.text_encoders],
+        tokenizers=comps.tokenizers,
+        noise_scheduler=comps.noise_scheduler,
+        latent_cache=latent_cache,
+        text_cache=text_cache,
+        device=device,
+        generator=generator,
+        text_trains=bool(text_params),
+        teacher=teacher,
+    )
+    run = Run(
+        plan=plan,
+        plan_json=plan_json,
+        accelerator=accelerator,
+        out=out,
+        comps=comps,
+        pipeline=pipeline,
+        parts=parts,
+        params=unet_params + text_params,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        scaler=accelerator.scaler,
+        sampler=sampler,
+        generator=generator,
+        ema=ema,
+    )
     if resumed is not None:
         resumed.restore(run)
         run.step = resumed.step

@@ -44,12 +44,19 @@ class TrainState:
     @classmethod
     def capture(cls, run: Run, step: int) -> TrainState:
         """The state of `run` after `step` optimizer steps."""
-        return cls(trainable=trainable_state(run.comps, run.plan), optimizer=run.optimizer.state_dict(),
-                   lr_scheduler=run.lr_scheduler.state_dict(),
-                   scaler=run.scaler.state_dict() if run.scaler else None, sampler=run.sampler.state_dict(),
-                   generator=run.generator.get_state(), rng=ckpt.capture_rng_state(), step=step,
-                   ema=run.ema.state_dict() if run.ema is not None else None,
-                   run_hash=run_hash(run.plan), plan=run.plan_json)
+        return cls(
+            trainable=trainable_state(run.comps, run.plan),
+            optimizer=run.optimizer.state_dict(),
+            lr_scheduler=run.lr_scheduler.state_dict(),
+            scaler=run.scaler.state_dict() if run.scaler else None,
+            sampler=run.sampler.state_dict(),
+            generator=run.generator.get_state(),
+            rng=ckpt.capture_rng_state(),
+            step=step,
+            ema=run.ema.state_dict() if run.ema is not None else None,
+            run_hash=run_hash(run.plan),
+            plan=run.plan_json,
+        )
 
     def restore(self, run: Run) -> None:
         """Put `run` back where it was when this state was captured (its step is `self.step`)."""

@@ -58,8 +58,11 @@ def posterior(parts: Parts, sample: Sample, crop_mode: str) -> tuple[dict, torch
         if entry is not None and len(parts.memo) < MEMO_ENTRIES:
             parts.memo[key] = entry
     if entry is not None:
-        mask = load_mask(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample)) \
-            if sample.img.mask else None
+        mask = (
+            load_mask(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample))
+            if sample.img.mask
+            else None
+        )
         return entry, mask
     pixels, mask = load_example(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample))
     with torch.no_grad():
@@ -92,14 +95,22 @@ def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
         if all(e is not None for e in entries):
             return {k: torch.stack([e[k] for e in entries]).to(parts.device) for k in entries[0]}
     with torch.set_grad_enabled(parts.text_trains):
-        return encode(parts.text_encoders, parts.tokenizers, [s.img.caption for s in batch],
-                      family=plan.model.family, clip_skip=plan.model.clip_skip, device=parts.device)
+        return encode(
+            parts.text_encoders,
+            parts.tokenizers,
+            [s.img.caption for s in batch],
+            family=plan.model.family,
+            clip_skip=plan.model.clip_skip,
+            device=parts.device,
+        )
 
 
 def unet_forward(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample]) -> torch.Tensor:
     kwargs = {}
     if family_spec(parts.plan.model.family).time_ids:  # SDXL: pooled embeddings and micro-conditioning ids
-        ids = torch.stack([sdxl_time_ids(s.img.size, s.img.crop, s.img.bucket) for s in batch]).to(parts.device)
+        ids = torch.stack([sdxl_time_ids(s.img.size, s.img.crop, s.img.bucket) for s in batch]).to(
+            parts.device
+        )
         kwargs["added_cond_kwargs"] = {"text_embeds": text["pooled"], "time_ids": ids}
     return parts.unet(noisy, timesteps, text["prompt_embeds"], **kwargs).sample
 
@@ -114,15 +125,18 @@ def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
     noise = losses.offset_noise(torch.randn(latents.shape, generator=gen), loss_plan.noise_offset, gen)
     noise = noise.to(parts.device)
     sched = parts.noise_scheduler
-    timesteps = torch.randint(0, sched.config.num_train_timesteps, (len(batch),), generator=gen).to(parts.device)
+    timesteps = torch.randint(0, sched.config.num_train_timesteps, (len(batch),), generator=gen).to(
+        parts.device
+    )
     noisy = sched.add_noise(latents, noise, timesteps)
     pred = unet_forward(parts, noisy, timesteps, text, batch).float()
     alphas = sched.alphas_cumprod.to(parts.device)
     target = losses.prediction_target(latents.float(), noise.float(), timesteps, alphas, loss_plan.target)
     is_prior = torch.tensor([s.role == "class" for s in batch], device=parts.device)
     if loss_plan.prior == "base_model" and bool(is_prior.any()):
-        target = torch.where(is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch),
-                             target)
+        target = torch.where(
+            is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch), target
+        )
     elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta)
     per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
     weights = losses.min_snr_weights(alphas, timesteps, loss_plan.min_snr_gamma, loss_plan.target)
@@ -142,7 +156,9 @@ def base_prediction(parts: Parts, noisy, timesteps, text, batch) -> torch.Tensor
     text = {k: v.detach() for k, v in text.items()}
     with torch.no_grad():
         if parts.teacher is not None:
-            return unet_forward(attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch).float()
+            return unet_forward(
+                attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch
+            ).float()
         unet = getattr(parts.unet, "module", parts.unet)  # DDP-wrapped under several processes
         with adapters_disabled(unet):
             return unet_forward(parts, noisy, timesteps, text, batch).float()

@@ -6,12 +6,24 @@ import torch
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
-def encode(text_encoders: list, tokenizers: list, prompts: list[str], *, family: str, clip_skip: int,
-           device: torch.device) -> dict[str, torch.Tensor]:
+def encode(
+    text_encoders: list,
+    tokenizers: list,
+    prompts: list[str],
+    *,
+    family: str,
+    clip_skip: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """{"prompt_embeds": (B, 77, D)} and, for SDXL, {"pooled": (B, D2)}.
 
     clip_skip n uses the n-th layer from the end (1 = last). SD1/2 apply the final layer norm to a skipped
@@ -34,4 +46,6 @@ def encode(text_encoders: list, tokenizers: list, prompts: list[str], *, family:
 
 def sdxl_time_ids(original: tuple[int, int], crop: tuple[int, int], bucket: tuple[int, int]) -> torch.Tensor:
     """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w); sizes are (W, H)."""
-    return torch.tensor([original[1], original[0], crop[1], crop[0], bucket[1], bucket[0]], dtype=torch.float32)
+    return torch.tensor(
+        [original[1], original[0], crop[1], crop[0], bucket[1], bucket[0]], dtype=torch.float32
+    )

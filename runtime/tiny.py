@@ -71,7 +71,9 @@ def _build_components(model: BuiltinModel, seed: int) -> dict[str, Any]:
     components["tokenizer"] = build_tokenizer(model.tokenizer)
     if model.text_encoder_2 is not None and model.tokenizer_2 is not None:
         _seeded(seed, "text_encoder_2")
-        components["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**model.text_encoder_2)).eval()
+        components["text_encoder_2"] = CLIPTextModelWithProjection(
+            CLIPTextConfig(**model.text_encoder_2)
+        ).eval()
         components["tokenizer_2"] = build_tokenizer(model.tokenizer_2)
     scheduler_config = dict(model.scheduler)
     scheduler_class = _SCHEDULERS[scheduler_config.pop("_class_name")]
@@ -130,8 +132,13 @@ def _holds(folder: Path, marker: dict[str, Any]) -> bool:
 def _manifest(folder: Path) -> dict[str, str]:
     """blake2b of every file but the marker, by relative path: a few MB for the tiny models, milliseconds."""
     try:
-        return {path.relative_to(folder).as_posix(): hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-                for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER_FILE}
+        return {
+            path.relative_to(folder).as_posix(): hashlib.blake2b(
+                path.read_bytes(), digest_size=16
+            ).hexdigest()
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != MARKER_FILE
+        }
     except OSError:
         return {}
 

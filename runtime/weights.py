@@ -20,7 +20,6 @@ from dbspec.runtime.outdir import replace_folder
 from dbspec.util.atomic import write_text_atomic
 
 
-
 def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module]:
     modules: dict[str, torch.nn.Module] = {}
     if plan.train_unet:
@@ -36,9 +35,12 @@ def _selected(name: str, plan: Plan) -> bool:
 
 def trainable_state(comps: Components, plan: Plan) -> dict[str, torch.Tensor]:
     """Every weight the run trains (also after the text encoder stopped), at full precision, for resume."""
-    return {f"{prefix}.{name}": p.detach().to("cpu", copy=True)
-            for prefix, module in _trained_modules(comps, plan).items()
-            for name, p in module.named_parameters() if _selected(name, plan)}
+    return {
+        f"{prefix}.{name}": p.detach().to("cpu", copy=True)
+        for prefix, module in _trained_modules(comps, plan).items()
+        for name, p in module.named_parameters()
+        if _selected(name, plan)
+    }
 
 
 def restore_trainable(comps: Components, state: dict[str, torch.Tensor]) -> None:
@@ -46,8 +48,10 @@ def restore_trainable(comps: Components, state: dict[str, torch.Tensor]) -> None
     params = {f"{prefix}.{name}": p for prefix, m in modules.items() for name, p in m.named_parameters()}
     missing = [k for k in state if k not in params]
     if missing:
-        raise ValueError(f"checkpoint holds weights this run does not have (e.g. {missing[0]}): was it made by "
-                         "another plan?")
+        raise ValueError(
+            f"checkpoint holds weights this run does not have (e.g. {missing[0]}): was it made by "
+            "another plan?"
+        )
     with torch.no_grad():
         for key, value in state.items():
             params[key].copy_(value.to(params[key].device, params[key].dtype))
@@ -68,10 +72,19 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
     if plan.adapter.kind == "lora":
-        encoders = dict(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)) \
-            if plan.train_text_encoder else {}
-        ckpt.save_lora_weights(folder, trained.get("unet"), encoders.get("text_encoder"), dtype,
-                               family=plan.model.family, text_encoder_2=encoders.get("text_encoder_2"))
+        encoders = (
+            dict(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders))
+            if plan.train_text_encoder
+            else {}
+        )
+        ckpt.save_lora_weights(
+            folder,
+            trained.get("unet"),
+            encoders.get("text_encoder"),
+            dtype,
+            family=plan.model.family,
+            text_encoder_2=encoders.get("text_encoder_2"),
+        )
         return
     text = {name: m for name, m in trained.items() if name != "unet"}
     ckpt.save_full_weights(folder, trained.get("unet"), text, dtype)

@@ -48,7 +48,9 @@ def range_violations(resolution: Size, min_reso: int, max_reso: int, step: int) 
     if min(resolution) < low:  # kohya asserts min(resolution) >= min_bucket_reso
         problems.append(f"min bucket size {low} is larger than the resolution's short side {min(resolution)}")
     if max(resolution) > high:  # kohya asserts max(resolution) <= max_bucket_reso
-        problems.append(f"max bucket size {high} is smaller than the resolution's long side {max(resolution)}")
+        problems.append(
+            f"max bucket size {high} is smaller than the resolution's long side {max(resolution)}"
+        )
     return tuple(problems)
 
 
@@ -57,7 +59,9 @@ def bucket_list(resolution: Size, min_reso: int, max_reso: int, step: int) -> tu
     width, height = _positive_size(resolution)
     low, high = adjust_min_max(min_reso, max_reso, step)
     if low <= 0:
-        raise ValueError(f"min bucket size {min_reso} rounds down to {low} with step {step}; kohya divides by it")
+        raise ValueError(
+            f"min bucket size {min_reso} rounds down to {low} with step {step}; kohya divides by it"
+        )
     max_area = width * height
     buckets: set[Size] = set()
     # the square: float sqrt, float floor-division by step, then int; added even outside [low, high]
@@ -102,7 +106,9 @@ def place_no_upscale(size: Size, max_area: int, step: int) -> Placement:
     # bucket = resized floored to step: crop the remainder, never pad
     bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
     if bucket[0] == 0 or bucket[1] == 0:
-        raise ValueError(f"image {width}x{height} gives an empty {bucket[0]}x{bucket[1]} bucket with step {step}")
+        raise ValueError(
+            f"image {width}x{height} gives an empty {bucket[0]}x{bucket[1]} bucket with step {step}"
+        )
     return _placement(bucket, resized, upscaled=False)
 
 

@@ -37,7 +37,9 @@ def _model_part(vae_identity: str, vae_dtype: str) -> bytes:
 def _latent_key(sha: str, bucket, resized, crop, flip: bool, model_part: bytes) -> str:
     """The image part as plain integers and the model part pre-encoded: this runs per image and flip."""
     digest = hashlib.blake2b(model_part, digest_size=20)
-    digest.update(f"|{sha}|{bucket[0]},{bucket[1]}|{resized[0]},{resized[1]}|{crop[0]},{crop[1]}|{flip:d}".encode())
+    digest.update(
+        f"|{sha}|{bucket[0]},{bucket[1]}|{resized[0]},{resized[1]}|{crop[0]},{crop[1]}|{flip:d}".encode()
+    )
     return digest.hexdigest()
 
 
@@ -79,8 +81,13 @@ class Keyer:
 def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) -> Keyer:
     c = ctx.spec.cache
     dtype = {p.name: p.dtype for p in precision.components}
-    return Keyer(model=model, latents=c.latents, text=c.text_embeddings and not ctx.spec.train.text_encoder,
-                 vae_dtype=dtype["vae"], text_dtype=dtype["text_encoder"])
+    return Keyer(
+        model=model,
+        latents=c.latents,
+        text=c.text_embeddings and not ctx.spec.train.text_encoder,
+        vae_dtype=dtype["vae"],
+        text_dtype=dtype["text_encoder"],
+    )
 
 
 def entry_path(cache_dir: Path, kind: str, key: str) -> Path:
@@ -98,7 +105,9 @@ def stored_keys(cache_dir: Path, kind: str) -> set[str]:
     for prefix in prefixes:
         if prefix.is_dir():
             with os.scandir(prefix.path) as entries:
-                found.update(e.name[: -len(".safetensors")] for e in entries if e.name.endswith(".safetensors"))
+                found.update(
+                    e.name[: -len(".safetensors")] for e in entries if e.name.endswith(".safetensors")
+                )
     return found
 
 
@@ -109,8 +118,11 @@ def plan_cache(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPla
     text_on = c.text_embeddings and not spec.train.text_encoder and model is not None
     if c.text_embeddings and spec.train.text_encoder:
         notes.append("text embeddings are not cached: the text encoder trains")
-    notes += [f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"
-              for d in datasets if c.latents and d.crop == "random"]
+    notes += [
+        f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"
+        for d in datasets
+        if c.latents and d.crop == "random"
+    ]
     keys: dict[str, set[str]] = {"latents": set(), "text": set()}
     for d in datasets:
         for img in d.images:
@@ -118,6 +130,13 @@ def plan_cache(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPla
             if img.text_key:
                 keys["text"].add(img.text_key)
     hits = {kind: len(ks & stored_keys(ctx.cache_dir, kind)) for kind, ks in keys.items()}
-    return CachePlan(dir=str(ctx.cache_dir), latents=c.latents, text_embeddings=text_on,
-                     latent_hits=hits["latents"], latent_misses=len(keys["latents"]) - hits["latents"],
-                     text_hits=hits["text"], text_misses=len(keys["text"]) - hits["text"], notes=tuple(notes))
+    return CachePlan(
+        dir=str(ctx.cache_dir),
+        latents=c.latents,
+        text_embeddings=text_on,
+        latent_hits=hits["latents"],
+        latent_misses=len(keys["latents"]) - hits["latents"],
+        text_hits=hits["text"],
+        text_misses=len(keys["text"]) - hits["text"],
+        notes=tuple(notes),
+    )

@@ -21,14 +21,24 @@ from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
 from dbspec.plan.model import (
-    PLAN_VERSION, AdapterPlan, BucketPlan, CheckpointPlan, DatasetPlan, EmaPlan, LoggingPlan, LossPlan, OptimizerPlan,
-    Plan, SchedulePlan, TargetEnv, ValidationPlan,
+    PLAN_VERSION,
+    AdapterPlan,
+    BucketPlan,
+    CheckpointPlan,
+    DatasetPlan,
+    EmaPlan,
+    LoggingPlan,
+    LossPlan,
+    OptimizerPlan,
+    Plan,
+    SchedulePlan,
+    TargetEnv,
+    ValidationPlan,
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
 from dbspec.spec.model import LoraAdapter
 from dbspec.spec.paths import dotted
-
 
 
 def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnostic, ...]]:
@@ -47,14 +57,22 @@ def compile_plan(checked: Checked, env: TargetEnv) -> tuple[Plan, tuple[Diagnost
 def path_error(ctx: Context, exc: OSError) -> Diagnostic:
     """DBS309 on the spec key whose value is part of the failing path (the longest such value)."""
     name = str(exc.filename or "")
-    given = [(path, value) for path, value, _ in spec_leaves(ctx.spec)
-             if isinstance(value, str) and value and value in name and ctx.raw.given(path)]
+    given = [
+        (path, value)
+        for path, value, _ in spec_leaves(ctx.spec)
+        if isinstance(value, str) and value and value in name and ctx.raw.given(path)
+    ]
     path = max(given, key=lambda item: len(item[1]))[0] if given else ()
     shown = name if len(name) <= 80 else name[:77] + "..."
     span = (ctx.raw.value_span(path) if path else None) or anchor(ctx.raw, None)
-    return Diagnostic(code="DBS309", severity="error", message=f"cannot use `{shown}` as a path: "
-                      f"{exc.strerror or exc}", path=dotted(path), span=span,
-                      help="shorten the path, or check its permissions")
+    return Diagnostic(
+        code="DBS309",
+        severity="error",
+        message=f"cannot use `{shown}` as a path: {exc.strerror or exc}",
+        path=dotted(path),
+        span=span,
+        help="shorten the path, or check its permissions",
+    )
 
 
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
@@ -72,9 +90,13 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets, loss)
     if not memory.fits:
-        ctx.report("DBS350", "warning", f"estimated memory {_gib(memory.total)} exceeds the target's "
-                   f"{_gib(memory.available)}", ("precision",),
-                   help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit")
+        ctx.report(
+            "DBS350",
+            "warning",
+            f"estimated memory {_gib(memory.total)} exceeds the target's {_gib(memory.available)}",
+            ("precision",),
+            help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit",
+        )
     target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
     plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
@@ -83,11 +105,15 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
 def balance(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> tuple[DatasetPlan, ...]:
     """Per-image samples per epoch: instance images use their repeats; class images are balanced to match
     (kohya's rule) unless schedule.balance_classes is false, when they keep their own repeats."""
-    class_images = [(di, ii) for di, d in enumerate(datasets) if d.role == "class" for ii in range(len(d.images))]
+    class_images = [
+        (di, ii) for di, d in enumerate(datasets) if d.role == "class" for ii in range(len(d.images))
+    ]
     new_repeats: dict[tuple[int, int], int] = {}
     if ctx.spec.schedule.balance_classes:
         target = sum(img.repeats for d in datasets if d.role == "instance" for img in d.images)
-        counts = sched.balance_class_repeats([datasets[di].images[ii].repeats for di, ii in class_images], target)
+        counts = sched.balance_class_repeats(
+            [datasets[di].images[ii].repeats for di, ii in class_images], target
+        )
         new_repeats = dict(zip(class_images, counts))
     out = []
     for di, d in enumerate(datasets):
@@ -119,15 +145,23 @@ def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> Schedu
     if batches == 0:
         # Data errors (missing folders, bad images, captions or masks) already say why; this only adds noise.
         if not any(d.severity == "error" and d.code.startswith("DBS3") for d in ctx.diagnostics):
-            ctx.report("DBS332", "error", "no image will train: every dataset is empty after skipping problem files",
-                       ("datasets",))
+            ctx.report(
+                "DBS332",
+                "error",
+                "no image will train: every dataset is empty after skipping problem files",
+                ("datasets",),
+            )
         return None
     for b in buckets:
         if b.short:
             n = b.instance_samples + b.class_samples
-            ctx.report("DBS333", "warning", f"bucket {b.size[0]}x{b.size[1]} holds {n} sample(s), fewer than "
-                       f"batch_size {s.batch_size}: they train as one smaller batch each epoch (not dropped)",
-                       ("schedule", "batch_size"))
+            ctx.report(
+                "DBS333",
+                "warning",
+                f"bucket {b.size[0]}x{b.size[1]} holds {n} sample(s), fewer than "
+                f"batch_size {s.batch_size}: they train as one smaller batch each epoch (not dropped)",
+                ("schedule", "batch_size"),
+            )
     try:
         return _compute(ctx, batches, buckets)
     except ValueError as exc:
@@ -138,20 +172,33 @@ def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> Schedu
 def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> SchedulePlan:
     s, spec = ctx.spec.schedule, ctx.spec
     return sched.compute_schedule(
-        batches_per_epoch=batches, instance_samples=sum(b.instance_samples for b in buckets),
-        class_samples=sum(b.class_samples for b in buckets), batch_size=s.batch_size, accumulation=s.accumulation,
-        processes=ctx.env.processes, steps=s.steps, epochs=s.epochs, lr=spec.optimizer.lr,
-        lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps, cycles=s.cycles,
+        batches_per_epoch=batches,
+        instance_samples=sum(b.instance_samples for b in buckets),
+        class_samples=sum(b.class_samples for b in buckets),
+        batch_size=s.batch_size,
+        accumulation=s.accumulation,
+        processes=ctx.env.processes,
+        steps=s.steps,
+        epochs=s.epochs,
+        lr=spec.optimizer.lr,
+        lr_schedule=s.lr_schedule,
+        warmup_steps=s.warmup_steps,
+        cycles=s.cycles,
         text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
-        checkpoint_every=spec.checkpoints.every, validate_every=spec.validation.every,
-        validate=bool(spec.validation.prompts), seed=s.seed)
+        checkpoint_every=spec.checkpoints.every,
+        validate_every=spec.validation.every,
+        validate=bool(spec.validation.prompts),
+        seed=s.seed,
+    )
 
 
 def _plan_rules(ctx: Context, total_steps: int) -> None:
     """The "plan" rules, now that the step count is known, unless the check already ran them (spec gave steps)."""
     if steps_known(ctx.spec):
         return
-    ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in run_plan_rules(ctx.spec, ctx.raw.given, total_steps)]
+    ctx.diagnostics += [
+        hit_to_diagnostic(ctx.raw, hit) for hit in run_plan_rules(ctx.spec, ctx.raw.given, total_steps)
+    ]
 
 
 def _environment_rules(ctx: Context) -> None:
@@ -165,10 +212,20 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         trainable["lora"] = _lora_estimate(model, spec.adapter, precision)
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
-        components=precision.components, trainable_params=trainable, optimizer=spec.optimizer.kind,
-        momentum=spec.optimizer.momentum, batch_size=spec.schedule.batch_size, max_bucket=largest,
-        family=model.family, gradient_checkpointing=spec.precision.gradient_checkpointing, mixed=precision.mixed,
-        ema=spec.ema.enabled, ema_offload=spec.ema.offload, teacher=loss.teacher, available=ctx.env.memory_bytes)
+        components=precision.components,
+        trainable_params=trainable,
+        optimizer=spec.optimizer.kind,
+        momentum=spec.optimizer.momentum,
+        batch_size=spec.schedule.batch_size,
+        max_bucket=largest,
+        family=model.family,
+        gradient_checkpointing=spec.precision.gradient_checkpointing,
+        mixed=precision.mixed,
+        ema=spec.ema.enabled,
+        ema_offload=spec.ema.offload,
+        teacher=loss.teacher,
+        available=ctx.env.memory_bytes,
+    )
 
 
 def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> TargetEnv:
@@ -177,20 +234,33 @@ def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> T
     if not ctx.env.measure_disk:
         return ctx.env
     c = ctx.spec.checkpoints
-    need = disk_needed(precision=precision, memory=memory, schedule=schedule, keep=c.keep,
-                       save_precision=c.save_precision, lora=isinstance(ctx.spec.adapter, LoraAdapter),
-                       datasets=datasets, cache=cache)
+    need = disk_needed(
+        precision=precision,
+        memory=memory,
+        schedule=schedule,
+        keep=c.keep,
+        save_precision=c.save_precision,
+        lora=isinstance(ctx.spec.adapter, LoraAdapter),
+        datasets=datasets,
+        cache=cache,
+    )
     output, cached = free_disk(ctx.resolve(ctx.spec.output.dir)), free_disk(ctx.cache_dir)
     for short in shortfalls(need, output, cached):
         _report_disk(ctx, short, need)
     shared = output is not None and cached is not None and output.device == cached.device
-    return attrs.evolve(ctx.env, free_disk_bytes=output.free if output else 0,
-                        cache_free_disk_bytes=cached.free if cached else 0, shared_disk=shared)
+    return attrs.evolve(
+        ctx.env,
+        free_disk_bytes=output.free if output else 0,
+        cache_free_disk_bytes=cached.free if cached else 0,
+        shared_disk=shared,
+    )
 
 
 _DISK_WRITES = {"output.dir": "checkpoints and final weights", "cache.dir": "latent cache"}
-_DISK_HELP = {"output.dir": "lower checkpoints.keep, use checkpoints.save_precision = \"fp16\"",
-              "cache.dir": "set cache.latents = false"}
+_DISK_HELP = {
+    "output.dir": 'lower checkpoints.keep, use checkpoints.save_precision = "fp16"',
+    "cache.dir": "set cache.latents = false",
+}
 
 
 def _report_disk(ctx: Context, short, need) -> None:
@@ -200,9 +270,13 @@ def _report_disk(ctx: Context, short, need) -> None:
     if len(keys) > 1:  # both folders on one device: their needs add up
         what += f" = {_size(short.needed)} on one disk"
     remedies = ", ".join(_DISK_HELP[key] for key in keys)
-    ctx.report("DBS351", "warning", f"the run may write {what}, but `{short.folder}` has {_size(short.free)} free",
-               tuple(keys[0].split(".")),
-               help=f"{remedies}, point {' and '.join(keys)} at a disk with more room, or free disk space")
+    ctx.report(
+        "DBS351",
+        "warning",
+        f"the run may write {what}, but `{short.folder}` has {_size(short.free)} free",
+        tuple(keys[0].split(".")),
+        help=f"{remedies}, point {' and '.join(keys)} at a disk with more room, or free disk space",
+    )
 
 
 def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
@@ -231,7 +305,9 @@ def _origins(ctx: Context, precision) -> dict:
     """Spec origins, with the values the compiler computed (or resolved from "auto") marked derived."""
     spec = ctx.spec
     origins = spec_origins(spec, ctx.raw)
-    origins["schedule.total_steps"] = derived("schedule.steps" if spec.schedule.steps else "epochs x steps per epoch")
+    origins["schedule.total_steps"] = derived(
+        "schedule.steps" if spec.schedule.steps else "epochs x steps per epoch"
+    )
     if spec.schedule.steps:
         origins["schedule.epochs"] = derived("total steps / steps per epoch")
     if spec.precision.mixed != precision.mixed:  # "auto", or a bf16 fallback
@@ -242,34 +318,79 @@ def _origins(ctx: Context, precision) -> dict:
     return origins
 
 
-def _assemble(ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache,
-              memory) -> Plan:
+def _assemble(
+    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
+) -> Plan:
     spec = ctx.spec
     a = spec.adapter
-    adapter = (AdapterPlan(kind="lora", rank=a.rank, alpha=a.alpha, dropout=a.dropout,
-                           unet_targets=tuple(a.unet_targets), text_encoder_targets=tuple(a.text_encoder_targets))
-               if isinstance(a, LoraAdapter) else AdapterPlan(kind="none"))
+    adapter = (
+        AdapterPlan(
+            kind="lora",
+            rank=a.rank,
+            alpha=a.alpha,
+            dropout=a.dropout,
+            unet_targets=tuple(a.unet_targets),
+            text_encoder_targets=tuple(a.text_encoder_targets),
+        )
+        if isinstance(a, LoraAdapter)
+        else AdapterPlan(kind="none")
+    )
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
-    warnings = tuple(render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key()))
+    warnings = tuple(
+        render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key())
+    )
     return Plan(
-        plan_version=PLAN_VERSION, dbspec_version=__version__, spec_file=str(ctx.raw.path), spec_dir=str(ctx.spec_dir),
-        target=target, model=model, adapter=adapter, train_unet=spec.train.unet,
-        train_text_encoder=spec.train.text_encoder, datasets=datasets, buckets=buckets, schedule=schedule, loss=loss,
+        plan_version=PLAN_VERSION,
+        dbspec_version=__version__,
+        spec_file=str(ctx.raw.path),
+        spec_dir=str(ctx.spec_dir),
+        target=target,
+        model=model,
+        adapter=adapter,
+        train_unet=spec.train.unet,
+        train_text_encoder=spec.train.text_encoder,
+        datasets=datasets,
+        buckets=buckets,
+        schedule=schedule,
+        loss=loss,
         precision=precision,
-        optimizer=OptimizerPlan(kind=o.kind, lr=o.lr, text_encoder_lr=o.text_encoder_lr, weight_decay=o.weight_decay,
-                                betas=(o.betas[0], o.betas[1]), eps=o.eps, momentum=o.momentum,
-                                max_grad_norm=o.max_grad_norm),
+        optimizer=OptimizerPlan(
+            kind=o.kind,
+            lr=o.lr,
+            text_encoder_lr=o.text_encoder_lr,
+            weight_decay=o.weight_decay,
+            betas=(o.betas[0], o.betas[1]),
+            eps=o.eps,
+            momentum=o.momentum,
+            max_grad_norm=o.max_grad_norm,
+        ),
         cache=cache,
-        validation=ValidationPlan(prompts=tuple(v.prompts), negative_prompt=v.negative_prompt,
-                                  steps=schedule.validation_steps, scheduler=v.scheduler, inference_steps=v.steps,
-                                  guidance=v.guidance, images_per_prompt=v.images_per_prompt, seed=v.seed,
-                                  size=(first.resolution, first.resolution)),
-        checkpoints=CheckpointPlan(dir=str(ctx.resolve(spec.output.dir)), name=spec.output.name,
-                                   steps=schedule.checkpoint_steps, keep=c.keep, save_precision=c.save_precision,
-                                   exports=tuple(c.exports)),
-        ema=EmaPlan(enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload),
+        validation=ValidationPlan(
+            prompts=tuple(v.prompts),
+            negative_prompt=v.negative_prompt,
+            steps=schedule.validation_steps,
+            scheduler=v.scheduler,
+            inference_steps=v.steps,
+            guidance=v.guidance,
+            images_per_prompt=v.images_per_prompt,
+            seed=v.seed,
+            size=(first.resolution, first.resolution),
+        ),
+        checkpoints=CheckpointPlan(
+            dir=str(ctx.resolve(spec.output.dir)),
+            name=spec.output.name,
+            steps=schedule.checkpoint_steps,
+            keep=c.keep,
+            save_precision=c.save_precision,
+            exports=tuple(c.exports),
+        ),
+        ema=EmaPlan(
+            enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload
+        ),
         logging=LoggingPlan(every=spec.logging.every, tensorboard=spec.logging.tensorboard),
-        memory=memory, origins=origins, warnings=warnings,
+        memory=memory,
+        origins=origins,
+        warnings=warnings,
     )

@@ -33,11 +33,27 @@ class Context:
     def cache_dir(self) -> Path:
         return self.resolve(self.spec.cache.dir)
 
-    def report(self, code: str, severity: Severity, message: str, path: KeyPath, help: str = "",
-               notes: tuple[str, ...] = ()) -> None:
+    def report(
+        self,
+        code: str,
+        severity: Severity,
+        message: str,
+        path: KeyPath,
+        help: str = "",
+        notes: tuple[str, ...] = (),
+    ) -> None:
         span = self.raw.value_span(path) if self.raw.given(path) else self.raw.key_span(path)
-        self.diagnostics.append(Diagnostic(code=code, severity=severity, message=message, path=dotted(path),
-                                           span=span, help=help, notes=notes))
+        self.diagnostics.append(
+            Diagnostic(
+                code=code,
+                severity=severity,
+                message=message,
+                path=dotted(path),
+                span=span,
+                help=help,
+                notes=notes,
+            )
+        )
 
     def adopt(self, diagnostic: Diagnostic, path: KeyPath) -> None:
         """Attach the span of `path` to a diagnostic made without one (e.g. by the image scanner)."""

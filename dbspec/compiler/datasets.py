@@ -57,11 +57,20 @@ def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
         hint = "adjust buckets.min_size / max_size / step"
         if lo < b.step:  # the smallest bucket rounds down to 0: the step is too coarse for this resolution
             hint = f"lower buckets.step to {lo - lo % 8} or less (kohya's 64 suits 512 px and up), or set buckets.min_size"
-        ctx.report("DBS330", "error", f"buckets for dataset `{d.name}`: {'; '.join(problems)}",
-                   ("datasets", index, "resolution"), help=hint)
+        ctx.report(
+            "DBS330",
+            "error",
+            f"buckets for dataset `{d.name}`: {'; '.join(problems)}",
+            ("datasets", index, "resolution"),
+            help=hint,
+        )
         return None
-    return Placer(mode="aspect", resolution=d.resolution, step=b.step,
-                  buckets=bk.bucket_list((d.resolution, d.resolution), lo, hi, b.step))
+    return Placer(
+        mode="aspect",
+        resolution=d.resolution,
+        step=b.step,
+        buckets=bk.bucket_list((d.resolution, d.resolution), lo, hi, b.step),
+    )
 
 
 def plan_datasets(ctx: Context, model: ModelPlan | None, keyer: Keyer) -> tuple[DatasetPlan, ...]:
@@ -73,16 +82,24 @@ def plan_datasets(ctx: Context, model: ModelPlan | None, keyer: Keyer) -> tuple[
     return tuple(plans)
 
 
-def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None, keyer: Keyer) -> DatasetPlan | None:
+def _plan_dataset(
+    ctx: Context, i: int, d: Dataset, model: ModelPlan | None, keyer: Keyer
+) -> DatasetPlan | None:
     folder = ctx.resolve(d.path)
     placer = make_placer(ctx, i, d)
     generating = d.role == "class" and d.generate > 0
     if generating and not folder.exists():
         scan = ScanResult(images=(), diagnostics=(), cache_hits=0, cache_misses=0)
     else:
-        scan = scan_folder(folder, recursive=d.recursive, min_size=d.min_image_size, on_bad=d.on_bad_image,
-                           cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].path",
-                           sidecars=sidecars(d.caption_extension))
+        scan = scan_folder(
+            folder,
+            recursive=d.recursive,
+            min_size=d.min_image_size,
+            on_bad=d.on_bad_image,
+            cache_dir=ctx.cache_dir / "scan",
+            key_path=f"datasets[{i}].path",
+            sidecars=sidecars(d.caption_extension),
+        )
         for diag in scan.diagnostics:
             if not (generating and diag.code == "DBS302"):  # an empty class folder is fine when we generate
                 ctx.adopt(diag, ("datasets", i, "path"))
@@ -90,8 +107,13 @@ def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None, key
     key = manifest_key(model, d)
     existing, stale = _split_generated(folder, scan.images, key)
     if stale:
-        ctx.report("DBS324", "warning", f"{stale} class images in `{d.path}` were generated for another base model, "
-                   "prompt, resolution or sampling settings; they will be regenerated", ("datasets", i, "generate"))
+        ctx.report(
+            "DBS324",
+            "warning",
+            f"{stale} class images in `{d.path}` were generated for another base model, "
+            "prompt, resolution or sampling settings; they will be regenerated",
+            ("datasets", i, "generate"),
+        )
     masks = _masks(ctx, i, d, existing)
     if placer is None or masks is None:
         return None
@@ -100,9 +122,18 @@ def _plan_dataset(ctx: Context, i: int, d: Dataset, model: ModelPlan | None, key
     if generate is not None:
         images += _future_images(d, generate, placer, keyer)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
-    return DatasetPlan(name=d.name, role=d.role, path=str(folder), resolution=d.resolution, crop=d.crop, flip=d.flip,
-                       mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
-                       images=tuple(img for img in images if img is not None), skipped=skipped, generate=generate)
+    return DatasetPlan(
+        name=d.name,
+        role=d.role,
+        path=str(folder),
+        resolution=d.resolution,
+        crop=d.crop,
+        flip=d.flip,
+        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
+        images=tuple(img for img in images if img is not None),
+        skipped=skipped,
+        generate=generate,
+    )
 
 
 def caption_for(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
@@ -133,25 +164,48 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
         if d.prompt:
             return d.prompt
         ext = d.caption_extension
-        hint = f"; caption_extension is \"{ext}\": did you mean \".{ext}\"?" if ext and not ext.startswith(".") else ""
-        ctx.report("DBS320", "error", f"no caption file `{sidecar.name}` for image `{info.rel}` in dataset `{d.name}`",
-                   ("datasets", i, "captions"), help=f"write {sidecar.name}, or set prompt to use as a fallback{hint}")
+        hint = (
+            f'; caption_extension is "{ext}": did you mean ".{ext}"?'
+            if ext and not ext.startswith(".")
+            else ""
+        )
+        ctx.report(
+            "DBS320",
+            "error",
+            f"no caption file `{sidecar.name}` for image `{info.rel}` in dataset `{d.name}`",
+            ("datasets", i, "captions"),
+            help=f"write {sidecar.name}, or set prompt to use as a fallback{hint}",
+        )
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        ctx.report("DBS320", "error", f"cannot read caption file `{sidecar}`: {exc}", ("datasets", i, "captions"),
-                   help="save caption files as UTF-8 text")
+        ctx.report(
+            "DBS320",
+            "error",
+            f"cannot read caption file `{sidecar}`: {exc}",
+            ("datasets", i, "captions"),
+            help="save caption files as UTF-8 text",
+        )
         return None
     if not lines:
-        used = f"the prompt \"{d.prompt}\"" if d.prompt else "an empty caption"
-        ctx.report("DBS320", "warning", f"caption file `{sidecar.name}` is empty: image `{info.rel}` trains with "
-                   f"{used}", ("datasets", i, "captions"))
+        used = f'the prompt "{d.prompt}"' if d.prompt else "an empty caption"
+        ctx.report(
+            "DBS320",
+            "warning",
+            f"caption file `{sidecar.name}` is empty: image `{info.rel}` trains with {used}",
+            ("datasets", i, "captions"),
+        )
         return d.prompt
     caption = lines[0]  # the first line, as kohya reads it
     if cut or len(caption) > MAX_CAPTION_CHARS:
         what = f"more than {MAX_CAPTION_BYTES} bytes" if cut else f"a {len(caption)}-character first line"
-        ctx.report("DBS325", "warning", f"caption file `{sidecar.name}` of image `{info.rel}` holds {what}: only "
-                   f"its first {MAX_CAPTION_CHARS} characters are kept", ("datasets", i, "captions"),
-                   help="text encoders read at most 77 tokens (225 with long prompts), a few hundred characters")
+        ctx.report(
+            "DBS325",
+            "warning",
+            f"caption file `{sidecar.name}` of image `{info.rel}` holds {what}: only "
+            f"its first {MAX_CAPTION_CHARS} characters are kept",
+            ("datasets", i, "captions"),
+            help="text encoders read at most 77 tokens (225 with long prompts), a few hundred characters",
+        )
     return caption[:MAX_CAPTION_CHARS]
 
 
@@ -168,23 +222,41 @@ def _read_capped(path: Path) -> tuple[str, bool]:
     return codecs.getincrementaldecoder("utf-8")().decode(raw[:MAX_CAPTION_BYTES], final=not cut), cut
 
 
-def _image(ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer,
-           keyer: Keyer) -> ImagePlan | None:
+def _image(
+    ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer, keyer: Keyer
+) -> ImagePlan | None:
     caption = caption_for(ctx, i, d, info)
     if caption is None:
         return None
     try:
         p = placer.place((info.width, info.height))
     except ValueError as exc:
-        ctx.report("DBS331", "error", f"image `{info.rel}` in dataset `{d.name}` fits no bucket: {exc}",
-                   ("datasets", i, "path"), help="use a larger image or lower buckets.step")
+        ctx.report(
+            "DBS331",
+            "error",
+            f"image `{info.rel}` in dataset `{d.name}` fits no bucket: {exc}",
+            ("datasets", i, "path"),
+            help="use a larger image or lower buckets.step",
+        )
         return None
     mask_path, mask_sha = masks.get(info.rel, ("", ""))
     latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, caption)
-    return ImagePlan(path=info.path, rel=info.rel, sha=info.sha, size=(info.width, info.height),
-                     orientation=info.orientation, caption=caption, repeats=d.repeats, bucket=p.bucket,
-                     resized=p.resized, crop=p.crop, mask=mask_path, mask_sha=mask_sha,
-                     latent_keys=latent_keys, text_key=text_key)
+    return ImagePlan(
+        path=info.path,
+        rel=info.rel,
+        sha=info.sha,
+        size=(info.width, info.height),
+        orientation=info.orientation,
+        caption=caption,
+        repeats=d.repeats,
+        bucket=p.bucket,
+        resized=p.resized,
+        crop=p.crop,
+        mask=mask_path,
+        mask_sha=mask_sha,
+        latent_keys=latent_keys,
+        text_key=text_key,
+    )
 
 
 def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> dict | None:
@@ -192,13 +264,24 @@ def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> d
     if d.mask_from_alpha:
         missing = [img.rel for img in images if not img.has_alpha]
         for rel in missing:
-            ctx.report("DBS323", "error", f"image `{rel}` has no alpha channel to use as a mask",
-                       ("datasets", i, "mask_from_alpha"), help="save it as RGBA PNG, or use a masks folder")
+            ctx.report(
+                "DBS323",
+                "error",
+                f"image `{rel}` has no alpha channel to use as a mask",
+                ("datasets", i, "mask_from_alpha"),
+                help="save it as RGBA PNG, or use a masks folder",
+            )
         return None if missing else {img.rel: ("alpha", img.sha) for img in images}
     if not d.masks:
         return {}
-    scan = scan_folder(ctx.resolve(d.masks), recursive=d.recursive, min_size=1, on_bad="error",
-                       cache_dir=ctx.cache_dir / "scan", key_path=f"datasets[{i}].masks")
+    scan = scan_folder(
+        ctx.resolve(d.masks),
+        recursive=d.recursive,
+        min_size=1,
+        on_bad="error",
+        cache_dir=ctx.cache_dir / "scan",
+        key_path=f"datasets[{i}].masks",
+    )
     for diag in scan.diagnostics:
         ctx.adopt(diag, ("datasets", i, "masks"))
     if any(d.code in ("DBS301", "DBS302") for d in scan.diagnostics):
@@ -209,12 +292,23 @@ def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> d
         mask = by_stem.get(str(Path(img.rel).with_suffix("")))
         if mask is None:
             ok = False
-            ctx.report("DBS321", "error", f"image `{img.rel}` has no mask in `{d.masks}` (looked for "
-                       f"`{Path(img.rel).stem}.*`)", ("datasets", i, "masks"), help="add the mask or remove the image")
+            ctx.report(
+                "DBS321",
+                "error",
+                f"image `{img.rel}` has no mask in `{d.masks}` (looked for `{Path(img.rel).stem}.*`)",
+                ("datasets", i, "masks"),
+                help="add the mask or remove the image",
+            )
         elif (mask.width, mask.height) != (img.width, img.height):
             ok = False
-            ctx.report("DBS322", "error", f"mask `{mask.rel}` is {mask.width}x{mask.height} but image `{img.rel}` is "
-                       f"{img.width}x{img.height}", ("datasets", i, "masks"), help="resize the mask to the image size")
+            ctx.report(
+                "DBS322",
+                "error",
+                f"mask `{mask.rel}` is {mask.width}x{mask.height} but image `{img.rel}` is "
+                f"{img.width}x{img.height}",
+                ("datasets", i, "masks"),
+                help="resize the mask to the image size",
+            )
         else:
             found[img.rel] = (mask.path, mask.sha)
     return found if ok else None
@@ -235,7 +329,9 @@ def manifest_key(model: ModelPlan | None, d: Dataset) -> str:
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 
-def _split_generated(folder: Path, images: tuple[ImageInfo, ...], key: str) -> tuple[tuple[ImageInfo, ...], int]:
+def _split_generated(
+    folder: Path, images: tuple[ImageInfo, ...], key: str
+) -> tuple[tuple[ImageInfo, ...], int]:
     """Leave out images generated for another base model, prompt, resolution or sampling: they get regenerated."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -253,9 +349,18 @@ def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) 
     if count == 0:
         return None
     seeds = tuple(ctx.spec.schedule.seed * 1_000_003 + have + k for k in range(count))
-    return GeneratePlan(folder=str(folder), count=count, prompt=d.prompt, resolution=(d.resolution, d.resolution),
-                        seeds=seeds, manifest_key=key, scheduler=d.generate_scheduler, steps=d.generate_steps,
-                        guidance=float(d.generate_guidance), batch_size=d.generate_batch)
+    return GeneratePlan(
+        folder=str(folder),
+        count=count,
+        prompt=d.prompt,
+        resolution=(d.resolution, d.resolution),
+        seeds=seeds,
+        manifest_key=key,
+        scheduler=d.generate_scheduler,
+        steps=d.generate_steps,
+        guidance=float(d.generate_guidance),
+        batch_size=d.generate_batch,
+    )
 
 
 def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer) -> list[ImagePlan]:
@@ -263,10 +368,24 @@ def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer) 
     caption = " ".join(p for p in (d.caption_prefix, d.prompt, d.caption_suffix) if p)
     images = []
     for seed in gen.seeds:
-        sha = f"generated:{gen.manifest_key}:{seed}"  # made from (model, prompt, resolution, seed): a stable id
+        sha = (
+            f"generated:{gen.manifest_key}:{seed}"  # made from (model, prompt, resolution, seed): a stable id
+        )
         latent_keys, text_key = keyer.keys(d, sha, placed.bucket, placed.resized, placed.crop, caption)
-        images.append(ImagePlan(path=str(Path(gen.folder) / f"class-{seed}.png"), rel=f"class-{seed}.png", sha=sha,
-                                size=gen.resolution, orientation=1, caption=caption, repeats=d.repeats,
-                                bucket=placed.bucket, resized=placed.resized, crop=placed.crop,
-                                latent_keys=latent_keys, text_key=text_key))
+        images.append(
+            ImagePlan(
+                path=str(Path(gen.folder) / f"class-{seed}.png"),
+                rel=f"class-{seed}.png",
+                sha=sha,
+                size=gen.resolution,
+                orientation=1,
+                caption=caption,
+                repeats=d.repeats,
+                bucket=placed.bucket,
+                resized=placed.resized,
+                crop=placed.crop,
+                latent_keys=latent_keys,
+                text_key=text_key,
+            )
+        )
     return images

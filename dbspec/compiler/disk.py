@@ -35,13 +35,24 @@ class Shortfall(NamedTuple):
     free: int
 
 
-def disk_needed(*, precision: PrecisionPlan, memory: MemoryPlan, schedule: SchedulePlan, keep: int,
-                save_precision: str, lora: bool, datasets: tuple[DatasetPlan, ...], cache: CachePlan) -> DiskNeed:
+def disk_needed(
+    *,
+    precision: PrecisionPlan,
+    memory: MemoryPlan,
+    schedule: SchedulePlan,
+    keep: int,
+    save_precision: str,
+    lora: bool,
+    datasets: tuple[DatasetPlan, ...],
+    cache: CachePlan,
+) -> DiskNeed:
     """Bytes the run will write at most, per folder. An estimate: safetensors headers and configs are not
     counted."""
     save = SAVE_BYTES[save_precision]
     trained = memory.gradients // 4 if memory.gradients else 0  # trainable parameter count (fp32 gradients)
-    state = memory.gradients + memory.optimizer  # full-precision trainables + optimizer state in each checkpoint
+    state = (
+        memory.gradients + memory.optimizer
+    )  # full-precision trainables + optimizer state in each checkpoint
     per_checkpoint = trained * save + state
     kept = min(keep or len(schedule.checkpoint_steps), len(schedule.checkpoint_steps))
     everything = sum(c.params for c in precision.components)
@@ -76,5 +87,8 @@ def shortfalls(need: DiskNeed, output: FreeDisk | None, cache: FreeDisk | None) 
         checks = [(("output.dir", "cache.dir"), output, need.output + need.cache)]
     else:
         checks = [(("output.dir",), output, need.output), (("cache.dir",), cache, need.cache)]
-    return [Shortfall(keys, measured.folder, needed, measured.free) for keys, measured, needed in checks
-            if measured is not None and needed > measured.free]
+    return [
+        Shortfall(keys, measured.folder, needed, measured.free)
+        for keys, measured, needed in checks
+        if measured is not None and needed > measured.free
+    ]

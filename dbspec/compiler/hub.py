@@ -33,4 +33,6 @@ def download(repo_id: str, revision: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=ALLOW))
     except Exception as exc:  # noqa: BLE001 - network, auth, offline mode, missing repo: all end the same way
-        raise DownloadError(f"cannot download {repo_id}@{revision or 'main'}: {type(exc).__name__}: {exc}") from None
+        raise DownloadError(
+            f"cannot download {repo_id}@{revision or 'main'}: {type(exc).__name__}: {exc}"
+        ) from None

@@ -69,7 +69,9 @@ def probe_image(data: bytes) -> FileFacts:
         return bad_facts("DBS303", "is not an image Pillow can identify", sha)
     except Exception as e:  # noqa: BLE001 - plugins raise SyntaxError, struct.error, ValueError... on bad headers
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and _webp_declared(data) > len(data):
-            reason = f"is truncated: its header declares {_webp_declared(data)} bytes, the file has {len(data)}"
+            reason = (
+                f"is truncated: its header declares {_webp_declared(data)} bytes, the file has {len(data)}"
+            )
             return bad_facts("DBS308", reason, sha)  # libwebp refuses to open a cut file
         return bad_facts("DBS303", f"has a corrupt header ({type(e).__name__}: {e})", sha)
     with im:
@@ -84,8 +86,15 @@ def probe_image(data: bytes) -> FileFacts:
         if orientation >= 5:  # 5..8 turn the image a quarter: width and height swap
             width, height = height, width
         has_alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
-        return FileFacts(width=width, height=height, orientation=orientation, mode=im.mode,
-                         has_alpha=has_alpha, sha=sha, frames=_frames(im))
+        return FileFacts(
+            width=width,
+            height=height,
+            orientation=orientation,
+            mode=im.mode,
+            has_alpha=has_alpha,
+            sha=sha,
+            frames=_frames(im),
+        )
 
 
 def _frames(im: Image.Image) -> int:
@@ -112,7 +121,9 @@ def _truncation(im: Image.Image, data: bytes) -> tuple[str, bool]:
         complete, late_metadata = _png_chunks(data)
         return ("" if complete else "the PNG data ends before its IEND chunk"), late_metadata
     if im.format in ("JPEG", "MPO"):
-        return ("" if _jpeg_complete(data) else "the JPEG data ends before its end-of-image marker (FFD9)"), False
+        return (
+            "" if _jpeg_complete(data) else "the JPEG data ends before its end-of-image marker (FFD9)"
+        ), False
     if im.format == "WEBP":
         declared = _webp_declared(data)
         return ("" if n >= declared else f"its header declares {declared} bytes, the file has {n}"), False
@@ -192,8 +203,9 @@ def _orientation(im: Image.Image, late_metadata: bool) -> int:
 
 
 def bad_facts(code: str, reason: str, sha: str = "") -> FileFacts:
-    return FileFacts(width=0, height=0, orientation=1, mode="", has_alpha=False, sha=sha,
-                     problem=code, reason=reason)
+    return FileFacts(
+        width=0, height=0, orientation=1, mode="", has_alpha=False, sha=sha, problem=code, reason=reason
+    )
 
 
 def probe_file(path: str) -> FileFacts:
@@ -248,7 +260,19 @@ def lookup(entries: Entries, path: str, size: int, stamp: str) -> FileFacts | No
 
 def make_entry(size: int, stamp: str, facts: FileFacts) -> Entry:
     f = facts
-    return [size, stamp, f.width, f.height, f.orientation, f.mode, f.has_alpha, f.sha, f.problem, f.reason, f.frames]
+    return [
+        size,
+        stamp,
+        f.width,
+        f.height,
+        f.orientation,
+        f.mode,
+        f.has_alpha,
+        f.sha,
+        f.problem,
+        f.reason,
+        f.frames,
+    ]
 
 
 def save_entries(cache_file: Path, folder: str, entries: Entries) -> None:

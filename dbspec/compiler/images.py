@@ -49,7 +49,9 @@ class ScanResult:
     diagnostics: tuple[Diagnostic, ...]
     cache_hits: int
     cache_misses: int  # files whose bytes were read
-    unusable: tuple[str, ...] = ()  # relative paths of files that are neither images dbspec reads nor sidecars
+    unusable: tuple[
+        str, ...
+    ] = ()  # relative paths of files that are neither images dbspec reads nor sidecars
 
 
 class _Found(NamedTuple):
@@ -115,23 +117,46 @@ def scan_folder(
         imagecache.save_entries(cache_file, _posix(root), new)
     if not images and not any(d.severity == "error" for d in diagnostics):
         diagnostics.append(_no_images(root, bool(found), recursive, key_path))
-    return ScanResult(images=tuple(images), diagnostics=tuple(diagnostics), cache_hits=hits, cache_misses=misses,
-                      unusable=tuple(unusable))
+    return ScanResult(
+        images=tuple(images),
+        diagnostics=tuple(diagnostics),
+        cache_hits=hits,
+        cache_misses=misses,
+        unusable=tuple(unusable),
+    )
 
 
-def _cached_image(item: _Found, old: imagecache.Entries, min_size: int, limit: int | None) -> ImageInfo | None:
+def _cached_image(
+    item: _Found, old: imagecache.Entries, min_size: int, limit: int | None
+) -> ImageInfo | None:
     """The ImageInfo straight from a cache entry when nothing needs looking at (one call per file, warm)."""
     entry = old.get(item.path)
-    if (type(entry) is not list or len(entry) != imagecache.ENTRY_LENGTH or entry[0] != item.size
-            or entry[1] != item.stamp or not item.size or item.broken or entry[8]):
+    if (
+        type(entry) is not list
+        or len(entry) != imagecache.ENTRY_LENGTH
+        or entry[0] != item.size
+        or entry[1] != item.stamp
+        or not item.size
+        or item.broken
+        or entry[8]
+    ):
         return None
     _, _, width, height, orientation, mode, has_alpha, sha, _, _, frames = entry
-    if (type(width) is not int or type(height) is not int or type(orientation) is not int or type(mode) is not str
-            or type(has_alpha) is not bool or type(sha) is not str or type(frames) is not int
-            or min(width, height) < min_size or (limit is not None and width * height > limit)):
+    if (
+        type(width) is not int
+        or type(height) is not int
+        or type(orientation) is not int
+        or type(mode) is not str
+        or type(has_alpha) is not bool
+        or type(sha) is not str
+        or type(frames) is not int
+        or min(width, height) < min_size
+        or (limit is not None and width * height > limit)
+    ):
         return None  # the slow path validates the entry fully and reports the problem
-    return ImageInfo(item.path, item.rel, width, height, orientation, mode, has_alpha, item.size, item.stamp,
-                     sha, frames)
+    return ImageInfo(
+        item.path, item.rel, width, height, orientation, mode, has_alpha, item.size, item.stamp, sha, frames
+    )
 
 
 def _facts(item: _Found, old: imagecache.Entries, new: imagecache.Entries) -> tuple[FileFacts, bool | None]:
@@ -168,7 +193,10 @@ def _problem(facts: FileFacts, min_size: int, max_pixels: int | None) -> tuple[s
         return facts.problem, facts.reason
     if max_pixels is not None and facts.width * facts.height > max_pixels:
         pixels = facts.width * facts.height
-        return "DBS307", f"has {pixels} pixels, more than the limit of {max_pixels} (possible decompression bomb)"
+        return (
+            "DBS307",
+            f"has {pixels} pixels, more than the limit of {max_pixels} (possible decompression bomb)",
+        )
     short = min(facts.width, facts.height)
     if short < min_size:
         size = f"{facts.width}x{facts.height}"
@@ -176,8 +204,9 @@ def _problem(facts: FileFacts, min_size: int, max_pixels: int | None) -> tuple[s
     return "", ""
 
 
-def _walk(root: str, recursive: bool, key_path: str,
-          sidecars: tuple[str, ...]) -> tuple[list[_Found] | None, list[str], list[Diagnostic]]:
+def _walk(
+    root: str, recursive: bool, key_path: str, sidecars: tuple[str, ...]
+) -> tuple[list[_Found] | None, list[str], list[Diagnostic]]:
     """Image files under `root` and the unusable files' relative paths, each sorted; None (and DBS301) when
     `root` cannot be listed."""
     if not os.path.isdir(root):
@@ -225,10 +254,13 @@ def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found]
         try:
             st = entry.stat()
         except OSError as e:  # vanished or unreadable between listing and stat
-            found.append(_Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})"))
+            found.append(
+                _Found(rel=rel, path=_posix(entry.path), broken=f"cannot be read ({e.strerror or e})")
+            )
             return True
-        found.append(_Found(rel=rel, path=_posix(entry.path), size=st.st_size,
-                            stamp=imagecache.file_stamp(st)))
+        found.append(
+            _Found(rel=rel, path=_posix(entry.path), size=st.st_size, stamp=imagecache.file_stamp(st))
+        )
     elif recursive and entry.is_dir(follow_symlinks=False):  # never follow folder links: no cycles
         pending.append((rel + "/", entry.path))
     elif entry.is_symlink() and not entry.is_dir():
@@ -256,16 +288,28 @@ def _out_of_scope(entries: imagecache.Entries, root: str) -> imagecache.Entries:
 
 def _image_info(item: _Found, facts: FileFacts) -> ImageInfo:
     # Positional: the field order of ImageInfo (per file, per scan; keyword construction costs more).
-    return ImageInfo(item.path, item.rel, facts.width, facts.height, facts.orientation, facts.mode, facts.has_alpha,
-                     item.size, item.stamp, facts.sha, facts.frames)
+    return ImageInfo(
+        item.path,
+        item.rel,
+        facts.width,
+        facts.height,
+        facts.orientation,
+        facts.mode,
+        facts.has_alpha,
+        item.size,
+        item.stamp,
+        facts.sha,
+        facts.frames,
+    )
 
 
 GROUP_AT = 4  # this many files with one problem in one folder become one diagnostic listing them
 LISTED = 20  # files named in a grouped diagnostic; the count says how many more
 
 
-def _file_diagnostics(problems: list[tuple[str, str, str]], root: str, on_bad: OnBad,
-                      key_path: str) -> list[Diagnostic]:
+def _file_diagnostics(
+    problems: list[tuple[str, str, str]], root: str, on_bad: OnBad, key_path: str
+) -> list[Diagnostic]:
     """One diagnostic per problem file, or one per code when many files share it (10,000 empty files are one
     block, not 10,000)."""
     by_code: dict[str, list[tuple[str, str]]] = {}
@@ -284,25 +328,40 @@ def _file_diagnostics(problems: list[tuple[str, str, str]], root: str, on_bad: O
     return out
 
 
-def _file_diagnostic(code: str, message: str, notes: tuple[str, ...], on_bad: OnBad, key_path: str) -> Diagnostic:
+def _file_diagnostic(
+    code: str, message: str, notes: tuple[str, ...], on_bad: OnBad, key_path: str
+) -> Diagnostic:
     if on_bad == "skip":
         return warning(code, message, path=key_path, notes=notes + ('left out (on_bad_image = "skip")',))
     return error(code, message, path=key_path, help=f"{codes.help(code)}; {_SKIP_HINT}", notes=notes)
 
 
 def _folder_error(folder: str, what: str, key_path: str) -> Diagnostic:
-    return error("DBS301", f"dataset folder `{_posix(folder)}` {what}", path=key_path,
-                 help="check the path; relative paths resolve against the spec file's folder")
+    return error(
+        "DBS301",
+        f"dataset folder `{_posix(folder)}` {what}",
+        path=key_path,
+        help="check the path; relative paths resolve against the spec file's folder",
+    )
 
 
 def _no_images(root: str, any_listed: bool, recursive: bool, key_path: str) -> Diagnostic:
     if any_listed:
-        return error("DBS302", f"dataset folder `{_posix(root)}` has no usable images: every one was skipped",
-                     path=key_path, help="fix or replace the skipped images listed above")
+        return error(
+            "DBS302",
+            f"dataset folder `{_posix(root)}` has no usable images: every one was skipped",
+            path=key_path,
+            help="fix or replace the skipped images listed above",
+        )
     exts = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
     notes = () if recursive else ("sub-folders are not scanned unless `recursive = true`",)
-    return error("DBS302", f"dataset folder `{_posix(root)}` has no images ({exts})", path=key_path, notes=notes,
-                 help="put images in the folder, or point `path` at the folder that holds them")
+    return error(
+        "DBS302",
+        f"dataset folder `{_posix(root)}` has no images ({exts})",
+        path=key_path,
+        notes=notes,
+        help="put images in the folder, or point `path` at the folder that holds them",
+    )
 
 
 def _posix(path: str) -> str:

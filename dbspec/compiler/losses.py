@@ -17,10 +17,19 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
     prior = spec.prior if has_class else "none"
     masked = any(d.mask_source != "none" for d in datasets)
     target = model.prediction if model else "epsilon"
-    plan = LossPlan(kind=spec.kind, huber_delta=spec.huber_delta, target=target, min_snr_gamma=spec.min_snr_gamma,
-                    noise_offset=spec.noise_offset, zero_terminal_snr=spec.zero_terminal_snr, masked=masked,
-                    prior=prior, prior_weight=spec.prior_weight if prior != "none" else 0.0, formula="",
-                    teacher=teacher_components(ctx, prior))
+    plan = LossPlan(
+        kind=spec.kind,
+        huber_delta=spec.huber_delta,
+        target=target,
+        min_snr_gamma=spec.min_snr_gamma,
+        noise_offset=spec.noise_offset,
+        zero_terminal_snr=spec.zero_terminal_snr,
+        masked=masked,
+        prior=prior,
+        prior_weight=spec.prior_weight if prior != "none" else 0.0,
+        formula="",
+        teacher=teacher_components(ctx, prior),
+    )
     return attrs.evolve(plan, formula=formula(plan))
 
 

@@ -48,12 +48,16 @@ FAMILY_ACTIVATIONS = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl"}  # SD2's UNet 
 # UNet activation bytes per latent pixel per sample at 16-bit autocast with SDPA: (plain, checkpointed).
 # Measured on real diffusers UNets, cross-checked against a published T4 table; see `activation_bytes`.
 UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (350_000, 100_000), "sdxl": (600_000, 60_000)}
-FP32_ACTIVATION_FACTOR = 1.7  # mixed = "no": measured fp32 / autocast ratio (not 2: autocast keeps norms fp32)
+FP32_ACTIVATION_FACTOR = (
+    1.7  # mixed = "no": measured fp32 / autocast ratio (not 2: autocast keeps norms fp32)
+)
 # Trained text encoders' activations per sample (77 tokens): CLIP-L ~31 MB, OpenCLIP-bigG ~140 MB, rounded up.
 TEXT_ENCODER_ACTIVATION_BYTES = {"text_encoder": 64 * 2**20, "text_encoder_2": 256 * 2**20}
 
 
-def lora_param_count(linear_shapes: Mapping[str, tuple[int, int]], targets: tuple[str, ...], rank: int) -> int:
+def lora_param_count(
+    linear_shapes: Mapping[str, tuple[int, int]], targets: tuple[str, ...], rank: int
+) -> int:
     """Adapter parameters: rank * (in + out) for each Linear (or 1x1 conv) whose name matches a target.
 
     `linear_shapes` maps module name -> (out_features, in_features). Matching is peft's suffix rule for a list
@@ -101,22 +105,44 @@ def estimate_memory(
     teacher_bytes = _teacher_bytes(components, teacher, mixed)
     # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.
     full_fp32 = sum(c.params for c in components if c.trainable == "full" and c.dtype == "fp32")
-    trained_text = tuple(c.name for c in components if c.name.startswith("text_encoder") and c.trainable != "frozen")
-    activations = activation_bytes(
-        family=family, batch_size=batch_size, max_bucket=max_bucket, gradient_checkpointing=gradient_checkpointing,
-        mixed=mixed, autocast_weight_params=full_fp32, text_encoders=trained_text,
-    ) if trainable else 0
+    trained_text = tuple(
+        c.name for c in components if c.name.startswith("text_encoder") and c.trainable != "frozen"
+    )
+    activations = (
+        activation_bytes(
+            family=family,
+            batch_size=batch_size,
+            max_bucket=max_bucket,
+            gradient_checkpointing=gradient_checkpointing,
+            mixed=mixed,
+            autocast_weight_params=full_fp32,
+            text_encoders=trained_text,
+        )
+        if trainable
+        else 0
+    )
     subtotal = weights + gradients + optimizer_bytes + ema_bytes + teacher_bytes + activations
     overhead = int(subtotal * OVERHEAD_FRACTION) + OVERHEAD_FIXED
-    notes.append(f"total includes {_gib(overhead)} overhead: {OVERHEAD_FRACTION:.0%} for allocator fragmentation plus "
-                 f"{_gib(OVERHEAD_FIXED)} for the CUDA context and cuBLAS/cuDNN workspaces")
+    notes.append(
+        f"total includes {_gib(overhead)} overhead: {OVERHEAD_FRACTION:.0%} for allocator fragmentation plus "
+        f"{_gib(OVERHEAD_FIXED)} for the CUDA context and cuBLAS/cuDNN workspaces"
+    )
     notes.append("activations are a heuristic calibrated on SD1.5/SDXL UNets (docs/memory.md); expect +-40%")
     total = subtotal + overhead
     if available <= 0:
         notes.append("device memory unknown (pass --target cuda:24GB to check): assumed to fit")
-    return MemoryPlan(weights=weights, gradients=gradients, optimizer=optimizer_bytes, activations=activations,
-                      ema=ema_bytes, teacher=teacher_bytes, total=total, available=max(available, 0),
-                      fits=available <= 0 or total <= available, notes=tuple(notes))
+    return MemoryPlan(
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer_bytes,
+        activations=activations,
+        ema=ema_bytes,
+        teacher=teacher_bytes,
+        total=total,
+        available=max(available, 0),
+        fits=available <= 0 or total <= available,
+        notes=tuple(notes),
+    )
 
 
 def activation_bytes(
@@ -163,8 +189,9 @@ def activation_bytes(
     precision = FP32_ACTIVATION_FACTOR if mixed == "no" else 1.0
     unet = batch_size * latent_pixels * per_pixel * precision
     casts = autocast_weight_params * 2 if mixed != "no" and not gradient_checkpointing else 0
-    text = batch_size * sum(TEXT_ENCODER_ACTIVATION_BYTES[name] for name in text_encoders
-                            if name in TEXT_ENCODER_ACTIVATION_BYTES)
+    text = batch_size * sum(
+        TEXT_ENCODER_ACTIVATION_BYTES[name] for name in text_encoders if name in TEXT_ENCODER_ACTIVATION_BYTES
+    )
     return int(unet + casts + text)
 
 
@@ -176,7 +203,9 @@ class _Trained:
     adapter: bool
 
 
-def _trained_groups(components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int]) -> list[_Trained]:
+def _trained_groups(
+    components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int]
+) -> list[_Trained]:
     """Check `trainable_params` against the components: a typo must not silently drop a gradient."""
     by_name = {c.name: c for c in components}
     groups = []
@@ -185,12 +214,18 @@ def _trained_groups(components: tuple[ComponentPlan, ...], trainable_params: Map
         if count < 0:
             raise ValueError(f"trainable_params[{name!r}] is negative: {count}")
         if name == "lora" or (component is not None and component.trainable == "lora"):
-            groups.append(_Trained(name=name, count=count, param_bytes=4, adapter=True))  # peft keeps adapters fp32
+            groups.append(
+                _Trained(name=name, count=count, param_bytes=4, adapter=True)
+            )  # peft keeps adapters fp32
         elif component is not None and component.trainable == "full":
-            groups.append(_Trained(name=name, count=count, param_bytes=DTYPE_BYTES[component.dtype], adapter=False))
+            groups.append(
+                _Trained(name=name, count=count, param_bytes=DTYPE_BYTES[component.dtype], adapter=False)
+            )
         else:
-            raise ValueError(f"trainable_params names {name!r}, which is not a trained component "
-                             f"(trained: {sorted(c.name for c in components if c.trainable != 'frozen')}, or 'lora')")
+            raise ValueError(
+                f"trainable_params names {name!r}, which is not a trained component "
+                f"(trained: {sorted(c.name for c in components if c.trainable != 'frozen')}, or 'lora')"
+            )
     missing = [c.name for c in components if c.trainable == "full" and c.name not in trainable_params]
     if missing:
         raise ValueError(f"trainable_params lacks the fully trained component(s) {missing}")
@@ -203,9 +238,11 @@ def _weight_bytes(component: ComponentPlan, notes: list[str]) -> int:
         return component.params * held
     share = UNQUANTIZED_SHARE[component.name] if component.name in UNQUANTIZED_SHARE else 0.0
     per_param = (1 - share) * QUANTIZED_BYTES[component.quantized] + share * held
-    notes.append(f"{component.name} {component.quantized}: {QUANTIZED_BYTES[component.quantized]:.2f} bytes per "
-                 f"quantised weight including scales; embeddings, norms and biases (~{share:.0%}) stay "
-                 f"{component.dtype}")
+    notes.append(
+        f"{component.name} {component.quantized}: {QUANTIZED_BYTES[component.quantized]:.2f} bytes per "
+        f"quantised weight including scales; embeddings, norms and biases (~{share:.0%}) stay "
+        f"{component.dtype}"
+    )
     return int(component.params * per_param)
 
 
@@ -216,10 +253,14 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
     if optimizer == "adafactor":
-        notes.append("adafactor state counted as 4 bytes per parameter, an upper bound: without beta1 its factored "
-                     "second moment needs far less, except on 3x3 convolutions")
+        notes.append(
+            "adafactor state counted as 4 bytes per parameter, an upper bound: without beta1 its factored "
+            "second moment needs far less, except on 3x3 convolutions"
+        )
     if optimizer == "adamw8bit":
-        notes.append("adamw8bit: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes")
+        notes.append(
+            "adamw8bit: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"
+        )
     return OPTIMIZER_STATE_BYTES[optimizer]
 
 

@@ -66,8 +66,11 @@ def inspect_model(base: str, spec_dir: Path, *, revision: str = "main") -> Model
         return _inspect_path(base, local, revision)
     except OSError as exc:  # probing the path itself failed (name too long, no permission): the user's to fix
         name = str(exc.filename or local)
-        reason = (f"the path is too long for the file system ({len(name)} characters)"
-                  if exc.errno == errno.ENAMETOOLONG else str(exc.strerror or exc))
+        reason = (
+            f"the path is too long for the file system ({len(name)} characters)"
+            if exc.errno == errno.ENAMETOOLONG
+            else str(exc.strerror or exc)
+        )
         raise ModelFileError(name, reason) from exc
 
 
@@ -80,7 +83,9 @@ def _inspect_path(base: str, local: Path, revision: str) -> ModelFacts:
             return _inspect_single_file(base, local)
         if suffix in _PICKLE_SUFFIXES:
             return _inspect_pickle(base, local)
-        raise ModelFileError(local, "not a model: expected a diffusers folder, a .safetensors or a .ckpt file")
+        raise ModelFileError(
+            local, "not a model: expected a diffusers folder, a .safetensors or a .ckpt file"
+        )
     if _HUB_ID.match(base) and not base.lower().endswith((".safetensors", *_PICKLE_SUFFIXES)):
         return _inspect_hub(base, revision)
     raise ModelFileError(local, "no such file or folder")
@@ -101,7 +106,9 @@ def _inspect_diffusers(base: str, root: Path, *, source: Source, notes: tuple[st
     if not index_path.is_file():
         raise ModelFileError(root, "not a diffusers pipeline folder: model_index.json is missing")
     index = read_json_object(index_path)
-    unet_config = read_json_object(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
+    unet_config = (
+        read_json_object(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
+    )
     family, family_notes = _family_from_unet_config(unet_config)
     prediction, prediction_notes = _prediction_from_scheduler(root / "scheduler" / "scheduler_config.json")
     params, dtypes, ids, variants, weight_notes = {}, {}, {}, set(), []
@@ -114,10 +121,14 @@ def _inspect_diffusers(base: str, root: Path, *, source: Source, notes: tuple[st
             continue
         variants.add(weights.variant)
         if weights.tensors is None:
-            weight_notes.append(f"{name}: weights are pickled .bin files; parameter count unknown (never unpickled)")
+            weight_notes.append(
+                f"{name}: weights are pickled .bin files; parameter count unknown (never unpickled)"
+            )
             continue
         params[name], dtypes[name] = count_params(weights.tensors), dominant_dtype(weights.tensors)
-    identity = _identity([index_path, root / "scheduler" / "scheduler_config.json"], (), extra=sorted(ids.items()))
+    identity = _identity(
+        [index_path, root / "scheduler" / "scheduler_config.json"], (), extra=sorted(ids.items())
+    )
     variant = next((v for v in ("fp16", "bf16") if v in variants), "")
     return ModelFacts(
         source=source, base=base, path=str(root), resolved=True, family=family, prediction=prediction,
@@ -138,7 +149,9 @@ def _family_from_unet_config(config: dict | None) -> tuple[Family, tuple[str, ..
     dim = config.get("cross_attention_dim")
     dim = dim[0] if isinstance(dim, list) and dim else dim
     text_time = config.get("addition_embed_type") == "text_time"
-    family = {(768, False): "sd1", (1024, False): "sd2", (2048, True): "sdxl"}.get((dim, text_time), "unknown")
+    family = {(768, False): "sd1", (1024, False): "sd2", (2048, True): "sdxl"}.get(
+        (dim, text_time), "unknown"
+    )
     notes = ("inpainting UNet (9 input channels)",) if config.get("in_channels") == 9 else ()
     if family == "unknown":
         what = f"cross_attention_dim {dim}" + (" with text_time embeddings" if text_time else "")
@@ -149,7 +162,9 @@ def _family_from_unet_config(config: dict | None) -> tuple[Family, tuple[str, ..
 def _prediction_from_scheduler(path: Path) -> tuple[Prediction, tuple[str, ...]]:
     if not path.is_file():
         return "unknown", (f"{path.parent.name}/{path.name} is missing; set [model] prediction",)
-    value = read_json_object(path).get("prediction_type", "epsilon")  # diffusers schedulers default to epsilon
+    value = read_json_object(path).get(
+        "prediction_type", "epsilon"
+    )  # diffusers schedulers default to epsilon
     if value in ("epsilon", "v_prediction"):
         return value, ()
     return "unknown", (f"scheduler prediction_type {value!r} is not supported; set [model] prediction",)
@@ -189,7 +204,9 @@ def _tensors_of(files: Sequence[Path]) -> list[tuple[str, TensorInfo]]:
 # --- single-file checkpoints (original Stable Diffusion layout) -------------------------------------
 
 _UNET, _VAE = "model.diffusion_model.", "first_stage_model."
-_TEXT_ENCODERS: dict[str, dict[str, str]] = {  # original-layout prefixes (diffusers CHECKPOINT_KEY_NAMES agree)
+_TEXT_ENCODERS: dict[
+    str, dict[str, str]
+] = {  # original-layout prefixes (diffusers CHECKPOINT_KEY_NAMES agree)
     "sdxl": {  # CLIP ViT-L and OpenCLIP ViT-bigG
         "text_encoder": "conditioner.embedders.0.transformer.",
         "text_encoder_2": "conditioner.embedders.1.model.",
@@ -227,19 +244,26 @@ def _inspect_single_file(base: str, path: Path) -> ModelFacts:
 
 def _single_file_family(tensors: dict[str, TensorInfo]) -> tuple[Family, tuple[str, ...]]:
     if not any(n.startswith(_UNET) for n in tensors):
-        return "unknown", (f"no {_UNET}* tensors: not a Stable Diffusion checkpoint (a LoRA or a lone component?)",)
+        return "unknown", (
+            f"no {_UNET}* tensors: not a Stable Diffusion checkpoint (a LoRA or a lone component?)",
+        )
     notes: tuple[str, ...] = ()
     inpaint = tensors.get(_UNET + "input_blocks.0.0.weight")
     if inpaint is not None and len(inpaint.shape) == 4 and inpaint.shape[1] == 9:
         notes += ("inpainting UNet (9 input channels)",)
     if any(n.startswith("conditioner.embedders.0.model.") for n in tensors):
         return "unknown", (*notes, "an SDXL refiner checkpoint (OpenCLIP only); refiners are not supported")
-    by_encoder = next((f for f, enc in _TEXT_ENCODERS.items() if all(_has(tensors, p) for p in enc.values())), None)
+    by_encoder = next(
+        (f for f, enc in _TEXT_ENCODERS.items() if all(_has(tensors, p) for p in enc.values())), None
+    )
     # Cross-attention keys project the text context: their input size is 768, 1024 or 2048 by family.
     to_k = [t for n, t in sorted(tensors.items()) if n.startswith(_UNET) and n.endswith("attn2.to_k.weight")]
     by_context = _CONTEXT_DIMS.get(to_k[0].shape[-1]) if to_k and to_k[0].shape else None
     if by_encoder and by_context and by_encoder != by_context:
-        return "unknown", (*notes, f"text encoder keys say {by_encoder} but the UNet context size says {by_context}")
+        return "unknown", (
+            *notes,
+            f"text encoder keys say {by_encoder} but the UNet context size says {by_context}",
+        )
     family = by_encoder or by_context
     if family is None:
         return "unknown", (*notes, "cannot tell SD1, SD2 or SDXL from the tensor names; set [model] family")
@@ -265,7 +289,11 @@ def _single_file_prediction(
         return "unknown", ("an EDM-schedule checkpoint; EDM training is not supported",)
     if family in ("sd1", "sdxl"):
         return "epsilon", ()
-    hint = "SD2 weights do not say it (768-v models use v_prediction, 512-base use epsilon)" if family == "sd2" else ""
+    hint = (
+        "SD2 weights do not say it (768-v models use v_prediction, 512-base use epsilon)"
+        if family == "sd2"
+        else ""
+    )
     return "unknown", (f"prediction type unknown{': ' + hint if hint else ''}; set [model] prediction",)
 
 
@@ -302,7 +330,13 @@ def hub_cache_dir() -> Path:
 def _inspect_hub(repo_id: str, revision: str) -> ModelFacts:
     repo_dir = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     ref = repo_dir / "refs" / revision
-    commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else ref.read_text().strip() if ref.is_file() else ""
+    commit = (
+        revision
+        if re.fullmatch(r"[0-9a-f]{40}", revision)
+        else ref.read_text().strip()
+        if ref.is_file()
+        else ""
+    )
     snapshot = repo_dir / "snapshots" / commit if commit else None
     if snapshot is None or not (snapshot / "model_index.json").is_file():
         flag = "" if revision == "main" else f" --revision {revision}"

@@ -37,15 +37,25 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     try:
         facts = inspect_model(m.base, ctx.spec_dir, revision=m.revision)
     except ModelFileError as exc:
-        ctx.report("DBS310", "error", f"cannot read the base model: {exc.reason}", BASE,
-                   help=f"check `{exc.path}`; a diffusers folder needs model_index.json")
+        ctx.report(
+            "DBS310",
+            "error",
+            f"cannot read the base model: {exc.reason}",
+            BASE,
+            help=f"check `{exc.path}`; a diffusers folder needs model_index.json",
+        )
         return None
     assert facts is not None
     facts = _missing_folder_note(ctx, _known_hub(facts))
     if facts.source == "ckpt" and not m.allow_pickle:
-        ctx.report("DBS311", "warning", f"`{m.base}` is a pickle checkpoint: it will load with "
-                   "torch.load(weights_only=True), which refuses anything but tensors", BASE,
-                   help="convert it to .safetensors; set model.allow_pickle = true only for a file you trust")
+        ctx.report(
+            "DBS311",
+            "warning",
+            f"`{m.base}` is a pickle checkpoint: it will load with "
+            "torch.load(weights_only=True), which refuses anything but tensors",
+            BASE,
+            help="convert it to .safetensors; set model.allow_pickle = true only for a file you trust",
+        )
     family = _family(ctx, facts)
     # An unknown hub id not downloaded: setting model.family settles the prediction too (sd1/sdxl); one error.
     prediction = _prediction(ctx, facts, family) if family is not None or facts.resolved else None
@@ -55,14 +65,31 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     params, notes = dict(facts.params), facts.notes
     if not facts.resolved and not params and family in FAMILY_PARAMS:
         params = dict(FAMILY_PARAMS[family])
-        notes += (f"parameter counts are those of the public {family} models (the weights are not downloaded)",)
+        notes += (
+            f"parameter counts are those of the public {family} models (the weights are not downloaded)",
+        )
     text_parts = [part for e in family_spec(family).text_encoders for part in (e.component, e.tokenizer)]
     text_identity = "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in text_parts)
     vae_identity = _vae_identity(ctx, facts.component_ids.get("vae", f"{identity}/vae"))
-    return ModelPlan(base=m.base, source=facts.source, path=facts.path, resolved=facts.resolved, family=family,
-                     prediction=prediction, revision=m.revision, config=_config(ctx), vae=_vae(ctx), allow_pickle=m.allow_pickle,
-                     clip_skip=m.clip_skip, identity=identity, vae_identity=vae_identity, text_identity=text_identity,
-                     params=params, variant=facts.variant, notes=notes)
+    return ModelPlan(
+        base=m.base,
+        source=facts.source,
+        path=facts.path,
+        resolved=facts.resolved,
+        family=family,
+        prediction=prediction,
+        revision=m.revision,
+        config=_config(ctx),
+        vae=_vae(ctx),
+        allow_pickle=m.allow_pickle,
+        clip_skip=m.clip_skip,
+        identity=identity,
+        vae_identity=vae_identity,
+        text_identity=text_identity,
+        params=params,
+        variant=facts.variant,
+        notes=notes,
+    )
 
 
 def _missing_folder_note(ctx: Context, facts: ModelFacts) -> ModelFacts:
@@ -70,8 +97,10 @@ def _missing_folder_note(ctx: Context, facts: ModelFacts) -> ModelFacts:
     base = ctx.spec.model.base
     if facts.source != "hub" or facts.resolved or not (ctx.spec_dir / base.split("/")[0]).is_dir():
         return facts
-    note = (f"nor is it a folder: `{ctx.resolve(base)}` does not exist "
-            "(relative paths resolve against the spec's folder)")
+    note = (
+        f"nor is it a folder: `{ctx.resolve(base)}` does not exist "
+        "(relative paths resolve against the spec's folder)"
+    )
     return attrs.evolve(facts, notes=(*facts.notes, note))
 
 
@@ -80,8 +109,10 @@ def _known_hub(facts: ModelFacts) -> ModelFacts:
     if facts.source != "hub" or facts.resolved or facts.base not in KNOWN_HUB_MODELS:
         return facts
     family, prediction = KNOWN_HUB_MODELS[facts.base]
-    note = (f"family {family} and prediction {prediction} are those of the published {facts.base}; "
-            "plan again after downloading it to read them from its files")
+    note = (
+        f"family {family} and prediction {prediction} are those of the published {facts.base}; "
+        "plan again after downloading it to read them from its files"
+    )
     return attrs.evolve(facts, family=family, prediction=prediction, notes=(*facts.notes, note))
 
 
@@ -94,27 +125,55 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         return None
     for key, stated, actual in (("family", m.family, b.family), ("prediction", m.prediction, b.prediction)):
         if stated not in ("auto", actual):
-            ctx.report("DBS312", "error", f"model.{key} is \"{stated}\" but {m.base} is {actual}", ("model", key),
-                       help="remove the key to use the detected value")
+            ctx.report(
+                "DBS312",
+                "error",
+                f'model.{key} is "{stated}" but {m.base} is {actual}',
+                ("model", key),
+                help="remove the key to use the detected value",
+            )
     folder = ctx.cache_dir / "models" / b.identity.replace(":", "-").replace("@", "-")
-    return ModelPlan(base=m.base, source="builtin", path=str(folder), resolved=True, family=b.family,
-                     prediction=b.prediction, revision="", config="", vae=_vae(ctx), allow_pickle=False, clip_skip=m.clip_skip,
-                     identity=b.identity, vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
-                     text_identity=f"{b.identity}/text", params=dict(b.params),
-                     notes=(f"built on first use into {folder}",))
+    return ModelPlan(
+        base=m.base,
+        source="builtin",
+        path=str(folder),
+        resolved=True,
+        family=b.family,
+        prediction=b.prediction,
+        revision="",
+        config="",
+        vae=_vae(ctx),
+        allow_pickle=False,
+        clip_skip=m.clip_skip,
+        identity=b.identity,
+        vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
+        text_identity=f"{b.identity}/text",
+        params=dict(b.params),
+        notes=(f"built on first use into {folder}",),
+    )
 
 
 def _family(ctx: Context, facts: ModelFacts) -> str | None:
     stated = ctx.spec.model.family
     if stated != "auto":
         if facts.family not in ("unknown", stated):
-            ctx.report("DBS312", "warning", f"model.family is \"{stated}\" but the weights look like {facts.family}",
-                       ("model", "family"), help="remove the key to use the detected family")
+            ctx.report(
+                "DBS312",
+                "warning",
+                f'model.family is "{stated}" but the weights look like {facts.family}',
+                ("model", "family"),
+                help="remove the key to use the detected family",
+            )
         return stated
     if facts.family == "unknown":
         reason = "; ".join(facts.notes) or ("" if facts.resolved else "the model is not in the local cache")
-        ctx.report("DBS313", "error", f"cannot tell the family of `{facts.base}`{': ' + reason if reason else ''}",
-                   ("model", "family"), help="set model.family = \"sd1\", \"sd2\" or \"sdxl\"")
+        ctx.report(
+            "DBS313",
+            "error",
+            f"cannot tell the family of `{facts.base}`{': ' + reason if reason else ''}",
+            ("model", "family"),
+            help='set model.family = "sd1", "sd2" or "sdxl"',
+        )
         return None
     return facts.family
 
@@ -126,9 +185,16 @@ def _prediction(ctx: Context, facts: ModelFacts, family: str | None) -> str | No
     if facts.prediction != "unknown":
         return facts.prediction
     if not facts.resolved and family in ("sd1", "sdxl"):
-        return "epsilon"  # unresolved hub ids of these families are epsilon models; run re-checks after download
-    ctx.report("DBS313", "error", f"cannot tell the prediction type of `{facts.base}`", ("model", "prediction"),
-               help="set model.prediction = \"epsilon\" or \"v_prediction\" (SD 2.x 768 px models use v_prediction)")
+        return (
+            "epsilon"  # unresolved hub ids of these families are epsilon models; run re-checks after download
+        )
+    ctx.report(
+        "DBS313",
+        "error",
+        f"cannot tell the prediction type of `{facts.base}`",
+        ("model", "prediction"),
+        help='set model.prediction = "epsilon" or "v_prediction" (SD 2.x 768 px models use v_prediction)',
+    )
     return None
 
 

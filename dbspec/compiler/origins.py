@@ -28,7 +28,9 @@ def _origin(raw: RawSpec, path: KeyPath, field: attrs.Attribute) -> Origin:
         span = raw.spans.key(path)
         where = span.at() if span else raw.file
         legacy = _converted_from(raw, span.line) if span else ""
-        return Origin(kind="converted", where=where, note=legacy) if legacy else Origin(kind="spec", where=where)
+        return (
+            Origin(kind="converted", where=where, note=legacy) if legacy else Origin(kind="spec", where=where)
+        )
     if field.metadata["derived"]:
         return Origin(kind="derived", note=field.metadata["derived"])
     return Origin(kind="default")

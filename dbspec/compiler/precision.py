@@ -22,13 +22,23 @@ def resolve_mixed(ctx: Context) -> tuple[str, str]:
     if want == "bf16" and not env.bf16:
         if ctx.spec.precision.bf16_fallback == "fp16":
             return "fp16", f"bf16 asked, but {env.description or env.device} lacks it: fp16 (bf16_fallback)"
-        ctx.report("DBS340", "error", f"precision.mixed is \"bf16\" but the target ({env.description or env.device}) "
-                   "does not support bf16", ("precision", "mixed"),
-                   help="use mixed = \"fp16\", or set bf16_fallback = \"fp16\"")
+        ctx.report(
+            "DBS340",
+            "error",
+            f'precision.mixed is "bf16" but the target ({env.description or env.device}) '
+            "does not support bf16",
+            ("precision", "mixed"),
+            help='use mixed = "fp16", or set bf16_fallback = "fp16"',
+        )
         return "fp16", "bf16 unsupported"
     if want == "fp16" and env.device == "cpu":
-        ctx.report("DBS341", "warning", "fp16 mixed precision on the CPU is slow and unsupported by some ops",
-                   ("precision", "mixed"), help="use mixed = \"auto\" (fp32 on the CPU)")
+        ctx.report(
+            "DBS341",
+            "warning",
+            "fp16 mixed precision on the CPU is slow and unsupported by some ops",
+            ("precision", "mixed"),
+            help='use mixed = "auto" (fp32 on the CPU)',
+        )
     return want, "as the spec says"
 
 
@@ -39,8 +49,13 @@ def _check_quantization(ctx: Context, key: str, kind: str) -> None:
     cc = tuple(int(x) for x in env.compute_capability.split(".")) if env.compute_capability else (0, 0)
     if env.device != "cuda" or cc < FP8_MIN_CC:
         where = f"{env.device} {env.compute_capability}".strip()
-        ctx.report("DBS342", "error", f"precision.{key} = \"fp8\" needs a CUDA GPU with compute capability >= 8.9 "
-                   f"(target: {where})", ("precision", key), help="use \"int8\" (works everywhere)")
+        ctx.report(
+            "DBS342",
+            "error",
+            f'precision.{key} = "fp8" needs a CUDA GPU with compute capability >= 8.9 (target: {where})',
+            ("precision", key),
+            help='use "int8" (works everywhere)',
+        )
 
 
 def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
@@ -57,12 +72,24 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         mode = "frozen" if not trains else ("lora" if lora else "full")
         # Fully trained weights stay fp32 (autocast computes in the mixed dtype); frozen ones are held in it.
         dtype = "fp32" if mode == "full" else frozen_dtype
-        return ComponentPlan(name=name, dtype=dtype, trainable=mode, quantized=quant if mode != "full" else "none",
-                             gradient_checkpointing=p.gradient_checkpointing and trains,
-                             params=params.get(name, 0))
+        return ComponentPlan(
+            name=name,
+            dtype=dtype,
+            trainable=mode,
+            quantized=quant if mode != "full" else "none",
+            gradient_checkpointing=p.gradient_checkpointing and trains,
+            params=params.get(name, 0),
+        )
 
     parts = [component("unet", spec.train.unet, p.quantize_unet)]
     parts += [component(n, spec.train.text_encoder, p.quantize_text_encoder) for n in text_parts]
-    parts.append(ComponentPlan(name="vae", dtype=p.vae_dtype, trainable="frozen", params=params.get("vae", 0)))
-    return PrecisionPlan(mixed=mixed, reason=reason, attention=p.attention, tf32=p.tf32 and ctx.env.device == "cuda",
-                         components=tuple(parts))
+    parts.append(
+        ComponentPlan(name="vae", dtype=p.vae_dtype, trainable="frozen", params=params.get("vae", 0))
+    )
+    return PrecisionPlan(
+        mixed=mixed,
+        reason=reason,
+        attention=p.attention,
+        tf32=p.tf32 and ctx.env.device == "cuda",
+        components=tuple(parts),
+    )

@@ -84,17 +84,24 @@ def prior_without_class_data(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     for key in ("prior_weight", "prior"):
         if given(("loss", key)):
-            yield _warn("DBS201", ("loss", key), f"loss.{key} is set but no dataset has role = \"class\"",
-                        "the prior-preservation term needs a class dataset; add one or remove this key")
+            yield _warn(
+                "DBS201",
+                ("loss", key),
+                f'loss.{key} is set but no dataset has role = "class"',
+                "the prior-preservation term needs a class dataset; add one or remove this key",
+            )
 
 
 @rule("plan")
 def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
     stop = spec.train.text_encoder_stop_step
     if stop and stop >= total_steps:
-        yield _err("DBS202", ("train", "text_encoder_stop_step"),
-                   f"train.text_encoder_stop_step ({stop}) is not below the run's {total_steps} steps",
-                   "use 0 to train the text encoder for the whole run, or a smaller step")
+        yield _err(
+            "DBS202",
+            ("train", "text_encoder_stop_step"),
+            f"train.text_encoder_stop_step ({stop}) is not below the run's {total_steps} steps",
+            "use 0 to train the text encoder for the whole run, or a smaller step",
+        )
 
 
 @rule("spec")
@@ -103,8 +110,12 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     for path in (("train", "text_encoder_stop_step"), ("optimizer", "text_encoder_lr")):
         if given(path):
-            yield _warn("DBS206", path, f"{'.'.join(path)} has no effect: train.text_encoder is false",
-                        "set train.text_encoder = true, or remove this key")
+            yield _warn(
+                "DBS206",
+                path,
+                f"{'.'.join(path)} has no effect: train.text_encoder is false",
+                "set train.text_encoder = true, or remove this key",
+            )
 
 
 @rule("plan")
@@ -112,28 +123,43 @@ def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[
     for table in ("checkpoints", "validation"):
         every = getattr(spec, table).every
         if every > total_steps:
-            yield _warn("DBS204", (table, "every"),
-                        f"{table}.every ({every}) is larger than the run ({total_steps} steps)",
-                        "only the end of the run will be saved/validated; lower it or use 0")
+            yield _warn(
+                "DBS204",
+                (table, "every"),
+                f"{table}.every ({every}) is larger than the run ({total_steps} steps)",
+                "only the end of the run will be saved/validated; lower it or use 0",
+            )
 
 
 @rule("spec")
 def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
     if not v.prompts and (v.every or given(("validation", "every"))):
-        yield _err("DBS205", ("validation", "every"), "validation.every is set but validation.prompts is empty",
-                   "add prompts = [\"a photo of ...\"] to [validation]")
+        yield _err(
+            "DBS205",
+            ("validation", "every"),
+            "validation.every is set but validation.prompts is empty",
+            'add prompts = ["a photo of ..."] to [validation]',
+        )
 
 
 @rule("spec")
 def steps_or_epochs(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
     if s.steps and s.epochs:
-        yield _err("DBS207", ("schedule", "epochs"), "set schedule.steps or schedule.epochs, not both",
-                   "remove one of them")
+        yield _err(
+            "DBS207",
+            ("schedule", "epochs"),
+            "set schedule.steps or schedule.epochs, not both",
+            "remove one of them",
+        )
     elif not s.steps and not s.epochs:
-        yield _err("DBS207", ("schedule",), "the run length is not set",
-                   "add steps = 800 (or epochs = 10) to [schedule]")
+        yield _err(
+            "DBS207",
+            ("schedule",),
+            "the run length is not set",
+            "add steps = 800 (or epochs = 10) to [schedule]",
+        )
 
 
 @rule("spec")
@@ -142,11 +168,19 @@ def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
         if d.prompt:
             continue
         if d.captions == "prompt":
-            yield _err("DBS208", ("datasets", i), f"dataset `{d.name}` uses captions = \"prompt\" but has no prompt",
-                       "add prompt = \"a photo of ...\", or choose captions = \"textfile\" or \"filename\"")
+            yield _err(
+                "DBS208",
+                ("datasets", i),
+                f'dataset `{d.name}` uses captions = "prompt" but has no prompt',
+                'add prompt = "a photo of ...", or choose captions = "textfile" or "filename"',
+            )
         elif d.generate:
-            yield _err("DBS208", ("datasets", i, "generate"), f"dataset `{d.name}` generates class images but has "
-                       "no prompt", "add prompt = \"a photo of a dog\" (the class prompt)")
+            yield _err(
+                "DBS208",
+                ("datasets", i, "generate"),
+                f"dataset `{d.name}` generates class images but has no prompt",
+                'add prompt = "a photo of a dog" (the class prompt)',
+            )
 
 
 @rule("spec")
@@ -155,24 +189,36 @@ def unique_dataset_names(spec: Spec, given: Given) -> Iterator[Hit]:
     seen: set[str] = set()
     for i, d in enumerate(spec.datasets):
         if counts[d.name] > 1 and d.name in seen:
-            yield _err("DBS209", ("datasets", i, "name"), f"dataset name `{d.name}` is used more than once",
-                       "give every [[datasets]] a unique name")
+            yield _err(
+                "DBS209",
+                ("datasets", i, "name"),
+                f"dataset name `{d.name}` is used more than once",
+                "give every [[datasets]] a unique name",
+            )
         seen.add(d.name)
 
 
 @rule("spec")
 def needs_instance_dataset(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.datasets and not any(d.role == "instance" for d in spec.datasets):
-        yield _err("DBS210", ("datasets",), "no dataset has role = \"instance\"",
-                   "DreamBooth needs images of the subject: add a [[datasets]] with role = \"instance\"")
+        yield _err(
+            "DBS210",
+            ("datasets",),
+            'no dataset has role = "instance"',
+            'DreamBooth needs images of the subject: add a [[datasets]] with role = "instance"',
+        )
 
 
 @rule("spec")
 def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
     if s.warmup_steps and s.lr_schedule == "constant":
-        yield _warn("DBS211", ("schedule", "warmup_steps"), "warmup_steps has no effect with lr_schedule = \"constant\"",
-                    "use lr_schedule = \"constant_with_warmup\"")
+        yield _warn(
+            "DBS211",
+            ("schedule", "warmup_steps"),
+            'warmup_steps has no effect with lr_schedule = "constant"',
+            'use lr_schedule = "constant_with_warmup"',
+        )
 
 
 @rule("spec")
@@ -181,24 +227,36 @@ def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     for key, what in (("quantize_unet", "UNet"), ("quantize_text_encoder", "text encoder")):
         if getattr(spec.precision, key) != "none":
-            yield _err("DBS212", ("precision", key), f"quantising the {what} needs a LoRA run: only a frozen base can be quantised",
-                       "quantisation is for the frozen base of LoRA runs: set adapter.kind = \"lora\"")
+            yield _err(
+                "DBS212",
+                ("precision", key),
+                f"quantising the {what} needs a LoRA run: only a frozen base can be quantised",
+                'quantisation is for the frozen base of LoRA runs: set adapter.kind = "lora"',
+            )
 
 
 @rule("spec")
 def text_cache_while_training_te(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
-        yield _warn("DBS213", ("cache", "text_embeddings"), "text embeddings cannot be cached while the text "
-                    "encoder trains", "captions are encoded at every step instead, also after "
-                    "train.text_encoder_stop_step; remove this key")
+        yield _warn(
+            "DBS213",
+            ("cache", "text_embeddings"),
+            "text embeddings cannot be cached while the text encoder trains",
+            "captions are encoded at every step instead, also after "
+            "train.text_encoder_stop_step; remove this key",
+        )
 
 
 @rule("spec")
 def generate_only_for_class(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.generate and d.role != "class":
-            yield _err("DBS214", ("datasets", i, "generate"), f"dataset `{d.name}` is an instance dataset; "
-                       "only class datasets generate images", "set role = \"class\", or remove generate")
+            yield _err(
+                "DBS214",
+                ("datasets", i, "generate"),
+                f"dataset `{d.name}` is an instance dataset; only class datasets generate images",
+                'set role = "class", or remove generate',
+            )
 
 
 @rule("spec")
@@ -206,61 +264,96 @@ def lora_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
     if isinstance(spec.adapter, LoraAdapter) and spec.optimizer.lr < 1e-5:
         lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
         if given(("optimizer", "lr")):
-            yield _warn("DBS215", ("optimizer", "lr"), f"optimizer.lr is {lr}, very low for LoRA",
-                        "LoRA usually trains at 5e-5 to 2e-4, e.g. lr = 1e-4")
+            yield _warn(
+                "DBS215",
+                ("optimizer", "lr"),
+                f"optimizer.lr is {lr}, very low for LoRA",
+                "LoRA usually trains at 5e-5 to 2e-4, e.g. lr = 1e-4",
+            )
         else:  # point at what made the default wrong
-            yield _warn("DBS215", ("adapter", "kind"), f"optimizer.lr defaults to {lr} (for full fine-tunes), "
-                        "very low for LoRA", "add lr = 1e-4 to [optimizer]; LoRA usually trains at 5e-5 to 2e-4")
+            yield _warn(
+                "DBS215",
+                ("adapter", "kind"),
+                f"optimizer.lr defaults to {lr} (for full fine-tunes), very low for LoRA",
+                "add lr = 1e-4 to [optimizer]; LoRA usually trains at 5e-5 to 2e-4",
+            )
 
 
 @rule("spec")
 def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
     if given(("loss", "huber_delta")) and spec.loss.kind != "huber":
-        yield _warn("DBS216", ("loss", "huber_delta"), "loss.huber_delta has no effect unless loss.kind = \"huber\"")
+        yield _warn(
+            "DBS216", ("loss", "huber_delta"), 'loss.huber_delta has no effect unless loss.kind = "huber"'
+        )
     if given(("optimizer", "momentum")) and spec.optimizer.kind != "sgd":
-        yield _warn("DBS216", ("optimizer", "momentum"), "optimizer.momentum is only used by kind = \"sgd\"")
+        yield _warn("DBS216", ("optimizer", "momentum"), 'optimizer.momentum is only used by kind = "sgd"')
     if given(("precision", "bf16_fallback")) and spec.precision.mixed != "bf16":
-        yield _warn("DBS216", ("precision", "bf16_fallback"), "precision.bf16_fallback applies only to mixed = \"bf16\"")
+        yield _warn(
+            "DBS216", ("precision", "bf16_fallback"), 'precision.bf16_fallback applies only to mixed = "bf16"'
+        )
 
 
 @rule("spec")
 def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
     if not spec.train.unet and not spec.train.text_encoder:
-        yield _err("DBS217", ("train",), "nothing trains: train.unet and train.text_encoder are both false",
-                   "set unet = true (or text_encoder = true) in [train]")
+        yield _err(
+            "DBS217",
+            ("train",),
+            "nothing trains: train.unet and train.text_encoder are both false",
+            "set unet = true (or text_encoder = true) in [train]",
+        )
 
 
 @rule("spec")
 def bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
     b = spec.buckets
     if b.min_size and b.max_size and b.min_size > b.max_size:
-        yield _err("DBS218", ("buckets", "min_size"), f"buckets.min_size ({b.min_size}) exceeds max_size ({b.max_size})")
+        yield _err(
+            "DBS218",
+            ("buckets", "min_size"),
+            f"buckets.min_size ({b.min_size}) exceeds max_size ({b.max_size})",
+        )
     if b.step % 8:
-        yield _err("DBS218", ("buckets", "step"), f"buckets.step ({b.step}) must be a multiple of 8",
-                   "the VAE downsamples by 8; use 64 (kohya's default) or 32")
+        yield _err(
+            "DBS218",
+            ("buckets", "step"),
+            f"buckets.step ({b.step}) must be a multiple of 8",
+            "the VAE downsamples by 8; use 64 (kohya's default) or 32",
+        )
     if b.no_upscale and (given(("buckets", "min_size")) or given(("buckets", "max_size"))):
-        yield _warn("DBS218", ("buckets", "no_upscale"), "min_size/max_size are ignored with no_upscale = true")
+        yield _warn(
+            "DBS218", ("buckets", "no_upscale"), "min_size/max_size are ignored with no_upscale = true"
+        )
     for i, d in enumerate(spec.datasets):
         if d.resolution % 8:
             low, high = d.resolution // 8 * 8, d.resolution // 8 * 8 + 8
-            yield _err("DBS218", ("datasets", i, "resolution"),
-                       f"datasets[{i}].resolution ({d.resolution}) is not a multiple of 8",
-                       f"the VAE downsamples by 8; use {low} or {high}")
+            yield _err(
+                "DBS218",
+                ("datasets", i, "resolution"),
+                f"datasets[{i}].resolution ({d.resolution}) is not a multiple of 8",
+                f"the VAE downsamples by 8; use {low} or {high}",
+            )
 
 
 @rule("spec")
 def two_betas(spec: Spec, given: Given) -> Iterator[Hit]:
     betas = spec.optimizer.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        yield _err("DBS219", ("optimizer", "betas"), f"optimizer.betas must be two numbers in [0, 1); found {betas}")
+        yield _err(
+            "DBS219", ("optimizer", "betas"), f"optimizer.betas must be two numbers in [0, 1); found {betas}"
+        )
 
 
 @rule("spec")
 def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.masks and d.mask_from_alpha:
-            yield _err("DBS221", ("datasets", i, "mask_from_alpha"),
-                       f"dataset `{d.name}` sets both masks and mask_from_alpha", "choose one mask source")
+            yield _err(
+                "DBS221",
+                ("datasets", i, "mask_from_alpha"),
+                f"dataset `{d.name}` sets both masks and mask_from_alpha",
+                "choose one mask source",
+            )
 
 
 @rule("spec")
@@ -268,25 +361,41 @@ def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
     lora = isinstance(spec.adapter, LoraAdapter)
     for fmt in spec.checkpoints.exports:
         if fmt == "single_file" and lora:
-            yield _err("DBS222", ("checkpoints", "exports"), "single_file exports full-model runs; this is a LoRA run",
-                       "use exports = [\"kohya_lora\"]")
+            yield _err(
+                "DBS222",
+                ("checkpoints", "exports"),
+                "single_file exports full-model runs; this is a LoRA run",
+                'use exports = ["kohya_lora"]',
+            )
         if fmt == "kohya_lora" and not lora:
-            yield _err("DBS222", ("checkpoints", "exports"), "kohya_lora exports LoRA runs; this is a full fine-tune",
-                       "use exports = [\"single_file\"]")
+            yield _err(
+                "DBS222",
+                ("checkpoints", "exports"),
+                "kohya_lora exports LoRA runs; this is a full fine-tune",
+                'use exports = ["single_file"]',
+            )
 
 
 @rule("spec")
 def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.loss.zero_terminal_snr and spec.model.prediction == "epsilon":
-        yield _warn("DBS223", ("loss", "zero_terminal_snr"), "zero terminal SNR with epsilon prediction: the model "
-                    "cannot predict noise at the final step", "use model.prediction = \"v_prediction\"")
+        yield _warn(
+            "DBS223",
+            ("loss", "zero_terminal_snr"),
+            "zero terminal SNR with epsilon prediction: the model cannot predict noise at the final step",
+            'use model.prediction = "v_prediction"',
+        )
 
 
 @rule("spec")
 def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.optimizer.kind == "prodigy" and spec.optimizer.lr < 0.1:
-        yield _warn("DBS224", ("optimizer", "lr"), f"Prodigy estimates its own step size; lr {spec.optimizer.lr:g} "
-                    "scales that estimate down", "use lr = 1.0 with prodigy")
+        yield _warn(
+            "DBS224",
+            ("optimizer", "lr"),
+            f"Prodigy estimates its own step size; lr {spec.optimizer.lr:g} scales that estimate down",
+            "use lr = 1.0 with prodigy",
+        )
 
 
 @rule("spec")
@@ -294,8 +403,13 @@ def base_prior_needs_unet(spec: Spec, given: Given) -> Iterator[Hit]:
     # The base-model prior compares the trained UNet with its base (adapters off, or a frozen copy). With a
     # frozen UNet only the text encoder moves, and its base would have to be kept: not supported.
     if spec.loss.prior == "base_model" and not spec.train.unet and spec.train.text_encoder:
-        yield _err("DBS226", ("loss", "prior"), "loss.prior = \"base_model\" needs train.unet = true; found "
-                   "train.unet = false with train.text_encoder = true", codes.help("DBS226"))
+        yield _err(
+            "DBS226",
+            ("loss", "prior"),
+            'loss.prior = "base_model" needs train.unet = true; found '
+            "train.unet = false with train.text_encoder = true",
+            codes.help("DBS226"),
+        )
 
 
 # --- path rules: they also need the spec file's location --------------------------------------------------------
@@ -305,15 +419,21 @@ def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     holds the spec. The run writes there and --overwrite moves the whole folder aside, inputs included."""
     base = spec_file.resolve().parent
     out = _resolved(base, spec.output.dir)
-    overlaps = [f"{_relation(out, _resolved(base, value))} {key} \"{value}\""
-                for key, value in _input_folders(spec) if _overlap(out, _resolved(base, value))]
+    overlaps = [
+        f'{_relation(out, _resolved(base, value))} {key} "{value}"'
+        for key, value in _input_folders(spec)
+        if _overlap(out, _resolved(base, value))
+    ]
     if out in spec_file.resolve().parents:
         overlaps.insert(0, f"contains the spec file {spec_file.name}")
     if overlaps:
-        yield _err("DBS225", ("output", "dir"), f"output.dir \"{spec.output.dir}\" overlaps the run's inputs: it "
-                   + ", ".join(overlaps),
-                   "dbspec writes checkpoints, samples and logs there and --overwrite moves the whole folder aside; "
-                   "use a folder of its own, e.g. dir = \"output\" beside the spec")
+        yield _err(
+            "DBS225",
+            ("output", "dir"),
+            f'output.dir "{spec.output.dir}" overlaps the run\'s inputs: it ' + ", ".join(overlaps),
+            "dbspec writes checkpoints, samples and logs there and --overwrite moves the whole folder aside; "
+            'use a folder of its own, e.g. dir = "output" beside the spec',
+        )
 
 
 def _input_folders(spec: Spec) -> Iterator[tuple[str, str]]:
@@ -333,7 +453,10 @@ def _resolved(base: Path, value: str) -> Path:
     path = path if path.is_absolute() else base / path
     try:
         return path.resolve()
-    except (OSError, ValueError):  # a NUL byte, a loop of links: other checks name the path; compare its spelling
+    except (
+        OSError,
+        ValueError,
+    ):  # a NUL byte, a loop of links: other checks name the path; compare its spelling
         return Path(os.path.normpath(path))
 
 
@@ -345,14 +468,16 @@ def _relation(out: Path, other: Path) -> str:
     return "is" if out == other else "contains" if out in other.parents else "is inside"
 
 
-
-
 # --- environment rules: they need the target ---------------------------------------------------------------------
 @rule("environment")
 def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
     if spec.optimizer.kind == "adamw8bit" and env.device != "cuda":
-        yield _err("DBS343", ("optimizer", "kind"), f"optimizer.kind = \"adamw8bit\" needs CUDA (bitsandbytes); the "
-                   f"target is {env.device}", "use \"adamw\" here, or plan for a GPU with --target cuda:24GB")
+        yield _err(
+            "DBS343",
+            ("optimizer", "kind"),
+            f'optimizer.kind = "adamw8bit" needs CUDA (bitsandbytes); the target is {env.device}',
+            'use "adamw" here, or plan for a GPU with --target cuda:24GB',
+        )
 
 
 # --- the runners: each runs exactly the rules of its phase -------------------------------------------------------
@@ -387,5 +512,11 @@ def check_rules(spec: Spec, given: Given, spec_file: Path) -> list[Hit]:
 def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
     """A Hit placed on the spec text: the value when the user wrote the key, else the key (or its table)."""
     span = raw.value_span(hit.path) if raw.given(hit.path) else raw.key_span(hit.path)
-    return Diagnostic(code=hit.code, severity=hit.severity, message=hit.message, path=dotted(hit.path),
-                      span=anchor(raw, span), help=hit.help)
+    return Diagnostic(
+        code=hit.code,
+        severity=hit.severity,
+        message=hit.message,
+        path=dotted(hit.path),
+        span=anchor(raw, span),
+        help=hit.help,
+    )

@@ -83,11 +83,14 @@ def _read_raw_header(path: Path) -> tuple[dict, int]:
             file_size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise ModelFileError(path, f"truncated: {file_size} bytes, too short for a safetensors header")
+                raise ModelFileError(
+                    path, f"truncated: {file_size} bytes, too short for a safetensors header"
+                )
             n = int.from_bytes(prefix, "little")
             if n > MAX_HEADER_BYTES or n > file_size - 8:
                 raise ModelFileError(
-                    path, f"header length {n} exceeds the file size {file_size} (truncated download or not safetensors)"
+                    path,
+                    f"header length {n} exceeds the file size {file_size} (truncated download or not safetensors)",
                 )
             raw = f.read(n)
     except OSError as e:
@@ -96,9 +99,13 @@ def _read_raw_header(path: Path) -> tuple[dict, int]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(path, f"header is not valid JSON ({e}); the file is corrupt or not safetensors") from e
+        raise ModelFileError(
+            path, f"header is not valid JSON ({e}); the file is corrupt or not safetensors"
+        ) from e
     except RecursionError:  # _check_nesting should have caught it; a corrupt file is never an internal error
-        raise ModelFileError(path, "header nests too deeply; the file is corrupt or not safetensors") from None
+        raise ModelFileError(
+            path, "header nests too deeply; the file is corrupt or not safetensors"
+        ) from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "header is not a JSON object")
     return header, file_size - 8 - n
@@ -118,8 +125,11 @@ def _check_nesting(path: Path, raw: bytes) -> None:
     for run in _BRACKET_RUN.finditer(brackets):
         depth += len(run.group(1) or b"") - len(run.group(2) or b"")
         if depth > _MAX_JSON_DEPTH:
-            raise ModelFileError(path, f"header nests more than {_MAX_JSON_DEPTH} levels deep; the file is corrupt "
-                                 "or not safetensors")
+            raise ModelFileError(
+                path,
+                f"header nests more than {_MAX_JSON_DEPTH} levels deep; the file is corrupt "
+                "or not safetensors",
+            )
 
 
 def _tensor_info(path: str | os.PathLike, name: str, entry: object, data_bytes: int) -> TensorInfo:

@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-POLYNOMIAL_LR_END = 1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
+POLYNOMIAL_LR_END = (
+    1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
+)
 POLYNOMIAL_POWER = 1.0  # get_scheduler's default `power`
 COSINE_CYCLES = 0.5  # get_scheduler never passes num_cycles to "cosine": it is always a half cosine
-LR_POINTS_AT_CHECKPOINTS = 16  # the plan shows the LR at this many checkpoints at most: its size never grows with steps
+LR_POINTS_AT_CHECKPOINTS = (
+    16  # the plan shows the LR at this many checkpoints at most: its size never grows with steps
+)
 
 
 def balance_class_repeats(own_repeats: list[int], target: int) -> list[int]:
@@ -64,12 +68,21 @@ def bucket_table(samples: dict[Size, tuple[int, int]], batch_size: int) -> tuple
     for size in sorted(samples):
         instance_samples, class_samples = samples[size]
         if instance_samples < 0 or class_samples < 0:
-            raise ValueError(f"bucket {size}: sample counts must be >= 0, got {instance_samples}, {class_samples}")
+            raise ValueError(
+                f"bucket {size}: sample counts must be >= 0, got {instance_samples}, {class_samples}"
+            )
         total = instance_samples + class_samples
         if total == 0:
             continue
-        rows.append(BucketPlan(size=size, instance_samples=instance_samples, class_samples=class_samples,
-                               batches_per_epoch=-(-total // batch_size), short=total < batch_size))
+        rows.append(
+            BucketPlan(
+                size=size,
+                instance_samples=instance_samples,
+                class_samples=class_samples,
+                batches_per_epoch=-(-total // batch_size),
+                short=total < batch_size,
+            )
+        )
     return tuple(rows)
 
 
@@ -155,22 +168,44 @@ def interval_steps(every: int, total: int) -> StepRange:
     return StepRange(every=every, end=total)
 
 
-def compute_schedule(*, batches_per_epoch: int, instance_samples: int, class_samples: int, batch_size: int,
-                     accumulation: int, processes: int, steps: int, epochs: int, lr: float, lr_schedule: str,
-                     warmup_steps: int, cycles: int, text_encoder_stop_step: int, checkpoint_every: int,
-                     validate_every: int, validate: bool, seed: int) -> SchedulePlan:
+def compute_schedule(
+    *,
+    batches_per_epoch: int,
+    instance_samples: int,
+    class_samples: int,
+    batch_size: int,
+    accumulation: int,
+    processes: int,
+    steps: int,
+    epochs: int,
+    lr: float,
+    lr_schedule: str,
+    warmup_steps: int,
+    cycles: int,
+    text_encoder_stop_step: int,
+    checkpoint_every: int,
+    validate_every: int,
+    validate: bool,
+    seed: int,
+) -> SchedulePlan:
     """Optimizer-step counts, checkpoint/validation steps and LR points for a run.
 
     `batches_per_epoch` is the total over buckets and processes; each process takes every
     `processes`-th batch, and an epoch's trailing partial accumulation still makes one optimizer step.
     """
     _check_counts(batches_per_epoch, instance_samples + class_samples, batch_size)
-    for name, value, least in (("instance samples", instance_samples, 0), ("class samples", class_samples, 0),
-                               ("accumulation", accumulation, 1), ("processes", processes, 1),
-                               ("steps", steps, 0), ("epochs", epochs, 0), ("warmup_steps", warmup_steps, 0),
-                               ("text_encoder_stop_step", text_encoder_stop_step, 0),
-                               ("checkpoint interval", checkpoint_every, 0),
-                               ("validation interval", validate_every, 0)):
+    for name, value, least in (
+        ("instance samples", instance_samples, 0),
+        ("class samples", class_samples, 0),
+        ("accumulation", accumulation, 1),
+        ("processes", processes, 1),
+        ("steps", steps, 0),
+        ("epochs", epochs, 0),
+        ("warmup_steps", warmup_steps, 0),
+        ("text_encoder_stop_step", text_encoder_stop_step, 0),
+        ("checkpoint interval", checkpoint_every, 0),
+        ("validation interval", validate_every, 0),
+    ):
         _require_at_least(name, value, least)
     _check_lr(lr, lr_schedule, cycles)
     batches_per_process = -(-batches_per_epoch // processes)
@@ -186,29 +221,47 @@ def compute_schedule(*, batches_per_epoch: int, instance_samples: int, class_sam
     checkpoint_steps = interval_steps(checkpoint_every, total_steps)
     warmup_end = (warmup_steps,) if warmup_steps and lr_schedule != "constant" else ()
     lr_points = tuple(
-        (step, lr_at(step, lr=lr, schedule=lr_schedule, warmup=warmup_steps, total=total_steps, cycles=cycles))
+        (
+            step,
+            lr_at(step, lr=lr, schedule=lr_schedule, warmup=warmup_steps, total=total_steps, cycles=cycles),
+        )
         for step in sorted({0, *warmup_end, *checkpoint_steps.spread(LR_POINTS_AT_CHECKPOINTS)})
     )
     return SchedulePlan(
-        total_steps=total_steps, epochs=epochs, batch_size=batch_size, accumulation=accumulation,
-        processes=processes, batches_per_epoch=batches_per_process, steps_per_epoch=steps_per_epoch,
-        instance_samples_per_epoch=instance_samples, class_samples_per_epoch=class_samples,
-        lr_schedule=lr_schedule, warmup_steps=warmup_steps, cycles=cycles,
-        text_encoder_stop_step=text_encoder_stop_step, checkpoint_steps=checkpoint_steps,
-        validation_steps=interval_steps(validate_every, total_steps) if validate else StepRange(every=0, end=0),
-        lr_points=lr_points, seed=seed,
+        total_steps=total_steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        accumulation=accumulation,
+        processes=processes,
+        batches_per_epoch=batches_per_process,
+        steps_per_epoch=steps_per_epoch,
+        instance_samples_per_epoch=instance_samples,
+        class_samples_per_epoch=class_samples,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
+        cycles=cycles,
+        text_encoder_stop_step=text_encoder_stop_step,
+        checkpoint_steps=checkpoint_steps,
+        validation_steps=interval_steps(validate_every, total_steps)
+        if validate
+        else StepRange(every=0, end=0),
+        lr_points=lr_points,
+        seed=seed,
     )
 
 
 def _check_counts(batches_per_epoch: int, samples: int, batch_size: int) -> None:
     _require_at_least("batch_size", batch_size, 1)
     if batches_per_epoch < 1 or samples < 1:
-        raise ValueError(f"an epoch has no batches ({samples} samples, {batches_per_epoch} batches): "
-                         "the datasets hold no usable images")
+        raise ValueError(
+            f"an epoch has no batches ({samples} samples, {batches_per_epoch} batches): "
+            "the datasets hold no usable images"
+        )
     # per bucket ceil(n_b / B): the sum lies between ceil(sum n_b / B) and sum n_b
     if not -(-samples // batch_size) <= batches_per_epoch <= samples:
-        raise ValueError(f"{batches_per_epoch} batches per epoch cannot hold {samples} samples "
-                         f"in batches of {batch_size}")
+        raise ValueError(
+            f"{batches_per_epoch} batches per epoch cannot hold {samples} samples in batches of {batch_size}"
+        )
 
 
 def _check_lr(lr: float, lr_schedule: str, cycles: int) -> None:

@@ -48,10 +48,18 @@ def parse_target(text: str) -> TargetEnv:
         bf16 = _cc_tuple(cc_text) >= BF16_MIN_CC
         assumed = "" if cc else " (assumed)"
         description = _describe("cuda", memory, f"cc {cc_text}{assumed}", bf16, processes)
-        return TargetEnv(device="cuda", memory_bytes=memory, bf16=bf16, compute_capability=cc_text,
-                         processes=processes, description=description)
+        return TargetEnv(
+            device="cuda",
+            memory_bytes=memory,
+            bf16=bf16,
+            compute_capability=cc_text,
+            processes=processes,
+            description=description,
+        )
     description = _describe(device, memory, "", True, 1)
-    if device == "mps":  # MPS has bf16 from macOS 14; a --target names the machine to run on: assume a current one
+    if (
+        device == "mps"
+    ):  # MPS has bf16 from macOS 14; a --target names the machine to run on: assume a current one
         description += " (macOS 14+)"
     return TargetEnv(device=device, memory_bytes=memory, bf16=True, description=description)
 
@@ -71,8 +79,10 @@ def _parse_fields(text: str, device: str, fields: list[str]) -> tuple[int, str, 
             if processes < 1:
                 raise ValueError(f"process count must be >= 1 in {text!r}; accepted: {ACCEPTED_FORMS}")
         else:
-            raise ValueError(f"cannot read {field!r} in target {text!r} (unknown, repeated or not for "
-                             f"{device}); accepted: {ACCEPTED_FORMS}")
+            raise ValueError(
+                f"cannot read {field!r} in target {text!r} (unknown, repeated or not for "
+                f"{device}); accepted: {ACCEPTED_FORMS}"
+            )
     return memory, cc, processes or 1
 
 
@@ -108,8 +118,13 @@ def probe_target() -> TargetEnv:
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return _probe_mps()
     memory = _physical_memory_bytes()
-    return TargetEnv(device="cpu", memory_bytes=memory, bf16=True, measure_disk=True,
-                     description=_describe(f"cpu ({platform.machine() or 'unknown'})", memory, "", True, 1))
+    return TargetEnv(
+        device="cpu",
+        memory_bytes=memory,
+        bf16=True,
+        measure_disk=True,
+        description=_describe(f"cpu ({platform.machine() or 'unknown'})", memory, "", True, 1),
+    )
 
 
 def _probe_cuda() -> TargetEnv | None:
@@ -130,8 +145,14 @@ def _probe_cuda() -> TargetEnv | None:
     memory = memory_mib * MIB
     bf16 = bool(cc) and _cc_tuple(cc) >= BF16_MIN_CC
     processes = _launcher_world_size()
-    return TargetEnv(device="cuda", memory_bytes=memory, bf16=bf16, compute_capability=cc, processes=processes,
-                     description=_describe(f"cuda ({name})", memory, f"cc {cc or 'unknown'}", bf16, processes))
+    return TargetEnv(
+        device="cuda",
+        memory_bytes=memory,
+        bf16=bf16,
+        compute_capability=cc,
+        processes=processes,
+        description=_describe(f"cuda ({name})", memory, f"cc {cc or 'unknown'}", bf16, processes),
+    )
 
 
 def query_nvidia_smi(timeout_s: float, binary: str = "nvidia-smi") -> list[tuple[str, int, str]]:
@@ -181,8 +202,13 @@ def _probe_mps() -> TargetEnv:
     release = platform.mac_ver()[0]
     bf16 = bool(release) and int(release.split(".")[0]) >= 14  # MPS gained bf16 in macOS 14 (Sonoma)
     detail = f"macOS {release or 'unknown'}, unified memory"
-    return TargetEnv(device="mps", memory_bytes=memory, bf16=bf16, measure_disk=True,
-                     description=_describe("mps (Apple silicon)", memory, detail, bf16, 1))
+    return TargetEnv(
+        device="mps",
+        memory_bytes=memory,
+        bf16=bf16,
+        measure_disk=True,
+        description=_describe("mps (Apple silicon)", memory, detail, bf16, 1),
+    )
 
 
 def _physical_memory_bytes() -> int:

@@ -23,16 +23,26 @@ def report_unusable(ctx: Context, index: int, folder: Path, scan: ScanResult) ->
     if scan.unusable:
         n = len(scan.unusable)
         what = "1 file" if n == 1 else f"{n} files"
-        ctx.report("DBS305", "warning", f"{what} in `{where}` will not train: dbspec reads only {READ} images",
-                   path, notes=_listed([f"`{rel}`" for rel in scan.unusable]),
-                   help=f"convert them to {READ} to train on them, or move them out of the folder (caption and "
-                   "sidecar files: .txt, .caption, .json, .npz, .toml and caption_extension are never listed)")
+        ctx.report(
+            "DBS305",
+            "warning",
+            f"{what} in `{where}` will not train: dbspec reads only {READ} images",
+            path,
+            notes=_listed([f"`{rel}`" for rel in scan.unusable]),
+            help=f"convert them to {READ} to train on them, or move them out of the folder (caption and "
+            "sidecar files: .txt, .caption, .json, .npz, .toml and caption_extension are never listed)",
+        )
     animated = [img for img in scan.images if img.frames > 1]
     if animated:
         what = "1 animated image" if len(animated) == 1 else f"{len(animated)} animated images"
-        ctx.report("DBS326", "warning", f"{what} in `{where}`: only the first frame of each trains", path,
-                   notes=_listed([f"`{img.rel}` has {img.frames} frames" for img in animated]),
-                   help="export the frames you want as still images to train on them")
+        ctx.report(
+            "DBS326",
+            "warning",
+            f"{what} in `{where}`: only the first frame of each trains",
+            path,
+            notes=_listed([f"`{img.rel}` has {img.frames} frames" for img in animated]),
+            help="export the frames you want as still images to train on them",
+        )
 
 
 def _listed(names: list[str]) -> tuple[str, ...]:

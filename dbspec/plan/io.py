@@ -24,6 +24,7 @@ def _strict(kind: type, accepts: tuple[type, ...]):
         if isinstance(value, bool) is not (kind is bool) or not isinstance(value, accepts):
             raise _WrongType(f"expected {kind.__name__}, found {json.dumps(value)[:40]}")
         return kind(value)
+
     return structure
 
 
@@ -50,8 +51,14 @@ def plan_hash(plan: Plan) -> str:
 # Parts of a plan that describe the machine or the disk at compile time, not the training run: two plans
 # that differ only here train identically, so a run may resume under either.
 _VOLATILE = {
-    "target": ("free_disk_bytes", "cache_free_disk_bytes", "shared_disk", "measure_disk", "memory_bytes",
-               "description"),
+    "target": (
+        "free_disk_bytes",
+        "cache_free_disk_bytes",
+        "shared_disk",
+        "measure_disk",
+        "memory_bytes",
+        "description",
+    ),
     "cache": ("latent_hits", "latent_misses", "text_hits", "text_misses", "notes"),
 }
 _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")
@@ -74,8 +81,11 @@ def run_differences(old_json: str, new_json: str, limit: int = 5) -> list[str]:
     """`key: old -> new` for the plan fields that make two plan files train differently (at most `limit`),
     to say why a checkpoint of one cannot continue under the other."""
     old, new = (_flatten(_run_data(json.loads(text))) for text in (old_json, new_json))
-    keys = [key for key in sorted(old.keys() | new.keys())
-            if key not in old or key not in new or old[key] != new[key]]
+    keys = [
+        key
+        for key in sorted(old.keys() | new.keys())
+        if key not in old or key not in new or old[key] != new[key]
+    ]
     shown = [f"{key}: {_short(old, key)} -> {_short(new, key)}" for key in keys[:limit]]
     return shown + ([f"and {len(keys) - limit} more"] if len(keys) > limit else [])
 
@@ -115,8 +125,10 @@ def plan_from_json(text: str, source: str = "plan") -> Plan:
         raise PlanFileError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("plan_version") != PLAN_VERSION:  # noqa: SIM401 - file data, not config
         version = data.get("plan_version") if isinstance(data, dict) else None
-        raise PlanFileError(f"{source} has plan_version {version!r}; this dbspec reads {PLAN_VERSION}: "
-                            "compile the spec again with `dbspec plan`")
+        raise PlanFileError(
+            f"{source} has plan_version {version!r}; this dbspec reads {PLAN_VERSION}: "
+            "compile the spec again with `dbspec plan`"
+        )
     stated = data.pop("plan_hash", None)
     actual = "sha256:" + hashlib.sha256(_canonical(data).encode()).hexdigest()
     if stated != actual:
@@ -124,16 +136,21 @@ def plan_from_json(text: str, source: str = "plan") -> Plan:
     try:
         plan = _CONVERTER.structure(data, Plan)
     except Exception as exc:  # noqa: BLE001 - any structuring failure means an unusable file
-        raise PlanFileError(f"{source} does not match the plan format: {'; '.join(_type_errors(exc))}") from None
+        raise PlanFileError(
+            f"{source} does not match the plan format: {'; '.join(_type_errors(exc))}"
+        ) from None
     problems = plan_problems(plan)
     if problems:
-        raise PlanFileError(f"{source} holds values dbspec cannot run: {'; '.join(problems)}; compile the spec "
-                            "again with `dbspec plan`")
+        raise PlanFileError(
+            f"{source} holds values dbspec cannot run: {'; '.join(problems)}; compile the spec "
+            "again with `dbspec plan`"
+        )
     return plan
 
 
 def _type_errors(exc: Exception) -> list[str]:
     """`expected int, found "5" @ schedule.batch_size` for each bad value."""
+
     def describe(error: BaseException, type_) -> str:
         return str(error) if isinstance(error, _WrongType) else cattrs.v.format_exception(error, type_)
 
@@ -146,6 +163,8 @@ def read_plan(path: Path) -> Plan:
     except OSError as exc:
         raise PlanFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise PlanFileError(f"{path} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
-                            "plan files are UTF-8 JSON; compile the spec again with `dbspec plan`") from None
+        raise PlanFileError(
+            f"{path} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+            "plan files are UTF-8 JSON; compile the spec again with `dbspec plan`"
+        ) from None
     return plan_from_json(text, str(path))

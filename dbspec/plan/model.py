@@ -14,6 +14,7 @@ from typing import Literal
 import attrs
 
 from dbspec.families import Family
+
 PLAN_VERSION = 3  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling
 frozen = attrs.frozen(kw_only=True)
 
@@ -30,7 +31,9 @@ class TargetEnv:
     bf16: bool = False
     compute_capability: str = ""  # CUDA only, e.g. "8.9"
     measure_disk: bool = False  # this machine (probed): the compiler measures free disk at the run's folders
-    free_disk_bytes: int = 0  # at output.dir (its nearest existing folder), as the compiler measured; 0 = unknown
+    free_disk_bytes: int = (
+        0  # at output.dir (its nearest existing folder), as the compiler measured; 0 = unknown
+    )
     cache_free_disk_bytes: int = 0  # at cache.dir, likewise; 0 = unknown
     shared_disk: bool = False  # output.dir and cache.dir are on one device: their needs add up
     processes: int = 1
@@ -112,7 +115,9 @@ class GeneratePlan:
     prompt: str
     resolution: Size
     seeds: tuple[int, ...]
-    manifest_key: str  # hash of (base model identity, prompt, resolution, sampling settings): a change regenerates
+    manifest_key: (
+        str  # hash of (base model identity, prompt, resolution, sampling settings): a change regenerates
+    )
     scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"]
     steps: int  # inference steps per image
     guidance: float

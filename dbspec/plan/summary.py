@@ -14,7 +14,9 @@ from dbspec.plan.model import GeneratePlan, Plan, StepRange
 def _gib(n: int) -> str:
     if not n:
         return "unknown"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"  # tiny models: MiB, not "0.00 GiB"
+    return (
+        f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    )  # tiny models: MiB, not "0.00 GiB"
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -51,23 +53,38 @@ def model_table(plan: Plan) -> Table:
 
 
 def datasets_table(plan: Plan) -> Table:
-    t = _table("Datasets", "name", "role", "images", "samples/epoch", "resolution", "captions", "skipped", "generate")
+    t = _table(
+        "Datasets", "name", "role", "images", "samples/epoch", "resolution", "captions", "skipped", "generate"
+    )
     for d in plan.datasets:
         captions = Counter(img.caption for img in d.images)
         caption = _short(captions.most_common(1)[0][0]) if captions else ""
         if len(captions) > 1:
             caption += f" (+{len(captions) - 1} more)"
         gen = _generate(d.generate) if d.generate else ""
-        t.add_row(d.name, d.role, str(len(d.images)), str(d.samples_per_epoch), str(d.resolution), caption,
-                  str(len(d.skipped)), gen)
+        t.add_row(
+            d.name,
+            d.role,
+            str(len(d.images)),
+            str(d.samples_per_epoch),
+            str(d.resolution),
+            caption,
+            str(len(d.skipped)),
+            gen,
+        )
     return t
 
 
 def buckets_table(plan: Plan) -> Table:
     t = _table("Buckets", "size", "instance", "class", "batches/epoch", "")
     for b in plan.buckets:
-        t.add_row(f"{b.size[0]}x{b.size[1]}", str(b.instance_samples), str(b.class_samples),
-                  str(b.batches_per_epoch), "fewer than batch size" if b.short else "")
+        t.add_row(
+            f"{b.size[0]}x{b.size[1]}",
+            str(b.instance_samples),
+            str(b.class_samples),
+            str(b.batches_per_epoch),
+            "fewer than batch size" if b.short else "",
+        )
     return t
 
 
@@ -75,18 +92,27 @@ def schedule_table(plan: Plan) -> Table:
     s = plan.schedule
     t = _table("Schedule", "what", "value")
     rows = [
-        ("optimizer steps", f"{s.total_steps} ({_plural(s.epochs, 'epoch')} x {_plural(s.steps_per_epoch, 'step')})"),
+        (
+            "optimizer steps",
+            f"{s.total_steps} ({_plural(s.epochs, 'epoch')} x {_plural(s.steps_per_epoch, 'step')})",
+        ),
         ("batch", f"{s.batch_size} x {s.accumulation} accumulation x {s.processes} process(es)"),
         ("samples per epoch", f"{s.instance_samples_per_epoch} instance + {s.class_samples_per_epoch} class"),
-        ("optimizer", f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
-                      + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")),
+        (
+            "optimizer",
+            f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
+            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else ""),
+        ),
         ("lr schedule", f"{s.lr_schedule}, warm-up {s.warmup_steps}"),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         ("text encoder", _te(plan)),
-        ("seed", f"{s.seed}: noise, timesteps, data order, flips and crops, adapter init"
-                 + (", class images (one seed each)" if any(d.generate for d in plan.datasets) else "")),
+        (
+            "seed",
+            f"{s.seed}: noise, timesteps, data order, flips and crops, adapter init"
+            + (", class images (one seed each)" if any(d.generate for d in plan.datasets) else ""),
+        ),
     ]
     for row in rows:
         t.add_row(*row)
@@ -100,11 +126,16 @@ def _plural(n: int, word: str) -> str:
 def _steps(steps: StepRange) -> str:
     if len(steps) <= 8:
         return ", ".join(map(str, steps))
-    return ", ".join(map(str, steps.first(3))) + f", ... every {steps.every} to {steps.end} ({len(steps)} in all)"
+    return (
+        ", ".join(map(str, steps.first(3)))
+        + f", ... every {steps.every} to {steps.end} ({len(steps)} in all)"
+    )
 
 
 def _generate(gen: GeneratePlan) -> str:
-    return f"{gen.count} new ({gen.scheduler}, {gen.steps} steps, cfg {gen.guidance:g}, batch {gen.batch_size})"
+    return (
+        f"{gen.count} new ({gen.scheduler}, {gen.steps} steps, cfg {gen.guidance:g}, batch {gen.batch_size})"
+    )
 
 
 def _teacher(plan: Plan) -> str:
@@ -126,17 +157,26 @@ def training_table(plan: Plan) -> Table:
     t.add_row("loss", plan.loss.formula)
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
-    t.add_row("adapter", plan.adapter.kind if plan.adapter.kind == "none" else
-              f"lora rank {plan.adapter.rank}, alpha {plan.adapter.alpha:g}")
+    t.add_row(
+        "adapter",
+        plan.adapter.kind
+        if plan.adapter.kind == "none"
+        else f"lora rank {plan.adapter.rank}, alpha {plan.adapter.alpha:g}",
+    )
     t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")
     for c in plan.precision.components:
         quant = f", {c.quantized}" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
         t.add_row(f"  {c.name}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
     cache = plan.cache
-    t.add_row("latent cache", f"{cache.latent_hits} hits, {cache.latent_misses} to encode" if cache.latents else "off")
-    t.add_row("text cache", f"{cache.text_hits} hits, {cache.text_misses} to encode" if cache.text_embeddings
-              else "off")
+    t.add_row(
+        "latent cache",
+        f"{cache.latent_hits} hits, {cache.latent_misses} to encode" if cache.latents else "off",
+    )
+    t.add_row(
+        "text cache",
+        f"{cache.text_hits} hits, {cache.text_misses} to encode" if cache.text_embeddings else "off",
+    )
     t.add_row("source check", _source_check(plan))
     t.add_row("cache folder", _shown(cache.dir))
     t.add_row("output", _shown(plan.checkpoints.dir))
@@ -162,21 +202,29 @@ def origins_table(plan: Plan) -> Table:
 
 
 def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> None:
-    parts = [model_table(plan), datasets_table(plan), buckets_table(plan), schedule_table(plan),
-             training_table(plan), memory_table(plan)]
+    parts = [
+        model_table(plan),
+        datasets_table(plan),
+        buckets_table(plan),
+        schedule_table(plan),
+        training_table(plan),
+        memory_table(plan),
+    ]
     defaults = sorted(k for k, o in plan.origins.items() if o.kind in ("default", "derived"))
     if explain:
         parts.append(origins_table(plan))
     console.print(Group(*[item for p in parts for item in (p, "")]))
     if not explain:
-        console.print(f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin.")
+        console.print(
+            f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin."
+        )
     for text in plan.warnings:
         console.print(text, markup=False, highlight=False)
 
 
 def _short(text: str, limit: int = 80) -> str:
     """A caption as the summary shows it: one table cell, however long the caption file was."""
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _source_check(plan: Plan) -> str:

@@ -33,15 +33,43 @@ def _number(v: object) -> bool:
 
 
 _CHECKS: tuple[Check, ...] = (
-    *((key, _at_least(1), "an integer of at least 1") for key in (
-        "schedule.total_steps", "schedule.epochs", "schedule.batch_size", "schedule.accumulation",
-        "schedule.processes", "schedule.batches_per_epoch", "schedule.steps_per_epoch", "validation.inference_steps",
-        "validation.images_per_prompt", "ema.update_every", "logging.every", "schedule.cycles")),
-    *((key, _at_least(0), "a number of at least 0") for key in (
-        "schedule.warmup_steps", "schedule.text_encoder_stop_step", "schedule.seed", "validation.seed",
-        "validation.guidance", "checkpoints.keep", "model.clip_skip", "optimizer.text_encoder_lr",
-        "optimizer.weight_decay", "optimizer.eps", "optimizer.max_grad_norm", "loss.prior_weight",
-        "loss.min_snr_gamma", "loss.noise_offset", "loss.huber_delta")),
+    *(
+        (key, _at_least(1), "an integer of at least 1")
+        for key in (
+            "schedule.total_steps",
+            "schedule.epochs",
+            "schedule.batch_size",
+            "schedule.accumulation",
+            "schedule.processes",
+            "schedule.batches_per_epoch",
+            "schedule.steps_per_epoch",
+            "validation.inference_steps",
+            "validation.images_per_prompt",
+            "ema.update_every",
+            "logging.every",
+            "schedule.cycles",
+        )
+    ),
+    *(
+        (key, _at_least(0), "a number of at least 0")
+        for key in (
+            "schedule.warmup_steps",
+            "schedule.text_encoder_stop_step",
+            "schedule.seed",
+            "validation.seed",
+            "validation.guidance",
+            "checkpoints.keep",
+            "model.clip_skip",
+            "optimizer.text_encoder_lr",
+            "optimizer.weight_decay",
+            "optimizer.eps",
+            "optimizer.max_grad_norm",
+            "loss.prior_weight",
+            "loss.min_snr_gamma",
+            "loss.noise_offset",
+            "loss.huber_delta",
+        )
+    ),
     ("optimizer.lr", _above(0), "a number above 0"),
     ("optimizer.momentum", _fraction, "a number in [0, 1]"),
     ("ema.decay", _fraction, "a number in [0, 1]"),
@@ -51,27 +79,37 @@ _CHECKS: tuple[Check, ...] = (
 
 def plan_problems(plan: Plan) -> list[str]:
     """`field must be ...; found value` for every value the runtime cannot run with."""
-    found = [f"{key} must be {need}; found {_get(plan, key)!r}" for key, test, need in _CHECKS
-             if not test(_get(plan, key))]
+    found = [
+        f"{key} must be {need}; found {_get(plan, key)!r}"
+        for key, test, need in _CHECKS
+        if not test(_get(plan, key))
+    ]
     return found + list(_structure_problems(plan))
 
 
 def _structure_problems(plan: Plan) -> Iterator[str]:
-    if plan.adapter.kind == "lora" and not (_at_least(1)(plan.adapter.rank) and _above(0)(plan.adapter.alpha)):
-        yield (f"a LoRA adapter needs rank >= 1 and alpha > 0; found rank {plan.adapter.rank}, "
-               f"alpha {plan.adapter.alpha}")
+    if plan.adapter.kind == "lora" and not (
+        _at_least(1)(plan.adapter.rank) and _above(0)(plan.adapter.alpha)
+    ):
+        yield (
+            f"a LoRA adapter needs rank >= 1 and alpha > 0; found rank {plan.adapter.rank}, "
+            f"alpha {plan.adapter.alpha}"
+        )
     if plan.loss.prior == "base_model" and not plan.train_unet:  # DBS226 in specs: nothing to compare with
-        yield "loss.prior \"base_model\" needs train_unet = true; found false"
+        yield 'loss.prior "base_model" needs train_unet = true; found false'
     if not any(d.role == "instance" and d.images for d in plan.datasets):
         yield "datasets must hold an instance dataset with images; found none"
     for i, d in enumerate(plan.datasets):
         if any(not _at_least(0)(img.repeats) for img in d.images):
             yield f"datasets[{i}].images[].repeats must be at least 0"
         gen = d.generate
-        if gen is not None and not (_at_least(1)(gen.steps) and _at_least(1)(gen.batch_size)
-                                    and _at_least(0)(gen.guidance)):
-            yield (f"datasets[{i}].generate needs steps >= 1, batch_size >= 1 and guidance >= 0; found steps "
-                   f"{gen.steps}, batch_size {gen.batch_size}, guidance {gen.guidance}")
+        if gen is not None and not (
+            _at_least(1)(gen.steps) and _at_least(1)(gen.batch_size) and _at_least(0)(gen.guidance)
+        ):
+            yield (
+                f"datasets[{i}].generate needs steps >= 1, batch_size >= 1 and guidance >= 0; found steps "
+                f"{gen.steps}, batch_size {gen.batch_size}, guidance {gen.guidance}"
+            )
     for i, b in enumerate(plan.buckets):
         if not all(_at_least(8)(side) for side in b.size):
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
@@ -84,7 +122,9 @@ def _output_problems(plan: Plan) -> Iterator[str]:
     if not out.is_absolute() or out.parent == out:
         yield f"checkpoints.dir must be an absolute folder path below a filesystem root; found {str(out)!r}"
         return
-    inputs = [(f"datasets[{i}].path", d.path) for i, d in enumerate(plan.datasets)] + [("cache.dir", plan.cache.dir)]
+    inputs = [(f"datasets[{i}].path", d.path) for i, d in enumerate(plan.datasets)] + [
+        ("cache.dir", plan.cache.dir)
+    ]
     for key, folder in inputs:
         if out == Path(folder) or out in Path(folder).parents or Path(folder) in out.parents:
             yield f"checkpoints.dir {str(out)!r} must not overlap the input folder {key} {folder!r}"

@@ -17,7 +17,9 @@ from dbspec.spec.paths import KeyPath, dotted, table_label
 from dbspec.spec.structure import Located, structure_spec, toml_type
 from dbspec.spec.suggest import suggest
 
-_TABLE_FIELDS = {name: {f.name for c in classes for f in attrs.fields(c)} for name, classes in table_classes().items()}
+_TABLE_FIELDS = {
+    name: {f.name for c in classes for f in attrs.fields(c)} for name, classes in table_classes().items()
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -53,8 +55,15 @@ def _check_version(raw: RawSpec) -> list[Diagnostic]:
         help_text = f"this dbspec reads spec_version = {SPEC_VERSION}; version {version} needs a newer dbspec"
     else:
         help_text = f"this dbspec reads spec_version = {SPEC_VERSION}"
-    return [error("DBS106", f"unsupported spec_version {_show(version)}", path="spec_version",
-                  span=raw.value_span(("spec_version",)), help=help_text)]
+    return [
+        error(
+            "DBS106",
+            f"unsupported spec_version {_show(version)}",
+            path="spec_version",
+            span=raw.value_span(("spec_version",)),
+            help=help_text,
+        )
+    ]
 
 
 def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
@@ -65,23 +74,46 @@ def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
         own = _TABLE_FIELDS[table] if table else set(_TABLE_FIELDS) | {"spec_version"}
         what = f"table `[{key}]`" if isinstance(raw_value(raw.data, path), dict) else f"key `{p.keys[0]}` in"
         where = "" if what.startswith("table") else f" {table_label(path[:-1])}"
-        return error("DBS102", f"unknown {what}{where}", path=key,
-                     span=anchor(raw, raw.key_span(path)), help=suggest(p.keys[0], table, own))
+        return error(
+            "DBS102",
+            f"unknown {what}{where}",
+            path=key,
+            span=anchor(raw, raw.key_span(path)),
+            help=suggest(p.keys[0], table, own),
+        )
     if p.kind == "missing":
-        return error("DBS103", _missing_message(path, p.cls), path=key, span=anchor(raw, raw.key_span(path)),
-                     help=_missing_help(path, p.cls))
+        return error(
+            "DBS103",
+            _missing_message(path, p.cls),
+            path=key,
+            span=anchor(raw, raw.key_span(path)),
+            help=_missing_help(path, p.cls),
+        )
     if p.kind == "enum":
         allowed = ", ".join(f'"{a}"' for a in p.allowed)
-        return error("DBS104", f"`{key}` must be one of {allowed}; found {_show(p.actual)}", path=key,
-                     span=raw.value_span(path), help=_enum_help(p.actual, p.allowed))
+        return error(
+            "DBS104",
+            f"`{key}` must be one of {allowed}; found {_show(p.actual)}",
+            path=key,
+            span=raw.value_span(path),
+            help=_enum_help(p.actual, p.allowed),
+        )
     if p.kind == "variant":
-        return error("DBS203", f"`{path[-1]}` is a {p.variant} adapter option, but adapter.kind is \"{p.actual}\"",
-                     path=key, span=raw.key_span(path),
-                     help=f"set adapter.kind = \"{p.variant}\", or remove `{path[-1]}`")
+        return error(
+            "DBS203",
+            f'`{path[-1]}` is a {p.variant} adapter option, but adapter.kind is "{p.actual}"',
+            path=key,
+            span=raw.key_span(path),
+            help=f'set adapter.kind = "{p.variant}", or remove `{path[-1]}`',
+        )
     expected = p.expected + (f" (one of {', '.join(_show(a) for a in p.allowed)})" if p.allowed else "")
-    return error("DBS101", f"`{key}` must be a{'n' if expected[0] in 'aeiou' else ''} {expected}; "
-                 f"found {_found(p.actual)}", path=key, span=anchor(raw, raw.value_span(path)),
-                 help=_type_help(path, p.expected, p.actual))
+    return error(
+        "DBS101",
+        f"`{key}` must be a{'n' if expected[0] in 'aeiou' else ''} {expected}; found {_found(p.actual)}",
+        path=key,
+        span=anchor(raw, raw.value_span(path)),
+        help=_type_help(path, p.expected, p.actual),
+    )
 
 
 def anchor(raw: RawSpec, span: Span | None) -> Span:
@@ -92,7 +124,14 @@ def anchor(raw: RawSpec, span: Span | None) -> Span:
 def raw_value(data: Any, path: KeyPath) -> Any:
     """The value at `path` in the TOML data as written, or None."""
     for part in path:
-        if isinstance(part, int) and isinstance(data, list) and part < len(data) or isinstance(part, str) and isinstance(data, dict) and part in data:
+        if (
+            isinstance(part, int)
+            and isinstance(data, list)
+            and part < len(data)
+            or isinstance(part, str)
+            and isinstance(data, dict)
+            and part in data
+        ):
             data = data[part]
         else:
             return None
@@ -141,8 +180,11 @@ def _missing_help(path: KeyPath, cls: type | None) -> str:
         required = [f for f in attrs.fields(field.type) if f.default is attrs.NOTHING]
         keys = ", ".join(f"{f.name} = {_show(f.metadata['example'])}" for f in required)
         return f"add a [{name}] table" + (f" with {keys}" if keys else "")
-    example = _show(field.metadata["example"]) if field is not None and field.metadata["example"] is not None \
+    example = (
+        _show(field.metadata["example"])
+        if field is not None and field.metadata["example"] is not None
         else "..."
+    )
     where = f"to {table_label(path[:-1])}" if len(path) > 1 else "at the top of the file"
     return f"add `{name} = {example}` {where}"
 
@@ -152,7 +194,7 @@ def _enum_help(actual: Any, allowed: tuple) -> str:
 
     same_letters = [a for a in allowed if str(a).lower() == str(actual).lower()]
     close = same_letters or difflib.get_close_matches(str(actual), [str(a) for a in allowed], n=1, cutoff=0.5)
-    return f"did you mean \"{close[0]}\"?" if close else ""
+    return f'did you mean "{close[0]}"?' if close else ""
 
 
 def _type_help(path: KeyPath, expected: str, actual: Any) -> str:
@@ -201,8 +243,14 @@ def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
         bound = _violated(value, field.metadata)
         if bound:
             key = dotted(path)
-            found.append(error("DBS105", f"`{key}` must be {bound}; found {_show(raw_value(raw.data, path))}",
-                               path=key, span=raw.value_span(path)))
+            found.append(
+                error(
+                    "DBS105",
+                    f"`{key}` must be {bound}; found {_show(raw_value(raw.data, path))}",
+                    path=key,
+                    span=raw.value_span(path),
+                )
+            )
     return found
 
 
@@ -211,7 +259,9 @@ def _violated(value: float, meta: dict) -> str:
     if isinstance(value, float) and not math.isfinite(value):  # an int is finite, and may not fit a float
         return "a finite number"  # nan passes every comparison; inf is no setting
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        return " and ".join(text for text in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if text)
+        return " and ".join(
+            text for text in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if text
+        )
     if xlo is not None and value <= xlo:
         return f"> {xlo}"
     return ""

@@ -67,9 +67,14 @@ def too_deep_path(data: dict) -> KeyPath | None:
 
 def depth_error(path: KeyPath, span: Span) -> Diagnostic:
     key = short(dotted(path[: MAX_DEPTH + 1]))
-    return error("DBS005", f"`{key}` is more than {MAX_DEPTH} levels deep; key paths may have at most {MAX_DEPTH} "
-                 "levels (tables, dotted key parts and array elements together)", path=key, span=span,
-                 help=codes.help("DBS005"))
+    return error(
+        "DBS005",
+        f"`{key}` is more than {MAX_DEPTH} levels deep; key paths may have at most {MAX_DEPTH} "
+        "levels (tables, dotted key parts and array elements together)",
+        path=key,
+        span=span,
+        help=codes.help("DBS005"),
+    )
 
 
 def short(text: str, limit: int = 60) -> str:
@@ -110,8 +115,12 @@ class _Lexer:
             elif token[0].isdigit():
                 key = self.name()
                 digits = sum(c.isdigit() for c in token)
-                return found.start(), "DBS006", (f"`{key}` holds a number of {digits} digits; numbers may have "
-                                                 f"at most {MAX_DIGITS}"), key
+                return (
+                    found.start(),
+                    "DBS006",
+                    (f"`{key}` holds a number of {digits} digits; numbers may have at most {MAX_DIGITS}"),
+                    key,
+                )
             elif token == "#":
                 end = self.text.find("\n", self.pos)
                 self.pos = len(self.text) if end < 0 else end
@@ -121,9 +130,16 @@ class _Lexer:
                 self.open.append(token)
                 if len(self.open) > MAX_DEPTH:
                     key = self.name()
-                    return found.start(), "DBS005", (f"the value of `{key}` nests arrays and inline tables more "
-                                                     f"than {MAX_DEPTH} levels deep; at most {MAX_DEPTH} are "
-                                                     "allowed"), key
+                    return (
+                        found.start(),
+                        "DBS005",
+                        (
+                            f"the value of `{key}` nests arrays and inline tables more "
+                            f"than {MAX_DEPTH} levels deep; at most {MAX_DEPTH} are "
+                            "allowed"
+                        ),
+                        key,
+                    )
                 expect_key = token == "{"
             elif token in "]}":
                 if self.open:
@@ -150,7 +166,12 @@ class _Lexer:
             self.pos += 1
         if len(parts) > MAX_DEPTH:
             key = short(dotted((*(self.table if not header else ()), *parts)))
-            return start, "DBS005", f"key `{key}` has {len(parts)} parts; keys may have at most {MAX_DEPTH}", key
+            return (
+                start,
+                "DBS005",
+                f"key `{key}` has {len(parts)} parts; keys may have at most {MAX_DEPTH}",
+                key,
+            )
         if header:
             self.table, self.key = parts, []
         elif not self.open:

@@ -68,7 +68,9 @@ def parse_toml(text: str, label: str) -> tuple[dict | None, list[Diagnostic]]:
     except RecursionError:  # text_problem missed a nesting it could not follow; never an internal error
         span = Span(file=label, line=1, col=1, end_line=1, end_col=2)
         return None, [error("DBS005", "the spec nests values too deeply to read", span=span)]
-    except ValueError as exc:  # int()'s digit limit, which tomli lets escape; text_problem should catch it first
+    except (
+        ValueError
+    ) as exc:  # int()'s digit limit, which tomli lets escape; text_problem should catch it first
         span = Span(file=label, line=1, col=1, end_line=1, end_col=2)
         return None, [error("DBS006", f"the spec holds a number too long to read: {exc}", span=span)]
 
@@ -85,17 +87,34 @@ def load_spec_file(path: Path, label: str, overrides: list[str]) -> tuple[RawSpe
     if text is None or data is None:
         if not shown:
             return None, diags
-        return RawSpec(file=label, path=path.resolve(), data={}, spans=SpanIndex({}), override_spans={},
-                       sources={label: shown}, parsed=False), diags
+        return RawSpec(
+            file=label,
+            path=path.resolve(),
+            data={},
+            spans=SpanIndex({}),
+            override_spans={},
+            sources={label: shown},
+            parsed=False,
+        ), diags
     sources = {label: text}
     key_spans, value_spans, diags = apply_overrides(data, overrides)
     if overrides:
         sources[OVERRIDES_FILE] = "\n".join(overrides)
-    raw = RawSpec(file=label, path=path.resolve(), data=data, spans=build_span_index(text, label),
-                  override_spans=value_spans, override_key_spans=key_spans, sources=sources)
+    raw = RawSpec(
+        file=label,
+        path=path.resolve(),
+        data=data,
+        spans=build_span_index(text, label),
+        override_spans=value_spans,
+        override_key_spans=key_spans,
+        sources=sources,
+    )
     too_deep = too_deep_path(data)
     if too_deep is not None:  # later stages recurse through values: stop before they can overflow
-        return attrs.evolve(raw, data={}, parsed=False), [*diags, depth_error(too_deep, _deepest_span(raw, too_deep))]
+        return attrs.evolve(raw, data={}, parsed=False), [
+            *diags,
+            depth_error(too_deep, _deepest_span(raw, too_deep)),
+        ]
     return raw, diags
 
 
@@ -115,7 +134,7 @@ _SEGMENT = re.compile(r"([A-Za-z0-9_-]+)((?:\[\d+\])*)")
 
 
 def parse_override_key(key: str) -> KeyPath | None:
-    """"datasets[0].repeats" or "datasets.0.repeats" -> ("datasets", 0, "repeats")."""
+    """ "datasets[0].repeats" or "datasets.0.repeats" -> ("datasets", 0, "repeats")."""
     path: list = []
     for segment in key.split("."):
         if segment.isdigit():
@@ -133,7 +152,11 @@ def parse_override_value(text: str) -> tuple[Any, bool]:
     """Parse as a TOML value; a bare word that is not TOML (a path, a hub id) is taken as a string."""
     try:
         return tomli.loads(f"v = {text}")["v"], True
-    except (tomli.TOMLDecodeError, RecursionError, ValueError):  # the last two: past limits value_problem checks
+    except (
+        tomli.TOMLDecodeError,
+        RecursionError,
+        ValueError,
+    ):  # the last two: past limits value_problem checks
         bare = bool(text) and not re.search(r"[\"'\[\]{}=,\s]", text) and not text[0].isdigit()
         return (text, True) if bare else (None, False)
 
@@ -146,11 +169,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, dict, list[
     for line, item in enumerate(overrides, start=1):
         key, eq, value_text = item.partition("=")
         key = key.strip()
-        whole = Span(file=OVERRIDES_FILE, line=line, col=1, end_line=line, end_col=len(item) + 1, origin="--set")
+        whole = Span(
+            file=OVERRIDES_FILE, line=line, col=1, end_line=line, end_col=len(item) + 1, origin="--set"
+        )
         path = parse_override_key(key) if eq else None
         if path is None:
-            diags.append(error("DBS004", f"cannot read override `{item}`", span=whole,
-                               help="write --set table.key=value, e.g. --set optimizer.lr=2e-6"))
+            diags.append(
+                error(
+                    "DBS004",
+                    f"cannot read override `{item}`",
+                    span=whole,
+                    help="write --set table.key=value, e.g. --set optimizer.lr=2e-6",
+                )
+            )
             continue
         too_big = value_problem(value_text, key, whole)
         if too_big is not None:
@@ -159,8 +190,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, dict, list[
         value, ok = parse_override_value(value_text.strip())
         if not ok:
             example = '["..."]' if value_text.strip().startswith("[") else '"..."'
-            diags.append(error("DBS004", f"the value of override `{key}` is not a TOML value", span=whole,
-                               help=f"quote strings: --set '{key}={example}'"))
+            diags.append(
+                error(
+                    "DBS004",
+                    f"the value of override `{key}` is not a TOML value",
+                    span=whole,
+                    help=f"quote strings: --set '{key}={example}'",
+                )
+            )
             continue
         problem = _assign(data, path, value)
         if problem:

@@ -29,9 +29,12 @@ class Model:
         "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl).",
         example="runwayml/stable-diffusion-v1-5",
     )
-    family: Family = option("auto", doc="Model family; auto detects it from the model's configs or tensor names.")
+    family: Family = option(
+        "auto", doc="Model family; auto detects it from the model's configs or tensor names."
+    )
     prediction: Prediction = option(
-        "auto", doc="What the UNet predicts; auto reads the scheduler config. SD2 768 px models use v_prediction."
+        "auto",
+        doc="What the UNet predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
     )
     vae: str = option(
         "",
@@ -46,10 +49,14 @@ class Model:
         example="models/sd15-diffusers",
     )
     allow_pickle: bool = option(
-        False, doc="Allow loading .ckpt (pickle) checkpoints, which can run arbitrary code. Prefer .safetensors."
+        False,
+        doc="Allow loading .ckpt (pickle) checkpoints, which can run arbitrary code. Prefer .safetensors.",
     )
     clip_skip: int = option(
-        1, doc="Use the text encoder's n-th layer from the end (1 = last layer, 2 = penultimate).", minimum=1, maximum=12
+        1,
+        doc="Use the text encoder's n-th layer from the end (1 = last layer, 2 = penultimate).",
+        minimum=1,
+        maximum=12,
     )
 
 
@@ -60,7 +67,9 @@ class NoAdapter:
 
 @frozen
 class LoraAdapter:
-    kind: Literal["lora"] = option(doc="Adapter kind: lora trains low-rank adapters and freezes the base weights.")
+    kind: Literal["lora"] = option(
+        doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
+    )
     rank: int = option(16, doc="LoRA rank (dimension of the low-rank update).", minimum=1, maximum=1024)
     alpha: float = option(
         attrs.Factory(lambda self: float(self.rank), takes_self=True),
@@ -111,17 +120,25 @@ class Dataset:
         doc="Caption source: prompt gives every image `prompt`; textfile reads a sidecar file with "
         "`caption_extension`; filename uses the file name (without extension, underscores as spaces).",
     )
-    prompt: str = option("", doc="Caption used by captions = \"prompt\", and the prompt for generated class images.",
-                         example="a photo of ohwx dog")
-    caption_extension: str = option(".txt", doc="Sidecar caption extension for captions = \"textfile\".")
+    prompt: str = option(
+        "",
+        doc='Caption used by captions = "prompt", and the prompt for generated class images.',
+        example="a photo of ohwx dog",
+    )
+    caption_extension: str = option(".txt", doc='Sidecar caption extension for captions = "textfile".')
     caption_prefix: str = option("", doc="Text put before every caption (joined with a space).")
     caption_suffix: str = option("", doc="Text put after every caption (joined with a space).")
     repeats: int = option(1, doc="How many times each image is seen per epoch.", minimum=1, maximum=10_000)
-    resolution: int = option(512, doc="Training resolution: buckets keep this pixel area.", minimum=64, maximum=4096)
-    crop: Literal["center", "random"] = option("center", doc="Crop placement after the cover-resize into a bucket.")
+    resolution: int = option(
+        512, doc="Training resolution: buckets keep this pixel area.", minimum=64, maximum=4096
+    )
+    crop: Literal["center", "random"] = option(
+        "center", doc="Crop placement after the cover-resize into a bucket."
+    )
     flip: bool = option(False, doc="Random horizontal flips.")
     masks: str = option(
-        "", doc="Folder of masks paired with images by file stem (white = train, black = ignore); empty for none."
+        "",
+        doc="Folder of masks paired with images by file stem (white = train, black = ignore); empty for none.",
     )
     mask_from_alpha: bool = option(False, doc="Use each image's alpha channel as its loss mask.")
     generate: int = option(
@@ -136,18 +153,26 @@ class Dataset:
     generate_scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
         "ddpm", doc="Sampling scheduler for generated class images."
     )
-    generate_steps: int = option(50, doc="Inference steps per generated class image.", minimum=1, maximum=1000)
-    generate_guidance: float = option(7.5, doc="Classifier-free guidance scale for generated class images.",
-                                      minimum=0)
+    generate_steps: int = option(
+        50, doc="Inference steps per generated class image.", minimum=1, maximum=1000
+    )
+    generate_guidance: float = option(
+        7.5, doc="Classifier-free guidance scale for generated class images.", minimum=0
+    )
     generate_batch: int = option(
-        4, doc="Class images generated per pipeline call (memory only: each image has its own seed).",
-        minimum=1, maximum=256,
+        4,
+        doc="Class images generated per pipeline call (memory only: each image has its own seed).",
+        minimum=1,
+        maximum=256,
     )
     min_image_size: int = option(
-        64, doc="Images whose short side is below this many pixels are problems (see on_bad_image).", minimum=1
+        64,
+        doc="Images whose short side is below this many pixels are problems (see on_bad_image).",
+        minimum=1,
     )
     on_bad_image: Literal["error", "skip"] = option(
-        "error", doc="What to do with unreadable, truncated or too-small images: stop with an error, or skip them."
+        "error",
+        doc="What to do with unreadable, truncated or too-small images: stop with an error, or skip them.",
     )
 
 
@@ -174,7 +199,7 @@ class Buckets:
 @frozen
 class Loss:
     kind: Literal["mse", "huber", "l1"] = option("mse", doc="Element-wise loss.")
-    huber_delta: float = option(0.1, doc="Huber threshold (kind = \"huber\").", exclusive_minimum=0)
+    huber_delta: float = option(0.1, doc='Huber threshold (kind = "huber").', exclusive_minimum=0)
     prior: Literal["images", "base_model"] = option(
         "images",
         doc="Prior-preservation target for class datasets: images trains on class images; base_model uses the "
@@ -184,7 +209,9 @@ class Loss:
     min_snr_gamma: float = option(
         0.0, doc="Min-SNR weighting gamma (5 is common); 0 turns it off.", minimum=0, example=5.0
     )
-    noise_offset: float = option(0.0, doc="Offset noise strength (0.05-0.1 typical); 0 turns it off.", minimum=0)
+    noise_offset: float = option(
+        0.0, doc="Offset noise strength (0.05-0.1 typical); 0 turns it off.", minimum=0
+    )
     zero_terminal_snr: bool = option(
         False, doc="Rescale the noise schedule to zero terminal SNR (use with v_prediction)."
     )
@@ -215,8 +242,9 @@ class Optimizer:
 @frozen
 class Schedule:
     # Upper bounds keep plans and checks fast; far above any real run (thousands of steps, a few hundred epochs).
-    steps: int = option(0, doc="Optimizer steps to train; set this or `epochs`.", minimum=0, maximum=10_000_000,
-                        example=800)
+    steps: int = option(
+        0, doc="Optimizer steps to train; set this or `epochs`.", minimum=0, maximum=10_000_000, example=800
+    )
     epochs: int = option(0, doc="Epochs to train; set this or `steps`.", minimum=0, maximum=1_000_000)
     batch_size: int = option(1, doc="Images per batch (per process).", minimum=1)
     accumulation: int = option(1, doc="Batches accumulated per optimizer step.", minimum=1)
@@ -230,21 +258,25 @@ class Schedule:
         doc="Each epoch draws as many class samples as instance samples (kohya's rule); false uses the class "
         "datasets' own repeats.",
     )
-    seed: int = option(0, doc="Seed for weights init of adapters, noise, timesteps, data order and augmentation.",
-                       minimum=0)
+    seed: int = option(
+        0, doc="Seed for weights init of adapters, noise, timesteps, data order and augmentation.", minimum=0
+    )
 
 
 @frozen
 class Precision:
     mixed: Literal["auto", "no", "fp16", "bf16"] = option(
-        "auto", doc="Mixed precision; auto picks bf16 where the device has it, fp16 elsewhere on GPUs, no on CPU."
+        "auto",
+        doc="Mixed precision; auto picks bf16 where the device has it, fp16 elsewhere on GPUs, no on CPU.",
     )
     bf16_fallback: Literal["error", "fp16"] = option(
-        "error", doc="When mixed = \"bf16\" and the device lacks bf16: stop with an error, or use fp16."
+        "error", doc='When mixed = "bf16" and the device lacks bf16: stop with an error, or use fp16.'
     )
     quantize_unet: Quantization = option("none", doc="Quantise the frozen UNet base weights (LoRA runs).")
     quantize_text_encoder: Quantization = option("none", doc="Quantise the frozen text-encoder base weights.")
-    gradient_checkpointing: bool = option(False, doc="Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool = option(
+        False, doc="Recompute activations in the backward pass to save memory."
+    )
     attention: Literal["sdpa", "eager"] = option("sdpa", doc="Attention implementation.")
     tf32: bool = option(True, doc="Allow TF32 matmuls on CUDA.")
     vae_dtype: Literal["fp32", "fp16", "bf16"] = option(
@@ -261,8 +293,11 @@ class Cache:
 
 @frozen
 class Validation:
-    prompts: list[str] = option(factory=list, doc="Validation prompts; empty turns validation off.",
-                                example=["a photo of ohwx dog on a beach"])
+    prompts: list[str] = option(
+        factory=list,
+        doc="Validation prompts; empty turns validation off.",
+        example=["a photo of ohwx dog on a beach"],
+    )
     negative_prompt: str = option("", doc="Negative prompt for every validation image.")
     every: int = option(0, doc="Validate every N steps; 0 validates only at the end.", minimum=0)
     scheduler: Literal["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
@@ -296,7 +331,9 @@ class Ema:
 
 @frozen
 class Output:
-    dir: str = option("output", doc="Output folder for checkpoints, samples and logs, relative to the spec file.")
+    dir: str = option(
+        "output", doc="Output folder for checkpoints, samples and logs, relative to the spec file."
+    )
     name: str = option("dbspec", doc="Base name of exported files.")
 
 
@@ -311,7 +348,7 @@ class Spec:
     spec_version: int = option(doc="Spec language version; must be 1.", example=1)
     model: Model = option(doc="The base model.")
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
-    adapter: Adapter = option(factory=NoAdapter, doc="Adapter: kind = \"none\" (full fine-tune) or \"lora\".")
+    adapter: Adapter = option(factory=NoAdapter, doc='Adapter: kind = "none" (full fine-tune) or "lora".')
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
     loss: Loss = option(factory=Loss, doc="Loss terms.")
@@ -326,8 +363,25 @@ class Spec:
     logging: Logging = option(factory=Logging, doc="Metrics logging.")
 
 
-TABLE_CLASSES = (Model, NoAdapter, LoraAdapter, Train, Dataset, Buckets, Loss, Optimizer, Schedule, Precision,
-                 Cache, Validation, Checkpoints, Ema, Output, Logging, Spec)
+TABLE_CLASSES = (
+    Model,
+    NoAdapter,
+    LoraAdapter,
+    Train,
+    Dataset,
+    Buckets,
+    Loss,
+    Optimizer,
+    Schedule,
+    Precision,
+    Cache,
+    Validation,
+    Checkpoints,
+    Ema,
+    Output,
+    Logging,
+    Spec,
+)
 for _cls in TABLE_CLASSES:
     attrs.resolve_types(_cls, globals(), locals())
 

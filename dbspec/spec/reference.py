@@ -80,7 +80,7 @@ def _table_heading(name: str, cls: type) -> str:
         return "## `[[datasets]]`"
     if name == "adapter":
         kind = typing.get_args(attrs.fields(cls).kind.type)[0]
-        return f"## `[adapter]` with kind = \"{kind}\""
+        return f'## `[adapter]` with kind = "{kind}"'
     return f"## `[{name}]`"
 
 
@@ -103,7 +103,7 @@ def _rows(table: str, fields: list) -> str:
 
 
 def all_keys() -> dict[str, tuple[str, attrs.Attribute]]:
-    """"optimizer.lr" -> ("optimizer", field); adapter variants share their table name."""
+    """ "optimizer.lr" -> ("optimizer", field); adapter variants share their table name."""
     keys: dict[str, tuple[str, attrs.Attribute]] = {"spec_version": ("", attrs.fields(Spec).spec_version)}
     for name, classes in table_classes().items():
         for cls in classes:
@@ -155,7 +155,10 @@ def errors_markdown() -> str:
         if group.intro:
             out.append(group.intro + "\n")
         table = ["| code | severity | title |", "|---|---|---|"]
-        table += [f"| [{c.code}](#{c.code.lower()}) | {_SHOWN_SEVERITY[c.severity]} | {_cell(c.title)} |" for c in rows]
+        table += [
+            f"| [{c.code}](#{c.code.lower()}) | {_SHOWN_SEVERITY[c.severity]} | {_cell(c.title)} |"
+            for c in rows
+        ]
         out.append("\n".join(table) + "\n")
         out += [f"### {c.code}\n{c.explanation}\n" for c in rows]
     return "\n".join(out)

@@ -38,7 +38,11 @@ def field_schema(field: attrs.Attribute) -> dict:
     default = static_default(field)
     if default is not NO_DEFAULT and default is not None and not attrs.has(type(default)):
         out["default"] = default
-    for key, name in (("minimum", "minimum"), ("maximum", "maximum"), ("exclusive_minimum", "exclusiveMinimum")):
+    for key, name in (
+        ("minimum", "minimum"),
+        ("maximum", "maximum"),
+        ("exclusive_minimum", "exclusiveMinimum"),
+    ):
         if meta[key] is not None:
             out[name] = meta[key]
     if meta["example"] is not None:
@@ -66,10 +70,14 @@ def spec_schema() -> dict:
     schema["properties"]["spec_version"]["const"] = 1
     adapter = schema["properties"]["adapter"]
     for variant, name in zip(adapter["oneOf"], ADAPTER_VARIANTS):
-        variant["description"] = f"adapter kind \"{name}\""
+        variant["description"] = f'adapter kind "{name}"'
     adapter["oneOf"][0]["properties"]["kind"]["enum"] = ["none"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            "title": "dbspec spec", **schema}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "dbspec spec",
+        **schema,
+    }
 
 
 def schema_text() -> str:

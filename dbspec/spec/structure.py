@@ -33,7 +33,14 @@ class SpecProblem(Exception):
     variant: str = ""  # for kind "variant": the adapter kind the key belongs to
 
 
-TOML_TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+TOML_TYPE_NAMES = {
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    str: "string",
+    list: "array",
+    dict: "table",
+}
 
 
 def toml_type(value: Any) -> str:
@@ -49,7 +56,9 @@ def _strict(expected_type: type, name: str):
             return value
         if expected_type is float and type(value) is int:
             if abs(value) > sys.float_info.max:  # float() would raise OverflowError
-                raise SpecProblem(kind="type", expected=f"{name} (at most {sys.float_info.max:.3g})", actual=value)
+                raise SpecProblem(
+                    kind="type", expected=f"{name} (at most {sys.float_info.max:.3g})", actual=value
+                )
             return float(value)  # TOML writes 1 for 1.0; an int is a valid number
         raise SpecProblem(kind="type", expected=name, actual=value)
 
@@ -114,8 +123,12 @@ def _adapter_hook(value, _):
         raise SpecProblem(kind="type", expected="table", actual=value)
     kind = value["kind"] if "kind" in value else "none"  # absent means the default variant
     if type(kind) is not str or kind not in ADAPTER_VARIANTS:  # a list or table is not hashable
-        problem = SpecProblem(kind="enum" if type(kind) is str else "type", expected="string", actual=kind,
-                              allowed=tuple(ADAPTER_VARIANTS))
+        problem = SpecProblem(
+            kind="enum" if type(kind) is str else "type",
+            expected="string",
+            actual=kind,
+            allowed=tuple(ADAPTER_VARIANTS),
+        )
         problem.__notes__ = [_AttrNote("kind")]
         raise ClassValidationError("adapter", [problem], dict)
     cls = ADAPTER_VARIANTS[kind]

@@ -52,7 +52,7 @@ LEGACY_NAMES: dict[str, str] = {
 
 
 def _fields_by_table() -> dict[str, set[str]]:
-    """"optimizer" -> its field names, for every table (datasets included, adapter variants merged)."""
+    """ "optimizer" -> its field names, for every table (datasets included, adapter variants merged)."""
     return {
         name: {f.name for cls in classes for f in attrs.fields(cls)}
         for name, classes in table_classes().items()

@@ -26,9 +26,13 @@ def decode_problem(raw: bytes, label: str) -> tuple[Diagnostic, str] | None:
     """DBS003 for bytes that are not BOM-less UTF-8, with the text to show beside it; None when fine."""
     if raw.startswith(codecs.BOM_UTF8):
         span = Span(file=label, line=1, col=1, end_line=1, end_col=2)
-        shown = raw[len(codecs.BOM_UTF8):].decode("utf-8", errors="replace")
-        return error("DBS003", "spec file starts with a UTF-8 byte-order mark (BOM)", span=span,
-                     help="save it as UTF-8 without a BOM; TOML readers reject the mark"), shown
+        shown = raw[len(codecs.BOM_UTF8) :].decode("utf-8", errors="replace")
+        return error(
+            "DBS003",
+            "spec file starts with a UTF-8 byte-order mark (BOM)",
+            span=span,
+            help="save it as UTF-8 without a BOM; TOML readers reject the mark",
+        ), shown
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -39,18 +43,29 @@ def decode_problem(raw: bytes, label: str) -> tuple[Diagnostic, str] | None:
 def _not_utf8(raw: bytes, exc: UnicodeDecodeError, label: str) -> tuple[Diagnostic, str]:
     line_start = raw.rfind(b"\n", 0, exc.start) + 1
     line = raw[: exc.start].count(b"\n") + 1
-    col = len(raw[line_start: exc.start].decode("utf-8")) + 1
+    col = len(raw[line_start : exc.start].decode("utf-8")) + 1
     span = Span(file=label, line=line, col=col, end_line=line, end_col=col + 1)
     shown = raw.decode("utf-8", errors="replace")
     if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or "\x00" in shown:
-        return error("DBS003", "spec file is UTF-16, not UTF-8", span=span,
-                     help="save it as UTF-8 (TOML files must be UTF-8)"), ""
+        return error(
+            "DBS003",
+            "spec file is UTF-16, not UTF-8",
+            span=span,
+            help="save it as UTF-8 (TOML files must be UTF-8)",
+        ), ""
     byte = raw[exc.start]
     guess = bytes([byte]).decode("cp1252", errors="replace")
-    looks_like = f"; it looks like Latin-1 / Windows-1252, where 0x{byte:02x} is {guess}" if guess.isprintable() \
-        and guess != "\ufffd" else ""
-    return error("DBS003", f"spec file is not valid UTF-8 (byte 0x{byte:02x})", span=span,
-                 help=f"save the file as UTF-8 (TOML files must be UTF-8){looks_like}"), shown
+    looks_like = (
+        f"; it looks like Latin-1 / Windows-1252, where 0x{byte:02x} is {guess}"
+        if guess.isprintable() and guess != "\ufffd"
+        else ""
+    )
+    return error(
+        "DBS003",
+        f"spec file is not valid UTF-8 (byte 0x{byte:02x})",
+        span=span,
+        help=f"save the file as UTF-8 (TOML files must be UTF-8){looks_like}",
+    ), shown
 
 
 def syntax_error(text: str, label: str, exc: tomli.TOMLDecodeError) -> Diagnostic:
@@ -84,7 +99,7 @@ def _specific(lines: list[str], line: int, col: int, message: str) -> tuple:
         return _duplicate(lines, line) or generic
     if message in ("Unclosed array", "Unclosed inline table"):
         return _unclosed(lines, line, col, "[" if message == "Unclosed array" else "{")
-    if message in ("Illegal character '\\n'", "Unterminated string", "Expected \"'\""):
+    if message in ("Illegal character '\\n'", "Unterminated string", 'Expected "\'"'):
         return _unclosed_string(src, line, col)
     if message == "Invalid value":
         return _invalid_value(src, line, col)
@@ -111,8 +126,11 @@ def _duplicate(lines: list[str], line: int) -> tuple | None:
     for number in range(section, start):
         if _key_of(lines[number - 1]) == key:
             where = (start, stated.start(1) + 1, stated.end(1) + 1)
-            return (f"`{key}` is set twice in {_section_name(lines, section)}",
-                    f"remove one of them; the first is on line {number}", where)
+            return (
+                f"`{key}` is set twice in {_section_name(lines, section)}",
+                f"remove one of them; the first is on line {number}",
+                where,
+            )
     return None
 
 
@@ -124,8 +142,11 @@ def _duplicate_header(lines: list[str], line: int, header: re.Match[str]) -> tup
         if earlier and earlier.group(2) == name and earlier.group(1) == header.group(1):
             return f"table [{name}] is declared twice", f"merge it into the [{name}] on line {number}", where
         if _key_of(lines[number - 1]) == name and _section_start(lines, number) == 1:
-            return (f"[{name}] redefines `{name}`, already set on line {number}",
-                    f"remove one of them; `{name}` is a table: [{name}] and its keys below it", where)
+            return (
+                f"[{name}] redefines `{name}`, already set on line {number}",
+                f"remove one of them; `{name}` is a table: [{name}] and its keys below it",
+                where,
+            )
     return None
 
 
@@ -168,7 +189,7 @@ def _unclosed(lines: list[str], line: int, col: int, opener: str) -> tuple:
     """An array (or inline table) still open when the next statement starts: point at its opening."""
     closer = "]" if opener == "[" else "}"
     what = "array" if opener == "[" else "inline table"
-    rest = lines[line - 1][col - 1:] if lines else ""
+    rest = lines[line - 1][col - 1 :] if lines else ""
     if not rest.strip() or _KEY_VALUE.match(rest) or _is_header(rest):
         opening = _opening(lines, line if not rest.strip() else line - 1, opener)
         if opening:
@@ -181,7 +202,7 @@ def _opening(lines: list[str], last: int, opener: str) -> tuple[int, int] | None
     for number in range(last, 0, -1):
         found = _KEY_VALUE.match(lines[number - 1])
         if found:
-            return (number, found.end() + 1) if lines[number - 1][found.end():].startswith(opener) else None
+            return (number, found.end() + 1) if lines[number - 1][found.end() :].startswith(opener) else None
         if _is_header(lines[number - 1]):
             return None
     return None
@@ -189,7 +210,7 @@ def _opening(lines: list[str], last: int, opener: str) -> tuple[int, int] | None
 
 def _unclosed_string(src: str, line: int, col: int) -> tuple:
     key_value = _KEY_VALUE.match(src)
-    if key_value and src[key_value.end(): key_value.end() + 1] in ('"', "'"):
+    if key_value and src[key_value.end() : key_value.end() + 1] in ('"', "'"):
         opening = key_value.end()  # a value that is a string: its first quote (a ' inside is content)
     else:
         opening = max(src.rfind('"', 0, col - 1), src.rfind("'", 0, col - 1))
@@ -197,9 +218,12 @@ def _unclosed_string(src: str, line: int, col: int) -> tuple:
             opening -= 1  # the first quote of a multi-line string's three
     if opening < 0:
         return "string is not closed", "add the missing quote"
-    quote = src[opening: opening + 3] if src[opening: opening + 3] in ('"""', "'''") else src[opening]
-    return ("string is not closed", f"add the closing {quote} at the end of the string",
-            (line, opening + 1, max(opening + 2, len(src.rstrip()) + 1)))
+    quote = src[opening : opening + 3] if src[opening : opening + 3] in ('"""', "'''") else src[opening]
+    return (
+        "string is not closed",
+        f"add the closing {quote} at the end of the string",
+        (line, opening + 1, max(opening + 2, len(src.rstrip()) + 1)),
+    )
 
 
 def _invalid_value(src: str, line: int, col: int) -> tuple:
@@ -208,13 +232,19 @@ def _invalid_value(src: str, line: int, col: int) -> tuple:
         return "a value is missing after `=`", "write key = value, e.g. repeats = 10"
     word = token.group(0)
     if _BOOLEAN_CASES.fullmatch(word):
-        return f"`{word}` is not a TOML value", f"TOML booleans are lowercase: {word.lower()}", \
-            (line, col, token.end() + 1)
+        return (
+            f"`{word}` is not a TOML value",
+            f"TOML booleans are lowercase: {word.lower()}",
+            (line, col, token.end() + 1),
+        )
     key_value = _KEY_VALUE.match(src)
-    text = src[col - 1:].split(" #")[0].strip()
+    text = src[col - 1 :].split(" #")[0].strip()
     if key_value and re.fullmatch(r"[A-Za-z_][^\"'=\[\]{}]*", text):
-        return (f"`{text}` is not a TOML value", f"strings need quotes: {key_value.group(1)} = \"{text}\"",
-                (line, col, col + len(text)))
+        return (
+            f"`{text}` is not a TOML value",
+            f'strings need quotes: {key_value.group(1)} = "{text}"',
+            (line, col, col + len(text)),
+        )
     return f"`{word}` is not a TOML value", "see https://toml.io for the syntax", (line, col, token.end() + 1)
 
 
@@ -225,6 +255,9 @@ def _missing_equals(src: str, line: int) -> tuple | None:
     words = src.split("=")[0].strip()
     if "=" in src and " " in words:
         col = src.index(words) + 1
-        return ("a key cannot hold spaces", f"keys use snake_case: {words.replace(' ', '_')}",
-                (line, col, col + len(words)))
+        return (
+            "a key cannot hold spaces",
+            f"keys use snake_case: {words.replace(' ', '_')}",
+            (line, col, col + len(words)),
+        )
     return None

@@ -41,7 +41,9 @@ def plan_once(spec: Path) -> float:
     from dbspec.plan.model import TargetEnv
 
     started = time.perf_counter()
-    planned = plan_spec(spec, TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9"))
+    planned = plan_spec(
+        spec, TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
+    )
     elapsed = time.perf_counter() - started
     assert planned.plan is not None, [d.message for d in planned.diagnostics][:3]
     return elapsed

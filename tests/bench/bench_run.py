@@ -36,7 +36,12 @@ def run_dbspec(tmp: Path, steps: int, out: str = "out") -> dict:
     # Steady state from the loop's own timestamps: step 10 to the last step (no loading, no final save).
     at = {m["step"]: m["seconds"] for m in metrics}
     loop_rate = (steps - 10) / (at[steps] - at[10])
-    return {"seconds": total, "steps": result.steps, "steps_per_s": result.steps / total, "loop_rate": loop_rate}
+    return {
+        "seconds": total,
+        "steps": result.steps,
+        "steps_per_s": result.steps / total,
+        "loop_rate": loop_rate,
+    }
 
 
 def time_to_first_step(tmp: Path) -> float:
@@ -55,8 +60,10 @@ def batch_shapes(tmp: Path) -> list[tuple[int, int, int]]:
     from tests.runtime.runspec import compile_spec
 
     plan = compile_spec(tmp / "spec.toml")
-    return [(len(b), b[0].img.bucket[1] // 8, b[0].img.bucket[0] // 8)
-            for b in BucketBatchSampler.from_plan(plan).epoch_batches(0)]
+    return [
+        (len(b), b[0].img.bucket[1] // 8, b[0].img.bucket[0] // 8)
+        for b in BucketBatchSampler.from_plan(plan).epoch_batches(0)
+    ]
 
 
 def bare_loop(steps: int, shapes: list[tuple[int, int, int]]) -> float:

@@ -79,7 +79,9 @@ def measure(folder: Path, cache_dir: Path, n: int) -> dict[str, tuple[float, flo
     """One run of floor, cold scan (empty cache_dir) and warm scan: {name: (wall s, cpu s)}."""
 
     def scan():
-        return scan_folder(folder, recursive=False, min_size=1, on_bad="error", cache_dir=cache_dir, key_path="bench")
+        return scan_folder(
+            folder, recursive=False, min_size=1, on_bad="error", cache_dir=cache_dir, key_path="bench"
+        )
 
     floor_t, _ = timed(lambda: floor_scan(folder))
     cold_t, cold = timed(scan)
@@ -95,7 +97,9 @@ def report(best: dict[str, tuple[float, float]], n: int) -> None:
         print(f"{name:<8}{wall:>9.3f}{wall / n * 1e6:>9.1f}{cpu:>9.3f}{cpu / n * 1e6:>9.1f}")
     for label, i in (("wall", 0), ("cpu", 1)):
         floor, cold, warm = (best[k][i] for k in ("floor", "cold", "warm"))
-        print(f"{label:<5} cold/floor = {cold / floor:.2f} (target <= 3)   warm/cold = {warm / cold:.3f} (target <= 0.2)")
+        print(
+            f"{label:<5} cold/floor = {cold / floor:.2f} (target <= 3)   warm/cold = {warm / cold:.3f} (target <= 0.2)"
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def _imports(path: Path) -> set[str]:
 
 def test_dbspec_package_has_no_heavy_imports():
     for path in (ROOT / "dbspec").rglob("*.py"):
-        bad = [n for n in _imports(path) if n.split(".")[0] in {h.split(".")[0] for h in HEAVY} - {"safetensors"}]
+        bad = [
+            n for n in _imports(path) if n.split(".")[0] in {h.split(".")[0] for h in HEAVY} - {"safetensors"}
+        ]
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
@@ -52,12 +54,22 @@ def test_runtime_takes_a_plan_only():
 # The layers, lowest first: a module may import only from its own layer's package or a lower layer (the data flow
 # CLI -> spec -> compiler -> plan, with the runtime beside the compiler, reading plans only).
 LAYERS: dict[str, int] = {
-    "util": 0, "diagnostics": 0, "codes": 0, "families": 0, "envreport": 0,
-    "builtin": 1, "plan": 1, "spec": 1,
-    "compiler": 2, "runtime": 2,
+    "util": 0,
+    "diagnostics": 0,
+    "codes": 0,
+    "families": 0,
+    "envreport": 0,
+    "builtin": 1,
+    "plan": 1,
+    "spec": 1,
+    "compiler": 2,
+    "runtime": 2,
     "frontend": 3,
-    "convert": 4, "masks": 4,
-    "cli_common": 5, "cli_convert": 6, "cli": 7,
+    "convert": 4,
+    "masks": 4,
+    "cli_common": 5,
+    "cli_convert": 6,
+    "cli": 7,
 }
 RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime"}
 
@@ -75,8 +87,13 @@ def _dbspec_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "dbspec":
             found |= {alias.name for alias in node.names}
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+            else []
+        )
         found |= {name.split(".")[1] for name in names if name.startswith("dbspec.")}
     return found - {"__version__"}
 

@@ -30,8 +30,12 @@ prompt = "a photo of ohwx dog"
 steps = 800
 """
 WARNS = VALID + "warmup_steps = 50\n"  # a warning (DBS211), no error
-BROKEN = VALID.replace('prompt = "a photo of ohwx dog"', 'prompt = "a photo of ohwx dog"\nrepeats = "100"\nflip = 1') \
+BROKEN = (
+    VALID.replace(
+        'prompt = "a photo of ohwx dog"', 'prompt = "a photo of ohwx dog"\nrepeats = "100"\nflip = 1'
+    )
     + 'batch_size = 0\nwarmup_steps = 50\n\n[optimizer]\nlearning_rate = 1e-6\nkind = "adam"\n'
+)
 
 
 def invoke(*args: str):
@@ -135,7 +139,8 @@ def test_json_records_are_the_text_output(write, overrides):
     payload = json.loads(as_json.stdout)
     records = payload["diagnostics"]
     assert {tuple(sorted(r)) for r in records} == {
-        ("code", "help", "message", "notes", "path", "severity", "span")}
+        ("code", "help", "message", "notes", "path", "severity", "span")
+    }
     sources = {spec: Path(spec).read_text(), "<--set>": "\n".join(overrides[1::2])}
     assert render_all_text([_diagnostic(r) for r in records], sources) + "\n" == text.stdout
     assert payload["errors"] == sum(r["severity"] == "error" for r in records)
@@ -164,16 +169,28 @@ def test_set_errors_are_marked_and_point_into_the_override(write):
     assert "  --> <--set>:1:21 (from --set)\n" in result.stdout
     assert "1 | datasets[0].repeats=0\n" in result.stdout
     assert "  --> <--set>:2:14 (from --set)\n" in result.stdout
-    records = json.loads(invoke("check", write(VALID), "--set", "datasets[0].repeats=0", "--format", "json").stdout)
+    records = json.loads(
+        invoke("check", write(VALID), "--set", "datasets[0].repeats=0", "--format", "json").stdout
+    )
     (record,) = records["diagnostics"]
     assert record["span"]["origin"] == "--set" and record["span"]["file"] == "<--set>"
     assert record["path"] == "datasets[0].repeats"
 
 
 def test_set_overrides_what_the_file_says(write):
-    result = invoke("check", write(BROKEN), "--set", 'datasets[0].repeats=100', "--set", "datasets.0.flip=true",
-                    "--set", "schedule.batch_size=1")
-    assert "repeats" not in result.stdout and "flip" not in result.stdout and "batch_size" not in result.stdout
+    result = invoke(
+        "check",
+        write(BROKEN),
+        "--set",
+        "datasets[0].repeats=100",
+        "--set",
+        "datasets.0.flip=true",
+        "--set",
+        "schedule.batch_size=1",
+    )
+    assert (
+        "repeats" not in result.stdout and "flip" not in result.stdout and "batch_size" not in result.stdout
+    )
 
 
 def test_malformed_set_is_dbs004(write):
@@ -213,7 +230,11 @@ def test_explain_other_keys(key, first_line):
 
 @pytest.mark.parametrize(
     ("key", "suggestion"),
-    [("optimizer.learning_rate", "`optimizer.lr`"), ("lr", "`optimizer.lr`"), ("schedule.step", "`schedule.steps`")],
+    [
+        ("optimizer.learning_rate", "`optimizer.lr`"),
+        ("lr", "`optimizer.lr`"),
+        ("schedule.step", "`schedule.steps`"),
+    ],
 )
 def test_explain_unknown_key_exits_1_with_did_you_mean(key, suggestion):
     result = invoke("explain", key)
@@ -233,8 +254,9 @@ def test_explain_nonsense_exits_1():
 
 def test_the_console_script_matches_the_in_process_run(write):
     spec = write(BROKEN)
-    proc = subprocess.run([sys.executable, "-m", "dbspec.cli", "check", spec], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dbspec.cli", "check", spec], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert proc.stdout == invoke("check", spec).stdout
     assert proc.stderr == ""
@@ -243,7 +265,9 @@ def test_the_console_script_matches_the_in_process_run(write):
 def test_explain_a_code_shows_its_row():
     result = invoke("explain", "dbs225")
     assert result.exit_code == 0
-    assert result.stdout.startswith("DBS225 (error): `output.dir` overlaps the run's inputs\n\n`output.dir` overlaps")
+    assert result.stdout.startswith(
+        "DBS225 (error): `output.dir` overlaps the run's inputs\n\n`output.dir` overlaps"
+    )
 
 
 def test_explain_an_unknown_code_exits_1():

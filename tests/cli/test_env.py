@@ -21,16 +21,26 @@ def test_env_json_reports_the_installed_torch_and_libraries():
     assert data["torch"]["cuda_available"] == torch.cuda.is_available()
     assert data["libraries"]["diffusers"] == metadata.version("diffusers")
     assert data["libraries"]["peft"] == metadata.version("peft")
-    flagged = (Version(metadata.version("transformers")) >= Version("5.24")
-               and Version(metadata.version("peft")) < Version("0.22"))
+    flagged = Version(metadata.version("transformers")) >= Version("5.24") and Version(
+        metadata.version("peft")
+    ) < Version("0.22")
     assert bool(data["warnings"]) == flagged
 
 
 def test_env_text_names_each_library():
     result = CliRunner().invoke(app, ["env"])
     assert result.exit_code == 0, result.output
-    for name in ("dbspec", "python", "torch", "diffusers", "transformers", "accelerate", "peft",
-                 "optimum-quanto", "safetensors"):
+    for name in (
+        "dbspec",
+        "python",
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "peft",
+        "optimum-quanto",
+        "safetensors",
+    ):
         assert any(line.startswith(name + " ") for line in result.output.splitlines()), name
 
 
@@ -49,8 +59,10 @@ def test_only_the_torchvision_fallback_notice_is_silenced():
     level = logger.level
     logger.setLevel(logging.WARNING)  # a run in this process may have quieted transformers to errors only
     try:
-        logger.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
-                       "`CLIPImageProcessorPil` for backward compatibility.")
+        logger.warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+            "`CLIPImageProcessorPil` for backward compatibility."
+        )
         logger.warning("some other import problem")
     finally:
         logger.removeHandler(handler)

@@ -36,7 +36,9 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+            found |= {
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+            }
     return {target for target in found if target in modules and target != name}
 
 
@@ -55,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
         path.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -90,7 +92,10 @@ def test_dbspec_has_no_import_cycle():
 
 
 def test_spec_compiler_and_plan_never_import_the_cli_or_its_pipeline():
-    bad = {name: sorted(t for t in targets if t.startswith(UPPER))
-           for name, targets in import_graph().items() if name.startswith(LOWER)}
+    bad = {
+        name: sorted(t for t in targets if t.startswith(UPPER))
+        for name, targets in import_graph().items()
+        if name.startswith(LOWER)
+    }
     bad = {name: targets for name, targets in bad.items() if targets}
     assert not bad, f"imports against the data flow (CLI -> spec -> compiler -> plan): {bad}"

@@ -16,7 +16,9 @@ def test_the_lock_pins_every_dependency_but_torch():
     import tomli
 
     lock = (ROOT / "requirements" / "lock.txt").read_text()
-    pinned = {line.split("==")[0].lower() for line in lock.splitlines() if "==" in line and not line.startswith("#")}
+    pinned = {
+        line.split("==")[0].lower() for line in lock.splitlines() if "==" in line and not line.startswith("#")
+    }
     project = tomli.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["test"]
     names = {_name(requirement) for requirement in wanted}
@@ -32,7 +34,7 @@ def _name(requirement: str) -> str:
 
 def test_readme_opens_with_install_and_test_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
-    first_block = lines[lines.index("```bash") + 1: lines.index("```bash") + 6]
+    first_block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 6]
     assert any("dbspec run specs/quickstart.toml" in line for line in first_block)
     assert any("pytest" in line for line in first_block)
 

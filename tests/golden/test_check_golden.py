@@ -28,8 +28,19 @@ UPDATE_COMMAND = "DBSPEC_UPDATE_GOLDEN=1 pytest tests/golden"
 UPDATING = os.environ.get("DBSPEC_UPDATE_GOLDEN") == "1"
 CASE_NAMES = sorted({p.stem for p in CASES.glob("*.toml")} | {p.stem for p in CASES.glob("*.expected")})
 # Codes of the check stage that are not DBS2xx rules (those are read from rules.py below).
-FRONT_END_CODES = {"DBS001", "DBS002", "DBS003", "DBS004", "DBS101", "DBS102", "DBS103", "DBS104", "DBS105",
-                   "DBS106", "DBS203"}
+FRONT_END_CODES = {
+    "DBS001",
+    "DBS002",
+    "DBS003",
+    "DBS004",
+    "DBS101",
+    "DBS102",
+    "DBS103",
+    "DBS104",
+    "DBS105",
+    "DBS106",
+    "DBS203",
+}
 
 
 def case_args(name: str) -> list[str]:

@@ -63,10 +63,15 @@ class Compiled:
 
     def _compile(self, spec: Path, target: str) -> tuple[Plan, Path]:
         tmp = self.tmp_factory.mktemp("plan")
-        overrides = [f"cache.dir={json.dumps(str(tmp / 'cache'))}", f"output.dir={json.dumps(str(tmp / 'out'))}"]
+        overrides = [
+            f"cache.dir={json.dumps(str(tmp / 'cache'))}",
+            f"output.dir={json.dumps(str(tmp / 'out'))}",
+        ]
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HF_HUB_CACHE", str(tmp / "hf-hub"))  # empty: hub bases stay unresolved
-            planned = plan_spec(spec, parse_target(TARGETS[target]), spec.relative_to(ROOT).as_posix(), overrides)
+            planned = plan_spec(
+                spec, parse_target(TARGETS[target]), spec.relative_to(ROOT).as_posix(), overrides
+            )
         problems = [f"{d.severity}[{d.code}] {d.path}: {d.message}" for d in planned.diagnostics]
         assert planned.plan is not None and not problems, f"{spec} does not compile cleanly: {problems}"
         return planned.plan, tmp
@@ -91,7 +96,8 @@ def check_snapshot(path: Path, actual: str, what: str) -> None:
         return
     assert path.exists(), f"no snapshot {path.name}: run `{UPDATE_COMMAND}`"
     assert actual == path.read_text(encoding="utf-8"), (
-        f"{what} changed; if the change is intended, run `{UPDATE_COMMAND}` and review the diff of {path}")
+        f"{what} changed; if the change is intended, run `{UPDATE_COMMAND}` and review the diff of {path}"
+    )
 
 
 # --- snapshots ----------------------------------------------------------------------------------------------
@@ -114,9 +120,16 @@ def test_quickstart_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """`dbspec plan` prints the summary tables; paths below the working folder are shown relative to it."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
     monkeypatch.chdir(tmp_path)
-    args = ["plan", str(SPECS / "quickstart.toml"), "--target", "cuda:24GB:8.9",
-            "--set", f"cache.dir={json.dumps(str(tmp_path / 'cache'))}",
-            "--set", f"output.dir={json.dumps(str(tmp_path / 'out'))}"]
+    args = [
+        "plan",
+        str(SPECS / "quickstart.toml"),
+        "--target",
+        "cuda:24GB:8.9",
+        "--set",
+        f"cache.dir={json.dumps(str(tmp_path / 'cache'))}",
+        "--set",
+        f"output.dir={json.dumps(str(tmp_path / 'out'))}",
+    ]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "120"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
@@ -134,19 +147,40 @@ def buckets(plan: Plan) -> dict[tuple[int, int], tuple[int, int, int]]:
 
 
 def components(plan: Plan) -> dict[str, tuple]:
-    return {c.name: (c.dtype, c.trainable, c.quantized, c.gradient_checkpointing) for c in plan.precision.components}
+    return {
+        c.name: (c.dtype, c.trainable, c.quantized, c.gradient_checkpointing)
+        for c in plan.precision.components
+    }
 
 
 def schedule_facts(plan: Plan) -> tuple:
     s = plan.schedule
-    return (s.total_steps, s.epochs, s.batches_per_epoch, s.steps_per_epoch, s.instance_samples_per_epoch,
-            s.class_samples_per_epoch)
+    return (
+        s.total_steps,
+        s.epochs,
+        s.batches_per_epoch,
+        s.steps_per_epoch,
+        s.instance_samples_per_epoch,
+        s.class_samples_per_epoch,
+    )
 
 
 def expected_lr_points(plan: Plan, steps: tuple[int, ...]) -> list[tuple[int, float]]:
     s = plan.schedule
-    return [(step, sched.lr_at(step, lr=plan.optimizer.lr, schedule=s.lr_schedule, warmup=s.warmup_steps,
-                               total=s.total_steps, cycles=s.cycles)) for step in steps]
+    return [
+        (
+            step,
+            sched.lr_at(
+                step,
+                lr=plan.optimizer.lr,
+                schedule=s.lr_schedule,
+                warmup=s.warmup_steps,
+                total=s.total_steps,
+                cycles=s.cycles,
+            ),
+        )
+        for step in steps
+    ]
 
 
 def captions(plan: Plan) -> dict[str, set[str]]:
@@ -169,9 +203,11 @@ def test_quickstart_is_right(compiled: Compiled) -> None:
     assert captions(plan) == {"toy": {"a photo of ohwx toy"}, "toys": {"a photo of a toy"}}
     assert plan.loss.formula == "L = mean_inst[ mse(ε̂, ε) ] + 1·mean_class[ mse(ε̂, ε) ]"
     assert (plan.precision.mixed, plan.precision.tf32) == ("bf16", True)
-    assert components(plan) == {"unet": ("fp32", "full", "none", False),
-                                "text_encoder": ("bf16", "frozen", "none", False),
-                                "vae": ("fp32", "frozen", "none", False)}
+    assert components(plan) == {
+        "unet": ("fp32", "full", "none", False),
+        "text_encoder": ("bf16", "frozen", "none", False),
+        "vae": ("fp32", "frozen", "none", False),
+    }
     # toy images flip (two latents each), class images do not; one text embedding per distinct caption
     assert (plan.cache.latent_misses, plan.cache.text_misses) == (6 * 2 + 6, 2)
     assert plan.validation.size == (64, 64) and plan.validation.inference_steps == 10
@@ -182,8 +218,11 @@ def test_quickstart_on_the_cpu_is_right(compiled: Compiled) -> None:
     plan, _ = compiled("quickstart.cpu")
     gpu, _ = compiled("quickstart.cuda")
     assert (plan.precision.mixed, plan.precision.tf32) == ("no", False)
-    assert {c.name: c.dtype for c in plan.precision.components} == {"unet": "fp32", "text_encoder": "fp32",
-                                                                     "vae": "fp32"}
+    assert {c.name: c.dtype for c in plan.precision.components} == {
+        "unet": "fp32",
+        "text_encoder": "fp32",
+        "vae": "fp32",
+    }
     assert plan.schedule == gpu.schedule and plan.buckets == gpu.buckets
     assert plan.memory.available == 0 and plan.memory.fits
 
@@ -205,8 +244,11 @@ def test_sd15_face_full_prior_is_right(compiled: Compiled) -> None:
     assert {lr for _, lr in plan.schedule.lr_points} == {1e-6}
     assert captions(plan) == {"face": {"a photo of ohwx person"}, "people": {"a photo of a person"}}
     assert plan.loss.formula == "L = mean_inst[ mse(ε̂, ε) ] + 1·mean_class[ mse(ε̂, ε) ]"
-    assert components(plan) == {"unet": ("fp32", "full", "none", True), "text_encoder": ("fp32", "full", "none", True),
-                                "vae": ("fp32", "frozen", "none", False)}
+    assert components(plan) == {
+        "unet": ("fp32", "full", "none", True),
+        "text_encoder": ("fp32", "full", "none", True),
+        "vae": ("fp32", "frozen", "none", False),
+    }
     assert not plan.cache.text_embeddings and plan.cache.latent_misses == 6 + 200
     trained = FAMILY_PARAMS["sd1"]["unet"] + FAMILY_PARAMS["sd1"]["text_encoder"]
     m = plan.memory
@@ -219,13 +261,21 @@ def test_sd15_subject_lora_is_right(compiled: Compiled) -> None:
     plan, _ = compiled("sd15-subject-lora.cuda")
     assert buckets(plan) == {size: (n * 100, 0, n * 50) for size, n in SD_512_BUCKETS.items()}
     assert schedule_facts(plan) == (800, 3, 300, 300, 600, 0)
-    assert list(plan.schedule.lr_points) == [(0, 0.0), (50, 1e-4), (200, 1e-4), (400, 1e-4), (600, 1e-4),
-                                             (800, 1e-4)]
+    assert list(plan.schedule.lr_points) == [
+        (0, 0.0),
+        (50, 1e-4),
+        (200, 1e-4),
+        (400, 1e-4),
+        (600, 1e-4),
+        (800, 1e-4),
+    ]
     assert tuple(plan.schedule.validation_steps) == tuple(range(100, 801, 100))
     assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("lora", 16, 16.0)
-    assert components(plan) == {"unet": ("bf16", "lora", "none", True),
-                                "text_encoder": ("bf16", "frozen", "none", False),
-                                "vae": ("fp32", "frozen", "none", False)}
+    assert components(plan) == {
+        "unet": ("bf16", "lora", "none", True),
+        "text_encoder": ("bf16", "frozen", "none", False),
+        "vae": ("fp32", "frozen", "none", False),
+    }
     assert plan.loss.formula == "L = mean_inst[ mse(ε̂, ε) ]" and plan.loss.prior == "none"
     assert (plan.cache.latent_misses, plan.cache.text_misses) == (12, 1)  # flipped and plain latents
     lora = 16 * 199_296  # rank x (in + out) over SD1.5's attention projections
@@ -244,9 +294,11 @@ def test_sd21_v_full_is_right(compiled: Compiled) -> None:
     assert tuple(plan.schedule.validation_steps) == (200, 400, 600, 800)
     assert plan.loss.formula == "L = mean_inst[ minsnr5(t)·mse(v̂, v) ]"
     assert (plan.precision.mixed, plan.precision.reason) == ("bf16", "as the spec says")
-    assert components(plan) == {"unet": ("fp32", "full", "none", True),
-                                "text_encoder": ("bf16", "frozen", "none", False),
-                                "vae": ("fp32", "frozen", "none", False)}
+    assert components(plan) == {
+        "unet": ("fp32", "full", "none", True),
+        "text_encoder": ("bf16", "frozen", "none", False),
+        "vae": ("fp32", "frozen", "none", False),
+    }
     p = FAMILY_PARAMS["sd2"]
     assert plan.memory.weights == 4 * p["unet"] + 2 * p["text_encoder"] + 4 * p["vae"]
     assert (plan.memory.gradients, plan.memory.optimizer) == (4 * p["unet"], 8 * p["unet"])
@@ -258,16 +310,23 @@ def test_sdxl_lora_int8_is_right(compiled: Compiled) -> None:
     assert (plan.model.family, plan.model.vae) == ("sdxl", "madebyollin/sdxl-vae-fp16-fix")
     assert plan.model.vae_identity == "hub:madebyollin/sdxl-vae-fp16-fix"
     # 1024 px, step 32: 160x120 -> 1184x864, 144x96 -> 1248x832 (exactly 3:2), and their portraits
-    assert buckets(plan) == {(832, 1248): (50, 0, 50), (864, 1184): (50, 0, 50), (1024, 1024): (100, 0, 100),
-                             (1184, 864): (50, 0, 50), (1248, 832): (50, 0, 50)}
+    assert buckets(plan) == {
+        (832, 1248): (50, 0, 50),
+        (864, 1184): (50, 0, 50),
+        (1024, 1024): (100, 0, 100),
+        (1184, 864): (50, 0, 50),
+        (1248, 832): (50, 0, 50),
+    }
     assert schedule_facts(plan) == (1000, 4, 300, 300, 300, 0)
     points = plan.schedule.lr_points
     assert list(points) == expected_lr_points(plan, (0, 50, 250, 500, 750, 1000))
     assert points[0] == (0, 0.0) and points[1] == (50, 1e-4) and points[-1] == (1000, 0.0)
-    assert components(plan) == {"unet": ("bf16", "lora", "int8", True),
-                                "text_encoder": ("bf16", "frozen", "none", False),
-                                "text_encoder_2": ("bf16", "frozen", "none", False),
-                                "vae": ("fp32", "frozen", "none", False)}
+    assert components(plan) == {
+        "unet": ("bf16", "lora", "int8", True),
+        "text_encoder": ("bf16", "frozen", "none", False),
+        "text_encoder_2": ("bf16", "frozen", "none", False),
+        "vae": ("fp32", "frozen", "none", False),
+    }
     assert plan.cache.text_embeddings and (plan.cache.latent_misses, plan.cache.text_misses) == (12, 1)
     assert (plan.validation.scheduler, plan.validation.size) == ("euler", (1024, 1024))
     lora = 32 * 1_451_520
@@ -286,7 +345,10 @@ def test_memory_adds_up(name: str, compiled: Compiled) -> None:
 
 
 def test_every_shipped_spec_has_a_check_above() -> None:
-    checked = {name.removeprefix("test_").removesuffix("_is_right").replace("_", "-")
-               for name in globals() if name.endswith("_is_right")}
+    checked = {
+        name.removeprefix("test_").removesuffix("_is_right").replace("_", "-")
+        for name in globals()
+        if name.endswith("_is_right")
+    }
     shipped = {case_name(spec, "cuda").removesuffix(".cuda") for spec in shipped_specs()}
     assert shipped <= checked, f"shipped specs without a test_NAME_is_right: {sorted(shipped - checked)}"

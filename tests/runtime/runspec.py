@@ -67,13 +67,25 @@ resolution = 64
 """
 
 
-def write_spec(tmp: Path, *, base: str = "builtin:tiny-sd1", steps: int = 4, extra: str = "",
-               dataset_extra: str = "", with_class: bool = False) -> Path:
+def write_spec(
+    tmp: Path,
+    *,
+    base: str = "builtin:tiny-sd1",
+    steps: int = 4,
+    extra: str = "",
+    dataset_extra: str = "",
+    with_class: bool = False,
+) -> Path:
     for name in ("toy", "class-toy"):
         if not (tmp / "data" / name).exists():
             shutil.copytree(ROOT / "specs" / "data" / name, tmp / "data" / name)
-    text = BASE_SPEC.format(base=base, steps=steps, extra=extra, dataset_extra=dataset_extra,
-                            class_dataset=CLASS_DATASET if with_class else "")
+    text = BASE_SPEC.format(
+        base=base,
+        steps=steps,
+        extra=extra,
+        dataset_extra=dataset_extra,
+        class_dataset=CLASS_DATASET if with_class else "",
+    )
     path = tmp / "spec.toml"
     path.write_text(text)
     return path

@@ -26,7 +26,10 @@ OTHER = "cd" + "1" * 38
 
 def entry(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {"mean": torch.randn(4, 8, 8, generator=generator), "std": torch.rand(4, 8, 8, generator=generator)}
+    return {
+        "mean": torch.randn(4, 8, 8, generator=generator),
+        "std": torch.rand(4, 8, 8, generator=generator),
+    }
 
 
 def files_under(root: Path) -> list[str]:
@@ -43,8 +46,12 @@ def test_put_get_round_trip_with_layout_and_metadata(tmp_path):
     assert got["mean"].dtype == torch.float32 and torch.equal(got["mean"], stored["mean"].half().float())
     assert torch.equal(got["std"], stored["std"])
     with safetensors.safe_open(path, framework="pt") as handle:
-        assert handle.metadata() == {"key": KEY, "format": "latent-v1", "image": "dog.png",
-                                     "sha256": tensor_checksum(got)}
+        assert handle.metadata() == {
+            "key": KEY,
+            "format": "latent-v1",
+            "image": "dog.png",
+            "sha256": tensor_checksum(got),
+        }
     assert cache.get(OTHER) is None
 
 
@@ -70,7 +77,9 @@ def damage(cache: TensorCache, how: str) -> None:
     elif how == "wrong_format":
         safetensors.torch.save_file(entry(), str(path), metadata={"key": KEY, "format": "latent-v0"})
     elif how == "missing_tensor":
-        safetensors.torch.save_file({"mean": entry()["mean"]}, str(path), metadata={"key": KEY, "format": "latent-v1"})
+        safetensors.torch.save_file(
+            {"mean": entry()["mean"]}, str(path), metadata={"key": KEY, "format": "latent-v1"}
+        )
     elif how == "nan":
         bad = entry()
         bad["std"][0, 0, 0] = float("nan")
@@ -87,8 +96,21 @@ def damage(cache: TensorCache, how: str) -> None:
         safetensors.torch.save_file(bad, str(path), metadata={"key": KEY, "format": "latent-v1"})
 
 
-@pytest.mark.parametrize("how", ["garbage", "truncated", "empty", "wrong_key", "wrong_format", "missing_tensor",
-                                 "nan", "inf", "bit_flip", "no_checksum"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "garbage",
+        "truncated",
+        "empty",
+        "wrong_key",
+        "wrong_format",
+        "missing_tensor",
+        "nan",
+        "inf",
+        "bit_flip",
+        "no_checksum",
+    ],
+)
 def test_damaged_entries_read_as_misses_and_are_deleted(tmp_path, caplog, how):
     cache = TensorCache(tmp_path, "latents")
     cache.put(KEY, entry())
@@ -122,7 +144,9 @@ def test_writes_leave_no_temp_files_even_when_the_rename_fails(tmp_path):
     cache.put(KEY, entry(1))  # overwrite in place
     assert all(name.endswith(".safetensors") and "/." not in name for name in files_under(tmp_path))
     assert len(files_under(tmp_path)) == 6
-    cache.path(OTHER).mkdir(parents=True)  # a folder in the way: os.replace fails after the temp file is written
+    cache.path(OTHER).mkdir(
+        parents=True
+    )  # a folder in the way: os.replace fails after the temp file is written
     with pytest.raises(CacheWriteError, match=str(cache.path(OTHER).parent)):
         cache.put(OTHER, entry())
     assert len(files_under(tmp_path)) == 6
@@ -143,9 +167,15 @@ def test_required_tensors_are_configurable_for_sdxl_text(tmp_path):
 def tiny_vae() -> AutoencoderKL:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return AutoencoderKL(down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-                             layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32).eval()
+        return AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+        ).eval()
 
 
 def write_image(path: Path, size: tuple[int, int], seed: int) -> Path:
@@ -156,19 +186,49 @@ def write_image(path: Path, size: tuple[int, int], seed: int) -> Path:
 
 def latent_datasets(tmp_path: Path) -> tuple[DatasetPlan, ...]:
     """Flipping instance set: 3 square + 1 wide image (8 keys); class set: 2 tall images (2 keys)."""
+
     def plan(name: str, size, bucket, keys: int, k: int) -> ImagePlan:
         path = write_image(tmp_path / name, size, k)
         latent_keys = tuple(f"{k:02d}{flip}" + "a" * 37 for flip in range(keys))
-        return ImagePlan(path=str(path), rel=name, sha=f"{k}", size=size, orientation=1, caption="x", repeats=1,
-                         bucket=bucket, resized=size, crop=((size[0] - bucket[0]) // 2, (size[1] - bucket[1]) // 2),
-                         latent_keys=latent_keys)
+        return ImagePlan(
+            path=str(path),
+            rel=name,
+            sha=f"{k}",
+            size=size,
+            orientation=1,
+            caption="x",
+            repeats=1,
+            bucket=bucket,
+            resized=size,
+            crop=((size[0] - bucket[0]) // 2, (size[1] - bucket[1]) // 2),
+            latent_keys=latent_keys,
+        )
+
     instance = [plan(f"sq{k}.png", (36, 32), (32, 32), 2, k) for k in range(3)]
     instance.append(plan("wide.png", (48, 32), (48, 32), 2, 3))
     klass = [plan(f"tall{k}.png", (32, 48), (32, 48), 1, 4 + k) for k in range(2)]
-    return (DatasetPlan(name="i", role="instance", path=str(tmp_path), resolution=32, crop="center", flip=True,
-                        mask_source="none", images=tuple(instance)),
-            DatasetPlan(name="c", role="class", path=str(tmp_path), resolution=32, crop="center", flip=False,
-                        mask_source="none", images=tuple(klass)))
+    return (
+        DatasetPlan(
+            name="i",
+            role="instance",
+            path=str(tmp_path),
+            resolution=32,
+            crop="center",
+            flip=True,
+            mask_source="none",
+            images=tuple(instance),
+        ),
+        DatasetPlan(
+            name="c",
+            role="class",
+            path=str(tmp_path),
+            resolution=32,
+            crop="center",
+            flip=False,
+            mask_source="none",
+            images=tuple(klass),
+        ),
+    )
 
 
 def test_ensure_latents_encodes_only_misses(tmp_path):
@@ -216,7 +276,9 @@ def test_a_re_encoded_latent_is_bit_identical_to_the_first(tmp_path):
     with torch.no_grad():
         ensure_latents(cache, datasets, encode)
     keys = [key for d in datasets for img in d.images for key in img.latent_keys]
-    first = {key: tensor_checksum(cache.get(key)) for key in keys}  # the tensors' bytes (header order may vary)
+    first = {
+        key: tensor_checksum(cache.get(key)) for key in keys
+    }  # the tensors' bytes (header order may vary)
     for key in keys[1::2]:
         cache.path(key).unlink()
     with torch.no_grad():
@@ -226,17 +288,43 @@ def test_a_re_encoded_latent_is_bit_identical_to_the_first(tmp_path):
 
 def test_ensure_text_encodes_each_distinct_caption_once(tmp_path):
     captions = ["a dog", "a cat", "a dog", "a bird", "a cat"]
-    images = tuple(ImagePlan(path=f"/{k}.png", rel=f"{k}.png", sha=str(k), size=(8, 8), orientation=1, caption=c,
-                             repeats=1, bucket=(8, 8), resized=(8, 8), crop=(0, 0), text_key=f"{c[2:]:0<40}")
-                   for k, c in enumerate(captions))
-    datasets = (DatasetPlan(name="d", role="instance", path="/", resolution=8, crop="center", flip=False,
-                            mask_source="none", images=images),)
+    images = tuple(
+        ImagePlan(
+            path=f"/{k}.png",
+            rel=f"{k}.png",
+            sha=str(k),
+            size=(8, 8),
+            orientation=1,
+            caption=c,
+            repeats=1,
+            bucket=(8, 8),
+            resized=(8, 8),
+            crop=(0, 0),
+            text_key=f"{c[2:]:0<40}",
+        )
+        for k, c in enumerate(captions)
+    )
+    datasets = (
+        DatasetPlan(
+            name="d",
+            role="instance",
+            path="/",
+            resolution=8,
+            crop="center",
+            flip=False,
+            mask_source="none",
+            images=images,
+        ),
+    )
     calls: list[list[str]] = []
 
     def encode(batch: list[str]) -> dict[str, torch.Tensor]:
         calls.append(batch)
         lengths = torch.tensor([float(len(c)) for c in batch])
-        return {"prompt_embeds": lengths[:, None, None].expand(-1, 77, 8), "pooled_prompt_embeds": lengths[:, None]}
+        return {
+            "prompt_embeds": lengths[:, None, None].expand(-1, 77, 8),
+            "pooled_prompt_embeds": lengths[:, None],
+        }
 
     cache = TensorCache(tmp_path, "text", required=("prompt_embeds", "pooled_prompt_embeds"))
     first = ensure_text(cache, datasets, encode, batch_size=2)

@@ -91,15 +91,23 @@ def test_resaving_a_step_replaces_it_and_leftovers_of_dead_saves_go(tmp_path: Pa
         (tmp_path / "checkpoints" / leftover).mkdir()
     (tmp_path / "checkpoints" / ".latest.x1y2z3.tmp").write_text("step-0")  # a dead pointer update
     assert recover(tmp_path) == ["deleted 3 temporary file(s) or folder(s) left by a killed run"]
-    folder = save_checkpoint(tmp_path, 20, weights=lambda f: (f / "new.bin").write_bytes(b"n"), state={}, keep=0)
+    folder = save_checkpoint(
+        tmp_path, 20, weights=lambda f: (f / "new.bin").write_bytes(b"n"), state={}, keep=0
+    )
     assert sorted(entry.name for entry in folder.iterdir()) == ["new.bin", "training_state.pt"]
     assert latest_checkpoint(tmp_path) == folder
     assert _steps(tmp_path) == ["step-000010", "step-000020"]  # no temp or trash folders left
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000010", "step-000020"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step-000010",
+        "step-000020",
+    ]
 
 
 def test_a_final_model_moved_aside_by_a_killed_run_is_put_back(tmp_path: Path) -> None:
-    (tmp_path / ".final.old-4242").mkdir()  # killed between moving the old final aside and renaming the new one in
+    (
+        tmp_path / ".final.old-4242"
+    ).mkdir()  # killed between moving the old final aside and renaming the new one in
     (tmp_path / ".final.old-4242" / "weights.bin").write_bytes(b"finished")
     (tmp_path / ".final.tmp-4242").mkdir()  # the half-written replacement
     notes = recover(tmp_path)
@@ -162,8 +170,13 @@ def test_real_optimizer_scheduler_and_scaler_state_round_trip(tmp_path: Path) ->
     layer(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     scheduler.step()
-    state = {"optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-             "scaler": torch.amp.GradScaler("cpu").state_dict(), "step": 1, "epoch": 0}
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "step": 1,
+        "epoch": 0,
+    }
     loaded = load_state(save_checkpoint(tmp_path, 1, weights=_weights, state=state, keep=0))
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["lr_scheduler"])
@@ -258,8 +271,14 @@ def test_lora_file_loads_into_a_fresh_pipeline_with_the_same_outputs(name: str, 
     _add_lora(trained.unet, UNET_TARGETS, seed=1)
     for index, encoder in enumerate(encoders):
         _add_lora(getattr(trained, encoder), TEXT_TARGETS, seed=2 + index)
-    path = save_lora_weights(tmp_path, trained.unet, trained.text_encoder, "fp32", family="sdxl" if sdxl else "sd1",
-                             text_encoder_2=trained.text_encoder_2 if sdxl else None)
+    path = save_lora_weights(
+        tmp_path,
+        trained.unet,
+        trained.text_encoder,
+        "fp32",
+        family="sdxl" if sdxl else "sd1",
+        text_encoder_2=trained.text_encoder_2 if sdxl else None,
+    )
     assert path.is_file()
 
     fresh = build_pipeline(name)
@@ -269,8 +288,12 @@ def test_lora_file_loads_into_a_fresh_pipeline_with_the_same_outputs(name: str, 
     assert not torch.allclose(expected, base_output, atol=1e-4)  # the adapter matters
     torch.testing.assert_close(_unet_output(fresh.unet, sdxl), expected, atol=1e-5, rtol=1e-5)
     for encoder in encoders:
-        torch.testing.assert_close(_text_output(fresh, getattr(fresh, encoder)),
-                                   _text_output(trained, getattr(trained, encoder)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            _text_output(fresh, getattr(fresh, encoder)),
+            _text_output(trained, getattr(trained, encoder)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_lora_from_a_peft_model_wrapper_and_in_half_precision(tmp_path: Path) -> None:
@@ -285,9 +308,12 @@ def test_lora_from_a_peft_model_wrapper_and_in_half_precision(tmp_path: Path) ->
     save_lora_weights(tmp_path / "fp16", wrapped, None, "fp16", family="sd1")
     fresh = build_pipeline("builtin:tiny-sd1")
     fresh.load_lora_weights(tmp_path / "fp32")
-    torch.testing.assert_close(_unet_output(fresh.unet, False), _unet_output(wrapped.get_base_model(), False),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _unet_output(fresh.unet, False), _unet_output(wrapped.get_base_model(), False), atol=1e-5, rtol=1e-5
+    )
     half = load_file(tmp_path / "fp16" / "pytorch_lora_weights.safetensors")
     assert half and all(tensor.dtype == torch.float16 for tensor in half.values())
     with pytest.raises(ValueError, match="only sdxl"):
-        save_lora_weights(tmp_path / "x", wrapped, None, "fp32", family="sd1", text_encoder_2=trained.text_encoder)
+        save_lora_weights(
+            tmp_path / "x", wrapped, None, "fp32", family="sd1", text_encoder_2=trained.text_encoder
+        )

@@ -13,20 +13,54 @@ from PIL import Image
 
 from dbspec.compiler.schedule import bucket_table, compute_schedule
 from dbspec.plan.model import DatasetPlan, ImagePlan
-from dbspec.runtime.data import BucketBatchSampler, DataError, load_example, load_mask, load_pixels, sample_rng
+from dbspec.runtime.data import (
+    BucketBatchSampler,
+    DataError,
+    load_example,
+    load_mask,
+    load_pixels,
+    sample_rng,
+)
 
 ORIENTATION_TAG = 0x0112
 
 
-def image_plan(path: str = "/nonexistent.png", *, size=(64, 64), bucket=None, resized=None, crop=(0, 0),
-               repeats: int = 1, mask: str = "") -> ImagePlan:
-    return ImagePlan(path=str(path), rel=Path(path).name, sha="0" * 32, size=size, orientation=1, caption="a photo",
-                     repeats=repeats, bucket=bucket or size, resized=resized or size, crop=crop, mask=mask)
+def image_plan(
+    path: str = "/nonexistent.png",
+    *,
+    size=(64, 64),
+    bucket=None,
+    resized=None,
+    crop=(0, 0),
+    repeats: int = 1,
+    mask: str = "",
+) -> ImagePlan:
+    return ImagePlan(
+        path=str(path),
+        rel=Path(path).name,
+        sha="0" * 32,
+        size=size,
+        orientation=1,
+        caption="a photo",
+        repeats=repeats,
+        bucket=bucket or size,
+        resized=resized or size,
+        crop=crop,
+        mask=mask,
+    )
 
 
 def dataset(images, *, role: str = "instance", flip: bool = False) -> DatasetPlan:
-    return DatasetPlan(name=role, role=role, path="/data", resolution=64, crop="center", flip=flip,
-                       mask_source="none", images=tuple(images))
+    return DatasetPlan(
+        name=role,
+        role=role,
+        path="/data",
+        resolution=64,
+        crop="center",
+        flip=flip,
+        mask_source="none",
+        images=tuple(images),
+    )
 
 
 def mixed_datasets(flip: bool = False) -> tuple[DatasetPlan, ...]:
@@ -47,7 +81,9 @@ def test_same_seed_and_epoch_give_the_same_batches():
     a = BucketBatchSampler(mixed_datasets(flip=True), batch_size=2, seed=7)
     b = BucketBatchSampler(mixed_datasets(flip=True), batch_size=2, seed=7)
     assert ids(a.epoch_batches(3)) == ids(b.epoch_batches(3))
-    assert [s.flip for bt in a.epoch_batches(3) for s in bt] == [s.flip for bt in b.epoch_batches(3) for s in bt]
+    assert [s.flip for bt in a.epoch_batches(3) for s in bt] == [
+        s.flip for bt in b.epoch_batches(3) for s in bt
+    ]
     assert ids(a.epoch_batches(0)) != ids(a.epoch_batches(1))
     other_seed = BucketBatchSampler(mixed_datasets(), batch_size=2, seed=8)
     assert ids(other_seed.epoch_batches(0)) != ids(a.epoch_batches(0))
@@ -66,8 +102,12 @@ def test_every_sample_appears_repeats_times_and_unused_images_never():
     sampler = BucketBatchSampler(datasets, batch_size=3, seed=0)
     for epoch in range(3):
         seen = Counter((s.dataset, s.image) for batch in sampler.epoch_batches(epoch) for s in batch)
-        expected = {(di, ii): img.repeats for di, d in enumerate(datasets) for ii, img in enumerate(d.images)
-                    if img.repeats}
+        expected = {
+            (di, ii): img.repeats
+            for di, d in enumerate(datasets)
+            for ii, img in enumerate(d.images)
+            if img.repeats
+        }
         assert seen == expected
 
 
@@ -89,20 +129,38 @@ def test_roles_come_from_the_dataset():
     assert roles == {(0, "instance"), (1, "class")}
 
 
-@pytest.mark.parametrize(("batch_size", "processes"), [(1, 1), (2, 1), (2, 2), (3, 2), (2, 3), (4, 4), (16, 2)])
+@pytest.mark.parametrize(
+    ("batch_size", "processes"), [(1, 1), (2, 1), (2, 2), (3, 2), (2, 3), (4, 4), (16, 2)]
+)
 def test_batches_per_epoch_matches_the_compilers_schedule(batch_size, processes):
     datasets = mixed_datasets()
     samples: dict = {}
     for d in datasets:
         for img in d.images:
             inst, cls = samples.get(img.bucket, (0, 0))
-            samples[img.bucket] = (inst + img.repeats, cls) if d.role == "instance" else (inst, cls + img.repeats)
+            samples[img.bucket] = (
+                (inst + img.repeats, cls) if d.role == "instance" else (inst, cls + img.repeats)
+            )
     rows = bucket_table(samples, batch_size)
     schedule = compute_schedule(
-        batches_per_epoch=sum(r.batches_per_epoch for r in rows), instance_samples=5, class_samples=8,
-        batch_size=batch_size, accumulation=1, processes=processes, steps=0, epochs=1, lr=1e-4,
-        lr_schedule="constant", warmup_steps=0, cycles=1, text_encoder_stop_step=0, checkpoint_every=0,
-        validate_every=0, validate=False, seed=0)
+        batches_per_epoch=sum(r.batches_per_epoch for r in rows),
+        instance_samples=5,
+        class_samples=8,
+        batch_size=batch_size,
+        accumulation=1,
+        processes=processes,
+        steps=0,
+        epochs=1,
+        lr=1e-4,
+        lr_schedule="constant",
+        warmup_steps=0,
+        cycles=1,
+        text_encoder_stop_step=0,
+        checkpoint_every=0,
+        validate_every=0,
+        validate=False,
+        seed=0,
+    )
     for rank in range(processes):
         sampler = BucketBatchSampler(datasets, batch_size=batch_size, seed=5, processes=processes, rank=rank)
         assert sampler.batches_per_epoch == len(sampler) == schedule.batches_per_epoch
@@ -114,8 +172,14 @@ def test_two_processes_split_the_single_process_order_and_pad_evenly():
     datasets = mixed_datasets()  # 8 batches of 2 -> with 3 processes: 3 each, one padded from the start
     whole = ids(BucketBatchSampler(datasets, batch_size=2, seed=9).epoch_batches(4))
     for processes in (2, 3):
-        ranks = [ids(BucketBatchSampler(datasets, batch_size=2, seed=9, processes=processes, rank=r).epoch_batches(4))
-                 for r in range(processes)]
+        ranks = [
+            ids(
+                BucketBatchSampler(datasets, batch_size=2, seed=9, processes=processes, rank=r).epoch_batches(
+                    4
+                )
+            )
+            for r in range(processes)
+        ]
         assert len({len(r) for r in ranks}) == 1
         interleaved = [ranks[i % processes][i // processes] for i in range(len(ranks[0]) * processes)]
         assert interleaved == [whole[i % len(whole)] for i in range(len(interleaved))]
@@ -153,8 +217,12 @@ def test_state_dict_values_and_bad_states():
     iterator = iter(sampler)
     next(iterator), next(iterator)
     assert sampler.state_dict() == {"epoch": 0, "position": 2}
-    for bad in ({"epoch": 0}, {"epoch": 0, "position": 99}, {"epoch": -1, "position": 0},
-                {"epoch": 0, "position": 1, "extra": 1}):
+    for bad in (
+        {"epoch": 0},
+        {"epoch": 0, "position": 99},
+        {"epoch": -1, "position": 0},
+        {"epoch": 0, "position": 1, "extra": 1},
+    ):
         with pytest.raises(ValueError):
             sampler.load_state_dict(bad)
 
@@ -234,8 +302,8 @@ def test_flip_mirrors_the_crop(tmp_path):
 
 def square_pattern(width: int, height: int) -> np.ndarray:
     pattern = np.zeros((height, width), np.uint8)
-    pattern[height // 4: height // 2, width // 5: width // 2] = 255
-    pattern[height // 2:, width // 2 + 5:] = 160
+    pattern[height // 4 : height // 2, width // 5 : width // 2] = 255
+    pattern[height // 2 :, width // 2 + 5 :] = 160
     return pattern
 
 

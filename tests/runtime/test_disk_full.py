@@ -50,6 +50,8 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_run_resumes(tmp_
     reference_dir.mkdir()
     reference = compile_spec(write_spec(reference_dir, steps=6, extra=EXTRA))
     assert execute(reference).status == "finished"
-    mine, theirs = (load_file(Path(p.checkpoints.dir) / "final" / "pytorch_lora_weights.safetensors")
-                    for p in (plan, reference))
+    mine, theirs = (
+        load_file(Path(p.checkpoints.dir) / "final" / "pytorch_lora_weights.safetensors")
+        for p in (plan, reference)
+    )
     assert all(torch.equal(mine[key], theirs[key]) for key in theirs)

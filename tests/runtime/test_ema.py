@@ -14,7 +14,9 @@ from dbspec.runtime.ema import Ema
 SHAPES = [(8, 4), (4,), (3, 3, 2, 2)]
 
 
-def _params(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu") -> list[torch.nn.Parameter]:
+def _params(
+    seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(s, generator=gen).to(device, dtype)) for s in SHAPES]
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from peft import LoraConfig
 from safetensors import safe_open
 
@@ -58,17 +63,31 @@ def _load_single_file(path: Path, family: str, folder: Path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_single_file_loads_back_with_identical_weights(tmp_path, folders, family):
     source = _perturbed(family)
-    path = export_single_file(tmp_path / "model.safetensors", unet=source.unet, vae=source.vae,
-                              text_encoders=_encoders(source), family=family, dtype="fp32", metadata=META)
+    path = export_single_file(
+        tmp_path / "model.safetensors",
+        unet=source.unet,
+        vae=source.vae,
+        text_encoders=_encoders(source),
+        family=family,
+        dtype="fp32",
+        metadata=META,
+    )
     with safe_open(str(path), "pt") as handle:
         keys, metadata = set(handle.keys()), handle.metadata()
     assert metadata["dbspec.plan_hash"] == "sha256:test" and metadata["dbspec.version"] == __version__
-    encoder_keys = {"sd1": ["cond_stage_model.transformer.text_model.final_layer_norm.weight"],
-                    "sd2": ["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"],
-                    "sdxl": ["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
-                             "conditioner.embedders.1.model.text_projection"]}[family]
-    assert {"model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.up.0.block.0.conv1.weight",
-            *encoder_keys} <= keys
+    encoder_keys = {
+        "sd1": ["cond_stage_model.transformer.text_model.final_layer_norm.weight"],
+        "sd2": ["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"],
+        "sdxl": [
+            "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+            "conditioner.embedders.1.model.text_projection",
+        ],
+    }[family]
+    assert {
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "first_stage_model.decoder.up.0.block.0.conv1.weight",
+        *encoder_keys,
+    } <= keys
     loaded = _load_single_file(path, family, folders[family])
     for name, module in _modules(source).items():
         ours, theirs = module.state_dict(), _modules(loaded)[name].state_dict()
@@ -79,9 +98,16 @@ def test_single_file_loads_back_with_identical_weights(tmp_path, folders, family
 
 def test_single_file_saves_fp16_and_marks_v_prediction(tmp_path, folders):
     source = _perturbed("sdxl")
-    path = export_single_file(tmp_path / "model.safetensors", unet=source.unet, vae=source.vae,
-                              text_encoders=_encoders(source), family="sdxl", dtype="fp16", metadata=META,
-                              prediction="v_prediction")
+    path = export_single_file(
+        tmp_path / "model.safetensors",
+        unet=source.unet,
+        vae=source.vae,
+        text_encoders=_encoders(source),
+        family="sdxl",
+        dtype="fp16",
+        metadata=META,
+        prediction="v_prediction",
+    )
     with safe_open(str(path), "pt") as handle:
         assert {handle.get_slice(k).get_dtype() for k in handle.keys() if k != "v_pred"} == {"F16"}
         assert "v_pred" in handle.keys()  # ComfyUI's v-prediction marker for SDXL
@@ -93,10 +119,16 @@ def test_single_file_saves_fp16_and_marks_v_prediction(tmp_path, folders):
 
 
 def test_unet_table_places_real_sd15_and_sdxl_blocks_where_the_originals_have_them():
-    sd15 = {"down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "layers_per_block": 2,
-            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
-    sdxl = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "layers_per_block": 2,
-            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+    sd15 = {
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "layers_per_block": 2,
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    }
+    sdxl = {
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "layers_per_block": 2,
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    }
     expected = {  # from the SD1.5 / SDXL base checkpoints' key names
         "down_blocks.0.downsamplers.0.conv.weight": "input_blocks.3.0.op.weight",
         "down_blocks.3.resnets.1.conv2.weight": "input_blocks.11.0.out_layers.3.weight",
@@ -104,8 +136,7 @@ def test_unet_table_places_real_sd15_and_sdxl_blocks_where_the_originals_have_th
         "mid_block.resnets.1.time_emb_proj.weight": "middle_block.2.emb_layers.1.weight",
         "up_blocks.0.upsamplers.0.conv.weight": "output_blocks.2.1.conv.weight",
         "up_blocks.1.upsamplers.0.conv.weight": "output_blocks.5.2.conv.weight",
-        "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k.weight":
-            "output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight",
+        "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k.weight": "output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight",
         "up_blocks.1.resnets.0.conv_shortcut.weight": "output_blocks.3.0.skip_connection.weight",
     }
     for name, original in expected.items():
@@ -113,8 +144,10 @@ def test_unet_table_places_real_sd15_and_sdxl_blocks_where_the_originals_have_th
     xl = unet_table(sdxl)
     assert rename("up_blocks.0.upsamplers.0.conv.weight", xl) == "output_blocks.2.2.conv.weight"
     assert rename("add_embedding.linear_2.bias", xl) == "label_emb.0.2.bias"
-    assert rename("down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2.weight", xl) == \
-        "input_blocks.8.1.transformer_blocks.9.ff.net.2.weight"
+    assert (
+        rename("down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2.weight", xl)
+        == "input_blocks.8.1.transformer_blocks.9.ff.net.2.weight"
+    )
 
 
 # --- kohya LoRA ------------------------------------------------------------------------------------------
@@ -122,11 +155,25 @@ def _adapted(family: str):
     pipe = tiny.build_pipeline(f"builtin:tiny-{family}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        inject_lora(pipe.unet, LoraConfig(r=4, lora_alpha=6, init_lora_weights="gaussian",
-                                         target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1"]))
+        inject_lora(
+            pipe.unet,
+            LoraConfig(
+                r=4,
+                lora_alpha=6,
+                init_lora_weights="gaussian",
+                target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1"],
+            ),
+        )
         for encoder in _encoders(pipe):
-            inject_lora(encoder, LoraConfig(r=4, lora_alpha=6, init_lora_weights="gaussian",
-                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]))
+            inject_lora(
+                encoder,
+                LoraConfig(
+                    r=4,
+                    lora_alpha=6,
+                    init_lora_weights="gaussian",
+                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
+                ),
+            )
         with torch.no_grad():  # lora_B starts at zero: give the adapters an effect to compare
             for module in [pipe.unet, *_encoders(pipe)]:
                 for name, p in module.named_parameters():
@@ -143,8 +190,10 @@ def _outputs(pipe) -> list[torch.Tensor]:
     added = None
     if unet.config.addition_embed_type == "text_time":
         pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        added = {"text_embeds": torch.randn(2, pooled, generator=generator),
-                 "time_ids": torch.randn(2, 6, generator=generator)}
+        added = {
+            "text_embeds": torch.randn(2, pooled, generator=generator),
+            "time_ids": torch.randn(2, 6, generator=generator),
+        }
     ids = torch.randint(0, 500, (2, 77), generator=generator)
     with torch.no_grad():
         sample = unet(latents, torch.tensor([10, 700]), context, added_cond_kwargs=added).sample
@@ -154,20 +203,30 @@ def _outputs(pipe) -> list[torch.Tensor]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kohya_lora_loads_in_diffusers_with_the_adapters_outputs(tmp_path, folders, family):
     source = _adapted(family)
-    path = export_kohya_lora(tmp_path / "x.kohya.safetensors", unet=source.unet, text_encoders=_encoders(source),
-                             family=family, dtype="fp32", metadata=META)
+    path = export_kohya_lora(
+        tmp_path / "x.kohya.safetensors",
+        unet=source.unet,
+        text_encoders=_encoders(source),
+        family=family,
+        dtype="fp32",
+        metadata=META,
+    )
     with safe_open(str(path), "pt") as handle:
         keys, metadata = set(handle.keys()), handle.metadata()
         alphas = {handle.get_tensor(k).item() for k in keys if k.endswith(".alpha")}
     unet_key = {"sdxl": "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"}.get(
-        family, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q")  # sd-scripts' naming
+        family, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    )  # sd-scripts' naming
     text_prefixes = ["lora_te1_", "lora_te2_"] if family == "sdxl" else ["lora_te_"]
     assert {f"{unet_key}.lora_down.weight", f"{unet_key}.lora_up.weight", f"{unet_key}.alpha"} <= keys
     for prefix in text_prefixes:
         assert f"{prefix}text_model_encoder_layers_0_self_attn_q_proj.alpha" in keys
     assert alphas == {6.0}
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "6.0"
-    assert metadata["ss_base_model_version"] == {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[family]
+    assert (
+        metadata["ss_base_model_version"]
+        == {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[family]
+    )
     assert metadata["dbspec.plan_hash"] == "sha256:test"
 
     pipe = DiffusionPipeline.from_pretrained(str(folders[family]))
@@ -180,11 +239,19 @@ def test_kohya_lora_loads_in_diffusers_with_the_adapters_outputs(tmp_path, folde
 
 def test_kohya_lora_fp16_keeps_alpha_exact(tmp_path, folders):
     source = _adapted("sd1")
-    path = export_kohya_lora(tmp_path / "x.kohya.safetensors", unet=source.unet, text_encoders=[None],
-                             family="sd1", dtype="fp16", metadata=META)
+    path = export_kohya_lora(
+        tmp_path / "x.kohya.safetensors",
+        unet=source.unet,
+        text_encoders=[None],
+        family="sd1",
+        dtype="fp16",
+        metadata=META,
+    )
     with safe_open(str(path), "pt") as handle:
-        dtypes = {k.rsplit(".", 1)[-1] if k.endswith("alpha") else "weight": handle.get_slice(k).get_dtype()
-                  for k in handle.keys()}
+        dtypes = {
+            k.rsplit(".", 1)[-1] if k.endswith("alpha") else "weight": handle.get_slice(k).get_dtype()
+            for k in handle.keys()
+        }
         assert not any(k.startswith("lora_te") for k in handle.keys())
     assert dtypes == {"weight": "F16", "alpha": "F32"}
     pipe = DiffusionPipeline.from_pretrained(str(folders["sd1"]))
@@ -201,8 +268,7 @@ def _configured(tmp_path: Path, extra: str):
 
 
 def test_exports_for_plan_writes_the_single_file_a_full_run_asks_for(tmp_path):
-    plan, comps = _configured(tmp_path, '[checkpoints]\nexports = ["single_file"]\n'
-                                        'save_precision = "fp16"\n')
+    plan, comps = _configured(tmp_path, '[checkpoints]\nexports = ["single_file"]\nsave_precision = "fp16"\n')
     (written,) = exports_for_plan(plan, tmp_path / "final", comps, step=2)
     assert written == tmp_path / "final" / "toy.safetensors"
     with safe_open(str(written), "pt") as handle:
@@ -216,8 +282,9 @@ def test_exports_for_plan_writes_the_single_file_a_full_run_asks_for(tmp_path):
 
 
 def test_exports_for_plan_writes_the_kohya_lora_a_lora_run_asks_for(tmp_path):
-    plan, comps = _configured(tmp_path, '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\n'
-                                        '[checkpoints]\nexports = ["kohya_lora"]\n')
+    plan, comps = _configured(
+        tmp_path, '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    )
     (written,) = exports_for_plan(plan, tmp_path / "final", comps)
     assert written.name == "toy.kohya.safetensors"
     with safe_open(str(written), "pt") as handle:

@@ -24,14 +24,19 @@ def test_sd2_v_prediction_with_zero_terminal_snr(tmp_path):
 
 
 def test_sdxl_lora_trains_both_text_encoders(tmp_path):
-    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=2, extra="""
+    spec = write_spec(
+        tmp_path,
+        base="builtin:tiny-sdxl",
+        steps=2,
+        extra="""
 [adapter]
 kind = "lora"
 rank = 2
 
 [train]
 text_encoder = true
-""")
+""",
+    )
     plan = compile_spec(spec, ["optimizer.lr=1e-4"])
     assert [c.name for c in plan.precision.components] == ["unet", "text_encoder", "text_encoder_2", "vae"]
     result = execute(plan)

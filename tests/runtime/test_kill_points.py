@@ -37,8 +37,18 @@ keep = 1
 """
 LORA = "final/pytorch_lora_weights.safetensors"
 # (point, arrival): every write of the output folder and the caches, in the order a run reaches them.
-POINTS = ["output.claimed", "cache.entry@3", "checkpoint.weights", "checkpoint.state", "checkpoint.renamed",
-          "checkpoint.latest", "checkpoint.weights@2", "checkpoint.latest@2", "final.staged", "final.renamed"]
+POINTS = [
+    "output.claimed",
+    "cache.entry@3",
+    "checkpoint.weights",
+    "checkpoint.state",
+    "checkpoint.renamed",
+    "checkpoint.latest",
+    "checkpoint.weights@2",
+    "checkpoint.latest@2",
+    "final.staged",
+    "final.renamed",
+]
 
 
 def spec_in(folder: Path) -> Path:
@@ -54,8 +64,14 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 def kill_at(spec: Path, point: str, *args: str) -> None:
     env = {**os.environ, ENV: point, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dbspec.cli", "run", str(spec), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dbspec.cli", "run", str(spec), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, f"{point} was never reached:\n{proc.stdout}\n{proc.stderr}"
 
 

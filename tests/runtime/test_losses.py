@@ -34,7 +34,9 @@ def seeded_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
         "noise": torch.randn(shape, generator=generator),
         "pred": torch.randn(shape, generator=generator),
         # Include both ends of the schedule on purpose.
-        "timesteps": torch.cat([torch.tensor([0, 999]), torch.randint(0, 1000, (batch - 2,), generator=generator)]),
+        "timesteps": torch.cat(
+            [torch.tensor([0, 999]), torch.randint(0, 1000, (batch - 2,), generator=generator)]
+        ),
     }
 
 
@@ -63,7 +65,9 @@ def test_velocity_target_equals_diffusers_get_velocity() -> None:
 def test_unknown_prediction_is_rejected() -> None:
     data = seeded_batch()
     with pytest.raises(ValueError, match="sample"):
-        losses.prediction_target(data["latents"], data["noise"], data["timesteps"], torch.ones(1000), "sample")
+        losses.prediction_target(
+            data["latents"], data["noise"], data["timesteps"], torch.ones(1000), "sample"
+        )
 
 
 def test_snr_equals_diffusers_compute_snr() -> None:
@@ -164,7 +168,9 @@ def test_dreambooth_loss_matches_diffusers(prediction: str, gamma: float | None)
 
 def test_all_instance_batch_matches_plain_mse() -> None:
     data = seeded_batch(batch=4, seed=5)
-    per_sample = losses.per_sample_loss(losses.elementwise_loss(data["pred"], data["noise"], "mse", 1.0), None)
+    per_sample = losses.per_sample_loss(
+        losses.elementwise_loss(data["pred"], data["noise"], "mse", 1.0), None
+    )
     total, terms = losses.combine_terms(per_sample, torch.zeros(4, dtype=torch.bool), torch.ones(4), 1.0)
     torch.testing.assert_close(total, F.mse_loss(data["pred"], data["noise"]), **TOL)
     assert terms["prior"] == 0
@@ -185,7 +191,10 @@ def test_combine_terms_weights_instance_only_and_detaches_logs() -> None:
 
 def test_huber_and_l1_follow_their_formulas() -> None:
     generator = torch.Generator().manual_seed(7)
-    pred, target = torch.randn(2, 4, 8, 8, generator=generator) * 3, torch.randn(2, 4, 8, 8, generator=generator)
+    pred, target = (
+        torch.randn(2, 4, 8, 8, generator=generator) * 3,
+        torch.randn(2, 4, 8, 8, generator=generator),
+    )
     diff = pred - target
     delta = 0.8
     expected_huber = torch.where(diff.abs() <= delta, 0.5 * diff**2, delta * (diff.abs() - 0.5 * delta))

@@ -26,8 +26,9 @@ COMBOS = [  # (warmup, total, cycles)
 def test_lr_at_matches_diffusers(name: str, warmup: int, total: int, cycles: int, base_lr: float) -> None:
     weight = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([weight], lr=base_lr)
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total,
-                              num_cycles=cycles)
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=warmup, num_training_steps=total, num_cycles=cycles
+    )
     for step in range(total + 5):  # past the end too: polynomial holds lr_end, linear holds 0
         expected = optimizer.param_groups[0]["lr"]
         got = lr_at(step, lr=base_lr, schedule=name, warmup=warmup, total=total, cycles=cycles)

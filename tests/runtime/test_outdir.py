@@ -32,12 +32,15 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 # --- never touch what dbspec did not create ---------------------------------------------------------------------
-@pytest.mark.parametrize("content", [
-    {"dog.png": b"\x89PNG", "dog.txt": b"a dog"},  # a dataset folder
-    {"spec.toml": b"spec_version = 1\n", "data/x.png": b"x"},  # a project folder
-    {"final/unet.bin": b"w"},  # results, but no run marker
-    {RUN_FILE: b"not json", "notes.txt": b"mine"},  # a run.json dbspec did not write
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"dog.png": b"\x89PNG", "dog.txt": b"a dog"},  # a dataset folder
+        {"spec.toml": b"spec_version = 1\n", "data/x.png": b"x"},  # a project folder
+        {"final/unet.bin": b"w"},  # results, but no run marker
+        {RUN_FILE: b"not json", "notes.txt": b"mine"},  # a run.json dbspec did not write
+    ],
+)
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_non_empty_folder_without_the_run_marker_is_refused_and_left_alone(tmp_path, content, overwrite):
     out = tmp_path / "folder"
@@ -80,12 +83,20 @@ def test_an_output_path_that_is_a_file_gets_its_own_message(tmp_path):
     assert out.read_text() == "notes"
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("", "the output folder {out} is not writable (Permission denied): make it writable or choose another output.dir"),
-    ("new", "cannot create the output folder {out}: Permission denied"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "",
+            "the output folder {out} is not writable (Permission denied): make it writable or choose another output.dir",
+        ),
+        ("new", "cannot create the output folder {out}: Permission denied"),
+    ],
+)
 def test_a_read_only_output_folder_gets_its_own_message(name, expected):
-    with tempfile.TemporaryDirectory() as top:  # directly under /tmp: a child running as `nobody` can reach it
+    with (
+        tempfile.TemporaryDirectory() as top
+    ):  # directly under /tmp: a child running as `nobody` can reach it
         os.chmod(top, 0o755)
         read_only = Path(top) / "read-only"
         read_only.mkdir(mode=0o555)
@@ -127,8 +138,10 @@ def test_a_second_claim_fails_at_once_naming_the_folder_and_the_pid(tmp_path):
     with prepare_output(out, *PLAN_A, overwrite=False, resume=False):
         # flock belongs to the open file description: a second open + flock conflicts in this process too.
         for options in ({}, {"resume": True}, {"overwrite": True}):
-            with pytest.raises(OutputError, match=f"the output folder {out} is in use by another dbspec run "
-                                                  f"\\(pid {os.getpid()}\\)"):
+            with pytest.raises(
+                OutputError,
+                match=f"the output folder {out} is in use by another dbspec run \\(pid {os.getpid()}\\)",
+            ):
                 _claim(out, **options)
     _claim(out)  # released when the run ended
     assert not list(tmp_path.glob("run.old-*"))
@@ -136,9 +149,11 @@ def test_a_second_claim_fails_at_once_naming_the_folder_and_the_pid(tmp_path):
 
 def test_a_live_process_holds_the_folder_and_a_killed_one_does_not(tmp_path):
     out = tmp_path / "run"
-    code = ("import sys, time\nfrom pathlib import Path\nfrom dbspec.runtime.outdir import prepare_output\n"
-            f"lock = prepare_output(Path({str(out)!r}), '{{}}', {PLAN_A[1]!r}, overwrite=False, resume=False)\n"
-            "print('locked', flush=True)\ntime.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom dbspec.runtime.outdir import prepare_output\n"
+        f"lock = prepare_output(Path({str(out)!r}), '{{}}', {PLAN_A[1]!r}, overwrite=False, resume=False)\n"
+        "print('locked', flush=True)\ntime.sleep(120)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -147,7 +162,9 @@ def test_a_live_process_holds_the_folder_and_a_killed_one_does_not(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)  # the stale file stays, and does not block
+    assert (out / LOCK_FILE).read_text().strip() == str(
+        holder.pid
+    )  # the stale file stays, and does not block
     _claim(out)
 
 
@@ -156,8 +173,10 @@ def test_dbspec_run_on_a_folder_in_use_fails_before_loading_anything(tmp_path):
     from tests.runtime.runspec import make_plan
 
     plan = make_plan(tmp_path, steps=1)
-    with prepare_output(Path(plan.checkpoints.dir), *PLAN_A, overwrite=False, resume=False), \
-            pytest.raises(RunError) as info:
+    with (
+        prepare_output(Path(plan.checkpoints.dir), *PLAN_A, overwrite=False, resume=False),
+        pytest.raises(RunError) as info,
+    ):
         execute(plan)
     assert f"is in use by another dbspec run (pid {os.getpid()})" in info.value.message
     line = (tmp_path / "spec.toml").read_text().splitlines().index('dir = "out"') + 1
@@ -173,6 +192,8 @@ def test_run_into_the_spec_folder_is_refused_before_anything_is_written(tmp_path
     before = _tree(tmp_path)
     result = CliRunner().invoke(app, ["run", str(spec), "--set", "output.dir=.", "--overwrite"])
     assert result.exit_code == 1, result.output
-    assert "error[DBS225]: output.dir \".\" overlaps the run's inputs: it contains the spec file spec.toml, " \
-           "contains datasets[0].path \"data/toy\", contains cache.dir \"cache\"" in result.output
+    assert (
+        'error[DBS225]: output.dir "." overlaps the run\'s inputs: it contains the spec file spec.toml, '
+        'contains datasets[0].path "data/toy", contains cache.dir "cache"' in result.output
+    )
     assert _tree(tmp_path) == before

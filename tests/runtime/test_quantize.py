@@ -31,15 +31,21 @@ def _tiny_unet() -> torch.nn.Module:
 def _add_lora(module: torch.nn.Module, targets: list[str]) -> list[torch.nn.Parameter]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        inject_lora(module, LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
+        inject_lora(
+            module, LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets)
+        )
     return [p for p in module.parameters() if p.requires_grad]
 
 
 def _fixed_batch(batch: int = 1) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(2, batch, 4, 8, 8, generator=gen)
-    return {"latents": latents, "noise": noise, "text": torch.randn(batch, 77, 32, generator=gen),
-            "timesteps": torch.tensor([300] * batch)}
+    return {
+        "latents": latents,
+        "noise": noise,
+        "text": torch.randn(batch, 77, 32, generator=gen),
+        "timesteps": torch.tensor([300] * batch),
+    }
 
 
 def _train(unet: torch.nn.Module, params: list, steps: int) -> list[float]:
@@ -59,8 +65,11 @@ def _train(unet: torch.nn.Module, params: list, steps: int) -> list[float]:
 def _base_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # quanto writes a quantised weight as its integer data and scales (weight._data, weight._scale);
     # peft moves a wrapped layer's weights under `.base_layer`.
-    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in module.state_dict().items()
-            if "lora_" not in k}
+    return {
+        k.replace(".base_layer", ""): v.detach().clone()
+        for k, v in module.state_dict().items()
+        if "lora_" not in k
+    }
 
 
 def test_int8_unet_with_lora_trains_while_quantised_base_stays_bit_identical():
@@ -132,8 +141,10 @@ def test_autocast_of_another_dtype_raises_a_clear_error_and_same_dtype_runs():
     ids = torch.tensor([[BOS_ID, 1, 2, EOS_ID]])
     float32_base = _text_encoder()
     quantize_frozen(float32_base, "int8")
-    with torch.autocast("cpu", dtype=torch.bfloat16), \
-            pytest.raises(QuantizedAutocastError, match="before quantising"):
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(QuantizedAutocastError, match="before quantising"),
+    ):
         float32_base(ids)
     bf16_base = _text_encoder()
     quantize_frozen(bf16_base, "int8", dtype=torch.bfloat16)

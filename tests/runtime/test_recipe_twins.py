@@ -15,18 +15,29 @@ pytestmark = pytest.mark.slow
 TINY = {"sd1": "builtin:tiny-sd1", "sd2": "builtin:tiny-sd2", "sdxl": "builtin:tiny-sdxl"}
 RECIPES = {
     "sd15-subject-lora.toml": ("sd1", []),
-    "sd15-face-full-prior.toml": ("sd1", ['optimizer.kind="adamw"', "datasets[1].generate=2",
-                                          "datasets[1].resolution=64"]),  # adamw8bit needs CUDA
+    "sd15-face-full-prior.toml": (
+        "sd1",
+        ['optimizer.kind="adamw"', "datasets[1].generate=2", "datasets[1].resolution=64"],
+    ),  # adamw8bit needs CUDA
     "sd21-v-full.toml": ("sd2", []),
     "sdxl-lora-int8.toml": ("sdxl", ['model.vae=""']),  # the fp16-fixed VAE is a hub download
 }
 
 
 def twin_overrides(family: str, tmp: Path) -> list[str]:
-    return [f'model.base="{TINY[family]}"', 'model.prediction="auto"', "datasets[0].resolution=64",
-            "buckets.step=16", "schedule.steps=3", "schedule.warmup_steps=0", "validation.every=0",
-            "validation.steps=2", "checkpoints.every=0", f'output.dir="{tmp / "out"}"',
-            f'cache.dir="{tmp / "cache"}"']
+    return [
+        f'model.base="{TINY[family]}"',
+        'model.prediction="auto"',
+        "datasets[0].resolution=64",
+        "buckets.step=16",
+        "schedule.steps=3",
+        "schedule.warmup_steps=0",
+        "validation.every=0",
+        "validation.steps=2",
+        "checkpoints.every=0",
+        f'output.dir="{tmp / "out"}"',
+        f'cache.dir="{tmp / "cache"}"',
+    ]
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -42,5 +53,7 @@ def test_recipe_twin_trains(recipe, tmp_path):
     assert all(loss == loss and loss > 0 for loss in result.losses)
     final = Path(result.final)
     for name in plan.checkpoints.exports:
-        assert (final / ("dbspec.safetensors" if name == "single_file" else "dbspec.kohya.safetensors")).exists()
+        assert (
+            final / ("dbspec.safetensors" if name == "single_file" else "dbspec.kohya.safetensors")
+        ).exists()
     assert (Path(plan.checkpoints.dir) / "samples" / "step-000003" / "grid.png").exists()

@@ -20,7 +20,11 @@ def _unet_file(folder: Path) -> dict:
 
 
 def test_full_finetune_trains_and_writes_every_output(tmp_path):
-    plan = make_plan(tmp_path, steps=4, with_class=True, extra="""
+    plan = make_plan(
+        tmp_path,
+        steps=4,
+        with_class=True,
+        extra="""
 [checkpoints]
 every = 2
 keep = 1
@@ -29,7 +33,8 @@ keep = 1
 prompts = ["a photo of ohwx toy on a beach"]
 every = 2
 steps = 2
-""")
+""",
+    )
     result = execute(plan)
     out = Path(result.output)
     assert result.status == "finished" and result.steps == 4
@@ -72,7 +77,10 @@ def test_lora_leaves_base_bit_identical_and_loads_in_diffusers(tmp_path):
 
 
 def test_text_encoder_freezes_at_its_stop_step(tmp_path):
-    plan = make_plan(tmp_path, steps=4, extra="""
+    plan = make_plan(
+        tmp_path,
+        steps=4,
+        extra="""
 [train]
 text_encoder = true
 text_encoder_stop_step = 2
@@ -80,12 +88,18 @@ text_encoder_stop_step = 2
 [checkpoints]
 every = 1
 keep = 0
-""")
+""",
+    )
     execute(plan)
     out = Path(plan.checkpoints.dir)
-    states = {s: torch.load(out / "checkpoints" / f"step-{s:06d}" / "training_state.pt", weights_only=True)
-              for s in (1, 2, 3, 4)}
-    te = {s: {k: v for k, v in st["trainable"].items() if k.startswith("text_encoder.")} for s, st in states.items()}
+    states = {
+        s: torch.load(out / "checkpoints" / f"step-{s:06d}" / "training_state.pt", weights_only=True)
+        for s in (1, 2, 3, 4)
+    }
+    te = {
+        s: {k: v for k, v in st["trainable"].items() if k.startswith("text_encoder.")}
+        for s, st in states.items()
+    }
     assert te[2] and any(not torch.equal(te[1][k], te[2][k]) for k in te[2])  # trains until step 2
     assert all(torch.equal(te[2][k], te[4][k]) for k in te[2])  # frozen after
     unet = {s: st["trainable"]["unet.conv_in.weight"] for s, st in states.items()}
@@ -228,5 +242,7 @@ def test_a_picture_replaced_after_planning_is_never_trained_on_from_the_latent_c
     victim.write_bytes(other.read_bytes())  # a cache hit would never open the file again
     with pytest.raises(RunError) as info:
         execute(second)
-    assert victim.name in info.value.message and "content changed after the plan was made" in info.value.message
+    assert (
+        victim.name in info.value.message and "content changed after the plan was made" in info.value.message
+    )
     assert "dbspec plan" in info.value.message

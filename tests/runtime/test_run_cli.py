@@ -25,8 +25,14 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_end_to_end(tmp_path):
     """The README's first command, outputs redirected into tmp."""
-    args = ["run", str(ROOT / "specs" / "quickstart.toml"), "--set", f"output.dir={tmp_path / 'out'}",
-            "--set", f"cache.dir={tmp_path / 'cache'}"]
+    args = [
+        "run",
+        str(ROOT / "specs" / "quickstart.toml"),
+        "--set",
+        f"output.dir={tmp_path / 'out'}",
+        "--set",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
@@ -66,8 +72,14 @@ def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     every --set the run was started with."""
     spec = write_spec(tmp_path, steps=30, extra="[logging]\nevery = 1\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dbspec.cli", "run", str(spec), "--set", NEGATIVE],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbspec.cli", "run", str(spec), "--set", NEGATIVE],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = tmp_path / "out" / "metrics.jsonl"
     try:
         _wait_for(metrics, lambda p: len(p.read_text().splitlines()) >= 3, timeout=240)
@@ -94,8 +106,9 @@ def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_run_failure_prints_the_reason_the_spec_line_and_a_hint(tmp_path):
     spec = write_spec(tmp_path, steps=6)
-    result = CliRunner().invoke(app, ["run", str(spec), "--set", "optimizer.lr=1e30", "--set",
-                                      "optimizer.max_grad_norm=0"])
+    result = CliRunner().invoke(
+        app, ["run", str(spec), "--set", "optimizer.lr=1e30", "--set", "optimizer.max_grad_norm=0"]
+    )
     assert result.exit_code == 1
     assert "error: loss became" in result.output
     assert "--> <--set>" in result.output  # the lr came from the command line

@@ -54,7 +54,9 @@ def test_other_optimizers_train(tmp_path, kind):
 
 
 def test_lora_with_text_encoder_and_gradient_checkpointing(tmp_path):
-    plan = make_plan(tmp_path, steps=2, extra=TEXT_ENCODER_LORA + "\n[precision]\ngradient_checkpointing = true\n")
+    plan = make_plan(
+        tmp_path, steps=2, extra=TEXT_ENCODER_LORA + "\n[precision]\ngradient_checkpointing = true\n"
+    )
     result = execute(plan)
     assert result.status == "finished"
     assert (Path(result.final) / "pytorch_lora_weights.safetensors").exists()
@@ -70,8 +72,11 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
 
 def test_missing_class_images_are_generated_then_trained_on(tmp_path):
     spec = write_spec(tmp_path, steps=2, with_class=True)
-    text = spec.read_text().replace('path = "data/class-toy"', 'path = "generated"\ngenerate = 2\n'
-                                    'generate_scheduler = "euler"\ngenerate_steps = 3\ngenerate_batch = 1')
+    text = spec.read_text().replace(
+        'path = "data/class-toy"',
+        'path = "generated"\ngenerate = 2\n'
+        'generate_scheduler = "euler"\ngenerate_steps = 3\ngenerate_batch = 1',
+    )
     spec.write_text(text)
     plan = compile_spec(spec)
     gen = next(d.generate for d in plan.datasets if d.role == "class")
@@ -81,10 +86,16 @@ def test_missing_class_images_are_generated_then_trained_on(tmp_path):
     folder = tmp_path / "generated"
     manifest = json.loads((folder / ".dbspec-generated.json").read_text())
     assert sorted(manifest["files"]) == sorted(f"class-{s}.png" for s in gen.seeds)
-    assert (manifest["scheduler"], manifest["steps"], manifest["guidance"]) == ("euler", 3, 7.5)  # the plan's sampler
+    assert (manifest["scheduler"], manifest["steps"], manifest["guidance"]) == (
+        "euler",
+        3,
+        7.5,
+    )  # the plan's sampler
     assert all(Image.open(folder / f).size == (64, 64) for f in manifest["files"])
     replanned = compile_spec(spec, ["output.dir=out2"])
-    assert next(d.generate for d in replanned.datasets if d.role == "class") is None  # reused, not regenerated
+    assert (
+        next(d.generate for d in replanned.datasets if d.role == "class") is None
+    )  # reused, not regenerated
     other = compile_spec(spec, ["output.dir=out3", 'datasets[1].prompt="a photo of a robot"'])
     assert next(d.generate for d in other.datasets if d.role == "class").count == 2  # prompt changed
     more_steps = compile_spec(spec, ["output.dir=out4", "datasets[1].generate_steps=4"])
@@ -92,7 +103,7 @@ def test_missing_class_images_are_generated_then_trained_on(tmp_path):
 
 
 def test_masked_dataset_trains(tmp_path):
-    spec = write_spec(tmp_path, steps=2, dataset_extra="masks = \"masks\"")
+    spec = write_spec(tmp_path, steps=2, dataset_extra='masks = "masks"')
     masks = tmp_path / "masks"
     masks.mkdir()
     for img in sorted((tmp_path / "data" / "toy").iterdir()):
@@ -108,14 +119,18 @@ def test_masked_dataset_trains(tmp_path):
 def test_int8_base_lora_run(tmp_path):
     from dbspec.runtime.quantize import is_quantized
 
-    plan = make_plan(tmp_path, steps=3, extra="""
+    plan = make_plan(
+        tmp_path,
+        steps=3,
+        extra="""
 [adapter]
 kind = "lora"
 rank = 4
 
 [precision]
 quantize_unet = "int8"
-""")
+""",
+    )
     assert next(c for c in plan.precision.components if c.name == "unet").quantized == "int8"
     result = execute(plan, keep_models=True)
     assert is_quantized(result.components.unet)
@@ -137,8 +152,11 @@ def test_exports_are_written_with_the_final_weights(tmp_path):
     for (name, a), b in zip(trained.state_dict().items(), pipe.unet.state_dict().values()):
         assert torch.equal(a, b), name
 
-    lora = make_plan(tmp_path / "lora", steps=1, extra='[adapter]\nkind = "lora"\n[checkpoints]\n'
-                     'exports = ["kohya_lora"]\n')
+    lora = make_plan(
+        tmp_path / "lora",
+        steps=1,
+        extra='[adapter]\nkind = "lora"\n[checkpoints]\nexports = ["kohya_lora"]\n',
+    )
     result = execute(lora)
     assert (Path(result.final) / "dbspec.kohya.safetensors").exists()
 
@@ -170,8 +188,15 @@ def test_single_file_base_trains_offline_with_local_configs(tmp_path):
     configs = materialize("builtin:tiny-sd1", tmp_path / "configs")
     pipe = build_pipeline("builtin:tiny-sd1", seed=3)
     checkpoint = tmp_path / "model.safetensors"
-    export_single_file(checkpoint, unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder], family="sd1",
-                       dtype="fp32", metadata={})
+    export_single_file(
+        checkpoint,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoders=[pipe.text_encoder],
+        family="sd1",
+        dtype="fp32",
+        metadata={},
+    )
     spec = write_spec(tmp_path, base="model.safetensors", steps=1)
     plan = compile_spec(spec, ['model.family="sd1"', f'model.config="{configs}"'])
     assert plan.model.source == "single_file" and plan.model.config == str(configs)
@@ -199,8 +224,15 @@ def _ckpt_base(tmp_path, extra_object=None) -> Path:
 
     pipe = build_pipeline("builtin:tiny-sd1", seed=5)
     single = tmp_path / "tmp.safetensors"
-    export_single_file(single, unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder], family="sd1",
-                       dtype="fp32", metadata={})
+    export_single_file(
+        single,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoders=[pipe.text_encoder],
+        family="sd1",
+        dtype="fp32",
+        metadata={},
+    )
     payload = {"state_dict": load_file(str(single)), "global_step": 1000}
     if extra_object is not None:
         payload["note"] = extra_object

@@ -24,17 +24,43 @@ def pipe() -> DiffusionPipeline:
 
 
 # Small images keep each pipeline call cheap: the tiny VAE's convolutions dominate its cost.
-def _validation(scheduler: str, prompts: tuple[str, ...] = ("a photo of ohwx dog", "a dog on a beach"),
-                images: int = 2) -> ValidationPlan:
-    return ValidationPlan(prompts=prompts, negative_prompt="blurry", steps=StepRange(every=0, end=30), scheduler=scheduler,
-                          inference_steps=2, guidance=5.0, images_per_prompt=images, seed=7, size=(48, 32))
+def _validation(
+    scheduler: str, prompts: tuple[str, ...] = ("a photo of ohwx dog", "a dog on a beach"), images: int = 2
+) -> ValidationPlan:
+    return ValidationPlan(
+        prompts=prompts,
+        negative_prompt="blurry",
+        steps=StepRange(every=0, end=30),
+        scheduler=scheduler,
+        inference_steps=2,
+        guidance=5.0,
+        images_per_prompt=images,
+        seed=7,
+        size=(48, 32),
+    )
 
 
-def _gen(folder: Path, key: str, seeds: tuple[int, ...], *, batch_size: int = 2, scheduler: str = "ddpm",
-         steps: int = 2) -> GeneratePlan:
-    return GeneratePlan(folder=str(folder), count=len(seeds), prompt="a photo of a dog", resolution=(32, 32),
-                        seeds=seeds, manifest_key=key, scheduler=scheduler, steps=steps, guidance=7.5,
-                        batch_size=batch_size)
+def _gen(
+    folder: Path,
+    key: str,
+    seeds: tuple[int, ...],
+    *,
+    batch_size: int = 2,
+    scheduler: str = "ddpm",
+    steps: int = 2,
+) -> GeneratePlan:
+    return GeneratePlan(
+        folder=str(folder),
+        count=len(seeds),
+        prompt="a photo of a dog",
+        resolution=(32, 32),
+        seeds=seeds,
+        manifest_key=key,
+        scheduler=scheduler,
+        steps=steps,
+        guidance=7.5,
+        batch_size=batch_size,
+    )
 
 
 def test_make_scheduler_keeps_the_model_schedule(pipe: DiffusionPipeline) -> None:
@@ -43,7 +69,9 @@ def test_make_scheduler_keeps_the_model_schedule(pipe: DiffusionPipeline) -> Non
         assert scheduler.config.beta_schedule == "scaled_linear"
         assert scheduler.config.prediction_type == "epsilon"
     assert make_scheduler("dpmpp", pipe.scheduler.config).config.algorithm_type == "dpmsolver++"
-    assert type(make_scheduler("euler_a", pipe.scheduler.config)).__name__ == "EulerAncestralDiscreteScheduler"
+    assert (
+        type(make_scheduler("euler_a", pipe.scheduler.config)).__name__ == "EulerAncestralDiscreteScheduler"
+    )
     with pytest.raises(ValueError, match="known: ddpm, ddim, euler"):
         make_scheduler("lms", pipe.scheduler.config)
 
@@ -57,7 +85,13 @@ def test_validate_writes_samples_and_grid_and_restores_the_pipeline(
     rng_before = torch.get_rng_state()
     paths = validate(pipe, _validation(scheduler), tmp_path, step=30)
     folder = tmp_path / "samples" / "step-000030"
-    assert [path.name for path in paths] == ["p00-i00.png", "p00-i01.png", "p01-i00.png", "p01-i01.png", "grid.png"]
+    assert [path.name for path in paths] == [
+        "p00-i00.png",
+        "p00-i01.png",
+        "p01-i00.png",
+        "p01-i01.png",
+        "grid.png",
+    ]
     assert all(path.parent == folder for path in paths)
     assert Image.open(folder / "p01-i01.png").size == (48, 32)
     assert Image.open(folder / "grid.png").size == (96, 64)
@@ -68,7 +102,9 @@ def test_validate_writes_samples_and_grid_and_restores_the_pipeline(
 
 
 def test_validation_samples_repeat_exactly(pipe: DiffusionPipeline, tmp_path: Path) -> None:
-    plan = _validation("euler_a", prompts=("a photo of ohwx dog",), images=1)  # ancestral: draws noise every step
+    plan = _validation(
+        "euler_a", prompts=("a photo of ohwx dog",), images=1
+    )  # ancestral: draws noise every step
     first = validate(pipe, plan, tmp_path / "first", step=1)
     torch.randn(10)  # whatever the loop draws in between
     again = validate(pipe, plan, tmp_path / "again", step=1)
@@ -83,9 +119,15 @@ def test_class_images_manifest_resume_and_stale_files(pipe: DiffusionPipeline, t
     assert [path.name for path in made] == ["class-100.png", "class-101.png", "class-102.png"]
     assert all(Image.open(path).size == (32, 32) for path in made)
     manifest = json.loads((folder / MANIFEST).read_text())
-    assert manifest == {"key": "key-one-aaaa", "files": ["class-100.png", "class-101.png", "class-102.png"],
-                        "prompt": "a photo of a dog", "resolution": [32, 32], "scheduler": "ddpm", "steps": 2,
-                        "guidance": 7.5}
+    assert manifest == {
+        "key": "key-one-aaaa",
+        "files": ["class-100.png", "class-101.png", "class-102.png"],
+        "prompt": "a photo of a dog",
+        "resolution": [32, 32],
+        "scheduler": "ddpm",
+        "steps": 2,
+        "guidance": 7.5,
+    }
 
     # The same key again: listed files are kept as they are, only new seeds are made.
     before = made[0].stat().st_mtime_ns
@@ -96,7 +138,9 @@ def test_class_images_manifest_resume_and_stale_files(pipe: DiffusionPipeline, t
     # Another key (other model or prompt): the old images move aside, nothing is deleted.
     generate_class_images(pipe, _gen(folder, "key-two-bbbb", (100,), batch_size=4))
     stale = folder / "stale-key-one-"
-    assert sorted(path.name for path in stale.iterdir()) == [f"class-{seed}.png" for seed in (100, 101, 102, 103)]
+    assert sorted(path.name for path in stale.iterdir()) == [
+        f"class-{seed}.png" for seed in (100, 101, 102, 103)
+    ]
     assert sorted(path.name for path in folder.glob("*.png")) == ["class-100.png", "mine.png"]
     assert json.loads((folder / MANIFEST).read_text())["files"] == ["class-100.png"]
 
@@ -106,12 +150,16 @@ def test_batches_do_not_change_class_images(pipe: DiffusionPipeline, tmp_path: P
     one = generate_class_images(pipe, _gen(tmp_path / "one", "k", seeds, batch_size=1))
     two = generate_class_images(pipe, _gen(tmp_path / "two", "k", seeds, batch_size=2))
     for single, batched in zip(one, two):
-        difference = np.abs(np.asarray(Image.open(single), np.int16) - np.asarray(Image.open(batched), np.int16))
+        difference = np.abs(
+            np.asarray(Image.open(single), np.int16) - np.asarray(Image.open(batched), np.int16)
+        )
         assert difference.max() <= 1  # same noise per seed; batched matmuls may round one step differently
     assert not np.array_equal(np.asarray(Image.open(one[0])), np.asarray(Image.open(one[1])))
 
 
-def test_an_unlisted_file_at_a_planned_path_is_moved_not_overwritten(pipe: DiffusionPipeline, tmp_path: Path) -> None:
+def test_an_unlisted_file_at_a_planned_path_is_moved_not_overwritten(
+    pipe: DiffusionPipeline, tmp_path: Path
+) -> None:
     (tmp_path / "class-1.png").write_bytes(b"someone else's")
     generate_class_images(pipe, _gen(tmp_path, "k", (1,), batch_size=1))
     assert (tmp_path / "stale-unlisted" / "class-1.png").read_bytes() == b"someone else's"

@@ -13,16 +13,53 @@ from tests.runtime.runspec import make_plan
 def test_sample_a_lora_run_and_a_full_run(tmp_path):
     runner = CliRunner()
     lora = execute(make_plan(tmp_path / "lora", steps=1, extra='[adapter]\nkind = "lora"\n'))
-    result = runner.invoke(app, ["sample", lora.output, "-p", "a photo of ohwx toy", "-p", "a toy on a beach",
-                                 "--images", "2", "--steps", "2", "--size", "64", "-o", str(tmp_path / "s1")])
+    result = runner.invoke(
+        app,
+        [
+            "sample",
+            lora.output,
+            "-p",
+            "a photo of ohwx toy",
+            "-p",
+            "a toy on a beach",
+            "--images",
+            "2",
+            "--steps",
+            "2",
+            "--size",
+            "64",
+            "-o",
+            str(tmp_path / "s1"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == [
-        "grid.png", "p00-i00.png", "p00-i01.png", "p01-i00.png", "p01-i01.png"]
+        "grid.png",
+        "p00-i00.png",
+        "p00-i01.png",
+        "p01-i00.png",
+        "p01-i01.png",
+    ]
     assert Image.open(tmp_path / "s1" / "grid.png").size == (128, 128)
 
     full = execute(make_plan(tmp_path / "full", steps=1))
-    result = runner.invoke(app, ["sample", full.final, "-p", "a toy", "--steps", "2", "--size", "64",
-                                 "--scheduler", "euler", "-o", str(tmp_path / "s2")])
+    result = runner.invoke(
+        app,
+        [
+            "sample",
+            full.final,
+            "-p",
+            "a toy",
+            "--steps",
+            "2",
+            "--size",
+            "64",
+            "--scheduler",
+            "euler",
+            "-o",
+            str(tmp_path / "s2"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s2" / "p00-i00.png").exists()
 
@@ -36,8 +73,10 @@ def test_sample_lora_without_a_base_says_what_to_pass(tmp_path):
     # A plan beside the output that fails read_plan (edited: hash mismatch) names no base either.
     plan_file = tmp_path / "out" / "final" / "plan.json"  # read first: the one beside the weights
     plan_file.write_text(plan_file.read_text().replace('"builtin:tiny-sd1"', '"builtin:tiny-sd2"', 1))
-    result = CliRunner().invoke(app, ["sample", lora.output, "-p", "x", "--size", "64", "--steps", "1",
-                                      "-o", str(tmp_path / "samples")])
+    result = CliRunner().invoke(
+        app,
+        ["sample", lora.output, "-p", "x", "--size", "64", "--steps", "1", "-o", str(tmp_path / "samples")],
+    )
     assert result.exit_code == 1 and "--base" in result.output
 
 

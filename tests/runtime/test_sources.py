@@ -16,12 +16,12 @@ def break_pixels(path: Path) -> None:
     (headers only) accepts it, a decoder does not."""
     data = bytearray(path.read_bytes())
     start = data.index(b"IDAT") + 4
-    length = int.from_bytes(data[start - 8:start - 4], "big")
+    length = int.from_bytes(data[start - 8 : start - 4], "big")
     for offset in range(2, min(length, 64)):
         data[start + offset] ^= 0xA5
     path.write_bytes(bytes(data))
     with pytest.raises(zlib.error):
-        zlib.decompress(bytes(data[start:start + length]))
+        zlib.decompress(bytes(data[start : start + length]))
 
 
 def test_pixel_corrupt_images_are_all_reported_before_training(tmp_path):

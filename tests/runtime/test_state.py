@@ -5,8 +5,19 @@ import torch
 from dbspec.runtime.state import TrainState
 
 # The keys of training_state.pt before TrainState existed: checkpoints saved then must still resume.
-SAVED_KEYS = ["trainable", "optimizer", "lr_scheduler", "scaler", "sampler", "generator", "rng", "step", "ema",
-              "run_hash", "plan"]
+SAVED_KEYS = [
+    "trainable",
+    "optimizer",
+    "lr_scheduler",
+    "scaler",
+    "sampler",
+    "generator",
+    "rng",
+    "step",
+    "ema",
+    "run_hash",
+    "plan",
+]
 
 
 def test_checkpoint_keys_are_unchanged():

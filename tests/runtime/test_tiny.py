@@ -14,7 +14,14 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
-from dbspec.builtin import BUILTIN_MODELS, TOKENIZER_MERGES, VOCAB_SIZE, builtin_model, is_builtin, tokenizer_vocab
+from dbspec.builtin import (
+    BUILTIN_MODELS,
+    TOKENIZER_MERGES,
+    VOCAB_SIZE,
+    builtin_model,
+    is_builtin,
+    tokenizer_vocab,
+)
 from dbspec.runtime.tiny import MARKER_FILE, build_pipeline, materialize
 
 NAMES = sorted(BUILTIN_MODELS)
@@ -75,14 +82,18 @@ def test_build_is_fast_deterministic_and_leaves_rng_alone(name: str) -> None:
     assert min(timings) < 1.0, timings
     _assert_same_weights(pipes[0], pipes[1], list(model.params))
     other_seed = build_pipeline(name, seed=8)
-    assert not torch.equal(_state(other_seed, "unet")["conv_in.weight"], _state(pipes[0], "unet")["conv_in.weight"])
+    assert not torch.equal(
+        _state(other_seed, "unet")["conv_in.weight"], _state(pipes[0], "unet")["conv_in.weight"]
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_parameter_counts_match_registry(name: str) -> None:
     model = builtin_model(name)
     pipe = build_pipeline(name)
-    counted = {component: sum(p.numel() for p in getattr(pipe, component).parameters()) for component in model.params}
+    counted = {
+        component: sum(p.numel() for p in getattr(pipe, component).parameters()) for component in model.params
+    }
     assert counted == model.params
     assert pipe.unet.config.sample_size * model.latent_downsample == model.resolution
     assert pipe.vae_scale_factor == model.latent_downsample
@@ -98,8 +109,9 @@ def test_materialize_round_trips_through_from_pretrained(name: str, materialized
     assert index["_class_name"] == model.pipeline_class
     marker = json.loads((folder / MARKER_FILE).read_text())
     assert {key: marker[key] for key in ("identity", "seed")} == {"identity": model.identity, "seed": 0}
-    assert set(marker["files"]) == {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                                    if p.is_file() and p.name != MARKER_FILE}
+    assert set(marker["files"]) == {
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER_FILE
+    }
     assert list(folder.parent.glob(f".{folder.name}.*")) == []  # no staging leftovers
     assert (folder / "tokenizer" / "merges.txt").read_text().startswith("#version: 0.2\n")
     assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
@@ -176,7 +188,9 @@ def test_tokenizers_cover_any_prompt(name: str, materialized: dict[str, Path]) -
         assert len(padded) == 77 and padded[-1] == tokenizer.pad_token_id
 
 
-def test_vocab_and_merges_files_alone_tokenize_identically(materialized: dict[str, Path], tmp_path: Path) -> None:
+def test_vocab_and_merges_files_alone_tokenize_identically(
+    materialized: dict[str, Path], tmp_path: Path
+) -> None:
     # Readers without tokenizer.json support (older transformers, other tools) use vocab.json + merges.txt.
     saved = materialized["builtin:tiny-sd1"] / "tokenizer"
     bpe_only = tmp_path / "tokenizer"

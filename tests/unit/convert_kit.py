@@ -29,9 +29,18 @@ def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
 
 
-def images(folder: Path, count: int, size: tuple[int, int] = (96, 64), *, prefix: str = "img", ext: str = ".png",
-           mode: str = "RGB", caption: str | None = None, caption_ext: str = ".caption",
-           orientation: int | None = None) -> list[Path]:
+def images(
+    folder: Path,
+    count: int,
+    size: tuple[int, int] = (96, 64),
+    *,
+    prefix: str = "img",
+    ext: str = ".png",
+    mode: str = "RGB",
+    caption: str | None = None,
+    caption_ext: str = ".caption",
+    orientation: int | None = None,
+) -> list[Path]:
     """`count` small images (and caption files when `caption` is given)."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []

@@ -131,7 +131,11 @@ def reference_placement(manager: KohyaReference, width: int, height: int) -> Pla
 
 
 def assert_invariants(placement: Placement, step: int | None) -> None:
-    (bucket_w, bucket_h), (resized_w, resized_h), (left, top) = placement.bucket, placement.resized, placement.crop
+    (bucket_w, bucket_h), (resized_w, resized_h), (left, top) = (
+        placement.bucket,
+        placement.resized,
+        placement.crop,
+    )
     if step is not None:
         assert bucket_w % step == 0 and bucket_h % step == 0
     assert resized_w >= bucket_w and resized_h >= bucket_h  # the resize covers the bucket
@@ -187,7 +191,9 @@ def test_bucket_list_adjusts_unaligned_bounds_like_kohya():
 
 def test_exact_size_match_keeps_its_bucket_without_resize():
     for bucket in KOHYA_512_BUCKETS:
-        assert place(bucket, KOHYA_512_BUCKETS) == Placement(bucket=bucket, resized=bucket, crop=(0, 0), upscaled=False)
+        assert place(bucket, KOHYA_512_BUCKETS) == Placement(
+            bucket=bucket, resized=bucket, crop=(0, 0), upscaled=False
+        )
 
 
 def test_aspect_tie_goes_to_the_first_bucket_in_list_order():
@@ -277,7 +283,9 @@ def test_place_no_upscale_matches_kohya(resolution, step, width, height):
 
 
 @settings(max_examples=500, deadline=None)
-@given(resolution=st.tuples(st.integers(64, 2048), st.integers(64, 2048)), width=image_sides, height=image_sides)
+@given(
+    resolution=st.tuples(st.integers(64, 2048), st.integers(64, 2048)), width=image_sides, height=image_sides
+)
 def test_place_square_matches_kohya_single_bucket(resolution, width, height):
     kohya = KohyaReference(False, resolution, None, None, None)
     kohya.predefined_resos = [resolution]  # kohya's enable_bucket=False: one fixed bucket

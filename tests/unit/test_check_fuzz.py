@@ -23,11 +23,39 @@ from dbspec.spec.load import OVERRIDES_FILE
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = {path.name: path.read_bytes() for path in sorted((ROOT / "specs").glob("*.toml"))}
 KEY_VALUE = re.compile(rb"^(\s*)([A-Za-z0-9_.-]+)(\s*=\s*)(.*)$")
-OTHER_TYPES = [b"1", b"-3", b"2.5", b"1e-4", b'"5"', b'"true"', b"true", b"false", b"[]", b'["a"]', b"[1, 2]",
-               b"{}", b'{ base = "x" }', b'"a photo"', b"inf", b"1979-05-27"]
-OVERRIDES = ["schedule.steps=0", "optimizer.lr=fast", "datasets[0].repeats=5", "datasets[7].repeats=1",
-             "model.base=some/hub-id", "adapter.kind=lora", "optimizer", "=1", "train.text_encoder=true",
-             "validation.prompts=[a b]", "buckets.step=12", 'model="x"', "datasets.0.name.x=1"]
+OTHER_TYPES = [
+    b"1",
+    b"-3",
+    b"2.5",
+    b"1e-4",
+    b'"5"',
+    b'"true"',
+    b"true",
+    b"false",
+    b"[]",
+    b'["a"]',
+    b"[1, 2]",
+    b"{}",
+    b'{ base = "x" }',
+    b'"a photo"',
+    b"inf",
+    b"1979-05-27",
+]
+OVERRIDES = [
+    "schedule.steps=0",
+    "optimizer.lr=fast",
+    "datasets[0].repeats=5",
+    "datasets[7].repeats=1",
+    "model.base=some/hub-id",
+    "adapter.kind=lora",
+    "optimizer",
+    "=1",
+    "train.text_encoder=true",
+    "validation.prompts=[a b]",
+    "buckets.step=12",
+    'model="x"',
+    "datasets.0.name.x=1",
+]
 KEY_CHARS = "abcdeilnoprst_"
 # 300 keeps the suite fast; hunt with more: DBSPEC_FUZZ_EXAMPLES=5000 pytest tests/unit/test_check_fuzz.py
 EXAMPLES = int(os.environ.get("DBSPEC_FUZZ_EXAMPLES", "300"))
@@ -53,11 +81,11 @@ def mutation(draw, lines: list[bytes]):
     elif kind == "insert_text":
         text = draw(st.text(alphabet=st.characters(codec="utf-8"), max_size=12)).encode("utf-8")
         at = draw(st.integers(0, len(line)))
-        out[index:index + 1] = [line[:at] + text + line[at:]] if out else [text]
+        out[index : index + 1] = [line[:at] + text + line[at:]] if out else [text]
     elif kind == "insert_bytes":
         junk = draw(st.binary(min_size=1, max_size=4))
         at = draw(st.integers(0, len(line)))
-        out[index:index + 1] = [line[:at] + junk + line[at:]] if out else [junk]
+        out[index : index + 1] = [line[:at] + junk + line[at:]] if out else [junk]
     return out
 
 
@@ -68,10 +96,10 @@ def _one_edit(draw, key: bytes) -> bytes:
     if edit == "insert":
         return key[:at] + char + key[at:]
     if edit == "delete" and len(key) > 1:
-        return key[:at] + key[at + 1:]
+        return key[:at] + key[at + 1 :]
     if edit == "swap" and at + 1 < len(key):
-        return key[:at] + key[at + 1:at + 2] + key[at:at + 1] + key[at + 2:]
-    return key[:at] + char + key[at + 1:]
+        return key[:at] + key[at + 1 : at + 2] + key[at : at + 1] + key[at + 2 :]
+    return key[:at] + char + key[at + 1 :]
 
 
 @st.composite

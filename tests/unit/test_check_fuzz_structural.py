@@ -30,10 +30,37 @@ CASES = int(os.environ.get("DBSPEC_FUZZ_CASES", "3000"))
 SEEDS = (1, 2)  # two seeded runs of CASES // 2 each
 KEY_VALUE = re.compile(r"^(\s*)([A-Za-z0-9_.-]+)(\s*=\s*)(.*)$")
 # Every key path of the model, as --set spells it: "schedule.steps", "datasets[0].repeats".
-KEY_PATHS = sorted({f"{table}[0].{f.name}" if table == "datasets" else f"{table}.{f.name}"
-                    for table, classes in table_classes().items() for cls in classes for f in attrs.fields(cls)})
-ODD_TEXT = ["\u202e\u202dx", "e\u0301\u0301\u0301", "\u200b", "\ufeff", "😀" * 50, "\\u0000", "\\uD800", "\\U0010FFFF",
-            "\\x41", "a\tb", "\u0085", "\u2028", "ǅ", "ﬃ", "\u00a0", "'", '\\"', "\\\\", "${HOME}", "~/x", "../../etc"]
+KEY_PATHS = sorted(
+    {
+        f"{table}[0].{f.name}" if table == "datasets" else f"{table}.{f.name}"
+        for table, classes in table_classes().items()
+        for cls in classes
+        for f in attrs.fields(cls)
+    }
+)
+ODD_TEXT = [
+    "\u202e\u202dx",
+    "e\u0301\u0301\u0301",
+    "\u200b",
+    "\ufeff",
+    "😀" * 50,
+    "\\u0000",
+    "\\uD800",
+    "\\U0010FFFF",
+    "\\x41",
+    "a\tb",
+    "\u0085",
+    "\u2028",
+    "ǅ",
+    "ﬃ",
+    "\u00a0",
+    "'",
+    '\\"',
+    "\\\\",
+    "${HOME}",
+    "~/x",
+    "../../etc",
+]
 
 
 def huge_int(rng: random.Random) -> str:
@@ -65,8 +92,23 @@ def long_key(rng: random.Random) -> str:
 
 
 def any_value(rng: random.Random) -> str:
-    simple = ["0", "-1", "1.5", "nan", "-inf", "true", '""', "[]", "{}", '["a", 1]', "1979-05-27T07:32:00Z",
-              "07:32:00", "[[1], [2]]", '{ kind = "lora" }', '"builtin:tiny-sd1"']
+    simple = [
+        "0",
+        "-1",
+        "1.5",
+        "nan",
+        "-inf",
+        "true",
+        '""',
+        "[]",
+        "{}",
+        '["a", 1]',
+        "1979-05-27T07:32:00Z",
+        "07:32:00",
+        "[[1], [2]]",
+        '{ kind = "lora" }',
+        '"builtin:tiny-sd1"',
+    ]
     makers = [huge_int, nested_value, long_string, odd_string, lambda r: r.choice(simple)]
     return rng.choice(makers)(rng)
 
@@ -82,7 +124,9 @@ def mutate(rng: random.Random, text: str) -> tuple[str, list[str]]:
     elif kind == "insert_key":
         lines.insert(index, f"{rng.choice([long_key(rng), *KEY_PATHS])} = {any_value(rng)}")
     elif kind == "header":
-        lines.insert(index, rng.choice([f"[{long_key(rng)}]", f"[[{long_key(rng)}]]", "[datasets]", "[[model]]"]))
+        lines.insert(
+            index, rng.choice([f"[{long_key(rng)}]", f"[[{long_key(rng)}]]", "[datasets]", "[[model]]"])
+        )
     elif kind == "rekey" and m:
         lines[index] = m.group(1) + long_key(rng) + m.group(3) + m.group(4)
     elif kind == "odd_key" and m:
@@ -135,4 +179,6 @@ def test_structural_mutations_are_diagnosed_with_positions(folder, seed):
         except BaseException as exc:
             raise AssertionError(f"seed {seed} case {case} ({name}, overrides {overrides}): {exc!r}") from exc
         if checked.spec is None:
-            assert any(d.severity == "error" for d in checked.diagnostics), f"seed {seed} case {case}: no spec, no error"
+            assert any(d.severity == "error" for d in checked.diagnostics), (
+                f"seed {seed} case {case}: no spec, no error"
+            )

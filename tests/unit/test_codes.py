@@ -38,7 +38,11 @@ SOURCES = _sources()
 
 
 def _is_code(node: ast.AST | None) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and CODE.fullmatch(node.value) is not None
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and CODE.fullmatch(node.value) is not None
+    )
 
 
 def _constants() -> dict[str, str]:
@@ -100,10 +104,16 @@ def test_every_code_in_the_table_is_used_or_reserved():
 
 
 def test_call_sites_use_the_tables_severity():
-    wrong = [f"{s.where}: {s.code} as {s.severity}, the table says {codes.get(s.code).severity}"
-             for s in SITES if s.code in codes.BY_CODE and s.severity is not None
-             and codes.get(s.code).severity not in (s.severity, "either")]
-    assert not wrong, "severities that disagree with dbspec/codes.py (fix the call or the row):\n" + "\n".join(wrong)
+    wrong = [
+        f"{s.where}: {s.code} as {s.severity}, the table says {codes.get(s.code).severity}"
+        for s in SITES
+        if s.code in codes.BY_CODE
+        and s.severity is not None
+        and codes.get(s.code).severity not in (s.severity, "either")
+    ]
+    assert not wrong, (
+        "severities that disagree with dbspec/codes.py (fix the call or the row):\n" + "\n".join(wrong)
+    )
 
 
 def test_either_is_only_for_codes_used_both_ways():
@@ -112,8 +122,11 @@ def test_either_is_only_for_codes_used_both_ways():
     for s in SITES:
         fixed.setdefault(s.code, set()).add(s.severity)
     # The image-problem codes are made by one call with a variable severity (on_bad_image), hence None.
-    too_loose = sorted(c.code for c in codes.CODES if c.severity == "either" and not c.reserved
-                       and fixed.get(c.code, {None}) in ({"error"}, {"warning"}))
+    too_loose = sorted(
+        c.code
+        for c in codes.CODES
+        if c.severity == "either" and not c.reserved and fixed.get(c.code, {None}) in ({"error"}, {"warning"})
+    )
     assert not too_loose, f"rows marked either but only used with one severity: {too_loose}"
 
 

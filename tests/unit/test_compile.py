@@ -84,12 +84,17 @@ def toml_value(value) -> str:
 def write_spec(folder: Path, *datasets: dict, **tables: dict) -> Path:
     """spec.toml in `folder`: DEFAULT_TABLES updated by `tables` (a None value drops a key), then datasets."""
     lines = ["spec_version = 1"]
-    merged = {name: {**DEFAULT_TABLES.get(name, {}), **tables.get(name, {})} for name in {**DEFAULT_TABLES, **tables}}
+    merged = {
+        name: {**DEFAULT_TABLES.get(name, {}), **tables.get(name, {})}
+        for name in {**DEFAULT_TABLES, **tables}
+    }
     for name, table in merged.items():
         lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
     for dataset in datasets or ({},):
         lines += ["", "[[datasets]]"]
-        lines += [f"{k} = {toml_value(v)}" for k, v in {**DEFAULT_DATASET, **dataset}.items() if v is not None]
+        lines += [
+            f"{k} = {toml_value(v)}" for k, v in {**DEFAULT_DATASET, **dataset}.items() if v is not None
+        ]
     path = folder / "spec.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -152,7 +157,8 @@ def test_broken_images_are_errors_naming_each_file_at_the_dataset_path(broken):
     errors = [d for d in planned.diagnostics if d.severity == "error"]
     by_file = {name: [d for d in errors if f"`{name}`" in d.message] for name in BROKEN_CODES}
     assert {name: [d.code for d in found] for name, found in by_file.items()} == {
-        name: [code] for name, code in BROKEN_CODES.items()}
+        name: [code] for name, code in BROKEN_CODES.items()
+    }
     assert len(errors) == len(BROKEN_CODES)
     line = spec_line(broken, "path = ")
     for d in errors:
@@ -218,7 +224,9 @@ def test_files_the_plan_cannot_use_are_one_warning_per_dataset(toy):
         unusable, animated = planned.diagnostics
         assert unusable.severity == "warning" and unusable.path == "datasets[0].path"
         assert unusable.message.startswith(f"26 files in `{inst.as_posix()}` will not train")
-        assert unusable.notes[:2] == ("`clip00.gif`", "`clip01.gif`") and unusable.notes[-1] == "... and 6 more"
+        assert (
+            unusable.notes[:2] == ("`clip00.gif`", "`clip01.gif`") and unusable.notes[-1] == "... and 6 more"
+        )
         assert len(unusable.notes) == 21 and not any("cap" in n or "json" in n for n in unusable.notes)
         assert animated.message.endswith("only the first frame of each trains")
         assert animated.notes == ("`dance.webp` has 5 frames",)
@@ -244,10 +252,15 @@ def test_textfile_captions_with_a_custom_extension(toy):
     (toy / "inst" / "b.caption").write_text("  ohwx toy, side view  \n")
     (toy / "inst" / "c.caption").write_text("\n\nohwx toy from above")
     (toy / "inst" / "a.txt").write_text("not this one")
-    write_spec(toy, {"captions": "textfile", "caption_extension": ".caption", "prompt": None,
-                     "caption_prefix": "photo:"})
-    assert captions(planned_ok(toy)) == {"a.png": "photo: ohwx toy on a table", "b.png": "photo: ohwx toy, side view",
-                                        "c.png": "photo: ohwx toy from above"}
+    write_spec(
+        toy,
+        {"captions": "textfile", "caption_extension": ".caption", "prompt": None, "caption_prefix": "photo:"},
+    )
+    assert captions(planned_ok(toy)) == {
+        "a.png": "photo: ohwx toy on a table",
+        "b.png": "photo: ohwx toy, side view",
+        "c.png": "photo: ohwx toy from above",
+    }
 
 
 def test_missing_caption_file_is_an_error_without_a_prompt(toy):
@@ -265,16 +278,21 @@ def test_missing_caption_file_falls_back_to_the_prompt(toy):
     write_spec(toy, {"captions": "textfile", "prompt": "a photo of ohwx toy", "caption_suffix": "!"})
     planned = compile_in(toy)
     assert planned.plan is not None and codes(planned) == []
-    assert captions(planned.plan) == {"a.png": "ohwx toy, close up !", "b.png": "a photo of ohwx toy !",
-                                      "c.png": "a photo of ohwx toy !"}
+    assert captions(planned.plan) == {
+        "a.png": "ohwx toy, close up !",
+        "b.png": "a photo of ohwx toy !",
+        "c.png": "a photo of ohwx toy !",
+    }
 
 
 def test_filename_captions(tmp_path):
     image(tmp_path / "inst" / "ohwx_toy_on_grass.png")
     image(tmp_path / "inst" / "ohwx toy.jpg", format="JPEG")
     write_spec(tmp_path, {"captions": "filename", "prompt": None, "caption_prefix": "a photo:"})
-    assert captions(planned_ok(tmp_path)) == {"ohwx toy.jpg": "a photo: ohwx toy",
-                                              "ohwx_toy_on_grass.png": "a photo: ohwx toy on grass"}
+    assert captions(planned_ok(tmp_path)) == {
+        "ohwx toy.jpg": "a photo: ohwx toy",
+        "ohwx_toy_on_grass.png": "a photo: ohwx toy on grass",
+    }
 
 
 # --- masks ------------------------------------------------------------------------------------------------
@@ -411,12 +429,15 @@ def test_class_image_sampling_is_planned_and_keys_the_manifest(toy):
         assert gen(**change).manifest_key != default.manifest_key, change
 
 
-@pytest.mark.parametrize("tables,teacher", [
-    ({}, ("unet",)),
-    ({"train": {"text_encoder": True}}, ("unet",)),  # the text encoder trains too, but is not copied
-    ({"adapter": {"kind": "lora"}}, ()),  # the adapters are switched off instead
-    ({"loss": {"prior": "images"}}, ()),
-])
+@pytest.mark.parametrize(
+    "tables,teacher",
+    [
+        ({}, ("unet",)),
+        ({"train": {"text_encoder": True}}, ("unet",)),  # the text encoder trains too, but is not copied
+        ({"adapter": {"kind": "lora"}}, ()),  # the adapters are switched off instead
+        ({"loss": {"prior": "images"}}, ()),
+    ],
+)
 def test_the_teacher_copy_is_decided_once_and_counted(toy, tables, teacher):
     image(toy / "cls" / "c.png", (64, 64))
     write_spec(toy, {}, class_dataset(), **{"loss": {"prior": "base_model"}, **tables})
@@ -446,7 +467,9 @@ def test_no_teacher_without_class_images(toy):
 
 def test_a_base_prior_with_a_frozen_unet_is_refused(toy):
     image(toy / "cls" / "c.png", (64, 64))
-    write_spec(toy, {}, class_dataset(), loss={"prior": "base_model"}, train={"unet": False, "text_encoder": True})
+    write_spec(
+        toy, {}, class_dataset(), loss={"prior": "base_model"}, train={"unet": False, "text_encoder": True}
+    )
     planned = compile_in(toy)
     assert planned.plan is None and "DBS226" in codes(planned, "error")
 
@@ -545,8 +568,13 @@ def test_accumulation_and_processes(toy):
 
 
 def test_epoch_runs_check_step_rules_at_plan_time(toy):
-    write_spec(toy, {}, schedule={"steps": None, "epochs": 2},
-               train={"text_encoder": True, "text_encoder_stop_step": 6}, checkpoints={"every": 50})
+    write_spec(
+        toy,
+        {},
+        schedule={"steps": None, "epochs": 2},
+        train={"text_encoder": True, "text_encoder_stop_step": 6},
+        checkpoints={"every": 50},
+    )
     checked = check_spec(toy / "spec.toml", "spec.toml")
     assert {d.code for d in checked.diagnostics} == set()  # the step count is unknown before planning
     planned = compile_in(toy)  # 3 samples, batch 1: 3 steps per epoch, 6 steps
@@ -557,14 +585,22 @@ def test_epoch_runs_check_step_rules_at_plan_time(toy):
 
 
 def test_lr_points_and_checkpoints(toy):
-    write_spec(toy, {"repeats": 10}, schedule={"steps": 20, "lr_schedule": "linear", "warmup_steps": 4},
-               checkpoints={"every": 8}, validation={"every": 5, "prompts": ["ohwx toy"]}, optimizer={"lr": 1e-4})
+    write_spec(
+        toy,
+        {"repeats": 10},
+        schedule={"steps": 20, "lr_schedule": "linear", "warmup_steps": 4},
+        checkpoints={"every": 8},
+        validation={"every": 5, "prompts": ["ohwx toy"]},
+        optimizer={"lr": 1e-4},
+    )
     plan = planned_ok(toy)
     s = plan.schedule
     assert tuple(s.checkpoint_steps) == (8, 16, 20) and plan.checkpoints.steps == s.checkpoint_steps
     assert tuple(s.validation_steps) == (5, 10, 15, 20) and plan.validation.steps == s.validation_steps
-    expected = [(step, sched.lr_at(step, lr=1e-4, schedule="linear", warmup=4, total=20, cycles=1))
-                for step in (0, 4, 8, 16, 20)]
+    expected = [
+        (step, sched.lr_at(step, lr=1e-4, schedule="linear", warmup=4, total=20, cycles=1))
+        for step in (0, 4, 8, 16, 20)
+    ]
     assert list(s.lr_points) == expected
     assert s.lr_points[1] == (4, 1e-4) and s.lr_points[-1] == (20, 0.0)
 
@@ -576,19 +612,26 @@ def dtypes(plan: Plan) -> dict[str, tuple[str, str]]:
     return {c.name: (c.dtype, c.trainable) for c in plan.precision.components}
 
 
-@pytest.mark.parametrize("env,mixed", [
-    (CPU, "no"),
-    (GPU, "bf16"),
-    (parse_target("cuda:16GB:7.5"), "fp16"),
-    (parse_target("mps:32GB"), "bf16"),
-    (TargetEnv(device="mps", bf16=False), "fp16"),
-])
+@pytest.mark.parametrize(
+    "env,mixed",
+    [
+        (CPU, "no"),
+        (GPU, "bf16"),
+        (parse_target("cuda:16GB:7.5"), "fp16"),
+        (parse_target("mps:32GB"), "bf16"),
+        (TargetEnv(device="mps", bf16=False), "fp16"),
+    ],
+)
 def test_auto_precision_per_device(toy, env, mixed):
     write_spec(toy)
     plan = planned_ok(toy, env)
     frozen = "fp32" if mixed == "no" else mixed
     assert plan.precision.mixed == mixed and "auto" in plan.precision.reason
-    assert dtypes(plan) == {"unet": ("fp32", "full"), "text_encoder": (frozen, "frozen"), "vae": ("fp32", "frozen")}
+    assert dtypes(plan) == {
+        "unet": ("fp32", "full"),
+        "text_encoder": (frozen, "frozen"),
+        "vae": ("fp32", "frozen"),
+    }
     assert plan.precision.tf32 == (env.device == "cuda")
 
 
@@ -627,7 +670,9 @@ def test_adamw8bit_needs_cuda(toy):
 def test_errors_from_every_pass_are_reported_together(broken):
     write_spec(broken, {"masks": "masks"}, optimizer={"kind": "adamw8bit"}, precision={"mixed": "bf16"})
     planned = compile_in(broken, TargetEnv(device="cpu"))
-    assert {"DBS301", "DBS303", "DBS304", "DBS306", "DBS308", "DBS340", "DBS343"} <= set(codes(planned, "error"))
+    assert {"DBS301", "DBS303", "DBS304", "DBS306", "DBS308", "DBS340", "DBS343"} <= set(
+        codes(planned, "error")
+    )
 
 
 # --- caches -----------------------------------------------------------------------------------------------
@@ -714,23 +759,35 @@ def test_origins_say_where_each_value_came_from(toy):
 
 def diffusers_folder(root: Path) -> dict[str, int]:
     """A tiny SD1-shaped diffusers folder (configs and real safetensors); returns its parameter counts."""
+
     def json_file(path: Path, value: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
 
-    json_file(root / "model_index.json", {
-        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None]})
+    json_file(
+        root / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "safety_checker": [None, None],
+        },
+    )
     json_file(root / "unet" / "config.json", {"cross_attention_dim": 768, "in_channels": 4})
     json_file(root / "scheduler" / "scheduler_config.json", {"prediction_type": "epsilon"})
     json_file(root / "vae" / "config.json", {"latent_channels": 4})
     json_file(root / "text_encoder" / "config.json", {"hidden_size": 768})
     tensors = {
-        "unet/diffusion_pytorch_model.safetensors": {"conv_in.weight": np.zeros((8, 4, 3, 3), np.float32),
-                                                     "conv_in.bias": np.zeros(8, np.float32)},
-        "vae/diffusion_pytorch_model.safetensors": {"encoder.conv_in.weight": np.zeros((4, 3, 3, 3), np.float16)},
+        "unet/diffusion_pytorch_model.safetensors": {
+            "conv_in.weight": np.zeros((8, 4, 3, 3), np.float32),
+            "conv_in.bias": np.zeros(8, np.float32),
+        },
+        "vae/diffusion_pytorch_model.safetensors": {
+            "encoder.conv_in.weight": np.zeros((4, 3, 3, 3), np.float16)
+        },
         "text_encoder/model.safetensors": {"text_model.final_layer_norm.weight": np.zeros(768, np.float32)},
     }
     for rel, weights in tensors.items():
@@ -744,7 +801,12 @@ def test_model_facts_of_a_diffusers_folder(toy):
     plan = planned_ok(toy)
     m = plan.model
     assert (m.source, m.resolved, m.path, m.family, m.prediction) == (
-        "diffusers", True, str(toy / "models" / "sd15"), "sd1", "epsilon")
+        "diffusers",
+        True,
+        str(toy / "models" / "sd15"),
+        "sd1",
+        "epsilon",
+    )
     assert m.params == params and m.identity.startswith("sha256:")
     assert {c.name: c.params for c in plan.precision.components} == params
     assert plan.origins["model.prediction"] == Origin(kind="derived", note="detected")
@@ -755,8 +817,10 @@ def test_changed_weights_change_the_identity_and_the_right_cache_keys(toy):
     write_spec(toy, model={"base": "models/sd15"})
     before = planned_ok(toy)
     unet = toy / "models" / "sd15" / "unet" / "diffusion_pytorch_model.safetensors"
-    save_file({"conv_in.weight": np.ones((8, 4, 3, 3), np.float32), "conv_in.bias": np.zeros(8, np.float32)},
-              str(unet))  # new UNet weights, same shapes
+    save_file(
+        {"conv_in.weight": np.ones((8, 4, 3, 3), np.float32), "conv_in.bias": np.zeros(8, np.float32)},
+        str(unet),
+    )  # new UNet weights, same shapes
     after = planned_ok(toy)
     assert after.model.identity != before.model.identity
     assert after.model.vae_identity == before.model.vae_identity  # the VAE did not change: latents stay valid
@@ -809,7 +873,9 @@ def test_builtin_model_plan(toy):
     write_spec(toy)
     m = planned_ok(toy).model
     assert (m.source, m.family, m.prediction, m.resolved) == ("builtin", "sd1", "epsilon", True)
-    assert Path(m.path).parent == toy / "cache" / "models" and not Path(m.path).exists()  # built by `dbspec run`
+    assert (
+        Path(m.path).parent == toy / "cache" / "models" and not Path(m.path).exists()
+    )  # built by `dbspec run`
     write_spec(toy, model={"base": "builtin:tiny-sd1", "prediction": "v_prediction"})
     assert codes(compile_in(toy)) == ["DBS312"]
 
@@ -825,7 +891,9 @@ def test_plan_is_deterministic_and_frozen(toy):
 def test_values_the_spec_gives_keep_their_spec_origin(toy):
     write_spec(toy, schedule={"steps": None, "epochs": 2}, precision={"mixed": "bf16"})
     origins = planned_ok(toy, GPU).origins
-    assert origins["schedule.epochs"] == Origin(kind="spec", where=f"spec.toml:{spec_line(toy, 'epochs = ')}:1")
+    assert origins["schedule.epochs"] == Origin(
+        kind="spec", where=f"spec.toml:{spec_line(toy, 'epochs = ')}:1"
+    )
     assert origins["schedule.total_steps"] == Origin(kind="derived", note="epochs x steps per epoch")
     assert origins["precision.mixed"].kind == "spec"
     write_spec(toy, precision={"mixed": "bf16", "bf16_fallback": "fp16"})

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import SD15, SDXL, codes, diffusers, empty_hub_cache, fate, images, messages, plan_of, repeats, write  # noqa: F401
+from convert_kit import (
+    SD15,
+    SDXL,
+    codes,
+    diffusers,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    fate,
+    images,
+    messages,
+    plan_of,
+    repeats,
+    write,
+)
 
 
 def test_full_dreambooth_with_prior_preservation(tmp_path):
     images(tmp_path / "dog", 5, (640, 480))
     images(tmp_path / "class", 50, (512, 512), prefix="c")
-    write(tmp_path / "train.sh", f"""export MODEL_NAME="{SD15}"
+    write(
+        tmp_path / "train.sh",
+        f"""export MODEL_NAME="{SD15}"
 export INSTANCE_DIR="dog"
 accelerate launch train_dreambooth.py \\
   --pretrained_model_name_or_path=$MODEL_NAME --instance_data_dir=$INSTANCE_DIR \\
@@ -20,11 +34,14 @@ accelerate launch train_dreambooth.py \\
   --lr_warmup_steps=0 --num_class_images=50 --max_train_steps=400 --train_text_encoder \\
   --mixed_precision=fp16 --use_8bit_adam --offset_noise --center_crop --checkpointing_steps=100 \\
   --validation_prompt="a photo of sks dog in a bucket" --validation_steps=200 --seed=7
-""")
+""",
+    )
     outcome = diffusers(tmp_path, "train.sh")
     plan = plan_of(outcome, tmp_path)
     assert plan.schedule.batch_size == 2  # one instance + one class image per step
-    assert repeats(plan, 0) == [10] * 5  # 50 class images / 5 instance images: every class image once per epoch
+    assert (
+        repeats(plan, 0) == [10] * 5
+    )  # 50 class images / 5 instance images: every class image once per epoch
     assert repeats(plan, 1) == [1] * 50 and plan.datasets[1].generate is None
     assert [b.size for b in plan.buckets] == [(512, 512)] and plan.datasets[0].crop == "center"
     assert plan.datasets[0].images[0].resized == (683, 512)  # short side to 512, then the square crop
@@ -38,11 +55,14 @@ accelerate launch train_dreambooth.py \\
 
 def test_lora_sd15_epochs_and_validation_epochs(tmp_path):
     images(tmp_path / "toy", 6, (512, 512))
-    outcome = diffusers(tmp_path, f"""accelerate launch train_dreambooth_lora.py \
+    outcome = diffusers(
+        tmp_path,
+        f"""accelerate launch train_dreambooth_lora.py \
       --pretrained_model_name_or_path={SD15} --instance_data_dir=toy --instance_prompt="a sks toy" \
       --output_dir=lora --train_batch_size=2 --num_train_epochs=10 --validation_prompt="a sks toy" \
       --validation_epochs=5 --rank=8 --lora_dropout 0.05 --lr_scheduler cosine --lr_warmup_steps 3 \
-      --mixed_precision bf16 --scale_lr --gradient_accumulation_steps 2""")
+      --mixed_precision bf16 --scale_lr --gradient_accumulation_steps 2""",
+    )
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha, a.dropout) == ("lora", 8, 8.0, 0.05)
@@ -55,11 +75,14 @@ def test_lora_sd15_epochs_and_validation_epochs(tmp_path):
 
 def test_lora_sdxl_text_encoder_rate_and_flip(tmp_path):
     images(tmp_path / "cat", 4, (1024, 1024))
-    outcome = diffusers(tmp_path, f"""python train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path={SDXL} \
+    outcome = diffusers(
+        tmp_path,
+        f"""python train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path={SDXL} \
       --pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix --instance_data_dir=cat \
       --instance_prompt="a photo of sks cat" --train_text_encoder --text_encoder_lr 5e-6 --learning_rate 1e-4 \
       --random_flip --repeats 3 --train_batch_size 1 --max_train_steps 500 --output_kohya_format \
-      --checkpoints_total_limit 2 --mixed_precision bf16 --lr_scheduler constant""")
+      --checkpoints_total_limit 2 --mixed_precision bf16 --lr_scheduler constant""",
+    )
     plan = plan_of(outcome, tmp_path)
     assert plan.model.family == "sdxl" and plan.model.vae == "madebyollin/sdxl-vae-fp16-fix"
     assert (plan.optimizer.lr, plan.optimizer.text_encoder_lr) == (pytest.approx(1e-4), pytest.approx(5e-6))
@@ -71,16 +94,22 @@ def test_lora_sdxl_text_encoder_rate_and_flip(tmp_path):
 
 def test_prior_preservation_needs_class_data(tmp_path):
     images(tmp_path / "dog", 2)
-    outcome = diffusers(tmp_path, f"train_dreambooth.py --pretrained_model_name_or_path {SD15} "
-                        "--instance_data_dir dog --instance_prompt sks --with_prior_preservation")
+    outcome = diffusers(
+        tmp_path,
+        f"train_dreambooth.py --pretrained_model_name_or_path {SD15} "
+        "--instance_data_dir dog --instance_prompt sks --with_prior_preservation",
+    )
     assert outcome.exit_code == 1 and "class_data_dir" in messages(outcome, "DBS402")
 
 
 def test_warmup_longer_than_the_run_and_unknown_options(tmp_path):
     images(tmp_path / "dog", 2)
-    outcome = diffusers(tmp_path, f"train_dreambooth.py --pretrained_model_name_or_path {SD15} "
-                        "--instance_data_dir dog --instance_prompt sks --lr_scheduler linear --max_train_steps 300 "
-                        "--use_dora")
+    outcome = diffusers(
+        tmp_path,
+        f"train_dreambooth.py --pretrained_model_name_or_path {SD15} "
+        "--instance_data_dir dog --instance_prompt sks --lr_scheduler linear --max_train_steps 300 "
+        "--use_dora",
+    )
     assert outcome.exit_code == 1
     assert "not shorter than the 300-step run" in messages(outcome, "DBS403")
     assert fate(outcome, "use_dora") == "unsupported"  # not an option of train_dreambooth.py
@@ -88,8 +117,10 @@ def test_warmup_longer_than_the_run_and_unknown_options(tmp_path):
 
 def test_mixed_precision_from_accelerate_launch_and_missing(tmp_path):
     images(tmp_path / "dog", 2)
-    cmd = (f"accelerate launch --mixed_precision bf16 --num_processes 1 train_dreambooth.py "
-           f"--pretrained_model_name_or_path {SD15} --instance_data_dir dog --instance_prompt sks --max_train_steps 10")
+    cmd = (
+        f"accelerate launch --mixed_precision bf16 --num_processes 1 train_dreambooth.py "
+        f"--pretrained_model_name_or_path {SD15} --instance_data_dir dog --instance_prompt sks --max_train_steps 10"
+    )
     plan = plan_of(diffusers(tmp_path, cmd), tmp_path)
     assert plan.precision.mixed == "bf16"
     bare = diffusers(tmp_path, cmd.replace("--mixed_precision bf16 ", ""))

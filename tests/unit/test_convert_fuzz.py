@@ -18,9 +18,13 @@ from dbspec.convert.kohya.args import arg_table as kohya_table
 from dbspec.convert.simpletuner.convert import DEFAULTS as SIMPLETUNER_DEFAULTS
 from dbspec.frontend import check_spec
 
-TEXT = {"int": ["1", "0", "3", "500", "-1", "x"], "float": ["0.5", "1e-4", "0", "2", "-3"],
-        "str": ["x", "cosine", "ddim", "AdamW", "prodigy", "fp16", "wandb", "DDPMScheduler"],
-        "int_or_float": ["0.1", "10", "0", "5%"], "list": ["a=1", "weight_decay=0.1", "3"]}
+TEXT = {
+    "int": ["1", "0", "3", "500", "-1", "x"],
+    "float": ["0.5", "1e-4", "0", "2", "-3"],
+    "str": ["x", "cosine", "ddim", "AdamW", "prodigy", "fp16", "wandb", "DDPMScheduler"],
+    "int_or_float": ["0.1", "10", "0", "5%"],
+    "list": ["a=1", "weight_decay=0.1", "3"],
+}
 CASES = 25
 
 
@@ -55,22 +59,28 @@ def _written_specs_check(tmp_path, outcome) -> None:
 def test_random_kohya_command_lines(folders, script):
     rng = random.Random(script)
     table = kohya_table(script)
-    base = f"--pretrained_model_name_or_path={SDXL if 'sdxl' in script else SD15} --train_data_dir=train " \
-           f"--reg_data_dir=reg --resolution={1024 if 'sdxl' in script else 512} --network_module=networks.lora"
+    base = (
+        f"--pretrained_model_name_or_path={SDXL if 'sdxl' in script else SD15} --train_data_dir=train "
+        f"--reg_data_dir=reg --resolution={1024 if 'sdxl' in script else 512} --network_module=networks.lora"
+    )
     for _ in range(CASES):
         options = _options(rng, table, 6, skip=("config_file", "dataset_config", "output_config"))
         command = f"{script}.py {base} " + " ".join(f"'{o}'" for o in options)
         _written_specs_check(folders, kohya(folders, command=command, allow=rng.random() < 0.5))
 
 
-@pytest.mark.parametrize("script", ["train_dreambooth", "train_dreambooth_lora", "train_dreambooth_lora_sdxl"])
+@pytest.mark.parametrize(
+    "script", ["train_dreambooth", "train_dreambooth_lora", "train_dreambooth_lora_sdxl"]
+)
 def test_random_diffusers_command_lines(folders, script):
     rng = random.Random(script)
     table = diffusers_table(script)
     for _ in range(CASES):
         options = _options(rng, table, 6)
-        command = (f"{script}.py --pretrained_model_name_or_path={SD15} --instance_data_dir=train/5_sks "
-                   "--instance_prompt=sks " + " ".join(f"'{o}'" for o in options))
+        command = (
+            f"{script}.py --pretrained_model_name_or_path={SD15} --instance_data_dir=train/5_sks "
+            "--instance_prompt=sks " + " ".join(f"'{o}'" for o in options)
+        )
         _written_specs_check(folders, diffusers(folders, command, allow=rng.random() < 0.5))
 
 
@@ -86,27 +96,68 @@ def test_random_kohya_dataset_configs(folders):
     for _ in range(CASES):
         dataset = {k: sample(v) for k, v in rng.sample(sorted(ks.DATASET_KEYS.items()), 3)}
         dataset.setdefault("resolution", 512)
-        dataset["subsets"] = [{**{k: sample(v) for k, v in rng.sample(sorted(ks.subset_keys("dreambooth").items()), 3)},
-                               "image_dir": folder, "class_tokens": "sks"} for folder in ("train/5_sks", "reg/1_dog")]
+        dataset["subsets"] = [
+            {
+                **{k: sample(v) for k, v in rng.sample(sorted(ks.subset_keys("dreambooth").items()), 3)},
+                "image_dir": folder,
+                "class_tokens": "sks",
+            }
+            for folder in ("train/5_sks", "reg/1_dog")
+        ]
         write(folders / "d.json", json.dumps({"datasets": [dataset]}))
-        command = f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora " \
-                  "--dataset_config d.json"
+        command = (
+            f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora "
+            "--dataset_config d.json"
+        )
         _written_specs_check(folders, kohya(folders, command=command, allow=rng.random() < 0.5))
 
 
 def test_random_simpletuner_configs(folders):
     rng = random.Random(11)
-    pool = [None, 0, 1, -1, 0.5, "abc", "1e-4", True, "sdxl", "lora", "full", "cosine", "prodigy", "int8-quanto",
-            "bf16", "pixel"]
-    backend_values = {"instance_data_dir": ["train/5_sks", "reg/1_dog"], "caption_strategy": ["instanceprompt", "parquet"],
-                      "repeats": [0, 5, -2, "3", "x"], "resolution": [512, 1024, 500, "x"], "crop": [True, "False"],
-                      "crop_aspect": ["square", "preserve"], "crop_style": ["center", "face"],
-                      "is_regularisation_data": [True, False], "minimum_image_size": [64, "x"], "probability": [1, 0.5]}
+    pool = [
+        None,
+        0,
+        1,
+        -1,
+        0.5,
+        "abc",
+        "1e-4",
+        True,
+        "sdxl",
+        "lora",
+        "full",
+        "cosine",
+        "prodigy",
+        "int8-quanto",
+        "bf16",
+        "pixel",
+    ]
+    backend_values = {
+        "instance_data_dir": ["train/5_sks", "reg/1_dog"],
+        "caption_strategy": ["instanceprompt", "parquet"],
+        "repeats": [0, 5, -2, "3", "x"],
+        "resolution": [512, 1024, 500, "x"],
+        "crop": [True, "False"],
+        "crop_aspect": ["square", "preserve"],
+        "crop_style": ["center", "face"],
+        "is_regularisation_data": [True, False],
+        "minimum_image_size": [64, "x"],
+        "probability": [1, 0.5],
+    }
     for _ in range(CASES):
-        config = {"model_family": rng.choice(["sdxl", "sd1x", "legacy"]), "pretrained_model_name_or_path": SD15}
+        config = {
+            "model_family": rng.choice(["sdxl", "sd1x", "legacy"]),
+            "pretrained_model_name_or_path": SD15,
+        }
         config.update({k: rng.choice(pool) for k in rng.sample(sorted(SIMPLETUNER_DEFAULTS), 6)})
-        backends = [{"id": f"b{i}", "instance_prompt": "sks",
-                     **{k: rng.choice(v) for k, v in rng.sample(sorted(backend_values.items()), 6)}} for i in range(2)]
+        backends = [
+            {
+                "id": f"b{i}",
+                "instance_prompt": "sks",
+                **{k: rng.choice(v) for k, v in rng.sample(sorted(backend_values.items()), 6)},
+            }
+            for i in range(2)
+        ]
         write(folders / "c.json", json.dumps(config))
         write(folders / "b.json", json.dumps(backends))
         _written_specs_check(folders, simpletuner(folders, "c.json", "b.json", allow=rng.random() < 0.5))

@@ -10,7 +10,19 @@ from __future__ import annotations
 import pytest
 import tomli
 
-from convert_kit import SD15, SD21, SDXL, empty_hub_cache, fate, images, kohya, messages, plan_of, repeats, write  # noqa: F401
+from convert_kit import (
+    SD15,
+    SD21,
+    SDXL,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    fate,
+    images,
+    kohya,
+    messages,
+    plan_of,
+    repeats,
+    write,
+)
 from dbspec.compiler import buckets as bk
 
 KOHYA_512 = bk.bucket_list((512, 512), 256, 1024, 64)
@@ -19,12 +31,15 @@ KOHYA_512 = bk.bucket_list((512, 512), 256, 1024, 64)
 def test_train_db_folder_names_balance_reg_images_and_keep_the_schedule(tmp_path):
     images(tmp_path / "train" / "10_sks dog", 3, (768, 512))
     images(tmp_path / "reg" / "1_dog", 40, (512, 512), prefix="r")
-    write(tmp_path / "train.sh", f"""accelerate launch --num_cpu_threads_per_process 1 train_db.py \\
+    write(
+        tmp_path / "train.sh",
+        f"""accelerate launch --num_cpu_threads_per_process 1 train_db.py \\
   --pretrained_model_name_or_path="{SD15}" --train_data_dir=train --reg_data_dir=reg \\
   --output_dir=out --resolution=512 --enable_bucket --train_batch_size=1 --learning_rate=1e-6 \\
   --max_train_steps=1600 --lr_scheduler=cosine --lr_warmup_steps=0.1 --stop_text_encoder_training 400 \\
   --mixed_precision=fp16 --xformers --cache_latents --seed 42
-""")
+""",
+    )
     outcome = kohya(tmp_path, command="train.sh")
     plan = plan_of(outcome, tmp_path)
     assert plan.model.family == "sd1" and plan.model.prediction == "epsilon"
@@ -46,7 +61,9 @@ def test_train_db_folder_names_balance_reg_images_and_keep_the_schedule(tmp_path
 def test_dataset_config_inherits_general_and_beats_cli_dataset_flags(tmp_path):
     images(tmp_path / "img" / "woman", 4, (512, 768), caption="photo of ohwx woman", caption_ext=".txt")
     images(tmp_path / "img" / "reg", 10, (512, 512), prefix="r")
-    write(tmp_path / "data.toml", """
+    write(
+        tmp_path / "data.toml",
+        """
 [general]
 caption_extension = ".txt"
 enable_bucket = true
@@ -61,9 +78,13 @@ batch_size = 2
   image_dir = "img/reg"
   is_reg = true
   class_tokens = "woman"
-""")
-    write(tmp_path / "cmd.txt", f"train_db.py --pretrained_model_name_or_path {SD15} --dataset_config data.toml "
-          "--train_batch_size 8 --flip_aug --max_train_steps 100 --train_data_dir ignored")
+""",
+    )
+    write(
+        tmp_path / "cmd.txt",
+        f"train_db.py --pretrained_model_name_or_path {SD15} --dataset_config data.toml "
+        "--train_batch_size 8 --flip_aug --max_train_steps 100 --train_data_dir ignored",
+    )
     outcome = kohya(tmp_path, command="cmd.txt")
     plan = plan_of(outcome, tmp_path)
     assert plan.schedule.batch_size == 2  # the dataset config wins over --train_batch_size
@@ -71,13 +92,17 @@ batch_size = 2
     assert plan.datasets[1].images[0].caption == "woman"  # no caption file: class_tokens
     assert plan.datasets[0].flip and plan.datasets[1].flip  # --flip_aug is the fallback for every subset
     assert repeats(plan, 1) == [2] * 10  # 20 training samples: 10 reg images, a second loop adds one each
-    assert "DBS405" in {d.code for d in outcome.diagnostics}  # kohya ignores train_data_dir with a dataset config
+    assert "DBS405" in {
+        d.code for d in outcome.diagnostics
+    }  # kohya ignores train_data_dir with a dataset config
     assert fate(outcome, "train_batch_size") == "inert"  # every dataset sets its own batch_size
 
 
 def test_config_file_is_flattened_and_the_command_line_wins(tmp_path):
     images(tmp_path / "data" / "4_ohwx cat", 2, (640, 640))
-    write(tmp_path / "cfg.toml", f"""
+    write(
+        tmp_path / "cfg.toml",
+        f"""
 epoch = 10
 sdxl = false
 [model]
@@ -92,9 +117,13 @@ max_train_steps = 500
 optimizer_type = "Lion"
 [training.nested]
 lost = 1
-""")
-    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml",
-                    command="train_db.py --learning_rate=3e-6 --learning_rate 2e-6")
+""",
+    )
+    outcome = kohya(
+        tmp_path,
+        config_file=tmp_path / "cfg.toml",
+        command="train_db.py --learning_rate=3e-6 --learning_rate 2e-6",
+    )
     plan = plan_of(outcome, tmp_path)
     assert plan.optimizer.lr == pytest.approx(2e-6)  # CLI > config_file, and the last duplicate wins
     assert plan.schedule.total_steps == 500  # from the config file's [training] section
@@ -107,10 +136,13 @@ lost = 1
 
 def test_sd2_v_parameterization_clip_skip_and_epoch_run(tmp_path):
     images(tmp_path / "t" / "20_sks", 5, (768, 768))
-    outcome = kohya(tmp_path, command=f"""accelerate launch train_db.py --v2 --v_parameterization \
+    outcome = kohya(
+        tmp_path,
+        command=f"""accelerate launch train_db.py --v2 --v_parameterization \
         --pretrained_model_name_or_path={SD21} --train_data_dir=t --resolution 768 --clip_skip 2 \
         --max_train_epochs 4 --train_batch_size 2 --gradient_accumulation_steps 2 --lr_scheduler linear \
-        --lr_warmup_steps 0.25 --zero_terminal_snr --stop_text_encoder_training -1""")
+        --lr_warmup_steps 0.25 --zero_terminal_snr --stop_text_encoder_training -1""",
+    )
     plan = plan_of(outcome, tmp_path)
     assert (plan.model.family, plan.model.prediction, plan.model.clip_skip) == ("sd2", "v_prediction", 2)
     assert plan.loss.target == "v_prediction" and plan.loss.zero_terminal_snr
@@ -122,11 +154,14 @@ def test_sd2_v_parameterization_clip_skip_and_epoch_run(tmp_path):
 
 def test_sdxl_full_with_text_encoders_and_32_px_buckets(tmp_path):
     images(tmp_path / "d" / "2_zwx man", 2, (1344, 768))
-    outcome = kohya(tmp_path, command=f"""sdxl_train.py --pretrained_model_name_or_path {SDXL} --train_data_dir d \
+    outcome = kohya(
+        tmp_path,
+        command=f"""sdxl_train.py --pretrained_model_name_or_path {SDXL} --train_data_dir d \
         --resolution 1024,1024 --enable_bucket --bucket_reso_steps 32 --min_bucket_reso 512 --max_bucket_reso 2048 \
         --train_text_encoder --learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 1e-6 \
         --mixed_precision bf16 --full_bf16 --no_half_vae --max_train_steps 200 --optimizer_type adafactor \
-        --optimizer_args relative_step=False scale_parameter=False warmup_init=False""")
+        --optimizer_args relative_step=False scale_parameter=False warmup_init=False""",
+    )
     plan = plan_of(outcome, tmp_path)
     assert plan.model.family == "sdxl" and plan.train_text_encoder
     assert (plan.optimizer.lr, plan.optimizer.text_encoder_lr) == (pytest.approx(4e-6), pytest.approx(1e-6))
@@ -139,12 +174,15 @@ def test_sdxl_full_with_text_encoders_and_32_px_buckets(tmp_path):
 
 def test_sdxl_lora_unet_only_with_kohya_targets(tmp_path):
     images(tmp_path / "x" / "8_ohwx", 3, (1024, 1024))
-    outcome = kohya(tmp_path, command=f"""accelerate launch sdxl_train_network.py \
+    outcome = kohya(
+        tmp_path,
+        command=f"""accelerate launch sdxl_train_network.py \
         --pretrained_model_name_or_path={SDXL} --train_data_dir=x --resolution=1024 \
         --network_module=networks.lora --network_dim=32 --network_alpha=16 --network_train_unet_only \
         --cache_text_encoder_outputs --learning_rate=1e-4 --optimizer_type=AdamW8bit \
         --optimizer_args weight_decay=0.05 "betas=0.9,0.99" --max_train_steps=300 --save_every_n_steps=100 \
-        --save_precision=fp16 --mixed_precision=bf16 --fp8_base --output_dir={tmp_path}/lora-out""")
+        --save_precision=fp16 --mixed_precision=bf16 --fp8_base --output_dir={tmp_path}/lora-out""",
+    )
     plan = plan_of(outcome, tmp_path)
     assert plan.checkpoints.dir == f"{tmp_path}/lora-out"  # an absolute legacy path stays absolute
     assert f'dir = "{tmp_path}/lora-out"' in outcome.text
@@ -161,13 +199,19 @@ def test_sdxl_lora_unet_only_with_kohya_targets(tmp_path):
 
 def test_sd15_lora_defaults_epochs_and_epoch_intervals(tmp_path):
     images(tmp_path / "set" / "15_sks toy", 4, (512, 512))
-    write(tmp_path / "prompts.txt", "a photo of sks toy on a beach --n blurry --s 28 --l 6.5\n# a comment\n"
-          "sks toy in the snow --n blurry --s 28 --l 6.5\n")
-    outcome = kohya(tmp_path, command=f"""train_network.py --pretrained_model_name_or_path {SD15} \
+    write(
+        tmp_path / "prompts.txt",
+        "a photo of sks toy on a beach --n blurry --s 28 --l 6.5\n# a comment\n"
+        "sks toy in the snow --n blurry --s 28 --l 6.5\n",
+    )
+    outcome = kohya(
+        tmp_path,
+        command=f"""train_network.py --pretrained_model_name_or_path {SD15} \
         --train_data_dir set --resolution 512 --network_module networks.lora --unet_lr 1e-4 \
         --text_encoder_lr 5e-5 --max_train_epochs 6 --save_every_n_epochs 2 --train_batch_size 3 \
         --sample_prompts prompts.txt --sample_every_n_epochs 3 --sample_sampler euler_a --lr_scheduler \
-        cosine_with_restarts --lr_scheduler_num_cycles 3 --lr_warmup_steps 10 --logging_dir logs""")
+        cosine_with_restarts --lr_scheduler_num_cycles 3 --lr_warmup_steps 10 --logging_dir logs""",
+    )
     plan = plan_of(outcome, tmp_path)
     assert (plan.adapter.rank, plan.adapter.alpha) == (4, 1.0)  # networks.lora dim 4, kohya's alpha 1
     assert plan.train_text_encoder  # kohya trains text-encoder LoRA unless --network_train_unet_only
@@ -177,15 +221,23 @@ def test_sd15_lora_defaults_epochs_and_epoch_intervals(tmp_path):
     assert tuple(plan.checkpoints.steps) == (40, 80, 120)
     assert tuple(plan.validation.steps) == (60, 120) and plan.validation.scheduler == "euler_a"
     v = plan.validation
-    assert (v.prompts[1], v.negative_prompt, v.inference_steps, v.guidance) == ("sks toy in the snow", "blurry", 28, 6.5)
+    assert (v.prompts[1], v.negative_prompt, v.inference_steps, v.guidance) == (
+        "sks toy in the snow",
+        "blurry",
+        28,
+        6.5,
+    )
     assert plan.logging.tensorboard
 
 
 def test_bucket_no_upscale_places_images_as_kohya(tmp_path):
     images(tmp_path / "d" / "1_a", 1, (300, 200), prefix="small")
     images(tmp_path / "d" / "1_a", 1, (1920, 1080), prefix="wide")
-    outcome = kohya(tmp_path, command=f"train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir d "
-                    "--resolution 512 --enable_bucket --bucket_no_upscale --min_bucket_reso 320")
+    outcome = kohya(
+        tmp_path,
+        command=f"train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir d "
+        "--resolution 512 --enable_bucket --bucket_no_upscale --min_bucket_reso 320",
+    )
     plan = plan_of(outcome, tmp_path)
     buckets = {img.rel: img.bucket for img in plan.datasets[0].images}
     assert buckets == {"small000.png": (256, 192), "wide000.png": (640, 384)}  # kohya.md's verified examples
@@ -194,8 +246,11 @@ def test_bucket_no_upscale_places_images_as_kohya(tmp_path):
 
 def test_buckets_off_with_cached_latents_is_a_square_bucket(tmp_path):
     images(tmp_path / "d" / "3_b", 2, (768, 512))
-    outcome = kohya(tmp_path, command=f"train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir d "
-                    "--resolution 512 --cache_latents")
+    outcome = kohya(
+        tmp_path,
+        command=f"train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir d "
+        "--resolution 512 --cache_latents",
+    )
     plan = plan_of(outcome, tmp_path)
     img = plan.datasets[0].images[0]
     assert (img.bucket, img.resized) == ((512, 512), (768, 512))
@@ -205,29 +260,44 @@ def test_buckets_off_with_cached_latents_is_a_square_bucket(tmp_path):
 def test_masked_loss_with_conditioning_folders(tmp_path):
     images(tmp_path / "img", 2, (512, 512))
     images(tmp_path / "mask", 2, (512, 512), mode="RGB")
-    write(tmp_path / "d.toml", """[[datasets]]
+    write(
+        tmp_path / "d.toml",
+        """[[datasets]]
 resolution = 512
   [[datasets.subsets]]
   image_dir = "img"
   conditioning_data_dir = "mask"
   caption_extension = ".txt"
   num_repeats = 3
-""")
+""",
+    )
     for i in range(2):
         write(tmp_path / "img" / f"img{i:03d}.txt", "ohwx bag")
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml",
-                    command=f"train_db.py --pretrained_model_name_or_path {SD15} --masked_loss")
+    outcome = kohya(
+        tmp_path,
+        dataset_config=tmp_path / "d.toml",
+        command=f"train_db.py --pretrained_model_name_or_path {SD15} --masked_loss",
+    )
     plan = plan_of(outcome, tmp_path)
     assert plan.loss.masked and plan.datasets[0].mask_source == "folder"
     assert plan.datasets[0].images[0].mask.endswith("mask/img000.png")
-    assert fate(outcome, "datasets[0].subsets[0].conditioning_data_dir") == "differs"  # mask-area normalisation
+    assert (
+        fate(outcome, "datasets[0].subsets[0].conditioning_data_dir") == "differs"
+    )  # mask-area normalisation
 
 
 def test_alpha_mask_subsets(tmp_path):
     images(tmp_path / "rgba", 2, (512, 512), mode="RGBA")
-    write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "rgba"\n'
-          'class_tokens = "ohwx mug"\nalpha_mask = true\n')
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"train_db.py --pretrained_model_name_or_path {SD15}")
+    write(
+        tmp_path / "d.toml",
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "rgba"\n'
+        'class_tokens = "ohwx mug"\nalpha_mask = true\n',
+    )
+    outcome = kohya(
+        tmp_path,
+        dataset_config=tmp_path / "d.toml",
+        command=f"train_db.py --pretrained_model_name_or_path {SD15}",
+    )
     plan = plan_of(outcome, tmp_path)
     assert plan.datasets[0].mask_source == "alpha" and plan.loss.masked
 
@@ -235,9 +305,12 @@ def test_alpha_mask_subsets(tmp_path):
 def test_prior_weight_min_snr_and_noise_offset_with_mixed_batches(tmp_path):
     images(tmp_path / "t" / "5_ohwx", 2, (512, 512))
     images(tmp_path / "r" / "1_person", 10, (512, 512), prefix="r")
-    outcome = kohya(tmp_path, command=f"""train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir t \
+    outcome = kohya(
+        tmp_path,
+        command=f"""train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir t \
         --reg_data_dir r --resolution 512 --train_batch_size 2 --prior_loss_weight 0.5 --min_snr_gamma 5 \
-        --noise_offset 0.05 --loss_type l1 --max_grad_norm 0""")
+        --noise_offset 0.05 --loss_type l1 --max_grad_norm 0""",
+    )
     plan = plan_of(outcome, tmp_path)
     loss = plan.loss
     assert (loss.kind, loss.prior_weight, loss.min_snr_gamma, loss.noise_offset) == ("l1", 0.5, 5.0, 0.05)
@@ -251,7 +324,9 @@ def test_per_dataset_reg_balance_is_reported_when_it_differs(tmp_path):
     images(tmp_path / "a", 2, (512, 512))
     images(tmp_path / "b", 4, (512, 512), prefix="b")
     images(tmp_path / "reg", 20, (512, 512), prefix="r")
-    write(tmp_path / "d.toml", """[general]
+    write(
+        tmp_path / "d.toml",
+        """[general]
 resolution = 512
 class_tokens = "ohwx"
 [[datasets]]
@@ -263,8 +338,13 @@ class_tokens = "ohwx"
 [[datasets]]
   [[datasets.subsets]]
   image_dir = "b"
-""")
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"train_db.py --pretrained_model_name_or_path {SD15}")
+""",
+    )
+    outcome = kohya(
+        tmp_path,
+        dataset_config=tmp_path / "d.toml",
+        command=f"train_db.py --pretrained_model_name_or_path {SD15}",
+    )
     plan = plan_of(outcome, tmp_path)
     # kohya balances the reg images against dataset 0's 2 samples; dbspec against all 6
     assert sum(repeats(plan, 1)) == 6
@@ -274,7 +354,9 @@ class_tokens = "ohwx"
 def test_a_dataset_with_only_reg_images_trains_none_of_them(tmp_path):
     images(tmp_path / "a", 3, (512, 512))
     images(tmp_path / "reg", 5, (512, 512), prefix="r")
-    write(tmp_path / "d.toml", """[general]
+    write(
+        tmp_path / "d.toml",
+        """[general]
 resolution = 512
 class_tokens = "ohwx"
 [[datasets]]
@@ -284,19 +366,30 @@ class_tokens = "ohwx"
   [[datasets.subsets]]
   image_dir = "reg"
   is_reg = true
-""")
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"train_db.py --pretrained_model_name_or_path {SD15}")
+""",
+    )
+    outcome = kohya(
+        tmp_path,
+        dataset_config=tmp_path / "d.toml",
+        command=f"train_db.py --pretrained_model_name_or_path {SD15}",
+    )
     plan = plan_of(outcome, tmp_path)
     assert [d.role for d in plan.datasets] == ["instance"] and plan.loss.prior == "none"
 
 
 def test_windows_paths_survive_and_compile_once_mapped(tmp_path):
     win = r"C:\data\10_sks dog"
-    write(tmp_path / "d.toml", f"[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = '{win}'\n"
-          "class_tokens = 'sks dog'\nnum_repeats = 10\n")
-    bat = write(tmp_path / "run.bat", f"@echo off\nset MODEL={SD15}\naccelerate launch train_db.py ^\n"
-                '  --pretrained_model_name_or_path="%MODEL%" ^\n  --dataset_config="d.toml" ^\n'
-                '  --output_dir="C:\\out\\run 1" --max_train_steps 50\n')
+    write(
+        tmp_path / "d.toml",
+        f"[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = '{win}'\n"
+        "class_tokens = 'sks dog'\nnum_repeats = 10\n",
+    )
+    bat = write(
+        tmp_path / "run.bat",
+        f"@echo off\nset MODEL={SD15}\naccelerate launch train_db.py ^\n"
+        '  --pretrained_model_name_or_path="%MODEL%" ^\n  --dataset_config="d.toml" ^\n'
+        '  --output_dir="C:\\out\\run 1" --max_train_steps 50\n',
+    )
     outcome = kohya(tmp_path, command=str(bat))
     spec = tomli.loads(outcome.text)
     assert spec["datasets"][0]["path"] == win and spec["output"]["dir"] == r"C:\out\run 1"

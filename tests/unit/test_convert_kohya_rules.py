@@ -4,15 +4,31 @@ without the inexpressible settings and still compiles."""
 
 from __future__ import annotations
 
-from convert_kit import SD15, codes, empty_hub_cache, errors, fate, images, kohya, messages, out_path, plan_of, repeats, write  # noqa: F401
+from convert_kit import (
+    SD15,
+    codes,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    out_path,
+    plan_of,
+    repeats,
+    write,
+)
 
 BASE = f"train_db.py --pretrained_model_name_or_path {SD15}"
 
 
 def test_is_reg_with_conditioning_data_dir_states_kohyas_rule(tmp_path):
     images(tmp_path / "img", 1, (512, 512))
-    write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "img"\n'
-          'conditioning_data_dir = "mask"\nis_reg = true\n')
+    write(
+        tmp_path / "d.toml",
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "img"\n'
+        'conditioning_data_dir = "mask"\nis_reg = true\n',
+    )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --masked_loss")
     assert outcome.exit_code == 1 and not outcome.written and not out_path(tmp_path).exists()
     text = messages(outcome, "DBS402")
@@ -21,24 +37,29 @@ def test_is_reg_with_conditioning_data_dir_states_kohyas_rule(tmp_path):
 
 def test_conditioning_data_dir_without_masked_loss_is_rejected(tmp_path):
     images(tmp_path / "img", 1, (512, 512))
-    write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "img"\n'
-          'conditioning_data_dir = "mask"\n')
+    write(
+        tmp_path / "d.toml",
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "img"\n'
+        'conditioning_data_dir = "mask"\n',
+    )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=BASE)
     assert outcome.exit_code == 1 and "needs --masked_loss" in messages(outcome, "DBS402")
 
 
 def test_bucket_reso_steps_must_divide_by_64_for_train_db(tmp_path):
     images(tmp_path / "d" / "1_a", 1, (512, 512))
-    outcome = kohya(tmp_path, command=f"{BASE} --train_data_dir d --resolution 512 --enable_bucket "
-                    "--bucket_reso_steps 32")
+    outcome = kohya(
+        tmp_path, command=f"{BASE} --train_data_dir d --resolution 512 --enable_bucket --bucket_reso_steps 32"
+    )
     assert outcome.exit_code == 1
     assert "bucket_reso_steps % 64 == 0" in messages(outcome, "DBS402")
 
 
 def test_resolution_outside_the_bucket_range_is_kohyas_assert(tmp_path):
     images(tmp_path / "d" / "1_a", 1, (512, 512))
-    outcome = kohya(tmp_path, command=f"{BASE} --train_data_dir d --resolution 512 --enable_bucket "
-                    "--min_bucket_reso 640")
+    outcome = kohya(
+        tmp_path, command=f"{BASE} --train_data_dir d --resolution 512 --enable_bucket --min_bucket_reso 640"
+    )
     assert outcome.exit_code == 1 and "min(resolution) >= min_bucket_reso" in messages(outcome, "DBS402")
 
 
@@ -50,10 +71,15 @@ def test_warmup_with_the_constant_schedule_is_rejected_as_kohya_does(tmp_path):
 
 def test_wrong_types_in_dataset_config_and_config_file(tmp_path):
     images(tmp_path / "img", 1, (512, 512))
-    write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\nvalidation_split = 0\n[[datasets.subsets]]\n'
-          'image_dir = "img"\nflip_aug = 1\nnum_repetas = 3\n')
-    write(tmp_path / "c.toml", 'resolution = 512\n')
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", config_file=tmp_path / "c.toml", command=BASE)
+    write(
+        tmp_path / "d.toml",
+        "[[datasets]]\nresolution = 512\nvalidation_split = 0\n[[datasets.subsets]]\n"
+        'image_dir = "img"\nflip_aug = 1\nnum_repetas = 3\n',
+    )
+    write(tmp_path / "c.toml", "resolution = 512\n")
+    outcome = kohya(
+        tmp_path, dataset_config=tmp_path / "d.toml", config_file=tmp_path / "c.toml", command=BASE
+    )
     text = messages(outcome, "DBS402")
     assert "expected bool" in text and "expected float" in text and "extra keys not allowed" in text
     assert 'must be a string such as "512"' in text
@@ -61,12 +87,16 @@ def test_wrong_types_in_dataset_config_and_config_file(tmp_path):
 
 def test_unsupported_settings_stop_the_conversion_unless_allowed(tmp_path):
     images(tmp_path / "d" / "5_ohwx", 2, (512, 512))
-    cmd = (f"{BASE} --train_data_dir d --resolution 512 --shuffle_caption --color_aug --multires_noise_iterations 6 "
-           "--optimizer_type SGDNesterov --loss_type huber")
+    cmd = (
+        f"{BASE} --train_data_dir d --resolution 512 --shuffle_caption --color_aug --multires_noise_iterations 6 "
+        "--optimizer_type SGDNesterov --loss_type huber"
+    )
     strict = kohya(tmp_path, command=cmd)
     assert strict.exit_code == 1 and not strict.written
-    assert {fate(strict, k) for k in ("shuffle_caption", "color_aug", "multires_noise_iterations",
-                                      "optimizer_type", "loss_type")} == {"unsupported"}
+    assert {
+        fate(strict, k)
+        for k in ("shuffle_caption", "color_aug", "multires_noise_iterations", "optimizer_type", "loss_type")
+    } == {"unsupported"}
     allowed = kohya(tmp_path, command=cmd, allow=True)
     assert allowed.exit_code == 0 and "DBS403" in codes(allowed)
     plan = plan_of(allowed, tmp_path)
@@ -92,8 +122,11 @@ def test_missing_captions_without_class_tokens_cannot_train(tmp_path):
 
 def test_exif_rotation_and_text_encoder_stop_are_reported(tmp_path):
     images(tmp_path / "d" / "2_ohwx", 2, (640, 480), orientation=6)
-    outcome = kohya(tmp_path, command=f"{BASE} --train_data_dir d --resolution 512 --enable_bucket "
-                    "--max_train_steps 300 --stop_text_encoder_training 0 --learning_rate_te 1e-7")
+    outcome = kohya(
+        tmp_path,
+        command=f"{BASE} --train_data_dir d --resolution 512 --enable_bucket "
+        "--max_train_steps 300 --stop_text_encoder_training 0 --learning_rate_te 1e-7",
+    )
     plan = plan_of(outcome, tmp_path)
     assert "EXIF rotation" in messages(outcome, "DBS404")
     assert plan.datasets[0].images[0].size == (480, 640)  # dbspec trains the upright image
@@ -103,8 +136,11 @@ def test_exif_rotation_and_text_encoder_stop_are_reported(tmp_path):
 
 def test_unknown_options_and_type_errors_on_the_command_line(tmp_path):
     images(tmp_path / "d" / "1_a", 1, (512, 512))
-    outcome = kohya(tmp_path, command=f"{BASE} --train_data_dir d --resolution 512 --max_train_steps ten "
-                    "--mixed_precision fp32 --not_an_option 3")
+    outcome = kohya(
+        tmp_path,
+        command=f"{BASE} --train_data_dir d --resolution 512 --max_train_steps ten "
+        "--mixed_precision fp32 --not_an_option 3",
+    )
     assert outcome.exit_code == 1
     assert "invalid int value: 'ten'" in messages(outcome, "DBS402")
     assert "invalid choice 'fp32'" in messages(outcome, "DBS402")
@@ -113,24 +149,44 @@ def test_unknown_options_and_type_errors_on_the_command_line(tmp_path):
 
 def test_every_given_key_is_in_the_report(tmp_path):
     images(tmp_path / "img", 2, (512, 512))
-    write(tmp_path / "d.toml", '[general]\nflip_aug = false\ncache_info = true\n[[datasets]]\nresolution = 512\n'
-          'validation_seed = 3\n[[datasets.subsets]]\nimage_dir = "img"\nclass_tokens = "sks"\nkeep_tokens = 2\n')
+    write(
+        tmp_path / "d.toml",
+        "[general]\nflip_aug = false\ncache_info = true\n[[datasets]]\nresolution = 512\n"
+        'validation_seed = 3\n[[datasets.subsets]]\nimage_dir = "img"\nclass_tokens = "sks"\nkeep_tokens = 2\n',
+    )
     write(tmp_path / "c.toml", '[x]\nhighvram = true\nlog_prefix = "a"\nsave_state = true\n')
     cmd = f"{BASE} --dataset_config d.toml --config_file c --xformers --seed 1 --sample_sampler euler"
     outcome = kohya(tmp_path, command=cmd)
     assert outcome.exit_code == 0, errors(outcome)
     keys = set(outcome.conversion.reports)
-    assert {"general.flip_aug", "general.cache_info", "datasets[0].validation_seed", "datasets[0].resolution",
-            "datasets[0].subsets[0].image_dir", "datasets[0].subsets[0].class_tokens",
-            "datasets[0].subsets[0].keep_tokens", "highvram", "log_prefix", "save_state", "xformers", "seed",
-            "sample_sampler", "config_file", "dataset_config", "pretrained_model_name_or_path"} <= keys
+    assert {
+        "general.flip_aug",
+        "general.cache_info",
+        "datasets[0].validation_seed",
+        "datasets[0].resolution",
+        "datasets[0].subsets[0].image_dir",
+        "datasets[0].subsets[0].class_tokens",
+        "datasets[0].subsets[0].keep_tokens",
+        "highvram",
+        "log_prefix",
+        "save_state",
+        "xformers",
+        "seed",
+        "sample_sampler",
+        "config_file",
+        "dataset_config",
+        "pretrained_model_name_or_path",
+    } <= keys
 
 
 def test_config_file_scalar_text_encoder_lr_and_script_option(tmp_path):
     images(tmp_path / "d" / "2_ohwx", 2, (512, 512))
-    write(tmp_path / "c.toml", f'[model]\npretrained_model_name_or_path = "{SD15}"\n[net]\nnetwork_module = '
-          '"networks.lora"\nnetwork_dim = 8\ntext_encoder_lr = 5e-5\nlearning_rate = 1e-4\nresolution = "512"\n'
-          'train_data_dir = "d"\nmax_train_steps = 40\n')
+    write(
+        tmp_path / "c.toml",
+        f'[model]\npretrained_model_name_or_path = "{SD15}"\n[net]\nnetwork_module = '
+        '"networks.lora"\nnetwork_dim = 8\ntext_encoder_lr = 5e-5\nlearning_rate = 1e-4\nresolution = "512"\n'
+        'train_data_dir = "d"\nmax_train_steps = 40\n',
+    )
     outcome = kohya(tmp_path, config_file=tmp_path / "c.toml", script="train_network")
     plan = plan_of(outcome, tmp_path)
     assert (plan.adapter.rank, plan.optimizer.lr, plan.optimizer.text_encoder_lr) == (8, 1e-4, 5e-5)

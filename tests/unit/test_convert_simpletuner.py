@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 
-from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, messages, plan_of, repeats, simpletuner, write  # noqa: F401
+from convert_kit import (
+    SD15,
+    SDXL,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    fate,
+    images,
+    messages,
+    plan_of,
+    repeats,
+    simpletuner,
+    write,
+)
 
 
 def _files(tmp_path, config: dict, backends: list) -> None:
@@ -15,26 +26,72 @@ def _files(tmp_path, config: dict, backends: list) -> None:
 def test_sdxl_lora_dreambooth_with_regularisation(tmp_path):
     images(tmp_path / "data" / "subject", 3, (1216, 832))
     images(tmp_path / "data" / "reg", 8, (1024, 1024), prefix="r")
-    _files(tmp_path, {
-        "--model_type": "lora", "--model_family": "sdxl", "--pretrained_model_name_or_path": SDXL,
-        "--output_dir": "output/models", "--lora_rank": 16, "--learning_rate": "1e-4", "--optimizer": "optimi-lion",
-        "--lr_scheduler": "polynomial", "--lr_warmup_steps": 100, "--max_train_steps": 2000,
-        "--train_batch_size": 1, "--base_model_precision": "int8-quanto", "--mixed_precision": "bf16",
-        "--noise_offset": 0.0, "--checkpointing_steps": 500, "--validation_prompt": "a photo of sks man",
-        "--validation_steps": 500, "--validation_guidance": 5.0, "--seed": 3,
-        "--data_backend_config": "config/multidatabackend.json"}, [
-        {"id": "subject", "type": "local", "instance_data_dir": "data/subject", "caption_strategy": "instanceprompt",
-         "instance_prompt": "a photo of sks man", "repeats": 9, "crop": False, "resolution": 1024,
-         "resolution_type": "pixel_area", "cache_dir_vae": "cache/vae/subject"},
-        {"id": "reg", "type": "local", "instance_data_dir": "data/reg", "caption_strategy": "instanceprompt",
-         "instance_prompt": "a photo of a man", "repeats": 0, "resolution": 1024, "resolution_type": "pixel_area",
-         "is_regularisation_data": True},
-        {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "c"}])
+    _files(
+        tmp_path,
+        {
+            "--model_type": "lora",
+            "--model_family": "sdxl",
+            "--pretrained_model_name_or_path": SDXL,
+            "--output_dir": "output/models",
+            "--lora_rank": 16,
+            "--learning_rate": "1e-4",
+            "--optimizer": "optimi-lion",
+            "--lr_scheduler": "polynomial",
+            "--lr_warmup_steps": 100,
+            "--max_train_steps": 2000,
+            "--train_batch_size": 1,
+            "--base_model_precision": "int8-quanto",
+            "--mixed_precision": "bf16",
+            "--noise_offset": 0.0,
+            "--checkpointing_steps": 500,
+            "--validation_prompt": "a photo of sks man",
+            "--validation_steps": 500,
+            "--validation_guidance": 5.0,
+            "--seed": 3,
+            "--data_backend_config": "config/multidatabackend.json",
+        },
+        [
+            {
+                "id": "subject",
+                "type": "local",
+                "instance_data_dir": "data/subject",
+                "caption_strategy": "instanceprompt",
+                "instance_prompt": "a photo of sks man",
+                "repeats": 9,
+                "crop": False,
+                "resolution": 1024,
+                "resolution_type": "pixel_area",
+                "cache_dir_vae": "cache/vae/subject",
+            },
+            {
+                "id": "reg",
+                "type": "local",
+                "instance_data_dir": "data/reg",
+                "caption_strategy": "instanceprompt",
+                "instance_prompt": "a photo of a man",
+                "repeats": 0,
+                "resolution": 1024,
+                "resolution_type": "pixel_area",
+                "is_regularisation_data": True,
+            },
+            {
+                "id": "text-embeds",
+                "type": "local",
+                "dataset_type": "text_embeds",
+                "default": True,
+                "cache_dir": "c",
+            },
+        ],
+    )
     outcome = simpletuner(tmp_path, "config/config.json", None)
     plan = plan_of(outcome, tmp_path)
     assert plan.model.family == "sdxl" and (plan.adapter.rank, plan.adapter.dropout) == (16, 0.1)
     assert repeats(plan, 0) == [10] * 3 and repeats(plan, 1) == [1] * 8  # repeats + 1; no balancing
-    assert (plan.loss.prior, plan.schedule.total_steps, plan.schedule.warmup_steps) == ("base_model", 2000, 100)
+    assert (plan.loss.prior, plan.schedule.total_steps, plan.schedule.warmup_steps) == (
+        "base_model",
+        2000,
+        100,
+    )
     assert plan.optimizer.kind == "lion" and plan.optimizer.max_grad_norm == 2.0  # SimpleTuner's default
     assert any(c.quantized == "int8" for c in plan.precision.components)
     assert plan.validation.guidance == 5.0 and tuple(plan.validation.steps) == (500, 1000, 1500, 2000)
@@ -44,14 +101,41 @@ def test_sdxl_lora_dreambooth_with_regularisation(tmp_path):
 def test_square_crops_captions_from_files_and_masks(tmp_path):
     images(tmp_path / "img", 2, (640, 480), caption="ohwx shoe", caption_ext=".txt")
     images(tmp_path / "masks", 2, (640, 480))
-    _files(tmp_path, {"model_family": "sd1x", "model_type": "full", "pretrained_model_name_or_path": SD15,
-                      "learning_rate": 2e-6, "lr_scheduler": "constant", "num_train_epochs": 3,
-                      "train_batch_size": 2, "optimizer": "bnb-adamw8bit", "noise_offset": 0.05,
-                      "noise_offset_probability": 1.0, "snr_gamma": 5}, [
-        {"id": "shoes", "instance_data_dir": "img", "caption_strategy": "textfile", "crop": True,
-         "crop_aspect": "square", "crop_style": "center", "resolution": 512, "resolution_type": "pixel_area",
-         "conditioning_data": "shoe-masks"},
-        {"id": "shoe-masks", "dataset_type": "conditioning", "conditioning_type": "mask", "instance_data_dir": "masks"}])
+    _files(
+        tmp_path,
+        {
+            "model_family": "sd1x",
+            "model_type": "full",
+            "pretrained_model_name_or_path": SD15,
+            "learning_rate": 2e-6,
+            "lr_scheduler": "constant",
+            "num_train_epochs": 3,
+            "train_batch_size": 2,
+            "optimizer": "bnb-adamw8bit",
+            "noise_offset": 0.05,
+            "noise_offset_probability": 1.0,
+            "snr_gamma": 5,
+        },
+        [
+            {
+                "id": "shoes",
+                "instance_data_dir": "img",
+                "caption_strategy": "textfile",
+                "crop": True,
+                "crop_aspect": "square",
+                "crop_style": "center",
+                "resolution": 512,
+                "resolution_type": "pixel_area",
+                "conditioning_data": "shoe-masks",
+            },
+            {
+                "id": "shoe-masks",
+                "dataset_type": "conditioning",
+                "conditioning_type": "mask",
+                "instance_data_dir": "masks",
+            },
+        ],
+    )
     outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
     plan = plan_of(outcome, tmp_path)
     assert [b.size for b in plan.buckets] == [(512, 512)] and plan.datasets[0].crop == "center"
@@ -62,18 +146,44 @@ def test_square_crops_captions_from_files_and_masks(tmp_path):
 
 def test_pixel_resolution_partial_noise_offset_and_lycoris_are_unsupported(tmp_path):
     images(tmp_path / "img", 2)
-    _files(tmp_path, {"model_family": "sdxl", "pretrained_model_name_or_path": SDXL, "lora_type": "lycoris",
-                      "noise_offset": 0.1, "lr_scheduler": "sine", "some_new_option": 3}, [
-        {"id": "a", "instance_data_dir": "img", "resolution": 1024, "resolution_type": "pixel",
-         "probability": 0.5}])
+    _files(
+        tmp_path,
+        {
+            "model_family": "sdxl",
+            "pretrained_model_name_or_path": SDXL,
+            "lora_type": "lycoris",
+            "noise_offset": 0.1,
+            "lr_scheduler": "sine",
+            "some_new_option": 3,
+        },
+        [
+            {
+                "id": "a",
+                "instance_data_dir": "img",
+                "resolution": 1024,
+                "resolution_type": "pixel",
+                "probability": 0.5,
+            }
+        ],
+    )
     outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
     assert outcome.exit_code == 1 and not outcome.written
-    for key in ("lora_type", "noise_offset", "lr_scheduler", "some_new_option", "backends[a].resolution_type",
-                "backends[a].probability"):
+    for key in (
+        "lora_type",
+        "noise_offset",
+        "lr_scheduler",
+        "some_new_option",
+        "backends[a].resolution_type",
+        "backends[a].probability",
+    ):
         assert fate(outcome, key) == "unsupported", key
 
 
 def test_flux_is_not_convertible(tmp_path):
-    _files(tmp_path, {"model_family": "flux", "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev"}, [])
+    _files(
+        tmp_path,
+        {"model_family": "flux", "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev"},
+        [],
+    )
     outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
     assert outcome.exit_code == 1 and "SD 1.x, SD 2.x and SDXL" in messages(outcome, "DBS403")

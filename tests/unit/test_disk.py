@@ -42,15 +42,19 @@ def shm(tmp_path: Path):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_spec(folder: Path, *, output: Path | str = "out", cache: Path | str = "cache", steps: int = 10) -> Path:
+def write_spec(
+    folder: Path, *, output: Path | str = "out", cache: Path | str = "cache", steps: int = 10
+) -> Path:
     """Three 64x64 images and a full fine-tune of the built-in tiny model, checkpointing every step."""
     (folder / "imgs").mkdir(exist_ok=True)
     for i in range(3):
         Image.new("RGB", (64, 64), (i, 0, 0)).save(folder / "imgs" / f"{i}.png")
     spec = folder / "spec.toml"
-    spec.write_text('spec_version = 1\n[model]\nbase = "builtin:tiny-sd1"\n[[datasets]]\nname = "a"\npath = "imgs"\n'
-                    f'prompt = "x"\nresolution = 64\n[buckets]\nstep = 16\n[schedule]\nsteps = {steps}\n'
-                    f'[checkpoints]\nevery = 1\nkeep = 0\n[output]\ndir = "{output}"\n[cache]\ndir = "{cache}"\n')
+    spec.write_text(
+        'spec_version = 1\n[model]\nbase = "builtin:tiny-sd1"\n[[datasets]]\nname = "a"\npath = "imgs"\n'
+        f'prompt = "x"\nresolution = 64\n[buckets]\nstep = 16\n[schedule]\nsteps = {steps}\n'
+        f'[checkpoints]\nevery = 1\nkeep = 0\n[output]\ndir = "{output}"\n[cache]\ndir = "{cache}"\n'
+    )
     return spec
 
 
@@ -86,7 +90,10 @@ def test_the_warning_names_the_output_folder_the_bytes_needed_and_free(tmp_path,
     (warning,) = disk_warnings(plan_spec(spec, HERE))
     assert warning.severity == "warning" and warning.path == "output.dir"
     assert f"`{shm.resolve()}` has" in warning.message  # the nearest existing folder of output.dir
-    assert "to output.dir (checkpoints and final weights)" in warning.message and "cache.dir" not in warning.message
+    assert (
+        "to output.dir (checkpoints and final weights)" in warning.message
+        and "cache.dir" not in warning.message
+    )
     assert "GiB free" in warning.message
     assert "lower checkpoints.keep" in warning.help
 

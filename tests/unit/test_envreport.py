@@ -40,9 +40,16 @@ def test_report_without_torch_says_what_still_works():
 
 
 def test_text_lists_cuda_devices_and_warnings():
-    facts = {"installed": True, "version": "2.13.0+cu130", "build": "CUDA 13.0", "cuda_available": True,
-             "cuda_devices": [{"index": 0, "name": "NVIDIA H200", "memory_gib": 139.8, "capability": "9.0"}],
-             "mps_available": False, "bf16": "supported on cuda:0", "cpu_capability": "AVX2"}
+    facts = {
+        "installed": True,
+        "version": "2.13.0+cu130",
+        "build": "CUDA 13.0",
+        "cuda_available": True,
+        "cuda_devices": [{"index": 0, "name": "NVIDIA H200", "memory_gib": 139.8, "capability": "9.0"}],
+        "mps_available": False,
+        "bf16": "supported on cuda:0",
+        "cpu_capability": "AVX2",
+    }
     data = report(facts)
     data["warnings"] = [{"when": PEFT_GATE, "effect": "E", "fix": "F"}]
     text = render_text(data)

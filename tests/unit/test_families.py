@@ -38,8 +38,11 @@ ALLOWED = {
 
 def _family_literals(path: Path) -> list[int]:
     names = set(FAMILIES)
-    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+    ]
 
 
 def _code_files() -> list[Path]:
@@ -49,8 +52,10 @@ def _code_files() -> list[Path]:
 def test_family_names_only_in_the_registry_and_the_allow_list():
     naming = {str(p.relative_to(ROOT)): lines for p in _code_files() if (lines := _family_literals(p))}
     unexpected = {f"{path}:{lines}" for path, lines in naming.items() if path not in HOME | set(ALLOWED)}
-    assert not unexpected, ("these files test a family name; ask dbspec.families instead (or add the place to "
-                            f"ALLOWED with its reason): {sorted(unexpected)}")
+    assert not unexpected, (
+        "these files test a family name; ask dbspec.families instead (or add the place to "
+        f"ALLOWED with its reason): {sorted(unexpected)}"
+    )
     stale = set(ALLOWED) - set(naming)
     assert not stale, f"no family name left in {sorted(stale)}: delete their ALLOWED lines"
 
@@ -59,7 +64,11 @@ def test_the_family_type_is_declared_once():
     declared = []
     for path in _code_files():
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Literal":
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "Literal"
+            ):
                 values = {e.value for e in ast.walk(node.slice) if isinstance(e, ast.Constant)}
                 if values & set(FAMILIES):
                     declared.append(str(path.relative_to(ROOT)))

@@ -30,7 +30,8 @@ def test_reference_is_current():
 def test_error_codes_doc_is_current():
     committed = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
     assert committed == errors_markdown(), (
-        f"docs/errors.md is stale (edit dbspec/codes.py, not the file): run `{REGENERATE_ERRORS}`")
+        f"docs/errors.md is stale (edit dbspec/codes.py, not the file): run `{REGENERATE_ERRORS}`"
+    )
 
 
 def test_schema_is_valid_draft_2020_12():

@@ -20,10 +20,24 @@ from dbspec.compiler.images import ScanResult, scan_folder
 KEY = "datasets[0].path"
 
 
-def scan(folder: Path, *, cache_dir: Path | None = None, recursive: bool = False, on_bad: str = "error",
-         min_size: int = 1, max_pixels: int | None = None) -> ScanResult:
-    return scan_folder(folder, recursive=recursive, min_size=min_size, on_bad=on_bad, cache_dir=cache_dir,
-                       key_path=KEY, max_pixels=max_pixels)
+def scan(
+    folder: Path,
+    *,
+    cache_dir: Path | None = None,
+    recursive: bool = False,
+    on_bad: str = "error",
+    min_size: int = 1,
+    max_pixels: int | None = None,
+) -> ScanResult:
+    return scan_folder(
+        folder,
+        recursive=recursive,
+        min_size=min_size,
+        on_bad=on_bad,
+        cache_dir=cache_dir,
+        key_path=KEY,
+        max_pixels=max_pixels,
+    )
 
 
 def encode(im: Image.Image, fmt: str, **params) -> bytes:
@@ -122,12 +136,28 @@ def test_files_dbspec_does_not_read_are_listed_but_not_sidecars_hidden_files_or_
         write(tmp_path / name, b"sidecar or hidden")
     write(tmp_path / "sub" / "f.gif", encode(rgb(), "GIF"))
     write(tmp_path / "sub.old.png" / "g.png", encode(rgb(), "PNG"))  # a folder with an image's name
-    flat = scan_folder(tmp_path, recursive=False, min_size=1, on_bad="error", cache_dir=None, key_path=KEY,
-                       sidecars=(".txt", ".caption", ".json", ".npz", ".toml", ".tags"))
+    flat = scan_folder(
+        tmp_path,
+        recursive=False,
+        min_size=1,
+        on_bad="error",
+        cache_dir=None,
+        key_path=KEY,
+        sidecars=(".txt", ".caption", ".json", ".npz", ".toml", ".tags"),
+    )
     assert flat.unusable == ("README", "b.gif", "c.TIFF", "d.heic", "e.avif", "notes.md")
     assert [i.rel for i in flat.images] == ["a.png"] and flat.diagnostics == ()
     deep = scan(tmp_path, recursive=True)  # the default sidecars: a.tags is not one
-    assert deep.unusable == ("README", "a.tags", "b.gif", "c.TIFF", "d.heic", "e.avif", "notes.md", "sub/f.gif")
+    assert deep.unusable == (
+        "README",
+        "a.tags",
+        "b.gif",
+        "c.TIFF",
+        "d.heic",
+        "e.avif",
+        "notes.md",
+        "sub/f.gif",
+    )
     assert [i.rel for i in deep.images] == ["a.png", "sub.old.png/g.png"]
 
 
@@ -144,12 +174,18 @@ def test_animated_png_and_webp_count_their_frames_cold_and_warm(tmp_path):
     write(folder / "still.png", apng(1))
     mpo = write(folder / "photo.jpg", encode(rgb(), "MPO", save_all=True, append_images=[rgb()]))
     with Image.open(mpo) as im:
-        assert im.n_frames == 2  # a camera's multi-picture JPEG (a preview or a second view): not an animation
+        assert (
+            im.n_frames == 2
+        )  # a camera's multi-picture JPEG (a preview or a second view): not an animation
     cold = scan(folder, cache_dir=tmp_path / "cache")
     warm = scan(folder, cache_dir=tmp_path / "cache")
     assert warm.cache_misses == 0 and warm.images == cold.images
-    assert {i.rel: i.frames for i in warm.images} == {"moving.png": 3, "moving.webp": 4, "photo.jpg": 1,
-                                                      "still.png": 1}
+    assert {i.rel: i.frames for i in warm.images} == {
+        "moving.png": 3,
+        "moving.webp": 4,
+        "photo.jpg": 1,
+        "still.png": 1,
+    }
     assert cold.diagnostics == ()  # animations train (their first frame); the compiler warns
 
 
@@ -208,8 +244,11 @@ def truncated_jpeg() -> bytes:
 def png_header_claiming(width: int, height: int) -> bytes:
     """A well-formed PNG whose header claims width x height pixels, with no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"")) + png_chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b""))
+        + png_chunk(b"IEND", b"")
     )
 
 

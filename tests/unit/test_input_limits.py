@@ -97,7 +97,8 @@ def test_deep_values_get_one_positioned_diagnostic(tmp_path, depth):
 
 def test_at_the_depth_limit_later_errors_keep_their_positions(tmp_path):
     text = SPEC.replace("every = 30\nprompts", f"every = {nested(MAX_DEPTH - 1)}\nprompts").replace(
-        "steps = 60", 'steps = "60"')
+        "steps = 60", 'steps = "60"'
+    )
     found = {d.path: d for d in check(tmp_path, text)}
     assert set(found) == {"validation.every", "schedule.steps"}
     assert found["validation.every"].code == "DBS101" and "[[[" in found["validation.every"].message
@@ -128,7 +129,9 @@ def test_header_and_key_parts_add_up(tmp_path):
 
 def test_brackets_in_strings_and_comments_do_not_count(tmp_path):
     deep = nested(100)
-    text = SPEC.replace('prompts = ["a photo', f'# {deep}\nprompts = ["{deep}", \'{deep}\', """\n{deep}""", "a photo')
+    text = SPEC.replace(
+        'prompts = ["a photo', f'# {deep}\nprompts = ["{deep}", \'{deep}\', """\n{deep}""", "a photo'
+    )
     text += 'inline = { "k[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" = 1,\n  "l[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" = 2 }\n'
     assert [d.code for d in check(tmp_path, text)] == ["DBS102"]  # `inline` is unknown; nothing is too deep
 
@@ -192,8 +195,10 @@ def test_a_base_too_long_for_a_file_name(tmp_path):
 
 
 def test_any_os_error_on_a_spec_path_names_the_key(tmp_path):
-    planned = plan(tmp_path, SPEC.replace('base = "builtin:tiny-sd1"', 'base = "builtin:tiny-sd1"\nvae = "'
-                                          + "v" * 300 + '"'))
+    planned = plan(
+        tmp_path,
+        SPEC.replace('base = "builtin:tiny-sd1"', 'base = "builtin:tiny-sd1"\nvae = "' + "v" * 300 + '"'),
+    )
     d = only(list(planned.diagnostics), "DBS309")
     assert d.path == "model.vae" and "vvvv" in d.message and "too long" in d.message
     assert d.span.line == line_of(SPEC, "base =") + 1
@@ -210,8 +215,10 @@ def test_an_unreadable_model_folder(tmp_path, monkeypatch):
     (tmp_path / "model").mkdir()
     monkeypatch.setattr(Path, "is_dir", refuse)
     planned = plan(tmp_path, SPEC.replace('"builtin:tiny-sd1"', '"model"'))
-    assert any(d.code == "DBS310" and d.path == "model.base" and "Permission denied" in d.message
-               for d in planned.diagnostics)
+    assert any(
+        d.code == "DBS310" and d.path == "model.base" and "Permission denied" in d.message
+        for d in planned.diagnostics
+    )
 
 
 # --- run length: the plan's size does not grow with it -------------------------------------------------------
@@ -275,4 +282,6 @@ def test_unbalanced_or_stringly_deep_headers(tmp_path):
     with pytest.raises(ModelFileError, match="nests"):
         read_safetensors(unbalanced)
     metadata = json.dumps({"__metadata__": {"ss_tags": "[" * 5000 + "{" * 100}}).encode()
-    assert read_safetensors(safetensors_file(tmp_path / "m.safetensors", metadata)).metadata["ss_tags"][0] == "["
+    assert (
+        read_safetensors(safetensors_file(tmp_path / "m.safetensors", metadata)).metadata["ss_tags"][0] == "["
+    )

@@ -23,8 +23,19 @@ def comp(name, dtype, trainable="frozen", params=0, quantized="none"):
 
 
 def estimate(**overrides):
-    args = dict(optimizer="adamw", momentum=0.0, batch_size=1, max_bucket=(512, 512), family="sd1",
-                gradient_checkpointing=True, mixed="bf16", ema=False, ema_offload=False, teacher=(), available=0)
+    args = dict(
+        optimizer="adamw",
+        momentum=0.0,
+        batch_size=1,
+        max_bucket=(512, 512),
+        family="sd1",
+        gradient_checkpointing=True,
+        mixed="bf16",
+        ema=False,
+        ema_offload=False,
+        teacher=(),
+        available=0,
+    )
     args.update(overrides)
     return estimate_memory(**args)
 
@@ -71,13 +82,29 @@ def attention_shapes(blocks, depth, context_dim) -> dict[str, tuple[int, int]]:
 
 
 SD15_ATTENTIONS = attention_shapes(
-    [("down_blocks.0", 320, 2), ("down_blocks.1", 640, 2), ("down_blocks.2", 1280, 2), ("mid_block", 1280, 1),
-     ("up_blocks.1", 1280, 3), ("up_blocks.2", 640, 3), ("up_blocks.3", 320, 3)],
-    depth={320: 1, 640: 1, 1280: 1}, context_dim=768)
+    [
+        ("down_blocks.0", 320, 2),
+        ("down_blocks.1", 640, 2),
+        ("down_blocks.2", 1280, 2),
+        ("mid_block", 1280, 1),
+        ("up_blocks.1", 1280, 3),
+        ("up_blocks.2", 640, 3),
+        ("up_blocks.3", 320, 3),
+    ],
+    depth={320: 1, 640: 1, 1280: 1},
+    context_dim=768,
+)
 SDXL_ATTENTIONS = attention_shapes(
-    [("down_blocks.1", 640, 2), ("down_blocks.2", 1280, 2), ("mid_block", 1280, 1), ("up_blocks.0", 1280, 3),
-     ("up_blocks.1", 640, 3)],
-    depth={640: 2, 1280: 10}, context_dim=2048)
+    [
+        ("down_blocks.1", 640, 2),
+        ("down_blocks.2", 1280, 2),
+        ("mid_block", 1280, 1),
+        ("up_blocks.0", 1280, 3),
+        ("up_blocks.1", 640, 3),
+    ],
+    depth={640: 2, 1280: 10},
+    context_dim=2048,
+)
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -93,10 +120,19 @@ def test_lora_count_matches_the_published_sd15_attention_lora():
 
 
 def test_full_finetune_by_hand():
-    components = (comp("unet", "fp32", "full", 1_000_000), comp("text_encoder", "bf16", params=500_000),
-                  comp("vae", "fp32", params=100_000))
-    plan = estimate(components=components, trainable_params={"unet": 1_000_000}, batch_size=2, ema=True,
-                    teacher=("unet",), available=0)
+    components = (
+        comp("unet", "fp32", "full", 1_000_000),
+        comp("text_encoder", "bf16", params=500_000),
+        comp("vae", "fp32", params=100_000),
+    )
+    plan = estimate(
+        components=components,
+        trainable_params={"unet": 1_000_000},
+        batch_size=2,
+        ema=True,
+        teacher=("unet",),
+        available=0,
+    )
     assert plan.weights == 4_000_000 + 1_000_000 + 400_000
     assert plan.gradients == 4_000_000  # fp32 master gradients
     assert plan.optimizer == 8_000_000  # AdamW: two fp32 moments
@@ -104,17 +140,28 @@ def test_full_finetune_by_hand():
     assert plan.teacher == 2_000_000  # a bf16 copy of the trained UNet
     per_pixel = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sd1"][1]
     assert plan.activations == 2 * 64 * 64 * per_pixel  # checkpointed: no autocast weight copies kept
-    subtotal = 4_000_000 + 1_000_000 + 400_000 + 4_000_000 + 8_000_000 + 4_000_000 + 2_000_000 + plan.activations
+    subtotal = (
+        4_000_000 + 1_000_000 + 400_000 + 4_000_000 + 8_000_000 + 4_000_000 + 2_000_000 + plan.activations
+    )
     assert plan.total == subtotal + int(subtotal * 0.10) + GIB // 2
     assert plan.available == 0 and plan.fits
     assert any("unknown" in note for note in plan.notes)
 
 
 def test_lora_quantized_by_hand():
-    components = (comp("unet", "bf16", "lora", 1_000_000, quantized="int8"),
-                  comp("text_encoder", "bf16", params=200_000), comp("vae", "fp32", params=100_000))
-    plan = estimate(components=components, trainable_params={"lora": 10_000}, optimizer="adamw8bit",
-                    max_bucket=(1024, 1024), family="sdxl", available=8 * GIB)
+    components = (
+        comp("unet", "bf16", "lora", 1_000_000, quantized="int8"),
+        comp("text_encoder", "bf16", params=200_000),
+        comp("vae", "fp32", params=100_000),
+    )
+    plan = estimate(
+        components=components,
+        trainable_params={"lora": 10_000},
+        optimizer="adamw8bit",
+        max_bucket=(1024, 1024),
+        family="sdxl",
+        available=8 * GIB,
+    )
     # int8: 99% of the UNet at 1.01 bytes (weight + scales), 1% (norms, biases) stays bf16
     unet = int(1_000_000 * (0.99 * 1.01 + 0.01 * 2))
     assert plan.weights == unet + 400_000 + 400_000 + 10_000 * 4  # adapters in fp32
@@ -126,13 +173,25 @@ def test_lora_quantized_by_hand():
     assert any("int8" in note for note in plan.notes)
 
 
-@pytest.mark.parametrize(("optimizer", "momentum", "per_param"), [
-    ("adamw", 0.0, 8), ("adamw8bit", 0.0, 2), ("adafactor", 0.0, 4), ("sgd", 0.0, 0), ("sgd", 0.9, 4),
-    ("prodigy", 0.0, 16), ("lion", 0.0, 4),
-])
+@pytest.mark.parametrize(
+    ("optimizer", "momentum", "per_param"),
+    [
+        ("adamw", 0.0, 8),
+        ("adamw8bit", 0.0, 2),
+        ("adafactor", 0.0, 4),
+        ("sgd", 0.0, 0),
+        ("sgd", 0.9, 4),
+        ("prodigy", 0.0, 16),
+        ("lion", 0.0, 4),
+    ],
+)
 def test_optimizer_state(optimizer, momentum, per_param):
-    plan = estimate(components=(comp("unet", "fp32", "full", 1000),), trainable_params={"unet": 1000},
-                    optimizer=optimizer, momentum=momentum)
+    plan = estimate(
+        components=(comp("unet", "fp32", "full", 1000),),
+        trainable_params={"unet": 1000},
+        optimizer=optimizer,
+        momentum=momentum,
+    )
     assert plan.optimizer == 1000 * per_param
 
 
@@ -159,10 +218,18 @@ def test_activation_terms():
     latent = 64 * 96
     assert activation_bytes(**base, gradient_checkpointing=False) == latent * plain
     assert activation_bytes(**base, gradient_checkpointing=True) == latent * checkpointed
-    assert activation_bytes(**base, gradient_checkpointing=True, autocast_weight_params=1000) == latent * checkpointed
+    assert (
+        activation_bytes(**base, gradient_checkpointing=True, autocast_weight_params=1000)
+        == latent * checkpointed
+    )
     # without checkpointing, autocast's bf16 copies of fp32 weights stay alive for the backward pass
-    assert activation_bytes(**base, gradient_checkpointing=False, autocast_weight_params=1000) == latent * plain + 2000
-    fp32 = activation_bytes(**{**base, "mixed": "no"}, gradient_checkpointing=True, autocast_weight_params=1000)
+    assert (
+        activation_bytes(**base, gradient_checkpointing=False, autocast_weight_params=1000)
+        == latent * plain + 2000
+    )
+    fp32 = activation_bytes(
+        **{**base, "mixed": "no"}, gradient_checkpointing=True, autocast_weight_params=1000
+    )
     assert fp32 == int(latent * checkpointed * 1.7)
     with_text = activation_bytes(**base, gradient_checkpointing=True, text_encoders=("text_encoder",))
     assert with_text > latent * checkpointed
@@ -186,11 +253,18 @@ def test_bad_inputs_raise():
 
 
 def test_trained_text_encoder_adds_its_share():
-    unet_only = (comp("unet", "fp32", "full", SD15["unet"]), comp("text_encoder", "bf16", params=SD15["text_encoder"]))
-    with_text = (comp("unet", "fp32", "full", SD15["unet"]),
-                 comp("text_encoder", "fp32", "full", SD15["text_encoder"]))
+    unet_only = (
+        comp("unet", "fp32", "full", SD15["unet"]),
+        comp("text_encoder", "bf16", params=SD15["text_encoder"]),
+    )
+    with_text = (
+        comp("unet", "fp32", "full", SD15["unet"]),
+        comp("text_encoder", "fp32", "full", SD15["text_encoder"]),
+    )
     a = estimate(components=unet_only, trainable_params={"unet": SD15["unet"]})
-    b = estimate(components=with_text, trainable_params={"unet": SD15["unet"], "text_encoder": SD15["text_encoder"]})
+    b = estimate(
+        components=with_text, trainable_params={"unet": SD15["unet"], "text_encoder": SD15["text_encoder"]}
+    )
     assert b.gradients - a.gradients == SD15["text_encoder"] * 4
     assert b.weights - a.weights == SD15["text_encoder"] * 2  # bf16 -> fp32
     assert b.activations > a.activations
@@ -201,19 +275,25 @@ def test_trained_text_encoder_adds_its_share():
 
 def sd15_full(mixed: str) -> tuple[ComponentPlan, ...]:
     held = "fp32" if mixed == "no" else mixed
-    return (comp("unet", "fp32", "full", SD15["unet"]), comp("text_encoder", held, params=SD15["text_encoder"]),
-            comp("vae", held, params=SD15["vae"]))
+    return (
+        comp("unet", "fp32", "full", SD15["unet"]),
+        comp("text_encoder", held, params=SD15["text_encoder"]),
+        comp("vae", held, params=SD15["vae"]),
+    )
 
 
 def test_sd15_full_8bit_adam_checkpointing_matches_the_diffusers_figures():
     # diffusers examples/dreambooth: a 16 GB GPU trains SD1.x at 512 px, batch 1, with 8-bit Adam and
     # checkpointing (accelerate's default config: no mixed precision); 12 GB adds memory-efficient attention,
     # which dbspec always uses (SDPA); 8 GB needs DeepSpeed offload.
-    plan = estimate(components=sd15_full("no"), trainable_params={"unet": SD15["unet"]}, optimizer="adamw8bit",
-                    mixed="no")
+    plan = estimate(
+        components=sd15_full("no"), trainable_params={"unet": SD15["unet"]}, optimizer="adamw8bit", mixed="no"
+    )
     assert 8 * GIB < plan.total <= 12 * GIB
     # The same run in bf16 (dbspec's default on a GPU) needs a little less.
-    bf16 = estimate(components=sd15_full("bf16"), trainable_params={"unet": SD15["unet"]}, optimizer="adamw8bit")
+    bf16 = estimate(
+        components=sd15_full("bf16"), trainable_params={"unet": SD15["unet"]}, optimizer="adamw8bit"
+    )
     assert 8 * GIB < bf16.total < plan.total
 
 
@@ -223,15 +303,23 @@ def test_sd15_full_matches_shivam_t4_table():
     unet = (comp("unet", "fp32", "full", SD15["unet"]),)
     cases = [(1, "adamw8bit", 9.92), (2, "adamw8bit", 10.4), (1, "adamw", 15.79)]
     for batch_size, optimizer, published in cases:
-        plan = estimate(components=unet, trainable_params={"unet": SD15["unet"]}, optimizer=optimizer,
-                        batch_size=batch_size, mixed="fp16")
+        plan = estimate(
+            components=unet,
+            trainable_params={"unet": SD15["unet"]},
+            optimizer=optimizer,
+            batch_size=batch_size,
+            mixed="fp16",
+        )
         assert abs(plan.total / GIB - published) / published < 0.10, (batch_size, optimizer, plan.total / GIB)
 
 
 def sdxl_lora(quantized: str) -> tuple[ComponentPlan, ...]:
-    return (comp("unet", "bf16", "lora", SDXL["unet"], quantized=quantized),
-            comp("text_encoder", "bf16", params=SDXL["text_encoder"]),
-            comp("text_encoder_2", "bf16", params=SDXL["text_encoder_2"]), comp("vae", "fp32", params=SDXL["vae"]))
+    return (
+        comp("unet", "bf16", "lora", SDXL["unet"], quantized=quantized),
+        comp("text_encoder", "bf16", params=SDXL["text_encoder"]),
+        comp("text_encoder_2", "bf16", params=SDXL["text_encoder_2"]),
+        comp("vae", "fp32", params=SDXL["vae"]),
+    )
 
 
 SDXL_RANK16_ATTENTION_LORA = lora_param_count(SDXL_ATTENTIONS, ATTENTION_TARGETS, 16)  # 23.2M
@@ -239,16 +327,27 @@ SDXL_RANK16_ATTENTION_LORA = lora_param_count(SDXL_ATTENTIONS, ATTENTION_TARGETS
 
 def test_sdxl_lora_int8_checkpointing_fits_16_gb():
     # diffusers README_sdxl: SDXL DreamBooth LoRA fits < 16 GB with checkpointing and 8-bit Adam.
-    plan = estimate(components=sdxl_lora("int8"), trainable_params={"lora": SDXL_RANK16_ATTENTION_LORA},
-                    optimizer="adamw8bit", max_bucket=(1024, 1024), family="sdxl", available=16 * GIB)
+    plan = estimate(
+        components=sdxl_lora("int8"),
+        trainable_params={"lora": SDXL_RANK16_ATTENTION_LORA},
+        optimizer="adamw8bit",
+        max_bucket=(1024, 1024),
+        family="sdxl",
+        available=16 * GIB,
+    )
     assert plan.total < 16 * GIB and plan.fits
 
 
 def test_sdxl_lora_bf16_matches_kohya():
     # kohya docs/train_SDXL-en.md: SDXL LoRA needs 8 GB (10 GB recommended), text encoder outputs cached.
     unet_and_vae = (comp("unet", "bf16", "lora", SDXL["unet"]), comp("vae", "fp32", params=SDXL["vae"]))
-    plan = estimate(components=unet_and_vae, trainable_params={"lora": SDXL_RANK16_ATTENTION_LORA},
-                    optimizer="adamw8bit", max_bucket=(1024, 1024), family="sdxl")
+    plan = estimate(
+        components=unet_and_vae,
+        trainable_params={"lora": SDXL_RANK16_ATTENTION_LORA},
+        optimizer="adamw8bit",
+        max_bucket=(1024, 1024),
+        family="sdxl",
+    )
     assert 6 * GIB < plan.total < 10 * GIB
 
 
@@ -256,6 +355,12 @@ def test_sdxl_full_finetune_does_not_fit_24_gb_with_fp32_master_weights():
     # kohya's 24 GB SDXL full fine-tune holds bf16 weights and fuses the optimizer into backward (no gradient
     # buffer); with fp32 master weights, gradients and 8-bit Adam the same run needs ~30 GB.
     components = (comp("unet", "fp32", "full", SDXL["unet"]), comp("vae", "fp32", params=SDXL["vae"]))
-    plan = estimate(components=components, trainable_params={"unet": SDXL["unet"]}, optimizer="adamw8bit",
-                    max_bucket=(1024, 1024), family="sdxl", available=24 * GIB)
+    plan = estimate(
+        components=components,
+        trainable_params={"unet": SDXL["unet"]},
+        optimizer="adamw8bit",
+        max_bucket=(1024, 1024),
+        family="sdxl",
+        available=24 * GIB,
+    )
     assert not plan.fits and plan.total < 40 * GIB

@@ -76,12 +76,20 @@ def prefixed(prefix: str, tensors: Tensors) -> Tensors:
     return {prefix + n: v for n, v in tensors.items()}
 
 
-def pipeline_folder(root: Path, pipeline: str, components: list[str], unet_config: dict, scheduler: dict) -> Path:
-    index = {"_class_name": pipeline, "_diffusers_version": "0.30.0", "scheduler": ["diffusers", "PNDMScheduler"]}
+def pipeline_folder(
+    root: Path, pipeline: str, components: list[str], unet_config: dict, scheduler: dict
+) -> Path:
+    index = {
+        "_class_name": pipeline,
+        "_diffusers_version": "0.30.0",
+        "scheduler": ["diffusers", "PNDMScheduler"],
+    }
     index |= {c: ["diffusers", "Whatever"] for c in components}
     index |= {"safety_checker": [None, None], "tokenizer": ["transformers", "CLIPTokenizer"]}
     write_json(root / "model_index.json", index)
-    write_json(root / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", "in_channels": 4} | unet_config)
+    write_json(
+        root / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", "in_channels": 4} | unet_config
+    )
     write_json(root / "scheduler" / "scheduler_config.json", {"_class_name": "PNDMScheduler"} | scheduler)
     for c in components[1:]:
         write_json(root / c / "config.json", {"_class_name": c})
@@ -89,7 +97,9 @@ def pipeline_folder(root: Path, pipeline: str, components: list[str], unet_confi
 
 
 def sd1_folder(root: Path) -> Path:
-    pipeline_folder(root, "StableDiffusionPipeline", ["unet", "text_encoder", "vae"], {"cross_attention_dim": 768}, {})
+    pipeline_folder(
+        root, "StableDiffusionPipeline", ["unet", "text_encoder", "vae"], {"cross_attention_dim": 768}, {}
+    )
     write_safetensors(root / "unet" / "diffusion_pytorch_model.safetensors", SD1_UNET)
     write_safetensors(root / "text_encoder" / "model.safetensors", CLIP_L)
     write_safetensors(root / "vae" / "diffusion_pytorch_model.safetensors", VAE)
@@ -99,12 +109,21 @@ def sd1_folder(root: Path) -> Path:
 def test_diffusers_sd1_folder_relative_to_spec_dir(tmp_path):
     sd1_folder(tmp_path / "models" / "sd15")
     facts = inspect_model("models/sd15", tmp_path)
-    assert (facts.source, facts.family, facts.prediction, facts.resolved) == ("diffusers", "sd1", "epsilon", True)
+    assert (facts.source, facts.family, facts.prediction, facts.resolved) == (
+        "diffusers",
+        "sd1",
+        "epsilon",
+        True,
+    )
     assert facts.path == str(tmp_path / "models" / "sd15")
     assert facts.params == {"unet": SD1_UNET_PARAMS, "text_encoder": CLIP_L_PARAMS, "vae": VAE_PARAMS}
     assert facts.dtypes == {"unet": "F32", "text_encoder": "F32", "vae": "F32"}
     assert facts.variant == "" and facts.notes == ()
-    assert facts.identity.startswith("sha256:") and set(facts.component_ids) == {"unet", "text_encoder", "vae"}
+    assert facts.identity.startswith("sha256:") and set(facts.component_ids) == {
+        "unet",
+        "text_encoder",
+        "vae",
+    }
 
 
 def test_diffusers_sd2_v_prediction_fp16_variant_and_pickled_vae(tmp_path):
@@ -112,7 +131,10 @@ def test_diffusers_sd2_v_prediction_fp16_variant_and_pickled_vae(tmp_path):
         tmp_path / "sd21", "StableDiffusionPipeline", ["unet", "text_encoder", "vae"],
         {"cross_attention_dim": 1024}, {"prediction_type": "v_prediction"},
     )  # fmt: skip
-    unet = {**SD1_UNET, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": ("F32", (320, 1024))}
+    unet = {
+        **SD1_UNET,
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": ("F32", (320, 1024)),
+    }
     write_safetensors(root / "unet" / "diffusion_pytorch_model.fp16.safetensors", as_dtype(unet, "F16"))
     write_safetensors(root / "text_encoder" / "model.fp16.safetensors", as_dtype(CLIP_L, "F16"))
     (root / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"pickle, never opened")
@@ -129,7 +151,10 @@ def test_diffusers_sdxl_two_text_encoders_and_sharded_unet(tmp_path):
         tmp_path / "sdxl", "StableDiffusionXLPipeline", ["unet", "text_encoder", "text_encoder_2", "vae"],
         {"cross_attention_dim": 2048, "addition_embed_type": "text_time"}, {"prediction_type": "epsilon"},
     )  # fmt: skip
-    shard_1 = {"conv_in.weight": ("F16", (320, 4, 3, 3)), "add_embedding.linear_1.weight": ("F16", (1280, 2816))}
+    shard_1 = {
+        "conv_in.weight": ("F16", (320, 4, 3, 3)),
+        "add_embedding.linear_1.weight": ("F16", (1280, 2816)),
+    }
     shard_2 = {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": ("F16", (640, 2048))}
     name_1, name_2 = (f"diffusion_pytorch_model-0000{i}-of-00002.safetensors" for i in (1, 2))
     write_safetensors(root / "unet" / name_1, shard_1)
@@ -207,10 +232,15 @@ def sd2_single_file(path: Path, metadata: dict | None = None) -> Path:
     open_clip_h = {
         "cond_stage_model.model.token_embedding.weight": ("F16", (49408, 1024)),  # 50593792
         "cond_stage_model.model.positional_embedding": ("F16", (77, 1024)),  # 78848
-        "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": ("F16", (3072, 1024)),  # 3145728
+        "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": (
+            "F16",
+            (3072, 1024),
+        ),  # 3145728
         "cond_stage_model.model.logit_scale": ("F16", ()),  # 1
     }
-    unet = {"model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": ("F16", (320, 1024))}
+    unet = {
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": ("F16", (320, 1024))
+    }
     return write_safetensors(path, {**LDM_UNET, **unet, **open_clip_h, **LDM_VAE, **BUFFERS}, metadata)
 
 
@@ -350,7 +380,9 @@ def test_missing_shard_is_reported(tmp_path):
     (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     index = {"weight_map": {"conv_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"}}
     write_json(root / "unet" / "diffusion_pytorch_model.safetensors.index.json", index)
-    with pytest.raises(ModelFileError, match="shard diffusion_pytorch_model-00001-of-00002.safetensors is missing"):
+    with pytest.raises(
+        ModelFileError, match="shard diffusion_pytorch_model-00001-of-00002.safetensors is missing"
+    ):
         inspect_model(str(root), tmp_path)
 
 

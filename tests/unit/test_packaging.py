@@ -16,11 +16,15 @@ def test_every_listed_package_has_its_folder_and_package_data_exists():
     folders = setuptools["package-dir"]
     for package in setuptools["packages"]:
         top = next(name for name in sorted(folders, key=len, reverse=True) if package.startswith(name))
-        folder = ROOT / folders[top] / Path(*package[len(top):].strip(".").split(".") if package != top else ())
+        folder = (
+            ROOT / folders[top] / Path(*package[len(top) :].strip(".").split(".") if package != top else ())
+        )
         assert (folder / "__init__.py").is_file(), package
     for package, patterns in setuptools.get("package-data", {}).items():
         for pattern in patterns:
-            assert list((ROOT / folders.get(package, package)).glob(pattern)), f"{package}: {pattern} matches nothing"
+            assert list((ROOT / folders.get(package, package)).glob(pattern)), (
+                f"{package}: {pattern} matches nothing"
+            )
 
 
 def test_toml_is_read_with_tomli_everywhere():
@@ -28,8 +32,13 @@ def test_toml_is_read_with_tomli_everywhere():
     offenders = []
     for path in [*(ROOT / "dbspec").rglob("*.py"), *(ROOT / "runtime").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.relative_to(ROOT)}" for name in names if name == "tomllib"]
     assert offenders == []
 

@@ -143,10 +143,14 @@ def test_rich_plan_holds_what_the_spec_asked_for(rich_spec):
     assert {img.caption for img in instance.images} == {f"ohwx toy, view {k}" for k in range(3)}
     assert klass.generate is not None and klass.generate.count == 3
     assert plan.loss.prior == "base_model" and plan.loss.formula == (
-        "L = mean_inst[ minsnr5(t)·huber0.1(ε̂, ε)·mask/area ] + 1·mean_class[ huber0.1(ε̂, ε_base(x_t))·mask/area ]")
+        "L = mean_inst[ minsnr5(t)·huber0.1(ε̂, ε)·mask/area ] + 1·mean_class[ huber0.1(ε̂, ε_base(x_t))·mask/area ]"
+    )
     assert [(c.name, c.trainable, c.quantized) for c in plan.precision.components] == [
-        ("unet", "lora", "int8"), ("text_encoder", "lora", "none"), ("text_encoder_2", "lora", "none"),
-        ("vae", "frozen", "none")]
+        ("unet", "lora", "int8"),
+        ("text_encoder", "lora", "none"),
+        ("text_encoder_2", "lora", "none"),
+        ("vae", "frozen", "none"),
+    ]
     assert plan.schedule.text_encoder_stop_step == 4 and plan.ema.enabled
 
 
@@ -175,10 +179,13 @@ def test_another_plan_version_is_refused_with_what_to_do(quickstart):
         plan_from_json(json.dumps(data), "old.json")
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{not json", "not valid JSON"),
-    ("[]", "plan_version None"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "plan_version None"),
+    ],
+)
 def test_unreadable_plan_files(text, message):
     with pytest.raises(PlanFileError, match=message):
         plan_from_json(text)
@@ -189,7 +196,9 @@ def test_a_rehashed_file_that_does_not_match_the_format_is_refused(quickstart):
     del data["plan_hash"]
     data["schedule"]["surprise"] = 1
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    data["plan_hash"] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()  # as a careful editor would
+    data["plan_hash"] = (
+        "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    )  # as a careful editor would
     with pytest.raises(PlanFileError, match="does not match the plan format"):
         plan_from_json(json.dumps(data))
 
@@ -207,18 +216,35 @@ def _set(table: str, key: str, value):
     return lambda data: data[table].__setitem__(key, value)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (_set("schedule", "batch_size", 0), "schedule.batch_size must be an integer of at least 1; found 0"),
-    (_set("schedule", "accumulation", 0), "schedule.accumulation must be an integer of at least 1; found 0"),
-    (_set("schedule", "total_steps", -5), "schedule.total_steps must be an integer of at least 1; found -5"),
-    (_set("optimizer", "lr", 0.0), "optimizer.lr must be a number above 0; found 0.0"),
-    (_set("ema", "decay", 1.5), r"ema.decay must be a number in \[0, 1\]; found 1.5"),
-    (_set("logging", "every", 0), "logging.every must be an integer of at least 1; found 0"),
-    (_set("checkpoints", "dir", "/"), "checkpoints.dir must be an absolute folder path below a filesystem root"),
-    (_set("checkpoints", "dir", "out"), "checkpoints.dir must be an absolute folder path"),
-    (lambda data: (data["loss"].__setitem__("prior", "base_model"), data.__setitem__("train_unet", False)),
-     'loss.prior "base_model" needs train_unet = true; found false'),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_set("schedule", "batch_size", 0), "schedule.batch_size must be an integer of at least 1; found 0"),
+        (
+            _set("schedule", "accumulation", 0),
+            "schedule.accumulation must be an integer of at least 1; found 0",
+        ),
+        (
+            _set("schedule", "total_steps", -5),
+            "schedule.total_steps must be an integer of at least 1; found -5",
+        ),
+        (_set("optimizer", "lr", 0.0), "optimizer.lr must be a number above 0; found 0.0"),
+        (_set("ema", "decay", 1.5), r"ema.decay must be a number in \[0, 1\]; found 1.5"),
+        (_set("logging", "every", 0), "logging.every must be an integer of at least 1; found 0"),
+        (
+            _set("checkpoints", "dir", "/"),
+            "checkpoints.dir must be an absolute folder path below a filesystem root",
+        ),
+        (_set("checkpoints", "dir", "out"), "checkpoints.dir must be an absolute folder path"),
+        (
+            lambda data: (
+                data["loss"].__setitem__("prior", "base_model"),
+                data.__setitem__("train_unet", False),
+            ),
+            'loss.prior "base_model" needs train_unet = true; found false',
+        ),
+    ],
+)
 def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):
     with pytest.raises(PlanFileError, match=f"^plan.json holds values dbspec cannot run: .*{message}"):
         plan_from_json(rehashed(compiled(quickstart), edit), "plan.json")
@@ -227,15 +253,20 @@ def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstar
 def test_a_rehashed_plan_whose_output_overlaps_an_input_is_refused(quickstart):
     plan = compiled(quickstart)
     text = rehashed(plan, _set("checkpoints", "dir", plan.datasets[0].path + "/out"))
-    with pytest.raises(PlanFileError, match=r"checkpoints.dir .* must not overlap the input folder datasets\[0\].path"):
+    with pytest.raises(
+        PlanFileError, match=r"checkpoints.dir .* must not overlap the input folder datasets\[0\].path"
+    ):
         plan_from_json(text, "plan.json")
 
 
-@pytest.mark.parametrize("value,message", [
-    ("2", 'expected int, found "2" @ schedule.batch_size'),
-    (2.7, "expected int, found 2.7 @ schedule.batch_size"),
-    (True, "expected int, found true @ schedule.batch_size"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("2", 'expected int, found "2" @ schedule.batch_size'),
+        (2.7, "expected int, found 2.7 @ schedule.batch_size"),
+        (True, "expected int, found true @ schedule.batch_size"),
+    ],
+)
 def test_a_rehashed_plan_with_a_wrong_type_is_refused_not_coerced(quickstart, value, message):
     with pytest.raises(PlanFileError, match=f"does not match the plan format: {message}"):
         plan_from_json(rehashed(compiled(quickstart), _set("schedule", "batch_size", value)), "plan.json")
@@ -293,14 +324,21 @@ def test_explain_lists_every_origin(quickstart):
 
 
 def test_format_json_emits_diagnostic_records(tmp_path, quickstart):
-    code, stdout = run_cli(str(quickstart), "--target", TARGET, "--format", "json", "--set", "schedule.batch_size=32")
+    code, stdout = run_cli(
+        str(quickstart), "--target", TARGET, "--format", "json", "--set", "schedule.batch_size=32"
+    )
     payload = json.loads(stdout)
     assert code == 0 and payload["errors"] == 0 and payload["warnings"] >= 1
     record = payload["diagnostics"][0]
-    assert record["code"] == "DBS333" and record["severity"] == "warning" and record["path"] == "schedule.batch_size"
+    assert (
+        record["code"] == "DBS333"
+        and record["severity"] == "warning"
+        and record["path"] == "schedule.batch_size"
+    )
     assert record["span"]["file"] == "<--set>"
-    code, stdout = run_cli(str(quickstart), "--target", "cpu", "--format", "json",
-                           "--set", 'optimizer.kind="adamw8bit"')
+    code, stdout = run_cli(
+        str(quickstart), "--target", "cpu", "--format", "json", "--set", 'optimizer.kind="adamw8bit"'
+    )
     payload = json.loads(stdout)
     assert code == 1 and [d["code"] for d in payload["diagnostics"]] == ["DBS343"]
 
@@ -316,8 +354,9 @@ def test_strict_fails_on_warnings(quickstart):
 
 def test_errors_exit_1_and_no_plan_is_written(tmp_path, quickstart):
     out = tmp_path / "plan.json"
-    code, stdout = run_cli(str(quickstart), "--target", "cuda:16GB:7.5", "--set", 'precision.mixed="bf16"',
-                           "--json", str(out))
+    code, stdout = run_cli(
+        str(quickstart), "--target", "cuda:16GB:7.5", "--set", 'precision.mixed="bf16"', "--json", str(out)
+    )
     assert code == 1 and "error[DBS340]" in stdout and "1 error" in stdout
     assert not out.exists()
 
@@ -336,8 +375,10 @@ def test_plan_download_reports_an_offline_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     spec = tmp_path / "spec.toml"
-    spec.write_text('spec_version = 1\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
-                    'prompt = "x"\n[schedule]\nsteps = 10\n')
+    spec.write_text(
+        'spec_version = 1\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
+        'prompt = "x"\n[schedule]\nsteps = 10\n'
+    )
     result = CliRunner().invoke(app, ["plan", str(spec), "--download", "--target", "cpu"])
     assert result.exit_code == 1
     assert "cannot download acme/not-cached@main" in result.output

@@ -6,7 +6,14 @@ import pytest
 import tomli
 
 from dbspec.compiler import rules
-from dbspec.compiler.rules import PHASE_OF, check_rules, rules_of, run_environment_rules, run_plan_rules, run_spec_rules
+from dbspec.compiler.rules import (
+    PHASE_OF,
+    check_rules,
+    rules_of,
+    run_environment_rules,
+    run_plan_rules,
+    run_spec_rules,
+)
 from dbspec.plan.model import TargetEnv
 from dbspec.spec.paths import has_path
 from dbspec.spec.structure import structure_spec
@@ -44,86 +51,223 @@ def run_one(rule, spec, given):
 
 # rule, a spec body that breaks it, the hits expected, the nearest body that does not.
 CASES = [
-    (rules.prior_without_class_data, DOG + STEPS + "[loss]\nprior_weight = 0.5\n",
-     [("DBS201", "warning", ("loss", "prior_weight"))], DOG + DOGS + STEPS + "[loss]\nprior_weight = 0.5\n"),
-    (rules.prior_without_class_data, DOG + STEPS + '[loss]\nprior = "base_model"\n',
-     [("DBS201", "warning", ("loss", "prior"))], DOG + STEPS),
-    (rules.text_encoder_stop_beyond_run, TE + "text_encoder_stop_step = 100\n" + DOG + STEPS,
-     [("DBS202", "error", ("train", "text_encoder_stop_step"))], TE + "text_encoder_stop_step = 99\n" + DOG + STEPS),
-    (rules.text_encoder_options_inert, "[train]\ntext_encoder_stop_step = 50\n" + DOG + STEPS,
-     [("DBS206", "warning", ("train", "text_encoder_stop_step"))], TE + "text_encoder_stop_step = 50\n" + DOG + STEPS),
-    (rules.text_encoder_options_inert, DOG + "[optimizer]\ntext_encoder_lr = 1e-6\n" + STEPS,
-     [("DBS206", "warning", ("optimizer", "text_encoder_lr"))], TE + DOG + "[optimizer]\ntext_encoder_lr = 1e-6\n" + STEPS),
-    (rules.interval_beyond_run, DOG + STEPS + "[checkpoints]\nevery = 101\n",
-     [("DBS204", "warning", ("checkpoints", "every"))], DOG + STEPS + "[checkpoints]\nevery = 100\n"),
-    (rules.interval_beyond_run, DOG + STEPS + '[validation]\nevery = 500\nprompts = ["x"]\n',
-     [("DBS204", "warning", ("validation", "every"))], DOG + STEPS + '[validation]\nevery = 50\nprompts = ["x"]\n'),
-    (rules.validation_without_prompts, DOG + STEPS + "[validation]\nevery = 10\n",
-     [("DBS205", "error", ("validation", "every"))], DOG + STEPS + '[validation]\nevery = 10\nprompts = ["x"]\n'),
+    (
+        rules.prior_without_class_data,
+        DOG + STEPS + "[loss]\nprior_weight = 0.5\n",
+        [("DBS201", "warning", ("loss", "prior_weight"))],
+        DOG + DOGS + STEPS + "[loss]\nprior_weight = 0.5\n",
+    ),
+    (
+        rules.prior_without_class_data,
+        DOG + STEPS + '[loss]\nprior = "base_model"\n',
+        [("DBS201", "warning", ("loss", "prior"))],
+        DOG + STEPS,
+    ),
+    (
+        rules.text_encoder_stop_beyond_run,
+        TE + "text_encoder_stop_step = 100\n" + DOG + STEPS,
+        [("DBS202", "error", ("train", "text_encoder_stop_step"))],
+        TE + "text_encoder_stop_step = 99\n" + DOG + STEPS,
+    ),
+    (
+        rules.text_encoder_options_inert,
+        "[train]\ntext_encoder_stop_step = 50\n" + DOG + STEPS,
+        [("DBS206", "warning", ("train", "text_encoder_stop_step"))],
+        TE + "text_encoder_stop_step = 50\n" + DOG + STEPS,
+    ),
+    (
+        rules.text_encoder_options_inert,
+        DOG + "[optimizer]\ntext_encoder_lr = 1e-6\n" + STEPS,
+        [("DBS206", "warning", ("optimizer", "text_encoder_lr"))],
+        TE + DOG + "[optimizer]\ntext_encoder_lr = 1e-6\n" + STEPS,
+    ),
+    (
+        rules.interval_beyond_run,
+        DOG + STEPS + "[checkpoints]\nevery = 101\n",
+        [("DBS204", "warning", ("checkpoints", "every"))],
+        DOG + STEPS + "[checkpoints]\nevery = 100\n",
+    ),
+    (
+        rules.interval_beyond_run,
+        DOG + STEPS + '[validation]\nevery = 500\nprompts = ["x"]\n',
+        [("DBS204", "warning", ("validation", "every"))],
+        DOG + STEPS + '[validation]\nevery = 50\nprompts = ["x"]\n',
+    ),
+    (
+        rules.validation_without_prompts,
+        DOG + STEPS + "[validation]\nevery = 10\n",
+        [("DBS205", "error", ("validation", "every"))],
+        DOG + STEPS + '[validation]\nevery = 10\nprompts = ["x"]\n',
+    ),
     (rules.steps_or_epochs, DOG, [("DBS207", "error", ("schedule",))], DOG + STEPS),
-    (rules.steps_or_epochs, DOG + "[schedule]\nsteps = 100\nepochs = 2\n",
-     [("DBS207", "error", ("schedule", "epochs"))], DOG + "[schedule]\nepochs = 2\n"),
-    (rules.prompt_required, '[[datasets]]\nname = "dog"\npath = "data/dog"\n' + STEPS,
-     [("DBS208", "error", ("datasets", 0))],
-     '[[datasets]]\nname = "dog"\npath = "data/dog"\ncaptions = "filename"\n' + STEPS),
-    (rules.prompt_required, DOG + '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "d"\ncaptions = "textfile"\n'
-     "generate = 10\n" + STEPS, [("DBS208", "error", ("datasets", 1, "generate"))],
-     DOG + '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "d"\ncaptions = "textfile"\n' + STEPS),
-    (rules.unique_dataset_names, DOG + DOG.replace("data/dog", "data/dog2") + STEPS,
-     [("DBS209", "error", ("datasets", 1, "name"))], DOG + DOG.replace('"dog"', '"dog2"') + STEPS),
+    (
+        rules.steps_or_epochs,
+        DOG + "[schedule]\nsteps = 100\nepochs = 2\n",
+        [("DBS207", "error", ("schedule", "epochs"))],
+        DOG + "[schedule]\nepochs = 2\n",
+    ),
+    (
+        rules.prompt_required,
+        '[[datasets]]\nname = "dog"\npath = "data/dog"\n' + STEPS,
+        [("DBS208", "error", ("datasets", 0))],
+        '[[datasets]]\nname = "dog"\npath = "data/dog"\ncaptions = "filename"\n' + STEPS,
+    ),
+    (
+        rules.prompt_required,
+        DOG + '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "d"\ncaptions = "textfile"\n'
+        "generate = 10\n" + STEPS,
+        [("DBS208", "error", ("datasets", 1, "generate"))],
+        DOG + '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "d"\ncaptions = "textfile"\n' + STEPS,
+    ),
+    (
+        rules.unique_dataset_names,
+        DOG + DOG.replace("data/dog", "data/dog2") + STEPS,
+        [("DBS209", "error", ("datasets", 1, "name"))],
+        DOG + DOG.replace('"dog"', '"dog2"') + STEPS,
+    ),
     (rules.needs_instance_dataset, DOGS + STEPS, [("DBS210", "error", ("datasets",))], DOG + DOGS + STEPS),
-    (rules.warmup_with_constant, DOG + STEPS + "warmup_steps = 10\n",
-     [("DBS211", "warning", ("schedule", "warmup_steps"))],
-     DOG + STEPS + 'warmup_steps = 10\nlr_schedule = "constant_with_warmup"\n'),
-    (rules.quantize_needs_frozen_base, DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
-     [("DBS212", "error", ("precision", "quantize_unet"))], LORA + DOG + STEPS + '[precision]\nquantize_unet = "int8"\n'),
-    (rules.quantize_needs_frozen_base, TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
-     [("DBS212", "error", ("precision", "quantize_text_encoder"))],
-     LORA + TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n'),
-    (rules.text_cache_while_training_te, TE + DOG + STEPS + "[cache]\ntext_embeddings = true\n",
-     [("DBS213", "warning", ("cache", "text_embeddings"))], TE + DOG + STEPS),
-    (rules.generate_only_for_class, DOG + "generate = 10\n" + STEPS,
-     [("DBS214", "error", ("datasets", 0, "generate"))], DOG + DOGS + "generate = 10\n" + STEPS),
-    (rules.lora_learning_rate, LORA + DOG + STEPS, [("DBS215", "warning", ("adapter", "kind"))],
-     LORA + DOG + STEPS + "[optimizer]\nlr = 1e-4\n"),
-    (rules.lora_learning_rate, LORA + DOG + STEPS + "[optimizer]\nlr = 1e-6\n",
-     [("DBS215", "warning", ("optimizer", "lr"))], DOG + STEPS + "[optimizer]\nlr = 1e-6\n"),
-    (rules.inert_loss_options, DOG + STEPS + "[loss]\nhuber_delta = 0.2\n",
-     [("DBS216", "warning", ("loss", "huber_delta"))], DOG + STEPS + '[loss]\nkind = "huber"\nhuber_delta = 0.2\n'),
-    (rules.inert_loss_options, DOG + STEPS + "[optimizer]\nmomentum = 0.9\n",
-     [("DBS216", "warning", ("optimizer", "momentum"))], DOG + STEPS + '[optimizer]\nkind = "sgd"\nmomentum = 0.9\n'),
-    (rules.inert_loss_options, DOG + STEPS + '[precision]\nbf16_fallback = "fp16"\n',
-     [("DBS216", "warning", ("precision", "bf16_fallback"))],
-     DOG + STEPS + '[precision]\nmixed = "bf16"\nbf16_fallback = "fp16"\n'),
-    (rules.something_trains, "[train]\nunet = false\n" + DOG + STEPS, [("DBS217", "error", ("train",))],
-     "[train]\nunet = false\ntext_encoder = true\n" + DOG + STEPS),
-    (rules.bucket_bounds, DOG + "[buckets]\nmin_size = 1024\nmax_size = 512\n" + STEPS,
-     [("DBS218", "error", ("buckets", "min_size"))], DOG + "[buckets]\nmin_size = 512\nmax_size = 512\n" + STEPS),
-    (rules.bucket_bounds, DOG + "[buckets]\nstep = 12\n" + STEPS, [("DBS218", "error", ("buckets", "step"))],
-     DOG + "[buckets]\nstep = 16\n" + STEPS),
-    (rules.bucket_bounds, DOG + "[buckets]\nno_upscale = true\nmax_size = 1024\n" + STEPS,
-     [("DBS218", "warning", ("buckets", "no_upscale"))], DOG + "[buckets]\nno_upscale = true\n" + STEPS),
-    (rules.bucket_bounds, DOG + "resolution = 700\n" + STEPS, [("DBS218", "error", ("datasets", 0, "resolution"))],
-     DOG + "resolution = 704\n" + STEPS),
-    (rules.two_betas, DOG + STEPS + "[optimizer]\nbetas = [0.9]\n", [("DBS219", "error", ("optimizer", "betas"))],
-     DOG + STEPS + "[optimizer]\nbetas = [0.9, 0.99]\n"),
-    (rules.two_betas, DOG + STEPS + "[optimizer]\nbetas = [0.9, 1.0]\n", [("DBS219", "error", ("optimizer", "betas"))],
-     DOG + STEPS + "[optimizer]\nbetas = [0.0, 0.999999]\n"),
-    (rules.one_mask_source, DOG + 'masks = "data/masks"\nmask_from_alpha = true\n' + STEPS,
-     [("DBS221", "error", ("datasets", 0, "mask_from_alpha"))], DOG + 'masks = "data/masks"\n' + STEPS),
-    (rules.exports_match_adapter, LORA + DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
-     [("DBS222", "error", ("checkpoints", "exports"))], DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n'),
-    (rules.exports_match_adapter, DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n',
-     [("DBS222", "error", ("checkpoints", "exports"))],
-     LORA + DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n'),
-    (rules.zero_snr_needs_v, 'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
-     [("DBS223", "warning", ("loss", "zero_terminal_snr"))],
-     'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n"),
-    (rules.prodigy_learning_rate, DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1e-4\n',
-     [("DBS224", "warning", ("optimizer", "lr"))], DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n'),
-    (rules.base_prior_needs_unet, "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS
-     + '[loss]\nprior = "base_model"\n', [("DBS226", "error", ("loss", "prior"))],
-     "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS),
+    (
+        rules.warmup_with_constant,
+        DOG + STEPS + "warmup_steps = 10\n",
+        [("DBS211", "warning", ("schedule", "warmup_steps"))],
+        DOG + STEPS + 'warmup_steps = 10\nlr_schedule = "constant_with_warmup"\n',
+    ),
+    (
+        rules.quantize_needs_frozen_base,
+        DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
+        [("DBS212", "error", ("precision", "quantize_unet"))],
+        LORA + DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
+    ),
+    (
+        rules.quantize_needs_frozen_base,
+        TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
+        [("DBS212", "error", ("precision", "quantize_text_encoder"))],
+        LORA + TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
+    ),
+    (
+        rules.text_cache_while_training_te,
+        TE + DOG + STEPS + "[cache]\ntext_embeddings = true\n",
+        [("DBS213", "warning", ("cache", "text_embeddings"))],
+        TE + DOG + STEPS,
+    ),
+    (
+        rules.generate_only_for_class,
+        DOG + "generate = 10\n" + STEPS,
+        [("DBS214", "error", ("datasets", 0, "generate"))],
+        DOG + DOGS + "generate = 10\n" + STEPS,
+    ),
+    (
+        rules.lora_learning_rate,
+        LORA + DOG + STEPS,
+        [("DBS215", "warning", ("adapter", "kind"))],
+        LORA + DOG + STEPS + "[optimizer]\nlr = 1e-4\n",
+    ),
+    (
+        rules.lora_learning_rate,
+        LORA + DOG + STEPS + "[optimizer]\nlr = 1e-6\n",
+        [("DBS215", "warning", ("optimizer", "lr"))],
+        DOG + STEPS + "[optimizer]\nlr = 1e-6\n",
+    ),
+    (
+        rules.inert_loss_options,
+        DOG + STEPS + "[loss]\nhuber_delta = 0.2\n",
+        [("DBS216", "warning", ("loss", "huber_delta"))],
+        DOG + STEPS + '[loss]\nkind = "huber"\nhuber_delta = 0.2\n',
+    ),
+    (
+        rules.inert_loss_options,
+        DOG + STEPS + "[optimizer]\nmomentum = 0.9\n",
+        [("DBS216", "warning", ("optimizer", "momentum"))],
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nmomentum = 0.9\n',
+    ),
+    (
+        rules.inert_loss_options,
+        DOG + STEPS + '[precision]\nbf16_fallback = "fp16"\n',
+        [("DBS216", "warning", ("precision", "bf16_fallback"))],
+        DOG + STEPS + '[precision]\nmixed = "bf16"\nbf16_fallback = "fp16"\n',
+    ),
+    (
+        rules.something_trains,
+        "[train]\nunet = false\n" + DOG + STEPS,
+        [("DBS217", "error", ("train",))],
+        "[train]\nunet = false\ntext_encoder = true\n" + DOG + STEPS,
+    ),
+    (
+        rules.bucket_bounds,
+        DOG + "[buckets]\nmin_size = 1024\nmax_size = 512\n" + STEPS,
+        [("DBS218", "error", ("buckets", "min_size"))],
+        DOG + "[buckets]\nmin_size = 512\nmax_size = 512\n" + STEPS,
+    ),
+    (
+        rules.bucket_bounds,
+        DOG + "[buckets]\nstep = 12\n" + STEPS,
+        [("DBS218", "error", ("buckets", "step"))],
+        DOG + "[buckets]\nstep = 16\n" + STEPS,
+    ),
+    (
+        rules.bucket_bounds,
+        DOG + "[buckets]\nno_upscale = true\nmax_size = 1024\n" + STEPS,
+        [("DBS218", "warning", ("buckets", "no_upscale"))],
+        DOG + "[buckets]\nno_upscale = true\n" + STEPS,
+    ),
+    (
+        rules.bucket_bounds,
+        DOG + "resolution = 700\n" + STEPS,
+        [("DBS218", "error", ("datasets", 0, "resolution"))],
+        DOG + "resolution = 704\n" + STEPS,
+    ),
+    (
+        rules.two_betas,
+        DOG + STEPS + "[optimizer]\nbetas = [0.9]\n",
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + "[optimizer]\nbetas = [0.9, 0.99]\n",
+    ),
+    (
+        rules.two_betas,
+        DOG + STEPS + "[optimizer]\nbetas = [0.9, 1.0]\n",
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + "[optimizer]\nbetas = [0.0, 0.999999]\n",
+    ),
+    (
+        rules.one_mask_source,
+        DOG + 'masks = "data/masks"\nmask_from_alpha = true\n' + STEPS,
+        [("DBS221", "error", ("datasets", 0, "mask_from_alpha"))],
+        DOG + 'masks = "data/masks"\n' + STEPS,
+    ),
+    (
+        rules.exports_match_adapter,
+        LORA + DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
+        [("DBS222", "error", ("checkpoints", "exports"))],
+        DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
+    ),
+    (
+        rules.exports_match_adapter,
+        DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n',
+        [("DBS222", "error", ("checkpoints", "exports"))],
+        LORA + DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n',
+    ),
+    (
+        rules.zero_snr_needs_v,
+        'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
+        [("DBS223", "warning", ("loss", "zero_terminal_snr"))],
+        'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
+    ),
+    (
+        rules.prodigy_learning_rate,
+        DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1e-4\n',
+        [("DBS224", "warning", ("optimizer", "lr"))],
+        DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n',
+    ),
+    (
+        rules.base_prior_needs_unet,
+        "[train]\nunet = false\ntext_encoder = true\n"
+        + DOG
+        + DOGS
+        + STEPS
+        + '[loss]\nprior = "base_model"\n',
+        [("DBS226", "error", ("loss", "prior"))],
+        "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
+    ),
 ]
 
 
@@ -168,20 +312,25 @@ def overlaps(tmp_path, body: str) -> list[str]:
     return [h.message for h in rules.output_overlaps_inputs(spec, spec_file)]
 
 
-EVERYTHING = ('it contains the spec file spec.toml, contains datasets[0].path "data/dog", contains '
-              'datasets[0].masks "masks", contains cache.dir "cache"')
+EVERYTHING = (
+    'it contains the spec file spec.toml, contains datasets[0].path "data/dog", contains '
+    'datasets[0].masks "masks", contains cache.dir "cache"'
+)
 
 
-@pytest.mark.parametrize(("output", "expected"), [
-    (".", EVERYTHING),
-    ("/", EVERYTHING),
-    ("data/dog", 'it is datasets[0].path "data/dog"'),
-    ("data/dog/out", 'it is inside datasets[0].path "data/dog"'),
-    ("data", 'it contains datasets[0].path "data/dog"'),
-    ("masks/x", 'it is inside datasets[0].masks "masks"'),
-    ("cache/out", 'it is inside cache.dir "cache"'),
-    ("../project/data/./dog", 'it is datasets[0].path "data/dog"'),  # another spelling of the same folder
-])
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (".", EVERYTHING),
+        ("/", EVERYTHING),
+        ("data/dog", 'it is datasets[0].path "data/dog"'),
+        ("data/dog/out", 'it is inside datasets[0].path "data/dog"'),
+        ("data", 'it contains datasets[0].path "data/dog"'),
+        ("masks/x", 'it is inside datasets[0].masks "masks"'),
+        ("cache/out", 'it is inside cache.dir "cache"'),
+        ("../project/data/./dog", 'it is datasets[0].path "data/dog"'),  # another spelling of the same folder
+    ],
+)
 def test_output_overlapping_an_input_is_an_error_naming_both(tmp_path, output, expected):
     body = DOG + 'masks = "masks"\n' + STEPS + f'[cache]\ndir = "cache"\n[output]\ndir = "{output}"\n'
     found = overlaps(tmp_path, body)
@@ -206,9 +355,13 @@ def test_every_rule_function_declares_a_phase():
     """A module-level function yielding Hits with a rule's signature is registered with a phase."""
     import inspect
 
-    found = {name for name, fn in inspect.getmembers(rules, inspect.isfunction)
-             if fn.__module__ == rules.__name__ and inspect.signature(fn).return_annotation == "Iterator[Hit]"
-             and not name.startswith("_")}
+    found = {
+        name
+        for name, fn in inspect.getmembers(rules, inspect.isfunction)
+        if fn.__module__ == rules.__name__
+        and inspect.signature(fn).return_annotation == "Iterator[Hit]"
+        and not name.startswith("_")
+    }
     assert found == set(PHASE_OF)
     assert {PHASE_OF[fn.__name__] for fn in rules_of("paths")} == {"paths"}
     assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs"]

@@ -78,7 +78,13 @@ def test_balance_class_repeats_rejects_bad_input() -> None:
 
 
 def test_bucket_table_partial_and_short_buckets() -> None:
-    samples = {(512, 512): (5, 5), (640, 384): (1, 0), (384, 640): (0, 0), (448, 576): (2, 1), (576, 448): (4, 0)}
+    samples = {
+        (512, 512): (5, 5),
+        (640, 384): (1, 0),
+        (384, 640): (0, 0),
+        (448, 576): (2, 1),
+        (576, 448): (4, 0),
+    }
     assert bucket_table(samples, 4) == (
         BucketPlan(size=(448, 576), instance_samples=2, class_samples=1, batches_per_epoch=1, short=True),
         BucketPlan(size=(512, 512), instance_samples=5, class_samples=5, batches_per_epoch=3, short=False),
@@ -95,9 +101,25 @@ def test_bucket_table_rejects_bad_input() -> None:
 
 
 def schedule(**overrides: object):
-    args = dict(batches_per_epoch=25, instance_samples=50, class_samples=0, batch_size=2, accumulation=1,
-                processes=1, steps=0, epochs=4, lr=1e-4, lr_schedule="constant", warmup_steps=0, cycles=1,
-                text_encoder_stop_step=0, checkpoint_every=0, validate_every=0, validate=True, seed=7)
+    args = dict(
+        batches_per_epoch=25,
+        instance_samples=50,
+        class_samples=0,
+        batch_size=2,
+        accumulation=1,
+        processes=1,
+        steps=0,
+        epochs=4,
+        lr=1e-4,
+        lr_schedule="constant",
+        warmup_steps=0,
+        cycles=1,
+        text_encoder_stop_step=0,
+        checkpoint_every=0,
+        validate_every=0,
+        validate=True,
+        seed=7,
+    )
     args.update(overrides)
     return compute_schedule(**args)
 
@@ -183,7 +205,9 @@ def test_compute_schedule_rejects_impossible_input(overrides: dict[str, object],
         schedule(**overrides)
 
 
-def lr(step: int, schedule: str, *, warmup: int = 0, total: int = 100, cycles: int = 1, base: float = 1e-4) -> float:
+def lr(
+    step: int, schedule: str, *, warmup: int = 0, total: int = 100, cycles: int = 1, base: float = 1e-4
+) -> float:
     return lr_at(step, lr=base, schedule=schedule, warmup=warmup, total=total, cycles=cycles)
 
 

@@ -359,7 +359,9 @@ def documents(draw):
 def all_paths(value, path: tuple = ()):
     if path:
         yield path
-    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    children = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    )
     for name, child in children:
         yield from all_paths(child, (*path, name))
 

@@ -79,7 +79,9 @@ def test_an_integer_is_a_valid_float():
 
 
 def test_every_problem_is_gathered_not_just_the_first():
-    found = problems('[schedule]\nbatch_size = "2"\nsteps = 2.5\n[optimizer]\nlearning_rate = 1e-6\nkind = "adam"')
+    found = problems(
+        '[schedule]\nbatch_size = "2"\nsteps = 2.5\n[optimizer]\nlearning_rate = 1e-6\nkind = "adam"'
+    )
     assert found == {
         ("schedule", "batch_size"): "type",
         ("schedule", "steps"): "type",
@@ -215,7 +217,7 @@ def test_override_keys(key, path):
         ("./data/dog", "./data/dog"),
         ("builtin:tiny-sd1", "builtin:tiny-sd1"),
         ('["a", "b"]', ["a", "b"]),
-        ("{ kind = \"lora\" }", {"kind": "lora"}),
+        ('{ kind = "lora" }', {"kind": "lora"}),
     ],
 )
 def test_override_values(text, value):
@@ -231,7 +233,8 @@ def test_override_values_that_are_not_toml(text):
 def test_overrides_write_into_the_data():
     data = tomli.loads(BASE)
     keys, values, problems_found = apply_overrides(
-        data, ["datasets[0].repeats=5", "datasets.0.flip=true", "model.base=some/hub-id", "schedule.steps=800"]
+        data,
+        ["datasets[0].repeats=5", "datasets.0.flip=true", "model.base=some/hub-id", "schedule.steps=800"],
     )
     assert problems_found == []
     assert data["datasets"][0]["repeats"] == 5 and data["datasets"][0]["flip"] is True
@@ -239,7 +242,9 @@ def test_overrides_write_into_the_data():
     assert data["schedule"] == {"steps": 800}  # a table the file did not have
     assert values[("model", "base")].col == len("model.base=") + 1
     assert keys[("model", "base")].col == 1 and keys[("model", "base")].end_col == len("model.base") + 1
-    assert all(span.origin == "--set" and span.file == "<--set>" for span in [*keys.values(), *values.values()])
+    assert all(
+        span.origin == "--set" and span.file == "<--set>" for span in [*keys.values(), *values.values()]
+    )
 
 
 @pytest.mark.parametrize(
@@ -255,7 +260,9 @@ def test_bad_overrides_are_reported_not_applied(item):
 
 
 def test_override_values_are_checked_strictly(tmp_path):
-    checked = checked_in(tmp_path, "[schedule]\nsteps = 10", ['schedule.batch_size="2"', "datasets[0].repeats=5"])
+    checked = checked_in(
+        tmp_path, "[schedule]\nsteps = 10", ['schedule.batch_size="2"', "datasets[0].repeats=5"]
+    )
     (diagnostic,) = checked.diagnostics
     assert diagnostic.code == "DBS101" and diagnostic.path == "schedule.batch_size"
     assert diagnostic.span.origin == "--set"

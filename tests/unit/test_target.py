@@ -39,7 +39,12 @@ SLEEP = shutil.which("sleep")  # looked up before the tests empty PATH
 def test_parse_target_forms(text, device, memory, cc, bf16, processes):
     env = parse_target(text)
     assert (env.device, env.memory_bytes, env.compute_capability, env.bf16, env.processes) == (
-        device, memory, cc, bf16, processes)
+        device,
+        memory,
+        cc,
+        bf16,
+        processes,
+    )
     assert env.free_disk_bytes == 0 and not env.measure_disk  # another machine: its disk is unknown here
     assert env.description.startswith(device)
 
@@ -52,8 +57,24 @@ def test_parse_target_says_what_it_assumed():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "tpu", "gpu:24GB", "cuda:", "cuda:24XB", "cuda:24", "cuda:0GB", "cuda:24GB:24GB", "cuda:7.5:8.0",
-     "cuda:x0", "cuda:x2:x2", "cuda:8.9.1", "mps:8.9", "cpu:x2", "mps:x2", "cuda:-24GB"],
+    [
+        "",
+        "tpu",
+        "gpu:24GB",
+        "cuda:",
+        "cuda:24XB",
+        "cuda:24",
+        "cuda:0GB",
+        "cuda:24GB:24GB",
+        "cuda:7.5:8.0",
+        "cuda:x0",
+        "cuda:x2:x2",
+        "cuda:8.9.1",
+        "mps:8.9",
+        "cpu:x2",
+        "mps:x2",
+        "cuda:-24GB",
+    ],
 )
 def test_parse_target_rejects_with_the_accepted_forms(text):
     with pytest.raises(ValueError, match="accepted: cpu, cuda, cuda:24GB"):
@@ -113,7 +134,12 @@ TWO_GPUS = 'echo "NVIDIA GeForce RTX 4090, 24564, 8.9"\necho "Tesla T4, 15360, 7
 def test_probe_reads_the_first_gpu(bare_path):
     _fake_nvidia_smi(bare_path, TWO_GPUS)
     env = probe_target()
-    assert (env.device, env.memory_bytes, env.compute_capability, env.bf16) == ("cuda", 24564 * MIB, "8.9", True)
+    assert (env.device, env.memory_bytes, env.compute_capability, env.bf16) == (
+        "cuda",
+        24564 * MIB,
+        "8.9",
+        True,
+    )
     assert env.processes == 1  # two GPUs, but no launcher says so
     assert env.measure_disk
     assert "RTX 4090" in env.description and "1 of 2 GPUs" in env.description
@@ -125,22 +151,41 @@ def test_probe_follows_cuda_visible_devices_and_world_size(bare_path, monkeypatc
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     env = probe_target()
-    assert (env.memory_bytes, env.compute_capability, env.bf16, env.processes) == (15360 * MIB, "7.5", False, 2)
+    assert (env.memory_bytes, env.compute_capability, env.bf16, env.processes) == (
+        15360 * MIB,
+        "7.5",
+        False,
+        2,
+    )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert probe_target().device == "cpu"
 
 
 @not_on_mac
 def test_probe_old_driver_without_compute_cap(bare_path):
-    _fake_nvidia_smi(bare_path, 'case "$1" in *compute_cap*) echo "Field compute_cap is not valid" >&2; exit 2;; '
-                                'esac\necho "Tesla V100-SXM2-16GB, 16160"')
+    _fake_nvidia_smi(
+        bare_path,
+        'case "$1" in *compute_cap*) echo "Field compute_cap is not valid" >&2; exit 2;; '
+        'esac\necho "Tesla V100-SXM2-16GB, 16160"',
+    )
     env = probe_target()
-    assert (env.device, env.memory_bytes, env.compute_capability, env.bf16) == ("cuda", 16160 * MIB, "", False)
+    assert (env.device, env.memory_bytes, env.compute_capability, env.bf16) == (
+        "cuda",
+        16160 * MIB,
+        "",
+        False,
+    )
 
 
 @not_on_mac
-@pytest.mark.parametrize("body", ["exit 9", 'echo "NVIDIA-SMI has failed because it could not communicate"',
-                                  'echo "garbage, not-a-number, 8.9"'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "exit 9",
+        'echo "NVIDIA-SMI has failed because it could not communicate"',
+        'echo "garbage, not-a-number, 8.9"',
+    ],
+)
 def test_probe_falls_back_to_cpu_when_nvidia_smi_fails(bare_path, body):
     _fake_nvidia_smi(bare_path, body)
     assert probe_target().device == "cpu"

@@ -80,8 +80,9 @@ class Conversion:
         """A fate without a value of its own (e.g. a key that only shaped another value)."""
         self._fate(legacy, fate, target, note)
 
-    def differs(self, legacy: Legacy, why: str, path: KeyPath | None = None, value: Any = None,
-                comment: str = "") -> None:
+    def differs(
+        self, legacy: Legacy, why: str, path: KeyPath | None = None, value: Any = None, comment: str = ""
+    ) -> None:
         if path is not None:
             self.put(path, value, comment or self.comment(legacy))
         self._fate(legacy, "differs", path or "", why)
@@ -95,8 +96,11 @@ class Conversion:
             self._say(warning(UNSUPPORTED, message, path=legacy.key, help=help), legacy.key)
             self.notes.append(f"unsupported (left out): {legacy.key} = {show(legacy.value)}: {why}")
         else:
-            help = help or "remove the setting from the legacy config, or pass --allow-unsupported to convert " \
-                           "without it"
+            help = (
+                help
+                or "remove the setting from the legacy config, or pass --allow-unsupported to convert "
+                "without it"
+            )
             self._say(error(UNSUPPORTED, message, path=legacy.key, help=help), legacy.key)
 
     def inert(self, legacy: Legacy, why: str) -> None:
@@ -109,13 +113,22 @@ class Conversion:
 
     def invalid(self, key: str, value: Any, source: str, why: str, help: str = "") -> None:
         self._fate(Legacy(key=key, value=value, source=source), "invalid", "", why)
-        self._say(error(INVALID, f"{self.tool} rejects `{key}` = {show(value)}: {why}", path=key, help=help),
-                  key + why)
+        self._say(
+            error(INVALID, f"{self.tool} rejects `{key}` = {show(value)}: {why}", path=key, help=help),
+            key + why,
+        )
 
     def depends(self, key: str, why: str) -> None:
         """A value computed from image counts that could not be read: said once per key."""
-        self._say(warning(DEPENDS, f"{self.tool} `{key}`: {why}", path=key,
-                          help="convert on the machine that holds the images (or pass --cwd)"), key + "?")
+        self._say(
+            warning(
+                DEPENDS,
+                f"{self.tool} `{key}`: {why}",
+                path=key,
+                help="convert on the machine that holds the images (or pass --cwd)",
+            ),
+            key + "?",
+        )
 
     def warn(self, code: str, message: str, key: str = "", help: str = "") -> None:
         self._say(warning(code, message, path=key, help=help), code + message)
@@ -135,8 +148,9 @@ class Conversion:
             targets = [t for t in (old.target, target_text) if t]
             target_text = ", ".join(dict.fromkeys(", ".join(targets).split(", "))) if targets else ""
             note = note or old.note
-        self.reports[legacy.key] = KeyReport(key=legacy.key, value=value, source=source, fate=fate,
-                                             target=target_text, note=note)
+        self.reports[legacy.key] = KeyReport(
+            key=legacy.key, value=value, source=source, fate=fate, target=target_text, note=note
+        )
 
     def _say(self, diagnostic: Diagnostic, dedupe: str) -> None:
         if dedupe in self._said:
@@ -151,8 +165,12 @@ def require_minimums(args: dict[str, Legacy], minimum: dict[str, float], conv: C
     for key, least in minimum.items():
         value = args[key].value if key in args else None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
-            conv.invalid(key, value, args[key].source, f"must be at least {least}: the legacy script cannot train "
-                         f"with {value}")
+            conv.invalid(
+                key,
+                value,
+                args[key].source,
+                f"must be at least {least}: the legacy script cannot train with {value}",
+            )
             ok = False
     return ok
 

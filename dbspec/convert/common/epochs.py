@@ -131,7 +131,7 @@ def _balance(parts: list[Part], members: list[int]) -> dict[int, tuple[int, ...]
     start = 0
     for i in members:
         if parts[i].is_class:
-            out[i] = tuple(balanced[start:start + len(parts[i].images)])
+            out[i] = tuple(balanced[start : start + len(parts[i].images)])
             start += len(parts[i].images)
         else:
             out[i] = tuple(parts[i].repeats for _ in parts[i].images)
@@ -148,5 +148,9 @@ def _count(counts: Counter, part: Part, repeats: tuple[int, ...], *, raw: bool) 
 def _epoch(parts: list[Part], repeats: dict[int, tuple[int, ...]], batches: int) -> Epoch:
     inst = sum(sum(repeats[i]) for i, p in enumerate(parts) if not p.is_class)
     cls = sum(sum(repeats[i]) for i, p in enumerate(parts) if p.is_class)
-    return Epoch(batches=batches, instance_samples=inst, class_samples=cls,
-                 class_repeats=tuple(repeats[i] if p.is_class else () for i, p in enumerate(parts)))
+    return Epoch(
+        batches=batches,
+        instance_samples=inst,
+        class_samples=cls,
+        class_repeats=tuple(repeats[i] if p.is_class else () for i, p in enumerate(parts)),
+    )

@@ -8,9 +8,23 @@ from pathlib import Path
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.shell import Command, split_command
 
-_VALUED = {"num_processes", "num_machines", "mixed_precision", "gpu_ids", "num_cpu_threads_per_process",
-           "main_process_port", "main_process_ip", "machine_rank", "dynamo_backend", "config_file",
-           "gradient_accumulation_steps", "rdzv_backend", "same_network", "deepspeed_config_file", "zero_stage"}
+_VALUED = {
+    "num_processes",
+    "num_machines",
+    "mixed_precision",
+    "gpu_ids",
+    "num_cpu_threads_per_process",
+    "main_process_port",
+    "main_process_ip",
+    "machine_rank",
+    "dynamo_backend",
+    "config_file",
+    "gradient_accumulation_steps",
+    "rdzv_backend",
+    "same_network",
+    "deepspeed_config_file",
+    "zero_stage",
+}
 
 
 class InputError(Exception):
@@ -52,8 +66,11 @@ def launcher_options(command: Command) -> dict[str, Legacy]:
         name = name.replace("-", "_")
         if not eq and name in _VALUED and i + 1 < len(tokens):
             value, i = tokens[i + 1], i + 1
-        out[name] = Legacy(key=f"accelerate launch --{name}", value=value if (eq or name in _VALUED) else True,
-                           source="command line")
+        out[name] = Legacy(
+            key=f"accelerate launch --{name}",
+            value=value if (eq or name in _VALUED) else True,
+            source="command line",
+        )
         i += 1
     return out
 
@@ -63,8 +80,11 @@ def report_launcher(options: dict[str, Legacy], conv: Conversion, script_sets_pr
     passes one; diffusers scripts only when given)."""
     for name, legacy in options.items():
         if name == "num_processes" and str(legacy.value) not in ("1", "True"):
-            conv.differs(legacy, f"{legacy.value} processes: dbspec takes the process count from the machine it "
-                         "runs on (`dbspec plan --target`); per-process batch size and step counts are kept")
+            conv.differs(
+                legacy,
+                f"{legacy.value} processes: dbspec takes the process count from the machine it "
+                "runs on (`dbspec plan --target`); per-process batch size and step counts are kept",
+            )
         elif name == "multi_gpu":
             conv.differs(legacy, "dbspec takes the process count from the machine it runs on")
         elif name == "mixed_precision" and not script_sets_precision:

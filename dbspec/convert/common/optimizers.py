@@ -25,9 +25,17 @@ _DEFAULTS = {
 # Keyword arguments of the legacy constructors that dbspec keeps exactly when they hold these values.
 _HARMLESS = {
     "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},
-    "prodigy": {"d0": 1e-6, "d_coef": 1.0, "decouple": True, "use_bias_correction": False,
-                "safeguard_warmup": False, "beta3": None, "growth_rate": float("inf")},
-    "adamw": {"amsgrad": False}, "adamw8bit": {"amsgrad": False},
+    "prodigy": {
+        "d0": 1e-6,
+        "d_coef": 1.0,
+        "decouple": True,
+        "use_bias_correction": False,
+        "safeguard_warmup": False,
+        "beta3": None,
+        "growth_rate": float("inf"),
+    },
+    "adamw": {"amsgrad": False},
+    "adamw8bit": {"amsgrad": False},
 }
 _SETTABLE = {"weight_decay", "betas", "eps", "momentum"}
 
@@ -41,23 +49,42 @@ class KohyaName:
 def kohya_optimizer(name: str) -> KohyaName:
     """kohya get_optimizer: case-insensitive names; other names are torch.optim classes or dotted paths."""
     lower = name.lower()
-    exact = {"": "adamw", "adamw": "adamw", "adamw8bit": "adamw8bit", "lion": "lion", "adafactor": "adafactor",
-             "prodigy": "prodigy", "torch.optim.adamw": "adamw", "bitsandbytes.optim.adamw8bit": "adamw8bit",
-             "sgd": "sgd", "torch.optim.sgd": "sgd"}
+    exact = {
+        "": "adamw",
+        "adamw": "adamw",
+        "adamw8bit": "adamw8bit",
+        "lion": "lion",
+        "adafactor": "adafactor",
+        "prodigy": "prodigy",
+        "torch.optim.adamw": "adamw",
+        "bitsandbytes.optim.adamw8bit": "adamw8bit",
+        "sgd": "sgd",
+        "torch.optim.sgd": "sgd",
+    }
     if lower in exact and (lower != "sgd" or name == "SGD"):
         return KohyaName(kind=exact[lower])
     paged = {"pagedadamw": "adamw", "pagedadamw32bit": "adamw", "pagedadamw8bit": "adamw8bit"}
     if lower in paged:
-        return KohyaName(kind=paged[lower], why="bitsandbytes' paged variant: the same update, only the optimizer "
-                         "state is paged to CPU memory; dbspec keeps it on the device")
+        return KohyaName(
+            kind=paged[lower],
+            why="bitsandbytes' paged variant: the same update, only the optimizer "
+            "state is paged to CPU memory; dbspec keeps it on the device",
+        )
     if lower in ("lion8bit", "pagedlion8bit"):
-        return KohyaName(kind="lion", why="bitsandbytes' 8-bit Lion keeps quantised optimizer state; dbspec's Lion "
-                         "keeps it in 32 bits (the same update up to quantisation)")
+        return KohyaName(
+            kind="lion",
+            why="bitsandbytes' 8-bit Lion keeps quantised optimizer state; dbspec's Lion "
+            "keeps it in 32 bits (the same update up to quantisation)",
+        )
     if lower.startswith("sgdnesterov"):
-        return KohyaName(kind=None, why="SGD with Nesterov momentum (kohya adds momentum=0.9): dbspec's sgd has no "
-                         "Nesterov option")
-    return KohyaName(kind=None, why=f"dbspec has no {name} optimizer (it has adamw, adamw8bit, lion, sgd, "
-                     "adafactor, prodigy)")
+        return KohyaName(
+            kind=None,
+            why="SGD with Nesterov momentum (kohya adds momentum=0.9): dbspec's sgd has no Nesterov option",
+        )
+    return KohyaName(
+        kind=None,
+        why=f"dbspec has no {name} optimizer (it has adamw, adamw8bit, lion, sgd, adafactor, prodigy)",
+    )
 
 
 def parse_kohya_args(items: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -90,7 +117,9 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any]) -> Settings:
     if kind != "sgd":
         merged.pop("momentum", None)
     harmless = _HARMLESS[kind] if kind in _HARMLESS else {}
-    rest = {k: v for k, v in kwargs.items() if k not in _SETTABLE and not (k in harmless and harmless[k] == v)}
+    rest = {
+        k: v for k, v in kwargs.items() if k not in _SETTABLE and not (k in harmless and harmless[k] == v)
+    }
     if kind == "adafactor":  # dbspec runs Adafactor with a fixed LR: relative_step etc. must be off
         for key, value in (("relative_step", True), ("scale_parameter", True)):
             if key not in kwargs:

@@ -8,8 +8,14 @@ from rich.table import Table
 
 from dbspec.convert.common.core import Conversion, KeyReport
 
-_STYLE = {"mapped": "green", "defaulted": "cyan", "differs": "yellow", "unsupported": "red", "inert": "dim",
-          "invalid": "bold red"}
+_STYLE = {
+    "mapped": "green",
+    "defaulted": "cyan",
+    "differs": "yellow",
+    "unsupported": "red",
+    "inert": "dim",
+    "invalid": "bold red",
+}
 _ORDER = ("invalid", "unsupported", "differs", "mapped", "defaulted", "inert")
 
 

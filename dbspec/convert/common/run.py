@@ -47,8 +47,12 @@ def finish(conv: Conversion, header: list[str], out: Path) -> Outcome:
     rejected = [d for d in found if d.severity == "error"]
     if rejected:
         draft.unlink(missing_ok=True)
-        return Outcome(conversion=conv, written=False, text="",
-                       diagnostics=(*conv.diagnostics, *(_explain(conv, d) for d in rejected)))
+        return Outcome(
+            conversion=conv,
+            written=False,
+            text="",
+            diagnostics=(*conv.diagnostics, *(_explain(conv, d) for d in rejected)),
+        )
     os.replace(draft, out)
     return Outcome(conversion=conv, written=True, text=text, diagnostics=(*conv.diagnostics, *found))
 
@@ -64,13 +68,30 @@ def _explain(conv: Conversion, d: Diagnostic) -> Diagnostic:
     path = parse_override_key(d.path) if d.path else None
     if path is not None and path in conv.values:
         value, comment = conv.values[path]
-        return error(UNSUPPORTED, f"{comment}: converts to `{d.path} = {value!r}`, which dbspec rejects: {d.message}",
-                     path=d.path, help="fix the legacy value (the legacy tool most likely rejects it too)")
-    return error(CHECK_FAILED, f"the converted spec does not pass `dbspec check`: {d.code} {d.path}: {d.message}",
-                 path=d.path, help="this is a converter bug; please report it with the legacy input")
+        return error(
+            UNSUPPORTED,
+            f"{comment}: converts to `{d.path} = {value!r}`, which dbspec rejects: {d.message}",
+            path=d.path,
+            help="fix the legacy value (the legacy tool most likely rejects it too)",
+        )
+    return error(
+        CHECK_FAILED,
+        f"the converted spec does not pass `dbspec check`: {d.code} {d.path}: {d.message}",
+        path=d.path,
+        help="this is a converter bug; please report it with the legacy input",
+    )
 
 
 def unreadable(message: str) -> Outcome:
-    return Outcome(conversion=Conversion(tool=""), written=False, text="",
-                   diagnostics=(error(UNREADABLE, message, help="check the path (relative paths resolve against "
-                                      "--cwd, default the current folder)"),))
+    return Outcome(
+        conversion=Conversion(tool=""),
+        written=False,
+        text="",
+        diagnostics=(
+            error(
+                UNREADABLE,
+                message,
+                help="check the path (relative paths resolve against --cwd, default the current folder)",
+            ),
+        ),
+    )

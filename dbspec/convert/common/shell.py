@@ -37,7 +37,7 @@ def _pick(commands: list[list[str]]) -> Command:
         for i, token in enumerate(tokens):
             if token.lower().endswith(".py"):
                 name = re.split(r"[\\/]", token)[-1]
-                return Command(launcher=tuple(tokens[:i]), script=name, args=tuple(tokens[i + 1:]))
+                return Command(launcher=tuple(tokens[:i]), script=name, args=tuple(tokens[i + 1 :]))
     best = max(commands, key=lambda t: sum(x.startswith("--") for x in t), default=[])
     start = next((i for i, t in enumerate(best) if t.startswith("--")), len(best))
     return Command(launcher=tuple(best[:start]), script="", args=tuple(best[start:]))
@@ -52,7 +52,11 @@ def _posix_commands(text: str) -> list[list[str]]:
     commands: list[list[str]] = []
     for line in text.splitlines():
         for tokens in _posix_line(line, variables):
-            if len(tokens) == 1 and _ASSIGN.match(tokens[0]) or (tokens[:1] == ["export"] and len(tokens) == 2):
+            if (
+                len(tokens) == 1
+                and _ASSIGN.match(tokens[0])
+                or (tokens[:1] == ["export"] and len(tokens) == 2)
+            ):
                 name, _, value = tokens[-1].partition("=")
                 variables[name] = value
             elif tokens:
@@ -73,12 +77,12 @@ def _posix_line(line: str, variables: dict[str, str]) -> list[list[str]]:
             break
         elif c in ";&|":
             word = _end(commands, word)
-            i += 1 if line[i:i + 2] in ("&&", "||") else 0
+            i += 1 if line[i : i + 2] in ("&&", "||") else 0
             commands.append([])
         elif c == "'":
             close = line.find("'", i + 1)
             close = n if close < 0 else close
-            word = (word or []) + [line[i + 1:close]]
+            word = (word or []) + [line[i + 1 : close]]
             i = close
         elif c == '"':
             chunk, i = _double_quoted(line, i + 1, variables)
@@ -165,7 +169,7 @@ def _cmd_line(line: str) -> list[list[str]]:
             word = _end(commands, word)
         elif c in "&|":
             word = _end(commands, word)
-            i += 1 if line[i:i + 2] in ("&&", "||") else 0
+            i += 1 if line[i : i + 2] in ("&&", "||") else 0
             commands.append([])
         else:
             word = (word or []) + [c]

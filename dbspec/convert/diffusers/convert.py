@@ -24,20 +24,50 @@ from dbspec.convert.common.paths import PathMapper
 Args = dict[str, Legacy]
 LORA_SCRIPTS = ("train_dreambooth_lora", "train_dreambooth_lora_sdxl")
 UNSUPPORTED = {
-    "tokenizer_name": "a separate tokenizer", "tokenizer_max_length": "a tokenizer length other than the model's",
-    "text_encoder_use_attention_mask": "text-encoder attention masks", "class_labels_conditioning": "IF class labels",
-    "dataset_name": "Hugging Face datasets (dbspec trains from folders)", "dataset_config_name": "ditto",
-    "caption_column": "captions from a Hugging Face dataset", "do_edm_style_training": "EDM-style training",
-    "use_dora": "DoRA adapters", "validation_images": "image-conditioned validation",
+    "tokenizer_name": "a separate tokenizer",
+    "tokenizer_max_length": "a tokenizer length other than the model's",
+    "text_encoder_use_attention_mask": "text-encoder attention masks",
+    "class_labels_conditioning": "IF class labels",
+    "dataset_name": "Hugging Face datasets (dbspec trains from folders)",
+    "dataset_config_name": "ditto",
+    "caption_column": "captions from a Hugging Face dataset",
+    "do_edm_style_training": "EDM-style training",
+    "use_dora": "DoRA adapters",
+    "validation_images": "image-conditioned validation",
 }
 # the scripts divide by these or loop over them
-MINIMUM = {"train_batch_size": 1, "gradient_accumulation_steps": 1, "max_train_steps": 1, "num_train_epochs": 1,
-           "checkpointing_steps": 1, "validation_steps": 1, "validation_epochs": 1, "rank": 1, "resolution": 8,
-           "lr_num_cycles": 1, "num_class_images": 0, "repeats": 1, "learning_rate": 0}
-INERT = {k: "no effect on what trains" for k in (
-    "push_to_hub", "hub_token", "hub_model_id", "logging_dir", "local_rank", "dataloader_num_workers",
-    "enable_xformers_memory_efficient_attention", "set_grads_to_none", "pre_compute_text_embeddings", "cache_dir",
-    "skip_save_text_encoder", "image_column")}
+MINIMUM = {
+    "train_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "max_train_steps": 1,
+    "num_train_epochs": 1,
+    "checkpointing_steps": 1,
+    "validation_steps": 1,
+    "validation_epochs": 1,
+    "rank": 1,
+    "resolution": 8,
+    "lr_num_cycles": 1,
+    "num_class_images": 0,
+    "repeats": 1,
+    "learning_rate": 0,
+}
+INERT = {
+    k: "no effect on what trains"
+    for k in (
+        "push_to_hub",
+        "hub_token",
+        "hub_model_id",
+        "logging_dir",
+        "local_rank",
+        "dataloader_num_workers",
+        "enable_xformers_memory_efficient_attention",
+        "set_grads_to_none",
+        "pre_compute_text_embeddings",
+        "cache_dir",
+        "skip_save_text_encoder",
+        "image_column",
+    )
+}
 INERT["resume_from_checkpoint"] = "resuming is a run-time choice: `dbspec run spec.toml --resume`"
 
 
@@ -53,8 +83,10 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
     command, label = read_command(req.command, req.cwd)
     script = script_of(command.script) if command.script else None
     if script is None:
-        raise InputError(f"the command runs `{command.script or 'no script'}`, not one of "
-                         f"{', '.join(s + '.py' for s in SCRIPTS)}")
+        raise InputError(
+            f"the command runs `{command.script or 'no script'}`, not one of "
+            f"{', '.join(s + '.py' for s in SCRIPTS)}"
+        )
     a = _args(command.args, script, conv)
     launcher = launcher_options(command)
     if not require_minimums(a, MINIMUM, conv):
@@ -73,8 +105,10 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
     report_launcher(launcher, conv, script_sets_precision=a["mixed_precision"].value is not None)
     _sweep(a, conv)
     source = label if label == "the command text" else f"command {label}"
-    return conv, [f"Converted by `dbspec convert diffusers` ({script}.py) from: {source}.",
-                  "Each value's comment names the diffusers option it came from; `--report` lists every option."]
+    return conv, [
+        f"Converted by `dbspec convert diffusers` ({script}.py) from: {source}.",
+        "Each value's comment names the diffusers option it came from; `--report` lists every option.",
+    ]
 
 
 def _args(tokens, script: str, conv: Conversion) -> Args:
@@ -83,9 +117,10 @@ def _args(tokens, script: str, conv: Conversion) -> Args:
     for option, text, why in parsed.problems:
         key = option.lstrip("-")
         if why.startswith(("unrecognized", "ambiguous")):
-            conv.unsupported(Legacy(key=key, value=text, source="command line"),
-                             f"{why} for {script}.py (argparse would stop; a newer script's option dbspec does "
-                             "not know)")
+            conv.unsupported(
+                Legacy(key=key, value=text, source="command line"),
+                f"{why} for {script}.py (argparse would stop; a newer script's option dbspec does not know)",
+            )
         else:
             conv.invalid(key, text, "command line", why)
     args = {name: Legacy(key=name, value=arg.default, source="default") for name, arg in table.items()}
@@ -138,8 +173,13 @@ def _length(a: Args, data: Data | None, conv: Conversion) -> tuple[int | None, i
     if data.spec_batches == data.diffusers_batches:
         conv.mapped(epochs, ("schedule", "epochs"), epochs.value)
     else:
-        conv.differs(epochs, f"diffusers' epoch has {data.diffusers_batches} batches, the spec's {data.spec_batches}: "
-                     f"the run keeps diffusers' {total} steps", ("schedule", "steps"), total)
+        conv.differs(
+            epochs,
+            f"diffusers' epoch has {data.diffusers_batches} batches, the spec's {data.spec_batches}: "
+            f"the run keeps diffusers' {total} steps",
+            ("schedule", "steps"),
+            total,
+        )
     return total, per_epoch
 
 
@@ -149,16 +189,23 @@ def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
     if a["scale_lr"].value:
         value = lr.value * a["gradient_accumulation_steps"].value * a["train_batch_size"].value
         conv.record(a["scale_lr"], "mapped", "optimizer.lr", "x accumulation x batch size (one process)")
-    conv.mapped(lr, ("optimizer", "lr"), float(value),
-                comment=conv.comment(lr, "scaled by --scale_lr") if value != lr.value else "")
+    conv.mapped(
+        lr,
+        ("optimizer", "lr"),
+        float(value),
+        comment=conv.comment(lr, "scaled by --scale_lr") if value != lr.value else "",
+    )
     if not map_schedule_name(conv, name):
         return
     if name.value == "constant":
         if warm.given:
             conv.inert(warm, "the constant schedule has no warm-up")
     elif total is not None and warm.value >= total:
-        conv.unsupported(warm, f"a warm-up of {warm.value} steps is not shorter than the {total}-step run (the LR "
-                         "never reaches learning_rate); dbspec needs warmup_steps < steps")
+        conv.unsupported(
+            warm,
+            f"a warm-up of {warm.value} steps is not shorter than the {total}-step run (the LR "
+            "never reaches learning_rate); dbspec needs warmup_steps < steps",
+        )
     elif warm.value:
         conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
     cycles, power = a["lr_num_cycles"], a["lr_power"]
@@ -171,29 +218,43 @@ def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
 def _optimizer(a: Args, script: str, conv: Conversion) -> None:
     choice = a["optimizer"] if "optimizer" in a else None
     if choice is not None and choice.value.lower() == "prodigy":
-        conv.unsupported(choice, "diffusers runs Prodigy with bias correction and safeguard warm-up on (its "
-                         "--prodigy_* options are parsed with type=bool, so they stay on); dbspec's Prodigy has "
-                         "them off")
+        conv.unsupported(
+            choice,
+            "diffusers runs Prodigy with bias correction and safeguard warm-up on (its "
+            "--prodigy_* options are parsed with type=bool, so they stay on); dbspec's Prodigy has "
+            "them off",
+        )
         return
     eight = a["use_8bit_adam"]
     kind = "adamw8bit" if eight.value else "adamw"
     conv.mapped(eight, ("optimizer", "kind"), kind, comment=conv.comment(eight))
     if choice is not None:
-        conv.record(choice, "mapped", "optimizer.kind", "" if choice.value.lower() == "adamw" else
-                    "diffusers falls back to AdamW for other names")
+        conv.record(
+            choice,
+            "mapped",
+            "optimizer.kind",
+            "" if choice.value.lower() == "adamw" else "diffusers falls back to AdamW for other names",
+        )
     betas = [float(a["adam_beta1"].value), float(a["adam_beta2"].value)]
     if betas != [0.9, 0.999]:
         conv.put(("optimizer", "betas"), betas, f"{conv.tool} adam_beta1, adam_beta2")
     for key in ("adam_beta1", "adam_beta2"):
         conv.record(a[key], "mapped", "optimizer.betas")
-    for key, target, default in (("adam_weight_decay", "weight_decay", 1e-2), ("adam_epsilon", "eps", 1e-8),
-                                 ("max_grad_norm", "max_grad_norm", 1.0)):
+    for key, target, default in (
+        ("adam_weight_decay", "weight_decay", 1e-2),
+        ("adam_epsilon", "eps", 1e-8),
+        ("max_grad_norm", "max_grad_norm", 1.0),
+    ):
         if a[key].value != default:
             conv.mapped(a[key], ("optimizer", target), float(a[key].value))
         else:
             conv.record(a[key], "mapped", f"optimizer.{target}")
     te_decay = a["adam_weight_decay_text_encoder"] if "adam_weight_decay_text_encoder" in a else None
-    if te_decay is not None and a["train_text_encoder"].value and te_decay.value != a["adam_weight_decay"].value:
+    if (
+        te_decay is not None
+        and a["train_text_encoder"].value
+        and te_decay.value != a["adam_weight_decay"].value
+    ):
         conv.differs(te_decay, "dbspec uses one weight decay for the U-Net and the text encoders")
 
 
@@ -211,11 +272,18 @@ def _loss(a: Args, script: str, data: Data | None, conv: Conversion) -> None:
         conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
         base = a["pretrained_model_name_or_path"].value or ""
         if base not in KNOWN_HUB_MODELS or KNOWN_HUB_MODELS[base][1] == "v_prediction":
-            conv.differs(snr, "for v-prediction models diffusers weights by min(snr, gamma)/snr + 1, dbspec by "
-                         "min(snr, gamma)/(snr + 1) (the corrected form); the same for epsilon models")
+            conv.differs(
+                snr,
+                "for v-prediction models diffusers weights by min(snr, gamma)/snr + 1, dbspec by "
+                "min(snr, gamma)/(snr + 1) (the corrected form); the same for epsilon models",
+            )
     if "offset_noise" in a and a["offset_noise"].value:
-        conv.mapped(a["offset_noise"], ("loss", "noise_offset"), 0.1,
-                    comment=conv.comment(a["offset_noise"], "diffusers' fixed strength 0.1"))
+        conv.mapped(
+            a["offset_noise"],
+            ("loss", "noise_offset"),
+            0.1,
+            comment=conv.comment(a["offset_noise"], "diffusers' fixed strength 0.1"),
+        )
 
 
 def _precision(a: Args, script: str, launcher: dict[str, Legacy], conv: Conversion) -> None:
@@ -223,22 +291,37 @@ def _precision(a: Args, script: str, launcher: dict[str, Legacy], conv: Conversi
     if mixed.value is None and "mixed_precision" in launcher:
         mixed = launcher["mixed_precision"]
     if mixed.value is None:
-        conv.warn("DBS407", "no --mixed_precision: diffusers takes it from the accelerate config; converted as "
-                  "\"no\" (accelerate's default)", "mixed_precision", help="pass --mixed_precision to be sure")
-        conv.mapped(mixed, ("precision", "mixed"), "no",
-                    comment=conv.comment(mixed, "accelerate's default; your accelerate config may differ"))
+        conv.warn(
+            "DBS407",
+            "no --mixed_precision: diffusers takes it from the accelerate config; converted as "
+            '"no" (accelerate\'s default)',
+            "mixed_precision",
+            help="pass --mixed_precision to be sure",
+        )
+        conv.mapped(
+            mixed,
+            ("precision", "mixed"),
+            "no",
+            comment=conv.comment(mixed, "accelerate's default; your accelerate config may differ"),
+        )
     else:
         conv.mapped(mixed, ("precision", "mixed"), mixed.value)
     if mixed.value in ("fp16", "bf16") and not script.endswith("sdxl"):
-        conv.put(("precision", "vae_dtype"), mixed.value, f"{conv.tool} casts the VAE to the mixed-precision dtype")
+        conv.put(
+            ("precision", "vae_dtype"), mixed.value, f"{conv.tool} casts the VAE to the mixed-precision dtype"
+        )
     grad, tf32 = a["gradient_checkpointing"], a["allow_tf32"]
     if grad.value:
         conv.mapped(grad, ("precision", "gradient_checkpointing"), True)
     conv.mapped(tf32, ("precision", "tf32"), bool(tf32.value))
     text = a["train_text_encoder"]
     if text.value and "pre_compute_text_embeddings" in a and a["pre_compute_text_embeddings"].value:
-        conv.invalid("pre_compute_text_embeddings", True, "command line", "the script raises: "
-                     "`--train_text_encoder` cannot be used with `--pre_compute_text_embeddings`")
+        conv.invalid(
+            "pre_compute_text_embeddings",
+            True,
+            "command line",
+            "the script raises: `--train_text_encoder` cannot be used with `--pre_compute_text_embeddings`",
+        )
     if text.value:
         conv.mapped(text, ("train", "text_encoder"), True)
         te_lr = a["text_encoder_lr"] if "text_encoder_lr" in a else None
@@ -254,7 +337,10 @@ def _sweep(a: Args, conv: Conversion) -> None:
             continue
         if key in UNSUPPORTED and legacy.value:
             conv.unsupported(legacy, f"dbspec has no {UNSUPPORTED[key]}")
-        elif key in ("class_data_dir", "class_prompt", "num_class_images") and not a["with_prior_preservation"].value:
+        elif (
+            key in ("class_data_dir", "class_prompt", "num_class_images")
+            and not a["with_prior_preservation"].value
+        ):
             conv.ignored(legacy, "no --with_prior_preservation: the script warns and ignores it")
         else:
             conv.inert(legacy, INERT[key] if key in INERT else "not used with these settings")

@@ -36,8 +36,12 @@ def map_data(a: Args, script: str, paths: PathMapper, conv: Conversion) -> Data 
         return None
     prior = bool(a["with_prior_preservation"].value)
     if prior and not (a["class_data_dir"].value and a["class_prompt"].value):
-        conv.invalid("with_prior_preservation", True, a["with_prior_preservation"].source,
-                     "diffusers raises: prior preservation needs --class_data_dir and --class_prompt")
+        conv.invalid(
+            "with_prior_preservation",
+            True,
+            a["with_prior_preservation"].source,
+            "diffusers raises: prior preservation needs --class_data_dir and --class_prompt",
+        )
         return None
     local = paths.local(inst.value)
     images = list_images(local) if local is not None else None
@@ -49,23 +53,36 @@ def map_data(a: Args, script: str, paths: PathMapper, conv: Conversion) -> Data 
     batch = a["train_batch_size"]
     size = batch.value * (2 if prior else 1)
     if prior:
-        conv.differs(batch, f"diffusers pairs each of the {batch.value} instance images of a batch with a class "
-                     f"image; dbspec draws batches of {size} from the pooled, balanced samples, so a batch holds "
-                     "about (not exactly) half class images", ("schedule", "batch_size"), size,
-                     comment=conv.comment(batch, f"{batch.value} instance + {batch.value} class images"))
+        conv.differs(
+            batch,
+            f"diffusers pairs each of the {batch.value} instance images of a batch with a class "
+            f"image; dbspec draws batches of {size} from the pooled, balanced samples, so a batch holds "
+            "about (not exactly) half class images",
+            ("schedule", "batch_size"),
+            size,
+            comment=conv.comment(batch, f"{batch.value} instance + {batch.value} class images"),
+        )
     else:
         conv.mapped(batch, ("schedule", "batch_size"), size)
     _square(a, script, conv)
     if count is None:
-        conv.depends(inst.key, "the instance images could not be counted here: epoch lengths were not checked")
+        conv.depends(
+            inst.key, "the instance images could not be counted here: epoch lengths were not checked"
+        )
         return Data(prior=prior, batch_size=size, diffusers_batches=None, spec_batches=None)
     length = max(a["num_class_images"].value, count * repeats.value) if prior else count * repeats.value
     samples = count * spec_repeats * (2 if prior else 1)
-    return Data(prior=prior, batch_size=size, diffusers_batches=-(-length // batch.value),
-                spec_batches=-(-samples // size))
+    return Data(
+        prior=prior,
+        batch_size=size,
+        diffusers_batches=-(-length // batch.value),
+        spec_batches=-(-samples // size),
+    )
 
 
-def _instance(a: Args, repeats: Legacy, count: int | None, prior: bool, paths: PathMapper, conv: Conversion) -> int:
+def _instance(
+    a: Args, repeats: Legacy, count: int | None, prior: bool, paths: PathMapper, conv: Conversion
+) -> int:
     inst, prompt = a["instance_data_dir"], a["instance_prompt"]
     at = ("datasets", 0)
     conv.put((*at, "name"), "instance", f"{conv.tool} instance_data_dir")
@@ -75,10 +92,15 @@ def _instance(a: Args, repeats: Legacy, count: int | None, prior: bool, paths: P
     wanted = a["num_class_images"].value
     if prior and count and count * repeats.value < wanted:
         spec_repeats = -(-wanted // count)
-        note = f"{wanted} class images / {count} instance images, rounded up: an epoch shows every class image"
+        note = (
+            f"{wanted} class images / {count} instance images, rounded up: an epoch shows every class image"
+        )
         if wanted % count:
-            conv.differs(a["num_class_images"], f"{wanted} class images do not divide by {count} instance images: "
-                         f"dbspec's epoch holds {count * spec_repeats} pairs, diffusers' {wanted}")
+            conv.differs(
+                a["num_class_images"],
+                f"{wanted} class images do not divide by {count} instance images: "
+                f"dbspec's epoch holds {count * spec_repeats} pairs, diffusers' {wanted}",
+            )
         conv.put((*at, "repeats"), spec_repeats, f"{conv.tool}: {note}")
         conv.record(repeats, "mapped", "datasets[0].repeats", note)
     elif spec_repeats != 1:
@@ -95,13 +117,20 @@ def _class(a: Args, paths: PathMapper, conv: Conversion) -> None:
     conv.mapped(folder, (*at, "path"), paths.for_spec(folder.value))
     conv.put((*at, "role"), "class", conv.comment(a["with_prior_preservation"]))
     conv.mapped(prompt, (*at, "prompt"), prompt.value)
-    conv.mapped(number, (*at, "generate"), number.value,
-                comment=conv.comment(number, "missing class images are generated from class_prompt"))
+    conv.mapped(
+        number,
+        (*at, "generate"),
+        number.value,
+        comment=conv.comment(number, "missing class images are generated from class_prompt"),
+    )
     local = paths.local(folder.value)
     found = list_images(local) if local is not None else None
     if found and len(found) > number.value:
-        conv.differs(number, f"the class folder holds {len(found)} images: diffusers uses the first {number.value} "
-                     "it lists, dbspec those the balancing reaches in name order")
+        conv.differs(
+            number,
+            f"the class folder holds {len(found)} images: diffusers uses the first {number.value} "
+            "it lists, dbspec those the balancing reaches in name order",
+        )
     for key in ("sample_batch_size", "prior_generation_precision"):
         if a[key].given:
             conv.inert(a[key], "class-image generation settings: dbspec generates with its own")
@@ -110,12 +139,16 @@ def _class(a: Args, paths: PathMapper, conv: Conversion) -> None:
 
 def _square(a: Args, script: str, conv: Conversion) -> None:
     reso, crop = a["resolution"], a["center_crop"]
-    conv.put(("buckets", "mode"), "square", f"{conv.tool} resizes the short side to resolution and crops a square")
+    conv.put(
+        ("buckets", "mode"), "square", f"{conv.tool} resizes the short side to resolution and crops a square"
+    )
     for i in (0, 1):
         if ("datasets", i, "path") in conv.values:
             conv.mapped(reso, ("datasets", i, "resolution"), reso.value)
             if not crop.value:
-                conv.put(("datasets", i, "crop"), "random", conv.comment(crop, "no --center_crop: a random crop"))
+                conv.put(
+                    ("datasets", i, "crop"), "random", conv.comment(crop, "no --center_crop: a random crop")
+                )
             if "random_flip" in a and a["random_flip"].value:
                 conv.mapped(a["random_flip"], ("datasets", i, "flip"), True)
     conv.record(crop, "mapped", "datasets.crop")

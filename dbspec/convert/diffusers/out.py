@@ -8,14 +8,19 @@ from dbspec.convert.common.paths import PathMapper
 Args = dict[str, Legacy]
 
 
-def map_outputs(a: Args, script: str, lora: bool, per_epoch: int | None, paths: PathMapper,
-                conv: Conversion) -> None:
+def map_outputs(
+    a: Args, script: str, lora: bool, per_epoch: int | None, paths: PathMapper, conv: Conversion
+) -> None:
     out = a["output_dir"]
     conv.mapped(out, ("output", "dir"), paths.for_spec(out.value))
     every, limit = a["checkpointing_steps"], a["checkpoints_total_limit"]
     conv.mapped(every, ("checkpoints", "every"), every.value)
-    conv.mapped(limit, ("checkpoints", "keep"), limit.value or 0,
-                comment=conv.comment(limit, "None keeps every checkpoint") if limit.value is None else "")
+    conv.mapped(
+        limit,
+        ("checkpoints", "keep"),
+        limit.value or 0,
+        comment=conv.comment(limit, "None keeps every checkpoint") if limit.value is None else "",
+    )
     if lora and "output_kohya_format" in a and a["output_kohya_format"].value:
         conv.mapped(a["output_kohya_format"], ("checkpoints", "exports"), ["kohya_lora"])
     seed = a["seed"]
@@ -39,21 +44,31 @@ def _validation(a: Args, script: str, per_epoch: int | None, conv: Conversion) -
                 conv.inert(a[key], "no --validation_prompt")
         return
     conv.mapped(prompt, ("validation", "prompts"), [prompt.value])
-    conv.mapped(a["num_validation_images"], ("validation", "images_per_prompt"), a["num_validation_images"].value)
+    conv.mapped(
+        a["num_validation_images"], ("validation", "images_per_prompt"), a["num_validation_images"].value
+    )
     if interval.key == "validation_steps":
         conv.mapped(interval, ("validation", "every"), interval.value)
     elif per_epoch is not None:
-        conv.mapped(interval, ("validation", "every"), interval.value * per_epoch,
-                    comment=conv.comment(interval, f"{interval.value} x {per_epoch} steps per epoch"))
+        conv.mapped(
+            interval,
+            ("validation", "every"),
+            interval.value * per_epoch,
+            comment=conv.comment(interval, f"{interval.value} x {per_epoch} steps per epoch"),
+        )
     else:
-        conv.depends(interval.key, "the images could not be counted: epochs could not become steps; validation "
-                     "runs at the end only")
+        conv.depends(
+            interval.key,
+            "the images could not be counted: epochs could not become steps; validation runs at the end only",
+        )
         conv.record(interval, "differs", "validation.every")
     scheduler = a["validation_scheduler"] if "validation_scheduler" in a else None
     if scheduler is not None and scheduler.value == "DDPMScheduler":
         conv.differs(scheduler, "dbspec validates with DPM-Solver++ here, not DDPM")
     else:
-        conv.put(("validation", "scheduler"), "dpmpp", f"{conv.tool} validates with DPMSolverMultistepScheduler")
+        conv.put(
+            ("validation", "scheduler"), "dpmpp", f"{conv.tool} validates with DPMSolverMultistepScheduler"
+        )
         if scheduler is not None:
             conv.record(scheduler, "mapped", "validation.scheduler")
     conv.put(("validation", "steps"), 25, f"{conv.tool} validates with 25 inference steps")

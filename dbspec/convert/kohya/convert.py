@@ -6,56 +6,143 @@ from pathlib import Path
 
 from dbspec.convert.common.core import Conversion, Legacy, require_minimums
 from dbspec.convert.common.epochs import dbspec_epoch, kohya_epoch
-from dbspec.convert.kohya.data import KDataset, folder_config, load_dataset_config, optional, resolve, validate
+from dbspec.convert.kohya.data import (
+    KDataset,
+    folder_config,
+    load_dataset_config,
+    optional,
+    resolve,
+    validate,
+)
 from dbspec.convert.kohya.datasets import Layout, map_datasets
 from dbspec.convert.kohya.args import MINIMUM
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
-from dbspec.convert.kohya.train import map_learning_rates, map_length, map_lr_schedule, map_optimizer, \
-    map_text_encoder
+from dbspec.convert.kohya.train import (
+    map_learning_rates,
+    map_length,
+    map_lr_schedule,
+    map_optimizer,
+    map_text_encoder,
+)
 from dbspec.convert.common.launcher import report_launcher
 from dbspec.convert.common.paths import PathMapper
 
 # Options that never change what trains.
 INERT = {
-    **{k: "logging or console output" for k in ("console_log_level", "console_log_file", "console_log_simple",
-                                                 "log_prefix", "log_tracker_name", "wandb_run_name",
-                                                 "log_tracker_config", "wandb_api_key", "log_config")},
-    **{k: "attention kernel: the same maths" for k in ("mem_eff_attn", "xformers", "sdpa", "diffusers_xformers")},
-    **{k: "caching: dbspec caches latents and text embeddings itself" for k in (
-        "cache_latents", "cache_latents_to_disk", "vae_batch_size", "skip_cache_check", "cache_text_encoder_outputs",
-        "cache_text_encoder_outputs_to_disk")},
-    **{k: "data loading or memory placement" for k in (
-        "max_data_loader_n_workers", "persistent_data_loader_workers", "lowram", "highvram",
-        "disable_mmap_load_safetensors", "tokenizer_cache_dir", "torch_compile", "dynamo_backend",
-        "fused_backward_pass", "fused_optimizer_groups", "ddp_timeout", "ddp_gradient_as_bucket_view",
-        "ddp_static_graph", "deepspeed", "zero_stage", "offload_optimizer_device", "offload_optimizer_nvme_path",
-        "offload_param_device", "offload_param_nvme_path", "zero3_init_flag", "zero3_save_16bit_model",
-        "fp16_master_weights_and_gradients")},
-    **{k: "model metadata or uploads" for k in (
-        "metadata_title", "metadata_author", "metadata_description", "metadata_license", "metadata_tags",
-        "metadata_reso", "metadata_arch", "metadata_trigger_phrase", "metadata_usage_hint", "huggingface_repo_id",
-        "huggingface_repo_type", "huggingface_path_in_repo", "huggingface_token", "huggingface_repo_visibility",
-        "save_state_to_huggingface", "resume_from_huggingface", "async_upload", "no_metadata", "training_comment")},
-    **{k: "dbspec checkpoints always hold the resumable training state" for k in (
-        "save_state", "save_state_on_train_end", "save_last_n_epochs_state", "save_last_n_steps_state")},
+    **{
+        k: "logging or console output"
+        for k in (
+            "console_log_level",
+            "console_log_file",
+            "console_log_simple",
+            "log_prefix",
+            "log_tracker_name",
+            "wandb_run_name",
+            "log_tracker_config",
+            "wandb_api_key",
+            "log_config",
+        )
+    },
+    **{
+        k: "attention kernel: the same maths"
+        for k in ("mem_eff_attn", "xformers", "sdpa", "diffusers_xformers")
+    },
+    **{
+        k: "caching: dbspec caches latents and text embeddings itself"
+        for k in (
+            "cache_latents",
+            "cache_latents_to_disk",
+            "vae_batch_size",
+            "skip_cache_check",
+            "cache_text_encoder_outputs",
+            "cache_text_encoder_outputs_to_disk",
+        )
+    },
+    **{
+        k: "data loading or memory placement"
+        for k in (
+            "max_data_loader_n_workers",
+            "persistent_data_loader_workers",
+            "lowram",
+            "highvram",
+            "disable_mmap_load_safetensors",
+            "tokenizer_cache_dir",
+            "torch_compile",
+            "dynamo_backend",
+            "fused_backward_pass",
+            "fused_optimizer_groups",
+            "ddp_timeout",
+            "ddp_gradient_as_bucket_view",
+            "ddp_static_graph",
+            "deepspeed",
+            "zero_stage",
+            "offload_optimizer_device",
+            "offload_optimizer_nvme_path",
+            "offload_param_device",
+            "offload_param_nvme_path",
+            "zero3_init_flag",
+            "zero3_save_16bit_model",
+            "fp16_master_weights_and_gradients",
+        )
+    },
+    **{
+        k: "model metadata or uploads"
+        for k in (
+            "metadata_title",
+            "metadata_author",
+            "metadata_description",
+            "metadata_license",
+            "metadata_tags",
+            "metadata_reso",
+            "metadata_arch",
+            "metadata_trigger_phrase",
+            "metadata_usage_hint",
+            "huggingface_repo_id",
+            "huggingface_repo_type",
+            "huggingface_path_in_repo",
+            "huggingface_token",
+            "huggingface_repo_visibility",
+            "save_state_to_huggingface",
+            "resume_from_huggingface",
+            "async_upload",
+            "no_metadata",
+            "training_comment",
+        )
+    },
+    **{
+        k: "dbspec checkpoints always hold the resumable training state"
+        for k in (
+            "save_state",
+            "save_state_on_train_end",
+            "save_last_n_epochs_state",
+            "save_last_n_steps_state",
+        )
+    },
     "resume": "resuming is a run-time choice: `dbspec run spec.toml --resume`",
     "caption_extention": "the legacy spelling of caption_extension",
-    "validate_every_n_steps": "dbspec has no held-out validation loss", "validate_every_n_epochs": "ditto",
+    "validate_every_n_steps": "dbspec has no held-out validation loss",
+    "validate_every_n_epochs": "ditto",
     "max_validation_steps": "dbspec has no held-out validation loss",
 }
 # Options that change training and have no dbspec equivalent (when set to anything but their default).
 UNSUPPORTED = {
-    "debug_dataset": "kohya only shows the dataset and exits", "output_config": "kohya writes a config and exits",
-    "dataset_class": "a custom dataset class", "in_json": "fine-tuning metadata datasets",
-    "block_lr": "per-block U-Net learning rates", "skip_until_initial_step": "skipping the first steps",
-    "initial_epoch": "starting at a later epoch", "initial_step": "starting at a later step",
+    "debug_dataset": "kohya only shows the dataset and exits",
+    "output_config": "kohya writes a config and exits",
+    "dataset_class": "a custom dataset class",
+    "in_json": "fine-tuning metadata datasets",
+    "block_lr": "per-block U-Net learning rates",
+    "skip_until_initial_step": "skipping the first steps",
+    "initial_epoch": "starting at a later epoch",
+    "initial_step": "starting at a later step",
 }
 
 
-def convert_kohya(req: KohyaRequest, out: Path, allow_unsupported: bool = False) -> tuple[Conversion, list[str]]:
+def convert_kohya(
+    req: KohyaRequest, out: Path, allow_unsupported: bool = False
+) -> tuple[Conversion, list[str]]:
     """The conversion and the spec's header lines. Raises InputError when an input cannot be read."""
     conv = Conversion(tool="kohya", allow_unsupported=allow_unsupported)
     paths = PathMapper(cwd=req.cwd.resolve(), out_dir=out.resolve().parent)
@@ -96,11 +183,15 @@ def _dataset_source(ka: KohyaArgs, paths: PathMapper, conv: Conversion) -> tuple
         local = paths.local(dc.value)
         config = load_dataset_config(local, conv) if local is not None else None
         if local is None:
-            conv.invalid(dc.key, dc.value, dc.source, "a Windows path: the dataset config cannot be read here")
+            conv.invalid(
+                dc.key, dc.value, dc.source, "a Windows path: the dataset config cannot be read here"
+            )
         conv.record(dc, "mapped", "datasets")
         return (config, "dataset_config") if config is not None else None
     if a["train_data_dir"].value is None:
-        conv.invalid("train_data_dir", None, "command line", "kohya needs --dataset_config or --train_data_dir")
+        conv.invalid(
+            "train_data_dir", None, "command line", "kohya needs --dataset_config or --train_data_dir"
+        )
         return None
     config = folder_config(a, paths, conv)
     for key in ("train_data_dir", "reg_data_dir"):
@@ -119,8 +210,12 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
     layout = map_datasets(datasets, ka.script, bool(a["cache_latents"].value), paths, conv)
     if masked.given:
         controlnet = layout is not None and any(d.kind == "controlnet" for d, _, _ in layout.parts)
-        conv.record(masked, "mapped" if controlnet else "inert", "datasets.masks" if controlnet else "",
-                    "" if controlnet else "no subset has conditioning_data_dir masks")
+        conv.record(
+            masked,
+            "mapped" if controlnet else "inert",
+            "datasets.masks" if controlnet else "",
+            "" if controlnet else "no subset has conditioning_data_dir masks",
+        )
     if a["conditioning_data_dir"].given:
         conv.inert(a["conditioning_data_dir"], "masks come from the subsets' conditioning_data_dir")
     return layout
@@ -141,13 +236,21 @@ def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int |
 def _balance_notes(kohya, dbspec, layout: Layout, conv: Conversion) -> None:
     reg = next(s.values["is_reg"] for _, s, _ in layout.parts if s.values["is_reg"].value)
     if kohya.class_repeats != dbspec.class_repeats:
-        conv.differs(reg, f"kohya balances reg images per [[datasets]] ({kohya.class_samples} reg samples per epoch), "
-                     f"dbspec against all training images ({dbspec.class_samples})")
+        conv.differs(
+            reg,
+            f"kohya balances reg images per [[datasets]] ({kohya.class_samples} reg samples per epoch), "
+            f"dbspec against all training images ({dbspec.class_samples})",
+        )
     else:
-        conv.put(("schedule", "balance_classes"), True,
-                 f"kohya repeats reg images to match the training images ({kohya.class_samples} per epoch)")
-    conv.notes.append("kohya: with reg images an epoch holds twice the training samples, so each step sees half "
-                      "as many training images as diffusers' DreamBooth; dbspec keeps kohya's step count")
+        conv.put(
+            ("schedule", "balance_classes"),
+            True,
+            f"kohya repeats reg images to match the training images ({kohya.class_samples} per epoch)",
+        )
+    conv.notes.append(
+        "kohya: with reg images an epoch holds twice the training samples, so each step sees half "
+        "as many training images as diffusers' DreamBooth; dbspec keeps kohya's step count"
+    )
 
 
 def _sweep(a: dict[str, Legacy], conv: Conversion) -> None:
@@ -174,8 +277,11 @@ def _sweep_config(config: dict, source: str, conv: Conversion) -> None:
         if isinstance(d, dict):
             tables.append((f"datasets[{i}]", d))
             subsets = optional(d, "subsets", [])
-            tables += [(f"datasets[{i}].subsets[{j}]", s) for j, s in enumerate(subsets if isinstance(subsets, list)
-                                                                               else []) if isinstance(s, dict)]
+            tables += [
+                (f"datasets[{i}].subsets[{j}]", s)
+                for j, s in enumerate(subsets if isinstance(subsets, list) else [])
+                if isinstance(s, dict)
+            ]
     for where, table in tables:
         for key, value in table.items():
             name = f"{where}.{key}"
@@ -184,5 +290,7 @@ def _sweep_config(config: dict, source: str, conv: Conversion) -> None:
 
 
 def _header(ka: KohyaArgs) -> list[str]:
-    return [f"Converted by `dbspec convert kohya` ({ka.script}.py) from: {'; '.join(ka.inputs) or 'defaults'}.",
-            "Each value's comment names the kohya key it came from; `--report` lists what became of every key."]
+    return [
+        f"Converted by `dbspec convert kohya` ({ka.script}.py) from: {'; '.join(ka.inputs) or 'defaults'}.",
+        "Each value's comment names the kohya key it came from; `--report` lists what became of every key.",
+    ]

@@ -59,8 +59,13 @@ def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | Non
         local = paths.local(root)
         if local is None or not local.is_dir():
             why = "is a Windows path" if local is None else "does not exist here"
-            conv.invalid(key, root, args[key].source, f"the folder {why}, so its `N_class tokens` sub-folders "
-                         "cannot be listed", help="convert where the images are, or pass --cwd")
+            conv.invalid(
+                key,
+                root,
+                args[key].source,
+                f"the folder {why}, so its `N_class tokens` sub-folders cannot be listed",
+                help="convert where the images are, or pass --cwd",
+            )
             return None
         for sub in sorted(p for p in local.iterdir() if p.is_dir()):
             subset = _folder_subset(key, root, sub.name, is_reg, conv, args[key].source)
@@ -69,7 +74,9 @@ def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | Non
     return {"datasets": [{"subsets": subsets}]}
 
 
-def _folder_subset(key: str, root: str, name: str, is_reg: bool, conv: Conversion, source: str) -> dict | None:
+def _folder_subset(
+    key: str, root: str, name: str, is_reg: bool, conv: Conversion, source: str
+) -> dict | None:
     legacy = Legacy(key=f"{key}/{name}", value=name, source="folder name")
     head, _, tail = name.partition("_")
     try:
@@ -81,8 +88,13 @@ def _folder_subset(key: str, root: str, name: str, is_reg: bool, conv: Conversio
         conv.ignored(legacy, f"{repeats} repeats: kohya skips the folder")
         return None
     sep = "\\" if "\\" in root and "/" not in root else "/"
-    return {"image_dir": root.rstrip("\\/") + sep + name, "num_repeats": repeats, "class_tokens": tail,
-            "is_reg": is_reg, "_folder": legacy}
+    return {
+        "image_dir": root.rstrip("\\/") + sep + name,
+        "num_repeats": repeats,
+        "class_tokens": tail,
+        "is_reg": is_reg,
+        "_folder": legacy,
+    }
 
 
 def validate(config: dict, script: str, masked_loss: bool, conv: Conversion, source: str) -> list[str] | None:
@@ -97,8 +109,14 @@ def validate(config: dict, script: str, masked_loss: bool, conv: Conversion, sou
         conv.invalid("datasets", datasets, source, "expected an array of tables ([[datasets]])")
         return None
     kinds = [_kind(d, i, script, masked_loss, conv, source) for i, d in enumerate(datasets)]
-    allowed_general = {**ks.DATASET_KEYS, **{k: v for kind in set(filter(None, kinds)) or {"dreambooth"}
-                                               for k, v in ks.ascendable(kind).items()}}
+    allowed_general = {
+        **ks.DATASET_KEYS,
+        **{
+            k: v
+            for kind in set(filter(None, kinds)) or {"dreambooth"}
+            for k, v in ks.ascendable(kind).items()
+        },
+    }
     ok &= _check_table(general, allowed_general, "general", conv, source)
     for i, (dataset, kind) in enumerate(zip(datasets, kinds)):
         ok &= kind is not None and _check_dataset(dataset, i, kind, conv, source)
@@ -115,8 +133,13 @@ def _kind(dataset: dict, i: int, script: str, masked_loss: bool, conv: Conversio
         return "finetune"
     if all("metadata_file" not in s for s in subsets):
         return "dreambooth"
-    conv.invalid(f"datasets[{i}].subsets", "...", source, "DreamBooth subset and fine tuning subset cannot be "
-                 "mixed in the same dataset (kohya ConfigSanitizer)")
+    conv.invalid(
+        f"datasets[{i}].subsets",
+        "...",
+        source,
+        "DreamBooth subset and fine tuning subset cannot be "
+        "mixed in the same dataset (kohya ConfigSanitizer)",
+    )
     return None
 
 
@@ -132,12 +155,16 @@ def _check_dataset(dataset: dict, i: int, kind: str, conv: Conversion, source: s
         ok &= _check_table(subset, ks.subset_keys(kind), where, conv, source, kind)
         for key in ks.REQUIRED[kind]:
             if key not in subset:
-                conv.invalid(f"{where}.{key}", None, source, f"required key not provided ({_kind_rule(kind)})")
+                conv.invalid(
+                    f"{where}.{key}", None, source, f"required key not provided ({_kind_rule(kind)})"
+                )
                 ok = False
     return ok
 
 
-def _check_table(table: dict, allowed: dict, where: str, conv: Conversion, source: str, kind: str = "") -> bool:
+def _check_table(
+    table: dict, allowed: dict, where: str, conv: Conversion, source: str, kind: str = ""
+) -> bool:
     ok = True
     for key, value in table.items():
         path = f"{where}.{key}" if where else key
@@ -155,27 +182,37 @@ def _check_table(table: dict, allowed: dict, where: str, conv: Conversion, sourc
 def _check_keys(config: dict, allowed: tuple, where: str, conv: Conversion, source: str) -> bool:
     extra = [k for k in config if k not in allowed]
     for key in extra:
-        conv.invalid(key, config[key], source, "extra keys not allowed: the top level holds only [general] and "
-                     "[[datasets]]")
+        conv.invalid(
+            key,
+            config[key],
+            source,
+            "extra keys not allowed: the top level holds only [general] and [[datasets]]",
+        )
     return not extra
 
 
 def _extra_hint(key: str, kind: str) -> str:
     if kind == "controlnet" and key in ("is_reg", "class_tokens", "alpha_mask"):
-        return (f": subsets with conditioning_data_dir (masked loss) are validated as ControlNet subsets, which "
-                f"may not set `{key}` (kohya ConfigSanitizer; regularisation images cannot carry masks)")
+        return (
+            f": subsets with conditioning_data_dir (masked loss) are validated as ControlNet subsets, which "
+            f"may not set `{key}` (kohya ConfigSanitizer; regularisation images cannot carry masks)"
+        )
     if kind == "dreambooth" and key == "conditioning_data_dir":
-        return ": conditioning_data_dir (loss masks) needs --masked_loss, and then every subset of the dataset " \
-               "must have one (kohya ConfigSanitizer)"
+        return (
+            ": conditioning_data_dir (loss masks) needs --masked_loss, and then every subset of the dataset "
+            "must have one (kohya ConfigSanitizer)"
+        )
     if key in ("prior_loss_weight", "max_token_length", "debug_dataset"):
         return f": `{key}` is a command-line option only"
     return ""
 
 
 def _kind_rule(kind: str) -> str:
-    return {"controlnet": "masked-loss subsets need image_dir and conditioning_data_dir",
-            "dreambooth": "DreamBooth subsets need image_dir",
-            "finetune": "fine-tuning subsets need metadata_file"}[kind]
+    return {
+        "controlnet": "masked-loss subsets need image_dir and conditioning_data_dir",
+        "dreambooth": "DreamBooth subsets need image_dir",
+        "finetune": "fine-tuning subsets need metadata_file",
+    }[kind]
 
 
 def resolve(config: dict, kinds: list[str], args: Args, source: str) -> tuple[KDataset, ...]:

@@ -33,24 +33,45 @@ class Layout:
         """The kept subsets for epoch arithmetic; None when some folder could not be read here."""
         if any(images is None for _, _, images in self.parts):
             return None
-        return [Part(images=images, repeats=s.values["num_repeats"].value, is_class=bool(s.values["is_reg"].value),
-                     group=d.index, bucketing=self.settings[d.index].kohya,
-                     converted=self.settings[d.index].converted) for d, s, images in self.parts]
+        return [
+            Part(
+                images=images,
+                repeats=s.values["num_repeats"].value,
+                is_class=bool(s.values["is_reg"].value),
+                group=d.index,
+                bucketing=self.settings[d.index].kohya,
+                converted=self.settings[d.index].converted,
+            )
+            for d, s, images in self.parts
+        ]
 
 
-def map_datasets(datasets: tuple[KDataset, ...], script: str, cache_latents: bool, paths: PathMapper,
-                 conv: Conversion) -> Layout | None:
+def map_datasets(
+    datasets: tuple[KDataset, ...], script: str, cache_latents: bool, paths: PathMapper, conv: Conversion
+) -> Layout | None:
     if not datasets:
-        conv.invalid("datasets", [], "dataset_config", "no dataset: kohya needs at least one [[datasets]] with "
-                     "subsets (or train_data_dir)")
+        conv.invalid(
+            "datasets",
+            [],
+            "dataset_config",
+            "no dataset: kohya needs at least one [[datasets]] with subsets (or train_data_dir)",
+        )
         return None
     settings = [_dataset_settings(d, script, conv) for d in datasets]
     if any(s is None for s in settings):
         return None
-    batch = _one(conv, [(d.values["batch_size"], d.values["batch_size"].value) for d in datasets], "batch_size",
-                 "dbspec has one schedule.batch_size for all datasets")
-    shape = _one(conv, [(d.values["enable_bucket"], s.mode_key) for d, s in zip(datasets, settings)],
-                 "bucket settings", "dbspec has one [buckets] table for all datasets")
+    batch = _one(
+        conv,
+        [(d.values["batch_size"], d.values["batch_size"].value) for d in datasets],
+        "batch_size",
+        "dbspec has one schedule.batch_size for all datasets",
+    )
+    shape = _one(
+        conv,
+        [(d.values["enable_bucket"], s.mode_key) for d, s in zip(datasets, settings)],
+        "bucket settings",
+        "dbspec has one [buckets] table for all datasets",
+    )
     if batch is None or shape is None:
         return None
     conv.mapped(datasets[0].values["batch_size"], ("schedule", "batch_size"), batch)
@@ -61,17 +82,33 @@ def map_datasets(datasets: tuple[KDataset, ...], script: str, cache_latents: boo
         map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
         subset_problems(dataset, subset, images, setting, cache_latents, conv)
     if not parts:
-        conv.invalid("datasets", "...", "dataset_config", "no subset with images and repeats >= 1: kohya has "
-                     "nothing to train")
+        conv.invalid(
+            "datasets",
+            "...",
+            "dataset_config",
+            "no subset with images and repeats >= 1: kohya has nothing to train",
+        )
         return None
-    uncacheable = [s.values[k] for _, s, _ in parts for k in ("random_crop", "color_aug") if s.values[k].value]
+    uncacheable = [
+        s.values[k] for _, s, _ in parts for k in ("random_crop", "color_aug") if s.values[k].value
+    ]
     if cache_latents and uncacheable:
-        conv.invalid("cache_latents", True, "command line", f"kohya asserts latents are not cached with "
-                     f"random_crop or color_aug (`{uncacheable[0].key}` is on)")
+        conv.invalid(
+            "cache_latents",
+            True,
+            "command line",
+            f"kohya asserts latents are not cached with "
+            f"random_crop or color_aug (`{uncacheable[0].key}` is on)",
+        )
     has_class = any(s.values["is_reg"].value for _, s, _ in parts)
     masked = any(d.kind == "controlnet" or s.values["alpha_mask"].value for d, s, _ in parts)
-    return Layout(batch_size=datasets[0].values["batch_size"], settings=tuple(settings), parts=tuple(parts),
-                  has_class=has_class, masked=masked)
+    return Layout(
+        batch_size=datasets[0].values["batch_size"],
+        settings=tuple(settings),
+        parts=tuple(parts),
+        has_class=has_class,
+        masked=masked,
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -103,20 +140,36 @@ def _dataset_settings(d: KDataset, script: str, conv: Conversion) -> Settings | 
         return None
     kohya = Bucketing(mode=mode, resolution=size, min_size=low, max_size=high, step=step)
     converted = attrs.evolve(kohya, resolution=(spec_reso, spec_reso))
-    key = (mode,) if mode == "square" else (mode, step) if mode == "no_upscale" else \
-        (mode, *bk.adjust_min_max(low, high, step), step)
-    return Settings(resolution=size, spec_resolution=spec_reso, kohya=kohya, converted=converted, mode_key=key)
+    key = (
+        (mode,)
+        if mode == "square"
+        else (mode, step)
+        if mode == "no_upscale"
+        else (mode, *bk.adjust_min_max(low, high, step), step)
+    )
+    return Settings(
+        resolution=size, spec_resolution=spec_reso, kohya=kohya, converted=converted, mode_key=key
+    )
 
 
 def _resolution(reso: Legacy, conv: Conversion) -> tuple[int, int] | None:
     value = reso.value
     if value is None:
-        conv.invalid("resolution", None, reso.source, "kohya needs a resolution (DreamBoothDataset asserts one): set "
-                     "--resolution or `resolution` in the dataset config")
+        conv.invalid(
+            "resolution",
+            None,
+            reso.source,
+            "kohya needs a resolution (DreamBoothDataset asserts one): set "
+            "--resolution or `resolution` in the dataset config",
+        )
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, int) and x > 0 for x in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(x, int) and x > 0 for x in value)
+    ):
         return (value[0], value[1])
     conv.invalid(reso.key, value, reso.source, 'expected "N" or "W,H"')
     return None
@@ -126,8 +179,11 @@ def _spec_resolution(reso: Legacy, size: tuple[int, int], mode: str, conv: Conve
     width, height = size
     side = width if width == height else math.isqrt(width * height)
     if width != height and (mode == "square" or side * side != width * height):
-        conv.unsupported(reso, f"a non-square resolution {width}x{height}: dbspec resolutions are one side N (buckets "
-                         "keep the area N*N); kohya's buckets use only the area, so W*H must be a square number")
+        conv.unsupported(
+            reso,
+            f"a non-square resolution {width}x{height}: dbspec resolutions are one side N (buckets "
+            "keep the area N*N); kohya's buckets use only the area, so W*H must be a square number",
+        )
         return None
     if side % 8 or not 64 <= side <= 4096:
         conv.unsupported(reso, f"resolution {side}: dbspec needs a multiple of 8 between 64 and 4096")
@@ -144,14 +200,25 @@ def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conv
         conv.invalid(step.key, step.value, step.source, "kohya divides by bucket_reso_steps")
         return False
     if step.value % multiple:
-        conv.invalid(step.key, step.value, step.source, f"{script}.py asserts bucket_reso_steps % {multiple} == 0 "
-                     f"(verify_bucket_reso_steps({multiple})) when buckets are enabled")
+        conv.invalid(
+            step.key,
+            step.value,
+            step.source,
+            f"{script}.py asserts bucket_reso_steps % {multiple} == 0 "
+            f"(verify_bucket_reso_steps({multiple})) when buckets are enabled",
+        )
         ok = False
     elif not v["bucket_no_upscale"].value:
-        for problem in bk.range_violations(size, v["min_bucket_reso"].value, v["max_bucket_reso"].value, step.value):
-            conv.invalid(v["min_bucket_reso"].key, v["min_bucket_reso"].value, v["min_bucket_reso"].source,
-                         f"kohya asserts min(resolution) >= min_bucket_reso and max(resolution) <= max_bucket_reso "
-                         f"(after rounding to bucket_reso_steps): {problem}")
+        for problem in bk.range_violations(
+            size, v["min_bucket_reso"].value, v["max_bucket_reso"].value, step.value
+        ):
+            conv.invalid(
+                v["min_bucket_reso"].key,
+                v["min_bucket_reso"].value,
+                v["min_bucket_reso"].source,
+                f"kohya asserts min(resolution) >= min_bucket_reso and max(resolution) <= max_bucket_reso "
+                f"(after rounding to bucket_reso_steps): {problem}",
+            )
             ok = False
     return ok
 
@@ -161,15 +228,21 @@ def _one(conv: Conversion, pairs: list[tuple[Legacy, object]], what: str, why: s
     if len(values) == 1:
         return pairs[0][1]
     for legacy, _ in pairs:
-        conv.unsupported(legacy, f"the [[datasets]] use different {what} ({', '.join(map(str, values))}): {why}")
+        conv.unsupported(
+            legacy, f"the [[datasets]] use different {what} ({', '.join(map(str, values))}): {why}"
+        )
     return None
 
 
 def _write_buckets(d: KDataset, s: Settings, conv: Conversion) -> None:
     v = d.values
     if s.kohya.mode == "square":
-        conv.mapped(v["enable_bucket"], ("buckets", "mode"), "square",
-                    comment=conv.comment(v["enable_bucket"], "buckets off: one resolution x resolution bucket"))
+        conv.mapped(
+            v["enable_bucket"],
+            ("buckets", "mode"),
+            "square",
+            comment=conv.comment(v["enable_bucket"], "buckets off: one resolution x resolution bucket"),
+        )
         for key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"):
             conv.inert(v[key], "buckets are off (enable_bucket = false)")
         return
@@ -197,14 +270,18 @@ def _parts(datasets, settings, paths: PathMapper, conv: Conversion) -> list:
             image_dir = s.values["image_dir"].value
             legacy = s.values["image_dir"]
             if d.kind == "finetune":
-                conv.unsupported(s.values["metadata_file"], "fine-tuning subsets (metadata JSON captions) have no "
-                                 "dbspec equivalent")
+                conv.unsupported(
+                    s.values["metadata_file"],
+                    "fine-tuning subsets (metadata JSON captions) have no dbspec equivalent",
+                )
                 continue
             if s.values["num_repeats"].value < 1:
                 conv.ignored(s.values["num_repeats"], "num_repeats < 1: kohya skips the subset")
                 continue
             if image_dir in seen:
-                conv.ignored(legacy, "the same image_dir appears earlier in this dataset: kohya ignores this subset")
+                conv.ignored(
+                    legacy, "the same image_dir appears earlier in this dataset: kohya ignores this subset"
+                )
                 continue
             seen.add(image_dir)
             local = paths.local(image_dir)
@@ -221,6 +298,9 @@ def _drop_unbalanced_reg(rows: list, conv: Conversion) -> list:
     if any(not s.values["is_reg"].value for _, s, _ in rows):
         return rows
     for _, s, _ in rows:
-        conv.ignored(s.values["is_reg"], "this [[datasets]] has no training images: kohya balances reg images per "
-                     "dataset against its training images, so these are never used")
+        conv.ignored(
+            s.values["is_reg"],
+            "this [[datasets]] has no training images: kohya balances reg images per "
+            "dataset against its training images, so these are never used",
+        )
     return []

@@ -19,11 +19,29 @@ from dbspec.convert.kohya.args import SCRIPTS, arg_table, script_of
 from dbspec.convert.common.launcher import InputError, launcher_options, read_command
 
 # Keys the bmaltais kohya_ss GUI writes into config files; kohya ignores them.
-GUI_KEYS = frozenset({"epoch", "noise_offset_type", "sdxl", "lr_restart_cycles", "LoRA_type", "model_list",
-                      "lora_network_weights", "sdxl_checkbox", "sample_every_n_steps_", "save_as_bool",
-                      "stop_text_encoder_training_pct", "train_on_input", "use_wandb", "dataset_config_file",
-                      "additional_parameters", "lr_warmup", "max_resolution", "sdxl_no_half_vae",
-                      "num_cpu_threads_per_process"})
+GUI_KEYS = frozenset(
+    {
+        "epoch",
+        "noise_offset_type",
+        "sdxl",
+        "lr_restart_cycles",
+        "LoRA_type",
+        "model_list",
+        "lora_network_weights",
+        "sdxl_checkbox",
+        "sample_every_n_steps_",
+        "save_as_bool",
+        "stop_text_encoder_training_pct",
+        "train_on_input",
+        "use_wandb",
+        "dataset_config_file",
+        "additional_parameters",
+        "lr_warmup",
+        "max_resolution",
+        "sdxl_no_half_vae",
+        "num_cpu_threads_per_process",
+    }
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -59,8 +77,15 @@ def kohya_args(req: KohyaRequest, conv: Conversion) -> KohyaArgs:
         cli = _parse_cli(command.args, table, conv)
     script = script or _guess_script(conv)
     table = arg_table(script)
-    overrides = {k: v for k, v in (("dataset_config", req.dataset_config), ("train_data_dir", req.train_data_dir),
-                                   ("reg_data_dir", req.reg_data_dir)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("dataset_config", req.dataset_config),
+            ("train_data_dir", req.train_data_dir),
+            ("reg_data_dir", req.reg_data_dir),
+        )
+        if v is not None
+    }
     config_path = req.config_file or _cli_config_path(cli, req.cwd)
     config = _read_config_file(config_path, table, conv) if config_path else {}
     if config_path:
@@ -81,15 +106,19 @@ def _script(from_command: str, requested: str | None, conv: Conversion) -> str:
         return requested or ""
     script = script_of(from_command)
     if script is None:
-        raise InputError(f"`{from_command}` is not one of kohya's DreamBooth scripts "
-                         f"({', '.join(s + '.py' for s in SCRIPTS)})")
+        raise InputError(
+            f"`{from_command}` is not one of kohya's DreamBooth scripts "
+            f"({', '.join(s + '.py' for s in SCRIPTS)})"
+        )
     if requested and requested != script:
         conv.warn("DBS405", f"--script {requested} ignored: the command runs {from_command}", "script")
     return script
 
 
 def _guess_script(conv: Conversion) -> str:
-    conv.warn("DBS407", "no script named: converted as train_db.py (pass --script to choose another)", "script")
+    conv.warn(
+        "DBS407", "no script named: converted as train_db.py (pass --script to choose another)", "script"
+    )
     return "train_db"
 
 
@@ -98,9 +127,11 @@ def _parse_cli(tokens: tuple[str, ...], table: dict[str, Arg], conv: Conversion)
     for option, text, why in parsed.problems:
         key = option.lstrip("-")
         if why.startswith("unrecognized") or why.startswith("ambiguous"):
-            conv.unsupported(Legacy(key=key, value=text, source="command line"),
-                             f"{why} for this script (argparse would stop; if your sd-scripts version has it, "
-                             "dbspec does not know what it does)")
+            conv.unsupported(
+                Legacy(key=key, value=text, source="command line"),
+                f"{why} for this script (argparse would stop; if your sd-scripts version has it, "
+                "dbspec does not know what it does)",
+            )
         else:
             conv.invalid(key, text, "command line", why)
     return parsed.values
@@ -121,7 +152,7 @@ def _read_config_file(path: Path, table: dict[str, Arg], conv: Conversion) -> di
         raise InputError(f"cannot read the config file `{path}`: {exc}") from None
     flat: dict[str, Any] = {}
     for section, body in data.items():
-        for key, value in (body.items() if isinstance(body, dict) else [(section, body)]):
+        for key, value in body.items() if isinstance(body, dict) else [(section, body)]:
             flat[key] = value
     return {k: v for k, v in flat.items() if _config_value_ok(k, v, table, conv)}
 
@@ -130,7 +161,9 @@ def _config_value_ok(key: str, value: Any, table: dict[str, Arg], conv: Conversi
     legacy = Legacy(key=key, value=value, source="config_file")
     if key not in table:
         if key not in GUI_KEYS:
-            conv.ignored(legacy, "not an option of this script; kohya keeps unknown config_file keys silently")
+            conv.ignored(
+                legacy, "not an option of this script; kohya keeps unknown config_file keys silently"
+            )
         else:
             conv.inert(legacy, "a kohya_ss GUI key; kohya ignores it")
         return False
@@ -147,9 +180,19 @@ def _config_value_ok(key: str, value: Any, table: dict[str, Arg], conv: Conversi
 def config_type_problem(arg: Arg, value: Any) -> str:
     """What kohya would trip over later: config_file values skip argparse's type conversion."""
     if arg.name in ("resolution", "face_crop_aug_range"):
-        return "" if isinstance(value, str) else 'must be a string such as "512" or "512,768" (kohya splits it on ",")'
-    expected = {"flag": (bool,), "int": (int,), "float": (int, float), "str": (str,), "list": (list,),
-                "int_or_float": (int, float)}[arg.kind]
+        return (
+            ""
+            if isinstance(value, str)
+            else 'must be a string such as "512" or "512,768" (kohya splits it on ",")'
+        )
+    expected = {
+        "flag": (bool,),
+        "int": (int,),
+        "float": (int, float),
+        "str": (str,),
+        "list": (list,),
+        "int_or_float": (int, float),
+    }[arg.kind]
     if arg.name == "text_encoder_lr" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return ""  # kohya accepts one number for both text encoders in a config file
     if isinstance(value, bool) and arg.kind != "flag" or not isinstance(value, expected):

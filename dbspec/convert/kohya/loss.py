@@ -32,8 +32,12 @@ def map_loss(a: Args, script: str, has_class: bool, batch_size: Legacy, conv: Co
     if snr.value:
         conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
         if has_class:
-            conv.differs(snr, "kohya weights reg samples by Min-SNR too; dbspec weights only the instance term",
-                         ("loss", "min_snr_gamma"), float(snr.value))
+            conv.differs(
+                snr,
+                "kohya weights reg samples by Min-SNR too; dbspec weights only the instance term",
+                ("loss", "min_snr_gamma"),
+                float(snr.value),
+            )
     offset = a["noise_offset"]
     if offset.value:
         conv.mapped(offset, ("loss", "noise_offset"), float(offset.value))
@@ -53,8 +57,11 @@ def map_loss(a: Args, script: str, has_class: bool, batch_size: Legacy, conv: Co
 def _loss_kind(a: Args, conv: Conversion) -> None:
     kind = a["loss_type"]
     if kind.value in ("huber", "smooth_l1"):
-        conv.unsupported(kind, "kohya's huber/smooth_l1 are pseudo-Huber losses whose threshold follows "
-                         "huber_schedule over timesteps; dbspec's huber is torch's Huber with a fixed delta")
+        conv.unsupported(
+            kind,
+            "kohya's huber/smooth_l1 are pseudo-Huber losses whose threshold follows "
+            "huber_schedule over timesteps; dbspec's huber is torch's Huber with a fixed delta",
+        )
     elif kind.value == "l1":
         conv.mapped(kind, ("loss", "kind"), "l1")
     else:
@@ -77,9 +84,12 @@ def _prior(a: Args, script: str, has_class: bool, batch_size: Legacy, conv: Conv
     else:
         conv.record(weight, "mapped", "loss.prior_weight")
     if batch_size.value > 1:
-        conv.differs(batch_size, "reg and training images share batches: kohya averages per-sample weighted losses "
-                     "over each mixed batch, dbspec adds the instance mean and prior_weight x the class mean, so a "
-                     "batch's terms are scaled differently (identical with batch size 1)")
+        conv.differs(
+            batch_size,
+            "reg and training images share batches: kohya averages per-sample weighted losses "
+            "over each mixed batch, dbspec adds the instance mean and prior_weight x the class mean, so a "
+            "batch's terms are scaled differently (identical with batch size 1)",
+        )
 
 
 def _timesteps(a: Args, conv: Conversion) -> None:

@@ -22,17 +22,27 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
     """[model]; returns the family."""
     base = a["pretrained_model_name_or_path"]
     if not base.value:
-        conv.invalid(base.key, None, base.source, "kohya needs the base model (--pretrained_model_name_or_path)")
+        conv.invalid(
+            base.key, None, base.source, "kohya needs the base model (--pretrained_model_name_or_path)"
+        )
         return None
     conv.mapped(base, ("model", "base"), model_path(base.value, paths))
     if base.value.lower().endswith((".ckpt", ".pt", ".pth")):
-        conv.put(("model", "allow_pickle"), True, conv.comment(base, "kohya loads pickle checkpoints without asking"))
+        conv.put(
+            ("model", "allow_pickle"),
+            True,
+            conv.comment(base, "kohya loads pickle checkpoints without asking"),
+        )
     family = _family(a, script, conv)
     if family is None:
         return None
     vparam = a["v_parameterization"]
-    conv.mapped(vparam, ("model", "prediction"), "v_prediction" if vparam.value else "epsilon",
-                comment=conv.comment(vparam, "kohya trains the target its flags name"))
+    conv.mapped(
+        vparam,
+        ("model", "prediction"),
+        "v_prediction" if vparam.value else "epsilon",
+        comment=conv.comment(vparam, "kohya trains the target its flags name"),
+    )
     vae = a["vae"]
     if vae.value:
         conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
@@ -43,8 +53,14 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
 def model_path(value: str, paths: PathMapper) -> str:
     """A hub id stays as written; an existing path, an absolute path or a weights file is a path."""
     local = paths.local(value)
-    is_path = local is None or local.exists() or value.startswith((".", "/", "~")) or \
-        value.lower().endswith(_FILE_SUFFIXES) or value.count("/") > 1 or "\\" in value
+    is_path = (
+        local is None
+        or local.exists()
+        or value.startswith((".", "/", "~"))
+        or value.lower().endswith(_FILE_SUFFIXES)
+        or value.count("/") > 1
+        or "\\" in value
+    )
     return paths.for_spec(value) if is_path else value
 
 
@@ -58,7 +74,9 @@ def _family(a: Args, script: str, conv: Conversion) -> str | None:
         conv.record(v2, "mapped", "model.family")
         return "sdxl"
     family = "sd2" if v2.value else "sd1"
-    conv.mapped(v2, ("model", "family"), family, comment=conv.comment(v2, "SD 2.x" if v2.value else "no --v2: SD 1.x"))
+    conv.mapped(
+        v2, ("model", "family"), family, comment=conv.comment(v2, "SD 2.x" if v2.value else "no --v2: SD 1.x")
+    )
     return family
 
 
@@ -71,7 +89,9 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
         conv.mapped(clip, ("model", "clip_skip"), clip.value)
     else:
         conv.record(clip, "mapped", "model.clip_skip")
-    for key, why in (("max_token_length", "dbspec encodes 75 tokens (kohya extends to 150/225 by chunking)"),):
+    for key, why in (
+        ("max_token_length", "dbspec encodes 75 tokens (kohya extends to 150/225 by chunking)"),
+    ):
         if a[key].value is not None:
             conv.unsupported(a[key], why)
     if a["no_token_padding"].value if "no_token_padding" in a else False:
@@ -82,7 +102,9 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
     """[adapter] for train_network / sdxl_train_network; False when kohya's network cannot be expressed."""
     module = a["network_module"]
     if not module.value:
-        conv.invalid(module.key, None, module.source, "train_network.py needs --network_module (networks.lora)")
+        conv.invalid(
+            module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
+        )
         return False
     if module.value != "networks.lora":
         conv.unsupported(module, "only kohya's networks.lora (plain LoRA) has a dbspec equivalent")
@@ -90,21 +112,36 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     conv.record(module, "mapped", "adapter.kind")
     dim, alpha = a["network_dim"], a["network_alpha"]
-    conv.mapped(dim, ("adapter", "rank"), dim.value if dim.value is not None else 4,
-                comment=conv.comment(dim, "networks.lora defaults to 4") if dim.value is None else "")
+    conv.mapped(
+        dim,
+        ("adapter", "rank"),
+        dim.value if dim.value is not None else 4,
+        comment=conv.comment(dim, "networks.lora defaults to 4") if dim.value is None else "",
+    )
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    conv.put(("adapter", "unet_targets"), KOHYA_UNET_TARGETS,
-             "kohya networks.lora: Linear/1x1 Conv in transformer blocks")
-    conv.put(("adapter", "text_encoder_targets"), KOHYA_TEXT_TARGETS, "kohya networks.lora: CLIP attention and MLP")
+    conv.put(
+        ("adapter", "unet_targets"),
+        KOHYA_UNET_TARGETS,
+        "kohya networks.lora: Linear/1x1 Conv in transformer blocks",
+    )
+    conv.put(
+        ("adapter", "text_encoder_targets"), KOHYA_TEXT_TARGETS, "kohya networks.lora: CLIP attention and MLP"
+    )
     dropout = a["network_dropout"]
     if dropout.value:
-        conv.differs(dropout, "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
-                     ("adapter", "dropout"), float(dropout.value))
-    for key, why in (("network_args", "LoRA variants and per-block settings"),
-                     ("network_weights", "starting from existing LoRA weights"),
-                     ("dim_from_weights", "starting from existing LoRA weights"),
-                     ("base_weights", "merging other LoRA weights into the base first"),
-                     ("scale_weight_norms", "max-norm regularisation of LoRA weights")):
+        conv.differs(
+            dropout,
+            "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
+            ("adapter", "dropout"),
+            float(dropout.value),
+        )
+    for key, why in (
+        ("network_args", "LoRA variants and per-block settings"),
+        ("network_weights", "starting from existing LoRA weights"),
+        ("dim_from_weights", "starting from existing LoRA weights"),
+        ("base_weights", "merging other LoRA weights into the base first"),
+        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
+    ):
         if a[key].value:
             conv.unsupported(a[key], f"dbspec has no {why}")
     return True
@@ -116,8 +153,11 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     half_vae = "no_half_vae" in a and a["no_half_vae"].value
     vae_dtype = "fp32" if half_vae or mixed.value == "no" else mixed.value
     if vae_dtype != "fp32":
-        conv.put(("precision", "vae_dtype"), vae_dtype, "kohya encodes with the VAE in the mixed-precision dtype "
-                 "(no --no_half_vae)")
+        conv.put(
+            ("precision", "vae_dtype"),
+            vae_dtype,
+            "kohya encodes with the VAE in the mixed-precision dtype (no --no_half_vae)",
+        )
     if "no_half_vae" in a:
         conv.record(a["no_half_vae"], "mapped", "precision.vae_dtype")
     grad = a["gradient_checkpointing"]
@@ -129,11 +169,19 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
         elif a[key].value and key == "full_bf16" and script == "train_db":
             conv.inert(a[key], "train_db.py ignores --full_bf16")
         elif a[key].value:
-            conv.differs(a[key], "kohya keeps the trained weights and gradients in half precision; dbspec keeps them "
-                         "in fp32 under autocast (more precise, more memory)")
+            conv.differs(
+                a[key],
+                "kohya keeps the trained weights and gradients in half precision; dbspec keeps them "
+                "in fp32 under autocast (more precise, more memory)",
+            )
     for key in ("fp8_base", "fp8_base_unet"):
         if key in a and a[key].value and lora:
-            conv.differs(a[key], "kohya stores the frozen U-Net in float8_e4m3fn and upcasts per layer; dbspec "
-                         "quantises it to fp8 with optimum-quanto", ("precision", "quantize_unet"), "fp8")
+            conv.differs(
+                a[key],
+                "kohya stores the frozen U-Net in float8_e4m3fn and upcasts per layer; dbspec "
+                "quantises it to fp8 with optimum-quanto",
+                ("precision", "quantize_unet"),
+                "fp8",
+            )
         elif key in a and a[key].value:
             conv.unsupported(a[key], "an fp8 base is only for LoRA runs in dbspec")

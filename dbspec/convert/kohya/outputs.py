@@ -10,21 +10,35 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
-SAMPLERS = {"ddim": "ddim", "pndm": "pndm", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
-            "k_euler_a": "euler_a", "dpmsolver++": "dpmpp"}
+SAMPLERS = {
+    "ddim": "ddim",
+    "pndm": "pndm",
+    "euler": "euler",
+    "k_euler": "euler",
+    "euler_a": "euler_a",
+    "k_euler_a": "euler_a",
+    "dpmsolver++": "dpmpp",
+}
 SAVE_DTYPES = {"float": "fp32", "fp16": "fp16", "bf16": "bf16"}
 _FILE_FORMATS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
-def map_outputs(a: Args, script: str, lora: bool, steps_per_epoch: int | None, paths: PathMapper,
-                conv: Conversion) -> None:
+def map_outputs(
+    a: Args, script: str, lora: bool, steps_per_epoch: int | None, paths: PathMapper, conv: Conversion
+) -> None:
     out, name = a["output_dir"], a["output_name"]
     if out.value:
         conv.mapped(out, ("output", "dir"), paths.for_spec(out.value))
-    conv.mapped(name, ("output", "name"), name.value or "last",
-                comment="" if name.value else conv.comment(name, "kohya names the final file `last`"))
+    conv.mapped(
+        name,
+        ("output", "name"),
+        name.value or "last",
+        comment="" if name.value else conv.comment(name, "kohya names the final file `last`"),
+    )
     _exports(a, script, lora, conv)
-    every = _every(a, "save_every_n_steps", "save_every_n_epochs", steps_per_epoch, ("checkpoints", "every"), conv)
+    every = _every(
+        a, "save_every_n_steps", "save_every_n_epochs", steps_per_epoch, ("checkpoints", "every"), conv
+    )
     if every:
         _keep(a, every, steps_per_epoch, conv)
     seed = a["seed"]
@@ -34,8 +48,12 @@ def map_outputs(a: Args, script: str, lora: bool, steps_per_epoch: int | None, p
         conv.record(seed, "defaulted", "schedule.seed", "kohya draws a random seed; dbspec uses 0")
     logs, tracker = a["logging_dir"], a["log_with"]
     tensorboard = bool(logs.value) and tracker.value in (None, "tensorboard", "all")
-    conv.mapped(logs, ("logging", "tensorboard"), tensorboard,
-                comment=conv.comment(logs, "kohya logs only when logging_dir is set"))
+    conv.mapped(
+        logs,
+        ("logging", "tensorboard"),
+        tensorboard,
+        comment=conv.comment(logs, "kohya logs only when logging_dir is set"),
+    )
     if tracker.value in ("wandb", "all"):
         conv.differs(tracker, "dbspec logs to TensorBoard only, not to Weights & Biases")
     _sampling(a, steps_per_epoch, paths, conv)
@@ -45,19 +63,31 @@ def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     fmt, precision = a["save_model_as"], a["save_precision"]
     if lora:
         if fmt.value in ("ckpt", "pt"):
-            conv.differs(fmt, "dbspec writes kohya LoRA files as .safetensors", ("checkpoints", "exports"),
-                         ["kohya_lora"])
+            conv.differs(
+                fmt,
+                "dbspec writes kohya LoRA files as .safetensors",
+                ("checkpoints", "exports"),
+                ["kohya_lora"],
+            )
         else:
             conv.mapped(fmt, ("checkpoints", "exports"), ["kohya_lora"])
     else:
         base = a["pretrained_model_name_or_path"].value or ""
-        single = fmt.value in ("ckpt", "safetensors") or (fmt.value is None and base.lower().endswith(_FILE_FORMATS))
+        single = fmt.value in ("ckpt", "safetensors") or (
+            fmt.value is None and base.lower().endswith(_FILE_FORMATS)
+        )
         if single:
-            conv.mapped(fmt, ("checkpoints", "exports"), ["single_file"],
-                        comment=conv.comment(fmt, "the base model's format" if fmt.value is None else ""))
+            conv.mapped(
+                fmt,
+                ("checkpoints", "exports"),
+                ["single_file"],
+                comment=conv.comment(fmt, "the base model's format" if fmt.value is None else ""),
+            )
         else:
             conv.record(fmt, "mapped", "checkpoints", "a diffusers folder, as dbspec saves")
-        if fmt.value == "ckpt" or (single and fmt.value is None and not base.lower().endswith(".safetensors")):
+        if fmt.value == "ckpt" or (
+            single and fmt.value is None and not base.lower().endswith(".safetensors")
+        ):
             conv.differs(fmt, "dbspec writes single files as .safetensors, never pickle .ckpt")
         if "use_safetensors" in a and a["use_safetensors"].given:
             conv.inert(a["use_safetensors"], "dbspec always writes safetensors")
@@ -65,25 +95,38 @@ def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     if value and value != "fp32":
         conv.mapped(precision, ("checkpoints", "save_precision"), value)
     else:
-        conv.record(precision, "mapped", "checkpoints.save_precision",
-                    "" if precision.value else "kohya saves in the training dtype (fp32)")
+        conv.record(
+            precision,
+            "mapped",
+            "checkpoints.save_precision",
+            "" if precision.value else "kohya saves in the training dtype (fp32)",
+        )
 
 
-def _every(a: Args, steps_key: str, epochs_key: str, per_epoch: int | None, path: tuple,
-           conv: Conversion) -> int:
+def _every(
+    a: Args, steps_key: str, epochs_key: str, per_epoch: int | None, path: tuple, conv: Conversion
+) -> int:
     """A step interval from kohya's step and epoch intervals (kohya honours both; dbspec has one)."""
     steps, epochs = a[steps_key], a[epochs_key]
     if epochs.value and steps.value and path[0] == "checkpoints":
-        conv.differs(epochs, f"kohya saves every {steps.value} steps and every {epochs.value} epochs; dbspec keeps "
-                     "the step interval")
+        conv.differs(
+            epochs,
+            f"kohya saves every {steps.value} steps and every {epochs.value} epochs; dbspec keeps "
+            "the step interval",
+        )
     if epochs.value and (path[0] == "validation" or not steps.value):
         if per_epoch is None:
-            conv.depends(epochs.key, "the images could not be counted here, so the epoch interval could not become "
-                         "a step interval; only the end of the run is covered")
+            conv.depends(
+                epochs.key,
+                "the images could not be counted here, so the epoch interval could not become "
+                "a step interval; only the end of the run is covered",
+            )
             conv.record(epochs, "differs", ".".join(path))
             return 0
         every = epochs.value * per_epoch
-        conv.mapped(epochs, path, every, comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} steps per epoch"))
+        conv.mapped(
+            epochs, path, every, comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} steps per epoch")
+        )
         if steps.value:
             conv.inert(steps, f"{epochs_key} takes precedence")
         return every
@@ -97,12 +140,21 @@ def _keep(a: Args, every: int, per_epoch: int | None, conv: Conversion) -> None:
     last_steps, last_epochs = a["save_last_n_steps"], a["save_last_n_epochs"]
     if last_epochs.value and per_epoch:
         keep = max(1, last_epochs.value * per_epoch // every)
-        conv.differs(last_epochs, "kohya removes epoch checkpoints older than N epochs; dbspec keeps the last "
-                     f"{keep} checkpoints", ("checkpoints", "keep"), keep)
+        conv.differs(
+            last_epochs,
+            f"kohya removes epoch checkpoints older than N epochs; dbspec keeps the last {keep} checkpoints",
+            ("checkpoints", "keep"),
+            keep,
+        )
     elif last_steps.value:
         keep = max(1, last_steps.value // every)
-        conv.differs(last_steps, f"kohya removes step checkpoints older than {last_steps.value} steps; dbspec keeps "
-                     f"the last {keep} checkpoints", ("checkpoints", "keep"), keep)
+        conv.differs(
+            last_steps,
+            f"kohya removes step checkpoints older than {last_steps.value} steps; dbspec keeps "
+            f"the last {keep} checkpoints",
+            ("checkpoints", "keep"),
+            keep,
+        )
     else:
         conv.put(("checkpoints", "keep"), 0, f"{conv.tool} keeps every saved checkpoint")
     for key in ("save_n_epoch_ratio",):
@@ -118,7 +170,9 @@ def _sampling(a: Args, per_epoch: int | None, paths: PathMapper, conv: Conversio
             if a[key].given:
                 conv.inert(a[key], "no sample_prompts")
         return
-    if not (a["sample_every_n_steps"].value or a["sample_every_n_epochs"].value or a["sample_at_first"].value):
+    if not (
+        a["sample_every_n_steps"].value or a["sample_every_n_epochs"].value or a["sample_at_first"].value
+    ):
         conv.inert(prompts_arg, "kohya samples only with sample_every_n_steps/epochs or sample_at_first")
         return
     if not _prompts(prompts_arg, paths, conv):
@@ -141,25 +195,39 @@ def _sampling(a: Args, per_epoch: int | None, paths: PathMapper, conv: Conversio
 def _prompts(legacy: Legacy, paths: PathMapper, conv: Conversion) -> bool:
     local = paths.local(legacy.value)
     if local is None or not local.is_file() or local.suffix.lower() != ".txt":
-        conv.differs(legacy, "only .txt prompt files that can be read here convert; the spec has no validation")
+        conv.differs(
+            legacy, "only .txt prompt files that can be read here convert; the spec has no validation"
+        )
         return False
-    parsed = [_prompt_line(line) for line in local.read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.lstrip().startswith("#")]
+    parsed = [
+        _prompt_line(line)
+        for line in local.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not parsed:
         conv.inert(legacy, "the prompt file is empty")
         return False
     conv.mapped(legacy, ("validation", "prompts"), [p for p, _ in parsed])
     conv.put(("validation", "steps"), 30, f"{conv.tool} samples with 30 steps unless a prompt says --s")
-    for flag, key, cast in (("n", "negative_prompt", str), ("s", "steps", int), ("l", "guidance", float),
-                            ("d", "seed", int)):
+    for flag, key, cast in (
+        ("n", "negative_prompt", str),
+        ("s", "steps", int),
+        ("l", "guidance", float),
+        ("d", "seed", int),
+    ):
         values = {opts[flag] for _, opts in parsed if flag in opts}
         if len(values) == 1 and all(flag in opts for _, opts in parsed):
-            conv.put(("validation", key), cast(values.pop()), conv.comment(legacy, f"--{flag} in the prompt file"))
+            conv.put(
+                ("validation", key), cast(values.pop()), conv.comment(legacy, f"--{flag} in the prompt file")
+            )
         elif values:
             conv.differs(legacy, f"prompts set different --{flag}; dbspec has one {key} for all")
     if any(flag in opts for _, opts in parsed for flag in ("w", "h", "ss")):
-        conv.differs(legacy, "per-prompt sizes and samplers (--w/--h/--ss) do not convert: validation images use the "
-                     "first dataset's resolution")
+        conv.differs(
+            legacy,
+            "per-prompt sizes and samplers (--w/--h/--ss) do not convert: validation images use the "
+            "first dataset's resolution",
+        )
     return True
 
 

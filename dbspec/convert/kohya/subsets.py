@@ -35,12 +35,21 @@ _INERT_WITHOUT: dict[str, str] = {
 }
 
 
-def map_subset(i: int, dataset: KDataset, subset: KSubset, images: tuple[Img, ...] | None, resolution: int,
-               paths: PathMapper, conv: Conversion) -> None:
+def map_subset(
+    i: int,
+    dataset: KDataset,
+    subset: KSubset,
+    images: tuple[Img, ...] | None,
+    resolution: int,
+    paths: PathMapper,
+    conv: Conversion,
+) -> None:
     v = subset.values
     at = ("datasets", i)
     image_dir = v["image_dir"]
-    conv.put((*at, "name"), _unique_name(conv, v, paths), f"{conv.tool} {image_dir.key}: a name for the folder")
+    conv.put(
+        (*at, "name"), _unique_name(conv, v, paths), f"{conv.tool} {image_dir.key}: a name for the folder"
+    )
     conv.mapped(image_dir, (*at, "path"), paths.for_spec(image_dir.value))
     if v["is_reg"].value:
         conv.mapped(v["is_reg"], (*at, "role"), "class")
@@ -61,7 +70,9 @@ def map_subset(i: int, dataset: KDataset, subset: KSubset, images: tuple[Img, ..
     elif "alpha_mask" in v:
         _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
     if images and any(min(img.oriented) < _SMALL for img in images):
-        conv.put((*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)")
+        conv.put(
+            (*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)"
+        )
 
 
 def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion) -> None:
@@ -88,15 +99,23 @@ def _flag(conv: Conversion, legacy: Legacy, path: tuple) -> None:
 def _unique_name(conv: Conversion, v: dict[str, Legacy], paths: PathMapper) -> str:
     folder = paths.name_of(v["image_dir"].value) or "images"
     base = re.sub(r"^\d+_", "", folder).strip() or folder
-    taken = {value for path, (value, _) in conv.values.items() if path[0] == "datasets" and path[-1] == "name"}
+    taken = {
+        value for path, (value, _) in conv.values.items() if path[0] == "datasets" and path[-1] == "name"
+    }
     name, n = base, 2
     while name in taken:
         name, n = f"{base}-{n}", n + 1
     return name
 
 
-def subset_problems(dataset: KDataset, subset: KSubset, images: tuple[Img, ...] | None, setting,
-                    cache_latents: bool, conv: Conversion) -> None:
+def subset_problems(
+    dataset: KDataset,
+    subset: KSubset,
+    images: tuple[Img, ...] | None,
+    setting,
+    cache_latents: bool,
+    conv: Conversion,
+) -> None:
     v = subset.values
     for key, (neutral, why) in _UNSUPPORTED.items():
         if key in v and v[key].value not in (neutral, None, "", 0, {}):
@@ -115,14 +134,19 @@ def subset_problems(dataset: KDataset, subset: KSubset, images: tuple[Img, ...] 
         _image_checks(subset, images, setting, cache_latents, conv)
     if dataset.kind == "controlnet" or ("alpha_mask" in v and v["alpha_mask"].value):
         key = v["conditioning_data_dir"] if dataset.kind == "controlnet" else v["alpha_mask"]
-        conv.differs(key, "kohya multiplies the loss by the mask and averages over the whole image; dbspec divides "
-                     "by the mask area, so a small mask does not shrink the loss")
+        conv.differs(
+            key,
+            "kohya multiplies the loss by the mask and averages over the whole image; dbspec divides "
+            "by the mask area, so a small mask does not shrink the loss",
+        )
 
 
 def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
     v = dataset.values
     if v["network_multiplier"].value != 1.0:
-        conv.unsupported(v["network_multiplier"], "dbspec applies every LoRA at full strength during training")
+        conv.unsupported(
+            v["network_multiplier"], "dbspec applies every LoRA at full strength during training"
+        )
     if v["validation_split"].value:
         conv.unsupported(v["validation_split"], "dbspec has no held-out validation split")
     for key in ("validation_seed", "network_multiplier", "validation_split"):
@@ -139,30 +163,49 @@ def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion
     ext = ext if ext.startswith(".") else "." + ext
     bare = [img.path.name for img in images if not img.path.with_suffix(ext).is_file()]
     if bare:
-        conv.unsupported(v["image_dir"], f"{len(bare)} image(s) (e.g. {bare[0]}) have no {ext} caption file and the "
-                         "subset has no class_tokens: kohya trains them with an empty caption, dbspec needs a caption",
-                         help="add caption files or class_tokens (or a `N_class tokens` folder name)")
+        conv.unsupported(
+            v["image_dir"],
+            f"{len(bare)} image(s) (e.g. {bare[0]}) have no {ext} caption file and the "
+            "subset has no class_tokens: kohya trains them with an empty caption, dbspec needs a caption",
+            help="add caption files or class_tokens (or a `N_class tokens` folder name)",
+        )
 
 
-def _image_checks(subset: KSubset, images: tuple[Img, ...], setting, cache_latents: bool, conv: Conversion) -> None:
+def _image_checks(
+    subset: KSubset, images: tuple[Img, ...], setting, cache_latents: bool, conv: Conversion
+) -> None:
     v = subset.values
     turned = [img.path.name for img in images if img.orientation != 1]
     if turned:
-        conv.differs(v["image_dir"], f"{len(turned)} image(s) (e.g. {turned[0]}) carry an EXIF rotation: kohya "
-                     "trains the stored pixels, dbspec (like diffusers) trains the upright image")
+        conv.differs(
+            v["image_dir"],
+            f"{len(turned)} image(s) (e.g. {turned[0]}) carry an EXIF rotation: kohya "
+            "trains the stored pixels, dbspec (like diffusers) trains the upright image",
+        )
     if setting.kohya.mode != "square" or cache_latents:
         return
     width, height = setting.resolution
     small = [img.path.name for img in images if img.size[0] < width or img.size[1] < height]
     large = [img.path.name for img in images if img.size != (width, height) and img.path.name not in small]
     if small:
-        conv.invalid(v["image_dir"].key, v["image_dir"].value, v["image_dir"].source,
-                     f"with buckets and cache_latents off kohya asserts every image is at least {width}x{height}; "
-                     f"{small[0]} is smaller")
+        conv.invalid(
+            v["image_dir"].key,
+            v["image_dir"].value,
+            v["image_dir"].source,
+            f"with buckets and cache_latents off kohya asserts every image is at least {width}x{height}; "
+            f"{small[0]} is smaller",
+        )
     elif large and not v["random_crop"].value:
-        conv.invalid(v["image_dir"].key, v["image_dir"].value, v["image_dir"].source,
-                     f"with buckets, cache_latents and random_crop off kohya asserts images are exactly "
-                     f"{width}x{height}; {large[0]} is larger")
+        conv.invalid(
+            v["image_dir"].key,
+            v["image_dir"].value,
+            v["image_dir"].source,
+            f"with buckets, cache_latents and random_crop off kohya asserts images are exactly "
+            f"{width}x{height}; {large[0]} is larger",
+        )
     elif large:
-        conv.differs(v["random_crop"], "without buckets or cached latents kohya crops a random window from the "
-                     "unresized image; dbspec resizes the image to cover the square first, then crops")
+        conv.differs(
+            v["random_crop"],
+            "without buckets or cached latents kohya crops a random window from the "
+            "unresized image; dbspec resizes the image to cover the square first, then crops",
+        )

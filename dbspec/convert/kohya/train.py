@@ -10,7 +10,9 @@ from dbspec.convert.common.optimizers import kohya_optimizer, optimizer_settings
 from dbspec.spec.model import Optimizer
 
 Args = dict[str, Legacy]
-_OPTIMIZER_DEFAULTS = {f.name: f.default for f in attrs.fields(Optimizer) if not isinstance(f.default, attrs.Factory)}
+_OPTIMIZER_DEFAULTS = {
+    f.name: f.default for f in attrs.fields(Optimizer) if not isinstance(f.default, attrs.Factory)
+}
 _OPTIMIZER_DEFAULTS["betas"] = [0.9, 0.999]
 
 
@@ -35,18 +37,29 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
         conv.inert(steps, "max_train_epochs overrides it")
     if per_epoch is None:
         conv.mapped(epochs, ("schedule", "epochs"), epochs.value)
-        conv.depends(epochs.key, "the image folders could not be read here, so the epoch length was not checked "
-                     "against kohya's")
+        conv.depends(
+            epochs.key,
+            "the image folders could not be read here, so the epoch length was not checked against kohya's",
+        )
         return Length(total_steps=None, steps_per_epoch=None)
     total = epochs.value * per_epoch
     if dbspec_batches == kohya_batches:
-        conv.mapped(epochs, ("schedule", "epochs"), epochs.value,
-                    note=f"{per_epoch} steps per epoch in both, {total} steps")
+        conv.mapped(
+            epochs,
+            ("schedule", "epochs"),
+            epochs.value,
+            note=f"{per_epoch} steps per epoch in both, {total} steps",
+        )
     else:
-        conv.differs(epochs, f"kohya's epoch has {kohya_batches} batches, the converted spec's {dbspec_batches} (kohya "
-                     "batches each [[datasets]] apart and ignores EXIF rotation): the run keeps kohya's "
-                     f"{total} steps", ("schedule", "steps"), total,
-                     comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} kohya steps per epoch"))
+        conv.differs(
+            epochs,
+            f"kohya's epoch has {kohya_batches} batches, the converted spec's {dbspec_batches} (kohya "
+            "batches each [[datasets]] apart and ignores EXIF rotation): the run keeps kohya's "
+            f"{total} steps",
+            ("schedule", "steps"),
+            total,
+            comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} kohya steps per epoch"),
+        )
     return Length(total_steps=total, steps_per_epoch=per_epoch)
 
 
@@ -58,16 +71,29 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     if not map_schedule_name(conv, name):
         return
     if warm.value and name.value == "constant":
-        conv.invalid(warm.key, warm.value, warm.source, "kohya raises `constant does not require num_warmup_steps`",
-                     help="use lr_scheduler constant_with_warmup, or drop the warm-up")
+        conv.invalid(
+            warm.key,
+            warm.value,
+            warm.source,
+            "kohya raises `constant does not require num_warmup_steps`",
+            help="use lr_scheduler constant_with_warmup, or drop the warm-up",
+        )
     elif isinstance(warm.value, float) and warm.value:
         if total is None:
-            conv.unsupported(warm, "a warm-up ratio of an epoch-based run: the images could not be counted here, so "
-                             "the step count it is a ratio of is unknown", help="convert where the images are")
+            conv.unsupported(
+                warm,
+                "a warm-up ratio of an epoch-based run: the images could not be counted here, so "
+                "the step count it is a ratio of is unknown",
+                help="convert where the images are",
+            )
         else:
             steps = int(warm.value * total)  # kohya get_scheduler_fix: int(ratio * max_train_steps)
-            conv.mapped(warm, ("schedule", "warmup_steps"), steps,
-                        comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"))
+            conv.mapped(
+                warm,
+                ("schedule", "warmup_steps"),
+                steps,
+                comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
+            )
     elif warm.value:
         conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
     else:
@@ -98,14 +124,24 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
     if script == "sdxl_train":
         flag = a["train_text_encoder"]
         if flag.value and cached.value:
-            conv.invalid(cached.key, True, cached.source, "sdxl_train.py asserts that text-encoder outputs are not "
-                         "cached while the text encoders train")
+            conv.invalid(
+                cached.key,
+                True,
+                cached.source,
+                "sdxl_train.py asserts that text-encoder outputs are not "
+                "cached while the text encoders train",
+            )
         _write_flag(conv, flag, bool(flag.value))
         return bool(flag.value)
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
     if cached and cached.value and not unet_only.value:
-        conv.invalid(cached.key, True, cached.source, "kohya asserts network_train_unet_only when text-encoder "
-                     "outputs are cached (a text-encoder LoRA cannot train on cached outputs)")
+        conv.invalid(
+            cached.key,
+            True,
+            cached.source,
+            "kohya asserts network_train_unet_only when text-encoder "
+            "outputs are cached (a text-encoder LoRA cannot train on cached outputs)",
+        )
     trains = not unet_only.value
     _write_flag(conv, unet_only, trains, note="kohya trains text-encoder LoRA unless network_train_unet_only")
     if te_only.value:
@@ -116,15 +152,21 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
 def _train_db_text_encoder(a: Args, total: int | None, conv: Conversion) -> bool:
     stop = a["stop_text_encoder_training"]
     if stop.value is None:
-        conv.mapped(stop, ("train", "text_encoder"), True,
-                    comment=conv.comment(stop, "train_db trains the text encoder unless told otherwise"))
+        conv.mapped(
+            stop,
+            ("train", "text_encoder"),
+            True,
+            comment=conv.comment(stop, "train_db trains the text encoder unless told otherwise"),
+        )
         return True
     if stop.value <= 0:  # -1: never; 0: kohya stops before the first step
         conv.mapped(stop, ("train", "text_encoder"), False, note="kohya never updates the text encoder")
         return False
     conv.mapped(stop, ("train", "text_encoder"), True)
     if total is not None and stop.value >= total:
-        conv.record(stop, "mapped", "train.text_encoder", f"not below the {total} steps: trains the whole run")
+        conv.record(
+            stop, "mapped", "train.text_encoder", f"not below the {total} steps: trains the whole run"
+        )
     else:
         conv.mapped(stop, ("train", "text_encoder_stop_step"), stop.value)
     return True
@@ -142,8 +184,11 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
     if not unet_lr.value:
-        conv.unsupported(unet_lr, "a learning rate of 0 freezes the U-Net; set train.unet = false in the spec "
-                         "instead (dbspec needs a positive lr)")
+        conv.unsupported(
+            unet_lr,
+            "a learning rate of 0 freezes the U-Net; set train.unet = false in the spec "
+            "instead (dbspec needs a positive lr)",
+        )
         return
     conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, conv)
@@ -166,8 +211,11 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, conv: Conversion) -> Lega
         te1, te2 = a["learning_rate_te1"], a["learning_rate_te2"]
         values = [x.value if x.value is not None else lr.value for x in (te1, te2)]
         if values[0] != values[1]:
-            conv.unsupported(te2 if te2.given else te1, f"the two SDXL text encoders train at different rates "
-                             f"({values[0]} and {values[1]}): dbspec has one text_encoder_lr")
+            conv.unsupported(
+                te2 if te2.given else te1,
+                f"the two SDXL text encoders train at different rates "
+                f"({values[0]} and {values[1]}): dbspec has one text_encoder_lr",
+            )
             return None
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
     te = a["text_encoder_lr"]
@@ -182,8 +230,12 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
     kind_arg = a["optimizer_type"]
     legacy_flags = [a[k] for k in ("use_8bit_adam", "use_lion_optimizer") if a[k].value]
     if legacy_flags and kind_arg.value:
-        conv.invalid(legacy_flags[0].key, True, legacy_flags[0].source, "kohya asserts optimizer_type and "
-                     "use_8bit_adam/use_lion_optimizer are not used together")
+        conv.invalid(
+            legacy_flags[0].key,
+            True,
+            legacy_flags[0].source,
+            "kohya asserts optimizer_type and use_8bit_adam/use_lion_optimizer are not used together",
+        )
         return
     if legacy_flags:
         name = "AdamW8bit" if legacy_flags[0].key == "use_8bit_adam" else "Lion"
@@ -205,8 +257,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         if value == _OPTIMIZER_DEFAULTS[key]:
             continue
         source = args if key in kwargs else kind_arg
-        conv.put(("optimizer", key), value,
-                 conv.comment(source, "" if key in kwargs else f"{kind_arg.value or 'AdamW'} default"))
+        conv.put(
+            ("optimizer", key),
+            value,
+            conv.comment(source, "" if key in kwargs else f"{kind_arg.value or 'AdamW'} default"),
+        )
     if settings.unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in settings.unsupported.items())
         conv.unsupported(args, f"optimizer arguments dbspec does not set: {rest}")

@@ -21,19 +21,54 @@ from dbspec.convert.simpletuner.data import map_backends
 from dbspec.convert.simpletuner.train import map_training
 
 DEFAULTS: dict[str, Any] = {
-    "model_type": "lora", "model_family": None, "lora_type": "standard", "lora_rank": 16, "lora_alpha": None,
-    "lora_dropout": 0.1, "learning_rate": 4e-7, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 0,
-    "lr_num_cycles": 1, "num_train_epochs": 1, "max_train_steps": None, "train_batch_size": 4,
-    "gradient_accumulation_steps": 1, "optimizer": "adamw_bf16", "max_grad_norm": 2.0, "mixed_precision": "bf16",
-    "gradient_checkpointing": True, "train_text_encoder": False, "text_encoder_lr": None, "seed": None,
-    "resolution": 1024, "resolution_type": "pixel_area", "checkpointing_steps": None, "checkpoints_total_limit": 5,
-    "snr_gamma": None, "noise_offset": None, "noise_offset_probability": None, "prediction_type": None,
-    "base_model_precision": "no_change", "use_ema": False, "ema_decay": 0.995, "validation_prompt": None,
-    "validation_steps": None, "validation_num_inference_steps": 30, "validation_guidance": None,
-    "validation_negative_prompt": None, "validation_seed": None, "validation_noise_scheduler": None,
-    "pretrained_model_name_or_path": None, "pretrained_vae_model_name_or_path": None, "revision": None,
-    "output_dir": "output", "report_to": None, "optimizer_beta1": None, "optimizer_beta2": None,
-    "optimizer_config": None, "caption_dropout_probability": None,
+    "model_type": "lora",
+    "model_family": None,
+    "lora_type": "standard",
+    "lora_rank": 16,
+    "lora_alpha": None,
+    "lora_dropout": 0.1,
+    "learning_rate": 4e-7,
+    "lr_scheduler": "constant_with_warmup",
+    "lr_warmup_steps": 0,
+    "lr_num_cycles": 1,
+    "num_train_epochs": 1,
+    "max_train_steps": None,
+    "train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "optimizer": "adamw_bf16",
+    "max_grad_norm": 2.0,
+    "mixed_precision": "bf16",
+    "gradient_checkpointing": True,
+    "train_text_encoder": False,
+    "text_encoder_lr": None,
+    "seed": None,
+    "resolution": 1024,
+    "resolution_type": "pixel_area",
+    "checkpointing_steps": None,
+    "checkpoints_total_limit": 5,
+    "snr_gamma": None,
+    "noise_offset": None,
+    "noise_offset_probability": None,
+    "prediction_type": None,
+    "base_model_precision": "no_change",
+    "use_ema": False,
+    "ema_decay": 0.995,
+    "validation_prompt": None,
+    "validation_steps": None,
+    "validation_num_inference_steps": 30,
+    "validation_guidance": None,
+    "validation_negative_prompt": None,
+    "validation_seed": None,
+    "validation_noise_scheduler": None,
+    "pretrained_model_name_or_path": None,
+    "pretrained_vae_model_name_or_path": None,
+    "revision": None,
+    "output_dir": "output",
+    "report_to": None,
+    "optimizer_beta1": None,
+    "optimizer_beta2": None,
+    "optimizer_config": None,
+    "caption_dropout_probability": None,
 }
 
 
@@ -66,16 +101,42 @@ def convert_simpletuner(req: SimpleTunerRequest, out: Path, allow_unsupported: b
         conv.record(cfg["data_backend_config"], "mapped", "datasets")
     data = map_backends(backends, cfg, lora, paths, conv)
     map_training(cfg, data, lora, paths, conv)
-    return conv, [f"Converted by `dbspec convert simpletuner` from: {req.config} and {backend_path}.",
-                  "Each value's comment names the SimpleTuner option it came from; `--report` lists every option."]
+    return conv, [
+        f"Converted by `dbspec convert simpletuner` from: {req.config} and {backend_path}.",
+        "Each value's comment names the SimpleTuner option it came from; `--report` lists every option.",
+    ]
 
 
-_NUMBERS = {"lora_rank", "lora_alpha", "lora_dropout", "learning_rate", "lr_warmup_steps", "lr_num_cycles",
-            "num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "max_grad_norm",
-            "text_encoder_lr", "seed", "resolution", "checkpointing_steps", "checkpoint_step_interval",
-            "checkpoints_total_limit", "snr_gamma", "noise_offset", "noise_offset_probability", "ema_decay",
-            "validation_steps", "validation_num_inference_steps", "validation_guidance", "validation_seed",
-            "optimizer_beta1", "optimizer_beta2", "caption_dropout_probability"}
+_NUMBERS = {
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "lr_warmup_steps",
+    "lr_num_cycles",
+    "num_train_epochs",
+    "max_train_steps",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "text_encoder_lr",
+    "seed",
+    "resolution",
+    "checkpointing_steps",
+    "checkpoint_step_interval",
+    "checkpoints_total_limit",
+    "snr_gamma",
+    "noise_offset",
+    "noise_offset_probability",
+    "ema_decay",
+    "validation_steps",
+    "validation_num_inference_steps",
+    "validation_guidance",
+    "validation_seed",
+    "optimizer_beta1",
+    "optimizer_beta2",
+    "caption_dropout_probability",
+}
 
 
 def _number_ok(name: str, value: Any, conv: Conversion) -> bool:
@@ -108,5 +169,6 @@ def _backend_path(req: SimpleTunerRequest, cfg: dict[str, Legacy], paths: PathMa
         local = paths.local(str(cfg["data_backend_config"].value))
         if local is not None:
             return local
-    raise InputError("no dataloader config: pass --backend multidatabackend.json (config.json has no "
-                     "data_backend_config)")
+    raise InputError(
+        "no dataloader config: pass --backend multidatabackend.json (config.json has no data_backend_config)"
+    )

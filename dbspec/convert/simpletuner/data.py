@@ -16,19 +16,46 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
 
 _CAPTIONS = {"textfile": "textfile", "instanceprompt": "prompt", "filename": "filename"}
-_CACHE_KEYS = frozenset({"cache_dir_vae", "cache_dir", "vae_cache_clear_each_epoch", "vae_cache_ondemand",
-                         "vae_cache_disable", "text_cache_ondemand", "text_cache_disable", "skip_file_discovery",
-                         "hash_filenames", "scan_for_errors", "metadata_update_interval", "preserve_data_backend_cache",
-                         "type", "id", "dataset_type", "default", "disabled", "write_batch_size", "read_batch_size"})
+_CACHE_KEYS = frozenset(
+    {
+        "cache_dir_vae",
+        "cache_dir",
+        "vae_cache_clear_each_epoch",
+        "vae_cache_ondemand",
+        "vae_cache_disable",
+        "text_cache_ondemand",
+        "text_cache_disable",
+        "skip_file_discovery",
+        "hash_filenames",
+        "scan_for_errors",
+        "metadata_update_interval",
+        "preserve_data_backend_cache",
+        "type",
+        "id",
+        "dataset_type",
+        "default",
+        "disabled",
+        "write_batch_size",
+        "read_batch_size",
+    }
+)
 _UNSUPPORTED = {
     "probability": "sampling weights (dbspec draws every sample once per epoch)",
-    "start_epoch": "curriculum schedules", "end_epoch": "curriculum schedules", "start_step": "curriculum schedules",
-    "end_step": "curriculum schedules", "max_num_samples": "random subsets of a folder",
-    "maximum_image_size": "downsampling oversize images first", "target_downsample_size": "ditto",
-    "minimum_aspect_ratio": "aspect-ratio filters", "maximum_aspect_ratio": "aspect-ratio filters",
-    "max_upscale_threshold": "upscale limits", "caption_filter_list": "caption filters",
-    "caption_shuffle": "caption shuffling", "disable_multiline_split": "multi-line captions",
-    "timestep_sampling_offset": "per-dataset timestep offsets", "crop_aspect_buckets": "custom bucket lists",
+    "start_epoch": "curriculum schedules",
+    "end_epoch": "curriculum schedules",
+    "start_step": "curriculum schedules",
+    "end_step": "curriculum schedules",
+    "max_num_samples": "random subsets of a folder",
+    "maximum_image_size": "downsampling oversize images first",
+    "target_downsample_size": "ditto",
+    "minimum_aspect_ratio": "aspect-ratio filters",
+    "maximum_aspect_ratio": "aspect-ratio filters",
+    "max_upscale_threshold": "upscale limits",
+    "caption_filter_list": "caption filters",
+    "caption_shuffle": "caption shuffling",
+    "disable_multiline_split": "multi-line captions",
+    "timestep_sampling_offset": "per-dataset timestep offsets",
+    "crop_aspect_buckets": "custom bucket lists",
 }
 
 
@@ -39,40 +66,59 @@ class Backends:
     square: bool
 
 
-def map_backends(backends: list, cfg: dict[str, Legacy], lora: bool, paths: PathMapper, conv: Conversion) -> Backends:
-    masks = {b["id"]: b for b in backends if isinstance(b, dict) and "id" in b
-             and _value(b, "dataset_type", "image") == "conditioning"}
+def map_backends(
+    backends: list, cfg: dict[str, Legacy], lora: bool, paths: PathMapper, conv: Conversion
+) -> Backends:
+    masks = {
+        b["id"]: b
+        for b in backends
+        if isinstance(b, dict) and "id" in b and _value(b, "dataset_type", "image") == "conditioning"
+    }
     written, has_class, shapes = 0, False, set()
     for n, backend in enumerate(backends):
         if not isinstance(backend, dict):
             conv.invalid(f"backends[{n}]", backend, "multidatabackend.json", "expected an object")
             continue
         key = f"backends[{_value(backend, 'id', n)}]"
-        legacy = {k: Legacy(key=f"{key}.{k}", value=v, source="multidatabackend.json") for k, v in backend.items()}
+        legacy = {
+            k: Legacy(key=f"{key}.{k}", value=v, source="multidatabackend.json") for k, v in backend.items()
+        }
         if not _numbers_ok(legacy, conv):
             continue
         kind = _value(backend, "dataset_type", "image")
-        if _value(backend, "disabled", False) or kind in ("text_embeds", "image_embeds") or \
-                _value(backend, "id", None) in masks:
+        if (
+            _value(backend, "disabled", False)
+            or kind in ("text_embeds", "image_embeds")
+            or _value(backend, "id", None) in masks
+        ):
             for item in legacy.values():
                 conv.inert(item, "a cache, mask or disabled backend")
             continue
         if kind != "image" or _value(backend, "type", "local") != "local":
-            conv.unsupported(legacy["dataset_type"] if "dataset_type" in legacy else legacy["type"],
-                             "only local image folders convert")
+            conv.unsupported(
+                legacy["dataset_type"] if "dataset_type" in legacy else legacy["type"],
+                "only local image folders convert",
+            )
             continue
         shape = _dataset(written, backend, legacy, cfg, masks, paths, conv)
-        has_class |= bool(_value(backend, "is_regularisation_data", False) or
-                          _value(backend, "is_regularization_data", False))
+        has_class |= bool(
+            _value(backend, "is_regularisation_data", False)
+            or _value(backend, "is_regularization_data", False)
+        )
         shapes.add(shape)
         written += 1
     square = shapes == {"square"}
     if len(shapes) > 1:
-        conv.warn("DBS404", "some backends crop to squares and some keep aspect ratios: dbspec has one [buckets] "
-                  "mode; converted with aspect buckets")
+        conv.warn(
+            "DBS404",
+            "some backends crop to squares and some keep aspect ratios: dbspec has one [buckets] "
+            "mode; converted with aspect buckets",
+        )
     if "aspect" in shapes:
-        note = ("SimpleTuner sizes aspect buckets its own way (aspect_bucket_rounding, aspect_bucket_alignment); "
-                "dbspec uses kohya's bucket table, so bucket sizes can differ")
+        note = (
+            "SimpleTuner sizes aspect buckets its own way (aspect_bucket_rounding, aspect_bucket_alignment); "
+            "dbspec uses kohya's bucket table, so bucket sizes can differ"
+        )
         conv.warn("DBS404", note, "crop")
         conv.notes.append(f"differs: {note}")
     return Backends(datasets=written, has_class=has_class, square=square)
@@ -82,9 +128,13 @@ def _numbers_ok(legacy: dict[str, Legacy], conv: Conversion) -> bool:
     ok = True
     for key in ("crop", "is_regularisation_data", "is_regularization_data", "disabled"):
         if key in legacy and isinstance(legacy[key].value, str):
-            conv.warn("DBS405", f"SimpleTuner `{legacy[key].key}` = {legacy[key].value!r} is a string: SimpleTuner "
-                      "reads backend values without conversion, so any non-empty string counts as true",
-                      legacy[key].key, help=f"write {key} = true or false without quotes")
+            conv.warn(
+                "DBS405",
+                f"SimpleTuner `{legacy[key].key}` = {legacy[key].value!r} is a string: SimpleTuner "
+                "reads backend values without conversion, so any non-empty string counts as true",
+                legacy[key].key,
+                help=f"write {key} = true or false without quotes",
+            )
     for key in ("repeats", "resolution", "minimum_image_size", "probability"):
         if key in legacy:
             value = legacy[key].value
@@ -104,8 +154,15 @@ def _value(backend: dict, key: str, default: Any) -> Any:
     return backend[key] if key in backend else default
 
 
-def _dataset(i: int, b: dict, legacy: dict[str, Legacy], cfg: dict[str, Legacy], masks: dict, paths: PathMapper,
-             conv: Conversion) -> str:
+def _dataset(
+    i: int,
+    b: dict,
+    legacy: dict[str, Legacy],
+    cfg: dict[str, Legacy],
+    masks: dict,
+    paths: PathMapper,
+    conv: Conversion,
+) -> str:
     at = ("datasets", i)
     if "id" in legacy:
         conv.mapped(legacy["id"], (*at, "name"), str(b["id"]))
@@ -113,36 +170,56 @@ def _dataset(i: int, b: dict, legacy: dict[str, Legacy], cfg: dict[str, Legacy],
         conv.put((*at, "name"), f"backend-{i}", "SimpleTuner backend without an id")
     folder = legacy["instance_data_dir"] if "instance_data_dir" in legacy else None
     if folder is None:
-        conv.invalid(f"backends[{i}].instance_data_dir", None, "multidatabackend.json", "a local backend needs it")
+        conv.invalid(
+            f"backends[{i}].instance_data_dir", None, "multidatabackend.json", "a local backend needs it"
+        )
         return "aspect"
     conv.mapped(folder, (*at, "path"), paths.for_spec(folder.value))
-    reg = [legacy[k] for k in ("is_regularisation_data", "is_regularization_data") if k in legacy and legacy[k].value]
+    reg = [
+        legacy[k]
+        for k in ("is_regularisation_data", "is_regularization_data")
+        if k in legacy and legacy[k].value
+    ]
     if reg:
         conv.mapped(reg[0], (*at, "role"), "class")
     _captions(at, b, legacy, conv)
     if "repeats" in legacy:
-        conv.mapped(legacy["repeats"], (*at, "repeats"), int(float(legacy["repeats"].value)) + 1,
-                    comment=conv.comment(legacy["repeats"], "SimpleTuner counts extra passes: +1"))
+        conv.mapped(
+            legacy["repeats"],
+            (*at, "repeats"),
+            int(float(legacy["repeats"].value)) + 1,
+            comment=conv.comment(legacy["repeats"], "SimpleTuner counts extra passes: +1"),
+        )
     _resolution(at, b, legacy, cfg, conv)
     shape = _crop(at, b, legacy, conv)
     if "conditioning_data" in legacy:
         _masks(at, legacy["conditioning_data"], masks, paths, conv)
     if "minimum_image_size" in legacy:
         smallest = legacy["minimum_image_size"]
-        conv.differs(smallest, "SimpleTuner measures it in the resolution's unit; dbspec skips images whose short side "
-                     "is smaller", (*at, "min_image_size"), max(1, int(float(smallest.value))))
+        conv.differs(
+            smallest,
+            "SimpleTuner measures it in the resolution's unit; dbspec skips images whose short side "
+            "is smaller",
+            (*at, "min_image_size"),
+            max(1, int(float(smallest.value))),
+        )
         conv.put((*at, "on_bad_image"), "skip", conv.comment(smallest, "smaller images are left out"))
     for k, item in legacy.items():
         if k in _UNSUPPORTED and item.value not in (None, False, 1, 1.0):
             conv.unsupported(item, f"dbspec has no {_UNSUPPORTED[k]}")
         elif item.key not in conv.reports:
-            conv.inert(item, "caching or bookkeeping" if k in _CACHE_KEYS else "no effect with these settings")
+            conv.inert(
+                item, "caching or bookkeeping" if k in _CACHE_KEYS else "no effect with these settings"
+            )
     return shape
 
 
 def _captions(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -> None:
-    strategy = legacy["caption_strategy"] if "caption_strategy" in legacy else \
-        Legacy(key="caption_strategy", value="filename", source="default")
+    strategy = (
+        legacy["caption_strategy"]
+        if "caption_strategy" in legacy
+        else Legacy(key="caption_strategy", value="filename", source="default")
+    )
     if strategy.value not in _CAPTIONS:
         conv.unsupported(strategy, "only textfile, instanceprompt and filename captions convert")
         return
@@ -150,19 +227,28 @@ def _captions(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -
     prompt = legacy["instance_prompt"] if "instance_prompt" in legacy else None
     if strategy.value == "instanceprompt" and prompt is not None:
         conv.mapped(prompt, (*at, "prompt"), prompt.value)
-    elif prompt is not None and "prepend_instance_prompt" in legacy and legacy["prepend_instance_prompt"].value:
+    elif (
+        prompt is not None and "prepend_instance_prompt" in legacy and legacy["prepend_instance_prompt"].value
+    ):
         conv.mapped(prompt, (*at, "caption_prefix"), prompt.value)
         conv.record(legacy["prepend_instance_prompt"], "mapped", "datasets.caption_prefix")
     if strategy.value == "filename":
-        conv.differs(strategy, "SimpleTuner cleans file names its own way; dbspec turns underscores into spaces")
+        conv.differs(
+            strategy, "SimpleTuner cleans file names its own way; dbspec turns underscores into spaces"
+        )
 
 
-def _resolution(at: tuple, b: dict, legacy: dict[str, Legacy], cfg: dict[str, Legacy], conv: Conversion) -> None:
+def _resolution(
+    at: tuple, b: dict, legacy: dict[str, Legacy], cfg: dict[str, Legacy], conv: Conversion
+) -> None:
     reso = legacy["resolution"] if "resolution" in legacy else cfg["resolution"]
     kind = legacy["resolution_type"] if "resolution_type" in legacy else cfg["resolution_type"]
     if kind.value != "pixel_area":
-        conv.unsupported(kind, "dbspec resolutions are pixel areas (resolution_type pixel_area); `pixel` sizes the "
-                         "short edge and `area` counts megapixels")
+        conv.unsupported(
+            kind,
+            "dbspec resolutions are pixel areas (resolution_type pixel_area); `pixel` sizes the "
+            "short edge and `area` counts megapixels",
+        )
         return
     conv.record(kind, "mapped", "datasets.resolution")
     side = int(float(reso.value))
@@ -179,12 +265,21 @@ def _crop(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -> st
     shape = "square" if crop and aspect == "square" else "aspect"
     for key in ("crop", "crop_aspect"):
         if key in legacy:
-            conv.record(legacy[key], "mapped" if shape == "square" else "differs", "buckets.mode",
-                        "" if shape == "square" else "aspect buckets are sized as kohya sizes them")
+            conv.record(
+                legacy[key],
+                "mapped" if shape == "square" else "differs",
+                "buckets.mode",
+                "" if shape == "square" else "aspect buckets are sized as kohya sizes them",
+            )
     if crop and style in ("random", "center"):
         if style == "random":
-            conv.put((*at, "crop"), "random", conv.comment(legacy["crop_style"]) if "crop_style" in legacy
-                     else "SimpleTuner's default crop_style random")
+            conv.put(
+                (*at, "crop"),
+                "random",
+                conv.comment(legacy["crop_style"])
+                if "crop_style" in legacy
+                else "SimpleTuner's default crop_style random",
+            )
         if "crop_style" in legacy:
             conv.record(legacy["crop_style"], "mapped", "datasets.crop")
     elif crop:
@@ -195,7 +290,9 @@ def _crop(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -> st
 def _masks(at: tuple, link: Legacy, masks: dict, paths: PathMapper, conv: Conversion) -> None:
     target = masks[link.value] if link.value in masks else None
     if target is None or _value(target, "conditioning_type", "") != "mask":
-        conv.unsupported(link, "only conditioning_type = \"mask\" backends convert (as loss masks)")
+        conv.unsupported(link, 'only conditioning_type = "mask" backends convert (as loss masks)')
         return
     conv.mapped(link, (*at, "masks"), paths.for_spec(target["instance_data_dir"]))
-    conv.differs(link, "SimpleTuner multiplies the loss by the mask without dividing by its area; dbspec divides")
+    conv.differs(
+        link, "SimpleTuner multiplies the loss by the mask without dividing by its area; dbspec divides"
+    )

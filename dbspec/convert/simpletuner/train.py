@@ -12,26 +12,75 @@ from dbspec.convert.common.paths import PathMapper
 
 Cfg = dict[str, Legacy]
 FAMILIES = {"sd1x": "sd1", "sd2x": "sd2", "sdxl": "sdxl", "legacy": "auto"}
-OPTIMIZERS = {"optimi-adamw": ("adamw", ""), "bnb-adamw": ("adamw", ""), "bnb-adamw8bit": ("adamw8bit", ""),
-              "adamw_bf16": ("adamw", "SimpleTuner's adamw_bf16 keeps bf16 weights with stochastic rounding; dbspec's "
-                                      "AdamW updates fp32 weights"),
-              "ao-adamw8bit": ("adamw8bit", "torchao's 8-bit AdamW; dbspec uses bitsandbytes' (the same algorithm)"),
-              "optimi-lion": ("lion", ""), "bnb-lion": ("lion", ""), "prodigy": ("prodigy", ""),
-              "optimi-sgd": ("sgd", "")}
+OPTIMIZERS = {
+    "optimi-adamw": ("adamw", ""),
+    "bnb-adamw": ("adamw", ""),
+    "bnb-adamw8bit": ("adamw8bit", ""),
+    "adamw_bf16": (
+        "adamw",
+        "SimpleTuner's adamw_bf16 keeps bf16 weights with stochastic rounding; dbspec's "
+        "AdamW updates fp32 weights",
+    ),
+    "ao-adamw8bit": ("adamw8bit", "torchao's 8-bit AdamW; dbspec uses bitsandbytes' (the same algorithm)"),
+    "optimi-lion": ("lion", ""),
+    "bnb-lion": ("lion", ""),
+    "prodigy": ("prodigy", ""),
+    "optimi-sgd": ("sgd", ""),
+}
 QUANTIZATION = {"no_change": "none", "int8-quanto": "int8", "int4-quanto": "int4", "fp8-quanto": "fp8"}
 SCHEDULERS = {"euler": "euler", "euler-a": "euler_a", "ddim": "ddim", "unipc": "unipc", "dpm++": "dpmpp"}
-INERT = frozenset({
-    "hub_model_id", "push_to_hub", "push_checkpoints_to_hub", "tracker_project_name", "tracker_run_name",
-    "attention_mechanism", "vae_batch_size", "disable_benchmark", "resume_from_checkpoint", "validation_torch_compile",
-    "webhook_config", "logging_dir", "max_workers", "read_batch_size", "write_batch_size", "metadata_update_interval",
-    "compress_disk_cache", "quantize_via", "offload_during_startup", "vae_cache_scan_behaviour",
-    "aspect_bucket_rounding",
-    "override_dataset_config", "dataloader_prefetch", "text_encoder_1_precision", "text_encoder_2_precision",
-    "lora_init_type", "model_card_note", "user_prompt_library", "num_validation_images", "validation_resolution",
-    "enable_xformers_memory_efficient_attention", "set_grads_to_none", "seed_for_each_device", "data_backend_config",
-    "cache_dir_text", "cache_dir_vae", "disable_bucket_pruning", "aspect_bucket_alignment", "minimum_image_size",
-    "delete_problematic_images", "delete_unwanted_images", "ema_device", "ema_cpu_only", "checkpoint_epoch_interval",
-    "allow_dataset_oversubscription", "validation_on_startup", "evaluation_type", "lr_end"})
+INERT = frozenset(
+    {
+        "hub_model_id",
+        "push_to_hub",
+        "push_checkpoints_to_hub",
+        "tracker_project_name",
+        "tracker_run_name",
+        "attention_mechanism",
+        "vae_batch_size",
+        "disable_benchmark",
+        "resume_from_checkpoint",
+        "validation_torch_compile",
+        "webhook_config",
+        "logging_dir",
+        "max_workers",
+        "read_batch_size",
+        "write_batch_size",
+        "metadata_update_interval",
+        "compress_disk_cache",
+        "quantize_via",
+        "offload_during_startup",
+        "vae_cache_scan_behaviour",
+        "aspect_bucket_rounding",
+        "override_dataset_config",
+        "dataloader_prefetch",
+        "text_encoder_1_precision",
+        "text_encoder_2_precision",
+        "lora_init_type",
+        "model_card_note",
+        "user_prompt_library",
+        "num_validation_images",
+        "validation_resolution",
+        "enable_xformers_memory_efficient_attention",
+        "set_grads_to_none",
+        "seed_for_each_device",
+        "data_backend_config",
+        "cache_dir_text",
+        "cache_dir_vae",
+        "disable_bucket_pruning",
+        "aspect_bucket_alignment",
+        "minimum_image_size",
+        "delete_problematic_images",
+        "delete_unwanted_images",
+        "ema_device",
+        "ema_cpu_only",
+        "checkpoint_epoch_interval",
+        "allow_dataset_oversubscription",
+        "validation_on_startup",
+        "evaluation_type",
+        "lr_end",
+    }
+)
 
 
 def num(legacy: Legacy) -> float:
@@ -73,15 +122,20 @@ def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     else:
         conv.mapped(base, ("model", "base"), model_path(str(base.value), paths))
     if family.value not in FAMILIES:
-        conv.unsupported(family, "dbspec trains SD 1.x, SD 2.x and SDXL (model_family sd1x, sd2x, sdxl, legacy)")
+        conv.unsupported(
+            family, "dbspec trains SD 1.x, SD 2.x and SDXL (model_family sd1x, sd2x, sdxl, legacy)"
+        )
     elif FAMILIES[family.value] != "auto":
         conv.mapped(family, ("model", "family"), FAMILIES[family.value])
     else:
         conv.record(family, "mapped", "model.family")
     for key, target in (("pretrained_vae_model_name_or_path", "vae"), ("revision", "revision")):
         if cfg[key].value:
-            conv.mapped(cfg[key], ("model", target), model_path(str(cfg[key].value), paths) if target == "vae"
-                        else str(cfg[key].value))
+            conv.mapped(
+                cfg[key],
+                ("model", target),
+                model_path(str(cfg[key].value), paths) if target == "vae" else str(cfg[key].value),
+            )
     prediction = cfg["prediction_type"]
     if prediction.value in ("epsilon", "v_prediction"):
         conv.mapped(prediction, ("model", "prediction"), prediction.value)
@@ -117,12 +171,17 @@ def _schedule(cfg: Cfg, data, conv: Conversion) -> None:
     batch, accum = cfg["train_batch_size"], cfg["gradient_accumulation_steps"]
     conv.mapped(batch, ("schedule", "batch_size"), int(num(batch)))
     if data.datasets > 1:
-        conv.differs(batch, "SimpleTuner draws every batch from one backend; dbspec pools datasets that share a bucket")
+        conv.differs(
+            batch, "SimpleTuner draws every batch from one backend; dbspec pools datasets that share a bucket"
+        )
     if int(num(accum)) != 1:
         conv.mapped(accum, ("schedule", "accumulation"), int(num(accum)))
     if data.has_class:
-        conv.put(("schedule", "balance_classes"), False, "SimpleTuner does not balance regularisation data: its "
-                 "repeats decide")
+        conv.put(
+            ("schedule", "balance_classes"),
+            False,
+            "SimpleTuner does not balance regularisation data: its repeats decide",
+        )
     name, warm = cfg["lr_scheduler"], cfg["lr_warmup_steps"]
     if name.value not in LR_SCHEDULES:
         conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
@@ -152,8 +211,10 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     conv.mapped(cfg["learning_rate"], ("optimizer", "lr"), num(cfg["learning_rate"]))
     betas = [cfg[k] for k in ("optimizer_beta1", "optimizer_beta2") if cfg[k].value is not None]
     if betas:
-        values = [num(cfg["optimizer_beta1"]) if cfg["optimizer_beta1"].value is not None else 0.9,
-                  num(cfg["optimizer_beta2"]) if cfg["optimizer_beta2"].value is not None else 0.999]
+        values = [
+            num(cfg["optimizer_beta1"]) if cfg["optimizer_beta1"].value is not None else 0.9,
+            num(cfg["optimizer_beta2"]) if cfg["optimizer_beta2"].value is not None else 0.999,
+        ]
         conv.put(("optimizer", "betas"), values, f"{conv.tool} optimizer_beta1/optimizer_beta2")
         for legacy in betas:
             conv.record(legacy, "mapped", "optimizer.betas")
@@ -186,11 +247,19 @@ def _loss(cfg: Cfg, data, lora: bool, conv: Conversion) -> None:
         conv.mapped(snr, ("loss", "min_snr_gamma"), num(snr))
     offset, chance = cfg["noise_offset"], cfg["noise_offset_probability"]
     if offset.value is None:
-        conv.warn("DBS407", "noise_offset is not set: SimpleTuner's default changed between versions (0.1 applied to "
-                  "25% of steps in older ones, 0 in newer ones); converted as off", "noise_offset")
+        conv.warn(
+            "DBS407",
+            "noise_offset is not set: SimpleTuner's default changed between versions (0.1 applied to "
+            "25% of steps in older ones, 0 in newer ones); converted as off",
+            "noise_offset",
+        )
     elif num(offset) and (chance.value is None or num(chance) != 1.0):
-        conv.unsupported(offset, "SimpleTuner applies the offset to a fraction of steps (noise_offset_probability); "
-                         "dbspec applies it to every step", help="set noise_offset_probability = 1.0, or 0 offset")
+        conv.unsupported(
+            offset,
+            "SimpleTuner applies the offset to a fraction of steps (noise_offset_probability); "
+            "dbspec applies it to every step",
+            help="set noise_offset_probability = 1.0, or 0 offset",
+        )
     elif num(offset):
         conv.mapped(offset, ("loss", "noise_offset"), num(offset))
         if chance.given:
@@ -199,10 +268,19 @@ def _loss(cfg: Cfg, data, lora: bool, conv: Conversion) -> None:
         conv.unsupported(cfg["caption_dropout_probability"], "dbspec has no caption dropout")
     if data.has_class:
         prior = "base_model" if lora else "images"
-        conv.put(("loss", "prior"), prior, "SimpleTuner's regularisation target: the base model's prediction"
-                 if lora else "SimpleTuner trains regularisation data like any data in full fine-tunes")
-        conv.warn("DBS404", "SimpleTuner computes the regularisation loss on whole regularisation batches; dbspec "
-                  "adds prior_weight x the class mean of each pooled batch", "is_regularisation_data")
+        conv.put(
+            ("loss", "prior"),
+            prior,
+            "SimpleTuner's regularisation target: the base model's prediction"
+            if lora
+            else "SimpleTuner trains regularisation data like any data in full fine-tunes",
+        )
+        conv.warn(
+            "DBS404",
+            "SimpleTuner computes the regularisation loss on whole regularisation batches; dbspec "
+            "adds prior_weight x the class mean of each pooled batch",
+            "is_regularisation_data",
+        )
 
 
 def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
@@ -227,11 +305,18 @@ def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
 
 def _outputs(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     conv.mapped(cfg["output_dir"], ("output", "dir"), paths.for_spec(str(cfg["output_dir"].value)))
-    every = cfg["checkpointing_steps"] if cfg["checkpointing_steps"].value else \
-        cfg["checkpoint_step_interval"] if "checkpoint_step_interval" in cfg else None
+    every = (
+        cfg["checkpointing_steps"]
+        if cfg["checkpointing_steps"].value
+        else cfg["checkpoint_step_interval"]
+        if "checkpoint_step_interval" in cfg
+        else None
+    )
     if every is not None and every.value:
         conv.mapped(every, ("checkpoints", "every"), int(num(every)))
-        conv.mapped(cfg["checkpoints_total_limit"], ("checkpoints", "keep"), int(num(cfg["checkpoints_total_limit"])))
+        conv.mapped(
+            cfg["checkpoints_total_limit"], ("checkpoints", "keep"), int(num(cfg["checkpoints_total_limit"]))
+        )
     _validation(cfg, conv)
     if flag(cfg["use_ema"]):
         conv.mapped(cfg["use_ema"], ("ema", "enabled"), True)
@@ -246,14 +331,20 @@ def _validation(cfg: Cfg, conv: Conversion) -> None:
     if not prompt.value:
         return
     conv.mapped(prompt, ("validation", "prompts"), [str(prompt.value)])
-    pairs: list[tuple[str, str, Any]] = [("validation_steps", "every", int), ("validation_guidance", "guidance", float),
-                                         ("validation_num_inference_steps", "steps", int),
-                                         ("validation_negative_prompt", "negative_prompt", str),
-                                         ("validation_seed", "seed", int)]
+    pairs: list[tuple[str, str, Any]] = [
+        ("validation_steps", "every", int),
+        ("validation_guidance", "guidance", float),
+        ("validation_num_inference_steps", "steps", int),
+        ("validation_negative_prompt", "negative_prompt", str),
+        ("validation_seed", "seed", int),
+    ]
     for key, target, cast in pairs:
         if cfg[key].value is not None:
-            conv.mapped(cfg[key], ("validation", target), cast(float(cfg[key].value)) if cast is not str
-                        else cast(cfg[key].value))
+            conv.mapped(
+                cfg[key],
+                ("validation", target),
+                cast(float(cfg[key].value)) if cast is not str else cast(cfg[key].value),
+            )
     sampler = cfg["validation_noise_scheduler"]
     if sampler.value in SCHEDULERS:
         conv.mapped(sampler, ("validation", "scheduler"), SCHEDULERS[sampler.value])
