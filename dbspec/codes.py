@@ -336,6 +336,25 @@ full fine-tune). When only the text encoder trains, the base would need the unto
 kept. Train the UNet too, or use `loss.prior = "images"`.""",
         help='set train.unet = true, or use loss.prior = "images" (class images as targets)',
     ),
+    Code(
+        "DBS235",
+        ERROR,
+        "Adapter options that cannot train together",
+        """\
+Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
+would be scaled to nothing) or with no `conv_targets`; a module named both in `unet_targets` and in
+`conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
+divisor of the layer widths).""",
+    ),
+    Code(
+        "DBS236",
+        WARNING,
+        "A convolution-adapter option without `conv_rank`",
+        """\
+`conv_alpha` or `conv_targets` is set but `conv_rank = 0`, so no convolution gets an adapter (warning). Set
+`conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
+        help="set adapter.conv_rank (e.g. 8), or remove the option",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(
         "DBS301",

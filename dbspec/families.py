@@ -48,6 +48,9 @@ class FamilySpec:
     # LoRA parameters per unit of rank with the default targets (rank x (in + out) per projection), per trained
     # component, counted on the public models.
     lora_params_per_rank: dict[str, int]
+    # Convolution-adapter (LoCon) parameters per unit of conv rank with the default conv targets (the 3x3
+    # convolutions of ResNet blocks, downsamplers, upsamplers: rank x (in x 9 + out) each), counted likewise.
+    conv_params_per_rank: int = 0
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -84,6 +87,7 @@ FAMILIES: dict[str, FamilySpec] = {
         text_lora_targets=_TEXT_TARGETS,
         public_params={"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
         lora_params_per_rank={"unet": 199_296, "text_encoder": 73_728},
+        conv_params_per_rank=544_000,
     ),
     "sd2": FamilySpec(
         name="sd2",
@@ -103,6 +107,7 @@ FAMILIES: dict[str, FamilySpec] = {
         # SD2's text encoder is OpenCLIP ViT-H without its last layer.
         public_params={"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
         lora_params_per_rank={"unet": 207_488, "text_encoder": 188_416},
+        conv_params_per_rank=544_000,
     ),
     "sdxl": FamilySpec(
         name="sdxl",
@@ -129,6 +134,7 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_653_863,
         },
         lora_params_per_rank={"unet": 1_451_520, "text_encoder": 73_728, "text_encoder_2": 327_680},
+        conv_params_per_rank=355_840,
     ),
 }
 

@@ -266,18 +266,11 @@ def kohya_lora_state(
     """kohya tensors (up/down in `dtype`, alpha in fp32 so a fractional alpha keeps its exact scale) and
     the ss_network_dim / ss_network_alpha they imply. `text_encoders`: none, or one entry per encoder of the
     family (None or adapter-less for one that did not train)."""
-    expected = 2 if family == "sdxl" else 1
-    if len(text_encoders) not in (0, expected):
-        raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
     cast = torch_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()
     alphas: set[float] = set()
-    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
-    if unet is not None:
-        sdxl_names = unet_table(unet.config) if family == "sdxl" else None
-        parts.append(("lora_unet", unet, (lambda n: rename(n, sdxl_names)) if sdxl_names else (lambda n: n)))
-    for prefix, module, to_path in parts:
+    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
         for name, down, up, rank, alpha in _kohya_lora_layers(module):
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", cast, copy=True).contiguous()
@@ -292,6 +285,19 @@ def kohya_lora_state(
         "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
     }
     return tensors, dims
+
+
+def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) -> list:
+    """(kohya key prefix, module, module path -> kohya path) for each adapted model, as kohya names them;
+    the LoRA and the LyCORIS writers share it."""
+    expected = 2 if family == "sdxl" else 1
+    if len(text_encoders) not in (0, expected):
+        raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
+    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
+    if unet is not None:
+        sdxl_names = unet_table(unet.config) if family == "sdxl" else None
+        parts.append(("lora_unet", unet, (lambda n: rename(n, sdxl_names)) if sdxl_names else (lambda n: n)))
+    return parts
 
 
 def _kohya_lora_layers(module: nn.Module | None):
@@ -329,15 +335,18 @@ def export_kohya_lora(
     """kohya/A1111 LoRA `.safetensors` of the peft adapters on `unet` and `text_encoders` (None entries and
     adapter-less modules are skipped), with the ss_* metadata A1111's extra-networks page reads."""
     tensors, dims = kohya_lora_state(unet=unet, text_encoders=text_encoders, family=family, dtype=dtype)
+    kohya = {"ss_network_module": "networks.lora", **dims, **kohya_model_metadata(family, prediction)}
+    return _write(Path(path), tensors, {**metadata, **kohya})
+
+
+def kohya_model_metadata(family: Family, prediction: str) -> dict[str, str]:
+    """The ss_* keys saying which base model a kohya-format network is for."""
     version = _MODEL_VERSIONS[family] + ("_v" if prediction == "v_prediction" and family != "sdxl" else "")
-    kohya = {
-        "ss_network_module": "networks.lora",
-        **dims,
+    return {
         "ss_base_model_version": version,
         "ss_v2": str(family == "sd2"),
         "ss_v_parameterization": str(prediction == "v_prediction"),
     }
-    return _write(Path(path), tensors, {**metadata, **kohya})
 
 
 # --- writing and plan glue ------------------------------------------------------------------------------
@@ -425,6 +434,8 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
         "dtype": plan.checkpoints.save_precision,
         "prediction": plan.model.prediction,
     }
+    from dbspec.runtime.lycoris_export import export_lycoris, needs_lycoris_layout
+
     for fmt in plan.checkpoints.exports:
         if fmt == "single_file":
             written.append(
@@ -436,6 +447,15 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
                     metadata=metadata,
                     zero_terminal_snr=plan.loss.zero_terminal_snr,
                     **common,
+                )
+            )
+        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter):  # LoCon, DoRA, LoHa, LoKr
+            written.append(
+                export_lycoris(
+                    folder / f"{name}.kohya.safetensors",
+                    plan,
+                    comps,
+                    {**metadata, **_kohya_training(plan, step)},
                 )
             )
         elif fmt == "kohya_lora":

@@ -8,6 +8,7 @@ import attrs
 
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
+from dbspec.compiler.adapters import adapter_params, adapter_plan
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
@@ -15,14 +16,12 @@ from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
-from dbspec.families import family_spec
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
 from dbspec.plan.model import (
     PLAN_VERSION,
-    AdapterPlan,
     BucketPlan,
     CheckpointPlan,
     DatasetPlan,
@@ -37,7 +36,7 @@ from dbspec.plan.model import (
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
-from dbspec.spec.model import LoraAdapter
+from dbspec.spec.model import LowRankAdapter
 from dbspec.spec.paths import dotted
 
 
@@ -208,8 +207,8 @@ def _environment_rules(ctx: Context) -> None:
 def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
-    if isinstance(spec.adapter, LoraAdapter):
-        trainable["lora"] = _lora_estimate(model, spec.adapter, precision)
+    if isinstance(spec.adapter, LowRankAdapter):
+        trainable["lora"] = sum(adapter_params(spec.adapter, model.family, precision.components).values())
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,
@@ -240,7 +239,7 @@ def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> T
         schedule=schedule,
         keep=c.keep,
         save_precision=c.save_precision,
-        lora=isinstance(ctx.spec.adapter, LoraAdapter),
+        lora=isinstance(ctx.spec.adapter, LowRankAdapter),
         datasets=datasets,
         cache=cache,
     )
@@ -279,17 +278,6 @@ def _report_disk(ctx: Context, short, need) -> None:
     )
 
 
-def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
-    """Adapter parameters: exact for the public models and the default targets; scaled by size for others."""
-    total = 0.0
-    for c in precision.components:
-        if c.trainable == "lora":
-            public = family_spec(model.family)
-            per_rank = public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name]
-            total += per_rank * adapter.rank
-    return int(total)
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -322,19 +310,7 @@ def _assemble(
     ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
 ) -> Plan:
     spec = ctx.spec
-    a = spec.adapter
-    adapter = (
-        AdapterPlan(
-            kind="lora",
-            rank=a.rank,
-            alpha=a.alpha,
-            dropout=a.dropout,
-            unet_targets=tuple(a.unet_targets),
-            text_encoder_targets=tuple(a.text_encoder_targets),
-        )
-        if isinstance(a, LoraAdapter)
-        else AdapterPlan(kind="none")
-    )
+    adapter = adapter_plan(spec.adapter, model.family, precision.components)
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
