@@ -41,7 +41,8 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
 
 def adapter_params(adapter, family: str, components) -> dict[str, int]:
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
-    targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too)."""
+    targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
+    magnitudes (one number per output row) are not counted."""
     public = family_spec(family)
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
@@ -52,5 +53,7 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
         total = public.lora_params_per_rank[c.name] * adapter.rank * factor
         if c.name == public.denoiser and adapter.conv_rank:
             total += public.conv_params_per_rank * adapter.conv_rank * factor
-        out[c.name] = int(total * size)
+        total *= size
+        # LoKr at a rank past its factors trains them in full, far fewer than LoRA at that rank: cap the bound.
+        out[c.name] = int(min(total, c.params) if adapter.kind == "lokr" else total)
     return out

@@ -70,8 +70,9 @@ class NoAdapter:
 KOHYA_CONV_TARGETS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
 
 
-def _rank(default: int, what: str):
-    return option(default, doc=f"{what} rank (dimension of the low-rank factors).", minimum=1, maximum=1024)
+def _rank(default: int, what: str, maximum: int = 1024, note: str = ""):
+    doc = f"{what} rank (dimension of the low-rank factors).{note}"
+    return option(default, doc=doc, minimum=1, maximum=maximum)
 
 
 def _alpha():
@@ -98,13 +99,13 @@ def _text_encoder_targets():
     )
 
 
-def _conv_rank():
+def _conv_rank(maximum: int = 1024):
     return option(
         0,
         doc="Rank of the adapters on the UNet's 3x3 convolutions named by `conv_targets` (kohya `conv_dim`, "
         "LyCORIS LoCon); 0 adapts no convolution.",
         minimum=0,
-        maximum=1024,
+        maximum=maximum,
         example=8,
     )
 
@@ -189,12 +190,15 @@ class LokrAdapter:
         doc="Adapter kind: lokr trains LyCORIS LoKr (a Kronecker product of a small and a low-rank factor) "
         "and freezes the base weights."
     )
-    rank: int = _rank(8, "LoKr")
+    # LyCORIS recipes give a huge rank (network_dim = 10000) to train both Kronecker factors in full.
+    rank: int = _rank(
+        8, "LoKr", 100_000, " A rank of half the larger second factor or more trains it in full."
+    )
     alpha: float = _alpha()
     factor: int = option(
         -1,
         doc="Split each dimension into factor x (dimension / factor) (LyCORIS `factor`); -1 splits near the "
-        "square root. A rank of half the larger second factor or more trains that factor in full.",
+        "square root.",
         minimum=-1,
         maximum=65536,
         example=8,
@@ -206,7 +210,7 @@ class LokrAdapter:
     module_dropout: float = _module_dropout()
     unet_targets: list[str] = _unet_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
-    conv_rank: int = _conv_rank()
+    conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
 
