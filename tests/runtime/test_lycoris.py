@@ -5,6 +5,7 @@ check dbspec against itself."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -48,6 +49,8 @@ KINDS = {
         set(),
     ),
 }
+# diffusers 0.42 drops dora_scale for SD pipelines ("not compatible in Diffusers at the moment"): LyCORIS checks DoRA.
+DIFFUSERS_LOADS = ("locon",)
 SPEC = """
 [adapter]
 {adapter}
@@ -58,6 +61,35 @@ text_encoder = true
 every = 2
 exports = ["kohya_lora"]
 """
+
+
+def _merged(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """peft's own merge of a trained copy: each adapted layer's weight with its update folded in (DoRA too)."""
+    module = copy.deepcopy(module)
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge()
+    return {k.replace(".base_layer", ""): v for k, v in module.state_dict().items() if ".base_layer." in k}
+
+
+def _lycoris_weight(lyco) -> torch.Tensor:
+    """The weight LyCORIS's forward uses for a loaded module: base + its update (LoCon: make_weight x scale,
+    LoHa/LoKr: get_weight, which applies alpha / rank), renormalised for DoRA."""
+    with torch.no_grad():
+        base = lyco._current_weight()
+        if type(lyco).__name__ == "LoConModule":
+            diff = lyco.make_weight().view(lyco.shape) * lyco.scale
+        else:
+            diff = lyco.get_weight(lyco.shape)
+        return lyco.apply_weight_decompose(base + diff, 1) if lyco.wd else base + diff
+
+
+def _kohya_names(module: torch.nn.Module, prefix: str, path=lambda n: n) -> dict[str, str]:
+    return {
+        f"{prefix}_{path(n)}".replace(".", "_"): n
+        for n, m in module.named_modules()
+        if isinstance(m, BaseTunerLayer)
+    }
 
 
 def _unet_output(unet, seed: int = 5) -> torch.Tensor:
@@ -123,6 +155,16 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
     adapted = [m for m in modules if isinstance(m, BaseTunerLayer)]
     assert len(network.unet_loras) + len(network.text_encoder_loras) == len(adapted)
     assert network.text_encoder_loras
+    # Every loaded module's weight against peft's merge of the trained layer it names.
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    for lyco in [*network.unet_loras, *network.text_encoder_loras]:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        ours = merged[prefix][f"{names[lyco.lora_name]}.weight"]
+        torch.testing.assert_close(_lycoris_weight(lyco), ours, rtol=1e-4, atol=1e-4, msg=lyco.lora_name)
     # LyCORIS's forward path (what kohya's scripts and its inference wrappers run); its merge_to scales LoHa and
     # LoKr updates by alpha / rank twice in 4.1.3 (get_diff_weight on top of get_weight), unlike its forward,
     # A1111 and ComfyUI, so it is not the reference here.
@@ -135,3 +177,10 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
         ours_text = trained.text_encoders[0](ids).last_hidden_state
         torch.testing.assert_close(fresh.text_encoder(ids).last_hidden_state, ours_text, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
+    if kind in DIFFUSERS_LOADS:  # diffusers' kohya conversion takes LoRA on convolutions
+        pipe = build_pipeline(plan.model.base)
+        pipe.load_lora_weights(str(export))
+        torch.testing.assert_close(_unet_output(pipe.unet), trained_output, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            theirs = pipe.text_encoder(ids).last_hidden_state
+        torch.testing.assert_close(theirs, ours_text, rtol=1e-4, atol=1e-4)
