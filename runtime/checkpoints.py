@@ -347,3 +347,25 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
         plain.peft_config[adapter].save_pretrained(str(target))
         written.append(target)
     return written
+
+
+def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]:
+    """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names loaded."""
+    from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = []
+    for name, module in modules.items():
+        source = Path(folder) / name
+        if not (source / "adapter_config.json").exists():
+            continue
+        config = PeftConfig.from_pretrained(str(source))
+        inject_adapter_in_model(config, module, adapter_name="default")
+        result = set_peft_model_state_dict(module, load_file(str(source / "adapter_model.safetensors")))
+        missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
+        if result.unexpected_keys or missing:
+            raise ValueError(
+                f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
+            )
+        loaded.append(name)
+    return loaded

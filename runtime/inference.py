@@ -53,11 +53,32 @@ def load_pipeline(request: SampleRequest):
         pipe = _base_pipeline(base, plan, request)
         pipe.load_lora_weights(str(lora))
         return pipe
+    if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
+        return _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
     if source.suffix == ".safetensors":
         cls = _pipeline_class(request.family)
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def _components() -> set[str]:
+    from dbspec.families import FAMILIES
+
+    return {name for f in FAMILIES.values() for name in (f.denoiser, *f.text_encoder_names)}
+
+
+def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest):
+    """Base pipeline + the peft-format adapters (LoHa, LoKr) `weights.save_weights` wrote, one per component."""
+    from dbspec.runtime.checkpoints import load_peft_adapters
+
+    base = request.base or (plan.model.base if plan else "")
+    if not base:
+        raise SampleError(f"{source} holds adapter weights: pass --base with the model they were trained on")
+    pipe = _base_pipeline(base, plan, request)
+    modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
+    load_peft_adapters(source, modules)
+    return pipe
 
 
 def _plan_beside(source: Path) -> Plan | None:
