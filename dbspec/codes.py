@@ -344,7 +344,8 @@ kept. Train the UNet too, or use `loss.prior = "images"`.""",
 Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
 would be scaled to nothing) or with no `conv_targets`; a module named both in `unet_targets` and in
 `conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
-divisor of the layer widths).""",
+divisor of the layer widths); LoRA on convolutions with `precision.quantize_unet` (peft's LoRA convolution
+cannot run on a quantised layer; LoHa and LoKr can).""",
     ),
     Code(
         "DBS236",

@@ -403,6 +403,15 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             f"{both[0]!r} is in both unet_targets and conv_targets: a module gets one rank",
             "keep each module name in one of the two lists",
         )
+    if a.kind == "lora" and a.conv_rank and spec.precision.quantize_unet != "none":
+        yield _err(
+            "DBS235",
+            ("precision", "quantize_unet"),
+            f"LoRA on convolutions (conv_rank {a.conv_rank}) cannot wrap a quantised UNet: peft's LoRA "
+            "convolution calls the quantised layer's weight directly",
+            'set quantize_unet = "none", conv_rank = 0, or use kind = "loha" / "lokr" (they wrap quantised '
+            "convolutions)",
+        )
     if a.kind == "lokr" and a.factor == 0:
         yield _err(
             "DBS235",

@@ -191,3 +191,29 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
         with torch.no_grad():
             theirs = pipe.text_encoder(ids).last_hidden_state
         torch.testing.assert_close(theirs, ours_text, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_sdxl_names_match_kohyas_lora_names_for_the_same_layers(kind):
+    """SDXL keys use the original UNet layout (kohya's SDXL UNet), as the kohya LoRA writer names them (that
+    writer's names load in diffusers, tests/runtime/test_exports.py): the same layers get the same names."""
+    from dbspec.plan.model import AdapterPlan
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.exports import kohya_lora_state
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    names = {}
+    for adapter_kind in ("lora", kind):
+        pipe = build_pipeline("builtin:tiny-sdxl")
+        adapter = AdapterPlan(
+            kind=adapter_kind, rank=2, alpha=1.0, conv_rank=2, conv_alpha=1.0, conv_targets=("conv1", "conv2")
+        )
+        add_lora(pipe.unet, adapter, ("to_q", "to_out.0"), seed=0, conv=True)
+        state = (kohya_lora_state if adapter_kind == "lora" else lycoris_state)(
+            unet=pipe.unet, text_encoders=[], family="sdxl", dtype="fp32"
+        )
+        if adapter_kind == "lora":
+            state = state[0]
+        names[adapter_kind] = {key.split(".")[0] for key in state}
+    assert names[kind] == names["lora"]
+    assert "lora_unet_input_blocks_1_0_in_layers_2" in names[kind]  # down_blocks.0.resnets.0.conv1

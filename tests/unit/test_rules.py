@@ -266,6 +266,12 @@ CASES = [
     ),
     (
         rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_unet = "int8"\n' + DOG + STEPS,
+        [("DBS235", "error", ("precision", "quantize_unet"))],
+        '[adapter]\nkind = "loha"\nconv_rank = 4\n[precision]\nquantize_unet = "int8"\n' + DOG + STEPS,
+    ),
+    (
+        rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nfactor = 0\n' + DOG + STEPS,
         [("DBS235", "error", ("adapter", "factor"))],
         '[adapter]\nkind = "lokr"\nfactor = 8\n' + DOG + STEPS,
