@@ -166,7 +166,7 @@ def adapter_rows(a) -> list[tuple[str, str]]:
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
     for name, count in a.params.items():
-        rows.append((f"  {name} params", f"{count:,}"))
+        rows.append((f"  {name} params", f"{count:,} (estimate)"))
     return rows
 
 

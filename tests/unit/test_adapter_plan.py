@@ -107,5 +107,5 @@ def test_summary_shows_kind_targets_and_counts(tmp_path):
     assert rows["adapter"].startswith("lokr (factor -1) rank 4")
     assert rows["  targets"] == "to_q"
     assert rows["  conv targets"].endswith("(rank 2, alpha 2)")
-    assert rows["  unet params"] == f"{a.params['unet']:,}"
+    assert rows["  unet params"] == f"{a.params['unet']:,} (estimate)"
     assert dict(adapter_rows(_plan(tmp_path, 'kind = "none"').adapter)) == {"adapter": "none"}
