@@ -449,7 +449,8 @@ class Checkpoints:
     save_precision: Literal["fp32", "fp16", "bf16"] = option("fp32", doc="dtype of saved weights.")
     exports: list[Literal["single_file", "kohya_lora"]] = option(
         factory=list,
-        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (LoRA runs).",
+        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: LoRA in "
+        "kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
     )
 
 
