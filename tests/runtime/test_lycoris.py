@@ -143,6 +143,8 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
     conv = "lora_unet_down_blocks_0_resnets_0_conv1"  # sd-scripts' name of a 3x3 ResNet convolution
     assert {k.split(".", 1)[1] for k in keys if k.startswith(conv + ".")} == conv_suffixes
+    if kind == "lokr_full":  # both factors full on every layer: the case whose scale goes into lokr_w1
+        assert any(k.endswith(".lokr_w2") for k in keys) and not any(".lokr_w2_" in k for k in keys)
 
     trained = whole.components
     fresh = build_pipeline(plan.model.base)
