@@ -96,6 +96,11 @@ def _plan_beside(source: Path) -> Plan | None:
 
 def _lora_file(source: Path) -> Path | None:
     if source.is_file() and source.suffix == ".safetensors" and _is_lora(source):
+        if _is_lycoris(source):
+            raise SampleError(
+                f"{source} holds LyCORIS LoHa/LoKr weights, which diffusers does not load for this model: "
+                "sample the run's output folder (its final/ holds them in peft's layout)"
+            )
         return source
     for name in LORA_FILES:
         if (source / name).exists():
@@ -108,6 +113,13 @@ def _is_lora(path: Path) -> bool:
 
     with safe_open(str(path), "pt") as f:
         return any("lora" in key for key in list(f.keys())[:50])
+
+
+def _is_lycoris(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(".hada_" in key or ".lokr_" in key for key in f.keys())
 
 
 def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
-from dbspec.runtime.inference import SampleRequest, load_pipeline
+from dbspec.runtime.inference import SampleError, SampleRequest, load_pipeline
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
 
@@ -181,6 +181,8 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
         torch.testing.assert_close(fresh.text_encoder(ids).last_hidden_state, ours_text, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
     if plan.adapter.kind != "lora":  # final/ in peft's layout: `dbspec sample` puts it back on the base model
+        with pytest.raises(SampleError, match="LoHa/LoKr"):
+            load_pipeline(SampleRequest(source=export, base=plan.model.base, settings=plan.validation))
         pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
         torch.testing.assert_close(_unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
         with torch.no_grad():
