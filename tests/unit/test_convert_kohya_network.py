@@ -100,3 +100,41 @@ def test_lycoris_options_without_an_equivalent_are_named(tmp_path):
 def test_unknown_lycoris_algo_is_unsupported(tmp_path):
     outcome = _convert(tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=glora"')
     assert not outcome.written or fate(outcome, "network_args") == "unsupported"
+
+
+def test_config_file_lokr_with_full_matrix_recipe(tmp_path):
+    """A --config_file as kohya_ss writes it for LyCORIS LoKr: the huge-dim "full matrix" recipe."""
+    from convert_kit import write
+
+    images(tmp_path / "img" / "20_ohwx dog", 3, (1024, 1024))
+    write(
+        tmp_path / "cfg.toml",
+        f"""
+pretrained_model_name_or_path = "{SDXL}"
+train_data_dir = "img"
+resolution = "1024,1024"
+network_module = "lycoris.kohya"
+network_dim = 100000
+network_alpha = 1
+network_args = ["preset=full", "conv_dim=100000", "conv_alpha=1", "algo=lokr", "factor=16", "dora_wd=False", "use_tucker=False"]
+learning_rate = 1.0
+optimizer_type = "Prodigy"
+max_train_steps = 1000
+mixed_precision = "bf16"
+save_precision = "fp16"
+""",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="sdxl_train_network.py --output_dir out")
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha, a.factor, a.conv_rank, a.conv_alpha) == (
+        "lokr",
+        100000,
+        1.0,
+        16,
+        100000,
+        1.0,
+    )
+    assert not a.dora and "conv_in" in a.conv_targets
+    assert plan.checkpoints.exports == ("kohya_lora",)
+    assert fate(outcome, "network_args") == "mapped"
