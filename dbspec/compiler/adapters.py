@@ -39,6 +39,13 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
     )
 
 
+def _lokr_split(factor: int) -> int:
+    """LoKr's larger Kronecker factor of an (out, in) weight holds at most (out / f) x (in / f) numbers, the smaller
+    f x f: at most 1 / f^2 of the layer, whatever the rank (LyCORIS's huge-rank recipes train both in full).
+    factor -1 splits near the square root of each width, 8 or more on layers 64 wide or wider."""
+    return factor if factor > 0 else 8
+
+
 def adapter_params(adapter, family: str, components) -> dict[str, int]:
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
     targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
@@ -54,6 +61,7 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
         if c.name == public.denoiser and adapter.conv_rank:
             total += public.conv_params_per_rank * adapter.conv_rank * factor
         total *= size
-        # LoKr at a rank past its factors trains them in full, far fewer than LoRA at that rank: cap the bound.
-        out[c.name] = int(min(total, c.params) if adapter.kind == "lokr" else total)
+        if adapter.kind == "lokr":
+            total = min(total, c.params / _lokr_split(adapter.factor) ** 2)
+        out[c.name] = int(total)
     return out

@@ -109,3 +109,11 @@ def test_summary_shows_kind_targets_and_counts(tmp_path):
     assert rows["  conv targets"].endswith("(rank 2, alpha 2)")
     assert rows["  unet params"] == f"{a.params['unet']:,} (estimate)"
     assert dict(adapter_rows(_plan(tmp_path, 'kind = "none"').adapter)) == {"adapter": "none"}
+
+
+def test_lokr_full_matrix_recipe_stays_a_small_share_of_the_unet(tmp_path):
+    """LyCORIS's rank-100000 LoKr trains both Kronecker factors in full: at most 1/factor^2 of each layer."""
+    plan = _plan(tmp_path, 'kind = "lokr"\nrank = 100000\nfactor = 16\nconv_rank = 100000')
+    unet = next(c.params for c in plan.precision.components if c.name == "unet")
+    assert 0 < plan.adapter.params["unet"] <= unet / 256
+    assert plan.memory.fits

@@ -124,7 +124,9 @@ mixed_precision = "bf16"
 save_precision = "fp16"
 """,
     )
-    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="sdxl_train_network.py --output_dir out")
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "cfg.toml", command="sdxl_train_network.py --output_dir out"
+    )
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha, a.factor, a.conv_rank, a.conv_alpha) == (
