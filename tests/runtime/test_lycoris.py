@@ -221,3 +221,25 @@ def test_sdxl_names_match_kohyas_lora_names_for_the_same_layers(kind):
         names[adapter_kind] = {key.split(".")[0] for key in state}
     assert names[kind] == names["lora"]
     assert "lora_unet_input_blocks_1_0_in_layers_2" in names[kind]  # down_blocks.0.resnets.0.conv1
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_locon_tensors_equal_the_kohya_lora_writers(family):
+    """LoRA and LoCon layers go through the LyCORIS writer when DoRA or convolutions ask for it: tensor for tensor
+    what the kohya LoRA writer (loaded by diffusers in tests/runtime/test_exports.py) writes for the same adapter."""
+    from dbspec.plan.model import AdapterPlan
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.exports import kohya_lora_state
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    pipe = build_pipeline(f"builtin:tiny-{family}")
+    adapter = AdapterPlan(
+        kind="lora", rank=2, alpha=3.0, conv_rank=4, conv_alpha=1.0, conv_targets=("conv1",)
+    )
+    add_lora(pipe.unet, adapter, ("to_q", "proj_in"), seed=0, conv=True)
+    args = {"unet": pipe.unet, "text_encoders": [], "family": family, "dtype": "fp16"}
+    ours, (theirs, _) = lycoris_state(**args), kohya_lora_state(**args)
+    assert ours.keys() == theirs.keys() and any(".alpha" in k and "_in_layers_2" in k for k in ours) == (
+        family == "sdxl"
+    )
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
