@@ -360,7 +360,9 @@ def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]
         if not (source / "adapter_config.json").exists():
             continue
         config = PeftConfig.from_pretrained(str(source))
+        training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
+        module.train(training)  # new layers start in training mode: rank/module dropout would stay on
         result = set_peft_model_state_dict(module, load_file(str(source / "adapter_model.safetensors")))
         missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
         if result.unexpected_keys or missing:

@@ -35,7 +35,8 @@ KINDS = {
         {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
     ),
     "loha": (
-        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n',
+        # rank and module dropout draw from the run's generators: the resume must restore them too
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nrank_dropout = 0.2\nmodule_dropout = 0.2\n',
         {"algo": "loha", "conv_dim": "2", "conv_alpha": "1"},
         {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
     ),
@@ -147,6 +148,8 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
         assert any(k.endswith(".lokr_w2") for k in keys) and not any(".lokr_w2_" in k for k in keys)
 
     trained = whole.components
+    for module in (trained.unet, *trained.text_encoders):
+        module.eval()  # dropout off: compare the adapters themselves
     fresh = build_pipeline(plan.model.base)
     base_output = _unet_output(fresh.unet)
     # kohya names CLIP's modules `text_model.*`, a level transformers >= 5.6 no longer has: LyCORIS names them
