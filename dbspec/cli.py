@@ -20,6 +20,7 @@ from dbspec.cli_common import (
     exit_code,
 )
 from dbspec.cli_convert import convert_app
+from dbspec.families import family_list
 
 app = typer.Typer(
     add_completion=False,
@@ -226,7 +227,9 @@ def sample(
     config: Annotated[
         str, typer.Option(help="Diffusers folder or hub id with configs, for single files.")
     ] = "",
-    family: Annotated[str, typer.Option(help="sd1, sd2 or sdxl, for single files.")] = "sd1",
+    family: Annotated[
+        str, typer.Option(help=f"{family_list(quote=False)}, for single files (default: read from the file).")
+    ] = "",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     scheduler: Annotated[str, typer.Option(help="ddim, euler, euler_a, dpmpp, unipc or pndm.")] = "ddim",
     steps: Annotated[int, typer.Option(help="Inference steps.")] = 50,
@@ -242,10 +245,9 @@ def sample(
         raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
     from dbspec.families import FAMILIES
 
-    if family not in FAMILIES:
-        *first, last = FAMILIES
+    if family and family not in FAMILIES:
         raise typer.BadParameter(
-            f"family must be {', '.join(first)} or {last}, not {family!r}", param_hint="--family"
+            f"family must be {family_list(quote=False)}, not {family!r}", param_hint="--family"
         )
     settings = ValidationPlan(
         prompts=tuple(prompt),
@@ -263,12 +265,36 @@ def sample(
 
     try:
         paths = run_sample(
-            SampleRequest(source=source, base=base, config=config, family=family, settings=settings), out
+            SampleRequest(
+                source=source,
+                base=base,
+                config=config,
+                family=family or _single_file_family(source, base),
+                settings=settings,
+            ),
+            out,
         )
     except (SampleError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"wrote {len(paths) - 1} images and {paths[-1]}")
+
+
+def _single_file_family(source: Path, base: str) -> str:
+    """The family a full single-file checkpoint (the source, or a LoRA's base) says by its tensor names; "" when
+    neither is one (a diffusers folder or a run's plan says it instead)."""
+    from dbspec.compiler.modelinfo import ModelFileError, inspect_model
+
+    for path in (source, Path(base) if base else None):
+        if path is None or path.suffix != ".safetensors" or not path.is_file():
+            continue
+        try:
+            facts = inspect_model(str(path.resolve()), path.resolve().parent)
+        except ModelFileError:
+            continue
+        if facts is not None and facts.family != "unknown":
+            return facts.family
+    return ""
 
 
 @app.command()

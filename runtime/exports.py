@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dbspec import __version__
+from dbspec.families import family_spec
 from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -187,13 +188,6 @@ def _text_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {clip_path(k): v for k, v in module.state_dict().items() if not k.endswith("position_ids")}
 
 
-_ENCODER_PREFIXES = {
-    "sd1": ("cond_stage_model.transformer.",),
-    "sd2": ("cond_stage_model.model.",),
-    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
-}
-
-
 # --- single file ----------------------------------------------------------------------------------------
 def single_file_state(
     *,
@@ -205,7 +199,7 @@ def single_file_state(
     zero_terminal_snr: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every weight under its original key (views of the modules' tensors where nothing is merged)."""
-    prefixes = _ENCODER_PREFIXES[family]
+    prefixes = tuple(e.single_file_prefix for e in family_spec(family).text_encoders)
     if len(text_encoders) != len(prefixes):
         raise ValueError(f"{family} has {len(prefixes)} text encoder(s); got {len(text_encoders)}")
     unet_names, vae_names = unet_table(unet.config), vae_table(vae.config)
@@ -257,7 +251,6 @@ def export_single_file(
 
 # --- kohya LoRA -----------------------------------------------------------------------------------------
 _TEXT_PREFIXES = {1: ("lora_te",), 2: ("lora_te1", "lora_te2")}
-_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # kohya's ss_base_model_version
 
 
 def kohya_lora_state(
@@ -266,7 +259,8 @@ def kohya_lora_state(
     """kohya tensors (up/down in `dtype`, alpha in fp32 so a fractional alpha keeps its exact scale) and
     the ss_network_dim / ss_network_alpha they imply. `text_encoders`: none, or one entry per encoder of the
     family (None or adapter-less for one that did not train)."""
-    expected = 2 if family == "sdxl" else 1
+    spec = family_spec(family)
+    expected = len(spec.text_encoders)
     if len(text_encoders) not in (0, expected):
         raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
     cast = torch_dtype(dtype)
@@ -275,8 +269,8 @@ def kohya_lora_state(
     alphas: set[float] = set()
     parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
     if unet is not None:
-        sdxl_names = unet_table(unet.config) if family == "sdxl" else None
-        parts.append(("lora_unet", unet, (lambda n: rename(n, sdxl_names)) if sdxl_names else (lambda n: n)))
+        original = unet_table(unet.config) if spec.kohya.original_unet_names else None
+        parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
     for prefix, module, to_path in parts:
         for name, down, up, rank, alpha in _kohya_lora_layers(module):
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
@@ -329,15 +323,19 @@ def export_kohya_lora(
     """kohya/A1111 LoRA `.safetensors` of the peft adapters on `unet` and `text_encoders` (None entries and
     adapter-less modules are skipped), with the ss_* metadata A1111's extra-networks page reads."""
     tensors, dims = kohya_lora_state(unet=unet, text_encoders=text_encoders, family=family, dtype=dtype)
-    version = _MODEL_VERSIONS[family] + ("_v" if prediction == "v_prediction" and family != "sdxl" else "")
-    kohya = {
-        "ss_network_module": "networks.lora",
-        **dims,
-        "ss_base_model_version": version,
-        "ss_v2": str(family == "sd2"),
-        "ss_v_parameterization": str(prediction == "v_prediction"),
-    }
+    kohya = {"ss_network_module": "networks.lora", **dims, **kohya_family_metadata(family, prediction)}
     return _write(Path(path), tensors, {**metadata, **kohya})
+
+
+def kohya_family_metadata(family: Family, prediction: str) -> dict[str, str]:
+    """The ss_* keys kohya writes about the base model (A1111's extra-networks page filters by them)."""
+    facts = family_spec(family).kohya
+    v = prediction == "v_prediction"
+    return {
+        "ss_base_model_version": facts.base_version + ("_v" if v and facts.v_suffix else ""),
+        "ss_v2": str(facts.v2),
+        "ss_v_parameterization": str(v),
+    }
 
 
 # --- writing and plan glue ------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import attrs
 import diffusers
 import torch
 
-from dbspec.families import family_spec
+from dbspec.families import FAMILIES
+from dbspec.runtime.families import family_runtime
 from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
@@ -27,7 +28,7 @@ class SampleRequest:
     source: Path  # a run's output folder, its final/ folder, a diffusers folder, a .safetensors file
     base: str = ""  # base model for LoRA sources (hub id, folder, builtin:...); from the run's plan if empty
     config: str = ""  # diffusers folder or hub id with configs, for single files offline
-    family: str = "sd1"  # for single files and bases that do not say
+    family: str = ""  # for single files (the CLI reads it from the file's tensor names)
     settings: ValidationPlan
 
 
@@ -54,7 +55,7 @@ def load_pipeline(request: SampleRequest):
         pipe.load_lora_weights(str(lora))
         return pipe
     if source.suffix == ".safetensors":
-        cls = _pipeline_class(request.family)
+        cls = _pipeline_class(_family(request, source))
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
@@ -101,15 +102,22 @@ def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
         )
         return diffusers.DiffusionPipeline.from_pretrained(str(tiny.materialize(base, folder)))
     if Path(base).suffix == ".safetensors":
-        family = plan.model.family if plan else request.family
+        family = plan.model.family if plan else _family(request, Path(base))
         kwargs = {"config": request.config} if request.config else {}
         return _pipeline_class(family).from_single_file(base, **kwargs)
     path = planned.path if planned and planned.path else base
     return diffusers.DiffusionPipeline.from_pretrained(path)
 
 
+def _family(request: SampleRequest, path: Path) -> str:
+    if not request.family:
+        known = ", ".join(FAMILIES)
+        raise SampleError(f"cannot tell the model family of {path}: pass --family ({known})")
+    return request.family
+
+
 def _pipeline_class(family: str):
-    return getattr(diffusers, family_spec(family).pipeline_class)
+    return family_runtime(family).pipeline_class()
 
 
 def best_device() -> torch.device:

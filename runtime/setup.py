@@ -19,7 +19,8 @@ from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
-from dbspec.runtime.models import Components, load_components, pipeline_for
+from dbspec.runtime.families import family_runtime
+from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
 from dbspec.runtime.sample import generate_class_images
@@ -67,7 +68,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         torch.backends.cudnn.allow_tf32 = plan.precision.tf32
 
     # Models: load, make class images with the untouched base model, then freeze/adapt for training.
-    comps = load_components(plan)
+    comps = family_runtime(plan.model.family).load(plan)
     comps.unet.to(device)
     comps.vae.to(device)
     for enc in comps.text_encoders:

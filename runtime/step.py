@@ -7,13 +7,12 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import losses
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.data import Sample, load_example, load_mask, sample_rng
-from dbspec.runtime.text import encode, sdxl_time_ids
+from dbspec.runtime.families import family_runtime
 
 
 MEMO_ENTRIES = 4096  # cached posteriors kept in RAM (a 1024 px SDXL latent pair is ~0.5 MB)
@@ -95,24 +94,20 @@ def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
         if all(e is not None for e in entries):
             return {k: torch.stack([e[k] for e in entries]).to(parts.device) for k in entries[0]}
     with torch.set_grad_enabled(parts.text_trains):
-        return encode(
+        return family_runtime(plan.model.family).encode_prompts(
             parts.text_encoders,
             parts.tokenizers,
             [s.img.caption for s in batch],
-            family=plan.model.family,
             clip_skip=plan.model.clip_skip,
             device=parts.device,
         )
 
 
-def unet_forward(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample]) -> torch.Tensor:
-    kwargs = {}
-    if family_spec(parts.plan.model.family).time_ids:  # SDXL: pooled embeddings and micro-conditioning ids
-        ids = torch.stack([sdxl_time_ids(s.img.size, s.img.crop, s.img.bucket) for s in batch]).to(
-            parts.device
-        )
-        kwargs["added_cond_kwargs"] = {"text_embeds": text["pooled"], "time_ids": ids}
-    return parts.unet(noisy, timesteps, text["prompt_embeds"], **kwargs).sample
+def denoise(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample]) -> torch.Tensor:
+    """The denoiser's prediction, with the family's extra conditioning for this batch."""
+    family = family_runtime(parts.plan.model.family)
+    extra = family.conditioning(text, batch, parts.device)
+    return family.predict(parts.unet, noisy, timesteps, text, extra)
 
 
 def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
@@ -128,10 +123,11 @@ def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
     timesteps = torch.randint(0, sched.config.num_train_timesteps, (len(batch),), generator=gen).to(
         parts.device
     )
-    noisy = sched.add_noise(latents, noise, timesteps)
-    pred = unet_forward(parts, noisy, timesteps, text, batch).float()
+    objective = family_runtime(plan.model.family).objective
+    noisy = objective.add_noise(sched, latents, noise, timesteps)
+    pred = denoise(parts, noisy, timesteps, text, batch).float()
+    target = objective.target(sched, latents, noise, timesteps, loss_plan.target)
     alphas = sched.alphas_cumprod.to(parts.device)
-    target = losses.prediction_target(latents.float(), noise.float(), timesteps, alphas, loss_plan.target)
     is_prior = torch.tensor([s.role == "class" for s in batch], device=parts.device)
     if loss_plan.prior == "base_model" and bool(is_prior.any()):
         target = torch.where(
@@ -156,9 +152,7 @@ def base_prediction(parts: Parts, noisy, timesteps, text, batch) -> torch.Tensor
     text = {k: v.detach() for k, v in text.items()}
     with torch.no_grad():
         if parts.teacher is not None:
-            return unet_forward(
-                attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch
-            ).float()
+            return denoise(attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch).float()
         unet = getattr(parts.unet, "module", parts.unet)  # DDP-wrapped under several processes
         with adapters_disabled(unet):
-            return unet_forward(parts, noisy, timesteps, text, batch).float()
+            return denoise(parts, noisy, timesteps, text, batch).float()

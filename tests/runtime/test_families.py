@@ -57,3 +57,37 @@ def test_sdxl_full_finetune_uses_cached_pooled_embeddings(tmp_path):
     base = build_pipeline("builtin:tiny-sdxl").unet.state_dict()
     trained = load_file(str(Path(result.final) / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(trained[k], base[k]) for k in trained)
+
+
+def test_every_family_has_a_runtime_module_implementing_the_protocol():
+    """The registry's `runtime` names a module whose object has every FamilyRuntime member."""
+    import inspect
+
+    from dbspec.families import FAMILIES
+    from dbspec.runtime.families import FamilyRuntime, family_runtime
+
+    members = {n for n, _ in inspect.getmembers(FamilyRuntime) if not n.startswith("_")}
+    members |= set(FamilyRuntime.__annotations__)
+    for name, spec in FAMILIES.items():
+        runtime = family_runtime(name)
+        assert runtime.spec is spec
+        missing = {m for m in members if not hasattr(runtime, m)}
+        assert not missing, f"{name} ({spec.runtime}) lacks {sorted(missing)}"
+        assert runtime.pipeline_class().__name__ == spec.pipeline_class
+
+
+def test_sdxl_prompt_encoding_concatenates_both_encoders_and_pools_the_second():
+    from dbspec.runtime.families import family_runtime
+
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
+    with torch.no_grad():
+        out = family_runtime("sdxl").encode_prompts(
+            encoders, tokenizers, ["a toy"], clip_skip=1, device="cpu"
+        )
+        second = pipe.text_encoder_2(
+            pipe.tokenizer_2(["a toy"], padding="max_length", return_tensors="pt").input_ids
+        )
+    width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert out["prompt_embeds"].shape[-1] == width
+    assert torch.equal(out["pooled"], second.text_embeds)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.compiler.models import KNOWN_HUB_MODELS
+from dbspec.families import hub_model
 from dbspec.convert.common.argv import parse_argv
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name, require_minimums
 from dbspec.convert.diffusers.args import SCRIPTS, arg_table, script_of
@@ -271,7 +271,8 @@ def _loss(a: Args, script: str, data: Data | None, conv: Conversion) -> None:
     if snr is not None and snr.value:
         conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
         base = a["pretrained_model_name_or_path"].value or ""
-        if base not in KNOWN_HUB_MODELS or KNOWN_HUB_MODELS[base][1] == "v_prediction":
+        known = hub_model(base)
+        if known is None or known[1] == "v_prediction":
             conv.differs(
                 snr,
                 "for v-prediction models diffusers weights by min(snr, gamma)/snr + 1, dbspec by "
