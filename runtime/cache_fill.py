@@ -35,7 +35,12 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
 
         def encode_text(captions):
             out = family_runtime(plan.model.family).encode_prompts(
-                comps.text_encoders, comps.tokenizers, captions, clip_skip=plan.model.clip_skip, device=device
+                comps.text_encoders,
+                comps.tokenizers,
+                captions,
+                clip_skip=plan.model.clip_skip,
+                max_tokens=plan.model.max_tokens,
+                device=device,
             )
             return {k: v.float().cpu() for k, v in out.items()}
 

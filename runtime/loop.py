@@ -174,7 +174,14 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
 def _validate(run: Run, step: int, log: MetricsLog) -> None:
     """Sample the validation prompts (with the EMA weights when there are any), then back to training mode."""
     with run.ema.swap() if run.ema is not None else contextlib.nullcontext():
-        validate(run.pipeline, run.plan.validation, run.out, step, autocast_dtype=_mixed_dtype(run.plan))
+        validate(
+            run.pipeline,
+            run.plan.validation,
+            run.out,
+            step,
+            autocast_dtype=_mixed_dtype(run.plan),
+            prompt_inputs=run.prompt_inputs,
+        )
     log.images(step, run.out / "samples" / f"step-{step:06d}" / "grid.png")
     set_train_mode(run.comps, run.plan)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,10 @@ def _save_png(image: Image.Image, path: Path) -> Path:
     return path
 
 
+# (prompt, negative prompt) -> the pipeline's prompt keyword arguments (embeddings encoded by the family).
+PromptInputs = Callable[[str, str], dict]
+
+
 # --- validation -----------------------------------------------------------------------------------------------
 def validate(
     pipeline: DiffusionPipeline,
@@ -89,6 +93,7 @@ def validate(
     step: int,
     *,
     autocast_dtype: torch.dtype | None = None,
+    prompt_inputs: PromptInputs | None = None,
 ) -> list[Path]:
     """Sample every validation prompt `images_per_prompt` times into `out_dir/samples/step-XXXXXX/`:
     `pNN-iNN.png` per image, then `grid.png` (a row per prompt). Returns the image paths, grid last.
@@ -97,7 +102,9 @@ def validate(
     come from the weights and the prompt, never from the noise. The pipeline's scheduler is restored.
     """
     folder = Path(out_dir) / "samples" / f"step-{step:06d}"
-    return render(pipeline, plan_validation, folder, autocast_dtype=autocast_dtype)
+    return render(
+        pipeline, plan_validation, folder, autocast_dtype=autocast_dtype, prompt_inputs=prompt_inputs
+    )
 
 
 def render(
@@ -106,8 +113,10 @@ def render(
     folder: Path,
     *,
     autocast_dtype: torch.dtype | None = None,
+    prompt_inputs: PromptInputs | None = None,
 ) -> list[Path]:
-    """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate."""
+    """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate.
+    `prompt_inputs` encodes the prompts instead of the pipeline (prompts longer than one CLIP window)."""
     original_scheduler = pipeline.scheduler
     pipeline.scheduler = make_scheduler(plan_validation.scheduler, original_scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -118,7 +127,7 @@ def render(
             for prompt_index, prompt in enumerate(plan_validation.prompts):
                 rows.append(
                     [
-                        _sample(pipeline, plan_validation, prompt, image_index)
+                        _sample(pipeline, plan_validation, prompt, image_index, prompt_inputs)
                         for image_index in range(plan_validation.images_per_prompt)
                     ]
                 )
@@ -133,12 +142,21 @@ def render(
     return paths
 
 
-def _sample(pipeline: DiffusionPipeline, plan: ValidationPlan, prompt: str, image_index: int) -> Image.Image:
+def _sample(
+    pipeline: DiffusionPipeline,
+    plan: ValidationPlan,
+    prompt: str,
+    image_index: int,
+    prompt_inputs: PromptInputs | None = None,
+) -> Image.Image:
     width, height = plan.size
     generator = torch.Generator("cpu").manual_seed(plan.seed + image_index)
+    if prompt_inputs is not None:
+        prompts = prompt_inputs(prompt, plan.negative_prompt)
+    else:
+        prompts = {"prompt": prompt, "negative_prompt": plan.negative_prompt or None}
     result = pipeline(
-        prompt=prompt,
-        negative_prompt=plan.negative_prompt or None,
+        **prompts,
         num_inference_steps=plan.inference_steps,
         guidance_scale=plan.guidance,
         height=height,

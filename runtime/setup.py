@@ -26,6 +26,7 @@ from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mod
 from dbspec.runtime.sample import generate_class_images
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
+from dbspec.runtime.text import WINDOW
 
 
 @attrs.define(eq=False)
@@ -47,6 +48,7 @@ class Run:
     generator: torch.Generator
     ema: Ema | None
     step: int = 0
+    prompt_inputs: object = None  # validation prompts encoded by the family (several CLIP windows), or None
 
     @property
     def main(self) -> bool:
@@ -123,6 +125,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         sampler=sampler,
         generator=generator,
         ema=ema,
+        prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device),
     )
     if resumed is not None:
         resumed.restore(run)
@@ -141,3 +144,27 @@ def freeze_text_encoders(run: Run) -> None:
         enc.requires_grad_(False)
         enc.eval()
     run.parts.text_trains = False
+
+
+def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
+    """Validation prompts beyond one CLIP window are encoded as in training (the pipeline would cut them at 77
+    tokens); None for one window, where the pipeline encodes them itself."""
+    model = plan.model
+    if model.max_tokens <= WINDOW:
+        return None
+    family = family_runtime(model.family)
+
+    def encode(prompt: str) -> dict:
+        with torch.no_grad():
+            return family.encode_prompts(
+                comps.text_encoders,
+                comps.tokenizers,
+                [prompt],
+                clip_skip=model.clip_skip,
+                max_tokens=model.max_tokens,
+                device=device,
+            )
+
+    return lambda prompt, negative: family.pipeline_prompt_inputs(
+        pipeline, encode(prompt), encode(negative), negative
+    )

@@ -99,6 +99,7 @@ def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
             parts.tokenizers,
             [s.img.caption for s in batch],
             clip_skip=plan.model.clip_skip,
+            max_tokens=plan.model.max_tokens,
             device=parts.device,
         )
 

@@ -44,7 +44,9 @@ def _latent_key(sha: str, bucket, resized, crop, flip: bool, model_part: bytes) 
 
 
 def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
-    return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype])
+    # max_tokens joins the key only when it changes the embedding's shape: one-window keys stay as they were.
+    windows = [model.max_tokens] if model.max_tokens != 75 else []
+    return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype, *windows])
 
 
 @attrs.define

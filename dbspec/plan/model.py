@@ -66,6 +66,7 @@ class ModelPlan:
     params: dict[str, int]  # component -> parameter count
     variant: str = ""  # diffusers weight variant, e.g. "fp16"
     notes: tuple[str, ...] = ()
+    max_tokens: int = 75  # prompt tokens: 75 = one CLIP window; 150/225 = 2/3 windows joined
 
 
 @frozen

@@ -47,7 +47,11 @@ def model_table(plan: Plan) -> Table:
     t = _table("Model", "base", "source", "family", "prediction", "parameters")
     params = ", ".join(f"{k} {_count(v)}" for k, v in m.params.items()) or "unknown"
     t.add_row(m.base, m.source + ("" if m.resolved else " (not downloaded)"), m.family, m.prediction, params)
-    t.caption = "\n".join(f"note: {note}" for note in m.notes) or None
+    lines = [f"note: {note}" for note in m.notes]
+    if m.clip_skip != 1 or m.max_tokens != 75:
+        windows = f" ({m.max_tokens // 75} windows of 75, joined)" if m.max_tokens != 75 else ""
+        lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
+    t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
 

@@ -90,7 +90,7 @@ def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
             help=_missing_help(path, p.cls),
         )
     if p.kind == "enum":
-        allowed = ", ".join(f'"{a}"' for a in p.allowed)
+        allowed = ", ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in p.allowed)
         return error(
             "DBS104",
             f"`{key}` must be one of {allowed}; found {_show(p.actual)}",
@@ -194,7 +194,9 @@ def _enum_help(actual: Any, allowed: tuple) -> str:
 
     same_letters = [a for a in allowed if str(a).lower() == str(actual).lower()]
     close = same_letters or difflib.get_close_matches(str(actual), [str(a) for a in allowed], n=1, cutoff=0.5)
-    return f'did you mean "{close[0]}"?' if close else ""
+    if not close:
+        return ""
+    return f'did you mean "{close[0]}"?' if isinstance(allowed[0], str) else f"did you mean {close[0]}?"
 
 
 def _type_help(path: KeyPath, expected: str, actual: Any) -> str:

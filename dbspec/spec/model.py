@@ -58,6 +58,12 @@ class Model:
         minimum=1,
         maximum=12,
     )
+    max_tokens: Literal[75, 150, 225] = option(
+        75,
+        doc="Prompt tokens the text encoders see. 75 is one CLIP window; 150 and 225 encode a prompt as 2 or 3 "
+        "windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
+        "validation samples.",
+    )
 
 
 @frozen

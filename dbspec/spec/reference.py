@@ -24,7 +24,7 @@ def type_name(tp: Any) -> str:
         return {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return " | ".join(f'"{a}"' for a in typing.get_args(tp))
+        return " | ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in typing.get_args(tp))
     if origin is list:
         return f"array of {type_name(typing.get_args(tp)[0])}"
     if attrs.has(tp):

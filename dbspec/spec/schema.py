@@ -20,7 +20,8 @@ def type_schema(tp: Any) -> dict:
         return {"type": _PRIMITIVES[tp]}
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return {"type": "string", "enum": list(typing.get_args(tp))}
+        choices = typing.get_args(tp)
+        return {"type": "string" if isinstance(choices[0], str) else "integer", "enum": list(choices)}
     if origin is list:
         return {"type": "array", "items": type_schema(typing.get_args(tp)[0])}
     if origin is typing.Union:

@@ -60,9 +60,17 @@ class FamilyRuntime(Protocol):
         ...
 
     def encode_prompts(
-        self, text_encoders: list, tokenizers: list, prompts: list[str], *, clip_skip: int, device
+        self,
+        text_encoders: list,
+        tokenizers: list,
+        prompts: list[str],
+        *,
+        clip_skip: int,
+        max_tokens: int,
+        device,
     ) -> dict[str, torch.Tensor]:
-        """Text conditioning per prompt: {"prompt_embeds": (B, T, D)} and any extra outputs ("pooled")."""
+        """Text conditioning per prompt: {"prompt_embeds": (B, T, D)} and any extra outputs ("pooled");
+        max_tokens beyond one window encodes several (runtime/text.py)."""
         ...
 
     def conditioning(self, text: dict, samples: Sequence, device) -> dict:
@@ -75,6 +83,11 @@ class FamilyRuntime(Protocol):
 
     def pipeline_class(self) -> type:
         """The diffusers pipeline that samples the family."""
+        ...
+
+    def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
+        """Pipeline keyword arguments for prompts encoded by `encode_prompts` (prompts longer than the
+        pipeline's own 77-token encoding)."""
         ...
 
 

@@ -8,7 +8,7 @@ import torch
 from dbspec.families import FamilySpec
 from dbspec.runtime import exports
 from dbspec.runtime.families.ddpm import DDPMObjective
-from dbspec.runtime.text import tokenize
+from dbspec.runtime.text import flatten, join_windows, tokenize
 
 
 class OriginalLayoutExports:
@@ -48,15 +48,19 @@ class StableDiffusion:
 
         return load_components(plan)
 
-    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, device) -> dict:
-        """{"prompt_embeds": (B, 77, D)}. clip_skip n takes the n-th layer from the end (1 = last), through the
-        final layer norm as diffusers does."""
-        ids = tokenize(tokenizers[0], prompts).to(device)
-        encoder = text_encoders[0]
+    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+        """{"prompt_embeds": (B, 77, D)}, or (B, 2 + max_tokens, D) for several windows (runtime/text.py).
+        clip_skip n takes the n-th layer from the end (1 = last), through the final layer norm as diffusers
+        does."""
+        ids, windows = flatten(tokenize(tokenizers[0], prompts, max_tokens))
+        ids, encoder = ids.to(device), text_encoders[0]
         if clip_skip <= 1:
-            return {"prompt_embeds": encoder(ids)[0]}
-        hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-        return {"prompt_embeds": encoder.text_model.final_layer_norm(hidden)}
+            hidden = encoder(ids)[0]
+        else:
+            hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+            # transformers >= 5.6 drops CLIPTextModel's `text_model` level; earlier versions have it
+            hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+        return {"prompt_embeds": join_windows(hidden, windows)}
 
     def conditioning(self, text, samples, device) -> dict:
         return {}
@@ -66,6 +70,9 @@ class StableDiffusion:
 
     def pipeline_class(self) -> type:
         return getattr(diffusers, self.spec.pipeline_class)
+
+    def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
+        return {"prompt_embeds": text["prompt_embeds"], "negative_prompt_embeds": negative["prompt_embeds"]}
 
 
 def runtime(spec: FamilySpec) -> StableDiffusion:

@@ -9,7 +9,7 @@ import torch
 from dbspec.families import FamilySpec
 from dbspec.runtime.families.ddpm import DDPMObjective
 from dbspec.runtime.families.sd import OriginalLayoutExports
-from dbspec.runtime.text import tokenize
+from dbspec.runtime.text import flatten, join_windows, tokenize
 
 
 def time_ids(original: tuple[int, int], crop: tuple[int, int], bucket: tuple[int, int]) -> torch.Tensor:
@@ -30,14 +30,16 @@ class StableDiffusionXL:
 
         return load_components(plan)
 
-    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, device) -> dict:
-        """{"prompt_embeds": (B, 77, D1 + D2), "pooled": (B, D2)}. SDXL takes the penultimate layer
+    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+        """{"prompt_embeds": (B, 77, D1 + D2), "pooled": (B, D2)}; several windows give (B, 2 + max_tokens,
+        D1 + D2) and the first window's pooled output (runtime/text.py). SDXL takes the penultimate layer
         (clip_skip 1 -> hidden_states[-2]) without the final layer norm."""
         embeds, pooled = [], None
         for encoder, tokenizer in zip(text_encoders, tokenizers):
-            out = encoder(tokenize(tokenizer, prompts).to(device), output_hidden_states=True)
-            embeds.append(out.hidden_states[-(clip_skip + 1)])
-            pooled = out[0]  # the projection model's text_embeds (the last encoder's)
+            ids, windows = flatten(tokenize(tokenizer, prompts, max_tokens))
+            out = encoder(ids.to(device), output_hidden_states=True)
+            embeds.append(join_windows(out.hidden_states[-(clip_skip + 1)], windows))
+            pooled = out[0][::windows]  # the projection model's text_embeds (the last encoder's)
         return {"prompt_embeds": torch.cat(embeds, dim=-1), "pooled": pooled}
 
     def conditioning(self, text, samples, device) -> dict:
@@ -49,6 +51,16 @@ class StableDiffusionXL:
 
     def pipeline_class(self) -> type:
         return getattr(diffusers, self.spec.pipeline_class)
+
+    def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
+        if not negative_prompt and pipeline.config.get("force_zeros_for_empty_prompt", False):
+            negative = {k: torch.zeros_like(v) for k, v in negative.items()}  # as the pipeline does itself
+        return {
+            "prompt_embeds": text["prompt_embeds"],
+            "pooled_prompt_embeds": text["pooled"],
+            "negative_prompt_embeds": negative["prompt_embeds"],
+            "negative_pooled_prompt_embeds": negative["pooled"],
+        }
 
 
 def runtime(spec: FamilySpec) -> StableDiffusionXL:

@@ -83,7 +83,7 @@ def test_sdxl_prompt_encoding_concatenates_both_encoders_and_pools_the_second():
     encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
     with torch.no_grad():
         out = family_runtime("sdxl").encode_prompts(
-            encoders, tokenizers, ["a toy"], clip_skip=1, device="cpu"
+            encoders, tokenizers, ["a toy"], clip_skip=1, max_tokens=75, device="cpu"
         )
         second = pipe.text_encoder_2(
             pipe.tokenizer_2(["a toy"], padding="max_length", return_tensors="pt").input_ids

@@ -396,3 +396,35 @@ def test_windows_paths_survive_and_compile_once_mapped(tmp_path):
     images(tmp_path / "here", 2, (512, 512))
     plan = plan_of(outcome, tmp_path, overrides=["datasets[0].path=../here", "output.dir=../out"])
     assert repeats(plan, 0) == [10, 10] and plan.schedule.total_steps == 50
+
+
+@pytest.mark.parametrize(("command", "tokens"), [("sdxl_train_network.py", 225), ("train_network.py", 150)])
+def test_max_token_length_becomes_max_tokens(tmp_path, command, tokens):
+    images(tmp_path / "t" / "10_ohwx toy", 2, (1024, 1024))
+    base = SDXL if command.startswith("sdxl") else SD15
+    outcome = kohya(
+        tmp_path,
+        command=f"""accelerate launch {command} --pretrained_model_name_or_path={base} --train_data_dir=t \
+        --resolution 1024 --network_module networks.lora --network_dim 8 --max_token_length {tokens} \
+        --max_train_steps 10 --output_dir out""",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == tokens and fate(outcome, "max_token_length") == "mapped"
+
+
+def test_max_token_length_75_in_a_config_file_is_one_window(tmp_path):
+    """argparse would refuse 75 on the command line; a config file bypasses it and kohya uses 75 + 2 tokens."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    write(
+        tmp_path / "cfg.toml",
+        f"""
+pretrained_model_name_or_path = "{SD15}"
+train_data_dir = "t"
+resolution = "512"
+max_token_length = 75
+max_train_steps = 10
+""",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_db.py")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == 75 and fate(outcome, "max_token_length") == "mapped"

@@ -103,6 +103,18 @@ def test_enum_problems_carry_the_allowed_values():
     assert "cosine_with_restarts" in located.problem.allowed
 
 
+def test_a_choice_of_numbers_takes_integers_only():
+    def with_tokens(value: str):
+        return structure_spec(tomli.loads(BASE.replace("[model]\n", f"[model]\nmax_tokens = {value}\n")))
+
+    spec, found = with_tokens("225")
+    assert found == [] and spec.model.max_tokens == 225
+    _, found = with_tokens("100")
+    assert [(f.problem.kind, f.problem.allowed) for f in found] == [("enum", (75, 150, 225))]
+    _, found = with_tokens('"150"')
+    assert [(f.problem.kind, f.problem.expected) for f in found] == [("type", "integer")]
+
+
 # -- the adapter union, tagged by `kind` ----------------------------------------------------------
 
 

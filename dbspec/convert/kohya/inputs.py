@@ -199,6 +199,10 @@ def config_type_problem(arg: Arg, value: Any) -> str:
         return f"expected {arg.kind.replace('_', ' ')}, got {type(value).__name__}"
     if arg.kind == "list" and not all(isinstance(v, (str, int, float)) for v in value):
         return "expected a list of strings"
+    if arg.name == "max_token_length" and value == 75:
+        return (
+            ""  # argparse would refuse it, but from a config file kohya uses 75 + 2 = 77 tokens: one window
+        )
     if arg.choices and value not in arg.choices:
         return f"must be one of {', '.join(repr(c) for c in arg.choices if c is not None)}"
     return ""

@@ -89,11 +89,11 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
         conv.mapped(clip, ("model", "clip_skip"), clip.value)
     else:
         conv.record(clip, "mapped", "model.clip_skip")
-    for key, why in (
-        ("max_token_length", "dbspec encodes 75 tokens (kohya extends to 150/225 by chunking)"),
-    ):
-        if a[key].value is not None:
-            conv.unsupported(a[key], why)
+    tokens = a["max_token_length"]
+    if tokens.value in (150, 225):
+        conv.mapped(tokens, ("model", "max_tokens"), tokens.value)
+    elif tokens.given:
+        conv.record(tokens, "mapped", "model.max_tokens")  # 75 from a config file: one window, the default
     if a["no_token_padding"].value if "no_token_padding" in a else False:
         conv.unsupported(a["no_token_padding"], "dbspec pads prompts to the tokenizer's length")
 
