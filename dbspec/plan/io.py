@@ -69,6 +69,36 @@ def run_hash(plan: Plan) -> str:
     return "sha256:" + hashlib.sha256(_canonical(_run_data(plan_to_data(plan))).encode()).hexdigest()
 
 
+# Plan versions whose only change to what a run trains was renaming fields: the version before -> {field path in
+# the current plan: its name then}. A run saved under that version recorded the run hash of the old names; the
+# same run hashed that way (`legacy_run_hashes`) lets it resume after the upgrade.
+LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
+    3: {("train_denoiser",): "train_unet", ("adapter", "denoiser_targets"): "unet_targets"},  # spec_version 2
+}
+
+
+def legacy_run_hashes(plan: Plan) -> tuple[str, ...]:
+    """The run hashes `plan` had under the plan versions of LEGACY_RUN_NAMES, newest first."""
+    return tuple(
+        "sha256:"
+        + hashlib.sha256(_canonical(legacy_run_data(plan_to_data(plan), version)).encode()).hexdigest()
+        for version in sorted(LEGACY_RUN_NAMES, reverse=True)
+    )
+
+
+def legacy_run_data(data: dict, version: int) -> dict:
+    """The run data (see `_run_data`) of plan data `data` as plan_version `version` named it."""
+    out = json.loads(json.dumps(_run_data(data)))  # a deep copy of plain JSON data
+    for newer in sorted((v for v in LEGACY_RUN_NAMES if v >= version), reverse=True):
+        for path, old in LEGACY_RUN_NAMES[newer].items():
+            parent = out
+            for part in path[:-1]:
+                parent = parent[part]
+            parent[old] = parent.pop(path[-1])
+    out["plan_version"] = version
+    return out
+
+
 def _run_data(data: dict) -> dict:
     data = {key: value for key, value in data.items() if key not in (*_VOLATILE_TOP, "plan_hash")}
     for table, keys in _VOLATILE.items():
