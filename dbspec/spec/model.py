@@ -34,7 +34,7 @@ class Model:
     )
     prediction: Prediction = option(
         "auto",
-        doc="What the UNet predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
+        doc="What the denoiser predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
     )
     vae: str = option(
         "",

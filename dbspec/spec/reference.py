@@ -142,6 +142,14 @@ def explain(key: str) -> tuple[str, bool]:
     if wanted in table_classes():
         names = ", ".join(k for k in keys if k.startswith(wanted + "."))
         return f"[{wanted}] holds: {names}", True
+    renamed = {dotted(r.old_path): (v + 1, dotted(r.new_path)) for v, rs in RENAMES.items() for r in rs}
+    if wanted in renamed:
+        version, new = renamed[wanted]
+        text, _ = explain(new)
+        return (
+            f"`{wanted}` is the spec_version {version - 1} name of `{new}` (`dbspec upgrade` renames it)\n\n{text}",
+            True,
+        )
     if wanted not in keys:
         matches = [k for k in keys if k.endswith("." + wanted)]
         matches = matches or difflib.get_close_matches(wanted, list(keys), n=3, cutoff=0.5)

@@ -398,3 +398,12 @@ def test_every_old_key_of_a_shipped_spec_is_gone() -> None:
         ]
         == SPEC_VERSION
     )
+
+
+def test_explain_an_old_name_shows_the_new_key() -> None:
+    result = _run("explain", "adapter.unet_targets")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(
+        "`adapter.unet_targets` is the spec_version 1 name of `adapter.denoiser_targets`"
+    )
+    assert "denoiser_targets = [" in result.stdout
