@@ -84,59 +84,58 @@ def renames_in(data: dict, version: int) -> list[tuple[Rename, KeyPath]]:
     return found
 
 
-def later_names(version: int) -> dict[KeyPath, int]:
-    """Key paths that versions after `version` introduced, with the version that did."""
-    return {r.new_path: step + 1 for step in range(version, SPEC_VERSION) for r in RENAMES.get(step, ())}
+def _renamed_after(version: int) -> dict[KeyPath, tuple[Rename, int]]:
+    """Key paths that versions after `version` introduced: the new path -> its rename and the version."""
+    return {r.new_path: (r, step + 1) for step in range(version, SPEC_VERSION) for r in RENAMES.get(step, ())}
 
 
-def earlier_names(version: int) -> dict[KeyPath, Rename]:
-    """Key paths that `version` or an earlier one renamed away: the old path -> its rename."""
-    return {r.old_path: r for step in range(OLDEST, version) for r in RENAMES.get(step, ())}
+def _renamed_by(version: int) -> dict[KeyPath, tuple[Rename, int]]:
+    """Key paths that `version` or an earlier one renamed away: the old path -> its rename and the version."""
+    return {r.old_path: (r, step + 1) for step in range(OLDEST, version) for r in RENAMES.get(step, ())}
 
 
 def name_problems(data: dict, version: int, file: str, key_span) -> list[Diagnostic]:
     """DBS108 for names of another version: a new name in an old file (also when the old name is there
     too), or an old name in a file of the version that renamed it. `key_span(path)` places a key."""
-    found = []
-    for path, since in later_names(version).items():
+
+    def written(path: KeyPath) -> bool:
         table = _table(data, path[:-1])
-        if table is not None and path[-1] in table:
-            old = next(
-                r.old for step in range(version, SPEC_VERSION) for r in RENAMES[step] if r.new_path == path
-            )
-            both = old in table
-            found.append(
-                error(
-                    "DBS108",
-                    f"`{dotted(path)}` is the spec_version {since} name of `{dotted(path[:-1] + (old,))}`, but "
-                    f"{file} says spec_version = {version}"
-                    + (f" and also sets `{dotted(path[:-1] + (old,))}`" if both else ""),
-                    path=dotted(path),
-                    span=key_span(path),
-                    help=f"keep only `{old}` (then `dbspec upgrade {file}` renames it)"
-                    if both
-                    else f"write `{old}` (the spec_version {version} name), or set spec_version = {SPEC_VERSION} "
-                    f"and use its names throughout",
-                )
-            )
-    for path, rename in earlier_names(version).items():
-        table = _table(data, path[:-1])
-        if table is not None and path[-1] in table:
-            found.append(
-                error(
-                    "DBS108",
-                    f"`{dotted(path)}` was renamed to `{dotted(rename.new_path)}` in spec_version "
-                    f"{_since(rename)}; {file} says spec_version = {version}",
-                    path=dotted(path),
-                    span=key_span(path),
-                    help=f"write `{rename.new}` instead of `{rename.old}`",
-                )
-            )
-    return found
+        return table is not None and path[-1] in table
+
+    found = [
+        _new_name_in_old_file(r, since, version, file, key_span, both=written(r.old_path))
+        for path, (r, since) in _renamed_after(version).items()
+        if written(path)
+    ]
+    return found + [
+        error(
+            "DBS108",
+            f"`{dotted(path)}` was renamed to `{dotted(r.new_path)}` in spec_version {since}; {file} says "
+            f"spec_version = {version}",
+            path=dotted(path),
+            span=key_span(path),
+            help=f"write `{r.new}` instead of `{r.old}`",
+        )
+        for path, (r, since) in _renamed_by(version).items()
+        if written(path)
+    ]
 
 
-def _since(rename: Rename) -> int:
-    return next(step + 1 for step, renames in RENAMES.items() if rename in renames)
+def _new_name_in_old_file(
+    r: Rename, since: int, version: int, file: str, key_span, *, both: bool
+) -> Diagnostic:
+    old, new = dotted(r.old_path), dotted(r.new_path)
+    also = f" and also sets `{old}`" if both else ""
+    return error(
+        "DBS108",
+        f"`{new}` is the spec_version {since} name of `{old}`, but {file} says spec_version = {version}{also}",
+        path=new,
+        span=key_span(r.new_path),
+        help=f"keep only `{r.old}` (then `dbspec upgrade {file}` renames it)"
+        if both
+        else f"write `{r.old}` (the spec_version {version} name), or set spec_version = {SPEC_VERSION} and use "
+        "its names throughout",
+    )
 
 
 def migrate_data(data: dict, version: int) -> tuple[dict, list[tuple[Rename, KeyPath]]]:
