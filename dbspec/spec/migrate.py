@@ -197,7 +197,12 @@ def migrate(raw: RawSpec) -> tuple[RawSpec, list[Diagnostic]]:
     if current or problems:
         return raw, problems
     data, done = migrate_data(raw.data, version)
-    renamed = tuple(Renamed(old=in_file, new=r.new_path, span=raw.key_span(in_file)) for r, in_file in done)
+    renamed = tuple(
+        sorted(
+            (Renamed(old=in_file, new=r.new_path, span=raw.key_span(in_file)) for r, in_file in done),
+            key=lambda r: (r.span is None, r.span.origin if r.span else "", r.span.line if r.span else 0),
+        )
+    )
     aliases = {r.new: r.old for r in renamed}
     migrated = attrs.evolve(
         raw,

@@ -76,7 +76,9 @@ def upgrade_text(text: str, label: str) -> tuple[Upgrade | None, list[Diagnostic
     new_text = _apply(text, edits)
     if new_text is None or _read(new_text) != expected:
         return None, [_cannot(label, "the rewritten text would not hold the same values")]
-    return Upgrade(original=text, text=new_text, version=version, renamed=tuple(renamed)), []
+    return Upgrade(
+        original=text, text=new_text, version=version, renamed=tuple(sorted(renamed, key=lambda r: r[2]))
+    ), []
 
 
 def _version_problem(data: dict, spans: SpanIndex, label: str) -> Diagnostic | None:

@@ -150,6 +150,12 @@ kind = "lora"
         REST.replace("[model]", "spec_version = 2\n[model]", 1)
         + '\n[[datasets]]\nname = "more"\npath = "inst"\nprompt = "x"\n\n[train]\ndenoiser = false\ntext_encoder = true\n',
     ),
+    "unicode_tabs_no_final_newline": (
+        REST.replace("[model]", "spec_version = 1\n[model]", 1)
+        + '[train]\n\tunet\t=\ttrue # t\u00e9\n[adapter]\nkind="lora"\nunet_targets=["\u65e5\u672c"]',
+        REST.replace("[model]", "spec_version = 2\n[model]", 1)
+        + '[train]\n\tdenoiser\t=\ttrue # t\u00e9\n[adapter]\nkind="lora"\ndenoiser_targets=["\u65e5\u672c"]',
+    ),
     "crlf": (
         "spec_version = 1\r\n[train]\r\nunet = true  # crlf\r\n" + REST.replace("\n", "\r\n"),
         "spec_version = 2\r\n[train]\r\ndenoiser = true  # crlf\r\n" + REST.replace("\n", "\r\n"),
