@@ -413,3 +413,11 @@ def test_explain_an_old_name_shows_the_new_key() -> None:
         "`adapter.unet_targets` is the spec_version 1 name of `adapter.denoiser_targets`"
     )
     assert "denoiser_targets = [" in result.stdout
+
+
+def test_a_version_1_file_without_renamed_keys_warns_and_upgrades_its_version_only(tmp_path: Path) -> None:
+    text = "spec_version = 1  # keep\n" + REST
+    (warning,) = check_spec(_project(tmp_path, text), "spec.toml").diagnostics
+    assert warning.code == "DBS107" and "no key needed renaming" in warning.message
+    upgrade, _ = upgrade_text(text, "spec.toml")
+    assert upgrade.text == "spec_version = 2  # keep\n" + REST and upgrade.renamed == ()
