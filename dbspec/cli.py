@@ -50,6 +50,21 @@ def check(
     raise typer.Exit(code)
 
 
+@app.command()
+def upgrade(
+    spec: Annotated[Path, typer.Argument(help="The spec file to rewrite in place.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change; write nothing.")] = False,
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when the file needs an upgrade.")
+    ] = False,
+) -> None:
+    """Rewrite a spec to the current spec_version: renamed keys and the spec_version line change, every other
+    byte (comments, layout, key order) stays. Prints the change as a unified diff."""
+    from dbspec.cli_upgrade import upgrade_file
+
+    raise typer.Exit(upgrade_file(spec, dry_run=dry_run, check_only=check_only))
+
+
 TargetOption = Annotated[
     Optional[str],
     typer.Option(

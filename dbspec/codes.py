@@ -152,6 +152,30 @@ A number outside an option's bounds (e.g. `repeats` >= 1).""",
         """\
 Unsupported `spec_version`.""",
     ),
+    Code(
+        "DBS107",
+        WARNING,
+        "A spec of an older `spec_version`, upgraded when read",
+        """\
+The file says an older `spec_version` (1) and is read as the current one (2): its keys are renamed in memory and
+the run is the same as before. The message lists each renamed key with its line; errors in the file still point at
+the lines as written. `dbspec upgrade FILE` rewrites the file to the current version (only the renamed keys and
+the `spec_version` line change; comments and layout stay), which silences this warning. Renames in version 2:
+`train.unet` -> `train.denoiser`, `adapter.unet_targets` -> `adapter.denoiser_targets`,
+`precision.quantize_unet` -> `precision.quantize_denoiser` (the trained network is the denoiser: a UNet, or a
+transformer in later model families).""",
+        help="run `dbspec upgrade FILE` to rewrite the file as the current spec_version",
+    ),
+    Code(
+        "DBS108",
+        ERROR,
+        "A key name of another `spec_version`",
+        """\
+A key named as another `spec_version` names it: a new name (`train.denoiser`) in a `spec_version = 1` file, both
+the old and the new name of one option, or an old name (`train.unet`) in a `spec_version = 2` file. Use one
+version's names throughout: keep version 1's names and let dbspec upgrade the file when it reads it, or run
+`dbspec upgrade FILE` and use the new names.""",
+    ),
     # --- DBS2xx: options that contradict each other ----------------------------------------------------------
     Code(
         "DBS201",
@@ -328,13 +352,13 @@ own. Paths are compared after resolving them against the spec's folder and follo
     Code(
         "DBS226",
         ERROR,
-        "A base-model prior with a frozen UNet",
+        "A base-model prior with a frozen denoiser",
         """\
-`loss.prior = "base_model"` with `train.unet = false` and `train.text_encoder = true`. The base-model prior compares
-the trained UNet's prediction with the base model's (LoRA adapters switched off, or a frozen copy of the UNet in a
-full fine-tune). When only the text encoder trains, the base would need the untouched text encoder, which is not
-kept. Train the UNet too, or use `loss.prior = "images"`.""",
-        help='set train.unet = true, or use loss.prior = "images" (class images as targets)',
+`loss.prior = "base_model"` with `train.denoiser = false` and `train.text_encoder = true`. The base-model prior compares
+the trained denoiser's (UNet's) prediction with the base model's (LoRA adapters switched off, or a frozen copy of
+the denoiser in a full fine-tune). When only the text encoder trains, the base would need the untouched text
+encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images"`.""",
+        help='set train.denoiser = true, or use loss.prior = "images" (class images as targets)',
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(

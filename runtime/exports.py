@@ -372,7 +372,7 @@ def plan_metadata(plan: Plan, step: int = 0) -> dict[str, str]:
         "rank": a.rank,
         "alpha": a.alpha,
         "mixed_precision": plan.precision.mixed,
-        "train_unet": plan.train_unet,
+        "train_denoiser": plan.train_denoiser,
         "train_text_encoder": plan.train_text_encoder,
         "save_precision": plan.checkpoints.save_precision,
         "datasets": [
@@ -441,7 +441,7 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
             written.append(
                 export_kohya_lora(
                     folder / f"{name}.kohya.safetensors",
-                    unet=comps.unet if plan.train_unet else None,
+                    unet=comps.unet if plan.train_denoiser else None,
                     text_encoders=encoders,
                     metadata={**metadata, **_kohya_training(plan, step)},
                     **common,

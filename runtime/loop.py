@@ -13,7 +13,7 @@ import attrs
 import torch
 from rich.console import Console
 
-from dbspec.plan.io import plan_to_json, run_hash
+from dbspec.plan.io import legacy_run_hashes, plan_to_json, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import BucketBatchSampler
@@ -64,7 +64,12 @@ def train(
     # With several processes only the first writes outputs; it holds the output folder's lock for the whole run.
     claim = (
         ckpt.prepare_output(
-            Path(plan.checkpoints.dir), plan_json, run_hash(plan), overwrite=overwrite, resume=resume
+            Path(plan.checkpoints.dir),
+            plan_json,
+            run_hash(plan),
+            overwrite=overwrite,
+            resume=resume,
+            legacy=legacy_run_hashes(plan),
         )
         if accelerator.is_main_process
         else contextlib.nullcontext()

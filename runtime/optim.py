@@ -12,10 +12,10 @@ class OptimizerError(Exception):
     """The chosen optimizer cannot run here (missing package or device)."""
 
 
-def param_groups(unet_params: list, text_params: list, opt: OptimizerPlan) -> list[dict]:
+def param_groups(denoiser_params: list, text_params: list, opt: OptimizerPlan) -> list[dict]:
     groups = []
-    if unet_params:
-        groups.append({"params": unet_params, "lr": opt.lr, "name": "unet"})
+    if denoiser_params:
+        groups.append({"params": denoiser_params, "lr": opt.lr, "name": "denoiser"})
     if text_params:
         groups.append({"params": text_params, "lr": opt.text_encoder_lr, "name": "text_encoder"})
     return groups

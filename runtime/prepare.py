@@ -25,7 +25,9 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
         adapters.freeze(module)
     comps.vae.to(device, dtype=component_dtype(plan, "vae"))
     set_attention(comps.unet, plan.precision.attention)
-    unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
+    unet_params = _prepare(
+        comps.unet, "unet", plan, device, plan.adapter.denoiser_targets, plan.schedule.seed
+    )
     text_params: list = []
     for i, (name, enc) in enumerate(
         zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)
@@ -59,7 +61,7 @@ def _prepare(
 
 
 def set_train_mode(comps: Components, plan: Plan) -> None:
-    comps.unet.train(plan.train_unet)
+    comps.unet.train(plan.train_denoiser)
     for enc in comps.text_encoders:
         enc.train(plan.train_text_encoder)
 

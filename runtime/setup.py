@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from dbspec.plan.io import run_hash
+from dbspec.plan.io import legacy_run_hashes, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.cache_fill import fill_caches
@@ -61,7 +61,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     out = Path(plan.checkpoints.dir)
     accelerator.wait_for_everyone()
     # Read (and vet) the checkpoint before loading models: resuming another run's checkpoint fails at once.
-    saved = ckpt.resume_state(out, run_hash(plan), plan_json) if resume else None
+    saved = ckpt.resume_state(out, run_hash(plan), plan_json, legacy_run_hashes(plan)) if resume else None
     resumed = TrainState.from_checkpoint(saved) if saved is not None else None
     device = accelerator.device
     torch.manual_seed(s.seed)

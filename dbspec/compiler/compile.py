@@ -20,6 +20,7 @@ from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
+from dbspec.spec.migrate import user_spelling
 from dbspec.plan.model import (
     PLAN_VERSION,
     AdapterPlan,
@@ -329,7 +330,7 @@ def _assemble(
             rank=a.rank,
             alpha=a.alpha,
             dropout=a.dropout,
-            unet_targets=tuple(a.unet_targets),
+            denoiser_targets=tuple(a.denoiser_targets),
             text_encoder_targets=tuple(a.text_encoder_targets),
         )
         if isinstance(a, LoraAdapter)
@@ -339,7 +340,8 @@ def _assemble(
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
     warnings = tuple(
-        render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key())
+        render_text(user_spelling(d, ctx.raw.renamed), ctx.raw.sources)
+        for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key())
     )
     return Plan(
         plan_version=PLAN_VERSION,
@@ -349,7 +351,7 @@ def _assemble(
         target=target,
         model=model,
         adapter=adapter,
-        train_unet=spec.train.unet,
+        train_denoiser=spec.train.denoiser,
         train_text_encoder=spec.train.text_encoder,
         datasets=datasets,
         buckets=buckets,

@@ -37,7 +37,7 @@ def teacher_components(ctx: Context, prior: str) -> tuple[Literal["unet"], ...]:
     """What a base-model prior keeps a frozen copy of. LoRA runs switch their adapters off instead; a full
     fine-tune copies the UNet it trains. A frozen UNet needs no copy (DBS226 refuses that case: the base text
     encoder would be needed, and the runtime does not keep one)."""
-    if prior != "base_model" or isinstance(ctx.spec.adapter, LoraAdapter) or not ctx.spec.train.unet:
+    if prior != "base_model" or isinstance(ctx.spec.adapter, LoraAdapter) or not ctx.spec.train.denoiser:
         return ()
     return ("unet",)
 

@@ -225,7 +225,7 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
 def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
     if isinstance(spec.adapter, LoraAdapter):
         return
-    for key, what in (("quantize_unet", "UNet"), ("quantize_text_encoder", "text encoder")):
+    for key, what in (("quantize_denoiser", "denoiser"), ("quantize_text_encoder", "text encoder")):
         if getattr(spec.precision, key) != "none":
             yield _err(
                 "DBS212",
@@ -295,12 +295,12 @@ def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
-    if not spec.train.unet and not spec.train.text_encoder:
+    if not spec.train.denoiser and not spec.train.text_encoder:
         yield _err(
             "DBS217",
             ("train",),
-            "nothing trains: train.unet and train.text_encoder are both false",
-            "set unet = true (or text_encoder = true) in [train]",
+            "nothing trains: train.denoiser and train.text_encoder are both false",
+            "set denoiser = true (or text_encoder = true) in [train]",
         )
 
 
@@ -399,15 +399,15 @@ def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
-def base_prior_needs_unet(spec: Spec, given: Given) -> Iterator[Hit]:
-    # The base-model prior compares the trained UNet with its base (adapters off, or a frozen copy). With a
-    # frozen UNet only the text encoder moves, and its base would have to be kept: not supported.
-    if spec.loss.prior == "base_model" and not spec.train.unet and spec.train.text_encoder:
+def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
+    # The base-model prior compares the trained denoiser with its base (adapters off, or a frozen copy). With a
+    # frozen denoiser only the text encoder moves, and its base would have to be kept: not supported.
+    if spec.loss.prior == "base_model" and not spec.train.denoiser and spec.train.text_encoder:
         yield _err(
             "DBS226",
             ("loss", "prior"),
-            'loss.prior = "base_model" needs train.unet = true; found '
-            "train.unet = false with train.text_encoder = true",
+            'loss.prior = "base_model" needs train.denoiser = true; found '
+            "train.denoiser = false with train.text_encoder = true",
             codes.help("DBS226"),
         )
 

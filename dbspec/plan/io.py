@@ -69,6 +69,56 @@ def run_hash(plan: Plan) -> str:
     return "sha256:" + hashlib.sha256(_canonical(_run_data(plan_to_data(plan))).encode()).hexdigest()
 
 
+# Plan versions whose only change to what a run trains was renaming fields: the version before -> {field path in
+# the current plan: its name then}. A run saved under that version recorded the run hash of the old names; the
+# same run hashed that way (`legacy_run_hashes`) lets it resume after the upgrade.
+LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
+    3: {("train_denoiser",): "train_unet", ("adapter", "denoiser_targets"): "unet_targets"},  # spec_version 2
+}
+# Fields added to the plan since that version, with the value that trains as that version did ("*" stands for
+# every item of a list). A plan holding that value hashes as the old run did without the field; any other value
+# is a run the old version could not make, so its hash differs and an old checkpoint is refused.
+LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
+    3: {("model", "max_tokens"): 75},
+}
+
+
+def legacy_run_hashes(plan: Plan) -> tuple[str, ...]:
+    """The run hashes `plan` had under the plan versions of LEGACY_RUN_NAMES, newest first."""
+    return tuple(
+        "sha256:"
+        + hashlib.sha256(_canonical(legacy_run_data(plan_to_data(plan), version)).encode()).hexdigest()
+        for version in sorted(LEGACY_RUN_NAMES, reverse=True)
+    )
+
+
+def legacy_run_data(data: dict, version: int) -> dict:
+    """The run data (see `_run_data`) of plan data `data` as plan_version `version` named it."""
+    out = json.loads(json.dumps(_run_data(data)))  # a deep copy of plain JSON data
+    for newer in sorted((v for v in LEGACY_RUN_NAMES if v >= version), reverse=True):
+        for path, value in LEGACY_ADDED_FIELDS.get(newer, {}).items():
+            for parent in _parents(out, path[:-1]):
+                if parent.get(path[-1], value) == value:  # noqa: SIM401 - plan data, not config
+                    parent.pop(path[-1], None)
+        for path, old in LEGACY_RUN_NAMES[newer].items():
+            parent = out
+            for part in path[:-1]:
+                parent = parent[part]
+            parent[old] = parent.pop(path[-1])
+    out["plan_version"] = version
+    return out
+
+
+def _parents(data, path: tuple[str, ...]) -> list[dict]:
+    """The dicts at `path` in `data`, "*" taking every item of a list."""
+    if not path:
+        return [data] if isinstance(data, dict) else []
+    head, rest = path[0], path[1:]
+    if head == "*":
+        return [found for item in data for found in _parents(item, rest)] if isinstance(data, list) else []
+    return _parents(data[head], rest) if isinstance(data, dict) and head in data else []
+
+
 def _run_data(data: dict) -> dict:
     data = {key: value for key, value in data.items() if key not in (*_VOLATILE_TOP, "plan_hash")}
     for table, keys in _VOLATILE.items():

@@ -15,7 +15,8 @@ import attrs
 
 from dbspec.families import Family
 
-PLAN_VERSION = 3  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling
+PLAN_VERSION = 4  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling;
+# 4: train_unet -> train_denoiser, adapter.unet_targets -> adapter.denoiser_targets (io.LEGACY_RUN_NAMES)
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -75,7 +76,7 @@ class AdapterPlan:
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0
-    unet_targets: tuple[str, ...] = ()
+    denoiser_targets: tuple[str, ...] = ()
     text_encoder_targets: tuple[str, ...] = ()
 
 
@@ -330,7 +331,7 @@ class Plan:
     target: TargetEnv
     model: ModelPlan
     adapter: AdapterPlan
-    train_unet: bool
+    train_denoiser: bool
     train_text_encoder: bool
     datasets: tuple[DatasetPlan, ...]
     buckets: tuple[BucketPlan, ...]

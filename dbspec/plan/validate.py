@@ -95,8 +95,10 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"a LoRA adapter needs rank >= 1 and alpha > 0; found rank {plan.adapter.rank}, "
             f"alpha {plan.adapter.alpha}"
         )
-    if plan.loss.prior == "base_model" and not plan.train_unet:  # DBS226 in specs: nothing to compare with
-        yield 'loss.prior "base_model" needs train_unet = true; found false'
+    if (
+        plan.loss.prior == "base_model" and not plan.train_denoiser
+    ):  # DBS226 in specs: nothing to compare with
+        yield 'loss.prior "base_model" needs train_denoiser = true; found false'
     if not any(d.role == "instance" and d.images for d in plan.datasets):
         yield "datasets must hold an instance dataset with images; found none"
     for i, d in enumerate(plan.datasets):

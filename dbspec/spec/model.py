@@ -1,4 +1,4 @@
-"""The spec language v1: one attrs class per TOML table, one `option()` per key.
+"""The spec language (spec_version 2; dbspec/spec/migrate.py reads version 1): one attrs class per TOML table, one `option()` per key.
 
 This file is the single source of truth for every option: its type, default and doc feed the strict
 loader, the JSON Schema (`dbspec schema`), `docs/spec-reference.md` and `dbspec explain`. TOML keys equal
@@ -14,7 +14,7 @@ import attrs
 from dbspec.families import Family as ModelFamily
 from dbspec.spec.fields import option
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: the trained network is the denoiser (train.unet -> train.denoiser, ...)
 
 Family = Literal["auto", ModelFamily]  # the registry's families (dbspec/families.py), or detect
 Prediction = Literal["auto", "epsilon", "v_prediction"]
@@ -34,7 +34,7 @@ class Model:
     )
     prediction: Prediction = option(
         "auto",
-        doc="What the UNet predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
+        doc="What the denoiser predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
     )
     vae: str = option(
         "",
@@ -85,9 +85,9 @@ class LoraAdapter:
         example=8.0,
     )
     dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
-    unet_targets: list[str] = option(
+    denoiser_targets: list[str] = option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        doc="UNet module names (suffixes) that get adapters.",
+        doc="Denoiser (UNet) module names (suffixes) that get adapters.",
     )
     text_encoder_targets: list[str] = option(
         factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
@@ -101,7 +101,7 @@ ADAPTER_VARIANTS: dict[str, type] = {"none": NoAdapter, "lora": LoraAdapter}
 
 @frozen
 class Train:
-    unet: bool = option(True, doc="Train the UNet.")
+    denoiser: bool = option(True, doc="Train the denoiser (the UNet of SD1, SD2 and SDXL).")
     text_encoder: bool = option(
         False,
         doc="Also train the text encoder(s); improves likeness (HF study) at the cost of memory.",
@@ -278,7 +278,9 @@ class Precision:
     bf16_fallback: Literal["error", "fp16"] = option(
         "error", doc='When mixed = "bf16" and the device lacks bf16: stop with an error, or use fp16.'
     )
-    quantize_unet: Quantization = option("none", doc="Quantise the frozen UNet base weights (LoRA runs).")
+    quantize_denoiser: Quantization = option(
+        "none", doc="Quantise the frozen denoiser (UNet) base weights (LoRA runs)."
+    )
     quantize_text_encoder: Quantization = option("none", doc="Quantise the frozen text-encoder base weights.")
     gradient_checkpointing: bool = option(
         False, doc="Recompute activations in the backward pass to save memory."
@@ -351,7 +353,10 @@ class Logging:
 
 @frozen
 class Spec:
-    spec_version: int = option(doc="Spec language version; must be 1.", example=1)
+    spec_version: int = option(
+        doc="Spec language version; must be 2 (a version 1 file is upgraded when read; `dbspec upgrade` rewrites it).",
+        example=2,
+    )
     model: Model = option(doc="The base model.")
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(factory=NoAdapter, doc='Adapter: kind = "none" (full fine-tune) or "lora".')

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import attrs
 
 from dbspec.spec.fields import NO_DEFAULT, static_default
-from dbspec.spec.model import ADAPTER_VARIANTS, Spec
+from dbspec.spec.model import ADAPTER_VARIANTS, SPEC_VERSION, Spec
 
 SCHEMA_ID = "https://dbspec.dev/schemas/dbspec.schema.json"
 _PRIMITIVES = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -67,8 +67,8 @@ def class_schema(cls: type) -> dict:
 
 def spec_schema() -> dict:
     schema = class_schema(Spec)
-    schema["description"] = "dbspec DreamBooth training spec (spec_version 1)."
-    schema["properties"]["spec_version"]["const"] = 1
+    schema["description"] = f"dbspec DreamBooth training spec (spec_version {SPEC_VERSION})."
+    schema["properties"]["spec_version"]["const"] = SPEC_VERSION
     adapter = schema["properties"]["adapter"]
     for variant, name in zip(adapter["oneOf"], ADAPTER_VARIANTS):
         variant["description"] = f'adapter kind "{name}"'

@@ -168,7 +168,7 @@ def test_cli_simpletuner_and_written_spec_layout(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     text = out_path(tmp_path).read_text()
     lines = text.splitlines()
-    assert lines[0] == "#:schema ../schemas/dbspec.schema.json" and "spec_version = 1" in lines
+    assert lines[0] == "#:schema ../schemas/dbspec.schema.json" and "spec_version = 2" in lines
     tables = [line for line in lines if line.startswith("[")]
     assert tables == [
         "[model]",

@@ -188,7 +188,7 @@ def test_sdxl_lora_unet_only_with_kohya_targets(tmp_path):
     assert f'dir = "{tmp_path}/lora-out"' in outcome.text
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha) == ("lora", 32, 16.0)
-    assert "ff.net.2" in a.unet_targets and "proj_in" in a.unet_targets
+    assert "ff.net.2" in a.denoiser_targets and "proj_in" in a.denoiser_targets
     assert not plan.train_text_encoder
     o = plan.optimizer
     assert (o.kind, o.weight_decay, o.betas, o.lr) == ("adamw8bit", 0.05, (0.9, 0.99), pytest.approx(1e-4))

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = "cuda:24GB:8.9"
 
 RICH_SPEC = """\
-spec_version = 1
+spec_version = 2
 
 [model]
 base = "builtin:tiny-sdxl"
@@ -71,7 +71,7 @@ cycles = 2
 warmup_steps = 2
 
 [precision]
-quantize_unet = "int8"
+quantize_denoiser = "int8"
 
 [validation]
 prompts = ["ohwx toy on a beach"]
@@ -239,9 +239,9 @@ def _set(table: str, key: str, value):
         (
             lambda data: (
                 data["loss"].__setitem__("prior", "base_model"),
-                data.__setitem__("train_unet", False),
+                data.__setitem__("train_denoiser", False),
             ),
-            'loss.prior "base_model" needs train_unet = true; found false',
+            'loss.prior "base_model" needs train_denoiser = true; found false',
         ),
     ],
 )
@@ -376,7 +376,7 @@ def test_plan_download_reports_an_offline_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        'spec_version = 1\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
+        'spec_version = 2\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
         'prompt = "x"\n[schedule]\nsteps = 10\n'
     )
     result = CliRunner().invoke(app, ["plan", str(spec), "--download", "--target", "cpu"])

@@ -18,7 +18,7 @@ from dbspec.plan.model import TargetEnv
 from dbspec.spec.paths import has_path
 from dbspec.spec.structure import structure_spec
 
-HEAD = 'spec_version = 1\n[model]\nbase = "runwayml/stable-diffusion-v1-5"\n'
+HEAD = 'spec_version = 2\n[model]\nbase = "runwayml/stable-diffusion-v1-5"\n'
 DOG = '[[datasets]]\nname = "dog"\npath = "data/dog"\nprompt = "a photo of ohwx dog"\n'
 DOGS = '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "data/dogs"\nprompt = "a photo of a dog"\n'
 STEPS = "[schedule]\nsteps = 100\n"
@@ -134,9 +134,9 @@ CASES = [
     ),
     (
         rules.quantize_needs_frozen_base,
-        DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
-        [("DBS212", "error", ("precision", "quantize_unet"))],
-        LORA + DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
+        DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\n',
+        [("DBS212", "error", ("precision", "quantize_denoiser"))],
+        LORA + DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\n',
     ),
     (
         rules.quantize_needs_frozen_base,
@@ -188,9 +188,9 @@ CASES = [
     ),
     (
         rules.something_trains,
-        "[train]\nunet = false\n" + DOG + STEPS,
+        "[train]\ndenoiser = false\n" + DOG + STEPS,
         [("DBS217", "error", ("train",))],
-        "[train]\nunet = false\ntext_encoder = true\n" + DOG + STEPS,
+        "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + STEPS,
     ),
     (
         rules.bucket_bounds,
@@ -259,14 +259,14 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n',
     ),
     (
-        rules.base_prior_needs_unet,
-        "[train]\nunet = false\ntext_encoder = true\n"
+        rules.base_prior_needs_denoiser,
+        "[train]\ndenoiser = false\ntext_encoder = true\n"
         + DOG
         + DOGS
         + STEPS
         + '[loss]\nprior = "base_model"\n',
         [("DBS226", "error", ("loss", "prior"))],
-        "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
+        "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
     ),
 ]
 

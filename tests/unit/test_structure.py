@@ -14,7 +14,7 @@ from dbspec.spec.structure import structure_spec
 from dbspec.spec.suggest import suggest
 
 BASE = """
-spec_version = 1
+spec_version = 2
 [model]
 base = "runwayml/stable-diffusion-v1-5"
 [[datasets]]
@@ -91,7 +91,7 @@ def test_every_problem_is_gathered_not_just_the_first():
 
 
 def test_missing_required_keys_are_named():
-    spec, found = structure_spec({"spec_version": 1, "datasets": [{"name": "a"}]})
+    spec, found = structure_spec({"spec_version": 2, "datasets": [{"name": "a"}]})
     kinds = {located.path: located.problem.kind for located in found}
     assert kinds == {("model",): "missing", ("datasets", 0, "path"): "missing"}
 

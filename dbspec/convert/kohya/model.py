@@ -120,7 +120,7 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
     )
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     conv.put(
-        ("adapter", "unet_targets"),
+        ("adapter", "denoiser_targets"),
         KOHYA_UNET_TARGETS,
         "kohya networks.lora: Linear/1x1 Conv in transformer blocks",
     )
@@ -180,7 +180,7 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
                 a[key],
                 "kohya stores the frozen U-Net in float8_e4m3fn and upcasts per layer; dbspec "
                 "quantises it to fp8 with optimum-quanto",
-                ("precision", "quantize_unet"),
+                ("precision", "quantize_denoiser"),
                 "fp8",
             )
         elif key in a and a[key].value:

@@ -145,7 +145,7 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
     trains = not unet_only.value
     _write_flag(conv, unet_only, trains, note="kohya trains text-encoder LoRA unless network_train_unet_only")
     if te_only.value:
-        conv.mapped(te_only, ("train", "unet"), False)
+        conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
 
 
@@ -186,7 +186,7 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
     if not unet_lr.value:
         conv.unsupported(
             unet_lr,
-            "a learning rate of 0 freezes the U-Net; set train.unet = false in the spec "
+            "a learning rate of 0 freezes the U-Net; set train.denoiser = false in the spec "
             "instead (dbspec needs a positive lr)",
         )
         return
