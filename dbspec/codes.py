@@ -288,7 +288,10 @@ A LoRA learning rate that is very low (warning).""",
         "An option that has no effect with the chosen variant",
         """\
 An option that has no effect with the chosen variant (warning): `huber_delta` without huber loss, `momentum`
-without SGD, `bf16_fallback` without bf16.""",
+without SGD, `bf16_fallback` without bf16, `huber_c`/`huber_schedule` without a pseudo-Huber loss, a noise
+option whose switch is off (`noise_offset_random_strength` without `noise_offset`, `multires_noise_discount`
+without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without `ip_noise_gamma`),
+`prior_reduction` without class data.""",
     ),
     Code(
         "DBS217",
@@ -359,6 +362,34 @@ the trained denoiser's (UNet's) prediction with the base model's (LoRA adapters 
 the denoiser in a full fine-tune). When only the text encoder trains, the base would need the untouched text
 encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images"`.""",
         help='set train.denoiser = true, or use loss.prior = "images" (class images as targets)',
+    ),
+    Code(
+        "DBS235",
+        ERROR,
+        "A loss weighting for the other prediction type",
+        """\
+`loss.scale_v_pred_loss_like_noise_pred` on an epsilon model, or `loss.v_pred_like_loss` on a v_prediction model.
+The first rescales a v-prediction loss like an epsilon loss, the second adds a v-prediction-like term to an
+epsilon loss; kohya-ss refuses both combinations. With `model.prediction = "auto"` the check runs once the
+compiler has read the model's prediction type.""",
+    ),
+    Code(
+        "DBS236",
+        ERROR,
+        "A loss weight that is infinite at zero terminal SNR",
+        """\
+`loss.debiased_estimation` or `loss.v_pred_like_loss` with `loss.zero_terminal_snr` on an epsilon model: both
+divide by the signal-to-noise ratio, which is exactly 0 at the last timestep of a zero-terminal-SNR schedule, so
+the loss of such a step is infinite. Use a v_prediction model, or stop the timesteps short of the last one
+(`loss.max_timestep = 999`).""",
+    ),
+    Code(
+        "DBS237",
+        ERROR,
+        "Noise settings that contradict each other",
+        """\
+`loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the offset; kohya-ss refuses
+it too), or `loss.min_timestep` above `loss.max_timestep`.""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(

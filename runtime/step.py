@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from dbspec.plan.model import Plan
+from dbspec.plan.model import NoisePlan, Plan
 from dbspec.runtime import losses
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
@@ -117,28 +117,65 @@ def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
     loaded = [posterior(parts, s, plan.datasets[s.dataset].crop) for s in batch]
     latents = sample_latents(parts, [entry for entry, _ in loaded])
     text = text_for(parts, batch)
-    gen = parts.generator
-    noise = losses.offset_noise(torch.randn(latents.shape, generator=gen), loss_plan.noise_offset, gen)
-    noise = noise.to(parts.device)
     sched = parts.noise_scheduler
-    timesteps = torch.randint(0, sched.config.num_train_timesteps, (len(batch),), generator=gen).to(
-        parts.device
-    )
+    drawn = draw_noise(loss_plan.noise, latents, parts.generator, sched.config.num_train_timesteps)
+    noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
     objective = family_runtime(plan.model.family).objective
-    noisy = objective.add_noise(sched, latents, noise, timesteps)
+    noisy = objective.add_noise(sched, latents, noised_with, timesteps)
     pred = denoise(parts, noisy, timesteps, text, batch).float()
-    target = objective.target(sched, latents, noise, timesteps, loss_plan.target)
+    target = objective.target(sched, latents, noise, timesteps, loss_plan.target)  # the unperturbed noise
     alphas = sched.alphas_cumprod.to(parts.device)
     is_prior = torch.tensor([s.role == "class" for s in batch], device=parts.device)
     if loss_plan.prior == "base_model" and bool(is_prior.any()):
         target = torch.where(
             is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch), target
         )
-    elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta)
+    huber = loss_plan.huber
+    huber_c = (
+        losses.huber_threshold(huber.schedule, huber.c, huber.scale, timesteps, sched.alphas_cumprod)
+        if huber
+        else None
+    )
+    elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta, huber_c)
     per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
-    weights = losses.min_snr_weights(alphas, timesteps, loss_plan.min_snr_gamma, loss_plan.target)
-    total, terms = losses.combine_terms(per_sample, is_prior, weights, loss_plan.prior_weight)
+    weights = losses.timestep_weights(
+        alphas,
+        timesteps,
+        loss_plan.target,
+        min_snr_gamma=loss_plan.min_snr_gamma,
+        scale_v_like_epsilon=loss_plan.scale_v_like_epsilon,
+        v_pred_like_loss=loss_plan.v_pred_like_loss,
+        debiased_estimation=loss_plan.debiased_estimation,
+    )
+    combine = losses.combine_per_sample if loss_plan.prior_reduction == "per_sample" else losses.combine_terms
+    total, terms = combine(per_sample, is_prior, weights, loss_plan.prior_weight)
     return StepResult(loss=total, terms=terms, files=tuple(s.img.path for s in batch))
+
+
+def draw_noise(
+    n: NoisePlan, latents: torch.Tensor, generator: torch.Generator, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise, the noise the latents get, timesteps) on the CPU, all from the training generator, in kohya's
+    order (train_util.get_noise_noisy_latents_and_timesteps): noise, offset, multi-resolution levels,
+    timesteps, input perturbation. Options that are off draw nothing, so their stream is a plain run's."""
+    if n.max_timestep > num_train_timesteps:
+        raise ValueError(
+            f"loss.noise.max_timestep {n.max_timestep} is beyond the scheduler's {num_train_timesteps} timesteps"
+        )
+    # The adaptive offset reads the latents' channel means: a device-host copy, only when it is on.
+    means_of = latents.float().cpu() if n.adaptive_scale else None
+    noise = torch.randn(latents.shape, generator=generator)
+    noise = losses.offset_noise(
+        noise,
+        n.offset,
+        generator,
+        random_strength=n.offset_random_strength,
+        adaptive_scale=n.adaptive_scale,
+        latents=means_of,
+    )
+    noise = losses.multires_noise(noise, n.multires_iterations, n.multires_discount, generator)
+    timesteps = losses.sample_timesteps(len(latents), n.min_timestep, n.max_timestep, generator)
+    return noise, losses.perturbed_noise(noise, n.ip_gamma, n.ip_random_strength, generator), timesteps
 
 
 def _masks(masks: list, latents: torch.Tensor, device) -> torch.Tensor | None:

@@ -412,6 +412,107 @@ def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+# --- kohya's noise and loss options ------------------------------------------------------------------------------
+@rule("spec")
+def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Loss weights that the model's prediction type makes meaningless (kohya refuses the first two). Silent for
+    prediction = "auto": the compiler runs it again on the spec with the detected prediction."""
+    loss, prediction = spec.loss, spec.model.prediction
+    if prediction == "auto":
+        return
+    if loss.scale_v_pred_loss_like_noise_pred and prediction != "v_prediction":
+        yield _err(
+            "DBS235",
+            ("loss", "scale_v_pred_loss_like_noise_pred"),
+            f"loss.scale_v_pred_loss_like_noise_pred needs a v_prediction model; the model predicts {prediction}",
+            "remove it: an epsilon loss already has this scale",
+        )
+    if loss.v_pred_like_loss > 0 and prediction == "v_prediction":
+        yield _err(
+            "DBS235",
+            ("loss", "v_pred_like_loss"),
+            f"loss.v_pred_like_loss ({loss.v_pred_like_loss:g}) is for epsilon models; the model predicts "
+            "v_prediction",
+            "remove it: the loss already is a v-prediction loss",
+        )
+    if prediction == "epsilon" and loss.zero_terminal_snr and loss.max_timestep == 1000:
+        for key, on in (
+            ("debiased_estimation", loss.debiased_estimation),
+            ("v_pred_like_loss", loss.v_pred_like_loss),
+        ):
+            if on:
+                yield _err(
+                    "DBS236",
+                    ("loss", key),
+                    f"loss.{key} divides by the SNR, which is 0 at the last timestep with zero_terminal_snr on an "
+                    "epsilon model (an infinite loss)",
+                    "use a v_prediction model, or loss.max_timestep = 999",
+                )
+
+
+@rule("spec")
+def noise_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    loss = spec.loss
+    if loss.adaptive_noise_scale and loss.noise_offset == 0:
+        yield _err(
+            "DBS237",
+            ("loss", "adaptive_noise_scale"),
+            f"loss.adaptive_noise_scale ({loss.adaptive_noise_scale:g}) adds to the noise offset, but "
+            "loss.noise_offset is 0",
+            "set loss.noise_offset (0.05-0.1 typical), or remove adaptive_noise_scale",
+        )
+    if loss.min_timestep > loss.max_timestep:
+        yield _err(
+            "DBS237",
+            ("loss", "min_timestep"),
+            f"loss.min_timestep ({loss.min_timestep}) is above loss.max_timestep ({loss.max_timestep})",
+            "min_timestep must be at most max_timestep (equal trains one timestep)",
+        )
+
+
+_SWITCHED = (  # (option, what turns it on, the condition in words)
+    (
+        "huber_schedule",
+        lambda loss: loss.kind in ("pseudo_huber", "smooth_l1"),
+        'loss.kind is "pseudo_huber" or "smooth_l1"',
+    ),
+    (
+        "huber_c",
+        lambda loss: loss.kind in ("pseudo_huber", "smooth_l1"),
+        'loss.kind is "pseudo_huber" or "smooth_l1"',
+    ),
+    (
+        "huber_scale",
+        lambda loss: loss.kind in ("pseudo_huber", "smooth_l1") and loss.huber_schedule != "snr",
+        'loss.kind is "pseudo_huber" or "smooth_l1" with huber_schedule "constant" or "exponential"',
+    ),
+    ("noise_offset_random_strength", lambda loss: loss.noise_offset > 0, "loss.noise_offset is above 0"),
+    (
+        "multires_noise_discount",
+        lambda loss: loss.multires_noise_iterations > 0,
+        "loss.multires_noise_iterations is above 0",
+    ),
+    (
+        "ip_noise_gamma_random_strength",
+        lambda loss: loss.ip_noise_gamma > 0,
+        "loss.ip_noise_gamma is above 0",
+    ),
+)
+
+
+@rule("spec")
+def inert_noise_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    for key, active, condition in _SWITCHED:
+        if given(("loss", key)) and not active(spec.loss):
+            yield _warn("DBS216", ("loss", key), f"loss.{key} has no effect unless {condition}")
+    if given(("loss", "prior_reduction")) and not _class_indices(spec):
+        yield _warn(
+            "DBS216",
+            ("loss", "prior_reduction"),
+            'loss.prior_reduction has no effect without a dataset with role = "class"',
+        )
+
+
 # --- path rules: they also need the spec file's location --------------------------------------------------------
 @rule("paths")
 def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:

@@ -76,10 +76,29 @@ LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
     3: {("train_denoiser",): "train_unet", ("adapter", "denoiser_targets"): "unet_targets"},  # spec_version 2
 }
 # Fields added to the plan since that version, with the value that trains as that version did ("*" stands for
-# every item of a list). A plan holding that value hashes as the old run did without the field; any other value
-# is a run the old version could not make, so its hash differs and an old checkpoint is refused.
+# every item of a list; a callable computes the value from the run data). A plan holding that value hashes as
+# the old run did without the field; any other value is a run the old version could not make, so its hash
+# differs and an old checkpoint is refused.
 LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
-    3: {("model", "max_tokens"): 75},
+    3: {
+        ("model", "max_tokens"): 75,
+        ("loss", "huber"): None,
+        ("loss", "noise"): lambda run: {
+            "offset": run["loss"]["noise_offset"],
+            "offset_random_strength": False,
+            "adaptive_scale": 0.0,
+            "multires_iterations": 0,
+            "multires_discount": 0.0,
+            "ip_gamma": 0.0,
+            "ip_random_strength": False,
+            "min_timestep": 0,
+            "max_timestep": 1000,
+        },
+        ("loss", "debiased_estimation"): False,
+        ("loss", "scale_v_like_epsilon"): False,
+        ("loss", "v_pred_like_loss"): 0.0,
+        ("loss", "prior_reduction"): "separate",
+    },
 }
 
 
@@ -97,9 +116,10 @@ def legacy_run_data(data: dict, version: int) -> dict:
     out = json.loads(json.dumps(_run_data(data)))  # a deep copy of plain JSON data
     for newer in sorted((v for v in LEGACY_RUN_NAMES if v >= version), reverse=True):
         for path, value in LEGACY_ADDED_FIELDS.get(newer, {}).items():
+            old = value(out) if callable(value) else value
             for parent in _parents(out, path[:-1]):
-                if parent.get(path[-1], value) == value:  # noqa: SIM401 - plan data, not config
-                    parent.pop(path[-1], None)
+                if path[-1] in parent and parent[path[-1]] == old:
+                    del parent[path[-1]]
         for path, old in LEGACY_RUN_NAMES[newer].items():
             parent = out
             for part in path[:-1]:

@@ -16,7 +16,8 @@ import attrs
 from dbspec.families import Family
 
 PLAN_VERSION = 4  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling;
-# 4: train_unet -> train_denoiser, adapter.unet_targets -> adapter.denoiser_targets (io.LEGACY_RUN_NAMES)
+# 4: train_unet -> train_denoiser, adapter.unet_targets -> adapter.denoiser_targets (io.LEGACY_RUN_NAMES);
+#    kohya noise and loss options (loss.noise, huber schedule, timestep weights, prior_reduction)
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -211,8 +212,34 @@ class SchedulePlan:
 
 
 @frozen
+class NoisePlan:
+    """How a step draws its noise and timesteps (kohya's get_noise_noisy_latents_and_timesteps), in draw order:
+    the noise, the offset (random strength, adaptive scale), multi-resolution levels, timesteps in
+    [min_timestep, max_timestep), then the input perturbation the noisy latents get and the target does not."""
+
+    offset: float  # loss.noise_offset; 0 = off
+    offset_random_strength: bool
+    adaptive_scale: float  # 0 = off
+    multires_iterations: int  # 0 = off
+    multires_discount: float
+    ip_gamma: float  # 0 = off
+    ip_random_strength: bool
+    min_timestep: int
+    max_timestep: int  # exclusive, unless equal to min_timestep (one timestep)
+
+
+@frozen
+class HuberPlan:
+    """kohya's pseudo-Huber threshold c(t) for kind pseudo_huber / smooth_l1."""
+
+    schedule: Literal["constant", "exponential", "snr"]
+    c: float
+    scale: float
+
+
+@frozen
 class LossPlan:
-    kind: Literal["mse", "huber", "l1"]
+    kind: Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
     huber_delta: float
     target: Literal["epsilon", "v_prediction"]
     min_snr_gamma: float
@@ -221,6 +248,13 @@ class LossPlan:
     masked: bool
     prior: Literal["none", "images", "base_model"]
     prior_weight: float
+    # kohya's options: None / 0 / False where off
+    huber: HuberPlan | None  # set for kind pseudo_huber / smooth_l1
+    noise: NoisePlan
+    debiased_estimation: bool
+    scale_v_like_epsilon: bool  # loss.scale_v_pred_loss_like_noise_pred
+    v_pred_like_loss: float
+    prior_reduction: Literal["separate", "per_sample"]
     formula: str
     # Components kept as a frozen base copy for prior = "base_model" in a full fine-tune (LoRA runs switch
     # their adapters off instead): decided here once, counted by the memory estimate, made by the runtime.

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import GeneratePlan, Plan, StepRange
+from dbspec.plan.model import GeneratePlan, NoisePlan, Plan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -156,9 +156,36 @@ def _te(plan: Plan) -> str:
     return f"trains until step {stop}" if stop else "trains the whole run"
 
 
+def noise_summary(n: NoisePlan) -> str:
+    """E.g. `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
+    parts = ["N(0,1)"]
+    if n.offset > 0:
+        extras = [
+            x
+            for x in (
+                "random strength" if n.offset_random_strength else "",
+                f"adaptive {n.adaptive_scale:g}" if n.adaptive_scale else "",
+            )
+            if x
+        ]
+        parts.append(f" + {n.offset:g} offset" + (f" ({', '.join(extras)})" if extras else ""))
+    if n.multires_iterations:
+        parts.append(f", multires {n.multires_iterations}×{n.multires_discount:g}")
+    if n.ip_gamma > 0:
+        parts.append(
+            f"; input perturbation {n.ip_gamma:g}" + (" (random strength)" if n.ip_random_strength else "")
+        )
+    if n.min_timestep == n.max_timestep:
+        parts.append(f"; t = {n.max_timestep}")
+    else:
+        parts.append(f"; t in [{n.min_timestep}, {n.max_timestep})")
+    return "".join(parts)
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
+    t.add_row("noise", noise_summary(plan.loss.noise))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
     t.add_row(

@@ -68,6 +68,11 @@ _CHECKS: tuple[Check, ...] = (
             "loss.min_snr_gamma",
             "loss.noise_offset",
             "loss.huber_delta",
+            "loss.v_pred_like_loss",
+            "loss.noise.offset",
+            "loss.noise.ip_gamma",
+            "loss.noise.multires_iterations",
+            "loss.noise.multires_discount",
         )
     ),
     ("optimizer.lr", _above(0), "a number above 0"),
@@ -115,7 +120,22 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     for i, b in enumerate(plan.buckets):
         if not all(_at_least(8)(side) for side in b.size):
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
+    yield from _noise_problems(plan)
     yield from _output_problems(plan)
+
+
+def _noise_problems(plan: Plan) -> Iterator[str]:
+    noise, huber = plan.loss.noise, plan.loss.huber
+    low, high = noise.min_timestep, noise.max_timestep
+    if not (_at_least(0)(low) and _at_least(1)(high) and high <= 1000 and low <= min(high, 999)):
+        yield (
+            "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000 (min_timestep <= 999); found "
+            f"min_timestep {low}, max_timestep {high}"
+        )
+    if (huber is None) != (plan.loss.kind not in ("pseudo_huber", "smooth_l1")):
+        yield f"loss.huber must be set exactly for kind pseudo_huber or smooth_l1; found kind {plan.loss.kind!r}"
+    elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
+        yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
 
 
 def _output_problems(plan: Plan) -> Iterator[str]:

@@ -202,9 +202,17 @@ class Buckets:
     )
 
 
+LossKind = Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
+
+
 @frozen
 class Loss:
-    kind: Literal["mse", "huber", "l1"] = option("mse", doc="Element-wise loss.")
+    kind: LossKind = option(
+        "mse",
+        doc="Element-wise loss. mse, l1; huber: torch's Huber with `huber_delta`; pseudo_huber: kohya's "
+        "loss_type huber, 2c(sqrt(x^2 + c^2) - c); smooth_l1: kohya's loss_type smooth_l1, 2(sqrt(x^2 + c^2) - c) "
+        "(not torch's SmoothL1Loss); c follows `huber_schedule`.",
+    )
     huber_delta: float = option(0.1, doc='Huber threshold (kind = "huber").', exclusive_minimum=0)
     prior: Literal["images", "base_model"] = option(
         "images",
@@ -220,6 +228,82 @@ class Loss:
     )
     zero_terminal_snr: bool = option(
         False, doc="Rescale the noise schedule to zero terminal SNR (use with v_prediction)."
+    )
+    # kohya-ss sd-scripts' noise and loss options (train_util.get_noise_noisy_latents_and_timesteps,
+    # get_huber_threshold_if_needed, custom_train_functions); each is off by default.
+    prior_reduction: Literal["separate", "per_sample"] = option(
+        "separate",
+        doc="How instance and class samples of a batch combine. separate: the instance mean (timestep weights "
+        "applied) plus prior_weight times the class mean (diffusers' DreamBooth); per_sample: kohya's mean over "
+        "the batch of each sample's loss times prior_weight (class samples) and the timestep weights (all samples).",
+    )
+    huber_schedule: Literal["constant", "exponential", "snr"] = option(
+        "snr",
+        doc="How c of pseudo_huber/smooth_l1 follows the timestep (kohya): constant c * huber_scale; "
+        "exponential huber_scale * exp(t ln(c) / T); snr (1 - c) / (1 + sqrt((1 - ac_t) / ac_t))^2 + c.",
+    )
+    huber_c: float = option(
+        0.1,
+        doc="kohya's huber_c: the pseudo-Huber threshold (or its floor, by schedule).",
+        exclusive_minimum=0,
+    )
+    huber_scale: float = option(
+        1.0,
+        doc="kohya's huber_scale: multiplies c in the constant and exponential schedules.",
+        exclusive_minimum=0,
+    )
+    noise_offset_random_strength: bool = option(
+        False, doc="Draw each step's offset strength uniformly in [0, noise_offset) (kohya)."
+    )
+    adaptive_noise_scale: float = option(
+        0.0,
+        doc="Add this times |mean of each latent channel| to the noise offset (kohya); 0 turns it off. "
+        "Needs noise_offset.",
+        example=0.5,
+    )
+    multires_noise_iterations: int = option(
+        0,
+        doc="Multi-resolution (pyramid) noise levels added to the noise, 6-10 typical (kohya); 0 turns it off.",
+        minimum=0,
+        maximum=64,
+        example=6,
+    )
+    multires_noise_discount: float = option(
+        0.3, doc="Weight ratio between successive multi-resolution noise levels.", minimum=0, maximum=1
+    )
+    ip_noise_gamma: float = option(
+        0.0,
+        doc="Input-perturbation noise (arXiv 2301.11706): the noisy latents get noise + gamma * N(0, 1) while "
+        "the target keeps the noise; 0.1 typical, 0 turns it off.",
+        minimum=0,
+        example=0.1,
+    )
+    ip_noise_gamma_random_strength: bool = option(
+        False, doc="Draw each step's input-perturbation strength uniformly in [0, ip_noise_gamma) (kohya)."
+    )
+    min_timestep: int = option(0, doc="Smallest training timestep (inclusive).", minimum=0, maximum=999)
+    max_timestep: int = option(
+        1000,
+        doc="Training timesteps are drawn below this (exclusive; 1000 = the whole schedule); equal to "
+        "min_timestep trains that one timestep.",
+        minimum=1,
+        maximum=1000,
+    )
+    debiased_estimation: bool = option(
+        False,
+        doc="Weight each sample by 1/sqrt(snr) (epsilon) or 1/(snr + 1) (v_prediction), snr capped at 1000 "
+        "(kohya debiased_estimation_loss, arXiv 2310.08442).",
+    )
+    scale_v_pred_loss_like_noise_pred: bool = option(
+        False,
+        doc="v_prediction models: weight each sample by snr/(snr + 1), snr capped at 1000, so the loss scales "
+        "like an epsilon loss (kohya).",
+    )
+    v_pred_like_loss: float = option(
+        0.0,
+        doc="epsilon models: add this times loss * (snr + 1)/snr, a v-prediction-like term (kohya); 0 turns it off.",
+        minimum=0,
+        example=0.1,
     )
 
 

@@ -33,6 +33,15 @@ def _as_plan_version_3(plan_json: str) -> str:
     data["train_unet"] = data.pop("train_denoiser")
     data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
     del data["model"]["max_tokens"]  # added since (one CLIP window then)
+    for key in (
+        "huber",
+        "noise",
+        "debiased_estimation",
+        "scale_v_like_epsilon",
+        "v_pred_like_loss",
+        "prior_reduction",
+    ):
+        del data["loss"][key]  # kohya's noise and loss options, added since (all off then)
     return json.dumps(data, indent=1) + "\n"
 
 

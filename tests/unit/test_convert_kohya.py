@@ -316,8 +316,9 @@ def test_prior_weight_min_snr_and_noise_offset_with_mixed_batches(tmp_path):
     assert (loss.kind, loss.prior_weight, loss.min_snr_gamma, loss.noise_offset) == ("l1", 0.5, 5.0, 0.05)
     assert plan.optimizer.max_grad_norm == 0.0
     assert repeats(plan, 1) == [1] * 10  # 10 training samples, 10 reg images
-    assert fate(outcome, "train_batch_size") == "differs"  # mixed batches weight the prior term differently
-    assert fate(outcome, "min_snr_gamma") == "differs"  # kohya also weights reg samples by Min-SNR
+    # mixed batches: kohya's per-sample mean, Min-SNR on reg samples too (loss.prior_reduction = "per_sample")
+    assert loss.prior_reduction == "per_sample"
+    assert fate(outcome, "train_batch_size") == "mapped" and fate(outcome, "min_snr_gamma") == "mapped"
 
 
 def test_per_dataset_reg_balance_is_reported_when_it_differs(tmp_path):

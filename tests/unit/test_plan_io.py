@@ -243,6 +243,18 @@ def _set(table: str, key: str, value):
             ),
             'loss.prior "base_model" needs train_denoiser = true; found false',
         ),
+        (
+            lambda data: data["loss"]["noise"].__setitem__("min_timestep", 1200),
+            "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000",
+        ),
+        (
+            lambda data: data["loss"].__setitem__("kind", "pseudo_huber"),
+            "loss.huber must be set exactly for kind pseudo_huber or smooth_l1",
+        ),
+        (
+            lambda data: data["loss"]["noise"].__setitem__("ip_gamma", -0.1),
+            "loss.noise.ip_gamma must be a number of at least 0; found -0.1",
+        ),
     ],
 )
 def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):

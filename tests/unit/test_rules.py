@@ -268,6 +268,61 @@ CASES = [
         [("DBS226", "error", ("loss", "prior"))],
         "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
     ),
+    (
+        rules.loss_weights_fit_prediction,
+        'prediction = "epsilon"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\nzero_terminal_snr = true\ndebiased_estimation = true\n",
+        [
+            ("DBS235", "error", ("loss", "scale_v_pred_loss_like_noise_pred")),
+            ("DBS236", "error", ("loss", "debiased_estimation")),
+        ],
+        'prediction = "epsilon"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nzero_terminal_snr = true\ndebiased_estimation = true\nmax_timestep = 999\n",
+    ),
+    (
+        rules.loss_weights_fit_prediction,
+        'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nv_pred_like_loss = 0.1\n",
+        [("DBS235", "error", ("loss", "v_pred_like_loss"))],
+        'prediction = "v_prediction"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\ndebiased_estimation = true\nzero_terminal_snr = true\n",
+    ),
+    (
+        rules.noise_options_fit,
+        DOG + STEPS + "[loss]\nadaptive_noise_scale = 0.5\nmin_timestep = 600\nmax_timestep = 500\n",
+        [
+            ("DBS237", "error", ("loss", "adaptive_noise_scale")),
+            ("DBS237", "error", ("loss", "min_timestep")),
+        ],
+        DOG
+        + STEPS
+        + "[loss]\nadaptive_noise_scale = 0.5\nnoise_offset = 0.05\nmin_timestep = 500\nmax_timestep = 500\n",
+    ),
+    (
+        rules.inert_noise_options,
+        DOG
+        + STEPS
+        + "[loss]\nhuber_c = 0.2\nnoise_offset_random_strength = true\nmultires_noise_discount = 0.5\n"
+        'ip_noise_gamma_random_strength = true\nprior_reduction = "per_sample"\n',
+        [
+            ("DBS216", "warning", ("loss", "huber_c")),
+            ("DBS216", "warning", ("loss", "noise_offset_random_strength")),
+            ("DBS216", "warning", ("loss", "multires_noise_discount")),
+            ("DBS216", "warning", ("loss", "ip_noise_gamma_random_strength")),
+            ("DBS216", "warning", ("loss", "prior_reduction")),
+        ],
+        DOG
+        + DOGS
+        + STEPS
+        + '[loss]\nkind = "smooth_l1"\nhuber_c = 0.2\nnoise_offset = 0.1\nnoise_offset_random_strength = true\n'
+        "multires_noise_iterations = 6\nmultires_noise_discount = 0.5\nip_noise_gamma = 0.1\n"
+        'ip_noise_gamma_random_strength = true\nprior_reduction = "per_sample"\n',
+    ),
 ]
 
 

@@ -163,7 +163,7 @@ def convert_kohya(
     map_learning_rates(a, script, text_encoder, conv)
     map_optimizer(a, conv)
     if layout is not None:
-        map_loss(a, script, layout.has_class, layout.batch_size, conv)
+        map_loss(a, script, layout.has_class, conv)
     map_precision(a, script, lora, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv)
     report_launcher(ka.launcher, conv, script_sets_precision=True)
