@@ -264,7 +264,8 @@ A LoRA learning rate that is very low (warning).""",
         "An option that has no effect with the chosen variant",
         """\
 An option that has no effect with the chosen variant (warning): `huber_delta` without huber loss, `momentum`
-without SGD, `bf16_fallback` without bf16.""",
+without SGD, `bf16_fallback` without bf16, `keep_tokens` or `caption_separator` when no caption is cut into tags,
+`token_warmup_min` without `token_warmup_step`.""",
     ),
     Code(
         "DBS217",
@@ -335,6 +336,34 @@ the trained UNet's prediction with the base model's (LoRA adapters switched off,
 full fine-tune). When only the text encoder trains, the base would need the untouched text encoder, which is not
 kept. Train the UNet too, or use `loss.prior = "images"`.""",
         help='set train.unet = true, or use loss.prior = "images" (class images as targets)',
+    ),
+    # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
+    Code(
+        "DBS240",
+        ERROR,
+        "An empty `caption_separator` where captions are cut into tags",
+        """\
+`caption_separator = ""` on a dataset that shuffles tags, drops tags or warms up tokens: a caption cannot be cut
+into tags at an empty separator (kohya stops with `ValueError: empty separator`).""",
+        help='use the separator your captions have between tags, e.g. ","',
+    ),
+    Code(
+        "DBS241",
+        WARNING,
+        "`keep_tokens_separator` stays in the caption text",
+        """\
+`keep_tokens_separator` is set, but the dataset neither shuffles tags (`shuffle_caption`), drops tags
+(`caption_tag_dropout_rate`) nor warms up tokens (`token_warmup_step`). Only those cut the caption at the
+separator; otherwise, as in kohya, the caption trains as written, separator included (warning).""",
+        help="turn on shuffle_caption, or remove the separator from the captions",
+    ),
+    Code(
+        "DBS242",
+        WARNING,
+        "Every caption of a dataset is dropped",
+        """\
+`caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
+empty caption, so its captions teach nothing (warning).""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(
