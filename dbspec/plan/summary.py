@@ -119,12 +119,7 @@ def _processing(p: CaptionPlan) -> list[str]:
 
 def _caption_cache(plan: Plan, p: CaptionPlan, images: int) -> str:
     if not plan.cache.text_embeddings:
-        cost = (
-            f"; text encoder forward for {p.varying_samples_per_epoch} samples/epoch"
-            if p.varying_images
-            else ""
-        )
-        return "off" + cost
+        return "off (every caption is encoded when drawn): no extra cost"
     parts = []
     if p.varying_images:
         parts.append(
