@@ -291,7 +291,8 @@ An option that has no effect with the chosen variant (warning): `huber_delta` wi
 without SGD, `bf16_fallback` without bf16, `huber_c`/`huber_schedule` without a pseudo-Huber loss, a noise
 option whose switch is off (`noise_offset_random_strength` without `noise_offset`, `multires_noise_discount`
 without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without `ip_noise_gamma`),
-`prior_reduction` without class data.""",
+`prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption is cut into tags,
+`token_warmup_min` without `token_warmup_step`.""",
     ),
     Code(
         "DBS217",
@@ -390,6 +391,34 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
         """\
 `loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
+    ),
+    # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
+    Code(
+        "DBS240",
+        ERROR,
+        "An empty `caption_separator` where captions are cut into tags",
+        """\
+`caption_separator = ""` on a dataset that shuffles tags, drops tags or warms up tokens: a caption cannot be cut
+into tags at an empty separator (kohya stops with `ValueError: empty separator`).""",
+        help='use the separator your captions have between tags, e.g. ","',
+    ),
+    Code(
+        "DBS241",
+        WARNING,
+        "`keep_tokens_separator` stays in the caption text",
+        """\
+`keep_tokens_separator` is set, but the dataset neither shuffles tags (`shuffle_caption`), drops tags
+(`caption_tag_dropout_rate`) nor warms up tokens (`token_warmup_step`). Only those cut the caption at the
+separator; otherwise, as in kohya, the caption trains as written, separator included (warning).""",
+        help="turn on shuffle_caption, or remove the separator from the captions",
+    ),
+    Code(
+        "DBS242",
+        WARNING,
+        "Every caption of a dataset is dropped",
+        """\
+`caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
+empty caption, so its captions teach nothing (warning).""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(

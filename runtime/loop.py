@@ -161,7 +161,7 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     step_loss, terms = 0.0, {}
     for batch in batches:
         with accelerator.autocast():
-            result = run_batch(run.parts, batch)
+            result = run_batch(run.parts, batch, step=step, epoch=run.sampler.epoch + 1)
         value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
         if not math.isfinite(value):
             raise NonFiniteLoss(step + 1, value, result.files)

@@ -11,6 +11,7 @@ from dbspec.plan.model import NoisePlan, Plan
 from dbspec.runtime import losses
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
+from dbspec.runtime.captions import step_captions
 from dbspec.runtime.data import Sample, load_example, load_mask, sample_rng
 from dbspec.runtime.families import family_runtime
 
@@ -87,17 +88,22 @@ def _text_entry(parts: Parts, key: str) -> dict | None:
     return parts.memo[key]
 
 
-def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
+def text_for(
+    parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: int = 1
+) -> dict[str, torch.Tensor]:
+    """Prompt embeddings of the batch's captions at this step (plan.datasets[].caption_processing): cached
+    entries when every caption has one, else the text encoders run now."""
     plan = parts.plan
-    if parts.text_cache is not None and not parts.text_trains and all(s.img.text_key for s in batch):
-        entries = [_text_entry(parts, s.img.text_key) for s in batch]
+    captions = step_captions(plan, batch, step=step, epoch=epoch)
+    if parts.text_cache is not None and not parts.text_trains and all(key for _, key in captions):
+        entries = [_text_entry(parts, key) for _, key in captions]
         if all(e is not None for e in entries):
             return {k: torch.stack([e[k] for e in entries]).to(parts.device) for k in entries[0]}
     with torch.set_grad_enabled(parts.text_trains):
         return family_runtime(plan.model.family).encode_prompts(
             parts.text_encoders,
             parts.tokenizers,
-            [s.img.caption for s in batch],
+            [text for text, _ in captions],
             clip_skip=plan.model.clip_skip,
             max_tokens=plan.model.max_tokens,
             device=parts.device,
@@ -111,12 +117,13 @@ def denoise(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample])
     return family.predict(parts.unet, noisy, timesteps, text, extra)
 
 
-def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
-    """Forward one micro-batch and return its loss (instance term + prior term) and the terms for logging."""
+def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: int = 1) -> StepResult:
+    """Forward one micro-batch at optimizer step `step` (0-based) of epoch `epoch` (1-based, as kohya counts
+    for caption dropout) and return its loss (instance term + prior term) and the terms for logging."""
     plan, loss_plan = parts.plan, parts.plan.loss
     loaded = [posterior(parts, s, plan.datasets[s.dataset].crop) for s in batch]
     latents = sample_latents(parts, [entry for entry, _ in loaded])
-    text = text_for(parts, batch)
+    text = text_for(parts, batch, step=step, epoch=epoch)
     sched = parts.noise_scheduler
     drawn = draw_noise(loss_plan.noise, latents, parts.generator, sched.config.num_train_timesteps)
     noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)

@@ -9,6 +9,7 @@ import attrs
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.caches import make_keyer, plan_cache
+from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
@@ -79,14 +80,17 @@ def path_error(ctx: Context, exc: OSError) -> Diagnostic:
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     precision = plan_precision(ctx, model)
-    datasets = balance(ctx, plan_datasets(ctx, model, make_keyer(ctx, model, precision)))
+    keyer = make_keyer(ctx, model, precision)
+    datasets = balance(ctx, plan_datasets(ctx, model, keyer))
     buckets = sched.bucket_table(_bucket_samples(datasets), ctx.spec.schedule.batch_size)
     schedule = _schedule(ctx, datasets, buckets)
+    caption_notes: tuple[str, ...] = ()
     if schedule is not None:
         _plan_rules(ctx, schedule.total_steps)
+        datasets, caption_notes = settle_captions(datasets, schedule.total_steps, keyer.empty_key())
     loss = plan_loss(ctx, model, datasets)
     _environment_rules(ctx)
-    cache = plan_cache(ctx, model, datasets)
+    cache = plan_cache(ctx, model, datasets, caption_notes)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets, loss)

@@ -12,10 +12,12 @@ import attrs
 
 from dbspec.compiler import buckets as bk
 from dbspec.compiler.caches import Keyer
+from dbspec.compiler.captions import caption_plan
 from dbspec.compiler.context import Context
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.compiler.unusable import report_unusable, sidecars
-from dbspec.plan.model import DatasetPlan, GeneratePlan, ImagePlan, ModelPlan
+from dbspec.plan.captions import fixed_caption
+from dbspec.plan.model import CaptionPlan, DatasetPlan, GeneratePlan, ImagePlan, ModelPlan
 from dbspec.spec.model import Dataset
 
 MANIFEST = ".dbspec-generated.json"  # written by the runtime beside generated class images
@@ -117,10 +119,11 @@ def _plan_dataset(
     masks = _masks(ctx, i, d, existing)
     if placer is None or masks is None:
         return None
-    images = [_image(ctx, i, d, info, masks, placer, keyer) for info in existing]
+    captions = caption_plan(d)
+    images = [_image(ctx, i, d, info, masks, placer, keyer, captions) for info in existing]
     generate = _generate_plan(ctx, d, folder, len(existing), key) if generating else None
     if generate is not None:
-        images += _future_images(d, generate, placer, keyer)
+        images += _future_images(d, generate, placer, keyer, captions)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
     return DatasetPlan(
         name=d.name,
@@ -133,6 +136,7 @@ def _plan_dataset(
         images=tuple(img for img in images if img is not None),
         skipped=skipped,
         generate=generate,
+        caption_processing=captions,
     )
 
 
@@ -195,7 +199,8 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
             ("datasets", i, "captions"),
         )
         return d.prompt
-    caption = lines[0]  # the first line, as kohya reads it
+    # kohya reads the first line, or every non-empty line when wildcards pick one per step
+    caption = "\n".join(lines) if d.enable_wildcard else lines[0]
     if cut or len(caption) > MAX_CAPTION_CHARS:
         what = f"more than {MAX_CAPTION_BYTES} bytes" if cut else f"a {len(caption)}-character first line"
         ctx.report(
@@ -223,7 +228,14 @@ def _read_capped(path: Path) -> tuple[str, bool]:
 
 
 def _image(
-    ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer, keyer: Keyer
+    ctx: Context,
+    i: int,
+    d: Dataset,
+    info: ImageInfo,
+    masks: dict,
+    placer: Placer,
+    keyer: Keyer,
+    captions: CaptionPlan,
 ) -> ImagePlan | None:
     caption = caption_for(ctx, i, d, info)
     if caption is None:
@@ -240,7 +252,8 @@ def _image(
         )
         return None
     mask_path, mask_sha = masks.get(info.rel, ("", ""))
-    latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, caption)
+    text = fixed_caption(caption, captions)
+    latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, text)
     return ImagePlan(
         path=info.path,
         rel=info.rel,
@@ -363,15 +376,18 @@ def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) 
     )
 
 
-def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer) -> list[ImagePlan]:
+def _future_images(
+    d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer, captions: CaptionPlan
+) -> list[ImagePlan]:
     placed = placer.place(gen.resolution)
     caption = " ".join(p for p in (d.caption_prefix, d.prompt, d.caption_suffix) if p)
+    text = fixed_caption(caption, captions)
     images = []
     for seed in gen.seeds:
         sha = (
             f"generated:{gen.manifest_key}:{seed}"  # made from (model, prompt, resolution, seed): a stable id
         )
-        latent_keys, text_key = keyer.keys(d, sha, placed.bucket, placed.resized, placed.crop, caption)
+        latent_keys, text_key = keyer.keys(d, sha, placed.bucket, placed.resized, placed.crop, text)
         images.append(
             ImagePlan(
                 path=str(Path(gen.folder) / f"class-{seed}.png"),

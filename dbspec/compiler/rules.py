@@ -514,6 +514,61 @@ def inert_noise_options(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # --- path rules: they also need the spec file's location --------------------------------------------------------
+# Caption processing: kohya cuts a caption into tags only for these three options.
+def _cuts_tags(d) -> bool:
+    return d.shuffle_caption or d.caption_tag_dropout_rate > 0 or d.token_warmup_step > 0
+
+
+@rule("spec")
+def caption_separator_usable(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.caption_separator == "" and _cuts_tags(d):
+            yield _err(
+                "DBS240",
+                ("datasets", i, "caption_separator"),
+                f'datasets[{i}].caption_separator is "": dataset `{d.name}` cuts captions into tags '
+                "(shuffle_caption, caption_tag_dropout_rate or token_warmup_step) and needs a separator",
+                codes.help("DBS240"),
+            )
+
+
+@rule("spec")
+def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        at = ("datasets", i)
+        if not _cuts_tags(d):
+            if d.keep_tokens_separator:
+                yield _warn(
+                    "DBS241",
+                    (*at, "keep_tokens_separator"),
+                    f'dataset `{d.name}`: keep_tokens_separator "{d.keep_tokens_separator}" stays in the '
+                    "caption text: nothing shuffles, drops or warms up tags",
+                    codes.help("DBS241"),
+                )
+            for key in ("keep_tokens", "caption_separator"):
+                if given((*at, key)) and not (key == "caption_separator" and d.secondary_separator):
+                    yield _warn(
+                        "DBS216",
+                        (*at, key),
+                        f"datasets[{i}].{key} has no effect: dataset `{d.name}` does not cut captions into "
+                        "tags (shuffle_caption, caption_tag_dropout_rate and token_warmup_step are off)",
+                    )
+        if given((*at, "token_warmup_min")) and d.token_warmup_step == 0:
+            yield _warn(
+                "DBS216",
+                (*at, "token_warmup_min"),
+                f"datasets[{i}].token_warmup_min has no effect while token_warmup_step is 0",
+            )
+        for key in ("caption_dropout_rate", "caption_dropout_every_n_epochs"):
+            if getattr(d, key) == 1:
+                yield _warn(
+                    "DBS242",
+                    (*at, key),
+                    f"dataset `{d.name}`: {key} = 1 trains every sample with an empty caption",
+                    "lower it (0.05-0.1 is common for caption_dropout_rate)",
+                )
+
+
 @rule("paths")
 def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder, nor

@@ -98,6 +98,22 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "scale_v_like_epsilon"): False,
         ("loss", "v_pred_like_loss"): 0.0,
         ("loss", "prior_reduction"): "separate",
+        ("datasets", "*", "caption_processing"): {
+            "shuffle_caption": False,
+            "caption_separator": ",",
+            "keep_tokens": 0,
+            "keep_tokens_separator": "",
+            "secondary_separator": "",
+            "enable_wildcard": False,
+            "caption_dropout_rate": 0.0,
+            "caption_dropout_every_n_epochs": 0,
+            "caption_tag_dropout_rate": 0.0,
+            "token_warmup_min": 1,
+            "token_warmup_step": 0.0,
+            "varying_images": 0,
+            "varying_samples_per_epoch": 0,
+            "empty_text_key": "",
+        },
     },
 }
 

@@ -17,7 +17,7 @@ from dbspec.families import Family
 
 PLAN_VERSION = 4  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling;
 # 4: train_unet -> train_denoiser, adapter.unet_targets -> adapter.denoiser_targets (io.LEGACY_RUN_NAMES);
-#    kohya noise and loss options (loss.noise, huber schedule, timestep weights, prior_reduction)
+#    kohya noise and loss options (loss.noise, huber schedule, timestep weights, prior_reduction); DatasetPlan.caption_processing
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -128,6 +128,45 @@ class GeneratePlan:
 
 
 @frozen
+class CaptionPlan:
+    """kohya's caption processing for one dataset, settled: the options (kohya's names), then the decisions.
+
+    `dbspec.plan.captions` applies it: the runtime draws each sample's caption from it every step, with a
+    generator seeded by the sample (so a resumed run draws the same captions).
+    """
+
+    shuffle_caption: bool = False
+    caption_separator: str = ","
+    keep_tokens: int = 0
+    keep_tokens_separator: str = ""
+    secondary_separator: str = ""
+    enable_wildcard: bool = False
+    caption_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0  # epochs counted from 1, as kohya counts them
+    caption_tag_dropout_rate: float = 0.0
+    token_warmup_min: int = 1
+    token_warmup_step: float = 0.0  # resolved: a ratio below 1 is already floor(ratio x total steps); 0 = off
+    # Decisions. Varying images draw a new caption every step (shuffle, tag dropout, wildcards, warm-up): their
+    # text embeddings cannot be cached and the text encoder runs forward for each of their samples.
+    varying_images: int = 0
+    varying_samples_per_epoch: int = 0
+    empty_text_key: str = ""  # the dropped (empty) caption's cache key; "" without dropout or a text cache
+
+    @property
+    def active(self) -> bool:
+        """Whether any option differs from kohya's defaults (captions are used as written otherwise)."""
+        return self != CaptionPlan(
+            varying_images=self.varying_images,
+            varying_samples_per_epoch=self.varying_samples_per_epoch,
+            empty_text_key=self.empty_text_key,
+        )
+
+    @property
+    def dropout(self) -> bool:
+        return self.caption_dropout_rate > 0 or self.caption_dropout_every_n_epochs > 0
+
+
+@frozen
 class DatasetPlan:
     name: str
     role: Literal["instance", "class"]
@@ -140,6 +179,7 @@ class DatasetPlan:
     skipped: tuple[str, ...] = ()  # "file: reason" for each left-out file
     samples_per_epoch: int = 0
     generate: GeneratePlan | None = None
+    caption_processing: CaptionPlan = CaptionPlan()
 
 
 @frozen

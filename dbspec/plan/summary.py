@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import GeneratePlan, NoisePlan, Plan, StepRange
+from dbspec.plan.model import CaptionPlan, GeneratePlan, NoisePlan, Plan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -77,6 +77,64 @@ def datasets_table(plan: Plan) -> Table:
             gen,
         )
     return t
+
+
+def captions_table(plan: Plan) -> Table | None:
+    """Caption processing per dataset (kohya's options) and what it does to the text cache; None when off."""
+    rows = [d for d in plan.datasets if d.caption_processing.active]
+    if not rows:
+        return None
+    t = _table(
+        "Caption processing (kohya order, drawn per sample and step)", "dataset", "processing", "text cache"
+    )
+    for d in rows:
+        p = d.caption_processing
+        t.add_row(d.name, "; ".join(_processing(p)), _caption_cache(plan, p, len(d.images)))
+    return t
+
+
+def _processing(p: CaptionPlan) -> list[str]:
+    parts = []
+    if p.caption_dropout_rate:
+        parts.append(f"caption dropout {p.caption_dropout_rate:g}")
+    if p.caption_dropout_every_n_epochs:
+        n = p.caption_dropout_every_n_epochs
+        parts.append(f"empty captions in epochs {n}, {2 * n}, ...")
+    if p.enable_wildcard:
+        parts.append("wildcards {a|b} and one line per step")
+    fixed = f'fixed up to "{p.keep_tokens_separator}"' if p.keep_tokens_separator else ""
+    fixed = " and ".join(x for x in (fixed, f"first {p.keep_tokens} fixed" if p.keep_tokens else "") if x)
+    if p.token_warmup_step:
+        parts.append(
+            f"token warm-up {p.token_warmup_min} tags at step 0 -> all at step {p.token_warmup_step:g}"
+        )
+    if p.shuffle_caption:
+        parts.append("shuffle tags" + (f" ({fixed})" if fixed else ""))
+    if p.caption_tag_dropout_rate:
+        parts.append(f"tag dropout {p.caption_tag_dropout_rate:g}")
+    if p.shuffle_caption or p.caption_tag_dropout_rate or p.token_warmup_step:
+        parts.append(f'tags split at "{p.caption_separator}", joined with ", "')
+    elif p.keep_tokens_separator:
+        parts.append(f'"{p.keep_tokens_separator}" stays in the text (nothing cuts tags)')
+    if p.secondary_separator:
+        parts.append(f'"{p.secondary_separator}" -> "{p.caption_separator}"')
+    return parts
+
+
+def _caption_cache(plan: Plan, p: CaptionPlan, images: int) -> str:
+    if not plan.cache.text_embeddings:
+        return "off (every caption is encoded when drawn): no extra cost"
+    parts = []
+    if p.varying_images:
+        parts.append(
+            f"{p.varying_images} of {images} images uncached (captions change per step): text encoder forward "
+            f"for {p.varying_samples_per_epoch} samples/epoch"
+        )
+    else:
+        parts.append("cached (captions never change)")
+    if p.empty_text_key:
+        parts.append("empty caption cached once for dropout")
+    return "; ".join(parts)
 
 
 def buckets_table(plan: Plan) -> Table:
@@ -236,6 +294,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
     parts = [
         model_table(plan),
         datasets_table(plan),
+        captions_table(plan),
         buckets_table(plan),
         schedule_table(plan),
         training_table(plan),
@@ -244,7 +303,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
     defaults = sorted(k for k, o in plan.origins.items() if o.kind in ("default", "derived"))
     if explain:
         parts.append(origins_table(plan))
-    console.print(Group(*[item for p in parts for item in (p, "")]))
+    console.print(Group(*[item for p in parts if p is not None for item in (p, "")]))
     if not explain:
         console.print(
             f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin."
@@ -255,6 +314,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
 
 def _short(text: str, limit: int = 80) -> str:
     """A caption as the summary shows it: one table cell, however long the caption file was."""
+    text = text.replace("\n", " | ")  # a multi-line (wildcard) caption in one line
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -117,6 +117,8 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
                 f"datasets[{i}].generate needs steps >= 1, batch_size >= 1 and guidance >= 0; found steps "
                 f"{gen.steps}, batch_size {gen.batch_size}, guidance {gen.guidance}"
             )
+    for i, d in enumerate(plan.datasets):
+        yield from _caption_problems(i, d.caption_processing)
     for i, b in enumerate(plan.buckets):
         if not all(_at_least(8)(side) for side in b.size):
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
@@ -136,6 +138,19 @@ def _noise_problems(plan: Plan) -> Iterator[str]:
         yield f"loss.huber must be set exactly for kind pseudo_huber or smooth_l1; found kind {plan.loss.kind!r}"
     elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
         yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
+
+
+def _caption_problems(i: int, p) -> Iterator[str]:
+    """The caption processing's bounds, as the spec's (a rate in [0, 1], counts at least 0)."""
+    at = f"datasets[{i}].caption_processing"
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if not _fraction(getattr(p, key)):
+            yield f"{at}.{key} must be a number in [0, 1]; found {getattr(p, key)!r}"
+    for key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min", "token_warmup_step"):
+        if not _at_least(0)(getattr(p, key)):
+            yield f"{at}.{key} must be a number of at least 0; found {getattr(p, key)!r}"
+    if p.caption_separator == "" and (p.shuffle_caption or p.caption_tag_dropout_rate or p.token_warmup_step):
+        yield f'{at}.caption_separator must not be "" while captions are cut into tags'
 
 
 def _output_problems(plan: Plan) -> Iterator[str]:

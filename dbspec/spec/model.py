@@ -180,6 +180,62 @@ class Dataset:
         "error",
         doc="What to do with unreadable, truncated or too-small images: stop with an error, or skip them.",
     )
+    # Caption processing: kohya's per-subset options, their names and meaning (dbspec/plan/captions.py applies
+    # them in kohya's order). Captions that change per step cannot use the text-embedding cache.
+    shuffle_caption: bool = option(
+        False, doc="Shuffle the caption's tags (split at `caption_separator`) every time a sample is drawn."
+    )
+    caption_separator: str = option(
+        ",", doc="What separates tags for shuffling, tag dropout and warm-up (kohya caption_separator)."
+    )
+    keep_tokens: int = option(
+        0,
+        doc="The first N tags stay in front, never shuffled or dropped (when no `keep_tokens_separator` is "
+        "in the caption).",
+        minimum=0,
+        maximum=1000,
+    )
+    keep_tokens_separator: str = option(
+        "",
+        doc="Marks the fixed part of a caption: tags before it (and after a second one) stay fixed, the tags "
+        'between are shuffled/dropped; e.g. "|||". It stays in the text when nothing shuffles, drops or warms up.',
+        example="|||",
+    )
+    secondary_separator: str = option(
+        "",
+        doc="A separator inside a tag (kept together when shuffling), replaced by `caption_separator` at the end.",
+        example=";;;",
+    )
+    enable_wildcard: bool = option(
+        False,
+        doc="`{a|b|c}` in a caption becomes one choice per step, and a multi-line caption file gives one "
+        "random line per step (otherwise only its first line is read).",
+    )
+    caption_dropout_rate: float = option(
+        0.0, doc="Probability that a sample trains with an empty caption.", minimum=0, maximum=1
+    )
+    caption_dropout_every_n_epochs: int = option(
+        0,
+        doc="Train every N-th epoch (counted from 1) with empty captions; 0 never.",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    caption_tag_dropout_rate: float = option(
+        0.0,
+        doc="Probability that each tag (outside the fixed ones) is left out when a sample is drawn.",
+        minimum=0,
+        maximum=1,
+    )
+    token_warmup_min: int = option(
+        1, doc="Tags used at step 0 by the token warm-up.", minimum=0, maximum=1000
+    )
+    token_warmup_step: float = option(
+        0.0,
+        doc="Token warm-up: the tags used grow from `token_warmup_min` to all by this step; below 1 it is a "
+        "fraction of the run's steps; 0 turns it off.",
+        minimum=0,
+        example=0.2,
+    )
 
 
 @frozen

@@ -255,6 +255,16 @@ def _set(table: str, key: str, value):
             lambda data: data["loss"]["noise"].__setitem__("ip_gamma", -0.1),
             "loss.noise.ip_gamma must be a number of at least 0; found -0.1",
         ),
+        (
+            lambda data: data["datasets"][0]["caption_processing"].__setitem__("caption_dropout_rate", 2.0),
+            r"datasets\[0\].caption_processing.caption_dropout_rate must be a number in \[0, 1\]; found 2.0",
+        ),
+        (
+            lambda data: data["datasets"][0]["caption_processing"].update(
+                shuffle_caption=True, caption_separator=""
+            ),
+            r'datasets\[0\].caption_processing.caption_separator must not be ""',
+        ),
     ],
 )
 def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):

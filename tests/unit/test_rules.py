@@ -323,6 +323,39 @@ CASES = [
         "multires_noise_iterations = 6\nmultires_noise_discount = 0.5\nip_noise_gamma = 0.1\n"
         'ip_noise_gamma_random_strength = true\nprior_reduction = "per_sample"\n',
     ),
+    (
+        rules.caption_separator_usable,
+        DOG + 'shuffle_caption = true\ncaption_separator = ""\n' + STEPS,
+        [("DBS240", "error", ("datasets", 0, "caption_separator"))],
+        DOG + 'shuffle_caption = true\ncaption_separator = ";"\n' + STEPS,
+    ),
+    (
+        rules.caption_separator_usable,
+        DOG + 'token_warmup_step = 0.5\ncaption_separator = ""\n' + STEPS,
+        [("DBS240", "error", ("datasets", 0, "caption_separator"))],
+        DOG + 'secondary_separator = ";"\ncaption_separator = ""\n' + STEPS,  # a replacement: fine
+    ),
+    (
+        rules.caption_options_inert,
+        DOG + 'keep_tokens_separator = "|||"\nkeep_tokens = 1\ntoken_warmup_min = 3\n' + STEPS,
+        [
+            ("DBS241", "warning", ("datasets", 0, "keep_tokens_separator")),
+            ("DBS216", "warning", ("datasets", 0, "keep_tokens")),
+            ("DBS216", "warning", ("datasets", 0, "token_warmup_min")),
+        ],
+        DOG
+        + 'keep_tokens_separator = "|||"\nkeep_tokens = 1\ntoken_warmup_min = 3\ntoken_warmup_step = 10\n'
+        + STEPS,
+    ),
+    (
+        rules.caption_options_inert,
+        DOG + 'caption_separator = ";"\ncaption_dropout_rate = 1.0\n' + STEPS,
+        [
+            ("DBS216", "warning", ("datasets", 0, "caption_separator")),
+            ("DBS242", "warning", ("datasets", 0, "caption_dropout_rate")),
+        ],
+        DOG + 'caption_separator = ";"\ncaption_tag_dropout_rate = 0.1\ncaption_dropout_rate = 0.1\n' + STEPS,
+    ),
 ]
 
 

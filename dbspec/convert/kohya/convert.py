@@ -208,6 +208,8 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
         return None
     datasets: tuple[KDataset, ...] = resolve(config[0], kinds, a, config[1])
     layout = map_datasets(datasets, ka.script, bool(a["cache_latents"].value), paths, conv)
+    if layout is not None:
+        _text_cache_refused(a, layout, conv)
     if masked.given:
         controlnet = layout is not None and any(d.kind == "controlnet" for d, _, _ in layout.parts)
         conv.record(
@@ -219,6 +221,26 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
     if a["conditioning_data_dir"].given:
         conv.inert(a["conditioning_data_dir"], "masks come from the subsets' conditioning_data_dir")
     return layout
+
+
+def _text_cache_refused(a, layout: Layout, conv: Conversion) -> None:
+    """The SDXL scripts assert that text-encoder outputs are not cached with captions that change per step."""
+    cached = a["cache_text_encoder_outputs"] if "cache_text_encoder_outputs" in a else None
+    if cached is None or not cached.value:
+        return
+    keys = ("caption_dropout_rate", "shuffle_caption", "token_warmup_step", "caption_tag_dropout_rate")
+    for _, subset, _ in layout.parts:
+        on = [subset.values[k] for k in keys if k in subset.values and (subset.values[k].value or 0) > 0]
+        if on:
+            conv.invalid(
+                cached.key,
+                True,
+                cached.source,
+                f"kohya asserts text-encoder outputs are not cached with `{on[0].key}` "
+                "(captions that change per step)",
+                help="drop cache_text_encoder_outputs: dbspec decides the text cache per image in the plan",
+            )
+            return
 
 
 def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int | None]:
