@@ -1,8 +1,9 @@
 """kohya datasets as kohya builds them: the dataset config (or the legacy folder names), validated by kohya's
 schema, with every subset value resolved through kohya's fallback chain and the legacy key it came from.
 
-Fallback order (config_util.BlueprintGenerator): subset -> [[datasets]] -> [general] -> the argparse value of
-the same name (CLI, config_file or argparse default) -> the dataclass default. The first non-None value wins.
+Fallback order (config_util.BlueprintGenerator): subset -> [[datasets]] -> [general] -> the parsed namespace's
+value of the same name (CLI, config_file or argparse default; config_file keys that are no option of the script
+too, `dataset_repeats` as `num_repeats`) -> the dataclass default. The first non-None value wins.
 """
 
 from __future__ import annotations
@@ -87,14 +88,23 @@ def _folder_subset(
     if repeats < 1:
         conv.ignored(legacy, f"{repeats} repeats: kohya skips the folder")
         return None
-    sep = "\\" if "\\" in root and "/" not in root else "/"
     return {
-        "image_dir": root.rstrip("\\/") + sep + name,
+        "image_dir": _join(root, name),
         "num_repeats": repeats,
         "class_tokens": tail,
         "is_reg": is_reg,
         "_folder": legacy,
     }
+
+
+def _join(root: str, name: str) -> str:
+    """kohya's `Path(root) / name`: an empty root is the current folder, so the name stays relative."""
+    if root in ("", "."):
+        return name
+    stripped = root.rstrip("\\/")
+    if not stripped:  # "/" (or "\\"): the root folder
+        return root[:1] + name
+    return stripped + ("\\" if "\\" in root and "/" not in root else "/") + name
 
 
 def validate(config: dict, script: str, masked_loss: bool, conv: Conversion, source: str) -> list[str] | None:
@@ -241,9 +251,8 @@ def _lookup(key: str, layers: list[tuple[dict, str]], args: Args, source: str) -
     for table, where in layers:
         if key in table and table[key] is not None:  # kohya's "first non-None" rule
             return Legacy(key=f"{where}.{key}", value=table[key], source=source)
-    arg_name = ks.ARGPARSE_NAME[key] if key in ks.ARGPARSE_NAME else key
-    if arg_name in args and args[arg_name].value is not None:
-        return _from_argparse(key, args[arg_name])
+    if key in args and args[key].value is not None:  # args: the namespace by dataset-config name
+        return _from_argparse(key, args[key])
     return Legacy(key=key, value=ks.DEFAULTS[key], source="default")
 
 

@@ -20,7 +20,6 @@ _UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "caption_tag_dropout_rate": (0.0, "dbspec has no caption tag dropout"),
     "token_warmup_step": (0, "dbspec has no token warm-up"),
     "enable_wildcard": (False, "dbspec reads the first caption line literally ({a|b} wildcards are kohya's)"),
-    "keep_tokens_separator": ("", "dbspec does not split captions at a keep_tokens separator"),
     "secondary_separator": (None, "dbspec does not rewrite caption separators"),
     "color_aug": (False, "dbspec has no colour augmentation"),
     "face_crop_aug_range": (None, "dbspec has no face-crop augmentation"),
@@ -125,6 +124,7 @@ def subset_problems(
     for key, why in _INERT_WITHOUT.items():
         if key in v and v[key].given:
             conv.inert(v[key], why)
+    _keep_tokens_separator(v, conv)
     interp = v["resize_interpolation"]
     if interp.value is not None:
         conv.differs(interp, "dbspec resizes with its own filter; the images keep the same size and crop")
@@ -138,6 +138,28 @@ def subset_problems(
             key,
             "kohya multiplies the loss by the mask and averages over the whole image; dbspec divides "
             "by the mask area, so a small mask does not shrink the loss",
+        )
+
+
+def _keep_tokens_separator(v: dict[str, Legacy], conv: Conversion) -> None:
+    """kohya splits captions at the separator only while it shuffles, drops tags or warms tokens up
+    (process_caption); otherwise the caption, separator included, is used as written, as dbspec does."""
+    sep = v["keep_tokens_separator"] if "keep_tokens_separator" in v else None
+    if sep is None or not sep.given:
+        return
+    warmup = v["token_warmup_step"].value
+    processed = (
+        v["shuffle_caption"].value
+        or (isinstance(warmup, (int, float)) and warmup > 0)
+        or v["caption_tag_dropout_rate"].value > 0
+    )
+    if processed and sep.value:
+        conv.unsupported(sep, "dbspec does not split captions at a keep_tokens separator")
+    else:
+        conv.inert(
+            sep,
+            "kohya uses it only while shuffling captions, dropping tags or warming tokens up, which are off; "
+            "the caption is read as written, separator included, as dbspec reads it",
         )
 
 
