@@ -590,7 +590,9 @@ planning on the machine that runs (not with `--target`, which plans for another 
         """\
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
 `multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a script the converter
-does not know. Relative paths resolve against `--cwd` (default: the current folder).""",
+does not know; or a folder the conversion lists (kohya's `train_data_dir` and `reg_data_dir`, whose
+`N_class tokens` sub-folders become the datasets) is not on this machine, which is no rule of the legacy tool's.
+Relative paths resolve against `--cwd` (default: the current folder).""",
     ),
     Code(
         "DBS402",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from convert_kit import (
+    plan_at,
     SD15,
     SDXL,
     codes,
@@ -230,3 +231,121 @@ def test_datasets_that_differ_in_batch_size_still_report_every_key(tmp_path):
     plan = plan_of(allowed, tmp_path)
     # kohya batches each [[datasets]] apart: ceil(2/1) + ceil(2/2) batches per epoch, 3 epochs
     assert plan.schedule.total_steps == 3 * (2 + 1)
+
+
+# --- 7. command files with one option per line -------------------------------------------------------------
+
+
+def test_command_file_without_line_continuations_joins_each_option_line(tmp_path):
+    images(tmp_path / "train" / "5_ohwx dog", 2, (512, 512))
+    write(
+        tmp_path / "train.sh",
+        "accelerate launch --num_cpu_threads_per_process 1 train_db.py\n"
+        f"  --pretrained_model_name_or_path={SD15}\n"
+        "  --train_data_dir=train\n"
+        "  --resolution=512\n"
+        "  --max_train_steps=40\n"
+        "  --learning_rate=1e-6\n",
+    )
+    outcome = kohya(tmp_path, command="train.sh")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.schedule.total_steps == 40 and plan.optimizer.lr == pytest.approx(1e-6)
+    text = messages(outcome, "DBS407")
+    assert "5 line(s) of train.sh" in text and "--learning_rate=1e-6" in text
+
+
+def test_options_pasted_one_per_line_without_a_script(tmp_path):
+    images(tmp_path / "train" / "5_ohwx dog", 2, (512, 512))
+    write(
+        tmp_path / "args.txt",
+        f"--pretrained_model_name_or_path {SD15}\n--train_data_dir train\n--resolution 512\n--max_train_steps 30\n",
+    )
+    outcome = kohya(tmp_path, command="args.txt", script="train_db")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.schedule.total_steps == 30 and repeats(plan, 0) == [5, 5]
+    assert "3 line(s) of args.txt" in messages(outcome, "DBS407")
+
+
+# --- 8. wording: what cannot be read here, what kohya crashes on, a script on another family's weights --------
+
+
+def test_a_train_data_dir_missing_here_is_unreadable_not_a_kohya_rule(tmp_path):
+    outcome = kohya(tmp_path, command=f"{BASE} --train_data_dir /mnt/nas/train --resolution 512")
+    assert outcome.exit_code == 1
+    assert fate(outcome, "train_data_dir") == "unreadable"
+    assert "cannot be read here" in messages(outcome, "DBS401") and "DBS402" not in codes(outcome)
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ('"momentum=0.9"', "AdamW's constructor has no such argument"),  # dbspec dropped it silently before
+        ('"foo=1" "weight_decay=0.1"', "no such argument"),
+        ('"lr=1e-4"', "gets it twice"),
+        ('"betas=0.9"', "a pair of numbers"),
+    ],
+)
+def test_optimizer_args_kohya_crashes_on_are_invalid(tmp_path, args, why):
+    images(tmp_path / "d" / "1_a", 1, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"{BASE} --train_data_dir d --resolution 512 --optimizer_type AdamW --optimizer_args {args}",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "optimizer_args") == "invalid"
+    assert why in messages(outcome, "DBS402") and "DBS403" not in codes(outcome)
+
+
+def test_optimizer_args_the_constructor_takes_still_convert(tmp_path):
+    images(tmp_path / "d" / "1_a", 1, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f'{BASE} --train_data_dir d --resolution 512 --optimizer_type SGD --optimizer_args "momentum=0.9" '
+        '"weight_decay=0.01"',
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "sgd" and plan.optimizer.momentum == pytest.approx(0.9)
+
+
+def test_an_sd1_script_on_sdxl_weights_is_reported_at_conversion(tmp_path):
+    images(tmp_path / "d" / "1_a", 1, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command=f"train_db.py --pretrained_model_name_or_path {SDXL} --train_data_dir d --resolution 1024",
+    )
+    assert outcome.exit_code == 1 and not out_path(tmp_path).exists()
+    text = messages(outcome, "DBS402")
+    assert "builds an SD 1.x model" in text and "SDXL weights" in text
+
+
+# --- 9. dbspec convert --set ---------------------------------------------------------------------------------
+
+
+def test_only_a_dataset_config_needs_the_base_model_and_set_supplies_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from dbspec.cli import app
+
+    images(tmp_path / "img", 3, (512, 512), caption="photo of ohwx dog", caption_ext=".txt")
+    write(
+        tmp_path / "d.toml",
+        '[general]\ncaption_extension = ".txt"\n[[datasets]]\nresolution = 512\n'
+        '[[datasets.subsets]]\nimage_dir = "img"\nnum_repeats = 4\n',
+    )
+    out = out_path(tmp_path)
+    cli = [
+        "convert",
+        "kohya",
+        "--dataset-config",
+        str(tmp_path / "d.toml"),
+        "--cwd",
+        str(tmp_path),
+        "-o",
+        str(out),
+    ]
+    missing = CliRunner().invoke(app, cli)
+    assert missing.exit_code == 1 and "--set model.base=" in missing.output and not out.exists()
+    given = CliRunner().invoke(app, [*cli, "--set", f"model.base={SD15}", "--set", "schedule.seed=7"])
+    assert given.exit_code == 0, given.output
+    plan = plan_at(out)
+    assert plan.model.base == SD15 and plan.schedule.seed == 7 and repeats(plan, 0) == [4] * 3
+    assert "dbspec convert --set model.base" in out.read_text()

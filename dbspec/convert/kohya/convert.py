@@ -183,9 +183,7 @@ def _dataset_source(ka: KohyaArgs, paths: PathMapper, conv: Conversion) -> tuple
         local = paths.local(dc.value)
         config = load_dataset_config(local, conv) if local is not None else None
         if local is None:
-            conv.invalid(
-                dc.key, dc.value, dc.source, "a Windows path: the dataset config cannot be read here"
-            )
+            conv.unreadable(dc, "a Windows path, and this machine is not Windows")
         conv.record(dc, "mapped", "datasets")
         return (config, "dataset_config") if config is not None else None
     if "in_json" in a and a["in_json"].value is not None:

@@ -40,8 +40,14 @@ def load_dataset_config(path: Path, conv: Conversion) -> dict | None:
     """kohya's load_user_config: .toml or .json; None (reported) when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # not on this machine: no rule of kohya's
+        conv.unreadable(
+            Legacy(key="dataset_config", value=str(path), source="dataset_config"), exc.strerror or str(exc)
+        )
+        return None
+    try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomli.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         conv.invalid("dataset_config", str(path), "dataset_config", f"cannot read it: {exc}")
         return None
     if not isinstance(data, dict):
@@ -59,12 +65,10 @@ def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | Non
             continue
         local = paths.local(root)
         if local is None or not local.is_dir():
-            why = "is a Windows path" if local is None else "does not exist here"
-            conv.invalid(
-                key,
-                root,
-                args[key].source,
-                f"the folder {why}, so its `N_class tokens` sub-folders cannot be listed",
+            why = "a Windows path, and this machine is not Windows" if local is None else "no such folder"
+            conv.unreadable(
+                args[key],
+                f"{why}, so its `N_class tokens` sub-folders cannot be listed",
                 help="convert where the images are, or pass --cwd",
             )
             return None

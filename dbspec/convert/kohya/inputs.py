@@ -17,7 +17,7 @@ from dbspec.convert.common.argv import Arg, parse_argv
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya import schema as ks
 from dbspec.convert.kohya.args import SCRIPTS, arg_table, script_of
-from dbspec.convert.common.launcher import InputError, launcher_options, read_command
+from dbspec.convert.common.launcher import InputError, launcher_options, read_command, report_joined
 
 # Keys the bmaltais kohya_ss GUI writes into config files; kohya ignores them.
 GUI_KEYS = frozenset(
@@ -74,6 +74,7 @@ def kohya_args(req: KohyaRequest, conv: Conversion) -> KohyaArgs:
         command, label = read_command(req.command, req.cwd)
         inputs.append(label if label == "the command text" else f"command {label}")
         launcher = launcher_options(command)
+        report_joined(command, label, conv)
         script = _script(command.script, req.script, conv)
         table = arg_table(script)
         cli = _parse_cli(command.args, table, conv)

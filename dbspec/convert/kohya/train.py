@@ -6,7 +6,12 @@ from __future__ import annotations
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.common.optimizers import kohya_optimizer, optimizer_settings, parse_kohya_args
+from dbspec.convert.common.optimizers import (
+    kohya_constructor_problems,
+    kohya_optimizer,
+    optimizer_settings,
+    parse_kohya_args,
+)
 from dbspec.spec.model import Optimizer
 
 Args = dict[str, Legacy]
@@ -291,8 +296,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         conv.mapped(kind_arg, ("optimizer", "kind"), name.kind)
     args = a["optimizer_args"]
     kwargs, problems = parse_kohya_args(args.value or [])
+    problems += kohya_constructor_problems(kind_arg.value, kwargs)
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
+    if problems:
+        return
     settings = optimizer_settings(name.kind, kwargs)
     for key, value in settings.values.items():
         if value == _OPTIMIZER_DEFAULTS[key]:
