@@ -336,6 +336,16 @@ full fine-tune). When only the text encoder trains, the base would need the unto
 kept. Train the UNet too, or use `loss.prior = "images"`.""",
         help='set train.unet = true, or use loss.prior = "images" (class images as targets)',
     ),
+    Code(
+        "DBS227",
+        ERROR,
+        "An option that does not apply to kohya folders",
+        """A dataset with `layout = "kohya_folders"` sets `generate` or `recursive`. Its images are those of kohya's
+`N_class tokens` sub-folders, read one level deep as kohya reads them, so there is no one folder to generate class
+images into and no deeper folder to scan. Generate class images into a `layout = "folder"` dataset (or a
+sub-folder such as `1_dog` made beforehand).""",
+        help='remove the option, or use layout = "folder"',
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(
         "DBS301",
@@ -499,6 +509,14 @@ the first 10,000 characters are kept, and the plan summary shows captions shorte
 An animated image: an animated PNG (APNG) or WebP with more than one frame (warning). It trains, on its first
 frame only, as Pillow opens it; one warning per dataset names up to 20 of them with their frame counts. Export
 the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is not an animation.""",
+    ),
+    Code(
+        "DBS327",
+        WARNING,
+        "A file or folder of a kohya-folders dataset is not used",
+        """A dataset with `layout = "kohya_folders"` holds a sub-folder whose name does not start with `<repeats>_` (or
+whose repeats are below 1), or images directly in the dataset folder (warning). kohya skips them too; rename the
+folder `10_sks dog` (10 repeats, class tokens "sks dog") to train it.""",
     ),
     Code(
         "DBS330",

@@ -75,6 +75,17 @@ def datasets_table(plan: Plan) -> Table:
     return t
 
 
+def kohya_folders_table(plan: Plan) -> Table | None:
+    """The `N_class tokens` sub-folders each `layout = "kohya_folders"` dataset found (None when none)."""
+    rows = [(d.name, f) for d in plan.datasets for f in d.folders]
+    if not rows:
+        return None
+    t = _table("kohya folders", "dataset", "folder", "images", "repeats", "prompt")
+    for name, f in rows:
+        t.add_row(name, f.name, str(f.images), str(f.repeats), _short(f.prompt) or "(empty)")
+    return t
+
+
 def buckets_table(plan: Plan) -> Table:
     t = _table("Buckets", "size", "instance", "class", "batches/epoch", "")
     for b in plan.buckets:
@@ -205,6 +216,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
     parts = [
         model_table(plan),
         datasets_table(plan),
+        kohya_folders_table(plan),
         buckets_table(plan),
         schedule_table(plan),
         training_table(plan),
@@ -213,7 +225,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
     defaults = sorted(k for k, o in plan.origins.items() if o.kind in ("default", "derived"))
     if explain:
         parts.append(origins_table(plan))
-    console.print(Group(*[item for p in parts for item in (p, "")]))
+    console.print(Group(*[item for p in parts if p is not None for item in (p, "")]))
     if not explain:
         console.print(
             f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin."

@@ -268,6 +268,18 @@ CASES = [
         [("DBS226", "error", ("loss", "prior"))],
         "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
     ),
+    (
+        rules.kohya_folders_options,
+        DOG
+        + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\nrecursive = true\n')
+        + "generate = 50\n"
+        + STEPS,
+        [
+            ("DBS227", "error", ("datasets", 1, "generate")),
+            ("DBS227", "error", ("datasets", 1, "recursive")),
+        ],
+        DOG + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\n') + STEPS,
+    ),
 ]
 
 
