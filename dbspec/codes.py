@@ -608,9 +608,9 @@ planning on the machine that runs (not with `--target`, which plans for another 
         """\
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
 `multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a script the converter
-does not know; or a folder the conversion lists (kohya's `train_data_dir` and `reg_data_dir`, whose
-`N_class tokens` sub-folders become the datasets) is not on this machine, which is no rule of the legacy tool's.
-Relative paths resolve against `--cwd` (default: the current folder).""",
+does not know; or a file the conversion reads (kohya's `--dataset_config`) is not on this machine, which is no
+rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the current folder). A kohya
+`train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset instead (DBS406).""",
     ),
     Code(
         "DBS402",
@@ -660,7 +660,9 @@ nested table kohya's one-level flattening loses, a folder name without the `N_` 
         """\
 A value depends on the image folders and they cannot be read here (warning): epoch lengths, epoch intervals and
 warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch counts when the images are
-present. Convert on the machine that holds the images, or pass `--cwd`.""",
+present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a `layout = "kohya_folders"` dataset
+whose sub-folders are only listed (and checked) by `dbspec plan`. Convert on the machine that holds the images, or
+pass `--cwd`.""",
     ),
     Code(
         "DBS407",

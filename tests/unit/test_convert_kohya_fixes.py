@@ -269,11 +269,31 @@ def test_options_pasted_one_per_line_without_a_script(tmp_path):
 # --- 8. wording: what cannot be read here, what kohya crashes on, a script on another family's weights --------
 
 
-def test_a_train_data_dir_missing_here_is_unreadable_not_a_kohya_rule(tmp_path):
-    outcome = kohya(tmp_path, command=f"{BASE} --train_data_dir /mnt/nas/train --resolution 512")
+def test_a_dataset_config_missing_here_is_unreadable_not_a_kohya_rule(tmp_path):
+    outcome = kohya(tmp_path, command=f"{BASE} --dataset_config /mnt/nas/dataset.toml")
     assert outcome.exit_code == 1
-    assert fate(outcome, "train_data_dir") == "unreadable"
+    assert fate(outcome, "dataset_config") == "unreadable"
     assert "cannot be read here" in messages(outcome, "DBS401") and "DBS402" not in codes(outcome)
+
+
+def test_a_train_data_dir_missing_here_becomes_a_kohya_folders_dataset(tmp_path):
+    outcome = kohya(
+        tmp_path,
+        command=f"{BASE} --train_data_dir data/train --reg_data_dir data/reg --resolution 512 "
+        "--caption_extension .txt --max_train_steps 60",
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    assert "kohya_folders" in messages(outcome, "DBS406")
+    # the images arrive later (or the spec moves to the machine that holds them): the plan lists the folders
+    images(tmp_path / "data" / "train" / "10_sks dog", 3, (512, 512))
+    images(tmp_path / "data" / "reg" / "1_dog", 5, (512, 512), prefix="r")
+    plan = plan_of(outcome, tmp_path)
+    train, reg = plan.datasets
+    assert [(f.name, f.repeats, f.prompt) for f in train.folders] == [("10_sks dog", 10, "sks dog")]
+    assert repeats(plan, 0) == [10] * 3 and train.images[0].caption == "sks dog"
+    assert reg.role == "class" and reg.images[0].caption == "dog" and plan.schedule.total_steps == 60
+    # kohya: reg images, in order, repeated until they match the 30 training samples (30 / 5 = 6 each)
+    assert repeats(plan, 1) == [6] * 5
 
 
 @pytest.mark.parametrize(

@@ -228,6 +228,13 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
 
 def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int | None]:
     parts = layout.epoch_parts() if layout is not None else None
+    if layout is not None and parts is None and layout.has_class and len(layout.settings) == 1:
+        # folders not read here; with one [[datasets]] kohya's per-dataset balancing is dbspec's global one
+        conv.put(
+            ("schedule", "balance_classes"),
+            True,
+            "kohya repeats reg images to match the training images of their dataset",
+        )
     if not parts:
         return None, None
     kohya = kohya_epoch(parts, layout.batches)

@@ -26,6 +26,9 @@ Args = dict[str, Legacy]
 class KSubset:
     index: int
     values: dict[str, Legacy]  # every subset key, effective, with the legacy key it came from
+    # a train_data_dir/reg_data_dir not on this machine: its `N_class tokens` sub-folders are listed at plan
+    # time (layout = "kohya_folders"), so image_dir is the parent and repeats/class tokens come from the names
+    kohya_root: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -65,13 +68,15 @@ def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | Non
             continue
         local = paths.local(root)
         if local is None or not local.is_dir():
-            why = "a Windows path, and this machine is not Windows" if local is None else "no such folder"
-            conv.unreadable(
-                args[key],
-                f"{why}, so its `N_class tokens` sub-folders cannot be listed",
-                help="convert where the images are, or pass --cwd",
+            why = "a Windows path, and this machine is not Windows" if local is None else "not a folder here"
+            conv.depends(
+                key,
+                f'`{root}` is {why}: it becomes a dataset with layout = "kohya_folders", whose `N_class '
+                "tokens` sub-folders `dbspec plan` lists where the images are; the converter could not check "
+                "them against kohya's rules",
             )
-            return None
+            subsets.append({"image_dir": root, "is_reg": is_reg, "_root": args[key]})
+            continue
         for sub in sorted(p for p in local.iterdir() if p.is_dir()):
             subset = _folder_subset(key, root, sub.name, is_reg, conv, args[key].source)
             if subset is not None:
@@ -246,7 +251,10 @@ def resolve(config: dict, kinds: list[str], args: Args, source: str) -> tuple[KD
             if "_folder" in subset:
                 for k in ("image_dir", "num_repeats", "class_tokens", "is_reg"):
                     sub_values[k] = attrs.evolve(subset["_folder"], value=subset[k])
-            subsets.append(KSubset(index=j, values=sub_values))
+            if "_root" in subset:  # the folder names give num_repeats and class_tokens at plan time
+                for k in ("image_dir", "is_reg"):
+                    sub_values[k] = attrs.evolve(subset["_root"], value=subset[k])
+            subsets.append(KSubset(index=j, values=sub_values, kohya_root="_root" in subset))
         out.append(KDataset(index=i, kind=kind, values=values, subsets=tuple(subsets)))
     return tuple(out)
 

@@ -54,8 +54,15 @@ def map_subset(
         conv.mapped(v["is_reg"], (*at, "role"), "class")
     else:
         conv.record(v["is_reg"], "mapped", "datasets.role")
-    _captions(at, dataset, v, conv)
-    conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
+    if subset.kohya_root:
+        conv.put(
+            (*at, "layout"),
+            "kohya_folders",
+            f"{conv.tool} {image_dir.key}: its `N_class tokens` sub-folders (repeats and prompt from each name)",
+        )
+    _captions(at, dataset, v, conv, subset.kohya_root)
+    if not subset.kohya_root:
+        conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
     reso = dataset.values["resolution"]
     conv.mapped(reso, (*at, "resolution"), resolution)
     if v["random_crop"].value:
@@ -68,20 +75,21 @@ def map_subset(
         conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
     elif "alpha_mask" in v:
         _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
-    if images and any(min(img.oriented) < _SMALL for img in images):
+    if (images and any(min(img.oriented) < _SMALL for img in images)) or subset.kohya_root:
         conv.put(
             (*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)"
         )
 
 
-def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion) -> None:
+def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion, root: bool) -> None:
     ext = v["caption_extension"]
     extension = ext.value if ext.value.startswith(".") else "." + ext.value  # kohya prepends the dot
     note = "caption files, else class_tokens" if dataset.kind == "dreambooth" else "caption files"
+    note = "caption files, else each folder's class tokens" if root else note
     conv.put((*at, "captions"), "textfile", f"{conv.tool} reads <image stem>{extension}: {note}")
     conv.mapped(ext, (*at, "caption_extension"), extension)
     tokens = v["class_tokens"] if "class_tokens" in v else None
-    if tokens is not None and tokens.value:
+    if tokens is not None and tokens.value and not root:
         conv.mapped(tokens, (*at, "prompt"), tokens.value)
     for key in ("caption_prefix", "caption_suffix"):
         if v[key].value:
