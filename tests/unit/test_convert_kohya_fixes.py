@@ -369,3 +369,18 @@ def test_only_a_dataset_config_needs_the_base_model_and_set_supplies_it(tmp_path
     plan = plan_at(out)
     assert plan.model.base == SD15 and plan.schedule.seed == 7 and repeats(plan, 0) == [4] * 3
     assert "dbspec convert --set model.base" in out.read_text()
+
+
+def test_face_crop_caption_names_are_a_stated_difference_in_dataset_configs(tmp_path):
+    folder = tmp_path / "faces"
+    images(folder, 1, (512, 512), prefix="face")
+    (folder / "face000.png").rename(folder / "face_120_80_64_64.png")
+    write(folder / "face.txt", "ohwx person, close-up")
+    write(
+        tmp_path / "d.toml",
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "faces"\ncaption_extension = ".txt"\n'
+        'class_tokens = "ohwx person"\n',
+    )
+    outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=BASE)
+    assert outcome.exit_code == 0 and "face-crop" in messages(outcome, "DBS404")
+    assert fate(outcome, "datasets[0].subsets[0].image_dir") == "differs"

@@ -184,14 +184,40 @@ def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
             conv.inert(v[key], "no effect with these settings")
 
 
+def _face_crop_captions(subset: KSubset, images: tuple[Img, ...], ext: str, conv: Conversion) -> set[str]:
+    """Images kohya captions from the face-crop name (`name.txt` for `name_x_y_w_h.png`, read_caption's second
+    candidate) because they have no caption file of their own; dbspec's textfile captions read only the
+    image's own (layout = "kohya_folders" reads both)."""
+    found = set()
+    for img in images:
+        parts = img.path.stem.split("_")
+        face = img.path.with_name("_".join(parts[:-4]) + ext) if len(parts) >= 5 else None
+        if face is not None and face.is_file() and not img.path.with_suffix(ext).is_file():
+            found.add(img.path.name)
+    if found:
+        tokens = subset.values["class_tokens"].value if "class_tokens" in subset.values else None
+        conv.differs(
+            subset.values["image_dir"],
+            f"{len(found)} image(s) (e.g. {sorted(found)[0]}) have no caption file of their own and kohya reads "
+            f"the face-crop one (`name{ext}` for `name_x_y_w_h` images); dbspec captions them with "
+            + (f'the prompt "{tokens}"' if tokens else "nothing (an error when planning)"),
+        )
+    return found
+
+
 def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion) -> None:
     v = subset.values
     tokens = v["class_tokens"].value if "class_tokens" in v else None
-    if tokens:
-        return
     ext = v["caption_extension"].value
     ext = ext if ext.startswith(".") else "." + ext
-    bare = [img.path.name for img in images if not img.path.with_suffix(ext).is_file()]
+    face = _face_crop_captions(subset, images, ext, conv)
+    if tokens:
+        return
+    bare = [
+        img.path.name
+        for img in images
+        if not img.path.with_suffix(ext).is_file() and img.path.name not in face
+    ]
     if bare:
         conv.unsupported(
             v["image_dir"],
