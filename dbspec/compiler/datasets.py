@@ -146,7 +146,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
     placer = make_placer(ctx, i, d)
     if found is None:
         return None
-    scans = []
+    scans, skipped = [], []
     for folder in found:
         scan = scan_folder(
             folder.path,
@@ -161,6 +161,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
             if diag.code != "DBS302":  # an empty sub-folder is skipped, as kohya skips it
                 ctx.adopt(diag, ("datasets", i, "path"))
         report_unusable(ctx, i, folder.path, scan)
+        skipped += [diag.message for diag in scan.diagnostics if diag.severity == "warning"]
         scans.append((folder, tuple(kf.in_folder(folder, info) for info in scan.images)))
     masks = _masks(ctx, i, attrs.evolve(d, recursive=True), tuple(x for _, infos in scans for x in infos))
     if placer is None or masks is None:
@@ -199,7 +200,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
         flip=d.flip,
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         images=tuple(img for img in images if img is not None),
-        skipped=(),
+        skipped=tuple(skipped),
         folders=tuple(
             FolderPlan(
                 name=f.name,

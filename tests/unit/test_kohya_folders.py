@@ -79,3 +79,15 @@ def test_no_kohya_sub_folder_is_an_error(tmp_path):
     planned = plan_spec(_spec(tmp_path), GPU)
     assert planned.plan is None
     assert any(x.code == "DBS302" and "N_class tokens" in x.message for x in planned.diagnostics)
+
+
+def test_masks_folder_mirrors_the_sub_folders(tmp_path):
+    images(tmp_path / "train" / "2_ohwx", 2, (512, 512))
+    images(tmp_path / "masks" / "2_ohwx", 2, (512, 512))
+    plan = plan_at(_spec(tmp_path, 'masks = "masks"\n'))
+    assert [
+        img.mask.endswith("masks/2_ohwx/" + img.rel.split("/")[1]) for img in plan.datasets[0].images
+    ] == [
+        True,
+        True,
+    ]
