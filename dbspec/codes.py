@@ -667,11 +667,12 @@ pass `--cwd`.""",
     Code(
         "DBS407",
         WARNING,
-        "The converter assumed the legacy tool's default",
+        "The converter assumed what the legacy input does not say",
         """\
-The legacy input does not say, and the converter assumed the legacy tool's default (warning): no script named
-(train_db.py), diffusers' mixed precision coming from an accelerate config file, SimpleTuner defaults that changed
-between versions.""",
+The legacy input does not say, and the converter assumed the legacy tool's default or the evident intent
+(warning): no script named (train_db.py), diffusers' mixed precision coming from an accelerate config file,
+SimpleTuner defaults that changed between versions, option lines of a command file that lost their line
+continuations (joined to the command, each named).""",
     ),
     Code(
         "DBS408",
