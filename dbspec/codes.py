@@ -365,6 +365,16 @@ encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images
         help='set train.denoiser = true, or use loss.prior = "images" (class images as targets)',
     ),
     Code(
+        "DBS227",
+        ERROR,
+        "An option that does not apply to kohya folders",
+        """A dataset with `layout = "kohya_folders"` sets `generate` or `recursive`. Its images are those of kohya's
+`N_class tokens` sub-folders, read one level deep as kohya reads them, so there is no one folder to generate class
+images into and no deeper folder to scan. Generate class images into a `layout = "folder"` dataset (or a
+sub-folder such as `1_dog` made beforehand).""",
+        help='remove the option, or use layout = "folder"',
+    ),
+    Code(
         "DBS235",
         ERROR,
         "A loss weighting for the other prediction type",
@@ -585,6 +595,14 @@ frame only, as Pillow opens it; one warning per dataset names up to 20 of them w
 the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is not an animation.""",
     ),
     Code(
+        "DBS327",
+        WARNING,
+        "A file or folder of a kohya-folders dataset is not used",
+        """A dataset with `layout = "kohya_folders"` holds a sub-folder whose name does not start with `<repeats>_` (or
+whose repeats are below 1), or images directly in the dataset folder (warning). kohya skips them too; rename the
+folder `10_sks dog` (10 repeats, class tokens "sks dog") to train it.""",
+    ),
+    Code(
         "DBS330",
         ERROR,
         "Bucket bounds that do not fit a dataset's resolution",
@@ -674,7 +692,9 @@ planning on the machine that runs (not with `--target`, which plans for another 
         """\
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
 `multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a script the converter
-does not know. Relative paths resolve against `--cwd` (default: the current folder).""",
+does not know; or a file the conversion reads (kohya's `--dataset_config`) is not on this machine, which is no
+rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the current folder). A kohya
+`train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset instead (DBS406).""",
     ),
     Code(
         "DBS402",
@@ -724,16 +744,19 @@ nested table kohya's one-level flattening loses, a folder name without the `N_` 
         """\
 A value depends on the image folders and they cannot be read here (warning): epoch lengths, epoch intervals and
 warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch counts when the images are
-present. Convert on the machine that holds the images, or pass `--cwd`.""",
+present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a `layout = "kohya_folders"` dataset
+whose sub-folders are only listed (and checked) by `dbspec plan`. Convert on the machine that holds the images, or
+pass `--cwd`.""",
     ),
     Code(
         "DBS407",
         WARNING,
-        "The converter assumed the legacy tool's default",
+        "The converter assumed what the legacy input does not say",
         """\
-The legacy input does not say, and the converter assumed the legacy tool's default (warning): no script named
-(train_db.py), diffusers' mixed precision coming from an accelerate config file, SimpleTuner defaults that changed
-between versions.""",
+The legacy input does not say, and the converter assumed the legacy tool's default or the evident intent
+(warning): no script named (train_db.py), diffusers' mixed precision coming from an accelerate config file,
+SimpleTuner defaults that changed between versions, option lines of a command file that lost their line
+continuations (joined to the command, each named).""",
     ),
     Code(
         "DBS408",

@@ -167,7 +167,7 @@ def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.prompt:
             continue
-        if d.captions == "prompt":
+        if d.captions == "prompt" and d.layout != "kohya_folders":  # there the folder names give prompts
             yield _err(
                 "DBS208",
                 ("datasets", i),
@@ -181,6 +181,22 @@ def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"dataset `{d.name}` generates class images but has no prompt",
                 'add prompt = "a photo of a dog" (the class prompt)',
             )
+
+
+@rule("spec")
+def kohya_folders_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.layout != "kohya_folders":
+            continue
+        for key, on in (("generate", d.generate > 0), ("recursive", d.recursive)):
+            if on:
+                yield _err(
+                    "DBS227",
+                    ("datasets", i, key),
+                    f'dataset `{d.name}` has layout = "kohya_folders", which reads kohya\'s `N_class tokens` '
+                    f"sub-folders one level deep: `{key}` does not apply",
+                    'remove it, or use layout = "folder"',
+                )
 
 
 @rule("spec")

@@ -167,6 +167,16 @@ class CaptionPlan:
 
 
 @frozen
+class FolderPlan:
+    """One kohya `N_class tokens` sub-folder of a `layout = "kohya_folders"` dataset, as the plan found it."""
+
+    name: str  # the sub-folder's name, e.g. "10_sks dog"
+    repeats: int  # N x the dataset's repeats
+    prompt: str  # the caption fallback: the words after `N_` (or the dataset's prompt)
+    images: int
+
+
+@frozen
 class DatasetPlan:
     name: str
     role: Literal["instance", "class"]
@@ -177,6 +187,7 @@ class DatasetPlan:
     mask_source: Literal["none", "folder", "alpha"]
     images: tuple[ImagePlan, ...]
     skipped: tuple[str, ...] = ()  # "file: reason" for each left-out file
+    folders: tuple[FolderPlan, ...] = ()  # layout = "kohya_folders": the sub-folders found
     samples_per_epoch: int = 0
     generate: GeneratePlan | None = None
     caption_processing: CaptionPlan = CaptionPlan()

@@ -137,6 +137,17 @@ def _caption_cache(plan: Plan, p: CaptionPlan, images: int) -> str:
     return "; ".join(parts)
 
 
+def kohya_folders_table(plan: Plan) -> Table | None:
+    """The `N_class tokens` sub-folders each `layout = "kohya_folders"` dataset found (None when none)."""
+    rows = [(d.name, f) for d in plan.datasets for f in d.folders]
+    if not rows:
+        return None
+    t = _table("kohya folders", "dataset", "folder", "images", "repeats", "prompt")
+    for name, f in rows:
+        t.add_row(name, f.name, str(f.images), str(f.repeats), _short(f.prompt) or "(empty)")
+    return t
+
+
 def buckets_table(plan: Plan) -> Table:
     t = _table("Buckets", "size", "instance", "class", "batches/epoch", "")
     for b in plan.buckets:
@@ -295,6 +306,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
         model_table(plan),
         datasets_table(plan),
         captions_table(plan),
+        kohya_folders_table(plan),
         buckets_table(plan),
         schedule_table(plan),
         training_table(plan),

@@ -121,6 +121,15 @@ class Dataset:
         "instance", doc="instance: the subject to learn; class: regularisation images for prior preservation."
     )
     recursive: bool = option(False, doc="Also scan sub-folders.")
+    layout: Literal["folder", "kohya_folders"] = option(
+        "folder",
+        doc="folder: `path` holds the images. kohya_folders: `path` holds kohya's `N_class tokens` sub-folders "
+        "(e.g. `10_sks dog`), listed at plan time: each sub-folder's images repeat N x `repeats` times and "
+        'the words after `N_` are its `prompt` (the caption fallback with captions = "textfile", where '
+        "`name_x_y_w_h.png` also finds `name.txt` as kohya does); loose files and names without a number "
+        "are skipped with a warning; a folder named only `N` gives an empty caption, with a warning. A `masks` "
+        "folder holds the same sub-folders.",
+    )
     captions: Literal["prompt", "textfile", "filename"] = option(
         "prompt",
         doc="Caption source: prompt gives every image `prompt`; textfile reads a sidecar file with "

@@ -44,6 +44,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del data["loss"][key]  # kohya's noise and loss options, added since (all off then)
     for dataset in data["datasets"]:
         del dataset["caption_processing"]  # kohya's caption processing, added since (off then)
+        del dataset["folders"]  # kohya folder datasets, added since
     return json.dumps(data, indent=1) + "\n"
 
 

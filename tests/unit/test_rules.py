@@ -356,6 +356,18 @@ CASES = [
         ],
         DOG + 'caption_separator = ";"\ncaption_tag_dropout_rate = 0.1\ncaption_dropout_rate = 0.1\n' + STEPS,
     ),
+    (
+        rules.kohya_folders_options,
+        DOG
+        + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\nrecursive = true\n')
+        + "generate = 50\n"
+        + STEPS,
+        [
+            ("DBS227", "error", ("datasets", 1, "generate")),
+            ("DBS227", "error", ("datasets", 1, "recursive")),
+        ],
+        DOG + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\n') + STEPS,
+    ),
 ]
 
 

@@ -18,7 +18,13 @@ from dbspec.convert.diffusers.args import SCRIPTS, arg_table, script_of
 from dbspec.convert.diffusers.data import Data, map_data
 from dbspec.convert.diffusers.out import map_outputs
 from dbspec.convert.kohya.model import model_path
-from dbspec.convert.common.launcher import InputError, launcher_options, read_command, report_launcher
+from dbspec.convert.common.launcher import (
+    InputError,
+    launcher_options,
+    read_command,
+    report_joined,
+    report_launcher,
+)
 from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
@@ -87,6 +93,7 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
             f"the command runs `{command.script or 'no script'}`, not one of "
             f"{', '.join(s + '.py' for s in SCRIPTS)}"
         )
+    report_joined(command, label, conv)
     a = _args(command.args, script, conv)
     launcher = launcher_options(command)
     if not require_minimums(a, MINIMUM, conv):

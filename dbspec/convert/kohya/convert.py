@@ -183,11 +183,16 @@ def _dataset_source(ka: KohyaArgs, paths: PathMapper, conv: Conversion) -> tuple
         local = paths.local(dc.value)
         config = load_dataset_config(local, conv) if local is not None else None
         if local is None:
-            conv.invalid(
-                dc.key, dc.value, dc.source, "a Windows path: the dataset config cannot be read here"
-            )
+            conv.unreadable(dc, "a Windows path, and this machine is not Windows")
         conv.record(dc, "mapped", "datasets")
         return (config, "dataset_config") if config is not None else None
+    if "in_json" in a and a["in_json"].value is not None:
+        conv.unsupported(
+            a["in_json"],
+            "a fine-tuning dataset (captions and buckets from the metadata JSON of kohya's finetune "
+            "scripts) has no dbspec equivalent; DreamBooth folders and dataset configs convert",
+        )
+        return None
     if a["train_data_dir"].value is None:
         conv.invalid(
             "train_data_dir", None, "command line", "kohya needs --dataset_config or --train_data_dir"
@@ -206,7 +211,7 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
     kinds = validate(config[0], ka.script, bool(masked.value), conv, config[1])
     if kinds is None:
         return None
-    datasets: tuple[KDataset, ...] = resolve(config[0], kinds, a, config[1])
+    datasets: tuple[KDataset, ...] = resolve(config[0], kinds, ka.dataset_args, config[1])
     layout = map_datasets(datasets, ka.script, bool(a["cache_latents"].value), paths, conv)
     if layout is not None:
         _text_cache_refused(a, layout, conv)
@@ -245,14 +250,21 @@ def _text_cache_refused(a, layout: Layout, conv: Conversion) -> None:
 
 def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int | None]:
     parts = layout.epoch_parts() if layout is not None else None
+    if layout is not None and parts is None and layout.has_class and len(layout.settings) == 1:
+        # folders not read here; with one [[datasets]] kohya's per-dataset balancing is dbspec's global one
+        conv.put(
+            ("schedule", "balance_classes"),
+            True,
+            "kohya repeats reg images to match the training images of their dataset",
+        )
     if not parts:
         return None, None
-    batch = layout.batch_size.value
-    kohya = kohya_epoch(parts, {p.group: batch for p in parts})
-    dbspec = dbspec_epoch(parts, batch)
+    kohya = kohya_epoch(parts, layout.batches)
+    dbspec = dbspec_epoch(parts, layout.batch_size.value)
     if layout.has_class:
         _balance_notes(kohya, dbspec, layout, conv)
-    return kohya.batches, dbspec.batches
+    # [[datasets]] that differ (DBS403, left out with --allow-unsupported): the spec keeps kohya's step count
+    return kohya.batches, dbspec.batches if layout.uniform else None
 
 
 def _balance_notes(kohya, dbspec, layout: Layout, conv: Conversion) -> None:

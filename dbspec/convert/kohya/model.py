@@ -7,7 +7,8 @@ the weights.
 
 from __future__ import annotations
 
-from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.core import INVALID, Conversion, Legacy
+from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
@@ -21,13 +22,20 @@ _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str | None:
     """[model]; returns the family."""
     base = a["pretrained_model_name_or_path"]
-    if not base.value:
-        conv.invalid(
-            base.key, None, base.source, "kohya needs the base model (--pretrained_model_name_or_path)"
+    if not base.value:  # e.g. only a dataset config converted: `--set model.base=...` supplies it
+        conv.require(
+            ("model", "base"),
+            error(
+                INVALID,
+                "kohya needs the base model (--pretrained_model_name_or_path), and none of the inputs names it",
+                path=base.key,
+                help="give it in the kohya command or config file, or pass "
+                "--set model.base=<hub id, diffusers folder or .safetensors> to dbspec convert",
+            ),
         )
-        return None
-    conv.mapped(base, ("model", "base"), model_path(base.value, paths))
-    if base.value.lower().endswith((".ckpt", ".pt", ".pth")):
+    else:
+        conv.mapped(base, ("model", "base"), model_path(base.value, paths))
+    if base.value and base.value.lower().endswith((".ckpt", ".pt", ".pth")):
         conv.put(
             ("model", "allow_pickle"),
             True,
@@ -36,6 +44,8 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
     family = _family(a, script, conv)
     if family is None:
         return None
+    if base.value:
+        _weights_match(base, family, script, paths, conv)
     vparam = a["v_parameterization"]
     conv.mapped(
         vparam,
@@ -48,6 +58,42 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
         conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
     _clip(a, family, conv)
     return family
+
+
+def _weights_match(base: Legacy, family: str, script: str, paths: PathMapper, conv: Conversion) -> None:
+    """kohya builds the architecture its script and --v2 name and loads the weights into it: weights of another
+    family fail to load (an SD 1.x script on SDXL weights). Read without torch, where the weights are here."""
+    found = _weights_family(base.value, paths)
+    if found is None or found == family:
+        return
+    names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+    conv.invalid(
+        base.key,
+        base.value,
+        base.source,
+        f"{script}.py{' --v2' if family == 'sd2' else ''} builds an {names[family]} model and loads these "
+        f"weights into it, but they are {names[found]} weights (kohya fails loading them)",
+        help="sdxl_train.py / sdxl_train_network.py train SDXL; train_db.py / train_network.py train SD 1.x "
+        "and, with --v2, SD 2.x",
+    )
+
+
+def _weights_family(value: str, paths: PathMapper) -> str | None:
+    """The family of a well-known hub id, or of a model folder or .safetensors file on this machine."""
+    from dbspec.compiler.modelinfo import ModelFileError, inspect_model
+    from dbspec.families import hub_model
+
+    known = hub_model(value)
+    if known is not None:
+        return known[0]
+    local = paths.local(value)
+    if local is None or not local.exists():
+        return None
+    try:
+        facts = inspect_model(str(local), paths.cwd)
+    except (ModelFileError, OSError, ValueError):
+        return None  # the plan reports unreadable weights
+    return facts.family if facts is not None and facts.family != "unknown" else None
 
 
 def model_path(value: str, paths: PathMapper) -> str:

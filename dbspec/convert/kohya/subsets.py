@@ -67,8 +67,15 @@ def map_subset(
         conv.mapped(v["is_reg"], (*at, "role"), "class")
     else:
         conv.record(v["is_reg"], "mapped", "datasets.role")
-    _captions(at, dataset, v, conv)
-    conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
+    if subset.kohya_root:
+        conv.put(
+            (*at, "layout"),
+            "kohya_folders",
+            f"{conv.tool} {image_dir.key}: its `N_class tokens` sub-folders (repeats and prompt from each name)",
+        )
+    _captions(at, dataset, v, conv, subset.kohya_root)
+    if not subset.kohya_root:
+        conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
     reso = dataset.values["resolution"]
     conv.mapped(reso, (*at, "resolution"), resolution)
     if v["random_crop"].value:
@@ -81,20 +88,21 @@ def map_subset(
         conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
     elif "alpha_mask" in v:
         _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
-    if images and any(min(img.oriented) < _SMALL for img in images):
+    if (images and any(min(img.oriented) < _SMALL for img in images)) or subset.kohya_root:
         conv.put(
             (*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)"
         )
 
 
-def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion) -> None:
+def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion, root: bool) -> None:
     ext = v["caption_extension"]
     extension = ext.value if ext.value.startswith(".") else "." + ext.value  # kohya prepends the dot
     note = "caption files, else class_tokens" if dataset.kind == "dreambooth" else "caption files"
+    note = "caption files, else each folder's class tokens" if root else note
     conv.put((*at, "captions"), "textfile", f"{conv.tool} reads <image stem>{extension}: {note}")
     conv.mapped(ext, (*at, "caption_extension"), extension)
     tokens = v["class_tokens"] if "class_tokens" in v else None
-    if tokens is not None and tokens.value:
+    if tokens is not None and tokens.value and not root:
         conv.mapped(tokens, (*at, "prompt"), tokens.value)
     for key in ("caption_prefix", "caption_suffix"):
         if v[key].value:
@@ -220,14 +228,40 @@ def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
             conv.inert(v[key], "no effect with these settings")
 
 
+def _face_crop_captions(subset: KSubset, images: tuple[Img, ...], ext: str, conv: Conversion) -> set[str]:
+    """Images kohya captions from the face-crop name (`name.txt` for `name_x_y_w_h.png`, read_caption's second
+    candidate) because they have no caption file of their own; dbspec's textfile captions read only the
+    image's own (layout = "kohya_folders" reads both)."""
+    found = set()
+    for img in images:
+        parts = img.path.stem.split("_")
+        face = img.path.with_name("_".join(parts[:-4]) + ext) if len(parts) >= 5 else None
+        if face is not None and face.is_file() and not img.path.with_suffix(ext).is_file():
+            found.add(img.path.name)
+    if found:
+        tokens = subset.values["class_tokens"].value if "class_tokens" in subset.values else None
+        conv.differs(
+            subset.values["image_dir"],
+            f"{len(found)} image(s) (e.g. {sorted(found)[0]}) have no caption file of their own and kohya reads "
+            f"the face-crop one (`name{ext}` for `name_x_y_w_h` images); dbspec captions them with "
+            + (f'the prompt "{tokens}"' if tokens else "nothing (an error when planning)"),
+        )
+    return found
+
+
 def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion) -> None:
     v = subset.values
     tokens = v["class_tokens"].value if "class_tokens" in v else None
-    if tokens:
-        return
     ext = v["caption_extension"].value
     ext = ext if ext.startswith(".") else "." + ext
-    bare = [img.path.name for img in images if not img.path.with_suffix(ext).is_file()]
+    face = _face_crop_captions(subset, images, ext, conv)
+    if tokens:
+        return
+    bare = [
+        img.path.name
+        for img in images
+        if not img.path.with_suffix(ext).is_file() and img.path.name not in face
+    ]
     if bare:
         conv.unsupported(
             v["image_dir"],
