@@ -14,7 +14,7 @@ from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
 from dbspec.runtime.execute import quiet_libraries
-from dbspec.runtime.sample import render
+from dbspec.runtime.generate import render
 
 LORA_FILES = ("pytorch_lora_weights.safetensors",)
 

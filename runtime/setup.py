@@ -23,7 +23,7 @@ from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
-from dbspec.runtime.sample import generate_class_images
+from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
