@@ -429,3 +429,16 @@ max_train_steps = 10
     outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_db.py")
     plan = plan_of(outcome, tmp_path)
     assert plan.model.max_tokens == 75 and fate(outcome, "max_token_length") == "mapped"
+
+
+def test_no_token_padding_is_reported_as_ignored_by_kohya(tmp_path):
+    """train_db.py's --no_token_padding sets a dataset flag that kohya's code no longer reads."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=t "
+        "--resolution 512 --no_token_padding --max_train_steps 10",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == 75 and fate(outcome, "no_token_padding") == "inert"
+    assert "no_token_padding" in messages(outcome, "DBS405")

@@ -141,7 +141,8 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
     elif tokens.given:
         conv.record(tokens, "mapped", "model.max_tokens")  # 75 from a config file: one window, the default
     if a["no_token_padding"].value if "no_token_padding" in a else False:
-        conv.unsupported(a["no_token_padding"], "dbspec pads prompts to the tokenizer's length")
+        # train_db.py calls disable_token_padding(), whose flag nothing reads any more (the use is commented out)
+        conv.ignored(a["no_token_padding"], "it sets a flag no code reads; prompts are padded to 77 tokens")
 
 
 def map_adapter(a: Args, conv: Conversion) -> bool:
