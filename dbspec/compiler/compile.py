@@ -366,6 +366,7 @@ def _assemble(
             kind=o.kind,
             lr=o.lr,
             text_encoder_lr=o.text_encoder_lr,
+            text_encoder_2_lr=_second_text_encoder_lr(o, model),
             weight_decay=o.weight_decay,
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
@@ -400,3 +401,9 @@ def _assemble(
         origins=origins,
         warnings=warnings,
     )
+
+
+def _second_text_encoder_lr(o, model) -> float | None:
+    """The second text encoder's own rate: only for a family with two, and only when it differs."""
+    two = model is not None and len(family_spec(model.family).text_encoders) > 1
+    return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None

@@ -108,7 +108,11 @@ def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> 
 def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.train.text_encoder:
         return
-    for path in (("train", "text_encoder_stop_step"), ("optimizer", "text_encoder_lr")):
+    for path in (
+        ("train", "text_encoder_stop_step"),
+        ("optimizer", "text_encoder_lr"),
+        ("optimizer", "text_encoder_2_lr"),
+    ):
         if given(path):
             yield _warn(
                 "DBS206",

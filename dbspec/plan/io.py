@@ -82,6 +82,7 @@ LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
 LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
+        ("optimizer", "text_encoder_2_lr"): None,
         ("loss", "huber"): None,
         ("loss", "noise"): lambda run: {
             "offset": run["loss"]["noise_offset"],

@@ -341,6 +341,9 @@ class OptimizerPlan:
     eps: float
     momentum: float
     max_grad_norm: float
+    text_encoder_2_lr: float | None = (
+        None  # the second text encoder's rate when it differs (SDXL); None: the same
+    )
 
 
 @frozen

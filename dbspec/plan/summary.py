@@ -174,7 +174,12 @@ def schedule_table(plan: Plan) -> Table:
         (
             "optimizer",
             f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
-            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else ""),
+            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
+            + (
+                f" (second: {plan.optimizer.text_encoder_2_lr:g})"
+                if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
+                else ""
+            ),
         ),
         ("lr schedule", f"{s.lr_schedule}, warm-up {s.warmup_steps}"),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),

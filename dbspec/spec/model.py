@@ -387,6 +387,13 @@ class Optimizer:
         exclusive_minimum=0,
         example=1e-6,
     )
+    text_encoder_2_lr: float = option(
+        attrs.Factory(lambda self: self.text_encoder_lr, takes_self=True),
+        doc="Learning rate of the second text encoder (SDXL's OpenCLIP-bigG), as kohya's learning_rate_te2.",
+        derived="same as `text_encoder_lr`",
+        exclusive_minimum=0,
+        example=5e-7,
+    )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)

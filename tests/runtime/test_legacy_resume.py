@@ -33,6 +33,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     data["train_unet"] = data.pop("train_denoiser")
     data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
     del data["model"]["max_tokens"]  # added since (one CLIP window then)
+    del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     for key in (
         "huber",
         "noise",
