@@ -20,6 +20,7 @@ from dbspec.cli_common import (
     exit_code,
 )
 from dbspec.cli_convert import convert_app
+from dbspec.families import family_list
 
 app = typer.Typer(
     add_completion=False,
@@ -47,6 +48,21 @@ def check(
     if code == 0 and fmt == "text":
         typer.echo(f"{spec}: ok")
     raise typer.Exit(code)
+
+
+@app.command()
+def upgrade(
+    spec: Annotated[Path, typer.Argument(help="The spec file to rewrite in place.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change; write nothing.")] = False,
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when the file needs an upgrade.")
+    ] = False,
+) -> None:
+    """Rewrite a spec to the current spec_version: renamed keys and the spec_version line change, every other
+    byte (comments, layout, key order) stays. Prints the change as a unified diff."""
+    from dbspec.cli_upgrade import upgrade_file
+
+    raise typer.Exit(upgrade_file(spec, dry_run=dry_run, check_only=check_only))
 
 
 TargetOption = Annotated[
@@ -226,7 +242,9 @@ def sample(
     config: Annotated[
         str, typer.Option(help="Diffusers folder or hub id with configs, for single files.")
     ] = "",
-    family: Annotated[str, typer.Option(help="sd1, sd2 or sdxl, for single files.")] = "sd1",
+    family: Annotated[
+        str, typer.Option(help=f"{family_list(quote=False)}, for single files (default: read from the file).")
+    ] = "",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     scheduler: Annotated[str, typer.Option(help="ddim, euler, euler_a, dpmpp, unipc or pndm.")] = "ddim",
     steps: Annotated[int, typer.Option(help="Inference steps.")] = 50,
@@ -242,10 +260,9 @@ def sample(
         raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
     from dbspec.families import FAMILIES
 
-    if family not in FAMILIES:
-        *first, last = FAMILIES
+    if family and family not in FAMILIES:
         raise typer.BadParameter(
-            f"family must be {', '.join(first)} or {last}, not {family!r}", param_hint="--family"
+            f"family must be {family_list(quote=False)}, not {family!r}", param_hint="--family"
         )
     settings = ValidationPlan(
         prompts=tuple(prompt),
@@ -258,17 +275,41 @@ def sample(
         seed=seed,
         size=(size, size),
     )
-    from dbspec.runtime.inference import SampleError, SampleRequest
-    from dbspec.runtime.inference import sample as run_sample
+    from dbspec.runtime.sample import SampleError, SampleRequest
+    from dbspec.runtime.sample import sample as run_sample
 
     try:
         paths = run_sample(
-            SampleRequest(source=source, base=base, config=config, family=family, settings=settings), out
+            SampleRequest(
+                source=source,
+                base=base,
+                config=config,
+                family=family or _single_file_family(source, base),
+                settings=settings,
+            ),
+            out,
         )
     except (SampleError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"wrote {len(paths) - 1} images and {paths[-1]}")
+
+
+def _single_file_family(source: Path, base: str) -> str:
+    """The family a full single-file checkpoint (the source, or a LoRA's base) says by its tensor names; "" when
+    neither is one (a diffusers folder or a run's plan says it instead)."""
+    from dbspec.compiler.modelinfo import ModelFileError, inspect_model
+
+    for path in (source, Path(base) if base else None):
+        if path is None or path.suffix != ".safetensors" or not path.is_file():
+            continue
+        try:
+            facts = inspect_model(str(path.resolve()), path.resolve().parent)
+        except ModelFileError:
+            continue
+        if facts is not None and facts.family != "unknown":
+            return facts.family
+    return ""
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dbspec.cli_common import FormatOption, check_format
+from dbspec.cli_common import FormatOption, SetOption, check_format
 
 convert_app = typer.Typer(
     no_args_is_help=True,
@@ -40,11 +40,11 @@ CommandOption = Annotated[
 ]
 
 
-def _convert(converter, output: Path, report: bool, fmt: str) -> None:
+def _convert(converter, output: Path, report: bool, fmt: str, overrides: list[str] | None) -> None:
     from dbspec.convert import execute
 
     check_format(fmt)
-    raise typer.Exit(execute(converter, output, report=report, fmt=fmt))
+    raise typer.Exit(execute(converter, output, report=report, fmt=fmt, overrides=overrides or ()))
 
 
 @convert_app.command("kohya")
@@ -74,6 +74,7 @@ def convert_kohya(
     cwd: CwdOption = None,
     report: ReportOption = False,
     allow_unsupported: AllowOption = False,
+    set_: SetOption = None,
     fmt: FormatOption = "text",
 ) -> None:
     """kohya-ss sd-scripts: dataset config, --config_file, command line and folder names, kohya's precedence."""
@@ -96,7 +97,7 @@ def convert_kohya(
         script=script.removesuffix(".py") if script else None,
         cwd=cwd or Path.cwd(),
     )
-    _convert(lambda: run_kohya(req, output, allow_unsupported), output, report, fmt)
+    _convert(lambda: run_kohya(req, output, allow_unsupported), output, report, fmt, set_)
 
 
 @convert_app.command("diffusers")
@@ -106,6 +107,7 @@ def convert_diffusers(
     cwd: CwdOption = None,
     report: ReportOption = False,
     allow_unsupported: AllowOption = False,
+    set_: SetOption = None,
     fmt: FormatOption = "text",
 ) -> None:
     """diffusers train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py command lines."""
@@ -115,7 +117,7 @@ def convert_diffusers(
     if command is None:
         raise typer.BadParameter("give the launch command: --command train.sh (or - for standard input)")
     req = DiffusersRequest(command=command, cwd=cwd or Path.cwd())
-    _convert(lambda: run_diffusers(req, output, allow_unsupported), output, report, fmt)
+    _convert(lambda: run_diffusers(req, output, allow_unsupported), output, report, fmt, set_)
 
 
 @convert_app.command("simpletuner")
@@ -129,6 +131,7 @@ def convert_simpletuner(
     cwd: CwdOption = None,
     report: ReportOption = False,
     allow_unsupported: AllowOption = False,
+    set_: SetOption = None,
     fmt: FormatOption = "text",
 ) -> None:
     """SimpleTuner config.json + multidatabackend.json (SD 1.x, SD 2.x, SDXL)."""
@@ -136,4 +139,4 @@ def convert_simpletuner(
     from dbspec.convert.simpletuner.convert import convert_simpletuner as run_simpletuner
 
     req = SimpleTunerRequest(config=config, backend=backend, cwd=cwd or Path.cwd())
-    _convert(lambda: run_simpletuner(req, output, allow_unsupported), output, report, fmt)
+    _convert(lambda: run_simpletuner(req, output, allow_unsupported), output, report, fmt, set_)

@@ -152,6 +152,30 @@ A number outside an option's bounds (e.g. `repeats` >= 1).""",
         """\
 Unsupported `spec_version`.""",
     ),
+    Code(
+        "DBS107",
+        WARNING,
+        "A spec of an older `spec_version`, upgraded when read",
+        """\
+The file says an older `spec_version` (1) and is read as the current one (2): its keys are renamed in memory and
+the run is the same as before. The message lists each renamed key with its line; errors in the file still point at
+the lines as written. `dbspec upgrade FILE` rewrites the file to the current version (only the renamed keys and
+the `spec_version` line change; comments and layout stay), which silences this warning. Renames in version 2:
+`train.unet` -> `train.denoiser`, `adapter.unet_targets` -> `adapter.denoiser_targets`,
+`precision.quantize_unet` -> `precision.quantize_denoiser` (the trained network is the denoiser: a UNet, or a
+transformer in later model families).""",
+        help="run `dbspec upgrade FILE` to rewrite the file as the current spec_version",
+    ),
+    Code(
+        "DBS108",
+        ERROR,
+        "A key name of another `spec_version`",
+        """\
+A key named as another `spec_version` names it: a new name (`train.denoiser`) in a `spec_version = 1` file, both
+the old and the new name of one option, or an old name (`train.unet`) in a `spec_version = 2` file. Use one
+version's names throughout: keep version 1's names and let dbspec upgrade the file when it reads it, or run
+`dbspec upgrade FILE` and use the new names.""",
+    ),
     # --- DBS2xx: options that contradict each other ----------------------------------------------------------
     Code(
         "DBS201",
@@ -264,7 +288,11 @@ A LoRA learning rate that is very low (warning).""",
         "An option that has no effect with the chosen variant",
         """\
 An option that has no effect with the chosen variant (warning): `huber_delta` without huber loss, `momentum`
-without SGD, `bf16_fallback` without bf16.""",
+without SGD, `bf16_fallback` without bf16, `huber_c`/`huber_schedule` without a pseudo-Huber loss, a noise
+option whose switch is off (`noise_offset_random_strength` without `noise_offset`, `multires_noise_discount`
+without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without `ip_noise_gamma`),
+`prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption is cut into tags,
+`token_warmup_min` without `token_warmup_step`.""",
     ),
     Code(
         "DBS217",
@@ -328,27 +356,94 @@ own. Paths are compared after resolving them against the spec's folder and follo
     Code(
         "DBS226",
         ERROR,
-        "A base-model prior with a frozen UNet",
+        "A base-model prior with a frozen denoiser",
         """\
-`loss.prior = "base_model"` with `train.unet = false` and `train.text_encoder = true`. The base-model prior compares
-the trained UNet's prediction with the base model's (LoRA adapters switched off, or a frozen copy of the UNet in a
-full fine-tune). When only the text encoder trains, the base would need the untouched text encoder, which is not
-kept. Train the UNet too, or use `loss.prior = "images"`.""",
-        help='set train.unet = true, or use loss.prior = "images" (class images as targets)',
+`loss.prior = "base_model"` with `train.denoiser = false` and `train.text_encoder = true`. The base-model prior compares
+the trained denoiser's (UNet's) prediction with the base model's (LoRA adapters switched off, or a frozen copy of
+the denoiser in a full fine-tune). When only the text encoder trains, the base would need the untouched text
+encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images"`.""",
+        help='set train.denoiser = true, or use loss.prior = "images" (class images as targets)',
+    ),
+    Code(
+        "DBS227",
+        ERROR,
+        "An option that does not apply to kohya folders",
+        """A dataset with `layout = "kohya_folders"` sets `generate` or `recursive`. Its images are those of kohya's
+`N_class tokens` sub-folders, read one level deep as kohya reads them, so there is no one folder to generate class
+images into and no deeper folder to scan. Generate class images into a `layout = "folder"` dataset (or a
+sub-folder such as `1_dog` made beforehand).""",
+        help='remove the option, or use layout = "folder"',
     ),
     Code(
         "DBS235",
         ERROR,
-        "Adapter options that cannot train together",
+        "A loss weighting for the other prediction type",
         """\
-Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
-would be scaled to nothing) or with no `conv_targets`; a module named both in `unet_targets` and in
-`conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
-divisor of the layer widths); LoRA on convolutions with `precision.quantize_unet` (peft's LoRA convolution
-cannot run on a quantised layer; LoHa and LoKr can).""",
+`loss.scale_v_pred_loss_like_noise_pred` on an epsilon model, or `loss.v_pred_like_loss` on a v_prediction model.
+The first rescales a v-prediction loss like an epsilon loss, the second adds a v-prediction-like term to an
+epsilon loss; kohya-ss refuses both combinations. With `model.prediction = "auto"` the check runs once the
+compiler has read the model's prediction type.""",
     ),
     Code(
         "DBS236",
+        ERROR,
+        "A loss weight that is infinite at zero terminal SNR",
+        """\
+`loss.debiased_estimation` or `loss.v_pred_like_loss` with `loss.zero_terminal_snr` on an epsilon model: both
+divide by the signal-to-noise ratio, which is exactly 0 at the last timestep of a zero-terminal-SNR schedule, so
+the loss of such a step is infinite. Use a v_prediction model, or stop the timesteps short of the last one
+(`loss.max_timestep = 999`).""",
+    ),
+    Code(
+        "DBS237",
+        ERROR,
+        "Noise settings that contradict each other",
+        """\
+`loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the offset; kohya-ss refuses
+it too), or `loss.min_timestep` above `loss.max_timestep`.""",
+    ),
+    # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
+    Code(
+        "DBS240",
+        ERROR,
+        "An empty `caption_separator` where captions are cut into tags",
+        """\
+`caption_separator = ""` on a dataset that shuffles tags, drops tags or warms up tokens: a caption cannot be cut
+into tags at an empty separator (kohya stops with `ValueError: empty separator`).""",
+        help='use the separator your captions have between tags, e.g. ","',
+    ),
+    Code(
+        "DBS241",
+        WARNING,
+        "`keep_tokens_separator` stays in the caption text",
+        """\
+`keep_tokens_separator` is set, but the dataset neither shuffles tags (`shuffle_caption`), drops tags
+(`caption_tag_dropout_rate`) nor warms up tokens (`token_warmup_step`). Only those cut the caption at the
+separator; otherwise, as in kohya, the caption trains as written, separator included (warning).""",
+        help="turn on shuffle_caption, or remove the separator from the captions",
+    ),
+    Code(
+        "DBS242",
+        WARNING,
+        "Every caption of a dataset is dropped",
+        """\
+`caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
+empty caption, so its captions teach nothing (warning).""",
+    ),
+    # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
+    Code(
+        "DBS260",
+        ERROR,
+        "Adapter options that cannot train together",
+        """\
+Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
+would be scaled to nothing) or with no `conv_targets`; a module named both in `denoiser_targets` and in
+`conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
+divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
+cannot run on a quantised layer; LoHa and LoKr can).""",
+    ),
+    Code(
+        "DBS261",
         WARNING,
         "A convolution-adapter option without `conv_rank`",
         """\
@@ -521,6 +616,14 @@ frame only, as Pillow opens it; one warning per dataset names up to 20 of them w
 the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is not an animation.""",
     ),
     Code(
+        "DBS327",
+        WARNING,
+        "A file or folder of a kohya-folders dataset is not used",
+        """A dataset with `layout = "kohya_folders"` holds a sub-folder whose name does not start with `<repeats>_` (or
+whose repeats are below 1), or images directly in the dataset folder (warning). kohya skips them too; rename the
+folder `10_sks dog` (10 repeats, class tokens "sks dog") to train it.""",
+    ),
+    Code(
         "DBS330",
         ERROR,
         "Bucket bounds that do not fit a dataset's resolution",
@@ -610,7 +713,9 @@ planning on the machine that runs (not with `--target`, which plans for another 
         """\
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
 `multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a script the converter
-does not know. Relative paths resolve against `--cwd` (default: the current folder).""",
+does not know; or a file the conversion reads (kohya's `--dataset_config`) is not on this machine, which is no
+rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the current folder). A kohya
+`train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset instead (DBS406).""",
     ),
     Code(
         "DBS402",
@@ -660,16 +765,19 @@ nested table kohya's one-level flattening loses, a folder name without the `N_` 
         """\
 A value depends on the image folders and they cannot be read here (warning): epoch lengths, epoch intervals and
 warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch counts when the images are
-present. Convert on the machine that holds the images, or pass `--cwd`.""",
+present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a `layout = "kohya_folders"` dataset
+whose sub-folders are only listed (and checked) by `dbspec plan`. Convert on the machine that holds the images, or
+pass `--cwd`.""",
     ),
     Code(
         "DBS407",
         WARNING,
-        "The converter assumed the legacy tool's default",
+        "The converter assumed what the legacy input does not say",
         """\
-The legacy input does not say, and the converter assumed the legacy tool's default (warning): no script named
-(train_db.py), diffusers' mixed precision coming from an accelerate config file, SimpleTuner defaults that changed
-between versions.""",
+The legacy input does not say, and the converter assumed the legacy tool's default or the evident intent
+(warning): no script named (train_db.py), diffusers' mixed precision coming from an accelerate config file,
+SimpleTuner defaults that changed between versions, option lines of a command file that lost their line
+continuations (joined to the command, each named).""",
     ),
     Code(
         "DBS408",

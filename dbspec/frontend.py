@@ -16,6 +16,7 @@ from dbspec.compiler.rules import check_rules, hit_to_diagnostic
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import Checked, check_ranges, load_and_structure
 from dbspec.spec.load import parse_override_key
+from dbspec.spec.migrate import user_spelling
 from dbspec.spec.model import Spec
 from dbspec.spec.structure import structure_spec
 
@@ -30,9 +31,10 @@ def check_spec(path: Path, label: str | None = None, overrides: list[str] | None
     if checked.raw is None or not checked.raw.parsed:
         return checked
     raw, found = checked.raw, checked.diagnostics
-    spec = checked.spec or salvage(raw.data, found)
+    spec = checked.spec or salvage(raw.data, tuple(d for d in found if d.severity == "error"))
     # Keys whose value was replaced by a default (salvage) or is not known at all.
-    replaced = [parse_override_key(d.path) or () for d in found if d.path] if checked.spec is None else []
+    errors = [d for d in found if d.severity == "error"]
+    replaced = [parse_override_key(d.path) or () for d in errors if d.path] if checked.spec is None else []
     if spec is not None and checked.spec is None:
         found += tuple(check_ranges(raw, spec))
     extra: tuple[Diagnostic, ...] = ()
@@ -45,7 +47,7 @@ def check_spec(path: Path, label: str | None = None, overrides: list[str] | None
             if dotted(h.path) not in flagged and not _near_replaced(h.path, replaced)
         )
     diagnostics = tuple(sorted(found + extra, key=Diagnostic.sort_key))
-    return attrs.evolve(checked, diagnostics=diagnostics)
+    return attrs.evolve(checked, diagnostics=tuple(user_spelling(d, raw.renamed) for d in diagnostics))
 
 
 def _near_replaced(path: tuple, replaced: list[tuple]) -> bool:
@@ -105,8 +107,13 @@ def plan_spec(
 
     checked = check_spec(path, label, overrides)
     sources = checked.raw.sources if checked.raw else {}
+    renamed = checked.raw.renamed if checked.raw else ()
     try:
         plan, warnings = compile_plan(checked, env)
     except DiagnosticError as exc:
-        return Planned(plan=None, diagnostics=exc.diagnostics, sources=sources)
-    return Planned(plan=plan, diagnostics=warnings, sources=sources)
+        return Planned(plan=None, diagnostics=_spelled(exc.diagnostics, renamed), sources=sources)
+    return Planned(plan=plan, diagnostics=_spelled(warnings, renamed), sources=sources)
+
+
+def _spelled(diagnostics: tuple[Diagnostic, ...], renamed: tuple) -> tuple[Diagnostic, ...]:
+    return tuple(user_spelling(d, renamed) for d in diagnostics)

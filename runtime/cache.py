@@ -31,6 +31,7 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
+from dbspec.plan.captions import fixed_caption
 from dbspec.plan.model import DatasetPlan, ImagePlan
 from dbspec.runtime import faults
 from dbspec.runtime.data import load_pixels
@@ -205,9 +206,14 @@ def ensure_text(
     """
     jobs: dict[str, str] = {}
     for d in datasets:
+        if d.caption_processing.empty_text_key:  # dropped captions
+            jobs.setdefault(d.caption_processing.empty_text_key, "")
         for img in d.images:
-            if img.text_key:
-                jobs.setdefault(img.text_key, img.caption)
+            if img.text_key:  # a caption that never changes: the text it always becomes
+                text = fixed_caption(img.caption, d.caption_processing)
+                if text is None:
+                    raise ValueError(f"the plan caches the caption of {img.path}, which changes per step")
+                jobs.setdefault(img.text_key, text)
 
     def encode_batch(captions: list[str]) -> list[dict[str, Tensor]]:
         out = dict(encode(list(captions)))

@@ -11,7 +11,7 @@ from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
 from dbspec.runtime.data import verify_sources
 from dbspec.runtime.models import Components
 from dbspec.runtime.prepare import component_dtype
-from dbspec.runtime.text import encode
+from dbspec.runtime.families import family_runtime
 
 
 def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -> tuple:
@@ -34,12 +34,12 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
         text_cache = TensorCache(plan.cache.dir, "text", required=required)
 
         def encode_text(captions):
-            out = encode(
+            out = family_runtime(plan.model.family).encode_prompts(
                 comps.text_encoders,
                 comps.tokenizers,
                 captions,
-                family=plan.model.family,
                 clip_skip=plan.model.clip_skip,
+                max_tokens=plan.model.max_tokens,
                 device=device,
             )
             return {k: v.float().cpu() for k, v in out.items()}

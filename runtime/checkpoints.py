@@ -127,15 +127,18 @@ def load_state(folder: Path) -> dict[str, Any]:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def resume_state(out: Path, run_hash: str, plan_json: str) -> dict[str, Any] | None:
+def resume_state(
+    out: Path, run_hash: str, plan_json: str, legacy: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """The state of the checkpoint to resume from (None when there is none), refused (OutputError) unless
-    this run saved it: run.json vouches for the folder, not for checkpoints copied in from another run."""
+    this run saved it: run.json vouches for the folder, not for checkpoints copied in from another run. `legacy`:
+    the hashes this run had under older plan versions (a checkpoint an older dbspec saved)."""
     folder = latest_checkpoint(out)
     if folder is None:
         return None
     state = load_state(folder)
     saved = state.get("run_hash", "")  # noqa: SIM401 - checkpoint data, not config
-    if saved != run_hash:
+    if saved != run_hash and saved not in legacy:
         raise OutputError(_other_run(folder, saved, run_hash, state.get("plan", ""), plan_json))
     return state
 

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dbspec import __version__
+from dbspec.families import family_spec
 from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -187,13 +188,6 @@ def _text_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {clip_path(k): v for k, v in module.state_dict().items() if not k.endswith("position_ids")}
 
 
-_ENCODER_PREFIXES = {
-    "sd1": ("cond_stage_model.transformer.",),
-    "sd2": ("cond_stage_model.model.",),
-    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
-}
-
-
 # --- single file ----------------------------------------------------------------------------------------
 def single_file_state(
     *,
@@ -205,7 +199,7 @@ def single_file_state(
     zero_terminal_snr: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every weight under its original key (views of the modules' tensors where nothing is merged)."""
-    prefixes = _ENCODER_PREFIXES[family]
+    prefixes = tuple(e.single_file_prefix for e in family_spec(family).text_encoders)
     if len(text_encoders) != len(prefixes):
         raise ValueError(f"{family} has {len(prefixes)} text encoder(s); got {len(text_encoders)}")
     unet_names, vae_names = unet_table(unet.config), vae_table(vae.config)
@@ -257,7 +251,6 @@ def export_single_file(
 
 # --- kohya LoRA -----------------------------------------------------------------------------------------
 _TEXT_PREFIXES = {1: ("lora_te",), 2: ("lora_te1", "lora_te2")}
-_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # kohya's ss_base_model_version
 
 
 def kohya_lora_state(
@@ -290,13 +283,14 @@ def kohya_lora_state(
 def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) -> list:
     """(kohya key prefix, module, module path -> kohya path) for each adapted model, as kohya names them;
     the LoRA and the LyCORIS writers share it."""
-    expected = 2 if family == "sdxl" else 1
+    spec = family_spec(family)
+    expected = len(spec.text_encoders)
     if len(text_encoders) not in (0, expected):
         raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
     parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
     if unet is not None:
-        sdxl_names = unet_table(unet.config) if family == "sdxl" else None
-        parts.append(("lora_unet", unet, (lambda n: rename(n, sdxl_names)) if sdxl_names else (lambda n: n)))
+        original = unet_table(unet.config) if spec.kohya.original_unet_names else None
+        parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
     return parts
 
 
@@ -335,17 +329,18 @@ def export_kohya_lora(
     """kohya/A1111 LoRA `.safetensors` of the peft adapters on `unet` and `text_encoders` (None entries and
     adapter-less modules are skipped), with the ss_* metadata A1111's extra-networks page reads."""
     tensors, dims = kohya_lora_state(unet=unet, text_encoders=text_encoders, family=family, dtype=dtype)
-    kohya = {"ss_network_module": "networks.lora", **dims, **kohya_model_metadata(family, prediction)}
+    kohya = {"ss_network_module": "networks.lora", **dims, **kohya_family_metadata(family, prediction)}
     return _write(Path(path), tensors, {**metadata, **kohya})
 
 
-def kohya_model_metadata(family: Family, prediction: str) -> dict[str, str]:
-    """The ss_* keys saying which base model a kohya-format network is for."""
-    version = _MODEL_VERSIONS[family] + ("_v" if prediction == "v_prediction" and family != "sdxl" else "")
+def kohya_family_metadata(family: Family, prediction: str) -> dict[str, str]:
+    """The ss_* keys kohya writes about the base model (A1111's extra-networks page filters by them)."""
+    facts = family_spec(family).kohya
+    v = prediction == "v_prediction"
     return {
-        "ss_base_model_version": version,
-        "ss_v2": str(family == "sd2"),
-        "ss_v_parameterization": str(prediction == "v_prediction"),
+        "ss_base_model_version": facts.base_version + ("_v" if v and facts.v_suffix else ""),
+        "ss_v2": str(facts.v2),
+        "ss_v_parameterization": str(v),
     }
 
 
@@ -383,7 +378,7 @@ def plan_metadata(plan: Plan, step: int = 0) -> dict[str, str]:
         "rank": a.rank,
         "alpha": a.alpha,
         "mixed_precision": plan.precision.mixed,
-        "train_unet": plan.train_unet,
+        "train_denoiser": plan.train_denoiser,
         "train_text_encoder": plan.train_text_encoder,
         "save_precision": plan.checkpoints.save_precision,
         "datasets": [
@@ -463,7 +458,7 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
             written.append(
                 export_kohya_lora(
                     folder / f"{name}.kohya.safetensors",
-                    unet=comps.unet if plan.train_unet else None,
+                    unet=comps.unet if plan.train_denoiser else None,
                     text_encoders=encoders,
                     metadata={**metadata, **_kohya_training(plan, step)},
                     **common,

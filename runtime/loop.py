@@ -13,7 +13,7 @@ import attrs
 import torch
 from rich.console import Console
 
-from dbspec.plan.io import plan_to_json, run_hash
+from dbspec.plan.io import legacy_run_hashes, plan_to_json, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import BucketBatchSampler
@@ -21,7 +21,7 @@ from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.prepare import set_train_mode
-from dbspec.runtime.sample import validate
+from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import run_batch
@@ -64,7 +64,12 @@ def train(
     # With several processes only the first writes outputs; it holds the output folder's lock for the whole run.
     claim = (
         ckpt.prepare_output(
-            Path(plan.checkpoints.dir), plan_json, run_hash(plan), overwrite=overwrite, resume=resume
+            Path(plan.checkpoints.dir),
+            plan_json,
+            run_hash(plan),
+            overwrite=overwrite,
+            resume=resume,
+            legacy=legacy_run_hashes(plan),
         )
         if accelerator.is_main_process
         else contextlib.nullcontext()
@@ -156,7 +161,7 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     step_loss, terms = 0.0, {}
     for batch in batches:
         with accelerator.autocast():
-            result = run_batch(run.parts, batch)
+            result = run_batch(run.parts, batch, step=step, epoch=run.sampler.epoch + 1)
         value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
         if not math.isfinite(value):
             raise NonFiniteLoss(step + 1, value, result.files)
@@ -174,7 +179,14 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
 def _validate(run: Run, step: int, log: MetricsLog) -> None:
     """Sample the validation prompts (with the EMA weights when there are any), then back to training mode."""
     with run.ema.swap() if run.ema is not None else contextlib.nullcontext():
-        validate(run.pipeline, run.plan.validation, run.out, step, autocast_dtype=_mixed_dtype(run.plan))
+        validate(
+            run.pipeline,
+            run.plan.validation,
+            run.out,
+            step,
+            autocast_dtype=_mixed_dtype(run.plan),
+            prompt_inputs=run.prompt_inputs,
+        )
     log.images(step, run.out / "samples" / f"step-{step:06d}" / "grid.png")
     set_train_mode(run.comps, run.plan)
 

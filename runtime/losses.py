@@ -9,6 +9,7 @@ Shapes: latents/noise/pred are (B, C, H, W); timesteps are (B,) integer indices 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Prediction = Literal["epsilon", "v_prediction"]
-LossKind = Literal["mse", "huber", "l1"]
+LossKind = Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
+HuberSchedule = Literal["constant", "exponential", "snr"]
 
 
 def _per_sample(values: Tensor, like: Tensor) -> Tensor:
@@ -78,29 +80,105 @@ def min_snr_weights(
     return torch.where(signal_to_noise > 0, clipped / safe_snr, torch.ones_like(signal_to_noise))
 
 
-def offset_noise(noise: Tensor, strength: float, generator: torch.Generator | None) -> Tensor:
-    """noise + strength * N(0, 1) drawn per (sample, channel) and broadcast over H, W.
+def offset_noise(
+    noise: Tensor,
+    strength: float,
+    generator: torch.Generator | None,
+    *,
+    random_strength: bool = False,
+    adaptive_scale: float = 0.0,
+    latents: Tensor | None = None,
+) -> Tensor:
+    """noise + offset * N(0, 1) drawn per (sample, channel) and broadcast over H, W.
 
-    Same form as diffusers' `--offset_noise` (which fixes strength at 0.1). strength == 0 returns
-    `noise` untouched and draws nothing, so the generator stream is the same as with offset noise off.
+    Same form as diffusers' `--offset_noise` (which fixes strength at 0.1) and kohya's `apply_noise_offset`:
+    `random_strength` first draws the strength uniformly in [0, strength) (one draw per batch);
+    `adaptive_scale` adds adaptive_scale * |channel mean of `latents`| per (sample, channel), clamped at 0.
+    strength == 0 returns `noise` untouched and draws nothing, so the generator stream is the same as with
+    offset noise off.
     """
     if strength == 0:
         return noise
+    offset: float | Tensor = strength
+    if random_strength:
+        offset = torch.rand(1, generator=generator, device=noise.device, dtype=noise.dtype) * strength
+    if adaptive_scale:
+        if latents is None:
+            raise ValueError("an adaptive noise offset needs the latents")
+        channel_mean = latents.mean(dim=tuple(range(2, latents.ndim)), keepdim=True).abs()
+        offset = torch.clamp(offset + adaptive_scale * channel_mean, min=0.0)
     batch, channels = noise.shape[0], noise.shape[1]
     shape = (batch, channels) + (1,) * (noise.ndim - 2)
-    offset = torch.randn(shape, generator=generator, device=noise.device, dtype=noise.dtype)
-    return noise + strength * offset
+    draw = torch.randn(shape, generator=generator, device=noise.device, dtype=noise.dtype)
+    return noise + offset * draw
 
 
-def elementwise_loss(pred: Tensor, target: Tensor, kind: LossKind, huber_delta: float) -> Tensor:
+def multires_noise(
+    noise: Tensor, iterations: int, discount: float, generator: torch.Generator | None
+) -> Tensor:
+    """Multi-resolution (pyramid) noise, kohya's `pyramid_noise_like`: level i adds N(0, 1) drawn at
+    (H, W) / r^i (r uniform in [2, 4), drawn per level), bilinearly upsampled and weighted discount^i; the sum
+    is divided by its standard deviation over the whole batch. Stops after a level of side 1.
+    iterations == 0 returns `noise` and draws nothing. Draw order per level: r, then the level's noise.
+    """
+    if iterations == 0:
+        return noise
+    batch, channels, height, width = noise.shape
+    total = noise.clone()
+    for i in range(iterations):
+        r = float(torch.rand((), generator=generator)) * 2 + 2
+        level_h, level_w = max(1, int(height / (r**i))), max(1, int(width / (r**i)))
+        level = torch.randn((batch, channels, level_h, level_w), generator=generator).to(
+            noise.device, noise.dtype
+        )
+        total = total + F.interpolate(level, size=(height, width), mode="bilinear") * discount**i
+        if level_h == 1 or level_w == 1:
+            break
+    return total / total.std()
+
+
+def sample_timesteps(batch: int, low: int, high: int, generator: torch.Generator | None) -> Tensor:
+    """Training timesteps, kohya's `get_timesteps`: uniform integers in [low, high), or all `high` when
+    low == high (one timestep trains). (0, num_train_timesteps) is the usual full range."""
+    if low < high:
+        return torch.randint(low, high, (batch,), generator=generator)
+    return torch.full((batch,), high, dtype=torch.long)
+
+
+def perturbed_noise(
+    noise: Tensor, gamma: float, random_strength: bool, generator: torch.Generator | None
+) -> Tensor:
+    """Input-perturbation noise (Ning et al. 2023, arXiv 2301.11706), as kohya draws it: the noise the latents
+    are noised with is noise + strength * N(0, 1), strength = gamma, or uniform in [0, gamma) per batch with
+    `random_strength`; the target keeps `noise`. gamma == 0 returns `noise` and draws nothing."""
+    if gamma == 0:
+        return noise
+    strength: float | Tensor = gamma
+    if random_strength:
+        strength = torch.rand(1, generator=generator, device=noise.device, dtype=noise.dtype) * gamma
+    draw = torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
+    return noise + strength * draw
+
+
+def elementwise_loss(
+    pred: Tensor, target: Tensor, kind: LossKind, huber_delta: float, huber_c: Tensor | None = None
+) -> Tensor:
     """Unreduced loss in float32 (as diffusers does, whatever the model dtype).
 
     mse:   (p - t)^2
     l1:    |p - t|
     huber: torch's Huber loss, 0.5 * x^2 if |x| <= delta else delta * (|x| - 0.5 * delta), x = p - t.
-           (Not kohya's pseudo-Huber 2c(sqrt(x^2 + c^2) - c).) `huber_delta` is ignored for mse/l1.
+           `huber_delta` is ignored for the other kinds.
+    pseudo_huber: kohya's loss_type "huber", 2c(sqrt(x^2 + c^2) - c), c = `huber_c` (B,) per sample.
+    smooth_l1:    kohya's loss_type "smooth_l1", 2(sqrt(x^2 + c^2) - c) (not torch's SmoothL1Loss).
     """
     pred32, target32 = pred.float(), target.float()
+    if kind in ("pseudo_huber", "smooth_l1"):
+        if huber_c is None:
+            raise ValueError(f"loss kind {kind!r} needs huber_c, one threshold per sample")
+        c = _per_sample(huber_c.to(pred32.device, torch.float32), pred32)
+        root = 2 * (torch.sqrt((pred32 - target32) ** 2 + c**2) - c)
+        return c * root if kind == "pseudo_huber" else root
     if kind == "mse":
         return F.mse_loss(pred32, target32, reduction="none")
     if kind == "l1":
@@ -109,7 +187,65 @@ def elementwise_loss(pred: Tensor, target: Tensor, kind: LossKind, huber_delta: 
         if huber_delta <= 0:
             raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
         return F.huber_loss(pred32, target32, reduction="none", delta=huber_delta)
-    raise ValueError(f"unknown loss kind {kind!r}; expected 'mse', 'huber' or 'l1'")
+    raise ValueError(f"unknown loss kind {kind!r}; expected one of mse, huber, l1, pseudo_huber, smooth_l1")
+
+
+def huber_threshold(
+    schedule: HuberSchedule, c: float, scale: float, timesteps: Tensor, alphas_cumprod: Tensor
+) -> Tensor:
+    """kohya's `get_huber_threshold_if_needed`: the pseudo-Huber c per sample, shape (B,), float32.
+
+    constant:    c * scale
+    exponential: scale * exp(t * ln(c) / T), T = len(alphas_cumprod) (c at t = T, scale at t = 0)
+    snr:         (1 - c) / (1 + sigma_t)^2 + c, sigma_t = sqrt((1 - ac_t) / ac_t) (scale unused, as in kohya)
+    """
+    t = timesteps.to(alphas_cumprod.device)
+    if schedule == "constant":
+        return torch.full(t.shape, c * scale, dtype=torch.float32)
+    if schedule == "exponential":
+        alpha = -math.log(c) / alphas_cumprod.shape[0]
+        return (torch.exp(-alpha * t) * scale).float()
+    if schedule == "snr":
+        ac = alphas_cumprod[t]
+        sigmas = ((1.0 - ac) / ac) ** 0.5
+        return ((1 - c) / (1 + sigmas) ** 2 + c).float()
+    raise ValueError(f"unknown huber schedule {schedule!r}; expected constant, exponential or snr")
+
+
+def _capped_snr(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
+    """kohya's snr for its timestep weights: capped at 1000 (near t = 0 it grows without bound)."""
+    return torch.clamp(snr(alphas_cumprod, timesteps), max=1000.0)
+
+
+def timestep_weights(
+    alphas_cumprod: Tensor,
+    timesteps: Tensor,
+    prediction: Prediction,
+    *,
+    min_snr_gamma: float = 0.0,
+    scale_v_like_epsilon: bool = False,
+    v_pred_like_loss: float = 0.0,
+    debiased_estimation: bool = False,
+) -> Tensor:
+    """Per-sample loss weights (B,), the product of kohya's post-processing steps in its order:
+
+    Min-SNR (`min_snr_weights`); scale_v_like_epsilon: snr/(snr + 1) (`scale_v_prediction_loss_like_noise_
+    prediction`); v_pred_like_loss v: 1 + v/(snr/(snr + 1)) (`add_v_prediction_like_loss`: loss + loss/scale * v);
+    debiased: 1/sqrt(snr) for epsilon, 1/(snr + 1) for v (`apply_debiased_estimation`); snr capped at 1000 in the
+    last three, as kohya does. Every option off gives ones.
+    """
+    weights = min_snr_weights(alphas_cumprod, timesteps, min_snr_gamma, prediction)
+    if not (scale_v_like_epsilon or v_pred_like_loss or debiased_estimation):
+        return weights
+    capped = _capped_snr(alphas_cumprod, timesteps)
+    v_scale = capped / (capped + 1)
+    if scale_v_like_epsilon:
+        weights = weights * v_scale
+    if v_pred_like_loss:
+        weights = weights + weights / v_scale * v_pred_like_loss
+    if debiased_estimation:
+        weights = weights * (1 / (capped + 1) if prediction == "v_prediction" else 1 / torch.sqrt(capped))
+    return weights
 
 
 def per_sample_loss(elementwise: Tensor, mask: Tensor | None) -> Tensor:
@@ -165,6 +301,26 @@ def combine_terms(
     prior_term = (per_sample * prior_mask).sum() / prior_count
     total = instance_term + prior_weight * prior_term
     return total, {"instance": instance_term.detach(), "prior": prior_term.detach()}
+
+
+def combine_per_sample(
+    per_sample: Tensor, is_prior: Tensor, weights: Tensor, prior_weight: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """kohya's reduction: total = mean over the batch of w_i * l_i * (prior_weight if prior else 1).
+
+    `weights` (B,) (the timestep weights) apply to every sample, instance and prior alike. The logged terms
+    are the instance and prior means of w_i * l_i (unscaled by prior_weight), 0 for a kind with no samples.
+    """
+    prior_mask = is_prior.to(device=per_sample.device, dtype=per_sample.dtype)
+    weighted = weights.to(per_sample.dtype) * per_sample
+    sample_weights = torch.where(prior_mask > 0, prior_weight, 1.0).to(per_sample.dtype)
+    total = (weighted * sample_weights).mean()
+    instance_mask = 1.0 - prior_mask
+    terms = {
+        "instance": ((weighted * instance_mask).sum() / instance_mask.sum().clamp_min(1.0)).detach(),
+        "prior": ((weighted * prior_mask).sum() / prior_mask.sum().clamp_min(1.0)).detach(),
+    }
+    return total, terms
 
 
 def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from dbspec.plan.model import AdapterPlan, Plan
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.checkpoints import Family, torch_dtype
-from dbspec.runtime.exports import _write, kohya_model_metadata, kohya_parts
+from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
 
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -127,7 +127,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     lycoris.kohya network writes."""
     encoders = list(comps.text_encoders) if plan.train_text_encoder else []
     tensors = lycoris_state(
-        unet=comps.unet if plan.train_unet else None,
+        unet=comps.unet if plan.train_denoiser else None,
         text_encoders=encoders,
         family=plan.model.family,
         dtype=plan.checkpoints.save_precision,
@@ -140,6 +140,6 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
         "ss_network_dim": str(a.rank),
         "ss_network_alpha": f"{a.alpha:g}",
         "ss_network_args": json.dumps(args, sort_keys=True),
-        **kohya_model_metadata(plan.model.family, plan.model.prediction),
+        **kohya_family_metadata(plan.model.family, plan.model.prediction),
     }
     return _write(Path(path), tensors, {**metadata, **kohya})

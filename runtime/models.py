@@ -7,12 +7,14 @@ from pathlib import Path
 
 import attrs
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+import diffusers
+import transformers
+from diffusers import AutoencoderKL
 
 from dbspec.families import family_spec
 from dbspec.plan.model import ModelPlan, Plan
 from dbspec.runtime import tiny
+from dbspec.runtime.families import family_runtime
 from dbspec.runtime.dtypes import to_dtype  # noqa: F401 - re-exported
 
 
@@ -22,11 +24,11 @@ class ModelLoadError(Exception):
 
 @attrs.define
 class Components:
-    unet: UNet2DConditionModel
+    unet: torch.nn.Module  # the family's denoiser
     vae: AutoencoderKL
     text_encoders: list  # SDXL: [CLIPTextModel, CLIPTextModelWithProjection]
     tokenizers: list
-    noise_scheduler: DDPMScheduler
+    noise_scheduler: object  # the family objective's training scheduler
     scheduler_config: dict  # the base model's own sampling scheduler config (for validation)
 
 
@@ -41,7 +43,9 @@ def load_components(plan: Plan) -> Components:
         raise ModelLoadError(_load_hint(m, exc)) from exc
     if m.vae:
         parts["vae"] = _load_vae(m)
-    noise = noise_scheduler(parts["scheduler"].config, plan)
+    noise = family_runtime(m.family).objective.noise_scheduler(
+        parts["scheduler"].config, prediction=m.prediction, zero_terminal_snr=plan.loss.zero_terminal_snr
+    )
     return Components(
         unet=parts["unet"],
         vae=parts["vae"],
@@ -49,13 +53,6 @@ def load_components(plan: Plan) -> Components:
         tokenizers=parts["tokenizers"],
         noise_scheduler=noise,
         scheduler_config=dict(parts["scheduler"].config),
-    )
-
-
-def noise_scheduler(config, plan: Plan) -> DDPMScheduler:
-    """The training noise schedule: the model's betas, the plan's prediction type and terminal-SNR choice."""
-    return DDPMScheduler.from_config(
-        config, prediction_type=plan.model.prediction, rescale_betas_zero_snr=plan.loss.zero_terminal_snr
     )
 
 
@@ -71,20 +68,25 @@ def _from_folder(root: str, m: ModelPlan) -> dict:
     kw = {"revision": m.revision} if m.source == "hub" and m.revision else {}
     if m.variant:
         kw["variant"] = m.variant
-    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
-    encoders = family_spec(m.family).text_encoders
+    spec = family_spec(m.family)
     text_encoders = [
-        classes[e.model_class].from_pretrained(root, subfolder=e.component, **kw) for e in encoders
+        getattr(transformers, e.model_class).from_pretrained(root, subfolder=e.component, **kw)
+        for e in spec.text_encoders
     ]
     tokenizers = [
-        CLIPTokenizer.from_pretrained(root, subfolder=e.tokenizer, **_no_variant(kw)) for e in encoders
+        getattr(transformers, e.tokenizer_class).from_pretrained(
+            root, subfolder=e.tokenizer, **_no_variant(kw)
+        )
+        for e in spec.text_encoders
     ]
+    denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(root, subfolder=spec.denoiser, **kw)
+    scheduler = getattr(diffusers, spec.noise_scheduler)
     return {
-        "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw),
+        "unet": denoiser,
         "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", **kw),
         "text_encoders": text_encoders,
         "tokenizers": tokenizers,
-        "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler", **_no_variant(kw)),
+        "scheduler": scheduler.from_pretrained(root, subfolder="scheduler", **_no_variant(kw)),
     }
 
 
@@ -93,17 +95,15 @@ def _no_variant(kw: dict) -> dict:
 
 
 def _from_single_file(m: ModelPlan, cache_dir: str) -> dict:
-    import diffusers
-
     spec = family_spec(m.family)
-    pipeline_cls = getattr(diffusers, spec.pipeline_class)
+    pipeline_cls = family_runtime(m.family).pipeline_class()
     kwargs = {"config": m.config} if m.config else {}
     path = m.path if m.source == "single_file" else _ckpt_as_safetensors(m, Path(cache_dir))
     pipe = pipeline_cls.from_single_file(path, **kwargs)
     encoders = [getattr(pipe, name) for name in spec.text_encoder_names]
     tokenizers = [getattr(pipe, name) for name in spec.tokenizer_names]
     return {
-        "unet": pipe.unet,
+        "unet": getattr(pipe, spec.denoiser),
         "vae": pipe.vae,
         "text_encoders": encoders,
         "tokenizers": tokenizers,
@@ -159,7 +159,7 @@ def _load_hint(m: ModelPlan, exc: Exception) -> str:
     return f"cannot load the base model `{m.base}` from {m.path or m.base}: {exc}"
 
 
-def set_attention(unet: UNet2DConditionModel, kind: str) -> None:
+def set_attention(unet: torch.nn.Module, kind: str) -> None:
     """SDPA is diffusers' default on torch 2; "eager" selects the plain attention processor."""
     if kind == "eager":
         from diffusers.models.attention_processor import AttnProcessor
@@ -170,11 +170,9 @@ def set_attention(unet: UNet2DConditionModel, kind: str) -> None:
 def pipeline_for(plan: Plan, comps: Components):
     """A diffusers pipeline over the live (training) components, for validation and class images (both set
     the sampling scheduler their plan names; DDPM is only the placeholder)."""
-    import diffusers
-
     spec = family_spec(plan.model.family)
-    cls = getattr(diffusers, spec.pipeline_class)
-    scheduler = diffusers.DDPMScheduler.from_config(comps.scheduler_config)
+    cls = family_runtime(plan.model.family).pipeline_class()
+    scheduler = getattr(diffusers, spec.noise_scheduler).from_config(comps.scheduler_config)
     kwargs = {
         spec.denoiser: comps.unet,
         "vae": comps.vae,

@@ -62,12 +62,15 @@ class OutputLock:
         self.release()
 
 
-def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool, resume: bool) -> OutputLock:
+def prepare_output(
+    out: Path, plan_json: str, plan_hash: str, *, overwrite: bool, resume: bool, legacy: tuple[str, ...] = ()
+) -> OutputLock:
     """Claim `out` for this plan's run and lock it; release the returned lock when the run ends.
 
     Refuses (OutputError) a file, a non-empty folder without dbspec's run marker, a folder another run holds,
     and mixing runs: `overwrite` moves a marked run aside to `<out>.old-<timestamp>` (nothing is deleted);
-    `resume` keeps a run of the same plan so the loop can continue from its latest checkpoint.
+    `resume` keeps a run of the same plan so the loop can continue from its latest checkpoint. `legacy`: the
+    hashes the same run had under older plan versions (plan.io.legacy_run_hashes); such a run is this one.
     """
     out = Path(out)
     _refuse_foreign(out)
@@ -75,6 +78,7 @@ def prepare_output(out: Path, plan_json: str, plan_hash: str, *, overwrite: bool
     try:
         lock.recovered = recover(out)
         held = _run_hash(out)
+        held = plan_hash if held in legacy else held  # saved by an older dbspec: run.json is rewritten below
         if held is not None and (held != plan_hash or not resume) and _has_results(out, held == plan_hash):
             if not overwrite:
                 raise OutputError(_refusal(out, held, plan_hash, resume))

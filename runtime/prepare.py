@@ -20,18 +20,20 @@ def component_dtype(plan: Plan, name: str) -> torch.dtype:
 
 def configure_models(plan: Plan, comps: Components, device: torch.device) -> tuple[list, list]:
     """Freeze, quantise, attach adapters, set dtypes and checkpointing as each ComponentPlan says;
-    return (unet params, text params) that train."""
+    return (unet params, text params per text encoder) that train."""
     for module in (comps.unet, comps.vae, *comps.text_encoders):
         adapters.freeze(module)
     comps.vae.to(device, dtype=component_dtype(plan, "vae"))
     set_attention(comps.unet, plan.precision.attention)
-    unet_params = _prepare(comps.unet, "unet", plan, device, plan.adapter.unet_targets, plan.schedule.seed)
-    text_params: list = []
+    unet_params = _prepare(
+        comps.unet, "unet", plan, device, plan.adapter.denoiser_targets, plan.schedule.seed
+    )
+    text_params: list[list] = []
     for i, (name, enc) in enumerate(
         zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)
     ):
-        text_params += _prepare(
-            enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i
+        text_params.append(
+            _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
         )
     return unet_params, text_params
 
@@ -61,7 +63,7 @@ def _prepare(
 
 
 def set_train_mode(comps: Components, plan: Plan) -> None:
-    comps.unet.train(plan.train_unet)
+    comps.unet.train(plan.train_denoiser)
     for enc in comps.text_encoders:
         enc.train(plan.train_text_encoder)
 

@@ -12,19 +12,21 @@ from pathlib import Path
 import attrs
 import torch
 
-from dbspec.plan.io import run_hash
+from dbspec.plan.io import legacy_run_hashes, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
-from dbspec.runtime.models import Components, load_components, pipeline_for
+from dbspec.runtime.families import family_runtime
+from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
-from dbspec.runtime.sample import generate_class_images
+from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
+from dbspec.runtime.text import WINDOW
 
 
 @attrs.define(eq=False)
@@ -46,6 +48,7 @@ class Run:
     generator: torch.Generator
     ema: Ema | None
     step: int = 0
+    prompt_inputs: object = None  # validation prompts encoded by the family (several CLIP windows), or None
 
     @property
     def main(self) -> bool:
@@ -58,7 +61,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     out = Path(plan.checkpoints.dir)
     accelerator.wait_for_everyone()
     # Read (and vet) the checkpoint before loading models: resuming another run's checkpoint fails at once.
-    saved = ckpt.resume_state(out, run_hash(plan), plan_json) if resume else None
+    saved = ckpt.resume_state(out, run_hash(plan), plan_json, legacy_run_hashes(plan)) if resume else None
     resumed = TrainState.from_checkpoint(saved) if saved is not None else None
     device = accelerator.device
     torch.manual_seed(s.seed)
@@ -67,7 +70,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         torch.backends.cudnn.allow_tf32 = plan.precision.tf32
 
     # Models: load, make class images with the untouched base model, then freeze/adapt for training.
-    comps = load_components(plan)
+    comps = family_runtime(plan.model.family).load(plan)
     comps.unet.to(device)
     comps.vae.to(device)
     for enc in comps.text_encoders:
@@ -78,12 +81,13 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
             if d.generate is not None:
                 generate_class_images(pipeline, d.generate)
     teacher = make_teacher(plan, comps, device)
-    unet_params, text_params = configure_models(plan, comps, device)
+    unet_params, per_encoder = configure_models(plan, comps, device)
+    text_params = [p for params in per_encoder for p in params]
     with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
-    optimizer = make_optimizer(param_groups(unet_params, text_params, plan.optimizer), plan.optimizer)
+    optimizer = make_optimizer(param_groups(unet_params, per_encoder, plan.optimizer), plan.optimizer)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
     lr_scheduler = make_lr_scheduler(optimizer, s)
     # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.
@@ -122,6 +126,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         sampler=sampler,
         generator=generator,
         ema=ema,
+        prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device),
     )
     if resumed is not None:
         resumed.restore(run)
@@ -140,3 +145,27 @@ def freeze_text_encoders(run: Run) -> None:
         enc.requires_grad_(False)
         enc.eval()
     run.parts.text_trains = False
+
+
+def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
+    """Validation prompts beyond one CLIP window are encoded as in training (the pipeline would cut them at 77
+    tokens); None for one window, where the pipeline encodes them itself."""
+    model = plan.model
+    if model.max_tokens <= WINDOW:
+        return None
+    family = family_runtime(model.family)
+
+    def encode(prompt: str) -> dict:
+        with torch.no_grad():
+            return family.encode_prompts(
+                comps.text_encoders,
+                comps.tokenizers,
+                [prompt],
+                clip_skip=model.clip_skip,
+                max_tokens=model.max_tokens,
+                device=device,
+            )
+
+    return lambda prompt, negative: family.pipeline_prompt_inputs(
+        pipeline, encode(prompt), encode(negative), negative
+    )

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from dbspec.families import family_spec
-from dbspec.plan.model import Plan
+from dbspec.plan.model import NoisePlan, Plan
 from dbspec.runtime import losses
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
+from dbspec.runtime.captions import step_captions
 from dbspec.runtime.data import Sample, load_example, load_mask, sample_rng
-from dbspec.runtime.text import encode, sdxl_time_ids
+from dbspec.runtime.families import family_runtime
 
 
 MEMO_ENTRIES = 4096  # cached posteriors kept in RAM (a 1024 px SDXL latent pair is ~0.5 MB)
@@ -88,60 +88,101 @@ def _text_entry(parts: Parts, key: str) -> dict | None:
     return parts.memo[key]
 
 
-def text_for(parts: Parts, batch: Sequence[Sample]) -> dict[str, torch.Tensor]:
+def text_for(
+    parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: int = 1
+) -> dict[str, torch.Tensor]:
+    """Prompt embeddings of the batch's captions at this step (plan.datasets[].caption_processing): cached
+    entries when every caption has one, else the text encoders run now."""
     plan = parts.plan
-    if parts.text_cache is not None and not parts.text_trains and all(s.img.text_key for s in batch):
-        entries = [_text_entry(parts, s.img.text_key) for s in batch]
+    captions = step_captions(plan, batch, step=step, epoch=epoch)
+    if parts.text_cache is not None and not parts.text_trains and all(key for _, key in captions):
+        entries = [_text_entry(parts, key) for _, key in captions]
         if all(e is not None for e in entries):
             return {k: torch.stack([e[k] for e in entries]).to(parts.device) for k in entries[0]}
     with torch.set_grad_enabled(parts.text_trains):
-        return encode(
+        return family_runtime(plan.model.family).encode_prompts(
             parts.text_encoders,
             parts.tokenizers,
-            [s.img.caption for s in batch],
-            family=plan.model.family,
+            [text for text, _ in captions],
             clip_skip=plan.model.clip_skip,
+            max_tokens=plan.model.max_tokens,
             device=parts.device,
         )
 
 
-def unet_forward(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample]) -> torch.Tensor:
-    kwargs = {}
-    if family_spec(parts.plan.model.family).time_ids:  # SDXL: pooled embeddings and micro-conditioning ids
-        ids = torch.stack([sdxl_time_ids(s.img.size, s.img.crop, s.img.bucket) for s in batch]).to(
-            parts.device
-        )
-        kwargs["added_cond_kwargs"] = {"text_embeds": text["pooled"], "time_ids": ids}
-    return parts.unet(noisy, timesteps, text["prompt_embeds"], **kwargs).sample
+def denoise(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample]) -> torch.Tensor:
+    """The denoiser's prediction, with the family's extra conditioning for this batch."""
+    family = family_runtime(parts.plan.model.family)
+    extra = family.conditioning(text, batch, parts.device)
+    return family.predict(parts.unet, noisy, timesteps, text, extra)
 
 
-def run_batch(parts: Parts, batch: Sequence[Sample]) -> StepResult:
-    """Forward one micro-batch and return its loss (instance term + prior term) and the terms for logging."""
+def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: int = 1) -> StepResult:
+    """Forward one micro-batch at optimizer step `step` (0-based) of epoch `epoch` (1-based, as kohya counts
+    for caption dropout) and return its loss (instance term + prior term) and the terms for logging."""
     plan, loss_plan = parts.plan, parts.plan.loss
     loaded = [posterior(parts, s, plan.datasets[s.dataset].crop) for s in batch]
     latents = sample_latents(parts, [entry for entry, _ in loaded])
-    text = text_for(parts, batch)
-    gen = parts.generator
-    noise = losses.offset_noise(torch.randn(latents.shape, generator=gen), loss_plan.noise_offset, gen)
-    noise = noise.to(parts.device)
+    text = text_for(parts, batch, step=step, epoch=epoch)
     sched = parts.noise_scheduler
-    timesteps = torch.randint(0, sched.config.num_train_timesteps, (len(batch),), generator=gen).to(
-        parts.device
-    )
-    noisy = sched.add_noise(latents, noise, timesteps)
-    pred = unet_forward(parts, noisy, timesteps, text, batch).float()
+    drawn = draw_noise(loss_plan.noise, latents, parts.generator, sched.config.num_train_timesteps)
+    noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
+    objective = family_runtime(plan.model.family).objective
+    noisy = objective.add_noise(sched, latents, noised_with, timesteps)
+    pred = denoise(parts, noisy, timesteps, text, batch).float()
+    target = objective.target(sched, latents, noise, timesteps, loss_plan.target)  # the unperturbed noise
     alphas = sched.alphas_cumprod.to(parts.device)
-    target = losses.prediction_target(latents.float(), noise.float(), timesteps, alphas, loss_plan.target)
     is_prior = torch.tensor([s.role == "class" for s in batch], device=parts.device)
     if loss_plan.prior == "base_model" and bool(is_prior.any()):
         target = torch.where(
             is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch), target
         )
-    elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta)
+    huber = loss_plan.huber
+    huber_c = (
+        losses.huber_threshold(huber.schedule, huber.c, huber.scale, timesteps, sched.alphas_cumprod)
+        if huber
+        else None
+    )
+    elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta, huber_c)
     per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
-    weights = losses.min_snr_weights(alphas, timesteps, loss_plan.min_snr_gamma, loss_plan.target)
-    total, terms = losses.combine_terms(per_sample, is_prior, weights, loss_plan.prior_weight)
+    weights = losses.timestep_weights(
+        alphas,
+        timesteps,
+        loss_plan.target,
+        min_snr_gamma=loss_plan.min_snr_gamma,
+        scale_v_like_epsilon=loss_plan.scale_v_like_epsilon,
+        v_pred_like_loss=loss_plan.v_pred_like_loss,
+        debiased_estimation=loss_plan.debiased_estimation,
+    )
+    combine = losses.combine_per_sample if loss_plan.prior_reduction == "per_sample" else losses.combine_terms
+    total, terms = combine(per_sample, is_prior, weights, loss_plan.prior_weight)
     return StepResult(loss=total, terms=terms, files=tuple(s.img.path for s in batch))
+
+
+def draw_noise(
+    n: NoisePlan, latents: torch.Tensor, generator: torch.Generator, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise, the noise the latents get, timesteps) on the CPU, all from the training generator, in kohya's
+    order (train_util.get_noise_noisy_latents_and_timesteps): noise, offset, multi-resolution levels,
+    timesteps, input perturbation. Options that are off draw nothing, so their stream is a plain run's."""
+    if n.max_timestep > num_train_timesteps:
+        raise ValueError(
+            f"loss.noise.max_timestep {n.max_timestep} is beyond the scheduler's {num_train_timesteps} timesteps"
+        )
+    # The adaptive offset reads the latents' channel means: a device-host copy, only when it is on.
+    means_of = latents.float().cpu() if n.adaptive_scale else None
+    noise = torch.randn(latents.shape, generator=generator)
+    noise = losses.offset_noise(
+        noise,
+        n.offset,
+        generator,
+        random_strength=n.offset_random_strength,
+        adaptive_scale=n.adaptive_scale,
+        latents=means_of,
+    )
+    noise = losses.multires_noise(noise, n.multires_iterations, n.multires_discount, generator)
+    timesteps = losses.sample_timesteps(len(latents), n.min_timestep, n.max_timestep, generator)
+    return noise, losses.perturbed_noise(noise, n.ip_gamma, n.ip_random_strength, generator), timesteps
 
 
 def _masks(masks: list, latents: torch.Tensor, device) -> torch.Tensor | None:
@@ -156,9 +197,7 @@ def base_prediction(parts: Parts, noisy, timesteps, text, batch) -> torch.Tensor
     text = {k: v.detach() for k, v in text.items()}
     with torch.no_grad():
         if parts.teacher is not None:
-            return unet_forward(
-                attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch
-            ).float()
+            return denoise(attrs.evolve(parts, unet=parts.teacher), noisy, timesteps, text, batch).float()
         unet = getattr(parts.unet, "module", parts.unet)  # DDP-wrapped under several processes
         with adapters_disabled(unet):
-            return unet_forward(parts, noisy, timesteps, text, batch).float()
+            return denoise(parts, noisy, timesteps, text, batch).float()

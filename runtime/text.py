@@ -1,51 +1,58 @@
-"""Prompt encoding for SD1/SD2 (one CLIP encoder) and SDXL (two, pooled output from the second)."""
+"""Tokenizing prompts for CLIP text encoders, in one window or several (the families' encode_prompts build on it).
+
+CLIP sees 77 positions: BOS, 75 prompt tokens, and a last EOS/pad. A longer prompt (`model.max_tokens` 150 or
+225) is cut into 75-token windows, each framed as its own 77-token sequence and encoded separately; the hidden
+states are then joined back into one sequence of 2 + 75·n positions: the first window's BOS, every window's 75
+inner positions, and the last window's final position. This is kohya sd-scripts' `max_token_length` encoding,
+window framing included (tokenizers whose pad is not EOS get an EOS closing each window, and an empty window
+starts BOS, EOS).
+"""
 
 from __future__ import annotations
 
 import torch
 
+WINDOW = 75  # prompt tokens per CLIP window (77 positions less BOS and the last)
 
-def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+
+def tokenize(tokenizer, prompts: list[str], max_tokens: int = WINDOW) -> torch.Tensor:
+    """Token ids: (B, 77) for one window, (B, n, 77) for n = max_tokens // 75 windows."""
+    length = tokenizer.model_max_length
+    if max_tokens <= length - 2:
+        return _ids(tokenizer, prompts, length)
+    ids = _ids(tokenizer, prompts, max_tokens + 2)
+    body, eos, pad = length - 2, tokenizer.eos_token_id, tokenizer.pad_token_id
+    windows = []
+    for start in range(1, max_tokens + 1, body):
+        window = torch.cat([ids[:, :1], ids[:, start : start + body], ids[:, -1:]], dim=1)
+        if pad != eos:
+            before_last = window[:, -2]
+            window[:, -1] = torch.where((before_last != eos) & (before_last != pad), eos, window[:, -1])
+            window[:, 1] = torch.where(window[:, 1] == pad, eos, window[:, 1])
+        windows.append(window)
+    return torch.stack(windows, dim=1)
+
+
+def _ids(tokenizer, prompts: list[str], length: int) -> torch.Tensor:
     return tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
+        prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
     ).input_ids
 
 
-def encode(
-    text_encoders: list,
-    tokenizers: list,
-    prompts: list[str],
-    *,
-    family: str,
-    clip_skip: int,
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """{"prompt_embeds": (B, 77, D)} and, for SDXL, {"pooled": (B, D2)}.
-
-    clip_skip n uses the n-th layer from the end (1 = last). SD1/2 apply the final layer norm to a skipped
-    layer as diffusers does; SDXL always uses the penultimate layer (n = 1 -> hidden_states[-2]) without it.
-    """
-    if family != "sdxl":
-        ids = tokenize(tokenizers[0], prompts).to(device)
-        enc = text_encoders[0]
-        if clip_skip <= 1:
-            return {"prompt_embeds": enc(ids)[0]}
-        hidden = enc(ids, output_hidden_states=True).hidden_states[-clip_skip]
-        return {"prompt_embeds": enc.text_model.final_layer_norm(hidden)}
-    embeds, pooled = [], None
-    for enc, tok in zip(text_encoders, tokenizers):
-        out = enc(tokenize(tok, prompts).to(device), output_hidden_states=True)
-        embeds.append(out.hidden_states[-(clip_skip + 1)])
-        pooled = out[0]  # the projection model's text_embeds (last encoder wins)
-    return {"prompt_embeds": torch.cat(embeds, dim=-1), "pooled": pooled}
+def flatten(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(B, n, 77) -> (B·n, 77) and n; (B, 77) stays, with n = 1."""
+    if ids.ndim == 2:
+        return ids, 1
+    return ids.reshape(-1, ids.shape[-1]), ids.shape[1]
 
 
-def sdxl_time_ids(original: tuple[int, int], crop: tuple[int, int], bucket: tuple[int, int]) -> torch.Tensor:
-    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w); sizes are (W, H)."""
-    return torch.tensor(
-        [original[1], original[0], crop[1], crop[0], bucket[1], bucket[0]], dtype=torch.float32
-    )
+def join_windows(hidden: torch.Tensor, windows: int) -> torch.Tensor:
+    """(B·n, 77, D) per-window hidden states -> (B, 2 + 75·n, D); one window is returned as it is."""
+    if windows == 1:
+        return hidden
+    length = hidden.shape[1]
+    per_prompt = hidden.reshape(-1, windows * length, hidden.shape[-1])
+    parts = [per_prompt[:, :1]]
+    parts += [per_prompt[:, k * length + 1 : k * length + length - 1] for k in range(windows)]
+    parts.append(per_prompt[:, -1:])
+    return torch.cat(parts, dim=1)

@@ -23,7 +23,7 @@ from dbspec.util.atomic import write_text_atomic
 
 def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module]:
     modules: dict[str, torch.nn.Module] = {}
-    if plan.train_unet:
+    if plan.train_denoiser:
         modules["unet"] = comps.unet
     if plan.train_text_encoder:
         modules.update(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders))

@@ -29,7 +29,7 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
         kind=adapter.kind,
         rank=adapter.rank,
         alpha=adapter.alpha,
-        unet_targets=tuple(adapter.unet_targets),
+        denoiser_targets=tuple(adapter.denoiser_targets),
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         conv_rank=adapter.conv_rank,
         conv_alpha=adapter.conv_alpha if conv else 0.0,

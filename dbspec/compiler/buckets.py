@@ -39,11 +39,14 @@ def adjust_min_max(min_reso: int, max_reso: int, step: int) -> Size:
     return low, high
 
 
-def range_violations(resolution: Size, min_reso: int, max_reso: int, step: int) -> tuple[str, ...]:
-    """Why kohya would refuse (assert) or crash on this bucket range; empty when it is fine."""
+def range_violations(
+    resolution: Size, min_reso: int, max_reso: int, step: int, *, listed: bool = True
+) -> tuple[str, ...]:
+    """Why kohya would refuse (assert) or crash on this bucket range; empty when it is fine. `listed`: kohya
+    builds the bucket list (not with bucket_no_upscale, which still asserts the range)."""
     low, high = adjust_min_max(min_reso, max_reso, step)
     problems: list[str] = []
-    if low <= 0:  # make_bucket_resolutions would divide by a zero width
+    if low <= 0 and listed:  # make_bucket_resolutions would divide by a zero width
         problems.append(f"min bucket size {min_reso} rounds down to {low} with step {step}")
     if min(resolution) < low:  # kohya asserts min(resolution) >= min_bucket_reso
         problems.append(f"min bucket size {low} is larger than the resolution's short side {min(resolution)}")

@@ -44,7 +44,9 @@ def _latent_key(sha: str, bucket, resized, crop, flip: bool, model_part: bytes) 
 
 
 def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
-    return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype])
+    # max_tokens joins the key only when it changes the embedding's shape: one-window keys stay as they were.
+    windows = [model.max_tokens] if model.max_tokens != 75 else []
+    return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype, *windows])
 
 
 @attrs.define
@@ -63,7 +65,10 @@ class Keyer:
         if self.model is not None:
             self.model_part = _model_part(self.model.vae_identity, self.vae_dtype)
 
-    def keys(self, d: Dataset, sha: str, bucket, resized, crop, caption: str) -> tuple[tuple[str, ...], str]:
+    def keys(
+        self, d: Dataset, sha: str, bucket, resized, crop, caption: str | None
+    ) -> tuple[tuple[str, ...], str]:
+        """Latent keys, and the text key of `caption` (the text it always becomes; None: it changes per step)."""
         if self.model is None:
             return (), ""
         lkeys: tuple[str, ...] = ()
@@ -71,11 +76,19 @@ class Keyer:
             lkeys = (_latent_key(sha, bucket, resized, crop, False, self.model_part),)
             if d.flip:
                 lkeys += (_latent_key(sha, bucket, resized, crop, True, self.model_part),)
-        if not self.text:
+        if not self.text or caption is None:
             return lkeys, ""
+        return lkeys, self.keys_text(caption)
+
+    def empty_key(self) -> str:
+        """The key of the empty caption (dropped captions), "" without a text cache."""
+        return self.keys_text("") if self.text and self.model is not None else ""
+
+    def keys_text(self, caption: str) -> str:
+        assert self.model is not None
         if caption not in self.text_keys:
             self.text_keys[caption] = text_key(caption, self.model, self.text_dtype)
-        return lkeys, self.text_keys[caption]
+        return self.text_keys[caption]
 
 
 def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) -> Keyer:
@@ -111,10 +124,15 @@ def stored_keys(cache_dir: Path, kind: str) -> set[str]:
     return found
 
 
-def plan_cache(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...]) -> CachePlan:
+def plan_cache(
+    ctx: Context,
+    model: ModelPlan | None,
+    datasets: tuple[DatasetPlan, ...],
+    caption_notes: tuple[str, ...] = (),
+) -> CachePlan:
     """Where the caches live and how many entries the plan's keys find on disk now."""
     c, spec = ctx.spec.cache, ctx.spec
-    notes: list[str] = []
+    notes: list[str] = list(caption_notes)
     text_on = c.text_embeddings and not spec.train.text_encoder and model is not None
     if c.text_embeddings and spec.train.text_encoder:
         notes.append("text embeddings are not cached: the text encoder trains")
@@ -125,6 +143,8 @@ def plan_cache(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPla
     ]
     keys: dict[str, set[str]] = {"latents": set(), "text": set()}
     for d in datasets:
+        if d.caption_processing.empty_text_key:
+            keys["text"].add(d.caption_processing.empty_text_key)
         for img in d.images:
             keys["latents"].update(img.latent_keys)
             if img.text_key:

@@ -10,16 +10,19 @@ from dbspec import __version__
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_params, adapter_plan
 from dbspec.compiler.caches import make_keyer, plan_cache
+from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
+from dbspec.families import family_spec
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
+from dbspec.spec.migrate import user_spelling
 from dbspec.plan.model import (
     PLAN_VERSION,
     BucketPlan,
@@ -77,14 +80,17 @@ def path_error(ctx: Context, exc: OSError) -> Diagnostic:
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     precision = plan_precision(ctx, model)
-    datasets = balance(ctx, plan_datasets(ctx, model, make_keyer(ctx, model, precision)))
+    keyer = make_keyer(ctx, model, precision)
+    datasets = balance(ctx, plan_datasets(ctx, model, keyer))
     buckets = sched.bucket_table(_bucket_samples(datasets), ctx.spec.schedule.batch_size)
     schedule = _schedule(ctx, datasets, buckets)
+    caption_notes: tuple[str, ...] = ()
     if schedule is not None:
         _plan_rules(ctx, schedule.total_steps)
+        datasets, caption_notes = settle_captions(datasets, schedule.total_steps, keyer.empty_key())
     loss = plan_loss(ctx, model, datasets)
     _environment_rules(ctx)
-    cache = plan_cache(ctx, model, datasets)
+    cache = plan_cache(ctx, model, datasets, caption_notes)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -315,7 +321,8 @@ def _assemble(
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
     warnings = tuple(
-        render_text(d, ctx.raw.sources) for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key())
+        render_text(user_spelling(d, ctx.raw.renamed), ctx.raw.sources)
+        for d in sorted(ctx.diagnostics, key=lambda d: d.sort_key())
     )
     return Plan(
         plan_version=PLAN_VERSION,
@@ -325,7 +332,7 @@ def _assemble(
         target=target,
         model=model,
         adapter=adapter,
-        train_unet=spec.train.unet,
+        train_denoiser=spec.train.denoiser,
         train_text_encoder=spec.train.text_encoder,
         datasets=datasets,
         buckets=buckets,
@@ -336,6 +343,7 @@ def _assemble(
             kind=o.kind,
             lr=o.lr,
             text_encoder_lr=o.text_encoder_lr,
+            text_encoder_2_lr=_second_text_encoder_lr(o, model),
             weight_decay=o.weight_decay,
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
@@ -370,3 +378,9 @@ def _assemble(
         origins=origins,
         warnings=warnings,
     )
+
+
+def _second_text_encoder_lr(o, model) -> float | None:
+    """The second text encoder's own rate: only for a family with two, and only when it differs."""
+    two = model is not None and len(family_spec(model.family).text_encoders) > 1
+    return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None

@@ -11,11 +11,14 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler import buckets as bk
+from dbspec.compiler import kohya_folders as kf
 from dbspec.compiler.caches import Keyer
+from dbspec.compiler.captions import caption_plan
 from dbspec.compiler.context import Context
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.compiler.unusable import report_unusable, sidecars
-from dbspec.plan.model import DatasetPlan, GeneratePlan, ImagePlan, ModelPlan
+from dbspec.plan.captions import fixed_caption
+from dbspec.plan.model import CaptionPlan, DatasetPlan, FolderPlan, GeneratePlan, ImagePlan, ModelPlan
 from dbspec.spec.model import Dataset
 
 MANIFEST = ".dbspec-generated.json"  # written by the runtime beside generated class images
@@ -85,6 +88,8 @@ def plan_datasets(ctx: Context, model: ModelPlan | None, keyer: Keyer) -> tuple[
 def _plan_dataset(
     ctx: Context, i: int, d: Dataset, model: ModelPlan | None, keyer: Keyer
 ) -> DatasetPlan | None:
+    if d.layout == "kohya_folders":
+        return _plan_kohya_folders(ctx, i, d, keyer)
     folder = ctx.resolve(d.path)
     placer = make_placer(ctx, i, d)
     generating = d.role == "class" and d.generate > 0
@@ -117,10 +122,11 @@ def _plan_dataset(
     masks = _masks(ctx, i, d, existing)
     if placer is None or masks is None:
         return None
-    images = [_image(ctx, i, d, info, masks, placer, keyer) for info in existing]
+    captions = caption_plan(d)
+    images = [_image(ctx, i, d, info, masks, placer, keyer, captions) for info in existing]
     generate = _generate_plan(ctx, d, folder, len(existing), key) if generating else None
     if generate is not None:
-        images += _future_images(d, generate, placer, keyer)
+        images += _future_images(d, generate, placer, keyer, captions)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
     return DatasetPlan(
         name=d.name,
@@ -133,7 +139,94 @@ def _plan_dataset(
         images=tuple(img for img in images if img is not None),
         skipped=skipped,
         generate=generate,
+        caption_processing=captions,
     )
+
+
+def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> DatasetPlan | None:
+    """One dataset from kohya's `N_class tokens` sub-folders (compiler/kohya_folders.py): each sub-folder's
+    images with its repeats and caption fallback, `rel` relative to the dataset folder."""
+    found = kf.kohya_folders(ctx, i, d)
+    placer = make_placer(ctx, i, d)
+    if found is None:
+        return None
+    scans, skipped = [], []
+    for folder in found:
+        scan = scan_folder(
+            folder.path,
+            recursive=False,
+            min_size=d.min_image_size,
+            on_bad=d.on_bad_image,
+            cache_dir=ctx.cache_dir / "scan",
+            key_path=f"datasets[{i}].path",
+            sidecars=sidecars(d.caption_extension),
+        )
+        for diag in scan.diagnostics:
+            if diag.code != "DBS302":  # an empty sub-folder is skipped, as kohya skips it
+                ctx.adopt(diag, ("datasets", i, "path"))
+        report_unusable(ctx, i, folder.path, scan)
+        skipped += [diag.message for diag in scan.diagnostics if diag.severity == "warning"]
+        scans.append((folder, tuple(kf.in_folder(folder, info) for info in scan.images)))
+    masks = _masks(ctx, i, attrs.evolve(d, recursive=True), tuple(x for _, infos in scans for x in infos))
+    if placer is None or masks is None:
+        return None
+    captions = caption_plan(d)
+    images = []
+    for folder, infos in scans:
+        sub = kf.folder_dataset(d, folder)
+        bare = [info for info in infos if not _caption_source(sub, info)]
+        if bare:
+            ctx.report(
+                "DBS320",
+                "warning",
+                f"dataset `{d.name}`: kohya folder `{folder.name}` names no class tokens and {len(bare)} of its "
+                f"images have no caption file (e.g. `{bare[0].rel}`): they train with an empty caption, as in kohya",
+                ("datasets", i, "captions"),
+                help=f"name the folder `{folder.repeats}_<class tokens>`, add caption files, or set prompt",
+            )
+        empty = _prompt_caption(d.caption_prefix, "", d.caption_suffix)
+        for info in infos:
+            if info in bare:
+                images.append(_image(ctx, i, sub, info, masks, placer, keyer, captions, empty))
+                continue
+            # kohya's second caption candidate: `name.txt` for `name_x_y_w_h.png` (the image stays the same)
+            source = (
+                kf.face_crop_caption_image(info, d.caption_extension) if sub.captions == "textfile" else info
+            )
+            caption = caption_for(ctx, i, sub, source)
+            if caption is not None:
+                images.append(_image(ctx, i, sub, info, masks, placer, keyer, captions, caption))
+    return DatasetPlan(
+        name=d.name,
+        role=d.role,
+        path=str(ctx.resolve(d.path)),
+        resolution=d.resolution,
+        crop=d.crop,
+        flip=d.flip,
+        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
+        images=tuple(img for img in images if img is not None),
+        skipped=tuple(skipped),
+        folders=tuple(
+            FolderPlan(
+                name=f.name,
+                repeats=f.repeats * d.repeats,
+                prompt=kf.folder_dataset(d, f).prompt,
+                images=len(infos),
+            )
+            for f, infos in scans
+        ),
+        caption_processing=captions,
+    )
+
+
+def _caption_source(d: Dataset, info: ImageInfo) -> bool:
+    """Whether a kohya-folder image has a caption: a prompt (its class tokens), its file name, or a sidecar."""
+    if d.prompt or d.captions == "filename":
+        return True
+    if d.captions == "prompt":
+        return False
+    image = Path(kf.face_crop_caption_image(info, d.caption_extension).path)
+    return image.with_name(image.stem + d.caption_extension).is_file()
 
 
 def caption_for(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | None:
@@ -195,7 +288,8 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
             ("datasets", i, "captions"),
         )
         return d.prompt
-    caption = lines[0]  # the first line, as kohya reads it
+    # kohya reads the first line, or every non-empty line when wildcards pick one per step
+    caption = "\n".join(lines) if d.enable_wildcard else lines[0]
     if cut or len(caption) > MAX_CAPTION_CHARS:
         what = f"more than {MAX_CAPTION_BYTES} bytes" if cut else f"a {len(caption)}-character first line"
         ctx.report(
@@ -223,9 +317,18 @@ def _read_capped(path: Path) -> tuple[str, bool]:
 
 
 def _image(
-    ctx: Context, i: int, d: Dataset, info: ImageInfo, masks: dict, placer: Placer, keyer: Keyer
+    ctx: Context,
+    i: int,
+    d: Dataset,
+    info: ImageInfo,
+    masks: dict,
+    placer: Placer,
+    keyer: Keyer,
+    captions: CaptionPlan,
+    caption: str | None = None,
 ) -> ImagePlan | None:
-    caption = caption_for(ctx, i, d, info)
+    """The image's plan; `caption` when the caller settled it (None: the dataset's rule, caption_for)."""
+    caption = caption if caption is not None else caption_for(ctx, i, d, info)
     if caption is None:
         return None
     try:
@@ -240,7 +343,8 @@ def _image(
         )
         return None
     mask_path, mask_sha = masks.get(info.rel, ("", ""))
-    latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, caption)
+    text = fixed_caption(caption, captions)
+    latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, text)
     return ImagePlan(
         path=info.path,
         rel=info.rel,
@@ -363,15 +467,18 @@ def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) 
     )
 
 
-def _future_images(d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer) -> list[ImagePlan]:
+def _future_images(
+    d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer, captions: CaptionPlan
+) -> list[ImagePlan]:
     placed = placer.place(gen.resolution)
     caption = " ".join(p for p in (d.caption_prefix, d.prompt, d.caption_suffix) if p)
+    text = fixed_caption(caption, captions)
     images = []
     for seed in gen.seeds:
         sha = (
             f"generated:{gen.manifest_key}:{seed}"  # made from (model, prompt, resolution, seed): a stable id
         )
-        latent_keys, text_key = keyer.keys(d, sha, placed.bucket, placed.resized, placed.crop, caption)
+        latent_keys, text_key = keyer.keys(d, sha, placed.bucket, placed.resized, placed.crop, text)
         images.append(
             ImagePlan(
                 path=str(Path(gen.folder) / f"class-{seed}.png"),

@@ -7,8 +7,11 @@ from typing import Literal
 import attrs
 
 from dbspec.compiler.context import Context
-from dbspec.plan.model import DatasetPlan, LossPlan, ModelPlan
-from dbspec.spec.model import LowRankAdapter
+from dbspec.compiler.rules import hit_to_diagnostic, loss_weights_fit_prediction
+from dbspec.plan.model import DatasetPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan
+from dbspec.spec.model import LowRankAdapter, Loss
+
+PSEUDO_HUBER = ("pseudo_huber", "smooth_l1")
 
 
 def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...]) -> LossPlan:
@@ -17,6 +20,10 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
     prior = spec.prior if has_class else "none"
     masked = any(d.mask_source != "none" for d in datasets)
     target = model.prediction if model else "epsilon"
+    if model and ctx.spec.model.prediction == "auto":  # an explicit prediction was checked by `dbspec check`
+        detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, prediction=target))
+        hits = loss_weights_fit_prediction(detected, ctx.raw.given)
+        ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in hits]
     plan = LossPlan(
         kind=spec.kind,
         huber_delta=spec.huber_delta,
@@ -27,29 +34,76 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         masked=masked,
         prior=prior,
         prior_weight=spec.prior_weight if prior != "none" else 0.0,
+        huber=HuberPlan(schedule=spec.huber_schedule, c=spec.huber_c, scale=spec.huber_scale)
+        if spec.kind in PSEUDO_HUBER
+        else None,
+        noise=noise_plan(spec),
+        debiased_estimation=spec.debiased_estimation,
+        scale_v_like_epsilon=spec.scale_v_pred_loss_like_noise_pred,
+        v_pred_like_loss=spec.v_pred_like_loss,
+        prior_reduction=spec.prior_reduction,
         formula="",
         teacher=teacher_components(ctx, prior),
     )
     return attrs.evolve(plan, formula=formula(plan))
 
 
+def noise_plan(spec: Loss) -> NoisePlan:
+    """The noise settings, with the ones their switch turns off settled to off."""
+    offset = spec.noise_offset
+    return NoisePlan(
+        offset=offset,
+        offset_random_strength=spec.noise_offset_random_strength and offset > 0,
+        adaptive_scale=spec.adaptive_noise_scale if offset > 0 else 0.0,
+        multires_iterations=spec.multires_noise_iterations,
+        multires_discount=spec.multires_noise_discount if spec.multires_noise_iterations else 0.0,
+        ip_gamma=spec.ip_noise_gamma,
+        ip_random_strength=spec.ip_noise_gamma_random_strength and spec.ip_noise_gamma > 0,
+        min_timestep=spec.min_timestep,
+        max_timestep=spec.max_timestep,
+    )
+
+
 def teacher_components(ctx: Context, prior: str) -> tuple[Literal["unet"], ...]:
     """What a base-model prior keeps a frozen copy of. LoRA runs switch their adapters off instead; a full
     fine-tune copies the UNet it trains. A frozen UNet needs no copy (DBS226 refuses that case: the base text
     encoder would be needed, and the runtime does not keep one)."""
-    if prior != "base_model" or isinstance(ctx.spec.adapter, LowRankAdapter) or not ctx.spec.train.unet:
+    if prior != "base_model" or isinstance(ctx.spec.adapter, LowRankAdapter) or not ctx.spec.train.denoiser:
         return ()
     return ("unet",)
+
+
+def _element(p: LossPlan) -> str:
+    if p.huber is not None:
+        c = f"c={p.huber.c:g}" + (
+            f"×{p.huber.scale:g}" if p.huber.scale != 1 and p.huber.schedule != "snr" else ""
+        )
+        return f"{p.kind}{{{p.huber.schedule} {c}}}"  # no [ ]: rich reads them as markup
+    return {"mse": "mse", "huber": f"huber{p.huber_delta:g}", "l1": "l1"}[p.kind]
+
+
+def timestep_weight(p: LossPlan) -> str:
+    """The per-sample timestep weights, in kohya's order, e.g. `minsnr5(t)·debiased(t)·`."""
+    parts = [f"minsnr{p.min_snr_gamma:g}(t)" if p.min_snr_gamma > 0 else ""]
+    parts.append("snr/(snr+1)" if p.scale_v_like_epsilon else "")
+    parts.append(f"(1+{p.v_pred_like_loss:g}(snr+1)/snr)" if p.v_pred_like_loss > 0 else "")
+    parts.append("debiased(t)" if p.debiased_estimation else "")
+    return "".join(f"{part}·" for part in parts if part)
 
 
 def formula(p: LossPlan) -> str:
     """E.g. `L = mean_inst[ minsnr5(t) * mse(v̂, v) * mask/area ] + 1 * mean_class[ mse(v̂, base(x_t)) ]`."""
     y = "ε" if p.target == "epsilon" else "v"
-    elem = {"mse": "mse", "huber": f"huber{p.huber_delta:g}", "l1": "l1"}[p.kind]
-    weight = f"minsnr{p.min_snr_gamma:g}(t)·" if p.min_snr_gamma > 0 else ""
+    elem = _element(p)
+    weight = timestep_weight(p)
     mask = "·mask/area" if p.masked else ""
     inst = f"mean_inst[ {weight}{elem}({y}̂, {y}){mask} ]"
     if p.prior == "none":
         return f"L = {inst}"
     prior_target = f"{y}_base(x_t)" if p.prior == "base_model" else y
+    if p.prior_reduction == "per_sample":
+        return (
+            f"L = mean_batch[ w_i·{weight}{elem}({y}̂, {y if p.prior == 'images' else f'{y} | class: {prior_target}'}){mask} ], "
+            f"w_i = {p.prior_weight:g} for class samples, 1 for instance"
+        )
     return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({y}̂, {prior_target}){mask} ]"

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from dbspec.families import family_spec
+
 from dbspec.plan.model import ComponentPlan, MemoryPlan
 
 __all__ = ["activation_bytes", "estimate_memory", "lora_param_count"]
@@ -44,10 +46,6 @@ OPTIMIZER_STATE_BYTES = {
 SGD_MOMENTUM_BYTES = 4
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED = GIB // 2
-FAMILY_ACTIVATIONS = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl"}  # SD2's UNet has SD1's widths
-# UNet activation bytes per latent pixel per sample at 16-bit autocast with SDPA: (plain, checkpointed).
-# Measured on real diffusers UNets, cross-checked against a published T4 table; see `activation_bytes`.
-UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": (350_000, 100_000), "sdxl": (600_000, 60_000)}
 FP32_ACTIVATION_FACTOR = (
     1.7  # mixed = "no": measured fp32 / autocast ratio (not 2: autocast keeps norms fp32)
 )
@@ -178,13 +176,14 @@ def activation_bytes(
     for SD1.5) unless checkpointing recomputes them. LoRA runs save somewhat less (frozen Linear layers
     outside the targets keep no inputs); the estimate does not credit that.
     """
-    if family not in FAMILY_ACTIVATIONS:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILY_ACTIVATIONS)}")
     if mixed not in MIXED_BYTES:
         raise ValueError(f"unknown mixed precision {mixed!r}; known: {sorted(MIXED_BYTES)}")
     width, height = max_bucket
     latent_pixels = (width // 8) * (height // 8)
-    plain, checkpointed = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL[FAMILY_ACTIVATIONS[family]]
+    try:
+        plain, checkpointed = family_spec(family).activation_bytes_per_latent_pixel
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
     per_pixel = checkpointed if gradient_checkpointing else plain
     precision = FP32_ACTIVATION_FACTOR if mixed == "no" else 1.0
     unet = batch_size * latent_pixels * per_pixel * precision

@@ -18,6 +18,7 @@ from typing import Literal
 
 import attrs
 
+from dbspec.families import FAMILIES
 from dbspec.families import Family as ModelFamily
 from dbspec.compiler.safetensors_header import (
     ModelFileError,
@@ -149,13 +150,18 @@ def _family_from_unet_config(config: dict | None) -> tuple[Family, tuple[str, ..
     dim = config.get("cross_attention_dim")
     dim = dim[0] if isinstance(dim, list) and dim else dim
     text_time = config.get("addition_embed_type") == "text_time"
-    family = {(768, False): "sd1", (1024, False): "sd2", (2048, True): "sdxl"}.get(
-        (dim, text_time), "unknown"
+    family = next(
+        (f.name for f in FAMILIES.values() if (f.context_dim, f.extra_conditioning) == (dim, text_time)),
+        "unknown",
     )
     notes = ("inpainting UNet (9 input channels)",) if config.get("in_channels") == 9 else ()
     if family == "unknown":
         what = f"cross_attention_dim {dim}" + (" with text_time embeddings" if text_time else "")
-        notes += (f"unet {what} is not SD1 (768), SD2 (1024) or SDXL (2048 + text_time); set [model] family",)
+        known = ", ".join(
+            f"{f.title} ({f.context_dim}{' + text_time' if f.extra_conditioning else ''})"
+            for f in FAMILIES.values()
+        )
+        notes += (f"unet {what} is none of {known}; set [model] family",)
     return family, notes
 
 
@@ -204,17 +210,11 @@ def _tensors_of(files: Sequence[Path]) -> list[tuple[str, TensorInfo]]:
 # --- single-file checkpoints (original Stable Diffusion layout) -------------------------------------
 
 _UNET, _VAE = "model.diffusion_model.", "first_stage_model."
-_TEXT_ENCODERS: dict[
-    str, dict[str, str]
-] = {  # original-layout prefixes (diffusers CHECKPOINT_KEY_NAMES agree)
-    "sdxl": {  # CLIP ViT-L and OpenCLIP ViT-bigG
-        "text_encoder": "conditioner.embedders.0.transformer.",
-        "text_encoder_2": "conditioner.embedders.1.model.",
-    },
-    "sd2": {"text_encoder": "cond_stage_model.model."},  # OpenCLIP ViT-H
-    "sd1": {"text_encoder": "cond_stage_model.transformer."},  # CLIP ViT-L
+# Original-layout text-encoder prefixes per family (diffusers' CHECKPOINT_KEY_NAMES agree).
+_TEXT_ENCODERS: dict[str, dict[str, str]] = {
+    f.name: {e.component: e.single_file_prefix for e in f.text_encoders} for f in FAMILIES.values()
 }
-_CONTEXT_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_CONTEXT_DIMS = {f.context_dim: f.name for f in FAMILIES.values()}
 _V_WORDS = ("v", "v_prediction", "v-prediction", "v_pred", "v-pred", "vpred", "velocity")
 
 
@@ -256,7 +256,7 @@ def _single_file_family(tensors: dict[str, TensorInfo]) -> tuple[Family, tuple[s
     by_encoder = next(
         (f for f, enc in _TEXT_ENCODERS.items() if all(_has(tensors, p) for p in enc.values())), None
     )
-    # Cross-attention keys project the text context: their input size is 768, 1024 or 2048 by family.
+    # Cross-attention keys project the text context: their input size is the family's context_dim.
     to_k = [t for n, t in sorted(tensors.items()) if n.startswith(_UNET) and n.endswith("attn2.to_k.weight")]
     by_context = _CONTEXT_DIMS.get(to_k[0].shape[-1]) if to_k and to_k[0].shape else None
     if by_encoder and by_context and by_encoder != by_context:
@@ -266,7 +266,11 @@ def _single_file_family(tensors: dict[str, TensorInfo]) -> tuple[Family, tuple[s
         )
     family = by_encoder or by_context
     if family is None:
-        return "unknown", (*notes, "cannot tell SD1, SD2 or SDXL from the tensor names; set [model] family")
+        titles = ", ".join(f.title for f in FAMILIES.values())
+        return "unknown", (
+            *notes,
+            f"cannot tell the family ({titles}) from the tensor names; set [model] family",
+        )
     return family, notes
 
 
@@ -287,13 +291,10 @@ def _single_file_prediction(
         return "v_prediction", ()  # the marker ComfyUI and NoobAI-style v-pred checkpoints carry
     if "edm_vpred.sigma_max" in tensors or "edm_mean" in tensors:
         return "unknown", ("an EDM-schedule checkpoint; EDM training is not supported",)
-    if family in ("sd1", "sdxl"):
-        return "epsilon", ()
-    hint = (
-        "SD2 weights do not say it (768-v models use v_prediction, 512-base use epsilon)"
-        if family == "sd2"
-        else ""
-    )
+    spec = FAMILIES.get(family)
+    if spec is not None and not spec.prediction_hint:
+        return spec.prediction, ()
+    hint = f"{spec.title} weights do not say it ({spec.prediction_hint})" if spec else ""
     return "unknown", (f"prediction type unknown{': ' + hint if hint else ''}; set [model] prediction",)
 
 

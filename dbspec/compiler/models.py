@@ -11,21 +11,10 @@ from dbspec.builtin import builtin_model, is_builtin
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
 from dbspec.compiler.safetensors_header import file_fingerprint
-from dbspec.families import FAMILIES, family_spec
+from dbspec.families import FAMILIES, family_list, family_spec, hub_model
 from dbspec.plan.model import ModelPlan
 
 BASE = ("model", "base")
-# Public base models by hub id: a plan for one not downloaded yet still knows what it trains.
-KNOWN_HUB_MODELS = {
-    "runwayml/stable-diffusion-v1-5": ("sd1", "epsilon"),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("sd1", "epsilon"),
-    "CompVis/stable-diffusion-v1-4": ("sd1", "epsilon"),
-    "stabilityai/stable-diffusion-2": ("sd2", "v_prediction"),
-    "stabilityai/stable-diffusion-2-1": ("sd2", "v_prediction"),
-    "stabilityai/stable-diffusion-2-base": ("sd2", "epsilon"),
-    "stabilityai/stable-diffusion-2-1-base": ("sd2", "epsilon"),
-    "stabilityai/stable-diffusion-xl-base-1.0": ("sdxl", "epsilon"),
-}
 # Parameter counts of each family's public models, for the memory estimate of a hub model not downloaded yet.
 FAMILY_PARAMS = {name: dict(f.public_params) for name, f in FAMILIES.items()}
 
@@ -83,6 +72,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         vae=_vae(ctx),
         allow_pickle=m.allow_pickle,
         clip_skip=m.clip_skip,
+        max_tokens=m.max_tokens,
         identity=identity,
         vae_identity=vae_identity,
         text_identity=text_identity,
@@ -105,10 +95,11 @@ def _missing_folder_note(ctx: Context, facts: ModelFacts) -> ModelFacts:
 
 
 def _known_hub(facts: ModelFacts) -> ModelFacts:
-    """An unresolved hub id of a well-known base model: its family and prediction from KNOWN_HUB_MODELS."""
-    if facts.source != "hub" or facts.resolved or facts.base not in KNOWN_HUB_MODELS:
+    """An unresolved hub id of a well-known base model: its family and prediction from the registry."""
+    known = hub_model(facts.base) if facts.source == "hub" and not facts.resolved else None
+    if known is None:
         return facts
-    family, prediction = KNOWN_HUB_MODELS[facts.base]
+    family, prediction = known
     note = (
         f"family {family} and prediction {prediction} are those of the published {facts.base}; "
         "plan again after downloading it to read them from its files"
@@ -145,6 +136,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         vae=_vae(ctx),
         allow_pickle=False,
         clip_skip=m.clip_skip,
+        max_tokens=m.max_tokens,
         identity=b.identity,
         vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
         text_identity=f"{b.identity}/text",
@@ -172,7 +164,7 @@ def _family(ctx: Context, facts: ModelFacts) -> str | None:
             "error",
             f"cannot tell the family of `{facts.base}`{': ' + reason if reason else ''}",
             ("model", "family"),
-            help='set model.family = "sd1", "sd2" or "sdxl"',
+            help=f"set model.family = {family_list()}",
         )
         return None
     return facts.family
@@ -184,10 +176,9 @@ def _prediction(ctx: Context, facts: ModelFacts, family: str | None) -> str | No
         return stated
     if facts.prediction != "unknown":
         return facts.prediction
-    if not facts.resolved and family in ("sd1", "sdxl"):
-        return (
-            "epsilon"  # unresolved hub ids of these families are epsilon models; run re-checks after download
-        )
+    if not facts.resolved and family is not None and not family_spec(family).prediction_hint:
+        # an unresolved hub id of a family with one prediction: `run` re-checks after the download
+        return family_spec(family).prediction
     ctx.report(
         "DBS313",
         "error",

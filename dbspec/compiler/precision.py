@@ -61,7 +61,7 @@ def _check_quantization(ctx: Context, key: str, kind: str) -> None:
 def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     p, spec = ctx.spec.precision, ctx.spec
     mixed, reason = resolve_mixed(ctx)
-    _check_quantization(ctx, "quantize_unet", p.quantize_unet)
+    _check_quantization(ctx, "quantize_denoiser", p.quantize_denoiser)
     _check_quantization(ctx, "quantize_text_encoder", p.quantize_text_encoder)
     lora = isinstance(spec.adapter, LowRankAdapter)
     frozen_dtype = "fp32" if mixed == "no" else mixed
@@ -81,7 +81,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
             params=params.get(name, 0),
         )
 
-    parts = [component("unet", spec.train.unet, p.quantize_unet)]
+    parts = [component("unet", spec.train.denoiser, p.quantize_denoiser)]
     parts += [component(n, spec.train.text_encoder, p.quantize_text_encoder) for n in text_parts]
     parts.append(
         ComponentPlan(name="vae", dtype=p.vae_dtype, trainable="frozen", params=params.get("vae", 0))

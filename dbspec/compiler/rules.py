@@ -108,7 +108,11 @@ def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> 
 def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.train.text_encoder:
         return
-    for path in (("train", "text_encoder_stop_step"), ("optimizer", "text_encoder_lr")):
+    for path in (
+        ("train", "text_encoder_stop_step"),
+        ("optimizer", "text_encoder_lr"),
+        ("optimizer", "text_encoder_2_lr"),
+    ):
         if given(path):
             yield _warn(
                 "DBS206",
@@ -167,7 +171,7 @@ def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.prompt:
             continue
-        if d.captions == "prompt":
+        if d.captions == "prompt" and d.layout != "kohya_folders":  # there the folder names give prompts
             yield _err(
                 "DBS208",
                 ("datasets", i),
@@ -181,6 +185,22 @@ def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"dataset `{d.name}` generates class images but has no prompt",
                 'add prompt = "a photo of a dog" (the class prompt)',
             )
+
+
+@rule("spec")
+def kohya_folders_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.layout != "kohya_folders":
+            continue
+        for key, on in (("generate", d.generate > 0), ("recursive", d.recursive)):
+            if on:
+                yield _err(
+                    "DBS227",
+                    ("datasets", i, key),
+                    f'dataset `{d.name}` has layout = "kohya_folders", which reads kohya\'s `N_class tokens` '
+                    f"sub-folders one level deep: `{key}` does not apply",
+                    'remove it, or use layout = "folder"',
+                )
 
 
 @rule("spec")
@@ -225,7 +245,7 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
 def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
     if isinstance(spec.adapter, LowRankAdapter):
         return
-    for key, what in (("quantize_unet", "UNet"), ("quantize_text_encoder", "text encoder")):
+    for key, what in (("quantize_denoiser", "denoiser"), ("quantize_text_encoder", "text encoder")):
         if getattr(spec.precision, key) != "none":
             yield _err(
                 "DBS212",
@@ -295,12 +315,12 @@ def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
-    if not spec.train.unet and not spec.train.text_encoder:
+    if not spec.train.denoiser and not spec.train.text_encoder:
         yield _err(
             "DBS217",
             ("train",),
-            "nothing trains: train.unet and train.text_encoder are both false",
-            "set unet = true (or text_encoder = true) in [train]",
+            "nothing trains: train.denoiser and train.text_encoder are both false",
+            "set denoiser = true (or text_encoder = true) in [train]",
         )
 
 
@@ -383,38 +403,38 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     if a.conv_rank and not a.conv_alpha:
         yield _err(
-            "DBS235",
+            "DBS260",
             ("adapter", "conv_alpha"),
             f"conv_alpha is 0 with conv_rank {a.conv_rank}: the convolution updates would be scaled to nothing",
             "set conv_alpha above 0 (kohya's default is 1.0; the same as conv_rank gives scale 1.0)",
         )
     if a.conv_rank and not a.conv_targets:
         yield _err(
-            "DBS235",
+            "DBS260",
             ("adapter", "conv_targets"),
             f"conv_rank is {a.conv_rank} but conv_targets is empty",
             "name the convolutions, or remove conv_targets for kohya's LoCon set",
         )
-    both = sorted(set(a.unet_targets) & set(a.conv_targets)) if a.conv_rank else []
+    both = sorted(set(a.denoiser_targets) & set(a.conv_targets)) if a.conv_rank else []
     if both:
         yield _err(
-            "DBS235",
+            "DBS260",
             ("adapter", "conv_targets"),
-            f"{both[0]!r} is in both unet_targets and conv_targets: a module gets one rank",
+            f"{both[0]!r} is in both denoiser_targets and conv_targets: a module gets one rank",
             "keep each module name in one of the two lists",
         )
-    if a.kind == "lora" and a.conv_rank and spec.precision.quantize_unet != "none":
+    if a.kind == "lora" and a.conv_rank and spec.precision.quantize_denoiser != "none":
         yield _err(
-            "DBS235",
-            ("precision", "quantize_unet"),
-            f"LoRA on convolutions (conv_rank {a.conv_rank}) cannot wrap a quantised UNet: peft's LoRA "
+            "DBS260",
+            ("precision", "quantize_denoiser"),
+            f"LoRA on convolutions (conv_rank {a.conv_rank}) cannot wrap a quantised denoiser: peft's LoRA "
             "convolution calls the quantised layer's weight directly",
-            'set quantize_unet = "none", conv_rank = 0, or use kind = "loha" / "lokr" (they wrap quantised '
+            'set quantize_denoiser = "none", conv_rank = 0, or use kind = "loha" / "lokr" (they wrap quantised '
             "convolutions)",
         )
     if a.kind == "lokr" and a.factor == 0:
         yield _err(
-            "DBS235",
+            "DBS260",
             ("adapter", "factor"),
             "factor is 0; LoKr splits each width into factor x (width / factor)",
             "use -1 (split near the square root) or a factor of 1 or more",
@@ -423,10 +443,10 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         for key in ("conv_alpha", "conv_targets"):
             if given(("adapter", key)):
                 yield _warn(
-                    "DBS236",
+                    "DBS261",
                     ("adapter", key),
                     f"{key} has no effect with conv_rank = 0",
-                    codes.help("DBS236"),
+                    codes.help("DBS261"),
                 )
 
 
@@ -453,20 +473,176 @@ def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
-def base_prior_needs_unet(spec: Spec, given: Given) -> Iterator[Hit]:
-    # The base-model prior compares the trained UNet with its base (adapters off, or a frozen copy). With a
-    # frozen UNet only the text encoder moves, and its base would have to be kept: not supported.
-    if spec.loss.prior == "base_model" and not spec.train.unet and spec.train.text_encoder:
+def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
+    # The base-model prior compares the trained denoiser with its base (adapters off, or a frozen copy). With a
+    # frozen denoiser only the text encoder moves, and its base would have to be kept: not supported.
+    if spec.loss.prior == "base_model" and not spec.train.denoiser and spec.train.text_encoder:
         yield _err(
             "DBS226",
             ("loss", "prior"),
-            'loss.prior = "base_model" needs train.unet = true; found '
-            "train.unet = false with train.text_encoder = true",
+            'loss.prior = "base_model" needs train.denoiser = true; found '
+            "train.denoiser = false with train.text_encoder = true",
             codes.help("DBS226"),
         )
 
 
+# --- kohya's noise and loss options ------------------------------------------------------------------------------
+@rule("spec")
+def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Loss weights that the model's prediction type makes meaningless (kohya refuses the first two). Silent for
+    prediction = "auto": the compiler runs it again on the spec with the detected prediction."""
+    loss, prediction = spec.loss, spec.model.prediction
+    if prediction == "auto":
+        return
+    if loss.scale_v_pred_loss_like_noise_pred and prediction != "v_prediction":
+        yield _err(
+            "DBS235",
+            ("loss", "scale_v_pred_loss_like_noise_pred"),
+            f"loss.scale_v_pred_loss_like_noise_pred needs a v_prediction model; the model predicts {prediction}",
+            "remove it: an epsilon loss already has this scale",
+        )
+    if loss.v_pred_like_loss > 0 and prediction == "v_prediction":
+        yield _err(
+            "DBS235",
+            ("loss", "v_pred_like_loss"),
+            f"loss.v_pred_like_loss ({loss.v_pred_like_loss:g}) is for epsilon models; the model predicts "
+            "v_prediction",
+            "remove it: the loss already is a v-prediction loss",
+        )
+    if prediction == "epsilon" and loss.zero_terminal_snr and loss.max_timestep == 1000:
+        for key, on in (
+            ("debiased_estimation", loss.debiased_estimation),
+            ("v_pred_like_loss", loss.v_pred_like_loss),
+        ):
+            if on:
+                yield _err(
+                    "DBS236",
+                    ("loss", key),
+                    f"loss.{key} divides by the SNR, which is 0 at the last timestep with zero_terminal_snr on an "
+                    "epsilon model (an infinite loss)",
+                    "use a v_prediction model, or loss.max_timestep = 999",
+                )
+
+
+@rule("spec")
+def noise_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    loss = spec.loss
+    if loss.adaptive_noise_scale and loss.noise_offset == 0:
+        yield _err(
+            "DBS237",
+            ("loss", "adaptive_noise_scale"),
+            f"loss.adaptive_noise_scale ({loss.adaptive_noise_scale:g}) adds to the noise offset, but "
+            "loss.noise_offset is 0",
+            "set loss.noise_offset (0.05-0.1 typical), or remove adaptive_noise_scale",
+        )
+    if loss.min_timestep > loss.max_timestep:
+        yield _err(
+            "DBS237",
+            ("loss", "min_timestep"),
+            f"loss.min_timestep ({loss.min_timestep}) is above loss.max_timestep ({loss.max_timestep})",
+            "min_timestep must be at most max_timestep (equal trains one timestep)",
+        )
+
+
+_SWITCHED = (  # (option, what turns it on, the condition in words)
+    (
+        "huber_schedule",
+        lambda loss: loss.kind in ("pseudo_huber", "smooth_l1"),
+        'loss.kind is "pseudo_huber" or "smooth_l1"',
+    ),
+    (
+        "huber_c",
+        lambda loss: loss.kind in ("pseudo_huber", "smooth_l1"),
+        'loss.kind is "pseudo_huber" or "smooth_l1"',
+    ),
+    (
+        "huber_scale",
+        lambda loss: loss.kind in ("pseudo_huber", "smooth_l1") and loss.huber_schedule != "snr",
+        'loss.kind is "pseudo_huber" or "smooth_l1" with huber_schedule "constant" or "exponential"',
+    ),
+    ("noise_offset_random_strength", lambda loss: loss.noise_offset > 0, "loss.noise_offset is above 0"),
+    (
+        "multires_noise_discount",
+        lambda loss: loss.multires_noise_iterations > 0,
+        "loss.multires_noise_iterations is above 0",
+    ),
+    (
+        "ip_noise_gamma_random_strength",
+        lambda loss: loss.ip_noise_gamma > 0,
+        "loss.ip_noise_gamma is above 0",
+    ),
+)
+
+
+@rule("spec")
+def inert_noise_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    for key, active, condition in _SWITCHED:
+        if given(("loss", key)) and not active(spec.loss):
+            yield _warn("DBS216", ("loss", key), f"loss.{key} has no effect unless {condition}")
+    if given(("loss", "prior_reduction")) and not _class_indices(spec):
+        yield _warn(
+            "DBS216",
+            ("loss", "prior_reduction"),
+            'loss.prior_reduction has no effect without a dataset with role = "class"',
+        )
+
+
 # --- path rules: they also need the spec file's location --------------------------------------------------------
+# Caption processing: kohya cuts a caption into tags only for these three options.
+def _cuts_tags(d) -> bool:
+    return d.shuffle_caption or d.caption_tag_dropout_rate > 0 or d.token_warmup_step > 0
+
+
+@rule("spec")
+def caption_separator_usable(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        if d.caption_separator == "" and _cuts_tags(d):
+            yield _err(
+                "DBS240",
+                ("datasets", i, "caption_separator"),
+                f'datasets[{i}].caption_separator is "": dataset `{d.name}` cuts captions into tags '
+                "(shuffle_caption, caption_tag_dropout_rate or token_warmup_step) and needs a separator",
+                codes.help("DBS240"),
+            )
+
+
+@rule("spec")
+def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, d in enumerate(spec.datasets):
+        at = ("datasets", i)
+        if not _cuts_tags(d):
+            if d.keep_tokens_separator:
+                yield _warn(
+                    "DBS241",
+                    (*at, "keep_tokens_separator"),
+                    f'dataset `{d.name}`: keep_tokens_separator "{d.keep_tokens_separator}" stays in the '
+                    "caption text: nothing shuffles, drops or warms up tags",
+                    codes.help("DBS241"),
+                )
+            for key in ("keep_tokens", "caption_separator"):
+                if given((*at, key)) and not (key == "caption_separator" and d.secondary_separator):
+                    yield _warn(
+                        "DBS216",
+                        (*at, key),
+                        f"datasets[{i}].{key} has no effect: dataset `{d.name}` does not cut captions into "
+                        "tags (shuffle_caption, caption_tag_dropout_rate and token_warmup_step are off)",
+                    )
+        if given((*at, "token_warmup_min")) and d.token_warmup_step == 0:
+            yield _warn(
+                "DBS216",
+                (*at, "token_warmup_min"),
+                f"datasets[{i}].token_warmup_min has no effect while token_warmup_step is 0",
+            )
+        for key in ("caption_dropout_rate", "caption_dropout_every_n_epochs"):
+            if getattr(d, key) == 1:
+                yield _warn(
+                    "DBS242",
+                    (*at, key),
+                    f"dataset `{d.name}`: {key} = 1 trains every sample with an empty caption",
+                    "lower it (0.05-0.1 is common for caption_dropout_rate)",
+                )
+
+
 @rule("paths")
 def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder, nor

@@ -8,28 +8,31 @@ does (`frontend.check_spec`), and prints diagnostics and (with `report`) the tab
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
 
 from dbspec.convert.common.core import Conversion
 from dbspec.convert.common.launcher import InputError
-from dbspec.convert.common.run import Outcome, finish, unreadable
+from dbspec.convert.common.run import Outcome, apply_sets, finish, unreadable
 
 Converter = Callable[[], tuple[Conversion, list[str]]]
 
 
-def convert(converter: Converter, out: Path) -> Outcome:
-    """Run a converter and write its spec to `out` (when it has no errors)."""
+def convert(converter: Converter, out: Path, overrides: Sequence[str] = ()) -> Outcome:
+    """Run a converter, apply `--set key=value` overrides, and write its spec to `out` (when it has no errors)."""
     try:
         conv, header = converter()
     except InputError as exc:
         return unreadable(str(exc))
+    apply_sets(conv, overrides)
+    if overrides:
+        header = [*header, f"Values given with dbspec convert --set: {', '.join(overrides)}."]
     return finish(conv, header, out)
 
 
-def execute(converter: Converter, out: Path, *, report: bool, fmt: str) -> int:
+def execute(converter: Converter, out: Path, *, report: bool, fmt: str, overrides: Sequence[str] = ()) -> int:
     """The CLI: convert, print, return the exit code (0 converted, 1 invalid or inexpressible input)."""
     import typer
     from rich.console import Console
@@ -37,7 +40,7 @@ def execute(converter: Converter, out: Path, *, report: bool, fmt: str) -> int:
     from dbspec.convert.common.report import render_report
     from dbspec.diagnostics import render_all_text, render_json
 
-    outcome = convert(converter, out)
+    outcome = convert(converter, out, overrides)
     if fmt == "json":
         payload = json.loads(render_json(outcome.diagnostics))
         payload["written"] = str(out) if outcome.written else None

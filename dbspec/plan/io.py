@@ -69,6 +69,105 @@ def run_hash(plan: Plan) -> str:
     return "sha256:" + hashlib.sha256(_canonical(_run_data(plan_to_data(plan))).encode()).hexdigest()
 
 
+# Plan versions whose only change to what a run trains was renaming fields: the version before -> {field path in
+# the current plan: its name then}. A run saved under that version recorded the run hash of the old names; the
+# same run hashed that way (`legacy_run_hashes`) lets it resume after the upgrade.
+LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
+    3: {("train_denoiser",): "train_unet", ("adapter", "denoiser_targets"): "unet_targets"},  # spec_version 2
+}
+# Fields added to the plan since that version, with the value that trains as that version did ("*" stands for
+# every item of a list; a callable computes the value from the run data). A plan holding that value hashes as
+# the old run did without the field; any other value is a run the old version could not make, so its hash
+# differs and an old checkpoint is refused.
+LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
+    3: {
+        ("model", "max_tokens"): 75,
+        ("optimizer", "text_encoder_2_lr"): None,
+        ("loss", "huber"): None,
+        ("loss", "noise"): lambda run: {
+            "offset": run["loss"]["noise_offset"],
+            "offset_random_strength": False,
+            "adaptive_scale": 0.0,
+            "multires_iterations": 0,
+            "multires_discount": 0.0,
+            "ip_gamma": 0.0,
+            "ip_random_strength": False,
+            "min_timestep": 0,
+            "max_timestep": 1000,
+        },
+        ("loss", "debiased_estimation"): False,
+        ("loss", "scale_v_like_epsilon"): False,
+        ("loss", "v_pred_like_loss"): 0.0,
+        ("loss", "prior_reduction"): "separate",
+        ("datasets", "*", "folders"): [],  # kohya folder datasets
+        # adapter kinds beyond plain LoRA (LoCon, DoRA, LoHa, LoKr): all off then
+        ("adapter", "conv_rank"): 0,
+        ("adapter", "conv_alpha"): 0.0,
+        ("adapter", "conv_targets"): [],
+        ("adapter", "dora"): False,
+        ("adapter", "factor"): -1,
+        ("adapter", "decompose_both"): False,
+        ("adapter", "rank_dropout"): 0.0,
+        ("adapter", "module_dropout"): 0.0,
+        # the adapter's parameter count is an estimate shown in the summary; it never changes what trains
+        ("adapter", "params"): lambda run: run["adapter"].get("params"),
+        ("datasets", "*", "caption_processing"): {
+            "shuffle_caption": False,
+            "caption_separator": ",",
+            "keep_tokens": 0,
+            "keep_tokens_separator": "",
+            "secondary_separator": "",
+            "enable_wildcard": False,
+            "caption_dropout_rate": 0.0,
+            "caption_dropout_every_n_epochs": 0,
+            "caption_tag_dropout_rate": 0.0,
+            "token_warmup_min": 1,
+            "token_warmup_step": 0.0,
+            "varying_images": 0,
+            "varying_samples_per_epoch": 0,
+            "empty_text_key": "",
+        },
+    },
+}
+
+
+def legacy_run_hashes(plan: Plan) -> tuple[str, ...]:
+    """The run hashes `plan` had under the plan versions of LEGACY_RUN_NAMES, newest first."""
+    return tuple(
+        "sha256:"
+        + hashlib.sha256(_canonical(legacy_run_data(plan_to_data(plan), version)).encode()).hexdigest()
+        for version in sorted(LEGACY_RUN_NAMES, reverse=True)
+    )
+
+
+def legacy_run_data(data: dict, version: int) -> dict:
+    """The run data (see `_run_data`) of plan data `data` as plan_version `version` named it."""
+    out = json.loads(json.dumps(_run_data(data)))  # a deep copy of plain JSON data
+    for newer in sorted((v for v in LEGACY_RUN_NAMES if v >= version), reverse=True):
+        for path, value in LEGACY_ADDED_FIELDS.get(newer, {}).items():
+            old = value(out) if callable(value) else value
+            for parent in _parents(out, path[:-1]):
+                if path[-1] in parent and parent[path[-1]] == old:
+                    del parent[path[-1]]
+        for path, old in LEGACY_RUN_NAMES[newer].items():
+            parent = out
+            for part in path[:-1]:
+                parent = parent[part]
+            parent[old] = parent.pop(path[-1])
+    out["plan_version"] = version
+    return out
+
+
+def _parents(data, path: tuple[str, ...]) -> list[dict]:
+    """The dicts at `path` in `data`, "*" taking every item of a list."""
+    if not path:
+        return [data] if isinstance(data, dict) else []
+    head, rest = path[0], path[1:]
+    if head == "*":
+        return [found for item in data for found in _parents(item, rest)] if isinstance(data, list) else []
+    return _parents(data[head], rest) if isinstance(data, dict) and head in data else []
+
+
 def _run_data(data: dict) -> dict:
     data = {key: value for key, value in data.items() if key not in (*_VOLATILE_TOP, "plan_hash")}
     for table, keys in _VOLATILE.items():

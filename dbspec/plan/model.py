@@ -15,7 +15,9 @@ import attrs
 
 from dbspec.families import Family
 
-PLAN_VERSION = 3  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling
+PLAN_VERSION = 4  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling;
+# 4: train_unet -> train_denoiser, adapter.unet_targets -> adapter.denoiser_targets (io.LEGACY_RUN_NAMES);
+#    kohya noise and loss options (loss.noise, huber schedule, timestep weights, prior_reduction); DatasetPlan.caption_processing
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -66,6 +68,7 @@ class ModelPlan:
     params: dict[str, int]  # component -> parameter count
     variant: str = ""  # diffusers weight variant, e.g. "fp16"
     notes: tuple[str, ...] = ()
+    max_tokens: int = 75  # prompt tokens: 75 = one CLIP window; 150/225 = 2/3 windows joined
 
 
 @frozen
@@ -74,9 +77,9 @@ class AdapterPlan:
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input
-    unet_targets: tuple[str, ...] = ()
+    denoiser_targets: tuple[str, ...] = ()
     text_encoder_targets: tuple[str, ...] = ()
-    # Convolutions (LoCon): UNet module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is 0.
+    # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is 0.
     conv_rank: int = 0
     conv_alpha: float = 0.0
     conv_targets: tuple[str, ...] = ()
@@ -136,6 +139,55 @@ class GeneratePlan:
 
 
 @frozen
+class CaptionPlan:
+    """kohya's caption processing for one dataset, settled: the options (kohya's names), then the decisions.
+
+    `dbspec.plan.captions` applies it: the runtime draws each sample's caption from it every step, with a
+    generator seeded by the sample (so a resumed run draws the same captions).
+    """
+
+    shuffle_caption: bool = False
+    caption_separator: str = ","
+    keep_tokens: int = 0
+    keep_tokens_separator: str = ""
+    secondary_separator: str = ""
+    enable_wildcard: bool = False
+    caption_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0  # epochs counted from 1, as kohya counts them
+    caption_tag_dropout_rate: float = 0.0
+    token_warmup_min: int = 1
+    token_warmup_step: float = 0.0  # resolved: a ratio below 1 is already floor(ratio x total steps); 0 = off
+    # Decisions. Varying images draw a new caption every step (shuffle, tag dropout, wildcards, warm-up): their
+    # text embeddings cannot be cached and the text encoder runs forward for each of their samples.
+    varying_images: int = 0
+    varying_samples_per_epoch: int = 0
+    empty_text_key: str = ""  # the dropped (empty) caption's cache key; "" without dropout or a text cache
+
+    @property
+    def active(self) -> bool:
+        """Whether any option differs from kohya's defaults (captions are used as written otherwise)."""
+        return self != CaptionPlan(
+            varying_images=self.varying_images,
+            varying_samples_per_epoch=self.varying_samples_per_epoch,
+            empty_text_key=self.empty_text_key,
+        )
+
+    @property
+    def dropout(self) -> bool:
+        return self.caption_dropout_rate > 0 or self.caption_dropout_every_n_epochs > 0
+
+
+@frozen
+class FolderPlan:
+    """One kohya `N_class tokens` sub-folder of a `layout = "kohya_folders"` dataset, as the plan found it."""
+
+    name: str  # the sub-folder's name, e.g. "10_sks dog"
+    repeats: int  # N x the dataset's repeats
+    prompt: str  # the caption fallback: the words after `N_` (or the dataset's prompt)
+    images: int
+
+
+@frozen
 class DatasetPlan:
     name: str
     role: Literal["instance", "class"]
@@ -146,8 +198,10 @@ class DatasetPlan:
     mask_source: Literal["none", "folder", "alpha"]
     images: tuple[ImagePlan, ...]
     skipped: tuple[str, ...] = ()  # "file: reason" for each left-out file
+    folders: tuple[FolderPlan, ...] = ()  # layout = "kohya_folders": the sub-folders found
     samples_per_epoch: int = 0
     generate: GeneratePlan | None = None
+    caption_processing: CaptionPlan = CaptionPlan()
 
 
 @frozen
@@ -220,8 +274,34 @@ class SchedulePlan:
 
 
 @frozen
+class NoisePlan:
+    """How a step draws its noise and timesteps (kohya's get_noise_noisy_latents_and_timesteps), in draw order:
+    the noise, the offset (random strength, adaptive scale), multi-resolution levels, timesteps in
+    [min_timestep, max_timestep), then the input perturbation the noisy latents get and the target does not."""
+
+    offset: float  # loss.noise_offset; 0 = off
+    offset_random_strength: bool
+    adaptive_scale: float  # 0 = off
+    multires_iterations: int  # 0 = off
+    multires_discount: float
+    ip_gamma: float  # 0 = off
+    ip_random_strength: bool
+    min_timestep: int
+    max_timestep: int  # exclusive, unless equal to min_timestep (one timestep)
+
+
+@frozen
+class HuberPlan:
+    """kohya's pseudo-Huber threshold c(t) for kind pseudo_huber / smooth_l1."""
+
+    schedule: Literal["constant", "exponential", "snr"]
+    c: float
+    scale: float
+
+
+@frozen
 class LossPlan:
-    kind: Literal["mse", "huber", "l1"]
+    kind: Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
     huber_delta: float
     target: Literal["epsilon", "v_prediction"]
     min_snr_gamma: float
@@ -230,6 +310,13 @@ class LossPlan:
     masked: bool
     prior: Literal["none", "images", "base_model"]
     prior_weight: float
+    # kohya's options: None / 0 / False where off
+    huber: HuberPlan | None  # set for kind pseudo_huber / smooth_l1
+    noise: NoisePlan
+    debiased_estimation: bool
+    scale_v_like_epsilon: bool  # loss.scale_v_pred_loss_like_noise_pred
+    v_pred_like_loss: float
+    prior_reduction: Literal["separate", "per_sample"]
     formula: str
     # Components kept as a frozen base copy for prior = "base_model" in a full fine-tune (LoRA runs switch
     # their adapters off instead): decided here once, counted by the memory estimate, made by the runtime.
@@ -265,6 +352,9 @@ class OptimizerPlan:
     eps: float
     momentum: float
     max_grad_norm: float
+    text_encoder_2_lr: float | None = (
+        None  # the second text encoder's rate when it differs (SDXL); None: the same
+    )
 
 
 @frozen
@@ -340,7 +430,7 @@ class Plan:
     target: TargetEnv
     model: ModelPlan
     adapter: AdapterPlan
-    train_unet: bool
+    train_denoiser: bool
     train_text_encoder: bool
     datasets: tuple[DatasetPlan, ...]
     buckets: tuple[BucketPlan, ...]

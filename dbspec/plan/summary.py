@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import GeneratePlan, Plan, StepRange
+from dbspec.plan.model import CaptionPlan, GeneratePlan, NoisePlan, Plan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -47,7 +47,11 @@ def model_table(plan: Plan) -> Table:
     t = _table("Model", "base", "source", "family", "prediction", "parameters")
     params = ", ".join(f"{k} {_count(v)}" for k, v in m.params.items()) or "unknown"
     t.add_row(m.base, m.source + ("" if m.resolved else " (not downloaded)"), m.family, m.prediction, params)
-    t.caption = "\n".join(f"note: {note}" for note in m.notes) or None
+    lines = [f"note: {note}" for note in m.notes]
+    if m.clip_skip != 1 or m.max_tokens != 75:
+        windows = f" ({m.max_tokens // 75} windows of 75, joined)" if m.max_tokens != 75 else ""
+        lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
+    t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
 
@@ -72,6 +76,75 @@ def datasets_table(plan: Plan) -> Table:
             str(len(d.skipped)),
             gen,
         )
+    return t
+
+
+def captions_table(plan: Plan) -> Table | None:
+    """Caption processing per dataset (kohya's options) and what it does to the text cache; None when off."""
+    rows = [d for d in plan.datasets if d.caption_processing.active]
+    if not rows:
+        return None
+    t = _table(
+        "Caption processing (kohya order, drawn per sample and step)", "dataset", "processing", "text cache"
+    )
+    for d in rows:
+        p = d.caption_processing
+        t.add_row(d.name, "; ".join(_processing(p)), _caption_cache(plan, p, len(d.images)))
+    return t
+
+
+def _processing(p: CaptionPlan) -> list[str]:
+    parts = []
+    if p.caption_dropout_rate:
+        parts.append(f"caption dropout {p.caption_dropout_rate:g}")
+    if p.caption_dropout_every_n_epochs:
+        n = p.caption_dropout_every_n_epochs
+        parts.append(f"empty captions in epochs {n}, {2 * n}, ...")
+    if p.enable_wildcard:
+        parts.append("wildcards {a|b} and one line per step")
+    fixed = f'fixed up to "{p.keep_tokens_separator}"' if p.keep_tokens_separator else ""
+    fixed = " and ".join(x for x in (fixed, f"first {p.keep_tokens} fixed" if p.keep_tokens else "") if x)
+    if p.token_warmup_step:
+        parts.append(
+            f"token warm-up {p.token_warmup_min} tags at step 0 -> all at step {p.token_warmup_step:g}"
+        )
+    if p.shuffle_caption:
+        parts.append("shuffle tags" + (f" ({fixed})" if fixed else ""))
+    if p.caption_tag_dropout_rate:
+        parts.append(f"tag dropout {p.caption_tag_dropout_rate:g}")
+    if p.shuffle_caption or p.caption_tag_dropout_rate or p.token_warmup_step:
+        parts.append(f'tags split at "{p.caption_separator}", joined with ", "')
+    elif p.keep_tokens_separator:
+        parts.append(f'"{p.keep_tokens_separator}" stays in the text (nothing cuts tags)')
+    if p.secondary_separator:
+        parts.append(f'"{p.secondary_separator}" -> "{p.caption_separator}"')
+    return parts
+
+
+def _caption_cache(plan: Plan, p: CaptionPlan, images: int) -> str:
+    if not plan.cache.text_embeddings:
+        return "off (every caption is encoded when drawn): no extra cost"
+    parts = []
+    if p.varying_images:
+        parts.append(
+            f"{p.varying_images} of {images} images uncached (captions change per step): text encoder forward "
+            f"for {p.varying_samples_per_epoch} samples/epoch"
+        )
+    else:
+        parts.append("cached (captions never change)")
+    if p.empty_text_key:
+        parts.append("empty caption cached once for dropout")
+    return "; ".join(parts)
+
+
+def kohya_folders_table(plan: Plan) -> Table | None:
+    """The `N_class tokens` sub-folders each `layout = "kohya_folders"` dataset found (None when none)."""
+    rows = [(d.name, f) for d in plan.datasets for f in d.folders]
+    if not rows:
+        return None
+    t = _table("kohya folders", "dataset", "folder", "images", "repeats", "prompt")
+    for name, f in rows:
+        t.add_row(name, f.name, str(f.images), str(f.repeats), _short(f.prompt) or "(empty)")
     return t
 
 
@@ -101,7 +174,12 @@ def schedule_table(plan: Plan) -> Table:
         (
             "optimizer",
             f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
-            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else ""),
+            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
+            + (
+                f" (second: {plan.optimizer.text_encoder_2_lr:g})"
+                if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
+                else ""
+            ),
         ),
         ("lr schedule", f"{s.lr_schedule}, warm-up {s.warmup_steps}"),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
@@ -160,7 +238,7 @@ def adapter_rows(a) -> list[tuple[str, str]]:
     if a.kind == "lokr":
         kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"
     rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]
-    rows.append(("  targets", ", ".join(a.unet_targets)))
+    rows.append(("  targets", ", ".join(a.denoiser_targets)))
     if a.conv_rank:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
@@ -170,9 +248,36 @@ def adapter_rows(a) -> list[tuple[str, str]]:
     return rows
 
 
+def noise_summary(n: NoisePlan) -> str:
+    """E.g. `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
+    parts = ["N(0,1)"]
+    if n.offset > 0:
+        extras = [
+            x
+            for x in (
+                "random strength" if n.offset_random_strength else "",
+                f"adaptive {n.adaptive_scale:g}" if n.adaptive_scale else "",
+            )
+            if x
+        ]
+        parts.append(f" + {n.offset:g} offset" + (f" ({', '.join(extras)})" if extras else ""))
+    if n.multires_iterations:
+        parts.append(f", multires {n.multires_iterations}×{n.multires_discount:g}")
+    if n.ip_gamma > 0:
+        parts.append(
+            f"; input perturbation {n.ip_gamma:g}" + (" (random strength)" if n.ip_random_strength else "")
+        )
+    if n.min_timestep == n.max_timestep:
+        parts.append(f"; t = {n.max_timestep}")
+    else:
+        parts.append(f"; t in [{n.min_timestep}, {n.max_timestep})")
+    return "".join(parts)
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
+    t.add_row("noise", noise_summary(plan.loss.noise))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
     for what, value in adapter_rows(plan.adapter):
@@ -219,6 +324,8 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
     parts = [
         model_table(plan),
         datasets_table(plan),
+        captions_table(plan),
+        kohya_folders_table(plan),
         buckets_table(plan),
         schedule_table(plan),
         training_table(plan),
@@ -227,7 +334,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
     defaults = sorted(k for k, o in plan.origins.items() if o.kind in ("default", "derived"))
     if explain:
         parts.append(origins_table(plan))
-    console.print(Group(*[item for p in parts for item in (p, "")]))
+    console.print(Group(*[item for p in parts if p is not None for item in (p, "")]))
     if not explain:
         console.print(
             f"{len(defaults)} values are defaults or derived; `dbspec plan --explain` lists every origin."
@@ -238,6 +345,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
 
 def _short(text: str, limit: int = 80) -> str:
     """A caption as the summary shows it: one table cell, however long the caption file was."""
+    text = text.replace("\n", " | ")  # a multi-line (wildcard) caption in one line
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -68,9 +68,15 @@ _CHECKS: tuple[Check, ...] = (
             "loss.min_snr_gamma",
             "loss.noise_offset",
             "loss.huber_delta",
+            "loss.v_pred_like_loss",
+            "loss.noise.offset",
+            "loss.noise.ip_gamma",
+            "loss.noise.multires_iterations",
+            "loss.noise.multires_discount",
         )
     ),
     ("optimizer.lr", _above(0), "a number above 0"),
+    ("optimizer.text_encoder_2_lr", lambda v: v is None or _above(0)(v), "null or a number above 0"),
     ("optimizer.momentum", _fraction, "a number in [0, 1]"),
     ("ema.decay", _fraction, "a number in [0, 1]"),
     ("adapter.dropout", _fraction, "a number in [0, 1]"),
@@ -98,8 +104,10 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         )
     if a.dora and a.kind != "lora":
         yield f"dora is a LoRA option; found adapter kind {a.kind!r}"
-    if plan.loss.prior == "base_model" and not plan.train_unet:  # DBS226 in specs: nothing to compare with
-        yield 'loss.prior "base_model" needs train_unet = true; found false'
+    if (
+        plan.loss.prior == "base_model" and not plan.train_denoiser
+    ):  # DBS226 in specs: nothing to compare with
+        yield 'loss.prior "base_model" needs train_denoiser = true; found false'
     if not any(d.role == "instance" and d.images for d in plan.datasets):
         yield "datasets must hold an instance dataset with images; found none"
     for i, d in enumerate(plan.datasets):
@@ -113,10 +121,40 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
                 f"datasets[{i}].generate needs steps >= 1, batch_size >= 1 and guidance >= 0; found steps "
                 f"{gen.steps}, batch_size {gen.batch_size}, guidance {gen.guidance}"
             )
+    for i, d in enumerate(plan.datasets):
+        yield from _caption_problems(i, d.caption_processing)
     for i, b in enumerate(plan.buckets):
         if not all(_at_least(8)(side) for side in b.size):
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
+    yield from _noise_problems(plan)
     yield from _output_problems(plan)
+
+
+def _noise_problems(plan: Plan) -> Iterator[str]:
+    noise, huber = plan.loss.noise, plan.loss.huber
+    low, high = noise.min_timestep, noise.max_timestep
+    if not (_at_least(0)(low) and _at_least(1)(high) and high <= 1000 and low <= min(high, 999)):
+        yield (
+            "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000 (min_timestep <= 999); found "
+            f"min_timestep {low}, max_timestep {high}"
+        )
+    if (huber is None) != (plan.loss.kind not in ("pseudo_huber", "smooth_l1")):
+        yield f"loss.huber must be set exactly for kind pseudo_huber or smooth_l1; found kind {plan.loss.kind!r}"
+    elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
+        yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
+
+
+def _caption_problems(i: int, p) -> Iterator[str]:
+    """The caption processing's bounds, as the spec's (a rate in [0, 1], counts at least 0)."""
+    at = f"datasets[{i}].caption_processing"
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if not _fraction(getattr(p, key)):
+            yield f"{at}.{key} must be a number in [0, 1]; found {getattr(p, key)!r}"
+    for key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min", "token_warmup_step"):
+        if not _at_least(0)(getattr(p, key)):
+            yield f"{at}.{key} must be a number of at least 0; found {getattr(p, key)!r}"
+    if p.caption_separator == "" and (p.shuffle_caption or p.caption_tag_dropout_rate or p.token_warmup_step):
+        yield f'{at}.caption_separator must not be "" while captions are cut into tags'
 
 
 def _output_problems(plan: Plan) -> Iterator[str]:

@@ -9,9 +9,10 @@ from typing import Any
 
 import attrs
 
-from dbspec.diagnostics import Diagnostic, Span, error
+from dbspec.diagnostics import Diagnostic, Span, error, has_errors
 from dbspec.spec.fields import spec_leaves
 from dbspec.spec.load import RawSpec, load_spec_file
+from dbspec.spec.migrate import OLDEST, migrate
 from dbspec.spec.model import SPEC_VERSION, Spec, table_classes
 from dbspec.spec.paths import KeyPath, dotted, table_label
 from dbspec.spec.structure import Located, structure_spec, toml_type
@@ -32,6 +33,10 @@ class Checked:
 def load_and_structure(path: Path, label: str, overrides: list[str]) -> Checked:
     raw, diags = load_spec_file(path, label, overrides)
     if raw is None or not raw.parsed:
+        return Checked(raw=raw, spec=None, diagnostics=tuple(diags))
+    raw, migrated = migrate(raw)
+    diags += migrated
+    if has_errors(migrated):
         return Checked(raw=raw, spec=None, diagnostics=tuple(diags))
     version = _check_version(raw)
     if version:
@@ -54,7 +59,9 @@ def _check_version(raw: RawSpec) -> list[Diagnostic]:
     elif version > SPEC_VERSION:
         help_text = f"this dbspec reads spec_version = {SPEC_VERSION}; version {version} needs a newer dbspec"
     else:
-        help_text = f"this dbspec reads spec_version = {SPEC_VERSION}"
+        help_text = (
+            f"this dbspec reads spec_version = {SPEC_VERSION} (and upgrades {OLDEST} when it reads it)"
+        )
     return [
         error(
             "DBS106",
@@ -90,7 +97,7 @@ def _diagnose(raw: RawSpec, located: Located) -> Diagnostic:
             help=_missing_help(path, p.cls),
         )
     if p.kind == "enum":
-        allowed = ", ".join(f'"{a}"' for a in p.allowed)
+        allowed = ", ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in p.allowed)
         return error(
             "DBS104",
             f"`{key}` must be one of {allowed}; found {_show(p.actual)}",
@@ -194,7 +201,9 @@ def _enum_help(actual: Any, allowed: tuple) -> str:
 
     same_letters = [a for a in allowed if str(a).lower() == str(actual).lower()]
     close = same_letters or difflib.get_close_matches(str(actual), [str(a) for a in allowed], n=1, cutoff=0.5)
-    return f'did you mean "{close[0]}"?' if close else ""
+    if not close:
+        return ""
+    return f'did you mean "{close[0]}"?' if isinstance(allowed[0], str) else f"did you mean {close[0]}?"
 
 
 def _type_help(path: KeyPath, expected: str, actual: Any) -> str:

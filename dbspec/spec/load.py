@@ -30,6 +30,7 @@ class RawSpec:
     sources: dict  # file label -> text, for rendering source lines
     override_key_spans: dict = attrs.field(factory=dict)  # KeyPath -> Span of the key of its `--set`
     parsed: bool = True  # False: the text is not UTF-8 or not TOML; data is empty
+    renamed: tuple = ()  # migrate.Renamed: keys of an older spec_version read under their new names
 
     def key_span(self, path: KeyPath) -> Span | None:
         return self.override_key_spans.get(path) or self.spans.key(path) or self.spans.nearest(path)

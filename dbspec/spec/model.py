@@ -1,4 +1,4 @@
-"""The spec language v1: one attrs class per TOML table, one `option()` per key.
+"""The spec language (spec_version 2; dbspec/spec/migrate.py reads version 1): one attrs class per TOML table, one `option()` per key.
 
 This file is the single source of truth for every option: its type, default and doc feed the strict
 loader, the JSON Schema (`dbspec schema`), `docs/spec-reference.md` and `dbspec explain`. TOML keys equal
@@ -14,7 +14,7 @@ import attrs
 from dbspec.families import Family as ModelFamily
 from dbspec.spec.fields import option
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: the trained network is the denoiser (train.unet -> train.denoiser, ...)
 
 Family = Literal["auto", ModelFamily]  # the registry's families (dbspec/families.py), or detect
 Prediction = Literal["auto", "epsilon", "v_prediction"]
@@ -34,7 +34,7 @@ class Model:
     )
     prediction: Prediction = option(
         "auto",
-        doc="What the UNet predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
+        doc="What the denoiser predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
     )
     vae: str = option(
         "",
@@ -57,6 +57,12 @@ class Model:
         doc="Use the text encoder's n-th layer from the end (1 = last layer, 2 = penultimate).",
         minimum=1,
         maximum=12,
+    )
+    max_tokens: Literal[75, 150, 225] = option(
+        75,
+        doc="Prompt tokens the text encoders see. 75 is one CLIP window; 150 and 225 encode a prompt as 2 or 3 "
+        "windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
+        "validation samples.",
     )
 
 
@@ -85,10 +91,10 @@ def _alpha():
     )
 
 
-def _unet_targets():
+def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        doc="UNet module names (suffixes) that get adapters at `rank`.",
+        doc="Denoiser (UNet) module names (suffixes) that get adapters at `rank`.",
     )
 
 
@@ -102,8 +108,8 @@ def _text_encoder_targets():
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
-        doc="Rank of the adapters on the UNet's 3x3 convolutions named by `conv_targets` (kohya `conv_dim`, "
-        "LyCORIS LoCon); 0 adapts no convolution.",
+        doc="Rank of the adapters on the denoiser's (UNet's) 3x3 convolutions named by `conv_targets` "
+        "(kohya `conv_dim`, LyCORIS LoCon); 0 adapts no convolution.",
         minimum=0,
         maximum=maximum,
         example=8,
@@ -124,8 +130,8 @@ def _conv_alpha():
 def _conv_targets():
     return option(
         factory=lambda: list(KOHYA_CONV_TARGETS),
-        doc="UNet convolution names (suffixes) that get adapters at `conv_rank` when it is above 0; the default "
-        "is kohya's LoCon set (the 3x3 convolutions of ResNet blocks, downsamplers and upsamplers).",
+        doc="Denoiser (UNet) convolution names (suffixes) that get adapters at `conv_rank` when it is above 0; "
+        "the default is kohya's LoCon set (the 3x3 convolutions of ResNet blocks, downsamplers and upsamplers).",
     )
 
 
@@ -160,7 +166,7 @@ class LoraAdapter:
         doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "
         "kohya/LyCORIS `dora_wd`); exported with kohya's `dora_scale` keys.",
     )
-    unet_targets: list[str] = _unet_targets()
+    denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
@@ -177,7 +183,7 @@ class LohaAdapter:
     alpha: float = _alpha()
     rank_dropout: float = _rank_dropout()
     module_dropout: float = _module_dropout()
-    unet_targets: list[str] = _unet_targets()
+    denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
@@ -208,7 +214,7 @@ class LokrAdapter:
     )
     rank_dropout: float = _rank_dropout()
     module_dropout: float = _module_dropout()
-    unet_targets: list[str] = _unet_targets()
+    denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
@@ -228,7 +234,7 @@ LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter)
 
 @frozen
 class Train:
-    unet: bool = option(True, doc="Train the UNet.")
+    denoiser: bool = option(True, doc="Train the denoiser (the UNet of SD1, SD2 and SDXL).")
     text_encoder: bool = option(
         False,
         doc="Also train the text encoder(s); improves likeness (HF study) at the cost of memory.",
@@ -248,6 +254,15 @@ class Dataset:
         "instance", doc="instance: the subject to learn; class: regularisation images for prior preservation."
     )
     recursive: bool = option(False, doc="Also scan sub-folders.")
+    layout: Literal["folder", "kohya_folders"] = option(
+        "folder",
+        doc="folder: `path` holds the images. kohya_folders: `path` holds kohya's `N_class tokens` sub-folders "
+        "(e.g. `10_sks dog`), listed at plan time: each sub-folder's images repeat N x `repeats` times and "
+        'the words after `N_` are its `prompt` (the caption fallback with captions = "textfile", where '
+        "`name_x_y_w_h.png` also finds `name.txt` as kohya does); loose files and names without a number "
+        "are skipped with a warning; a folder named only `N` gives an empty caption, with a warning. A `masks` "
+        "folder holds the same sub-folders.",
+    )
     captions: Literal["prompt", "textfile", "filename"] = option(
         "prompt",
         doc="Caption source: prompt gives every image `prompt`; textfile reads a sidecar file with "
@@ -307,6 +322,62 @@ class Dataset:
         "error",
         doc="What to do with unreadable, truncated or too-small images: stop with an error, or skip them.",
     )
+    # Caption processing: kohya's per-subset options, their names and meaning (dbspec/plan/captions.py applies
+    # them in kohya's order). Captions that change per step cannot use the text-embedding cache.
+    shuffle_caption: bool = option(
+        False, doc="Shuffle the caption's tags (split at `caption_separator`) every time a sample is drawn."
+    )
+    caption_separator: str = option(
+        ",", doc="What separates tags for shuffling, tag dropout and warm-up (kohya caption_separator)."
+    )
+    keep_tokens: int = option(
+        0,
+        doc="The first N tags stay in front, never shuffled or dropped (when no `keep_tokens_separator` is "
+        "in the caption).",
+        minimum=0,
+        maximum=1000,
+    )
+    keep_tokens_separator: str = option(
+        "",
+        doc="Marks the fixed part of a caption: tags before it (and after a second one) stay fixed, the tags "
+        'between are shuffled/dropped; e.g. "|||". It stays in the text when nothing shuffles, drops or warms up.',
+        example="|||",
+    )
+    secondary_separator: str = option(
+        "",
+        doc="A separator inside a tag (kept together when shuffling), replaced by `caption_separator` at the end.",
+        example=";;;",
+    )
+    enable_wildcard: bool = option(
+        False,
+        doc="`{a|b|c}` in a caption becomes one choice per step, and a multi-line caption file gives one "
+        "random line per step (otherwise only its first line is read).",
+    )
+    caption_dropout_rate: float = option(
+        0.0, doc="Probability that a sample trains with an empty caption.", minimum=0, maximum=1
+    )
+    caption_dropout_every_n_epochs: int = option(
+        0,
+        doc="Train every N-th epoch (counted from 1) with empty captions; 0 never.",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    caption_tag_dropout_rate: float = option(
+        0.0,
+        doc="Probability that each tag (outside the fixed ones) is left out when a sample is drawn.",
+        minimum=0,
+        maximum=1,
+    )
+    token_warmup_min: int = option(
+        1, doc="Tags used at step 0 by the token warm-up.", minimum=0, maximum=1000
+    )
+    token_warmup_step: float = option(
+        0.0,
+        doc="Token warm-up: the tags used grow from `token_warmup_min` to all by this step; below 1 it is a "
+        "fraction of the run's steps; 0 turns it off.",
+        minimum=0,
+        example=0.2,
+    )
 
 
 @frozen
@@ -329,9 +400,17 @@ class Buckets:
     )
 
 
+LossKind = Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
+
+
 @frozen
 class Loss:
-    kind: Literal["mse", "huber", "l1"] = option("mse", doc="Element-wise loss.")
+    kind: LossKind = option(
+        "mse",
+        doc="Element-wise loss. mse, l1; huber: torch's Huber with `huber_delta`; pseudo_huber: kohya's "
+        "loss_type huber, 2c(sqrt(x^2 + c^2) - c); smooth_l1: kohya's loss_type smooth_l1, 2(sqrt(x^2 + c^2) - c) "
+        "(not torch's SmoothL1Loss); c follows `huber_schedule`.",
+    )
     huber_delta: float = option(0.1, doc='Huber threshold (kind = "huber").', exclusive_minimum=0)
     prior: Literal["images", "base_model"] = option(
         "images",
@@ -347,6 +426,82 @@ class Loss:
     )
     zero_terminal_snr: bool = option(
         False, doc="Rescale the noise schedule to zero terminal SNR (use with v_prediction)."
+    )
+    # kohya-ss sd-scripts' noise and loss options (train_util.get_noise_noisy_latents_and_timesteps,
+    # get_huber_threshold_if_needed, custom_train_functions); each is off by default.
+    prior_reduction: Literal["separate", "per_sample"] = option(
+        "separate",
+        doc="How instance and class samples of a batch combine. separate: the instance mean (timestep weights "
+        "applied) plus prior_weight times the class mean (diffusers' DreamBooth); per_sample: kohya's mean over "
+        "the batch of each sample's loss times prior_weight (class samples) and the timestep weights (all samples).",
+    )
+    huber_schedule: Literal["constant", "exponential", "snr"] = option(
+        "snr",
+        doc="How c of pseudo_huber/smooth_l1 follows the timestep (kohya): constant c * huber_scale; "
+        "exponential huber_scale * exp(t ln(c) / T); snr (1 - c) / (1 + sqrt((1 - ac_t) / ac_t))^2 + c.",
+    )
+    huber_c: float = option(
+        0.1,
+        doc="kohya's huber_c: the pseudo-Huber threshold (or its floor, by schedule).",
+        exclusive_minimum=0,
+    )
+    huber_scale: float = option(
+        1.0,
+        doc="kohya's huber_scale: multiplies c in the constant and exponential schedules.",
+        exclusive_minimum=0,
+    )
+    noise_offset_random_strength: bool = option(
+        False, doc="Draw each step's offset strength uniformly in [0, noise_offset) (kohya)."
+    )
+    adaptive_noise_scale: float = option(
+        0.0,
+        doc="Add this times |mean of each latent channel| to the noise offset (kohya); 0 turns it off. "
+        "Needs noise_offset.",
+        example=0.5,
+    )
+    multires_noise_iterations: int = option(
+        0,
+        doc="Multi-resolution (pyramid) noise levels added to the noise, 6-10 typical (kohya); 0 turns it off.",
+        minimum=0,
+        maximum=64,
+        example=6,
+    )
+    multires_noise_discount: float = option(
+        0.3, doc="Weight ratio between successive multi-resolution noise levels.", minimum=0, maximum=1
+    )
+    ip_noise_gamma: float = option(
+        0.0,
+        doc="Input-perturbation noise (arXiv 2301.11706): the noisy latents get noise + gamma * N(0, 1) while "
+        "the target keeps the noise; 0.1 typical, 0 turns it off.",
+        minimum=0,
+        example=0.1,
+    )
+    ip_noise_gamma_random_strength: bool = option(
+        False, doc="Draw each step's input-perturbation strength uniformly in [0, ip_noise_gamma) (kohya)."
+    )
+    min_timestep: int = option(0, doc="Smallest training timestep (inclusive).", minimum=0, maximum=999)
+    max_timestep: int = option(
+        1000,
+        doc="Training timesteps are drawn below this (exclusive; 1000 = the whole schedule); equal to "
+        "min_timestep trains that one timestep.",
+        minimum=1,
+        maximum=1000,
+    )
+    debiased_estimation: bool = option(
+        False,
+        doc="Weight each sample by 1/sqrt(snr) (epsilon) or 1/(snr + 1) (v_prediction), snr capped at 1000 "
+        "(kohya debiased_estimation_loss, arXiv 2310.08442).",
+    )
+    scale_v_pred_loss_like_noise_pred: bool = option(
+        False,
+        doc="v_prediction models: weight each sample by snr/(snr + 1), snr capped at 1000, so the loss scales "
+        "like an epsilon loss (kohya).",
+    )
+    v_pred_like_loss: float = option(
+        0.0,
+        doc="epsilon models: add this times loss * (snr + 1)/snr, a v-prediction-like term (kohya); 0 turns it off.",
+        minimum=0,
+        example=0.1,
     )
 
 
@@ -364,6 +519,13 @@ class Optimizer:
         derived="same as `lr`",
         exclusive_minimum=0,
         example=1e-6,
+    )
+    text_encoder_2_lr: float = option(
+        attrs.Factory(lambda self: self.text_encoder_lr, takes_self=True),
+        doc="Learning rate of the second text encoder (SDXL's OpenCLIP-bigG), as kohya's learning_rate_te2.",
+        derived="same as `text_encoder_lr`",
+        exclusive_minimum=0,
+        example=5e-7,
     )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
@@ -405,7 +567,9 @@ class Precision:
     bf16_fallback: Literal["error", "fp16"] = option(
         "error", doc='When mixed = "bf16" and the device lacks bf16: stop with an error, or use fp16.'
     )
-    quantize_unet: Quantization = option("none", doc="Quantise the frozen UNet base weights (LoRA runs).")
+    quantize_denoiser: Quantization = option(
+        "none", doc="Quantise the frozen denoiser (UNet) base weights (LoRA runs)."
+    )
     quantize_text_encoder: Quantization = option("none", doc="Quantise the frozen text-encoder base weights.")
     gradient_checkpointing: bool = option(
         False, doc="Recompute activations in the backward pass to save memory."
@@ -479,7 +643,10 @@ class Logging:
 
 @frozen
 class Spec:
-    spec_version: int = option(doc="Spec language version; must be 1.", example=1)
+    spec_version: int = option(
+        doc="Spec language version; must be 2 (a version 1 file is upgraded when read; `dbspec upgrade` rewrites it).",
+        example=2,
+    )
     model: Model = option(doc="The base model.")
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(

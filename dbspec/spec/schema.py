@@ -9,7 +9,7 @@ from typing import Any, Literal
 import attrs
 
 from dbspec.spec.fields import NO_DEFAULT, static_default
-from dbspec.spec.model import ADAPTER_VARIANTS, Spec
+from dbspec.spec.model import ADAPTER_VARIANTS, SPEC_VERSION, Spec
 
 SCHEMA_ID = "https://dbspec.dev/schemas/dbspec.schema.json"
 _PRIMITIVES = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -20,7 +20,8 @@ def type_schema(tp: Any) -> dict:
         return {"type": _PRIMITIVES[tp]}
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return {"type": "string", "enum": list(typing.get_args(tp))}
+        choices = typing.get_args(tp)
+        return {"type": "string" if isinstance(choices[0], str) else "integer", "enum": list(choices)}
     if origin is list:
         return {"type": "array", "items": type_schema(typing.get_args(tp)[0])}
     if origin is typing.Union:
@@ -66,8 +67,8 @@ def class_schema(cls: type) -> dict:
 
 def spec_schema() -> dict:
     schema = class_schema(Spec)
-    schema["description"] = "dbspec DreamBooth training spec (spec_version 1)."
-    schema["properties"]["spec_version"]["const"] = 1
+    schema["description"] = f"dbspec DreamBooth training spec (spec_version {SPEC_VERSION})."
+    schema["properties"]["spec_version"]["const"] = SPEC_VERSION
     adapter = schema["properties"]["adapter"]
     for variant, name in zip(adapter["oneOf"], ADAPTER_VARIANTS):
         variant["description"] = f'adapter kind "{name}"'

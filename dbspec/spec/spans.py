@@ -80,6 +80,20 @@ class SpanIndex:
                 return found.key
         return None
 
+    def aliased(self, aliases: dict[Path, Path]) -> SpanIndex:
+        """This index with each `new` path of `aliases` (and every path below it) found at its `old` path's
+        positions too: a key an older spec_version named differently (spec/migrate.py)."""
+        entries = dict(self._entries)
+        for new, old in aliases.items():
+            entries.update(
+                {
+                    new + path[len(old) :]: entry
+                    for path, entry in self._entries.items()
+                    if path[: len(old)] == old
+                }
+            )
+        return SpanIndex(entries)
+
     def paths(self) -> list[Path]:
         """Every indexed path, in source order of its key."""
         return sorted(self._entries, key=lambda p: (self._entries[p].key.line, self._entries[p].key.col))

@@ -67,10 +67,12 @@ def _strict(expected_type: type, name: str):
 
 def _literal_hook(tp, _converter):
     allowed = typing.get_args(tp)
+    kind = type(allowed[0])  # str, or int for a choice of numbers (model.max_tokens)
 
     def hook(value, _):
-        if type(value) is not str:
-            raise SpecProblem(kind="type", expected="string", actual=value, allowed=allowed)
+        if type(value) is not kind:
+            expected = "string" if kind is str else "integer"
+            raise SpecProblem(kind="type", expected=expected, actual=value, allowed=allowed)
         if value not in allowed:
             raise SpecProblem(kind="enum", actual=value, allowed=allowed)
         return value

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from tests.bench.bench_scan import floor_scan, make_images  # noqa: E402
 
 SPEC = """\
-spec_version = 1
+spec_version = 2
 [model]
 base = "builtin:tiny-sd1"
 [[datasets]]

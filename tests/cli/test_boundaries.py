@@ -69,6 +69,7 @@ LAYERS: dict[str, int] = {
     "masks": 4,
     "cli_common": 5,
     "cli_convert": 6,
+    "cli_upgrade": 6,
     "cli": 7,
 }
 RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime"}

@@ -16,7 +16,7 @@ from dbspec.diagnostics import Diagnostic, Span, render_all_text
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "specs" / "quickstart.toml"
 
-VALID = """spec_version = 1
+VALID = """spec_version = 2
 
 [model]
 base = "runwayml/stable-diffusion-v1-5"

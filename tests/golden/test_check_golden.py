@@ -39,6 +39,8 @@ FRONT_END_CODES = {
     "DBS104",
     "DBS105",
     "DBS106",
+    "DBS107",
+    "DBS108",
     "DBS203",
 }
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CPU = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, description="test cpu")
 
 BASE_SPEC = """\
-spec_version = 1
+spec_version = 2
 
 [model]
 base = "{base}"

@@ -57,3 +57,59 @@ def test_sdxl_full_finetune_uses_cached_pooled_embeddings(tmp_path):
     base = build_pipeline("builtin:tiny-sdxl").unet.state_dict()
     trained = load_file(str(Path(result.final) / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(trained[k], base[k]) for k in trained)
+
+
+def test_every_family_has_a_runtime_module_implementing_the_protocol():
+    """The registry's `runtime` names a module whose object has every FamilyRuntime member."""
+    import inspect
+
+    from dbspec.families import FAMILIES
+    from dbspec.runtime.families import FamilyRuntime, family_runtime
+
+    members = {n for n, _ in inspect.getmembers(FamilyRuntime) if not n.startswith("_")}
+    members |= set(FamilyRuntime.__annotations__)
+    for name, spec in FAMILIES.items():
+        runtime = family_runtime(name)
+        assert runtime.spec is spec
+        missing = {m for m in members if not hasattr(runtime, m)}
+        assert not missing, f"{name} ({spec.runtime}) lacks {sorted(missing)}"
+        assert runtime.pipeline_class().__name__ == spec.pipeline_class
+
+
+def test_sdxl_prompt_encoding_concatenates_both_encoders_and_pools_the_second():
+    from dbspec.runtime.families import family_runtime
+
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
+    with torch.no_grad():
+        out = family_runtime("sdxl").encode_prompts(
+            encoders, tokenizers, ["a toy"], clip_skip=1, max_tokens=75, device="cpu"
+        )
+        second = pipe.text_encoder_2(
+            pipe.tokenizer_2(["a toy"], padding="max_length", return_tensors="pt").input_ids
+        )
+    width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert out["prompt_embeds"].shape[-1] == width
+    assert torch.equal(out["pooled"], second.text_embeds)
+
+
+def test_sdxl_second_text_encoder_trains_at_its_own_rate(tmp_path):
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.optim import param_groups
+    from dbspec.runtime.prepare import configure_models
+
+    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=2, extra="[train]\ntext_encoder = true\n")
+    plan = compile_spec(spec, ["optimizer.text_encoder_lr=1e-4", "optimizer.text_encoder_2_lr=2e-5"])
+    assert plan.optimizer.text_encoder_2_lr == 2e-5
+    comps = family_runtime("sdxl").load(plan)
+    denoiser, per_encoder = configure_models(plan, comps, torch.device("cpu"))
+    groups = param_groups(denoiser, per_encoder, plan.optimizer)
+    assert [(g["name"], g["lr"]) for g in groups] == [
+        ("denoiser", plan.optimizer.lr),
+        ("text_encoder", 1e-4),
+        ("text_encoder_2", 2e-5),
+    ]
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in comps.text_encoders[1].parameters()}
+    same = compile_spec(spec, ["optimizer.text_encoder_lr=1e-4", "optimizer.text_encoder_2_lr=1e-4"])
+    assert same.optimizer.text_encoder_2_lr is None  # one group, as before the option existed
+    assert execute(plan).status == "finished"

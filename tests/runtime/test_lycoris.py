@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
-from dbspec.runtime.inference import SampleError, SampleRequest, load_pipeline
+from dbspec.runtime.sample import SampleError, SampleRequest, load_pipeline
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
 

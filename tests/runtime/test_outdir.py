@@ -36,7 +36,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     "content",
     [
         {"dog.png": b"\x89PNG", "dog.txt": b"a dog"},  # a dataset folder
-        {"spec.toml": b"spec_version = 1\n", "data/x.png": b"x"},  # a project folder
+        {"spec.toml": b"spec_version = 2\n", "data/x.png": b"x"},  # a project folder
         {"final/unet.bin": b"w"},  # results, but no run marker
         {RUN_FILE: b"not json", "notes.txt": b"mine"},  # a run.json dbspec did not write
     ],

@@ -94,7 +94,7 @@ def test_a_base_prior_with_a_frozen_unet_is_refused_by_the_plan(tmp_path):
         tmp_path,
         steps=2,
         with_class=True,
-        extra='[train]\nunet = false\ntext_encoder = true\n[loss]\nprior = "base_model"\n',
+        extra='[train]\ndenoiser = false\ntext_encoder = true\n[loss]\nprior = "base_model"\n',
     )
     planned = plan_spec(spec, CPU, str(spec), [])
     assert planned.plan is None

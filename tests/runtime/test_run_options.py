@@ -128,7 +128,7 @@ kind = "lora"
 rank = 4
 
 [precision]
-quantize_unet = "int8"
+quantize_denoiser = "int8"
 """,
     )
     assert next(c for c in plan.precision.components if c.name == "unet").quantized == "int8"

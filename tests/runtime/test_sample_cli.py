@@ -96,3 +96,29 @@ def test_masks_from_alpha_and_white(tmp_path):
     result = runner.invoke(app, ["masks", str(images), "--out", str(tmp_path / "w")])
     assert result.exit_code == 0
     assert Image.open(tmp_path / "w" / "b.png").getextrema() == (255, 255)
+
+
+def test_sample_a_single_file_reads_its_family_from_the_file(tmp_path):
+    """No --family: the CLI reads it from the checkpoint's tensor names (an SDXL file gets SDXL's pipeline)."""
+    from dbspec.runtime import tiny
+    from dbspec.runtime.exports import export_single_file
+
+    folder = tiny.materialize("builtin:tiny-sdxl", tmp_path / "tiny")
+    pipe = tiny.build_pipeline("builtin:tiny-sdxl")
+    path = export_single_file(
+        tmp_path / "model.safetensors",
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoders=[pipe.text_encoder, pipe.text_encoder_2],
+        family="sdxl",
+        dtype="fp32",
+        metadata={},
+    )
+    args = ["sample", str(path), "-p", "a toy", "--steps", "1", "--size", "64", "--config", str(folder)]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s" / "p00-i00.png").is_file()
+
+    (tmp_path / "lone.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    result = CliRunner().invoke(app, ["sample", str(tmp_path / "lone.safetensors"), "-p", "x", "-o", "o"])
+    assert result.exit_code == 1 and "pass --family" in result.output

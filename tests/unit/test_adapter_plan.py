@@ -30,7 +30,7 @@ def _plan(tmp_path: Path, adapter: str, base: str = SD15):
     Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        f'spec_version = 1\n[model]\nbase = "{base}"\n[adapter]\n{adapter}\n[optimizer]\nlr = 1e-4\n'
+        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\n{adapter}\n[optimizer]\nlr = 1e-4\n'
         '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
     )
     planned = plan_spec(spec, GPU, "spec.toml", [])
@@ -102,7 +102,7 @@ def test_lokr_and_dora_reach_the_plan_and_its_json(tmp_path):
 
 
 def test_summary_shows_kind_targets_and_counts(tmp_path):
-    a = _plan(tmp_path, 'kind = "lokr"\nrank = 4\nconv_rank = 2\nunet_targets = ["to_q"]').adapter
+    a = _plan(tmp_path, 'kind = "lokr"\nrank = 4\nconv_rank = 2\ndenoiser_targets = ["to_q"]').adapter
     rows = dict(adapter_rows(a))
     assert rows["adapter"].startswith("lokr (factor -1) rank 4")
     assert rows["  targets"] == "to_q"
@@ -117,3 +117,32 @@ def test_lokr_full_matrix_recipe_stays_a_small_share_of_the_unet(tmp_path):
     unet = next(c.params for c in plan.precision.components if c.name == "unet")
     assert 0 < plan.adapter.params["unet"] <= unet / 256
     assert plan.memory.fits
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_a_version_1_file_of_every_kind_reads_unet_targets_forward_and_upgrades(tmp_path, kind):
+    """spec_version 1 named the denoiser targets `unet_targets` for every adapter kind: the migration renames
+    them in [adapter] whatever the kind, and `dbspec upgrade` rewrites the file to version 2's name."""
+    from dbspec.frontend import check_spec
+    from dbspec.spec.upgrade import upgrade_text
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
+    text = (
+        f'spec_version = 1\n[model]\nbase = "{SD15}"\n[adapter]\nkind = "{kind}"\nrank = 4\nconv_rank = 2\n'
+        'unet_targets = ["to_q", "ff.net.2"]\n[optimizer]\nlr = 1e-4\n'
+        '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
+    )
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    checked = check_spec(spec, "spec.toml")
+    assert [d.code for d in checked.diagnostics] == ["DBS107"]
+    assert "`adapter.unet_targets` -> `adapter.denoiser_targets` (line 8)" in checked.diagnostics[0].message
+    assert checked.spec.adapter.kind == kind and checked.spec.adapter.denoiser_targets == ["to_q", "ff.net.2"]
+    upgraded, problems = upgrade_text(text, "spec.toml")
+    assert upgraded is not None and not problems
+    assert 'denoiser_targets = ["to_q", "ff.net.2"]' in upgraded.text and "unet_targets" not in upgraded.text
+    spec.write_text(upgraded.text)
+    planned = plan_spec(spec, GPU, "spec.toml", [])
+    assert planned.plan is not None and not planned.diagnostics
+    assert planned.plan.adapter.denoiser_targets == ("to_q", "ff.net.2")

@@ -83,7 +83,7 @@ def toml_value(value) -> str:
 
 def write_spec(folder: Path, *datasets: dict, **tables: dict) -> Path:
     """spec.toml in `folder`: DEFAULT_TABLES updated by `tables` (a None value drops a key), then datasets."""
-    lines = ["spec_version = 1"]
+    lines = ["spec_version = 2"]
     merged = {
         name: {**DEFAULT_TABLES.get(name, {}), **tables.get(name, {})}
         for name in {**DEFAULT_TABLES, **tables}
@@ -468,7 +468,11 @@ def test_no_teacher_without_class_images(toy):
 def test_a_base_prior_with_a_frozen_unet_is_refused(toy):
     image(toy / "cls" / "c.png", (64, 64))
     write_spec(
-        toy, {}, class_dataset(), loss={"prior": "base_model"}, train={"unet": False, "text_encoder": True}
+        toy,
+        {},
+        class_dataset(),
+        loss={"prior": "base_model"},
+        train={"denoiser": False, "text_encoder": True},
     )
     planned = compile_in(toy)
     assert planned.plan is None and "DBS226" in codes(planned, "error")
@@ -652,7 +656,7 @@ def test_fp16_on_cpu_warns(toy):
 
 
 def test_fp8_needs_compute_capability_8_9(toy):
-    write_spec(toy, adapter={"kind": "lora"}, optimizer={"lr": 1e-4}, precision={"quantize_unet": "fp8"})
+    write_spec(toy, adapter={"kind": "lora"}, optimizer={"lr": 1e-4}, precision={"quantize_denoiser": "fp8"})
     planned = compile_in(toy, parse_target("cuda:24GB:8.6"))
     assert codes(planned) == ["DBS342"] and "8.6" in planned.diagnostics[0].message
     plan = planned_ok(toy, GPU)

@@ -168,7 +168,7 @@ def test_cli_simpletuner_and_written_spec_layout(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     text = out_path(tmp_path).read_text()
     lines = text.splitlines()
-    assert lines[0] == "#:schema ../schemas/dbspec.schema.json" and "spec_version = 1" in lines
+    assert lines[0] == "#:schema ../schemas/dbspec.schema.json" and "spec_version = 2" in lines
     tables = [line for line in lines if line.startswith("[")]
     assert tables == [
         "[model]",
@@ -215,3 +215,19 @@ def test_converted_values_keep_their_legacy_origin_in_the_plan(tmp_path):
     origin = planned.plan.origins["optimizer.lr"]
     assert origin.kind == "converted" and "learning_rate" in origin.note
     assert planned.plan.origins["datasets[0].repeats"].kind == "converted"
+
+
+def test_convert_set_applies_to_every_converter_and_bad_overrides_are_named(tmp_path):
+    images(tmp_path / "toy", 2, (512, 512))
+    out = out_path(tmp_path)
+    command = (
+        f"train_dreambooth.py --pretrained_model_name_or_path={SD15} --instance_data_dir=toy "
+        '--instance_prompt="a sks toy" --max_train_steps=20'
+    )
+    base = ["convert", "diffusers", "--command", command, "--cwd", str(tmp_path), "-o", str(out)]
+    given = runner.invoke(app, [*base, "--set", "optimizer.lr=3e-6", "--set", "datasets[0].flip=true"])
+    assert given.exit_code == 0, given.output
+    plan = plan_at(out)
+    assert plan.optimizer.lr == pytest.approx(3e-6) and plan.datasets[0].flip
+    bad = runner.invoke(app, [*base, "--set", "optimizer.lr"])
+    assert bad.exit_code == 1 and "DBS004" in bad.output and "optimizer.lr" in bad.output

@@ -188,7 +188,7 @@ def test_sdxl_lora_unet_only_with_kohya_targets(tmp_path):
     assert f'dir = "{tmp_path}/lora-out"' in outcome.text
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha) == ("lora", 32, 16.0)
-    assert "ff.net.2" in a.unet_targets and "proj_in" in a.unet_targets
+    assert "ff.net.2" in a.denoiser_targets and "proj_in" in a.denoiser_targets
     assert not plan.train_text_encoder
     o = plan.optimizer
     assert (o.kind, o.weight_decay, o.betas, o.lr) == ("adamw8bit", 0.05, (0.9, 0.99), pytest.approx(1e-4))
@@ -316,8 +316,9 @@ def test_prior_weight_min_snr_and_noise_offset_with_mixed_batches(tmp_path):
     assert (loss.kind, loss.prior_weight, loss.min_snr_gamma, loss.noise_offset) == ("l1", 0.5, 5.0, 0.05)
     assert plan.optimizer.max_grad_norm == 0.0
     assert repeats(plan, 1) == [1] * 10  # 10 training samples, 10 reg images
-    assert fate(outcome, "train_batch_size") == "differs"  # mixed batches weight the prior term differently
-    assert fate(outcome, "min_snr_gamma") == "differs"  # kohya also weights reg samples by Min-SNR
+    # mixed batches: kohya's per-sample mean, Min-SNR on reg samples too (loss.prior_reduction = "per_sample")
+    assert loss.prior_reduction == "per_sample"
+    assert fate(outcome, "train_batch_size") == "mapped" and fate(outcome, "min_snr_gamma") == "mapped"
 
 
 def test_per_dataset_reg_balance_is_reported_when_it_differs(tmp_path):
@@ -396,3 +397,97 @@ def test_windows_paths_survive_and_compile_once_mapped(tmp_path):
     images(tmp_path / "here", 2, (512, 512))
     plan = plan_of(outcome, tmp_path, overrides=["datasets[0].path=../here", "output.dir=../out"])
     assert repeats(plan, 0) == [10, 10] and plan.schedule.total_steps == 50
+
+
+@pytest.mark.parametrize(("command", "tokens"), [("sdxl_train_network.py", 225), ("train_network.py", 150)])
+def test_max_token_length_becomes_max_tokens(tmp_path, command, tokens):
+    images(tmp_path / "t" / "10_ohwx toy", 2, (1024, 1024))
+    base = SDXL if command.startswith("sdxl") else SD15
+    outcome = kohya(
+        tmp_path,
+        command=f"""accelerate launch {command} --pretrained_model_name_or_path={base} --train_data_dir=t \
+        --resolution 1024 --network_module networks.lora --network_dim 8 --max_token_length {tokens} \
+        --max_train_steps 10 --output_dir out""",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == tokens and fate(outcome, "max_token_length") == "mapped"
+
+
+def test_max_token_length_75_in_a_config_file_is_one_window(tmp_path):
+    """argparse would refuse 75 on the command line; a config file bypasses it and kohya uses 75 + 2 tokens."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    write(
+        tmp_path / "cfg.toml",
+        f"""
+pretrained_model_name_or_path = "{SD15}"
+train_data_dir = "t"
+resolution = "512"
+max_token_length = 75
+max_train_steps = 10
+""",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_db.py")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == 75 and fate(outcome, "max_token_length") == "mapped"
+
+
+def test_no_token_padding_is_reported_as_ignored_by_kohya(tmp_path):
+    """train_db.py's --no_token_padding sets a dataset flag that kohya's code no longer reads."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=t "
+        "--resolution 512 --no_token_padding --max_train_steps 10",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == 75 and fate(outcome, "no_token_padding") == "inert"
+    assert "no_token_padding" in messages(outcome, "DBS405")
+
+
+def _sdxl_full(tmp_path, rates: str):
+    images(tmp_path / "d" / "2_zwx man", 2, (1024, 1024))
+    return kohya(
+        tmp_path,
+        command=f"sdxl_train.py --pretrained_model_name_or_path {SDXL} --train_data_dir d --resolution 1024 "
+        f"--train_text_encoder {rates} --max_train_steps 100 --optimizer_type adamw",
+    )
+
+
+def test_sdxl_text_encoders_at_two_rates(tmp_path):
+    plan = plan_of(
+        _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 5e-7"),
+        tmp_path,
+    )
+    opt = plan.optimizer
+    assert (opt.lr, opt.text_encoder_lr, opt.text_encoder_2_lr) == pytest.approx((4e-6, 1e-6, 5e-7))
+
+
+def test_sdxl_second_text_encoder_falls_back_to_learning_rate(tmp_path):
+    plan = plan_of(_sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6"), tmp_path)
+    assert (plan.optimizer.text_encoder_lr, plan.optimizer.text_encoder_2_lr) == pytest.approx((1e-6, 4e-6))
+
+
+def test_sdxl_learning_rate_0_trains_only_the_text_encoders(tmp_path):
+    """sdxl_train.py: train_unet = learning_rate != 0."""
+    outcome = _sdxl_full(tmp_path, "--learning_rate 0 --learning_rate_te1 1e-6 --learning_rate_te2 1e-6")
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert plan.optimizer.text_encoder_lr == pytest.approx(1e-6) and plan.optimizer.text_encoder_2_lr is None
+
+
+def test_sdxl_one_text_encoder_at_rate_0_is_unsupported(tmp_path):
+    outcome = _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 0")
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate_te2") == "unsupported"
+
+
+def test_lora_unet_lr_0_trains_only_the_text_encoder(tmp_path):
+    """networks.lora skips parameter groups whose learning rate is 0."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=t --resolution 512 "
+        "--network_module networks.lora --unet_lr 0 --text_encoder_lr 5e-5 --max_train_steps 10",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert plan.optimizer.text_encoder_lr == pytest.approx(5e-5)

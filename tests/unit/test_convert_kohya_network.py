@@ -31,7 +31,7 @@ def test_networks_lora_conv_dim_is_locon_with_kohyas_resnet_layers(tmp_path):
     assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("lora", 16, 8.0, 8, 4.0)
     assert a.conv_targets == KOHYA_CONV and not a.dora
     # networks.lora scans ResnetBlock2D for conv_dim: its Linear and 1x1 layers train at network_dim
-    assert {"time_emb_proj", "conv_shortcut", "proj_in", "ff.net.2"} <= set(a.unet_targets)
+    assert {"time_emb_proj", "conv_shortcut", "proj_in", "ff.net.2"} <= set(a.denoiser_targets)
     assert fate(outcome, "network_args") == "mapped"
 
 
@@ -55,7 +55,7 @@ def test_lycoris_locon_with_dora(tmp_path):
     a = plan.adapter
     assert (a.kind, a.dora, a.rank, a.conv_rank, a.conv_alpha) == ("lora", True, 16, 4, 2.0)
     # LyCORIS's "full" preset: transformer, ResNet and embedding linears; 3x3 convs incl. conv_in/conv_out
-    assert {"time_embedding.linear_1", "time_emb_proj", "to_q"} <= set(a.unet_targets)
+    assert {"time_embedding.linear_1", "time_emb_proj", "to_q"} <= set(a.denoiser_targets)
     assert a.conv_targets == (*KOHYA_CONV, "conv_in", "conv_out")
     assert a.params["unet"] > 0 and not plan.train_text_encoder
 
@@ -71,7 +71,7 @@ def test_lycoris_loha_conv_dims_default_to_the_network_dims(tmp_path):
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha, a.rank_dropout, a.module_dropout) == ("loha", 8, 4.0, 0.1, 0.05)
     assert a.conv_rank == 0 and a.conv_targets == ()  # attn-mlp adapts no convolution
-    assert "ff.net.0.proj" in a.unet_targets and "fc1" in a.text_encoder_targets
+    assert "ff.net.0.proj" in a.denoiser_targets and "fc1" in a.text_encoder_targets
 
 
 def test_lycoris_lokr_factor_and_full_preset(tmp_path):

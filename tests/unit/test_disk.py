@@ -51,7 +51,7 @@ def write_spec(
         Image.new("RGB", (64, 64), (i, 0, 0)).save(folder / "imgs" / f"{i}.png")
     spec = folder / "spec.toml"
     spec.write_text(
-        'spec_version = 1\n[model]\nbase = "builtin:tiny-sd1"\n[[datasets]]\nname = "a"\npath = "imgs"\n'
+        'spec_version = 2\n[model]\nbase = "builtin:tiny-sd1"\n[[datasets]]\nname = "a"\npath = "imgs"\n'
         f'prompt = "x"\nresolution = 64\n[buckets]\nstep = 16\n[schedule]\nsteps = {steps}\n'
         f'[checkpoints]\nevery = 1\nkeep = 0\n[output]\ndir = "{output}"\n[cache]\ndir = "{cache}"\n'
     )

@@ -1,9 +1,9 @@
 """The model-family registry (dbspec/families.py) is the one place that knows the families.
 
 Family names as string literals ("sd1", "sd2", "sdxl") appear in code only in the registry, in the built-in
-tiny models, and in the places on ALLOWED below that have not moved to the registry yet. A new file testing a
-family name fails here: ask the registry instead (`family_spec(name).<fact>`), or add the fact to FamilySpec.
-Moving a place to the registry means deleting its line below (a stale line fails too).
+tiny models, and in the converters on ALLOWED below (they map other tools' words to family names). A new file
+testing a family name fails here: ask the registry (`family_spec(name).<fact>`) or the family's runtime module
+(`dbspec.runtime.families.family_runtime(name)`), or add the fact to FamilySpec. A stale line fails too.
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ from dbspec.families import FAMILIES, Family, family_spec
 ROOT = Path(__file__).resolve().parents[2]
 HOME = {"dbspec/families.py", "dbspec/builtin.py"}  # the registry, and the tiny models (one per family)
 
-# Not yet moved: file -> why it still names a family.
+# Converters translate another tool's vocabulary (script names, flags, model_family values) into dbspec's family
+# names: that mapping is theirs to hold. A family those tools support adds its words there. file -> what it maps.
 ALLOWED = {
-    "dbspec/cli.py": "`dbspec sample --family` defaults to sd1 for single files",
-    "runtime/inference.py": "SampleRequest.family defaults to sd1 for single files and bases that do not say",
-    "dbspec/compiler/modelinfo.py": "detection: family from UNet configs, context dims and single-file key prefixes",
-    "dbspec/compiler/models.py": "KNOWN_HUB_MODELS (hub id -> family, prediction); which families' weights say their prediction",
-    "dbspec/compiler/memory.py": "activation-memory facts per family (memory facts belong in the registry)",
-    "runtime/exports.py": "single-file and kohya key layouts (text-encoder prefixes, ss_base_model_version)",
-    "runtime/text.py": "prompt encoding, SD1/2 vs SDXL (a per-family runtime module's job)",
     "dbspec/convert/kohya/model.py": "kohya's script names and v2 flag -> family",
     "dbspec/convert/kohya/datasets.py": "kohya sdxl scripts' bucket step",
     "dbspec/convert/kohya/inputs.py": "kohya GUI key named `sdxl`",

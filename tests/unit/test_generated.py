@@ -56,6 +56,6 @@ def test_shipped_spec_validates(path):
 
 def test_schema_rejects_what_check_rejects():
     schema = json.loads(schema_text())
-    bad = {"spec_version": 1, "model": {"base": "x", "bogus": 1}, "datasets": []}
+    bad = {"spec_version": 2, "model": {"base": "x", "bogus": 1}, "datasets": []}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)

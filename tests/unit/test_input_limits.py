@@ -25,7 +25,7 @@ from dbspec.spec.limits import MAX_DEPTH
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = parse_target("cpu")
-SPEC = f"""spec_version = 1
+SPEC = f"""spec_version = 2
 
 [model]
 base = "builtin:tiny-sd1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dbspec.families import family_spec
 from dbspec.compiler.memory import (
-    UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL,
     activation_bytes,
     estimate_memory,
     lora_param_count,
@@ -138,7 +138,7 @@ def test_full_finetune_by_hand():
     assert plan.optimizer == 8_000_000  # AdamW: two fp32 moments
     assert plan.ema == 4_000_000
     assert plan.teacher == 2_000_000  # a bf16 copy of the trained UNet
-    per_pixel = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sd1"][1]
+    per_pixel = family_spec("sd1").activation_bytes_per_latent_pixel[1]
     assert plan.activations == 2 * 64 * 64 * per_pixel  # checkpointed: no autocast weight copies kept
     subtotal = (
         4_000_000 + 1_000_000 + 400_000 + 4_000_000 + 8_000_000 + 4_000_000 + 2_000_000 + plan.activations
@@ -168,7 +168,7 @@ def test_lora_quantized_by_hand():
     assert plan.gradients == 40_000
     assert plan.optimizer == 20_000
     assert plan.ema == plan.teacher == 0
-    assert plan.activations == 128 * 128 * UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sdxl"][1]
+    assert plan.activations == 128 * 128 * family_spec("sdxl").activation_bytes_per_latent_pixel[1]
     assert plan.fits and plan.available == 8 * GIB
     assert any("int8" in note for note in plan.notes)
 
@@ -214,7 +214,7 @@ def test_fits_against_available():
 
 def test_activation_terms():
     base = dict(family="sd1", batch_size=1, max_bucket=(512, 768), mixed="bf16")
-    plain, checkpointed = UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sd1"]
+    plain, checkpointed = family_spec("sd1").activation_bytes_per_latent_pixel
     latent = 64 * 96
     assert activation_bytes(**base, gradient_checkpointing=False) == latent * plain
     assert activation_bytes(**base, gradient_checkpointing=True) == latent * checkpointed
@@ -234,7 +234,9 @@ def test_activation_terms():
     with_text = activation_bytes(**base, gradient_checkpointing=True, text_encoders=("text_encoder",))
     assert with_text > latent * checkpointed
     assert plain > checkpointed > 0
-    assert UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL["sdxl"][0] > plain  # SDXL's deep transformers cost more
+    assert (
+        family_spec("sdxl").activation_bytes_per_latent_pixel[0] > plain
+    )  # SDXL's deep transformers cost more
     assert activation_bytes(**{**base, "family": "sd2"}, gradient_checkpointing=True) == latent * checkpointed
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = "cuda:24GB:8.9"
 
 RICH_SPEC = """\
-spec_version = 1
+spec_version = 2
 
 [model]
 base = "builtin:tiny-sdxl"
@@ -71,7 +71,7 @@ cycles = 2
 warmup_steps = 2
 
 [precision]
-quantize_unet = "int8"
+quantize_denoiser = "int8"
 
 [validation]
 prompts = ["ohwx toy on a beach"]
@@ -239,9 +239,31 @@ def _set(table: str, key: str, value):
         (
             lambda data: (
                 data["loss"].__setitem__("prior", "base_model"),
-                data.__setitem__("train_unet", False),
+                data.__setitem__("train_denoiser", False),
             ),
-            'loss.prior "base_model" needs train_unet = true; found false',
+            'loss.prior "base_model" needs train_denoiser = true; found false',
+        ),
+        (
+            lambda data: data["loss"]["noise"].__setitem__("min_timestep", 1200),
+            "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000",
+        ),
+        (
+            lambda data: data["loss"].__setitem__("kind", "pseudo_huber"),
+            "loss.huber must be set exactly for kind pseudo_huber or smooth_l1",
+        ),
+        (
+            lambda data: data["loss"]["noise"].__setitem__("ip_gamma", -0.1),
+            "loss.noise.ip_gamma must be a number of at least 0; found -0.1",
+        ),
+        (
+            lambda data: data["datasets"][0]["caption_processing"].__setitem__("caption_dropout_rate", 2.0),
+            r"datasets\[0\].caption_processing.caption_dropout_rate must be a number in \[0, 1\]; found 2.0",
+        ),
+        (
+            lambda data: data["datasets"][0]["caption_processing"].update(
+                shuffle_caption=True, caption_separator=""
+            ),
+            r'datasets\[0\].caption_processing.caption_separator must not be ""',
         ),
     ],
 )
@@ -376,7 +398,7 @@ def test_plan_download_reports_an_offline_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        'spec_version = 1\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
+        'spec_version = 2\n[model]\nbase = "acme/not-cached"\n[[datasets]]\nname = "a"\npath = "d"\n'
         'prompt = "x"\n[schedule]\nsteps = 10\n'
     )
     result = CliRunner().invoke(app, ["plan", str(spec), "--download", "--target", "cpu"])

@@ -18,7 +18,7 @@ from dbspec.plan.model import TargetEnv
 from dbspec.spec.paths import has_path
 from dbspec.spec.structure import structure_spec
 
-HEAD = 'spec_version = 1\n[model]\nbase = "runwayml/stable-diffusion-v1-5"\n'
+HEAD = 'spec_version = 2\n[model]\nbase = "runwayml/stable-diffusion-v1-5"\n'
 DOG = '[[datasets]]\nname = "dog"\npath = "data/dog"\nprompt = "a photo of ohwx dog"\n'
 DOGS = '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "data/dogs"\nprompt = "a photo of a dog"\n'
 STEPS = "[schedule]\nsteps = 100\n"
@@ -134,9 +134,9 @@ CASES = [
     ),
     (
         rules.quantize_needs_frozen_base,
-        DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
-        [("DBS212", "error", ("precision", "quantize_unet"))],
-        LORA + DOG + STEPS + '[precision]\nquantize_unet = "int8"\n',
+        DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\n',
+        [("DBS212", "error", ("precision", "quantize_denoiser"))],
+        LORA + DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\n',
     ),
     (
         rules.quantize_needs_frozen_base,
@@ -188,9 +188,9 @@ CASES = [
     ),
     (
         rules.something_trains,
-        "[train]\nunet = false\n" + DOG + STEPS,
+        "[train]\ndenoiser = false\n" + DOG + STEPS,
         [("DBS217", "error", ("train",))],
-        "[train]\nunet = false\ntext_encoder = true\n" + DOG + STEPS,
+        "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + STEPS,
     ),
     (
         rules.bucket_bounds,
@@ -249,37 +249,37 @@ CASES = [
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "loha"\nconv_rank = 4\nconv_alpha = 0.0\n' + DOG + STEPS,
-        [("DBS235", "error", ("adapter", "conv_alpha"))],
+        [("DBS260", "error", ("adapter", "conv_alpha"))],
         '[adapter]\nkind = "loha"\nconv_rank = 4\nconv_alpha = 1.0\n' + DOG + STEPS,
     ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lora"\nconv_rank = 4\nconv_targets = []\n' + DOG + STEPS,
-        [("DBS235", "error", ("adapter", "conv_targets"))],
+        [("DBS260", "error", ("adapter", "conv_targets"))],
         '[adapter]\nkind = "lora"\nconv_rank = 4\n' + DOG + STEPS,
     ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lora"\nconv_rank = 4\nconv_targets = ["conv1", "to_q"]\n' + DOG + STEPS,
-        [("DBS235", "error", ("adapter", "conv_targets"))],
+        [("DBS260", "error", ("adapter", "conv_targets"))],
         '[adapter]\nkind = "lora"\nconv_rank = 4\nconv_targets = ["conv1"]\n' + DOG + STEPS,
     ),
     (
         rules.adapter_options_fit,
-        '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_unet = "int8"\n' + DOG + STEPS,
-        [("DBS235", "error", ("precision", "quantize_unet"))],
-        '[adapter]\nkind = "loha"\nconv_rank = 4\n[precision]\nquantize_unet = "int8"\n' + DOG + STEPS,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS260", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "loha"\nconv_rank = 4\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
     ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nfactor = 0\n' + DOG + STEPS,
-        [("DBS235", "error", ("adapter", "factor"))],
+        [("DBS260", "error", ("adapter", "factor"))],
         '[adapter]\nkind = "lokr"\nfactor = 8\n' + DOG + STEPS,
     ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nconv_alpha = 1.0\n' + DOG + STEPS,
-        [("DBS236", "warning", ("adapter", "conv_alpha"))],
+        [("DBS261", "warning", ("adapter", "conv_alpha"))],
         '[adapter]\nkind = "lokr"\nconv_rank = 2\nconv_alpha = 1.0\n' + DOG + STEPS,
     ),
     (
@@ -295,14 +295,114 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n',
     ),
     (
-        rules.base_prior_needs_unet,
-        "[train]\nunet = false\ntext_encoder = true\n"
+        rules.base_prior_needs_denoiser,
+        "[train]\ndenoiser = false\ntext_encoder = true\n"
         + DOG
         + DOGS
         + STEPS
         + '[loss]\nprior = "base_model"\n',
         [("DBS226", "error", ("loss", "prior"))],
-        "[train]\nunet = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
+        "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
+    ),
+    (
+        rules.loss_weights_fit_prediction,
+        'prediction = "epsilon"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\nzero_terminal_snr = true\ndebiased_estimation = true\n",
+        [
+            ("DBS235", "error", ("loss", "scale_v_pred_loss_like_noise_pred")),
+            ("DBS236", "error", ("loss", "debiased_estimation")),
+        ],
+        'prediction = "epsilon"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nzero_terminal_snr = true\ndebiased_estimation = true\nmax_timestep = 999\n",
+    ),
+    (
+        rules.loss_weights_fit_prediction,
+        'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nv_pred_like_loss = 0.1\n",
+        [("DBS235", "error", ("loss", "v_pred_like_loss"))],
+        'prediction = "v_prediction"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\ndebiased_estimation = true\nzero_terminal_snr = true\n",
+    ),
+    (
+        rules.noise_options_fit,
+        DOG + STEPS + "[loss]\nadaptive_noise_scale = 0.5\nmin_timestep = 600\nmax_timestep = 500\n",
+        [
+            ("DBS237", "error", ("loss", "adaptive_noise_scale")),
+            ("DBS237", "error", ("loss", "min_timestep")),
+        ],
+        DOG
+        + STEPS
+        + "[loss]\nadaptive_noise_scale = 0.5\nnoise_offset = 0.05\nmin_timestep = 500\nmax_timestep = 500\n",
+    ),
+    (
+        rules.inert_noise_options,
+        DOG
+        + STEPS
+        + "[loss]\nhuber_c = 0.2\nnoise_offset_random_strength = true\nmultires_noise_discount = 0.5\n"
+        'ip_noise_gamma_random_strength = true\nprior_reduction = "per_sample"\n',
+        [
+            ("DBS216", "warning", ("loss", "huber_c")),
+            ("DBS216", "warning", ("loss", "noise_offset_random_strength")),
+            ("DBS216", "warning", ("loss", "multires_noise_discount")),
+            ("DBS216", "warning", ("loss", "ip_noise_gamma_random_strength")),
+            ("DBS216", "warning", ("loss", "prior_reduction")),
+        ],
+        DOG
+        + DOGS
+        + STEPS
+        + '[loss]\nkind = "smooth_l1"\nhuber_c = 0.2\nnoise_offset = 0.1\nnoise_offset_random_strength = true\n'
+        "multires_noise_iterations = 6\nmultires_noise_discount = 0.5\nip_noise_gamma = 0.1\n"
+        'ip_noise_gamma_random_strength = true\nprior_reduction = "per_sample"\n',
+    ),
+    (
+        rules.caption_separator_usable,
+        DOG + 'shuffle_caption = true\ncaption_separator = ""\n' + STEPS,
+        [("DBS240", "error", ("datasets", 0, "caption_separator"))],
+        DOG + 'shuffle_caption = true\ncaption_separator = ";"\n' + STEPS,
+    ),
+    (
+        rules.caption_separator_usable,
+        DOG + 'token_warmup_step = 0.5\ncaption_separator = ""\n' + STEPS,
+        [("DBS240", "error", ("datasets", 0, "caption_separator"))],
+        DOG + 'secondary_separator = ";"\ncaption_separator = ""\n' + STEPS,  # a replacement: fine
+    ),
+    (
+        rules.caption_options_inert,
+        DOG + 'keep_tokens_separator = "|||"\nkeep_tokens = 1\ntoken_warmup_min = 3\n' + STEPS,
+        [
+            ("DBS241", "warning", ("datasets", 0, "keep_tokens_separator")),
+            ("DBS216", "warning", ("datasets", 0, "keep_tokens")),
+            ("DBS216", "warning", ("datasets", 0, "token_warmup_min")),
+        ],
+        DOG
+        + 'keep_tokens_separator = "|||"\nkeep_tokens = 1\ntoken_warmup_min = 3\ntoken_warmup_step = 10\n'
+        + STEPS,
+    ),
+    (
+        rules.caption_options_inert,
+        DOG + 'caption_separator = ";"\ncaption_dropout_rate = 1.0\n' + STEPS,
+        [
+            ("DBS216", "warning", ("datasets", 0, "caption_separator")),
+            ("DBS242", "warning", ("datasets", 0, "caption_dropout_rate")),
+        ],
+        DOG + 'caption_separator = ";"\ncaption_tag_dropout_rate = 0.1\ncaption_dropout_rate = 0.1\n' + STEPS,
+    ),
+    (
+        rules.kohya_folders_options,
+        DOG
+        + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\nrecursive = true\n')
+        + "generate = 50\n"
+        + STEPS,
+        [
+            ("DBS227", "error", ("datasets", 1, "generate")),
+            ("DBS227", "error", ("datasets", 1, "recursive")),
+        ],
+        DOG + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\n') + STEPS,
     ),
 ]
 

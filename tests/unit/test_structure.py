@@ -14,7 +14,7 @@ from dbspec.spec.structure import structure_spec
 from dbspec.spec.suggest import suggest
 
 BASE = """
-spec_version = 1
+spec_version = 2
 [model]
 base = "runwayml/stable-diffusion-v1-5"
 [[datasets]]
@@ -91,7 +91,7 @@ def test_every_problem_is_gathered_not_just_the_first():
 
 
 def test_missing_required_keys_are_named():
-    spec, found = structure_spec({"spec_version": 1, "datasets": [{"name": "a"}]})
+    spec, found = structure_spec({"spec_version": 2, "datasets": [{"name": "a"}]})
     kinds = {located.path: located.problem.kind for located in found}
     assert kinds == {("model",): "missing", ("datasets", 0, "path"): "missing"}
 
@@ -101,6 +101,18 @@ def test_enum_problems_carry_the_allowed_values():
     (located,) = found
     assert located.problem.kind == "enum"
     assert "cosine_with_restarts" in located.problem.allowed
+
+
+def test_a_choice_of_numbers_takes_integers_only():
+    def with_tokens(value: str):
+        return structure_spec(tomli.loads(BASE.replace("[model]\n", f"[model]\nmax_tokens = {value}\n")))
+
+    spec, found = with_tokens("225")
+    assert found == [] and spec.model.max_tokens == 225
+    _, found = with_tokens("100")
+    assert [(f.problem.kind, f.problem.allowed) for f in found] == [("enum", (75, 150, 225))]
+    _, found = with_tokens('"150"')
+    assert [(f.problem.kind, f.problem.expected) for f in found] == [("type", "integer")]
 
 
 # -- the adapter union, tagged by `kind` ----------------------------------------------------------

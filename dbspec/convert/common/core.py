@@ -3,8 +3,9 @@
 A converter reads legacy settings (`Legacy`), writes dbspec values with `put`, and records for every legacy
 key one fate: mapped (exactly expressed), defaulted (the legacy tool's default, written so dbspec keeps it),
 differs (closest dbspec setting; the difference is stated), unsupported (changes training and has no dbspec
-equivalent), inert (changes nothing that trains: GUI or logging keys, or ignored by the legacy tool too) or
-invalid (the legacy tool itself rejects it). Several uses of one key (a CLI fallback used by many subsets)
+equivalent), inert (changes nothing that trains: GUI or logging keys, or ignored by the legacy tool too),
+unreadable (an input the conversion needs is not on this machine) or invalid (the legacy tool itself rejects
+it). Several uses of one key (a CLI fallback used by many subsets)
 merge into one report row whose fate is the worst of them.
 """
 
@@ -17,10 +18,19 @@ import attrs
 from dbspec.diagnostics import Diagnostic, error, warning
 from dbspec.spec.paths import KeyPath, dotted
 
-Fate = Literal["mapped", "defaulted", "differs", "unsupported", "inert", "invalid"]
+Fate = Literal["mapped", "defaulted", "differs", "unsupported", "inert", "unreadable", "invalid"]
 # Merge order: a key used twice reports its worst fate.
-_RANK = {"inert": 0, "defaulted": 1, "mapped": 2, "differs": 3, "unsupported": 4, "invalid": 5}
+_RANK = {
+    "inert": 0,
+    "defaulted": 1,
+    "mapped": 2,
+    "differs": 3,
+    "unsupported": 4,
+    "unreadable": 5,
+    "invalid": 6,
+}
 
+UNREADABLE = "DBS401"  # a legacy input (a file, an image folder) cannot be read on this machine
 INVALID = "DBS402"  # the legacy tool itself rejects the input
 UNSUPPORTED = "DBS403"  # changes training, no dbspec equivalent
 DIFFERS = "DBS404"  # closest dbspec setting, meaning differs as stated
@@ -61,6 +71,8 @@ class Conversion:
     reports: dict[str, KeyReport] = attrs.field(factory=dict)
     diagnostics: list[Diagnostic] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)  # header comments of the written spec
+    # spec values the legacy inputs lack: each diagnostic is reported unless `dbspec convert --set` gives the value
+    required: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
     _said: set = attrs.field(factory=set)
 
     # --- values ----------------------------------------------------------------------------------------
@@ -118,6 +130,19 @@ class Conversion:
             key + why,
         )
 
+    def unreadable(self, legacy: Legacy, why: str, help: str = "") -> None:
+        """A legacy input the conversion needs cannot be read on this machine (not the legacy tool's rule)."""
+        self._fate(legacy, "unreadable", "", why)
+        self._say(
+            error(
+                UNREADABLE,
+                f"{self.tool} `{legacy.key}` = {show(legacy.value)} cannot be read here: {why}",
+                path=legacy.key,
+                help=help or "convert on the machine that holds it, or pass --cwd",
+            ),
+            legacy.key + why,
+        )
+
     def depends(self, key: str, why: str) -> None:
         """A value computed from image counts that could not be read: said once per key."""
         self._say(
@@ -132,6 +157,10 @@ class Conversion:
 
     def warn(self, code: str, message: str, key: str = "", help: str = "") -> None:
         self._say(warning(code, message, path=key, help=help), code + message)
+
+    def require(self, path: KeyPath, problem: Diagnostic) -> None:
+        """`path` must get a value; `problem` is reported when neither the legacy inputs nor --set give one."""
+        self.required[tuple(path)] = problem
 
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diagnostics)

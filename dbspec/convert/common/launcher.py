@@ -47,6 +47,21 @@ def read_command(spec: str, cwd: Path) -> tuple[Command, str]:
     return split_command(spec), "the command text"
 
 
+def report_joined(command: Command, label: str, conv: Conversion) -> None:
+    """Option lines that followed the command without a line continuation: joined, and said once."""
+    if not command.joined:
+        return
+    names = ", ".join(command.joined)
+    conv.warn(
+        "DBS407",
+        f"{len(command.joined)} line(s) of {label} start with an option but do not continue the "
+        f"{command.script or 'command'} line (no `\\` or `^` at the end of the line before): a shell would run "
+        f"each as a command of its own and the script would not see them; the converter assumed they belong "
+        f"to the command and joined them: {names}",
+        help="add the line continuations to the legacy script, or check that these options were meant",
+    )
+
+
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()

@@ -103,6 +103,81 @@ def parse_kohya_args(items: list[str]) -> tuple[dict[str, Any], list[str]]:
     return values, problems
 
 
+# Keyword arguments of the constructors kohya's get_optimizer calls as `cls(params, lr=lr, **optimizer_args)`, by
+# kohya's lower-cased optimizer_type; anything else (and a second `lr`) is a TypeError before the first step.
+_ADAMW = (
+    "betas",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+)
+_BNB = ("optim_bits", "args", "min_8bit_size", "percentile_clipping", "block_wise", "is_paged")
+_SGD = ("momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "fused")
+_KOHYA_ACCEPTS = {
+    "": _ADAMW,  # torch.optim.AdamW
+    "adamw": _ADAMW,
+    "adamw8bit": ("betas", "eps", "weight_decay", "amsgrad", *_BNB),  # bitsandbytes.optim.AdamW8bit
+    "lion": ("betas", "weight_decay", "use_triton", "decoupled_weight_decay"),  # lion_pytorch.Lion
+    "sgd": _SGD,  # torch.optim.SGD
+    "adafactor": (  # transformers.optimization.Adafactor
+        "eps",
+        "clip_threshold",
+        "decay_rate",
+        "beta1",
+        "weight_decay",
+        "scale_parameter",
+        "relative_step",
+        "warmup_init",
+    ),
+    "prodigy": (  # prodigyopt.Prodigy
+        "betas",
+        "beta3",
+        "eps",
+        "weight_decay",
+        "decouple",
+        "use_bias_correction",
+        "safeguard_warmup",
+        "d0",
+        "d_coef",
+        "growth_rate",
+        "fsdp_in_use",
+        "slice_p",
+    ),
+}
+
+
+def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
+    """Optimizer arguments kohya would crash on: keywords the constructor does not take, and betas that are
+    not a pair of numbers. Only for the optimizers whose constructor is known."""
+    lower = name.lower()
+    accepted = (
+        _KOHYA_ACCEPTS[lower] if lower in _KOHYA_ACCEPTS and (lower != "sgd" or name == "SGD") else None
+    )
+    problems = []
+    if accepted is not None:
+        cls = name or "AdamW"
+        for key in kwargs:
+            if key == "lr":
+                problems.append(
+                    f"`lr`: kohya passes lr=learning_rate itself, so {cls} gets it twice (TypeError)"
+                )
+            elif key not in accepted:
+                problems.append(f"`{key}`: {cls}'s constructor has no such argument (TypeError)")
+    betas = kwargs["betas"] if "betas" in kwargs else None
+    if betas is not None and not (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+    ):
+        problems.append(f"`betas={betas!r}`: expected a pair of numbers such as betas=0.9,0.999")
+    return problems
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum)

@@ -15,8 +15,9 @@ _STYLE = {
     "unsupported": "red",
     "inert": "dim",
     "invalid": "bold red",
+    "unreadable": "red",
 }
-_ORDER = ("invalid", "unsupported", "differs", "mapped", "defaulted", "inert")
+_ORDER = ("invalid", "unreadable", "unsupported", "differs", "mapped", "defaulted", "inert")
 
 
 def ordered(conv: Conversion) -> list[KeyReport]:

@@ -5,6 +5,7 @@ against the legacy key its comment names (DBS403); an error no value explains is
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -12,7 +13,7 @@ import attrs
 from dbspec.convert.common.core import UNSUPPORTED, Conversion
 from dbspec.convert.common.emit import render_spec
 from dbspec.diagnostics import Diagnostic, error
-from dbspec.spec.load import parse_override_key
+from dbspec.spec.load import parse_override_key, parse_override_value
 from dbspec.util.atomic import write_text_atomic
 
 CHECK_FAILED = "DBS408"
@@ -55,6 +56,29 @@ def finish(conv: Conversion, header: list[str], out: Path) -> Outcome:
         )
     os.replace(draft, out)
     return Outcome(conversion=conv, written=True, text=text, diagnostics=(*conv.diagnostics, *found))
+
+
+def apply_sets(conv: Conversion, overrides: Sequence[str]) -> None:
+    """`dbspec convert --set key=value`: each value replaces (or adds) that spec value, as `dbspec check --set`
+    would; then every value the legacy inputs lack and no --set gave is reported."""
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        path = parse_override_key(key.strip()) if eq else None
+        value, ok = parse_override_value(text.strip()) if path is not None else (None, False)
+        if path is None or not ok:
+            conv.diagnostics.append(
+                error(
+                    "DBS004",
+                    f"cannot read override `{item}`",
+                    path=key.strip(),
+                    help="write --set table.key=value, e.g. --set model.base=runwayml/stable-diffusion-v1-5",
+                )
+            )
+            continue
+        conv.put(path, value, f"dbspec convert --set {key.strip()}")
+    for path, problem in conv.required.items():
+        if path not in conv.values:
+            conv.diagnostics.append(problem)
 
 
 def _check(draft: Path, out: Path) -> tuple[Diagnostic, ...]:

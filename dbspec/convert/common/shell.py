@@ -22,6 +22,10 @@ class Command:
     launcher: tuple[str, ...]  # tokens before the script: `accelerate launch --num_processes 1`, `python`
     script: str  # the script's file name, e.g. "train_db.py"; "" when the text is bare options
     args: tuple[str, ...]  # what the script's argparse sees
+    # Lines that start with an option and follow the command without a line continuation (a paste that lost
+    # its `\\`/`^`): a shell would run each as a command of its own; they are joined to the command, and
+    # each is named here by its first token so the converter can say so.
+    joined: tuple[str, ...] = ()
 
 
 def split_command(text: str, windows: bool | None = None) -> Command:
@@ -33,14 +37,35 @@ def split_command(text: str, windows: bool | None = None) -> Command:
 
 
 def _pick(commands: list[list[str]]) -> Command:
-    for tokens in commands:
+    for n, tokens in enumerate(commands):
         for i, token in enumerate(tokens):
             if token.lower().endswith(".py"):
                 name = re.split(r"[\\/]", token)[-1]
-                return Command(launcher=tuple(tokens[:i]), script=name, args=tuple(tokens[i + 1 :]))
+                more = _option_lines(commands, n + 1)
+                return Command(
+                    launcher=tuple(tokens[:i]),
+                    script=name,
+                    args=(*tokens[i + 1 :], *(t for line in more for t in line)),
+                    joined=tuple(line[0] for line in more),
+                )
+    first = next((n for n, t in enumerate(commands) if t and t[0].startswith("--")), None)
+    lines = _option_lines(commands, first) if first is not None else []
+    if len(lines) > 1:  # options only, one per line (pasted from an issue)
+        args = tuple(t for line in lines for t in line)
+        return Command(launcher=(), script="", args=args, joined=tuple(line[0] for line in lines[1:]))
     best = max(commands, key=lambda t: sum(x.startswith("--") for x in t), default=[])
     start = next((i for i, t in enumerate(best) if t.startswith("--")), len(best))
     return Command(launcher=tuple(best[:start]), script="", args=tuple(best[start:]))
+
+
+def _option_lines(commands: list[list[str]], start: int) -> list[list[str]]:
+    """The commands from `start` on that begin with an option, up to the first that does not."""
+    lines = []
+    for tokens in commands[start:]:
+        if not tokens or not tokens[0].startswith("-"):
+            break
+        lines.append(tokens)
+    return lines
 
 
 # --- POSIX shells ---------------------------------------------------------------------------------------------

@@ -11,14 +11,20 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.compiler.models import KNOWN_HUB_MODELS
+from dbspec.families import hub_model
 from dbspec.convert.common.argv import parse_argv
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name, require_minimums
 from dbspec.convert.diffusers.args import SCRIPTS, arg_table, script_of
 from dbspec.convert.diffusers.data import Data, map_data
 from dbspec.convert.diffusers.out import map_outputs
 from dbspec.convert.kohya.model import model_path
-from dbspec.convert.common.launcher import InputError, launcher_options, read_command, report_launcher
+from dbspec.convert.common.launcher import (
+    InputError,
+    launcher_options,
+    read_command,
+    report_joined,
+    report_launcher,
+)
 from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
@@ -87,6 +93,7 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
             f"the command runs `{command.script or 'no script'}`, not one of "
             f"{', '.join(s + '.py' for s in SCRIPTS)}"
         )
+    report_joined(command, label, conv)
     a = _args(command.args, script, conv)
     launcher = launcher_options(command)
     if not require_minimums(a, MINIMUM, conv):
@@ -274,7 +281,8 @@ def _loss(a: Args, script: str, data: Data | None, conv: Conversion) -> None:
     if snr is not None and snr.value:
         conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
         base = a["pretrained_model_name_or_path"].value or ""
-        if base not in KNOWN_HUB_MODELS or KNOWN_HUB_MODELS[base][1] == "v_prediction":
+        known = hub_model(base)
+        if known is None or known[1] == "v_prediction":
             conv.differs(
                 snr,
                 "for v-prediction models diffusers weights by min(snr, gamma)/snr + 1, dbspec by "

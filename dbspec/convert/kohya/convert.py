@@ -163,7 +163,7 @@ def convert_kohya(
     map_learning_rates(a, script, text_encoder, conv)
     map_optimizer(a, conv)
     if layout is not None:
-        map_loss(a, script, layout.has_class, layout.batch_size, conv)
+        map_loss(a, script, layout.has_class, conv)
     map_precision(a, script, lora, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv)
     report_launcher(ka.launcher, conv, script_sets_precision=True)
@@ -183,11 +183,16 @@ def _dataset_source(ka: KohyaArgs, paths: PathMapper, conv: Conversion) -> tuple
         local = paths.local(dc.value)
         config = load_dataset_config(local, conv) if local is not None else None
         if local is None:
-            conv.invalid(
-                dc.key, dc.value, dc.source, "a Windows path: the dataset config cannot be read here"
-            )
+            conv.unreadable(dc, "a Windows path, and this machine is not Windows")
         conv.record(dc, "mapped", "datasets")
         return (config, "dataset_config") if config is not None else None
+    if "in_json" in a and a["in_json"].value is not None:
+        conv.unsupported(
+            a["in_json"],
+            "a fine-tuning dataset (captions and buckets from the metadata JSON of kohya's finetune "
+            "scripts) has no dbspec equivalent; DreamBooth folders and dataset configs convert",
+        )
+        return None
     if a["train_data_dir"].value is None:
         conv.invalid(
             "train_data_dir", None, "command line", "kohya needs --dataset_config or --train_data_dir"
@@ -206,8 +211,10 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
     kinds = validate(config[0], ka.script, bool(masked.value), conv, config[1])
     if kinds is None:
         return None
-    datasets: tuple[KDataset, ...] = resolve(config[0], kinds, a, config[1])
+    datasets: tuple[KDataset, ...] = resolve(config[0], kinds, ka.dataset_args, config[1])
     layout = map_datasets(datasets, ka.script, bool(a["cache_latents"].value), paths, conv)
+    if layout is not None:
+        _text_cache_refused(a, layout, conv)
     if masked.given:
         controlnet = layout is not None and any(d.kind == "controlnet" for d, _, _ in layout.parts)
         conv.record(
@@ -221,16 +228,43 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
     return layout
 
 
+def _text_cache_refused(a, layout: Layout, conv: Conversion) -> None:
+    """The SDXL scripts assert that text-encoder outputs are not cached with captions that change per step."""
+    cached = a["cache_text_encoder_outputs"] if "cache_text_encoder_outputs" in a else None
+    if cached is None or not cached.value:
+        return
+    keys = ("caption_dropout_rate", "shuffle_caption", "token_warmup_step", "caption_tag_dropout_rate")
+    for _, subset, _ in layout.parts:
+        on = [subset.values[k] for k in keys if k in subset.values and (subset.values[k].value or 0) > 0]
+        if on:
+            conv.invalid(
+                cached.key,
+                True,
+                cached.source,
+                f"kohya asserts text-encoder outputs are not cached with `{on[0].key}` "
+                "(captions that change per step)",
+                help="drop cache_text_encoder_outputs: dbspec decides the text cache per image in the plan",
+            )
+            return
+
+
 def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int | None]:
     parts = layout.epoch_parts() if layout is not None else None
+    if layout is not None and parts is None and layout.has_class and len(layout.settings) == 1:
+        # folders not read here; with one [[datasets]] kohya's per-dataset balancing is dbspec's global one
+        conv.put(
+            ("schedule", "balance_classes"),
+            True,
+            "kohya repeats reg images to match the training images of their dataset",
+        )
     if not parts:
         return None, None
-    batch = layout.batch_size.value
-    kohya = kohya_epoch(parts, {p.group: batch for p in parts})
-    dbspec = dbspec_epoch(parts, batch)
+    kohya = kohya_epoch(parts, layout.batches)
+    dbspec = dbspec_epoch(parts, layout.batch_size.value)
     if layout.has_class:
         _balance_notes(kohya, dbspec, layout, conv)
-    return kohya.batches, dbspec.batches
+    # [[datasets]] that differ (DBS403, left out with --allow-unsupported): the spec keeps kohya's step count
+    return kohya.batches, dbspec.batches if layout.uniform else None
 
 
 def _balance_notes(kohya, dbspec, layout: Layout, conv: Conversion) -> None:

@@ -1,8 +1,9 @@
 """kohya datasets as kohya builds them: the dataset config (or the legacy folder names), validated by kohya's
 schema, with every subset value resolved through kohya's fallback chain and the legacy key it came from.
 
-Fallback order (config_util.BlueprintGenerator): subset -> [[datasets]] -> [general] -> the argparse value of
-the same name (CLI, config_file or argparse default) -> the dataclass default. The first non-None value wins.
+Fallback order (config_util.BlueprintGenerator): subset -> [[datasets]] -> [general] -> the parsed namespace's
+value of the same name (CLI, config_file or argparse default; config_file keys that are no option of the script
+too, `dataset_repeats` as `num_repeats`) -> the dataclass default. The first non-None value wins.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ Args = dict[str, Legacy]
 class KSubset:
     index: int
     values: dict[str, Legacy]  # every subset key, effective, with the legacy key it came from
+    # a train_data_dir/reg_data_dir not on this machine: its `N_class tokens` sub-folders are listed at plan
+    # time (layout = "kohya_folders"), so image_dir is the parent and repeats/class tokens come from the names
+    kohya_root: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -39,8 +43,14 @@ def load_dataset_config(path: Path, conv: Conversion) -> dict | None:
     """kohya's load_user_config: .toml or .json; None (reported) when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # not on this machine: no rule of kohya's
+        conv.unreadable(
+            Legacy(key="dataset_config", value=str(path), source="dataset_config"), exc.strerror or str(exc)
+        )
+        return None
+    try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomli.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         conv.invalid("dataset_config", str(path), "dataset_config", f"cannot read it: {exc}")
         return None
     if not isinstance(data, dict):
@@ -58,15 +68,15 @@ def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | Non
             continue
         local = paths.local(root)
         if local is None or not local.is_dir():
-            why = "is a Windows path" if local is None else "does not exist here"
-            conv.invalid(
+            why = "a Windows path, and this machine is not Windows" if local is None else "not a folder here"
+            conv.depends(
                 key,
-                root,
-                args[key].source,
-                f"the folder {why}, so its `N_class tokens` sub-folders cannot be listed",
-                help="convert where the images are, or pass --cwd",
+                f'`{root}` is {why}: it becomes a dataset with layout = "kohya_folders", whose `N_class '
+                "tokens` sub-folders `dbspec plan` lists where the images are; the converter could not check "
+                "them against kohya's rules",
             )
-            return None
+            subsets.append({"image_dir": root, "is_reg": is_reg, "_root": args[key]})
+            continue
         for sub in sorted(p for p in local.iterdir() if p.is_dir()):
             subset = _folder_subset(key, root, sub.name, is_reg, conv, args[key].source)
             if subset is not None:
@@ -87,14 +97,23 @@ def _folder_subset(
     if repeats < 1:
         conv.ignored(legacy, f"{repeats} repeats: kohya skips the folder")
         return None
-    sep = "\\" if "\\" in root and "/" not in root else "/"
     return {
-        "image_dir": root.rstrip("\\/") + sep + name,
+        "image_dir": _join(root, name),
         "num_repeats": repeats,
         "class_tokens": tail,
         "is_reg": is_reg,
         "_folder": legacy,
     }
+
+
+def _join(root: str, name: str) -> str:
+    """kohya's `Path(root) / name`: an empty root is the current folder, so the name stays relative."""
+    if root in ("", "."):
+        return name
+    stripped = root.rstrip("\\/")
+    if not stripped:  # "/" (or "\\"): the root folder
+        return root[:1] + name
+    return stripped + ("\\" if "\\" in root and "/" not in root else "/") + name
 
 
 def validate(config: dict, script: str, masked_loss: bool, conv: Conversion, source: str) -> list[str] | None:
@@ -232,7 +251,10 @@ def resolve(config: dict, kinds: list[str], args: Args, source: str) -> tuple[KD
             if "_folder" in subset:
                 for k in ("image_dir", "num_repeats", "class_tokens", "is_reg"):
                     sub_values[k] = attrs.evolve(subset["_folder"], value=subset[k])
-            subsets.append(KSubset(index=j, values=sub_values))
+            if "_root" in subset:  # the folder names give num_repeats and class_tokens at plan time
+                for k in ("image_dir", "is_reg"):
+                    sub_values[k] = attrs.evolve(subset["_root"], value=subset[k])
+            subsets.append(KSubset(index=j, values=sub_values, kohya_root="_root" in subset))
         out.append(KDataset(index=i, kind=kind, values=values, subsets=tuple(subsets)))
     return tuple(out)
 
@@ -241,9 +263,8 @@ def _lookup(key: str, layers: list[tuple[dict, str]], args: Args, source: str) -
     for table, where in layers:
         if key in table and table[key] is not None:  # kohya's "first non-None" rule
             return Legacy(key=f"{where}.{key}", value=table[key], source=source)
-    arg_name = ks.ARGPARSE_NAME[key] if key in ks.ARGPARSE_NAME else key
-    if arg_name in args and args[arg_name].value is not None:
-        return _from_argparse(key, args[arg_name])
+    if key in args and args[key].value is not None:  # args: the namespace by dataset-config name
+        return _from_argparse(key, args[key])
     return Legacy(key=key, value=ks.DEFAULTS[key], source="default")
 
 

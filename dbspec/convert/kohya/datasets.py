@@ -23,7 +23,9 @@ from dbspec.convert.common.paths import PathMapper
 class Layout:
     """The converted datasets, with what the epoch arithmetic needs."""
 
-    batch_size: Legacy
+    batch_size: Legacy  # the spec's (the largest when the [[datasets]] differ)
+    batches: dict[int, int]  # kohya [[datasets]] index -> its batch size
+    uniform: bool  # every [[datasets]] has the same batch size and bucket settings (else DBS403)
     settings: tuple["Settings", ...]  # per kohya [[datasets]]
     parts: tuple[tuple[KDataset, KSubset, tuple[Img, ...] | None], ...]  # kept subsets, with their images
     has_class: bool
@@ -72,10 +74,12 @@ def map_datasets(
         "bucket settings",
         "dbspec has one [buckets] table for all datasets",
     )
-    if batch is None or shape is None:
-        return None
-    conv.mapped(datasets[0].values["batch_size"], ("schedule", "batch_size"), batch)
-    _write_buckets(datasets[0], settings[0], conv)
+    # Differing batch sizes or buckets are reported (DBS403), and every other key still gets its own fate.
+    uniform = batch is not None and shape is not None
+    if batch is not None:
+        conv.mapped(datasets[0].values["batch_size"], ("schedule", "batch_size"), batch)
+    if shape is not None:
+        _write_buckets(datasets[0], settings[0], conv)
     parts = _parts(datasets, settings, paths, conv)
     for out_index, (dataset, subset, images) in enumerate(parts):
         setting = settings[dataset.index]
@@ -103,7 +107,9 @@ def map_datasets(
     has_class = any(s.values["is_reg"].value for _, s, _ in parts)
     masked = any(d.kind == "controlnet" or s.values["alpha_mask"].value for d, s, _ in parts)
     return Layout(
-        batch_size=datasets[0].values["batch_size"],
+        batch_size=max((d.values["batch_size"] for d in datasets), key=lambda b: b.value),
+        batches={d.index: d.values["batch_size"].value for d in datasets},
+        uniform=uniform,
         settings=tuple(settings),
         parts=tuple(parts),
         has_class=has_class,
@@ -199,7 +205,8 @@ def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conv
     if step.value < 1:
         conv.invalid(step.key, step.value, step.source, "kohya divides by bucket_reso_steps")
         return False
-    if step.value % multiple:
+    # The masked-loss (ControlNet) dataset class never sets bucket_reso_steps, so kohya's check passes it.
+    if step.value % multiple and d.kind != "controlnet":
         conv.invalid(
             step.key,
             step.value,
@@ -208,9 +215,13 @@ def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conv
             f"(verify_bucket_reso_steps({multiple})) when buckets are enabled",
         )
         ok = False
-    elif not v["bucket_no_upscale"].value:
+    else:  # kohya asserts the range with bucket_no_upscale too (adjust_min_max_bucket_reso_by_steps)
         for problem in bk.range_violations(
-            size, v["min_bucket_reso"].value, v["max_bucket_reso"].value, step.value
+            size,
+            v["min_bucket_reso"].value,
+            v["max_bucket_reso"].value,
+            step.value,
+            listed=not v["bucket_no_upscale"].value,
         ):
             conv.invalid(
                 v["min_bucket_reso"].key,

@@ -15,8 +15,9 @@ import tomli
 
 from dbspec.convert.common.argv import Arg, parse_argv
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya import schema as ks
 from dbspec.convert.kohya.args import SCRIPTS, arg_table, script_of
-from dbspec.convert.common.launcher import InputError, launcher_options, read_command
+from dbspec.convert.common.launcher import InputError, launcher_options, read_command, report_joined
 
 # Keys the bmaltais kohya_ss GUI writes into config files; kohya ignores them.
 GUI_KEYS = frozenset(
@@ -58,7 +59,8 @@ class KohyaRequest:
 @attrs.frozen(kw_only=True)
 class KohyaArgs:
     script: str
-    args: dict[str, Legacy]  # every argument of the script, effective
+    args: dict[str, Legacy]  # every argument of the script, effective (and config_file dataset fallbacks)
+    dataset_args: dict[str, Legacy]  # the dataset config's last fallback, by dataset-config key (below)
     launcher: dict[str, Legacy]
     inputs: tuple[str, ...]  # what was read, for the spec's header
 
@@ -72,6 +74,7 @@ def kohya_args(req: KohyaRequest, conv: Conversion) -> KohyaArgs:
         command, label = read_command(req.command, req.cwd)
         inputs.append(label if label == "the command text" else f"command {label}")
         launcher = launcher_options(command)
+        report_joined(command, label, conv)
         script = _script(command.script, req.script, conv)
         table = arg_table(script)
         cli = _parse_cli(command.args, table, conv)
@@ -91,14 +94,32 @@ def kohya_args(req: KohyaRequest, conv: Conversion) -> KohyaArgs:
     if config_path:
         inputs.append(f"config_file {config_path}")
     args = {name: Legacy(key=name, value=arg.default, source="default") for name, arg in table.items()}
-    args.update({k: Legacy(key=k, value=v, source="config_file") for k, v in config.items() if k in table})
+    args.update({k: Legacy(key=k, value=v, source="config_file") for k, v in config.items()})
     args.update({k: Legacy(key=k, value=v, source="command line") for k, v in cli.items()})
     args.update({k: Legacy(key=k, value=str(v), source="dbspec option") for k, v in overrides.items()})
     if args["caption_extention"].value is not None:  # prepare_dataset_args copies the legacy spelling over
         args["caption_extension"] = attrs.evolve(args["caption_extention"], key="caption_extension")
     if args["dataset_config"].value is not None:
         inputs.append(f"dataset_config {args['dataset_config'].value}")
-    return KohyaArgs(script=script, args=args, launcher=launcher, inputs=tuple(inputs))
+    return KohyaArgs(
+        script=script,
+        args=args,
+        dataset_args=dataset_fallbacks(args, [*config, *(k for k in table if k not in config)]),
+        launcher=launcher,
+        inputs=tuple(inputs),
+    )
+
+
+def dataset_fallbacks(args: dict[str, Legacy], order: list[str]) -> dict[str, Legacy]:
+    """config_util.BlueprintGenerator: every attribute of the parsed namespace is the last fallback of every
+    dataset and subset value, under its dataset-config name (train_batch_size -> batch_size, dataset_repeats ->
+    num_repeats). The namespace holds the config_file keys first (file order), then the options argparse added;
+    a later attribute with the same dataset-config name wins, as in kohya's dict comprehension."""
+    renamed = {argparse: config for config, argparse in ks.ARGPARSE_NAME.items()}
+    out: dict[str, Legacy] = {}
+    for name in order:
+        out[renamed[name] if name in renamed else name] = args[name]
+    return out
 
 
 def _script(from_command: str, requested: str | None, conv: Conversion) -> str:
@@ -159,6 +180,8 @@ def _read_config_file(path: Path, table: dict[str, Arg], conv: Conversion) -> di
 
 def _config_value_ok(key: str, value: Any, table: dict[str, Arg], conv: Conversion) -> bool:
     legacy = Legacy(key=key, value=value, source="config_file")
+    if key not in table and key in _DATASET_FALLBACKS:
+        return _fallback_ok(legacy, conv)
     if key not in table:
         if key not in GUI_KEYS:
             conv.ignored(
@@ -173,6 +196,27 @@ def _config_value_ok(key: str, value: Any, table: dict[str, Arg], conv: Conversi
     problem = config_type_problem(table[key], value)
     if problem:
         conv.invalid(key, value, "config_file", problem)
+        return False
+    return True
+
+
+# Keys kohya's dataset blueprint looks up in the namespace although they are no option of the script: every
+# dataset and subset key, and the fine-tuning scripts' dataset_repeats (num_repeats).
+_DATASET_FALLBACKS = frozenset({*ks.DEFAULTS, *ks.ARGPARSE_NAME.values()})
+
+
+def _fallback_ok(legacy: Legacy, conv: Conversion) -> bool:
+    """A config_file key that is a dataset setting: kohya checks it with the dataset schema's type
+    (ConfigSanitizer's argparse schema) and uses it wherever the dataset config leaves the value unset."""
+    names = {argparse: config for config, argparse in ks.ARGPARSE_NAME.items()}
+    name = names[legacy.key] if legacy.key in names else legacy.key
+    typed = {**ks.DATASET_KEYS, **ks.ascendable("dreambooth")}
+    if isinstance(legacy.value, dict) and name != "custom_attributes":
+        conv.ignored(legacy, "a nested table: kohya flattens config files one level only, so this is lost")
+        return False
+    problem = ks.type_problem(legacy.value, typed[name]) if name in typed else ""
+    if problem:
+        conv.invalid(legacy.key, legacy.value, legacy.source, f"{problem} (kohya's dataset schema)")
         return False
     return True
 
@@ -199,6 +243,10 @@ def config_type_problem(arg: Arg, value: Any) -> str:
         return f"expected {arg.kind.replace('_', ' ')}, got {type(value).__name__}"
     if arg.kind == "list" and not all(isinstance(v, (str, int, float)) for v in value):
         return "expected a list of strings"
+    if arg.name == "max_token_length" and value == 75:
+        return (
+            ""  # argparse would refuse it, but from a config file kohya uses 75 + 2 = 77 tokens: one window
+        )
     if arg.choices and value not in arg.choices:
         return f"must be one of {', '.join(repr(c) for c in arg.choices if c is not None)}"
     return ""

@@ -7,26 +7,32 @@ the weights.
 
 from __future__ import annotations
 
-from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.core import INVALID, Conversion, Legacy
+from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper
 from dbspec.convert.kohya.network import map_network
 
 Args = dict[str, Legacy]
-# kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
-# CLIPAttention / CLIPMLP (text encoders); 3x3 convs only with conv_dim (LoCon), which dbspec does not have.
 _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str | None:
     """[model]; returns the family."""
     base = a["pretrained_model_name_or_path"]
-    if not base.value:
-        conv.invalid(
-            base.key, None, base.source, "kohya needs the base model (--pretrained_model_name_or_path)"
+    if not base.value:  # e.g. only a dataset config converted: `--set model.base=...` supplies it
+        conv.require(
+            ("model", "base"),
+            error(
+                INVALID,
+                "kohya needs the base model (--pretrained_model_name_or_path), and none of the inputs names it",
+                path=base.key,
+                help="give it in the kohya command or config file, or pass "
+                "--set model.base=<hub id, diffusers folder or .safetensors> to dbspec convert",
+            ),
         )
-        return None
-    conv.mapped(base, ("model", "base"), model_path(base.value, paths))
-    if base.value.lower().endswith((".ckpt", ".pt", ".pth")):
+    else:
+        conv.mapped(base, ("model", "base"), model_path(base.value, paths))
+    if base.value and base.value.lower().endswith((".ckpt", ".pt", ".pth")):
         conv.put(
             ("model", "allow_pickle"),
             True,
@@ -35,6 +41,8 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
     family = _family(a, script, conv)
     if family is None:
         return None
+    if base.value:
+        _weights_match(base, family, script, paths, conv)
     vparam = a["v_parameterization"]
     conv.mapped(
         vparam,
@@ -47,6 +55,42 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
         conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
     _clip(a, family, conv)
     return family
+
+
+def _weights_match(base: Legacy, family: str, script: str, paths: PathMapper, conv: Conversion) -> None:
+    """kohya builds the architecture its script and --v2 name and loads the weights into it: weights of another
+    family fail to load (an SD 1.x script on SDXL weights). Read without torch, where the weights are here."""
+    found = _weights_family(base.value, paths)
+    if found is None or found == family:
+        return
+    names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+    conv.invalid(
+        base.key,
+        base.value,
+        base.source,
+        f"{script}.py{' --v2' if family == 'sd2' else ''} builds an {names[family]} model and loads these "
+        f"weights into it, but they are {names[found]} weights (kohya fails loading them)",
+        help="sdxl_train.py / sdxl_train_network.py train SDXL; train_db.py / train_network.py train SD 1.x "
+        "and, with --v2, SD 2.x",
+    )
+
+
+def _weights_family(value: str, paths: PathMapper) -> str | None:
+    """The family of a well-known hub id, or of a model folder or .safetensors file on this machine."""
+    from dbspec.compiler.modelinfo import ModelFileError, inspect_model
+    from dbspec.families import hub_model
+
+    known = hub_model(value)
+    if known is not None:
+        return known[0]
+    local = paths.local(value)
+    if local is None or not local.exists():
+        return None
+    try:
+        facts = inspect_model(str(local), paths.cwd)
+    except (ModelFileError, OSError, ValueError):
+        return None  # the plan reports unreadable weights
+    return facts.family if facts is not None and facts.family != "unknown" else None
 
 
 def model_path(value: str, paths: PathMapper) -> str:
@@ -88,13 +132,14 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
         conv.mapped(clip, ("model", "clip_skip"), clip.value)
     else:
         conv.record(clip, "mapped", "model.clip_skip")
-    for key, why in (
-        ("max_token_length", "dbspec encodes 75 tokens (kohya extends to 150/225 by chunking)"),
-    ):
-        if a[key].value is not None:
-            conv.unsupported(a[key], why)
+    tokens = a["max_token_length"]
+    if tokens.value in (150, 225):
+        conv.mapped(tokens, ("model", "max_tokens"), tokens.value)
+    elif tokens.given:
+        conv.record(tokens, "mapped", "model.max_tokens")  # 75 from a config file: one window, the default
     if a["no_token_padding"].value if "no_token_padding" in a else False:
-        conv.unsupported(a["no_token_padding"], "dbspec pads prompts to the tokenizer's length")
+        # train_db.py calls disable_token_padding(), whose flag nothing reads any more (the use is commented out)
+        conv.ignored(a["no_token_padding"], "it sets a flag no code reads; prompts are padded to 77 tokens")
 
 
 def map_adapter(a: Args, conv: Conversion) -> bool:
@@ -176,7 +221,7 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
                 a[key],
                 "kohya stores the frozen U-Net in float8_e4m3fn and upcasts per layer; dbspec "
                 "quantises it to fp8 with optimum-quanto",
-                ("precision", "quantize_unet"),
+                ("precision", "quantize_denoiser"),
                 "fp8",
             )
         elif key in a and a[key].value:

@@ -9,6 +9,8 @@ from typing import Any
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
+# kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
+# CLIPAttention / CLIPMLP (text encoders); 3x3 convs only with conv_dim (LoCon, KOHYA_CONV_TARGETS).
 KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
 KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 # Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
@@ -16,7 +18,7 @@ _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
 _ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
 _TRUE = {"true", "1", "yes"}
 
-# LyCORIS presets dbspec can express: (unet targets, text-encoder targets, adapts 3x3 convolutions).
+# LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
     "full": (
         [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, "time_embedding.linear_1", "time_embedding.linear_2"],
@@ -82,7 +84,7 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
         conv_targets = KOHYA_CONV_TARGETS if conv_dim else []
         if conv_dim:
             unet = [*unet, *_RESNET_LINEAR]
-    put["unet_targets"], put["text_encoder_targets"] = list(unet), list(text)
+    put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.core import Conversion, Legacy, show
 from dbspec.convert.common.epochs import Img
 from dbspec.convert.kohya.data import KDataset, KSubset
 from dbspec.convert.common.paths import PathMapper
@@ -14,24 +14,36 @@ _SMALL = 64  # dbspec's default min_image_size
 
 # subset key -> (value that changes nothing, why dbspec cannot express another value)
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "shuffle_caption": (False, "dbspec does not shuffle caption tags"),
-    "caption_dropout_rate": (0.0, "dbspec has no caption dropout"),
-    "caption_dropout_every_n_epochs": (0, "dbspec has no caption dropout"),
-    "caption_tag_dropout_rate": (0.0, "dbspec has no caption tag dropout"),
-    "token_warmup_step": (0, "dbspec has no token warm-up"),
-    "enable_wildcard": (False, "dbspec reads the first caption line literally ({a|b} wildcards are kohya's)"),
-    "keep_tokens_separator": ("", "dbspec does not split captions at a keep_tokens separator"),
-    "secondary_separator": (None, "dbspec does not rewrite caption separators"),
     "color_aug": (False, "dbspec has no colour augmentation"),
     "face_crop_aug_range": (None, "dbspec has no face-crop augmentation"),
     "custom_attributes": (None, "dbspec has no custom subset attributes (e.g. diff_output_preservation)"),
 }
 # keys that only matter together with an unsupported feature
 _INERT_WITHOUT: dict[str, str] = {
-    "keep_tokens": "only affects caption shuffling and tag dropout, which are off",
-    "caption_separator": "only affects caption shuffling and tag dropout, which are off",
-    "token_warmup_min": "token warm-up is off (token_warmup_step = 0)",
     "cache_info": "a kohya cache file; no effect on training",
+}
+# kohya's caption processing: subset key -> (kohya's off value, dbspec's type); dbspec has the same options,
+# names and meaning on [[datasets]] (dbspec/plan/captions.py).
+_CAPTION_OPTIONS: dict[str, tuple[Any, type]] = {
+    "shuffle_caption": (False, bool),
+    "caption_separator": (",", str),
+    "keep_tokens": (0, int),
+    "keep_tokens_separator": ("", str),
+    "secondary_separator": ("", str),
+    "enable_wildcard": (False, bool),
+    "caption_dropout_rate": (0.0, float),
+    "caption_dropout_every_n_epochs": (0, int),
+    "caption_tag_dropout_rate": (0.0, float),
+    "token_warmup_min": (1, int),
+    "token_warmup_step": (0.0, float),
+}
+# Values kohya accepts outside dbspec's bounds, and the in-bounds value that behaves exactly the same there.
+_SAME_AS = {
+    "caption_dropout_rate": (0.0, 1.0),  # random() < rate: never below 0, always at 1 or more
+    "caption_tag_dropout_rate": (0.0, 1.0),  # random() >= rate keeps the tag
+    "keep_tokens": (0, None),  # only keep_tokens > 0 keeps tags
+    "caption_dropout_every_n_epochs": (0, None),  # only n > 0 drops
+    "token_warmup_step": (0.0, None),  # a negative step resolves to no warm-up
 }
 
 
@@ -55,8 +67,15 @@ def map_subset(
         conv.mapped(v["is_reg"], (*at, "role"), "class")
     else:
         conv.record(v["is_reg"], "mapped", "datasets.role")
-    _captions(at, dataset, v, conv)
-    conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
+    if subset.kohya_root:
+        conv.put(
+            (*at, "layout"),
+            "kohya_folders",
+            f"{conv.tool} {image_dir.key}: its `N_class tokens` sub-folders (repeats and prompt from each name)",
+        )
+    _captions(at, dataset, v, conv, subset.kohya_root)
+    if not subset.kohya_root:
+        conv.mapped(v["num_repeats"], (*at, "repeats"), v["num_repeats"].value)
     reso = dataset.values["resolution"]
     conv.mapped(reso, (*at, "resolution"), resolution)
     if v["random_crop"].value:
@@ -69,24 +88,79 @@ def map_subset(
         conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
     elif "alpha_mask" in v:
         _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
-    if images and any(min(img.oriented) < _SMALL for img in images):
+    if (images and any(min(img.oriented) < _SMALL for img in images)) or subset.kohya_root:
         conv.put(
             (*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)"
         )
 
 
-def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion) -> None:
+def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion, root: bool) -> None:
     ext = v["caption_extension"]
     extension = ext.value if ext.value.startswith(".") else "." + ext.value  # kohya prepends the dot
     note = "caption files, else class_tokens" if dataset.kind == "dreambooth" else "caption files"
+    note = "caption files, else each folder's class tokens" if root else note
     conv.put((*at, "captions"), "textfile", f"{conv.tool} reads <image stem>{extension}: {note}")
     conv.mapped(ext, (*at, "caption_extension"), extension)
     tokens = v["class_tokens"] if "class_tokens" in v else None
-    if tokens is not None and tokens.value:
+    if tokens is not None and tokens.value and not root:
         conv.mapped(tokens, (*at, "prompt"), tokens.value)
     for key in ("caption_prefix", "caption_suffix"):
         if v[key].value:
             conv.mapped(v[key], (*at, key), v[key].value)
+    _caption_processing(at, v, conv)
+
+
+def _caption_processing(at: tuple, v: dict[str, Legacy], conv: Conversion) -> None:
+    """kohya's caption options, one for one; options that cannot act with the others are reported inert."""
+    values = {key: _caption_value(key, v[key].value) for key in _CAPTION_OPTIONS if key in v}
+    cuts = (
+        values.get("shuffle_caption")
+        or values.get("caption_tag_dropout_rate", 0) > 0
+        or values.get("token_warmup_step", 0) > 0
+    )
+    inert = {
+        "keep_tokens": None
+        if cuts
+        else "only shuffling, tag dropout and token warm-up keep tags, and they are off",
+        "keep_tokens_separator": None
+        if cuts
+        else "only shuffling, tag dropout and token warm-up cut at it (they are off): the caption trains as "
+        "written, separator included, in kohya and in dbspec",
+        "caption_separator": None
+        if cuts or values.get("secondary_separator")
+        else "only shuffling, tag dropout, token warm-up and secondary_separator use it, and they are off",
+        "token_warmup_min": None if values.get("token_warmup_step", 0) > 0 else "token warm-up is off",
+    }
+    if cuts and values.get("caption_separator") == "":
+        sep = v["caption_separator"]
+        conv.invalid(sep.key, "", sep.source, "kohya cannot cut captions into tags at an empty separator")
+        return
+    for key, value in values.items():
+        legacy = v[key]
+        off = _CAPTION_OPTIONS[key][0]
+        why = inert.get(key)
+        if why and value != off:
+            conv.inert(legacy, why)
+        elif value == off:
+            conv.record(legacy, "mapped", f"datasets.{key}")
+        else:
+            note = "" if value == legacy.value else f"kohya behaves the same for {show(legacy.value)}"
+            conv.mapped(legacy, (*at, key), value, note=note)
+
+
+def _caption_value(key: str, value: Any) -> Any:
+    """The dbspec value of a kohya caption option (None and "" are off; out-of-bounds values that act like a
+    bound become it)."""
+    off, kind = _CAPTION_OPTIONS[key]
+    if value is None or value == "":
+        return off if key != "caption_separator" else ""
+    value = kind(value)
+    low, high = _SAME_AS.get(key, (None, None))
+    if low is not None and value < low:
+        return kind(low)
+    if high is not None and value > high:
+        return kind(high)
+    return value
 
 
 def _flag(conv: Conversion, legacy: Legacy, path: tuple) -> None:
@@ -154,14 +228,40 @@ def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
             conv.inert(v[key], "no effect with these settings")
 
 
+def _face_crop_captions(subset: KSubset, images: tuple[Img, ...], ext: str, conv: Conversion) -> set[str]:
+    """Images kohya captions from the face-crop name (`name.txt` for `name_x_y_w_h.png`, read_caption's second
+    candidate) because they have no caption file of their own; dbspec's textfile captions read only the
+    image's own (layout = "kohya_folders" reads both)."""
+    found = set()
+    for img in images:
+        parts = img.path.stem.split("_")
+        face = img.path.with_name("_".join(parts[:-4]) + ext) if len(parts) >= 5 else None
+        if face is not None and face.is_file() and not img.path.with_suffix(ext).is_file():
+            found.add(img.path.name)
+    if found:
+        tokens = subset.values["class_tokens"].value if "class_tokens" in subset.values else None
+        conv.differs(
+            subset.values["image_dir"],
+            f"{len(found)} image(s) (e.g. {sorted(found)[0]}) have no caption file of their own and kohya reads "
+            f"the face-crop one (`name{ext}` for `name_x_y_w_h` images); dbspec captions them with "
+            + (f'the prompt "{tokens}"' if tokens else "nothing (an error when planning)"),
+        )
+    return found
+
+
 def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion) -> None:
     v = subset.values
     tokens = v["class_tokens"].value if "class_tokens" in v else None
-    if tokens:
-        return
     ext = v["caption_extension"].value
     ext = ext if ext.startswith(".") else "." + ext
-    bare = [img.path.name for img in images if not img.path.with_suffix(ext).is_file()]
+    face = _face_crop_captions(subset, images, ext, conv)
+    if tokens:
+        return
+    bare = [
+        img.path.name
+        for img in images
+        if not img.path.with_suffix(ext).is_file() and img.path.name not in face
+    ]
     if bare:
         conv.unsupported(
             v["image_dir"],

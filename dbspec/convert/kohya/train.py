@@ -6,7 +6,12 @@ from __future__ import annotations
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.common.optimizers import kohya_optimizer, optimizer_settings, parse_kohya_args
+from dbspec.convert.common.optimizers import (
+    kohya_constructor_problems,
+    kohya_optimizer,
+    optimizer_settings,
+    parse_kohya_args,
+)
 from dbspec.spec.model import Optimizer
 
 Args = dict[str, Legacy]
@@ -51,11 +56,15 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
             note=f"{per_epoch} steps per epoch in both, {total} steps",
         )
     else:
+        theirs = (
+            f"the converted spec's {dbspec_batches} (kohya batches each [[datasets]] apart and ignores EXIF "
+            "rotation)"
+            if dbspec_batches is not None
+            else "the [[datasets]] differ in batch size or buckets, which the spec cannot keep"
+        )
         conv.differs(
             epochs,
-            f"kohya's epoch has {kohya_batches} batches, the converted spec's {dbspec_batches} (kohya "
-            "batches each [[datasets]] apart and ignores EXIF rotation): the run keeps kohya's "
-            f"{total} steps",
+            f"kohya's epoch has {kohya_batches} batches, {theirs}: the run keeps kohya's {total} steps",
             ("schedule", "steps"),
             total,
             comment=conv.comment(epochs, f"{epochs.value} x {per_epoch} kohya steps per epoch"),
@@ -88,17 +97,31 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
             )
         else:
             steps = int(warm.value * total)  # kohya get_scheduler_fix: int(ratio * max_train_steps)
-            conv.mapped(
-                warm,
-                ("schedule", "warmup_steps"),
-                steps,
-                comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
-            )
-    elif warm.value:
+            if _warmup_fits(warm, steps, total, conv):
+                conv.mapped(
+                    warm,
+                    ("schedule", "warmup_steps"),
+                    steps,
+                    comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
+                )
+    elif warm.value and _warmup_fits(warm, warm.value, total, conv):
         conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
     else:
         conv.record(warm, "mapped", "schedule.warmup_steps")
     _schedule_shape(a, name.value, conv)
+
+
+def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion) -> bool:
+    """kohya runs a warm-up as long as the run (the LR never reaches learning_rate); dbspec plans refuse it."""
+    if total is None or steps < total:
+        return True
+    conv.unsupported(
+        warm,
+        f"a warm-up of {steps} steps is not shorter than the {total}-step run (kohya's LR never reaches "
+        "learning_rate); dbspec needs warmup_steps < steps",
+        help="shorten the warm-up (or lengthen the run) in the legacy config",
+    )
+    return False
 
 
 def _schedule_shape(a: Args, name: str, conv: Conversion) -> None:
@@ -131,6 +154,15 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
                 "sdxl_train.py asserts that text-encoder outputs are not "
                 "cached while the text encoders train",
             )
+        lr = a["learning_rate"].value
+        rates = [
+            x.value if x.value is not None else lr for x in (a["learning_rate_te1"], a["learning_rate_te2"])
+        ]
+        if flag.value and rates == [0, 0]:
+            conv.mapped(
+                flag, ("train", "text_encoder"), False, note="sdxl_train.py trains no text encoder at rate 0"
+            )
+            return False
         _write_flag(conv, flag, bool(flag.value))
         return bool(flag.value)
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
@@ -142,10 +174,20 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
             "kohya asserts network_train_unet_only when text-encoder "
             "outputs are cached (a text-encoder LoRA cannot train on cached outputs)",
         )
+    te_lr = lora_text_encoder_lr(a)
+    if not unet_only.value and te_lr.value == 0:
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        conv.mapped(
+            te_lr,
+            ("train", "text_encoder"),
+            False,
+            comment=conv.comment(te_lr, "networks.lora skips parameters whose learning rate is 0"),
+        )
+        return False
     trains = not unet_only.value
     _write_flag(conv, unet_only, trains, note="kohya trains text-encoder LoRA unless network_train_unet_only")
     if te_only.value:
-        conv.mapped(te_only, ("train", "unet"), False)
+        conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
 
 
@@ -180,50 +222,77 @@ def _write_flag(conv: Conversion, legacy: Legacy, trains: bool, note: str = "") 
         conv.record(legacy, "mapped", "train.text_encoder")
 
 
+def lora_text_encoder_lr(a: Args) -> Legacy:
+    """The text encoders' learning rate in a networks.lora run: the first `text_encoder_lr` value (networks.lora
+    has no per-encoder rates, so train_network.py passes it the first), else learning_rate."""
+    te = a["text_encoder_lr"]
+    values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
+    return attrs.evolve(te, value=float(values[0])) if values else a["learning_rate"]
+
+
 def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversion) -> None:
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
-    if not unet_lr.value:
+    if not unet_lr.value and script in ("sdxl_train", "train_network", "sdxl_train_network"):
+        # sdxl_train.py trains the U-Net only when learning_rate != 0; networks.lora skips groups with lr 0
+        why = "sdxl_train.py trains the U-Net only when learning_rate != 0"
+        if script != "sdxl_train":
+            why = "networks.lora skips parameters whose learning rate is 0"
+        conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+    elif not unet_lr.value:
         conv.unsupported(
-            unet_lr,
-            "a learning rate of 0 freezes the U-Net; set train.unet = false in the spec "
-            "instead (dbspec needs a positive lr)",
+            unet_lr, "train_db.py would train the U-Net at a learning rate of 0 (a run that changes nothing)"
         )
         return
-    conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
-    te = _text_encoder_lr(a, script, lr, conv)
+    else:
+        conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
+    te = _text_encoder_lr(a, script, lr, text_encoder, conv)
     if te is not None and text_encoder:
-        if float(te.value) != float(unet_lr.value):
+        if not unet_lr.value:
+            conv.mapped(te, ("optimizer", "lr"), float(te.value), note="dbspec needs a positive lr")
+            conv.put(("optimizer", "text_encoder_lr"), float(te.value), conv.comment(te))
+        elif float(te.value) != float(unet_lr.value):
             conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
         else:
             conv.record(te, "mapped", "optimizer.text_encoder_lr")
-    elif te is not None and te.given and te is not lr:
+    elif te is not None and te.given and te is not lr and te.key not in conv.reports:
         conv.inert(te, "the text encoder does not train")
     if lr.given and lr.key not in conv.reports:
         conv.inert(lr, "unet_lr and text_encoder_lr take its place")
 
 
-def _text_encoder_lr(a: Args, script: str, lr: Legacy, conv: Conversion) -> Legacy | None:
+def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion) -> Legacy | None:
     if script == "train_db":
         te = a["learning_rate_te"]
         return te if te.value is not None else lr
     if script == "sdxl_train":
         te1, te2 = a["learning_rate_te1"], a["learning_rate_te2"]
         values = [x.value if x.value is not None else lr.value for x in (te1, te2)]
-        if values[0] != values[1]:
+        if values[0] != values[1] and not trains:
+            for x in (te1, te2):
+                if x.given:
+                    conv.inert(x, "the text encoders do not train (no --train_text_encoder)")
+        elif values[0] != values[1] and 0 in values:
             conv.unsupported(
-                te2 if te2.given else te1,
-                f"the two SDXL text encoders train at different rates "
-                f"({values[0]} and {values[1]}): dbspec has one text_encoder_lr",
+                te2 if values[1] == 0 else te1,
+                "sdxl_train.py freezes a text encoder whose rate is 0 while the other trains; dbspec trains "
+                "both text encoders or neither",
             )
             return None
+        elif values[0] != values[1] and te2.given:
+            conv.mapped(te2, ("optimizer", "text_encoder_2_lr"), float(values[1]))
+        elif values[0] != values[1]:  # te1 given, te2 falls back to learning_rate
+            conv.put(
+                ("optimizer", "text_encoder_2_lr"), float(values[1]), conv.comment(lr, "learning_rate_te2")
+            )
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
-    te = a["text_encoder_lr"]
-    values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
-    if len(set(map(float, values))) > 1:
-        conv.unsupported(te, "one rate per text encoder: dbspec has one text_encoder_lr")
-        return None
-    return attrs.evolve(te, value=float(values[0])) if values else lr  # kohya falls back to learning_rate
+    te = lora_text_encoder_lr(a)
+    if isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
+        conv.notes.append(
+            f"kohya networks.lora trains every text encoder at the first text_encoder_lr ({te.value}); "
+            "the other values are not used"
+        )
+    return te
 
 
 def map_optimizer(a: Args, conv: Conversion) -> None:
@@ -250,8 +319,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         conv.mapped(kind_arg, ("optimizer", "kind"), name.kind)
     args = a["optimizer_args"]
     kwargs, problems = parse_kohya_args(args.value or [])
+    problems += kohya_constructor_problems(kind_arg.value, kwargs)
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
+    if problems:
+        return
     settings = optimizer_settings(name.kind, kwargs)
     for key, value in settings.values.items():
         if value == _OPTIMIZER_DEFAULTS[key]:

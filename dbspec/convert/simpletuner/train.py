@@ -294,7 +294,7 @@ def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
     if quant.value not in QUANTIZATION:
         conv.unsupported(quant, "dbspec quantises with optimum-quanto int8/int4/fp8 only")
     elif QUANTIZATION[quant.value] != "none":
-        conv.mapped(quant, ("precision", "quantize_unet"), QUANTIZATION[quant.value])
+        conv.mapped(quant, ("precision", "quantize_denoiser"), QUANTIZATION[quant.value])
     grad = cfg["gradient_checkpointing"]
     if flag(grad):
         conv.mapped(grad, ("precision", "gradient_checkpointing"), True)

@@ -1,0 +1,112 @@
+"""A run saved before plan_version 4 (the denoiser rename) resumes: its run.json and training_state.pt hold the run
+hash of the old field names (`train_unet`, `adapter.unet_targets`, plan_version 3)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbspec.plan.io import _canonical, _run_data, plan_to_json, run_hash
+from dbspec.runtime.execute import RunError, execute
+from tests.runtime.runspec import compile_spec, write_spec
+
+LORA = """
+[adapter]
+kind = "lora"
+rank = 2
+
+[checkpoints]
+every = 1
+keep = 0
+"""
+
+
+def _as_plan_version_3(plan_json: str) -> str:
+    """The plan file dbspec wrote before the rename, for the same run."""
+    data = json.loads(plan_json)
+    data["plan_version"] = 3
+    data["train_unet"] = data.pop("train_denoiser")
+    data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
+    del data["model"]["max_tokens"]  # added since (one CLIP window then)
+    del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
+    for key in (
+        "huber",
+        "noise",
+        "debiased_estimation",
+        "scale_v_like_epsilon",
+        "v_pred_like_loss",
+        "prior_reduction",
+    ):
+        del data["loss"][key]  # kohya's noise and loss options, added since (all off then)
+    for key in (
+        "conv_rank",
+        "conv_alpha",
+        "conv_targets",
+        "dora",
+        "factor",
+        "decompose_both",
+        "rank_dropout",
+        "module_dropout",
+        "params",
+    ):
+        del data["adapter"][key]  # LoCon, DoRA, LoHa, LoKr and the parameter estimate, added since (off then)
+    for dataset in data["datasets"]:
+        del dataset["caption_processing"]  # kohya's caption processing, added since (off then)
+        del dataset["folders"]  # kohya folder datasets, added since
+    return json.dumps(data, indent=1) + "\n"
+
+
+def _old_run_hash(v3_json: str) -> str:
+    """run_hash as dbspec computed it for a plan_version 3 plan (the run fields of the plan file, hashed)."""
+    return "sha256:" + hashlib.sha256(_canonical(_run_data(json.loads(v3_json))).encode()).hexdigest()
+
+
+def _make_pre_rename(out: Path, v3_json: str, old_hash: str) -> None:
+    """Rewrite a run folder as dbspec wrote it before the rename: run.json, plan.json and every checkpoint."""
+    (out / "run.json").write_text(json.dumps({"run_hash": old_hash}) + "\n")
+    (out / "plan.json").write_text(v3_json)
+    for state_file in (out / "checkpoints").glob("step-*/training_state.pt"):
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state["run_hash"], state["plan"] = old_hash, v3_json
+        torch.save(state, state_file)
+
+
+def test_a_run_saved_before_the_rename_resumes_to_the_same_weights(tmp_path):
+    spec = write_spec(tmp_path, steps=4, extra=LORA)
+    whole = execute(compile_spec(spec, ["output.dir=whole"]))
+    plan = compile_spec(spec, ["output.dir=parts"])
+    assert plan.adapter.denoiser_targets  # the renamed field takes part in the run hash
+    first = execute(plan, stop_after=2)
+    assert first.status == "interrupted"
+    out = Path(plan.checkpoints.dir)
+    v3_json = _as_plan_version_3(plan_to_json(plan))
+    old_hash = _old_run_hash(v3_json)
+    assert old_hash != run_hash(plan)
+    _make_pre_rename(out, v3_json, old_hash)
+
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    assert first.losses + second.losses == whole.losses
+    a = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(Path(second.final) / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "run.json").read_text())["run_hash"] == run_hash(
+        plan
+    )  # the folder is the new run's
+
+
+def test_a_pre_rename_run_of_another_plan_is_still_refused(tmp_path):
+    spec = write_spec(tmp_path, steps=4, extra=LORA)
+    plan = compile_spec(spec)
+    execute(plan, stop_after=2)
+    other = compile_spec(spec, ["optimizer.lr=5e-4"])
+    v3_json = _as_plan_version_3(plan_to_json(other))
+    _make_pre_rename(Path(plan.checkpoints.dir), v3_json, _old_run_hash(v3_json))
+    with pytest.raises(RunError) as info:
+        execute(plan, resume=True)
+    assert "overwrite" in info.value.message

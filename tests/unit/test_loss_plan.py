@@ -1,0 +1,105 @@
+"""The plan's loss and noise decisions (compiler/losses.py): settled values, the prediction checks that need the
+detected model, and what `dbspec plan`'s summary shows."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+import pytest
+from test_compile import (
+    codes,
+    compile_in,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    image,
+    planned_ok,
+    write_spec,
+)
+
+from dbspec.plan.summary import training_table
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    return tmp_path
+
+
+def _summary(plan) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(training_table(plan))
+    return out.getvalue()
+
+
+def test_switched_off_options_are_settled_off_in_the_plan(toy: Path):
+    write_spec(
+        toy,
+        loss={
+            "noise_offset_random_strength": True,
+            "multires_noise_discount": 0.5,
+            "ip_noise_gamma_random_strength": True,
+            "huber_c": 0.3,
+        },
+    )
+    loss = planned_ok(toy).loss
+    n = loss.noise
+    assert (n.offset, n.offset_random_strength, n.multires_iterations, n.multires_discount) == (
+        0.0,
+        False,
+        0,
+        0.0,
+    )
+    assert (n.ip_gamma, n.ip_random_strength) == (0.0, False)
+    assert loss.huber is None and loss.prior_reduction == "separate"
+
+
+def test_every_option_reaches_the_plan_and_its_summary(toy: Path):
+    write_spec(
+        toy,
+        loss={
+            "kind": "pseudo_huber",
+            "huber_schedule": "exponential",
+            "huber_c": 0.2,
+            "huber_scale": 1.5,
+            "noise_offset": 0.05,
+            "noise_offset_random_strength": True,
+            "adaptive_noise_scale": 0.3,
+            "multires_noise_iterations": 6,
+            "ip_noise_gamma": 0.1,
+            "ip_noise_gamma_random_strength": True,
+            "min_timestep": 100,
+            "max_timestep": 900,
+            "debiased_estimation": True,
+            "v_pred_like_loss": 0.2,
+            "min_snr_gamma": 5.0,
+        },
+    )
+    plan = planned_ok(toy)
+    loss = plan.loss
+    assert (loss.huber.schedule, loss.huber.c, loss.huber.scale) == ("exponential", 0.2, 1.5)
+    assert (loss.noise.adaptive_scale, loss.noise.multires_discount) == (0.3, 0.3)
+    assert loss.debiased_estimation and loss.v_pred_like_loss == 0.2
+    text = _summary(plan)
+    assert "minsnr5(t)·(1+0.2(snr+1)/snr)·debiased(t)·pseudo_huber{exponential c=0.2×1.5}(ε̂, ε)" in text
+    assert (
+        "N(0,1) + 0.05 offset (random strength, adaptive 0.3), multires 6×0.3; input perturbation 0.1 "
+        "(random strength); t in [100, 900)" in text
+    )
+
+
+def test_a_detected_prediction_is_checked_at_plan_time(toy: Path):
+    write_spec(toy, loss={"scale_v_pred_loss_like_noise_pred": True})  # builtin:tiny-sd1 predicts epsilon
+    planned = compile_in(toy)
+    assert planned.plan is None and "DBS235" in codes(planned, "error")
+    write_spec(toy, model={"base": "builtin:tiny-sd2"}, loss={"v_pred_like_loss": 0.1})  # v_prediction
+    planned = compile_in(toy)
+    assert planned.plan is None and "DBS235" in codes(planned, "error")
+    write_spec(toy, model={"base": "builtin:tiny-sd2"}, loss={"scale_v_pred_loss_like_noise_pred": True})
+    assert planned_ok(toy).loss.scale_v_like_epsilon
+
+
+def test_one_timestep_when_min_equals_max(toy: Path):
+    write_spec(toy, loss={"min_timestep": 500, "max_timestep": 500})
+    plan = planned_ok(toy)
+    assert "t = 500" in _summary(plan)
