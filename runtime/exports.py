@@ -259,19 +259,11 @@ def kohya_lora_state(
     """kohya tensors (up/down in `dtype`, alpha in fp32 so a fractional alpha keeps its exact scale) and
     the ss_network_dim / ss_network_alpha they imply. `text_encoders`: none, or one entry per encoder of the
     family (None or adapter-less for one that did not train)."""
-    spec = family_spec(family)
-    expected = len(spec.text_encoders)
-    if len(text_encoders) not in (0, expected):
-        raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
     cast = torch_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()
     alphas: set[float] = set()
-    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
-    if unet is not None:
-        original = unet_table(unet.config) if spec.kohya.original_unet_names else None
-        parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
-    for prefix, module, to_path in parts:
+    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
         for name, down, up, rank, alpha in _kohya_lora_layers(module):
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", cast, copy=True).contiguous()
@@ -286,6 +278,20 @@ def kohya_lora_state(
         "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
     }
     return tensors, dims
+
+
+def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) -> list:
+    """(kohya key prefix, module, module path -> kohya path) for each adapted model, as kohya names them;
+    the LoRA and the LyCORIS writers share it."""
+    spec = family_spec(family)
+    expected = len(spec.text_encoders)
+    if len(text_encoders) not in (0, expected):
+        raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
+    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
+    if unet is not None:
+        original = unet_table(unet.config) if spec.kohya.original_unet_names else None
+        parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
+    return parts
 
 
 def _kohya_lora_layers(module: nn.Module | None):
@@ -423,6 +429,8 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
         "dtype": plan.checkpoints.save_precision,
         "prediction": plan.model.prediction,
     }
+    from dbspec.runtime.lycoris_export import export_lycoris, needs_lycoris_layout
+
     for fmt in plan.checkpoints.exports:
         if fmt == "single_file":
             written.append(
@@ -434,6 +442,15 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
                     metadata=metadata,
                     zero_terminal_snr=plan.loss.zero_terminal_snr,
                     **common,
+                )
+            )
+        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter):  # LoCon, DoRA, LoHa, LoKr
+            written.append(
+                export_lycoris(
+                    folder / f"{name}.kohya.safetensors",
+                    plan,
+                    comps,
+                    {**metadata, **_kohya_training(plan, step)},
                 )
             )
         elif fmt == "kohya_lora":

@@ -47,7 +47,9 @@ def _prepare(
     if comp.quantized != "none":
         quantize_frozen(module, comp.quantized)
     if comp.trainable == "lora":
-        adapters.add_lora(module, plan.adapter, targets, seed)
+        adapters.add_lora(
+            module, plan.adapter, targets, seed, conv=name == family_spec(plan.model.family).denoiser
+        )
         for p in adapters.trainable_parameters(module):
             p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision or quantised base
     elif comp.trainable == "full":

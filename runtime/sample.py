@@ -54,11 +54,30 @@ def load_pipeline(request: SampleRequest):
         pipe = _base_pipeline(base, plan, request)
         pipe.load_lora_weights(str(lora))
         return pipe
+    if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
+        return _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
     if source.suffix == ".safetensors":
         cls = _pipeline_class(_family(request, source))
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def _components() -> set[str]:
+    return {name for f in FAMILIES.values() for name in (f.denoiser, *f.text_encoder_names)}
+
+
+def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest):
+    """Base pipeline + the peft-format adapters (LoHa, LoKr) `weights.save_weights` wrote, one per component."""
+    from dbspec.runtime.checkpoints import load_peft_adapters
+
+    base = request.base or (plan.model.base if plan else "")
+    if not base:
+        raise SampleError(f"{source} holds adapter weights: pass --base with the model they were trained on")
+    pipe = _base_pipeline(base, plan, request)
+    modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
+    load_peft_adapters(source, modules)
+    return pipe
 
 
 def _plan_beside(source: Path) -> Plan | None:
@@ -76,6 +95,11 @@ def _plan_beside(source: Path) -> Plan | None:
 
 def _lora_file(source: Path) -> Path | None:
     if source.is_file() and source.suffix == ".safetensors" and _is_lora(source):
+        if _is_lycoris(source):
+            raise SampleError(
+                f"{source} holds LyCORIS LoHa/LoKr weights, which diffusers does not load for this model: "
+                "sample the run's output folder (its final/ holds them in peft's layout)"
+            )
         return source
     for name in LORA_FILES:
         if (source / name).exists():
@@ -88,6 +112,13 @@ def _is_lora(path: Path) -> bool:
 
     with safe_open(str(path), "pt") as f:
         return any("lora" in key for key in list(f.keys())[:50])
+
+
+def _is_lycoris(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(".hada_" in key or ".lokr_" in key for key in f.keys())
 
 
 def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
