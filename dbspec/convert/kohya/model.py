@@ -27,7 +27,8 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
             ("model", "base"),
             error(
                 INVALID,
-                "kohya needs the base model (--pretrained_model_name_or_path), and none of the inputs names it",
+                "kohya needs the base model (--pretrained_model_name_or_path), and none "
+                "of the inputs names it",
                 path=base.key,
                 help="give it in the kohya command or config file, or pass "
                 "--set model.base=<hub id, diffusers folder or .safetensors> to dbspec convert",
@@ -61,8 +62,9 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
 
 
 def _weights_match(base: Legacy, family: str, script: str, paths: PathMapper, conv: Conversion) -> None:
-    """kohya builds the architecture its script and --v2 name and loads the weights into it: weights of another
-    family fail to load (an SD 1.x script on SDXL weights). Read without torch, where the weights are here."""
+    """kohya builds the architecture its script and --v2 name and loads the weights into it: weights of
+    another family fail to load (an SD 1.x script on SDXL weights). Read without torch, where the
+    weights are here."""
     found = _weights_family(base.value, paths)
     if found is None or found == family:
         return
