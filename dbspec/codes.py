@@ -779,8 +779,8 @@ A value depends on the image folders and they cannot be read here (warning): epo
 lengths, epoch intervals and
 warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch \
 counts when the images are
-present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a `layout = \
-"kohya_folders"` dataset
+present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a \
+`layout = "kohya_folders"` dataset
 whose sub-folders are only listed (and checked) by `dbspec plan`. Convert on the machine that \
 holds the images, or
 pass `--cwd`.""",
@@ -814,8 +814,8 @@ def get(code: str) -> Code:
 
 
 def help(code: str) -> str:  # noqa: A001 (the field's name; callers write codes.help)
-    """The default help line of `code`; KeyError when the row has none (a call site relying on \
-it must get one)."""
+    """The default help line of `code`; KeyError when the row has none (a call site relying on
+    it must get one)."""
     text = BY_CODE[code].help
     if not text:
         raise KeyError(f"{code} has no help line in dbspec/codes.py")

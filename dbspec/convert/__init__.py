@@ -2,8 +2,9 @@
 SimpleTuner) into a spec.
 
 Torch-free. Each converter returns a `Conversion` (values with the legacy key they came from, one report row
-per legacy key, DBS4xx diagnostics); `execute` writes the spec when nothing is in error, checks it as `dbspec
-check` does (`frontend.check_spec`), and prints diagnostics and (with `report`) the table of every legacy key.
+per legacy key, DBS4xx diagnostics); `execute` writes the spec when nothing is in error, checks it as
+`dbspec check` does (`frontend.check_spec`), and prints diagnostics and (with `report`) the table
+of every legacy key.
 """
 
 from __future__ import annotations

@@ -226,8 +226,8 @@ def _te(plan: Plan) -> str:
 
 
 def noise_summary(n: NoisePlan) -> str:
-    """E.g. `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation
-    0.1; t in [0, 1000)`."""
+    """E.g.
+    `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
     parts = ["N(0,1)"]
     if n.offset > 0:
         extras = [

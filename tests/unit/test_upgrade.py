@@ -1,5 +1,5 @@
-"""spec_version 1 -> 2: reading an old file forward (dbspec/spec/migrate.py) and `dbspec
-upgrade` (spec/upgrade.py).
+"""spec_version 1 -> 2: reading an old file forward (dbspec/spec/migrate.py) and
+`dbspec upgrade` (spec/upgrade.py).
 
 Each FORMS case is a version-1 spec written in one TOML form, with comments everywhere, and the exact text the
 upgrade must give: only the renamed keys and the spec_version value change.

@@ -71,8 +71,8 @@ class Conversion:
     reports: dict[str, KeyReport] = attrs.field(factory=dict)
     diagnostics: list[Diagnostic] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)  # header comments of the written spec
-    # spec values the legacy inputs lack: each diagnostic is reported unless `dbspec convert
-    # --set` gives the value
+    # spec values the legacy inputs lack: each diagnostic is reported unless
+    # `dbspec convert --set` gives the value
     required: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
     _said: set = attrs.field(factory=set)
 

@@ -60,8 +60,8 @@ def finish(conv: Conversion, header: list[str], out: Path) -> Outcome:
 
 
 def apply_sets(conv: Conversion, overrides: Sequence[str]) -> None:
-    """`dbspec convert --set key=value`: each value replaces (or adds) that spec value, as `dbspec check
-    --set` would; then every value the legacy inputs lack and no --set gave is reported."""
+    """`dbspec convert --set key=value`: each value replaces (or adds) that spec value, as
+    `dbspec check --set` would; then every value the legacy inputs lack and no --set gave is reported."""
     for item in overrides:
         key, eq, text = item.partition("=")
         path = parse_override_key(key.strip()) if eq else None
