@@ -296,8 +296,8 @@ def sample(
 
 
 def _single_file_family(source: Path, base: str) -> str:
-    """The family a full single-file checkpoint (the source, or a LoRA's base) says by its tensor names; "" when
-    neither is one (a diffusers folder or a run's plan says it instead)."""
+    """The family a full single-file checkpoint (the source, or a LoRA's base) says by its tensor names; ""
+    when neither is one (a diffusers folder or a run's plan says it instead)."""
     from dbspec.compiler.modelinfo import ModelFileError, inspect_model
 
     for path in (source, Path(base) if base else None):
@@ -356,7 +356,8 @@ def schema(
         ),
     ] = None,
 ) -> None:
-    """Write the JSON Schema (and the spec and error references) generated from the spec model and code table."""
+    """Write the JSON Schema (and the spec and error references) generated from the spec \
+model and code table."""
     from dbspec.spec.reference import errors_markdown, reference_markdown
     from dbspec.spec.schema import schema_text
     from dbspec.util.atomic import write_text_atomic
@@ -393,7 +394,8 @@ def explain(
 def env(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable, for bug reports.")] = False,
 ) -> None:
-    """Show dbspec, Python, torch (build, devices, bf16) and library versions; warn about known-bad combinations."""
+    """Show dbspec, Python, torch (build, devices, bf16) and library versions; warn about \
+known-bad combinations."""
     import json
 
     from dbspec.envreport import render_text, report

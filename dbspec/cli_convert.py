@@ -77,7 +77,8 @@ def convert_kohya(
     set_: SetOption = None,
     fmt: FormatOption = "text",
 ) -> None:
-    """kohya-ss sd-scripts: dataset config, --config_file, command line and folder names, kohya's precedence."""
+    """kohya-ss sd-scripts: dataset config, --config_file, command line and folder names, \
+kohya's precedence."""
     from dbspec.convert.kohya.convert import convert_kohya as run_kohya
     from dbspec.convert.kohya.args import SCRIPTS
     from dbspec.convert.kohya.inputs import KohyaRequest
@@ -110,7 +111,8 @@ def convert_diffusers(
     set_: SetOption = None,
     fmt: FormatOption = "text",
 ) -> None:
-    """diffusers train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py command lines."""
+    """diffusers train_dreambooth.py, train_dreambooth_lora.py, \
+train_dreambooth_lora_sdxl.py command lines."""
     from dbspec.convert.diffusers.convert import DiffusersRequest
     from dbspec.convert.diffusers.convert import convert_diffusers as run_diffusers
 

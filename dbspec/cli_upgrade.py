@@ -16,7 +16,8 @@ from dbspec.util.atomic import write_bytes_atomic
 
 
 def upgrade_file(spec: Path, *, dry_run: bool, check_only: bool) -> int:
-    """Exit code: 0 current or upgraded (or shown with --dry-run), 1 bad input or (--check) an upgrade needed."""
+    """Exit code: 0 current or upgraded (or shown with --dry-run), 1 bad input or (--check)
+    an upgrade needed."""
     label = str(spec)
     text, shown, problems = read_text(spec, label)
     if text is not None:
@@ -31,7 +32,8 @@ def upgrade_file(spec: Path, *, dry_run: bool, check_only: bool) -> int:
     renamed = ", ".join(f"{old} -> {new} (line {line})" for old, new, line in upgrade.renamed) or "no keys"
     if check_only:
         typer.echo(
-            f"{label}: spec_version {upgrade.version} needs an upgrade ({renamed}); run `dbspec upgrade {label}`"
+            f"{label}: spec_version {upgrade.version} needs an upgrade ({renamed}); run "
+            f"`dbspec upgrade {label}`"
         )
         return 1
     if dry_run:

@@ -1,11 +1,11 @@
 """The diagnostic codes: one row per code, like ruff's rule table. Adding a code is adding one row here.
 
-Each row holds the code, the severity its diagnostics have ("either" for codes reported as an error or a warning
-depending on the spec, e.g. `on_bad_image = "skip"`), a one-line title, the explanation docs/errors.md shows
-(Markdown, generated from this table by `dbspec schema --errors docs/errors.md`) and, optionally, the default
-help line a diagnostic prints (`help(code)`). `reserved` marks a code no call site needs to use yet (a rule
-being added) or any more. tests/unit/test_codes.py checks that every `DBSnnn` literal in dbspec/ and runtime/
-is a row here, that every row is used or reserved, and that call sites use the row's severity.
+Each row holds the code, the severity its diagnostics have ("either" for codes reported as an error or a
+warning depending on the spec, e.g. `on_bad_image = "skip"`), a one-line title, the explanation docs/errors.md
+shows (Markdown, generated from this table by `dbspec schema --errors docs/errors.md`) and, optionally, the
+default help line a diagnostic prints (`help(code)`). `reserved` marks a code no call site needs to use yet (a
+rule being added) or any more. tests/unit/test_codes.py checks that every `DBSnnn` literal in dbspec/ and
+runtime/ is a row here, that every row is used or reserved, and that call sites use the row's severity.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class Group:
 
 INTRO = """\
 Every message dbspec prints has a code. `dbspec check` and `dbspec plan` gather all of them and report once;
-errors fail the command (exit 1), warnings fail it only with `--strict`. `--format json` gives the same records."""
+errors fail the command (exit 1), warnings fail it only with `--strict`. `--format json` gives \
+the same records."""
 
 GROUPS: tuple[Group, ...] = (
     Group("0", "DBS0xx: reading the file"),
@@ -56,13 +57,14 @@ GROUPS: tuple[Group, ...] = (
 )
 
 CODES: tuple[Code, ...] = (
-    # --- DBS0xx: reading the file ----------------------------------------------------------------------------
+    # --- DBS0xx: reading the file ---------------------------------------------------------------------------
     Code(
         "DBS001",
         ERROR,
         "TOML syntax error",
         """\
-TOML syntax error. The position is where the parser stopped; the help line guesses the usual cause (an unquoted
+TOML syntax error. The position is where the parser stopped; the help line guesses the \
+usual cause (an unquoted
 string, an unclosed quote or bracket).""",
     ),
     Code(
@@ -93,7 +95,8 @@ A `--set` override cannot be read or applied. Write `--set table.key=value`; val
         "A key path more than 32 levels deep",
         """\
 A key path more than 32 levels deep: arrays and inline tables nested past 32 levels, a dotted key or `[table]`
-header of more than 32 parts, or both together (in the file or through `--set`). Real specs are 4 levels deep at
+header of more than 32 parts, or both together (in the file or through `--set`). Real specs \
+are 4 levels deep at
 most; the limit keeps every reader far inside Python's stack. It is checked before anything else reads the
 values, so it is the only error reported; it points at the first bracket or key past the limit.""",
         help="no spec nests more than a few levels; look for brackets or dots repeated by mistake",
@@ -107,7 +110,7 @@ A number of more than 100 digits. No setting needs one (seeds, the longest, have
 convert integers of more than 4300 digits; it is checked on the text, before the values are read.""",
         help="no setting needs a number this long; look for digits pasted by mistake",
     ),
-    # --- DBS1xx: the schema ----------------------------------------------------------------------------------
+    # --- DBS1xx: the schema ---------------------------------------------------------------------------------
     Code(
         "DBS101",
         ERROR,
@@ -121,7 +124,8 @@ An integer is accepted where a number is expected.""",
         ERROR,
         "Unknown key",
         """\
-Unknown key. The help suggests the closest key of the same table, the table the key belongs to, or the dbspec name
+Unknown key. The help suggests the closest key of the same table, the table the key belongs \
+to, or the dbspec name
 of a kohya/diffusers option (`learning_rate` -> `lr` in `[optimizer]`).""",
     ),
     Code(
@@ -157,9 +161,12 @@ Unsupported `spec_version`.""",
         WARNING,
         "A spec of an older `spec_version`, upgraded when read",
         """\
-The file says an older `spec_version` (1) and is read as the current one (2): its keys are renamed in memory and
-the run is the same as before. The message lists each renamed key with its line; errors in the file still point at
-the lines as written. `dbspec upgrade FILE` rewrites the file to the current version (only the renamed keys and
+The file says an older `spec_version` (1) and is read as the current one (2): its keys are \
+renamed in memory and
+the run is the same as before. The message lists each renamed key with its line; errors in \
+the file still point at
+the lines as written. `dbspec upgrade FILE` rewrites the file to the current version (only \
+the renamed keys and
 the `spec_version` line change; comments and layout stay), which silences this warning. Renames in version 2:
 `train.unet` -> `train.denoiser`, `adapter.unet_targets` -> `adapter.denoiser_targets`,
 `precision.quantize_unet` -> `precision.quantize_denoiser` (the trained network is the denoiser: a UNet, or a
@@ -171,12 +178,13 @@ transformer in later model families).""",
         ERROR,
         "A key name of another `spec_version`",
         """\
-A key named as another `spec_version` names it: a new name (`train.denoiser`) in a `spec_version = 1` file, both
+A key named as another `spec_version` names it: a new name (`train.denoiser`) in a \
+`spec_version = 1` file, both
 the old and the new name of one option, or an old name (`train.unet`) in a `spec_version = 2` file. Use one
 version's names throughout: keep version 1's names and let dbspec upgrade the file when it reads it, or run
 `dbspec upgrade FILE` and use the new names.""",
     ),
-    # --- DBS2xx: options that contradict each other ----------------------------------------------------------
+    # --- DBS2xx: options that contradict each other ---------------------------------------------------------
     Code(
         "DBS201",
         WARNING,
@@ -350,7 +358,8 @@ Prodigy with a small learning rate (warning): Prodigy adapts its step size and e
         """\
 `output.dir` overlaps the run's inputs: it is, contains or sits inside a dataset folder, a mask folder or the
 cache folder, or it contains the spec file (`.`, the spec's own folder, `/`). The run writes checkpoints,
-samples and logs into `output.dir`, and `--overwrite` moves the whole folder aside, so it must be a folder of its
+samples and logs into `output.dir`, and `--overwrite` moves the whole folder aside, so it \
+must be a folder of its
 own. Paths are compared after resolving them against the spec's folder and following symlinks.""",
     ),
     Code(
@@ -358,8 +367,10 @@ own. Paths are compared after resolving them against the spec's folder and follo
         ERROR,
         "A base-model prior with a frozen denoiser",
         """\
-`loss.prior = "base_model"` with `train.denoiser = false` and `train.text_encoder = true`. The base-model prior compares
-the trained denoiser's (UNet's) prediction with the base model's (LoRA adapters switched off, or a frozen copy of
+`loss.prior = "base_model"` with `train.denoiser = false` and `train.text_encoder = true`. The \
+base-model prior compares
+the trained denoiser's (UNet's) prediction with the base model's (LoRA adapters switched \
+off, or a frozen copy of
 the denoiser in a full fine-tune). When only the text encoder trains, the base would need the untouched text
 encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images"`.""",
         help='set train.denoiser = true, or use loss.prior = "images" (class images as targets)',
@@ -368,8 +379,10 @@ encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images
         "DBS227",
         ERROR,
         "An option that does not apply to kohya folders",
-        """A dataset with `layout = "kohya_folders"` sets `generate` or `recursive`. Its images are those of kohya's
-`N_class tokens` sub-folders, read one level deep as kohya reads them, so there is no one folder to generate class
+        """A dataset with `layout = "kohya_folders"` sets `generate` or `recursive`. Its images \
+are those of kohya's
+`N_class tokens` sub-folders, read one level deep as kohya reads them, so there is no one \
+folder to generate class
 images into and no deeper folder to scan. Generate class images into a `layout = "folder"` dataset (or a
 sub-folder such as `1_dog` made beforehand).""",
         help='remove the option, or use layout = "folder"',
@@ -379,7 +392,8 @@ sub-folder such as `1_dog` made beforehand).""",
         ERROR,
         "A loss weighting for the other prediction type",
         """\
-`loss.scale_v_pred_loss_like_noise_pred` on an epsilon model, or `loss.v_pred_like_loss` on a v_prediction model.
+`loss.scale_v_pred_loss_like_noise_pred` on an epsilon model, or `loss.v_pred_like_loss` on \
+a v_prediction model.
 The first rescales a v-prediction loss like an epsilon loss, the second adds a v-prediction-like term to an
 epsilon loss; kohya-ss refuses both combinations. With `model.prediction = "auto"` the check runs once the
 compiler has read the model's prediction type.""",
@@ -390,7 +404,8 @@ compiler has read the model's prediction type.""",
         "A loss weight that is infinite at zero terminal SNR",
         """\
 `loss.debiased_estimation` or `loss.v_pred_like_loss` with `loss.zero_terminal_snr` on an epsilon model: both
-divide by the signal-to-noise ratio, which is exactly 0 at the last timestep of a zero-terminal-SNR schedule, so
+divide by the signal-to-noise ratio, which is exactly 0 at the last timestep of a \
+zero-terminal-SNR schedule, so
 the loss of such a step is infinite. Use a v_prediction model, or stop the timesteps short of the last one
 (`loss.max_timestep = 999`).""",
     ),
@@ -399,7 +414,8 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
         ERROR,
         "Noise settings that contradict each other",
         """\
-`loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the offset; kohya-ss refuses
+`loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the \
+offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
     ),
     # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
@@ -408,7 +424,8 @@ it too), or `loss.min_timestep` above `loss.max_timestep`.""",
         ERROR,
         "An empty `caption_separator` where captions are cut into tags",
         """\
-`caption_separator = ""` on a dataset that shuffles tags, drops tags or warms up tokens: a caption cannot be cut
+`caption_separator = ""` on a dataset that shuffles tags, drops tags or warms up tokens: a \
+caption cannot be cut
 into tags at an empty separator (kohya stops with `ValueError: empty separator`).""",
         help='use the separator your captions have between tags, e.g. ","',
     ),
@@ -451,7 +468,7 @@ cannot run on a quantised layer; LoHa and LoKr can).""",
 `conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
         help="set adapter.conv_rank (e.g. 8), or remove the option",
     ),
-    # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
+    # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",
         ERROR,
@@ -517,7 +534,8 @@ An image with more pixels than Pillow's decompression-bomb limit.""",
         """\
 A truncated image (the end of the file is missing).
 
-Problem images are errors by default; `on_bad_image = "skip"` in the dataset turns them into warnings and leaves
+Problem images are errors by default; `on_bad_image = "skip"` in the dataset turns them \
+into warnings and leaves
 the files out, listed by name in the plan.""",
         help="the file was cut short (interrupted copy or download?): copy it again or remove it",
     ),
@@ -527,7 +545,8 @@ the files out, listed by name in the plan.""",
         "A path the spec names cannot be probed",
         """\
 A path the spec names cannot even be probed: the operating system refuses it (a name too long for the file
-system, no permission to look inside a folder). The message gives the path as resolved against the spec's folder
+system, no permission to look inside a folder). The message gives the path as resolved \
+against the spec's folder
 and points at the key that names it.""",
     ),
     Code(
@@ -535,7 +554,8 @@ and points at the key that names it.""",
         ERROR,
         "The base model cannot be read",
         """\
-The base model cannot be read (missing file, corrupt safetensors header, not a diffusers folder, unknown built-in).""",
+The base model cannot be read (missing file, corrupt safetensors header, not a diffusers folder, \
+unknown built-in).""",
     ),
     Code(
         "DBS311",
@@ -543,7 +563,8 @@ The base model cannot be read (missing file, corrupt safetensors header, not a d
         "A pickle checkpoint without `model.allow_pickle = true`",
         """\
 A pickle checkpoint (`.ckpt`) without `model.allow_pickle = true` (warning): it is loaded with
-`torch.load(weights_only=True)`, which reads tensors and refuses anything that could run code. A file that needs
+`torch.load(weights_only=True)`, which reads tensors and refuses anything that could run \
+code. A file that needs
 full unpickling stops the run with an error; `allow_pickle = true` allows it, for files you trust.""",
     ),
     Code(
@@ -602,8 +623,10 @@ files are moved aside, never deleted).""",
         WARNING,
         "A caption longer than any text encoder reads",
         """\
-A caption file is longer than any text encoder reads (over 1 MiB, or a first line over 10,000 characters): only
-the first 10,000 characters are kept, and the plan summary shows captions shortened to one line. Text encoders read
+A caption file is longer than any text encoder reads (over 1 MiB, or a first line over \
+10,000 characters): only
+the first 10,000 characters are kept, and the plan summary shows captions shortened to one \
+line. Text encoders read
 77 tokens (225 with long prompts), a few hundred characters.""",
     ),
     Code(
@@ -613,14 +636,17 @@ the first 10,000 characters are kept, and the plan summary shows captions shorte
         """\
 An animated image: an animated PNG (APNG) or WebP with more than one frame (warning). It trains, on its first
 frame only, as Pillow opens it; one warning per dataset names up to 20 of them with their frame counts. Export
-the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is not an animation.""",
+the frames you want as still images to train on them. A camera's multi-picture JPEG (MPO) is \
+not an animation.""",
     ),
     Code(
         "DBS327",
         WARNING,
         "A file or folder of a kohya-folders dataset is not used",
-        """A dataset with `layout = "kohya_folders"` holds a sub-folder whose name does not start with `<repeats>_` (or
-whose repeats are below 1), or images directly in the dataset folder (warning). kohya skips them too; rename the
+        """A dataset with `layout = "kohya_folders"` holds a sub-folder whose name does not start \
+with `<repeats>_` (or
+whose repeats are below 1), or images directly in the dataset folder (warning). kohya skips \
+them too; rename the
 folder `10_sks dog` (10 repeats, class tokens "sks dog") to train it.""",
     ),
     Code(
@@ -649,7 +675,8 @@ No image would train.""",
         WARNING,
         "A bucket holding fewer samples than the batch size",
         """\
-A bucket holding fewer samples than the batch size (warning: they train as one smaller batch, never dropped).""",
+A bucket holding fewer samples than the batch size (warning: they train as one smaller \
+batch, never dropped).""",
     ),
     Code(
         "DBS334",
@@ -699,20 +726,23 @@ The memory estimate exceeds the target's memory (warning).""",
         "What the run writes exceeds the free disk",
         """\
 What the run will write exceeds the free disk where it goes (warning). Kept checkpoints with their training
-state and the final weights go to `output.dir`, new latent cache entries to `cache.dir`; each is measured at its
+state and the final weights go to `output.dir`, new latent cache entries to `cache.dir`; \
+each is measured at its
 folder (resolved against the spec's folder, symlinks followed; the nearest existing parent when the folder is
-not made yet). Folders on one device (`st_dev`) share its free space, so their needs add up; on two devices each
+not made yet). Folders on one device (`st_dev`) share its free space, so their needs add \
+up; on two devices each
 is compared with its own. The message names the folder measured, the bytes needed and free. Checked only when
 planning on the machine that runs (not with `--target`, which plans for another machine).""",
     ),
-    # --- DBS4xx: converting legacy configs (`dbspec convert`) ------------------------------------------------
+    # --- DBS4xx: converting legacy configs (`dbspec convert`) -----------------------------------------------
     Code(
         "DBS401",
         ERROR,
         "A legacy input cannot be read",
         """\
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
-`multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a script the converter
+`multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a \
+script the converter
 does not know; or a file the conversion reads (kohya's `--dataset_config`) is not on this machine, which is no
 rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the current folder). A kohya
 `train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset instead (DBS406).""",
@@ -725,7 +755,8 @@ rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the 
 The legacy tool itself rejects the input, and the message states its rule: kohya's dataset-config schema
 (`extra keys not allowed`, strict types, `is_reg` with `conditioning_data_dir`), its asserts
 (`bucket_reso_steps % 64` for train_db/train_network, `% 32` for SDXL; resolution inside the bucket range; a
-resolution given at all; `constant` schedules without warm-up), argparse type and choice errors, or a diffusers
+resolution given at all; `constant` schedules without warm-up), argparse type and choice \
+errors, or a diffusers
 script's own checks (prior preservation without class data).""",
     ),
     Code(
@@ -736,7 +767,8 @@ script's own checks (prior preservation without class data).""",
 A setting that changes training has no dbspec equivalent (caption shuffling or dropout, colour augmentation,
 pseudo-Huber loss, multi-resolution noise, SGD with Nesterov, LoCon `conv_dim`, a non-square resolution, a
 SimpleTuner noise offset applied to a fraction of steps...), or an option the converter does not know. The
-conversion stops; `--allow-unsupported` converts without the setting, lists it at the top of the spec and keeps
+conversion stops; `--allow-unsupported` converts without the setting, lists it at the top \
+of the spec and keeps
 this as a warning.""",
     ),
     Code(
@@ -745,7 +777,8 @@ this as a warning.""",
         "Converted to the closest dbspec setting; the meaning differs",
         """\
 Converted to the closest dbspec setting, and the meaning differs as the message says (warning): for example
-kohya's per-sample prior weighting in mixed batches, kohya's per-dataset reg balancing, diffusers' instance/class
+kohya's per-sample prior weighting in mixed batches, kohya's per-dataset reg balancing, \
+diffusers' instance/class
 pairing in each batch, mask-area normalisation, EXIF-rotated images, SimpleTuner's bucket sizes. Each one is
 also written at the top of the converted spec.""",
     ),
@@ -763,10 +796,14 @@ nested table kohya's one-level flattening loses, a folder name without the `N_` 
         WARNING,
         "A value depends on image folders that cannot be read here",
         """\
-A value depends on the image folders and they cannot be read here (warning): epoch lengths, epoch intervals and
-warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch counts when the images are
-present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a `layout = "kohya_folders"` dataset
-whose sub-folders are only listed (and checked) by `dbspec plan`. Convert on the machine that holds the images, or
+A value depends on the image folders and they cannot be read here (warning): epoch \
+lengths, epoch intervals and
+warm-up ratios of epoch-based runs are computed from kohya's or diffusers' own batch \
+counts when the images are
+present, and a kohya `train_data_dir`/`reg_data_dir` that is not here becomes a \
+`layout = "kohya_folders"` dataset
+whose sub-folders are only listed (and checked) by `dbspec plan`. Convert on the machine that \
+holds the images, or
 pass `--cwd`.""",
     ),
     Code(
@@ -784,7 +821,8 @@ continuations (joined to the command, each named).""",
         ERROR,
         "The written spec does not pass `dbspec check`",
         """\
-The written spec does not pass `dbspec check`. This is a converter bug; please report it with the legacy input.""",
+The written spec does not pass `dbspec check`. This is a converter bug; please report it with \
+the legacy input.""",
     ),
 )
 
@@ -797,7 +835,8 @@ def get(code: str) -> Code:
 
 
 def help(code: str) -> str:  # noqa: A001 (the field's name; callers write codes.help)
-    """The default help line of `code`; KeyError when the row has none (a call site relying on it must get one)."""
+    """The default help line of `code`; KeyError when the row has none (a call site relying on
+    it must get one)."""
     text = BY_CODE[code].help
     if not text:
         raise KeyError(f"{code} has no help line in dbspec/codes.py")

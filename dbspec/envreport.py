@@ -31,7 +31,8 @@ LIBRARIES = (
 
 @attrs.frozen(kw_only=True)
 class KnownBreak:
-    """All of `when` (package -> version specifier) installed together break `effect`; `fix` says what to do."""
+    """All of `when` (package -> version specifier) installed together break `effect`;
+    `fix` says what to do."""
 
     when: dict[str, str]
     effect: str

@@ -18,7 +18,8 @@ Prediction = Literal["epsilon", "v_prediction"]
 
 @attrs.frozen
 class TextEncoderSpec:
-    """One text encoder: its component and tokenizer folder names, its transformers class, its token length."""
+    """One text encoder: its component and tokenizer folder names, its transformers class,
+    its token length."""
 
     component: str  # "text_encoder", "text_encoder_2"
     tokenizer: str  # "tokenizer", "tokenizer_2"
@@ -62,14 +63,15 @@ class FamilySpec:
     time_ids: int  # extra conditioning: number of micro-conditioning time ids (SDXL: 6), 0 for none
     lora_targets: tuple[str, ...]  # the default denoiser LoRA targets (attention projections)
     text_lora_targets: tuple[str, ...]  # the default text-encoder LoRA targets
-    # Parameter counts of the family's public models per component (from their diffusers/transformers configs),
-    # for the memory estimate of a hub model not downloaded yet.
+    # Parameter counts of the family's public models per component (from their diffusers/transformers
+    # configs), for the memory estimate of a hub model not downloaded yet.
     public_params: dict[str, int]
-    # LoRA parameters per unit of rank with the default targets (rank x (in + out) per projection), per trained
-    # component, counted on the public models.
+    # LoRA parameters per unit of rank with the default targets (rank x (in + out) per projection), per
+    # trained component, counted on the public models.
     lora_params_per_rank: dict[str, int]
     # Denoiser activation bytes per latent pixel per sample at 16-bit autocast with SDPA: (plain,
-    # checkpointed). Measured on real diffusers UNets, cross-checked with a published T4 table (docs/memory.md).
+    # checkpointed). Measured on real diffusers UNets, cross-checked with a published T4
+    # table (docs/memory.md).
     activation_bytes_per_latent_pixel: tuple[int, int]
     kohya: KohyaFacts
     # Convolution-adapter (LoCon) parameters per unit of conv rank with the default conv targets (the 3x3

@@ -1,5 +1,5 @@
-"""The check and plan pipeline the CLI drives: `check_spec` (load, structure, ranges, then the check-time rules,
-on a salvaged spec when some keys were bad) and `plan_spec` (check, then compile for a target).
+"""The check and plan pipeline the CLI drives: `check_spec` (load, structure, ranges, then the check-time
+rules, on a salvaged spec when some keys were bad) and `plan_spec` (check, then compile for a target).
 
 It sits above the spec and the compiler and imports both; nothing in dbspec/spec, compiler or plan imports it.
 """

@@ -3,7 +3,8 @@ which parameters train.
 
 Adapters are injected with `peft.inject_adapter_in_model` for every module, UNet and text encoders alike, not
 through diffusers' or transformers' `add_adapter`: those integrations gate on peft versions of their own
-(transformers 5.24 asks for peft >= 0.22, unreleased when it shipped), and peft's API is what they both call."""
+(transformers 5.24 asks for peft >= 0.22, unreleased when it shipped), and peft's API is
+what they both call."""
 
 from __future__ import annotations
 
@@ -91,9 +92,9 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
 
 
 def lora_adapter(module: torch.nn.Module | None) -> tuple[torch.nn.Module, str] | None:
-    """The LoRA adapter a peft-adapted module carries, as (the plain module whose names are the model's own paths,
-    the adapter's name); None when it carries none. The one reader the LoRA writers (diffusers format in
-    checkpoints.py, kohya format in exports.py) share."""
+    """The LoRA adapter a peft-adapted module carries, as (the plain module whose names are the model's own
+    paths, the adapter's name); None when it carries none. The one reader the LoRA writers (diffusers format
+    in checkpoints.py, kohya format in exports.py) share."""
     from peft import PeftModel
 
     if module is None or not getattr(module, "peft_config", None):

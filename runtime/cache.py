@@ -1,10 +1,10 @@
 """Content-addressed tensor cache for latents and text embeddings, and the passes that fill it.
 
 Layout, shared with the compiler (keep in step with `entry_path` in dbspec/compiler/caches.py, which
-counts hits for `dbspec plan`; the runtime may not import the compiler): <dir>/<kind>/<key[:2]>/<key>.safetensors,
-kind "latents" or "text". Keys hash everything that changes an entry (image bytes, geometry, flip,
-encoder identity, dtype), so an entry is never stale, only missing or damaged; a damaged one is deleted
-and rebuilt.
+counts hits for `dbspec plan`; the runtime may not import the compiler):
+<dir>/<kind>/<key[:2]>/<key>.safetensors, kind "latents" or "text". Keys hash everything that changes an entry
+(image bytes, geometry, flip, encoder identity, dtype), so an entry is never stale, only missing or damaged; a
+damaged one is deleted and rebuilt.
 
 What a latent entry holds: the VAE posterior, `mean` and `std` (float32, (C, h, w), unscaled), not one
 sample of it. The loop draws `mean + std * noise` each step and multiplies by the VAE's scaling factor, so
@@ -48,10 +48,10 @@ _NONFINITE_HINT = {
     "text": "the text encoder overflowed in its dtype: encode in fp32",
 }
 Job = TypeVar("Job")
-# One item per encoder call: a VAE or text-encoder output depends, in its last bits, on which other items share
-# the batch (kernel blocking), so a batch of one makes an entry's bytes a function of its own input alone and a
-# resumed run that re-encodes an entry trains on the very same bytes. DreamBooth sets are small; the cost is a
-# few seconds at most.
+# One item per encoder call: a VAE or text-encoder output depends, in its last bits, on which other items
+# share the batch (kernel blocking), so a batch of one makes an entry's bytes a function of its own input
+# alone and a resumed run that re-encodes an entry trains on the very same bytes. DreamBooth sets are small;
+# the cost is a few seconds at most.
 ENCODE_BATCH = 1
 
 
@@ -101,7 +101,8 @@ class TensorCache:
         return tensors
 
     def put(self, key: str, tensors: Mapping[str, Tensor], meta: Mapping[str, str] | None = None) -> Path:
-        """Store float tensors as float32 on CPU, atomically: a reader sees the old entry or the whole new one."""
+        """Store float tensors as float32 on CPU, atomically: a reader sees the old entry or
+        the whole new one."""
         extra = dict(meta or {})
         if {"key", "format", "sha256"} & set(extra):
             raise ValueError("`key`, `format` and `sha256` metadata are set by the cache itself")
@@ -259,7 +260,8 @@ def _check_batch(tensors: Mapping[str, Tensor], size: int) -> None:
 
 
 def tensor_checksum(tensors: Mapping[str, Tensor]) -> str:
-    """sha256 over each tensor's name, dtype, shape and bytes, in name order: what an entry must still hold."""
+    """sha256 over each tensor's name, dtype, shape and bytes, in name order: what an
+    entry must still hold."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()

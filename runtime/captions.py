@@ -1,5 +1,6 @@
-"""Each sample's caption at a step: the plan's caption processing (kohya's, dbspec/plan/captions.py) drawn from
-a generator seeded by the sample, so a resumed run trains on the very captions an uninterrupted one would."""
+"""Each sample's caption at a step: the plan's caption processing (kohya's, dbspec/plan/captions.py) drawn
+from a generator seeded by the sample, so a resumed run trains on the very captions an
+uninterrupted one would."""
 
 from __future__ import annotations
 

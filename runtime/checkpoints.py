@@ -38,7 +38,7 @@ STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
 
 
-# --- checkpoints ----------------------------------------------------------------------------------------------
+# --- checkpoints --------------------------------------------------------------------------------------------
 def save_checkpoint(
     out: Path, step: int, *, weights: Callable[[Path], None], state: dict[str, Any], keep: int
 ) -> Path:
@@ -131,8 +131,8 @@ def resume_state(
     out: Path, run_hash: str, plan_json: str, legacy: tuple[str, ...] = ()
 ) -> dict[str, Any] | None:
     """The state of the checkpoint to resume from (None when there is none), refused (OutputError) unless
-    this run saved it: run.json vouches for the folder, not for checkpoints copied in from another run. `legacy`:
-    the hashes this run had under older plan versions (a checkpoint an older dbspec saved)."""
+    this run saved it: run.json vouches for the folder, not for checkpoints copied in from another run.
+    `legacy`: the hashes this run had under older plan versions (a checkpoint an older dbspec saved)."""
     folder = latest_checkpoint(out)
     if folder is None:
         return None
@@ -210,7 +210,7 @@ def _check_loadable(value: Any, where: str) -> None:
         )
 
 
-# --- RNG state ------------------------------------------------------------------------------------------------
+# --- RNG state ----------------------------------------------------------------------------------------------
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG a run draws from (python, numpy, torch CPU/CUDA/MPS), as weights_only-loadable data."""
     version, internal, gauss_next = random.getstate()
@@ -240,7 +240,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.mps.set_rng_state(state["mps"])
 
 
-# --- weight writers -------------------------------------------------------------------------------------------
+# --- weight writers -----------------------------------------------------------------------------------------
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return to_dtype(dtype)
 
@@ -285,9 +285,10 @@ def save_lora_weights(
     family: Family,
     text_encoder_2: nn.Module | None = None,
 ) -> Path:
-    """`pytorch_lora_weights.safetensors` in diffusers' format (as examples/dreambooth/train_dreambooth_lora.py
-    writes it), with each adapter's LoraConfig as metadata so `pipe.load_lora_weights(folder)` restores
-    rank, alpha and targets exactly. Modules are peft-adapted (`inject_lora` or `get_peft_model`) or None."""
+    """`pytorch_lora_weights.safetensors` in diffusers' format (as
+    examples/dreambooth/train_dreambooth_lora.py writes it), with each adapter's LoraConfig as metadata so
+    `pipe.load_lora_weights(folder)` restores rank, alpha and targets exactly. Modules are peft-adapted
+    (`inject_lora` or `get_peft_model`) or None."""
     import diffusers
 
     spec = family_spec(family)
@@ -327,9 +328,11 @@ def _diffusers_lora_layers(
 
 
 def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str | torch.dtype) -> list[Path]:
-    """LoHa and LoKr adapters (diffusers' LoRA format has no place for them) in peft's own layout, one folder per
+    """LoHa and LoKr adapters (diffusers' LoRA format has no place for them) in peft's own layout, one folder
+    per
     component: `<folder>/<component>/adapter_model.safetensors` + `adapter_config.json`, what
-    `peft.set_peft_model_state_dict` and `PeftModel.from_pretrained` read. The kohya_lora export holds the same
+    `peft.set_peft_model_state_dict` and `PeftModel.from_pretrained` read. The kohya_lora export holds the
+    same
     weights in the LyCORIS layout A1111 and ComfyUI load."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -353,7 +356,8 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 
 
 def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]:
-    """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names loaded."""
+    """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
+    loaded."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 

@@ -96,7 +96,8 @@ class BucketBatchSampler:
         return self.batches_per_epoch
 
     def epoch_batches(self, epoch: int) -> list[Batch]:
-        """This process's batches of `epoch`, in order; a pure function of the constructor's arguments and epoch."""
+        """This process's batches of `epoch`, in order; a pure function of the constructor's
+        arguments and epoch."""
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         rng = random.Random(f"dbspec-sampler:{self.seed}:{epoch}")  # str seeds hash with sha512: stable
@@ -187,11 +188,11 @@ def verify_sources(datasets: Sequence[DatasetPlan]) -> int:
     """Read every image and mask file the plan names, before any cached latent is trusted; report every file
     whose content changed since planning or whose pixels do not decode, all at once.
 
-    A latent cache hit never opens the image, so the hash check is what keeps a run from training on the latents
-    of a picture replaced since planning; the plan reads headers only, so the decode is what finds pixel data
-    broken behind a valid header before step 1 rather than at the step that needs it. Costs one read and one
-    decode of each file per run (seconds for a few hundred photos). Class images the run generates are skipped:
-    they are made from the plan. Returns the bytes read."""
+    A latent cache hit never opens the image, so the hash check is what keeps a run from training on the
+    latents of a picture replaced since planning; the plan reads headers only, so the decode is what finds
+    pixel data broken behind a valid header before step 1 rather than at the step that needs it. Costs one
+    read and one decode of each file per run (seconds for a few hundred photos). Class images the run
+    generates are skipped: they are made from the plan. Returns the bytes read."""
     problems, total = [], 0
     for dataset in datasets:
         for img in dataset.images:

@@ -104,7 +104,8 @@ class Ema:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Restore shadows and the schedule's clock; settings stay those this Ema was built with (the plan's)."""
+        """Restore shadows and the schedule's clock; settings stay those this Ema was built
+        with (the plan's)."""
         shadow = state["shadow"]
         self._check_matches(shadow, "checkpoint EMA weights")
         for mine, saved in zip(self.shadow, shadow):

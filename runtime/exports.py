@@ -160,7 +160,8 @@ def clip_path(name: str) -> str:
 
 
 def openclip_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF CLIP -> OpenCLIP (SD2, SDXL's second encoder): resblocks, q/k/v as one in_proj, x @ text_projection."""
+    """HF CLIP -> OpenCLIP (SD2, SDXL's second encoder): resblocks, q/k/v as one in_proj, x
+    @ text_projection."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], list[torch.Tensor | None]] = {}
     for key, value in state.items():
@@ -233,7 +234,8 @@ def export_single_file(
     prediction: str = "epsilon",
     zero_terminal_snr: bool = False,
 ) -> Path:
-    """One `.safetensors` with UNet, VAE and text encoder(s) in the original layout, floats cast to `dtype`."""
+    """One `.safetensors` with UNet, VAE and text encoder(s) in the original layout,
+    floats cast to `dtype`."""
     state = single_file_state(
         unet=unet,
         vae=vae,

@@ -85,7 +85,7 @@ def _save_png(image: Image.Image, path: Path) -> Path:
 PromptInputs = Callable[[str, str], dict]
 
 
-# --- validation -----------------------------------------------------------------------------------------------
+# --- validation ---------------------------------------------------------------------------------------------
 def validate(
     pipeline: DiffusionPipeline,
     plan_validation: ValidationPlan,
@@ -175,7 +175,7 @@ def _grid(rows: list[list[Image.Image]]) -> Image.Image:
     return grid
 
 
-# --- class images ---------------------------------------------------------------------------------------------
+# --- class images -------------------------------------------------------------------------------------------
 def generate_class_images(
     pipeline: DiffusionPipeline, gen: GeneratePlan, *, autocast_dtype: torch.dtype | None = None
 ) -> list[Path]:

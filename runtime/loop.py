@@ -1,5 +1,5 @@
-"""The training loop: `train` = `setup` (setup.py) then `fit`, which reads top to bottom. Every choice was made
-in the plan."""
+"""The training loop: `train` = `setup` (setup.py) then `fit`, which reads top to bottom. Every choice was
+made in the plan."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def train(
     started = time.perf_counter()
     accelerator = make_accelerator(plan)
     plan_json = plan_to_json(plan)
-    # With several processes only the first writes outputs; it holds the output folder's lock for the whole run.
+    # With several processes only the first writes outputs; it holds the output folder's
+    # lock for the whole run.
     claim = (
         ckpt.prepare_output(
             Path(plan.checkpoints.dir),
@@ -213,7 +214,8 @@ def _next_step_batches(sampler: BucketBatchSampler, accumulation: int) -> list:
 
 
 def _all_agree(accelerator, stop: bool) -> bool:
-    """With several processes, one Ctrl-C (or SIGTERM) stops all of them at the same step, or DDP would hang."""
+    """With several processes, one Ctrl-C (or SIGTERM) stops all of them at the same step,
+    or DDP would hang."""
     if accelerator.num_processes == 1:
         return stop
     flag = torch.tensor([int(stop)], device=accelerator.device)

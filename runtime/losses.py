@@ -53,7 +53,8 @@ def snr(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
 
     Zero-terminal-SNR schedules give exactly 0 at the last timestep.
     """
-    # float64 where the device has it (precision near ac_t = 1); MPS has no float64, float32 is close enough there.
+    # float64 where the device has it (precision near ac_t = 1); MPS has no float64, float32
+    # is close enough there.
     wide = torch.float32 if timesteps.device.type == "mps" else torch.float64
     alphas_at_t = alphas_cumprod.to(timesteps.device)[timesteps].to(wide)
     return (alphas_at_t / (1.0 - alphas_at_t)).float()
@@ -230,9 +231,9 @@ def timestep_weights(
     """Per-sample loss weights (B,), the product of kohya's post-processing steps in its order:
 
     Min-SNR (`min_snr_weights`); scale_v_like_epsilon: snr/(snr + 1) (`scale_v_prediction_loss_like_noise_
-    prediction`); v_pred_like_loss v: 1 + v/(snr/(snr + 1)) (`add_v_prediction_like_loss`: loss + loss/scale * v);
-    debiased: 1/sqrt(snr) for epsilon, 1/(snr + 1) for v (`apply_debiased_estimation`); snr capped at 1000 in the
-    last three, as kohya does. Every option off gives ones.
+    prediction`); v_pred_like_loss v: 1 + v/(snr/(snr + 1)) (`add_v_prediction_like_loss`: loss + loss/scale *
+    v); debiased: 1/sqrt(snr) for epsilon, 1/(snr + 1) for v (`apply_debiased_estimation`); snr capped at 1000
+    in the last three, as kohya does. Every option off gives ones.
     """
     weights = min_snr_weights(alphas_cumprod, timesteps, min_snr_gamma, prediction)
     if not (scale_v_like_epsilon or v_pred_like_loss or debiased_estimation):

@@ -114,7 +114,8 @@ def _from_single_file(m: ModelPlan, cache_dir: str) -> dict:
 def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
     """A .ckpt's tensors as a .safetensors file in the cache (keyed by the checkpoint's identity).
 
-    torch.load(weights_only=True) unless the spec allowed pickle: a file needing more fails with a clear error.
+    torch.load(weights_only=True) unless the spec allowed pickle: a file needing more
+    fails with a clear error.
     """
     import pickle
 

@@ -5,8 +5,9 @@ Order, per component (what `configure_models` does):
     module.requires_grad_(False)
     module.to(device, dtype=plan dtype)      # BEFORE quantising: a quantised weight's dtype can never change
     quantize_frozen(module, "int8")          # Linear/Conv2d weights -> int8/int4/fp8 + per-channel scales
-    add_lora(module, ...)                    # AFTER: peft wraps each quanto QLinear (it subclasses nn.Linear),
-                                             # so the base stays quantised and frozen, the LoRA weights train
+    add_lora(module, ...)                    # AFTER: peft wraps each quanto QLinear (it subclasses
+                                             # nn.Linear), so the base stays quantised and frozen, the LoRA
+                                             # weights train
     (cast the LoRA parameters to fp32)
 
 Autocast pitfall: under `torch.autocast(dtype=X)` a Linear/Conv asks to cast its weight to X, and a quanto
@@ -122,9 +123,10 @@ def _refuse_foreign_autocast(module: torch.nn.Module, args) -> None:
     autocast_dtype = torch.get_autocast_dtype(device_type)
     if autocast_dtype != module_dtype:
         raise QuantizedAutocastError(
-            f"{type(module).__name__} holds quantised weights in {module_dtype}, but runs under {autocast_dtype} "
-            f"autocast, which would cast them (quanto: 'The dtype of a weights Tensor cannot be changed'). Cast "
-            "the module to the compute dtype before quantising, or run it outside autocast."
+            f"{type(module).__name__} holds quantised weights in {module_dtype}, but runs under "
+            f"{autocast_dtype} autocast, which would cast them (quanto: 'The dtype of a weights Tensor "
+            "cannot be changed'). Cast the module to the compute dtype before quantising, or run "
+            "it outside autocast."
         )
 
 

@@ -68,7 +68,8 @@ def _components() -> set[str]:
 
 
 def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest):
-    """Base pipeline + the peft-format adapters (LoHa, LoKr) `weights.save_weights` wrote, one per component."""
+    """Base pipeline + the peft-format adapters (LoHa, LoKr) `weights.save_weights` wrote, one per
+    component."""
     from dbspec.runtime.checkpoints import load_peft_adapters
 
     base = request.base or (plan.model.base if plan else "")

@@ -56,7 +56,8 @@ class Run:
 
 
 def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> Run:
-    """Build the run the plan describes on `accelerator`; with `resume`, restored from the latest checkpoint."""
+    """Build the run the plan describes on `accelerator`; with `resume`, restored from the
+    latest checkpoint."""
     s = plan.schedule
     out = Path(plan.checkpoints.dir)
     accelerator.wait_for_everyone()

@@ -1,7 +1,7 @@
 """`TrainState`: what a checkpoint's training_state.pt holds, typed, and how a run captures and restores it.
 
-The file stays a plain dict (torch.save, loaded with weights_only=True); its keys are the field names below, in
-this order, so checkpoints written before this class existed still resume.
+The file stays a plain dict (torch.save, loaded with weights_only=True); its keys are the field names below,
+in this order, so checkpoints written before this class existed still resume.
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ def draw_noise(
     timesteps, input perturbation. Options that are off draw nothing, so their stream is a plain run's."""
     if n.max_timestep > num_train_timesteps:
         raise ValueError(
-            f"loss.noise.max_timestep {n.max_timestep} is beyond the scheduler's {num_train_timesteps} timesteps"
+            f"loss.noise.max_timestep {n.max_timestep} is beyond the scheduler's "
+            f"{num_train_timesteps} timesteps"
         )
     # The adaptive offset reads the latents' channel means: a device-host copy, only when it is on.
     means_of = latents.float().cpu() if n.adaptive_scale else None

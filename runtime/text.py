@@ -1,4 +1,5 @@
-"""Tokenizing prompts for CLIP text encoders, in one window or several (the families' encode_prompts build on it).
+"""Tokenizing prompts for CLIP text encoders, in one window or several (the families'
+encode_prompts build on it).
 
 CLIP sees 77 positions: BOS, 75 prompt tokens, and a last EOS/pad. A longer prompt (`model.max_tokens` 150 or
 225) is cut into 75-token windows, each framed as its own 77-token sequence and encoded separately; the hidden

@@ -95,7 +95,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
 
 
 def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:
-    """A complete diffusers folder (full runs): the pipeline, with the trained parts cast to save_precision."""
+    """A complete diffusers folder (full runs): the pipeline, with the trained parts cast
+    to save_precision."""
     pipeline.save_pretrained(folder, safe_serialization=True)
     save_weights(folder, comps, plan, ema)
 

@@ -1,4 +1,5 @@
-"""The adapter plan: which kind (LoRA, LoHa, LoKr; DoRA and convolution adapters on top), where it goes, and how
+"""The adapter plan: which kind (LoRA, LoHa, LoKr; DoRA and convolution adapters on top), where it goes, and
+how
 many parameters it trains. The runtime builds its peft config from this plan alone."""
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from dbspec.plan.model import AdapterPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
 
 # Parameters per (in + out) unit of rank, relative to LoRA's rank x (in + out): LoHa keeps two LoRA-shaped
-# pairs. LoKr factors each weight into a Kronecker product whose low-rank factor spans about the square root of
+# pairs. LoKr factors each weight into a Kronecker product whose low-rank factor spans about the square root
+# of
 # each side, so LoRA's count at the same rank bounds it from above; the estimate keeps that bound.
 _PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0}
 
@@ -40,7 +42,8 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
 
 
 def _lokr_split(factor: int) -> int:
-    """LoKr's larger Kronecker factor of an (out, in) weight holds at most (out / f) x (in / f) numbers, the smaller
+    """LoKr's larger Kronecker factor of an (out, in) weight holds at most (out / f) x (in / f) numbers, the
+    smaller
     f x f: at most 1 / f^2 of the layer, whatever the rank (LyCORIS's huge-rank recipes train both in full).
     factor -1 splits near the square root of each width, 8 or more on layers 64 wide or wider."""
     return factor if factor > 0 else 8

@@ -68,7 +68,8 @@ class Keyer:
     def keys(
         self, d: Dataset, sha: str, bucket, resized, crop, caption: str | None
     ) -> tuple[tuple[str, ...], str]:
-        """Latent keys, and the text key of `caption` (the text it always becomes; None: it changes per step)."""
+        """Latent keys, and the text key of `caption` (the text it always becomes; None: it
+        changes per step)."""
         if self.model is None:
             return (), ""
         lkeys: tuple[str, ...] = ()

@@ -1,9 +1,9 @@
 """Caption-processing pass: each dataset's kohya caption options as a CaptionPlan, and what they cost.
 
 Captions that never change between steps keep their text-embedding cache entry (computed over the text they
-always become, `fixed_caption`); whole-caption dropout adds one entry for the empty caption. Captions that change
-per step (shuffled or dropped tags, wildcards, token warm-up) have none: the text encoder runs forward for each
-of their samples, every step. The plan says so here, instead of the runtime deciding.
+always become, `fixed_caption`); whole-caption dropout adds one entry for the empty caption. Captions that
+change per step (shuffled or dropped tags, wildcards, token warm-up) have none: the text encoder runs forward
+for each of their samples, every step. The plan says so here, instead of the runtime deciding.
 """
 
 from __future__ import annotations

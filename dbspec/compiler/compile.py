@@ -198,7 +198,8 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
 
 
 def _plan_rules(ctx: Context, total_steps: int) -> None:
-    """The "plan" rules, now that the step count is known, unless the check already ran them (spec gave steps)."""
+    """The "plan" rules, now that the step count is known, unless the check already ran them
+    (spec gave steps)."""
     if steps_known(ctx.spec):
         return
     ctx.diagnostics += [

@@ -1,4 +1,5 @@
-"""Datasets pass: scan folders, caption every image, pair masks, place images in buckets, plan class images."""
+"""Datasets pass: scan folders, caption every image, pair masks, place images in buckets,
+plan class images."""
 
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
     if problems:
         hint = "adjust buckets.min_size / max_size / step"
         if lo < b.step:  # the smallest bucket rounds down to 0: the step is too coarse for this resolution
-            hint = f"lower buckets.step to {lo - lo % 8} or less (kohya's 64 suits 512 px and up), or set buckets.min_size"
+            hint = (
+                f"lower buckets.step to {lo - lo % 8} or less (kohya's 64 suits 512 px and up), or "
+                "set buckets.min_size"
+            )
         ctx.report(
             "DBS330",
             "error",
@@ -179,8 +183,9 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
             ctx.report(
                 "DBS320",
                 "warning",
-                f"dataset `{d.name}`: kohya folder `{folder.name}` names no class tokens and {len(bare)} of its "
-                f"images have no caption file (e.g. `{bare[0].rel}`): they train with an empty caption, as in kohya",
+                f"dataset `{d.name}`: kohya folder `{folder.name}` names no class tokens and {len(bare)} of "
+                f"its images have no caption file (e.g. `{bare[0].rel}`): they train with an empty "
+                "caption, as in kohya",
                 ("datasets", i, "captions"),
                 help=f"name the folder `{folder.repeats}_<class tokens>`, add caption files, or set prompt",
             )
@@ -220,7 +225,8 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
 
 
 def _caption_source(d: Dataset, info: ImageInfo) -> bool:
-    """Whether a kohya-folder image has a caption: a prompt (its class tokens), its file name, or a sidecar."""
+    """Whether a kohya-folder image has a caption: a prompt (its class tokens), its file
+    name, or a sidecar."""
     if d.prompt or d.captions == "filename":
         return True
     if d.captions == "prompt":
@@ -436,7 +442,8 @@ def manifest_key(model: ModelPlan | None, d: Dataset) -> str:
 def _split_generated(
     folder: Path, images: tuple[ImageInfo, ...], key: str
 ) -> tuple[tuple[ImageInfo, ...], int]:
-    """Leave out images generated for another base model, prompt, resolution or sampling: they get regenerated."""
+    """Leave out images generated for another base model, prompt, resolution or sampling:
+    they get regenerated."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         files, made_for = set(manifest["files"]), manifest["key"]

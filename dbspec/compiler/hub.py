@@ -25,7 +25,8 @@ def is_local(base: str, spec_dir: Path) -> bool:
 
 
 def download(repo_id: str, revision: str) -> Path:
-    """Fetch `repo_id` at `revision` into the Hugging Face cache (huggingface_hub, no torch); its snapshot folder."""
+    """Fetch `repo_id` at `revision` into the Hugging Face cache (huggingface_hub, no torch);
+    its snapshot folder."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # it comes with diffusers; a torch-free install may lack it

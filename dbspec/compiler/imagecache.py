@@ -58,7 +58,8 @@ class FileFacts(NamedTuple):
 
 
 def probe_image(data: bytes) -> FileFacts:
-    """Facts of one image from its bytes: header only, no pixel decode (except rare PNGs, see _orientation)."""
+    """Facts of one image from its bytes: header only, no pixel decode (except rare PNGs,
+    see _orientation)."""
     sha = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         im = Image.open(io.BytesIO(data))
@@ -230,7 +231,8 @@ def file_stamp(st: os.stat_result) -> str:
 
 
 def load_entries(cache_file: Path, folder: str) -> Entries:
-    """The stored entries, or {} when the file is missing, unreadable, corrupt, edited or from another version."""
+    """The stored entries, or {} when the file is missing, unreadable, corrupt, edited or
+    from another version."""
     try:
         with open(cache_file, "rb") as f:
             head, _, body = f.read().partition(b"\n")

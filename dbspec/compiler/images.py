@@ -112,7 +112,8 @@ def scan_folder(
             else:
                 images.append(_image_info(item, facts))
     diagnostics = walk_errors + _file_diagnostics(problems, root, on_bad, key_path)
-    # Without misses, `new` holds a subset of `old`'s entries, unchanged: equal exactly when no entry was dropped.
+    # Without misses, `new` holds a subset of `old`'s entries, unchanged: equal exactly when
+    # no entry was dropped.
     if cache_file is not None and (misses or len(new) != len(old)):
         imagecache.save_entries(cache_file, _posix(root), new)
     if not images and not any(d.severity == "error" for d in diagnostics):
@@ -269,8 +270,8 @@ def _visit(entry: os.DirEntry, prefix: str, recursive: bool, found: list[_Found]
 
 
 def _note_unusable(entry: os.DirEntry, prefix: str, sidecars: tuple[str, ...], unusable: list[str]) -> None:
-    """A regular file (or a link to one) that is neither an image dbspec reads nor a sidecar: it will not train,
-    and the user should know (a folder of .heic photos is not an empty dataset by intent)."""
+    """A regular file (or a link to one) that is neither an image dbspec reads nor a sidecar: it will not
+    train, and the user should know (a folder of .heic photos is not an empty dataset by intent)."""
     if entry.name.lower().endswith(sidecars):
         return
     try:

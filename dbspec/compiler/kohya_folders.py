@@ -1,10 +1,11 @@
-"""`layout = "kohya_folders"`: a dataset folder of kohya's `N_class tokens` sub-folders, expanded at plan time.
+"""`layout = "kohya_folders"`: a dataset folder of kohya's `N_class tokens` sub-folders,
+expanded at plan time.
 
 kohya (config_util.generate_dreambooth_subsets_config_by_subdirs) lists the immediate sub-folders of
-`train_data_dir`: the name split at the first `_` gives the repeats (`int(first)`) and the class tokens (the rest,
-`"10_sks dog"` -> 10, `"sks dog"`; `"4000"` -> 4000, `""`); a name without a leading number, or with repeats below
-1, is skipped with a warning; loose files and deeper folders are not read. Each sub-folder is one subset: its
-images repeat N times, and an image without a caption file is captioned with the class tokens
+`train_data_dir`: the name split at the first `_` gives the repeats (`int(first)`) and the class tokens (the
+rest, `"10_sks dog"` -> 10, `"sks dog"`; `"4000"` -> 4000, `""`); a name without a leading number, or with
+repeats below 1, is skipped with a warning; loose files and deeper folders are not read. Each sub-folder is
+one subset: its images repeat N times, and an image without a caption file is captioned with the class tokens
 (DreamBoothDataset.read_caption, which also tries the face-crop name `name_x_y_w_h.png` -> `name<ext>`).
 """
 

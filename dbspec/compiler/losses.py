@@ -103,7 +103,8 @@ def formula(p: LossPlan) -> str:
     prior_target = f"{y}_base(x_t)" if p.prior == "base_model" else y
     if p.prior_reduction == "per_sample":
         return (
-            f"L = mean_batch[ w_i·{weight}{elem}({y}̂, {y if p.prior == 'images' else f'{y} | class: {prior_target}'}){mask} ], "
-            f"w_i = {p.prior_weight:g} for class samples, 1 for instance"
+            f"L = mean_batch[ w_i·{weight}{elem}({y}̂, "
+            f"{y if p.prior == 'images' else f'{y} | class: {prior_target}'}){mask} ], w_i = "
+            f"{p.prior_weight:g} for class samples, 1 for instance"
         )
     return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({y}̂, {prior_target}){mask} ]"

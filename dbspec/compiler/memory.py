@@ -89,8 +89,8 @@ def estimate_memory(
     """Peak device bytes of one training step at the largest bucket.
 
     `trainable_params` maps a fully trained component's name to its parameter count, and a LoRA-trained
-    component's name (or "lora", for all adapters together) to its adapter parameter count. `batch_size` is the
-    samples in one forward pass per process, class images included. `available` 0 means unknown.
+    component's name (or "lora", for all adapters together) to its adapter parameter count. `batch_size` is
+    the samples in one forward pass per process, class images included. `available` 0 means unknown.
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params)

@@ -59,7 +59,8 @@ class ModelFacts:
 
 
 def inspect_model(base: str, spec_dir: Path, *, revision: str = "main") -> ModelFacts | None:
-    """Facts about `[model] base`; None for builtin: models. Raises ModelFileError for missing or corrupt files."""
+    """Facts about `[model] base`; None for builtin: models. Raises ModelFileError for missing
+    or corrupt files."""
     if base.startswith("builtin:"):
         return None
     local = (Path(spec_dir) / Path(base).expanduser()).absolute()
@@ -300,8 +301,8 @@ def _single_file_prediction(
 
 def _inspect_pickle(base: str, path: Path) -> ModelFacts:
     note = (
-        f"{path.suffix} checkpoints are pickles: family, prediction and parameter counts cannot be read without "
-        "unpickling; set [model] family and prediction, or convert the file to .safetensors"
+        f"{path.suffix} checkpoints are pickles: family, prediction and parameter counts cannot be read "
+        "without unpickling; set [model] family and prediction, or convert the file to .safetensors"
     )
     return _unknown_facts("ckpt", base, path=str(path), identity=_identity([], [path]), note=note)
 
@@ -317,7 +318,8 @@ def _unknown_facts(source: Source, base: str, *, path: str, identity: str, note:
 
 
 def hub_cache_dir() -> Path:
-    """Where huggingface_hub keeps downloads: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    """Where huggingface_hub keeps downloads: HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub."""
     env = os.environ
     hub_cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")  # the second is the legacy name
     if hub_cache:
@@ -353,7 +355,8 @@ def _inspect_hub(repo_id: str, revision: str) -> ModelFacts:
 
 
 def _identity(configs: list[Path], weights: Sequence[Path], extra: Sequence = ()) -> str:
-    """Hash of config contents and weight-file fingerprints: cheap (no weight bytes read), stable across moves."""
+    """Hash of config contents and weight-file fingerprints: cheap (no weight bytes read),
+    stable across moves."""
     digest = hashlib.sha256()
     for path in configs:
         body = path.read_bytes() if path.is_file() else b"<absent>"

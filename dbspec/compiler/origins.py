@@ -36,7 +36,8 @@ def _origin(raw: RawSpec, path: KeyPath, field: attrs.Attribute) -> Origin:
     return Origin(kind="default")
 
 
-# `dbspec convert` ends each value's line with a comment naming the legacy key (dbspec/convert/common/core.py).
+# `dbspec convert` ends each value's line with a comment naming the legacy key
+# (dbspec/convert/common/core.py).
 _CONVERTED = re.compile(r"#\s*((?:kohya|diffusers|SimpleTuner) .+?)\s*$")
 
 

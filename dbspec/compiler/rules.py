@@ -1,7 +1,7 @@
 """Diagnostic rules (DBS2xx, and the target checks): one small function each, registered with its phase.
 
-A rule reads the structured Spec, asks `given(path)` whether the user wrote a key, and yields `Hit`s. Its phase,
-declared with `@rule(...)` above it, says what else it needs and so when it runs, once:
+A rule reads the structured Spec, asks `given(path)` whether the user wrote a key, and yields `Hit`s. Its
+phase, declared with `@rule(...)` above it, says what else it needs and so when it runs, once:
 
 - "spec": the Spec alone: `rule(spec, given)`; run by `dbspec check` (and so before every plan).
 - "paths": the spec file's location: `rule(spec, spec_file)`; run by `dbspec check`. They compare folders,
@@ -405,7 +405,8 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS260",
             ("adapter", "conv_alpha"),
-            f"conv_alpha is 0 with conv_rank {a.conv_rank}: the convolution updates would be scaled to nothing",
+            f"conv_alpha is 0 with conv_rank {a.conv_rank}: "
+            "the convolution updates would be scaled to nothing",
             "set conv_alpha above 0 (kohya's default is 1.0; the same as conv_rank gives scale 1.0)",
         )
     if a.conv_rank and not a.conv_targets:
@@ -429,8 +430,8 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             ("precision", "quantize_denoiser"),
             f"LoRA on convolutions (conv_rank {a.conv_rank}) cannot wrap a quantised denoiser: peft's LoRA "
             "convolution calls the quantised layer's weight directly",
-            'set quantize_denoiser = "none", conv_rank = 0, or use kind = "loha" / "lokr" (they wrap quantised '
-            "convolutions)",
+            'set quantize_denoiser = "none", conv_rank = 0, or use kind = "loha" / "lokr" '
+            "(they wrap quantised convolutions)",
         )
     if a.kind == "lokr" and a.factor == 0:
         yield _err(
@@ -474,8 +475,8 @@ def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
-    # The base-model prior compares the trained denoiser with its base (adapters off, or a frozen copy). With a
-    # frozen denoiser only the text encoder moves, and its base would have to be kept: not supported.
+    # The base-model prior compares the trained denoiser with its base (adapters off, or a frozen copy). With
+    # a frozen denoiser only the text encoder moves, and its base would have to be kept: not supported.
     if spec.loss.prior == "base_model" and not spec.train.denoiser and spec.train.text_encoder:
         yield _err(
             "DBS226",
@@ -486,11 +487,11 @@ def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-# --- kohya's noise and loss options ------------------------------------------------------------------------------
+# --- kohya's noise and loss options -------------------------------------------------------------------------
 @rule("spec")
 def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
-    """Loss weights that the model's prediction type makes meaningless (kohya refuses the first two). Silent for
-    prediction = "auto": the compiler runs it again on the spec with the detected prediction."""
+    """Loss weights that the model's prediction type makes meaningless (kohya refuses the first two). Silent
+    for prediction = "auto": the compiler runs it again on the spec with the detected prediction."""
     loss, prediction = spec.loss, spec.model.prediction
     if prediction == "auto":
         return
@@ -498,7 +499,8 @@ def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS235",
             ("loss", "scale_v_pred_loss_like_noise_pred"),
-            f"loss.scale_v_pred_loss_like_noise_pred needs a v_prediction model; the model predicts {prediction}",
+            "loss.scale_v_pred_loss_like_noise_pred needs a v_prediction model; the model "
+            f"predicts {prediction}",
             "remove it: an epsilon loss already has this scale",
         )
     if loss.v_pred_like_loss > 0 and prediction == "v_prediction":
@@ -518,8 +520,8 @@ def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
                 yield _err(
                     "DBS236",
                     ("loss", key),
-                    f"loss.{key} divides by the SNR, which is 0 at the last timestep with zero_terminal_snr on an "
-                    "epsilon model (an infinite loss)",
+                    f"loss.{key} divides by the SNR, which is 0 at the last timestep with zero_terminal_snr "
+                    "on an epsilon model (an infinite loss)",
                     "use a v_prediction model, or loss.max_timestep = 999",
                 )
 
@@ -587,7 +589,7 @@ def inert_noise_options(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-# --- path rules: they also need the spec file's location --------------------------------------------------------
+# --- path rules: they also need the spec file's location ----------------------------------------------------
 # Caption processing: kohya cuts a caption into tags only for these three options.
 def _cuts_tags(d) -> bool:
     return d.shuffle_caption or d.caption_tag_dropout_rate > 0 or d.token_warmup_step > 0
@@ -645,8 +647,8 @@ def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("paths")
 def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
-    """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder, nor
-    holds the spec. The run writes there and --overwrite moves the whole folder aside, inputs included."""
+    """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder,
+    nor holds the spec. The run writes there and --overwrite moves the whole folder aside, inputs included."""
     base = spec_file.resolve().parent
     out = _resolved(base, spec.output.dir)
     overlaps = [
@@ -698,7 +700,7 @@ def _relation(out: Path, other: Path) -> str:
     return "is" if out == other else "contains" if out in other.parents else "is inside"
 
 
-# --- environment rules: they need the target ---------------------------------------------------------------------
+# --- environment rules: they need the target ----------------------------------------------------------------
 @rule("environment")
 def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
     if spec.optimizer.kind == "adamw8bit" and env.device != "cuda":
@@ -710,7 +712,7 @@ def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
         )
 
 
-# --- the runners: each runs exactly the rules of its phase -------------------------------------------------------
+# --- the runners: each runs exactly the rules of its phase --------------------------------------------------
 def run_spec_rules(spec: Spec, given: Given) -> list[Hit]:
     return [hit for fn in rules_of("spec") for hit in fn(spec, given)]
 
@@ -728,7 +730,8 @@ def run_environment_rules(spec: Spec, env: TargetEnv) -> list[Hit]:
 
 
 def steps_known(spec: Spec) -> int | None:
-    """The run's step count when the spec gives it: the "plan" rules then run at check time, not at plan time."""
+    """The run's step count when the spec gives it: the "plan" rules then run at check time,
+    not at plan time."""
     return spec.schedule.steps or None
 
 

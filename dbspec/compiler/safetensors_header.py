@@ -19,7 +19,8 @@ import attrs
 
 # Same limit as the safetensors library: a larger header means a corrupt or hostile file.
 MAX_HEADER_BYTES = 100_000_000
-# A header is {name: {shape: [...]}}, 3 levels; json.loads recurses per level, so a deeper one is refused first.
+# A header is {name: {shape: [...]}}, 3 levels; json.loads recurses per level, so a deeper
+# one is refused first.
 _MAX_JSON_DEPTH = 32
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
@@ -67,7 +68,8 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 
 
 def read_safetensors(path: str | os.PathLike) -> SafetensorsHeader:
-    """Tensors and `__metadata__` of one file; raises ModelFileError when the header is truncated or corrupt."""
+    """Tensors and `__metadata__` of one file; raises ModelFileError when the header is
+    truncated or corrupt."""
     header, data_bytes = _read_raw_header(Path(path))
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -90,7 +92,8 @@ def _read_raw_header(path: Path) -> tuple[dict, int]:
             if n > MAX_HEADER_BYTES or n > file_size - 8:
                 raise ModelFileError(
                     path,
-                    f"header length {n} exceeds the file size {file_size} (truncated download or not safetensors)",
+                    f"header length {n} exceeds the file size {file_size} (truncated "
+                    "download or not safetensors)",
                 )
             raw = f.read(n)
     except OSError as e:
@@ -172,7 +175,8 @@ def read_sharded_index(index_path: str | os.PathLike) -> tuple[Path, ...]:
 
 
 def count_params(tensors: Iterable[tuple[str, TensorInfo]]) -> int:
-    """Elements of floating-point tensors: integer buffers (position_ids, step counters) are not parameters."""
+    """Elements of floating-point tensors: integer buffers (position_ids, step counters)
+    are not parameters."""
     return sum(t.numel for name, t in tensors if t.is_float and not name.endswith("position_ids"))
 
 
@@ -191,7 +195,8 @@ def merged_tensors(headers: Iterable[Mapping[str, TensorInfo]]) -> list[tuple[st
 
 
 def read_json_object(path: str | os.PathLike) -> dict:
-    """A JSON config (model_index.json, config.json, shard index) as a dict, or a ModelFileError saying why not."""
+    """A JSON config (model_index.json, config.json, shard index) as a dict, or a
+    ModelFileError saying why not."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:

@@ -1,8 +1,10 @@
-"""Convert legacy DreamBooth configs (kohya-ss sd-scripts, diffusers example scripts, SimpleTuner) into a spec.
+"""Convert legacy DreamBooth configs (kohya-ss sd-scripts, diffusers example scripts,
+SimpleTuner) into a spec.
 
-Torch-free. Each converter returns a `Conversion` (values with the legacy key they came from, one report row per
-legacy key, DBS4xx diagnostics); `execute` writes the spec when nothing is in error, checks it as `dbspec check`
-does (`frontend.check_spec`), and prints diagnostics and (with `report`) the table of every legacy key.
+Torch-free. Each converter returns a `Conversion` (values with the legacy key they came from, one report row
+per legacy key, DBS4xx diagnostics); `execute` writes the spec when nothing is in error, checks it as
+`dbspec check` does (`frontend.check_spec`), and prints diagnostics and (with `report`) the table
+of every legacy key.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ Converter = Callable[[], tuple[Conversion, list[str]]]
 
 
 def convert(converter: Converter, out: Path, overrides: Sequence[str] = ()) -> Outcome:
-    """Run a converter, apply `--set key=value` overrides, and write its spec to `out` (when it has no errors)."""
+    """Run a converter, apply `--set key=value` overrides, and write its spec to `out` (when
+    it has no errors)."""
     try:
         conv, header = converter()
     except InputError as exc:

@@ -2,17 +2,17 @@
 
 The order is kohya's, and so is every random draw, in the same order, from the generator passed in:
 
-1. whole-caption dropout: one draw when `caption_dropout_rate > 0` (dropped when it is below the rate), or every
-   caption of an epoch divisible by `caption_dropout_every_n_epochs` (epochs counted from 1); a dropped caption
-   is "" and nothing else happens;
-2. wildcards (`enable_wildcard`): one line of a multi-line caption is chosen, then each `{a|b|c}` is replaced by
-   one choice, left to right (`{{` and `}}` stand for literal braces); without wildcards only the first line
-   is used;
+1. whole-caption dropout: one draw when `caption_dropout_rate > 0` (dropped when it is below the rate), or
+   every caption of an epoch divisible by `caption_dropout_every_n_epochs` (epochs counted from 1); a dropped
+   caption is "" and nothing else happens;
+2. wildcards (`enable_wildcard`): one line of a multi-line caption is chosen, then each `{a|b|c}` is replaced
+   by one choice, left to right (`{{` and `}}` stand for literal braces); without wildcards only the first
+   line is used;
 3. when shuffling, tag dropout or token warm-up is on, the caption is cut into tags at `caption_separator`:
    with `keep_tokens_separator` present, the part before it (and after a second one) stays fixed and the
    middle part is flexible, empty tags dropped; otherwise the first `keep_tokens` tags stay fixed (empty tags
-   kept). Token warm-up keeps the first tags of the flexible part; then they are shuffled; then each is dropped
-   with `caption_tag_dropout_rate` (one draw per tag); the tags are joined with ", ";
+   kept). Token warm-up keeps the first tags of the flexible part; then they are shuffled; then each is
+   dropped with `caption_tag_dropout_rate` (one draw per tag); the tags are joined with ", ";
 4. `secondary_separator` is replaced by `caption_separator`.
 
 `runtime` calls `draw_caption` per sample and step; the compiler calls `fixed_caption` to know which captions
@@ -135,7 +135,8 @@ def _tags(text: str, sep: str) -> list[str]:
 
 
 def _warmed_up(tags: list[str], p: CaptionPlan, step: int) -> list[str]:
-    """The first tags only, growing linearly from `token_warmup_min` at step 0 to all at `token_warmup_step`."""
+    """The first tags only, growing linearly from `token_warmup_min` at step 0 to all at
+    `token_warmup_step`."""
     steps = p.token_warmup_step
     if not steps or step >= steps:
         return tags
@@ -144,6 +145,6 @@ def _warmed_up(tags: list[str], p: CaptionPlan, step: int) -> list[str]:
 
 
 def sample_generator(aug_seed: int) -> random.Random:
-    """The generator of one sample's caption draws: a function of the sample's seed alone (the sampler draws it
-    from the run seed and the epoch), so a resumed run draws exactly what an uninterrupted one would."""
+    """The generator of one sample's caption draws: a function of the sample's seed alone (the sampler draws
+    it from the run seed and the epoch), so a resumed run draws exactly what an uninterrupted one would."""
     return random.Random(f"dbspec-caption:{aug_seed}")  # str seeds hash with sha512: stable across runs

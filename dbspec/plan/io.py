@@ -69,9 +69,9 @@ def run_hash(plan: Plan) -> str:
     return "sha256:" + hashlib.sha256(_canonical(_run_data(plan_to_data(plan))).encode()).hexdigest()
 
 
-# Plan versions whose only change to what a run trains was renaming fields: the version before -> {field path in
-# the current plan: its name then}. A run saved under that version recorded the run hash of the old names; the
-# same run hashed that way (`legacy_run_hashes`) lets it resume after the upgrade.
+# Plan versions whose only change to what a run trains was renaming fields: the version before -> {field path
+# in the current plan: its name then}. A run saved under that version recorded the run hash of the old names;
+# the same run hashed that way (`legacy_run_hashes`) lets it resume after the upgrade.
 LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
     3: {("train_denoiser",): "train_unet", ("adapter", "denoiser_targets"): "unet_targets"},  # spec_version 2
 }

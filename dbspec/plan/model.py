@@ -17,7 +17,8 @@ from dbspec.families import Family
 
 PLAN_VERSION = 4  # 2: checkpoint and validation steps are a StepRange; 3: loss.teacher, class-image sampling;
 # 4: train_unet -> train_denoiser, adapter.unet_targets -> adapter.denoiser_targets (io.LEGACY_RUN_NAMES);
-#    kohya noise and loss options (loss.noise, huber schedule, timestep weights, prior_reduction); DatasetPlan.caption_processing
+#    kohya noise and loss options (loss.noise, huber schedule, timestep weights, prior_reduction);
+#    DatasetPlan.caption_processing
 frozen = attrs.frozen(kw_only=True)
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -79,7 +80,8 @@ class AdapterPlan:
     dropout: float = 0.0  # lora: dropout on the adapter's input
     denoiser_targets: tuple[str, ...] = ()
     text_encoder_targets: tuple[str, ...] = ()
-    # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is 0.
+    # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is
+    # 0.
     conv_rank: int = 0
     conv_alpha: float = 0.0
     conv_targets: tuple[str, ...] = ()
@@ -157,8 +159,8 @@ class CaptionPlan:
     caption_tag_dropout_rate: float = 0.0
     token_warmup_min: int = 1
     token_warmup_step: float = 0.0  # resolved: a ratio below 1 is already floor(ratio x total steps); 0 = off
-    # Decisions. Varying images draw a new caption every step (shuffle, tag dropout, wildcards, warm-up): their
-    # text embeddings cannot be cached and the text encoder runs forward for each of their samples.
+    # Decisions. Varying images draw a new caption every step (shuffle, tag dropout, wildcards, warm-up):
+    # their text embeddings cannot be cached and the text encoder runs forward for each of their samples.
     varying_images: int = 0
     varying_samples_per_epoch: int = 0
     empty_text_key: str = ""  # the dropped (empty) caption's cache key; "" without dropout or a text cache
@@ -275,9 +277,10 @@ class SchedulePlan:
 
 @frozen
 class NoisePlan:
-    """How a step draws its noise and timesteps (kohya's get_noise_noisy_latents_and_timesteps), in draw order:
-    the noise, the offset (random strength, adaptive scale), multi-resolution levels, timesteps in
-    [min_timestep, max_timestep), then the input perturbation the noisy latents get and the target does not."""
+    """How a step draws its noise and timesteps (kohya's get_noise_noisy_latents_and_timesteps), in draw
+    order: the noise, the offset (random strength, adaptive scale), multi-resolution levels, timesteps in
+    [min_timestep, max_timestep), then the input perturbation the noisy latents get and
+    the target does not."""
 
     offset: float  # loss.noise_offset; 0 = off
     offset_random_strength: bool

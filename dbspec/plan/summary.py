@@ -127,8 +127,8 @@ def _caption_cache(plan: Plan, p: CaptionPlan, images: int) -> str:
     parts = []
     if p.varying_images:
         parts.append(
-            f"{p.varying_images} of {images} images uncached (captions change per step): text encoder forward "
-            f"for {p.varying_samples_per_epoch} samples/epoch"
+            f"{p.varying_images} of {images} images uncached (captions change per step): text encoder "
+            f"forward for {p.varying_samples_per_epoch} samples/epoch"
         )
     else:
         parts.append("cached (captions never change)")
@@ -249,7 +249,8 @@ def adapter_rows(a) -> list[tuple[str, str]]:
 
 
 def noise_summary(n: NoisePlan) -> str:
-    """E.g. `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
+    """E.g.
+    `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
     parts = ["N(0,1)"]
     if n.offset > 0:
         extras = [

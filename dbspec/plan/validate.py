@@ -139,7 +139,10 @@ def _noise_problems(plan: Plan) -> Iterator[str]:
             f"min_timestep {low}, max_timestep {high}"
         )
     if (huber is None) != (plan.loss.kind not in ("pseudo_huber", "smooth_l1")):
-        yield f"loss.huber must be set exactly for kind pseudo_huber or smooth_l1; found kind {plan.loss.kind!r}"
+        yield (
+            "loss.huber must be set exactly for kind pseudo_huber or smooth_l1; found "
+            f"kind {plan.loss.kind!r}"
+        )
     elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
         yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
 
@@ -158,7 +161,8 @@ def _caption_problems(i: int, p) -> Iterator[str]:
 
 
 def _output_problems(plan: Plan) -> Iterator[str]:
-    """The output folder is the run's own (as DBS225 checks in specs): not `/`, not over or inside an input."""
+    """The output folder is the run's own (as DBS225 checks in specs): not `/`, not over
+    or inside an input."""
     out = Path(plan.checkpoints.dir)
     if not out.is_absolute() or out.parent == out:
         yield f"checkpoints.dir must be an absolute folder path below a filesystem root; found {str(out)!r}"

@@ -47,7 +47,8 @@ def has_default(field: attrs.Attribute) -> bool:
 
 
 def static_default(field: attrs.Attribute) -> Any:
-    """The default value as data (factories called), or NO_DEFAULT; None for defaults derived from other fields."""
+    """The default value as data (factories called), or NO_DEFAULT; None for defaults derived
+    from other fields."""
     d = field.default
     if d is attrs.NOTHING:
         return NO_DEFAULT

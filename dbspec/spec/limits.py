@@ -148,7 +148,8 @@ class _Lexer:
                 expect_key = bool(self.open) and self.open[-1] == "{"
 
     def read_key(self) -> tuple[int, str, str, str] | None:
-        """Read the key at the cursor (of a key/value line, an inline table or a [header]) and count its parts."""
+        """Read the key at the cursor (of a key/value line, an inline table or a [header])
+        and count its parts."""
         space = _INLINE_SPACE if self.open else _LINE_SPACE
         self.pos = space.match(self.text, self.pos).end()
         header = not self.open and self.text.startswith("[", self.pos)

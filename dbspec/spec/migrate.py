@@ -3,8 +3,8 @@
 Each step from one spec_version to the next is a list of key renames (`RENAMES`). `migrate` applies them to a
 RawSpec in memory, so a version-1 file keeps working: its data and span index take the new names (errors still
 point at the user's lines), and one DBS107 warning says which keys were renamed and to run `dbspec upgrade`.
-`dbspec upgrade` (dbspec/spec/upgrade.py) rewrites the same renames into the file's text. Old and new names mixed
-in one file, or a name of another version, are a DBS108 error.
+`dbspec upgrade` (dbspec/spec/upgrade.py) rewrites the same renames into the file's text. Old and new names
+mixed in one file, or a name of another version, are a DBS108 error.
 """
 
 from __future__ import annotations
@@ -128,18 +128,20 @@ def _new_name_in_old_file(
     also = f" and also sets `{old}`" if both else ""
     return error(
         "DBS108",
-        f"`{new}` is the spec_version {since} name of `{old}`, but {file} says spec_version = {version}{also}",
+        f"`{new}` is the spec_version {since} name of `{old}`, but {file} says "
+        f"spec_version = {version}{also}",
         path=new,
         span=key_span(r.new_path),
         help=f"keep only `{r.old}` (then `dbspec upgrade {file}` renames it)"
         if both
-        else f"write `{r.old}` (the spec_version {version} name), or set spec_version = {SPEC_VERSION} and use "
-        "its names throughout",
+        else f"write `{r.old}` (the spec_version {version} name), or set spec_version = {SPEC_VERSION} and "
+        "use its names throughout",
     )
 
 
 def migrate_data(data: dict, version: int) -> tuple[dict, list[tuple[Rename, KeyPath]]]:
-    """A copy of `data` in the current spec_version (keys renamed in place, order kept) and what was renamed."""
+    """A copy of `data` in the current spec_version (keys renamed in place, order kept) and
+    what was renamed."""
     out = copy.deepcopy(data)
     done = renames_in(data, version)
     for rename, in_file in done:
@@ -167,12 +169,14 @@ def migration_warning(file: str, version: int, renamed: list[Renamed], span: Spa
         f"{file} is spec_version {version}, read as spec_version {SPEC_VERSION}; {what}",
         path="spec_version",
         span=span,
-        help=f"run `dbspec upgrade {file}` to rewrite the file as spec_version {SPEC_VERSION} (comments and layout stay)",
+        help=f"run `dbspec upgrade {file}` to rewrite the file as spec_version {SPEC_VERSION} "
+        "(comments and layout stay)",
     )
 
 
 def user_spelling(diagnostic: Diagnostic, renamed: tuple[Renamed, ...]) -> Diagnostic:
-    """`diagnostic` with the keys a migration renamed written as the user wrote them (its span is already theirs)."""
+    """`diagnostic` with the keys a migration renamed written as the user wrote them (its span
+    is already theirs)."""
     if not renamed or diagnostic.code == "DBS107":  # the warning that names both spellings
         return diagnostic
     message, help_text, path = diagnostic.message, diagnostic.help, diagnostic.path
@@ -185,8 +189,9 @@ def user_spelling(diagnostic: Diagnostic, renamed: tuple[Renamed, ...]) -> Diagn
 
 
 def migrate(raw: RawSpec) -> tuple[RawSpec, list[Diagnostic]]:
-    """`raw` read forward to the current spec_version, with the DBS107 warning; or `raw` as it is with the DBS108
-    errors of names from another version. Versions this dbspec cannot read are left to the version check."""
+    """`raw` read forward to the current spec_version, with the DBS107 warning; or `raw` as it is with the
+    DBS108 errors of names from another version. Versions this dbspec cannot read are left to
+    the version check."""
     if "spec_version" not in raw.data:
         return raw, []
     version = raw.data["spec_version"]

@@ -1,4 +1,5 @@
-"""The spec language (spec_version 2; dbspec/spec/migrate.py reads version 1): one attrs class per TOML table, one `option()` per key.
+"""The spec language (spec_version 2; dbspec/spec/migrate.py reads version 1): one attrs class per TOML table,
+one `option()` per key.
 
 This file is the single source of truth for every option: its type, default and doc feed the strict
 loader, the JSON Schema (`dbspec schema`), `docs/spec-reference.md` and `dbspec explain`. TOML keys equal
@@ -34,18 +35,21 @@ class Model:
     )
     prediction: Prediction = option(
         "auto",
-        doc="What the denoiser predicts; auto reads the scheduler config. SD2 768 px models use v_prediction.",
+        doc="What the denoiser predicts; auto reads the scheduler config. SD2 768 px "
+        "models use v_prediction.",
     )
     vae: str = option(
         "",
-        doc="Replacement VAE (hub id, folder or file), e.g. an fp16-fixed SDXL VAE; empty keeps the base model's.",
+        doc="Replacement VAE (hub id, folder or file), e.g. an fp16-fixed SDXL VAE; empty "
+        "keeps the base model's.",
         example="madebyollin/sdxl-vae-fp16-fix",
     )
     revision: str = option("main", doc="Hub revision (branch, tag or commit) when base is a hub id.")
     config: str = option(
         "",
-        doc="For a single-file base: a diffusers folder or hub id whose configs describe it (diffusers otherwise "
-        "fetches the family's reference configs, which needs the network or the Hugging Face cache).",
+        doc="For a single-file base: a diffusers folder or hub id whose configs describe it (diffusers "
+        "otherwise fetches the family's reference configs, which needs the network or the "
+        "Hugging Face cache).",
         example="models/sd15-diffusers",
     )
     allow_pickle: bool = option(
@@ -60,8 +64,8 @@ class Model:
     )
     max_tokens: Literal[75, 150, 225] = option(
         75,
-        doc="Prompt tokens the text encoders see. 75 is one CLIP window; 150 and 225 encode a prompt as 2 or 3 "
-        "windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
+        doc="Prompt tokens the text encoders see. 75 is one CLIP window; 150 and 225 encode a prompt as 2 or "
+        "3 windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
         "validation samples.",
     )
 
@@ -71,7 +75,7 @@ class NoAdapter:
     kind: Literal["none"] = option("none", doc="Adapter kind: none trains the base weights (full fine-tune).")
 
 
-# --- adapters: LoRA, LoHa, LoKr (peft), each optionally on 3x3 convolutions (LoCon) --------------------------
+# --- adapters: LoRA, LoHa, LoKr (peft), each optionally on 3x3 convolutions (LoCon) ----------------------
 # The options every low-rank kind shares are made by these functions, so each variant declares its own copy.
 KOHYA_CONV_TARGETS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
 
@@ -130,8 +134,9 @@ def _conv_alpha():
 def _conv_targets():
     return option(
         factory=lambda: list(KOHYA_CONV_TARGETS),
-        doc="Denoiser (UNet) convolution names (suffixes) that get adapters at `conv_rank` when it is above 0; "
-        "the default is kohya's LoCon set (the 3x3 convolutions of ResNet blocks, downsamplers and upsamplers).",
+        doc="Denoiser (UNet) convolution names (suffixes) that get adapters at `conv_rank` when it is "
+        "above 0; the default is kohya's LoCon set (the 3x3 convolutions of ResNet blocks, downsamplers and "
+        "upsamplers).",
     )
 
 
@@ -176,8 +181,8 @@ class LoraAdapter:
 @frozen
 class LohaAdapter:
     kind: Literal["loha"] = option(
-        doc="Adapter kind: loha trains LyCORIS LoHa (the Hadamard product of two low-rank updates) and freezes "
-        "the base weights."
+        doc="Adapter kind: loha trains LyCORIS LoHa (the Hadamard product of two low-rank updates) and "
+        "freezes the base weights."
     )
     rank: int = _rank(8, "LoHa")
     alpha: float = _alpha()
@@ -256,12 +261,12 @@ class Dataset:
     recursive: bool = option(False, doc="Also scan sub-folders.")
     layout: Literal["folder", "kohya_folders"] = option(
         "folder",
-        doc="folder: `path` holds the images. kohya_folders: `path` holds kohya's `N_class tokens` sub-folders "
-        "(e.g. `10_sks dog`), listed at plan time: each sub-folder's images repeat N x `repeats` times and "
-        'the words after `N_` are its `prompt` (the caption fallback with captions = "textfile", where '
-        "`name_x_y_w_h.png` also finds `name.txt` as kohya does); loose files and names without a number "
-        "are skipped with a warning; a folder named only `N` gives an empty caption, with a warning. A `masks` "
-        "folder holds the same sub-folders.",
+        doc="folder: `path` holds the images. kohya_folders: `path` holds kohya's `N_class tokens` "
+        "sub-folders (e.g. `10_sks dog`), listed at plan time: each sub-folder's images repeat N x `repeats` "
+        'times and the words after `N_` are its `prompt` (the caption fallback with captions = "textfile", '
+        "where `name_x_y_w_h.png` also finds `name.txt` as kohya does); loose files and names without a "
+        "number are skipped with a warning; a folder named only `N` gives an empty caption, with a warning. "
+        "A `masks` folder holds the same sub-folders.",
     )
     captions: Literal["prompt", "textfile", "filename"] = option(
         "prompt",
@@ -286,7 +291,8 @@ class Dataset:
     flip: bool = option(False, doc="Random horizontal flips.")
     masks: str = option(
         "",
-        doc="Folder of masks paired with images by file stem (white = train, black = ignore); empty for none.",
+        doc="Folder of masks paired with images by file stem (white = train, black = "
+        "ignore); empty for none.",
     )
     mask_from_alpha: bool = option(False, doc="Use each image's alpha channel as its loss mask.")
     generate: int = option(
@@ -340,12 +346,14 @@ class Dataset:
     keep_tokens_separator: str = option(
         "",
         doc="Marks the fixed part of a caption: tags before it (and after a second one) stay fixed, the tags "
-        'between are shuffled/dropped; e.g. "|||". It stays in the text when nothing shuffles, drops or warms up.',
+        'between are shuffled/dropped; e.g. "|||". It stays in the text when nothing '
+        "shuffles, drops or warms up.",
         example="|||",
     )
     secondary_separator: str = option(
         "",
-        doc="A separator inside a tag (kept together when shuffling), replaced by `caption_separator` at the end.",
+        doc="A separator inside a tag (kept together when shuffling), replaced by "
+        "`caption_separator` at the end.",
         example=";;;",
     )
     enable_wildcard: bool = option(
@@ -384,8 +392,8 @@ class Dataset:
 class Buckets:
     mode: Literal["aspect", "square"] = option(
         "aspect",
-        doc="aspect: kohya-compatible aspect-ratio buckets; square: every image is cover-resized and cropped to "
-        "resolution x resolution.",
+        doc="aspect: kohya-compatible aspect-ratio buckets; square: every image is cover-resized and cropped "
+        "to resolution x resolution.",
     )
     # Bounded: the compiler enumerates every side from min to max (twice the largest resolution is 8192).
     min_size: int = option(
@@ -408,14 +416,14 @@ class Loss:
     kind: LossKind = option(
         "mse",
         doc="Element-wise loss. mse, l1; huber: torch's Huber with `huber_delta`; pseudo_huber: kohya's "
-        "loss_type huber, 2c(sqrt(x^2 + c^2) - c); smooth_l1: kohya's loss_type smooth_l1, 2(sqrt(x^2 + c^2) - c) "
-        "(not torch's SmoothL1Loss); c follows `huber_schedule`.",
+        "loss_type huber, 2c(sqrt(x^2 + c^2) - c); smooth_l1: kohya's loss_type smooth_l1, 2(sqrt(x^2 + c^2) "
+        "- c) (not torch's SmoothL1Loss); c follows `huber_schedule`.",
     )
     huber_delta: float = option(0.1, doc='Huber threshold (kind = "huber").', exclusive_minimum=0)
     prior: Literal["images", "base_model"] = option(
         "images",
-        doc="Prior-preservation target for class datasets: images trains on class images; base_model uses the "
-        "frozen base model's prediction on the same noisy latents as the target.",
+        doc="Prior-preservation target for class datasets: images trains on class images; base_model uses "
+        "the frozen base model's prediction on the same noisy latents as the target.",
     )
     prior_weight: float = option(1.0, doc="Weight of the prior-preservation term.", minimum=0)
     min_snr_gamma: float = option(
@@ -431,9 +439,10 @@ class Loss:
     # get_huber_threshold_if_needed, custom_train_functions); each is off by default.
     prior_reduction: Literal["separate", "per_sample"] = option(
         "separate",
-        doc="How instance and class samples of a batch combine. separate: the instance mean (timestep weights "
-        "applied) plus prior_weight times the class mean (diffusers' DreamBooth); per_sample: kohya's mean over "
-        "the batch of each sample's loss times prior_weight (class samples) and the timestep weights (all samples).",
+        doc="How instance and class samples of a batch combine. separate: the instance mean (timestep "
+        "weights applied) plus prior_weight times the class mean (diffusers' DreamBooth); per_sample: "
+        "kohya's mean over the batch of each sample's loss times prior_weight (class samples) and the "
+        "timestep weights (all samples).",
     )
     huber_schedule: Literal["constant", "exponential", "snr"] = option(
         "snr",
@@ -461,7 +470,8 @@ class Loss:
     )
     multires_noise_iterations: int = option(
         0,
-        doc="Multi-resolution (pyramid) noise levels added to the noise, 6-10 typical (kohya); 0 turns it off.",
+        doc="Multi-resolution (pyramid) noise levels added to the noise, 6-10 typical "
+        "(kohya); 0 turns it off.",
         minimum=0,
         maximum=64,
         example=6,
@@ -471,8 +481,8 @@ class Loss:
     )
     ip_noise_gamma: float = option(
         0.0,
-        doc="Input-perturbation noise (arXiv 2301.11706): the noisy latents get noise + gamma * N(0, 1) while "
-        "the target keeps the noise; 0.1 typical, 0 turns it off.",
+        doc="Input-perturbation noise (arXiv 2301.11706): the noisy latents get noise + gamma * N(0, 1) "
+        "while the target keeps the noise; 0.1 typical, 0 turns it off.",
         minimum=0,
         example=0.1,
     )
@@ -494,12 +504,13 @@ class Loss:
     )
     scale_v_pred_loss_like_noise_pred: bool = option(
         False,
-        doc="v_prediction models: weight each sample by snr/(snr + 1), snr capped at 1000, so the loss scales "
-        "like an epsilon loss (kohya).",
+        doc="v_prediction models: weight each sample by snr/(snr + 1), snr capped at 1000, so the loss "
+        "scales like an epsilon loss (kohya).",
     )
     v_pred_like_loss: float = option(
         0.0,
-        doc="epsilon models: add this times loss * (snr + 1)/snr, a v-prediction-like term (kohya); 0 turns it off.",
+        doc="epsilon models: add this times loss * (snr + 1)/snr, a v-prediction-like term "
+        "(kohya); 0 turns it off.",
         minimum=0,
         example=0.1,
     )
@@ -536,7 +547,8 @@ class Optimizer:
 
 @frozen
 class Schedule:
-    # Upper bounds keep plans and checks fast; far above any real run (thousands of steps, a few hundred epochs).
+    # Upper bounds keep plans and checks fast; far above any real run (thousands of steps, a
+    # few hundred epochs).
     steps: int = option(
         0, doc="Optimizer steps to train; set this or `epochs`.", minimum=0, maximum=10_000_000, example=800
     )
@@ -613,8 +625,8 @@ class Checkpoints:
     save_precision: Literal["fp32", "fp16", "bf16"] = option("fp32", doc="dtype of saved weights.")
     exports: list[Literal["single_file", "kohya_lora"]] = option(
         factory=list,
-        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: LoRA in "
-        "kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
+        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: "
+        "LoRA in kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
     )
 
 
@@ -644,7 +656,8 @@ class Logging:
 @frozen
 class Spec:
     spec_version: int = option(
-        doc="Spec language version; must be 2 (a version 1 file is upgraded when read; `dbspec upgrade` rewrites it).",
+        doc="Spec language version; must be 2 (a version 1 file is upgraded when read; `dbspec "
+        "upgrade` rewrites it).",
         example=2,
     )
     model: Model = option(doc="The base model.")

@@ -1,10 +1,10 @@
 """`dbspec upgrade`: rewrite a spec file to the current spec_version, changing only what must change.
 
-The renames of spec/migrate.py are applied to the text itself: each renamed key is replaced where the span index
-found it (a `[train]` table, a dotted key `train.unet`, an inline table `train = { unet = true }`, quoted or bare),
-and the `spec_version` value is replaced by the current version. Every other byte stays: comments, blank lines,
-key order, quoting, line endings. The result is read back and must equal the migrated data of the original, so a
-file whose text the scanner could not follow is refused instead of half rewritten.
+The renames of spec/migrate.py are applied to the text itself: each renamed key is replaced where the span
+index found it (a `[train]` table, a dotted key `train.unet`, an inline table `train = { unet = true }`,
+quoted or bare), and the `spec_version` value is replaced by the current version. Every other byte stays:
+comments, blank lines, key order, quoting, line endings. The result is read back and must equal the migrated
+data of the original, so a file whose text the scanner could not follow is refused instead of half rewritten.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def _version_problem(data: dict, spans: SpanIndex, label: str) -> Diagnostic | N
             f"{label} has no `spec_version`: cannot tell which version to upgrade from",
             path="spec_version",
             span=Span(file=label, line=1, col=1, end_line=1, end_col=2),
-            help=f"add `spec_version = {OLDEST}` at the top if the file was written for dbspec's first spec language",
+            help=f"add `spec_version = {OLDEST}` at the top if the file was written for "
+            "dbspec's first spec language",
         )
     version = data["spec_version"]
     if type(version) is int and (version == SPEC_VERSION or migratable(version)):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """`mode`: the new file's permission bits (a rewritten user file keeps its own); mkstemp's 0o600 without."""
+    """`mode`: the new file's permission bits (a rewritten user file keeps its own);
+    mkstemp's 0o600 without."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

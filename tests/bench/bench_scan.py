@@ -98,7 +98,8 @@ def report(best: dict[str, tuple[float, float]], n: int) -> None:
     for label, i in (("wall", 0), ("cpu", 1)):
         floor, cold, warm = (best[k][i] for k in ("floor", "cold", "warm"))
         print(
-            f"{label:<5} cold/floor = {cold / floor:.2f} (target <= 3)   warm/cold = {warm / cold:.3f} (target <= 0.2)"
+            f"{label:<5} cold/floor = {cold / floor:.2f} (target <= 3)   warm/cold = "
+            f"{warm / cold:.3f} (target <= 0.2)"
         )
 
 

@@ -51,8 +51,8 @@ def test_runtime_takes_a_plan_only():
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
-# The layers, lowest first: a module may import only from its own layer's package or a lower layer (the data flow
-# CLI -> spec -> compiler -> plan, with the runtime beside the compiler, reading plans only).
+# The layers, lowest first: a module may import only from its own layer's package or a lower layer (the data
+# flow CLI -> spec -> compiler -> plan, with the runtime beside the compiler, reading plans only).
 LAYERS: dict[str, int] = {
     "util": 0,
     "diagnostics": 0,

@@ -48,7 +48,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
-    """One cycle as a path [a, b, ..., a], or [] when the graph has none (depth-first search, three colours)."""
+    """One cycle as a path [a, b, ..., a], or [] when the graph has none (depth-first
+    search, three colours)."""
     state: dict[str, str] = {}  # absent: unvisited; "open": on the current path; "done": no cycle through it
     path: list[str] = []
 

@@ -1,9 +1,9 @@
-"""Plans of an older plan_version, kept as they were written (tests/golden/legacy/NAME.plan-vN.json, normalised like
-the snapshots in plan/): reading one is refused with "compile the spec again", and a run saved under it still
-resumes, because `legacy_run_data` of today's plan of the same spec equals its run data.
+"""Plans of an older plan_version, kept as they were written (tests/golden/legacy/NAME.plan-vN.json,
+normalised like the snapshots in plan/): reading one is refused with "compile the spec again", and a run saved
+under it still resumes, because `legacy_run_data` of today's plan of the same spec equals its run data.
 
-If a later change of the plans makes `test_old_runs_keep_their_run_identity` fail, runs saved under that version
-can no longer resume anyway: drop its LEGACY_RUN_NAMES entry (dbspec/plan/io.py) and its fixture here.
+If a later change of the plans makes `test_old_runs_keep_their_run_identity` fail, runs saved under that
+version can no longer resume anyway: drop its LEGACY_RUN_NAMES entry (dbspec/plan/io.py) and its fixture here.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def test_quickstart_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     check_snapshot(SNAPSHOTS / "quickstart.summary.txt", actual, "`dbspec plan specs/quickstart.toml` output")
 
 
-# --- the snapshots are right ----------------------------------------------------------------------------------
+# --- the snapshots are right --------------------------------------------------------------------------------
 
 
 def buckets(plan: Plan) -> dict[tuple[int, int], tuple[int, int, int]]:
@@ -187,14 +187,15 @@ def captions(plan: Plan) -> dict[str, set[str]]:
     return {d.name: {img.caption for img in d.images} for d in plan.datasets}
 
 
-# Bundled images: toy-00/04 128x128, toy-01 160x120, toy-02 120x160, toy-03 144x96, toy-05 96x144 (class-toy alike).
-# At 512 px (step 64) they go to 512x512 (two), 576x448, 448x576, 640x384, 384x640.
+# Bundled images: toy-00/04 128x128, toy-01 160x120, toy-02 120x160, toy-03 144x96, toy-05 96x144 (class-toy
+# alike). At 512 px (step 64) they go to 512x512 (two), 576x448, 448x576, 640x384, 384x640.
 SD_512_BUCKETS = {(384, 640): 1, (448, 576): 1, (512, 512): 2, (576, 448): 1, (640, 384): 1}
 
 
 def test_quickstart_is_right(compiled: Compiled) -> None:
     plan, _ = compiled("quickstart.cuda")
-    # 6 images x 10 repeats; the 6 class images are balanced to 10 repeats each; batches of 2 never mix buckets
+    # 6 images x 10 repeats; the 6 class images are balanced to 10 repeats each; batches
+    # of 2 never mix buckets
     assert buckets(plan) == {(48, 80): (20, 20, 20), (64, 64): (30, 30, 30), (80, 48): (10, 10, 10)}
     assert schedule_facts(plan) == (60, 1, 60, 60, 60, 60)
     assert [img.repeats for img in plan.datasets[1].images] == [10] * 6

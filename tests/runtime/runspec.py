@@ -103,7 +103,8 @@ def make_plan(tmp: Path, **kw) -> Plan:
 
 @contextmanager
 def file_size_limit(nbytes: int) -> Iterator[None]:
-    """Writes past `nbytes` fail with EFBIG, as on a full disk (Python ignores SIGXFSZ), in this process only."""
+    """Writes past `nbytes` fail with EFBIG, as on a full disk (Python ignores SIGXFSZ), in
+    this process only."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
     try:

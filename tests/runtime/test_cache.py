@@ -1,4 +1,5 @@
-"""dbspec.runtime.cache: entries round-trip, damaged entries are rebuilt, writes are atomic, only misses encode."""
+"""dbspec.runtime.cache: entries round-trip, damaged entries are rebuilt, writes are atomic,
+only misses encode."""
 
 from __future__ import annotations
 
@@ -264,7 +265,8 @@ def test_ensure_latents_encodes_only_misses(tmp_path):
 
 
 def test_a_re_encoded_latent_is_bit_identical_to_the_first(tmp_path):
-    # A kill during caching makes the resumed run encode the rest; an entry must not depend on its batch companions.
+    # A kill during caching makes the resumed run encode the rest; an entry must not depend on
+    # its batch companions.
     vae = tiny_vae()
 
     def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""Caption processing in real tiny runs: captions drawn per sample and step (kohya's options), a resumed run draws
-and trains exactly what an uninterrupted one does, and the text cache serves what the plan says it can."""
+"""Caption processing in real tiny runs: captions drawn per sample and step (kohya's options), a resumed run
+draws and trains exactly what an uninterrupted one does, and the text cache serves what the
+plan says it can."""
 
 from __future__ import annotations
 

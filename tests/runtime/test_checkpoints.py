@@ -59,7 +59,7 @@ def _steps(out: Path) -> list[str]:
     return sorted(entry.name for entry in (out / "checkpoints").iterdir() if entry.name != "latest")
 
 
-# --- checkpoints ----------------------------------------------------------------------------------------------
+# --- checkpoints --------------------------------------------------------------------------------------------
 def test_checkpoint_holds_weights_and_state_and_latest_names_it(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) is None
     folder = _save(tmp_path, 30)
@@ -183,7 +183,7 @@ def test_real_optimizer_scheduler_and_scaler_state_round_trip(tmp_path: Path) ->
     assert loaded["scaler"] == state["scaler"] and loaded["step"] == 1
 
 
-# --- output folder --------------------------------------------------------------------------------------------
+# --- output folder ------------------------------------------------------------------------------------------
 def _claim(out: Path, plan: tuple[str, str], **options) -> None:
     """prepare_output, then release the folder's lock at once (as a run that ended would)."""
     options = {"overwrite": False, "resume": False, **options}
@@ -219,7 +219,7 @@ def test_overwrite_moves_the_old_run_aside(tmp_path: Path) -> None:
     assert latest_checkpoint(out) is None
 
 
-# --- weights --------------------------------------------------------------------------------------------------
+# --- weights ------------------------------------------------------------------------------------------------
 def test_full_weights_reload_in_save_dtype_and_leave_live_model_alone(tmp_path: Path) -> None:
     pipe = build_pipeline("builtin:tiny-sd1")
     unet, text_encoder = pipe.unet.train(), pipe.text_encoder

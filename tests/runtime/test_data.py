@@ -1,4 +1,5 @@
-"""dbspec.runtime.data: the bucket batch sampler (order, coverage, arithmetic, resume) and image loading geometry."""
+"""dbspec.runtime.data: the bucket batch sampler (order, coverage, arithmetic, resume) and image
+loading geometry."""
 
 from __future__ import annotations
 
@@ -236,7 +237,7 @@ def test_constructor_rejects_bad_arguments():
         BucketBatchSampler([dataset([image_plan(repeats=0)])], batch_size=1, seed=0)
 
 
-# ---- image loading ------------------------------------------------------------------------------------------
+# ---- image loading -----------------------------------------------------------------------------------------
 
 
 def coordinate_png(path: Path, width: int, height: int) -> Path:

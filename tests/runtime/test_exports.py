@@ -44,7 +44,8 @@ def _modules(pipe) -> dict[str, torch.nn.Module]:
 
 
 def _perturbed(family: str):
-    """The built-in model with every weight moved, so a match proves the file (not the config folder) is read."""
+    """The built-in model with every weight moved, so a match proves the file (not the
+    config folder) is read."""
     pipe = tiny.build_pipeline(f"builtin:tiny-{family}")
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -136,7 +137,9 @@ def test_unet_table_places_real_sd15_and_sdxl_blocks_where_the_originals_have_th
         "mid_block.resnets.1.time_emb_proj.weight": "middle_block.2.emb_layers.1.weight",
         "up_blocks.0.upsamplers.0.conv.weight": "output_blocks.2.1.conv.weight",
         "up_blocks.1.upsamplers.0.conv.weight": "output_blocks.5.2.conv.weight",
-        "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k.weight": "output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight",
+        "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k.weight": (
+            "output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight"
+        ),
         "up_blocks.1.resnets.0.conv_shortcut.weight": "output_blocks.3.0.skip_connection.weight",
     }
     for name, original in expected.items():

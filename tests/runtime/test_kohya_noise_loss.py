@@ -1,9 +1,9 @@
 """kohya's noise and loss options: dbspec's functions against kohya-ss sd-scripts' own functions.
 
-The expected tensors were made by running kohya's code (commit and functions: kohya_reference/README.md) on the
-fixed inputs stored next to them; nothing here restates kohya's formulas. The random draws (offset strength,
-multi-resolution levels, timesteps, input perturbation) were routed to a torch.Generator in kohya's call order,
-so dbspec's draw order is checked too.
+The expected tensors were made by running kohya's code (commit and functions: kohya_reference/README.md) on
+the fixed inputs stored next to them; nothing here restates kohya's formulas. The random draws (offset
+strength, multi-resolution levels, timesteps, input perturbation) were routed to a torch.Generator in kohya's
+call order, so dbspec's draw order is checked too.
 """
 
 from __future__ import annotations

@@ -82,7 +82,10 @@ def test_the_options_change_the_losses_and_off_is_a_plain_run(tmp_path):
 
 
 def test_v_prediction_model_trains_with_its_loss_scaling(tmp_path):
-    extra = '[loss]\nkind = "smooth_l1"\nhuber_schedule = "exponential"\nscale_v_pred_loss_like_noise_pred = true\n'
+    extra = (
+        '[loss]\nkind = "smooth_l1"\nhuber_schedule = "exponential"\n'
+        "scale_v_pred_loss_like_noise_pred = true\n"
+    )
     extra += "debiased_estimation = true\nzero_terminal_snr = true\n"
     plan = compile_spec(write_spec(tmp_path, base="builtin:tiny-sd2", steps=2, extra=extra))
     assert plan.loss.target == "v_prediction" and plan.loss.scale_v_like_epsilon

@@ -1,5 +1,5 @@
-"""A run saved before plan_version 4 (the denoiser rename) resumes: its run.json and training_state.pt hold the run
-hash of the old field names (`train_unet`, `adapter.unet_targets`, plan_version 3)."""
+"""A run saved before plan_version 4 (the denoiser rename) resumes: its run.json and training_state.pt hold
+the run hash of the old field names (`train_unet`, `adapter.unet_targets`, plan_version 3)."""
 
 from __future__ import annotations
 

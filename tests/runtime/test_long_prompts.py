@@ -38,8 +38,8 @@ def test_windows_equal_kohyas_token_ids(case):
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_joined_states_are_each_windows_inner_positions(family):
-    """Each window is encoded alone; the joined sequence is the first BOS, every window's 75 inner positions and
-    the last window's final position (computed here window by window)."""
+    """Each window is encoded alone; the joined sequence is the first BOS, every window's 75 inner positions
+    and the last window's final position (computed here window by window)."""
     encoders, tokenizers = _parts(family)
     runtime = family_runtime(family)
     with torch.no_grad():

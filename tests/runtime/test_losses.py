@@ -117,7 +117,8 @@ def diffusers_dreambooth_loss(model_pred, target, timesteps, noise_scheduler, sn
     (with_prior_preservation=True), with two upstream fixes applied:
     - timesteps chunked to the instance half before compute_snr (PR #6356; as written the script
       fails with a shape mismatch when --snr_gamma and --with_prior_preservation are combined);
-    - v_prediction weight min(snr, gamma) / (snr + 1) (PR #6307; train_dreambooth.py still has `base_weight + 1`).
+    - v_prediction weight min(snr, gamma) / (snr + 1) (PR #6307; train_dreambooth.py still
+      has `base_weight + 1`).
     """
     model_pred, model_pred_prior = torch.chunk(model_pred, 2, dim=0)
     target, target_prior = torch.chunk(target, 2, dim=0)

@@ -36,7 +36,8 @@ KINDS = {
     ),
     "loha": (
         # rank and module dropout draw from the run's generators: the resume must restore them too
-        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nrank_dropout = 0.2\nmodule_dropout = 0.2\n',
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n'
+        "rank_dropout = 0.2\nmodule_dropout = 0.2\n",
         {"algo": "loha", "conv_dim": "2", "conv_alpha": "1"},
         {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
     ),
@@ -51,7 +52,8 @@ KINDS = {
         set(),
     ),
 }
-# diffusers 0.42 drops dora_scale for SD pipelines ("not compatible in Diffusers at the moment"): LyCORIS checks DoRA.
+# diffusers 0.42 drops dora_scale for SD pipelines ("not compatible in Diffusers at the moment"): LyCORIS
+# checks DoRA.
 DIFFUSERS_LOADS = ("locon",)
 SPEC = """
 [adapter]
@@ -66,7 +68,8 @@ exports = ["kohya_lora"]
 
 
 def _merged(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """peft's own merge of a trained copy: each adapted layer's weight with its update folded in (DoRA too)."""
+    """peft's own merge of a trained copy: each adapted layer's weight with its update folded in (DoRA
+    too)."""
     module = copy.deepcopy(module)
     for layer in module.modules():
         if isinstance(layer, BaseTunerLayer):
@@ -171,7 +174,8 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
         prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
         ours = merged[prefix][f"{names[lyco.lora_name]}.weight"]
         torch.testing.assert_close(_lycoris_weight(lyco), ours, rtol=1e-4, atol=1e-4, msg=lyco.lora_name)
-    # LyCORIS's forward path (what kohya's scripts and its inference wrappers run); its merge_to scales LoHa and
+    # LyCORIS's forward path (what kohya's scripts and its inference wrappers run); its merge_to scales LoHa
+    # and
     # LoKr updates by alpha / rank twice in 4.1.3 (get_diff_weight on top of get_weight), unlike its forward,
     # A1111 and ComfyUI, so it is not the reference here.
     network.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
@@ -228,8 +232,10 @@ def test_sdxl_names_match_kohyas_lora_names_for_the_same_layers(kind):
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_locon_tensors_equal_the_kohya_lora_writers(family):
-    """LoRA and LoCon layers go through the LyCORIS writer when DoRA or convolutions ask for it: tensor for tensor
-    what the kohya LoRA writer (loaded by diffusers in tests/runtime/test_exports.py) writes for the same adapter."""
+    """LoRA and LoCon layers go through the LyCORIS writer when DoRA or convolutions ask for it: tensor for
+    tensor
+    what the kohya LoRA writer (loaded by diffusers in tests/runtime/test_exports.py) writes for the same
+    adapter."""
     from dbspec.plan.model import AdapterPlan
     from dbspec.runtime.adapters import add_lora
     from dbspec.runtime.exports import kohya_lora_state

@@ -31,7 +31,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-# --- never touch what dbspec did not create ---------------------------------------------------------------------
+# --- never touch what dbspec did not create -----------------------------------------------------------------
 @pytest.mark.parametrize(
     "content",
     [
@@ -88,7 +88,8 @@ def test_an_output_path_that_is_a_file_gets_its_own_message(tmp_path):
     [
         (
             "",
-            "the output folder {out} is not writable (Permission denied): make it writable or choose another output.dir",
+            "the output folder {out} is not writable (Permission denied): make it writable or "
+            "choose another output.dir",
         ),
         ("new", "cannot create the output folder {out}: Permission denied"),
     ],
@@ -132,7 +133,7 @@ def _claim_in_child(out: Path) -> str:
     return message
 
 
-# --- one run per output folder -------------------------------------------------------------------------------
+# --- one run per output folder ------------------------------------------------------------------------------
 def test_a_second_claim_fails_at_once_naming_the_folder_and_the_pid(tmp_path):
     out = tmp_path / "run"
     with prepare_output(out, *PLAN_A, overwrite=False, resume=False):
@@ -184,7 +185,7 @@ def test_dbspec_run_on_a_folder_in_use_fails_before_loading_anything(tmp_path):
     assert not (Path(plan.checkpoints.dir) / "checkpoints").exists()
 
 
-# --- DBS225: caught before the run ---------------------------------------------------------------------------
+# --- DBS225: caught before the run --------------------------------------------------------------------------
 def test_run_into_the_spec_folder_is_refused_before_anything_is_written(tmp_path):
     from tests.runtime.runspec import write_spec
 

@@ -71,7 +71,8 @@ def test_base_model_prior_is_zero_at_start_and_grows(tmp_path, adapter):
 
 
 def test_a_full_finetune_copies_only_the_unet_the_plan_lists(tmp_path):
-    """Training the text encoder too changes nothing: the plan (and its memory estimate) copies the UNet only."""
+    """Training the text encoder too changes nothing: the plan (and its memory estimate)
+    copies the UNet only."""
     plan = make_plan(
         tmp_path,
         steps=2,

@@ -96,7 +96,8 @@ def test_int8_unet_with_lora_trains_while_quantised_base_stays_bit_identical():
 
 @pytest.mark.slow
 def test_int4_unet_with_lora_runs_a_step():
-    # On a fresh venv quanto compiles its int4 CPU kernel on this first use (~2 min, needs ninja + a compiler).
+    # On a fresh venv quanto compiles its int4 CPU kernel on this first use (~2 min, needs
+    # ninja + a compiler).
     unet = _tiny_unet()
     int8_bytes = quantize_frozen(_tiny_unet(), "int8").bytes_after
     report = quantize_frozen(unet, "int4")

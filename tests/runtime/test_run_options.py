@@ -15,7 +15,8 @@ from tests.runtime.runspec import TEXT_ENCODER_LORA, compile_spec, make_plan, wr
 
 
 def _fake_hub_cache(root: Path, repo: str) -> Path:
-    """The Hugging Face cache layout: models--org--name/refs/main -> snapshots/<commit>/ (a diffusers folder)."""
+    """The Hugging Face cache layout: models--org--name/refs/main -> snapshots/<commit>/ (a
+    diffusers folder)."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo_dir = root / f"models--{repo.replace('/', '--')}"
     (repo_dir / "refs").mkdir(parents=True)
@@ -27,7 +28,8 @@ def _fake_hub_cache(root: Path, repo: str) -> Path:
 def test_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
     snapshot = _fake_hub_cache(tmp_path / "hub", "acme/tiny-sd")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    # The tiny model's dimensions match no real family, so the spec states it (as a user would for odd models).
+    # The tiny model's dimensions match no real family, so the spec states it (as a user
+    # would for odd models).
     plan = compile_spec(write_spec(tmp_path, base="acme/tiny-sd", steps=1), ['model.family="sd1"'])
     assert plan.model.source == "hub" and plan.model.resolved and plan.model.path == str(snapshot)
     assert plan.model.family == "sd1" and plan.model.params["unet"] > 0

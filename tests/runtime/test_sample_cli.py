@@ -99,7 +99,8 @@ def test_masks_from_alpha_and_white(tmp_path):
 
 
 def test_sample_a_single_file_reads_its_family_from_the_file(tmp_path):
-    """No --family: the CLI reads it from the checkpoint's tensor names (an SDXL file gets SDXL's pipeline)."""
+    """No --family: the CLI reads it from the checkpoint's tensor names (an SDXL file gets
+    SDXL's pipeline)."""
     from dbspec.runtime import tiny
     from dbspec.runtime.exports import export_single_file
 

@@ -1,4 +1,5 @@
-"""TrainState keeps training_state.pt's format: the keys (and their order) checkpoints were always saved with."""
+"""TrainState keeps training_state.pt's format: the keys (and their order) checkpoints were
+always saved with."""
 
 import torch
 

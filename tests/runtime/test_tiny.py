@@ -1,4 +1,5 @@
-"""The built-in tiny models: fast, deterministic, real diffusers pipelines that save and load like real ones."""
+"""The built-in tiny models: fast, deterministic, real diffusers pipelines that save and
+load like real ones."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""kohya's caption processing (dbspec/plan/captions.py) against kohya's own outputs and the properties it keeps.
+"""kohya's caption processing (dbspec/plan/captions.py) against kohya's own outputs and the
+properties it keeps.
 
-kohya_captions.json holds outputs of sd-scripts' `BaseDataset.process_caption` itself, run outside this repository
-on each case's caption and options with `random.seed(seed)` first; dbspec's function, given `random.Random(seed)`,
-must return the same text: it makes the same draws in the same order.
+kohya_captions.json holds outputs of sd-scripts' `BaseDataset.process_caption` itself, run outside this
+repository on each case's caption and options with `random.seed(seed)` first; dbspec's function, given
+`random.Random(seed)`, must return the same text: it makes the same draws in the same order.
 """
 
 from __future__ import annotations

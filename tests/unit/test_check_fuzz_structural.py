@@ -1,9 +1,9 @@
 """Structural mutations of the shipped specs: `check_spec` never raises and every diagnostic has a position.
 
 The sibling test_check_fuzz.py makes the mistakes people make; this one makes the inputs nobody writes by
-hand: deep nesting, long strings and keys, huge integers, odd Unicode, and values of the wrong type at key paths
-taken from the spec model. A seeded `random.Random` keeps it fast (thousands of cases in seconds) and each
-failure reproducible: the message names the seed and the case. Hunt with more:
+hand: deep nesting, long strings and keys, huge integers, odd Unicode, and values of the wrong type at key
+paths taken from the spec model. A seeded `random.Random` keeps it fast (thousands of cases in seconds) and
+each failure reproducible: the message names the seed and the case. Hunt with more:
     DBSPEC_FUZZ_CASES=50000 pytest tests/unit/test_check_fuzz_structural.py
 """
 
@@ -151,7 +151,8 @@ def assert_positioned(checked, label: str, text: str, overrides: list[str]) -> N
 
 @pytest.fixture
 def folder(tmp_path):
-    """A folder in memory where there is one: thousands of small writes to a busy disk cost more than checking."""
+    """A folder in memory where there is one: thousands of small writes to a busy disk cost
+    more than checking."""
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)):
         yield tmp_path

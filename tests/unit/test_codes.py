@@ -14,9 +14,9 @@ from dbspec import codes
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = re.compile(r"DBS\d{3}")
-# Call sites: error(code, ...), warning(code, ...), rules' _err/_warn, Conversion.warn, ctx.report(code, severity,
-# ...), Diagnostic(code=..., severity=...). A code given by name resolves through module-level constants
-# (INVALID = "DBS402").
+# Call sites: error(code, ...), warning(code, ...), rules' _err/_warn, Conversion.warn, ctx.report(code,
+# severity, ...), Diagnostic(code=..., severity=...). A code given by name resolves through module-level
+# constants (INVALID = "DBS402").
 ERROR_CALLS = {"error", "_err"}
 WARNING_CALLS = {"warning", "_warn", "warn"}
 

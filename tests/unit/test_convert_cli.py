@@ -1,4 +1,5 @@
-"""`dbspec convert` on the command line: shell parsing of launch scripts, exit codes, --report, standard input."""
+"""`dbspec convert` on the command line: shell parsing of launch scripts, exit codes,
+--report, standard input."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_posix_scripts_join_continuations_expand_variables_and_skip_comments():
 def test_cmd_scripts_use_caret_continuations_and_keep_backslashes():
     text = (
         '@echo off\r\nset DATA=C:\\data\\train\r\naccelerate launch "sd-scripts\\sdxl_train_network.py" ^\r\n'
-        '  --train_data_dir="%DATA%" --network_args "conv_dim=4" "conv_alpha=1" ^\r\n  --output_dir=D:\\out\r\n'
+        '  --train_data_dir="%DATA%" --network_args "conv_dim=4" "conv_alpha=1" ^\r\n'
+        "  --output_dir=D:\\out\r\n"
     )
     command = split_command(text)
     assert command.script == "sdxl_train_network.py"
@@ -150,7 +152,8 @@ def test_cli_simpletuner_and_written_spec_layout(tmp_path, monkeypatch):
     write(
         tmp_path / "backend.json",
         '[{"id": "toy", "instance_data_dir": "img", "caption_strategy": '
-        '"instanceprompt", "instance_prompt": "sks toy", "resolution": 512, "resolution_type": "pixel_area"}]',
+        '"instanceprompt", "instance_prompt": "sks toy", "resolution": 512, '
+        '"resolution_type": "pixel_area"}]',
     )
     result = runner.invoke(
         app,

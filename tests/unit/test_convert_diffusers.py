@@ -79,7 +79,8 @@ def test_lora_sdxl_text_encoder_rate_and_flip(tmp_path):
         tmp_path,
         f"""python train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path={SDXL} \
       --pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix --instance_data_dir=cat \
-      --instance_prompt="a photo of sks cat" --train_text_encoder --text_encoder_lr 5e-6 --learning_rate 1e-4 \
+      --instance_prompt="a photo of sks cat" --train_text_encoder --text_encoder_lr 5e-6 \
+--learning_rate 1e-4 \
       --random_flip --repeats 3 --train_batch_size 1 --max_train_steps 500 --output_kohya_format \
       --checkpoints_total_limit 2 --mixed_precision bf16 --lr_scheduler constant --use_dora""",
     )
@@ -120,7 +121,8 @@ def test_mixed_precision_from_accelerate_launch_and_missing(tmp_path):
     images(tmp_path / "dog", 2)
     cmd = (
         f"accelerate launch --mixed_precision bf16 --num_processes 1 train_dreambooth.py "
-        f"--pretrained_model_name_or_path {SD15} --instance_data_dir dog --instance_prompt sks --max_train_steps 10"
+        f"--pretrained_model_name_or_path {SD15} --instance_data_dir dog --instance_prompt sks "
+        "--max_train_steps 10"
     )
     plan = plan_of(diffusers(tmp_path, cmd), tmp_path)
     assert plan.precision.mixed == "bf16"

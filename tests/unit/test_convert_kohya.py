@@ -157,7 +157,8 @@ def test_sdxl_full_with_text_encoders_and_32_px_buckets(tmp_path):
     outcome = kohya(
         tmp_path,
         command=f"""sdxl_train.py --pretrained_model_name_or_path {SDXL} --train_data_dir d \
-        --resolution 1024,1024 --enable_bucket --bucket_reso_steps 32 --min_bucket_reso 512 --max_bucket_reso 2048 \
+        --resolution 1024,1024 --enable_bucket --bucket_reso_steps 32 --min_bucket_reso 512 \
+--max_bucket_reso 2048 \
         --train_text_encoder --learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 1e-6 \
         --mixed_precision bf16 --full_bf16 --no_half_vae --max_train_steps 200 --optimizer_type adafactor \
         --optimizer_args relative_step=False scale_parameter=False warmup_init=False""",
@@ -414,7 +415,8 @@ def test_max_token_length_becomes_max_tokens(tmp_path, command, tokens):
 
 
 def test_max_token_length_75_in_a_config_file_is_one_window(tmp_path):
-    """argparse would refuse 75 on the command line; a config file bypasses it and kohya uses 75 + 2 tokens."""
+    """argparse would refuse 75 on the command line; a config file bypasses it and kohya
+    uses 75 + 2 tokens."""
     images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
     write(
         tmp_path / "cfg.toml",
@@ -485,8 +487,9 @@ def test_lora_unet_lr_0_trains_only_the_text_encoder(tmp_path):
     images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
     outcome = kohya(
         tmp_path,
-        command=f"train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=t --resolution 512 "
-        "--network_module networks.lora --unet_lr 0 --text_encoder_lr 5e-5 --max_train_steps 10",
+        command=f"train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=t "
+        "--resolution 512 --network_module networks.lora --unet_lr 0 --text_encoder_lr 5e-5 "
+        "--max_train_steps 10",
     )
     plan = plan_of(outcome, tmp_path)
     assert not plan.train_denoiser and plan.train_text_encoder

@@ -1,7 +1,8 @@
-"""kohya caption processing converts one for one: realistic configs using kohya's caption options (dataset TOML at
-subset, dataset and general level, --config_file, the command line) convert without --allow-unsupported, pass
-`dbspec check`, and the plan holds kohya's effective values (subset > dataset > general > command line > default,
-config_util's fallback order); a fraction of token_warmup_step is resolved as kohya does, floor(f x max steps).
+"""kohya caption processing converts one for one: realistic configs using kohya's caption options (dataset
+TOML at subset, dataset and general level, --config_file, the command line) convert without
+--allow-unsupported, pass `dbspec check`, and the plan holds kohya's effective values (subset > dataset >
+general > command line > default, config_util's fallback order); a fraction of token_warmup_step is resolved
+as kohya does, floor(f x max steps).
 """
 
 from __future__ import annotations

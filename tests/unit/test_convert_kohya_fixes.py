@@ -102,8 +102,8 @@ def test_keep_tokens_separator_without_shuffling_keeps_the_caption_as_written(tm
     images(tmp_path / "img", 2, (512, 512), caption="ohwx woman ||| red hair", caption_ext=".txt")
     write(
         tmp_path / "d.toml",
-        '[general]\ncaption_extension = ".txt"\nkeep_tokens_separator = "|||"\n[[datasets]]\nresolution = 512\n'
-        '[[datasets.subsets]]\nimage_dir = "img"\n',
+        '[general]\ncaption_extension = ".txt"\nkeep_tokens_separator = "|||"\n[[datasets]]\n'
+        'resolution = 512\n[[datasets.subsets]]\nimage_dir = "img"\n',
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=BASE)
     plan = plan_of(outcome, tmp_path)
@@ -118,7 +118,8 @@ def test_masked_loss_dataset_with_a_32_bucket_step_converts(tmp_path):
     write(
         tmp_path / "d.toml",
         "[[datasets]]\nresolution = 512\nenable_bucket = true\nbucket_reso_steps = 32\n"
-        '[[datasets.subsets]]\nimage_dir = "img"\nconditioning_data_dir = "mask"\ncaption_extension = ".txt"\n',
+        '[[datasets.subsets]]\nimage_dir = "img"\nconditioning_data_dir = "mask"\n'
+        'caption_extension = ".txt"\n',
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --masked_loss")
     plan = plan_of(outcome, tmp_path)
@@ -179,7 +180,7 @@ def test_warmup_not_shorter_than_the_run_is_reported_at_conversion(tmp_path, war
     assert "DBS408" not in codes(outcome)
 
 
-# --- 5. an empty reg_data_dir is the current folder ----------------------------------------------------------
+# --- 5. an empty reg_data_dir is the current folder ---------------------------------------------------------
 
 
 def test_empty_reg_data_dir_lists_the_current_folder(tmp_path):
@@ -218,7 +219,8 @@ def test_datasets_that_differ_in_batch_size_still_report_every_key(tmp_path):
         '[general]\ncaption_extension = ".txt"\n'
         '[[datasets]]\nresolution = 512\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "a"\n'
         "color_aug = true\n"
-        '[[datasets]]\nresolution = 512\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "b"\nflip_aug = true\n',
+        "[[datasets]]\nresolution = 512\nbatch_size = 2\n[[datasets.subsets]]\n"
+        'image_dir = "b"\nflip_aug = true\n',
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --max_train_epochs 3")
     assert outcome.exit_code == 1
@@ -258,7 +260,8 @@ def test_options_pasted_one_per_line_without_a_script(tmp_path):
     images(tmp_path / "train" / "5_ohwx dog", 2, (512, 512))
     write(
         tmp_path / "args.txt",
-        f"--pretrained_model_name_or_path {SD15}\n--train_data_dir train\n--resolution 512\n--max_train_steps 30\n",
+        f"--pretrained_model_name_or_path {SD15}\n--train_data_dir train\n--resolution 512\n"
+        "--max_train_steps 30\n",
     )
     outcome = kohya(tmp_path, command="args.txt", script="train_db")
     plan = plan_of(outcome, tmp_path)
@@ -266,7 +269,7 @@ def test_options_pasted_one_per_line_without_a_script(tmp_path):
     assert "3 line(s) of args.txt" in messages(outcome, "DBS407")
 
 
-# --- 8. wording: what cannot be read here, what kohya crashes on, a script on another family's weights --------
+# --- 8. wording: what cannot be read here, what kohya crashes on, a script on another family's weights ------
 
 
 def test_a_dataset_config_missing_here_is_unreadable_not_a_kohya_rule(tmp_path):
@@ -319,8 +322,8 @@ def test_optimizer_args_the_constructor_takes_still_convert(tmp_path):
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     outcome = kohya(
         tmp_path,
-        command=f'{BASE} --train_data_dir d --resolution 512 --optimizer_type SGD --optimizer_args "momentum=0.9" '
-        '"weight_decay=0.01"',
+        command=f"{BASE} --train_data_dir d --resolution 512 --optimizer_type SGD --optimizer_args "
+        '"momentum=0.9" "weight_decay=0.01"',
     )
     plan = plan_of(outcome, tmp_path)
     assert plan.optimizer.kind == "sgd" and plan.optimizer.momentum == pytest.approx(0.9)
@@ -337,7 +340,7 @@ def test_an_sd1_script_on_sdxl_weights_is_reported_at_conversion(tmp_path):
     assert "builds an SD 1.x model" in text and "SDXL weights" in text
 
 
-# --- 9. dbspec convert --set ---------------------------------------------------------------------------------
+# --- 9. dbspec convert --set --------------------------------------------------------------------------------
 
 
 def test_only_a_dataset_config_needs_the_base_model_and_set_supplies_it(tmp_path):
@@ -378,8 +381,8 @@ def test_face_crop_caption_names_are_a_stated_difference_in_dataset_configs(tmp_
     write(folder / "face.txt", "ohwx person, close-up")
     write(
         tmp_path / "d.toml",
-        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "faces"\ncaption_extension = ".txt"\n'
-        'class_tokens = "ohwx person"\n',
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "faces"\n'
+        'caption_extension = ".txt"\nclass_tokens = "ohwx person"\n',
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=BASE)
     assert outcome.exit_code == 0 and "face-crop" in messages(outcome, "DBS404")

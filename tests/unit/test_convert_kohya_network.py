@@ -116,7 +116,10 @@ resolution = "1024,1024"
 network_module = "lycoris.kohya"
 network_dim = 100000
 network_alpha = 1
-network_args = ["preset=full", "conv_dim=100000", "conv_alpha=1", "algo=lokr", "factor=16", "dora_wd=False", "use_tucker=False"]
+network_args = [
+    "preset=full", "conv_dim=100000", "conv_alpha=1", "algo=lokr", "factor=16",
+    "dora_wd=False", "use_tucker=False",
+]
 learning_rate = 1.0
 optimizer_type = "Prodigy"
 max_train_steps = 1000

@@ -1,8 +1,8 @@
 """kohya's noise and loss options converted (no --allow-unsupported), checked, and asserted on the plan.
 
 Expected values are kohya's arguments as train_util.get_noise_noisy_latents_and_timesteps,
-get_huber_threshold_if_needed and the scripts' loss code use them (sd-scripts 48d368fa); the formulas themselves
-are tested against kohya's functions in tests/runtime/test_kohya_noise_loss.py.
+get_huber_threshold_if_needed and the scripts' loss code use them (sd-scripts 48d368fa); the formulas
+themselves are tested against kohya's functions in tests/runtime/test_kohya_noise_loss.py.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def test_train_db_with_reg_images_uses_kohyas_per_sample_reduction_and_input_per
     outcome = kohya(
         tmp_path,
         command=f"""train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir train \
-        --reg_data_dir reg --resolution 512 --train_batch_size 4 --prior_loss_weight 0.75 --learning_rate 1e-6 \
+        --reg_data_dir reg --resolution 512 --train_batch_size 4 --prior_loss_weight 0.75 \
+--learning_rate 1e-6 \
         --max_train_steps 800 --ip_noise_gamma 0.1 --ip_noise_gamma_random_strength --min_snr_gamma 5""",
     )
     plan = plan_of(outcome, tmp_path)
@@ -97,7 +98,8 @@ def test_sd2_v_model_smooth_l1_exponential_schedule_scaled_like_noise_prediction
         tmp_path,
         command=f"""train_network.py --v2 --v_parameterization --pretrained_model_name_or_path={SD21} \
         --train_data_dir=t --resolution 768 --network_module networks.lora --learning_rate 1e-4 \
-        --max_train_steps 300 --loss_type smooth_l1 --huber_schedule exponential --huber_c 0.2 --huber_scale 1.5 \
+        --max_train_steps 300 --loss_type smooth_l1 --huber_schedule exponential --huber_c \
+0.2 --huber_scale 1.5 \
         --scale_v_pred_loss_like_noise_pred --zero_terminal_snr --max_timestep 900""",
     )
     loss = plan_of(outcome, tmp_path).loss
@@ -118,7 +120,8 @@ def test_sdxl_full_v_pred_like_loss_timestep_window_and_unweighted_reg_images(tm
         command=f"""sdxl_train.py --pretrained_model_name_or_path {SDXL} --train_data_dir d --reg_data_dir r \
         --resolution 1024 --train_batch_size 2 --learning_rate 4e-6 --max_train_steps 100 \
         --v_pred_like_loss 0.2 --min_timestep 200 --max_timestep 800 --noise_offset 0.05 \
-        --optimizer_type adafactor --optimizer_args relative_step=False scale_parameter=False warmup_init=False""",
+        --optimizer_type adafactor --optimizer_args relative_step=False scale_parameter=False \
+warmup_init=False""",
     )
     loss = plan_of(outcome, tmp_path).loss
     assert loss.v_pred_like_loss == 0.2 and loss.target == "epsilon"
@@ -154,7 +157,8 @@ def test_min_timestep_above_max_trains_max_timestep_as_kohya_does(tmp_path):
     images(tmp_path / "t" / "5_ohwx", 2, (512, 512))
     outcome = kohya(
         tmp_path,
-        command=f"""train_network.py --pretrained_model_name_or_path {SD15} --train_data_dir t --resolution 512 \
+        command=f"""train_network.py --pretrained_model_name_or_path {SD15} --train_data_dir \
+t --resolution 512 \
         --network_module networks.lora --min_timestep 700 --max_timestep 500""",
     )
     noise = plan_of(outcome, tmp_path).loss.noise

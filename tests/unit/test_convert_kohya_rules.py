@@ -88,8 +88,8 @@ def test_wrong_types_in_dataset_config_and_config_file(tmp_path):
 def test_unsupported_settings_stop_the_conversion_unless_allowed(tmp_path):
     images(tmp_path / "d" / "5_ohwx", 2, (512, 512))
     cmd = (
-        f"{BASE} --train_data_dir d --resolution 512 --face_crop_aug_range 2.0,4.0 --color_aug --weighted_captions "
-        "--optimizer_type SGDNesterov"
+        f"{BASE} --train_data_dir d --resolution 512 --face_crop_aug_range 2.0,4.0 --color_aug "
+        "--weighted_captions --optimizer_type SGDNesterov"
     )
     strict = kohya(tmp_path, command=cmd)
     assert strict.exit_code == 1 and not strict.written
@@ -151,7 +151,8 @@ def test_every_given_key_is_in_the_report(tmp_path):
     write(
         tmp_path / "d.toml",
         "[general]\nflip_aug = false\ncache_info = true\n[[datasets]]\nresolution = 512\n"
-        'validation_seed = 3\n[[datasets.subsets]]\nimage_dir = "img"\nclass_tokens = "sks"\nkeep_tokens = 2\n',
+        'validation_seed = 3\n[[datasets.subsets]]\nimage_dir = "img"\n'
+        'class_tokens = "sks"\nkeep_tokens = 2\n',
     )
     write(tmp_path / "c.toml", '[x]\nhighvram = true\nlog_prefix = "a"\nsave_state = true\n')
     cmd = f"{BASE} --dataset_config d.toml --config_file c --xformers --seed 1 --sample_sampler euler"

@@ -1,4 +1,5 @@
-"""DBS351: what a run writes, against the free disk at its own folders (output.dir, cache.dir), on real folders.
+"""DBS351: what a run writes, against the free disk at its own folders (output.dir,
+cache.dir), on real folders.
 
 A second device comes from /dev/shm (tmpfs) where the machine has one.
 """

@@ -18,8 +18,9 @@ from dbspec.families import FAMILIES, Family, family_spec
 ROOT = Path(__file__).resolve().parents[2]
 HOME = {"dbspec/families.py", "dbspec/builtin.py"}  # the registry, and the tiny models (one per family)
 
-# Converters translate another tool's vocabulary (script names, flags, model_family values) into dbspec's family
-# names: that mapping is theirs to hold. A family those tools support adds its words there. file -> what it maps.
+# Converters translate another tool's vocabulary (script names, flags, model_family values) into dbspec's
+# family names: that mapping is theirs to hold. A family those tools support adds its words there.
+# file -> what it maps.
 ALLOWED = {
     "dbspec/convert/kohya/model.py": "kohya's script names and v2 flag -> family",
     "dbspec/convert/kohya/datasets.py": "kohya sdxl scripts' bucket step",

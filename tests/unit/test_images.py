@@ -422,7 +422,8 @@ def stored_entries(file: Path) -> dict:
 
 
 def rewrite_entries(file: Path, entries: dict, *, rehash: bool) -> None:
-    """Write edited entries back, with the header's entries hash recomputed (a well-formed file) or left stale."""
+    """Write edited entries back, with the header's entries hash recomputed (a well-formed
+    file) or left stale."""
     head = json.loads(file.read_bytes().partition(b"\n")[0])
     body = json.dumps(entries, separators=(",", ":")).encode()
     if rehash:

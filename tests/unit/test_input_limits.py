@@ -132,7 +132,10 @@ def test_brackets_in_strings_and_comments_do_not_count(tmp_path):
     text = SPEC.replace(
         'prompts = ["a photo', f'# {deep}\nprompts = ["{deep}", \'{deep}\', """\n{deep}""", "a photo'
     )
-    text += 'inline = { "k[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" = 1,\n  "l[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" = 2 }\n'
+    text += (
+        'inline = { "k[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" = 1,\n'
+        '  "l[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" = 2 }\n'
+    )
     assert [d.code for d in check(tmp_path, text)] == ["DBS102"]  # `inline` is unknown; nothing is too deep
 
 
@@ -221,7 +224,7 @@ def test_an_unreadable_model_folder(tmp_path, monkeypatch):
     )
 
 
-# --- run length: the plan's size does not grow with it -------------------------------------------------------
+# --- run length: the plan's size does not grow with it ------------------------------------------------------
 
 
 def test_ten_million_steps_checkpointed_every_step_plan_fast_and_small(tmp_path):

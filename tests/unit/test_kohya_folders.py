@@ -1,5 +1,6 @@
 """`layout = "kohya_folders"`: kohya's `N_class tokens` sub-folders expanded at plan time, with kohya's rules
-(config_util.generate_dreambooth_subsets_config_by_subdirs, DreamBoothDataset.read_caption) as the expectation."""
+(config_util.generate_dreambooth_subsets_config_by_subdirs, DreamBoothDataset.read_caption)
+as the expectation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def _spec(tmp_path, extra: str = "") -> object:
     return write(
         tmp_path / "spec.toml",
         f'spec_version = 1\n[model]\nbase = "{SD15}"\n[[datasets]]\nname = "subject"\npath = "train"\n'
-        f'layout = "kohya_folders"\ncaptions = "textfile"\ncaption_extension = ".txt"\nresolution = 512\n{extra}'
+        'layout = "kohya_folders"\ncaptions = "textfile"\ncaption_extension = ".txt"\n'
+        f"resolution = 512\n{extra}"
         "[schedule]\nsteps = 50\n",
     )
 

@@ -1,5 +1,5 @@
-"""The plan's loss and noise decisions (compiler/losses.py): settled values, the prediction checks that need the
-detected model, and what `dbspec plan`'s summary shows."""
+"""The plan's loss and noise decisions (compiler/losses.py): settled values, the prediction checks that need
+the detected model, and what `dbspec plan`'s summary shows."""
 
 from __future__ import annotations
 

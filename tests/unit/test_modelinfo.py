@@ -1,4 +1,5 @@
-"""Model facts from diffusers folders, single-file checkpoints and the HF cache, with hand-written safetensors.
+"""Model facts from diffusers folders, single-file checkpoints and the HF cache, with
+hand-written safetensors.
 
 Fixture weights are sparse files: the header is real, the data is zeros that cost no disk, so realistic
 shapes (a 49408 x 768 token embedding) stay cheap.
@@ -406,7 +407,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def fake_hub_snapshot(cache: Path, repo_id: str) -> Path:
-    """Lay out models--org--name like huggingface_hub: refs/main -> commit, snapshot files link into blobs/."""
+    """Lay out models--org--name like huggingface_hub: refs/main -> commit, snapshot files
+    link into blobs/."""
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
     staging = sd1_folder(repo_dir / "staging")
     blobs = repo_dir / "blobs"

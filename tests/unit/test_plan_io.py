@@ -143,7 +143,8 @@ def test_rich_plan_holds_what_the_spec_asked_for(rich_spec):
     assert {img.caption for img in instance.images} == {f"ohwx toy, view {k}" for k in range(3)}
     assert klass.generate is not None and klass.generate.count == 3
     assert plan.loss.prior == "base_model" and plan.loss.formula == (
-        "L = mean_inst[ minsnr5(t)·huber0.1(ε̂, ε)·mask/area ] + 1·mean_class[ huber0.1(ε̂, ε_base(x_t))·mask/area ]"
+        "L = mean_inst[ minsnr5(t)·huber0.1(ε̂, ε)·mask/area ] + 1·mean_class[ huber0.1(ε̂, "
+        "ε_base(x_t))·mask/area ]"
     )
     assert [(c.name, c.trainable, c.quantized) for c in plan.precision.components] == [
         ("unet", "lora", "int8"),

@@ -1,4 +1,5 @@
-"""Every cross-field rule (DBS2xx) fires on a minimal spec that breaks it and is silent on the nearest valid one."""
+"""Every cross-field rule (DBS2xx) fires on a minimal spec that breaks it and is silent on the
+nearest valid one."""
 
 from __future__ import annotations
 
@@ -309,7 +310,8 @@ CASES = [
         'prediction = "epsilon"\n'
         + DOG
         + STEPS
-        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\nzero_terminal_snr = true\ndebiased_estimation = true\n",
+        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\nzero_terminal_snr = true\n"
+        "debiased_estimation = true\n",
         [
             ("DBS235", "error", ("loss", "scale_v_pred_loss_like_noise_pred")),
             ("DBS236", "error", ("loss", "debiased_estimation")),
@@ -326,7 +328,8 @@ CASES = [
         'prediction = "v_prediction"\n'
         + DOG
         + STEPS
-        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\ndebiased_estimation = true\nzero_terminal_snr = true\n",
+        + "[loss]\nscale_v_pred_loss_like_noise_pred = true\ndebiased_estimation = true\n"
+        "zero_terminal_snr = true\n",
     ),
     (
         rules.noise_options_fit,
@@ -352,10 +355,8 @@ CASES = [
             ("DBS216", "warning", ("loss", "ip_noise_gamma_random_strength")),
             ("DBS216", "warning", ("loss", "prior_reduction")),
         ],
-        DOG
-        + DOGS
-        + STEPS
-        + '[loss]\nkind = "smooth_l1"\nhuber_c = 0.2\nnoise_offset = 0.1\nnoise_offset_random_strength = true\n'
+        DOG + DOGS + STEPS + '[loss]\nkind = "smooth_l1"\nhuber_c = 0.2\nnoise_offset = 0.1\n'
+        "noise_offset_random_strength = true\n"
         "multires_noise_iterations = 6\nmultires_noise_discount = 0.5\nip_noise_gamma = 0.1\n"
         'ip_noise_gamma_random_strength = true\nprior_reduction = "per_sample"\n',
     ),
@@ -440,7 +441,7 @@ def test_hits_carry_a_message_and_a_known_severity():
             assert hit.code.startswith("DBS2")
 
 
-# --- DBS225: the output folder overlaps an input (a path rule: it needs the spec file's location) ---------------
+# --- DBS225: the output folder overlaps an input (a path rule: it needs the spec file's location) -----------
 def overlaps(tmp_path, body: str) -> list[str]:
     spec_file = tmp_path / "project" / "spec.toml"
     spec, problems = structure_spec(tomli.loads(HEAD + body))
@@ -486,7 +487,7 @@ def test_output_beside_the_inputs_is_fine(tmp_path, output):
     assert overlaps(tmp_path, body) == []
 
 
-# --- phases: every rule declares one, and each runner runs exactly its phase's rules ------------------------------
+# --- phases: every rule declares one, and each runner runs exactly its phase's rules ------------------------
 def test_every_rule_function_declares_a_phase():
     """A module-level function yielding Hits with a rule's signature is registered with a phase."""
     import inspect

@@ -1,4 +1,5 @@
-"""dbspec.compiler.target: `--target` parsing, and probing this machine with real (fake) nvidia-smi binaries."""
+"""dbspec.compiler.target: `--target` parsing, and probing this machine with real (fake)
+nvidia-smi binaries."""
 
 from __future__ import annotations
 

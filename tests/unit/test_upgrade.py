@@ -1,4 +1,5 @@
-"""spec_version 1 -> 2: reading an old file forward (dbspec/spec/migrate.py) and `dbspec upgrade` (spec/upgrade.py).
+"""spec_version 1 -> 2: reading an old file forward (dbspec/spec/migrate.py) and
+`dbspec upgrade` (spec/upgrade.py).
 
 Each FORMS case is a version-1 spec written in one TOML form, with comments everywhere, and the exact text the
 upgrade must give: only the renamed keys and the spec_version value change.
@@ -146,9 +147,11 @@ kind = "lora"
     ),
     "after_datasets": (  # renamed keys in tables after an array of tables, and a key that keeps its name
         REST.replace("[model]", "spec_version = 1\n[model]", 1)
-        + '\n[[datasets]]\nname = "more"\npath = "inst"\nprompt = "x"\n\n[train]\nunet = false\ntext_encoder = true\n',
+        + '\n[[datasets]]\nname = "more"\npath = "inst"\nprompt = "x"\n\n[train]\nunet = false\n'
+        "text_encoder = true\n",
         REST.replace("[model]", "spec_version = 2\n[model]", 1)
-        + '\n[[datasets]]\nname = "more"\npath = "inst"\nprompt = "x"\n\n[train]\ndenoiser = false\ntext_encoder = true\n',
+        + '\n[[datasets]]\nname = "more"\npath = "inst"\nprompt = "x"\n\n[train]\ndenoiser = false\n'
+        "text_encoder = true\n",
     ),
     "unicode_tabs_no_final_newline": (
         REST.replace("[model]", "spec_version = 1\n[model]", 1)
@@ -179,7 +182,7 @@ def _run(*args: str):
     return result
 
 
-# --- the rewrite -------------------------------------------------------------------------------------------------
+# --- the rewrite --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -221,7 +224,7 @@ def test_the_upgraded_file_compiles_to_the_same_run(tmp_path: Path) -> None:
         } == same
 
 
-# --- reading version 1 forward ------------------------------------------------------------------------------------
+# --- reading version 1 forward ------------------------------------------------------------------------------
 
 
 def test_a_version_1_file_reads_forward_with_one_warning_naming_the_keys_and_lines(tmp_path: Path) -> None:
@@ -315,7 +318,7 @@ def test_a_set_override_of_a_new_name_on_a_version_1_file_is_an_error(tmp_path: 
     assert checked.diagnostics[0].span.origin == "--set" or checked.diagnostics[-1].span.origin == "--set"
 
 
-# --- the command ------------------------------------------------------------------------------------------------
+# --- the command --------------------------------------------------------------------------------------------
 
 
 def test_upgrade_rewrites_the_file_prints_the_diff_and_keeps_its_mode(tmp_path: Path) -> None:

@@ -1,1 +1,2 @@
-"""Helpers every converter shares: argv parsing, the Conversion record, spec emission, epochs, launchers, paths, reports."""
+"""Helpers every converter shares: argv parsing, the Conversion record, spec emission, epochs,
+launchers, paths, reports."""

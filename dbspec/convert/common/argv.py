@@ -115,7 +115,8 @@ def convert_text(kind: Kind, text: str) -> Any:
 
 
 def int_or_float(text: str) -> int | float:
-    """kohya's warm-up/decay type: "10%" and floats below 1 are ratios (float); others are step counts (int)."""
+    """kohya's warm-up/decay type: "10%" and floats below 1 are ratios (float); others are
+    step counts (int)."""
     text = text.strip()
     try:
         if text.endswith("%"):

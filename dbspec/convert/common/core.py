@@ -71,7 +71,8 @@ class Conversion:
     reports: dict[str, KeyReport] = attrs.field(factory=dict)
     diagnostics: list[Diagnostic] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)  # header comments of the written spec
-    # spec values the legacy inputs lack: each diagnostic is reported unless `dbspec convert --set` gives the value
+    # spec values the legacy inputs lack: each diagnostic is reported unless
+    # `dbspec convert --set` gives the value
     required: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
     _said: set = attrs.field(factory=set)
 
@@ -159,7 +160,8 @@ class Conversion:
         self._say(warning(code, message, path=key, help=help), code + message)
 
     def require(self, path: KeyPath, problem: Diagnostic) -> None:
-        """`path` must get a value; `problem` is reported when neither the legacy inputs nor --set give one."""
+        """`path` must get a value; `problem` is reported when neither the legacy inputs
+        nor --set give one."""
         self.required[tuple(path)] = problem
 
     def has_errors(self) -> bool:

@@ -1,11 +1,11 @@
 """How many batches an epoch has, and how class images are balanced, in kohya and in the converted spec.
 
-Converting epoch-based values (max_train_epochs, save/sample every N epochs, warm-up ratios of epoch-based runs)
-and proving that balancing and batching match needs the image folders: this module lists them the way kohya
-does (non-recursive, kohya's extensions, sizes as stored: kohya ignores EXIF orientation) and counts batches
-with dbspec's own kohya-exact bucket functions. dbspec differs from kohya in two ways counted here: it pools
-all datasets into one bucket table (kohya batches each [[datasets]] apart) and balances class images against
-all instance images (kohya: per [[datasets]]).
+Converting epoch-based values (max_train_epochs, save/sample every N epochs, warm-up ratios of epoch-based
+runs) and proving that balancing and batching match needs the image folders: this module lists them the way
+kohya does (non-recursive, kohya's extensions, sizes as stored: kohya ignores EXIF orientation) and counts
+batches with dbspec's own kohya-exact bucket functions. dbspec differs from kohya in two ways counted here: it
+pools all datasets into one bucket table (kohya batches each [[datasets]] apart) and balances class images
+against all instance images (kohya: per [[datasets]]).
 """
 
 from __future__ import annotations

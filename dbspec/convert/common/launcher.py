@@ -1,4 +1,5 @@
-"""The launcher part of a command (`accelerate launch --num_processes 2 ...`, `python`), and reading inputs."""
+"""The launcher part of a command (`accelerate launch --num_processes 2 ...`, `python`),
+and reading inputs."""
 
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ def report_joined(command: Command, label: str, conv: Conversion) -> None:
     conv.warn(
         "DBS407",
         f"{len(command.joined)} line(s) of {label} start with an option but do not continue the "
-        f"{command.script or 'command'} line (no `\\` or `^` at the end of the line before): a shell would run "
-        f"each as a command of its own and the script would not see them; the converter assumed they belong "
-        f"to the command and joined them: {names}",
+        f"{command.script or 'command'} line (no `\\` or `^` at the end of the line before): a shell would "
+        "run each as a command of its own and the script would not see them; the converter assumed they "
+        f"belong to the command and joined them: {names}",
         help="add the line continuations to the legacy script, or check that these options were meant",
     )
 

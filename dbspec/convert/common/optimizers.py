@@ -88,7 +88,8 @@ def kohya_optimizer(name: str) -> KohyaName:
 
 
 def parse_kohya_args(items: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """kohya's `optimizer_args`: "key=value" with value = ast.literal_eval(value) ("betas=0.9,0.99" -> tuple)."""
+    """kohya's `optimizer_args`: "key=value" with value = ast.literal_eval(value)
+    ("betas=0.9,0.99" -> tuple)."""
     values: dict[str, Any] = {}
     problems: list[str] = []
     for item in items:
@@ -103,8 +104,9 @@ def parse_kohya_args(items: list[str]) -> tuple[dict[str, Any], list[str]]:
     return values, problems
 
 
-# Keyword arguments of the constructors kohya's get_optimizer calls as `cls(params, lr=lr, **optimizer_args)`, by
-# kohya's lower-cased optimizer_type; anything else (and a second `lr`) is a TypeError before the first step.
+# Keyword arguments of the constructors kohya's get_optimizer calls as `cls(params, lr=lr, **optimizer_args)`,
+# by kohya's lower-cased optimizer_type; anything else (and a second `lr`) is a TypeError
+# before the first step.
 _ADAMW = (
     "betas",
     "eps",

@@ -1,6 +1,7 @@
-"""Finish a conversion: check the spec as `dbspec check` does (`frontend.check_spec`) before it replaces `-o`, so only specs that pass
-`dbspec check` are ever written. A value dbspec rejects (a legacy repeats of -1, an epsilon of 0) is reported
-against the legacy key its comment names (DBS403); an error no value explains is a converter bug (DBS408)."""
+"""Finish a conversion: check the spec as `dbspec check` does (`frontend.check_spec`) before it replaces `-o`,
+so only specs that pass `dbspec check` are ever written. A value dbspec rejects (a legacy repeats of -1, an
+epsilon of 0) is reported against the legacy key its comment names (DBS403); an error no value explains is a
+converter bug (DBS408)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def finish(conv: Conversion, header: list[str], out: Path) -> Outcome:
 
 
 def apply_sets(conv: Conversion, overrides: Sequence[str]) -> None:
-    """`dbspec convert --set key=value`: each value replaces (or adds) that spec value, as `dbspec check --set`
-    would; then every value the legacy inputs lack and no --set gave is reported."""
+    """`dbspec convert --set key=value`: each value replaces (or adds) that spec value, as
+    `dbspec check --set` would; then every value the legacy inputs lack and no --set gave is reported."""
     for item in overrides:
         key, eq, text = item.partition("=")
         path = parse_override_key(key.strip()) if eq else None

@@ -68,7 +68,7 @@ def _option_lines(commands: list[list[str]], start: int) -> list[list[str]]:
     return lines
 
 
-# --- POSIX shells ---------------------------------------------------------------------------------------------
+# --- POSIX shells -------------------------------------------------------------------------------------------
 
 
 def _posix_commands(text: str) -> list[list[str]]:

@@ -1,6 +1,6 @@
 """Arguments of diffusers' `examples/dreambooth` scripts (diffusers main, 2026-08): train_dreambooth.py,
-train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py. Defaults differ per script (learning rate, resolution,
-output folder); options newer than a user's copy of a script are simply never given."""
+train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py. Defaults differ per script (learning rate,
+resolution, output folder); options newer than a user's copy of a script are simply never given."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """diffusers DreamBooth data -> [[datasets]], [buckets] and the batch size.
 
 diffusers resizes the short side to `resolution` and crops a square (random unless --center_crop): dbspec's
-square buckets do the same. With --with_prior_preservation every batch holds `train_batch_size` instance images
-followed by as many class images (one forward pass), the dataset length is max(#class, #instance) and the
-shorter list cycles. dbspec pools instance and class samples: batch_size = 2 x train_batch_size, class images
-balanced to the instance samples, and instance repeats chosen so an epoch shows every class image, as
+square buckets do the same. With --with_prior_preservation every batch holds `train_batch_size` instance
+images followed by as many class images (one forward pass), the dataset length is max(#class, #instance) and
+the shorter list cycles. dbspec pools instance and class samples: batch_size = 2 x train_batch_size, class
+images balanced to the instance samples, and instance repeats chosen so an epoch shows every class image, as
 diffusers' epoch does.
 """
 

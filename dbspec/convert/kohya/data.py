@@ -2,8 +2,8 @@
 schema, with every subset value resolved through kohya's fallback chain and the legacy key it came from.
 
 Fallback order (config_util.BlueprintGenerator): subset -> [[datasets]] -> [general] -> the parsed namespace's
-value of the same name (CLI, config_file or argparse default; config_file keys that are no option of the script
-too, `dataset_repeats` as `num_repeats`) -> the dataclass default. The first non-None value wins.
+value of the same name (CLI, config_file or argparse default; config_file keys that are no option of the
+script too, `dataset_repeats` as `num_repeats`) -> the dataclass default. The first non-None value wins.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """kohya datasets and subsets -> [[datasets]], [buckets] and the batch size.
 
 Each kohya subset (one image folder) becomes one dbspec dataset. Captions keep kohya's rule: the sidecar file
-`<image stem><caption_extension>` when it exists, else `class_tokens` (captions = "textfile" with `prompt` as the
-fallback). Bucket settings, the batch size and the resolution rules are per [[datasets]] in kohya but global
-(or per dataset) in dbspec: they convert when all kohya datasets agree.
+`<image stem><caption_extension>` when it exists, else `class_tokens` (captions = "textfile" with `prompt` as
+the fallback). Bucket settings, the batch size and the resolution rules are per [[datasets]] in kohya but
+global (or per dataset) in dbspec: they convert when all kohya datasets agree.
 """
 
 from __future__ import annotations

@@ -112,9 +112,9 @@ def kohya_args(req: KohyaRequest, conv: Conversion) -> KohyaArgs:
 
 def dataset_fallbacks(args: dict[str, Legacy], order: list[str]) -> dict[str, Legacy]:
     """config_util.BlueprintGenerator: every attribute of the parsed namespace is the last fallback of every
-    dataset and subset value, under its dataset-config name (train_batch_size -> batch_size, dataset_repeats ->
-    num_repeats). The namespace holds the config_file keys first (file order), then the options argparse added;
-    a later attribute with the same dataset-config name wins, as in kohya's dict comprehension."""
+    dataset and subset value, under its dataset-config name (train_batch_size -> batch_size, dataset_repeats
+    -> num_repeats). The namespace holds the config_file keys first (file order), then the options argparse
+    added; a later attribute with the same dataset-config name wins, as in kohya's dict comprehension."""
     renamed = {argparse: config for config, argparse in ks.ARGPARSE_NAME.items()}
     out: dict[str, Legacy] = {}
     for name in order:

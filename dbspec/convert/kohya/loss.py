@@ -2,9 +2,10 @@
 
 kohya (train_db.py, train_network.py, sdxl_train.py): loss_i = elementwise(pred, target) [* mask] averaged per
 sample, times `prior_loss_weight` for reg samples (sdxl_train.py: no weight), times the timestep weights
-(Min-SNR, v-loss scaling, v-pred-like term, debiased estimation), then the mean over the batch. That is dbspec's
-`loss.prior_reduction = "per_sample"`, which converted specs with reg images use. The noise options map one to one
-(train_util.get_noise_noisy_latents_and_timesteps); dbspec draws in kohya's order from its own seeded generator.
+(Min-SNR, v-loss scaling, v-pred-like term, debiased estimation), then the mean over the batch. That is
+dbspec's `loss.prior_reduction = "per_sample"`, which converted specs with reg images use. The noise options
+map one to one (train_util.get_noise_noisy_latents_and_timesteps); dbspec draws in kohya's order from its
+own seeded generator.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
             ("model", "base"),
             error(
                 INVALID,
-                "kohya needs the base model (--pretrained_model_name_or_path), and none of the inputs names it",
+                "kohya needs the base model (--pretrained_model_name_or_path), and none "
+                "of the inputs names it",
                 path=base.key,
                 help="give it in the kohya command or config file, or pass "
                 "--set model.base=<hub id, diffusers folder or .safetensors> to dbspec convert",
@@ -58,8 +59,9 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
 
 
 def _weights_match(base: Legacy, family: str, script: str, paths: PathMapper, conv: Conversion) -> None:
-    """kohya builds the architecture its script and --v2 name and loads the weights into it: weights of another
-    family fail to load (an SD 1.x script on SDXL weights). Read without torch, where the weights are here."""
+    """kohya builds the architecture its script and --v2 name and loads the weights into it: weights of
+    another family fail to load (an SD 1.x script on SDXL weights). Read without torch, where the
+    weights are here."""
     found = _weights_family(base.value, paths)
     if found is None or found == family:
         return
@@ -138,7 +140,8 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
     elif tokens.given:
         conv.record(tokens, "mapped", "model.max_tokens")  # 75 from a config file: one window, the default
     if a["no_token_padding"].value if "no_token_padding" in a else False:
-        # train_db.py calls disable_token_padding(), whose flag nothing reads any more (the use is commented out)
+        # train_db.py calls disable_token_padding(), whose flag nothing reads any more (the use is commented
+        # out)
         conv.ignored(a["no_token_padding"], "it sets a flag no code reads; prompts are padded to 77 tokens")
 
 

@@ -45,7 +45,8 @@ def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
-    """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec equivalent."""
+    """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
+    equivalent."""
     try:
         return _map_network(module, args, dim, alpha, conv)
     except ValueError as exc:

@@ -1,4 +1,5 @@
-"""kohya's saving, sampling, logging and seed -> [checkpoints], [validation], [output], [logging], schedule.seed.
+"""kohya's saving, sampling, logging and seed -> [checkpoints], [validation], [output],
+[logging], schedule.seed.
 
 None of these change the trained weights; they convert exactly where dbspec can say the same, and otherwise
 produce a difference note. Epoch intervals become step intervals with kohya's steps per epoch.

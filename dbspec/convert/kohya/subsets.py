@@ -71,7 +71,8 @@ def map_subset(
         conv.put(
             (*at, "layout"),
             "kohya_folders",
-            f"{conv.tool} {image_dir.key}: its `N_class tokens` sub-folders (repeats and prompt from each name)",
+            f"{conv.tool} {image_dir.key}: its `N_class tokens` sub-folders (repeats and "
+            "prompt from each name)",
         )
     _captions(at, dataset, v, conv, subset.kohya_root)
     if not subset.kohya_root:
@@ -242,8 +243,8 @@ def _face_crop_captions(subset: KSubset, images: tuple[Img, ...], ext: str, conv
         tokens = subset.values["class_tokens"].value if "class_tokens" in subset.values else None
         conv.differs(
             subset.values["image_dir"],
-            f"{len(found)} image(s) (e.g. {sorted(found)[0]}) have no caption file of their own and kohya reads "
-            f"the face-crop one (`name{ext}` for `name_x_y_w_h` images); dbspec captions them with "
+            f"{len(found)} image(s) (e.g. {sorted(found)[0]}) have no caption file of their own and kohya "
+            f"reads the face-crop one (`name{ext}` for `name_x_y_w_h` images); dbspec captions them with "
             + (f'the prompt "{tokens}"' if tokens else "nothing (an error when planning)"),
         )
     return found

@@ -112,7 +112,8 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
 
 
 def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion) -> bool:
-    """kohya runs a warm-up as long as the run (the LR never reaches learning_rate); dbspec plans refuse it."""
+    """kohya runs a warm-up as long as the run (the LR never reaches learning_rate);
+    dbspec plans refuse it."""
     if total is None or steps < total:
         return True
     conv.unsupported(
@@ -223,8 +224,8 @@ def _write_flag(conv: Conversion, legacy: Legacy, trains: bool, note: str = "") 
 
 
 def lora_text_encoder_lr(a: Args) -> Legacy:
-    """The text encoders' learning rate in a networks.lora run: the first `text_encoder_lr` value (networks.lora
-    has no per-encoder rates, so train_network.py passes it the first), else learning_rate."""
+    """The text encoders' learning rate in a networks.lora run: the first `text_encoder_lr` value
+    (networks.lora has no per-encoder rates, so train_network.py passes it the first), else learning_rate."""
     te = a["text_encoder_lr"]
     values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
     return attrs.evolve(te, value=float(values[0])) if values else a["learning_rate"]

@@ -2,8 +2,8 @@
 
 One image backend = one dataset. `repeats` counts extra passes (SimpleTuner 0 = kohya/dbspec 1).
 `is_regularisation_data` makes a class dataset whose target is the frozen base model's prediction in LoRA runs
-(dbspec loss.prior = "base_model"). SimpleTuner samples backends in proportion to their length and never balances
-class images, so the spec sets schedule.balance_classes = false.
+(dbspec loss.prior = "base_model"). SimpleTuner samples backends in proportion to their length and never
+balances class images, so the spec sets schedule.balance_classes = false.
 """
 
 from __future__ import annotations

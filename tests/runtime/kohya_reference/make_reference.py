@@ -1,4 +1,5 @@
-"""Run kohya-ss sd-scripts' own noise/loss functions (commit 48d368fa) on fixed tensors; save inputs+outputs."""
+"""Run kohya-ss sd-scripts' own noise/loss functions (commit 48d368fa) on fixed tensors;
+save inputs+outputs."""
 
 import ast
 import math
@@ -27,7 +28,8 @@ GEN = torch.Generator()
 
 
 class TorchProxy(types.ModuleType):
-    """torch, with the random draws kohya makes routed to one seeded generator (same order as kohya's code)."""
+    """torch, with the random draws kohya makes routed to one seeded generator (same order
+    as kohya's code)."""
 
     def __getattr__(self, name):
         return getattr(torch, name)
