@@ -445,8 +445,8 @@ warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` co
         ERROR,
         "warmup_stable_decay without room for its decay",
         """\
-`lr_schedule = "warmup_stable_decay"` needs `1 <= decay_steps <= steps - warmup_steps`; the stable phase is what
-is left (kohya's num_stable_steps).""",
+`lr_schedule = "warmup_stable_decay"` needs `decay_steps <= steps - warmup_steps`; the stable phase is what is
+left (kohya's num_stable_steps). With 0 decay steps the LR holds to the end.""",
     ),
     Code(
         "DBS257",

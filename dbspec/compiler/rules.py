@@ -267,11 +267,11 @@ def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> I
     if s.lr_schedule != "warmup_stable_decay":
         return
     room = total_steps - s.warmup_steps
-    if not 1 <= s.decay_steps <= room:
+    if s.decay_steps > room:
         yield _err(
             "DBS256",
             ("schedule", "decay_steps"),
-            f"warmup_stable_decay needs 1 <= decay_steps <= steps - warmup_steps ({room}); "
+            f"warmup_stable_decay needs decay_steps <= steps - warmup_steps ({room}); "
             f"decay_steps is {s.decay_steps}",
             "set decay_steps to the length of the final decay (kohya's lr_decay_steps)",
         )

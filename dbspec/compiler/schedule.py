@@ -179,7 +179,7 @@ def wsd_stable_steps(c: Curve) -> int:
 def _warmup_stable_decay(step: int, c: Curve) -> float:
     """transformers' get_wsd_schedule with linear warm-up and cosine decay (get_scheduler's defaults)."""
     floor, stable = c.min_lr_ratio, wsd_stable_steps(c)
-    # The plan rule DBS256 refuses decay_steps = 0 or longer than the run leaves; torch's formula is kept as is.
+    # The plan rule DBS256 refuses a decay longer than the run leaves; transformers' formula is kept as is.
     if step < c.warmup:
         factor = float(step) / float(max(1, c.warmup))
         return max(0.0, factor * (1.0 - floor) + floor)

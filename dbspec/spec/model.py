@@ -438,7 +438,8 @@ class Schedule:
     )
     decay_steps: int = option(
         0,
-        doc="warmup_stable_decay: steps of the final decay; the LR holds between the warm-up and them.",
+        doc="warmup_stable_decay: steps of the final decay (kohya's lr_decay_steps); the LR holds between the "
+        "warm-up and them.",
         minimum=0,
         example=200,
     )
