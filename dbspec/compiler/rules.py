@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
+from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
@@ -245,7 +246,6 @@ _SCHEDULE_SETTING_USERS = {
     "t_max": ("cosine_annealing",),
     "eta_min": ("cosine_annealing",),
 }
-TORCH_LR_SCHEDULES = ("cosine_annealing",)  # dbspec.compiler.schedule.TORCH_SCHEDULES
 
 
 @rule("spec")
@@ -280,7 +280,7 @@ def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> I
 @rule("spec")
 def torch_schedule_without_warmup(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
-    if s.lr_schedule in TORCH_LR_SCHEDULES and s.warmup_steps:
+    if s.lr_schedule in TORCH_SCHEDULES and s.warmup_steps:
         yield _err(
             "DBS257",
             ("schedule", "warmup_steps"),
