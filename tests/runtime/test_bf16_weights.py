@@ -16,6 +16,9 @@ BF16_WEIGHTS = """
 [precision]
 mixed = "bf16"
 weights = "bf16"
+
+[train]
+text_encoder = true
 """
 
 
@@ -29,7 +32,8 @@ def test_a_bf16_full_fine_tune_trains_stays_bf16_and_resumes_bit_identical(tmp_p
     spec = write_spec(tmp_path, steps=4, extra=BF16_WEIGHTS + "\n[checkpoints]\nevery = 2\n")
     plan = compile_spec(spec, ["output.dir=parts"])
     assert plan.precision.weights == "bf16" and plan.precision.stochastic_rounding
-    assert {c.name: c.dtype for c in plan.precision.components if c.trainable == "full"} == {"unet": "bf16"}
+    trained = {c.name: c.dtype for c in plan.precision.components if c.trainable == "full"}
+    assert trained == {"unet": "bf16", "text_encoder": "bf16"}
     whole_plan = compile_spec(spec, ["output.dir=whole"])
     whole = execute(whole_plan)
     assert whole.status == "finished" and all(math.isfinite(x) for x in whole.losses)
