@@ -436,9 +436,10 @@ empty caption, so its captions teach nothing (warning).""",
         WARNING,
         "Schedule setting unused by the LR schedule",
         """\
-`schedule.power`, `min_lr_ratio`, `decay_steps`, `t_max` or `eta_min` given with an `lr_schedule` that does not
-use it (warning: no effect). `power` shapes polynomial; `min_lr_ratio` cosine_with_min_lr and
-warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` cosine_annealing.""",
+`schedule.power`, `min_lr_ratio`, `decay_steps`, `t_max`, `t_mult` or `eta_min` given with an `lr_schedule` that
+does not use it (warning: no effect). `power` shapes polynomial; `min_lr_ratio` cosine_with_min_lr and
+warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` the torch schedules
+(cosine_annealing, cosine_annealing_warm_restarts); `t_mult` cosine_annealing_warm_restarts.""",
     ),
     Code(
         "DBS256",
@@ -453,7 +454,7 @@ left (kohya's num_stable_steps). With 0 decay steps the LR holds to the end.""",
         ERROR,
         "Warm-up with a torch scheduler",
         """\
-`warmup_steps` with a torch scheduler (`cosine_annealing`): torch's schedulers have no warm-up and kohya refuses
+`warmup_steps` with a torch scheduler (`cosine_annealing`, `cosine_annealing_warm_restarts`): torch's schedulers have no warm-up and kohya refuses
 `lr_warmup_steps` with `lr_scheduler_type`.""",
     ),
     Code(

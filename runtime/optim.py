@@ -83,8 +83,13 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             num_cycles=s.cycles / 2,
             min_lr_ratio=s.min_lr_ratio,
         )
-    if s.lr_schedule == "cosine_annealing":  # kohya's lr_scheduler_type: stepped once per optimizer step
+    # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
+    if s.lr_schedule == "cosine_annealing":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.t_max, eta_min=s.eta_min)
+    if s.lr_schedule == "cosine_annealing_warm_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=s.t_max, T_mult=s.t_mult, eta_min=s.eta_min
+        )
     return get_scheduler(
         s.lr_schedule,
         optimizer,

@@ -194,6 +194,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         decay_steps=s.decay_steps,
         t_max=s.t_max,
         eta_min=s.eta_min,
+        t_mult=s.t_mult,
         text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
         checkpoint_every=spec.checkpoints.every,
         validate_every=spec.validation.every,

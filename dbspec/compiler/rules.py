@@ -243,8 +243,9 @@ _SCHEDULE_SETTING_USERS = {
     "power": ("polynomial",),
     "min_lr_ratio": ("cosine_with_min_lr", "warmup_stable_decay"),
     "decay_steps": ("warmup_stable_decay",),
-    "t_max": ("cosine_annealing",),
-    "eta_min": ("cosine_annealing",),
+    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts"),
+    "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts"),
+    "t_mult": ("cosine_annealing_warm_restarts",),
 }
 
 

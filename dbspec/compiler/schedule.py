@@ -26,6 +26,7 @@ LR_SCHEDULES = (
     "cosine_with_min_lr",
     "warmup_stable_decay",
     "cosine_annealing",
+    "cosine_annealing_warm_restarts",
 )
 POLYNOMIAL_LR_END = (
     1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
@@ -109,8 +110,9 @@ class Curve:
     power: float = POLYNOMIAL_POWER
     min_lr_ratio: float = 0.0
     decay_steps: int = 0
-    t_max: int = 0  # cosine_annealing; 0 = total
+    t_max: int = 0  # cosine_annealing's T_max, cosine_annealing_warm_restarts' T_0; 0 = total
     eta_min: float = 0.0
+    t_mult: int = 1  # cosine_annealing_warm_restarts
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -213,7 +215,7 @@ _FACTORS: dict[str, Callable[[int, Curve], float]] = {
     "warmup_stable_decay": _warmup_stable_decay,
 }
 # torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
-TORCH_SCHEDULES = ("cosine_annealing",)
+TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts")
 
 
 def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
@@ -242,6 +244,20 @@ def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
     return out
 
 
+def _warm_restarts(steps: list[int], c: Curve) -> list[float]:
+    """torch.optim.lr_scheduler.CosineAnnealingWarmRestarts' LR after each of `steps` (sorted) scheduler steps:
+    its T_cur / T_i bookkeeping step by step, then its get_lr formula."""
+    t_i, t_cur, out, last = c.t_max or c.total, 0, [], 0
+    for target in steps:
+        for _ in range(target - last):
+            t_cur += 1
+            if t_cur >= t_i:
+                t_cur, t_i = t_cur % t_i, t_i * c.t_mult
+        last = target
+        out.append(c.eta_min + (c.lr - c.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2)
+    return out
+
+
 def lr_curve(steps: list[int], curve: Curve) -> list[float]:
     """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
     if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
@@ -252,6 +268,8 @@ def lr_curve(steps: list[int], curve: Curve) -> list[float]:
         raise ValueError("steps must be sorted")
     if curve.schedule == "cosine_annealing":
         return _cosine_annealing(list(steps), curve)
+    if curve.schedule == "cosine_annealing_warm_restarts":
+        return _warm_restarts(list(steps), curve)
     factor = _FACTORS[curve.schedule]
     return [curve.lr * factor(step, curve) for step in steps]
 
@@ -269,6 +287,7 @@ def lr_at(
     decay_steps: int = 0,
     t_max: int = 0,
     eta_min: float = 0.0,
+    t_mult: int = 1,
 ) -> float:
     """The LR after `step` scheduler steps, i.e. the LR used by the optimizer step with index `step`.
 
@@ -278,7 +297,9 @@ def lr_at(
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    curve = Curve(lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min)
+    curve = Curve(
+        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult
+    )
     return lr_curve([step], curve)[0]
 
 
@@ -309,6 +330,7 @@ def compute_schedule(
     decay_steps: int = 0,
     t_max: int = 0,
     eta_min: float = 0.0,
+    t_mult: int = 1,
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -348,7 +370,17 @@ def compute_schedule(
     warmup_end = (warmup_steps,) if warmup_steps and lr_schedule != "constant" else ()
     points = sorted({0, *warmup_end, *checkpoint_steps.spread(LR_POINTS_AT_CHECKPOINTS)})
     curve = Curve(
-        lr, lr_schedule, warmup_steps, total_steps, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min
+        lr,
+        lr_schedule,
+        warmup_steps,
+        total_steps,
+        cycles,
+        power,
+        min_lr_ratio,
+        decay_steps,
+        t_max,
+        eta_min,
+        t_mult,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
     return SchedulePlan(
@@ -369,6 +401,7 @@ def compute_schedule(
         decay_steps=decay_steps,
         t_max=(t_max or total_steps) if lr_schedule in TORCH_SCHEDULES else t_max,
         eta_min=eta_min,
+        t_mult=t_mult,
         text_encoder_stop_step=text_encoder_stop_step,
         checkpoint_steps=checkpoint_steps,
         validation_steps=interval_steps(validate_every, total_steps)

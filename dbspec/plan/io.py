@@ -88,6 +88,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "decay_steps"): 0,
         ("schedule", "t_max"): 0,
         ("schedule", "eta_min"): 0.0,
+        ("schedule", "t_mult"): 1,
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,

@@ -259,7 +259,8 @@ class SchedulePlan:
     min_lr_ratio: float  # cosine_with_min_lr, warmup_stable_decay
     decay_steps: int  # warmup_stable_decay
     t_max: int  # cosine_annealing (the run's steps unless the spec gives it)
-    eta_min: float  # cosine_annealing
+    eta_min: float  # cosine_annealing, cosine_annealing_warm_restarts
+    t_mult: int  # cosine_annealing_warm_restarts
     text_encoder_stop_step: int  # 0 = trains the whole run (or never, when the text encoder is frozen)
     checkpoint_steps: StepRange
     validation_steps: StepRange

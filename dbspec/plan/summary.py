@@ -350,5 +350,7 @@ def _lr_schedule(s) -> str:
         "warmup_stable_decay": f", decay {s.decay_steps} steps ({s.cycles} half-wave(s)), "
         f"min lr ratio {s.min_lr_ratio:g}",
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
+        "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
+        f"{s.t_mult}, eta_min {s.eta_min:g}",
     }.get(s.lr_schedule, "")
     return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"

@@ -413,11 +413,13 @@ class Schedule:
         "cosine_with_min_lr",
         "warmup_stable_decay",
         "cosine_annealing",
+        "cosine_annealing_warm_restarts",
     ] = option(
         "constant",
         doc="Learning-rate schedule: the first six are diffusers' get_scheduler, cosine_with_min_lr and "
         "warmup_stable_decay transformers' (as kohya calls them), cosine_annealing is torch's "
-        "CosineAnnealingLR stepped once per optimizer step (kohya's lr_scheduler_type).",
+        "CosineAnnealingLR and cosine_annealing_warm_restarts torch's CosineAnnealingWarmRestarts, stepped once per "
+        "optimizer step (kohya's lr_scheduler_type).",
     )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
     cycles: int = option(
@@ -445,11 +447,17 @@ class Schedule:
     )
     t_max: int = option(
         0,
-        doc="cosine_annealing: torch's T_max in optimizer steps (the half period); 0 = the run's steps.",
+        doc="cosine_annealing: torch's T_max in optimizer steps (the half period); "
+        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart). 0 = the run's steps.",
         minimum=0,
     )
+    t_mult: int = option(
+        1,
+        doc="cosine_annealing_warm_restarts: torch's T_mult, each period this many times the last.",
+        minimum=1,
+    )
     eta_min: float = option(
-        0.0, doc="cosine_annealing: torch's eta_min, the lowest LR (absolute).", minimum=0
+        0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
     )
     balance_classes: bool = option(
         True,

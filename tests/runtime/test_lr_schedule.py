@@ -129,6 +129,7 @@ def test_cosine_annealing_is_torchs_float_for_float(t_max: int, eta_min: float, 
         ("warmup_stable_decay", {"decay_steps": 8, "warmup_steps": 2, "min_lr_ratio": 0.05}),
         ("cosine_annealing", {"t_max": 9, "eta_min": 1e-7}),
         ("cosine_annealing", {}),
+        ("cosine_annealing_warm_restarts", {"t_max": 4, "t_mult": 2, "eta_min": 1e-6}),
         ("cosine_with_restarts", {"cycles": 3}),
     ],
 )
@@ -145,8 +146,22 @@ def test_the_runtimes_scheduler_follows_the_plans_curve(name: str, extra: dict) 
     optimizer = _sgd(1e-4)
     lrs = _walk(optimizer, make_lr_scheduler(optimizer, plan), plan.total_steps + 1)
     curve = Curve(1e-4, name, plan.warmup_steps, plan.total_steps, plan.cycles, plan.power, plan.min_lr_ratio,
-                  plan.decay_steps, plan.t_max, plan.eta_min)  # fmt: skip
+                  plan.decay_steps, plan.t_max, plan.eta_min, plan.t_mult)  # fmt: skip
     got = lr_curve(list(range(plan.total_steps + 1)), curve)
     assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) for a, b in zip(got, lrs, strict=True))
     assert all(lrs[step] == pytest.approx(value, rel=1e-12) for step, value in plan.lr_points)
     assert len({round(x, 15) for x in lrs}) > 3  # the curve moves
+
+
+@pytest.mark.parametrize(
+    ("t_0", "t_mult", "eta_min", "total"), [(10, 1, 0.0, 45), (7, 2, 1e-6, 80), (50, 1, 0.0, 50)]
+)
+def test_cosine_annealing_warm_restarts_is_torchs_float_for_float(t_0, t_mult, eta_min, total) -> None:
+    optimizer = _sgd(2e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=t_0, T_mult=t_mult, eta_min=eta_min
+    )
+    expected = _walk(optimizer, scheduler, total + 1)
+    curve = Curve(2e-4, "cosine_annealing_warm_restarts", 0, total, t_max=t_0, eta_min=eta_min, t_mult=t_mult)
+    assert lr_curve(list(range(total + 1)), curve) == expected
+    assert lr_curve([0, total // 2, total], curve) == [expected[0], expected[total // 2], expected[total]]

@@ -11,6 +11,8 @@ with closed forms.
 from __future__ import annotations
 
 
+import math
+
 import pytest
 
 from convert_kit import (
@@ -162,3 +164,21 @@ def test_full_fp16_and_lora_full_bf16_keep_fp32_trained_weights(tmp_path):
     )
     assert fate(lora, "full_bf16") == "differs"
     assert "weights" not in (tmp_path / "b" / "specs" / "converted.toml").read_text()
+
+
+def test_lora_cosine_annealing_warm_restarts_from_scheduler_args(tmp_path):
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"""accelerate launch train_network.py --pretrained_model_name_or_path={SD15} \
+        --train_data_dir=x --resolution=512 --network_module=networks.lora --network_dim=8 \
+        --learning_rate=1e-4 --max_train_steps=700 --lr_scheduler cosine \
+        --lr_scheduler_type torch.optim.lr_scheduler.CosineAnnealingWarmRestarts \
+        --lr_scheduler_args T_0=100 T_mult=2 eta_min=0""",
+    )
+    s = plan_of(outcome, tmp_path, ["checkpoints.every=100"]).schedule
+    assert (s.lr_schedule, s.t_max, s.t_mult, s.eta_min) == ("cosine_annealing_warm_restarts", 100, 2, 0.0)
+    points = dict(s.lr_points)
+    assert points[100] == points[300] == points[700] == 1e-4  # restarts after 100, then 200, then 400 steps
+    assert points[200] == pytest.approx(1e-4 * (1 + math.cos(math.pi * 100 / 200)) / 2)
+    assert fate(outcome, "lr_scheduler") == "inert"  # kohya ignores it when lr_scheduler_type is set

@@ -86,7 +86,13 @@ KOHYA_SCHEDULES = (
     "warmup_stable_decay",
 )
 # kohya's --lr_scheduler_type classes dbspec can plan (a torch-free curve) -> dbspec schedule and its arguments
-TORCH_SCHEDULERS = {"CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"})}
+TORCH_SCHEDULERS = {
+    "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}),
+    "CosineAnnealingWarmRestarts": (
+        "cosine_annealing_warm_restarts",
+        {"T_0": "t_max", "T_mult": "t_mult", "eta_min": "eta_min"},
+    ),
+}
 
 
 def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
@@ -171,12 +177,14 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
     if unknown or kwargs.get("last_epoch", -1) != -1:
         conv.unsupported(args, f"{cls} arguments dbspec has not: {', '.join(unknown) or 'last_epoch'}")
         return
-    if "T_max" not in kwargs:
-        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs T_max")
+    first = next(iter(names))  # the required period argument: T_max, T_0
+    if first not in kwargs:
+        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {first}")
         return
     conv.mapped(kind, ("schedule", "lr_schedule"), schedule)
     for key, value in kwargs.items():
         if key in names:
+            value = float(value) if names[key] == "eta_min" else value  # noqa: PLW2901 - TOML floats stay floats
             conv.put(("schedule", names[key]), value, conv.comment(args, f"{key}={value!r}"))
     conv.record(args, "mapped", "schedule")
     conv.inert(a["lr_scheduler"], f"kohya ignores it when lr_scheduler_type is set ({cls})")
