@@ -447,6 +447,54 @@ separator; otherwise, as in kohya, the caption trains as written, separator incl
 `caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
 empty caption, so its captions teach nothing (warning).""",
     ),
+    Code(
+        "DBS255",
+        WARNING,
+        "Schedule setting unused by the LR schedule",
+        """\
+`schedule.power`, `min_lr_ratio`, `decay_steps`, `t_max`, `t_mult` or `eta_min` given with an `lr_schedule` \
+that
+does not use it (warning: no effect). `power` shapes polynomial; `min_lr_ratio` cosine_with_min_lr and
+warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` the torch schedules
+(cosine_annealing, cosine_annealing_warm_restarts); `t_mult` cosine_annealing_warm_restarts.""",
+    ),
+    Code(
+        "DBS256",
+        ERROR,
+        "warmup_stable_decay without room for its decay",
+        """\
+`lr_schedule = "warmup_stable_decay"` needs `decay_steps <= steps - warmup_steps`; the stable phase is what is
+left (kohya's num_stable_steps). With 0 decay steps the LR holds to the end.""",
+    ),
+    Code(
+        "DBS257",
+        ERROR,
+        "Warm-up with a torch scheduler",
+        """\
+`warmup_steps` with a torch scheduler (`cosine_annealing`, `cosine_annealing_warm_restarts`): torch's \
+schedulers have no warm-up and kohya refuses
+`lr_warmup_steps` with `lr_scheduler_type`.""",
+    ),
+    Code(
+        "DBS258",
+        ERROR,
+        "Low-precision weights with an adapter",
+        """\
+`precision.weights` other than fp32 in a run that trains an adapter: it applies to full fine-tunes only. \
+Adapter
+weights are small and stay fp32 (bf16 would lose their small updates); the frozen base is already held in the
+mixed dtype.""",
+    ),
+    Code(
+        "DBS259",
+        ERROR,
+        "Low-precision weights under settings they cannot train with",
+        """\
+`precision.weights = "fp16"` (kohya's full_fp16: refused, see docs/memory.md), `weights = "bf16"` with
+`mixed = "no"` or `"fp16"` (kohya requires bf16 mixed precision too), or with an optimizer whose step reads \
+all
+parameters together (prodigy): the stochastic-rounding step updates one parameter at a time.""",
+    ),
     # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
     Code(
         "DBS260",
@@ -735,6 +783,13 @@ is compared with its own. The message names the folder measured, the bytes neede
 planning on the machine that runs (not with `--target`, which plans for another machine).""",
     ),
     # --- DBS4xx: converting legacy configs (`dbspec convert`) -----------------------------------------------
+    Code(
+        "DBS355",
+        ERROR,
+        "bf16 weights on a target without bf16",
+        """\
+`precision.weights = "bf16"` on a target without bf16 support.""",
+    ),
     Code(
         "DBS401",
         ERROR,

@@ -67,10 +67,41 @@ def _import(name: str, hint: str):
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
+    """The plan's LR schedule, built as kohya's get_scheduler_fix builds it (dbspec's `lr_at` is its
+    curve)."""
+    if s.lr_schedule == "cosine_with_min_lr":
+        from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_training_steps=s.total_steps,
+            num_cycles=s.cycles / 2,  # kohya's lr_scheduler_num_cycles counts half-waves
+            min_lr_rate=s.min_lr_ratio,
+        )
+    if s.lr_schedule == "warmup_stable_decay":
+        from transformers.optimization import get_wsd_schedule
+
+        return get_wsd_schedule(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_stable_steps=s.total_steps - s.warmup_steps - s.decay_steps,
+            num_decay_steps=s.decay_steps,
+            num_cycles=s.cycles / 2,
+            min_lr_ratio=s.min_lr_ratio,
+        )
+    # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
+    if s.lr_schedule == "cosine_annealing":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.t_max, eta_min=s.eta_min)
+    if s.lr_schedule == "cosine_annealing_warm_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=s.t_max, T_mult=s.t_mult, eta_min=s.eta_min
+        )
     return get_scheduler(
         s.lr_schedule,
         optimizer,
         num_warmup_steps=s.warmup_steps,
         num_training_steps=s.total_steps,
         num_cycles=s.cycles,
+        power=s.power,
     )

@@ -22,6 +22,7 @@ from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
+from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.state import TrainState
@@ -89,6 +90,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
     optimizer = make_optimizer(param_groups(unet_params, per_encoder, plan.optimizer), plan.optimizer)
+    if plan.precision.stochastic_rounding:  # bf16 weights: updates in fp32, rounded stochastically to bf16
+        optimizer = with_stochastic_rounding(optimizer, s.seed, device)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
     lr_scheduler = make_lr_scheduler(optimizer, s)
     # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.

@@ -4,7 +4,8 @@ What is counted (bytes on the training device, per process):
 
 - weights: every component's parameters in the dtype it is held in; quantised bases at 1 byte (int8, fp8)
   or 0.5 byte (int4) plus their scales, with embeddings and norms left in the held dtype; LoRA adapters fp32.
-- gradients: one per trainable parameter, in that parameter's dtype (fp32 master weights and adapters: 4).
+- gradients: one per trainable parameter, in that parameter's dtype (fp32 master weights and adapters: 4;
+  bf16 weights, precision.weights: 2).
 - optimizer state per trainable parameter (`OPTIMIZER_STATE_BYTES`).
 - EMA: an fp32 copy of the trainable parameters, unless it is offloaded to the CPU.
 - teacher: the frozen base copies the plan lists in `loss.teacher` (a base-model prior in a full fine-tune),
@@ -99,6 +100,12 @@ def estimate_memory(
     weights = sum(_weight_bytes(c, notes) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
     optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
+    if any(c.trainable == "full" and c.dtype == "bf16" for c in components):
+        notes.append(
+            "bf16 weights: weights and gradients take 2 bytes per trained parameter; the optimizer state "
+            "stays "
+            "fp32 (stochastic rounding computes each update in fp32, one parameter at a time)"
+        )
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
     teacher_bytes = _teacher_bytes(components, teacher, mixed)
     # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.

@@ -13,6 +13,8 @@ FP8_MIN_CC = (8, 9)
 def resolve_mixed(ctx: Context) -> tuple[str, str]:
     """(mode, reason) for precision.mixed on the target device."""
     want, env = ctx.spec.precision.mixed, ctx.env
+    if want == "auto" and ctx.spec.precision.weights == "bf16" and env.bf16:
+        return "bf16", "auto: the weights are bf16 (precision.weights), so autocast computes in bf16 too"
     if want == "auto":
         if env.device == "cpu":
             return "no", "auto: the CPU trains in fp32 (bf16 autocast is slower there)"
@@ -67,11 +69,13 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     frozen_dtype = "fp32" if mixed == "no" else mixed
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
     params = model.params if model else {}
+    weights = "bf16" if p.weights == "bf16" else "fp32"  # fp16 is refused by DBS259
 
     def component(name: str, trains: bool, quant: str) -> ComponentPlan:
         mode = "frozen" if not trains else ("lora" if lora else "full")
-        # Fully trained weights stay fp32 (autocast computes in the mixed dtype); frozen ones are held in it.
-        dtype = "fp32" if mode == "full" else frozen_dtype
+        # Fully trained weights stay fp32 (autocast computes in the mixed dtype) unless precision.weights says
+        # bf16 (kohya's full_bf16); frozen ones are held in the mixed dtype.
+        dtype = weights if mode == "full" else frozen_dtype
         return ComponentPlan(
             name=name,
             dtype=dtype,
@@ -92,4 +96,6 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         attention=p.attention,
         tf32=p.tf32 and ctx.env.device == "cuda",
         components=tuple(parts),
+        weights=weights,
+        stochastic_rounding=weights == "bf16",
     )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
+from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
@@ -238,6 +239,59 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
             ("schedule", "warmup_steps"),
             'warmup_steps has no effect with lr_schedule = "constant"',
             'use lr_schedule = "constant_with_warmup"',
+        )
+
+
+# --- kohya's schedule options (DBS255-DBS257) ---------------------------------------------------------------
+_SCHEDULE_SETTING_USERS = {
+    "power": ("polynomial",),
+    "min_lr_ratio": ("cosine_with_min_lr", "warmup_stable_decay"),
+    "decay_steps": ("warmup_stable_decay",),
+    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts"),
+    "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts"),
+    "t_mult": ("cosine_annealing_warm_restarts",),
+}
+
+
+@rule("spec")
+def schedule_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    name = spec.schedule.lr_schedule
+    for key, users in _SCHEDULE_SETTING_USERS.items():
+        if given(("schedule", key)) and name not in users:
+            yield _warn(
+                "DBS255",
+                ("schedule", key),
+                f"schedule.{key} has no effect with lr_schedule = {name!r}",
+                f"it shapes {' and '.join(users)} only; remove it or choose one of them",
+            )
+
+
+@rule("plan")
+def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.lr_schedule != "warmup_stable_decay":
+        return
+    room = total_steps - s.warmup_steps
+    if s.decay_steps > room:
+        yield _err(
+            "DBS256",
+            ("schedule", "decay_steps"),
+            f"warmup_stable_decay needs decay_steps <= steps - warmup_steps ({room}); "
+            f"decay_steps is {s.decay_steps}",
+            "set decay_steps to the length of the final decay (kohya's lr_decay_steps)",
+        )
+
+
+@rule("spec")
+def torch_schedule_without_warmup(spec: Spec, given: Given) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.lr_schedule in TORCH_SCHEDULES and s.warmup_steps:
+        yield _err(
+            "DBS257",
+            ("schedule", "warmup_steps"),
+            f"lr_schedule = {s.lr_schedule!r} is a torch scheduler without a warm-up; warmup_steps is "
+            f"{s.warmup_steps} (kohya refuses it too)",
+            "set warmup_steps = 0, or use cosine_with_min_lr for a warm-up followed by a cosine",
         )
 
 
@@ -709,6 +763,70 @@ def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             ("optimizer", "kind"),
             f'optimizer.kind = "adamw8bit" needs CUDA (bitsandbytes); the target is {env.device}',
             'use "adamw" here, or plan for a GPU with --target cuda:24GB',
+        )
+
+
+# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS258, DBS259, DBS355) ------------------
+# Optimizers whose update of one parameter reads no other parameter: the stochastic-rounding step runs them
+# one
+# parameter at a time (an fp32 copy of that tensor alone). Prodigy's step size is estimated across all of
+# them.
+PER_PARAMETER_OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "sgd", "lion")
+
+
+@rule("spec")
+def low_precision_weights_with_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
+    if spec.precision.weights != "fp32" and spec.adapter.kind != "none":
+        yield _err(
+            "DBS258",
+            ("precision", "weights"),
+            f'precision.weights = "{spec.precision.weights}" applies to full fine-tunes; this run trains an '
+            f"adapter ({spec.adapter.kind})",
+            "adapters are small and stay fp32 (their memory is negligible, and bf16 would lose their small "
+            "updates); the frozen base is already held in the mixed dtype. Remove precision.weights",
+        )
+
+
+@rule("spec")
+def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
+    p = spec.precision
+    if p.weights == "fp16":
+        yield _err(
+            "DBS259",
+            ("precision", "weights"),
+            'precision.weights = "fp16" (kohya\'s full_fp16) is not supported',
+            "fp16 weights lose most updates below 2^-11 of the weight and need fp16 gradients under a "
+            "patched "
+            'grad scaler (kohya patches accelerate for it); use weights = "bf16" with stochastic rounding, '
+            "or "
+            "fp32 weights with mixed = fp16",
+        )
+    elif p.weights == "bf16" and p.mixed in ("no", "fp16"):
+        yield _err(
+            "DBS259",
+            ("precision", "mixed"),
+            f'precision.weights = "bf16" needs mixed = "bf16" (or "auto"); mixed is "{p.mixed}"',
+            'set mixed = "bf16" (kohya requires mixed_precision bf16 with full_bf16 too)',
+        )
+    if p.weights == "bf16" and spec.optimizer.kind not in PER_PARAMETER_OPTIMIZERS:
+        yield _err(
+            "DBS259",
+            ("optimizer", "kind"),
+            f'precision.weights = "bf16" steps each parameter on its own (stochastic rounding); '
+            f'optimizer.kind "{spec.optimizer.kind}" estimates its step across all parameters',
+            f"use one of {', '.join(PER_PARAMETER_OPTIMIZERS)}, or fp32 weights",
+        )
+
+
+@rule("environment")
+def bf16_weights_need_bf16(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    if spec.precision.weights == "bf16" and not env.bf16:
+        yield _err(
+            "DBS355",
+            ("precision", "weights"),
+            f'precision.weights = "bf16" but the target ({env.description or env.device}) does not support '
+            "bf16",
+            'use weights = "fp32" (and LoRA or gradient checkpointing to save memory)',
         )
 
 

@@ -10,12 +10,24 @@ Impossible input raises ValueError; the compiler turns it into a diagnostic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
 
-LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+LR_SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+    "cosine_annealing",
+    "cosine_annealing_warm_restarts",
+)
 POLYNOMIAL_LR_END = (
     1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
 )
@@ -86,79 +98,210 @@ def bucket_table(samples: dict[Size, tuple[int, int]], batch_size: int) -> tuple
     return tuple(rows)
 
 
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """Everything an LR curve depends on (the plan's schedule fields)."""
+
+    lr: float
+    schedule: str
+    warmup: int
+    total: int
+    cycles: int = 1
+    power: float = POLYNOMIAL_POWER
+    min_lr_ratio: float = 0.0
+    decay_steps: int = 0
+    t_max: int = 0  # cosine_annealing's T_max, cosine_annealing_warm_restarts' T_0; 0 = total
+    eta_min: float = 0.0
+    t_mult: int = 1  # cosine_annealing_warm_restarts
+
+
 def _warmup_factor(step: int, warmup: int) -> float:
     return float(step) / float(max(1, warmup))
 
 
-def _linear(step: int, warmup: int, total: int, cycles: int, lr: float) -> float:
-    if step < warmup:
-        return _warmup_factor(step, warmup)
-    progress = float(total - step) / float(max(1, total - warmup))
+def _linear(step: int, c: Curve) -> float:
+    if step < c.warmup:
+        return _warmup_factor(step, c.warmup)
+    progress = float(c.total - step) / float(max(1, c.total - c.warmup))
     return max(0.0, progress)  # diffusers' f_min + (f_max - f_min) * max(0, progress) with f_min=0, f_max=1
 
 
-def _cosine(step: int, warmup: int, total: int, cycles: int, lr: float) -> float:
+def _cosine(step: int, c: Curve) -> float:
+    return _cosine_min(step, c.warmup, c.total, COSINE_CYCLES, 0.0)
+
+
+def _cosine_min(step: int, warmup: int, total: int, waves: float, floor: float) -> float:
+    """transformers' cosine lambda with min_lr_rate (0 gives diffusers' cosine, the same operations)."""
     if step < warmup:
         return _warmup_factor(step, warmup)
     progress = float(step - warmup) / float(max(1, total - warmup))
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(COSINE_CYCLES) * 2.0 * progress)))
+    factor = 0.5 * (1.0 + math.cos(math.pi * float(waves) * 2.0 * progress))
+    if floor:
+        factor = factor * (1 - floor) + floor
+    return max(0.0, factor)
 
 
-def _cosine_with_restarts(step: int, warmup: int, total: int, cycles: int, lr: float) -> float:
-    if step < warmup:
-        return _warmup_factor(step, warmup)
-    progress = float(step - warmup) / float(max(1, total - warmup))
+def _cosine_with_min_lr(step: int, c: Curve) -> float:
+    # kohya passes num_cycles / 2: its lr_scheduler_num_cycles counts half-waves
+    return _cosine_min(step, c.warmup, c.total, c.cycles / 2, c.min_lr_ratio)
+
+
+def _cosine_with_restarts(step: int, c: Curve) -> float:
+    if step < c.warmup:
+        return _warmup_factor(step, c.warmup)
+    progress = float(step - c.warmup) / float(max(1, c.total - c.warmup))
     if progress >= 1.0:
         return 0.0
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(cycles) * progress) % 1.0))))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(c.cycles) * progress) % 1.0))))
 
 
-def _polynomial(step: int, warmup: int, total: int, cycles: int, lr: float) -> float:
+def _polynomial(step: int, c: Curve) -> float:
+    lr = c.lr
     if not lr > POLYNOMIAL_LR_END:
         raise ValueError(f"the polynomial schedule decays to {POLYNOMIAL_LR_END}: lr ({lr}) must be larger")
-    if step < warmup:
-        return _warmup_factor(step, warmup)
-    if step > total:
+    if step < c.warmup:
+        return _warmup_factor(step, c.warmup)
+    if step > c.total:
         return POLYNOMIAL_LR_END / lr
-    decay_steps = total - warmup
+    decay_steps = c.total - c.warmup
     if decay_steps == 0:  # diffusers would raise ZeroDivisionError here
-        raise ValueError(f"the polynomial schedule needs steps after the warm-up ({warmup} of {total} steps)")
-    pct_remaining = 1 - (step - warmup) / decay_steps
-    decay = (lr - POLYNOMIAL_LR_END) * pct_remaining**POLYNOMIAL_POWER + POLYNOMIAL_LR_END
+        raise ValueError(
+            f"the polynomial schedule needs steps after the warm-up ({c.warmup} of {c.total} steps)"
+        )
+    pct_remaining = 1 - (step - c.warmup) / decay_steps
+    decay = (lr - POLYNOMIAL_LR_END) * pct_remaining**c.power + POLYNOMIAL_LR_END
     return decay / lr
 
 
-def _constant(step: int, warmup: int, total: int, cycles: int, lr: float) -> float:
+def wsd_stable_steps(c: Curve) -> int:
+    """kohya's num_stable_steps: what the warm-up and the decay leave of the run."""
+    return c.total - c.warmup - c.decay_steps
+
+
+def _warmup_stable_decay(step: int, c: Curve) -> float:
+    """transformers' get_wsd_schedule with linear warm-up and cosine decay (get_scheduler's defaults)."""
+    floor, stable = c.min_lr_ratio, wsd_stable_steps(c)
+    # The plan rule DBS256 refuses a decay longer than the run leaves; transformers' formula is kept as is.
+    if step < c.warmup:
+        factor = float(step) / float(max(1, c.warmup))
+        return max(0.0, factor * (1.0 - floor) + floor)
+    if step < c.warmup + stable:
+        return 1.0
+    if step < c.warmup + stable + c.decay_steps:
+        progress = float(step - c.warmup - stable) / float(max(1, c.decay_steps))
+        factor = 0.5 * (1.0 + math.cos(math.pi * float(c.cycles / 2) * 2.0 * progress))
+        return max(0.0, factor * (1.0 - floor) + floor)
+    return floor
+
+
+def _constant(step: int, c: Curve) -> float:
     return 1
 
 
-def _constant_with_warmup(step: int, warmup: int, total: int, cycles: int, lr: float) -> float:
-    if step < warmup:
-        return float(step) / float(max(1.0, warmup))
+def _constant_with_warmup(step: int, c: Curve) -> float:
+    if step < c.warmup:
+        return float(step) / float(max(1.0, c.warmup))
     return 1.0
 
 
-_FACTORS: dict[str, Callable[[int, int, int, int, float], float]] = {
+_FACTORS: dict[str, Callable[[int, Curve], float]] = {
     "constant": _constant,
     "constant_with_warmup": _constant_with_warmup,
     "linear": _linear,
     "cosine": _cosine,
     "cosine_with_restarts": _cosine_with_restarts,
     "polynomial": _polynomial,
+    "cosine_with_min_lr": _cosine_with_min_lr,
+    "warmup_stable_decay": _warmup_stable_decay,
 }
+# torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
+TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts")
 
 
-def lr_at(step: int, *, lr: float, schedule: str, warmup: int, total: int, cycles: int) -> float:
+def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
+    """torch.optim.lr_scheduler.CosineAnnealingLR's LR after each of `steps` (sorted) scheduler steps.
+
+    torch updates the LR recursively from the previous one (its get_lr, not the closed form), so the same
+    recursion is run here, once up to the largest step, to get torch's floats bit for bit.
+    """
+    t_max, eta_min, lr = c.t_max or c.total, c.eta_min, c.lr
+    base, out, want = lr, [], iter(steps)
+    target = next(want, None)
+    epoch = 0
+    while target is not None:
+        while target == epoch:
+            out.append(lr)
+            target = next(want, None)
+        if target is None:
+            break
+        epoch += 1
+        if (epoch - 1 - t_max) % (2 * t_max) == 0:
+            lr = lr + (base - eta_min) * (1 - math.cos(math.pi / t_max)) / 2
+        else:
+            lr = (1 + math.cos(math.pi * epoch / t_max)) / (1 + math.cos(math.pi * (epoch - 1) / t_max)) * (
+                lr - eta_min
+            ) + eta_min
+    return out
+
+
+def _warm_restarts(steps: list[int], c: Curve) -> list[float]:
+    """torch.optim.lr_scheduler.CosineAnnealingWarmRestarts' LR after each of `steps` (sorted) scheduler
+    steps:
+    its T_cur / T_i bookkeeping step by step, then its get_lr formula."""
+    t_i, t_cur, out, last = c.t_max or c.total, 0, [], 0
+    for target in steps:
+        for _ in range(target - last):
+            t_cur += 1
+            if t_cur >= t_i:
+                t_cur, t_i = t_cur % t_i, t_i * c.t_mult
+        last = target
+        out.append(c.eta_min + (c.lr - c.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2)
+    return out
+
+
+def lr_curve(steps: list[int], curve: Curve) -> list[float]:
+    """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
+    if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {curve.schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    if any(step < 0 for step in steps):
+        raise ValueError(f"steps must be >= 0, got {min(steps)}")
+    if list(steps) != sorted(steps):
+        raise ValueError("steps must be sorted")
+    if curve.schedule == "cosine_annealing":
+        return _cosine_annealing(list(steps), curve)
+    if curve.schedule == "cosine_annealing_warm_restarts":
+        return _warm_restarts(list(steps), curve)
+    factor = _FACTORS[curve.schedule]
+    return [curve.lr * factor(step, curve) for step in steps]
+
+
+def lr_at(
+    step: int,
+    *,
+    lr: float,
+    schedule: str,
+    warmup: int,
+    total: int,
+    cycles: int,
+    power: float = POLYNOMIAL_POWER,
+    min_lr_ratio: float = 0.0,
+    decay_steps: int = 0,
+    t_max: int = 0,
+    eta_min: float = 0.0,
+    t_mult: int = 1,
+) -> float:
     """The LR after `step` scheduler steps, i.e. the LR used by the optimizer step with index `step`.
 
     Exactly diffusers' get_scheduler(schedule, ..., num_warmup_steps=warmup, num_training_steps=total,
-    num_cycles=cycles): `cycles` only affects cosine_with_restarts, and "constant" ignores `warmup`.
+    num_cycles=cycles, power=power) for its six schedules ("constant" ignores `warmup`); kohya's calls of
+    transformers' cosine_with_min_lr and warmup_stable_decay; torch's CosineAnnealingLR(T_max=t_max or total).
     """
-    if schedule not in _FACTORS:
-        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    return lr * _FACTORS[schedule](step, warmup, total, cycles, lr)
+    curve = Curve(
+        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult
+    )
+    return lr_curve([step], curve)[0]
 
 
 def interval_steps(every: int, total: int) -> StepRange:
@@ -183,6 +326,12 @@ def compute_schedule(
     warmup_steps: int,
     cycles: int,
     text_encoder_stop_step: int,
+    power: float = POLYNOMIAL_POWER,
+    min_lr_ratio: float = 0.0,
+    decay_steps: int = 0,
+    t_max: int = 0,
+    eta_min: float = 0.0,
+    t_mult: int = 1,
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -220,13 +369,21 @@ def compute_schedule(
         raise ValueError(f"warmup_steps ({warmup_steps}) must be below the run's {total_steps} steps")
     checkpoint_steps = interval_steps(checkpoint_every, total_steps)
     warmup_end = (warmup_steps,) if warmup_steps and lr_schedule != "constant" else ()
-    lr_points = tuple(
-        (
-            step,
-            lr_at(step, lr=lr, schedule=lr_schedule, warmup=warmup_steps, total=total_steps, cycles=cycles),
-        )
-        for step in sorted({0, *warmup_end, *checkpoint_steps.spread(LR_POINTS_AT_CHECKPOINTS)})
+    points = sorted({0, *warmup_end, *checkpoint_steps.spread(LR_POINTS_AT_CHECKPOINTS)})
+    curve = Curve(
+        lr,
+        lr_schedule,
+        warmup_steps,
+        total_steps,
+        cycles,
+        power,
+        min_lr_ratio,
+        decay_steps,
+        t_max,
+        eta_min,
+        t_mult,
     )
+    lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
     return SchedulePlan(
         total_steps=total_steps,
         epochs=epochs,
@@ -240,6 +397,12 @@ def compute_schedule(
         lr_schedule=lr_schedule,
         warmup_steps=warmup_steps,
         cycles=cycles,
+        power=power,
+        min_lr_ratio=min_lr_ratio,
+        decay_steps=decay_steps,
+        t_max=(t_max or total_steps) if lr_schedule in TORCH_SCHEDULES else t_max,
+        eta_min=eta_min,
+        t_mult=t_mult,
         text_encoder_stop_step=text_encoder_stop_step,
         checkpoint_steps=checkpoint_steps,
         validation_steps=interval_steps(validate_every, total_steps)
@@ -265,11 +428,11 @@ def _check_counts(batches_per_epoch: int, samples: int, batch_size: int) -> None
 
 
 def _check_lr(lr: float, lr_schedule: str, cycles: int) -> None:
-    if lr_schedule not in _FACTORS:
+    if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr schedule {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"the learning rate must be a positive number, got {lr}")
-    if lr_schedule == "cosine_with_restarts":
+    if lr_schedule in ("cosine_with_restarts", "cosine_with_min_lr", "warmup_stable_decay"):
         _require_at_least("cycles", cycles, 1)
 
 

@@ -83,6 +83,15 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
         ("optimizer", "text_encoder_2_lr"): None,
+        # kohya's schedule and precision options (schedules and precision users set)
+        ("schedule", "power"): 1.0,
+        ("schedule", "min_lr_ratio"): 0.0,
+        ("schedule", "decay_steps"): 0,
+        ("schedule", "t_max"): 0,
+        ("schedule", "eta_min"): 0.0,
+        ("schedule", "t_mult"): 1,
+        ("precision", "weights"): "fp32",
+        ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,
         ("loss", "noise"): lambda run: {
             "offset": run["loss"]["noise_offset"],

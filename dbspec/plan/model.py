@@ -268,6 +268,12 @@ class SchedulePlan:
     lr_schedule: str
     warmup_steps: int
     cycles: int
+    power: float  # polynomial
+    min_lr_ratio: float  # cosine_with_min_lr, warmup_stable_decay
+    decay_steps: int  # warmup_stable_decay
+    t_max: int  # cosine_annealing (the run's steps unless the spec gives it)
+    eta_min: float  # cosine_annealing, cosine_annealing_warm_restarts
+    t_mult: int  # cosine_annealing_warm_restarts
     text_encoder_stop_step: int  # 0 = trains the whole run (or never, when the text encoder is frozen)
     checkpoint_steps: StepRange
     validation_steps: StepRange
@@ -343,6 +349,10 @@ class PrecisionPlan:
     attention: Literal["sdpa", "eager"]
     tf32: bool
     components: tuple[ComponentPlan, ...]
+    # Fully trained weights held in bf16 (kohya's full_bf16), each update rounded stochastically; "fp32" =
+    # off.
+    weights: Literal["fp32", "bf16"]
+    stochastic_rounding: bool  # the optimizer step rounds fp32 updates to bf16 with a seeded generator
 
 
 @frozen

@@ -181,7 +181,7 @@ def schedule_table(plan: Plan) -> Table:
                 else ""
             ),
         ),
-        ("lr schedule", f"{s.lr_schedule}, warm-up {s.warmup_steps}"),
+        ("lr schedule", _lr_schedule(s)),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
@@ -284,6 +284,12 @@ def training_table(plan: Plan) -> Table:
     for what, value in adapter_rows(plan.adapter):
         t.add_row(what, value)
     t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")
+    if plan.precision.weights != "fp32":
+        t.add_row(
+            "trained weights",
+            f"{plan.precision.weights}, updates computed in fp32 and rounded stochastically (seeded, "
+            "resumable)",
+        )
     for c in plan.precision.components:
         quant = f", {c.quantized}" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
@@ -354,3 +360,18 @@ def _source_check(plan: Plan) -> str:
     """What each run reads before step 1 to know no source changed since this plan (runtime/data.py)."""
     files = {path for d in plan.datasets for img in d.images for path, _ in img.source_files()}
     return f"{_plural(len(files), 'file')} hashed and decoded at the start of each run"
+
+
+def _lr_schedule(s) -> str:
+    """The schedule with the settings that shape it (kohya's scheduler options)."""
+    extra = {
+        "polynomial": f", power {s.power:g}",
+        "cosine_with_restarts": f", {s.cycles} cycle(s)",
+        "cosine_with_min_lr": f", {s.cycles} half-wave(s), min lr ratio {s.min_lr_ratio:g}",
+        "warmup_stable_decay": f", decay {s.decay_steps} steps ({s.cycles} half-wave(s)), "
+        f"min lr ratio {s.min_lr_ratio:g}",
+        "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
+        "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
+        f"{s.t_mult}, eta_min {s.eta_min:g}",
+    }.get(s.lr_schedule, "")
+    return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"

@@ -556,10 +556,64 @@ class Schedule:
     batch_size: int = option(1, doc="Images per batch (per process).", minimum=1)
     accumulation: int = option(1, doc="Batches accumulated per optimizer step.", minimum=1)
     lr_schedule: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
-    ] = option("constant", doc="Learning-rate schedule (diffusers get_scheduler).")
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "cosine_with_min_lr",
+        "warmup_stable_decay",
+        "cosine_annealing",
+        "cosine_annealing_warm_restarts",
+    ] = option(
+        "constant",
+        doc="Learning-rate schedule: the first six are diffusers' get_scheduler, cosine_with_min_lr and "
+        "warmup_stable_decay transformers' (as kohya calls them), cosine_annealing is torch's "
+        "CosineAnnealingLR and cosine_annealing_warm_restarts torch's CosineAnnealingWarmRestarts, stepped "
+        "once per "
+        "optimizer step (kohya's lr_scheduler_type).",
+    )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
-    cycles: int = option(1, doc="Restarts for cosine_with_restarts.", minimum=1)
+    cycles: int = option(
+        1,
+        doc="Restarts for cosine_with_restarts; for cosine_with_min_lr and warmup_stable_decay, half-waves "
+        "of the cosine (kohya's lr_scheduler_num_cycles: 1 decays once).",
+        minimum=1,
+    )
+    # Schedule settings added with kohya's scheduler options; each is inert outside its schedules (DBS255).
+    power: float = option(
+        1.0, doc="Power of the polynomial schedule (kohya's lr_scheduler_power).", exclusive_minimum=0
+    )
+    min_lr_ratio: float = option(
+        0.0,
+        doc="cosine_with_min_lr and warmup_stable_decay end at lr x this (kohya's "
+        "lr_scheduler_min_lr_ratio).",
+        minimum=0,
+        maximum=1,
+    )
+    decay_steps: int = option(
+        0,
+        doc="warmup_stable_decay: steps of the final decay (kohya's lr_decay_steps); the LR holds between "
+        "the "
+        "warm-up and them.",
+        minimum=0,
+        example=200,
+    )
+    t_max: int = option(
+        0,
+        doc="cosine_annealing: torch's T_max in optimizer steps (the half period); "
+        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart). 0 = the run's steps.",
+        minimum=0,
+    )
+    t_mult: int = option(
+        1,
+        doc="cosine_annealing_warm_restarts: torch's T_mult, each period this many times the last.",
+        minimum=1,
+    )
+    eta_min: float = option(
+        0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
+    )
     balance_classes: bool = option(
         True,
         doc="Each epoch draws as many class samples as instance samples (kohya's rule); false uses the class "
@@ -590,6 +644,13 @@ class Precision:
     tf32: bool = option(True, doc="Allow TF32 matmuls on CUDA.")
     vae_dtype: Literal["fp32", "fp16", "bf16"] = option(
         "fp32", doc="VAE dtype when encoding; fp32 avoids the SDXL fp16 VAE overflow."
+    )
+    weights: Literal["fp32", "bf16", "fp16"] = option(
+        "fp32",
+        doc="dtype of fully trained weights (kohya's full_bf16): bf16 halves weights, gradients and "
+        "optimizer "
+        "state, with stochastic rounding of every update; needs mixed = bf16 (or auto picking it), a full "
+        "fine-tune and a per-parameter optimizer. fp16 (kohya's full_fp16) is refused (see docs/memory.md).",
     )
 
 

@@ -170,7 +170,13 @@ def test_sdxl_full_with_text_encoders_and_32_px_buckets(tmp_path):
     expected = bk.place((1344, 768), bk.bucket_list((1024, 1024), 512, 2048, 32)).bucket
     assert plan.datasets[0].images[0].bucket == expected
     assert plan.precision.mixed == "bf16"
-    assert fate(outcome, "full_bf16") == "differs"
+    assert fate(outcome, "full_bf16") == "mapped"  # the trained weights are bf16, as in kohya
+    assert plan.precision.weights == "bf16" and plan.precision.stochastic_rounding
+    assert {c.name: c.dtype for c in plan.precision.components if c.trainable == "full"} == {
+        "unet": "bf16",
+        "text_encoder": "bf16",
+        "text_encoder_2": "bf16",
+    }
 
 
 def test_sdxl_lora_unet_only_with_kohya_targets(tmp_path):

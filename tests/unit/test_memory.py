@@ -366,3 +366,17 @@ def test_sdxl_full_finetune_does_not_fit_24_gb_with_fp32_master_weights():
         available=24 * GIB,
     )
     assert not plan.fits and plan.total < 40 * GIB
+
+
+def test_bf16_trained_weights_halve_weights_and_gradients_not_the_optimizer_state():
+    """precision.weights = "bf16": 2 bytes per trained weight and gradient; the AdamW moments stay fp32."""
+
+    def run(dtype: str):
+        components = (comp("unet", dtype, "full", 1_000_000), comp("vae", "fp32", params=100_000))
+        return estimate(components=components, trainable_params={"unet": 1_000_000})
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    assert (fp32.weights - bf16.weights, fp32.gradients - bf16.gradients) == (2_000_000, 2_000_000)
+    assert bf16.gradients == 2_000_000 and bf16.optimizer == fp32.optimizer == 8_000_000
+    assert any("stochastic rounding" in note for note in bf16.notes)
+    assert not any("stochastic rounding" in note for note in fp32.notes)

@@ -405,6 +405,42 @@ CASES = [
         ],
         DOG + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\n') + STEPS,
     ),
+    (
+        rules.schedule_setting_inert,
+        DOG + STEPS + 'lr_schedule = "cosine"\npower = 2.0\n',
+        [("DBS255", "warning", ("schedule", "power"))],
+        DOG + STEPS + 'lr_schedule = "polynomial"\npower = 2.0\n',
+    ),
+    (
+        rules.warmup_stable_decay_lengths,
+        DOG + STEPS + 'lr_schedule = "warmup_stable_decay"\nwarmup_steps = 10\ndecay_steps = 91\n',
+        [("DBS256", "error", ("schedule", "decay_steps"))],
+        DOG + STEPS + 'lr_schedule = "warmup_stable_decay"\nwarmup_steps = 10\ndecay_steps = 90\n',
+    ),
+    (
+        rules.torch_schedule_without_warmup,
+        DOG + STEPS + 'lr_schedule = "cosine_annealing"\nwarmup_steps = 5\n',
+        [("DBS257", "error", ("schedule", "warmup_steps"))],
+        DOG + STEPS + 'lr_schedule = "cosine_annealing"\nt_max = 50\n',
+    ),
+    (
+        rules.low_precision_weights_with_adapter,
+        LORA + DOG + STEPS + '[precision]\nweights = "bf16"\n',
+        [("DBS258", "error", ("precision", "weights"))],
+        DOG + STEPS + '[precision]\nweights = "bf16"\n',
+    ),
+    (
+        rules.low_precision_weights_settings,
+        DOG + STEPS + '[precision]\nweights = "fp16"\n',
+        [("DBS259", "error", ("precision", "weights"))],
+        DOG + STEPS + '[precision]\nweights = "bf16"\n',
+    ),
+    (
+        rules.low_precision_weights_settings,
+        DOG + STEPS + '[optimizer]\nkind = "prodigy"\n[precision]\nmixed = "no"\nweights = "bf16"\n',
+        [("DBS259", "error", ("precision", "mixed")), ("DBS259", "error", ("optimizer", "kind"))],
+        DOG + STEPS + '[optimizer]\nkind = "adafactor"\n[precision]\nmixed = "bf16"\nweights = "bf16"\n',
+    ),
 ]
 
 
@@ -502,7 +538,11 @@ def test_every_rule_function_declares_a_phase():
     assert found == set(PHASE_OF)
     assert {PHASE_OF[fn.__name__] for fn in rules_of("paths")} == {"paths"}
     assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs"]
-    assert [fn.__name__ for fn in rules_of("plan")] == ["text_encoder_stop_beyond_run", "interval_beyond_run"]
+    assert [fn.__name__ for fn in rules_of("plan")] == [
+        "text_encoder_stop_beyond_run",
+        "interval_beyond_run",
+        "warmup_stable_decay_lengths",
+    ]
 
 
 def test_an_unknown_phase_is_refused():
@@ -526,3 +566,13 @@ def test_adamw8bit_needs_a_cuda_target():
     cuda = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
     assert [(h.code, h.path) for h in run_environment_rules(spec, cpu)] == [("DBS343", ("optimizer", "kind"))]
     assert run_environment_rules(spec, cuda) == []
+
+
+def test_bf16_weights_need_a_bf16_target():
+    spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + '[precision]\nweights = "bf16"\n'))
+    old = TargetEnv(device="cuda", memory_bytes=16 << 30, bf16=False, compute_capability="7.5")
+    ampere = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.6")
+    assert [(h.code, h.path) for h in run_environment_rules(spec, old)] == [
+        ("DBS355", ("precision", "weights"))
+    ]
+    assert run_environment_rules(spec, ampere) == []

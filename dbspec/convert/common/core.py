@@ -216,13 +216,15 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def map_schedule_name(conv: Conversion, name: Legacy) -> bool:
+def map_schedule_name(conv: Conversion, name: Legacy, names: tuple[str, ...] = ()) -> bool:
     """A legacy LR scheduler name: mapped when dbspec has it ("constant" is dbspec's default, so only
-    recorded), else reported unsupported. Returns whether it mapped."""
+    recorded), else reported unsupported. Returns whether it mapped. `names`: the tool's names dbspec has
+    (default: diffusers' get_scheduler ones)."""
     from dbspec.compiler.schedule import LR_SCHEDULES
 
-    if name.value not in LR_SCHEDULES:
-        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+    names = names or LR_SCHEDULES[:6]
+    if name.value not in names:
+        conv.unsupported(name, f"dbspec's schedules for {conv.tool} are {', '.join(names)}")
         return False
     if name.value != "constant":
         conv.mapped(name, ("schedule", "lr_schedule"), name.value)

@@ -222,7 +222,7 @@ def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
     if name.value == "cosine_with_restarts":
         conv.mapped(cycles, ("schedule", "cycles"), cycles.value)
     if name.value == "polynomial" and power.value != 1.0:
-        conv.unsupported(power, "dbspec's polynomial schedule has power 1")
+        conv.mapped(power, ("schedule", "power"), power.value)  # get_scheduler(..., power=args.lr_power)
 
 
 def _optimizer(a: Args, script: str, conv: Conversion) -> None:

@@ -213,11 +213,7 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
         elif a[key].value and key == "full_bf16" and script == "train_db":
             conv.inert(a[key], "train_db.py ignores --full_bf16")
         elif a[key].value:
-            conv.differs(
-                a[key],
-                "kohya keeps the trained weights and gradients in half precision; dbspec keeps them "
-                "in fp32 under autocast (more precise, more memory)",
-            )
+            _map_full_half(a, key, lora, conv)
     for key in ("fp8_base", "fp8_base_unet"):
         if key in a and a[key].value and lora:
             conv.differs(
@@ -229,3 +225,37 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             )
         elif key in a and a[key].value:
             conv.unsupported(a[key], "an fp8 base is only for LoRA runs in dbspec")
+
+
+def _map_full_half(a: Args, key: str, lora: bool, conv: Conversion) -> None:
+    """kohya's full_bf16 / full_fp16: the trained weights themselves in half precision."""
+    optimizer = str(a["optimizer_type"].value).lower()
+    if key == "full_fp16":
+        conv.differs(
+            a[key],
+            "dbspec refuses fp16 trained weights (DBS259: updates below 2^-11 of a weight are lost and fp16 "
+            "gradients need kohya's patched grad scaler); it keeps fp32 weights under fp16 autocast (more "
+            "precise, more memory)",
+        )
+    elif lora:
+        conv.differs(
+            a[key],
+            "kohya casts the LoRA network to bf16; dbspec keeps adapters fp32 (DBS258: they are small and "
+            "bf16 "
+            "would lose their updates)",
+        )
+    elif "prodigy" in optimizer or "dadapt" in optimizer:
+        conv.differs(
+            a[key],
+            f"dbspec's bf16 weights step one parameter at a time, which {a['optimizer_type'].value} cannot "
+            "(DBS259); it keeps fp32 weights under bf16 autocast (more memory)",
+        )
+    else:
+        conv.mapped(
+            a[key],
+            ("precision", "weights"),
+            "bf16",
+            note="dbspec rounds each update to bf16 stochastically (kohya rounds to nearest, except its "
+            "fused "
+            "Adafactor)",
+        )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
@@ -72,12 +74,42 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
     return Length(total_steps=total, steps_per_epoch=per_epoch)
 
 
+# kohya's --lr_scheduler names dbspec has (get_scheduler_fix: diffusers' and transformers' functions)
+KOHYA_SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
+# kohya's --lr_scheduler_type classes dbspec can plan (a torch-free curve) -> dbspec schedule and its
+# arguments
+TORCH_SCHEDULERS = {
+    "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}),
+    "CosineAnnealingWarmRestarts": (
+        "cosine_annealing_warm_restarts",
+        {"T_0": "t_max", "T_mult": "t_mult", "eta_min": "eta_min"},
+    ),
+}
+
+
 def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     name, warm = a["lr_scheduler"], a["lr_warmup_steps"]
-    for key in ("lr_scheduler_type", "lr_scheduler_args"):
-        if a[key].value:
-            conv.unsupported(a[key], "a custom scheduler class or its arguments")
-    if not map_schedule_name(conv, name):
+    if a["lr_scheduler_type"].value:
+        _map_torch_scheduler(a, conv)
+        return
+    if a["lr_scheduler_args"].value:
+        conv.unsupported(
+            a["lr_scheduler_args"],
+            f"arguments passed to the {name.value} function (dbspec's schedule settings are power, "
+            "min_lr_ratio, decay_steps and cycles)",
+        )
+    else:
+        conv.record(a["lr_scheduler_args"], "mapped", "schedule")
+    if not map_schedule_name(conv, name, KOHYA_SCHEDULES):
         return
     if warm.value and name.value == "constant":
         conv.invalid(
@@ -87,28 +119,101 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
             "kohya raises `constant does not require num_warmup_steps`",
             help="use lr_scheduler constant_with_warmup, or drop the warm-up",
         )
-    elif isinstance(warm.value, float) and warm.value:
-        if total is None:
-            conv.unsupported(
+    else:
+        _map_warmup(warm, total, conv)
+    _schedule_shape(a, name.value, total, conv)
+
+
+def _map_warmup(warm: Legacy, total: int | None, conv: Conversion) -> None:
+    if isinstance(warm.value, float) and warm.value:
+        steps = _ratio_steps(warm, total, conv)
+        if steps is not None and _warmup_fits(warm, steps, total, conv):
+            conv.mapped(
                 warm,
-                "a warm-up ratio of an epoch-based run: the images could not be counted here, so "
-                "the step count it is a ratio of is unknown",
-                help="convert where the images are",
+                ("schedule", "warmup_steps"),
+                steps,
+                comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
             )
-        else:
-            steps = int(warm.value * total)  # kohya get_scheduler_fix: int(ratio * max_train_steps)
-            if _warmup_fits(warm, steps, total, conv):
-                conv.mapped(
-                    warm,
-                    ("schedule", "warmup_steps"),
-                    steps,
-                    comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
-                )
     elif warm.value and _warmup_fits(warm, warm.value, total, conv):
         conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
     else:
         conv.record(warm, "mapped", "schedule.warmup_steps")
-    _schedule_shape(a, name.value, conv)
+
+
+def _ratio_steps(legacy: Legacy, total: int | None, conv: Conversion) -> int | None:
+    """kohya get_scheduler_fix: a float is a ratio of the run, int(ratio * max_train_steps)."""
+    if total is None:
+        conv.unsupported(
+            legacy,
+            "a ratio of an epoch-based run: the images could not be counted here, so the step count it is a "
+            "ratio of is unknown",
+            help="convert where the images are",
+        )
+        return None
+    return int(legacy.value * total)
+
+
+def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
+    """kohya's --lr_scheduler_type with --lr_scheduler_args: a torch scheduler class built with those
+    kwargs."""
+    kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
+    cls = kind.value.removeprefix("torch.optim.lr_scheduler.")
+    if cls not in TORCH_SCHEDULERS:
+        conv.unsupported(
+            kind,
+            f"dbspec plans the torch schedulers {', '.join(TORCH_SCHEDULERS)} only (their curve is computed "
+            "without torch for the plan)",
+        )
+        return
+    schedule, names = TORCH_SCHEDULERS[cls]
+    kwargs = _scheduler_kwargs(args, conv)
+    if kwargs is None:
+        return
+    if warm.value:
+        conv.invalid(
+            warm.key, warm.value, warm.source, f"kohya raises `{cls} does not require num_warmup_steps`"
+        )
+        return
+    conv.record(warm, "mapped", "schedule.warmup_steps")
+    unknown = sorted(set(kwargs) - set(names) - {"last_epoch"})
+    if unknown or kwargs.get("last_epoch", -1) != -1:
+        conv.unsupported(args, f"{cls} arguments dbspec has not: {', '.join(unknown) or 'last_epoch'}")
+        return
+    first = next(iter(names))  # the required period argument: T_max, T_0
+    if first not in kwargs:
+        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {first}")
+        return
+    conv.mapped(kind, ("schedule", "lr_schedule"), schedule)
+    for key, value in kwargs.items():
+        if key in names:
+            value = float(value) if names[key] == "eta_min" else value  # noqa: PLW2901 - TOML floats stay floats
+            conv.put(("schedule", names[key]), value, conv.comment(args, f"{key}={value!r}"))
+    conv.record(args, "mapped", "schedule")
+    conv.inert(a["lr_scheduler"], f"kohya ignores it when lr_scheduler_type is set ({cls})")
+    for key in (
+        "lr_scheduler_num_cycles",
+        "lr_scheduler_power",
+        "lr_scheduler_min_lr_ratio",
+        "lr_decay_steps",
+    ):
+        if a[key].given:
+            conv.inert(a[key], f"{cls} does not use it")
+
+
+def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
+    """kohya's parse of --lr_scheduler_args: `key=value`, the value a Python literal."""
+    kwargs = {}
+    for item in args.value or []:
+        key, sep, text = str(item).partition("=")
+        try:
+            value = ast.literal_eval(text) if sep else None
+        except (ValueError, SyntaxError):
+            value = None
+        if not sep or value is None or "=" in text:
+            conv.invalid(args.key, args.value, args.source, f"`{item}` is not key=<Python literal>")
+            return None
+        kwargs[key.strip()] = value
+    return kwargs
 
 
 def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion) -> bool:
@@ -125,19 +230,34 @@ def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion) 
     return False
 
 
-def _schedule_shape(a: Args, name: str, conv: Conversion) -> None:
-    cycles, power = a["lr_scheduler_num_cycles"], a["lr_scheduler_power"]
-    if name == "cosine_with_restarts":
+def _schedule_shape(a: Args, name: str, total: int | None, conv: Conversion) -> None:
+    """kohya's num_cycles, power, min_lr_ratio and lr_decay_steps, where get_scheduler_fix passes them."""
+    keys = ("lr_scheduler_num_cycles", "lr_scheduler_power", "lr_scheduler_min_lr_ratio", "lr_decay_steps")
+    cycles, power, ratio, decay = (a[key] for key in keys)
+    if name in ("cosine_with_restarts", "cosine_with_min_lr", "warmup_stable_decay"):
         conv.mapped(cycles, ("schedule", "cycles"), cycles.value)
     elif cycles.given:
-        conv.inert(cycles, f"only cosine_with_restarts uses it; {name} does not")
-    if name == "polynomial" and power.value != 1.0:
-        conv.unsupported(power, "dbspec's polynomial schedule has power 1")
+        conv.inert(cycles, f"{name} does not use it")
+    if name == "polynomial":
+        conv.mapped(power, ("schedule", "power"), power.value)
     elif power.given:
-        conv.inert(power, "power 1 is dbspec's" if name == "polynomial" else f"{name} does not use it")
-    for key in ("lr_decay_steps", "lr_scheduler_timescale", "lr_scheduler_min_lr_ratio"):
-        if a[key].given:
-            conv.inert(a[key], f"{name} does not use it")
+        conv.inert(power, f"{name} does not use it")
+    if name in ("cosine_with_min_lr", "warmup_stable_decay") and ratio.value is not None:
+        conv.mapped(ratio, ("schedule", "min_lr_ratio"), ratio.value)
+    elif name == "cosine_with_min_lr":
+        conv.invalid(
+            ratio.key, None, ratio.source, "transformers raises `One of min_lr or min_lr_rate should be set`"
+        )
+    elif ratio.given:
+        conv.inert(ratio, f"{name} does not use it")
+    if name == "warmup_stable_decay":
+        steps = _ratio_steps(decay, total, conv) if isinstance(decay.value, float) else decay.value
+        if steps is not None:
+            conv.mapped(decay, ("schedule", "decay_steps"), steps)
+    elif decay.given:
+        conv.inert(decay, f"{name} does not use it")
+    if a["lr_scheduler_timescale"].given:
+        conv.inert(a["lr_scheduler_timescale"], f"only inverse_sqrt uses it; {name} does not")
 
 
 def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) -> bool:

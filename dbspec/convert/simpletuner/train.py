@@ -184,8 +184,8 @@ def _schedule(cfg: Cfg, data, conv: Conversion) -> None:
             "SimpleTuner does not balance regularisation data: its repeats decide",
         )
     name, warm = cfg["lr_scheduler"], cfg["lr_warmup_steps"]
-    if name.value not in LR_SCHEDULES:
-        conv.unsupported(name, f"dbspec's schedules are {', '.join(LR_SCHEDULES)}")
+    if name.value not in LR_SCHEDULES[:6]:  # diffusers' get_scheduler names; the others are kohya's
+        conv.unsupported(name, f"dbspec's schedules for SimpleTuner are {', '.join(LR_SCHEDULES[:6])}")
     else:
         conv.mapped(name, ("schedule", "lr_schedule"), name.value)
         if int(num(warm)) and name.value != "constant":
