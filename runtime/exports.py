@@ -32,7 +32,8 @@ from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.families import family_runtime
-from dbspec.runtime.checkpoints import Family, torch_dtype
+from dbspec.families import Family
+from dbspec.runtime.dtypes import to_dtype
 
 Table = dict[str, tuple[str, dict[str, str]]]  # diffusers module path -> (original path, child renames)
 
@@ -251,7 +252,7 @@ def write_single_file(
     path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: dict[str, str]
 ) -> Path:
     """A single-file state (any family's layout) as one `.safetensors`, floats cast to `dtype`."""
-    cast = torch_dtype(dtype)
+    cast = to_dtype(dtype)
     tensors = {
         k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True).contiguous()
         for k, v in state.items()
@@ -269,7 +270,7 @@ def kohya_lora_state(
     """kohya tensors (up/down in `dtype`, alpha in fp32 so a fractional alpha keeps its exact scale) and
     the ss_network_dim / ss_network_alpha they imply. `text_encoders`: none, or one entry per encoder of the
     family (None or adapter-less for one that did not train)."""
-    cast = torch_dtype(dtype)
+    cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()
     alphas: set[float] = set()

@@ -27,7 +27,8 @@ from torch import nn
 
 from dbspec.plan.model import AdapterPlan, Plan
 from dbspec.runtime.adapters import lora_adapter
-from dbspec.runtime.checkpoints import Family, torch_dtype
+from dbspec.families import Family
+from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
 
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
@@ -43,7 +44,7 @@ def lycoris_state(
     *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str
 ) -> dict[str, torch.Tensor]:
     """Every adapted layer's tensors under its kohya name, cast to `dtype` (alphas in fp32)."""
-    cast = torch_dtype(dtype)
+    cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
         for name, weights, alpha in _layers(module):

@@ -70,7 +70,7 @@ def _components() -> set[str]:
 def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest):
     """Base pipeline + the peft-format adapters (LoHa, LoKr) `weights.save_weights` wrote, one per
     component."""
-    from dbspec.runtime.checkpoints import load_peft_adapters
+    from dbspec.runtime.weights import load_peft_adapters
 
     base = request.base or (plan.model.base if plan else "")
     if not base:

@@ -1,4 +1,6 @@
-"""Which weights a run trains, how they are saved as outputs, and restored on resume."""
+"""Which weights a run trains, how they are restored on resume, and how they are written as diffusers/peft
+folders (final/ and each checkpoint's weights). Other tools' layouts are exports.py's; checkpoint folders are
+checkpoints.py's."""
 
 from __future__ import annotations
 
@@ -6,15 +8,18 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from dbspec.families import ALL_TEXT_ENCODERS, family_spec
+from dbspec.families import ALL_TEXT_ENCODERS, FAMILIES, Family, family_spec
 from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
 from dbspec.runtime.adapters import is_adapter_weight
+from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components
 from dbspec.runtime.outdir import replace_folder
@@ -78,7 +83,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
             if plan.train_text_encoder
             else {}
         )
-        ckpt.save_lora_weights(
+        save_lora_weights(
             folder,
             trained.get("unet"),
             encoders.get("text_encoder"),
@@ -88,10 +93,10 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         )
         return
     if plan.adapter.kind != "none":  # LoHa, LoKr
-        ckpt.save_peft_adapters(folder, trained, dtype)
+        save_peft_adapters(folder, trained, dtype)
         return
     text = {name: m for name, m in trained.items() if name != "unet"}
-    ckpt.save_full_weights(folder, trained.get("unet"), text, dtype)
+    save_full_weights(folder, trained.get("unet"), text, dtype)
 
 
 def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:
@@ -121,3 +126,137 @@ def write_final(final: Path, pipeline, comps: Components, plan: Plan, ema=None) 
         if ckpt.is_write_failure(exc):
             raise ckpt.OutputError(ckpt.write_failure("the final weights", final.parent, exc)) from exc
         raise
+
+
+# --- writers: diffusers and peft formats --------------------------------------------------------------------
+def save_full_weights(
+    folder: Path, unet: nn.Module | None, text_encoders: dict[str, nn.Module] | None, dtype: str | torch.dtype
+) -> None:
+    """`save_pretrained` (safetensors) of each trained component into `folder/<name>/`, cast to `dtype`.
+
+    Saving never needs a second copy of the model in accelerator memory; the live modules are untouched.
+    """
+    components = {"unet": unet, **(text_encoders or {})}
+    for name, module in components.items():
+        if module is not None:
+            _cast_copy(module, to_dtype(dtype)).save_pretrained(Path(folder) / name, safe_serialization=True)
+
+
+def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A save-only copy: built on the meta device, filled from a cast CPU state dict. Non-persistent
+    buffers (CLIP's position_ids) stay on meta: save_pretrained writes the state dict only."""
+    cast = {
+        key: value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype, copy=True)
+        for key, value in module.state_dict().items()
+    }
+    build = getattr(
+        type(module), "from_config", type(module)
+    )  # diffusers: from_config; transformers: __init__
+    with torch.device("meta"):
+        copy = build(module.config)
+    copy.load_state_dict(cast, assign=True, strict=True)
+    return copy
+
+
+def save_lora_weights(
+    folder: Path,
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    dtype: str | torch.dtype,
+    *,
+    family: Family,
+    text_encoder_2: nn.Module | None = None,
+) -> Path:
+    """`pytorch_lora_weights.safetensors` in diffusers' format (as
+    examples/dreambooth/train_dreambooth_lora.py writes it), with each adapter's LoraConfig as metadata so
+    `pipe.load_lora_weights(folder)` restores rank, alpha and targets exactly. Modules are peft-adapted
+    (`inject_lora` or `get_peft_model`) or None."""
+    import diffusers
+
+    spec = family_spec(family)
+    if text_encoder_2 is not None and len(spec.text_encoders) < 2:
+        two = ", ".join(name for name, f in FAMILIES.items() if len(f.text_encoders) > 1)
+        raise ValueError(
+            f"text_encoder_2 LoRA given for family {family!r}; only {two} has a second text encoder"
+        )
+    layers = {spec.denoiser: unet, **dict(zip(spec.text_encoder_names, (text_encoder, text_encoder_2)))}
+    kwargs: dict[str, Any] = {}
+    for name, module in layers.items():
+        if module is not None:
+            kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _diffusers_lora_layers(
+                module, dtype
+            )
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
+    pipeline_class.save_lora_weights(Path(folder), safe_serialization=True, **kwargs)
+    return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def _diffusers_lora_layers(
+    module: nn.Module, dtype: str | torch.dtype
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapter's weights in diffusers' key layout, cast to `dtype`, and its LoraConfig as a dict."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from dbspec.runtime.adapters import lora_adapter
+
+    found = lora_adapter(module)
+    if found is None:
+        raise ValueError("no LoRA adapter to save: the module carries no peft adapter")
+    module, adapter = found
+    state = get_peft_model_state_dict(module, adapter_name=adapter)
+    cast = {key: value.detach().to("cpu", to_dtype(dtype)).contiguous() for key, value in state.items()}
+    return convert_state_dict_to_diffusers(cast), module.peft_config[adapter].to_dict()
+
+
+def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str | torch.dtype) -> list[Path]:
+    """LoHa and LoKr adapters (diffusers' LoRA format has no place for them) in peft's own layout, one folder
+    per
+    component: `<folder>/<component>/adapter_model.safetensors` + `adapter_config.json`, what
+    `peft.set_peft_model_state_dict` and `PeftModel.from_pretrained` read. The kohya_lora export holds the
+    same
+    weights in the LyCORIS layout A1111 and ComfyUI load."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.adapters import lora_adapter
+
+    written = []
+    for name, module in modules.items():
+        found = lora_adapter(module)
+        if found is None:
+            raise ValueError(f"no adapter to save: {name} carries no peft adapter")
+        plain, adapter = found
+        state = get_peft_model_state_dict(plain, adapter_name=adapter)
+        cast = {k: v.detach().to("cpu", to_dtype(dtype)).contiguous() for k, v in state.items()}
+        target = Path(folder) / name
+        target.mkdir(parents=True, exist_ok=True)
+        save_file(cast, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+        plain.peft_config[adapter].save_pretrained(str(target))
+        written.append(target)
+    return written
+
+
+def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]:
+    """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
+    loaded."""
+    from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = []
+    for name, module in modules.items():
+        source = Path(folder) / name
+        if not (source / "adapter_config.json").exists():
+            continue
+        config = PeftConfig.from_pretrained(str(source))
+        training = module.training
+        inject_adapter_in_model(config, module, adapter_name="default")
+        module.train(training)  # new layers start in training mode: rank/module dropout would stay on
+        result = set_peft_model_state_dict(module, load_file(str(source / "adapter_model.safetensors")))
+        missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
+        if result.unexpected_keys or missing:
+            raise ValueError(
+                f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
+            )
+        loaded.append(name)
+    return loaded

@@ -25,9 +25,8 @@ from dbspec.runtime.checkpoints import (
     prepare_output,
     restore_rng_state,
     save_checkpoint,
-    save_full_weights,
-    save_lora_weights,
 )
+from dbspec.runtime.weights import save_full_weights, save_lora_weights
 from dbspec.runtime.tiny import build_pipeline
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
