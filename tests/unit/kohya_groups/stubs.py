@@ -9,7 +9,6 @@ import sys
 import types
 
 import diffusers  # noqa: F401
-import transformers
 import transformers.utils.import_utils as import_utils
 
 import_utils.is_torchvision_available()
