@@ -15,6 +15,8 @@ Adding a rule is adding one function with its phase (and a case in tests/unit/te
 
 from __future__ import annotations
 
+import difflib
+
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -373,11 +375,13 @@ def groups_defined(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.group and d.group not in names:
             known = ", ".join(f"`{n}`" for n in sorted(names)) or "none"
+            close = difflib.get_close_matches(d.group, sorted(names), n=1)
             yield _err(
                 "DBS250",
                 ("datasets", i, "group"),
                 f"dataset `{d.name}` names group `{d.group}`, but no [[groups]] table has that name "
                 f"(groups: {known})",
+                f'did you mean "{close[0]}"?' if close else "",
             )
 
 
