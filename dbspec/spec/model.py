@@ -280,11 +280,16 @@ class Group:
 
     name: str = option(doc="A short unique name, referred to by `group` in [[datasets]].", example="closeups")
     batch_size: int = option(
-        0, doc="Images per batch (per process) for this group's datasets; 0 = schedule.batch_size.", minimum=0
+        0,
+        doc="Images per batch (per process) for this group's datasets; 0 = schedule.batch_size.",
+        minimum=0,
+        derived="same as `schedule.batch_size`",
     )
     # Bucket keys not written in the group take [buckets]' values (the compiler reads which were written).
     bucket_mode: Literal["aspect", "square"] = option(
-        "aspect", doc="buckets.mode for this group's datasets; not written = buckets.mode."
+        "aspect",
+        doc="buckets.mode for this group's datasets; not written = buckets.mode.",
+        derived="same as `buckets.mode`",
     )
     bucket_min_size: int = option(
         0,
@@ -292,6 +297,7 @@ class Group:
         "buckets.min_size.",
         minimum=0,
         maximum=16384,
+        derived="same as `buckets.min_size`",
     )
     bucket_max_size: int = option(
         0,
@@ -299,12 +305,18 @@ class Group:
         "buckets.max_size.",
         minimum=0,
         maximum=16384,
+        derived="same as `buckets.max_size`",
     )
     bucket_step: int = option(
-        64, doc="buckets.step for this group's datasets; not written = buckets.step.", minimum=8
+        64,
+        doc="buckets.step for this group's datasets; not written = buckets.step.",
+        minimum=8,
+        derived="same as `buckets.step`",
     )
     bucket_no_upscale: bool = option(
-        False, doc="buckets.no_upscale for this group's datasets; not written = buckets.no_upscale."
+        False,
+        doc="buckets.no_upscale for this group's datasets; not written = buckets.no_upscale.",
+        derived="same as `buckets.no_upscale`",
     )
 
 
