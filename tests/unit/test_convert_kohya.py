@@ -350,7 +350,7 @@ class_tokens = "ohwx"
     # kohya balances the reg images against dataset 0's 2 samples only (not all 6): each [[datasets]] is a group
     assert sum(repeats(plan, 1)) == 2
     assert not messages(outcome, "DBS404")
-    assert [(g.name, g.datasets) for g in plan.groups] == [("datasets1", ("a", "reg")), ("datasets2", ("b",))]
+    assert [(g.name, g.datasets) for g in plan.groups] == [("datasets0", ("a", "reg")), ("datasets1", ("b",))]
 
 
 def test_a_dataset_with_only_reg_images_trains_none_of_them(tmp_path):

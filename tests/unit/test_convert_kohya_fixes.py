@@ -231,7 +231,7 @@ def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(t
     plan = plan_of(allowed, tmp_path)
     # kohya batches each [[datasets]] apart: ceil(2/1) + ceil(2/2) batches per epoch, 3 epochs
     assert plan.schedule.total_steps == 3 * (2 + 1)
-    assert [(g.name, g.batch_size) for g in plan.groups] == [("datasets1", 1), ("datasets2", 2)]
+    assert [(g.name, g.batch_size) for g in plan.groups] == [("datasets0", 1), ("datasets1", 2)]
 
 
 # --- 7. command files with one option per line -------------------------------------------------------------

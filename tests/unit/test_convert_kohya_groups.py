@@ -38,9 +38,9 @@ def test_plan_batches_and_balances_as_kohya_does(tmp_path, name):
     groups = {g.name: g for g in plan.groups}
     for index, (d, want) in enumerate(zip(case["datasets"], expected["datasets"])):
         if not want["instance_samples"]:  # kohya trains nothing of a reg-only [[datasets]]: no group
-            assert f"datasets{index + 1}" not in groups
+            assert f"datasets{index}" not in groups
             continue
-        group = groups[f"datasets{index + 1}"]
+        group = groups[f"datasets{index}"]
         assert group.batch_size == d["batch_size"]
         assert (group.instance_samples, group.class_samples) == (
             want["instance_samples"],

@@ -85,7 +85,7 @@ def map_datasets(
             conv.put(
                 ("datasets", out_index, "group"),
                 group_name(dataset),
-                f"kohya [[datasets]] #{dataset.index + 1}",
+                f"kohya datasets[{dataset.index}]",
             )
     if not parts:
         conv.invalid(
@@ -237,13 +237,13 @@ def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conv
 
 
 def group_name(d: KDataset) -> str:
-    """The [[groups]] name of a kohya [[datasets]] entry: its position, counted from 1 as in kohya's log."""
-    return f"datasets{d.index + 1}"
+    """The [[groups]] name of a kohya [[datasets]] entry: its index, as in the report's `datasets[i].` keys."""
+    return f"datasets{d.index}"
 
 
 def _write_group(position: int, d: KDataset, s: Settings, conv: Conversion) -> None:
     """One kohya [[datasets]] as one [[groups]] table: its name, batch size and bucket settings."""
-    conv.put(("groups", position, "name"), group_name(d), f"kohya [[datasets]] #{d.index + 1}")
+    conv.put(("groups", position, "name"), group_name(d), f"kohya datasets[{d.index}]")
     conv.mapped(d.values["batch_size"], ("groups", position, "batch_size"), d.values["batch_size"].value)
     _write_buckets(d, s, conv, ("groups", position))
 
