@@ -153,3 +153,18 @@ def test_short_bucket_warning_names_the_group_batch_size(tmp_path):
     assert len(short) == 1 and "group `g`" in short[0].message and "batch_size 4" in short[0].message
     assert short[0].path == "groups[0].batch_size"
     assert "DBS333" in codes(planned, "warning")
+
+
+def test_plan_summary_shows_the_groups_and_their_batch_sizes(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from dbspec.plan.summary import render_summary
+
+    _groups_spec(tmp_path, TWO_GROUPS, *_two_group_datasets(tmp_path))
+    console = Console(file=io.StringIO(), width=200)
+    render_summary(planned_ok(tmp_path), console)
+    text = console.file.getvalue()
+    assert "Dataset groups" in text and "a, a_reg" in text and "(default)" in text
+    assert "1 (default), 3 (wide), 1 (close) x 1 accumulation" in text

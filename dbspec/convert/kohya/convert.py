@@ -263,7 +263,7 @@ def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int |
     dbspec = dbspec_epoch(parts, layout.batches)
     if layout.has_class:
         _balance_notes(kohya, dbspec, layout, conv)
-    return kohya.batches, dbspec.batches if layout.uniform else None
+    return kohya.batches, dbspec.batches
 
 
 def _balance_notes(kohya, dbspec, layout: Layout, conv: Conversion) -> None:

@@ -26,7 +26,6 @@ class Layout:
 
     batch_size: Legacy  # the largest of any [[datasets]]
     batches: dict[int, int]  # kohya [[datasets]] index -> its batch size (its group's, in the spec)
-    uniform: bool  # the spec batches and balances as kohya does (each [[datasets]] is a group)
     settings: tuple["Settings", ...]  # per kohya [[datasets]]
     parts: tuple[tuple[KDataset, KSubset, tuple[Img, ...] | None], ...]  # kept subsets, with their images
     has_class: bool
@@ -111,7 +110,6 @@ def map_datasets(
     return Layout(
         batch_size=max((d.values["batch_size"] for d in datasets), key=lambda b: b.value),
         batches={d.index: d.values["batch_size"].value for d in datasets},
-        uniform=True,
         settings=tuple(settings),
         parts=tuple(parts),
         has_class=has_class,
