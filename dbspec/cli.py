@@ -275,8 +275,8 @@ def sample(
         seed=seed,
         size=(size, size),
     )
-    from dbspec.runtime.inference import SampleError, SampleRequest
-    from dbspec.runtime.inference import sample as run_sample
+    from dbspec.runtime.sample import SampleError, SampleRequest
+    from dbspec.runtime.sample import sample as run_sample
 
     try:
         paths = run_sample(

@@ -465,6 +465,27 @@ In a `[[groups]]` table (its own keys, or the `[buckets]` values it takes for th
 `bucket_min_size` above `bucket_max_size`, or a `bucket_step` that is not a multiple of 8 (errors); bucket sizes
 written together with `bucket_no_upscale = true`, which ignores them (warning), as `[buckets]` does (DBS218).""",
     ),
+    # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
+    Code(
+        "DBS260",
+        ERROR,
+        "Adapter options that cannot train together",
+        """\
+Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
+would be scaled to nothing) or with no `conv_targets`; a module named both in `denoiser_targets` and in
+`conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
+divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
+cannot run on a quantised layer; LoHa and LoKr can).""",
+    ),
+    Code(
+        "DBS261",
+        WARNING,
+        "A convolution-adapter option without `conv_rank`",
+        """\
+`conv_alpha` or `conv_targets` is set but `conv_rank = 0`, so no convolution gets an adapter (warning). Set
+`conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
+        help="set adapter.conv_rank (e.g. 8), or remove the option",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) -----------------------------------------
     Code(
         "DBS301",

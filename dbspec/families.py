@@ -72,6 +72,9 @@ class FamilySpec:
     # checkpointed). Measured on real diffusers UNets, cross-checked with a published T4 table (docs/memory.md).
     activation_bytes_per_latent_pixel: tuple[int, int]
     kohya: KohyaFacts
+    # Convolution-adapter (LoCon) parameters per unit of conv rank with the default conv targets (the 3x3
+    # convolutions of ResNet blocks, downsamplers, upsamplers: rank x (in x 9 + out) each), counted likewise.
+    conv_params_per_rank: int = 0
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -120,6 +123,7 @@ FAMILIES: dict[str, FamilySpec] = {
         lora_params_per_rank={"unet": 199_296, "text_encoder": 73_728},
         activation_bytes_per_latent_pixel=(350_000, 100_000),
         kohya=KohyaFacts(base_version="sd_v1", v2=False, v_suffix=True, original_unet_names=False),
+        conv_params_per_rank=544_000,
     ),
     "sd2": FamilySpec(
         name="sd2",
@@ -155,6 +159,7 @@ FAMILIES: dict[str, FamilySpec] = {
         lora_params_per_rank={"unet": 207_488, "text_encoder": 188_416},
         activation_bytes_per_latent_pixel=(350_000, 100_000),  # SD2's UNet has SD1's widths
         kohya=KohyaFacts(base_version="sd_v2", v2=True, v_suffix=True, original_unet_names=False),
+        conv_params_per_rank=544_000,
     ),
     "sdxl": FamilySpec(
         name="sdxl",
@@ -196,6 +201,7 @@ FAMILIES: dict[str, FamilySpec] = {
         lora_params_per_rank={"unet": 1_451_520, "text_encoder": 73_728, "text_encoder_2": 327_680},
         activation_bytes_per_latent_pixel=(600_000, 60_000),
         kohya=KohyaFacts(base_version="sdxl_base_v1-0", v2=False, v_suffix=False, original_unet_names=True),
+        conv_params_per_rank=355_840,
     ),
 }
 

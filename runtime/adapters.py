@@ -1,4 +1,5 @@
-"""LoRA adapters through peft's own API, and which parameters train.
+"""Adapters (LoRA with optional DoRA, LoHa, LoKr, each optionally on convolutions) through peft's own API, and
+which parameters train.
 
 Adapters are injected with `peft.inject_adapter_in_model` for every module, UNet and text encoders alike, not
 through diffusers' or transformers' `add_adapter`: those integrations gate on peft versions of their own
@@ -6,11 +7,12 @@ through diffusers' or transformers' `add_adapter`: those integrations gate on pe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
+from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from dbspec.plan.model import AdapterPlan
@@ -18,24 +20,56 @@ from dbspec.plan.model import AdapterPlan
 ADAPTER_NAME = "default"
 
 
-def lora_config(adapter: AdapterPlan, targets: tuple[str, ...]) -> LoraConfig:
-    return LoraConfig(
-        r=adapter.rank,
-        lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        init_lora_weights="gaussian",
-        target_modules=list(targets),
-    )
+def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = False) -> PeftConfig:
+    """The peft config of the plan's adapter kind on `targets`; with `conv` (the UNet) also the plan's
+    convolution targets, at their own rank and alpha through peft's rank_pattern / alpha_pattern."""
+    conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
+    # peft matches a pattern key as a regex against the module path's tail; targets are literal names.
+    patterns = [re.escape(t) for t in conv_targets]
+    common = {
+        "target_modules": [*targets, *conv_targets],
+        "rank_pattern": {p: adapter.conv_rank for p in patterns},
+        "alpha_pattern": {p: adapter.conv_alpha for p in patterns},
+    }
+    if adapter.kind == "lora":
+        return LoraConfig(
+            r=adapter.rank,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            use_dora=adapter.dora,
+            init_lora_weights="gaussian",
+            **common,
+        )
+    lycoris = {
+        "r": adapter.rank,
+        "alpha": adapter.alpha,
+        "rank_dropout": adapter.rank_dropout,
+        "module_dropout": adapter.module_dropout,
+        **common,
+    }
+    if adapter.kind == "loha":
+        return LoHaConfig(**lycoris)
+    if adapter.kind == "lokr":
+        # LyCORIS's own init (the low-rank factor's second half zero, the small factor random).
+        return LoKrConfig(
+            decompose_factor=adapter.factor,
+            decompose_both=adapter.decompose_both,
+            init_weights="lycoris",
+            **lycoris,
+        )
+    raise ValueError(f"adapter kind {adapter.kind!r} has no peft config")
 
 
-def add_lora(module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, ...], seed: int) -> None:
-    """Attach a LoRA adapter; its random init is seeded so a run is reproducible."""
+def add_lora(
+    module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, ...], seed: int, conv: bool = False
+) -> None:
+    """Attach the plan's adapter (LoRA, LoHa or LoKr); its random init is seeded so a run is reproducible."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        inject_lora(module, lora_config(adapter, targets))
+        inject_lora(module, lora_config(adapter, targets, conv))
 
 
-def inject_lora(module: torch.nn.Module, config: LoraConfig) -> None:
+def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:
     """peft wraps the targeted layers in place, marks only the adapter weights trainable and sets
     `module.peft_config`, which the exporters read."""
     inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
@@ -68,6 +102,14 @@ def lora_adapter(module: torch.nn.Module | None) -> tuple[torch.nn.Module, str] 
         module = module.get_base_model()
     name = ADAPTER_NAME if ADAPTER_NAME in module.peft_config else next(iter(module.peft_config))
     return module, name
+
+
+# peft's names of adapter weights: LoRA (and DoRA's lora_magnitude_vector), LoHa, LoKr.
+ADAPTER_WEIGHT_MARKERS = ("lora_", "hada_", "lokr_")
+
+
+def is_adapter_weight(name: str) -> bool:
+    return any(marker in name for marker in ADAPTER_WEIGHT_MARKERS)
 
 
 def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:

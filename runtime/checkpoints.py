@@ -324,3 +324,53 @@ def _diffusers_lora_layers(
     state = get_peft_model_state_dict(module, adapter_name=adapter)
     cast = {key: value.detach().to("cpu", torch_dtype(dtype)).contiguous() for key, value in state.items()}
     return convert_state_dict_to_diffusers(cast), module.peft_config[adapter].to_dict()
+
+
+def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str | torch.dtype) -> list[Path]:
+    """LoHa and LoKr adapters (diffusers' LoRA format has no place for them) in peft's own layout, one folder per
+    component: `<folder>/<component>/adapter_model.safetensors` + `adapter_config.json`, what
+    `peft.set_peft_model_state_dict` and `PeftModel.from_pretrained` read. The kohya_lora export holds the same
+    weights in the LyCORIS layout A1111 and ComfyUI load."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.adapters import lora_adapter
+
+    written = []
+    for name, module in modules.items():
+        found = lora_adapter(module)
+        if found is None:
+            raise ValueError(f"no adapter to save: {name} carries no peft adapter")
+        plain, adapter = found
+        state = get_peft_model_state_dict(plain, adapter_name=adapter)
+        cast = {k: v.detach().to("cpu", torch_dtype(dtype)).contiguous() for k, v in state.items()}
+        target = Path(folder) / name
+        target.mkdir(parents=True, exist_ok=True)
+        save_file(cast, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+        plain.peft_config[adapter].save_pretrained(str(target))
+        written.append(target)
+    return written
+
+
+def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]:
+    """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names loaded."""
+    from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = []
+    for name, module in modules.items():
+        source = Path(folder) / name
+        if not (source / "adapter_config.json").exists():
+            continue
+        config = PeftConfig.from_pretrained(str(source))
+        training = module.training
+        inject_adapter_in_model(config, module, adapter_name="default")
+        module.train(training)  # new layers start in training mode: rank/module dropout would stay on
+        result = set_peft_model_state_dict(module, load_file(str(source / "adapter_model.safetensors")))
+        missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
+        if result.unexpected_keys or missing:
+            raise ValueError(
+                f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
+            )
+        loaded.append(name)
+    return loaded

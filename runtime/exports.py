@@ -31,6 +31,7 @@ from dbspec.families import family_spec
 from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.families import family_runtime
 from dbspec.runtime.checkpoints import Family, torch_dtype
 
 Table = dict[str, tuple[str, dict[str, str]]]  # diffusers module path -> (original path, child renames)
@@ -241,6 +242,13 @@ def export_single_file(
         prediction=prediction,
         zero_terminal_snr=zero_terminal_snr,
     )
+    return write_single_file(Path(path), state, dtype, metadata)
+
+
+def write_single_file(
+    path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: dict[str, str]
+) -> Path:
+    """A single-file state (any family's layout) as one `.safetensors`, floats cast to `dtype`."""
     cast = torch_dtype(dtype)
     tensors = {
         k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True).contiguous()
@@ -259,19 +267,11 @@ def kohya_lora_state(
     """kohya tensors (up/down in `dtype`, alpha in fp32 so a fractional alpha keeps its exact scale) and
     the ss_network_dim / ss_network_alpha they imply. `text_encoders`: none, or one entry per encoder of the
     family (None or adapter-less for one that did not train)."""
-    spec = family_spec(family)
-    expected = len(spec.text_encoders)
-    if len(text_encoders) not in (0, expected):
-        raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
     cast = torch_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()
     alphas: set[float] = set()
-    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
-    if unet is not None:
-        original = unet_table(unet.config) if spec.kohya.original_unet_names else None
-        parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
-    for prefix, module, to_path in parts:
+    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
         for name, down, up, rank, alpha in _kohya_lora_layers(module):
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", cast, copy=True).contiguous()
@@ -286,6 +286,20 @@ def kohya_lora_state(
         "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
     }
     return tensors, dims
+
+
+def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) -> list:
+    """(kohya key prefix, module, module path -> kohya path) for each adapted model, as kohya names them;
+    the LoRA and the LyCORIS writers share it."""
+    spec = family_spec(family)
+    expected = len(spec.text_encoders)
+    if len(text_encoders) not in (0, expected):
+        raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
+    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
+    if unet is not None:
+        original = unet_table(unet.config) if spec.kohya.original_unet_names else None
+        parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
+    return parts
 
 
 def _kohya_lora_layers(module: nn.Module | None):
@@ -323,7 +337,13 @@ def export_kohya_lora(
     """kohya/A1111 LoRA `.safetensors` of the peft adapters on `unet` and `text_encoders` (None entries and
     adapter-less modules are skipped), with the ss_* metadata A1111's extra-networks page reads."""
     tensors, dims = kohya_lora_state(unet=unet, text_encoders=text_encoders, family=family, dtype=dtype)
-    kohya = {"ss_network_module": "networks.lora", **dims, **kohya_family_metadata(family, prediction)}
+    return write_kohya_lora(Path(path), tensors, dims, kohya_family_metadata(family, prediction), metadata)
+
+
+def write_kohya_lora(
+    path: Path, tensors: dict, dims: dict[str, str], family_metadata: dict[str, str], metadata: dict[str, str]
+) -> Path:
+    kohya = {"ss_network_module": "networks.lora", **dims, **family_metadata}
     return _write(Path(path), tensors, {**metadata, **kohya})
 
 
@@ -418,35 +438,38 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
     and `<name>.kohya.safetensors` (kohya_lora, LoRA runs). `step` 0 means the finished run."""
     folder, name, written = Path(folder), plan.checkpoints.name, []
     metadata = plan_metadata(plan, step)
-    common = {
-        "family": plan.model.family,
-        "dtype": plan.checkpoints.save_precision,
-        "prediction": plan.model.prediction,
-    }
+    dtype, prediction = plan.checkpoints.save_precision, plan.model.prediction
+    family = family_runtime(plan.model.family).exports  # the family's key layouts
+    from dbspec.runtime.lycoris_export import export_lycoris, needs_lycoris_layout
+
     for fmt in plan.checkpoints.exports:
         if fmt == "single_file":
+            state = family.single_file_state(
+                denoiser=comps.unet,
+                vae=comps.vae,
+                text_encoders=list(comps.text_encoders),
+                prediction=prediction,
+                zero_terminal_snr=plan.loss.zero_terminal_snr,
+            )
+            written.append(write_single_file(folder / f"{name}.safetensors", state, dtype, metadata))
+        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter):  # LoCon, DoRA, LoHa, LoKr
             written.append(
-                export_single_file(
-                    folder / f"{name}.safetensors",
-                    unet=comps.unet,
-                    vae=comps.vae,
-                    text_encoders=list(comps.text_encoders),
-                    metadata=metadata,
-                    zero_terminal_snr=plan.loss.zero_terminal_snr,
-                    **common,
+                export_lycoris(
+                    folder / f"{name}.kohya.safetensors",
+                    plan,
+                    comps,
+                    {**metadata, **_kohya_training(plan, step)},
                 )
             )
         elif fmt == "kohya_lora":
-            encoders = list(comps.text_encoders) if plan.train_text_encoder else []
-            written.append(
-                export_kohya_lora(
-                    folder / f"{name}.kohya.safetensors",
-                    unet=comps.unet if plan.train_denoiser else None,
-                    text_encoders=encoders,
-                    metadata={**metadata, **_kohya_training(plan, step)},
-                    **common,
-                )
+            tensors, dims = family.kohya_lora_state(
+                denoiser=comps.unet if plan.train_denoiser else None,
+                text_encoders=list(comps.text_encoders) if plan.train_text_encoder else [],
+                dtype=dtype,
             )
+            path = folder / f"{name}.kohya.safetensors"
+            training = {**metadata, **_kohya_training(plan, step)}
+            written.append(write_kohya_lora(path, tensors, dims, family.kohya_metadata(prediction), training))
         else:
             raise ValueError(f"unknown export format {fmt!r}")
     return written

@@ -21,7 +21,7 @@ from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.prepare import set_train_mode
-from dbspec.runtime.sample import validate
+from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import run_batch

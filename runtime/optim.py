@@ -12,12 +12,18 @@ class OptimizerError(Exception):
     """The chosen optimizer cannot run here (missing package or device)."""
 
 
-def param_groups(denoiser_params: list, text_params: list, opt: OptimizerPlan) -> list[dict]:
+def param_groups(denoiser_params: list, text_params: list[list], opt: OptimizerPlan) -> list[dict]:
+    """One group for the denoiser and one for the text encoders; the second text encoder gets its own group
+    only when the plan gives it another rate (so runs without one keep their optimizer state layout)."""
     groups = []
     if denoiser_params:
         groups.append({"params": denoiser_params, "lr": opt.lr, "name": "denoiser"})
-    if text_params:
-        groups.append({"params": text_params, "lr": opt.text_encoder_lr, "name": "text_encoder"})
+    own = opt.text_encoder_2_lr is not None and len(text_params) > 1 and text_params[1]
+    shared = [p for params in (text_params[:1] if own else text_params) for p in params]
+    if shared:
+        groups.append({"params": shared, "lr": opt.text_encoder_lr, "name": "text_encoder"})
+    if own:
+        groups.append({"params": text_params[1], "lr": opt.text_encoder_2_lr, "name": "text_encoder_2"})
     return groups
 
 

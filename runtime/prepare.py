@@ -20,7 +20,7 @@ def component_dtype(plan: Plan, name: str) -> torch.dtype:
 
 def configure_models(plan: Plan, comps: Components, device: torch.device) -> tuple[list, list]:
     """Freeze, quantise, attach adapters, set dtypes and checkpointing as each ComponentPlan says;
-    return (unet params, text params) that train."""
+    return (unet params, text params per text encoder) that train."""
     for module in (comps.unet, comps.vae, *comps.text_encoders):
         adapters.freeze(module)
     comps.vae.to(device, dtype=component_dtype(plan, "vae"))
@@ -28,12 +28,12 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
     unet_params = _prepare(
         comps.unet, "unet", plan, device, plan.adapter.denoiser_targets, plan.schedule.seed
     )
-    text_params: list = []
+    text_params: list[list] = []
     for i, (name, enc) in enumerate(
         zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)
     ):
-        text_params += _prepare(
-            enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i
+        text_params.append(
+            _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
         )
     return unet_params, text_params
 
@@ -47,7 +47,9 @@ def _prepare(
     if comp.quantized != "none":
         quantize_frozen(module, comp.quantized)
     if comp.trainable == "lora":
-        adapters.add_lora(module, plan.adapter, targets, seed)
+        adapters.add_lora(
+            module, plan.adapter, targets, seed, conv=name == family_spec(plan.model.family).denoiser
+        )
         for p in adapters.trainable_parameters(module):
             p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision or quantised base
     elif comp.trainable == "full":

@@ -1,271 +1,159 @@
-"""Images from a pipeline: validation samples during training and class images before it.
-
-Every image gets its own CPU generator, so a sample depends on its seed only: not on the device, the
-batch it was made in, or what the training loop drew from the global RNGs (which stay untouched).
-"""
+"""`dbspec sample`: images from a finished output (diffusers folder, single file, or base + LoRA)."""
 
 from __future__ import annotations
 
-import io
-import json
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
+import attrs
+import diffusers
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from PIL import Image
-from rich.progress import Progress
 
-from dbspec.plan.model import GeneratePlan, ValidationPlan
-from dbspec.util.atomic import write_bytes_atomic, write_text_atomic
+from dbspec.families import FAMILIES
+from dbspec.runtime.families import family_runtime
+from dbspec.plan.io import PlanFileError, read_plan
+from dbspec.plan.model import Plan, ValidationPlan
+from dbspec.runtime import tiny
+from dbspec.runtime.execute import quiet_libraries
+from dbspec.runtime.generate import render
 
-MANIFEST = ".dbspec-generated.json"  # the compiler reads it to count images already generated for a key
-_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
-    "ddpm": (DDPMScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-}
+LORA_FILES = ("pytorch_lora_weights.safetensors",)
 
 
-def make_scheduler(name: str, scheduler_config: Any) -> Any:
-    """Sampling scheduler `name` built from the model's scheduler config (betas, prediction type, spacing)."""
-    if name not in _SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(_SCHEDULERS)}")
-    scheduler_class, overrides = _SCHEDULERS[name]
-    return scheduler_class.from_config(scheduler_config, **overrides)
+class SampleError(Exception):
+    """The source cannot be sampled; the message says what to pass."""
 
 
-@contextmanager
-def _inference(pipeline: DiffusionPipeline, autocast_dtype: torch.dtype | None) -> Iterator[None]:
-    """eval + no_grad (+ autocast) for the call; afterwards each module is back in the mode it was in."""
-    modules = [module for module in pipeline.components.values() if isinstance(module, torch.nn.Module)]
-    training = [module.training for module in modules]
-    device_type = pipeline.device.type
-    autocast = (
-        torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    )
-    try:
-        for module in modules:
-            module.eval()
-        with torch.no_grad(), autocast:
-            yield
-    finally:
-        for module, was_training in zip(modules, training):
-            module.train(was_training)
+@attrs.frozen(kw_only=True)
+class SampleRequest:
+    source: Path  # a run's output folder, its final/ folder, a diffusers folder, a .safetensors file
+    base: str = ""  # base model for LoRA sources (hub id, folder, builtin:...); from the run's plan if empty
+    config: str = ""  # diffusers folder or hub id with configs, for single files offline
+    family: str = ""  # for single files (the CLI reads it from the file's tensor names)
+    settings: ValidationPlan
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def sample(request: SampleRequest, out: Path) -> list[Path]:
+    quiet_libraries()
+    pipe = load_pipeline(request).to(best_device())
+    pipe.set_progress_bar_config(disable=True)
+    return render(pipe, request.settings, out)
 
 
-def _save_png(image: Image.Image, path: Path) -> Path:
-    write_bytes_atomic(path, _png_bytes(image))
-    return path
+def load_pipeline(request: SampleRequest):
+    source = request.source
+    if source.is_dir() and (source / "final").is_dir():  # a run's output folder
+        source = source / "final"
+    plan = _plan_beside(source)
+    if source.is_dir() and (source / "model_index.json").exists():
+        return diffusers.DiffusionPipeline.from_pretrained(str(source))
+    lora = _lora_file(source)
+    if lora is not None:
+        base = request.base or (plan.model.base if plan else "")
+        if not base:
+            raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
+        pipe = _base_pipeline(base, plan, request)
+        pipe.load_lora_weights(str(lora))
+        return pipe
+    if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
+        return _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
+    if source.suffix == ".safetensors":
+        cls = _pipeline_class(_family(request, source))
+        kwargs = {"config": request.config} if request.config else {}
+        return cls.from_single_file(str(source), **kwargs)
+    raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
 
 
-# (prompt, negative prompt) -> the pipeline's prompt keyword arguments (embeddings encoded by the family).
-PromptInputs = Callable[[str, str], dict]
+def _components() -> set[str]:
+    return {name for f in FAMILIES.values() for name in (f.denoiser, *f.text_encoder_names)}
 
 
-# --- validation -----------------------------------------------------------------------------------------------
-def validate(
-    pipeline: DiffusionPipeline,
-    plan_validation: ValidationPlan,
-    out_dir: Path,
-    step: int,
-    *,
-    autocast_dtype: torch.dtype | None = None,
-    prompt_inputs: PromptInputs | None = None,
-) -> list[Path]:
-    """Sample every validation prompt `images_per_prompt` times into `out_dir/samples/step-XXXXXX/`:
-    `pNN-iNN.png` per image, then `grid.png` (a row per prompt). Returns the image paths, grid last.
+def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest):
+    """Base pipeline + the peft-format adapters (LoHa, LoKr) `weights.save_weights` wrote, one per component."""
+    from dbspec.runtime.checkpoints import load_peft_adapters
 
-    Image i of every prompt uses seed `seed + i`, at every step: differences between steps and prompts
-    come from the weights and the prompt, never from the noise. The pipeline's scheduler is restored.
-    """
-    folder = Path(out_dir) / "samples" / f"step-{step:06d}"
-    return render(
-        pipeline, plan_validation, folder, autocast_dtype=autocast_dtype, prompt_inputs=prompt_inputs
-    )
+    base = request.base or (plan.model.base if plan else "")
+    if not base:
+        raise SampleError(f"{source} holds adapter weights: pass --base with the model they were trained on")
+    pipe = _base_pipeline(base, plan, request)
+    modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
+    load_peft_adapters(source, modules)
+    return pipe
 
 
-def render(
-    pipeline: DiffusionPipeline,
-    plan_validation: ValidationPlan,
-    folder: Path,
-    *,
-    autocast_dtype: torch.dtype | None = None,
-    prompt_inputs: PromptInputs | None = None,
-) -> list[Path]:
-    """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate.
-    `prompt_inputs` encodes the prompts instead of the pipeline (prompts longer than one CLIP window)."""
-    original_scheduler = pipeline.scheduler
-    pipeline.scheduler = make_scheduler(plan_validation.scheduler, original_scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    rows: list[list[Image.Image]] = []
-    paths: list[Path] = []
-    try:
-        with _inference(pipeline, autocast_dtype):
-            for prompt_index, prompt in enumerate(plan_validation.prompts):
-                rows.append(
-                    [
-                        _sample(pipeline, plan_validation, prompt, image_index, prompt_inputs)
-                        for image_index in range(plan_validation.images_per_prompt)
-                    ]
-                )
-                paths += [
-                    _save_png(image, folder / f"p{prompt_index:02d}-i{image_index:02d}.png")
-                    for image_index, image in enumerate(rows[-1])
-                ]
-    finally:
-        pipeline.scheduler = original_scheduler
-    if rows:
-        paths.append(_save_png(_grid(rows), folder / "grid.png"))
-    return paths
+def _plan_beside(source: Path) -> Plan | None:
+    """The run's plan next to its output, for the base model of a LoRA. One this dbspec cannot read (another
+    plan version, edited) is no hint at all: then --base is asked for."""
+    for folder in (source, source.parent):
+        path = folder / "plan.json"
+        if folder.is_dir() and path.exists():
+            try:
+                return read_plan(path)
+            except PlanFileError:
+                return None
+    return None
 
 
-def _sample(
-    pipeline: DiffusionPipeline,
-    plan: ValidationPlan,
-    prompt: str,
-    image_index: int,
-    prompt_inputs: PromptInputs | None = None,
-) -> Image.Image:
-    width, height = plan.size
-    generator = torch.Generator("cpu").manual_seed(plan.seed + image_index)
-    if prompt_inputs is not None:
-        prompts = prompt_inputs(prompt, plan.negative_prompt)
-    else:
-        prompts = {"prompt": prompt, "negative_prompt": plan.negative_prompt or None}
-    result = pipeline(
-        **prompts,
-        num_inference_steps=plan.inference_steps,
-        guidance_scale=plan.guidance,
-        height=height,
-        width=width,
-        generator=generator,
-    )
-    return result.images[0]
-
-
-def _grid(rows: list[list[Image.Image]]) -> Image.Image:
-    width, height = rows[0][0].size
-    grid = Image.new("RGB", (width * max(len(row) for row in rows), height * len(rows)))
-    for row_index, row in enumerate(rows):
-        for column, image in enumerate(row):
-            grid.paste(image.convert("RGB"), (column * width, row_index * height))
-    return grid
-
-
-# --- class images ---------------------------------------------------------------------------------------------
-def generate_class_images(
-    pipeline: DiffusionPipeline, gen: GeneratePlan, *, autocast_dtype: torch.dtype | None = None
-) -> list[Path]:
-    """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image, sampled
-    with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call.
-
-    Files generated for another manifest key are first moved into `stale-<key[:8]>/` (never deleted).
-    The manifest is rewritten after every batch, so an interrupted run keeps what it made; files this
-    key already produced are not made again.
-    """
-    folder = Path(gen.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    made = _adopt_manifest(folder, gen.manifest_key)
-    paths = [folder / f"class-{seed}.png" for seed in gen.seeds]
-    todo = [
-        (seed, path) for seed, path in zip(gen.seeds, paths) if not (path.name in made and path.is_file())
-    ]
-    for _, path in todo:
-        if path.exists():  # a file this key did not generate: keep it, out of the way
-            _move_into(path, folder / "stale-unlisted")
-    pipeline.set_progress_bar_config(disable=True)
-    original_scheduler = pipeline.scheduler
-    pipeline.scheduler = make_scheduler(gen.scheduler, original_scheduler.config)
-    try:
-        with _inference(pipeline, autocast_dtype), Progress(transient=True) as progress:
-            task = progress.add_task(
-                f"class images: {gen.prompt}", total=len(gen.seeds), completed=len(paths) - len(todo)
+def _lora_file(source: Path) -> Path | None:
+    if source.is_file() and source.suffix == ".safetensors" and _is_lora(source):
+        if _is_lycoris(source):
+            raise SampleError(
+                f"{source} holds LyCORIS LoHa/LoKr weights, which diffusers does not load for this model: "
+                "sample the run's output folder (its final/ holds them in peft's layout)"
             )
-            for start in range(0, len(todo), gen.batch_size):
-                batch = todo[start : start + gen.batch_size]
-                for image, (_, path) in zip(
-                    _generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch
-                ):
-                    _save_png(image, path)
-                    made.append(path.name)
-                _write_manifest(folder, gen, made)
-                progress.advance(task, len(batch))
-    finally:
-        pipeline.scheduler = original_scheduler
-    _write_manifest(folder, gen, made)
-    return paths
+        return source
+    for name in LORA_FILES:
+        if (source / name).exists():
+            return source / name
+    return None
 
 
-def _generate_batch(pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[int]) -> list[Image.Image]:
-    width, height = gen.resolution
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    result = pipeline(
-        prompt=[gen.prompt] * len(seeds),
-        num_inference_steps=gen.steps,
-        guidance_scale=gen.guidance,
-        height=height,
-        width=width,
-        generator=generators,
-    )
-    return list(result.images)
+def _is_lora(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any("lora" in key for key in list(f.keys())[:50])
 
 
-def _adopt_manifest(folder: Path, key: str) -> list[str]:
-    """Names this key already generated; files listed for another key go to `stale-<old key[:8]>/`."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        listed, made_for = [str(name) for name in manifest["files"]], str(manifest["key"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # no manifest (or an unreadable one): nothing here is known to be ours
-    if made_for == key:
-        return listed
-    for name in listed:
-        if (folder / name).is_file():
-            _move_into(folder / name, folder / f"stale-{made_for[:8]}")
-    return []
+def _is_lycoris(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(".hada_" in key or ".lokr_" in key for key in f.keys())
 
 
-def _move_into(path: Path, stale_folder: Path) -> None:
-    stale_folder.mkdir(parents=True, exist_ok=True)
-    target = stale_folder / path.name
-    suffix = 1
-    while target.exists():
-        target = stale_folder / f"{path.stem}-{suffix}{path.suffix}"
-        suffix += 1
-    os.replace(path, target)
+def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
+    planned = (
+        plan.model if plan and plan.model.base == base else None
+    )  # the run's own base: use its resolution
+    if base.startswith("builtin:"):
+        folder = (
+            Path(planned.path)
+            if planned
+            else Path.home() / ".cache" / "dbspec" / "models" / base.replace(":", "-")
+        )
+        return diffusers.DiffusionPipeline.from_pretrained(str(tiny.materialize(base, folder)))
+    if Path(base).suffix == ".safetensors":
+        family = plan.model.family if plan else _family(request, Path(base))
+        kwargs = {"config": request.config} if request.config else {}
+        return _pipeline_class(family).from_single_file(base, **kwargs)
+    path = planned.path if planned and planned.path else base
+    return diffusers.DiffusionPipeline.from_pretrained(path)
 
 
-def _write_manifest(folder: Path, gen: GeneratePlan, made: list[str]) -> None:
-    manifest = {
-        "key": gen.manifest_key,
-        "files": sorted(set(made)),
-        "prompt": gen.prompt,
-        "resolution": list(gen.resolution),
-        "scheduler": gen.scheduler,
-        "steps": gen.steps,
-        "guidance": gen.guidance,
-    }
-    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+def _family(request: SampleRequest, path: Path) -> str:
+    if not request.family:
+        known = ", ".join(FAMILIES)
+        raise SampleError(f"cannot tell the model family of {path}: pass --family ({known})")
+    return request.family
+
+
+def _pipeline_class(family: str):
+    return family_runtime(family).pipeline_class()
+
+
+def best_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -23,7 +23,7 @@ from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
-from dbspec.runtime.sample import generate_class_images
+from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
@@ -81,12 +81,13 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
             if d.generate is not None:
                 generate_class_images(pipeline, d.generate)
     teacher = make_teacher(plan, comps, device)
-    unet_params, text_params = configure_models(plan, comps, device)
+    unet_params, per_encoder = configure_models(plan, comps, device)
+    text_params = [p for params in per_encoder for p in params]
     with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
-    optimizer = make_optimizer(param_groups(unet_params, text_params, plan.optimizer), plan.optimizer)
+    optimizer = make_optimizer(param_groups(unet_params, per_encoder, plan.optimizer), plan.optimizer)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
     lr_scheduler = make_lr_scheduler(optimizer, s)
     # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.

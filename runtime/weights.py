@@ -14,6 +14,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
+from dbspec.runtime.adapters import is_adapter_weight
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components
 from dbspec.runtime.outdir import replace_folder
@@ -30,7 +31,7 @@ def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module
 
 
 def _selected(name: str, plan: Plan) -> bool:
-    return plan.adapter.kind != "lora" or "lora_" in name
+    return plan.adapter.kind == "none" or is_adapter_weight(name)
 
 
 def trainable_state(comps: Components, plan: Plan) -> dict[str, torch.Tensor]:
@@ -85,6 +86,9 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
             family=plan.model.family,
             text_encoder_2=encoders.get("text_encoder_2"),
         )
+        return
+    if plan.adapter.kind != "none":  # LoHa, LoKr
+        ckpt.save_peft_adapters(folder, trained, dtype)
         return
     text = {name: m for name, m in trained.items() if name != "unet"}
     ckpt.save_full_weights(folder, trained.get("unet"), text, dtype)

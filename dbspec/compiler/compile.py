@@ -7,6 +7,7 @@ import attrs
 
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
+from dbspec.compiler.adapters import adapter_params, adapter_plan
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
@@ -24,7 +25,6 @@ from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, ren
 from dbspec.spec.migrate import user_spelling
 from dbspec.plan.model import (
     PLAN_VERSION,
-    AdapterPlan,
     BucketPlan,
     CheckpointPlan,
     EmaPlan,
@@ -38,7 +38,7 @@ from dbspec.plan.model import (
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
-from dbspec.spec.model import LoraAdapter
+from dbspec.spec.model import LowRankAdapter
 from dbspec.spec.paths import dotted
 
 
@@ -185,8 +185,8 @@ def _environment_rules(ctx: Context) -> None:
 def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
-    if isinstance(spec.adapter, LoraAdapter):
-        trainable["lora"] = _lora_estimate(model, spec.adapter, precision)
+    if isinstance(spec.adapter, LowRankAdapter):
+        trainable["lora"] = sum(adapter_params(spec.adapter, model.family, precision.components).values())
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,
@@ -217,7 +217,7 @@ def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> T
         schedule=schedule,
         keep=c.keep,
         save_precision=c.save_precision,
-        lora=isinstance(ctx.spec.adapter, LoraAdapter),
+        lora=isinstance(ctx.spec.adapter, LowRankAdapter),
         datasets=datasets,
         cache=cache,
     )
@@ -256,17 +256,6 @@ def _report_disk(ctx: Context, short, need) -> None:
     )
 
 
-def _lora_estimate(model, adapter: LoraAdapter, precision) -> int:
-    """Adapter parameters: exact for the public models and the default targets; scaled by size for others."""
-    total = 0.0
-    for c in precision.components:
-        if c.trainable == "lora":
-            public = family_spec(model.family)
-            per_rank = public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name]
-            total += per_rank * adapter.rank
-    return int(total)
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -299,19 +288,7 @@ def _assemble(
     ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
 ) -> Plan:
     spec = ctx.spec
-    a = spec.adapter
-    adapter = (
-        AdapterPlan(
-            kind="lora",
-            rank=a.rank,
-            alpha=a.alpha,
-            dropout=a.dropout,
-            denoiser_targets=tuple(a.denoiser_targets),
-            text_encoder_targets=tuple(a.text_encoder_targets),
-        )
-        if isinstance(a, LoraAdapter)
-        else AdapterPlan(kind="none")
-    )
+    adapter = adapter_plan(spec.adapter, model.family, precision.components)
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
@@ -339,6 +316,7 @@ def _assemble(
             kind=o.kind,
             lr=o.lr,
             text_encoder_lr=o.text_encoder_lr,
+            text_encoder_2_lr=_second_text_encoder_lr(o, model),
             weight_decay=o.weight_decay,
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
@@ -373,3 +351,9 @@ def _assemble(
         origins=origins,
         warnings=warnings,
     )
+
+
+def _second_text_encoder_lr(o, model) -> float | None:
+    """The second text encoder's own rate: only for a family with two, and only when it differs."""
+    two = model is not None and len(family_spec(model.family).text_encoders) > 1
+    return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None

@@ -9,7 +9,7 @@ import attrs
 from dbspec.compiler.context import Context
 from dbspec.compiler.rules import hit_to_diagnostic, loss_weights_fit_prediction
 from dbspec.plan.model import DatasetPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan
-from dbspec.spec.model import Loss, LoraAdapter
+from dbspec.spec.model import LowRankAdapter, Loss
 
 PSEUDO_HUBER = ("pseudo_huber", "smooth_l1")
 
@@ -68,7 +68,7 @@ def teacher_components(ctx: Context, prior: str) -> tuple[Literal["unet"], ...]:
     """What a base-model prior keeps a frozen copy of. LoRA runs switch their adapters off instead; a full
     fine-tune copies the UNet it trains. A frozen UNet needs no copy (DBS226 refuses that case: the base text
     encoder would be needed, and the runtime does not keep one)."""
-    if prior != "base_model" or isinstance(ctx.spec.adapter, LoraAdapter) or not ctx.spec.train.denoiser:
+    if prior != "base_model" or isinstance(ctx.spec.adapter, LowRankAdapter) or not ctx.spec.train.denoiser:
         return ()
     return ("unet",)
 

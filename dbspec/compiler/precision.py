@@ -5,7 +5,7 @@ from __future__ import annotations
 from dbspec.compiler.context import Context
 from dbspec.families import family_spec
 from dbspec.plan.model import ComponentPlan, ModelPlan, PrecisionPlan
-from dbspec.spec.model import LoraAdapter
+from dbspec.spec.model import LowRankAdapter
 
 FP8_MIN_CC = (8, 9)
 
@@ -63,7 +63,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     mixed, reason = resolve_mixed(ctx)
     _check_quantization(ctx, "quantize_denoiser", p.quantize_denoiser)
     _check_quantization(ctx, "quantize_text_encoder", p.quantize_text_encoder)
-    lora = isinstance(spec.adapter, LoraAdapter)
+    lora = isinstance(spec.adapter, LowRankAdapter)
     frozen_dtype = "fp32" if mixed == "no" else mixed
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
     params = model.params if model else {}

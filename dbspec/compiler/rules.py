@@ -29,7 +29,7 @@ from dbspec import codes
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import LoraAdapter, Spec
+from dbspec.spec.model import LowRankAdapter, Spec
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -110,7 +110,11 @@ def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> 
 def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.train.text_encoder:
         return
-    for path in (("train", "text_encoder_stop_step"), ("optimizer", "text_encoder_lr")):
+    for path in (
+        ("train", "text_encoder_stop_step"),
+        ("optimizer", "text_encoder_lr"),
+        ("optimizer", "text_encoder_2_lr"),
+    ):
         if given(path):
             yield _warn(
                 "DBS206",
@@ -241,7 +245,7 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
-    if isinstance(spec.adapter, LoraAdapter):
+    if isinstance(spec.adapter, LowRankAdapter):
         return
     for key, what in (("quantize_denoiser", "denoiser"), ("quantize_text_encoder", "text encoder")):
         if getattr(spec.precision, key) != "none":
@@ -279,7 +283,7 @@ def generate_only_for_class(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lora_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
-    if isinstance(spec.adapter, LoraAdapter) and spec.optimizer.lr < 1e-5:
+    if isinstance(spec.adapter, LowRankAdapter) and spec.optimizer.lr < 1e-5:
         lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
         if given(("optimizer", "lr")):
             yield _warn(
@@ -452,7 +456,7 @@ def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
-    lora = isinstance(spec.adapter, LoraAdapter)
+    lora = isinstance(spec.adapter, LowRankAdapter)
     for fmt in spec.checkpoints.exports:
         if fmt == "single_file" and lora:
             yield _err(
@@ -468,6 +472,60 @@ def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
                 "kohya_lora exports LoRA runs; this is a full fine-tune",
                 'use exports = ["single_file"]',
             )
+
+
+@rule("spec")
+def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    a = spec.adapter
+    if not isinstance(a, LowRankAdapter):
+        return
+    if a.conv_rank and not a.conv_alpha:
+        yield _err(
+            "DBS260",
+            ("adapter", "conv_alpha"),
+            f"conv_alpha is 0 with conv_rank {a.conv_rank}: the convolution updates would be scaled to nothing",
+            "set conv_alpha above 0 (kohya's default is 1.0; the same as conv_rank gives scale 1.0)",
+        )
+    if a.conv_rank and not a.conv_targets:
+        yield _err(
+            "DBS260",
+            ("adapter", "conv_targets"),
+            f"conv_rank is {a.conv_rank} but conv_targets is empty",
+            "name the convolutions, or remove conv_targets for kohya's LoCon set",
+        )
+    both = sorted(set(a.denoiser_targets) & set(a.conv_targets)) if a.conv_rank else []
+    if both:
+        yield _err(
+            "DBS260",
+            ("adapter", "conv_targets"),
+            f"{both[0]!r} is in both denoiser_targets and conv_targets: a module gets one rank",
+            "keep each module name in one of the two lists",
+        )
+    if a.kind == "lora" and a.conv_rank and spec.precision.quantize_denoiser != "none":
+        yield _err(
+            "DBS260",
+            ("precision", "quantize_denoiser"),
+            f"LoRA on convolutions (conv_rank {a.conv_rank}) cannot wrap a quantised denoiser: peft's LoRA "
+            "convolution calls the quantised layer's weight directly",
+            'set quantize_denoiser = "none", conv_rank = 0, or use kind = "loha" / "lokr" (they wrap quantised '
+            "convolutions)",
+        )
+    if a.kind == "lokr" and a.factor == 0:
+        yield _err(
+            "DBS260",
+            ("adapter", "factor"),
+            "factor is 0; LoKr splits each width into factor x (width / factor)",
+            "use -1 (split near the square root) or a factor of 1 or more",
+        )
+    if not a.conv_rank:
+        for key in ("conv_alpha", "conv_targets"):
+            if given(("adapter", key)):
+                yield _warn(
+                    "DBS261",
+                    ("adapter", key),
+                    f"{key} has no effect with conv_rank = 0",
+                    codes.help("DBS261"),
+                )
 
 
 @rule("spec")

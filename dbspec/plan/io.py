@@ -82,6 +82,7 @@ LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
 LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
+        ("optimizer", "text_encoder_2_lr"): None,
         ("loss", "huber"): None,
         ("loss", "noise"): lambda run: {
             "offset": run["loss"]["noise_offset"],
@@ -102,6 +103,17 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("datasets", "*", "group"): "",
         ("buckets", "*", "group"): "",
         ("datasets", "*", "folders"): [],  # kohya folder datasets
+        # adapter kinds beyond plain LoRA (LoCon, DoRA, LoHa, LoKr): all off then
+        ("adapter", "conv_rank"): 0,
+        ("adapter", "conv_alpha"): 0.0,
+        ("adapter", "conv_targets"): [],
+        ("adapter", "dora"): False,
+        ("adapter", "factor"): -1,
+        ("adapter", "decompose_both"): False,
+        ("adapter", "rank_dropout"): 0.0,
+        ("adapter", "module_dropout"): 0.0,
+        # the adapter's parameter count is an estimate shown in the summary; it never changes what trains
+        ("adapter", "params"): lambda run: run["adapter"].get("params"),
         ("datasets", "*", "caption_processing"): {
             "shuffle_caption": False,
             "caption_separator": ",",

@@ -73,12 +73,23 @@ class ModelPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora"]
+    kind: Literal["none", "lora", "loha", "lokr"]
     rank: int = 0
     alpha: float = 0.0
-    dropout: float = 0.0
+    dropout: float = 0.0  # lora: dropout on the adapter's input
     denoiser_targets: tuple[str, ...] = ()
     text_encoder_targets: tuple[str, ...] = ()
+    # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is 0.
+    conv_rank: int = 0
+    conv_alpha: float = 0.0
+    conv_targets: tuple[str, ...] = ()
+    dora: bool = False  # lora: peft use_dora (a learned magnitude per output row)
+    factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
+    decompose_both: bool = False  # lokr: the small factor low-rank too
+    rank_dropout: float = 0.0  # loha, lokr
+    module_dropout: float = 0.0  # loha, lokr
+    # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
+    params: dict[str, int] = attrs.field(factory=dict)
 
 
 @frozen
@@ -363,6 +374,9 @@ class OptimizerPlan:
     eps: float
     momentum: float
     max_grad_norm: float
+    text_encoder_2_lr: float | None = (
+        None  # the second text encoder's rate when it differs (SDXL); None: the same
+    )
 
 
 @frozen

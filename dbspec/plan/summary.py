@@ -212,7 +212,12 @@ def schedule_table(plan: Plan) -> Table:
         (
             "optimizer",
             f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
-            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else ""),
+            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
+            + (
+                f" (second: {plan.optimizer.text_encoder_2_lr:g})"
+                if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
+                else ""
+            ),
         ),
         ("lr schedule", f"{s.lr_schedule}, warm-up {s.warmup_steps}"),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
@@ -263,6 +268,24 @@ def _te(plan: Plan) -> str:
     return f"trains until step {stop}" if stop else "trains the whole run"
 
 
+def adapter_rows(a) -> list[tuple[str, str]]:
+    """The adapter: kind, ranks, where it goes and how many parameters it trains."""
+    if a.kind == "none":
+        return [("adapter", "none")]
+    kind = "lora + DoRA" if a.dora else a.kind
+    if a.kind == "lokr":
+        kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"
+    rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]
+    rows.append(("  targets", ", ".join(a.denoiser_targets)))
+    if a.conv_rank:
+        rows.append(
+            ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
+        )
+    for name, count in a.params.items():
+        rows.append((f"  {name} params", f"{count:,} (estimate)"))
+    return rows
+
+
 def noise_summary(n: NoisePlan) -> str:
     """E.g. `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
     parts = ["N(0,1)"]
@@ -295,12 +318,8 @@ def training_table(plan: Plan) -> Table:
     t.add_row("noise", noise_summary(plan.loss.noise))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
-    t.add_row(
-        "adapter",
-        plan.adapter.kind
-        if plan.adapter.kind == "none"
-        else f"lora rank {plan.adapter.rank}, alpha {plan.adapter.alpha:g}",
-    )
+    for what, value in adapter_rows(plan.adapter):
+        t.add_row(what, value)
     t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")
     for c in plan.precision.components:
         quant = f", {c.quantized}" if c.quantized != "none" else ""

@@ -76,6 +76,7 @@ _CHECKS: tuple[Check, ...] = (
         )
     ),
     ("optimizer.lr", _above(0), "a number above 0"),
+    ("optimizer.text_encoder_2_lr", lambda v: v is None or _above(0)(v), "null or a number above 0"),
     ("optimizer.momentum", _fraction, "a number in [0, 1]"),
     ("ema.decay", _fraction, "a number in [0, 1]"),
     ("adapter.dropout", _fraction, "a number in [0, 1]"),
@@ -93,13 +94,16 @@ def plan_problems(plan: Plan) -> list[str]:
 
 
 def _structure_problems(plan: Plan) -> Iterator[str]:
-    if plan.adapter.kind == "lora" and not (
-        _at_least(1)(plan.adapter.rank) and _above(0)(plan.adapter.alpha)
-    ):
+    a = plan.adapter
+    if a.kind != "none" and not (_at_least(1)(a.rank) and _above(0)(a.alpha)):
+        yield f"a {a.kind} adapter needs rank >= 1 and alpha > 0; found rank {a.rank}, alpha {a.alpha}"
+    if a.conv_rank and not (_above(0)(a.conv_alpha) and a.conv_targets):
         yield (
-            f"a LoRA adapter needs rank >= 1 and alpha > 0; found rank {plan.adapter.rank}, "
-            f"alpha {plan.adapter.alpha}"
+            f"convolution adapters need conv_alpha > 0 and conv_targets; found conv_alpha {a.conv_alpha}, "
+            f"conv_targets {list(a.conv_targets)}"
         )
+    if a.dora and a.kind != "lora":
+        yield f"dora is a LoRA option; found adapter kind {a.kind!r}"
     if (
         plan.loss.prior == "base_model" and not plan.train_denoiser
     ):  # DBS226 in specs: nothing to compare with

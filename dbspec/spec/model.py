@@ -71,32 +71,165 @@ class NoAdapter:
     kind: Literal["none"] = option("none", doc="Adapter kind: none trains the base weights (full fine-tune).")
 
 
-@frozen
-class LoraAdapter:
-    kind: Literal["lora"] = option(
-        doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
-    )
-    rank: int = option(16, doc="LoRA rank (dimension of the low-rank update).", minimum=1, maximum=1024)
-    alpha: float = option(
+# --- adapters: LoRA, LoHa, LoKr (peft), each optionally on 3x3 convolutions (LoCon) --------------------------
+# The options every low-rank kind shares are made by these functions, so each variant declares its own copy.
+KOHYA_CONV_TARGETS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
+
+
+def _rank(default: int, what: str, maximum: int = 1024, note: str = ""):
+    doc = f"{what} rank (dimension of the low-rank factors).{note}"
+    return option(default, doc=doc, minimum=1, maximum=maximum)
+
+
+def _alpha():
+    return option(
         attrs.Factory(lambda self: float(self.rank), takes_self=True),
-        doc="LoRA alpha; the update is scaled by alpha / rank.",
+        doc="Alpha; the update is scaled by alpha / rank.",
         derived="same as `rank` (scale 1.0)",
         exclusive_minimum=0,
         example=8.0,
     )
-    dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
-    denoiser_targets: list[str] = option(
+
+
+def _denoiser_targets():
+    return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        doc="Denoiser (UNet) module names (suffixes) that get adapters.",
+        doc="Denoiser (UNet) module names (suffixes) that get adapters at `rank`.",
     )
-    text_encoder_targets: list[str] = option(
+
+
+def _text_encoder_targets():
+    return option(
         factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
         doc="Text-encoder module names (suffixes) that get adapters when the text encoder trains.",
     )
 
 
-Adapter = Union[NoAdapter, LoraAdapter]
-ADAPTER_VARIANTS: dict[str, type] = {"none": NoAdapter, "lora": LoraAdapter}
+def _conv_rank(maximum: int = 1024):
+    return option(
+        0,
+        doc="Rank of the adapters on the denoiser's (UNet's) 3x3 convolutions named by `conv_targets` "
+        "(kohya `conv_dim`, LyCORIS LoCon); 0 adapts no convolution.",
+        minimum=0,
+        maximum=maximum,
+        example=8,
+    )
+
+
+def _conv_alpha():
+    return option(
+        attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
+        doc="Alpha of the convolution adapters; their update is scaled by conv_alpha / conv_rank (kohya "
+        "`conv_alpha`).",
+        derived="same as `conv_rank` (scale 1.0)",
+        minimum=0,
+        example=1.0,
+    )
+
+
+def _conv_targets():
+    return option(
+        factory=lambda: list(KOHYA_CONV_TARGETS),
+        doc="Denoiser (UNet) convolution names (suffixes) that get adapters at `conv_rank` when it is above 0; "
+        "the default is kohya's LoCon set (the 3x3 convolutions of ResNet blocks, downsamplers and upsamplers).",
+    )
+
+
+def _rank_dropout():
+    return option(
+        0.0,
+        doc="Drop rows of the weight update while training (LyCORIS `rank_dropout`).",
+        minimum=0,
+        maximum=1,
+    )
+
+
+def _module_dropout():
+    return option(
+        0.0,
+        doc="Skip a layer's whole update with this probability while training (LyCORIS `module_dropout`).",
+        minimum=0,
+        maximum=1,
+    )
+
+
+@frozen
+class LoraAdapter:
+    kind: Literal["lora"] = option(
+        doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
+    )
+    rank: int = _rank(16, "LoRA")
+    alpha: float = _alpha()
+    dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
+    dora: bool = option(
+        False,
+        doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "
+        "kohya/LyCORIS `dora_wd`); exported with kohya's `dora_scale` keys.",
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_rank: int = _conv_rank()
+    conv_alpha: float = _conv_alpha()
+    conv_targets: list[str] = _conv_targets()
+
+
+@frozen
+class LohaAdapter:
+    kind: Literal["loha"] = option(
+        doc="Adapter kind: loha trains LyCORIS LoHa (the Hadamard product of two low-rank updates) and freezes "
+        "the base weights."
+    )
+    rank: int = _rank(8, "LoHa")
+    alpha: float = _alpha()
+    rank_dropout: float = _rank_dropout()
+    module_dropout: float = _module_dropout()
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_rank: int = _conv_rank()
+    conv_alpha: float = _conv_alpha()
+    conv_targets: list[str] = _conv_targets()
+
+
+@frozen
+class LokrAdapter:
+    kind: Literal["lokr"] = option(
+        doc="Adapter kind: lokr trains LyCORIS LoKr (a Kronecker product of a small and a low-rank factor) "
+        "and freezes the base weights."
+    )
+    # LyCORIS recipes give a huge rank (network_dim = 10000) to train both Kronecker factors in full.
+    rank: int = _rank(
+        8, "LoKr", 100_000, " A rank of half the larger second factor or more trains it in full."
+    )
+    alpha: float = _alpha()
+    factor: int = option(
+        -1,
+        doc="Split each dimension into factor x (dimension / factor) (LyCORIS `factor`); -1 splits near the "
+        "square root.",
+        minimum=-1,
+        maximum=65536,
+        example=8,
+    )
+    decompose_both: bool = option(
+        False, doc="Also make the small Kronecker factor low-rank (LyCORIS `decompose_both`)."
+    )
+    rank_dropout: float = _rank_dropout()
+    module_dropout: float = _module_dropout()
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_rank: int = _conv_rank(100_000)
+    conv_alpha: float = _conv_alpha()
+    conv_targets: list[str] = _conv_targets()
+
+
+Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter]
+ADAPTER_VARIANTS: dict[str, type] = {
+    "none": NoAdapter,
+    "lora": LoraAdapter,
+    "loha": LohaAdapter,
+    "lokr": LokrAdapter,
+}
+# The adapter kinds that train added weights on a frozen base (everything but a full fine-tune).
+LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter)
 
 
 @frozen
@@ -440,6 +573,13 @@ class Optimizer:
         exclusive_minimum=0,
         example=1e-6,
     )
+    text_encoder_2_lr: float = option(
+        attrs.Factory(lambda self: self.text_encoder_lr, takes_self=True),
+        doc="Learning rate of the second text encoder (SDXL's OpenCLIP-bigG), as kohya's learning_rate_te2.",
+        derived="same as `text_encoder_lr`",
+        exclusive_minimum=0,
+        example=5e-7,
+    )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
@@ -526,7 +666,8 @@ class Checkpoints:
     save_precision: Literal["fp32", "fp16", "bf16"] = option("fp32", doc="dtype of saved weights.")
     exports: list[Literal["single_file", "kohya_lora"]] = option(
         factory=list,
-        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (LoRA runs).",
+        doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: LoRA in "
+        "kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
     )
 
 
@@ -561,7 +702,9 @@ class Spec:
     )
     model: Model = option(doc="The base model.")
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
-    adapter: Adapter = option(factory=NoAdapter, doc='Adapter: kind = "none" (full fine-tune) or "lora".')
+    adapter: Adapter = option(
+        factory=NoAdapter, doc='Adapter: kind = "none" (full fine-tune), "lora", "loha" or "lokr".'
+    )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
     groups: list[Group] = option(
@@ -585,6 +728,8 @@ TABLE_CLASSES = (
     Model,
     NoAdapter,
     LoraAdapter,
+    LohaAdapter,
+    LokrAdapter,
     Train,
     Dataset,
     Buckets,

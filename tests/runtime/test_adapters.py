@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers.integrations.peft
 
+from dbspec.plan.model import AdapterPlan
 from dbspec.runtime.adapters import adapters_disabled, inject_lora, lora_config
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
@@ -29,8 +30,8 @@ def peft_gates_closed(monkeypatch):
         build_pipeline("builtin:tiny-sd1").text_encoder.add_adapter(lora_config(_Adapter(), ("q_proj",)))
 
 
-class _Adapter:  # the AdapterPlan fields lora_config reads
-    rank, alpha, dropout = 2, 2, 0.0
+def _Adapter() -> AdapterPlan:  # noqa: N802 (reads as the plan it stands for)
+    return AdapterPlan(kind="lora", rank=2, alpha=2.0)
 
 
 def test_text_encoder_lora_trains_with_the_base_model_prior_behind_closed_gates(tmp_path, peft_gates_closed):

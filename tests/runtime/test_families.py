@@ -91,3 +91,25 @@ def test_sdxl_prompt_encoding_concatenates_both_encoders_and_pools_the_second():
     width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
     assert out["prompt_embeds"].shape[-1] == width
     assert torch.equal(out["pooled"], second.text_embeds)
+
+
+def test_sdxl_second_text_encoder_trains_at_its_own_rate(tmp_path):
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.optim import param_groups
+    from dbspec.runtime.prepare import configure_models
+
+    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=2, extra="[train]\ntext_encoder = true\n")
+    plan = compile_spec(spec, ["optimizer.text_encoder_lr=1e-4", "optimizer.text_encoder_2_lr=2e-5"])
+    assert plan.optimizer.text_encoder_2_lr == 2e-5
+    comps = family_runtime("sdxl").load(plan)
+    denoiser, per_encoder = configure_models(plan, comps, torch.device("cpu"))
+    groups = param_groups(denoiser, per_encoder, plan.optimizer)
+    assert [(g["name"], g["lr"]) for g in groups] == [
+        ("denoiser", plan.optimizer.lr),
+        ("text_encoder", 1e-4),
+        ("text_encoder_2", 2e-5),
+    ]
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in comps.text_encoders[1].parameters()}
+    same = compile_spec(spec, ["optimizer.text_encoder_lr=1e-4", "optimizer.text_encoder_2_lr=1e-4"])
+    assert same.optimizer.text_encoder_2_lr is None  # one group, as before the option existed
+    assert execute(plan).status == "finished"

@@ -33,6 +33,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     data["train_unet"] = data.pop("train_denoiser")
     data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
     del data["model"]["max_tokens"]  # added since (one CLIP window then)
+    del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     for key in (
         "huber",
         "noise",
@@ -42,6 +43,18 @@ def _as_plan_version_3(plan_json: str) -> str:
         "prior_reduction",
     ):
         del data["loss"][key]  # kohya's noise and loss options, added since (all off then)
+    for key in (
+        "conv_rank",
+        "conv_alpha",
+        "conv_targets",
+        "dora",
+        "factor",
+        "decompose_both",
+        "rank_dropout",
+        "module_dropout",
+        "params",
+    ):
+        del data["adapter"][key]  # LoCon, DoRA, LoHa, LoKr and the parameter estimate, added since (off then)
     for dataset in data["datasets"]:
         del dataset["caption_processing"]  # kohya's caption processing, added since (off then)
         del dataset["folders"]  # kohya folder datasets, added since

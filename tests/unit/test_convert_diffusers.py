@@ -81,9 +81,10 @@ def test_lora_sdxl_text_encoder_rate_and_flip(tmp_path):
       --pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix --instance_data_dir=cat \
       --instance_prompt="a photo of sks cat" --train_text_encoder --text_encoder_lr 5e-6 --learning_rate 1e-4 \
       --random_flip --repeats 3 --train_batch_size 1 --max_train_steps 500 --output_kohya_format \
-      --checkpoints_total_limit 2 --mixed_precision bf16 --lr_scheduler constant""",
+      --checkpoints_total_limit 2 --mixed_precision bf16 --lr_scheduler constant --use_dora""",
     )
     plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.dora and plan.adapter.kind == "lora"  # the script's LoraConfig(use_dora=True)
     assert plan.model.family == "sdxl" and plan.model.vae == "madebyollin/sdxl-vae-fp16-fix"
     assert (plan.optimizer.lr, plan.optimizer.text_encoder_lr) == (pytest.approx(1e-4), pytest.approx(5e-6))
     assert plan.optimizer.weight_decay == pytest.approx(1e-4)  # the SDXL LoRA script's default

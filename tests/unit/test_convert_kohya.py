@@ -430,3 +430,65 @@ max_train_steps = 10
     outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_db.py")
     plan = plan_of(outcome, tmp_path)
     assert plan.model.max_tokens == 75 and fate(outcome, "max_token_length") == "mapped"
+
+
+def test_no_token_padding_is_reported_as_ignored_by_kohya(tmp_path):
+    """train_db.py's --no_token_padding sets a dataset flag that kohya's code no longer reads."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=t "
+        "--resolution 512 --no_token_padding --max_train_steps 10",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.max_tokens == 75 and fate(outcome, "no_token_padding") == "inert"
+    assert "no_token_padding" in messages(outcome, "DBS405")
+
+
+def _sdxl_full(tmp_path, rates: str):
+    images(tmp_path / "d" / "2_zwx man", 2, (1024, 1024))
+    return kohya(
+        tmp_path,
+        command=f"sdxl_train.py --pretrained_model_name_or_path {SDXL} --train_data_dir d --resolution 1024 "
+        f"--train_text_encoder {rates} --max_train_steps 100 --optimizer_type adamw",
+    )
+
+
+def test_sdxl_text_encoders_at_two_rates(tmp_path):
+    plan = plan_of(
+        _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 5e-7"),
+        tmp_path,
+    )
+    opt = plan.optimizer
+    assert (opt.lr, opt.text_encoder_lr, opt.text_encoder_2_lr) == pytest.approx((4e-6, 1e-6, 5e-7))
+
+
+def test_sdxl_second_text_encoder_falls_back_to_learning_rate(tmp_path):
+    plan = plan_of(_sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6"), tmp_path)
+    assert (plan.optimizer.text_encoder_lr, plan.optimizer.text_encoder_2_lr) == pytest.approx((1e-6, 4e-6))
+
+
+def test_sdxl_learning_rate_0_trains_only_the_text_encoders(tmp_path):
+    """sdxl_train.py: train_unet = learning_rate != 0."""
+    outcome = _sdxl_full(tmp_path, "--learning_rate 0 --learning_rate_te1 1e-6 --learning_rate_te2 1e-6")
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert plan.optimizer.text_encoder_lr == pytest.approx(1e-6) and plan.optimizer.text_encoder_2_lr is None
+
+
+def test_sdxl_one_text_encoder_at_rate_0_is_unsupported(tmp_path):
+    outcome = _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 0")
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate_te2") == "unsupported"
+
+
+def test_lora_unet_lr_0_trains_only_the_text_encoder(tmp_path):
+    """networks.lora skips parameter groups whose learning rate is 0."""
+    images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=t --resolution 512 "
+        "--network_module networks.lora --unet_lr 0 --text_encoder_lr 5e-5 --max_train_steps 10",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert plan.optimizer.text_encoder_lr == pytest.approx(5e-5)

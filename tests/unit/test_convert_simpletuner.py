@@ -34,6 +34,7 @@ def test_sdxl_lora_dreambooth_with_regularisation(tmp_path):
             "--pretrained_model_name_or_path": SDXL,
             "--output_dir": "output/models",
             "--lora_rank": 16,
+            "--use_dora": True,
             "--learning_rate": "1e-4",
             "--optimizer": "optimi-lion",
             "--lr_scheduler": "polynomial",
@@ -86,6 +87,7 @@ def test_sdxl_lora_dreambooth_with_regularisation(tmp_path):
     outcome = simpletuner(tmp_path, "config/config.json", None)
     plan = plan_of(outcome, tmp_path)
     assert plan.model.family == "sdxl" and (plan.adapter.rank, plan.adapter.dropout) == (16, 0.1)
+    assert plan.adapter.dora  # SimpleTuner's LoraConfig(use_dora=True)
     assert repeats(plan, 0) == [10] * 3 and repeats(plan, 1) == [1] * 8  # repeats + 1; no balancing
     assert (plan.loss.prior, plan.schedule.total_steps, plan.schedule.warmup_steps) == (
         "base_model",

@@ -307,6 +307,42 @@ CASES = [
         LORA + DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n',
     ),
     (
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "loha"\nconv_rank = 4\nconv_alpha = 0.0\n' + DOG + STEPS,
+        [("DBS260", "error", ("adapter", "conv_alpha"))],
+        '[adapter]\nkind = "loha"\nconv_rank = 4\nconv_alpha = 1.0\n' + DOG + STEPS,
+    ),
+    (
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\nconv_targets = []\n' + DOG + STEPS,
+        [("DBS260", "error", ("adapter", "conv_targets"))],
+        '[adapter]\nkind = "lora"\nconv_rank = 4\n' + DOG + STEPS,
+    ),
+    (
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\nconv_targets = ["conv1", "to_q"]\n' + DOG + STEPS,
+        [("DBS260", "error", ("adapter", "conv_targets"))],
+        '[adapter]\nkind = "lora"\nconv_rank = 4\nconv_targets = ["conv1"]\n' + DOG + STEPS,
+    ),
+    (
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS260", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "loha"\nconv_rank = 4\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+    ),
+    (
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lokr"\nfactor = 0\n' + DOG + STEPS,
+        [("DBS260", "error", ("adapter", "factor"))],
+        '[adapter]\nkind = "lokr"\nfactor = 8\n' + DOG + STEPS,
+    ),
+    (
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lokr"\nconv_alpha = 1.0\n' + DOG + STEPS,
+        [("DBS261", "warning", ("adapter", "conv_alpha"))],
+        '[adapter]\nkind = "lokr"\nconv_rank = 2\nconv_alpha = 1.0\n' + DOG + STEPS,
+    ),
+    (
         rules.zero_snr_needs_v,
         'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
         [("DBS223", "warning", ("loss", "zero_terminal_snr"))],

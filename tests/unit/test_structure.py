@@ -140,7 +140,7 @@ def test_lora_options_under_a_none_adapter_name_their_variant():
 
 
 def test_unknown_adapter_kind_is_an_enum_problem():
-    assert problems('[adapter]\nkind = "loha"\nrank = 8') == {("adapter", "kind"): "enum"}
+    assert problems('[adapter]\nkind = "lycoris"\nrank = 8') == {("adapter", "kind"): "enum"}
 
 
 @pytest.mark.parametrize("kind", ["[]", "1", "{ a = 1 }", "true"])

@@ -10,14 +10,15 @@ from typing import Any
 import attrs
 
 from dbspec.convert.common.core import Conversion
-from dbspec.spec.model import SPEC_VERSION, Dataset, Group, LoraAdapter, Spec
+from dbspec.spec.model import ADAPTER_VARIANTS, SPEC_VERSION, Dataset, Group, LoraAdapter, Spec
 
 SCHEMA_LINE = "#:schema ../schemas/dbspec.schema.json"
 _COMMENT_COLUMN = 40
 
 
 def table_order() -> list[tuple[str, type]]:
-    """(table, class) in the order of the Spec model; adapter is written as its lora variant."""
+    """(table, class) in the order of the Spec model; adapter is written as its lora variant (render_spec
+    picks the variant the conversion chose)."""
     out = []
     for field in attrs.fields(Spec):
         if field.name == "spec_version":
@@ -34,6 +35,8 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
             for index in sorted({p[1] for p in conv.values if p[0] == table}):
                 lines += ["", f"[[{table}]]", *_rows(conv, cls, (table, index))]
             continue
+        if table == "adapter" and ("adapter", "kind") in conv.values:
+            cls = ADAPTER_VARIANTS[conv.values[("adapter", "kind")][0]]
         rows = _rows(conv, cls, (table,))
         if rows:
             lines += ["", f"[{table}]", *rows]

@@ -101,7 +101,7 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
     _model(a, script, paths, conv)
     lora = script in LORA_SCRIPTS
     if lora:
-        _adapter(a, conv)
+        _adapter(a, script, conv)
     data = map_data(a, script, paths, conv)
     total, per_epoch = _length(a, data, conv)
     _lr(a, script, total, conv)
@@ -153,7 +153,7 @@ def _model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
         conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
 
 
-def _adapter(a: Args, conv: Conversion) -> None:
+def _adapter(a: Args, script: str, conv: Conversion) -> None:
     conv.put(("adapter", "kind"), "lora", f"{conv.tool} LoRA script")
     rank = a["rank"]
     conv.mapped(rank, ("adapter", "rank"), rank.value)
@@ -161,6 +161,9 @@ def _adapter(a: Args, conv: Conversion) -> None:
     dropout = a["lora_dropout"]
     if dropout.value:
         conv.mapped(dropout, ("adapter", "dropout"), float(dropout.value))
+    # the SDXL script's --use_dora is peft's LoraConfig(use_dora=True), as dbspec's adapter.dora
+    if "use_dora" in arg_table(script) and a["use_dora"].value:
+        conv.mapped(a["use_dora"], ("adapter", "dora"), True)
 
 
 def _length(a: Args, data: Data | None, conv: Conversion) -> tuple[int | None, int | None]:

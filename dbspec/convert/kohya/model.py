@@ -10,12 +10,9 @@ from __future__ import annotations
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.kohya.network import map_network
 
 Args = dict[str, Legacy]
-# kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
-# CLIPAttention / CLIPMLP (text encoders); 3x3 convs only with conv_dim (LoCon), which dbspec does not have.
-KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
-KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -141,7 +138,8 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
     elif tokens.given:
         conv.record(tokens, "mapped", "model.max_tokens")  # 75 from a config file: one window, the default
     if a["no_token_padding"].value if "no_token_padding" in a else False:
-        conv.unsupported(a["no_token_padding"], "dbspec pads prompts to the tokenizer's length")
+        # train_db.py calls disable_token_padding(), whose flag nothing reads any more (the use is commented out)
+        conv.ignored(a["no_token_padding"], "it sets a flag no code reads; prompts are padded to 77 tokens")
 
 
 def map_adapter(a: Args, conv: Conversion) -> bool:
@@ -152,29 +150,27 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
             module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
         )
         return False
-    if module.value != "networks.lora":
-        conv.unsupported(module, "only kohya's networks.lora (plain LoRA) has a dbspec equivalent")
+    if module.value not in ("networks.lora", "lycoris.kohya"):
+        conv.unsupported(
+            module, "only kohya's networks.lora and LyCORIS's lycoris.kohya have a dbspec equivalent"
+        )
         return False
-    conv.put(("adapter", "kind"), "lora", conv.comment(module))
-    conv.record(module, "mapped", "adapter.kind")
     dim, alpha = a["network_dim"], a["network_alpha"]
+    rank = dim.value if dim.value is not None else 4
+    kind = map_network(module, a["network_args"], rank, float(alpha.value), conv)
+    if kind is None:
+        return False
     conv.mapped(
         dim,
         ("adapter", "rank"),
-        dim.value if dim.value is not None else 4,
+        rank,
         comment=conv.comment(dim, "networks.lora defaults to 4") if dim.value is None else "",
     )
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    conv.put(
-        ("adapter", "denoiser_targets"),
-        KOHYA_UNET_TARGETS,
-        "kohya networks.lora: Linear/1x1 Conv in transformer blocks",
-    )
-    conv.put(
-        ("adapter", "text_encoder_targets"), KOHYA_TEXT_TARGETS, "kohya networks.lora: CLIP attention and MLP"
-    )
     dropout = a["network_dropout"]
-    if dropout.value:
+    if dropout.value and kind != "lora":
+        conv.unsupported(dropout, f"peft's {kind} has no input dropout (use rank_dropout/module_dropout)")
+    elif dropout.value:
         conv.differs(
             dropout,
             "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
@@ -182,7 +178,6 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
             float(dropout.value),
         )
     for key, why in (
-        ("network_args", "LoRA variants and per-block settings"),
         ("network_weights", "starting from existing LoRA weights"),
         ("dim_from_weights", "starting from existing LoRA weights"),
         ("base_weights", "merging other LoRA weights into the base first"),

@@ -154,6 +154,15 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
                 "sdxl_train.py asserts that text-encoder outputs are not "
                 "cached while the text encoders train",
             )
+        lr = a["learning_rate"].value
+        rates = [
+            x.value if x.value is not None else lr for x in (a["learning_rate_te1"], a["learning_rate_te2"])
+        ]
+        if flag.value and rates == [0, 0]:
+            conv.mapped(
+                flag, ("train", "text_encoder"), False, note="sdxl_train.py trains no text encoder at rate 0"
+            )
+            return False
         _write_flag(conv, flag, bool(flag.value))
         return bool(flag.value)
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
@@ -224,17 +233,25 @@ def lora_text_encoder_lr(a: Args) -> Legacy:
 def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversion) -> None:
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
-    if not unet_lr.value:
+    if not unet_lr.value and script in ("sdxl_train", "train_network", "sdxl_train_network"):
+        # sdxl_train.py trains the U-Net only when learning_rate != 0; networks.lora skips groups with lr 0
+        why = "sdxl_train.py trains the U-Net only when learning_rate != 0"
+        if script != "sdxl_train":
+            why = "networks.lora skips parameters whose learning rate is 0"
+        conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+    elif not unet_lr.value:
         conv.unsupported(
-            unet_lr,
-            "a learning rate of 0 freezes the U-Net; set train.denoiser = false in the spec "
-            "instead (dbspec needs a positive lr)",
+            unet_lr, "train_db.py would train the U-Net at a learning rate of 0 (a run that changes nothing)"
         )
         return
-    conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
+    else:
+        conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, text_encoder, conv)
     if te is not None and text_encoder:
-        if float(te.value) != float(unet_lr.value):
+        if not unet_lr.value:
+            conv.mapped(te, ("optimizer", "lr"), float(te.value), note="dbspec needs a positive lr")
+            conv.put(("optimizer", "text_encoder_lr"), float(te.value), conv.comment(te))
+        elif float(te.value) != float(unet_lr.value):
             conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
         else:
             conv.record(te, "mapped", "optimizer.text_encoder_lr")
@@ -255,13 +272,19 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
             for x in (te1, te2):
                 if x.given:
                     conv.inert(x, "the text encoders do not train (no --train_text_encoder)")
-        elif values[0] != values[1]:
+        elif values[0] != values[1] and 0 in values:
             conv.unsupported(
-                te2 if te2.given else te1,
-                f"the two SDXL text encoders train at different rates "
-                f"({values[0]} and {values[1]}): dbspec has one text_encoder_lr",
+                te2 if values[1] == 0 else te1,
+                "sdxl_train.py freezes a text encoder whose rate is 0 while the other trains; dbspec trains "
+                "both text encoders or neither",
             )
             return None
+        elif values[0] != values[1] and te2.given:
+            conv.mapped(te2, ("optimizer", "text_encoder_2_lr"), float(values[1]))
+        elif values[0] != values[1]:  # te1 given, te2 falls back to learning_rate
+            conv.put(
+                ("optimizer", "text_encoder_2_lr"), float(values[1]), conv.comment(lr, "learning_rate_te2")
+            )
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
     te = lora_text_encoder_lr(a)
     if isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:

@@ -157,9 +157,10 @@ def _adapter(cfg: Cfg, conv: Conversion) -> None:
     dropout = cfg["lora_dropout"]
     if num(dropout):
         conv.mapped(dropout, ("adapter", "dropout"), num(dropout))
-    for key in ("use_dora", "init_lora"):
-        if key in cfg and cfg[key].value:
-            conv.unsupported(cfg[key], "dbspec trains a fresh plain LoRA")
+    if "use_dora" in cfg and cfg["use_dora"].value:  # peft's LoraConfig(use_dora=True), as adapter.dora
+        conv.mapped(cfg["use_dora"], ("adapter", "dora"), True)
+    if "init_lora" in cfg and cfg["init_lora"].value:
+        conv.unsupported(cfg["init_lora"], "dbspec trains a fresh LoRA")
 
 
 def _schedule(cfg: Cfg, data, conv: Conversion) -> None:

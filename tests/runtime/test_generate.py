@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from dbspec.plan.model import GeneratePlan, StepRange, ValidationPlan
-from dbspec.runtime.sample import MANIFEST, generate_class_images, make_scheduler, validate
+from dbspec.runtime.generate import MANIFEST, generate_class_images, make_scheduler, validate
 from dbspec.runtime.tiny import build_pipeline
 
 SCHEDULERS = ["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"]

@@ -1,0 +1,67 @@
+"""The adapter plan: which kind (LoRA, LoHa, LoKr; DoRA and convolution adapters on top), where it goes, and how
+many parameters it trains. The runtime builds its peft config from this plan alone."""
+
+from __future__ import annotations
+
+from dbspec.families import family_spec
+from dbspec.plan.model import AdapterPlan
+from dbspec.spec.model import LoraAdapter, LowRankAdapter
+
+# Parameters per (in + out) unit of rank, relative to LoRA's rank x (in + out): LoHa keeps two LoRA-shaped
+# pairs. LoKr factors each weight into a Kronecker product whose low-rank factor spans about the square root of
+# each side, so LoRA's count at the same rank bounds it from above; the estimate keeps that bound.
+_PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0}
+
+
+def adapter_plan(adapter, family: str, components) -> AdapterPlan:
+    """`components`: the plan's component precisions (those with trainable "lora" carry adapters)."""
+    if not isinstance(adapter, LowRankAdapter):
+        return AdapterPlan(kind="none")
+    conv = adapter.conv_rank > 0
+    extra = (
+        {"dropout": adapter.dropout, "dora": adapter.dora}
+        if isinstance(adapter, LoraAdapter)
+        else {"rank_dropout": adapter.rank_dropout, "module_dropout": adapter.module_dropout}
+    )
+    if adapter.kind == "lokr":
+        extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
+    return AdapterPlan(
+        kind=adapter.kind,
+        rank=adapter.rank,
+        alpha=adapter.alpha,
+        denoiser_targets=tuple(adapter.denoiser_targets),
+        text_encoder_targets=tuple(adapter.text_encoder_targets),
+        conv_rank=adapter.conv_rank,
+        conv_alpha=adapter.conv_alpha if conv else 0.0,
+        conv_targets=tuple(adapter.conv_targets) if conv else (),
+        params=adapter_params(adapter, family, components),
+        **extra,
+    )
+
+
+def _lokr_split(factor: int) -> int:
+    """LoKr's larger Kronecker factor of an (out, in) weight holds at most (out / f) x (in / f) numbers, the smaller
+    f x f: at most 1 / f^2 of the layer, whatever the rank (LyCORIS's huge-rank recipes train both in full).
+    factor -1 splits near the square root of each width, 8 or more on layers 64 wide or wider."""
+    return factor if factor > 0 else 8
+
+
+def adapter_params(adapter, family: str, components) -> dict[str, int]:
+    """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
+    targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
+    magnitudes (one number per output row) are not counted."""
+    public = family_spec(family)
+    factor = _PER_RANK_FACTOR[adapter.kind]
+    out: dict[str, int] = {}
+    for c in components:
+        if c.trainable != "lora":
+            continue
+        size = c.params / public.public_params[c.name]
+        total = public.lora_params_per_rank[c.name] * adapter.rank * factor
+        if c.name == public.denoiser and adapter.conv_rank:
+            total += public.conv_params_per_rank * adapter.conv_rank * factor
+        total *= size
+        if adapter.kind == "lokr":
+            total = min(total, c.params / _lokr_split(adapter.factor) ** 2)
+        out[c.name] = int(total)
+    return out

@@ -1,0 +1,129 @@
+"""kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon) and LyCORIS's lycoris.kohya network
+(algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor, decompose_both, rank_dropout,
+module_dropout) into [adapter]. kohya passes each "key=value" to the network as a string."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.spec.model import KOHYA_CONV_TARGETS
+
+# kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
+# CLIPAttention / CLIPMLP (text encoders); 3x3 convs only with conv_dim (LoCon, KOHYA_CONV_TARGETS).
+KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
+KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+# Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
+_RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
+_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+_TRUE = {"true", "1", "yes"}
+
+# LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
+_PRESETS = {
+    "full": (
+        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, "time_embedding.linear_1", "time_embedding.linear_2"],
+        KOHYA_TEXT_TARGETS,
+        [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"],
+    ),
+    "full-lin": ([*KOHYA_UNET_TARGETS, "time_emb_proj"], KOHYA_TEXT_TARGETS, []),
+    "attn-mlp": (KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS, []),
+    "attn-only": (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj", "out_proj"], []),
+}
+
+
+def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """kohya's split: "key=value" pairs, values kept as strings (the network parses them)."""
+    values: dict[str, str] = {}
+    problems = []
+    for item in items:
+        key, eq, text = str(item).partition("=")
+        if not eq:
+            problems.append(f"`{item}` is not key=value")
+            continue
+        values[key.strip()] = text.strip()
+    return values, problems
+
+
+def map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
+    """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec equivalent."""
+    try:
+        return _map_network(module, args, dim, alpha, conv)
+    except ValueError as exc:
+        conv.invalid(args.key, args.value, args.source, f"a network argument is not a number ({exc})")
+        return None
+
+
+def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    lycoris = module.value == "lycoris.kohya"
+    algo = kwargs.pop("algo", "lora").lower() if lycoris else "lora"
+    if algo not in _ALGOS:
+        conv.unsupported(args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr do)")
+        return None
+    kind = _ALGOS[algo]
+    conv.put(("adapter", "kind"), kind, conv.comment(module, f"algo={algo}" if lycoris else ""))
+    conv.record(module, "mapped", "adapter.kind")
+    unsupported: dict[str, str] = {}
+    put: dict[str, Any] = {}
+    if lycoris:
+        preset = kwargs.pop("preset", "full")
+        if preset not in _PRESETS:
+            unsupported["preset"] = preset
+            preset = "full"
+        unet, text, conv_targets = _PRESETS[preset]
+        # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
+        conv_dim = _int(kwargs.pop("conv_dim", "") or dim)
+        conv_alpha = _float(kwargs.pop("conv_alpha", "") or alpha)
+    else:
+        unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
+        conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
+        # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
+        conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
+        conv_targets = KOHYA_CONV_TARGETS if conv_dim else []
+        if conv_dim:
+            unet = [*unet, *_RESNET_LINEAR]
+    put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
+    if conv_dim and conv_targets:
+        put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
+        if list(conv_targets) != KOHYA_CONV_TARGETS:
+            put["conv_targets"] = list(conv_targets)
+    dora = kwargs.pop("dora_wd", "false").lower() in _TRUE
+    if dora and kind == "lora":
+        put["dora"] = True
+    elif dora:
+        unsupported["dora_wd"] = "True (peft's LoHa and LoKr have no DoRA)"
+    if kwargs.pop("wd_on_output", "true").lower() not in _TRUE:
+        unsupported["wd_on_output"] = "False (dbspec's DoRA normalises output rows)"
+    for key in ("rank_dropout", "module_dropout"):
+        if key in kwargs and kind != "lora" and lycoris:
+            put[key] = _float(kwargs.pop(key))
+    if kind == "lokr":
+        if "factor" in kwargs:
+            put["factor"] = _int(kwargs.pop("factor"))
+        if "decompose_both" in kwargs:
+            put["decompose_both"] = kwargs.pop("decompose_both").lower() in _TRUE
+    for key, value in kwargs.items():
+        if value.lower() not in ("", "false", "0", "none", "0.0"):  # a switched-off option changes nothing
+            unsupported[key] = value
+    for key, value in put.items():
+        conv.put(("adapter", key), value, _why(module) if key.endswith("targets") else conv.comment(args))
+    if unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
+        conv.unsupported(args, f"network arguments dbspec does not express: {rest}")
+    elif args.given:
+        conv.record(args, "mapped", "adapter")
+    return kind
+
+
+def _why(module: Legacy) -> str:
+    return f"kohya {module.value}: its default layers"
+
+
+def _int(text) -> int:
+    return int(float(text))
+
+
+def _float(text) -> float:
+    return float(text)

@@ -1,0 +1,271 @@
+"""Images from a pipeline: validation samples during training and class images before it.
+
+Every image gets its own CPU generator, so a sample depends on its seed only: not on the device, the
+batch it was made in, or what the training loop drew from the global RNGs (which stay untouched).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+from rich.progress import Progress
+
+from dbspec.plan.model import GeneratePlan, ValidationPlan
+from dbspec.util.atomic import write_bytes_atomic, write_text_atomic
+
+MANIFEST = ".dbspec-generated.json"  # the compiler reads it to count images already generated for a key
+_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+}
+
+
+def make_scheduler(name: str, scheduler_config: Any) -> Any:
+    """Sampling scheduler `name` built from the model's scheduler config (betas, prediction type, spacing)."""
+    if name not in _SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(_SCHEDULERS)}")
+    scheduler_class, overrides = _SCHEDULERS[name]
+    return scheduler_class.from_config(scheduler_config, **overrides)
+
+
+@contextmanager
+def _inference(pipeline: DiffusionPipeline, autocast_dtype: torch.dtype | None) -> Iterator[None]:
+    """eval + no_grad (+ autocast) for the call; afterwards each module is back in the mode it was in."""
+    modules = [module for module in pipeline.components.values() if isinstance(module, torch.nn.Module)]
+    training = [module.training for module in modules]
+    device_type = pipeline.device.type
+    autocast = (
+        torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
+    try:
+        for module in modules:
+            module.eval()
+        with torch.no_grad(), autocast:
+            yield
+    finally:
+        for module, was_training in zip(modules, training):
+            module.train(was_training)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _save_png(image: Image.Image, path: Path) -> Path:
+    write_bytes_atomic(path, _png_bytes(image))
+    return path
+
+
+# (prompt, negative prompt) -> the pipeline's prompt keyword arguments (embeddings encoded by the family).
+PromptInputs = Callable[[str, str], dict]
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+def validate(
+    pipeline: DiffusionPipeline,
+    plan_validation: ValidationPlan,
+    out_dir: Path,
+    step: int,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    prompt_inputs: PromptInputs | None = None,
+) -> list[Path]:
+    """Sample every validation prompt `images_per_prompt` times into `out_dir/samples/step-XXXXXX/`:
+    `pNN-iNN.png` per image, then `grid.png` (a row per prompt). Returns the image paths, grid last.
+
+    Image i of every prompt uses seed `seed + i`, at every step: differences between steps and prompts
+    come from the weights and the prompt, never from the noise. The pipeline's scheduler is restored.
+    """
+    folder = Path(out_dir) / "samples" / f"step-{step:06d}"
+    return render(
+        pipeline, plan_validation, folder, autocast_dtype=autocast_dtype, prompt_inputs=prompt_inputs
+    )
+
+
+def render(
+    pipeline: DiffusionPipeline,
+    plan_validation: ValidationPlan,
+    folder: Path,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    prompt_inputs: PromptInputs | None = None,
+) -> list[Path]:
+    """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate.
+    `prompt_inputs` encodes the prompts instead of the pipeline (prompts longer than one CLIP window)."""
+    original_scheduler = pipeline.scheduler
+    pipeline.scheduler = make_scheduler(plan_validation.scheduler, original_scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    rows: list[list[Image.Image]] = []
+    paths: list[Path] = []
+    try:
+        with _inference(pipeline, autocast_dtype):
+            for prompt_index, prompt in enumerate(plan_validation.prompts):
+                rows.append(
+                    [
+                        _sample(pipeline, plan_validation, prompt, image_index, prompt_inputs)
+                        for image_index in range(plan_validation.images_per_prompt)
+                    ]
+                )
+                paths += [
+                    _save_png(image, folder / f"p{prompt_index:02d}-i{image_index:02d}.png")
+                    for image_index, image in enumerate(rows[-1])
+                ]
+    finally:
+        pipeline.scheduler = original_scheduler
+    if rows:
+        paths.append(_save_png(_grid(rows), folder / "grid.png"))
+    return paths
+
+
+def _sample(
+    pipeline: DiffusionPipeline,
+    plan: ValidationPlan,
+    prompt: str,
+    image_index: int,
+    prompt_inputs: PromptInputs | None = None,
+) -> Image.Image:
+    width, height = plan.size
+    generator = torch.Generator("cpu").manual_seed(plan.seed + image_index)
+    if prompt_inputs is not None:
+        prompts = prompt_inputs(prompt, plan.negative_prompt)
+    else:
+        prompts = {"prompt": prompt, "negative_prompt": plan.negative_prompt or None}
+    result = pipeline(
+        **prompts,
+        num_inference_steps=plan.inference_steps,
+        guidance_scale=plan.guidance,
+        height=height,
+        width=width,
+        generator=generator,
+    )
+    return result.images[0]
+
+
+def _grid(rows: list[list[Image.Image]]) -> Image.Image:
+    width, height = rows[0][0].size
+    grid = Image.new("RGB", (width * max(len(row) for row in rows), height * len(rows)))
+    for row_index, row in enumerate(rows):
+        for column, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (column * width, row_index * height))
+    return grid
+
+
+# --- class images ---------------------------------------------------------------------------------------------
+def generate_class_images(
+    pipeline: DiffusionPipeline, gen: GeneratePlan, *, autocast_dtype: torch.dtype | None = None
+) -> list[Path]:
+    """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image, sampled
+    with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call.
+
+    Files generated for another manifest key are first moved into `stale-<key[:8]>/` (never deleted).
+    The manifest is rewritten after every batch, so an interrupted run keeps what it made; files this
+    key already produced are not made again.
+    """
+    folder = Path(gen.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    made = _adopt_manifest(folder, gen.manifest_key)
+    paths = [folder / f"class-{seed}.png" for seed in gen.seeds]
+    todo = [
+        (seed, path) for seed, path in zip(gen.seeds, paths) if not (path.name in made and path.is_file())
+    ]
+    for _, path in todo:
+        if path.exists():  # a file this key did not generate: keep it, out of the way
+            _move_into(path, folder / "stale-unlisted")
+    pipeline.set_progress_bar_config(disable=True)
+    original_scheduler = pipeline.scheduler
+    pipeline.scheduler = make_scheduler(gen.scheduler, original_scheduler.config)
+    try:
+        with _inference(pipeline, autocast_dtype), Progress(transient=True) as progress:
+            task = progress.add_task(
+                f"class images: {gen.prompt}", total=len(gen.seeds), completed=len(paths) - len(todo)
+            )
+            for start in range(0, len(todo), gen.batch_size):
+                batch = todo[start : start + gen.batch_size]
+                for image, (_, path) in zip(
+                    _generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch
+                ):
+                    _save_png(image, path)
+                    made.append(path.name)
+                _write_manifest(folder, gen, made)
+                progress.advance(task, len(batch))
+    finally:
+        pipeline.scheduler = original_scheduler
+    _write_manifest(folder, gen, made)
+    return paths
+
+
+def _generate_batch(pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[int]) -> list[Image.Image]:
+    width, height = gen.resolution
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    result = pipeline(
+        prompt=[gen.prompt] * len(seeds),
+        num_inference_steps=gen.steps,
+        guidance_scale=gen.guidance,
+        height=height,
+        width=width,
+        generator=generators,
+    )
+    return list(result.images)
+
+
+def _adopt_manifest(folder: Path, key: str) -> list[str]:
+    """Names this key already generated; files listed for another key go to `stale-<old key[:8]>/`."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        listed, made_for = [str(name) for name in manifest["files"]], str(manifest["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # no manifest (or an unreadable one): nothing here is known to be ours
+    if made_for == key:
+        return listed
+    for name in listed:
+        if (folder / name).is_file():
+            _move_into(folder / name, folder / f"stale-{made_for[:8]}")
+    return []
+
+
+def _move_into(path: Path, stale_folder: Path) -> None:
+    stale_folder.mkdir(parents=True, exist_ok=True)
+    target = stale_folder / path.name
+    suffix = 1
+    while target.exists():
+        target = stale_folder / f"{path.stem}-{suffix}{path.suffix}"
+        suffix += 1
+    os.replace(path, target)
+
+
+def _write_manifest(folder: Path, gen: GeneratePlan, made: list[str]) -> None:
+    manifest = {
+        "key": gen.manifest_key,
+        "files": sorted(set(made)),
+        "prompt": gen.prompt,
+        "resolution": list(gen.resolution),
+        "scheduler": gen.scheduler,
+        "steps": gen.steps,
+        "guidance": gen.guidance,
+    }
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")

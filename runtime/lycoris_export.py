@@ -1,0 +1,145 @@
+"""LoCon, DoRA, LoHa and LoKr adapters in the kohya / LyCORIS key layout A1111, ComfyUI and LyCORIS load.
+
+Module names are kohya's (`lora_unet_*`, `lora_te*_*`, from `exports.kohya_parts`); the weights per module are
+LyCORIS's (lycoris/modules/locon.py, loha.py, lokr.py):
+
+- LoRA and LoCon: `lora_down.weight` (rank, in[, k, k]), `lora_up.weight` (out, rank[, 1, 1]), `alpha`; with
+  DoRA also `dora_scale`, the magnitude of each output row, shaped (out, 1[, 1, 1]) (LyCORIS's `wd_on_out`).
+- LoHa: `hada_w1_a` (out, rank), `hada_w1_b` (rank, in x k x k), the same for `hada_w2_*`, `alpha`; the update
+  is (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank, reshaped to the layer's weight.
+- LoKr: `lokr_w1` (or `lokr_w1_a` @ `lokr_w1_b`) and `lokr_w2` (or `lokr_w2_a` @ `lokr_w2_b`), `alpha`; the
+  update is kron(w1, w2) * alpha / rank, where the loaders read the rank off `lokr_w1_a` / `lokr_w2_a`. With
+  both factors full there is no rank and the loaders apply scale 1, so peft's alpha / rank goes into `lokr_w1`.
+
+peft keeps its weights in these very shapes (its LoHa and LoKr follow LyCORIS; non-effective convolutions are
+flattened the same way), so the export is a renaming plus DoRA's reshape and LoKr's full-factor scale.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dbspec.plan.model import AdapterPlan, Plan
+from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.checkpoints import Family, torch_dtype
+from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
+
+_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+
+
+def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
+    """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
+    return adapter.kind in ("loha", "lokr") or adapter.dora or adapter.conv_rank > 0
+
+
+def lycoris_state(
+    *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str
+) -> dict[str, torch.Tensor]:
+    """Every adapted layer's tensors under its kohya name, cast to `dtype` (alphas in fp32)."""
+    cast = torch_dtype(dtype)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
+        for name, weights, alpha in _layers(module):
+            key = f"{prefix}_{to_path(name).replace('.', '_')}"
+            for suffix, value in weights.items():
+                tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
+            tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    if not tensors:
+        raise ValueError("no adapter layers to export: the modules carry no peft adapter")
+    return tensors
+
+
+def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float]]:
+    """(module path, {kohya weight name: tensor}, kohya alpha) for each adapted layer."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.lora import LoraLayer
+
+    found = lora_adapter(module)
+    if found is None:
+        return
+    module, adapter = found
+    for name, layer in module.named_modules():
+        if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
+            yield name, *_lora(name, layer, adapter)
+        elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
+            if adapter in layer.hada_t1:
+                raise ValueError(f"`{name}`: LoHa's effective-conv (Tucker) form is not exported")
+            weights = {key: getattr(layer, key)[adapter] for key in _LOHA}
+            yield name, weights, float(layer.scaling[adapter]) * layer.r[adapter]
+        elif isinstance(layer, LoKrLayer) and adapter in layer.r:
+            yield name, *_lokr(name, layer, adapter)
+
+
+def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
+    if layer.lora_bias.get(adapter):
+        raise ValueError(f"`{name}`: a LoRA bias has no kohya form")
+    rank = layer.r[adapter]
+    # kohya scales by alpha / rank; peft by `scaling` (alpha / rank, or / sqrt(rank) with rsLoRA).
+    weights = {
+        "lora_down.weight": layer.lora_A[adapter].weight,
+        "lora_up.weight": layer.lora_B[adapter].weight,
+    }
+    if layer.use_dora.get(adapter):
+        magnitude = layer.lora_magnitude_vector[adapter].weight  # (out,), or (1, out, 1, 1) for a conv
+        base = layer.get_base_layer().weight
+        weights["dora_scale"] = magnitude.reshape(base.shape[0], *[1] * (base.dim() - 1))
+    return weights, float(layer.scaling[adapter]) * rank
+
+
+def _lokr(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
+    if adapter in layer.lokr_t2:
+        raise ValueError(f"`{name}`: LoKr's effective-conv (Tucker) form is not exported")
+    weights = {key: getattr(layer, key)[adapter] for key in _LOKR if adapter in getattr(layer, key)}
+    scaling = float(layer.scaling[adapter])
+    if "lokr_w1" in weights and "lokr_w2" in weights:  # no rank to divide by: loaders use scale 1
+        weights["lokr_w1"] = weights["lokr_w1"] * scaling
+        return weights, 1.0
+    return weights, scaling * layer.r[adapter]
+
+
+def network_args(adapter: AdapterPlan) -> dict[str, str]:
+    """kohya's ss_network_args for this adapter (what its training command line would have said)."""
+    args: dict[str, str] = {}
+    if adapter.kind != "lora":
+        args["algo"] = adapter.kind
+    elif adapter.dora:
+        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA
+    if adapter.conv_rank:
+        args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
+    if adapter.dora:
+        args["dora_wd"] = "True"
+    if adapter.kind == "lokr":
+        args["factor"] = str(adapter.factor)
+        if adapter.decompose_both:
+            args["decompose_both"] = "True"
+    return args
+
+
+def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> Path:
+    """`<name>.kohya.safetensors` for a LoCon, DoRA, LoHa or LoKr run, with the ss_* metadata kohya's
+    lycoris.kohya network writes."""
+    encoders = list(comps.text_encoders) if plan.train_text_encoder else []
+    tensors = lycoris_state(
+        unet=comps.unet if plan.train_denoiser else None,
+        text_encoders=encoders,
+        family=plan.model.family,
+        dtype=plan.checkpoints.save_precision,
+    )
+    a = plan.adapter
+    args = network_args(a)
+    kohya = {
+        # A1111 and ComfyUI read the layout from the tensor names; the module says which network wrote it.
+        "ss_network_module": "networks.lora" if "algo" not in args else "lycoris.kohya",
+        "ss_network_dim": str(a.rank),
+        "ss_network_alpha": f"{a.alpha:g}",
+        "ss_network_args": json.dumps(args, sort_keys=True),
+        **kohya_family_metadata(plan.model.family, plan.model.prediction),
+    }
+    return _write(Path(path), tensors, {**metadata, **kohya})

@@ -1,0 +1,248 @@
+"""LoCon, DoRA, LoHa and LoKr: each trains a tiny model through the real loop, resumes bit-exact, and its
+kohya/LyCORIS export loads back in LyCORIS's own loader (lycoris-lora, what kohya's lycoris.kohya network and
+the A1111/ComfyUI formats follow) with the trained model's weights and outputs. A loader of our own would only
+check dbspec against itself."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from dbspec.runtime.execute import execute
+from dbspec.runtime.sample import SampleError, SampleRequest, load_pipeline
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.runspec import compile_spec, write_spec
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+# name -> ([adapter] table, ss_network_args expected, tensor suffixes every adapted conv layer has)
+KINDS = {
+    "locon": (
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n',
+        {"conv_dim": "2", "conv_alpha": "1"},
+        {"lora_down.weight", "lora_up.weight", "alpha"},
+    ),
+    "dora": (
+        'kind = "lora"\nrank = 2\ndora = true\nconv_rank = 2\n',
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "2", "dora_wd": "True"},
+        {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
+    ),
+    "loha": (
+        # rank and module dropout draw from the run's generators: the resume must restore them too
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nrank_dropout = 0.2\nmodule_dropout = 0.2\n',
+        {"algo": "loha", "conv_dim": "2", "conv_alpha": "1"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    ),
+    "lokr": (  # rank 2 keeps the large factor low-rank on every layer of the tiny model
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n',
+        {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1"},
+        {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
+    ),
+    "lokr_full": (  # rank 64 trains both Kronecker factors in full: the export bakes alpha / rank into w1
+        'kind = "lokr"\nrank = 64\nalpha = 16.0\n',
+        {"algo": "lokr", "factor": "-1"},
+        set(),
+    ),
+}
+# diffusers 0.42 drops dora_scale for SD pipelines ("not compatible in Diffusers at the moment"): LyCORIS checks DoRA.
+DIFFUSERS_LOADS = ("locon",)
+SPEC = """
+[adapter]
+{adapter}
+[train]
+text_encoder = true
+
+[checkpoints]
+every = 2
+exports = ["kohya_lora"]
+"""
+
+
+def _merged(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """peft's own merge of a trained copy: each adapted layer's weight with its update folded in (DoRA too)."""
+    module = copy.deepcopy(module)
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge()
+    return {k.replace(".base_layer", ""): v for k, v in module.state_dict().items() if ".base_layer." in k}
+
+
+def _lycoris_weight(lyco) -> torch.Tensor:
+    """The weight LyCORIS's forward uses for a loaded module: base + its update (LoCon: make_weight x scale,
+    LoHa/LoKr: get_weight, which applies alpha / rank), renormalised for DoRA."""
+    with torch.no_grad():
+        base = lyco._current_weight()
+        if type(lyco).__name__ == "LoConModule":
+            diff = lyco.make_weight().view(lyco.shape) * lyco.scale
+        else:
+            diff = lyco.get_weight(lyco.shape)
+        return lyco.apply_weight_decompose(base + diff, 1) if lyco.wd else base + diff
+
+
+def _kohya_names(module: torch.nn.Module, prefix: str, path=lambda n: n) -> dict[str, str]:
+    return {
+        f"{prefix}_{path(n)}".replace(".", "_"): n
+        for n, m in module.named_modules()
+        if isinstance(m, BaseTunerLayer)
+    }
+
+
+def _unet_output(unet, seed: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(latents, torch.tensor([10, 700]), context).sample
+
+
+def _files(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {str(p.relative_to(folder)): load_file(str(p)) for p in sorted(folder.rglob("*.safetensors"))}
+
+
+@pytest.fixture
+def loader(monkeypatch):
+    """lycoris-lora's kohya loader. It first builds a network from its default preset, which (4.1.3) names the
+    SD UNet's time embedding twice (the `TimestepEmbedding` class and the name `time_embedding.linear_1`) and
+    asserts; with empty targets it builds nothing there and every module comes from the file's weights."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])
+    return lycoris_kohya.create_network_from_weights
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, loader):
+    table, args, conv_suffixes = KINDS[kind]
+    spec = write_spec(tmp_path, steps=4, extra=SPEC.format(adapter=table))
+    lr = ["optimizer.lr=1e-2"]  # large enough that four steps move every factor visibly
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
+    assert ours.keys() == resumed.keys() and "dbspec.kohya.safetensors" in ours
+    for name, tensors in ours.items():
+        assert tensors.keys() == resumed[name].keys()
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert json.loads(metadata["ss_network_args"]) == args
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"  # sd-scripts' name of a 3x3 ResNet convolution
+    assert {k.split(".", 1)[1] for k in keys if k.startswith(conv + ".")} == conv_suffixes
+    if kind == "lokr_full":  # both factors full on every layer: the case whose scale goes into lokr_w1
+        assert any(k.endswith(".lokr_w2") for k in keys) and not any(".lokr_w2_" in k for k in keys)
+
+    trained = whole.components
+    for module in (trained.unet, *trained.text_encoders):
+        module.eval()  # dropout off: compare the adapters themselves
+    fresh = build_pipeline(plan.model.base)
+    base_output = _unet_output(fresh.unet)
+    # kohya names CLIP's modules `text_model.*`, a level transformers >= 5.6 no longer has: LyCORIS names them
+    # from the module it gets, so it gets one holding the encoder under that name.
+    named = torch.nn.Module()
+    named.text_model = fresh.text_encoder
+    network, weights = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    modules = [*trained.unet.modules(), *trained.text_encoders[0].modules()]
+    adapted = [m for m in modules if isinstance(m, BaseTunerLayer)]
+    assert len(network.unet_loras) + len(network.text_encoder_loras) == len(adapted)
+    assert network.text_encoder_loras
+    # Every loaded module's weight against peft's merge of the trained layer it names.
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    for lyco in [*network.unet_loras, *network.text_encoder_loras]:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        ours = merged[prefix][f"{names[lyco.lora_name]}.weight"]
+        torch.testing.assert_close(_lycoris_weight(lyco), ours, rtol=1e-4, atol=1e-4, msg=lyco.lora_name)
+    # LyCORIS's forward path (what kohya's scripts and its inference wrappers run); its merge_to scales LoHa and
+    # LoKr updates by alpha / rank twice in 4.1.3 (get_diff_weight on top of get_weight), unlike its forward,
+    # A1111 and ComfyUI, so it is not the reference here.
+    network.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    network.load_state_dict(weights, strict=False)
+    trained_output = _unet_output(trained.unet)
+    torch.testing.assert_close(_unet_output(fresh.unet), trained_output, rtol=1e-4, atol=1e-4)
+    ids = torch.randint(0, 500, (2, 77), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ours_text = trained.text_encoders[0](ids).last_hidden_state
+        torch.testing.assert_close(fresh.text_encoder(ids).last_hidden_state, ours_text, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
+    if plan.adapter.kind != "lora":  # final/ in peft's layout: `dbspec sample` puts it back on the base model
+        with pytest.raises(SampleError, match="LoHa/LoKr"):
+            load_pipeline(SampleRequest(source=export, base=plan.model.base, settings=plan.validation))
+        pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
+        torch.testing.assert_close(_unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            theirs = pipe.text_encoder(ids).last_hidden_state
+        torch.testing.assert_close(theirs, ours_text, rtol=1e-5, atol=1e-5)
+    if kind in DIFFUSERS_LOADS:  # diffusers' kohya conversion takes LoRA on convolutions
+        pipe = build_pipeline(plan.model.base)
+        pipe.load_lora_weights(str(export))
+        torch.testing.assert_close(_unet_output(pipe.unet), trained_output, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            theirs = pipe.text_encoder(ids).last_hidden_state
+        torch.testing.assert_close(theirs, ours_text, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_sdxl_names_match_kohyas_lora_names_for_the_same_layers(kind):
+    """SDXL keys use the original UNet layout (kohya's SDXL UNet), as the kohya LoRA writer names them (that
+    writer's names load in diffusers, tests/runtime/test_exports.py): the same layers get the same names."""
+    from dbspec.plan.model import AdapterPlan
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.exports import kohya_lora_state
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    names = {}
+    for adapter_kind in ("lora", kind):
+        pipe = build_pipeline("builtin:tiny-sdxl")
+        adapter = AdapterPlan(
+            kind=adapter_kind, rank=2, alpha=1.0, conv_rank=2, conv_alpha=1.0, conv_targets=("conv1", "conv2")
+        )
+        add_lora(pipe.unet, adapter, ("to_q", "to_out.0"), seed=0, conv=True)
+        state = (kohya_lora_state if adapter_kind == "lora" else lycoris_state)(
+            unet=pipe.unet, text_encoders=[], family="sdxl", dtype="fp32"
+        )
+        if adapter_kind == "lora":
+            state = state[0]
+        names[adapter_kind] = {key.split(".")[0] for key in state}
+    assert names[kind] == names["lora"]
+    assert "lora_unet_input_blocks_1_0_in_layers_2" in names[kind]  # down_blocks.0.resnets.0.conv1
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_locon_tensors_equal_the_kohya_lora_writers(family):
+    """LoRA and LoCon layers go through the LyCORIS writer when DoRA or convolutions ask for it: tensor for tensor
+    what the kohya LoRA writer (loaded by diffusers in tests/runtime/test_exports.py) writes for the same adapter."""
+    from dbspec.plan.model import AdapterPlan
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.exports import kohya_lora_state
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    pipe = build_pipeline(f"builtin:tiny-{family}")
+    adapter = AdapterPlan(
+        kind="lora", rank=2, alpha=3.0, conv_rank=4, conv_alpha=1.0, conv_targets=("conv1",)
+    )
+    add_lora(pipe.unet, adapter, ("to_q", "proj_in"), seed=0, conv=True)
+    args = {"unet": pipe.unet, "text_encoders": [], "family": family, "dtype": "fp16"}
+    ours, (theirs, _) = lycoris_state(**args), kohya_lora_state(**args)
+    assert ours.keys() == theirs.keys() and any(".alpha" in k and "_in_layers_2" in k for k in ours) == (
+        family == "sdxl"
+    )
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)

@@ -1,0 +1,148 @@
+"""The adapter plan (LoRA, DoRA, LoHa, LoKr, convolutions): what the compiler settles, counts and shows.
+
+Parameter counts are checked against counts made here from the models' architectures: a 3x3 convolution's
+adapter has rank x (in x 9 + out) parameters (LoRA's down and up), LoHa twice LoRA's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dbspec.compiler.target import parse_target
+from dbspec.frontend import plan_spec
+from dbspec.plan.io import plan_from_json, plan_to_json
+from dbspec.plan.summary import adapter_rows
+
+GPU = parse_target("cuda:24GB:8.9")
+SD15 = "runwayml/stable-diffusion-v1-5"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
+def _plan(tmp_path: Path, adapter: str, base: str = SD15):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\n{adapter}\n[optimizer]\nlr = 1e-4\n'
+        '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
+    )
+    planned = plan_spec(spec, GPU, "spec.toml", [])
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    return planned.plan
+
+
+def conv_params_per_rank(channels, layers_per_block: int) -> int:
+    """rank x (in x 9 + out) over the 3x3 convolutions kohya's LoCon adapts in a UNet2DConditionModel: each
+    ResNet's conv1 and conv2, each downsampler and upsampler."""
+    total, widths = 0, []
+
+    def resnet(c_in, c_out):
+        return (c_in * 9 + c_out) + (c_out * 9 + c_out)
+
+    c = channels[0]
+    widths.append(c)  # conv_in's output feeds the first skip
+    for i, out in enumerate(channels):
+        for _ in range(layers_per_block):
+            total += resnet(c, out)
+            c = out
+            widths.append(c)
+        if i < len(channels) - 1:
+            total += c * 9 + c  # downsampler
+            widths.append(c)
+    total += 2 * resnet(c, c)  # mid block
+    for i, out in enumerate(reversed(channels)):
+        for _ in range(layers_per_block + 1):
+            total += resnet(c + widths.pop(), out)
+            c = out
+        if i < len(channels) - 1:
+            total += c * 9 + c  # upsampler
+    return total
+
+
+def test_conv_counts_of_the_public_unets():
+    assert conv_params_per_rank((320, 640, 1280, 1280), 2) == 544_000
+    assert conv_params_per_rank((320, 640, 1280), 2) == 355_840
+
+
+def test_loha_with_convolutions_counts_twice_loras_per_rank(tmp_path):
+    lora = _plan(tmp_path, 'kind = "lora"\nrank = 8').adapter
+    loha = _plan(tmp_path, 'kind = "loha"\nrank = 8\nconv_rank = 4\nconv_alpha = 2.0').adapter
+    conv = conv_params_per_rank((320, 640, 1280, 1280), 2)
+    assert loha.params["unet"] == 2 * lora.params["unet"] + 2 * 4 * conv
+    assert (loha.kind, loha.conv_rank, loha.conv_alpha) == ("loha", 4, 2.0)
+    assert loha.conv_targets == ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+def test_sdxl_locon_counts_the_conv_layers_of_sdxl(tmp_path):
+    plan = _plan(tmp_path, 'kind = "lora"\nrank = 4\nconv_rank = 2', base=SDXL)
+    plain = _plan(tmp_path, 'kind = "lora"\nrank = 4', base=SDXL)
+    extra = plan.adapter.params["unet"] - plain.adapter.params["unet"]
+    assert extra == 2 * conv_params_per_rank((320, 640, 1280), 2)
+    # the memory estimate counts them: fp32 adapter weights, their gradients and AdamW's two moments
+    assert plan.memory.gradients - plain.memory.gradients == 4 * extra
+    assert plan.memory.optimizer - plain.memory.optimizer == 8 * extra
+
+
+def test_lokr_and_dora_reach_the_plan_and_its_json(tmp_path):
+    lokr = _plan(tmp_path, 'kind = "lokr"\nrank = 4\nfactor = 8\ndecompose_both = true\nrank_dropout = 0.1')
+    a = lokr.adapter
+    assert (a.kind, a.factor, a.decompose_both, a.rank_dropout, a.dora) == ("lokr", 8, True, 0.1, False)
+    lora = _plan(tmp_path, 'kind = "lora"\nrank = 4').adapter
+    assert 0 < a.params["unet"] <= lora.params["unet"]  # LoKr's count is bounded by LoRA's at the same rank
+    dora = _plan(tmp_path, 'kind = "lora"\nrank = 4\ndora = true')
+    assert dora.adapter.dora and dora.adapter.conv_targets == ()
+    assert plan_from_json(plan_to_json(dora)).adapter == dora.adapter
+
+
+def test_summary_shows_kind_targets_and_counts(tmp_path):
+    a = _plan(tmp_path, 'kind = "lokr"\nrank = 4\nconv_rank = 2\ndenoiser_targets = ["to_q"]').adapter
+    rows = dict(adapter_rows(a))
+    assert rows["adapter"].startswith("lokr (factor -1) rank 4")
+    assert rows["  targets"] == "to_q"
+    assert rows["  conv targets"].endswith("(rank 2, alpha 2)")
+    assert rows["  unet params"] == f"{a.params['unet']:,} (estimate)"
+    assert dict(adapter_rows(_plan(tmp_path, 'kind = "none"').adapter)) == {"adapter": "none"}
+
+
+def test_lokr_full_matrix_recipe_stays_a_small_share_of_the_unet(tmp_path):
+    """LyCORIS's rank-100000 LoKr trains both Kronecker factors in full: at most 1/factor^2 of each layer."""
+    plan = _plan(tmp_path, 'kind = "lokr"\nrank = 100000\nfactor = 16\nconv_rank = 100000')
+    unet = next(c.params for c in plan.precision.components if c.name == "unet")
+    assert 0 < plan.adapter.params["unet"] <= unet / 256
+    assert plan.memory.fits
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_a_version_1_file_of_every_kind_reads_unet_targets_forward_and_upgrades(tmp_path, kind):
+    """spec_version 1 named the denoiser targets `unet_targets` for every adapter kind: the migration renames
+    them in [adapter] whatever the kind, and `dbspec upgrade` rewrites the file to version 2's name."""
+    from dbspec.frontend import check_spec
+    from dbspec.spec.upgrade import upgrade_text
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
+    text = (
+        f'spec_version = 1\n[model]\nbase = "{SD15}"\n[adapter]\nkind = "{kind}"\nrank = 4\nconv_rank = 2\n'
+        'unet_targets = ["to_q", "ff.net.2"]\n[optimizer]\nlr = 1e-4\n'
+        '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
+    )
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    checked = check_spec(spec, "spec.toml")
+    assert [d.code for d in checked.diagnostics] == ["DBS107"]
+    assert "`adapter.unet_targets` -> `adapter.denoiser_targets` (line 8)" in checked.diagnostics[0].message
+    assert checked.spec.adapter.kind == kind and checked.spec.adapter.denoiser_targets == ["to_q", "ff.net.2"]
+    upgraded, problems = upgrade_text(text, "spec.toml")
+    assert upgraded is not None and not problems
+    assert 'denoiser_targets = ["to_q", "ff.net.2"]' in upgraded.text and "unet_targets" not in upgraded.text
+    spec.write_text(upgraded.text)
+    planned = plan_spec(spec, GPU, "spec.toml", [])
+    assert planned.plan is not None and not planned.diagnostics
+    assert planned.plan.adapter.denoiser_targets == ("to_q", "ff.net.2")

@@ -1,0 +1,142 @@
+"""kohya network_args for LoCon (networks.lora conv_dim/conv_alpha) and LyCORIS (lycoris.kohya algo=locon,
+loha, lokr; dora_wd, preset, factor): realistic command lines convert without --allow-unsupported, pass
+`dbspec check`, and plan what kohya's networks would train (sd-scripts networks/lora.py; LyCORIS kohya.py:
+conv_dim/conv_alpha default to network_dim/network_alpha, preset "full")."""
+
+from __future__ import annotations
+
+
+from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, kohya, messages, plan_of  # noqa: F401
+
+KOHYA_CONV = ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+def _convert(tmp_path, model: str, network: str, script: str = "train_network.py"):
+    images(tmp_path / "x" / "10_ohwx", 3, (512, 512))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch {script} --pretrained_model_name_or_path={model} --train_data_dir=x "
+        f"--resolution=512 {network} --learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors",
+    )
+
+
+def test_networks_lora_conv_dim_is_locon_with_kohyas_resnet_layers(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=networks.lora --network_dim=16 --network_alpha=8 --network_args "conv_dim=8" '
+        '"conv_alpha=4"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("lora", 16, 8.0, 8, 4.0)
+    assert a.conv_targets == KOHYA_CONV and not a.dora
+    # networks.lora scans ResnetBlock2D for conv_dim: its Linear and 1x1 layers train at network_dim
+    assert {"time_emb_proj", "conv_shortcut", "proj_in", "ff.net.2"} <= set(a.denoiser_targets)
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_networks_lora_conv_alpha_defaults_to_one(tmp_path):
+    outcome = _convert(
+        tmp_path, SD15, "--network_module=networks.lora --network_dim=8 --network_args conv_dim=4"
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.conv_rank, a.conv_alpha) == (4, 1.0)
+
+
+def test_lycoris_locon_with_dora(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        SDXL,
+        "--network_module=lycoris.kohya --network_dim=16 --network_alpha=16 "
+        '--network_args "algo=locon" "conv_dim=4" "conv_alpha=2" "dora_wd=True" --network_train_unet_only',
+        "sdxl_train_network.py",
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.dora, a.rank, a.conv_rank, a.conv_alpha) == ("lora", True, 16, 4, 2.0)
+    # LyCORIS's "full" preset: transformer, ResNet and embedding linears; 3x3 convs incl. conv_in/conv_out
+    assert {"time_embedding.linear_1", "time_emb_proj", "to_q"} <= set(a.denoiser_targets)
+    assert a.conv_targets == (*KOHYA_CONV, "conv_in", "conv_out")
+    assert a.params["unet"] > 0 and not plan.train_text_encoder
+
+
+def test_lycoris_loha_conv_dims_default_to_the_network_dims(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        '--network_module lycoris.kohya --network_dim 8 --network_alpha 4 --network_args "algo=loha" '
+        '"rank_dropout=0.1" "module_dropout=0.05" "preset=attn-mlp"',
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha, a.rank_dropout, a.module_dropout) == ("loha", 8, 4.0, 0.1, 0.05)
+    assert a.conv_rank == 0 and a.conv_targets == ()  # attn-mlp adapts no convolution
+    assert "ff.net.0.proj" in a.denoiser_targets and "fc1" in a.text_encoder_targets
+
+
+def test_lycoris_lokr_factor_and_full_preset(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=lycoris.kohya --network_dim=10000 --network_alpha=1 "
+        '--network_args "algo=lokr" "factor=8" "conv_dim=10000" "conv_alpha=1" "decompose_both=False"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.factor, a.decompose_both, a.conv_rank) == ("lokr", 10000, 8, False, 10000)
+
+
+def test_lycoris_options_without_an_equivalent_are_named(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=lycoris.kohya --network_dim=8 --network_args "algo=loha" "use_tucker=True" '
+        '"dora_wd=True"',
+    )
+    assert fate(outcome, "network_args") == "unsupported"
+    text = messages(outcome, "DBS401") + messages(outcome, "DBS402") + messages(outcome, "DBS403")
+    assert "use_tucker=True" in text and "dora_wd" in text
+
+
+def test_unknown_lycoris_algo_is_unsupported(tmp_path):
+    outcome = _convert(tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=glora"')
+    assert not outcome.written or fate(outcome, "network_args") == "unsupported"
+
+
+def test_config_file_lokr_with_full_matrix_recipe(tmp_path):
+    """A --config_file as kohya_ss writes it for LyCORIS LoKr: the huge-dim "full matrix" recipe."""
+    from convert_kit import write
+
+    images(tmp_path / "img" / "20_ohwx dog", 3, (1024, 1024))
+    write(
+        tmp_path / "cfg.toml",
+        f"""
+pretrained_model_name_or_path = "{SDXL}"
+train_data_dir = "img"
+resolution = "1024,1024"
+network_module = "lycoris.kohya"
+network_dim = 100000
+network_alpha = 1
+network_args = ["preset=full", "conv_dim=100000", "conv_alpha=1", "algo=lokr", "factor=16", "dora_wd=False", "use_tucker=False"]
+learning_rate = 1.0
+optimizer_type = "Prodigy"
+max_train_steps = 1000
+mixed_precision = "bf16"
+save_precision = "fp16"
+""",
+    )
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "cfg.toml", command="sdxl_train_network.py --output_dir out"
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha, a.factor, a.conv_rank, a.conv_alpha) == (
+        "lokr",
+        100000,
+        1.0,
+        16,
+        100000,
+        1.0,
+    )
+    assert not a.dora and "conv_in" in a.conv_targets
+    assert plan.checkpoints.exports == ("kohya_lora",)
+    assert fate(outcome, "network_args") == "mapped"
