@@ -447,6 +447,45 @@ separator; otherwise, as in kohya, the caption trains as written, separator incl
 `caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
 empty caption, so its captions teach nothing (warning).""",
     ),
+    # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS254.
+    Code(
+        "DBS250",
+        ERROR,
+        "A dataset names a group that no `[[groups]]` table defines",
+        """\
+`group` in a `[[datasets]]` table names a group that no `[[groups]]` table defines. Leave `group` empty for \
+the
+default group ([schedule] batch_size and [buckets]).""",
+        help="add a [[groups]] table with that name, or fix the spelling",
+    ),
+    Code(
+        "DBS251",
+        ERROR,
+        "Two `[[groups]]` tables share a name",
+        """\
+Two `[[groups]]` tables share a name (or one is named with the empty string, which is the default \
+group's).""",
+        help="give every [[groups]] a unique, non-empty name",
+    ),
+    Code(
+        "DBS252",
+        WARNING,
+        "A `[[groups]]` table no dataset uses",
+        """\
+No `[[datasets]]` table names this group in its `group` key, so its settings change nothing (warning).""",
+        help="set `group` on the datasets meant to use it, or remove the [[groups]] table",
+    ),
+    Code(
+        "DBS253",
+        "either",
+        "A group's bucket settings contradict each other",
+        """\
+In a `[[groups]]` table (its own keys, or the `[buckets]` values it takes for the keys it does not write):
+`bucket_min_size` above `bucket_max_size`, or a `bucket_step` that is not a multiple of 8 (errors); bucket \
+sizes
+written together with `bucket_no_upscale = true`, which ignores them (warning), as `[buckets]` does \
+(DBS218).""",
+    ),
     Code(
         "DBS255",
         WARNING,

@@ -56,8 +56,10 @@ class BucketBatchSampler:
     """Single-bucket batches of every sample, shuffled per epoch from (seed, epoch), split across processes.
 
     Per epoch: each image appears `repeats` times (flip drawn per sample when its dataset flips); samples
-    are grouped by bucket and shuffled within it; each bucket is cut into batches of `batch_size` (the last
-    one may be smaller: never dropped); batch order is shuffled; process `rank` takes every `processes`-th.
+    are grouped by dataset group and bucket and shuffled within it; each is cut into batches of its group's
+    batch size (`group_batch_sizes`, the default group "" `batch_size`; the last one may be smaller: never
+    dropped), so a batch never mixes groups, as kohya's per-[[datasets]] batches; batch order is shuffled;
+    process `rank` takes every `processes`-th.
     When the batch count is not a multiple of `processes`, the list is padded by repeating batches from
     its start (as torch's DistributedSampler pads), so every process makes the same number of steps and
     DDP's gradient all-reduce never waits on a process that has finished its epoch.
@@ -71,6 +73,7 @@ class BucketBatchSampler:
         seed: int,
         processes: int = 1,
         rank: int = 0,
+        group_batch_sizes: Mapping[str, int] | None = None,
     ) -> None:
         if batch_size < 1 or processes < 1 or not 0 <= rank < processes:
             raise ValueError(
@@ -79,7 +82,16 @@ class BucketBatchSampler:
             )
         self.datasets = tuple(datasets)
         self.batch_size, self.seed, self.processes, self.rank = batch_size, seed, processes, rank
-        self.total_batches = sum(-(-n // batch_size) for n in _bucket_counts(self.datasets).values())
+        self.group_batch_sizes = {"": batch_size, **(group_batch_sizes or {})}
+        unknown = sorted({d.group for d in self.datasets} - set(self.group_batch_sizes))
+        if unknown or min(self.group_batch_sizes.values()) < 1:
+            raise ValueError(
+                f"every dataset group needs a batch size >= 1; got {self.group_batch_sizes}, missing "
+                f"{unknown}"
+            )
+        self.total_batches = sum(
+            -(-n // self.group_batch_sizes[group]) for (group, _), n in _bucket_counts(self.datasets).items()
+        )
         if self.total_batches == 0:
             raise ValueError("the datasets hold no samples (every image has 0 repeats)")
         # Same arithmetic as the compiler's SchedulePlan.batches_per_epoch (per process).
@@ -90,7 +102,14 @@ class BucketBatchSampler:
     @classmethod
     def from_plan(cls, plan: Plan, *, rank: int = 0) -> BucketBatchSampler:
         s = plan.schedule
-        return cls(plan.datasets, batch_size=s.batch_size, seed=s.seed, processes=s.processes, rank=rank)
+        return cls(
+            plan.datasets,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            processes=s.processes,
+            rank=rank,
+            group_batch_sizes={g.name: g.batch_size for g in plan.groups},
+        )
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -103,12 +122,10 @@ class BucketBatchSampler:
         rng = random.Random(f"dbspec-sampler:{self.seed}:{epoch}")  # str seeds hash with sha512: stable
         by_bucket = _draw_samples(self.datasets, rng)
         batches: list[Batch] = []
-        for size in sorted(by_bucket):
-            samples = by_bucket[size]
+        for key in sorted(by_bucket):  # (group, bucket): one group's batches only, never mixed
+            samples, size = by_bucket[key], self.group_batch_sizes[key[0]]
             rng.shuffle(samples)
-            batches += [
-                tuple(samples[i : i + self.batch_size]) for i in range(0, len(samples), self.batch_size)
-            ]
+            batches += [tuple(samples[i : i + size]) for i in range(0, len(samples), size)]
         rng.shuffle(batches)
         padded = [batches[i % len(batches)] for i in range(self.batches_per_epoch * self.processes)]
         mine = padded[self.rank :: self.processes]
@@ -154,17 +171,20 @@ class BucketBatchSampler:
         self._epoch, self._position = epoch, position
 
 
-def _bucket_counts(datasets: tuple[DatasetPlan, ...]) -> dict[Size, int]:
-    counts: dict[Size, int] = {}
+def _bucket_counts(datasets: tuple[DatasetPlan, ...]) -> dict[tuple[str, Size], int]:
+    counts: dict[tuple[str, Size], int] = {}
     for d in datasets:
         for img in d.images:
-            counts[img.bucket] = counts.get(img.bucket, 0) + img.repeats
-    return {size: n for size, n in counts.items() if n > 0}
+            counts[(d.group, img.bucket)] = counts.get((d.group, img.bucket), 0) + img.repeats
+    return {key: n for key, n in counts.items() if n > 0}
 
 
-def _draw_samples(datasets: tuple[DatasetPlan, ...], rng: random.Random) -> dict[Size, list[Sample]]:
-    """Every sample of an epoch grouped by bucket, in plan order, with flips and augmentation seeds drawn."""
-    by_bucket: dict[Size, list[Sample]] = {}
+def _draw_samples(
+    datasets: tuple[DatasetPlan, ...], rng: random.Random
+) -> dict[tuple[str, Size], list[Sample]]:
+    """Every sample of an epoch grouped by (dataset group, bucket), in plan order, with flips and augmentation
+    seeds drawn."""
+    by_bucket: dict[tuple[str, Size], list[Sample]] = {}
     for di, d in enumerate(datasets):
         for ii, img in enumerate(d.images):
             for _ in range(img.repeats):
@@ -172,7 +192,7 @@ def _draw_samples(datasets: tuple[DatasetPlan, ...], rng: random.Random) -> dict
                 sample = Sample(
                     dataset=di, image=ii, role=d.role, flip=flip, aug_seed=rng.getrandbits(63), img=img
                 )
-                by_bucket.setdefault(img.bucket, []).append(sample)
+                by_bucket.setdefault((d.group, img.bucket), []).append(sample)
     return by_bucket
 
 

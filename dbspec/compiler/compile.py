@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 
 import attrs
 
@@ -13,6 +12,7 @@ from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
+from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_tables, plan_groups
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
@@ -27,7 +27,6 @@ from dbspec.plan.model import (
     PLAN_VERSION,
     BucketPlan,
     CheckpointPlan,
-    DatasetPlan,
     EmaPlan,
     LoggingPlan,
     LossPlan,
@@ -81,8 +80,8 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
-    datasets = balance(ctx, plan_datasets(ctx, model, keyer))
-    buckets = sched.bucket_table(_bucket_samples(datasets), ctx.spec.schedule.batch_size)
+    datasets = balance_groups(ctx, plan_datasets(ctx, model, keyer))
+    buckets = group_bucket_tables(ctx, datasets)
     schedule = _schedule(ctx, datasets, buckets)
     caption_notes: tuple[str, ...] = ()
     if schedule is not None:
@@ -107,45 +106,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
-def balance(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> tuple[DatasetPlan, ...]:
-    """Per-image samples per epoch: instance images use their repeats; class images are balanced to match
-    (kohya's rule) unless schedule.balance_classes is false, when they keep their own repeats."""
-    class_images = [
-        (di, ii) for di, d in enumerate(datasets) if d.role == "class" for ii in range(len(d.images))
-    ]
-    new_repeats: dict[tuple[int, int], int] = {}
-    if ctx.spec.schedule.balance_classes:
-        target = sum(img.repeats for d in datasets if d.role == "instance" for img in d.images)
-        counts = sched.balance_class_repeats(
-            [datasets[di].images[ii].repeats for di, ii in class_images], target
-        )
-        new_repeats = dict(zip(class_images, counts))
-    out = []
-    for di, d in enumerate(datasets):
-        if d.role == "class" and new_repeats:
-            images = tuple(_with_repeats(img, new_repeats[(di, ii)]) for ii, img in enumerate(d.images))
-            d = attrs.evolve(d, images=images)
-        out.append(attrs.evolve(d, samples_per_epoch=sum(img.repeats for img in d.images)))
-    return tuple(out)
-
-
-def _with_repeats(img, repeats: int):
-    """A balanced class image; one that never trains (0 repeats) has nothing to cache."""
-    if repeats:
-        return attrs.evolve(img, repeats=repeats)
-    return attrs.evolve(img, repeats=0, latent_keys=(), text_key="")
-
-
-def _bucket_samples(datasets: tuple[DatasetPlan, ...]) -> dict:
-    samples: dict = defaultdict(lambda: [0, 0])
-    for d in datasets:
-        for img in d.images:
-            samples[img.bucket][d.role == "class"] += img.repeats
-    return {size: tuple(v) for size, v in samples.items()}
-
-
 def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> SchedulePlan | None:
-    s = ctx.spec.schedule
     batches = sum(b.batches_per_epoch for b in buckets)
     if batches == 0:
         # Data errors (missing folders, bad images, captions or masks) already say why; this only adds noise.
@@ -160,18 +121,28 @@ def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> Schedu
     for b in buckets:
         if b.short:
             n = b.instance_samples + b.class_samples
+            where = f" of group `{b.group}`" if b.group else ""
             ctx.report(
                 "DBS333",
                 "warning",
-                f"bucket {b.size[0]}x{b.size[1]} holds {n} sample(s), fewer than "
-                f"batch_size {s.batch_size}: they train as one smaller batch each epoch (not dropped)",
-                ("schedule", "batch_size"),
+                f"bucket {b.size[0]}x{b.size[1]}{where} holds {n} sample(s), fewer than "
+                f"batch_size {batch_size_of(ctx, b.group)}: they train as one smaller batch each epoch "
+                "(not dropped)",
+                _batch_size_key(ctx, b.group),
             )
     try:
         return _compute(ctx, batches, buckets)
     except ValueError as exc:
         ctx.report("DBS334", "error", f"the schedule cannot be computed: {exc}", ("schedule",))
         return None
+
+
+def _batch_size_key(ctx: Context, group: str) -> tuple:
+    """Where a group's batch size is written: its [[groups]] batch_size, or schedule.batch_size."""
+    for index, g in enumerate(ctx.spec.groups):
+        if group and g.name == group and g.batch_size:
+            return ("groups", index, "batch_size")
+    return ("schedule", "batch_size")
 
 
 def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> SchedulePlan:
@@ -181,6 +152,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         instance_samples=sum(b.instance_samples for b in buckets),
         class_samples=sum(b.class_samples for b in buckets),
         batch_size=s.batch_size,
+        largest_batch_size=max(batch_size_of(ctx, b.group) for b in buckets),
         accumulation=s.accumulation,
         processes=ctx.env.processes,
         steps=s.steps,
@@ -228,7 +200,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         trainable_params=trainable,
         optimizer=spec.optimizer.kind,
         momentum=spec.optimizer.momentum,
-        batch_size=spec.schedule.batch_size,
+        batch_size=max(batch_size_of(ctx, b.group) for b in buckets),  # the largest batch of any group
         max_bucket=largest,
         family=model.family,
         gradient_checkpointing=spec.precision.gradient_checkpointing,
@@ -343,6 +315,7 @@ def _assemble(
         train_text_encoder=spec.train.text_encoder,
         datasets=datasets,
         buckets=buckets,
+        groups=plan_groups(ctx, datasets, buckets),
         schedule=schedule,
         loss=loss,
         precision=precision,

@@ -16,6 +16,7 @@ from dbspec.compiler import kohya_folders as kf
 from dbspec.compiler.caches import Keyer
 from dbspec.compiler.captions import caption_plan
 from dbspec.compiler.context import Context
+from dbspec.compiler.groups import bucket_settings
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.compiler.unusable import report_unusable, sidecars
 from dbspec.plan.captions import fixed_caption
@@ -49,7 +50,7 @@ class Placer:
 
 
 def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
-    b = ctx.spec.buckets
+    b = bucket_settings(ctx, d.group)
     if b.mode == "square":
         return Placer(mode="square", resolution=d.resolution, step=b.step)
     if b.no_upscale:
@@ -58,11 +59,12 @@ def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
     hi = b.max_size or d.resolution * 2
     problems = bk.range_violations((d.resolution, d.resolution), lo, hi, b.step)
     if problems:
-        hint = "adjust buckets.min_size / max_size / step"
+        where = f"group `{d.group}`'s bucket_" if d.group else "buckets."
+        hint = f"adjust {where}min_size / max_size / step"
         if lo < b.step:  # the smallest bucket rounds down to 0: the step is too coarse for this resolution
             hint = (
-                f"lower buckets.step to {lo - lo % 8} or less (kohya's 64 suits 512 px and up), or "
-                "set buckets.min_size"
+                f"lower {where}step to {lo - lo % 8} or less (kohya's 64 suits 512 px and up), or "
+                f"set {where}min_size"
             )
         ctx.report(
             "DBS330",
@@ -144,6 +146,7 @@ def _plan_dataset(
         skipped=skipped,
         generate=generate,
         caption_processing=captions,
+        group=d.group,
     )
 
 
@@ -211,6 +214,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         images=tuple(img for img in images if img is not None),
         skipped=tuple(skipped),
+        group=d.group,
         folders=tuple(
             FolderPlan(
                 name=f.name,

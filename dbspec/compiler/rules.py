@@ -15,6 +15,8 @@ Adding a rule is adding one function with its phase (and a case in tests/unit/te
 
 from __future__ import annotations
 
+import difflib
+
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -406,6 +408,83 @@ def bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
                 ("datasets", i, "resolution"),
                 f"datasets[{i}].resolution ({d.resolution}) is not a multiple of 8",
                 f"the VAE downsamples by 8; use {low} or {high}",
+            )
+
+
+def group_buckets(spec: Spec, given: Given, index: int) -> tuple[str, int, int, int, bool]:
+    """Group `index`'s (mode, min_size, max_size, step, no_upscale): each key not written takes [buckets]'
+    value."""
+    g, b = spec.groups[index], spec.buckets
+
+    def pick(key: str, own, default):
+        return own if given(("groups", index, key)) else default
+
+    return (
+        pick("bucket_mode", g.bucket_mode, b.mode),
+        pick("bucket_min_size", g.bucket_min_size, b.min_size),
+        pick("bucket_max_size", g.bucket_max_size, b.max_size),
+        pick("bucket_step", g.bucket_step, b.step),
+        pick("bucket_no_upscale", g.bucket_no_upscale, b.no_upscale),
+    )
+
+
+@rule("spec")
+def groups_defined(spec: Spec, given: Given) -> Iterator[Hit]:
+    names = {g.name for g in spec.groups}
+    for i, d in enumerate(spec.datasets):
+        if d.group and d.group not in names:
+            known = ", ".join(f"`{n}`" for n in sorted(names)) or "none"
+            close = difflib.get_close_matches(d.group, sorted(names), n=1)
+            yield _err(
+                "DBS250",
+                ("datasets", i, "group"),
+                f"dataset `{d.name}` names group `{d.group}`, but no [[groups]] table has that name "
+                f"(groups: {known})",
+                f'did you mean "{close[0]}"?' if close else "",
+            )
+
+
+@rule("spec")
+def unique_group_names(spec: Spec, given: Given) -> Iterator[Hit]:
+    seen: set[str] = set()
+    for i, g in enumerate(spec.groups):
+        if not g.name or g.name in seen:
+            problem = "is empty (the default group's name)" if not g.name else "is used more than once"
+            yield _err("DBS251", ("groups", i, "name"), f"group name `{g.name}` {problem}")
+        seen.add(g.name)
+
+
+@rule("spec")
+def unused_groups(spec: Spec, given: Given) -> Iterator[Hit]:
+    used = {d.group for d in spec.datasets}
+    for i, g in enumerate(spec.groups):
+        if g.name and g.name not in used:
+            yield _warn("DBS252", ("groups", i, "name"), f"no dataset uses group `{g.name}`")
+
+
+@rule("spec")
+def group_bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
+    for i, g in enumerate(spec.groups):
+        _mode, lo, hi, step, no_upscale = group_buckets(spec, given, i)
+        if lo and hi and lo > hi:
+            yield _err(
+                "DBS253",
+                ("groups", i, "bucket_min_size"),
+                f"group `{g.name}`: bucket_min_size ({lo}) exceeds bucket_max_size ({hi})",
+            )
+        if step % 8:
+            yield _err(
+                "DBS253",
+                ("groups", i, "bucket_step"),
+                f"group `{g.name}`: bucket_step ({step}) must be a multiple of 8",
+                "the VAE downsamples by 8; use 64 (kohya's default) or 32",
+            )
+        sizes = given(("groups", i, "bucket_min_size")) or given(("groups", i, "bucket_max_size"))
+        if no_upscale and sizes:
+            yield _warn(
+                "DBS253",
+                ("groups", i, "bucket_no_upscale"),
+                f"group `{g.name}`: bucket_min_size/bucket_max_size are ignored with no_upscale = true",
             )
 
 

@@ -320,6 +320,7 @@ def compute_schedule(
     accumulation: int,
     processes: int,
     steps: int,
+    largest_batch_size: int = 0,
     epochs: int,
     lr: float,
     lr_schedule: str,
@@ -341,8 +342,11 @@ def compute_schedule(
 
     `batches_per_epoch` is the total over buckets and processes; each process takes every
     `processes`-th batch, and an epoch's trailing partial accumulation still makes one optimizer step.
+    With dataset groups, `batches_per_epoch` sums every group's batches (kohya concatenates the groups'
+    datasets, each item one batch of its group's size), `batch_size` is the default group's and
+    `largest_batch_size` the largest of any group (0 = `batch_size`).
     """
-    _check_counts(batches_per_epoch, instance_samples + class_samples, batch_size)
+    _check_counts(batches_per_epoch, instance_samples + class_samples, max(batch_size, largest_batch_size))
     for name, value, least in (
         ("instance samples", instance_samples, 0),
         ("class samples", class_samples, 0),

@@ -108,6 +108,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "scale_v_like_epsilon"): False,
         ("loss", "v_pred_like_loss"): 0.0,
         ("loss", "prior_reduction"): "separate",
+        ("groups",): [],  # dataset groups
+        ("datasets", "*", "group"): "",
+        ("buckets", "*", "group"): "",
         ("datasets", "*", "folders"): [],  # kohya folder datasets
         # adapter kinds beyond plain LoRA (LoCon, DoRA, LoHa, LoKr): all off then
         ("adapter", "conv_rank"): 0,

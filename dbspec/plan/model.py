@@ -204,6 +204,7 @@ class DatasetPlan:
     samples_per_epoch: int = 0
     generate: GeneratePlan | None = None
     caption_processing: CaptionPlan = CaptionPlan()
+    group: str = ""  # its [[groups]] name; "" = the default group (schedule.batch_size)
 
 
 @frozen
@@ -213,6 +214,27 @@ class BucketPlan:
     class_samples: int
     batches_per_epoch: int
     short: bool = False  # fewer samples than the batch size: one smaller batch
+    group: str = ""  # the group whose datasets fill it ("" = the default group); batches never mix groups
+
+
+@frozen
+class GroupPlan:
+    """One dataset group (kohya's [[datasets]]): its batch size, bucket settings and samples per epoch.
+
+    Plan.groups is empty when the spec has no [[groups]] (one group: schedule.batch_size and [buckets]);
+    otherwise it has one entry per group used, the default group ("") first when a dataset has no `group`.
+    """
+
+    name: str
+    batch_size: int
+    bucket_mode: Literal["aspect", "square", "no_upscale"]
+    bucket_min_size: int  # resolved per dataset when 0 (half its resolution); unused unless aspect
+    bucket_max_size: int  # likewise (twice its resolution)
+    bucket_step: int
+    datasets: tuple[str, ...]
+    instance_samples: int  # per epoch
+    class_samples: int  # per epoch, after balancing against this group's instance samples
+    batches_per_epoch: int  # over all processes: per bucket ceil(samples / batch_size)
 
 
 @frozen
@@ -459,3 +481,4 @@ class Plan:
     memory: MemoryPlan
     origins: dict[str, Origin]
     warnings: tuple[str, ...] = ()  # rendered warnings from compiling
+    groups: tuple[GroupPlan, ...] = ()  # () = one group (no [[groups]] in the spec)

@@ -148,10 +148,37 @@ def kohya_folders_table(plan: Plan) -> Table | None:
     return t
 
 
+def groups_table(plan: Plan) -> Table | None:
+    """Dataset groups (kohya's [[datasets]]): shown only when the spec has [[groups]]."""
+    if not plan.groups:
+        return None
+    t = _table(
+        "Dataset groups", "group", "datasets", "batch", "buckets", "instance", "class", "batches/epoch"
+    )
+    for g in plan.groups:
+        sizes = (
+            f"{g.bucket_min_size or 'res/2'}-{g.bucket_max_size or '2 res'}, "
+            if g.bucket_mode == "aspect"
+            else ""
+        )
+        t.add_row(
+            g.name or "(default)",
+            ", ".join(g.datasets),
+            str(g.batch_size),
+            f"{g.bucket_mode}, {sizes}step {g.bucket_step}",
+            str(g.instance_samples),
+            str(g.class_samples),
+            str(g.batches_per_epoch),
+        )
+    return t
+
+
 def buckets_table(plan: Plan) -> Table:
-    t = _table("Buckets", "size", "instance", "class", "batches/epoch", "")
+    grouped = bool(plan.groups)
+    t = _table("Buckets", *(("group",) if grouped else ()), "size", "instance", "class", "batches/epoch", "")
     for b in plan.buckets:
         t.add_row(
+            *((b.group or "(default)",) if grouped else ()),
             f"{b.size[0]}x{b.size[1]}",
             str(b.instance_samples),
             str(b.class_samples),
@@ -159,6 +186,14 @@ def buckets_table(plan: Plan) -> Table:
             "fewer than batch size" if b.short else "",
         )
     return t
+
+
+def _batch_sizes(plan: Plan) -> str:
+    """The batch size, or each group's ("2 (default), 4 (closeups)") when groups differ."""
+    sizes = {g.batch_size for g in plan.groups}
+    if len(sizes) <= 1:
+        return str(plan.groups[0].batch_size if plan.groups else plan.schedule.batch_size)
+    return ", ".join(f"{g.batch_size} ({g.name or 'default'})" for g in plan.groups)
 
 
 def schedule_table(plan: Plan) -> Table:
@@ -169,7 +204,10 @@ def schedule_table(plan: Plan) -> Table:
             "optimizer steps",
             f"{s.total_steps} ({_plural(s.epochs, 'epoch')} x {_plural(s.steps_per_epoch, 'step')})",
         ),
-        ("batch", f"{s.batch_size} x {s.accumulation} accumulation x {s.processes} process(es)"),
+        (
+            "batch",
+            f"{_batch_sizes(plan)} x {s.accumulation} accumulation x {s.processes} process(es)",
+        ),
         ("samples per epoch", f"{s.instance_samples_per_epoch} instance + {s.class_samples_per_epoch} class"),
         (
             "optimizer",
@@ -333,6 +371,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
         datasets_table(plan),
         captions_table(plan),
         kohya_folders_table(plan),
+        groups_table(plan),
         buckets_table(plan),
         schedule_table(plan),
         training_table(plan),

@@ -126,8 +126,21 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     for i, b in enumerate(plan.buckets):
         if not all(_at_least(8)(side) for side in b.size):
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
+    yield from _group_problems(plan)
     yield from _noise_problems(plan)
     yield from _output_problems(plan)
+
+
+def _group_problems(plan: Plan) -> Iterator[str]:
+    """Each dataset's group has a batch size the sampler can cut (the default group's is
+    schedule.batch_size)."""
+    names = {g.name for g in plan.groups}
+    for i, g in enumerate(plan.groups):
+        if not _at_least(1)(g.batch_size):
+            yield f"groups[{i}].batch_size must be an integer of at least 1; found {g.batch_size!r}"
+    for i, d in enumerate(plan.datasets):
+        if d.group and d.group not in names:
+            yield f"datasets[{i}].group must name one of groups[].name; found {d.group!r}"
 
 
 def _noise_problems(plan: Plan) -> Iterator[str]:

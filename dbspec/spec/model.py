@@ -259,6 +259,14 @@ class Dataset:
         "instance", doc="instance: the subject to learn; class: regularisation images for prior preservation."
     )
     recursive: bool = option(False, doc="Also scan sub-folders.")
+    group: str = option(
+        "",
+        doc="The `[[groups]]` entry (by name) whose batch size and bucket settings this dataset trains with; "
+        "empty = the default group ([schedule] batch_size and [buckets]). Batches never mix groups, and "
+        "class "
+        "images are balanced against the instance images of their own group (kohya's `[[datasets]]`).",
+        example="closeups",
+    )
     layout: Literal["folder", "kohya_folders"] = option(
         "folder",
         doc="folder: `path` holds the images. kohya_folders: `path` holds kohya's `N_class tokens` "
@@ -405,6 +413,52 @@ class Buckets:
     step: int = option(64, doc="Bucket sides are multiples of this.", minimum=8)
     no_upscale: bool = option(
         False, doc="Never upscale: small images get a bucket of their own size (kohya bucket_no_upscale)."
+    )
+
+
+@frozen
+class Group:
+    """One kohya `[[datasets]]` entry: datasets that share a batch size and bucket settings."""
+
+    name: str = option(doc="A short unique name, referred to by `group` in [[datasets]].", example="closeups")
+    batch_size: int = option(
+        0,
+        doc="Images per batch (per process) for this group's datasets; 0 = schedule.batch_size.",
+        minimum=0,
+        derived="same as `schedule.batch_size`",
+    )
+    # Bucket keys not written in the group take [buckets]' values (the compiler reads which were written).
+    bucket_mode: Literal["aspect", "square"] = option(
+        "aspect",
+        doc="buckets.mode for this group's datasets; not written = buckets.mode.",
+        derived="same as `buckets.mode`",
+    )
+    bucket_min_size: int = option(
+        0,
+        doc="buckets.min_size for this group's datasets (0 = half the dataset resolution); not written = "
+        "buckets.min_size.",
+        minimum=0,
+        maximum=16384,
+        derived="same as `buckets.min_size`",
+    )
+    bucket_max_size: int = option(
+        0,
+        doc="buckets.max_size for this group's datasets (0 = twice the dataset resolution); not written = "
+        "buckets.max_size.",
+        minimum=0,
+        maximum=16384,
+        derived="same as `buckets.max_size`",
+    )
+    bucket_step: int = option(
+        64,
+        doc="buckets.step for this group's datasets; not written = buckets.step.",
+        minimum=8,
+        derived="same as `buckets.step`",
+    )
+    bucket_no_upscale: bool = option(
+        False,
+        doc="buckets.no_upscale for this group's datasets; not written = buckets.no_upscale.",
+        derived="same as `buckets.no_upscale`",
     )
 
 
@@ -728,6 +782,12 @@ class Spec:
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
+    groups: list[Group] = option(
+        factory=list,
+        doc="Dataset groups ([[groups]] tables): each has its own batch size and bucket settings, like "
+        "kohya's "
+        "[[datasets]]; datasets without a `group` form the default group.",
+    )
     loss: Loss = option(factory=Loss, doc="Loss terms.")
     optimizer: Optimizer = option(factory=Optimizer, doc="Optimizer.")
     schedule: Schedule = option(factory=Schedule, doc="Steps, batches and the learning-rate schedule.")
@@ -749,6 +809,7 @@ TABLE_CLASSES = (
     Train,
     Dataset,
     Buckets,
+    Group,
     Loss,
     Optimizer,
     Schedule,
@@ -773,6 +834,8 @@ def table_classes() -> dict[str, tuple[type, ...]]:
             out[field.name] = tuple(ADAPTER_VARIANTS.values())
         elif field.name == "datasets":
             out[field.name] = (Dataset,)
+        elif field.name == "groups":
+            out[field.name] = (Group,)
         elif attrs.has(field.type):
             out[field.name] = (field.type,)
     return out

@@ -95,14 +95,14 @@ def _example(table: str, field: attrs.Attribute) -> str:
     if value is None:
         default = static_default(field)
         value = default if default not in (NO_DEFAULT, None) else ""
-    header = "[[datasets]]" if table == "datasets" else (f"[{table}]" if table else "")
+    header = f"[[{table}]]" if table in ("datasets", "groups") else (f"[{table}]" if table else "")
     line = f"{field.name} = {toml_value(value)}"
     return f"{header}\n{line}" if header else line
 
 
 def _table_heading(name: str, cls: type) -> str:
-    if name == "datasets":
-        return "## `[[datasets]]`"
+    if name in ("datasets", "groups"):
+        return f"## `[[{name}]]`"
     if name == "adapter":
         kind = typing.get_args(attrs.fields(cls).kind.type)[0]
         return f'## `[adapter]` with kind = "{kind}"'

@@ -62,6 +62,10 @@ def _as_plan_version_3(plan_json: str) -> str:
     for dataset in data["datasets"]:
         del dataset["caption_processing"]  # kohya's caption processing, added since (off then)
         del dataset["folders"]  # kohya folder datasets, added since
+        del dataset["group"]  # dataset groups, added since (one group then)
+    for bucket in data["buckets"]:
+        del bucket["group"]
+    del data["groups"]
     return json.dumps(data, indent=1) + "\n"
 
 

@@ -328,7 +328,7 @@ def test_prior_weight_min_snr_and_noise_offset_with_mixed_batches(tmp_path):
     assert fate(outcome, "train_batch_size") == "mapped" and fate(outcome, "min_snr_gamma") == "mapped"
 
 
-def test_per_dataset_reg_balance_is_reported_when_it_differs(tmp_path):
+def test_per_dataset_reg_balance_converts_to_dataset_groups(tmp_path):
     images(tmp_path / "a", 2, (512, 512))
     images(tmp_path / "b", 4, (512, 512), prefix="b")
     images(tmp_path / "reg", 20, (512, 512), prefix="r")
@@ -354,9 +354,11 @@ class_tokens = "ohwx"
         command=f"train_db.py --pretrained_model_name_or_path {SD15}",
     )
     plan = plan_of(outcome, tmp_path)
-    # kohya balances the reg images against dataset 0's 2 samples; dbspec against all 6
-    assert sum(repeats(plan, 1)) == 6
-    assert "2 reg samples per epoch" in messages(outcome, "DBS404")
+    # kohya balances the reg images against dataset 0's 2 samples only (not all 6): each [[datasets]] is a
+    # group
+    assert sum(repeats(plan, 1)) == 2
+    assert not messages(outcome, "DBS404")
+    assert [(g.name, g.datasets) for g in plan.groups] == [("datasets0", ("a", "reg")), ("datasets1", ("b",))]
 
 
 def test_a_dataset_with_only_reg_images_trains_none_of_them(tmp_path):

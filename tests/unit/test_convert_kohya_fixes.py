@@ -211,7 +211,7 @@ def test_in_json_without_a_dataset_config_says_fine_tuning_is_not_supported(tmp_
     assert "nothing to train" not in "\n".join(errors(outcome))
 
 
-def test_datasets_that_differ_in_batch_size_still_report_every_key(tmp_path):
+def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(tmp_path):
     images(tmp_path / "a", 2, (512, 512), caption="a", caption_ext=".txt")
     images(tmp_path / "b", 2, (512, 512), caption="b", caption_ext=".txt")
     write(
@@ -224,7 +224,7 @@ def test_datasets_that_differ_in_batch_size_still_report_every_key(tmp_path):
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --max_train_epochs 3")
     assert outcome.exit_code == 1
-    assert fate(outcome, "datasets[0].batch_size") == fate(outcome, "datasets[1].batch_size") == "unsupported"
+    assert fate(outcome, "datasets[0].batch_size") == fate(outcome, "datasets[1].batch_size") == "mapped"
     assert fate(outcome, "datasets[0].subsets[0].color_aug") == "unsupported"
     assert fate(outcome, "datasets[1].subsets[0].flip_aug") == "mapped"
     allowed = kohya(
@@ -233,6 +233,7 @@ def test_datasets_that_differ_in_batch_size_still_report_every_key(tmp_path):
     plan = plan_of(allowed, tmp_path)
     # kohya batches each [[datasets]] apart: ceil(2/1) + ceil(2/2) batches per epoch, 3 epochs
     assert plan.schedule.total_steps == 3 * (2 + 1)
+    assert [(g.name, g.batch_size) for g in plan.groups] == [("datasets0", 1), ("datasets1", 2)]
 
 
 # --- 7. command files with one option per line -------------------------------------------------------------

@@ -266,6 +266,10 @@ def _set(table: str, key: str, value):
             ),
             r'datasets\[0\].caption_processing.caption_separator must not be ""',
         ),
+        (
+            lambda data: data["datasets"][0].__setitem__("group", "nowhere"),
+            r"datasets\[0\].group must name one of groups\[\].name; found 'nowhere'",
+        ),
     ],
 )
 def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):

@@ -25,6 +25,7 @@ DOGS = '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "data/dogs"\nprompt 
 STEPS = "[schedule]\nsteps = 100\n"
 LORA = '[adapter]\nkind = "lora"\n'
 TE = "[train]\ntext_encoder = true\n"
+GROUP = '[[groups]]\nname = "closeups"\nbatch_size = 2\n'
 
 
 def given_in(data: dict):
@@ -216,6 +217,65 @@ CASES = [
         DOG + "resolution = 700\n" + STEPS,
         [("DBS218", "error", ("datasets", 0, "resolution"))],
         DOG + "resolution = 704\n" + STEPS,
+    ),
+    (
+        rules.groups_defined,
+        DOG + 'group = "closeup"\n' + GROUP + STEPS,
+        [("DBS250", "error", ("datasets", 0, "group"))],
+        DOG + 'group = "closeups"\n' + GROUP + STEPS,
+    ),
+    (
+        rules.unique_group_names,
+        DOG + 'group = "closeups"\n' + GROUP + GROUP + STEPS,
+        [("DBS251", "error", ("groups", 1, "name"))],
+        DOG
+        + 'group = "closeups"\n'
+        + DOGS
+        + 'group = "wide"\n'
+        + GROUP
+        + GROUP.replace('"closeups"', '"wide"')
+        + STEPS,
+    ),
+    (
+        rules.unused_groups,
+        DOG + GROUP + STEPS,
+        [("DBS252", "warning", ("groups", 0, "name"))],
+        DOG + 'group = "closeups"\n' + GROUP + STEPS,
+    ),
+    (
+        rules.group_bucket_bounds,
+        DOG
+        + 'group = "closeups"\n'
+        + GROUP
+        + "bucket_step = 12\nbucket_min_size = 1024\n"
+        + "[buckets]\nmax_size = 512\n"
+        + STEPS,
+        [
+            ("DBS253", "error", ("groups", 0, "bucket_min_size")),
+            ("DBS253", "error", ("groups", 0, "bucket_step")),
+        ],
+        DOG
+        + 'group = "closeups"\n'
+        + GROUP
+        + "bucket_step = 16\nbucket_min_size = 512\n"
+        + "[buckets]\nmax_size = 512\n"
+        + STEPS,
+    ),
+    (
+        rules.group_bucket_bounds,
+        DOG
+        + 'group = "closeups"\n'
+        + GROUP
+        + "bucket_max_size = 1024\n"
+        + "[buckets]\nno_upscale = true\n"
+        + STEPS,
+        [("DBS253", "warning", ("groups", 0, "bucket_no_upscale"))],
+        DOG
+        + 'group = "closeups"\n'
+        + GROUP
+        + "bucket_no_upscale = false\nbucket_max_size = 1024\n"
+        + "[buckets]\nno_upscale = true\n"
+        + STEPS,
     ),
     (
         rules.two_betas,

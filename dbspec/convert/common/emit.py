@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from dbspec.convert.common.core import Conversion
-from dbspec.spec.model import ADAPTER_VARIANTS, SPEC_VERSION, Dataset, LoraAdapter, Spec
+from dbspec.spec.model import ADAPTER_VARIANTS, SPEC_VERSION, Dataset, Group, LoraAdapter, Spec
 
 SCHEMA_LINE = "#:schema ../schemas/dbspec.schema.json"
 _COMMENT_COLUMN = 40
@@ -23,7 +23,7 @@ def table_order() -> list[tuple[str, type]]:
     for field in attrs.fields(Spec):
         if field.name == "spec_version":
             continue
-        cls = {"adapter": LoraAdapter, "datasets": Dataset}.get(field.name, field.type)
+        cls = {"adapter": LoraAdapter, "datasets": Dataset, "groups": Group}.get(field.name, field.type)
         out.append((field.name, cls))
     return out
 
@@ -31,9 +31,9 @@ def table_order() -> list[tuple[str, type]]:
 def render_spec(conv: Conversion, header: list[str]) -> str:
     lines = [SCHEMA_LINE, *[f"# {h}" if h else "#" for h in header], f"spec_version = {SPEC_VERSION}"]
     for table, cls in table_order():
-        if table == "datasets":
-            for index in sorted({p[1] for p in conv.values if p[0] == "datasets"}):
-                lines += ["", "[[datasets]]", *_rows(conv, cls, ("datasets", index))]
+        if table in ("datasets", "groups"):  # arrays of tables
+            for index in sorted({p[1] for p in conv.values if p[0] == table}):
+                lines += ["", f"[[{table}]]", *_rows(conv, cls, (table, index))]
             continue
         if table == "adapter" and ("adapter", "kind") in conv.values:
             cls = ADAPTER_VARIANTS[conv.values[("adapter", "kind")][0]]

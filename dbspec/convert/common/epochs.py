@@ -1,11 +1,13 @@
 """How many batches an epoch has, and how class images are balanced, in kohya and in the converted spec.
 
 Converting epoch-based values (max_train_epochs, save/sample every N epochs, warm-up ratios of epoch-based
-runs) and proving that balancing and batching match needs the image folders: this module lists them the way
-kohya does (non-recursive, kohya's extensions, sizes as stored: kohya ignores EXIF orientation) and counts
-batches with dbspec's own kohya-exact bucket functions. dbspec differs from kohya in two ways counted here: it
-pools all datasets into one bucket table (kohya batches each [[datasets]] apart) and balances class images
-against all instance images (kohya: per [[datasets]]).
+runs)
+and proving that balancing and batching match needs the image folders: this module lists them the way kohya
+does (non-recursive, kohya's extensions, sizes as stored: kohya ignores EXIF orientation) and counts batches
+with dbspec's own kohya-exact bucket functions. Each kohya [[datasets]] converts to a dbspec dataset group,
+which
+batches and balances class images on its own as kohya does; what can still differ is the sizes seen (dbspec
+applies EXIF orientation, kohya does not).
 """
 
 from __future__ import annotations
@@ -99,27 +101,26 @@ def list_images(folder: Path) -> tuple[Img, ...] | None:
 
 def kohya_epoch(parts: list[Part], batch_sizes: dict[int, int]) -> Epoch:
     """kohya: each [[datasets]] balances its own reg images and makes its own batches."""
+    return _grouped_epoch(parts, batch_sizes, raw=True)
+
+
+def dbspec_epoch(parts: list[Part], batch_sizes: dict[int, int]) -> Epoch:
+    """The converted spec: each kohya [[datasets]] is a dataset group (balancing and batches per group, as
+    kohya), with the converted buckets and EXIF-oriented sizes."""
+    return _grouped_epoch(parts, batch_sizes, raw=False)
+
+
+def _grouped_epoch(parts: list[Part], batch_sizes: dict[int, int], *, raw: bool) -> Epoch:
     repeats: dict[int, tuple[int, ...]] = {}
+    batches = 0
     for group in sorted({p.group for p in parts}):
         members = [i for i, p in enumerate(parts) if p.group == group]
         repeats.update(_balance(parts, members))
-    batches = 0
-    for group in sorted({p.group for p in parts}):
         counts: Counter = Counter()
-        for i, part in enumerate(parts):
-            if part.group == group:
-                _count(counts, part, repeats[i], raw=True)
+        for i in members:
+            _count(counts, parts[i], repeats[i], raw=raw)
         batches += sum(-(-n // batch_sizes[group]) for n in counts.values())
     return _epoch(parts, repeats, batches)
-
-
-def dbspec_epoch(parts: list[Part], batch_size: int) -> Epoch:
-    """The converted spec: global balancing, one pooled bucket table, EXIF-oriented sizes."""
-    repeats = _balance(parts, list(range(len(parts))))
-    counts: Counter = Counter()
-    for i, part in enumerate(parts):
-        _count(counts, part, repeats[i], raw=False)
-    return _epoch(parts, repeats, sum(-(-n // batch_size) for n in counts.values()))
 
 
 def _balance(parts: list[Part], members: list[int]) -> dict[int, tuple[int, ...]]:

@@ -250,8 +250,8 @@ def _text_cache_refused(a, layout: Layout, conv: Conversion) -> None:
 
 def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int | None]:
     parts = layout.epoch_parts() if layout is not None else None
-    if layout is not None and parts is None and layout.has_class and len(layout.settings) == 1:
-        # folders not read here; with one [[datasets]] kohya's per-dataset balancing is dbspec's global one
+    if layout is not None and parts is None and layout.has_class:
+        # folders not read here; kohya balances per [[datasets]], and so does each converted dataset group
         conv.put(
             ("schedule", "balance_classes"),
             True,
@@ -260,27 +260,19 @@ def _batches(layout: Layout | None, conv: Conversion) -> tuple[int | None, int |
     if not parts:
         return None, None
     kohya = kohya_epoch(parts, layout.batches)
-    dbspec = dbspec_epoch(parts, layout.batch_size.value)
+    dbspec = dbspec_epoch(parts, layout.batches)
     if layout.has_class:
         _balance_notes(kohya, dbspec, layout, conv)
-    # [[datasets]] that differ (DBS403, left out with --allow-unsupported): the spec keeps kohya's step count
-    return kohya.batches, dbspec.batches if layout.uniform else None
+    return kohya.batches, dbspec.batches
 
 
 def _balance_notes(kohya, dbspec, layout: Layout, conv: Conversion) -> None:
-    reg = next(s.values["is_reg"] for _, s, _ in layout.parts if s.values["is_reg"].value)
-    if kohya.class_repeats != dbspec.class_repeats:
-        conv.differs(
-            reg,
-            f"kohya balances reg images per [[datasets]] ({kohya.class_samples} reg samples per epoch), "
-            f"dbspec against all training images ({dbspec.class_samples})",
-        )
-    else:
-        conv.put(
-            ("schedule", "balance_classes"),
-            True,
-            f"kohya repeats reg images to match the training images ({kohya.class_samples} per epoch)",
-        )
+    conv.put(
+        ("schedule", "balance_classes"),
+        True,
+        f"kohya repeats reg images to match the training images of their [[datasets]] "
+        f"({kohya.class_samples} per epoch)",
+    )
     conv.notes.append(
         "kohya: with reg images an epoch holds twice the training samples, so each step sees half "
         "as many training images as diffusers' DreamBooth; dbspec keeps kohya's step count"

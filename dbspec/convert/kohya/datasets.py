@@ -2,8 +2,12 @@
 
 Each kohya subset (one image folder) becomes one dbspec dataset. Captions keep kohya's rule: the sidecar file
 `<image stem><caption_extension>` when it exists, else `class_tokens` (captions = "textfile" with `prompt` as
-the fallback). Bucket settings, the batch size and the resolution rules are per [[datasets]] in kohya but
-global (or per dataset) in dbspec: they convert when all kohya datasets agree.
+the
+fallback). Bucket settings and the batch size are per [[datasets]] in kohya: one kohya [[datasets]] converts
+to
+[schedule] batch_size and [buckets]; several convert to one [[groups]] table each (batch size, bucket
+settings;
+the resolution goes on each converted dataset), so batching and reg balancing stay per [[datasets]].
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from dbspec.convert.common.paths import PathMapper
 class Layout:
     """The converted datasets, with what the epoch arithmetic needs."""
 
-    batch_size: Legacy  # the spec's (the largest when the [[datasets]] differ)
-    batches: dict[int, int]  # kohya [[datasets]] index -> its batch size
-    uniform: bool  # every [[datasets]] has the same batch size and bucket settings (else DBS403)
+    batch_size: Legacy  # the largest of any [[datasets]]
+    batches: dict[int, int]  # kohya [[datasets]] index -> its batch size (its group's, in the spec)
     settings: tuple["Settings", ...]  # per kohya [[datasets]]
     parts: tuple[tuple[KDataset, KSubset, tuple[Img, ...] | None], ...]  # kept subsets, with their images
     has_class: bool
@@ -62,29 +65,30 @@ def map_datasets(
     settings = [_dataset_settings(d, script, conv) for d in datasets]
     if any(s is None for s in settings):
         return None
-    batch = _one(
-        conv,
-        [(d.values["batch_size"], d.values["batch_size"].value) for d in datasets],
-        "batch_size",
-        "dbspec has one schedule.batch_size for all datasets",
-    )
-    shape = _one(
-        conv,
-        [(d.values["enable_bucket"], s.mode_key) for d, s in zip(datasets, settings)],
-        "bucket settings",
-        "dbspec has one [buckets] table for all datasets",
-    )
-    # Differing batch sizes or buckets are reported (DBS403), and every other key still gets its own fate.
-    uniform = batch is not None and shape is not None
-    if batch is not None:
-        conv.mapped(datasets[0].values["batch_size"], ("schedule", "batch_size"), batch)
-    if shape is not None:
-        _write_buckets(datasets[0], settings[0], conv)
+    # One kohya [[datasets]] is dbspec's default group ([schedule] batch_size, [buckets]); several become
+    # [[groups]], one each: kohya batches and balances reg images per [[datasets]], and so do dbspec groups.
+    grouped = len(datasets) > 1
+    if grouped:
+        for position, (d, setting) in enumerate(zip(datasets, settings)):
+            _write_group(position, d, setting, conv)
+    else:
+        conv.mapped(
+            datasets[0].values["batch_size"],
+            ("schedule", "batch_size"),
+            datasets[0].values["batch_size"].value,
+        )
+        _write_buckets(datasets[0], settings[0], conv, ("buckets",))
     parts = _parts(datasets, settings, paths, conv)
     for out_index, (dataset, subset, images) in enumerate(parts):
         setting = settings[dataset.index]
         map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
         subset_problems(dataset, subset, images, setting, cache_latents, conv)
+        if grouped:
+            conv.put(
+                ("datasets", out_index, "group"),
+                group_name(dataset),
+                f"kohya datasets[{dataset.index}]",
+            )
     if not parts:
         conv.invalid(
             "datasets",
@@ -109,7 +113,6 @@ def map_datasets(
     return Layout(
         batch_size=max((d.values["batch_size"] for d in datasets), key=lambda b: b.value),
         batches={d.index: d.values["batch_size"].value for d in datasets},
-        uniform=uniform,
         settings=tuple(settings),
         parts=tuple(parts),
         has_class=has_class,
@@ -234,40 +237,51 @@ def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conv
     return ok
 
 
-def _one(conv: Conversion, pairs: list[tuple[Legacy, object]], what: str, why: str):
-    values = {value for _, value in pairs}
-    if len(values) == 1:
-        return pairs[0][1]
-    for legacy, _ in pairs:
-        conv.unsupported(
-            legacy, f"the [[datasets]] use different {what} ({', '.join(map(str, values))}): {why}"
-        )
-    return None
+def group_name(d: KDataset) -> str:
+    """The [[groups]] name of a kohya [[datasets]] entry: its index, as in the report's `datasets[i].`
+    keys."""
+    return f"datasets{d.index}"
 
 
-def _write_buckets(d: KDataset, s: Settings, conv: Conversion) -> None:
+def _write_group(position: int, d: KDataset, s: Settings, conv: Conversion) -> None:
+    """One kohya [[datasets]] as one [[groups]] table: its name, batch size and bucket settings."""
+    conv.put(("groups", position, "name"), group_name(d), f"kohya datasets[{d.index}]")
+    conv.mapped(d.values["batch_size"], ("groups", position, "batch_size"), d.values["batch_size"].value)
+    _write_buckets(d, s, conv, ("groups", position))
+
+
+def _write_buckets(d: KDataset, s: Settings, conv: Conversion, table: tuple) -> None:
+    """kohya's bucket keys as [buckets] (table = ("buckets",)) or a group's bucket_* keys."""
     v = d.values
+    prefix = "" if table == ("buckets",) else "bucket_"
+
+    def key(name: str) -> tuple:
+        return (*table, prefix + name)
+
     if s.kohya.mode == "square":
         conv.mapped(
             v["enable_bucket"],
-            ("buckets", "mode"),
+            key("mode"),
             "square",
             comment=conv.comment(v["enable_bucket"], "buckets off: one resolution x resolution bucket"),
         )
-        for key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"):
-            conv.inert(v[key], "buckets are off (enable_bucket = false)")
+        for name in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"):
+            conv.inert(v[name], "buckets are off (enable_bucket = false)")
         return
-    conv.mapped(v["enable_bucket"], ("buckets", "mode"), "aspect")
-    conv.mapped(v["bucket_reso_steps"], ("buckets", "step"), v["bucket_reso_steps"].value)
+    conv.mapped(v["enable_bucket"], key("mode"), "aspect")
+    conv.mapped(v["bucket_reso_steps"], key("step"), v["bucket_reso_steps"].value)
     if s.kohya.mode == "no_upscale":
-        conv.mapped(v["bucket_no_upscale"], ("buckets", "no_upscale"), True)
-        for key in ("min_bucket_reso", "max_bucket_reso"):
-            conv.inert(v[key], "ignored with bucket_no_upscale (kohya warns the same)")
+        conv.mapped(v["bucket_no_upscale"], key("no_upscale"), True)
+        for name in ("min_bucket_reso", "max_bucket_reso"):
+            conv.inert(v[name], "ignored with bucket_no_upscale (kohya warns the same)")
         return
     low, high = bk.adjust_min_max(v["min_bucket_reso"].value, v["max_bucket_reso"].value, s.kohya.step)
-    conv.mapped(v["min_bucket_reso"], ("buckets", "min_size"), low)
-    conv.mapped(v["max_bucket_reso"], ("buckets", "max_size"), high)
-    conv.record(v["bucket_no_upscale"], "mapped", "buckets.no_upscale")
+    conv.mapped(v["min_bucket_reso"], key("min_size"), low)
+    conv.mapped(v["max_bucket_reso"], key("max_size"), high)
+    if table != ("buckets",):
+        conv.mapped(v["bucket_no_upscale"], key("no_upscale"), False)
+    else:
+        conv.record(v["bucket_no_upscale"], "mapped", "buckets.no_upscale")
 
 
 def _parts(datasets, settings, paths: PathMapper, conv: Conversion) -> list:

@@ -59,10 +59,10 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
         )
     else:
         theirs = (
-            f"the converted spec's {dbspec_batches} (kohya batches each [[datasets]] apart and ignores EXIF "
-            "rotation)"
+            f"the converted spec's {dbspec_batches} (kohya ignores EXIF rotation when it places images in "
+            "buckets)"
             if dbspec_batches is not None
-            else "the [[datasets]] differ in batch size or buckets, which the spec cannot keep"
+            else "the converted spec's epoch could not be counted here"
         )
         conv.differs(
             epochs,
