@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable
 
 from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
+from dbspec.spec.model import LrSchedule
 
-LR_SCHEDULES = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "cosine_with_min_lr",
-    "warmup_stable_decay",
-    "cosine_annealing",
-    "cosine_annealing_warm_restarts",
-)
+LR_SCHEDULES: tuple[str, ...] = typing.get_args(LrSchedule)  # the spec's names, in its order
 POLYNOMIAL_LR_END = (
     1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
 )

@@ -599,6 +599,21 @@ class Optimizer:
     max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
 
 
+# The first six are diffusers' get_scheduler names; then kohya's (transformers) and two torch schedulers.
+LrSchedule = Literal[
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+    "cosine_annealing",
+    "cosine_annealing_warm_restarts",
+]
+
+
 @frozen
 class Schedule:
     # Upper bounds keep plans and checks fast; far above any real run (thousands of steps, a
@@ -609,18 +624,7 @@ class Schedule:
     epochs: int = option(0, doc="Epochs to train; set this or `steps`.", minimum=0, maximum=1_000_000)
     batch_size: int = option(1, doc="Images per batch (per process).", minimum=1)
     accumulation: int = option(1, doc="Batches accumulated per optimizer step.", minimum=1)
-    lr_schedule: Literal[
-        "constant",
-        "constant_with_warmup",
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "cosine_with_min_lr",
-        "warmup_stable_decay",
-        "cosine_annealing",
-        "cosine_annealing_warm_restarts",
-    ] = option(
+    lr_schedule: LrSchedule = option(
         "constant",
         doc="Learning-rate schedule: the first six are diffusers' get_scheduler, cosine_with_min_lr and "
         "warmup_stable_decay transformers' (as kohya calls them), cosine_annealing is torch's "
