@@ -102,15 +102,7 @@ def _plan_dataset(
     if generating and not folder.exists():
         scan = ScanResult(images=(), diagnostics=(), cache_hits=0, cache_misses=0)
     else:
-        scan = scan_folder(
-            folder,
-            recursive=d.recursive,
-            min_size=d.min_image_size,
-            on_bad=d.on_bad_image,
-            cache_dir=ctx.cache_dir / "scan",
-            key_path=f"datasets[{i}].path",
-            sidecars=sidecars(d.caption_extension),
-        )
+        scan = _scan_images(ctx, i, d, folder, recursive=d.recursive)
         for diag in scan.diagnostics:
             if not (generating and diag.code == "DBS302"):  # an empty class folder is fine when we generate
                 ctx.adopt(diag, ("datasets", i, "path"))
@@ -150,6 +142,19 @@ def _plan_dataset(
     )
 
 
+def _scan_images(ctx: Context, i: int, d: Dataset, folder: Path, *, recursive: bool) -> ScanResult:
+    """The dataset's images in `folder` with their caption sidecars (scan cache in the cache folder)."""
+    return scan_folder(
+        folder,
+        recursive=recursive,
+        min_size=d.min_image_size,
+        on_bad=d.on_bad_image,
+        cache_dir=ctx.cache_dir / "scan",
+        key_path=f"datasets[{i}].path",
+        sidecars=sidecars(d.caption_extension),
+    )
+
+
 def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> DatasetPlan | None:
     """One dataset from kohya's `N_class tokens` sub-folders (compiler/kohya_folders.py): each sub-folder's
     images with its repeats and caption fallback, `rel` relative to the dataset folder."""
@@ -159,15 +164,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
         return None
     scans, skipped = [], []
     for folder in found:
-        scan = scan_folder(
-            folder.path,
-            recursive=False,
-            min_size=d.min_image_size,
-            on_bad=d.on_bad_image,
-            cache_dir=ctx.cache_dir / "scan",
-            key_path=f"datasets[{i}].path",
-            sidecars=sidecars(d.caption_extension),
-        )
+        scan = _scan_images(ctx, i, d, folder.path, recursive=False)
         for diag in scan.diagnostics:
             if diag.code != "DBS302":  # an empty sub-folder is skipped, as kohya skips it
                 ctx.adopt(diag, ("datasets", i, "path"))
