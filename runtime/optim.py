@@ -32,7 +32,9 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind == "adamw":
         return torch.optim.AdamW(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
     if kind == "sgd":
-        return torch.optim.SGD(groups, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(
+            groups, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov
+        )
     if kind == "adafactor":
         from transformers.optimization import Adafactor
 

@@ -328,6 +328,7 @@ def _assemble(
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
             momentum=o.momentum,
+            nesterov=o.nesterov,
             max_grad_norm=o.max_grad_norm,
         ),
         cache=cache,

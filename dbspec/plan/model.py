@@ -390,6 +390,7 @@ class OptimizerPlan:
     text_encoder_2_lr: float | None = (
         None  # the second text encoder's rate when it differs (SDXL); None: the same
     )
+    nesterov: bool = False  # SGD with Nesterov momentum
 
 
 @frozen

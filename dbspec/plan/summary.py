@@ -217,7 +217,8 @@ def schedule_table(plan: Plan) -> Table:
                 f" (second: {plan.optimizer.text_encoder_2_lr:g})"
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
-            ),
+            )
+            + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else ""),
         ),
         ("lr schedule", _lr_schedule(s)),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),

@@ -596,6 +596,10 @@ class Optimizer:
     betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
     momentum: float = option(0.0, doc="SGD momentum.", minimum=0, maximum=1)
+    nesterov: bool = option(
+        False,
+        doc="SGD with Nesterov momentum (torch SGD's nesterov; kohya's SGDNesterov); needs momentum > 0.",
+    )
     max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
 
 
