@@ -296,11 +296,11 @@ A LoRA learning rate that is very low (warning).""",
         "An option that has no effect with the chosen variant",
         """\
 An option that has no effect with the chosen variant (warning): `huber_delta` without huber loss, `momentum`
-without SGD, `bf16_fallback` without bf16, `huber_c`/`huber_schedule` without a pseudo-Huber loss, a noise
-option whose switch is off (`noise_offset_random_strength` without `noise_offset`, `multires_noise_discount`
-without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without `ip_noise_gamma`),
-`prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption is cut into tags,
-`token_warmup_min` without `token_warmup_step`.""",
+or `nesterov` without SGD, `bf16_fallback` without bf16, `huber_c`/`huber_schedule` without a pseudo-Huber
+loss, a noise option whose switch is off (`noise_offset_random_strength` without `noise_offset`,
+`multires_noise_discount` without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without
+`ip_noise_gamma`), `prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption
+is cut into tags, `token_warmup_min` without `token_warmup_step`.""",
     ),
     Code(
         "DBS217",
@@ -554,6 +554,14 @@ cannot run on a quantised layer; LoHa and LoKr can).""",
 `conv_alpha` or `conv_targets` is set but `conv_rank = 0`, so no convolution gets an adapter (warning). Set
 `conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
         help="set adapter.conv_rank (e.g. 8), or remove the option",
+    ),
+    Code(
+        "DBS262",
+        ERROR,
+        "Nesterov momentum without momentum",
+        """\
+`optimizer.nesterov = true` with `momentum = 0`: torch's SGD refuses Nesterov without momentum, so the run
+would fail before its first step. Set `momentum` (kohya's SGDNesterov uses 0.9).""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
@@ -859,8 +867,8 @@ script's own checks (prior preservation without class data).""",
         "A setting that changes training has no dbspec equivalent",
         """\
 A setting that changes training has no dbspec equivalent (caption shuffling or dropout, colour augmentation,
-pseudo-Huber loss, multi-resolution noise, SGD with Nesterov, LoCon `conv_dim`, a non-square resolution, a
-SimpleTuner noise offset applied to a fraction of steps...), or an option the converter does not know. The
+pseudo-Huber loss, multi-resolution noise, DAdaptation optimizers, LoCon `conv_dim`, a non-square resolution,
+a SimpleTuner noise offset applied to a fraction of steps...), or an option the converter does not know. The
 conversion stops; `--allow-unsupported` converts without the setting, lists it at the top \
 of the spec and keeps
 this as a warning.""",

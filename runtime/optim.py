@@ -12,18 +12,34 @@ class OptimizerError(Exception):
     """The chosen optimizer cannot run here (missing package or device)."""
 
 
-def param_groups(denoiser_params: list, text_params: list[list], opt: OptimizerPlan) -> list[dict]:
+def param_groups(
+    denoiser_params: list, text_params: list[list], opt: OptimizerPlan, lora_up: frozenset[int] = frozenset()
+) -> list[dict]:
     """One group for the denoiser and one for the text encoders; the second text encoder gets its own group
-    only when the plan gives it another rate (so runs without one keep their optimizer state layout)."""
+    only when the plan gives it another rate (so runs without one keep their optimizer state layout).
+    LoRA+: with a ratio in the plan, the parameters whose id is in `lora_up` (peft lora_B) move to a
+    "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group)."""
     groups = []
     if denoiser_params:
-        groups.append({"params": denoiser_params, "lr": opt.lr, "name": "denoiser"})
+        groups += _with_lora_up("denoiser", denoiser_params, opt.lr, opt.loraplus_denoiser_ratio, lora_up)
     own = opt.text_encoder_2_lr is not None and len(text_params) > 1 and text_params[1]
     shared = [p for params in (text_params[:1] if own else text_params) for p in params]
+    ratio = opt.loraplus_text_encoder_ratio
     if shared:
-        groups.append({"params": shared, "lr": opt.text_encoder_lr, "name": "text_encoder"})
+        groups += _with_lora_up("text_encoder", shared, opt.text_encoder_lr, ratio, lora_up)
     if own:
-        groups.append({"params": text_params[1], "lr": opt.text_encoder_2_lr, "name": "text_encoder_2"})
+        groups += _with_lora_up("text_encoder_2", text_params[1], opt.text_encoder_2_lr, ratio, lora_up)
+    return groups
+
+
+def _with_lora_up(name: str, params: list, lr: float, ratio: float, lora_up: frozenset[int]) -> list[dict]:
+    if not ratio:
+        return [{"params": params, "lr": lr, "name": name}]
+    up = [p for p in params if id(p) in lora_up]
+    rest = [p for p in params if id(p) not in lora_up]
+    groups = [{"params": rest, "lr": lr, "name": name}] if rest else []
+    if up:
+        groups.append({"params": up, "lr": lr * ratio, "name": f"{name}_lora_up"})
     return groups
 
 
@@ -32,7 +48,9 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind == "adamw":
         return torch.optim.AdamW(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
     if kind == "sgd":
-        return torch.optim.SGD(groups, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(
+            groups, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov
+        )
     if kind == "adafactor":
         from transformers.optimization import Adafactor
 

@@ -62,6 +62,16 @@ def _prepare(
     return adapters.trainable_parameters(module) if comp.trainable != "frozen" else []
 
 
+def lora_up_ids(comps: Components) -> frozenset[int]:
+    """LoRA+: the ids of the trained LoRA up matrices (peft `lora_B`, kohya's `lora_up`) of every model."""
+    return frozenset(
+        id(p)
+        for module in (comps.unet, *comps.text_encoders)
+        for name, p in module.named_parameters()
+        if p.requires_grad and ".lora_B." in f".{name}."
+    )
+
+
 def set_train_mode(comps: Components, plan: Plan) -> None:
     comps.unet.train(plan.train_denoiser)
     for enc in comps.text_encoders:

@@ -23,7 +23,7 @@ from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.rounding import with_stochastic_rounding
-from dbspec.runtime.prepare import configure_models, make_teacher, set_train_mode
+from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
@@ -89,7 +89,13 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
-    optimizer = make_optimizer(param_groups(unet_params, per_encoder, plan.optimizer), plan.optimizer)
+    o = plan.optimizer
+    lora_up = (
+        lora_up_ids(comps) if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio else frozenset()
+    )
+    optimizer = make_optimizer(
+        param_groups(unet_params, per_encoder, plan.optimizer, lora_up), plan.optimizer
+    )
     if plan.precision.stochastic_rounding:  # bf16 weights: updates in fp32, rounded stochastically to bf16
         optimizer = with_stochastic_rounding(optimizer, s.seed, device)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None

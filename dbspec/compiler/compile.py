@@ -38,7 +38,7 @@ from dbspec.plan.model import (
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
-from dbspec.spec.model import LowRankAdapter
+from dbspec.spec.model import LoraAdapter, LowRankAdapter
 from dbspec.spec.paths import dotted
 
 
@@ -328,6 +328,9 @@ def _assemble(
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
             momentum=o.momentum,
+            nesterov=o.nesterov,
+            loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
+            loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
             max_grad_norm=o.max_grad_norm,
         ),
         cache=cache,
@@ -364,3 +367,8 @@ def _second_text_encoder_lr(o, model) -> float | None:
     """The second text encoder's own rate: only for a family with two, and only when it differs."""
     two = model is not None and len(family_spec(model.family).text_encoders) > 1
     return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None
+
+
+def _loraplus(spec, name: str) -> float:
+    """A LoRA+ ratio of the plan: the LoRA adapter's, 0 (off) for other kinds."""
+    return float(getattr(spec.adapter, name)) if isinstance(spec.adapter, LoraAdapter) else 0.0

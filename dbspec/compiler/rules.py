@@ -363,9 +363,24 @@ def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     if given(("optimizer", "momentum")) and spec.optimizer.kind != "sgd":
         yield _warn("DBS216", ("optimizer", "momentum"), 'optimizer.momentum is only used by kind = "sgd"')
+    if given(("optimizer", "nesterov")) and spec.optimizer.nesterov and spec.optimizer.kind != "sgd":
+        yield _warn("DBS216", ("optimizer", "nesterov"), 'optimizer.nesterov is only used by kind = "sgd"')
     if given(("precision", "bf16_fallback")) and spec.precision.mixed != "bf16":
         yield _warn(
             "DBS216", ("precision", "bf16_fallback"), 'precision.bf16_fallback applies only to mixed = "bf16"'
+        )
+
+
+@rule("spec")
+def nesterov_needs_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
+    o = spec.optimizer
+    if o.kind == "sgd" and o.nesterov and o.momentum == 0:
+        yield _err(
+            "DBS262",
+            ("optimizer", "nesterov"),
+            "optimizer.nesterov = true needs momentum > 0, but optimizer.momentum is 0 "
+            "(torch's SGD refuses Nesterov without momentum)",
+            "set momentum = 0.9 in [optimizer] (kohya's SGDNesterov default)",
         )
 
 

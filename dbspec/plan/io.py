@@ -83,6 +83,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
         ("optimizer", "text_encoder_2_lr"): None,
+        ("optimizer", "nesterov"): False,
+        ("optimizer", "loraplus_denoiser_ratio"): 0.0,
+        ("optimizer", "loraplus_text_encoder_ratio"): 0.0,
         # kohya's schedule and precision options (schedules and precision users set)
         ("schedule", "power"): 1.0,
         ("schedule", "min_lr_ratio"): 0.0,

@@ -390,6 +390,10 @@ class OptimizerPlan:
     text_encoder_2_lr: float | None = (
         None  # the second text encoder's rate when it differs (SDXL); None: the same
     )
+    nesterov: bool = False  # SGD with Nesterov momentum
+    # LoRA+: the LoRA up matrices (peft lora_B) train at lr x ratio in their own groups; 0 = off (one group)
+    loraplus_denoiser_ratio: float = 0.0
+    loraplus_text_encoder_ratio: float = 0.0
 
 
 @frozen

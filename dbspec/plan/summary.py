@@ -217,7 +217,9 @@ def schedule_table(plan: Plan) -> Table:
                 f" (second: {plan.optimizer.text_encoder_2_lr:g})"
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
-            ),
+            )
+            + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
+            + _loraplus(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
         ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
@@ -414,3 +416,14 @@ def _lr_schedule(s) -> str:
         f"{s.t_mult}, eta_min {s.eta_min:g}",
     }.get(s.lr_schedule, "")
     return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"
+
+
+def _loraplus(plan: Plan) -> str:
+    """LoRA+ in the optimizer row: the lr multiple of the LoRA up matrices (lora_B), where one is used."""
+    o = plan.optimizer
+    parts = []
+    if plan.train_denoiser and o.loraplus_denoiser_ratio:
+        parts.append(f"denoiser x{o.loraplus_denoiser_ratio:g}")
+    if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
+        parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
+    return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""

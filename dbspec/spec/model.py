@@ -176,6 +176,29 @@ class LoraAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    # LoRA+ (kohya networks.lora): the "up" matrices train at a multiple of the learning rate.
+    loraplus_ratio: float = option(
+        0.0,
+        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`) at the learning rate times "
+        "this (kohya `loraplus_lr_ratio`, e.g. 16); 0 turns it off.",
+        minimum=0,
+        example=16.0,
+    )
+    loraplus_denoiser_ratio: float = option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the denoiser's adapters (kohya `loraplus_unet_lr_ratio`); 0 turns it off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=16.0,
+    )
+    loraplus_text_encoder_ratio: float = option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the text encoders' adapters (kohya `loraplus_text_encoder_lr_ratio`); 0 turns it "
+        "off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=4.0,
+    )
 
 
 @frozen
@@ -596,6 +619,10 @@ class Optimizer:
     betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
     momentum: float = option(0.0, doc="SGD momentum.", minimum=0, maximum=1)
+    nesterov: bool = option(
+        False,
+        doc="SGD with Nesterov momentum (torch SGD's nesterov; kohya's SGDNesterov); needs momentum > 0.",
+    )
     max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
 
 

@@ -34,6 +34,9 @@ def _as_plan_version_3(plan_json: str) -> str:
     data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
     del data["model"]["max_tokens"]  # added since (one CLIP window then)
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
+    del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)
+    for key in ("loraplus_denoiser_ratio", "loraplus_text_encoder_ratio"):
+        del data["optimizer"][key]  # LoRA+, added since (off then)
     for key in ("power", "min_lr_ratio", "decay_steps", "t_max", "eta_min", "t_mult"):
         del data["schedule"][key]  # kohya's schedule settings, added since
     for key in ("weights", "stochastic_rounding"):

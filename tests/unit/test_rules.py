@@ -501,6 +501,18 @@ CASES = [
         [("DBS259", "error", ("precision", "mixed")), ("DBS259", "error", ("optimizer", "kind"))],
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\n[precision]\nmixed = "bf16"\nweights = "bf16"\n',
     ),
+    (
+        rules.nesterov_needs_momentum,
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nnesterov = true\n',
+        [("DBS262", "error", ("optimizer", "nesterov"))],
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nnesterov = true\nmomentum = 0.9\n',
+    ),
+    (
+        rules.inert_loss_options,
+        DOG + STEPS + "[optimizer]\nnesterov = true\n",
+        [("DBS216", "warning", ("optimizer", "nesterov"))],
+        DOG + STEPS + "[optimizer]\nnesterov = false\n",
+    ),
 ]
 
 

@@ -1,9 +1,10 @@
 """Legacy optimizer names and arguments -> [optimizer].
 
 dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), lion (lion_pytorch Lion), sgd (torch
-SGD, no Nesterov), adafactor (transformers Adafactor with a fixed LR: relative_step, scale_parameter and
-warmup_init off), prodigy (prodigyopt Prodigy with its default d0/d_coef/...). Each legacy optimizer is mapped
-with the defaults its legacy constructor would use, so weight decay and betas stay what they were.
+SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor with a fixed LR: relative_step,
+scale_parameter and warmup_init off), prodigy (prodigyopt Prodigy with its default d0/d_coef/...). Each legacy
+optimizer is mapped with the defaults its legacy constructor would use, so weight decay and betas stay what
+they were.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ _SETTABLE = {"weight_decay", "betas", "eps", "momentum"}
 class KohyaName:
     kind: str | None  # None: no dbspec equivalent
     why: str = ""  # for None: why not; else a difference worth saying ("" when exact)
+    nesterov: bool = False  # kohya's SGDNesterov(8bit): torch/bnb SGD with nesterov=True
 
 
 def kohya_optimizer(name: str) -> KohyaName:
@@ -76,10 +78,14 @@ def kohya_optimizer(name: str) -> KohyaName:
             why="bitsandbytes' 8-bit Lion keeps quantised optimizer state; dbspec's Lion "
             "keeps it in 32 bits (the same update up to quantisation)",
         )
-    if lower.startswith("sgdnesterov"):
+    if lower == "sgdnesterov":  # torch SGD(nesterov=True); momentum 0.9 unless optimizer_args give one
+        return KohyaName(kind="sgd", nesterov=True)
+    if lower == "sgdnesterov8bit":
         return KohyaName(
-            kind=None,
-            why="SGD with Nesterov momentum (kohya adds momentum=0.9): dbspec's sgd has no Nesterov option",
+            kind="sgd",
+            nesterov=True,
+            why="bitsandbytes' 8-bit SGD keeps quantised momentum; dbspec's SGD keeps it in 32 bits "
+            "(the same Nesterov update up to quantisation)",
         )
     return KohyaName(
         kind=None,
@@ -126,6 +132,17 @@ _KOHYA_ACCEPTS = {
     "adamw8bit": ("betas", "eps", "weight_decay", "amsgrad", *_BNB),  # bitsandbytes.optim.AdamW8bit
     "lion": ("betas", "weight_decay", "use_triton", "decoupled_weight_decay"),  # lion_pytorch.Lion
     "sgd": _SGD,  # torch.optim.SGD
+    # kohya passes nesterov=True itself, so a second one is a TypeError
+    "sgdnesterov": tuple(k for k in _SGD if k != "nesterov"),
+    "sgdnesterov8bit": (  # bitsandbytes.optim.SGD8bit
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "args",
+        "min_8bit_size",
+        "percentile_clipping",
+        "block_wise",
+    ),
     "adafactor": (  # transformers.optimization.Adafactor
         "eps",
         "clip_threshold",
@@ -186,9 +203,14 @@ class Settings:
     unsupported: dict[str, Any]  # legacy keyword arguments dbspec cannot express
 
 
-def optimizer_settings(kind: str, kwargs: dict[str, Any]) -> Settings:
-    """Legacy constructor kwargs over the constructor's defaults, split into dbspec keys and the rest."""
+def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False) -> Settings:
+    """Legacy constructor kwargs over the constructor's defaults, split into dbspec keys and the rest.
+    `nesterov`: kohya's SGDNesterov, which sets momentum=0.9 when the arguments give none."""
     merged = {**_DEFAULTS[kind], **{k: v for k, v in kwargs.items() if k in _SETTABLE}}
+    if nesterov:
+        merged["nesterov"] = True
+        if "momentum" not in kwargs:
+            merged["momentum"] = 0.9
     if "betas" in merged:
         merged["betas"] = [float(b) for b in merged["betas"]]
     if kind != "sgd":

@@ -1,6 +1,7 @@
-"""kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon) and LyCORIS's lycoris.kohya network
-(algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor, decompose_both, rank_dropout,
-module_dropout) into [adapter]. kohya passes each "key=value" to the network as a string."""
+"""kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
+LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor,
+decompose_both, rank_dropout, module_dropout) into [adapter]. kohya passes each "key=value" to the network as
+a string."""
 
 from __future__ import annotations
 
@@ -105,6 +106,8 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
             put["factor"] = _int(kwargs.pop("factor"))
         if "decompose_both" in kwargs:
             put["decompose_both"] = kwargs.pop("decompose_both").lower() in _TRUE
+    if not lycoris:
+        _loraplus(kwargs, put, unsupported)
     for key, value in kwargs.items():
         if value.lower() not in ("", "false", "0", "none", "0.0"):  # a switched-off option changes nothing
             unsupported[key] = value
@@ -116,6 +119,28 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return kind
+
+
+def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:
+    """networks.lora's LoRA+: lora_up trains at lr x ratio, the UNet's ratio `loraplus_unet_lr_ratio or
+    loraplus_lr_ratio`, the text encoders' `loraplus_text_encoder_lr_ratio or loraplus_lr_ratio`."""
+    keys = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+    given = {k: _float(kwargs.pop(k)) for k in keys if k in kwargs}
+    general = given.get(keys[0])
+    unet = given.get(keys[1]) or general
+    text = given.get(keys[2]) or general
+    for key, ratio in (("loraplus_unet_lr_ratio", unet), ("loraplus_text_encoder_lr_ratio", text)):
+        if ratio == 0:  # kohya gives the "plus" group lr 0 and skips it: lora_up never trains
+            unsupported[key] = "0 (kohya then leaves the LoRA up matrices untrained)"
+            return
+    if unet == text:
+        if unet:
+            put["loraplus_ratio"] = unet
+        return
+    if unet:
+        put["loraplus_denoiser_ratio"] = unet
+    if text:
+        put["loraplus_text_encoder_ratio"] = text
 
 
 def _why(module: Legacy) -> str:

@@ -445,7 +445,16 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         conv.invalid(args.key, args.value, args.source, problem)
     if problems:
         return
-    settings = optimizer_settings(name.kind, kwargs)
+    if name.nesterov and "momentum" in kwargs and not kwargs["momentum"]:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"`momentum={kwargs['momentum']}`: {kind_arg.value} is torch SGD with nesterov=True, which "
+            "refuses momentum 0 (ValueError)",
+        )
+        return
+    settings = optimizer_settings(name.kind, kwargs, nesterov=name.nesterov)
     for key, value in settings.values.items():
         if value == _OPTIMIZER_DEFAULTS[key]:
             continue
