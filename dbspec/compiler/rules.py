@@ -115,6 +115,7 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
         ("train", "text_encoder_stop_step"),
         ("optimizer", "text_encoder_lr"),
         ("optimizer", "text_encoder_2_lr"),
+        ("train", "text_encoder_2"),
     ):
         if given(path):
             yield _warn(
