@@ -38,3 +38,24 @@ def test_sdxl_full_finetune_freezes_the_second_text_encoder(tmp_path):
     base_second = base.text_encoder_2.state_dict()
     second = _weights(final / "text_encoder_2")  # the saved pipeline holds it, unchanged
     assert second and all(torch.equal(v.float(), base_second[k].float()) for k, v in second.items())
+
+
+def test_sdxl_lora_with_the_second_text_encoder_frozen_saves_and_exports_no_adapter_for_it(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        base="builtin:tiny-sdxl",
+        steps=2,
+        extra='[adapter]\nkind = "lora"\nrank = 2\n[train]\ntext_encoder = true\ntext_encoder_2 = false\n'
+        '[checkpoints]\nexports = ["kohya_lora"]\n',
+    )
+    plan = compile_spec(spec, ["optimizer.lr=1e-4"])
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert (trainable["text_encoder"], trainable["text_encoder_2"]) == ("lora", "frozen")
+    result = execute(plan)
+    final = Path(result.final)
+    prefixes = {k.split(".")[0] for k in load_file(str(final / "pytorch_lora_weights.safetensors"))}
+    assert {"unet", "text_encoder"} <= prefixes and "text_encoder_2" not in prefixes
+    (kohya,) = final.glob("*.kohya.safetensors")
+    keys = set(load_file(str(kohya)))
+    assert any(k.startswith("lora_te1_") for k in keys) and not any(k.startswith("lora_te2_") for k in keys)
+    build_pipeline("builtin:tiny-sdxl").load_lora_weights(result.final)  # diffusers accepts the file
