@@ -126,6 +126,22 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+@rule("spec")
+def second_text_encoder_lr_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    if (
+        spec.train.text_encoder
+        and not spec.train.text_encoder_2
+        and given(("optimizer", "text_encoder_2_lr"))
+    ):
+        yield _warn(
+            "DBS264",
+            ("optimizer", "text_encoder_2_lr"),
+            "optimizer.text_encoder_2_lr has no effect: train.text_encoder_2 is false "
+            "(the second text encoder is frozen)",
+            "set train.text_encoder_2 = true, or remove this key",
+        )
+
+
 @rule("plan")
 def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
     for table in ("checkpoints", "validation"):

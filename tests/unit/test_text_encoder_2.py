@@ -71,3 +71,11 @@ def test_text_encoder_2_without_text_encoder_has_no_effect(tmp_path):
     assert planned.plan is not None and not planned.plan.train_text_encoder
     assert "DBS206" in [d.code for d in planned.diagnostics]
     assert _trainable(planned.plan)["text_encoder_2"] == "frozen"
+
+
+def test_second_text_encoder_rate_while_frozen_warns_and_is_not_planned(tmp_path):
+    planned = _planned(
+        tmp_path, "text_encoder = true\ntext_encoder_2 = false\n[optimizer]\ntext_encoder_2_lr = 5e-7"
+    )
+    assert planned.plan is not None and planned.plan.optimizer.text_encoder_2_lr is None
+    assert "DBS264" in [d.code for d in planned.diagnostics]
