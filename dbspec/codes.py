@@ -563,6 +563,22 @@ cannot run on a quantised layer; LoHa and LoKr can).""",
 `optimizer.nesterov = true` with `momentum = 0`: torch's SGD refuses Nesterov without momentum, so the run
 would fail before its first step. Set `momentum` (kohya's SGDNesterov uses 0.9).""",
     ),
+    Code(
+        "DBS263",
+        WARNING,
+        "second text encoder option on a one-encoder model",
+        """\
+`train.text_encoder_2` is set, but the model has one text encoder (SD1, SD2): the option only selects whether
+SDXL's second text encoder trains, so it has no effect. Resolved at plan time, when the family is known.""",
+    ),
+    Code(
+        "DBS264",
+        WARNING,
+        "second text encoder rate while it is frozen",
+        """\
+`optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
+train, so its rate is not used (the plan shows no rate for it).""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

@@ -184,3 +184,11 @@ def pipeline_for(plan: Plan, comps: Components):
     if not spec.safety_checker:  # SDXL's pipeline: an optional watermarker instead
         return cls(**kwargs, add_watermarker=False)
     return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def trained_text_encoders(plan: Plan, comps: Components) -> dict[str, torch.nn.Module]:
+    """The text encoders the plan trains, by name: each one's ComponentPlan decides (SDXL's second text
+    encoder stays frozen with train.text_encoder_2 = false while the first trains)."""
+    names = family_spec(plan.model.family).text_encoder_names
+    trains = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+    return {n: enc for n, enc in zip(names, comps.text_encoders) if n in trains}

@@ -10,7 +10,7 @@ import torch
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
-from dbspec.runtime.models import Components, set_attention, to_dtype
+from dbspec.runtime.models import Components, set_attention, to_dtype, trained_text_encoders
 from dbspec.runtime.quantize import quantize_frozen
 
 
@@ -74,8 +74,9 @@ def lora_up_ids(comps: Components) -> frozenset[int]:
 
 def set_train_mode(comps: Components, plan: Plan) -> None:
     comps.unet.train(plan.train_denoiser)
+    trained = trained_text_encoders(plan, comps).values()
     for enc in comps.text_encoders:
-        enc.train(plan.train_text_encoder)
+        enc.train(any(enc is t for t in trained))
 
 
 def make_teacher(plan: Plan, comps: Components, device: torch.device) -> torch.nn.Module | None:

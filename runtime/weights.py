@@ -21,7 +21,7 @@ from dbspec.runtime import faults
 from dbspec.runtime.adapters import is_adapter_weight
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import exports_for_plan
-from dbspec.runtime.models import Components
+from dbspec.runtime.models import Components, trained_text_encoders
 from dbspec.runtime.outdir import replace_folder
 from dbspec.util.atomic import write_text_atomic
 
@@ -30,8 +30,7 @@ def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module
     modules: dict[str, torch.nn.Module] = {}
     if plan.train_denoiser:
         modules["unet"] = comps.unet
-    if plan.train_text_encoder:
-        modules.update(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders))
+    modules.update(trained_text_encoders(plan, comps))
     return modules
 
 
@@ -78,11 +77,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
     if plan.adapter.kind == "lora":
-        encoders = (
-            dict(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders))
-            if plan.train_text_encoder
-            else {}
-        )
+        encoders = trained_text_encoders(plan, comps)
         save_lora_weights(
             folder,
             trained.get("unet"),

@@ -323,7 +323,7 @@ def _assemble(
             kind=o.kind,
             lr=o.lr,
             text_encoder_lr=o.text_encoder_lr,
-            text_encoder_2_lr=_second_text_encoder_lr(o, model),
+            text_encoder_2_lr=_second_text_encoder_lr(o, model, spec.train.text_encoder_2),
             weight_decay=o.weight_decay,
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
@@ -363,9 +363,9 @@ def _assemble(
     )
 
 
-def _second_text_encoder_lr(o, model) -> float | None:
-    """The second text encoder's own rate: only for a family with two, and only when it differs."""
-    two = model is not None and len(family_spec(model.family).text_encoders) > 1
+def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:
+    """The second text encoder's own rate: only for a family with two, when it trains, and when it differs."""
+    two = trains and model is not None and len(family_spec(model.family).text_encoders) > 1
     return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None
 
 

@@ -60,6 +60,27 @@ def _check_quantization(ctx: Context, key: str, kind: str) -> None:
         )
 
 
+def text_encoder_trains(spec, name: str) -> bool:
+    """Whether the text encoder `name` trains: all of them with train.text_encoder, except SDXL's second one
+    when train.text_encoder_2 is false."""
+    return spec.train.text_encoder and (name != "text_encoder_2" or spec.train.text_encoder_2)
+
+
+def _check_second_text_encoder(ctx: Context, text_parts: tuple[str, ...] | None) -> None:
+    path = ("train", "text_encoder_2")
+    if text_parts is None or "text_encoder_2" in text_parts or not ctx.raw.given(path):
+        return
+    if not ctx.spec.train.text_encoder:
+        return  # DBS206 already says train.text_encoder_2 has no effect
+    ctx.report(
+        "DBS263",
+        "warning",
+        f"train.text_encoder_2 has no effect: the model has one text encoder ({', '.join(text_parts)})",
+        path,
+        help="remove this key (only SDXL has a second text encoder)",
+    )
+
+
 def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     p, spec = ctx.spec.precision, ctx.spec
     mixed, reason = resolve_mixed(ctx)
@@ -68,6 +89,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     lora = isinstance(spec.adapter, LowRankAdapter)
     frozen_dtype = "fp32" if mixed == "no" else mixed
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
+    _check_second_text_encoder(ctx, text_parts if model else None)
     params = model.params if model else {}
     weights = "bf16" if p.weights == "bf16" else "fp32"  # fp16 is refused by DBS259
 
@@ -86,7 +108,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         )
 
     parts = [component("unet", spec.train.denoiser, p.quantize_denoiser)]
-    parts += [component(n, spec.train.text_encoder, p.quantize_text_encoder) for n in text_parts]
+    parts += [component(n, text_encoder_trains(spec, n), p.quantize_text_encoder) for n in text_parts]
     parts.append(
         ComponentPlan(name="vae", dtype=p.vae_dtype, trainable="frozen", params=params.get("vae", 0))
     )

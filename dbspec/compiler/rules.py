@@ -115,6 +115,7 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
         ("train", "text_encoder_stop_step"),
         ("optimizer", "text_encoder_lr"),
         ("optimizer", "text_encoder_2_lr"),
+        ("train", "text_encoder_2"),
     ):
         if given(path):
             yield _warn(
@@ -123,6 +124,22 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"{'.'.join(path)} has no effect: train.text_encoder is false",
                 "set train.text_encoder = true, or remove this key",
             )
+
+
+@rule("spec")
+def second_text_encoder_lr_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    if (
+        spec.train.text_encoder
+        and not spec.train.text_encoder_2
+        and given(("optimizer", "text_encoder_2_lr"))
+    ):
+        yield _warn(
+            "DBS264",
+            ("optimizer", "text_encoder_2_lr"),
+            "optimizer.text_encoder_2_lr has no effect: train.text_encoder_2 is false "
+            "(the second text encoder is frozen)",
+            "set train.text_encoder_2 = true, or remove this key",
+        )
 
 
 @rule("plan")

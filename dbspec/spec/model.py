@@ -267,6 +267,12 @@ class Train:
         False,
         doc="Also train the text encoder(s); improves likeness (HF study) at the cost of memory.",
     )
+    text_encoder_2: bool = option(
+        attrs.Factory(lambda self: self.text_encoder, takes_self=True),
+        doc="Also train the second text encoder (SDXL's OpenCLIP-bigG) when `text_encoder` is true; false "
+        "freezes it while the first trains (kohya's sdxl_train.py with learning_rate_te2 = 0).",
+        derived="same as `text_encoder`",
+    )
     text_encoder_stop_step: int = option(
         0,
         doc="Freeze the text encoder after this many optimizer steps; 0 trains it for the whole run.",

@@ -485,9 +485,29 @@ def test_sdxl_learning_rate_0_trains_only_the_text_encoders(tmp_path):
     assert plan.optimizer.text_encoder_lr == pytest.approx(1e-6) and plan.optimizer.text_encoder_2_lr is None
 
 
-def test_sdxl_one_text_encoder_at_rate_0_is_unsupported(tmp_path):
+def _trainable(plan) -> dict[str, str]:
+    return {c.name: c.trainable for c in plan.precision.components}
+
+
+def test_sdxl_second_text_encoder_at_rate_0_is_frozen(tmp_path):
+    """sdxl_train.py: train_text_encoder2 = learning_rate_te2 != 0; the first trains at learning_rate_te1."""
     outcome = _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 1e-6 --learning_rate_te2 0")
-    assert outcome.exit_code == 1 and fate(outcome, "learning_rate_te2") == "unsupported"
+    plan = plan_of(outcome, tmp_path)
+    assert fate(outcome, "learning_rate_te2") == "mapped" and plan.train_text_encoder
+    trainable = _trainable(plan)
+    assert (trainable["unet"], trainable["text_encoder"], trainable["text_encoder_2"]) == (
+        "full",
+        "full",
+        "frozen",
+    )
+    assert (plan.optimizer.lr, plan.optimizer.text_encoder_lr) == pytest.approx((4e-6, 1e-6))
+    assert plan.optimizer.text_encoder_2_lr is None  # no group: the second encoder has no trained parameters
+
+
+def test_sdxl_first_text_encoder_at_rate_0_is_unsupported(tmp_path):
+    """The reverse (learning_rate_te1 = 0 with the second training) has no dbspec spelling yet."""
+    outcome = _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 0 --learning_rate_te2 1e-6")
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate_te1") == "unsupported"
 
 
 def test_lora_unet_lr_0_trains_only_the_text_encoder(tmp_path):

@@ -513,6 +513,12 @@ CASES = [
         [("DBS216", "warning", ("optimizer", "nesterov"))],
         DOG + STEPS + "[optimizer]\nnesterov = false\n",
     ),
+    (
+        rules.second_text_encoder_lr_inert,
+        DOG + STEPS + TE + "text_encoder_2 = false\n[optimizer]\ntext_encoder_2_lr = 5e-7\n",
+        [("DBS264", "warning", ("optimizer", "text_encoder_2_lr"))],
+        DOG + STEPS + TE + "[optimizer]\ntext_encoder_2_lr = 5e-7\n",
+    ),
 ]
 
 

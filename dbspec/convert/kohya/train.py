@@ -393,11 +393,18 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
             for x in (te1, te2):
                 if x.given:
                     conv.inert(x, "the text encoders do not train (no --train_text_encoder)")
+        elif values[0] != values[1] and values[1] == 0:
+            conv.mapped(
+                te2,
+                ("train", "text_encoder_2"),
+                False,
+                comment=conv.comment(te2, "sdxl_train.py trains a text encoder only when its rate is not 0"),
+            )
         elif values[0] != values[1] and 0 in values:
             conv.unsupported(
-                te2 if values[1] == 0 else te1,
-                "sdxl_train.py freezes a text encoder whose rate is 0 while the other trains; dbspec trains "
-                "both text encoders or neither",
+                te1,
+                "sdxl_train.py freezes the first text encoder (rate 0) while the second trains; dbspec can "
+                "freeze only the second (train.text_encoder_2 = false)",
             )
             return None
         elif values[0] != values[1] and te2.given:

@@ -1,0 +1,81 @@
+"""train.text_encoder_2: SDXL's second text encoder frozen while the first trains (kohya's sdxl_train.py
+with learning_rate_te2 = 0); settled in the per-component plan,
+resolved at plan time on one-encoder models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dbspec.compiler.target import parse_target
+from dbspec.frontend import plan_spec
+from dbspec.spec.model import Train
+
+GPU = parse_target("cuda:24GB:8.9")
+SD15 = "runwayml/stable-diffusion-v1-5"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
+def _planned(tmp_path: Path, train: str, base: str = SDXL):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'spec_version = 2\n[model]\nbase = "{base}"\n[train]\n{train}\n'
+        '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
+    )
+    return plan_spec(spec, GPU, "spec.toml", [])
+
+
+def _trainable(plan) -> dict[str, str]:
+    return {c.name: c.trainable for c in plan.precision.components}
+
+
+def test_text_encoder_2_derives_from_text_encoder():
+    assert Train(text_encoder=True).text_encoder_2 and not Train().text_encoder_2
+
+
+def test_second_text_encoder_frozen_while_the_first_trains(tmp_path):
+    planned = _planned(tmp_path, "text_encoder = true\ntext_encoder_2 = false")
+    plan = planned.plan
+    assert plan is not None, [d.message for d in planned.diagnostics]
+    assert plan.train_text_encoder  # any text encoder trains
+    assert _trainable(plan) == {
+        "unet": "full",
+        "text_encoder": "full",
+        "text_encoder_2": "frozen",
+        "vae": "frozen",
+    }
+    both = _planned(tmp_path, "text_encoder = true").plan
+    assert _trainable(both)["text_encoder_2"] == "full"
+    # the frozen encoder is held in the mixed dtype and needs no optimizer state: a smaller estimate
+    assert plan.memory.total < both.memory.total
+
+
+def test_text_encoder_2_on_a_one_encoder_model_warns(tmp_path):
+    planned = _planned(tmp_path, "text_encoder = true\ntext_encoder_2 = false", base=SD15)
+    assert planned.plan is not None
+    assert [d.code for d in planned.diagnostics if d.code == "DBS263"] == ["DBS263"]
+    assert _trainable(planned.plan)["text_encoder"] == "full"
+
+
+def test_text_encoder_2_without_text_encoder_has_no_effect(tmp_path):
+    planned = _planned(tmp_path, "denoiser = true\ntext_encoder_2 = true")
+    assert planned.plan is not None and not planned.plan.train_text_encoder
+    assert "DBS206" in [d.code for d in planned.diagnostics]
+    assert _trainable(planned.plan)["text_encoder_2"] == "frozen"
+
+
+def test_second_text_encoder_rate_while_frozen_warns_and_is_not_planned(tmp_path):
+    planned = _planned(
+        tmp_path, "text_encoder = true\ntext_encoder_2 = false\n[optimizer]\ntext_encoder_2_lr = 5e-7"
+    )
+    assert planned.plan is not None and planned.plan.optimizer.text_encoder_2_lr is None
+    assert "DBS264" in [d.code for d in planned.diagnostics]
