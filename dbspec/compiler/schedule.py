@@ -19,6 +19,8 @@ from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
 from dbspec.spec.model import LrSchedule
 
 LR_SCHEDULES: tuple[str, ...] = typing.get_args(LrSchedule)  # the spec's names, in its order
+DIFFUSERS_SCHEDULES = LR_SCHEDULES[:6]  # diffusers' get_scheduler names
+KOHYA_SCHEDULES = LR_SCHEDULES[:8]  # kohya's --lr_scheduler names: diffusers' and two of transformers'
 POLYNOMIAL_LR_END = (
     1e-7  # diffusers get_polynomial_decay_schedule_with_warmup default (get_scheduler keeps it)
 )

@@ -8,9 +8,8 @@ import pytest
 import torch
 from diffusers.optimization import get_scheduler
 
-from dbspec.compiler.schedule import LR_SCHEDULES, Curve, lr_at, lr_curve
+from dbspec.compiler.schedule import DIFFUSERS_SCHEDULES, Curve, lr_at, lr_curve
 
-DIFFUSERS_SCHEDULES = LR_SCHEDULES[:6]  # get_scheduler's own; the others are tested below
 COMBOS = [  # (warmup, total, cycles)
     (0, 1, 1),
     (0, 100, 1),

@@ -220,9 +220,9 @@ def map_schedule_name(conv: Conversion, name: Legacy, names: tuple[str, ...] = (
     """A legacy LR scheduler name: mapped when dbspec has it ("constant" is dbspec's default, so only
     recorded), else reported unsupported. Returns whether it mapped. `names`: the tool's names dbspec has
     (default: diffusers' get_scheduler ones)."""
-    from dbspec.compiler.schedule import LR_SCHEDULES
+    from dbspec.compiler.schedule import DIFFUSERS_SCHEDULES
 
-    names = names or LR_SCHEDULES[:6]
+    names = names or DIFFUSERS_SCHEDULES
     if name.value not in names:
         conv.unsupported(name, f"dbspec's schedules for {conv.tool} are {', '.join(names)}")
         return False

@@ -7,6 +7,7 @@ import ast
 
 import attrs
 
+from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.common.optimizers import (
     kohya_constructor_problems,
@@ -74,17 +75,6 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
     return Length(total_steps=total, steps_per_epoch=per_epoch)
 
 
-# kohya's --lr_scheduler names dbspec has (get_scheduler_fix: diffusers' and transformers' functions)
-KOHYA_SCHEDULES = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "cosine_with_min_lr",
-    "warmup_stable_decay",
-)
 # kohya's --lr_scheduler_type classes dbspec can plan (a torch-free curve) -> dbspec schedule and its
 # arguments
 TORCH_SCHEDULERS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbspec.compiler.schedule import LR_SCHEDULES
+from dbspec.compiler.schedule import DIFFUSERS_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.model import model_path
 from dbspec.convert.common.paths import PathMapper
@@ -184,8 +184,8 @@ def _schedule(cfg: Cfg, data, conv: Conversion) -> None:
             "SimpleTuner does not balance regularisation data: its repeats decide",
         )
     name, warm = cfg["lr_scheduler"], cfg["lr_warmup_steps"]
-    if name.value not in LR_SCHEDULES[:6]:  # diffusers' get_scheduler names; the others are kohya's
-        conv.unsupported(name, f"dbspec's schedules for SimpleTuner are {', '.join(LR_SCHEDULES[:6])}")
+    if name.value not in DIFFUSERS_SCHEDULES:  # the others are kohya's
+        conv.unsupported(name, f"dbspec's schedules for SimpleTuner are {', '.join(DIFFUSERS_SCHEDULES)}")
     else:
         conv.mapped(name, ("schedule", "lr_schedule"), name.value)
         if int(num(warm)) and name.value != "constant":
