@@ -37,7 +37,10 @@ class OriginalLayoutExports:
         return exports.kohya_family_metadata(self.spec.name, prediction)
 
 
-class StableDiffusion:
+class UNetFamily:
+    """What the UNet families share: the DDPM objective, original-layout exports, loading by the registry's
+    component names, the UNet call and the diffusers pipeline. SD and SDXL add their text conditioning."""
+
     def __init__(self, spec: FamilySpec):
         self.spec = spec
         self.objective = DDPMObjective()
@@ -48,6 +51,14 @@ class StableDiffusion:
 
         return load_components(plan)
 
+    def predict(self, denoiser, noisy, timesteps, text, extra) -> torch.Tensor:
+        return denoiser(noisy, timesteps, text["prompt_embeds"], **extra).sample
+
+    def pipeline_class(self) -> type:
+        return getattr(diffusers, self.spec.pipeline_class)
+
+
+class StableDiffusion(UNetFamily):
     def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
         """{"prompt_embeds": (B, 77, D)}, or (B, 2 + max_tokens, D) for several windows (runtime/text.py).
         clip_skip n takes the n-th layer from the end (1 = last), through the final layer norm as diffusers
@@ -64,12 +75,6 @@ class StableDiffusion:
 
     def conditioning(self, text, samples, device) -> dict:
         return {}
-
-    def predict(self, denoiser, noisy, timesteps, text, extra) -> torch.Tensor:
-        return denoiser(noisy, timesteps, text["prompt_embeds"], **extra).sample
-
-    def pipeline_class(self) -> type:
-        return getattr(diffusers, self.spec.pipeline_class)
 
     def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
         return {"prompt_embeds": text["prompt_embeds"], "negative_prompt_embeds": negative["prompt_embeds"]}

@@ -3,12 +3,10 @@ micro-conditioning on image sizes and crop."""
 
 from __future__ import annotations
 
-import diffusers
 import torch
 
 from dbspec.families import FamilySpec
-from dbspec.runtime.families.ddpm import DDPMObjective
-from dbspec.runtime.families.sd import OriginalLayoutExports
+from dbspec.runtime.families.sd import UNetFamily
 from dbspec.runtime.text import flatten, join_windows, tokenize
 
 
@@ -19,17 +17,7 @@ def time_ids(original: tuple[int, int], crop: tuple[int, int], bucket: tuple[int
     )
 
 
-class StableDiffusionXL:
-    def __init__(self, spec: FamilySpec):
-        self.spec = spec
-        self.objective = DDPMObjective()
-        self.exports = OriginalLayoutExports(spec)
-
-    def load(self, plan):
-        from dbspec.runtime.models import load_components
-
-        return load_components(plan)
-
+class StableDiffusionXL(UNetFamily):
     def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
         """{"prompt_embeds": (B, 77, D1 + D2), "pooled": (B, D2)}; several windows give (B, 2 + max_tokens,
         D1 + D2) and the first window's pooled output (runtime/text.py). SDXL takes the penultimate layer
@@ -45,12 +33,6 @@ class StableDiffusionXL:
     def conditioning(self, text, samples, device) -> dict:
         ids = torch.stack([time_ids(s.img.size, s.img.crop, s.img.bucket) for s in samples]).to(device)
         return {"added_cond_kwargs": {"text_embeds": text["pooled"], "time_ids": ids}}
-
-    def predict(self, denoiser, noisy, timesteps, text, extra) -> torch.Tensor:
-        return denoiser(noisy, timesteps, text["prompt_embeds"], **extra).sample
-
-    def pipeline_class(self) -> type:
-        return getattr(diffusers, self.spec.pipeline_class)
 
     def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
         if not negative_prompt and pipeline.config.get("force_zeros_for_empty_prompt", False):
