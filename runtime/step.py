@@ -45,29 +45,45 @@ class StepResult:
     files: tuple[str, ...]
 
 
-def posterior(parts: Parts, sample: Sample, crop_mode: str) -> tuple[dict, torch.Tensor | None]:
-    """The sample's VAE posterior {"mean", "std"} and its mask (None without one).
+def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.Tensor | None]]:
+    """Each sample's VAE posterior {"mean", "std"} and its mask (None without one).
 
     A cached latent needs no image decode; entries are kept in memory after their first read (the cache
-    file is verified once, then reused every epoch).
+    file is verified once, then reused every epoch). The samples without one are encoded together, in one
+    VAE call (a batch is one bucket, so one shape).
     """
-    key = sample.latent_key
+    out: list = [None] * len(batch)
+    pending: list[tuple[int, torch.Tensor]] = []
+    for i, sample in enumerate(batch):
+        crop_mode, rng = parts.plan.datasets[sample.dataset].crop, sample_rng(sample)
+        entry = _cached_posterior(parts, sample.latent_key)
+        if entry is None:
+            pixels, mask = load_example(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng)
+            pending.append((i, pixels))
+        else:
+            mask = (
+                load_mask(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng)
+                if sample.img.mask
+                else None
+            )
+        out[i] = (entry, mask)
+    if pending:
+        pixels = torch.stack([p for _, p in pending]).to(parts.device, parts.vae.dtype)
+        with torch.no_grad():
+            dist = parts.vae.encode(pixels).latent_dist
+        mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
+        for row, (i, _) in enumerate(pending):
+            out[i] = ({"mean": mean[row], "std": std[row]}, out[i][1])
+    return out
+
+
+def _cached_posterior(parts: Parts, key: str | None) -> dict | None:
     entry = parts.memo.get(key) if key else None
     if entry is None and key and parts.latent_cache is not None:
         entry = parts.latent_cache.get(key)
         if entry is not None and len(parts.memo) < MEMO_ENTRIES:
             parts.memo[key] = entry
-    if entry is not None:
-        mask = (
-            load_mask(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample))
-            if sample.img.mask
-            else None
-        )
-        return entry, mask
-    pixels, mask = load_example(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=sample_rng(sample))
-    with torch.no_grad():
-        dist = parts.vae.encode(pixels[None].to(parts.device, parts.vae.dtype)).latent_dist
-    return {"mean": dist.mean[0].float().cpu(), "std": dist.std[0].float().cpu()}, mask
+    return entry
 
 
 def sample_latents(parts: Parts, entries: list[dict]) -> torch.Tensor:
@@ -121,7 +137,7 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     """Forward one micro-batch at optimizer step `step` (0-based) of epoch `epoch` (1-based, as kohya counts
     for caption dropout) and return its loss (instance term + prior term) and the terms for logging."""
     plan, loss_plan = parts.plan, parts.plan.loss
-    loaded = [posterior(parts, s, plan.datasets[s.dataset].crop) for s in batch]
+    loaded = posteriors(parts, batch)
     latents = sample_latents(parts, [entry for entry, _ in loaded])
     text = text_for(parts, batch, step=step, epoch=epoch)
     sched = parts.noise_scheduler
