@@ -942,6 +942,17 @@ continuations (joined to the command, each named).""",
 The written spec does not pass `dbspec check`. This is a converter bug; please report it with \
 the legacy input.""",
     ),
+    Code(
+        "DBS412",
+        WARNING,
+        "A check of the base model could not be made here",
+        """\
+The legacy script decides something from the base model's own files, and the converter could not read them
+here (warning): a hub id that is not in the local Hugging Face cache, or a folder without `model_index.json`.
+diffusers' `train_dreambooth_lora_sdxl.py` trains EDM-style whenever `model_index.json` names an EDM scheduler
+(Playground v2.5); the converter refuses that (DBS403) when it can read the file, and says with this warning
+when it cannot. Download the model (`huggingface-cli download <id>`) or convert with a local folder.""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}
