@@ -1,6 +1,7 @@
 """Arguments of diffusers' `examples/dreambooth` scripts (diffusers 58eb52c, checked option by option):
 train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py. Defaults differ per script
-(learning rate, resolution, output folder); options newer than a user's copy of a script are simply never given."""
+(learning rate, resolution, output folder); options newer than a user's copy of a script are simply never
+given."""
 
 from __future__ import annotations
 
