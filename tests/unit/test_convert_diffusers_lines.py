@@ -1,7 +1,7 @@
 """Realistic diffusers DreamBooth launch files (diffusers' READMEs, blog posts and issues: wrappers,
 accelerate launch, torchrun, docker, srun) converted and planned; each plan is compared with what diffusers
 58eb52c's scripts do. Expected LRs come from diffusers' own `get_scheduler`, as the scripts call it;
-checkpoint and validation steps from the scripts' own conditions (`global_step % n == 0`, `epoch % n == 0`)."""
+checkpoint and validation steps from the scripts' conditions (`global_step % n == 0`, `epoch % n == 0`)."""
 
 from __future__ import annotations
 
