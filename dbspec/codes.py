@@ -875,9 +875,10 @@ The legacy tool itself rejects the input, and the message states its rule: kohya
 (`bucket_reso_steps % 64` for train_db/train_network, `% 32` for SDXL; resolution inside the bucket range; a
 resolution given at all; `constant` schedules without warm-up), argparse type and choice \
 errors, or a diffusers
-script's own checks (prior preservation without class data) and failures (Min-SNR with prior preservation above
-batch 1). argparse also exits on words that are no option (an unquoted multi-word `$VAR` split by the shell: the
-message names it) and, for the diffusers scripts, on options the script does not have (a fork's).""",
+script's own checks (prior preservation without class data) and failures (Min-SNR with prior
+preservation above batch 1). argparse also exits on words that are no option (an unquoted multi-word `$VAR`
+split by the shell: the message names it) and, for the diffusers scripts, on options the script does not have
+(a fork's).""",
     ),
     Code(
         "DBS403",

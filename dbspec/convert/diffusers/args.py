@@ -9,6 +9,7 @@ from dbspec.convert.common.argv import Arg
 
 # torchvision's InterpolationMode names, lower-cased (the scripts' choices)
 _INTERPOLATION = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+SDXL_LORA = "train_dreambooth_lora_sdxl"  # the script whose dataset has SDXL-only behaviour
 SCRIPTS = ("train_dreambooth", "train_dreambooth_lora", "train_dreambooth_lora_sdxl")
 
 _COMMON: dict[str, tuple] = {

@@ -15,6 +15,7 @@ import attrs
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.common.epochs import list_images
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.diffusers.args import SDXL_LORA
 
 Args = dict[str, Legacy]
 
@@ -84,7 +85,7 @@ def map_data(a: Args, script: str, paths: PathMapper, conv: Conversion) -> Data 
     else:
         conv.mapped(batch, ("schedule", "batch_size"), size)
     _square(a, script, images, conv)
-    if prior and script.endswith("sdxl"):
+    if prior and script == SDXL_LORA:
         _sdxl_prior(a, conv)
     if count is None:
         conv.depends(
@@ -174,7 +175,7 @@ def _square(a: Args, script: str, images, conv: Conversion) -> None:
             if i == 0 and "random_flip" in a and a["random_flip"].value:
                 conv.mapped(a["random_flip"], ("datasets", i, "flip"), True)
     conv.record(crop, "mapped", "datasets.crop")
-    if script.endswith("sdxl"):
+    if script == SDXL_LORA:
         _sdxl_fixed_draws(a, images, conv)
     if reso.value % 8 or not 64 <= reso.value <= 4096:
         conv.unsupported(reso, "dbspec resolutions are multiples of 8 between 64 and 4096")
