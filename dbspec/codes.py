@@ -875,7 +875,10 @@ The legacy tool itself rejects the input, and the message states its rule: kohya
 (`bucket_reso_steps % 64` for train_db/train_network, `% 32` for SDXL; resolution inside the bucket range; a
 resolution given at all; `constant` schedules without warm-up), argparse type and choice \
 errors, or a diffusers
-script's own checks (prior preservation without class data).""",
+script's own checks (prior preservation without class data) and failures (Min-SNR with prior
+preservation above batch 1). argparse also exits on words that are no option (an unquoted multi-word `$VAR`
+split by the shell: the message names it) and, for the diffusers scripts, on options the script does not have
+(a fork's).""",
     ),
     Code(
         "DBS403",
@@ -941,6 +944,17 @@ continuations (joined to the command, each named).""",
         """\
 The written spec does not pass `dbspec check`. This is a converter bug; please report it with \
 the legacy input.""",
+    ),
+    Code(
+        "DBS412",
+        WARNING,
+        "A check of the base model could not be made here",
+        """\
+The legacy script decides something from the base model's own files, and the converter could not read them
+here (warning): a hub id that is not in the local Hugging Face cache, or a folder without `model_index.json`.
+diffusers' `train_dreambooth_lora_sdxl.py` trains EDM-style whenever `model_index.json` names an EDM scheduler
+(Playground v2.5); the converter refuses that (DBS403) when it can read the file, and says with this warning
+when it cannot. Download the model (`huggingface-cli download <id>`) or convert with a local folder.""",
     ),
 )
 

@@ -15,6 +15,9 @@ import attrs
 
 Kind = Literal["flag", "str", "int", "float", "int_or_float", "list"]
 _NUMBER = re.compile(r"^-\d|^-\.\d")
+# The `why` of a word that is no option: the scripts take no positional arguments, so argparse exits with
+# `error: unrecognized arguments: ...` (an unquoted multi-word `$VAR` is the usual cause).
+POSITIONAL = "an extra positional argument"
 
 
 @attrs.frozen(kw_only=True)
@@ -41,7 +44,9 @@ def parse_argv(tokens: tuple[str, ...] | list[str], table: dict[str, Arg]) -> Pa
         token = tokens[i]
         i += 1
         if not token.startswith("--") or token == "--":
-            problems.append((token, token, "unrecognized argument (not an option)"))
+            problems.append(
+                (token, token, f"{POSITIONAL}: the script takes none (argparse: unrecognized arguments)")
+            )
             continue
         name, eq, text = token[2:].partition("=")
         arg, why = _lookup(name, table)

@@ -32,10 +32,11 @@ class InputError(Exception):
     """A legacy input file cannot be read (reported as DBS401)."""
 
 
-def read_command(spec: str, cwd: Path) -> tuple[Command, str]:
-    """A command from a file path, `-` (standard input) or the command text itself; and its label."""
+def read_command(spec: str, cwd: Path, scripts: tuple[str, ...] = ()) -> tuple[Command, str]:
+    """A command from a file path, `-` (standard input) or the command text itself; and its label.
+    `scripts`: the script names the converter knows (the first launch of one of them is the command)."""
     if spec == "-":
-        return split_command(sys.stdin.read()), "standard input"
+        return split_command(sys.stdin.read(), scripts=scripts), "standard input"
     path = Path(spec).expanduser()
     path = path if path.is_absolute() else cwd / path
     if _is_file(path) or not any(c.isspace() for c in spec.strip()):
@@ -44,12 +45,20 @@ def read_command(spec: str, cwd: Path) -> tuple[Command, str]:
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read the command file `{spec}`: {exc}") from None
         windows = {".bat": True, ".cmd": True, ".sh": False}.get(path.suffix.lower())
-        return split_command(text, windows), str(spec)
-    return split_command(spec), "the command text"
+        return split_command(text, windows, scripts), str(spec)
+    return split_command(spec, scripts=scripts), "the command text"
 
 
 def report_joined(command: Command, label: str, conv: Conversion) -> None:
-    """Option lines that followed the command without a line continuation: joined, and said once."""
+    """Option lines that followed the command without a line continuation: joined, and said once; and
+    later launches of known scripts that were not converted."""
+    if command.others:
+        conv.warn(
+            "DBS407",
+            f"{label} launches {1 + len(command.others)} training scripts: the first, {command.script}, was "
+            f"converted; not converted: {', '.join(command.others)}",
+            help="convert each launch on its own (a file of its own, or the command text)",
+        )
     if not command.joined:
         return
     names = ", ".join(command.joined)
@@ -70,21 +79,53 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+_TORCHRUN_VALUED = {
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "rdzv_backend",
+    "rdzv_endpoint",
+    "rdzv_id",
+    "rdzv_conf",
+    "max_restarts",
+    "monitor_interval",
+    "start_method",
+    "role",
+    "log_dir",
+    "redirects",
+    "tee",
+    "local_addr",
+}
+_LAUNCHERS = {  # the word after which launcher options start -> (name in reports, its valued options)
+    "launch": ("accelerate launch", _VALUED),
+    "accelerate.commands.launch": ("accelerate launch", _VALUED),
+    "torchrun": ("torchrun", _TORCHRUN_VALUED),
+    "torch.distributed.run": ("torchrun", _TORCHRUN_VALUED),
+    "torch.distributed.launch": ("torchrun", _TORCHRUN_VALUED),
+}
+
+
 def launcher_options(command: Command) -> dict[str, Legacy]:
-    """`accelerate launch` options, keyed `accelerate launch --name`."""
+    """`accelerate launch` (or `python -m accelerate.commands.launch`) options, keyed `accelerate launch
+    --name`; torchrun's (or `python -m torch.distributed.run`'s), keyed `torchrun --name`. Option names are
+    normalised to underscores: `nproc-per-node` is `nproc_per_node`."""
     tokens = list(command.launcher)
+    start = next((i for i, t in enumerate(tokens) if t.split("/")[-1] in _LAUNCHERS), None)
     out: dict[str, Legacy] = {}
-    if "launch" not in tokens:
+    if start is None:
         return out
-    i = tokens.index("launch") + 1
+    label, valued = _LAUNCHERS[tokens[start].split("/")[-1]]
+    i = start + 1
     while i < len(tokens):
         name, eq, value = tokens[i].lstrip("-").partition("=")
         name = name.replace("-", "_")
-        if not eq and name in _VALUED and i + 1 < len(tokens):
+        if not eq and name in valued and i + 1 < len(tokens):
             value, i = tokens[i + 1], i + 1
         out[name] = Legacy(
-            key=f"accelerate launch --{name}",
-            value=value if (eq or name in _VALUED) else True,
+            key=f"{label} --{name}",
+            value=value if (eq or name in valued) else True,
             source="command line",
         )
         i += 1
@@ -95,7 +136,9 @@ def report_launcher(options: dict[str, Legacy], conv: Conversion, script_sets_pr
     """Every launcher option's fate. The script's own --mixed_precision wins over accelerate's (kohya always
     passes one; diffusers scripts only when given)."""
     for name, legacy in options.items():
-        if name == "num_processes" and str(legacy.value) not in ("1", "True"):
+        if name in ("num_processes", "nproc_per_node", "nnodes", "num_machines") and str(
+            legacy.value
+        ) not in ("1", "True"):
             conv.differs(
                 legacy,
                 f"{legacy.value} processes: dbspec takes the process count from the machine it "

@@ -1,18 +1,21 @@
-"""Arguments of diffusers' `examples/dreambooth` scripts (diffusers main, 2026-08): train_dreambooth.py,
-train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py. Defaults differ per script (learning rate,
-resolution, output folder); options newer than a user's copy of a script are simply never given."""
+"""Arguments of diffusers' `examples/dreambooth` scripts (diffusers 58eb52c, checked option by option):
+train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py. Defaults differ per script
+(learning rate, resolution, output folder); options newer than a user's copy of a script are simply never
+given."""
 
 from __future__ import annotations
 
 from dbspec.convert.common.argv import Arg
 
+# torchvision's InterpolationMode names, lower-cased (the scripts' choices)
+_INTERPOLATION = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+SDXL_LORA = "train_dreambooth_lora_sdxl"  # the script whose dataset has SDXL-only behaviour
 SCRIPTS = ("train_dreambooth", "train_dreambooth_lora", "train_dreambooth_lora_sdxl")
 
 _COMMON: dict[str, tuple] = {
     "pretrained_model_name_or_path": ("str", None),
     "revision": ("str", None),
     "variant": ("str", None),
-    "tokenizer_name": ("str", None),
     "instance_data_dir": ("str", None),
     "class_data_dir": ("str", None),
     "instance_prompt": ("str", None),
@@ -62,7 +65,8 @@ _COMMON: dict[str, tuple] = {
 }
 _OWN: dict[str, dict[str, tuple]] = {
     "train_dreambooth": {
-        "output_dir": ("str", "text-inversion-model"),
+        "output_dir": ("str", "dreambooth-model"),
+        "tokenizer_name": ("str", None),
         "validation_steps": ("int", 100),
         "set_grads_to_none": ("flag", False),
         "offset_noise": ("flag", False),
@@ -81,11 +85,12 @@ _OWN: dict[str, dict[str, tuple]] = {
     },
     "train_dreambooth_lora": {
         "output_dir": ("str", "lora-dreambooth-model"),
+        "tokenizer_name": ("str", None),
         "learning_rate": ("float", 5e-4),
         "validation_epochs": ("int", 50),
         "rank": ("int", 4),
         "lora_dropout": ("float", 0.0),
-        "image_interpolation_mode": ("str", "lanczos"),
+        "image_interpolation_mode": ("str", "lanczos", _INTERPOLATION),
         "pre_compute_text_embeddings": ("flag", False),
         "tokenizer_max_length": ("int", None),
         "text_encoder_use_attention_mask": ("flag", False),
@@ -106,8 +111,6 @@ _OWN: dict[str, dict[str, tuple]] = {
         "caption_column": ("str", None),
         "repeats": ("int", 1),
         "random_flip": ("flag", False),
-        "crops_coords_top_left_h": ("int", 0),
-        "crops_coords_top_left_w": ("int", 0),
         "text_encoder_lr": ("float", 5e-6),
         "snr_gamma": ("float", None),
         "optimizer": ("str", "AdamW"),
@@ -121,7 +124,7 @@ _OWN: dict[str, dict[str, tuple]] = {
         "do_edm_style_training": ("flag", False),
         "use_dora": ("flag", False),
         "output_kohya_format": ("flag", False),
-        "image_interpolation_mode": ("str", "lanczos"),
+        "image_interpolation_mode": ("str", "lanczos", _INTERPOLATION),
         "cache_dir": ("str", None),
     },
 }

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.families import hub_model
-from dbspec.convert.common.argv import parse_argv
+from dbspec.convert.common.argv import POSITIONAL, parse_argv
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name, require_minimums
 from dbspec.convert.diffusers.args import SCRIPTS, arg_table, script_of
-from dbspec.convert.diffusers.data import Data, map_data
+from dbspec.convert.diffusers.data import Data, map_data, quirk
+from dbspec.convert.diffusers.model import SchedulerFacts, scheduler_facts
 from dbspec.convert.diffusers.out import map_outputs
 from dbspec.convert.kohya.model import model_path
+from dbspec.convert.common.shell import Command
 from dbspec.convert.common.launcher import (
     InputError,
     launcher_options,
@@ -28,6 +29,8 @@ from dbspec.convert.common.launcher import (
 from dbspec.convert.common.paths import PathMapper
 
 Args = dict[str, Legacy]
+PINNED = "58eb52c"  # the diffusers commit whose scripts the tables and rules follow
+MODEL_UNREAD = "DBS412"  # a check of the base model could not be made here
 LORA_SCRIPTS = ("train_dreambooth_lora", "train_dreambooth_lora_sdxl")
 UNSUPPORTED = {
     "tokenizer_name": "a separate tokenizer",
@@ -37,7 +40,6 @@ UNSUPPORTED = {
     "dataset_name": "Hugging Face datasets (dbspec trains from folders)",
     "dataset_config_name": "ditto",
     "caption_column": "captions from a Hugging Face dataset",
-    "do_edm_style_training": "EDM-style training",
     "use_dora": "DoRA adapters",
     "validation_images": "image-conditioned validation",
 }
@@ -86,7 +88,7 @@ class DiffusersRequest:
 def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool = False):
     conv = Conversion(tool="diffusers", allow_unsupported=allow_unsupported)
     paths = PathMapper(cwd=req.cwd.resolve(), out_dir=out.resolve().parent)
-    command, label = read_command(req.command, req.cwd)
+    command, label = read_command(req.command, req.cwd, SCRIPTS)
     script = script_of(command.script) if command.script else None
     if script is None:
         raise InputError(
@@ -94,11 +96,11 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
             f"{', '.join(s + '.py' for s in SCRIPTS)}"
         )
     report_joined(command, label, conv)
-    a = _args(command.args, script, conv)
+    a = _args(command, script, conv)
     launcher = launcher_options(command)
     if not require_minimums(a, MINIMUM, conv):
         return conv, []
-    _model(a, script, paths, conv)
+    facts = _model(a, script, paths, conv)
     lora = script in LORA_SCRIPTS
     if lora:
         _adapter(a, script, conv)
@@ -106,7 +108,7 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
     total, per_epoch = _length(a, data, conv)
     _lr(a, script, total, conv)
     _optimizer(a, script, conv)
-    _loss(a, script, data, conv)
+    _loss(a, script, data, facts, conv)
     _precision(a, script, launcher, conv)
     map_outputs(a, script, lora, per_epoch, paths, conv)
     report_launcher(launcher, conv, script_sets_precision=a["mixed_precision"].value is not None)
@@ -118,15 +120,25 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
     ]
 
 
-def _args(tokens, script: str, conv: Conversion) -> Args:
+def _args(command: Command, script: str, conv: Conversion) -> Args:
     table = arg_table(script)
-    parsed = parse_argv(tokens, table)
+    parsed = parse_argv(command.args, table)
+    positional = [text for _, text, why in parsed.problems if why.startswith(POSITIONAL)]
+    if positional:
+        _positional(positional, command, script, conv)
     for option, text, why in parsed.problems:
         key = option.lstrip("-")
+        if why.startswith(POSITIONAL):
+            continue
         if why.startswith(("unrecognized", "ambiguous")):
-            conv.unsupported(
-                Legacy(key=key, value=text, source="command line"),
-                f"{why} for {script}.py (argparse would stop; a newer script's option dbspec does not know)",
+            conv.invalid(
+                key,
+                text or True,
+                "command line",
+                f"{why}: not an option of {script}.py (diffusers {PINNED}), so its argparse exits with "
+                "`error: unrecognized arguments`; an option a fork or another version of the script added",
+                help=f"remove it, or convert with the script that has it: dbspec knows {script}.py as "
+                f"diffusers {PINNED} has it",
             )
         else:
             conv.invalid(key, text, "command line", why)
@@ -135,12 +147,34 @@ def _args(tokens, script: str, conv: Conversion) -> Args:
     return args
 
 
-def _model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
+def _positional(words: list[str], command: Command, script: str, conv: Conversion) -> None:
+    """Words that are no option: argparse rejects them; an unquoted multi-word variable is the usual cause."""
+    why = (
+        f"{script}.py takes no positional arguments: its argparse exits with `error: unrecognized arguments: "
+        f"{' '.join(words)}`"
+    )
+    help = ""
+    if command.split:
+        shown = "; ".join(f"${name} = {value!r}" for name, value in command.split)
+        why += (
+            f". The shell split the unquoted variable(s) into words ({shown}): an option takes only the "
+            "first word, the others become these arguments"
+        )
+        help = (
+            'quote the variable in the legacy command, e.g. --instance_prompt="$' + command.split[0][0] + '"'
+        )
+    conv.invalid("arguments", " ".join(words), "command line", why, help=help)
+
+
+def _model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> SchedulerFacts | None:
     base = a["pretrained_model_name_or_path"]
     if not base.value:
         conv.invalid(base.key, None, base.source, "the script requires it")
-        return
+        return None
     conv.mapped(base, ("model", "base"), model_path(base.value, paths))
+    facts = scheduler_facts(base.value, a["revision"].value, paths)
+    if script.endswith("sdxl"):
+        _edm(a, facts, conv)
     if script.endswith("sdxl"):
         conv.put(("model", "family"), "sdxl", f"{conv.tool} {script}.py trains SDXL")
     revision = a["revision"]
@@ -151,6 +185,48 @@ def _model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
     if "pretrained_vae_model_name_or_path" in a and a["pretrained_vae_model_name_or_path"].value:
         vae = a["pretrained_vae_model_name_or_path"]
         conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
+    return facts
+
+
+def _edm(a: Args, facts: SchedulerFacts, conv: Conversion) -> None:
+    """train_dreambooth_lora_sdxl.py trains EDM-style with --do_edm_style_training, and whenever the model's
+    model_index.json names an EDM scheduler (it then sets the flag itself): EDMEulerScheduler noise levels,
+    preconditioned inputs and outputs, the clean latents as the target. dbspec trains DDPM-style only."""
+    flag, snr = a["do_edm_style_training"], a["snr_gamma"]
+    edm_model = facts.edm
+    if edm_model:
+        why = (
+            f"the model's scheduler is {facts.scheduler} ({facts.where}): train_dreambooth_lora_sdxl.py then "
+            "sets do_edm_style_training itself and trains EDM-style (EDMEulerScheduler noise levels, "
+            "preconditioned inputs and outputs, the clean latents as the target); dbspec trains DDPM-style "
+            "(noise or v targets at discrete timesteps) only"
+        )
+        legacy = flag if flag.value else Legacy(key=flag.key, value=True, source="model_index.json")
+        conv.unsupported(legacy, why, help="train a DDPM-style model (e.g. SDXL base), or use diffusers")
+    elif flag.value:
+        conv.unsupported(
+            flag,
+            "EDM-style training (EulerDiscreteScheduler sigmas, preconditioned inputs and outputs, the clean "
+            "latents as the target, weighted by sigma^-2); dbspec trains DDPM-style only",
+        )
+    elif edm_model is None:
+        conv.warn(
+            MODEL_UNREAD,
+            f"the model's scheduler could not be read ({facts.where}), so it was not checked whether "
+            "train_dreambooth_lora_sdxl.py would train it EDM-style (it does when model_index.json names an "
+            "EDM scheduler, as Playground v2.5's does); converted as DDPM-style training",
+            "pretrained_model_name_or_path",
+            help=f"download it first (huggingface-cli download {a['pretrained_model_name_or_path'].value}) "
+            "and convert again, or convert with a local pipeline folder",
+        )
+    if (edm_model or flag.value) and snr.value is not None:
+        conv.invalid(
+            snr.key,
+            snr.value,
+            snr.source,
+            "the script raises: Min-SNR formulation is not supported when conducting EDM-style training"
+            + (" (the model's EDM scheduler turns EDM-style training on)" if edm_model else ""),
+        )
 
 
 def _adapter(a: Args, script: str, conv: Conversion) -> None:
@@ -268,7 +344,7 @@ def _optimizer(a: Args, script: str, conv: Conversion) -> None:
         conv.differs(te_decay, "dbspec uses one weight decay for the U-Net and the text encoders")
 
 
-def _loss(a: Args, script: str, data: Data | None, conv: Conversion) -> None:
+def _loss(a: Args, script: str, data: Data | None, facts: SchedulerFacts | None, conv: Conversion) -> None:
     weight = a["prior_loss_weight"]
     if data and data.prior:
         if weight.value != 1.0:
@@ -278,22 +354,57 @@ def _loss(a: Args, script: str, data: Data | None, conv: Conversion) -> None:
     elif weight.given:
         conv.inert(weight, "no --with_prior_preservation")
     snr = a["snr_gamma"] if "snr_gamma" in a else None
-    if snr is not None and snr.value:
-        conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
-        base = a["pretrained_model_name_or_path"].value or ""
-        known = hub_model(base)
-        if known is None or known[1] == "v_prediction":
-            conv.differs(
-                snr,
-                "for v-prediction models diffusers weights by min(snr, gamma)/snr + 1, dbspec by "
-                "min(snr, gamma)/(snr + 1) (the corrected form); the same for epsilon models",
-            )
+    if snr is not None and snr.value is not None:
+        _min_snr(a, script, snr, data, facts, conv)
     if "offset_noise" in a and a["offset_noise"].value:
         conv.mapped(
             a["offset_noise"],
             ("loss", "noise_offset"),
             0.1,
             comment=conv.comment(a["offset_noise"], "diffusers' fixed strength 0.1"),
+        )
+
+
+def _min_snr(
+    a: Args, script: str, snr: Legacy, data: Data | None, facts: SchedulerFacts | None, conv: Conversion
+) -> None:
+    """--snr_gamma (train_dreambooth.py and the SDXL LoRA script; train_dreambooth_lora.py has none).
+
+    Both weight the per-sample instance loss by min(snr, gamma)/snr for epsilon models. For v-prediction
+    train_dreambooth.py divides by snr + 1 (dbspec's form), the SDXL LoRA script adds 1 instead:
+    min(snr, gamma)/snr + 1. Both compute the weights from the timesteps of the whole batch, class images
+    included, while the instance loss has only the instance half: at train_batch_size 1 the broadcast makes
+    the instance loss times the mean of the instance and class weights; above, the shapes do not broadcast
+    and the first step raises."""
+    conv.mapped(snr, ("loss", "min_snr_gamma"), float(snr.value))
+    prediction = facts.prediction if facts is not None else None
+    if script.endswith("sdxl") and prediction != "epsilon":
+        why = (
+            "train_dreambooth_lora_sdxl.py weights v-prediction losses by min(snr, gamma)/snr + 1, dbspec by "
+            "min(snr, gamma)/(snr + 1) (as train_dreambooth.py does); epsilon weights are equal"
+        )
+        if prediction is None:
+            why += " (the model's prediction type could not be read: this applies if it predicts v)"
+        quirk(conv, snr, why)
+    batch = a["train_batch_size"]
+    if data is not None and data.prior and batch.value >= 2:
+        conv.invalid(
+            snr.key,
+            snr.value,
+            snr.source,
+            f"with --with_prior_preservation at --train_batch_size {batch.value}, {script}.py fails at its "
+            f"first step: its Min-SNR weights cover all {2 * batch.value} samples (class images included), "
+            f"the instance losses only {batch.value}, and the shapes do not broadcast",
+            help="the script trains this only at --train_batch_size 1, or without --snr_gamma",
+        )
+    elif data is not None and data.prior:
+        quirk(
+            conv,
+            snr,
+            f"with --with_prior_preservation, {script}.py multiplies the instance loss by the mean of the "
+            "instance and the class sample's Min-SNR weights (its weights cover the whole batch of 2); "
+            "dbspec weights the instance loss by its own sample's weight (the prior term is unweighted in "
+            "both)",
         )
 
 
@@ -346,7 +457,11 @@ def _sweep(a: Args, conv: Conversion) -> None:
     for key, legacy in a.items():
         if not legacy.given or key in conv.reports:
             continue
-        if key in UNSUPPORTED and legacy.value:
+        if key in ("caption_column", "dataset_config_name") and not a["dataset_name"].value:
+            conv.inert(
+                legacy, "read only with --dataset_name (DreamBoothDataset's Hugging Face dataset branch)"
+            )
+        elif key in UNSUPPORTED and legacy.value:
             conv.unsupported(legacy, f"dbspec has no {UNSUPPORTED[key]}")
         elif (
             key in ("class_data_dir", "class_prompt", "num_class_images")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import attrs
 
-from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.common.epochs import list_images
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.diffusers.args import SDXL_LORA
 
 Args = dict[str, Legacy]
 
@@ -29,7 +30,26 @@ class Data:
 
 def map_data(a: Args, script: str, paths: PathMapper, conv: Conversion) -> Data | None:
     inst, prompt = a["instance_data_dir"], a["instance_prompt"]
-    for legacy in (inst, prompt):
+    hub_data = a["dataset_name"] if "dataset_name" in a else None
+    if (
+        hub_data is not None and hub_data.value
+    ):  # the SDXL script's Hugging Face dataset (reported unsupported)
+        if inst.value:
+            conv.invalid(
+                "dataset_name",
+                hub_data.value,
+                hub_data.source,
+                "the script raises: Specify only one of `--dataset_name` or `--instance_data_dir`",
+            )
+        return None
+    if hub_data is not None and not inst.value:
+        conv.invalid(
+            inst.key,
+            None,
+            inst.source,
+            "the script raises: Specify either `--dataset_name` or `--instance_data_dir`",
+        )
+    for legacy in (inst, prompt) if hub_data is None else (prompt,):
         if not legacy.value:
             conv.invalid(legacy.key, None, legacy.source, "the script requires it")
     if not inst.value or not prompt.value:
@@ -64,7 +84,9 @@ def map_data(a: Args, script: str, paths: PathMapper, conv: Conversion) -> Data 
         )
     else:
         conv.mapped(batch, ("schedule", "batch_size"), size)
-    _square(a, script, conv)
+    _square(a, script, images, conv)
+    if prior and script == SDXL_LORA:
+        _sdxl_prior(a, conv)
     if count is None:
         conv.depends(
             inst.key, "the instance images could not be counted here: epoch lengths were not checked"
@@ -137,7 +159,7 @@ def _class(a: Args, paths: PathMapper, conv: Conversion) -> None:
     conv.put(("schedule", "balance_classes"), True, f"{conv.tool} shows one class image per instance image")
 
 
-def _square(a: Args, script: str, conv: Conversion) -> None:
+def _square(a: Args, script: str, images, conv: Conversion) -> None:
     reso, crop = a["resolution"], a["center_crop"]
     conv.put(
         ("buckets", "mode"), "square", f"{conv.tool} resizes the short side to resolution and crops a square"
@@ -149,13 +171,64 @@ def _square(a: Args, script: str, conv: Conversion) -> None:
                 conv.put(
                     ("datasets", i, "crop"), "random", conv.comment(crop, "no --center_crop: a random crop")
                 )
-            if "random_flip" in a and a["random_flip"].value:
+            # the SDXL script flips instance images only; class images are never flipped
+            if i == 0 and "random_flip" in a and a["random_flip"].value:
                 conv.mapped(a["random_flip"], ("datasets", i, "flip"), True)
     conv.record(crop, "mapped", "datasets.crop")
+    if script == SDXL_LORA:
+        _sdxl_fixed_draws(a, images, conv)
     if reso.value % 8 or not 64 <= reso.value <= 4096:
         conv.unsupported(reso, "dbspec resolutions are multiples of 8 between 64 and 4096")
     for key in ("crops_coords_top_left_h", "crops_coords_top_left_w"):
         if key in a and a[key].value:
             conv.differs(a[key], "dbspec conditions SDXL on the actual crop position")
-    if "image_interpolation_mode" in a and a["image_interpolation_mode"].given:
+    if "image_interpolation_mode" in a and a["image_interpolation_mode"].value != "lanczos":
         conv.differs(a["image_interpolation_mode"], "dbspec resizes with its own filter")
+
+
+def quirk(conv: Conversion, legacy: Legacy, why: str) -> None:
+    """A behaviour of the script dbspec does not reproduce (DBS404), said even when the key already has
+    another difference (`Conversion.differs` says one per key)."""
+    conv.record(legacy, "differs", "", why)
+    conv.warn(DIFFERS, f"{conv.tool} `{legacy.key}`: {why}", legacy.key)
+    conv.notes.append(f"differs: {legacy.key}: {why}")
+
+
+def _sdxl_fixed_draws(a: Args, images, conv: Conversion) -> None:
+    """train_dreambooth_lora_sdxl.py's DreamBoothDataset.__init__ flips (p = 0.5 with --random_flip) and crops
+    every instance image (each --repeats copy on its own) once, when it builds the dataset, and trains those
+    pixels every epoch; dbspec draws a sample's flip and crop each time the sample is drawn."""
+    flip, crop = a["random_flip"], a["center_crop"]
+    build = (
+        "train_dreambooth_lora_sdxl.py draws each instance image's {what} once, when it builds the dataset "
+    )
+    build += "(each --repeats copy its own draw), and trains those same pixels every epoch; dbspec draws it "
+    build += "each time the sample is drawn"
+    if flip.value:
+        quirk(conv, flip, build.format(what="flip (p = 0.5)"))
+    oriented = [img.oriented for img in images] if images else None
+    if not crop.value and (oriented is None or any(w != h for w, h in oriented)):
+        note = "" if oriented is not None else " (when an image is not square; the images were not read here)"
+        quirk(conv, crop, build.format(what="random square crop") + note)
+
+
+def _sdxl_prior(a: Args, conv: Conversion) -> None:
+    """What train_dreambooth_lora_sdxl.py does with class images that dbspec does not copy."""
+    quirk(
+        conv,
+        a["with_prior_preservation"],
+        "train_dreambooth_lora_sdxl.py conditions each class image on the size and crop of the instance "
+        "image it is paired with (collate_fn repeats the instance's original_size and crop_top_left); "
+        "dbspec on the class image's own",
+    )
+    batch = a["train_batch_size"]
+    if batch.value >= 2:
+        quirk(
+            conv,
+            batch,
+            f"with prior preservation at batch {batch.value}, train_dreambooth_lora_sdxl.py repeats the "
+            "prompt pair [instance, class] along a batch ordered [instances..., classes...], so every "
+            "second instance image trains with the class prompt and every other class image with the "
+            "instance prompt (its pairing is right at batch 1 only); dbspec gives each image its own "
+            "dataset's prompt",
+        )

@@ -56,6 +56,16 @@ def _validation(a: Args, script: str, per_epoch: int | None, conv: Conversion) -
             interval.value * per_epoch,
             comment=conv.comment(interval, f"{interval.value} x {per_epoch} steps per epoch"),
         )
+        if interval.value > 1:
+            first = [per_epoch * (1 + k * interval.value) for k in range(3)]
+            conv.differs(
+                interval,
+                f"{script}.py validates at the end of every epoch whose 0-based index is a multiple of "
+                f"{interval.value} (after the 1st, {_nth(interval.value + 1)}, "
+                f"{_nth(2 * interval.value + 1)} epoch: "
+                f"steps {', '.join(map(str, first))}, ...) and once more after training; dbspec every "
+                f"{interval.value * per_epoch} steps and at the end",
+            )
     else:
         conv.depends(
             interval.key,
@@ -77,3 +87,8 @@ def _validation(a: Args, script: str, per_epoch: int | None, conv: Conversion) -
     seed = a["seed"]
     if seed.value:
         conv.put(("validation", "seed"), seed.value, f"{conv.tool} seeds validation with --seed")
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

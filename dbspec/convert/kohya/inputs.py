@@ -71,7 +71,7 @@ def kohya_args(req: KohyaRequest, conv: Conversion) -> KohyaArgs:
     inputs: list[str] = []
     script = req.script
     if req.command is not None:
-        command, label = read_command(req.command, req.cwd)
+        command, label = read_command(req.command, req.cwd, SCRIPTS)
         inputs.append(label if label == "the command text" else f"command {label}")
         launcher = launcher_options(command)
         report_joined(command, label, conv)
