@@ -615,7 +615,7 @@ def test_every_rule_function_declares_a_phase():
     }
     assert found == set(PHASE_OF)
     assert {PHASE_OF[fn.__name__] for fn in rules_of("paths")} == {"paths"}
-    assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs"]
+    assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs", "identifier_tokens"]
     assert [fn.__name__ for fn in rules_of("plan")] == [
         "text_encoder_stop_beyond_run",
         "interval_beyond_run",
