@@ -599,6 +599,22 @@ The identifier is a word the model already knows well: a common word, or one kno
 meaning, and prompts that use the word elsewhere drift. Use a rare token (`dbspec tokens MODEL`), or a
 descriptive word deliberately.""",
     ),
+    Code(
+        "DBS297",
+        WARNING,
+        "scheduled-sampling option while rollout is off",
+        """\
+A `[scheduled_sampling]` key is set while `max_step_offset = 0` or `probability = 0`: no sample is rolled out,
+so the key changes nothing (the plan shows no rollout).""",
+    ),
+    Code(
+        "DBS298",
+        WARNING,
+        "scheduled-sampling ramp longer than the run",
+        """\
+`scheduled_sampling.ramp_steps` is not below the run's step count: the rollout probability ramps linearly
+from 0 and never reaches `probability` before the run ends.""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

@@ -865,6 +865,37 @@ def _relation(out: Path, other: Path) -> str:
     return "is" if out == other else "contains" if out in other.parents else "is inside"
 
 
+@rule("spec")
+def scheduled_sampling_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Rollout options without rollout: max_step_offset 0 (or probability 0) turns scheduled sampling off."""
+    s = spec.scheduled_sampling
+    if s.max_step_offset and s.probability:
+        return
+    why = "max_step_offset is 0" if not s.max_step_offset else "probability is 0"
+    for key in ("probability", "ramp_steps", "sampler"):
+        if given(("scheduled_sampling", key)) and not (key == "probability" and not s.probability):
+            yield _warn(
+                "DBS297",
+                ("scheduled_sampling", key),
+                f"scheduled_sampling.{key} has no effect: scheduled_sampling.{why} (rollout is off)",
+                "set scheduled_sampling.max_step_offset (5-10 is common) and probability above 0, "
+                "or remove this key",
+            )
+
+
+@rule("plan")
+def scheduled_sampling_ramp_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    s = spec.scheduled_sampling
+    if s.max_step_offset and s.probability and s.ramp_steps >= total_steps:
+        yield _warn(
+            "DBS298",
+            ("scheduled_sampling", "ramp_steps"),
+            f"scheduled_sampling.ramp_steps ({s.ramp_steps}) is not below the run's {total_steps} steps: "
+            f"the rollout probability never reaches {s.probability:g}",
+            "use a ramp shorter than the run (a tenth to a half of it), or 0 for no ramp",
+        )
+
+
 MANY_TOKENS = 3  # an identifier of this many tokens or more is several rare words to the text encoder
 
 
