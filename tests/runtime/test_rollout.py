@@ -1,6 +1,6 @@
 """Scheduled sampling (runtime/rollout.py): the samplers against each other and diffusers, the derived loss
-target against a hand computation, and real tiny runs (SD1 epsilon, SD2 v-prediction) that train, differ from a
-plain run, and resume bit-identical."""
+target against a hand computation, and real tiny runs (SD1 epsilon, SD2 v-prediction) that train, differ
+from a plain run, and resume bit-identical."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_ddim_equals_euler_and_euler_equals_diffusers(prediction):
             y = sampler.step(model(0, y, torch.tensor([t])), t, t_next, y)
         out[name] = y
     assert torch.allclose(out["ddim"], out["euler"], atol=1e-5)
-    # diffusers' Euler on the same timesteps: its sample is x / sqrt(abar); its last step (to sigma 0) not taken
+    # diffusers' Euler on the same timesteps: its sample is x / sqrt(abar); its last step (to 0) is not taken
     euler = EulerDiscreteScheduler.from_config(sched.config)
     euler.set_timesteps(timesteps=path)
     abar = sched.alphas_cumprod
@@ -104,8 +104,8 @@ def test_unipc_takes_ddims_first_step_and_differs_after(prediction):
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
 def test_the_rollout_target_leads_back_to_the_clean_latents(kind):
-    """By hand: eps~ = (x~ - sqrt(abar) x0) / sqrt(1 - abar), v~ = sqrt(abar) eps~ - sqrt(1 - abar) x0; and the
-    x0 the model's prediction implies, when it predicts the target, is exactly x0."""
+    """By hand: eps~ = (x~ - sqrt(abar) x0) / sqrt(1 - abar), v~ = sqrt(abar) eps~ - sqrt(1 - abar) x0; and
+    the x0 the model's prediction implies, when it predicts the target, is exactly x0."""
     sched = ddpm(kind)
     g = torch.Generator().manual_seed(0)
     x0, drifted = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
