@@ -188,3 +188,11 @@ def test_a_rollout_run_trains_and_resumes_bit_identical(tmp_path, base, sampler)
     plain = execute(compile_spec(write_spec(tmp_path / "plain", base=base, steps=5, with_class=True)))
     assert plain.losses[0] == whole.losses[0]  # step 0: the ramp's probability is 0, nothing rolled out
     assert plain.losses != whole.losses
+
+
+def test_sdxl_rolls_out_with_each_samples_own_conditioning(tmp_path):
+    extra = '[scheduled_sampling]\nmax_step_offset = 3\nsampler = "euler"\n'
+    rolled = execute(compile_spec(write_spec(tmp_path, base="builtin:tiny-sdxl", steps=2, extra=extra)))
+    plain = execute(compile_spec(write_spec(tmp_path / "plain", base="builtin:tiny-sdxl", steps=2)))
+    assert rolled.status == "finished" and all(math.isfinite(x) for x in rolled.losses)
+    assert rolled.losses != plain.losses
