@@ -410,6 +410,30 @@ known-bad combinations."""
     typer.echo(json.dumps(data, indent=2) if as_json else render_text(data))
 
 
+@app.command()
+def tokens(
+    model: Annotated[
+        str, typer.Argument(help="builtin:NAME, a diffusers folder, or a hub id in the local cache.")
+    ],
+    count: Annotated[int, typer.Option("--count", help="Show this many (0: all).")] = 30,
+    min_length: Annotated[int, typer.Option("--min-length", help="Shortest word listed.")] = 3,
+    revision: Annotated[str, typer.Option("--revision", help="Hub revision of a hub id.")] = "main",
+    probe: Annotated[
+        bool, typer.Option("--probe", help="Also rank by the text encoders' embeddings (needs torch).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List rare identifiers: words that are one token in every tokenizer of MODEL, not common words, \
+rarest first (latest BPE merge; with --probe, least like any common word's embedding)."""
+    from dbspec.cli_tokens import list_tokens
+
+    raise typer.Exit(
+        list_tokens(
+            model, count=count, min_length=min_length, revision=revision, probe=probe, as_json=as_json
+        )
+    )
+
+
 app.add_typer(convert_app, name="convert")
 
 

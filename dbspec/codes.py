@@ -579,6 +579,42 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
 `optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
 train, so its rate is not used (the plan shows no rate for it).""",
     ),
+    Code(
+        "DBS295",
+        WARNING,
+        "identifier splits into many tokens",
+        """\
+An instance prompt's identifier (the one word it has and the class prompts lack) is three or more tokens for a
+tokenizer of the model: the text encoder sees several unrelated pieces, each with its own meaning, instead of
+one rare token to attach the subject to. `dbspec tokens MODEL` lists words that are one token in every
+tokenizer of the model (both for SDXL), rarest first.""",
+    ),
+    Code(
+        "DBS296",
+        WARNING,
+        "identifier with a strong prior",
+        """\
+The identifier is a word the model already knows well: a common word, or one known to carry a meaning, like
+`sks` (a rifle: the diffusers DreamBooth blog's users saw it in their samples). Training has to override that
+meaning, and prompts that use the word elsewhere drift. Use a rare token (`dbspec tokens MODEL`), or a
+descriptive word deliberately.""",
+    ),
+    Code(
+        "DBS297",
+        WARNING,
+        "scheduled-sampling option while rollout is off",
+        """\
+A `[scheduled_sampling]` key is set while `max_step_offset = 0` or `probability = 0`: no sample is rolled out,
+so the key changes nothing (the plan shows no rollout).""",
+    ),
+    Code(
+        "DBS298",
+        WARNING,
+        "scheduled-sampling ramp longer than the run",
+        """\
+`scheduled_sampling.ramp_steps` is not below the run's step count: the rollout probability ramps linearly
+from 0 and never reaches `probability` before the run ends.""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

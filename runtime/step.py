@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from dbspec.plan.model import NoisePlan, Plan
-from dbspec.runtime import losses
+from dbspec.runtime import losses, rollout
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.captions import step_captions
@@ -145,9 +145,15 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
     objective = family_runtime(plan.model.family).objective
     noisy = objective.add_noise(sched, latents, noised_with, timesteps)
-    pred = denoise(parts, noisy, timesteps, text, batch).float()
     target = objective.target(sched, latents, noise, timesteps, loss_plan.target)  # the unperturbed noise
     alphas = sched.alphas_cumprod.to(parts.device)
+    if loss_plan.rollout is not None:  # scheduled sampling: some samples start from the model's own latents
+        noisy, rolled = rolled_out(
+            parts, loss_plan.rollout, latents, noised_with, timesteps, noisy, text, batch, step
+        )
+        own = rollout.rollout_target(latents, noisy, timesteps, alphas, loss_plan.target)
+        target = torch.where(rolled[:, None, None, None], own, target)
+    pred = denoise(parts, noisy, timesteps, text, batch).float()
     is_prior = torch.tensor([s.role == "class" for s in batch], device=parts.device)
     if loss_plan.prior == "base_model" and bool(is_prior.any()):
         target = torch.where(
@@ -173,6 +179,18 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     combine = losses.combine_per_sample if loss_plan.prior_reduction == "per_sample" else losses.combine_terms
     total, terms = combine(per_sample, is_prior, weights, loss_plan.prior_weight)
     return StepResult(loss=total, terms=terms, files=tuple(s.img.path for s in batch))
+
+
+def rolled_out(parts: Parts, r, latents, noise, timesteps, noisy, text, batch, step: int):
+    """Scheduled sampling's input: the rollout lengths drawn from the training generator (after the noise),
+    then the rolled-out samples denoised by the current model without gradients."""
+    offsets = rollout.draw_offsets(r, step, len(batch), parts.generator)
+    detached = {k: v.detach() for k, v in text.items()}
+
+    def denoise_one(i: int, x, t):
+        return denoise(parts, x, t, {k: v[i : i + 1] for k, v in detached.items()}, batch[i : i + 1])
+
+    return rollout.roll_out(r, parts.noise_scheduler, denoise_one, latents, noise, timesteps, noisy, offsets)
 
 
 def draw_noise(

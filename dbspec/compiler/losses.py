@@ -8,7 +8,7 @@ import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.compiler.rules import hit_to_diagnostic, loss_weights_fit_prediction
-from dbspec.plan.model import DatasetPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan
+from dbspec.plan.model import DatasetPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan, RolloutPlan
 from dbspec.spec.model import LowRankAdapter, Loss
 
 PSEUDO_HUBER = ("pseudo_huber", "smooth_l1")
@@ -44,8 +44,23 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         prior_reduction=spec.prior_reduction,
         formula="",
         teacher=teacher_components(ctx, prior),
+        rollout=rollout_plan(ctx),
     )
     return attrs.evolve(plan, formula=formula(plan))
+
+
+def rollout_plan(ctx: Context) -> RolloutPlan | None:
+    """`[scheduled_sampling]` settled: None when off (max_step_offset 0 or probability 0)."""
+    s = ctx.spec.scheduled_sampling
+    if s.max_step_offset == 0 or s.probability == 0:
+        return None
+    return RolloutPlan(
+        max_step_offset=s.max_step_offset,
+        probability=s.probability,
+        ramp_steps=s.ramp_steps,
+        sampler=s.sampler,
+        extra_forwards=s.probability * s.max_step_offset / 2,
+    )
 
 
 def noise_plan(spec: Loss) -> NoisePlan:

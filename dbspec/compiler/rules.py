@@ -865,6 +865,82 @@ def _relation(out: Path, other: Path) -> str:
     return "is" if out == other else "contains" if out in other.parents else "is inside"
 
 
+@rule("spec")
+def scheduled_sampling_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Rollout options without rollout: max_step_offset 0 (or probability 0) turns scheduled sampling off."""
+    s = spec.scheduled_sampling
+    if s.max_step_offset and s.probability:
+        return
+    why = "max_step_offset is 0" if not s.max_step_offset else "probability is 0"
+    for key in ("probability", "ramp_steps", "sampler"):
+        if given(("scheduled_sampling", key)) and not (key == "probability" and not s.probability):
+            yield _warn(
+                "DBS297",
+                ("scheduled_sampling", key),
+                f"scheduled_sampling.{key} has no effect: scheduled_sampling.{why} (rollout is off)",
+                "set scheduled_sampling.max_step_offset (5-10 is common) and probability above 0, "
+                "or remove this key",
+            )
+
+
+@rule("plan")
+def scheduled_sampling_ramp_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    s = spec.scheduled_sampling
+    if s.max_step_offset and s.probability and s.ramp_steps >= total_steps:
+        yield _warn(
+            "DBS298",
+            ("scheduled_sampling", "ramp_steps"),
+            f"scheduled_sampling.ramp_steps ({s.ramp_steps}) is not below the run's {total_steps} steps: "
+            f"the rollout probability never reaches {s.probability:g}",
+            "use a ramp shorter than the run (a tenth to a half of it), or 0 for no ramp",
+        )
+
+
+MANY_TOKENS = 3  # an identifier of this many tokens or more is several rare words to the text encoder
+
+
+@rule("paths")
+def identifier_tokens(spec: Spec, spec_file: Path) -> Iterator[Hit]:
+    """An instance prompt's identifier (compiler/identifier.py) that many tokens spell, or that the model
+    already knows well (a common word, or a known strong prior like `sks`). The token count is not checked
+    for built-in tiny models: their toy vocabulary (30 merges) spells every real identifier in pieces."""
+    from dbspec.builtin import is_builtin
+    from dbspec.compiler.common_words import COMMON_WORDS, STRONG_PRIORS
+    from dbspec.compiler.identifier import instance_identifiers
+    from dbspec.compiler.tokens import TokenizerError, model_tokenizers
+
+    found = instance_identifiers(spec)
+    if not found:
+        return
+    try:
+        tokenizers = model_tokenizers(
+            spec.model.base, spec_file.resolve().parent, revision=spec.model.revision
+        )
+    except TokenizerError:  # no tokenizer files to read here; the model pass reports what is missing
+        return
+    for i, word in found:
+        at, base = ("datasets", i, "prompt"), spec.model.base
+        split = {t.name: [token.removesuffix("</w>") for token in t.word_tokens(word)] for t in tokenizers}
+        most = max(len(tokens) for tokens in split.values())
+        if most >= MANY_TOKENS and not is_builtin(base):
+            shown = "; ".join(f"{name}: {' + '.join(tokens)}" for name, tokens in split.items())
+            yield _warn(
+                "DBS295",
+                at,
+                f'dataset `{spec.datasets[i].name}`: identifier "{word}" is {most} tokens for {base} '
+                f"({shown})",
+                f"`dbspec tokens {base}` lists rare words that are one token in every tokenizer of the model",
+            )
+        if word.lower() in STRONG_PRIORS or word.lower() in COMMON_WORDS:
+            meaning = STRONG_PRIORS.get(word.lower(), "a common word the model already knows")
+            yield _warn(
+                "DBS296",
+                at,
+                f'dataset `{spec.datasets[i].name}`: identifier "{word}" has a strong prior: {meaning}',
+                f"pick a rare token (`dbspec tokens {base}`), or a descriptive word on purpose",
+            )
+
+
 # --- environment rules: they need the target ----------------------------------------------------------------
 @rule("environment")
 def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:

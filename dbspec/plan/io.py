@@ -96,6 +96,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,
+        ("loss", "rollout"): None,  # scheduled sampling
         ("loss", "noise"): lambda run: {
             "offset": run["loss"]["noise_offset"],
             "offset_random_strength": False,

@@ -331,6 +331,26 @@ class HuberPlan:
 
 
 @frozen
+class RolloutPlan:
+    """Scheduled sampling (`[scheduled_sampling]`): per sample, with probability `probability_at(step)`, an
+    offset k drawn uniformly from 0..max_step_offset; the model denoises from timestep min(t + k, T - 1) down
+    to t with `sampler`, one training timestep a step, without gradients; the training step then runs on
+    those latents with the target that leads back to the clean latents (docs/techniques.md)."""
+
+    max_step_offset: int
+    probability: float
+    ramp_steps: int  # 0: the full probability from the first step
+    sampler: Literal["ddim", "euler", "unipc"]
+    extra_forwards: float  # expected extra denoiser forwards per sample once ramped: probability * k / 2
+
+    def probability_at(self, step: int) -> float:
+        """The rollout probability at optimizer step `step` (0-based): a linear ramp from 0."""
+        if self.ramp_steps <= 0:
+            return self.probability
+        return self.probability * min(1.0, step / self.ramp_steps)
+
+
+@frozen
 class LossPlan:
     kind: Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
     huber_delta: float
@@ -352,6 +372,7 @@ class LossPlan:
     # Components kept as a frozen base copy for prior = "base_model" in a full fine-tune (LoRA runs switch
     # their adapters off instead): decided here once, counted by the memory estimate, made by the runtime.
     teacher: tuple[Literal["unet"], ...]
+    rollout: RolloutPlan | None = None  # scheduled sampling; None = off
 
 
 @frozen

@@ -315,10 +315,26 @@ def noise_summary(n: NoisePlan) -> str:
     return "".join(parts)
 
 
+def rollout_summary(r) -> str:
+    """Scheduled sampling: the ramp and the extra compute per step."""
+    ramp = (
+        f"probability ramps 0 -> {r.probability:g} over steps 0-{r.ramp_steps}"
+        if r.ramp_steps
+        else f"probability {r.probability:g} from step 0"
+    )
+    return (
+        f"scheduled sampling: {r.sampler}, up to {r.max_step_offset} timesteps back, {ramp}; "
+        f"~{r.extra_forwards:g} extra no-grad denoiser forwards per sample once ramped "
+        f"(a training step is ~3: forward + backward)"
+    )
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
     t.add_row("noise", noise_summary(plan.loss.noise))
+    if plan.loss.rollout is not None:
+        t.add_row("rollout", rollout_summary(plan.loss.rollout))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
     for what, value in adapter_rows(plan.adapter):

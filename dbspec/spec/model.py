@@ -792,6 +792,33 @@ class Ema:
 
 
 @frozen
+class ScheduledSampling:
+    max_step_offset: int = option(
+        0,
+        doc="Scheduled sampling (rollout, SimpleTuner's `scheduled_sampling_*`): before a training step, the "
+        "model denoises a sample from up to this many timesteps higher down to the drawn timestep (no "
+        "gradients), and the step trains on its own partly denoised latents. 0 turns it off.",
+        minimum=0,
+        maximum=100,
+    )
+    probability: float = option(
+        1.0,
+        doc="Chance that a sample is rolled out (its offset drawn uniformly from 0..max_step_offset).",
+        minimum=0,
+        maximum=1,
+    )
+    ramp_steps: int = option(
+        0,
+        doc="Ramp the probability linearly from 0 to `probability` over the first N optimizer steps; 0 "
+        "applies it from the first step.",
+        minimum=0,
+    )
+    sampler: Literal["ddim", "euler", "unipc"] = option(
+        "unipc", doc="The sampler of the rollout steps (one training timestep each)."
+    )
+
+
+@frozen
 class Output:
     dir: str = option(
         "output", doc="Output folder for checkpoints, samples and logs, relative to the spec file."
@@ -833,6 +860,9 @@ class Spec:
     validation: Validation = option(factory=Validation, doc="Validation images during training.")
     checkpoints: Checkpoints = option(factory=Checkpoints, doc="Checkpoints and exports.")
     ema: Ema = option(factory=Ema, doc="Exponential moving average of weights.")
+    scheduled_sampling: ScheduledSampling = option(
+        factory=ScheduledSampling, doc="Scheduled sampling (rollout): training on the model's own samples."
+    )
     output: Output = option(factory=Output, doc="Where outputs go.")
     logging: Logging = option(factory=Logging, doc="Metrics logging.")
 
@@ -855,6 +885,7 @@ TABLE_CLASSES = (
     Validation,
     Checkpoints,
     Ema,
+    ScheduledSampling,
     Output,
     Logging,
     Spec,

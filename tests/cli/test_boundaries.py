@@ -70,6 +70,7 @@ LAYERS: dict[str, int] = {
     "cli_common": 5,
     "cli_convert": 6,
     "cli_upgrade": 6,
+    "cli_tokens": 6,
     "cli": 7,
 }
 RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime"}

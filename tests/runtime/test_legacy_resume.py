@@ -50,6 +50,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         "prior_reduction",
     ):
         del data["loss"][key]  # kohya's noise and loss options, added since (all off then)
+    del data["loss"]["rollout"]  # scheduled sampling, added since (off then)
     for key in (
         "conv_rank",
         "conv_alpha",

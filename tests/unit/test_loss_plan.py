@@ -103,3 +103,30 @@ def test_one_timestep_when_min_equals_max(toy: Path):
     write_spec(toy, loss={"min_timestep": 500, "max_timestep": 500})
     plan = planned_ok(toy)
     assert "t = 500" in _summary(plan)
+
+
+# --- scheduled sampling (rollout) ---------------------------------------------------------------------------
+def test_scheduled_sampling_is_settled_in_the_plan_with_its_ramp_and_cost(toy: Path):
+    write_spec(toy, scheduled_sampling={"max_step_offset": 8, "probability": 0.5, "ramp_steps": 4})
+    r = planned_ok(toy).loss.rollout
+    assert r is not None and (r.max_step_offset, r.probability, r.ramp_steps, r.sampler) == (
+        8,
+        0.5,
+        4,
+        "unipc",
+    )
+    assert r.extra_forwards == 0.5 * 8 / 2  # uniform offsets 0..8 average 4, half the samples
+    assert [r.probability_at(step) for step in (0, 2, 4, 9)] == [0.0, 0.25, 0.5, 0.5]
+    shown = _summary(planned_ok(toy))
+    assert (
+        "scheduled sampling: unipc, up to 8 timesteps back, probability ramps 0 -> 0.5 over steps 0-4"
+        in shown
+    )
+    assert "~2 extra no-grad denoiser forwards per sample" in shown
+
+
+@pytest.mark.parametrize("off", [{"max_step_offset": 0}, {"max_step_offset": 5, "probability": 0.0}])
+def test_scheduled_sampling_off_is_no_rollout(toy: Path, off):
+    write_spec(toy, scheduled_sampling=off)
+    plan = planned_ok(toy)
+    assert plan.loss.rollout is None and "rollout" not in _summary(plan)

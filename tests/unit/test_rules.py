@@ -519,6 +519,27 @@ CASES = [
         [("DBS264", "warning", ("optimizer", "text_encoder_2_lr"))],
         DOG + STEPS + TE + "[optimizer]\ntext_encoder_2_lr = 5e-7\n",
     ),
+    (
+        rules.scheduled_sampling_inert,
+        DOG + STEPS + '[scheduled_sampling]\nramp_steps = 10\nsampler = "ddim"\n',
+        [
+            ("DBS297", "warning", ("scheduled_sampling", "ramp_steps")),
+            ("DBS297", "warning", ("scheduled_sampling", "sampler")),
+        ],
+        DOG + STEPS + '[scheduled_sampling]\nmax_step_offset = 5\nramp_steps = 10\nsampler = "ddim"\n',
+    ),
+    (
+        rules.scheduled_sampling_inert,
+        DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\nprobability = 0.0\nramp_steps = 10\n",
+        [("DBS297", "warning", ("scheduled_sampling", "ramp_steps"))],
+        DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\nprobability = 0.5\nramp_steps = 10\n",
+    ),
+    (
+        rules.scheduled_sampling_ramp_beyond_run,
+        DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\nramp_steps = 100\n",
+        [("DBS298", "warning", ("scheduled_sampling", "ramp_steps"))],
+        DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\nramp_steps = 99\n",
+    ),
 ]
 
 
@@ -615,11 +636,12 @@ def test_every_rule_function_declares_a_phase():
     }
     assert found == set(PHASE_OF)
     assert {PHASE_OF[fn.__name__] for fn in rules_of("paths")} == {"paths"}
-    assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs"]
+    assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs", "identifier_tokens"]
     assert [fn.__name__ for fn in rules_of("plan")] == [
         "text_encoder_stop_beyond_run",
         "interval_beyond_run",
         "warmup_stable_decay_lengths",
+        "scheduled_sampling_ramp_beyond_run",
     ]
 
 
