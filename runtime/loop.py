@@ -101,7 +101,7 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
             losses.append(step_loss)
             if step == s.text_encoder_stop_step:
                 freeze_text_encoders(run)
-            lr = run.lr_scheduler.get_last_lr()[0]
+            lr = float(run.lr_scheduler.get_last_lr()[0])  # a tensor under AdafactorSchedule (RMS-scaled)
             log.write(
                 step,
                 {

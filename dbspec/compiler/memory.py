@@ -43,6 +43,14 @@ OPTIMIZER_STATE_BYTES = {
     "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
     "prodigy": 16,  # exp_avg, exp_avg_sq, s, p0
     "lion": 4,  # exp_avg only
+    # dadaptation: the moments plus s (and the start point x0, the previous gradient), fp32
+    "dadapt_adam": 12,  # s, exp_avg, exp_avg_sq
+    "dadapt_adam_preprint": 12,  # s, exp_avg, exp_avg_sq
+    "dadapt_adagrad": 12,  # alphak, sk, x0
+    "dadapt_adan": 20,  # s, exp_avg, exp_avg_diff, exp_avg_sq, pre_grad
+    "dadapt_adan_ip": 20,  # s, exp_avg, exp_avg_diff, exp_avg_sq, pre_grad
+    "dadapt_lion": 8,  # exp_avg, s
+    "dadapt_sgd": 12,  # z, s, x0
 }
 SGD_MOMENTUM_BYTES = 4
 OVERHEAD_FRACTION = 0.10

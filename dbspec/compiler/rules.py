@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
+from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import LowRankAdapter, Spec
+from dbspec.spec.model import DADAPT_KINDS, LowRankAdapter, Spec
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -378,8 +379,12 @@ def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _warn(
             "DBS216", ("loss", "huber_delta"), 'loss.huber_delta has no effect unless loss.kind = "huber"'
         )
-    if given(("optimizer", "momentum")) and spec.optimizer.kind != "sgd":
-        yield _warn("DBS216", ("optimizer", "momentum"), 'optimizer.momentum is only used by kind = "sgd"')
+    if given(("optimizer", "momentum")) and spec.optimizer.kind not in MOMENTUM_KINDS:
+        yield _warn(
+            "DBS216",
+            ("optimizer", "momentum"),
+            f"optimizer.momentum is only used by kind = {' / '.join(MOMENTUM_KINDS)}",
+        )
     if given(("optimizer", "nesterov")) and spec.optimizer.nesterov and spec.optimizer.kind != "sgd":
         yield _warn("DBS216", ("optimizer", "nesterov"), 'optimizer.nesterov is only used by kind = "sgd"')
     if given(("precision", "bf16_fallback")) and spec.precision.mixed != "bf16":
@@ -522,10 +527,11 @@ def group_bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def two_betas(spec: Spec, given: Given) -> Iterator[Hit]:
-    betas = spec.optimizer.betas
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    betas, three = spec.optimizer.betas, spec.optimizer.kind in THREE_BETAS_KINDS
+    if len(betas) != (3 if three else 2) or not all(0 <= b < 1 for b in betas):
+        count = f"three numbers (kind {spec.optimizer.kind})" if three else "two numbers"
         yield _err(
-            "DBS219", ("optimizer", "betas"), f"optimizer.betas must be two numbers in [0, 1); found {betas}"
+            "DBS219", ("optimizer", "betas"), f"optimizer.betas must be {count} in [0, 1); found {betas}"
         )
 
 
@@ -635,6 +641,64 @@ def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
             ("optimizer", "lr"),
             f"Prodigy estimates its own step size; lr {spec.optimizer.lr:g} scales that estimate down",
             "use lr = 1.0 with prodigy",
+        )
+
+
+@rule("spec")
+def optimizer_args_unused(spec: Spec, given: Given) -> Iterator[Hit]:
+    """D-Adaptation and Adafactor options the chosen kind does not take."""
+    kind = spec.optimizer.kind
+    for name in unused_args(kind):
+        if given(("optimizer", name)):
+            yield _warn(
+                "DBS270",
+                ("optimizer", name),
+                f'optimizer.{name} has no effect with kind = "{kind}"',
+                "remove it, or pick a kind that uses it (see docs/spec-reference.md)",
+            )
+
+
+@rule("spec")
+def dadapt_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
+    # kohya's get_optimizer warns at the same threshold (lr <= 0.1) for D-Adaptation and Prodigy
+    if spec.optimizer.kind in DADAPT_KINDS and spec.optimizer.lr <= 0.1:
+        yield _warn(
+            "DBS271",
+            ("optimizer", "lr"),
+            f"D-Adaptation steps by d x lr with d estimated; lr {spec.optimizer.lr:g} scales that step down",
+            "use lr = 1.0 with dadapt_* optimizers (kohya's advice)",
+        )
+
+
+@rule("spec")
+def adafactor_relative_step_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
+    o, s = spec.optimizer, spec.schedule
+    if o.kind != "adafactor":
+        return
+    if o.warmup_init and not o.relative_step:
+        yield _err(
+            "DBS272",
+            ("optimizer", "warmup_init"),
+            "optimizer.warmup_init = true needs relative_step = true (it warms up the relative step size); "
+            "relative_step is false",
+            "set relative_step = true (kohya turns it on for warmup_init)",
+        )
+    if o.relative_step and s.lr_schedule != "constant":
+        yield _err(
+            "DBS272",
+            ("schedule", "lr_schedule"),
+            "with optimizer.relative_step = true Adafactor computes the LR itself (kohya replaces the "
+            'schedule by its adafactor scheduler); schedule.lr_schedule must be "constant", found '
+            f'"{s.lr_schedule}"',
+            "remove schedule.lr_schedule, or set relative_step = false",
+        )
+    if o.relative_step and s.warmup_steps:
+        yield _err(
+            "DBS272",
+            ("schedule", "warmup_steps"),
+            "with optimizer.relative_step = true there is no LR schedule to warm up (kohya raises "
+            f"`adafactor does not require num_warmup_steps`); found warmup_steps = {s.warmup_steps}",
+            "remove warmup_steps, or use warmup_init = true for Adafactor's own warm-up",
         )
 
 

@@ -106,6 +106,7 @@ class Curve:
     t_max: int = 0  # cosine_annealing's T_max, cosine_annealing_warm_restarts' T_0; 0 = total
     eta_min: float = 0.0
     t_mult: int = 1  # cosine_annealing_warm_restarts
+    warmup_init: bool = False  # adafactor (relative steps)
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -252,8 +253,22 @@ def _warm_restarts(steps: list[int], c: Curve) -> list[float]:
     return out
 
 
+ADAFACTOR_SCHEDULE = "adafactor"  # Adafactor with relative steps computes the LR itself
+
+
+def adafactor_relative_lr(step: int, warmup_init: bool) -> float:
+    """transformers' Adafactor._get_lr with relative_step, before parameter scaling, for the optimizer step
+    with index `step` (Adafactor's own count is then step + 1): min(1e-2, 1/sqrt(t)), or with warmup_init
+    min(1e-6 t, 1/sqrt(t))."""
+    t = step + 1
+    min_step = 1e-6 * t if warmup_init else 1e-2
+    return min(min_step, 1.0 / math.sqrt(t))
+
+
 def lr_curve(steps: list[int], curve: Curve) -> list[float]:
     """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
+    if curve.schedule == ADAFACTOR_SCHEDULE:
+        return [adafactor_relative_lr(step, curve.warmup_init) for step in steps]
     if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
         raise ValueError(f"unknown lr schedule {curve.schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if any(step < 0 for step in steps):
@@ -326,6 +341,7 @@ def compute_schedule(
     t_max: int = 0,
     eta_min: float = 0.0,
     t_mult: int = 1,
+    warmup_init: bool = False,
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -379,6 +395,7 @@ def compute_schedule(
         t_max,
         eta_min,
         t_mult,
+        warmup_init,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
     return SchedulePlan(
@@ -425,7 +442,7 @@ def _check_counts(batches_per_epoch: int, samples: int, batch_size: int) -> None
 
 
 def _check_lr(lr: float, lr_schedule: str, cycles: int) -> None:
-    if lr_schedule not in LR_SCHEDULES:
+    if lr_schedule not in LR_SCHEDULES and lr_schedule != ADAFACTOR_SCHEDULE:
         raise ValueError(f"unknown lr schedule {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"the learning rate must be a positive number, got {lr}")

@@ -86,6 +86,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "nesterov"): False,
         ("optimizer", "loraplus_denoiser_ratio"): 0.0,
         ("optimizer", "loraplus_text_encoder_ratio"): 0.0,
+        ("optimizer", "dadapt"): None,  # D-Adaptation optimizers, added since
+        ("optimizer", "adafactor"): None,  # Adafactor's options, added since (a fixed LR then)
         # kohya's schedule and precision options (schedules and precision users set)
         ("schedule", "power"): 1.0,
         ("schedule", "min_lr_ratio"): 0.0,

@@ -378,12 +378,36 @@ class PrecisionPlan:
 
 
 @frozen
+class DAdaptPlan:
+    """A D-Adaptation optimizer's settings: each step moves by d x lr (x the group's lr share), d estimated
+    from the gradients, starting at d0 and growing by at most growth_rate per step (None: unbounded)."""
+
+    d0: float
+    growth_rate: float | None
+    decouple: bool  # dadapt_adam(_preprint)
+    use_bias_correction: bool  # dadapt_adam
+    no_prox: bool  # dadapt_adan(_ip)
+
+
+@frozen
+class AdafactorPlan:
+    """transformers' Adafactor options. relative_step: the optimizer computes the LR, min(1e-2, 1/sqrt(t))
+    (warmup_init: min(1e-6 t, 1/sqrt(t))) at its step t, and the LR schedule is transformers'
+    AdafactorSchedule (which only reports it); scale_parameter: each parameter's LR is multiplied by
+    max(1e-3, RMS(param))."""
+
+    relative_step: bool
+    scale_parameter: bool
+    warmup_init: bool
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
     text_encoder_lr: float
     weight_decay: float
-    betas: tuple[float, float]
+    betas: tuple[float, ...]  # two; three for dadapt_adan(_ip)
     eps: float
     momentum: float
     max_grad_norm: float
@@ -394,6 +418,8 @@ class OptimizerPlan:
     # LoRA+: the LoRA up matrices (peft lora_B) train at lr x ratio in their own groups; 0 = off (one group)
     loraplus_denoiser_ratio: float = 0.0
     loraplus_text_encoder_ratio: float = 0.0
+    dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
+    adafactor: AdafactorPlan | None = None  # kind adafactor only
 
 
 @frozen

@@ -219,10 +219,14 @@ def schedule_table(plan: Plan) -> Table:
                 else ""
             )
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
-            + _loraplus(plan),
+            + _loraplus(plan)
+            + _optimizer_extras(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
-        ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
+        (
+            "lr at" if s.lr_schedule != "adafactor" else "relative step at",
+            ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points),
+        ),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         ("text encoder", _te(plan)),
@@ -411,6 +415,7 @@ def _lr_schedule(s) -> str:
         "cosine_with_min_lr": f", {s.cycles} half-wave(s), min lr ratio {s.min_lr_ratio:g}",
         "warmup_stable_decay": f", decay {s.decay_steps} steps ({s.cycles} half-wave(s)), "
         f"min lr ratio {s.min_lr_ratio:g}",
+        "adafactor": " (transformers' AdafactorSchedule: Adafactor computes the LR itself, lr is unused)",
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
         "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
         f"{s.t_mult}, eta_min {s.eta_min:g}",
@@ -427,3 +432,32 @@ def _loraplus(plan: Plan) -> str:
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
+
+
+def _optimizer_extras(plan: Plan) -> str:
+    """D-Adaptation's and Adafactor's settings in the optimizer row: how the step size comes about."""
+    o = plan.optimizer
+    if o.dadapt is not None:
+        d = o.dadapt
+        growth = f"at most x{d.growth_rate:g} per step" if d.growth_rate is not None else "unbounded growth"
+        flags = [name for name in ("decouple", "use_bias_correction", "no_prox") if getattr(d, name)]
+        extra = (
+            f", betas {', '.join(f'{b:g}' for b in o.betas)}"
+            if o.kind not in ("dadapt_sgd", "dadapt_adagrad")
+            else ""
+        )
+        return (
+            f"; D-Adaptation: step = d x lr, d estimated from d0 {d.d0:g} ({growth}), lr ~1.0 expected"
+            + extra
+            + (f", {', '.join(flags)}" if flags else "")
+        )
+    a = o.adafactor
+    if a is None:
+        return ""
+    if a.relative_step:
+        rate = "min(1e-6 t, 1/sqrt(t))" if a.warmup_init else "min(1e-2, 1/sqrt(t))"
+        scale = " x max(1e-3, RMS of the parameter)" if a.scale_parameter else ""
+        return f"; Adafactor relative step: lr = {rate}{scale} at its step t (lr {o.lr:g} only logged first)"
+    if a.scale_parameter:
+        return "; Adafactor scale_parameter: each parameter's lr x max(1e-3, its RMS)"
+    return ""

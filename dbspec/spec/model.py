@@ -599,10 +599,41 @@ class Loss:
     )
 
 
+# D-Adaptation optimizers (the `dadaptation` package, as kohya's DAdapt* optimizer types build them).
+DADAPT_KINDS = (
+    "dadapt_adam",
+    "dadapt_adam_preprint",
+    "dadapt_adagrad",
+    "dadapt_adan",
+    "dadapt_adan_ip",
+    "dadapt_lion",
+    "dadapt_sgd",
+)
+ADAN_BETAS = [0.98, 0.92, 0.99]  # dadaptation's Adan defaults (three betas)
+
+
 @frozen
 class Optimizer:
-    kind: Literal["adamw", "adamw8bit", "adafactor", "sgd", "prodigy", "lion"] = option(
-        "adamw", doc="Optimizer. adamw8bit needs CUDA (bitsandbytes)."
+    kind: Literal[
+        "adamw",
+        "adamw8bit",
+        "adafactor",
+        "sgd",
+        "prodigy",
+        "lion",
+        "dadapt_adam",
+        "dadapt_adam_preprint",
+        "dadapt_adagrad",
+        "dadapt_adan",
+        "dadapt_adan_ip",
+        "dadapt_lion",
+        "dadapt_sgd",
+    ] = option(
+        "adamw",
+        doc="Optimizer. adamw8bit needs CUDA (bitsandbytes). dadapt_* are the `dadaptation` package's "
+        "D-Adaptation optimizers (kohya's DAdaptAdam, DAdaptation = dadapt_adam_preprint, DAdaptAdaGrad, "
+        "DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD): they estimate the step size d and step by d x lr, "
+        "so lr is a multiplier around 1.0.",
     )
     lr: float = option(
         2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
@@ -622,7 +653,14 @@ class Optimizer:
         example=5e-7,
     )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
-    betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
+    betas: list[float] = option(
+        attrs.Factory(
+            lambda self: list(ADAN_BETAS) if "adan" in self.kind else [0.9, 0.999], takes_self=True
+        ),
+        doc="Adam/Lion betas (two numbers); dadapt_adan and dadapt_adan_ip take three.",
+        derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip)",
+        example=[0.9, 0.999],
+    )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
     momentum: float = option(0.0, doc="SGD momentum.", minimum=0, maximum=1)
     nesterov: bool = option(
@@ -630,6 +668,43 @@ class Optimizer:
         doc="SGD with Nesterov momentum (torch SGD's nesterov; kohya's SGDNesterov); needs momentum > 0.",
     )
     max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
+    # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
+    d0: float = option(
+        1e-6, doc="dadapt_*: the initial estimate of the step size d (dadaptation's d0).", exclusive_minimum=0
+    )
+    growth_rate: float = option(
+        0.0,
+        doc="dadapt_* (not dadapt_lion): d grows at most by this factor per step; 0 = unbounded "
+        "(dadaptation's default, inf).",
+        minimum=0,
+        example=1.02,
+    )
+    decouple: bool = option(
+        False,
+        doc="dadapt_adam, dadapt_adam_preprint: AdamW-style decoupled weight decay (dadaptation's decouple).",
+    )
+    use_bias_correction: bool = option(
+        False, doc="dadapt_adam: Adam's bias correction of the step (dadaptation's use_bias_correction)."
+    )
+    no_prox: bool = option(
+        False, doc="dadapt_adan(_ip): weight decay as a plain multiplier, not the proximal update (no_prox)."
+    )
+    # Adafactor's own LR (kohya's default for Adafactor); inert for other kinds (DBS270).
+    relative_step: bool = option(
+        False,
+        doc="adafactor: Adafactor computes the LR itself, min(1e-2, 1/sqrt(step)) (transformers' "
+        "relative_step, kohya's default for Adafactor with its adafactor scheduler); lr is then only the "
+        "logged initial value and the schedule must be constant without warm-up.",
+    )
+    scale_parameter: bool = option(
+        False,
+        doc="adafactor: multiply each parameter's LR by its RMS (at least 1e-3) (transformers' "
+        "scale_parameter).",
+    )
+    warmup_init: bool = option(
+        False,
+        doc="adafactor with relative_step: the LR warms up as min(1e-6 x step, 1/sqrt(step)) (warmup_init).",
+    )
 
 
 # The first six are diffusers' get_scheduler names; then kohya's (transformers) and two torch schedulers.

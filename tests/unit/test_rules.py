@@ -356,6 +356,35 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n',
     ),
     (
+        rules.two_betas,
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\nbetas = [0.9, 0.99]\n',
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\nbetas = [0.9, 0.92, 0.99]\n',
+    ),
+    (
+        rules.optimizer_args_unused,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ngrowth_rate = 1.02\nscale_parameter = true\n',
+        [
+            ("DBS270", "warning", ("optimizer", "growth_rate")),
+            ("DBS270", "warning", ("optimizer", "scale_parameter")),
+        ],
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_sgd"\nlr = 1.0\ngrowth_rate = 1.02\nd0 = 1e-5\n',
+    ),
+    (
+        rules.dadapt_learning_rate,
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adam"\nlr = 0.1\n',
+        [("DBS271", "warning", ("optimizer", "lr"))],
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adam"\nlr = 0.5\n',
+    ),
+    (
+        rules.adafactor_relative_step_schedule,
+        DOG + '[optimizer]\nkind = "adafactor"\nrelative_step = true\n' + STEPS + 'lr_schedule = "linear"\n',
+        [("DBS272", "error", ("schedule", "lr_schedule"))],
+        DOG + STEPS + '[optimizer]\nkind = "adafactor"\nrelative_step = true\nwarmup_init = true\n',
+    ),
+    (
         rules.base_prior_needs_denoiser,
         "[train]\ndenoiser = false\ntext_encoder = true\n"
         + DOG
