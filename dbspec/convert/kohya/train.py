@@ -10,6 +10,7 @@ import attrs
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.common.optimizers import (
+    adafactor_flags,
     kohya_constructor_problems,
     kohya_optimizer,
     optimizer_settings,
@@ -86,8 +87,53 @@ TORCH_SCHEDULERS = {
 }
 
 
+def adafactor_relative_step(a: Args) -> bool:
+    """kohya's Adafactor computes its own LR (relative_step, kohya's default for it) and get_optimizer then
+    replaces --lr_scheduler by `adafactor:<learning_rate>` (transformers' AdafactorSchedule)."""
+    if str(a["optimizer_type"].value or "").lower() != "adafactor":
+        return False
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    return not problems and adafactor_flags(kwargs)["relative_step"]
+
+
+def _map_adafactor_schedule(a: Args, conv: Conversion) -> None:
+    """Adafactor with relative steps: dbspec's schedule stays constant (the plan shows Adafactor's own LR)."""
+    name, warm, kind = a["lr_scheduler"], a["lr_warmup_steps"], a["lr_scheduler_type"]
+    why = "kohya replaces the schedule by its adafactor scheduler (Adafactor with relative_step)"
+    if kind.value:
+        conv.unsupported(
+            kind,
+            "a torch scheduler over Adafactor's relative step: dbspec lets Adafactor compute the LR alone",
+            help="pass relative_step=False in optimizer_args to schedule a fixed Adafactor LR",
+        )
+        return
+    if warm.value:
+        conv.invalid(
+            warm.key, warm.value, warm.source, "kohya raises `adafactor does not require num_warmup_steps`"
+        )
+        return
+    conv.record(warm, "mapped", "schedule.warmup_steps")
+    if name.given:
+        conv.inert(name, why)
+    else:
+        conv.record(name, "mapped", "schedule.lr_schedule")
+    for key in (
+        "lr_scheduler_args",
+        "lr_scheduler_num_cycles",
+        "lr_scheduler_power",
+        "lr_scheduler_min_lr_ratio",
+        "lr_decay_steps",
+        "lr_scheduler_timescale",
+    ):
+        if a[key].given:
+            conv.inert(a[key], why)
+
+
 def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     name, warm = a["lr_scheduler"], a["lr_warmup_steps"]
+    if adafactor_relative_step(a):
+        _map_adafactor_schedule(a, conv)
+        return
     if a["lr_scheduler_type"].value:
         _map_torch_scheduler(a, conv)
         return
