@@ -53,7 +53,7 @@ def test_each_dadapt_optimizer_converts_with_its_class_defaults(tmp_path, name):
 
 
 def test_a_realistic_dadapt_adam_config_keeps_its_arguments(tmp_path):
-    """The common kohya recipe: DAdaptAdam, lr 1, decouple, weight decay, bias correction, a bounded growth."""
+    """The common kohya recipe: DAdaptAdam, lr 1, decouple, weight decay, bias correction, bounded growth."""
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     outcome = kohya(
         tmp_path,
@@ -129,7 +129,8 @@ def test_adafactor_relative_step_converts_and_plans_its_own_lr(tmp_path, args, r
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     outcome = kohya(
         tmp_path,
-        command=f"{LORA} --optimizer_type Adafactor --learning_rate 1e-3 --lr_scheduler cosine --save_every_n_steps 25 {args}",
+        command=f"{LORA} --optimizer_type Adafactor --learning_rate 1e-3 --lr_scheduler cosine "
+        f"--save_every_n_steps 25 {args}",
     )
     assert "DBS403" not in codes(outcome) and outcome.exit_code == 0
     assert fate(outcome, "lr_scheduler") == "inert"  # kohya replaces it by adafactor:<lr>
@@ -143,12 +144,13 @@ def test_adafactor_relative_step_converts_and_plans_its_own_lr(tmp_path, args, r
 
 
 def test_adafactor_with_a_fixed_lr_keeps_the_schedule(tmp_path):
-    """kohya's recommended fixed-LR Adafactor (relative_step=False, scale_parameter=False, warmup_init=False)."""
+    """kohya's fixed-LR Adafactor (relative_step=False, scale_parameter=False, warmup_init=False)."""
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     outcome = kohya(
         tmp_path,
-        command=f"{LORA} --optimizer_type Adafactor --learning_rate 1e-4 --lr_scheduler constant_with_warmup "
-        '--lr_warmup_steps 10 --optimizer_args "relative_step=False" "scale_parameter=False" "warmup_init=False"',
+        command=f"{LORA} --optimizer_type Adafactor --learning_rate 1e-4 "
+        "--lr_scheduler constant_with_warmup --lr_warmup_steps 10 "
+        ' --optimizer_args "relative_step=False" "scale_parameter=False" "warmup_init=False"',
     )
     assert "DBS403" not in codes(outcome)
     plan = plan_of(outcome, tmp_path)
