@@ -607,6 +607,15 @@ Adafactor with `relative_step = true` computes its learning rate itself (min(1e-
 `warmup_steps` (kohya replaces the schedule by its adafactor scheduler, and raises on a warm-up), and
 `warmup_init` needs `relative_step`.""",
     ),
+    Code(
+        "DBS273",
+        ERROR,
+        "one_cycle settings torch's OneCycleLR refuses",
+        """\
+`lr_schedule = "one_cycle"` is torch's OneCycleLR, which raises when stepped past its total_steps
+(`schedule.t_max`, 0 = the run's steps) and, with `cycle_momentum`, on an optimizer without momentum or betas
+(Adafactor).""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

@@ -166,6 +166,8 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             min_lr_ratio=s.min_lr_ratio,
         )
     # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
+    if s.torch is not None and s.lr_schedule in TORCH_CLASSES:
+        return _torch_scheduler(optimizer, s)
     if s.lr_schedule == "cosine_annealing":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.t_max, eta_min=s.eta_min)
     if s.lr_schedule == "cosine_annealing_warm_restarts":
@@ -179,4 +181,39 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         num_training_steps=s.total_steps,
         num_cycles=s.cycles,
         power=s.power,
+    )
+
+
+TORCH_CLASSES = ("one_cycle", "step", "multi_step", "exponential", "linear_lr", "constant_lr")
+
+
+def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
+    """torch's StepLR ... OneCycleLR with the plan's arguments (kohya builds `cls(optimizer, **args)`)."""
+    a, lr_scheduler = s.torch, torch.optim.lr_scheduler
+    if s.lr_schedule == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=a.step_size, gamma=a.gamma)
+    if s.lr_schedule == "multi_step":
+        return lr_scheduler.MultiStepLR(optimizer, milestones=list(a.milestones), gamma=a.gamma)
+    if s.lr_schedule == "exponential":
+        return lr_scheduler.ExponentialLR(optimizer, gamma=a.gamma)
+    if s.lr_schedule == "linear_lr":
+        return lr_scheduler.LinearLR(
+            optimizer, start_factor=a.start_factor, end_factor=a.end_factor, total_iters=a.total_iters
+        )
+    if s.lr_schedule == "constant_lr":
+        return lr_scheduler.ConstantLR(optimizer, factor=a.factor, total_iters=a.total_iters)
+    # one_cycle: max_lr 0 = each group's own rate (a list, one per group)
+    max_lr = a.max_lr or [group["lr"] for group in optimizer.param_groups]
+    return lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=s.t_max,
+        pct_start=a.pct_start,
+        anneal_strategy=a.anneal_strategy,
+        cycle_momentum=a.cycle_momentum,
+        base_momentum=a.base_momentum,
+        max_momentum=a.max_momentum,
+        div_factor=a.div_factor,
+        final_div_factor=a.final_div_factor,
+        three_phase=a.three_phase,
     )

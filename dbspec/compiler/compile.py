@@ -19,6 +19,7 @@ from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
+from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
@@ -167,6 +168,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         min_lr_ratio=s.min_lr_ratio,
         decay_steps=s.decay_steps,
         t_max=s.t_max,
+        torch=torch_schedule_plan(s),
         eta_min=s.eta_min,
         t_mult=s.t_mult,
         text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,

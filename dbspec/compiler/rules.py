@@ -271,6 +271,32 @@ _SCHEDULE_SETTING_USERS = {
     "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts"),
     "t_mult": ("cosine_annealing_warm_restarts",),
 }
+_SCHEDULE_SETTING_USERS["t_max"] += ("one_cycle",)
+_SCHEDULE_SETTING_USERS.update(
+    {  # torch's other schedulers (kohya's lr_scheduler_type)
+        "step_size": ("step",),
+        "gamma": ("step", "multi_step", "exponential"),
+        "milestones": ("multi_step",),
+        "start_factor": ("linear_lr",),
+        "end_factor": ("linear_lr",),
+        "total_iters": ("linear_lr", "constant_lr"),
+        "factor": ("constant_lr",),
+        **{
+            key: ("one_cycle",)
+            for key in (
+                "max_lr",
+                "pct_start",
+                "anneal_strategy",
+                "div_factor",
+                "final_div_factor",
+                "three_phase",
+                "cycle_momentum",
+                "base_momentum",
+                "max_momentum",
+            )
+        },
+    }
+)
 
 
 @rule("spec")
@@ -299,6 +325,32 @@ def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> I
             f"warmup_stable_decay needs decay_steps <= steps - warmup_steps ({room}); "
             f"decay_steps is {s.decay_steps}",
             "set decay_steps to the length of the final decay (kohya's lr_decay_steps)",
+        )
+
+
+@rule("plan")
+def one_cycle_lengths(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.lr_schedule == "one_cycle" and s.t_max and s.t_max < total_steps:
+        yield _err(
+            "DBS273",
+            ("schedule", "t_max"),
+            f"one_cycle's total_steps (schedule.t_max) is {s.t_max}, below the run's {total_steps} steps: "
+            "torch's OneCycleLR raises when stepped past it",
+            "set t_max = 0 (the run's steps) or at least the run's steps",
+        )
+
+
+@rule("spec")
+def one_cycle_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.lr_schedule == "one_cycle" and s.cycle_momentum and spec.optimizer.kind == "adafactor":
+        yield _err(
+            "DBS273",
+            ("schedule", "cycle_momentum"),
+            'one_cycle cycles the optimizer\'s momentum or beta1, and optimizer.kind = "adafactor" has '
+            "neither (torch's OneCycleLR raises)",
+            "set cycle_momentum = false",
         )
 
 

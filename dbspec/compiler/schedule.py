@@ -15,7 +15,8 @@ import math
 import typing
 from collections.abc import Callable
 
-from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
+from dbspec.compiler.torch_schedules import NEW_TORCH_SCHEDULES, one_cycle, recursive_curve
+from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange, TorchSchedulePlan
 from dbspec.spec.model import LrSchedule
 
 LR_SCHEDULES: tuple[str, ...] = typing.get_args(LrSchedule)  # the spec's names, in its order
@@ -107,6 +108,7 @@ class Curve:
     eta_min: float = 0.0
     t_mult: int = 1  # cosine_annealing_warm_restarts
     warmup_init: bool = False  # adafactor (relative steps)
+    torch: TorchSchedulePlan | None = None  # one_cycle, step, multi_step, exponential, linear_lr, constant_lr
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -209,7 +211,8 @@ _FACTORS: dict[str, Callable[[int, Curve], float]] = {
     "warmup_stable_decay": _warmup_stable_decay,
 }
 # torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
-TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts")
+TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", *NEW_TORCH_SCHEDULES)
+PERIOD_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", "one_cycle")  # use t_max
 
 
 def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
@@ -279,6 +282,12 @@ def lr_curve(steps: list[int], curve: Curve) -> list[float]:
         return _cosine_annealing(list(steps), curve)
     if curve.schedule == "cosine_annealing_warm_restarts":
         return _warm_restarts(list(steps), curve)
+    if curve.schedule in NEW_TORCH_SCHEDULES:
+        if curve.torch is None:
+            raise ValueError(f"the {curve.schedule} schedule needs its torch arguments")
+        if curve.schedule == "one_cycle":
+            return [one_cycle(step, curve.lr, curve.t_max or curve.total, curve.torch)[0] for step in steps]
+        return recursive_curve(curve.schedule, list(steps), curve.lr, curve.torch)
     factor = _FACTORS[curve.schedule]
     return [curve.lr * factor(step, curve) for step in steps]
 
@@ -342,6 +351,7 @@ def compute_schedule(
     eta_min: float = 0.0,
     t_mult: int = 1,
     warmup_init: bool = False,
+    torch: TorchSchedulePlan | None = None,
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -396,8 +406,14 @@ def compute_schedule(
         eta_min,
         t_mult,
         warmup_init,
+        torch if lr_schedule in NEW_TORCH_SCHEDULES else None,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
+    if lr_schedule == "one_cycle" and torch is not None and torch.cycle_momentum:
+        period = t_max or total_steps
+        momentum_points = tuple((step, one_cycle(step, lr, period, torch)[1]) for step in points)
+    else:
+        momentum_points = ()
     return SchedulePlan(
         total_steps=total_steps,
         epochs=epochs,
@@ -414,7 +430,7 @@ def compute_schedule(
         power=power,
         min_lr_ratio=min_lr_ratio,
         decay_steps=decay_steps,
-        t_max=(t_max or total_steps) if lr_schedule in TORCH_SCHEDULES else t_max,
+        t_max=(t_max or total_steps) if lr_schedule in PERIOD_SCHEDULES else t_max,
         eta_min=eta_min,
         t_mult=t_mult,
         text_encoder_stop_step=text_encoder_stop_step,
@@ -424,6 +440,8 @@ def compute_schedule(
         else StepRange(every=0, end=0),
         lr_points=lr_points,
         seed=seed,
+        torch=curve.torch,
+        momentum_points=momentum_points,
     )
 
 

@@ -95,6 +95,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "t_max"): 0,
         ("schedule", "eta_min"): 0.0,
         ("schedule", "t_mult"): 1,
+        ("schedule", "torch"): None,  # torch's StepLR ... OneCycleLR, added since
+        ("schedule", "momentum_points"): [],
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,

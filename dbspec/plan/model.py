@@ -277,6 +277,30 @@ class StepRange:
 
 
 @frozen
+class TorchSchedulePlan:
+    """The arguments of torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR (the
+    one the plan's lr_schedule names uses its own; the rest keep their defaults). OneCycleLR's total_steps is
+    the plan's t_max."""
+
+    step_size: int
+    gamma: float
+    milestones: tuple[int, ...]
+    start_factor: float
+    end_factor: float
+    total_iters: int
+    factor: float
+    max_lr: float  # one_cycle: 0 = each group's own rate
+    pct_start: float
+    anneal_strategy: str
+    div_factor: float
+    final_div_factor: float
+    three_phase: bool
+    cycle_momentum: bool
+    base_momentum: float
+    max_momentum: float
+
+
+@frozen
 class SchedulePlan:
     total_steps: int  # optimizer steps
     epochs: int
@@ -301,6 +325,9 @@ class SchedulePlan:
     validation_steps: StepRange
     lr_points: tuple[tuple[int, float], ...]  # (step, lr) at 0, warm-up end, up to 16 checkpoints and the end
     seed: int
+    torch: TorchSchedulePlan | None = None  # the torch schedulers one_cycle ... constant_lr only
+    # one_cycle with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
+    momentum_points: tuple[tuple[int, float], ...] = ()
 
 
 @frozen

@@ -227,6 +227,11 @@ def schedule_table(plan: Plan) -> Table:
             "lr at" if s.lr_schedule != "adafactor" else "relative step at",
             ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points),
         ),
+        *(
+            [("momentum at", ", ".join(f"step {step}: {m:.3g}" for step, m in s.momentum_points))]
+            if s.momentum_points
+            else []
+        ),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         ("text encoder", _te(plan)),
@@ -419,7 +424,7 @@ def _lr_schedule(s) -> str:
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
         "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
         f"{s.t_mult}, eta_min {s.eta_min:g}",
-    }.get(s.lr_schedule, "")
+    }.get(s.lr_schedule, "") + _torch_schedule(s)
     return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"
 
 
@@ -461,3 +466,31 @@ def _optimizer_extras(plan: Plan) -> str:
     if a.scale_parameter:
         return "; Adafactor scale_parameter: each parameter's lr x max(1e-3, its RMS)"
     return ""
+
+
+def _torch_schedule(s) -> str:
+    """The arguments of torch's StepLR ... OneCycleLR in the lr schedule row."""
+    a = s.torch
+    if a is None:
+        return ""
+    if s.lr_schedule == "one_cycle":
+        peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+        momentum = (
+            f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g} -> {a.max_momentum:g}"
+            if a.cycle_momentum
+            else ""
+        )
+        return (
+            f" (torch OneCycleLR), total_steps {s.t_max}, {peak}, pct_start {a.pct_start:g}, "
+            f"{a.anneal_strategy}, div_factor {a.div_factor:g}, final_div_factor {a.final_div_factor:g}"
+            + (", three phases" if a.three_phase else "")
+            + momentum
+        )
+    return {
+        "step": f" (torch StepLR), step_size {a.step_size}, gamma {a.gamma:g}",
+        "multi_step": f" (torch MultiStepLR), milestones {list(a.milestones)}, gamma {a.gamma:g}",
+        "exponential": f" (torch ExponentialLR), gamma {a.gamma:g}",
+        "linear_lr": f" (torch LinearLR), start_factor {a.start_factor:g}, end_factor {a.end_factor:g}, "
+        f"total_iters {a.total_iters}",
+        "constant_lr": f" (torch ConstantLR), factor {a.factor:g}, total_iters {a.total_iters}",
+    }[s.lr_schedule]

@@ -719,6 +719,12 @@ LrSchedule = Literal[
     "warmup_stable_decay",
     "cosine_annealing",
     "cosine_annealing_warm_restarts",
+    "one_cycle",
+    "step",
+    "multi_step",
+    "exponential",
+    "linear_lr",
+    "constant_lr",
 ]
 
 
@@ -735,10 +741,10 @@ class Schedule:
     lr_schedule: LrSchedule = option(
         "constant",
         doc="Learning-rate schedule: the first six are diffusers' get_scheduler, cosine_with_min_lr and "
-        "warmup_stable_decay transformers' (as kohya calls them), cosine_annealing is torch's "
-        "CosineAnnealingLR and cosine_annealing_warm_restarts torch's CosineAnnealingWarmRestarts, stepped "
-        "once per "
-        "optimizer step (kohya's lr_scheduler_type).",
+        "warmup_stable_decay transformers' (as kohya calls them); the rest are torch's classes, stepped once "
+        "per optimizer step (kohya's lr_scheduler_type): cosine_annealing CosineAnnealingLR, "
+        "cosine_annealing_warm_restarts CosineAnnealingWarmRestarts, one_cycle OneCycleLR, step StepLR, "
+        "multi_step MultiStepLR, exponential ExponentialLR, linear_lr LinearLR, constant_lr ConstantLR.",
     )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
     cycles: int = option(
@@ -769,7 +775,8 @@ class Schedule:
     t_max: int = option(
         0,
         doc="cosine_annealing: torch's T_max in optimizer steps (the half period); "
-        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart). 0 = the run's steps.",
+        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart); one_cycle: its total_steps. "
+        "0 = the run's steps.",
         minimum=0,
     )
     t_mult: int = option(
@@ -780,6 +787,65 @@ class Schedule:
     eta_min: float = option(
         0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
     )
+    # torch schedulers (kohya's lr_scheduler_type + lr_scheduler_args); each is inert elsewhere (DBS255).
+    step_size: int = option(
+        1, doc="step: torch StepLR's step_size, the LR x gamma every this many optimizer steps.", minimum=1
+    )
+    gamma: float = option(
+        0.1,
+        doc="step, multi_step, exponential: torch's gamma, the LR's factor per decay.",
+        exclusive_minimum=0,
+    )
+    milestones: list[int] = option(
+        factory=list, doc="multi_step: torch MultiStepLR's milestones, the optimizer steps where LR x gamma."
+    )
+    start_factor: float = option(
+        1 / 3,
+        doc="linear_lr: torch LinearLR's start_factor, the LR's first multiple.",
+        exclusive_minimum=0,
+        maximum=1,
+    )
+    end_factor: float = option(
+        1.0,
+        doc="linear_lr: torch LinearLR's end_factor, the multiple reached after total_iters.",
+        minimum=0,
+        maximum=1,
+    )
+    total_iters: int = option(
+        5,
+        doc="linear_lr, constant_lr: torch's total_iters, the steps until the factor ends.",
+        minimum=0,
+    )
+    factor: float = option(
+        1 / 3,
+        doc="constant_lr: torch ConstantLR's factor, the LR's multiple before total_iters.",
+        exclusive_minimum=0,
+        maximum=1,
+    )
+    max_lr: float = option(
+        0.0,
+        doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
+        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max.",
+        minimum=0,
+    )
+    pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
+    anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
+    div_factor: float = option(
+        25.0, doc="one_cycle: the start LR is max_lr / div_factor.", exclusive_minimum=0
+    )
+    final_div_factor: float = option(
+        1e4, doc="one_cycle: the last LR is the start LR / final_div_factor.", exclusive_minimum=0
+    )
+    three_phase: bool = option(
+        False, doc="one_cycle: rise, fall back to the start LR, then anneal to the end."
+    )
+    cycle_momentum: bool = option(
+        True,
+        doc="one_cycle: cycle the optimizer's momentum (beta1 for Adam-like optimizers) inversely to the LR, "
+        "between base_momentum and max_momentum (torch's default; it overrides betas[0] / momentum).",
+    )
+    base_momentum: float = option(0.85, doc="one_cycle: the momentum at the LR's peak.", minimum=0, maximum=1)
+    max_momentum: float = option(0.95, doc="one_cycle: the momentum at the LR's ends.", minimum=0, maximum=1)
     balance_classes: bool = option(
         True,
         doc="Each epoch draws as many class samples as instance samples (kohya's rule); false uses the class "

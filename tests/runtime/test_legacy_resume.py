@@ -39,7 +39,16 @@ def _as_plan_version_3(plan_json: str) -> str:
         del data["optimizer"][key]  # LoRA+, added since (off then)
     for key in ("dadapt", "adafactor"):
         del data["optimizer"][key]  # D-Adaptation and Adafactor options, added since
-    for key in ("power", "min_lr_ratio", "decay_steps", "t_max", "eta_min", "t_mult"):
+    for key in (
+        "power",
+        "min_lr_ratio",
+        "decay_steps",
+        "t_max",
+        "eta_min",
+        "t_mult",
+        "torch",
+        "momentum_points",
+    ):
         del data["schedule"][key]  # kohya's schedule settings, added since
     for key in ("weights", "stochastic_rounding"):
         del data["precision"][key]  # bf16 trained weights, added since (fp32 then)

@@ -385,6 +385,27 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\nrelative_step = true\nwarmup_init = true\n',
     ),
     (
+        rules.one_cycle_lengths,
+        DOG + STEPS + 'lr_schedule = "one_cycle"\nt_max = 99\n',
+        [("DBS273", "error", ("schedule", "t_max"))],
+        DOG + STEPS + 'lr_schedule = "one_cycle"\nt_max = 100\n',
+    ),
+    (
+        rules.one_cycle_momentum,
+        DOG + '[optimizer]\nkind = "adafactor"\n' + STEPS + 'lr_schedule = "one_cycle"\n',
+        [("DBS273", "error", ("schedule", "cycle_momentum"))],
+        DOG
+        + '[optimizer]\nkind = "adafactor"\n'
+        + STEPS
+        + 'lr_schedule = "one_cycle"\ncycle_momentum = false\n',
+    ),
+    (
+        rules.schedule_setting_inert,
+        DOG + STEPS + 'lr_schedule = "step"\nmilestones = [10]\nmax_lr = 1e-3\n',
+        [("DBS255", "warning", ("schedule", "milestones")), ("DBS255", "warning", ("schedule", "max_lr"))],
+        DOG + STEPS + 'lr_schedule = "step"\nstep_size = 10\ngamma = 0.5\n',
+    ),
+    (
         rules.base_prior_needs_denoiser,
         "[train]\ndenoiser = false\ntext_encoder = true\n"
         + DOG
@@ -649,6 +670,7 @@ def test_every_rule_function_declares_a_phase():
         "text_encoder_stop_beyond_run",
         "interval_beyond_run",
         "warmup_stable_decay_lengths",
+        "one_cycle_lengths",
     ]
 
 

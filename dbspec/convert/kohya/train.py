@@ -78,12 +78,51 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
 
 # kohya's --lr_scheduler_type classes dbspec can plan (a torch-free curve) -> dbspec schedule and its
 # arguments
+_ONE_CYCLE = {
+    "max_lr": "max_lr",
+    "total_steps": "t_max",
+    "pct_start": "pct_start",
+    "anneal_strategy": "anneal_strategy",
+    "cycle_momentum": "cycle_momentum",
+    "base_momentum": "base_momentum",
+    "max_momentum": "max_momentum",
+    "div_factor": "div_factor",
+    "final_div_factor": "final_div_factor",
+    "three_phase": "three_phase",
+    "epochs": "",  # with steps_per_epoch: total_steps = epochs x steps_per_epoch (torch's rule)
+    "steps_per_epoch": "",
+}
+# torch class -> (dbspec schedule, {torch argument: [schedule] key}, the arguments torch requires)
 TORCH_SCHEDULERS = {
-    "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}),
+    "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}, ("T_max",)),
     "CosineAnnealingWarmRestarts": (
         "cosine_annealing_warm_restarts",
         {"T_0": "t_max", "T_mult": "t_mult", "eta_min": "eta_min"},
+        ("T_0",),
     ),
+    "OneCycleLR": ("one_cycle", _ONE_CYCLE, ("max_lr",)),
+    "StepLR": ("step", {"step_size": "step_size", "gamma": "gamma"}, ("step_size",)),
+    "MultiStepLR": ("multi_step", {"milestones": "milestones", "gamma": "gamma"}, ("milestones",)),
+    "ExponentialLR": ("exponential", {"gamma": "gamma"}, ("gamma",)),
+    "LinearLR": (
+        "linear_lr",
+        {"start_factor": "start_factor", "end_factor": "end_factor", "total_iters": "total_iters"},
+        (),
+    ),
+    "ConstantLR": ("constant_lr", {"factor": "factor", "total_iters": "total_iters"}, ()),
+}
+_FLOAT_KEYS = {
+    "eta_min",
+    "gamma",
+    "start_factor",
+    "end_factor",
+    "factor",
+    "max_lr",
+    "pct_start",
+    "div_factor",
+    "final_div_factor",
+    "base_momentum",
+    "max_momentum",
 }
 
 
@@ -135,7 +174,7 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
         _map_adafactor_schedule(a, conv)
         return
     if a["lr_scheduler_type"].value:
-        _map_torch_scheduler(a, conv)
+        _map_torch_scheduler(a, total, conv)
         return
     if a["lr_scheduler_args"].value:
         conv.unsupported(
@@ -189,7 +228,7 @@ def _ratio_steps(legacy: Legacy, total: int | None, conv: Conversion) -> int | N
     return int(legacy.value * total)
 
 
-def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
+def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
     """kohya's --lr_scheduler_type with --lr_scheduler_args: a torch scheduler class built with those
     kwargs."""
     kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
@@ -201,7 +240,7 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
             "without torch for the plan)",
         )
         return
-    schedule, names = TORCH_SCHEDULERS[cls]
+    schedule, names, required = TORCH_SCHEDULERS[cls]
     kwargs = _scheduler_kwargs(args, conv)
     if kwargs is None:
         return
@@ -215,15 +254,16 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
     if unknown or kwargs.get("last_epoch", -1) != -1:
         conv.unsupported(args, f"{cls} arguments dbspec has not: {', '.join(unknown) or 'last_epoch'}")
         return
-    first = next(iter(names))  # the required period argument: T_max, T_0
-    if first not in kwargs:
-        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {first}")
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {', '.join(missing)}")
+        return
+    values = _torch_values(cls, kwargs, total, args, conv)
+    if values is None:
         return
     conv.mapped(kind, ("schedule", "lr_schedule"), schedule)
-    for key, value in kwargs.items():
-        if key in names:
-            value = float(value) if names[key] == "eta_min" else value  # noqa: PLW2901 - TOML floats stay floats
-            conv.put(("schedule", names[key]), value, conv.comment(args, f"{key}={value!r}"))
+    for key, (value, note) in values.items():
+        conv.put(("schedule", key), value, conv.comment(args, note))
     conv.record(args, "mapped", "schedule")
     conv.inert(a["lr_scheduler"], f"kohya ignores it when lr_scheduler_type is set ({cls})")
     for key in (
@@ -234,6 +274,48 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
     ):
         if a[key].given:
             conv.inert(a[key], f"{cls} does not use it")
+
+
+def _torch_values(cls: str, kwargs: dict, total: int | None, args: Legacy, conv: Conversion) -> dict | None:
+    """[schedule] key -> (value, comment) for a torch scheduler's arguments; None after reporting one dbspec
+    cannot take."""
+    names = TORCH_SCHEDULERS[cls][1]
+    values = {}
+    for key, value in kwargs.items():
+        if key not in names or not names[key]:
+            continue
+        if isinstance(value, (list, tuple)) and key == "max_lr":
+            conv.unsupported(
+                args, "one max_lr per parameter group (dbspec takes one peak, or each group's lr)"
+            )
+            return None
+        if key == "milestones":
+            value = sorted(int(m) for m in value)  # noqa: PLW2901 - torch counts them, in any order
+        elif names[key] in _FLOAT_KEYS:
+            value = float(value)  # noqa: PLW2901 - TOML floats stay floats
+        values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+    if cls == "OneCycleLR":
+        if "total_steps" not in kwargs:
+            if "epochs" not in kwargs or "steps_per_epoch" not in kwargs:
+                conv.invalid(
+                    args.key,
+                    args.value,
+                    args.source,
+                    "torch's OneCycleLR needs total_steps or epochs and steps_per_epoch",
+                )
+                return None
+            steps = int(kwargs["epochs"]) * int(kwargs["steps_per_epoch"])
+            values["t_max"] = (steps, f"epochs x steps_per_epoch = {steps}")
+        if total is not None and values["t_max"][0] < total:
+            conv.invalid(
+                args.key,
+                args.value,
+                args.source,
+                f"OneCycleLR's {values['t_max'][0]} total steps are fewer than the run's {total}: torch "
+                "raises when stepped past them",
+            )
+            return None
+    return values
 
 
 def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
