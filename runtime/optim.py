@@ -164,6 +164,8 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             num_decay_steps=s.decay_steps,
             num_cycles=s.cycles / 2,
             min_lr_ratio=s.min_lr_ratio,
+            warmup_type=s.warmup_type,
+            decay_type=s.decay_type,
         )
     # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
     if s.torch is not None and s.lr_schedule in TORCH_CLASSES:
@@ -173,6 +175,25 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
     if s.lr_schedule == "cosine_annealing_warm_restarts":
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=s.t_max, T_mult=s.t_mult, eta_min=s.eta_min
+        )
+    if s.lr_schedule == "cosine" and s.cosine_cycles != 0.5:  # kohya's lr_scheduler_args num_cycles
+        from transformers.optimization import get_cosine_schedule_with_warmup
+
+        return get_cosine_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_training_steps=s.total_steps,
+            num_cycles=s.cosine_cycles,
+        )
+    if s.lr_schedule == "polynomial":
+        from transformers.optimization import get_polynomial_decay_schedule_with_warmup
+
+        return get_polynomial_decay_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_training_steps=s.total_steps,
+            lr_end=s.lr_end,
+            power=s.power,
         )
     return get_scheduler(
         s.lr_schedule,

@@ -273,6 +273,14 @@ _SCHEDULE_SETTING_USERS = {
 }
 _SCHEDULE_SETTING_USERS["t_max"] += ("one_cycle",)
 _SCHEDULE_SETTING_USERS.update(
+    {
+        "cosine_cycles": ("cosine",),
+        "lr_end": ("polynomial",),
+        "warmup_type": ("warmup_stable_decay",),
+        "decay_type": ("warmup_stable_decay",),
+    }
+)
+_SCHEDULE_SETTING_USERS.update(
     {  # torch's other schedulers (kohya's lr_scheduler_type)
         "step_size": ("step",),
         "gamma": ("step", "multi_step", "exponential"),

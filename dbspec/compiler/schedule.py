@@ -109,6 +109,10 @@ class Curve:
     t_mult: int = 1  # cosine_annealing_warm_restarts
     warmup_init: bool = False  # adafactor (relative steps)
     torch: TorchSchedulePlan | None = None  # one_cycle, step, multi_step, exponential, linear_lr, constant_lr
+    cosine_cycles: float = COSINE_CYCLES  # cosine
+    lr_end: float = POLYNOMIAL_LR_END  # polynomial
+    warmup_type: str = "linear"  # warmup_stable_decay
+    decay_type: str = "cosine"
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -123,7 +127,7 @@ def _linear(step: int, c: Curve) -> float:
 
 
 def _cosine(step: int, c: Curve) -> float:
-    return _cosine_min(step, c.warmup, c.total, COSINE_CYCLES, 0.0)
+    return _cosine_min(step, c.warmup, c.total, c.cosine_cycles, 0.0)
 
 
 def _cosine_min(step: int, warmup: int, total: int, waves: float, floor: float) -> float:
@@ -152,20 +156,20 @@ def _cosine_with_restarts(step: int, c: Curve) -> float:
 
 
 def _polynomial(step: int, c: Curve) -> float:
-    lr = c.lr
-    if not lr > POLYNOMIAL_LR_END:
-        raise ValueError(f"the polynomial schedule decays to {POLYNOMIAL_LR_END}: lr ({lr}) must be larger")
+    lr, lr_end = c.lr, c.lr_end
+    if not lr > lr_end:
+        raise ValueError(f"the polynomial schedule decays to {lr_end}: lr ({lr}) must be larger")
     if step < c.warmup:
         return _warmup_factor(step, c.warmup)
     if step > c.total:
-        return POLYNOMIAL_LR_END / lr
+        return lr_end / lr
     decay_steps = c.total - c.warmup
     if decay_steps == 0:  # diffusers would raise ZeroDivisionError here
         raise ValueError(
             f"the polynomial schedule needs steps after the warm-up ({c.warmup} of {c.total} steps)"
         )
     pct_remaining = 1 - (step - c.warmup) / decay_steps
-    decay = (lr - POLYNOMIAL_LR_END) * pct_remaining**c.power + POLYNOMIAL_LR_END
+    decay = (lr - lr_end) * pct_remaining**c.power + lr_end
     return decay / lr
 
 
@@ -179,13 +183,24 @@ def _warmup_stable_decay(step: int, c: Curve) -> float:
     floor, stable = c.min_lr_ratio, wsd_stable_steps(c)
     # The plan rule DBS256 refuses a decay longer than the run leaves; transformers' formula is kept as is.
     if step < c.warmup:
-        factor = float(step) / float(max(1, c.warmup))
+        progress = float(step) / float(max(1, c.warmup))
+        if c.warmup_type == "cosine":
+            factor = 0.5 * (1.0 - math.cos(math.pi * progress))
+        elif c.warmup_type == "1-sqrt":
+            factor = 1.0 - math.sqrt(1.0 - progress)
+        else:
+            factor = progress
         return max(0.0, factor * (1.0 - floor) + floor)
     if step < c.warmup + stable:
         return 1.0
     if step < c.warmup + stable + c.decay_steps:
         progress = float(step - c.warmup - stable) / float(max(1, c.decay_steps))
-        factor = 0.5 * (1.0 + math.cos(math.pi * float(c.cycles / 2) * 2.0 * progress))
+        if c.decay_type == "linear":
+            factor = 1.0 - progress
+        elif c.decay_type == "1-sqrt":
+            factor = 1.0 - math.sqrt(progress)
+        else:
+            factor = 0.5 * (1.0 + math.cos(math.pi * float(c.cycles / 2) * 2.0 * progress))
         return max(0.0, factor * (1.0 - floor) + floor)
     return floor
 
@@ -352,6 +367,10 @@ def compute_schedule(
     t_mult: int = 1,
     warmup_init: bool = False,
     torch: TorchSchedulePlan | None = None,
+    cosine_cycles: float = COSINE_CYCLES,
+    lr_end: float = POLYNOMIAL_LR_END,
+    warmup_type: str = "linear",
+    decay_type: str = "cosine",
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -407,6 +426,10 @@ def compute_schedule(
         t_mult,
         warmup_init,
         torch if lr_schedule in NEW_TORCH_SCHEDULES else None,
+        cosine_cycles,
+        lr_end,
+        warmup_type,
+        decay_type,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
     if lr_schedule == "one_cycle" and torch is not None and torch.cycle_momentum:
@@ -442,6 +465,10 @@ def compute_schedule(
         seed=seed,
         torch=curve.torch,
         momentum_points=momentum_points,
+        cosine_cycles=cosine_cycles,
+        lr_end=lr_end,
+        warmup_type=warmup_type,
+        decay_type=decay_type,
     )
 
 

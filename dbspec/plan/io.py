@@ -97,6 +97,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "t_mult"): 1,
         ("schedule", "torch"): None,  # torch's StepLR ... OneCycleLR, added since
         ("schedule", "momentum_points"): [],
+        ("schedule", "cosine_cycles"): 0.5,  # kohya's lr_scheduler_args to named schedules, added since
+        ("schedule", "lr_end"): 1e-7,
+        ("schedule", "warmup_type"): "linear",
+        ("schedule", "decay_type"): "cosine",
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,

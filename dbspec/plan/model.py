@@ -326,6 +326,11 @@ class SchedulePlan:
     lr_points: tuple[tuple[int, float], ...]  # (step, lr) at 0, warm-up end, up to 16 checkpoints and the end
     seed: int
     torch: TorchSchedulePlan | None = None  # the torch schedulers one_cycle ... constant_lr only
+    # transformers' arguments kohya's lr_scheduler_args can pass to its named schedules
+    cosine_cycles: float = 0.5  # cosine
+    lr_end: float = 1e-7  # polynomial
+    warmup_type: str = "linear"  # warmup_stable_decay
+    decay_type: str = "cosine"  # warmup_stable_decay
     # one_cycle with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
     momentum_points: tuple[tuple[int, float], ...] = ()
 

@@ -415,11 +415,12 @@ def _source_check(plan: Plan) -> str:
 def _lr_schedule(s) -> str:
     """The schedule with the settings that shape it (kohya's scheduler options)."""
     extra = {
-        "polynomial": f", power {s.power:g}",
+        "polynomial": f", power {s.power:g}" + (f", lr_end {s.lr_end:g}" if s.lr_end != 1e-7 else ""),
+        "cosine": f", {s.cosine_cycles:g} wave(s)" if s.cosine_cycles != 0.5 else "",
         "cosine_with_restarts": f", {s.cycles} cycle(s)",
         "cosine_with_min_lr": f", {s.cycles} half-wave(s), min lr ratio {s.min_lr_ratio:g}",
         "warmup_stable_decay": f", decay {s.decay_steps} steps ({s.cycles} half-wave(s)), "
-        f"min lr ratio {s.min_lr_ratio:g}",
+        f"min lr ratio {s.min_lr_ratio:g}, {s.warmup_type} warm-up, {s.decay_type} decay",
         "adafactor": " (transformers' AdafactorSchedule: Adafactor computes the LR itself, lr is unused)",
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
         "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "

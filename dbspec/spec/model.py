@@ -787,6 +787,22 @@ class Schedule:
     eta_min: float = option(
         0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
     )
+    # kohya's lr_scheduler_args to its named schedules (transformers' functions); inert elsewhere (DBS255).
+    cosine_cycles: float = option(
+        0.5,
+        doc="cosine: cosine waves over the decay (transformers' num_cycles, which kohya's lr_scheduler_args "
+        "can pass); 0.5 decays once to 0.",
+        exclusive_minimum=0,
+    )
+    lr_end: float = option(
+        1e-7, doc="polynomial: the LR it decays to (transformers' lr_end); must be below lr.", minimum=0
+    )
+    warmup_type: Literal["linear", "cosine", "1-sqrt"] = option(
+        "linear", doc="warmup_stable_decay: the warm-up's shape (transformers' warmup_type)."
+    )
+    decay_type: Literal["cosine", "linear", "1-sqrt"] = option(
+        "cosine", doc="warmup_stable_decay: the decay's shape (transformers' decay_type)."
+    )
     # torch schedulers (kohya's lr_scheduler_type + lr_scheduler_args); each is inert elsewhere (DBS255).
     step_size: int = option(
         1, doc="step: torch StepLR's step_size, the LR x gamma every this many optimizer steps.", minimum=1

@@ -48,6 +48,10 @@ def _as_plan_version_3(plan_json: str) -> str:
         "t_mult",
         "torch",
         "momentum_points",
+        "cosine_cycles",
+        "lr_end",
+        "warmup_type",
+        "decay_type",
     ):
         del data["schedule"][key]  # kohya's schedule settings, added since
     for key in ("weights", "stochastic_rounding"):

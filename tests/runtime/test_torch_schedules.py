@@ -155,3 +155,66 @@ def test_a_torch_schedule_run_trains_and_resumes_bit_exact(tmp_path, overrides):
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = _weights(whole.final), _weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- kohya's lr_scheduler_args passed to its named schedules (transformers' functions) ----------------------
+
+
+def _transformers(name: str, optimizer, total: int, kwargs: dict):
+    """What kohya's get_scheduler_fix builds for `name` with lr_scheduler_args `kwargs` (num_cycles 1, power
+    1, min_lr_ratio 0.1 from its own options, warm-up 6, decay 10)."""
+    from transformers.optimization import (
+        get_cosine_schedule_with_warmup,
+        get_polynomial_decay_schedule_with_warmup,
+        get_wsd_schedule,
+    )
+
+    if name == "cosine":
+        return get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=6, num_training_steps=total, **kwargs
+        )
+    if name == "polynomial":
+        return get_polynomial_decay_schedule_with_warmup(
+            optimizer, num_warmup_steps=6, num_training_steps=total, power=1.0, **kwargs
+        )
+    return get_wsd_schedule(
+        optimizer,
+        num_warmup_steps=6,
+        num_stable_steps=total - 6 - 10,
+        num_decay_steps=10,
+        num_cycles=1 / 2,
+        min_lr_ratio=0.1,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "fields"),
+    [
+        ("cosine", {"num_cycles": 1.5}, {"cosine_cycles": 1.5}),
+        ("polynomial", {"lr_end": 1e-5}, {"lr_end": 1e-5}),
+        ("warmup_stable_decay", {"warmup_type": "cosine", "decay_type": "1-sqrt"}, {}),
+        ("warmup_stable_decay", {"warmup_type": "1-sqrt", "decay_type": "linear"}, {}),
+    ],
+)
+def test_scheduler_args_to_named_schedules_follow_transformers(name: str, kwargs: dict, fields: dict) -> None:
+    total = 40
+    optimizer = _adamw(1e-3)
+    lrs, _ = _walk(optimizer, _transformers(name, optimizer, total, kwargs), total + 1)
+    shape = {**fields, **{k: v for k, v in kwargs.items() if k in ("warmup_type", "decay_type")}}
+    plan = compute_schedule(
+        batches_per_epoch=5, instance_samples=5, class_samples=0, batch_size=1, accumulation=1, processes=1,
+        steps=total, epochs=0, lr=1e-3, lr_schedule=name, warmup_steps=6, cycles=1, min_lr_ratio=0.1,
+        decay_steps=10, text_encoder_stop_step=0, checkpoint_every=3, validate_every=0, validate=False,
+        seed=0, **shape,
+    )  # fmt: skip
+    assert all(lrs[step] == value for step, value in plan.lr_points) and len(plan.lr_points) > 10
+    ours = _adamw(1e-3)
+    assert _walk(ours, make_lr_scheduler(ours, plan), total + 1)[0] == lrs
+    default = compute_schedule(
+        batches_per_epoch=5, instance_samples=5, class_samples=0, batch_size=1, accumulation=1, processes=1,
+        steps=total, epochs=0, lr=1e-3, lr_schedule=name, warmup_steps=6, cycles=1, min_lr_ratio=0.1,
+        decay_steps=10, text_encoder_stop_step=0, checkpoint_every=3, validate_every=0, validate=False,
+        seed=0,
+    )  # fmt: skip
+    assert default.lr_points != plan.lr_points  # the arguments change the curve

@@ -152,7 +152,7 @@ def test_scheduler_options_kohya_rejects_or_dbspec_cannot_plan(tmp_path):
     no_ratio = kohya(tmp_path / "c", command=base + " --lr_scheduler cosine_with_min_lr")
     assert any("min_lr_rate" in e for e in errors(no_ratio))
     function_args = kohya(
-        tmp_path / "d", command=base + " --lr_scheduler polynomial --lr_scheduler_args lr_end=1e-6"
+        tmp_path / "d", command=base + " --lr_scheduler polynomial --lr_scheduler_args last_epoch=5"
     )
     assert "DBS403" in codes(function_args)
 

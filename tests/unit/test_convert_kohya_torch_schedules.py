@@ -90,3 +90,61 @@ def test_one_cycle_shorter_than_the_run_is_invalid(tmp_path):
         command=f"{BASE} --lr_scheduler_type OneCycleLR --lr_scheduler_args max_lr=1e-3 total_steps=200",
     )
     assert outcome.exit_code == 1 and any("fewer than the run's 300" in e for e in errors(outcome))
+
+
+# --- lr_scheduler_args to kohya's named schedules (get_scheduler_fix forwards them to transformers) --------
+
+
+def _named(tmp_path, args: str):
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(tmp_path, command=f"{BASE} {args}")
+    assert "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, "lr_scheduler_args") == "mapped"
+    return plan_of(outcome, tmp_path, ["checkpoints.every=50"]).schedule
+
+
+def test_cosine_num_cycles(tmp_path):
+    s = _named(tmp_path, "--lr_scheduler cosine --lr_warmup_steps 0 --lr_scheduler_args num_cycles=1")
+    points = dict(s.lr_points)
+    # transformers: 0.5 * (1 + cos(pi * num_cycles * 2 * progress)): one full wave is back at lr at the end
+    assert s.cosine_cycles == 1.0 and points[150] == pytest.approx(0.0, abs=1e-12)
+    assert points[300] == pytest.approx(1e-4, rel=1e-12)
+
+
+def test_polynomial_lr_end(tmp_path):
+    s = _named(
+        tmp_path,
+        "--lr_scheduler polynomial --lr_scheduler_power 2 --lr_scheduler_args lr_end=1e-6",
+    )
+    points = dict(s.lr_points)
+    assert s.lr_end == 1e-6 and points[300] == pytest.approx(1e-6, rel=1e-12)
+    assert points[150] == pytest.approx((1e-4 - 1e-6) * 0.5**2 + 1e-6, rel=1e-12)
+
+
+def test_cosine_with_min_lr_from_an_absolute_min_lr(tmp_path):
+    s = _named(tmp_path, "--lr_scheduler cosine_with_min_lr --lr_scheduler_args min_lr=1e-5")
+    assert s.min_lr_ratio == 1e-5 / 1e-4  # transformers' min_lr / the optimizer's lr, the same division
+    assert dict(s.lr_points)[300] == pytest.approx(1e-5, rel=1e-12)
+
+
+def test_warmup_stable_decay_shapes(tmp_path):
+    s = _named(
+        tmp_path,
+        "--lr_scheduler warmup_stable_decay --lr_warmup_steps 50 --lr_decay_steps 100 "
+        "--lr_scheduler_min_lr_ratio 0 --lr_scheduler_args \"warmup_type='cosine'\" \"decay_type='linear'\"",
+    )
+    assert (s.warmup_type, s.decay_type) == ("cosine", "linear")
+    points = dict(s.lr_points)
+    assert points[250] == pytest.approx(1e-4 * (1 - 50 / 100), rel=1e-12)  # linear decay from step 200
+
+
+def test_named_schedule_arguments_kohya_crashes_on_are_invalid(tmp_path):
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    twice = kohya(tmp_path / "a", command=f"{BASE} --lr_scheduler polynomial --lr_scheduler_args power=2")
+    assert twice.exit_code == 1 and any("takes no power" in e for e in errors(twice))
+    both = kohya(
+        tmp_path / "b",
+        command=f"{BASE} --lr_scheduler cosine_with_min_lr --lr_scheduler_min_lr_ratio 0.1 "
+        "--lr_scheduler_args min_lr=1e-6",
+    )
+    assert both.exit_code == 1 and any("Only one of min_lr or min_lr_rate" in e for e in errors(both))

@@ -406,6 +406,14 @@ CASES = [
         DOG + STEPS + 'lr_schedule = "step"\nstep_size = 10\ngamma = 0.5\n',
     ),
     (
+        rules.schedule_setting_inert,
+        DOG
+        + STEPS
+        + 'lr_schedule = "cosine_with_min_lr"\nmin_lr_ratio = 0.1\nlr_end = 1e-6\ndecay_type = "linear"\n',
+        [("DBS255", "warning", ("schedule", "lr_end")), ("DBS255", "warning", ("schedule", "decay_type"))],
+        DOG + STEPS + 'lr_schedule = "step"\nstep_size = 10\ngamma = 0.5\n',
+    ),
+    (
         rules.base_prior_needs_denoiser,
         "[train]\ndenoiser = false\ntext_encoder = true\n"
         + DOG

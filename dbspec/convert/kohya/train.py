@@ -176,15 +176,9 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     if a["lr_scheduler_type"].value:
         _map_torch_scheduler(a, total, conv)
         return
-    if a["lr_scheduler_args"].value:
-        conv.unsupported(
-            a["lr_scheduler_args"],
-            f"arguments passed to the {name.value} function (dbspec's schedule settings are power, "
-            "min_lr_ratio, decay_steps and cycles)",
-        )
-    else:
-        conv.record(a["lr_scheduler_args"], "mapped", "schedule")
     if not map_schedule_name(conv, name, KOHYA_SCHEDULES):
+        return
+    if not _map_schedule_args(a, name.value, conv):
         return
     if warm.value and name.value == "constant":
         conv.invalid(
@@ -197,6 +191,86 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     else:
         _map_warmup(warm, total, conv)
     _schedule_shape(a, name.value, total, conv)
+
+
+# transformers' schedule functions kohya calls with **lr_scheduler_args: the keywords each takes beyond
+# what kohya passes itself (a second one is a TypeError), and the [schedule] key each becomes ("": none, the
+# value changes nothing)
+_SCHEDULE_FUNCTION_ARGS = {
+    "constant": {},
+    "constant_with_warmup": {},
+    "linear": {},
+    "cosine": {"num_cycles": "cosine_cycles"},
+    "cosine_with_restarts": {},
+    "polynomial": {"lr_end": "lr_end"},
+    "cosine_with_min_lr": {"min_lr": "min_lr_ratio"},
+    "warmup_stable_decay": {
+        "warmup_type": "warmup_type",
+        "decay_type": "decay_type",
+        "num_training_steps": "",
+    },
+}
+
+
+def _has_min_lr(a: Args) -> bool:
+    kwargs = _quiet_kwargs(a["lr_scheduler_args"])
+    return kwargs is not None and "min_lr" in kwargs
+
+
+def _quiet_kwargs(args: Legacy) -> dict | None:
+    kwargs = {}
+    for item in args.value or []:
+        key, sep, text = str(item).partition("=")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return None
+    return kwargs
+
+
+def _map_schedule_args(a: Args, name: str, conv: Conversion) -> bool:
+    """kohya's lr_scheduler_args forwarded to the named schedule's transformers function."""
+    args = a["lr_scheduler_args"]
+    kwargs = _scheduler_kwargs(args, conv)
+    if kwargs is None:
+        return False
+    accepted = _SCHEDULE_FUNCTION_ARGS[name]
+    unknown = sorted(set(kwargs) - set(accepted) - {"last_epoch"})
+    if unknown:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"transformers' {name} schedule takes no {', '.join(unknown)} from lr_scheduler_args (kohya "
+            "passes its own arguments; TypeError)",
+        )
+        return False
+    if kwargs.get("last_epoch", -1) != -1:
+        conv.unsupported(args, "last_epoch: a schedule started part-way (dbspec starts at step 0)")
+        return False
+    ratio = a["lr_scheduler_min_lr_ratio"]
+    if "min_lr" in kwargs and ratio.value is not None:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            "transformers raises `Only one of min_lr or min_lr_rate should be set`",
+        )
+        return False
+    for key, value in kwargs.items():
+        target = accepted.get(key, "")
+        if not target:
+            continue
+        if key == "min_lr":  # transformers: min_lr_rate = min_lr / the optimizer's lr (kohya's learning_rate)
+            lr = float(a["learning_rate"].value)
+            value = float(value) / lr  # noqa: PLW2901
+            note = f"min_lr={kwargs[key]!r} / learning_rate {lr!r}"
+        else:
+            value = float(value) if target in ("cosine_cycles", "lr_end") else value  # noqa: PLW2901
+            note = f"{key}={kwargs[key]!r}"
+        conv.put(("schedule", target), value, conv.comment(args, note))
+    conv.record(args, "mapped", "schedule")
+    return True
 
 
 def _map_warmup(warm: Legacy, total: int | None, conv: Conversion) -> None:
@@ -362,7 +436,7 @@ def _schedule_shape(a: Args, name: str, total: int | None, conv: Conversion) -> 
         conv.inert(power, f"{name} does not use it")
     if name in ("cosine_with_min_lr", "warmup_stable_decay") and ratio.value is not None:
         conv.mapped(ratio, ("schedule", "min_lr_ratio"), ratio.value)
-    elif name == "cosine_with_min_lr":
+    elif name == "cosine_with_min_lr" and not _has_min_lr(a):
         conv.invalid(
             ratio.key, None, ratio.source, "transformers raises `One of min_lr or min_lr_rate should be set`"
         )
