@@ -20,6 +20,7 @@ from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.logs import MetricsLog, train_progress
+from dbspec.runtime.optim import step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
@@ -108,6 +109,7 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
                     "loss": step_loss,
                     **terms,
                     "lr": lr,
+                    **step_size_metrics(run.optimizer),
                     "epoch": run.sampler.epoch,
                     "seconds": time.perf_counter() - started,
                 },

@@ -126,6 +126,13 @@ def _dadapt(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
     return getattr(module, cls_name)(groups, lr=opt.lr, **dadapt_kwargs(opt))
 
 
+def step_size_metrics(optimizer) -> dict[str, float]:
+    """D-Adaptation's and Prodigy's effective step size of the first group, d x lr (kohya logs it as
+    lr/d*lr); empty for other optimizers."""
+    group = optimizer.param_groups[0]
+    return {"d*lr": float(group["d"] * group["lr"])} if "d" in group else {}
+
+
 def _import(name: str, hint: str):
     import importlib
 

@@ -453,9 +453,8 @@ def _optimizer_extras(plan: Plan) -> str:
             else ""
         )
         return (
-            f"; D-Adaptation: step = d x lr, d estimated from d0 {d.d0:g} ({growth}), lr ~1.0 expected"
-            + extra
-            + (f", {', '.join(flags)}" if flags else "")
+            f"; D-Adaptation: step = d x lr (logged as d*lr), d estimated from d0 {d.d0:g} ({growth}), "
+            "lr ~1.0 expected" + extra + (f", {', '.join(flags)}" if flags else "")
         )
     a = o.adafactor
     if a is None:

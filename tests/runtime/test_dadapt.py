@@ -4,6 +4,7 @@ on a tiny SD1 model."""
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -107,8 +108,8 @@ def test_dadapt_settings_reach_the_optimizer_and_the_plan(tmp_path):
     text = _summary(plan)
     assert "dadapt_adam, lr 1" in text
     assert (
-        "D-Adaptation: step = d x lr, d estimated from d0 0.0001 (at most x1.02 per step), lr ~1.0 expected"
-        in text
+        "D-Adaptation: step = d x lr (logged as d*lr), d estimated from d0 0.0001 (at most x1.02 per step), "
+        "lr ~1.0 expected" in text
     )
     assert "decouple, use_bias_correction" in text
 
@@ -125,6 +126,8 @@ def test_a_dadapt_run_trains_and_resumes_bit_exact(tmp_path):
     kind = ['optimizer.kind="dadapt_adam"', "optimizer.lr=1.0"]
     whole = execute(compile_spec(spec, [*kind, "output.dir=whole"]))
     assert whole.status == "finished" and len(whole.losses) == 4
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(row["d*lr"] > 0 for row in rows)  # the effective step size, as kohya logs it
     plan = compile_spec(spec, [*kind, "output.dir=parts"])
     first = execute(plan, stop_after=2)
     assert first.status == "interrupted" and first.steps == 2
