@@ -616,6 +616,16 @@ Adafactor with `relative_step = true` computes its learning rate itself (min(1e-
 (`schedule.t_max`, 0 = the run's steps) and, with `cycle_momentum`, on an optimizer without momentum or betas
 (Adafactor).""",
     ),
+    Code(
+        "DBS274",
+        EITHER,
+        "D-Adaptation with different learning rates per parameter group",
+        """\
+The D-Adaptation optimizers take one learning rate: dadapt_adam, dadapt_adam_preprint, dadapt_lion and
+dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices) have different
+rates (error); dadapt_adan, dadapt_adan_ip and dadapt_adagrad step every group at d x the first group's rate,
+so the other rates have no effect (warning, as kohya warns).""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

@@ -31,7 +31,7 @@ from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import DADAPT_KINDS, LowRankAdapter, Spec
+from dbspec.spec.model import DADAPT_KINDS, LoraAdapter, LowRankAdapter, Spec
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -727,6 +727,50 @@ def dadapt_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
             ("optimizer", "lr"),
             f"D-Adaptation steps by d x lr with d estimated; lr {spec.optimizer.lr:g} scales that step down",
             "use lr = 1.0 with dadapt_* optimizers (kohya's advice)",
+        )
+
+
+# dadaptation's classes that raise on parameter groups with different rates; the others step every group at
+# d x the first group's rate (kohya warns "only the first one will take effect")
+_DADAPT_ONE_RATE = ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd")
+
+
+def _group_rates(spec: Spec) -> list[float]:
+    """The learning rates of the optimizer's parameter groups (ignoring SDXL's second text encoder, whose
+    group exists only on two-encoder families)."""
+    o, t = spec.optimizer, spec.train
+    ratios = (0.0, 0.0)
+    if isinstance(spec.adapter, LoraAdapter):
+        ratios = (spec.adapter.loraplus_denoiser_ratio, spec.adapter.loraplus_text_encoder_ratio)
+    rates = []
+    for trains, lr, ratio in ((t.denoiser, o.lr, ratios[0]), (t.text_encoder, o.text_encoder_lr, ratios[1])):
+        if trains:
+            rates += [lr, lr * ratio] if ratio else [lr]
+    return rates
+
+
+@rule("spec")
+def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
+    kind = spec.optimizer.kind
+    rates = _group_rates(spec)
+    if kind not in DADAPT_KINDS or len(set(rates)) < 2:
+        return
+    shown = ", ".join(f"{r:g}" for r in rates)
+    if kind in _DADAPT_ONE_RATE:
+        yield _err(
+            "DBS274",
+            ("optimizer", "text_encoder_lr"),
+            f"{kind} refuses parameter groups with different learning rates (dadaptation raises at the first "
+            f"step); the groups here have {shown} (text encoder rate or LoRA+ ratio)",
+            "give the text encoder the same lr and turn LoRA+ off, or use dadapt_adan / dadapt_adagrad",
+        )
+    else:
+        yield _warn(
+            "DBS274",
+            ("optimizer", "text_encoder_lr"),
+            f"{kind} steps every parameter group at d x the first group's rate ({rates[0]:g}); the other "
+            f"rates ({shown}) have no effect (kohya warns the same)",
+            "give the text encoder the same lr",
         )
 
 

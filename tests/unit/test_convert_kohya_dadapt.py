@@ -164,3 +164,18 @@ def test_adafactor_relative_step_with_a_warmup_is_invalid_as_in_kohya(tmp_path):
     outcome = kohya(tmp_path, command=f"{LORA} --optimizer_type Adafactor --lr_warmup_steps 10")
     assert outcome.exit_code == 1 and fate(outcome, "lr_warmup_steps") == "invalid"
     assert "does not require num_warmup_steps" in messages(outcome, "DBS402")
+
+
+def test_dadapt_adam_with_two_learning_rates_is_invalid_as_dadaptation_raises(tmp_path):
+    images(tmp_path / "d" / "1_a", 1, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"{LORA} --optimizer_type DAdaptAdam --learning_rate 1.0 --unet_lr 1.0 --text_encoder_lr 0.5",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "optimizer_type") == "invalid"
+    assert "different learning rates" in messages(outcome, "DBS402")
+    adan = kohya(
+        tmp_path / "b",
+        command=f"{LORA} --optimizer_type DAdaptAdan --learning_rate 1.0 --unet_lr 1.0 --text_encoder_lr 0.5",
+    )  # dadaptation's Adan steps every group at the first rate: kohya warns, and so does dbspec
+    assert "DBS274" in codes(adan) and adan.exit_code == 0

@@ -379,6 +379,18 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "dadapt_adam"\nlr = 0.5\n',
     ),
     (
+        rules.dadapt_group_rates,
+        LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\n',
+    ),
+    (
+        rules.dadapt_group_rates,
+        LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "warning", ("optimizer", "text_encoder_lr"))],
+        LORA + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+    ),
+    (
         rules.adafactor_relative_step_schedule,
         DOG + '[optimizer]\nkind = "adafactor"\nrelative_step = true\n' + STEPS + 'lr_schedule = "linear"\n',
         [("DBS272", "error", ("schedule", "lr_schedule"))],

@@ -615,6 +615,33 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
     return te
 
 
+def _rates(conv: Conversion) -> set[float]:
+    """The learning rates the converted spec gives the denoiser and the text encoders, as written so far."""
+    written = {path: value for path, (value, _) in conv.values.items()}
+    lr = written[("optimizer", "lr")] if ("optimizer", "lr") in written else _OPTIMIZER_DEFAULTS["lr"]
+    rates = {lr}
+    trains_text = ("train", "text_encoder") in written and written[("train", "text_encoder")]
+    if trains_text and ("optimizer", "text_encoder_lr") in written:
+        rates.add(written[("optimizer", "text_encoder_lr")])
+    return rates
+
+
+def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
+    """dadaptation's Adam, AdamPreprint, Lion and SGD raise on parameter groups with different rates."""
+    rates = _rates(conv)
+    if kind not in ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd") or len(rates) < 2:
+        return True
+    conv.invalid(
+        kind_arg.key,
+        kind_arg.value,
+        kind_arg.source,
+        f"dadaptation's {kind_arg.value} raises on parameter groups with different learning rates; the U-Net "
+        f"and text encoder train at {', '.join(f'{r:g}' for r in sorted(rates))}",
+        help="give unet_lr and text_encoder_lr the same value",
+    )
+    return False
+
+
 def map_optimizer(a: Args, conv: Conversion) -> None:
     kind_arg = a["optimizer_type"]
     legacy_flags = [a[k] for k in ("use_8bit_adam", "use_lion_optimizer") if a[k].value]
@@ -652,6 +679,8 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             f"`momentum={kwargs['momentum']}`: {kind_arg.value} is torch SGD with nesterov=True, which "
             "refuses momentum 0 (ValueError)",
         )
+        return
+    if not _one_rate_fits(name.kind, kind_arg, conv):
         return
     settings = optimizer_settings(name.kind, kwargs, nesterov=name.nesterov)
     for key, value in settings.values.items():
