@@ -267,13 +267,13 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
     if optimizer == "adafactor":
-        # Measured on the stock architectures (rows + columns of each tensor's last two dimensions, full
-        # vectors for biases and norms, per parameter): SD1.5 UNet 0.53 (its 3x3 convolutions keep 2/3, 1x1
-        # ones 2x), SDXL UNet 0.095, CLIP text encoders and LoRA matrices under 0.01.
+        # Values kept per parameter (rows + columns of each tensor's last two dimensions, full vectors for
+        # biases and norms), measured on the stock architectures: SD1.5 UNet 0.53 (its 3x3 convolutions keep
+        # 2/3, 1x1 ones 2x), SDXL UNet 0.095, CLIP text encoders under 0.01; LoRA matrices about 1/rank.
         notes.append(
             "adafactor state counted as 4 bytes per parameter, an upper bound: dbspec sets no beta1, so "
             "the state is the factored second moment, about 2.1 bytes per parameter of an SD1.5 UNet, 0.4 of "
-            "an SDXL UNet and under 0.04 for text encoders and LoRA"
+            "an SDXL UNet, under 0.04 of a text encoder and about 4/rank for LoRA matrices"
         )
     if optimizer == "adamw8bit":
         notes.append(
