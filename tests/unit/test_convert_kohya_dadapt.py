@@ -86,7 +86,7 @@ def test_a_dadapt_lr_far_below_one_is_warned_as_kohya_does(tmp_path):
     ("args", "why"),
     [
         ('"use_bias_correction=True"', "`use_bias_correction`"),  # DAdaptLion has no such argument
-        ('"betas=0.9,0.99,0.999"', "expected 2 numbers"),
+        ('"betas=0.9,0.99,0.999"', "expected a pair of numbers"),
     ],
 )
 def test_dadapt_arguments_kohya_would_crash_on_are_invalid(tmp_path, args, why):

@@ -247,8 +247,12 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         and len(betas) == count
         and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
     ):
-        example = "betas=0.98,0.92,0.99" if count == 3 else "betas=0.9,0.999"
-        problems.append(f"`betas={betas!r}`: expected {count} numbers such as {example}")
+        expected = (
+            "three numbers such as betas=0.98,0.92,0.99"
+            if count == 3
+            else "a pair of numbers such as betas=0.9,0.999"
+        )
+        problems.append(f"`betas={betas!r}`: expected {expected}")
     return problems
 
 
