@@ -296,8 +296,9 @@ A LoRA learning rate that is very low (warning).""",
         "An option that has no effect with the chosen variant",
         """\
 An option that has no effect with the chosen variant (warning): `huber_delta` without huber loss, `momentum`
-or `nesterov` without SGD, `bf16_fallback` without bf16, `huber_c`/`huber_schedule` without a pseudo-Huber
-loss, a noise option whose switch is off (`noise_offset_random_strength` without `noise_offset`,
+without SGD, dadapt_sgd or dadapt_adagrad, `nesterov` without SGD, `bf16_fallback` without bf16,
+`huber_c`/`huber_schedule` without a pseudo-Huber loss, a noise option whose switch is off
+(`noise_offset_random_strength` without `noise_offset`,
 `multires_noise_discount` without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without
 `ip_noise_gamma`), `prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption
 is cut into tags, `token_warmup_min` without `token_warmup_step`.""",
@@ -321,7 +322,7 @@ Bucket settings: min above max, a step that is not a multiple of 8, a resolution
         ERROR,
         "`optimizer.betas` out of range",
         """\
-`optimizer.betas` must be two numbers in [0, 1).""",
+`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan and dadapt_adan_ip).""",
     ),
     Code(
         "DBS221",
@@ -578,6 +579,52 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
         """\
 `optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
 train, so its rate is not used (the plan shows no rate for it).""",
+    ),
+    Code(
+        "DBS270",
+        WARNING,
+        "An optimizer option the chosen kind does not use",
+        """\
+An optimizer option the chosen `optimizer.kind` does not use (warning): the D-Adaptation settings (`d0`,
+`growth_rate`, `decouple`, `use_bias_correction`, `no_prox`) outside the dadapt_* kinds that take them, or
+Adafactor's (`relative_step`, `scale_parameter`, `warmup_init`) with another kind.""",
+    ),
+    Code(
+        "DBS271",
+        WARNING,
+        "D-Adaptation with a small learning rate",
+        """\
+D-Adaptation with a small learning rate (warning): the dadapt_* optimizers estimate the step size d and step
+by d x lr, so lr is a multiplier that kohya advises to keep around 1.0 (it warns at lr <= 0.1).""",
+    ),
+    Code(
+        "DBS272",
+        ERROR,
+        "Adafactor's relative step with an LR schedule",
+        """\
+Adafactor with `relative_step = true` computes its learning rate itself (min(1e-2, 1/sqrt(step)), or with
+`warmup_init` min(1e-6 step, 1/sqrt(step))), so `schedule.lr_schedule` must stay "constant" without
+`warmup_steps` (kohya replaces the schedule by its adafactor scheduler, and raises on a warm-up), and
+`warmup_init` needs `relative_step`.""",
+    ),
+    Code(
+        "DBS273",
+        ERROR,
+        "one_cycle settings torch's OneCycleLR refuses",
+        """\
+`lr_schedule = "one_cycle"` is torch's OneCycleLR, which raises when stepped past its total_steps
+(`schedule.t_max`, 0 = the run's steps) and, with `cycle_momentum`, on an optimizer without momentum or betas
+(Adafactor).""",
+    ),
+    Code(
+        "DBS274",
+        EITHER,
+        "D-Adaptation with different learning rates per parameter group",
+        """\
+The D-Adaptation optimizers take one learning rate: dadapt_adam, dadapt_adam_preprint, dadapt_lion and
+dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices) have different
+rates (error); dadapt_adan, dadapt_adan_ip and dadapt_adagrad step every group at d x the first group's rate,
+so the other rates have no effect (warning, as kohya warns).""",
     ),
     Code(
         "DBS295",

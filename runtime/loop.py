@@ -20,6 +20,7 @@ from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.logs import MetricsLog, train_progress
+from dbspec.runtime.optim import step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
@@ -101,13 +102,14 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
             losses.append(step_loss)
             if step == s.text_encoder_stop_step:
                 freeze_text_encoders(run)
-            lr = run.lr_scheduler.get_last_lr()[0]
+            lr = float(run.lr_scheduler.get_last_lr()[0])  # a tensor under AdafactorSchedule (RMS-scaled)
             log.write(
                 step,
                 {
                     "loss": step_loss,
                     **terms,
                     "lr": lr,
+                    **step_size_metrics(run.optimizer),
                     "epoch": run.sampler.epoch,
                     "seconds": time.perf_counter() - started,
                 },

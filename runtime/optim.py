@@ -52,17 +52,9 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
             groups, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov
         )
     if kind == "adafactor":
-        from transformers.optimization import Adafactor
-
-        # A fixed LR (relative_step off) so the plan's LR schedule is the one that applies.
-        return Adafactor(
-            groups,
-            lr=opt.lr,
-            relative_step=False,
-            scale_parameter=False,
-            warmup_init=False,
-            weight_decay=opt.weight_decay,
-        )
+        return _adafactor(groups, opt)
+    if kind.startswith("dadapt_"):
+        return _dadapt(groups, opt)
     if kind == "adamw8bit":
         bnb = _import("bitsandbytes", "pip install bitsandbytes (CUDA only)")
         return bnb.optim.AdamW8bit(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
@@ -73,6 +65,72 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         lion = _import("lion_pytorch", "pip install lion-pytorch")
         return lion.Lion(groups, betas=opt.betas, weight_decay=opt.weight_decay)
     raise OptimizerError(f"unknown optimizer {kind!r}")
+
+
+def _adafactor(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """transformers' Adafactor as kohya builds it: with relative_step the optimizer computes the LR (lr=None;
+    the groups' rates are then unused) and the scheduler is AdafactorSchedule; else a fixed LR that the plan's
+    schedule drives. Plans written before the options existed (adafactor None) had all three off."""
+    from transformers.optimization import Adafactor
+
+    a = opt.adafactor
+    relative = bool(a and a.relative_step)
+    return Adafactor(
+        groups,
+        lr=None if relative else opt.lr,
+        relative_step=relative,
+        scale_parameter=bool(a and a.scale_parameter),
+        warmup_init=bool(a and a.warmup_init),
+        weight_decay=opt.weight_decay,
+    )
+
+
+# plan kind -> (module, class) in the dadaptation package (kohya's DAdapt* optimizer types)
+DADAPT_CLASSES = {
+    "dadapt_adam": ("dadaptation", "DAdaptAdam"),
+    "dadapt_adam_preprint": ("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "dadapt_adagrad": ("dadaptation", "DAdaptAdaGrad"),
+    "dadapt_adan": ("dadaptation", "DAdaptAdan"),
+    "dadapt_adan_ip": ("dadaptation.experimental", "DAdaptAdanIP"),
+    "dadapt_lion": ("dadaptation", "DAdaptLion"),
+    "dadapt_sgd": ("dadaptation", "DAdaptSGD"),
+}
+
+
+def dadapt_kwargs(opt: OptimizerPlan) -> dict:
+    """The keyword arguments the plan gives the D-Adaptation class (besides the groups and their rates)."""
+    d = opt.dadapt
+    if d is None:
+        raise OptimizerError(f"the plan has no D-Adaptation settings for {opt.kind}")
+    kwargs: dict = {"weight_decay": opt.weight_decay, "d0": d.d0}
+    if opt.kind != "dadapt_lion" and d.growth_rate is not None:
+        kwargs["growth_rate"] = d.growth_rate
+    if opt.kind in ("dadapt_sgd", "dadapt_adagrad"):
+        kwargs["momentum"] = opt.momentum
+    else:
+        kwargs["betas"] = tuple(opt.betas)
+    if opt.kind in ("dadapt_adam", "dadapt_adam_preprint", "dadapt_adan", "dadapt_adan_ip", "dadapt_adagrad"):
+        kwargs["eps"] = opt.eps
+    if opt.kind in ("dadapt_adam", "dadapt_adam_preprint"):
+        kwargs["decouple"] = d.decouple
+    if opt.kind == "dadapt_adam":
+        kwargs["use_bias_correction"] = d.use_bias_correction
+    if opt.kind in ("dadapt_adan", "dadapt_adan_ip"):
+        kwargs["no_prox"] = d.no_prox
+    return kwargs
+
+
+def _dadapt(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    module_name, cls_name = DADAPT_CLASSES[opt.kind]
+    module = _import(module_name, "pip install dadaptation")
+    return getattr(module, cls_name)(groups, lr=opt.lr, **dadapt_kwargs(opt))
+
+
+def step_size_metrics(optimizer) -> dict[str, float]:
+    """D-Adaptation's and Prodigy's effective step size of the first group, d x lr (kohya logs it as
+    lr/d*lr); empty for other optimizers."""
+    group = optimizer.param_groups[0]
+    return {"d*lr": float(group["d"] * group["lr"])} if "d" in group else {}
 
 
 def _import(name: str, hint: str):
@@ -87,6 +145,12 @@ def _import(name: str, hint: str):
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
     """The plan's LR schedule, built as kohya's get_scheduler_fix builds it (dbspec's `lr_at` is its
     curve)."""
+    if s.lr_schedule == "adafactor":
+        from transformers.optimization import AdafactorSchedule
+
+        # Reports Adafactor's own LR (relative steps); its initial value is the first group's rate, as kohya
+        # passes learning_rate.
+        return AdafactorSchedule(optimizer, initial_lr=optimizer.param_groups[0]["lr"])
     if s.lr_schedule == "cosine_with_min_lr":
         from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -107,13 +171,36 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             num_decay_steps=s.decay_steps,
             num_cycles=s.cycles / 2,
             min_lr_ratio=s.min_lr_ratio,
+            warmup_type=s.warmup_type,
+            decay_type=s.decay_type,
         )
     # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
+    if s.torch is not None and s.lr_schedule in TORCH_CLASSES:
+        return _torch_scheduler(optimizer, s)
     if s.lr_schedule == "cosine_annealing":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.t_max, eta_min=s.eta_min)
     if s.lr_schedule == "cosine_annealing_warm_restarts":
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=s.t_max, T_mult=s.t_mult, eta_min=s.eta_min
+        )
+    if s.lr_schedule == "cosine" and s.cosine_cycles != 0.5:  # kohya's lr_scheduler_args num_cycles
+        from transformers.optimization import get_cosine_schedule_with_warmup
+
+        return get_cosine_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_training_steps=s.total_steps,
+            num_cycles=s.cosine_cycles,
+        )
+    if s.lr_schedule == "polynomial":
+        from transformers.optimization import get_polynomial_decay_schedule_with_warmup
+
+        return get_polynomial_decay_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_training_steps=s.total_steps,
+            lr_end=s.lr_end,
+            power=s.power,
         )
     return get_scheduler(
         s.lr_schedule,
@@ -122,4 +209,39 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         num_training_steps=s.total_steps,
         num_cycles=s.cycles,
         power=s.power,
+    )
+
+
+TORCH_CLASSES = ("one_cycle", "step", "multi_step", "exponential", "linear_lr", "constant_lr")
+
+
+def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
+    """torch's StepLR ... OneCycleLR with the plan's arguments (kohya builds `cls(optimizer, **args)`)."""
+    a, lr_scheduler = s.torch, torch.optim.lr_scheduler
+    if s.lr_schedule == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=a.step_size, gamma=a.gamma)
+    if s.lr_schedule == "multi_step":
+        return lr_scheduler.MultiStepLR(optimizer, milestones=list(a.milestones), gamma=a.gamma)
+    if s.lr_schedule == "exponential":
+        return lr_scheduler.ExponentialLR(optimizer, gamma=a.gamma)
+    if s.lr_schedule == "linear_lr":
+        return lr_scheduler.LinearLR(
+            optimizer, start_factor=a.start_factor, end_factor=a.end_factor, total_iters=a.total_iters
+        )
+    if s.lr_schedule == "constant_lr":
+        return lr_scheduler.ConstantLR(optimizer, factor=a.factor, total_iters=a.total_iters)
+    # one_cycle: max_lr 0 = each group's own rate (a list, one per group)
+    max_lr = a.max_lr or [group["lr"] for group in optimizer.param_groups]
+    return lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=s.t_max,
+        pct_start=a.pct_start,
+        anneal_strategy=a.anneal_strategy,
+        cycle_momentum=a.cycle_momentum,
+        base_momentum=a.base_momentum,
+        max_momentum=a.max_momentum,
+        div_factor=a.div_factor,
+        final_div_factor=a.final_div_factor,
+        three_phase=a.three_phase,
     )

@@ -18,6 +18,8 @@ from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
 from dbspec.families import family_spec
+from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
+from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
@@ -158,13 +160,19 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         steps=s.steps,
         epochs=s.epochs,
         lr=spec.optimizer.lr,
-        lr_schedule=s.lr_schedule,
+        lr_schedule=sched.ADAFACTOR_SCHEDULE if relative_step(spec.optimizer) else s.lr_schedule,
+        warmup_init=spec.optimizer.warmup_init,
         warmup_steps=s.warmup_steps,
         cycles=s.cycles,
         power=s.power,
         min_lr_ratio=s.min_lr_ratio,
         decay_steps=s.decay_steps,
         t_max=s.t_max,
+        torch=torch_schedule_plan(s),
+        cosine_cycles=s.cosine_cycles,
+        lr_end=s.lr_end,
+        warmup_type=s.warmup_type,
+        decay_type=s.decay_type,
         eta_min=s.eta_min,
         t_mult=s.t_mult,
         text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
@@ -325,13 +333,15 @@ def _assemble(
             text_encoder_lr=o.text_encoder_lr,
             text_encoder_2_lr=_second_text_encoder_lr(o, model, spec.train.text_encoder_2),
             weight_decay=o.weight_decay,
-            betas=(o.betas[0], o.betas[1]),
+            betas=tuple(o.betas),
             eps=o.eps,
             momentum=o.momentum,
             nesterov=o.nesterov,
             loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
             loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
             max_grad_norm=o.max_grad_norm,
+            dadapt=dadapt_plan(o),
+            adafactor=adafactor_plan(o),
         ),
         cache=cache,
         validation=ValidationPlan(

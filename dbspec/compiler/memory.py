@@ -43,6 +43,14 @@ OPTIMIZER_STATE_BYTES = {
     "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
     "prodigy": 16,  # exp_avg, exp_avg_sq, s, p0
     "lion": 4,  # exp_avg only
+    # dadaptation: the moments plus s (and the start point x0, the previous gradient), fp32
+    "dadapt_adam": 12,  # s, exp_avg, exp_avg_sq
+    "dadapt_adam_preprint": 12,  # s, exp_avg, exp_avg_sq
+    "dadapt_adagrad": 12,  # alphak, sk, x0
+    "dadapt_adan": 20,  # s, exp_avg, exp_avg_diff, exp_avg_sq, pre_grad
+    "dadapt_adan_ip": 20,  # s, exp_avg, exp_avg_diff, exp_avg_sq, pre_grad
+    "dadapt_lion": 8,  # exp_avg, s
+    "dadapt_sgd": 12,  # z, s, x0
 }
 SGD_MOMENTUM_BYTES = 4
 OVERHEAD_FRACTION = 0.10
@@ -259,9 +267,13 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
     if optimizer == "adafactor":
+        # Values kept per parameter (rows + columns of each tensor's last two dimensions, full vectors for
+        # biases and norms), measured on the stock architectures: SD1.5 UNet 0.53 (its 3x3 convolutions keep
+        # 2/3, 1x1 ones 2x), SDXL UNet 0.095, CLIP text encoders under 0.01; LoRA matrices about 1/rank.
         notes.append(
-            "adafactor state counted as 4 bytes per parameter, an upper bound: without beta1 its factored "
-            "second moment needs far less, except on 3x3 convolutions"
+            "adafactor state counted as 4 bytes per parameter, an upper bound: dbspec sets no beta1, so "
+            "the state is the factored second moment, about 2.1 bytes per parameter of an SD1.5 UNet, 0.4 of "
+            "an SDXL UNet, under 0.04 of a text encoder and about 4/rank for LoRA matrices"
         )
     if optimizer == "adamw8bit":
         notes.append(

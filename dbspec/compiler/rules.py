@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
+from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import LowRankAdapter, Spec
+from dbspec.spec.model import DADAPT_KINDS, LoraAdapter, LowRankAdapter, Spec
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -270,6 +271,40 @@ _SCHEDULE_SETTING_USERS = {
     "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts"),
     "t_mult": ("cosine_annealing_warm_restarts",),
 }
+_SCHEDULE_SETTING_USERS["t_max"] += ("one_cycle",)
+_SCHEDULE_SETTING_USERS.update(
+    {
+        "cosine_cycles": ("cosine",),
+        "lr_end": ("polynomial",),
+        "warmup_type": ("warmup_stable_decay",),
+        "decay_type": ("warmup_stable_decay",),
+    }
+)
+_SCHEDULE_SETTING_USERS.update(
+    {  # torch's other schedulers (kohya's lr_scheduler_type)
+        "step_size": ("step",),
+        "gamma": ("step", "multi_step", "exponential"),
+        "milestones": ("multi_step",),
+        "start_factor": ("linear_lr",),
+        "end_factor": ("linear_lr",),
+        "total_iters": ("linear_lr", "constant_lr"),
+        "factor": ("constant_lr",),
+        **{
+            key: ("one_cycle",)
+            for key in (
+                "max_lr",
+                "pct_start",
+                "anneal_strategy",
+                "div_factor",
+                "final_div_factor",
+                "three_phase",
+                "cycle_momentum",
+                "base_momentum",
+                "max_momentum",
+            )
+        },
+    }
+)
 
 
 @rule("spec")
@@ -298,6 +333,32 @@ def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> I
             f"warmup_stable_decay needs decay_steps <= steps - warmup_steps ({room}); "
             f"decay_steps is {s.decay_steps}",
             "set decay_steps to the length of the final decay (kohya's lr_decay_steps)",
+        )
+
+
+@rule("plan")
+def one_cycle_lengths(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.lr_schedule == "one_cycle" and s.t_max and s.t_max < total_steps:
+        yield _err(
+            "DBS273",
+            ("schedule", "t_max"),
+            f"one_cycle's total_steps (schedule.t_max) is {s.t_max}, below the run's {total_steps} steps: "
+            "torch's OneCycleLR raises when stepped past it",
+            "set t_max = 0 (the run's steps) or at least the run's steps",
+        )
+
+
+@rule("spec")
+def one_cycle_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.lr_schedule == "one_cycle" and s.cycle_momentum and spec.optimizer.kind == "adafactor":
+        yield _err(
+            "DBS273",
+            ("schedule", "cycle_momentum"),
+            'one_cycle cycles the optimizer\'s momentum or beta1, and optimizer.kind = "adafactor" has '
+            "neither (torch's OneCycleLR raises)",
+            "set cycle_momentum = false",
         )
 
 
@@ -378,8 +439,12 @@ def inert_loss_options(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _warn(
             "DBS216", ("loss", "huber_delta"), 'loss.huber_delta has no effect unless loss.kind = "huber"'
         )
-    if given(("optimizer", "momentum")) and spec.optimizer.kind != "sgd":
-        yield _warn("DBS216", ("optimizer", "momentum"), 'optimizer.momentum is only used by kind = "sgd"')
+    if given(("optimizer", "momentum")) and spec.optimizer.kind not in MOMENTUM_KINDS:
+        yield _warn(
+            "DBS216",
+            ("optimizer", "momentum"),
+            f"optimizer.momentum is only used by kind = {' / '.join(MOMENTUM_KINDS)}",
+        )
     if given(("optimizer", "nesterov")) and spec.optimizer.nesterov and spec.optimizer.kind != "sgd":
         yield _warn("DBS216", ("optimizer", "nesterov"), 'optimizer.nesterov is only used by kind = "sgd"')
     if given(("precision", "bf16_fallback")) and spec.precision.mixed != "bf16":
@@ -522,10 +587,11 @@ def group_bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def two_betas(spec: Spec, given: Given) -> Iterator[Hit]:
-    betas = spec.optimizer.betas
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    betas, three = spec.optimizer.betas, spec.optimizer.kind in THREE_BETAS_KINDS
+    if len(betas) != (3 if three else 2) or not all(0 <= b < 1 for b in betas):
+        count = f"three numbers (kind {spec.optimizer.kind})" if three else "two numbers"
         yield _err(
-            "DBS219", ("optimizer", "betas"), f"optimizer.betas must be two numbers in [0, 1); found {betas}"
+            "DBS219", ("optimizer", "betas"), f"optimizer.betas must be {count} in [0, 1); found {betas}"
         )
 
 
@@ -635,6 +701,108 @@ def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
             ("optimizer", "lr"),
             f"Prodigy estimates its own step size; lr {spec.optimizer.lr:g} scales that estimate down",
             "use lr = 1.0 with prodigy",
+        )
+
+
+@rule("spec")
+def optimizer_args_unused(spec: Spec, given: Given) -> Iterator[Hit]:
+    """D-Adaptation and Adafactor options the chosen kind does not take."""
+    kind = spec.optimizer.kind
+    for name in unused_args(kind):
+        if given(("optimizer", name)):
+            yield _warn(
+                "DBS270",
+                ("optimizer", name),
+                f'optimizer.{name} has no effect with kind = "{kind}"',
+                "remove it, or pick a kind that uses it (see docs/spec-reference.md)",
+            )
+
+
+@rule("spec")
+def dadapt_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
+    # kohya's get_optimizer warns at the same threshold (lr <= 0.1) for D-Adaptation and Prodigy
+    if spec.optimizer.kind in DADAPT_KINDS and spec.optimizer.lr <= 0.1:
+        yield _warn(
+            "DBS271",
+            ("optimizer", "lr"),
+            f"D-Adaptation steps by d x lr with d estimated; lr {spec.optimizer.lr:g} scales that step down",
+            "use lr = 1.0 with dadapt_* optimizers (kohya's advice)",
+        )
+
+
+# dadaptation's classes that raise on parameter groups with different rates; the others step every group at
+# d x the first group's rate (kohya warns "only the first one will take effect")
+_DADAPT_ONE_RATE = ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd")
+
+
+def _group_rates(spec: Spec) -> list[float]:
+    """The learning rates of the optimizer's parameter groups (ignoring SDXL's second text encoder, whose
+    group exists only on two-encoder families)."""
+    o, t = spec.optimizer, spec.train
+    ratios = (0.0, 0.0)
+    if isinstance(spec.adapter, LoraAdapter):
+        ratios = (spec.adapter.loraplus_denoiser_ratio, spec.adapter.loraplus_text_encoder_ratio)
+    rates = []
+    for trains, lr, ratio in ((t.denoiser, o.lr, ratios[0]), (t.text_encoder, o.text_encoder_lr, ratios[1])):
+        if trains:
+            rates += [lr, lr * ratio] if ratio else [lr]
+    return rates
+
+
+@rule("spec")
+def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
+    kind = spec.optimizer.kind
+    rates = _group_rates(spec)
+    if kind not in DADAPT_KINDS or len(set(rates)) < 2:
+        return
+    shown = ", ".join(f"{r:g}" for r in rates)
+    if kind in _DADAPT_ONE_RATE:
+        yield _err(
+            "DBS274",
+            ("optimizer", "text_encoder_lr"),
+            f"{kind} refuses parameter groups with different learning rates (dadaptation raises at the first "
+            f"step); the groups here have {shown} (text encoder rate or LoRA+ ratio)",
+            "give the text encoder the same lr and turn LoRA+ off, or use dadapt_adan / dadapt_adagrad",
+        )
+    else:
+        yield _warn(
+            "DBS274",
+            ("optimizer", "text_encoder_lr"),
+            f"{kind} steps every parameter group at d x the first group's rate ({rates[0]:g}); the other "
+            f"rates ({shown}) have no effect (kohya warns the same)",
+            "give the text encoder the same lr",
+        )
+
+
+@rule("spec")
+def adafactor_relative_step_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
+    o, s = spec.optimizer, spec.schedule
+    if o.kind != "adafactor":
+        return
+    if o.warmup_init and not o.relative_step:
+        yield _err(
+            "DBS272",
+            ("optimizer", "warmup_init"),
+            "optimizer.warmup_init = true needs relative_step = true (it warms up the relative step size); "
+            "relative_step is false",
+            "set relative_step = true (kohya turns it on for warmup_init)",
+        )
+    if o.relative_step and s.lr_schedule != "constant":
+        yield _err(
+            "DBS272",
+            ("schedule", "lr_schedule"),
+            "with optimizer.relative_step = true Adafactor computes the LR itself (kohya replaces the "
+            'schedule by its adafactor scheduler); schedule.lr_schedule must be "constant", found '
+            f'"{s.lr_schedule}"',
+            "remove schedule.lr_schedule, or set relative_step = false",
+        )
+    if o.relative_step and s.warmup_steps:
+        yield _err(
+            "DBS272",
+            ("schedule", "warmup_steps"),
+            "with optimizer.relative_step = true there is no LR schedule to warm up (kohya raises "
+            f"`adafactor does not require num_warmup_steps`); found warmup_steps = {s.warmup_steps}",
+            "remove warmup_steps, or use warmup_init = true for Adafactor's own warm-up",
         )
 
 

@@ -15,7 +15,8 @@ import math
 import typing
 from collections.abc import Callable
 
-from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange
+from dbspec.compiler.torch_schedules import NEW_TORCH_SCHEDULES, one_cycle, recursive_curve
+from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange, TorchSchedulePlan
 from dbspec.spec.model import LrSchedule
 
 LR_SCHEDULES: tuple[str, ...] = typing.get_args(LrSchedule)  # the spec's names, in its order
@@ -106,6 +107,12 @@ class Curve:
     t_max: int = 0  # cosine_annealing's T_max, cosine_annealing_warm_restarts' T_0; 0 = total
     eta_min: float = 0.0
     t_mult: int = 1  # cosine_annealing_warm_restarts
+    warmup_init: bool = False  # adafactor (relative steps)
+    torch: TorchSchedulePlan | None = None  # one_cycle, step, multi_step, exponential, linear_lr, constant_lr
+    cosine_cycles: float = COSINE_CYCLES  # cosine
+    lr_end: float = POLYNOMIAL_LR_END  # polynomial
+    warmup_type: str = "linear"  # warmup_stable_decay
+    decay_type: str = "cosine"
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -120,7 +127,7 @@ def _linear(step: int, c: Curve) -> float:
 
 
 def _cosine(step: int, c: Curve) -> float:
-    return _cosine_min(step, c.warmup, c.total, COSINE_CYCLES, 0.0)
+    return _cosine_min(step, c.warmup, c.total, c.cosine_cycles, 0.0)
 
 
 def _cosine_min(step: int, warmup: int, total: int, waves: float, floor: float) -> float:
@@ -149,20 +156,20 @@ def _cosine_with_restarts(step: int, c: Curve) -> float:
 
 
 def _polynomial(step: int, c: Curve) -> float:
-    lr = c.lr
-    if not lr > POLYNOMIAL_LR_END:
-        raise ValueError(f"the polynomial schedule decays to {POLYNOMIAL_LR_END}: lr ({lr}) must be larger")
+    lr, lr_end = c.lr, c.lr_end
+    if not lr > lr_end:
+        raise ValueError(f"the polynomial schedule decays to {lr_end}: lr ({lr}) must be larger")
     if step < c.warmup:
         return _warmup_factor(step, c.warmup)
     if step > c.total:
-        return POLYNOMIAL_LR_END / lr
+        return lr_end / lr
     decay_steps = c.total - c.warmup
     if decay_steps == 0:  # diffusers would raise ZeroDivisionError here
         raise ValueError(
             f"the polynomial schedule needs steps after the warm-up ({c.warmup} of {c.total} steps)"
         )
     pct_remaining = 1 - (step - c.warmup) / decay_steps
-    decay = (lr - POLYNOMIAL_LR_END) * pct_remaining**c.power + POLYNOMIAL_LR_END
+    decay = (lr - lr_end) * pct_remaining**c.power + lr_end
     return decay / lr
 
 
@@ -176,13 +183,24 @@ def _warmup_stable_decay(step: int, c: Curve) -> float:
     floor, stable = c.min_lr_ratio, wsd_stable_steps(c)
     # The plan rule DBS256 refuses a decay longer than the run leaves; transformers' formula is kept as is.
     if step < c.warmup:
-        factor = float(step) / float(max(1, c.warmup))
+        progress = float(step) / float(max(1, c.warmup))
+        if c.warmup_type == "cosine":
+            factor = 0.5 * (1.0 - math.cos(math.pi * progress))
+        elif c.warmup_type == "1-sqrt":
+            factor = 1.0 - math.sqrt(1.0 - progress)
+        else:
+            factor = progress
         return max(0.0, factor * (1.0 - floor) + floor)
     if step < c.warmup + stable:
         return 1.0
     if step < c.warmup + stable + c.decay_steps:
         progress = float(step - c.warmup - stable) / float(max(1, c.decay_steps))
-        factor = 0.5 * (1.0 + math.cos(math.pi * float(c.cycles / 2) * 2.0 * progress))
+        if c.decay_type == "linear":
+            factor = 1.0 - progress
+        elif c.decay_type == "1-sqrt":
+            factor = 1.0 - math.sqrt(progress)
+        else:
+            factor = 0.5 * (1.0 + math.cos(math.pi * float(c.cycles / 2) * 2.0 * progress))
         return max(0.0, factor * (1.0 - floor) + floor)
     return floor
 
@@ -208,7 +226,8 @@ _FACTORS: dict[str, Callable[[int, Curve], float]] = {
     "warmup_stable_decay": _warmup_stable_decay,
 }
 # torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
-TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts")
+TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", *NEW_TORCH_SCHEDULES)
+PERIOD_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", "one_cycle")  # use t_max
 
 
 def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
@@ -252,8 +271,22 @@ def _warm_restarts(steps: list[int], c: Curve) -> list[float]:
     return out
 
 
+ADAFACTOR_SCHEDULE = "adafactor"  # Adafactor with relative steps computes the LR itself
+
+
+def adafactor_relative_lr(step: int, warmup_init: bool) -> float:
+    """transformers' Adafactor._get_lr with relative_step, before parameter scaling, for the optimizer step
+    with index `step` (Adafactor's own count is then step + 1): min(1e-2, 1/sqrt(t)), or with warmup_init
+    min(1e-6 t, 1/sqrt(t))."""
+    t = step + 1
+    min_step = 1e-6 * t if warmup_init else 1e-2
+    return min(min_step, 1.0 / math.sqrt(t))
+
+
 def lr_curve(steps: list[int], curve: Curve) -> list[float]:
     """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
+    if curve.schedule == ADAFACTOR_SCHEDULE:
+        return [adafactor_relative_lr(step, curve.warmup_init) for step in steps]
     if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
         raise ValueError(f"unknown lr schedule {curve.schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if any(step < 0 for step in steps):
@@ -264,6 +297,12 @@ def lr_curve(steps: list[int], curve: Curve) -> list[float]:
         return _cosine_annealing(list(steps), curve)
     if curve.schedule == "cosine_annealing_warm_restarts":
         return _warm_restarts(list(steps), curve)
+    if curve.schedule in NEW_TORCH_SCHEDULES:
+        if curve.torch is None:
+            raise ValueError(f"the {curve.schedule} schedule needs its torch arguments")
+        if curve.schedule == "one_cycle":
+            return [one_cycle(step, curve.lr, curve.t_max or curve.total, curve.torch)[0] for step in steps]
+        return recursive_curve(curve.schedule, list(steps), curve.lr, curve.torch)
     factor = _FACTORS[curve.schedule]
     return [curve.lr * factor(step, curve) for step in steps]
 
@@ -326,6 +365,12 @@ def compute_schedule(
     t_max: int = 0,
     eta_min: float = 0.0,
     t_mult: int = 1,
+    warmup_init: bool = False,
+    torch: TorchSchedulePlan | None = None,
+    cosine_cycles: float = COSINE_CYCLES,
+    lr_end: float = POLYNOMIAL_LR_END,
+    warmup_type: str = "linear",
+    decay_type: str = "cosine",
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -379,8 +424,19 @@ def compute_schedule(
         t_max,
         eta_min,
         t_mult,
+        warmup_init,
+        torch if lr_schedule in NEW_TORCH_SCHEDULES else None,
+        cosine_cycles,
+        lr_end,
+        warmup_type,
+        decay_type,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
+    if lr_schedule == "one_cycle" and torch is not None and torch.cycle_momentum:
+        period = t_max or total_steps
+        momentum_points = tuple((step, one_cycle(step, lr, period, torch)[1]) for step in points)
+    else:
+        momentum_points = ()
     return SchedulePlan(
         total_steps=total_steps,
         epochs=epochs,
@@ -397,7 +453,7 @@ def compute_schedule(
         power=power,
         min_lr_ratio=min_lr_ratio,
         decay_steps=decay_steps,
-        t_max=(t_max or total_steps) if lr_schedule in TORCH_SCHEDULES else t_max,
+        t_max=(t_max or total_steps) if lr_schedule in PERIOD_SCHEDULES else t_max,
         eta_min=eta_min,
         t_mult=t_mult,
         text_encoder_stop_step=text_encoder_stop_step,
@@ -407,6 +463,12 @@ def compute_schedule(
         else StepRange(every=0, end=0),
         lr_points=lr_points,
         seed=seed,
+        torch=curve.torch,
+        momentum_points=momentum_points,
+        cosine_cycles=cosine_cycles,
+        lr_end=lr_end,
+        warmup_type=warmup_type,
+        decay_type=decay_type,
     )
 
 
@@ -425,7 +487,7 @@ def _check_counts(batches_per_epoch: int, samples: int, batch_size: int) -> None
 
 
 def _check_lr(lr: float, lr_schedule: str, cycles: int) -> None:
-    if lr_schedule not in LR_SCHEDULES:
+    if lr_schedule not in LR_SCHEDULES and lr_schedule != ADAFACTOR_SCHEDULE:
         raise ValueError(f"unknown lr schedule {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"the learning rate must be a positive number, got {lr}")

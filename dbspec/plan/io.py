@@ -86,6 +86,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "nesterov"): False,
         ("optimizer", "loraplus_denoiser_ratio"): 0.0,
         ("optimizer", "loraplus_text_encoder_ratio"): 0.0,
+        ("optimizer", "dadapt"): None,  # D-Adaptation optimizers, added since
+        ("optimizer", "adafactor"): None,  # Adafactor's options, added since (a fixed LR then)
         # kohya's schedule and precision options (schedules and precision users set)
         ("schedule", "power"): 1.0,
         ("schedule", "min_lr_ratio"): 0.0,
@@ -93,6 +95,12 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "t_max"): 0,
         ("schedule", "eta_min"): 0.0,
         ("schedule", "t_mult"): 1,
+        ("schedule", "torch"): None,  # torch's StepLR ... OneCycleLR, added since
+        ("schedule", "momentum_points"): [],
+        ("schedule", "cosine_cycles"): 0.5,  # kohya's lr_scheduler_args to named schedules, added since
+        ("schedule", "lr_end"): 1e-7,
+        ("schedule", "warmup_type"): "linear",
+        ("schedule", "decay_type"): "cosine",
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,

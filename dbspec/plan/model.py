@@ -277,6 +277,30 @@ class StepRange:
 
 
 @frozen
+class TorchSchedulePlan:
+    """The arguments of torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR (the
+    one the plan's lr_schedule names uses its own; the rest keep their defaults). OneCycleLR's total_steps is
+    the plan's t_max."""
+
+    step_size: int
+    gamma: float
+    milestones: tuple[int, ...]
+    start_factor: float
+    end_factor: float
+    total_iters: int
+    factor: float
+    max_lr: float  # one_cycle: 0 = each group's own rate
+    pct_start: float
+    anneal_strategy: str
+    div_factor: float
+    final_div_factor: float
+    three_phase: bool
+    cycle_momentum: bool
+    base_momentum: float
+    max_momentum: float
+
+
+@frozen
 class SchedulePlan:
     total_steps: int  # optimizer steps
     epochs: int
@@ -301,6 +325,14 @@ class SchedulePlan:
     validation_steps: StepRange
     lr_points: tuple[tuple[int, float], ...]  # (step, lr) at 0, warm-up end, up to 16 checkpoints and the end
     seed: int
+    torch: TorchSchedulePlan | None = None  # the torch schedulers one_cycle ... constant_lr only
+    # transformers' arguments kohya's lr_scheduler_args can pass to its named schedules
+    cosine_cycles: float = 0.5  # cosine
+    lr_end: float = 1e-7  # polynomial
+    warmup_type: str = "linear"  # warmup_stable_decay
+    decay_type: str = "cosine"  # warmup_stable_decay
+    # one_cycle with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
+    momentum_points: tuple[tuple[int, float], ...] = ()
 
 
 @frozen
@@ -399,12 +431,36 @@ class PrecisionPlan:
 
 
 @frozen
+class DAdaptPlan:
+    """A D-Adaptation optimizer's settings: each step moves by d x lr (x the group's lr share), d estimated
+    from the gradients, starting at d0 and growing by at most growth_rate per step (None: unbounded)."""
+
+    d0: float
+    growth_rate: float | None
+    decouple: bool  # dadapt_adam(_preprint)
+    use_bias_correction: bool  # dadapt_adam
+    no_prox: bool  # dadapt_adan(_ip)
+
+
+@frozen
+class AdafactorPlan:
+    """transformers' Adafactor options. relative_step: the optimizer computes the LR, min(1e-2, 1/sqrt(t))
+    (warmup_init: min(1e-6 t, 1/sqrt(t))) at its step t, and the LR schedule is transformers'
+    AdafactorSchedule (which only reports it); scale_parameter: each parameter's LR is multiplied by
+    max(1e-3, RMS(param))."""
+
+    relative_step: bool
+    scale_parameter: bool
+    warmup_init: bool
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
     text_encoder_lr: float
     weight_decay: float
-    betas: tuple[float, float]
+    betas: tuple[float, ...]  # two; three for dadapt_adan(_ip)
     eps: float
     momentum: float
     max_grad_norm: float
@@ -415,6 +471,8 @@ class OptimizerPlan:
     # LoRA+: the LoRA up matrices (peft lora_B) train at lr x ratio in their own groups; 0 = off (one group)
     loraplus_denoiser_ratio: float = 0.0
     loraplus_text_encoder_ratio: float = 0.0
+    dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
+    adafactor: AdafactorPlan | None = None  # kind adafactor only
 
 
 @frozen

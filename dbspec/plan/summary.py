@@ -219,10 +219,19 @@ def schedule_table(plan: Plan) -> Table:
                 else ""
             )
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
-            + _loraplus(plan),
+            + _loraplus(plan)
+            + _optimizer_extras(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
-        ("lr at", ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points)),
+        (
+            "lr at" if s.lr_schedule != "adafactor" else "relative step at",
+            ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points),
+        ),
+        *(
+            [("momentum at", ", ".join(f"step {step}: {m:.3g}" for step, m in s.momentum_points))]
+            if s.momentum_points
+            else []
+        ),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         ("text encoder", _te(plan)),
@@ -422,15 +431,17 @@ def _source_check(plan: Plan) -> str:
 def _lr_schedule(s) -> str:
     """The schedule with the settings that shape it (kohya's scheduler options)."""
     extra = {
-        "polynomial": f", power {s.power:g}",
+        "polynomial": f", power {s.power:g}" + (f", lr_end {s.lr_end:g}" if s.lr_end != 1e-7 else ""),
+        "cosine": f", {s.cosine_cycles:g} wave(s)" if s.cosine_cycles != 0.5 else "",
         "cosine_with_restarts": f", {s.cycles} cycle(s)",
         "cosine_with_min_lr": f", {s.cycles} half-wave(s), min lr ratio {s.min_lr_ratio:g}",
         "warmup_stable_decay": f", decay {s.decay_steps} steps ({s.cycles} half-wave(s)), "
-        f"min lr ratio {s.min_lr_ratio:g}",
+        f"min lr ratio {s.min_lr_ratio:g}, {s.warmup_type} warm-up, {s.decay_type} decay",
+        "adafactor": " (transformers' AdafactorSchedule: Adafactor computes the LR itself, lr is unused)",
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
         "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
         f"{s.t_mult}, eta_min {s.eta_min:g}",
-    }.get(s.lr_schedule, "")
+    }.get(s.lr_schedule, "") + _torch_schedule(s)
     return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"
 
 
@@ -443,3 +454,59 @@ def _loraplus(plan: Plan) -> str:
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
+
+
+def _optimizer_extras(plan: Plan) -> str:
+    """D-Adaptation's and Adafactor's settings in the optimizer row: how the step size comes about."""
+    o = plan.optimizer
+    if o.dadapt is not None:
+        d = o.dadapt
+        growth = f"at most x{d.growth_rate:g} per step" if d.growth_rate is not None else "unbounded growth"
+        flags = [name for name in ("decouple", "use_bias_correction", "no_prox") if getattr(d, name)]
+        extra = (
+            f", betas {', '.join(f'{b:g}' for b in o.betas)}"
+            if o.kind not in ("dadapt_sgd", "dadapt_adagrad")
+            else ""
+        )
+        return (
+            f"; D-Adaptation: step = d x lr (logged as d*lr), d estimated from d0 {d.d0:g} ({growth}), "
+            "lr ~1.0 expected" + extra + (f", {', '.join(flags)}" if flags else "")
+        )
+    a = o.adafactor
+    if a is None:
+        return ""
+    if a.relative_step:
+        rate = "min(1e-6 t, 1/sqrt(t))" if a.warmup_init else "min(1e-2, 1/sqrt(t))"
+        scale = " x max(1e-3, RMS of the parameter)" if a.scale_parameter else ""
+        return f"; Adafactor relative step: lr = {rate}{scale} at its step t (lr {o.lr:g} only logged first)"
+    if a.scale_parameter:
+        return "; Adafactor scale_parameter: each parameter's lr x max(1e-3, its RMS)"
+    return ""
+
+
+def _torch_schedule(s) -> str:
+    """The arguments of torch's StepLR ... OneCycleLR in the lr schedule row."""
+    a = s.torch
+    if a is None:
+        return ""
+    if s.lr_schedule == "one_cycle":
+        peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+        momentum = (
+            f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g} -> {a.max_momentum:g}"
+            if a.cycle_momentum
+            else ""
+        )
+        return (
+            f" (torch OneCycleLR), total_steps {s.t_max}, {peak}, pct_start {a.pct_start:g}, "
+            f"{a.anneal_strategy}, div_factor {a.div_factor:g}, final_div_factor {a.final_div_factor:g}"
+            + (", three phases" if a.three_phase else "")
+            + momentum
+        )
+    return {
+        "step": f" (torch StepLR), step_size {a.step_size}, gamma {a.gamma:g}",
+        "multi_step": f" (torch MultiStepLR), milestones {list(a.milestones)}, gamma {a.gamma:g}",
+        "exponential": f" (torch ExponentialLR), gamma {a.gamma:g}",
+        "linear_lr": f" (torch LinearLR), start_factor {a.start_factor:g}, end_factor {a.end_factor:g}, "
+        f"total_iters {a.total_iters}",
+        "constant_lr": f" (torch ConstantLR), factor {a.factor:g}, total_iters {a.total_iters}",
+    }[s.lr_schedule]

@@ -599,10 +599,41 @@ class Loss:
     )
 
 
+# D-Adaptation optimizers (the `dadaptation` package, as kohya's DAdapt* optimizer types build them).
+DADAPT_KINDS = (
+    "dadapt_adam",
+    "dadapt_adam_preprint",
+    "dadapt_adagrad",
+    "dadapt_adan",
+    "dadapt_adan_ip",
+    "dadapt_lion",
+    "dadapt_sgd",
+)
+ADAN_BETAS = [0.98, 0.92, 0.99]  # dadaptation's Adan defaults (three betas)
+
+
 @frozen
 class Optimizer:
-    kind: Literal["adamw", "adamw8bit", "adafactor", "sgd", "prodigy", "lion"] = option(
-        "adamw", doc="Optimizer. adamw8bit needs CUDA (bitsandbytes)."
+    kind: Literal[
+        "adamw",
+        "adamw8bit",
+        "adafactor",
+        "sgd",
+        "prodigy",
+        "lion",
+        "dadapt_adam",
+        "dadapt_adam_preprint",
+        "dadapt_adagrad",
+        "dadapt_adan",
+        "dadapt_adan_ip",
+        "dadapt_lion",
+        "dadapt_sgd",
+    ] = option(
+        "adamw",
+        doc="Optimizer. adamw8bit needs CUDA (bitsandbytes). dadapt_* are the `dadaptation` package's "
+        "D-Adaptation optimizers (kohya's DAdaptAdam, DAdaptation = dadapt_adam_preprint, DAdaptAdaGrad, "
+        "DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD): they estimate the step size d and step by d x lr, "
+        "so lr is a multiplier around 1.0.",
     )
     lr: float = option(
         2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
@@ -622,7 +653,14 @@ class Optimizer:
         example=5e-7,
     )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
-    betas: list[float] = option(factory=lambda: [0.9, 0.999], doc="Adam/Lion betas (two numbers).")
+    betas: list[float] = option(
+        attrs.Factory(
+            lambda self: list(ADAN_BETAS) if "adan" in self.kind else [0.9, 0.999], takes_self=True
+        ),
+        doc="Adam/Lion betas (two numbers); dadapt_adan and dadapt_adan_ip take three.",
+        derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip)",
+        example=[0.9, 0.999],
+    )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
     momentum: float = option(0.0, doc="SGD momentum.", minimum=0, maximum=1)
     nesterov: bool = option(
@@ -630,6 +668,43 @@ class Optimizer:
         doc="SGD with Nesterov momentum (torch SGD's nesterov; kohya's SGDNesterov); needs momentum > 0.",
     )
     max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
+    # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
+    d0: float = option(
+        1e-6, doc="dadapt_*: the initial estimate of the step size d (dadaptation's d0).", exclusive_minimum=0
+    )
+    growth_rate: float = option(
+        0.0,
+        doc="dadapt_* (not dadapt_lion): d grows at most by this factor per step; 0 = unbounded "
+        "(dadaptation's default, inf).",
+        minimum=0,
+        example=1.02,
+    )
+    decouple: bool = option(
+        False,
+        doc="dadapt_adam, dadapt_adam_preprint: AdamW-style decoupled weight decay (dadaptation's decouple).",
+    )
+    use_bias_correction: bool = option(
+        False, doc="dadapt_adam: Adam's bias correction of the step (dadaptation's use_bias_correction)."
+    )
+    no_prox: bool = option(
+        False, doc="dadapt_adan(_ip): weight decay as a plain multiplier, not the proximal update (no_prox)."
+    )
+    # Adafactor's own LR (kohya's default for Adafactor); inert for other kinds (DBS270).
+    relative_step: bool = option(
+        False,
+        doc="adafactor: Adafactor computes the LR itself, min(1e-2, 1/sqrt(step)) (transformers' "
+        "relative_step, kohya's default for Adafactor with its adafactor scheduler); lr is then only the "
+        "logged initial value and the schedule must be constant without warm-up.",
+    )
+    scale_parameter: bool = option(
+        False,
+        doc="adafactor: multiply each parameter's LR by its RMS (at least 1e-3) (transformers' "
+        "scale_parameter).",
+    )
+    warmup_init: bool = option(
+        False,
+        doc="adafactor with relative_step: the LR warms up as min(1e-6 x step, 1/sqrt(step)) (warmup_init).",
+    )
 
 
 # The first six are diffusers' get_scheduler names; then kohya's (transformers) and two torch schedulers.
@@ -644,6 +719,12 @@ LrSchedule = Literal[
     "warmup_stable_decay",
     "cosine_annealing",
     "cosine_annealing_warm_restarts",
+    "one_cycle",
+    "step",
+    "multi_step",
+    "exponential",
+    "linear_lr",
+    "constant_lr",
 ]
 
 
@@ -660,10 +741,10 @@ class Schedule:
     lr_schedule: LrSchedule = option(
         "constant",
         doc="Learning-rate schedule: the first six are diffusers' get_scheduler, cosine_with_min_lr and "
-        "warmup_stable_decay transformers' (as kohya calls them), cosine_annealing is torch's "
-        "CosineAnnealingLR and cosine_annealing_warm_restarts torch's CosineAnnealingWarmRestarts, stepped "
-        "once per "
-        "optimizer step (kohya's lr_scheduler_type).",
+        "warmup_stable_decay transformers' (as kohya calls them); the rest are torch's classes, stepped once "
+        "per optimizer step (kohya's lr_scheduler_type): cosine_annealing CosineAnnealingLR, "
+        "cosine_annealing_warm_restarts CosineAnnealingWarmRestarts, one_cycle OneCycleLR, step StepLR, "
+        "multi_step MultiStepLR, exponential ExponentialLR, linear_lr LinearLR, constant_lr ConstantLR.",
     )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
     cycles: int = option(
@@ -694,7 +775,8 @@ class Schedule:
     t_max: int = option(
         0,
         doc="cosine_annealing: torch's T_max in optimizer steps (the half period); "
-        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart). 0 = the run's steps.",
+        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart); one_cycle: its total_steps. "
+        "0 = the run's steps.",
         minimum=0,
     )
     t_mult: int = option(
@@ -705,6 +787,81 @@ class Schedule:
     eta_min: float = option(
         0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
     )
+    # kohya's lr_scheduler_args to its named schedules (transformers' functions); inert elsewhere (DBS255).
+    cosine_cycles: float = option(
+        0.5,
+        doc="cosine: cosine waves over the decay (transformers' num_cycles, which kohya's lr_scheduler_args "
+        "can pass); 0.5 decays once to 0.",
+        exclusive_minimum=0,
+    )
+    lr_end: float = option(
+        1e-7, doc="polynomial: the LR it decays to (transformers' lr_end); must be below lr.", minimum=0
+    )
+    warmup_type: Literal["linear", "cosine", "1-sqrt"] = option(
+        "linear", doc="warmup_stable_decay: the warm-up's shape (transformers' warmup_type)."
+    )
+    decay_type: Literal["cosine", "linear", "1-sqrt"] = option(
+        "cosine", doc="warmup_stable_decay: the decay's shape (transformers' decay_type)."
+    )
+    # torch schedulers (kohya's lr_scheduler_type + lr_scheduler_args); each is inert elsewhere (DBS255).
+    step_size: int = option(
+        1, doc="step: torch StepLR's step_size, the LR x gamma every this many optimizer steps.", minimum=1
+    )
+    gamma: float = option(
+        0.1,
+        doc="step, multi_step, exponential: torch's gamma, the LR's factor per decay.",
+        exclusive_minimum=0,
+    )
+    milestones: list[int] = option(
+        factory=list, doc="multi_step: torch MultiStepLR's milestones, the optimizer steps where LR x gamma."
+    )
+    start_factor: float = option(
+        1 / 3,
+        doc="linear_lr: torch LinearLR's start_factor, the LR's first multiple.",
+        exclusive_minimum=0,
+        maximum=1,
+    )
+    end_factor: float = option(
+        1.0,
+        doc="linear_lr: torch LinearLR's end_factor, the multiple reached after total_iters.",
+        minimum=0,
+        maximum=1,
+    )
+    total_iters: int = option(
+        5,
+        doc="linear_lr, constant_lr: torch's total_iters, the steps until the factor ends.",
+        minimum=0,
+    )
+    factor: float = option(
+        1 / 3,
+        doc="constant_lr: torch ConstantLR's factor, the LR's multiple before total_iters.",
+        exclusive_minimum=0,
+        maximum=1,
+    )
+    max_lr: float = option(
+        0.0,
+        doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
+        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max.",
+        minimum=0,
+    )
+    pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
+    anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
+    div_factor: float = option(
+        25.0, doc="one_cycle: the start LR is max_lr / div_factor.", exclusive_minimum=0
+    )
+    final_div_factor: float = option(
+        1e4, doc="one_cycle: the last LR is the start LR / final_div_factor.", exclusive_minimum=0
+    )
+    three_phase: bool = option(
+        False, doc="one_cycle: rise, fall back to the start LR, then anneal to the end."
+    )
+    cycle_momentum: bool = option(
+        True,
+        doc="one_cycle: cycle the optimizer's momentum (beta1 for Adam-like optimizers) inversely to the LR, "
+        "between base_momentum and max_momentum (torch's default; it overrides betas[0] / momentum).",
+    )
+    base_momentum: float = option(0.85, doc="one_cycle: the momentum at the LR's peak.", minimum=0, maximum=1)
+    max_momentum: float = option(0.95, doc="one_cycle: the momentum at the LR's ends.", minimum=0, maximum=1)
     balance_classes: bool = option(
         True,
         doc="Each epoch draws as many class samples as instance samples (kohya's rule); false uses the class "

@@ -134,10 +134,15 @@ def test_scheduler_options_kohya_rejects_or_dbspec_cannot_plan(tmp_path):
     images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
     base = f"""train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 \
     --network_module=networks.lora --learning_rate=1e-4 --max_train_steps=300"""
-    one_cycle = kohya(
-        tmp_path / "a", command=base + " --lr_scheduler_type OneCycleLR --lr_scheduler_args max_lr=1e-3"
+    cyclic = kohya(
+        tmp_path / "a",
+        command=base + " --lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=1e-5 max_lr=1e-3",
     )
-    assert "DBS403" in codes(one_cycle) and "CosineAnnealingLR" in messages(one_cycle, "DBS403")
+    assert "DBS403" in codes(cyclic) and "OneCycleLR" in messages(cyclic, "DBS403")
+    short = kohya(
+        tmp_path / "e", command=base + " --lr_scheduler_type OneCycleLR --lr_scheduler_args max_lr=1e-3"
+    )
+    assert any("OneCycleLR needs total_steps" in e for e in errors(short))
     warm = kohya(
         tmp_path / "b",
         command=base
@@ -147,7 +152,7 @@ def test_scheduler_options_kohya_rejects_or_dbspec_cannot_plan(tmp_path):
     no_ratio = kohya(tmp_path / "c", command=base + " --lr_scheduler cosine_with_min_lr")
     assert any("min_lr_rate" in e for e in errors(no_ratio))
     function_args = kohya(
-        tmp_path / "d", command=base + " --lr_scheduler polynomial --lr_scheduler_args lr_end=1e-6"
+        tmp_path / "d", command=base + " --lr_scheduler polynomial --lr_scheduler_args last_epoch=5"
     )
     assert "DBS403" in codes(function_args)
 

@@ -356,6 +356,76 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n',
     ),
     (
+        rules.two_betas,
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\nbetas = [0.9, 0.99]\n',
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\nbetas = [0.9, 0.92, 0.99]\n',
+    ),
+    (
+        rules.optimizer_args_unused,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ngrowth_rate = 1.02\nscale_parameter = true\n',
+        [
+            ("DBS270", "warning", ("optimizer", "growth_rate")),
+            ("DBS270", "warning", ("optimizer", "scale_parameter")),
+        ],
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_sgd"\nlr = 1.0\ngrowth_rate = 1.02\nd0 = 1e-5\n',
+    ),
+    (
+        rules.dadapt_learning_rate,
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adam"\nlr = 0.1\n',
+        [("DBS271", "warning", ("optimizer", "lr"))],
+        DOG + STEPS + '[optimizer]\nkind = "dadapt_adam"\nlr = 0.5\n',
+    ),
+    (
+        rules.dadapt_group_rates,
+        LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\n',
+    ),
+    (
+        rules.dadapt_group_rates,
+        LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "warning", ("optimizer", "text_encoder_lr"))],
+        LORA + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+    ),
+    (
+        rules.adafactor_relative_step_schedule,
+        DOG + '[optimizer]\nkind = "adafactor"\nrelative_step = true\n' + STEPS + 'lr_schedule = "linear"\n',
+        [("DBS272", "error", ("schedule", "lr_schedule"))],
+        DOG + STEPS + '[optimizer]\nkind = "adafactor"\nrelative_step = true\nwarmup_init = true\n',
+    ),
+    (
+        rules.one_cycle_lengths,
+        DOG + STEPS + 'lr_schedule = "one_cycle"\nt_max = 99\n',
+        [("DBS273", "error", ("schedule", "t_max"))],
+        DOG + STEPS + 'lr_schedule = "one_cycle"\nt_max = 100\n',
+    ),
+    (
+        rules.one_cycle_momentum,
+        DOG + '[optimizer]\nkind = "adafactor"\n' + STEPS + 'lr_schedule = "one_cycle"\n',
+        [("DBS273", "error", ("schedule", "cycle_momentum"))],
+        DOG
+        + '[optimizer]\nkind = "adafactor"\n'
+        + STEPS
+        + 'lr_schedule = "one_cycle"\ncycle_momentum = false\n',
+    ),
+    (
+        rules.schedule_setting_inert,
+        DOG + STEPS + 'lr_schedule = "step"\nmilestones = [10]\nmax_lr = 1e-3\n',
+        [("DBS255", "warning", ("schedule", "milestones")), ("DBS255", "warning", ("schedule", "max_lr"))],
+        DOG + STEPS + 'lr_schedule = "step"\nstep_size = 10\ngamma = 0.5\n',
+    ),
+    (
+        rules.schedule_setting_inert,
+        DOG
+        + STEPS
+        + 'lr_schedule = "cosine_with_min_lr"\nmin_lr_ratio = 0.1\nlr_end = 1e-6\ndecay_type = "linear"\n',
+        [("DBS255", "warning", ("schedule", "lr_end")), ("DBS255", "warning", ("schedule", "decay_type"))],
+        DOG + STEPS + 'lr_schedule = "step"\nstep_size = 10\ngamma = 0.5\n',
+    ),
+    (
         rules.base_prior_needs_denoiser,
         "[train]\ndenoiser = false\ntext_encoder = true\n"
         + DOG
@@ -641,6 +711,7 @@ def test_every_rule_function_declares_a_phase():
         "text_encoder_stop_beyond_run",
         "interval_beyond_run",
         "warmup_stable_decay_lengths",
+        "one_cycle_lengths",
         "scheduled_sampling_ramp_beyond_run",
     ]
 

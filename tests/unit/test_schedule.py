@@ -254,7 +254,9 @@ def test_lr_polynomial() -> None:
 
 def test_lr_at_rejects_unknown_schedule_and_negative_step() -> None:
     with pytest.raises(ValueError, match="unknown lr schedule"):
-        lr(0, "step")
+        lr(0, "stepwise")
+    with pytest.raises(ValueError, match="needs its torch arguments"):
+        lr(0, "step")  # torch's StepLR: the plan passes its arguments
     with pytest.raises(ValueError, match="step"):
         lr(-1, "linear")
-    assert len(LR_SCHEDULES) == 10
+    assert len(LR_SCHEDULES) == 16

@@ -1,8 +1,9 @@
 """Legacy optimizer names and arguments -> [optimizer].
 
 dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), lion (lion_pytorch Lion), sgd (torch
-SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor with a fixed LR: relative_step,
-scale_parameter and warmup_init off), prodigy (prodigyopt Prodigy with its default d0/d_coef/...). Each legacy
+SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor; relative_step, scale_parameter and
+warmup_init as given), prodigy (prodigyopt Prodigy with its default d0/d_coef/...), dadapt_* (the dadaptation
+package's D-Adaptation optimizers with d0, growth_rate, decouple, use_bias_correction, no_prox). Each legacy
 optimizer is mapped with the defaults its legacy constructor would use, so weight decay and betas stay what
 they were.
 """
@@ -22,10 +23,29 @@ _DEFAULTS = {
     "sgd": {"weight_decay": 0.0, "momentum": 0.0},  # torch.optim.SGD
     "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
     "prodigy": {"weight_decay": 0.0, "betas": [0.9, 0.999]},  # prodigyopt.Prodigy
+    # dadaptation's classes
+    "dadapt_adam": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
+    "dadapt_adam_preprint": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
+    "dadapt_adagrad": {"weight_decay": 0.0, "momentum": 0.0, "eps": 1e-6},
+    "dadapt_adan": {"weight_decay": 0.02, "betas": [0.98, 0.92, 0.99], "eps": 1e-8},
+    "dadapt_adan_ip": {"weight_decay": 0.02, "betas": [0.98, 0.92, 0.99], "eps": 1e-8},
+    "dadapt_lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},
+    "dadapt_sgd": {"weight_decay": 0.0, "momentum": 0.0},
 }
+# Legacy keyword arguments that are dbspec [optimizer] keys of the same name, by kind (beyond _SETTABLE).
+_OWN_KEYS = {
+    "adafactor": ("relative_step", "scale_parameter", "warmup_init"),
+    "dadapt_adam": ("d0", "growth_rate", "decouple", "use_bias_correction"),
+    "dadapt_adam_preprint": ("d0", "growth_rate", "decouple"),
+    "dadapt_adagrad": ("d0", "growth_rate"),
+    "dadapt_adan": ("d0", "growth_rate", "no_prox"),
+    "dadapt_adan_ip": ("d0", "growth_rate", "no_prox"),
+    "dadapt_lion": ("d0",),
+    "dadapt_sgd": ("d0", "growth_rate"),
+}
+_DADAPT_HARMLESS = {"log_every": 0, "fsdp_in_use": False}
 # Keyword arguments of the legacy constructors that dbspec keeps exactly when they hold these values.
 _HARMLESS = {
-    "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},
     "prodigy": {
         "d0": 1e-6,
         "d_coef": 1.0,
@@ -37,6 +57,7 @@ _HARMLESS = {
     },
     "adamw": {"amsgrad": False},
     "adamw8bit": {"amsgrad": False},
+    **{kind: _DADAPT_HARMLESS for kind in _OWN_KEYS if kind.startswith("dadapt_")},
 }
 _SETTABLE = {"weight_decay", "betas", "eps", "momentum"}
 
@@ -78,6 +99,8 @@ def kohya_optimizer(name: str) -> KohyaName:
             why="bitsandbytes' 8-bit Lion keeps quantised optimizer state; dbspec's Lion "
             "keeps it in 32 bits (the same update up to quantisation)",
         )
+    if lower in _DADAPT_NAMES:
+        return KohyaName(kind=_DADAPT_NAMES[lower])
     if lower == "sgdnesterov":  # torch SGD(nesterov=True); momentum 0.9 unless optimizer_args give one
         return KohyaName(kind="sgd", nesterov=True)
     if lower == "sgdnesterov8bit":
@@ -89,8 +112,22 @@ def kohya_optimizer(name: str) -> KohyaName:
         )
     return KohyaName(
         kind=None,
-        why=f"dbspec has no {name} optimizer (it has adamw, adamw8bit, lion, sgd, adafactor, prodigy)",
+        why=f"dbspec has no {name} optimizer (it has adamw, adamw8bit, lion, sgd, adafactor, prodigy, "
+        "and the DAdapt* optimizers)",
     )
+
+
+# kohya's get_optimizer: lower-cased optimizer_type -> the dadaptation class (DAdaptation is AdamPreprint)
+_DADAPT_NAMES = {
+    "dadaptation": "dadapt_adam_preprint",
+    "dadaptadampreprint": "dadapt_adam_preprint",
+    "dadaptadagrad": "dadapt_adagrad",
+    "dadaptadam": "dadapt_adam",
+    "dadaptadan": "dadapt_adan",
+    "dadaptadanip": "dadapt_adan_ip",
+    "dadaptlion": "dadapt_lion",
+    "dadaptsgd": "dadapt_sgd",
+}
 
 
 def parse_kohya_args(items: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -170,6 +207,22 @@ _KOHYA_ACCEPTS = {
 }
 
 
+_DADAPT_ADAM = ("betas", "eps", "weight_decay", "log_every", "decouple", "d0", "growth_rate", "fsdp_in_use")
+_DADAPT_ADAN = ("betas", "eps", "weight_decay", "no_prox", "log_every", "d0", "growth_rate")
+_KOHYA_ACCEPTS.update(
+    {  # dadaptation's constructors
+        "dadaptation": _DADAPT_ADAM,
+        "dadaptadampreprint": _DADAPT_ADAM,
+        "dadaptadam": (*_DADAPT_ADAM, "use_bias_correction"),
+        "dadaptadagrad": ("momentum", "log_every", "weight_decay", "eps", "d0", "growth_rate"),
+        "dadaptadan": _DADAPT_ADAN,
+        "dadaptadanip": _DADAPT_ADAN,
+        "dadaptlion": ("betas", "weight_decay", "log_every", "d0", "fsdp_in_use"),
+        "dadaptsgd": ("momentum", "weight_decay", "log_every", "d0", "growth_rate", "fsdp_in_use"),
+    }
+)
+
+
 def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
     """Optimizer arguments kohya would crash on: keywords the constructor does not take, and betas that are
     not a pair of numbers. Only for the optimizers whose constructor is known."""
@@ -188,39 +241,60 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
             elif key not in accepted:
                 problems.append(f"`{key}`: {cls}'s constructor has no such argument (TypeError)")
     betas = kwargs["betas"] if "betas" in kwargs else None
+    count = 3 if lower in ("dadaptadan", "dadaptadanip") else 2
     if betas is not None and not (
         isinstance(betas, (tuple, list))
-        and len(betas) == 2
+        and len(betas) == count
         and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
     ):
-        problems.append(f"`betas={betas!r}`: expected a pair of numbers such as betas=0.9,0.999")
+        expected = (
+            "three numbers such as betas=0.98,0.92,0.99"
+            if count == 3
+            else "a pair of numbers such as betas=0.9,0.999"
+        )
+        problems.append(f"`betas={betas!r}`: expected {expected}")
     return problems
 
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum)
+    values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
     unsupported: dict[str, Any]  # legacy keyword arguments dbspec cannot express
 
 
 def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False) -> Settings:
     """Legacy constructor kwargs over the constructor's defaults, split into dbspec keys and the rest.
     `nesterov`: kohya's SGDNesterov, which sets momentum=0.9 when the arguments give none."""
-    merged = {**_DEFAULTS[kind], **{k: v for k, v in kwargs.items() if k in _SETTABLE}}
+    own = _OWN_KEYS[kind] if kind in _OWN_KEYS else ()
+    merged = {**_DEFAULTS[kind], **{k: v for k, v in kwargs.items() if k in _SETTABLE or k in own}}
     if nesterov:
         merged["nesterov"] = True
         if "momentum" not in kwargs:
             merged["momentum"] = 0.9
     if "betas" in merged:
         merged["betas"] = [float(b) for b in merged["betas"]]
-    if kind != "sgd":
+    if kind not in ("sgd", "dadapt_sgd", "dadapt_adagrad"):
         merged.pop("momentum", None)
     harmless = _HARMLESS[kind] if kind in _HARMLESS else {}
     rest = {
-        k: v for k, v in kwargs.items() if k not in _SETTABLE and not (k in harmless and harmless[k] == v)
+        k: v
+        for k, v in kwargs.items()
+        if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
     }
-    if kind == "adafactor":  # dbspec runs Adafactor with a fixed LR: relative_step etc. must be off
-        for key, value in (("relative_step", True), ("scale_parameter", True)):
-            if key not in kwargs:
-                rest[key] = f"{value} (Adafactor's default)"
+    for key in ("d0", "growth_rate"):  # TOML floats stay floats (d0=1 is an int literal)
+        if key in merged:
+            merged[key] = float(merged[key])
+    if "growth_rate" in merged and merged["growth_rate"] == float("inf"):
+        merged["growth_rate"] = 0.0  # dbspec's "unbounded"
+    if kind == "adafactor":
+        merged.update(adafactor_flags(kwargs))
     return Settings(values=merged, unsupported=rest)
+
+
+def adafactor_flags(kwargs: dict[str, Any]) -> dict[str, bool]:
+    """kohya's Adafactor: relative_step defaults to True (kohya sets it), warmup_init forces it on, and
+    scale_parameter is transformers' default True unless given."""
+    relative = bool(kwargs["relative_step"]) if "relative_step" in kwargs else True
+    warmup_init = bool(kwargs["warmup_init"]) if "warmup_init" in kwargs else False
+    scale = bool(kwargs["scale_parameter"]) if "scale_parameter" in kwargs else True
+    return {"relative_step": relative or warmup_init, "scale_parameter": scale, "warmup_init": warmup_init}

@@ -10,6 +10,7 @@ import attrs
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.common.optimizers import (
+    adafactor_flags,
     kohya_constructor_problems,
     kohya_optimizer,
     optimizer_settings,
@@ -77,29 +78,107 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
 
 # kohya's --lr_scheduler_type classes dbspec can plan (a torch-free curve) -> dbspec schedule and its
 # arguments
+_ONE_CYCLE = {
+    "max_lr": "max_lr",
+    "total_steps": "t_max",
+    "pct_start": "pct_start",
+    "anneal_strategy": "anneal_strategy",
+    "cycle_momentum": "cycle_momentum",
+    "base_momentum": "base_momentum",
+    "max_momentum": "max_momentum",
+    "div_factor": "div_factor",
+    "final_div_factor": "final_div_factor",
+    "three_phase": "three_phase",
+    "epochs": "",  # with steps_per_epoch: total_steps = epochs x steps_per_epoch (torch's rule)
+    "steps_per_epoch": "",
+}
+# torch class -> (dbspec schedule, {torch argument: [schedule] key}, the arguments torch requires)
 TORCH_SCHEDULERS = {
-    "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}),
+    "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}, ("T_max",)),
     "CosineAnnealingWarmRestarts": (
         "cosine_annealing_warm_restarts",
         {"T_0": "t_max", "T_mult": "t_mult", "eta_min": "eta_min"},
+        ("T_0",),
     ),
+    "OneCycleLR": ("one_cycle", _ONE_CYCLE, ("max_lr",)),
+    "StepLR": ("step", {"step_size": "step_size", "gamma": "gamma"}, ("step_size",)),
+    "MultiStepLR": ("multi_step", {"milestones": "milestones", "gamma": "gamma"}, ("milestones",)),
+    "ExponentialLR": ("exponential", {"gamma": "gamma"}, ("gamma",)),
+    "LinearLR": (
+        "linear_lr",
+        {"start_factor": "start_factor", "end_factor": "end_factor", "total_iters": "total_iters"},
+        (),
+    ),
+    "ConstantLR": ("constant_lr", {"factor": "factor", "total_iters": "total_iters"}, ()),
 }
+_FLOAT_KEYS = {
+    "eta_min",
+    "gamma",
+    "start_factor",
+    "end_factor",
+    "factor",
+    "max_lr",
+    "pct_start",
+    "div_factor",
+    "final_div_factor",
+    "base_momentum",
+    "max_momentum",
+}
+
+
+def adafactor_relative_step(a: Args) -> bool:
+    """kohya's Adafactor computes its own LR (relative_step, kohya's default for it) and get_optimizer then
+    replaces --lr_scheduler by `adafactor:<learning_rate>` (transformers' AdafactorSchedule)."""
+    if str(a["optimizer_type"].value or "").lower() != "adafactor":
+        return False
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    return not problems and adafactor_flags(kwargs)["relative_step"]
+
+
+def _map_adafactor_schedule(a: Args, conv: Conversion) -> None:
+    """Adafactor with relative steps: dbspec's schedule stays constant (the plan shows Adafactor's own LR)."""
+    name, warm, kind = a["lr_scheduler"], a["lr_warmup_steps"], a["lr_scheduler_type"]
+    why = "kohya replaces the schedule by its adafactor scheduler (Adafactor with relative_step)"
+    if kind.value:
+        conv.unsupported(
+            kind,
+            "a torch scheduler over Adafactor's relative step: dbspec lets Adafactor compute the LR alone",
+            help="pass relative_step=False in optimizer_args to schedule a fixed Adafactor LR",
+        )
+        return
+    if warm.value:
+        conv.invalid(
+            warm.key, warm.value, warm.source, "kohya raises `adafactor does not require num_warmup_steps`"
+        )
+        return
+    conv.record(warm, "mapped", "schedule.warmup_steps")
+    if name.given:
+        conv.inert(name, why)
+    else:
+        conv.record(name, "mapped", "schedule.lr_schedule")
+    for key in (
+        "lr_scheduler_args",
+        "lr_scheduler_num_cycles",
+        "lr_scheduler_power",
+        "lr_scheduler_min_lr_ratio",
+        "lr_decay_steps",
+        "lr_scheduler_timescale",
+    ):
+        if a[key].given:
+            conv.inert(a[key], why)
 
 
 def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     name, warm = a["lr_scheduler"], a["lr_warmup_steps"]
-    if a["lr_scheduler_type"].value:
-        _map_torch_scheduler(a, conv)
+    if adafactor_relative_step(a):
+        _map_adafactor_schedule(a, conv)
         return
-    if a["lr_scheduler_args"].value:
-        conv.unsupported(
-            a["lr_scheduler_args"],
-            f"arguments passed to the {name.value} function (dbspec's schedule settings are power, "
-            "min_lr_ratio, decay_steps and cycles)",
-        )
-    else:
-        conv.record(a["lr_scheduler_args"], "mapped", "schedule")
+    if a["lr_scheduler_type"].value:
+        _map_torch_scheduler(a, total, conv)
+        return
     if not map_schedule_name(conv, name, KOHYA_SCHEDULES):
+        return
+    if not _map_schedule_args(a, name.value, conv):
         return
     if warm.value and name.value == "constant":
         conv.invalid(
@@ -112,6 +191,86 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     else:
         _map_warmup(warm, total, conv)
     _schedule_shape(a, name.value, total, conv)
+
+
+# transformers' schedule functions kohya calls with **lr_scheduler_args: the keywords each takes beyond
+# what kohya passes itself (a second one is a TypeError), and the [schedule] key each becomes ("": none, the
+# value changes nothing)
+_SCHEDULE_FUNCTION_ARGS = {
+    "constant": {},
+    "constant_with_warmup": {},
+    "linear": {},
+    "cosine": {"num_cycles": "cosine_cycles"},
+    "cosine_with_restarts": {},
+    "polynomial": {"lr_end": "lr_end"},
+    "cosine_with_min_lr": {"min_lr": "min_lr_ratio"},
+    "warmup_stable_decay": {
+        "warmup_type": "warmup_type",
+        "decay_type": "decay_type",
+        "num_training_steps": "",
+    },
+}
+
+
+def _has_min_lr(a: Args) -> bool:
+    kwargs = _quiet_kwargs(a["lr_scheduler_args"])
+    return kwargs is not None and "min_lr" in kwargs
+
+
+def _quiet_kwargs(args: Legacy) -> dict | None:
+    kwargs = {}
+    for item in args.value or []:
+        key, sep, text = str(item).partition("=")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return None
+    return kwargs
+
+
+def _map_schedule_args(a: Args, name: str, conv: Conversion) -> bool:
+    """kohya's lr_scheduler_args forwarded to the named schedule's transformers function."""
+    args = a["lr_scheduler_args"]
+    kwargs = _scheduler_kwargs(args, conv)
+    if kwargs is None:
+        return False
+    accepted = _SCHEDULE_FUNCTION_ARGS[name]
+    unknown = sorted(set(kwargs) - set(accepted) - {"last_epoch"})
+    if unknown:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"transformers' {name} schedule takes no {', '.join(unknown)} from lr_scheduler_args (kohya "
+            "passes its own arguments; TypeError)",
+        )
+        return False
+    if kwargs.get("last_epoch", -1) != -1:
+        conv.unsupported(args, "last_epoch: a schedule started part-way (dbspec starts at step 0)")
+        return False
+    ratio = a["lr_scheduler_min_lr_ratio"]
+    if "min_lr" in kwargs and ratio.value is not None:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            "transformers raises `Only one of min_lr or min_lr_rate should be set`",
+        )
+        return False
+    for key, value in kwargs.items():
+        target = accepted.get(key, "")
+        if not target:
+            continue
+        if key == "min_lr":  # transformers: min_lr_rate = min_lr / the optimizer's lr (kohya's learning_rate)
+            lr = float(a["learning_rate"].value)
+            value = float(value) / lr  # noqa: PLW2901
+            note = f"min_lr={kwargs[key]!r} / learning_rate {lr!r}"
+        else:
+            value = float(value) if target in ("cosine_cycles", "lr_end") else value  # noqa: PLW2901
+            note = f"{key}={kwargs[key]!r}"
+        conv.put(("schedule", target), value, conv.comment(args, note))
+    conv.record(args, "mapped", "schedule")
+    return True
 
 
 def _map_warmup(warm: Legacy, total: int | None, conv: Conversion) -> None:
@@ -143,7 +302,7 @@ def _ratio_steps(legacy: Legacy, total: int | None, conv: Conversion) -> int | N
     return int(legacy.value * total)
 
 
-def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
+def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
     """kohya's --lr_scheduler_type with --lr_scheduler_args: a torch scheduler class built with those
     kwargs."""
     kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
@@ -155,7 +314,7 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
             "without torch for the plan)",
         )
         return
-    schedule, names = TORCH_SCHEDULERS[cls]
+    schedule, names, required = TORCH_SCHEDULERS[cls]
     kwargs = _scheduler_kwargs(args, conv)
     if kwargs is None:
         return
@@ -169,15 +328,16 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
     if unknown or kwargs.get("last_epoch", -1) != -1:
         conv.unsupported(args, f"{cls} arguments dbspec has not: {', '.join(unknown) or 'last_epoch'}")
         return
-    first = next(iter(names))  # the required period argument: T_max, T_0
-    if first not in kwargs:
-        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {first}")
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {', '.join(missing)}")
+        return
+    values = _torch_values(cls, kwargs, total, args, conv)
+    if values is None:
         return
     conv.mapped(kind, ("schedule", "lr_schedule"), schedule)
-    for key, value in kwargs.items():
-        if key in names:
-            value = float(value) if names[key] == "eta_min" else value  # noqa: PLW2901 - TOML floats stay floats
-            conv.put(("schedule", names[key]), value, conv.comment(args, f"{key}={value!r}"))
+    for key, (value, note) in values.items():
+        conv.put(("schedule", key), value, conv.comment(args, note))
     conv.record(args, "mapped", "schedule")
     conv.inert(a["lr_scheduler"], f"kohya ignores it when lr_scheduler_type is set ({cls})")
     for key in (
@@ -188,6 +348,48 @@ def _map_torch_scheduler(a: Args, conv: Conversion) -> None:
     ):
         if a[key].given:
             conv.inert(a[key], f"{cls} does not use it")
+
+
+def _torch_values(cls: str, kwargs: dict, total: int | None, args: Legacy, conv: Conversion) -> dict | None:
+    """[schedule] key -> (value, comment) for a torch scheduler's arguments; None after reporting one dbspec
+    cannot take."""
+    names = TORCH_SCHEDULERS[cls][1]
+    values = {}
+    for key, value in kwargs.items():
+        if key not in names or not names[key]:
+            continue
+        if isinstance(value, (list, tuple)) and key == "max_lr":
+            conv.unsupported(
+                args, "one max_lr per parameter group (dbspec takes one peak, or each group's lr)"
+            )
+            return None
+        if key == "milestones":
+            value = sorted(int(m) for m in value)  # noqa: PLW2901 - torch counts them, in any order
+        elif names[key] in _FLOAT_KEYS:
+            value = float(value)  # noqa: PLW2901 - TOML floats stay floats
+        values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+    if cls == "OneCycleLR":
+        if "total_steps" not in kwargs:
+            if "epochs" not in kwargs or "steps_per_epoch" not in kwargs:
+                conv.invalid(
+                    args.key,
+                    args.value,
+                    args.source,
+                    "torch's OneCycleLR needs total_steps or epochs and steps_per_epoch",
+                )
+                return None
+            steps = int(kwargs["epochs"]) * int(kwargs["steps_per_epoch"])
+            values["t_max"] = (steps, f"epochs x steps_per_epoch = {steps}")
+        if total is not None and values["t_max"][0] < total:
+            conv.invalid(
+                args.key,
+                args.value,
+                args.source,
+                f"OneCycleLR's {values['t_max'][0]} total steps are fewer than the run's {total}: torch "
+                "raises when stepped past them",
+            )
+            return None
+    return values
 
 
 def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
@@ -234,7 +436,7 @@ def _schedule_shape(a: Args, name: str, total: int | None, conv: Conversion) -> 
         conv.inert(power, f"{name} does not use it")
     if name in ("cosine_with_min_lr", "warmup_stable_decay") and ratio.value is not None:
         conv.mapped(ratio, ("schedule", "min_lr_ratio"), ratio.value)
-    elif name == "cosine_with_min_lr":
+    elif name == "cosine_with_min_lr" and not _has_min_lr(a):
         conv.invalid(
             ratio.key, None, ratio.source, "transformers raises `One of min_lr or min_lr_rate should be set`"
         )
@@ -413,6 +615,33 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
     return te
 
 
+def _rates(conv: Conversion) -> set[float]:
+    """The learning rates the converted spec gives the denoiser and the text encoders, as written so far."""
+    written = {path: value for path, (value, _) in conv.values.items()}
+    lr = written[("optimizer", "lr")] if ("optimizer", "lr") in written else _OPTIMIZER_DEFAULTS["lr"]
+    rates = {lr}
+    trains_text = ("train", "text_encoder") in written and written[("train", "text_encoder")]
+    if trains_text and ("optimizer", "text_encoder_lr") in written:
+        rates.add(written[("optimizer", "text_encoder_lr")])
+    return rates
+
+
+def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
+    """dadaptation's Adam, AdamPreprint, Lion and SGD raise on parameter groups with different rates."""
+    rates = _rates(conv)
+    if kind not in ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd") or len(rates) < 2:
+        return True
+    conv.invalid(
+        kind_arg.key,
+        kind_arg.value,
+        kind_arg.source,
+        f"dadaptation's {kind_arg.value} raises on parameter groups with different learning rates; the U-Net "
+        f"and text encoder train at {', '.join(f'{r:g}' for r in sorted(rates))}",
+        help="give unet_lr and text_encoder_lr the same value",
+    )
+    return False
+
+
 def map_optimizer(a: Args, conv: Conversion) -> None:
     kind_arg = a["optimizer_type"]
     legacy_flags = [a[k] for k in ("use_8bit_adam", "use_lion_optimizer") if a[k].value]
@@ -450,6 +679,8 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             f"`momentum={kwargs['momentum']}`: {kind_arg.value} is torch SGD with nesterov=True, which "
             "refuses momentum 0 (ValueError)",
         )
+        return
+    if not _one_rate_fits(name.kind, kind_arg, conv):
         return
     settings = optimizer_settings(name.kind, kwargs, nesterov=name.nesterov)
     for key, value in settings.values.items():

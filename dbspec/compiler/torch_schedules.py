@@ -1,0 +1,134 @@
+"""torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR curves, torch-free.
+
+Each is evaluated with the float operations torch's `get_lr` performs, in its order: the first five update the
+LR recursively from the previous one (so the recursion is run step by step), OneCycleLR computes each step in
+closed form from the group's initial, peak and final rates. A test steps torch's classes on a real optimizer
+and compares bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+
+from dbspec.plan.model import TorchSchedulePlan
+from dbspec.spec.model import Schedule
+
+NEW_TORCH_SCHEDULES = ("one_cycle", "step", "multi_step", "exponential", "linear_lr", "constant_lr")
+
+
+def _step(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counter) -> float:
+    return lr * a.gamma if epoch % a.step_size == 0 else lr
+
+
+def _multi_step(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counter) -> float:
+    return lr * a.gamma ** milestones[epoch] if epoch in milestones else lr
+
+
+def _exponential(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counter) -> float:
+    return lr * a.gamma
+
+
+def _linear_lr(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counter) -> float:
+    if epoch > a.total_iters:
+        return lr
+    delta = a.end_factor - a.start_factor
+    return lr * (1.0 + delta / (a.total_iters * a.start_factor + (epoch - 1) * delta))
+
+
+def _constant_lr(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counter) -> float:
+    return lr * (1.0 / a.factor) if epoch == a.total_iters else lr
+
+
+_RECURSIONS: dict[str, Callable[[float, int, TorchSchedulePlan, Counter], float]] = {
+    "step": _step,
+    "multi_step": _multi_step,
+    "exponential": _exponential,
+    "linear_lr": _linear_lr,
+    "constant_lr": _constant_lr,
+}
+_FIRST_FACTOR = {"linear_lr": "start_factor", "constant_lr": "factor"}  # applied by the constructor
+
+
+def recursive_curve(schedule: str, steps: list[int], lr: float, a: TorchSchedulePlan) -> list[float]:
+    """The LR after each of `steps` (sorted) scheduler steps of the recursive torch schedulers."""
+    first = _FIRST_FACTOR.get(schedule)
+    current = lr * getattr(a, first) if first else lr
+    update, milestones = _RECURSIONS[schedule], Counter(a.milestones)
+    out, epoch = [], 0
+    for target in steps:
+        while epoch < target:
+            epoch += 1
+            current = update(current, epoch, a, milestones)
+        out.append(current)
+    return out
+
+
+def _phases(a: TorchSchedulePlan, total: int) -> list[tuple[float, str, str, str, str]]:
+    """OneCycleLR's phases: (end step, start lr, end lr, start momentum, end momentum)."""
+    if a.three_phase:
+        return [
+            (float(a.pct_start * total) - 1, "initial", "max", "max_m", "base_m"),
+            (float(2 * a.pct_start * total) - 2, "max", "initial", "base_m", "max_m"),
+            (total - 1, "initial", "min", "max_m", "max_m"),
+        ]
+    return [
+        (float(a.pct_start * total) - 1, "initial", "max", "max_m", "base_m"),
+        (total - 1, "max", "min", "base_m", "max_m"),
+    ]
+
+
+def _anneal(strategy: str, start: float, end: float, pct: float) -> float:
+    if strategy == "cos":
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+    return (end - start) * pct + start
+
+
+def one_cycle(step: int, lr: float, total: int, a: TorchSchedulePlan) -> tuple[float, float]:
+    """OneCycleLR's (lr, momentum) after `step` scheduler steps, for a group whose rate is `lr` (used when
+    max_lr is 0) and total_steps `total`."""
+    peak = a.max_lr or lr
+    initial = peak / a.div_factor
+    values = {
+        "initial": initial,
+        "max": peak,
+        "min": initial / a.final_div_factor,
+        "max_m": a.max_momentum,
+        "base_m": a.base_momentum,
+    }
+    phases = _phases(a, total)
+    start = 0.0
+    for i, (end, lr_from, lr_to, m_from, m_to) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - start) / (end - start)
+            return (
+                _anneal(a.anneal_strategy, values[lr_from], values[lr_to], pct),
+                _anneal(a.anneal_strategy, values[m_from], values[m_to], pct),
+            )
+        start = end
+    raise AssertionError("unreachable: the last phase always answers")
+
+
+def torch_schedule_plan(s: Schedule) -> TorchSchedulePlan | None:
+    """The torch arguments of the plan, for the schedules that take them."""
+    if s.lr_schedule not in NEW_TORCH_SCHEDULES:
+        return None
+    return TorchSchedulePlan(
+        step_size=s.step_size,
+        gamma=s.gamma,
+        milestones=tuple(s.milestones),
+        start_factor=s.start_factor,
+        end_factor=s.end_factor,
+        total_iters=s.total_iters,
+        factor=s.factor,
+        max_lr=s.max_lr,
+        pct_start=s.pct_start,
+        anneal_strategy=s.anneal_strategy,
+        div_factor=s.div_factor,
+        final_div_factor=s.final_div_factor,
+        three_phase=s.three_phase,
+        cycle_momentum=s.cycle_momentum,
+        base_momentum=s.base_momentum,
+        max_momentum=s.max_momentum,
+    )

@@ -1,0 +1,220 @@
+"""torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR (kohya's lr_scheduler_type,
+issue 12): the plan's torch-free curve equals torch's class stepped on a real optimizer, float for float, and
+a tiny run with each resumes bit-exact."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from dbspec.compiler.schedule import Curve, compute_schedule, lr_curve
+from dbspec.plan.model import TorchSchedulePlan
+from dbspec.plan.summary import render_summary
+from dbspec.runtime.execute import execute
+from dbspec.runtime.optim import make_lr_scheduler
+from tests.runtime.runspec import compile_spec, write_spec
+
+DEFAULTS = TorchSchedulePlan(
+    step_size=1,
+    gamma=0.1,
+    milestones=(),
+    start_factor=1 / 3,
+    end_factor=1.0,
+    total_iters=5,
+    factor=1 / 3,
+    max_lr=0.0,
+    pct_start=0.3,
+    anneal_strategy="cos",
+    div_factor=25.0,
+    final_div_factor=1e4,
+    three_phase=False,
+    cycle_momentum=True,
+    base_momentum=0.85,
+    max_momentum=0.95,
+)
+
+
+def _walk(optimizer, scheduler, steps: int) -> tuple[list[float], list[float]]:
+    """The LR and the momentum (beta1 for AdamW) after 0 ... steps - 1 scheduler steps."""
+    lrs, momenta = [], []
+    for index in range(steps):
+        group = optimizer.param_groups[0]
+        lrs.append(group["lr"])
+        momenta.append(group["betas"][0] if "betas" in group else group["momentum"])
+        if index < steps - 1:  # OneCycleLR refuses a step past its total_steps
+            optimizer.step()
+            scheduler.step()
+    return lrs, momenta
+
+
+def _adamw(lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+
+
+TORCH = {
+    "step": lambda o, a, total: torch.optim.lr_scheduler.StepLR(o, step_size=a.step_size, gamma=a.gamma),
+    "multi_step": lambda o, a, total: torch.optim.lr_scheduler.MultiStepLR(
+        o, milestones=list(a.milestones), gamma=a.gamma
+    ),
+    "exponential": lambda o, a, total: torch.optim.lr_scheduler.ExponentialLR(o, gamma=a.gamma),
+    "linear_lr": lambda o, a, total: torch.optim.lr_scheduler.LinearLR(
+        o, start_factor=a.start_factor, end_factor=a.end_factor, total_iters=a.total_iters
+    ),
+    "constant_lr": lambda o, a, total: torch.optim.lr_scheduler.ConstantLR(
+        o, factor=a.factor, total_iters=a.total_iters
+    ),
+    "one_cycle": lambda o, a, total: torch.optim.lr_scheduler.OneCycleLR(
+        o,
+        max_lr=a.max_lr or o.param_groups[0]["lr"],
+        total_steps=total,
+        pct_start=a.pct_start,
+        anneal_strategy=a.anneal_strategy,
+        cycle_momentum=a.cycle_momentum,
+        base_momentum=a.base_momentum,
+        max_momentum=a.max_momentum,
+        div_factor=a.div_factor,
+        final_div_factor=a.final_div_factor,
+        three_phase=a.three_phase,
+    ),
+}
+CASES = [
+    ("step", {"step_size": 7, "gamma": 0.5}),
+    ("step", {"step_size": 1, "gamma": 0.97}),
+    ("multi_step", {"milestones": (5, 12, 12, 30), "gamma": 0.3}),
+    ("exponential", {"gamma": 0.93}),
+    ("linear_lr", {"start_factor": 0.25, "end_factor": 1.0, "total_iters": 10}),
+    ("linear_lr", {"start_factor": 1.0, "end_factor": 0.1, "total_iters": 33}),
+    ("constant_lr", {"factor": 0.5, "total_iters": 8}),
+    ("one_cycle", {}),
+    ("one_cycle", {"max_lr": 3e-3, "pct_start": 0.25, "anneal_strategy": "linear"}),
+    ("one_cycle", {"three_phase": True, "div_factor": 10.0, "final_div_factor": 100.0}),
+    ("one_cycle", {"cycle_momentum": False}),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), CASES)
+def test_the_plans_curve_is_torchs_float_for_float(name: str, args: dict) -> None:
+    total = 40
+    a = attrs.evolve(DEFAULTS, **args)
+    optimizer = _adamw(1e-3)
+    lrs, momenta = _walk(optimizer, TORCH[name](optimizer, a, total), total + 1)
+    curve = Curve(1e-3, name, 0, total, torch=a)
+    assert lr_curve(list(range(total + 1)), curve) == lrs
+    assert lr_curve([0, 9, total], curve) == [lrs[0], lrs[9], lrs[total]]
+    assert len(set(lrs)) > 1  # the curve moves
+    plan = compute_schedule(
+        batches_per_epoch=5, instance_samples=5, class_samples=0, batch_size=1, accumulation=1, processes=1,
+        steps=total, epochs=0, lr=1e-3, lr_schedule=name, warmup_steps=0, cycles=1, text_encoder_stop_step=0,
+        checkpoint_every=7, validate_every=0, validate=False, seed=0, torch=a,
+    )  # fmt: skip
+    assert all(lrs[step] == value for step, value in plan.lr_points)
+    if name == "one_cycle" and a.cycle_momentum:
+        # OneCycleLR cycles AdamW's beta1: the plan shows the same values
+        assert plan.momentum_points and all(momenta[step] == m for step, m in plan.momentum_points)
+        assert min(momenta) == pytest.approx(a.base_momentum) and momenta[0] == a.max_momentum
+    else:
+        assert plan.momentum_points == ()
+    # the runtime's scheduler from the plan is the same class with the same arguments
+    ours = _adamw(1e-3)
+    assert _walk(ours, make_lr_scheduler(ours, plan), total + 1) == (lrs, momenta)
+
+
+def _weights(final: str) -> dict:
+    return {
+        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ['schedule.lr_schedule="one_cycle"', "schedule.pct_start=0.5"],
+        ['schedule.lr_schedule="multi_step"', "schedule.milestones=[1, 3]", "schedule.gamma=0.5"],
+    ],
+)
+def test_a_torch_schedule_run_trains_and_resumes_bit_exact(tmp_path, overrides):
+    spec = write_spec(tmp_path, steps=4)
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
+    assert whole.status == "finished" and len(whole.losses) == 4
+    plan = compile_spec(spec, [*overrides, "output.dir=parts"])
+    console = Console(file=io.StringIO(), width=300)
+    render_summary(plan, console)
+    text = console.file.getvalue()
+    if "one_cycle" in overrides[0]:
+        assert "torch OneCycleLR), total_steps 4" in text and "momentum at" in text
+    else:
+        assert "torch MultiStepLR), milestones [1, 3], gamma 0.5" in text
+    first = execute(plan, stop_after=2)
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = _weights(whole.final), _weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- kohya's lr_scheduler_args passed to its named schedules (transformers' functions) ----------------------
+
+
+def _transformers(name: str, optimizer, total: int, kwargs: dict):
+    """What kohya's get_scheduler_fix builds for `name` with lr_scheduler_args `kwargs` (num_cycles 1, power
+    1, min_lr_ratio 0.1 from its own options, warm-up 6, decay 10)."""
+    from transformers.optimization import (
+        get_cosine_schedule_with_warmup,
+        get_polynomial_decay_schedule_with_warmup,
+        get_wsd_schedule,
+    )
+
+    if name == "cosine":
+        return get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=6, num_training_steps=total, **kwargs
+        )
+    if name == "polynomial":
+        return get_polynomial_decay_schedule_with_warmup(
+            optimizer, num_warmup_steps=6, num_training_steps=total, power=1.0, **kwargs
+        )
+    return get_wsd_schedule(
+        optimizer,
+        num_warmup_steps=6,
+        num_stable_steps=total - 6 - 10,
+        num_decay_steps=10,
+        num_cycles=1 / 2,
+        min_lr_ratio=0.1,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "fields"),
+    [
+        ("cosine", {"num_cycles": 1.5}, {"cosine_cycles": 1.5}),
+        ("polynomial", {"lr_end": 1e-5}, {"lr_end": 1e-5}),
+        ("warmup_stable_decay", {"warmup_type": "cosine", "decay_type": "1-sqrt"}, {}),
+        ("warmup_stable_decay", {"warmup_type": "1-sqrt", "decay_type": "linear"}, {}),
+    ],
+)
+def test_scheduler_args_to_named_schedules_follow_transformers(name: str, kwargs: dict, fields: dict) -> None:
+    total = 40
+    optimizer = _adamw(1e-3)
+    lrs, _ = _walk(optimizer, _transformers(name, optimizer, total, kwargs), total + 1)
+    shape = {**fields, **{k: v for k, v in kwargs.items() if k in ("warmup_type", "decay_type")}}
+    plan = compute_schedule(
+        batches_per_epoch=5, instance_samples=5, class_samples=0, batch_size=1, accumulation=1, processes=1,
+        steps=total, epochs=0, lr=1e-3, lr_schedule=name, warmup_steps=6, cycles=1, min_lr_ratio=0.1,
+        decay_steps=10, text_encoder_stop_step=0, checkpoint_every=3, validate_every=0, validate=False,
+        seed=0, **shape,
+    )  # fmt: skip
+    assert all(lrs[step] == value for step, value in plan.lr_points) and len(plan.lr_points) > 10
+    ours = _adamw(1e-3)
+    assert _walk(ours, make_lr_scheduler(ours, plan), total + 1)[0] == lrs
+    default = compute_schedule(
+        batches_per_epoch=5, instance_samples=5, class_samples=0, batch_size=1, accumulation=1, processes=1,
+        steps=total, epochs=0, lr=1e-3, lr_schedule=name, warmup_steps=6, cycles=1, min_lr_ratio=0.1,
+        decay_steps=10, text_encoder_stop_step=0, checkpoint_every=3, validate_every=0, validate=False,
+        seed=0,
+    )  # fmt: skip
+    assert default.lr_points != plan.lr_points  # the arguments change the curve
