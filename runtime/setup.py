@@ -25,6 +25,7 @@ from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
+from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
@@ -84,6 +85,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
                 generate_class_images(pipeline, d.generate)
     teacher = make_teacher(plan, comps, device)
     unet_params, per_encoder = configure_models(plan, comps, device)
+    if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
+        load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
     with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)

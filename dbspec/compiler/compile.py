@@ -8,6 +8,7 @@ import attrs
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_params, adapter_plan
+from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
@@ -90,6 +91,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     loss = plan_loss(ctx, model, datasets)
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets, caption_notes)
+    init = plan_init_weights(ctx, model.family, precision.components) if model and precision else ("", 0)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -102,7 +104,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
             help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit",
         )
     target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
-    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory)
+    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
@@ -292,10 +294,12 @@ def _origins(ctx: Context, precision) -> dict:
 
 
 def _assemble(
-    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
+    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory, init
 ) -> Plan:
     spec = ctx.spec
     adapter = adapter_plan(spec.adapter, model.family, precision.components)
+    if init[0]:
+        adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)

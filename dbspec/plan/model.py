@@ -90,6 +90,10 @@ class AdapterPlan:
     decompose_both: bool = False  # lokr: the small factor low-rank too
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr
+    # lora: the kohya-layout file the adapter starts from (absolute; "" for peft's random init) and how many
+    # of its layers load (those of components that train).
+    init_weights: str = ""
+    init_layers: int = 0
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

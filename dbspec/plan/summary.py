@@ -285,6 +285,10 @@ def adapter_rows(a) -> list[tuple[str, str]]:
         )
     for name, count in a.params.items():
         rows.append((f"  {name} params", f"{count:,} (estimate)"))
+    if a.init_weights:
+        rows.append(
+            ("  starts from", f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)")
+        )
     return rows
 
 

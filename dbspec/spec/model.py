@@ -199,6 +199,16 @@ class LoraAdapter:
         minimum=0,
         example=4.0,
     )
+    # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
+    init_weights: str = option(
+        "",
+        doc="Start the LoRA from this `.safetensors` file (kohya `--network_weights`), relative to the spec "
+        "file: kohya's LoRA layout, as kohya saves it and dbspec's `kohya_lora` export writes it. Its "
+        "layers, ranks and alphas must be the adapter's (checked at plan time); layers of a model that does "
+        "not train are ignored. A resumed run takes the checkpoint's weights instead. Empty: peft's random "
+        "init.",
+        example="previous-run/final/lora.kohya.safetensors",
+    )
 
 
 @frozen

@@ -153,7 +153,7 @@ def convert_kohya(
     lora = script in ("train_network", "sdxl_train_network")
     map_model(a, script, paths, conv)
     if lora:
-        map_adapter(a, conv)
+        map_adapter(a, paths, conv)
     config = _dataset_source(ka, paths, conv)
     layout = _layout(ka, config, paths, conv) if config is not None else None
     kohya_batches, dbspec_batches = _batches(layout, conv)

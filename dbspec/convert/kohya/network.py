@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbspec.compiler.init_weights import file_ranks
+from dbspec.compiler.lora_file import read_lora_file
+from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -153,3 +156,53 @@ def _int(text) -> int:
 
 def _float(text) -> float:
     return float(text)
+
+
+def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
+    """`--network_weights`: train_network.py loads the file into the network after `apply_to` (before
+    training; a resumed state loads over it), dbspec's `adapter.init_weights`. `--dim_from_weights`: the
+    network is built from the file instead (networks/lora.py create_network_from_weights): its ranks and
+    alphas, a module without alpha taking its rank, and network_dim / network_alpha / conv_dim unused."""
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
+    if not weights.value:
+        if from_file.value:
+            conv.invalid(
+                from_file.key,
+                True,
+                from_file.source,
+                "--dim_from_weights reads the ranks from --network_weights, which is not given",
+            )
+        return
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
+        )
+        return
+    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    if not from_file.value:
+        return
+    local = paths.local(weights.value)
+    try:
+        if local is None:
+            raise ValueError("a Windows path, not on this machine")
+        ranks = file_ranks(read_lora_file(local))
+    except (ModelFileError, ValueError, OSError) as exc:
+        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        return
+    note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    for key in ("network_dim", "network_alpha"):
+        conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
+        conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
+    if "rank" in ranks:
+        conv.put(("adapter", "rank"), ranks["rank"][0], note)
+        conv.put(("adapter", "alpha"), float(ranks["rank"][1]), note)
+    targets = list(KOHYA_UNET_TARGETS)
+    for key in ("conv_rank", "conv_alpha", "conv_targets"):
+        conv.values.pop(("adapter", key), None)
+    if "conv_rank" in ranks:
+        # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears.
+        conv.put(("adapter", "conv_rank"), ranks["conv_rank"][0], note)
+        conv.put(("adapter", "conv_alpha"), float(ranks["conv_rank"][1]), note)
+        targets += _RESNET_LINEAR
+    conv.put(("adapter", "denoiser_targets"), targets, note)
+    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
