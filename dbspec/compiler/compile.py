@@ -20,7 +20,7 @@ from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
 from dbspec.families import family_spec
 from dbspec.compiler.origins import derived, spec_origins
-from dbspec.compiler.precision import plan_precision
+from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
 from dbspec.spec.migrate import user_spelling
@@ -169,7 +169,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         t_max=s.t_max,
         eta_min=s.eta_min,
         t_mult=s.t_mult,
-        text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
+        text_encoder_stop_step=spec.train.text_encoder_stop_step if any_text_encoder_trains(spec) else 0,
         checkpoint_every=spec.checkpoints.every,
         validate_every=spec.validation.every,
         validate=bool(spec.validation.prompts),
@@ -316,7 +316,7 @@ def _assemble(
         model=model,
         adapter=adapter,
         train_denoiser=spec.train.denoiser,
-        train_text_encoder=spec.train.text_encoder,
+        train_text_encoder=_text_encoders_train(model, precision),
         datasets=datasets,
         buckets=buckets,
         groups=plan_groups(ctx, datasets, buckets),
@@ -365,6 +365,12 @@ def _assemble(
         origins=origins,
         warnings=warnings,
     )
+
+
+def _text_encoders_train(model, precision) -> bool:
+    """Whether any text encoder trains (SDXL's second alone too): the per-component plan decides."""
+    names = set(family_spec(model.family).text_encoder_names)
+    return any(c.trainable != "frozen" for c in precision.components if c.name in names)
 
 
 def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:

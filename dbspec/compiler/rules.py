@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
+from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
@@ -109,7 +110,7 @@ def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> 
 
 @rule("spec")
 def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.text_encoder:
+    if any_text_encoder_trains(spec):  # the first text encoder, or SDXL's second alone
         return
     for path in (
         ("train", "text_encoder_stop_step"),
@@ -330,7 +331,7 @@ def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def text_cache_while_training_te(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
+    if any_text_encoder_trains(spec) and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
         yield _warn(
             "DBS213",
             ("cache", "text_embeddings"),
@@ -403,7 +404,7 @@ def nesterov_needs_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
-    if not spec.train.denoiser and not spec.train.text_encoder:
+    if not spec.train.denoiser and not any_text_encoder_trains(spec):
         yield _err(
             "DBS217",
             ("train",),
@@ -642,7 +643,7 @@ def prodigy_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
 def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
     # The base-model prior compares the trained denoiser with its base (adapters off, or a frozen copy). With
     # a frozen denoiser only the text encoder moves, and its base would have to be kept: not supported.
-    if spec.loss.prior == "base_model" and not spec.train.denoiser and spec.train.text_encoder:
+    if spec.loss.prior == "base_model" and not spec.train.denoiser and any_text_encoder_trains(spec):
         yield _err(
             "DBS226",
             ("loss", "prior"),

@@ -275,12 +275,14 @@ class Train:
     denoiser: bool = option(True, doc="Train the denoiser (the UNet of SD1, SD2 and SDXL).")
     text_encoder: bool = option(
         False,
-        doc="Also train the text encoder(s); improves likeness (HF study) at the cost of memory.",
+        doc="Also train the text encoder(s) (SDXL's second one as `text_encoder_2` says); improves likeness "
+        "(HF study) at the cost of memory.",
     )
     text_encoder_2: bool = option(
         attrs.Factory(lambda self: self.text_encoder, takes_self=True),
-        doc="Also train the second text encoder (SDXL's OpenCLIP-bigG) when `text_encoder` is true; false "
-        "freezes it while the first trains (kohya's sdxl_train.py with learning_rate_te2 = 0).",
+        doc="Train the second text encoder (SDXL's OpenCLIP-bigG); false freezes it while the first trains "
+        "(kohya's sdxl_train.py with learning_rate_te2 = 0), true with `text_encoder = false` trains it "
+        "alone (learning_rate_te1 = 0), at `optimizer.text_encoder_2_lr`.",
         derived="same as `text_encoder`",
     )
     text_encoder_stop_step: int = option(
