@@ -579,6 +579,24 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
 `optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
 train, so its rate is not used (the plan shows no rate for it).""",
     ),
+    Code(
+        "DBS265",
+        ERROR,
+        "An adapter block pattern is not a regular expression",
+        """\
+`[[adapter.blocks]]` `pattern` is searched in each adapted denoiser module's path as a Python regular
+expression (`re.search`); this one does not compile. Dots match any character: escape them
+(`^down_blocks\\.0\\.`).""",
+    ),
+    Code(
+        "DBS266",
+        WARNING,
+        "A block's convolution rank without convolution adapters",
+        """\
+`[[adapter.blocks]]` `conv_rank` is set while `adapter.conv_rank` is 0: no convolution is adapted, so the
+block's convolution rank is not used (kohya builds convolution LoRA only with `conv_dim` or
+`conv_block_dims`).""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

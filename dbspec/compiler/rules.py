@@ -983,3 +983,31 @@ def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
         span=anchor(raw, span),
         help=hit.help,
     )
+
+
+# --- per-block adapters (kohya block_dims, block lr weights) -------------------------------------------
+@rule("spec")
+def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Each [[adapter.blocks]] pattern is a Python regular expression; a convolution rank in a block needs
+    the adapter's convolutions (conv_rank > 0)."""
+    import re
+
+    adapter = spec.adapter
+    for i, block in enumerate(getattr(adapter, "blocks", ())):
+        try:
+            re.compile(block.pattern)
+        except re.error as exc:
+            yield _err(
+                "DBS265",
+                ("adapter", "blocks", i, "pattern"),
+                f"adapter.blocks[{i}].pattern `{block.pattern}` is not a regular expression: {exc}",
+                "write a Python regular expression, e.g. `^down_blocks\\.0\\.`",
+            )
+        if block.conv_rank and not adapter.conv_rank:
+            yield _warn(
+                "DBS266",
+                ("adapter", "blocks", i, "conv_rank"),
+                f"adapter.blocks[{i}].conv_rank has no effect: adapter.conv_rank is 0 (no convolution "
+                "adapters)",
+                "set adapter.conv_rank above 0 to adapt the convolutions, or remove this key",
+            )

@@ -159,6 +159,37 @@ def _module_dropout():
 
 
 @frozen
+class AdapterBlock:
+    """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
+    `block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas` and per-block learning rates)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its rank, alpha and learning-rate scale.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them.", minimum=0, maximum=1024
+    )
+    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
+        "none.",
+        minimum=0,
+        maximum=1024,
+    )
+    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    lr_scale: float = option(
+        1.0,
+        doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
+        "`mid_lr_weight`, `up_lr_weight`).",
+        exclusive_minimum=0,
+    )
+
+
+@frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
         doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
@@ -198,6 +229,13 @@ class LoraAdapter:
         derived="same as `loraplus_ratio`",
         minimum=0,
         example=4.0,
+    )
+    blocks: list[AdapterBlock] = option(
+        factory=list,
+        doc="Per-block ranks, alphas and learning-rate scales of the denoiser's adapters ([[adapter.blocks]] "
+        "tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / `conv_block_alphas` and "
+        "`down/mid/up_lr_weight`): modules no block matches keep `rank`, `alpha`, `conv_rank`, "
+        "`conv_alpha` and the learning rate.",
     )
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
     init_weights: str = option(
@@ -852,6 +890,7 @@ class Spec:
 TABLE_CLASSES = (
     Model,
     NoAdapter,
+    AdapterBlock,
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,

@@ -519,6 +519,23 @@ CASES = [
         [("DBS264", "warning", ("optimizer", "text_encoder_2_lr"))],
         DOG + STEPS + TE + "[optimizer]\ntext_encoder_2_lr = 5e-7\n",
     ),
+    (
+        rules.adapter_block_patterns,
+        LORA
+        + 'conv_rank = 0\n[[adapter.blocks]]\npattern = "down_blocks["\n'
+        + "rank = 2\nalpha = 1.0\nconv_rank = 4\n"
+        + DOG
+        + STEPS,
+        [
+            ("DBS265", "error", ("adapter", "blocks", 0, "pattern")),
+            ("DBS266", "warning", ("adapter", "blocks", 0, "conv_rank")),
+        ],
+        LORA
+        + 'conv_rank = 4\n[[adapter.blocks]]\npattern = "^down_blocks\\\\.0\\\\."\n'
+        + "rank = 2\nalpha = 1.0\nconv_rank = 4\n"
+        + DOG
+        + STEPS,
+    ),
 ]
 
 
