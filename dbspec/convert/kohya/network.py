@@ -11,6 +11,7 @@ from dbspec.compiler.init_weights import file_ranks
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -48,17 +49,22 @@ def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
     return values, problems
 
 
-def map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
+def map_network(
+    module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion, original_names: bool = False
+) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
-    equivalent."""
+    equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
+    numbers kohya's blocks differently."""
     try:
-        return _map_network(module, args, dim, alpha, conv)
+        return _map_network(module, args, dim, alpha, conv, original_names)
     except ValueError as exc:
-        conv.invalid(args.key, args.value, args.source, f"a network argument is not a number ({exc})")
+        conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
 
 
-def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
+def _map_network(
+    module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion, original_names: bool
+) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
@@ -86,8 +92,15 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
         conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
         # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
         conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
-        conv_targets = KOHYA_CONV_TARGETS if conv_dim else []
-        if conv_dim:
+        found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+        resnets = bool(conv_dim)
+        if found is not None:
+            blocks, block_conv_dim, block_conv_alpha = found
+            if block_conv_dim is not None:  # conv_block_dims without conv_dim: kohya scans the ResNets too
+                conv_dim, conv_alpha, resnets = block_conv_dim, block_conv_alpha or 1.0, True
+            put["_blocks"] = blocks
+        conv_targets = KOHYA_CONV_TARGETS if resnets else []
+        if conv_targets:
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if conv_dim and conv_targets:
@@ -114,6 +127,10 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
     for key, value in kwargs.items():
         if value.lower() not in ("", "false", "0", "none", "0.0"):  # a switched-off option changes nothing
             unsupported[key] = value
+    for index, block in enumerate(put.pop("_blocks", [])):
+        note = conv.comment(args, f"kohya block {block.pop('index')}")
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, note)
     for key, value in put.items():
         conv.put(("adapter", key), value, _why(module) if key.endswith("targets") else conv.comment(args))
     if unsupported:
