@@ -597,6 +597,14 @@ expression (`re.search`); this one does not compile. Dots match any character: e
 block's convolution rank is not used (kohya builds convolution LoRA only with `conv_dim` or
 `conv_block_dims`).""",
     ),
+    Code(
+        "DBS267",
+        ERROR,
+        "LoRA rank or module dropout with DoRA",
+        """\
+`adapter.rank_dropout` or `adapter.module_dropout` on a LoRA adapter with `dora = true`: these are kohya
+networks.lora's dropouts of plain LoRA layers (LoRAModule.forward), which DoRA's layers do not have.""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",

@@ -8,6 +8,8 @@ the file and the tensor."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from safetensors.torch import load_file
 
@@ -22,7 +24,7 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
     path = plan.adapter.init_weights
     state = load_file(path)
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     skipped: list[str] = []  # prefixes of models without an adapter (not trained)
     for prefix, module, to_path in kohya_parts(
         unet=unet, text_encoders=list(text_encoders), family=plan.model.family
@@ -30,14 +32,19 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
         if lora_adapter(module) is None:
             skipped.append(prefix + "_")
             continue
-        for name, down, up, _rank, _alpha in _kohya_lora_layers(module):
-            layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up)
+        for name, down, up, _rank, alpha in _kohya_lora_layers(module):
+            layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
     modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
     extra = sorted(m for m in modules if m not in layers and not m.startswith(tuple(skipped)))
     if extra:
         raise ValueError(f"{path}: tensor `{extra[0]}{_DOWN}` matches no LoRA layer of this run")
     with torch.no_grad():
-        for key, (down, up) in sorted(layers.items()):
+        for key, (down, up, alpha) in sorted(layers.items()):
+            stored = state.get(key + _ALPHA)
+            if stored is not None and not math.isclose(float(stored), alpha, rel_tol=1e-3):
+                raise ValueError(
+                    f"{path}: tensor `{key}{_ALPHA}` is {float(stored):g}; the run's layer has {alpha:g}"
+                )
             for suffix, param in ((_DOWN, down), (_UP, up)):
                 value = state.get(key + suffix)
                 if value is None:

@@ -117,6 +117,10 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"
         )
+    if denoiser and adapter.blocks:
+        # per-block ranks: kohya's flattened names cannot be matched against the blocks' path patterns here;
+        # the run checks every tensor's shape against its layer when it loads the file
+        return ""
     if module.rank != rank:
         return f"tensor {tensor} has rank {module.rank} (shape {list(module.down)}); adapter.{what} is {rank}"
     if module.alpha is not None and not math.isclose(module.alpha, alpha, rel_tol=1e-3):

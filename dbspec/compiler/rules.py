@@ -1011,3 +1011,19 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 "adapters)",
                 "set adapter.conv_rank above 0 to adapt the convolutions, or remove this key",
             )
+
+
+@rule("spec")
+def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
+    """kohya networks.lora's rank and module dropout act on plain LoRA layers; DoRA's are not wrapped."""
+    adapter = spec.adapter
+    if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
+        return
+    for key in ("rank_dropout", "module_dropout"):
+        if getattr(adapter, key):
+            yield _err(
+                "DBS267",
+                ("adapter", key),
+                f"adapter.{key} works on plain LoRA layers; adapter.dora is true",
+                f"set adapter.dora = false, or remove adapter.{key}",
+            )

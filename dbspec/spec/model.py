@@ -197,6 +197,20 @@ class LoraAdapter:
     rank: int = _rank(16, "LoRA")
     alpha: float = _alpha()
     dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
+    rank_dropout: float = option(
+        0.0,
+        doc="Drop ranks of the LoRA update while training (kohya networks.lora `rank_dropout`): the down "
+        "projection's output is masked per sample and rank, the update scaled by 1 / (1 - rank_dropout).",
+        minimum=0,
+        maximum=0.99,
+    )
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
+        "`module_dropout`).",
+        minimum=0,
+        maximum=1,
+    )
     dora: bool = option(
         False,
         doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "

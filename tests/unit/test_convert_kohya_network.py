@@ -166,3 +166,17 @@ def test_dataset_network_multiplier_is_ignored_as_kohya_ignores_it(tmp_path):
     assert (a.rank, a.alpha) == (8, 4.0)  # the scale alpha / rank, unscaled by 0.5
     assert "DBS403" not in codes(outcome)
     assert "never applies it" in messages(outcome, "DBS405")  # kohya ignores it: a warning, not an error
+
+
+def test_networks_lora_rank_and_module_dropout(tmp_path):
+    """networks/lora.py create_network reads rank_dropout / module_dropout from network_args (floats) and
+    gives them to every LoRAModule."""
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=networks.lora --network_dim=8 "
+        '--network_args "rank_dropout=0.1" "module_dropout=0.05"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.module_dropout) == ("lora", 0.1, 0.05)
+    assert fate(outcome, "network_args") == "mapped"

@@ -536,6 +536,12 @@ CASES = [
         + DOG
         + STEPS,
     ),
+    (
+        rules.lora_dropouts_without_dora,
+        LORA + "dora = true\nrank_dropout = 0.1\n" + DOG + STEPS,
+        [("DBS267", "error", ("adapter", "rank_dropout"))],
+        LORA + "rank_dropout = 0.1\n" + DOG + STEPS,
+    ),
 ]
 
 

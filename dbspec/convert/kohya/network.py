@@ -115,7 +115,7 @@ def _map_network(
     if kwargs.pop("wd_on_output", "true").lower() not in _TRUE:
         unsupported["wd_on_output"] = "False (dbspec's DoRA normalises output rows)"
     for key in ("rank_dropout", "module_dropout"):
-        if key in kwargs and kind != "lora" and lycoris:
+        if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
     if kind == "lokr":
         if "factor" in kwargs:
