@@ -12,6 +12,9 @@ needs the model)."""
 from __future__ import annotations
 
 import math
+import re
+
+import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, kohya_suffix, read_lora_file
@@ -75,7 +78,10 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         if component not in trained:
             ignored[component] = ignored.get(component, 0) + 1
             continue
-        problem = _mismatch(module, adapter, component == family_spec(family).denoiser)
+        denoiser = component == family_spec(family).denoiser
+        if denoiser and family_spec(family).kohya.original_unet_names:
+            module = attrs.evolve(module, name=diffusers_tail(module.name))
+        problem = _mismatch(module, adapter, denoiser)
         if problem:
             ctx.report(
                 "DBS356",
@@ -98,6 +104,26 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
         return "", 0
     return str(path), used
+
+
+# kohya's SDXL LoRA names follow the original UNet layout: the ResNet, downsampler and upsampler layers end in
+# other words than the diffusers names dbspec's targets use (attention layers end alike).
+_ORIGINAL_TAILS = (
+    (re.compile(r"_in_layers_2$"), "_conv1"),
+    (re.compile(r"_out_layers_3$"), "_conv2"),
+    (re.compile(r"_emb_layers_1$"), "_time_emb_proj"),
+    (re.compile(r"_skip_connection$"), "_conv_shortcut"),
+    (re.compile(r"^(lora_unet_input_blocks_\d+_0)_op$"), r"\1_downsamplers_0_conv"),
+    (re.compile(r"^(lora_unet_output_blocks_\d+_\d+)_conv$"), r"\1_upsamplers_0_conv"),
+)
+
+
+def diffusers_tail(name: str) -> str:
+    """A kohya original-layout module name with its last words as diffusers names them (for target checks)."""
+    for pattern, tail in _ORIGINAL_TAILS:
+        if pattern.search(name):
+            return pattern.sub(tail, name)
+    return name
 
 
 def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:

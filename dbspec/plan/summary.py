@@ -283,6 +283,8 @@ def adapter_rows(a) -> list[tuple[str, str]]:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
+    if a.rank_dropout or a.module_dropout:
+        rows.append(("  dropout", f"rank {a.rank_dropout:g}, module {a.module_dropout:g} (while training)"))
     for block in a.blocks:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(

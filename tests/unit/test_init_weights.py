@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from convert_kit import SD15, empty_hub_cache, fate, images, kohya, plan_of  # noqa: F401
+from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, kohya, plan_of  # noqa: F401
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.frontend import plan_spec
 from dbspec.plan.summary import adapter_rows
@@ -116,12 +116,12 @@ def test_dim_from_weights_with_per_layer_ranks_is_unsupported(tmp_path):
     assert not outcome.written and fate(outcome, "dim_from_weights") == "unsupported"
 
 
-def _plan(tmp_path: Path, adapter: str, train: str = ""):
+def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15):
     (tmp_path / "img").mkdir(exist_ok=True)
     images(tmp_path / "img", 1, (512, 512))
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        f'spec_version = 2\n[model]\nbase = "{SD15}"\n[adapter]\nkind = "lora"\n{adapter}\n{train}\n'
+        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\nkind = "lora"\n{adapter}\n{train}\n'
         '[optimizer]\nlr = 1e-4\n[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n'
         "[schedule]\nsteps = 10\n"
     )
@@ -181,3 +181,23 @@ def test_layers_of_a_frozen_text_encoder_are_ignored_with_a_warning(tmp_path):
     assert planned.plan is not None and planned.plan.adapter.init_layers == 2
     (hit,) = [d for d in planned.diagnostics if d.code == "DBS358"]
     assert "1 LoRA layer(s) of `text_encoder`" in hit.message
+
+
+def test_sdxl_original_layout_names_fit_the_diffusers_targets(tmp_path):
+    """kohya names SDXL's U-Net modules in the original layout: a ResNet's conv1 is `in_layers_2`, its
+    time_emb_proj `emb_layers_1`, a downsampler `op`, an upsampler `output_blocks_N_M_conv`."""
+    modules = {
+        "lora_unet_input_blocks_1_0_in_layers_2": (4, 1.0, 320, 3),
+        "lora_unet_input_blocks_1_0_emb_layers_1": (8, 4.0, 320, 0),
+        "lora_unet_input_blocks_3_0_op": (4, 1.0, 320, 3),
+        "lora_unet_output_blocks_2_2_conv": (4, 1.0, 1280, 3),
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_out_0": (8, 4.0, 640, 0),
+    }
+    write_lora(tmp_path / "prev.safetensors", modules)
+    adapter = (
+        'rank = 8\nalpha = 4.0\nconv_rank = 4\nconv_alpha = 1.0\ninit_weights = "prev.safetensors"\n'
+        'denoiser_targets = ["to_out.0", "time_emb_proj"]'
+    )
+    planned = _plan(tmp_path, adapter, base=SDXL)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.init_layers == 5
