@@ -600,10 +600,10 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
     Code(
         "DBS267",
         ERROR,
-        "LoRA rank or module dropout with DoRA",
+        "LoRA rank or module dropout, or a multiplier, with DoRA",
         """\
-`adapter.rank_dropout` or `adapter.module_dropout` on a LoRA adapter with `dora = true`: these are kohya
-networks.lora's dropouts of plain LoRA layers (LoRAModule.forward), which DoRA's layers do not have.""",
+`adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA adapter with `dora = true`:
+these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which DoRA's layers do not have.""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(

@@ -17,8 +17,12 @@ from peft.tuners.lora import LoraLayer
 from dbspec.runtime.adapters import ADAPTER_NAME
 
 
-def add_lora_dropout(module: torch.nn.Module, rank_dropout: float, module_dropout: float) -> int:
-    """Wrap the forward of every plain LoRA layer in `module`; returns how many were wrapped."""
+def add_lora_dropout(
+    module: torch.nn.Module, rank_dropout: float, module_dropout: float, multiplier: float = 1.0
+) -> int:
+    """Wrap the forward of every plain LoRA layer in `module`; returns how many were wrapped. `multiplier`
+    (kohya's network multiplier) scales the update in training and evaluation alike; alpha is untouched, so
+    the exports keep it."""
     count = 0
     for layer in module.modules():
         if (
@@ -26,22 +30,23 @@ def add_lora_dropout(module: torch.nn.Module, rank_dropout: float, module_dropou
             and ADAPTER_NAME in layer.lora_A
             and not layer.use_dora.get(ADAPTER_NAME)
         ):
-            layer.forward = _forward(layer, layer.forward, rank_dropout, module_dropout)
+            layer.forward = _forward(layer, layer.forward, rank_dropout, module_dropout, multiplier)
             count += 1
     return count
 
 
-def _forward(layer, peft_forward, rank_dropout: float, module_dropout: float):
+def _forward(layer, peft_forward, rank_dropout: float, module_dropout: float, multiplier: float):
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if not layer.training or layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
+        if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
             return peft_forward(x, *args, **kwargs)
+        training = layer.training
         result = layer.base_layer(x, *args, **kwargs)
-        if module_dropout and torch.rand(1) < module_dropout:
+        if training and module_dropout and torch.rand(1) < module_dropout:
             return result
         lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
-        lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))
-        scale = layer.scaling[ADAPTER_NAME]
-        if rank_dropout:
+        lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))  # peft's input dropout
+        scale = layer.scaling[ADAPTER_NAME] * multiplier
+        if training and rank_dropout:
             mask = torch.rand((lx.size(0), layer.r[ADAPTER_NAME]), device=lx.device) > rank_dropout
             if lx.dim() == 3:
                 mask = mask.unsqueeze(1)

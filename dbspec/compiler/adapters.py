@@ -20,7 +20,11 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
     conv = adapter.conv_rank > 0
-    extra = {"dropout": adapter.dropout, "dora": adapter.dora} if isinstance(adapter, LoraAdapter) else {}
+    extra = (
+        {"dropout": adapter.dropout, "dora": adapter.dora, "multiplier": adapter.multiplier}
+        if isinstance(adapter, LoraAdapter)
+        else {}
+    )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)

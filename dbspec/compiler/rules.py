@@ -1019,8 +1019,8 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    for key in ("rank_dropout", "module_dropout"):
-        if getattr(adapter, key):
+    for key, off in (("rank_dropout", 0.0), ("module_dropout", 0.0), ("multiplier", 1.0)):
+        if getattr(adapter, key) != off:
             yield _err(
                 "DBS267",
                 ("adapter", key),

@@ -127,6 +127,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a LoRA started from a saved file (kohya --network_weights): none then
         ("adapter", "init_weights"): "",
         ("adapter", "init_layers"): 0,
+        ("adapter", "multiplier"): 1.0,
         ("adapter", "blocks"): [],  # per-block ranks and learning rates: none then
         # the adapter's parameter count is an estimate shown in the summary; it never changes what trains
         ("adapter", "params"): lambda run: run["adapter"].get("params"),

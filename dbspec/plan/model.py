@@ -107,6 +107,7 @@ class AdapterPlan:
     # of its layers load (those of components that train).
     init_weights: str = ""
     init_layers: int = 0
+    multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
     blocks: tuple[BlockPlan, ...] = ()

@@ -283,6 +283,10 @@ def adapter_rows(a) -> list[tuple[str, str]]:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
+    if a.multiplier != 1.0:
+        rows.append(
+            ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")
+        )
     if a.rank_dropout or a.module_dropout:
         rows.append(("  dropout", f"rank {a.rank_dropout:g}, module {a.module_dropout:g} (while training)"))
     for block in a.blocks:

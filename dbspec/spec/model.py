@@ -211,6 +211,13 @@ class LoraAdapter:
         minimum=0,
         maximum=1,
     )
+    multiplier: float = option(
+        1.0,
+        doc="Scale the LoRA update by this while the run trains and validates (kohya's network multiplier, "
+        "`set_multiplier`); the saved alpha stays `alpha`, so the weights load elsewhere at full strength.",
+        exclusive_minimum=0,
+        example=0.5,
+    )
     dora: bool = option(
         False,
         doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "

@@ -115,3 +115,39 @@ def test_a_run_with_lora_dropouts_resumes_bit_exact(tmp_path):
     )
     other = load_file(str(Path(plain.final) / "pytorch_lora_weights.safetensors"))
     assert any(not torch.equal(ours[k], other[k]) for k in ours)
+
+
+def test_multiplier_scales_the_update_in_training_and_evaluation():
+    """kohya LoRAModule: org_forwarded + lora_up(lora_down(x)) * multiplier * alpha / dim."""
+    torch.manual_seed(0)
+    net = Net()
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=2.0, target_modules=["proj", "conv"]), net)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    add_lora_dropout(net, 0.0, 0.0, multiplier=0.25)
+    x = torch.randn(3, 6)
+    a, b, w, bias = (
+        net.proj.lora_A["default"].weight,
+        net.proj.lora_B["default"].weight,
+        net.proj.base_layer.weight,
+        net.proj.base_layer.bias,
+    )
+    by_hand = x @ w.T + bias + (x @ a.T @ b.T) * 0.25 * (2.0 / 4)
+    for mode in (net.train, net.eval):
+        mode()
+        assert torch.allclose(net.proj(x), by_hand, atol=1e-6)
+    assert net.proj.scaling["default"] == 2.0 / 4  # alpha / rank untouched: exports keep alpha
+
+
+def test_a_run_with_a_multiplier_exports_the_unchanged_alpha(tmp_path):
+    extra = (
+        '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2.0\nmultiplier = 0.5\n'
+        '[checkpoints]\nexports = ["kohya_lora"]\n'
+    )
+    plan = compile_spec(write_spec(tmp_path, steps=2, extra=extra), ["optimizer.lr=1e-2"])
+    assert plan.adapter.multiplier == 0.5
+    result = execute(plan)
+    (export,) = Path(result.final).glob("*.kohya.safetensors")
+    alphas = {k: v for k, v in load_file(str(export)).items() if k.endswith(".alpha")}
+    assert alphas and all(float(v) == 2.0 for v in alphas.values())
