@@ -27,19 +27,22 @@ def _targeted(path: str, targets) -> bool:
 
 
 def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPlan) -> PeftConfig:
-    """`config` with every targeted module of `module` at its block's rank and alpha (exact patterns first, so
-    they win over the convolution-target patterns), and rank-0 modules excluded."""
+    """`config` with every targeted module of `module` at its own rank and alpha (its block's, else the
+    adapter's linear or convolution rank) as one exact pattern each, replacing the convolution-target
+    patterns: no two patterns match one module, so the choice cannot depend on their order (diffusers reloads
+    the config from JSON); rank-0 modules excluded."""
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     excluded: list[str] = []
     for path, layer in module.named_modules():
         if not path or not _targeted(path, config.target_modules):
             continue
+        conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
         block = block_of(adapter.blocks, path)
         if block is None:
-            continue
-        conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        rank, alpha = (block.conv_rank, block.conv_alpha) if conv else (block.rank, block.alpha)
+            rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
+        else:
+            rank, alpha = (block.conv_rank, block.conv_alpha) if conv else (block.rank, block.alpha)
         if rank == 0:
             excluded.append(path)
             continue
@@ -47,8 +50,8 @@ def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPla
         alphas[re.escape(path)] = alpha
     return dataclasses.replace(
         config,
-        rank_pattern={**ranks, **config.rank_pattern},
-        alpha_pattern={**alphas, **config.alpha_pattern},
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
         exclude_modules=excluded or None,
     )
 

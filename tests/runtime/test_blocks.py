@@ -15,6 +15,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.execute import execute
 from dbspec.runtime.setup import setup
+from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
 
 BLOCKS = """
@@ -96,3 +97,10 @@ def test_blocks_set_ranks_alphas_and_lr_groups_and_the_run_resumes_bit_exact(tmp
     ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
     theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # diffusers reloads the saved config (JSON) and gets every module's rank back
+    pipe = build_pipeline(plan.model.base)
+    pipe.load_lora_weights(whole.final)
+    reloaded = {n: layer for n, layer in pipe.unet.named_modules() if isinstance(layer, LoraLayer)}
+    assert {n: next(iter(layer.r.values())) for n, layer in reloaded.items()} == {
+        n: layer.r["default"] for n, layer in adapted.items()
+    }
