@@ -581,6 +581,32 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
 train, so its rate is not used (the plan shows no rate for it).""",
     ),
     Code(
+        "DBS265",
+        ERROR,
+        "An adapter block pattern is not a regular expression",
+        """\
+`[[adapter.blocks]]` `pattern` is searched in each adapted denoiser module's path as a Python regular
+expression (`re.search`); this one does not compile. Dots match any character: escape them
+(`^down_blocks\\.0\\.`).""",
+    ),
+    Code(
+        "DBS266",
+        WARNING,
+        "A block's convolution rank without convolution adapters",
+        """\
+`[[adapter.blocks]]` `conv_rank` is set while `adapter.conv_rank` is 0: no convolution is adapted, so the
+block's convolution rank is not used (kohya builds convolution LoRA only with `conv_dim` or
+`conv_block_dims`).""",
+    ),
+    Code(
+        "DBS267",
+        ERROR,
+        "LoRA rank or module dropout, or a multiplier, with DoRA",
+        """\
+`adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA adapter with `dora = true`:
+these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which DoRA's layers do not have.""",
+    ),
+    Code(
         "DBS270",
         WARNING,
         "An optimizer option the chosen kind does not use",
@@ -935,6 +961,37 @@ planning on the machine that runs (not with `--target`, which plans for another 
         "bf16 weights on a target without bf16",
         """\
 `precision.weights = "bf16"` on a target without bf16 support.""",
+    ),
+    Code(
+        "DBS356",
+        ERROR,
+        "The LoRA file a run starts from does not fit the adapter",
+        """\
+`adapter.init_weights` (kohya `--network_weights`) names a kohya-layout LoRA whose layers, ranks or alphas are
+not the adapter's: a layer its targets do not name (`denoiser_targets`, `text_encoder_targets`,
+`conv_targets`), a `lora_down` with another rank than `rank` (`conv_rank` for 3x3 convolutions), an `alpha`
+other than `alpha` (`conv_alpha`), a prefix of no model of the family, or a DoRA adapter (the file holds no
+magnitudes). The message names the file and the first tensor that differs. kohya fails on a shape mismatch
+too, and keeps its network's alpha for training while saving the file's; dbspec asks for one alpha. That every
+adapted layer has its tensors in the file is checked when the run loads it.""",
+    ),
+    Code(
+        "DBS357",
+        ERROR,
+        "The LoRA file a run starts from cannot be read",
+        """\
+`adapter.init_weights` is missing, not a safetensors file, or not in kohya's LoRA layout (`lora_unet_*` /
+`lora_te*_*` modules with `.lora_down.weight`, `.lora_up.weight` and `.alpha`). LyCORIS files (LoHa, LoKr,
+`dora_scale`) cannot start a LoRA run; export a dbspec LoRA run with
+`checkpoints.exports = ["kohya_lora"]`.""",
+    ),
+    Code(
+        "DBS358",
+        WARNING,
+        "The LoRA file holds layers of a model that does not train",
+        """\
+`adapter.init_weights` holds LoRA layers of a text encoder (or the denoiser) that this run does not train
+(`train.*`): they are not loaded, as kohya drops the networks of models it does not train before loading.""",
     ),
     Code(
         "DBS401",

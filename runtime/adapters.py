@@ -65,9 +65,14 @@ def add_lora(
     module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, ...], seed: int, conv: bool = False
 ) -> None:
     """Attach the plan's adapter (LoRA, LoHa or LoKr); its random init is seeded so a run is reproducible."""
+    config = lora_config(adapter, targets, conv)
+    if conv and adapter.blocks:  # the denoiser: per-block ranks and alphas
+        from dbspec.runtime.blocks import with_blocks
+
+        config = with_blocks(config, module, adapter)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        inject_lora(module, lora_config(adapter, targets, conv))
+        inject_lora(module, config)
 
 
 def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:

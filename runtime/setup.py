@@ -25,6 +25,8 @@ from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
 from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
+from dbspec.runtime.init_weights import load_init_weights
+from dbspec.runtime.blocks import block_param_groups
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
@@ -84,6 +86,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
                 generate_class_images(pipeline, d.generate)
     teacher = make_teacher(plan, comps, device)
     unet_params, per_encoder = configure_models(plan, comps, device)
+    if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
+        load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
     with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
@@ -93,9 +97,10 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     lora_up = (
         lora_up_ids(comps) if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio else frozenset()
     )
-    optimizer = make_optimizer(
-        param_groups(unet_params, per_encoder, plan.optimizer, lora_up), plan.optimizer
-    )
+    groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
+    if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)
+        groups = block_param_groups(groups, comps.unet, plan.adapter)
+    optimizer = make_optimizer(groups, plan.optimizer)
     if plan.precision.stochastic_rounding:  # bf16 weights: updates in fp32, rounded stochastically to bf16
         optimizer = with_stochastic_rounding(optimizer, s.seed, device)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None

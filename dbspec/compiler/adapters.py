@@ -5,7 +5,7 @@ many parameters it trains. The runtime builds its peft config from this plan alo
 from __future__ import annotations
 
 from dbspec.families import family_spec
-from dbspec.plan.model import AdapterPlan
+from dbspec.plan.model import AdapterPlan, BlockPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
 
 # Parameters per (in + out) unit of rank, relative to LoRA's rank x (in + out): LoHa keeps two LoRA-shaped
@@ -21,12 +21,25 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
         return AdapterPlan(kind="none")
     conv = adapter.conv_rank > 0
     extra = (
-        {"dropout": adapter.dropout, "dora": adapter.dora}
+        {"dropout": adapter.dropout, "dora": adapter.dora, "multiplier": adapter.multiplier}
         if isinstance(adapter, LoraAdapter)
-        else {"rank_dropout": adapter.rank_dropout, "module_dropout": adapter.module_dropout}
+        else {}
     )
+    extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
+    if isinstance(adapter, LoraAdapter) and adapter.blocks:
+        extra["blocks"] = tuple(
+            BlockPlan(
+                pattern=b.pattern,
+                rank=b.rank,
+                alpha=b.alpha,
+                conv_rank=b.conv_rank if conv else 0,
+                conv_alpha=b.conv_alpha if conv else 1.0,
+                lr_scale=b.lr_scale,
+            )
+            for b in adapter.blocks
+        )
     return AdapterPlan(
         kind=adapter.kind,
         rank=adapter.rank,
@@ -49,6 +62,15 @@ def _lokr_split(factor: int) -> int:
     return factor if factor > 0 else 8
 
 
+def _largest_ranks(adapter) -> tuple[int, int]:
+    """The denoiser's largest linear and convolution ranks: with per-block ranks (adapter.blocks) the family's
+    per-rank facts (whole-model sums) give an upper bound, the count at the largest rank anywhere."""
+    blocks = getattr(adapter, "blocks", ())
+    rank = max([adapter.rank, *(b.rank for b in blocks)])
+    conv_rank = max([adapter.conv_rank, *(b.conv_rank for b in blocks)]) if adapter.conv_rank else 0
+    return rank, conv_rank
+
+
 def adapter_params(adapter, family: str, components) -> dict[str, int]:
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
     targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
@@ -60,9 +82,12 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
         if c.trainable != "lora":
             continue
         size = c.params / public.public_params[c.name]
-        total = public.lora_params_per_rank[c.name] * adapter.rank * factor
+        rank, conv_rank = adapter.rank, adapter.conv_rank
+        if c.name == public.denoiser:
+            rank, conv_rank = _largest_ranks(adapter)
+        total = public.lora_params_per_rank[c.name] * rank * factor
         if c.name == public.denoiser and adapter.conv_rank:
-            total += public.conv_params_per_rank * adapter.conv_rank * factor
+            total += public.conv_params_per_rank * conv_rank * factor
         total *= size
         if adapter.kind == "lokr":
             total = min(total, c.params / _lokr_split(adapter.factor) ** 2)

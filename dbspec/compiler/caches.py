@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.context import Context
+from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.plan.model import CachePlan, DatasetPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import Dataset
 
@@ -98,7 +99,7 @@ def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) 
     return Keyer(
         model=model,
         latents=c.latents,
-        text=c.text_embeddings and not ctx.spec.train.text_encoder,
+        text=c.text_embeddings and not any_text_encoder_trains(ctx.spec),
         vae_dtype=dtype["vae"],
         text_dtype=dtype["text_encoder"],
     )
@@ -134,8 +135,8 @@ def plan_cache(
     """Where the caches live and how many entries the plan's keys find on disk now."""
     c, spec = ctx.spec.cache, ctx.spec
     notes: list[str] = list(caption_notes)
-    text_on = c.text_embeddings and not spec.train.text_encoder and model is not None
-    if c.text_embeddings and spec.train.text_encoder:
+    text_on = c.text_embeddings and not any_text_encoder_trains(spec) and model is not None
+    if c.text_embeddings and any_text_encoder_trains(spec):
         notes.append("text embeddings are not cached: the text encoder trains")
     notes += [
         f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"

@@ -8,6 +8,7 @@ import attrs
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_params, adapter_plan
+from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
@@ -21,7 +22,7 @@ from dbspec.families import family_spec
 from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
 from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.origins import derived, spec_origins
-from dbspec.compiler.precision import plan_precision
+from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
 from dbspec.spec.migrate import user_spelling
@@ -92,6 +93,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     loss = plan_loss(ctx, model, datasets)
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets, caption_notes)
+    init = plan_init_weights(ctx, model.family, precision.components) if model and precision else ("", 0)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -104,7 +106,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
             help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit",
         )
     target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
-    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory)
+    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
@@ -175,7 +177,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         decay_type=s.decay_type,
         eta_min=s.eta_min,
         t_mult=s.t_mult,
-        text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
+        text_encoder_stop_step=spec.train.text_encoder_stop_step if any_text_encoder_trains(spec) else 0,
         checkpoint_every=spec.checkpoints.every,
         validate_every=spec.validation.every,
         validate=bool(spec.validation.prompts),
@@ -300,10 +302,12 @@ def _origins(ctx: Context, precision) -> dict:
 
 
 def _assemble(
-    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
+    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory, init
 ) -> Plan:
     spec = ctx.spec
     adapter = adapter_plan(spec.adapter, model.family, precision.components)
+    if init[0]:
+        adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
@@ -320,7 +324,7 @@ def _assemble(
         model=model,
         adapter=adapter,
         train_denoiser=spec.train.denoiser,
-        train_text_encoder=spec.train.text_encoder,
+        train_text_encoder=_text_encoders_train(model, precision),
         datasets=datasets,
         buckets=buckets,
         groups=plan_groups(ctx, datasets, buckets),
@@ -371,6 +375,12 @@ def _assemble(
         origins=origins,
         warnings=warnings,
     )
+
+
+def _text_encoders_train(model, precision) -> bool:
+    """Whether any text encoder trains (SDXL's second alone too): the per-component plan decides."""
+    names = set(family_spec(model.family).text_encoder_names)
+    return any(c.trainable != "frozen" for c in precision.components if c.name in names)
 
 
 def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:

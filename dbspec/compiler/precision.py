@@ -61,16 +61,22 @@ def _check_quantization(ctx: Context, key: str, kind: str) -> None:
 
 
 def text_encoder_trains(spec, name: str) -> bool:
-    """Whether the text encoder `name` trains: all of them with train.text_encoder, except SDXL's second one
-    when train.text_encoder_2 is false."""
-    return spec.train.text_encoder and (name != "text_encoder_2" or spec.train.text_encoder_2)
+    """Whether the text encoder `name` trains: SDXL's second one with train.text_encoder_2 (which defaults to
+    train.text_encoder), every other with train.text_encoder."""
+    return spec.train.text_encoder_2 if name == "text_encoder_2" else spec.train.text_encoder
+
+
+def any_text_encoder_trains(spec) -> bool:
+    """A text encoder may train (before the family is known): train.text_encoder, or SDXL's second one alone
+    (kohya sdxl_train.py with learning_rate_te1 = 0)."""
+    return spec.train.text_encoder or spec.train.text_encoder_2
 
 
 def _check_second_text_encoder(ctx: Context, text_parts: tuple[str, ...] | None) -> None:
     path = ("train", "text_encoder_2")
     if text_parts is None or "text_encoder_2" in text_parts or not ctx.raw.given(path):
         return
-    if not ctx.spec.train.text_encoder:
+    if not any_text_encoder_trains(ctx.spec):
         return  # DBS206 already says train.text_encoder_2 has no effect
     ctx.report(
         "DBS263",

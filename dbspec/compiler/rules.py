@@ -27,6 +27,7 @@ import attrs
 
 from dbspec import codes
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
+from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
@@ -110,7 +111,7 @@ def text_encoder_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> 
 
 @rule("spec")
 def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.text_encoder:
+    if any_text_encoder_trains(spec):  # the first text encoder, or SDXL's second alone
         return
     for path in (
         ("train", "text_encoder_stop_step"),
@@ -391,7 +392,7 @@ def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def text_cache_while_training_te(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.text_encoder and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
+    if any_text_encoder_trains(spec) and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
         yield _warn(
             "DBS213",
             ("cache", "text_embeddings"),
@@ -468,7 +469,7 @@ def nesterov_needs_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
-    if not spec.train.denoiser and not spec.train.text_encoder:
+    if not spec.train.denoiser and not any_text_encoder_trains(spec):
         yield _err(
             "DBS217",
             ("train",),
@@ -810,7 +811,7 @@ def adafactor_relative_step_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
 def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
     # The base-model prior compares the trained denoiser with its base (adapters off, or a frozen copy). With
     # a frozen denoiser only the text encoder moves, and its base would have to be kept: not supported.
-    if spec.loss.prior == "base_model" and not spec.train.denoiser and spec.train.text_encoder:
+    if spec.loss.prior == "base_model" and not spec.train.denoiser and any_text_encoder_trains(spec):
         yield _err(
             "DBS226",
             ("loss", "prior"),
@@ -1226,3 +1227,47 @@ def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
         span=anchor(raw, span),
         help=hit.help,
     )
+
+
+# --- per-block adapters (kohya block_dims, block lr weights) -------------------------------------------
+@rule("spec")
+def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Each [[adapter.blocks]] pattern is a Python regular expression; a convolution rank in a block needs
+    the adapter's convolutions (conv_rank > 0)."""
+    import re
+
+    adapter = spec.adapter
+    for i, block in enumerate(getattr(adapter, "blocks", ())):
+        try:
+            re.compile(block.pattern)
+        except re.error as exc:
+            yield _err(
+                "DBS265",
+                ("adapter", "blocks", i, "pattern"),
+                f"adapter.blocks[{i}].pattern `{block.pattern}` is not a regular expression: {exc}",
+                "write a Python regular expression, e.g. `^down_blocks\\.0\\.`",
+            )
+        if block.conv_rank and not adapter.conv_rank:
+            yield _warn(
+                "DBS266",
+                ("adapter", "blocks", i, "conv_rank"),
+                f"adapter.blocks[{i}].conv_rank has no effect: adapter.conv_rank is 0 (no convolution "
+                "adapters)",
+                "set adapter.conv_rank above 0 to adapt the convolutions, or remove this key",
+            )
+
+
+@rule("spec")
+def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
+    """kohya networks.lora's rank and module dropout act on plain LoRA layers; DoRA's are not wrapped."""
+    adapter = spec.adapter
+    if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
+        return
+    for key, off in (("rank_dropout", 0.0), ("module_dropout", 0.0), ("multiplier", 1.0)):
+        if getattr(adapter, key) != off:
+            yield _err(
+                "DBS267",
+                ("adapter", key),
+                f"adapter.{key} works on plain LoRA layers; adapter.dora is true",
+                f"set adapter.dora = false, or remove adapter.{key}",
+            )

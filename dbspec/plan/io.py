@@ -133,6 +133,11 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "decompose_both"): False,
         ("adapter", "rank_dropout"): 0.0,
         ("adapter", "module_dropout"): 0.0,
+        # a LoRA started from a saved file (kohya --network_weights): none then
+        ("adapter", "init_weights"): "",
+        ("adapter", "init_layers"): 0,
+        ("adapter", "multiplier"): 1.0,
+        ("adapter", "blocks"): [],  # per-block ranks and learning rates: none then
         # the adapter's parameter count is an estimate shown in the summary; it never changes what trains
         ("adapter", "params"): lambda run: run["adapter"].get("params"),
         ("datasets", "*", "caption_processing"): {

@@ -73,6 +73,19 @@ class ModelPlan:
 
 
 @frozen
+class BlockPlan:
+    """The denoiser modules whose path `pattern` matches (re.search; the first block wins): their ranks and
+    alphas (rank 0: not adapted) and the learning-rate scale of their adapters."""
+
+    pattern: str
+    rank: int
+    alpha: float
+    conv_rank: int = 0
+    conv_alpha: float = 1.0
+    lr_scale: float = 1.0
+
+
+@frozen
 class AdapterPlan:
     kind: Literal["none", "lora", "loha", "lokr"]
     rank: int = 0
@@ -90,6 +103,14 @@ class AdapterPlan:
     decompose_both: bool = False  # lokr: the small factor low-rank too
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr
+    # lora: the kohya-layout file the adapter starts from (absolute; "" for peft's random init) and how many
+    # of its layers load (those of components that train).
+    init_weights: str = ""
+    init_layers: int = 0
+    multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
+    # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
+    # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
+    blocks: tuple[BlockPlan, ...] = ()
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

@@ -292,8 +292,27 @@ def adapter_rows(a) -> list[tuple[str, str]]:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
+    if a.multiplier != 1.0:
+        rows.append(
+            ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")
+        )
+    if a.rank_dropout or a.module_dropout:
+        rows.append(("  dropout", f"rank {a.rank_dropout:g}, module {a.module_dropout:g} (while training)"))
+    for block in a.blocks:
+        conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
+        rows.append(
+            (
+                f"  block /{block.pattern}/",
+                f"rank {block.rank} alpha {block.alpha:g}{conv}, lr x {block.lr_scale:g}",
+            )
+        )
+    bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
     for name, count in a.params.items():
-        rows.append((f"  {name} params", f"{count:,} (estimate)"))
+        rows.append((f"  {name} params", f"{count:,} ({bound if name == 'unet' else 'estimate'})"))
+    if a.init_weights:
+        rows.append(
+            ("  starts from", f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)")
+        )
     return rows
 
 

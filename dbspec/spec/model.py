@@ -159,6 +159,37 @@ def _module_dropout():
 
 
 @frozen
+class AdapterBlock:
+    """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
+    `block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas` and per-block learning rates)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its rank, alpha and learning-rate scale.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them.", minimum=0, maximum=1024
+    )
+    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
+        "none.",
+        minimum=0,
+        maximum=1024,
+    )
+    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    lr_scale: float = option(
+        1.0,
+        doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
+        "`mid_lr_weight`, `up_lr_weight`).",
+        exclusive_minimum=0,
+    )
+
+
+@frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
         doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
@@ -166,6 +197,27 @@ class LoraAdapter:
     rank: int = _rank(16, "LoRA")
     alpha: float = _alpha()
     dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
+    rank_dropout: float = option(
+        0.0,
+        doc="Drop ranks of the LoRA update while training (kohya networks.lora `rank_dropout`): the down "
+        "projection's output is masked per sample and rank, the update scaled by 1 / (1 - rank_dropout).",
+        minimum=0,
+        maximum=0.99,
+    )
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
+        "`module_dropout`).",
+        minimum=0,
+        maximum=1,
+    )
+    multiplier: float = option(
+        1.0,
+        doc="Scale the LoRA update by this while the run trains and validates (kohya's network multiplier, "
+        "`set_multiplier`); the saved alpha stays `alpha`, so the weights load elsewhere at full strength.",
+        exclusive_minimum=0,
+        example=0.5,
+    )
     dora: bool = option(
         False,
         doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "
@@ -198,6 +250,23 @@ class LoraAdapter:
         derived="same as `loraplus_ratio`",
         minimum=0,
         example=4.0,
+    )
+    blocks: list[AdapterBlock] = option(
+        factory=list,
+        doc="Per-block ranks, alphas and learning-rate scales of the denoiser's adapters ([[adapter.blocks]] "
+        "tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / `conv_block_alphas` and "
+        "`down/mid/up_lr_weight`): modules no block matches keep `rank`, `alpha`, `conv_rank`, "
+        "`conv_alpha` and the learning rate.",
+    )
+    # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
+    init_weights: str = option(
+        "",
+        doc="Start the LoRA from this `.safetensors` file (kohya `--network_weights`), relative to the spec "
+        "file: kohya's LoRA layout, as kohya saves it and dbspec's `kohya_lora` export writes it. Its "
+        "layers, ranks and alphas must be the adapter's (checked at plan time); layers of a model that does "
+        "not train are ignored. A resumed run takes the checkpoint's weights instead. Empty: peft's random "
+        "init.",
+        example="previous-run/final/lora.kohya.safetensors",
     )
 
 
@@ -265,12 +334,14 @@ class Train:
     denoiser: bool = option(True, doc="Train the denoiser (the UNet of SD1, SD2 and SDXL).")
     text_encoder: bool = option(
         False,
-        doc="Also train the text encoder(s); improves likeness (HF study) at the cost of memory.",
+        doc="Also train the text encoder(s) (SDXL's second one as `text_encoder_2` says); improves likeness "
+        "(HF study) at the cost of memory.",
     )
     text_encoder_2: bool = option(
         attrs.Factory(lambda self: self.text_encoder, takes_self=True),
-        doc="Also train the second text encoder (SDXL's OpenCLIP-bigG) when `text_encoder` is true; false "
-        "freezes it while the first trains (kohya's sdxl_train.py with learning_rate_te2 = 0).",
+        doc="Train the second text encoder (SDXL's OpenCLIP-bigG); false freezes it while the first trains "
+        "(kohya's sdxl_train.py with learning_rate_te2 = 0), true with `text_encoder = false` trains it "
+        "alone (learning_rate_te1 = 0), at `optimizer.text_encoder_2_lr`.",
         derived="same as `text_encoder`",
     )
     text_encoder_stop_step: int = option(
@@ -1027,6 +1098,7 @@ class Spec:
 TABLE_CLASSES = (
     Model,
     NoAdapter,
+    AdapterBlock,
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,

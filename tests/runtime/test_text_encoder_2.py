@@ -59,3 +59,29 @@ def test_sdxl_lora_with_the_second_text_encoder_frozen_saves_and_exports_no_adap
     keys = set(load_file(str(kohya)))
     assert any(k.startswith("lora_te1_") for k in keys) and not any(k.startswith("lora_te2_") for k in keys)
     build_pipeline("builtin:tiny-sdxl").load_lora_weights(result.final)  # diffusers accepts the file
+
+
+def test_sdxl_second_text_encoder_trains_alone_and_resumes_bit_exact(tmp_path):
+    """train.text_encoder = false, text_encoder_2 = true (kohya sdxl_train.py with learning_rate_te1 = 0): the
+    first encoder stays as loaded, the second trains, and an interrupted run resumes to the same weights."""
+    spec = write_spec(
+        tmp_path,
+        base="builtin:tiny-sdxl",
+        steps=4,
+        extra="[train]\ntext_encoder = false\ntext_encoder_2 = true\n",
+    )
+    whole = execute(compile_spec(spec, ["optimizer.lr=1e-3", "output.dir=whole"]))
+    plan = compile_spec(spec, ["optimizer.lr=1e-3", "output.dir=parts"])
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert (trainable["text_encoder"], trainable["text_encoder_2"]) == ("frozen", "full")
+    assert execute(plan, stop_after=2).status == "interrupted"
+    resumed = execute(plan, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 4
+    base = build_pipeline("builtin:tiny-sdxl")
+    for name, moved in (("text_encoder", False), ("text_encoder_2", True), ("unet", True)):
+        ours = _weights(Path(whole.final) / name)
+        theirs = _weights(Path(resumed.final) / name)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+        before = getattr(base, name).state_dict()
+        changed = any(not torch.equal(v.float(), before[k].float()) for k, v in ours.items())
+        assert changed == moved, name

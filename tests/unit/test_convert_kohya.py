@@ -504,10 +504,22 @@ def test_sdxl_second_text_encoder_at_rate_0_is_frozen(tmp_path):
     assert plan.optimizer.text_encoder_2_lr is None  # no group: the second encoder has no trained parameters
 
 
-def test_sdxl_first_text_encoder_at_rate_0_is_unsupported(tmp_path):
-    """The reverse (learning_rate_te1 = 0 with the second training) has no dbspec spelling yet."""
-    outcome = _sdxl_full(tmp_path, "--learning_rate 4e-6 --learning_rate_te1 0 --learning_rate_te2 1e-6")
-    assert outcome.exit_code == 1 and fate(outcome, "learning_rate_te1") == "unsupported"
+@pytest.mark.parametrize(("te2", "rate"), [("--learning_rate_te2 1e-6", 1e-6), ("", 4e-6)])
+def test_sdxl_first_text_encoder_at_rate_0_trains_the_second_alone(tmp_path, te2, rate):
+    """sdxl_train.py: train_text_encoder1 = learning_rate_te1 != 0; the second trains at learning_rate_te2,
+    else learning_rate (`args.learning_rate_te2 or args.learning_rate`)."""
+    outcome = _sdxl_full(tmp_path, f"--learning_rate 4e-6 --learning_rate_te1 0 {te2}")
+    plan = plan_of(outcome, tmp_path)
+    assert fate(outcome, "learning_rate_te1") == "mapped" and plan.train_text_encoder
+    trainable = _trainable(plan)
+    assert (trainable["unet"], trainable["text_encoder"], trainable["text_encoder_2"]) == (
+        "full",
+        "frozen",
+        "full",
+    )
+    # the second encoder's rate: text_encoder_lr, which text_encoder_2_lr derives from (None: the same)
+    assert plan.optimizer.lr == pytest.approx(4e-6) and plan.optimizer.text_encoder_lr == pytest.approx(rate)
+    assert plan.optimizer.text_encoder_2_lr is None
 
 
 def test_lora_unet_lr_0_trains_only_the_text_encoder(tmp_path):

@@ -143,3 +143,40 @@ save_precision = "fp16"
     assert not a.dora and "conv_in" in a.conv_targets
     assert plan.checkpoints.exports == ("kohya_lora",)
     assert fate(outcome, "network_args") == "mapped"
+
+
+def test_dataset_network_multiplier_is_ignored_as_kohya_ignores_it(tmp_path):
+    """library/train_util.py puts a dataset's network_multiplier into each batch; train_network.py (v0.10 and
+    later) never reads it, so the LoRA trains at the multiplier create_network was given, 1.0."""
+    from convert_kit import codes, write
+
+    images(tmp_path / "img", 3, (512, 512), caption="ohwx", caption_ext=".txt")
+    write(
+        tmp_path / "dataset.toml",
+        '[general]\ncaption_extension = ".txt"\n[[datasets]]\nresolution = 512\nnetwork_multiplier = 0.5\n'
+        '[[datasets.subsets]]\nimage_dir = "img"\nnum_repeats = 2\n',
+    )
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--dataset_config=dataset.toml --network_module=networks.lora --network_dim=8 --network_alpha=4 "
+        "--learning_rate=1e-4 --max_train_steps=20",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 4.0)  # the scale alpha / rank, unscaled by 0.5
+    assert "DBS403" not in codes(outcome)
+    assert "never applies it" in messages(outcome, "DBS405")  # kohya ignores it: a warning, not an error
+
+
+def test_networks_lora_rank_and_module_dropout(tmp_path):
+    """networks/lora.py create_network reads rank_dropout / module_dropout from network_args (floats) and
+    gives them to every LoRAModule."""
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=networks.lora --network_dim=8 "
+        '--network_args "rank_dropout=0.1" "module_dropout=0.05"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.module_dropout) == ("lora", 0.1, 0.05)
+    assert fate(outcome, "network_args") == "mapped"

@@ -610,6 +610,29 @@ CASES = [
         [("DBS298", "warning", ("scheduled_sampling", "ramp_steps"))],
         DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\nramp_steps = 99\n",
     ),
+    (
+        rules.adapter_block_patterns,
+        LORA
+        + 'conv_rank = 0\n[[adapter.blocks]]\npattern = "down_blocks["\n'
+        + "rank = 2\nalpha = 1.0\nconv_rank = 4\n"
+        + DOG
+        + STEPS,
+        [
+            ("DBS265", "error", ("adapter", "blocks", 0, "pattern")),
+            ("DBS266", "warning", ("adapter", "blocks", 0, "conv_rank")),
+        ],
+        LORA
+        + 'conv_rank = 4\n[[adapter.blocks]]\npattern = "^down_blocks\\\\.0\\\\."\n'
+        + "rank = 2\nalpha = 1.0\nconv_rank = 4\n"
+        + DOG
+        + STEPS,
+    ),
+    (
+        rules.lora_dropouts_without_dora,
+        LORA + "dora = true\nrank_dropout = 0.1\n" + DOG + STEPS,
+        [("DBS267", "error", ("adapter", "rank_dropout"))],
+        LORA + "rank_dropout = 0.1\n" + DOG + STEPS,
+    ),
 ]
 
 

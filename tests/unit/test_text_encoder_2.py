@@ -66,11 +66,29 @@ def test_text_encoder_2_on_a_one_encoder_model_warns(tmp_path):
     assert _trainable(planned.plan)["text_encoder"] == "full"
 
 
-def test_text_encoder_2_without_text_encoder_has_no_effect(tmp_path):
-    planned = _planned(tmp_path, "denoiser = true\ntext_encoder_2 = true")
+def test_text_encoder_2_alone_trains_the_second_encoder_with_the_first_frozen(tmp_path):
+    """kohya sdxl_train.py with learning_rate_te1 = 0: train_text_encoder1 is false, the second trains."""
+    planned = _planned(
+        tmp_path, "denoiser = true\ntext_encoder_2 = true\n[optimizer]\ntext_encoder_lr = 1e-6"
+    )
+    plan = planned.plan
+    assert plan is not None and plan.train_text_encoder
+    assert not [d.code for d in planned.diagnostics if d.code in ("DBS206", "DBS263")]
+    assert _trainable(plan) == {
+        "unet": "full",
+        "text_encoder": "frozen",
+        "text_encoder_2": "full",
+        "vae": "frozen",
+    }
+    assert plan.optimizer.text_encoder_lr == 1e-6 and plan.optimizer.text_encoder_2_lr is None
+    assert plan.cache.text_embeddings is False  # a trained encoder's outputs change: never cached
+
+
+def test_text_encoder_2_alone_on_a_one_encoder_model_warns_and_trains_no_encoder(tmp_path):
+    planned = _planned(tmp_path, "denoiser = true\ntext_encoder_2 = true", base=SD15)
     assert planned.plan is not None and not planned.plan.train_text_encoder
-    assert "DBS206" in [d.code for d in planned.diagnostics]
-    assert _trainable(planned.plan)["text_encoder_2"] == "frozen"
+    assert "DBS263" in [d.code for d in planned.diagnostics]
+    assert _trainable(planned.plan)["text_encoder"] == "frozen"
 
 
 def test_second_text_encoder_rate_while_frozen_warns_and_is_not_planned(tmp_path):

@@ -10,7 +10,15 @@ from typing import Any
 import attrs
 
 from dbspec.convert.common.core import Conversion
-from dbspec.spec.model import ADAPTER_VARIANTS, SPEC_VERSION, Dataset, Group, LoraAdapter, Spec
+from dbspec.spec.model import (
+    ADAPTER_VARIANTS,
+    SPEC_VERSION,
+    AdapterBlock,
+    Dataset,
+    Group,
+    LoraAdapter,
+    Spec,
+)
 
 SCHEMA_LINE = "#:schema ../schemas/dbspec.schema.json"
 _COMMENT_COLUMN = 40
@@ -40,6 +48,11 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
         rows = _rows(conv, cls, (table,))
         if rows:
             lines += ["", f"[{table}]", *rows]
+        if table == "adapter":  # [[adapter.blocks]] after the adapter's own keys
+            for index in sorted(
+                {p[2] for p in conv.values if p[:2] == ("adapter", "blocks") and len(p) == 4}
+            ):
+                lines += ["", "[[adapter.blocks]]", *_rows(conv, AdapterBlock, ("adapter", "blocks", index))]
     return "\n".join(lines) + "\n"
 
 

@@ -151,9 +151,9 @@ def convert_kohya(
     if not require_minimums(a, MINIMUM, conv):
         return conv, _header(ka)  # kohya stops at these; mapping on would only add noise
     lora = script in ("train_network", "sdxl_train_network")
-    map_model(a, script, paths, conv)
+    family = map_model(a, script, paths, conv)
     if lora:
-        map_adapter(a, conv)
+        map_adapter(a, paths, conv, family)
     config = _dataset_source(ka, paths, conv)
     layout = _layout(ka, config, paths, conv) if config is not None else None
     kohya_batches, dbspec_batches = _batches(layout, conv)

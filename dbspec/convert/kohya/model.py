@@ -10,7 +10,8 @@ from __future__ import annotations
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper
-from dbspec.convert.kohya.network import map_network
+from dbspec.convert.kohya.network import map_network, map_network_weights
+from dbspec.families import family_spec
 
 Args = dict[str, Legacy]
 _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -145,7 +146,7 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
         conv.ignored(a["no_token_padding"], "it sets a flag no code reads; prompts are padded to 77 tokens")
 
 
-def map_adapter(a: Args, conv: Conversion) -> bool:
+def map_adapter(a: Args, paths: PathMapper, conv: Conversion, family: str | None = None) -> bool:
     """[adapter] for train_network / sdxl_train_network; False when kohya's network cannot be expressed."""
     module = a["network_module"]
     if not module.value:
@@ -160,7 +161,8 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
         return False
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
-    kind = map_network(module, a["network_args"], rank, float(alpha.value), conv)
+    original = bool(family) and family_spec(family).kohya.original_unet_names
+    kind = map_network(module, a["network_args"], rank, float(alpha.value), conv, original)
     if kind is None:
         return False
     conv.mapped(
@@ -180,9 +182,8 @@ def map_adapter(a: Args, conv: Conversion) -> bool:
             ("adapter", "dropout"),
             float(dropout.value),
         )
+    map_network_weights(a, paths, conv)
     for key, why in (
-        ("network_weights", "starting from existing LoRA weights"),
-        ("dim_from_weights", "starting from existing LoRA weights"),
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
     ):

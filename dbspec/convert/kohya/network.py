@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbspec.compiler.init_weights import file_ranks
+from dbspec.compiler.lora_file import read_lora_file
+from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -45,17 +49,22 @@ def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
     return values, problems
 
 
-def map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
+def map_network(
+    module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion, original_names: bool = False
+) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
-    equivalent."""
+    equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
+    numbers kohya's blocks differently."""
     try:
-        return _map_network(module, args, dim, alpha, conv)
+        return _map_network(module, args, dim, alpha, conv, original_names)
     except ValueError as exc:
-        conv.invalid(args.key, args.value, args.source, f"a network argument is not a number ({exc})")
+        conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
 
 
-def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion) -> str | None:
+def _map_network(
+    module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion, original_names: bool
+) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
@@ -83,8 +92,15 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
         conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
         # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
         conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
-        conv_targets = KOHYA_CONV_TARGETS if conv_dim else []
-        if conv_dim:
+        found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+        resnets = bool(conv_dim)
+        if found is not None:
+            blocks, block_conv_dim, block_conv_alpha = found
+            if block_conv_dim is not None:  # conv_block_dims without conv_dim: kohya scans the ResNets too
+                conv_dim, conv_alpha, resnets = block_conv_dim, block_conv_alpha or 1.0, True
+            put["_blocks"] = blocks
+        conv_targets = KOHYA_CONV_TARGETS if resnets else []
+        if conv_targets:
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if conv_dim and conv_targets:
@@ -99,7 +115,7 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
     if kwargs.pop("wd_on_output", "true").lower() not in _TRUE:
         unsupported["wd_on_output"] = "False (dbspec's DoRA normalises output rows)"
     for key in ("rank_dropout", "module_dropout"):
-        if key in kwargs and kind != "lora" and lycoris:
+        if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
     if kind == "lokr":
         if "factor" in kwargs:
@@ -111,6 +127,10 @@ def _map_network(module: Legacy, args: Legacy, dim: int, alpha: float, conv: Con
     for key, value in kwargs.items():
         if value.lower() not in ("", "false", "0", "none", "0.0"):  # a switched-off option changes nothing
             unsupported[key] = value
+    for index, block in enumerate(put.pop("_blocks", [])):
+        note = conv.comment(args, f"kohya block {block.pop('index')}")
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, note)
     for key, value in put.items():
         conv.put(("adapter", key), value, _why(module) if key.endswith("targets") else conv.comment(args))
     if unsupported:
@@ -153,3 +173,53 @@ def _int(text) -> int:
 
 def _float(text) -> float:
     return float(text)
+
+
+def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
+    """`--network_weights`: train_network.py loads the file into the network after `apply_to` (before
+    training; a resumed state loads over it), dbspec's `adapter.init_weights`. `--dim_from_weights`: the
+    network is built from the file instead (networks/lora.py create_network_from_weights): its ranks and
+    alphas, a module without alpha taking its rank, and network_dim / network_alpha / conv_dim unused."""
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
+    if not weights.value:
+        if from_file.value:
+            conv.invalid(
+                from_file.key,
+                True,
+                from_file.source,
+                "--dim_from_weights reads the ranks from --network_weights, which is not given",
+            )
+        return
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
+        )
+        return
+    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    if not from_file.value:
+        return
+    local = paths.local(weights.value)
+    try:
+        if local is None:
+            raise ValueError("a Windows path, not on this machine")
+        ranks = file_ranks(read_lora_file(local))
+    except (ModelFileError, ValueError, OSError) as exc:
+        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        return
+    note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    for key in ("network_dim", "network_alpha"):
+        conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
+        conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
+    if "rank" in ranks:
+        conv.put(("adapter", "rank"), ranks["rank"][0], note)
+        conv.put(("adapter", "alpha"), float(ranks["rank"][1]), note)
+    targets = list(KOHYA_UNET_TARGETS)
+    for key in ("conv_rank", "conv_alpha", "conv_targets"):
+        conv.values.pop(("adapter", key), None)
+    if "conv_rank" in ranks:
+        # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears.
+        conv.put(("adapter", "conv_rank"), ranks["conv_rank"][0], note)
+        conv.put(("adapter", "conv_alpha"), float(ranks["conv_rank"][1]), note)
+        targets += _RESNET_LINEAR
+    conv.put(("adapter", "denoiser_targets"), targets, note)
+    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")

@@ -219,8 +219,12 @@ def subset_problems(
 def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
     v = dataset.values
     if v["network_multiplier"].value != 1.0:
-        conv.unsupported(
-            v["network_multiplier"], "dbspec applies every LoRA at full strength during training"
+        # library/train_util.py puts it in each batch as "network_multipliers", but since v0.10.0 (the sd3
+        # merge) train_network.py never reads it: the network trains at the multiplier it was created with,
+        # 1.0 (v0.8.2 to v0.9.x called network.set_multiplier with it).
+        conv.ignored(
+            v["network_multiplier"],
+            "train_network.py (v0.10 and later) never applies it: the LoRA trains at multiplier 1.0",
         )
     if v["validation_split"].value:
         conv.unsupported(v["validation_split"], "dbspec has no held-out validation split")

@@ -592,13 +592,14 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
                 False,
                 comment=conv.comment(te2, "sdxl_train.py trains a text encoder only when its rate is not 0"),
             )
-        elif values[0] != values[1] and 0 in values:
-            conv.unsupported(
-                te1,
-                "sdxl_train.py freezes the first text encoder (rate 0) while the second trains; dbspec can "
-                "freeze only the second (train.text_encoder_2 = false)",
+        elif values[0] != values[1] and 0 in values:  # the first at rate 0: the second trains alone
+            why = "sdxl_train.py trains a text encoder only when its rate is not 0"
+            conv.mapped(te1, ("train", "text_encoder"), False, comment=conv.comment(te1, why))
+            conv.put(
+                ("train", "text_encoder_2"), True, conv.comment(te1, "the second text encoder trains alone")
             )
-            return None
+            # its rate becomes text_encoder_lr (text_encoder_2_lr derives from it)
+            return te2 if te2.value is not None else lr
         elif values[0] != values[1] and te2.given:
             conv.mapped(te2, ("optimizer", "text_encoder_2_lr"), float(values[1]))
         elif values[0] != values[1]:  # te1 given, te2 falls back to learning_rate

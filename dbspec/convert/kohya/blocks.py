@@ -1,0 +1,156 @@
+"""kohya networks.lora's per-block network_args into [[adapter.blocks]]: `block_dims`, `block_alphas`,
+`conv_block_dims`, `conv_block_alphas` (per-block ranks) and `down_lr_weight`, `mid_lr_weight`,
+`up_lr_weight`, `block_lr_zero_threshold` (per-block learning rates), as networks/lora.py reads them.
+
+kohya numbers the U-Net's blocks with `get_block_index`: for SD1/SD2 (diffusers module names) 25 blocks,
+`down_blocks.i.(resnets|attentions).j` -> 1 + 3i + j, `down_blocks.i.downsamplers` -> 1 + 3i + 2,
+`mid_block` -> 12, the same for up blocks from 13 (an up block's upsampler shares the index of its third
+layer); for SDXL (original module names) 23 blocks, `input_blocks.N` -> 1 + N, `middle_block.N` -> 10 + N,
+`output_blocks.N` -> 13 + N. Each index becomes a pattern over the diffusers module paths dbspec adapts; an
+index no LoRA module has (SD 0; SDXL 0, 1, 22: embeddings, conv_in, out) becomes none."""
+
+from __future__ import annotations
+
+import math
+
+SD_BLOCKS, SD_SIDE = 25, 12
+SDXL_BLOCKS, SDXL_SIDE, SDXL_MID = 23, 9, 3
+
+
+def block_pattern(index: int, original_names: bool) -> str | None:
+    """The diffusers-path regex of kohya block `index`, or None when no LoRA module has that index."""
+    if not original_names:
+        if 1 <= index <= 11:
+            return _side("down", index - 1)
+        if index == 12:
+            return r"^mid_block\."
+        if 13 <= index <= 24:
+            return _side("up", index - 13)
+        return None
+    if 2 <= index <= 9:  # input_blocks.1..8 (input_blocks.0 is conv_in)
+        return _side("down", index - 2)
+    if 10 <= index <= 12:
+        return (r"^mid_block\.resnets\.0\.", r"^mid_block\.attentions\.0\.", r"^mid_block\.resnets\.1\.")[
+            index - 10
+        ]
+    if 13 <= index <= 21:
+        return _side("up", index - 13)
+    return None
+
+
+def _side(side: str, k: int) -> str:
+    i, j = divmod(k, 3)
+    if j < 2:
+        return rf"^{side}_blocks\.{i}\.(resnets|attentions)\.{j}\."
+    if side == "down":
+        return rf"^down_blocks\.{i}\.downsamplers\."
+    return rf"^up_blocks\.{i}\.((resnets|attentions)\.2|upsamplers\.\d+)\."
+
+
+def block_lr_weights(kwargs: dict[str, str], original_names: bool) -> list[float] | None:
+    """networks/lora.py parse_block_lr_kwargs + get_block_lr_weight: one learning-rate weight per block
+    index, or None without down/mid/up_lr_weight. ValueError for a preset kohya does not know."""
+    down, mid, up = (kwargs.pop(k, None) for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"))
+    threshold = float(kwargs.pop("block_lr_zero_threshold", "0.0") or 0.0)
+    if down is None and mid is None and up is None:
+        return None
+    side, middle = (SDXL_SIDE, SDXL_MID) if original_names else (SD_SIDE, 1)
+    down_w = _weights(down, side) if down is not None else None
+    up_w = _weights(up, side) if up is not None else None
+    mid_w = [float(s) if s else 0.0 for s in mid.split(",")] if mid is not None else None
+
+    def fit(w: list[float] | None, n: int) -> list[float]:
+        if w is None:
+            return [1.0] * n
+        w = (w + [1.0] * n)[:n]  # kohya cuts a long list and fills a short one with 1
+        return [x if x > threshold else 0.0 for x in w]
+
+    weights = fit(down_w, side) + fit(mid_w, middle) + fit(up_w, side)
+    return [1.0, *weights, 1.0] if original_names else weights
+
+
+def _weights(text: str, n: int) -> list[float]:
+    """A comma list (empty items 0), or a preset `name[+base]`. kohya reads anything else without a comma
+    (one number too) as a preset name, and its message for an unknown one fails to format: it crashes."""
+    if "," in text:
+        return [float(s) if s else 0.0 for s in text.split(",")]
+    name, _, base = text.partition("+")
+    add = float(base) if base else 0.0
+    ramp = [i / (n - 1) for i in range(n)]
+    presets = {
+        "cosine": [math.sin(math.pi * (i / (n - 1)) / 2) + add for i in reversed(range(n))],
+        "sine": [math.sin(math.pi * x / 2) + add for x in ramp],
+        "linear": [x + add for x in ramp],
+        "reverse_linear": [x + add for x in reversed(ramp)],
+        "zeros": [add] * n,
+    }
+    if name not in presets:
+        raise ValueError(
+            f"`{text}` is no lr-weight preset (cosine, sine, linear, reverse_linear, zeros, each with an "
+            "optional +N); kohya crashes on it (a list needs commas)"
+        )
+    return presets[name]
+
+
+def kohya_blocks(
+    kwargs: dict[str, str],
+    original_names: bool,
+    dim: int,
+    alpha: float,
+    conv_dim: int | None,
+    conv_alpha: float | None,
+) -> tuple[list[dict], int | None, float | None] | None:
+    """networks/lora.py create_network's block settings: ([[adapter.blocks]] entries, the adapter's conv rank
+    and alpha when conv_block_dims turns convolutions on), or None without block settings. ValueError (kohya
+    asserts) for a list of the wrong length."""
+    lr = block_lr_weights(kwargs, original_names)
+    dims_text = kwargs.pop("block_dims", None)
+    alphas_text = kwargs.pop("block_alphas", None)
+    conv_dims_text = kwargs.pop("conv_block_dims", None)
+    conv_alphas_text = kwargs.pop("conv_block_alphas", None)
+    if dims_text is None and lr is None:
+        return None  # kohya reads block_alphas / conv_block_* only with block_dims or block lr weights
+    n = SDXL_BLOCKS if original_names else SD_BLOCKS
+    dims = _list(dims_text, int, n, "block_dims") if dims_text else [dim] * n
+    alphas = _list(alphas_text, float, n, "block_alphas") if alphas_text else [alpha] * n
+    if conv_dims_text:
+        conv_dims = _list(conv_dims_text, int, n, "conv_block_dims")
+        fallback = conv_alpha if conv_alpha is not None else 1.0
+        conv_alphas = (
+            _list(conv_alphas_text, float, n, "conv_block_alphas") if conv_alphas_text else [fallback] * n
+        )
+    elif conv_dim is not None:
+        conv_dims, conv_alphas = [conv_dim] * n, [conv_alpha or 1.0] * n
+    else:
+        conv_dims, conv_alphas = [0] * n, [1.0] * n
+    weights = lr or [1.0] * n
+    for i, w in enumerate(weights):  # remove_block_dims_and_alphas: a block at lr 0 gets no LoRA
+        if w == 0:
+            dims[i] = 0
+            conv_dims[i] = 0
+    convs = conv_dim is not None or conv_dims_text is not None
+    base_conv = conv_dim if conv_dim is not None else (max(conv_dims) if convs else 0)
+    base_conv_alpha = (conv_alpha or 1.0) if conv_dim is not None else 1.0
+    blocks = []
+    for i in range(n):
+        pattern = block_pattern(i, original_names)
+        if pattern is None:
+            continue
+        entry = {"rank": dims[i], "alpha": alphas[i], "lr_scale": weights[i] if weights[i] else 1.0}
+        if convs:
+            entry.update(conv_rank=conv_dims[i], conv_alpha=conv_alphas[i])
+        same = (entry["rank"], entry["alpha"], entry["lr_scale"]) == (dim, alpha, 1.0) and (
+            not convs or (entry["conv_rank"], entry["conv_alpha"]) == (base_conv, base_conv_alpha)
+        )
+        if not same:
+            blocks.append({"pattern": pattern, **entry, "index": i})
+    if conv_dims_text is not None and conv_dim is None:
+        return blocks, base_conv, base_conv_alpha
+    return blocks, None, None
+
+
+def _list(text: str, kind, n: int, key: str) -> list:
+    values = [kind(s) for s in text.split(",")]
+    if len(values) != n:
+        raise ValueError(f"{key} must have {n} values (kohya asserts), got {len(values)}")
+    return values

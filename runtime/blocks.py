@@ -1,0 +1,81 @@
+"""Per-block LoRA ranks, alphas and learning rates (`plan.adapter.blocks`; kohya networks.lora `block_dims`,
+`block_alphas`, `conv_block_dims`, `conv_block_alphas`, `down/mid/up_lr_weight`).
+
+Each adapted denoiser module takes the first block whose pattern `re.search`es its path: its linear (and 1x1)
+layers that block's rank and alpha, its 3x3 convolutions the block's conv rank and alpha; rank 0 leaves the
+module without an adapter, as kohya skips a module whose block dim is 0. peft receives the result as exact
+per-module `rank_pattern` / `alpha_pattern` entries and `exclude_modules`."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+from peft import PeftConfig
+
+from dbspec.plan.model import AdapterPlan, BlockPlan
+
+
+def block_of(blocks: tuple[BlockPlan, ...], path: str) -> BlockPlan | None:
+    return next((b for b in blocks if re.search(b.pattern, path)), None)
+
+
+def _targeted(path: str, targets) -> bool:
+    # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPlan) -> PeftConfig:
+    """`config` with every targeted module of `module` at its own rank and alpha (its block's, else the
+    adapter's linear or convolution rank) as one exact pattern each, replacing the convolution-target
+    patterns: no two patterns match one module, so the choice cannot depend on their order (diffusers reloads
+    the config from JSON); rank-0 modules excluded."""
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    excluded: list[str] = []
+    for path, layer in module.named_modules():
+        if not path or not _targeted(path, config.target_modules):
+            continue
+        conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+        block = block_of(adapter.blocks, path)
+        if block is None:
+            rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
+        else:
+            rank, alpha = (block.conv_rank, block.conv_alpha) if conv else (block.rank, block.alpha)
+        if rank == 0:
+            excluded.append(path)
+            continue
+        ranks[re.escape(path)] = rank
+        alphas[re.escape(path)] = alpha
+    return dataclasses.replace(
+        config,
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
+        exclude_modules=excluded or None,
+    )
+
+
+def block_param_groups(groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan) -> list[dict]:
+    """The denoiser's optimizer groups split by block learning-rate scale (kohya's `unet_block<N>` groups at
+    lr x the block's weight, LoRA+'s up group too); groups at scale 1 keep their name, so runs without scales
+    keep their optimizer state layout."""
+    if not any(b.lr_scale != 1.0 for b in adapter.blocks):
+        return groups
+    scale: dict[int, float] = {}
+    for name, param in denoiser.named_parameters():
+        if param.requires_grad and ".lora_" in name:
+            block = block_of(adapter.blocks, name.split(".lora_")[0])
+            scale[id(param)] = block.lr_scale if block is not None else 1.0
+    out: list[dict] = []
+    for group in groups:
+        if not group["name"].startswith("denoiser"):
+            out.append(group)
+            continue
+        split: dict[float, list] = {}
+        for param in group["params"]:
+            split.setdefault(scale.get(id(param), 1.0), []).append(param)
+        for factor, params in split.items():
+            name = group["name"] if factor == 1.0 else f"{group['name']}_x{factor:g}"
+            out.append({**group, "params": params, "lr": group["lr"] * factor, "name": name})
+    return out

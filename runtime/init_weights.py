@@ -1,0 +1,58 @@
+"""Start a LoRA from a kohya-layout file (`plan.adapter.init_weights`, kohya `--network_weights`).
+
+The plan checked the file's layers, ranks and alphas against the adapter; here every peft LoRA layer is named
+as kohya names it (the `kohya_lora` exporter's names, so an export loads back exactly) and its `lora_A` /
+`lora_B` are set from the file's `lora_down` / `lora_up` before step 0. Layers of models that do not train are
+skipped; a trained layer missing from the file, or a file layer no trained layer matches, is an error naming
+the file and the tensor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from safetensors.torch import load_file
+
+from dbspec.plan.model import Plan
+from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.exports import _kohya_lora_layers, kohya_parts
+
+_DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
+
+def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
+    """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
+    path = plan.adapter.init_weights
+    state = load_file(path)
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    skipped: list[str] = []  # prefixes of models without an adapter (not trained)
+    for prefix, module, to_path in kohya_parts(
+        unet=unet, text_encoders=list(text_encoders), family=plan.model.family
+    ):
+        if lora_adapter(module) is None:
+            skipped.append(prefix + "_")
+            continue
+        for name, down, up, _rank, alpha in _kohya_lora_layers(module):
+            layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
+    modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
+    extra = sorted(m for m in modules if m not in layers and not m.startswith(tuple(skipped)))
+    if extra:
+        raise ValueError(f"{path}: tensor `{extra[0]}{_DOWN}` matches no LoRA layer of this run")
+    with torch.no_grad():
+        for key, (down, up, alpha) in sorted(layers.items()):
+            stored = state.get(key + _ALPHA)
+            if stored is not None and not math.isclose(float(stored), alpha, rel_tol=1e-3):
+                raise ValueError(
+                    f"{path}: tensor `{key}{_ALPHA}` is {float(stored):g}; the run's layer has {alpha:g}"
+                )
+            for suffix, param in ((_DOWN, down), (_UP, up)):
+                value = state.get(key + suffix)
+                if value is None:
+                    raise ValueError(f"{path}: the run's LoRA layer `{key}` has no tensor `{key}{suffix}`")
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"{path}: tensor `{key}{suffix}` has shape {list(value.shape)}; the run's layer "
+                        f"has {list(param.shape)}"
+                    )
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+    return len(layers)

@@ -1,0 +1,59 @@
+"""kohya networks.lora's rank and module dropout on peft LoRA layers (`plan.adapter.rank_dropout`,
+`module_dropout` for kind "lora"; peft's LoHa and LoKr have their own).
+
+kohya's LoRAModule.forward while training: with probability `module_dropout` (one `torch.rand(1)` on the CPU)
+the layer returns the base output alone; otherwise the down projection's output is multiplied by a mask
+`torch.rand((batch, rank), device=...) > rank_dropout` (broadcast over tokens or pixels) and the update is
+scaled by 1 / (1 - rank_dropout) on top of alpha / rank. The draws come from torch's global generator, as
+kohya's do: gradient checkpointing restores it for the recomputed forward (same masks), and checkpoints save
+it, so a resumed run draws what an uninterrupted one draws. Outside training (validation, adapters disabled
+for a base-model prior) the layer runs peft's own forward."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora import LoraLayer
+
+from dbspec.runtime.adapters import ADAPTER_NAME
+
+
+def add_lora_dropout(
+    module: torch.nn.Module, rank_dropout: float, module_dropout: float, multiplier: float = 1.0
+) -> int:
+    """Wrap the forward of every plain LoRA layer in `module`; returns how many were wrapped. `multiplier`
+    (kohya's network multiplier) scales the update in training and evaluation alike; alpha is untouched, so
+    the exports keep it."""
+    count = 0
+    for layer in module.modules():
+        if (
+            isinstance(layer, LoraLayer)
+            and ADAPTER_NAME in layer.lora_A
+            and not layer.use_dora.get(ADAPTER_NAME)
+        ):
+            layer.forward = _forward(layer, layer.forward, rank_dropout, module_dropout, multiplier)
+            count += 1
+    return count
+
+
+def _forward(layer, peft_forward, rank_dropout: float, module_dropout: float, multiplier: float):
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
+            return peft_forward(x, *args, **kwargs)
+        training = layer.training
+        result = layer.base_layer(x, *args, **kwargs)
+        if training and module_dropout and torch.rand(1) < module_dropout:
+            return result
+        lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
+        lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))  # peft's input dropout
+        scale = layer.scaling[ADAPTER_NAME] * multiplier
+        if training and rank_dropout:
+            mask = torch.rand((lx.size(0), layer.r[ADAPTER_NAME]), device=lx.device) > rank_dropout
+            if lx.dim() == 3:
+                mask = mask.unsqueeze(1)
+            elif lx.dim() == 4:
+                mask = mask.unsqueeze(-1).unsqueeze(-1)
+            lx = lx * mask
+            scale = scale * (1.0 / (1.0 - rank_dropout))
+        return (result + lora_b(lx) * scale).to(result.dtype)
+
+    return forward

@@ -1,0 +1,90 @@
+"""`adapter.init_weights` (kohya --network_weights): a tiny LoRA run's kohya export starts a second run, whose
+adapters hold the file's tensors at step 0; the second run resumes bit-exact (the checkpoint wins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dbspec.plan.io import plan_to_json
+from dbspec.runtime.device import make_accelerator
+from dbspec.runtime.execute import execute
+from dbspec.runtime.exports import kohya_lora_state
+from dbspec.runtime.families import family_runtime
+from dbspec.runtime.init_weights import load_init_weights
+from dbspec.runtime.prepare import configure_models
+from dbspec.runtime.setup import setup
+from tests.runtime.runspec import compile_spec, write_spec
+
+FIRST = """
+[adapter]
+kind = "lora"
+rank = 2
+alpha = 1.0
+
+[train]
+text_encoder = true
+
+[checkpoints]
+exports = ["kohya_lora"]
+"""
+
+
+def _first_export(tmp_path: Path) -> Path:
+    spec = write_spec(tmp_path / "first", steps=2, extra=FIRST)
+    result = execute(compile_spec(spec, ["optimizer.lr=1e-2"]))
+    (export,) = Path(result.final).glob("*.kohya.safetensors")
+    return export
+
+
+def _second_spec(tmp_path: Path, export: Path, steps: int = 4) -> Path:
+    extra = FIRST.replace('exports = ["kohya_lora"]', "")
+    extra = extra.replace("alpha = 1.0", f'alpha = 1.0\ninit_weights = "{export}"')
+    return write_spec(tmp_path / "second", steps=steps, extra=extra)
+
+
+def test_a_second_run_starts_from_the_kohya_export_and_resumes_bit_exact(tmp_path):
+    export = _first_export(tmp_path)
+    saved = load_file(str(export))
+    plan = compile_spec(_second_spec(tmp_path, export), ["optimizer.lr=1e-2"])
+    assert plan.adapter.init_weights == str(export)
+    assert plan.adapter.init_layers == len({k.split(".")[0] for k in saved})
+
+    # Step 0: the adapters hold exactly the file's tensors (up/down and the alpha they imply).
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    state, _ = kohya_lora_state(
+        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
+    )
+    assert state.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(state[key], value.float()), key
+    del run
+
+    whole = execute(compile_spec(_second_spec(tmp_path, export), ["optimizer.lr=1e-2", "output.dir=whole"]))
+    parts_plan = compile_spec(_second_spec(tmp_path, export), ["optimizer.lr=1e-2", "output.dir=parts"])
+    assert execute(parts_plan, stop_after=2).status == "interrupted"
+    # The file changes before the resume: the checkpoint's weights win, the file is not read again.
+    save_file({k: torch.zeros_like(v) for k, v in saved.items()}, str(export))
+    resumed = execute(parts_plan, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 4
+    ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
+    theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_file_missing_a_layer_of_the_run_fails_naming_the_tensor(tmp_path):
+    export = _first_export(tmp_path)
+    saved = load_file(str(export))
+    dropped = sorted(k for k in saved if k.startswith("lora_unet_") and k.endswith(".lora_up.weight"))[0]
+    trimmed = tmp_path / "trimmed.safetensors"
+    base = dropped.split(".")[0]
+    save_file({k: v for k, v in saved.items() if not k.startswith(base + ".")}, str(trimmed))
+    plan = compile_spec(_second_spec(tmp_path, trimmed))
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    with pytest.raises(ValueError, match=f"{base}.lora_down.weight"):
+        load_init_weights(plan, comps.unet, comps.text_encoders)

@@ -1,0 +1,203 @@
+"""kohya --network_weights / --dim_from_weights: `adapter.init_weights` checked at plan time against the
+adapter from the file's header and alpha bytes (no torch), and the converter's mapping of real kohya command
+lines.
+
+The files are written here byte by byte in the safetensors format (8-byte header length, JSON header, data),
+with kohya's module names for SD 1.5 (networks/lora.py: `lora_unet_` + the diffusers module path with dots as
+underscores, `lora_te_` + the CLIP path)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, kohya, plan_of  # noqa: F401
+from dbspec.compiler.lora_file import read_lora_file
+from dbspec.frontend import plan_spec
+from dbspec.plan.summary import adapter_rows
+from tests.unit.convert_kit import GPU
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+OUT = "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_out_0"
+TE = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+CONV = "lora_unet_down_blocks_0_resnets_0_conv1"
+SHORTCUT = "lora_unet_up_blocks_0_resnets_0_conv_shortcut"
+_PACK = {"F32": "<f", "F16": "<e", "F64": "<d"}
+
+
+def write_lora(path: Path, modules: dict[str, tuple], alpha_dtype: str = "F16") -> Path:
+    """modules: kohya name -> (rank, alpha or None, width, kernel); zeros for the matrices."""
+    header: dict = {"__metadata__": {"ss_network_module": "networks.lora"}}
+    data = b""
+
+    def add(name, dtype, shape, raw):
+        nonlocal data
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+
+    for name, (rank, alpha, width, kernel) in modules.items():
+        down = (rank, width, kernel, kernel) if kernel else (rank, width)
+        up = (width, rank, 1, 1) if kernel else (width, rank)
+        for suffix, shape in ((".lora_down.weight", down), (".lora_up.weight", up)):
+            count = 1
+            for n in shape:
+                count *= n
+            add(name + suffix, "F16", shape, bytes(2 * count))
+        if alpha is not None:
+            add(name + ".alpha", alpha_dtype, (), struct.pack(_PACK[alpha_dtype], alpha))
+    raw_header = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw_header)) + raw_header + data)
+    return path
+
+
+MODULES = {Q: (8, 4.0, 320, 0), OUT: (8, 4.0, 320, 0), TE: (8, 4.0, 768, 0)}
+
+
+def test_header_reader_takes_ranks_and_alpha_values_from_the_bytes(tmp_path):
+    for dtype, alpha in (("F32", 0.1), ("F16", 0.1), ("F64", 3.5)):
+        path = write_lora(tmp_path / f"{dtype}.safetensors", {Q: (4, alpha, 320, 0)}, dtype)
+        module = read_lora_file(path).modules[Q]
+        expected = struct.unpack(_PACK[dtype], struct.pack(_PACK[dtype], alpha))[0]
+        assert (module.rank, module.alpha, module.conv) == (4, expected, False)
+    conv = read_lora_file(write_lora(tmp_path / "c.safetensors", {CONV: (2, None, 320, 3)})).modules[CONV]
+    assert (conv.rank, conv.alpha, conv.conv) == (2, None, True)
+
+
+def _convert(tmp_path, args: str, module: str = "networks.lora"):
+    images(tmp_path / "x" / "10_ohwx", 3, (512, 512))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        f"--train_data_dir=x --resolution=512 --network_module={module} {args} --learning_rate=1e-4 "
+        "--max_train_steps=200 --save_model_as=safetensors",
+    )
+
+
+def test_network_weights_converts_and_the_plan_starts_from_the_file(tmp_path):
+    lora = write_lora(tmp_path / "prev.safetensors", MODULES)
+    outcome = _convert(tmp_path, "--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.init_weights == str(lora.resolve())
+    assert plan.adapter.init_layers == 3  # kohya trains the text encoder too (no --network_train_unet_only)
+    assert fate(outcome, "network_weights") == "mapped"
+    rows = dict(adapter_rows(plan.adapter))
+    assert str(lora.resolve()) in rows["  starts from"]
+
+
+def test_dim_from_weights_takes_rank_and_alpha_from_the_file_not_network_dim(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", {**MODULES, CONV: (4, 1.0, 320, 3), SHORTCUT: (8, 4.0, 640, 1)})
+    outcome = _convert(
+        tmp_path, "--network_dim=32 --network_alpha=16 --network_weights=prev.safetensors --dim_from_weights"
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    # create_network_from_weights: every module's dim is its lora_down rows, alpha the stored value
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (8, 4.0, 4, 1.0)
+    assert "conv_shortcut" in a.denoiser_targets and a.init_layers == 5
+    assert fate(outcome, "network_dim") == "inert" and fate(outcome, "dim_from_weights") == "mapped"
+
+
+def test_dim_from_weights_without_alpha_uses_the_rank(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, None, 320, 0), TE: (8, None, 768, 0)})
+    outcome = _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 8.0)
+
+
+def test_dim_from_weights_with_per_layer_ranks_is_unsupported(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (4, 4.0, 320, 0)})
+    outcome = _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
+    assert not outcome.written and fate(outcome, "dim_from_weights") == "unsupported"
+
+
+def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    images(tmp_path / "img", 1, (512, 512))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\nkind = "lora"\n{adapter}\n{train}\n'
+        '[optimizer]\nlr = 1e-4\n[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n'
+        "[schedule]\nsteps = 10\n"
+    )
+    return plan_spec(spec, GPU, "spec.toml", [])
+
+
+@pytest.mark.parametrize(
+    ("modules", "adapter", "code", "words"),
+    [
+        (
+            MODULES,
+            "rank = 16\nalpha = 4.0",
+            "DBS356",
+            f"`{TE}.lora_down.weight` has rank 8 (shape [8, 768]); adapter.rank is 16",
+        ),
+        (MODULES, "rank = 8\nalpha = 8.0", "DBS356", f"`{TE}.alpha` is 4; adapter.alpha is 8"),
+        (
+            {
+                **MODULES,
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2": (8, 4.0, 320, 0),
+            },
+            "rank = 8\nalpha = 4.0",
+            "DBS356",
+            "adapter.denoiser_targets does not name",
+        ),
+        ({**MODULES, CONV: (8, 4.0, 320, 3)}, "rank = 8\nalpha = 4.0", "DBS356", "adapter.conv_targets"),
+        ({"lora_te2_text_model_x_q_proj": (8, 4.0, 64, 0)}, "rank = 8\nalpha = 4.0", "DBS356", "no model"),
+        (MODULES, "rank = 8\nalpha = 4.0\ndora = true", "DBS356", "DoRA"),
+    ],
+)
+def test_a_file_that_does_not_fit_names_the_file_and_the_first_tensor(
+    tmp_path, modules, adapter, code, words
+):
+    lora = write_lora(tmp_path / "prev.safetensors", modules)
+    planned = _plan(tmp_path, f'{adapter}\ninit_weights = "prev.safetensors"', "[train]\ntext_encoder = true")
+    assert planned.plan is None
+    hits = [d for d in planned.diagnostics if d.code == code]
+    assert hits and hits[0].path == "adapter.init_weights", planned.diagnostics
+    assert words in hits[0].message and str(lora.resolve()) in hits[0].message
+
+
+def test_a_missing_or_foreign_file_is_dbs357(tmp_path):
+    planned = _plan(tmp_path, 'init_weights = "nowhere.safetensors"')
+    assert [d.code for d in planned.diagnostics if d.severity == "error"] == ["DBS357"]
+    foreign = tmp_path / "loha.safetensors"
+    write_lora(foreign, {Q: (8, 4.0, 320, 0)})
+    text = foreign.read_bytes().replace(b"lora_down", b"hada_w1_a")  # same length: a LyCORIS-style name
+    foreign.write_bytes(text)
+    planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "loha.safetensors"')
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS357"]
+    assert "hada_w1_a" in hit.message and "kohya's LoRA layout" in hit.message
+
+
+def test_layers_of_a_frozen_text_encoder_are_ignored_with_a_warning(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"')
+    assert planned.plan is not None and planned.plan.adapter.init_layers == 2
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS358"]
+    assert "1 LoRA layer(s) of `text_encoder`" in hit.message
+
+
+def test_sdxl_original_layout_names_fit_the_diffusers_targets(tmp_path):
+    """kohya names SDXL's U-Net modules in the original layout: a ResNet's conv1 is `in_layers_2`, its
+    time_emb_proj `emb_layers_1`, a downsampler `op`, an upsampler `output_blocks_N_M_conv`."""
+    modules = {
+        "lora_unet_input_blocks_1_0_in_layers_2": (4, 1.0, 320, 3),
+        "lora_unet_input_blocks_1_0_emb_layers_1": (8, 4.0, 320, 0),
+        "lora_unet_input_blocks_3_0_op": (4, 1.0, 320, 3),
+        "lora_unet_output_blocks_2_2_conv": (4, 1.0, 1280, 3),
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_out_0": (8, 4.0, 640, 0),
+    }
+    write_lora(tmp_path / "prev.safetensors", modules)
+    adapter = (
+        'rank = 8\nalpha = 4.0\nconv_rank = 4\nconv_alpha = 1.0\ninit_weights = "prev.safetensors"\n'
+        'denoiser_targets = ["to_out.0", "time_emb_proj"]'
+    )
+    planned = _plan(tmp_path, adapter, base=SDXL)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.init_layers == 5
