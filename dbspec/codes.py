@@ -495,7 +495,8 @@ written together with `bucket_no_upscale = true`, which ignores them (warning), 
 that
 does not use it (warning: no effect). `power` shapes polynomial; `min_lr_ratio` cosine_with_min_lr and
 warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` the torch schedules
-(cosine_annealing, cosine_annealing_warm_restarts); `t_mult` cosine_annealing_warm_restarts.""",
+(cosine_annealing, cosine_annealing_warm_restarts) and simpletuner_cosine; `t_mult`
+cosine_annealing_warm_restarts; `lr_end` polynomial.""",
     ),
     Code(
         "DBS256",
@@ -578,6 +579,15 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
         """\
 `optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
 train, so its rate is not used (the plan shows no rate for it).""",
+    ),
+    # SimpleTuner's schedules: DBS290-DBS294.
+    Code(
+        "DBS290",
+        WARNING,
+        "warm-up with SimpleTuner's cosine",
+        """`schedule.warmup_steps` is set with `lr_schedule = "simpletuner_cosine"`, which has no warm-up:
+SimpleTuner's cosine starts at the full LR at step 0 and uses its lr_warmup_steps as the cosine's period
+(`schedule.t_max`).""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(

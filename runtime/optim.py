@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers.optimization import get_scheduler
 
@@ -115,6 +117,18 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=s.t_max, T_mult=s.t_mult, eta_min=s.eta_min
         )
+    if s.lr_schedule == "simpletuner_cosine":
+        return SimpleTunerCosine(optimizer, t_0=s.t_max, eta_min=s.eta_min)
+    if s.lr_schedule == "polynomial":  # get_scheduler keeps diffusers' lr_end 1e-7; SimpleTuner sets its own
+        from diffusers.optimization import get_polynomial_decay_schedule_with_warmup
+
+        return get_polynomial_decay_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=s.warmup_steps,
+            num_training_steps=s.total_steps,
+            lr_end=s.lr_end,
+            power=s.power,
+        )
     return get_scheduler(
         s.lr_schedule,
         optimizer,
@@ -123,3 +137,24 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         num_cycles=s.cycles,
         power=s.power,
     )
+
+
+class SimpleTunerCosine(torch.optim.lr_scheduler.LRScheduler):
+    """SimpleTuner's `Cosine` as its trainer builds it (T_mult 1, steps_per_epoch -1, so T_cur = -step): the
+    closed-form cosine from step 0, falling over t_0 steps and rising over the next t_0, each LR floored to a
+    multiple of 1e-9. dbspec's `lr_at` computes the same values without torch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, t_0: int, eta_min: float):
+        self.t_0, self.eta_min = t_0, eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        t_cur = (step // -1) + (step % -1) / -1
+        return [
+            math.floor(
+                (self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * t_cur / self.t_0)) / 2) * 1e9
+            )
+            / 1e9
+            for base in self.base_lrs
+        ]

@@ -167,6 +167,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         t_max=s.t_max,
         eta_min=s.eta_min,
         t_mult=s.t_mult,
+        lr_end=s.lr_end,
         text_encoder_stop_step=spec.train.text_encoder_stop_step if spec.train.text_encoder else 0,
         checkpoint_every=spec.checkpoints.every,
         validate_every=spec.validation.every,

@@ -261,14 +261,27 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+@rule("spec")
+def warmup_with_simpletuner_cosine(spec: Spec, given: Given) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.warmup_steps and s.lr_schedule == "simpletuner_cosine":
+        yield _warn(
+            "DBS290",
+            ("schedule", "warmup_steps"),
+            'warmup_steps has no effect with lr_schedule = "simpletuner_cosine" (it has no warm-up)',
+            "remove it; schedule.t_max sets the cosine's period (SimpleTuner's lr_warmup_steps)",
+        )
+
+
 # --- kohya's schedule options (DBS255-DBS257) ---------------------------------------------------------------
 _SCHEDULE_SETTING_USERS = {
     "power": ("polynomial",),
     "min_lr_ratio": ("cosine_with_min_lr", "warmup_stable_decay"),
     "decay_steps": ("warmup_stable_decay",),
-    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts"),
-    "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts"),
+    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts", "simpletuner_cosine"),
+    "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts", "simpletuner_cosine"),
     "t_mult": ("cosine_annealing_warm_restarts",),
+    "lr_end": ("polynomial",),
 }
 
 

@@ -106,6 +106,7 @@ class Curve:
     t_max: int = 0  # cosine_annealing's T_max, cosine_annealing_warm_restarts' T_0; 0 = total
     eta_min: float = 0.0
     t_mult: int = 1  # cosine_annealing_warm_restarts
+    lr_end: float = POLYNOMIAL_LR_END  # polynomial
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -149,20 +150,20 @@ def _cosine_with_restarts(step: int, c: Curve) -> float:
 
 
 def _polynomial(step: int, c: Curve) -> float:
-    lr = c.lr
-    if not lr > POLYNOMIAL_LR_END:
-        raise ValueError(f"the polynomial schedule decays to {POLYNOMIAL_LR_END}: lr ({lr}) must be larger")
+    lr, lr_end = c.lr, c.lr_end
+    if not lr > lr_end:
+        raise ValueError(f"the polynomial schedule decays to lr_end {lr_end}: lr ({lr}) must be larger")
     if step < c.warmup:
         return _warmup_factor(step, c.warmup)
     if step > c.total:
-        return POLYNOMIAL_LR_END / lr
+        return lr_end / lr
     decay_steps = c.total - c.warmup
     if decay_steps == 0:  # diffusers would raise ZeroDivisionError here
         raise ValueError(
             f"the polynomial schedule needs steps after the warm-up ({c.warmup} of {c.total} steps)"
         )
     pct_remaining = 1 - (step - c.warmup) / decay_steps
-    decay = (lr - POLYNOMIAL_LR_END) * pct_remaining**c.power + POLYNOMIAL_LR_END
+    decay = (lr - lr_end) * pct_remaining**c.power + lr_end
     return decay / lr
 
 
@@ -209,6 +210,19 @@ _FACTORS: dict[str, Callable[[int, Curve], float]] = {
 }
 # torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
 TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts")
+SIMPLETUNER_LR_QUANTUM = 1e9  # SimpleTuner's Cosine floors each LR to a multiple of 1e-9
+
+
+def _simpletuner_cosine(step: int, c: Curve) -> float:
+    """SimpleTuner's `Cosine` (helpers/training/custom_schedule.py), as its trainer builds it.
+
+    Its steps_per_epoch stays -1, so its T_cur is -step and never reaches T_0: the closed-form cosine runs on
+    past T_0 and the LR rises again (a wave of period 2 T_0). It writes floor(lr * 1e9) / 1e9.
+    """
+    t_i = c.t_max or c.total
+    t_cur = (step // -1) + (step % -1) / -1  # its T_cur with steps_per_epoch = -1, the same float operations
+    lr = c.eta_min + (c.lr - c.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+    return math.floor(lr * SIMPLETUNER_LR_QUANTUM) / SIMPLETUNER_LR_QUANTUM
 
 
 def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
@@ -252,8 +266,16 @@ def _warm_restarts(steps: list[int], c: Curve) -> list[float]:
     return out
 
 
+def _checked(steps: list[int]) -> list[int]:
+    if any(step < 0 for step in steps):
+        raise ValueError(f"steps must be >= 0, got {min(steps)}")
+    return list(steps)
+
+
 def lr_curve(steps: list[int], curve: Curve) -> list[float]:
     """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
+    if curve.schedule == "simpletuner_cosine":
+        return [_simpletuner_cosine(step, curve) for step in _checked(steps)]
     if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
         raise ValueError(f"unknown lr schedule {curve.schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if any(step < 0 for step in steps):
@@ -282,6 +304,7 @@ def lr_at(
     t_max: int = 0,
     eta_min: float = 0.0,
     t_mult: int = 1,
+    lr_end: float = POLYNOMIAL_LR_END,
 ) -> float:
     """The LR after `step` scheduler steps, i.e. the LR used by the optimizer step with index `step`.
 
@@ -292,7 +315,7 @@ def lr_at(
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     curve = Curve(
-        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult
+        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult, lr_end
     )
     return lr_curve([step], curve)[0]
 
@@ -326,6 +349,7 @@ def compute_schedule(
     t_max: int = 0,
     eta_min: float = 0.0,
     t_mult: int = 1,
+    lr_end: float = POLYNOMIAL_LR_END,
     checkpoint_every: int,
     validate_every: int,
     validate: bool,
@@ -379,6 +403,7 @@ def compute_schedule(
         t_max,
         eta_min,
         t_mult,
+        lr_end,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
     return SchedulePlan(
@@ -397,9 +422,10 @@ def compute_schedule(
         power=power,
         min_lr_ratio=min_lr_ratio,
         decay_steps=decay_steps,
-        t_max=(t_max or total_steps) if lr_schedule in TORCH_SCHEDULES else t_max,
+        t_max=(t_max or total_steps) if lr_schedule in (*TORCH_SCHEDULES, "simpletuner_cosine") else t_max,
         eta_min=eta_min,
         t_mult=t_mult,
+        lr_end=lr_end,
         text_encoder_stop_step=text_encoder_stop_step,
         checkpoint_steps=checkpoint_steps,
         validation_steps=interval_steps(validate_every, total_steps)

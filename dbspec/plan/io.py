@@ -93,6 +93,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "t_max"): 0,
         ("schedule", "eta_min"): 0.0,
         ("schedule", "t_mult"): 1,
+        ("schedule", "lr_end"): 1e-7,  # SimpleTuner's polynomial end LR: diffusers' default before
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,

@@ -296,6 +296,7 @@ class SchedulePlan:
     t_max: int  # cosine_annealing (the run's steps unless the spec gives it)
     eta_min: float  # cosine_annealing, cosine_annealing_warm_restarts
     t_mult: int  # cosine_annealing_warm_restarts
+    lr_end: float  # polynomial's end LR
     text_encoder_stop_step: int  # 0 = trains the whole run (or never, when the text encoder is frozen)
     checkpoint_steps: StepRange
     validation_steps: StepRange

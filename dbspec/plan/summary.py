@@ -406,7 +406,7 @@ def _source_check(plan: Plan) -> str:
 def _lr_schedule(s) -> str:
     """The schedule with the settings that shape it (kohya's scheduler options)."""
     extra = {
-        "polynomial": f", power {s.power:g}",
+        "polynomial": f", power {s.power:g}, lr_end {s.lr_end:g}",
         "cosine_with_restarts": f", {s.cycles} cycle(s)",
         "cosine_with_min_lr": f", {s.cycles} half-wave(s), min lr ratio {s.min_lr_ratio:g}",
         "warmup_stable_decay": f", decay {s.decay_steps} steps ({s.cycles} half-wave(s)), "
@@ -414,6 +414,7 @@ def _lr_schedule(s) -> str:
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
         "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
         f"{s.t_mult}, eta_min {s.eta_min:g}",
+        "simpletuner_cosine": f" (SimpleTuner's Cosine, no warm-up), T_0 {s.t_max}, eta_min {s.eta_min:g}",
     }.get(s.lr_schedule, "")
     return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"
 

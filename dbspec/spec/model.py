@@ -644,6 +644,7 @@ LrSchedule = Literal[
     "warmup_stable_decay",
     "cosine_annealing",
     "cosine_annealing_warm_restarts",
+    "simpletuner_cosine",
 ]
 
 
@@ -663,7 +664,9 @@ class Schedule:
         "warmup_stable_decay transformers' (as kohya calls them), cosine_annealing is torch's "
         "CosineAnnealingLR and cosine_annealing_warm_restarts torch's CosineAnnealingWarmRestarts, stepped "
         "once per "
-        "optimizer step (kohya's lr_scheduler_type).",
+        "optimizer step (kohya's lr_scheduler_type); simpletuner_cosine is SimpleTuner's cosine: no warm-up, "
+        "eta_min + (lr - eta_min)(1 + cos(pi step / t_max))/2 from step 0, so it falls over t_max steps and "
+        "rises over the next t_max, the LR floored to 1e-9.",
     )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
     cycles: int = option(
@@ -693,7 +696,7 @@ class Schedule:
     )
     t_max: int = option(
         0,
-        doc="cosine_annealing: torch's T_max in optimizer steps (the half period); "
+        doc="cosine_annealing, simpletuner_cosine: torch's T_max in optimizer steps (the half period); "
         "cosine_annealing_warm_restarts: its T_0 (steps to the first restart). 0 = the run's steps.",
         minimum=0,
     )
@@ -703,7 +706,17 @@ class Schedule:
         minimum=1,
     )
     eta_min: float = option(
-        0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
+        0.0,
+        doc="cosine_annealing(_warm_restarts), simpletuner_cosine: torch's eta_min, the lowest LR "
+        "(absolute).",
+        minimum=0,
+    )
+    # SimpleTuner's polynomial end LR (its lr_end); diffusers' get_scheduler keeps 1e-7.
+    lr_end: float = option(
+        1e-7,
+        doc="polynomial: the LR the decay ends at (diffusers' lr_end; get_scheduler's 1e-7, SimpleTuner's "
+        "lr_end 4e-7); it must be below optimizer.lr.",
+        minimum=0,
     )
     balance_classes: bool = option(
         True,

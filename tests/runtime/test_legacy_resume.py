@@ -37,7 +37,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)
     for key in ("loraplus_denoiser_ratio", "loraplus_text_encoder_ratio"):
         del data["optimizer"][key]  # LoRA+, added since (off then)
-    for key in ("power", "min_lr_ratio", "decay_steps", "t_max", "eta_min", "t_mult"):
+    for key in ("power", "min_lr_ratio", "decay_steps", "t_max", "eta_min", "t_mult", "lr_end"):
         del data["schedule"][key]  # kohya's schedule settings, added since
     for key in ("weights", "stochastic_rounding"):
         del data["precision"][key]  # bf16 trained weights, added since (fp32 then)
