@@ -8,6 +8,7 @@ balances class images, so the spec sets schedule.balance_classes = false.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
 
+ALIGNMENT = 64  # SimpleTuner's aspect_bucket_alignment, forced to 64 for SD 1.x/2.x/SDXL
 _CAPTIONS = {"textfile": "textfile", "instanceprompt": "prompt", "filename": "filename"}
 _CACHE_KEYS = frozenset(
     {
@@ -46,8 +48,6 @@ _UNSUPPORTED = {
     "start_step": "curriculum schedules",
     "end_step": "curriculum schedules",
     "max_num_samples": "random subsets of a folder",
-    "maximum_image_size": "downsampling oversize images first",
-    "target_downsample_size": "ditto",
     "minimum_aspect_ratio": "aspect-ratio filters",
     "maximum_aspect_ratio": "aspect-ratio filters",
     "max_upscale_threshold": "upscale limits",
@@ -121,6 +121,10 @@ def map_backends(
         )
         conv.warn("DBS404", note, "crop")
         conv.notes.append(f"differs: {note}")
+    for key in ("resolution", "resolution_type", "minimum_image_size"):
+        item = cfg[key]
+        if item.given and item.key not in conv.reports:
+            conv.inert(item, "every image backend sets its own")
     return Backends(datasets=written, has_class=has_class, square=square)
 
 
@@ -135,7 +139,14 @@ def _numbers_ok(legacy: dict[str, Legacy], conv: Conversion) -> bool:
                 legacy[key].key,
                 help=f"write {key} = true or false without quotes",
             )
-    for key in ("repeats", "resolution", "minimum_image_size", "probability"):
+    for key in (
+        "repeats",
+        "resolution",
+        "minimum_image_size",
+        "maximum_image_size",
+        "target_downsample_size",
+        "probability",
+    ):
         if key in legacy:
             value = legacy[key].value
             try:
@@ -190,20 +201,23 @@ def _dataset(
             int(float(legacy["repeats"].value)) + 1,
             comment=conv.comment(legacy["repeats"], "SimpleTuner counts extra passes: +1"),
         )
-    _resolution(at, b, legacy, cfg, conv)
     shape = _crop(at, b, legacy, conv)
+    kind = _resolution(at, legacy, cfg, shape, conv)
     if "conditioning_data" in legacy:
         _masks(at, legacy["conditioning_data"], masks, paths, conv)
-    if "minimum_image_size" in legacy:
-        smallest = legacy["minimum_image_size"]
-        conv.differs(
-            smallest,
-            "SimpleTuner measures it in the resolution's unit; dbspec skips images whose short side "
-            "is smaller",
-            (*at, "min_image_size"),
-            max(1, int(float(smallest.value))),
+    _smallest(at, legacy, cfg, kind, shape, conv)
+    _downsample(legacy, cfg, conv)
+    dropout = cfg["caption_dropout_probability"]
+    if dropout.value:
+        note = (
+            "SimpleTuner also zeroes a dropped sample's SDXL size conditioning (time ids); dbspec keeps it"
+            if cfg["model_family"].value == "sdxl"
+            else ""
         )
-        conv.put((*at, "on_bad_image"), "skip", conv.comment(smallest, "smaller images are left out"))
+        if note:
+            conv.differs(dropout, note, (*at, "caption_dropout_rate"), float(dropout.value))
+        else:
+            conv.mapped(dropout, (*at, "caption_dropout_rate"), float(dropout.value))
     for k, item in legacy.items():
         if k in _UNSUPPORTED and item.value not in (None, False, 1, 1.0):
             conv.unsupported(item, f"dbspec has no {_UNSUPPORTED[k]}")
@@ -239,23 +253,83 @@ def _captions(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -
 
 
 def _resolution(
-    at: tuple, b: dict, legacy: dict[str, Legacy], cfg: dict[str, Legacy], conv: Conversion
-) -> None:
+    at: tuple, legacy: dict[str, Legacy], cfg: dict[str, Legacy], shape: str, conv: Conversion
+) -> str:
+    """The backend's resolution (or the config's): pixel_area is a square's pixel area like dbspec's; area
+    counts megapixels (SimpleTuner's bucket edge: sqrt(area x 1e6) rounded to its 64 px alignment); pixel
+    sizes the short edge, the same as dbspec's square crops when the backend crops squares."""
     reso = legacy["resolution"] if "resolution" in legacy else cfg["resolution"]
     kind = legacy["resolution_type"] if "resolution_type" in legacy else cfg["resolution_type"]
-    if kind.value != "pixel_area":
+    if kind.value == "area":
+        side = max(ALIGNMENT, round(int(math.sqrt(float(reso.value) * 1e6)) / ALIGNMENT) * ALIGNMENT)
+        conv.mapped(
+            reso,
+            (*at, "resolution"),
+            side,
+            comment=conv.comment(reso, f"{float(reso.value):g} megapixels: SimpleTuner's {side} px square"),
+        )
+        conv.record(kind, "mapped", "datasets.resolution")
+        return "area"
+    if kind.value == "pixel" and shape != "square":
         conv.unsupported(
             kind,
-            "dbspec resolutions are pixel areas (resolution_type pixel_area); `pixel` sizes the "
-            "short edge and `area` counts megapixels",
+            "`pixel` sizes each image's short edge and keeps its aspect ratio; dbspec's aspect buckets "
+            "keep a pixel area (pixel with crop = true and crop_aspect square converts)",
         )
-        return
+        return "pixel"
+    if kind.value not in ("pixel", "pixel_area"):
+        conv.unsupported(kind, "SimpleTuner's resolution types are pixel, area and pixel_area")
+        return str(kind.value)
     conv.record(kind, "mapped", "datasets.resolution")
     side = int(float(reso.value))
     if side % 8 or not 64 <= side <= 4096:
         conv.unsupported(reso, "dbspec resolutions are multiples of 8 between 64 and 4096")
-        return
+        return str(kind.value)
     conv.mapped(reso, (*at, "resolution"), side)
+    return str(kind.value)
+
+
+def _smallest(
+    at: tuple, legacy: dict[str, Legacy], cfg: dict[str, Legacy], kind: str, shape: str, conv: Conversion
+) -> None:
+    """minimum_image_size (the backend's, else the config's, SimpleTuner's default for every backend).
+    SimpleTuner's meets_resolution_requirements: pixel compares both edges; area (and pixel_area, turned into
+    megapixels as min^2 / 1e6) compares the pixel area, and both edges with floor(sqrt(area)) when the backend
+    crops squares. dbspec skips images whose short side is below min_image_size."""
+    smallest = legacy["minimum_image_size"] if "minimum_image_size" in legacy else cfg["minimum_image_size"]
+    if smallest.value is None or not float(smallest.value):
+        return
+    value = float(smallest.value)
+    edge = int(math.floor(math.sqrt(value * 1e6))) if kind == "area" else int(value)
+    comment = conv.comment(smallest, "smaller images are left out")
+    if kind == "pixel" or shape == "square":
+        conv.mapped(smallest, (*at, "min_image_size"), max(1, edge), comment=comment)
+    else:
+        conv.differs(
+            smallest,
+            "SimpleTuner compares the image's pixel area with min^2 when it keeps aspect ratios; dbspec "
+            "skips images whose short side is smaller",
+            (*at, "min_image_size"),
+            max(1, edge),
+            comment=comment,
+        )
+    conv.put((*at, "on_bad_image"), "skip", comment)
+
+
+def _downsample(legacy: dict[str, Legacy], cfg: dict[str, Legacy], conv: Conversion) -> None:
+    """maximum_image_size + target_downsample_size resize oversize images to the target first; equal to the
+    resolution they change nothing: every image is resized to the resolution anyway."""
+    reso = legacy["resolution"] if "resolution" in legacy else cfg["resolution"]
+    keys = [legacy[k] for k in ("maximum_image_size", "target_downsample_size") if k in legacy]
+    if not keys:
+        return
+    values = {float(item.value) for item in keys if item.value is not None}
+    if len(keys) == 2 and values == {float(reso.value)}:
+        for item in keys:
+            conv.inert(item, "equal to the resolution: images are resized to it anyway")
+    else:
+        for item in keys:
+            conv.unsupported(item, "dbspec has no downsampling of oversize images before cropping")
 
 
 def _crop(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -> str:
