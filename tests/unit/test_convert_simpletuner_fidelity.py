@@ -105,6 +105,9 @@ def test_sdxl_lora_quickstart_polynomial_uses_lr_power_and_lr_end(tmp_path):
     assert tuple(s.checkpoint_steps) == (250, 500, 750, 1000) and plan.checkpoints.keep == 3
     assert tuple(s.validation_steps) == (200, 400, 600, 800, 1000)  # validation_steps -> step interval
     assert plan.loss.noise_offset == 0.0 and not plan.loss.zero_terminal_snr
+    assert (
+        plan.datasets[0].caption_processing.caption_dropout_rate == 0.1
+    )  # caption_dropout_probability's default
 
 
 # 2 ------------------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "optimizer_beta1": None,
     "optimizer_beta2": None,
     "optimizer_config": None,
-    "caption_dropout_probability": None,
+    # two field-registry entries (data: None, advanced: 0.1); advanced registers last and wins
+    "caption_dropout_probability": 0.1,
 }
 
 

@@ -35,6 +35,11 @@ FLAVOURS = {
         "refiner-0.9": "stabilityai/stable-diffusion-xl-refiner-0.9",
     },
 }
+DEFAULT_FLAVOURS = {
+    "sd1x": "dreamshaper",
+    "sd2x": "pseudoflex-v2",
+    "sdxl": "base-1.0",
+}  # its DEFAULT_MODEL_FLAVOUR
 # SimpleTuner's own names for its schedules (helpers/configuration/cli_utils.normalize_lr_scheduler_value).
 SCHEDULE_ALIASES = {"cosine_with_warmup": "cosine"}
 # The schedules its get_lr_scheduler hands to diffusers' get_scheduler unchanged.
@@ -148,6 +153,10 @@ def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
         conv.mapped(base, ("model", "base"), model_path(str(base.value), paths))
         if flavour.given:
             conv.inert(flavour, "pretrained_model_name_or_path is given, so the flavour picks nothing")
+    elif not flavour.value and family.value in DEFAULT_FLAVOURS:  # its setup_model_flavour's default
+        hub = FLAVOURS[family.value][DEFAULT_FLAVOURS[family.value]]
+        note = f"neither path nor flavour: {family.value}'s default flavour {DEFAULT_FLAVOURS[family.value]}"
+        conv.mapped(base, ("model", "base"), hub, comment=conv.comment(base, note))
     elif flavour.value and family.value in FLAVOURS and flavour.value in FLAVOURS[family.value]:
         hub = FLAVOURS[family.value][str(flavour.value)]
         conv.mapped(flavour, ("model", "base"), hub, comment=conv.comment(flavour, "SimpleTuner's table"))
@@ -322,6 +331,8 @@ def _lr_schedule(cfg: Cfg, conv: Conversion) -> None:
 
 def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     name = cfg["optimizer"]
+    # The rate is the run's whatever the optimizer: an unknown optimizer is refused once, not with its rate.
+    conv.mapped(cfg["learning_rate"], ("optimizer", "lr"), num(cfg["learning_rate"]))
     if name.value not in OPTIMIZERS:
         conv.unsupported(name, f"dbspec has no {name.value} optimizer")
         return
@@ -330,7 +341,6 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
         conv.differs(name, why, ("optimizer", "kind"), kind)
     else:
         conv.mapped(name, ("optimizer", "kind"), kind)
-    conv.mapped(cfg["learning_rate"], ("optimizer", "lr"), num(cfg["learning_rate"]))
     betas = [cfg[k] for k in ("optimizer_beta1", "optimizer_beta2") if cfg[k].value is not None]
     if betas:
         values = [
