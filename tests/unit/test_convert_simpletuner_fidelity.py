@@ -15,6 +15,7 @@ from convert_kit import (
     errors,
     fate,
     images,
+    messages,
     plan_of,
     simpletuner,
     write,
@@ -412,3 +413,79 @@ def test_what_stays_refused_says_why(tmp_path):
         "backends[p].resolution_type",
     ):
         assert fate(outcome, key) == "unsupported", key
+
+
+# 12 -----------------------------------------------------------------------------------------------
+def test_minimum_image_size_units_follow_the_resolution_type(tmp_path):
+    """A pixel_area backend's own minimum is pixels (SimpleTuner squares it into megapixels); the config's is
+    taken as megapixels there and SimpleTuner raises above 5."""
+    images(tmp_path / "img", 3, (768, 1024))
+    images(tmp_path / "img", 2, (480, 640), prefix="small")
+    config = {
+        "model_type": "lora",
+        "model_family": "sdxl",
+        "pretrained_model_name_or_path": SDXL,
+        "learning_rate": 1e-4,
+        "max_train_steps": 10,
+    }
+    square = {"resolution": 512, "resolution_type": "pixel_area", "crop": True, "crop_aspect": "square"}
+    _pair(tmp_path, config, [_backend("dog", "img", minimum_image_size=512, **square)])
+    outcome = _convert(tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert len(plan.datasets[0].images) == 3 and len(plan.datasets[0].skipped) == 2  # 480 < 512
+    assert fate(outcome, "backends[dog].minimum_image_size") == "mapped"
+
+    _pair(tmp_path, {**config, "minimum_image_size": 512}, [_backend("dog", "img", **square)])
+    outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
+    assert outcome.exit_code == 1 and fate(outcome, "minimum_image_size") == "invalid"
+
+    _pair(tmp_path, {**config, "minimum_image_size": 0.25}, [_backend("dog", "img", **square)])
+    plan = plan_of(_convert(tmp_path), tmp_path)  # 0.25 megapixels: both edges >= 500
+    assert len(plan.datasets[0].images) == 3 and len(plan.datasets[0].skipped) == 2
+
+
+# 13 -----------------------------------------------------------------------------------------------
+def test_lycoris_loha_and_locon_presets_and_a_preset_less_config(tmp_path):
+    images(tmp_path / "img", 3, (512, 512))
+    config = {
+        "model_type": "lora",
+        "lora_type": "lycoris",
+        "lycoris_config": "config/lycoris_config.json",
+        "model_family": "sd1x",
+        "pretrained_model_name_or_path": SD15,
+        "learning_rate": 1e-4,
+        "max_train_steps": 10,
+    }
+    preset = {"target_module": ["Attention"]}
+    _pair(tmp_path, config, [_backend("dog", "img", resolution=512)],
+          lycoris_config={"algo": "loha", "linear_dim": 8, "linear_alpha": 4,
+                          "apply_preset": preset})  # fmt: skip
+    plan = plan_of(_convert(tmp_path), tmp_path)
+    assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("loha", 8, 4.0)
+    assert set(plan.adapter.denoiser_targets) == {"to_q", "to_k", "to_v", "to_out.0"}
+
+    _pair(tmp_path, config, [_backend("dog", "img", resolution=512)],
+          lycoris_config={"algo": "locon", "apply_preset": preset, "conv_dim": 4})  # fmt: skip
+    outcome = _convert(tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("lora", 4, 1.0)  # its defaults 4, 1
+    assert fate(outcome, "lycoris.conv_dim") == "inert"  # Attention modules hold no convolution
+
+    _pair(tmp_path, config, [_backend("dog", "img", resolution=512)],
+          lycoris_config={"algo": "lokr", "factor": 8})  # fmt: skip
+    outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
+    assert outcome.exit_code == 1 and "default preset" in messages(outcome, "DBS403")
+
+
+# 14 -----------------------------------------------------------------------------------------------
+def test_no_path_and_no_flavour_takes_the_familys_default_flavour(tmp_path):
+    images(tmp_path / "img", 3, (1024, 1024))
+    _pair(
+        tmp_path,
+        {"model_type": "lora", "model_family": "sdxl", "learning_rate": 1e-4, "max_train_steps": 10},
+        [_backend("dog", "img", resolution=1024)],
+    )
+    outcome = _convert(tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.base == "stabilityai/stable-diffusion-xl-base-1.0"  # sdxl's DEFAULT_MODEL_FLAVOUR
+    assert plan.model.prediction == "epsilon"

@@ -255,62 +255,90 @@ def _captions(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -
 def _resolution(
     at: tuple, legacy: dict[str, Legacy], cfg: dict[str, Legacy], shape: str, conv: Conversion
 ) -> str:
-    """The backend's resolution (or the config's): pixel_area is a square's pixel area like dbspec's; area
-    counts megapixels (SimpleTuner's bucket edge: sqrt(area x 1e6) rounded to its 64 px alignment); pixel
-    sizes the short edge, the same as dbspec's square crops when the backend crops squares."""
+    """The backend's resolution (or the config's). SimpleTuner's factory turns pixel_area into area first
+    (edge^2 / 1e6 megapixels); an area's bucket edge is round(int(sqrt(area x 1e6)) / 64) x 64
+    (MultiaspectImage.calculate_new_size_by_pixel_area, alignment 64 for SD models), a square's side in
+    dbspec terms. pixel sizes the short edge: the same as dbspec's square buckets when the backend crops
+    squares."""
     reso = legacy["resolution"] if "resolution" in legacy else cfg["resolution"]
     kind = legacy["resolution_type"] if "resolution_type" in legacy else cfg["resolution_type"]
-    if kind.value == "area":
-        side = max(ALIGNMENT, round(int(math.sqrt(float(reso.value) * 1e6)) / ALIGNMENT) * ALIGNMENT)
-        conv.mapped(
-            reso,
-            (*at, "resolution"),
-            side,
-            comment=conv.comment(reso, f"{float(reso.value):g} megapixels: SimpleTuner's {side} px square"),
-        )
+    if kind.value in ("area", "pixel_area"):
+        value = float(reso.value)
+        area = (value * value) / (1000**2) if kind.value == "pixel_area" else value
+        side = max(ALIGNMENT, round(int(math.sqrt(area * 1e6)) / ALIGNMENT) * ALIGNMENT)
         conv.record(kind, "mapped", "datasets.resolution")
+        if kind.value == "area" or side != value:
+            what = f"{value:g} megapixels" if kind.value == "area" else f"{value:g} px"
+            note = f"{what}: SimpleTuner's {side} px square"
+            conv.mapped(reso, (*at, "resolution"), side, comment=conv.comment(reso, note))
+        elif not 64 <= side <= 4096:
+            conv.unsupported(reso, "dbspec resolutions lie between 64 and 4096")
+        else:
+            conv.mapped(reso, (*at, "resolution"), side)
         return "area"
-    if kind.value == "pixel" and shape != "square":
+    if kind.value != "pixel":
+        conv.unsupported(kind, "SimpleTuner's resolution types are pixel, area and pixel_area")
+        return str(kind.value)
+    if shape != "square":
         conv.unsupported(
             kind,
             "`pixel` sizes each image's short edge and keeps its aspect ratio; dbspec's aspect buckets "
             "keep a pixel area (pixel with crop = true and crop_aspect square converts)",
         )
         return "pixel"
-    if kind.value not in ("pixel", "pixel_area"):
-        conv.unsupported(kind, "SimpleTuner's resolution types are pixel, area and pixel_area")
-        return str(kind.value)
     conv.record(kind, "mapped", "datasets.resolution")
     side = int(float(reso.value))
     if side % 8 or not 64 <= side <= 4096:
         conv.unsupported(reso, "dbspec resolutions are multiples of 8 between 64 and 4096")
-        return str(kind.value)
+        return "pixel"
     conv.mapped(reso, (*at, "resolution"), side)
-    return str(kind.value)
+    return "pixel"
 
 
 def _smallest(
     at: tuple, legacy: dict[str, Legacy], cfg: dict[str, Legacy], kind: str, shape: str, conv: Conversion
 ) -> None:
-    """minimum_image_size (the backend's, else the config's, SimpleTuner's default for every backend).
-    SimpleTuner's meets_resolution_requirements: pixel compares both edges; area (and pixel_area, turned into
-    megapixels as min^2 / 1e6) compares the pixel area, and both edges with floor(sqrt(area)) when the backend
-    crops squares. dbspec skips images whose short side is below min_image_size."""
-    smallest = legacy["minimum_image_size"] if "minimum_image_size" in legacy else cfg["minimum_image_size"]
+    """minimum_image_size: the backend's, else the config's (SimpleTuner's default for every backend).
+
+    Its meets_resolution_requirements: pixel needs both edges >= it (dbspec's short-side check, exactly);
+    area needs width x height >= it x 1e6 and, for square crops, both edges >= floor(sqrt(it x 1e6)).
+    A pixel_area backend's own value is turned into megapixels (edge^2 / 1e6) with its resolution, but the
+    config's value is not: it counts megapixels there, and SimpleTuner raises above 5.
+    """
+    own = "minimum_image_size" in legacy
+    smallest = legacy["minimum_image_size"] if own else cfg["minimum_image_size"]
     if smallest.value is None or not float(smallest.value):
         return
     value = float(smallest.value)
-    edge = int(math.floor(math.sqrt(value * 1e6))) if kind == "area" else int(value)
     comment = conv.comment(smallest, "smaller images are left out")
-    if kind == "pixel" or shape == "square":
-        conv.mapped(smallest, (*at, "min_image_size"), max(1, edge), comment=comment)
+    if kind == "pixel":
+        conv.mapped(smallest, (*at, "min_image_size"), max(1, int(value)), comment=comment)
+        conv.put((*at, "on_bad_image"), "skip", comment)
+        return
+    kind_legacy = legacy["resolution_type"] if "resolution_type" in legacy else cfg["resolution_type"]
+    megapixels = (value * value) / 1_000_000 if own and kind_legacy.value == "pixel_area" else value
+    if megapixels > 5:
+        unit = "the config's value counts megapixels for this pixel_area backend" if not own else "megapixels"
+        conv.invalid(
+            smallest.key,
+            smallest.value,
+            smallest.source,
+            f"SimpleTuner raises: {unit}, at most 5 (its meets_resolution_requirements)",
+            help="give the backend its own minimum_image_size in pixels, or the config's in megapixels",
+        )
+        return
+    area = megapixels * 1_000_000
+    edge = max(1, math.floor(math.sqrt(area)))
+    if shape == "square" and edge * edge >= area:
+        conv.mapped(smallest, (*at, "min_image_size"), edge, comment=comment)
     else:
         conv.differs(
             smallest,
-            "SimpleTuner compares the image's pixel area with min^2 when it keeps aspect ratios; dbspec "
-            "skips images whose short side is smaller",
+            f"SimpleTuner keeps images of at least {area:g} pixels"
+            + (f" with both edges >= {edge}" if shape == "square" else "")
+            + f"; dbspec skips images whose short side is below {edge}",
             (*at, "min_image_size"),
-            max(1, edge),
+            edge,
             comment=comment,
         )
     conv.put((*at, "on_bad_image"), "skip", comment)

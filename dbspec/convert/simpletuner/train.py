@@ -115,6 +115,13 @@ INERT = frozenset(
 )
 
 
+# SimpleTuner options that train something dbspec has no form of, with the reason.
+REFUSED = {
+    "controlnet": "dbspec trains no ControlNet (it trains the denoiser, adapters on it, or a full fine-tune)",
+    "use_soft_min_snr": "dbspec's SNR weights are min-SNR, debiased estimation and v-prediction-like loss",
+}
+
+
 def num(legacy: Legacy) -> float:
     return float(legacy.value)
 
@@ -137,6 +144,9 @@ def map_training(cfg: Cfg, data, lora: bool, paths: PathMapper, conv: Conversion
     _loss(cfg, data, lora, conv)
     _precision(cfg, lora, conv)
     _outputs(cfg, paths, conv)
+    for key, why in REFUSED.items():
+        if key in cfg and flag(cfg[key]) and key not in conv.reports:
+            conv.unsupported(cfg[key], why)
     for key, legacy in cfg.items():
         if legacy.given and key not in conv.reports:
             if key in INERT or key.startswith(("validation_", "tracker_", "hub_", "webhook")):
