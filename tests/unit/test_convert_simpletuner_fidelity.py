@@ -142,6 +142,7 @@ def test_sd2x_flavour_cosine_is_a_wave_with_v_prediction_and_zero_terminal_snr(t
     lr = dict(s.lr_points)
     assert lr[0] == st_cosine(0, 2e-6, 50, 4e-7) and lr[100] == lr[0]  # back up at 2 x 50 steps: a wave
     assert tuple(s.validation_steps)[:3] == (100, 200, 300)  # validation_step_interval's default 100
+    assert plan.validation.scheduler == "euler"  # sd2x's DEFAULT_NOISE_SCHEDULER
     assert tuple(s.checkpoint_steps)[:3] == (25, 50, 75)
     assert fate(outcome, "lr_warmup_steps") == "mapped"
 
@@ -413,6 +414,8 @@ def test_what_stays_refused_says_why(tmp_path):
         "backends[p].resolution_type",
     ):
         assert fate(outcome, key) == "unsupported", key
+    said = messages(outcome, "DBS403")
+    assert "Hugging Face dataset backend" in said and "ControlNet" in said and "sine" in said
 
 
 # 12 -----------------------------------------------------------------------------------------------

@@ -95,10 +95,15 @@ def map_backends(
                 conv.inert(item, "a cache, mask or disabled backend")
             continue
         if kind != "image" or _value(backend, "type", "local") != "local":
-            conv.unsupported(
-                legacy["dataset_type"] if "dataset_type" in legacy else legacy["type"],
-                "only local image folders convert",
+            where = _value(backend, "type", "local")
+            why = (
+                f"a {kind} dataset: dbspec trains on images"
+                if kind != "image"
+                else "a Hugging Face dataset backend: dbspec reads local image folders (download it first)"
+                if where == "huggingface"
+                else f"a {where} backend: dbspec reads local image folders"
             )
+            conv.unsupported(legacy["dataset_type"] if kind != "image" else legacy["type"], why)
             continue
         shape = _dataset(written, backend, legacy, cfg, masks, paths, conv)
         has_class |= bool(

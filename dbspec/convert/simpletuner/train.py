@@ -524,6 +524,8 @@ def _validation(cfg: Cfg, conv: Conversion) -> None:
                 cast(float(cfg[key].value)) if cast is not str else cast(cfg[key].value),
             )
     sampler = cfg["validation_noise_scheduler"]
+    if sampler.value is None and cfg["model_family"].value == "sd2x":  # its DEFAULT_NOISE_SCHEDULER
+        conv.put(("validation", "scheduler"), "euler", "SimpleTuner's sd2x validation scheduler (euler)")
     if sampler.value in SCHEDULERS:
         conv.mapped(sampler, ("validation", "scheduler"), SCHEDULERS[sampler.value])
     elif sampler.value is not None:
