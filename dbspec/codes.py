@@ -495,7 +495,7 @@ written together with `bucket_no_upscale = true`, which ignores them (warning), 
 that
 does not use it (warning: no effect). `power` shapes polynomial; `min_lr_ratio` cosine_with_min_lr and
 warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` the torch schedules
-(cosine_annealing, cosine_annealing_warm_restarts) and simpletuner_cosine; `t_mult`
+(cosine_annealing, cosine_annealing_warm_restarts), simpletuner_cosine and simpletuner_sine; `t_mult`
 cosine_annealing_warm_restarts; `lr_end` polynomial.""",
     ),
     Code(
@@ -584,9 +584,10 @@ train, so its rate is not used (the plan shows no rate for it).""",
     Code(
         "DBS290",
         WARNING,
-        "warm-up with SimpleTuner's cosine",
-        """`schedule.warmup_steps` is set with `lr_schedule = "simpletuner_cosine"`, which has no warm-up:
-SimpleTuner's cosine starts at the full LR at step 0 and uses its lr_warmup_steps as the cosine's period
+        "warm-up with SimpleTuner's cosine or sine",
+        """\
+`schedule.warmup_steps` is set with `lr_schedule = "simpletuner_cosine"` or `"simpletuner_sine"`, which have
+no warm-up: SimpleTuner's cosine and sine waves start at step 0 and use its lr_warmup_steps as their period
 (`schedule.t_max`).""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------

@@ -119,6 +119,8 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         )
     if s.lr_schedule == "simpletuner_cosine":
         return SimpleTunerCosine(optimizer, t_0=s.t_max, eta_min=s.eta_min)
+    if s.lr_schedule == "simpletuner_sine":
+        return SimpleTunerSine(optimizer, t_0=s.t_max, eta_min=s.eta_min)
     if s.lr_schedule == "polynomial":  # get_scheduler keeps diffusers' lr_end 1e-7; SimpleTuner sets its own
         from diffusers.optimization import get_polynomial_decay_schedule_with_warmup
 
@@ -157,4 +159,19 @@ class SimpleTunerCosine(torch.optim.lr_scheduler.LRScheduler):
             )
             / 1e9
             for base in self.base_lrs
+        ]
+
+
+class SimpleTunerSine(torch.optim.lr_scheduler.LRScheduler):
+    """SimpleTuner's `Sine` (T_mult 1): eta_min + (lr - eta_min) x 0.5 (1 + sin(pi step / t_0)) from step 0,
+    each LR floored to a multiple of 1e-9. dbspec's `lr_at` computes the same values without torch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, t_0: int, eta_min: float):
+        self.t_0, self.eta_min = t_0, eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        wave = 0.5 * (1 + math.sin(math.pi * self.last_epoch / self.t_0))
+        return [
+            math.floor((self.eta_min + (base - self.eta_min) * wave) * 1e9) / 1e9 for base in self.base_lrs
         ]

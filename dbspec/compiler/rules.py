@@ -261,14 +261,17 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+SIMPLETUNER_WAVES = ("simpletuner_cosine", "simpletuner_sine")
+
+
 @rule("spec")
 def warmup_with_simpletuner_cosine(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
-    if s.warmup_steps and s.lr_schedule == "simpletuner_cosine":
+    if s.warmup_steps and s.lr_schedule in SIMPLETUNER_WAVES:
         yield _warn(
             "DBS290",
             ("schedule", "warmup_steps"),
-            'warmup_steps has no effect with lr_schedule = "simpletuner_cosine" (it has no warm-up)',
+            f"warmup_steps has no effect with lr_schedule = {s.lr_schedule!r} (it has no warm-up)",
             "remove it; schedule.t_max sets the cosine's period (SimpleTuner's lr_warmup_steps)",
         )
 
@@ -278,8 +281,13 @@ _SCHEDULE_SETTING_USERS = {
     "power": ("polynomial",),
     "min_lr_ratio": ("cosine_with_min_lr", "warmup_stable_decay"),
     "decay_steps": ("warmup_stable_decay",),
-    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts", "simpletuner_cosine"),
-    "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts", "simpletuner_cosine"),
+    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts", "simpletuner_cosine", "simpletuner_sine"),
+    "eta_min": (
+        "cosine_annealing",
+        "cosine_annealing_warm_restarts",
+        "simpletuner_cosine",
+        "simpletuner_sine",
+    ),
     "t_mult": ("cosine_annealing_warm_restarts",),
     "lr_end": ("polynomial",),
 }

@@ -266,6 +266,17 @@ def _warm_restarts(steps: list[int], c: Curve) -> list[float]:
     return out
 
 
+def _simpletuner_sine(step: int, c: Curve) -> float:
+    """SimpleTuner's `Sine`: eta_min + (lr - eta_min) x 0.5 (1 + sin(pi step / T_0)) from step 0, floored to
+    1e-9 (it starts half-way between eta_min and lr)."""
+    t_0 = c.t_max or c.total
+    lr = c.eta_min + (c.lr - c.eta_min) * (0.5 * (1 + math.sin(math.pi * step / t_0)))
+    return math.floor(lr * SIMPLETUNER_LR_QUANTUM) / SIMPLETUNER_LR_QUANTUM
+
+
+SIMPLETUNER_SCHEDULES = {"simpletuner_cosine": _simpletuner_cosine, "simpletuner_sine": _simpletuner_sine}
+
+
 def _checked(steps: list[int]) -> list[int]:
     if any(step < 0 for step in steps):
         raise ValueError(f"steps must be >= 0, got {min(steps)}")
@@ -274,8 +285,9 @@ def _checked(steps: list[int]) -> list[int]:
 
 def lr_curve(steps: list[int], curve: Curve) -> list[float]:
     """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
-    if curve.schedule == "simpletuner_cosine":
-        return [_simpletuner_cosine(step, curve) for step in _checked(steps)]
+    if curve.schedule in SIMPLETUNER_SCHEDULES:
+        wave = SIMPLETUNER_SCHEDULES[curve.schedule]
+        return [wave(step, curve) for step in _checked(steps)]
     if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
         raise ValueError(f"unknown lr schedule {curve.schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if any(step < 0 for step in steps):
@@ -422,7 +434,7 @@ def compute_schedule(
         power=power,
         min_lr_ratio=min_lr_ratio,
         decay_steps=decay_steps,
-        t_max=(t_max or total_steps) if lr_schedule in (*TORCH_SCHEDULES, "simpletuner_cosine") else t_max,
+        t_max=(t_max or total_steps) if lr_schedule in (*TORCH_SCHEDULES, *SIMPLETUNER_SCHEDULES) else t_max,
         eta_min=eta_min,
         t_mult=t_mult,
         lr_end=lr_end,

@@ -645,6 +645,7 @@ LrSchedule = Literal[
     "cosine_annealing",
     "cosine_annealing_warm_restarts",
     "simpletuner_cosine",
+    "simpletuner_sine",
 ]
 
 
@@ -666,7 +667,9 @@ class Schedule:
         "once per "
         "optimizer step (kohya's lr_scheduler_type); simpletuner_cosine is SimpleTuner's cosine: no warm-up, "
         "eta_min + (lr - eta_min)(1 + cos(pi step / t_max))/2 from step 0, so it falls over t_max steps and "
-        "rises over the next t_max, the LR floored to 1e-9.",
+        "rises over the next t_max, the LR floored to 1e-9; simpletuner_sine is SimpleTuner's sine: "
+        "eta_min + (lr - eta_min)(1 + sin(pi step / t_max))/2 from step 0 (it starts half-way), floored to "
+        "1e-9.",
     )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
     cycles: int = option(
@@ -696,7 +699,8 @@ class Schedule:
     )
     t_max: int = option(
         0,
-        doc="cosine_annealing, simpletuner_cosine: torch's T_max in optimizer steps (the half period); "
+        doc="cosine_annealing, simpletuner_cosine, simpletuner_sine: torch's T_max in optimizer steps (the "
+        "half period); "
         "cosine_annealing_warm_restarts: its T_0 (steps to the first restart). 0 = the run's steps.",
         minimum=0,
     )
@@ -707,7 +711,7 @@ class Schedule:
     )
     eta_min: float = option(
         0.0,
-        doc="cosine_annealing(_warm_restarts), simpletuner_cosine: torch's eta_min, the lowest LR "
+        doc="cosine_annealing(_warm_restarts), simpletuner_cosine/_sine: torch's eta_min, the lowest LR "
         "(absolute).",
         minimum=0,
     )

@@ -133,6 +133,7 @@ def test_cosine_annealing_is_torchs_float_for_float(t_max: int, eta_min: float, 
         ("polynomial", {"power": 0.8, "lr_end": 4e-7, "warmup_steps": 5}),  # SimpleTuner's defaults
         ("simpletuner_cosine", {"t_max": 7, "eta_min": 4e-7}),
         ("simpletuner_cosine", {}),
+        ("simpletuner_sine", {"t_max": 9, "eta_min": 1e-6}),
     ],
 )
 def test_the_runtimes_scheduler_follows_the_plans_curve(name: str, extra: dict) -> None:
@@ -202,3 +203,16 @@ def test_simpletuner_cosine_is_a_wave_from_step_0(t_0, lr, eta_min) -> None:
     assert got == expected
     assert got[0] == math.floor(lr * 1e9) / 1e9 and got[2 * t_0] == got[0]
     assert got[t_0] == math.floor(eta_min * 1e9) / 1e9 and got[3 * t_0] == got[t_0]
+
+
+@pytest.mark.parametrize(("t_0", "lr", "eta_min"), [(10, 1e-4, 4e-7), (37, 3e-5, 0.0)])
+def test_simpletuner_sine_starts_half_way(t_0, lr, eta_min) -> None:
+    from dbspec.runtime.optim import SimpleTunerSine
+
+    optimizer = _sgd(lr)
+    expected = _walk(optimizer, SimpleTunerSine(optimizer, t_0=t_0, eta_min=eta_min), 4 * t_0 + 1)
+    curve = Curve(lr, "simpletuner_sine", 0, 10 * t_0, t_max=t_0, eta_min=eta_min)
+    got = lr_curve(list(range(4 * t_0 + 1)), curve)
+    assert got == expected
+    assert got[0] == math.floor((eta_min + (lr - eta_min) / 2) * 1e9) / 1e9
+    assert abs(got[2 * t_0] - got[0]) <= 1.01e-9  # sin(2 pi) is -2e-16: the floor can drop one 1e-9 step

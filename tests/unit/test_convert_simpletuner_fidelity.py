@@ -394,7 +394,7 @@ def test_what_stays_refused_says_why(tmp_path):
         {
             "model_family": "sd1x",
             "pretrained_model_name_or_path": SD15,
-            "lr_scheduler": "sine",
+            "lr_scheduler": "piecewise_constant",
             "lr_warmup_steps": 100,
             "offset_noise": True,  # noise_offset_probability's default 0.25: a share of steps
             "controlnet": True,
@@ -415,7 +415,7 @@ def test_what_stays_refused_says_why(tmp_path):
     ):
         assert fate(outcome, key) == "unsupported", key
     said = messages(outcome, "DBS403")
-    assert "Hugging Face dataset backend" in said and "ControlNet" in said and "sine" in said
+    assert "Hugging Face dataset backend" in said and "ControlNet" in said and "piecewise" in said
 
 
 # 12 -----------------------------------------------------------------------------------------------
@@ -492,3 +492,49 @@ def test_no_path_and_no_flavour_takes_the_familys_default_flavour(tmp_path):
     plan = plan_of(outcome, tmp_path)
     assert plan.model.base == "stabilityai/stable-diffusion-xl-base-1.0"  # sdxl's DEFAULT_MODEL_FLAVOUR
     assert plan.model.prediction == "epsilon"
+
+
+# 15 ------------------------------------------------------------------------------------------------
+def st_sine(step: int, lr: float, t_0: int, eta_min: float) -> float:
+    """custom_schedule.Sine: a continuous sine from step 0, floored to 1e-9."""
+    value = eta_min + (lr - eta_min) * (0.5 * (1 + math.sin(math.pi * step / t_0)))
+    return math.floor(value * 1e9) / 1e9
+
+
+def test_sine_and_the_hard_restart_cosine(tmp_path):
+    images(tmp_path / "img", 4, (512, 512))
+    config = {
+        "model_type": "lora",
+        "model_family": "sd1x",
+        "pretrained_model_name_or_path": SD15,
+        "learning_rate": 1.23456789e-4,
+        "lr_scheduler": "sine",
+        "lr_warmup_steps": 40,
+        "max_train_steps": 200,
+        "checkpoint_step_interval": 10,
+    }
+    _pair(tmp_path, config, [_backend("dog", "img", resolution=512)])
+    plan = plan_of(_convert(tmp_path), tmp_path)
+    assert (plan.schedule.lr_schedule, plan.schedule.t_max, plan.schedule.eta_min) == (
+        "simpletuner_sine",
+        40,
+        4e-7,
+    )
+    _points_match(plan, lambda k: st_sine(k, 1.23456789e-4, 40, 4e-7))
+    assert dict(plan.schedule.lr_points)[0] < 1.23456789e-4 * 0.51  # it starts half-way
+
+    # CosineAnnealingHardRestarts keeps T_cur at 0 (step % -1): the LR never moves from floor(lr x 1e9) / 1e9
+    _pair(
+        tmp_path, {**config, "lr_scheduler": "cosine_with_restarts"}, [_backend("dog", "img", resolution=512)]
+    )
+    plan = plan_of(_convert(tmp_path), tmp_path)
+    assert (
+        plan.schedule.lr_schedule == "constant" and plan.optimizer.lr == math.floor(1.23456789e-4 * 1e9) / 1e9
+    )
+    _points_match(plan, lambda k: math.floor(1.23456789e-4 * 1e9) / 1e9)
+
+    _pair(tmp_path, {**config, "lr_warmup_steps": 0}, [_backend("dog", "img", resolution=512)])
+    outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
+    assert (
+        outcome.exit_code == 1 and fate(outcome, "lr_warmup_steps") == "invalid"
+    )  # its Sine raises on T_0 0

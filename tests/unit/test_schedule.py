@@ -257,4 +257,4 @@ def test_lr_at_rejects_unknown_schedule_and_negative_step() -> None:
         lr(0, "step")
     with pytest.raises(ValueError, match="step"):
         lr(-1, "linear")
-    assert len(LR_SCHEDULES) == 11
+    assert len(LR_SCHEDULES) == 12

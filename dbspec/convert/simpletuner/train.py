@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
@@ -304,34 +305,54 @@ def _lr_schedule(cfg: Cfg, conv: Conversion) -> None:
             conv.mapped(warm, ("schedule", "warmup_steps"), warmup)
         conv.mapped(power, ("schedule", "power"), num(power))
         conv.mapped(end, ("schedule", "lr_end"), num(end))
-    elif chosen == "cosine":
+    elif chosen in ("cosine", "sine"):
+        if chosen == "sine" and not warmup:
+            conv.invalid(
+                warm.key, warmup, warm.source, "SimpleTuner's sine raises without lr_warmup_steps (its T_0)"
+            )
+            return
         period = warmup or COSINE_DEFAULT_PERIOD
+        kind = f"simpletuner_{chosen}"
+        shape = (
+            "no warm-up, a wave of period 2 x lr_warmup_steps"
+            if chosen == "cosine"
+            else "no warm-up, a sine from half-way, period 2 x lr_warmup_steps"
+        )
         conv.mapped(
-            name,
-            ("schedule", "lr_schedule"),
-            "simpletuner_cosine",
-            comment=conv.comment(
-                name, "SimpleTuner's Cosine: no warm-up, a wave of period 2 x lr_warmup_steps"
-            ),
+            name, ("schedule", "lr_schedule"), kind, comment=conv.comment(name, f"SimpleTuner's {shape}")
         )
         conv.mapped(
             warm,
             ("schedule", "t_max"),
             period,
-            comment=conv.comment(warm, "the cosine's half period" + ("" if warmup else "; 0 becomes 1000")),
+            comment=conv.comment(warm, "the wave's half period" + ("" if warmup else "; 0 becomes 1000")),
         )
         if num(end):
             conv.mapped(end, ("schedule", "eta_min"), num(end))
         else:
             conv.record(end, "mapped", "schedule.eta_min")
-    else:
-        known = "constant, constant_with_warmup, linear, polynomial and cosine"
-        reason = (
-            "SimpleTuner's hard-restart and sine waves have no dbspec schedule"
-            if chosen in ("cosine_with_restarts", "sine")
-            else "not a schedule dbspec has"
+    elif chosen == "cosine_with_restarts":
+        # CosineAnnealingHardRestarts: T_cur = step % steps_per_epoch with steps_per_epoch -1 is always 0, so
+        # the LR stays at floor(lr x 1e9) / 1e9 (its own warning: "currently misbehaving"); T_0 0 raises.
+        if not warmup:
+            conv.invalid(
+                warm.key,
+                warmup,
+                warm.source,
+                "SimpleTuner's cosine_with_restarts raises without lr_warmup_steps",
+            )
+            return
+        conv.mapped(
+            name,
+            ("schedule", "lr_schedule"),
+            "constant",
+            comment=conv.comment(name, "its hard-restart cosine never leaves T_cur 0: a constant LR"),
         )
-        conv.unsupported(name, f"{reason}; dbspec expresses SimpleTuner's {known}")
+        conv.record(warm, "mapped", "schedule.lr_schedule")
+        conv.record(end, "mapped", "schedule.lr_schedule")
+    else:
+        known = "constant, constant_with_warmup, linear, polynomial, cosine, sine and cosine_with_restarts"
+        conv.unsupported(name, f"not a schedule dbspec has; dbspec expresses SimpleTuner's {known}")
         return
     for key in ("lr_end", "lr_power", "lr_num_cycles"):
         legacy = cfg[key]
@@ -342,7 +363,14 @@ def _lr_schedule(cfg: Cfg, conv: Conversion) -> None:
 def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     name = cfg["optimizer"]
     # The rate is the run's whatever the optimizer: an unknown optimizer is refused once, not with its rate.
-    conv.mapped(cfg["learning_rate"], ("optimizer", "lr"), num(cfg["learning_rate"]))
+    rate = cfg["learning_rate"]
+    if _floors_lr(cfg):
+        floored = math.floor(num(rate) * 1e9) / 1e9
+        conv.mapped(
+            rate, ("optimizer", "lr"), floored, comment=conv.comment(rate, "its scheduler floors it to 1e-9")
+        )
+    else:
+        conv.mapped(rate, ("optimizer", "lr"), num(rate))
     if name.value not in OPTIMIZERS:
         conv.unsupported(name, f"dbspec has no {name.value} optimizer")
         return
@@ -368,7 +396,13 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
         conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
     lr_te = cfg["text_encoder_lr"]
     if lr_te.value is not None and flag(cfg["train_text_encoder"]):
-        conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), num(lr_te))
+        te_rate = math.floor(num(lr_te) * 1e9) / 1e9 if _floors_lr(cfg) else num(lr_te)
+        conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), te_rate)
+
+
+def _floors_lr(cfg: Cfg) -> bool:
+    """SimpleTuner's hard-restart cosine writes floor(lr x 1e9) / 1e9 into every group from step 0."""
+    return str(cfg["lr_scheduler"].value).strip().lower() == "cosine_with_restarts"
 
 
 def _optimizer_config(extra: Legacy, conv: Conversion) -> None:
