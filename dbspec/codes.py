@@ -496,7 +496,8 @@ written together with `bucket_no_upscale = true`, which ignores them (warning), 
 that
 does not use it (warning: no effect). `power` shapes polynomial; `min_lr_ratio` cosine_with_min_lr and
 warmup_stable_decay; `decay_steps` warmup_stable_decay; `t_max` and `eta_min` the torch schedules
-(cosine_annealing, cosine_annealing_warm_restarts); `t_mult` cosine_annealing_warm_restarts.""",
+(cosine_annealing, cosine_annealing_warm_restarts), simpletuner_cosine and simpletuner_sine; `t_mult`
+cosine_annealing_warm_restarts; `lr_end` polynomial.""",
     ),
     Code(
         "DBS256",
@@ -651,6 +652,15 @@ The D-Adaptation optimizers take one learning rate: dadapt_adam, dadapt_adam_pre
 dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices) have different
 rates (error); dadapt_adan, dadapt_adan_ip and dadapt_adagrad step every group at d x the first group's rate,
 so the other rates have no effect (warning, as kohya warns).""",
+    ),
+    Code(
+        "DBS290",
+        WARNING,
+        "warm-up with SimpleTuner's cosine or sine",
+        """\
+`schedule.warmup_steps` is set with `lr_schedule = "simpletuner_cosine"` or `"simpletuner_sine"`, which have
+no warm-up: SimpleTuner's cosine and sine waves start at step 0 and use its lr_warmup_steps as their period
+(`schedule.t_max`).""",
     ),
     Code(
         "DBS295",

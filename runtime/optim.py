@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers.optimization import get_scheduler
 
@@ -192,6 +194,10 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             num_training_steps=s.total_steps,
             num_cycles=s.cosine_cycles,
         )
+    if s.lr_schedule == "simpletuner_cosine":
+        return SimpleTunerCosine(optimizer, t_0=s.t_max, eta_min=s.eta_min)
+    if s.lr_schedule == "simpletuner_sine":
+        return SimpleTunerSine(optimizer, t_0=s.t_max, eta_min=s.eta_min)
     if s.lr_schedule == "polynomial":
         from transformers.optimization import get_polynomial_decay_schedule_with_warmup
 
@@ -245,3 +251,39 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         final_div_factor=a.final_div_factor,
         three_phase=a.three_phase,
     )
+
+
+class SimpleTunerCosine(torch.optim.lr_scheduler.LRScheduler):
+    """SimpleTuner's `Cosine` as its trainer builds it (T_mult 1, steps_per_epoch -1, so T_cur = -step): the
+    closed-form cosine from step 0, falling over t_0 steps and rising over the next t_0, each LR floored to a
+    multiple of 1e-9. dbspec's `lr_at` computes the same values without torch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, t_0: int, eta_min: float):
+        self.t_0, self.eta_min = t_0, eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        t_cur = (step // -1) + (step % -1) / -1
+        return [
+            math.floor(
+                (self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * t_cur / self.t_0)) / 2) * 1e9
+            )
+            / 1e9
+            for base in self.base_lrs
+        ]
+
+
+class SimpleTunerSine(torch.optim.lr_scheduler.LRScheduler):
+    """SimpleTuner's `Sine` (T_mult 1): eta_min + (lr - eta_min) x 0.5 (1 + sin(pi step / t_0)) from step 0,
+    each LR floored to a multiple of 1e-9. dbspec's `lr_at` computes the same values without torch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, t_0: int, eta_min: float):
+        self.t_0, self.eta_min = t_0, eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        wave = 0.5 * (1 + math.sin(math.pi * self.last_epoch / self.t_0))
+        return [
+            math.floor((self.eta_min + (base - self.eta_min) * wave) * 1e9) / 1e9 for base in self.base_lrs
+        ]

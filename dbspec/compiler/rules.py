@@ -263,24 +263,45 @@ def warmup_with_constant(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+SIMPLETUNER_WAVES = ("simpletuner_cosine", "simpletuner_sine")
+
+
+@rule("spec")
+def warmup_with_simpletuner_cosine(spec: Spec, given: Given) -> Iterator[Hit]:
+    s = spec.schedule
+    if s.warmup_steps and s.lr_schedule in SIMPLETUNER_WAVES:
+        yield _warn(
+            "DBS290",
+            ("schedule", "warmup_steps"),
+            f"warmup_steps has no effect with lr_schedule = {s.lr_schedule!r} (it has no warm-up)",
+            "remove it; schedule.t_max sets the cosine's period (SimpleTuner's lr_warmup_steps)",
+        )
+
+
 # --- kohya's schedule options (DBS255-DBS257) ---------------------------------------------------------------
 _SCHEDULE_SETTING_USERS = {
     "power": ("polynomial",),
     "min_lr_ratio": ("cosine_with_min_lr", "warmup_stable_decay"),
     "decay_steps": ("warmup_stable_decay",),
-    "t_max": ("cosine_annealing", "cosine_annealing_warm_restarts"),
-    "eta_min": ("cosine_annealing", "cosine_annealing_warm_restarts"),
+    "t_max": (
+        "cosine_annealing",
+        "cosine_annealing_warm_restarts",
+        "one_cycle",
+        "simpletuner_cosine",
+        "simpletuner_sine",
+    ),
+    "eta_min": (
+        "cosine_annealing",
+        "cosine_annealing_warm_restarts",
+        "simpletuner_cosine",
+        "simpletuner_sine",
+    ),
     "t_mult": ("cosine_annealing_warm_restarts",),
+    "lr_end": ("polynomial",),
+    "cosine_cycles": ("cosine",),  # kohya's lr_scheduler_args to named schedules
+    "warmup_type": ("warmup_stable_decay",),
+    "decay_type": ("warmup_stable_decay",),
 }
-_SCHEDULE_SETTING_USERS["t_max"] += ("one_cycle",)
-_SCHEDULE_SETTING_USERS.update(
-    {
-        "cosine_cycles": ("cosine",),
-        "lr_end": ("polynomial",),
-        "warmup_type": ("warmup_stable_decay",),
-        "decay_type": ("warmup_stable_decay",),
-    }
-)
 _SCHEDULE_SETTING_USERS.update(
     {  # torch's other schedulers (kohya's lr_scheduler_type)
         "step_size": ("step",),

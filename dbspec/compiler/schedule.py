@@ -228,6 +228,19 @@ _FACTORS: dict[str, Callable[[int, Curve], float]] = {
 # torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
 TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", *NEW_TORCH_SCHEDULES)
 PERIOD_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", "one_cycle")  # use t_max
+SIMPLETUNER_LR_QUANTUM = 1e9  # SimpleTuner's Cosine floors each LR to a multiple of 1e-9
+
+
+def _simpletuner_cosine(step: int, c: Curve) -> float:
+    """SimpleTuner's `Cosine` (helpers/training/custom_schedule.py), as its trainer builds it.
+
+    Its steps_per_epoch stays -1, so its T_cur is -step and never reaches T_0: the closed-form cosine runs on
+    past T_0 and the LR rises again (a wave of period 2 T_0). It writes floor(lr * 1e9) / 1e9.
+    """
+    t_i = c.t_max or c.total
+    t_cur = (step // -1) + (step % -1) / -1  # its T_cur with steps_per_epoch = -1, the same float operations
+    lr = c.eta_min + (c.lr - c.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+    return math.floor(lr * SIMPLETUNER_LR_QUANTUM) / SIMPLETUNER_LR_QUANTUM
 
 
 def _cosine_annealing(steps: list[int], c: Curve) -> list[float]:
@@ -283,10 +296,30 @@ def adafactor_relative_lr(step: int, warmup_init: bool) -> float:
     return min(min_step, 1.0 / math.sqrt(t))
 
 
+def _simpletuner_sine(step: int, c: Curve) -> float:
+    """SimpleTuner's `Sine`: eta_min + (lr - eta_min) x 0.5 (1 + sin(pi step / T_0)) from step 0, floored to
+    1e-9 (it starts half-way between eta_min and lr)."""
+    t_0 = c.t_max or c.total
+    lr = c.eta_min + (c.lr - c.eta_min) * (0.5 * (1 + math.sin(math.pi * step / t_0)))
+    return math.floor(lr * SIMPLETUNER_LR_QUANTUM) / SIMPLETUNER_LR_QUANTUM
+
+
+SIMPLETUNER_SCHEDULES = {"simpletuner_cosine": _simpletuner_cosine, "simpletuner_sine": _simpletuner_sine}
+
+
+def _checked(steps: list[int]) -> list[int]:
+    if any(step < 0 for step in steps):
+        raise ValueError(f"steps must be >= 0, got {min(steps)}")
+    return list(steps)
+
+
 def lr_curve(steps: list[int], curve: Curve) -> list[float]:
     """The LR at each of `steps` (sorted, >= 0); see `lr_at`."""
     if curve.schedule == ADAFACTOR_SCHEDULE:
         return [adafactor_relative_lr(step, curve.warmup_init) for step in steps]
+    if curve.schedule in SIMPLETUNER_SCHEDULES:
+        wave = SIMPLETUNER_SCHEDULES[curve.schedule]
+        return [wave(step, curve) for step in _checked(steps)]
     if curve.schedule not in _FACTORS and curve.schedule not in TORCH_SCHEDULES:
         raise ValueError(f"unknown lr schedule {curve.schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if any(step < 0 for step in steps):
@@ -321,6 +354,7 @@ def lr_at(
     t_max: int = 0,
     eta_min: float = 0.0,
     t_mult: int = 1,
+    lr_end: float = POLYNOMIAL_LR_END,
 ) -> float:
     """The LR after `step` scheduler steps, i.e. the LR used by the optimizer step with index `step`.
 
@@ -331,7 +365,7 @@ def lr_at(
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     curve = Curve(
-        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult
+        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult, lr_end
     )
     return lr_curve([step], curve)[0]
 
@@ -453,7 +487,7 @@ def compute_schedule(
         power=power,
         min_lr_ratio=min_lr_ratio,
         decay_steps=decay_steps,
-        t_max=(t_max or total_steps) if lr_schedule in PERIOD_SCHEDULES else t_max,
+        t_max=(t_max or total_steps) if lr_schedule in (*PERIOD_SCHEDULES, *SIMPLETUNER_SCHEDULES) else t_max,
         eta_min=eta_min,
         t_mult=t_mult,
         text_encoder_stop_step=text_encoder_stop_step,

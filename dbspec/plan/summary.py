@@ -460,6 +460,8 @@ def _lr_schedule(s) -> str:
         "cosine_annealing": f" (torch CosineAnnealingLR), T_max {s.t_max}, eta_min {s.eta_min:g}",
         "cosine_annealing_warm_restarts": f" (torch CosineAnnealingWarmRestarts), T_0 {s.t_max}, T_mult "
         f"{s.t_mult}, eta_min {s.eta_min:g}",
+        "simpletuner_cosine": f" (SimpleTuner's Cosine, no warm-up), T_0 {s.t_max}, eta_min {s.eta_min:g}",
+        "simpletuner_sine": f" (SimpleTuner's Sine, no warm-up), T_0 {s.t_max}, eta_min {s.eta_min:g}",
     }.get(s.lr_schedule, "") + _torch_schedule(s)
     return f"{s.lr_schedule}, warm-up {s.warmup_steps}{extra}"
 

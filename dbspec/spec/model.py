@@ -796,6 +796,8 @@ LrSchedule = Literal[
     "exponential",
     "linear_lr",
     "constant_lr",
+    "simpletuner_cosine",
+    "simpletuner_sine",
 ]
 
 
@@ -812,10 +814,15 @@ class Schedule:
     lr_schedule: LrSchedule = option(
         "constant",
         doc="Learning-rate schedule: the first six are diffusers' get_scheduler, cosine_with_min_lr and "
-        "warmup_stable_decay transformers' (as kohya calls them); the rest are torch's classes, stepped once "
+        "warmup_stable_decay transformers' (as kohya calls them); then torch's classes, stepped once "
         "per optimizer step (kohya's lr_scheduler_type): cosine_annealing CosineAnnealingLR, "
         "cosine_annealing_warm_restarts CosineAnnealingWarmRestarts, one_cycle OneCycleLR, step StepLR, "
-        "multi_step MultiStepLR, exponential ExponentialLR, linear_lr LinearLR, constant_lr ConstantLR.",
+        "multi_step MultiStepLR, exponential ExponentialLR, linear_lr LinearLR, constant_lr ConstantLR; "
+        "simpletuner_cosine is SimpleTuner's cosine: no warm-up, "
+        "eta_min + (lr - eta_min)(1 + cos(pi step / t_max))/2 from step 0, so it falls over t_max steps and "
+        "rises over the next t_max, the LR floored to 1e-9; simpletuner_sine is SimpleTuner's sine: "
+        "eta_min + (lr - eta_min)(1 + sin(pi step / t_max))/2 from step 0 (it starts half-way), floored to "
+        "1e-9.",
     )
     warmup_steps: int = option(0, doc="Linear warm-up steps.", minimum=0)
     cycles: int = option(
@@ -845,9 +852,9 @@ class Schedule:
     )
     t_max: int = option(
         0,
-        doc="cosine_annealing: torch's T_max in optimizer steps (the half period); "
-        "cosine_annealing_warm_restarts: its T_0 (steps to the first restart); one_cycle: its total_steps. "
-        "0 = the run's steps.",
+        doc="cosine_annealing, simpletuner_cosine, simpletuner_sine: torch's T_max in optimizer steps (the "
+        "half period); cosine_annealing_warm_restarts: its T_0 (steps to the first restart); one_cycle: its "
+        "total_steps. 0 = the run's steps.",
         minimum=0,
     )
     t_mult: int = option(
@@ -856,7 +863,17 @@ class Schedule:
         minimum=1,
     )
     eta_min: float = option(
-        0.0, doc="cosine_annealing(_warm_restarts): torch's eta_min, the lowest LR (absolute).", minimum=0
+        0.0,
+        doc="cosine_annealing(_warm_restarts), simpletuner_cosine/_sine: torch's eta_min, the lowest LR "
+        "(absolute).",
+        minimum=0,
+    )
+    # SimpleTuner's polynomial end LR (its lr_end); diffusers' get_scheduler keeps 1e-7.
+    lr_end: float = option(
+        1e-7,
+        doc="polynomial: the LR the decay ends at (diffusers' lr_end; get_scheduler's 1e-7, SimpleTuner's "
+        "lr_end 4e-7); it must be below optimizer.lr.",
+        minimum=0,
     )
     # kohya's lr_scheduler_args to its named schedules (transformers' functions); inert elsewhere (DBS255).
     cosine_cycles: float = option(
@@ -864,9 +881,6 @@ class Schedule:
         doc="cosine: cosine waves over the decay (transformers' num_cycles, which kohya's lr_scheduler_args "
         "can pass); 0.5 decays once to 0.",
         exclusive_minimum=0,
-    )
-    lr_end: float = option(
-        1e-7, doc="polynomial: the LR it decays to (transformers' lr_end); must be below lr.", minimum=0
     )
     warmup_type: Literal["linear", "cosine", "1-sqrt"] = option(
         "linear", doc="warmup_stable_decay: the warm-up's shape (transformers' warmup_type)."

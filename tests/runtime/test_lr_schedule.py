@@ -130,6 +130,10 @@ def test_cosine_annealing_is_torchs_float_for_float(t_max: int, eta_min: float, 
         ("cosine_annealing", {}),
         ("cosine_annealing_warm_restarts", {"t_max": 4, "t_mult": 2, "eta_min": 1e-6}),
         ("cosine_with_restarts", {"cycles": 3}),
+        ("polynomial", {"power": 0.8, "lr_end": 4e-7, "warmup_steps": 5}),  # SimpleTuner's defaults
+        ("simpletuner_cosine", {"t_max": 7, "eta_min": 4e-7}),
+        ("simpletuner_cosine", {}),
+        ("simpletuner_sine", {"t_max": 9, "eta_min": 1e-6}),
     ],
 )
 def test_the_runtimes_scheduler_follows_the_plans_curve(name: str, extra: dict) -> None:
@@ -145,7 +149,7 @@ def test_the_runtimes_scheduler_follows_the_plans_curve(name: str, extra: dict) 
     optimizer = _sgd(1e-4)
     lrs = _walk(optimizer, make_lr_scheduler(optimizer, plan), plan.total_steps + 1)
     curve = Curve(1e-4, name, plan.warmup_steps, plan.total_steps, plan.cycles, plan.power, plan.min_lr_ratio,
-                  plan.decay_steps, plan.t_max, plan.eta_min, plan.t_mult)  # fmt: skip
+                  plan.decay_steps, plan.t_max, plan.eta_min, plan.t_mult, lr_end=plan.lr_end)  # fmt: skip
     got = lr_curve(list(range(plan.total_steps + 1)), curve)
     assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) for a, b in zip(got, lrs, strict=True))
     assert all(lrs[step] == pytest.approx(value, rel=1e-12) for step, value in plan.lr_points)
@@ -164,3 +168,51 @@ def test_cosine_annealing_warm_restarts_is_torchs_float_for_float(t_0, t_mult, e
     curve = Curve(2e-4, "cosine_annealing_warm_restarts", 0, total, t_max=t_0, eta_min=eta_min, t_mult=t_mult)
     assert lr_curve(list(range(total + 1)), curve) == expected
     assert lr_curve([0, total // 2, total], curve) == [expected[0], expected[total // 2], expected[total]]
+
+
+# --- SimpleTuner's schedules (its helpers/training/custom_schedule.py, as its trainer calls them) ---
+@pytest.mark.parametrize(
+    ("lr", "lr_end", "power", "warmup", "total"), [(1e-4, 4e-7, 0.8, 10, 100), (5e-5, 4e-7, 0.8, 0, 40)]
+)
+def test_polynomial_with_lr_end_matches_diffusers_function(lr, lr_end, power, warmup, total) -> None:
+    """SimpleTuner calls get_polynomial_decay_schedule_with_warmup(lr_end=lr_end, power=lr_power) directly."""
+    from diffusers.optimization import get_polynomial_decay_schedule_with_warmup
+
+    optimizer = _sgd(lr)
+    scheduler = get_polynomial_decay_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup, num_training_steps=total, lr_end=lr_end, power=power
+    )
+    expected = _walk(optimizer, scheduler, total + 3)
+    curve = Curve(lr, "polynomial", warmup, total, power=power, lr_end=lr_end)
+    assert lr_curve(list(range(total + 3)), curve) == expected
+    assert expected[-1] == pytest.approx(
+        lr_end, rel=1e-12
+    )  # past the end it holds lr_end, not diffusers' default 1e-7
+
+
+@pytest.mark.parametrize(("t_0", "lr", "eta_min"), [(10, 1e-4, 4e-7), (37, 3e-5, 0.0)])
+def test_simpletuner_cosine_is_a_wave_from_step_0(t_0, lr, eta_min) -> None:
+    """No warm-up; T_cur = -step (steps_per_epoch -1), so the LR falls to eta_min at t_0 and climbs back to lr
+    at 2 t_0; every value floored to 1e-9. Checked against the runtime's torch scheduler, step by step."""
+    from dbspec.runtime.optim import SimpleTunerCosine
+
+    optimizer = _sgd(lr)
+    expected = _walk(optimizer, SimpleTunerCosine(optimizer, t_0=t_0, eta_min=eta_min), 3 * t_0 + 1)
+    curve = Curve(lr, "simpletuner_cosine", 0, 10 * t_0, t_max=t_0, eta_min=eta_min)
+    got = lr_curve(list(range(3 * t_0 + 1)), curve)
+    assert got == expected
+    assert got[0] == math.floor(lr * 1e9) / 1e9 and got[2 * t_0] == got[0]
+    assert got[t_0] == math.floor(eta_min * 1e9) / 1e9 and got[3 * t_0] == got[t_0]
+
+
+@pytest.mark.parametrize(("t_0", "lr", "eta_min"), [(10, 1e-4, 4e-7), (37, 3e-5, 0.0)])
+def test_simpletuner_sine_starts_half_way(t_0, lr, eta_min) -> None:
+    from dbspec.runtime.optim import SimpleTunerSine
+
+    optimizer = _sgd(lr)
+    expected = _walk(optimizer, SimpleTunerSine(optimizer, t_0=t_0, eta_min=eta_min), 4 * t_0 + 1)
+    curve = Curve(lr, "simpletuner_sine", 0, 10 * t_0, t_max=t_0, eta_min=eta_min)
+    got = lr_curve(list(range(4 * t_0 + 1)), curve)
+    assert got == expected
+    assert got[0] == math.floor((eta_min + (lr - eta_min) / 2) * 1e9) / 1e9
+    assert abs(got[2 * t_0] - got[0]) <= 1.01e-9  # sin(2 pi) is -2e-16: the floor can drop one 1e-9 step

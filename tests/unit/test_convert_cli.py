@@ -180,6 +180,7 @@ def test_cli_simpletuner_and_written_spec_layout(tmp_path, monkeypatch):
         "[optimizer]",
         "[schedule]",
         "[precision]",
+        "[checkpoints]",  # checkpoint_step_interval's default 500
         "[output]",
     ]
     assert all(

@@ -114,6 +114,7 @@ def test_square_crops_captions_from_files_and_masks(tmp_path):
             "num_train_epochs": 3,
             "train_batch_size": 2,
             "optimizer": "bnb-adamw8bit",
+            "offset_noise": True,
             "noise_offset": 0.05,
             "noise_offset_probability": 1.0,
             "snr_gamma": 5,
@@ -154,6 +155,7 @@ def test_pixel_resolution_partial_noise_offset_and_lycoris_are_unsupported(tmp_p
             "model_family": "sdxl",
             "pretrained_model_name_or_path": SDXL,
             "lora_type": "lycoris",
+            "offset_noise": True,
             "noise_offset": 0.1,
             "lr_scheduler": "sine",
             "some_new_option": 3,
@@ -172,7 +174,7 @@ def test_pixel_resolution_partial_noise_offset_and_lycoris_are_unsupported(tmp_p
     assert outcome.exit_code == 1 and not outcome.written
     for key in (
         "lora_type",
-        "noise_offset",
+        "offset_noise",
         "lr_scheduler",
         "some_new_option",
         "backends[a].resolution_type",

@@ -28,6 +28,7 @@ ALLOWED = {
     "dbspec/convert/diffusers/convert.py": "diffusers script names (train_dreambooth_lora_sdxl) -> family",
     "dbspec/convert/diffusers/out.py": "diffusers script names -> family",
     "dbspec/convert/simpletuner/train.py": "SimpleTuner's model_family values -> family",
+    "dbspec/convert/simpletuner/data.py": "SimpleTuner's model_family sdxl (caption dropout zeroes time ids)",
 }
 
 

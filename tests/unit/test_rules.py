@@ -135,6 +135,12 @@ CASES = [
         DOG + STEPS + 'warmup_steps = 10\nlr_schedule = "constant_with_warmup"\n',
     ),
     (
+        rules.warmup_with_simpletuner_cosine,
+        DOG + STEPS + 'warmup_steps = 10\nlr_schedule = "simpletuner_cosine"\nt_max = 10\n',
+        [("DBS290", "warning", ("schedule", "warmup_steps"))],
+        DOG + STEPS + 'lr_schedule = "simpletuner_cosine"\nt_max = 10\n',
+    ),
+    (
         rules.quantize_needs_frozen_base,
         DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\n',
         [("DBS212", "error", ("precision", "quantize_denoiser"))],

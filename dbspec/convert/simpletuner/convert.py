@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 0,
     "lr_num_cycles": 1,
+    "lr_end": 4e-7,  # polynomial's end LR; the floor of cosine
+    "lr_power": 0.8,  # polynomial's power
     "num_train_epochs": 1,
     "max_train_steps": None,
     "train_batch_size": 4,
@@ -44,17 +46,27 @@ DEFAULTS: dict[str, Any] = {
     "seed": None,
     "resolution": 1024,
     "resolution_type": "pixel_area",
-    "checkpointing_steps": None,
+    "checkpointing_steps": None,  # the legacy name of checkpoint_step_interval
+    "checkpoint_step_interval": 500,
     "checkpoints_total_limit": 5,
     "snr_gamma": None,
-    "noise_offset": None,
-    "noise_offset_probability": None,
+    "offset_noise": False,  # noise_offset applies only when this is true
+    "noise_offset": 0.1,
+    "noise_offset_probability": 0.25,
+    "rescale_betas_zero_snr": False,  # sd2x forces it on
+    "model_flavour": None,
+    "lycoris_config": "config/lycoris_config.json",
+    "loss_type": "l2",
+    "huber_schedule": "snr",
+    "huber_c": 0.1,
+    "minimum_image_size": None,
     "prediction_type": None,
     "base_model_precision": "no_change",
     "use_ema": False,
     "ema_decay": 0.995,
     "validation_prompt": None,
-    "validation_steps": None,
+    "validation_steps": None,  # the legacy name of validation_step_interval
+    "validation_step_interval": 100,
     "validation_num_inference_steps": 30,
     "validation_guidance": None,
     "validation_negative_prompt": None,
@@ -68,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "optimizer_beta1": None,
     "optimizer_beta2": None,
     "optimizer_config": None,
-    "caption_dropout_probability": None,
+    # two field-registry entries (data: None, advanced: 0.1); advanced registers last and wins
+    "caption_dropout_probability": 0.1,
 }
 
 
@@ -136,6 +149,11 @@ _NUMBERS = {
     "optimizer_beta1",
     "optimizer_beta2",
     "caption_dropout_probability",
+    "validation_step_interval",
+    "lr_end",
+    "lr_power",
+    "huber_c",
+    "minimum_image_size",
 }
 
 

@@ -8,6 +8,7 @@ balances class images, so the spec sets schedule.balance_classes = false.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
 
+ALIGNMENT = 64  # SimpleTuner's aspect_bucket_alignment, forced to 64 for SD 1.x/2.x/SDXL
 _CAPTIONS = {"textfile": "textfile", "instanceprompt": "prompt", "filename": "filename"}
 _CACHE_KEYS = frozenset(
     {
@@ -46,8 +48,6 @@ _UNSUPPORTED = {
     "start_step": "curriculum schedules",
     "end_step": "curriculum schedules",
     "max_num_samples": "random subsets of a folder",
-    "maximum_image_size": "downsampling oversize images first",
-    "target_downsample_size": "ditto",
     "minimum_aspect_ratio": "aspect-ratio filters",
     "maximum_aspect_ratio": "aspect-ratio filters",
     "max_upscale_threshold": "upscale limits",
@@ -95,10 +95,15 @@ def map_backends(
                 conv.inert(item, "a cache, mask or disabled backend")
             continue
         if kind != "image" or _value(backend, "type", "local") != "local":
-            conv.unsupported(
-                legacy["dataset_type"] if "dataset_type" in legacy else legacy["type"],
-                "only local image folders convert",
+            where = _value(backend, "type", "local")
+            why = (
+                f"a {kind} dataset: dbspec trains on images"
+                if kind != "image"
+                else "a Hugging Face dataset backend: dbspec reads local image folders (download it first)"
+                if where == "huggingface"
+                else f"a {where} backend: dbspec reads local image folders"
             )
+            conv.unsupported(legacy["dataset_type"] if kind != "image" else legacy["type"], why)
             continue
         shape = _dataset(written, backend, legacy, cfg, masks, paths, conv)
         has_class |= bool(
@@ -121,6 +126,10 @@ def map_backends(
         )
         conv.warn("DBS404", note, "crop")
         conv.notes.append(f"differs: {note}")
+    for key in ("resolution", "resolution_type", "minimum_image_size"):
+        item = cfg[key]
+        if item.given and item.key not in conv.reports:
+            conv.inert(item, "every image backend sets its own")
     return Backends(datasets=written, has_class=has_class, square=square)
 
 
@@ -135,7 +144,14 @@ def _numbers_ok(legacy: dict[str, Legacy], conv: Conversion) -> bool:
                 legacy[key].key,
                 help=f"write {key} = true or false without quotes",
             )
-    for key in ("repeats", "resolution", "minimum_image_size", "probability"):
+    for key in (
+        "repeats",
+        "resolution",
+        "minimum_image_size",
+        "maximum_image_size",
+        "target_downsample_size",
+        "probability",
+    ):
         if key in legacy:
             value = legacy[key].value
             try:
@@ -190,20 +206,23 @@ def _dataset(
             int(float(legacy["repeats"].value)) + 1,
             comment=conv.comment(legacy["repeats"], "SimpleTuner counts extra passes: +1"),
         )
-    _resolution(at, b, legacy, cfg, conv)
     shape = _crop(at, b, legacy, conv)
+    kind = _resolution(at, legacy, cfg, shape, conv)
     if "conditioning_data" in legacy:
         _masks(at, legacy["conditioning_data"], masks, paths, conv)
-    if "minimum_image_size" in legacy:
-        smallest = legacy["minimum_image_size"]
-        conv.differs(
-            smallest,
-            "SimpleTuner measures it in the resolution's unit; dbspec skips images whose short side "
-            "is smaller",
-            (*at, "min_image_size"),
-            max(1, int(float(smallest.value))),
+    _smallest(at, legacy, cfg, kind, shape, conv)
+    _downsample(legacy, cfg, conv)
+    dropout = cfg["caption_dropout_probability"]
+    if dropout.value:
+        note = (
+            "SimpleTuner also zeroes a dropped sample's SDXL size conditioning (time ids); dbspec keeps it"
+            if cfg["model_family"].value == "sdxl"
+            else ""
         )
-        conv.put((*at, "on_bad_image"), "skip", conv.comment(smallest, "smaller images are left out"))
+        if note:
+            conv.differs(dropout, note, (*at, "caption_dropout_rate"), float(dropout.value))
+        else:
+            conv.mapped(dropout, (*at, "caption_dropout_rate"), float(dropout.value))
     for k, item in legacy.items():
         if k in _UNSUPPORTED and item.value not in (None, False, 1, 1.0):
             conv.unsupported(item, f"dbspec has no {_UNSUPPORTED[k]}")
@@ -239,23 +258,111 @@ def _captions(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -
 
 
 def _resolution(
-    at: tuple, b: dict, legacy: dict[str, Legacy], cfg: dict[str, Legacy], conv: Conversion
-) -> None:
+    at: tuple, legacy: dict[str, Legacy], cfg: dict[str, Legacy], shape: str, conv: Conversion
+) -> str:
+    """The backend's resolution (or the config's). SimpleTuner's factory turns pixel_area into area first
+    (edge^2 / 1e6 megapixels); an area's bucket edge is round(int(sqrt(area x 1e6)) / 64) x 64
+    (MultiaspectImage.calculate_new_size_by_pixel_area, alignment 64 for SD models), a square's side in
+    dbspec terms. pixel sizes the short edge: the same as dbspec's square buckets when the backend crops
+    squares."""
     reso = legacy["resolution"] if "resolution" in legacy else cfg["resolution"]
     kind = legacy["resolution_type"] if "resolution_type" in legacy else cfg["resolution_type"]
-    if kind.value != "pixel_area":
+    if kind.value in ("area", "pixel_area"):
+        value = float(reso.value)
+        area = (value * value) / (1000**2) if kind.value == "pixel_area" else value
+        side = max(ALIGNMENT, round(int(math.sqrt(area * 1e6)) / ALIGNMENT) * ALIGNMENT)
+        conv.record(kind, "mapped", "datasets.resolution")
+        if kind.value == "area" or side != value:
+            what = f"{value:g} megapixels" if kind.value == "area" else f"{value:g} px"
+            note = f"{what}: SimpleTuner's {side} px square"
+            conv.mapped(reso, (*at, "resolution"), side, comment=conv.comment(reso, note))
+        elif not 64 <= side <= 4096:
+            conv.unsupported(reso, "dbspec resolutions lie between 64 and 4096")
+        else:
+            conv.mapped(reso, (*at, "resolution"), side)
+        return "area"
+    if kind.value != "pixel":
+        conv.unsupported(kind, "SimpleTuner's resolution types are pixel, area and pixel_area")
+        return str(kind.value)
+    if shape != "square":
         conv.unsupported(
             kind,
-            "dbspec resolutions are pixel areas (resolution_type pixel_area); `pixel` sizes the "
-            "short edge and `area` counts megapixels",
+            "`pixel` sizes each image's short edge and keeps its aspect ratio; dbspec's aspect buckets "
+            "keep a pixel area (pixel with crop = true and crop_aspect square converts)",
         )
-        return
+        return "pixel"
     conv.record(kind, "mapped", "datasets.resolution")
     side = int(float(reso.value))
     if side % 8 or not 64 <= side <= 4096:
         conv.unsupported(reso, "dbspec resolutions are multiples of 8 between 64 and 4096")
-        return
+        return "pixel"
     conv.mapped(reso, (*at, "resolution"), side)
+    return "pixel"
+
+
+def _smallest(
+    at: tuple, legacy: dict[str, Legacy], cfg: dict[str, Legacy], kind: str, shape: str, conv: Conversion
+) -> None:
+    """minimum_image_size: the backend's, else the config's (SimpleTuner's default for every backend).
+
+    Its meets_resolution_requirements: pixel needs both edges >= it (dbspec's short-side check, exactly);
+    area needs width x height >= it x 1e6 and, for square crops, both edges >= floor(sqrt(it x 1e6)).
+    A pixel_area backend's own value is turned into megapixels (edge^2 / 1e6) with its resolution, but the
+    config's value is not: it counts megapixels there, and SimpleTuner raises above 5.
+    """
+    own = "minimum_image_size" in legacy
+    smallest = legacy["minimum_image_size"] if own else cfg["minimum_image_size"]
+    if smallest.value is None or not float(smallest.value):
+        return
+    value = float(smallest.value)
+    comment = conv.comment(smallest, "smaller images are left out")
+    if kind == "pixel":
+        conv.mapped(smallest, (*at, "min_image_size"), max(1, int(value)), comment=comment)
+        conv.put((*at, "on_bad_image"), "skip", comment)
+        return
+    kind_legacy = legacy["resolution_type"] if "resolution_type" in legacy else cfg["resolution_type"]
+    megapixels = (value * value) / 1_000_000 if own and kind_legacy.value == "pixel_area" else value
+    if megapixels > 5:
+        unit = "the config's value counts megapixels for this pixel_area backend" if not own else "megapixels"
+        conv.invalid(
+            smallest.key,
+            smallest.value,
+            smallest.source,
+            f"SimpleTuner raises: {unit}, at most 5 (its meets_resolution_requirements)",
+            help="give the backend its own minimum_image_size in pixels, or the config's in megapixels",
+        )
+        return
+    area = megapixels * 1_000_000
+    edge = max(1, math.floor(math.sqrt(area)))
+    if shape == "square" and edge * edge >= area:
+        conv.mapped(smallest, (*at, "min_image_size"), edge, comment=comment)
+    else:
+        conv.differs(
+            smallest,
+            f"SimpleTuner keeps images of at least {area:g} pixels"
+            + (f" with both edges >= {edge}" if shape == "square" else "")
+            + f"; dbspec skips images whose short side is below {edge}",
+            (*at, "min_image_size"),
+            edge,
+            comment=comment,
+        )
+    conv.put((*at, "on_bad_image"), "skip", comment)
+
+
+def _downsample(legacy: dict[str, Legacy], cfg: dict[str, Legacy], conv: Conversion) -> None:
+    """maximum_image_size + target_downsample_size resize oversize images to the target first; equal to the
+    resolution they change nothing: every image is resized to the resolution anyway."""
+    reso = legacy["resolution"] if "resolution" in legacy else cfg["resolution"]
+    keys = [legacy[k] for k in ("maximum_image_size", "target_downsample_size") if k in legacy]
+    if not keys:
+        return
+    values = {float(item.value) for item in keys if item.value is not None}
+    if len(keys) == 2 and values == {float(reso.value)}:
+        for item in keys:
+            conv.inert(item, "equal to the resolution: images are resized to it anyway")
+    else:
+        for item in keys:
+            conv.unsupported(item, "dbspec has no downsampling of oversize images before cropping")
 
 
 def _crop(at: tuple, b: dict, legacy: dict[str, Legacy], conv: Conversion) -> str:

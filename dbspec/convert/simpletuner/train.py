@@ -3,15 +3,50 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from dbspec.compiler.schedule import DIFFUSERS_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.model import model_path
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.kohya.model import model_path
+from dbspec.convert.simpletuner.lycoris import map_lycoris
 
 Cfg = dict[str, Legacy]
 FAMILIES = {"sd1x": "sd1", "sd2x": "sd2", "sdxl": "sdxl", "legacy": "auto"}
+# SimpleTuner's model_flavour -> hub path tables (HUGGINGFACE_PATHS in helpers/models/sd1x/model.py, for
+# StableDiffusion1 and StableDiffusion2, and helpers/models/sdxl/model.py), and each family's default flavour.
+FLAVOURS = {
+    "sd1x": {
+        "1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "1.4": "CompVis/stable-diffusion-v1-4",
+        "dreamshaper": "Lykon/dreamshaper-8",
+        "realvis": "SG161222/RealVisXL_V5.0",
+    },
+    "sd2x": {
+        "digitaldiffusion": "Junglerally/Digital-Diffusion",
+        "pseudoflex-v2": "bghira/pseudo-flex-v2",
+        "pseudojourney": "bghira/pseudo-journey-v2",
+        "2.1": "stabilityai/stable-diffusion-2-1",
+        "2.0": "stabilityai/stable-diffusion-2-0",
+    },
+    "sdxl": {
+        "base-1.0": "stabilityai/stable-diffusion-xl-base-1.0",
+        "refiner-1.0": "stabilityai/stable-diffusion-xl-refiner-1.0",
+        "base-0.9": "stabilityai/stable-diffusion-xl-base-0.9",
+        "refiner-0.9": "stabilityai/stable-diffusion-xl-refiner-0.9",
+    },
+}
+DEFAULT_FLAVOURS = {
+    "sd1x": "dreamshaper",
+    "sd2x": "pseudoflex-v2",
+    "sdxl": "base-1.0",
+}  # its DEFAULT_MODEL_FLAVOUR
+# SimpleTuner's own names for its schedules (helpers/configuration/cli_utils.normalize_lr_scheduler_value).
+SCHEDULE_ALIASES = {"cosine_with_warmup": "cosine"}
+# The schedules its get_lr_scheduler hands to diffusers' get_scheduler unchanged.
+GET_SCHEDULER = ("constant", "constant_with_warmup", "linear")
+COSINE_DEFAULT_PERIOD = 1000  # its Cosine replaces a T_0 (lr_warmup_steps) of 0 by 1000
+
 OPTIMIZERS = {
     "optimi-adamw": ("adamw", ""),
     "bnb-adamw": ("adamw", ""),
@@ -69,7 +104,6 @@ INERT = frozenset(
         "cache_dir_vae",
         "disable_bucket_pruning",
         "aspect_bucket_alignment",
-        "minimum_image_size",
         "delete_problematic_images",
         "delete_unwanted_images",
         "ema_device",
@@ -78,9 +112,15 @@ INERT = frozenset(
         "allow_dataset_oversubscription",
         "validation_on_startup",
         "evaluation_type",
-        "lr_end",
     }
 )
+
+
+# SimpleTuner options that train something dbspec has no form of, with the reason.
+REFUSED = {
+    "controlnet": "dbspec trains no ControlNet (it trains the denoiser, adapters on it, or a full fine-tune)",
+    "use_soft_min_snr": "dbspec's SNR weights are min-SNR, debiased estimation and v-prediction-like loss",
+}
 
 
 def num(legacy: Legacy) -> float:
@@ -95,7 +135,7 @@ def flag(legacy: Legacy) -> bool:
 def map_training(cfg: Cfg, data, lora: bool, paths: PathMapper, conv: Conversion) -> None:
     _model(cfg, paths, conv)
     if lora:
-        _adapter(cfg, conv)
+        _adapter(cfg, paths, conv)
     elif cfg["model_type"].value == "full":
         conv.record(cfg["model_type"], "mapped", "adapter.kind")
     else:
@@ -105,6 +145,9 @@ def map_training(cfg: Cfg, data, lora: bool, paths: PathMapper, conv: Conversion
     _loss(cfg, data, lora, conv)
     _precision(cfg, lora, conv)
     _outputs(cfg, paths, conv)
+    for key, why in REFUSED.items():
+        if key in cfg and flag(cfg[key]) and key not in conv.reports:
+            conv.unsupported(cfg[key], why)
     for key, legacy in cfg.items():
         if legacy.given and key not in conv.reports:
             if key in INERT or key.startswith(("validation_", "tracker_", "hub_", "webhook")):
@@ -116,11 +159,23 @@ def map_training(cfg: Cfg, data, lora: bool, paths: PathMapper, conv: Conversion
 
 
 def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
-    base, family = cfg["pretrained_model_name_or_path"], cfg["model_family"]
-    if not base.value:
-        conv.invalid(base.key, None, base.source, "SimpleTuner needs the base model")
-    else:
+    base, family, flavour = cfg["pretrained_model_name_or_path"], cfg["model_family"], cfg["model_flavour"]
+    if base.value:
         conv.mapped(base, ("model", "base"), model_path(str(base.value), paths))
+        if flavour.given:
+            conv.inert(flavour, "pretrained_model_name_or_path is given, so the flavour picks nothing")
+    elif not flavour.value and family.value in DEFAULT_FLAVOURS:  # its setup_model_flavour's default
+        hub = FLAVOURS[family.value][DEFAULT_FLAVOURS[family.value]]
+        note = f"neither path nor flavour: {family.value}'s default flavour {DEFAULT_FLAVOURS[family.value]}"
+        conv.mapped(base, ("model", "base"), hub, comment=conv.comment(base, note))
+    elif flavour.value and family.value in FLAVOURS and flavour.value in FLAVOURS[family.value]:
+        hub = FLAVOURS[family.value][str(flavour.value)]
+        conv.mapped(flavour, ("model", "base"), hub, comment=conv.comment(flavour, "SimpleTuner's table"))
+    elif flavour.value:
+        names = ", ".join(FLAVOURS.get(str(family.value), {})) or "none for this family"
+        conv.invalid(flavour.key, flavour.value, flavour.source, f"not a {family.value} flavour ({names})")
+    else:
+        conv.invalid(base.key, None, base.source, "SimpleTuner needs the base model (or model_flavour)")
     if family.value not in FAMILIES:
         conv.unsupported(
             family, "dbspec trains SD 1.x, SD 2.x and SDXL (model_family sd1x, sd2x, sdxl, legacy)"
@@ -136,17 +191,57 @@ def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
                 ("model", target),
                 model_path(str(cfg[key].value), paths) if target == "vae" else str(cfg[key].value),
             )
-    prediction = cfg["prediction_type"]
+    _prediction(cfg, conv)
+
+
+def _prediction(cfg: Cfg, conv: Conversion) -> None:
+    """SimpleTuner's target: the family class's PREDICTION_TYPE (sd2x v_prediction, sd1x/sdxl epsilon) unless
+    prediction_type is set; it never reads the model's scheduler config. sd2x forces rescale_betas_zero_snr
+    (and trailing training timestep spacing, which changes no training draw: timesteps are sampled from
+    [0, 1000) either way)."""
+    prediction, family, rescale = cfg["prediction_type"], cfg["model_family"], cfg["rescale_betas_zero_snr"]
     if prediction.value in ("epsilon", "v_prediction"):
         conv.mapped(prediction, ("model", "prediction"), prediction.value)
     elif prediction.value is not None:
         conv.unsupported(prediction, "dbspec trains epsilon or v_prediction targets")
+    elif family.value in ("sd1x", "sd2x", "sdxl"):
+        target = "v_prediction" if family.value == "sd2x" else "epsilon"
+        conv.put(
+            ("model", "prediction"),
+            target,
+            f"SimpleTuner's {family.value} target (its PREDICTION_TYPE; prediction_type not set)",
+        )
+    if family.value == "sd2x":
+        conv.put(
+            ("loss", "zero_terminal_snr"),
+            True,
+            "SimpleTuner's sd2x forces rescale_betas_zero_snr (with trailing timestep spacing)",
+        )
+        if rescale.given:
+            conv.record(rescale, "mapped", "loss.zero_terminal_snr")
+    elif flag(rescale):
+        conv.mapped(rescale, ("loss", "zero_terminal_snr"), True)
+    if "training_scheduler_timestep_spacing" in cfg:
+        conv.inert(
+            cfg["training_scheduler_timestep_spacing"],
+            "training draws timesteps from [0, 1000) whatever the spacing",
+        )
 
 
-def _adapter(cfg: Cfg, conv: Conversion) -> None:
+def _adapter(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     kind = cfg["lora_type"]
+    if kind.value == "lycoris":
+        conv.record(cfg["model_type"], "mapped", "adapter.kind")
+        map_lycoris(kind, cfg["lycoris_config"], paths, conv)
+        for key in ("lora_rank", "lora_alpha", "lora_dropout", "use_dora"):
+            if key in cfg and cfg[key].given:
+                conv.inert(cfg[key], "LyCORIS reads its own settings from lycoris_config")
+        return
     if kind.value != "standard":
-        conv.unsupported(kind, "LyCORIS adapters have no dbspec equivalent (dbspec trains PEFT LoRA)")
+        conv.unsupported(kind, "dbspec trains SimpleTuner's lora_type standard (PEFT LoRA) and lycoris")
+        return
+    if kind.given:
+        conv.record(kind, "mapped", "adapter.kind")
     conv.put(("adapter", "kind"), "lora", conv.comment(cfg["model_type"]))
     conv.record(cfg["model_type"], "mapped", "adapter.kind")
     rank = cfg["lora_rank"]
@@ -183,15 +278,7 @@ def _schedule(cfg: Cfg, data, conv: Conversion) -> None:
             False,
             "SimpleTuner does not balance regularisation data: its repeats decide",
         )
-    name, warm = cfg["lr_scheduler"], cfg["lr_warmup_steps"]
-    if name.value not in DIFFUSERS_SCHEDULES:  # the others are kohya's
-        conv.unsupported(name, f"dbspec's schedules for SimpleTuner are {', '.join(DIFFUSERS_SCHEDULES)}")
-    else:
-        conv.mapped(name, ("schedule", "lr_schedule"), name.value)
-        if int(num(warm)) and name.value != "constant":
-            conv.mapped(warm, ("schedule", "warmup_steps"), int(num(warm)))
-        if name.value == "cosine_with_restarts":
-            conv.mapped(cfg["lr_num_cycles"], ("schedule", "cycles"), int(num(cfg["lr_num_cycles"])))
+    _lr_schedule(cfg, conv)
     seed = cfg["seed"]
     if seed.value is not None:
         conv.mapped(seed, ("schedule", "seed"), int(num(seed)))
@@ -199,8 +286,91 @@ def _schedule(cfg: Cfg, data, conv: Conversion) -> None:
         conv.put(("buckets", "mode"), "square", "SimpleTuner backends crop squares (crop_aspect square)")
 
 
+def _lr_schedule(cfg: Cfg, conv: Conversion) -> None:
+    """SimpleTuner's get_lr_scheduler (helpers/training/custom_schedule.py), after its argument parsing
+    renames cosine_with_warmup to cosine and constant with warm-up steps to constant_with_warmup."""
+    name, warm, end, power = cfg["lr_scheduler"], cfg["lr_warmup_steps"], cfg["lr_end"], cfg["lr_power"]
+    chosen = SCHEDULE_ALIASES.get(str(name.value).strip().lower(), str(name.value).strip().lower())
+    warmup = int(num(warm))
+    if chosen == "constant" and warmup > 0:
+        chosen = "constant_with_warmup"
+    why = f"SimpleTuner runs {chosen}" if chosen != name.value else ""
+    if chosen in GET_SCHEDULER:
+        conv.mapped(name, ("schedule", "lr_schedule"), chosen, comment=conv.comment(name, why))
+        if warmup and chosen != "constant":
+            conv.mapped(warm, ("schedule", "warmup_steps"), warmup)
+    elif chosen == "polynomial":
+        conv.mapped(name, ("schedule", "lr_schedule"), "polynomial")
+        if warmup:
+            conv.mapped(warm, ("schedule", "warmup_steps"), warmup)
+        conv.mapped(power, ("schedule", "power"), num(power))
+        conv.mapped(end, ("schedule", "lr_end"), num(end))
+    elif chosen in ("cosine", "sine"):
+        if chosen == "sine" and not warmup:
+            conv.invalid(
+                warm.key, warmup, warm.source, "SimpleTuner's sine raises without lr_warmup_steps (its T_0)"
+            )
+            return
+        period = warmup or COSINE_DEFAULT_PERIOD
+        kind = f"simpletuner_{chosen}"
+        shape = (
+            "no warm-up, a wave of period 2 x lr_warmup_steps"
+            if chosen == "cosine"
+            else "no warm-up, a sine from half-way, period 2 x lr_warmup_steps"
+        )
+        conv.mapped(
+            name, ("schedule", "lr_schedule"), kind, comment=conv.comment(name, f"SimpleTuner's {shape}")
+        )
+        conv.mapped(
+            warm,
+            ("schedule", "t_max"),
+            period,
+            comment=conv.comment(warm, "the wave's half period" + ("" if warmup else "; 0 becomes 1000")),
+        )
+        if num(end):
+            conv.mapped(end, ("schedule", "eta_min"), num(end))
+        else:
+            conv.record(end, "mapped", "schedule.eta_min")
+    elif chosen == "cosine_with_restarts":
+        # CosineAnnealingHardRestarts: T_cur = step % steps_per_epoch with steps_per_epoch -1 is always 0, so
+        # the LR stays at floor(lr x 1e9) / 1e9 (its own warning: "currently misbehaving"); T_0 0 raises.
+        if not warmup:
+            conv.invalid(
+                warm.key,
+                warmup,
+                warm.source,
+                "SimpleTuner's cosine_with_restarts raises without lr_warmup_steps",
+            )
+            return
+        conv.mapped(
+            name,
+            ("schedule", "lr_schedule"),
+            "constant",
+            comment=conv.comment(name, "its hard-restart cosine never leaves T_cur 0: a constant LR"),
+        )
+        conv.record(warm, "mapped", "schedule.lr_schedule")
+        conv.record(end, "mapped", "schedule.lr_schedule")
+    else:
+        known = "constant, constant_with_warmup, linear, polynomial, cosine, sine and cosine_with_restarts"
+        conv.unsupported(name, f"not a schedule dbspec has; dbspec expresses SimpleTuner's {known}")
+        return
+    for key in ("lr_end", "lr_power", "lr_num_cycles"):
+        legacy = cfg[key]
+        if legacy.given and legacy.key not in conv.reports:
+            conv.inert(legacy, f"{chosen} does not use it")
+
+
 def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     name = cfg["optimizer"]
+    # The rate is the run's whatever the optimizer: an unknown optimizer is refused once, not with its rate.
+    rate = cfg["learning_rate"]
+    if _floors_lr(cfg):
+        floored = math.floor(num(rate) * 1e9) / 1e9
+        conv.mapped(
+            rate, ("optimizer", "lr"), floored, comment=conv.comment(rate, "its scheduler floors it to 1e-9")
+        )
+    else:
+        conv.mapped(rate, ("optimizer", "lr"), num(rate))
     if name.value not in OPTIMIZERS:
         conv.unsupported(name, f"dbspec has no {name.value} optimizer")
         return
@@ -209,7 +379,6 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
         conv.differs(name, why, ("optimizer", "kind"), kind)
     else:
         conv.mapped(name, ("optimizer", "kind"), kind)
-    conv.mapped(cfg["learning_rate"], ("optimizer", "lr"), num(cfg["learning_rate"]))
     betas = [cfg[k] for k in ("optimizer_beta1", "optimizer_beta2") if cfg[k].value is not None]
     if betas:
         values = [
@@ -227,7 +396,13 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
         conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
     lr_te = cfg["text_encoder_lr"]
     if lr_te.value is not None and flag(cfg["train_text_encoder"]):
-        conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), num(lr_te))
+        te_rate = math.floor(num(lr_te) * 1e9) / 1e9 if _floors_lr(cfg) else num(lr_te)
+        conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), te_rate)
+
+
+def _floors_lr(cfg: Cfg) -> bool:
+    """SimpleTuner's hard-restart cosine writes floor(lr x 1e9) / 1e9 into every group from step 0."""
+    return str(cfg["lr_scheduler"].value).strip().lower() == "cosine_with_restarts"
 
 
 def _optimizer_config(extra: Legacy, conv: Conversion) -> None:
@@ -246,27 +421,8 @@ def _loss(cfg: Cfg, data, lora: bool, conv: Conversion) -> None:
     snr = cfg["snr_gamma"]
     if snr.value:
         conv.mapped(snr, ("loss", "min_snr_gamma"), num(snr))
-    offset, chance = cfg["noise_offset"], cfg["noise_offset_probability"]
-    if offset.value is None:
-        conv.warn(
-            "DBS407",
-            "noise_offset is not set: SimpleTuner's default changed between versions (0.1 applied to "
-            "25% of steps in older ones, 0 in newer ones); converted as off",
-            "noise_offset",
-        )
-    elif num(offset) and (chance.value is None or num(chance) != 1.0):
-        conv.unsupported(
-            offset,
-            "SimpleTuner applies the offset to a fraction of steps (noise_offset_probability); "
-            "dbspec applies it to every step",
-            help="set noise_offset_probability = 1.0, or 0 offset",
-        )
-    elif num(offset):
-        conv.mapped(offset, ("loss", "noise_offset"), num(offset))
-        if chance.given:
-            conv.record(chance, "mapped", "loss.noise_offset")
-    if "caption_dropout_probability" in cfg and cfg["caption_dropout_probability"].value:
-        conv.unsupported(cfg["caption_dropout_probability"], "dbspec has no caption dropout")
+    _noise_offset(cfg, conv)
+    _huber(cfg, conv)
     if data.has_class:
         prior = "base_model" if lora else "images"
         conv.put(
@@ -282,6 +438,55 @@ def _loss(cfg: Cfg, data, lora: bool, conv: Conversion) -> None:
             "adds prior_weight x the class mean of each pooled batch",
             "is_regularisation_data",
         )
+
+
+def _noise_offset(cfg: Cfg, conv: Conversion) -> None:
+    """SimpleTuner adds noise_offset x randn(B, C, 1, 1) only when offset_noise is true, and then on a
+    noise_offset_probability share of steps (model_foundation's noise sampling)."""
+    switch, offset, chance = cfg["offset_noise"], cfg["noise_offset"], cfg["noise_offset_probability"]
+    if not flag(switch):
+        for legacy in (switch, offset, chance):
+            if legacy.given:
+                conv.inert(legacy, "SimpleTuner applies noise_offset only with offset_noise = true")
+        return
+    if not num(offset):
+        for legacy in (switch, offset, chance):
+            conv.record(legacy, "mapped", "loss.noise_offset")
+        return
+    if num(chance) != 1.0:
+        conv.unsupported(
+            switch,
+            f"SimpleTuner applies the offset on a share of steps (noise_offset_probability {num(chance):g}); "
+            "dbspec applies it on every step",
+            help="set noise_offset_probability = 1.0, or offset_noise = false",
+        )
+        return
+    conv.mapped(offset, ("loss", "noise_offset"), num(offset))
+    conv.record(switch, "mapped", "loss.noise_offset")
+    conv.record(chance, "mapped", "loss.noise_offset")
+
+
+def _huber(cfg: Cfg, conv: Conversion) -> None:
+    """SimpleTuner's loss_type huber is 2c(sqrt(x^2 + c^2) - c), smooth_l1 2(sqrt(x^2 + c^2) - c), with c from
+    huber_schedule (constant c; exponential exp(t ln(c) / T); snr (1 - c)/(1 + sigma_t)^2 + c): dbspec's
+    pseudo_huber and smooth_l1 with huber_scale 1 (kohya's formulas)."""
+    kind, schedule, c = cfg["loss_type"], cfg["huber_schedule"], cfg["huber_c"]
+    kinds = {"l2": "mse", "huber": "pseudo_huber", "smooth_l1": "smooth_l1"}
+    if kind.value not in kinds:
+        conv.unsupported(kind, "dbspec expresses SimpleTuner's l2, huber and smooth_l1 losses")
+        return
+    if kind.value == "l2":
+        conv.record(kind, "mapped", "loss.kind")
+        for legacy in (schedule, c):
+            if legacy.given:
+                conv.inert(legacy, "used by loss_type huber and smooth_l1 only")
+        return
+    conv.mapped(kind, ("loss", "kind"), kinds[kind.value])
+    if schedule.value not in ("constant", "exponential", "snr"):
+        conv.unsupported(schedule, "dbspec's huber schedules are constant, exponential and snr")
+        return
+    conv.mapped(schedule, ("loss", "huber_schedule"), schedule.value)
+    conv.mapped(c, ("loss", "huber_c"), num(c))
 
 
 def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
@@ -306,14 +511,8 @@ def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
 
 def _outputs(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     conv.mapped(cfg["output_dir"], ("output", "dir"), paths.for_spec(str(cfg["output_dir"].value)))
-    every = (
-        cfg["checkpointing_steps"]
-        if cfg["checkpointing_steps"].value
-        else cfg["checkpoint_step_interval"]
-        if "checkpoint_step_interval" in cfg
-        else None
-    )
-    if every is not None and every.value:
+    every = _interval(cfg, "checkpoint_step_interval", "checkpointing_steps", conv)
+    if every.value and int(num(every)) > 0:
         conv.mapped(every, ("checkpoints", "every"), int(num(every)))
         conv.mapped(
             cfg["checkpoints_total_limit"], ("checkpoints", "keep"), int(num(cfg["checkpoints_total_limit"]))
@@ -327,13 +526,25 @@ def _outputs(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
         conv.mapped(report, ("logging", "tensorboard"), report.value in ("tensorboard", "all"))
 
 
+def _interval(cfg: Cfg, name: str, legacy_name: str, conv: Conversion) -> Legacy:
+    """SimpleTuner's step interval: its config loader turns the legacy name into the new option; the trainer
+    reads the new one and falls back to the legacy one when it is unset or 0."""
+    new, old = cfg[name], cfg[legacy_name]
+    chosen = new if new.given and new.value not in ("", 0) else old if old.value else new
+    for legacy in (new, old):
+        if legacy is not chosen and legacy.given:
+            conv.inert(legacy, f"{chosen.key} decides")
+    return chosen
+
+
 def _validation(cfg: Cfg, conv: Conversion) -> None:
     prompt = cfg["validation_prompt"]
     if not prompt.value:
         return
     conv.mapped(prompt, ("validation", "prompts"), [str(prompt.value)])
+    every = _interval(cfg, "validation_step_interval", "validation_steps", conv)
+    conv.mapped(every, ("validation", "every"), int(num(every)))
     pairs: list[tuple[str, str, Any]] = [
-        ("validation_steps", "every", int),
         ("validation_guidance", "guidance", float),
         ("validation_num_inference_steps", "steps", int),
         ("validation_negative_prompt", "negative_prompt", str),
@@ -347,6 +558,8 @@ def _validation(cfg: Cfg, conv: Conversion) -> None:
                 cast(float(cfg[key].value)) if cast is not str else cast(cfg[key].value),
             )
     sampler = cfg["validation_noise_scheduler"]
+    if sampler.value is None and cfg["model_family"].value == "sd2x":  # its DEFAULT_NOISE_SCHEDULER
+        conv.put(("validation", "scheduler"), "euler", "SimpleTuner's sd2x validation scheduler (euler)")
     if sampler.value in SCHEDULERS:
         conv.mapped(sampler, ("validation", "scheduler"), SCHEDULERS[sampler.value])
     elif sampler.value is not None:

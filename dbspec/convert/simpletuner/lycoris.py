@@ -1,0 +1,137 @@
+"""SimpleTuner's `lora_type = "lycoris"`: its lycoris_config JSON -> [adapter] (kind lokr, loha, or lora with
+convolution targets for LoCon).
+
+SimpleTuner's trainer (helpers/training/trainer.py) reads the JSON, takes multiplier, linear_dim (default 4)
+and linear_alpha (default 1) out of it, applies `apply_preset` when given and passes the rest to LyCORIS'
+create_lycoris(unet, multiplier, linear_dim, linear_alpha, algo=..., **rest). Only the denoiser trains.
+A preset that targets the module classes Attention and FeedForward adapts their linear layers: dbspec's
+denoiser_targets by suffix. Without a preset LyCORIS' own default preset applies (every linear and
+convolution of the UNet's transformer and ResNet blocks), which dbspec has no list for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper
+
+KINDS = {"lokr": "lokr", "loha": "loha", "locon": "lora", "lora": "lora"}
+# The nn.Linear layers inside diffusers' Attention and FeedForward modules of SD/SDXL UNets.
+CLASS_TARGETS = {
+    "Attention": ["to_q", "to_k", "to_v", "to_out.0"],
+    "FeedForward": ["ff.net.0.proj", "ff.net.2"],
+}
+# Settings of create_lycoris / the algorithm that dbspec sets; the value is the [adapter] key.
+SETTINGS = {"factor": "factor", "decompose_both": "decompose_both"}
+INERT = {"bypass_mode", "use_scalar", "dropout", "rank_dropout_scale", "train_norm", "use_tucker"}
+
+
+def map_lycoris(kind: Legacy, config: Legacy, paths: PathMapper, conv: Conversion) -> None:
+    local = paths.local(str(config.value)) if config.value else None
+    if local is None or not local.is_file():
+        conv.unsupported(
+            kind, f"its lycoris_config `{config.value}` is not here to read", help="convert next to it"
+        )
+        return
+    try:
+        settings = json.loads(local.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        conv.invalid(config.key, config.value, config.source, f"cannot read it: {exc}")
+        return
+    if not isinstance(settings, dict):
+        conv.invalid(config.key, config.value, config.source, "must hold an object")
+        return
+    conv.record(config, "mapped", "adapter")
+    src = f"lycoris_config ({local.name})"
+    item = {k: Legacy(key=f"lycoris.{k}", value=v, source=src) for k, v in settings.items()}
+    algo = str(settings.get("algo", "lora"))
+    if algo not in KINDS or "algo" not in item:
+        conv.unsupported(
+            item.get("algo", kind),
+            "dbspec trains LyCORIS lokr, loha and locon (dbspec lora with conv targets)",
+        )
+        return
+    adapter = KINDS[algo]
+    conv.put(("adapter", "kind"), adapter, conv.comment(item["algo"]))
+    conv.record(item["algo"], "mapped", "adapter.kind")
+    conv.record(kind, "mapped", "adapter.kind")
+    if not _numbers(settings, item, conv):
+        return
+    full = bool(settings.get("full_matrix", False))
+    rank = int(settings.get("linear_dim", 4))
+    if full and adapter == "lokr":  # LoKr's full_matrix trains the second factor in full: any rank that large
+        conv.put(("adapter", "rank"), 100_000, conv.comment(item["full_matrix"], "trains the factor in full"))
+        conv.record(item["full_matrix"], "mapped", "adapter.rank")
+    else:
+        conv.put(("adapter", "rank"), rank, _say(conv, item, "linear_dim", "SimpleTuner's default 4"))
+    conv.put(
+        ("adapter", "alpha"),
+        float(int(settings.get("linear_alpha", 1))),  # the trainer takes int(linear_alpha)
+        _say(conv, item, "linear_alpha", "SimpleTuner's default 1"),
+    )
+    for key in ("linear_dim", "linear_alpha"):
+        if key in item and item[key].key not in conv.reports:
+            conv.record(item[key], "mapped", f"adapter.{'rank' if key == 'linear_dim' else 'alpha'}")
+    _preset(adapter, settings, item, conv)
+    for key, legacy in item.items():
+        if legacy.key in conv.reports:
+            continue
+        if key in SETTINGS and adapter == "lokr":
+            conv.mapped(legacy, ("adapter", SETTINGS[key]), legacy.value)
+        elif key in ("conv_dim", "conv_alpha"):
+            conv.inert(legacy, "the preset's Attention and FeedForward modules hold no convolution")
+        elif key == "multiplier" and float(legacy.value) == 1.0:
+            conv.record(legacy, "mapped", "adapter")
+        elif (key in INERT or key == "full_matrix") and legacy.value in (False, None, 0, 0.0):
+            conv.inert(legacy, "off")
+        else:
+            conv.unsupported(legacy, "a LyCORIS setting dbspec does not set")
+
+
+def _say(conv: Conversion, item: dict[str, Legacy], key: str, default: str) -> str:
+    return conv.comment(item[key]) if key in item else f"{conv.tool} lycoris {default}"
+
+
+def _numbers(settings: dict[str, Any], item: dict[str, Legacy], conv: Conversion) -> bool:
+    for key in ("linear_dim", "linear_alpha", "factor", "conv_dim", "conv_alpha", "multiplier"):
+        if key in settings:
+            value = settings[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                conv.invalid(item[key].key, value, item[key].source, "not a number")
+                return False
+    return True
+
+
+def _preset(adapter: str, settings: dict, item: dict[str, Legacy], conv: Conversion) -> None:
+    preset = settings.get("apply_preset")
+    if "apply_preset" not in item:
+        conv.unsupported(
+            item["algo"],
+            "without apply_preset LyCORIS' default preset adapts every linear and convolution of the UNet's "
+            "transformer and ResNet blocks; dbspec converts presets of Attention and FeedForward modules",
+            help='add "apply_preset": {"target_module": ["Attention", "FeedForward"]} to say which modules',
+        )
+        return
+    targets = preset.get("target_module") if isinstance(preset, dict) else None
+    if not isinstance(targets, list) or not targets or any(t not in CLASS_TARGETS for t in targets):
+        conv.unsupported(
+            item["apply_preset"],
+            f"dbspec converts presets whose target_module lists {' and '.join(CLASS_TARGETS)} (classes)",
+        )
+        return
+    algo_map = preset.get("module_algo_map", {})
+    own = {k: settings[k] for k in ("factor", "linear_dim", "linear_alpha") if k in settings}
+    if not isinstance(algo_map, dict) or any(
+        not isinstance(v, dict) or any(own.get(k, object()) != x for k, x in v.items())
+        for v in algo_map.values()
+    ):
+        conv.unsupported(
+            item["apply_preset"],
+            "module_algo_map gives modules their own settings; dbspec's adapter has one set for all",
+            help="drop module_algo_map, or make its values equal the top-level ones",
+        )
+        return
+    names = [name for t in targets for name in CLASS_TARGETS[t]]
+    conv.mapped(item["apply_preset"], ("adapter", "denoiser_targets"), names)
