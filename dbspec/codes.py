@@ -579,6 +579,46 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
 `optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
 train, so its rate is not used (the plan shows no rate for it).""",
     ),
+    Code(
+        "DBS275",
+        ERROR,
+        "The best-checkpoint metric does not run",
+        """\
+`checkpoints.select` names a metric that this run does not compute: `eval_loss` needs `evaluation.holdout`
+(images held out of training), `clip_t`, `clip_i` and `dino` must be listed in `evaluation.metrics`.""",
+    ),
+    Code(
+        "DBS276",
+        ERROR,
+        "The subject's identifier or class word is unknown",
+        """\
+CLIP-T replaces the subject's identifier by its class word; CLIP-I and DINO compare the validation images
+whose prompt names the identifier. Set `evaluation.identifier` and `evaluation.class_word`, or give the
+instance and class datasets prompts that differ by one word (`a photo of ohwx dog` / `a photo of a dog`).""",
+    ),
+    Code(
+        "DBS277",
+        ERROR,
+        "Evaluation metrics without validation prompts",
+        """\
+`evaluation.metrics` score the validation images, but `validation.prompts` is empty, so there are none.""",
+    ),
+    Code(
+        "DBS278",
+        ERROR,
+        "More evaluation bands than timesteps",
+        """\
+`evaluation.bands` splits the `evaluation.timesteps` fixed timesteps into bands; each band needs at least
+one.""",
+    ),
+    Code(
+        "DBS279",
+        WARNING,
+        "No validation prompt names the subject",
+        """\
+CLIP-I and DINO compare the validation images of prompts that contain `evaluation.identifier` with the real
+instance images; no validation prompt contains it, so those metrics have no image to score.""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",
@@ -852,6 +892,37 @@ planning on the machine that runs (not with `--target`, which plans for another 
         "bf16 weights on a target without bf16",
         """\
 `precision.weights = "bf16"` on a target without bf16 support.""",
+    ),
+    Code(
+        "DBS364",
+        ERROR,
+        "The evaluation holdout leaves no image to train",
+        """\
+`evaluation.holdout` takes that many images of the instance dataset out of training; the dataset must keep at
+least one.""",
+    ),
+    Code(
+        "DBS365",
+        ERROR,
+        "The holdout dataset is no instance dataset",
+        """\
+`evaluation.holdout_dataset` must name a `[[datasets]]` entry with `role = "instance"`.""",
+    ),
+    Code(
+        "DBS366",
+        ERROR,
+        "An evaluation model is not available offline",
+        """\
+`evaluation.clip_model` or `evaluation.dino_model` is neither a local model folder (with `config.json`) nor in
+the local Hugging Face cache. Planning never downloads: `dbspec plan --download` fetches it.""",
+    ),
+    Code(
+        "DBS367",
+        WARNING,
+        "No checkpoint step is evaluated",
+        """\
+`checkpoints.select` picks among checkpoints saved at an evaluation step (the validation steps); none of the
+checkpoint steps is one, so only the end of the run can be chosen.""",
     ),
     Code(
         "DBS401",
