@@ -9,13 +9,13 @@ from pathlib import Path
 
 import attrs
 
+from dbspec.builtin import BUILTIN_METRIC_MODELS
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import hub_cache_dir
 from dbspec.compiler.schedule import interval_steps
 from dbspec.plan.model import DatasetPlan, EvaluationPlan, ImagePlan, MetricModelPlan, NoisePlan, SchedulePlan
 from dbspec.spec.model import Spec
 
-BUILTIN_METRIC_MODELS = ("builtin:tiny-clip", "builtin:tiny-dino")
 # Parameters of the default models (openai/clip-vit-base-patch32: 151 M; facebook/dino-vits16: 22 M), for
 # the memory line of the cost estimate when a model is given by another id we count nothing we cannot read.
 _KNOWN_PARAMS = {"openai/clip-vit-base-patch32": 151_277_313, "facebook/dino-vits16": 21_665_664}
