@@ -252,6 +252,13 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed of image 0 of every prompt (image i uses seed + i).")] = 0,
     images: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Sample a checkpoint of the run folder SOURCE: latest, best (checkpoints.select) or "
+            "step-NNNNNN (default: its final weights)."
+        ),
+    ] = "",
 ) -> None:
     """Generate images from a finished output: PNGs and a grid."""
     from dbspec.plan.model import StepRange, ValidationPlan
@@ -286,6 +293,7 @@ def sample(
                 config=config,
                 family=family or _single_file_family(source, base),
                 settings=settings,
+                checkpoint=checkpoint,
             ),
             out,
         )
