@@ -919,10 +919,10 @@ the local Hugging Face cache. Planning never downloads: `dbspec plan --download`
     Code(
         "DBS367",
         WARNING,
-        "No checkpoint step is evaluated",
+        "No checkpoint step before the end is evaluated",
         """\
-`checkpoints.select` picks among checkpoints saved at an evaluation step (the validation steps); none of the
-checkpoint steps is one, so only the end of the run can be chosen.""",
+`checkpoints.select` picks among checkpoints saved at an evaluation step (the validation steps); no checkpoint
+step before the last is one, so only the end of the run can be chosen.""",
     ),
     Code(
         "DBS401",

@@ -157,8 +157,9 @@ def _missing(ctx: Context, key: str, message: str, help: str = "") -> None:
 
 
 def _is_model_folder(path: Path) -> bool:
+    """A transformers model folder: its config and safetensors weights (what `plan --download` fetches)."""
     try:
-        return path.is_dir() and (path / "config.json").is_file()
+        return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
     except OSError:
         return False
 
@@ -228,11 +229,12 @@ def _check_selection(ctx: Context, plan: EvaluationPlan, schedule: SchedulePlan)
     select = ctx.spec.checkpoints.select
     if select == "none" or select not in plan.metrics:
         return  # a metric that does not run is DBS275, at check time
-    if not any(step in plan.steps for step in schedule.checkpoint_steps):
+    shared = [step for step in schedule.checkpoint_steps if step in plan.steps]
+    if len(shared) <= 1 < len(schedule.checkpoint_steps):
         ctx.report(
             "DBS367",
             "warning",
-            f"checkpoints.select = {select!r}, but no checkpoint step is an evaluation step "
+            f"checkpoints.select = {select!r}, but no checkpoint step before the end is an evaluation step "
             f"(checkpoints every {schedule.checkpoint_steps.every or 'end'}, evaluation every "
             f"{plan.steps.every or 'end'}): only the end can be chosen",
             ("checkpoints", "select"),
