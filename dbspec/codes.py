@@ -218,7 +218,8 @@ An adapter option under the wrong `adapter.kind` (e.g. `rank` with `kind = "none
         ERROR,
         "`validation.every` without `validation.prompts`",
         """\
-`validation.every` set but no `validation.prompts`.""",
+`validation.every` set but no `validation.prompts` (and no `evaluation.holdout`, whose evaluation loss runs at
+the validation steps without sampling).""",
     ),
     Code(
         "DBS206",

@@ -158,7 +158,8 @@ def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[
 @rule("spec")
 def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
-    if not v.prompts and (v.every or given(("validation", "every"))):
+    # The evaluation loss (evaluation.holdout) runs at the validation steps without any image to sample.
+    if not v.prompts and not spec.evaluation.holdout and (v.every or given(("validation", "every"))):
         yield _err(
             "DBS205",
             ("validation", "every"),

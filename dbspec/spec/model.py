@@ -760,7 +760,11 @@ class Validation:
         example=["a photo of ohwx dog on a beach"],
     )
     negative_prompt: str = option("", doc="Negative prompt for every validation image.")
-    every: int = option(0, doc="Validate every N steps; 0 validates only at the end.", minimum=0)
+    every: int = option(
+        0,
+        doc="Validate (sample the prompts, run [evaluation]) every N steps; 0 validates only at the end.",
+        minimum=0,
+    )
     scheduler: Literal["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
         "ddim", doc="Sampling scheduler (DDIM recommended by the HF DreamBooth study)."
     )
