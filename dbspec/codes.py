@@ -586,7 +586,8 @@ train, so its rate is not used (the plan shows no rate for it).""",
         "The best-checkpoint metric does not run",
         """\
 `checkpoints.select` names a metric that this run does not compute: `eval_loss` needs `evaluation.holdout`
-(images held out of training), `clip_t`, `clip_i` and `dino` must be listed in `evaluation.metrics`.""",
+(images held out of training) or a dataset with `role = "eval"`; `clip_t`, `clip_i` and `dino` must be
+listed in `evaluation.metrics`.""",
     ),
     Code(
         "DBS276",

@@ -33,11 +33,19 @@ def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
     `evaluation.seed` (the same images on every machine). Held-out images carry no cache keys: they are never
     cached, the evaluation encodes them itself."""
     ev = ctx.spec.evaluation
+    # role = "eval" datasets: every image is held out (the plan's datasets never hold them)
+    evals = tuple(
+        attrs.evolve(img, latent_keys=(), text_key="")
+        for d in datasets
+        if d.role == "eval"
+        for img in d.images
+    )
+    datasets = tuple(d for d in datasets if d.role != "eval")
     if ev.holdout == 0:
-        return Holdout(datasets, (), -1)
+        return Holdout(datasets, evals, -1)
     index = _holdout_dataset(ctx, datasets)
     if index < 0:
-        return Holdout(datasets, (), -1)
+        return Holdout(datasets, evals, -1)
     d = datasets[index]
     if ev.holdout >= len(d.images):
         ctx.report(
@@ -48,13 +56,13 @@ def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
             ("evaluation", "holdout"),
             help=f"hold out at most {max(len(d.images) - 1, 0)} image(s)",
         )
-        return Holdout(datasets, (), -1)
+        return Holdout(datasets, evals, -1)
     picked = sorted(random.Random(ev.seed).sample(range(len(d.images)), ev.holdout))
     held = tuple(attrs.evolve(d.images[i], latent_keys=(), text_key="") for i in picked)
     kept = tuple(img for i, img in enumerate(d.images) if i not in set(picked))
     out = list(datasets)
     out[index] = attrs.evolve(d, images=kept, samples_per_epoch=sum(img.repeats for img in kept))
-    return Holdout(tuple(out), held, index)
+    return Holdout(tuple(out), held + evals, index)
 
 
 def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:

@@ -159,7 +159,7 @@ def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[
 def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
     # The evaluation loss (evaluation.holdout) runs at the validation steps without any image to sample.
-    if not v.prompts and not spec.evaluation.holdout and (v.every or given(("validation", "every"))):
+    if not v.prompts and not _evaluation_images(spec) and (v.every or given(("validation", "every"))):
         yield _err(
             "DBS205",
             ("validation", "every"),
@@ -946,15 +946,22 @@ def bf16_weights_need_bf16(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
 _SAMPLED_METRICS = ("clip_t", "clip_i", "dino")
 
 
+def _evaluation_images(spec: Spec) -> bool:
+    """The evaluation loss has images: a holdout, or a role = "eval" dataset."""
+    return bool(spec.evaluation.holdout) or any(d.role == "eval" for d in spec.datasets)
+
+
 @rule("spec")
 def best_checkpoint_metric_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     select, ev = spec.checkpoints.select, spec.evaluation
-    if select == "eval_loss" and ev.holdout == 0:
+    if select == "eval_loss" and not _evaluation_images(spec):
         yield _err(
             "DBS275",
             ("checkpoints", "select"),
-            'checkpoints.select = "eval_loss" but no evaluation loss runs (evaluation.holdout = 0)',
-            "set evaluation.holdout to the number of instance images to hold out of training",
+            'checkpoints.select = "eval_loss" but no evaluation loss runs (evaluation.holdout = 0 and no '
+            'dataset has role = "eval")',
+            "set evaluation.holdout to the number of instance images to hold out of training, or add a "
+            'dataset with role = "eval"',
         )
     elif select in _SAMPLED_METRICS and select not in ev.metrics:
         yield _err(

@@ -358,7 +358,10 @@ def evaluation_table(plan: Plan) -> Table | None:
     t.add_row("metrics", ", ".join(e.metrics) + f" at {_steps(e.steps)}")
     if e.holdout:
         held = ", ".join(img.rel for img in e.holdout)
-        t.add_row("held out (not trained)", f"{held} of `{plan.datasets[e.dataset].name}` (seed {e.seed})")
+        source = (
+            f"of `{plan.datasets[e.dataset].name}` (seed {e.seed})" if e.dataset >= 0 else "(eval datasets)"
+        )
+        t.add_row("held out (not trained)", f"{held} {source}")
         t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))} in {len(e.bands)} band(s)")
     if e.identifier:
         t.add_row("subject", f"identifier `{e.identifier}`, class word `{e.class_word or '-'}`")

@@ -284,8 +284,10 @@ class Train:
 class Dataset:
     name: str = option(doc="A short unique name, used in the plan and in messages.", example="subject")
     path: str = option(doc="Image folder, relative to the spec file.", example="data/ohwx-dog")
-    role: Literal["instance", "class"] = option(
-        "instance", doc="instance: the subject to learn; class: regularisation images for prior preservation."
+    role: Literal["instance", "class", "eval"] = option(
+        "instance",
+        doc="instance: the subject to learn; class: regularisation images for prior preservation; eval: "
+        "images of the subject never trained, scored by the evaluation loss (docs/evaluation.md).",
     )
     recursive: bool = option(False, doc="Also scan sub-folders.")
     group: str = option(

@@ -190,3 +190,19 @@ def test_sample_renders_the_best_checkpoint(tmp_path):
     assert (tmp_path / "best" / "grid.png").is_file()
     result = CliRunner().invoke(app, [*args, "--checkpoint", "step-000009", "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "has no checkpoint 'step-000009'" in result.output
+
+
+def test_an_eval_dataset_is_scored_at_each_validation_step(tmp_path):
+    import shutil
+
+    path = write_spec(tmp_path, steps=2, extra=LORA + "[validation]\nevery = 1\n")
+    (tmp_path / "data" / "eval").mkdir()
+    shutil.copy(tmp_path / "data" / "toy" / "toy-00.png", tmp_path / "data" / "eval" / "held.png")
+    path.write_text(
+        path.read_text()
+        + '\n[[datasets]]\nname = "held"\nrole = "eval"\npath = "data/eval"\nprompt = "a photo of ohwx toy"\n'
+        "resolution = 64\n"
+    )
+    out = Path(execute(compile_spec(path)).output)
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(len(r["eval_loss_bands"]) == 4 for r in rows)

@@ -148,3 +148,28 @@ def test_select_with_only_the_end_evaluated_among_checkpoints_warns(tmp_path, va
 def test_evaluation_off_leaves_the_plan_as_before(tmp_path):
     plan = compile_spec(write_spec(tmp_path, steps=4))
     assert plan.evaluation.metrics == () and plan.checkpoints.select == "none"
+
+
+EVAL_DATASET = """
+[[datasets]]
+name = "held"
+role = "eval"
+path = "data/eval"
+prompt = "a photo of ohwx toy"
+resolution = 64
+"""
+
+
+def test_an_eval_dataset_is_scored_and_never_trained(tmp_path):
+    import shutil
+
+    path = write_spec(tmp_path, steps=4, extra=VALIDATION + '[checkpoints]\nselect = "eval_loss"\n')
+    (tmp_path / "data" / "eval").mkdir()
+    for name in ("toy-00.png", "toy-01.png"):
+        shutil.copy(tmp_path / "data" / "toy" / name, tmp_path / "data" / "eval" / f"held-{name}")
+    path.write_text(path.read_text() + EVAL_DATASET)
+    plan = compile_spec(path)
+    assert [img.rel for img in plan.evaluation.holdout] == ["held-toy-00.png", "held-toy-01.png"]
+    assert [d.name for d in plan.datasets] == ["toy"] and len(plan.datasets[0].images) == 6
+    assert plan.evaluation.metrics == ("eval_loss",) and plan.evaluation.dataset == -1
+    assert plan.evaluation.holdout[0].caption == "a photo of ohwx toy"
