@@ -59,6 +59,11 @@ class EvalLoss:
     def compute(self, parts: Parts, ev: EvaluationPlan) -> tuple[float, list[float]]:
         """(mean, per-band means) of the training loss formula over held-out images x fixed timesteps."""
         plan = parts.plan
+        total = parts.noise_scheduler.config.num_train_timesteps
+        if any(not 0 <= t < total for t in ev.timesteps):
+            raise ValueError(
+                f"evaluation timesteps {ev.timesteps} reach beyond the scheduler's {total} timesteps"
+            )
         if not self.latents:
             self._encode(parts, ev)
         generator = torch.Generator().manual_seed(ev.seed)  # the same noise at every evaluation
