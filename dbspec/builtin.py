@@ -292,6 +292,11 @@ _SDXL = _model(
 BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL)}
 
 
+# Tiny random evaluation models (runtime/tiny.py builds them): a CLIPModel for clip_t / clip_i and a ViT
+# shaped like DINO ViT-S/16 for dino, so the metrics run offline in tests.
+BUILTIN_METRIC_MODELS = ("builtin:tiny-clip", "builtin:tiny-dino")
+
+
 def is_builtin(base: str) -> bool:
     """True when `base` asks for a built-in model (known or not; `builtin_model` says which exist)."""
     return base.startswith(BUILTIN_PREFIX)

@@ -100,7 +100,10 @@ def plan(
     strict: StrictOption = False,
     download: Annotated[
         bool,
-        typer.Option("--download", help="Fetch hub models (base and VAE) into the Hugging Face cache first."),
+        typer.Option(
+            "--download",
+            help="Fetch hub models (base, VAE, evaluation models) into the Hugging Face cache first.",
+        ),
     ] = False,
 ) -> None:
     """Compile a spec into a resolved execution plan and show it; no model is loaded, no network used
@@ -134,8 +137,13 @@ def _download_models(spec: Path, overrides: list[str]) -> None:
     checked = check_spec(spec, str(spec), overrides)
     if checked.spec is None:
         return  # plan_spec reports the spec's errors
-    model = checked.spec.model
-    for name, revision in ((model.base, model.revision), (model.vae, "main")):
+    model, ev = checked.spec.model, checked.spec.evaluation
+    wanted = [(model.base, model.revision), (model.vae, "main")]
+    if {"clip_t", "clip_i"} & set(ev.metrics):
+        wanted.append((ev.clip_model, "main"))
+    if "dino" in ev.metrics:
+        wanted.append((ev.dino_model, "main"))
+    for name, revision in wanted:
         if name and not is_local(name, spec.parent):
             try:
                 typer.echo(f"downloaded {name} to {download(name, revision)}")
@@ -252,6 +260,13 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed of image 0 of every prompt (image i uses seed + i).")] = 0,
     images: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Sample a checkpoint of the run folder SOURCE: latest, best (checkpoints.select) or "
+            "step-NNNNNN (default: its final weights)."
+        ),
+    ] = "",
 ) -> None:
     """Generate images from a finished output: PNGs and a grid."""
     from dbspec.plan.model import StepRange, ValidationPlan
@@ -286,6 +301,7 @@ def sample(
                 config=config,
                 family=family or _single_file_family(source, base),
                 settings=settings,
+                checkpoint=checkpoint,
             ),
             out,
         )

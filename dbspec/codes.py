@@ -218,7 +218,8 @@ An adapter option under the wrong `adapter.kind` (e.g. `rank` with `kind = "none
         ERROR,
         "`validation.every` without `validation.prompts`",
         """\
-`validation.every` set but no `validation.prompts`.""",
+`validation.every` set but no `validation.prompts` (and no `evaluation.holdout`, whose evaluation loss runs at
+the validation steps without sampling).""",
     ),
     Code(
         "DBS206",
@@ -654,6 +655,47 @@ rates (error); dadapt_adan, dadapt_adan_ip and dadapt_adagrad step every group a
 so the other rates have no effect (warning, as kohya warns).""",
     ),
     Code(
+        "DBS275",
+        ERROR,
+        "The best-checkpoint metric does not run",
+        """\
+`checkpoints.select` names a metric that this run does not compute: `eval_loss` needs `evaluation.holdout`
+(images held out of training) or a dataset with `role = "eval"`; `clip_t`, `clip_i` and `dino` must be
+listed in `evaluation.metrics`.""",
+    ),
+    Code(
+        "DBS276",
+        ERROR,
+        "The subject's identifier or class word is unknown",
+        """\
+CLIP-T replaces the subject's identifier by its class word; CLIP-I and DINO compare the validation images
+whose prompt names the identifier. Set `evaluation.identifier` and `evaluation.class_word`, or give the
+instance and class datasets prompts that differ by one word (`a photo of ohwx dog` / `a photo of a dog`).""",
+    ),
+    Code(
+        "DBS277",
+        ERROR,
+        "Evaluation metrics without validation prompts",
+        """\
+`evaluation.metrics` score the validation images, but `validation.prompts` is empty, so there are none.""",
+    ),
+    Code(
+        "DBS278",
+        ERROR,
+        "More evaluation bands than timesteps",
+        """\
+`evaluation.bands` splits the `evaluation.timesteps` fixed timesteps into bands; each band needs at least
+one.""",
+    ),
+    Code(
+        "DBS279",
+        WARNING,
+        "No validation prompt names the subject",
+        """\
+CLIP-I and DINO compare the validation images of prompts that contain `evaluation.identifier` with the real
+instance images; no validation prompt contains it, so those metrics have no image to score.""",
+    ),
+    Code(
         "DBS290",
         WARNING,
         "warm-up with SimpleTuner's cosine or sine",
@@ -1002,6 +1044,37 @@ adapted layer has its tensors in the file is checked when the run loads it.""",
         """\
 `adapter.init_weights` holds LoRA layers of a text encoder (or the denoiser) that this run does not train
 (`train.*`): they are not loaded, as kohya drops the networks of models it does not train before loading.""",
+    ),
+    Code(
+        "DBS364",
+        ERROR,
+        "The evaluation holdout leaves no image to train",
+        """\
+`evaluation.holdout` takes that many images of the instance dataset out of training; the dataset must keep at
+least one.""",
+    ),
+    Code(
+        "DBS365",
+        ERROR,
+        "The holdout dataset is no instance dataset",
+        """\
+`evaluation.holdout_dataset` must name a `[[datasets]]` entry with `role = "instance"`.""",
+    ),
+    Code(
+        "DBS366",
+        ERROR,
+        "An evaluation model is not available offline",
+        """\
+`evaluation.clip_model` or `evaluation.dino_model` is neither a local model folder (with `config.json`) nor in
+the local Hugging Face cache. Planning never downloads: `dbspec plan --download` fetches it.""",
+    ),
+    Code(
+        "DBS367",
+        WARNING,
+        "No checkpoint step before the end is evaluated",
+        """\
+`checkpoints.select` picks among checkpoints saved at an evaluation step (the validation steps); no checkpoint
+step before the last is one, so only the end of the run can be chosen.""",
     ),
     Code(
         "DBS401",

@@ -38,14 +38,20 @@ from dbspec.runtime.data import load_pixels
 
 log = logging.getLogger(__name__)
 
-CacheKind = Literal["latents", "text"]
+CacheKind = Literal["latents", "text", "embeddings"]
 # Format tags match LATENT_FORMAT / TEXT_FORMAT in dbspec/compiler/caches.py (they are part of every key).
-FORMATS: dict[str, str] = {"latents": "latent-v1", "text": "text-v1"}
-REQUIRED: dict[str, tuple[str, ...]] = {"latents": ("mean", "std"), "text": ("prompt_embeds",)}
+# "embeddings": the evaluation's reference-image embeddings (CLIP-I, DINO; runtime/evaluate.py).
+FORMATS: dict[str, str] = {"latents": "latent-v1", "text": "text-v1", "embeddings": "embed-v1"}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "latents": ("mean", "std"),
+    "text": ("prompt_embeds",),
+    "embeddings": ("embeddings",),
+}
 _NONFINITE_HINT = {
     "latents": "an fp16 VAE overflowing (SDXL's original VAE does) is the usual cause: encode in fp32 or use "
     "the fp16-fix VAE",
     "text": "the text encoder overflowed in its dtype: encode in fp32",
+    "embeddings": "the evaluation model overflowed in its dtype",
 }
 Job = TypeVar("Job")
 # One item per encoder call: a VAE or text-encoder output depends, in its last bits, on which other items
@@ -66,7 +72,7 @@ class TensorCache:
         self, dir: str | os.PathLike[str], kind: CacheKind, *, required: tuple[str, ...] | None = None
     ):
         if kind not in FORMATS:
-            raise ValueError(f"cache kind must be 'latents' or 'text', got {kind!r}")
+            raise ValueError(f"cache kind must be one of {', '.join(FORMATS)}, got {kind!r}")
         self.root = Path(dir)
         self.kind = kind
         self.format = FORMATS[kind]

@@ -13,6 +13,7 @@ is complete; `latest` moves only after that, and pruning happens last and never 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -33,14 +34,26 @@ from dbspec.util.atomic import write_text_atomic
 
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
+BEST_FILE = "best"  # names the best checkpoint by `checkpoints.select`, beside `latest`
+BEST_JSON = "best.json"  # its step, metric and value
+SCORES_FILE = "metrics.json"  # every checkpoint's evaluation row
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------
 def save_checkpoint(
-    out: Path, step: int, *, weights: Callable[[Path], None], state: dict[str, Any], keep: int
+    out: Path,
+    step: int,
+    *,
+    weights: Callable[[Path], None],
+    state: dict[str, Any],
+    keep: int,
+    scores: dict[str, Any] | None = None,
+    select: str = "none",
 ) -> Path:
     """Write checkpoint `step` (weights via the callback, `state` via torch.save), point `latest` at it,
-    then prune to the newest `keep` (0 keeps all). A failure leaves no step folder and `latest` unchanged."""
+    record its evaluation `scores` (metrics.json) and move `best` to it when it beats the best by `select`,
+    then prune to the newest `keep` (0 keeps all; the best is kept). A failure leaves no step folder and
+    `latest` unchanged."""
     _check_loadable(state, "state")
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -68,6 +81,9 @@ def save_checkpoint(
     faults.reached("checkpoint.latest")
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
+    if scores:
+        record_scores(root, final.name, scores)
+        update_best(root, final.name, scores, select)
     _prune(root, keep, final)
     return final
 
@@ -118,6 +134,53 @@ def latest_checkpoint(out: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+# --- evaluation scores and the best checkpoint (checkpoints.select) -----------------------------------------
+LOWER_IS_BETTER = {"eval_loss"}  # every other metric (clip_t, clip_i, dino) is a similarity: higher is better
+
+
+def record_scores(root: Path, name: str, scores: dict[str, Any]) -> None:
+    """The per-checkpoint table `checkpoints/metrics.json`: checkpoint name -> its evaluation row."""
+    path = root / SCORES_FILE
+    table = _read_json(path) or {}
+    table[name] = scores
+    write_text_atomic(path, json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+
+
+def update_best(root: Path, name: str, scores: dict[str, Any], select: str) -> bool:
+    """Point `best` at checkpoint `name` (and write best.json: step, metric, value) when its `select` score
+    beats the current best's; the pointer moves as `latest` does (written whole, then renamed)."""
+    if select == "none" or not isinstance(scores.get(select), (int, float)):
+        return False
+    value = float(scores[select])
+    current = _read_json(root / BEST_JSON)
+    if current and current.get("metric") == select and (root / str(current.get("checkpoint"))).is_dir():
+        old = float(current["value"])
+        if not (value < old if select in LOWER_IS_BETTER else value > old):
+            return False
+    record = {"checkpoint": name, "step": scores.get("step"), "metric": select, "value": value}
+    write_text_atomic(root / BEST_JSON, json.dumps(record, indent=1) + "\n")
+    write_text_atomic(root / BEST_FILE, name + "\n")
+    return True
+
+
+def best_checkpoint(out: Path) -> Path | None:
+    """The checkpoint `best` names, when it exists."""
+    root = Path(out) / "checkpoints"
+    try:
+        named = (root / BEST_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return root / named if _STEP_DIR.match(named) and (root / named).is_dir() else None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def load_state(folder: Path) -> dict[str, Any]:
     """The training state saved with a checkpoint, on CPU. weights_only=True is safe and sufficient:
     `save_checkpoint` only accepts plain data (RNG states included, see `capture_rng_state`)."""
@@ -162,11 +225,13 @@ def _step_dirs(out: Path) -> list[Path]:
 
 
 def _prune(root: Path, keep: int, latest: Path) -> None:
-    """Keep the newest `keep` step folders (leftovers of killed runs are `outdir.recover`'s, at start)."""
+    """Keep the newest `keep` step folders and the best one (leftovers of killed runs are `outdir.recover`'s,
+    at start)."""
     if keep <= 0:
         return
+    best = best_checkpoint(root.parent)
     for folder in _step_dirs(root.parent)[:-keep]:
-        if folder != latest:
+        if folder != latest and folder != best:
             shutil.rmtree(_rename_away(folder), ignore_errors=True)
 
 

@@ -89,6 +89,21 @@ class MetricsLog:
             for name, value in values.items():
                 self._tb.add_scalar(f"train/{name}", value, step)
 
+    def evaluation(self, step: int, row: dict) -> None:
+        """One evaluation row, whatever `every` says: {"step", "eval_loss", "eval_loss_bands", "clip_t",
+        "clip_i", "dino"}, keys only for the metrics that ran (the contract `dbspec report` reads)."""
+        if self._jsonl is None or not row:
+            return
+        self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for name, value in row.items():
+                values = value if isinstance(value, list) else [value]
+                for band, v in enumerate(values):
+                    self._tb.add_scalar(
+                        f"eval/{name}" + (f"_{band}" if isinstance(value, list) else ""), v, step
+                    )
+
     def images(self, step: int, grid: Path) -> None:
         if self._tb is not None and grid.exists():
             self._tb.add_image(

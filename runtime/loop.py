@@ -19,6 +19,7 @@ from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
+from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.optim import step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
@@ -92,6 +93,8 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
     interrupted = _InterruptFlag()
     losses: list[float] = []
     last_checkpoint = ""
+    evaluator = Evaluator(plan, out, run.parts.device) if plan.evaluation.metrics and run.main else None
+    scores: dict = {}  # the latest evaluation's metrics row, for the checkpoint saved at its step
 
     with interrupted, train_progress(console, s.total_steps, step) as progress:
         while step < s.total_steps:
@@ -118,11 +121,15 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
 
             if step in plan.validation.steps and run.main:
                 _validate(run, step, log)
+            if evaluator is not None and step in plan.evaluation.steps:
+                scores = {"step": step, **_evaluate(run, evaluator, step, log)}
             stopping = _all_agree(
                 run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
             )
             if (step in plan.checkpoints.steps or stopping) and run.main:
-                last_checkpoint = str(_save_checkpoint(run, step))
+                last_checkpoint = str(
+                    _save_checkpoint(run, step, scores if scores.get("step") == step else {})
+                )
             if step in plan.checkpoints.steps or stopping:
                 run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
             if stopping and step < s.total_steps:
@@ -194,14 +201,31 @@ def _validate(run: Run, step: int, log: MetricsLog) -> None:
     set_train_mode(run.comps, run.plan)
 
 
-def _save_checkpoint(run: Run, step: int) -> Path:
+def _evaluate(run: Run, evaluator: Evaluator, step: int, log: MetricsLog) -> dict:
+    """The evaluation metrics at `step` (with the EMA weights when there are any), in eval mode (no dropout
+    draws), logged as one metrics.jsonl row; then back to training mode."""
+    unet = getattr(run.parts.unet, "module", run.parts.unet)  # DDP-wrapped under several processes
+    with run.ema.swap() if run.ema is not None else contextlib.nullcontext():
+        for module in (unet, *run.comps.text_encoders):
+            module.eval()
+        with run.accelerator.autocast():
+            row = evaluator.evaluate(attrs.evolve(run.parts, unet=unet), step)
+    set_train_mode(run.comps, run.plan)
+    log.evaluation(step, row)
+    return row
+
+
+def _save_checkpoint(run: Run, step: int, scores: dict) -> Path:
     state = TrainState.capture(run, step)
+    select = run.plan.checkpoints.select
     return ckpt.save_checkpoint(
         run.out,
         step,
         weights=lambda f: save_weights(f, run.comps, run.plan, run.ema),
         state=state.to_checkpoint(),
         keep=run.plan.checkpoints.keep,
+        scores=scores,
+        select=select,
     )
 
 

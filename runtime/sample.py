@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import attrs
@@ -29,6 +31,7 @@ class SampleRequest:
     base: str = ""  # base model for LoRA sources (hub id, folder, builtin:...); from the run's plan if empty
     config: str = ""  # diffusers folder or hub id with configs, for single files offline
     family: str = ""  # for single files (the CLI reads it from the file's tensor names)
+    checkpoint: str = ""  # "latest", "best" or "step-NNNNNN": that checkpoint of the run folder `source`
     settings: ValidationPlan
 
 
@@ -39,9 +42,31 @@ def sample(request: SampleRequest, out: Path) -> list[Path]:
     return render(pipe, request.settings, out)
 
 
+def checkpoint_folder(out: Path, name: str) -> Path:
+    """Checkpoint `name` of the run folder `out`: latest, best (checkpoints.select) or step-NNNNNN."""
+    from dbspec.runtime.checkpoints import best_checkpoint, latest_checkpoint
+
+    if not (out / "checkpoints").is_dir():
+        raise SampleError(f"{out} is no run output folder with checkpoints (no {out / 'checkpoints'})")
+    if name == "best":
+        found = best_checkpoint(out)
+        if found is None:
+            raise SampleError(
+                f"{out} has no best checkpoint: the run needs checkpoints.select and an evaluation at a "
+                "checkpoint step"
+            )
+        return found
+    found = latest_checkpoint(out) if name == "latest" else out / "checkpoints" / name
+    if found is None or not found.is_dir() or not re.fullmatch(r"latest|step-\d+", name):
+        raise SampleError(f"{out} has no checkpoint {name!r} (latest, best or step-NNNNNN)")
+    return found
+
+
 def load_pipeline(request: SampleRequest):
     source = request.source
-    if source.is_dir() and (source / "final").is_dir():  # a run's output folder
+    if request.checkpoint:
+        source = checkpoint_folder(source, request.checkpoint)
+    elif source.is_dir() and (source / "final").is_dir():  # a run's output folder
         source = source / "final"
     plan = _plan_beside(source)
     if source.is_dir() and (source / "model_index.json").exists():
@@ -56,6 +81,8 @@ def load_pipeline(request: SampleRequest):
         return pipe
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
         return _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
+    if source.is_dir() and any((source / name / "config.json").exists() for name in _components()):
+        return _with_full_components(source, plan, request)  # a full fine-tune's checkpoint
     if source.suffix == ".safetensors":
         cls = _pipeline_class(_family(request, source))
         kwargs = {"config": request.config} if request.config else {}
@@ -78,6 +105,19 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
     pipe = _base_pipeline(base, plan, request)
     modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
     load_peft_adapters(source, modules)
+    return pipe
+
+
+def _with_full_components(source: Path, plan: Plan | None, request: SampleRequest):
+    """Base pipeline with the trained components a full run's checkpoint holds (`save_full_weights`)."""
+    base = request.base or (plan.model.base if plan else "")
+    if not base:
+        raise SampleError(f"{source} holds trained components: pass --base with the model they came from")
+    pipe = _base_pipeline(base, plan, request)
+    for name in _components():
+        if (source / name / "config.json").exists() and getattr(pipe, name, None) is not None:
+            module = type(getattr(pipe, name)).from_pretrained(str(source / name))
+            pipe.register_modules(**{name: module})
     return pipe
 
 

@@ -181,3 +181,58 @@ def _discard(folder: Path) -> None:
     trash = folder.parent / f".{folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- tiny evaluation models (evaluation.clip_model / dino_model = "builtin:tiny-clip" / "builtin:tiny-dino")
+def build_metric_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, Any]:
+    """(model, processor) of a built-in evaluation model: a tiny random CLIPModel with a CLIPProcessor (the
+    built-in tokenizer), or a tiny ViTModel shaped like DINO's with a ViTImageProcessor. Same (name, seed) ->
+    the same weights; the caller's RNG state is left alone."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    with torch.random.fork_rng(devices=[]):
+        _seeded(seed, name)
+        if name == "builtin:tiny-clip":
+            settings = builtin_model("builtin:tiny-sd1").tokenizer
+            text = {
+                k: v
+                for k, v in builtin_model("builtin:tiny-sd1").text_encoder.items()
+                if k
+                in ("vocab_size", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+            }
+            config = CLIPConfig(
+                text_config={
+                    **text,
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                },
+                vision_config=vision,
+                projection_dim=16,
+            )
+            processor = CLIPProcessor(
+                image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+                tokenizer=build_tokenizer(settings),
+            )
+            return CLIPModel(config).eval(), processor
+        if name == "builtin:tiny-dino":
+            model = ViTModel(ViTConfig(**vision), add_pooling_layer=False).eval()
+            return model, ViTImageProcessor(size={"height": 32, "width": 32})
+    raise ValueError(f"unknown built-in evaluation model {name!r}")

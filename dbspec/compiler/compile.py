@@ -13,6 +13,7 @@ from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
+from dbspec.compiler.evaluation import hold_out, plan_evaluation
 from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_tables, plan_groups
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
@@ -83,7 +84,8 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
-    datasets = balance_groups(ctx, plan_datasets(ctx, model, keyer))
+    held = hold_out(ctx, plan_datasets(ctx, model, keyer))
+    datasets = balance_groups(ctx, held.datasets)
     buckets = group_bucket_tables(ctx, datasets)
     schedule = _schedule(ctx, datasets, buckets)
     caption_notes: tuple[str, ...] = ()
@@ -94,8 +96,13 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets, caption_notes)
     init = plan_init_weights(ctx, model.family, precision.components) if model and precision else ("", 0)
+    evaluation = (
+        plan_evaluation(ctx, held, datasets, schedule, loss.noise, len(ctx.spec.validation.prompts))
+        if schedule is not None and loss is not None
+        else None
+    )
     raise_if_errors(ctx.diagnostics)
-    assert model is not None and schedule is not None
+    assert model is not None and schedule is not None and evaluation is not None
     memory = _memory(ctx, model, precision, buckets, loss)
     if not memory.fits:
         ctx.report(
@@ -107,6 +114,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         )
     target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
     plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init)
+    plan = attrs.evolve(plan, evaluation=evaluation)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
@@ -366,6 +374,7 @@ def _assemble(
             keep=c.keep,
             save_precision=c.save_precision,
             exports=tuple(c.exports),
+            select=c.select,
         ),
         ema=EmaPlan(
             enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload

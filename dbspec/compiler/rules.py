@@ -160,7 +160,8 @@ def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[
 @rule("spec")
 def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
-    if not v.prompts and (v.every or given(("validation", "every"))):
+    # The evaluation loss (evaluation.holdout) runs at the validation steps without any image to sample.
+    if not v.prompts and not _evaluation_images(spec) and (v.every or given(("validation", "every"))):
         yield _err(
             "DBS205",
             ("validation", "every"),
@@ -1204,6 +1205,97 @@ def bf16_weights_need_bf16(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             f'precision.weights = "bf16" but the target ({env.description or env.device}) does not support '
             "bf16",
             'use weights = "fp32" (and LoRA or gradient checkpointing to save memory)',
+        )
+
+
+# --- evaluation metrics and the best checkpoint (DBS275-DBS279) -------------------------------------------
+_SAMPLED_METRICS = ("clip_t", "clip_i", "dino")
+
+
+def _evaluation_images(spec: Spec) -> bool:
+    """The evaluation loss has images: a holdout, or a role = "eval" dataset."""
+    return bool(spec.evaluation.holdout) or any(d.role == "eval" for d in spec.datasets)
+
+
+@rule("spec")
+def best_checkpoint_metric_runs(spec: Spec, given: Given) -> Iterator[Hit]:
+    select, ev = spec.checkpoints.select, spec.evaluation
+    if select == "eval_loss" and not _evaluation_images(spec):
+        yield _err(
+            "DBS275",
+            ("checkpoints", "select"),
+            'checkpoints.select = "eval_loss" but no evaluation loss runs (evaluation.holdout = 0 and no '
+            'dataset has role = "eval")',
+            "set evaluation.holdout to the number of instance images to hold out of training, or add a "
+            'dataset with role = "eval"',
+        )
+    elif select in _SAMPLED_METRICS and select not in ev.metrics:
+        yield _err(
+            "DBS275",
+            ("checkpoints", "select"),
+            f"checkpoints.select = {select!r} but evaluation.metrics does not list it ({list(ev.metrics)})",
+            f'add "{select}" to evaluation.metrics',
+        )
+
+
+@rule("spec")
+def evaluation_subject_words(spec: Spec, given: Given) -> Iterator[Hit]:
+    from dbspec.compiler.evaluation import subject_words
+
+    metrics = set(spec.evaluation.metrics)
+    if not metrics:
+        return
+    identifier, class_word = subject_words(spec)
+    if not identifier:
+        yield _err(
+            "DBS276",
+            ("evaluation", "identifier"),
+            f"evaluation.metrics {sorted(metrics)} need the subject's identifier word, and the dataset "
+            "prompts do not settle it",
+            'set evaluation.identifier (e.g. "ohwx") and evaluation.class_word (e.g. "dog")',
+        )
+    elif "clip_t" in metrics and not class_word:
+        yield _err(
+            "DBS276",
+            ("evaluation", "class_word"),
+            f"clip_t replaces the identifier `{identifier}` by the class word, and the dataset prompts do "
+            "not settle it",
+            'set evaluation.class_word (e.g. "dog")',
+        )
+    elif metrics & {"clip_i", "dino"} and spec.validation.prompts:
+        from dbspec.compiler.evaluation import mentions
+
+        if not any(mentions(p, identifier) for p in spec.validation.prompts):
+            yield _warn(
+                "DBS279",
+                ("validation", "prompts"),
+                f"no validation prompt contains the identifier `{identifier}`: clip_i and dino have no image "
+                "of the subject to score",
+                f'add a prompt such as "a photo of {identifier} {class_word or "..."}"',
+            )
+
+
+@rule("spec")
+def evaluation_needs_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
+    if spec.evaluation.metrics and not spec.validation.prompts:
+        yield _err(
+            "DBS277",
+            ("evaluation", "metrics"),
+            f"evaluation.metrics {list(spec.evaluation.metrics)} score validation images, but "
+            "validation.prompts is empty",
+            "add validation prompts, or leave evaluation.metrics empty",
+        )
+
+
+@rule("spec")
+def evaluation_bands_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    ev = spec.evaluation
+    if ev.bands > ev.timesteps:
+        yield _err(
+            "DBS278",
+            ("evaluation", "bands"),
+            f"evaluation.bands = {ev.bands} exceeds evaluation.timesteps = {ev.timesteps}",
+            f"use at most {ev.timesteps} bands",
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cattrs
 
-from dbspec.plan.model import PLAN_VERSION, Plan
+from dbspec.plan.model import PLAN_VERSION, EvaluationPlan, Plan
 from dbspec.plan.validate import plan_problems
 from dbspec.util.atomic import write_text_atomic
 
@@ -156,6 +156,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             "varying_samples_per_epoch": 0,
             "empty_text_key": "",
         },
+        # evaluation metrics and the best checkpoint: off then
+        ("evaluation",): lambda run: json.loads(json.dumps(_CONVERTER.unstructure(EvaluationPlan()))),
+        ("checkpoints", "select"): "none",
     },
 }
 

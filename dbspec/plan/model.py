@@ -529,6 +529,41 @@ class CheckpointPlan:
     keep: int
     save_precision: Dtype
     exports: tuple[str, ...]
+    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino"] = "none"  # the best-checkpoint metric
+
+
+@frozen
+class MetricModelPlan:
+    """A model an evaluation metric loads (CLIP, DINO), resolved like a base model: offline by default."""
+
+    id: str  # as the spec names it
+    source: Literal["builtin", "folder", "hub"]
+    path: str  # the folder transformers loads (a hub snapshot, a local folder); "" for a built-in
+
+
+@frozen
+class EvaluationPlan:
+    """What the run evaluates at each step of `steps` (its validation steps), on which images and with which
+    models. The default is evaluation off (plans written before it existed)."""
+
+    metrics: tuple[Literal["eval_loss", "clip_t", "clip_i", "dino"], ...] = ()
+    steps: StepRange = StepRange(every=0, end=0)
+    dataset: int = -1  # eval_loss: index into plan.datasets of the dataset the holdout came from
+    holdout: tuple[ImagePlan, ...] = ()  # held out of training (not in plan.datasets), scored by eval_loss
+    seed: int = 0  # the holdout split's and the evaluation noise's seed
+    timesteps: tuple[int, ...] = ()  # fixed timesteps, evenly spaced over the noise schedule
+    bands: tuple[int, ...] = ()  # the first index into `timesteps` of each band (low to high noise)
+    identifier: str = ""
+    class_word: str = ""
+    clip_t_prompts: tuple[
+        str, ...
+    ] = ()  # one per validation prompt: the identifier replaced by the class word
+    subject_prompts: tuple[int, ...] = ()  # validation prompts (indices) whose images show the subject
+    references: tuple[str, ...] = ()  # the real instance images clip_i and dino compare against (paths)
+    reference_shas: tuple[str, ...] = ()
+    clip_model: MetricModelPlan | None = None
+    dino_model: MetricModelPlan | None = None
+    cost: tuple[str, ...] = ()  # the estimate the plan shows (time and memory per evaluation)
 
 
 @frozen
@@ -586,3 +621,4 @@ class Plan:
     origins: dict[str, Origin]
     warnings: tuple[str, ...] = ()  # rendered warnings from compiling
     groups: tuple[GroupPlan, ...] = ()  # () = one group (no [[groups]] in the spec)
+    evaluation: EvaluationPlan = EvaluationPlan()  # off: no metric runs

@@ -393,6 +393,37 @@ def training_table(plan: Plan) -> Table:
     return t
 
 
+def evaluation_table(plan: Plan) -> Table | None:
+    """Which metrics run, when, on which images, with which models, and their cost (None when off)."""
+    e = plan.evaluation
+    if not e.metrics:
+        return None
+    t = _table("Evaluation", "setting", "value")
+    t.add_row("metrics", ", ".join(e.metrics) + f" at {_steps(e.steps)}")
+    if e.holdout:
+        held = ", ".join(img.rel for img in e.holdout)
+        source = (
+            f"of `{plan.datasets[e.dataset].name}` (seed {e.seed})" if e.dataset >= 0 else "(eval datasets)"
+        )
+        t.add_row("held out (not trained)", f"{held} {source}")
+        t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))} in {len(e.bands)} band(s)")
+    if e.identifier:
+        t.add_row("subject", f"identifier `{e.identifier}`, class word `{e.class_word or '-'}`")
+    for prompt, rewritten in zip(plan.validation.prompts, e.clip_t_prompts):
+        t.add_row("clip_t prompt", f"{_short(prompt, 50)} -> {_short(rewritten, 50)}")
+    if e.references:
+        subject = ", ".join(f"p{i:02d}" for i in e.subject_prompts) or "none"
+        t.add_row("subject images", f"validation prompts {subject} vs {len(e.references)} instance image(s)")
+    for name, model in (("clip model", e.clip_model), ("dino model", e.dino_model)):
+        if model is not None:
+            t.add_row(name, f"{model.id} ({model.source}{': ' + _shown(model.path) if model.path else ''})")
+    if plan.checkpoints.select != "none":
+        t.add_row("best checkpoint", f"by {plan.checkpoints.select} (checkpoints/best, kept by keep-K)")
+    for line in e.cost:
+        t.add_row("cost", line)
+    return t
+
+
 def memory_table(plan: Plan) -> Table:
     m = plan.memory
     t = _table(f"Memory estimate ({plan.target.description or plan.target.device})", "part", "size")
@@ -421,6 +452,7 @@ def render_summary(plan: Plan, console: Console, *, explain: bool = False) -> No
         buckets_table(plan),
         schedule_table(plan),
         training_table(plan),
+        evaluation_table(plan),
         memory_table(plan),
     ]
     defaults = sorted(k for k, o in plan.origins.items() if o.kind in ("default", "derived"))

@@ -355,8 +355,10 @@ class Train:
 class Dataset:
     name: str = option(doc="A short unique name, used in the plan and in messages.", example="subject")
     path: str = option(doc="Image folder, relative to the spec file.", example="data/ohwx-dog")
-    role: Literal["instance", "class"] = option(
-        "instance", doc="instance: the subject to learn; class: regularisation images for prior preservation."
+    role: Literal["instance", "class", "eval"] = option(
+        "instance",
+        doc="instance: the subject to learn; class: regularisation images for prior preservation; eval: "
+        "images of the subject never trained, scored by the evaluation loss (docs/evaluation.md).",
     )
     recursive: bool = option(False, doc="Also scan sub-folders.")
     group: str = option(
@@ -1002,7 +1004,11 @@ class Validation:
         example=["a photo of ohwx dog on a beach"],
     )
     negative_prompt: str = option("", doc="Negative prompt for every validation image.")
-    every: int = option(0, doc="Validate every N steps; 0 validates only at the end.", minimum=0)
+    every: int = option(
+        0,
+        doc="Validate (sample the prompts, run [evaluation]) every N steps; 0 validates only at the end.",
+        minimum=0,
+    )
     scheduler: Literal["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
         "ddim", doc="Sampling scheduler (DDIM recommended by the HF DreamBooth study)."
     )
@@ -1021,6 +1027,70 @@ class Checkpoints:
         factory=list,
         doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: "
         "LoRA in kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
+    )
+    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino"] = option(
+        "none",
+        doc="Pick the best checkpoint by this [evaluation] metric (eval_loss: lowest; the others: highest): "
+        "`checkpoints/best` names it, `best.json` holds its step and value, and keep-K pruning never deletes "
+        "it. Only checkpoints saved at an evaluation step compete.",
+    )
+
+
+EvalMetric = Literal["clip_t", "clip_i", "dino"]
+
+
+@frozen
+class Evaluation:
+    holdout: int = option(
+        0,
+        doc="Instance images held out of training (a seeded split the plan lists) and scored with a stable "
+        "evaluation loss at every validation step; 0 turns the evaluation loss off.",
+        minimum=0,
+        maximum=10_000,
+    )
+    holdout_dataset: str = option(
+        "", doc="The instance dataset the held-out images come from; empty: the first instance dataset."
+    )
+    seed: int = option(
+        0, doc="Seeds the holdout split and the evaluation noise (its own generator).", minimum=0
+    )
+    timesteps: int = option(
+        8,
+        doc="Fixed timesteps, evenly spaced over the noise schedule, each held-out image is scored at.",
+        minimum=1,
+        maximum=1000,
+    )
+    bands: int = option(
+        4,
+        doc="Timestep bands the evaluation loss is also reported in (low to high noise); at most "
+        "`timesteps`.",
+        minimum=1,
+        maximum=1000,
+    )
+    metrics: list[EvalMetric] = option(
+        factory=list,
+        doc="Metrics on the validation images (DreamBooth paper): clip_t (image-prompt CLIP similarity, the "
+        "identifier replaced by the class word), clip_i and dino (similarity of images of the subject to the "
+        "real instance images).",
+        example=["clip_t", "clip_i", "dino"],
+    )
+    identifier: str = option(
+        "",
+        doc="The subject's identifier word in prompts (e.g. ohwx); empty: the one word an instance prompt "
+        "has and the class prompt lacks.",
+    )
+    class_word: str = option(
+        "",
+        doc="The class noun that replaces the identifier for CLIP-T (e.g. dog); empty: the word after the "
+        "identifier in the instance prompt, when the class prompt has it too.",
+    )
+    clip_model: str = option(
+        "openai/clip-vit-base-patch32",
+        doc="CLIP model for clip_t and clip_i: hub id, local folder or builtin:tiny-clip.",
+    )
+    dino_model: str = option(
+        "facebook/dino-vits16",
+        doc="DINO ViT for dino (the paper's ViT-S/16): hub id, local folder or builtin:tiny-dino.",
     )
 
 
@@ -1101,6 +1171,9 @@ class Spec:
     cache: Cache = option(factory=Cache, doc="Latent and text-embedding caches.")
     validation: Validation = option(factory=Validation, doc="Validation images during training.")
     checkpoints: Checkpoints = option(factory=Checkpoints, doc="Checkpoints and exports.")
+    evaluation: Evaluation = option(
+        factory=Evaluation, doc="Evaluation metrics at validation steps and the best checkpoint."
+    )
     ema: Ema = option(factory=Ema, doc="Exponential moving average of weights.")
     scheduled_sampling: ScheduledSampling = option(
         factory=ScheduledSampling, doc="Scheduled sampling (rollout): training on the model's own samples."
@@ -1127,6 +1200,7 @@ TABLE_CLASSES = (
     Cache,
     Validation,
     Checkpoints,
+    Evaluation,
     Ema,
     ScheduledSampling,
     Output,

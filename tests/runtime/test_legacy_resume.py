@@ -87,6 +87,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     for bucket in data["buckets"]:
         del bucket["group"]
     del data["groups"]
+    del data["evaluation"]  # evaluation metrics, added since (off then)
+    del data["checkpoints"]["select"]  # the best checkpoint, added since
     return json.dumps(data, indent=1) + "\n"
 
 

@@ -25,6 +25,7 @@ DOGS = '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "data/dogs"\nprompt 
 STEPS = "[schedule]\nsteps = 100\n"
 LORA = '[adapter]\nkind = "lora"\n'
 TE = "[train]\ntext_encoder = true\n"
+PROMPTS = '[validation]\nprompts = ["a photo of ohwx dog on a beach"]\n'
 GROUP = '[[groups]]\nname = "closeups"\nbatch_size = 2\n'
 
 
@@ -639,6 +640,33 @@ CASES = [
         [("DBS267", "error", ("adapter", "rank_dropout"))],
         LORA + "rank_dropout = 0.1\n" + DOG + STEPS,
     ),
+    (
+        rules.best_checkpoint_metric_runs,
+        DOG + STEPS + '[checkpoints]\nselect = "eval_loss"\n',
+        [("DBS275", "error", ("checkpoints", "select"))],
+        DOG + STEPS + '[checkpoints]\nselect = "eval_loss"\n[evaluation]\nholdout = 1\n',
+    ),
+    (
+        rules.evaluation_subject_words,
+        DOG
+        + STEPS
+        + PROMPTS
+        + '[evaluation]\nmetrics = ["clip_t"]\nidentifier = "ohwx"\n',  # no class prompt
+        [("DBS276", "error", ("evaluation", "class_word"))],
+        DOG + DOGS + STEPS + PROMPTS + '[evaluation]\nmetrics = ["clip_t"]\n',  # derived: ohwx, dog
+    ),
+    (
+        rules.evaluation_needs_prompts,
+        DOG + DOGS + STEPS + '[evaluation]\nmetrics = ["dino"]\n',
+        [("DBS277", "error", ("evaluation", "metrics"))],
+        DOG + DOGS + STEPS + PROMPTS + '[evaluation]\nmetrics = ["dino"]\n',
+    ),
+    (
+        rules.evaluation_bands_fit,
+        DOG + STEPS + "[evaluation]\nholdout = 1\ntimesteps = 3\nbands = 4\n",
+        [("DBS278", "error", ("evaluation", "bands"))],
+        DOG + STEPS + "[evaluation]\nholdout = 1\ntimesteps = 4\nbands = 4\n",
+    ),
 ]
 
 
@@ -776,3 +804,21 @@ def test_bf16_weights_need_a_bf16_target():
         ("DBS355", ("precision", "weights"))
     ]
     assert run_environment_rules(spec, ampere) == []
+
+
+def test_clip_i_without_a_subject_prompt_warns():
+    body = (
+        DOG
+        + DOGS
+        + STEPS
+        + '[validation]\nprompts = ["a photo of a dog"]\n[evaluation]\nmetrics = ["clip_i"]\n'
+    )
+    assert hits_of(rules.evaluation_subject_words, body) == [("DBS279", "warning", ("validation", "prompts"))]
+
+
+def test_an_unsettled_identifier_is_an_error_naming_the_identifier_key():
+    body = DOG + STEPS + PROMPTS + '[evaluation]\nmetrics = ["dino"]\n'  # no class prompt to compare with
+    assert hits_of(rules.evaluation_subject_words, body) == [
+        ("DBS276", "error", ("evaluation", "identifier"))
+    ]
+    assert hits_of(rules.evaluation_subject_words, body + 'identifier = "ohwx"\n') == []

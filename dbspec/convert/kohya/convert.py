@@ -14,6 +14,7 @@ from dbspec.convert.kohya.data import (
     resolve,
     validate,
 )
+from dbspec.convert.kohya.evaluation import map_validation
 from dbspec.convert.kohya.datasets import Layout, map_datasets
 from dbspec.convert.kohya.args import MINIMUM
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
@@ -123,9 +124,6 @@ INERT = {
     },
     "resume": "resuming is a run-time choice: `dbspec run spec.toml --resume`",
     "caption_extention": "the legacy spelling of caption_extension",
-    "validate_every_n_steps": "dbspec has no held-out validation loss",
-    "validate_every_n_epochs": "ditto",
-    "max_validation_steps": "dbspec has no held-out validation loss",
 }
 # Options that change training and have no dbspec equivalent (when set to anything but their default).
 UNSUPPORTED = {
@@ -166,6 +164,7 @@ def convert_kohya(
         map_loss(a, script, layout.has_class, conv)
     map_precision(a, script, lora, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv)
+    map_validation(a, script, layout, length.steps_per_epoch, conv)
     report_launcher(ka.launcher, conv, script_sets_precision=True)
     _sweep(a, conv)
     if config is not None:

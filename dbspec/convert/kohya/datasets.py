@@ -40,7 +40,7 @@ class Layout:
             return None
         return [
             Part(
-                images=images,
+                images=_trained_part(d, s, images),
                 repeats=s.values["num_repeats"].value,
                 is_class=bool(s.values["is_reg"].value),
                 group=d.index,
@@ -49,6 +49,16 @@ class Layout:
             )
             for d, s, images in self.parts
         ]
+
+
+def _trained_part(d: KDataset, s: KSubset, images: tuple[Img, ...]) -> tuple[Img, ...]:
+    """The images kohya trains of a subset: with a dataset's validation_split (0 < split <= 1), a non-reg
+    subset keeps ceil(n x (1 - split)) of them (train_util.split_train_val; which ones follows kohya's
+    shuffle, so with mixed image sizes the bucket counts are an approximation, the image count is exact)."""
+    split = d.values["validation_split"].value
+    if not split or not 0 < split <= 1 or s.values["is_reg"].value:
+        return images
+    return images[: math.ceil(len(images) * (1 - split))]
 
 
 def map_datasets(

@@ -226,9 +226,8 @@ def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
             v["network_multiplier"],
             "train_network.py (v0.10 and later) never applies it: the LoRA trains at multiplier 1.0",
         )
-    if v["validation_split"].value:
-        conv.unsupported(v["validation_split"], "dbspec has no held-out validation split")
-    for key in ("validation_seed", "network_multiplier", "validation_split"):
+    # validation_split and validation_seed: convert/kohya/evaluation.py (the evaluation holdout)
+    for key in ("network_multiplier",):
         if v[key].given and v[key].key not in conv.reports:
             conv.inert(v[key], "no effect with these settings")
 

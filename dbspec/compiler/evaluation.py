@@ -1,0 +1,273 @@
+"""The evaluation pass: the seeded holdout, fixed timesteps and bands, the subject words and CLIP-T prompts,
+the metric models (resolved offline like a base model) and what evaluating costs. See docs/evaluation.md."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import attrs
+
+from dbspec.builtin import BUILTIN_METRIC_MODELS
+from dbspec.compiler.context import Context
+from dbspec.compiler.modelinfo import hub_cache_dir
+from dbspec.compiler.schedule import interval_steps
+from dbspec.plan.model import DatasetPlan, EvaluationPlan, ImagePlan, MetricModelPlan, NoisePlan, SchedulePlan
+from dbspec.spec.model import Spec
+
+# Parameters of the default models (openai/clip-vit-base-patch32: 151 M; facebook/dino-vits16: 22 M), for
+# the memory line of the cost estimate when a model is given by another id we count nothing we cannot read.
+_KNOWN_PARAMS = {"openai/clip-vit-base-patch32": 151_277_313, "facebook/dino-vits16": 21_665_664}
+
+
+@attrs.frozen
+class Holdout:
+    datasets: tuple[DatasetPlan, ...]  # the training datasets, held-out images removed
+    images: tuple[ImagePlan, ...]
+    dataset: int  # index into `datasets` (-1: no holdout)
+
+
+def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
+    """Move `evaluation.holdout` images of the chosen instance dataset out of training: a split seeded by
+    `evaluation.seed` (the same images on every machine). Held-out images carry no cache keys: they are never
+    cached, the evaluation encodes them itself."""
+    ev = ctx.spec.evaluation
+    # role = "eval" datasets: every image is held out (the plan's datasets never hold them)
+    evals = tuple(
+        attrs.evolve(img, latent_keys=(), text_key="")
+        for d in datasets
+        if d.role == "eval"
+        for img in d.images
+    )
+    datasets = tuple(d for d in datasets if d.role != "eval")
+    if ev.holdout == 0:
+        return Holdout(datasets, evals, -1)
+    index = _holdout_dataset(ctx, datasets)
+    if index < 0:
+        return Holdout(datasets, evals, -1)
+    d = datasets[index]
+    if ev.holdout >= len(d.images):
+        ctx.report(
+            "DBS364",
+            "error",
+            f"evaluation.holdout = {ev.holdout} leaves no image of dataset `{d.name}` to train "
+            f"(it has {len(d.images)})",
+            ("evaluation", "holdout"),
+            help=f"hold out at most {max(len(d.images) - 1, 0)} image(s)",
+        )
+        return Holdout(datasets, evals, -1)
+    picked = sorted(random.Random(ev.seed).sample(range(len(d.images)), ev.holdout))
+    held = tuple(attrs.evolve(d.images[i], latent_keys=(), text_key="") for i in picked)
+    kept = tuple(img for i, img in enumerate(d.images) if i not in set(picked))
+    out = list(datasets)
+    out[index] = attrs.evolve(d, images=kept, samples_per_epoch=sum(img.repeats for img in kept))
+    return Holdout(tuple(out), held + evals, index)
+
+
+def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:
+    name = ctx.spec.evaluation.holdout_dataset
+    for i, d in enumerate(datasets):
+        if d.role == "instance" and (d.name == name or not name):
+            return i
+    if name:
+        ctx.report(
+            "DBS365",
+            "error",
+            f"evaluation.holdout_dataset `{name}` names no instance dataset",
+            ("evaluation", "holdout_dataset"),
+            help="instance datasets: " + ", ".join(f"`{d.name}`" for d in datasets if d.role == "instance"),
+        )
+    return -1
+
+
+def fixed_timesteps(count: int, noise: NoisePlan) -> tuple[int, ...]:
+    """`count` timesteps evenly spaced over the training window [min_timestep, max_timestep): the midpoints
+    of `count` equal slices, so neither end of the schedule (no noise, pure noise) is over-weighted."""
+    low, high = noise.min_timestep, max(noise.max_timestep, noise.min_timestep + 1)
+    return tuple(sorted({low + int((2 * i + 1) * (high - low) // (2 * count)) for i in range(count)}))
+
+
+def band_starts(timesteps: int, bands: int) -> tuple[int, ...]:
+    """The first index of each of `bands` contiguous, near-equal slices of `timesteps` fixed timesteps."""
+    bands = min(bands, timesteps)
+    return tuple(b * timesteps // bands for b in range(bands))
+
+
+def subject_words(spec: Spec) -> tuple[str, str]:
+    """(identifier, class word): the spec's, else derived from the instance and class prompts when that is
+    unambiguous (one word only the instance prompt has; the class word: the word after it, if the class prompt
+    has it too); "" where unknown."""
+    ev = spec.evaluation
+    identifier, class_word = ev.identifier, ev.class_word
+    instance = [d.prompt for d in spec.datasets if d.role == "instance" and d.prompt]
+    klass = [d.prompt for d in spec.datasets if d.role == "class" and d.prompt]
+    if not instance or not klass:
+        return identifier, class_word
+    words = _words(instance[0])
+    class_words = {w for p in klass for w in _words(p)}
+    if not identifier:
+        only = [w for w in dict.fromkeys(words) if w not in class_words and w not in _STOP]
+        identifier = only[0] if len(only) == 1 else ""
+    if identifier and not class_word and identifier in words:
+        after = words.index(identifier) + 1
+        if after < len(words) and words[after] in class_words:
+            class_word = words[after]
+    return identifier, class_word
+
+
+_STOP = {"a", "an", "the", "of", "photo", "picture", "in", "on", "with"}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w'-]+", text.lower())
+
+
+def clip_t_prompt(prompt: str, identifier: str, class_word: str) -> str:
+    """The prompt CLIP-T scores against: `identifier class_word` (or the identifier alone) becomes the class
+    word, as the DreamBooth paper scores "a [V] dog" prompts against "a dog"."""
+    if not identifier:
+        return prompt
+    tail = rf"(\s+{re.escape(class_word)}\b)?" if class_word else ""
+    return re.sub(rf"\b{re.escape(identifier)}\b{tail}", class_word, prompt, flags=re.IGNORECASE).strip()
+
+
+def mentions(prompt: str, word: str) -> bool:
+    return bool(word) and re.search(rf"\b{re.escape(word)}\b", prompt, flags=re.IGNORECASE) is not None
+
+
+def resolve_metric_model(ctx: Context, name: str, key: str) -> MetricModelPlan | None:
+    """A metric model as transformers will load it: a built-in, a local folder, or a hub id already in the
+    local Hugging Face cache (`dbspec plan --download` fetches it). None (and DBS366) when it is missing."""
+    if name.startswith("builtin:"):
+        if name in BUILTIN_METRIC_MODELS:
+            return MetricModelPlan(id=name, source="builtin", path="")
+        _missing(ctx, key, f"`{name}` is no built-in metric model ({', '.join(BUILTIN_METRIC_MODELS)})")
+        return None
+    local = ctx.resolve(name)
+    if _is_model_folder(local):
+        return MetricModelPlan(id=name, source="folder", path=str(local))
+    snapshot = _hub_snapshot(name)
+    if snapshot is not None:
+        return MetricModelPlan(id=name, source="hub", path=str(snapshot))
+    _missing(
+        ctx,
+        key,
+        f"evaluation.{key} `{name}` is neither a model folder nor in the local Hugging Face cache",
+        help="run `dbspec plan --download` to fetch it, or name a local folder (or builtin:tiny-clip / "
+        "builtin:tiny-dino for tests)",
+    )
+    return None
+
+
+def _missing(ctx: Context, key: str, message: str, help: str = "") -> None:
+    ctx.report("DBS366", "error", message, ("evaluation", key), help=help)
+
+
+def _is_model_folder(path: Path) -> bool:
+    """A transformers model folder: its config and safetensors weights (what `plan --download` fetches)."""
+    try:
+        return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    except OSError:
+        return False
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        return None
+    repo_dir = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    commit = ref.read_text().strip() if ref.is_file() else ""
+    snapshot = repo_dir / "snapshots" / commit if commit else None
+    return snapshot if snapshot is not None and _is_model_folder(snapshot) else None
+
+
+def plan_evaluation(
+    ctx: Context,
+    held: Holdout,
+    datasets: tuple[DatasetPlan, ...],
+    schedule: SchedulePlan,
+    noise: NoisePlan,
+    validation_prompts: int,
+) -> EvaluationPlan:
+    """The evaluation plan: which metrics run at which steps, on which images, with which models."""
+    spec, ev = ctx.spec, ctx.spec.evaluation
+    metrics = (("eval_loss",) if held.images else ()) + tuple(
+        m for m in ("clip_t", "clip_i", "dino") if m in ev.metrics
+    )
+    if not metrics:
+        return EvaluationPlan()
+    identifier, class_word = subject_words(spec)
+    prompts = tuple(spec.validation.prompts)
+    clip = (
+        resolve_metric_model(ctx, ev.clip_model, "clip_model")
+        if {"clip_t", "clip_i"} & set(metrics)
+        else None
+    )
+    dino = resolve_metric_model(ctx, ev.dino_model, "dino_model") if "dino" in metrics else None
+    references = [img for d in datasets if d.role == "instance" for img in d.images] + list(held.images)
+    timesteps = fixed_timesteps(ev.timesteps, noise) if held.images else ()
+    steps = interval_steps(spec.validation.every, schedule.total_steps)
+    plan = EvaluationPlan(
+        metrics=metrics,
+        steps=steps,
+        dataset=held.dataset,
+        holdout=held.images,
+        seed=ev.seed,
+        timesteps=timesteps,
+        bands=band_starts(len(timesteps), ev.bands) if timesteps else (),
+        identifier=identifier,
+        class_word=class_word,
+        clip_t_prompts=tuple(clip_t_prompt(p, identifier, class_word) for p in prompts)
+        if "clip_t" in metrics
+        else (),
+        subject_prompts=tuple(i for i, p in enumerate(prompts) if mentions(p, identifier))
+        if {"clip_i", "dino"} & set(metrics)
+        else (),
+        references=tuple(img.path for img in references) if {"clip_i", "dino"} & set(metrics) else (),
+        reference_shas=tuple(img.sha for img in references) if {"clip_i", "dino"} & set(metrics) else (),
+        clip_model=clip,
+        dino_model=dino,
+    )
+    _check_selection(ctx, plan, schedule)
+    return attrs.evolve(plan, cost=_cost(plan, validation_prompts * spec.validation.images_per_prompt))
+
+
+def _check_selection(ctx: Context, plan: EvaluationPlan, schedule: SchedulePlan) -> None:
+    select = ctx.spec.checkpoints.select
+    if select == "none" or select not in plan.metrics:
+        return  # a metric that does not run is DBS275, at check time
+    shared = [step for step in schedule.checkpoint_steps if step in plan.steps]
+    if len(shared) <= 1 < len(schedule.checkpoint_steps):
+        ctx.report(
+            "DBS367",
+            "warning",
+            f"checkpoints.select = {select!r}, but no checkpoint step before the end is an evaluation step "
+            f"(checkpoints every {schedule.checkpoint_steps.every or 'end'}, evaluation every "
+            f"{plan.steps.every or 'end'}): only the end can be chosen",
+            ("checkpoints", "select"),
+            help="make checkpoints.every a multiple of validation.every",
+        )
+
+
+def _cost(plan: EvaluationPlan, images: int) -> tuple[str, ...]:
+    lines = []
+    n = len(plan.steps)
+    if "eval_loss" in plan.metrics:
+        forwards = len(plan.holdout) * len(plan.timesteps)
+        lines.append(
+            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {len(plan.holdout)} VAE encode(s) "
+            f"per evaluation, {n} evaluation(s); memory: activations of one image, no optimizer state"
+        )
+    for model, names in ((plan.clip_model, ("clip_t", "clip_i")), (plan.dino_model, ("dino",))):
+        if model is None:
+            continue
+        params = _KNOWN_PARAMS.get(model.id)
+        memory = f"{params * 4 / 2**20:.0f} MiB fp32 weights" if params else "the model's weights"
+        used = "/".join(m for m in names if m in plan.metrics)
+        lines.append(
+            f"{used}: {model.id} on {images} validation image(s) per evaluation plus "
+            f"{len(plan.references)} reference image(s) once per run (cached); memory: {memory}, loaded only "
+            "while evaluating"
+        )
+    return tuple(lines)
