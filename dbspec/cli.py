@@ -100,7 +100,10 @@ def plan(
     strict: StrictOption = False,
     download: Annotated[
         bool,
-        typer.Option("--download", help="Fetch hub models (base and VAE) into the Hugging Face cache first."),
+        typer.Option(
+            "--download",
+            help="Fetch hub models (base, VAE, preview model) into the Hugging Face cache first.",
+        ),
     ] = False,
 ) -> None:
     """Compile a spec into a resolved execution plan and show it; no model is loaded, no network used
@@ -115,6 +118,8 @@ def plan(
     if download:
         _download_models(spec, set_ or [])
     planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
+    if download and _download_preview_model(planned.plan):
+        planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
     if planned.plan is None or fmt == "json":
         emit(planned.diagnostics, planned.sources, fmt)
     else:
@@ -142,6 +147,22 @@ def _download_models(spec: Path, overrides: list[str]) -> None:
             except DownloadError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
+
+
+def _download_preview_model(plan) -> bool:
+    """Fetch the live-preview Tiny AutoEncoder when it is a hub id not in the cache (its id may be the
+    family's default, known once the base model is planned); True when something was downloaded."""
+    from dbspec.compiler.hub import DownloadError, download
+
+    preview = plan.validation.preview if plan is not None else None
+    if preview is None or preview.source != "hub" or preview.resolved:
+        return False
+    try:
+        typer.echo(f"downloaded {preview.model} to {download(preview.model, preview.revision)}")
+    except DownloadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return True
 
 
 @app.command()

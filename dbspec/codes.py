@@ -579,6 +579,25 @@ SDXL's second text encoder trains, so it has no effect. Resolved at plan time, w
 `optimizer.text_encoder_2_lr` is set while `train.text_encoder_2 = false`: the second text encoder does not
 train, so its rate is not used (the plan shows no rate for it).""",
     ),
+    # Live validation previews: DBS285-DBS289.
+    Code(
+        "DBS285",
+        WARNING,
+        "A preview option that has no effect",
+        """\
+A `[validation]` preview option is set but cannot act: validation is off (`prompts` is empty), previews are
+off (`preview_every = 0`, so `preview_model`, `webhook` and `webhook_timeout` are unused), or `preview_every`
+is above `validation.steps`, so no sampling step would be decoded. See [report.md](report.md).""",
+        help="set validation.preview_every (and validation.prompts), or remove this key",
+    ),
+    Code(
+        "DBS286",
+        ERROR,
+        "The preview webhook is not an http(s) URL",
+        """\
+`validation.webhook` must be an `http://` or `https://` URL with a host: each preview is POSTed to it as JSON
+(a base64 PNG and where it comes from). Failures to deliver are logged while training and never stop it.""",
+    ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
         "DBS301",
@@ -852,6 +871,25 @@ planning on the machine that runs (not with `--target`, which plans for another 
         "bf16 weights on a target without bf16",
         """\
 `precision.weights = "bf16"` on a target without bf16 support.""",
+    ),
+    Code(
+        "DBS370",
+        WARNING,
+        "The preview model is not in the local Hugging Face cache",
+        """\
+The Tiny AutoEncoder that decodes live previews (`validation.preview_model`, or the family's default) is a
+hub id not in the local Hugging Face cache. `dbspec plan --download` fetches it; otherwise the run tries to
+download it when it first validates (unless `HF_HUB_OFFLINE` is set) and, if it cannot, samples without
+previews (a note says so; training goes on).""",
+    ),
+    Code(
+        "DBS371",
+        ERROR,
+        "The preview model is not a Tiny AutoEncoder",
+        """\
+`validation.preview_model` names a folder that is missing or does not hold a diffusers `AutoencoderTiny`
+(`config.json` with `"_class_name": "AutoencoderTiny"`), an unknown built-in, or a Tiny AutoEncoder whose
+latent channels differ from the base model's.""",
     ),
     Code(
         "DBS401",

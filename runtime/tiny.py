@@ -181,3 +181,17 @@ def _discard(folder: Path) -> None:
     trash = folder.parent / f".{folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def build_preview_vae(name: str, seed: int = 0):
+    """The built-in Tiny AutoEncoder `name` (dbspec.builtin.BUILTIN_PREVIEW_MODELS), randomly initialised:
+    same (name, seed) -> bit-identical weights; the caller's random state is left as it was."""
+    from diffusers import AutoencoderTiny
+
+    from dbspec.builtin import BUILTIN_PREVIEW_MODELS
+
+    if name not in BUILTIN_PREVIEW_MODELS:
+        raise KeyError(f"unknown built-in preview model {name!r}; known: {', '.join(BUILTIN_PREVIEW_MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        _seeded(seed, name)
+        return AutoencoderTiny(**BUILTIN_PREVIEW_MODELS[name]).eval()

@@ -17,6 +17,7 @@ from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
+from dbspec.compiler.preview import plan_preview
 from dbspec.families import family_spec
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
@@ -34,6 +35,7 @@ from dbspec.plan.model import (
     Plan,
     SchedulePlan,
     TargetEnv,
+    PreviewPlan,
     ValidationPlan,
 )
 from dbspec.spec.check import Checked, anchor
@@ -90,6 +92,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     loss = plan_loss(ctx, model, datasets)
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets, caption_notes)
+    preview = plan_preview(ctx, model)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -102,7 +105,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
             help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit",
         )
     target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
-    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory)
+    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, preview)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
@@ -292,7 +295,17 @@ def _origins(ctx: Context, precision) -> dict:
 
 
 def _assemble(
-    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
+    ctx: Context,
+    target: TargetEnv,
+    model,
+    datasets,
+    buckets,
+    schedule,
+    loss,
+    precision,
+    cache,
+    memory,
+    preview: PreviewPlan | None = None,
 ) -> Plan:
     spec = ctx.spec
     adapter = adapter_plan(spec.adapter, model.family, precision.components)
@@ -344,6 +357,7 @@ def _assemble(
             images_per_prompt=v.images_per_prompt,
             seed=v.seed,
             size=(first.resolution, first.resolution),
+            preview=preview,
         ),
         checkpoints=CheckpointPlan(
             dir=str(ctx.resolve(spec.output.dir)),

@@ -142,6 +142,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             "varying_samples_per_epoch": 0,
             "empty_text_key": "",
         },
+        ("validation", "preview"): None,  # live validation previews: off
     },
 }
 

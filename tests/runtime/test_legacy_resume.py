@@ -69,6 +69,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for bucket in data["buckets"]:
         del bucket["group"]
     del data["groups"]
+    del data["validation"]["preview"]  # live validation previews, added since (off then)
     return json.dumps(data, indent=1) + "\n"
 
 
