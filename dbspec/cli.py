@@ -334,6 +334,22 @@ def _single_file_family(source: Path, base: str) -> str:
 
 
 @app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="A run's output folder (output.dir; it holds plan.json).")],
+) -> None:
+    """Write OUT/report.html: plan summary, loss/LR and metric plots (best checkpoint marked), validation
+    grids per step, dataset images with buckets and captions; one self-contained file."""
+    from dbspec.report import ReportError, write_report
+
+    try:
+        path = write_report(out)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
 def masks(
     images: Annotated[Path, typer.Argument(help="The image folder.")],
     out: Annotated[
