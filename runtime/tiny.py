@@ -192,6 +192,17 @@ def build_preview_vae(name: str, seed: int = 0):
 
     if name not in BUILTIN_PREVIEW_MODELS:
         raise KeyError(f"unknown built-in preview model {name!r}; known: {', '.join(BUILTIN_PREVIEW_MODELS)}")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         _seeded(seed, name)
-        return AutoencoderTiny(**BUILTIN_PREVIEW_MODELS[name]).eval()
+        vae = AutoencoderTiny(**BUILTIN_PREVIEW_MODELS[name]).eval()
+        # diffusers' default init decodes every latent to black (outputs near 0, mapped to -1); He-initialised
+        # convolutions and a mid-grey output bias make frames that differ with the latents, as tests need.
+        convolutions = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]
+        for conv in convolutions:
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            if conv.bias is not None:
+                torch.nn.init.zeros_(conv.bias)
+        last = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.mul_(0.05)
+        last.bias.fill_(0.5)
+        return vae
