@@ -234,3 +234,18 @@ def attrs_evolve(value, **changes):
     import attrs
 
     return attrs.evolve(value, **changes)
+
+
+def test_previews_on_sdxl(tmp_path):
+    """SDXL's pipeline hands the same latents to the callback: frames at every planned step."""
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    plan = attrs_evolve(
+        _validation(_preview(every=1, steps=2), steps=2), prompts=("a dog",), images_per_prompt=1
+    )
+    validate(pipe, plan, tmp_path, step=1)
+    previews = tmp_path / "samples" / "step-000001" / "previews"
+    assert sorted(p.name for p in previews.iterdir()) == [
+        "p00-i00-s001.png",
+        "p00-i00-s002.png",
+        "p00-i00.webp",
+    ]
