@@ -33,7 +33,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_run_resumes(tmp_
     out = Path(plan.checkpoints.dir)
     assert execute(plan, stop_after=2).status == "interrupted"
     state = out / "checkpoints" / "step-000002" / "training_state.pt"
-    # report.html is left out: it is written after the run's last checkpoint, and failing to write it is a note.
+    # report.html is left out: written after the last checkpoint, failing to write it is only a note.
     others = max(
         p.stat().st_size
         for p in out.rglob("*")
