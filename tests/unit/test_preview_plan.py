@@ -126,3 +126,42 @@ def test_an_unusable_preview_model_is_an_error(tmp_path, make, model, expected):
     assert planned.plan is None
     hits = [d for d in planned.diagnostics if d.code == "DBS371"]
     assert len(hits) == 1 and hits[0].path == "validation.preview_model" and expected in hits[0].message
+
+
+def _download_spec(tmp_path: Path) -> Path:
+    return write_spec(tmp_path, extra='[validation]\nprompts = ["a toy"]\nsteps = 4\npreview_every = 2\n')
+
+
+def test_plan_download_fetches_the_familys_preview_model(tmp_path, hub_cache, monkeypatch):
+    """The preview model is known once the base model is planned; --download fetches it, then plans again."""
+    from typer.testing import CliRunner
+
+    from dbspec.cli import app
+    from dbspec.compiler import hub
+
+    fetched = []
+
+    def fake_download(repo_id: str, revision: str) -> Path:  # stands in for the network: fills the cache
+        fetched.append((repo_id, revision))
+        repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("b" * 40)
+        return _taesd_folder(repo / "snapshots" / ("b" * 40))
+
+    monkeypatch.setattr(hub, "download", fake_download)
+    result = CliRunner().invoke(app, ["plan", str(_download_spec(tmp_path)), "--download", "--target", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert fetched == [("madebyollin/taesd", "main")]
+    assert "downloaded madebyollin/taesd" in result.output and "DBS370" not in result.output
+    assert "madebyollin/taesd (" in result.output  # the summary's previews row, found in the cache
+
+
+def test_plan_download_of_the_preview_model_offline_fails_with_the_reason(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dbspec.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["plan", str(_download_spec(tmp_path)), "--download", "--target", "cpu"])
+    assert result.exit_code == 1
+    assert "cannot download madebyollin/taesd@main" in result.output
