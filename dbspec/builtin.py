@@ -308,3 +308,21 @@ def builtin_model(base: str) -> BuiltinModel:
         known = ", ".join(BUILTIN_MODELS)
         raise KeyError(f"unknown built-in model {base!r}; known: {known}")
     return BUILTIN_MODELS[base]
+
+
+# --- built-in Tiny AutoEncoders (live validation previews) -------------------------------------------------
+# diffusers AutoencoderTiny configs (TAESD-shaped at toy scale: x8 like the tiny VAEs, 4 latent channels);
+# `dbspec.runtime.tiny.build_preview_vae` builds them, randomly initialised from a fixed seed.
+BUILTIN_PREVIEW_MODELS: dict[str, dict[str, Any]] = {
+    "builtin:tiny-taesd": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "encoder_block_out_channels": [8, 8, 8, 8],
+        "decoder_block_out_channels": [8, 8, 8, 8],
+        "num_encoder_blocks": [1, 1, 1, 1],
+        "num_decoder_blocks": [1, 1, 1, 1],
+        "latent_channels": 4,
+        "upsampling_scaling_factor": 2,
+        "scaling_factor": 1.0,
+    },
+}

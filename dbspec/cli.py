@@ -102,7 +102,8 @@ def plan(
         bool,
         typer.Option(
             "--download",
-            help="Fetch hub models (base, VAE, evaluation models) into the Hugging Face cache first.",
+            help="Fetch hub models (base, VAE, evaluation and preview models) into the Hugging Face cache "
+            "first.",
         ),
     ] = False,
 ) -> None:
@@ -118,6 +119,8 @@ def plan(
     if download:
         _download_models(spec, set_ or [])
     planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
+    if download and _download_preview_model(planned.plan):
+        planned = plan_spec(spec, resolve_target(target), str(spec), set_ or [])
     if planned.plan is None or fmt == "json":
         emit(planned.diagnostics, planned.sources, fmt)
     else:
@@ -150,6 +153,22 @@ def _download_models(spec: Path, overrides: list[str]) -> None:
             except DownloadError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
+
+
+def _download_preview_model(plan) -> bool:
+    """Fetch the live-preview Tiny AutoEncoder when it is a hub id not in the cache (its id may be the
+    family's default, known once the base model is planned); True when something was downloaded."""
+    from dbspec.compiler.hub import DownloadError, download
+
+    preview = plan.validation.preview if plan is not None else None
+    if preview is None or preview.source != "hub" or preview.resolved:
+        return False
+    try:
+        typer.echo(f"downloaded {preview.model} to {download(preview.model, preview.revision)}")
+    except DownloadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return True
 
 
 @app.command()
@@ -326,6 +345,22 @@ def _single_file_family(source: Path, base: str) -> str:
         if facts is not None and facts.family != "unknown":
             return facts.family
     return ""
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="A run's output folder (output.dir; it holds plan.json).")],
+) -> None:
+    """Write OUT/report.html: plan summary, loss/LR and metric plots (best checkpoint marked), validation
+    grids per step, dataset images with buckets and captions; one self-contained file."""
+    from dbspec.report import ReportError, write_report
+
+    try:
+        path = write_report(out)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

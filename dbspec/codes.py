@@ -696,6 +696,24 @@ CLIP-I and DINO compare the validation images of prompts that contain `evaluatio
 instance images; no validation prompt contains it, so those metrics have no image to score.""",
     ),
     Code(
+        "DBS285",
+        WARNING,
+        "A preview option that has no effect",
+        """\
+A `[validation]` preview option is set but cannot act: validation is off (`prompts` is empty), previews are
+off (`preview_every = 0`, so `preview_model`, `webhook` and `webhook_timeout` are unused), or `preview_every`
+is above `validation.steps`, so no sampling step would be decoded. See [report.md](report.md).""",
+        help="set validation.preview_every (and validation.prompts), or remove this key",
+    ),
+    Code(
+        "DBS286",
+        ERROR,
+        "The preview webhook is not an http(s) URL",
+        """\
+`validation.webhook` must be an `http://` or `https://` URL with a host: each preview is POSTed to it as JSON
+(a base64 PNG and where it comes from). Failures to deliver are logged while training and never stop it.""",
+    ),
+    Code(
         "DBS290",
         WARNING,
         "warm-up with SimpleTuner's cosine or sine",
@@ -1075,6 +1093,25 @@ the local Hugging Face cache. Planning never downloads: `dbspec plan --download`
         """\
 `checkpoints.select` picks among checkpoints saved at an evaluation step (the validation steps); no checkpoint
 step before the last is one, so only the end of the run can be chosen.""",
+    ),
+    Code(
+        "DBS370",
+        WARNING,
+        "The preview model is not in the local Hugging Face cache",
+        """\
+The Tiny AutoEncoder that decodes live previews (`validation.preview_model`, or the family's default) is a
+hub id not in the local Hugging Face cache. `dbspec plan --download` fetches it; otherwise the run tries to
+download it when it first validates (unless `HF_HUB_OFFLINE` is set) and, if it cannot, samples without
+previews (a note says so; training goes on).""",
+    ),
+    Code(
+        "DBS371",
+        ERROR,
+        "The preview model is not a Tiny AutoEncoder",
+        """\
+`validation.preview_model` names a folder that is missing or does not hold a diffusers `AutoencoderTiny`
+(`config.json` with `"_class_name": "AutoencoderTiny"`), an unknown built-in, or a Tiny AutoEncoder whose
+latent channels differ from the base model's.""",
     ),
     Code(
         "DBS401",

@@ -77,6 +77,8 @@ class FamilySpec:
     # Convolution-adapter (LoCon) parameters per unit of conv rank with the default conv targets (the 3x3
     # convolutions of ResNet blocks, downsamplers, upsamplers: rank x (in x 9 + out) each), counted likewise.
     conv_params_per_rank: int = 0
+    # The Tiny AutoEncoder (diffusers AutoencoderTiny, hub id) that decodes live validation previews.
+    preview_vae: str = "madebyollin/taesd"
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -204,6 +206,7 @@ FAMILIES: dict[str, FamilySpec] = {
         activation_bytes_per_latent_pixel=(600_000, 60_000),
         kohya=KohyaFacts(base_version="sdxl_base_v1-0", v2=False, v_suffix=False, original_unet_names=True),
         conv_params_per_rank=355_840,
+        preview_vae="madebyollin/taesdxl",
     ),
 }
 

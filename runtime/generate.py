@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import (
@@ -30,6 +30,9 @@ from rich.progress import Progress
 
 from dbspec.plan.model import GeneratePlan, ValidationPlan
 from dbspec.util.atomic import write_bytes_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from dbspec.runtime.preview import Previews
 
 MANIFEST = ".dbspec-generated.json"  # the compiler reads it to count images already generated for a key
 _SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
@@ -103,8 +106,26 @@ def validate(
     """
     folder = Path(out_dir) / "samples" / f"step-{step:06d}"
     return render(
-        pipeline, plan_validation, folder, autocast_dtype=autocast_dtype, prompt_inputs=prompt_inputs
+        pipeline,
+        plan_validation,
+        folder,
+        autocast_dtype=autocast_dtype,
+        prompt_inputs=prompt_inputs,
+        previews=_previews(pipeline, plan_validation, folder, step),
     )
+
+
+def _previews(pipeline: DiffusionPipeline, plan_validation: ValidationPlan, folder: Path, step: int):
+    """The live previews of this validation (runtime/preview.py), or None when the plan has none or the
+    preview model cannot be loaded (logged)."""
+    if plan_validation.preview is None:
+        return None
+    from dbspec.runtime.preview import Previews, load_preview_vae
+
+    vae = load_preview_vae(plan_validation.preview, pipeline.device, pipeline.vae.dtype)
+    if vae is None:
+        return None
+    return Previews(plan_validation.preview, vae, folder, step, plan_validation.inference_steps)
 
 
 def render(
@@ -114,9 +135,11 @@ def render(
     *,
     autocast_dtype: torch.dtype | None = None,
     prompt_inputs: PromptInputs | None = None,
+    previews: Previews | None = None,
 ) -> list[Path]:
     """The images of `plan_validation` into `folder` (`pNN-iNN.png` and `grid.png`); see validate.
-    `prompt_inputs` encodes the prompts instead of the pipeline (prompts longer than one CLIP window)."""
+    `prompt_inputs` encodes the prompts instead of the pipeline (prompts longer than one CLIP window);
+    `previews` decodes and writes live previews while each image is sampled."""
     original_scheduler = pipeline.scheduler
     pipeline.scheduler = make_scheduler(plan_validation.scheduler, original_scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -127,7 +150,14 @@ def render(
             for prompt_index, prompt in enumerate(plan_validation.prompts):
                 rows.append(
                     [
-                        _sample(pipeline, plan_validation, prompt, image_index, prompt_inputs)
+                        _sample_with_previews(
+                            pipeline,
+                            plan_validation,
+                            prompt,
+                            (prompt_index, image_index),
+                            prompt_inputs,
+                            previews,
+                        )
                         for image_index in range(plan_validation.images_per_prompt)
                     ]
                 )
@@ -142,12 +172,30 @@ def render(
     return paths
 
 
+def _sample_with_previews(
+    pipeline: DiffusionPipeline,
+    plan: ValidationPlan,
+    prompt: str,
+    index: tuple[int, int],
+    prompt_inputs: PromptInputs | None,
+    previews: Previews | None,
+) -> Image.Image:
+    prompt_index, image_index = index
+    if previews is None:
+        return _sample(pipeline, plan, prompt, image_index, prompt_inputs)
+    callback = previews.callback(prompt_index, image_index, prompt)
+    image = _sample(pipeline, plan, prompt, image_index, prompt_inputs, callback)
+    previews.finish(prompt_index, image_index, image)
+    return image
+
+
 def _sample(
     pipeline: DiffusionPipeline,
     plan: ValidationPlan,
     prompt: str,
     image_index: int,
     prompt_inputs: PromptInputs | None = None,
+    callback: Callable | None = None,
 ) -> Image.Image:
     width, height = plan.size
     generator = torch.Generator("cpu").manual_seed(plan.seed + image_index)
@@ -162,6 +210,7 @@ def _sample(
         height=height,
         width=width,
         generator=generator,
+        **({"callback_on_step_end": callback} if callback is not None else {}),
     )
     return result.images[0]
 

@@ -134,6 +134,7 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
                 run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
             if stopping and step < s.total_steps:
                 log.close()
+                _write_report(run, console)
                 return _result(
                     "interrupted",
                     plan,
@@ -151,6 +152,7 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
         with _InterruptFlag():  # Ctrl-C or SIGTERM now waits for the final weights (a second Ctrl-C does not)
             write_final(final, run.pipeline, run.comps, plan, run.ema)
     log.close()
+    _write_report(run, console)
     return _result(
         "finished",
         plan,
@@ -213,6 +215,20 @@ def _evaluate(run: Run, evaluator: Evaluator, step: int, log: MetricsLog) -> dic
     set_train_mode(run.comps, run.plan)
     log.evaluation(step, row)
     return row
+
+
+def _write_report(run: Run, console) -> None:
+    """<out>/report.html (dbspec report); a report that cannot be written is a note, never a failed run."""
+    if not run.main:
+        return
+    from dbspec.report import write_report
+
+    try:
+        write_report(run.out)
+    except Exception as exc:  # noqa: BLE001 - the weights are written; the report is a convenience
+        (console or Console(stderr=True)).print(
+            f"note: report.html not written: {type(exc).__name__}: {exc}", markup=False, highlight=False
+        )
 
 
 def _save_checkpoint(run: Run, step: int, scores: dict) -> Path:

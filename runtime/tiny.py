@@ -236,3 +236,28 @@ def build_metric_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, Any]:
             model = ViTModel(ViTConfig(**vision), add_pooling_layer=False).eval()
             return model, ViTImageProcessor(size={"height": 32, "width": 32})
     raise ValueError(f"unknown built-in evaluation model {name!r}")
+
+
+def build_preview_vae(name: str, seed: int = 0):
+    """The built-in Tiny AutoEncoder `name` (dbspec.builtin.BUILTIN_PREVIEW_MODELS), randomly initialised:
+    same (name, seed) -> bit-identical weights; the caller's random state is left as it was."""
+    from diffusers import AutoencoderTiny
+
+    from dbspec.builtin import BUILTIN_PREVIEW_MODELS
+
+    if name not in BUILTIN_PREVIEW_MODELS:
+        raise KeyError(f"unknown built-in preview model {name!r}; known: {', '.join(BUILTIN_PREVIEW_MODELS)}")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        _seeded(seed, name)
+        vae = AutoencoderTiny(**BUILTIN_PREVIEW_MODELS[name]).eval()
+        # diffusers' default init decodes every latent to black (outputs near 0, mapped to -1); He-initialised
+        # convolutions and a mid-grey output bias make frames that differ with the latents, as tests need.
+        convolutions = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]
+        for conv in convolutions:
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            if conv.bias is not None:
+                torch.nn.init.zeros_(conv.bias)
+        last = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.mul_(0.05)
+        last.bias.fill_(0.5)
+        return vae

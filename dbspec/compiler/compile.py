@@ -19,6 +19,7 @@ from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import plan_model
+from dbspec.compiler.preview import plan_preview
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
 from dbspec.compiler.torch_schedules import torch_schedule_plan
@@ -38,6 +39,7 @@ from dbspec.plan.model import (
     Plan,
     SchedulePlan,
     TargetEnv,
+    PreviewPlan,
     ValidationPlan,
 )
 from dbspec.spec.check import Checked, anchor
@@ -101,6 +103,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         if schedule is not None and loss is not None
         else None
     )
+    preview = plan_preview(ctx, model)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None and evaluation is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -113,7 +116,9 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
             help="enable precision.gradient_checkpointing, lower schedule.batch_size, use LoRA or adamw8bit",
         )
     target = _check_disk(ctx, precision, memory, schedule, datasets, cache)
-    plan = _assemble(ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init)
+    plan = _assemble(
+        ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init, preview
+    )
     plan = attrs.evolve(plan, evaluation=evaluation)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
@@ -310,7 +315,18 @@ def _origins(ctx: Context, precision) -> dict:
 
 
 def _assemble(
-    ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory, init
+    ctx: Context,
+    target: TargetEnv,
+    model,
+    datasets,
+    buckets,
+    schedule,
+    loss,
+    precision,
+    cache,
+    memory,
+    init,
+    preview: PreviewPlan | None = None,
 ) -> Plan:
     spec = ctx.spec
     adapter = adapter_plan(spec.adapter, model.family, precision.components)
@@ -366,6 +382,7 @@ def _assemble(
             images_per_prompt=v.images_per_prompt,
             seed=v.seed,
             size=(first.resolution, first.resolution),
+            preview=preview,
         ),
         checkpoints=CheckpointPlan(
             dir=str(ctx.resolve(spec.output.dir)),

@@ -1384,3 +1384,56 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.{key} works on plain LoRA layers; adapter.dora is true",
                 f"set adapter.dora = false, or remove adapter.{key}",
             )
+
+
+# --- live validation previews (DBS285, DBS286) --------------------------------------------------------------
+_PREVIEW_KEYS = ("preview_model", "webhook", "webhook_timeout")
+
+
+@rule("spec")
+def preview_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Preview keys that cannot act: validation is off, or previews are off (`preview_every = 0`), or a
+    preview would come after the last sampling step."""
+    v = spec.validation
+    if not v.prompts:
+        reason = "validation.prompts is empty (validation is off)"
+        keys = ("preview_every", *_PREVIEW_KEYS)
+    elif v.preview_every == 0:
+        reason = "validation.preview_every is 0 (previews are off)"
+        keys = _PREVIEW_KEYS
+    elif v.preview_every > v.steps:
+        yield _warn(
+            "DBS285",
+            ("validation", "preview_every"),
+            f"validation.preview_every ({v.preview_every}) is above validation.steps ({v.steps}): "
+            "no preview would be decoded",
+            f"use a value from 1 to {v.steps}",
+        )
+        return
+    else:
+        return
+    for key in keys:
+        if given(("validation", key)):
+            yield _warn(
+                "DBS285",
+                ("validation", key),
+                f"validation.{key} has no effect: {reason}",
+                codes.help("DBS285"),
+            )
+
+
+@rule("spec")
+def webhook_not_http(spec: Spec, given: Given) -> Iterator[Hit]:
+    from urllib.parse import urlsplit
+
+    url = spec.validation.webhook
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        yield _err(
+            "DBS286",
+            ("validation", "webhook"),
+            f"validation.webhook must be an http:// or https:// URL with a host, found {url!r}",
+            'e.g. "http://127.0.0.1:8000/preview"',
+        )

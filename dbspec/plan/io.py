@@ -159,6 +159,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # evaluation metrics and the best checkpoint: off then
         ("evaluation",): lambda run: json.loads(json.dumps(_CONVERTER.unstructure(EvaluationPlan()))),
         ("checkpoints", "select"): "none",
+        ("validation", "preview"): None,  # live validation previews: off
     },
 }
 

@@ -509,6 +509,21 @@ class CachePlan:
 
 
 @frozen
+class PreviewPlan:
+    """Live previews while validation images are sampled (runtime/preview.py)."""
+
+    every: int  # decode every N sampling steps
+    sampling_steps: tuple[int, ...]  # the sampling steps (1-based) whose latents are decoded
+    model: str  # the Tiny AutoEncoder as the spec (or the family default) names it
+    source: Literal["builtin", "diffusers", "hub"]
+    path: str  # resolved folder; "" for a built-in or a hub id not in the local cache
+    resolved: bool
+    revision: str
+    webhook: str  # "" sends nothing
+    webhook_timeout: float
+
+
+@frozen
 class ValidationPlan:
     prompts: tuple[str, ...]
     negative_prompt: str
@@ -519,6 +534,7 @@ class ValidationPlan:
     images_per_prompt: int
     seed: int
     size: Size
+    preview: PreviewPlan | None = None  # None: no live previews
 
 
 @frozen

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import CaptionPlan, GeneratePlan, NoisePlan, Plan, StepRange
+from dbspec.plan.model import CaptionPlan, GeneratePlan, NoisePlan, Plan, PreviewPlan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -234,6 +234,7 @@ def schedule_table(plan: Plan) -> Table:
         ),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
+        *([("previews", _preview(plan.validation.preview))] if plan.validation.preview else []),
         ("text encoder", _te(plan)),
         (
             "seed",
@@ -244,6 +245,17 @@ def schedule_table(plan: Plan) -> Table:
     for row in rows:
         t.add_row(*row)
     return t
+
+
+def _preview(p: PreviewPlan) -> str:
+    where = {
+        "builtin": "built-in",
+        "diffusers": _shown(p.path),
+        "hub": "hub" if p.resolved else "hub, not downloaded",
+    }
+    steps = ", ".join(str(k) for k in p.sampling_steps[:8]) + (", ..." if len(p.sampling_steps) > 8 else "")
+    hook = f"; POST to {p.webhook} (timeout {p.webhook_timeout:g} s)" if p.webhook else ""
+    return f"{p.model} ({where[p.source]}) at sampling steps {steps}; frames + animated WebP{hook}"
 
 
 def _plural(n: int, word: str) -> str:

@@ -1016,6 +1016,27 @@ class Validation:
     guidance: float = option(7.5, doc="Classifier-free guidance scale.", minimum=0)
     images_per_prompt: int = option(1, doc="Images per prompt.", minimum=1)
     seed: int = option(0, doc="Seed for validation images (fixed across the run).", minimum=0)
+    preview_every: int = option(
+        0,
+        doc="Live previews: decode the image being sampled with a Tiny AutoEncoder every N sampling steps "
+        "(frames and an animated WebP in each validation folder's previews/); 0 turns previews off.",
+        minimum=0,
+    )
+    preview_model: str = option(
+        "",
+        doc='Tiny AutoEncoder for previews: a hub id, a diffusers folder or "builtin:tiny-taesd"; "" takes '
+        "the family's (madebyollin/taesd for SD1/SD2, madebyollin/taesdxl for SDXL). Hub ids are read from "
+        "the local cache; `dbspec plan --download` fetches them.",
+    )
+    webhook: str = option(
+        "",
+        doc="POST each preview to this http(s) URL as JSON with a base64 PNG; failures are logged and never "
+        'stop training. "" sends nothing.',
+        example="http://127.0.0.1:8000/preview",
+    )
+    webhook_timeout: float = option(
+        2.0, doc="Seconds a webhook request may take before it is given up.", exclusive_minimum=0
+    )
 
 
 @frozen

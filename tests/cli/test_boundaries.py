@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "builtin": 1,
     "plan": 1,
     "spec": 1,
+    "report": 2,  # reads a run folder and its plan; the runtime writes it at the end of a run
     "compiler": 2,
     "runtime": 2,
     "frontend": 3,
@@ -73,7 +74,7 @@ LAYERS: dict[str, int] = {
     "cli_tokens": 6,
     "cli": 7,
 }
-RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime"}
+RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime", "report"}
 
 
 def _package(path: Path) -> str:

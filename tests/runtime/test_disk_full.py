@@ -33,7 +33,12 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_run_resumes(tmp_
     out = Path(plan.checkpoints.dir)
     assert execute(plan, stop_after=2).status == "interrupted"
     state = out / "checkpoints" / "step-000002" / "training_state.pt"
-    others = max(p.stat().st_size for p in out.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+    # report.html is left out: written after the last checkpoint, failing to write it is only a note.
+    others = max(
+        p.stat().st_size
+        for p in out.rglob("*")
+        if p.is_file() and "checkpoints" not in p.parts and p.name != "report.html"
+    )
     assert others < state.stat().st_size // 2, "the limit must stop the checkpoint and nothing else"
     with file_size_limit(state.stat().st_size // 2), pytest.raises(RunError) as info:
         execute(plan, resume=True)

@@ -667,6 +667,39 @@ CASES = [
         [("DBS278", "error", ("evaluation", "bands"))],
         DOG + STEPS + "[evaluation]\nholdout = 1\ntimesteps = 4\nbands = 4\n",
     ),
+    (
+        rules.preview_options_inert,
+        DOG + STEPS + "[validation]\npreview_every = 5\n",
+        [("DBS285", "warning", ("validation", "preview_every"))],
+        DOG + STEPS + '[validation]\nprompts = ["a photo of ohwx dog"]\npreview_every = 5\n',
+    ),
+    (
+        rules.preview_options_inert,
+        DOG
+        + STEPS
+        + '[validation]\nprompts = ["a dog"]\nwebhook = "http://127.0.0.1:8000/p"\nwebhook_timeout = 1.0\n',
+        [
+            ("DBS285", "warning", ("validation", "webhook")),
+            ("DBS285", "warning", ("validation", "webhook_timeout")),
+        ],
+        DOG
+        + STEPS
+        + '[validation]\nprompts = ["a dog"]\npreview_every = 10\nwebhook = "http://127.0.0.1:8000/p"\n',
+    ),
+    (
+        rules.preview_options_inert,
+        DOG + STEPS + '[validation]\nprompts = ["a dog"]\nsteps = 20\npreview_every = 21\n',
+        [("DBS285", "warning", ("validation", "preview_every"))],
+        DOG + STEPS + '[validation]\nprompts = ["a dog"]\nsteps = 20\npreview_every = 20\n',
+    ),
+    (
+        rules.webhook_not_http,
+        DOG + STEPS + '[validation]\nprompts = ["a dog"]\npreview_every = 10\nwebhook = "127.0.0.1:8000/p"\n',
+        [("DBS286", "error", ("validation", "webhook"))],
+        DOG
+        + STEPS
+        + '[validation]\nprompts = ["a dog"]\npreview_every = 10\nwebhook = "https://example.org/p"\n',
+    ),
 ]
 
 
