@@ -44,7 +44,10 @@ def load_components(plan: Plan) -> Components:
     if m.vae:
         parts["vae"] = _load_vae(m)
     noise = family_runtime(m.family).objective.noise_scheduler(
-        parts["scheduler"].config, prediction=m.prediction, zero_terminal_snr=plan.loss.zero_terminal_snr
+        parts["scheduler"].config,
+        prediction=m.prediction,
+        zero_terminal_snr=plan.loss.zero_terminal_snr,
+        flow=plan.loss.flow,
     )
     return Components(
         unet=parts["unet"],

@@ -16,7 +16,7 @@ from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_t
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
-from dbspec.compiler.models import plan_model
+from dbspec.compiler.models import check_exports, plan_model, sampler
 from dbspec.families import family_spec
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import plan_precision
@@ -78,6 +78,7 @@ def path_error(ctx: Context, exc: OSError) -> Diagnostic:
 
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
+    check_exports(ctx, model)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     datasets = balance_groups(ctx, plan_datasets(ctx, model, keyer))
@@ -338,7 +339,7 @@ def _assemble(
             prompts=tuple(v.prompts),
             negative_prompt=v.negative_prompt,
             steps=schedule.validation_steps,
-            scheduler=v.scheduler,
+            scheduler=sampler(ctx, model, v.scheduler, ("validation", "scheduler")),
             inference_steps=v.steps,
             guidance=v.guidance,
             images_per_prompt=v.images_per_prompt,

@@ -83,7 +83,7 @@ def test_registry_matches_the_type_and_the_tiny_models():
         assert model.latent_channels == spec.latent_channels
         assert (model.text_encoder_2 is not None) == ("text_encoder_2" in spec.text_encoder_names)
         assert model.prediction == spec.prediction
-    assert families.ALL_TEXT_ENCODERS == ("text_encoder", "text_encoder_2")
+    assert families.ALL_TEXT_ENCODERS == ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def test_unknown_family_names_the_known_ones():
