@@ -743,6 +743,15 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
         help="remove the option to use the family's scheduler",
     ),
     Code(
+        "DBS383",
+        ERROR,
+        "Several CLIP windows on a family that encodes one",
+        """\
+`model.max_tokens` above 75 on SD3: its pipeline encodes one CLIP window and reads longer prompts through T5
+(`model.t5_max_length`).""",
+        help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
+    ),
+    Code(
         "DBS320",
         EITHER,
         "A caption file is missing, unreadable or empty",

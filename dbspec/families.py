@@ -91,6 +91,7 @@ class FamilySpec:
     watermarker: bool = False
     # The extra export formats (checkpoints.exports) its runtime writes; the diffusers layouts always are.
     extra_exports: tuple[str, ...] = ("single_file", "kohya_lora")
+    long_prompts: bool = True  # model.max_tokens beyond one CLIP window (kohya's windows) is supported
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -299,6 +300,7 @@ FAMILIES: dict[str, FamilySpec] = {
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
         extra_exports=(),
+        long_prompts=False,
     ),
 }
 

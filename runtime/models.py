@@ -184,8 +184,10 @@ def pipeline_for(plan: Plan, comps: Components):
         **dict(zip(spec.text_encoder_names, comps.text_encoders)),
         **dict(zip(spec.tokenizer_names, comps.tokenizers)),
     }
-    if not spec.safety_checker:  # SDXL's pipeline: an optional watermarker instead
+    if spec.watermarker:  # SDXL's pipeline: an optional watermarker instead
         return cls(**kwargs, add_watermarker=False)
+    if not spec.safety_checker:
+        return cls(**kwargs)
     return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 

@@ -73,6 +73,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         allow_pickle=m.allow_pickle,
         clip_skip=m.clip_skip,
         max_tokens=m.max_tokens,
+        t5_max_length=m.t5_max_length,
         identity=identity,
         vae_identity=vae_identity,
         text_identity=text_identity,
@@ -137,6 +138,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         allow_pickle=False,
         clip_skip=m.clip_skip,
         max_tokens=m.max_tokens,
+        t5_max_length=m.t5_max_length,
         identity=b.identity,
         vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
         text_identity=f"{b.identity}/text",
@@ -231,10 +233,20 @@ def sampler(ctx: Context, model: ModelPlan | None, value: str, path: tuple) -> s
 
 
 def check_exports(ctx: Context, model: ModelPlan | None) -> None:
-    """checkpoints.exports the family has no writer for (DBS381)."""
+    """checkpoints.exports the family has no writer for (DBS381); prompts longer than one CLIP window on a
+    family that encodes one (DBS383)."""
     if model is None:
         return
     spec = family_spec(model.family)
+    if model.max_tokens > 75 and not spec.long_prompts:
+        ctx.report(
+            "DBS383",
+            "error",
+            f"model.max_tokens is {model.max_tokens}, but {spec.title} prompts are encoded as one CLIP "
+            "window (and T5 tokens, model.t5_max_length)",
+            ("model", "max_tokens"),
+            help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
+        )
     for i, fmt in enumerate(ctx.spec.checkpoints.exports):
         if fmt not in spec.extra_exports:
             ctx.report(

@@ -69,6 +69,14 @@ class Model:
         "3 windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
         "validation samples.",
     )
+    t5_max_length: int = option(
+        256,
+        doc="T5 tokens (SD3's third text encoder; StableDiffusion3Pipeline's max_sequence_length), in "
+        "training, text caches and validation samples; inert for families without T5.",
+        minimum=1,
+        maximum=512,
+        example=77,
+    )
 
 
 @frozen
