@@ -92,6 +92,9 @@ class FamilySpec:
     # The extra export formats (checkpoints.exports) its runtime writes; the diffusers layouts always are.
     extra_exports: tuple[str, ...] = ("single_file", "kohya_lora")
     long_prompts: bool = True  # model.max_tokens beyond one CLIP window (kohya's windows) is supported
+    # The diffusers LoRA file keeps peft's key names (lora_A/lora_B), as diffusers' SD3 script writes it;
+    # False: converted to diffusers' (lora.down/lora.up) as its SD1/SDXL scripts do.
+    lora_peft_keys: bool = False
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -301,6 +304,7 @@ FAMILIES: dict[str, FamilySpec] = {
         single_file_marker="model.diffusion_model.joint_blocks.",
         extra_exports=(),
         long_prompts=False,
+        lora_peft_keys=True,
     ),
 }
 

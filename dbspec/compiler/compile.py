@@ -296,7 +296,12 @@ def _assemble(
     ctx: Context, target: TargetEnv, model, datasets, buckets, schedule, loss, precision, cache, memory
 ) -> Plan:
     spec = ctx.spec
-    adapter = adapter_plan(spec.adapter, model.family, precision.components)
+    adapter = adapter_plan(
+        spec.adapter,
+        model.family,
+        precision.components,
+        targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+    )
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)

@@ -107,7 +107,8 @@ def _alpha():
 def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        doc="Denoiser (UNet) module names (suffixes) that get adapters at `rank`.",
+        doc="Denoiser module names (suffixes) that get adapters at `rank`; unset, the family's: the UNet's "
+        "attention projections, and for SD3 also the joint attention's context projections (add_q_proj...).",
     )
 
 
