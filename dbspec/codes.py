@@ -715,43 +715,6 @@ A stated model family or prediction that contradicts the weights.""",
 The family or prediction type cannot be detected; set `model.family` / `model.prediction`.""",
     ),
     Code(
-        "DBS380",
-        ERROR,
-        "A prediction type the family does not train with",
-        """\
-`model.prediction = "flow_matching"` on a DDPM family (SD1, SD2, SDXL), or `"epsilon"` / `"v_prediction"` on a
-flow-matching family (SD3): the family's objective decides it.""",
-        help="remove model.prediction (auto picks the family's)",
-    ),
-    Code(
-        "DBS381",
-        ERROR,
-        "An export format the family cannot write",
-        """\
-An `output.export` format the model family has no writer for: SD3 exports the diffusers layouts (the folder,
-`diffusers_lora`), not the original-layout single file or kohya LoRA files.""",
-        help="use the diffusers formats for this family",
-    ),
-    Code(
-        "DBS382",
-        ERROR,
-        "A sampling scheduler of the other objective",
-        """\
-`validation.scheduler` or a dataset's `generate_scheduler` names a DDPM scheduler (ddim, euler, ...) for a
-flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Left unset, the plan picks
-`flow_euler` for flow-matching models.""",
-        help="remove the option to use the family's scheduler",
-    ),
-    Code(
-        "DBS383",
-        ERROR,
-        "Several CLIP windows on a family that encodes one",
-        """\
-`model.max_tokens` above 75 on SD3: its pipeline encodes one CLIP window and reads longer prompts through T5
-(`model.t5_max_length`).""",
-        help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
-    ),
-    Code(
         "DBS320",
         EITHER,
         "A caption file is missing, unreadable or empty",
@@ -911,6 +874,43 @@ planning on the machine that runs (not with `--target`, which plans for another 
         "bf16 weights on a target without bf16",
         """\
 `precision.weights = "bf16"` on a target without bf16 support.""",
+    ),
+    Code(
+        "DBS380",
+        ERROR,
+        "A prediction type the family does not train with",
+        """\
+`model.prediction = "flow_matching"` on a DDPM family (SD1, SD2, SDXL), or `"epsilon"` / `"v_prediction"` on a
+flow-matching family (SD3): the family's objective decides it.""",
+        help="remove model.prediction (auto picks the family's)",
+    ),
+    Code(
+        "DBS381",
+        ERROR,
+        "An export format the family cannot write",
+        """\
+An `output.export` format the model family has no writer for: SD3 exports the diffusers layouts (the folder,
+`diffusers_lora`), not the original-layout single file or kohya LoRA files.""",
+        help="use the diffusers formats for this family",
+    ),
+    Code(
+        "DBS382",
+        ERROR,
+        "A sampling scheduler of the other objective",
+        """\
+`validation.scheduler` or a dataset's `generate_scheduler` names a DDPM scheduler (ddim, euler, ...) for a
+flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Left unset, the plan picks
+`flow_euler` for flow-matching models.""",
+        help="remove the option to use the family's scheduler",
+    ),
+    Code(
+        "DBS383",
+        ERROR,
+        "Several CLIP windows on a family that encodes one",
+        """\
+`model.max_tokens` above 75 on SD3: its pipeline encodes one CLIP window and reads longer prompts through T5
+(`model.t5_max_length`).""",
+        help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
     Code(
         "DBS401",

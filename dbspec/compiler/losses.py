@@ -131,14 +131,5 @@ def _weighted(p: LossPlan) -> str:
 
 
 def _flow(p: LossPlan) -> str:
-    """How a flow-matching step draws σ, e.g. `, u = ε − x₀, σ ~ logit_normal(0, 1), shift 3`."""
-    if p.flow is None:
-        return ""
-    f = p.flow
-    density = {
-        "uniform": "uniform",
-        "logit_normal": f"logit_normal({f.logit_mean:g}, {f.logit_std:g})",
-        "mode": f"mode({f.mode_scale:g})",
-    }[f.timesteps]
-    shift = f", shift {f.shift:g}" if f.shift else ", the scheduler's shift"
-    return f", u = ε − x₀ at x_t = (1−σ)x₀ + σε, σ ~ {density}{shift}"
+    """Flow matching's target (the noise row of the summary shows how σ is drawn)."""
+    return "" if p.flow is None else ", u = ε − x₀ at x_t = (1−σ)x₀ + σε"

@@ -658,7 +658,7 @@ def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
     """Loss weights that the model's prediction type makes meaningless (kohya refuses the first two). Silent
     for prediction = "auto": the compiler runs it again on the spec with the detected prediction."""
     loss, prediction = spec.loss, spec.model.prediction
-    if prediction in ("auto", "flow_matching"):  # flow matching: DBS230 (loss_fits_objective)
+    if prediction in ("auto", "flow_matching"):  # flow matching: loss_fits_objective
         return
     if loss.scale_v_pred_loss_like_noise_pred and prediction != "v_prediction":
         yield _err(

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import CaptionPlan, GeneratePlan, NoisePlan, Plan, StepRange
+from dbspec.plan.model import CaptionPlan, FlowPlan, GeneratePlan, NoisePlan, Plan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -288,9 +288,10 @@ def adapter_rows(a) -> list[tuple[str, str]]:
     return rows
 
 
-def noise_summary(n: NoisePlan) -> str:
+def noise_summary(n: NoisePlan, flow: FlowPlan | None = None) -> str:
     """E.g.
-    `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
+    `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`; flow
+    matching shows its sigma draw instead of the timestep range."""
     parts = ["N(0,1)"]
     if n.offset > 0:
         extras = [
@@ -308,17 +309,29 @@ def noise_summary(n: NoisePlan) -> str:
         parts.append(
             f"; input perturbation {n.ip_gamma:g}" + (" (random strength)" if n.ip_random_strength else "")
         )
-    if n.min_timestep == n.max_timestep:
+    if flow is not None:
+        parts.append(f"; {flow_draw(flow)}")
+    elif n.min_timestep == n.max_timestep:
         parts.append(f"; t = {n.max_timestep}")
     else:
         parts.append(f"; t in [{n.min_timestep}, {n.max_timestep})")
     return "".join(parts)
 
 
+def flow_draw(f: FlowPlan) -> str:
+    """How a flow-matching step draws sigma, e.g. `σ ~ logit_normal(0, 1), the model's shift`."""
+    density = {
+        "uniform": "uniform",
+        "logit_normal": f"logit_normal({f.logit_mean:g}, {f.logit_std:g})",
+        "mode": f"mode({f.mode_scale:g})",
+    }[f.timesteps]
+    return f"σ ~ {density}, " + (f"shift {f.shift:g}" if f.shift else "the model's shift")
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
-    t.add_row("noise", noise_summary(plan.loss.noise))
+    t.add_row("noise", noise_summary(plan.loss.noise, plan.loss.flow))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
     for what, value in adapter_rows(plan.adapter):

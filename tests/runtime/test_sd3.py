@@ -94,7 +94,7 @@ def test_full_run_with_cached_text_writes_an_sd3_folder_and_samples(tmp_path):
         tmp_path, base=BASE, steps=2, extra='[loss]\nflow_weighting = "cosmap"\nflow_timesteps = "mode"\n'
     )
     assert plan.cache.text_embeddings and plan.cache.latents
-    assert "cosmap(σ)" in plan.loss.formula and "mode(1.29)" in plan.loss.formula
+    assert "cosmap(σ)" in plan.loss.formula and plan.loss.flow.mode_scale == 1.29
     result = execute(plan)
     final = Path(result.final)
     assert not (final / "unet").exists()
