@@ -217,8 +217,10 @@ class BuiltinModel:
     text_encoder_2: dict[str, Any] | None  # SDXL, SD3
     tokenizer: dict[str, Any]
     tokenizer_2: dict[str, Any] | None  # SDXL, SD3
-    text_encoder_3: dict[str, Any] | None = None  # SD3's T5 (a transformers T5Config)
-    tokenizer_3: dict[str, Any] | None = None  # SD3's T5 tokenizer settings (vocabulary: `t5_vocab`)
+    # The T5 encoder (a transformers T5Config) and its tokenizer settings (vocabulary: `t5_vocab`): SD3's
+    # third text encoder, Flux's second.
+    text_encoder_3: dict[str, Any] | None = None
+    tokenizer_3: dict[str, Any] | None = None
     scheduler: dict[str, Any]
     params: dict[str, int]  # exact parameter count per component
     identity: str  # e.g. "builtin:tiny-sd1@v1"; part of every cache key derived from this model
@@ -385,7 +387,57 @@ _SD3 = _model(
     },
 )
 
-BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL, _SD3)}
+# --- Flux ---------------------------------------------------------------------------------------------------
+FLUX_T5_HIDDEN = 64
+
+
+def _flux_transformer() -> dict[str, Any]:
+    # 2x2 packing: 16 latent channels x 4 = 64 inputs per token; rope axes sum to the head dim.
+    return {
+        "patch_size": 1,
+        "in_channels": 64,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": FLUX_T5_HIDDEN,
+        "pooled_projection_dim": SD1_TEXT_HIDDEN,  # CLIP-L's pooled output
+        "guidance_embeds": True,  # as Flux.1 dev
+        "axes_dims_rope": [2, 2, 4],
+    }
+
+
+_FLUX = _model(
+    "builtin:tiny-flux",
+    family="flux",
+    prediction="flow_matching",
+    pipeline_class="FluxPipeline",
+    vae_scaling_factor=0.3611,
+    latent_channels=16,
+    unet=_flux_transformer(),
+    vae={**_sd3_vae(), "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    text_encoder=_text_encoder(
+        hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=SD1_TEXT_HIDDEN
+    ),
+    text_encoder_2=None,
+    text_encoder_3={**_t5(), "d_model": FLUX_T5_HIDDEN},
+    tokenizer=_tokenizer(pad_token=EOS_TOKEN),
+    tokenizer_2=None,
+    tokenizer_3={"model_max_length": 512, "extra_ids": 0},
+    scheduler={
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    },
+    params={"unet": 27_040, "vae": 326_995, "text_encoder": 45_568, "text_encoder_2": 54_112},
+)
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL, _SD3, _FLUX)}
 
 
 def is_builtin(base: str) -> bool:

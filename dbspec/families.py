@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 import attrs
 
-Family = Literal["sd1", "sd2", "sdxl", "sd3"]
+Family = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
 Prediction = Literal["epsilon", "v_prediction", "flow_matching"]
 Objective = Literal["ddpm", "flow"]
 
@@ -95,6 +95,9 @@ class FamilySpec:
     # The diffusers LoRA file keeps peft's key names (lora_A/lora_B), as diffusers' SD3 script writes it;
     # False: converted to diffusers' (lora.down/lora.up) as its SD1/SDXL scripts do.
     lora_peft_keys: bool = False
+    # The guidance the denoiser is given while training (Flux.1 dev's guidance embedding: 3.5, as diffusers'
+    # train_dreambooth_lora_flux.py); 0 for families without one.
+    train_guidance: float = 0.0
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -305,6 +308,74 @@ FAMILIES: dict[str, FamilySpec] = {
         extra_exports=(),
         long_prompts=False,
         lora_peft_keys=True,
+    ),
+    # Flux.1 dev: a guidance-distilled MM-DiT over 2x2-packed 16-channel latents, flow matching; conditioned
+    # on T5-XXL's hidden states and CLIP-L's pooled output, with a guidance embedding.
+    "flux": FamilySpec(
+        name="flux",
+        title="Flux",
+        runtime="flux",
+        pipeline_class="FluxPipeline",
+        safety_checker=False,
+        denoiser="transformer",
+        denoiser_class="FluxTransformer2DModel",
+        noise_scheduler="FlowMatchEulerDiscreteScheduler",
+        context_dim=4096,  # joint_attention_dim: T5-XXL's width
+        text_encoders=(
+            TextEncoderSpec(
+                "text_encoder", "tokenizer", "CLIPTextModel", "text_encoders.clip_l.transformer."
+            ),
+            TextEncoderSpec(
+                "text_encoder_2",
+                "tokenizer_2",
+                "T5EncoderModel",
+                "text_encoders.t5xxl.transformer.",
+                tokenizer_class="T5TokenizerFast",
+                max_length=512,  # FluxPipeline's max_sequence_length default
+                trainable=False,
+            ),
+        ),
+        latent_channels=16,
+        vae_scaling_factor=0.3611,
+        vae_shift_factor=0.1159,
+        resolution=1024,
+        prediction="flow_matching",
+        prediction_hint="",
+        hub_models={"black-forest-labs/FLUX.1-dev": "flow_matching"},
+        pooled_embeddings=True,
+        time_ids=0,
+        # diffusers' train_dreambooth_lora_flux.py default: attention and feed-forward projections.
+        lora_targets=(
+            "attn.to_k",
+            "attn.to_q",
+            "attn.to_v",
+            "attn.to_out.0",
+            "attn.add_k_proj",
+            "attn.add_q_proj",
+            "attn.add_v_proj",
+            "attn.to_add_out",
+            "ff.net.0.proj",
+            "ff.net.2",
+            "ff_context.net.0.proj",
+            "ff_context.net.2",
+        ),
+        text_lora_targets=_TEXT_TARGETS,
+        # FLUX.1 dev (counted from its configs on the meta device): transformer, CLIP-L, T5-XXL, the VAE.
+        public_params={
+            "unet": 11_901_408_320,
+            "text_encoder": 123_060_480,
+            "text_encoder_2": 4_762_310_656,
+            "vae": 83_819_683,
+        },
+        lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
+        activation_bytes_per_latent_pixel=(1_600_000, 160_000),  # an unmeasured estimate, as SD3's
+        kohya=KohyaFacts(base_version="flux1", v2=False, v_suffix=False, original_unet_names=False),
+        objective="flow",
+        single_file_marker="model.diffusion_model.double_blocks.",
+        extra_exports=(),
+        long_prompts=False,
+        lora_peft_keys=True,
+        train_guidance=3.5,
     ),
 }
 

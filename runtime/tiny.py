@@ -83,7 +83,7 @@ def _build_components(model: BuiltinModel, seed: int) -> dict[str, Any]:
         components[encoder.component] = clip_class(CLIPTextConfig(**config)).eval()
         components[encoder.tokenizer] = build_tokenizer(settings)
     if model.text_encoder_3 is not None and model.tokenizer_3 is not None:
-        t5 = spec.text_encoders[2]
+        t5 = spec.text_encoders[-1]  # SD3's third text encoder, Flux's second
         _seeded(seed, t5.component)
         components[t5.component] = T5EncoderModel(T5Config(**model.text_encoder_3)).eval()
         components[t5.tokenizer] = T5TokenizerFast(vocab=t5_vocab(), **model.tokenizer_3)

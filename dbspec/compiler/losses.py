@@ -7,6 +7,7 @@ from typing import Literal
 import attrs
 
 from dbspec.compiler.context import Context
+from dbspec.families import family_spec
 from dbspec.compiler.rules import hit_to_diagnostic, loss_fits_objective, loss_weights_fit_prediction
 from dbspec.plan.model import DatasetPlan, FlowPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan
 from dbspec.spec.model import LowRankAdapter, Loss
@@ -44,13 +45,14 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         prior_reduction=spec.prior_reduction,
         formula="",
         teacher=teacher_components(ctx, prior),
-        flow=flow_plan(spec) if target == "flow_matching" else None,
+        flow=flow_plan(spec, model.family) if model and target == "flow_matching" else None,
     )
     return attrs.evolve(plan, formula=formula(plan))
 
 
-def flow_plan(spec: Loss) -> FlowPlan:
-    """The flow-matching draw and weighting; the density parameters its density does not read settle to 0."""
+def flow_plan(spec: Loss, family: str) -> FlowPlan:
+    """The flow-matching draw and weighting; the density parameters its density does not read settle to 0.
+    The training guidance is the family's (Flux.1 dev's guidance embedding)."""
     return FlowPlan(
         timesteps=spec.flow_timesteps,
         logit_mean=spec.flow_logit_mean if spec.flow_timesteps == "logit_normal" else 0.0,
@@ -58,6 +60,7 @@ def flow_plan(spec: Loss) -> FlowPlan:
         mode_scale=spec.flow_mode_scale if spec.flow_timesteps == "mode" else 0.0,
         weighting=spec.flow_weighting,
         shift=spec.flow_shift,
+        guidance=family_spec(family).train_guidance,
     )
 
 

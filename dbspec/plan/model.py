@@ -341,6 +341,7 @@ class FlowPlan:
     mode_scale: float  # mode
     weighting: Literal["none", "sigma_sqrt", "cosmap"]  # per-sample loss weight of sigma
     shift: float  # the sigma shift of the scheduler; 0 keeps the model's scheduler config
+    guidance: float = 0.0  # the guidance a guidance-distilled denoiser is given in training (Flux.1 dev: 3.5)
 
 
 @frozen

@@ -27,7 +27,8 @@ frozen = attrs.frozen(kw_only=True)
 class Model:
     base: str = option(
         doc="Base model: a hub id, a diffusers folder, a single-file .safetensors (or .ckpt) checkpoint, "
-        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl).",
+        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl, builtin:tiny-sd3, "
+        "builtin:tiny-flux).",
         example="runwayml/stable-diffusion-v1-5",
     )
     family: Family = option(
