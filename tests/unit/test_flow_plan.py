@@ -172,3 +172,15 @@ def test_an_sd3_single_file_is_detected_by_its_joint_blocks(tmp_path: Path):
     facts = inspect_model(str(path), tmp_path)
     assert (facts.family, facts.prediction) == ("sd3", "flow_matching")
     assert facts.params["unet"] == 7296 * 2432 + 2432 * 16 * 4
+
+
+def test_flux_plan_trains_with_guidance_and_keeps_t5_frozen(toy: Path):
+    write_spec(
+        toy, model={"base": "builtin:tiny-flux"}, adapter={"kind": "lora"}, train={"text_encoder": True}
+    )
+    plan = planned_ok(toy)
+    assert (plan.model.family, plan.loss.flow.guidance) == ("flux", 3.5)
+    trained = {c.name: c.trainable for c in plan.precision.components}
+    assert trained == {"unet": "lora", "text_encoder": "lora", "text_encoder_2": "frozen", "vae": "frozen"}
+    write_spec(toy, model={"base": "builtin:tiny-sd3"})
+    assert planned_ok(toy).loss.flow.guidance == 0.0
