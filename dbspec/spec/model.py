@@ -629,8 +629,9 @@ class Loss:
     )
     flow_shift: float = option(
         0.0,
-        doc="Flow-matching models: the sigma shift, shift s / (1 + (shift - 1) s); 0 keeps the model's "
-        "scheduler config (SD3.5: 3.0).",
+        doc="Flow-matching models: a fixed sigma shift, shift s / (1 + (shift - 1) s); 0 keeps the model's "
+        "scheduler config (SD3.5: 3.0; Flux's resolution-dependent config trains unshifted, as diffusers' "
+        "script).",
         minimum=0,
         example=3.0,
     )

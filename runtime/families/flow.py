@@ -68,8 +68,11 @@ class FlowMatchingObjective:
     def noise_scheduler(
         self, config: dict, *, prediction: str, zero_terminal_snr: bool, flow: FlowPlan | None = None
     ):
-        """The model's scheduler; a plan shift other than 0 replaces the config's."""
-        overrides = {"shift": flow.shift} if flow is not None and flow.shift else {}
+        """The model's scheduler; a plan shift other than 0 replaces the config's, as a fixed shift (a
+        dynamic-shifting config, Flux's, trains unshifted as diffusers' script does unless one is given)."""
+        overrides = (
+            {"shift": flow.shift, "use_dynamic_shifting": False} if flow is not None and flow.shift else {}
+        )
         return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
 
     def sample_timesteps(self, loss: LossPlan, batch: int, generator, scheduler) -> torch.Tensor:

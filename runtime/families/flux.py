@@ -59,7 +59,9 @@ class Flux:
         text_ids = torch.zeros(embeds.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
         guidance = (
             torch.full((b,), self.guidance, device=noisy.device)
-            if getattr(denoiser.config, "guidance_embeds", False)
+            if getattr(
+                getattr(denoiser, "module", denoiser).config, "guidance_embeds", False
+            )  # DDP-wrapped too
             else None
         )
         packed = denoiser(

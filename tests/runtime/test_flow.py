@@ -110,6 +110,18 @@ def test_plan_shift_replaces_the_configs():
     assert torch.allclose(scheduler.sigmas, torch.linspace(1, 1000, 1000).flip(0) / 1000, atol=1e-6)
 
 
+def test_flux_config_trains_unshifted_unless_a_shift_is_given():
+    config = dict(FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config)
+    objective = FlowMatchingObjective()
+    plain = torch.linspace(1, 1000, 1000).flip(0) / 1000
+    scheduler = objective.noise_scheduler(config, prediction="flow_matching", zero_terminal_snr=False)
+    assert torch.allclose(scheduler.sigmas, plain, atol=1e-6)  # what train_dreambooth_lora_flux.py trains on
+    shifted = objective.noise_scheduler(
+        config, prediction="flow_matching", zero_terminal_snr=False, flow=_loss_plan(shift=2.0).flow
+    )
+    assert torch.allclose(shifted.sigmas, flow.shifted(plain, 2.0), atol=1e-6)
+
+
 def test_draws_come_from_the_runs_generator():
     """Same generator state, same timesteps: a resumed run (its generator state restored) draws the same."""
     objective = FlowMatchingObjective()
