@@ -184,3 +184,16 @@ def test_flux_plan_trains_with_guidance_and_keeps_t5_frozen(toy: Path):
     assert trained == {"unet": "lora", "text_encoder": "lora", "text_encoder_2": "frozen", "vae": "frozen"}
     write_spec(toy, model={"base": "builtin:tiny-sd3"})
     assert planned_ok(toy).loss.flow.guidance == 0.0
+
+
+def test_the_model_summary_shows_the_t5_length(toy: Path):
+    from dbspec.plan.summary import model_table
+
+    write_spec(toy, model={**SD3, "t5_max_length": 77})
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None).print(model_table(planned_ok(toy)))
+    assert "T5 reads 77 tokens" in out.getvalue()
+    write_spec(toy)  # tiny-sd1: no T5
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None).print(model_table(planned_ok(toy)))
+    assert "T5" not in out.getvalue()
