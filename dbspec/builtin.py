@@ -22,7 +22,7 @@ BUILTIN_PREFIX = "builtin:"
 # Bump when any config, the tokenizer or the initialisation changes: caches key on `identity`.
 BUILTIN_VERSION = 1
 
-Prediction = Literal["epsilon", "v_prediction"]
+Prediction = Literal["epsilon", "v_prediction", "flow_matching"]
 
 # --- tokenizer -------------------------------------------------------------------------------------------
 # A CLIP byte-level BPE vocabulary: every byte symbol, alone and word-final, so any text tokenizes without
@@ -211,12 +211,16 @@ class BuiltinModel:
     latent_channels: int
     latent_downsample: int  # image side / latent side
     vae_scaling_factor: float
-    unet: dict[str, Any]
+    unet: dict[str, Any]  # the denoiser's config (SD3: an SD3Transformer2DModel's)
     vae: dict[str, Any]
     text_encoder: dict[str, Any]
-    text_encoder_2: dict[str, Any] | None  # SDXL only
+    text_encoder_2: dict[str, Any] | None  # SDXL, SD3
     tokenizer: dict[str, Any]
-    tokenizer_2: dict[str, Any] | None  # SDXL only
+    tokenizer_2: dict[str, Any] | None  # SDXL, SD3
+    # The T5 encoder (a transformers T5Config) and its tokenizer settings (vocabulary: `t5_vocab`): SD3's
+    # third text encoder, Flux's second.
+    text_encoder_3: dict[str, Any] | None = None
+    tokenizer_3: dict[str, Any] | None = None
     scheduler: dict[str, Any]
     params: dict[str, int]  # exact parameter count per component
     identity: str  # e.g. "builtin:tiny-sd1@v1"; part of every cache key derived from this model
@@ -227,9 +231,8 @@ def _model(name: str, **fields: Any) -> BuiltinModel:
         name=name,
         identity=f"{name}@v{BUILTIN_VERSION}",
         resolution=64,
-        latent_channels=4,
         latent_downsample=8,
-        **fields,
+        **{"latent_channels": 4, **fields},
     )
 
 
@@ -289,7 +292,152 @@ _SDXL = _model(
     params={"unet": 2_029_764, "vae": 316_695, "text_encoder": 45_568, "text_encoder_2": 144_384},
 )
 
-BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL)}
+# --- SD3 ---------------------------------------------------------------------------------------------------
+# A sentencepiece-free T5 vocabulary (transformers' T5Tokenizer takes a Unigram vocabulary of (piece, score)):
+# the specials, the word-start marker, every printable ASCII character alone and word-initial, a few words.
+T5_WORD_START = "\u2581"
+T5_WORDS = ("photo", "dog", "cat", "of", "a", "the", "sks", "in")
+
+
+def t5_vocab() -> list[tuple[str, float]]:
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (T5_WORD_START, -2.0)]
+    pieces += [(c, -5.0) for c in chars] + [(T5_WORD_START + c, -4.0) for c in chars]
+    return pieces + [(T5_WORD_START + w, -3.0) for w in T5_WORDS]
+
+
+SD3_T5_HIDDEN = 128  # above CLIP-L + CLIP-G hidden (32 + 64): the CLIP states are zero-padded as in SD3
+SD3_INNER = 16  # transformer heads x head dim; also its caption projection
+
+
+def _t5() -> dict[str, Any]:
+    return {
+        "vocab_size": len(t5_vocab()),
+        "d_model": SD3_T5_HIDDEN,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 32,
+        "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "is_encoder_decoder": False,
+        "use_cache": False,
+    }
+
+
+def _sd3_transformer() -> dict[str, Any]:
+    return {
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 16,
+        "out_channels": 16,
+        "num_layers": 2,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": SD3_T5_HIDDEN,
+        "caption_projection_dim": SD3_INNER,
+        "pooled_projection_dim": 2 * SD1_TEXT_HIDDEN,  # CLIP-L and CLIP-G projections (32 each)
+        "pos_embed_max_size": 32,  # patches per side: up to 512 px images
+        "qk_norm": "rms_norm",  # as SD3.5
+    }
+
+
+def _sd3_vae() -> dict[str, Any]:
+    # SD3's VAE: 16 latent channels, no quant convs, a shift before the scale.
+    return {
+        **_vae(1.5305),
+        "latent_channels": 16,
+        "shift_factor": 0.0609,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+    }
+
+
+_SD3 = _model(
+    "builtin:tiny-sd3",
+    family="sd3",
+    prediction="flow_matching",
+    pipeline_class="StableDiffusion3Pipeline",
+    vae_scaling_factor=1.5305,
+    latent_channels=16,
+    unet=_sd3_transformer(),
+    vae=_sd3_vae(),
+    text_encoder=_text_encoder(
+        hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=SD1_TEXT_HIDDEN
+    ),
+    text_encoder_2=_text_encoder(
+        hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=SD1_TEXT_HIDDEN
+    ),
+    text_encoder_3=_t5(),
+    tokenizer=_tokenizer(pad_token=EOS_TOKEN),
+    tokenizer_2=_tokenizer(pad_token="!"),
+    tokenizer_3={"model_max_length": 256, "extra_ids": 0},
+    scheduler={"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
+    params={
+        "unet": 26_400,
+        "vae": 326_995,
+        "text_encoder": 46_592,
+        "text_encoder_2": 142_336,
+        "text_encoder_3": 108_192,
+    },
+)
+
+# --- Flux ---------------------------------------------------------------------------------------------------
+FLUX_T5_HIDDEN = 64
+
+
+def _flux_transformer() -> dict[str, Any]:
+    # 2x2 packing: 16 latent channels x 4 = 64 inputs per token; rope axes sum to the head dim.
+    return {
+        "patch_size": 1,
+        "in_channels": 64,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": FLUX_T5_HIDDEN,
+        "pooled_projection_dim": SD1_TEXT_HIDDEN,  # CLIP-L's pooled output
+        "guidance_embeds": True,  # as Flux.1 dev
+        "axes_dims_rope": [2, 2, 4],
+    }
+
+
+_FLUX = _model(
+    "builtin:tiny-flux",
+    family="flux",
+    prediction="flow_matching",
+    pipeline_class="FluxPipeline",
+    vae_scaling_factor=0.3611,
+    latent_channels=16,
+    unet=_flux_transformer(),
+    vae={**_sd3_vae(), "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    text_encoder=_text_encoder(
+        hidden=SD1_TEXT_HIDDEN, hidden_act="quick_gelu", pad_id=EOS_ID, projection_dim=SD1_TEXT_HIDDEN
+    ),
+    text_encoder_2=None,
+    text_encoder_3={**_t5(), "d_model": FLUX_T5_HIDDEN},
+    tokenizer=_tokenizer(pad_token=EOS_TOKEN),
+    tokenizer_2=None,
+    tokenizer_3={"model_max_length": 512, "extra_ids": 0},
+    scheduler={
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    },
+    params={"unet": 27_040, "vae": 326_995, "text_encoder": 45_568, "text_encoder_2": 54_112},
+)
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL, _SD3, _FLUX)}
 
 
 # Tiny random evaluation models (runtime/tiny.py builds them): a CLIPModel for clip_t / clip_i and a ViT

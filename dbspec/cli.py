@@ -273,7 +273,13 @@ def sample(
         str, typer.Option(help=f"{family_list(quote=False)}, for single files (default: read from the file).")
     ] = "",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
-    scheduler: Annotated[str, typer.Option(help="ddim, euler, euler_a, dpmpp, unipc or pndm.")] = "ddim",
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="ddim, euler, euler_a, dpmpp, unipc, pndm or flow_euler; auto: flow_euler for flow-matching "
+            "models (SD3), else ddim."
+        ),
+    ] = "auto",
     steps: Annotated[int, typer.Option(help="Inference steps.")] = 50,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
     seed: Annotated[int, typer.Option(help="Seed of image 0 of every prompt (image i uses seed + i).")] = 0,
@@ -290,7 +296,7 @@ def sample(
     """Generate images from a finished output: PNGs and a grid."""
     from dbspec.plan.model import StepRange, ValidationPlan
 
-    if scheduler not in ("ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"):
+    if scheduler not in ("auto", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm", "flow_euler"):
         raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
     from dbspec.families import FAMILIES
 

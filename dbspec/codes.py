@@ -390,6 +390,29 @@ sub-folder such as `1_dog` made beforehand).""",
         help='remove the option, or use layout = "folder"',
     ),
     Code(
+        "DBS230",
+        ERROR,
+        "A DDPM-only loss option on a flow-matching model",
+        """\
+A loss option that reads the DDPM noise schedule (its alphas, SNR or integer timesteps) on a
+flow-matching model (SD3): `min_snr_gamma`, `zero_terminal_snr`, `debiased_estimation`,
+`scale_v_pred_loss_like_noise_pred`, `v_pred_like_loss`, `noise_offset` (and its variants),
+`min_timestep`/`max_timestep`, or `kind = "pseudo_huber"` / `"smooth_l1"`; also scheduled sampling
+(`scheduled_sampling.max_step_offset`), whose rollout samplers and targets are DDPM's. Flow matching draws
+sigma with `loss.flow_timesteps` and weights the loss with `loss.flow_weighting`. With `model.prediction =
+"auto"` the check runs once the compiler knows the family.""",
+        help="remove the option; flow-matching models use loss.flow_timesteps and loss.flow_weighting",
+    ),
+    Code(
+        "DBS231",
+        WARNING,
+        "A flow-matching loss option on a DDPM model",
+        """\
+A `loss.flow_*` option on a model that is not flow-matching (warning): SD1, SD2 and SDXL draw integer
+timesteps and ignore it.""",
+        help="remove the option; it only applies to flow-matching models (SD3)",
+    ),
+    Code(
         "DBS235",
         ERROR,
         "A loss weighting for the other prediction type",
@@ -1112,6 +1135,43 @@ previews (a note says so; training goes on).""",
 `validation.preview_model` names a folder that is missing or does not hold a diffusers `AutoencoderTiny`
 (`config.json` with `"_class_name": "AutoencoderTiny"`), an unknown built-in, or a Tiny AutoEncoder whose
 latent channels differ from the base model's.""",
+    ),
+    Code(
+        "DBS380",
+        ERROR,
+        "A prediction type the family does not train with",
+        """\
+`model.prediction = "flow_matching"` on a DDPM family (SD1, SD2, SDXL), or `"epsilon"` / `"v_prediction"` on a
+flow-matching family (SD3): the family's objective decides it.""",
+        help="remove model.prediction (auto picks the family's)",
+    ),
+    Code(
+        "DBS381",
+        ERROR,
+        "An export format the family cannot write",
+        """\
+An `output.export` format the model family has no writer for: SD3 exports the diffusers layouts (the folder,
+`diffusers_lora`), not the original-layout single file or kohya LoRA files.""",
+        help="use the diffusers formats for this family",
+    ),
+    Code(
+        "DBS382",
+        ERROR,
+        "A sampling scheduler of the other objective",
+        """\
+`validation.scheduler` or a dataset's `generate_scheduler` names a DDPM scheduler (ddim, euler, ...) for a
+flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Left unset, the plan picks
+`flow_euler` for flow-matching models.""",
+        help="remove the option to use the family's scheduler",
+    ),
+    Code(
+        "DBS383",
+        ERROR,
+        "Several CLIP windows on a family that encodes one",
+        """\
+`model.max_tokens` above 75 on SD3: its pipeline encodes one CLIP window and reads longer prompts through T5
+(`model.t5_max_length`).""",
+        help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
     Code(
         "DBS401",

@@ -12,8 +12,9 @@ from typing import Literal, get_args
 
 import attrs
 
-Family = Literal["sd1", "sd2", "sdxl"]
-Prediction = Literal["epsilon", "v_prediction"]
+Family = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
+Prediction = Literal["epsilon", "v_prediction", "flow_matching"]
+Objective = Literal["ddpm", "flow"]
 
 
 @attrs.frozen
@@ -27,6 +28,7 @@ class TextEncoderSpec:
     single_file_prefix: str  # its keys' prefix in the original (single-file) checkpoint layout
     tokenizer_class: str = "CLIPTokenizer"
     max_length: int = 77
+    trainable: bool = True  # train.text_encoder trains it (SD3's T5 never trains, as in diffusers' scripts)
 
 
 @attrs.frozen
@@ -79,6 +81,25 @@ class FamilySpec:
     conv_params_per_rank: int = 0
     # The Tiny AutoEncoder (diffusers AutoencoderTiny, hub id) that decodes live validation previews.
     preview_vae: str = "madebyollin/taesd"
+    # The training objective: "ddpm" (integer timesteps, the scheduler's alphas; epsilon or v targets) or
+    # "flow" (flow matching: sigma in [0, 1], x_t = (1 - sigma) x + sigma noise, target noise - x).
+    objective: Objective = "ddpm"
+    # A tensor-name prefix that identifies the family in original-layout single files ("" = detected by its
+    # text encoders and cross-attention width).
+    single_file_marker: str = ""
+    # The VAE's latent shift (latents = (x - shift_factor) * scaling_factor); 0 for none.
+    vae_shift_factor: float = 0.0
+    # The pipeline takes `add_watermarker` (SDXL); families without a safety checker or watermarker say False.
+    watermarker: bool = False
+    # The extra export formats (checkpoints.exports) its runtime writes; the diffusers layouts always are.
+    extra_exports: tuple[str, ...] = ("single_file", "kohya_lora")
+    long_prompts: bool = True  # model.max_tokens beyond one CLIP window (kohya's windows) is supported
+    # The diffusers LoRA file keeps peft's key names (lora_A/lora_B), as diffusers' SD3 script writes it;
+    # False: converted to diffusers' (lora.down/lora.up) as its SD1/SDXL scripts do.
+    lora_peft_keys: bool = False
+    # The guidance the denoiser is given while training (Flux.1 dev's guidance embedding: 3.5, as diffusers'
+    # train_dreambooth_lora_flux.py); 0 for families without one.
+    train_guidance: float = 0.0
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -207,6 +228,159 @@ FAMILIES: dict[str, FamilySpec] = {
         kohya=KohyaFacts(base_version="sdxl_base_v1-0", v2=False, v_suffix=False, original_unet_names=True),
         conv_params_per_rank=355_840,
         preview_vae="madebyollin/taesdxl",
+        watermarker=True,
+    ),
+    # Stable Diffusion 3.5 (medium, large): an MM-DiT over 16-channel latents, trained by flow matching;
+    # conditioned on CLIP-L and CLIP-G hidden states (concatenated, padded to T5's width) joined with
+    # T5-XXL's, and on the two CLIPs' pooled projections.
+    "sd3": FamilySpec(
+        name="sd3",
+        title="SD3",
+        runtime="sd3",
+        preview_vae="madebyollin/taesd3",
+        pipeline_class="StableDiffusion3Pipeline",
+        safety_checker=False,
+        denoiser="transformer",
+        denoiser_class="SD3Transformer2DModel",
+        noise_scheduler="FlowMatchEulerDiscreteScheduler",
+        context_dim=4096,  # joint_attention_dim: T5-XXL's width
+        text_encoders=(
+            TextEncoderSpec(
+                "text_encoder",
+                "tokenizer",
+                "CLIPTextModelWithProjection",
+                "text_encoders.clip_l.transformer.",
+            ),
+            TextEncoderSpec(
+                "text_encoder_2",
+                "tokenizer_2",
+                "CLIPTextModelWithProjection",
+                "text_encoders.clip_g.transformer.",
+            ),
+            TextEncoderSpec(
+                "text_encoder_3",
+                "tokenizer_3",
+                "T5EncoderModel",
+                "text_encoders.t5xxl.transformer.",
+                tokenizer_class="T5TokenizerFast",
+                max_length=256,  # StableDiffusion3Pipeline's max_sequence_length default
+                trainable=False,
+            ),
+        ),
+        latent_channels=16,
+        vae_scaling_factor=1.5305,
+        vae_shift_factor=0.0609,
+        resolution=1024,
+        prediction="flow_matching",
+        prediction_hint="",
+        hub_models={
+            "stabilityai/stable-diffusion-3.5-large": "flow_matching",
+            "stabilityai/stable-diffusion-3.5-large-turbo": "flow_matching",
+            "stabilityai/stable-diffusion-3.5-medium": "flow_matching",
+            "stabilityai/stable-diffusion-3-medium-diffusers": "flow_matching",
+        },
+        pooled_embeddings=True,
+        time_ids=0,
+        # diffusers' train_dreambooth_lora_sd3.py default: the joint attention's image and text projections.
+        lora_targets=(
+            "attn.add_k_proj",
+            "attn.add_q_proj",
+            "attn.add_v_proj",
+            "attn.to_add_out",
+            "attn.to_k",
+            "attn.to_out.0",
+            "attn.to_q",
+            "attn.to_v",
+        ),
+        text_lora_targets=_TEXT_TARGETS,
+        # SD3.5 large (counted from its configs on the meta device; medium's transformer has 2.24e9);
+        # CLIP-L and CLIP-G with projections, the T5-XXL encoder, the 16-channel VAE.
+        public_params={
+            "unet": 8_056_627_520,
+            "text_encoder": 123_650_304,
+            "text_encoder_2": 694_659_840,
+            "text_encoder_3": 4_762_310_656,
+            "vae": 83_819_683,
+        },
+        lora_params_per_rank={"unet": 1_473_792, "text_encoder": 73_728, "text_encoder_2": 327_680},
+        # Not measured: an estimate scaled from SDXL by the transformer's tokens (2x2 patches) and width.
+        activation_bytes_per_latent_pixel=(1_200_000, 120_000),
+        # kohya's sd3_train_network.py; not verified against its metadata (dbspec writes no kohya SD3 files).
+        kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
+        objective="flow",
+        single_file_marker="model.diffusion_model.joint_blocks.",
+        extra_exports=(),
+        long_prompts=False,
+        lora_peft_keys=True,
+    ),
+    # Flux.1 dev: a guidance-distilled MM-DiT over 2x2-packed 16-channel latents, flow matching; conditioned
+    # on T5-XXL's hidden states and CLIP-L's pooled output, with a guidance embedding.
+    "flux": FamilySpec(
+        name="flux",
+        title="Flux",
+        runtime="flux",
+        preview_vae="madebyollin/taef1",
+        pipeline_class="FluxPipeline",
+        safety_checker=False,
+        denoiser="transformer",
+        denoiser_class="FluxTransformer2DModel",
+        noise_scheduler="FlowMatchEulerDiscreteScheduler",
+        context_dim=4096,  # joint_attention_dim: T5-XXL's width
+        text_encoders=(
+            TextEncoderSpec(
+                "text_encoder", "tokenizer", "CLIPTextModel", "text_encoders.clip_l.transformer."
+            ),
+            TextEncoderSpec(
+                "text_encoder_2",
+                "tokenizer_2",
+                "T5EncoderModel",
+                "text_encoders.t5xxl.transformer.",
+                tokenizer_class="T5TokenizerFast",
+                max_length=512,  # FluxPipeline's max_sequence_length default
+                trainable=False,
+            ),
+        ),
+        latent_channels=16,
+        vae_scaling_factor=0.3611,
+        vae_shift_factor=0.1159,
+        resolution=1024,
+        prediction="flow_matching",
+        prediction_hint="",
+        hub_models={"black-forest-labs/FLUX.1-dev": "flow_matching"},
+        pooled_embeddings=True,
+        time_ids=0,
+        # diffusers' train_dreambooth_lora_flux.py default: attention and feed-forward projections.
+        lora_targets=(
+            "attn.to_k",
+            "attn.to_q",
+            "attn.to_v",
+            "attn.to_out.0",
+            "attn.add_k_proj",
+            "attn.add_q_proj",
+            "attn.add_v_proj",
+            "attn.to_add_out",
+            "ff.net.0.proj",
+            "ff.net.2",
+            "ff_context.net.0.proj",
+            "ff_context.net.2",
+        ),
+        text_lora_targets=_TEXT_TARGETS,
+        # FLUX.1 dev (counted from its configs on the meta device): transformer, CLIP-L, T5-XXL, the VAE.
+        public_params={
+            "unet": 11_901_408_320,
+            "text_encoder": 123_060_480,
+            "text_encoder_2": 4_762_310_656,
+            "vae": 83_819_683,
+        },
+        lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
+        activation_bytes_per_latent_pixel=(1_600_000, 160_000),  # an unmeasured estimate, as SD3's
+        kohya=KohyaFacts(base_version="flux1", v2=False, v_suffix=False, original_unet_names=False),
+        objective="flow",
+        single_file_marker="model.diffusion_model.double_blocks.",
+        extra_exports=(),
+        long_prompts=False,
+        lora_peft_keys=True,
+        train_guidance=3.5,
     ),
 }
 
@@ -226,6 +400,11 @@ def family_spec(name: str) -> FamilySpec:
 ALL_TEXT_ENCODERS: tuple[str, ...] = tuple(
     dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names)
 )
+
+
+def trainable_text_encoders(name: str) -> tuple[str, ...]:
+    """The text encoders of family `name` that train.text_encoder trains."""
+    return tuple(e.component for e in family_spec(name).text_encoders if e.trainable)
 
 
 def family_list(names: tuple[str, ...] = FAMILY_NAMES, *, quote: bool = True) -> str:

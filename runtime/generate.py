@@ -22,6 +22,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
@@ -43,6 +44,7 @@ _SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
     "unipc": (UniPCMultistepScheduler, {}),
     "pndm": (PNDMScheduler, {}),
+    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),  # flow-matching models (SD3)
 }
 
 

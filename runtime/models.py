@@ -44,7 +44,10 @@ def load_components(plan: Plan) -> Components:
     if m.vae:
         parts["vae"] = _load_vae(m)
     noise = family_runtime(m.family).objective.noise_scheduler(
-        parts["scheduler"].config, prediction=m.prediction, zero_terminal_snr=plan.loss.zero_terminal_snr
+        parts["scheduler"].config,
+        prediction=m.prediction,
+        zero_terminal_snr=plan.loss.zero_terminal_snr,
+        flow=plan.loss.flow,
     )
     return Components(
         unet=parts["unet"],
@@ -181,8 +184,10 @@ def pipeline_for(plan: Plan, comps: Components):
         **dict(zip(spec.text_encoder_names, comps.text_encoders)),
         **dict(zip(spec.tokenizer_names, comps.tokenizers)),
     }
-    if not spec.safety_checker:  # SDXL's pipeline: an optional watermarker instead
+    if spec.watermarker:  # SDXL's pipeline: an optional watermarker instead
         return cls(**kwargs, add_watermarker=False)
+    if not spec.safety_checker:
+        return cls(**kwargs)
     return cls(**kwargs, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 

@@ -39,7 +39,21 @@ def sample(request: SampleRequest, out: Path) -> list[Path]:
     quiet_libraries()
     pipe = load_pipeline(request).to(best_device())
     pipe.set_progress_bar_config(disable=True)
-    return render(pipe, request.settings, out)
+    return render(
+        pipe, attrs.evolve(request.settings, scheduler=_scheduler(pipe, request.settings.scheduler)), out
+    )
+
+
+def _scheduler(pipe, asked: str) -> str:
+    """The sampler: for "auto" the model's kind (flow_euler for a flow-matching model, else ddim); one of
+    the other kind is refused (a DDPM sampler cannot run a flow-matching model, nor the reverse)."""
+    flow = type(pipe.scheduler).__name__.startswith("FlowMatch")
+    if asked == "auto":
+        return "flow_euler" if flow else "ddim"
+    if flow != (asked == "flow_euler"):
+        kind = "a flow-matching model: use --scheduler flow_euler" if flow else "a DDPM model"
+        raise SampleError(f"--scheduler {asked} does not fit {kind}")
+    return asked
 
 
 def checkpoint_folder(out: Path, name: str) -> Path:

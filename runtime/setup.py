@@ -164,11 +164,12 @@ def freeze_text_encoders(run: Run) -> None:
 
 def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
     """Validation prompts beyond one CLIP window are encoded as in training (the pipeline would cut them at 77
-    tokens); None for one window, where the pipeline encodes them itself."""
+    tokens), and every prompt of a family that encodes its own (SD3: the plan's T5 length); None for one
+    window, where the pipeline encodes them itself."""
     model = plan.model
-    if model.max_tokens <= WINDOW:
-        return None
     family = family_runtime(model.family)
+    if model.max_tokens <= WINDOW and not getattr(family, "own_prompt_encoding", False):
+        return None
 
     def encode(prompt: str) -> dict:
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
@@ -87,11 +87,15 @@ def _cached_posterior(parts: Parts, key: str | None) -> dict | None:
 
 
 def sample_latents(parts: Parts, entries: list[dict]) -> torch.Tensor:
-    """Scaled latents: a fresh draw from each image's posterior, from the training generator."""
+    """Scaled latents: a fresh draw from each image's posterior, from the training generator, less the VAE's
+    shift_factor where it has one (SD3, Flux), times its scaling_factor."""
     mean = torch.stack([e["mean"] for e in entries])
     std = torch.stack([e["std"] for e in entries])
     noise = torch.randn(mean.shape, generator=parts.generator)
-    return ((mean + std * noise) * parts.vae.config.scaling_factor).to(parts.device)
+    drawn, shift = mean + std * noise, parts.vae.config.get("shift_factor")
+    if shift:
+        drawn = drawn - shift
+    return (drawn * parts.vae.config.scaling_factor).to(parts.device)
 
 
 def _text_entry(parts: Parts, key: str) -> dict | None:
@@ -141,13 +145,19 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     latents = sample_latents(parts, [entry for entry, _ in loaded])
     text = text_for(parts, batch, step=step, epoch=epoch)
     sched = parts.noise_scheduler
-    drawn = draw_noise(loss_plan.noise, latents, parts.generator, sched.config.num_train_timesteps)
-    noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
     objective = family_runtime(plan.model.family).objective
+    drawn = draw_noise(
+        loss_plan.noise,
+        latents,
+        parts.generator,
+        sched.config.num_train_timesteps,
+        timesteps=lambda batch, generator: objective.sample_timesteps(loss_plan, batch, generator, sched),
+    )
+    noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
     noisy = objective.add_noise(sched, latents, noised_with, timesteps)
     target = objective.target(sched, latents, noise, timesteps, loss_plan.target)  # the unperturbed noise
-    alphas = sched.alphas_cumprod.to(parts.device)
     if loss_plan.rollout is not None:  # scheduled sampling: some samples start from the model's own latents
+        alphas = sched.alphas_cumprod.to(parts.device)
         noisy, rolled = rolled_out(
             parts, loss_plan.rollout, latents, noised_with, timesteps, noisy, text, batch, step
         )
@@ -159,23 +169,10 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
         target = torch.where(
             is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch), target
         )
-    huber = loss_plan.huber
-    huber_c = (
-        losses.huber_threshold(huber.schedule, huber.c, huber.scale, timesteps, sched.alphas_cumprod)
-        if huber
-        else None
-    )
+    huber_c = objective.huber_threshold(loss_plan, sched, timesteps)
     elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta, huber_c)
     per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
-    weights = losses.timestep_weights(
-        alphas,
-        timesteps,
-        loss_plan.target,
-        min_snr_gamma=loss_plan.min_snr_gamma,
-        scale_v_like_epsilon=loss_plan.scale_v_like_epsilon,
-        v_pred_like_loss=loss_plan.v_pred_like_loss,
-        debiased_estimation=loss_plan.debiased_estimation,
-    )
+    weights = objective.weights(loss_plan, sched, timesteps)
     combine = losses.combine_per_sample if loss_plan.prior_reduction == "per_sample" else losses.combine_terms
     total, terms = combine(per_sample, is_prior, weights, loss_plan.prior_weight)
     return StepResult(loss=total, terms=terms, files=tuple(s.img.path for s in batch))
@@ -194,11 +191,16 @@ def rolled_out(parts: Parts, r, latents, noise, timesteps, noisy, text, batch, s
 
 
 def draw_noise(
-    n: NoisePlan, latents: torch.Tensor, generator: torch.Generator, num_train_timesteps: int
+    n: NoisePlan,
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    num_train_timesteps: int,
+    timesteps: Callable[[int, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noise, the noise the latents get, timesteps) on the CPU, all from the training generator, in kohya's
     order (train_util.get_noise_noisy_latents_and_timesteps): noise, offset, multi-resolution levels,
-    timesteps, input perturbation. Options that are off draw nothing, so their stream is a plain run's."""
+    timesteps (`timesteps(batch, generator)` when given), input perturbation. Options that are off draw
+    nothing, so their stream is a plain run's."""
     if n.max_timestep > num_train_timesteps:
         raise ValueError(
             f"loss.noise.max_timestep {n.max_timestep} is beyond the scheduler's "
@@ -216,8 +218,11 @@ def draw_noise(
         latents=means_of,
     )
     noise = losses.multires_noise(noise, n.multires_iterations, n.multires_discount, generator)
-    timesteps = losses.sample_timesteps(len(latents), n.min_timestep, n.max_timestep, generator)
-    return noise, losses.perturbed_noise(noise, n.ip_gamma, n.ip_random_strength, generator), timesteps
+    if timesteps is None:  # the DDPM draw; `timesteps` is the family objective's own (flow matching)
+        drawn = losses.sample_timesteps(len(latents), n.min_timestep, n.max_timestep, generator)
+    else:
+        drawn = timesteps(len(latents), generator)
+    return noise, losses.perturbed_noise(noise, n.ip_gamma, n.ip_random_strength, generator), drawn
 
 
 def _masks(masks: list, latents: torch.Tensor, device) -> torch.Tensor | None:

@@ -17,21 +17,26 @@ from typing import Any
 
 import torch
 import diffusers
+import transformers
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
-    UNet2DConditionModel,
+    FlowMatchEulerDiscreteScheduler,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
 from dbspec.families import family_spec
-from dbspec.builtin import TOKENIZER_MERGES, BuiltinModel, builtin_model, tokenizer_vocab
+from dbspec.builtin import TOKENIZER_MERGES, BuiltinModel, builtin_model, t5_vocab, tokenizer_vocab
 
 MARKER_FILE = "dbspec_builtin.json"  # written last into the temp folder: its presence means "complete"
 
-_SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "EulerDiscreteScheduler": EulerDiscreteScheduler}
+_SCHEDULERS = {
+    "DDPMScheduler": DDPMScheduler,
+    "EulerDiscreteScheduler": EulerDiscreteScheduler,
+    "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
+}
 
 
 def build_pipeline(name: str, seed: int = 0) -> DiffusionPipeline:
@@ -44,9 +49,11 @@ def build_pipeline(name: str, seed: int = 0) -> DiffusionPipeline:
         components = _build_components(model, seed)
     spec = family_spec(model.family)
     pipeline_class = getattr(diffusers, spec.pipeline_class)
-    if not spec.safety_checker:
+    if spec.watermarker:
         # No watermarker: it needs the optional invisible-watermark package and would alter samples.
         return pipeline_class(**components, add_watermarker=False)
+    if not spec.safety_checker:
+        return pipeline_class(**components)
     return pipeline_class(
         **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
@@ -62,19 +69,24 @@ def _seeded(seed: int, component: str) -> None:
 
 
 def _build_components(model: BuiltinModel, seed: int) -> dict[str, Any]:
-    _seeded(seed, "unet")
-    components: dict[str, Any] = {"unet": UNet2DConditionModel(**model.unet).eval()}
+    spec = family_spec(model.family)
+    _seeded(seed, spec.denoiser)
+    components: dict[str, Any] = {spec.denoiser: getattr(diffusers, spec.denoiser_class)(**model.unet).eval()}
     _seeded(seed, "vae")
     components["vae"] = AutoencoderKL(**model.vae).eval()
-    _seeded(seed, "text_encoder")
-    components["text_encoder"] = CLIPTextModel(CLIPTextConfig(**model.text_encoder)).eval()
-    components["tokenizer"] = build_tokenizer(model.tokenizer)
-    if model.text_encoder_2 is not None and model.tokenizer_2 is not None:
-        _seeded(seed, "text_encoder_2")
-        components["text_encoder_2"] = CLIPTextModelWithProjection(
-            CLIPTextConfig(**model.text_encoder_2)
-        ).eval()
-        components["tokenizer_2"] = build_tokenizer(model.tokenizer_2)
+    clips = [(model.text_encoder, model.tokenizer), (model.text_encoder_2, model.tokenizer_2)]
+    for encoder, (config, settings) in zip(spec.text_encoders, clips):
+        if config is None or settings is None:
+            continue
+        _seeded(seed, encoder.component)
+        clip_class = getattr(transformers, encoder.model_class)
+        components[encoder.component] = clip_class(CLIPTextConfig(**config)).eval()
+        components[encoder.tokenizer] = build_tokenizer(settings)
+    if model.text_encoder_3 is not None and model.tokenizer_3 is not None:
+        t5 = spec.text_encoders[-1]  # SD3's third text encoder, Flux's second
+        _seeded(seed, t5.component)
+        components[t5.component] = T5EncoderModel(T5Config(**model.text_encoder_3)).eval()
+        components[t5.tokenizer] = T5TokenizerFast(vocab=t5_vocab(), **model.tokenizer_3)
     scheduler_config = dict(model.scheduler)
     scheduler_class = _SCHEDULERS[scheduler_config.pop("_class_name")]
     components["scheduler"] = scheduler_class.from_config(scheduler_config)

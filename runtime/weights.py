@@ -91,7 +91,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         save_peft_adapters(folder, trained, dtype)
         return
     text = {name: m for name, m in trained.items() if name != "unet"}
-    save_full_weights(folder, trained.get("unet"), text, dtype)
+    denoiser = family_spec(plan.model.family).denoiser  # its folder: unet, or SD3's transformer
+    save_full_weights(folder, trained.get("unet"), text, dtype, denoiser=denoiser)
 
 
 def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:
@@ -125,13 +126,18 @@ def write_final(final: Path, pipeline, comps: Components, plan: Plan, ema=None) 
 
 # --- writers: diffusers and peft formats --------------------------------------------------------------------
 def save_full_weights(
-    folder: Path, unet: nn.Module | None, text_encoders: dict[str, nn.Module] | None, dtype: str | torch.dtype
+    folder: Path,
+    unet: nn.Module | None,
+    text_encoders: dict[str, nn.Module] | None,
+    dtype: str | torch.dtype,
+    *,
+    denoiser: str = "unet",
 ) -> None:
     """`save_pretrained` (safetensors) of each trained component into `folder/<name>/`, cast to `dtype`.
 
     Saving never needs a second copy of the model in accelerator memory; the live modules are untouched.
     """
-    components = {"unet": unet, **(text_encoders or {})}
+    components = {denoiser: unet, **(text_encoders or {})}
     for name, module in components.items():
         if module is not None:
             _cast_copy(module, to_dtype(dtype)).save_pretrained(Path(folder) / name, safe_serialization=True)
@@ -179,7 +185,7 @@ def save_lora_weights(
     for name, module in layers.items():
         if module is not None:
             kwargs[f"{name}_lora_layers"], kwargs[f"{name}_lora_adapter_metadata"] = _diffusers_lora_layers(
-                module, dtype
+                module, dtype, convert=not spec.lora_peft_keys
             )
     pipeline_class = getattr(diffusers, spec.pipeline_class)
     pipeline_class.save_lora_weights(Path(folder), safe_serialization=True, **kwargs)
@@ -187,7 +193,7 @@ def save_lora_weights(
 
 
 def _diffusers_lora_layers(
-    module: nn.Module, dtype: str | torch.dtype
+    module: nn.Module, dtype: str | torch.dtype, *, convert: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The adapter's weights in diffusers' key layout, cast to `dtype`, and its LoraConfig as a dict."""
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -201,7 +207,7 @@ def _diffusers_lora_layers(
     module, adapter = found
     state = get_peft_model_state_dict(module, adapter_name=adapter)
     cast = {key: value.detach().to("cpu", to_dtype(dtype)).contiguous() for key, value in state.items()}
-    return convert_state_dict_to_diffusers(cast), module.peft_config[adapter].to_dict()
+    return (convert_state_dict_to_diffusers(cast) if convert else cast), module.peft_config[adapter].to_dict()
 
 
 def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str | torch.dtype) -> list[Path]:

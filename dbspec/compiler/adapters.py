@@ -15,8 +15,10 @@ from dbspec.spec.model import LoraAdapter, LowRankAdapter
 _PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0}
 
 
-def adapter_plan(adapter, family: str, components) -> AdapterPlan:
-    """`components`: the plan's component precisions (those with trainable "lora" carry adapters)."""
+def adapter_plan(adapter, family: str, components, *, targets_given: bool = True) -> AdapterPlan:
+    """`components`: the plan's component precisions (those with trainable "lora" carry adapters). Unset
+    denoiser targets are the family's defaults (the spec's default names the UNet's attention projections;
+    SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
     conv = adapter.conv_rank > 0
@@ -44,7 +46,9 @@ def adapter_plan(adapter, family: str, components) -> AdapterPlan:
         kind=adapter.kind,
         rank=adapter.rank,
         alpha=adapter.alpha,
-        denoiser_targets=tuple(adapter.denoiser_targets),
+        denoiser_targets=tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         conv_rank=adapter.conv_rank,
         conv_alpha=adapter.conv_alpha if conv else 0.0,

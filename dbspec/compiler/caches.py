@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 
+from dbspec.families import family_spec
 from dbspec.compiler.context import Context
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.plan.model import CachePlan, DatasetPlan, ModelPlan, PrecisionPlan
@@ -47,7 +48,15 @@ def _latent_key(sha: str, bucket, resized, crop, flip: bool, model_part: bytes) 
 def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
     # max_tokens joins the key only when it changes the embedding's shape: one-window keys stay as they were.
     windows = [model.max_tokens] if model.max_tokens != 75 else []
-    return _key([TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype, *windows])
+    # T5's length shapes the embeddings of families with T5 (SD3); the others' keys stay as they were.
+    t5 = [model.t5_max_length] if _has_t5(model.family) else []
+    return _key(
+        [TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype, *windows, *t5]
+    )
+
+
+def _has_t5(family: str) -> bool:
+    return any(e.tokenizer_class.startswith("T5") for e in family_spec(family).text_encoders)
 
 
 @attrs.define

@@ -18,7 +18,7 @@ from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_t
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
-from dbspec.compiler.models import plan_model
+from dbspec.compiler.models import check_exports, plan_model, sampler
 from dbspec.compiler.preview import plan_preview
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
@@ -84,6 +84,7 @@ def path_error(ctx: Context, exc: OSError) -> Diagnostic:
 
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
+    check_exports(ctx, model)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))
@@ -329,7 +330,12 @@ def _assemble(
     preview: PreviewPlan | None = None,
 ) -> Plan:
     spec = ctx.spec
-    adapter = adapter_plan(spec.adapter, model.family, precision.components)
+    adapter = adapter_plan(
+        spec.adapter,
+        model.family,
+        precision.components,
+        targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+    )
     if init[0]:
         adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
     o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
@@ -376,7 +382,7 @@ def _assemble(
             prompts=tuple(v.prompts),
             negative_prompt=v.negative_prompt,
             steps=schedule.validation_steps,
-            scheduler=v.scheduler,
+            scheduler=sampler(ctx, model, v.scheduler, ("validation", "scheduler")),
             inference_steps=v.steps,
             guidance=v.guidance,
             images_per_prompt=v.images_per_prompt,

@@ -20,6 +20,7 @@ from dbspec.compiler.groups import bucket_settings
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.compiler.unusable import report_unusable, sidecars
 from dbspec.plan.captions import fixed_caption
+from dbspec.compiler.models import sampler
 from dbspec.plan.model import CaptionPlan, DatasetPlan, FolderPlan, GeneratePlan, ImagePlan, ModelPlan
 from dbspec.spec.model import Dataset
 
@@ -99,6 +100,9 @@ def _plan_dataset(
     folder = ctx.resolve(d.path)
     placer = make_placer(ctx, i, d)
     generating = d.role == "class" and d.generate > 0
+    if generating:  # flow-matching families sample class images with their own scheduler
+        path = ("datasets", i, "generate_scheduler")
+        d = attrs.evolve(d, generate_scheduler=sampler(ctx, model, d.generate_scheduler, path))
     if generating and not folder.exists():
         scan = ScanResult(images=(), diagnostics=(), cache_hits=0, cache_misses=0)
     else:

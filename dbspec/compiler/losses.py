@@ -7,8 +7,9 @@ from typing import Literal
 import attrs
 
 from dbspec.compiler.context import Context
-from dbspec.compiler.rules import hit_to_diagnostic, loss_weights_fit_prediction
-from dbspec.plan.model import DatasetPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan, RolloutPlan
+from dbspec.families import family_spec
+from dbspec.compiler.rules import hit_to_diagnostic, loss_fits_objective, loss_weights_fit_prediction
+from dbspec.plan.model import DatasetPlan, FlowPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan, RolloutPlan
 from dbspec.spec.model import LowRankAdapter, Loss
 
 PSEUDO_HUBER = ("pseudo_huber", "smooth_l1")
@@ -22,8 +23,8 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
     target = model.prediction if model else "epsilon"
     if model and ctx.spec.model.prediction == "auto":  # an explicit prediction was checked by `dbspec check`
         detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, prediction=target))
-        hits = loss_weights_fit_prediction(detected, ctx.raw.given)
-        ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in hits]
+        for check in (loss_weights_fit_prediction, loss_fits_objective):
+            ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in check(detected, ctx.raw.given)]
     plan = LossPlan(
         kind=spec.kind,
         huber_delta=spec.huber_delta,
@@ -45,6 +46,7 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         formula="",
         teacher=teacher_components(ctx, prior),
         rollout=rollout_plan(ctx),
+        flow=flow_plan(spec, model.family) if model and target == "flow_matching" else None,
     )
     return attrs.evolve(plan, formula=formula(plan))
 
@@ -60,6 +62,20 @@ def rollout_plan(ctx: Context) -> RolloutPlan | None:
         ramp_steps=s.ramp_steps,
         sampler=s.sampler,
         extra_forwards=s.probability * s.max_step_offset / 2,
+    )
+
+
+def flow_plan(spec: Loss, family: str) -> FlowPlan:
+    """The flow-matching draw and weighting; the density parameters its density does not read settle to 0.
+    The training guidance is the family's (Flux.1 dev's guidance embedding)."""
+    return FlowPlan(
+        timesteps=spec.flow_timesteps,
+        logit_mean=spec.flow_logit_mean if spec.flow_timesteps == "logit_normal" else 0.0,
+        logit_std=spec.flow_logit_std if spec.flow_timesteps == "logit_normal" else 0.0,
+        mode_scale=spec.flow_mode_scale if spec.flow_timesteps == "mode" else 0.0,
+        weighting=spec.flow_weighting,
+        shift=spec.flow_shift,
+        guidance=family_spec(family).train_guidance,
     )
 
 
@@ -99,6 +115,8 @@ def _element(p: LossPlan) -> str:
 
 def timestep_weight(p: LossPlan) -> str:
     """The per-sample timestep weights, in kohya's order, e.g. `minsnr5(t)·debiased(t)·`."""
+    if p.flow is not None:
+        return {"none": "", "sigma_sqrt": "σ⁻²·", "cosmap": "cosmap(σ)·"}[p.flow.weighting]
     parts = [f"minsnr{p.min_snr_gamma:g}(t)" if p.min_snr_gamma > 0 else ""]
     parts.append("snr/(snr+1)" if p.scale_v_like_epsilon else "")
     parts.append(f"(1+{p.v_pred_like_loss:g}(snr+1)/snr)" if p.v_pred_like_loss > 0 else "")
@@ -107,8 +125,13 @@ def timestep_weight(p: LossPlan) -> str:
 
 
 def formula(p: LossPlan) -> str:
-    """E.g. `L = mean_inst[ minsnr5(t) * mse(v̂, v) * mask/area ] + 1 * mean_class[ mse(v̂, base(x_t)) ]`."""
-    y = "ε" if p.target == "epsilon" else "v"
+    """E.g. `L = mean_inst[ minsnr5(t) * mse(v̂, v) * mask/area ] + 1 * mean_class[ mse(v̂, base(x_t)) ]`;
+    flow matching adds its target and sigma draw."""
+    return _weighted(p) + _flow(p)
+
+
+def _weighted(p: LossPlan) -> str:
+    y = {"epsilon": "ε", "v_prediction": "v", "flow_matching": "u"}[p.target]
     elem = _element(p)
     weight = timestep_weight(p)
     mask = "·mask/area" if p.masked else ""
@@ -123,3 +146,8 @@ def formula(p: LossPlan) -> str:
             f"{p.prior_weight:g} for class samples, 1 for instance"
         )
     return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({y}̂, {prior_target}){mask} ]"
+
+
+def _flow(p: LossPlan) -> str:
+    """Flow matching's target (the noise row of the summary shows how σ is drawn)."""
+    return "" if p.flow is None else ", u = ε − x₀ at x_t = (1−σ)x₀ + σε"

@@ -36,7 +36,8 @@ QUANTIZED_BYTES = {"int8": 1.0 + 0.01, "fp8": 1.0 + 0.01, "int4": 0.5 + 0.04}
 # quanto quantises Linear and Conv2d weights only; token embeddings, norms and biases stay in the held dtype.
 # Shares from the real models: CLIP-L token embedding 37.9M of 123.1M (31%), OpenCLIP-bigG 63.2M of 694.7M
 # (9%), OpenCLIP-H (SD2) 50.6M of 340.4M (15%); UNet biases and norms < 1%.
-UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10}
+# T5-XXL (SD3's text_encoder_3): its shared embedding is 131.6M of 4762.3M (3%).
+UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10, "text_encoder_3": 0.03}
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq, fp32
     "adamw8bit": 2,  # bitsandbytes blockwise 8-bit moments (tensors < 4096 elements keep 8 bytes)

@@ -36,8 +36,8 @@ __all__ = ["ModelFacts", "ModelFileError", "hub_cache_dir", "inspect_model"]
 
 Source = Literal["diffusers", "single_file", "ckpt", "hub"]
 Family = Literal[ModelFamily, "unknown"]  # the registry's families, or not recognised
-Prediction = Literal["epsilon", "v_prediction", "unknown"]
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+Prediction = Literal["epsilon", "v_prediction", "flow_matching", "unknown"]
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")  # "unet": the denoiser
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -112,11 +112,15 @@ def _inspect_diffusers(base: str, root: Path, *, source: Source, notes: tuple[st
         read_json_object(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
     )
     family, family_notes = _family_from_unet_config(unet_config)
+    transformer = _transformer_family(root) if unet_config is None else None
+    if transformer is not None:
+        family, family_notes = transformer, ()
+    folders = {"unet": FAMILIES[family].denoiser} if family in FAMILIES else {}
     prediction, prediction_notes = _prediction_from_scheduler(root / "scheduler" / "scheduler_config.json")
     params, dtypes, ids, variants, weight_notes = {}, {}, {}, set(), []
-    for name in (c for c in COMPONENTS if _declared(index, c)):
-        weights = _component_weights(root / name)
-        config = root / name / "config.json"
+    for name in (c for c in COMPONENTS if _declared(index, folders.get(c, c))):
+        weights = _component_weights(root / folders.get(name, name))
+        config = root / folders.get(name, name) / "config.json"
         ids[name] = _identity([config] if config.is_file() else [], weights.files if weights else ())
         if weights is None:
             weight_notes.append(f"{name}: no weight files in {root / name}")
@@ -145,6 +149,19 @@ def _declared(index: dict, component: str) -> bool:
     return isinstance(entry, list) and len(entry) == 2 and None not in entry
 
 
+def _transformer_family(root: Path) -> Family | None:
+    """A family whose denoiser is not a UNet (SD3's transformer), by its folder's config class."""
+    for f in FAMILIES.values():
+        config = root / f.denoiser / "config.json"
+        if (
+            f.denoiser != "unet"
+            and config.is_file()
+            and read_json_object(config).get("_class_name") == f.denoiser_class
+        ):
+            return f.name
+    return None
+
+
 def _family_from_unet_config(config: dict | None) -> tuple[Family, tuple[str, ...]]:
     if config is None:
         return "unknown", ("unet/config.json is missing; set [model] family",)
@@ -169,9 +186,10 @@ def _family_from_unet_config(config: dict | None) -> tuple[Family, tuple[str, ..
 def _prediction_from_scheduler(path: Path) -> tuple[Prediction, tuple[str, ...]]:
     if not path.is_file():
         return "unknown", (f"{path.parent.name}/{path.name} is missing; set [model] prediction",)
-    value = read_json_object(path).get(
-        "prediction_type", "epsilon"
-    )  # diffusers schedulers default to epsilon
+    config = read_json_object(path)
+    if str(config.get("_class_name", "")).startswith("FlowMatch"):
+        return "flow_matching", ()  # flow-matching schedulers have no prediction_type
+    value = config.get("prediction_type", "epsilon")  # diffusers schedulers default to epsilon
     if value in ("epsilon", "v_prediction"):
         return value, ()
     return "unknown", (f"scheduler prediction_type {value!r} is not supported; set [model] prediction",)
@@ -248,6 +266,12 @@ def _single_file_family(tensors: dict[str, TensorInfo]) -> tuple[Family, tuple[s
         return "unknown", (
             f"no {_UNET}* tensors: not a Stable Diffusion checkpoint (a LoRA or a lone component?)",
         )
+    marked = next(
+        (f.name for f in FAMILIES.values() if f.single_file_marker and _has(tensors, f.single_file_marker)),
+        None,
+    )
+    if marked is not None:
+        return marked, ()
     notes: tuple[str, ...] = ()
     inpaint = tensors.get(_UNET + "input_blocks.0.0.weight")
     if inpaint is not None and len(inpaint.shape) == 4 and inpaint.shape[1] == 9:

@@ -73,6 +73,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         allow_pickle=m.allow_pickle,
         clip_skip=m.clip_skip,
         max_tokens=m.max_tokens,
+        t5_max_length=m.t5_max_length,
         identity=identity,
         vae_identity=vae_identity,
         text_identity=text_identity,
@@ -137,6 +138,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         allow_pickle=False,
         clip_skip=m.clip_skip,
         max_tokens=m.max_tokens,
+        t5_max_length=m.t5_max_length,
         identity=b.identity,
         vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
         text_identity=f"{b.identity}/text",
@@ -172,6 +174,10 @@ def _family(ctx: Context, facts: ModelFacts) -> str | None:
 
 def _prediction(ctx: Context, facts: ModelFacts, family: str | None) -> str | None:
     stated = ctx.spec.model.prediction
+    if family is not None and not _fits_objective(ctx, family, stated):
+        return None
+    if family is not None and family_spec(family).objective == "flow":
+        return "flow_matching"  # the family's objective; DDPM scheduler configs say nothing about it
     if stated != "auto":
         return stated
     if facts.prediction != "unknown":
@@ -187,6 +193,69 @@ def _prediction(ctx: Context, facts: ModelFacts, family: str | None) -> str | No
         help='set model.prediction = "epsilon" or "v_prediction" (SD 2.x 768 px models use v_prediction)',
     )
     return None
+
+
+def _fits_objective(ctx: Context, family: str, stated: str) -> bool:
+    """model.prediction fits the family's objective (DBS380): flow_matching for flow families only."""
+    flow = family_spec(family).objective == "flow"
+    if stated == "auto" or (stated == "flow_matching") == flow:
+        return True
+    ctx.report(
+        "DBS380",
+        "error",
+        f'model.prediction is "{stated}" but {family_spec(family).title} models are trained by '
+        + ("flow matching" if flow else "DDPM (epsilon or v_prediction)"),
+        ("model", "prediction"),
+        help="remove model.prediction (auto picks the family's)",
+    )
+    return False
+
+
+def sampler(ctx: Context, model: ModelPlan | None, value: str, path: tuple) -> str:
+    """The sampling scheduler a validation or class-image plan uses: flow-matching families sample with
+    flow_euler (picked when unset), the others with a DDPM-family scheduler (DBS382)."""
+    if model is None:
+        return value
+    flow = family_spec(model.family).objective == "flow"
+    if flow and value != "flow_euler" and not ctx.raw.given(path):
+        return "flow_euler"
+    if flow != (value == "flow_euler"):
+        ctx.report(
+            "DBS382",
+            "error",
+            f'{".".join(map(str, path))} is "{value}", a '
+            + ("DDPM scheduler; the model is trained by flow matching" if flow else "flow-matching scheduler")
+            + ("" if flow else f"; {family_spec(model.family).title} models are DDPM models"),
+            path,
+            help="remove the option to use the family's scheduler",
+        )
+    return value
+
+
+def check_exports(ctx: Context, model: ModelPlan | None) -> None:
+    """checkpoints.exports the family has no writer for (DBS381); prompts longer than one CLIP window on a
+    family that encodes one (DBS383)."""
+    if model is None:
+        return
+    spec = family_spec(model.family)
+    if model.max_tokens > 75 and not spec.long_prompts:
+        ctx.report(
+            "DBS383",
+            "error",
+            f"model.max_tokens is {model.max_tokens}, but {spec.title} prompts are encoded as one CLIP "
+            "window (and T5 tokens, model.t5_max_length)",
+            ("model", "max_tokens"),
+            help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
+        )
+    for i, fmt in enumerate(ctx.spec.checkpoints.exports):
+        if fmt not in spec.extra_exports:
+            ctx.report(
+                "DBS381",
+                "error",
+                f'checkpoints.exports has "{fmt}", which dbspec does not write for {spec.title} models',
+                ("checkpoints", "exports", i),
+                help="remove it: the diffusers folder (or diffusers LoRA file) is always written",
+            )
 
 
 def _config(ctx: Context) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbspec.compiler.context import Context
-from dbspec.families import family_spec
+from dbspec.families import trainable_text_encoders, family_spec
 from dbspec.plan.model import ComponentPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import LowRankAdapter
 
@@ -114,7 +114,11 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         )
 
     parts = [component("unet", spec.train.denoiser, p.quantize_denoiser)]
-    parts += [component(n, text_encoder_trains(spec, n), p.quantize_text_encoder) for n in text_parts]
+    trainable = trainable_text_encoders(model.family) if model else text_parts  # SD3's T5 never trains
+    parts += [
+        component(n, text_encoder_trains(spec, n) and n in trainable, p.quantize_text_encoder)
+        for n in text_parts
+    ]
     parts.append(
         ComponentPlan(name="vae", dtype=p.vae_dtype, trainable="frozen", params=params.get("vae", 0))
     )

@@ -849,7 +849,7 @@ def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
     """Loss weights that the model's prediction type makes meaningless (kohya refuses the first two). Silent
     for prediction = "auto": the compiler runs it again on the spec with the detected prediction."""
     loss, prediction = spec.loss, spec.model.prediction
-    if prediction == "auto":
+    if prediction in ("auto", "flow_matching"):  # flow matching: loss_fits_objective
         return
     if loss.scale_v_pred_loss_like_noise_pred and prediction != "v_prediction":
         yield _err(
@@ -880,6 +880,71 @@ def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:
                     "on an epsilon model (an infinite loss)",
                     "use a v_prediction model, or loss.max_timestep = 999",
                 )
+
+
+# --- flow matching (SD3) ------------------------------------------------------------------------------------
+_DDPM_ONLY = (  # (loss option, whether the spec turns it on)
+    ("min_snr_gamma", lambda loss: loss.min_snr_gamma > 0),
+    ("zero_terminal_snr", lambda loss: loss.zero_terminal_snr),
+    ("debiased_estimation", lambda loss: loss.debiased_estimation),
+    ("scale_v_pred_loss_like_noise_pred", lambda loss: loss.scale_v_pred_loss_like_noise_pred),
+    ("v_pred_like_loss", lambda loss: loss.v_pred_like_loss > 0),
+    ("noise_offset", lambda loss: loss.noise_offset > 0),
+    ("min_timestep", lambda loss: loss.min_timestep != 0),
+    ("max_timestep", lambda loss: loss.max_timestep != 1000),
+    ("kind", lambda loss: loss.kind in ("pseudo_huber", "smooth_l1")),
+)
+FLOW_OPTIONS = (
+    "flow_timesteps",
+    "flow_logit_mean",
+    "flow_logit_std",
+    "flow_mode_scale",
+    "flow_weighting",
+    "flow_shift",
+)
+
+
+@rule("spec")
+def loss_fits_objective(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DDPM-only options on a flow-matching model (errors), flow options on a DDPM model (inert: warnings).
+    Silent for prediction = "auto": the compiler runs it again with the detected prediction."""
+    loss, prediction = spec.loss, spec.model.prediction
+    if prediction == "auto":
+        return
+    if prediction == "flow_matching":
+        for key, on in _DDPM_ONLY:
+            if on(loss):
+                yield _err(
+                    "DBS230",
+                    ("loss", key),
+                    f"loss.{key} = {_shown(getattr(loss, key))} reads the DDPM noise schedule; the model is "
+                    "trained by flow matching",
+                    codes.help("DBS230"),
+                )
+        rollout = spec.scheduled_sampling
+        if rollout.max_step_offset and rollout.probability:
+            yield _err(
+                "DBS230",
+                ("scheduled_sampling", "max_step_offset"),
+                f"scheduled_sampling.max_step_offset = {rollout.max_step_offset} rolls out with the DDPM "
+                "samplers and targets; the model is trained by flow matching",
+                "set scheduled_sampling.max_step_offset = 0",
+            )
+        return
+    for key in FLOW_OPTIONS:
+        if given(("loss", key)):
+            yield _warn(
+                "DBS231",
+                ("loss", key),
+                f"loss.{key} only applies to flow-matching models; this one predicts {prediction}",
+                codes.help("DBS231"),
+            )
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else f"{value:g}"
 
 
 @rule("spec")

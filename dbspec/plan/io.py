@@ -82,6 +82,8 @@ LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
 LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
+        ("model", "t5_max_length"): 256,
+        ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,
         ("optimizer", "loraplus_denoiser_ratio"): 0.0,

@@ -57,7 +57,7 @@ class ModelPlan:
     path: str  # resolved absolute path; "" when a hub id is not in the local cache
     resolved: bool
     family: Family
-    prediction: Literal["epsilon", "v_prediction"]
+    prediction: Literal["epsilon", "v_prediction", "flow_matching"]
     revision: str
     config: str  # configs for a single-file base (resolved path or hub id); "" = diffusers' default
     vae: str  # replacement VAE (resolved path or hub id); "" keeps the base model's
@@ -70,6 +70,7 @@ class ModelPlan:
     variant: str = ""  # diffusers weight variant, e.g. "fp16"
     notes: tuple[str, ...] = ()
     max_tokens: int = 75  # prompt tokens: 75 = one CLIP window; 150/225 = 2/3 windows joined
+    t5_max_length: int = 256  # T5 tokens (families with a T5 text encoder: SD3)
 
 
 @frozen
@@ -155,7 +156,7 @@ class GeneratePlan:
     manifest_key: (
         str  # hash of (base model identity, prompt, resolution, sampling settings): a change regenerates
     )
-    scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"]
+    scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm", "flow_euler"]
     steps: int  # inference steps per image
     guidance: float
     batch_size: int  # images per pipeline call; the images do not depend on it (one generator per seed)
@@ -404,10 +405,23 @@ class RolloutPlan:
 
 
 @frozen
+class FlowPlan:
+    """Flow matching (SD3): how a step draws sigma and weights the loss (diffusers' SD3 training scripts)."""
+
+    timesteps: Literal["uniform", "logit_normal", "mode"]  # the density u of the timestep index
+    logit_mean: float  # logit_normal
+    logit_std: float  # logit_normal
+    mode_scale: float  # mode
+    weighting: Literal["none", "sigma_sqrt", "cosmap"]  # per-sample loss weight of sigma
+    shift: float  # the sigma shift of the scheduler; 0 keeps the model's scheduler config
+    guidance: float = 0.0  # the guidance a guidance-distilled denoiser is given in training (Flux.1 dev: 3.5)
+
+
+@frozen
 class LossPlan:
     kind: Literal["mse", "huber", "l1", "pseudo_huber", "smooth_l1"]
     huber_delta: float
-    target: Literal["epsilon", "v_prediction"]
+    target: Literal["epsilon", "v_prediction", "flow_matching"]
     min_snr_gamma: float
     noise_offset: float
     zero_terminal_snr: bool
@@ -426,6 +440,7 @@ class LossPlan:
     # their adapters off instead): decided here once, counted by the memory estimate, made by the runtime.
     teacher: tuple[Literal["unet"], ...]
     rollout: RolloutPlan | None = None  # scheduled sampling; None = off
+    flow: FlowPlan | None = None  # flow-matching families (prediction flow_matching); None for DDPM ones
 
 
 @frozen

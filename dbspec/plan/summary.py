@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.plan.model import CaptionPlan, GeneratePlan, NoisePlan, Plan, PreviewPlan, StepRange
+from dbspec.families import family_spec
+from dbspec.plan.model import CaptionPlan, FlowPlan, GeneratePlan, NoisePlan, Plan, PreviewPlan, StepRange
 
 
 def _gib(n: int) -> str:
@@ -51,6 +52,8 @@ def model_table(plan: Plan) -> Table:
     if m.clip_skip != 1 or m.max_tokens != 75:
         windows = f" ({m.max_tokens // 75} windows of 75, joined)" if m.max_tokens != 75 else ""
         lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
+    if any(e.tokenizer_class.startswith("T5") for e in family_spec(m.family).text_encoders):
+        lines.append(f"text: T5 reads {m.t5_max_length} tokens (model.t5_max_length)")
     t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
@@ -328,9 +331,10 @@ def adapter_rows(a) -> list[tuple[str, str]]:
     return rows
 
 
-def noise_summary(n: NoisePlan) -> str:
+def noise_summary(n: NoisePlan, flow: FlowPlan | None = None) -> str:
     """E.g.
-    `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`."""
+    `N(0,1) + 0.05 offset (random strength), multires 6×0.3; input perturbation 0.1; t in [0, 1000)`; flow
+    matching shows its sigma draw instead of the timestep range."""
     parts = ["N(0,1)"]
     if n.offset > 0:
         extras = [
@@ -348,7 +352,9 @@ def noise_summary(n: NoisePlan) -> str:
         parts.append(
             f"; input perturbation {n.ip_gamma:g}" + (" (random strength)" if n.ip_random_strength else "")
         )
-    if n.min_timestep == n.max_timestep:
+    if flow is not None:
+        parts.append(f"; {flow_draw(flow)}")
+    elif n.min_timestep == n.max_timestep:
         parts.append(f"; t = {n.max_timestep}")
     else:
         parts.append(f"; t in [{n.min_timestep}, {n.max_timestep})")
@@ -369,10 +375,20 @@ def rollout_summary(r) -> str:
     )
 
 
+def flow_draw(f: FlowPlan) -> str:
+    """How a flow-matching step draws sigma, e.g. `σ ~ logit_normal(0, 1), the model's shift`."""
+    density = {
+        "uniform": "uniform",
+        "logit_normal": f"logit_normal({f.logit_mean:g}, {f.logit_std:g})",
+        "mode": f"mode({f.mode_scale:g})",
+    }[f.timesteps]
+    return f"σ ~ {density}, " + (f"shift {f.shift:g}" if f.shift else "the model's shift")
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
-    t.add_row("noise", noise_summary(plan.loss.noise))
+    t.add_row("noise", noise_summary(plan.loss.noise, plan.loss.flow))
     if plan.loss.rollout is not None:
         t.add_row("rollout", rollout_summary(plan.loss.rollout))
     if plan.loss.prior == "base_model":

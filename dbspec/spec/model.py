@@ -18,7 +18,7 @@ from dbspec.spec.fields import option
 SPEC_VERSION = 2  # 2: the trained network is the denoiser (train.unet -> train.denoiser, ...)
 
 Family = Literal["auto", ModelFamily]  # the registry's families (dbspec/families.py), or detect
-Prediction = Literal["auto", "epsilon", "v_prediction"]
+Prediction = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
 Quantization = Literal["none", "int8", "int4", "fp8"]
 frozen = attrs.frozen(kw_only=True)
 
@@ -27,7 +27,8 @@ frozen = attrs.frozen(kw_only=True)
 class Model:
     base: str = option(
         doc="Base model: a hub id, a diffusers folder, a single-file .safetensors (or .ckpt) checkpoint, "
-        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl).",
+        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl, builtin:tiny-sd3, "
+        "builtin:tiny-flux).",
         example="runwayml/stable-diffusion-v1-5",
     )
     family: Family = option(
@@ -36,7 +37,8 @@ class Model:
     prediction: Prediction = option(
         "auto",
         doc="What the denoiser predicts; auto reads the scheduler config. SD2 768 px "
-        "models use v_prediction.",
+        "models use v_prediction; flow_matching is the objective of flow-matching families (SD3), "
+        "and theirs only.",
     )
     vae: str = option(
         "",
@@ -68,6 +70,14 @@ class Model:
         "3 windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
         "validation samples.",
     )
+    t5_max_length: int = option(
+        256,
+        doc="T5 tokens (SD3's third text encoder; StableDiffusion3Pipeline's max_sequence_length), in "
+        "training, text caches and validation samples; inert for families without T5.",
+        minimum=1,
+        maximum=512,
+        example=77,
+    )
 
 
 @frozen
@@ -98,7 +108,8 @@ def _alpha():
 def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        doc="Denoiser (UNet) module names (suffixes) that get adapters at `rank`.",
+        doc="Denoiser module names (suffixes) that get adapters at `rank`; unset, the family's: the UNet's "
+        "attention projections, and for SD3 also the joint attention's context projections (add_q_proj...).",
     )
 
 
@@ -414,9 +425,9 @@ class Dataset:
     )
     # Class-image sampling. Defaults follow diffusers' DreamBooth example (the pipeline's own defaults, a DDPM
     # scheduler); steps, guidance and scheduler change the images, so they are part of the manifest key.
-    generate_scheduler: Literal["ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
-        "ddpm", doc="Sampling scheduler for generated class images."
-    )
+    generate_scheduler: Literal[
+        "ddpm", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm", "flow_euler"
+    ] = option("ddpm", doc="Sampling scheduler for generated class images.")
     generate_steps: int = option(
         50, doc="Inference steps per generated class image.", minimum=1, maximum=1000
     )
@@ -669,6 +680,33 @@ class Loss:
         "(kohya); 0 turns it off.",
         minimum=0,
         example=0.1,
+    )
+    # Flow matching (SD3): diffusers' train_dreambooth_lora_sd3.py options, its one `weighting_scheme` split
+    # into the timestep density and the loss weighting.
+    flow_timesteps: Literal["uniform", "logit_normal", "mode"] = option(
+        "logit_normal",
+        doc="Flow-matching models: how sigma is drawn. uniform; logit_normal: sigmoid of N(flow_logit_mean, "
+        "flow_logit_std) (diffusers' SD3 default); mode: the SD3 paper's mode density with flow_mode_scale.",
+    )
+    flow_logit_mean: float = option(0.0, doc="Mean of the logit_normal flow timestep density.")
+    flow_logit_std: float = option(
+        1.0, doc="Standard deviation of the logit_normal flow timestep density.", exclusive_minimum=0
+    )
+    flow_mode_scale: float = option(
+        1.29, doc="Scale of the mode flow timestep density (SD3 paper).", minimum=-1, maximum=2
+    )
+    flow_weighting: Literal["none", "sigma_sqrt", "cosmap"] = option(
+        "none",
+        doc="Flow-matching models: per-sample loss weight of sigma. none; sigma_sqrt: sigma^-2; cosmap: "
+        "2 / (pi (1 - 2 sigma + 2 sigma^2)) (diffusers' compute_loss_weighting_for_sd3).",
+    )
+    flow_shift: float = option(
+        0.0,
+        doc="Flow-matching models: a fixed sigma shift, shift s / (1 + (shift - 1) s); 0 keeps the model's "
+        "scheduler config (SD3.5: 3.0; Flux's resolution-dependent config trains unshifted, as diffusers' "
+        "script).",
+        minimum=0,
+        example=3.0,
     )
 
 
@@ -1009,8 +1047,10 @@ class Validation:
         doc="Validate (sample the prompts, run [evaluation]) every N steps; 0 validates only at the end.",
         minimum=0,
     )
-    scheduler: Literal["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm"] = option(
-        "ddim", doc="Sampling scheduler (DDIM recommended by the HF DreamBooth study)."
+    scheduler: Literal["ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm", "flow_euler"] = option(
+        "ddim",
+        doc="Sampling scheduler (DDIM recommended by the HF DreamBooth study); flow-matching models (SD3) "
+        "sample with flow_euler, and the plan picks it for them.",
     )
     steps: int = option(50, doc="Inference steps (~100 helps noisy results).", minimum=1)
     guidance: float = option(7.5, doc="Classifier-free guidance scale.", minimum=0)

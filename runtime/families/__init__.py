@@ -4,7 +4,8 @@ The registry entry (`dbspec.families.FamilySpec`) holds what a family *is* as da
 what only code can say: how prompts become embeddings, what extra conditioning the denoiser takes, how it is
 called, how noise is added and what the loss regresses to, which pipeline samples it, and how its weights are
 exported. The entry's `runtime` field names the module (`dbspec.runtime.families.<runtime>`); the module's
-`runtime(spec)` returns the object. SD1 and SD2 share `sd` (they differ only in data); SDXL is `sdxl`.
+`runtime(spec)` returns the object. SD1 and SD2 share `sd` (they differ only in data); SDXL is `sdxl`; SD3 is
+`sd3`. The objectives: `ddpm` (the UNet families) and `flow` (flow matching: SD3).
 Nothing outside this package tests a family name: the loop, caches, sampling and exports ask `family_runtime`.
 """
 
@@ -20,14 +21,28 @@ from dbspec.families import FamilySpec, family_spec
 if TYPE_CHECKING:
     import torch
 
-    from dbspec.plan.model import Plan
+    from dbspec.plan.model import LossPlan, Plan
     from dbspec.runtime.models import Components
 
 
 class Objective(Protocol):
     """The noise process a family trains under: its scheduler, the noisy input, and the loss target."""
 
-    def noise_scheduler(self, config: dict, *, prediction: str, zero_terminal_snr: bool) -> Any: ...
+    def noise_scheduler(
+        self, config: dict, *, prediction: str, zero_terminal_snr: bool, flow=None
+    ) -> Any: ...
+
+    def sample_timesteps(self, loss: LossPlan, batch: int, generator, scheduler) -> torch.Tensor:
+        """A batch's training timesteps, drawn from `generator` (the run's: resume draws the same)."""
+        ...
+
+    def weights(self, loss: LossPlan, scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights (B,) of the timesteps (ones when no weighting is on)."""
+        ...
+
+    def huber_threshold(self, loss: LossPlan, scheduler, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """The pseudo-Huber c per sample, None unless the loss kind takes one."""
+        ...
 
     def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor): ...
 

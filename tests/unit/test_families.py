@@ -82,15 +82,16 @@ def test_registry_matches_the_type_and_the_tiny_models():
         assert model.pipeline_class == spec.pipeline_class
         assert model.vae_scaling_factor == spec.vae_scaling_factor
         assert model.latent_channels == spec.latent_channels
-        assert (model.text_encoder_2 is not None) == ("text_encoder_2" in spec.text_encoder_names)
+        clips = 1 + (model.text_encoder_2 is not None)
+        assert clips + (model.text_encoder_3 is not None) == len(spec.text_encoders)
         assert model.prediction == spec.prediction
-    assert families.ALL_TEXT_ENCODERS == ("text_encoder", "text_encoder_2")
+    assert families.ALL_TEXT_ENCODERS == ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def test_unknown_family_names_the_known_ones():
     try:
-        family_spec("sd3")
+        family_spec("sd9")
     except KeyError as exc:
-        assert "sd1, sd2, sdxl" in str(exc)
+        assert "sd1, sd2, sdxl, sd3, flux" in str(exc)
     else:
-        raise AssertionError("sd3 is not a family")
+        raise AssertionError("sd9 is not a family")

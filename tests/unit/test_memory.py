@@ -251,7 +251,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="unknown optimizer"):
         estimate(components=components, trainable_params={"unet": 1000}, optimizer="adam")
     with pytest.raises(ValueError, match="unknown model family"):
-        estimate(components=components, trainable_params={"unet": 1000}, family="flux")
+        estimate(components=components, trainable_params={"unet": 1000}, family="sd9")
 
 
 def test_trained_text_encoder_adds_its_share():

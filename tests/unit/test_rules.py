@@ -469,6 +469,21 @@ CASES = [
         "zero_terminal_snr = true\n",
     ),
     (
+        rules.loss_fits_objective,
+        'prediction = "flow_matching"\n' + DOG + STEPS + "[loss]\nmin_snr_gamma = 5.0\nnoise_offset = 0.05\n",
+        [
+            ("DBS230", "error", ("loss", "min_snr_gamma")),
+            ("DBS230", "error", ("loss", "noise_offset")),
+        ],
+        'prediction = "flow_matching"\n' + DOG + STEPS + '[loss]\nflow_weighting = "cosmap"\n',
+    ),
+    (
+        rules.loss_fits_objective,
+        'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nflow_shift = 3.0\n",
+        [("DBS231", "warning", ("loss", "flow_shift"))],
+        'prediction = "epsilon"\n' + DOG + STEPS,
+    ),
+    (
         rules.noise_options_fit,
         DOG + STEPS + "[loss]\nadaptive_noise_scale = 0.5\nmin_timestep = 600\nmax_timestep = 500\n",
         [

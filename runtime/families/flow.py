@@ -1,0 +1,109 @@
+"""The flow-matching (rectified-flow) objective of SD3 and Flux, as diffusers' training scripts train it.
+
+x_t = (1 - σ) x + σ ε and the model regresses the velocity ε - x (train_dreambooth_lora_sd3.py without
+`precondition_outputs`). σ comes from a density u in [0, 1) (uniform, logit-normal or the SD3 paper's "mode"
+density, diffusers' `compute_density_for_timestep_sampling`), looked up in the scheduler's shifted sigma table
+(SD3: the fixed `shift` of its scheduler config) or shifted by the image size (Flux's resolution-dependent
+shift, `flux_shift`). Per-sample loss weights: none, sigma_sqrt (σ^-2) or cosmap (diffusers'
+`compute_loss_weighting_for_sd3`). Every draw comes from the run's CPU generator, so a resumed run draws the
+same timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from dbspec.plan.model import FlowPlan, LossPlan
+
+
+def density(scheme: str, batch: int, generator: torch.Generator | None, *, logit_mean: float = 0.0,
+            logit_std: float = 1.0, mode_scale: float = 1.29) -> torch.Tensor:  # fmt: skip
+    """u in [0, 1) per sample: uniform, sigmoid(N(logit_mean, logit_std)), or the mode density
+    1 - u - s (cos²(πu/2) - 1 + u) of a uniform u (SD3 paper, section 3.1)."""
+    if scheme == "logit_normal":
+        return torch.sigmoid(torch.normal(logit_mean, logit_std, size=(batch,), generator=generator))
+    u = torch.rand((batch,), generator=generator)
+    if scheme == "mode":
+        return 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    if scheme != "uniform":
+        raise ValueError(f"unknown flow timestep sampling {scheme!r}")
+    return u
+
+
+def loss_weighting(scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss weights of σ: none (ones), sigma_sqrt (σ^-2), cosmap (2 / (π (1 - 2σ + 2σ²)))."""
+    if scheme == "sigma_sqrt":
+        return (sigmas**-2.0).float()
+    if scheme == "cosmap":
+        return 2 / (math.pi * (1 - 2 * sigmas + 2 * sigmas**2))
+    if scheme != "none":
+        raise ValueError(f"unknown flow loss weighting {scheme!r}")
+    return torch.ones_like(sigmas)
+
+
+def shifted(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's fixed shift: shift σ / (1 + (shift - 1) σ) (FlowMatchEulerDiscreteScheduler's table)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flux_mu(image_seq_len: int, *, base_seq_len: int = 256, max_seq_len: int = 4096,
+            base_shift: float = 0.5, max_shift: float = 1.15) -> float:  # fmt: skip
+    """Flux's shift exponent, linear in the number of latent patches (diffusers' `calculate_shift`)."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + base_shift - slope * base_seq_len
+
+
+def flux_shift(sigmas: torch.Tensor, image_seq_len: int, **kwargs: float) -> torch.Tensor:
+    """Flux's resolution-dependent shift: e^mu / (e^mu + (1/σ - 1)), mu = `flux_mu(image_seq_len)`."""
+    mu = flux_mu(image_seq_len, **kwargs)
+    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+
+
+class FlowMatchingObjective:
+    """The Objective of flow-matching families (runtime/families/__init__.py)."""
+
+    def noise_scheduler(
+        self, config: dict, *, prediction: str, zero_terminal_snr: bool, flow: FlowPlan | None = None
+    ):
+        """The model's scheduler; a plan shift other than 0 replaces the config's, as a fixed shift (a
+        dynamic-shifting config, Flux's, trains unshifted as diffusers' script does unless one is given)."""
+        overrides = (
+            {"shift": flow.shift, "use_dynamic_shifting": False} if flow is not None and flow.shift else {}
+        )
+        return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
+
+    def sample_timesteps(self, loss: LossPlan, batch: int, generator, scheduler) -> torch.Tensor:
+        """The scheduler's timesteps at u * num_train_timesteps (u from `density`), as diffusers' scripts."""
+        flow = loss.flow
+        u = density(
+            flow.timesteps,
+            batch,
+            generator,
+            logit_mean=flow.logit_mean,
+            logit_std=flow.logit_std,
+            mode_scale=flow.mode_scale,
+        )
+        indices = (u * scheduler.config.num_train_timesteps).long()
+        return scheduler.timesteps[indices]
+
+    def sigmas(self, scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+        """σ of each timestep from the scheduler's table (diffusers' `get_sigmas`), shape (B,)."""
+        table = scheduler.timesteps.to(timesteps.device)
+        indices = [int((table == t).nonzero().item()) for t in timesteps]
+        return scheduler.sigmas.to(timesteps.device, torch.float32)[indices]
+
+    def add_noise(self, scheduler, latents, noise, timesteps) -> torch.Tensor:
+        sigma = self.sigmas(scheduler, timesteps).view(-1, *[1] * (latents.ndim - 1)).to(latents.dtype)
+        return (1.0 - sigma) * latents + sigma * noise
+
+    def target(self, scheduler, latents, noise, timesteps, kind: str) -> torch.Tensor:
+        return noise.float() - latents.float()
+
+    def weights(self, loss: LossPlan, scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+        return loss_weighting(loss.flow.weighting, self.sigmas(scheduler, timesteps))
+
+    def huber_threshold(self, loss: LossPlan, scheduler, timesteps):
+        return None  # pseudo-Huber schedules read DDPM alphas: refused for flow matching (DBS230)

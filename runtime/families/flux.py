@@ -1,0 +1,87 @@
+"""Flux.1 (dev): an MM-DiT (FluxTransformer2DModel) over 2x2-packed latents, trained by flow matching as
+diffusers' train_dreambooth_lora_flux.py trains it:
+
+- text: T5-XXL's last hidden state over `model.t5_max_length` tokens (prompt_embeds) and CLIP-L's pooled
+  output (pooled_projections), as FluxPipeline.encode_prompt; text ids are zeros, image ids the latent grid.
+- the noisy latents (B, 16, H, W) are packed into (B, H/2 * W/2, 64) tokens, the timestep is sigma (t / 1000),
+  the guidance embedding gets the plan's training guidance (3.5), and the output is unpacked to (B, 16, H, W).
+"""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+from diffusers import FluxPipeline
+
+from dbspec.families import FamilySpec
+from dbspec.runtime.families.flow import FlowMatchingObjective
+from dbspec.runtime.families.sd3 import DiffusersOnlyExports, _t5
+
+
+class Flux:
+    own_prompt_encoding = True  # validation prompts go through encode_prompts (the plan's T5 length)
+
+    def __init__(self, spec: FamilySpec):
+        self.spec = spec
+        self.objective = FlowMatchingObjective()
+        self.exports = DiffusersOnlyExports(spec)
+        self.guidance = spec.train_guidance  # the plan's loss.flow.guidance is this family fact
+
+    def load(self, plan):
+        from dbspec.runtime.models import load_components
+
+        comps = load_components(plan)
+        comps.tokenizers[1].model_max_length = plan.model.t5_max_length  # read by encode_prompts
+        return comps
+
+    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+        """{"prompt_embeds": (B, T5 length, D_t5), "pooled": (B, D_clip)} (CLIP's pooled output; clip_skip
+        does not apply: Flux reads no CLIP hidden state)."""
+        clip, tokenizer = text_encoders[0], tokenizers[0]
+        ids = tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        pooled = clip(ids.to(device), output_hidden_states=False).pooler_output
+        t5 = _t5(text_encoders[1], tokenizers[1], prompts, tokenizers[1].model_max_length, device)
+        return {"prompt_embeds": t5, "pooled": pooled}
+
+    def conditioning(self, text, samples, device) -> dict:
+        return {"pooled_projections": text["pooled"]}
+
+    def predict(self, denoiser, noisy, timesteps, text, extra) -> torch.Tensor:
+        b, c, h, w = noisy.shape
+        embeds = text["prompt_embeds"]
+        image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
+        text_ids = torch.zeros(embeds.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+        guidance = (
+            torch.full((b,), self.guidance, device=noisy.device)
+            if getattr(
+                getattr(denoiser, "module", denoiser).config, "guidance_embeds", False
+            )  # DDP-wrapped too
+            else None
+        )
+        packed = denoiser(
+            hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w),
+            timestep=timesteps / 1000,
+            guidance=guidance,
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            **extra,
+        ).sample
+        return FluxPipeline._unpack_latents(packed, h, w, 1)  # (h, w) latent sides at scale 1: (B, C, h, w)
+
+    def pipeline_class(self) -> type:
+        return getattr(diffusers, self.spec.pipeline_class)
+
+    def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
+        # Flux dev is guidance-distilled: no negative prompt unless true CFG is asked for (it is not here).
+        return {"prompt_embeds": text["prompt_embeds"], "pooled_prompt_embeds": text["pooled"]}
+
+
+def runtime(spec: FamilySpec) -> Flux:
+    return Flux(spec)

@@ -1,0 +1,116 @@
+"""Stable Diffusion 3 / 3.5: an MM-DiT (SD3Transformer2DModel) trained by flow matching, conditioned on three
+text encoders the way StableDiffusion3Pipeline.encode_prompt joins them:
+
+- CLIP-L and CLIP-G (CLIPTextModelWithProjection): the penultimate hidden states (clip_skip 1 -> -2, as the
+  pipeline's clip_skip=None), concatenated on the feature axis and zero-padded to T5's width; their pooled
+  projections concatenated -> `pooled_projections`.
+- T5-XXL (T5EncoderModel): its last hidden state over `model.t5_max_length` tokens (padded to that length).
+- prompt_embeds = [CLIP (77 tokens) ; T5 (t5_max_length tokens)] on the token axis.
+"""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+
+from dbspec.families import FamilySpec
+from dbspec.runtime.families.flow import FlowMatchingObjective
+
+
+class DiffusersOnlyExports:
+    """SD3 writes the diffusers layouts only (the folder, or pytorch_lora_weights.safetensors, which
+    StableDiffusion3Pipeline.load_lora_weights loads); the compiler refuses other formats (DBS381)."""
+
+    def __init__(self, spec: FamilySpec):
+        self.spec = spec
+
+    def _refuse(self, what: str):
+        raise NotImplementedError(f"{self.spec.title} models have no {what} export (DBS381)")
+
+    def single_file_state(self, *, denoiser, vae, text_encoders, prediction, zero_terminal_snr) -> dict:
+        self._refuse("single_file")
+
+    def kohya_lora_state(self, *, denoiser, text_encoders, dtype) -> tuple[dict, dict[str, str]]:
+        self._refuse("kohya_lora")
+
+    def kohya_metadata(self, prediction: str) -> dict[str, str]:
+        self._refuse("kohya_lora")
+
+
+def _clip(
+    encoder, tokenizer, prompts: list[str], clip_skip: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    out = encoder(ids.to(device), output_hidden_states=True)
+    return out.hidden_states[-(clip_skip + 1)], out[0]
+
+
+def _t5(encoder, tokenizer, prompts: list[str], max_length: int, device) -> torch.Tensor:
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+    return encoder(ids.to(device))[0]
+
+
+class StableDiffusion3:
+    own_prompt_encoding = True  # validation prompts go through encode_prompts (T5 length, clip_skip)
+
+    def __init__(self, spec: FamilySpec):
+        self.spec = spec
+        self.objective = FlowMatchingObjective()
+        self.exports = DiffusersOnlyExports(spec)
+
+    def load(self, plan):
+        from dbspec.runtime.models import load_components
+
+        comps = load_components(plan)
+        # T5's sequence length is the plan's (model.t5_max_length); encode_prompts reads the tokenizer's.
+        comps.tokenizers[2].model_max_length = plan.model.t5_max_length
+        return comps
+
+    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+        """{"prompt_embeds": (B, 77 + T5 length, D_t5), "pooled": (B, D_l + D_g)}; one CLIP window
+        (the compiler refuses model.max_tokens beyond 75 for SD3)."""
+        clip_l, pooled_l = _clip(text_encoders[0], tokenizers[0], prompts, clip_skip, device)
+        clip_g, pooled_g = _clip(text_encoders[1], tokenizers[1], prompts, clip_skip, device)
+        t5 = _t5(text_encoders[2], tokenizers[2], prompts, tokenizers[2].model_max_length, device)
+        clip = torch.cat([clip_l, clip_g], dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return {
+            "prompt_embeds": torch.cat([clip.to(t5.dtype), t5], dim=-2),
+            "pooled": torch.cat([pooled_l, pooled_g], dim=-1),
+        }
+
+    def conditioning(self, text, samples, device) -> dict:
+        return {"pooled_projections": text["pooled"]}
+
+    def predict(self, denoiser, noisy, timesteps, text, extra) -> torch.Tensor:
+        return denoiser(
+            hidden_states=noisy, timestep=timesteps, encoder_hidden_states=text["prompt_embeds"], **extra
+        ).sample
+
+    def pipeline_class(self) -> type:
+        return getattr(diffusers, self.spec.pipeline_class)
+
+    def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
+        return {
+            "prompt_embeds": text["prompt_embeds"],
+            "pooled_prompt_embeds": text["pooled"],
+            "negative_prompt_embeds": negative["prompt_embeds"],
+            "negative_pooled_prompt_embeds": negative["pooled"],
+        }
+
+
+def runtime(spec: FamilySpec) -> StableDiffusion3:
+    return StableDiffusion3(spec)
