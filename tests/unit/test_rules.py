@@ -479,6 +479,12 @@ CASES = [
     ),
     (
         rules.loss_fits_objective,
+        'prediction = "flow_matching"\n' + DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\n",
+        [("DBS230", "error", ("scheduled_sampling", "max_step_offset"))],
+        'prediction = "flow_matching"\n' + DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 0\n",
+    ),
+    (
+        rules.loss_fits_objective,
         'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nflow_shift = 3.0\n",
         [("DBS231", "warning", ("loss", "flow_shift"))],
         'prediction = "epsilon"\n' + DOG + STEPS,
