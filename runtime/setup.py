@@ -30,6 +30,7 @@ from dbspec.runtime.blocks import block_param_groups
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
+from dbspec.runtime.tokens_ti import add_tokens
 
 
 @attrs.define(eq=False)
@@ -89,6 +90,11 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
         load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
+    tokens = (
+        add_tokens(plan, comps.text_encoders, comps.tokenizers, s.seed + 7)
+        if plan.pivotal is not None
+        else None
+    )
     with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
 
@@ -100,6 +106,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
     if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)
         groups = block_param_groups(groups, comps.unet, plan.adapter)
+    if tokens is not None:  # pivotal tuning: the new token rows, at their own rate
+        groups.append(tokens.group())
     optimizer = make_optimizer(groups, plan.optimizer)
     if plan.precision.stochastic_rounding:  # bf16 weights: updates in fp32, rounded stochastically to bf16
         optimizer = with_stochastic_rounding(optimizer, s.seed, device)
@@ -125,6 +133,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         generator=generator,
         text_trains=bool(text_params),
         teacher=teacher,
+        tokens=tokens,
     )
     run = Run(
         plan=plan,
@@ -134,7 +143,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         comps=comps,
         pipeline=pipeline,
         parts=parts,
-        params=unet_params + text_params,
+        params=unet_params + text_params + (tokens.params if tokens is not None else []),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         scaler=accelerator.scaler,
@@ -149,6 +158,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         resumed = None  # frees the CPU copy of the weights and optimizer state
     if s.text_encoder_stop_step and run.step >= s.text_encoder_stop_step:
         freeze_text_encoders(run)
+    if tokens is not None and plan.pivotal.stop_step and run.step >= plan.pivotal.stop_step:
+        tokens.stop()
     set_train_mode(comps, plan)
     return run
 
