@@ -723,9 +723,10 @@ instance images; no validation prompt contains it, so those metrics have no imag
         ERROR,
         "Pivotal tuning with a text encoder that trains",
         """\
-`pivotal.tokens` train new token embeddings in the text encoders' embedding matrices while `train.text_encoder`
-(or `train.text_encoder_2`) trains the text encoders themselves: the two would update the same matrix, as
-diffusers' advanced script refuses too. Train either the new tokens or the text encoders.""",
+`pivotal.tokens` train new token embeddings in the text encoders' embedding matrices while
+`train.text_encoder` (or `train.text_encoder_2`) trains the text encoders themselves: the two would update the
+same matrix. diffusers' advanced script refuses the pair too. Train either the new tokens or the text
+encoders.""",
         help="remove train.text_encoder / train.text_encoder_2, or pivotal.tokens",
     ),
     Code(

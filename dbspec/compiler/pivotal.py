@@ -7,8 +7,6 @@ from dbspec.compiler.context import Context
 from dbspec.families import family_spec
 from dbspec.plan.model import ModelPlan, PivotalPlan, PivotalTokenPlan
 
-CLIP_FAMILIES = ("sd1", "sd2", "sdxl")
-
 
 def added_tokens(token: str, vectors: int) -> tuple[str, ...]:
     """The tokenizer entries of a token of `vectors` vectors: `tok`, `tok_1` .. (diffusers' naming)."""
@@ -25,7 +23,8 @@ def plan_pivotal(ctx: Context, model: ModelPlan | None) -> PivotalPlan | None:
     p = ctx.spec.pivotal
     if not p.tokens or model is None:
         return None
-    if model.family not in CLIP_FAMILIES:
+    fam = family_spec(model.family)
+    if not all(e.tokenizer_class.startswith("CLIP") for e in fam.text_encoders):
         ctx.report(
             "DBS344",
             "error",
@@ -34,7 +33,6 @@ def plan_pivotal(ctx: Context, model: ModelPlan | None) -> PivotalPlan | None:
             help="remove [pivotal], or use an SD1, SD2 or SDXL base model",
         )
         return None
-    fam = family_spec(model.family)
     return PivotalPlan(
         tokens=tuple(PivotalTokenPlan(token=t, added=added_tokens(t, p.vectors)) for t in p.tokens),
         vectors=p.vectors,

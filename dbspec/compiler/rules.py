@@ -1208,7 +1208,7 @@ def _pivotal(spec: Spec, word: str) -> bool:
     return any(word.lower() == t.lower() or word.lower() in words(t) for t in spec.pivotal.tokens)
 
 
-# --- pivotal tuning (DBS280-DBS284) ----------------------------------------------------------------------------
+# --- pivotal tuning (DBS280-DBS284) -------------------------------------------------------------------------
 @rule("spec")
 def pivotal_with_text_encoder(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.pivotal.tokens and any_text_encoder_trains(spec):
@@ -1257,7 +1257,8 @@ def pivotal_token_unused(spec: Spec, given: Given) -> Iterator[Hit]:
             yield _warn(
                 "DBS282",
                 ("pivotal", "tokens", i),
-                f"pivotal token {token!r} is in no instance prompt ({prompts[0]!r}): its embedding never trains",
+                f"pivotal token {token!r} is in no instance prompt ({prompts[0]!r}): its embedding never "
+                "trains",
                 f'write it in the instance prompts, e.g. "a photo of {token} dog"',
             )
 

@@ -1197,13 +1197,14 @@ class Pivotal:
         factory=list,
         doc="Pivotal tuning (textual inversion + DreamBooth, diffusers' advanced_diffusion_training): new "
         "tokens added to every tokenizer and text encoder of the model, whose embeddings train together with "
-        "the denoiser; write them in the prompts (e.g. `a photo of <ohwx> dog`). Empty turns it off.",
+        "the denoiser; write them in the prompts (e.g. `a photo of <ohwx> dog`). Empty turns it off. The "
+        "embeddings train without weight decay, and captions with them bypass the text-embedding cache.",
         example=["<ohwx>"],
     )
     vectors: int = option(
         1,
-        doc="Embedding vectors per token: a token of N vectors is added as `tok`, `tok_1` .. `tok_{N-1}`, and "
-        "`tok` in a prompt stands for all N (as diffusers' load_textual_inversion does).",
+        doc="Embedding vectors per token: a token of N vectors is added as `tok`, `tok_1` .. `tok_{N-1}`, "
+        "and `tok` in a prompt stands for all N (as diffusers' load_textual_inversion does).",
         minimum=1,
         maximum=16,
     )
@@ -1217,8 +1218,8 @@ class Pivotal:
     )
     stop_step: int = option(
         0,
-        doc="The optimizer step after which the embeddings stop training (diffusers' train_text_encoder_ti_frac "
-        "as a step); 0: they train the whole run.",
+        doc="The optimizer step after which the embeddings stop training (diffusers' "
+        "train_text_encoder_ti_frac as a step); 0: they train the whole run.",
         minimum=0,
     )
 
