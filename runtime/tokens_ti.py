@@ -113,6 +113,7 @@ def add_tokens(plan: Plan, text_encoders: list, tokenizers: list, seed: int) -> 
             done.append(tok)
         new = torch.tensor(tok.convert_tokens_to_ids(names))
         enc.resize_token_embeddings(len(tok))
+        _fp32_rows(enc.get_input_embeddings())
         weight = enc.get_input_embeddings().weight
         with torch.no_grad():
             weight[new.to(weight.device)] = _initial(weight, tok, p, len(names), seed + i)
@@ -125,6 +126,16 @@ def add_tokens(plan: Plan, text_encoders: list, tokenizers: list, seed: int) -> 
         keep.append(mask)
         original.append(weight.detach().clone())
     return TokenTrainer(plan=p, embeddings=embeddings, ids=ids, keep=keep, original=original)
+
+
+def _fp32_rows(embedding: torch.nn.Module) -> None:
+    """A text encoder held in half precision keeps its embedding matrix in fp32 (small steps on the new rows
+    would round away in bf16/fp16) and hands the rest of the encoder its own dtype."""
+    dtype = embedding.weight.dtype
+    if dtype == torch.float32:
+        return
+    embedding.float()
+    embedding.register_forward_hook(lambda module, args, out: out.to(dtype))
 
 
 def _initial(weight: torch.Tensor, tok, p: PivotalPlan, count: int, seed: int) -> torch.Tensor:

@@ -114,3 +114,19 @@ def test_pivotal_resumes_bit_exact_across_its_stop_step(tmp_path):
         if f.parent.parent != Path(resumed.final)
     }
     assert torch.equal(saved[2], final) and not torch.equal(saved[1], final), sorted(saved)
+
+
+def test_a_half_precision_text_encoder_trains_the_token_rows_in_fp32(tmp_path):
+    plan = compile_spec(
+        _spec(tmp_path, "builtin:tiny-sd1", '[adapter]\nkind = "lora"\nrank = 2\n', steps=1, vectors=1),
+        ["precision.mixed=bf16"],
+    )
+    assert {c.name: c.dtype for c in plan.precision.components}["text_encoder"] == "bf16"
+    result = execute(plan, keep_models=True)
+    enc = result.components.text_encoders[0]
+    weight = enc.get_input_embeddings().weight
+    assert weight.dtype == torch.float32 and next(enc.encoder.parameters()).dtype == torch.bfloat16
+    row = weight.detach()[result.components.tokenizers[0].convert_tokens_to_ids("ohwx")]
+    init = build_pipeline("builtin:tiny-sd1").text_encoder.get_input_embeddings().weight.detach()
+    toy = init[result.components.tokenizers[0]("toy", add_special_tokens=False).input_ids[0]]
+    assert not torch.equal(row, toy.to(row.dtype))  # the step moved it
