@@ -186,3 +186,19 @@ def save_embeddings(folder: Path, plan: Plan, text_encoders: list, tokenizers: l
         )
         written.append(path)
     return written
+
+
+def load_embeddings(pipe, folder: Path, plan: Plan) -> None:
+    """Load the run's token files into a diffusers pipeline with its own loader, once per text encoder (as
+    diffusers documents for SDXL), so `dbspec sample` of an adapter run knows the tokens."""
+    from safetensors.torch import load_file
+
+    assert plan.pivotal is not None
+    pairs = [(pipe.text_encoder, pipe.tokenizer)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.text_encoder_2, pipe.tokenizer_2))
+    for t in plan.pivotal.tokens:
+        path = Path(folder) / "embeddings" / f"{file_name(t.token)}.safetensors"
+        state = load_file(str(path))
+        for key, (encoder, tokenizer) in zip(A1111_KEYS[len(pairs)], pairs):
+            pipe.load_textual_inversion(state[key], token=t.token, text_encoder=encoder, tokenizer=tokenizer)

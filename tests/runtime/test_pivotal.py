@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
+from dbspec.runtime.sample import SampleRequest, load_pipeline
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
 
@@ -68,6 +69,11 @@ def test_sd1_lora_trains_only_the_new_rows_and_the_export_loads_in_diffusers(tmp
     with torch.no_grad():
         loaded, _ = base.encode_prompt(PROMPT, "cpu", 1, False)
     assert torch.equal(loaded, _trained_embeds(result, plan))
+    # `dbspec sample` of the run loads the LoRA and the tokens: the same prompt embeddings again
+    sampled = load_pipeline(SampleRequest(source=Path(result.output), settings=plan.validation))
+    with torch.no_grad():
+        again, _ = sampled.encode_prompt(PROMPT, "cpu", 1, False)
+    assert torch.equal(again, _trained_embeds(result, plan))
 
 
 def test_sdxl_full_finetune_adds_the_tokens_to_both_encoders_and_exports_clip_l_and_clip_g(tmp_path):
