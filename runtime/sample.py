@@ -107,7 +107,7 @@ def load_pipeline(request: SampleRequest):
 
 
 def load_embeddings(pipe, source: Path, plan: Plan | None):
-    """Pivotal-tuning tokens of the run, from the embedding files beside its weights (runtime/tokens_ti.py)."""
+    """The run's pivotal-tuning tokens, from the embedding files beside its weights (tokens_ti.py)."""
     if plan is None or plan.pivotal is None or not source.is_dir():
         return pipe
     from dbspec.runtime.tokens_ti import load_embeddings as load
