@@ -150,7 +150,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         sampler=sampler,
         generator=generator,
         ema=ema,
-        prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device),
+        prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
     )
     if resumed is not None:
         resumed.restore(run)
@@ -173,7 +173,7 @@ def freeze_text_encoders(run: Run) -> None:
     run.parts.text_trains = False
 
 
-def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
+def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device, tokens=None):
     """Validation prompts beyond one CLIP window are encoded as in training (the pipeline would cut them at 77
     tokens), and every prompt of a family that encodes its own (SD3: the plan's T5 length); None for one
     window, where the pipeline encodes them itself."""
@@ -187,7 +187,7 @@ def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
             return family.encode_prompts(
                 comps.text_encoders,
                 comps.tokenizers,
-                [prompt],
+                tokens.expand([prompt]) if tokens is not None else [prompt],  # pivotal: tok -> tok tok_1 ..
                 clip_skip=model.clip_skip,
                 max_tokens=model.max_tokens,
                 device=device,
