@@ -719,6 +719,52 @@ CLIP-I and DINO compare the validation images of prompts that contain `evaluatio
 instance images; no validation prompt contains it, so those metrics have no image to score.""",
     ),
     Code(
+        "DBS280",
+        ERROR,
+        "Pivotal tuning with a text encoder that trains",
+        """\
+`pivotal.tokens` train new token embeddings in the text encoders' embedding matrices while
+`train.text_encoder` (or `train.text_encoder_2`) trains the text encoders themselves: the two would update the
+same matrix. diffusers' advanced script refuses the pair too. Train either the new tokens or the text
+encoders.""",
+        help="remove train.text_encoder / train.text_encoder_2, or pivotal.tokens",
+    ),
+    Code(
+        "DBS281",
+        ERROR,
+        "A pivotal token that cannot be added",
+        """\
+A `pivotal.tokens` entry is empty, holds whitespace, or repeats another one (a token of N vectors also adds
+`tok_1` .. `tok_{N-1}`, which must not collide with another token). Write each new token once, as one word,
+e.g. `<ohwx>`.""",
+    ),
+    Code(
+        "DBS282",
+        WARNING,
+        "A pivotal token no instance prompt contains",
+        """\
+Every instance dataset has a fixed `prompt`, and none contains this `pivotal.tokens` entry: its embedding
+never receives a gradient and stays at its initial value.""",
+        help='write the token in the instance prompts, e.g. "a photo of <ohwx> dog"',
+    ),
+    Code(
+        "DBS283",
+        WARNING,
+        "The pivotal stop step is not below the run",
+        """\
+`pivotal.stop_step` is not below the run's step count, so the embeddings train the whole run: the same as
+`stop_step = 0`.""",
+        help="use a stop step below the run's steps (diffusers' default stops at half the run), or 0",
+    ),
+    Code(
+        "DBS284",
+        WARNING,
+        "A pivotal option while pivotal tuning is off",
+        """\
+A `[pivotal]` key is set while `pivotal.tokens` is empty: no token is added, so the key changes nothing.""",
+        help="list the new tokens in pivotal.tokens, or remove this key",
+    ),
+    Code(
         "DBS285",
         WARNING,
         "A preview option that has no effect",
@@ -1025,6 +1071,15 @@ fp8 quantisation on a target below CUDA compute capability 8.9.""",
         "`adamw8bit` on a target without CUDA",
         """\
 `adamw8bit` on a target without CUDA.""",
+    ),
+    Code(
+        "DBS344",
+        ERROR,
+        "Pivotal tuning on a family without CLIP text encoders only",
+        """\
+Pivotal tuning adds tokens to CLIP tokenizers and text encoders (SD1, SD2 and SDXL, as diffusers' advanced
+script); families with a T5 encoder (SD3, Flux.1) are not supported.""",
+        help="remove [pivotal], or use an SD1, SD2 or SDXL base model",
     ),
     Code(
         "DBS350",

@@ -105,6 +105,8 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
             losses.append(step_loss)
             if step == s.text_encoder_stop_step:
                 freeze_text_encoders(run)
+            if run.parts.tokens is not None and step == run.plan.pivotal.stop_step:
+                run.parts.tokens.stop()
             lr = float(run.lr_scheduler.get_last_lr()[0])  # a tensor under AdafactorSchedule (RMS-scaled)
             log.write(
                 step,
@@ -184,6 +186,8 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
         torch.nn.utils.clip_grad_norm_(run.params, run.plan.optimizer.max_grad_norm)
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
+    if run.parts.tokens is not None and run.parts.tokens.active:
+        run.parts.tokens.after_step()  # pivotal tuning: only the new token rows change
     run.lr_scheduler.step()
     return step_loss, terms
 

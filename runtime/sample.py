@@ -92,16 +92,28 @@ def load_pipeline(request: SampleRequest):
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
         pipe.load_lora_weights(str(lora))
-        return pipe
+        return load_embeddings(pipe, source, plan)
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
-        return _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
+        pipe = _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
+        return load_embeddings(pipe, source, plan)
     if source.is_dir() and any((source / name / "config.json").exists() for name in _components()):
-        return _with_full_components(source, plan, request)  # a full fine-tune's checkpoint
+        pipe = _with_full_components(source, plan, request)  # a full fine-tune's checkpoint
+        return load_embeddings(pipe, source, plan)
     if source.suffix == ".safetensors":
         cls = _pipeline_class(_family(request, source))
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def load_embeddings(pipe, source: Path, plan: Plan | None):
+    """The run's pivotal-tuning tokens, from the embedding files beside its weights (tokens_ti.py)."""
+    if plan is None or plan.pivotal is None or not source.is_dir():
+        return pipe
+    from dbspec.runtime.tokens_ti import load_embeddings as load
+
+    load(pipe, source, plan)
+    return pipe
 
 
 def _components() -> set[str]:

@@ -30,6 +30,7 @@ from dbspec.runtime.blocks import block_param_groups
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
+from dbspec.runtime.tokens_ti import add_tokens
 
 
 @attrs.define(eq=False)
@@ -89,6 +90,11 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
         load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
+    tokens = (
+        add_tokens(plan, comps.text_encoders, comps.tokenizers, s.seed + 7)
+        if plan.pivotal is not None
+        else None
+    )
     with accelerator.main_process_first(), cache_progress(console) as progress:
         latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
 
@@ -100,6 +106,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
     if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)
         groups = block_param_groups(groups, comps.unet, plan.adapter)
+    if tokens is not None:  # pivotal tuning: the new token rows, at their own rate
+        groups.append(tokens.group())
     optimizer = make_optimizer(groups, plan.optimizer)
     if plan.precision.stochastic_rounding:  # bf16 weights: updates in fp32, rounded stochastically to bf16
         optimizer = with_stochastic_rounding(optimizer, s.seed, device)
@@ -125,6 +133,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         generator=generator,
         text_trains=bool(text_params),
         teacher=teacher,
+        tokens=tokens,
     )
     run = Run(
         plan=plan,
@@ -134,14 +143,14 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         comps=comps,
         pipeline=pipeline,
         parts=parts,
-        params=unet_params + text_params,
+        params=unet_params + text_params + (tokens.params if tokens is not None else []),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         scaler=accelerator.scaler,
         sampler=sampler,
         generator=generator,
         ema=ema,
-        prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device),
+        prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
     )
     if resumed is not None:
         resumed.restore(run)
@@ -149,6 +158,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         resumed = None  # frees the CPU copy of the weights and optimizer state
     if s.text_encoder_stop_step and run.step >= s.text_encoder_stop_step:
         freeze_text_encoders(run)
+    if tokens is not None and plan.pivotal.stop_step and run.step >= plan.pivotal.stop_step:
+        tokens.stop()
     set_train_mode(comps, plan)
     return run
 
@@ -162,7 +173,7 @@ def freeze_text_encoders(run: Run) -> None:
     run.parts.text_trains = False
 
 
-def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
+def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device, tokens=None):
     """Validation prompts beyond one CLIP window are encoded as in training (the pipeline would cut them at 77
     tokens), and every prompt of a family that encodes its own (SD3: the plan's T5 length); None for one
     window, where the pipeline encodes them itself."""
@@ -176,7 +187,7 @@ def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device):
             return family.encode_prompts(
                 comps.text_encoders,
                 comps.tokenizers,
-                [prompt],
+                tokens.expand([prompt]) if tokens is not None else [prompt],  # pivotal: tok -> tok tok_1 ..
                 clip_skip=model.clip_skip,
                 max_tokens=model.max_tokens,
                 device=device,

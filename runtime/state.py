@@ -13,6 +13,7 @@ import torch
 
 from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.tokens_ti import split_state
 from dbspec.runtime.weights import restore_trainable, trainable_state
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ class TrainState:
     def capture(cls, run: Run, step: int) -> TrainState:
         """The state of `run` after `step` optimizer steps."""
         return cls(
-            trainable=trainable_state(run.comps, run.plan),
+            trainable=trainable_state(run.comps, run.plan)
+            | (run.parts.tokens.state() if run.parts.tokens is not None else {}),
             optimizer=run.optimizer.state_dict(),
             lr_scheduler=run.lr_scheduler.state_dict(),
             scaler=run.scaler.state_dict() if run.scaler else None,
@@ -60,7 +62,10 @@ class TrainState:
 
     def restore(self, run: Run) -> None:
         """Put `run` back where it was when this state was captured (its step is `self.step`)."""
-        restore_trainable(run.comps, self.trainable)
+        weights, rows = split_state(self.trainable)
+        restore_trainable(run.comps, weights)
+        if run.parts.tokens is not None:
+            run.parts.tokens.restore(rows)
         run.optimizer.load_state_dict(self.optimizer)
         run.lr_scheduler.load_state_dict(self.lr_scheduler)
         if run.scaler is not None and self.scaler is not None:

@@ -36,6 +36,7 @@ class Parts:
     text_trains: bool = False  # switched off at the text encoder's stop step
     memo: dict = attrs.field(factory=dict)  # latent key -> posterior, read once from the cache
     teacher: torch.nn.Module | None = None  # frozen base UNet for a base-model prior in full fine-tunes
+    tokens: object = None  # pivotal tuning's TokenTrainer (runtime/tokens_ti.py), None without it
 
 
 @attrs.frozen
@@ -119,11 +120,15 @@ def text_for(
         entries = [_text_entry(parts, key) for _, key in captions]
         if all(e is not None for e in entries):
             return {k: torch.stack([e[k] for e in entries]).to(parts.device) for k in entries[0]}
-    with torch.set_grad_enabled(parts.text_trains):
+    texts = [text for text, _ in captions]
+    trains = parts.text_trains or (parts.tokens is not None and parts.tokens.active)
+    if parts.tokens is not None:
+        texts = parts.tokens.expand(texts)
+    with torch.set_grad_enabled(trains):
         return family_runtime(plan.model.family).encode_prompts(
             parts.text_encoders,
             parts.tokenizers,
-            [text for text, _ in captions],
+            texts,
             clip_skip=plan.model.clip_skip,
             max_tokens=plan.model.max_tokens,
             device=parts.device,

@@ -70,6 +70,10 @@ def save_weights(folder: Path, comps: Components, plan: Plan, ema=None) -> None:
         with ema.swap():
             _save_trained(folder / "ema", comps, plan)
     _save_trained(folder, comps, plan)
+    if plan.pivotal is not None:  # pivotal tuning: the new tokens as embedding files
+        from dbspec.runtime.tokens_ti import save_embeddings
+
+        save_embeddings(folder, plan, comps.text_encoders, comps.tokenizers)
 
 
 def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:

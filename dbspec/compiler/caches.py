@@ -15,6 +15,7 @@ import attrs
 
 from dbspec.families import family_spec
 from dbspec.compiler.context import Context
+from dbspec.compiler.pivotal import mentions_token
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.plan.model import CachePlan, DatasetPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import Dataset
@@ -69,6 +70,7 @@ class Keyer:
     vae_dtype: str
     text_dtype: str
     text_keys: dict = attrs.field(factory=dict)  # caption -> key: captions repeat, hash each once
+    trained_tokens: tuple[str, ...] = ()  # pivotal tokens: captions with one are never cached (they train)
     model_part: bytes = b""
 
     def __attrs_post_init__(self) -> None:
@@ -98,7 +100,8 @@ class Keyer:
     def keys_text(self, caption: str) -> str:
         assert self.model is not None
         if caption not in self.text_keys:
-            self.text_keys[caption] = text_key(caption, self.model, self.text_dtype)
+            trained = self.trained_tokens and mentions_token(caption, self.trained_tokens)
+            self.text_keys[caption] = "" if trained else text_key(caption, self.model, self.text_dtype)
         return self.text_keys[caption]
 
 
@@ -111,6 +114,7 @@ def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) 
         text=c.text_embeddings and not any_text_encoder_trains(ctx.spec),
         vae_dtype=dtype["vae"],
         text_dtype=dtype["text_encoder"],
+        trained_tokens=tuple(ctx.spec.pivotal.tokens),
     )
 
 
@@ -147,6 +151,11 @@ def plan_cache(
     text_on = c.text_embeddings and not any_text_encoder_trains(spec) and model is not None
     if c.text_embeddings and any_text_encoder_trains(spec):
         notes.append("text embeddings are not cached: the text encoder trains")
+    if text_on and spec.pivotal.tokens:
+        notes.append(
+            "text embeddings of captions with a pivotal token are not cached (the token embeddings train): "
+            f"{_token_captions(datasets, spec.pivotal.tokens)} caption(s) encoded at every step"
+        )
     notes += [
         f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"
         for d in datasets
@@ -171,3 +180,8 @@ def plan_cache(
         text_misses=len(keys["text"]) - hits["text"],
         notes=tuple(notes),
     )
+
+
+def _token_captions(datasets: tuple[DatasetPlan, ...], tokens) -> int:
+    """How many images' captions name a pivotal token (their text embeddings are computed every step)."""
+    return sum(1 for d in datasets for img in d.images if mentions_token(img.caption or "", tokens))

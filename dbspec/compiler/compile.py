@@ -10,6 +10,7 @@ from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_params, adapter_plan
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
+from dbspec.compiler.pivotal import plan_pivotal
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
 from dbspec.compiler.datasets import plan_datasets
@@ -105,6 +106,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         else None
     )
     preview = plan_preview(ctx, model)
+    pivotal = plan_pivotal(ctx, model)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None and evaluation is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -120,7 +122,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     plan = _assemble(
         ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init, preview
     )
-    plan = attrs.evolve(plan, evaluation=evaluation)
+    plan = attrs.evolve(plan, evaluation=evaluation, pivotal=pivotal)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 

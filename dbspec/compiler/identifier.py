@@ -35,6 +35,8 @@ def instance_identifiers(spec: Spec, explicit: str = "") -> list[tuple[int, str]
     found = []
     for i, d in enumerate(spec.datasets):
         if d.role == "instance" and d.prompt:
+            if explicit and explicit.lower() not in words(d.prompt):
+                continue  # the spec's identifier is not in this prompt: nothing of it to check
             identifier = prompt_identifier(d.prompt, class_prompts, explicit)
             if identifier:
                 found.append((i, identifier))

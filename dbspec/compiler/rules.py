@@ -1165,7 +1165,11 @@ def identifier_tokens(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     from dbspec.compiler.identifier import instance_identifiers
     from dbspec.compiler.tokens import TokenizerError, model_tokenizers
 
-    found = instance_identifiers(spec)
+    # One source of truth: `[evaluation] identifier` when given, and a trained pivotal token is no prior to
+    # warn about (its embedding is new and learns the subject).
+    found = [
+        (i, w) for i, w in instance_identifiers(spec, spec.evaluation.identifier) if not _pivotal(spec, w)
+    ]
     if not found:
         return
     try:
@@ -1195,6 +1199,95 @@ def identifier_tokens(spec: Spec, spec_file: Path) -> Iterator[Hit]:
                 f'dataset `{spec.datasets[i].name}`: identifier "{word}" has a strong prior: {meaning}',
                 f"pick a rare token (`dbspec tokens {base}`), or a descriptive word on purpose",
             )
+
+
+def _pivotal(spec: Spec, word: str) -> bool:
+    """Whether an identifier word is (part of) a pivotal token the run adds and trains."""
+    from dbspec.compiler.identifier import words
+
+    return any(word.lower() == t.lower() or word.lower() in words(t) for t in spec.pivotal.tokens)
+
+
+# --- pivotal tuning (DBS280-DBS284) -------------------------------------------------------------------------
+@rule("spec")
+def pivotal_with_text_encoder(spec: Spec, given: Given) -> Iterator[Hit]:
+    if spec.pivotal.tokens and any_text_encoder_trains(spec):
+        key = "text_encoder" if spec.train.text_encoder else "text_encoder_2"
+        yield _err(
+            "DBS280",
+            ("train", key),
+            f"train.{key} trains the text encoder while pivotal.tokens {list(spec.pivotal.tokens)} train new "
+            "rows of its embedding matrix",
+            codes.help("DBS280"),
+        )
+
+
+@rule("spec")
+def pivotal_tokens_valid(spec: Spec, given: Given) -> Iterator[Hit]:
+    from dbspec.compiler.pivotal import added_tokens
+
+    seen: set[str] = set()
+    for i, token in enumerate(spec.pivotal.tokens):
+        why = ""
+        if not token.strip():
+            why = "is empty"
+        elif any(c.isspace() for c in token):
+            why = "holds whitespace"
+        elif seen & set(added_tokens(token, spec.pivotal.vectors)):
+            why = "repeats another token (or one of its `_N` vector names)"
+        seen.update(added_tokens(token, spec.pivotal.vectors))
+        if why:
+            yield _err(
+                "DBS281",
+                ("pivotal", "tokens", i),
+                f"pivotal.tokens[{i}] {token!r} {why}",
+                'write each new token once, as one word, e.g. "<ohwx>"',
+            )
+
+
+@rule("spec")
+def pivotal_token_unused(spec: Spec, given: Given) -> Iterator[Hit]:
+    from dbspec.compiler.pivotal import mentions_token
+
+    prompts = [d.prompt for d in spec.datasets if d.role == "instance"]
+    if not prompts or not all(prompts):
+        return  # captions from files: not known before the datasets are read
+    for i, token in enumerate(spec.pivotal.tokens):
+        if token.strip() and not any(mentions_token(p, [token]) for p in prompts):
+            yield _warn(
+                "DBS282",
+                ("pivotal", "tokens", i),
+                f"pivotal token {token!r} is in no instance prompt ({prompts[0]!r}): its embedding never "
+                "trains",
+                f'write it in the instance prompts, e.g. "a photo of {token} dog"',
+            )
+
+
+@rule("spec")
+def pivotal_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    if spec.pivotal.tokens:
+        return
+    for key in ("vectors", "init_word", "lr", "stop_step"):
+        if given(("pivotal", key)):
+            yield _warn(
+                "DBS284",
+                ("pivotal", key),
+                f"pivotal.{key} has no effect: pivotal.tokens is empty (pivotal tuning is off)",
+                codes.help("DBS284"),
+            )
+
+
+@rule("plan")
+def pivotal_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    p = spec.pivotal
+    if p.tokens and p.stop_step and p.stop_step >= total_steps:
+        yield _warn(
+            "DBS283",
+            ("pivotal", "stop_step"),
+            f"pivotal.stop_step ({p.stop_step}) is not below the run's {total_steps} steps: the embeddings "
+            "train the whole run",
+            codes.help("DBS283"),
+        )
 
 
 # --- environment rules: they need the target ----------------------------------------------------------------

@@ -107,6 +107,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
+        ("pivotal",): None,  # pivotal tuning
         ("loss", "noise"): lambda run: {
             "offset": run["loss"]["noise_offset"],
             "offset_random_strength": False,

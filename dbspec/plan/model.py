@@ -627,6 +627,30 @@ class MemoryPlan:
 
 
 @frozen
+class PivotalTokenPlan:
+    """One new token of pivotal tuning: the token a prompt writes and the tokenizer entries it adds (itself,
+    then `tok_1` .. for more vectors, as diffusers' load_textual_inversion names them)."""
+
+    token: str
+    added: tuple[str, ...]
+
+
+@frozen
+class PivotalPlan:
+    """Pivotal tuning (`[pivotal]`): new tokens in every tokenizer and text encoder of the model; only their
+    embedding rows train (the other rows are put back after each optimizer step), in their own optimizer group
+    at `lr` (the run's LR schedule scales it), until `stop_step` (0: the whole run)."""
+
+    tokens: tuple[PivotalTokenPlan, ...]
+    vectors: int
+    init_word: str  # "" = random, N(0, std of the embedding matrix)
+    lr: float
+    stop_step: int
+    encoders: tuple[str, ...]  # the text encoders that get the tokens
+    params: int  # trained embedding values, all encoders together (the family's text widths)
+
+
+@frozen
 class Plan:
     plan_version: int
     dbspec_version: str
@@ -653,3 +677,4 @@ class Plan:
     warnings: tuple[str, ...] = ()  # rendered warnings from compiling
     groups: tuple[GroupPlan, ...] = ()  # () = one group (no [[groups]] in the spec)
     evaluation: EvaluationPlan = EvaluationPlan()  # off: no metric runs
+    pivotal: PivotalPlan | None = None  # pivotal tuning; None = off

@@ -385,12 +385,24 @@ def flow_draw(f: FlowPlan) -> str:
     return f"σ ~ {density}, " + (f"shift {f.shift:g}" if f.shift else "the model's shift")
 
 
+def pivotal_summary(p) -> str:
+    tokens = ", ".join(t.token for t in p.tokens)
+    init = f'from "{p.init_word}"' if p.init_word else "random init"
+    stop = f"until step {p.stop_step}" if p.stop_step else "the whole run"
+    return (
+        f"new tokens {tokens} ({p.vectors} vector(s) each, {init}) in {' + '.join(p.encoders)}: "
+        f"{p.params:,} embedding values at lr {p.lr:g}, {stop}; captions with them are encoded every step"
+    )
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
     t.add_row("noise", noise_summary(plan.loss.noise, plan.loss.flow))
     if plan.loss.rollout is not None:
         t.add_row("rollout", rollout_summary(plan.loss.rollout))
+    if plan.pivotal is not None:
+        t.add_row("pivotal", pivotal_summary(plan.pivotal))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
     for what, value in adapter_rows(plan.adapter):

@@ -1192,6 +1192,39 @@ class ScheduledSampling:
 
 
 @frozen
+class Pivotal:
+    tokens: list[str] = option(
+        factory=list,
+        doc="Pivotal tuning (textual inversion + DreamBooth, diffusers' advanced_diffusion_training): new "
+        "tokens added to every tokenizer and text encoder of the model, whose embeddings train together with "
+        "the denoiser; write them in the prompts (e.g. `a photo of <ohwx> dog`). Empty turns it off. The "
+        "embeddings train without weight decay, and captions with them bypass the text-embedding cache.",
+        example=["<ohwx>"],
+    )
+    vectors: int = option(
+        1,
+        doc="Embedding vectors per token: a token of N vectors is added as `tok`, `tok_1` .. `tok_{N-1}`, "
+        "and `tok` in a prompt stands for all N (as diffusers' load_textual_inversion does).",
+        minimum=1,
+        maximum=16,
+    )
+    init_word: str = option(
+        "",
+        doc="Initialise each new vector from this word's token embeddings (vector j from the word's token "
+        "j mod its token count); empty: random, N(0, std of the embedding matrix).",
+    )
+    lr: float = option(
+        5e-4, doc="Learning rate of the new embeddings (their own optimizer group).", minimum=0
+    )
+    stop_step: int = option(
+        0,
+        doc="The optimizer step after which the embeddings stop training (diffusers' "
+        "train_text_encoder_ti_frac as a step); 0: they train the whole run.",
+        minimum=0,
+    )
+
+
+@frozen
 class Output:
     dir: str = option(
         "output", doc="Output folder for checkpoints, samples and logs, relative to the spec file."
@@ -1239,6 +1272,9 @@ class Spec:
     scheduled_sampling: ScheduledSampling = option(
         factory=ScheduledSampling, doc="Scheduled sampling (rollout): training on the model's own samples."
     )
+    pivotal: Pivotal = option(
+        factory=Pivotal, doc="Pivotal tuning: new token embeddings trained with the denoiser."
+    )
     output: Output = option(factory=Output, doc="Where outputs go.")
     logging: Logging = option(factory=Logging, doc="Metrics logging.")
 
@@ -1264,6 +1300,7 @@ TABLE_CLASSES = (
     Evaluation,
     Ema,
     ScheduledSampling,
+    Pivotal,
     Output,
     Logging,
     Spec,

@@ -336,6 +336,19 @@ def test_sdxl_lora_int8_is_right(compiled: Compiled) -> None:
     assert plan.memory.fits and plan.memory.total < 16 * GIB  # the spec promises a 12-16 GB card
 
 
+def test_sdxl_pivotal_lora_is_right(compiled: Compiled) -> None:
+    plan, _ = compiled("sdxl-pivotal-lora.cuda")
+    p = plan.pivotal
+    assert p is not None and plan.model.family == "sdxl"
+    assert [(t.token, t.added) for t in p.tokens] == [("<ohwx>", ("<ohwx>", "<ohwx>_1"))]
+    assert (p.vectors, p.init_word, p.lr, p.stop_step) == (2, "toy", 3e-4, 400)
+    assert p.encoders == ("text_encoder", "text_encoder_2") and p.params == 2 * (768 + 1280)
+    # the instance caption names the token: its text embedding is computed every step, never cached
+    assert all(img.text_key == "" for img in plan.datasets[0].images)
+    assert plan.cache.text_misses == 0 and any("pivotal token" in n for n in plan.cache.notes)
+    assert components(plan)["text_encoder"] == ("bf16", "frozen", "none", False)  # rows train in fp32
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_memory_adds_up(name: str, compiled: Compiled) -> None:
     m = compiled(name)[0].memory

@@ -21,6 +21,7 @@ RECIPES = {
     ),  # adamw8bit needs CUDA
     "sd21-v-full.toml": ("sd2", []),
     "sdxl-lora-int8.toml": ("sdxl", ['model.vae=""']),  # the fp16-fixed VAE is a hub download
+    "sdxl-pivotal-lora.toml": ("sdxl", ["pivotal.stop_step=2"]),
 }
 
 

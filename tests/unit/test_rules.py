@@ -721,6 +721,40 @@ CASES = [
         + STEPS
         + '[validation]\nprompts = ["a dog"]\npreview_every = 10\nwebhook = "https://example.org/p"\n',
     ),
+    (
+        rules.pivotal_with_text_encoder,
+        DOG + STEPS + TE + '[pivotal]\ntokens = ["ohwx"]\n',
+        [("DBS280", "error", ("train", "text_encoder"))],
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx"]\n',
+    ),
+    (
+        rules.pivotal_tokens_valid,
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx", "o hwx", "", "ohwx_1"]\nvectors = 2\n',
+        [
+            ("DBS281", "error", ("pivotal", "tokens", 1)),
+            ("DBS281", "error", ("pivotal", "tokens", 2)),
+            ("DBS281", "error", ("pivotal", "tokens", 3)),
+        ],
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx", "zkw"]\nvectors = 2\n',
+    ),
+    (
+        rules.pivotal_token_unused,
+        DOG + STEPS + '[pivotal]\ntokens = ["<zkw>"]\n',
+        [("DBS282", "warning", ("pivotal", "tokens", 0))],
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx"]\n',
+    ),
+    (
+        rules.pivotal_options_inert,
+        DOG + STEPS + '[pivotal]\nvectors = 2\ninit_word = "dog"\n',
+        [("DBS284", "warning", ("pivotal", "vectors")), ("DBS284", "warning", ("pivotal", "init_word"))],
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx"]\nvectors = 2\ninit_word = "dog"\n',
+    ),
+    (
+        rules.pivotal_stop_beyond_run,
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx"]\nstop_step = 100\n',
+        [("DBS283", "warning", ("pivotal", "stop_step"))],
+        DOG + STEPS + '[pivotal]\ntokens = ["ohwx"]\nstop_step = 50\n',
+    ),
 ]
 
 
@@ -824,6 +858,7 @@ def test_every_rule_function_declares_a_phase():
         "warmup_stable_decay_lengths",
         "one_cycle_lengths",
         "scheduled_sampling_ramp_beyond_run",
+        "pivotal_stop_beyond_run",
     ]
 
 

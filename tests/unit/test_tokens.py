@@ -175,3 +175,38 @@ def test_a_word_of_one_tokenizer_only_warns_for_the_other(tmp_path):
 
 def test_no_tokenizer_to_read_is_silent(tmp_path):
     assert codes_for(tmp_path, "someone/not-cached-model", "sks") == []
+
+
+def test_the_evaluation_identifier_is_the_one_the_rule_checks(tmp_path):
+    """One source of truth: `[evaluation] identifier` names the word DBS295/DBS296 check, also when the
+    prompts alone would not settle it (no class prompt here)."""
+    body = (
+        'spec_version = 2\n[model]\nbase = "builtin:tiny-sdxl"\n'
+        '[[datasets]]\nname = "dog"\npath = "data/dog"\nprompt = "a photo of sks red dog"\n'
+        '[evaluation]\nidentifier = "sks"\n'
+    )
+    spec, problems = structure_spec(tomli.loads(body))
+    assert problems == []
+    assert [h.code for h in rules.identifier_tokens(spec, tmp_path / "spec.toml")] == ["DBS296"]
+    unset, _ = structure_spec(tomli.loads(body.replace('identifier = "sks"', "")))
+    assert (
+        list(rules.identifier_tokens(unset, tmp_path / "spec.toml")) == []
+    )  # not derivable: nothing checked
+    other, _ = structure_spec(tomli.loads(body.replace('identifier = "sks"', 'identifier = "zkw"')))
+    assert list(rules.identifier_tokens(other, tmp_path / "spec.toml")) == []  # not in the prompt
+
+
+def test_a_trained_pivotal_token_as_identifier_does_not_warn(tmp_path):
+    """A new token trained by pivotal tuning has no prior and is one token by construction: no DBS295/296."""
+    folder = model_folder(tmp_path / "m", TOKENIZER_MERGES + EXTRA, TOKENIZER_MERGES + EXTRA)
+    assert codes_for(tmp_path, str(folder), "sks") == ["DBS295", "DBS296"]
+    for token in ("sks", "<sks>"):
+        body = (
+            f'spec_version = 2\n[model]\nbase = "{folder}"\n'
+            f'[[datasets]]\nname = "dog"\npath = "data/dog"\nprompt = "a photo of {token} dog"\n'
+            '[[datasets]]\nname = "dogs"\nrole = "class"\npath = "data/dogs"\nprompt = "a photo of a dog"\n'
+            f'[pivotal]\ntokens = ["{token}"]\n'
+        )
+        spec, problems = structure_spec(tomli.loads(body))
+        assert problems == []
+        assert list(rules.identifier_tokens(spec, tmp_path / "spec.toml")) == [], token
