@@ -75,7 +75,8 @@ def flow_plan(spec: Loss, family: str) -> FlowPlan:
         mode_scale=spec.flow_mode_scale if spec.flow_timesteps == "mode" else 0.0,
         weighting=spec.flow_weighting,
         shift=spec.flow_shift,
-        guidance=spec.flow_guidance or family_spec(family).train_guidance,
+        # a model without a guidance embedding reads none (DBS232)
+        guidance=(spec.flow_guidance or own) if (own := family_spec(family).train_guidance) else 0.0,
     )
 
 
