@@ -114,3 +114,19 @@ def test_kohya_sd3_logit_normal_mean_is_negated_and_weighting_differs(tmp_path):
     # kohya: sigma = u; diffusers' table (dbspec): sigma = 1 - u; 1 - sigmoid(N(m, s)) is sigmoid(N(-m, s))
     assert (flow.timesteps, flow.logit_mean, flow.logit_std, flow.shift) == ("logit_normal", -0.5, 1.2, 1.0)
     assert fate(outcome, "weighting_scheme") == "differs"  # sigma^2 weighting has no dbspec equivalent
+
+
+def test_ddpm_loss_options_the_flow_scripts_never_read_are_ignored(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--model_prediction_type raw --min_snr_gamma 5 --noise_offset 0.05 --min_timestep 100",
+    )
+    plan = plan_of(outcome, tmp_path)  # no DBS230: nothing DDPM-only reaches the spec
+    assert plan.loss.min_snr_gamma == 0 and plan.loss.noise.offset == 0
+    assert {fate(outcome, k) for k in ("min_snr_gamma", "noise_offset", "min_timestep")} == {"inert"}
+    assert "DBS405" in {d.code for d in outcome.diagnostics}  # kohya ignores them too: a likely mistake
+
+
+def test_sd3_timestep_bounds_are_unsupported(tmp_path):
+    outcome = _sd3(tmp_path, "--weighting_scheme sigma_sqrt --min_timestep 100")
+    assert not outcome.written and fate(outcome, "min_timestep") == "unsupported"

@@ -19,7 +19,7 @@ from dbspec.convert.kohya.evaluation import map_validation
 from dbspec.convert.kohya.datasets import Layout, map_datasets
 from dbspec.convert.kohya.args import MINIMUM
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
-from dbspec.convert.kohya.flow import FLOW_SCRIPTS, map_flow_loss
+from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
@@ -163,7 +163,8 @@ def convert_kohya(
     map_learning_rates(a, script, text_encoder, conv)
     map_optimizer(a, conv)
     if layout is not None:
-        map_loss(a, script, layout.has_class, conv)
+        loss_args = flow_loss_args(a, script, conv) if script in FLOW_SCRIPTS else a
+        map_loss(loss_args, script, layout.has_class, conv)
     if script in FLOW_SCRIPTS:
         map_flow_loss(a, script, conv)
     map_precision(a, script, lora, conv)

@@ -21,6 +21,8 @@ How kohya draws sigma (read from its code, get_noisy_model_input_and_timesteps):
 
 from __future__ import annotations
 
+import attrs
+
 from dbspec.convert.common.core import Conversion, Legacy
 
 Args = dict[str, Legacy]
@@ -279,3 +281,48 @@ def _sd3_loss(a: Args, conv: Conversion) -> None:
         "kohya sd3_train_network.py sets sigma = floor(1000 u) / 1000 after the shift; dbspec shifts the "
         "scheduler's 1000-step table (the same draw up to rounding)"
     )
+
+
+# train_network.py options these scripts never read: they draw noise with randn_like and their
+# post_process_loss returns the loss unweighted (no Min-SNR or v-prediction terms).
+_NOT_READ = {
+    "min_snr_gamma": "their loss is not Min-SNR weighted (post_process_loss returns it as is)",
+    "scale_v_pred_loss_like_noise_pred": "their loss is not v-prediction scaled (post_process_loss)",
+    "v_pred_like_loss": "their loss has no v-prediction-like term (post_process_loss)",
+    "debiased_estimation_loss": "their loss is not debiased (post_process_loss)",
+    "noise_offset": "they draw noise with randn_like (no offset)",
+    "noise_offset_random_strength": "they draw noise with randn_like (no offset)",
+    "adaptive_noise_scale": "they draw noise with randn_like (no offset)",
+    "multires_noise_iterations": "they draw noise with randn_like (no pyramid noise)",
+    "multires_noise_discount": "they draw noise with randn_like (no pyramid noise)",
+    "zero_terminal_snr": "their flow-matching scheduler has no DDPM betas to rescale",
+}
+
+
+def flow_loss_args(a: Args, script: str, conv: Conversion) -> Args:
+    """The arguments train_network.py's loss mapping should see: those these scripts never read are reported
+    (ignored when given) and reset to their defaults."""
+    from dbspec.convert.kohya.args import arg_table  # args.py imports this module's tables
+
+    out, defaults = dict(a), arg_table(script)
+    reasons = dict(_NOT_READ)
+    if script == "flux_train_network":
+        for key in ("min_timestep", "max_timestep"):
+            reasons[key] = "flux_train_network.py's timestep draw does not read it"
+    else:
+        reasons["ip_noise_gamma"] = "sd3_train_network.py does not perturb the noisy input"
+        reasons["ip_noise_gamma_random_strength"] = reasons["ip_noise_gamma"]
+        for key in ("min_timestep", "max_timestep"):
+            if a[key].value is not None:
+                conv.unsupported(
+                    a[key], "sd3_train_network.py bounds the timestep draw; dbspec's flow draw has no bounds"
+                )
+    for key, why in reasons.items():
+        legacy = a[key]
+        if legacy.given and key not in conv.reports:
+            if legacy.value not in (None, False, 0, 0.0) and key != "multires_noise_discount":
+                conv.ignored(legacy, f"{script}.py does not read it: {why}")
+            else:
+                conv.inert(legacy, f"{script}.py does not read it")
+        out[key] = attrs.evolve(legacy, value=defaults[key].default, source="default")
+    return out
