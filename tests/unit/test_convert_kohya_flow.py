@@ -130,3 +130,17 @@ def test_ddpm_loss_options_the_flow_scripts_never_read_are_ignored(tmp_path):
 def test_sd3_timestep_bounds_are_unsupported(tmp_path):
     outcome = _sd3(tmp_path, "--weighting_scheme sigma_sqrt --min_timestep 100")
     assert not outcome.written and fate(outcome, "min_timestep") == "unsupported"
+
+
+def test_flux_samples_validate_with_flow_euler(tmp_path):
+    (tmp_path / "prompts.txt").write_text(
+        "a photo of ohwx dog on a beach --w 512 --h 512\n", encoding="utf-8"
+    )
+    outcome = _flux(
+        tmp_path,
+        "--model_prediction_type raw --sample_prompts prompts.txt --sample_every_n_steps 100 "
+        "--sample_sampler euler_a",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.validation.scheduler == "flow_euler" and plan.validation.steps.every == 100
+    assert fate(outcome, "sample_sampler") == "inert"  # kohya's Flux sampling ignores it (DBS405)
