@@ -17,7 +17,7 @@ from dbspec.convert.kohya.data import (
 )
 from dbspec.convert.kohya.evaluation import map_validation
 from dbspec.convert.kohya.datasets import Layout, map_datasets
-from dbspec.convert.kohya.args import MINIMUM
+from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.loss import map_loss
@@ -163,7 +163,7 @@ def convert_kohya(
     map_learning_rates(a, script, text_encoder, conv)
     map_optimizer(a, conv)
     if layout is not None:
-        loss_args = flow_loss_args(a, script, conv) if script in FLOW_SCRIPTS else a
+        loss_args = flow_loss_args(a, script, arg_table(script), conv) if script in FLOW_SCRIPTS else a
         map_loss(loss_args, script, layout.has_class, conv)
     if script in FLOW_SCRIPTS:
         map_flow_loss(a, script, conv)

@@ -299,12 +299,10 @@ _NOT_READ = {
 }
 
 
-def flow_loss_args(a: Args, script: str, conv: Conversion) -> Args:
+def flow_loss_args(a: Args, script: str, defaults: dict, conv: Conversion) -> Args:
     """The arguments train_network.py's loss mapping should see: those these scripts never read are reported
-    (ignored when given) and reset to their defaults."""
-    from dbspec.convert.kohya.args import arg_table  # args.py imports this module's tables
-
-    out, defaults = dict(a), arg_table(script)
+    (ignored when given) and reset to their defaults (`defaults`: the script's argument table)."""
+    out = dict(a)
     reasons = dict(_NOT_READ)
     if script == "flux_train_network":
         for key in ("min_timestep", "max_timestep"):
