@@ -67,8 +67,8 @@ def convert_kohya(
         Optional[str],
         typer.Option(
             "--script",
-            help="train_db, sdxl_train, train_network or "
-            "sdxl_train_network (when the command does not name it).",
+            help="train_db, sdxl_train, train_network, sdxl_train_network, flux_train_network or "
+            "sd3_train_network (when the command does not name it).",
         ),
     ] = None,
     cwd: CwdOption = None,
@@ -112,7 +112,8 @@ def convert_diffusers(
     fmt: FormatOption = "text",
 ) -> None:
     """diffusers train_dreambooth.py, train_dreambooth_lora.py, \
-train_dreambooth_lora_sdxl.py command lines."""
+train_dreambooth_lora_sdxl.py, train_dreambooth_lora_flux.py, train_dreambooth_lora_sd3.py, \
+train_dreambooth_sd3.py command lines."""
     from dbspec.convert.diffusers.convert import DiffusersRequest
     from dbspec.convert.diffusers.convert import convert_diffusers as run_diffusers
 

@@ -413,6 +413,15 @@ timesteps and ignore it.""",
         help="remove the option; it only applies to flow-matching models (SD3)",
     ),
     Code(
+        "DBS232",
+        WARNING,
+        "A training guidance for a model without a guidance embedding",
+        """\
+`loss.flow_guidance` on a flow-matching family whose denoiser has no guidance embedding (SD3): only
+guidance-distilled models (Flux.1 dev) are given a guidance value in training, so the option is inert.""",
+        help="remove loss.flow_guidance",
+    ),
+    Code(
         "DBS235",
         ERROR,
         "A loss weighting for the other prediction type",

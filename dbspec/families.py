@@ -100,6 +100,13 @@ class FamilySpec:
     # The guidance the denoiser is given while training (Flux.1 dev's guidance embedding: 3.5, as diffusers'
     # train_dreambooth_lora_flux.py); 0 for families without one.
     train_guidance: float = 0.0
+    # Hub models whose parameter counts differ from `public_params` (SD3.5 medium within the SD3 family): hub
+    # id -> the components that differ; the memory estimate of such a model not downloaded yet uses them.
+    hub_params: dict[str, dict[str, int]] = attrs.field(factory=dict)
+
+    def params_of(self, base: str) -> dict[str, int]:
+        """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
+        return {**self.public_params, **self.hub_params.get(base, {})}
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -303,6 +310,12 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_819_683,
         },
         lora_params_per_rank={"unet": 1_473_792, "text_encoder": 73_728, "text_encoder_2": 327_680},
+        # SD3.5 medium / SD3 medium: 24 MMDiT blocks of width 1536 (SD3.5 medium: 13 dual-attention blocks,
+        # counted from its transformer config on the meta device); the text encoders and VAE are large's.
+        hub_params={
+            "stabilityai/stable-diffusion-3.5-medium": {"unet": 2_243_171_520},
+            "stabilityai/stable-diffusion-3-medium-diffusers": {"unet": 2_028_328_000},
+        },
         # Not measured: an estimate scaled from SDXL by the transformer's tokens (2x2 patches) and width.
         activation_bytes_per_latent_pixel=(1_200_000, 120_000),
         # kohya's sd3_train_network.py; not verified against its metadata (dbspec writes no kohya SD3 files).

@@ -67,7 +67,7 @@ def rollout_plan(ctx: Context) -> RolloutPlan | None:
 
 def flow_plan(spec: Loss, family: str) -> FlowPlan:
     """The flow-matching draw and weighting; the density parameters its density does not read settle to 0.
-    The training guidance is the family's (Flux.1 dev's guidance embedding)."""
+    The training guidance is loss.flow_guidance, or the family's when 0 (Flux.1 dev's guidance embedding)."""
     return FlowPlan(
         timesteps=spec.flow_timesteps,
         logit_mean=spec.flow_logit_mean if spec.flow_timesteps == "logit_normal" else 0.0,
@@ -75,7 +75,8 @@ def flow_plan(spec: Loss, family: str) -> FlowPlan:
         mode_scale=spec.flow_mode_scale if spec.flow_timesteps == "mode" else 0.0,
         weighting=spec.flow_weighting,
         shift=spec.flow_shift,
-        guidance=family_spec(family).train_guidance,
+        # a model without a guidance embedding reads none (DBS232)
+        guidance=(spec.flow_guidance or own) if (own := family_spec(family).train_guidance) else 0.0,
     )
 
 

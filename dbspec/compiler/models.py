@@ -53,9 +53,11 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     identity = facts.identity or f"unresolved:{m.base}@{m.revision}"
     params, notes = dict(facts.params), facts.notes
     if not facts.resolved and not params and family in FAMILY_PARAMS:
-        params = dict(FAMILY_PARAMS[family])
+        own = m.base in family_spec(family).hub_params
+        params = family_spec(family).params_of(m.base)
         notes += (
-            f"parameter counts are those of the public {family} models (the weights are not downloaded)",
+            f"parameter counts are those of {m.base if own else f'the public {family} models'} (the weights "
+            "are not downloaded)",
         )
     text_parts = [part for e in family_spec(family).text_encoders for part in (e.component, e.tokenizer)]
     text_identity = "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in text_parts)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
+from dbspec.families import family_spec
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES
@@ -901,6 +902,7 @@ FLOW_OPTIONS = (
     "flow_mode_scale",
     "flow_weighting",
     "flow_shift",
+    "flow_guidance",
 )
 
 
@@ -939,6 +941,31 @@ def loss_fits_objective(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"loss.{key} only applies to flow-matching models; this one predicts {prediction}",
                 codes.help("DBS231"),
             )
+
+
+@rule("spec")
+def flow_guidance_without_embedding(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.flow_guidance on a flow-matching family without a guidance embedding (SD3): inert. Families
+    spelled out only; with family = "auto" the plan shows the guidance settled to 0."""
+    family = spec.model.family
+    if (
+        not given(("loss", "flow_guidance"))
+        or family == "auto"
+        or spec.model.prediction
+        not in (
+            "flow_matching",
+            "auto",
+        )
+    ):
+        return
+    if family_spec(family).objective == "flow" and not family_spec(family).train_guidance:
+        yield _warn(
+            "DBS232",
+            ("loss", "flow_guidance"),
+            f"loss.flow_guidance = {spec.loss.flow_guidance:g} is inert: {family_spec(family).title} has no "
+            "guidance embedding (only guidance-distilled models such as Flux.1 dev read it)",
+            codes.help("DBS232"),
+        )
 
 
 def _shown(value) -> str:

@@ -382,7 +382,8 @@ def flow_draw(f: FlowPlan) -> str:
         "logit_normal": f"logit_normal({f.logit_mean:g}, {f.logit_std:g})",
         "mode": f"mode({f.mode_scale:g})",
     }[f.timesteps]
-    return f"σ ~ {density}, " + (f"shift {f.shift:g}" if f.shift else "the model's shift")
+    shift = f"shift {f.shift:g}" if f.shift else "the model's shift"
+    return f"σ ~ {density}, {shift}" + (f", guidance {f.guidance:g}" if f.guidance else "")
 
 
 def pivotal_summary(p) -> str:

@@ -708,6 +708,14 @@ class Loss:
         minimum=0,
         example=3.0,
     )
+    flow_guidance: float = option(
+        0.0,
+        doc="Guidance-distilled flow models (Flux.1 dev): the guidance value the denoiser's guidance "
+        "embedding is given in training; 0 keeps the family's (Flux.1 dev: 3.5, as diffusers' script; "
+        "kohya's recommended Flux LoRA setting is 1.0). Inert for models without a guidance embedding.",
+        minimum=0,
+        example=1.0,
+    )
 
 
 # D-Adaptation optimizers (the `dadaptation` package, as kohya's DAdapt* optimizer types build them).

@@ -31,6 +31,9 @@ class Flux:
         from dbspec.runtime.models import load_components
 
         comps = load_components(plan)
+        # one object serves every run in the process: set from each plan (loss.flow_guidance, or the family's)
+        flow = plan.loss.flow
+        self.guidance = flow.guidance if flow is not None and flow.guidance else self.spec.train_guidance
         comps.tokenizers[1].model_max_length = plan.model.t5_max_length  # read by encode_prompts
         return comps
 

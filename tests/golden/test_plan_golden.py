@@ -23,6 +23,7 @@ from dbspec.cli import app
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.models import FAMILY_PARAMS
 from dbspec.compiler.target import parse_target
+from dbspec.families import FAMILIES
 from dbspec.frontend import plan_spec
 from dbspec.plan.io import plan_to_data
 from dbspec.plan.model import Plan
@@ -347,6 +348,45 @@ def test_sdxl_pivotal_lora_is_right(compiled: Compiled) -> None:
     assert all(img.text_key == "" for img in plan.datasets[0].images)
     assert plan.cache.text_misses == 0 and any("pivotal token" in n for n in plan.cache.notes)
     assert components(plan)["text_encoder"] == ("bf16", "frozen", "none", False)  # rows train in fp32
+
+
+def test_flux_dev_lora_int8_is_right(compiled: Compiled) -> None:
+    plan, _ = compiled("flux-dev-lora-int8.cuda")
+    assert (plan.model.family, plan.model.prediction, plan.model.t5_max_length) == (
+        "flux",
+        "flow_matching",
+        256,
+    )
+    flow = plan.loss.flow
+    assert (flow.timesteps, flow.logit_std, flow.weighting, flow.shift, flow.guidance) == (
+        "logit_normal",
+        1.0,
+        "none",
+        0.0,  # the model's (dynamic-shift) scheduler: trained unshifted, as diffusers' script
+        1.0,  # loss.flow_guidance replaces the family's 3.5
+    )
+    assert components(plan) == {
+        "unet": ("bf16", "lora", "int8", True),
+        "text_encoder": ("bf16", "frozen", "int8", False),
+        "text_encoder_2": ("bf16", "frozen", "int8", False),
+        "vae": ("fp32", "frozen", "none", False),
+    }
+    assert plan.cache.text_embeddings and plan.validation.scheduler == "flow_euler"
+    assert plan.memory.gradients == 4 * 16 * FAMILIES["flux"].lora_params_per_rank["unet"]
+    assert plan.memory.fits and plan.memory.total < 24 * GIB  # the spec promises a 24 GB card
+
+
+def test_sd35_medium_lora_is_right(compiled: Compiled) -> None:
+    plan, _ = compiled("sd35-medium-lora.cuda")
+    assert (plan.model.family, plan.model.t5_max_length) == ("sd3", 77)
+    # SD3.5 medium's own transformer count, not large's (families.py hub_params)
+    p = FAMILIES["sd3"].params_of("stabilityai/stable-diffusion-3.5-medium")
+    assert p["unet"] == 2_243_171_520 != FAMILY_PARAMS["sd3"]["unet"]
+    unet = next(c for c in plan.precision.components if c.name == "unet")
+    assert unet.params == p["unet"] and unet.quantized == "none" and unet.gradient_checkpointing
+    assert plan.loss.flow.timesteps == "logit_normal" and plan.loss.flow.guidance == 0.0
+    assert all(c.quantized == "int8" for c in plan.precision.components if c.name.startswith("text_encoder"))
+    assert plan.memory.fits and plan.memory.total < 16 * GIB  # the spec promises a 16 GB card
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

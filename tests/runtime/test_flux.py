@@ -80,3 +80,33 @@ def test_lora_run_validates_and_loads_in_the_flux_pipeline(tmp_path):
     ours = run(result.components.unet)
     torch.testing.assert_close(run(pipe.transformer), ours, rtol=0, atol=1e-4)
     assert not torch.allclose(run(build_pipeline(BASE).transformer), ours, atol=1e-4)
+
+
+def test_plan_guidance_reaches_the_guidance_embedding(tmp_path):
+    """loss.flow_guidance (kohya's --guidance_scale) replaces the family's 3.5 in the transformer call."""
+    plan = make_plan(tmp_path, base=BASE, steps=1, extra="[loss]\nflow_guidance = 1.0\n")
+    assert plan.loss.flow.guidance == 1.0
+    family = type(family_runtime("flux"))(family_runtime("flux").spec)  # not the shared object
+    comps = family.load(plan)
+    assert family.guidance == 1.0
+    noisy = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = {"prompt_embeds": torch.randn(1, 12, 64), "pooled": torch.randn(1, 32)}
+    t = torch.tensor([500.0])
+
+    def call(guidance: float) -> torch.Tensor:
+        packed = comps.unet(
+            hidden_states=FluxPipeline._pack_latents(noisy, 1, 16, 8, 8),
+            timestep=t / 1000,
+            guidance=torch.tensor([guidance]),
+            pooled_projections=text["pooled"],
+            encoder_hidden_states=text["prompt_embeds"],
+            txt_ids=torch.zeros(12, 3),
+            img_ids=FluxPipeline._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32),
+            return_dict=False,
+        )[0]
+        return FluxPipeline._unpack_latents(packed, height=64, width=64, vae_scale_factor=8)
+
+    with torch.no_grad():
+        ours = family.predict(comps.unet, noisy, t, text, family.conditioning(text, [], "cpu"))
+        torch.testing.assert_close(ours, call(1.0), rtol=0, atol=1e-6)
+        assert not torch.allclose(ours, call(3.5), atol=1e-4)

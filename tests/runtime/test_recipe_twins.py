@@ -12,7 +12,14 @@ from tests.runtime.runspec import CPU, ROOT, compile_spec
 
 pytestmark = pytest.mark.slow
 
-TINY = {"sd1": "builtin:tiny-sd1", "sd2": "builtin:tiny-sd2", "sdxl": "builtin:tiny-sdxl"}
+TINY = {
+    "sd1": "builtin:tiny-sd1",
+    "sd2": "builtin:tiny-sd2",
+    "sdxl": "builtin:tiny-sdxl",
+    "sd3": "builtin:tiny-sd3",
+    "flux": "builtin:tiny-flux",
+}
+# int8 quantisation (torchao) of the tiny twins' text encoders and transformer runs on the CPU as well
 RECIPES = {
     "sd15-subject-lora.toml": ("sd1", []),
     "sd15-face-full-prior.toml": (
@@ -22,6 +29,8 @@ RECIPES = {
     "sd21-v-full.toml": ("sd2", []),
     "sdxl-lora-int8.toml": ("sdxl", ['model.vae=""']),  # the fp16-fixed VAE is a hub download
     "sdxl-pivotal-lora.toml": ("sdxl", ["pivotal.stop_step=2"]),
+    "flux-dev-lora-int8.toml": ("flux", []),
+    "sd35-medium-lora.toml": ("sd3", []),
 }
 
 

@@ -27,6 +27,8 @@ ALLOWED = {
     "dbspec/convert/kohya/inputs.py": "kohya GUI key named `sdxl`",
     "dbspec/convert/diffusers/convert.py": "diffusers script names (train_dreambooth_lora_sdxl) -> family",
     "dbspec/convert/diffusers/out.py": "diffusers script names -> family",
+    "dbspec/convert/kohya/flow.py": "kohya's flux/sd3 script names -> family",
+    "dbspec/convert/diffusers/flow.py": "diffusers' Flux/SD3 script names -> family",
     "dbspec/convert/simpletuner/train.py": "SimpleTuner's model_family values -> family",
     "dbspec/convert/simpletuner/data.py": "SimpleTuner's model_family sdxl (caption dropout zeroes time ids)",
 }

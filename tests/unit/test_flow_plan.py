@@ -197,3 +197,16 @@ def test_the_model_summary_shows_the_t5_length(toy: Path):
     out = io.StringIO()
     Console(file=out, width=250, color_system=None).print(model_table(planned_ok(toy)))
     assert "T5" not in out.getvalue()
+
+
+def test_flow_guidance_replaces_flux_guidance_and_is_inert_elsewhere(toy: Path):
+    write_spec(toy, model={"base": "builtin:tiny-flux"}, loss={"flow_guidance": 1.0})
+    plan = planned_ok(toy)
+    assert plan.loss.flow.guidance == 1.0 and "guidance 1" in _summary(plan)
+    # SD3 has no guidance embedding: settled to 0, and a warning when the family is spelled out
+    write_spec(toy, model={"base": "builtin:tiny-sd3", "family": "sd3"}, loss={"flow_guidance": 1.0})
+    planned = compile_in(toy)
+    assert planned.plan is not None and planned.plan.loss.flow.guidance == 0.0
+    assert "DBS232" in codes(planned, "warning")
+    write_spec(toy, model={"base": "builtin:tiny-sd1", "prediction": "epsilon"}, loss={"flow_guidance": 2.0})
+    assert "DBS231" in codes(compile_in(toy), "warning")

@@ -490,6 +490,12 @@ CASES = [
         'prediction = "epsilon"\n' + DOG + STEPS,
     ),
     (
+        rules.flow_guidance_without_embedding,
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\nflow_guidance = 1.0\n",
+        [("DBS232", "warning", ("loss", "flow_guidance"))],
+        'family = "flux"\n' + DOG + STEPS + "[loss]\nflow_guidance = 1.0\n",
+    ),
+    (
         rules.noise_options_fit,
         DOG + STEPS + "[loss]\nadaptive_noise_scale = 0.5\nmin_timestep = 600\nmax_timestep = 500\n",
         [

@@ -1,16 +1,22 @@
 """Arguments of diffusers' `examples/dreambooth` scripts (diffusers 58eb52c, checked option by option):
-train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py. Defaults differ per script
-(learning rate, resolution, output folder); options newer than a user's copy of a script are simply never
-given."""
+train_dreambooth.py, train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py (the flow-matching scripts:
+flow.py). Defaults differ per script (learning rate, resolution, output folder); options newer than a user's
+copy of a script are simply never given."""
 
 from __future__ import annotations
 
 from dbspec.convert.common.argv import Arg
+from dbspec.convert.diffusers.flow import FLOW_SCRIPTS, OWN as FLOW_OWN
 
 # torchvision's InterpolationMode names, lower-cased (the scripts' choices)
 _INTERPOLATION = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 SDXL_LORA = "train_dreambooth_lora_sdxl"  # the script whose dataset has SDXL-only behaviour
-SCRIPTS = ("train_dreambooth", "train_dreambooth_lora", "train_dreambooth_lora_sdxl")
+SCRIPTS = (
+    "train_dreambooth",
+    "train_dreambooth_lora",
+    "train_dreambooth_lora_sdxl",
+    *FLOW_SCRIPTS,
+)
 
 _COMMON: dict[str, tuple] = {
     "pretrained_model_name_or_path": ("str", None),
@@ -127,11 +133,14 @@ _OWN: dict[str, dict[str, tuple]] = {
         "image_interpolation_mode": ("str", "lanczos", _INTERPOLATION),
         "cache_dir": ("str", None),
     },
+    **FLOW_OWN,
 }
 
 
 def arg_table(script: str) -> dict[str, Arg]:
     merged = {**_COMMON, **_OWN[script]}
+    if script in FLOW_SCRIPTS:  # their argparse has no xformers option
+        del merged["enable_xformers_memory_efficient_attention"]
     out = {}
     for name, spec in merged.items():
         kind, default, *rest = spec

@@ -1,5 +1,6 @@
-"""`dbspec convert diffusers`: diffusers' train_dreambooth.py, train_dreambooth_lora.py and
-train_dreambooth_lora_sdxl.py command lines.
+"""`dbspec convert diffusers`: diffusers' train_dreambooth.py, train_dreambooth_lora.py,
+train_dreambooth_lora_sdxl.py, train_dreambooth_lora_flux.py, train_dreambooth_lora_sd3.py and
+train_dreambooth_sd3.py command lines (the flow-matching scripts' own options: flow.py).
 
 Their loss is dbspec's: instance MSE (Min-SNR weighted) + prior_loss_weight x class MSE per batch. Family and
 prediction come from the model's configs in both, so they stay `auto`.
@@ -14,6 +15,15 @@ import attrs
 from dbspec.convert.common.argv import POSITIONAL, parse_argv
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name, require_minimums
 from dbspec.convert.diffusers.args import SCRIPTS, arg_table, script_of
+from dbspec.convert.diffusers.flow import (
+    FLOW_SCRIPTS,
+    INERT as FLOW_INERT,
+    SD3_SCRIPTS,
+    map_flow_adapter,
+    map_flow_loss,
+    map_flow_model,
+    map_flow_outputs,
+)
 from dbspec.convert.diffusers.data import Data, map_data, quirk
 from dbspec.convert.diffusers.model import SchedulerFacts, scheduler_facts
 from dbspec.convert.diffusers.out import map_outputs
@@ -31,7 +41,12 @@ from dbspec.convert.common.paths import PathMapper
 Args = dict[str, Legacy]
 PINNED = "58eb52c"  # the diffusers commit whose scripts the tables and rules follow
 MODEL_UNREAD = "DBS412"  # a check of the base model could not be made here
-LORA_SCRIPTS = ("train_dreambooth_lora", "train_dreambooth_lora_sdxl")
+LORA_SCRIPTS = (
+    "train_dreambooth_lora",
+    "train_dreambooth_lora_sdxl",
+    "train_dreambooth_lora_flux",
+    "train_dreambooth_lora_sd3",
+)
 UNSUPPORTED = {
     "tokenizer_name": "a separate tokenizer",
     "tokenizer_max_length": "a tokenizer length other than the model's",
@@ -76,6 +91,7 @@ INERT = {
         "image_column",
     )
 }
+INERT.update(FLOW_INERT)
 INERT["resume_from_checkpoint"] = "resuming is a run-time choice: `dbspec run spec.toml --resume`"
 
 
@@ -109,8 +125,12 @@ def convert_diffusers(req: DiffusersRequest, out: Path, allow_unsupported: bool 
     _lr(a, script, total, conv)
     _optimizer(a, script, conv)
     _loss(a, script, data, facts, conv)
+    if script in FLOW_SCRIPTS:
+        map_flow_loss(a, script, conv)
     _precision(a, script, launcher, conv)
     map_outputs(a, script, lora, per_epoch, paths, conv)
+    if script in FLOW_SCRIPTS:
+        map_flow_outputs(a, script, conv)
     report_launcher(launcher, conv, script_sets_precision=a["mixed_precision"].value is not None)
     _sweep(a, conv)
     source = label if label == "the command text" else f"command {label}"
@@ -177,6 +197,8 @@ def _model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> Schedul
         _edm(a, facts, conv)
     if script.endswith("sdxl"):
         conv.put(("model", "family"), "sdxl", f"{conv.tool} {script}.py trains SDXL")
+    if script in FLOW_SCRIPTS:
+        map_flow_model(a, script, conv)
     revision = a["revision"]
     if revision.value:
         conv.mapped(revision, ("model", "revision"), revision.value)
@@ -240,6 +262,8 @@ def _adapter(a: Args, script: str, conv: Conversion) -> None:
     # the SDXL script's --use_dora is peft's LoraConfig(use_dora=True), as dbspec's adapter.dora
     if "use_dora" in arg_table(script) and a["use_dora"].value:
         conv.mapped(a["use_dora"], ("adapter", "dora"), True)
+    if script in FLOW_SCRIPTS:
+        map_flow_adapter(a, script, conv)
 
 
 def _length(a: Args, data: Data | None, conv: Conversion) -> tuple[int | None, int | None]:
@@ -428,7 +452,8 @@ def _precision(a: Args, script: str, launcher: dict[str, Legacy], conv: Conversi
         )
     else:
         conv.mapped(mixed, ("precision", "mixed"), mixed.value)
-    if mixed.value in ("fp16", "bf16") and not script.endswith("sdxl"):
+    # the SDXL and SD3 scripts keep the VAE in fp32
+    if mixed.value in ("fp16", "bf16") and not script.endswith("sdxl") and script not in SD3_SCRIPTS:
         conv.put(
             ("precision", "vae_dtype"), mixed.value, f"{conv.tool} casts the VAE to the mixed-precision dtype"
         )

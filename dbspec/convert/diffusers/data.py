@@ -16,6 +16,10 @@ from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.common.epochs import list_images
 from dbspec.convert.common.paths import PathMapper
 from dbspec.convert.diffusers.args import SDXL_LORA
+from dbspec.convert.diffusers.flow import FLOW_SCRIPTS
+
+# scripts whose DreamBoothDataset draws each instance image's flip and crop once, when it is built
+FIXED_DRAWS = (SDXL_LORA, *FLOW_SCRIPTS)
 
 Args = dict[str, Legacy]
 
@@ -175,8 +179,8 @@ def _square(a: Args, script: str, images, conv: Conversion) -> None:
             if i == 0 and "random_flip" in a and a["random_flip"].value:
                 conv.mapped(a["random_flip"], ("datasets", i, "flip"), True)
     conv.record(crop, "mapped", "datasets.crop")
-    if script == SDXL_LORA:
-        _sdxl_fixed_draws(a, images, conv)
+    if script in FIXED_DRAWS:
+        _sdxl_fixed_draws(a, images, conv, script)
     if reso.value % 8 or not 64 <= reso.value <= 4096:
         conv.unsupported(reso, "dbspec resolutions are multiples of 8 between 64 and 4096")
     for key in ("crops_coords_top_left_h", "crops_coords_top_left_w"):
@@ -194,14 +198,12 @@ def quirk(conv: Conversion, legacy: Legacy, why: str) -> None:
     conv.notes.append(f"differs: {legacy.key}: {why}")
 
 
-def _sdxl_fixed_draws(a: Args, images, conv: Conversion) -> None:
+def _sdxl_fixed_draws(a: Args, images, conv: Conversion, script: str = SDXL_LORA) -> None:
     """train_dreambooth_lora_sdxl.py's DreamBoothDataset.__init__ flips (p = 0.5 with --random_flip) and crops
     every instance image (each --repeats copy on its own) once, when it builds the dataset, and trains those
     pixels every epoch; dbspec draws a sample's flip and crop each time the sample is drawn."""
     flip, crop = a["random_flip"], a["center_crop"]
-    build = (
-        "train_dreambooth_lora_sdxl.py draws each instance image's {what} once, when it builds the dataset "
-    )
+    build = f"{script}.py draws each instance image's {{what}} once, when it builds the dataset "
     build += "(each --repeats copy its own draw), and trains those same pixels every epoch; dbspec draws it "
     build += "each time the sample is drawn"
     if flip.value:

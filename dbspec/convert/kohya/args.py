@@ -1,4 +1,4 @@
-"""The command-line arguments of kohya-ss sd-scripts' four training scripts (sd-scripts main, 2026-02).
+"""The command-line arguments of kohya-ss sd-scripts' training scripts (sd-scripts main, 2026-02).
 
 Sources: `library/train_util.py` (add_sd_models_arguments, add_dataset_arguments, add_training_arguments,
 add_optimizer_arguments, add_sd_saving_arguments, add_masked_loss_arguments), `library/config_util.py`,
@@ -9,8 +9,16 @@ add_optimizer_arguments, add_sd_saving_arguments, add_masked_loss_arguments), `l
 from __future__ import annotations
 
 from dbspec.convert.common.argv import Arg
+from dbspec.convert.kohya.flow import DIT_ARGS, FLUX_ARGS, SD3_ARGS
 
-SCRIPTS = ("train_db", "sdxl_train", "train_network", "sdxl_train_network")
+SCRIPTS = (
+    "train_db",
+    "sdxl_train",
+    "train_network",
+    "sdxl_train_network",
+    "flux_train_network",
+    "sd3_train_network",
+)
 SAMPLERS = (
     "ddim",
     "pndm",
@@ -267,6 +275,8 @@ _OWN = {
     },
     "train_network": {**_NETWORK, **_FINE_TUNE_DATA},
     "sdxl_train_network": {**_NETWORK, **_SDXL, **_FINE_TUNE_DATA},
+    "flux_train_network": {**_NETWORK, **_FINE_TUNE_DATA, **DIT_ARGS, **FLUX_ARGS},
+    "sd3_train_network": {**_NETWORK, **_FINE_TUNE_DATA, **DIT_ARGS, **SD3_ARGS},
 }
 
 

@@ -1,4 +1,5 @@
-"""`dbspec convert kohya`: kohya-ss sd-scripts (train_db, sdxl_train, train_network, sdxl_train_network)."""
+"""`dbspec convert kohya`: kohya-ss sd-scripts (train_db, sdxl_train, train_network, sdxl_train_network,
+flux_train_network, sd3_train_network)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from dbspec.convert.kohya.data import (
 )
 from dbspec.convert.kohya.evaluation import map_validation
 from dbspec.convert.kohya.datasets import Layout, map_datasets
-from dbspec.convert.kohya.args import MINIMUM
+from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
+from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
@@ -148,10 +150,10 @@ def convert_kohya(
     a, script = ka.args, ka.script
     if not require_minimums(a, MINIMUM, conv):
         return conv, _header(ka)  # kohya stops at these; mapping on would only add noise
-    lora = script in ("train_network", "sdxl_train_network")
+    lora = script in ("train_network", "sdxl_train_network", *FLOW_SCRIPTS)
     family = map_model(a, script, paths, conv)
     if lora:
-        map_adapter(a, paths, conv, family)
+        map_adapter(a, paths, conv, family, script)
     config = _dataset_source(ka, paths, conv)
     layout = _layout(ka, config, paths, conv) if config is not None else None
     kohya_batches, dbspec_batches = _batches(layout, conv)
@@ -161,7 +163,10 @@ def convert_kohya(
     map_learning_rates(a, script, text_encoder, conv)
     map_optimizer(a, conv)
     if layout is not None:
-        map_loss(a, script, layout.has_class, conv)
+        loss_args = flow_loss_args(a, script, arg_table(script), conv) if script in FLOW_SCRIPTS else a
+        map_loss(loss_args, script, layout.has_class, conv)
+    if script in FLOW_SCRIPTS:
+        map_flow_loss(a, script, conv)
     map_precision(a, script, lora, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv)
     map_validation(a, script, layout, length.steps_per_epoch, conv)

@@ -19,7 +19,12 @@ from dbspec.convert.kohya.data import Args
 from dbspec.convert.kohya.datasets import Layout
 
 KOHYA_VALIDATION_TIMESTEPS = 4  # train_network.py NUM_VALIDATION_TIMESTEPS
-VALIDATING_SCRIPTS = ("train_network", "sdxl_train_network")  # the others split, and never score the split
+VALIDATING_SCRIPTS = (
+    "train_network",
+    "sdxl_train_network",
+    "flux_train_network",
+    "sd3_train_network",
+)  # the others split, and never score the split
 # Options only the validating scripts have (elsewhere: not given, their defaults).
 _SCRIPT_KEYS = ("validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")
 

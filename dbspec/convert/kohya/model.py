@@ -10,6 +10,7 @@ from __future__ import annotations
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, map_flow_model
 from dbspec.convert.kohya.network import map_network, map_network_weights
 from dbspec.families import family_spec
 
@@ -40,6 +41,8 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
             True,
             conv.comment(base, "kohya loads pickle checkpoints without asking"),
         )
+    if script in FLOW_SCRIPTS:
+        return map_flow_model(a, script, conv)
     family = _family(a, script, conv)
     if family is None:
         return None
@@ -146,9 +149,13 @@ def _clip(a: Args, family: str, conv: Conversion) -> None:
         conv.ignored(a["no_token_padding"], "it sets a flag no code reads; prompts are padded to 77 tokens")
 
 
-def map_adapter(a: Args, paths: PathMapper, conv: Conversion, family: str | None = None) -> bool:
-    """[adapter] for train_network / sdxl_train_network; False when kohya's network cannot be expressed."""
+def map_adapter(
+    a: Args, paths: PathMapper, conv: Conversion, family: str | None = None, script: str = ""
+) -> bool:
+    """[adapter] for the network scripts; False when kohya's network cannot be expressed."""
     module = a["network_module"]
+    if script in NETWORK_MODULES:
+        return _map_flow_adapter(a, script, paths, conv, family)
     if not module.value:
         conv.invalid(
             module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
@@ -260,3 +267,44 @@ def _map_full_half(a: Args, key: str, lora: bool, conv: Conversion) -> None:
             "fused "
             "Adafactor)",
         )
+
+
+def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
+    """networks.lora_flux / networks.lora_sd3: LoRA on the transformer's linear layers (kohya: every Linear of
+    the double/single (joint) blocks, q/k/v fused as in the original layout); dbspec adapts the family's
+    diffusers targets, q/k/v separately."""
+    module, wanted = a["network_module"], NETWORK_MODULES[script]
+    if module.value != wanted:
+        conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network only")
+        return False
+    conv.put(("adapter", "kind"), "lora", conv.comment(module))
+    conv.differs(
+        module,
+        f"{wanted} adapts every Linear of the transformer blocks with q/k/v fused; dbspec adapts the "
+        f"family's attention{' and feed-forward' if family == 'flux' else ''} projections (diffusers' "
+        "layout, q/k/v separately): the same layers but the modulation and embedding linears",
+    )
+    net_args = a["network_args"]
+    if net_args.value:
+        conv.unsupported(
+            net_args, f"{wanted}'s network_args (block selection, split_qkv, ...) have no dbspec equivalent"
+        )
+    dim, alpha = a["network_dim"], a["network_alpha"]
+    rank = dim.value if dim.value is not None else 4
+    conv.mapped(dim, ("adapter", "rank"), rank)
+    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
+    if a["network_dropout"].value:
+        conv.differs(
+            a["network_dropout"],
+            "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
+            ("adapter", "dropout"),
+            float(a["network_dropout"].value),
+        )
+    map_network_weights(a, paths, conv)
+    for key, why in (
+        ("base_weights", "merging other LoRA weights into the base first"),
+        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
+    ):
+        if a[key].value:
+            conv.unsupported(a[key], f"dbspec has no {why}")
+    return True

@@ -57,12 +57,18 @@ def map_outputs(
     )
     if tracker.value in ("wandb", "all"):
         conv.differs(tracker, "dbspec logs to TensorBoard only, not to Weights & Biases")
-    _sampling(a, steps_per_epoch, paths, conv)
+    _sampling(a, steps_per_epoch, paths, conv, flow=script in ("flux_train_network", "sd3_train_network"))
 
 
 def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     fmt, precision = a["save_model_as"], a["save_precision"]
-    if lora:
+    if lora and script in ("flux_train_network", "sd3_train_network"):
+        conv.differs(
+            fmt,
+            "kohya writes its LoRA in the original (BFL / SAI) key layout; dbspec writes diffusers' LoRA "
+            "layout, which diffusers and ComfyUI load",
+        )
+    elif lora:
         if fmt.value in ("ckpt", "pt"):
             conv.differs(
                 fmt,
@@ -163,7 +169,9 @@ def _keep(a: Args, every: int, per_epoch: int | None, conv: Conversion) -> None:
             conv.differs(a[key], "dbspec saves at a step interval; the ratio was not converted")
 
 
-def _sampling(a: Args, per_epoch: int | None, paths: PathMapper, conv: Conversion) -> None:
+def _sampling(
+    a: Args, per_epoch: int | None, paths: PathMapper, conv: Conversion, flow: bool = False
+) -> None:
     prompts_arg = a["sample_prompts"]
     keys = ("sample_every_n_steps", "sample_every_n_epochs", "sample_sampler", "sample_at_first")
     if not prompts_arg.value:
@@ -185,7 +193,11 @@ def _sampling(a: Args, per_epoch: int | None, paths: PathMapper, conv: Conversio
     if a["sample_at_first"].given:
         conv.inert(a["sample_at_first"], "dbspec validates at its interval and at the end")
     sampler = a["sample_sampler"]
-    if sampler.value in SAMPLERS and SAMPLERS[sampler.value] != "ddim":
+    if flow:  # flux/sd3 sample_images run their own flow-matching Euler loop
+        conv.put(("validation", "scheduler"), "flow_euler", "kohya's Flux/SD3 sampling: flow-matching Euler")
+        if sampler.given:
+            conv.ignored(sampler, "the Flux/SD3 scripts sample with their own Euler loop")
+    elif sampler.value in SAMPLERS and SAMPLERS[sampler.value] != "ddim":
         conv.mapped(sampler, ("validation", "scheduler"), SAMPLERS[sampler.value])
     elif sampler.value != "ddim":
         conv.differs(sampler, "dbspec has no such sampler; validation uses ddim")

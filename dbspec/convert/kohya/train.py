@@ -546,7 +546,7 @@ def lora_text_encoder_lr(a: Args) -> Legacy:
 def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversion) -> None:
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
-    if not unet_lr.value and script in ("sdxl_train", "train_network", "sdxl_train_network"):
+    if not unet_lr.value and script != "train_db":
         # sdxl_train.py trains the U-Net only when learning_rate != 0; networks.lora skips groups with lr 0
         why = "sdxl_train.py trains the U-Net only when learning_rate != 0"
         if script != "sdxl_train":

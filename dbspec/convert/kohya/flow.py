@@ -1,0 +1,326 @@
+"""kohya sd-scripts' flow-matching LoRA scripts, flux_train_network.py and sd3_train_network.py (sd-scripts
+main, 2026-02): their own arguments (library/flux_train_utils.py add_flux_train_arguments,
+library/sd3_train_utils.py add_sd3_training_arguments, train_util.add_dit_training_arguments) -> [model],
+[adapter] and the flow options of [loss].
+
+How kohya draws sigma (read from its code, get_noisy_model_input_and_timesteps):
+- Flux, timestep_sampling "sigma": u from the weighting_scheme density (diffusers'
+  compute_density_for_timestep_sampling), indexed into FlowMatchEulerDiscreteScheduler(shift=
+  discrete_flow_shift)'s table: dbspec's draw.
+- Flux "uniform" / "sigmoid": sigma = u or sigmoid(sigmoid_scale N(0, 1)), unshifted, continuous; "shift":
+  that sigmoid draw shifted by discrete_flow_shift; dbspec draws the same densities on the scheduler's
+  1000-step table. "flux_shift" (resolution-dependent) has no dbspec option.
+- Flux model_prediction_type "raw" regresses the velocity noise - latents, as dbspec; "sigma_scaled" (the
+  default) and "additive" compare a rescaled prediction with that same target: no dbspec equivalent.
+- SD3: u from the density, shifted by training_shift (not the model's shift 3.0), sigma = floor(1000 u) /
+  1000, and the preconditioned prediction x_t - sigma v is compared with the latents: sigma^2 |v - (noise -
+  x)|^2 times the weighting_scheme's weight. weighting_scheme sigma_sqrt (sigma^-2) cancels sigma^2: dbspec's
+  unweighted velocity loss. kohya indexes sigma by u where diffusers' table (and dbspec) runs from sigma 1
+  down, so dbspec's logit-normal mean is kohya's negated.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dbspec.convert.common.core import Conversion, Legacy
+
+Args = dict[str, Legacy]
+FLOW_SCRIPTS = ("flux_train_network", "sd3_train_network")
+FAMILY = {"flux_train_network": "flux", "sd3_train_network": "sd3"}
+NETWORK_MODULES = {"flux_train_network": "networks.lora_flux", "sd3_train_network": "networks.lora_sd3"}
+
+_DENSITIES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none", "uniform")
+# train_util.add_dit_training_arguments
+DIT_ARGS: dict[str, tuple] = {
+    "cache_text_encoder_outputs": ("flag", False),
+    "cache_text_encoder_outputs_to_disk": ("flag", False),
+    "text_encoder_batch_size": ("int", None),
+    "disable_mmap_load_safetensors": ("flag", False),
+    "weighting_scheme": ("str", "uniform", _DENSITIES),
+    "logit_mean": ("float", 0.0),
+    "logit_std": ("float", 1.0),
+    "mode_scale": ("float", 1.29),
+    "blocks_to_swap": ("int", None),
+}
+FLUX_ARGS: dict[str, tuple] = {
+    "clip_l": ("str", None),
+    "t5xxl": ("str", None),
+    "ae": ("str", None),
+    "controlnet_model_name_or_path": ("str", None),
+    "t5xxl_max_token_length": ("int", None),
+    "apply_t5_attn_mask": ("flag", False),
+    "guidance_scale": ("float", 3.5),
+    "timestep_sampling": ("str", "sigma", ("sigma", "uniform", "sigmoid", "shift", "flux_shift")),
+    "sigmoid_scale": ("float", 1.0),
+    "model_prediction_type": ("str", "sigma_scaled", ("raw", "additive", "sigma_scaled")),
+    "discrete_flow_shift": ("float", 3.0),
+    "model_type": ("str", "flux", ("flux", "chroma")),
+    "split_mode": ("flag", False),
+}
+SD3_ARGS: dict[str, tuple] = {
+    "clip_l": ("str", None),
+    "clip_g": ("str", None),
+    "t5xxl": ("str", None),
+    "save_clip": ("flag", False),
+    "save_t5xxl": ("flag", False),
+    "t5xxl_device": ("str", None),
+    "t5xxl_dtype": ("str", None),
+    "t5xxl_max_token_length": ("int", 256),
+    "apply_lg_attn_mask": ("flag", False),
+    "apply_t5_attn_mask": ("flag", False),
+    "clip_l_dropout_rate": ("float", 0.0),
+    "clip_g_dropout_rate": ("float", 0.0),
+    "t5_dropout_rate": ("float", 0.0),
+    "pos_emb_random_crop_rate": ("float", 0.0),
+    "enable_scaled_pos_embed": ("flag", False),
+    "training_shift": ("float", 1.0),
+}
+# Keys these scripts read that change nothing dbspec trains.
+FLOW_INERT = {
+    "text_encoder_batch_size": "caching: dbspec caches text embeddings itself",
+    "blocks_to_swap": "memory placement (kohya swaps transformer blocks to the CPU; the same maths)",
+    "split_mode": "deprecated memory placement (kohya: use blocks_to_swap)",
+    "t5xxl_device": "memory placement of T5",
+    "t5xxl_dtype": "T5's dtype while caching: dbspec runs text encoders in the mixed-precision dtype",
+    "save_clip": "kohya's full fine-tuning saves; this LoRA script ignores it",
+    "save_t5xxl": "kohya's full fine-tuning saves; this LoRA script ignores it",
+}
+
+
+def map_flow_model(a: Args, script: str, conv: Conversion) -> str:
+    """[model] family, prediction, T5 tokens and the separate component files; returns the family."""
+    family = FAMILY[script]
+    conv.put(
+        ("model", "family"), family, f"kohya {script}.py trains {'Flux.1' if family == 'flux' else 'SD3'}"
+    )
+    conv.put(("model", "prediction"), "flow_matching", f"kohya {script}.py trains flow matching")
+    for key in ("v2", "v_parameterization"):
+        if a[key].value:
+            conv.ignored(a[key], f"{script}.py builds its own architecture and trains flow matching")
+        else:
+            conv.record(a[key], "mapped", "model.family")
+    for key in ("clip_l", "clip_g", "t5xxl", "ae"):
+        if key in a and a[key].value:
+            conv.differs(
+                a[key],
+                "kohya loads each component from its own file; dbspec loads the text encoders and "
+                "autoencoder "
+                "from model.base (a diffusers folder or hub id with them)",
+            )
+    if "vae" in a and a["vae"].value and family == "flux":
+        conv.ignored(a["vae"], "flux_train_network.py reads the autoencoder from --ae")
+    tokens = a["t5xxl_max_token_length"]
+    length = tokens.value if tokens.value is not None else 512  # dev; schnell 256 (dbspec trains dev)
+    conv.mapped(
+        tokens,
+        ("model", "t5_max_length"),
+        length,
+        comment=conv.comment(tokens, "Flux.1 dev: 512") if tokens.value is None else "",
+    )
+    if a["max_token_length"].given:
+        conv.ignored(a["max_token_length"], f"{script}.py reads t5xxl_max_token_length instead (it warns)")
+    for key in ("apply_t5_attn_mask", "apply_lg_attn_mask"):
+        if key in a and a[key].value:
+            conv.unsupported(a[key], "dbspec does not mask padded text tokens in attention")
+    if family == "flux":
+        _flux_only(a, conv)
+    else:
+        _sd3_only(a, conv)
+    for key, why in FLOW_INERT.items():
+        if key in a and a[key].given:
+            conv.inert(a[key], why)
+    return family
+
+
+def _flux_only(a: Args, conv: Conversion) -> None:
+    kind = a["model_type"]
+    if kind.value == "chroma":
+        conv.unsupported(kind, "Chroma (Flux without CLIP and guidance) is not a dbspec family")
+    else:
+        conv.record(kind, "mapped", "model.family")
+    if a["controlnet_model_name_or_path"].value:
+        conv.unsupported(a["controlnet_model_name_or_path"], "dbspec trains no ControlNet-conditioned Flux")
+    guidance = a["guidance_scale"]
+    conv.mapped(
+        guidance,
+        ("loss", "flow_guidance"),
+        float(guidance.value),
+        comment=conv.comment(guidance, "the guidance embedding's value in training"),
+    )
+
+
+def _sd3_only(a: Args, conv: Conversion) -> None:
+    for key in ("clip_l_dropout_rate", "clip_g_dropout_rate", "t5_dropout_rate", "pos_emb_random_crop_rate"):
+        if a[key].value:
+            conv.unsupported(
+                a[key], "dbspec drops whole captions (caption_dropout), not one encoder's output"
+            )
+        else:
+            conv.record(a[key], "mapped", "")
+    if a["enable_scaled_pos_embed"].value:
+        conv.unsupported(
+            a["enable_scaled_pos_embed"], "multi-resolution scaled position embeddings (SD3.5 large)"
+        )
+
+
+def map_flow_loss(a: Args, script: str, conv: Conversion) -> None:
+    """[loss] flow_timesteps, its parameters, flow_weighting and flow_shift."""
+    if script == "flux_train_network":
+        _flux_loss(a, conv)
+    else:
+        _sd3_loss(a, conv)
+
+
+def _density(a: Args, conv: Conversion, negate_mean: bool = False) -> str:
+    scheme = a["weighting_scheme"]
+    kind = scheme.value if scheme.value in ("logit_normal", "mode") else "uniform"
+    conv.mapped(scheme, ("loss", "flow_timesteps"), kind)
+    mean, std, mode = a["logit_mean"], a["logit_std"], a["mode_scale"]
+    if kind == "logit_normal":
+        value = -float(mean.value) if negate_mean and mean.value else float(mean.value)
+        note = (
+            "kohya's sigma rises with u, dbspec's falls: the same density has the negated mean"
+            if value
+            else ""
+        )
+        conv.mapped(mean, ("loss", "flow_logit_mean"), value, note=note)
+        conv.mapped(std, ("loss", "flow_logit_std"), float(std.value))
+    if kind == "mode":
+        conv.mapped(mode, ("loss", "flow_mode_scale"), float(mode.value))
+    for key, used in (("logit_mean", "logit_normal"), ("logit_std", "logit_normal"), ("mode_scale", "mode")):
+        if kind != used and a[key].given:
+            conv.inert(a[key], f"only weighting_scheme {used} reads it")
+    return kind
+
+
+def _flux_loss(a: Args, conv: Conversion) -> None:
+    sampling, pred, shift, scale = (
+        a["timestep_sampling"],
+        a["model_prediction_type"],
+        a["discrete_flow_shift"],
+        a["sigmoid_scale"],
+    )
+    if pred.value != "raw":
+        conv.unsupported(
+            pred,
+            f"kohya's {pred.value} prediction compares a rescaled model output with the velocity; dbspec "
+            "regresses the raw velocity (model_prediction_type raw)",
+            help="use --model_prediction_type raw (kohya's recommended Flux setting), or pass "
+            "--allow-unsupported",
+        )
+    else:
+        conv.record(pred, "mapped", "model.prediction")
+    scheme = a["weighting_scheme"]
+    if sampling.value == "sigma":
+        _density(a, conv)
+        conv.mapped(shift, ("loss", "flow_shift"), float(shift.value))
+        conv.record(sampling, "mapped", "loss.flow_timesteps")
+        if scale.given:
+            conv.inert(scale, "timestep_sampling sigma does not read it")
+    elif sampling.value == "flux_shift":
+        conv.unsupported(
+            sampling, "the resolution-dependent sigma shift has no dbspec option (loss.flow_shift is fixed)"
+        )
+    else:
+        if sampling.value == "uniform":
+            conv.mapped(sampling, ("loss", "flow_timesteps"), "uniform")
+            if scale.given:
+                conv.inert(scale, "timestep_sampling uniform does not read it")
+        else:
+            conv.mapped(sampling, ("loss", "flow_timesteps"), "logit_normal")
+            conv.put(("loss", "flow_logit_mean"), 0.0, conv.comment(scale, "sigmoid of N(0, sigmoid_scale)"))
+            conv.mapped(scale, ("loss", "flow_logit_std"), float(scale.value))
+        kept = sampling.value == "shift"
+        conv.mapped(
+            shift,
+            ("loss", "flow_shift"),
+            float(shift.value) if kept else 1.0,
+            note="" if kept else f"timestep_sampling {sampling.value} draws unshifted sigmas: flow_shift 1",
+        )
+        conv.differs(
+            sampling,
+            "kohya draws sigma continuously; dbspec draws the same density on the scheduler's 1000 steps",
+        )
+        for key in ("logit_mean", "logit_std", "mode_scale"):
+            if a[key].given:
+                conv.inert(a[key], f"timestep_sampling {sampling.value} does not read it")
+        if scheme.given:
+            conv.inert(scheme, f"timestep_sampling {sampling.value} does not read it")
+    if pred.value == "raw":  # kohya weights the loss only with the sigma_scaled prediction
+        conv.put(("loss", "flow_weighting"), "none", conv.comment(pred, "no loss weighting with raw"))
+
+
+def _sd3_loss(a: Args, conv: Conversion) -> None:
+    kind = _density(a, conv, negate_mean=True)
+    scheme, shift = a["weighting_scheme"], a["training_shift"]
+    conv.mapped(
+        shift,
+        ("loss", "flow_shift"),
+        float(shift.value),
+        comment=conv.comment(shift, "kohya shifts by training_shift, not the model's 3.0"),
+    )
+    if kind == "mode":
+        conv.differs(scheme, "kohya's sigma rises with u, dbspec's falls: the mode density is mirrored")
+    if scheme.value == "sigma_sqrt":
+        conv.put(
+            ("loss", "flow_weighting"),
+            "none",
+            conv.comment(scheme, "sigma^-2 cancels the sigma^2 of kohya's preconditioned loss"),
+        )
+    else:
+        conv.differs(
+            scheme,
+            "kohya compares the preconditioned prediction with the latents, a velocity loss weighted by "
+            "sigma^2 (times cosmap's weight for cosmap); dbspec has no sigma^2 weighting and trains the "
+            "unweighted velocity loss (weighting_scheme sigma_sqrt cancels it exactly)",
+            ("loss", "flow_weighting"),
+            "none",
+        )
+    conv.notes.append(
+        "kohya sd3_train_network.py sets sigma = floor(1000 u) / 1000 after the shift; dbspec shifts the "
+        "scheduler's 1000-step table (the same draw up to rounding)"
+    )
+
+
+# train_network.py options these scripts never read: they draw noise with randn_like and their
+# post_process_loss returns the loss unweighted (no Min-SNR or v-prediction terms).
+_NOT_READ = {
+    "min_snr_gamma": "their loss is not Min-SNR weighted (post_process_loss returns it as is)",
+    "scale_v_pred_loss_like_noise_pred": "their loss is not v-prediction scaled (post_process_loss)",
+    "v_pred_like_loss": "their loss has no v-prediction-like term (post_process_loss)",
+    "debiased_estimation_loss": "their loss is not debiased (post_process_loss)",
+    "noise_offset": "they draw noise with randn_like (no offset)",
+    "noise_offset_random_strength": "they draw noise with randn_like (no offset)",
+    "adaptive_noise_scale": "they draw noise with randn_like (no offset)",
+    "multires_noise_iterations": "they draw noise with randn_like (no pyramid noise)",
+    "multires_noise_discount": "they draw noise with randn_like (no pyramid noise)",
+    "zero_terminal_snr": "their flow-matching scheduler has no DDPM betas to rescale",
+}
+
+
+def flow_loss_args(a: Args, script: str, defaults: dict, conv: Conversion) -> Args:
+    """The arguments train_network.py's loss mapping should see: those these scripts never read are reported
+    (ignored when given) and reset to their defaults (`defaults`: the script's argument table)."""
+    out = dict(a)
+    reasons = dict(_NOT_READ)
+    if script == "flux_train_network":
+        for key in ("min_timestep", "max_timestep"):
+            reasons[key] = "flux_train_network.py's timestep draw does not read it"
+    else:
+        reasons["ip_noise_gamma"] = "sd3_train_network.py does not perturb the noisy input"
+        reasons["ip_noise_gamma_random_strength"] = reasons["ip_noise_gamma"]
+        for key in ("min_timestep", "max_timestep"):
+            if a[key].value is not None:
+                conv.unsupported(
+                    a[key], "sd3_train_network.py bounds the timestep draw; dbspec's flow draw has no bounds"
+                )
+    for key, why in reasons.items():
+        legacy = a[key]
+        if legacy.given and key not in conv.reports:
+            if legacy.value not in (None, False, 0, 0.0) and key != "multires_noise_discount":
+                conv.ignored(legacy, f"{script}.py does not read it: {why}")
+            else:
+                conv.inert(legacy, f"{script}.py does not read it")
+        out[key] = attrs.evolve(legacy, value=defaults[key].default, source="default")
+    return out

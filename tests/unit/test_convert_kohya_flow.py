@@ -1,0 +1,146 @@
+"""kohya flux_train_network.py / sd3_train_network.py command lines (the settings of sd-scripts' README)
+convert without --allow-unsupported, pass `dbspec check`, and plan kohya's flow draw: the timestep density,
+its shift, the loss weighting and Flux's training guidance (library/flux_train_utils.py,
+sd3_train_utils.py)."""
+
+from __future__ import annotations
+
+from convert_kit import empty_hub_cache, errors, fate, images, kohya, messages, plan_of  # noqa: F401
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+
+
+def _flux(tmp_path, extra: str, *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    return kohya(
+        tmp_path,
+        allow=allow,
+        command=f"accelerate launch --mixed_precision bf16 flux_train_network.py "
+        f"--pretrained_model_name_or_path {FLUX} --clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors "
+        "--ae ae.safetensors --train_data_dir x --resolution 512 --cache_latents_to_disk --save_model_as "
+        "safetensors --sdpa --persistent_data_loader_workers --max_data_loader_n_workers 2 --seed 42 "
+        "--gradient_checkpointing --mixed_precision bf16 --save_precision bf16 --network_module "
+        "networks.lora_flux --network_dim 4 --network_train_unet_only --optimizer_type adamw8bit "
+        "--learning_rate 1e-4 --cache_text_encoder_outputs --cache_text_encoder_outputs_to_disk "
+        f"--highvram --max_train_steps 400 {extra}",
+    )
+
+
+def test_kohya_flux_readme_settings_plan_the_shifted_logit_normal_draw(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--timestep_sampling shift --discrete_flow_shift 3.1582 --model_prediction_type raw "
+        "--guidance_scale 1.0",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.family == "flux" and plan.loss.target == "flow_matching"
+    flow = plan.loss.flow
+    # kohya "shift": sigmoid(sigmoid_scale N(0,1)) shifted by discrete_flow_shift
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std) == ("logit_normal", 0.0, 1.0)
+    assert (flow.shift, flow.weighting, flow.guidance) == (3.1582, "none", 1.0)
+    assert plan.model.t5_max_length == 512  # kohya's default for dev
+    assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("lora", 4, 1.0)
+    assert "attn.to_q" in plan.adapter.denoiser_targets and not plan.train_text_encoder
+    assert plan.optimizer.lr == 1e-4 and plan.schedule.total_steps == 400
+    assert fate(outcome, "timestep_sampling") == "differs"  # continuous in kohya, 1000 levels in dbspec
+    assert fate(outcome, "network_module") == "differs"  # fused qkv, modulation layers
+    assert fate(outcome, "clip_l") == "differs"
+
+
+def test_kohya_flux_sigma_sampling_is_the_scheduler_draw(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--timestep_sampling sigma --weighting_scheme logit_normal --logit_mean 0.2 --logit_std 1.5 "
+        "--discrete_flow_shift 1.0 --model_prediction_type raw --t5xxl_max_token_length 256",
+    )
+    flow = plan_of(outcome, tmp_path).loss.flow
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std, flow.shift) == ("logit_normal", 0.2, 1.5, 1.0)
+    assert flow.guidance == 3.5  # kohya's default guidance_scale, also the family's
+    assert fate(outcome, "weighting_scheme") == "mapped" and fate(outcome, "timestep_sampling") == "mapped"
+    assert plan_of(outcome, tmp_path).model.t5_max_length == 256
+
+
+def test_kohya_flux_uniform_sampling_is_unshifted(tmp_path):
+    outcome = _flux(tmp_path, "--timestep_sampling uniform --model_prediction_type raw")
+    flow = plan_of(outcome, tmp_path).loss.flow
+    assert (flow.timesteps, flow.shift) == ("uniform", 1.0)
+
+
+def test_kohya_flux_default_prediction_and_flux_shift_are_unsupported(tmp_path):
+    outcome = _flux(tmp_path, "--timestep_sampling flux_shift")
+    assert not outcome.written
+    assert fate(outcome, "model_prediction_type") == "unsupported"  # the default sigma_scaled
+    assert fate(outcome, "timestep_sampling") == "unsupported"
+    assert "model_prediction_type raw" in "\n".join(d.help or "" for d in outcome.diagnostics)
+    allowed = _flux(tmp_path, "--timestep_sampling flux_shift", allow=True)
+    assert plan_of(allowed, tmp_path).model.family == "flux"
+
+
+def test_kohya_flux_wrong_network_module(tmp_path):
+    outcome = _flux(tmp_path, "--model_prediction_type raw --network_module networks.lora")
+    assert fate(outcome, "network_module") == "unsupported"
+    assert "networks.lora_flux" in messages(outcome, "DBS401") + "".join(errors(outcome))
+
+
+def _sd3(tmp_path, extra: str):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --sdpa --seed 42 "
+        "--gradient_checkpointing --mixed_precision bf16 --save_precision bf16 --network_module "
+        "networks.lora_sd3 --network_dim 16 --network_alpha 8 --network_train_unet_only --optimizer_type "
+        f"adamw8bit --learning_rate 1e-4 --max_train_epochs 4 --save_every_n_epochs 1 {extra}",
+    )
+
+
+def test_kohya_sd3_sigma_sqrt_is_the_unweighted_velocity_loss(tmp_path):
+    outcome = _sd3(tmp_path, "--weighting_scheme sigma_sqrt --training_shift 3.0")
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    assert plan.model.family == "sd3" and plan.model.t5_max_length == 256
+    # kohya's preconditioned loss is sigma^2 |v - (noise - x)|^2; sigma^-2 cancels it
+    assert (flow.timesteps, flow.weighting, flow.shift) == ("uniform", "none", 3.0)
+    assert (plan.adapter.rank, plan.adapter.alpha) == (16, 8.0)
+    assert plan.schedule.total_steps == 4 * 40  # 4 images x 10 repeats per epoch, 4 epochs
+    assert fate(outcome, "weighting_scheme") == "mapped"
+
+
+def test_kohya_sd3_logit_normal_mean_is_negated_and_weighting_differs(tmp_path):
+    outcome = _sd3(tmp_path, "--weighting_scheme logit_normal --logit_mean 0.5 --logit_std 1.2")
+    flow = plan_of(outcome, tmp_path).loss.flow
+    # kohya: sigma = u; diffusers' table (dbspec): sigma = 1 - u; 1 - sigmoid(N(m, s)) is sigmoid(N(-m, s))
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std, flow.shift) == ("logit_normal", -0.5, 1.2, 1.0)
+    assert fate(outcome, "weighting_scheme") == "differs"  # sigma^2 weighting has no dbspec equivalent
+
+
+def test_ddpm_loss_options_the_flow_scripts_never_read_are_ignored(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--model_prediction_type raw --min_snr_gamma 5 --noise_offset 0.05 --min_timestep 100",
+    )
+    plan = plan_of(outcome, tmp_path)  # no DBS230: nothing DDPM-only reaches the spec
+    assert plan.loss.min_snr_gamma == 0 and plan.loss.noise.offset == 0
+    assert {fate(outcome, k) for k in ("min_snr_gamma", "noise_offset", "min_timestep")} == {"inert"}
+    assert "DBS405" in {d.code for d in outcome.diagnostics}  # kohya ignores them too: a likely mistake
+
+
+def test_sd3_timestep_bounds_are_unsupported(tmp_path):
+    outcome = _sd3(tmp_path, "--weighting_scheme sigma_sqrt --min_timestep 100")
+    assert not outcome.written and fate(outcome, "min_timestep") == "unsupported"
+
+
+def test_flux_samples_validate_with_flow_euler(tmp_path):
+    (tmp_path / "prompts.txt").write_text(
+        "a photo of ohwx dog on a beach --w 512 --h 512\n", encoding="utf-8"
+    )
+    outcome = _flux(
+        tmp_path,
+        "--model_prediction_type raw --sample_prompts prompts.txt --sample_every_n_steps 100 "
+        "--sample_sampler euler_a",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.validation.scheduler == "flow_euler" and plan.validation.steps.every == 100
+    assert fate(outcome, "sample_sampler") == "inert"  # kohya's Flux sampling ignores it (DBS405)
