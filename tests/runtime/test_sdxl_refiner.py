@@ -10,9 +10,7 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from dbspec.cli import app
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.tiny import build_pipeline
