@@ -10,6 +10,9 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dbspec.cli import app
 
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
@@ -116,3 +119,19 @@ def test_interrupted_then_resumed_full_run_is_bit_identical(tmp_path):
     assert (
         not (Path(whole.final) / "text_encoder").exists() and (Path(whole.final) / "text_encoder_2").exists()
     )
+
+
+def test_dbspec_sample_refines_images_of_a_refiner_run(tmp_path):
+    run = execute(make_plan(tmp_path / "run", base=BASE, steps=1, extra=LORA))
+    toy = sorted((tmp_path / "run" / "data" / "toy").glob("*.*"))
+    toy = [p for p in toy if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")][:2]
+    runner = CliRunner()
+    common = ["sample", run.output, "-p", "a photo of ohwx toy", "--steps", "4", "--size", "64"]
+    args = [*common, "--image", str(toy[0]), "--image", str(toy[1]), "--strength", "0.5"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert names == ["grid.png", "r00-i00.png", "r00-src.png", "r01-i00.png", "r01-src.png"]
+    assert Image.open(tmp_path / "s" / "grid.png").size == (128, 128)  # source | refined, a row per image
+    refused = runner.invoke(app, [*common, "-o", str(tmp_path / "t")])
+    assert refused.exit_code == 1 and "pass --image" in refused.output
