@@ -162,7 +162,7 @@ def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
     # The evaluation loss (evaluation.holdout) runs at the validation steps without any image to sample; an
     # img2img model (the SDXL refiner) validates by refining dataset images (validation.refine_images: the
-    # plan checks the family, DBS348).
+    # plan checks the family).
     refines = given(("validation", "refine_images")) and v.refine_images > 0
     if (
         not v.prompts
