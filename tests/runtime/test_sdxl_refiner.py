@@ -81,7 +81,9 @@ def test_plan_lists_the_refined_images_and_shares_latents_with_sdxl_base(tmp_pat
 
 
 def test_lora_run_refines_dataset_images_and_loads_in_the_img2img_pipeline(tmp_path):
-    plan = make_plan(tmp_path, base=BASE, steps=4, extra=f"{LORA}\n{REFINE}")
+    plan = make_plan(tmp_path, base=BASE, steps=4, extra=f"{LORA}\n[train]\ntext_encoder = true\n\n{REFINE}")
+    trained = {c.name: c.trainable for c in plan.precision.components}
+    assert trained == {"unet": "lora", "text_encoder_2": "lora", "vae": "frozen"}
     result = execute(plan, keep_models=True)
     assert result.status == "finished" and all(torch.isfinite(torch.tensor(result.losses)))
     step = Path(result.output) / "samples" / "step-000002"
@@ -101,6 +103,11 @@ def test_lora_run_refines_dataset_images_and_loads_in_the_img2img_pipeline(tmp_p
         untouched = family.predict(build_pipeline(BASE).unet, x, t, text, extra)
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
     assert not torch.allclose(untouched, ours, atol=1e-4)
+    ids = pipe.tokenizer_2(["a photo"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():  # the trained text encoder's LoRA loads into the pipeline's only encoder
+        torch.testing.assert_close(
+            pipe.text_encoder_2(ids)[0], result.components.text_encoders[0](ids)[0], rtol=0, atol=1e-4
+        )
 
 
 def test_interrupted_then_resumed_full_run_is_bit_identical(tmp_path):
