@@ -224,6 +224,13 @@ class BuiltinModel:
     scheduler: dict[str, Any]
     params: dict[str, int]  # exact parameter count per component
     identity: str  # e.g. "builtin:tiny-sd1@v1"; part of every cache key derived from this model
+    # The identity of the built-in whose VAE this one has (same config, same seed: the same weights), so the
+    # two share latent-cache entries; "" = its own.
+    vae_of: str = ""
+
+    @property
+    def vae_identity(self) -> str:
+        return self.vae_of or self.identity
 
 
 def _model(name: str, **fields: Any) -> BuiltinModel:
@@ -290,6 +297,41 @@ _SDXL = _model(
     tokenizer_2=_tokenizer(pad_token="!"),
     scheduler=_sdxl_euler(),
     params={"unet": 2_029_764, "vae": 316_695, "text_encoder": 45_568, "text_encoder_2": 144_384},
+)
+
+# --- SDXL refiner ------------------------------------------------------------------------------------------
+# One text encoder (the OpenCLIP-shaped one, in the registry's first and only slot: `text_encoder` here is its
+# text_encoder_2), context = its width, and 5 time ids (original size, crop, aesthetic score). The VAE is
+# tiny-sdxl's, built from the same config and seed: latent caches are shared with it, as with the real pair.
+SDXL_REFINER_TIME_IDS = 5
+
+
+def _sdxl_refiner_unet() -> dict[str, Any]:
+    return {
+        **_sdxl_unet(),
+        "cross_attention_dim": OPENCLIP_TEXT_HIDDEN,
+        "projection_class_embeddings_input_dim": SDXL_REFINER_TIME_IDS * SDXL_TIME_EMBED_DIM
+        + OPENCLIP_TEXT_HIDDEN,
+    }
+
+
+_SDXL_REFINER = _model(
+    "builtin:tiny-sdxl-refiner",
+    family="sdxl_refiner",
+    prediction="epsilon",
+    pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    vae_scaling_factor=0.13025,
+    unet=_sdxl_refiner_unet(),
+    vae=_vae(0.13025),
+    vae_of=_SDXL.identity,
+    text_encoder=_text_encoder(
+        hidden=OPENCLIP_TEXT_HIDDEN, hidden_act="gelu", pad_id=BANG_ID, projection_dim=OPENCLIP_TEXT_HIDDEN
+    ),
+    text_encoder_2=None,
+    tokenizer=_tokenizer(pad_token="!"),
+    tokenizer_2=None,
+    scheduler=_sdxl_euler(),
+    params={"unet": 1_979_588, "vae": 316_695, "text_encoder_2": 144_384},
 )
 
 # --- SD3 ---------------------------------------------------------------------------------------------------
@@ -437,7 +479,9 @@ _FLUX = _model(
     params={"unet": 27_040, "vae": 326_995, "text_encoder": 45_568, "text_encoder_2": 54_112},
 )
 
-BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (_SD1, _SD2, _SDXL, _SD3, _FLUX)}
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    model.name: model for model in (_SD1, _SD2, _SDXL, _SDXL_REFINER, _SD3, _FLUX)
+}
 
 
 # Tiny random evaluation models (runtime/tiny.py builds them): a CLIPModel for clip_t / clip_i and a ViT

@@ -292,9 +292,22 @@ def sample(
             "step-NNNNNN (default: its final weights)."
         ),
     ] = "",
+    image: Annotated[
+        list[Path],
+        typer.Option(
+            "--image",
+            help="An image to refine (img2img models: the SDXL refiner); repeat for several. One --prompt "
+            "for all, or one per image.",
+        ),
+    ] = [],  # noqa: B006 - typer reads the default
+    strength: Annotated[float, typer.Option(help="img2img strength for --image (the refiner).")] = 0.3,
+    aesthetic_score: Annotated[float, typer.Option(help="The refiner's aesthetic score.")] = 6.0,
+    negative_aesthetic_score: Annotated[
+        float, typer.Option(help="The refiner's aesthetic score of the negative branch.")
+    ] = 2.5,
 ) -> None:
-    """Generate images from a finished output: PNGs and a grid."""
-    from dbspec.plan.model import StepRange, ValidationPlan
+    """Generate images from a finished output: PNGs and a grid (the SDXL refiner: refined --image files)."""
+    from dbspec.plan.model import RefinePlan, StepRange, ValidationPlan
 
     if scheduler not in ("auto", "ddim", "euler", "euler_a", "dpmpp", "unipc", "pndm", "flow_euler"):
         raise typer.BadParameter(f"unknown scheduler {scheduler!r}", param_hint="--scheduler")
@@ -304,7 +317,24 @@ def sample(
         raise typer.BadParameter(
             f"family must be {family_list(quote=False)}, not {family!r}", param_hint="--family"
         )
+    refine = None
+    if image:
+        if len(prompt) not in (1, len(image)):
+            raise typer.BadParameter(
+                f"{len(prompt)} prompts for {len(image)} images: give one prompt, or one per image",
+                param_hint="--prompt",
+            )
+        if not 0 < strength <= 1:
+            raise typer.BadParameter(f"strength must be in (0, 1], not {strength}", param_hint="--strength")
+        refine = RefinePlan(
+            images=tuple(str(p.resolve()) for p in image),
+            captions=tuple(prompt * len(image) if len(prompt) == 1 else prompt),
+            strength=strength,
+            aesthetic_score=aesthetic_score,
+            negative_aesthetic_score=negative_aesthetic_score,
+        )
     settings = ValidationPlan(
+        refine=refine,
         prompts=tuple(prompt),
         negative_prompt=negative,
         steps=StepRange(every=0, end=0),

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 import attrs
 
-Family = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
+Family = Literal["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux"]
 Prediction = Literal["epsilon", "v_prediction", "flow_matching"]
 Objective = Literal["ddpm", "flow"]
 
@@ -107,6 +107,14 @@ class FamilySpec:
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
         return {**self.public_params, **self.hub_params.get(base, {})}
+
+    # Aesthetic-score micro-conditioning (the SDXL refiner): its time ids are (original size, crop, aesthetic
+    # score) instead of (original size, crop, target size); the pipeline takes `requires_aesthetics_score`.
+    aesthetic_score: bool = False
+    # Validation refines dataset images (img2img) instead of sampling from prompts alone (the refiner).
+    refines_images: bool = False
+    # Pipeline components the family lacks, passed as None (the refiner has no first text encoder).
+    absent_components: tuple[str, ...] = ()
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -236,6 +244,53 @@ FAMILIES: dict[str, FamilySpec] = {
         conv_params_per_rank=355_840,
         preview_vae="madebyollin/taesdxl",
         watermarker=True,
+    ),
+    # The SDXL refiner: an img2img UNet (384 base channels, context 1280) conditioned on OpenCLIP bigG only
+    # (its text_encoder_2; no CLIP-L), with 5 time ids: original size, crop, aesthetic score. Same VAE as
+    # SDXL base, so latent caches are shared; text-embedding caches are its own (another encoder set).
+    "sdxl_refiner": FamilySpec(
+        name="sdxl_refiner",
+        title="SDXL refiner",
+        runtime="sdxl_refiner",
+        pipeline_class="StableDiffusionXLImg2ImgPipeline",
+        safety_checker=False,
+        denoiser="unet",
+        denoiser_class="UNet2DConditionModel",
+        noise_scheduler="DDPMScheduler",
+        context_dim=1280,
+        text_encoders=(
+            TextEncoderSpec(
+                "text_encoder_2",
+                "tokenizer_2",
+                "CLIPTextModelWithProjection",
+                "conditioner.embedders.0.model.",
+            ),
+        ),
+        latent_channels=4,
+        vae_scaling_factor=0.13025,
+        resolution=1024,
+        prediction="epsilon",
+        prediction_hint="",
+        hub_models={"stabilityai/stable-diffusion-xl-refiner-1.0": "epsilon"},
+        pooled_embeddings=True,
+        time_ids=5,
+        lora_targets=_UNET_TARGETS,
+        text_lora_targets=_TEXT_TARGETS,
+        # The refiner's UNet counted from its config on the meta device; OpenCLIP bigG and the VAE as SDXL's.
+        public_params={"unet": 2_259_526_660, "text_encoder_2": 694_659_840, "vae": 83_653_863},
+        lora_params_per_rank={"unet": 843_776, "text_encoder_2": 327_680},
+        activation_bytes_per_latent_pixel=(600_000, 60_000),  # not measured: SDXL base's
+        # kohya has no refiner training script; these are SDXL's words (dbspec writes no kohya refiner files).
+        kohya=KohyaFacts(
+            base_version="sdxl_refiner_v1-0", v2=False, v_suffix=False, original_unet_names=True
+        ),
+        conv_params_per_rank=652_800,
+        preview_vae="madebyollin/taesdxl",
+        watermarker=True,
+        extra_exports=(),
+        aesthetic_score=True,
+        refines_images=True,
+        absent_components=("text_encoder", "tokenizer"),
     ),
     # Stable Diffusion 3.5 (medium, large): an MM-DiT over 16-channel latents, trained by flow matching;
     # conditioned on CLIP-L and CLIP-G hidden states (concatenated, padded to T5's width) joined with

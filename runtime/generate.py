@@ -148,6 +148,10 @@ def render(
     rows: list[list[Image.Image]] = []
     paths: list[Path] = []
     try:
+        if plan_validation.refine is not None:  # an img2img family (the SDXL refiner): refine dataset images
+            with _inference(pipeline, autocast_dtype):
+                rows, paths = _refine_rows(pipeline, plan_validation, folder, prompt_inputs)
+            return [*paths, _save_png(_grid(rows), folder / "grid.png")] if rows else paths
         with _inference(pipeline, autocast_dtype):
             for prompt_index, prompt in enumerate(plan_validation.prompts):
                 rows.append(
@@ -172,6 +176,46 @@ def render(
     if rows:
         paths.append(_save_png(_grid(rows), folder / "grid.png"))
     return paths
+
+
+def _refine_rows(
+    pipeline: DiffusionPipeline,
+    plan: ValidationPlan,
+    folder: Path,
+    prompt_inputs: PromptInputs | None,
+) -> tuple[list[list[Image.Image]], list[Path]]:
+    """Refine each planned dataset image (resized to the validation size) with its caption
+    `images_per_prompt` times: a row per image, the source first; `rNN-src.png` and `rNN-iNN.png`. Image i
+    uses seed `seed + i`."""
+    refine = plan.refine
+    assert refine is not None
+    rows: list[list[Image.Image]] = []
+    paths: list[Path] = []
+    for index, (path, caption) in enumerate(zip(refine.images, refine.captions)):
+        with Image.open(path) as opened:
+            source = opened.convert("RGB").resize(plan.size, Image.Resampling.BICUBIC)
+        paths.append(_save_png(source, folder / f"r{index:02d}-src.png"))
+        row = [source]
+        for image_index in range(plan.images_per_prompt):
+            generator = torch.Generator("cpu").manual_seed(plan.seed + image_index)
+            if prompt_inputs is not None:
+                prompts = prompt_inputs(caption, plan.negative_prompt)
+            else:
+                prompts = {"prompt": caption, "negative_prompt": plan.negative_prompt or None}
+            result = pipeline(
+                **prompts,
+                image=source,
+                strength=refine.strength,
+                aesthetic_score=refine.aesthetic_score,
+                negative_aesthetic_score=refine.negative_aesthetic_score,
+                num_inference_steps=plan.inference_steps,
+                guidance_scale=plan.guidance,
+                generator=generator,
+            )
+            row.append(result.images[0])
+            paths.append(_save_png(row[-1], folder / f"r{index:02d}-i{image_index:02d}.png"))
+        rows.append(row)
+    return rows, paths
 
 
 def _sample_with_previews(

@@ -183,7 +183,10 @@ def pipeline_for(plan: Plan, comps: Components):
         "scheduler": scheduler,
         **dict(zip(spec.text_encoder_names, comps.text_encoders)),
         **dict(zip(spec.tokenizer_names, comps.tokenizers)),
+        **dict.fromkeys(spec.absent_components),  # the refiner has no first text encoder
     }
+    if spec.aesthetic_score:
+        kwargs["requires_aesthetics_score"] = True
     if spec.watermarker:  # SDXL's pipeline: an optional watermarker instead
         return cls(**kwargs, add_watermarker=False)
     if not spec.safety_checker:

@@ -39,9 +39,19 @@ def sample(request: SampleRequest, out: Path) -> list[Path]:
     quiet_libraries()
     pipe = load_pipeline(request).to(best_device())
     pipe.set_progress_bar_config(disable=True)
+    _check_refine(pipe, request.settings)
     return render(
         pipe, attrs.evolve(request.settings, scheduler=_scheduler(pipe, request.settings.scheduler)), out
     )
+
+
+def _check_refine(pipe, settings: ValidationPlan) -> None:
+    """An img2img family (the SDXL refiner) refines the --image files; others sample prompts only."""
+    refines = any(f.refines_images and f.pipeline_class == type(pipe).__name__ for f in FAMILIES.values())
+    if refines and settings.refine is None:
+        raise SampleError(f"{type(pipe).__name__} refines images: pass --image (and --strength)")
+    if not refines and settings.refine is not None:
+        raise SampleError(f"--image is for img2img models (the SDXL refiner), not {type(pipe).__name__}")
 
 
 def _scheduler(pipe, asked: str) -> str:

@@ -1,4 +1,4 @@
-"""Build and save the built-in tiny models (`builtin:tiny-sd1`, `-sd2`, `-sdxl`) from `dbspec.builtin`.
+"""Build and save the built-in tiny models (`builtin:tiny-sd1`, `-sd2`, `-sdxl`, ...) from `dbspec.builtin`.
 
 `materialize` writes an ordinary diffusers folder, so training loads a built-in through exactly the code
 path of a real model (`from_pretrained(folder)`). Weights are random but a pure function of (name, seed).
@@ -49,6 +49,9 @@ def build_pipeline(name: str, seed: int = 0) -> DiffusionPipeline:
         components = _build_components(model, seed)
     spec = family_spec(model.family)
     pipeline_class = getattr(diffusers, spec.pipeline_class)
+    components.update(dict.fromkeys(spec.absent_components))  # the refiner's missing first text encoder
+    if spec.aesthetic_score:
+        components["requires_aesthetics_score"] = True
     if spec.watermarker:
         # No watermarker: it needs the optional invisible-watermark package and would alter samples.
         return pipeline_class(**components, add_watermarker=False)
@@ -160,7 +163,8 @@ def _write_bpe_files(folder: Path, model: BuiltinModel) -> None:
     # older transformers and other tools read. Same content, so every reader tokenizes identically.
     merges = "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in TOKENIZER_MERGES)
     vocab = json.dumps(tokenizer_vocab(), ensure_ascii=False)
-    subfolders = ["tokenizer"] + (["tokenizer_2"] if model.tokenizer_2 is not None else [])
+    spec = family_spec(model.family)
+    subfolders = [e.tokenizer for e in spec.text_encoders if e.tokenizer_class == "CLIPTokenizer"]
     for subfolder in subfolders:
         (folder / subfolder / "vocab.json").write_text(vocab, encoding="utf-8")
         (folder / subfolder / "merges.txt").write_text(merges, encoding="utf-8")

@@ -179,12 +179,12 @@ def save_lora_weights(
     import diffusers
 
     spec = family_spec(family)
-    if text_encoder_2 is not None and len(spec.text_encoders) < 2:
-        two = ", ".join(name for name, f in FAMILIES.items() if len(f.text_encoders) > 1)
-        raise ValueError(
-            f"text_encoder_2 LoRA given for family {family!r}; only {two} has a second text encoder"
-        )
-    layers = {spec.denoiser: unet, **dict(zip(spec.text_encoder_names, (text_encoder, text_encoder_2)))}
+    given = {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2}  # by component name
+    for name, module in given.items():
+        if module is not None and name not in spec.text_encoder_names:
+            having = ", ".join(n for n, f in FAMILIES.items() if name in f.text_encoder_names)
+            raise ValueError(f"{name} LoRA given for family {family!r}; only {having} has a {name}")
+    layers = {spec.denoiser: unet, **{name: given.get(name) for name in spec.text_encoder_names}}
     kwargs: dict[str, Any] = {}
     for name, module in layers.items():
         if module is not None:

@@ -113,7 +113,8 @@ def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) 
         latents=c.latents,
         text=c.text_embeddings and not any_text_encoder_trains(ctx.spec),
         vae_dtype=dtype["vae"],
-        text_dtype=dtype["text_encoder"],
+        # the first text encoder's (the SDXL refiner has only text_encoder_2)
+        text_dtype=next(d for name, d in dtype.items() if name.startswith("text_encoder")),
         trained_tokens=tuple(ctx.spec.pivotal.tokens),
     )
 

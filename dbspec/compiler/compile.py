@@ -21,6 +21,7 @@ from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.models import check_exports, plan_model, sampler
 from dbspec.compiler.preview import plan_preview
+from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
 from dbspec.compiler.torch_schedules import torch_schedule_plan
@@ -86,12 +87,16 @@ def path_error(ctx: Context, exc: OSError) -> Diagnostic:
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     check_exports(ctx, model)
+    check_refiner_options(ctx, model)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))
     datasets = balance_groups(ctx, held.datasets)
     buckets = group_bucket_tables(ctx, datasets)
-    schedule = _schedule(ctx, datasets, buckets)
+    v = ctx.spec.validation
+    schedule = _schedule(
+        ctx, datasets, buckets, validate=v.refine_images > 0 if refines(model) else bool(v.prompts)
+    )
     caption_notes: tuple[str, ...] = ()
     if schedule is not None:
         _plan_rules(ctx, schedule.total_steps)
@@ -123,10 +128,15 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init, preview
     )
     plan = attrs.evolve(plan, evaluation=evaluation, pivotal=pivotal)
+    refine = plan_refine(ctx, model, datasets)
+    if refine is not None:
+        plan = attrs.evolve(plan, validation=attrs.evolve(plan.validation, refine=refine))
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 
-def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> SchedulePlan | None:
+def _schedule(
+    ctx: Context, datasets, buckets: tuple[BucketPlan, ...], *, validate: bool
+) -> SchedulePlan | None:
     batches = sum(b.batches_per_epoch for b in buckets)
     if batches == 0:
         # Data errors (missing folders, bad images, captions or masks) already say why; this only adds noise.
@@ -151,7 +161,7 @@ def _schedule(ctx: Context, datasets, buckets: tuple[BucketPlan, ...]) -> Schedu
                 _batch_size_key(ctx, b.group),
             )
     try:
-        return _compute(ctx, batches, buckets)
+        return _compute(ctx, batches, buckets, validate)
     except ValueError as exc:
         ctx.report("DBS334", "error", f"the schedule cannot be computed: {exc}", ("schedule",))
         return None
@@ -165,7 +175,7 @@ def _batch_size_key(ctx: Context, group: str) -> tuple:
     return ("schedule", "batch_size")
 
 
-def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> SchedulePlan:
+def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...], validate: bool) -> SchedulePlan:
     s, spec = ctx.spec.schedule, ctx.spec
     return sched.compute_schedule(
         batches_per_epoch=batches,
@@ -196,7 +206,7 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...]) -> Sch
         text_encoder_stop_step=spec.train.text_encoder_stop_step if any_text_encoder_trains(spec) else 0,
         checkpoint_every=spec.checkpoints.every,
         validate_every=spec.validation.every,
-        validate=bool(spec.validation.prompts),
+        validate=validate,
         seed=s.seed,
     )
 

@@ -276,8 +276,6 @@ def _single_file_family(tensors: dict[str, TensorInfo]) -> tuple[Family, tuple[s
     inpaint = tensors.get(_UNET + "input_blocks.0.0.weight")
     if inpaint is not None and len(inpaint.shape) == 4 and inpaint.shape[1] == 9:
         notes += ("inpainting UNet (9 input channels)",)
-    if any(n.startswith("conditioner.embedders.0.model.") for n in tensors):
-        return "unknown", (*notes, "an SDXL refiner checkpoint (OpenCLIP only); refiners are not supported")
     by_encoder = next(
         (f for f, enc in _TEXT_ENCODERS.items() if all(_has(tensors, p) for p in enc.values())), None
     )

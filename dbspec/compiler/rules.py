@@ -161,8 +161,16 @@ def interval_beyond_run(spec: Spec, given: Given, total_steps: int) -> Iterator[
 @rule("spec")
 def validation_without_prompts(spec: Spec, given: Given) -> Iterator[Hit]:
     v = spec.validation
-    # The evaluation loss (evaluation.holdout) runs at the validation steps without any image to sample.
-    if not v.prompts and not _evaluation_images(spec) and (v.every or given(("validation", "every"))):
+    # The evaluation loss (evaluation.holdout) runs at the validation steps without any image to sample; an
+    # img2img model (the SDXL refiner) validates by refining dataset images (validation.refine_images: the
+    # plan checks the family).
+    refines = given(("validation", "refine_images")) and v.refine_images > 0
+    if (
+        not v.prompts
+        and not refines
+        and not _evaluation_images(spec)
+        and (v.every or given(("validation", "every")))
+    ):
         yield _err(
             "DBS205",
             ("validation", "every"),

@@ -83,6 +83,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
         ("model", "t5_max_length"): 256,
+        ("model", "aesthetic_score"): 6.0,  # the SDXL refiner family
+        ("model", "negative_aesthetic_score"): 2.5,
+        ("validation", "refine"): None,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

@@ -71,6 +71,8 @@ class ModelPlan:
     notes: tuple[str, ...] = ()
     max_tokens: int = 75  # prompt tokens: 75 = one CLIP window; 150/225 = 2/3 windows joined
     t5_max_length: int = 256  # T5 tokens (families with a T5 text encoder: SD3)
+    aesthetic_score: float = 6.0  # the SDXL refiner's aesthetic-score conditioning in training
+    negative_aesthetic_score: float = 2.5  # its negative branch in refining validation
 
 
 @frozen
@@ -539,6 +541,19 @@ class PreviewPlan:
 
 
 @frozen
+class RefinePlan:
+    """Validation of an img2img family (the SDXL refiner): the dataset images it refines, each with its
+    caption, and the img2img strength and aesthetic scores (model.aesthetic_score and
+    model.negative_aesthetic_score)."""
+
+    images: tuple[str, ...]  # absolute paths, in plan order
+    captions: tuple[str, ...]
+    strength: float
+    aesthetic_score: float
+    negative_aesthetic_score: float
+
+
+@frozen
 class ValidationPlan:
     prompts: tuple[str, ...]
     negative_prompt: str
@@ -550,6 +565,7 @@ class ValidationPlan:
     seed: int
     size: Size
     preview: PreviewPlan | None = None  # None: no live previews
+    refine: RefinePlan | None = None  # img2img families: refine these dataset images instead of the prompts
 
 
 @frozen

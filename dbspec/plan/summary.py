@@ -9,7 +9,16 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from dbspec.families import family_spec
-from dbspec.plan.model import CaptionPlan, FlowPlan, GeneratePlan, NoisePlan, Plan, PreviewPlan, StepRange
+from dbspec.plan.model import (
+    CaptionPlan,
+    FlowPlan,
+    GeneratePlan,
+    NoisePlan,
+    Plan,
+    PreviewPlan,
+    RefinePlan,
+    StepRange,
+)
 
 
 def _gib(n: int) -> str:
@@ -54,6 +63,11 @@ def model_table(plan: Plan) -> Table:
         lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
     if any(e.tokenizer_class.startswith("T5") for e in family_spec(m.family).text_encoders):
         lines.append(f"text: T5 reads {m.t5_max_length} tokens (model.t5_max_length)")
+    if family_spec(m.family).aesthetic_score:
+        lines.append(
+            f"conditioning: aesthetic score {m.aesthetic_score:g} in training (model.aesthetic_score), "
+            "original size and crop; no target size"
+        )
     t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
@@ -238,6 +252,7 @@ def schedule_table(plan: Plan) -> Table:
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         *([("previews", _preview(plan.validation.preview))] if plan.validation.preview else []),
+        *([("refines", _refine(plan.validation.refine))] if plan.validation.refine else []),
         ("text encoder", _te(plan)),
         (
             "seed",
@@ -248,6 +263,15 @@ def schedule_table(plan: Plan) -> Table:
     for row in rows:
         t.add_row(*row)
     return t
+
+
+def _refine(r: RefinePlan) -> str:
+    """The SDXL refiner's validation: which dataset images it refines, how strongly, towards which score."""
+    names = ", ".join(Path(path).name for path in r.images)
+    return (
+        f"{len(r.images)} instance image(s) ({names}) with their captions, img2img strength {r.strength:g}, "
+        f"aesthetic score {r.aesthetic_score:g} (negative {r.negative_aesthetic_score:g})"
+    )
 
 
 def _preview(p: PreviewPlan) -> str:

@@ -27,8 +27,8 @@ frozen = attrs.frozen(kw_only=True)
 class Model:
     base: str = option(
         doc="Base model: a hub id, a diffusers folder, a single-file .safetensors (or .ckpt) checkpoint, "
-        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl, builtin:tiny-sd3, "
-        "builtin:tiny-flux).",
+        "or a built-in tiny model (builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl, "
+        "builtin:tiny-sdxl-refiner, builtin:tiny-sd3, builtin:tiny-flux).",
         example="runwayml/stable-diffusion-v1-5",
     )
     family: Family = option(
@@ -77,6 +77,22 @@ class Model:
         minimum=1,
         maximum=512,
         example=77,
+    )
+    aesthetic_score: float = option(
+        6.0,
+        doc="SDXL refiner: the aesthetic score its micro-conditioning trains with (every image), and the one "
+        "validation refines towards (diffusers' default 6.0; SimpleTuner's data_aesthetic_score); inert "
+        "for other families.",
+        minimum=0,
+        maximum=10,
+        example=7.0,
+    )
+    negative_aesthetic_score: float = option(
+        2.5,
+        doc="SDXL refiner: the aesthetic score of the negative (unconditional) branch when validation "
+        "refines images with guidance (diffusers' default 2.5); inert for other families.",
+        minimum=0,
+        maximum=10,
     )
 
 
@@ -1084,6 +1100,21 @@ class Validation:
     )
     webhook_timeout: float = option(
         2.0, doc="Seconds a webhook request may take before it is given up.", exclusive_minimum=0
+    )
+    refine_images: int = option(
+        4,
+        doc="SDXL refiner (img2img): validation refines this many instance images (the first in plan "
+        "order; the plan lists them) with their captions, instead of sampling validation.prompts; 0 turns "
+        "its validation off. Inert for other families.",
+        minimum=0,
+        maximum=64,
+    )
+    strength: float = option(
+        0.3,
+        doc="SDXL refiner: how much of each refined image is re-noised and denoised again (img2img "
+        "strength; diffusers' refiner default 0.3: the last 30% of the steps).",
+        exclusive_minimum=0,
+        maximum=1,
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPTokenizer
 
 from dbspec.builtin import (
@@ -23,6 +24,7 @@ from dbspec.builtin import (
     is_builtin,
     tokenizer_vocab,
 )
+from dbspec.families import family_spec
 from dbspec.runtime.tiny import MARKER_FILE, build_pipeline, materialize
 
 NAMES = sorted(BUILTIN_MODELS)
@@ -60,7 +62,9 @@ def test_registry_names_and_unknown_name() -> None:
     assert not is_builtin("runwayml/stable-diffusion-v1-5")
     assert builtin_model("builtin:tiny-sdxl").identity == "builtin:tiny-sdxl@v1"
     with pytest.raises(
-        KeyError, match="builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl, builtin:tiny-sd3"
+        KeyError,
+        match="builtin:tiny-sd1, builtin:tiny-sd2, builtin:tiny-sdxl, builtin:tiny-sdxl-refiner, "
+        "builtin:tiny-sd3",
     ):
         builtin_model("builtin:tiny-sd9")
 
@@ -124,7 +128,8 @@ def test_materialize_round_trips_through_from_pretrained(name: str, materialized
         p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER_FILE
     }
     assert list(folder.parent.glob(f".{folder.name}.*")) == []  # no staging leftovers
-    assert (folder / "tokenizer" / "merges.txt").read_text().startswith("#version: 0.2\n")
+    first_tokenizer = family_spec(model.family).text_encoders[0].tokenizer  # the refiner's: tokenizer_2
+    assert (folder / first_tokenizer / "merges.txt").read_text().startswith("#version: 0.2\n")
     assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
 
     loaded = DiffusionPipeline.from_pretrained(folder)
@@ -177,16 +182,23 @@ def test_two_step_inference_from_the_saved_folder(name: str, materialized: dict[
     pipe.set_progress_bar_config(disable=True)
     size = builtin_model(name).resolution
     generator = torch.Generator().manual_seed(0)
-    images = pipe(PROMPT, num_inference_steps=2, height=size, width=size, generator=generator).images
+    if family_spec(builtin_model(name).family).refines_images:  # img2img (the refiner) refines an image
+        source = Image.new("RGB", (size, size), (120, 60, 200))
+        images = pipe(PROMPT, image=source, strength=1.0, num_inference_steps=2, generator=generator).images
+    else:
+        images = pipe(PROMPT, num_inference_steps=2, height=size, width=size, generator=generator).images
     assert images[0].size == (size, size)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_tokenizers_cover_any_prompt(name: str, materialized: dict[str, Path]) -> None:
     pipe = DiffusionPipeline.from_pretrained(materialized[name])
-    pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if builtin_model(name).family == "sdxl":
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    clips = [
+        e
+        for e in family_spec(builtin_model(name).family).text_encoders
+        if e.tokenizer_class == "CLIPTokenizer"
+    ]
+    pairs = [(getattr(pipe, e.tokenizer), getattr(pipe, e.component)) for e in clips]
     for tokenizer, text_encoder in pairs:
         assert len(tokenizer) == VOCAB_SIZE == text_encoder.config.vocab_size
         assert tokenizer.model_max_length == 77
@@ -225,7 +237,11 @@ def _conditioning(pipe: DiffusionPipeline, batch: int) -> tuple[torch.Tensor, di
         embeds, _, pooled, _ = pipe.encode_prompt(
             PROMPT, device="cpu", num_images_per_prompt=batch, do_classifier_free_guidance=False
         )
-    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)
+    config = pipe.unet.config  # SDXL: 6 time ids; the refiner: 5 (its aesthetic score instead of target size)
+    count = (
+        config.projection_class_embeddings_input_dim - pooled.shape[-1]
+    ) // config.addition_time_embed_dim
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0][:count]]).repeat(batch, 1)
     return embeds, {"text_embeds": pooled, "time_ids": time_ids}
 
 

@@ -494,6 +494,20 @@ def test_no_path_and_no_flavour_takes_the_familys_default_flavour(tmp_path):
     assert plan.model.prediction == "epsilon"
 
 
+def test_a_refiner_flavour_is_the_sdxl_refiner_family(tmp_path):
+    images(tmp_path / "img", 3, (1024, 1024))
+    config = {
+        "model_type": "lora",
+        "model_family": "sdxl",
+        "model_flavour": "refiner-1.0",
+        "max_train_steps": 10,
+    }
+    _pair(tmp_path, {**config, "learning_rate": 1e-4}, [_backend("dog", "img", resolution=1024)])
+    plan = plan_of(_convert(tmp_path), tmp_path)
+    assert plan.model.base == "stabilityai/stable-diffusion-xl-refiner-1.0"
+    assert plan.model.family == "sdxl_refiner" and "text_encoder" not in plan.model.params
+
+
 # 15 ------------------------------------------------------------------------------------------------
 def st_sine(step: int, lr: float, t_0: int, eta_min: float) -> float:
     """custom_schedule.Sine: a continuous sine from step 0, floored to 1e-9."""

@@ -94,6 +94,6 @@ def test_unknown_family_names_the_known_ones():
     try:
         family_spec("sd9")
     except KeyError as exc:
-        assert "sd1, sd2, sdxl, sd3, flux" in str(exc)
+        assert "sd1, sd2, sdxl, sdxl_refiner, sd3, flux" in str(exc)
     else:
         raise AssertionError("sd9 is not a family")

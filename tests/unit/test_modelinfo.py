@@ -182,14 +182,28 @@ def test_diffusers_sdxl_two_text_encoders_and_sharded_unet(tmp_path):
     assert facts.dtypes == {"unet": "F16", "text_encoder": "F16", "text_encoder_2": "F16", "vae": "F32"}
 
 
+def test_diffusers_refiner_is_detected_from_its_unet_config(tmp_path):
+    # The refiner's UNet: context 1280 (OpenCLIP bigG alone) with text_time embeddings (5 time ids x 256 +
+    # 1280 pooled = 2560 projection inputs); its model_index declares no first text encoder.
+    config = {
+        "cross_attention_dim": 1280,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2560,
+    }
+    root = pipeline_folder(tmp_path / "m", "StableDiffusionXLImg2ImgPipeline", ["unet"], config, {})
+    facts = inspect_model(str(root), tmp_path)
+    assert (facts.family, facts.prediction) == ("sdxl_refiner", "epsilon"), facts.notes
+
+
 def test_diffusers_unknown_unet_and_missing_scheduler_say_so(tmp_path):
     root = pipeline_folder(tmp_path / "m", "StableDiffusionXLImg2ImgPipeline", ["unet"],
-                           {"cross_attention_dim": 1280, "addition_embed_type": "text_time"}, {})  # fmt: skip
+                           {"cross_attention_dim": 1536, "addition_embed_type": "text_time"}, {})  # fmt: skip
     (root / "scheduler" / "scheduler_config.json").unlink()
     write_safetensors(root / "unet" / "diffusion_pytorch_model.safetensors", SD1_UNET)
     facts = inspect_model(str(root), tmp_path)
     assert (facts.family, facts.prediction) == ("unknown", "unknown")
-    assert any("cross_attention_dim 1280" in n and "[model] family" in n for n in facts.notes)
+    assert any("cross_attention_dim 1536" in n and "[model] family" in n for n in facts.notes)
     assert any("[model] prediction" in n for n in facts.notes)
 
 
@@ -314,18 +328,24 @@ def test_single_file_without_text_encoders_uses_unet_context_size(tmp_path):
     assert any("no text_encoder weights" in n for n in facts.notes)
 
 
-@pytest.mark.parametrize(
-    ("extra", "note"),
-    [
-        ({"conditioner.embedders.0.model.text_projection": ("F16", (1280, 1280))}, "SDXL refiner"),
-        ({"cond_stage_model.transformer.text_model.final_layer_norm.weight": ("F16", (768,))}, "say sd1 but"),
-    ],
-)
-def test_single_file_refiner_or_mixed_parts_is_unknown(tmp_path, extra, note):
+def test_single_file_refiner_is_detected(tmp_path):
     to_k = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
-    tensors = {**LDM_UNET, to_k: ("F16", (640, 1280 if "refiner" in note else 2048)), **extra}
+    tensors = {
+        **LDM_UNET,
+        to_k: ("F16", (768, 1280)),
+        "conditioner.embedders.0.model.text_projection": ("F16", (1280, 1280)),
+    }
     facts = inspect_model(str(write_safetensors(tmp_path / "m.safetensors", tensors)), tmp_path)
-    assert facts.family == "unknown" and any(note in n for n in facts.notes), facts.notes
+    assert (facts.family, facts.prediction) == ("sdxl_refiner", "epsilon"), facts.notes
+    assert "text_encoder_2" in facts.params and "text_encoder" not in facts.params
+
+
+def test_single_file_mixed_parts_is_unknown(tmp_path):
+    to_k = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
+    extra = {"cond_stage_model.transformer.text_model.final_layer_norm.weight": ("F16", (768,))}
+    tensors = {**LDM_UNET, to_k: ("F16", (640, 2048)), **extra}
+    facts = inspect_model(str(write_safetensors(tmp_path / "m.safetensors", tensors)), tmp_path)
+    assert facts.family == "unknown" and any("say sd1 but" in n for n in facts.notes), facts.notes
 
 
 def test_single_file_that_is_not_a_checkpoint(tmp_path):

@@ -181,7 +181,11 @@ def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
             family, "dbspec trains SD 1.x, SD 2.x and SDXL (model_family sd1x, sd2x, sdxl, legacy)"
         )
     elif FAMILIES[family.value] != "auto":
-        conv.mapped(family, ("model", "family"), FAMILIES[family.value])
+        # SimpleTuner trains the SDXL refiner under model_family sdxl (its refiner flavours or a refiner
+        # path); dbspec has it as a family of its own.
+        named = f"{flavour.value or ''} {base.value or ''}".lower()
+        refiner = family.value == "sdxl" and "refiner" in named
+        conv.mapped(family, ("model", "family"), "sdxl_refiner" if refiner else FAMILIES[family.value])
     else:
         conv.record(family, "mapped", "model.family")
     for key, target in (("pretrained_vae_model_name_or_path", "vae"), ("revision", "revision")):
