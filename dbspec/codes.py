@@ -1047,6 +1047,15 @@ up; on two devices each
 is compared with its own. The message names the folder measured, the bytes needed and free. Checked only when
 planning on the machine that runs (not with `--target`, which plans for another machine).""",
     ),
+    Code(
+        "DBS352",
+        ERROR,
+        "Weighted captions on a family without CLIP-window prompts",
+        """\
+`model.weighted_captions` on SD3 or Flux: their prompts also go through T5, and weighted captions (kohya's
+`--weighted_captions`) scale CLIP token hidden states, which kohya does for SD 1.x, SD 2.x and SDXL only.""",
+        help="remove model.weighted_captions (write captions without attention syntax)",
+    ),
     # --- DBS4xx: converting legacy configs (`dbspec convert`) -----------------------------------------------
     Code(
         "DBS355",

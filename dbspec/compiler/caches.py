@@ -50,8 +50,20 @@ def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
     windows = [model.max_tokens] if model.max_tokens != 75 else []
     # T5's length shapes the embeddings of families with T5 (SD3); the others' keys stay as they were.
     t5 = [model.t5_max_length] if _has_t5(model.family) else []
+    # weighted captions join the key only when on (their embeddings differ); other keys stay as they were.
+    weighted = ["weighted"] if model.weighted_captions else []
     return _key(
-        [TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype, *windows, *t5]
+        [
+            TEXT_FORMAT,
+            caption,
+            model.text_identity,
+            model.family,
+            model.clip_skip,
+            dtype,
+            *windows,
+            *t5,
+            *weighted,
+        ]
     )
 
 

@@ -18,7 +18,7 @@ from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_t
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
-from dbspec.compiler.models import check_exports, plan_model, sampler
+from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
 from dbspec.compiler.preview import plan_preview
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
@@ -85,6 +85,7 @@ def path_error(ctx: Context, exc: OSError) -> Diagnostic:
 def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     check_exports(ctx, model)
+    check_weighted_captions(ctx, model)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))

@@ -74,6 +74,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         clip_skip=m.clip_skip,
         max_tokens=m.max_tokens,
         t5_max_length=m.t5_max_length,
+        weighted_captions=m.weighted_captions,
         identity=identity,
         vae_identity=vae_identity,
         text_identity=text_identity,
@@ -139,6 +140,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         clip_skip=m.clip_skip,
         max_tokens=m.max_tokens,
         t5_max_length=m.t5_max_length,
+        weighted_captions=m.weighted_captions,
         identity=b.identity,
         vae_identity=_vae_identity(ctx, f"{b.identity}/vae"),
         text_identity=f"{b.identity}/text",
@@ -230,6 +232,23 @@ def sampler(ctx: Context, model: ModelPlan | None, value: str, path: tuple) -> s
             help="remove the option to use the family's scheduler",
         )
     return value
+
+
+def check_weighted_captions(ctx: Context, model: ModelPlan | None) -> None:
+    """model.weighted_captions on a family whose prompts are not CLIP windows alone (DBS352): kohya weights
+    SD 1.x/2.x/SDXL token hidden states only."""
+    if model is None or not model.weighted_captions:
+        return
+    spec = family_spec(model.family)
+    if not spec.long_prompts:
+        ctx.report(
+            "DBS352",
+            "error",
+            f"model.weighted_captions is true, but {spec.title} prompts are not CLIP windows alone "
+            "(weighted captions scale CLIP hidden states, as kohya does for SD 1.x, SD 2.x and SDXL)",
+            ("model", "weighted_captions"),
+            help="remove model.weighted_captions (write captions without attention syntax)",
+        )
 
 
 def check_exports(ctx: Context, model: ModelPlan | None) -> None:

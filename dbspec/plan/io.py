@@ -83,6 +83,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
         ("model", "t5_max_length"): 256,
+        ("model", "weighted_captions"): False,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

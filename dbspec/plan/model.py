@@ -71,6 +71,7 @@ class ModelPlan:
     notes: tuple[str, ...] = ()
     max_tokens: int = 75  # prompt tokens: 75 = one CLIP window; 150/225 = 2/3 windows joined
     t5_max_length: int = 256  # T5 tokens (families with a T5 text encoder: SD3)
+    weighted_captions: bool = False  # A1111 attention syntax scales token hidden states (kohya)
 
 
 @frozen

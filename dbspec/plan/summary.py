@@ -52,6 +52,8 @@ def model_table(plan: Plan) -> Table:
     if m.clip_skip != 1 or m.max_tokens != 75:
         windows = f" ({m.max_tokens // 75} windows of 75, joined)" if m.max_tokens != 75 else ""
         lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
+    if m.weighted_captions:
+        lines.append("text: weighted captions (A1111 attention syntax scales token hidden states, as kohya)")
     if any(e.tokenizer_class.startswith("T5") for e in family_spec(m.family).text_encoders):
         lines.append(f"text: T5 reads {m.t5_max_length} tokens (model.t5_max_length)")
     t.caption = "\n".join(lines) or None

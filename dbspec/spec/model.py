@@ -70,6 +70,13 @@ class Model:
         "3 windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
         "validation samples.",
     )
+    weighted_captions: bool = option(
+        False,
+        doc="Read A1111 attention syntax in captions as kohya's `--weighted_captions` does: `(word)` scales "
+        "its tokens' text-encoder hidden states by 1.1, `[word]` by 1/1.1, `(word:1.5)` by 1.5 (nested "
+        "factors multiply; `\\(` is a literal bracket), after caption processing; in training, text caches "
+        "and the evaluation loss, not in validation prompts. SD 1.x, SD 2.x and SDXL.",
+    )
     t5_max_length: int = option(
         256,
         doc="T5 tokens (SD3's third text encoder; StableDiffusion3Pipeline's max_sequence_length), in "
