@@ -746,6 +746,33 @@ no warm-up: SimpleTuner's cosine and sine waves start at step 0 and use its lr_w
 (`schedule.t_max`).""",
     ),
     Code(
+        "DBS291",
+        ERROR,
+        "weighted best-checkpoint rule without weights",
+        """\
+`checkpoints.select = "weighted"` while every `checkpoints.select_weight_*` is 0: the rule has nothing
+to sum.""",
+        help="give a weight to at least one metric, e.g. checkpoints.select_weight_dino = 1.0",
+    ),
+    Code(
+        "DBS292",
+        ERROR,
+        "weighted best-checkpoint rule on a metric that does not run",
+        """\
+A `checkpoints.select_weight_*` weighs a metric no evaluation computes: eval_loss without held-out images
+(`evaluation.holdout` 0, no `role = "eval"` dataset), or a CLIP/DINO metric missing from
+`evaluation.metrics`.""",
+    ),
+    Code(
+        "DBS293",
+        WARNING,
+        "best-checkpoint weight without the weighted rule",
+        """\
+A `checkpoints.select_weight_*` is set while `checkpoints.select` is not `"weighted"`: the weight does nothing
+(warning).""",
+        help='set checkpoints.select = "weighted", or remove the weight',
+    ),
+    Code(
         "DBS295",
         WARNING,
         "identifier splits into many tokens",

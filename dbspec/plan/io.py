@@ -84,6 +84,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "max_tokens"): 75,
         ("model", "t5_max_length"): 256,
         ("model", "weighted_captions"): False,
+        ("checkpoints", "select_weights"): [],
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

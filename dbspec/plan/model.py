@@ -561,7 +561,12 @@ class CheckpointPlan:
     keep: int
     save_precision: Dtype
     exports: tuple[str, ...]
-    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino"] = "none"  # the best-checkpoint metric
+    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino", "weighted"] = (
+        "none"  # best-checkpoint rule
+    )
+    # select = "weighted": (metric, weight) with a non-zero weight, in metric order; score = sum of weight x
+    # value, eval_loss negated (runtime/checkpoints.py selection_score)
+    select_weights: tuple[tuple[str, float], ...] = ()
 
 
 @frozen

@@ -448,7 +448,7 @@ def evaluation_table(plan: Plan) -> Table | None:
         if model is not None:
             t.add_row(name, f"{model.id} ({model.source}{': ' + _shown(model.path) if model.path else ''})")
     if plan.checkpoints.select != "none":
-        t.add_row("best checkpoint", f"by {plan.checkpoints.select} (checkpoints/best, kept by keep-K)")
+        t.add_row("best checkpoint", f"by {select_rule(plan.checkpoints)} (checkpoints/best, kept by keep-K)")
     for line in e.cost:
         t.add_row("cost", line)
     return t
@@ -593,3 +593,15 @@ def _torch_schedule(s) -> str:
         f"total_iters {a.total_iters}",
         "constant_lr": f" (torch ConstantLR), factor {a.factor:g}, total_iters {a.total_iters}",
     }[s.lr_schedule]
+
+
+def select_rule(c) -> str:
+    """The best-checkpoint rule as the summary shows it: a metric, or the weighted sum ("the highest -2 x
+    eval_loss + 0.5 x clip_t + 1 x dino")."""
+    if c.select != "weighted":
+        return c.select
+    text = ""
+    for m, w in c.select_weights:
+        sign = "-" if m == "eval_loss" else "+"
+        text += f" {sign} {w:g} x {m}" if text else f"{'-' if sign == '-' else ''}{w:g} x {m}"
+    return f"the highest {text}"

@@ -1096,11 +1096,34 @@ class Checkpoints:
         doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: "
         "LoRA in kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
     )
-    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino"] = option(
+    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino", "weighted"] = option(
         "none",
         doc="Pick the best checkpoint by this [evaluation] metric (eval_loss: lowest; the others: highest): "
         "`checkpoints/best` names it, `best.json` holds its step and value, and keep-K pruning never deletes "
-        "it. Only checkpoints saved at an evaluation step compete.",
+        'it. Only checkpoints saved at an evaluation step compete. "weighted": by the highest weighted sum '
+        "of the `select_weight_*` metrics (eval_loss negated, the similarities as they are).",
+    )
+    select_weight_eval_loss: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of the evaluation loss, which enters the sum negated '
+        "(-weight x eval_loss: a lower loss scores higher).",
+        minimum=0.0,
+    )
+    select_weight_clip_t: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of CLIP-T (prompt-image cosine similarity, as computed).',
+        minimum=0.0,
+    )
+    select_weight_clip_i: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of CLIP-I (image-image cosine similarity, as computed).',
+        minimum=0.0,
+    )
+    select_weight_dino: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of DINO (image-image cosine similarity, as computed).',
+        minimum=0.0,
+        example=1.0,
     )
 
 
