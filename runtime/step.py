@@ -55,10 +55,13 @@ def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.
     out: list = [None] * len(batch)
     pending: list[tuple[int, torch.Tensor]] = []
     for i, sample in enumerate(batch):
-        crop_mode, rng = parts.plan.datasets[sample.dataset].crop, sample_rng(sample)
+        dataset = parts.plan.datasets[sample.dataset]
+        crop_mode, rng = dataset.crop, sample_rng(sample)
         entry = _cached_posterior(parts, sample.latent_key)
         if entry is None:
-            pixels, mask = load_example(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng)
+            pixels, mask = load_example(
+                sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng, color_aug=dataset.color_aug
+            )
             pending.append((i, pixels))
         else:
             mask = (

@@ -95,7 +95,7 @@ class Keyer:
         if self.model is None:
             return (), ""
         lkeys: tuple[str, ...] = ()
-        if self.latents and d.crop == "center":
+        if self.latents and d.crop == "center" and not d.color_aug:
             lkeys = (_latent_key(sha, bucket, resized, crop, False, self.model_part),)
             if d.flip:
                 lkeys += (_latent_key(sha, bucket, resized, crop, True, self.model_part),)
@@ -163,6 +163,11 @@ def plan_cache(
         f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"
         for d in datasets
         if c.latents and d.crop == "random"
+    ]
+    notes += [
+        f"dataset `{d.name}`: latents are not cached (colour augmentation differs every step)"
+        for d in datasets
+        if c.latents and d.color_aug and d.crop != "random"
     ]
     keys: dict[str, set[str]] = {"latents": set(), "text": set()}
     for d in datasets:

@@ -85,6 +85,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "t5_max_length"): 256,
         ("model", "weighted_captions"): False,
         ("checkpoints", "select_weights"): [],
+        ("datasets", "*", "color_aug"): False,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

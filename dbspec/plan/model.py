@@ -228,6 +228,7 @@ class DatasetPlan:
     generate: GeneratePlan | None = None
     caption_processing: CaptionPlan = CaptionPlan()
     group: str = ""  # its [[groups]] name; "" = the default group (schedule.batch_size)
+    color_aug: bool = False  # kohya colour augmentation per sample (runtime/color_aug.py); no latent cache
 
 
 @frozen

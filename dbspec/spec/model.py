@@ -417,6 +417,12 @@ class Dataset:
         "center", doc="Crop placement after the cover-resize into a bucket."
     )
     flip: bool = option(False, doc="Random horizontal flips.")
+    color_aug: bool = option(
+        False,
+        doc="kohya's colour augmentation (`color_aug`): a third of the samples get a hue shift of up to 8 "
+        "(OpenCV's 0-179 hue) or a gamma in [0.95, 1.05], drawn per sample and step; latents of the dataset "
+        "are then not cached (as kohya refuses the cache with it).",
+    )
     masks: str = option(
         "",
         doc="Folder of masks paired with images by file stem (white = train, black = "
