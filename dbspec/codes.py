@@ -801,6 +801,33 @@ no warm-up: SimpleTuner's cosine and sine waves start at step 0 and use its lr_w
 (`schedule.t_max`).""",
     ),
     Code(
+        "DBS291",
+        ERROR,
+        "weighted best-checkpoint rule without weights",
+        """\
+`checkpoints.select = "weighted"` while every `checkpoints.select_weight_*` is 0: the rule has nothing
+to sum.""",
+        help="give a weight to at least one metric, e.g. checkpoints.select_weight_dino = 1.0",
+    ),
+    Code(
+        "DBS292",
+        ERROR,
+        "weighted best-checkpoint rule on a metric that does not run",
+        """\
+A `checkpoints.select_weight_*` weighs a metric no evaluation computes: eval_loss without held-out images
+(`evaluation.holdout` 0, no `role = "eval"` dataset), or a CLIP/DINO metric missing from
+`evaluation.metrics`.""",
+    ),
+    Code(
+        "DBS293",
+        WARNING,
+        "best-checkpoint weight without the weighted rule",
+        """\
+A `checkpoints.select_weight_*` is set while `checkpoints.select` is not `"weighted"`: the weight does nothing
+(warning).""",
+        help='set checkpoints.select = "weighted", or remove the weight',
+    ),
+    Code(
         "DBS295",
         WARNING,
         "identifier splits into many tokens",
@@ -1140,6 +1167,15 @@ not made yet). Folders on one device (`st_dev`) share its free space, so their n
 up; on two devices each
 is compared with its own. The message names the folder measured, the bytes needed and free. Checked only when
 planning on the machine that runs (not with `--target`, which plans for another machine).""",
+    ),
+    Code(
+        "DBS352",
+        ERROR,
+        "Weighted captions on a family without CLIP-window prompts",
+        """\
+`model.weighted_captions` on SD3 or Flux: their prompts also go through T5, and weighted captions (kohya's
+`--weighted_captions`) scale CLIP token hidden states, which kohya does for SD 1.x, SD 2.x and SDXL only.""",
+        help="remove model.weighted_captions (write captions without attention syntax)",
     ),
     # --- DBS4xx: converting legacy configs (`dbspec convert`) -----------------------------------------------
     Code(

@@ -7,6 +7,7 @@ import torch
 
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
+from dbspec.runtime import weighted_prompts
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
 from dbspec.runtime.data import verify_sources
 from dbspec.runtime.models import Components
@@ -41,6 +42,7 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
                 clip_skip=plan.model.clip_skip,
                 max_tokens=plan.model.max_tokens,
                 device=device,
+                **weighted_prompts.encode_options(plan.model),
             )
             return {k: v.float().cpu() for k, v in out.items()}
 

@@ -49,6 +49,7 @@ def save_checkpoint(
     keep: int,
     scores: dict[str, Any] | None = None,
     select: str = "none",
+    select_weights: tuple[tuple[str, float], ...] = (),
 ) -> Path:
     """Write checkpoint `step` (weights via the callback, `state` via torch.save), point `latest` at it,
     record its evaluation `scores` (metrics.json) and move `best` to it when it beats the best by `select`,
@@ -83,7 +84,7 @@ def save_checkpoint(
         shutil.rmtree(replaced, ignore_errors=True)
     if scores:
         record_scores(root, final.name, scores)
-        update_best(root, final.name, scores, select)
+        update_best(root, final.name, scores, select, select_weights)
     _prune(root, keep, final)
     return final
 
@@ -146,21 +147,50 @@ def record_scores(root: Path, name: str, scores: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(dict(sorted(table.items())), indent=1) + "\n")
 
 
-def update_best(root: Path, name: str, scores: dict[str, Any], select: str) -> bool:
+def selection_score(scores: dict[str, Any], weights: tuple[tuple[str, float], ...]) -> float | None:
+    """select = "weighted": the sum of weight x value over the weighted metrics, eval_loss (LOWER_IS_BETTER)
+    negated so that higher is better throughout; None when a weighted metric has no number in `scores`."""
+    total = 0.0
+    for metric, weight in weights:
+        value = scores.get(metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        total += weight * (-float(value) if metric in LOWER_IS_BETTER else float(value))
+    return total
+
+
+def update_best(
+    root: Path, name: str, scores: dict[str, Any], select: str, weights: tuple[tuple[str, float], ...] = ()
+) -> bool:
     """Point `best` at checkpoint `name` (and write best.json: step, metric, value) when its `select` score
-    beats the current best's; the pointer moves as `latest` does (written whole, then renamed)."""
-    if select == "none" or not isinstance(scores.get(select), (int, float)):
+    beats the current best's; the pointer moves as `latest` does (written whole, then renamed). "weighted"
+    scores by `selection_score` (higher wins; best.json also holds the weights)."""
+    if select == "weighted":
+        weighted = selection_score(scores, weights) if weights else None
+        if weighted is None:
+            return False
+        value = weighted
+    elif select == "none" or not isinstance(scores.get(select), (int, float)):
         return False
-    value = float(scores[select])
+    else:
+        value = float(scores[select])
     current = _read_json(root / BEST_JSON)
-    if current and current.get("metric") == select and (root / str(current.get("checkpoint"))).is_dir():
+    same_rule = current and current.get("metric") == select and current.get("weights", []) == _pairs(weights)
+    if same_rule and (root / str(current.get("checkpoint"))).is_dir():
         old = float(current["value"])
         if not (value < old if select in LOWER_IS_BETTER else value > old):
             return False
     record = {"checkpoint": name, "step": scores.get("step"), "metric": select, "value": value}
+    if select == "weighted":
+        record["weights"] = _pairs(weights)
     write_text_atomic(root / BEST_JSON, json.dumps(record, indent=1) + "\n")
     write_text_atomic(root / BEST_FILE, name + "\n")
     return True
+
+
+def _pairs(weights: tuple[tuple[str, float], ...]) -> list[list]:
+    """The weights as best.json holds them (JSON lists)."""
+    return [[m, float(w)] for m, w in weights]
 
 
 def best_checkpoint(out: Path) -> Path | None:

@@ -279,12 +279,25 @@ def load_mask(
 
 
 def load_example(
-    img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
+    img: ImagePlan,
+    *,
+    crop_mode: CropMode = "center",
+    flip: bool = False,
+    rng: random.Random | None = None,
+    color_aug: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pixels and mask (None without one) cut from one crop window, decoding the image once."""
+    """Pixels and mask (None without one) cut from one crop window, decoding the image once. `color_aug`
+    draws kohya's colour augmentation from `rng` after the crop's draws (runtime/color_aug.py)."""
     offset = crop_offset(img, crop_mode, rng)
     source = _open(img.path, img.size)
-    pixels = _rgb_tensor(_fit(source.convert("RGB"), img, offset, flip))
+    fitted = _fit(source.convert("RGB"), img, offset, flip)
+    if color_aug:
+        if rng is None:
+            raise ValueError("colour augmentation needs an rng")
+        from dbspec.runtime.color_aug import color_aug as augment
+
+        fitted = Image.fromarray(augment(np.array(fitted, dtype=np.uint8), rng))
+    pixels = _rgb_tensor(fitted)
     if not img.mask:
         return pixels, None
     return pixels, _mask_tensor(_fit(_mask_image(img, source), img, offset, flip))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dbspec.plan.model import EvaluationPlan, MetricModelPlan, Plan
-from dbspec.runtime import losses
+from dbspec.runtime import losses, weighted_prompts
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.data import Sample, load_example
 from dbspec.runtime.families import family_runtime
@@ -99,6 +99,7 @@ class EvalLoss:
                 clip_skip=plan.model.clip_skip,
                 max_tokens=plan.model.max_tokens,
                 device=parts.device,
+                **weighted_prompts.encode_options(plan.model),
             )
             text = {k: v.expand(count, *v.shape[1:]) for k, v in text.items()}
             noisy = family.objective.add_noise(sched, latents, noise, timesteps)

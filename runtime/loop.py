@@ -246,6 +246,7 @@ def _save_checkpoint(run: Run, step: int, scores: dict) -> Path:
         keep=run.plan.checkpoints.keep,
         scores=scores,
         select=select,
+        select_weights=run.plan.checkpoints.select_weights,
     )
 
 

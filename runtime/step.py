@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from dbspec.plan.model import NoisePlan, Plan
-from dbspec.runtime import losses, rollout
+from dbspec.runtime import losses, rollout, weighted_prompts
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.captions import step_captions
@@ -56,10 +56,13 @@ def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.
     out: list = [None] * len(batch)
     pending: list[tuple[int, torch.Tensor]] = []
     for i, sample in enumerate(batch):
-        crop_mode, rng = parts.plan.datasets[sample.dataset].crop, sample_rng(sample)
+        dataset = parts.plan.datasets[sample.dataset]
+        crop_mode, rng = dataset.crop, sample_rng(sample)
         entry = _cached_posterior(parts, sample.latent_key)
         if entry is None:
-            pixels, mask = load_example(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng)
+            pixels, mask = load_example(
+                sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng, color_aug=dataset.color_aug
+            )
             pending.append((i, pixels))
         else:
             mask = (
@@ -132,6 +135,7 @@ def text_for(
             clip_skip=plan.model.clip_skip,
             max_tokens=plan.model.max_tokens,
             device=parts.device,
+            **weighted_prompts.encode_options(plan.model),
         )
 
 

@@ -21,8 +21,12 @@ def tokenize(tokenizer, prompts: list[str], max_tokens: int = WINDOW) -> torch.T
     length = tokenizer.model_max_length
     if max_tokens <= length - 2:
         return _ids(tokenizer, prompts, length)
-    ids = _ids(tokenizer, prompts, max_tokens + 2)
-    body, eos, pad = length - 2, tokenizer.eos_token_id, tokenizer.pad_token_id
+    return frame_windows(tokenizer, _ids(tokenizer, prompts, max_tokens + 2), max_tokens)
+
+
+def frame_windows(tokenizer, ids: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """(B, max_tokens + 2) ids, one BOS ... EOS/pad sequence each -> (B, n, 77) framed windows."""
+    body, eos, pad = tokenizer.model_max_length - 2, tokenizer.eos_token_id, tokenizer.pad_token_id
     windows = []
     for start in range(1, max_tokens + 1, body):
         window = torch.cat([ids[:, :1], ids[:, start : start + body], ids[:, -1:]], dim=1)

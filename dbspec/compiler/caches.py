@@ -51,8 +51,20 @@ def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
     windows = [model.max_tokens] if model.max_tokens != 75 else []
     # T5's length shapes the embeddings of families with T5 (SD3); the others' keys stay as they were.
     t5 = [model.t5_max_length] if _has_t5(model.family) else []
+    # weighted captions join the key only when on (their embeddings differ); other keys stay as they were.
+    weighted = ["weighted"] if model.weighted_captions else []
     return _key(
-        [TEXT_FORMAT, caption, model.text_identity, model.family, model.clip_skip, dtype, *windows, *t5]
+        [
+            TEXT_FORMAT,
+            caption,
+            model.text_identity,
+            model.family,
+            model.clip_skip,
+            dtype,
+            *windows,
+            *t5,
+            *weighted,
+        ]
     )
 
 
@@ -85,7 +97,7 @@ class Keyer:
         if self.model is None:
             return (), ""
         lkeys: tuple[str, ...] = ()
-        if self.latents and d.crop == "center":
+        if self.latents and d.crop == "center" and not d.color_aug:
             lkeys = (_latent_key(sha, bucket, resized, crop, False, self.model_part),)
             if d.flip:
                 lkeys += (_latent_key(sha, bucket, resized, crop, True, self.model_part),)
@@ -161,6 +173,11 @@ def plan_cache(
         f"dataset `{d.name}`: latents are not cached (random crops differ every epoch)"
         for d in datasets
         if c.latents and d.crop == "random"
+    ]
+    notes += [
+        f"dataset `{d.name}`: latents are not cached (colour augmentation differs every step)"
+        for d in datasets
+        if c.latents and d.color_aug and d.crop != "random"
     ]
     keys: dict[str, set[str]] = {"latents": set(), "text": set()}
     for d in datasets:

@@ -19,7 +19,8 @@ from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_t
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.memory import estimate_memory
-from dbspec.compiler.models import check_exports, plan_model, sampler
+from dbspec.compiler.evaluation import select_weights
+from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
 from dbspec.compiler.preview import plan_preview
 from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
 from dbspec.families import family_spec
@@ -88,6 +89,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_model(ctx)
     check_exports(ctx, model)
     check_refiner_options(ctx, model)
+    check_weighted_captions(ctx, model)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))
@@ -410,6 +412,7 @@ def _assemble(
             save_precision=c.save_precision,
             exports=tuple(c.exports),
             select=c.select,
+            select_weights=select_weights(c),
         ),
         ema=EmaPlan(
             enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload

@@ -233,10 +233,22 @@ def plan_evaluation(
     return attrs.evolve(plan, cost=_cost(plan, validation_prompts * spec.validation.images_per_prompt))
 
 
+SELECT_METRICS = ("eval_loss", "clip_t", "clip_i", "dino")  # the metrics select = "weighted" can weigh
+
+
+def select_weights(c) -> tuple[tuple[str, float], ...]:
+    """checkpoints.select = "weighted": its (metric, weight) pairs with a non-zero weight; () otherwise."""
+    if c.select != "weighted":
+        return ()
+    pairs = ((m, float(getattr(c, f"select_weight_{m}"))) for m in SELECT_METRICS)
+    return tuple((m, w) for m, w in pairs if w)
+
+
 def _check_selection(ctx: Context, plan: EvaluationPlan, schedule: SchedulePlan) -> None:
     select = ctx.spec.checkpoints.select
-    if select == "none" or select not in plan.metrics:
-        return  # a metric that does not run is DBS275, at check time
+    ranked = [m for m, _ in select_weights(ctx.spec.checkpoints)] if select == "weighted" else [select]
+    if select == "none" or not ranked or any(m not in plan.metrics for m in ranked):
+        return  # a metric that does not run is DBS275 (DBS291/DBS292 for the weighted rule), at check time
     shared = [step for step in schedule.checkpoint_steps if step in plan.steps]
     if len(shared) <= 1 < len(schedule.checkpoint_steps):
         ctx.report(

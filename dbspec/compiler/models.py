@@ -78,6 +78,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         t5_max_length=m.t5_max_length,
         aesthetic_score=m.aesthetic_score,
         negative_aesthetic_score=m.negative_aesthetic_score,
+        weighted_captions=m.weighted_captions,
         identity=identity,
         vae_identity=vae_identity,
         text_identity=text_identity,
@@ -145,6 +146,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         t5_max_length=m.t5_max_length,
         aesthetic_score=m.aesthetic_score,
         negative_aesthetic_score=m.negative_aesthetic_score,
+        weighted_captions=m.weighted_captions,
         identity=b.identity,
         vae_identity=_vae_identity(ctx, f"{b.vae_identity}/vae"),
         text_identity=f"{b.identity}/text",
@@ -236,6 +238,23 @@ def sampler(ctx: Context, model: ModelPlan | None, value: str, path: tuple) -> s
             help="remove the option to use the family's scheduler",
         )
     return value
+
+
+def check_weighted_captions(ctx: Context, model: ModelPlan | None) -> None:
+    """model.weighted_captions on a family whose prompts are not CLIP windows alone (DBS352): kohya weights
+    SD 1.x/2.x/SDXL token hidden states only."""
+    if model is None or not model.weighted_captions:
+        return
+    spec = family_spec(model.family)
+    if not spec.long_prompts:
+        ctx.report(
+            "DBS352",
+            "error",
+            f"model.weighted_captions is true, but {spec.title} prompts are not CLIP windows alone "
+            "(weighted captions scale CLIP hidden states, as kohya does for SD 1.x, SD 2.x and SDXL)",
+            ("model", "weighted_captions"),
+            help="remove model.weighted_captions (write captions without attention syntax)",
+        )
 
 
 def check_exports(ctx: Context, model: ModelPlan | None) -> None:

@@ -1432,6 +1432,48 @@ def best_checkpoint_metric_runs(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def weighted_checkpoint_selection(spec: Spec, given: Given) -> Iterator[Hit]:
+    """select = "weighted": some weight (DBS291), every weighted metric runs (DBS292); weights without the
+    weighted rule do nothing (DBS293)."""
+    c, ev = spec.checkpoints, spec.evaluation
+    metrics = ("eval_loss", "clip_t", "clip_i", "dino")
+    weighted = [m for m in metrics if getattr(c, f"select_weight_{m}")]
+    if c.select != "weighted":
+        for m in (m for m in metrics if given(("checkpoints", f"select_weight_{m}"))):
+            yield _warn(
+                "DBS293",
+                ("checkpoints", f"select_weight_{m}"),
+                f"checkpoints.select_weight_{m} does nothing: checkpoints.select is {c.select!r}, "
+                'not "weighted"',
+                'set checkpoints.select = "weighted", or remove the weight',
+            )
+        return
+    if not weighted:
+        yield _err(
+            "DBS291",
+            ("checkpoints", "select"),
+            'checkpoints.select = "weighted" but every checkpoints.select_weight_* is 0',
+            "give a weight to at least one metric, e.g. checkpoints.select_weight_dino = 1.0",
+        )
+    for m in weighted:
+        runs = _evaluation_images(spec) if m == "eval_loss" else m in ev.metrics
+        if not runs:
+            needs = (
+                'evaluation.holdout = 0 and no dataset has role = "eval"'
+                if m == "eval_loss"
+                else f"evaluation.metrics does not list it ({list(ev.metrics)})"
+            )
+            yield _err(
+                "DBS292",
+                ("checkpoints", f"select_weight_{m}"),
+                f"checkpoints.select_weight_{m} weighs {m}, which no evaluation computes: {needs}",
+                'set evaluation.holdout (or add a role = "eval" dataset)'
+                if m == "eval_loss"
+                else f'add "{m}" to evaluation.metrics',
+            )
+
+
+@rule("spec")
 def evaluation_subject_words(spec: Spec, given: Given) -> Iterator[Hit]:
     from dbspec.compiler.evaluation import subject_words
 

@@ -86,6 +86,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "aesthetic_score"): 6.0,  # the SDXL refiner family
         ("model", "negative_aesthetic_score"): 2.5,
         ("validation", "refine"): None,
+        ("model", "weighted_captions"): False,
+        ("checkpoints", "select_weights"): [],
+        ("datasets", "*", "color_aug"): False,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

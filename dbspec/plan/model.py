@@ -73,6 +73,7 @@ class ModelPlan:
     t5_max_length: int = 256  # T5 tokens (families with a T5 text encoder: SD3)
     aesthetic_score: float = 6.0  # the SDXL refiner's aesthetic-score conditioning in training
     negative_aesthetic_score: float = 2.5  # its negative branch in refining validation
+    weighted_captions: bool = False  # A1111 attention syntax scales token hidden states (kohya)
 
 
 @frozen
@@ -229,6 +230,7 @@ class DatasetPlan:
     generate: GeneratePlan | None = None
     caption_processing: CaptionPlan = CaptionPlan()
     group: str = ""  # its [[groups]] name; "" = the default group (schedule.batch_size)
+    color_aug: bool = False  # kohya colour augmentation per sample (runtime/color_aug.py); no latent cache
 
 
 @frozen
@@ -576,7 +578,12 @@ class CheckpointPlan:
     keep: int
     save_precision: Dtype
     exports: tuple[str, ...]
-    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino"] = "none"  # the best-checkpoint metric
+    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino", "weighted"] = (
+        "none"  # best-checkpoint rule
+    )
+    # select = "weighted": (metric, weight) with a non-zero weight, in metric order; score = sum of weight x
+    # value, eval_loss negated (runtime/checkpoints.py selection_score)
+    select_weights: tuple[tuple[str, float], ...] = ()
 
 
 @frozen

@@ -61,6 +61,8 @@ def model_table(plan: Plan) -> Table:
     if m.clip_skip != 1 or m.max_tokens != 75:
         windows = f" ({m.max_tokens // 75} windows of 75, joined)" if m.max_tokens != 75 else ""
         lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
+    if m.weighted_captions:
+        lines.append("text: weighted captions (A1111 attention syntax scales token hidden states, as kohya)")
     if any(e.tokenizer_class.startswith("T5") for e in family_spec(m.family).text_encoders):
         lines.append(f"text: T5 reads {m.t5_max_length} tokens (model.t5_max_length)")
     if family_spec(m.family).aesthetic_score:
@@ -483,7 +485,7 @@ def evaluation_table(plan: Plan) -> Table | None:
         if model is not None:
             t.add_row(name, f"{model.id} ({model.source}{': ' + _shown(model.path) if model.path else ''})")
     if plan.checkpoints.select != "none":
-        t.add_row("best checkpoint", f"by {plan.checkpoints.select} (checkpoints/best, kept by keep-K)")
+        t.add_row("best checkpoint", f"by {select_rule(plan.checkpoints)} (checkpoints/best, kept by keep-K)")
     for line in e.cost:
         t.add_row("cost", line)
     return t
@@ -628,3 +630,15 @@ def _torch_schedule(s) -> str:
         f"total_iters {a.total_iters}",
         "constant_lr": f" (torch ConstantLR), factor {a.factor:g}, total_iters {a.total_iters}",
     }[s.lr_schedule]
+
+
+def select_rule(c) -> str:
+    """The best-checkpoint rule as the summary shows it: a metric, or the weighted sum ("the highest -2 x
+    eval_loss + 0.5 x clip_t + 1 x dino")."""
+    if c.select != "weighted":
+        return c.select
+    text = ""
+    for m, w in c.select_weights:
+        sign = "-" if m == "eval_loss" else "+"
+        text += f" {sign} {w:g} x {m}" if text else f"{'-' if sign == '-' else ''}{w:g} x {m}"
+    return f"the highest {text}"

@@ -70,6 +70,13 @@ class Model:
         "3 windows of 75 tokens and join them (kohya's `max_token_length`), in training, text caches and "
         "validation samples.",
     )
+    weighted_captions: bool = option(
+        False,
+        doc="Read A1111 attention syntax in captions as kohya's `--weighted_captions` does: `(word)` scales "
+        "its tokens' text-encoder hidden states by 1.1, `[word]` by 1/1.1, `(word:1.5)` by 1.5 (nested "
+        "factors multiply; `\\(` is a literal bracket), after caption processing; in training, text caches "
+        "and the evaluation loss, not in validation prompts. SD 1.x, SD 2.x and SDXL.",
+    )
     t5_max_length: int = option(
         256,
         doc="T5 tokens (SD3's third text encoder; StableDiffusion3Pipeline's max_sequence_length), in "
@@ -426,6 +433,12 @@ class Dataset:
         "center", doc="Crop placement after the cover-resize into a bucket."
     )
     flip: bool = option(False, doc="Random horizontal flips.")
+    color_aug: bool = option(
+        False,
+        doc="kohya's colour augmentation (`color_aug`): a third of the samples get a hue shift of up to 8 "
+        "(OpenCV's 0-179 hue) or a gamma in [0.95, 1.05], drawn per sample and step; latents of the dataset "
+        "are then not cached (as kohya refuses the cache with it).",
+    )
     masks: str = option(
         "",
         doc="Folder of masks paired with images by file stem (white = train, black = "
@@ -1128,11 +1141,34 @@ class Checkpoints:
         doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: "
         "LoRA in kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
     )
-    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino"] = option(
+    select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino", "weighted"] = option(
         "none",
         doc="Pick the best checkpoint by this [evaluation] metric (eval_loss: lowest; the others: highest): "
         "`checkpoints/best` names it, `best.json` holds its step and value, and keep-K pruning never deletes "
-        "it. Only checkpoints saved at an evaluation step compete.",
+        'it. Only checkpoints saved at an evaluation step compete. "weighted": by the highest weighted sum '
+        "of the `select_weight_*` metrics (eval_loss negated, the similarities as they are).",
+    )
+    select_weight_eval_loss: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of the evaluation loss, which enters the sum negated '
+        "(-weight x eval_loss: a lower loss scores higher).",
+        minimum=0.0,
+    )
+    select_weight_clip_t: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of CLIP-T (prompt-image cosine similarity, as computed).',
+        minimum=0.0,
+    )
+    select_weight_clip_i: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of CLIP-I (image-image cosine similarity, as computed).',
+        minimum=0.0,
+    )
+    select_weight_dino: float = option(
+        0.0,
+        doc='With select = "weighted": the weight of DINO (image-image cosine similarity, as computed).',
+        minimum=0.0,
+        example=1.0,
     )
 
 

@@ -6,7 +6,7 @@ import diffusers
 import torch
 
 from dbspec.families import FamilySpec
-from dbspec.runtime import exports
+from dbspec.runtime import exports, weighted_prompts
 from dbspec.runtime.families.ddpm import DDPMObjective
 from dbspec.runtime.text import flatten, join_windows, tokenize
 
@@ -59,11 +59,17 @@ class UNetFamily:
 
 
 class StableDiffusion(UNetFamily):
-    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+    def encode_prompts(
+        self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device, weighted=False
+    ) -> dict:
         """{"prompt_embeds": (B, 77, D)}, or (B, 2 + max_tokens, D) for several windows (runtime/text.py).
         clip_skip n takes the n-th layer from the end (1 = last), through the final layer norm as diffusers
-        does."""
-        ids, windows = flatten(tokenize(tokenizers[0], prompts, max_tokens))
+        does. `weighted` reads attention syntax in the prompts (runtime/weighted_prompts.py)."""
+        if weighted:
+            ids, weights = weighted_prompts.tokenize(tokenizers[0], prompts, max_tokens)
+        else:
+            ids, weights = tokenize(tokenizers[0], prompts, max_tokens), None
+        ids, windows = flatten(ids)
         ids, encoder = ids.to(device), text_encoders[0]
         if clip_skip <= 1:
             hidden = encoder(ids)[0]
@@ -71,7 +77,8 @@ class StableDiffusion(UNetFamily):
             hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
             # transformers >= 5.6 drops CLIPTextModel's `text_model` level; earlier versions have it
             hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
-        return {"prompt_embeds": join_windows(hidden, windows)}
+        hidden = join_windows(hidden, windows)
+        return {"prompt_embeds": hidden if weights is None else weighted_prompts.apply(hidden, weights)}
 
     def conditioning(self, text, samples, device) -> dict:
         return {}

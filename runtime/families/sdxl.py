@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from dbspec.families import FamilySpec
+from dbspec.runtime import weighted_prompts
 from dbspec.runtime.families.sd import UNetFamily
 from dbspec.runtime.text import flatten, join_windows, tokenize
 
@@ -18,15 +19,23 @@ def time_ids(original: tuple[int, int], crop: tuple[int, int], bucket: tuple[int
 
 
 class StableDiffusionXL(UNetFamily):
-    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+    def encode_prompts(
+        self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device, weighted=False
+    ) -> dict:
         """{"prompt_embeds": (B, 77, D1 + D2), "pooled": (B, D2)}; several windows give (B, 2 + max_tokens,
         D1 + D2) and the first window's pooled output (runtime/text.py). SDXL takes the penultimate layer
-        (clip_skip 1 -> hidden_states[-2]) without the final layer norm."""
+        (clip_skip 1 -> hidden_states[-2]) without the final layer norm. `weighted` scales both encoders'
+        hidden states by the prompts' attention syntax, not the pooled one (runtime/weighted_prompts.py)."""
         embeds, pooled = [], None
         for encoder, tokenizer in zip(text_encoders, tokenizers):
-            ids, windows = flatten(tokenize(tokenizer, prompts, max_tokens))
+            if weighted:
+                ids, weights = weighted_prompts.tokenize(tokenizer, prompts, max_tokens)
+            else:
+                ids, weights = tokenize(tokenizer, prompts, max_tokens), None
+            ids, windows = flatten(ids)
             out = encoder(ids.to(device), output_hidden_states=True)
-            embeds.append(join_windows(out.hidden_states[-(clip_skip + 1)], windows))
+            hidden = join_windows(out.hidden_states[-(clip_skip + 1)], windows)
+            embeds.append(hidden if weights is None else weighted_prompts.apply(hidden, weights))
             pooled = out[0][::windows]  # the projection model's text_embeds (the last encoder's)
         return {"prompt_embeds": torch.cat(embeds, dim=-1), "pooled": pooled}
 

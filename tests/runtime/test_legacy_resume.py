@@ -37,6 +37,10 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["model"]["aesthetic_score"]  # the SDXL refiner's conditioning, added since
     del data["model"]["negative_aesthetic_score"]
     del data["validation"]["refine"]  # refiner validation (img2img), added since
+    del data["model"]["weighted_captions"]  # kohya's weighted captions, added since
+    del data["checkpoints"]["select_weights"]  # the weighted best-checkpoint rule, added since
+    for d in data["datasets"]:
+        del d["color_aug"]  # kohya colour augmentation, added since
     del data["loss"]["flow"]  # flow matching (SD3), added since (none then)
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)

@@ -218,14 +218,15 @@ def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(t
         tmp_path / "d.toml",
         '[general]\ncaption_extension = ".txt"\n'
         '[[datasets]]\nresolution = 512\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "a"\n'
-        "color_aug = true\n"
+        "color_aug = true\nface_crop_aug_range = [2.0, 4.0]\n"
         "[[datasets]]\nresolution = 512\nbatch_size = 2\n[[datasets.subsets]]\n"
         'image_dir = "b"\nflip_aug = true\n',
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --max_train_epochs 3")
     assert outcome.exit_code == 1
     assert fate(outcome, "datasets[0].batch_size") == fate(outcome, "datasets[1].batch_size") == "mapped"
-    assert fate(outcome, "datasets[0].subsets[0].color_aug") == "unsupported"
+    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "unsupported"
+    assert fate(outcome, "datasets[0].subsets[0].color_aug") == "mapped"
     assert fate(outcome, "datasets[1].subsets[0].flip_aug") == "mapped"
     allowed = kohya(
         tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --max_train_epochs 3", allow=True
@@ -234,6 +235,7 @@ def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(t
     # kohya batches each [[datasets]] apart: ceil(2/1) + ceil(2/2) batches per epoch, 3 epochs
     assert plan.schedule.total_steps == 3 * (2 + 1)
     assert [(g.name, g.batch_size) for g in plan.groups] == [("datasets0", 1), ("datasets1", 2)]
+    assert [d.color_aug for d in plan.datasets] == [True, False]
 
 
 # --- 7. command files with one option per line -------------------------------------------------------------

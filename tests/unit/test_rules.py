@@ -674,6 +674,14 @@ CASES = [
         DOG + STEPS + '[checkpoints]\nselect = "eval_loss"\n[evaluation]\nholdout = 1\n',
     ),
     (
+        rules.weighted_checkpoint_selection,
+        DOG + STEPS + '[checkpoints]\nselect = "weighted"\nselect_weight_eval_loss = 1.0\n',
+        [("DBS292", "error", ("checkpoints", "select_weight_eval_loss"))],
+        DOG
+        + STEPS
+        + '[checkpoints]\nselect = "weighted"\nselect_weight_eval_loss = 1.0\n[evaluation]\nholdout = 1\n',
+    ),
+    (
         rules.evaluation_subject_words,
         DOG
         + STEPS

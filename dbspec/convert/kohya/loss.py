@@ -31,7 +31,7 @@ def map_loss(a: Args, script: str, has_class: bool, conv: Conversion) -> None:
     _timestep_weights(a, script, conv)
     weighted = a["weighted_captions"]
     if weighted.value:
-        conv.unsupported(weighted, "dbspec reads captions literally ((word:1.2) weights are kohya's)")
+        conv.mapped(weighted, ("model", "weighted_captions"), True)
     elif weighted.given:
         conv.inert(weighted, "the value that turns it off")
     _timesteps(a, conv)

@@ -14,7 +14,6 @@ _SMALL = 64  # dbspec's default min_image_size
 
 # subset key -> (value that changes nothing, why dbspec cannot express another value)
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "color_aug": (False, "dbspec has no colour augmentation"),
     "face_crop_aug_range": (None, "dbspec has no face-crop augmentation"),
     "custom_attributes": (None, "dbspec has no custom subset attributes (e.g. diff_output_preservation)"),
 }
@@ -84,6 +83,8 @@ def map_subset(
     else:
         conv.record(v["random_crop"], "mapped", "datasets.crop")
     _flag(conv, v["flip_aug"], (*at, "flip"))
+    if "color_aug" in v:
+        _flag(conv, v["color_aug"], (*at, "color_aug"))
     if dataset.kind == "controlnet":
         cond = v["conditioning_data_dir"]
         conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
