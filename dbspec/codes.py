@@ -489,7 +489,8 @@ not offer: quanto makes int8, int4 and fp8; torchao int8 and fp8 (weight-only); 
         """\
 The frozen base is quantised with optimum-quanto (`quantize_backend = "quanto"`, the default), which is in
 maintenance mode upstream; diffusers deprecated its `QuantoConfig` (warning). torchao (int8, fp8 weight-only)
-and bitsandbytes (nf4, int8) replace it: set `precision.quantize_backend`.""",
+and bitsandbytes (nf4, int8) replace it: set `precision.quantize_backend`. A spec that names
+`quantize_backend = "quanto"` has chosen it knowingly and is not warned.""",
         help='use quantize_backend = "torchao" or "bitsandbytes"',
     ),
     # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS254.

@@ -440,14 +440,17 @@ def quantize_format_of_backend(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def quanto_deprecated(spec: Spec, given: Given) -> Iterator[Hit]:
+    # Quanto by default (the backend not named): a spec that names quanto has chosen it knowingly.
     p = spec.precision
     if p.quantize_backend != "quanto" or p.quantize_denoiser == p.quantize_text_encoder == "none":
+        return
+    if given(("precision", "quantize_backend")):
         return
     key = "quantize_denoiser" if p.quantize_denoiser != "none" else "quantize_text_encoder"
     kind = getattr(p, key)
     yield _warn(
         "DBS248",
-        ("precision", "quantize_backend") if given(("precision", "quantize_backend")) else ("precision", key),
+        ("precision", key),
         'optimum-quanto (quantize_backend = "quanto", the default) is in maintenance mode upstream and '
         "diffusers deprecated its QuantoConfig",
         'use quantize_backend = "torchao" (int8, fp8) or "bitsandbytes" (nf4, int8)'

@@ -181,9 +181,9 @@ CASES = [
     ),
     (
         rules.quanto_deprecated,
+        LORA + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
+        [("DBS248", "warning", ("precision", "quantize_text_encoder"))],
         LORA + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\nquantize_backend = "quanto"\n',
-        [("DBS248", "warning", ("precision", "quantize_backend"))],
-        LORA + DOG + STEPS + '[precision]\nquantize_backend = "quanto"\n',
     ),
     (
         rules.text_cache_while_training_te,
