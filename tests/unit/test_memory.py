@@ -176,8 +176,8 @@ def test_lora_quantized_by_hand():
 @pytest.mark.parametrize(
     ("backend", "kind", "family", "per_weight", "kept"),
     [
-        # bitsandbytes NF4: 4 bits, an int8 absmax per 64 weights, an fp32 scale per 256 absmax (rounded up to
-        # 0.52); Linear layers only: the SD1 UNet's convolutions (68.6% of it, counted on its config) stay bf16
+        # bitsandbytes NF4: 4 bits, an int8 absmax per 64 weights, an fp32 scale per 256 absmax (rounded up
+        # to 0.52); Linear layers only: the SD1 UNet's convolutions (68.6% of it, from its config) stay bf16
         ("bitsandbytes", "nf4", "sd1", 0.52, 0.69),
         ("bitsandbytes", "int8", "sdxl", 1.01, 0.14),  # LLM.int8: int8 + a scale per row; SDXL 13% non-Linear
         ("torchao", "int8", "sd1", 1.01, 0.69),
