@@ -57,7 +57,17 @@ def backend_module(backend: str) -> ModuleType:
     """The backend's module (importing its library now)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown quantisation backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[backend][0])
+    module, library = BACKENDS[backend]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and library.startswith(exc.name):
+            hint = "pip install optimum-quanto" if backend == "quanto" else "pip install 'dbspec[quant]'"
+            raise ImportError(
+                f'precision.quantize_backend = "{backend}" needs the {library} package, which is not '
+                f"installed: {hint}"
+            ) from exc
+        raise
 
 
 def quantize_frozen(

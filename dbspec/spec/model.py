@@ -742,7 +742,8 @@ class Optimizer:
         "dadapt_sgd",
     ] = option(
         "adamw",
-        doc="Optimizer. adamw8bit needs CUDA (bitsandbytes). dadapt_* are the `dadaptation` package's "
+        doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU). dadapt_* are the "
+        "`dadaptation` package's "
         "D-Adaptation optimizers (kohya's DAdaptAdam, DAdaptation = dadapt_adam_preprint, DAdaptAdaGrad, "
         "DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD): they estimate the step size d and step by d x lr, "
         "so lr is a multiplier around 1.0.",
