@@ -100,6 +100,11 @@ class FamilySpec:
     # The guidance the denoiser is given while training (Flux.1 dev's guidance embedding: 3.5, as diffusers'
     # train_dreambooth_lora_flux.py); 0 for families without one.
     train_guidance: float = 0.0
+    # Share of the denoiser's parameters outside Linear layers (convolutions, norms, biases): what
+    # Linear-only quantisation backends (torchao, bitsandbytes) leave in float; counted on the real configs
+    # (docs/memory.md).
+    # SD3's and Flux's transformers are Linear but for a small patch embedding.
+    non_linear_denoiser_share: float = 0.01
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -121,6 +126,7 @@ _TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 FAMILIES: dict[str, FamilySpec] = {
     "sd1": FamilySpec(
         name="sd1",
+        non_linear_denoiser_share=0.69,  # 68.6%: ResNet and 1x1 proj_in/proj_out convolutions
         title="SD1",
         runtime="sd",
         pipeline_class="StableDiffusionPipeline",
@@ -152,6 +158,7 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "sd2": FamilySpec(
         name="sd2",
+        non_linear_denoiser_share=0.66,  # 65.2%: linear projections
         title="SD2",
         runtime="sd",
         pipeline_class="StableDiffusionPipeline",
@@ -188,6 +195,7 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "sdxl": FamilySpec(
         name="sdxl",
+        non_linear_denoiser_share=0.14,  # 13.0%
         title="SDXL",
         runtime="sdxl",
         pipeline_class="StableDiffusionXLPipeline",

@@ -41,12 +41,9 @@ QUANTIZED_BYTES = {"int8": 1.0 + 0.01, "fp8": 1.0 + 0.01, "int4": 0.5 + 0.04, "n
 # (9%), OpenCLIP-H (SD2) 50.6M of 340.4M (15%); UNet biases and norms < 1%.
 # T5-XXL (SD3's text_encoder_3): its shared embedding is 131.6M of 4762.3M (3%).
 UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10, "text_encoder_3": 0.03}
-# torchao and bitsandbytes quantise Linear layers only: a denoiser's convolutions stay in float too. Shares of
-# the denoiser's parameters outside Linear layers, counted on the real configs (diffusers, on the meta
-# device): SD1.5 UNet 68.6% (ResNet convolutions, and 1x1 proj_in/proj_out convolutions), SD2 UNet 65.2%
-# (linear projections), SDXL UNet 13.0%; the SD3/Flux transformers are Linear but for a small patch embedding.
+# torchao and bitsandbytes quantise Linear layers only: a denoiser's convolutions stay in float too, the
+# family's `non_linear_denoiser_share` (dbspec/families.py).
 LINEAR_ONLY_BACKENDS = ("torchao", "bitsandbytes")
-LINEAR_ONLY_DENOISER_SHARE = {"sd1": 0.69, "sd2": 0.66, "sdxl": 0.14, "sd3": 0.01, "flux": 0.01}
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq, fp32
     "adamw8bit": 2,  # bitsandbytes blockwise 8-bit moments (tensors < 4096 elements keep 8 bytes)
@@ -265,8 +262,8 @@ def _weight_bytes(
         return component.params * held
     share = UNQUANTIZED_SHARE[component.name] if component.name in UNQUANTIZED_SHARE else 0.0
     kept = "embeddings, norms and biases"
-    if backend in LINEAR_ONLY_BACKENDS and component.name == "unet" and family in LINEAR_ONLY_DENOISER_SHARE:
-        share = max(share, LINEAR_ONLY_DENOISER_SHARE[family])
+    if backend in LINEAR_ONLY_BACKENDS and component.name == "unet" and family:
+        share = max(share, family_spec(family).non_linear_denoiser_share)
         kept = "convolutions, norms and biases"
     per_param = (1 - share) * QUANTIZED_BYTES[component.quantized] + share * held
     notes.append(
