@@ -481,6 +481,27 @@ separator; otherwise, as in kohya, the caption trains as written, separator incl
 `caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
 empty caption, so its captions teach nothing (warning).""",
     ),
+    # Quantisation backends (precision.quantize_backend): DBS247, DBS248.
+    Code(
+        "DBS247",
+        ERROR,
+        "A quantisation format the chosen backend does not make",
+        """\
+`precision.quantize_denoiser` or `quantize_text_encoder` names a format that `precision.quantize_backend` does
+not offer: quanto makes int8, int4 and fp8; torchao int8 and fp8 (weight-only); bitsandbytes nf4 and int8
+(LLM.int8). See docs/memory.md, "Quantisation backends".""",
+    ),
+    Code(
+        "DBS248",
+        WARNING,
+        "optimum-quanto is deprecated upstream",
+        """\
+The frozen base is quantised with optimum-quanto (`quantize_backend = "quanto"`, the default), which is in
+maintenance mode upstream; diffusers deprecated its `QuantoConfig` (warning). torchao (int8, fp8 weight-only)
+and bitsandbytes (nf4, int8) replace it: set `precision.quantize_backend`. A spec that names
+`quantize_backend = "quanto"` has chosen it knowingly and is not warned.""",
+        help='use quantize_backend = "torchao" or "bitsandbytes"',
+    ),
     # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS254.
     Code(
         "DBS250",
@@ -977,6 +998,14 @@ A stated model family or prediction that contradicts the weights.""",
 The family or prediction type cannot be detected; set `model.family` / `model.prediction`.""",
     ),
     Code(
+        "DBS318",
+        ERROR,
+        "A quantisation backend on a device it does not run on",
+        """\
+`precision.quantize_backend` names a library that does not run on the target device: torchao and bitsandbytes
+run on CUDA and the CPU; quanto also on MPS.""",
+    ),
+    Code(
         "DBS320",
         EITHER,
         "A caption file is missing, unreadable or empty",
@@ -1104,9 +1133,10 @@ fp8 quantisation on a target below CUDA compute capability 8.9.""",
     Code(
         "DBS343",
         ERROR,
-        "`adamw8bit` on a target without CUDA",
+        "`adamw8bit` on a target that is neither CUDA nor the CPU",
         """\
-`adamw8bit` on a target without CUDA.""",
+`adamw8bit` on a target that is neither CUDA nor the CPU (bitsandbytes runs on both; on the CPU through its
+CPU backend, proven by tests/runtime/test_quantize_backends.py).""",
     ),
     Code(
         "DBS344",

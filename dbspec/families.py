@@ -115,6 +115,11 @@ class FamilySpec:
     refines_images: bool = False
     # Pipeline components the family lacks, passed as None (the refiner has no first text encoder).
     absent_components: tuple[str, ...] = ()
+    # Share of the denoiser's parameters outside Linear layers (convolutions, norms, biases): what
+    # Linear-only quantisation backends (torchao, bitsandbytes) leave in float; counted on the real configs
+    # (docs/memory.md).
+    # SD3's and Flux's transformers are Linear but for a small patch embedding.
+    non_linear_denoiser_share: float = 0.01
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -136,6 +141,7 @@ _TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 FAMILIES: dict[str, FamilySpec] = {
     "sd1": FamilySpec(
         name="sd1",
+        non_linear_denoiser_share=0.69,  # 68.6%: ResNet and 1x1 proj_in/proj_out convolutions
         title="SD1",
         runtime="sd",
         pipeline_class="StableDiffusionPipeline",
@@ -167,6 +173,7 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "sd2": FamilySpec(
         name="sd2",
+        non_linear_denoiser_share=0.66,  # 65.2%: linear projections
         title="SD2",
         runtime="sd",
         pipeline_class="StableDiffusionPipeline",
@@ -203,6 +210,7 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "sdxl": FamilySpec(
         name="sdxl",
+        non_linear_denoiser_share=0.14,  # 13.0%
         title="SDXL",
         runtime="sdxl",
         pipeline_class="StableDiffusionXLPipeline",
@@ -252,6 +260,7 @@ FAMILIES: dict[str, FamilySpec] = {
         name="sdxl_refiner",
         title="SDXL refiner",
         runtime="sdxl_refiner",
+        non_linear_denoiser_share=0.14,  # SDXL base's share, not counted on the refiner's own config
         pipeline_class="StableDiffusionXLImg2ImgPipeline",
         safety_checker=False,
         denoiser="unet",

@@ -58,7 +58,7 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind.startswith("dadapt_"):
         return _dadapt(groups, opt)
     if kind == "adamw8bit":
-        bnb = _import("bitsandbytes", "pip install bitsandbytes (CUDA only)")
+        bnb = _import("bitsandbytes", "pip install 'dbspec[quant]' (bitsandbytes)")
         return bnb.optim.AdamW8bit(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
     if kind == "prodigy":
         prodigy = _import("prodigyopt", "pip install prodigyopt")

@@ -45,7 +45,7 @@ def _prepare(
     # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
     module.to(device, dtype=to_dtype(comp.dtype))
     if comp.quantized != "none":
-        quantize_frozen(module, comp.quantized)
+        quantize_frozen(module, comp.quantized, backend=plan.precision.quantize_backend)
     if comp.trainable == "lora":
         adapters.add_lora(
             module, plan.adapter, targets, seed, conv=name == family_spec(plan.model.family).denoiser

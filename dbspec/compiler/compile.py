@@ -247,6 +247,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         ema_offload=spec.ema.offload,
         teacher=loss.teacher,
         available=ctx.env.memory_bytes,
+        quantize_backend=precision.quantize_backend,
     )
 
 

@@ -32,12 +32,18 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 MIXED_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 # Stored bytes per quantised weight, plus scales: quanto int8/fp8 scale per output channel (~0), int4 a
 # bf16 scale and shift per group of 128 (4 / 128 = 0.03 bytes); rounded up.
-QUANTIZED_BYTES = {"int8": 1.0 + 0.01, "fp8": 1.0 + 0.01, "int4": 0.5 + 0.04}
+QUANTIZED_BYTES = {"int8": 1.0 + 0.01, "fp8": 1.0 + 0.01, "int4": 0.5 + 0.04, "nf4": 0.5 + 0.02}
+# bitsandbytes NF4 (Linear4bit, its default double quantisation): 4 bits per weight, then per block of 64 an
+# int8 absmax (1/64 byte per weight) and per 256 blocks an fp32 scale of those (4/16384): 0.516, rounded up.
+# torchao int8 weight-only and bitsandbytes LLM.int8 keep one fp32/bf16 scale per output row, as quanto does.
 # quanto quantises Linear and Conv2d weights only; token embeddings, norms and biases stay in the held dtype.
 # Shares from the real models: CLIP-L token embedding 37.9M of 123.1M (31%), OpenCLIP-bigG 63.2M of 694.7M
 # (9%), OpenCLIP-H (SD2) 50.6M of 340.4M (15%); UNet biases and norms < 1%.
 # T5-XXL (SD3's text_encoder_3): its shared embedding is 131.6M of 4762.3M (3%).
 UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10, "text_encoder_3": 0.03}
+# torchao and bitsandbytes quantise Linear layers only: a denoiser's convolutions stay in float too, the
+# family's `non_linear_denoiser_share` (dbspec/families.py).
+LINEAR_ONLY_BACKENDS = ("torchao", "bitsandbytes")
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq, fp32
     "adamw8bit": 2,  # bitsandbytes blockwise 8-bit moments (tensors < 4096 elements keep 8 bytes)
@@ -95,6 +101,7 @@ def estimate_memory(
     ema_offload: bool,
     teacher: tuple[str, ...],
     available: int,
+    quantize_backend: str = "quanto",
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -106,7 +113,7 @@ def estimate_memory(
     groups = _trained_groups(components, trainable_params)
     trainable = sum(g.count for g in groups)
     adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
-    weights = sum(_weight_bytes(c, notes) for c in components) + adapters
+    weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
     optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
     if any(c.trainable == "full" and c.dtype == "bf16" for c in components):
@@ -247,16 +254,22 @@ def _trained_groups(
     return groups
 
 
-def _weight_bytes(component: ComponentPlan, notes: list[str]) -> int:
+def _weight_bytes(
+    component: ComponentPlan, notes: list[str], backend: str = "quanto", family: str = ""
+) -> int:
     held = DTYPE_BYTES[component.dtype]
     if component.quantized == "none":
         return component.params * held
     share = UNQUANTIZED_SHARE[component.name] if component.name in UNQUANTIZED_SHARE else 0.0
+    kept = "embeddings, norms and biases"
+    if backend in LINEAR_ONLY_BACKENDS and component.name == "unet" and family:
+        share = max(share, family_spec(family).non_linear_denoiser_share)
+        kept = "convolutions, norms and biases"
     per_param = (1 - share) * QUANTIZED_BYTES[component.quantized] + share * held
     notes.append(
-        f"{component.name} {component.quantized}: {QUANTIZED_BYTES[component.quantized]:.2f} bytes per "
-        f"quantised weight including scales; embeddings, norms and biases (~{share:.0%}) stay "
-        f"{component.dtype}"
+        f"{component.name} {component.quantized} ({backend}): "
+        f"{QUANTIZED_BYTES[component.quantized]:.2f} bytes "
+        f"per quantised weight including scales; {kept} (~{share:.0%}) stay {component.dtype}"
     )
     return int(component.params * per_param)
 

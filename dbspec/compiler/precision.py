@@ -60,6 +60,28 @@ def _check_quantization(ctx: Context, key: str, kind: str) -> None:
         )
 
 
+# Devices each quantisation backend runs on (what was proven: docs/memory.md, "Quantisation backends").
+BACKEND_DEVICES = {
+    "quanto": ("cuda", "cpu", "mps"),
+    "torchao": ("cuda", "cpu"),
+    "bitsandbytes": ("cuda", "cpu"),
+}
+
+
+def _check_backend_device(ctx: Context, key: str) -> None:
+    backend, device = ctx.spec.precision.quantize_backend, ctx.env.device
+    if device in BACKEND_DEVICES[backend]:
+        return
+    ctx.report(
+        "DBS318",
+        "error",
+        f'precision.quantize_backend = "{backend}" does not run on {device} (precision.{key} asks for it); '
+        f"it runs on {' and '.join(BACKEND_DEVICES[backend])}",
+        ("precision", "quantize_backend"),
+        help='use quantize_backend = "quanto" on this device, or plan for a GPU with --target cuda:24GB',
+    )
+
+
 def text_encoder_trains(spec, name: str) -> bool:
     """Whether the text encoder `name` trains: SDXL's second one with train.text_encoder_2 (which defaults to
     train.text_encoder), every other with train.text_encoder."""
@@ -92,6 +114,9 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     mixed, reason = resolve_mixed(ctx)
     _check_quantization(ctx, "quantize_denoiser", p.quantize_denoiser)
     _check_quantization(ctx, "quantize_text_encoder", p.quantize_text_encoder)
+    quantized = [k for k in ("quantize_denoiser", "quantize_text_encoder") if getattr(p, k) != "none"]
+    if quantized:
+        _check_backend_device(ctx, quantized[0])
     lora = isinstance(spec.adapter, LowRankAdapter)
     frozen_dtype = "fp32" if mixed == "no" else mixed
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
@@ -130,4 +155,5 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         components=tuple(parts),
         weights=weights,
         stochastic_rounding=weights == "bf16",
+        quantize_backend=p.quantize_backend,
     )

@@ -421,6 +421,52 @@ def quantize_needs_frozen_base(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+# --- quantisation backends (DBS247, DBS248): which formats each library makes ------------------------------
+QUANTIZE_FORMATS = {
+    "quanto": ("int8", "int4", "fp8"),
+    "torchao": ("int8", "fp8"),  # weight-only; torchao's int4 weight-only kernels need CUDA (not offered)
+    "bitsandbytes": ("nf4", "int8"),  # Linear4bit NF4 (QLoRA), Linear8bitLt (LLM.int8)
+}
+
+
+@rule("spec")
+def quantize_format_of_backend(spec: Spec, given: Given) -> Iterator[Hit]:
+    backend = spec.precision.quantize_backend
+    formats = QUANTIZE_FORMATS[backend]
+    for key in ("quantize_denoiser", "quantize_text_encoder"):
+        kind = getattr(spec.precision, key)
+        if kind != "none" and kind not in formats:
+            makers = [b for b, f in QUANTIZE_FORMATS.items() if kind in f]
+            yield _err(
+                "DBS247",
+                ("precision", key),
+                f'precision.{key} = "{kind}" is not a format of quantize_backend = "{backend}" '
+                f"(it makes {', '.join(formats)})",
+                f"use one of {', '.join(formats)}, or quantize_backend = "
+                + " / ".join(f'"{b}"' for b in makers),
+            )
+
+
+@rule("spec")
+def quanto_deprecated(spec: Spec, given: Given) -> Iterator[Hit]:
+    # Quanto by default (the backend not named): a spec that names quanto has chosen it knowingly.
+    p = spec.precision
+    if p.quantize_backend != "quanto" or p.quantize_denoiser == p.quantize_text_encoder == "none":
+        return
+    if given(("precision", "quantize_backend")):
+        return
+    key = "quantize_denoiser" if p.quantize_denoiser != "none" else "quantize_text_encoder"
+    kind = getattr(p, key)
+    yield _warn(
+        "DBS248",
+        ("precision", key),
+        'optimum-quanto (quantize_backend = "quanto", the default) is in maintenance mode upstream and '
+        "diffusers deprecated its QuantoConfig",
+        'use quantize_backend = "torchao" (int8, fp8) or "bitsandbytes" (nf4, int8)'
+        + (f' for "{kind}"' if kind != "int4" else '; for a 4-bit base: "bitsandbytes" with "nf4"'),
+    )
+
+
 @rule("spec")
 def text_cache_while_training_te(spec: Spec, given: Given) -> Iterator[Hit]:
     if any_text_encoder_trains(spec) and spec.cache.text_embeddings and given(("cache", "text_embeddings")):
@@ -1328,11 +1374,12 @@ def pivotal_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Itera
 # --- environment rules: they need the target ----------------------------------------------------------------
 @rule("environment")
 def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
-    if spec.optimizer.kind == "adamw8bit" and env.device != "cuda":
+    # bitsandbytes >= 0.45 has a CPU backend: AdamW8bit runs there (tests/runtime/test_quantize_backends.py).
+    if spec.optimizer.kind == "adamw8bit" and env.device not in ("cuda", "cpu"):
         yield _err(
             "DBS343",
             ("optimizer", "kind"),
-            f'optimizer.kind = "adamw8bit" needs CUDA (bitsandbytes); the target is {env.device}',
+            f'optimizer.kind = "adamw8bit" needs CUDA or the CPU (bitsandbytes); the target is {env.device}',
             'use "adamw" here, or plan for a GPU with --target cuda:24GB',
         )
 

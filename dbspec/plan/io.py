@@ -111,6 +111,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "decay_type"): "cosine",
         ("precision", "weights"): "fp32",
         ("precision", "stochastic_rounding"): False,
+        ("precision", "quantize_backend"): "quanto",  # quantisation backends, added since (quanto only then)
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
         ("pivotal",): None,  # pivotal tuning

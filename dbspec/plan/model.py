@@ -452,7 +452,7 @@ class ComponentPlan:
     name: str  # unet, text_encoder, text_encoder_2, vae
     dtype: Dtype  # dtype the weights are held in
     trainable: Literal["full", "lora", "frozen"]
-    quantized: Literal["none", "int8", "int4", "fp8"] = "none"
+    quantized: Literal["none", "int8", "int4", "fp8", "nf4"] = "none"
     gradient_checkpointing: bool = False
     params: int = 0
 
@@ -468,6 +468,8 @@ class PrecisionPlan:
     # off.
     weights: Literal["fp32", "bf16"]
     stochastic_rounding: bool  # the optimizer step rounds fp32 updates to bf16 with a seeded generator
+    # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
+    quantize_backend: Literal["quanto", "torchao", "bitsandbytes"] = "quanto"
 
 
 @frozen

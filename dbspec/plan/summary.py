@@ -442,7 +442,7 @@ def training_table(plan: Plan) -> Table:
             "resumable)",
         )
     for c in plan.precision.components:
-        quant = f", {c.quantized}" if c.quantized != "none" else ""
+        quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
         t.add_row(f"  {c.name}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
     cache = plan.cache

@@ -19,7 +19,8 @@ SPEC_VERSION = 2  # 2: the trained network is the denoiser (train.unet -> train.
 
 Family = Literal["auto", ModelFamily]  # the registry's families (dbspec/families.py), or detect
 Prediction = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
-Quantization = Literal["none", "int8", "int4", "fp8"]
+Quantization = Literal["none", "int8", "int4", "fp8", "nf4"]
+QuantizeBackend = Literal["quanto", "torchao", "bitsandbytes"]
 frozen = attrs.frozen(kw_only=True)
 
 
@@ -778,7 +779,8 @@ class Optimizer:
         "dadapt_sgd",
     ] = option(
         "adamw",
-        doc="Optimizer. adamw8bit needs CUDA (bitsandbytes). dadapt_* are the `dadaptation` package's "
+        doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU). dadapt_* are the "
+        "`dadaptation` package's "
         "D-Adaptation optimizers (kohya's DAdaptAdam, DAdaptation = dadapt_adam_preprint, DAdaptAdaGrad, "
         "DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD): they estimate the step size d and step by d x lr, "
         "so lr is a multiplier around 1.0.",
@@ -1047,6 +1049,13 @@ class Precision:
         "none", doc="Quantise the frozen denoiser (UNet) base weights (LoRA runs)."
     )
     quantize_text_encoder: Quantization = option("none", doc="Quantise the frozen text-encoder base weights.")
+    quantize_backend: QuantizeBackend = option(
+        "quanto",
+        doc="Library that quantises the frozen base: quanto (optimum-quanto: int8, int4, fp8; deprecated "
+        "upstream), torchao (int8, fp8 weight-only) or bitsandbytes (nf4, int8 as LLM.int8). fp8 needs a "
+        "CUDA GPU of compute capability >= 8.9. torchao and bitsandbytes quantise Linear layers only "
+        "(convolutions stay in float). See docs/memory.md.",
+    )
     gradient_checkpointing: bool = option(
         False, doc="Recompute activations in the backward pass to save memory."
     )

@@ -65,6 +65,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del data["schedule"][key]  # kohya's schedule settings, added since
     for key in ("weights", "stochastic_rounding"):
         del data["precision"][key]  # bf16 trained weights, added since (fp32 then)
+    del data["precision"]["quantize_backend"]  # quantisation backends, added since (quanto then)
     for key in (
         "huber",
         "noise",

@@ -658,22 +658,43 @@ def test_fp16_on_cpu_warns(toy):
 def test_fp8_needs_compute_capability_8_9(toy):
     write_spec(toy, adapter={"kind": "lora"}, optimizer={"lr": 1e-4}, precision={"quantize_denoiser": "fp8"})
     planned = compile_in(toy, parse_target("cuda:24GB:8.6"))
-    assert codes(planned) == ["DBS342"] and "8.6" in planned.diagnostics[0].message
+    assert codes(planned, "error") == ["DBS342"]
+    assert "8.6" in next(d.message for d in planned.diagnostics if d.code == "DBS342")
     plan = planned_ok(toy, GPU)
     unet = plan.precision.components[0]
     assert (unet.name, unet.trainable, unet.quantized, unet.dtype) == ("unet", "lora", "fp8", "bf16")
 
 
-def test_adamw8bit_needs_cuda(toy):
+def test_adamw8bit_needs_cuda_or_the_cpu(toy):
     write_spec(toy, optimizer={"kind": "adamw8bit"})
-    planned = compile_in(toy, CPU)
-    assert codes(planned) == ["DBS343"] and "cpu" in planned.diagnostics[0].message
+    planned = compile_in(toy, TargetEnv(device="mps", bf16=False))
+    assert codes(planned, "error") == ["DBS343"] and "mps" in planned.diagnostics[0].message
     assert planned_ok(toy, GPU).optimizer.kind == "adamw8bit"
+    assert planned_ok(toy, CPU).optimizer.kind == "adamw8bit"  # bitsandbytes' CPU backend
+
+
+def test_quantisation_backends_are_planned_with_their_formats_and_devices(toy):
+    lora = {"adapter": {"kind": "lora"}, "optimizer": {"lr": 1e-4}}
+    write_spec(toy, **lora, precision={"quantize_denoiser": "nf4", "quantize_backend": "bitsandbytes"})
+    plan = planned_ok(toy, CPU)
+    assert plan.precision.quantize_backend == "bitsandbytes"
+    assert plan.precision.components[0].quantized == "nf4"
+    assert codes(compile_in(toy, TargetEnv(device="mps", bf16=False)), "error") == ["DBS318"]
+    write_spec(toy, **lora, precision={"quantize_denoiser": "fp8", "quantize_backend": "torchao"})
+    assert codes(compile_in(toy, CPU), "error") == ["DBS342"]
+    assert planned_ok(toy, GPU).precision.quantize_backend == "torchao"
+    write_spec(toy, **lora, precision={"quantize_denoiser": "int4", "quantize_backend": "bitsandbytes"})
+    assert codes(compile_in(toy, CPU), "error") == ["DBS247"]
+    write_spec(
+        toy, **lora, precision={"quantize_denoiser": "int8"}
+    )  # a spec from before: quanto, and a warning
+    planned = compile_in(toy, CPU)
+    assert planned.plan.precision.quantize_backend == "quanto" and "DBS248" in codes(planned, "warning")
 
 
 def test_errors_from_every_pass_are_reported_together(broken):
     write_spec(broken, {"masks": "masks"}, optimizer={"kind": "adamw8bit"}, precision={"mixed": "bf16"})
-    planned = compile_in(broken, TargetEnv(device="cpu"))
+    planned = compile_in(broken, TargetEnv(device="mps"))
     assert {"DBS301", "DBS303", "DBS304", "DBS306", "DBS308", "DBS340", "DBS343"} <= set(
         codes(planned, "error")
     )

@@ -147,6 +147,38 @@ def test_square_crops_captions_from_files_and_masks(tmp_path):
     assert (plan.schedule.epochs, plan.loss.noise_offset, plan.loss.min_snr_gamma) == (3, 0.05, 5.0)
 
 
+def test_torchao_and_bitsandbytes_base_precisions_name_their_backend(tmp_path):
+    for level, backend, kind in (("nf4-bnb", "bitsandbytes", "nf4"), ("int8-torchao", "torchao", "int8")):
+        folder = tmp_path / level
+        images(folder / "img", 2, (512, 512))
+        _files(
+            folder,
+            {
+                "model_family": "sd1x",
+                "model_type": "lora",
+                "pretrained_model_name_or_path": SD15,
+                "learning_rate": 1e-4,
+                "max_train_steps": 10,
+                "base_model_precision": level,
+            },
+            [
+                {
+                    "id": "x",
+                    "instance_data_dir": "img",
+                    "caption_strategy": "instanceprompt",
+                    "instance_prompt": "ohwx",
+                    "resolution": 512,
+                    "resolution_type": "pixel_area",
+                }
+            ],
+        )
+        outcome = simpletuner(folder, "config/config.json", "config/multidatabackend.json")
+        plan = plan_of(outcome, folder)
+        assert plan.precision.quantize_backend == backend, level
+        assert next(c for c in plan.precision.components if c.name == "unet").quantized == kind
+        assert fate(outcome, "base_model_precision") == "mapped"
+
+
 def test_pixel_resolution_partial_noise_offset_and_lycoris_are_unsupported(tmp_path):
     images(tmp_path / "img", 2)
     _files(

@@ -174,6 +174,30 @@ def test_lora_quantized_by_hand():
 
 
 @pytest.mark.parametrize(
+    ("backend", "kind", "family", "per_weight", "kept"),
+    [
+        # bitsandbytes NF4: 4 bits, an int8 absmax per 64 weights, an fp32 scale per 256 absmax (rounded up
+        # to 0.52); Linear layers only: the SD1 UNet's convolutions (68.6% of it, from its config) stay bf16
+        ("bitsandbytes", "nf4", "sd1", 0.52, 0.69),
+        ("bitsandbytes", "int8", "sdxl", 1.01, 0.14),  # LLM.int8: int8 + a scale per row; SDXL 13% non-Linear
+        ("torchao", "int8", "sd1", 1.01, 0.69),
+        ("quanto", "int8", "sd1", 1.01, 0.01),  # quanto quantises the convolutions too
+    ],
+)
+def test_bytes_per_weight_of_each_backend_and_format(backend, kind, family, per_weight, kept):
+    components = (comp("unet", "bf16", "lora", 1_000_000, quantized=kind), comp("vae", "fp32", params=0))
+    plan = estimate(
+        components=components,
+        trainable_params={"lora": 0},
+        max_bucket=(512, 512),
+        family=family,
+        quantize_backend=backend,
+    )
+    assert plan.weights == int(1_000_000 * ((1 - kept) * per_weight + kept * 2))
+    assert any(f"unet {kind} ({backend})" in note for note in plan.notes)
+
+
+@pytest.mark.parametrize(
     ("optimizer", "momentum", "per_param"),
     [
         ("adamw", 0.0, 8),

@@ -364,7 +364,7 @@ def test_format_json_emits_diagnostic_records(tmp_path, quickstart):
     )
     assert record["span"]["file"] == "<--set>"
     code, stdout = run_cli(
-        str(quickstart), "--target", "cpu", "--format", "json", "--set", 'optimizer.kind="adamw8bit"'
+        str(quickstart), "--target", "mps", "--format", "json", "--set", 'optimizer.kind="adamw8bit"'
     )
     payload = json.loads(stdout)
     assert code == 1 and [d["code"] for d in payload["diagnostics"]] == ["DBS343"]

@@ -154,6 +154,38 @@ CASES = [
         LORA + TE + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
     ),
     (
+        rules.quantize_format_of_backend,
+        LORA + DOG + STEPS + '[precision]\nquantize_denoiser = "nf4"\n',
+        [("DBS247", "error", ("precision", "quantize_denoiser"))],
+        LORA + DOG + STEPS + '[precision]\nquantize_denoiser = "nf4"\nquantize_backend = "bitsandbytes"\n',
+    ),
+    (
+        rules.quantize_format_of_backend,
+        LORA
+        + TE
+        + DOG
+        + STEPS
+        + '[precision]\nquantize_text_encoder = "int4"\nquantize_backend = "torchao"\n',
+        [("DBS247", "error", ("precision", "quantize_text_encoder"))],
+        LORA
+        + TE
+        + DOG
+        + STEPS
+        + '[precision]\nquantize_text_encoder = "int8"\nquantize_backend = "torchao"\n',
+    ),
+    (
+        rules.quanto_deprecated,
+        LORA + DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\n',
+        [("DBS248", "warning", ("precision", "quantize_denoiser"))],
+        LORA + DOG + STEPS + '[precision]\nquantize_denoiser = "int8"\nquantize_backend = "torchao"\n',
+    ),
+    (
+        rules.quanto_deprecated,
+        LORA + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\n',
+        [("DBS248", "warning", ("precision", "quantize_text_encoder"))],
+        LORA + DOG + STEPS + '[precision]\nquantize_text_encoder = "int4"\nquantize_backend = "quanto"\n',
+    ),
+    (
         rules.text_cache_while_training_te,
         TE + DOG + STEPS + "[cache]\ntext_embeddings = true\n",
         [("DBS213", "warning", ("cache", "text_embeddings"))],
@@ -891,12 +923,13 @@ def test_plan_rules_run_at_check_time_only_when_the_spec_gives_steps(tmp_path):
         assert [h.code for h in hits if h.code in ("DBS202", "DBS204")] == expected
 
 
-def test_adamw8bit_needs_a_cuda_target():
+def test_adamw8bit_needs_a_cuda_or_cpu_target():
     spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + '[optimizer]\nkind = "adamw8bit"\n'))
+    mps = TargetEnv(device="mps", memory_bytes=8 << 30, bf16=False)
     cpu = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=False)
     cuda = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
-    assert [(h.code, h.path) for h in run_environment_rules(spec, cpu)] == [("DBS343", ("optimizer", "kind"))]
-    assert run_environment_rules(spec, cuda) == []
+    assert [(h.code, h.path) for h in run_environment_rules(spec, mps)] == [("DBS343", ("optimizer", "kind"))]
+    assert run_environment_rules(spec, cuda) == run_environment_rules(spec, cpu) == []
 
 
 def test_bf16_weights_need_a_bf16_target():

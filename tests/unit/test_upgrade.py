@@ -216,7 +216,9 @@ def test_the_upgraded_file_compiles_to_the_same_run(tmp_path: Path) -> None:
         assert _run("upgrade", str(spec)).exit_code == 0
         after = plan_spec(spec, CPU, "spec.toml")
         assert before.plan is not None and after.plan is not None, (form, before.diagnostics)
-        assert [d.code for d in before.diagnostics] == ["DBS107"] and not after.diagnostics, form
+        # DBS248: the int8 base is quantised by quanto, the default backend (deprecated upstream), in both
+        assert [d.code for d in before.diagnostics if d.code != "DBS248"] == ["DBS107"], form
+        assert not [d for d in after.diagnostics if d.code != "DBS248"], form
         assert run_hash(before.plan) == run_hash(after.plan)
         same = {k: v for k, v in plan_to_data(after.plan).items() if k not in ("origins", "warnings")}
         assert {
@@ -230,7 +232,7 @@ def test_the_upgraded_file_compiles_to_the_same_run(tmp_path: Path) -> None:
 def test_a_version_1_file_reads_forward_with_one_warning_naming_the_keys_and_lines(tmp_path: Path) -> None:
     spec = _project(tmp_path, FORMS["tables"][0])
     checked = check_spec(spec, "spec.toml")
-    (warning,) = checked.diagnostics
+    (warning,) = [d for d in checked.diagnostics if d.code != "DBS248"]  # DBS248: quanto by default
     assert (warning.code, warning.severity, warning.path) == ("DBS107", "warning", "spec_version")
     assert "spec.toml is spec_version 1" in warning.message
     assert "`adapter.unet_targets` -> `adapter.denoiser_targets` (line 6)" in warning.message
@@ -277,7 +279,7 @@ def test_a_set_override_of_an_old_name_is_read_forward(tmp_path: Path) -> None:
     spec = _project(tmp_path, FORMS["tables"][0])
     checked = check_spec(spec, "spec.toml", ["train.unet=false", "train.text_encoder=true"])
     assert checked.spec is not None and checked.spec.train.denoiser is False
-    (warning,) = checked.diagnostics
+    (warning,) = [d for d in checked.diagnostics if d.code != "DBS248"]  # DBS248: quanto by default
     assert "`train.unet` -> `train.denoiser` (--set)" in warning.message
 
 

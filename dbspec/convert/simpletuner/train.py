@@ -62,7 +62,17 @@ OPTIMIZERS = {
     "prodigy": ("prodigy", ""),
     "optimi-sgd": ("sgd", ""),
 }
-QUANTIZATION = {"no_change": "none", "int8-quanto": "int8", "int4-quanto": "int4", "fp8-quanto": "fp8"}
+QUANTIZATION = {
+    "no_change": "none",
+    "int8-quanto": "int8",
+    "int4-quanto": "int4",
+    "fp8-quanto": "fp8",
+    "int8-torchao": "int8",
+    "fp8-torchao": "fp8",
+    "nf4-bnb": "nf4",
+}
+# base_model_precision levels that name another library than quanto (dbspec's default backend)
+QUANTIZE_BACKEND = {"int8-torchao": "torchao", "fp8-torchao": "torchao", "nf4-bnb": "bitsandbytes"}
 SCHEDULERS = {"euler": "euler", "euler-a": "euler_a", "ddim": "ddim", "unipc": "unipc", "dpm++": "dpmpp"}
 INERT = frozenset(
     {
@@ -501,9 +511,13 @@ def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
         conv.unsupported(mixed, "dbspec's mixed precision is no, fp16 or bf16")
     quant = cfg["base_model_precision"]
     if quant.value not in QUANTIZATION:
-        conv.unsupported(quant, "dbspec quantises with optimum-quanto int8/int4/fp8 only")
+        conv.unsupported(
+            quant, "dbspec quantises with quanto int8/int4/fp8, torchao int8/fp8 and bitsandbytes nf4 only"
+        )
     elif QUANTIZATION[quant.value] != "none":
         conv.mapped(quant, ("precision", "quantize_denoiser"), QUANTIZATION[quant.value])
+        if quant.value in QUANTIZE_BACKEND:
+            conv.put(("precision", "quantize_backend"), QUANTIZE_BACKEND[quant.value], conv.comment(quant))
     grad = cfg["gradient_checkpointing"]
     if flag(grad):
         conv.mapped(grad, ("precision", "gradient_checkpointing"), True)
