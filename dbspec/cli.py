@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import re
 import shlex
@@ -192,15 +194,22 @@ def run(
     console = Console(highlight=False, soft_wrap=True)
     the_plan = _plan_for_run(source, set_ or [], strict)
     render_summary(the_plan, console)
-    from dbspec.runtime.execute import RunError, execute
+    from dbspec.runtime.imports import startup_gc
 
-    try:
-        result = execute(the_plan, overwrite=overwrite, resume=resume, console=console)
-    except RunError as exc:
-        where = f"\n  --> {exc.where}" if exc.where else ""
-        hint = f"\n  = help: {exc.hint}" if exc.hint else ""
-        typer.echo(f"error: {exc.message}{where}{hint}", err=True)
-        raise typer.Exit(1) from None
+    with contextlib.ExitStack() as run_scope:
+        with startup_gc():  # no collection passes during the heavy imports, their objects frozen after
+            from dbspec.runtime.imports import hidden_libraries
+
+            # diffusers imports (and the run uses) only the optional libraries the plan calls
+            run_scope.enter_context(hidden_libraries(the_plan))
+            from dbspec.runtime.execute import RunError, execute
+        try:
+            result = execute(the_plan, overwrite=overwrite, resume=resume, console=console)
+        except RunError as exc:
+            where = f"\n  --> {exc.where}" if exc.where else ""
+            hint = f"\n  = help: {exc.hint}" if exc.hint else ""
+            typer.echo(f"error: {exc.message}{where}{hint}", err=True)
+            raise typer.Exit(1) from None
     if result.status == "interrupted":
         typer.echo(
             f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}\n"

@@ -12,11 +12,14 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 
 from dbspec.plan.model import AdapterPlan
+
+if TYPE_CHECKING:  # peft is imported where an adapter is built or read, never by a full fine-tune
+    from peft import PeftConfig
 
 ADAPTER_NAME = "default"
 
@@ -24,6 +27,8 @@ ADAPTER_NAME = "default"
 def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = False) -> PeftConfig:
     """The peft config of the plan's adapter kind on `targets`; with `conv` (the UNet) also the plan's
     convolution targets, at their own rank and alpha through peft's rank_pattern / alpha_pattern."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
     conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
     # peft matches a pattern key as a regex against the module path's tail; targets are literal names.
     patterns = [re.escape(t) for t in conv_targets]
@@ -78,12 +83,16 @@ def add_lora(
 def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:
     """peft wraps the targeted layers in place, marks only the adapter weights trainable and sets
     `module.peft_config`, which the exporters read."""
+    from peft import inject_adapter_in_model
+
     inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
 
 
 @contextmanager
 def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
     """The base model's behaviour inside the block: every LoRA layer passes its input through unchanged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
         raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")

@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import PeftConfig
 
 from dbspec.plan.model import AdapterPlan, BlockPlan
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 
 def block_of(blocks: tuple[BlockPlan, ...], path: str) -> BlockPlan | None:

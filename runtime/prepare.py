@@ -11,7 +11,6 @@ from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
 from dbspec.runtime.models import Components, set_attention, to_dtype, trained_text_encoders
-from dbspec.runtime.quantize import quantize_frozen
 
 
 def component_dtype(plan: Plan, name: str) -> torch.dtype:
@@ -45,6 +44,8 @@ def _prepare(
     # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
     module.to(device, dtype=to_dtype(comp.dtype))
     if comp.quantized != "none":
+        from dbspec.runtime.quantize import quantize_frozen  # a backend's library only when quantising
+
         quantize_frozen(module, comp.quantized, backend=plan.precision.quantize_backend)
     if comp.trainable == "lora":
         adapters.add_lora(
