@@ -404,3 +404,24 @@ def test_bf16_trained_weights_halve_weights_and_gradients_not_the_optimizer_stat
     assert bf16.gradients == 2_000_000 and bf16.optimizer == fp32.optimizer == 8_000_000
     assert any("stochastic rounding" in note for note in bf16.notes)
     assert not any("stochastic rounding" in note for note in fp32.notes)
+
+
+# --- measured at real sizes (tests/bench/bench_memory.py; docs/memory.md "At real model sizes") -------------
+
+
+def test_sd15_lora_fp32_matches_the_measured_peak_at_real_size():
+    # bench_memory.py, 2026-11-30: the full-size SD1.5 folder (random weights), LoRA rank 16 on the attention
+    # projections, 512 px, batch 1, AdamW, fp32 on the CPU, no checkpointing: peak RSS of `dbspec run`
+    # 7,023,763,456 bytes (3.7 GiB file-backed weights and libraries, 2.80 GiB anonymous).
+    measured = 7_023_763_456
+    plan = estimate(
+        components=(
+            comp("unet", "fp32", "lora", SD15["unet"]),
+            comp("text_encoder", "fp32", params=SD15["text_encoder"]),
+            comp("vae", "fp32", params=SD15["vae"]),
+        ),
+        trainable_params={"lora": lora_param_count(SD15_ATTENTIONS, ATTENTION_TARGETS, 16)},
+        gradient_checkpointing=False,
+        mixed="no",
+    )
+    assert abs(plan.total - measured) / measured < 0.15, plan.total / GIB
