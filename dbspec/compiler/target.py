@@ -31,8 +31,8 @@ _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*(gb|gib|mb|mib)$", re.IGNORECASE)
 _CC = re.compile(r"^\d{1,2}\.\d$")
 _PROCESSES = re.compile(r"^x(\d{1,3})$", re.IGNORECASE)
 ACCEPTED_FORMS = (
-    "cpu, cpu:x2 (2 processes), cuda, cuda:24GB, cuda:16GiB:7.5 (compute capability), "
-    "cuda:80GB:9.0:x4 (4 processes), mps, mps:32GB; GB and GiB both mean 2**30 bytes, MB and MiB 2**20"
+    "cpu, cuda, cuda:24GB, cuda:16GiB:7.5 (compute capability), cuda:80GB:9.0:x4 (4 processes), "
+    "cpu:x2 (2 processes), mps, mps:32GB; GB and GiB both mean 2**30 bytes, MB and MiB 2**20"
 )
 
 

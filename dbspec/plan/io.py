@@ -104,6 +104,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "warmup_type"): "linear",
         ("schedule", "decay_type"): "cosine",
         ("precision", "weights"): "fp32",
+        ("schedule", "noise_streams"): "process",  # several processes drew from per-process generators
         ("precision", "stochastic_rounding"): False,
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
