@@ -122,3 +122,19 @@ def test_two_processes_resume_bit_exact(two_processes, tmp_path):
     assert uninterrupted.keys() == after_resume.keys()
     for key, value in uninterrupted.items():
         assert torch.equal(after_resume[key], value), key
+
+
+def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_path):
+    """kill -9 of process 0 just after its step-2 checkpoint: process 1, waiting on it at the checkpoint's
+    barrier, is ended by the launcher instead of hanging (the launch's timeout, well below gloo's 30-minute
+    one, fails the test on a hang); --resume from step 2 then ends with the uninterrupted run's weights."""
+    spec = _spec(tmp_path, batch=1, accumulation=1)
+    killed = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest"})  # only process 0 saves checkpoints
+    assert killed.returncode != 0
+    assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr, killed.stderr[-4000:]
+    assert (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "final").exists()
+    resumed = _launch(spec, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    uninterrupted, after_resume = _weights(two_processes), _weights(tmp_path / "out")
+    for key, value in uninterrupted.items():
+        assert torch.equal(after_resume[key], value), key
