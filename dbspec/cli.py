@@ -191,7 +191,9 @@ def run(
 
     from dbspec.plan.summary import render_summary
 
-    console = Console(highlight=False, soft_wrap=True)
+    rank = _launcher_rank()
+    # Under a launcher (torchrun, accelerate launch) every process compiles the same plan; the first shows it.
+    console = Console(highlight=False, soft_wrap=True, quiet=rank > 0)
     the_plan = _plan_for_run(source, set_ or [], strict)
     render_summary(the_plan, console)
     from dbspec.runtime.imports import startup_gc
@@ -208,8 +210,11 @@ def run(
         except RunError as exc:
             where = f"\n  --> {exc.where}" if exc.where else ""
             hint = f"\n  = help: {exc.hint}" if exc.hint else ""
-            typer.echo(f"error: {exc.message}{where}{hint}", err=True)
+            who = f"process {rank}: " if rank > 0 else ""
+            typer.echo(f"error: {who}{exc.message}{where}{hint}", err=True)
             raise typer.Exit(1) from None
+    if rank > 0:
+        return
     if result.status == "interrupted":
         typer.echo(
             f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}\n"
@@ -221,6 +226,12 @@ def run(
         f"finished {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s)\n"
         f"weights: {result.final}\noutputs: {result.output}"
     )
+
+
+def _launcher_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (they set RANK); 0 for a plain run."""
+    rank = (os.environ.get("RANK") or "").strip()
+    return int(rank) if rank.isdigit() else 0
 
 
 def resume_command(source: Path, overrides: list[str], strict: bool) -> str:

@@ -3,6 +3,7 @@ made in the plan."""
 
 from __future__ import annotations
 
+import hashlib
 import contextlib
 import math
 import signal
@@ -173,7 +174,9 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     batches = _next_step_batches(run.sampler, run.plan.schedule.accumulation)
     optimizer.zero_grad(set_to_none=True)
     step_loss, terms = 0.0, {}
-    for batch in batches:
+    for index, batch in enumerate(batches):
+        if run.plan.schedule.noise_streams == "micro_batch":
+            reseed_micro_batch(run.generator, run.plan, step, index, accelerator.process_index)
         with accelerator.autocast():
             result = run_batch(run.parts, batch, step=step, epoch=run.sampler.epoch + 1)
         value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
@@ -190,6 +193,22 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
         run.parts.tokens.after_step()  # pivotal tuning: only the new token rows change
     run.lr_scheduler.step()
     return step_loss, terms
+
+
+def micro_batch_index(plan: Plan, step: int, index: int, rank: int) -> int:
+    """The global index of micro-batch `index` of optimizer step `step` (0-based) on process `rank`: each
+    step's micro-batches are numbered accumulation-major, process-minor, so N processes with accumulation a
+    number theirs as one process with accumulation N*a does (and take the same batches, see data.py)."""
+    s = plan.schedule
+    return (step * s.accumulation + index) * s.processes + rank
+
+
+def reseed_micro_batch(generator: torch.Generator, plan: Plan, step: int, index: int, rank: int) -> None:
+    """noise_streams = "micro_batch": the training generator restarts from (seed, global micro-batch
+    index)."""
+    global_index = micro_batch_index(plan, step, index, rank)
+    digest = hashlib.blake2b(f"dbspec-noise:{plan.schedule.seed}:{global_index}".encode(), digest_size=8)
+    generator.manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
 
 
 def _validate(run: Run, step: int, log: MetricsLog) -> None:

@@ -75,7 +75,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         torch.backends.cudnn.allow_tf32 = plan.precision.tf32
 
     # Models: load, make class images with the untouched base model, then freeze/adapt for training.
-    comps = family_runtime(plan.model.family).load(plan)
+    with accelerator.main_process_first():  # a built-in model is written once, by the first process
+        comps = family_runtime(plan.model.family).load(plan)
     comps.unet.to(device)
     comps.vae.to(device)
     for enc in comps.text_encoders:

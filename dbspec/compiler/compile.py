@@ -178,6 +178,16 @@ def _batch_size_key(ctx: Context, group: str) -> tuple:
 
 
 def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...], validate: bool) -> SchedulePlan:
+    s = ctx.spec.schedule
+    streams = s.noise_streams
+    if streams == "auto":
+        streams = "micro_batch" if ctx.env.processes > 1 else "process"
+    return attrs.evolve(_compute_schedule(ctx, batches, buckets, validate), noise_streams=streams)
+
+
+def _compute_schedule(
+    ctx: Context, batches: int, buckets: tuple[BucketPlan, ...], validate: bool
+) -> SchedulePlan:
     s, spec = ctx.spec.schedule, ctx.spec
     return sched.compute_schedule(
         batches_per_epoch=batches,

@@ -31,8 +31,8 @@ _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*(gb|gib|mb|mib)$", re.IGNORECASE)
 _CC = re.compile(r"^\d{1,2}\.\d$")
 _PROCESSES = re.compile(r"^x(\d{1,3})$", re.IGNORECASE)
 ACCEPTED_FORMS = (
-    "cpu, cuda, cuda:24GB, cuda:16GiB:7.5 (compute capability), cuda:80GB:9.0:x4 (4 processes), mps, "
-    "mps:32GB; GB and GiB both mean 2**30 bytes, MB and MiB 2**20"
+    "cpu, cuda, cuda:24GB, cuda:16GiB:7.5 (compute capability), cuda:80GB:9.0:x4 (4 processes), "
+    "cpu:x2 (2 processes), mps, mps:32GB; GB and GiB both mean 2**30 bytes, MB and MiB 2**20"
 )
 
 
@@ -56,12 +56,15 @@ def parse_target(text: str) -> TargetEnv:
             processes=processes,
             description=description,
         )
-    description = _describe(device, memory, "", True, 1)
+    description = _describe(device, memory, "", True, processes)
     if (
         device == "mps"
     ):  # MPS has bf16 from macOS 14; a --target names the machine to run on: assume a current one
         description += " (macOS 14+)"
-    return TargetEnv(device=device, memory_bytes=memory, bf16=True, description=description)
+    processes = processes if device == "cpu" else 1
+    return TargetEnv(
+        device=device, memory_bytes=memory, bf16=True, processes=processes, description=description
+    )
 
 
 def _parse_fields(text: str, device: str, fields: list[str]) -> tuple[int, str, int]:
@@ -74,7 +77,7 @@ def _parse_fields(text: str, device: str, fields: list[str]) -> tuple[int, str, 
                 raise ValueError(f"memory must be positive in {text!r}; accepted: {ACCEPTED_FORMS}")
         elif _CC.match(field) and device == "cuda" and not cc:
             cc = field
-        elif (match := _PROCESSES.match(field)) and device == "cuda" and not processes:
+        elif (match := _PROCESSES.match(field)) and device in ("cuda", "cpu") and not processes:
             processes = int(match.group(1))
             if processes < 1:
                 raise ValueError(f"process count must be >= 1 in {text!r}; accepted: {ACCEPTED_FORMS}")
@@ -118,12 +121,14 @@ def probe_target() -> TargetEnv:
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return _probe_mps()
     memory = _physical_memory_bytes()
+    processes = _launcher_world_size()  # torchrun / accelerate launch --cpu: gloo processes on this CPU
     return TargetEnv(
         device="cpu",
         memory_bytes=memory,
         bf16=True,
         measure_disk=True,
-        description=_describe(f"cpu ({platform.machine() or 'unknown'})", memory, "", True, 1),
+        processes=processes,
+        description=_describe(f"cpu ({platform.machine() or 'unknown'})", memory, "", True, processes),
     )
 
 

@@ -110,6 +110,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "warmup_type"): "linear",
         ("schedule", "decay_type"): "cosine",
         ("precision", "weights"): "fp32",
+        ("schedule", "noise_streams"): "process",  # several processes drew from per-process generators
         ("precision", "stochastic_rounding"): False,
         ("precision", "quantize_backend"): "quanto",  # quantisation backends, added since (quanto only then)
         ("loss", "huber"): None,

@@ -359,6 +359,9 @@ class SchedulePlan:
     decay_type: str = "cosine"  # warmup_stable_decay
     # one_cycle with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
     momentum_points: tuple[tuple[int, float], ...] = ()
+    # "process": one noise generator per process across steps; "micro_batch": reseeded per micro-batch from
+    # (seed, global micro-batch index): partition-invariant over processes, resumable on every process
+    noise_streams: str = "process"
 
 
 @frozen

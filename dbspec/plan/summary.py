@@ -259,7 +259,13 @@ def schedule_table(plan: Plan) -> Table:
         (
             "seed",
             f"{s.seed}: noise, timesteps, data order, flips and crops, adapter init"
-            + (", class images (one seed each)" if any(d.generate for d in plan.datasets) else ""),
+            + (", class images (one seed each)" if any(d.generate for d in plan.datasets) else "")
+            + (
+                "; noise and timesteps seeded per micro-batch (N processes draw as one with N-fold "
+                "accumulation)"
+                if s.noise_streams == "micro_batch"
+                else ""
+            ),
         ),
     ]
     for row in rows:

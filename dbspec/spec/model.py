@@ -1034,6 +1034,15 @@ class Schedule:
     seed: int = option(
         0, doc="Seed for weights init of adapters, noise, timesteps, data order and augmentation.", minimum=0
     )
+    noise_streams: Literal["auto", "process", "micro_batch"] = option(
+        "auto",
+        doc="Where training noise and timesteps are drawn from: process = one generator per process, "
+        "carried across steps (as every run drew before this option); micro_batch = a generator seeded "
+        "afresh for each micro-batch from (seed, its index over all processes), so N processes with batch "
+        "b draw what one process with batch b and N-fold accumulation draws, and every process resumes "
+        "bit-exactly; "
+        "auto = micro_batch when several processes run, else process.",
+    )
 
 
 @frozen

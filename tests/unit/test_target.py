@@ -35,6 +35,7 @@ SLEEP = shutil.which("sleep")  # looked up before the tests empty PATH
         ("mps", "mps", 0, "", True, 1),
         ("mps:32GB", "mps", 32 * GIB, "", True, 1),
         ("cpu:64GB", "cpu", 64 * GIB, "", True, 1),
+        ("cpu:x2", "cpu", 0, "", True, 2),  # two gloo processes on this CPU (torchrun)
     ],
 )
 def test_parse_target_forms(text, device, memory, cc, bf16, processes):
@@ -72,7 +73,6 @@ def test_parse_target_says_what_it_assumed():
         "cuda:x2:x2",
         "cuda:8.9.1",
         "mps:8.9",
-        "cpu:x2",
         "mps:x2",
         "cuda:-24GB",
     ],
@@ -117,6 +117,15 @@ def test_probe_without_nvidia_smi_is_the_cpu_and_fast(bare_path):
     assert env.measure_disk  # the compiler measures at the spec's output and cache folders
     assert env.processes == 1 and env.bf16
     assert elapsed < 1.0
+
+
+@not_on_mac
+def test_probe_cpu_takes_the_launchers_world_size(bare_path, monkeypatch):
+    """torchrun --nproc_per_node 2 on a machine without GPUs: each process plans for 2 processes."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    env = probe_target()
+    assert (env.device, env.processes) == ("cpu", 2)
+    assert "2 processes" in env.description
 
 
 @not_on_mac

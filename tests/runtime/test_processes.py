@@ -1,0 +1,140 @@
+"""Two real processes on this CPU through torchrun (gloo): equivalence with one process, bit-exact resume.
+
+Each launch pays the imports of two Python processes (5-7 s each on this machine), so the launches are few:
+one uninterrupted two-process run shared by the tests (module fixture), one interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import compile_spec, write_spec
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+# batch 1 per process, checkpoints every 2 steps: the interrupted run stops after step 3 (see below)
+EXTRA = """
+[checkpoints]
+every = 2
+"""
+LAUNCH_TIMEOUT_S = 300  # a hang (a process waiting on a dead peer) fails the test instead of the suite
+
+
+def _launch(spec: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`dbspec run spec` under torchrun with two processes on this CPU (gloo)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a rendezvous on a free port: parallel test workers never collide
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dbspec.cli",
+        "run",
+        str(spec),
+        *args,
+    ]
+    full_env = {k: v for k, v in os.environ.items() if k != "DBSPEC_KILL_AT"}
+    full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        command, capture_output=True, text=True, env=full_env, timeout=LAUNCH_TIMEOUT_S, check=False
+    )
+
+
+def _spec(tmp: Path, batch: int, accumulation: int, streams: str = "auto") -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = write_spec(tmp, steps=STEPS, extra=EXTRA)
+    text = path.read_text().replace("batch_size = 2", f"batch_size = {batch}\naccumulation = {accumulation}")
+    text = text.replace("[schedule]", f'[schedule]\nnoise_streams = "{streams}"')
+    text = text.replace("lr = 1e-3", 'kind = "sgd"\nlr = 0.1')  # linear in the gradient: see the tolerance
+    path.write_text(text)
+    return path
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    files = sorted((out / "final").rglob("*.safetensors"))
+    assert files, f"no final weights under {out}"
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        tensors.update({f"{file.relative_to(out)}:{k}": v for k, v in load_file(file).items()})
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """An uninterrupted run of two processes, batch 1 each: its output folder."""
+    spec = _spec(tmp_path_factory.mktemp("two"), batch=1, accumulation=1)
+    done = _launch(spec)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return spec.parent / "out"
+
+
+def test_two_processes_match_one_with_accumulation(two_processes, tmp_path):
+    """2 processes x batch 1 == 1 process x batch 1 x 2 accumulation (effective batch 2 both ways).
+
+    Same optimizer steps; the same batches (process r takes the sampler's batches r, r+2, ...; one process
+    takes them in pairs); the same noise (noise_streams = micro_batch seeds each micro-batch from its
+    global index); DDP averages the two gradients as accumulation does (each micro-batch's loss / 2).
+    Tolerance: gloo's all-reduce sums the two gradients in another order than autograd's accumulation, so
+    they differ in the last float32 bits (~1e-7 relative). SGD keeps those differences at their size; Adam
+    would not (it divides by sqrt(v): a parameter whose gradient is zero up to rounding, a conv bias before a
+    GroupNorm, moves by +-lr on either rounding's sign). rtol 1e-4, atol 1e-6 after 4 steps, while other noise
+    moves weights by more than 1e-3 (checked below, so the comparison can fail).
+    """
+    spec = _spec(tmp_path, batch=1, accumulation=2, streams="micro_batch")
+    plan = compile_spec(spec)
+    assert (plan.schedule.processes, plan.schedule.noise_streams) == (1, "micro_batch")
+    result = execute(plan)
+    assert result.status == "finished" and result.steps == STEPS
+    one, two = _weights(tmp_path / "out"), _weights(two_processes)
+    assert one.keys() == two.keys()
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    # the comparison can fail: one process drawing its noise from one generator (noise_streams = process)
+    # trains other weights, by far more than the tolerance
+    other = _spec(tmp_path / "process", batch=1, accumulation=2, streams="process")
+    assert execute(compile_spec(other)).status == "finished"
+    apart = _weights(tmp_path / "process" / "out")
+    assert max((apart[k] - one[k]).abs().max().item() for k in one) > 1e-3
+
+
+def test_two_processes_resume_bit_exact(two_processes, tmp_path):
+    """Ctrl-C on process 0 after the step-2 checkpoint: both processes stop together at step 3 (checkpoint),
+    then --resume finishes; the final weights equal the uninterrupted run's bit for bit."""
+    spec = _spec(tmp_path, batch=1, accumulation=1)
+    stopped = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest:INT"})
+    assert stopped.returncode != 0, stopped.stderr[-4000:]
+    assert "interrupted at step 3" in stopped.stderr, stopped.stderr[-4000:]
+    assert not (tmp_path / "out" / "final").exists()
+    resumed = _launch(spec, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    uninterrupted, after_resume = _weights(two_processes), _weights(tmp_path / "out")
+    assert uninterrupted.keys() == after_resume.keys()
+    for key, value in uninterrupted.items():
+        assert torch.equal(after_resume[key], value), key
+
+
+def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_path):
+    """kill -9 of process 0 just after its step-2 checkpoint: process 1, waiting on it at the checkpoint's
+    barrier, is ended by the launcher instead of hanging (the launch's timeout, well below gloo's 30-minute
+    one, fails the test on a hang); --resume from step 2 then ends with the uninterrupted run's weights."""
+    spec = _spec(tmp_path, batch=1, accumulation=1)
+    killed = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest"})  # only process 0 saves checkpoints
+    assert killed.returncode != 0
+    assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr, killed.stderr[-4000:]
+    assert (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "final").exists()
+    resumed = _launch(spec, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    uninterrupted, after_resume = _weights(two_processes), _weights(tmp_path / "out")
+    for key, value in uninterrupted.items():
+        assert torch.equal(after_resume[key], value), key
