@@ -365,8 +365,9 @@ def lr_at(
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     curve = Curve(
-        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult, lr_end
-    )
+        lr, schedule, warmup, total, cycles, power, min_lr_ratio, decay_steps, t_max, eta_min, t_mult,
+        lr_end=lr_end,
+    )  # fmt: skip
     return lr_curve([step], curve)[0]
 
 

@@ -260,3 +260,9 @@ def test_lr_at_rejects_unknown_schedule_and_negative_step() -> None:
     with pytest.raises(ValueError, match="step"):
         lr(-1, "linear")
     assert len(LR_SCHEDULES) == 18
+
+
+def test_lr_at_passes_the_polynomial_end_lr():
+    # diffusers' polynomial decay: (lr - lr_end) * (1 - step / total) ** power + lr_end
+    got = lr_at(50, lr=1e-3, schedule="polynomial", warmup=0, total=100, cycles=1, lr_end=4e-4)
+    assert math.isclose(got, (1e-3 - 4e-4) * 0.5 + 4e-4, rel_tol=1e-12)
