@@ -10,30 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dbspec.compiler.target import parse_target
 from dbspec.frontend import plan_spec
+from tests.unit.hubspecs import GPU, SD15, SDXL, empty_hub_cache, plan_hub_spec  # noqa: F401 - the fixture
 from dbspec.plan.io import plan_from_json, plan_to_json
 from dbspec.plan.summary import adapter_rows
 
-GPU = parse_target("cuda:24GB:8.9")
-SD15 = "runwayml/stable-diffusion-v1-5"
-SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
-
-
-@pytest.fixture(autouse=True)
-def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
-
 
 def _plan(tmp_path: Path, adapter: str, base: str = SD15):
-    (tmp_path / "img").mkdir(exist_ok=True)
-    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\n{adapter}\n[optimizer]\nlr = 1e-4\n'
-        '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
-    )
-    planned = plan_spec(spec, GPU, "spec.toml", [])
+    planned = plan_hub_spec(tmp_path, f"[adapter]\n{adapter}\n[optimizer]\nlr = 1e-4\n", base)
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     return planned.plan
 

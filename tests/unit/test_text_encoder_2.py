@@ -6,32 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from PIL import Image
 
-from dbspec.compiler.target import parse_target
-from dbspec.frontend import plan_spec
+from tests.unit.hubspecs import GPU, SD15, SDXL, empty_hub_cache, plan_hub_spec  # noqa: F401 - the fixture
 from dbspec.spec.model import Train
-
-GPU = parse_target("cuda:24GB:8.9")
-SD15 = "runwayml/stable-diffusion-v1-5"
-SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
-
-
-@pytest.fixture(autouse=True)
-def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
 
 
 def _planned(tmp_path: Path, train: str, base: str = SDXL):
-    (tmp_path / "img").mkdir(exist_ok=True)
-    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "img" / "a.png")
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        f'spec_version = 2\n[model]\nbase = "{base}"\n[train]\n{train}\n'
-        '[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
-    )
-    return plan_spec(spec, GPU, "spec.toml", [])
+    return plan_hub_spec(tmp_path, f"[train]\n{train}\n", base)
 
 
 def _trainable(plan) -> dict[str, str]:
