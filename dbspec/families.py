@@ -29,6 +29,9 @@ class TextEncoderSpec:
     tokenizer_class: str = "CLIPTokenizer"
     max_length: int = 77
     trainable: bool = True  # train.text_encoder trains it (SD3's T5 never trains, as in diffusers' scripts)
+    # Its key in an A1111/ComfyUI textual-inversion file (pivotal tuning's exports): SD1/SD2 "emb_params",
+    # SDXL "clip_l" / "clip_g" (the refiner's only encoder is OpenCLIP bigG: "clip_g").
+    embedding_key: str = "emb_params"
 
 
 @attrs.frozen
@@ -221,13 +224,18 @@ FAMILIES: dict[str, FamilySpec] = {
         context_dim=2048,
         text_encoders=(  # CLIP ViT-L and OpenCLIP ViT-bigG
             TextEncoderSpec(
-                "text_encoder", "tokenizer", "CLIPTextModel", "conditioner.embedders.0.transformer."
+                "text_encoder",
+                "tokenizer",
+                "CLIPTextModel",
+                "conditioner.embedders.0.transformer.",
+                embedding_key="clip_l",
             ),
             TextEncoderSpec(
                 "text_encoder_2",
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "conditioner.embedders.1.model.",
+                embedding_key="clip_g",
             ),
         ),
         latent_channels=4,
@@ -273,6 +281,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "conditioner.embedders.0.model.",
+                embedding_key="clip_g",
             ),
         ),
         latent_channels=4,
