@@ -133,6 +133,11 @@ class FamilySpec:
         return tuple(t.tokenizer for t in self.text_encoders)
 
     @property
+    def clip_text_encoders(self) -> tuple[TextEncoderSpec, ...]:
+        """The CLIP (BPE) encoders: what `dbspec tokens` and the identifier rules read (not T5)."""
+        return tuple(t for t in self.text_encoders if t.tokenizer_class == "CLIPTokenizer")
+
+    @property
     def extra_conditioning(self) -> bool:
         return self.pooled_embeddings or self.time_ids > 0
 
