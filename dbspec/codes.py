@@ -813,6 +813,17 @@ is above `validation.steps`, so no sampling step would be decoded. See [report.m
 (a base64 PNG and where it comes from). Failures to deliver are logged while training and never stop it.""",
     ),
     Code(
+        "DBS289",
+        ERROR,
+        "Image metrics on a family that refines images",
+        """\
+`evaluation.metrics` names clip_t, clip_i or dino on a family whose validation refines dataset images (the
+SDXL refiner): those metrics score images sampled from `validation.prompts`, which it does not sample, and a
+refinement of a training image scored against the training images says nothing about fidelity. The
+evaluation loss (`evaluation.holdout`) works on every family.""",
+        help="remove them from evaluation.metrics; evaluation.holdout scores held-out images on any family",
+    ),
+    Code(
         "DBS290",
         WARNING,
         "warm-up with SimpleTuner's cosine or sine",

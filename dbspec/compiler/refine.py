@@ -22,7 +22,7 @@ def refines(model: ModelPlan | None) -> bool:
 
 def check_refiner_options(ctx: Context, model: ModelPlan | None) -> None:
     """DBS348: refiner options on another family; DBS347: prompts a refiner ignores; DBS349: class images it
-    cannot generate."""
+    cannot generate; DBS289: image metrics it has no prompt samples for."""
     if model is None:
         return
     spec = family_spec(model.family)
@@ -46,6 +46,16 @@ def check_refiner_options(ctx: Context, model: ModelPlan | None) -> None:
             f"{ctx.spec.validation.refine_images} instance image(s) with their captions instead",
             ("validation", "prompts"),
             help="remove validation.prompts; set validation.refine_images and validation.strength",
+        )
+    image_metrics = [m for m in ctx.spec.evaluation.metrics if m in ("clip_t", "clip_i", "dino")]
+    if image_metrics:
+        ctx.report(
+            "DBS289",
+            "error",
+            f"evaluation.metrics names {', '.join(image_metrics)}, but {spec.title} validation refines "
+            "training images instead of sampling validation.prompts: there are no prompt samples to score",
+            ("evaluation", "metrics"),
+            help="remove them from evaluation.metrics; the evaluation loss (evaluation.holdout) works here",
         )
     for i, d in enumerate(ctx.spec.datasets):
         if d.generate:
