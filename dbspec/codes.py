@@ -860,6 +860,16 @@ A `checkpoints.select_weight_*` is set while `checkpoints.select` is not `"weigh
         help='set checkpoints.select = "weighted", or remove the weight',
     ),
     Code(
+        "DBS294",
+        ERROR,
+        "A refinement with no denoising step",
+        """\
+`validation.steps` x `validation.strength` is below 1 on a family that refines images (the SDXL refiner):
+diffusers' img2img pipelines run int(steps x strength) denoising steps, so validation would run none and
+fail.""",
+        help="raise validation.steps (or validation.strength) so that steps x strength >= 1",
+    ),
+    Code(
         "DBS295",
         WARNING,
         "identifier splits into many tokens",
