@@ -1310,9 +1310,12 @@ flow-matching family (SD3): the family's objective decides it.""",
         ERROR,
         "An export format the family cannot write",
         """\
-An `output.export` format the model family has no writer for: SD3 exports the diffusers layouts (the folder,
-`diffusers_lora`), not the original-layout single file or kohya LoRA files.""",
-        help="use the diffusers formats for this family",
+A `checkpoints.exports` format the model family has no writer for. SD3 writes the diffusers layouts only
+(the folder, the diffusers LoRA file): no original-layout single file, no kohya LoRA (kohya's
+networks/lora_sd3.py layout is not written). Flux writes `kohya_lora` (kohya's networks/lora_flux.py layout,
+which ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr; no single
+file.""",
+        help="remove the format: the diffusers folder (or diffusers LoRA file) is always written",
     ),
     Code(
         "DBS382",
