@@ -452,6 +452,15 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
 offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
     ),
+    Code(
+        "DBS239",
+        ERROR,
+        "Two sigma shifts for flow matching",
+        """\
+`loss.flow_dynamic_shift = true` (σ shifted by the image size, Flux's time shift; kohya's `timestep_sampling =
+"flux_shift"`) with a fixed `loss.flow_shift` other than 0: each shifts σ, and only one can.""",
+        help="remove loss.flow_shift (or set loss.flow_dynamic_shift = false for a fixed shift)",
+    ),
     # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
     Code(
         "DBS240",
