@@ -78,7 +78,7 @@ def test_kohya_flux_defaults_plan_sigma_scaled_and_flux_shift(tmp_path):
     assert (flow.timesteps, flow.logit_mean, flow.logit_std) == ("logit_normal", 0.0, 1.5)
     assert (flow.shift, flow.base_shift, flow.max_shift) == (0.0, 0.5, 1.15)
     assert "mse(x_t − σ·u\u0302, u)" in plan.loss.formula  # kohya compares it with ε − x₀
-    assert fate(outcome, "model_prediction_type") == "mapped"
+    assert fate(outcome, "model_prediction_type") == "defaulted"  # kohya's default, sigma_scaled
     assert fate(outcome, "timestep_sampling") == "mapped"
 
 
