@@ -51,3 +51,41 @@ def test_what_flux_and_sd3_still_cannot_write(toy: Path):
     planned = compile_in(toy)
     message = next(d.message for d in planned.diagnostics if d.code == "DBS381")
     assert "only the diffusers layouts" in message
+
+
+def _summary(plan) -> str:
+    import io
+
+    from rich.console import Console
+
+    from dbspec.plan.summary import training_table
+
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None).print(training_table(plan))
+    return out.getvalue()
+
+
+def test_kohya_prediction_and_image_size_shift_are_planned_and_shown(toy: Path):
+    write_spec(toy, model=FLUX, loss={"flow_prediction": "sigma_scaled", "flow_dynamic_shift": True})
+    plan = planned_ok(toy)
+    flow = plan.loss.flow
+    assert (flow.prediction, flow.shift, flow.base_shift, flow.max_shift) == ("sigma_scaled", 0.0, 0.5, 1.15)
+    assert "mse(x_t − σ·u\u0302, u)" in plan.loss.formula
+    assert "shifted by image size (μ 0.5 at 256 -> 1.15 at 4096 latent patches)" in _summary(plan)
+    write_spec(toy, model=FLUX)  # the defaults: raw, fixed (the model's) shift
+    flow = planned_ok(toy).loss.flow
+    assert (flow.prediction, flow.base_shift, flow.max_shift) == ("raw", 0.0, 0.0)
+
+
+def test_two_shifts_are_refused_and_ddpm_models_ignore_the_options(toy: Path):
+    write_spec(toy, model=FLUX, loss={"flow_dynamic_shift": True, "flow_shift": 3.0})
+    planned = compile_in(toy)
+    assert "DBS239" in codes(planned, "error")
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS239")
+    assert "loss.flow_shift = 3" in message
+    write_spec(
+        toy,
+        model={"base": "builtin:tiny-sd1", "prediction": "epsilon"},
+        loss={"flow_prediction": "additive", "flow_dynamic_shift": True},
+    )
+    assert codes(compile_in(toy), "warning").count("DBS231") == 2
