@@ -191,11 +191,12 @@ def flux_kohya_lora_state(
 
 
 def _widths(module: nn.Module) -> dict[str, int]:
-    """Output width of every Linear by module path (a peft-wrapped one under its own path too)."""
+    """Output width of every Linear by module path (a peft-wrapped one under its own path too; quantised
+    Linears of any backend carry `out_features` as well)."""
     return {
-        name.removesuffix(".base_layer"): layer.out_features
+        name.removesuffix(".base_layer"): int(layer.out_features)
         for name, layer in module.named_modules()
-        if isinstance(layer, nn.Linear)
+        if isinstance(getattr(layer, "out_features", None), int)
     }
 
 
