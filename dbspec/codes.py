@@ -452,6 +452,15 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
 offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
     ),
+    Code(
+        "DBS239",
+        ERROR,
+        "Two sigma shifts for flow matching",
+        """\
+`loss.flow_dynamic_shift = true` (σ shifted by the image size, Flux's time shift; kohya's `timestep_sampling =
+"flux_shift"`) with a fixed `loss.flow_shift` other than 0: each shifts σ, and only one can.""",
+        help="remove loss.flow_shift (or set loss.flow_dynamic_shift = false for a fixed shift)",
+    ),
     # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
     Code(
         "DBS240",
@@ -1331,9 +1340,12 @@ flow-matching family (SD3): the family's objective decides it.""",
         ERROR,
         "An export format the family cannot write",
         """\
-An `output.export` format the model family has no writer for: SD3 exports the diffusers layouts (the folder,
-`diffusers_lora`), not the original-layout single file or kohya LoRA files.""",
-        help="use the diffusers formats for this family",
+A `checkpoints.exports` format the model family has no writer for. SD3 writes the diffusers layouts only
+(the folder, the diffusers LoRA file): no original-layout single file, no kohya LoRA (kohya's
+networks/lora_sd3.py layout is not written). Flux writes `kohya_lora` (kohya's networks/lora_flux.py layout,
+which ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr; no single
+file.""",
+        help="remove the format: the diffusers folder (or diffusers LoRA file) is always written",
     ),
     Code(
         "DBS382",

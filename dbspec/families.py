@@ -42,6 +42,8 @@ class KohyaFacts:
     v2: bool  # ss_v2
     v_suffix: bool  # "_v" appended to base_version for v-prediction models
     original_unet_names: bool  # LoRA keys follow the original UNet layout (input_blocks...), not diffusers'
+    # kohya_lora writes LoCon/DoRA/LoHa/LoKr in the LyCORIS layout too (Flux: plain LoRA only)
+    lycoris_layout: bool = True
 
 
 @attrs.frozen
@@ -465,10 +467,12 @@ FAMILIES: dict[str, FamilySpec] = {
         },
         lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
         activation_bytes_per_latent_pixel=(1_600_000, 160_000),  # an unmeasured estimate, as SD3's
-        kohya=KohyaFacts(base_version="flux1", v2=False, v_suffix=False, original_unet_names=False),
+        kohya=KohyaFacts(
+            base_version="flux1", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
+        ),
         objective="flow",
         single_file_marker="model.diffusion_model.double_blocks.",
-        extra_exports=(),
+        extra_exports=("kohya_lora",),  # kohya's networks/lora_flux.py layout (runtime/flux_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,
         train_guidance=3.5,

@@ -957,6 +957,8 @@ FLOW_OPTIONS = (
     "flow_weighting",
     "flow_shift",
     "flow_guidance",
+    "flow_prediction",
+    "flow_dynamic_shift",
 )
 
 
@@ -1019,6 +1021,21 @@ def flow_guidance_without_embedding(spec: Spec, given: Given) -> Iterator[Hit]:
             f"loss.flow_guidance = {spec.loss.flow_guidance:g} is inert: {family_spec(family).title} has no "
             "guidance embedding (only guidance-distilled models such as Flux.1 dev read it)",
             codes.help("DBS232"),
+        )
+
+
+@rule("spec")
+def flow_shift_once(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.flow_dynamic_shift shifts σ by the image size; a fixed loss.flow_shift beside it would shift twice
+    (DBS239)."""
+    loss = spec.loss
+    if loss.flow_dynamic_shift and loss.flow_shift:
+        yield _err(
+            "DBS239",
+            ("loss", "flow_shift"),
+            f"loss.flow_shift = {loss.flow_shift:g} and loss.flow_dynamic_shift = true both shift σ (a fixed "
+            "shift and the image-size shift); one applies",
+            codes.help("DBS239"),
         )
 
 

@@ -171,6 +171,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("evaluation",): lambda run: json.loads(json.dumps(_CONVERTER.unstructure(EvaluationPlan()))),
         ("checkpoints", "select"): "none",
         ("validation", "preview"): None,  # live validation previews: off
+        # kohya's Flux prediction types and time shift: raw, fixed shift then (flow plans only)
+        ("loss", "flow", "prediction"): "raw",
+        ("loss", "flow", "base_shift"): 0.0,
+        ("loss", "flow", "max_shift"): 0.0,
     },
 }
 

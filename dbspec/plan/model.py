@@ -422,6 +422,12 @@ class FlowPlan:
     weighting: Literal["none", "sigma_sqrt", "cosmap"]  # per-sample loss weight of sigma
     shift: float  # the sigma shift of the scheduler; 0 keeps the model's scheduler config
     guidance: float = 0.0  # the guidance a guidance-distilled denoiser is given in training (Flux.1 dev: 3.5)
+    # what the loss compares with ε − x₀: raw v̂, sigma_scaled x_t − σ v̂, additive v̂ + x_t (kohya's Flux)
+    prediction: Literal["raw", "sigma_scaled", "additive"] = "raw"
+    # Flux's resolution-dependent shift of σ (kohya flux_shift): μ from base_shift at 256 latent patches to
+    # max_shift at 4096; (0, 0) when off (flow_shift applies instead)
+    base_shift: float = 0.0
+    max_shift: float = 0.0
 
 
 @frozen

@@ -415,6 +415,8 @@ def flow_draw(f: FlowPlan) -> str:
         "mode": f"mode({f.mode_scale:g})",
     }[f.timesteps]
     shift = f"shift {f.shift:g}" if f.shift else "the model's shift"
+    if f.max_shift:  # Flux's time shift, continuous σ
+        shift = f"shifted by image size (μ {f.base_shift:g} at 256 -> {f.max_shift:g} at 4096 latent patches)"
     return f"σ ~ {density}, {shift}" + (f", guidance {f.guidance:g}" if f.guidance else "")
 
 

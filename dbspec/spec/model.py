@@ -738,6 +738,21 @@ class Loss:
         minimum=0,
         example=3.0,
     )
+    flow_prediction: Literal["raw", "sigma_scaled", "additive"] = option(
+        "raw",
+        doc="Flow-matching models: what the loss compares with the velocity target ε − x₀ (kohya "
+        "flux_train_network.py's model_prediction_type). raw: the model output v̂ (diffusers' scripts); "
+        "sigma_scaled: x_t − σ v̂ (kohya's Flux default); additive: v̂ + x_t. The target stays ε − x₀ in all "
+        "three, as in kohya; a base-model prior's target is transformed the same way.",
+    )
+    flow_dynamic_shift: bool = option(
+        False,
+        doc="Flow-matching models: shift σ by the image size instead of by flow_shift: "
+        "e^μ / (e^μ + 1/σ − 1), μ rising linearly from 0.5 at 256 latent patches ((h/2)(w/2)) "
+        "to 1.15 at 4096 (Flux's time shift; diffusers' use_dynamic_shifting; kohya's "
+        "timestep_sampling flux_shift). σ before the shift is 1 − u of the flow_timesteps "
+        "density (continuous, as kohya draws it). Needs flow_shift 0.",
+    )
     flow_guidance: float = option(
         0.0,
         doc="Guidance-distilled flow models (Flux.1 dev): the guidance value the denoiser's guidance "
