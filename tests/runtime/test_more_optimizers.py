@@ -1,6 +1,6 @@
-"""Optimizers kohya users write (issue 12): transformers Adafactor's beta1 / clip_threshold / decay_rate / eps,
-bitsandbytes' AdEMAMix (8-bit and paged) and the schedulefree package's optimizers, through the real optimizer
-and loop on a tiny SD1 model. Each optimizer equals the class kohya's get_optimizer builds
+"""Optimizers kohya users write (issue 12): transformers Adafactor's beta1 / clip_threshold / decay_rate /
+eps, bitsandbytes' AdEMAMix (8-bit and paged) and the schedulefree package's optimizers, through the real
+optimizer and loop on a tiny SD1 model. Each optimizer equals the class kohya's get_optimizer builds
 (`cls(params, lr=lr, **optimizer_args)`), step for step, and a run resumes bit-exact."""
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_an_ademamix_run_trains_and_resumes_bit_exact(tmp_path, kind):
     _resumes_bit_exact(tmp_path, [f'optimizer.kind="{kind}"', "optimizer.lr=1e-4"])
 
 
-# --- schedule-free (schedulefree) ----------------------------------------------------------------------------
+# --- schedule-free (schedulefree) --------------------------------------------------------------------------
 
 SCHEDULEFREE = {
     "adamw_schedulefree": (schedulefree.AdamWScheduleFree, {"warmup_steps": 2, "betas": (0.9, 0.999)}),
