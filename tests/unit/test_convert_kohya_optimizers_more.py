@@ -315,6 +315,29 @@ def test_each_ademamix_class_path_keeps_bitsandbytes_defaults(tmp_path, path, ki
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        ('--optimizer_type bitsandbytes.optim.AdEMAMix --optimizer_args "optim_bits=8"', "ademamix8bit"),
+        (
+            '--optimizer_type bitsandbytes.optim.AdEMAMix8bit --optimizer_args "is_paged=True"',
+            "paged_ademamix8bit",
+        ),
+        (
+            '--optimizer_type bitsandbytes.optim.PagedAdEMAMix --optimizer_args "optim_bits=32"',
+            "paged_ademamix",
+        ),
+    ],
+)
+def test_ademamix_is_paged_and_optim_bits_pick_the_class(tmp_path, args, kind):
+    plan = plan_of(_ok(_lora(tmp_path, args)), tmp_path)
+    assert plan.optimizer.kind == kind
+    assert (plan.optimizer.ademamix.paged, plan.optimizer.ademamix.eight_bit) == (
+        "paged" in kind,
+        "8bit" in kind,
+    )
+
+
 @pytest.mark.parametrize("name", ["AdEMAMix8bit", "PagedAdEMAMix8bit", "AdEMAMix"])
 def test_a_bare_ademamix_name_is_invalid_as_kohya_looks_it_up_in_torch_optim(tmp_path, name):
     outcome = _lora(tmp_path, f"--optimizer_type {name}")

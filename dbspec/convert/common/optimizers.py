@@ -384,6 +384,19 @@ def _number_pair(value: Any) -> bool:
     )
 
 
+_ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
+
+
+def ademamix_variant(kind: str, kwargs: dict[str, Any]) -> str:
+    """bitsandbytes' AdEMAMix classes differ only in is_paged and optim_bits: `AdEMAMix(is_paged=True)` is
+    PagedAdEMAMix, `optim_bits=8` is the 8-bit class. The kind those arguments make."""
+    if kind not in _ADEMAMIX_KINDS:
+        return kind
+    paged = kind.startswith("paged_") or kwargs.get("is_paged") is True
+    eight = kind.endswith("8bit") or kwargs.get("optim_bits") == 8
+    return ("paged_" if paged else "") + ("ademamix8bit" if eight else "ademamix")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
@@ -413,6 +426,9 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         for k, v in kwargs.items()
         if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
     }
+    if kind in _ADEMAMIX_KINDS:  # the kind says them (ademamix_variant)
+        rest = {k: v for k, v in rest.items() if not (k == "is_paged" and isinstance(v, bool))}
+        rest = {k: v for k, v in rest.items() if not (k == "optim_bits" and v in (8, 32))}
     for key in ("d0", "growth_rate"):  # TOML floats stay floats (d0=1 is an int literal)
         if key in merged:
             merged[key] = float(merged[key])

@@ -11,6 +11,7 @@ from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
+    ademamix_variant,
     kohya_constructor_problems,
     kohya_optimizer,
     optimizer_settings,
@@ -872,8 +873,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             help='use optimizer_type = "Adafactor", or add relative_step=False to optimizer_args',
         )
         return
-    settings = optimizer_settings(name.kind, kwargs, nesterov=name.nesterov)
-    defaults = Optimizer(kind=name.kind)
+    kind = ademamix_variant(name.kind, kwargs)
+    if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
+        conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
+    settings = optimizer_settings(kind, kwargs, nesterov=name.nesterov)
+    defaults = Optimizer(kind=kind)
     for key, value in settings.values.items():
         if value == getattr(defaults, key):
             continue
