@@ -445,6 +445,11 @@ def test_transformers_adafactor_class_path_needs_relative_step_false(tmp_path):
     assert plan.schedule.lr_schedule == "cosine" and plan.schedule.warmup_steps == 30
     crash = _lora(tmp_path / "b", "--optimizer_type transformers.optimization.Adafactor")
     assert crash.exit_code == 1 and "relative_step=True" in messages(crash, "DBS402")
+    warm = _lora(
+        tmp_path / "c",
+        '--optimizer_type transformers.Adafactor --optimizer_args "relative_step=False" "warmup_init=True"',
+    )
+    assert warm.exit_code == 1 and "warmup_init=True requires" in messages(warm, "DBS402")
 
 
 def test_a_class_path_in_the_wrong_case_is_invalid(tmp_path):

@@ -862,6 +862,17 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         return
     if not _one_rate_fits(name.kind, kind_arg, conv):
         return
+    if name.dotted and name.kind == "adafactor" and kwargs.get("warmup_init", False):
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"{kind_arg.value} is built as given, and transformers raises `warmup_init=True requires "
+            "relative_step=True`, which refuses the lr kohya passes (kohya's fix-up applies to "
+            "optimizer_type Adafactor only)",
+            help='use optimizer_type = "Adafactor"',
+        )
+        return
     if name.dotted and name.kind == "adafactor" and kwargs.get("relative_step", True):
         conv.invalid(
             args.key,
