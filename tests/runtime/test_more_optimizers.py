@@ -56,8 +56,8 @@ def _same(a: list, b: list) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def _resumes_bit_exact(tmp_path, overrides: list[str]) -> None:
-    spec = write_spec(tmp_path, steps=4)
+def _resumes_bit_exact(tmp_path, overrides: list[str], extra: str = "") -> None:
+    spec = write_spec(tmp_path, steps=4, extra=extra)
     whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
     assert whole.status == "finished" and len(whole.losses) == 4
     plan = compile_spec(spec, [*overrides, "output.dir=parts"])
@@ -198,3 +198,13 @@ def test_a_schedulefree_run_saves_the_averaged_weights_and_resumes_bit_exact(tmp
     # the checkpoint was written in eval mode: its optimizer state says so, and resuming switched back
     state = torch.load(next((tmp_path / "parts").rglob("training_state.pt")), weights_only=False)
     assert state["optimizer"]["param_groups"][0]["train_mode"] is False
+
+
+def test_a_schedulefree_lora_run_validates_on_the_averaged_weights_and_resumes_bit_exact(tmp_path):
+    """Validation at steps 2 and 4 switches to eval mode and back on the way (kohya's optimizer_eval_fn /
+    optimizer_train_fn around sampling); the interrupted and resumed run still ends bit-exact."""
+    extra = (
+        '[adapter]\nkind = "lora"\nrank = 2\n\n[validation]\nevery = 2\nprompts = ["a photo of ohwx toy"]\n'
+    )
+    _resumes_bit_exact(tmp_path, ['optimizer.kind="adamw_schedulefree"', "optimizer.lr=1e-2"], extra)
+    assert list((tmp_path / "whole" / "samples").glob("step-000002/*.png"))
