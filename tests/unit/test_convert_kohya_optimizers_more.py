@@ -25,6 +25,7 @@ from convert_kit import (
     images,
     kohya,
     messages,
+    out_path,
     plan_of,
     write,
 )  # noqa: F401
@@ -387,6 +388,7 @@ lr_warmup_steps = 50
     assert (o.schedulefree.warmup_steps, o.schedulefree.r, o.schedulefree.weight_lr_power) == (100, 0.0, 2.0)
     s = plan.schedule
     assert (s.lr_schedule, s.warmup_steps) == ("constant", 0) and {lr for _, lr in s.lr_points} == {1e-3}
+    assert "schedulefree_warmup_steps = 100  # kohya optimizer_args" in out_path(tmp_path).read_text()
 
 
 @pytest.mark.parametrize(

@@ -401,6 +401,7 @@ def ademamix_variant(kind: str, kwargs: dict[str, Any]) -> str:
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
     unsupported: dict[str, Any]  # legacy keyword arguments dbspec cannot express
+    given: frozenset[str] = frozenset()  # the dbspec keys the legacy arguments gave (the rest are defaults)
 
 
 def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False) -> Settings:
@@ -445,7 +446,8 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
     for key in ("t_alpha", "t_beta3"):  # bitsandbytes' None: dbspec's 0 (no warm-up)
         if key in merged:
             merged[key] = int(merged[key] or 0)
-    return Settings(values=merged, unsupported=rest)
+    given = frozenset(renamed.get(k, k) for k in kwargs)
+    return Settings(values=merged, unsupported=rest, given=given)
 
 
 def adafactor_flags(kwargs: dict[str, Any]) -> dict[str, bool]:

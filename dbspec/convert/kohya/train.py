@@ -892,11 +892,13 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
     for key, value in settings.values.items():
         if value == getattr(defaults, key):
             continue
-        source = args if key in kwargs else kind_arg
+        given = key in settings.given
         conv.put(
             ("optimizer", key),
             value,
-            conv.comment(source, "" if key in kwargs else f"{kind_arg.value or 'AdamW'} default"),
+            conv.comment(
+                args if given else kind_arg, "" if given else f"{kind_arg.value or 'AdamW'} default"
+            ),
         )
     if settings.unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in settings.unsupported.items())
