@@ -151,7 +151,7 @@ def test_each_ademamix_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     assert state["state1"].dtype == (torch.uint8 if kind.endswith("8bit") else torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["ademamix8bit", "paged_ademamix"])
+@pytest.mark.parametrize("kind", list(ADEMAMIX))
 def test_an_ademamix_run_trains_and_resumes_bit_exact(tmp_path, kind):
     _resumes_bit_exact(tmp_path, [f'optimizer.kind="{kind}"', "optimizer.lr=1e-4"])
 
