@@ -323,7 +323,16 @@ Bucket settings: min above max, a step that is not a multiple of 8, a resolution
         ERROR,
         "`optimizer.betas` out of range",
         """\
-`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan and dadapt_adan_ip).""",
+`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan, dadapt_adan_ip and the ademamix
+kinds).""",
+    ),
+    Code(
+        "DBS220",
+        ERROR,
+        "`optimizer.adafactor_eps` is not a pair of positive numbers",
+        """\
+`optimizer.adafactor_eps` is transformers' Adafactor `eps`: two positive numbers, the regulariser of the
+squared gradient and the floor of the parameter scale (default [1e-30, 1e-3]); Adafactor indexes both.""",
     ),
     Code(
         "DBS221",
@@ -388,6 +397,17 @@ folder to generate class
 images into and no deeper folder to scan. Generate class images into a `layout = "folder"` dataset (or a
 sub-folder such as `1_dog` made beforehand).""",
         help='remove the option, or use layout = "folder"',
+    ),
+    Code(
+        "DBS228",
+        ERROR,
+        "A schedule-free optimizer with an LR schedule",
+        """\
+The schedule-free optimizers (`adamw_schedulefree`, `sgd_schedulefree`, `radam_schedulefree`) replace the LR
+schedule by averaging the iterates: kohya gives them a dummy scheduler that never changes the LR. So
+`schedule.lr_schedule` must stay "constant" without `schedule.warmup_steps`; the optimizer's own warm-up is
+`optimizer.schedulefree_warmup_steps` (AdamW and SGD).""",
+        help="remove the schedule settings; use optimizer.schedulefree_warmup_steps for a warm-up",
     ),
     Code(
         "DBS230",
@@ -700,11 +720,11 @@ Adafactor with `relative_step = true` computes its learning rate itself (min(1e-
     Code(
         "DBS273",
         ERROR,
-        "one_cycle settings torch's OneCycleLR refuses",
+        "one_cycle or cyclic settings torch refuses",
         """\
 `lr_schedule = "one_cycle"` is torch's OneCycleLR, which raises when stepped past its total_steps
-(`schedule.t_max`, 0 = the run's steps) and, with `cycle_momentum`, on an optimizer without momentum or betas
-(Adafactor).""",
+(`schedule.t_max`, 0 = the run's steps); it and `"cyclic"` (torch's CyclicLR) raise, with `cycle_momentum`, on
+an optimizer without momentum or betas (Adafactor).""",
     ),
     Code(
         "DBS274",
