@@ -16,6 +16,7 @@ from dbspec.compiler import kohya_folders as kf
 from dbspec.compiler.caches import Keyer
 from dbspec.compiler.captions import caption_plan
 from dbspec.compiler.context import Context
+from dbspec.compiler.face_crop import plan_face_crop
 from dbspec.compiler.groups import bucket_settings
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.compiler.unusable import report_unusable, sidecars
@@ -130,6 +131,7 @@ def _plan_dataset(
     if generate is not None:
         images += _future_images(d, generate, placer, keyer, captions)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
+    kept = tuple(img for img in images if img is not None)
     return DatasetPlan(
         name=d.name,
         role=d.role,
@@ -139,7 +141,8 @@ def _plan_dataset(
         flip=d.flip,
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         color_aug=d.color_aug,
-        images=tuple(img for img in images if img is not None),
+        face_crop=plan_face_crop(ctx, i, d, kept),
+        images=kept,
         skipped=skipped,
         generate=generate,
         caption_processing=captions,
@@ -206,6 +209,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
             caption = caption_for(ctx, i, sub, source)
             if caption is not None:
                 images.append(_image(ctx, i, sub, info, masks, placer, keyer, captions, caption))
+    kept = tuple(img for img in images if img is not None)
     return DatasetPlan(
         name=d.name,
         role=d.role,
@@ -215,7 +219,8 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
         flip=d.flip,
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         color_aug=d.color_aug,
-        images=tuple(img for img in images if img is not None),
+        face_crop=plan_face_crop(ctx, i, d, kept),
+        images=kept,
         skipped=tuple(skipped),
         group=d.group,
         folders=tuple(

@@ -686,6 +686,32 @@ def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
+    """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
+    for i, d in enumerate(spec.datasets):
+        if not d.face_crop:
+            continue
+        path = ("datasets", i, "face_crop")
+        if len(d.face_crop) != 2 or not 0 < d.face_crop[0] <= d.face_crop[1]:
+            yield _err(
+                "DBS233",
+                path,
+                f"dataset `{d.name}`: face_crop must be [lo, hi] with 0 < lo <= hi; found {d.face_crop}",
+            )
+            continue
+        index = next((k for k, g in enumerate(spec.groups) if d.group and g.name == d.group), None)
+        mode = spec.buckets.mode if index is None else group_buckets(spec, given, index)[0]
+        if mode != "square":
+            where = "buckets.mode" if index is None else f"group `{d.group}`'s bucket_mode"
+            yield _err(
+                "DBS234",
+                path,
+                f"dataset `{d.name}`: face_crop needs square buckets (kohya crops around faces only with "
+                f'buckets off); {where} is "{mode}"',
+            )
+
+
+@rule("spec")
 def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
     lora = isinstance(spec.adapter, LowRankAdapter)
     for fmt in spec.checkpoints.exports:

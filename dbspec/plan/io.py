@@ -89,6 +89,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "weighted_captions"): False,
         ("checkpoints", "select_weights"): [],
         ("datasets", "*", "color_aug"): False,
+        ("datasets", "*", "face_crop"): None,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

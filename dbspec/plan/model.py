@@ -215,6 +215,29 @@ class FolderPlan:
 
 
 @frozen
+class FaceBox:
+    """One image's face box, read from its file name `name_cx_cy_w_h.ext` (pixels of the stored image)."""
+
+    image: str  # the image's `rel` (its path in the dataset folder)
+    cx: int
+    cy: int
+    w: int
+    h: int
+
+
+@frozen
+class FaceCropPlan:
+    """kohya's face-crop augmentation of one dataset (`dbspec.plan.face_crop` applies it per sample and step).
+
+    Images with a box are scaled and cut around the face into the dataset's square resolution; the others
+    keep the plan's cover-resize and crop. The dataset's latents are not cached (the window moves each step).
+    """
+
+    range: tuple[float, float]  # kohya's face_crop_aug_range: the face spans 1/hi .. 1/lo of the resolution
+    faces: tuple[FaceBox, ...]
+
+
+@frozen
 class DatasetPlan:
     name: str
     role: Literal["instance", "class"]
@@ -231,6 +254,7 @@ class DatasetPlan:
     caption_processing: CaptionPlan = CaptionPlan()
     group: str = ""  # its [[groups]] name; "" = the default group (schedule.batch_size)
     color_aug: bool = False  # kohya colour augmentation per sample (runtime/color_aug.py); no latent cache
+    face_crop: FaceCropPlan | None = None  # kohya face-crop augmentation; None = off
 
 
 @frozen

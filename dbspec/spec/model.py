@@ -440,6 +440,16 @@ class Dataset:
         "(OpenCV's 0-179 hue) or a gamma in [0.95, 1.05], drawn per sample and step; latents of the dataset "
         "are then not cached (as kohya refuses the cache with it).",
     )
+    face_crop: list[float] = option(
+        factory=list,
+        doc="kohya's face-crop augmentation (`face_crop_aug_range`): two numbers [lo, hi]; an image named "
+        "`name_cx_cy_w_h.ext` (its face centre and size in pixels) is scaled so the face spans 1/hi to 1/lo "
+        "of the resolution (a scale drawn per sample and step), then cut around the face (with crop = "
+        '"random", shifted as kohya shifts it). Needs buckets.mode = "square" (kohya applies it only with '
+        "buckets off); images without a face box keep the square crop; the dataset's latents are not cached. "
+        "Empty = off.",
+        example=[2.0, 4.0],
+    )
     masks: str = option(
         "",
         doc="Folder of masks paired with images by file stem (white = train, black = "
