@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from dbspec import codes
 from dbspec.compiler.context import Context
 from dbspec.plan.model import FaceBox, FaceCropPlan, ImagePlan
 from dbspec.spec.model import Dataset
@@ -43,6 +44,7 @@ def _face_box(ctx: Context, i: int, d: Dataset, img: ImagePlan) -> FaceBox | Non
             f"dataset `{d.name}`: `{img.rel}` has five or more `_` parts, so kohya reads "
             f"`{'_'.join(parts[-4:])}` as the face box cx_cy_w_h, and those are not integers",
             path,
+            codes.help("DBS360"),
         )
         return None
     if cx <= 0:  # kohya crops around a face only when its centre x is positive
@@ -53,7 +55,8 @@ def _face_box(ctx: Context, i: int, d: Dataset, img: ImagePlan) -> FaceBox | Non
     elif img.orientation != 1:
         problem = f"it carries EXIF orientation {img.orientation} (kohya reads the box unrotated)"
     if problem:
-        ctx.report("DBS360", "error", f"dataset `{d.name}`: face box of `{img.rel}`: {problem}", path)
+        message = f"dataset `{d.name}`: face box of `{img.rel}`: {problem}"
+        ctx.report("DBS360", "error", message, path, codes.help("DBS360"))
         return None
     (width, height), (tw, th) = img.size, img.bucket
     if width < tw or height < th:
@@ -63,6 +66,7 @@ def _face_box(ctx: Context, i: int, d: Dataset, img: ImagePlan) -> FaceBox | Non
             f"dataset `{d.name}`: `{img.rel}` is {width}x{height}, smaller than the {tw}x{th} resolution; "
             "kohya's face crop never scales up",
             path,
+            codes.help("DBS359"),
         )
         return None
     return FaceBox(image=img.rel, cx=cx, cy=cy, w=w, h=h)

@@ -697,6 +697,7 @@ def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
                 "DBS233",
                 path,
                 f"dataset `{d.name}`: face_crop must be [lo, hi] with 0 < lo <= hi; found {d.face_crop}",
+                codes.help("DBS233"),
             )
             continue
         index = next((k for k, g in enumerate(spec.groups) if d.group and g.name == d.group), None)
@@ -708,6 +709,7 @@ def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
                 path,
                 f"dataset `{d.name}`: face_crop needs square buckets (kohya crops around faces only with "
                 f'buckets off); {where} is "{mode}"',
+                codes.help("DBS234"),
             )
 
 

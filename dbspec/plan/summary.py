@@ -95,6 +95,15 @@ def datasets_table(plan: Plan) -> Table:
             str(len(d.skipped)),
             gen,
         )
+    faces = [
+        f"face crop: dataset `{d.name}`: {len(d.face_crop.faces)} of {len(d.images)} images cut around their "
+        f"face box, scale drawn per step so the face spans 1/{d.face_crop.range[1]:g} to "
+        f"1/{d.face_crop.range[0]:g} of the resolution (kohya's crop_target); latents not cached"
+        for d in plan.datasets
+        if d.face_crop is not None
+    ]
+    t.caption = "\n".join(faces) or None
+    t.caption_justify = "left"
     return t
 
 

@@ -335,6 +335,23 @@ CASES = [
         DOG + 'masks = "data/masks"\n' + STEPS,
     ),
     (
+        rules.face_crop_range,
+        DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+        [("DBS233", "error", ("datasets", 0, "face_crop"))],
+        DOG + "face_crop = [2.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (
+        rules.face_crop_range,
+        DOG
+        + 'face_crop = [2.0, 4.0]\ngroup = "closeups"\n'
+        + GROUP
+        + 'bucket_mode = "aspect"\n'
+        + STEPS
+        + '[buckets]\nmode = "square"\n',
+        [("DBS234", "error", ("datasets", 0, "face_crop"))],
+        DOG + 'face_crop = [2.0, 4.0]\ngroup = "closeups"\n' + GROUP + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (
         rules.exports_match_adapter,
         LORA + DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
         [("DBS222", "error", ("checkpoints", "exports"))],

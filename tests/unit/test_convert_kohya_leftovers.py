@@ -1,0 +1,108 @@
+"""kohya settings that used to be refused as not expressible (issue 12, the leftovers): face-crop
+augmentation. Each case is a realistic kohya config; the expectation is what kohya's own code does with it
+(sd-scripts library/train_util.py, train_db.py), recomputed here, never read back from the converter."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from convert_kit import (
+    SD15,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    errors,
+    fate,
+    images,
+    kohya,
+    plan_of,
+    write,
+)
+
+BASE = f"train_db.py --pretrained_model_name_or_path {SD15}"
+LORA = f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora"
+
+
+# --- face_crop_aug_range -----------------------------------------------------------------------------------
+
+
+def _faces(folder, boxes, size=(768, 640), *, short_captions=False):
+    """Portraits named as kohya's detect_face_rotate.py names its crops, `stem_cx_cy_w_h.png`, with a caption
+    file of the same stem (or `stem.txt`, kohya's second candidate, with `short_captions`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (cx, cy, w, h) in enumerate(boxes):
+        name = f"portrait{k}_{cx}_{cy}_{w}_{h}"
+        Image.new("RGB", size, (40 + k, 90, 160)).save(folder / f"{name}.png")
+        caption = folder / (f"portrait{k}.txt" if short_captions else f"{name}.txt")
+        caption.write_text(f"ohwx woman, portrait {k}\n", encoding="utf-8")
+
+
+FACE_TOML = """\
+[general]
+caption_extension = ".txt"
+shuffle_caption = false
+enable_bucket = false
+
+[[datasets]]
+resolution = 512
+batch_size = 2
+
+  [[datasets.subsets]]
+  image_dir = "faces"
+  num_repeats = 10
+  face_crop_aug_range = [2.0, 4.0]
+  flip_aug = true
+{extra}
+"""
+
+
+def test_face_crop_converts_with_buckets_off_and_plans_kohya_boxes(tmp_path):
+    boxes = [(384, 300, 180, 200), (500, 260, 120, 150), (200, 400, 96, 96)]
+    _faces(tmp_path / "faces", boxes)
+    write(tmp_path / "dataset.toml", FACE_TOML.format(extra=""))
+    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    d = plan.datasets[0]
+    assert d.face_crop is not None and d.face_crop.range == (2.0, 4.0)
+    assert sorted((b.cx, b.cy, b.w, b.h) for b in d.face_crop.faces) == sorted(boxes)
+    # kohya's text fallback `portraitK.txt` for `portraitK_cx_cy_w_h.png`, repeats, square 512 buckets
+    assert sorted(img.caption for img in d.images) == [f"ohwx woman, portrait {k}" for k in range(3)]
+    assert {img.bucket for img in d.images} == {(512, 512)} and {img.repeats for img in d.images} == {10}
+    assert all(not img.latent_keys for img in d.images)  # kohya crops around the face every step: no cache
+
+
+def test_face_crop_images_larger_than_the_resolution_are_not_kohya_asserts(tmp_path):
+    """Without buckets, cache and random_crop kohya asserts a plain image has exactly the resolution; an image
+    with a face box is scaled and cut around the face instead, so only the plain one is refused."""
+    _faces(tmp_path / "faces", [(384, 300, 180, 200)])
+    write(tmp_path / "dataset.toml", FACE_TOML.format(extra=""))
+    ok = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    assert ok.exit_code == 0, errors(ok)
+    images(tmp_path / "faces", 1, (768, 640), prefix="plain")
+    bad = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    assert bad.exit_code == 1 and any("plain000.png is larger" in e for e in errors(bad))
+
+
+def test_face_crop_is_inert_where_kohya_never_runs_its_crop(tmp_path):
+    _faces(tmp_path / "img" / "10_ohwx woman", [(384, 300, 180, 200)], size=(640, 576), short_captions=True)
+    base = f"{LORA} --train_data_dir img --resolution 512 --output_dir out --face_crop_aug_range 2.0,4.0"
+    for extra, why in (
+        (" --enable_bucket", "only with buckets off"),
+        (" --cache_latents", "latents kohya caches"),
+    ):
+        outcome = kohya(tmp_path, command=base + extra)
+        assert outcome.exit_code == 0, errors(outcome)
+        report = outcome.conversion.reports["face_crop_aug_range"]
+        assert report.fate == "inert" and why in report.note
+        assert plan_of(outcome, tmp_path).datasets[0].face_crop is None
+    mapped = kohya(tmp_path, command=base)
+    assert fate(mapped, "face_crop_aug_range") == "mapped"
+    assert plan_of(mapped, tmp_path).datasets[0].face_crop.range == (2.0, 4.0)
+
+
+def test_face_crop_range_kohya_asserts_on_is_invalid(tmp_path):
+    images(tmp_path / "img" / "10_ohwx", 1, (512, 512))
+    outcome = kohya(
+        tmp_path, command=f"{BASE} --train_data_dir img --resolution 512 --face_crop_aug_range 4.0,2.0"
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "face_crop_aug_range") == "invalid"
