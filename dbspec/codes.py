@@ -472,6 +472,18 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
 offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
     ),
+    Code(
+        "DBS238",
+        WARNING,
+        "A warm-up at least as long as the run",
+        """\
+`schedule.warmup_steps` is not below the run's step count: the LR climbs for the whole run (linearly:
+step / warmup_steps x `optimizer.lr`; warmup_stable_decay's `warmup_type` shapes it) and never reaches
+`optimizer.lr`; whatever the schedule does after its warm-up never happens. kohya and diffusers run such a
+schedule as written (a common slip when the run was shortened), and so does dbspec; the plan's LR points show
+the curve, its last step the highest LR reached.""",
+        help="shorten the warm-up (a tenth of the run is usual), or keep it if the ramp is what you meant",
+    ),
     # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
     Code(
         "DBS240",

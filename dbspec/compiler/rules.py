@@ -29,7 +29,7 @@ from dbspec import codes
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
-from dbspec.compiler.schedule import TORCH_SCHEDULES
+from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
@@ -353,12 +353,30 @@ def schedule_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("plan")
+def warmup_covers_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    """A warm-up at least as long as the run: the LR climbs the whole run and never reaches optimizer.lr
+    (kohya and diffusers run it so); a warning with the highest LR reached."""
+    s = spec.schedule
+    if s.lr_schedule not in WARMUP_SCHEDULES:
+        return
+    if s.warmup_steps >= total_steps:
+        peak = (total_steps - 1) / s.warmup_steps
+        yield _warn(
+            "DBS238",
+            ("schedule", "warmup_steps"),
+            f"schedule.warmup_steps ({s.warmup_steps}) is not below the run's {total_steps} steps: the LR "
+            f"rises the whole run and its last step trains at {peak:.4g} x optimizer.lr, never at the peak",
+            codes.help("DBS238"),
+        )
+
+
+@rule("plan")
 def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
     s = spec.schedule
     if s.lr_schedule != "warmup_stable_decay":
         return
     room = total_steps - s.warmup_steps
-    if s.decay_steps > room:
+    if s.decay_steps > room and room > 0:  # a warm-up as long as the run never reaches the decay (DBS238)
         yield _err(
             "DBS256",
             ("schedule", "decay_steps"),

@@ -4,6 +4,9 @@ augmentation. Each case is a realistic kohya config; the expectation is what koh
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from PIL import Image
 
 from convert_kit import (
@@ -106,3 +109,71 @@ def test_face_crop_range_kohya_asserts_on_is_invalid(tmp_path):
         tmp_path, command=f"{BASE} --train_data_dir img --resolution 512 --face_crop_aug_range 4.0,2.0"
     )
     assert outcome.exit_code == 1 and fate(outcome, "face_crop_aug_range") == "invalid"
+
+
+# --- a warm-up at least as long as the run -----------------------------------------------------------------
+
+
+def _transformers_factor(name: str, step: int, warmup: int, total: int) -> float:
+    """transformers' lr_lambda of the schedules kohya's get_scheduler_fix calls, written out from their
+    source (optimization.py), for the steps kohya's run takes."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    if name == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "steps"),
+    [("cosine", "1500", 1200), ("linear", "1.0", 800), ("constant_with_warmup", "400", 300)],
+)
+def test_warmup_as_long_as_the_run_converts_and_plans_kohyas_curve(tmp_path, schedule, warmup, steps):
+    """A GUI preset's warm-up left in place after the run was shortened: kohya trains it, the LR climbing all
+    run long; the plan warns (DBS238) and its LR points are kohya's."""
+    images(tmp_path / "img" / "20_ohwx dog", 3, (512, 512), caption="ohwx dog", caption_ext=".txt")
+    write(
+        tmp_path / "config.toml",
+        f'pretrained_model_name_or_path = "{SD15}"\ntrain_data_dir = "img"\nresolution = "512"\n'
+        'output_dir = "out"\nnetwork_module = "networks.lora"\nnetwork_dim = 16\nnetwork_alpha = 8\n'
+        f'learning_rate = 1e-4\nlr_scheduler = "{schedule}"\nlr_warmup_steps = {warmup}\n'
+        f'max_train_steps = {steps}\ntrain_batch_size = 1\ncaption_extension = ".txt"\n',
+    )
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py"
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    report = outcome.conversion.reports["lr_warmup_steps"]
+    assert report.fate == "mapped" and "never reaches" in report.note
+    plan = plan_of(outcome, tmp_path)
+    expected_warmup = (
+        int(float(warmup) * steps) if "." in warmup else int(warmup)
+    )  # kohya: int(ratio x steps)
+    assert plan.schedule.warmup_steps == expected_warmup >= steps
+    assert any("DBS238" in w for w in plan.warnings)
+    points = dict(plan.schedule.lr_points)
+    assert steps - 1 in points  # the highest LR the run reaches is shown
+    for step, lr in points.items():
+        if step < steps:
+            factor = (
+                step / expected_warmup
+                if step < expected_warmup
+                else _transformers_factor(schedule, step, expected_warmup, steps)
+            )
+            assert lr == pytest.approx(1e-4 * factor, rel=1e-12)
+
+
+def test_polynomial_warmup_equal_to_the_run_is_invalid_as_kohya_crashes(tmp_path):
+    images(tmp_path / "img" / "20_ohwx dog", 3, (512, 512))
+    cmd = (
+        f"{LORA} --train_data_dir img --resolution 512 --output_dir out --max_train_steps 300 "
+        "--lr_scheduler polynomial --lr_warmup_steps {w}"
+    )
+    crash = kohya(tmp_path, command=cmd.format(w=300))
+    assert crash.exit_code == 1 and fate(crash, "lr_warmup_steps") == "invalid"
+    assert "ZeroDivisionError" in crash.conversion.reports["lr_warmup_steps"].note
+    longer = kohya(tmp_path, command=cmd.format(w=301))  # never reaches the division: kohya trains it
+    assert longer.exit_code == 0 and fate(longer, "lr_warmup_steps") == "mapped"
+    plan = plan_of(longer, tmp_path)  # at the end (step 300 < 301) still on the ramp: no division
+    assert plan.schedule.lr_points[-1] == (300, pytest.approx(plan.optimizer.lr * 300 / 301, rel=1e-12))

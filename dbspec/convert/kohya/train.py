@@ -189,7 +189,7 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
             help="use lr_scheduler constant_with_warmup, or drop the warm-up",
         )
     else:
-        _map_warmup(warm, total, conv)
+        _map_warmup(warm, total, conv, name.value)
     _schedule_shape(a, name.value, total, conv)
 
 
@@ -273,18 +273,19 @@ def _map_schedule_args(a: Args, name: str, conv: Conversion) -> bool:
     return True
 
 
-def _map_warmup(warm: Legacy, total: int | None, conv: Conversion) -> None:
+def _map_warmup(warm: Legacy, total: int | None, conv: Conversion, name: str = "") -> None:
     if isinstance(warm.value, float) and warm.value:
         steps = _ratio_steps(warm, total, conv)
-        if steps is not None and _warmup_fits(warm, steps, total, conv):
+        fits = None if steps is None else _warmup_fits(warm, steps, total, conv, name)
+        if steps is not None and fits is not None:
+            note = f"ratio {warm.value} x {total} steps" + (f"; {fits}" if fits else "")
             conv.mapped(
-                warm,
-                ("schedule", "warmup_steps"),
-                steps,
-                comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
+                warm, ("schedule", "warmup_steps"), steps, note=fits, comment=conv.comment(warm, note)
             )
-    elif warm.value and _warmup_fits(warm, warm.value, total, conv):
-        conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
+    elif warm.value:
+        fits = _warmup_fits(warm, warm.value, total, conv, name)
+        if fits is not None:
+            conv.mapped(warm, ("schedule", "warmup_steps"), warm.value, note=fits)
     else:
         conv.record(warm, "mapped", "schedule.warmup_steps")
 
@@ -408,18 +409,28 @@ def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
     return kwargs
 
 
-def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion) -> bool:
-    """kohya runs a warm-up as long as the run (the LR never reaches learning_rate);
-    dbspec plans refuse it."""
+def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion, name: str) -> str | None:
+    """A warm-up at least as long as the run: kohya runs it (its LR never reaches learning_rate; the plan
+    warns, DBS238) and the note says so, except where kohya crashes: transformers' polynomial schedule divides
+    by the steps after the warm-up, 0 when the warm-up equals the run, at the scheduler step after the last
+    optimizer step (before the model is saved). None: refused; "": fits."""
     if total is None or steps < total:
-        return True
-    conv.unsupported(
-        warm,
-        f"a warm-up of {steps} steps is not shorter than the {total}-step run (kohya's LR never reaches "
-        "learning_rate); dbspec needs warmup_steps < steps",
-        help="shorten the warm-up (or lengthen the run) in the legacy config",
+        return ""
+    if name == "polynomial" and steps == total:
+        conv.invalid(
+            warm.key,
+            warm.value,
+            warm.source,
+            f"a {steps}-step warm-up in a {total}-step run leaves the polynomial schedule 0 decay steps: "
+            "transformers' lr_lambda divides by them after the last step (ZeroDivisionError before kohya "
+            "saves the model)",
+            help="shorten the warm-up by one step or more (or lengthen the run)",
+        )
+        return None
+    return (
+        f"not shorter than the {total}-step run: the LR climbs the whole run and never reaches "
+        "learning_rate, as in kohya (the plan warns, DBS238)"
     )
-    return False
 
 
 def _schedule_shape(a: Args, name: str, total: int | None, conv: Conversion) -> None:
