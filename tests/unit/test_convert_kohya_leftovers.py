@@ -177,3 +177,62 @@ def test_polynomial_warmup_equal_to_the_run_is_invalid_as_kohya_crashes(tmp_path
     assert longer.exit_code == 0 and fate(longer, "lr_warmup_steps") == "mapped"
     plan = plan_of(longer, tmp_path)  # at the end (step 300 < 301) still on the ramp: no division
     assert plan.schedule.lr_points[-1] == (300, pytest.approx(plan.optimizer.lr * 300 / 301, rel=1e-12))
+
+
+# --- train_db.py with learning_rate 0 ----------------------------------------------------------------------
+
+TE_ONLY = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "train"
+reg_data_dir = "reg"
+prior_loss_weight = 1.0
+resolution = "512"
+output_dir = "out"
+learning_rate = 0
+learning_rate_te = 1e-6
+max_grad_norm = {clip}
+optimizer_type = "AdamW8bit"
+lr_scheduler = "constant"
+max_train_steps = 400
+train_batch_size = 1
+mixed_precision = "bf16"
+"""
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_train_db_unet_rate_zero_trains_the_text_encoder_alone(tmp_path, clip):
+    """train_db.py puts the U-Net in an optimizer group at rate 0 (AdamW8bit's step and weight decay are
+    multiplied by it: the U-Net never changes) and the text encoder at learning_rate_te."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    write(tmp_path / "config.toml", TE_ONLY.format(model=SD15, clip=clip))
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "learning_rate") == ("differs" if clip else "mapped")
+    if clip:  # kohya's clip norm still counts the U-Net's gradients
+        assert "max_grad_norm = 0" in outcome.conversion.reports["learning_rate"].note
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser is False and plan.optimizer.lr == 1e-6
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert trainable["unet"] == "frozen" and trainable["text_encoder"] == "full"
+    assert plan.schedule.total_steps == 400
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ("", "changes nothing"),  # no learning_rate_te: both models share rate 0
+        ("learning_rate_te = 1e-6\nstop_text_encoder_training = -1\n", "changes nothing"),
+        ('learning_rate_te = 1e-6\noptimizer_type = "Adafactor"\n', "relative_step"),
+    ],
+)
+def test_train_db_unet_rate_zero_where_it_is_not_a_frozen_unet(tmp_path, extra, why):
+    images(tmp_path / "train" / "40_ohwx man", 2, (512, 512))
+    write(
+        tmp_path / "config.toml",
+        f'pretrained_model_name_or_path = "{SD15}"\ntrain_data_dir = "train"\nresolution = "512"\n'
+        f"learning_rate = 0\nmax_train_steps = 100\n{extra}",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
+    assert why in outcome.conversion.reports["learning_rate"].note

@@ -564,10 +564,8 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
             why = "networks.lora skips parameters whose learning rate is 0"
         conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
     elif not unet_lr.value:
-        conv.unsupported(
-            unet_lr, "train_db.py would train the U-Net at a learning rate of 0 (a run that changes nothing)"
-        )
-        return
+        if not _train_db_frozen_unet(a, unet_lr, text_encoder, conv):
+            return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, text_encoder, conv)
@@ -583,6 +581,44 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
         conv.inert(te, "the text encoder does not train")
     if lr.given and lr.key not in conv.reports:
         conv.inert(lr, "unet_lr and text_encoder_lr take its place")
+
+
+def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion) -> bool:
+    """train_db.py with learning_rate 0: the U-Net is one optimizer group at rate 0 (its weights never move:
+    every optimizer kohya offers scales its step and decoupled weight decay by the group's rate), the text
+    encoder a group at learning_rate_te. That is `train.denoiser = false`, except that kohya's gradient clip
+    also counts the U-Net's gradients, which dbspec does not compute. False: not expressible."""
+    te = a["learning_rate_te"]
+    if not text_encoder or not te.value:
+        conv.unsupported(
+            unet_lr,
+            "train_db.py would train the U-Net and text encoder at a learning rate of 0 (without "
+            "learning_rate_te they share it, and a stopped text encoder leaves only the U-Net): a run that "
+            "changes nothing",
+        )
+        return False
+    if adafactor_relative_step(a):
+        conv.unsupported(
+            unet_lr,
+            "Adafactor with relative_step ignores the groups' learning rates, so kohya trains the U-Net "
+            "anyway; dbspec's relative-step Adafactor has one rate for every group",
+        )
+        return False
+    clip = a["max_grad_norm"]
+    why = "train_db.py steps the U-Net at learning rate 0: its weights never change"
+    if clip.value:
+        conv.differs(
+            unet_lr,
+            f"{why}. kohya clips the gradients to max_grad_norm {clip.value} by their norm over the "
+            "U-Net and the text encoder together (the U-Net's still count); dbspec computes no U-Net "
+            "gradients and clips the text encoder's alone: equal updates while kohya's joint norm stays "
+            "below the limit (exact with max_grad_norm = 0)",
+            ("train", "denoiser"),
+            False,
+        )
+    else:
+        conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+    return True
 
 
 def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion) -> Legacy | None:
