@@ -594,14 +594,16 @@ def bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS218", ("buckets", "no_upscale"), "min_size/max_size are ignored with no_upscale = true"
         )
     for i, d in enumerate(spec.datasets):
-        if d.resolution % 8:
-            low, high = d.resolution // 8 * 8, d.resolution // 8 * 8 + 8
-            yield _err(
-                "DBS218",
-                ("datasets", i, "resolution"),
-                f"datasets[{i}].resolution ({d.resolution}) is not a multiple of 8",
-                f"the VAE downsamples by 8; use {low} or {high}",
-            )
+        for key, side in (("resolution", d.resolution), ("resolution_height", d.resolution_height)):
+            if side % 8 or 0 < side < 64:
+                low, high = max(64, side // 8 * 8), max(72, side // 8 * 8 + 8)
+                least = " of at least 64" if side < 64 else ""
+                yield _err(
+                    "DBS218",
+                    ("datasets", i, key),
+                    f"datasets[{i}].{key} ({side}) is not a multiple of 8{least}",
+                    f"the VAE downsamples by 8; use {low} or {high}",
+                )
 
 
 def group_buckets(spec: Spec, given: Given, index: int) -> tuple[str, int, int, int, bool]:

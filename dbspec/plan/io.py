@@ -90,6 +90,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("checkpoints", "select_weights"): [],
         ("datasets", "*", "color_aug"): False,
         ("datasets", "*", "face_crop"): None,
+        ("datasets", "*", "resolution_height"): 0,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

@@ -255,6 +255,7 @@ class DatasetPlan:
     group: str = ""  # its [[groups]] name; "" = the default group (schedule.batch_size)
     color_aug: bool = False  # kohya colour augmentation per sample (runtime/color_aug.py); no latent cache
     face_crop: FaceCropPlan | None = None  # kohya face-crop augmentation; None = off
+    resolution_height: int = 0  # a non-square resolution x resolution_height (kohya's W,H); 0 = square
 
 
 @frozen

@@ -90,7 +90,7 @@ def datasets_table(plan: Plan) -> Table:
             d.role,
             str(len(d.images)),
             str(d.samples_per_epoch),
-            str(d.resolution),
+            f"{d.resolution}x{d.resolution_height}" if d.resolution_height else str(d.resolution),
             caption,
             str(len(d.skipped)),
             gen,

@@ -430,6 +430,15 @@ class Dataset:
     resolution: int = option(
         512, doc="Training resolution: buckets keep this pixel area.", minimum=64, maximum=4096
     )
+    resolution_height: int = option(
+        0,
+        doc='A non-square resolution `resolution` x `resolution_height` (kohya\'s `resolution = "W,H"`): '
+        "aspect buckets keep the area W*H (kohya's max area) with the range checked against both sides, "
+        "no_upscale shrinks to that area, square mode (buckets off) cuts W x H. 0 = `resolution` (square).",
+        minimum=0,
+        maximum=4096,
+        example=512,
+    )
     crop: Literal["center", "random"] = option(
         "center", doc="Crop placement after the cover-resize into a bucket."
     )

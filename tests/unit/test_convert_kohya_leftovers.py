@@ -4,13 +4,18 @@ augmentation. Each case is a realistic kohya config; the expectation is what koh
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from dbspec.compiler import buckets as bk
+
 from convert_kit import (
     SD15,
+    SDXL,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
     errors,
     fate,
@@ -236,3 +241,69 @@ def test_train_db_unet_rate_zero_where_it_is_not_a_frozen_unet(tmp_path, extra, 
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
     assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
     assert why in outcome.conversion.reports["learning_rate"].note
+
+
+# --- a non-square resolution whose area is not a square number ---------------------------------------------
+
+# Recorded by running sd-scripts' BucketManager and make_bucket_resolutions (HEAD, extracted unchanged into a
+# scratch folder): for each "W,H|min|max|step|no_upscale", the bucket list and every image's (size, bucket,
+# resized) from select_bucket.
+KOHYA_BUCKETS = json.loads((Path(__file__).parent / "kohya_nonsquare_buckets.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(KOHYA_BUCKETS))
+def test_bucket_list_of_a_non_square_resolution_equals_kohya(key):
+    reso, low, high, step, no_upscale = key.split("|")
+    if no_upscale == "1":
+        return  # no list: each image gets a bucket of its own (below)
+    size = tuple(int(x) for x in reso.split(","))
+    assert [list(b) for b in bk.bucket_list(size, int(low), int(high), int(step))] == KOHYA_BUCKETS[key][
+        "buckets"
+    ]
+
+
+@pytest.mark.parametrize("key", sorted(KOHYA_BUCKETS))
+def test_non_square_resolution_converts_and_plans_kohyas_buckets(tmp_path, key):
+    reso, low, high, step, no_upscale = key.split("|")
+    placed = KOHYA_BUCKETS[key]["placed"]
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for k, ((w, h), _, _) in enumerate(placed):
+        Image.new("RGB", (w, h), (k % 250, 90, 160)).save(folder / f"img{k:03d}.png", compress_level=1)
+        (folder / f"img{k:03d}.txt").write_text("ohwx dog\n", encoding="utf-8")
+    write(
+        tmp_path / "dataset.toml",
+        f'[general]\ncaption_extension = ".txt"\nenable_bucket = true\nmin_bucket_reso = {low}\n'
+        f"max_bucket_reso = {high}\nbucket_reso_steps = {step}\n"
+        f"bucket_no_upscale = {'true' if no_upscale == '1' else 'false'}\n"
+        f'[[datasets]]\nresolution = [{reso}]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "img"\n',
+    )
+    script = "sdxl_train_network.py" if step == "32" else "train_network.py"
+    model = SDXL if step == "32" else SD15
+    outcome = kohya(
+        tmp_path,
+        dataset_config=tmp_path / "dataset.toml",
+        command=f"{script} --pretrained_model_name_or_path {model} --network_module networks.lora "
+        "--output_dir out --max_train_epochs 1",
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    d = plan.datasets[0]
+    width, height = (int(x) for x in reso.split(","))
+    assert (d.resolution, d.resolution_height) == (width, height)  # the area W*H is not a square number
+    got = {img.rel: (list(img.bucket), list(img.resized)) for img in d.images}
+    assert got == {f"img{k:03d}.png": (bucket, resized) for k, (_, bucket, resized) in enumerate(placed)}
+    if no_upscale == "0":  # every bucket the plan uses is one of kohya's
+        assert {tuple(b.size) for b in plan.buckets} <= {tuple(b) for b in KOHYA_BUCKETS[key]["buckets"]}
+
+
+def test_non_square_resolution_with_buckets_off_trains_w_by_h(tmp_path):
+    """kohya without buckets: one bucket of the resolution itself, W x H (cover-resized when cached)."""
+    images(tmp_path / "img" / "10_ohwx dog", 2, (1000, 700))
+    outcome = kohya(
+        tmp_path, command=f"{LORA} --train_data_dir img --resolution 768,512 --output_dir out --cache_latents"
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert {img.bucket for img in plan.datasets[0].images} == {(768, 512)}
+    assert plan.validation.size == (768, 512)
