@@ -144,6 +144,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "dora"): False,
         ("adapter", "factor"): -1,
         ("adapter", "decompose_both"): False,
+        ("adapter", "tucker"): False,
         ("adapter", "rank_dropout"): 0.0,
         ("adapter", "module_dropout"): 0.0,
         # a LoRA started from a saved file (kohya --network_weights): none then

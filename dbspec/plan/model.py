@@ -105,6 +105,7 @@ class AdapterPlan:
     dora: bool = False  # lora: peft use_dora (a learned magnitude per output row)
     factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
     decompose_both: bool = False  # lokr: the small factor low-rank too
+    tucker: bool = False  # loha, lokr: k x k convolutions as a Tucker core (LyCORIS use_tucker)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr
     # lora: the kohya-layout file the adapter starts from (absolute; "" for peft's random init) and how many

@@ -342,6 +342,8 @@ def adapter_rows(a) -> list[tuple[str, str]]:
     kind = "lora + DoRA" if a.dora else a.kind
     if a.kind == "lokr":
         kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"
+    if a.tucker:
+        kind += " with Tucker convolutions"
     rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
     if a.conv_rank:

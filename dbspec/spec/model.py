@@ -175,6 +175,15 @@ def _conv_targets():
     )
 
 
+def _tucker():
+    return option(
+        False,
+        doc="LyCORIS `use_tucker` (peft's `use_effective_conv2d`): each k x k convolution's factors are a "
+        "rank x rank x k x k core with an output and an input matrix (`hada_t1`/`hada_t2`, `lokr_t2`) "
+        "instead of one rank x (in x k x k) matrix; 1x1 convolutions and linears are unchanged.",
+    )
+
+
 def _rank_dropout():
     return option(
         0.0,
@@ -320,6 +329,7 @@ class LohaAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    tucker: bool = _tucker()
 
 
 @frozen
@@ -341,6 +351,7 @@ class LokrAdapter:
         maximum=65536,
         example=8,
     )
+    tucker: bool = _tucker()
     decompose_both: bool = option(
         False, doc="Also make the small Kronecker factor low-rank (LyCORIS `decompose_both`)."
     )

@@ -46,6 +46,16 @@ KINDS = {
         {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1"},
         {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
     ),
+    "loha_tucker": (  # LyCORIS use_tucker: the 3x3 convolutions as a core and two matrices per product
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n',
+        {"algo": "loha", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"},
+    ),
+    "lokr_tucker": (
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n',
+        {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True", "factor": "-1"},
+        {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"},
+    ),
     "lokr_full": (  # rank 64 trains both Kronecker factors in full: the export bakes alpha / rank into w1
         'kind = "lokr"\nrank = 64\nalpha = 16.0\n',
         {"algo": "lokr", "factor": "-1"},
