@@ -307,3 +307,80 @@ def test_non_square_resolution_with_buckets_off_trains_w_by_h(tmp_path):
     plan = plan_of(outcome, tmp_path)
     assert {img.bucket for img in plan.datasets[0].images} == {(768, 512)}
     assert plan.validation.size == (768, 512)
+
+
+# --- LyCORIS network_args: use_tucker, use_scalar, wd_on_output, DoRA on LoHa/LoKr --------------------------
+
+LYCORIS = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "512,512"
+output_dir = "out"
+network_module = "lycoris.kohya"
+network_dim = 16
+network_alpha = 8
+network_args = [{args}]
+learning_rate = 1e-4
+optimizer_type = "AdamW"
+max_train_steps = 500
+mixed_precision = "bf16"
+"""
+
+
+def _lycoris(tmp_path, args: str):
+    images(tmp_path / "img" / "20_ohwx dog", 2, (512, 512))
+    write(tmp_path / "cfg.toml", LYCORIS.format(model=SD15, args=args))
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+
+
+@pytest.mark.parametrize(
+    ("algo", "switch"),
+    [
+        ("loha", '"use_tucker=True"'),
+        ("lokr", '"use_tucker=True"'),
+        ("loha", '"use_cp=True"'),  # the older names LyCORIS's kohya network still reads
+        ("lokr", '"use_conv_cp=True"'),
+        ("loha", '"disable_conv_cp=False", "use_tucker=0"'),  # str_bool: only "false" is false
+    ],
+)
+def test_lycoris_tucker_on_loha_and_lokr_converts(tmp_path, algo, switch):
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "preset=full", "conv_dim=8", "conv_alpha=4", {switch}')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.rank, a.conv_rank, a.conv_alpha) == (algo, True, 16, 8, 4.0)
+
+
+@pytest.mark.parametrize(
+    "switch", ['"use_tucker=False"', '"use_cp=false"', '"disable_conv_cp=True"', '"use_scalar=False"']
+)
+def test_lycoris_switches_left_off_change_nothing(tmp_path, switch):
+    outcome = _lycoris(tmp_path, f'"algo=loha", {switch}')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.tucker is False
+
+
+def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=loha", "preset=attn-mlp", "use_tucker=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.tucker is False  # no k x k convolution is adapted
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ('"algo=locon", "conv_dim=8", "use_tucker=True"', "lora_mid"),
+        ('"algo=loha", "use_scalar=True"', "trained scalar"),
+        ('"algo=lokr", "dora_wd=True"', "no weight decomposition"),
+        ('"algo=locon", "dora_wd=True", "wd_on_output=False"', "per input column"),
+    ],
+)
+def test_lycoris_arguments_peft_cannot_train_are_refused_with_the_reason(tmp_path, args, why):
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
+    assert why in outcome.conversion.reports["network_args"].note
+
+
+def test_wd_on_output_without_dora_changes_nothing(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=locon", "conv_dim=8", "wd_on_output=False"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.dora is False
