@@ -1,6 +1,9 @@
 """kohya settings that used to be refused as not expressible (issue 12, the leftovers): face-crop
-augmentation. Each case is a realistic kohya config; the expectation is what kohya's own code does with it
-(sd-scripts library/train_util.py, train_db.py), recomputed here, never read back from the converter."""
+augmentation, a warm-up at least as long as the run, train_db.py's U-Net learning rate 0, non-square
+resolutions whose area is not a square number, LyCORIS's use_tucker (and what peft cannot train, refused with
+the reason). Each case is a realistic kohya config; the expectation is what kohya's own code does with it
+(sd-scripts library/train_util.py, train_db.py; LyCORIS lycoris/kohya.py), recomputed here or recorded by
+running kohya's functions, never read back from the converter."""
 
 from __future__ import annotations
 
