@@ -111,6 +111,14 @@ def test_face_crop_is_inert_where_kohya_never_runs_its_crop(tmp_path):
     assert plan_of(mapped, tmp_path).datasets[0].face_crop.range == (2.0, 4.0)
 
 
+def test_a_reversed_face_crop_range_in_a_dataset_config_is_unsupported(tmp_path):
+    """kohya's dataset schema takes any pair (only the command line asserts the order)."""
+    _faces(tmp_path / "faces", [(384, 300, 180, 200)])
+    write(tmp_path / "dataset.toml", FACE_TOML.replace("[2.0, 4.0]", "[4.0, 2.0]").format(extra=""))
+    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "unsupported"
+
+
 def test_face_crop_range_kohya_asserts_on_is_invalid(tmp_path):
     images(tmp_path / "img" / "10_ohwx", 1, (512, 512))
     outcome = kohya(

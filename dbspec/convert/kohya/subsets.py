@@ -283,7 +283,14 @@ def map_face_crop(i: int, subset: KSubset, setting, cache_latents: bool, conv: C
     if face is None or face.value is None:
         return
     value = face.value
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and value[0] <= value[1]):
+    pair = isinstance(value, (list, tuple)) and len(value) == 2
+    if pair and value[0] > value[1] and "." in face.key:  # a dataset config: kohya's schema takes any pair
+        conv.unsupported(
+            face,
+            "a reversed range: kohya's dataset config accepts it (only --face_crop_aug_range asserts the "
+            "order) and its scale bounds then cross; dbspec's face_crop needs the lower bound first",
+        )
+    elif not (pair and value[0] <= value[1]):
         conv.invalid(
             face.key, value, face.source, "kohya asserts two numbers, the lower first (`lower,upper`)"
         )
