@@ -442,6 +442,26 @@ guidance-distilled models (Flux.1 dev) are given a guidance value in training, s
         help="remove loss.flow_guidance",
     ),
     Code(
+        "DBS233",
+        ERROR,
+        "A face-crop range that is not two positive numbers, low first",
+        """\
+`datasets[].face_crop` must be empty (off) or two numbers [lo, hi] with 0 < lo <= hi: the face of an image
+named `name_cx_cy_w_h.ext` is scaled to span between 1/hi and 1/lo of the resolution. kohya asserts the order
+(`face_crop_aug_range must be two floats`), and a 0 divides by zero in its crop.""",
+        help="write face_crop = [2.0, 4.0] (the face spans a quarter to a half of the image), or remove it",
+    ),
+    Code(
+        "DBS234",
+        ERROR,
+        "Face crop with aspect buckets",
+        """\
+`datasets[].face_crop` on a dataset whose buckets are aspect-ratio buckets (`buckets.mode = "aspect"`, or its
+group's `bucket_mode`). kohya crops around the face only with buckets off (`enable_bucket = false`): with
+buckets it loads the face box and ignores it. dbspec refuses instead of ignoring it.""",
+        help='set buckets.mode = "square" (or the group\'s bucket_mode), or remove face_crop',
+    ),
+    Code(
         "DBS235",
         ERROR,
         "A loss weighting for the other prediction type",
@@ -471,6 +491,18 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
 `loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the \
 offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
+    ),
+    Code(
+        "DBS238",
+        WARNING,
+        "A warm-up at least as long as the run",
+        """\
+`schedule.warmup_steps` is not below the run's step count: the LR climbs for the whole run (linearly:
+step / warmup_steps x `optimizer.lr`; warmup_stable_decay's `warmup_type` shapes it) and never reaches
+`optimizer.lr`; whatever the schedule does after its warm-up never happens. kohya and diffusers run such a
+schedule as written (a common slip when the run was shortened), and so does dbspec; the plan's LR points show
+the curve, its last step the highest LR reached.""",
+        help="shorten the warm-up (a tenth of the run is usual), or keep it if the ramp is what you meant",
     ),
     Code(
         "DBS239",
@@ -1295,6 +1327,27 @@ adapted layer has its tensors in the file is checked when the run loads it.""",
         """\
 `adapter.init_weights` holds LoRA layers of a text encoder (or the denoiser) that this run does not train
 (`train.*`): they are not loaded, as kohya drops the networks of models it does not train before loading.""",
+    ),
+    Code(
+        "DBS359",
+        ERROR,
+        "A face-crop image smaller than the resolution",
+        """\
+An image with a face box (`name_cx_cy_w_h.ext`) in a dataset with `face_crop` is smaller than the resolution
+on a side. kohya's face crop only scales down (its scale is at most 1) and asserts that the scaled image still
+covers the resolution (`internal error. small scale`).""",
+        help="use a larger image, a lower resolution, or rename the file without the face box",
+    ),
+    Code(
+        "DBS360",
+        ERROR,
+        "A face box that cannot be read",
+        """\
+A file name in a dataset with `face_crop` has five or more `_`-separated parts, so kohya reads its last four
+as the face box `cx_cy_w_h`, but they are not all integers (kohya's `int()` raises), the face size is 0 with a
+face centre (kohya divides by it), or the image carries an EXIF rotation (kohya reads the box in the stored
+pixel grid without rotating; dbspec trains the rotated image, so the box would land elsewhere).""",
+        help="rename the file to `name_cx_cy_w_h.ext` with integer pixels, or save the image upright",
     ),
     Code(
         "DBS364",

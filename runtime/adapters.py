@@ -54,13 +54,14 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
         **common,
     }
     if adapter.kind == "loha":
-        return LoHaConfig(**lycoris)
+        return LoHaConfig(use_effective_conv2d=adapter.tucker, **lycoris)
     if adapter.kind == "lokr":
         # LyCORIS's own init (the low-rank factor's second half zero, the small factor random).
         return LoKrConfig(
             decompose_factor=adapter.factor,
             decompose_both=adapter.decompose_both,
             init_weights="lycoris",
+            use_effective_conv2d=adapter.tucker,
             **lycoris,
         )
     raise ValueError(f"adapter kind {adapter.kind!r} has no peft config")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dbspec.plan.model import DatasetPlan, ImagePlan, Plan, Size
+from dbspec.plan.face_crop import face_of, face_window
+from dbspec.plan.model import DatasetPlan, FaceBox, ImagePlan, Plan, Size
 
 CropMode = Literal["center", "random"]
 Batch = tuple["Sample", ...]
@@ -258,6 +259,32 @@ def crop_offset(img: ImagePlan, crop_mode: CropMode, rng: random.Random | None) 
     return rng.randint(0, rw - bw), rng.randint(0, rh - bh)  # exactly two draws
 
 
+@attrs.frozen
+class FaceCrop:
+    """One image's face box and its dataset's range (dbspec.plan.face_crop)."""
+
+    box: FaceBox
+    range: tuple[float, float]
+
+
+def face_crop_of(dataset: DatasetPlan, img: ImagePlan) -> FaceCrop | None:
+    """The face crop of one of the dataset's images; None when face crop is off or the image has no box."""
+    box = face_of(dataset.face_crop, img.rel)
+    return (
+        None if box is None or dataset.face_crop is None else FaceCrop(box=box, range=dataset.face_crop.range)
+    )
+
+
+def face_fit(
+    img: ImagePlan, face: FaceCrop, crop_mode: CropMode, rng: random.Random
+) -> tuple[ImagePlan, tuple[int, int]]:
+    """The image plan with kohya's face-crop resize, and the window's (left, top): scale and window drawn."""
+    resized, offset = face_window(
+        img.size, face.box, img.bucket, face.range, random_crop=crop_mode == "random", rng=rng
+    )
+    return attrs.evolve(img, resized=resized, crop=offset), offset
+
+
 def load_pixels(
     img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
 ) -> torch.Tensor:
@@ -285,10 +312,17 @@ def load_example(
     flip: bool = False,
     rng: random.Random | None = None,
     color_aug: bool = False,
+    face: FaceCrop | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pixels and mask (None without one) cut from one crop window, decoding the image once. `color_aug`
-    draws kohya's colour augmentation from `rng` after the crop's draws (runtime/color_aug.py)."""
-    offset = crop_offset(img, crop_mode, rng)
+    draws kohya's colour augmentation from `rng` after the crop's draws (runtime/color_aug.py). `face`:
+    kohya's face crop (its scale and window drawn from `rng` instead of the plan's crop)."""
+    if face is not None:
+        if rng is None:
+            raise ValueError("a face crop needs an rng")
+        img, offset = face_fit(img, face, crop_mode, rng)
+    else:
+        offset = crop_offset(img, crop_mode, rng)
     source = _open(img.path, img.size)
     fitted = _fit(source.convert("RGB"), img, offset, flip)
     if color_aug:

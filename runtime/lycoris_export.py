@@ -31,8 +31,9 @@ from dbspec.families import Family
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
 
-_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+_LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effective-conv form is its Tucker
 
 
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
@@ -71,9 +72,8 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
             yield name, *_lora(name, layer, adapter)
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
-            if adapter in layer.hada_t1:
-                raise ValueError(f"`{name}`: LoHa's effective-conv (Tucker) form is not exported")
-            weights = {key: getattr(layer, key)[adapter] for key in _LOHA}
+            keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
+            weights = {key: getattr(layer, key)[adapter] for key in keys}
             yield name, weights, float(layer.scaling[adapter]) * layer.r[adapter]
         elif isinstance(layer, LoKrLayer) and adapter in layer.r:
             yield name, *_lokr(name, layer, adapter)
@@ -96,8 +96,6 @@ def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], floa
 
 
 def _lokr(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
-    if adapter in layer.lokr_t2:
-        raise ValueError(f"`{name}`: LoKr's effective-conv (Tucker) form is not exported")
     weights = {key: getattr(layer, key)[adapter] for key in _LOKR if adapter in getattr(layer, key)}
     scaling = float(layer.scaling[adapter])
     if "lokr_w1" in weights and "lokr_w2" in weights:  # no rank to divide by: loaders use scale 1
@@ -117,6 +115,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
     if adapter.dora:
         args["dora_wd"] = "True"
+    if adapter.tucker:
+        args["use_tucker"] = "True"
     if adapter.kind == "lokr":
         args["factor"] = str(adapter.factor)
         if adapter.decompose_both:

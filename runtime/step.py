@@ -12,7 +12,7 @@ from dbspec.runtime import losses, rollout, weighted_prompts
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.captions import step_captions
-from dbspec.runtime.data import Sample, load_example, load_mask, sample_rng
+from dbspec.runtime.data import Sample, face_crop_of, load_example, load_mask, sample_rng
 from dbspec.runtime.families import family_runtime
 
 
@@ -61,7 +61,12 @@ def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.
         entry = _cached_posterior(parts, sample.latent_key)
         if entry is None:
             pixels, mask = load_example(
-                sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng, color_aug=dataset.color_aug
+                sample.img,
+                crop_mode=crop_mode,
+                flip=sample.flip,
+                rng=rng,
+                color_aug=dataset.color_aug,
+                face=face_crop_of(dataset, sample.img),
             )
             pending.append((i, pixels))
         else:

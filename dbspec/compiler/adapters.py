@@ -28,6 +28,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
+    if adapter.kind in ("loha", "lokr"):
+        extra.update(tucker=adapter.tucker)
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
     if isinstance(adapter, LoraAdapter) and adapter.blocks:
@@ -78,7 +80,9 @@ def _largest_ranks(adapter) -> tuple[int, int]:
 def adapter_params(adapter, family: str, components) -> dict[str, int]:
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
     targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
-    magnitudes (one number per output row) are not counted."""
+    magnitudes (one number per output row) are not counted. With `tucker` the convolutions' count is an upper
+    bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for any rank
+    under 8/9 of the input channels."""
     public = family_spec(family)
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}

@@ -31,6 +31,11 @@ class Placement:
     upscaled: bool  # resize scale > 1
 
 
+def dataset_size(resolution: int, height: int = 0) -> Size:
+    """A dataset's (width, height): `resolution` square, or `resolution` x `resolution_height` (W,H)."""
+    return (resolution, height or resolution)
+
+
 def adjust_min_max(min_reso: int, max_reso: int, step: int) -> Size:
     """kohya's adjust_min_max_bucket_reso_by_steps: floor the minimum, ceil the maximum to `step`."""
     _require_positive("bucket step", step)

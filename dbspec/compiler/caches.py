@@ -97,7 +97,7 @@ class Keyer:
         if self.model is None:
             return (), ""
         lkeys: tuple[str, ...] = ()
-        if self.latents and d.crop == "center" and not d.color_aug:
+        if self.latents and d.crop == "center" and not d.color_aug and not d.face_crop:
             lkeys = (_latent_key(sha, bucket, resized, crop, False, self.model_part),)
             if d.flip:
                 lkeys += (_latent_key(sha, bucket, resized, crop, True, self.model_part),)
@@ -178,6 +178,11 @@ def plan_cache(
         f"dataset `{d.name}`: latents are not cached (colour augmentation differs every step)"
         for d in datasets
         if c.latents and d.color_aug and d.crop != "random"
+    ]
+    notes += [
+        f"dataset `{d.name}`: latents are not cached (the face crop draws a new scale and window every step)"
+        for d in datasets
+        if c.latents and d.face_crop is not None and not d.color_aug and d.crop != "random"
     ]
     keys: dict[str, set[str]] = {"latents": set(), "text": set()}
     for d in datasets:

@@ -421,7 +421,7 @@ def _assemble(
             guidance=v.guidance,
             images_per_prompt=v.images_per_prompt,
             seed=v.seed,
-            size=(first.resolution, first.resolution),
+            size=(first.resolution, first.resolution_height or first.resolution),
             preview=preview,
         ),
         checkpoints=CheckpointPlan(

@@ -16,6 +16,7 @@ from dbspec.compiler import kohya_folders as kf
 from dbspec.compiler.caches import Keyer
 from dbspec.compiler.captions import caption_plan
 from dbspec.compiler.context import Context
+from dbspec.compiler.face_crop import plan_face_crop
 from dbspec.compiler.groups import bucket_settings
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
 from dbspec.compiler.unusable import report_unusable, sidecars
@@ -32,7 +33,7 @@ class Placer:
     """How one dataset maps an image size to a bucket (kohya-compatible rules, dbspec/compiler/buckets.py)."""
 
     mode: str
-    resolution: int
+    size: tuple[int, int]  # the dataset's (width, height): its resolution, square unless resolution_height
     step: int
     buckets: tuple[tuple[int, int], ...] = ()
     _placed: dict = attrs.field(factory=dict, eq=False, repr=False)  # size -> Placement: sizes repeat
@@ -44,21 +45,22 @@ class Placer:
 
     def _compute(self, size: tuple[int, int]) -> bk.Placement:
         if self.mode == "square":
-            return bk.place_square(size, (self.resolution, self.resolution))
-        if self.mode == "no_upscale":
-            return bk.place_no_upscale(size, self.resolution * self.resolution, self.step)
+            return bk.place_square(size, self.size)
+        if self.mode == "no_upscale":  # kohya's max area: width x height
+            return bk.place_no_upscale(size, self.size[0] * self.size[1], self.step)
         return bk.place(size, self.buckets)
 
 
 def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
     b = bucket_settings(ctx, d.group)
+    size = bk.dataset_size(d.resolution, d.resolution_height)
     if b.mode == "square":
-        return Placer(mode="square", resolution=d.resolution, step=b.step)
+        return Placer(mode="square", size=size, step=b.step)
     if b.no_upscale:
-        return Placer(mode="no_upscale", resolution=d.resolution, step=b.step)
-    lo = b.min_size or d.resolution // 2
-    hi = b.max_size or d.resolution * 2
-    problems = bk.range_violations((d.resolution, d.resolution), lo, hi, b.step)
+        return Placer(mode="no_upscale", size=size, step=b.step)
+    lo = b.min_size or min(size) // 2
+    hi = b.max_size or max(size) * 2
+    problems = bk.range_violations(size, lo, hi, b.step)
     if problems:
         where = f"group `{d.group}`'s bucket_" if d.group else "buckets."
         hint = f"adjust {where}min_size / max_size / step"
@@ -75,12 +77,7 @@ def make_placer(ctx: Context, index: int, d: Dataset) -> Placer | None:
             help=hint,
         )
         return None
-    return Placer(
-        mode="aspect",
-        resolution=d.resolution,
-        step=b.step,
-        buckets=bk.bucket_list((d.resolution, d.resolution), lo, hi, b.step),
-    )
+    return Placer(mode="aspect", size=size, step=b.step, buckets=bk.bucket_list(size, lo, hi, b.step))
 
 
 def plan_datasets(ctx: Context, model: ModelPlan | None, keyer: Keyer) -> tuple[DatasetPlan, ...]:
@@ -130,16 +127,19 @@ def _plan_dataset(
     if generate is not None:
         images += _future_images(d, generate, placer, keyer, captions)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
+    kept = tuple(img for img in images if img is not None)
     return DatasetPlan(
         name=d.name,
         role=d.role,
         path=str(folder),
         resolution=d.resolution,
+        resolution_height=d.resolution_height,
         crop=d.crop,
         flip=d.flip,
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         color_aug=d.color_aug,
-        images=tuple(img for img in images if img is not None),
+        face_crop=plan_face_crop(ctx, i, d, kept),
+        images=kept,
         skipped=skipped,
         generate=generate,
         caption_processing=captions,
@@ -206,16 +206,19 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
             caption = caption_for(ctx, i, sub, source)
             if caption is not None:
                 images.append(_image(ctx, i, sub, info, masks, placer, keyer, captions, caption))
+    kept = tuple(img for img in images if img is not None)
     return DatasetPlan(
         name=d.name,
         role=d.role,
         path=str(ctx.resolve(d.path)),
         resolution=d.resolution,
+        resolution_height=d.resolution_height,
         crop=d.crop,
         flip=d.flip,
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         color_aug=d.color_aug,
-        images=tuple(img for img in images if img is not None),
+        face_crop=plan_face_crop(ctx, i, d, kept),
+        images=kept,
         skipped=tuple(skipped),
         group=d.group,
         folders=tuple(
@@ -440,6 +443,8 @@ def manifest_key(model: ModelPlan | None, d: Dataset) -> str:
     """Identity of the class images a dataset generates; generate_batch is left out (it changes no image)."""
     identity = model.identity if model else "unknown"
     parts: list = [identity, d.prompt, d.resolution, "class-v1"]
+    if d.resolution_height and d.resolution_height != d.resolution:  # square keys stay as they were
+        parts.append(d.resolution_height)
     sampling = (d.generate_scheduler, d.generate_steps, float(d.generate_guidance))
     if sampling != _CLASSIC_SAMPLING:
         parts.append(list(sampling))
@@ -471,7 +476,7 @@ def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) 
         folder=str(folder),
         count=count,
         prompt=d.prompt,
-        resolution=(d.resolution, d.resolution),
+        resolution=bk.dataset_size(d.resolution, d.resolution_height),
         seeds=seeds,
         manifest_key=key,
         scheduler=d.generate_scheduler,

@@ -29,7 +29,7 @@ from dbspec import codes
 from dbspec.families import family_spec
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
-from dbspec.compiler.schedule import TORCH_SCHEDULES
+from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
@@ -348,12 +348,30 @@ def schedule_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("plan")
+def warmup_covers_run(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
+    """A warm-up at least as long as the run: the LR climbs the whole run and never reaches optimizer.lr
+    (kohya and diffusers run it so); a warning with the highest LR reached."""
+    s = spec.schedule
+    if s.lr_schedule not in WARMUP_SCHEDULES:
+        return
+    if s.warmup_steps >= total_steps:
+        peak = (total_steps - 1) / s.warmup_steps
+        yield _warn(
+            "DBS238",
+            ("schedule", "warmup_steps"),
+            f"schedule.warmup_steps ({s.warmup_steps}) is not below the run's {total_steps} steps: the LR "
+            f"rises the whole run and its last step trains at {peak:.4g} x optimizer.lr, never at the peak",
+            codes.help("DBS238"),
+        )
+
+
+@rule("plan")
 def warmup_stable_decay_lengths(spec: Spec, given: Given, total_steps: int) -> Iterator[Hit]:
     s = spec.schedule
     if s.lr_schedule != "warmup_stable_decay":
         return
     room = total_steps - s.warmup_steps
-    if s.decay_steps > room:
+    if s.decay_steps > room and room > 0:  # a warm-up as long as the run never reaches the decay (DBS238)
         yield _err(
             "DBS256",
             ("schedule", "decay_steps"),
@@ -572,14 +590,16 @@ def bucket_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS218", ("buckets", "no_upscale"), "min_size/max_size are ignored with no_upscale = true"
         )
     for i, d in enumerate(spec.datasets):
-        if d.resolution % 8:
-            low, high = d.resolution // 8 * 8, d.resolution // 8 * 8 + 8
-            yield _err(
-                "DBS218",
-                ("datasets", i, "resolution"),
-                f"datasets[{i}].resolution ({d.resolution}) is not a multiple of 8",
-                f"the VAE downsamples by 8; use {low} or {high}",
-            )
+        for key, side in (("resolution", d.resolution), ("resolution_height", d.resolution_height)):
+            if side % 8 or 0 < side < 64:
+                low, high = max(64, side // 8 * 8), max(72, side // 8 * 8 + 8)
+                least = " of at least 64" if side < 64 else ""
+                yield _err(
+                    "DBS218",
+                    ("datasets", i, key),
+                    f"datasets[{i}].{key} ({side}) is not a multiple of 8{least}",
+                    f"the VAE downsamples by 8; use {low} or {high}",
+                )
 
 
 def group_buckets(spec: Spec, given: Given, index: int) -> tuple[str, int, int, int, bool]:
@@ -715,6 +735,34 @@ def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
                 ("datasets", i, "mask_from_alpha"),
                 f"dataset `{d.name}` sets both masks and mask_from_alpha",
                 "choose one mask source",
+            )
+
+
+@rule("spec")
+def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
+    """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
+    for i, d in enumerate(spec.datasets):
+        if not d.face_crop:
+            continue
+        path = ("datasets", i, "face_crop")
+        if len(d.face_crop) != 2 or not 0 < d.face_crop[0] <= d.face_crop[1]:
+            yield _err(
+                "DBS233",
+                path,
+                f"dataset `{d.name}`: face_crop must be [lo, hi] with 0 < lo <= hi; found {d.face_crop}",
+                codes.help("DBS233"),
+            )
+            continue
+        index = next((k for k, g in enumerate(spec.groups) if d.group and g.name == d.group), None)
+        mode = spec.buckets.mode if index is None else group_buckets(spec, given, index)[0]
+        if mode != "square":
+            where = "buckets.mode" if index is None else f"group `{d.group}`'s bucket_mode"
+            yield _err(
+                "DBS234",
+                path,
+                f"dataset `{d.name}`: face_crop needs square buckets (kohya crops around faces only with "
+                f'buckets off); {where} is "{mode}"',
+                codes.help("DBS234"),
             )
 
 

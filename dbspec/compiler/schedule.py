@@ -232,6 +232,7 @@ _FACTORS: dict[str, Callable[[int, Curve], float]] = {
     "cosine_with_min_lr": _cosine_with_min_lr,
     "warmup_stable_decay": _warmup_stable_decay,
 }
+WARMUP_SCHEDULES = tuple(name for name in _FACTORS if name != "constant")  # they ramp up over warmup_steps
 # torch schedulers (kohya's lr_scheduler_type), evaluated torch-free by the same float operations torch uses.
 TORCH_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", *NEW_TORCH_SCHEDULES)
 PERIOD_SCHEDULES = ("cosine_annealing", "cosine_annealing_warm_restarts", "one_cycle")  # use t_max
@@ -451,10 +452,10 @@ def compute_schedule(
         total_steps = epochs * steps_per_epoch
     else:
         raise ValueError("the run length is not set: give steps or epochs")
-    if warmup_steps and lr_schedule != "constant" and warmup_steps >= total_steps:
-        raise ValueError(f"warmup_steps ({warmup_steps}) must be below the run's {total_steps} steps")
     checkpoint_steps = interval_steps(checkpoint_every, total_steps)
-    warmup_end = (warmup_steps,) if warmup_steps and lr_schedule != "constant" else ()
+    # The warm-up's end; a warm-up at least as long as the run (kohya allows it, DBS238 warns) never ends:
+    # its last optimizer step, the highest LR the run reaches, is shown instead.
+    warmup_end = (min(warmup_steps, total_steps - 1),) if warmup_steps and lr_schedule != "constant" else ()
     points = sorted({0, *warmup_end, *checkpoint_steps.spread(LR_POINTS_AT_CHECKPOINTS)})
     curve = Curve(
         lr,

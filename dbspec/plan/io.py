@@ -89,6 +89,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "weighted_captions"): False,
         ("checkpoints", "select_weights"): [],
         ("datasets", "*", "color_aug"): False,
+        ("datasets", "*", "face_crop"): None,
+        ("datasets", "*", "resolution_height"): 0,
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,
@@ -153,6 +155,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "dora"): False,
         ("adapter", "factor"): -1,
         ("adapter", "decompose_both"): False,
+        ("adapter", "tucker"): False,
         ("adapter", "rank_dropout"): 0.0,
         ("adapter", "module_dropout"): 0.0,
         # a LoRA started from a saved file (kohya --network_weights): none then

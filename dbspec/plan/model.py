@@ -105,6 +105,7 @@ class AdapterPlan:
     dora: bool = False  # lora: peft use_dora (a learned magnitude per output row)
     factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
     decompose_both: bool = False  # lokr: the small factor low-rank too
+    tucker: bool = False  # loha, lokr: k x k convolutions as a Tucker core (LyCORIS use_tucker)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr
     # lora: the kohya-layout file the adapter starts from (absolute; "" for peft's random init) and how many
@@ -215,6 +216,29 @@ class FolderPlan:
 
 
 @frozen
+class FaceBox:
+    """One image's face box, read from its file name `name_cx_cy_w_h.ext` (pixels of the stored image)."""
+
+    image: str  # the image's `rel` (its path in the dataset folder)
+    cx: int
+    cy: int
+    w: int
+    h: int
+
+
+@frozen
+class FaceCropPlan:
+    """kohya's face-crop augmentation of one dataset (`dbspec.plan.face_crop` applies it per sample and step).
+
+    Images with a box are scaled and cut around the face into the dataset's square resolution; the others
+    keep the plan's cover-resize and crop. The dataset's latents are not cached (the window moves each step).
+    """
+
+    range: tuple[float, float]  # kohya's face_crop_aug_range: the face spans 1/hi .. 1/lo of the resolution
+    faces: tuple[FaceBox, ...]
+
+
+@frozen
 class DatasetPlan:
     name: str
     role: Literal["instance", "class"]
@@ -231,6 +255,8 @@ class DatasetPlan:
     caption_processing: CaptionPlan = CaptionPlan()
     group: str = ""  # its [[groups]] name; "" = the default group (schedule.batch_size)
     color_aug: bool = False  # kohya colour augmentation per sample (runtime/color_aug.py); no latent cache
+    face_crop: FaceCropPlan | None = None  # kohya face-crop augmentation; None = off
+    resolution_height: int = 0  # a non-square resolution x resolution_height (kohya's W,H); 0 = square
 
 
 @frozen

@@ -90,11 +90,20 @@ def datasets_table(plan: Plan) -> Table:
             d.role,
             str(len(d.images)),
             str(d.samples_per_epoch),
-            str(d.resolution),
+            f"{d.resolution}x{d.resolution_height}" if d.resolution_height else str(d.resolution),
             caption,
             str(len(d.skipped)),
             gen,
         )
+    faces = [
+        f"face crop: dataset `{d.name}`: {len(d.face_crop.faces)} of {len(d.images)} images cut around their "
+        f"face box, scale drawn per step so the face spans 1/{d.face_crop.range[1]:g} to "
+        f"1/{d.face_crop.range[0]:g} of the resolution (kohya's crop_target); latents not cached"
+        for d in plan.datasets
+        if d.face_crop is not None
+    ]
+    t.caption = "\n".join(faces) or None
+    t.caption_justify = "left"
     return t
 
 
@@ -333,6 +342,8 @@ def adapter_rows(a) -> list[tuple[str, str]]:
     kind = "lora + DoRA" if a.dora else a.kind
     if a.kind == "lokr":
         kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"
+    if a.tucker:
+        kind += " with Tucker convolutions"
     rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
     if a.conv_rank:

@@ -175,6 +175,15 @@ def _conv_targets():
     )
 
 
+def _tucker():
+    return option(
+        False,
+        doc="LyCORIS `use_tucker` (peft's `use_effective_conv2d`): each k x k convolution's factors are a "
+        "rank x rank x k x k core with an output and an input matrix (`hada_t1`/`hada_t2`, `lokr_t2`) "
+        "instead of one rank x (in x k x k) matrix; 1x1 convolutions and linears are unchanged.",
+    )
+
+
 def _rank_dropout():
     return option(
         0.0,
@@ -320,6 +329,7 @@ class LohaAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    tucker: bool = _tucker()
 
 
 @frozen
@@ -341,6 +351,7 @@ class LokrAdapter:
         maximum=65536,
         example=8,
     )
+    tucker: bool = _tucker()
     decompose_both: bool = option(
         False, doc="Also make the small Kronecker factor low-rank (LyCORIS `decompose_both`)."
     )
@@ -430,6 +441,15 @@ class Dataset:
     resolution: int = option(
         512, doc="Training resolution: buckets keep this pixel area.", minimum=64, maximum=4096
     )
+    resolution_height: int = option(
+        0,
+        doc='A non-square resolution `resolution` x `resolution_height` (kohya\'s `resolution = "W,H"`): '
+        "aspect buckets keep the area W*H (kohya's max area) with the range checked against both sides, "
+        "no_upscale shrinks to that area, square mode (buckets off) cuts W x H. 0 = `resolution` (square).",
+        minimum=0,
+        maximum=4096,
+        example=512,
+    )
     crop: Literal["center", "random"] = option(
         "center", doc="Crop placement after the cover-resize into a bucket."
     )
@@ -439,6 +459,16 @@ class Dataset:
         doc="kohya's colour augmentation (`color_aug`): a third of the samples get a hue shift of up to 8 "
         "(OpenCV's 0-179 hue) or a gamma in [0.95, 1.05], drawn per sample and step; latents of the dataset "
         "are then not cached (as kohya refuses the cache with it).",
+    )
+    face_crop: list[float] = option(
+        factory=list,
+        doc="kohya's face-crop augmentation (`face_crop_aug_range`): two numbers [lo, hi]; an image named "
+        "`name_cx_cy_w_h.ext` (its face centre and size in pixels) is scaled so the face spans 1/hi to 1/lo "
+        "of the resolution (a scale drawn per sample and step), then cut around the face (with crop = "
+        '"random", shifted as kohya shifts it). Needs buckets.mode = "square" (kohya applies it only with '
+        "buckets off); images without a face box keep the square crop; the dataset's latents are not cached. "
+        "Empty = off.",
+        example=[2.0, 4.0],
     )
     masks: str = option(
         "",

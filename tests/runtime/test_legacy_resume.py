@@ -41,6 +41,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["checkpoints"]["select_weights"]  # the weighted best-checkpoint rule, added since
     for d in data["datasets"]:
         del d["color_aug"]  # kohya colour augmentation, added since
+        del d["face_crop"]  # kohya face-crop augmentation, added since
+        del d["resolution_height"]  # non-square resolutions, added since
     del data["loss"]["flow"]  # flow matching (SD3), added since (none then)
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)
@@ -91,6 +93,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del data["adapter"][key]  # LoCon, DoRA, LoHa, LoKr and the parameter estimate, added since (off then)
     for key in ("init_weights", "init_layers", "blocks", "multiplier"):
         del data["adapter"][key]  # a LoRA started from a saved file, added since (none then)
+    del data["adapter"]["tucker"]  # LoHa/LoKr Tucker convolutions, added since (off then)
     for dataset in data["datasets"]:
         del dataset["caption_processing"]  # kohya's caption processing, added since (off then)
         del dataset["folders"]  # kohya folder datasets, added since

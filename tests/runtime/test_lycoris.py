@@ -46,6 +46,16 @@ KINDS = {
         {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1"},
         {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
     ),
+    "loha_tucker": (  # LyCORIS use_tucker: the 3x3 convolutions as a core and two matrices per product
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n',
+        {"algo": "loha", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"},
+    ),
+    "lokr_tucker": (
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n',
+        {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True", "factor": "-1"},
+        {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"},
+    ),
     "lokr_full": (  # rank 64 trains both Kronecker factors in full: the export bakes alpha / rank into w1
         'kind = "lokr"\nrank = 64\nalpha = 16.0\n',
         {"algo": "lokr", "factor": "-1"},
@@ -124,7 +134,13 @@ def loader(monkeypatch):
     return lycoris_kohya.create_network_from_weights
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+# lycoris-lora 4.1.3's file loader (LokrModule.make_module_from_state_dict) reads a Tucker LoKr's rank off
+# `lokr_w2_a.size(1)`, which in the Tucker layout (rank, out split) is the output split, and builds a module
+# of the wrong shape: those files are checked against LyCORIS's LokrModule built with use_tucker (below).
+FILE_LOADER_KINDS = [k for k in KINDS if k != "lokr_tucker"]
+
+
+@pytest.mark.parametrize("kind", FILE_LOADER_KINDS)
 def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, loader):
     table, args, conv_suffixes = KINDS[kind]
     spec = write_spec(tmp_path, steps=4, extra=SPEC.format(adapter=table))
@@ -252,3 +268,54 @@ def test_locon_tensors_equal_the_kohya_lora_writers(family):
         family == "sdxl"
     )
     assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
+
+
+def test_tucker_lokr_trains_resumes_bit_exact_and_equals_lycoris_modules(tmp_path):
+    """LoKr with use_tucker: every exported module loaded into LyCORIS's own LokrModule (use_tucker, the
+    file's rank and alpha) gives the weight of peft's merge of the trained layer."""
+    from lycoris.modules.lokr import LokrModule
+
+    table, args, conv_suffixes = KINDS["lokr_tucker"]
+    spec = write_spec(tmp_path, steps=4, extra=SPEC.format(adapter=table))
+    lr = ["optimizer.lr=1e-2"]
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
+    for name, tensors in ours.items():
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        assert json.loads(handle.metadata()["ss_network_args"]) == args
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(export)).items():
+        name, suffix = key.split(".", 1)
+        modules.setdefault(name, {})[suffix] = tensor
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert set(modules[conv]) == conv_suffixes and modules[conv]["lokr_t2"].shape[2:] == (3, 3)
+    trained = whole.components
+    fresh = build_pipeline(plan.model.base)
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    assert set(modules) == set(names)
+    for lora_name, tensors in modules.items():
+        prefix = "lora_unet" if lora_name.startswith("lora_unet") else "lora_te"
+        owner = fresh.unet if prefix == "lora_unet" else fresh.text_encoder
+        tucker = "lokr_t2" in tensors
+        rank = tensors["lokr_t2"].shape[0] if tucker else tensors["lokr_w2_a"].shape[1]
+        lyco = LokrModule(
+            lora_name,
+            owner.get_submodule(names[lora_name].removeprefix("text_model.")),
+            1.0,
+            lora_dim=rank,
+            alpha=float(tensors["alpha"]),
+            use_tucker=tucker,
+            factor=-1,
+        )
+        lyco.load_state_dict(tensors)
+        ours = merged[prefix][f"{names[lora_name].removeprefix('text_model.')}.weight"]
+        torch.testing.assert_close(_lycoris_weight(lyco), ours, rtol=1e-4, atol=1e-4, msg=lora_name)

@@ -167,17 +167,21 @@ def test_lora_text_encoder_lr_zero_freezes_the_text_encoder(tmp_path, given):
 # --- 4. a warm-up at least as long as the run --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("warmup", ["100", "150", "100%"])
-def test_warmup_not_shorter_than_the_run_is_reported_at_conversion(tmp_path, warmup):
+@pytest.mark.parametrize("warmup", ["100", "150"])
+def test_warmup_not_shorter_than_the_run_converts_with_a_warning(tmp_path, warmup):
+    """kohya runs it: transformers' cosine lambda is step / warmup for every step below the warm-up, so the
+    LR climbs the whole run and never reaches learning_rate. Moved to test_convert_kohya_leftovers.py for the
+    curve; here the defect: it used to convert into a spec that failed to plan."""
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     outcome = kohya(
         tmp_path,
         command=f"{BASE} --train_data_dir d --resolution 512 --max_train_steps 100 "
         f"--lr_scheduler cosine --lr_warmup_steps {warmup}",
     )
-    assert outcome.exit_code == 1 and not out_path(tmp_path).exists()
-    assert "not shorter than the 100-step run" in messages(outcome, "DBS403")
+    assert outcome.exit_code == 0 and fate(outcome, "lr_warmup_steps") == "mapped"
     assert "DBS408" not in codes(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.schedule.warmup_steps == int(warmup) and plan.schedule.total_steps == 100
 
 
 # --- 5. an empty reg_data_dir is the current folder ---------------------------------------------------------
@@ -223,9 +227,9 @@ def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(t
         'image_dir = "b"\nflip_aug = true\n',
     )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=f"{BASE} --max_train_epochs 3")
-    assert outcome.exit_code == 1
+    assert outcome.exit_code == 0
     assert fate(outcome, "datasets[0].batch_size") == fate(outcome, "datasets[1].batch_size") == "mapped"
-    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "unsupported"
+    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "mapped"  # buckets off, no cache
     assert fate(outcome, "datasets[0].subsets[0].color_aug") == "mapped"
     assert fate(outcome, "datasets[1].subsets[0].flip_aug") == "mapped"
     allowed = kohya(
@@ -236,6 +240,7 @@ def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(t
     assert plan.schedule.total_steps == 3 * (2 + 1)
     assert [(g.name, g.batch_size) for g in plan.groups] == [("datasets0", 1), ("datasets1", 2)]
     assert [d.color_aug for d in plan.datasets] == [True, False]
+    assert [d.face_crop is not None for d in plan.datasets] == [True, False]
 
 
 # --- 7. command files with one option per line -------------------------------------------------------------

@@ -335,6 +335,29 @@ CASES = [
         DOG + 'masks = "data/masks"\n' + STEPS,
     ),
     (
+        rules.warmup_covers_run,
+        DOG + STEPS + 'lr_schedule = "cosine"\nwarmup_steps = 100\n',
+        [("DBS238", "warning", ("schedule", "warmup_steps"))],
+        DOG + STEPS + 'lr_schedule = "cosine"\nwarmup_steps = 99\n',
+    ),
+    (
+        rules.face_crop_range,
+        DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+        [("DBS233", "error", ("datasets", 0, "face_crop"))],
+        DOG + "face_crop = [2.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (
+        rules.face_crop_range,
+        DOG
+        + 'face_crop = [2.0, 4.0]\ngroup = "closeups"\n'
+        + GROUP
+        + 'bucket_mode = "aspect"\n'
+        + STEPS
+        + '[buckets]\nmode = "square"\n',
+        [("DBS234", "error", ("datasets", 0, "face_crop"))],
+        DOG + 'face_crop = [2.0, 4.0]\ngroup = "closeups"\n' + GROUP + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (
         rules.exports_match_adapter,
         LORA + DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
         [("DBS222", "error", ("checkpoints", "exports"))],
@@ -945,6 +968,7 @@ def test_every_rule_function_declares_a_phase():
     assert [fn.__name__ for fn in rules_of("plan")] == [
         "text_encoder_stop_beyond_run",
         "interval_beyond_run",
+        "warmup_covers_run",
         "warmup_stable_decay_lengths",
         "one_cycle_lengths",
         "scheduled_sampling_ramp_beyond_run",

@@ -183,6 +183,16 @@ def test_lr_points() -> None:
     assert [step for step, _ in constant.lr_points] == [0, 100]
 
 
+@pytest.mark.parametrize("warmup", [100, 150])
+def test_a_warmup_as_long_as_the_run_climbs_the_whole_run(warmup) -> None:
+    """kohya and diffusers run it (DBS238 warns): step / warmup for every step; the last step is a point."""
+    plan = schedule(lr_schedule="cosine", warmup_steps=warmup, checkpoint_every=50)
+    assert [step for step, _ in plan.lr_points] == [0, 50, 99, 100]
+    expected = [1e-4 * step / warmup for step in (0, 50, 99)]
+    end = 1e-4 * (100 / warmup if warmup > 100 else 1.0)  # diffusers' cosine at progress 0 after the warm-up
+    assert [lr for _, lr in plan.lr_points] == pytest.approx([*expected, end], rel=1e-12)
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"batches_per_epoch": 0}, "no batches"),
     ({"instance_samples": 0}, "no batches"),
@@ -193,7 +203,7 @@ def test_lr_points() -> None:
     ({"processes": 0}, "processes"),
     ({"epochs": 0}, "run length"),
     ({"lr_schedule": "piecewise_constant"}, "unknown lr schedule"),
-    ({"lr_schedule": "linear", "warmup_steps": 100}, "warmup_steps"),
+    ({"lr_schedule": "polynomial", "warmup_steps": 100}, "after the warm-up"),  # diffusers divides by 0
     ({"lr_schedule": "polynomial", "lr": 1e-7}, "polynomial"),
     ({"lr": 0.0}, "learning rate"),
     ({"lr": math.nan}, "learning rate"),

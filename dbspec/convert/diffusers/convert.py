@@ -310,12 +310,22 @@ def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
     if name.value == "constant":
         if warm.given:
             conv.inert(warm, "the constant schedule has no warm-up")
-    elif total is not None and warm.value >= total:
-        conv.unsupported(
-            warm,
-            f"a warm-up of {warm.value} steps is not shorter than the {total}-step run (the LR "
-            "never reaches learning_rate); dbspec needs warmup_steps < steps",
+    elif total is not None and warm.value == total and name.value == "polynomial":
+        conv.invalid(
+            warm.key,
+            warm.value,
+            warm.source,
+            f"a {total}-step warm-up in a {total}-step run leaves the polynomial schedule 0 decay steps: "
+            "diffusers' lr_lambda divides by them after the last step (ZeroDivisionError before the "
+            "script saves the model)",
+            help="shorten the warm-up by one step or more (or lengthen the run)",
         )
+    elif total is not None and warm.value >= total:
+        note = (
+            f"not shorter than the {total}-step run: the LR climbs the whole run and never reaches "
+            "learning_rate, as in diffusers (the plan warns, DBS238)"
+        )
+        conv.mapped(warm, ("schedule", "warmup_steps"), warm.value, note=note)
     elif warm.value:
         conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
     cycles, power = a["lr_num_cycles"], a["lr_power"]

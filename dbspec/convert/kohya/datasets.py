@@ -19,7 +19,7 @@ from dbspec.compiler import buckets as bk
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.epochs import Bucketing, Img, Part, list_images
 from dbspec.convert.kohya.data import KDataset, KSubset
-from dbspec.convert.kohya.subsets import map_subset, subset_problems
+from dbspec.convert.kohya.subsets import map_face_crop, map_subset, subset_problems
 from dbspec.convert.common.paths import PathMapper
 
 
@@ -93,6 +93,16 @@ def map_datasets(
         setting = settings[dataset.index]
         map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
         subset_problems(dataset, subset, images, setting, cache_latents, conv)
+        map_face_crop(out_index, subset, setting, cache_latents, conv)
+        if setting.spec_height:
+            conv.put(
+                ("datasets", out_index, "resolution_height"),
+                setting.spec_height,
+                f"kohya resolution {setting.resolution[0]},{setting.resolution[1]}: buckets of the area "
+                f"{setting.resolution[0] * setting.resolution[1]}"
+                if setting.kohya.mode != "square"
+                else f"kohya resolution {setting.resolution[0]},{setting.resolution[1]}, buckets off",
+            )
         if grouped:
             conv.put(
                 ("datasets", out_index, "group"),
@@ -134,6 +144,7 @@ def map_datasets(
 class Settings:
     resolution: tuple[int, int]
     spec_resolution: int
+    spec_height: int  # resolution_height: 0 unless a non-square W x H must stay W x H
     kohya: Bucketing
     converted: Bucketing
     mode_key: tuple
@@ -154,11 +165,12 @@ def _dataset_settings(d: KDataset, script: str, conv: Conversion) -> Settings | 
     low, high = v["min_bucket_reso"].value, v["max_bucket_reso"].value
     if enabled and not _bucket_rules_ok(d, size, script, conv):
         return None
-    spec_reso = _spec_resolution(reso, size, mode, conv)
-    if spec_reso is None:
+    spec_size = _spec_resolution(reso, size, mode, conv)
+    if spec_size is None:
         return None
+    spec_reso, spec_height = spec_size
     kohya = Bucketing(mode=mode, resolution=size, min_size=low, max_size=high, step=step)
-    converted = attrs.evolve(kohya, resolution=(spec_reso, spec_reso))
+    converted = attrs.evolve(kohya, resolution=(spec_reso, spec_height or spec_reso))
     key = (
         (mode,)
         if mode == "square"
@@ -167,7 +179,12 @@ def _dataset_settings(d: KDataset, script: str, conv: Conversion) -> Settings | 
         else (mode, *bk.adjust_min_max(low, high, step), step)
     )
     return Settings(
-        resolution=size, spec_resolution=spec_reso, kohya=kohya, converted=converted, mode_key=key
+        resolution=size,
+        spec_resolution=spec_reso,
+        spec_height=spec_height,
+        kohya=kohya,
+        converted=converted,
+        mode_key=key,
     )
 
 
@@ -194,20 +211,24 @@ def _resolution(reso: Legacy, conv: Conversion) -> tuple[int, int] | None:
     return None
 
 
-def _spec_resolution(reso: Legacy, size: tuple[int, int], mode: str, conv: Conversion) -> int | None:
+def _spec_resolution(
+    reso: Legacy, size: tuple[int, int], mode: str, conv: Conversion
+) -> tuple[int, int] | None:
+    """The spec's (resolution, resolution_height): a square N x N, the side N of a non-square W x H whose area
+    is N*N with aspect buckets (kohya's buckets use only the area: the same bucket list), else W x H."""
     width, height = size
-    side = width if width == height else math.isqrt(width * height)
-    if width != height and (mode == "square" or side * side != width * height):
-        conv.unsupported(
-            reso,
-            f"a non-square resolution {width}x{height}: dbspec resolutions are one side N (buckets "
-            "keep the area N*N); kohya's buckets use only the area, so W*H must be a square number",
-        )
+    side = math.isqrt(width * height)
+    if width == height or (mode != "square" and side * side == width * height):
+        sides = (side,)
+        spec = (side, 0)
+    else:
+        sides = (width, height)
+        spec = (width, height)
+    bad = [n for n in sides if n % 8 or not 64 <= n <= 4096]
+    if bad:
+        conv.unsupported(reso, f"resolution {bad[0]}: dbspec needs a multiple of 8 between 64 and 4096")
         return None
-    if side % 8 or not 64 <= side <= 4096:
-        conv.unsupported(reso, f"resolution {side}: dbspec needs a multiple of 8 between 64 and 4096")
-        return None
-    return side
+    return spec
 
 
 def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conversion) -> bool:

@@ -111,9 +111,18 @@ def _map_network(
     if dora and kind == "lora":
         put["dora"] = True
     elif dora:
-        unsupported["dora_wd"] = "True (peft's LoHa and LoKr have no DoRA)"
-    if kwargs.pop("wd_on_output", "true").lower() not in _TRUE:
-        unsupported["wd_on_output"] = "False (dbspec's DoRA normalises output rows)"
+        unsupported["dora_wd"] = (
+            "True (LyCORIS renormalises the merged LoHa/LoKr weight per output row with a trained magnitude, "
+            "dora_scale; peft's LoHa and LoKr have no weight decomposition)"
+        )
+    wd_on_output = kwargs.pop("wd_on_output", "true")
+    if dora and kind == "lora" and not _str_bool(wd_on_output):
+        unsupported["wd_on_output"] = (
+            f"{wd_on_output} (DoRA with one magnitude per input column; peft's DoRA keeps one per output "
+            "row, LyCORIS's default wd_on_output=True)"
+        )
+    if lycoris:
+        _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
         if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
@@ -139,6 +148,40 @@ def _map_network(
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return kind
+
+
+def _str_bool(value: object) -> bool:
+    """LyCORIS's str_bool: anything but "false" (any case) is true, "0" and "no" included."""
+    return str(value).lower() != "false"
+
+
+def _tucker_and_scalar(
+    kwargs: dict[str, str], kind: str, convs: bool, put: dict[str, Any], unsupported: dict[str, str]
+) -> None:
+    """LyCORIS's use_tucker (its kohya network reads `not disable_conv_cp or use_conv_cp or use_cp or
+    use_tucker`, the first set value deciding) and use_scalar."""
+    keys = ("disable_conv_cp", "use_conv_cp", "use_cp", "use_tucker")
+    given = {key: kwargs.pop(key) for key in keys if key in kwargs}
+    value = (
+        (not given.get("disable_conv_cp", True))
+        or given.get("use_conv_cp", False)
+        or given.get("use_cp", False)
+        or given.get("use_tucker", False)
+    )
+    if _str_bool(value) and convs:  # it changes only k x k convolutions (conv_dim on the ResNets)
+        if kind in ("loha", "lokr"):
+            put["tucker"] = True
+        else:
+            unsupported[next(iter(given))] = (
+                f"{value} (LyCORIS LoCon's Tucker form adds a rank x rank x k x k middle convolution, "
+                "lora_mid, which peft's LoRA has not)"
+            )
+    scalar = kwargs.pop("use_scalar", "false")
+    if _str_bool(scalar):
+        unsupported["use_scalar"] = (
+            f"{scalar} (LyCORIS multiplies each update by a trained scalar that starts at 0, with the second "
+            "factor initialised non-zero; peft's adapters have no such scalar)"
+        )
 
 
 def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -14,7 +15,6 @@ _SMALL = 64  # dbspec's default min_image_size
 
 # subset key -> (value that changes nothing, why dbspec cannot express another value)
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "face_crop_aug_range": (None, "dbspec has no face-crop augmentation"),
     "custom_attributes": (None, "dbspec has no custom subset attributes (e.g. diff_output_preservation)"),
 }
 # keys that only matter together with an unsupported feature
@@ -276,6 +276,45 @@ def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion
         )
 
 
+def map_face_crop(i: int, subset: KSubset, setting, cache_latents: bool, conv: Conversion) -> None:
+    """kohya's face_crop_aug_range -> `face_crop`, where kohya's crop_target runs: buckets off and latents
+    not cached (cached latents are cut once by trim_and_resize_if_required; with buckets, too)."""
+    face = subset.values.get("face_crop_aug_range")
+    if face is None or face.value is None:
+        return
+    value = face.value
+    pair = isinstance(value, (list, tuple)) and len(value) == 2
+    if pair and value[0] > value[1] and "." in face.key:  # a dataset config: kohya's schema takes any pair
+        conv.unsupported(
+            face,
+            "a reversed range: kohya's dataset config accepts it (only --face_crop_aug_range asserts the "
+            "order) and its scale bounds then cross; dbspec's face_crop needs the lower bound first",
+        )
+    elif not (pair and value[0] <= value[1]):
+        conv.invalid(
+            face.key, value, face.source, "kohya asserts two numbers, the lower first (`lower,upper`)"
+        )
+    elif setting.kohya.mode != "square":
+        conv.inert(
+            face,
+            "kohya crops around faces only with buckets off (enable_bucket); with buckets it "
+            "reads the face box and cuts the bucket as usual",
+        )
+    elif cache_latents:
+        conv.inert(face, "the latents kohya caches are cut once without it, and training reads only those")
+    else:
+        conv.mapped(face, ("datasets", i, "face_crop"), [float(value[0]), float(value[1])])
+
+
+def has_face_box(name: str) -> bool:
+    """Whether kohya reads a face box from a file name (five `_` parts or more, the centre x above 0)."""
+    parts = os.path.splitext(name)[0].split("_")
+    try:
+        return len(parts) >= 5 and int(parts[-4]) > 0
+    except ValueError:
+        return False
+
+
 def _image_checks(
     subset: KSubset, images: tuple[Img, ...], setting, cache_latents: bool, conv: Conversion
 ) -> None:
@@ -290,8 +329,15 @@ def _image_checks(
     if setting.kohya.mode != "square" or cache_latents:
         return
     width, height = setting.resolution
+    face = v["face_crop_aug_range"].value if "face_crop_aug_range" in v else None
     small = [img.path.name for img in images if img.size[0] < width or img.size[1] < height]
-    large = [img.path.name for img in images if img.size != (width, height) and img.path.name not in small]
+    large = [
+        img.path.name
+        for img in images
+        if img.size != (width, height)
+        and img.path.name not in small
+        and not (face and has_face_box(img.path.name))  # kohya scales and cuts these around the face
+    ]
     if small:
         conv.invalid(
             v["image_dir"].key,

@@ -312,7 +312,7 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
             help="use lr_scheduler constant_with_warmup, or drop the warm-up",
         )
     else:
-        _map_warmup(warm, total, conv)
+        _map_warmup(warm, total, conv, name.value)
     _schedule_shape(a, name.value, total, conv)
 
 
@@ -398,18 +398,19 @@ def _map_schedule_args(a: Args, name: str, conv: Conversion) -> bool:
     return True
 
 
-def _map_warmup(warm: Legacy, total: int | None, conv: Conversion) -> None:
+def _map_warmup(warm: Legacy, total: int | None, conv: Conversion, name: str = "") -> None:
     if isinstance(warm.value, float) and warm.value:
         steps = _ratio_steps(warm, total, conv)
-        if steps is not None and _warmup_fits(warm, steps, total, conv):
+        fits = None if steps is None else _warmup_fits(warm, steps, total, conv, name)
+        if steps is not None and fits is not None:
+            note = f"ratio {warm.value} x {total} steps" + (f"; {fits}" if fits else "")
             conv.mapped(
-                warm,
-                ("schedule", "warmup_steps"),
-                steps,
-                comment=conv.comment(warm, f"ratio {warm.value} x {total} steps"),
+                warm, ("schedule", "warmup_steps"), steps, note=fits, comment=conv.comment(warm, note)
             )
-    elif warm.value and _warmup_fits(warm, warm.value, total, conv):
-        conv.mapped(warm, ("schedule", "warmup_steps"), warm.value)
+    elif warm.value:
+        fits = _warmup_fits(warm, warm.value, total, conv, name)
+        if fits is not None:
+            conv.mapped(warm, ("schedule", "warmup_steps"), warm.value, note=fits)
     else:
         conv.record(warm, "mapped", "schedule.warmup_steps")
 
@@ -574,18 +575,28 @@ def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
     return kwargs
 
 
-def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion) -> bool:
-    """kohya runs a warm-up as long as the run (the LR never reaches learning_rate);
-    dbspec plans refuse it."""
+def _warmup_fits(warm: Legacy, steps: int, total: int | None, conv: Conversion, name: str) -> str | None:
+    """A warm-up at least as long as the run: kohya runs it (its LR never reaches learning_rate; the plan
+    warns, DBS238) and the note says so, except where kohya crashes: transformers' polynomial schedule divides
+    by the steps after the warm-up, 0 when the warm-up equals the run, at the scheduler step after the last
+    optimizer step (before the model is saved). None: refused; "": fits."""
     if total is None or steps < total:
-        return True
-    conv.unsupported(
-        warm,
-        f"a warm-up of {steps} steps is not shorter than the {total}-step run (kohya's LR never reaches "
-        "learning_rate); dbspec needs warmup_steps < steps",
-        help="shorten the warm-up (or lengthen the run) in the legacy config",
+        return ""
+    if name == "polynomial" and steps == total:
+        conv.invalid(
+            warm.key,
+            warm.value,
+            warm.source,
+            f"a {steps}-step warm-up in a {total}-step run leaves the polynomial schedule 0 decay steps: "
+            "transformers' lr_lambda divides by them after the last step (ZeroDivisionError before kohya "
+            "saves the model)",
+            help="shorten the warm-up by one step or more (or lengthen the run)",
+        )
+        return None
+    return (
+        f"not shorter than the {total}-step run: the LR climbs the whole run and never reaches "
+        "learning_rate, as in kohya (the plan warns, DBS238)"
     )
-    return False
 
 
 def _schedule_shape(a: Args, name: str, total: int | None, conv: Conversion) -> None:
@@ -719,10 +730,8 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
             why = "networks.lora skips parameters whose learning rate is 0"
         conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
     elif not unet_lr.value:
-        conv.unsupported(
-            unet_lr, "train_db.py would train the U-Net at a learning rate of 0 (a run that changes nothing)"
-        )
-        return
+        if not _train_db_frozen_unet(a, unet_lr, text_encoder, conv):
+            return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, text_encoder, conv)
@@ -738,6 +747,44 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
         conv.inert(te, "the text encoder does not train")
     if lr.given and lr.key not in conv.reports:
         conv.inert(lr, "unet_lr and text_encoder_lr take its place")
+
+
+def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion) -> bool:
+    """train_db.py with learning_rate 0: the U-Net is one optimizer group at rate 0 (its weights never move:
+    every optimizer kohya offers scales its step and decoupled weight decay by the group's rate), the text
+    encoder a group at learning_rate_te. That is `train.denoiser = false`, except that kohya's gradient clip
+    also counts the U-Net's gradients, which dbspec does not compute. False: not expressible."""
+    te = a["learning_rate_te"]
+    if not text_encoder or not te.value:
+        conv.unsupported(
+            unet_lr,
+            "train_db.py would train the U-Net and text encoder at a learning rate of 0 (without "
+            "learning_rate_te they share it, and a stopped text encoder leaves only the U-Net): a run that "
+            "changes nothing",
+        )
+        return False
+    if adafactor_relative_step(a):
+        conv.unsupported(
+            unet_lr,
+            "Adafactor with relative_step ignores the groups' learning rates, so kohya trains the U-Net "
+            "anyway; dbspec's relative-step Adafactor has one rate for every group",
+        )
+        return False
+    clip = a["max_grad_norm"]
+    why = "train_db.py steps the U-Net at learning rate 0: its weights never change"
+    if clip.value:
+        conv.differs(
+            unet_lr,
+            f"{why}. kohya clips the gradients to max_grad_norm {clip.value} by their norm over the "
+            "U-Net and the text encoder together (the U-Net's still count); dbspec computes no U-Net "
+            "gradients and clips the text encoder's alone: equal updates while kohya's joint norm stays "
+            "below the limit (exact with max_grad_norm = 0)",
+            ("train", "denoiser"),
+            False,
+        )
+    else:
+        conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+    return True
 
 
 def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion) -> Legacy | None:
