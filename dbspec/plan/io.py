@@ -60,6 +60,7 @@ _VOLATILE = {
         "description",
     ),
     "cache": ("latent_hits", "latent_misses", "text_hits", "text_misses", "notes"),
+    "distributed": ("timeout_s",),  # how long a process waits for a dead peer; trains alike
 }
 _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")
 
@@ -171,6 +172,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("evaluation",): lambda run: json.loads(json.dumps(_CONVERTER.unstructure(EvaluationPlan()))),
         ("checkpoints", "select"): "none",
         ("validation", "preview"): None,  # live validation previews: off
+        # [distributed]: DDP then (its timeout_s is volatile, see _VOLATILE)
+        ("distributed",): {"strategy": "ddp", "fsdp": None, "deepspeed": None},
     },
 }
 
