@@ -1,5 +1,5 @@
-"""`[distributed]` at run time: accelerate's plugins built from the plan, the bound on waits between processes,
-and the gathered (full) view of sharded models and optimizer state that checkpoints hold.
+"""`[distributed]` at run time: accelerate's plugins built from the plan, the bound on waits between
+processes, and the gathered (full) view of sharded models and optimizer state that checkpoints hold.
 
 DDP keeps a whole copy of every weight and optimizer state on each process, so checkpoints and the final
 weights read them as they are. FSDP2 (torch's `fully_shard`, through accelerate) turns the prepared models'

@@ -342,7 +342,7 @@ def _sharded(
     if host:
         listed = ", ".join(f"{_gib(size)} {what}" for what, size in host)
         notes.append(
-            f"CPU offload: {listed} in host memory per process ({n} process(es) on a machine need {n} x that), "
+            f"CPU offload: {listed} in host memory per process ({n} process(es) on a machine: {n} x that), "
             "0 on the device"
         )
     return device_w, 0 if s.host_gradients else shard_g, 0 if s.host_optimizer else shard_o

@@ -1335,11 +1335,12 @@ class Logging:
 class Distributed:
     strategy: Literal["ddp", "fsdp", "deepspeed"] = option(
         "ddp",
-        doc="How several processes (`accelerate launch`, `torchrun`) share the work: ddp (every process holds "
-        "the whole model and optimizer state; gradients averaged), fsdp (PyTorch FSDP2 through accelerate: "
-        "the trained models' weights, gradients and optimizer state sharded across processes) or deepspeed "
-        "(DeepSpeed ZeRO through accelerate; not installed with dbspec, see docs/distributed.md). One process "
-        "trains the same under every strategy.",
+        doc="How several processes (`accelerate launch`, `torchrun`) share the work: ddp (every process "
+        "holds the whole model and optimizer state; gradients averaged), fsdp (PyTorch FSDP2 through "
+        "accelerate: the trained models' weights, gradients and optimizer state sharded across processes) "
+        "or deepspeed "
+        "(DeepSpeed ZeRO through accelerate; not installed with dbspec, see docs/distributed.md). One "
+        "process trains the same under every strategy.",
     )
     timeout_s: int = option(
         1800,
@@ -1375,8 +1376,8 @@ class Distributed:
     )
     zero_offload_params: bool = option(
         False,
-        doc='strategy = "deepspeed", zero_stage = 3: keep the sharded weights in CPU memory too (ZeRO-Infinity '
-        "to the CPU).",
+        doc='strategy = "deepspeed", zero_stage = 3: keep the sharded weights in CPU memory too '
+        "(ZeRO-Infinity to the CPU).",
     )
 
 

@@ -1,8 +1,8 @@
 """FSDP2 (`distributed.strategy = "fsdp"`) with two real processes on this CPU through torchrun (gloo).
 
-accelerate turns FSDP on for GPU processes only; dbspec switches its CPU state to FSDP (runtime/distributed.py),
-so these runs shard the tiny model's weights, gradients and optimizer state across the two processes exactly
-as GPUs would, with gloo doing the all-gathers and reduce-scatters. Checked: equal to one process with
+accelerate turns FSDP on for GPU processes only; dbspec switches its CPU state to FSDP
+(runtime/distributed.py), so these runs shard the tiny model's weights, gradients and optimizer state across
+the two processes as GPUs would, with gloo doing the all-gathers and reduce-scatters. Checked: equal to one process with
 accumulation 2 (as DDP is, tests/runtime/test_processes.py), checkpoints in DDP's whole format, and bit-exact
 resume. Launches cost 40-60 s each on this machine, so they are few.
 """
@@ -52,7 +52,7 @@ def _one_process(tmp: Path, **kw) -> Path:
 
 
 def test_fsdp_shards_and_matches_one_process(fsdp_run, tmp_path):
-    """2 FSDP processes x batch 1 == 1 process x batch 1 x 2 accumulation (the DDP equivalence, test_processes).
+    """2 FSDP processes x batch 1 == 1 process x batch 1 x 2 accumulation (as DDP, test_processes).
 
     FSDP's reduce-scatter averages the two gradients as DDP's all-reduce does; gloo sums them in another order
     than autograd's accumulation, so weights differ in the last float32 bits: rtol 1e-4, atol 1e-6 after 4
@@ -71,8 +71,8 @@ def test_fsdp_shards_and_matches_one_process(fsdp_run, tmp_path):
 
 
 def _weights_at_start(tmp: Path) -> dict[str, torch.Tensor]:
-    """The final unet weights of a run at a learning rate of 1e-12: the weights training started from, to float
-    precision."""
+    """The final unet weights of a run at a learning rate of 1e-12: the weights training started from,
+    to float precision."""
     spec = _fsdp_spec(tmp / "still", accumulation=2, fsdp=False)
     spec.write_text(spec.read_text().replace("lr = 0.1", "lr = 1e-12"))
     assert execute(compile_spec(spec)).status == "finished"
@@ -112,7 +112,7 @@ def test_fsdp_resume_bit_exact(fsdp_run, tmp_path):
 
 def test_fsdp_lora_matches_one_process(tmp_path):
     """LoRA under FSDP2 (frozen base and trained adapters in one shard unit; FSDP2 needs no use_orig_params):
-    trains, writes the diffusers LoRA file, and equals one process with accumulation 2 (tolerance as above)."""
+    trains, writes the diffusers LoRA file, and equals one process with accumulation 2 (same tolerance)."""
     spec = _fsdp_spec(tmp_path / "two", lora=True)
     done = _launch(spec)
     assert done.returncode == 0, done.stderr[-4000:]
