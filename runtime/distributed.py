@@ -74,14 +74,17 @@ def deepspeed_plugin(plan: Plan):
 
     z = plan.distributed.deepspeed
     assert z is not None
-    return DeepSpeedPlugin(
+    plugin = DeepSpeedPlugin(
         zero_stage=z.zero_stage,
         offload_optimizer_device="cpu" if z.offload_optimizer else "none",
         offload_param_device="cpu" if z.offload_params else "none",
-        gradient_accumulation_steps=plan.schedule.accumulation,
+        gradient_accumulation_steps=1,  # accumulation is refused (DBS268): DeepSpeed would count it again
         gradient_clipping=plan.optimizer.max_grad_norm if plan.optimizer.max_grad_norm > 0 else None,
         zero3_save_16bit_model=False,
     )
+    # dbspec's loop makes its own batches (no prepared DataLoader for accelerate to read them from)
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = plan.schedule.batch_size
+    return plugin
 
 
 def enable_fsdp_on_cpu(accelerator, plan: Plan) -> None:
@@ -103,8 +106,8 @@ def _is_dtensor(value) -> bool:
 
 
 def sharded_models(modules) -> list[torch.nn.Module]:
-    """The modules among `modules` whose parameters FSDP sharded (DTensors)."""
-    return [m for m in modules if any(_is_dtensor(p) for p in m.parameters())]
+    """The modules among `modules` whose parameters FSDP sharded (DTensors) or ZeRO-3 partitioned."""
+    return [m for m in modules if any(_is_dtensor(p) or hasattr(p, "ds_id") for p in m.parameters())]
 
 
 @contextlib.contextmanager
@@ -117,6 +120,13 @@ def gathered(modules) -> Iterator[None]:
 
     from torch.distributed.fsdp import FSDPModule
 
+    zero3 = [p for m in modules for p in m.parameters() if hasattr(p, "ds_id")]
+    if zero3:  # DeepSpeed ZeRO-3: its own gather; the first process's values are partitioned back on exit
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(zero3, modifier_rank=0):
+            yield
+        return
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
     classes: list[tuple[torch.nn.Module, type]] = []
     try:

@@ -194,7 +194,7 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
         accelerator.backward(result.loss / len(batches))
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
-    if run.plan.optimizer.max_grad_norm > 0:
+    if run.plan.optimizer.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
         torch.nn.utils.clip_grad_norm_(run.params, run.plan.optimizer.max_grad_norm)
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed

@@ -18,7 +18,7 @@ from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
-from dbspec.runtime.distributed import sharded_models
+from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.families import family_runtime
@@ -124,6 +124,11 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     *wrapped, optimizer = accelerator.prepare(*trained, optimizer)
     forward = {id(m): w for m, w in zip(trained, wrapped)}
     sharded = sharded_models(wrapped)  # FSDP: prepare replaced their parameters by DTensor shards
+    if sharded and (len(plan.validation.steps) or plan.evaluation.metrics):  # the rules refuse them (DBS268)
+        raise StrategyError(
+            "validation and evaluation run on the first process alone and cannot sample a sharded model yet: "
+            'turn them off, or use distributed.strategy = "ddp"'
+        )
     if sharded and accelerator.is_main_process:
         names = ", ".join(name for name, m in _named(comps) if m in sharded)
         (console or Console(stderr=True)).print(
@@ -170,6 +175,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         sharded=sharded,
     )
     if resumed is not None:
+        if plan.distributed.deepspeed is not None:
+            raise StrategyError(
+                "resuming under DeepSpeed is not supported yet: its ZeRO optimizer state is split per "
+                "process and a checkpoint holds the first process's part (its weights are whole); train "
+                'with strategy = "fsdp" to resume, or start afresh with --overwrite'
+            )
         resumed.restore(run)
         run.step = resumed.step
         resumed = None  # frees the CPU copy of the weights and optimizer state

@@ -2,9 +2,9 @@
 
 accelerate turns FSDP on for GPU processes only; dbspec switches its CPU state to FSDP
 (runtime/distributed.py), so these runs shard the tiny model's weights, gradients and optimizer state across
-the two processes as GPUs would, with gloo doing the all-gathers and reduce-scatters. Checked: equal to one process with
-accumulation 2 (as DDP is, tests/runtime/test_processes.py), checkpoints in DDP's whole format, and bit-exact
-resume. Launches cost 40-60 s each on this machine, so they are few.
+the two processes as GPUs would, with gloo doing the all-gathers and reduce-scatters. Checked: equal to one
+process with accumulation 2 (as DDP is, tests/runtime/test_processes.py), checkpoints in DDP's whole format,
+and bit-exact resume. Launches cost 40-60 s each on this machine, so they are few.
 """
 
 from __future__ import annotations
