@@ -1778,7 +1778,7 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS268",
             path,
-            f'{what} under distributed.strategy = "{d.strategy}" are not supported yet: {why}',
+            f'{what}: not supported yet under distributed.strategy = "{d.strategy}" ({why})',
             'use strategy = "ddp" for this run, or turn it off',
         )
     eight_bit = spec.optimizer.kind == "adamw8bit"
