@@ -1,18 +1,27 @@
-"""`[distributed]` compiled: the plan records the chosen strategy's settings, `dbspec plan` shows them, and the
-memory estimate shards across the target's processes."""
+"""`[distributed]` compiled: the plan records the chosen strategy's settings, `dbspec plan` shows them, and
+the memory estimate shards across the target's processes."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from dbspec.compiler.target import parse_target
 from dbspec.plan.io import run_hash
 from dbspec.plan.model import DeepSpeedPlan, FsdpPlan
 from dbspec.plan.summary import render_summary
-from tests.unit.test_compile import codes, compile_in, planned_ok, toy, write_spec  # noqa: F401 - toy: fixture
+from tests.unit.test_compile import codes, compile_in, image, planned_ok, write_spec
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    """Two instance images in inst/ (test_compile's spec reads that folder)."""
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    image(tmp_path / "inst" / "b.png", (96, 64))
+    return tmp_path
 
 
 def _summary(plan) -> str:
