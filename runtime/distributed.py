@@ -22,8 +22,8 @@ from dbspec.plan.model import Plan
 from dbspec.runtime.device import DeviceError
 
 DEEPSPEED_INSTALL = (
-    "pip install deepspeed --no-build-isolation (DS_BUILD_OPS=0 skips compiling its CUDA ops ahead of time; "
-    "it builds against the torch already installed)"
+    "pip install wheel && DS_BUILD_OPS=0 pip install deepspeed --no-build-isolation (it builds against the "
+    "torch already installed; DS_BUILD_OPS=0 compiles its CUDA ops on first use)"
 )
 
 
