@@ -669,10 +669,10 @@ these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which D
         """\
 `[distributed]` settings that contradict each other or the rest of the spec: `zero_offload_params` with
 `zero_stage = 2` (ZeRO-2 never shards weights); `adamw8bit` under FSDP or ZeRO-Offload (bitsandbytes' 8-bit
-kernels need whole tensors on the GPU); `schedule.accumulation` > 1 or a trained text encoder under DeepSpeed
-(its engine counts accumulation itself and trains one model through accelerate); and what dbspec does not yet
-run on sharded models: validation images, evaluation metrics, EMA, pivotal tuning, bf16 trained weights and a
-quantised base. Use `strategy = "ddp"` for such runs (docs/distributed.md).""",
+kernels need whole tensors on the GPU); a trained text encoder (accelerate prepares one model for FSDP2 and
+DeepSpeed); `schedule.accumulation` > 1 under DeepSpeed (its engine counts accumulation itself); and what
+dbspec does not yet run on sharded models: validation images, evaluation metrics, EMA, pivotal tuning, bf16
+trained weights and a quantised base. Use `strategy = "ddp"` for such runs (docs/distributed.md).""",
     ),
     Code(
         "DBS269",

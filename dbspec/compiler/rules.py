@@ -1799,12 +1799,13 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
             "accumulation itself (dbspec's loop does too)",
             "use accumulation = 1 with more processes or a larger batch_size",
         )
-    if d.strategy == "deepspeed" and any_text_encoder_trains(spec):
+    if any_text_encoder_trains(spec):
         yield _err(
             "DBS268",
-            ("train", "text_encoder"),
-            "a trained text encoder under DeepSpeed: accelerate gives DeepSpeed one model to train",
-            'train the denoiser alone, or use strategy = "fsdp"',
+            ("train", "text_encoder_2" if not spec.train.text_encoder else "text_encoder"),
+            f'a trained text encoder under distributed.strategy = "{d.strategy}": accelerate prepares one '
+            "model for FSDP2 and DeepSpeed, and the denoiser is one already",
+            'train the denoiser alone, or use strategy = "ddp"',
         )
 
 

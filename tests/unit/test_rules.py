@@ -823,17 +823,19 @@ CASES = [
         + STEPS
         + PROMPTS
         + '[ema]\nenabled = true\n[optimizer]\nkind = "adamw8bit"\n[precision]\nquantize_denoiser = "int8"\n'
+        + TE
         + '[distributed]\nstrategy = "fsdp"\n',
         [
             ("DBS268", "error", ("validation", "prompts")),
             ("DBS268", "error", ("ema", "enabled")),
             ("DBS268", "error", ("precision", "quantize_denoiser")),
             ("DBS268", "error", ("optimizer", "kind")),
+            ("DBS268", "error", ("train", "text_encoder")),  # accelerate's FSDP2 prepares one model
         ],
         DOG + STEPS + PROMPTS + '[ema]\nenabled = true\n[optimizer]\nkind = "adamw8bit"\n',
     ),
     (
-        rules.distributed_combinations,  # DeepSpeed counts accumulation itself and trains one model
+        rules.distributed_combinations,  # DeepSpeed counts accumulation; accelerate shards one model
         DOG
         + STEPS.replace("steps = 100", "steps = 100\naccumulation = 2")
         + TE
