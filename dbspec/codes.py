@@ -1119,7 +1119,7 @@ CUDA GPUs or the CPU: torch has no process-group backend for MPS.""",
         "CPU offload on a CPU target",
         """\
 `fsdp_cpu_offload = true` for a CPU target (warning): the state is in CPU memory already; the offload frees
-device memory on GPUs only.""",
+device memory on GPUs only, and the run leaves it off (it would pin host memory, which needs CUDA).""",
     ),
     Code(
         "DBS330",

@@ -56,7 +56,8 @@ def fsdp_plugin(plan: Plan):
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         reshard_after_forward=f.sharding == "full_shard",
-        cpu_offload=f.cpu_offload,
+        # offload pins host memory (CUDA only); on a CPU target it is inert (the plan warns, DBS329)
+        cpu_offload=f.cpu_offload and plan.target.device != "cpu",
         auto_wrap_policy=f.wrap,
         state_dict_type="FULL_STATE_DICT",
         cpu_ram_efficient_loading=False,  # every process loaded the whole model (setup.py)

@@ -31,10 +31,13 @@ def test_the_process_group_timeout_is_the_plans(tmp_path):
 @pytest.mark.parametrize(("sharding", "offload"), [("full_shard", False), ("shard_grad_op", True)])
 def test_the_fsdp_plugin_is_fsdp2_with_the_plans_settings(tmp_path, sharding, offload):
     plan = _with(make_plan(tmp_path), strategy="fsdp", fsdp=FsdpPlan(sharding=sharding, cpu_offload=offload))
-    plugin = accelerator_kwargs(plan)["fsdp_plugin"]
+    gpu = attrs.evolve(plan, target=attrs.evolve(plan.target, device="cuda"))
+    plugin = accelerator_kwargs(gpu)["fsdp_plugin"]
     assert plugin.fsdp_version == 2
     assert plugin.reshard_after_forward is (sharding == "full_shard")
     assert isinstance(plugin.cpu_offload, CPUOffloadPolicy) is offload  # OffloadPolicy(): none
+    # on a CPU target offload is inert (DBS329 warns): it would pin host memory, which needs CUDA
+    assert not isinstance(accelerator_kwargs(plan)["fsdp_plugin"].cpu_offload, CPUOffloadPolicy)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed here")
