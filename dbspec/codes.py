@@ -722,6 +722,27 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
 `adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA adapter with `dora = true`:
 these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which DoRA's layers do not have.""",
     ),
+    # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
+    Code(
+        "DBS268",
+        ERROR,
+        "Distributed settings that cannot run together",
+        """\
+`[distributed]` settings that contradict each other or the rest of the spec: `zero_offload_params` with
+`zero_stage = 2` (ZeRO-2 never shards weights); `adamw8bit` under FSDP or ZeRO-Offload (bitsandbytes' 8-bit
+kernels need whole tensors on the GPU); a trained text encoder (accelerate prepares one model for FSDP2 and
+DeepSpeed); `schedule.accumulation` > 1 under DeepSpeed (its engine counts accumulation itself); and what
+dbspec does not yet run on sharded models: validation images, evaluation metrics, EMA, pivotal tuning, bf16
+trained weights and a quantised base. Use `strategy = "ddp"` for such runs (docs/distributed.md).""",
+    ),
+    Code(
+        "DBS269",
+        WARNING,
+        "A distributed setting the chosen strategy does not use",
+        """\
+An FSDP setting (`fsdp_*`) with another strategy, or a ZeRO setting (`zero_*`) without `strategy =
+"deepspeed"` (warning): it has no effect.""",
+    ),
     Code(
         "DBS270",
         WARNING,
@@ -1088,6 +1109,17 @@ The family or prediction type cannot be detected; set `model.family` / `model.pr
 run on CUDA and the CPU; quanto also on MPS.""",
     ),
     Code(
+        "DBS319",
+        WARNING,
+        "FSDP or DeepSpeed planned for one process",
+        """\
+`strategy = "fsdp"` or `"deepspeed"` for a target with one process (warning): there is nothing to shard
+across,
+and the run trains as one process does (with DeepSpeed's engine around it). Launch several processes
+(`accelerate launch --num_processes N`, `torchrun --nproc_per_node N`), or plan for them with `--target
+cuda:80GB:x4`.""",
+    ),
+    Code(
         "DBS320",
         EITHER,
         "A caption file is missing, unreadable or empty",
@@ -1154,6 +1186,22 @@ with `<repeats>_` (or
 whose repeats are below 1), or images directly in the dataset folder (warning). kohya skips \
 them too; rename the
 folder `10_sks dog` (10 repeats, class tokens "sks dog") to train it.""",
+    ),
+    Code(
+        "DBS328",
+        ERROR,
+        "A distributed strategy the target cannot run",
+        """\
+DeepSpeed needs CUDA GPUs (accelerate runs it on GPUs only; its CPU build is another project), and FSDP needs
+CUDA GPUs or the CPU: torch has no process-group backend for MPS.""",
+    ),
+    Code(
+        "DBS329",
+        WARNING,
+        "CPU offload on a CPU target",
+        """\
+`fsdp_cpu_offload = true` for a CPU target (warning): the state is in CPU memory already; the offload frees
+device memory on GPUs only, and the run leaves it off (it would pin host memory, which needs CUDA).""",
     ),
     Code(
         "DBS330",

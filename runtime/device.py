@@ -18,8 +18,13 @@ def make_accelerator(plan: Plan):
     # `dbspec sample` after a run), so each run starts from a fresh one. The distributed state stays.
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    from dbspec.runtime.distributed import accelerator_kwargs, enable_fsdp_on_cpu
+
     want = plan.target.device
-    accelerator = Accelerator(mixed_precision=plan.precision.mixed, cpu=want == "cpu")
+    accelerator = Accelerator(
+        mixed_precision=plan.precision.mixed, cpu=want == "cpu", **accelerator_kwargs(plan)
+    )
+    enable_fsdp_on_cpu(accelerator, plan)
     got = accelerator.device.type
     if got != want:
         raise DeviceError(

@@ -19,6 +19,7 @@ from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
+from dbspec.runtime.distributed import full_optimizer_state, gathered
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
@@ -132,11 +133,16 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
                 stopping = _all_agree(
                     run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
                 )
-                if (step in plan.checkpoints.steps or stopping) and run.main:
-                    last_checkpoint = str(
-                        _save_checkpoint(run, step, scores if scores.get("step") == step else {})
-                    )
                 if step in plan.checkpoints.steps or stopping:
+                    # FSDP: every process gathers the whole weights and optimizer state; the first writes them
+                    with gathered(run.sharded):
+                        optimizer_state = full_optimizer_state(run.optimizer) if run.sharded else None
+                        if run.main:
+                            last_checkpoint = str(
+                                _save_checkpoint(
+                                    run, step, scores if scores.get("step") == step else {}, optimizer_state
+                                )
+                            )
                     run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
             if stopping and step < s.total_steps:
                 log.close()
@@ -154,10 +160,11 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
 
     final = out / "final"
     run.accelerator.wait_for_everyone()
-    if run.main:
-        with _InterruptFlag(), averaged_weights(run.optimizer, plan.optimizer):
+    with gathered(run.sharded):  # FSDP: whole weights on every process (the first writes them)
+        if run.main:
             # Ctrl-C or SIGTERM now waits for the final weights (a second Ctrl-C does not)
-            write_final(final, run.pipeline, run.comps, plan, run.ema)
+            with _InterruptFlag(), averaged_weights(run.optimizer, plan.optimizer):
+                write_final(final, run.pipeline, run.comps, plan, run.ema)
     log.close()
     _write_report(run, console)
     return _result(
@@ -189,7 +196,7 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
         accelerator.backward(result.loss / len(batches))
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
-    if run.plan.optimizer.max_grad_norm > 0:
+    if run.plan.optimizer.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
         torch.nn.utils.clip_grad_norm_(run.params, run.plan.optimizer.max_grad_norm)
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
@@ -258,8 +265,8 @@ def _write_report(run: Run, console) -> None:
         )
 
 
-def _save_checkpoint(run: Run, step: int, scores: dict) -> Path:
-    state = TrainState.capture(run, step)
+def _save_checkpoint(run: Run, step: int, scores: dict, optimizer_state: dict | None = None) -> Path:
+    state = TrainState.capture(run, step, optimizer_state)
     select = run.plan.checkpoints.select
     return ckpt.save_checkpoint(
         run.out,

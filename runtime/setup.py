@@ -11,12 +11,14 @@ from pathlib import Path
 
 import attrs
 import torch
+from rich.console import Console
 
 from dbspec.plan.io import legacy_run_hashes, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
+from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.families import family_runtime
@@ -53,6 +55,9 @@ class Run:
     ema: Ema | None
     step: int = 0
     prompt_inputs: object = None  # validation prompts encoded by the family (several CLIP windows), or None
+    sharded: list = attrs.field(
+        factory=list
+    )  # the models FSDP sharded (distributed.gathered reads them whole)
 
     @property
     def main(self) -> bool:
@@ -118,6 +123,17 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     trained = [m for m in (comps.unet, *comps.text_encoders) if any(p.requires_grad for p in m.parameters())]
     *wrapped, optimizer = accelerator.prepare(*trained, optimizer)
     forward = {id(m): w for m, w in zip(trained, wrapped)}
+    sharded = sharded_models(wrapped)  # FSDP: prepare replaced their parameters by DTensor shards
+    if sharded and (len(plan.validation.steps) or plan.evaluation.metrics):  # the rules refuse them (DBS268)
+        raise StrategyError(
+            "validation and evaluation run on the first process alone and cannot sample a sharded model yet: "
+            'turn them off, or use distributed.strategy = "ddp"'
+        )
+    if sharded and accelerator.is_main_process:
+        names = ", ".join(name for name, m in _named(comps) if m in sharded)
+        (console or Console(stderr=True)).print(
+            f"note: FSDP shards {names} across {accelerator.num_processes} process(es)", markup=False
+        )
     sampler = BucketBatchSampler.from_plan(plan, rank=accelerator.process_index)
     # Each process draws its own noise; one process reproduces single-GPU runs exactly.
     generator = torch.Generator().manual_seed(s.seed + 1_000_003 * accelerator.process_index)
@@ -144,7 +160,11 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         comps=comps,
         pipeline=pipeline,
         parts=parts,
-        params=unet_params + text_params + (tokens.params if tokens is not None else []),
+        params=(
+            [p for group in optimizer.param_groups for p in group["params"]]  # the sharded ones
+            if sharded
+            else unet_params + text_params + (tokens.params if tokens is not None else [])
+        ),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         scaler=accelerator.scaler,
@@ -152,8 +172,15 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         generator=generator,
         ema=ema,
         prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
+        sharded=sharded,
     )
     if resumed is not None:
+        if plan.distributed.deepspeed is not None:
+            raise StrategyError(
+                "resuming under DeepSpeed is not supported yet: its ZeRO optimizer state is split per "
+                "process and a checkpoint holds the first process's part (its weights are whole); train "
+                'with strategy = "fsdp" to resume, or start afresh with --overwrite'
+            )
         resumed.restore(run)
         run.step = resumed.step
         resumed = None  # frees the CPU copy of the weights and optimizer state
@@ -164,6 +191,10 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         tokens.stop()
     set_train_mode(comps, plan)
     return run
+
+
+def _named(comps: Components) -> list[tuple[str, torch.nn.Module]]:
+    return [("unet", comps.unet), *((f"text_encoder {i + 1}", e) for i, e in enumerate(comps.text_encoders))]
 
 
 def freeze_text_encoders(run: Run) -> None:

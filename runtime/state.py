@@ -13,6 +13,7 @@ import torch
 
 from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.distributed import gathered, load_optimizer_state
 from dbspec.runtime.tokens_ti import split_state
 from dbspec.runtime.weights import restore_trainable, trainable_state
 
@@ -43,12 +44,13 @@ class TrainState:
         return cls(**{field.name: saved[field.name] for field in attrs.fields(cls)})
 
     @classmethod
-    def capture(cls, run: Run, step: int) -> TrainState:
-        """The state of `run` after `step` optimizer steps."""
+    def capture(cls, run: Run, step: int, optimizer: dict[str, Any] | None = None) -> TrainState:
+        """The state of `run` after `step` optimizer steps; `optimizer`: its optimizer state when already
+        gathered (FSDP, distributed.full_optimizer_state), else read here."""
         return cls(
             trainable=trainable_state(run.comps, run.plan)
             | (run.parts.tokens.state() if run.parts.tokens is not None else {}),
-            optimizer=run.optimizer.state_dict(),
+            optimizer=optimizer if optimizer is not None else run.optimizer.state_dict(),
             lr_scheduler=run.lr_scheduler.state_dict(),
             scaler=run.scaler.state_dict() if run.scaler else None,
             sampler=run.sampler.state_dict(),
@@ -63,10 +65,14 @@ class TrainState:
     def restore(self, run: Run) -> None:
         """Put `run` back where it was when this state was captured (its step is `self.step`)."""
         weights, rows = split_state(self.trainable)
-        restore_trainable(run.comps, weights)
+        with gathered(run.sharded):  # FSDP: every process loads the whole weights, then keeps its shard
+            restore_trainable(run.comps, weights)
         if run.parts.tokens is not None:
             run.parts.tokens.restore(rows)
-        run.optimizer.load_state_dict(self.optimizer)
+        if run.sharded:
+            load_optimizer_state(run.optimizer, self.optimizer)
+        else:
+            run.optimizer.load_state_dict(self.optimizer)
         run.lr_scheduler.load_state_dict(self.lr_scheduler)
         if run.scaler is not None and self.scaler is not None:
             run.scaler.load_state_dict(self.scaler)

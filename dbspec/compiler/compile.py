@@ -18,6 +18,7 @@ from dbspec.compiler.evaluation import hold_out, plan_evaluation
 from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_tables, plan_groups
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
+from dbspec.compiler.distributed import plan_distributed, sharding
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
@@ -135,7 +136,9 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     plan = _assemble(
         ctx, target, model, datasets, buckets, schedule, loss, precision, cache, memory, init, preview
     )
-    plan = attrs.evolve(plan, evaluation=evaluation, pivotal=pivotal)
+    plan = attrs.evolve(
+        plan, evaluation=evaluation, pivotal=pivotal, distributed=plan_distributed(ctx.spec.distributed)
+    )
     refine = plan_refine(ctx, model, datasets)
     if refine is not None:
         plan = attrs.evolve(plan, validation=attrs.evolve(plan.validation, refine=refine))
@@ -265,6 +268,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         teacher=loss.teacher,
         available=ctx.env.memory_bytes,
         quantize_backend=precision.quantize_backend,
+        sharding=sharding(plan_distributed(spec.distributed), ctx.env.processes),
     )
 
 

@@ -11,6 +11,9 @@ What is counted (bytes on the training device, per process):
 - teacher: the frozen base copies the plan lists in `loss.teacher` (a base-model prior in a full fine-tune),
   in the mixed dtype.
 - activations: the heuristic in `activation_bytes` (see its docstring and docs/memory.md).
+- sharding (`[distributed]`, see compiler/distributed.py): FSDP or DeepSpeed ZeRO over N processes divide the
+  trained models' optimizer state and gradients (and with full_shard / ZeRO-3 their weights, plus a gathered
+  working set) by N; CPU offload moves those shards to host memory (named in the notes, not counted).
 - overhead: `OVERHEAD_FRACTION` of the sum plus `OVERHEAD_FIXED` for the CUDA context, cuBLAS/cuDNN
   workspaces and caching-allocator fragmentation; part of `total`, reported in the notes.
 """
@@ -21,6 +24,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from dbspec.compiler.distributed import Sharding
 from dbspec.families import family_spec
 
 from dbspec.plan.model import ComponentPlan, MemoryPlan
@@ -112,12 +116,14 @@ def estimate_memory(
     teacher: tuple[str, ...],
     available: int,
     quantize_backend: str = "quanto",
+    sharding: Sharding | None = None,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
     `trainable_params` maps a fully trained component's name to its parameter count, and a LoRA-trained
     component's name (or "lora", for all adapters together) to its adapter parameter count. `batch_size` is
     the samples in one forward pass per process, class images included. `available` 0 means unknown.
+    `sharding`: what each process holds of the trained models under FSDP or ZeRO (None: DDP, all of it).
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params)
@@ -126,6 +132,14 @@ def estimate_memory(
     weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
     optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
+    if sharding is not None and sharding.sharded:
+        # the models that go through accelerate's prepare (every trained one, its frozen base included)
+        wrapped = sum(
+            _weight_bytes(c, [], quantize_backend, family) for c in components if c.trainable != "frozen"
+        )
+        weights, gradients, optimizer_bytes = _sharded(
+            sharding, weights, wrapped + adapters, gradients, optimizer_bytes, notes
+        )
     if any(c.trainable == "full" and c.dtype == "bf16" for c in components):
         notes.append(
             "bf16 weights: weights and gradients take 2 bytes per trained parameter; the optimizer state "
@@ -310,6 +324,44 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
             "adamw8bit: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"
         )
     return OPTIMIZER_STATE_BYTES[optimizer]
+
+
+def _sharded(
+    sharding: Sharding, weights: int, wrapped: int, gradients: int, optimizer: int, notes: list[str]
+) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes on one device when `sharding` splits the `wrapped` weights (of
+    `weights`), the gradients and the optimizer state across processes or moves them to host memory."""
+    n, s = sharding.processes, sharding
+    shard_w = int(wrapped * s.weights)
+    gathered = int(wrapped * s.gathered) if s.weights < 1.0 or s.host_weights else 0
+    device_w = weights - wrapped + (0 if s.host_weights else shard_w) + gathered
+    shard_g, shard_o = int(gradients * s.gradients), int(optimizer * s.optimizer)
+    parts = ["optimizer state", "gradients"] + (["weights"] if s.weights < 1.0 else [])
+    notes.append(
+        f"{s.label} over {n} process(es): each holds 1/{n} of the trained models' {', '.join(parts)}"
+        + (f" (whole: {_gib(optimizer)} optimizer state, {_gib(gradients)} gradients)" if n > 1 else "")
+        + (
+            f"; {_gib(gathered)} of gathered blocks (the running and the prefetched one, a heuristic share)"
+            if gathered
+            else ""
+        )
+    )
+    host = [
+        (what, size)
+        for what, size, moved in (
+            ("optimizer state", shard_o, s.host_optimizer),
+            ("gradients", shard_g, s.host_gradients),
+            ("weights", shard_w, s.host_weights),
+        )
+        if moved
+    ]
+    if host:
+        listed = ", ".join(f"{_gib(size)} {what}" for what, size in host)
+        notes.append(
+            f"CPU offload: {listed} in host memory per process ({n} process(es) on a machine: {n} x that), "
+            "0 on the device"
+        )
+    return device_w, 0 if s.host_gradients else shard_g, 0 if s.host_optimizer else shard_o
 
 
 def _ema_bytes(trainable: int, ema: bool, offload: bool, notes: list[str]) -> int:

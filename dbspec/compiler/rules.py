@@ -1817,3 +1817,132 @@ def webhook_not_http(spec: Spec, given: Given) -> Iterator[Hit]:
             f"validation.webhook must be an http:// or https:// URL with a host, found {url!r}",
             'e.g. "http://127.0.0.1:8000/preview"',
         )
+
+
+# --- [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269, DBS319, DBS328, DBS329) ------------------------
+_STRATEGY_KEYS = {
+    "fsdp": ("fsdp_sharding", "fsdp_cpu_offload"),
+    "deepspeed": ("zero_stage", "zero_offload_optimizer", "zero_offload_params"),
+}
+
+
+@rule("spec")
+def distributed_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    strategy = spec.distributed.strategy
+    for owner, keys in _STRATEGY_KEYS.items():
+        for key in keys:
+            if owner != strategy and given(("distributed", key)):
+                yield _warn(
+                    "DBS269",
+                    ("distributed", key),
+                    f'distributed.{key} has no effect with strategy = "{strategy}"',
+                    f'it configures strategy = "{owner}" only; remove it or set that strategy',
+                )
+    if strategy == "deepspeed" and spec.distributed.zero_stage == 2 and spec.distributed.zero_offload_params:
+        yield _err(
+            "DBS268",
+            ("distributed", "zero_offload_params"),
+            "distributed.zero_offload_params needs zero_stage = 3: ZeRO-2 keeps every weight whole on each "
+            "process, so there is no weight shard to offload",
+            "set zero_stage = 3, or offload the optimizer state alone (zero_offload_optimizer = true)",
+        )
+
+
+def _sharding_blockers(spec: Spec) -> Iterator[tuple[tuple, str, str]]:
+    """(key path, what, why) for each part of the spec dbspec does not run on sharded models yet."""
+    refiner = spec.model.family == "sdxl_refiner" and spec.validation.refine_images  # a detected one: runtime
+    if spec.validation.prompts or refiner:
+        yield ("validation", "prompts"), "validation images", "sampling runs on the first process alone"
+    if spec.evaluation.metrics:
+        yield ("evaluation", "metrics"), "evaluation metrics", "they run on the first process alone"
+    if spec.ema.enabled:
+        yield ("ema", "enabled"), "EMA", "its copy would follow the unsharded parameters"
+    if spec.pivotal.tokens:
+        yield ("pivotal", "tokens"), "pivotal tuning", "its embedding rows are restored outside the shards"
+    if spec.precision.weights != "fp32":
+        yield ("precision", "weights"), f"{spec.precision.weights} weights", "FSDP2 keeps fp32 master weights"
+    for key in ("quantize_denoiser", "quantize_text_encoder"):
+        if getattr(spec.precision, key) != "none":
+            yield ("precision", key), "a quantised base", "quantised tensors cannot be sharded"
+
+
+@rule("spec")
+def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Options that cannot run under strategy fsdp or deepspeed (all gathered, one error each)."""
+    d = spec.distributed
+    if d.strategy == "ddp":
+        return
+    for path, what, why in _sharding_blockers(spec):
+        yield _err(
+            "DBS268",
+            path,
+            f'{what}: not supported yet under distributed.strategy = "{d.strategy}" ({why})',
+            'use strategy = "ddp" for this run, or turn it off',
+        )
+    eight_bit = spec.optimizer.kind == "adamw8bit"
+    if eight_bit and (d.strategy == "fsdp" or d.zero_offload_optimizer):
+        where = "FSDP hands it sharded DTensors" if d.strategy == "fsdp" else "ZeRO-Offload steps on the CPU"
+        yield _err(
+            "DBS268",
+            ("optimizer", "kind"),
+            f'optimizer.kind = "adamw8bit" (bitsandbytes) cannot step here: {where}, and its 8-bit kernels '
+            "take whole tensors",
+            'use kind = "adamw" (sharding already divides its state by the process count)',
+        )
+    if d.strategy == "deepspeed" and spec.schedule.accumulation > 1:
+        yield _err(
+            "DBS268",
+            ("schedule", "accumulation"),
+            f"schedule.accumulation = {spec.schedule.accumulation} under DeepSpeed: its engine counts "
+            "accumulation itself (dbspec's loop does too)",
+            "use accumulation = 1 with more processes or a larger batch_size",
+        )
+    if any_text_encoder_trains(spec):
+        yield _err(
+            "DBS268",
+            ("train", "text_encoder_2" if not spec.train.text_encoder else "text_encoder"),
+            f'a trained text encoder under distributed.strategy = "{d.strategy}": accelerate prepares one '
+            "model for FSDP2 and DeepSpeed, and the denoiser is one already",
+            'train the denoiser alone, or use strategy = "ddp"',
+        )
+
+
+@rule("environment")
+def distributed_on_target(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    d = spec.distributed
+    if d.strategy == "ddp":
+        return
+    if d.strategy == "deepspeed" and env.device != "cuda":
+        yield _err(
+            "DBS328",
+            ("distributed", "strategy"),
+            'distributed.strategy = "deepspeed" needs CUDA GPUs; the target is '
+            f"{env.description or env.device}",
+            'use strategy = "fsdp" (it runs on the CPU too) or plan for GPUs with --target cuda:80GB:x8',
+        )
+        return
+    if d.strategy == "fsdp" and env.device == "mps":
+        yield _err(
+            "DBS328",
+            ("distributed", "strategy"),
+            'distributed.strategy = "fsdp" needs CUDA GPUs or the CPU: torch has no process-group backend '
+            "for MPS",
+            'use strategy = "ddp" (one process)',
+        )
+        return
+    if env.processes == 1:
+        yield _warn(
+            "DBS319",
+            ("distributed", "strategy"),
+            f'distributed.strategy = "{d.strategy}" with one process: nothing is sharded, and the run trains '
+            "as one process does",
+            "launch several processes (accelerate launch --num_processes N, or torchrun), or plan for them "
+            "with --target cuda:80GB:x4",
+        )
+    if d.fsdp_cpu_offload and d.strategy == "fsdp" and env.device == "cpu":
+        yield _warn(
+            "DBS329",
+            ("distributed", "fsdp_cpu_offload"),
+            "CPU offload on a CPU target moves nothing: the state is in CPU memory already",
+            "remove it (it helps on GPUs, where it frees device memory)",
+        )

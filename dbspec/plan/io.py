@@ -60,6 +60,7 @@ _VOLATILE = {
         "description",
     ),
     "cache": ("latent_hits", "latent_misses", "text_hits", "text_misses", "notes"),
+    "distributed": ("timeout_s",),  # how long a process waits for a dead peer; trains alike
 }
 _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")
 
@@ -189,6 +190,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "flow", "prediction"): "raw",
         ("loss", "flow", "base_shift"): 0.0,
         ("loss", "flow", "max_shift"): 0.0,
+        # [distributed]: DDP then (its timeout_s is volatile, see _VOLATILE)
+        ("distributed",): {"strategy": "ddp", "fsdp": None, "deepspeed": None},
     },
 }
 

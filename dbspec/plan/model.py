@@ -749,6 +749,35 @@ class PivotalPlan:
 
 
 @frozen
+class FsdpPlan:
+    """FSDP2 (torch's fully_shard) through accelerate's FullyShardedDataParallelPlugin."""
+
+    sharding: Literal["full_shard", "shard_grad_op"]  # reshard after forward: True / False
+    cpu_offload: bool
+    wrap: str = "transformer_based_wrap"  # one shard unit per block the model names in `_no_split_modules`
+    state_dict: str = "full"  # checkpoints hold full (gathered) weights and optimizer state, as under DDP
+
+
+@frozen
+class DeepSpeedPlan:
+    """DeepSpeed ZeRO through accelerate's DeepSpeedPlugin."""
+
+    zero_stage: Literal[2, 3]
+    offload_optimizer: bool
+    offload_params: bool
+
+
+@frozen
+class DistributedPlan:
+    """How the processes share the work (`[distributed]`); one process trains alike under every strategy."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    timeout_s: int = 1800  # bound on every wait between processes (InitProcessGroupKwargs)
+    fsdp: FsdpPlan | None = None  # strategy fsdp only
+    deepspeed: DeepSpeedPlan | None = None  # strategy deepspeed only
+
+
+@frozen
 class Plan:
     plan_version: int
     dbspec_version: str
@@ -776,3 +805,4 @@ class Plan:
     groups: tuple[GroupPlan, ...] = ()  # () = one group (no [[groups]] in the spec)
     evaluation: EvaluationPlan = EvaluationPlan()  # off: no metric runs
     pivotal: PivotalPlan | None = None  # pivotal tuning; None = off
+    distributed: DistributedPlan = DistributedPlan()  # several processes: ddp, fsdp or deepspeed

@@ -236,6 +236,7 @@ def schedule_table(plan: Plan) -> Table:
             "batch",
             f"{_batch_sizes(plan)} x {s.accumulation} accumulation x {s.processes} process(es)",
         ),
+        *([("processes", distributed_summary(plan))] if _shows_distributed(plan) else []),
         ("samples per epoch", f"{s.instance_samples_per_epoch} instance + {s.class_samples_per_epoch} class"),
         (
             "optimizer",
@@ -518,7 +519,35 @@ def memory_table(plan: Plan) -> Table:
         if value:
             t.add_row(name, _gib(value))
     t.add_row("total", f"{_gib(m.total)} of {_gib(m.available)}" + ("" if m.fits else "  (does not fit)"))
+    sharded = [f"note: {n}" for n in m.notes if n.startswith(_SHARDING_NOTES)]
+    if sharded:  # what FSDP or ZeRO split across processes, and what offload moved to host memory
+        t.caption = "\n".join(sharded)
+        t.caption_justify = "left"
     return t
+
+
+_SHARDING_NOTES = ("FSDP ", "ZeRO-", "CPU offload:")  # compiler/memory.py `_sharded`
+
+
+def _shows_distributed(plan: Plan) -> bool:
+    return plan.schedule.processes > 1 or plan.distributed.strategy != "ddp"
+
+
+def distributed_summary(plan: Plan) -> str:
+    """`[distributed]` as the Schedule table shows it: the strategy, its settings and the wait bound."""
+    d = plan.distributed
+    what = f"{plan.schedule.processes} x {d.strategy}"
+    if d.fsdp is not None:
+        what += f" ({d.fsdp.sharding}" + (", CPU offload" if d.fsdp.cpu_offload else "") + ")"
+    if d.deepspeed is not None:
+        z = d.deepspeed
+        offload = [w for w, on in (("optimizer", z.offload_optimizer), ("weights", z.offload_params)) if on]
+        what += (
+            f" (ZeRO-{z.zero_stage}"
+            + (f", {' and '.join(offload)} offloaded to CPU" if offload else "")
+            + ")"
+        )
+    return what + f"; waits between processes bounded by {d.timeout_s} s"
 
 
 def origins_table(plan: Plan) -> Table:

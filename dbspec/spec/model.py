@@ -1514,6 +1514,56 @@ class Logging:
 
 
 @frozen
+class Distributed:
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = option(
+        "ddp",
+        doc="How several processes (`accelerate launch`, `torchrun`) share the work: ddp (every process "
+        "holds the whole model and optimizer state; gradients averaged), fsdp (PyTorch FSDP2 through "
+        "accelerate: the trained models' weights, gradients and optimizer state sharded across processes) "
+        "or deepspeed "
+        "(DeepSpeed ZeRO through accelerate; not installed with dbspec, see docs/distributed.md). One "
+        "process trains the same under every strategy.",
+    )
+    timeout_s: int = option(
+        1800,
+        doc="Upper bound in seconds on every wait between processes (accelerate's InitProcessGroupKwargs "
+        "timeout): a process whose peer died or hangs stops with an error after this long instead of waiting "
+        "forever. It must exceed the longest work one process does while the others wait: the first process "
+        "fills the caches, generates class images, samples validation images and writes checkpoints alone. "
+        "1800 s (torch's default for gloo; its NCCL default is 600 s) covers that for typical runs; raise it "
+        "for thousands of class images.",
+        minimum=10,
+        maximum=86400,
+    )
+    fsdp_sharding: Literal["full_shard", "shard_grad_op"] = option(
+        "full_shard",
+        doc='strategy = "fsdp": full_shard (ZeRO-3 like: weights, gradients and optimizer state sharded; '
+        "each block's weights gathered for its forward and backward) or shard_grad_op (ZeRO-2 like: the "
+        "weights stay gathered from the forward to the backward pass; less communication, more memory). "
+        'Unsharded data parallelism is strategy = "ddp".',
+    )
+    fsdp_cpu_offload: bool = option(
+        False,
+        doc='strategy = "fsdp": keep the sharded weights, gradients and optimizer state in CPU memory (the '
+        "optimizer steps on the CPU); each block is copied to the GPU for its forward and backward.",
+    )
+    zero_stage: Literal[2, 3] = option(
+        2,
+        doc='strategy = "deepspeed": ZeRO stage 2 (optimizer state and gradients sharded) or 3 (the '
+        "weights too, gathered per layer as they run).",
+    )
+    zero_offload_optimizer: bool = option(
+        False,
+        doc='strategy = "deepspeed": keep the optimizer state (and its step) in CPU memory (ZeRO-Offload).',
+    )
+    zero_offload_params: bool = option(
+        False,
+        doc='strategy = "deepspeed", zero_stage = 3: keep the sharded weights in CPU memory too '
+        "(ZeRO-Infinity to the CPU).",
+    )
+
+
+@frozen
 class Spec:
     spec_version: int = option(
         doc="Spec language version; must be 2 (a version 1 file is upgraded when read; `dbspec "
@@ -1552,6 +1602,10 @@ class Spec:
     )
     output: Output = option(factory=Output, doc="Where outputs go.")
     logging: Logging = option(factory=Logging, doc="Metrics logging.")
+    distributed: Distributed = option(
+        factory=Distributed,
+        doc="Several processes: DDP, FSDP or DeepSpeed ZeRO, and the bound on their waits.",
+    )
 
 
 TABLE_CLASSES = (
@@ -1578,6 +1632,7 @@ TABLE_CLASSES = (
     Pivotal,
     Output,
     Logging,
+    Distributed,
     Spec,
 )
 for _cls in TABLE_CLASSES:

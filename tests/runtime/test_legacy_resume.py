@@ -69,6 +69,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("weights", "stochastic_rounding"):
         del data["precision"][key]  # bf16 trained weights, added since (fp32 then)
     del data["precision"]["quantize_backend"]  # quantisation backends, added since (quanto then)
+    del data["distributed"]  # [distributed], added since (DDP then)
     for key in (
         "huber",
         "noise",

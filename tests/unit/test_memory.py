@@ -425,3 +425,66 @@ def test_sd15_lora_fp32_matches_the_measured_peak_at_real_size():
         mixed="no",
     )
     assert abs(plan.total - measured) / measured < 0.15, plan.total / GIB
+
+
+# --- sharding across processes ([distributed]: FSDP, DeepSpeed ZeRO) ----------------------------------------
+def _sharded_estimate(strategy: str, processes: int, **settings):
+    """A full fine-tune of a 1M-parameter fp32 UNet (AdamW) beside a frozen 500k bf16 text encoder, under
+    `strategy` over `processes` processes."""
+    from dbspec.compiler.distributed import plan_distributed, sharding
+    from dbspec.spec.model import Distributed
+
+    components = (comp("unet", "fp32", "full", 1_000_000), comp("text_encoder", "bf16", params=500_000))
+    plan = plan_distributed(Distributed(strategy=strategy, **settings))
+    return estimate(
+        components=components, trainable_params={"unet": 1_000_000}, sharding=sharding(plan, processes)
+    )
+
+
+@pytest.mark.parametrize("processes", [1, 2, 8])
+def test_sharding_divides_the_trained_state_by_the_process_count(processes):
+    """ZeRO-2 and FSDP shard_grad_op: optimizer state and gradients / N, weights whole; ZeRO-3 and FSDP
+    full_shard: the trained model's weights / N too, plus 15% of them gathered; the frozen text encoder whole.
+    DDP and one process: all of it (the DDP estimate)."""
+    ddp = _sharded_estimate("ddp", processes)
+    unet_w, text_w, grads, adam = 4_000_000, 1_000_000, 4_000_000, 8_000_000
+    assert (ddp.weights, ddp.gradients, ddp.optimizer) == (unet_w + text_w, grads, adam)
+    for strategy, settings in (
+        ("deepspeed", {"zero_stage": 2}),
+        ("fsdp", {"fsdp_sharding": "shard_grad_op"}),
+    ):
+        m = _sharded_estimate(strategy, processes, **settings)
+        assert (m.weights, m.gradients, m.optimizer) == (
+            unet_w + text_w,
+            grads // processes,
+            adam // processes,
+        )
+    for strategy, settings in (("deepspeed", {"zero_stage": 3}), ("fsdp", {"fsdp_sharding": "full_shard"})):
+        m = _sharded_estimate(strategy, processes, **settings)
+        gathered = int(unet_w * 0.15) if processes > 1 else 0
+        assert m.weights == text_w + unet_w // processes + gathered
+        assert (m.gradients, m.optimizer) == (grads // processes, adam // processes)
+        if processes > 1:
+            assert m.total < ddp.total
+            assert any(f"over {processes} process(es)" in note for note in m.notes)
+        else:
+            assert m.total == ddp.total and not any("process(es)" in note for note in m.notes)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 8])
+def test_cpu_offload_moves_the_shards_to_host_memory_and_says_so(processes):
+    """ZeRO-Offload: the optimizer state and its gradient partition to host memory (0 on the device);
+    zero_offload_params (ZeRO-3) the weight shard too; FSDP's cpu_offload all three. The note names the host
+    bytes per process."""
+    optimizer = _sharded_estimate("deepspeed", processes, zero_stage=2, zero_offload_optimizer=True)
+    assert (optimizer.optimizer, optimizer.gradients, optimizer.weights) == (0, 0, 5_000_000)
+    params = _sharded_estimate(
+        "deepspeed", processes, zero_stage=3, zero_offload_optimizer=True, zero_offload_params=True
+    )
+    fsdp = _sharded_estimate("fsdp", processes, fsdp_cpu_offload=True)
+    for m in (params, fsdp):
+        assert (m.optimizer, m.gradients) == (0, 0)
+        assert m.weights == 1_000_000 + int(4_000_000 * 0.15)  # text encoder + the gathered blocks only
+    host = [n for n in fsdp.notes if n.startswith("CPU offload:")]
+    assert len(host) == 1 and "host memory per process" in host[0]
+    assert f"{8_000_000 // processes / GIB:.2f} GiB optimizer state" in host[0]

@@ -3,6 +3,7 @@ nearest valid one."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import tomli
 
@@ -868,6 +869,47 @@ CASES = [
         [("DBS283", "warning", ("pivotal", "stop_step"))],
         DOG + STEPS + '[pivotal]\ntokens = ["ohwx"]\nstop_step = 50\n',
     ),
+    (
+        rules.distributed_setting_inert,
+        DOG + STEPS + "[distributed]\nfsdp_cpu_offload = true\nzero_stage = 3\n",
+        [
+            ("DBS269", "warning", ("distributed", "fsdp_cpu_offload")),
+            ("DBS269", "warning", ("distributed", "zero_stage")),
+        ],
+        DOG + STEPS + '[distributed]\nstrategy = "fsdp"\nfsdp_cpu_offload = true\n',
+    ),
+    (
+        rules.distributed_setting_inert,  # ZeRO-2 has no weight shard to offload
+        DOG + STEPS + '[distributed]\nstrategy = "deepspeed"\nzero_offload_params = true\n',
+        [("DBS268", "error", ("distributed", "zero_offload_params"))],
+        DOG + STEPS + '[distributed]\nstrategy = "deepspeed"\nzero_stage = 3\nzero_offload_params = true\n',
+    ),
+    (
+        rules.distributed_combinations,  # gathered: each part that cannot run sharded yet, one error each
+        DOG
+        + STEPS
+        + PROMPTS
+        + '[ema]\nenabled = true\n[optimizer]\nkind = "adamw8bit"\n[precision]\nquantize_denoiser = "int8"\n'
+        + TE
+        + '[distributed]\nstrategy = "fsdp"\n',
+        [
+            ("DBS268", "error", ("validation", "prompts")),
+            ("DBS268", "error", ("ema", "enabled")),
+            ("DBS268", "error", ("precision", "quantize_denoiser")),
+            ("DBS268", "error", ("optimizer", "kind")),
+            ("DBS268", "error", ("train", "text_encoder")),  # accelerate's FSDP2 prepares one model
+        ],
+        DOG + STEPS + PROMPTS + '[ema]\nenabled = true\n[optimizer]\nkind = "adamw8bit"\n',
+    ),
+    (
+        rules.distributed_combinations,  # DeepSpeed counts accumulation; accelerate shards one model
+        DOG
+        + STEPS.replace("steps = 100", "steps = 100\naccumulation = 2")
+        + TE
+        + '[distributed]\nstrategy = "deepspeed"\n',
+        [("DBS268", "error", ("schedule", "accumulation")), ("DBS268", "error", ("train", "text_encoder"))],
+        DOG + STEPS + '[distributed]\nstrategy = "deepspeed"\nzero_stage = 3\n',
+    ),
 ]
 
 
@@ -1026,3 +1068,28 @@ def test_an_unsettled_identifier_is_an_error_naming_the_identifier_key():
         ("DBS276", "error", ("evaluation", "identifier"))
     ]
     assert hits_of(rules.evaluation_subject_words, body + 'identifier = "ohwx"\n') == []
+
+
+# --- [distributed] against the target (DBS319, DBS328, DBS329) ----------------------------------------------
+def _distributed_hits(body: str, env: TargetEnv) -> list[tuple[str, str, tuple]]:
+    spec, problems = structure_spec(tomli.loads(HEAD + DOG + STEPS + "[distributed]\n" + body))
+    assert problems == []
+    return [(h.code, h.severity, h.path) for h in run_environment_rules(spec, env) if h.code[3] == "3"]
+
+
+def test_distributed_strategies_against_the_target():
+    gpus = TargetEnv(device="cuda", memory_bytes=80 << 30, bf16=True, compute_capability="9.0", processes=8)
+    one_gpu = attrs.evolve(gpus, processes=1)
+    cpus = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=True, processes=2)
+    mps = TargetEnv(device="mps", memory_bytes=32 << 30, bf16=True)
+    strategy = ("distributed", "strategy")
+    assert _distributed_hits('strategy = "deepspeed"\nzero_stage = 3', gpus) == []
+    assert _distributed_hits('strategy = "fsdp"', cpus) == []  # FSDP2 runs on the CPU with gloo
+    assert _distributed_hits('strategy = "deepspeed"', cpus) == [("DBS328", "error", strategy)]
+    assert _distributed_hits('strategy = "deepspeed"', mps) == [("DBS328", "error", strategy)]
+    assert _distributed_hits('strategy = "fsdp"', mps) == [("DBS328", "error", strategy)]
+    assert _distributed_hits('strategy = "fsdp"', one_gpu) == [("DBS319", "warning", strategy)]
+    assert _distributed_hits('strategy = "fsdp"\nfsdp_cpu_offload = true', cpus) == [
+        ("DBS329", "warning", ("distributed", "fsdp_cpu_offload"))
+    ]
+    assert _distributed_hits("fsdp_cpu_offload = true", one_gpu) == []  # DDP: one process is no warning
