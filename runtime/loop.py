@@ -17,6 +17,7 @@ from rich.console import Console
 from dbspec.plan.io import legacy_run_hashes, plan_to_json, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime import faults
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
@@ -177,12 +178,14 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     for index, batch in enumerate(batches):
         if run.plan.schedule.noise_streams == "micro_batch":
             reseed_micro_batch(run.generator, run.plan, step, index, accelerator.process_index)
+        faults.reached("micro_batch")
         with accelerator.autocast():
             result = run_batch(run.parts, batch, step=step, epoch=run.sampler.epoch + 1)
-        value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
+        loss = faults.poisoned("loss", result.loss)
+        value = loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
         if not math.isfinite(value):
             raise NonFiniteLoss(step + 1, value, result.files)
-        accelerator.backward(result.loss / len(batches))
+        accelerator.backward(loss / len(batches))
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
     if run.plan.optimizer.max_grad_norm > 0:

@@ -96,8 +96,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         if plan.pivotal is not None
         else None
     )
-    with accelerator.main_process_first(), cache_progress(console) as progress:
-        latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
+    # Every process checks and encodes its share of the images and captions; no one reads an entry before
+    # all shares are written.
+    with cache_progress(console) as progress:
+        share = (accelerator.process_index, accelerator.num_processes)
+        latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress, share)
+    accelerator.wait_for_everyone()
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
     o = plan.optimizer
