@@ -27,7 +27,7 @@ from dbspec.runtime.optim import step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
-from dbspec.runtime.state import TrainState
+from dbspec.runtime.state import TrainState, gather_generators
 from dbspec.runtime.step import run_batch
 from dbspec.runtime.weights import save_weights, write_final
 
@@ -130,9 +130,11 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
             stopping = _all_agree(
                 run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
             )
-            if (step in plan.checkpoints.steps or stopping) and run.main:
+            checkpointing = step in plan.checkpoints.steps or stopping
+            generators = gather_generators(run) if checkpointing else None  # all processes take part
+            if checkpointing and run.main:
                 last_checkpoint = str(
-                    _save_checkpoint(run, step, scores if scores.get("step") == step else {})
+                    _save_checkpoint(run, step, scores if scores.get("step") == step else {}, generators)
                 )
             if step in plan.checkpoints.steps or stopping:
                 run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
@@ -257,8 +259,8 @@ def _write_report(run: Run, console) -> None:
         )
 
 
-def _save_checkpoint(run: Run, step: int, scores: dict) -> Path:
-    state = TrainState.capture(run, step)
+def _save_checkpoint(run: Run, step: int, scores: dict, generators: list | None) -> Path:
+    state = TrainState.capture(run, step, generators)
     select = run.plan.checkpoints.select
     return ckpt.save_checkpoint(
         run.out,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
@@ -70,6 +71,20 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _cache_files(cache: Path) -> dict[str, tuple[dict, dict[str, bytes]]]:
+    """Every cache entry: its metadata and its tensors' bytes (the header's JSON key order is safetensors'
+    hash-map order, which differs between processes; the data is what must match)."""
+    files = {}
+    for path in sorted(cache.rglob("*.safetensors")):
+        with safe_open(path, "pt") as handle:
+            tensors = {k: handle.get_tensor(k).numpy().tobytes() for k in handle.keys()}  # noqa: SIM118
+            files[str(path.relative_to(cache))] = (handle.metadata(), tensors)
+    assert any(name.startswith("latents/") for name in files) and any(
+        name.startswith("text/") for name in files
+    )
+    return files
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> Path:
     """An uninterrupted run of two processes, batch 1 each: its output folder."""
@@ -100,6 +115,9 @@ def test_two_processes_match_one_with_accumulation(two_processes, tmp_path):
     assert one.keys() == two.keys()
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    # the two processes filled the caches in halves (each its share of the keys): the very entries one
+    # process writes alone
+    assert _cache_files(two_processes.parent / "cache") == _cache_files(tmp_path / "cache")
     # the comparison can fail: one process drawing its noise from one generator (noise_streams = process)
     # trains other weights, by far more than the tolerance
     other = _spec(tmp_path / "process", batch=1, accumulation=2, streams="process")
@@ -136,5 +154,22 @@ def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_
     resumed = _launch(spec, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     uninterrupted, after_resume = _weights(two_processes), _weights(tmp_path / "out")
+    for key, value in uninterrupted.items():
+        assert torch.equal(after_resume[key], value), key
+
+
+def test_two_processes_resume_bit_exact_with_process_streams(tmp_path):
+    """noise_streams = "process" (one generator per process, carried across steps): the checkpoint holds every
+    process's generator, so Ctrl-C and --resume end with the uninterrupted run's weights here too (before,
+    processes other than the first restarted their stream from the seed)."""
+    whole = _spec(tmp_path / "whole", batch=1, accumulation=1, streams="process")
+    done = _launch(whole)
+    assert done.returncode == 0, done.stderr[-4000:]
+    spec = _spec(tmp_path / "cut", batch=1, accumulation=1, streams="process")
+    stopped = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest:INT"})
+    assert "interrupted at step 3" in stopped.stderr, stopped.stderr[-4000:]
+    resumed = _launch(spec, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    uninterrupted, after_resume = _weights(tmp_path / "whole" / "out"), _weights(tmp_path / "cut" / "out")
     for key, value in uninterrupted.items():
         assert torch.equal(after_resume[key], value), key
