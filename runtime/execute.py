@@ -21,7 +21,7 @@ class RunError(Exception):
         super().__init__(message)
 
 
-# What gloo (and NCCL's socket layer) raise in a collective whose peer process ended: its sockets closed.
+# What gloo raises in a collective whose peer process ended (its sockets closed); NCCL words it otherwise.
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker crash")
 
 
