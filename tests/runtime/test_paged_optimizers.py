@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
+from dbspec.runtime.imports import unused_libraries
 from dbspec.runtime.models import load_components
 from dbspec.runtime.optim import make_optimizer, param_groups
 from dbspec.runtime.prepare import configure_models
@@ -36,6 +37,7 @@ def test_a_paged_optimizer_plans_with_its_cpu_fallback_and_steps_as_the_unpaged_
     plan = compile_spec(write_spec(tmp_path, steps=4), [f'optimizer.kind="{kind}"', "optimizer.lr=1e-4"])
     assert plan.optimizer.kind == kind
     assert any("DBS314" in w and "unpaged" in w for w in plan.warnings), plan.warnings
+    assert "bitsandbytes" not in unused_libraries(plan)  # `dbspec run` leaves it visible
 
     def two_steps(name: str):
         comps = load_components(plan)
