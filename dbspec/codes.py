@@ -1006,8 +1006,8 @@ The family or prediction type cannot be detected; set `model.family` / `model.pr
 the CPU: bitsandbytes pages optimizer state to host memory only on CUDA, so on the CPU it runs the unpaged
 optimizer (AdamW with 32-bit state, AdamW8bit): the same updates, bit for bit, the state kept in memory. The
 run is valid; the warning says that the paging itself is not there.""",
-        "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there; `adamw` (torch's AdamW) is the same "
-        "update as paged_adamw up to rounding",
+        "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there; `adamw` (torch's AdamW) is "
+        "the same update as paged_adamw up to rounding",
     ),
     Code(
         "DBS318",
