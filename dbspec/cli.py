@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -210,7 +211,9 @@ def run(
         except RunError as exc:
             where = f"\n  --> {exc.where}" if exc.where else ""
             hint = f"\n  = help: {exc.hint}" if exc.hint else ""
-            who = f"process {rank}: " if rank > 0 else ""
+            who = f"process {rank}: " if rank > 0 or exc.peer else ""
+            if exc.peer:
+                _leave_report_to_failed_peer(f"note: {who}{exc.message}")
             typer.echo(f"error: {who}{exc.message}{where}{hint}", err=True)
             raise typer.Exit(1) from None
     if rank > 0:
@@ -226,6 +229,18 @@ def run(
         f"finished {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s)\n"
         f"weights: {result.final}\noutputs: {result.output}"
     )
+
+
+PEER_GRACE_S = 10.0  # how long a process whose peer failed waits for the launcher to stop it
+
+
+def _leave_report_to_failed_peer(note: str) -> None:
+    """Another process failed (and said why): this one says only that it stops, then waits a bounded while for
+    the launcher's SIGTERM. torchrun names as the root cause the process whose exit it observed first; exiting
+    now, before the failed process finished exiting, would name this one."""
+    typer.echo(note, err=True)
+    time.sleep(PEER_GRACE_S)  # SIGTERM (the default action: exit) ends this sleep and the process
+    raise typer.Exit(1)
 
 
 def _launcher_rank() -> int:
@@ -555,8 +570,10 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if os.environ.get("DBSPEC_DEBUG"):
             raise
+        rank = _launcher_rank()
+        who = f"process {rank}: " if rank > 0 else ""
         typer.echo(
-            f"internal error: {type(exc).__name__}: {exc}\n"
+            f"internal error: {who}{type(exc).__name__}: {exc}\n"
             "this is a dbspec bug; rerun with DBSPEC_DEBUG=1 for a traceback and report it",
             err=True,
         )

@@ -1101,6 +1101,18 @@ A stated model family or prediction that contradicts the weights.""",
 The family or prediction type cannot be detected; set `model.family` / `model.prediction`.""",
     ),
     Code(
+        "DBS314",
+        WARNING,
+        "A paged optimizer on a target that does not page",
+        """\
+`optimizer.kind = "paged_adamw"` or `"paged_adamw8bit"` (bitsandbytes' PagedAdamW, PagedAdamW8bit) planned for
+the CPU: bitsandbytes pages optimizer state to host memory only on CUDA, so on the CPU it runs the unpaged
+optimizer (AdamW with 32-bit state, AdamW8bit): the same updates, bit for bit, the state kept in memory. The
+run is valid; the warning says that the paging itself is not there.""",
+        "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there; `adamw` (torch's AdamW) is "
+        "the same update as paged_adamw up to rounding",
+    ),
+    Code(
         "DBS318",
         ERROR,
         "A quantisation backend on a device it does not run on",

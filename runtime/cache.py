@@ -34,7 +34,7 @@ from torch import Tensor
 from dbspec.plan.captions import fixed_caption
 from dbspec.plan.model import DatasetPlan, ImagePlan
 from dbspec.runtime import faults
-from dbspec.runtime.data import load_pixels
+from dbspec.runtime.data import Share, load_pixels, own_share
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,14 @@ def ensure_latents(
     *,
     batch_size: int = ENCODE_BATCH,
     progress: Progress | None = None,
+    share: Share = (0, 1),
 ) -> CacheCounts:
     """Encode every latent the plan keys (ImagePlan.latent_keys, one per flip state) that is not cached.
 
     `encode` maps float32 CPU pixels (B, 3, H, W) in [-1, 1] to the posterior's (mean, std), each
     (B, C, h, w): the loop passes a function returning `dist.mean, dist.std` of
     `vae.encode(x.to(device, dtype)).latent_dist`. Batches hold one bucket (one shape); torch.no_grad() is on.
+    `share` (rank, processes): this process checks and fills only its share of the keys (see `_fill`).
     """
     jobs: dict[str, tuple[ImagePlan, bool]] = {}
     for d in datasets:
@@ -194,7 +196,13 @@ def ensure_latents(
         return [{"mean": mean[i], "std": std[i]} for i in range(len(batch))]
 
     return _fill(
-        cache, jobs, encode_batch, group=lambda job: job[0].bucket, batch_size=batch_size, progress=progress
+        cache,
+        jobs,
+        encode_batch,
+        group=lambda job: job[0].bucket,
+        batch_size=batch_size,
+        progress=progress,
+        share=share,
     )
 
 
@@ -205,11 +213,12 @@ def ensure_text(
     *,
     batch_size: int = ENCODE_BATCH,
     progress: Progress | None = None,
+    share: Share = (0, 1),
 ) -> CacheCounts:
     """Encode every caption the plan keys (ImagePlan.text_key) that is not cached; one entry per distinct key.
 
     `encode` maps captions to batched tensors, e.g. {"prompt_embeds": (B, 77, D)} and, for SDXL,
-    {"pooled_prompt_embeds": (B, D2)} too.
+    {"pooled_prompt_embeds": (B, D2)} too. `share`: as in `ensure_latents`.
     """
     jobs: dict[str, str] = {}
     for d in datasets:
@@ -227,7 +236,9 @@ def ensure_text(
         _check_batch(out, len(captions))
         return [{name: t[i] for name, t in out.items()} for i in range(len(captions))]
 
-    return _fill(cache, jobs, encode_batch, group=lambda job: 0, batch_size=batch_size, progress=progress)
+    return _fill(
+        cache, jobs, encode_batch, group=lambda job: 0, batch_size=batch_size, progress=progress, share=share
+    )
 
 
 def _fill(
@@ -238,11 +249,20 @@ def _fill(
     group: Callable[[Job], object],
     batch_size: int,
     progress: Progress | None,
+    share: Share = (0, 1),
 ) -> CacheCounts:
-    """Check every key, then encode the misses in batches of one group each, writing entries as they come."""
+    """Check every key of this process's share, then encode its misses in batches of one group each,
+    writing entries as they come.
+
+    With several processes, process r of N takes the keys r, r+N, r+2N, ... in the plan's order: a share is
+    a function of the plan alone, never of what another process already wrote, so every key is filled by
+    exactly one process and no process reads (or deletes as damaged) an entry another may be writing. An
+    entry's bytes depend on its own input alone (ENCODE_BATCH), so a split fill writes what one process
+    would. The caller waits for every process before anyone reads the cache."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    misses = [key for key in jobs if cache.get(key) is None]  # reads and verifies every hit once
+    mine = own_share(list(jobs), share)
+    misses = [key for key in mine if cache.get(key) is None]  # reads and verifies every hit once
     groups: dict[object, list[str]] = {}
     for key in misses:
         groups.setdefault(group(jobs[key]), []).append(key)
@@ -256,7 +276,7 @@ def _fill(
                 cache.put(key, tensors)
             if task is not None:
                 progress.advance(task, len(chunk))
-    return CacheCounts(hits=len(jobs) - len(misses), encoded=len(misses))
+    return CacheCounts(hits=len(mine) - len(misses), encoded=len(misses))
 
 
 def _check_batch(tensors: Mapping[str, Tensor], size: int) -> None:

@@ -9,17 +9,21 @@ from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import weighted_prompts
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
-from dbspec.runtime.data import verify_sources
+from dbspec.runtime.data import Share, verify_sources
 from dbspec.runtime.models import Components
 from dbspec.runtime.prepare import component_dtype
 from dbspec.runtime.families import family_runtime
 
 
-def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -> tuple:
-    """Encode what the caches miss; returns (latent cache, text cache, counts)."""
+def fill_caches(
+    plan: Plan, comps: Components, device: torch.device, progress, share: Share = (0, 1)
+) -> tuple:
+    """Encode what the caches miss; returns (latent cache, text cache, counts). With several processes each
+    verifies and fills its `share` (rank, processes) of the sources and keys (data.own_share); the caller
+    waits for all of them before any process reads the caches."""
     latent_cache = text_cache = None
     counts = {}
-    verify_sources(plan.datasets)  # before any cache hit is trusted
+    verify_sources(plan.datasets, share)  # before any cache hit is trusted
     if plan.cache.latents and any(img.latent_keys for d in plan.datasets for img in d.images):
         latent_cache = TensorCache(plan.cache.dir, "latents")
         vae_dtype = component_dtype(plan, "vae")
@@ -28,7 +32,9 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
             dist = comps.vae.encode(pixels.to(device, vae_dtype)).latent_dist
             return dist.mean.float().cpu(), dist.std.float().cpu()
 
-        counts["latents"] = ensure_latents(latent_cache, plan.datasets, encode_pixels, progress=progress)
+        counts["latents"] = ensure_latents(
+            latent_cache, plan.datasets, encode_pixels, progress=progress, share=share
+        )
     if plan.cache.text_embeddings:
         pooled = family_spec(plan.model.family).pooled_embeddings
         required = ("prompt_embeds", "pooled") if pooled else ("prompt_embeds",)
@@ -46,5 +52,5 @@ def fill_caches(plan: Plan, comps: Components, device: torch.device, progress) -
             )
             return {k: v.float().cpu() for k, v in out.items()}
 
-        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, progress=progress)
+        counts["text"] = ensure_text(text_cache, plan.datasets, encode_text, progress=progress, share=share)
     return latent_cache, text_cache, counts

@@ -12,7 +12,7 @@ import io
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import attrs
 import numpy as np
@@ -205,7 +205,20 @@ class DataError(Exception):
         self.path, self.reason = path, reason
 
 
-def verify_sources(datasets: Sequence[DatasetPlan]) -> int:
+Item = TypeVar("Item")
+Share = tuple[int, int]  # (this process's rank, the number of processes)
+
+
+def own_share(items: Sequence[Item], share: Share) -> list[Item]:
+    """Process `rank`'s share of `items` among `processes`: the items rank, rank + processes, ... A function
+    of the list alone, so the shares of all processes cover every item exactly once."""
+    rank, processes = share
+    if not 0 <= rank < processes:
+        raise ValueError(f"share must be (rank, processes) with 0 <= rank < processes, got {share}")
+    return list(items[rank::processes])
+
+
+def verify_sources(datasets: Sequence[DatasetPlan], share: Share = (0, 1)) -> int:
     """Read every image and mask file the plan names, before any cached latent is trusted; report every file
     whose content changed since planning or whose pixels do not decode, all at once.
 
@@ -213,15 +226,15 @@ def verify_sources(datasets: Sequence[DatasetPlan]) -> int:
     latents of a picture replaced since planning; the plan reads headers only, so the decode is what finds
     pixel data broken behind a valid header before step 1 rather than at the step that needs it. Costs one
     read and one decode of each file per run (seconds for a few hundred photos). Class images the run
-    generates are skipped: they are made from the plan. Returns the bytes read."""
+    generates are skipped: they are made from the plan. With several processes each checks its `share` of the
+    images (`own_share`), before they wait for each other. Returns the bytes read."""
     problems, total = [], 0
-    for dataset in datasets:
-        for img in dataset.images:
-            for path, sha in img.source_files():
-                data, problem = _check_source(path, sha)
-                total += len(data)
-                if problem:
-                    problems.append((path, problem))
+    for img in own_share([img for dataset in datasets for img in dataset.images], share):
+        for path, sha in img.source_files():
+            data, problem = _check_source(path, sha)
+            total += len(data)
+            if problem:
+                problems.append((path, problem))
     if problems:
         path, problem = problems[0]
         others = "".join(f"; `{p}` {why}" for p, why in problems[1:])

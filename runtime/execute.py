@@ -13,11 +13,27 @@ from dbspec.runtime.device import DeviceError
 
 
 class RunError(Exception):
-    """A run that cannot go on: `message` says why, `where` points at the spec value behind it."""
+    """A run that cannot go on: `message` says why, `where` points at the spec value behind it. `peer`: this
+    process stops because another one failed (that one reports the cause)."""
 
-    def __init__(self, message: str, where: str = "", hint: str = ""):
-        self.message, self.where, self.hint = message, where, hint
+    def __init__(self, message: str, where: str = "", hint: str = "", *, peer: bool = False):
+        self.message, self.where, self.hint, self.peer = message, where, hint, peer
         super().__init__(message)
+
+
+# What gloo raises in a collective whose peer process ended (its sockets closed); NCCL words it otherwise.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker crash")
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another process of the run ended (it failed, or the
+    launcher stopped it), rather than this process's own problem."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, dist.DistError)) and any(gone in text for gone in _PEER_GONE)
 
 
 def quiet_libraries() -> None:
@@ -68,6 +84,10 @@ def execute(
             CacheWriteError: "cache.dir",
         }
         raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
+    except Exception as exc:
+        if peer_failed(exc):  # the process that failed names the cause; this one only stops
+            raise RunError("stopped: another process failed", peer=True) from exc
+        raise
 
 
 def _origin(plan: Plan, key: str) -> str:

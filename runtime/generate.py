@@ -272,7 +272,12 @@ def _grid(rows: list[list[Image.Image]]) -> Image.Image:
 
 # --- class images -------------------------------------------------------------------------------------------
 def generate_class_images(
-    pipeline: DiffusionPipeline, gen: GeneratePlan, *, autocast_dtype: torch.dtype | None = None
+    pipeline: DiffusionPipeline,
+    gen: GeneratePlan,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    share: tuple[int, int] = (0, 1),
+    wait: Callable[[], None] = lambda: None,
 ) -> list[Path]:
     """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image, sampled
     with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call.
@@ -280,37 +285,54 @@ def generate_class_images(
     Files generated for another manifest key are first moved into `stale-<key[:8]>/` (never deleted).
     The manifest is rewritten after every batch, so an interrupted run keeps what it made; files this
     key already produced are not made again.
+
+    Several processes (`share` = (rank, processes), `wait` their barrier, which every process calls as often):
+    the first tidies the folder and records the manifest, all wait, each makes every N-th batch of the images
+    still to make (the batches one process would cut, so the same images come out), all wait, and the first
+    writes the manifest listing them all. An interrupted split run keeps in the manifest only what the first
+    process made; the others' images are moved aside and made again on the next run.
     """
+    rank, processes = share
     folder = Path(gen.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    made = _adopt_manifest(folder, gen.manifest_key)
     paths = [folder / f"class-{seed}.png" for seed in gen.seeds]
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        made = _adopt_manifest(folder, gen.manifest_key)
+        for path in paths:
+            if path.exists() and not (path.name in made and path.is_file()):
+                _move_into(path, folder / "stale-unlisted")  # a file this key did not generate: kept aside
+        if processes > 1:
+            _write_manifest(folder, gen, made)  # the others read the same list
+    wait()
+    if rank != 0:
+        made = _adopt_manifest(folder, gen.manifest_key)  # the key now matches: only reads
+    wait()  # everyone read the list before the first process rewrites it with new images
     todo = [
         (seed, path) for seed, path in zip(gen.seeds, paths) if not (path.name in made and path.is_file())
     ]
-    for _, path in todo:
-        if path.exists():  # a file this key did not generate: keep it, out of the way
-            _move_into(path, folder / "stale-unlisted")
+    batches = [todo[start : start + gen.batch_size] for start in range(0, len(todo), gen.batch_size)]
     pipeline.set_progress_bar_config(disable=True)
     original_scheduler = pipeline.scheduler
     pipeline.scheduler = make_scheduler(gen.scheduler, original_scheduler.config)
     try:
-        with _inference(pipeline, autocast_dtype), Progress(transient=True) as progress:
+        with _inference(pipeline, autocast_dtype), Progress(transient=True, disable=rank > 0) as progress:
             task = progress.add_task(
                 f"class images: {gen.prompt}", total=len(gen.seeds), completed=len(paths) - len(todo)
             )
-            for start in range(0, len(todo), gen.batch_size):
-                batch = todo[start : start + gen.batch_size]
+            for batch in batches[rank::processes]:
                 for image, (_, path) in zip(
                     _generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch
                 ):
                     _save_png(image, path)
                     made.append(path.name)
-                _write_manifest(folder, gen, made)
-                progress.advance(task, len(batch))
+                if rank == 0:
+                    _write_manifest(folder, gen, made)
+                progress.advance(task, len(batch) * processes)
     finally:
         pipeline.scheduler = original_scheduler
-    _write_manifest(folder, gen, made)
+    wait()
+    if rank == 0:
+        _write_manifest(folder, gen, made + [path.name for _, path in todo])
     return paths
 
 

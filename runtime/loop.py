@@ -17,6 +17,7 @@ from rich.console import Console
 from dbspec.plan.io import legacy_run_hashes, plan_to_json, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime import faults
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.distributed import full_optimizer_state, gathered
@@ -27,7 +28,7 @@ from dbspec.runtime.optim import averaged_weights, step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
-from dbspec.runtime.state import TrainState
+from dbspec.runtime.state import TrainState, gather_generators
 from dbspec.runtime.step import run_batch
 from dbspec.runtime.weights import save_weights, write_final
 
@@ -134,13 +135,18 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
                     run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
                 )
                 if step in plan.checkpoints.steps or stopping:
+                    generators = gather_generators(run)  # all processes take part
                     # FSDP: every process gathers the whole weights and optimizer state; the first writes them
                     with gathered(run.sharded):
                         optimizer_state = full_optimizer_state(run.optimizer) if run.sharded else None
                         if run.main:
                             last_checkpoint = str(
                                 _save_checkpoint(
-                                    run, step, scores if scores.get("step") == step else {}, optimizer_state
+                                    run,
+                                    step,
+                                    scores if scores.get("step") == step else {},
+                                    optimizer_state,
+                                    generators,
                                 )
                             )
                     run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
@@ -188,12 +194,14 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     for index, batch in enumerate(batches):
         if run.plan.schedule.noise_streams == "micro_batch":
             reseed_micro_batch(run.generator, run.plan, step, index, accelerator.process_index)
+        faults.reached("micro_batch")
         with accelerator.autocast():
             result = run_batch(run.parts, batch, step=step, epoch=run.sampler.epoch + 1)
-        value = result.loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
+        loss = faults.poisoned("loss", result.loss)
+        value = loss.item()  # CPU-GPU sync point, once per micro-batch: catches NaN early
         if not math.isfinite(value):
             raise NonFiniteLoss(step + 1, value, result.files)
-        accelerator.backward(result.loss / len(batches))
+        accelerator.backward(loss / len(batches))
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
     if run.plan.optimizer.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
@@ -265,8 +273,10 @@ def _write_report(run: Run, console) -> None:
         )
 
 
-def _save_checkpoint(run: Run, step: int, scores: dict, optimizer_state: dict | None = None) -> Path:
-    state = TrainState.capture(run, step, optimizer_state)
+def _save_checkpoint(
+    run: Run, step: int, scores: dict, optimizer_state: dict | None, generators: list | None
+) -> Path:
+    state = TrainState.capture(run, step, optimizer_state, generators)
     select = run.plan.checkpoints.select
     return ckpt.save_checkpoint(
         run.out,

@@ -46,6 +46,15 @@ def _with_lora_up(name: str, params: list, lr: float, ratio: float, lora_up: fro
     return groups
 
 
+# plan kind -> bitsandbytes.optim class. The paged ones page their state to host memory on CUDA only; on the
+# CPU they warn once and run unpaged (the plan's DBS314 says so), their updates equal the unpaged class's.
+BITSANDBYTES_CLASSES = {
+    "adamw8bit": "AdamW8bit",
+    "paged_adamw": "PagedAdamW",
+    "paged_adamw8bit": "PagedAdamW8bit",
+}
+
+
 def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
     kind = opt.kind
     if kind == "adamw":
@@ -58,9 +67,10 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         return _adafactor(groups, opt)
     if kind.startswith("dadapt_"):
         return _dadapt(groups, opt)
-    if kind == "adamw8bit":
+    if kind in BITSANDBYTES_CLASSES:
         bnb = _import("bitsandbytes", "pip install 'dbspec[quant]' (bitsandbytes)")
-        return bnb.optim.AdamW8bit(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        optimizer_class = getattr(bnb.optim, BITSANDBYTES_CLASSES[kind])
+        return optimizer_class(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
     if kind == "prodigy":
         prodigy = _import("prodigyopt", "pip install prodigyopt")
         return prodigy.Prodigy(groups, betas=opt.betas, weight_decay=opt.weight_decay)

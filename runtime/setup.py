@@ -87,10 +87,10 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     for enc in comps.text_encoders:
         enc.to(device)
     pipeline = pipeline_for(plan, comps)
-    with accelerator.main_process_first():  # the others then find the images made
-        for d in plan.datasets:
-            if d.generate is not None:
-                generate_class_images(pipeline, d.generate)
+    for d in plan.datasets:  # each process makes its share of the batches
+        if d.generate is not None:
+            share = (accelerator.process_index, accelerator.num_processes)
+            generate_class_images(pipeline, d.generate, share=share, wait=accelerator.wait_for_everyone)
     teacher = make_teacher(plan, comps, device)
     unet_params, per_encoder = configure_models(plan, comps, device)
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
@@ -101,8 +101,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         if plan.pivotal is not None
         else None
     )
-    with accelerator.main_process_first(), cache_progress(console) as progress:
-        latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress)
+    # Every process checks and encodes its share of the images and captions; no one reads an entry before
+    # all shares are written.
+    with cache_progress(console) as progress:
+        share = (accelerator.process_index, accelerator.num_processes)
+        latent_cache, text_cache, _ = fill_caches(plan, comps, device, progress, share)
+    accelerator.wait_for_everyone()
 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
     o = plan.optimizer

@@ -34,6 +34,9 @@ class TrainState:
     ema: dict[str, Any] | None
     run_hash: str  # which run saved it (resume refuses another run's checkpoint)
     plan: str  # that run's plan JSON, to say what differs
+    # Every process's training-noise generator, by rank (several processes; None for one, or a checkpoint
+    # saved before they were kept): noise_streams = "process" resumes each process's own stream.
+    generators: list[torch.Tensor] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -41,12 +44,26 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> TrainState:
-        return cls(**{field.name: saved[field.name] for field in attrs.fields(cls)})
+        """Fields with a default may be absent: checkpoints saved before they existed."""
+        return cls(
+            **{
+                field.name: saved[field.name]
+                for field in attrs.fields(cls)
+                if field.name in saved or field.default is attrs.NOTHING
+            }
+        )
 
     @classmethod
-    def capture(cls, run: Run, step: int, optimizer: dict[str, Any] | None = None) -> TrainState:
-        """The state of `run` after `step` optimizer steps; `optimizer`: its optimizer state when already
-        gathered (FSDP, distributed.full_optimizer_state), else read here."""
+    def capture(
+        cls,
+        run: Run,
+        step: int,
+        optimizer: dict[str, Any] | None = None,
+        generators: list[torch.Tensor] | None = None,
+    ) -> TrainState:
+        """The state of `run` after `step` optimizer steps. `optimizer`: its optimizer state when already
+        gathered (FSDP, distributed.full_optimizer_state), else read here; `generators`: every process's noise
+        generator state (`gather_generators`, which all processes call), with several processes."""
         return cls(
             trainable=trainable_state(run.comps, run.plan)
             | (run.parts.tokens.state() if run.parts.tokens is not None else {}),
@@ -60,6 +77,7 @@ class TrainState:
             ema=run.ema.state_dict() if run.ema is not None else None,
             run_hash=run_hash(run.plan),
             plan=run.plan_json,
+            generators=generators,
         )
 
     def restore(self, run: Run) -> None:
@@ -77,8 +95,20 @@ class TrainState:
         if run.scaler is not None and self.scaler is not None:
             run.scaler.load_state_dict(self.scaler)
         run.sampler.load_state_dict(self.sampler)
-        if run.accelerator.is_main_process:
-            run.generator.set_state(self.generator)  # the others keep their own streams (see notes in docs)
+        if self.generators is not None:  # each process its own stream
+            run.generator.set_state(self.generators[run.accelerator.process_index])
+        elif run.accelerator.is_main_process:
+            run.generator.set_state(self.generator)  # an older checkpoint: only the first process's stream
         if run.ema is not None:
             run.ema.load_state_dict(self.ema)
         ckpt.restore_rng_state(self.rng)
+
+
+def gather_generators(run: Run) -> list[torch.Tensor] | None:
+    """Every process's training-noise generator state, by rank, for the checkpoint the first process writes;
+    None for one process. A collective: every process calls it at the same step."""
+    if run.accelerator.num_processes == 1:
+        return None
+    from accelerate.utils import gather_object
+
+    return gather_object([run.generator.get_state()])

@@ -51,6 +51,9 @@ LINEAR_ONLY_BACKENDS = ("torchao", "bitsandbytes")
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq, fp32
     "adamw8bit": 2,  # bitsandbytes blockwise 8-bit moments (tensors < 4096 elements keep 8 bytes)
+    # bitsandbytes' paged AdamW: the same state, counted on the device (paging moves it only under pressure)
+    "paged_adamw": 8,
+    "paged_adamw8bit": 2,
     "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
     "prodigy": 16,  # exp_avg, exp_avg_sq, s, p0
     "lion": 4,  # exp_avg only
@@ -319,9 +322,15 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
             "the state is the factored second moment, about 2.1 bytes per parameter of an SD1.5 UNet, 0.4 of "
             "an SDXL UNet, under 0.04 of a text encoder and about 4/rank for LoRA matrices"
         )
-    if optimizer == "adamw8bit":
+    if optimizer in ("adamw8bit", "paged_adamw8bit"):
         notes.append(
-            "adamw8bit: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"
+            f"{optimizer}: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"
+        )
+    if optimizer.startswith("paged_"):
+        notes.append(
+            f"{optimizer}: its state counted on the device; on CUDA bitsandbytes may page the state of "
+            "tensors of 100k elements or more to host memory when the GPU runs out (slower steps, no "
+            "out-of-memory)"
         )
     return OPTIMIZER_STATE_BYTES[optimizer]
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from dbspec import codes
-from dbspec.families import family_spec
+from dbspec.families import FAMILIES, family_spec
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -1470,15 +1470,37 @@ def pivotal_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Itera
 
 
 # --- environment rules: they need the target ----------------------------------------------------------------
+BITSANDBYTES_OPTIMIZERS = ("adamw8bit", "paged_adamw", "paged_adamw8bit")
+
+
 @rule("environment")
 def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
-    # bitsandbytes >= 0.45 has a CPU backend: AdamW8bit runs there (tests/runtime/test_quantize_backends.py).
-    if spec.optimizer.kind == "adamw8bit" and env.device not in ("cuda", "cpu"):
+    # bitsandbytes >= 0.45 has a CPU backend: AdamW8bit runs there (tests/runtime/test_quantize_backends.py),
+    # and the paged ones too, unpaged (tests/runtime/test_paged_optimizers.py).
+    kind = spec.optimizer.kind
+    if kind in BITSANDBYTES_OPTIMIZERS and env.device not in ("cuda", "cpu"):
         yield _err(
             "DBS343",
             ("optimizer", "kind"),
-            f'optimizer.kind = "adamw8bit" needs CUDA or the CPU (bitsandbytes); the target is {env.device}',
+            f'optimizer.kind = "{kind}" needs CUDA or the CPU (bitsandbytes); the target is {env.device}',
             'use "adamw" here, or plan for a GPU with --target cuda:24GB',
+        )
+
+
+@rule("environment")
+def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    # bitsandbytes 0.50 on the CPU: "Paged optimizers are not supported on CPU. Falling back to non-paged
+    # optimizer behavior." (its Optimizer8bit.get_state_buffer); the updates equal the unpaged class's bit for
+    # bit (tests/runtime/test_paged_optimizers.py).
+    kind = spec.optimizer.kind
+    if kind.startswith("paged_") and env.device == "cpu":
+        unpaged = {"paged_adamw": "AdamW (32-bit state)", "paged_adamw8bit": "AdamW8bit"}[kind]
+        yield _warn(
+            "DBS314",
+            ("optimizer", "kind"),
+            f'optimizer.kind = "{kind}" pages its state only on CUDA: on the CPU bitsandbytes runs its '
+            f"unpaged {unpaged}, the same updates with the state kept in memory",
+            codes.help("DBS314"),
         )
 
 
@@ -1487,7 +1509,15 @@ def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
 # one
 # parameter at a time (an fp32 copy of that tensor alone). Prodigy's step size is estimated across all of
 # them.
-PER_PARAMETER_OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "sgd", "lion")
+PER_PARAMETER_OPTIMIZERS = (
+    "adamw",
+    "adamw8bit",
+    "paged_adamw",
+    "paged_adamw8bit",
+    "adafactor",
+    "sgd",
+    "lion",
+)
 
 
 @rule("spec")
@@ -1850,7 +1880,8 @@ def distributed_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _sharding_blockers(spec: Spec) -> Iterator[tuple[tuple, str, str]]:
     """(key path, what, why) for each part of the spec dbspec does not run on sharded models yet."""
-    refiner = spec.model.family == "sdxl_refiner" and spec.validation.refine_images  # a detected one: runtime
+    family = FAMILIES.get(spec.model.family)  # "auto": a detected refiner is refused by the runtime
+    refiner = family is not None and family.refines_images and spec.validation.refine_images
     if spec.validation.prompts or refiner:
         yield ("validation", "prompts"), "validation images", "sampling runs on the first process alone"
     if spec.evaluation.metrics:

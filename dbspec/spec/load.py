@@ -33,14 +33,24 @@ class RawSpec:
     renamed: tuple = ()  # migrate.Renamed: keys of an older spec_version read under their new names
 
     def key_span(self, path: KeyPath) -> Span | None:
-        return self.override_key_spans.get(path) or self.spans.key(path) or self.spans.nearest(path)
+        return _written(self.override_key_spans, path) or self.spans.key(path) or self.spans.nearest(path)
 
     def value_span(self, path: KeyPath) -> Span | None:
-        return self.override_spans.get(path) or self.spans.value(path) or self.key_span(path)
+        return _written(self.override_spans, path) or self.spans.value(path) or self.key_span(path)
 
     def given(self, path: KeyPath) -> bool:
         """Did the user write this key (in the file or with --set)?"""
         return has_path(self.data, path)
+
+
+def _written(override_spans: dict, path: KeyPath) -> Span | None:
+    """The span of the `--set` that wrote `path` or a table/array holding it (`--set 'x.list=[1, "a"]'`
+    wrote `x.list[1]` too): the override replaced what the file had there."""
+    for length in range(len(path), 0, -1):
+        span = override_spans.get(path[:length])
+        if span is not None:
+            return span
+    return None
 
 
 def read_text(path: Path, label: str) -> tuple[str | None, str, list[Diagnostic]]:

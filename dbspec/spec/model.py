@@ -822,6 +822,8 @@ class Optimizer:
     kind: Literal[
         "adamw",
         "adamw8bit",
+        "paged_adamw",
+        "paged_adamw8bit",
         "adafactor",
         "sgd",
         "prodigy",
@@ -842,7 +844,9 @@ class Optimizer:
         "radam_schedulefree",
     ] = option(
         "adamw",
-        doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU). dadapt_* are the "
+        doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU); paged_adamw and "
+        "paged_adamw8bit are its PagedAdamW (32-bit state) and PagedAdamW8bit, whose state CUDA pages to "
+        "host memory under pressure (the CPU runs them unpaged, DBS314). dadapt_* are the "
         "`dadaptation` package's "
         "D-Adaptation optimizers (kohya's DAdaptAdam, DAdaptation = dadapt_adam_preprint, DAdaptAdaGrad, "
         "DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD): they estimate the step size d and step by d x lr, "

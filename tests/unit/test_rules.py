@@ -1042,6 +1042,21 @@ def test_adamw8bit_needs_a_cuda_or_cpu_target():
     assert run_environment_rules(spec, cuda) == run_environment_rules(spec, cpu) == []
 
 
+@pytest.mark.parametrize("kind", ["paged_adamw", "paged_adamw8bit"])
+def test_paged_optimizers_warn_on_the_cpu_and_need_cuda_or_cpu(kind):
+    """bitsandbytes pages optimizer state on CUDA only: the CPU plan says it runs the unpaged optimizer
+    (DBS314, a warning); MPS has no bitsandbytes (DBS343)."""
+    spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + f'[optimizer]\nkind = "{kind}"\n'))
+    mps = TargetEnv(device="mps", memory_bytes=8 << 30, bf16=False)
+    cpu = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=False)
+    cuda = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
+    assert [(h.code, h.path) for h in run_environment_rules(spec, mps)] == [("DBS343", ("optimizer", "kind"))]
+    on_cpu = run_environment_rules(spec, cpu)
+    assert [(h.code, h.severity) for h in on_cpu] == [("DBS314", "warning")]
+    assert "unpaged" in on_cpu[0].message and kind in on_cpu[0].message
+    assert run_environment_rules(spec, cuda) == []
+
+
 def test_bf16_weights_need_a_bf16_target():
     spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + '[precision]\nweights = "bf16"\n'))
     old = TargetEnv(device="cuda", memory_bytes=16 << 30, bf16=False, compute_capability="7.5")

@@ -1,6 +1,7 @@
 """Legacy optimizer names and arguments -> [optimizer].
 
-dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), lion (lion_pytorch Lion), sgd (torch
+dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), paged_adamw and paged_adamw8bit
+(bitsandbytes PagedAdamW, PagedAdamW8bit), lion (lion_pytorch Lion), sgd (torch
 SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor; relative_step, scale_parameter and
 warmup_init as given), prodigy (prodigyopt Prodigy with its default d0/d_coef/...), dadapt_* (the dadaptation
 package's D-Adaptation optimizers with d0, growth_rate, decouple, use_bias_correction, no_prox). Each legacy
@@ -19,6 +20,8 @@ import attrs
 _DEFAULTS = {
     "adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # torch.optim.AdamW, bnb AdamW8bit
     "adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},
+    "paged_adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # bnb PagedAdamW(32bit)
+    "paged_adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # bnb PagedAdamW8bit
     "lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},  # lion_pytorch.Lion, bnb Lion8bit
     "sgd": {"weight_decay": 0.0, "momentum": 0.0},  # torch.optim.SGD
     "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
@@ -73,6 +76,8 @@ _HARMLESS = {
     },
     "adamw": {"amsgrad": False},
     "adamw8bit": {"amsgrad": False},
+    "paged_adamw": {"amsgrad": False, "optim_bits": 32},
+    "paged_adamw8bit": {"amsgrad": False},
     **{kind: _DADAPT_HARMLESS for kind in _OWN_KEYS if kind.startswith("dadapt_")},
 }
 _SCHEDULEFREE_HARMLESS = {"foreach": True}  # the foreach implementation computes the same update
@@ -132,13 +137,14 @@ def kohya_optimizer(name: str) -> KohyaName:
             why=f"kohya's get_optimizer has no {name} branch and looks it up in torch.optim, which has no "
             "such class (AttributeError); kohya's help says to give the full path",
         )
-    paged = {"pagedadamw": "adamw", "pagedadamw32bit": "adamw", "pagedadamw8bit": "adamw8bit"}
+    # bitsandbytes' PagedAdamW32bit is its PagedAdamW with the (default) 32-bit state: one class, one kind
+    paged = {
+        "pagedadamw": "paged_adamw",
+        "pagedadamw32bit": "paged_adamw",
+        "pagedadamw8bit": "paged_adamw8bit",
+    }
     if lower in paged:
-        return KohyaName(
-            kind=paged[lower],
-            why="bitsandbytes' paged variant: the same update, only the optimizer "
-            "state is paged to CPU memory; dbspec keeps it on the device",
-        )
+        return KohyaName(kind=paged[lower])
     if lower in ("lion8bit", "pagedlion8bit"):
         return KohyaName(
             kind="lion",
@@ -158,9 +164,9 @@ def kohya_optimizer(name: str) -> KohyaName:
         )
     return KohyaName(
         kind=None,
-        why=f"dbspec has no {name} optimizer (it has AdamW, AdamW8bit, Lion, SGD, SGDNesterov, Adafactor, "
-        "Prodigy, the DAdapt* and *ScheduleFree optimizers, and bitsandbytes.optim.AdEMAMix* and the other "
-        "class paths of docs/converting.md)",
+        why=f"dbspec has no {name} optimizer (it has AdamW, AdamW8bit, PagedAdamW, PagedAdamW8bit, Lion, "
+        "SGD, SGDNesterov, Adafactor, Prodigy, the DAdapt* and *ScheduleFree optimizers, and "
+        "bitsandbytes.optim.AdEMAMix* and the other class paths of docs/converting.md)",
     )
 
 
@@ -266,6 +272,10 @@ _KOHYA_ACCEPTS = {
     "": _ADAMW,  # torch.optim.AdamW
     "adamw": _ADAMW,
     "adamw8bit": ("betas", "eps", "weight_decay", "amsgrad", *_BNB),  # bitsandbytes.optim.AdamW8bit
+    # bitsandbytes.optim.PagedAdamW, PagedAdamW32bit, PagedAdamW8bit (0.39 to 0.50)
+    "pagedadamw": ("betas", "eps", "weight_decay", "amsgrad", "optim_bits", "args", "min_8bit_size"),
+    "pagedadamw32bit": ("betas", "eps", "weight_decay", "amsgrad", "optim_bits", "args", "min_8bit_size"),
+    "pagedadamw8bit": ("betas", "eps", "weight_decay", "amsgrad", "optim_bits", "args", "min_8bit_size"),
     "lion": ("betas", "weight_decay", "use_triton", "decoupled_weight_decay"),  # lion_pytorch.Lion
     "sgd": _SGD,  # torch.optim.SGD
     # kohya passes nesterov=True itself, so a second one is a TypeError
