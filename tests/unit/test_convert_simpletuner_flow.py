@@ -1,7 +1,8 @@
-"""SimpleTuner configs for its flow-matching families (model_family flux and sd3) -> specs that pass `dbspec check`
-and plan SimpleTuner's draw: the timestep density, the shift (static or Flux's resolution-dependent one), the
-training guidance, T5 length and LoRA targets (read from SimpleTuner's models/flux, models/sd3, common.py
-sample_flow_sigmas and custom_schedule.apply_flow_schedule_shift)."""
+"""SimpleTuner configs for its flow-matching families (model_family flux and sd3) -> specs that pass `dbspec
+check` and plan SimpleTuner's draw: the timestep density, the shift (static or Flux's resolution-dependent
+one), the training guidance, T5 length and LoRA targets (read from SimpleTuner's models/flux, models/sd3,
+common.py sample_flow_sigmas and custom_schedule.apply_flow_schedule_shift).
+"""
 
 from __future__ import annotations
 
