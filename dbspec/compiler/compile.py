@@ -258,6 +258,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         teacher=loss.teacher,
         available=ctx.env.memory_bytes,
         quantize_backend=precision.quantize_backend,
+        t5_tokens=model.t5_max_length,
     )
 
 
