@@ -264,3 +264,31 @@ def test_sd3_ddpm_only_keys_are_reported_not_written(tmp_path):
     assert (
         plan.validation.scheduler == "flow_euler" and fate(outcome, "validation_noise_scheduler") == "mapped"
     )
+
+
+def test_manual_peft_targets_and_flavour_rules_with_a_path(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        {
+            "model_type": "lora",
+            "model_family": "flux",
+            "pretrained_model_name_or_path": "terminusresearch/fluxbooru-v0.3",
+            "model_flavour": "fluxbooru",  # its check_user_config reads the flavour whatever the path
+            "flux_guidance_value": 1.0,
+            "peft_lora_target_modules": ["to_q", "to_v", "proj_out"],
+            "flux_lora_target": "all+ffs",
+        },
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.denoiser_targets == ("to_q", "to_v", "proj_out")
+    assert fate(outcome, "flux_lora_target") == "inert" and plan.loss.flow.guidance == 3.5
+    schnell = _convert(
+        tmp_path,
+        {
+            "model_type": "lora",
+            "model_family": "flux",
+            "model_flavour": "schnell",
+            "pretrained_model_name_or_path": "x/y",
+        },
+    )
+    assert not schnell.written and "assistant LoRA" in messages(schnell, "DBS403")

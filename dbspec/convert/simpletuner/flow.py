@@ -115,7 +115,7 @@ def map_flow_model(cfg: Cfg, conv: Conversion) -> None:
     prediction = cfg["prediction_type"]
     if prediction.given:
         conv.ignored(prediction, f"SimpleTuner's {family} trains flow matching whatever prediction_type says")
-    if flavour.value in FLUX_REFUSED and family == "flux" and not cfg["pretrained_model_name_or_path"].value:
+    if flavour.value in FLUX_REFUSED and family == "flux":  # check_user_config reads it, path or not
         conv.unsupported(flavour, FLUX_REFUSED[str(flavour.value)])
     length = cfg["tokenizer_max_length"] if "tokenizer_max_length" in cfg else None
     if family == "flux":
@@ -128,7 +128,9 @@ def map_flow_model(cfg: Cfg, conv: Conversion) -> None:
     else:
         tokens = int(float(length.value))
         knows = "i_know_what_i_am_doing" in cfg and flag(cfg["i_know_what_i_am_doing"])
-        if tokens > SD3_T5_TOKENS and not knows:
+        if tokens > 512 and knows:
+            conv.unsupported(length, "dbspec's model.t5_max_length is at most 512 (T5's trained length)")
+        elif tokens > SD3_T5_TOKENS and not knows:
             conv.mapped(
                 length,
                 ("model", "t5_max_length"),
@@ -160,7 +162,19 @@ def flow_vae_ignored(cfg: Cfg) -> bool:
 
 
 def flux_targets(cfg: Cfg, conv: Conversion) -> None:
-    """lora_type standard: the family's target modules (flux_lora_target for Flux)."""
+    """lora_type standard: peft_lora_target_modules when given (its _get_peft_lora_target_modules wins), else
+    the family's target modules (flux_lora_target for Flux)."""
+    manual = cfg["peft_lora_target_modules"] if "peft_lora_target_modules" in cfg else None
+    if manual is not None and manual.value not in (None, "", "None"):
+        names = manual.value if isinstance(manual.value, list) else None
+        if names is None or not all(isinstance(n, str) for n in names):
+            conv.invalid(manual.key, manual.value, manual.source, "must be a list of module names")
+            return
+        targets = [n.strip() for n in names if n.strip() and n.strip() != "None"]
+        conv.mapped(manual, ("adapter", "denoiser_targets"), targets)
+        if "flux_lora_target" in cfg:
+            conv.inert(cfg["flux_lora_target"], "peft_lora_target_modules decides")
+        return
     if cfg["model_family"].value == "sd3":
         conv.put(("adapter", "denoiser_targets"), SD3_TARGETS, "SimpleTuner's SD3 LoRA targets")
         return
@@ -304,9 +318,10 @@ def _guidance(cfg: Cfg, conv: Conversion) -> None:
     value = _opt(cfg, "flux_guidance_value", 1.0)
     low, high = _opt(cfg, "flux_guidance_min", 0.0), _opt(cfg, "flux_guidance_max", 4.0)
     flavour = cfg["model_flavour"].value
-    if flavour == "fluxbooru" and not cfg["pretrained_model_name_or_path"].value:
+    if flavour == "fluxbooru":  # check_user_config reads the flavour, path or not
         _put_guidance(value, 3.5, conv, "SimpleTuner forces 3.5 for FluxBooru")
         conv.record(mode, "mapped", "loss.flow_guidance")
+        conv.record(cfg["model_flavour"], "mapped", "loss.flow_guidance", "FluxBooru forces guidance 3.5")
         return
     if mode.value == "random-range":
         if float(low.value) == float(high.value):
