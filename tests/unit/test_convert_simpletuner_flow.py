@@ -186,13 +186,14 @@ def test_flux_lycoris_lokr_preset_targets_the_joint_attention(tmp_path):
             "lycoris_config": "config/lycoris_config.json",
             "model_family": "flux",
             "model_flavour": "dev",
+            "flux_lora_target": "all+ffs",  # standard LoRA only
         },
     )
     plan = plan_of(outcome, tmp_path)
     assert plan.adapter.kind == "lokr" and plan.adapter.factor == 16
     targets = set(plan.adapter.denoiser_targets)
     assert {"to_q", "add_k_proj", "to_add_out", "ff.net.2", "ff_context.net.0.proj"} <= targets
-    assert "flux_lora_target" not in outcome.conversion.reports  # LyCORIS takes its own targets
+    assert fate(outcome, "flux_lora_target") == "inert"  # LyCORIS takes its own targets
 
 
 def test_auto_shift_with_aspect_buckets_is_refused(tmp_path):
@@ -255,8 +256,14 @@ def test_sd3_ddpm_only_keys_are_reported_not_written(tmp_path):
             "rescale_betas_zero_snr": True,
             "validation_prompt": "a photo of sks dog",
             "validation_noise_scheduler": "euler",
+            "flux_guidance_value": 3.5,  # SimpleTuner's SD3 does not read it
+            "gradient_checkpointing_interval": 2,  # memory placement
         },
         side=512,
+    )
+    assert (
+        fate(outcome, "flux_guidance_value") == "inert"
+        and fate(outcome, "gradient_checkpointing_interval") == "inert"
     )
     plan = plan_of(outcome, tmp_path)
     assert plan.loss.noise_offset == 0 and not plan.loss.zero_terminal_snr

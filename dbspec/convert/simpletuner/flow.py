@@ -223,6 +223,11 @@ def map_flow_loss(cfg: Cfg, data, conv: Conversion) -> None:
     for key, why in INERT.items():
         if key in cfg and key not in conv.reports:
             conv.inert(cfg[key], why)
+    family = cfg["model_family"].value
+    other = "sd3_" if family == "flux" else "flux_"
+    for key, legacy in cfg.items():
+        if key.startswith(other) and legacy.given and key not in conv.reports:
+            conv.ignored(legacy, f"SimpleTuner's {family} does not read it")
 
 
 def _density(cfg: Cfg, conv: Conversion) -> None:

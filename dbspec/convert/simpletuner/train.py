@@ -145,6 +145,13 @@ INERT = frozenset(
         "validation_on_startup",
         "evaluation_type",
         "i_know_what_i_am_doing",  # a safety switch: what it unlocks is reported with its own key
+        # memory placement and offloading: the same maths
+        "gradient_checkpointing_interval",
+        "musubi_blocks_to_swap",
+        "ramtorch",
+        "ramtorch_target_modules",
+        "enable_group_offload",
+        "group_offload_type",
     }
 )
 
@@ -277,7 +284,14 @@ def _adapter(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     if kind.value == "lycoris":
         conv.record(cfg["model_type"], "mapped", "adapter.kind")
         map_lycoris(kind, cfg["lycoris_config"], paths, conv, flow=is_flow(cfg))
-        for key in ("lora_rank", "lora_alpha", "lora_dropout", "use_dora"):
+        for key in (
+            "lora_rank",
+            "lora_alpha",
+            "lora_dropout",
+            "use_dora",
+            "flux_lora_target",
+            "peft_lora_target_modules",
+        ):
             if key in cfg and cfg[key].given:
                 conv.inert(cfg[key], "LyCORIS reads its own settings from lycoris_config")
         return
