@@ -299,3 +299,11 @@ def test_manual_peft_targets_and_flavour_rules_with_a_path(tmp_path):
         },
     )
     assert not schnell.written and "assistant LoRA" in messages(schnell, "DBS403")
+
+
+def test_flow_numbers_are_checked_as_simpletuner_parses_them(tmp_path):
+    flux = {"model_type": "lora", "model_family": "flux", "model_flavour": "dev"}
+    outcome = _convert(tmp_path, {**flux, "flow_sigmoid_scale": "wide", "flux_guidance_value": "2.5"})
+    assert not outcome.written and fate(outcome, "flow_sigmoid_scale") == "invalid"
+    parsed = _convert(tmp_path, {**flux, "flux_guidance_value": "2.5"})  # argparse turns "2.5" into 2.5
+    assert plan_of(parsed, tmp_path).loss.flow.guidance == 2.5
