@@ -17,6 +17,7 @@ TEXT = {"sd3": 77 + 256, "flux": 512}  # the tokens the bench trained with (CLIP
 # SDPA, batch 1, rank-16 LoRA): the peak rise of a step, extrapolated from the blocks built to the full
 # model, in bytes.
 MEASURED = {
+    ("sd35m", 128, False): 631_658_448,  # (128 px checkpointed, 82_045_952, lies 13% above: docs/memory.md)
     ("sd35m", 256, False): 934_032_336,
     ("sd35m", 256, True): 100_362_240,
     ("sd35m", 512, False): 2_157_519_824,
