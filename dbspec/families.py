@@ -403,12 +403,13 @@ FAMILIES: dict[str, FamilySpec] = {
             "stabilityai/stable-diffusion-3-medium-diffusers": {"unet": 2_028_328_000},
         },
         activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
-        # Measured at real width on the CPU (SD3.5 medium at 256/512/1024 px: 1.59 MB plain, 165-172 KB
-        # checkpointed per token; large at 512 px: 3.79 MB, 329 KB), rounded up (docs/memory.md).
+        # Measured at real width on the CPU (SD3.5 medium at 128-1024 px: 1.59 MB plain, 165-172 KB
+        # checkpointed per token; large at 512 px: 3.79 MB, 329 KB), rounded up; large's checkpointed figure
+        # by 9%, as Flux's rose 12% from 512 to 1024 px (docs/memory.md).
         token_activation=TokenActivation(
             patch=2,
             clip_tokens=77,
-            variants=((2_243_171_520, 1_650_000, 180_000), (8_056_627_520, 3_950_000, 345_000)),
+            variants=((2_243_171_520, 1_650_000, 180_000), (8_056_627_520, 3_950_000, 360_000)),
         ),
         # kohya's sd3_train_network.py; not verified against its metadata (dbspec writes no kohya SD3 files).
         kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
@@ -479,10 +480,10 @@ FAMILIES: dict[str, FamilySpec] = {
         },
         lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
         activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
-        # Measured at real width on the CPU (1 double + 1 single block, extrapolated to 19 + 38): 6.85 MB
-        # plain, 537 KB checkpointed per token at 512 px, rounded up (docs/memory.md).
+        # Measured at real width on the CPU (1 double + 1 single block, extrapolated to 19 + 38): 6.81-6.85 MB
+        # plain, 537 KB (512 px) and 601 KB (1024 px) checkpointed per token, rounded up (docs/memory.md).
         token_activation=TokenActivation(
-            patch=2, clip_tokens=0, variants=((11_901_408_320, 7_100_000, 565_000),)
+            patch=2, clip_tokens=0, variants=((11_901_408_320, 7_100_000, 605_000),)
         ),
         kohya=KohyaFacts(base_version="flux1", v2=False, v_suffix=False, original_unet_names=False),
         objective="flow",
