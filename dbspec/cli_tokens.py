@@ -50,7 +50,7 @@ def _probed(model: str, revision: str, tokenizers, found: list[Candidate]) -> li
     source = (
         model if model.startswith("builtin:") else inspect_model(model, Path("."), revision=revision).path
     )
-    encoders = [t.name.replace("tokenizer", "text_encoder") for t in tokenizers]
+    encoders = [t.encoder or t.name.replace("tokenizer", "text_encoder") for t in tokenizers]
     embeddings = input_embeddings(source, encoders)
     ids = [[c.ids[e] for c in found] for e in range(len(tokenizers))]
     sims = max_similarity(embeddings, ids, [common_token_ids(t) for t in tokenizers])

@@ -323,7 +323,16 @@ Bucket settings: min above max, a step that is not a multiple of 8, a resolution
         ERROR,
         "`optimizer.betas` out of range",
         """\
-`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan and dadapt_adan_ip).""",
+`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan, dadapt_adan_ip and the ademamix
+kinds).""",
+    ),
+    Code(
+        "DBS220",
+        ERROR,
+        "`optimizer.adafactor_eps` is not a pair of positive numbers",
+        """\
+`optimizer.adafactor_eps` is transformers' Adafactor `eps`: two positive numbers, the regulariser of the
+squared gradient and the floor of the parameter scale (default [1e-30, 1e-3]); Adafactor indexes both.""",
     ),
     Code(
         "DBS221",
@@ -390,6 +399,17 @@ sub-folder such as `1_dog` made beforehand).""",
         help='remove the option, or use layout = "folder"',
     ),
     Code(
+        "DBS228",
+        ERROR,
+        "A schedule-free optimizer with an LR schedule",
+        """\
+The schedule-free optimizers (`adamw_schedulefree`, `sgd_schedulefree`, `radam_schedulefree`) replace the LR
+schedule by averaging the iterates: kohya gives them a dummy scheduler that never changes the LR. So
+`schedule.lr_schedule` must stay "constant" without `schedule.warmup_steps`; the optimizer's own warm-up is
+`optimizer.schedulefree_warmup_steps` (AdamW and SGD).""",
+        help="remove the schedule settings; use optimizer.schedulefree_warmup_steps for a warm-up",
+    ),
+    Code(
         "DBS230",
         ERROR,
         "A DDPM-only loss option on a flow-matching model",
@@ -451,6 +471,15 @@ the loss of such a step is infinite. Use a v_prediction model, or stop the times
 `loss.adaptive_noise_scale` without `loss.noise_offset` (the adaptive part adds to the \
 offset; kohya-ss refuses
 it too), or `loss.min_timestep` above `loss.max_timestep`.""",
+    ),
+    Code(
+        "DBS239",
+        ERROR,
+        "Two sigma shifts for flow matching",
+        """\
+`loss.flow_dynamic_shift = true` (σ shifted by the image size, Flux's time shift; kohya's `timestep_sampling =
+"flux_shift"`) with a fixed `loss.flow_shift` other than 0: each shifts σ, and only one can.""",
+        help="remove loss.flow_shift (or set loss.flow_dynamic_shift = false for a fixed shift)",
     ),
     # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.
     Code(
@@ -691,11 +720,11 @@ Adafactor with `relative_step = true` computes its learning rate itself (min(1e-
     Code(
         "DBS273",
         ERROR,
-        "one_cycle settings torch's OneCycleLR refuses",
+        "one_cycle or cyclic settings torch refuses",
         """\
 `lr_schedule = "one_cycle"` is torch's OneCycleLR, which raises when stepped past its total_steps
-(`schedule.t_max`, 0 = the run's steps) and, with `cycle_momentum`, on an optimizer without momentum or betas
-(Adafactor).""",
+(`schedule.t_max`, 0 = the run's steps); it and `"cyclic"` (torch's CyclicLR) raise, with `cycle_momentum`, on
+an optimizer without momentum or betas (Adafactor).""",
     ),
     Code(
         "DBS274",
@@ -813,6 +842,17 @@ is above `validation.steps`, so no sampling step would be decoded. See [report.m
 (a base64 PNG and where it comes from). Failures to deliver are logged while training and never stop it.""",
     ),
     Code(
+        "DBS289",
+        ERROR,
+        "Image metrics on a family that refines images",
+        """\
+`evaluation.metrics` names clip_t, clip_i or dino on a family whose validation refines dataset images (the
+SDXL refiner): those metrics score images sampled from `validation.prompts`, which it does not sample, and a
+refinement of a training image scored against the training images says nothing about fidelity. The
+evaluation loss (`evaluation.holdout`) works on every family.""",
+        help="remove them from evaluation.metrics; evaluation.holdout scores held-out images on any family",
+    ),
+    Code(
         "DBS290",
         WARNING,
         "warm-up with SimpleTuner's cosine or sine",
@@ -847,6 +887,16 @@ A `checkpoints.select_weight_*` weighs a metric no evaluation computes: eval_los
 A `checkpoints.select_weight_*` is set while `checkpoints.select` is not `"weighted"`: the weight does nothing
 (warning).""",
         help='set checkpoints.select = "weighted", or remove the weight',
+    ),
+    Code(
+        "DBS294",
+        ERROR,
+        "A refinement with no denoising step",
+        """\
+`validation.steps` x `validation.strength` is below 1 on a family that refines images (the SDXL refiner):
+diffusers' img2img pipelines run int(steps x strength) denoising steps, so validation would run none and
+fail.""",
+        help="raise validation.steps (or validation.strength) so that steps x strength >= 1",
     ),
     Code(
         "DBS295",
@@ -1310,9 +1360,12 @@ flow-matching family (SD3): the family's objective decides it.""",
         ERROR,
         "An export format the family cannot write",
         """\
-An `output.export` format the model family has no writer for: SD3 exports the diffusers layouts (the folder,
-`diffusers_lora`), not the original-layout single file or kohya LoRA files.""",
-        help="use the diffusers formats for this family",
+A `checkpoints.exports` format the model family has no writer for. SD3 writes the diffusers layouts only
+(the folder, the diffusers LoRA file): no original-layout single file, no kohya LoRA (kohya's
+networks/lora_sd3.py layout is not written). Flux writes `kohya_lora` (kohya's networks/lora_flux.py layout,
+which ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr; no single
+file.""",
+        help="remove the format: the diffusers folder (or diffusers LoRA file) is always written",
     ),
     Code(
         "DBS382",

@@ -30,6 +30,9 @@ class TextEncoderSpec:
     tokenizer_class: str = "CLIPTokenizer"
     max_length: int = 77
     trainable: bool = True  # train.text_encoder trains it (SD3's T5 never trains, as in diffusers' scripts)
+    # Its key in an A1111/ComfyUI textual-inversion file (pivotal tuning's exports): SD1/SD2 "emb_params",
+    # SDXL "clip_l" / "clip_g" (the refiner's only encoder is OpenCLIP bigG: "clip_g").
+    embedding_key: str = "emb_params"
 
 
 @attrs.frozen
@@ -40,6 +43,8 @@ class KohyaFacts:
     v2: bool  # ss_v2
     v_suffix: bool  # "_v" appended to base_version for v-prediction models
     original_unet_names: bool  # LoRA keys follow the original UNet layout (input_blocks...), not diffusers'
+    # kohya_lora writes LoCon/DoRA/LoHa/LoKr in the LyCORIS layout too (Flux: plain LoRA only)
+    lycoris_layout: bool = True
 
 
 @attrs.frozen
@@ -152,6 +157,11 @@ class FamilySpec:
         return tuple(t.tokenizer for t in self.text_encoders)
 
     @property
+    def clip_text_encoders(self) -> tuple[TextEncoderSpec, ...]:
+        """The CLIP (BPE) encoders: what `dbspec tokens` and the identifier rules read (not T5)."""
+        return tuple(t for t in self.text_encoders if t.tokenizer_class == "CLIPTokenizer")
+
+    @property
     def extra_conditioning(self) -> bool:
         return self.pooled_embeddings or self.time_ids > 0
 
@@ -243,13 +253,18 @@ FAMILIES: dict[str, FamilySpec] = {
         context_dim=2048,
         text_encoders=(  # CLIP ViT-L and OpenCLIP ViT-bigG
             TextEncoderSpec(
-                "text_encoder", "tokenizer", "CLIPTextModel", "conditioner.embedders.0.transformer."
+                "text_encoder",
+                "tokenizer",
+                "CLIPTextModel",
+                "conditioner.embedders.0.transformer.",
+                embedding_key="clip_l",
             ),
             TextEncoderSpec(
                 "text_encoder_2",
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "conditioner.embedders.1.model.",
+                embedding_key="clip_g",
             ),
         ),
         latent_channels=4,
@@ -295,6 +310,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "conditioner.embedders.0.model.",
+                embedding_key="clip_g",
             ),
         ),
         latent_channels=4,
@@ -485,10 +501,12 @@ FAMILIES: dict[str, FamilySpec] = {
         token_activation=TokenActivation(
             patch=2, clip_tokens=0, variants=((11_901_408_320, 7_100_000, 605_000),)
         ),
-        kohya=KohyaFacts(base_version="flux1", v2=False, v_suffix=False, original_unet_names=False),
+        kohya=KohyaFacts(
+            base_version="flux1", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
+        ),
         objective="flow",
         single_file_marker="model.diffusion_model.double_blocks.",
-        extra_exports=(),
+        extra_exports=("kohya_lora",),  # kohya's networks/lora_flux.py layout (runtime/flux_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,
         train_guidance=3.5,

@@ -104,6 +104,7 @@ class EvalLoss:
             text = {k: v.expand(count, *v.shape[1:]) for k, v in text.items()}
             noisy = family.objective.add_noise(sched, latents, noise, timesteps)
             pred = denoise(parts, noisy, timesteps, text, [sample] * count).float()
+            pred = family.objective.output(loss_plan, sched, pred, noisy, timesteps)
             target = family.objective.target(sched, latents, noise, timesteps, loss_plan.target)
         huber = loss_plan.huber
         huber_c = (

@@ -22,7 +22,7 @@ from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
-from dbspec.runtime.optim import step_size_metrics
+from dbspec.runtime.optim import averaged_weights, step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
@@ -122,19 +122,22 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
             )
             progress.update(step=step, loss=step_loss, lr=lr)
 
-            if step in plan.validation.steps and run.main:
-                _validate(run, step, log)
-            if evaluator is not None and step in plan.evaluation.steps:
-                scores = {"step": step, **_evaluate(run, evaluator, step, log)}
-            stopping = _all_agree(
-                run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
-            )
-            if (step in plan.checkpoints.steps or stopping) and run.main:
-                last_checkpoint = str(
-                    _save_checkpoint(run, step, scores if scores.get("step") == step else {})
+            # schedule-free optimizers: validation, evaluation and checkpoints see the averaged weights (one
+            # eval/train switch per step on every process, as kohya switches around sampling and saving)
+            with averaged_weights(run.optimizer, plan.optimizer):
+                if step in plan.validation.steps and run.main:
+                    _validate(run, step, log)
+                if evaluator is not None and step in plan.evaluation.steps:
+                    scores = {"step": step, **_evaluate(run, evaluator, step, log)}
+                stopping = _all_agree(
+                    run.accelerator, interrupted.requested or (stop_after is not None and step >= stop_after)
                 )
-            if step in plan.checkpoints.steps or stopping:
-                run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
+                if (step in plan.checkpoints.steps or stopping) and run.main:
+                    last_checkpoint = str(
+                        _save_checkpoint(run, step, scores if scores.get("step") == step else {})
+                    )
+                if step in plan.checkpoints.steps or stopping:
+                    run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
             if stopping and step < s.total_steps:
                 log.close()
                 _write_report(run, console)
@@ -152,7 +155,8 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
     final = out / "final"
     run.accelerator.wait_for_everyone()
     if run.main:
-        with _InterruptFlag():  # Ctrl-C or SIGTERM now waits for the final weights (a second Ctrl-C does not)
+        with _InterruptFlag(), averaged_weights(run.optimizer, plan.optimizer):
+            # Ctrl-C or SIGTERM now waits for the final weights (a second Ctrl-C does not)
             write_final(final, run.pipeline, run.comps, plan, run.ema)
     log.close()
     _write_report(run, console)

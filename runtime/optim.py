@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -66,7 +67,85 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind == "lion":
         lion = _import("lion_pytorch", "pip install lion-pytorch")
         return lion.Lion(groups, betas=opt.betas, weight_decay=opt.weight_decay)
+    if opt.ademamix is not None:
+        return _ademamix(groups, opt)
+    if opt.schedulefree is not None:
+        return _schedulefree(groups, opt)
     raise OptimizerError(f"unknown optimizer {kind!r}")
+
+
+def _ademamix(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """bitsandbytes' AdEMAMix, AdEMAMix8bit, PagedAdEMAMix, PagedAdEMAMix8bit, as kohya builds them from
+    `bitsandbytes.optim.<class>` with optimizer_args."""
+    bnb = _import("bitsandbytes", "pip install 'dbspec[quant]' (bitsandbytes)")
+    a = opt.ademamix
+    cls = ("Paged" if a.paged else "") + ("AdEMAMix8bit" if a.eight_bit else "AdEMAMix")
+    return getattr(bnb.optim, cls)(
+        groups,
+        betas=tuple(opt.betas),
+        alpha=a.alpha,
+        t_alpha=a.t_alpha,
+        t_beta3=a.t_beta3,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+    )
+
+
+SCHEDULEFREE_CLASSES = {
+    "adamw_schedulefree": "AdamWScheduleFree",
+    "sgd_schedulefree": "SGDScheduleFree",
+    "radam_schedulefree": "RAdamScheduleFree",
+}
+
+
+def _schedulefree(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """The schedulefree package's optimizers (kohya's *ScheduleFree types), put in train mode as kohya's
+    get_optimizer leaves them."""
+    sf = _import("schedulefree", "pip install schedulefree")
+    a = opt.schedulefree
+    kwargs: dict = {"weight_decay": opt.weight_decay, "r": a.r, "weight_lr_power": a.weight_lr_power}
+    if opt.kind == "sgd_schedulefree":
+        kwargs.update(momentum=opt.momentum, warmup_steps=a.warmup_steps)
+    else:
+        kwargs.update(betas=tuple(opt.betas), eps=opt.eps)
+    if opt.kind == "adamw_schedulefree":
+        kwargs["warmup_steps"] = a.warmup_steps
+    if opt.kind == "radam_schedulefree":
+        kwargs["silent_sgd_phase"] = a.silent_sgd_phase
+    optimizer = getattr(sf, SCHEDULEFREE_CLASSES[opt.kind])(groups, **kwargs)
+    optimizer.train()
+    return optimizer
+
+
+def _innermost(optimizer):
+    """The optimizer inside accelerate's and the stochastic-rounding wrappers."""
+    while hasattr(optimizer, "optimizer") or hasattr(optimizer, "inner"):
+        optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer.inner
+    return optimizer
+
+
+def resume_training_mode(optimizer, opt: OptimizerPlan) -> None:
+    """Schedule-free: after a resume the weights are the averaged ones a checkpoint holds (saved in eval
+    mode); train mode moves them back to the training point from the restored state (as kohya's first
+    optimizer_train_fn does)."""
+    if opt.schedulefree is not None:
+        _innermost(optimizer).train()
+
+
+@contextlib.contextmanager
+def averaged_weights(optimizer, opt: OptimizerPlan):
+    """Schedule-free: the optimizer in eval mode (the parameters hold the averaged weights) for what runs
+    inside, then back in train mode, as kohya's optimizer_eval_fn / optimizer_train_fn around sampling, saving
+    and validation. A no-op for other optimizers."""
+    if opt.schedulefree is None:
+        yield
+        return
+    inner = _innermost(optimizer)
+    inner.eval()
+    try:
+        yield
+    finally:
+        inner.train()
 
 
 def _adafactor(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
@@ -84,6 +163,10 @@ def _adafactor(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
         scale_parameter=bool(a and a.scale_parameter),
         warmup_init=bool(a and a.warmup_init),
         weight_decay=opt.weight_decay,
+        beta1=a.beta1 if a else None,
+        clip_threshold=a.clip_threshold if a else 1.0,
+        decay_rate=a.decay_rate if a else -0.8,
+        eps=tuple(a.eps) if a else (1e-30, 1e-3),
     )
 
 
@@ -218,11 +301,21 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
     )
 
 
-TORCH_CLASSES = ("one_cycle", "step", "multi_step", "exponential", "linear_lr", "constant_lr")
+TORCH_CLASSES = (
+    "one_cycle",
+    "step",
+    "multi_step",
+    "exponential",
+    "linear_lr",
+    "constant_lr",
+    "cyclic",
+    "polynomial_lr",
+)
 
 
 def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
-    """torch's StepLR ... OneCycleLR with the plan's arguments (kohya builds `cls(optimizer, **args)`)."""
+    """torch's StepLR ... OneCycleLR, CyclicLR, PolynomialLR with the plan's arguments (kohya builds
+    `cls(optimizer, **args)`)."""
     a, lr_scheduler = s.torch, torch.optim.lr_scheduler
     if s.lr_schedule == "step":
         return lr_scheduler.StepLR(optimizer, step_size=a.step_size, gamma=a.gamma)
@@ -236,6 +329,21 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         )
     if s.lr_schedule == "constant_lr":
         return lr_scheduler.ConstantLR(optimizer, factor=a.factor, total_iters=a.total_iters)
+    if s.lr_schedule == "polynomial_lr":
+        return lr_scheduler.PolynomialLR(optimizer, total_iters=a.total_iters, power=s.power)
+    if s.lr_schedule == "cyclic":  # base_lr replaces every group's rate; max_lr 0 = each group's own rate
+        return lr_scheduler.CyclicLR(
+            optimizer,
+            base_lr=a.base_lr,
+            max_lr=a.max_lr or [group["lr"] for group in optimizer.param_groups],
+            step_size_up=a.step_size_up,
+            step_size_down=a.step_size_down or None,
+            mode=a.cyclic_mode,
+            gamma=a.gamma,
+            cycle_momentum=a.cycle_momentum,
+            base_momentum=a.base_momentum,
+            max_momentum=a.max_momentum,
+        )
     # one_cycle: max_lr 0 = each group's own rate (a list, one per group)
     max_lr = a.max_lr or [group["lr"] for group in optimizer.param_groups]
     return lr_scheduler.OneCycleLR(

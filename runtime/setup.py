@@ -21,7 +21,7 @@ from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
-from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
+from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
 from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
@@ -157,6 +157,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         resumed.restore(run)
         run.step = resumed.step
         resumed = None  # frees the CPU copy of the weights and optimizer state
+        resume_training_mode(run.optimizer, plan.optimizer)  # schedule-free: averaged -> training weights
     if s.text_encoder_stop_step and run.step >= s.text_encoder_stop_step:
         freeze_text_encoders(run)
     if tokens is not None and plan.pivotal.stop_step and run.step >= plan.pivotal.stop_step:

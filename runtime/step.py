@@ -160,7 +160,9 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
         latents,
         parts.generator,
         sched.config.num_train_timesteps,
-        timesteps=lambda batch, generator: objective.sample_timesteps(loss_plan, batch, generator, sched),
+        timesteps=lambda batch, generator: objective.sample_timesteps(
+            loss_plan, batch, generator, sched, tuple(latents.shape[-2:])
+        ),
     )
     noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
     noisy = objective.add_noise(sched, latents, noised_with, timesteps)
@@ -172,12 +174,16 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
         )
         own = rollout.rollout_target(latents, noisy, timesteps, alphas, loss_plan.target)
         target = torch.where(rolled[:, None, None, None], own, target)
-    pred = denoise(parts, noisy, timesteps, text, batch).float()
+    # what the loss compares: the prediction, or kohya's Flux transforms of it (loss.flow_prediction)
+    pred = objective.output(
+        loss_plan, sched, denoise(parts, noisy, timesteps, text, batch).float(), noisy, timesteps
+    )
     is_prior = torch.tensor([s.role == "class" for s in batch], device=parts.device)
     if loss_plan.prior == "base_model" and bool(is_prior.any()):
-        target = torch.where(
-            is_prior[:, None, None, None], base_prediction(parts, noisy, timesteps, text, batch), target
+        base = objective.output(
+            loss_plan, sched, base_prediction(parts, noisy, timesteps, text, batch), noisy, timesteps
         )
+        target = torch.where(is_prior[:, None, None, None], base, target)
     huber_c = objective.huber_threshold(loss_plan, sched, timesteps)
     elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta, huber_c)
     per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))

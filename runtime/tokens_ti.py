@@ -8,7 +8,8 @@ added as `tok`, `tok_1` .. `tok_{N-1}` and a prompt's `tok` is expanded to all N
 diffusers' `maybe_convert_prompt` does in its pipelines, so validation and a loaded export see the same ids).
 
 Exports, one file per token in `<weights folder>/embeddings/`: SD1/SD2 `{"emb_params": (N, D)}`, SDXL
-`{"clip_l": (N, 768), "clip_g": (N, 1280)}` (the A1111/ComfyUI layouts). diffusers loads them with
+`{"clip_l": (N, 768), "clip_g": (N, 1280)}`, the SDXL refiner `{"clip_g": (N, 1280)}` (the A1111/ComfyUI
+layouts; each encoder's key is its family's `TextEncoderSpec.embedding_key`). diffusers loads them with
 `pipe.load_textual_inversion(path, token=tok)` (SD1/SD2) or, per encoder,
 `pipe.load_textual_inversion(sd["clip_l"], token=tok, text_encoder=pipe.text_encoder,
 tokenizer=pipe.tokenizer)` and the same with `clip_g`, `text_encoder_2`, `tokenizer_2` (SDXL).
@@ -22,9 +23,9 @@ from pathlib import Path
 import attrs
 import torch
 
+from dbspec.families import family_spec
 from dbspec.plan.model import PivotalPlan, Plan
 
-A1111_KEYS = {1: ("emb_params",), 2: ("clip_l", "clip_g")}  # by the number of text encoders
 STATE_PREFIX = "pivotal."  # keys of the token rows in a checkpoint's trainable state
 
 
@@ -164,6 +165,11 @@ def token_rows(plan: Plan, text_encoders: list, tokenizers: list) -> dict[str, l
     return out
 
 
+def embedding_keys(plan: Plan) -> tuple[str, ...]:
+    """Each text encoder's key in an embedding file, in the order of the run's text encoders."""
+    return tuple(t.embedding_key for t in family_spec(plan.model.family).text_encoders)
+
+
 def file_name(token: str) -> str:
     """A file name for a token: its letters, digits, `-` and `_` (`<ohwx>` -> `ohwx`)."""
     return re.sub(r"[^\w-]", "", token) or "token"
@@ -173,7 +179,7 @@ def save_embeddings(folder: Path, plan: Plan, text_encoders: list, tokenizers: l
     """Write each token as an A1111/ComfyUI embedding file (which diffusers' load_textual_inversion loads)."""
     from safetensors.torch import save_file
 
-    keys = A1111_KEYS[len(text_encoders)]
+    keys = embedding_keys(plan)
     written = []
     folder = Path(folder) / "embeddings"
     folder.mkdir(parents=True, exist_ok=True)
@@ -194,11 +200,12 @@ def load_embeddings(pipe, folder: Path, plan: Plan) -> None:
     from safetensors.torch import load_file
 
     assert plan.pivotal is not None
-    pairs = [(pipe.text_encoder, pipe.tokenizer)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.text_encoder_2, pipe.tokenizer_2))
+    encoders = family_spec(plan.model.family).text_encoders
     for t in plan.pivotal.tokens:
         path = Path(folder) / "embeddings" / f"{file_name(t.token)}.safetensors"
         state = load_file(str(path))
-        for key, (encoder, tokenizer) in zip(A1111_KEYS[len(pairs)], pairs):
-            pipe.load_textual_inversion(state[key], token=t.token, text_encoder=encoder, tokenizer=tokenizer)
+        for spec in encoders:
+            encoder, tokenizer = getattr(pipe, spec.component), getattr(pipe, spec.tokenizer)
+            pipe.load_textual_inversion(
+                state[spec.embedding_key], token=t.token, text_encoder=encoder, tokenizer=tokenizer
+            )

@@ -24,7 +24,13 @@ from dbspec.compiler.models import check_exports, check_weighted_captions, plan_
 from dbspec.compiler.preview import plan_preview
 from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
 from dbspec.families import family_spec
-from dbspec.compiler.optimizers import adafactor_plan, dadapt_plan, relative_step
+from dbspec.compiler.optimizers import (
+    adafactor_plan,
+    ademamix_plan,
+    dadapt_plan,
+    relative_step,
+    schedulefree_plan,
+)
 from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
@@ -247,7 +253,8 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         components=precision.components,
         trainable_params=trainable,
         optimizer=spec.optimizer.kind,
-        momentum=spec.optimizer.momentum,
+        # SGD's momentum buffer; Adafactor's beta1 (a first moment)
+        momentum=spec.optimizer.beta1 if spec.optimizer.kind == "adafactor" else spec.optimizer.momentum,
         batch_size=max(batch_size_of(ctx, b.group) for b in buckets),  # the largest batch of any group
         max_bucket=largest,
         family=model.family,
@@ -402,6 +409,8 @@ def _assemble(
             max_grad_norm=o.max_grad_norm,
             dadapt=dadapt_plan(o),
             adafactor=adafactor_plan(o),
+            ademamix=ademamix_plan(o),
+            schedulefree=schedulefree_plan(o),
         ),
         cache=cache,
         validation=ValidationPlan(

@@ -13,6 +13,8 @@ from dbspec.plan.model import DatasetPlan, FlowPlan, HuberPlan, LossPlan, ModelP
 from dbspec.spec.model import LowRankAdapter, Loss
 
 PSEUDO_HUBER = ("pseudo_huber", "smooth_l1")
+# Flux's time shift μ at 256 and at 4096 latent patches (diffusers' Flux scheduler config, kohya flux_shift)
+FLUX_BASE_SHIFT, FLUX_MAX_SHIFT = 0.5, 1.15
 
 
 def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan, ...]) -> LossPlan:
@@ -77,6 +79,9 @@ def flow_plan(spec: Loss, family: str) -> FlowPlan:
         shift=spec.flow_shift,
         # a model without a guidance embedding reads none (DBS232)
         guidance=(spec.flow_guidance or own) if (own := family_spec(family).train_guidance) else 0.0,
+        prediction=spec.flow_prediction,
+        base_shift=FLUX_BASE_SHIFT if spec.flow_dynamic_shift else 0.0,
+        max_shift=FLUX_MAX_SHIFT if spec.flow_dynamic_shift else 0.0,
     )
 
 
@@ -133,20 +138,27 @@ def formula(p: LossPlan) -> str:
 
 def _weighted(p: LossPlan) -> str:
     y = {"epsilon": "ε", "v_prediction": "v", "flow_matching": "u"}[p.target]
+    if p.flow is not None and p.flow.prediction != "raw":  # kohya's Flux model_prediction_type
+        pred = {"sigma_scaled": f"x_t − σ·{y}̂", "additive": f"{y}̂ + x_t"}[p.flow.prediction]
+        return _weighted_with(p, y, pred)
+    return _weighted_with(p, y, f"{y}̂")
+
+
+def _weighted_with(p: LossPlan, y: str, pred: str) -> str:
     elem = _element(p)
     weight = timestep_weight(p)
     mask = "·mask/area" if p.masked else ""
-    inst = f"mean_inst[ {weight}{elem}({y}̂, {y}){mask} ]"
+    inst = f"mean_inst[ {weight}{elem}({pred}, {y}){mask} ]"
     if p.prior == "none":
         return f"L = {inst}"
     prior_target = f"{y}_base(x_t)" if p.prior == "base_model" else y
     if p.prior_reduction == "per_sample":
         return (
-            f"L = mean_batch[ w_i·{weight}{elem}({y}̂, "
+            f"L = mean_batch[ w_i·{weight}{elem}({pred}, "
             f"{y if p.prior == 'images' else f'{y} | class: {prior_target}'}){mask} ], w_i = "
             f"{p.prior_weight:g} for class samples, 1 for instance"
         )
-    return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({y}̂, {prior_target}){mask} ]"
+    return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({pred}, {prior_target}){mask} ]"
 
 
 def _flow(p: LossPlan) -> str:

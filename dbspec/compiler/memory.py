@@ -58,6 +58,16 @@ OPTIMIZER_STATE_BYTES = {
     "dadapt_adan_ip": 20,  # s, exp_avg, exp_avg_diff, exp_avg_sq, pre_grad
     "dadapt_lion": 8,  # exp_avg, s
     "dadapt_sgd": 12,  # z, s, x0
+    # bitsandbytes AdEMAMix: exp_avg, exp_avg_sq and the slow EMA (8-bit: one byte each, blockwise); the
+    # paged ones sit on the device until it runs short
+    "ademamix": 12,
+    "paged_ademamix": 12,
+    "ademamix8bit": 3,
+    "paged_ademamix8bit": 3,
+    # schedulefree: z (and exp_avg_sq for the Adam ones), fp32
+    "adamw_schedulefree": 8,
+    "radam_schedulefree": 8,
+    "sgd_schedulefree": 4,
 }
 SGD_MOMENTUM_BYTES = 4
 OVERHEAD_FRACTION = 0.10
@@ -301,12 +311,18 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
         return SGD_MOMENTUM_BYTES if momentum > 0 else 0
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
+    if optimizer == "adafactor" and momentum > 0:  # `momentum` is Adafactor's beta1 here
+        notes.append(
+            "adafactor state counted as 8 bytes per parameter, an upper bound: beta1's first moment (4) and "
+            "the factored second moment (at most 4)"
+        )
+        return 2 * OPTIMIZER_STATE_BYTES["adafactor"]
     if optimizer == "adafactor":
         # Values kept per parameter (rows + columns of each tensor's last two dimensions, full vectors for
         # biases and norms), measured on the stock architectures: SD1.5 UNet 0.53 (its 3x3 convolutions keep
         # 2/3, 1x1 ones 2x), SDXL UNet 0.095, CLIP text encoders under 0.01; LoRA matrices about 1/rank.
         notes.append(
-            "adafactor state counted as 4 bytes per parameter, an upper bound: dbspec sets no beta1, so "
+            "adafactor state counted as 4 bytes per parameter, an upper bound: without beta1 "
             "the state is the factored second moment, about 2.1 bytes per parameter of an SD1.5 UNet, 0.4 of "
             "an SDXL UNet, under 0.04 of a text encoder and about 4/rank for LoRA matrices"
         )

@@ -13,6 +13,7 @@ from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
 from dbspec.compiler.safetensors_header import file_fingerprint
 from dbspec.families import FAMILIES, family_list, family_spec, hub_model
 from dbspec.plan.model import ModelPlan
+from dbspec.spec.model import Adapter, LohaAdapter, LokrAdapter, LoraAdapter
 
 BASE = ("model", "base")
 # Parameter counts of each family's public models, for the memory estimate of a hub model not downloaded yet.
@@ -277,10 +278,40 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             ctx.report(
                 "DBS381",
                 "error",
-                f'checkpoints.exports has "{fmt}", which dbspec does not write for {spec.title} models',
+                f'checkpoints.exports has "{fmt}", which dbspec does not write for {spec.title} models '
+                f"(it writes {_written(spec.extra_exports)} for them)",
                 ("checkpoints", "exports", i),
                 help="remove it: the diffusers folder (or diffusers LoRA file) is always written",
             )
+        elif (
+            fmt == "kohya_lora"
+            and not spec.kohya.lycoris_layout
+            and (kind := _lycoris_kind(ctx.spec.adapter))
+        ):
+            ctx.report(
+                "DBS381",
+                "error",
+                f'checkpoints.exports has "kohya_lora" for a {kind} run: dbspec writes {spec.title} kohya '
+                "files for plain LoRA only (kohya's networks/lora_flux.py layout)",
+                ("checkpoints", "exports", i),
+                help='train plain LoRA (adapter.kind = "lora", no dora or conv_rank) for a kohya file, or '
+                "remove the export: the diffusers LoRA file is always written",
+            )
+
+
+def _written(formats: tuple[str, ...]) -> str:
+    return " and ".join(f'"{f}"' for f in formats) if formats else "only the diffusers layouts"
+
+
+def _lycoris_kind(adapter: Adapter) -> str:
+    """The adapter's LyCORIS-layout kind ("LoHa", "DoRA", ...), "" for plain LoRA or no adapter."""
+    if isinstance(adapter, LohaAdapter | LokrAdapter):
+        return {"loha": "LoHa", "lokr": "LoKr"}[adapter.kind]
+    if not isinstance(adapter, LoraAdapter):
+        return ""
+    if adapter.dora:
+        return "DoRA"
+    return "LoCon (adapter.conv_rank)" if adapter.conv_rank else ""
 
 
 def _config(ctx: Context) -> str:

@@ -1,9 +1,10 @@
-"""The optimizer settings beyond the common ones: D-Adaptation's and Adafactor's (kohya's optimizer_args)."""
+"""The optimizer settings beyond the common ones: D-Adaptation's, Adafactor's, AdEMAMix's and the
+schedule-free optimizers' (kohya's optimizer_args)."""
 
 from __future__ import annotations
 
-from dbspec.plan.model import AdafactorPlan, DAdaptPlan
-from dbspec.spec.model import DADAPT_KINDS, Optimizer
+from dbspec.plan.model import AdafactorPlan, AdEMAMixPlan, DAdaptPlan, ScheduleFreePlan
+from dbspec.spec.model import ADEMAMIX_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
 
 # dadaptation's per-kind constructor arguments beyond lr, betas, eps, weight_decay, momentum.
 DADAPT_ARGS = {
@@ -15,11 +16,39 @@ DADAPT_ARGS = {
     "dadapt_lion": ("d0",),
     "dadapt_sgd": ("d0", "growth_rate"),
 }
-ADAFACTOR_ARGS = ("relative_step", "scale_parameter", "warmup_init")
+ADAFACTOR_ARGS = (
+    "relative_step",
+    "scale_parameter",
+    "warmup_init",
+    "beta1",
+    "clip_threshold",
+    "decay_rate",
+    "adafactor_eps",
+)
+ADEMAMIX_ARGS = ("alpha", "t_alpha", "t_beta3")
+# schedulefree's per-class arguments beyond lr, betas, eps, weight_decay, momentum
+SCHEDULEFREE_ARGS = {
+    "adamw_schedulefree": ("schedulefree_warmup_steps", "schedulefree_r", "weight_lr_power"),
+    "sgd_schedulefree": ("schedulefree_warmup_steps", "schedulefree_r", "weight_lr_power"),
+    "radam_schedulefree": ("schedulefree_r", "weight_lr_power", "silent_sgd_phase"),
+}
+_KIND_ARGS = (
+    "d0",
+    "growth_rate",
+    "decouple",
+    "use_bias_correction",
+    "no_prox",
+    *ADAFACTOR_ARGS,
+    *ADEMAMIX_ARGS,
+    "schedulefree_warmup_steps",
+    "schedulefree_r",
+    "weight_lr_power",
+    "silent_sgd_phase",
+)
 # kinds that use optimizer.momentum / three betas
-MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad")
-NO_BETAS_KINDS = ("sgd", "adafactor", "dadapt_sgd", "dadapt_adagrad")
-THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip")
+MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
+NO_BETAS_KINDS = ("sgd", "adafactor", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
+THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS)
 
 
 def dadapt_plan(o: Optimizer) -> DAdaptPlan | None:
@@ -38,7 +67,36 @@ def adafactor_plan(o: Optimizer) -> AdafactorPlan | None:
     if o.kind != "adafactor":
         return None
     return AdafactorPlan(
-        relative_step=o.relative_step, scale_parameter=o.scale_parameter, warmup_init=o.warmup_init
+        relative_step=o.relative_step,
+        scale_parameter=o.scale_parameter,
+        warmup_init=o.warmup_init,
+        beta1=o.beta1 or None,  # transformers' None: no first moment
+        clip_threshold=o.clip_threshold,
+        decay_rate=o.decay_rate,
+        eps=(o.adafactor_eps[0], o.adafactor_eps[1]),
+    )
+
+
+def ademamix_plan(o: Optimizer) -> AdEMAMixPlan | None:
+    if o.kind not in ADEMAMIX_KINDS:
+        return None
+    return AdEMAMixPlan(
+        alpha=o.alpha,
+        t_alpha=o.t_alpha or None,
+        t_beta3=o.t_beta3 or None,
+        eight_bit=o.kind.endswith("8bit"),
+        paged=o.kind.startswith("paged_"),
+    )
+
+
+def schedulefree_plan(o: Optimizer) -> ScheduleFreePlan | None:
+    if o.kind not in SCHEDULEFREE_KINDS:
+        return None
+    return ScheduleFreePlan(
+        warmup_steps=o.schedulefree_warmup_steps if o.kind != "radam_schedulefree" else 0,
+        r=o.schedulefree_r,
+        weight_lr_power=o.weight_lr_power,
+        silent_sgd_phase=o.silent_sgd_phase if o.kind == "radam_schedulefree" else False,
     )
 
 
@@ -47,10 +105,11 @@ def relative_step(o: Optimizer) -> bool:
 
 
 def unused_args(kind: str) -> list[str]:
-    """The D-Adaptation and Adafactor options `kind` does not use."""
-    used = (*DADAPT_ARGS.get(kind, ()), *(ADAFACTOR_ARGS if kind == "adafactor" else ()))
-    return [
-        name
-        for name in ("d0", "growth_rate", "decouple", "use_bias_correction", "no_prox", *ADAFACTOR_ARGS)
-        if name not in used
-    ]
+    """The D-Adaptation, Adafactor, AdEMAMix and schedule-free options `kind` does not use."""
+    used = (
+        *DADAPT_ARGS.get(kind, ()),
+        *(ADAFACTOR_ARGS if kind == "adafactor" else ()),
+        *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
+        *SCHEDULEFREE_ARGS.get(kind, ()),
+    )
+    return [name for name in _KIND_ARGS if name not in used]

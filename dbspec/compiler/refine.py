@@ -3,6 +3,8 @@ refiner's options (DBS347-DBS349). Families that sample from prompts plan no Ref
 
 from __future__ import annotations
 
+import math
+
 from dbspec.compiler.context import Context
 from dbspec.families import family_spec
 from dbspec.plan.model import DatasetPlan, ModelPlan, RefinePlan
@@ -22,7 +24,7 @@ def refines(model: ModelPlan | None) -> bool:
 
 def check_refiner_options(ctx: Context, model: ModelPlan | None) -> None:
     """DBS348: refiner options on another family; DBS347: prompts a refiner ignores; DBS349: class images it
-    cannot generate."""
+    cannot generate; DBS289: image metrics it has no prompt samples for; DBS294: a refinement of no step."""
     if model is None:
         return
     spec = family_spec(model.family)
@@ -46,6 +48,26 @@ def check_refiner_options(ctx: Context, model: ModelPlan | None) -> None:
             f"{ctx.spec.validation.refine_images} instance image(s) with their captions instead",
             ("validation", "prompts"),
             help="remove validation.prompts; set validation.refine_images and validation.strength",
+        )
+    v = ctx.spec.validation
+    if v.refine_images and int(v.steps * v.strength) < 1:
+        ctx.report(
+            "DBS294",
+            "error",
+            f"validation.steps = {v.steps} at strength {v.strength} is {int(v.steps * v.strength)} img2img "
+            "denoising step(s) (diffusers runs int(steps x strength)): the refinement would do nothing",
+            ("validation", "steps"),
+            help=f"set validation.steps to at least {math.ceil(1 / v.strength)}",
+        )
+    image_metrics = [m for m in ctx.spec.evaluation.metrics if m in ("clip_t", "clip_i", "dino")]
+    if image_metrics:
+        ctx.report(
+            "DBS289",
+            "error",
+            f"evaluation.metrics names {', '.join(image_metrics)}, but {spec.title} validation refines "
+            "training images instead of sampling validation.prompts: there are no prompt samples to score",
+            ("evaluation", "metrics"),
+            help="remove them from evaluation.metrics; the evaluation loss (evaluation.holdout) works here",
         )
     for i, d in enumerate(ctx.spec.datasets):
         if d.generate:

@@ -33,7 +33,7 @@ from dbspec.compiler.schedule import TORCH_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import DADAPT_KINDS, LoraAdapter, LowRankAdapter, Spec
+from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS, LoraAdapter, LowRankAdapter, Spec
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ def warmup_with_simpletuner_cosine(spec: Spec, given: Given) -> Iterator[Hit]:
 
 # --- kohya's schedule options (DBS255-DBS257) ---------------------------------------------------------------
 _SCHEDULE_SETTING_USERS = {
-    "power": ("polynomial",),
+    "power": ("polynomial", "polynomial_lr"),
     "min_lr_ratio": ("cosine_with_min_lr", "warmup_stable_decay"),
     "decay_steps": ("warmup_stable_decay",),
     "t_max": (
@@ -315,26 +315,21 @@ _SCHEDULE_SETTING_USERS = {
 _SCHEDULE_SETTING_USERS.update(
     {  # torch's other schedulers (kohya's lr_scheduler_type)
         "step_size": ("step",),
-        "gamma": ("step", "multi_step", "exponential"),
+        "gamma": ("step", "multi_step", "exponential", "cyclic"),
         "milestones": ("multi_step",),
         "start_factor": ("linear_lr",),
         "end_factor": ("linear_lr",),
-        "total_iters": ("linear_lr", "constant_lr"),
+        "total_iters": ("linear_lr", "constant_lr", "polynomial_lr"),
         "factor": ("constant_lr",),
         **{
             key: ("one_cycle",)
-            for key in (
-                "max_lr",
-                "pct_start",
-                "anneal_strategy",
-                "div_factor",
-                "final_div_factor",
-                "three_phase",
-                "cycle_momentum",
-                "base_momentum",
-                "max_momentum",
-            )
+            for key in ("pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase")
         },
+        **{
+            key: ("one_cycle", "cyclic")
+            for key in ("max_lr", "cycle_momentum", "base_momentum", "max_momentum")
+        },
+        **{key: ("cyclic",) for key in ("base_lr", "step_size_up", "step_size_down", "cyclic_mode")},
     }
 )
 
@@ -384,12 +379,13 @@ def one_cycle_lengths(spec: Spec, given: Given, total_steps: int) -> Iterator[Hi
 @rule("spec")
 def one_cycle_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
     s = spec.schedule
-    if s.lr_schedule == "one_cycle" and s.cycle_momentum and spec.optimizer.kind == "adafactor":
+    if s.lr_schedule in ("one_cycle", "cyclic") and s.cycle_momentum and spec.optimizer.kind == "adafactor":
+        torch_class = "OneCycleLR" if s.lr_schedule == "one_cycle" else "CyclicLR"
         yield _err(
             "DBS273",
             ("schedule", "cycle_momentum"),
-            'one_cycle cycles the optimizer\'s momentum or beta1, and optimizer.kind = "adafactor" has '
-            "neither (torch's OneCycleLR raises)",
+            f"{s.lr_schedule} cycles the optimizer's momentum or beta1, and optimizer.kind = "
+            f'"adafactor" has neither (torch\'s {torch_class} raises)',
             "set cycle_momentum = false",
         )
 
@@ -670,6 +666,43 @@ def two_betas(spec: Spec, given: Given) -> Iterator[Hit]:
         count = f"three numbers (kind {spec.optimizer.kind})" if three else "two numbers"
         yield _err(
             "DBS219", ("optimizer", "betas"), f"optimizer.betas must be {count} in [0, 1); found {betas}"
+        )
+
+
+@rule("spec")
+def adafactor_eps_pair(spec: Spec, given: Given) -> Iterator[Hit]:
+    eps = spec.optimizer.adafactor_eps
+    if len(eps) != 2 or not all(e > 0 for e in eps):
+        yield _err(
+            "DBS220",
+            ("optimizer", "adafactor_eps"),
+            "optimizer.adafactor_eps must be two positive numbers (transformers' Adafactor eps); "
+            f"found {eps}",
+            "for example adafactor_eps = [1e-30, 1e-3] (transformers' default)",
+        )
+
+
+@rule("spec")
+def schedulefree_without_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
+    kind, s = spec.optimizer.kind, spec.schedule
+    if kind not in SCHEDULEFREE_KINDS:
+        return
+    if s.lr_schedule != "constant":
+        yield _err(
+            "DBS228",
+            ("schedule", "lr_schedule"),
+            f'optimizer.kind = "{kind}" averages its iterates instead of following an LR schedule (kohya '
+            f'gives it a scheduler that never changes the LR); schedule.lr_schedule must be "constant", '
+            f'found "{s.lr_schedule}"',
+            codes.help("DBS228"),
+        )
+    if s.warmup_steps:
+        yield _err(
+            "DBS228",
+            ("schedule", "warmup_steps"),
+            f'optimizer.kind = "{kind}" has no LR schedule to warm up; found schedule.warmup_steps = '
+            f"{s.warmup_steps}",
+            "use optimizer.schedulefree_warmup_steps (adamw_schedulefree, sgd_schedulefree)",
         )
 
 
@@ -957,6 +990,8 @@ FLOW_OPTIONS = (
     "flow_weighting",
     "flow_shift",
     "flow_guidance",
+    "flow_prediction",
+    "flow_dynamic_shift",
 )
 
 
@@ -1019,6 +1054,21 @@ def flow_guidance_without_embedding(spec: Spec, given: Given) -> Iterator[Hit]:
             f"loss.flow_guidance = {spec.loss.flow_guidance:g} is inert: {family_spec(family).title} has no "
             "guidance embedding (only guidance-distilled models such as Flux.1 dev read it)",
             codes.help("DBS232"),
+        )
+
+
+@rule("spec")
+def flow_shift_once(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.flow_dynamic_shift shifts σ by the image size; a fixed loss.flow_shift beside it would shift twice
+    (DBS239)."""
+    loss = spec.loss
+    if loss.flow_dynamic_shift and loss.flow_shift:
+        yield _err(
+            "DBS239",
+            ("loss", "flow_shift"),
+            f"loss.flow_shift = {loss.flow_shift:g} and loss.flow_dynamic_shift = true both shift σ (a fixed "
+            "shift and the image-size shift); one applies",
+            codes.help("DBS239"),
         )
 
 

@@ -15,7 +15,14 @@ import math
 import typing
 from collections.abc import Callable
 
-from dbspec.compiler.torch_schedules import NEW_TORCH_SCHEDULES, one_cycle, recursive_curve
+from dbspec.compiler.torch_schedules import (
+    MOMENTUM_SCHEDULES,
+    NEW_TORCH_SCHEDULES,
+    cyclic,
+    momentum_at,
+    one_cycle,
+    recursive_curve,
+)
 from dbspec.plan.model import BucketPlan, SchedulePlan, Size, StepRange, TorchSchedulePlan
 from dbspec.spec.model import LrSchedule
 
@@ -108,7 +115,7 @@ class Curve:
     eta_min: float = 0.0
     t_mult: int = 1  # cosine_annealing_warm_restarts
     warmup_init: bool = False  # adafactor (relative steps)
-    torch: TorchSchedulePlan | None = None  # one_cycle, step, multi_step, exponential, linear_lr, constant_lr
+    torch: TorchSchedulePlan | None = None  # one_cycle ... constant_lr, cyclic, polynomial_lr
     cosine_cycles: float = COSINE_CYCLES  # cosine
     lr_end: float = POLYNOMIAL_LR_END  # polynomial
     warmup_type: str = "linear"  # warmup_stable_decay
@@ -335,7 +342,9 @@ def lr_curve(steps: list[int], curve: Curve) -> list[float]:
             raise ValueError(f"the {curve.schedule} schedule needs its torch arguments")
         if curve.schedule == "one_cycle":
             return [one_cycle(step, curve.lr, curve.t_max or curve.total, curve.torch)[0] for step in steps]
-        return recursive_curve(curve.schedule, list(steps), curve.lr, curve.torch)
+        if curve.schedule == "cyclic":
+            return [cyclic(step, curve.lr, curve.torch)[0] for step in steps]
+        return recursive_curve(curve.schedule, list(steps), curve.lr, curve.torch, curve.power)
     factor = _FACTORS[curve.schedule]
     return [curve.lr * factor(step, curve) for step in steps]
 
@@ -467,9 +476,9 @@ def compute_schedule(
         decay_type,
     )
     lr_points = tuple(zip(points, lr_curve(points, curve), strict=True))
-    if lr_schedule == "one_cycle" and torch is not None and torch.cycle_momentum:
+    if lr_schedule in MOMENTUM_SCHEDULES and torch is not None and torch.cycle_momentum:
         period = t_max or total_steps
-        momentum_points = tuple((step, one_cycle(step, lr, period, torch)[1]) for step in points)
+        momentum_points = tuple((step, momentum_at(lr_schedule, step, lr, period, torch)) for step in points)
     else:
         momentum_points = ()
     return SchedulePlan(

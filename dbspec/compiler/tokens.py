@@ -31,11 +31,13 @@ class TokenizerError(Exception):
 
 @attrs.frozen(kw_only=True)
 class BpeTokenizer:
-    """One CLIP BPE tokenizer: its folder name ("tokenizer", "tokenizer_2"), vocabulary and merge ranks."""
+    """One CLIP BPE tokenizer: its folder name ("tokenizer", "tokenizer_2"), vocabulary and merge ranks, and
+    the text encoder it feeds."""
 
     name: str
     vocab: dict[str, int] = attrs.field(eq=False, repr=False)
     ranks: dict[tuple[str, str], int] = attrs.field(eq=False, repr=False)
+    encoder: str = ""  # its text encoder component; "" for a folder of an unknown family
     # Each token a merge made -> that merge's rank (0 = the first, most frequent, merge).
     merged: dict[str, int] = attrs.field(eq=False, repr=False, init=False)
 
@@ -101,14 +103,23 @@ def model_tokenizers(base: str, spec_dir: Path = Path("."), *, revision: str = "
             f"{base} is a single-file checkpoint: it holds no tokenizer files; point at a diffusers folder "
             "(or the hub id of one in the local cache)"
         )
-    names = (
-        family_spec(facts.family).tokenizer_names
+    pairs = (
+        {t.tokenizer: t.component for t in family_spec(facts.family).clip_text_encoders}
         if facts.family in FAMILIES
-        else tuple(sorted(p.name for p in root.glob("tokenizer*") if p.is_dir()))
+        else {p.name: "" for p in sorted(root.glob("tokenizer*")) if p.is_dir() and _is_clip(p)}
     )
-    if not names:
+    if not pairs:
         raise TokenizerError(f"{root} has no tokenizer folder")
-    return [read_tokenizer(root / name) for name in names]
+    return [attrs.evolve(read_tokenizer(root / name), encoder=encoder) for name, encoder in pairs.items()]
+
+
+def _is_clip(folder: Path) -> bool:
+    """A tokenizer folder of an undetected family is read unless its config names another class (T5)."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # read_tokenizer says what is wrong with it
+    return "CLIP" in str(config.get("tokenizer_class", "CLIP")) if isinstance(config, dict) else True
 
 
 def _builtin_tokenizers(base: str) -> list[BpeTokenizer]:
@@ -119,8 +130,10 @@ def _builtin_tokenizers(base: str) -> list[BpeTokenizer]:
     from dbspec.builtin import tokenizer_vocab
 
     ranks = {pair: rank for rank, pair in enumerate(TOKENIZER_MERGES)}
-    names = ["tokenizer"] + (["tokenizer_2"] if model.tokenizer_2 is not None else [])
-    return [BpeTokenizer(name=name, vocab=tokenizer_vocab(), ranks=ranks) for name in names]
+    return [
+        BpeTokenizer(name=t.tokenizer, vocab=tokenizer_vocab(), ranks=ranks, encoder=t.component)
+        for t in family_spec(model.family).clip_text_encoders
+    ]
 
 
 def read_tokenizer(folder: Path) -> BpeTokenizer:

@@ -1,8 +1,9 @@
-"""torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR curves, torch-free.
+"""torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR, PolynomialLR, OneCycleLR and CyclicLR
+curves, torch-free.
 
-Each is evaluated with the float operations torch's `get_lr` performs, in its order: the first five update the
-LR recursively from the previous one (so the recursion is run step by step), OneCycleLR computes each step in
-closed form from the group's initial, peak and final rates. A test steps torch's classes on a real optimizer
+Each is evaluated with the float operations torch's `get_lr` performs, in its order: the first six update the
+LR recursively from the previous one (so the recursion is run step by step), OneCycleLR and CyclicLR compute
+each step in closed form from the group's rates. A test steps torch's classes on a real optimizer
 and compares bit for bit.
 """
 
@@ -15,7 +16,17 @@ from collections.abc import Callable
 from dbspec.plan.model import TorchSchedulePlan
 from dbspec.spec.model import Schedule
 
-NEW_TORCH_SCHEDULES = ("one_cycle", "step", "multi_step", "exponential", "linear_lr", "constant_lr")
+NEW_TORCH_SCHEDULES = (
+    "one_cycle",
+    "step",
+    "multi_step",
+    "exponential",
+    "linear_lr",
+    "constant_lr",
+    "cyclic",
+    "polynomial_lr",
+)
+MOMENTUM_SCHEDULES = ("one_cycle", "cyclic")  # with cycle_momentum they drive momentum / beta1
 
 
 def _step(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counter) -> float:
@@ -41,6 +52,12 @@ def _constant_lr(lr: float, epoch: int, a: TorchSchedulePlan, milestones: Counte
     return lr * (1.0 / a.factor) if epoch == a.total_iters else lr
 
 
+def _polynomial_lr(lr: float, epoch: int, a: TorchSchedulePlan, power: float) -> float:
+    if epoch > a.total_iters:
+        return lr
+    return lr * ((1.0 - epoch / a.total_iters) / (1.0 - (epoch - 1) / a.total_iters)) ** power
+
+
 _RECURSIONS: dict[str, Callable[[float, int, TorchSchedulePlan, Counter], float]] = {
     "step": _step,
     "multi_step": _multi_step,
@@ -51,11 +68,18 @@ _RECURSIONS: dict[str, Callable[[float, int, TorchSchedulePlan, Counter], float]
 _FIRST_FACTOR = {"linear_lr": "start_factor", "constant_lr": "factor"}  # applied by the constructor
 
 
-def recursive_curve(schedule: str, steps: list[int], lr: float, a: TorchSchedulePlan) -> list[float]:
-    """The LR after each of `steps` (sorted) scheduler steps of the recursive torch schedulers."""
+def recursive_curve(
+    schedule: str, steps: list[int], lr: float, a: TorchSchedulePlan, power: float = 1.0
+) -> list[float]:
+    """The LR after each of `steps` (sorted) scheduler steps of the recursive torch schedulers (`power`:
+    PolynomialLR's, the plan's schedule power)."""
     first = _FIRST_FACTOR.get(schedule)
     current = lr * getattr(a, first) if first else lr
-    update, milestones = _RECURSIONS[schedule], Counter(a.milestones)
+    milestones = Counter(a.milestones)
+    if schedule == "polynomial_lr":
+        update = lambda lr, epoch, a, milestones: _polynomial_lr(lr, epoch, a, power)  # noqa: E731
+    else:
+        update = _RECURSIONS[schedule]
     out, epoch = [], 0
     for target in steps:
         while epoch < target:
@@ -110,6 +134,34 @@ def one_cycle(step: int, lr: float, total: int, a: TorchSchedulePlan) -> tuple[f
     raise AssertionError("unreachable: the last phase always answers")
 
 
+def cyclic(step: int, lr: float, a: TorchSchedulePlan) -> tuple[float, float]:
+    """CyclicLR's (lr, momentum) after `step` scheduler steps, for a group whose rate is `lr` (the peak when
+    max_lr is 0), as its get_lr computes them (its scale_fn by mode, scale_mode the mode's own)."""
+    up = float(a.step_size_up)
+    total_size = up + (float(a.step_size_down) if a.step_size_down else up)
+    step_ratio = up / total_size
+    cycle = math.floor(1 + step / total_size)
+    x = 1.0 + step / total_size - cycle
+    scale_factor = x / step_ratio if x <= step_ratio else (x - 1) / (step_ratio - 1)
+    if a.cyclic_mode == "triangular":
+        scale = 1.0
+    elif a.cyclic_mode == "triangular2":
+        scale = 1 / (2.0 ** (cycle - 1))
+    else:  # exp_range: scale_mode "iterations"
+        scale = a.gamma**step
+    peak = a.max_lr or lr
+    rate = a.base_lr + (peak - a.base_lr) * scale_factor * scale
+    momentum = a.max_momentum - (a.max_momentum - a.base_momentum) * scale_factor * scale
+    return rate, momentum
+
+
+def momentum_at(schedule: str, step: int, lr: float, total: int, a: TorchSchedulePlan) -> float:
+    """The momentum (or beta1) OneCycleLR or CyclicLR sets after `step` scheduler steps."""
+    if schedule == "cyclic":
+        return cyclic(step, lr, a)[1]
+    return one_cycle(step, lr, total, a)[1]
+
+
 def torch_schedule_plan(s: Schedule) -> TorchSchedulePlan | None:
     """The torch arguments of the plan, for the schedules that take them."""
     if s.lr_schedule not in NEW_TORCH_SCHEDULES:
@@ -131,4 +183,8 @@ def torch_schedule_plan(s: Schedule) -> TorchSchedulePlan | None:
         cycle_momentum=s.cycle_momentum,
         base_momentum=s.base_momentum,
         max_momentum=s.max_momentum,
+        base_lr=s.base_lr,
+        step_size_up=s.step_size_up,
+        step_size_down=s.step_size_down,
+        cyclic_mode=s.cyclic_mode,
     )

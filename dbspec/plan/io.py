@@ -96,6 +96,17 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "loraplus_text_encoder_ratio"): 0.0,
         ("optimizer", "dadapt"): None,  # D-Adaptation optimizers, added since
         ("optimizer", "adafactor"): None,  # Adafactor's options, added since (a fixed LR then)
+        # transformers' other Adafactor arguments, AdEMAMix and schedule-free optimizers, torch's CyclicLR
+        ("optimizer", "adafactor", "beta1"): None,
+        ("optimizer", "adafactor", "clip_threshold"): 1.0,
+        ("optimizer", "adafactor", "decay_rate"): -0.8,
+        ("optimizer", "adafactor", "eps"): [1e-30, 1e-3],
+        ("optimizer", "ademamix"): None,
+        ("optimizer", "schedulefree"): None,
+        ("schedule", "torch", "base_lr"): 0.0,
+        ("schedule", "torch", "step_size_up"): 2000,
+        ("schedule", "torch", "step_size_down"): 0,
+        ("schedule", "torch", "cyclic_mode"): "triangular",
         # kohya's schedule and precision options (schedules and precision users set)
         ("schedule", "power"): 1.0,
         ("schedule", "min_lr_ratio"): 0.0,
@@ -171,6 +182,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("evaluation",): lambda run: json.loads(json.dumps(_CONVERTER.unstructure(EvaluationPlan()))),
         ("checkpoints", "select"): "none",
         ("validation", "preview"): None,  # live validation previews: off
+        # kohya's Flux prediction types and time shift: raw, fixed shift then (flow plans only)
+        ("loss", "flow", "prediction"): "raw",
+        ("loss", "flow", "base_shift"): 0.0,
+        ("loss", "flow", "max_shift"): 0.0,
     },
 }
 

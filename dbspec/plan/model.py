@@ -324,6 +324,12 @@ class TorchSchedulePlan:
     cycle_momentum: bool
     base_momentum: float
     max_momentum: float
+    # torch's CyclicLR (cyclic): the cycle from base_lr (it replaces every group's rate) to max_lr (0 = each
+    # group's own rate), step_size_down 0 = step_size_up; cyclic's gamma, momenta and cycle_momentum above
+    base_lr: float = 0.0
+    step_size_up: int = 2000
+    step_size_down: int = 0
+    cyclic_mode: str = "triangular"
 
 
 @frozen
@@ -357,7 +363,7 @@ class SchedulePlan:
     lr_end: float = 1e-7  # polynomial
     warmup_type: str = "linear"  # warmup_stable_decay
     decay_type: str = "cosine"  # warmup_stable_decay
-    # one_cycle with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
+    # one_cycle or cyclic with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
     momentum_points: tuple[tuple[int, float], ...] = ()
     # "process": one noise generator per process across steps; "micro_batch": reseeded per micro-batch from
     # (seed, global micro-batch index): partition-invariant over processes, resumable on every process
@@ -422,6 +428,12 @@ class FlowPlan:
     weighting: Literal["none", "sigma_sqrt", "cosmap"]  # per-sample loss weight of sigma
     shift: float  # the sigma shift of the scheduler; 0 keeps the model's scheduler config
     guidance: float = 0.0  # the guidance a guidance-distilled denoiser is given in training (Flux.1 dev: 3.5)
+    # what the loss compares with ε − x₀: raw v̂, sigma_scaled x_t − σ v̂, additive v̂ + x_t (kohya's Flux)
+    prediction: Literal["raw", "sigma_scaled", "additive"] = "raw"
+    # Flux's resolution-dependent shift of σ (kohya flux_shift): μ from base_shift at 256 latent patches to
+    # max_shift at 4096; (0, 0) when off (flow_shift applies instead)
+    base_shift: float = 0.0
+    max_shift: float = 0.0
 
 
 @frozen
@@ -497,6 +509,36 @@ class AdafactorPlan:
     relative_step: bool
     scale_parameter: bool
     warmup_init: bool
+    # transformers' other Adafactor arguments (their defaults: no first moment, clip 1.0, decay -0.8)
+    beta1: float | None = None
+    clip_threshold: float = 1.0
+    decay_rate: float = -0.8
+    eps: tuple[float, float] = (1e-30, 1e-3)
+
+
+@frozen
+class AdEMAMixPlan:
+    """bitsandbytes' AdEMAMix options: the slow EMA's weight alpha, and the steps over which alpha and beta3
+    warm up (None: none). The plan's betas are its three (beta1, beta2, beta3); eight_bit: 8-bit state;
+    paged: the state is paged to CPU memory when the device runs short."""
+
+    alpha: float
+    t_alpha: int | None
+    t_beta3: int | None
+    eight_bit: bool
+    paged: bool
+
+
+@frozen
+class ScheduleFreePlan:
+    """The schedulefree package's options: the optimizer's own LR warm-up (AdamW/SGD), the average's
+    polynomial weighting r and weight_lr_power, RAdam's silent SGD phase. The optimizer is in train mode while
+    training and in eval mode (the averaged weights) for checkpoints, exports, validation and evaluation."""
+
+    warmup_steps: int
+    r: float
+    weight_lr_power: float
+    silent_sgd_phase: bool
 
 
 @frozen
@@ -518,6 +560,8 @@ class OptimizerPlan:
     loraplus_text_encoder_ratio: float = 0.0
     dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
     adafactor: AdafactorPlan | None = None  # kind adafactor only
+    ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
+    schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
 
 
 @frozen

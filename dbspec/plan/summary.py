@@ -424,6 +424,8 @@ def flow_draw(f: FlowPlan) -> str:
         "mode": f"mode({f.mode_scale:g})",
     }[f.timesteps]
     shift = f"shift {f.shift:g}" if f.shift else "the model's shift"
+    if f.max_shift:  # Flux's time shift, continuous σ
+        shift = f"shifted by image size (μ {f.base_shift:g} at 256 -> {f.max_shift:g} at 4096 latent patches)"
     return f"σ ~ {density}, {shift}" + (f", guidance {f.guidance:g}" if f.guidance else "")
 
 
@@ -607,16 +609,55 @@ def _optimizer_extras(plan: Plan) -> str:
             f"; D-Adaptation: step = d x lr (logged as d*lr), d estimated from d0 {d.d0:g} ({growth}), "
             "lr ~1.0 expected" + extra + (f", {', '.join(flags)}" if flags else "")
         )
+    if o.ademamix is not None:
+        m = o.ademamix
+        warm = [f"{name} over {n} steps" for name, n in (("alpha", m.t_alpha), ("beta3", m.t_beta3)) if n]
+        return (
+            f"; AdEMAMix{' 8-bit' if m.eight_bit else ''}{' paged' if m.paged else ''}: betas "
+            f"{', '.join(f'{b:g}' for b in o.betas)}, alpha {m.alpha:g}"
+            + (f", warm-up of {', '.join(warm)}" if warm else "")
+        )
+    if o.schedulefree is not None:
+        f = o.schedulefree
+        parts = [f"r {f.r:g}", f"weight_lr_power {f.weight_lr_power:g}"]
+        if f.warmup_steps:
+            parts.insert(0, f"its own warm-up {f.warmup_steps} steps")
+        if o.kind == "radam_schedulefree":
+            parts.append(f"silent_sgd_phase {f.silent_sgd_phase}")
+        return (
+            "; schedule-free: no LR schedule, the iterates averaged ("
+            + ", ".join(parts)
+            + "); checkpoints, exports, validation and evaluation use the averaged weights (eval mode)"
+        )
+    return _adafactor_extras(o)
+
+
+def _adafactor_extras(o) -> str:
     a = o.adafactor
     if a is None:
         return ""
+    shape = [
+        f"{name} {value:g}"
+        for name, value, default in (
+            ("beta1", a.beta1 or 0.0, 0.0),
+            ("clip_threshold", a.clip_threshold, 1.0),
+            ("decay_rate", a.decay_rate, -0.8),
+        )
+        if value != default
+    ]
+    if tuple(a.eps) != (1e-30, 1e-3):
+        shape.append(f"eps ({a.eps[0]:g}, {a.eps[1]:g})")
+    extra = f"; Adafactor {', '.join(shape)}" if shape else ""
     if a.relative_step:
         rate = "min(1e-6 t, 1/sqrt(t))" if a.warmup_init else "min(1e-2, 1/sqrt(t))"
         scale = " x max(1e-3, RMS of the parameter)" if a.scale_parameter else ""
-        return f"; Adafactor relative step: lr = {rate}{scale} at its step t (lr {o.lr:g} only logged first)"
+        return (
+            f"; Adafactor relative step: lr = {rate}{scale} at its step t (lr {o.lr:g} only logged first)"
+            + extra
+        )
     if a.scale_parameter:
-        return "; Adafactor scale_parameter: each parameter's lr x max(1e-3, its RMS)"
-    return ""
+        return "; Adafactor scale_parameter: each parameter's lr x max(1e-3, its RMS)" + extra
+    return extra
 
 
 def _torch_schedule(s) -> str:
@@ -644,7 +685,23 @@ def _torch_schedule(s) -> str:
         "linear_lr": f" (torch LinearLR), start_factor {a.start_factor:g}, end_factor {a.end_factor:g}, "
         f"total_iters {a.total_iters}",
         "constant_lr": f" (torch ConstantLR), factor {a.factor:g}, total_iters {a.total_iters}",
+        "polynomial_lr": f" (torch PolynomialLR), total_iters {a.total_iters}, power {s.power:g}",
+        "cyclic": _cyclic(a),
     }[s.lr_schedule]
+
+
+def _cyclic(a) -> str:
+    """torch CyclicLR's arguments in the lr schedule row."""
+    peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+    down = a.step_size_down or a.step_size_up
+    gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
+    momentum = (
+        f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g}" if a.cycle_momentum else ""
+    )
+    return (
+        f" (torch CyclicLR), base_lr {a.base_lr:g} (every group's), {peak}, {a.cyclic_mode}{gamma}, "
+        f"up {a.step_size_up} / down {down}{momentum}"
+    )
 
 
 def select_rule(c) -> str:

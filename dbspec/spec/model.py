@@ -738,6 +738,21 @@ class Loss:
         minimum=0,
         example=3.0,
     )
+    flow_prediction: Literal["raw", "sigma_scaled", "additive"] = option(
+        "raw",
+        doc="Flow-matching models: what the loss compares with the velocity target ε − x₀ (kohya "
+        "flux_train_network.py's model_prediction_type). raw: the model output v̂ (diffusers' scripts); "
+        "sigma_scaled: x_t − σ v̂ (kohya's Flux default); additive: v̂ + x_t. The target stays ε − x₀ in all "
+        "three, as in kohya; a base-model prior's target is transformed the same way.",
+    )
+    flow_dynamic_shift: bool = option(
+        False,
+        doc="Flow-matching models: shift σ by the image size instead of by flow_shift: "
+        "e^μ / (e^μ + 1/σ − 1), μ rising linearly from 0.5 at 256 latent patches ((h/2)(w/2)) "
+        "to 1.15 at 4096 (Flux's time shift; diffusers' use_dynamic_shifting; kohya's "
+        "timestep_sampling flux_shift). σ before the shift is 1 − u of the flow_timesteps "
+        "density (continuous, as kohya draws it). Needs flow_shift 0.",
+    )
     flow_guidance: float = option(
         0.0,
         doc="Guidance-distilled flow models (Flux.1 dev): the guidance value the denoiser's guidance "
@@ -759,6 +774,17 @@ DADAPT_KINDS = (
     "dadapt_sgd",
 )
 ADAN_BETAS = [0.98, 0.92, 0.99]  # dadaptation's Adan defaults (three betas)
+# bitsandbytes' AdEMAMix optimizers (kohya's `bitsandbytes.optim.AdEMAMix*` optimizer types): three betas.
+ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
+ADEMAMIX_BETAS = [0.9, 0.999, 0.9999]
+# Meta's schedule-free optimizers (the `schedulefree` package, kohya's *ScheduleFree optimizer types).
+SCHEDULEFREE_KINDS = ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
+
+
+def _default_betas(o) -> list[float]:
+    if o.kind in ADEMAMIX_KINDS:
+        return list(ADEMAMIX_BETAS)
+    return list(ADAN_BETAS) if "adan" in o.kind else [0.9, 0.999]
 
 
 @frozen
@@ -777,13 +803,26 @@ class Optimizer:
         "dadapt_adan_ip",
         "dadapt_lion",
         "dadapt_sgd",
+        "ademamix",
+        "ademamix8bit",
+        "paged_ademamix",
+        "paged_ademamix8bit",
+        "adamw_schedulefree",
+        "sgd_schedulefree",
+        "radam_schedulefree",
     ] = option(
         "adamw",
         doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU). dadapt_* are the "
         "`dadaptation` package's "
         "D-Adaptation optimizers (kohya's DAdaptAdam, DAdaptation = dadapt_adam_preprint, DAdaptAdaGrad, "
         "DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD): they estimate the step size d and step by d x lr, "
-        "so lr is a multiplier around 1.0.",
+        "so lr is a multiplier around 1.0. ademamix, ademamix8bit, paged_ademamix, paged_ademamix8bit are "
+        "bitsandbytes' AdEMAMix, AdEMAMix8bit, PagedAdEMAMix, PagedAdEMAMix8bit (Adam with a second, slow "
+        "EMA of the gradient mixed in by `alpha`; three betas). adamw_schedulefree, sgd_schedulefree, "
+        "radam_schedulefree are the `schedulefree` package's AdamWScheduleFree, SGDScheduleFree, "
+        "RAdamScheduleFree: they average the iterates instead of following an LR schedule (the schedule "
+        "must stay constant), and checkpoints, exports, validation and evaluation use the averaged weights "
+        "(the optimizer's eval mode, as kohya switches it).",
     )
     lr: float = option(
         2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
@@ -804,15 +843,21 @@ class Optimizer:
     )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(
-        attrs.Factory(
-            lambda self: list(ADAN_BETAS) if "adan" in self.kind else [0.9, 0.999], takes_self=True
-        ),
-        doc="Adam/Lion betas (two numbers); dadapt_adan and dadapt_adan_ip take three.",
-        derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip)",
+        attrs.Factory(_default_betas, takes_self=True),
+        doc="Adam/Lion betas (two numbers); dadapt_adan, dadapt_adan_ip and the ademamix kinds take three "
+        "(AdEMAMix's third is the slow EMA's beta3).",
+        derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix*",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
-    momentum: float = option(0.0, doc="SGD momentum.", minimum=0, maximum=1)
+    momentum: float = option(
+        attrs.Factory(lambda self: 0.9 if self.kind == "sgd_schedulefree" else 0.0, takes_self=True),
+        doc="SGD momentum (sgd_schedulefree: the interpolation between the averaged and the current point).",
+        derived="0.0; 0.9 for sgd_schedulefree (SGDScheduleFree's default)",
+        minimum=0,
+        maximum=1,
+        example=0.9,
+    )
     nesterov: bool = option(
         False,
         doc="SGD with Nesterov momentum (torch SGD's nesterov; kohya's SGDNesterov); needs momentum > 0.",
@@ -855,6 +900,69 @@ class Optimizer:
         False,
         doc="adafactor with relative_step: the LR warms up as min(1e-6 x step, 1/sqrt(step)) (warmup_init).",
     )
+    beta1: float = option(
+        0.0,
+        doc="adafactor: the decay of a first moment (transformers' beta1); 0 = no first moment "
+        "(transformers' None, the default; beta1 = 0 would give the same updates).",
+        minimum=0,
+        maximum=1,
+        example=0.9,
+    )
+    clip_threshold: float = option(
+        1.0,
+        doc="adafactor: the update's RMS is clipped to this (transformers' clip_threshold).",
+        exclusive_minimum=0,
+    )
+    decay_rate: float = option(
+        -0.8,
+        doc="adafactor: the second moment's decay is 1 - t^decay_rate at step t (transformers' decay_rate).",
+        maximum=0,
+    )
+    adafactor_eps: list[float] = option(
+        factory=lambda: [1e-30, 1e-3],
+        doc="adafactor: transformers' eps pair: the regulariser of the squared gradient, then the floor of "
+        "the parameter scale (scale_parameter and relative_step).",
+        example=[1e-30, 1e-3],
+    )
+    # AdEMAMix settings (bitsandbytes; kohya passes them in optimizer_args); inert for other kinds (DBS270).
+    alpha: float = option(
+        5.0, doc="ademamix*: the weight of the slow EMA in the update (bitsandbytes' alpha).", minimum=0
+    )
+    t_alpha: int = option(
+        0,
+        doc="ademamix*: steps over which alpha warms up from 0 (bitsandbytes' t_alpha); 0 = no warm-up "
+        "(None).",
+        minimum=0,
+    )
+    t_beta3: int = option(
+        0,
+        doc="ademamix*: steps over which beta3 warms up from beta1 (bitsandbytes' t_beta3); 0 = no warm-up "
+        "(None).",
+        minimum=0,
+    )
+    # Schedule-free settings (the schedulefree package); inert for other kinds (DBS270).
+    schedulefree_warmup_steps: int = option(
+        0,
+        doc="adamw_schedulefree, sgd_schedulefree: the optimizer's own linear LR warm-up (their "
+        "warmup_steps; schedule.warmup_steps must stay 0, as kohya's schedule-free runs have no scheduler).",
+        minimum=0,
+    )
+    schedulefree_r: float = option(
+        0.0,
+        doc="*_schedulefree: the polynomial weighting power of the average (schedulefree's r).",
+        minimum=0,
+    )
+    weight_lr_power: float = option(
+        2.0,
+        doc="*_schedulefree: the average weights step t by lr^weight_lr_power (schedulefree's "
+        "weight_lr_power).",
+        minimum=0,
+    )
+    silent_sgd_phase: bool = option(
+        True,
+        doc="radam_schedulefree: no update while RAdam's variance is not yet tractable (schedulefree's "
+        "silent_sgd_phase).",
+    )
 
 
 # The first six are diffusers' get_scheduler names; then kohya's (transformers) and two torch schedulers.
@@ -875,6 +983,8 @@ LrSchedule = Literal[
     "exponential",
     "linear_lr",
     "constant_lr",
+    "cyclic",
+    "polynomial_lr",
     "simpletuner_cosine",
     "simpletuner_sine",
 ]
@@ -896,7 +1006,8 @@ class Schedule:
         "warmup_stable_decay transformers' (as kohya calls them); then torch's classes, stepped once "
         "per optimizer step (kohya's lr_scheduler_type): cosine_annealing CosineAnnealingLR, "
         "cosine_annealing_warm_restarts CosineAnnealingWarmRestarts, one_cycle OneCycleLR, step StepLR, "
-        "multi_step MultiStepLR, exponential ExponentialLR, linear_lr LinearLR, constant_lr ConstantLR; "
+        "multi_step MultiStepLR, exponential ExponentialLR, linear_lr LinearLR, constant_lr ConstantLR, "
+        "cyclic CyclicLR, polynomial_lr PolynomialLR; "
         "simpletuner_cosine is SimpleTuner's cosine: no warm-up, "
         "eta_min + (lr - eta_min)(1 + cos(pi step / t_max))/2 from step 0, so it falls over t_max steps and "
         "rises over the next t_max, the LR floored to 1e-9; simpletuner_sine is SimpleTuner's sine: "
@@ -972,9 +1083,12 @@ class Schedule:
         1, doc="step: torch StepLR's step_size, the LR x gamma every this many optimizer steps.", minimum=1
     )
     gamma: float = option(
-        0.1,
-        doc="step, multi_step, exponential: torch's gamma, the LR's factor per decay.",
+        attrs.Factory(lambda self: 1.0 if self.lr_schedule == "cyclic" else 0.1, takes_self=True),
+        doc="step, multi_step, exponential: torch's gamma, the LR's factor per decay; cyclic (exp_range): "
+        "CyclicLR's gamma, the cycle's height x gamma^step.",
+        derived="0.1 (StepLR's); 1.0 for cyclic (CyclicLR's)",
         exclusive_minimum=0,
+        example=0.5,
     )
     milestones: list[int] = option(
         factory=list, doc="multi_step: torch MultiStepLR's milestones, the optimizer steps where LR x gamma."
@@ -993,7 +1107,8 @@ class Schedule:
     )
     total_iters: int = option(
         5,
-        doc="linear_lr, constant_lr: torch's total_iters, the steps until the factor ends.",
+        doc="linear_lr, constant_lr, polynomial_lr: torch's total_iters, the steps until the factor ends "
+        "(polynomial_lr: the LR falls as (1 - step/total_iters)^power, then stays at 0).",
         minimum=0,
     )
     factor: float = option(
@@ -1021,11 +1136,48 @@ class Schedule:
     )
     cycle_momentum: bool = option(
         True,
-        doc="one_cycle: cycle the optimizer's momentum (beta1 for Adam-like optimizers) inversely to the LR, "
-        "between base_momentum and max_momentum (torch's default; it overrides betas[0] / momentum).",
+        doc="one_cycle, cyclic: cycle the optimizer's momentum (beta1 for Adam-like optimizers) inversely "
+        "to the LR, between base_momentum and max_momentum (torch's default; it overrides betas[0] / "
+        "momentum).",
     )
-    base_momentum: float = option(0.85, doc="one_cycle: the momentum at the LR's peak.", minimum=0, maximum=1)
-    max_momentum: float = option(0.95, doc="one_cycle: the momentum at the LR's ends.", minimum=0, maximum=1)
+    base_momentum: float = option(
+        attrs.Factory(lambda self: 0.8 if self.lr_schedule == "cyclic" else 0.85, takes_self=True),
+        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's peak.",
+        derived="0.85 (OneCycleLR's); 0.8 for cyclic (CyclicLR's)",
+        minimum=0,
+        maximum=1,
+        example=0.85,
+    )
+    max_momentum: float = option(
+        attrs.Factory(lambda self: 0.9 if self.lr_schedule == "cyclic" else 0.95, takes_self=True),
+        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's low points.",
+        derived="0.95 (OneCycleLR's); 0.9 for cyclic (CyclicLR's)",
+        minimum=0,
+        maximum=1,
+        example=0.95,
+    )
+    # torch's CyclicLR (kohya's lr_scheduler_type CyclicLR); inert elsewhere (DBS255). It also uses max_lr,
+    # gamma (exp_range), cycle_momentum, base_momentum and max_momentum.
+    base_lr: float = option(
+        0.0,
+        doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
+        "torch does), max_lr is the peak (0 = each group's own lr).",
+        minimum=0,
+        example=1e-5,
+    )
+    step_size_up: int = option(
+        2000, doc="cyclic: CyclicLR's step_size_up, optimizer steps from base_lr up to max_lr.", minimum=1
+    )
+    step_size_down: int = option(
+        0,
+        doc="cyclic: CyclicLR's step_size_down, optimizer steps back down; 0 = step_size_up (torch's None).",
+        minimum=0,
+    )
+    cyclic_mode: Literal["triangular", "triangular2", "exp_range"] = option(
+        "triangular",
+        doc="cyclic: CyclicLR's mode: triangular (the same height each cycle), triangular2 (halved each "
+        "cycle), exp_range (height x gamma^step).",
+    )
     balance_classes: bool = option(
         True,
         doc="Each epoch draws as many class samples as instance samples (kohya's rule); false uses the class "

@@ -13,6 +13,7 @@ from dbspec.spec.fields import NO_DEFAULT, static_default
 from dbspec.spec.migrate import RENAMES
 from dbspec.spec.model import SPEC_VERSION, Spec, table_classes
 from dbspec.spec.paths import dotted
+from dbspec.spec.suggest import LEGACY_NAMES
 
 
 def _renames_table() -> str:
@@ -155,6 +156,10 @@ def explain(key: str) -> tuple[str, bool]:
         )
     if wanted not in keys:
         matches = [k for k in keys if k.endswith("." + wanted)]
+        legacy = LEGACY_NAMES.get(
+            wanted.rpartition(".")[2], ""
+        )  # another tool's name: optimizer.learning_rate
+        matches = matches or ([legacy] if legacy in keys else [])
         matches = matches or difflib.get_close_matches(wanted, list(keys), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'`{m}`' for m in matches)}?" if matches else ""
         return f"unknown key `{key}`{hint}", False

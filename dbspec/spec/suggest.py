@@ -68,7 +68,7 @@ def _fields_by_table() -> dict[str, set[str]]:
 def suggest(key: str, table: str, own_fields: set[str]) -> str:
     """A help line for an unknown `key` met in `table` (top-level name, "" for the top level)."""
     close = difflib.get_close_matches(key, sorted(own_fields), n=1, cutoff=0.6)
-    if close:
+    if close and key not in LEGACY_NAMES:  # another tool's exact name beats a near field (learning_rate)
         return f"did you mean `{close[0]}`?"
     legacy = difflib.get_close_matches(key, sorted(LEGACY_NAMES), n=1, cutoff=0.8)
     if legacy:

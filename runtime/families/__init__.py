@@ -32,8 +32,15 @@ class Objective(Protocol):
         self, config: dict, *, prediction: str, zero_terminal_snr: bool, flow=None
     ) -> Any: ...
 
-    def sample_timesteps(self, loss: LossPlan, batch: int, generator, scheduler) -> torch.Tensor:
-        """A batch's training timesteps, drawn from `generator` (the run's: resume draws the same)."""
+    def sample_timesteps(
+        self, loss: LossPlan, batch: int, generator, scheduler, latent_size: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
+        """A batch's training timesteps, drawn from `generator` (the run's: resume draws the same);
+        `latent_size` (h, w) for draws that depend on the image size (Flux's time shift)."""
+        ...
+
+    def output(self, loss: LossPlan, scheduler, pred, noisy, timesteps) -> torch.Tensor:
+        """What the loss compares with the target: the prediction, or kohya's Flux transforms of it."""
         ...
 
     def weights(self, loss: LossPlan, scheduler, timesteps: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,9 @@ class DDPMObjective:
             config, prediction_type=prediction, rescale_betas_zero_snr=zero_terminal_snr
         )
 
-    def sample_timesteps(self, loss: LossPlan, batch: int, generator, scheduler) -> torch.Tensor:
+    def sample_timesteps(
+        self, loss: LossPlan, batch: int, generator, scheduler, latent_size: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
         """Uniform integers in [min_timestep, max_timestep) (kohya's get_timesteps)."""
         n = loss.noise
         if n.max_timestep > scheduler.config.num_train_timesteps:
@@ -46,6 +48,9 @@ class DDPMObjective:
             v_pred_like_loss=loss.v_pred_like_loss,
             debiased_estimation=loss.debiased_estimation,
         )
+
+    def output(self, loss: LossPlan, scheduler, pred, noisy, timesteps) -> torch.Tensor:
+        return pred  # the loss compares the prediction itself
 
     def huber_threshold(self, loss: LossPlan, scheduler, timesteps):
         huber = loss.huber

@@ -53,7 +53,7 @@ def flux_mu(image_seq_len: int, *, base_seq_len: int = 256, max_seq_len: int = 4
             base_shift: float = 0.5, max_shift: float = 1.15) -> float:  # fmt: skip
     """Flux's shift exponent, linear in the number of latent patches (diffusers' `calculate_shift`)."""
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * slope + base_shift - slope * base_seq_len
+    return image_seq_len * slope + (base_shift - slope * base_seq_len)  # diffusers' and kohya's association
 
 
 def flux_shift(sigmas: torch.Tensor, image_seq_len: int, **kwargs: float) -> torch.Tensor:
@@ -73,10 +73,16 @@ class FlowMatchingObjective:
         overrides = (
             {"shift": flow.shift, "use_dynamic_shifting": False} if flow is not None and flow.shift else {}
         )
+        if flow is not None and flow.max_shift:  # σ = t / N: the draw shifts, the table stays plain
+            overrides = {"shift": 1.0, "use_dynamic_shifting": False}
         return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
 
-    def sample_timesteps(self, loss: LossPlan, batch: int, generator, scheduler) -> torch.Tensor:
-        """The scheduler's timesteps at u * num_train_timesteps (u from `density`), as diffusers' scripts."""
+    def sample_timesteps(
+        self, loss: LossPlan, batch: int, generator, scheduler, latent_size: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
+        """The scheduler's timesteps at u * num_train_timesteps (u from `density`), as diffusers' scripts;
+        with Flux's time shift (loss.flow_dynamic_shift) continuous timesteps N σ, σ = flux_shift(1 - u) at
+        the batch's (h/2)(w/2) latent patches (kohya's flux_shift draw)."""
         flow = loss.flow
         u = density(
             flow.timesteps,
@@ -86,14 +92,34 @@ class FlowMatchingObjective:
             logit_std=flow.logit_std,
             mode_scale=flow.mode_scale,
         )
+        if flow.max_shift:
+            h, w = latent_size
+            sigmas = flux_shift(
+                1 - u, (h // 2) * (w // 2), base_shift=flow.base_shift, max_shift=flow.max_shift
+            )
+            return sigmas * scheduler.config.num_train_timesteps
         indices = (u * scheduler.config.num_train_timesteps).long()
         return scheduler.timesteps[indices]
 
     def sigmas(self, scheduler, timesteps: torch.Tensor) -> torch.Tensor:
-        """σ of each timestep from the scheduler's table (diffusers' `get_sigmas`), shape (B,)."""
+        """σ of each timestep from the scheduler's table (diffusers' `get_sigmas`), shape (B,); a timestep off
+        the table (the continuous draw of Flux's time shift, on a plain table) is t / num_train_timesteps."""
         table = scheduler.timesteps.to(timesteps.device)
-        indices = [int((table == t).nonzero().item()) for t in timesteps]
-        return scheduler.sigmas.to(timesteps.device, torch.float32)[indices]
+        found = [(table == t).nonzero() for t in timesteps]
+        if all(len(hit) for hit in found):
+            return scheduler.sigmas.to(timesteps.device, torch.float32)[[int(hit[0]) for hit in found]]
+        return timesteps.float() / scheduler.config.num_train_timesteps
+
+    def output(self, loss: LossPlan, scheduler, pred, noisy, timesteps) -> torch.Tensor:
+        """kohya's Flux model_prediction_type (flux_train_utils.apply_model_prediction_type): raw v̂,
+        sigma_scaled x_t - σ v̂, additive v̂ + x_t; compared with the same target ε - x₀."""
+        kind = loss.flow.prediction
+        if kind == "raw":
+            return pred
+        if kind == "additive":
+            return pred + noisy.float()
+        sigma = self.sigmas(scheduler, timesteps).view(-1, *[1] * (pred.ndim - 1))
+        return pred * (-sigma) + noisy.float()
 
     def add_noise(self, scheduler, latents, noise, timesteps) -> torch.Tensor:
         sigma = self.sigmas(scheduler, timesteps).view(-1, *[1] * (latents.ndim - 1)).to(latents.dtype)

@@ -15,7 +15,8 @@ from diffusers import FluxPipeline
 
 from dbspec.families import FamilySpec
 from dbspec.runtime.families.flow import FlowMatchingObjective
-from dbspec.runtime.families.sd3 import DiffusersOnlyExports, _t5
+from dbspec.runtime.families.sd3 import _t5
+from dbspec.runtime.flux_kohya import FluxExports
 
 
 class Flux:
@@ -24,7 +25,7 @@ class Flux:
     def __init__(self, spec: FamilySpec):
         self.spec = spec
         self.objective = FlowMatchingObjective()
-        self.exports = DiffusersOnlyExports(spec)
+        self.exports = FluxExports(spec)  # kohya's Flux LoRA layout (runtime/flux_kohya.py)
         self.guidance = spec.train_guidance  # the plan's loss.flow.guidance is this family fact
 
     def load(self, plan):

@@ -350,6 +350,17 @@ def test_sdxl_pivotal_lora_is_right(compiled: Compiled) -> None:
     assert components(plan)["text_encoder"] == ("bf16", "frozen", "none", False)  # rows train in fp32
 
 
+def test_sdxl_refiner_lora_is_right(compiled: Compiled) -> None:
+    plan, _ = compiled("sdxl-refiner-lora.cuda")
+    assert plan.model.family == "sdxl_refiner" and plan.model.aesthetic_score == 6.0
+    # OpenCLIP bigG alone: no first text encoder, and validation refines the first two instance images
+    assert [c.name for c in plan.precision.components] == ["unet", "text_encoder_2", "vae"]
+    r = plan.validation.refine
+    assert r is not None and r.strength == 0.3 and len(r.images) == 2
+    assert r.images == tuple(img.path for img in plan.datasets[0].images[:2])
+    assert plan.memory.fits and plan.memory.total < 16 * GIB  # the spec promises a 16-24 GB card
+
+
 def test_flux_dev_lora_int8_is_right(compiled: Compiled) -> None:
     plan, _ = compiled("flux-dev-lora-int8.cuda")
     assert (plan.model.family, plan.model.prediction, plan.model.t5_max_length) == (

@@ -46,8 +46,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)
     for key in ("loraplus_denoiser_ratio", "loraplus_text_encoder_ratio"):
         del data["optimizer"][key]  # LoRA+, added since (off then)
-    for key in ("dadapt", "adafactor"):
-        del data["optimizer"][key]  # D-Adaptation and Adafactor options, added since
+    for key in ("dadapt", "adafactor", "ademamix", "schedulefree"):
+        del data["optimizer"][key]  # D-Adaptation, Adafactor, AdEMAMix and schedule-free options, added since
     for key in (
         "power",
         "min_lr_ratio",

@@ -136,3 +136,28 @@ def test_a_half_precision_text_encoder_trains_the_token_rows_in_fp32(tmp_path):
     init = build_pipeline("builtin:tiny-sd1").text_encoder.get_input_embeddings().weight.detach()
     toy = init[result.components.tokenizers[0]("toy", add_special_tokens=False).input_ids[0]]
     assert not torch.equal(row, toy.to(row.dtype))  # the step moved it
+
+
+def test_refiner_exports_its_only_encoder_as_clip_g_and_sample_loads_it(tmp_path):
+    # The refiner's one text encoder is OpenCLIP bigG: its rows go under "clip_g", as A1111/ComfyUI read them.
+    plan = compile_spec(
+        _spec(
+            tmp_path, "builtin:tiny-sdxl-refiner", '[adapter]\nkind = "lora"\nrank = 2\n', steps=2, vectors=1
+        )
+    )
+    assert plan.pivotal.encoders == ("text_encoder_2",)
+    result = execute(plan, keep_models=True)
+    (file,) = (Path(result.final) / "embeddings").glob("*.safetensors")
+    saved = load_file(str(file))
+    assert set(saved) == {"clip_g"}
+    base = build_pipeline("builtin:tiny-sdxl-refiner")
+    base.load_textual_inversion(
+        saved["clip_g"], token="ohwx", text_encoder=base.text_encoder_2, tokenizer=base.tokenizer_2
+    )
+    with torch.no_grad():
+        loaded = base.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)[0]
+    assert torch.equal(loaded, _trained_embeds(result, plan))
+    sampled = load_pipeline(SampleRequest(source=Path(result.output), settings=plan.validation))
+    with torch.no_grad():
+        again = sampled.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)[0]
+    assert torch.equal(again, _trained_embeds(result, plan))

@@ -16,6 +16,7 @@ TINY = {
     "sd1": "builtin:tiny-sd1",
     "sd2": "builtin:tiny-sd2",
     "sdxl": "builtin:tiny-sdxl",
+    "sdxl_refiner": "builtin:tiny-sdxl-refiner",
     "sd3": "builtin:tiny-sd3",
     "flux": "builtin:tiny-flux",
 }
@@ -29,6 +30,7 @@ RECIPES = {
     "sd21-v-full.toml": ("sd2", []),
     "sdxl-lora-int8.toml": ("sdxl", ['model.vae=""']),  # the fp16-fixed VAE is a hub download
     "sdxl-pivotal-lora.toml": ("sdxl", ["pivotal.stop_step=2"]),
+    "sdxl-refiner-lora.toml": ("sdxl_refiner", ["validation.steps=4"]),  # int(4 x 0.3): one img2img step
     "flux-dev-lora-int8.toml": ("flux", []),
     "sd35-medium-lora.toml": ("sd3", []),
 }

@@ -78,3 +78,36 @@ def test_probe_reads_a_diffusers_folder(sdxl):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["candidates"] == json.loads(builtin.output)["candidates"]
+
+
+@pytest.mark.parametrize(
+    ("model", "pairs"),
+    [
+        ("builtin:tiny-sdxl-refiner", [("tokenizer_2", "text_encoder_2")]),  # OpenCLIP bigG only
+        ("builtin:tiny-flux", [("tokenizer", "text_encoder")]),  # CLIP-L; its T5 is not a BPE tokenizer
+        ("builtin:tiny-sd3", [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")]),
+    ],
+)
+def test_the_family_pairs_each_clip_tokenizer_with_its_encoder(model, pairs, tmp_path):
+    """The registry says which tokenizers are CLIP's and which encoder each feeds, and --probe reads those
+    encoders. A tiny model's folder is of no detectable family (its widths are no real model's): its CLIP
+    tokenizer folders are read by their configs, and pair with the encoders of the same names."""
+    assert [(t.name, t.encoder) for t in model_tokenizers(model)] == pairs
+    folder = materialize(model, tmp_path / "m")
+    assert [t.name for t in model_tokenizers(str(folder))] == [name for name, _ in pairs]
+    result = CliRunner().invoke(app, ["tokens", str(folder), "--probe", "--json", "--count", "3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["tokenizers"] == [name for name, _ in pairs]
+    pipeline = build_pipeline(model)
+    tokenizers = model_tokenizers(model)
+    for row in data["candidates"]:
+        best = -2.0
+        for e, (_, encoder) in enumerate(pairs):
+            table = getattr(pipeline, encoder).get_input_embeddings().weight.detach()
+            for other in common_token_ids(tokenizers[e]):
+                if other != row["ids"][e]:
+                    best = max(
+                        best, float(torch.cosine_similarity(table[row["ids"][e]], table[other], dim=0))
+                    )
+        assert row["similarity"] == pytest.approx(best, abs=1e-5)

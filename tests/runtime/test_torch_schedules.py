@@ -1,4 +1,5 @@
-"""torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR (kohya's lr_scheduler_type,
+"""torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR, OneCycleLR, CyclicLR and PolynomialLR
+(kohya's lr_scheduler_type,
 issue 12): the plan's torch-free curve equals torch's class stepped on a real optimizer, float for float, and
 a tiny run with each resumes bit-exact."""
 
@@ -82,7 +83,21 @@ TORCH = {
         final_div_factor=a.final_div_factor,
         three_phase=a.three_phase,
     ),
+    "cyclic": lambda o, a, total: torch.optim.lr_scheduler.CyclicLR(
+        o,
+        base_lr=a.base_lr,
+        max_lr=a.max_lr or o.param_groups[0]["lr"],
+        step_size_up=a.step_size_up,
+        step_size_down=a.step_size_down or None,
+        mode=a.cyclic_mode,
+        gamma=a.gamma,
+        cycle_momentum=a.cycle_momentum,
+        base_momentum=a.base_momentum,
+        max_momentum=a.max_momentum,
+    ),
+    "polynomial_lr": lambda o, a, total: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=a.total_iters),
 }
+CYCLIC = {"base_lr": 1e-5, "gamma": 1.0, "base_momentum": 0.8, "max_momentum": 0.9}
 CASES = [
     ("step", {"step_size": 7, "gamma": 0.5}),
     ("step", {"step_size": 1, "gamma": 0.97}),
@@ -95,6 +110,18 @@ CASES = [
     ("one_cycle", {"max_lr": 3e-3, "pct_start": 0.25, "anneal_strategy": "linear"}),
     ("one_cycle", {"three_phase": True, "div_factor": 10.0, "final_div_factor": 100.0}),
     ("one_cycle", {"cycle_momentum": False}),
+    ("cyclic", {**CYCLIC, "step_size_up": 6}),
+    (
+        "cyclic",
+        {**CYCLIC, "max_lr": 4e-3, "step_size_up": 5, "step_size_down": 9, "cyclic_mode": "triangular2"},
+    ),
+    (
+        "cyclic",
+        {**CYCLIC, "step_size_up": 4, "cyclic_mode": "exp_range", "gamma": 0.97, "cycle_momentum": False},
+    ),
+    ("cyclic", {**CYCLIC, "base_lr": 0.0, "step_size_up": 3, "step_size_down": 1, "max_momentum": 0.95}),
+    ("polynomial_lr", {"total_iters": 25}),
+    ("polynomial_lr", {"total_iters": 40}),
 ]
 
 
@@ -114,8 +141,8 @@ def test_the_plans_curve_is_torchs_float_for_float(name: str, args: dict) -> Non
         checkpoint_every=7, validate_every=0, validate=False, seed=0, torch=a,
     )  # fmt: skip
     assert all(lrs[step] == value for step, value in plan.lr_points)
-    if name == "one_cycle" and a.cycle_momentum:
-        # OneCycleLR cycles AdamW's beta1: the plan shows the same values
+    if name in ("one_cycle", "cyclic") and a.cycle_momentum:
+        # OneCycleLR and CyclicLR cycle AdamW's beta1: the plan shows the same values
         assert plan.momentum_points and all(momenta[step] == m for step, m in plan.momentum_points)
         assert min(momenta) == pytest.approx(a.base_momentum) and momenta[0] == a.max_momentum
     else:
@@ -123,6 +150,26 @@ def test_the_plans_curve_is_torchs_float_for_float(name: str, args: dict) -> Non
     # the runtime's scheduler from the plan is the same class with the same arguments
     ours = _adamw(1e-3)
     assert _walk(ours, make_lr_scheduler(ours, plan), total + 1) == (lrs, momenta)
+
+
+@pytest.mark.parametrize("power", [2.0, 0.5, 1.7])
+def test_polynomial_lr_with_a_power_is_torchs_float_for_float(power: float) -> None:
+    total, a = 30, attrs.evolve(DEFAULTS, total_iters=24)
+    optimizer = _adamw(2e-4)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=24, power=power)
+    lrs, _ = _walk(optimizer, scheduler, total + 1)
+    assert (
+        lr_curve(list(range(total + 1)), Curve(2e-4, "polynomial_lr", 0, total, power=power, torch=a)) == lrs
+    )
+    assert lrs[24] == 0.0 and lrs[30] == 0.0 and lrs[1] < lrs[0]
+    plan = compute_schedule(
+        batches_per_epoch=5, instance_samples=5, class_samples=0, batch_size=1, accumulation=1, processes=1,
+        steps=total, epochs=0, lr=2e-4, lr_schedule="polynomial_lr", warmup_steps=0, cycles=1, power=power,
+        text_encoder_stop_step=0, checkpoint_every=5, validate_every=0, validate=False, seed=0, torch=a,
+    )  # fmt: skip
+    assert all(lrs[step] == value for step, value in plan.lr_points)
+    ours = _adamw(2e-4)
+    assert _walk(ours, make_lr_scheduler(ours, plan), total + 1)[0] == lrs
 
 
 def _weights(final: str) -> dict:
@@ -136,6 +183,8 @@ def _weights(final: str) -> dict:
     [
         ['schedule.lr_schedule="one_cycle"', "schedule.pct_start=0.5"],
         ['schedule.lr_schedule="multi_step"', "schedule.milestones=[1, 3]", "schedule.gamma=0.5"],
+        ['schedule.lr_schedule="cyclic"', "schedule.base_lr=1e-5", "schedule.step_size_up=2"],
+        ['schedule.lr_schedule="polynomial_lr"', "schedule.total_iters=3", "schedule.power=2.0"],
     ],
 )
 def test_a_torch_schedule_run_trains_and_resumes_bit_exact(tmp_path, overrides):
@@ -148,6 +197,14 @@ def test_a_torch_schedule_run_trains_and_resumes_bit_exact(tmp_path, overrides):
     text = console.file.getvalue()
     if "one_cycle" in overrides[0]:
         assert "torch OneCycleLR), total_steps 4" in text and "momentum at" in text
+    elif "cyclic" in overrides[0]:
+        assert (
+            "torch CyclicLR), base_lr 1e-05 (every group's), max_lr = each group's lr, triangular, "
+            "up 2 / down 2" in text
+        )
+        assert "momentum at" in text
+    elif "polynomial_lr" in overrides[0]:
+        assert "torch PolynomialLR), total_iters 3, power 2" in text
     else:
         assert "torch MultiStepLR), milestones [1, 3], gamma 0.5" in text
     first = execute(plan, stop_after=2)

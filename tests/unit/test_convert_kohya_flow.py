@@ -67,14 +67,52 @@ def test_kohya_flux_uniform_sampling_is_unshifted(tmp_path):
     assert (flow.timesteps, flow.shift) == ("uniform", 1.0)
 
 
-def test_kohya_flux_default_prediction_and_flux_shift_are_unsupported(tmp_path):
-    outcome = _flux(tmp_path, "--timestep_sampling flux_shift")
-    assert not outcome.written
-    assert fate(outcome, "model_prediction_type") == "unsupported"  # the default sigma_scaled
-    assert fate(outcome, "timestep_sampling") == "unsupported"
-    assert "model_prediction_type raw" in "\n".join(d.help or "" for d in outcome.diagnostics)
-    allowed = _flux(tmp_path, "--timestep_sampling flux_shift", allow=True)
-    assert plan_of(allowed, tmp_path).model.family == "flux"
+def test_kohya_flux_defaults_plan_sigma_scaled_and_flux_shift(tmp_path):
+    """kohya's defaults (model_prediction_type sigma_scaled, weighting_scheme uniform) with the FLUX.1
+    flux_shift draw of sd-scripts' README: the preconditioned prediction and the image-size shift."""
+    outcome = _flux(tmp_path, "--timestep_sampling flux_shift --sigmoid_scale 1.5 --guidance_scale 1.0")
+    assert outcome.written
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    assert (flow.prediction, flow.weighting) == ("sigma_scaled", "none")  # weighting_scheme uniform: none
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std) == ("logit_normal", 0.0, 1.5)
+    assert (flow.shift, flow.base_shift, flow.max_shift) == (0.0, 0.5, 1.15)
+    assert "mse(x_t − σ·u\u0302, u)" in plan.loss.formula  # kohya compares it with ε − x₀
+    assert fate(outcome, "model_prediction_type") == "defaulted"  # kohya's default, sigma_scaled
+    assert fate(outcome, "timestep_sampling") == "mapped"
+
+
+def test_kohya_flux_sigma_scaled_weights_the_loss_by_weighting_scheme(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--timestep_sampling sigma --weighting_scheme sigma_sqrt --discrete_flow_shift 3.1582 "
+        "--model_prediction_type sigma_scaled",
+    )
+    flow = plan_of(outcome, tmp_path).loss.flow
+    # sigma_sqrt draws u uniformly (compute_density_for_timestep_sampling) and weights by sigma^-2
+    assert (flow.prediction, flow.timesteps, flow.weighting, flow.shift) == (
+        "sigma_scaled",
+        "uniform",
+        "sigma_sqrt",
+        3.1582,
+    )
+    assert (flow.base_shift, flow.max_shift) == (0.0, 0.0)
+
+
+def test_kohya_flux_additive_prediction_is_unweighted(tmp_path):
+    outcome = _flux(
+        tmp_path, "--timestep_sampling shift --weighting_scheme cosmap --model_prediction_type additive"
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.loss.flow.prediction, plan.loss.flow.weighting) == ("additive", "none")
+    assert "mse(u\u0302 + x_t, u)" in plan.loss.formula
+    assert fate(outcome, "weighting_scheme") == "inert"  # shift draws without it; additive weights nothing
+
+
+def test_kohya_flux_lora_maps_the_kohya_export(tmp_path):
+    outcome = _flux(tmp_path, "--model_prediction_type raw")
+    assert plan_of(outcome, tmp_path).checkpoints.exports == ("kohya_lora",)
+    assert fate(outcome, "save_model_as") == "mapped"
 
 
 def test_kohya_flux_wrong_network_module(tmp_path):

@@ -64,3 +64,24 @@ def test_refiner_options_on_another_family_have_no_effect(tmp_path):
     planned = plan_spec(spec, CPU, str(spec), [])
     assert "model.aesthetic_score has no effect" in _codes(planned)["DBS348"]
     assert planned.plan.validation.refine is None
+
+
+def test_image_metrics_on_a_refiner_are_refused_and_the_evaluation_loss_plans(tmp_path):
+    # the refiner samples no validation prompts: clip_t/clip_i/dino would read images that are never written
+    extra = (
+        '[validation]\nprompts = ["a photo of ohwx toy"]\n'
+        '[evaluation]\nmetrics = ["clip_t", "dino"]\nholdout = 1\nidentifier = "ohwx"\nclass_word = "toy"\n'
+    )
+    planned = _plan(tmp_path, extra=extra, steps=2)
+    assert planned.plan is None
+    message = _codes(planned)["DBS289"]
+    assert "clip_t, dino" in message and "SDXL refiner" in message
+    loss_only = _plan(tmp_path / "h", extra="[evaluation]\nholdout = 1\n", steps=2)
+    assert "DBS289" not in _codes(loss_only) and loss_only.plan.evaluation.metrics == ("eval_loss",)
+
+
+def test_a_refinement_of_no_denoising_step_is_refused(tmp_path):
+    # diffusers' img2img runs int(steps x strength) steps: int(3 x 0.3) = 0 would decode an empty batch
+    planned = _plan(tmp_path, extra="[validation]\nsteps = 3\nstrength = 0.3\n", steps=2)
+    assert planned.plan is None and "set validation.steps to at least 4" in str(planned.diagnostics)
+    assert "DBS294" not in _codes(_plan(tmp_path / "ok", extra="[validation]\nsteps = 4\nstrength = 0.3\n"))

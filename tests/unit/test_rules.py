@@ -401,6 +401,26 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\nbetas = [0.9, 0.92, 0.99]\n',
     ),
     (
+        rules.two_betas,
+        DOG + STEPS + '[optimizer]\nkind = "ademamix8bit"\nbetas = [0.9, 0.999]\n',
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + '[optimizer]\nkind = "paged_ademamix"\nbetas = [0.9, 0.99, 0.999]\nalpha = 8.0\n',
+    ),
+    (
+        rules.optimizer_args_unused,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "adamw"\nalpha = 8.0\nweight_lr_power = 1.0\nclip_threshold = 2.0\n',
+        [
+            ("DBS270", "warning", ("optimizer", "clip_threshold")),
+            ("DBS270", "warning", ("optimizer", "alpha")),
+            ("DBS270", "warning", ("optimizer", "weight_lr_power")),
+        ],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "radam_schedulefree"\nweight_lr_power = 1.0\nsilent_sgd_phase = false\n',
+    ),
+    (
         rules.optimizer_args_unused,
         DOG
         + STEPS
@@ -434,6 +454,21 @@ CASES = [
         DOG + '[optimizer]\nkind = "adafactor"\nrelative_step = true\n' + STEPS + 'lr_schedule = "linear"\n',
         [("DBS272", "error", ("schedule", "lr_schedule"))],
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\nrelative_step = true\nwarmup_init = true\n',
+    ),
+    (
+        rules.adafactor_eps_pair,
+        DOG + STEPS + '[optimizer]\nkind = "adafactor"\nadafactor_eps = [1e-30]\n',
+        [("DBS220", "error", ("optimizer", "adafactor_eps"))],
+        DOG + STEPS + '[optimizer]\nkind = "adafactor"\nadafactor_eps = [1e-30, 2e-3]\n',
+    ),
+    (
+        rules.schedulefree_without_schedule,
+        DOG
+        + '[optimizer]\nkind = "adamw_schedulefree"\n'
+        + STEPS
+        + 'lr_schedule = "cosine"\nwarmup_steps = 5\n',
+        [("DBS228", "error", ("schedule", "lr_schedule")), ("DBS228", "error", ("schedule", "warmup_steps"))],
+        DOG + STEPS + '[optimizer]\nkind = "adamw_schedulefree"\nschedulefree_warmup_steps = 5\n',
     ),
     (
         rules.one_cycle_lengths,
@@ -508,6 +543,15 @@ CASES = [
             ("DBS230", "error", ("loss", "noise_offset")),
         ],
         'prediction = "flow_matching"\n' + DOG + STEPS + '[loss]\nflow_weighting = "cosmap"\n',
+    ),
+    (
+        rules.flow_shift_once,
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + "[loss]\nflow_dynamic_shift = true\nflow_shift = 3.0\n",
+        [("DBS239", "error", ("loss", "flow_shift"))],
+        'prediction = "flow_matching"\n' + DOG + STEPS + "[loss]\nflow_dynamic_shift = true\n",
     ),
     (
         rules.loss_fits_objective,

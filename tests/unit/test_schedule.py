@@ -259,7 +259,7 @@ def test_lr_at_rejects_unknown_schedule_and_negative_step() -> None:
         lr(0, "step")  # torch's StepLR: the plan passes its arguments
     with pytest.raises(ValueError, match="step"):
         lr(-1, "linear")
-    assert len(LR_SCHEDULES) == 18
+    assert len(LR_SCHEDULES) == 20  # CyclicLR and PolynomialLR added since
 
 
 def test_lr_at_passes_the_polynomial_end_lr():

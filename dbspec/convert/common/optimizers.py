@@ -31,10 +31,26 @@ _DEFAULTS = {
     "dadapt_adan_ip": {"weight_decay": 0.02, "betas": [0.98, 0.92, 0.99], "eps": 1e-8},
     "dadapt_lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},
     "dadapt_sgd": {"weight_decay": 0.0, "momentum": 0.0},
+    # bitsandbytes' AdEMAMix classes
+    **{
+        kind: {"weight_decay": 0.01, "betas": [0.9, 0.999, 0.9999], "eps": 1e-8}
+        for kind in ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
+    },
+    # schedulefree's classes
+    "adamw_schedulefree": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
+    "radam_schedulefree": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
+    "sgd_schedulefree": {"weight_decay": 0.0, "momentum": 0.9},
 }
 # Legacy keyword arguments that are dbspec [optimizer] keys of the same name, by kind (beyond _SETTABLE).
 _OWN_KEYS = {
-    "adafactor": ("relative_step", "scale_parameter", "warmup_init"),
+    "adafactor": ("relative_step", "scale_parameter", "warmup_init", "beta1", "clip_threshold", "decay_rate"),
+    **{
+        kind: ("alpha", "t_alpha", "t_beta3")
+        for kind in ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
+    },
+    "adamw_schedulefree": ("warmup_steps", "r", "weight_lr_power"),
+    "sgd_schedulefree": ("warmup_steps", "r", "weight_lr_power"),
+    "radam_schedulefree": ("r", "weight_lr_power", "silent_sgd_phase"),
     "dadapt_adam": ("d0", "growth_rate", "decouple", "use_bias_correction"),
     "dadapt_adam_preprint": ("d0", "growth_rate", "decouple"),
     "dadapt_adagrad": ("d0", "growth_rate"),
@@ -59,7 +75,27 @@ _HARMLESS = {
     "adamw8bit": {"amsgrad": False},
     **{kind: _DADAPT_HARMLESS for kind in _OWN_KEYS if kind.startswith("dadapt_")},
 }
+_SCHEDULEFREE_HARMLESS = {"foreach": True}  # the foreach implementation computes the same update
+_HARMLESS.update(
+    {
+        "ademamix": {"optim_bits": 32, "min_8bit_size": 4096, "is_paged": False},
+        "ademamix8bit": {"min_8bit_size": 4096, "is_paged": False},
+        "paged_ademamix": {"optim_bits": 32, "min_8bit_size": 4096},
+        "paged_ademamix8bit": {"min_8bit_size": 4096},
+        **{
+            k: _SCHEDULEFREE_HARMLESS
+            for k in ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
+        },
+    }
+)
 _SETTABLE = {"weight_decay", "betas", "eps", "momentum"}
+# legacy keyword -> dbspec [optimizer] key where the names differ (schedulefree's, Adafactor's eps pair)
+_RENAMED = {
+    "adamw_schedulefree": {"warmup_steps": "schedulefree_warmup_steps", "r": "schedulefree_r"},
+    "sgd_schedulefree": {"warmup_steps": "schedulefree_warmup_steps", "r": "schedulefree_r"},
+    "radam_schedulefree": {"r": "schedulefree_r"},
+    "adafactor": {"eps": "adafactor_eps"},
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +103,8 @@ class KohyaName:
     kind: str | None  # None: no dbspec equivalent
     why: str = ""  # for None: why not; else a difference worth saying ("" when exact)
     nesterov: bool = False  # kohya's SGDNesterov(8bit): torch/bnb SGD with nesterov=True
+    crashes: bool = False  # kohya's get_optimizer raises on this name (kind is None)
+    dotted: bool = False  # a class path kohya imports as given (no kohya fix-ups of its arguments)
 
 
 def kohya_optimizer(name: str) -> KohyaName:
@@ -79,13 +117,21 @@ def kohya_optimizer(name: str) -> KohyaName:
         "lion": "lion",
         "adafactor": "adafactor",
         "prodigy": "prodigy",
-        "torch.optim.adamw": "adamw",
-        "bitsandbytes.optim.adamw8bit": "adamw8bit",
         "sgd": "sgd",
-        "torch.optim.sgd": "sgd",
     }
+    if "." in name:
+        return _dotted(name)
     if lower in exact and (lower != "sgd" or name == "SGD"):
         return KohyaName(kind=exact[lower])
+    if lower in _SCHEDULEFREE_NAMES:
+        return KohyaName(kind=_SCHEDULEFREE_NAMES[lower])
+    if lower.endswith("ademamix") or lower.endswith("ademamix8bit") or lower.endswith("ademamix32bit"):
+        return KohyaName(
+            kind=None,
+            crashes=True,
+            why=f"kohya's get_optimizer has no {name} branch and looks it up in torch.optim, which has no "
+            "such class (AttributeError); kohya's help says to give the full path",
+        )
     paged = {"pagedadamw": "adamw", "pagedadamw32bit": "adamw", "pagedadamw8bit": "adamw8bit"}
     if lower in paged:
         return KohyaName(
@@ -112,8 +158,61 @@ def kohya_optimizer(name: str) -> KohyaName:
         )
     return KohyaName(
         kind=None,
-        why=f"dbspec has no {name} optimizer (it has adamw, adamw8bit, lion, sgd, adafactor, prodigy, "
-        "and the DAdapt* optimizers)",
+        why=f"dbspec has no {name} optimizer (it has AdamW, AdamW8bit, Lion, SGD, SGDNesterov, Adafactor, "
+        "Prodigy, the DAdapt* and *ScheduleFree optimizers, and bitsandbytes.optim.AdEMAMix* and the other "
+        "class paths of docs/converting.md)",
+    )
+
+
+_SCHEDULEFREE_NAMES = {
+    "adamwschedulefree": "adamw_schedulefree",
+    "sgdschedulefree": "sgd_schedulefree",
+    "radamschedulefree": "radam_schedulefree",
+}
+# kohya's optimizer_type as a class path (importlib + getattr: case-sensitive) -> (dbspec kind, the
+# _KOHYA_ACCEPTS key of its constructor)
+DOTTED_OPTIMIZERS = {
+    "torch.optim.AdamW": ("adamw", "adamw"),
+    "torch.optim.SGD": ("sgd", "sgd"),
+    "bitsandbytes.optim.AdamW8bit": ("adamw8bit", "adamw8bit"),
+    "bitsandbytes.optim.AdEMAMix": ("ademamix", "bnb.ademamix"),
+    "bitsandbytes.optim.AdEMAMix32bit": ("ademamix", "bnb.ademamix32bit"),
+    "bitsandbytes.optim.AdEMAMix8bit": ("ademamix8bit", "bnb.ademamix8bit"),
+    "bitsandbytes.optim.PagedAdEMAMix": ("paged_ademamix", "bnb.pagedademamix"),
+    "bitsandbytes.optim.PagedAdEMAMix32bit": ("paged_ademamix", "bnb.pagedademamix8bit"),
+    "bitsandbytes.optim.PagedAdEMAMix8bit": ("paged_ademamix8bit", "bnb.pagedademamix8bit"),
+    "transformers.optimization.Adafactor": ("adafactor", "adafactor"),
+    "transformers.Adafactor": ("adafactor", "adafactor"),
+    "prodigyopt.Prodigy": ("prodigy", "prodigy"),
+    "lion_pytorch.Lion": ("lion", "lion"),
+    "schedulefree.AdamWScheduleFree": ("adamw_schedulefree", "adamwschedulefree"),
+    "schedulefree.SGDScheduleFree": ("sgd_schedulefree", "sgdschedulefree"),
+    "schedulefree.RAdamScheduleFree": ("radam_schedulefree", "radamschedulefree"),
+    "dadaptation.DAdaptAdam": ("dadapt_adam", "dadaptadam"),
+    "dadaptation.DAdaptAdaGrad": ("dadapt_adagrad", "dadaptadagrad"),
+    "dadaptation.DAdaptAdan": ("dadapt_adan", "dadaptadan"),
+    "dadaptation.DAdaptLion": ("dadapt_lion", "dadaptlion"),
+    "dadaptation.DAdaptSGD": ("dadapt_sgd", "dadaptsgd"),
+    "dadaptation.experimental.DAdaptAdamPreprint": ("dadapt_adam_preprint", "dadaptadampreprint"),
+    "dadaptation.experimental.DAdaptAdanIP": ("dadapt_adan_ip", "dadaptadanip"),
+}
+
+
+def _dotted(name: str) -> KohyaName:
+    """kohya's `module.Class` optimizer_type: imported as written, built as `cls(params, lr=lr, **args)`."""
+    if name in DOTTED_OPTIMIZERS:
+        return KohyaName(kind=DOTTED_OPTIMIZERS[name][0], dotted=True)
+    near = [path for path in DOTTED_OPTIMIZERS if path.lower() == name.lower()]
+    if near:
+        return KohyaName(
+            kind=None,
+            crashes=True,
+            why="kohya imports the class path as written and Python names are case-sensitive "
+            f"(AttributeError); did you mean {near[0]}?",
+        )
+    return KohyaName(
+        kind=None,
+        why=f"dbspec has no optimizer for the class {name} (it maps {', '.join(sorted(DOTTED_OPTIMIZERS))})",
     )
 
 
@@ -207,6 +306,20 @@ _KOHYA_ACCEPTS = {
 }
 
 
+_ADEMAMIX = ("betas", "alpha", "t_alpha", "t_beta3", "eps", "weight_decay", "min_8bit_size")
+_SCHEDULEFREE = ("weight_decay", "r", "weight_lr_power", "foreach")
+_KOHYA_ACCEPTS.update(
+    {  # bitsandbytes' AdEMAMix classes (by class path) and schedulefree's
+        "bnb.ademamix": (*_ADEMAMIX, "optim_bits", "is_paged"),
+        "bnb.ademamix32bit": (*_ADEMAMIX, "is_paged"),
+        "bnb.ademamix8bit": (*_ADEMAMIX, "is_paged"),
+        "bnb.pagedademamix": (*_ADEMAMIX, "optim_bits"),
+        "bnb.pagedademamix8bit": _ADEMAMIX,
+        "adamwschedulefree": (*_SCHEDULEFREE, "betas", "eps", "warmup_steps"),
+        "sgdschedulefree": (*_SCHEDULEFREE, "momentum", "warmup_steps"),
+        "radamschedulefree": (*_SCHEDULEFREE, "betas", "eps", "silent_sgd_phase"),
+    }
+)
 _DADAPT_ADAM = ("betas", "eps", "weight_decay", "log_every", "decouple", "d0", "growth_rate", "fsdp_in_use")
 _DADAPT_ADAN = ("betas", "eps", "weight_decay", "no_prox", "log_every", "d0", "growth_rate")
 _KOHYA_ACCEPTS.update(
@@ -226,9 +339,11 @@ _KOHYA_ACCEPTS.update(
 def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
     """Optimizer arguments kohya would crash on: keywords the constructor does not take, and betas that are
     not a pair of numbers. Only for the optimizers whose constructor is known."""
-    lower = name.lower()
+    lower = DOTTED_OPTIMIZERS[name][1] if name in DOTTED_OPTIMIZERS else name.lower()
     accepted = (
-        _KOHYA_ACCEPTS[lower] if lower in _KOHYA_ACCEPTS and (lower != "sgd" or name == "SGD") else None
+        _KOHYA_ACCEPTS[lower]
+        if lower in _KOHYA_ACCEPTS and (lower != "sgd" or name in ("SGD", "torch.optim.SGD"))
+        else None
     )
     problems = []
     if accepted is not None:
@@ -241,7 +356,12 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
             elif key not in accepted:
                 problems.append(f"`{key}`: {cls}'s constructor has no such argument (TypeError)")
     betas = kwargs["betas"] if "betas" in kwargs else None
-    count = 3 if lower in ("dadaptadan", "dadaptadanip") else 2
+    count = 3 if lower in ("dadaptadan", "dadaptadanip") or lower.startswith("bnb.") else 2
+    if lower == "adafactor" and "eps" in kwargs and not _number_pair(kwargs["eps"]):
+        problems.append(
+            f"`eps={kwargs['eps']!r}`: transformers' Adafactor takes a pair such as eps=(1e-30,1e-3) and "
+            "indexes it (TypeError)"
+        )
     if betas is not None and not (
         isinstance(betas, (tuple, list))
         and len(betas) == count
@@ -256,24 +376,50 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _number_pair(value: Any) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+
+
+_ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
+
+
+def ademamix_variant(kind: str, kwargs: dict[str, Any]) -> str:
+    """bitsandbytes' AdEMAMix classes differ only in is_paged and optim_bits: `AdEMAMix(is_paged=True)` is
+    PagedAdEMAMix, `optim_bits=8` is the 8-bit class. The kind those arguments make."""
+    if kind not in _ADEMAMIX_KINDS:
+        return kind
+    paged = kind.startswith("paged_") or kwargs.get("is_paged") is True
+    eight = kind.endswith("8bit") or kwargs.get("optim_bits") == 8
+    return ("paged_" if paged else "") + ("ademamix8bit" if eight else "ademamix")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
     unsupported: dict[str, Any]  # legacy keyword arguments dbspec cannot express
+    given: frozenset[str] = frozenset()  # the dbspec keys the legacy arguments gave (the rest are defaults)
 
 
 def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False) -> Settings:
     """Legacy constructor kwargs over the constructor's defaults, split into dbspec keys and the rest.
     `nesterov`: kohya's SGDNesterov, which sets momentum=0.9 when the arguments give none."""
     own = _OWN_KEYS[kind] if kind in _OWN_KEYS else ()
-    merged = {**_DEFAULTS[kind], **{k: v for k, v in kwargs.items() if k in _SETTABLE or k in own}}
+    renamed = _RENAMED[kind] if kind in _RENAMED else {}
+    merged = {
+        **_DEFAULTS[kind],
+        **{renamed.get(k, k): v for k, v in kwargs.items() if k in _SETTABLE or k in own},
+    }
     if nesterov:
         merged["nesterov"] = True
         if "momentum" not in kwargs:
             merged["momentum"] = 0.9
     if "betas" in merged:
         merged["betas"] = [float(b) for b in merged["betas"]]
-    if kind not in ("sgd", "dadapt_sgd", "dadapt_adagrad"):
+    if kind not in ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree"):
         merged.pop("momentum", None)
     harmless = _HARMLESS[kind] if kind in _HARMLESS else {}
     rest = {
@@ -281,6 +427,9 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         for k, v in kwargs.items()
         if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
     }
+    if kind in _ADEMAMIX_KINDS:  # the kind says them (ademamix_variant)
+        rest = {k: v for k, v in rest.items() if not (k == "is_paged" and isinstance(v, bool))}
+        rest = {k: v for k, v in rest.items() if not (k == "optim_bits" and v in (8, 32))}
     for key in ("d0", "growth_rate"):  # TOML floats stay floats (d0=1 is an int literal)
         if key in merged:
             merged[key] = float(merged[key])
@@ -288,7 +437,17 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         merged["growth_rate"] = 0.0  # dbspec's "unbounded"
     if kind == "adafactor":
         merged.update(adafactor_flags(kwargs))
-    return Settings(values=merged, unsupported=rest)
+    for key in ("adafactor_eps",):  # TOML floats stay floats
+        if key in merged:
+            merged[key] = [float(e) for e in merged[key]]
+    for key in ("beta1", "clip_threshold", "decay_rate", "alpha", "schedulefree_r", "weight_lr_power"):
+        if key in merged:
+            merged[key] = float(merged[key] or 0.0)  # Adafactor's beta1 None: dbspec's 0 (no first moment)
+    for key in ("t_alpha", "t_beta3"):  # bitsandbytes' None: dbspec's 0 (no warm-up)
+        if key in merged:
+            merged[key] = int(merged[key] or 0)
+    given = frozenset(renamed.get(k, k) for k in kwargs)
+    return Settings(values=merged, unsupported=rest, given=given)
 
 
 def adafactor_flags(kwargs: dict[str, Any]) -> dict[str, bool]:

@@ -9,9 +9,12 @@ How kohya draws sigma (read from its code, get_noisy_model_input_and_timesteps):
   discrete_flow_shift)'s table: dbspec's draw.
 - Flux "uniform" / "sigmoid": sigma = u or sigmoid(sigmoid_scale N(0, 1)), unshifted, continuous; "shift":
   that sigmoid draw shifted by discrete_flow_shift; dbspec draws the same densities on the scheduler's
-  1000-step table. "flux_shift" (resolution-dependent) has no dbspec option.
-- Flux model_prediction_type "raw" regresses the velocity noise - latents, as dbspec; "sigma_scaled" (the
-  default) and "additive" compare a rescaled prediction with that same target: no dbspec equivalent.
+  1000-step table.
+- Flux "flux_shift": the sigmoid draw shifted by the image size (Flux's time shift, mu from 0.5 at 256 to
+  1.15 at 4096 latent patches), continuous: loss.flow_dynamic_shift.
+- Flux model_prediction_type (apply_model_prediction_type): "raw" regresses the velocity noise - latents;
+  "sigma_scaled" (the default) compares x_t - sigma v with that same target and weights the loss by
+  weighting_scheme; "additive" compares v + x_t: loss.flow_prediction.
 - SD3: u from the density, shifted by training_shift (not the model's shift 3.0), sigma = floor(1000 u) /
   1000, and the preconditioned prediction x_t - sigma v is compared with the latents: sigma^2 |v - (noise -
   x)|^2 times the weighting_scheme's weight. weighting_scheme sigma_sqrt (sigma^-2) cancels sigma^2: dbspec's
@@ -195,22 +198,7 @@ def _density(a: Args, conv: Conversion, negate_mean: bool = False) -> str:
 
 
 def _flux_loss(a: Args, conv: Conversion) -> None:
-    sampling, pred, shift, scale = (
-        a["timestep_sampling"],
-        a["model_prediction_type"],
-        a["discrete_flow_shift"],
-        a["sigmoid_scale"],
-    )
-    if pred.value != "raw":
-        conv.unsupported(
-            pred,
-            f"kohya's {pred.value} prediction compares a rescaled model output with the velocity; dbspec "
-            "regresses the raw velocity (model_prediction_type raw)",
-            help="use --model_prediction_type raw (kohya's recommended Flux setting), or pass "
-            "--allow-unsupported",
-        )
-    else:
-        conv.record(pred, "mapped", "model.prediction")
+    sampling, shift, scale = a["timestep_sampling"], a["discrete_flow_shift"], a["sigmoid_scale"]
     scheme = a["weighting_scheme"]
     if sampling.value == "sigma":
         _density(a, conv)
@@ -219,18 +207,24 @@ def _flux_loss(a: Args, conv: Conversion) -> None:
         if scale.given:
             conv.inert(scale, "timestep_sampling sigma does not read it")
     elif sampling.value == "flux_shift":
-        conv.unsupported(
-            sampling, "the resolution-dependent sigma shift has no dbspec option (loss.flow_shift is fixed)"
+        _sigmoid(sampling, scale, conv)
+        conv.mapped(
+            sampling,
+            ("loss", "flow_dynamic_shift"),
+            True,
+            note="sigmoid(sigmoid_scale N(0, 1)) shifted by the image size (Flux's time shift), continuous",
         )
+        conv.put(("loss", "flow_shift"), 0.0, conv.comment(sampling, "the shift is the image size's"))
+        if shift.given:
+            conv.inert(shift, "timestep_sampling flux_shift shifts by the image size, not by it")
+        _not_read(a, sampling, conv)
     else:
         if sampling.value == "uniform":
             conv.mapped(sampling, ("loss", "flow_timesteps"), "uniform")
             if scale.given:
                 conv.inert(scale, "timestep_sampling uniform does not read it")
         else:
-            conv.mapped(sampling, ("loss", "flow_timesteps"), "logit_normal")
-            conv.put(("loss", "flow_logit_mean"), 0.0, conv.comment(scale, "sigmoid of N(0, sigmoid_scale)"))
-            conv.mapped(scale, ("loss", "flow_logit_std"), float(scale.value))
+            _sigmoid(sampling, scale, conv)
         kept = sampling.value == "shift"
         conv.mapped(
             shift,
@@ -242,13 +236,43 @@ def _flux_loss(a: Args, conv: Conversion) -> None:
             sampling,
             "kohya draws sigma continuously; dbspec draws the same density on the scheduler's 1000 steps",
         )
-        for key in ("logit_mean", "logit_std", "mode_scale"):
-            if a[key].given:
-                conv.inert(a[key], f"timestep_sampling {sampling.value} does not read it")
-        if scheme.given:
-            conv.inert(scheme, f"timestep_sampling {sampling.value} does not read it")
-    if pred.value == "raw":  # kohya weights the loss only with the sigma_scaled prediction
-        conv.put(("loss", "flow_weighting"), "none", conv.comment(pred, "no loss weighting with raw"))
+        _not_read(a, sampling, conv)
+    _flux_prediction(a, conv)
+    if sampling.value != "sigma" and scheme.given and a["model_prediction_type"].value != "sigma_scaled":
+        conv.inert(scheme, f"timestep_sampling {sampling.value} does not read it")
+
+
+def _sigmoid(sampling, scale, conv: Conversion) -> None:
+    """kohya's sigmoid(sigmoid_scale N(0, 1)) draw: dbspec's logit_normal(0, sigmoid_scale)."""
+    conv.mapped(sampling, ("loss", "flow_timesteps"), "logit_normal")
+    conv.put(("loss", "flow_logit_mean"), 0.0, conv.comment(scale, "sigmoid of N(0, sigmoid_scale)"))
+    conv.mapped(scale, ("loss", "flow_logit_std"), float(scale.value))
+
+
+def _not_read(a: Args, sampling, conv: Conversion) -> None:
+    for key in ("logit_mean", "logit_std", "mode_scale"):
+        if a[key].given:
+            conv.inert(a[key], f"timestep_sampling {sampling.value} does not read it")
+
+
+def _flux_prediction(a: Args, conv: Conversion) -> None:
+    """model_prediction_type -> loss.flow_prediction; kohya weights the loss by weighting_scheme only with
+    sigma_scaled (apply_model_prediction_type), so flow_weighting follows it there and is none otherwise."""
+    pred, scheme = a["model_prediction_type"], a["weighting_scheme"]
+    conv.mapped(pred, ("loss", "flow_prediction"), pred.value)
+    if pred.value != "sigma_scaled":
+        conv.put(
+            ("loss", "flow_weighting"), "none", conv.comment(pred, f"no loss weighting with {pred.value}")
+        )
+        return
+    weighting = scheme.value if scheme.value in ("sigma_sqrt", "cosmap") else "none"
+    conv.put(
+        ("loss", "flow_weighting"),
+        weighting,
+        conv.comment(scheme, "sigma_scaled weights the loss by it (compute_loss_weighting_for_sd3)"),
+    )
+    if a["timestep_sampling"].value != "sigma":
+        conv.record(scheme, "mapped", "loss.flow_weighting")
 
 
 def _sd3_loss(a: Args, conv: Conversion) -> None:

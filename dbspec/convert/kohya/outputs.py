@@ -62,11 +62,11 @@ def map_outputs(
 
 def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     fmt, precision = a["save_model_as"], a["save_precision"]
-    if lora and script in ("flux_train_network", "sd3_train_network"):
+    if lora and script == "sd3_train_network":
         conv.differs(
             fmt,
-            "kohya writes its LoRA in the original (BFL / SAI) key layout; dbspec writes diffusers' LoRA "
-            "layout, which diffusers and ComfyUI load",
+            "kohya writes its SD3 LoRA in the original (SAI) key layout; dbspec writes diffusers' LoRA "
+            "layout, which diffusers and ComfyUI load (no kohya SD3 layout: DBS381)",
         )
     elif lora:
         if fmt.value in ("ckpt", "pt"):

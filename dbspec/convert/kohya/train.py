@@ -11,6 +11,7 @@ from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
+    ademamix_variant,
     kohya_constructor_problems,
     kohya_optimizer,
     optimizer_settings,
@@ -110,8 +111,33 @@ TORCH_SCHEDULERS = {
         (),
     ),
     "ConstantLR": ("constant_lr", {"factor": "factor", "total_iters": "total_iters"}, ()),
+    "PolynomialLR": ("polynomial_lr", {"total_iters": "total_iters", "power": "power"}, ()),
+    "CyclicLR": (
+        "cyclic",
+        {
+            "base_lr": "base_lr",
+            "max_lr": "max_lr",
+            "step_size_up": "step_size_up",
+            "step_size_down": "step_size_down",
+            "mode": "cyclic_mode",
+            "gamma": "gamma",
+            "cycle_momentum": "cycle_momentum",
+            "base_momentum": "base_momentum",
+            "max_momentum": "max_momentum",
+            "scale_mode": "",  # torch uses the mode's own unless a scale_fn (a callable) is given
+            "scale_fn": "",  # only None is a Python literal
+        },
+        ("base_lr", "max_lr"),
+    ),
 }
+# torch's error when a scheduler is built with last_epoch != -1 on groups without 'initial_lr' (kohya's)
+_LAST_EPOCH_WHY = (
+    "torch raises KeyError `param 'initial_lr' is not specified in param_groups[0]`: a scheduler starts "
+    "part-way only when resuming one, and kohya's fresh optimizer groups have no initial_lr"
+)
 _FLOAT_KEYS = {
+    "base_lr",
+    "power",
     "eta_min",
     "gamma",
     "start_factor",
@@ -135,16 +161,15 @@ def adafactor_relative_step(a: Args) -> bool:
     return not problems and adafactor_flags(kwargs)["relative_step"]
 
 
+def _optimizer_is_adafactor(a: Args) -> bool:
+    return kohya_optimizer(str(a["optimizer_type"].value or "")).kind == "adafactor"
+
+
 def _map_adafactor_schedule(a: Args, conv: Conversion) -> None:
     """Adafactor with relative steps: dbspec's schedule stays constant (the plan shows Adafactor's own LR)."""
     name, warm, kind = a["lr_scheduler"], a["lr_warmup_steps"], a["lr_scheduler_type"]
     why = "kohya replaces the schedule by its adafactor scheduler (Adafactor with relative_step)"
-    if kind.value:
-        conv.unsupported(
-            kind,
-            "a torch scheduler over Adafactor's relative step: dbspec lets Adafactor compute the LR alone",
-            help="pass relative_step=False in optimizer_args to schedule a fixed Adafactor LR",
-        )
+    if kind.value and not _torch_scheduler_over_relative_step(a, conv):
         return
     if warm.value:
         conv.invalid(
@@ -168,8 +193,106 @@ def _map_adafactor_schedule(a: Args, conv: Conversion) -> None:
             conv.inert(a[key], why)
 
 
+def _rate_untouched(cls: str, kwargs: dict, total: int | None) -> bool | None:
+    """Whether torch's `cls` never computes with the groups' rates within a `total`-step run (None: unknown
+    here). kohya's relative-step Adafactor groups have no rate (lr None): CyclicLR and OneCycleLR set their
+    own; the others multiply it at construction or at a step and raise TypeError."""
+    if cls in ("CyclicLR", "OneCycleLR"):
+        return True
+    if cls in ("StepLR", "MultiStepLR"):
+        first = kwargs.get("step_size") if cls == "StepLR" else min(kwargs.get("milestones") or [2**62])
+        return None if total is None or not isinstance(first, int) else first > total
+    if cls == "PolynomialLR":
+        return kwargs.get("total_iters", 5) == 0
+    return False
+
+
+def _torch_scheduler_over_relative_step(a: Args, conv: Conversion) -> bool:
+    """kohya's --lr_scheduler_type with a relative-step Adafactor: get_scheduler_fix builds the torch class
+    over groups whose lr kohya removed. Returns whether the run goes on (the scheduler then changes nothing:
+    Adafactor computes its LR itself)."""
+    kind, args = a["lr_scheduler_type"], a["lr_scheduler_args"]
+    cls = kind.value.removeprefix("torch.optim.lr_scheduler.")
+    kwargs = _scheduler_kwargs(args, conv)
+    if kwargs is None:
+        return False
+    total = a["max_train_steps"].value if a["max_train_epochs"].value is None else None
+    untouched = _rate_untouched(cls, kwargs, total) if cls in TORCH_SCHEDULERS else None
+    why = (
+        f"kohya removes the groups' lr for Adafactor's relative step, so torch's {cls} computes with lr None "
+        "(TypeError)"
+    )
+    if untouched is False:
+        conv.invalid(
+            kind.key, kind.value, kind.source, why, help="pass relative_step=False in optimizer_args"
+        )
+        return False
+    if untouched is None:
+        conv.unsupported(
+            kind,
+            f"{cls} over Adafactor's relative step: whether torch computes with the removed lr (and raises) "
+            "is not known here",
+            help="pass relative_step=False in optimizer_args to schedule a fixed Adafactor LR",
+        )
+        return False
+    if cls in ("CyclicLR", "OneCycleLR") and kwargs.get("cycle_momentum", True):
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"torch's {cls} cycles momentum by default and raises `optimizer must support momentum or beta1 "
+            "with `cycle_momentum` option enabled` on Adafactor",
+            help="add cycle_momentum=False to lr_scheduler_args",
+        )
+        return False
+    if kwargs.get("last_epoch", -1) != -1:
+        conv.invalid(
+            args.key, args.value, args.source, f"last_epoch={kwargs['last_epoch']!r}: {_LAST_EPOCH_WHY}"
+        )
+        return False
+    conv.inert(kind, f"{cls} sets rates that Adafactor's relative step ignores (it computes the LR itself)")
+    conv.inert(args, f"the arguments of {cls}, which changes nothing here")
+    return True
+
+
+def _schedulefree(a: Args) -> bool:
+    """kohya's is_schedulefree_optimizer: optimizer_type ends with "schedulefree" (any case)."""
+    return str(a["optimizer_type"].value or "").lower().endswith("schedulefree")
+
+
+def _map_schedulefree_schedule(a: Args, conv: Conversion) -> None:
+    """kohya's get_scheduler_fix returns a dummy scheduler for schedule-free optimizers: no schedule, no
+    warm-up, whatever the scheduler options say (the optimizer's own warmup_steps is an optimizer_args)."""
+    why = "kohya gives schedule-free optimizers a dummy scheduler that never changes the LR"
+    for key in (
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "lr_scheduler_type",
+        "lr_scheduler_args",
+        "lr_scheduler_num_cycles",
+        "lr_scheduler_power",
+        "lr_scheduler_min_lr_ratio",
+        "lr_decay_steps",
+        "lr_scheduler_timescale",
+    ):
+        legacy = a[key]
+        if (
+            key in ("lr_scheduler", "lr_warmup_steps")
+            and legacy.given
+            and legacy.value not in ("constant", 0)
+        ):
+            conv.ignored(legacy, why + " (use warmup_steps in optimizer_args for a warm-up)")
+        elif legacy.given:
+            conv.inert(legacy, why)
+        else:
+            conv.record(legacy, "mapped", "schedule")
+
+
 def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
     name, warm = a["lr_scheduler"], a["lr_warmup_steps"]
+    if _schedulefree(a):
+        _map_schedulefree_schedule(a, conv)
+        return
     if adafactor_relative_step(a):
         _map_adafactor_schedule(a, conv)
         return
@@ -246,7 +369,9 @@ def _map_schedule_args(a: Args, name: str, conv: Conversion) -> bool:
         )
         return False
     if kwargs.get("last_epoch", -1) != -1:
-        conv.unsupported(args, "last_epoch: a schedule started part-way (dbspec starts at step 0)")
+        conv.invalid(
+            args.key, args.value, args.source, f"last_epoch={kwargs['last_epoch']!r}: {_LAST_EPOCH_WHY}"
+        )
         return False
     ratio = a["lr_scheduler_min_lr_ratio"]
     if "min_lr" in kwargs and ratio.value is not None:
@@ -325,12 +450,31 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
         return
     conv.record(warm, "mapped", "schedule.warmup_steps")
     unknown = sorted(set(kwargs) - set(names) - {"last_epoch"})
-    if unknown or kwargs.get("last_epoch", -1) != -1:
-        conv.unsupported(args, f"{cls} arguments dbspec has not: {', '.join(unknown) or 'last_epoch'}")
+    if unknown:
+        conv.unsupported(args, f"{cls} arguments dbspec has not: {', '.join(unknown)}")
+        return
+    if kwargs.get("last_epoch", -1) != -1:
+        conv.invalid(
+            args.key, args.value, args.source, f"last_epoch={kwargs['last_epoch']!r}: {_LAST_EPOCH_WHY}"
+        )
         return
     missing = [key for key in required if key not in kwargs]
     if missing:
         conv.invalid(args.key, args.value, args.source, f"torch's {cls} needs {', '.join(missing)}")
+        return
+    if (
+        cls in ("OneCycleLR", "CyclicLR")
+        and kwargs.get("cycle_momentum", True)
+        and _optimizer_is_adafactor(a)
+    ):
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"torch's {cls} cycles momentum by default and raises `optimizer must support momentum or beta1 "
+            "with `cycle_momentum` option enabled` on Adafactor",
+            help="add cycle_momentum=False to lr_scheduler_args",
+        )
         return
     values = _torch_values(cls, kwargs, total, args, conv)
     if values is None:
@@ -358,11 +502,33 @@ def _torch_values(cls: str, kwargs: dict, total: int | None, args: Legacy, conv:
     for key, value in kwargs.items():
         if key not in names or not names[key]:
             continue
-        if isinstance(value, (list, tuple)) and key == "max_lr":
-            conv.unsupported(
-                args, "one max_lr per parameter group (dbspec takes one peak, or each group's lr)"
+        if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr"):
+            conv.unsupported(args, f"one {key} per parameter group (dbspec takes one value for every group)")
+            return None
+        if key == "max_lr" and not value:
+            conv.unsupported(args, "max_lr=0 (dbspec's max_lr 0 stands for each group's own lr)")
+            return None
+        if key in ("step_size_up", "step_size_down"):
+            if value is None:  # CyclicLR: step_size_down None = step_size_up
+                continue
+            if value != int(value):
+                conv.unsupported(args, f"a fractional {key} ({value!r}): dbspec counts whole steps")
+                return None
+            value = int(value)  # noqa: PLW2901
+        if key == "mode" and value not in ("triangular", "triangular2", "exp_range"):
+            conv.invalid(
+                args.key,
+                args.value,
+                args.source,
+                "torch's CyclicLR raises `mode is invalid and scale_fn is None`",
             )
             return None
+        if key == "scale_mode" and cls == "CyclicLR":
+            conv.notes.append(
+                f"kohya lr_scheduler_args scale_mode={value!r} has no effect: torch's CyclicLR uses its "
+                "mode's own scale mode unless a scale_fn is given"
+            )
+            continue
         if key == "milestones":
             value = sorted(int(m) for m in value)  # noqa: PLW2901 - torch counts them, in any order
         elif names[key] in _FLOAT_KEYS:
@@ -394,14 +560,14 @@ def _torch_values(cls: str, kwargs: dict, total: int | None, args: Legacy, conv:
 
 def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
     """kohya's parse of --lr_scheduler_args: `key=value`, the value a Python literal."""
-    kwargs = {}
+    kwargs, bad = {}, object()
     for item in args.value or []:
         key, sep, text = str(item).partition("=")
         try:
-            value = ast.literal_eval(text) if sep else None
+            value = ast.literal_eval(text) if sep else bad
         except (ValueError, SyntaxError):
-            value = None
-        if not sep or value is None or "=" in text:
+            value = bad
+        if value is bad or "=" in text:
             conv.invalid(args.key, args.value, args.source, f"`{item}` is not key=<Python literal>")
             return None
         kwargs[key.strip()] = value
@@ -643,6 +809,14 @@ def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
     return False
 
 
+def _full_path_help(name: str) -> str:
+    """The class path kohya's help asks for, for a bare AdEMAMix name."""
+    for path in ("AdEMAMix8bit", "PagedAdEMAMix8bit", "PagedAdEMAMix32bit", "AdEMAMix32bit", "PagedAdEMAMix"):
+        if name.lower() == path.lower():
+            return f'optimizer_type = "bitsandbytes.optim.{path}"'
+    return 'optimizer_type = "bitsandbytes.optim.AdEMAMix"' if "ademamix" in name.lower() else ""
+
+
 def map_optimizer(a: Args, conv: Conversion) -> None:
     kind_arg = a["optimizer_type"]
     legacy_flags = [a[k] for k in ("use_8bit_adam", "use_lion_optimizer") if a[k].value]
@@ -658,6 +832,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         name = "AdamW8bit" if legacy_flags[0].key == "use_8bit_adam" else "Lion"
         kind_arg = attrs.evolve(legacy_flags[0], value=name)
     name = kohya_optimizer(kind_arg.value)
+    if name.kind is None and name.crashes:
+        conv.invalid(
+            kind_arg.key, kind_arg.value, kind_arg.source, name.why, help=_full_path_help(kind_arg.value)
+        )
+        return
     if name.kind is None:
         conv.unsupported(kind_arg, name.why)
         return
@@ -683,15 +862,43 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         return
     if not _one_rate_fits(name.kind, kind_arg, conv):
         return
-    settings = optimizer_settings(name.kind, kwargs, nesterov=name.nesterov)
+    if name.dotted and name.kind == "adafactor" and kwargs.get("warmup_init", False):
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"{kind_arg.value} is built as given, and transformers raises `warmup_init=True requires "
+            "relative_step=True`, which refuses the lr kohya passes (kohya's fix-up applies to "
+            "optimizer_type Adafactor only)",
+            help='use optimizer_type = "Adafactor"',
+        )
+        return
+    if name.dotted and name.kind == "adafactor" and kwargs.get("relative_step", True):
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"{kind_arg.value} is built as given (kohya's Adafactor fix-ups apply to optimizer_type "
+            "Adafactor only) with lr=learning_rate, and transformers raises `Cannot combine manual lr and "
+            "relative_step=True options` unless optimizer_args give relative_step=False",
+            help='use optimizer_type = "Adafactor", or add relative_step=False to optimizer_args',
+        )
+        return
+    kind = ademamix_variant(name.kind, kwargs)
+    if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
+        conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
+    settings = optimizer_settings(kind, kwargs, nesterov=name.nesterov)
+    defaults = Optimizer(kind=kind)
     for key, value in settings.values.items():
-        if value == _OPTIMIZER_DEFAULTS[key]:
+        if value == getattr(defaults, key):
             continue
-        source = args if key in kwargs else kind_arg
+        given = key in settings.given
         conv.put(
             ("optimizer", key),
             value,
-            conv.comment(source, "" if key in kwargs else f"{kind_arg.value or 'AdamW'} default"),
+            conv.comment(
+                args if given else kind_arg, "" if given else f"{kind_arg.value or 'AdamW'} default"
+            ),
         )
     if settings.unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in settings.unsupported.items())

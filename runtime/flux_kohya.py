@@ -1,0 +1,232 @@
+"""Flux LoRAs in the key layout kohya sd-scripts' networks/lora_flux.py saves (and ComfyUI, Forge and
+diffusers' `FluxPipeline.load_lora_weights` load): module names of Black Forest Labs' original Flux model.
+
+dbspec trains peft LoRAs on diffusers' FluxTransformer2DModel, whose attention has separate q, k and v
+projections; the original model has one fused Linear per group:
+
+- double block i: `img_attn.qkv` <- attn.to_q, to_k, to_v; `txt_attn.qkv` <- attn.add_q_proj, add_k_proj,
+  add_v_proj (in that order);
+- single block i: `linear1` <- attn.to_q, to_k, to_v and proj_mlp (q, k, v, then the MLP input).
+
+A fused layer's LoRA stacks the parts' down weights (rank R = the sum of the parts' ranks) and places each
+part's up weight on the block diagonal, so up @ down is the parts' updates, each on its own rows; this is
+the file kohya writes when it trains with `split_qkv` (networks/lora_flux.py state_dict). A part the run
+did not adapt (single blocks: proj_mlp with the default targets) is a zero block of the first part's rank,
+so every block has one rank and loaders that split the layer again (diffusers) see kohya's shape. Loaders
+scale by alpha / (rows of lora_down), so the fused alpha is the parts' scale times R: alpha / rank is kept
+exactly (parts with different scales have the ratio folded into their up blocks). kohya's own `split_qkv`
+writer stacks the same tensors but keeps the part's alpha, so its fused layers load at 1/3 (1/4) of the
+trained scale; the down/up tensors here are bit-identical to its (checked in a scratch run of its code).
+
+The last layer: diffusers' norm_out.linear holds (scale, shift) where the original
+final_layer.adaLN_modulation.1 holds (shift, scale), so its up rows are swapped; diffusers' converter
+ignores the final layer's alpha, so its scale is folded into lora_up and alpha is the rank (scale 1 for
+every loader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.dtypes import to_dtype
+from dbspec.runtime.exports import _kohya_lora_layers, clip_path
+
+Layer = tuple[torch.Tensor, torch.Tensor, int, float]  # (lora_down, lora_up, rank, alpha)
+
+# diffusers child path -> (original module name, part index in the fused layer or None)
+_DOUBLE = {
+    "attn.to_q": ("img_attn_qkv", 0),
+    "attn.to_k": ("img_attn_qkv", 1),
+    "attn.to_v": ("img_attn_qkv", 2),
+    "attn.to_out.0": ("img_attn_proj", None),
+    "attn.add_q_proj": ("txt_attn_qkv", 0),
+    "attn.add_k_proj": ("txt_attn_qkv", 1),
+    "attn.add_v_proj": ("txt_attn_qkv", 2),
+    "attn.to_add_out": ("txt_attn_proj", None),
+    "ff.net.0.proj": ("img_mlp_0", None),
+    "ff.net.2": ("img_mlp_2", None),
+    "ff_context.net.0.proj": ("txt_mlp_0", None),
+    "ff_context.net.2": ("txt_mlp_2", None),
+    "norm1.linear": ("img_mod_lin", None),
+    "norm1_context.linear": ("txt_mod_lin", None),
+}
+_SINGLE = {
+    "attn.to_q": ("linear1", 0),
+    "attn.to_k": ("linear1", 1),
+    "attn.to_v": ("linear1", 2),
+    "proj_mlp": ("linear1", 3),
+    "proj_out": ("linear2", None),
+    "norm.linear": ("modulation_lin", None),
+}
+_TOP = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "time_text_embed.timestep_embedder.linear_1": "time_in_in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in_out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in_in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in_out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in_in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in_out_layer",
+    "norm_out.linear": "final_layer_adaLN_modulation_1",
+    "proj_out": "final_layer_linear",
+}
+# the diffusers children of each fused layer, in the original layer's row order
+_PARTS = {
+    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+}
+_FINAL = ("final_layer_adaLN_modulation_1", "final_layer_linear")  # diffusers' converter drops their alpha
+_SWAPPED = "final_layer_adaLN_modulation_1"
+# kohya's networks/lora_flux.py prefixes: CLIP-L, T5-XXL
+TEXT_PREFIXES = ("lora_te1", "lora_te3")
+
+
+def original_name(path: str) -> tuple[str, int | None]:
+    """(kohya module name without the lora_unet_ prefix, part index in a fused layer or None) of a diffusers
+    FluxTransformer2DModel module path; ValueError for a module the original model has no place for."""
+    parts = path.split(".")
+    if len(parts) > 2 and parts[0] in ("transformer_blocks", "single_transformer_blocks"):
+        table, kind = (_DOUBLE, "double") if parts[0] == "transformer_blocks" else (_SINGLE, "single")
+        hit = table.get(".".join(parts[2:]))
+        if hit is not None:
+            return f"{kind}_blocks_{parts[1]}_{hit[0]}", hit[1]
+    elif path in _TOP:
+        return _TOP[path], None
+    raise ValueError(f"`{path}` has no place in kohya's Flux LoRA layout (networks/lora_flux.py)")
+
+
+def kohya_flux_tensors(
+    layers: Mapping[str, Layer], out_features: Mapping[str, int], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """kohya tensors (`lora_unet_<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`) of the transformer's
+    LoRA `layers` (diffusers module path -> (down, up, rank, alpha)); `out_features`: each Linear's output
+    width by path (what an unadapted part of a fused layer spans). Up/down in `dtype`, alpha fp32."""
+    fused: dict[tuple[str, str], dict[int, str]] = {}  # (block prefix, name) -> part index -> path
+    tensors: dict[str, torch.Tensor] = {}
+    for path, (down, up, rank, alpha) in layers.items():
+        name, part = original_name(path)
+        if part is not None:  # a block's fused layer: transformer_blocks.{i} / single_transformer_blocks.{i}
+            fused.setdefault((".".join(path.split(".")[:2]), name), {})[part] = path
+            continue
+        down, up = down.detach().float(), up.detach().float()
+        if name in _FINAL:  # scale folded into up, alpha = rank: scale 1 wherever alpha is read or not
+            up, alpha = up * (alpha / rank), float(rank)
+        if name == _SWAPPED:
+            shift, scale = up.chunk(2, dim=0)
+            up = torch.cat([scale, shift], dim=0)
+        tensors.update(_entry(name, down, up, alpha, dtype))
+    for (block, name), present in fused.items():
+        tensors.update(_fuse(block, name, present, layers, out_features, dtype))
+    return tensors
+
+
+def _fuse(block, name, present, layers, out_features, dtype) -> dict[str, torch.Tensor]:
+    children = _PARTS[name.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
+    first = layers[present[min(present)]]
+    rank, scale = first[2], first[3] / first[2]
+    downs, ups = [], []
+    for index, child in enumerate(children):
+        path = f"{block}.{child}"
+        if index in present:
+            down, up, r, alpha = layers[path]
+            downs.append(down.detach().float())
+            ups.append(up.detach().float() * ((alpha / r) / scale))  # 1 when the scales agree
+        else:
+            downs.append(torch.zeros(rank, first[0].shape[1]))
+            ups.append(torch.zeros(out_features[path], rank))
+    return _entry(
+        name, torch.cat(downs), torch.block_diag(*ups), scale * sum(d.shape[0] for d in downs), dtype
+    )
+
+
+def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
+    key = f"lora_unet_{name}"
+    return {
+        f"{key}.lora_down.weight": down.to("cpu", dtype).contiguous(),
+        f"{key}.lora_up.weight": up.to("cpu", dtype).contiguous(),
+        f"{key}.alpha": torch.tensor(alpha, dtype=torch.float32),
+    }
+
+
+def flux_kohya_lora_state(
+    *, denoiser: nn.Module | None, text_encoders: list, dtype: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`) and the
+    ss_network_dim / ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
+    cast = to_dtype(dtype)
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: set[int] = set()
+    alphas: set[float] = set()
+    if denoiser is not None:
+        layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser)}
+        found = lora_adapter(denoiser)
+        widths = _widths(found[0]) if found else {}
+        tensors.update(kohya_flux_tensors(layers, widths, cast))
+        ranks.update(layer[2] for layer in layers.values())
+        alphas.update(layer[3] for layer in layers.values())
+    for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
+        for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
+            key = f"{prefix}_{clip_path(name).replace('.', '_')}"
+            tensors.update(
+                {
+                    f"{key}.lora_down.weight": down.detach().to("cpu", cast, copy=True).contiguous(),
+                    f"{key}.lora_up.weight": up.detach().to("cpu", cast, copy=True).contiguous(),
+                    f"{key}.alpha": torch.tensor(alpha, dtype=torch.float32),
+                }
+            )
+            ranks.add(rank)
+            alphas.add(alpha)
+    if not tensors:
+        raise ValueError("no LoRA layers to export: the modules carry no peft adapter")
+    dims = {
+        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
+        "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
+    }
+    return tensors, dims
+
+
+def _widths(module: nn.Module) -> dict[str, int]:
+    """Output width of every Linear by module path (a peft-wrapped one under its own path too; quantised
+    Linears of any backend carry `out_features` as well)."""
+    return {
+        name.removesuffix(".base_layer"): int(layer.out_features)
+        for name, layer in module.named_modules()
+        if isinstance(getattr(layer, "out_features", None), int)
+    }
+
+
+class FluxExports:
+    """Flux's export layouts: kohya's Flux LoRA (`kohya_lora`); no single file (the compiler refuses it,
+    DBS381)."""
+
+    def __init__(self, spec):
+        from dbspec.runtime.families.sd3 import DiffusersOnlyExports
+
+        self.spec = spec
+        self._refused = DiffusersOnlyExports(spec)
+
+    def single_file_state(self, *, denoiser, vae, text_encoders, prediction, zero_terminal_snr) -> dict:
+        return self._refused.single_file_state(
+            denoiser=denoiser,
+            vae=vae,
+            text_encoders=text_encoders,
+            prediction=prediction,
+            zero_terminal_snr=zero_terminal_snr,
+        )
+
+    def kohya_lora_state(self, *, denoiser, text_encoders, dtype) -> tuple[dict, dict[str, str]]:
+        return flux_kohya_lora_state(denoiser=denoiser, text_encoders=text_encoders, dtype=dtype)
+
+    def kohya_metadata(self, prediction: str) -> dict[str, str]:
+        """What flux_train_network.py writes about the model (ss_network_module: its network module)."""
+        return {
+            "ss_network_module": "networks.lora_flux",
+            "ss_base_model_version": self.spec.kohya.base_version,
+            "ss_v2": "False",
+            "ss_v_parameterization": "False",
+        }
