@@ -7,7 +7,6 @@ common.py sample_flow_sigmas and custom_schedule.apply_flow_schedule_shift).
 from __future__ import annotations
 
 import json
-import math
 
 from convert_kit import (  # noqa: F401 (empty_hub_cache is a pytest fixture)
     empty_hub_cache,
@@ -41,15 +40,7 @@ def _convert(tmp_path, config: dict, *, side: int = 1024, crop: bool = True, all
     return simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json", allow=allow)
 
 
-def _flux_auto_shift(side: int) -> float:
-    """Flux's dynamic shift as FluxPipeline computes it: mu linear in the packed latent's sequence length,
-    from 0.5 at 256 to 1.15 at 4096 (FLUX.1-dev's scheduler config), e^mu."""
-    seq = (side // 16) ** 2
-    mu = 0.5 + (seq - 256) * (1.15 - 0.5) / (4096 - 256)
-    return math.exp(mu)
-
-
-def test_flux_dev_lora_with_auto_shift_on_square_crops(tmp_path):
+def test_flux_dev_lora_with_auto_shift(tmp_path):
     outcome = _convert(
         tmp_path,
         {
@@ -73,7 +64,8 @@ def test_flux_dev_lora_with_auto_shift_on_square_crops(tmp_path):
         1.0,
         "none",
     )
-    assert math.isclose(flow.shift, _flux_auto_shift(1024), rel_tol=1e-6) and flow.guidance == 1.0
+    # FLUX.1-dev's scheduler config: mu from 0.5 at 256 latent patches to 1.15 at 4096, continuous draw
+    assert (flow.shift, flow.base_shift, flow.max_shift, flow.guidance) == (0.0, 0.5, 1.15, 1.0)
     assert plan.model.t5_max_length == 512
     assert {"add_q_proj", "to_add_out", "to_out.0"} <= set(plan.adapter.denoiser_targets)
     assert (plan.adapter.rank, plan.adapter.dropout, plan.optimizer.lr) == (16, 0.1, 1e-4)
@@ -82,7 +74,7 @@ def test_flux_dev_lora_with_auto_shift_on_square_crops(tmp_path):
         fate(outcome, "flow_schedule_shift") == "inert"
         and fate(outcome, "flow_schedule_auto_shift") == "mapped"
     )
-    assert fate(outcome, "flow_sigmoid_scale") == "differs"  # continuous draw vs the 1000-step table
+    assert fate(outcome, "flow_sigmoid_scale") == "defaulted"  # continuous draws in both: no DBS404
 
 
 def test_flux_default_flavour_is_krea_with_simpletuners_guidance_and_shift(tmp_path):
@@ -196,17 +188,12 @@ def test_flux_lycoris_lokr_preset_targets_the_joint_attention(tmp_path):
     assert fate(outcome, "flux_lora_target") == "inert"  # LyCORIS takes its own targets
 
 
-def test_auto_shift_with_aspect_buckets_is_refused(tmp_path):
-    config = {
-        "model_type": "lora",
-        "model_family": "flux",
-        "model_flavour": "dev",
-        "flow_schedule_auto_shift": True,
-    }
-    outcome = _convert(tmp_path, config, crop=False)
-    assert not outcome.written and "flow_schedule_auto_shift" in messages(outcome, "DBS403")
-    allowed = _convert(tmp_path, config, crop=False, allow=True)
-    assert plan_of(allowed, tmp_path).loss.flow.shift == 0  # left out: the model's scheduler config
+def test_auto_shift_follows_each_bucket_on_sd3_and_aspect_buckets(tmp_path):
+    config = {"model_type": "lora", "model_family": "sd3", "flow_schedule_auto_shift": True}
+    outcome = _convert(tmp_path, config, crop=False, side=512)
+    flow = plan_of(outcome, tmp_path).loss.flow
+    assert (flow.shift, flow.base_shift, flow.max_shift) == (0.0, 0.5, 1.15)  # no static 3.0 beside it
+    assert fate(outcome, "flow_schedule_auto_shift") == "mapped"
 
 
 def test_flux_guidance_modes(tmp_path):

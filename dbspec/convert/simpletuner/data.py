@@ -64,7 +64,6 @@ class Backends:
     datasets: int  # how many were written
     has_class: bool
     square: bool
-    sides: frozenset[int] = frozenset()  # the resolutions the datasets were given (px)
 
 
 def map_backends(
@@ -131,12 +130,7 @@ def map_backends(
         item = cfg[key]
         if item.given and item.key not in conv.reports:
             conv.inert(item, "every image backend sets its own")
-    sides = frozenset(
-        int(value)
-        for path, (value, _) in conv.values.items()
-        if path[0] == "datasets" and path[-1] == "resolution" and isinstance(value, (int, float))
-    )
-    return Backends(datasets=written, has_class=has_class, square=square, sides=sides)
+    return Backends(datasets=written, has_class=has_class, square=square)
 
 
 def _numbers_ok(legacy: dict[str, Legacy], conv: Conversion) -> bool:

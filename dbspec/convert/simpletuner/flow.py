@@ -9,14 +9,13 @@ with flow_use_uniform_schedule; Beta(alpha, beta) with flow_use_beta_schedule; a
 flux_fast_schedule; then shifted, s sigma / (1 + (s - 1) sigma), by flow_schedule_shift (> 0), or with
 flow_schedule_auto_shift by Flux's resolution-dependent s = e^mu (mu linear in the latent patches, from the
 scheduler config: 0.5 at 256 patches, 1.15 at 4096; safety_check zeroes flow_schedule_shift when auto-shift
-is on). The draw is continuous and timesteps = 1000 sigma; dbspec draws the same density on the scheduler's
-1000-step table. The loss is the plain MSE against noise - latents (no weighting); its SNR weighting and
+is on: dbspec's loss.flow_dynamic_shift, the same e^mu). The draw is continuous and timesteps = 1000 sigma;
+dbspec draws the same density on the scheduler's 1000-step table, or continuously with flow_dynamic_shift.
+The loss is the plain MSE against noise - latents (no weighting); its SNR weighting and
 noise offset are for DDPM models only.
 """
 
 from __future__ import annotations
-
-import math
 
 from dbspec.convert.common.core import Conversion, Legacy
 
@@ -56,10 +55,6 @@ FLUX_TARGETS: dict[str, list[str]] = {
 SD3_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # SD3.DEFAULT_LORA_TARGET
 FLUX_T5_TOKENS = 512  # Flux.check_user_config forces tokenizer_max_length (schnell 256, refused below)
 SD3_T5_TOKENS = 154  # SD3.check_user_config: the default, and the cap without i_know_what_i_am_doing
-# FlowMatchEulerDiscreteScheduler's dynamic-shift constants (Flux.1 dev's scheduler config; SD3.5's config
-# leaves them at these defaults): mu runs linearly from BASE_SHIFT at BASE_SEQ patches to MAX_SHIFT at
-# MAX_SEQ.
-BASE_SEQ, MAX_SEQ, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
 # Flux flavours SimpleTuner has that dbspec cannot train, with the reason.
 FLUX_REFUSED = {
     "schnell": "SimpleTuner trains schnell through an assistant LoRA "
@@ -189,10 +184,10 @@ def flux_targets(cfg: Cfg, conv: Conversion) -> None:
         conv.mapped(target, ("adapter", "denoiser_targets"), FLUX_TARGETS[str(target.value)])
 
 
-def map_flow_loss(cfg: Cfg, data, conv: Conversion) -> None:
+def map_flow_loss(cfg: Cfg, conv: Conversion) -> None:
     """[loss]: the timestep density, the shift, the guidance, and the DDPM-only options SimpleTuner skips."""
-    _density(cfg, conv)
-    _shift(cfg, data, conv)
+    dynamic = _shift(cfg, conv)
+    _density(cfg, conv, continuous=dynamic)
     if cfg["model_family"].value == "flux":
         _guidance(cfg, conv)
     conv.put(("loss", "flow_weighting"), "none", "SimpleTuner weights its flow-matching loss by nothing")
@@ -230,7 +225,7 @@ def map_flow_loss(cfg: Cfg, data, conv: Conversion) -> None:
             conv.ignored(legacy, f"SimpleTuner's {family} does not read it")
 
 
-def _density(cfg: Cfg, conv: Conversion) -> None:
+def _density(cfg: Cfg, conv: Conversion, continuous: bool) -> None:
     scale = _opt(cfg, "flow_sigmoid_scale", 1.0)
     uniform = _opt(cfg, "flow_use_uniform_schedule", False)
     beta = _opt(cfg, "flow_use_beta_schedule", False)
@@ -271,38 +266,29 @@ def _density(cfg: Cfg, conv: Conversion) -> None:
         conv.put(("loss", "flow_logit_mean"), 0.0, conv.comment(scale, "a centred logit-normal"))
         conv.mapped(scale, ("loss", "flow_logit_std"), abs(value))
         chosen = scale
+    if continuous:  # with the image-size shift dbspec draws sigma continuously too
+        return
     conv.differs(
         chosen,
         "SimpleTuner draws sigma continuously (timestep 1000 sigma); dbspec draws the same density on the "
-        "scheduler's 1000-step table",
+        "scheduler's 1000-step table (continuously with loss.flow_dynamic_shift)",
     )
 
 
-def flux_shift(side: int) -> float:
-    """SimpleTuner's auto-shift e^mu for square side x side images: (side / 16)^2 latent patches."""
-    patches = (side // 8 // 2) ** 2
-    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ - BASE_SEQ)
-    return math.exp(BASE_SHIFT + slope * (patches - BASE_SEQ))
-
-
-def _shift(cfg: Cfg, data, conv: Conversion) -> None:
+def _shift(cfg: Cfg, conv: Conversion) -> bool:
+    """flow_schedule_shift / flow_schedule_auto_shift -> loss.flow_shift / flow_dynamic_shift; True when the
+    image-size shift applies (dbspec then draws sigma continuously, as SimpleTuner does)."""
     shift, auto = _opt(cfg, "flow_schedule_shift", 3.0), _opt(cfg, "flow_schedule_auto_shift", False)
     if flag(auto):  # safety_check zeroes a static shift when auto-shift is on
         if shift.given:
             conv.inert(shift, "flow_schedule_auto_shift decides (SimpleTuner zeroes the static shift)")
-        sides = sorted(data.sides)
-        if data.square and len(sides) == 1:
-            value = round(flux_shift(sides[0]), 6)
-            note = f"every image is {sides[0]} px square: e^mu = {value:g}"
-            conv.mapped(auto, ("loss", "flow_shift"), value, note=note, comment=conv.comment(auto, note))
-        else:
-            conv.unsupported(
-                auto,
-                "its shift follows each batch's size (aspect buckets or several resolutions); dbspec's "
-                "loss.flow_shift is one fixed shift (it converts when every backend crops squares of one "
-                "size)",
-            )
-        return
+        conv.mapped(
+            auto,
+            ("loss", "flow_dynamic_shift"),
+            True,
+            comment=conv.comment(auto, "e^mu by each batch's latent patches, mu 0.5 at 256 to 1.15 at 4096"),
+        )
+        return True
     value = float(shift.value)
     if value > 0:
         conv.mapped(shift, ("loss", "flow_shift"), value)
@@ -316,6 +302,7 @@ def _shift(cfg: Cfg, data, conv: Conversion) -> None:
         )
     if auto.given:
         conv.inert(auto, "off")
+    return False
 
 
 def _guidance(cfg: Cfg, conv: Conversion) -> None:

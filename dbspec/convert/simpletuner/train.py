@@ -479,7 +479,7 @@ def _optimizer_config(extra: Legacy, conv: Conversion) -> None:
 
 def _loss(cfg: Cfg, data, lora: bool, conv: Conversion) -> None:
     if is_flow(cfg):
-        map_flow_loss(cfg, data, conv)
+        map_flow_loss(cfg, conv)
     else:
         snr = cfg["snr_gamma"]
         if snr.value:
