@@ -215,14 +215,14 @@ def map_flow_loss(cfg: Cfg, conv: Conversion) -> None:
     for key, why in REFUSED.items():
         if key in cfg and flag(cfg[key]) and key not in conv.reports:
             conv.unsupported(cfg[key], why)
-    for key, why in INERT.items():
-        if key in cfg and key not in conv.reports:
-            conv.inert(cfg[key], why)
     family = cfg["model_family"].value
     other = "sd3_" if family == "flux" else "flux_"
     for key, legacy in cfg.items():
         if key.startswith(other) and legacy.given and key not in conv.reports:
             conv.ignored(legacy, f"SimpleTuner's {family} does not read it")
+    for key, why in INERT.items():
+        if key in cfg and key not in conv.reports:
+            conv.inert(cfg[key], why)
 
 
 def _density(cfg: Cfg, conv: Conversion, continuous: bool) -> None:
