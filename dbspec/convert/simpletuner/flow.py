@@ -218,7 +218,8 @@ def map_flow_loss(cfg: Cfg, conv: Conversion) -> None:
     family = cfg["model_family"].value
     other = "sd3_" if family == "flux" else "flux_"
     for key, legacy in cfg.items():
-        if key.startswith(other) and legacy.given and key not in conv.reports:
+        # flux_fast_schedule is read by every flow family (sample_flow_sigmas): REFUSED when on
+        if key.startswith(other) and key != "flux_fast_schedule" and legacy.given and key not in conv.reports:
             conv.ignored(legacy, f"SimpleTuner's {family} does not read it")
     for key, why in INERT.items():
         if key in cfg and key not in conv.reports:
