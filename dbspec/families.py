@@ -419,9 +419,8 @@ FAMILIES: dict[str, FamilySpec] = {
             "stabilityai/stable-diffusion-3-medium-diffusers": {"unet": 2_028_328_000},
         },
         activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
-        # Measured at real width on the CPU (SD3.5 medium at 128-1024 px: 1.59 MB plain, 165-172 KB
-        # checkpointed per token; large at 512 px: 3.79 MB, 329 KB), rounded up; large's checkpointed figure
-        # by 9%, as Flux's rose 12% from 512 to 1024 px (docs/memory.md).
+        # Measured at real width on the CPU, per token (medium at 128-1024 px: 1.59 MB plain, 165-172 KB
+        # checkpointed; large at 512 and 1024 px: 3.79 MB, 329-342 KB), rounded up (docs/memory.md).
         token_activation=TokenActivation(
             patch=2,
             clip_tokens=77,
