@@ -294,3 +294,59 @@ def test_flow_numbers_are_checked_as_simpletuner_parses_them(tmp_path):
     assert not outcome.written and fate(outcome, "flow_sigmoid_scale") == "invalid"
     parsed = _convert(tmp_path, {**flux, "flux_guidance_value": "2.5"})  # argparse turns "2.5" into 2.5
     assert plan_of(parsed, tmp_path).loss.flow.guidance == 2.5
+
+
+def test_simpletuners_flux_example_config_converts(tmp_path):
+    """The keys of SimpleTuner's examples/flux.peft-lora/config.json (its data on a local folder)."""
+    outcome = _convert(
+        tmp_path,
+        {
+            "base_model_precision": "int8-quanto",
+            "checkpoint_step_interval": 10,
+            "controlnet": False,
+            "disable_bucket_pruning": True,
+            "flow_schedule_shift": 3,
+            "fuse_qkv_projections": False,
+            "grad_clip_method": "value",
+            "gradient_checkpointing": True,
+            "hub_model_id": "simpletuner-example-flux-peft-lora",
+            "learning_rate": 1e-4,
+            "lora_alpha": 16,
+            "lora_rank": 16,
+            "lora_type": "standard",
+            "lr_scheduler": "constant",
+            "max_train_steps": 100,
+            "mixed_precision": "bf16",
+            "model_family": "flux",
+            "model_type": "lora",
+            "num_eval_images": 25,
+            "num_train_epochs": 0,
+            "optimizer": "adamw_bf16",
+            "quantize_via": "cpu",
+            "report_to": "none",
+            "seed": 42,
+            "train_batch_size": 1,
+            "use_ema": False,
+            "validation_guidance": 4.0,
+            "validation_num_inference_steps": 16,
+            "validation_prompt": "a photo of sks dog holding a sign",
+            "validation_steps": 50,
+        },
+        side=512,
+    )
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    assert (flow.timesteps, flow.shift, flow.guidance, flow.base_shift) == ("logit_normal", 3.0, 1.0, 0.0)
+    assert (plan.adapter.rank, plan.adapter.alpha, plan.optimizer.max_grad_norm) == (16, 16.0, 2.0)
+    assert fate(outcome, "grad_clip_method") == "differs"  # SimpleTuner clips values, dbspec the norm
+    assert {fate(outcome, k) for k in ("num_eval_images", "fuse_qkv_projections", "controlnet")} == {"inert"}
+    norm = _convert(
+        tmp_path, {"model_type": "lora", "model_family": "sd3", "grad_clip_method": "norm"}, side=512
+    )
+    assert (
+        fate(norm, "grad_clip_method") == "mapped" and plan_of(norm, tmp_path).optimizer.max_grad_norm == 2.0
+    )
+    prodigy = _convert(
+        tmp_path, {"model_type": "lora", "model_family": "sd3", "optimizer": "prodigy"}, side=512
+    )
+    assert plan_of(prodigy, tmp_path).optimizer.max_grad_norm == 0  # its trainer does not clip for prodigy

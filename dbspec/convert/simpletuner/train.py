@@ -190,7 +190,9 @@ def map_training(cfg: Cfg, data, lora: bool, paths: PathMapper, conv: Conversion
             conv.unsupported(cfg[key], why)
     for key, legacy in cfg.items():
         if legacy.given and key not in conv.reports:
-            if key in INERT or key.startswith(("validation_", "tracker_", "hub_", "webhook")):
+            if key in INERT or key.startswith(
+                ("validation_", "tracker_", "hub_", "webhook", "eval_", "num_eval_")
+            ):
                 conv.inert(legacy, "no effect on what trains")
             elif legacy.value in (None, False, "", 0, "none", "no_change"):
                 conv.inert(legacy, "off")
@@ -451,13 +453,41 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     extra = cfg["optimizer_config"]
     if extra.value:
         _optimizer_config(extra, conv)
-    norm = cfg["max_grad_norm"]
-    if num(norm) != 1.0:
-        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
+    _clipping(cfg, conv)
     lr_te = cfg["text_encoder_lr"]
     if lr_te.value is not None and flag(cfg["train_text_encoder"]):
         te_rate = math.floor(num(lr_te) * 1e9) / 1e9 if _floors_lr(cfg) else num(lr_te)
         conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), te_rate)
+
+
+def _clipping(cfg: Cfg, conv: Conversion) -> None:
+    """SimpleTuner's trainer clips with max_grad_norm > 0, except for prodigy and optimi-stableadamw, by
+    grad_clip_method: "value" (its field-registry default: clip_grad_value_, each gradient element to
+    +-max_grad_norm) or "norm" (clip_grad_norm_, dbspec's only kind)."""
+    norm = cfg["max_grad_norm"]
+    method = (
+        cfg["grad_clip_method"]
+        if "grad_clip_method" in cfg
+        else Legacy(key="grad_clip_method", value="value", source="default")
+    )
+    if num(norm) <= 0 or cfg["optimizer"].value in ("prodigy", "optimi-stableadamw"):
+        why = "" if num(norm) <= 0 else f"SimpleTuner does not clip gradients for {cfg['optimizer'].value}"
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), 0.0, note=why, comment=conv.comment(norm, why))
+        if method.given:
+            conv.inert(method, "no clipping")
+        return
+    if method.value == "norm":
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
+        conv.record(method, "mapped", "optimizer.max_grad_norm")
+    elif method.value == "value":
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
+        conv.differs(
+            method,
+            f"SimpleTuner clips each gradient value to +-{num(norm):g} (clip_grad_value_); dbspec clips the "
+            f"gradients' norm to {num(norm):g}, which binds far more often on a large model",
+        )
+    else:
+        conv.invalid(method.key, method.value, method.source, "not a grad_clip_method (value, norm)")
 
 
 def _floors_lr(cfg: Cfg) -> bool:
