@@ -79,3 +79,19 @@ def test_the_plan_counts_the_t5_length(tmp_path):
     per_token = family_spec("sd3").token_activation.per_token(SD35M, True)
     assert long.plan.memory.activations - short.plan.memory.activations == (256 - 77) * per_token
     assert any("per token" in note for note in long.plan.memory.notes)
+
+
+def test_the_bench_extrapolates_each_block_kind_to_the_full_count():
+    from tests.bench import bench_flow_activations as bench
+
+    plain = dict(model="flux", checkpointing=False, peak=1000, saved_per_block={"double": 10, "single": 7})
+    assert bench.extrapolate({**plain, "inputs_per_block": {}}) == 1000 + 18 * 10 + 37 * 7
+    ckpt = dict(
+        model="sd35m", checkpointing=True, peak=500, inputs_per_block={"dual": 3, "plain": 3, "last": 3}
+    )
+    assert bench.extrapolate({**ckpt, "saved_per_block": {}}) == 500 + 12 * 3 + 9 * 3  # 13 + 10 + 1 blocks
+    kinds = [bench.block_kind("sd35m", f"transformer_blocks.{i}") for i in range(3)]
+    assert (
+        kinds == ["dual", "plain", "last"]
+        and bench.block_kind("flux", "single_transformer_blocks.0") == "single"
+    )
