@@ -350,3 +350,19 @@ def test_simpletuners_flux_example_config_converts(tmp_path):
         tmp_path, {"model_type": "lora", "model_family": "sd3", "optimizer": "prodigy"}, side=512
     )
     assert plan_of(prodigy, tmp_path).optimizer.max_grad_norm == 0  # its trainer does not clip for prodigy
+
+
+def test_text_encoder_training_trains_the_clips_never_t5(tmp_path):
+    outcome = _convert(
+        tmp_path,
+        {"model_type": "lora", "model_family": "sd3", "train_text_encoder": True, "text_encoder_lr": 5e-6},
+        side=512,
+    )
+    plan = plan_of(outcome, tmp_path)
+    trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+    assert plan.train_text_encoder and trained == {
+        "unet",
+        "text_encoder",
+        "text_encoder_2",
+    }  # T5 stays frozen
+    assert plan.optimizer.text_encoder_lr == 5e-6
