@@ -8,6 +8,7 @@ instead of testing a family name. Torch-free: the runtime turns names into class
 
 from __future__ import annotations
 
+import math
 from typing import Literal, get_args
 
 import attrs
@@ -44,6 +45,25 @@ class KohyaFacts:
     original_unet_names: bool  # LoRA keys follow the original UNet layout (input_blocks...), not diffusers'
     # kohya_lora writes LoCon/DoRA/LoHa/LoKr in the LyCORIS layout too (Flux: plain LoRA only)
     lycoris_layout: bool = True
+
+
+@attrs.frozen
+class TokenActivation:
+    """Transformer denoisers (SD3, Flux): activation bytes per token of the joint sequence (one per 2x2
+    latent patch, plus the text tokens) per sample at 16-bit autocast with SDPA, (plain, checkpointed),
+    measured per public model at real width (docs/memory.md, "The flow families";
+    tests/bench/bench_flow_activations.py)."""
+
+    patch: int  # latent pixels per token side
+    clip_tokens: int  # text tokens in the joint sequence besides T5's (SD3: 77 CLIP tokens; Flux: none)
+    # (denoiser parameters, plain bytes per token, checkpointed bytes per token) of each public model; the
+    # model whose denoiser size is nearest (by ratio) applies
+    variants: tuple[tuple[int, int, int], ...]
+
+    def per_token(self, denoiser_params: int, checkpointed: bool) -> int:
+        size = max(denoiser_params, 1)
+        _, plain, ckpt = min(self.variants, key=lambda v: abs(math.log(v[0] / size)))
+        return ckpt if checkpointed else plain
 
 
 @attrs.frozen
@@ -125,6 +145,8 @@ class FamilySpec:
     # (docs/memory.md).
     # SD3's and Flux's transformers are Linear but for a small patch embedding.
     non_linear_denoiser_share: float = 0.01
+    # Transformer families: the activation estimate counts tokens, not activation_bytes_per_latent_pixel.
+    token_activation: TokenActivation | None = None
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -396,8 +418,14 @@ FAMILIES: dict[str, FamilySpec] = {
             "stabilityai/stable-diffusion-3.5-medium": {"unet": 2_243_171_520},
             "stabilityai/stable-diffusion-3-medium-diffusers": {"unet": 2_028_328_000},
         },
-        # Not measured: an estimate scaled from SDXL by the transformer's tokens (2x2 patches) and width.
-        activation_bytes_per_latent_pixel=(1_200_000, 120_000),
+        activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
+        # Measured at real width on the CPU, per token (medium at 128-1024 px: 1.59 MB plain, 165-172 KB
+        # checkpointed; large at 512 and 1024 px: 3.79 MB, 329-342 KB), rounded up (docs/memory.md).
+        token_activation=TokenActivation(
+            patch=2,
+            clip_tokens=77,
+            variants=((2_243_171_520, 1_650_000, 180_000), (8_056_627_520, 3_950_000, 360_000)),
+        ),
         # kohya's sd3_train_network.py; not verified against its metadata (dbspec writes no kohya SD3 files).
         kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
         objective="flow",
@@ -466,7 +494,12 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_819_683,
         },
         lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
-        activation_bytes_per_latent_pixel=(1_600_000, 160_000),  # an unmeasured estimate, as SD3's
+        activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
+        # Measured at real width on the CPU (1 double + 1 single block, extrapolated to 19 + 38): 6.81-6.85 MB
+        # plain, 537 KB (512 px) and 601 KB (1024 px) checkpointed per token, rounded up (docs/memory.md).
+        token_activation=TokenActivation(
+            patch=2, clip_tokens=0, variants=((11_901_408_320, 7_100_000, 605_000),)
+        ),
         kohya=KohyaFacts(
             base_version="flux1", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
         ),

@@ -269,6 +269,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         available=ctx.env.memory_bytes,
         quantize_backend=precision.quantize_backend,
         sharding=sharding(plan_distributed(spec.distributed), ctx.env.processes),
+        t5_tokens=model.t5_max_length,
     )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import attrs
 
 from dbspec.compiler.distributed import Sharding
-from dbspec.families import family_spec
+from dbspec.families import FAMILIES, family_spec
 
 from dbspec.plan.model import ComponentPlan, MemoryPlan
 
@@ -82,6 +82,11 @@ OVERHEAD_FIXED = GIB // 2
 FP32_ACTIVATION_FACTOR = (
     1.7  # mixed = "no": measured fp32 / autocast ratio (not 2: autocast keeps norms fp32)
 )
+_ACTIVATION_NOTE = {
+    "pixel": "activations are a heuristic calibrated on SD1.5/SDXL UNets (docs/memory.md); expect +-40%",
+    "token": "activations: bytes per token measured at real width on the CPU, extrapolated from a few blocks "
+    "(docs/memory.md); expect +-25%",
+}
 # Trained text encoders' activations per sample (77 tokens): CLIP-L ~31 MB, OpenCLIP-bigG ~140 MB, rounded up.
 TEXT_ENCODER_ACTIVATION_BYTES = {"text_encoder": 64 * 2**20, "text_encoder_2": 256 * 2**20}
 
@@ -120,6 +125,7 @@ def estimate_memory(
     available: int,
     quantize_backend: str = "quanto",
     sharding: Sharding | None = None,
+    t5_tokens: int = 0,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -127,6 +133,7 @@ def estimate_memory(
     component's name (or "lora", for all adapters together) to its adapter parameter count. `batch_size` is
     the samples in one forward pass per process, class images included. `available` 0 means unknown.
     `sharding`: what each process holds of the trained models under FSDP or ZeRO (None: DDP, all of it).
+    `t5_tokens`: the T5 sequence length of families that join it to the denoiser's tokens (SD3, Flux).
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params)
@@ -165,6 +172,8 @@ def estimate_memory(
             mixed=mixed,
             autocast_weight_params=full_fp32,
             text_encoders=trained_text,
+            denoiser_params=sum(c.params for c in components if c.name == "unet"),
+            t5_tokens=t5_tokens,
         )
         if trainable
         else 0
@@ -175,7 +184,8 @@ def estimate_memory(
         f"total includes {_gib(overhead)} overhead: {OVERHEAD_FRACTION:.0%} for allocator fragmentation plus "
         f"{_gib(OVERHEAD_FIXED)} for the CUDA context and cuBLAS/cuDNN workspaces"
     )
-    notes.append("activations are a heuristic calibrated on SD1.5/SDXL UNets (docs/memory.md); expect +-40%")
+    by_token = family in FAMILIES and FAMILIES[family].token_activation is not None
+    notes.append(_ACTIVATION_NOTE["token" if by_token else "pixel"])
     total = subtotal + overhead
     if available <= 0:
         notes.append("device memory unknown (pass --target cuda:24GB to check): assumed to fit")
@@ -202,6 +212,8 @@ def activation_bytes(
     mixed: str,
     autocast_weight_params: int = 0,
     text_encoders: tuple[str, ...] = (),
+    denoiser_params: int = 0,
+    t5_tokens: int = 0,
 ) -> int:
     """Activation bytes held at the peak of the backward pass, for one step at the largest bucket.
 
@@ -225,6 +237,11 @@ def activation_bytes(
     fp32 weights under autocast are cast to 16-bit copies that the backward pass keeps (measured: +1.72 GB
     for SD1.5) unless checkpointing recomputes them. LoRA runs save somewhat less (frozen Linear layers
     outside the targets keep no inputs); the estimate does not credit that.
+
+    Transformer families (SD3, Flux: the family's `token_activation`) count tokens instead of latent pixels:
+    latent_pixels / 4 image patches + the text tokens of the joint sequence (SD3: 77 CLIP + `t5_tokens`;
+    Flux: `t5_tokens`), times the bytes per token of the public model whose denoiser size is nearest
+    `denoiser_params` (measured at real width with few blocks and extrapolated, docs/memory.md).
     """
     if mixed not in MIXED_BYTES:
         raise ValueError(f"unknown mixed precision {mixed!r}; known: {sorted(MIXED_BYTES)}")
@@ -237,6 +254,10 @@ def activation_bytes(
     per_pixel = checkpointed if gradient_checkpointing else plain
     precision = FP32_ACTIVATION_FACTOR if mixed == "no" else 1.0
     unet = batch_size * latent_pixels * per_pixel * precision
+    tokens = family_spec(family).token_activation
+    if tokens is not None:  # transformer families: (image patches + text tokens) x bytes per token
+        count = latent_pixels // tokens.patch**2 + tokens.clip_tokens + t5_tokens
+        unet = batch_size * count * tokens.per_token(denoiser_params, gradient_checkpointing) * precision
     casts = autocast_weight_params * 2 if mixed != "no" and not gradient_checkpointing else 0
     text = batch_size * sum(
         TEXT_ENCODER_ACTIVATION_BYTES[name] for name in text_encoders if name in TEXT_ENCODER_ACTIVATION_BYTES

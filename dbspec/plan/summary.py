@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from dbspec.families import family_spec
+from dbspec.families import FAMILIES, family_spec
 from dbspec.plan.model import (
     CaptionPlan,
     FlowPlan,
@@ -44,6 +44,14 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def shown_component(plan: Plan, name: str) -> str:
+    """A component's name as the summary prints it: the plan's "unet" is the family's denoiser (SD3 and Flux:
+    "transformer"). Display only; the plan keeps its field names."""
+    if name != "unet" or plan.model.family not in FAMILIES:
+        return name
+    return family_spec(plan.model.family).denoiser
+
+
 def _shown(path: str) -> str:
     """A path below the working folder relative to it (shorter to read), any other absolute."""
     try:
@@ -55,7 +63,7 @@ def _shown(path: str) -> str:
 def model_table(plan: Plan) -> Table:
     m = plan.model
     t = _table("Model", "base", "source", "family", "prediction", "parameters")
-    params = ", ".join(f"{k} {_count(v)}" for k, v in m.params.items()) or "unknown"
+    params = ", ".join(f"{shown_component(plan, k)} {_count(v)}" for k, v in m.params.items()) or "unknown"
     t.add_row(m.base, m.source + ("" if m.resolved else " (not downloaded)"), m.family, m.prediction, params)
     lines = [f"note: {note}" for note in m.notes]
     if m.clip_skip != 1 or m.max_tokens != 75:
@@ -325,7 +333,7 @@ def _generate(gen: GeneratePlan) -> str:
 def _teacher(plan: Plan) -> str:
     """Where the base-model prior's base prediction comes from."""
     if plan.loss.teacher:
-        return f"frozen base copy of the {', '.join(plan.loss.teacher)}"
+        return f"frozen base copy of the {', '.join(shown_component(plan, n) for n in plan.loss.teacher)}"
     return "none: the LoRA adapters are switched off"
 
 
@@ -336,7 +344,7 @@ def _te(plan: Plan) -> str:
     return f"trains until step {stop}" if stop else "trains the whole run"
 
 
-def adapter_rows(a) -> list[tuple[str, str]]:
+def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
@@ -367,7 +375,8 @@ def adapter_rows(a) -> list[tuple[str, str]]:
         )
     bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
     for name, count in a.params.items():
-        rows.append((f"  {name} params", f"{count:,} ({bound if name == 'unet' else 'estimate'})"))
+        shown = denoiser if name == "unet" else name
+        rows.append((f"  {shown} params", f"{count:,} ({bound if name == 'unet' else 'estimate'})"))
     if a.init_weights:
         rows.append(
             ("  starts from", f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)")
@@ -452,7 +461,7 @@ def training_table(plan: Plan) -> Table:
         t.add_row("pivotal", pivotal_summary(plan.pivotal))
     if plan.loss.prior == "base_model":
         t.add_row("teacher", _teacher(plan))
-    for what, value in adapter_rows(plan.adapter):
+    for what, value in adapter_rows(plan.adapter, shown_component(plan, "unet")):
         t.add_row(what, value)
     t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")
     if plan.precision.weights != "fp32":
@@ -464,7 +473,7 @@ def training_table(plan: Plan) -> Table:
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
-        t.add_row(f"  {c.name}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
+        t.add_row(f"  {shown_component(plan, c.name)}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
     cache = plan.cache
     t.add_row(
         "latent cache",

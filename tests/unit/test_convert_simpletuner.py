@@ -215,11 +215,11 @@ def test_pixel_resolution_partial_noise_offset_and_lycoris_are_unsupported(tmp_p
         assert fate(outcome, key) == "unsupported", key
 
 
-def test_flux_is_not_convertible(tmp_path):
+def test_other_families_are_not_convertible(tmp_path):
     _files(
         tmp_path,
-        {"model_family": "flux", "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev"},
+        {"model_family": "pixart_sigma", "pretrained_model_name_or_path": "PixArt-alpha/PixArt-Sigma"},
         [],
     )
     outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")
-    assert outcome.exit_code == 1 and "SD 1.x, SD 2.x and SDXL" in messages(outcome, "DBS403")
+    assert outcome.exit_code == 1 and "SD 1.x, SD 2.x, SDXL, SD3 and Flux.1" in messages(outcome, "DBS403")

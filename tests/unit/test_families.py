@@ -30,6 +30,7 @@ ALLOWED = {
     "dbspec/convert/kohya/flow.py": "kohya's flux/sd3 script names -> family",
     "dbspec/convert/diffusers/flow.py": "diffusers' Flux/SD3 script names -> family",
     "dbspec/convert/simpletuner/train.py": "SimpleTuner's model_family values -> family",
+    "dbspec/convert/simpletuner/flow.py": "SimpleTuner's model_family sd3/flux (their own options)",
     "dbspec/convert/simpletuner/data.py": "SimpleTuner's model_family sdxl (caption dropout zeroes time ids)",
 }
 

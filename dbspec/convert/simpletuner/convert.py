@@ -1,4 +1,5 @@
-"""`dbspec convert simpletuner`: SimpleTuner config.json (or .toml) + multidatabackend.json, SD 1.x/2.x/SDXL.
+"""`dbspec convert simpletuner`: SimpleTuner config.json (or .toml) + multidatabackend.json, SD 1.x/2.x/SDXL,
+SD3.5 and Flux.1.
 
 config.json keys are SimpleTuner's command-line options (a leading `--` is optional) and go through its
 argparse, so "1e-4" and 1e-4 mean the same. Defaults not stated in the config are SimpleTuner's field-registry
@@ -154,6 +155,15 @@ _NUMBERS = {
     "lr_power",
     "huber_c",
     "minimum_image_size",
+    # the flow families' (dbspec/convert/simpletuner/flow.py)
+    "tokenizer_max_length",
+    "flow_sigmoid_scale",
+    "flow_schedule_shift",
+    "flow_beta_schedule_alpha",
+    "flow_beta_schedule_beta",
+    "flux_guidance_value",
+    "flux_guidance_min",
+    "flux_guidance_max",
 }
 
 

@@ -23,12 +23,20 @@ CLASS_TARGETS = {
     "Attention": ["to_q", "to_k", "to_v", "to_out.0"],
     "FeedForward": ["ff.net.0.proj", "ff.net.2"],
 }
+# The same classes in SD3's and Flux's transformers: the joint attention's text projections too, and the text
+# stream's feed-forward (Flux's single blocks hold their MLP as plain Linear layers, outside both classes).
+FLOW_CLASS_TARGETS = {
+    "Attention": [*CLASS_TARGETS["Attention"], "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
+    "FeedForward": [*CLASS_TARGETS["FeedForward"], "ff_context.net.0.proj", "ff_context.net.2"],
+}
 # Settings of create_lycoris / the algorithm that dbspec sets; the value is the [adapter] key.
 SETTINGS = {"factor": "factor", "decompose_both": "decompose_both"}
 INERT = {"bypass_mode", "use_scalar", "dropout", "rank_dropout_scale", "train_norm", "use_tucker"}
 
 
-def map_lycoris(kind: Legacy, config: Legacy, paths: PathMapper, conv: Conversion) -> None:
+def map_lycoris(
+    kind: Legacy, config: Legacy, paths: PathMapper, conv: Conversion, flow: bool = False
+) -> None:
     local = paths.local(str(config.value)) if config.value else None
     if local is None or not local.is_file():
         conv.unsupported(
@@ -74,7 +82,7 @@ def map_lycoris(kind: Legacy, config: Legacy, paths: PathMapper, conv: Conversio
     for key in ("linear_dim", "linear_alpha"):
         if key in item and item[key].key not in conv.reports:
             conv.record(item[key], "mapped", f"adapter.{'rank' if key == 'linear_dim' else 'alpha'}")
-    _preset(adapter, settings, item, conv)
+    _preset(adapter, settings, item, conv, FLOW_CLASS_TARGETS if flow else CLASS_TARGETS)
     for key, legacy in item.items():
         if legacy.key in conv.reports:
             continue
@@ -104,7 +112,9 @@ def _numbers(settings: dict[str, Any], item: dict[str, Legacy], conv: Conversion
     return True
 
 
-def _preset(adapter: str, settings: dict, item: dict[str, Legacy], conv: Conversion) -> None:
+def _preset(
+    adapter: str, settings: dict, item: dict[str, Legacy], conv: Conversion, classes: dict[str, list[str]]
+) -> None:
     preset = settings.get("apply_preset")
     if "apply_preset" not in item:
         conv.unsupported(
@@ -115,10 +125,10 @@ def _preset(adapter: str, settings: dict, item: dict[str, Legacy], conv: Convers
         )
         return
     targets = preset.get("target_module") if isinstance(preset, dict) else None
-    if not isinstance(targets, list) or not targets or any(t not in CLASS_TARGETS for t in targets):
+    if not isinstance(targets, list) or not targets or any(t not in classes for t in targets):
         conv.unsupported(
             item["apply_preset"],
-            f"dbspec converts presets whose target_module lists {' and '.join(CLASS_TARGETS)} (classes)",
+            f"dbspec converts presets whose target_module lists {' and '.join(classes)} (classes)",
         )
         return
     algo_map = preset.get("module_algo_map", {})
@@ -133,5 +143,5 @@ def _preset(adapter: str, settings: dict, item: dict[str, Legacy], conv: Convers
             help="drop module_algo_map, or make its values equal the top-level ones",
         )
         return
-    names = [name for t in targets for name in CLASS_TARGETS[t]]
+    names = [name for t in targets for name in classes[t]]
     conv.mapped(item["apply_preset"], ("adapter", "denoiser_targets"), names)

@@ -9,12 +9,20 @@ from typing import Any
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
 from dbspec.convert.kohya.model import model_path
+from dbspec.convert.simpletuner.flow import (
+    flow_vae_ignored,
+    flux_targets,
+    is_flow,
+    map_flow_loss,
+    map_flow_model,
+)
 from dbspec.convert.simpletuner.lycoris import map_lycoris
 
 Cfg = dict[str, Legacy]
-FAMILIES = {"sd1x": "sd1", "sd2x": "sd2", "sdxl": "sdxl", "legacy": "auto"}
+FAMILIES = {"sd1x": "sd1", "sd2x": "sd2", "sdxl": "sdxl", "legacy": "auto", "sd3": "sd3", "flux": "flux"}
 # SimpleTuner's model_flavour -> hub path tables (HUGGINGFACE_PATHS in helpers/models/sd1x/model.py, for
-# StableDiffusion1 and StableDiffusion2, and helpers/models/sdxl/model.py), and each family's default flavour.
+# StableDiffusion1 and StableDiffusion2, helpers/models/sdxl/model.py, sd3/model.py and flux/model.py), and
+# each family's default flavour.
 FLAVOURS = {
     "sd1x": {
         "1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -35,11 +43,25 @@ FLAVOURS = {
         "base-0.9": "stabilityai/stable-diffusion-xl-base-0.9",
         "refiner-0.9": "stabilityai/stable-diffusion-xl-refiner-0.9",
     },
+    "sd3": {
+        "medium": "stabilityai/stable-diffusion-3.5-medium",
+        "large": "stabilityai/stable-diffusion-3.5-large",
+    },
+    "flux": {
+        "dev": "black-forest-labs/flux.1-dev",
+        "krea": "black-forest-labs/flux.1-krea-dev",
+        "schnell": "black-forest-labs/flux.1-schnell",
+        "kontext": "black-forest-labs/flux.1-kontext-dev",
+        "fluxbooru": "terminusresearch/fluxbooru-v0.3",
+        "libreflux": "jimmycarter/LibreFlux-SimpleTuner",
+    },
 }
 DEFAULT_FLAVOURS = {
     "sd1x": "dreamshaper",
     "sd2x": "pseudoflex-v2",
     "sdxl": "base-1.0",
+    "sd3": "medium",
+    "flux": "krea",
 }  # its DEFAULT_MODEL_FLAVOUR
 # SimpleTuner's own names for its schedules (helpers/configuration/cli_utils.normalize_lr_scheduler_value).
 SCHEDULE_ALIASES = {"cosine_with_warmup": "cosine"}
@@ -122,6 +144,14 @@ INERT = frozenset(
         "allow_dataset_oversubscription",
         "validation_on_startup",
         "evaluation_type",
+        "i_know_what_i_am_doing",  # a safety switch: what it unlocks is reported with its own key
+        # memory placement and offloading: the same maths
+        "gradient_checkpointing_interval",
+        "musubi_blocks_to_swap",
+        "ramtorch",
+        "ramtorch_target_modules",
+        "enable_group_offload",
+        "group_offload_type",
     }
 )
 
@@ -160,7 +190,9 @@ def map_training(cfg: Cfg, data, lora: bool, paths: PathMapper, conv: Conversion
             conv.unsupported(cfg[key], why)
     for key, legacy in cfg.items():
         if legacy.given and key not in conv.reports:
-            if key in INERT or key.startswith(("validation_", "tracker_", "hub_", "webhook")):
+            if key in INERT or key.startswith(
+                ("validation_", "tracker_", "hub_", "webhook", "eval_", "num_eval_")
+            ):
                 conv.inert(legacy, "no effect on what trains")
             elif legacy.value in (None, False, "", 0, "none", "no_change"):
                 conv.inert(legacy, "off")
@@ -188,7 +220,9 @@ def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
         conv.invalid(base.key, None, base.source, "SimpleTuner needs the base model (or model_flavour)")
     if family.value not in FAMILIES:
         conv.unsupported(
-            family, "dbspec trains SD 1.x, SD 2.x and SDXL (model_family sd1x, sd2x, sdxl, legacy)"
+            family,
+            "dbspec trains SD 1.x, SD 2.x, SDXL, SD3 and Flux.1 (model_family sd1x, sd2x, sdxl, legacy, sd3, "
+            "flux)",
         )
     elif FAMILIES[family.value] != "auto":
         # SimpleTuner trains the SDXL refiner under model_family sdxl (its refiner flavours or a refiner
@@ -199,13 +233,18 @@ def _model(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     else:
         conv.record(family, "mapped", "model.family")
     for key, target in (("pretrained_vae_model_name_or_path", "vae"), ("revision", "revision")):
+        if target == "vae" and flow_vae_ignored(cfg):
+            continue  # SimpleTuner's SD3 clears it (map_flow_model reports it)
         if cfg[key].value:
             conv.mapped(
                 cfg[key],
                 ("model", target),
                 model_path(str(cfg[key].value), paths) if target == "vae" else str(cfg[key].value),
             )
-    _prediction(cfg, conv)
+    if is_flow(cfg):
+        map_flow_model(cfg, conv)
+    else:
+        _prediction(cfg, conv)
 
 
 def _prediction(cfg: Cfg, conv: Conversion) -> None:
@@ -246,8 +285,15 @@ def _adapter(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     kind = cfg["lora_type"]
     if kind.value == "lycoris":
         conv.record(cfg["model_type"], "mapped", "adapter.kind")
-        map_lycoris(kind, cfg["lycoris_config"], paths, conv)
-        for key in ("lora_rank", "lora_alpha", "lora_dropout", "use_dora"):
+        map_lycoris(kind, cfg["lycoris_config"], paths, conv, flow=is_flow(cfg))
+        for key in (
+            "lora_rank",
+            "lora_alpha",
+            "lora_dropout",
+            "use_dora",
+            "flux_lora_target",
+            "peft_lora_target_modules",
+        ):
             if key in cfg and cfg[key].given:
                 conv.inert(cfg[key], "LyCORIS reads its own settings from lycoris_config")
         return
@@ -258,6 +304,8 @@ def _adapter(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
         conv.record(kind, "mapped", "adapter.kind")
     conv.put(("adapter", "kind"), "lora", conv.comment(cfg["model_type"]))
     conv.record(cfg["model_type"], "mapped", "adapter.kind")
+    if is_flow(cfg):
+        flux_targets(cfg, conv)
     rank = cfg["lora_rank"]
     conv.mapped(rank, ("adapter", "rank"), int(num(rank)))
     alpha = cfg["lora_alpha"]
@@ -405,13 +453,41 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     extra = cfg["optimizer_config"]
     if extra.value:
         _optimizer_config(extra, conv)
-    norm = cfg["max_grad_norm"]
-    if num(norm) != 1.0:
-        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
+    _clipping(cfg, conv)
     lr_te = cfg["text_encoder_lr"]
     if lr_te.value is not None and flag(cfg["train_text_encoder"]):
         te_rate = math.floor(num(lr_te) * 1e9) / 1e9 if _floors_lr(cfg) else num(lr_te)
         conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), te_rate)
+
+
+def _clipping(cfg: Cfg, conv: Conversion) -> None:
+    """SimpleTuner's trainer clips with max_grad_norm > 0, except for prodigy and optimi-stableadamw, by
+    grad_clip_method: "value" (its field-registry default: clip_grad_value_, each gradient element to
+    +-max_grad_norm) or "norm" (clip_grad_norm_, dbspec's only kind)."""
+    norm = cfg["max_grad_norm"]
+    method = (
+        cfg["grad_clip_method"]
+        if "grad_clip_method" in cfg
+        else Legacy(key="grad_clip_method", value="value", source="default")
+    )
+    if num(norm) <= 0 or cfg["optimizer"].value in ("prodigy", "optimi-stableadamw"):
+        why = "" if num(norm) <= 0 else f"SimpleTuner does not clip gradients for {cfg['optimizer'].value}"
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), 0.0, note=why, comment=conv.comment(norm, why))
+        if method.given:
+            conv.inert(method, "no clipping")
+        return
+    if method.value == "norm":
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
+        conv.record(method, "mapped", "optimizer.max_grad_norm")
+    elif method.value == "value":
+        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
+        conv.differs(
+            method,
+            f"SimpleTuner clips each gradient value to +-{num(norm):g} (clip_grad_value_); dbspec clips the "
+            f"gradients' norm to {num(norm):g}, which binds far more often on a large model",
+        )
+    else:
+        conv.invalid(method.key, method.value, method.source, "not a grad_clip_method (value, norm)")
 
 
 def _floors_lr(cfg: Cfg) -> bool:
@@ -432,11 +508,14 @@ def _optimizer_config(extra: Legacy, conv: Conversion) -> None:
 
 
 def _loss(cfg: Cfg, data, lora: bool, conv: Conversion) -> None:
-    snr = cfg["snr_gamma"]
-    if snr.value:
-        conv.mapped(snr, ("loss", "min_snr_gamma"), num(snr))
-    _noise_offset(cfg, conv)
-    _huber(cfg, conv)
+    if is_flow(cfg):
+        map_flow_loss(cfg, conv)
+    else:
+        snr = cfg["snr_gamma"]
+        if snr.value:
+            conv.mapped(snr, ("loss", "min_snr_gamma"), num(snr))
+        _noise_offset(cfg, conv)
+        _huber(cfg, conv)
     if data.has_class:
         prior = "base_model" if lora else "images"
         conv.put(
@@ -510,7 +589,11 @@ def _precision(cfg: Cfg, lora: bool, conv: Conversion) -> None:
     else:
         conv.unsupported(mixed, "dbspec's mixed precision is no, fp16 or bf16")
     quant = cfg["base_model_precision"]
-    if quant.value not in QUANTIZATION:
+    if quant.value == "fp8-quanto" and cfg["model_family"].value == "sd3":
+        conv.invalid(
+            quant.key, quant.value, quant.source, "SimpleTuner's SD3 refuses fp8-quanto (check_user_config)"
+        )
+    elif quant.value not in QUANTIZATION:
         conv.unsupported(
             quant, "dbspec quantises with quanto int8/int4/fp8, torchao int8/fp8 and bitsandbytes nf4 only"
         )
@@ -576,6 +659,17 @@ def _validation(cfg: Cfg, conv: Conversion) -> None:
                 cast(float(cfg[key].value)) if cast is not str else cast(cfg[key].value),
             )
     sampler = cfg["validation_noise_scheduler"]
+    if is_flow(cfg):
+        conv.put(
+            ("validation", "scheduler"),
+            "flow_euler",
+            "SimpleTuner samples flow models with flow-matching Euler",
+        )
+        if sampler.value in ("flow_matching", "flow_match_euler", "euler"):
+            conv.record(sampler, "mapped", "validation.scheduler")
+        elif sampler.given:
+            conv.differs(sampler, "dbspec samples flow-matching models with flow-matching Euler")
+        return
     if sampler.value is None and cfg["model_family"].value == "sd2x":  # its DEFAULT_NOISE_SCHEDULER
         conv.put(("validation", "scheduler"), "euler", "SimpleTuner's sd2x validation scheduler (euler)")
     if sampler.value in SCHEDULERS:
