@@ -204,9 +204,13 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
         accelerator.backward(loss / len(batches))
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
-    if run.plan.optimizer.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
+    o = run.plan.optimizer
+    if o.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
-        torch.nn.utils.clip_grad_norm_(run.params, run.plan.optimizer.max_grad_norm)
+        if o.clip_mode == "value":  # each element to +-max_grad_norm (SimpleTuner's default)
+            torch.nn.utils.clip_grad_value_(run.params, o.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(run.params, o.max_grad_norm)
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
     if run.parts.tokens is not None and run.parts.tokens.active:
         run.parts.tokens.after_step()  # pivotal tuning: only the new token rows change

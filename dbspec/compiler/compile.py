@@ -411,6 +411,7 @@ def _assemble(
             loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
             loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
             max_grad_norm=o.max_grad_norm,
+            clip_mode=o.clip_mode,
             dadapt=dadapt_plan(o),
             adafactor=adafactor_plan(o),
             ademamix=ademamix_plan(o),

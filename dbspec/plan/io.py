@@ -192,6 +192,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "flow", "max_shift"): 0.0,
         # [distributed]: DDP then (its timeout_s is volatile, see _VOLATILE)
         ("distributed",): {"strategy": "ddp", "fsdp": None, "deepspeed": None},
+        ("optimizer", "clip_mode"): "norm",  # clip_grad_norm_, the only kind then
     },
 }
 

@@ -588,6 +588,7 @@ class OptimizerPlan:
     adafactor: AdafactorPlan | None = None  # kind adafactor only
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
+    clip_mode: Literal["norm", "value"] = "norm"  # max_grad_norm bounds the total norm or each element
 
 
 @frozen

@@ -257,7 +257,8 @@ def schedule_table(plan: Plan) -> Table:
             )
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
             + _loraplus(plan)
-            + _optimizer_extras(plan),
+            + _optimizer_extras(plan)
+            + _clipping(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
         (
@@ -631,6 +632,14 @@ def _loraplus(plan: Plan) -> str:
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
+
+
+def _clipping(plan: Plan) -> str:
+    """Element-wise clipping, said in the optimizer row (norm clipping, the usual kind, is not)."""
+    o = plan.optimizer
+    if o.clip_mode != "value" or o.max_grad_norm <= 0:
+        return ""
+    return f"; each gradient value clipped to +-{o.max_grad_norm:g}"
 
 
 def _optimizer_extras(plan: Plan) -> str:

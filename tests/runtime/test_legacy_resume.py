@@ -39,6 +39,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["validation"]["refine"]  # refiner validation (img2img), added since
     del data["model"]["weighted_captions"]  # kohya's weighted captions, added since
     del data["checkpoints"]["select_weights"]  # the weighted best-checkpoint rule, added since
+    del data["optimizer"]["clip_mode"]  # element-wise clipping, added since
     for d in data["datasets"]:
         del d["color_aug"]  # kohya colour augmentation, added since
         del d["face_crop"]  # kohya face-crop augmentation, added since

@@ -338,13 +338,16 @@ def test_simpletuners_flux_example_config_converts(tmp_path):
     flow = plan.loss.flow
     assert (flow.timesteps, flow.shift, flow.guidance, flow.base_shift) == ("logit_normal", 3.0, 1.0, 0.0)
     assert (plan.adapter.rank, plan.adapter.alpha, plan.optimizer.max_grad_norm) == (16, 16.0, 2.0)
-    assert fate(outcome, "grad_clip_method") == "differs"  # SimpleTuner clips values, dbspec the norm
+    # SimpleTuner's default grad_clip_method "value" clips each element: clip_mode = "value"
+    assert fate(outcome, "grad_clip_method") == "mapped" and plan.optimizer.clip_mode == "value"
     assert {fate(outcome, k) for k in ("num_eval_images", "fuse_qkv_projections", "controlnet")} == {"inert"}
     norm = _convert(
         tmp_path, {"model_type": "lora", "model_family": "sd3", "grad_clip_method": "norm"}, side=512
     )
-    assert (
-        fate(norm, "grad_clip_method") == "mapped" and plan_of(norm, tmp_path).optimizer.max_grad_norm == 2.0
+    normed = plan_of(norm, tmp_path).optimizer
+    assert fate(norm, "grad_clip_method") == "mapped" and (normed.max_grad_norm, normed.clip_mode) == (
+        2.0,
+        "norm",
     )
     prodigy = _convert(
         tmp_path, {"model_type": "lora", "model_family": "sd3", "optimizer": "prodigy"}, side=512

@@ -463,7 +463,7 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
 def _clipping(cfg: Cfg, conv: Conversion) -> None:
     """SimpleTuner's trainer clips with max_grad_norm > 0, except for prodigy and optimi-stableadamw, by
     grad_clip_method: "value" (its field-registry default: clip_grad_value_, each gradient element to
-    +-max_grad_norm) or "norm" (clip_grad_norm_, dbspec's only kind)."""
+    +-max_grad_norm) or "norm" (clip_grad_norm_): dbspec's optimizer.clip_mode."""
     norm = cfg["max_grad_norm"]
     method = (
         cfg["grad_clip_method"]
@@ -476,15 +476,13 @@ def _clipping(cfg: Cfg, conv: Conversion) -> None:
         if method.given:
             conv.inert(method, "no clipping")
         return
-    if method.value == "norm":
+    if method.value in ("norm", "value"):
         conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
-        conv.record(method, "mapped", "optimizer.max_grad_norm")
-    elif method.value == "value":
-        conv.mapped(norm, ("optimizer", "max_grad_norm"), num(norm))
-        conv.differs(
+        conv.mapped(
             method,
-            f"SimpleTuner clips each gradient value to +-{num(norm):g} (clip_grad_value_); dbspec clips the "
-            f"gradients' norm to {num(norm):g}, which binds far more often on a large model",
+            ("optimizer", "clip_mode"),
+            method.value,
+            note="" if method.given else "SimpleTuner's default: each gradient value clipped",
         )
     else:
         conv.invalid(method.key, method.value, method.source, "not a grad_clip_method (value, norm)")
