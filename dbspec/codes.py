@@ -1105,9 +1105,9 @@ The family or prediction type cannot be detected; set `model.family` / `model.pr
         WARNING,
         "A paged optimizer on a target that does not page",
         """\
-`optimizer.kind = "paged_adamw"` or `"paged_adamw8bit"` (bitsandbytes' PagedAdamW, PagedAdamW8bit) planned for
-the CPU: bitsandbytes pages optimizer state to host memory only on CUDA, so on the CPU it runs the unpaged
-optimizer (AdamW with 32-bit state, AdamW8bit): the same updates, bit for bit, the state kept in memory. The
+A paged optimizer kind (`paged_adamw`, `paged_adamw8bit`, `paged_ademamix`, `paged_ademamix8bit`:
+bitsandbytes' Paged* classes) planned for the CPU: bitsandbytes pages optimizer state to host memory only on
+CUDA, so on the CPU it runs the unpaged optimizer: the same updates, bit for bit, the state kept in memory. The
 run is valid; the warning says that the paging itself is not there.""",
         "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there; `adamw` (torch's AdamW) is "
         "the same update as paged_adamw up to rounding",
@@ -1275,10 +1275,11 @@ fp8 quantisation on a target below CUDA compute capability 8.9.""",
     Code(
         "DBS343",
         ERROR,
-        "`adamw8bit` on a target that is neither CUDA nor the CPU",
+        "A bitsandbytes optimizer on a target that is neither CUDA nor the CPU",
         """\
-`adamw8bit` on a target that is neither CUDA nor the CPU (bitsandbytes runs on both; on the CPU through its
-CPU backend, proven by tests/runtime/test_quantize_backends.py).""",
+A bitsandbytes optimizer (`adamw8bit`, the paged kinds, the AdEMAMix kinds) on a target that is neither CUDA
+nor the CPU (bitsandbytes runs on both; on the CPU through its CPU backend, proven by
+tests/runtime/test_quantize_backends.py and tests/runtime/test_more_optimizers.py).""",
     ),
     Code(
         "DBS344",

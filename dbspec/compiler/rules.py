@@ -1470,7 +1470,15 @@ def pivotal_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Itera
 
 
 # --- environment rules: they need the target ----------------------------------------------------------------
-BITSANDBYTES_OPTIMIZERS = ("adamw8bit", "paged_adamw", "paged_adamw8bit")
+BITSANDBYTES_OPTIMIZERS = (
+    "adamw8bit",
+    "paged_adamw",
+    "paged_adamw8bit",
+    "ademamix",
+    "ademamix8bit",
+    "paged_ademamix",
+    "paged_ademamix8bit",
+)
 
 
 @rule("environment")
@@ -1494,7 +1502,12 @@ def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
     # bit (tests/runtime/test_paged_optimizers.py).
     kind = spec.optimizer.kind
     if kind.startswith("paged_") and env.device == "cpu":
-        unpaged = {"paged_adamw": "AdamW (32-bit state)", "paged_adamw8bit": "AdamW8bit"}[kind]
+        unpaged = {
+            "paged_adamw": "AdamW (32-bit state)",
+            "paged_adamw8bit": "AdamW8bit",
+            "paged_ademamix": "AdEMAMix (32-bit state)",
+            "paged_ademamix8bit": "AdEMAMix8bit",
+        }[kind]
         yield _warn(
             "DBS314",
             ("optimizer", "kind"),

@@ -1042,7 +1042,7 @@ def test_adamw8bit_needs_a_cuda_or_cpu_target():
     assert run_environment_rules(spec, cuda) == run_environment_rules(spec, cpu) == []
 
 
-@pytest.mark.parametrize("kind", ["paged_adamw", "paged_adamw8bit"])
+@pytest.mark.parametrize("kind", ["paged_adamw", "paged_adamw8bit", "paged_ademamix", "paged_ademamix8bit"])
 def test_paged_optimizers_warn_on_the_cpu_and_need_cuda_or_cpu(kind):
     """bitsandbytes pages optimizer state on CUDA only: the CPU plan says it runs the unpaged optimizer
     (DBS314, a warning); MPS has no bitsandbytes (DBS343)."""
