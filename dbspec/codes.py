@@ -1107,8 +1107,8 @@ The family or prediction type cannot be detected; set `model.family` / `model.pr
         """\
 A paged optimizer kind (`paged_adamw`, `paged_adamw8bit`, `paged_ademamix`, `paged_ademamix8bit`:
 bitsandbytes' Paged* classes) planned for the CPU: bitsandbytes pages optimizer state to host memory only on
-CUDA, so on the CPU it runs the unpaged optimizer: the same updates, bit for bit, the state kept in memory. The
-run is valid; the warning says that the paging itself is not there.""",
+CUDA, so on the CPU it runs the unpaged optimizer: the same updates, bit for bit, the state kept in memory.
+The run is valid; the warning says that the paging itself is not there.""",
         "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there; `adamw` (torch's AdamW) is "
         "the same update as paged_adamw up to rounding",
     ),
