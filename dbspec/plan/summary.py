@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from dbspec.families import family_spec
+from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
     CaptionPlan,
     FlowPlan,
@@ -451,6 +452,8 @@ def training_table(plan: Plan) -> Table:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
         t.add_row(f"  {c.name}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
+    if plan.precision.compile is not None:
+        t.add_row("torch.compile", compile_summary(plan))
     cache = plan.cache
     t.add_row(
         "latent cache",

@@ -1080,6 +1080,14 @@ class Precision:
         "state, with stochastic rounding of every update; needs mixed = bf16 (or auto picking it), a full "
         "fine-tune and a per-parameter optimizer. fp16 (kohya's full_fp16) is refused (see docs/memory.md).",
     )
+    compile: bool = option(
+        False,
+        doc="Compile the denoiser and the text encoders that train with torch.compile (inductor, "
+        "default mode, automatic dynamic shapes): the first step compiles (seconds to minutes, cached on "
+        "disk for the next run), the second bucket shape recompiles once with dynamic sizes; validation and "
+        "evaluation run eager. Pays off on long runs; checkpoints and exports are unchanged "
+        "(docs/performance.md).",
+    )
 
 
 @frozen
