@@ -813,6 +813,14 @@ is above `validation.steps`, so no sampling step would be decoded. See [report.m
 (a base64 PNG and where it comes from). Failures to deliver are logged while training and never stop it.""",
     ),
     Code(
+        "DBS287",
+        ERROR,
+        "An optimizer kernel for an optimizer that has none",
+        """\
+`optimizer.implementation = "foreach"` or `"fused"` picks one of torch's kernels for torch's own AdamW and SGD
+(`kind = "adamw"` or `"sgd"`); the other kinds come from other libraries, which have no such switch.""",
+    ),
+    Code(
         "DBS290",
         WARNING,
         "warm-up with SimpleTuner's cosine or sine",

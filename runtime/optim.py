@@ -48,10 +48,16 @@ def _with_lora_up(name: str, params: list, lr: float, ratio: float, lora_up: fro
 def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
     kind = opt.kind
     if kind == "adamw":
-        return torch.optim.AdamW(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(
+            groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay, **implementation(opt)
+        )
     if kind == "sgd":
         return torch.optim.SGD(
-            groups, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov
+            groups,
+            momentum=opt.momentum,
+            weight_decay=opt.weight_decay,
+            nesterov=opt.nesterov,
+            **implementation(opt),
         )
     if kind == "adafactor":
         return _adafactor(groups, opt)
@@ -67,6 +73,11 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         lion = _import("lion_pytorch", "pip install lion-pytorch")
         return lion.Lion(groups, betas=opt.betas, weight_decay=opt.weight_decay)
     raise OptimizerError(f"unknown optimizer {kind!r}")
+
+
+def implementation(opt: OptimizerPlan) -> dict:
+    """The torch optimizer's kernel keyword as the plan settled it; {} leaves torch's default."""
+    return {} if opt.implementation == "default" else {opt.implementation: True}
 
 
 def _adafactor(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:

@@ -401,6 +401,7 @@ def _assemble(
             max_grad_norm=o.max_grad_norm,
             dadapt=dadapt_plan(o),
             adafactor=adafactor_plan(o),
+            implementation=o.implementation,
         ),
         cache=cache,
         validation=ValidationPlan(

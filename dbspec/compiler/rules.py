@@ -1719,3 +1719,18 @@ def webhook_not_http(spec: Spec, given: Given) -> Iterator[Hit]:
             f"validation.webhook must be an http:// or https:// URL with a host, found {url!r}",
             'e.g. "http://127.0.0.1:8000/preview"',
         )
+
+
+@rule("spec")
+def optimizer_implementation_kind(spec: Spec, given: Given) -> Iterator[Hit]:
+    """torch's foreach and fused kernels exist for torch's own optimizers only."""
+    o = spec.optimizer
+    if o.implementation != "default" and o.kind not in ("adamw", "sgd"):
+        yield Hit(
+            code="DBS287",
+            severity="error",
+            path=("optimizer", "implementation"),
+            message=f'optimizer.implementation = "{o.implementation}" needs kind = "adamw" or "sgd" '
+            f'(torch\'s own optimizers); kind is "{o.kind}"',
+            help='remove optimizer.implementation, or use kind = "adamw"',
+        )

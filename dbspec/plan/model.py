@@ -537,6 +537,9 @@ class OptimizerPlan:
     loraplus_text_encoder_ratio: float = 0.0
     dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
     adafactor: AdafactorPlan | None = None  # kind adafactor only
+    # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
+    # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)
+    implementation: Literal["default", "foreach", "fused"] = "default"
 
 
 @frozen

@@ -240,7 +240,12 @@ def schedule_table(plan: Plan) -> Table:
             )
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
             + _loraplus(plan)
-            + _optimizer_extras(plan),
+            + _optimizer_extras(plan)
+            + (
+                f", {plan.optimizer.implementation} kernel"
+                if plan.optimizer.implementation != "default"
+                else ""
+            ),
         ),
         ("lr schedule", _lr_schedule(s)),
         (

@@ -760,6 +760,12 @@ CASES = [
         DOG + STEPS + '[validation]\nprompts = ["a dog"]\nsteps = 20\npreview_every = 20\n',
     ),
     (
+        rules.optimizer_implementation_kind,
+        DOG + STEPS + '[optimizer]\nkind = "lion"\nimplementation = "fused"\n',
+        [("DBS287", "error", ("optimizer", "implementation"))],
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nimplementation = "fused"\n',
+    ),
+    (
         rules.webhook_not_http,
         DOG + STEPS + '[validation]\nprompts = ["a dog"]\npreview_every = 10\nwebhook = "127.0.0.1:8000/p"\n',
         [("DBS286", "error", ("validation", "webhook"))],
