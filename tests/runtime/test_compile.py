@@ -61,15 +61,24 @@ def test_compiled_modules_keep_their_names_train_like_eager_and_resume(tmp_path)
     assert all(torch.equal(resumed[k], exported[k]) for k in exported)
 
 
+# SGD, not AdamW: Adam's first update is lr x sign(gradient) per element, so a gradient element near zero
+# whose sign flips under another summation order moves its weight by 2 x lr; measured with AdamW (lr 1e-3)
+# the inductor and eager losses agree exactly at step 1 and differ by 0.3% and 1% at steps 2 and 3. SGD's
+# update is proportional to the gradient, so the comparison sees the compiler's rounding, not Adam's
+# amplification of it.
+SGD = ['optimizer.kind="sgd"', "optimizer.lr=0.05"]
+
+
 @pytest.mark.slow
 def test_inductor_run_matches_eager_within_float_reordering(tmp_path):
-    """Inductor fuses and reorders float work (vectorised C++ with FMA, other reduction orders), so a
-    step's loss differs from eager in the last digits and three AdamW steps carry that forward: equal within
-    1e-4 relative. The exports hold the same keys and shapes (the plain module's names)."""
+    """Inductor fuses and reorders float work (vectorised C++, other reduction orders), so a step's loss
+    differs from eager in the last digits and the updates carry that forward: equal within 1e-4 relative
+    over three SGD steps. The exports hold the same keys and shapes (the plain module's names)."""
     spec = write_spec(tmp_path, steps=3)
-    eager = execute(compile_spec(spec, ["buckets.mode=square", "output.dir=eager"]))
-    compiled = execute(compile_spec(spec, [*ONE_SHAPE, "output.dir=compiled"]), keep_models=True)
+    eager = execute(compile_spec(spec, [*SGD, "buckets.mode=square", "output.dir=eager"]))
+    compiled = execute(compile_spec(spec, [*SGD, *ONE_SHAPE, "output.dir=compiled"]), keep_models=True)
     assert compiled.components.unet._compiled_call_impl is not None
+    assert len(set(eager.losses)) == 3  # the weights moved: each step's loss differs
     for a, b in zip(compiled.losses, eager.losses, strict=True):
         assert math.isclose(a, b, rel_tol=1e-4), (compiled.losses, eager.losses)
     exported, plain = _weights(Path(compiled.final)), _weights(Path(eager.final))
