@@ -1734,3 +1734,16 @@ def optimizer_implementation_kind(spec: Spec, given: Given) -> Iterator[Hit]:
             f'(torch\'s own optimizers); kind is "{o.kind}"',
             help='remove optimizer.implementation, or use kind = "adamw"',
         )
+
+
+@rule("environment")
+def compile_not_on_the_cpu(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    """inductor's CPU backward of the UNet was measured wrong (torch 2.13; tests/runtime/test_compile.py)."""
+    if spec.precision.compile and env.device == "cpu":
+        yield _err(
+            "DBS336",
+            ("precision", "compile"),
+            "precision.compile on the CPU: torch's inductor computes wrong UNet gradients there (measured "
+            "with torch 2.13: 59% gradient error on the tiny SD1 UNet, docs/performance.md)",
+            "remove precision.compile, or plan for a GPU with --target cuda:24GB",
+        )

@@ -45,7 +45,7 @@ def compile_summary(plan: Plan) -> str:
     again = f"; up to {n} compiles of the denoiser in all" if n > 1 else "; no recompile"
     return (
         f"{' + '.join(c.components)} with {c.backend} ({c.mode} mode, {dynamic}): the first step compiles "
-        "(about a minute for the built-in tiny model on a CPU, minutes for real-size models; inductor's disk "
-        f"cache makes a rerun's compile seconds), {len(shapes)} micro-batch shape(s) in {sizes} bucket "
+        "(minutes for real-size models; inductor's disk cache makes a rerun of the same shapes faster), "
+        f"{len(shapes)} micro-batch shape(s) in {sizes} bucket "
         f"size(s){again}; validation and evaluation run eager"
     )

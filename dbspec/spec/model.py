@@ -1092,8 +1092,8 @@ class Precision:
         doc="Compile the denoiser and the text encoders that train with torch.compile (inductor, "
         "default mode, automatic dynamic shapes): the first step compiles (seconds to minutes, cached on "
         "disk for the next run), the second bucket shape recompiles once with dynamic sizes; validation and "
-        "evaluation run eager. Pays off on long runs; checkpoints and exports are unchanged "
-        "(docs/performance.md).",
+        "evaluation run eager. Pays off on long runs; checkpoints and exports are unchanged. Refused on the "
+        "CPU, where torch 2.13's inductor computes wrong UNet gradients (DBS336, docs/performance.md).",
     )
 
 

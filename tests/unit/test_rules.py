@@ -938,6 +938,16 @@ def test_adamw8bit_needs_a_cuda_or_cpu_target():
     assert run_environment_rules(spec, cuda) == run_environment_rules(spec, cpu) == []
 
 
+def test_compile_is_refused_on_the_cpu():
+    spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + "[precision]\ncompile = true\n"))
+    cpu = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=False)
+    cuda = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
+    assert [(h.code, h.path) for h in run_environment_rules(spec, cpu)] == [
+        ("DBS336", ("precision", "compile"))
+    ]
+    assert run_environment_rules(spec, cuda) == []
+
+
 def test_bf16_weights_need_a_bf16_target():
     spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + '[precision]\nweights = "bf16"\n'))
     old = TargetEnv(device="cuda", memory_bytes=16 << 30, bf16=False, compute_capability="7.5")
