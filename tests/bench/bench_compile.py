@@ -15,6 +15,7 @@ What each variant changes, and nothing else:
   foreach        torch.optim.AdamW(foreach=True)     (eager's optimizer is the for-loop, torch's CPU default)
   fused          torch.optim.AdamW(fused=True)       (torch's fused CPU kernel)
   vae_channels_last  the VAE's encoder in channels_last, timed on a no-grad encode of a batch of images
+  compile_grads  not a timing: one step's loss and gradients, eager against inductor (the DBS336 check)
 """
 
 from __future__ import annotations
@@ -144,6 +145,36 @@ def vae_channels_last(vae, rounds: int, steps: int, size: int = 64, batch: int =
     return {"variant": "vae_channels_last", "eager_s": best_eager, "variant_s": best_other, "first_s": 0.0}
 
 
+def gradient_error(unet, latent: int, batch: int) -> dict:
+    """Loss and gradients of one step, eager and compiled (inductor), compared: the relative error of all
+    gradients together and the worst tensors. With torch 2.13 on the CPU the loss matches and the gradients
+    do not (docs/performance.md): the reason the plan refuses precision.compile on the CPU (DBS336)."""
+    import torch
+
+    def step(model) -> tuple[float, dict]:
+        g = torch.Generator().manual_seed(1)
+        ch = model.config.in_channels
+        x = torch.randn(batch, ch, latent, latent, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        text = torch.randn(batch, 77, model.config.cross_attention_dim, generator=g)
+        model.zero_grad(set_to_none=True)
+        loss = model(x, t, text).sample.float().square().mean()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    eager = copy.deepcopy(unet).train().requires_grad_(True)
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    (loss_e, grad_e), (loss_c, grad_c) = step(eager), step(compiled)
+    norm = sum(g.square().sum() for g in grad_e.values()).sqrt()
+    error = sum((grad_c[n] - grad_e[n]).square().sum() for n in grad_e).sqrt() / norm
+    worst = sorted(grad_e, key=lambda n: -float((grad_c[n] - grad_e[n]).norm() / (grad_e[n].norm() + 1e-30)))
+    for name in worst[:3]:
+        rel = float((grad_c[name] - grad_e[name]).norm() / (grad_e[name].norm() + 1e-30))
+        print(f"  worst: {name} relative error {rel:.2e}")
+    return {"variant": "compile_grads", "loss_eager": loss_e, "loss_compiled": loss_c, "error": float(error)}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "mid"), default="tiny")
@@ -160,6 +191,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name in args.what.split(","):
         load = os.getloadavg()[0]
+        if name == "compile_grads":
+            row = gradient_error(unet, latent, batch)
+            print(
+                f"{args.model:5} compile_grads  loss eager {row['loss_eager']:.9g} compiled "
+                f"{row['loss_compiled']:.9g}  gradient relative error {row['error']:.3e}",
+                flush=True,
+            )
+            rows.append(row)
+            continue
         if name == "vae_channels_last":
             row = vae_channels_last(vae, args.rounds, args.steps)
         else:
