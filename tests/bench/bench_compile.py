@@ -168,10 +168,15 @@ def gradient_error(unet, latent: int, batch: int) -> dict:
     (loss_e, grad_e), (loss_c, grad_c) = step(eager), step(compiled)
     norm = sum(g.square().sum() for g in grad_e.values()).sqrt()
     error = sum((grad_c[n] - grad_e[n]).square().sum() for n in grad_e).sqrt() / norm
-    worst = sorted(grad_e, key=lambda n: -float((grad_c[n] - grad_e[n]).norm() / (grad_e[n].norm() + 1e-30)))
-    for name in worst[:3]:
-        rel = float((grad_c[name] - grad_e[name]).norm() / (grad_e[name].norm() + 1e-30))
-        print(f"  worst: {name} relative error {rel:.2e}")
+    # By absolute error: tensors whose true gradient is ~0 (a bias before a group norm) have large relative
+    # errors from rounding alone.
+    worst = sorted(grad_e, key=lambda n: -float((grad_c[n] - grad_e[n]).norm()))
+    for name in worst[:5]:
+        print(
+            f"  worst: {name} |eager grad| {grad_e[name].norm():.3e} |compiled grad| {grad_c[name].norm():.3e}"
+        )
+    zero = [n for n in grad_e if not grad_c[n].any() and grad_e[n].any()]
+    print(f"  {len(zero)} of {len(grad_e)} gradients are all zero compiled and not eager")
     return {"variant": "compile_grads", "loss_eager": loss_e, "loss_compiled": loss_c, "error": float(error)}
 
 
