@@ -173,7 +173,8 @@ def gradient_error(unet, latent: int, batch: int) -> dict:
     worst = sorted(grad_e, key=lambda n: -float((grad_c[n] - grad_e[n]).norm()))
     for name in worst[:5]:
         print(
-            f"  worst: {name} |eager grad| {grad_e[name].norm():.3e} |compiled grad| {grad_c[name].norm():.3e}"
+            f"  worst: {name} |eager grad| {grad_e[name].norm():.3e} "
+            f"|compiled grad| {grad_c[name].norm():.3e}"
         )
     zero = [n for n in grad_e if not grad_c[n].any() and grad_e[n].any()]
     print(f"  {len(zero)} of {len(grad_e)} gradients are all zero compiled and not eager")
