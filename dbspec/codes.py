@@ -1124,8 +1124,8 @@ The schedule cannot be computed (e.g. warm-up longer than the run).""",
         """\
 `precision.compile = true` for a CPU target. With torch 2.13 (CPU build), inductor's compiled backward of the
 diffusers UNet gives wrong gradients on the CPU: on the built-in tiny SD1 UNet the loss matches eager exactly
-but most convolution weights get an all-zero gradient (59% of the gradients' norm wrong), with a fresh
-inductor cache too (docs/performance.md, "torch.compile, channels-last and optimizer kernels"). Training
+84 of its 208 parameters (the largest convolution weights among them) get an all-zero gradient, with a
+fresh inductor cache too (docs/performance.md, "torch.compile, channels-last and optimizer kernels"). Training
 would silently follow wrong gradients, so the plan refuses it; GPU targets compile with Triton kernels
 instead (not measured here).""",
         help="remove precision.compile, or plan for a GPU with --target cuda:24GB",
