@@ -895,6 +895,14 @@ is above `validation.steps`, so no sampling step would be decoded. See [report.m
 (a base64 PNG and where it comes from). Failures to deliver are logged while training and never stop it.""",
     ),
     Code(
+        "DBS287",
+        ERROR,
+        "An optimizer kernel for an optimizer that has none",
+        """\
+`optimizer.implementation = "foreach"` or `"fused"` picks one of torch's kernels for torch's own AdamW and SGD
+(`kind = "adamw"` or `"sgd"`); the other kinds come from other libraries, which have no such switch.""",
+    ),
+    Code(
         "DBS289",
         ERROR,
         "Image metrics on a family that refines images",
@@ -1250,6 +1258,19 @@ batch, never dropped).""",
         "The schedule cannot be computed",
         """\
 The schedule cannot be computed (e.g. warm-up longer than the run).""",
+    ),
+    Code(
+        "DBS336",
+        ERROR,
+        "torch.compile on the CPU",
+        """\
+`precision.compile = true` for a CPU target. With torch 2.13 (CPU build), inductor's compiled backward of the
+diffusers UNet gives wrong gradients on the CPU: on the built-in tiny SD1 UNet the loss matches eager
+exactly, but 84 of its 208 parameters (the largest convolution weights among them) get an all-zero gradient,
+with a fresh inductor cache too (docs/performance.md, "torch.compile, channels-last and optimizer
+kernels"). Training would silently follow wrong gradients, so the plan refuses it; GPU targets compile with
+Triton kernels instead (not measured here).""",
+        help="remove precision.compile, or plan for a GPU with --target cuda:24GB",
     ),
     Code(
         "DBS340",

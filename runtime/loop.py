@@ -18,6 +18,7 @@ from dbspec.plan.io import legacy_run_hashes, plan_to_json, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
+from dbspec.runtime.compiling import eager
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.distributed import full_optimizer_state, gathered
@@ -236,7 +237,7 @@ def reseed_micro_batch(generator: torch.Generator, plan: Plan, step: int, index:
 
 def _validate(run: Run, step: int, log: MetricsLog) -> None:
     """Sample the validation prompts (with the EMA weights when there are any), then back to training mode."""
-    with run.ema.swap() if run.ema is not None else contextlib.nullcontext():
+    with run.ema.swap() if run.ema is not None else contextlib.nullcontext(), eager():
         validate(
             run.pipeline,
             run.plan.validation,
@@ -256,7 +257,7 @@ def _evaluate(run: Run, evaluator: Evaluator, step: int, log: MetricsLog) -> dic
     with run.ema.swap() if run.ema is not None else contextlib.nullcontext():
         for module in (unet, *run.comps.text_encoders):
             module.eval()
-        with run.accelerator.autocast():
+        with run.accelerator.autocast(), eager():
             row = evaluator.evaluate(attrs.evolve(run.parts, unet=unet), step)
     set_train_mode(run.comps, run.plan)
     log.evaluation(step, row)

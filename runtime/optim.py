@@ -58,10 +58,16 @@ BITSANDBYTES_CLASSES = {
 def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
     kind = opt.kind
     if kind == "adamw":
-        return torch.optim.AdamW(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(
+            groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay, **implementation(opt)
+        )
     if kind == "sgd":
         return torch.optim.SGD(
-            groups, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov
+            groups,
+            momentum=opt.momentum,
+            weight_decay=opt.weight_decay,
+            nesterov=opt.nesterov,
+            **implementation(opt),
         )
     if kind == "adafactor":
         return _adafactor(groups, opt)
@@ -156,6 +162,11 @@ def averaged_weights(optimizer, opt: OptimizerPlan):
         yield
     finally:
         inner.train()
+
+
+def implementation(opt: OptimizerPlan) -> dict:
+    """The torch optimizer's kernel keyword as the plan settled it; {} leaves torch's default."""
+    return {} if opt.implementation == "default" else {opt.implementation: True}
 
 
 def _adafactor(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:

@@ -16,6 +16,7 @@ from rich.console import Console
 from dbspec.plan.io import legacy_run_hashes, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime.compiling import compile_models
 from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.distributed import StrategyError, sharded_models
@@ -123,6 +124,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         optimizer = with_stochastic_rounding(optimizer, s.seed, device)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
     lr_scheduler = make_lr_scheduler(optimizer, s)
+    compile_models(plan, comps)  # after the caches are filled: only training steps run compiled
     # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.
     trained = [m for m in (comps.unet, *comps.text_encoders) if any(p.requires_grad for p in m.parameters())]
     *wrapped, optimizer = accelerator.prepare(*trained, optimizer)

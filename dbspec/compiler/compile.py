@@ -416,6 +416,7 @@ def _assemble(
             adafactor=adafactor_plan(o),
             ademamix=ademamix_plan(o),
             schedulefree=schedulefree_plan(o),
+            implementation=o.implementation,
         ),
         cache=cache,
         validation=ValidationPlan(

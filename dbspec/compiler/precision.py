@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dbspec.compiler.context import Context
 from dbspec.families import trainable_text_encoders, family_spec
-from dbspec.plan.model import ComponentPlan, ModelPlan, PrecisionPlan
+from dbspec.plan.model import CompilePlan, ComponentPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import LowRankAdapter
 
 FP8_MIN_CC = (8, 9)
@@ -156,4 +156,12 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         weights=weights,
         stochastic_rounding=weights == "bf16",
         quantize_backend=p.quantize_backend,
+        compile=_compile_plan(p.compile, parts),
     )
+
+
+def _compile_plan(wanted: bool, parts: list[ComponentPlan]) -> CompilePlan | None:
+    """precision.compile: the networks that train (the denoiser, and each text encoder that trains); frozen
+    ones run once per sample at most (or not at all with caches), so compiling them buys little."""
+    trained = tuple(c.name for c in parts if c.trainable != "frozen")
+    return CompilePlan(components=trained) if wanted and trained else None

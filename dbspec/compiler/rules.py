@@ -33,7 +33,7 @@ from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS, LoraAdapter, LowRankAdapter, Spec
+from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS, LoraAdapter, LowRankAdapter, Pivotal, Spec
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -1405,6 +1405,9 @@ def pivotal_with_text_encoder(spec: Spec, given: Given) -> Iterator[Hit]:
 def pivotal_tokens_valid(spec: Spec, given: Given) -> Iterator[Hit]:
     from dbspec.compiler.pivotal import added_tokens
 
+    vectors = spec.pivotal.vectors
+    if vectors > attrs.fields(Pivotal).vectors.metadata["maximum"]:
+        return  # out of range (DBS105 says so): naming that many vectors per token could exhaust memory
     seen: set[str] = set()
     for i, token in enumerate(spec.pivotal.tokens):
         why = ""
@@ -1412,9 +1415,9 @@ def pivotal_tokens_valid(spec: Spec, given: Given) -> Iterator[Hit]:
             why = "is empty"
         elif any(c.isspace() for c in token):
             why = "holds whitespace"
-        elif seen & set(added_tokens(token, spec.pivotal.vectors)):
+        elif seen & set(added_tokens(token, vectors)):
             why = "repeats another token (or one of its `_N` vector names)"
-        seen.update(added_tokens(token, spec.pivotal.vectors))
+        seen.update(added_tokens(token, vectors))
         if why:
             yield _err(
                 "DBS281",
@@ -1957,6 +1960,21 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+@rule("spec")
+def optimizer_implementation_kind(spec: Spec, given: Given) -> Iterator[Hit]:
+    """torch's foreach and fused kernels exist for torch's own optimizers only."""
+    o = spec.optimizer
+    if o.implementation != "default" and o.kind not in ("adamw", "sgd"):
+        yield Hit(
+            code="DBS287",
+            severity="error",
+            path=("optimizer", "implementation"),
+            message=f'optimizer.implementation = "{o.implementation}" needs kind = "adamw" or "sgd" '
+            f'(torch\'s own optimizers); kind is "{o.kind}"',
+            help='remove optimizer.implementation, or use kind = "adamw"',
+        )
+
+
 @rule("environment")
 def distributed_on_target(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
     d = spec.distributed
@@ -1995,4 +2013,17 @@ def distributed_on_target(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             ("distributed", "fsdp_cpu_offload"),
             "CPU offload on a CPU target moves nothing: the state is in CPU memory already",
             "remove it (it helps on GPUs, where it frees device memory)",
+        )
+
+
+@rule("environment")
+def compile_not_on_the_cpu(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    """inductor's CPU backward of the UNet was measured wrong (torch 2.13; tests/runtime/test_compile.py)."""
+    if spec.precision.compile and env.device == "cpu":
+        yield _err(
+            "DBS336",
+            ("precision", "compile"),
+            "precision.compile on the CPU: torch's inductor computes wrong UNet gradients there (measured "
+            "with torch 2.13: 59% gradient error on the tiny SD1 UNet, docs/performance.md)",
+            "remove precision.compile, or plan for a GPU with --target cuda:24GB",
         )

@@ -127,6 +127,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "noise_streams"): "process",  # several processes drew from per-process generators
         ("precision", "stochastic_rounding"): False,
         ("precision", "quantize_backend"): "quanto",  # quantisation backends, added since (quanto only then)
+        ("precision", "compile"): None,  # torch.compile (precision.compile), added since
+        ("optimizer", "implementation"): "default",  # torch's own kernel choice then
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
         ("pivotal",): None,  # pivotal tuning

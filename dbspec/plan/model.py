@@ -499,6 +499,24 @@ class ComponentPlan:
 
 
 @frozen
+class CompilePlan:
+    """torch.compile of the trained networks (precision.compile). `nn.Module.compile()` compiles each module's
+    call in place, so parameter names, checkpoints and exports stay those of the plain module.
+
+    mode "default": "reduce-overhead" adds CUDA graphs (nothing on the CPU, and static shapes only) and
+    "max-autotune" benchmarks kernels, minutes more of start-up. dynamic None is torch's automatic
+    dynamic shapes: the first input shape compiles static (the fastest kernels, and a one-bucket run never
+    compiles again); a second shape recompiles once with the changed sizes symbolic, so a run with many
+    buckets compiles about twice instead of once per bucket (dynamic=False would hit torch's recompile limit,
+    then fall back to eager), and a batch of one compiles its own (torch specialises sizes 0 and 1)."""
+
+    components: tuple[str, ...]  # the denoiser ("unet") and the text encoders that train
+    backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # the cheap ones exist for tests
+    mode: Literal["default"] = "default"
+    dynamic: bool | None = None  # None: automatic (static first, dynamic after a shape change)
+
+
+@frozen
 class PrecisionPlan:
     mixed: Literal["no", "fp16", "bf16"]
     reason: str
@@ -511,6 +529,7 @@ class PrecisionPlan:
     stochastic_rounding: bool  # the optimizer step rounds fp32 updates to bf16 with a seeded generator
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
     quantize_backend: Literal["quanto", "torchao", "bitsandbytes"] = "quanto"
+    compile: CompilePlan | None = None  # torch.compile of the trained networks; None: eager
 
 
 @frozen
@@ -589,6 +608,9 @@ class OptimizerPlan:
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
     clip_mode: Literal["norm", "value"] = "norm"  # max_grad_norm bounds the total norm or each element
+    # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
+    # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)
+    implementation: Literal["default", "foreach", "fused"] = "default"
 
 
 @frozen

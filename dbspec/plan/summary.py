@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from dbspec.families import FAMILIES, family_spec
+from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
     CaptionPlan,
     FlowPlan,
@@ -258,6 +259,11 @@ def schedule_table(plan: Plan) -> Table:
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
             + _loraplus(plan)
             + _optimizer_extras(plan)
+            + (
+                f", {plan.optimizer.implementation} kernel"
+                if plan.optimizer.implementation != "default"
+                else ""
+            )
             + _clipping(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
@@ -475,6 +481,8 @@ def training_table(plan: Plan) -> Table:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
         t.add_row(f"  {shown_component(plan, c.name)}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
+    if plan.precision.compile is not None:
+        t.add_row("torch.compile", compile_summary(plan))
     cache = plan.cache
     t.add_row(
         "latent cache",

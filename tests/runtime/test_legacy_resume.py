@@ -71,6 +71,8 @@ def _as_plan_version_3(plan_json: str) -> str:
         del data["precision"][key]  # bf16 trained weights, added since (fp32 then)
     del data["precision"]["quantize_backend"]  # quantisation backends, added since (quanto then)
     del data["distributed"]  # [distributed], added since (DDP then)
+    del data["precision"]["compile"]  # torch.compile, added since (eager then)
+    del data["optimizer"]["implementation"]  # torch AdamW's fused kernel, added since (torch's default then)
     for key in (
         "huber",
         "noise",

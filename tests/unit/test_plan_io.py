@@ -409,3 +409,19 @@ def test_plan_download_reports_an_offline_failure(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["plan", str(spec), "--download", "--target", "cpu"])
     assert result.exit_code == 1
     assert "cannot download acme/not-cached@main" in result.output
+
+
+def test_compile_and_optimizer_kernel_round_trip(tmp_path, quickstart):
+    """precision.compile (for a GPU: the CPU refuses it, DBS336) and optimizer.implementation in JSON."""
+    spec = quickstart
+    planned = plan_spec(
+        spec,
+        parse_target("cuda:24GB"),
+        "spec.toml",
+        ["precision.compile=true", 'optimizer.implementation="fused"'],
+    )
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    plan = planned.plan
+    assert plan.precision.compile.components == ("unet",) and plan.precision.compile.dynamic is None
+    assert plan.optimizer.implementation == "fused"
+    assert plan_from_json(plan_to_json(plan)) == plan

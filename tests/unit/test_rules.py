@@ -828,6 +828,12 @@ CASES = [
         DOG + STEPS + '[validation]\nprompts = ["a dog"]\nsteps = 20\npreview_every = 20\n',
     ),
     (
+        rules.optimizer_implementation_kind,
+        DOG + STEPS + '[optimizer]\nkind = "lion"\nimplementation = "fused"\n',
+        [("DBS287", "error", ("optimizer", "implementation"))],
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nimplementation = "fused"\n',
+    ),
+    (
         rules.webhook_not_http,
         DOG + STEPS + '[validation]\nprompts = ["a dog"]\npreview_every = 10\nwebhook = "127.0.0.1:8000/p"\n',
         [("DBS286", "error", ("validation", "webhook"))],
@@ -1054,6 +1060,16 @@ def test_paged_optimizers_warn_on_the_cpu_and_need_cuda_or_cpu(kind):
     on_cpu = run_environment_rules(spec, cpu)
     assert [(h.code, h.severity) for h in on_cpu] == [("DBS314", "warning")]
     assert "unpaged" in on_cpu[0].message and kind in on_cpu[0].message
+    assert run_environment_rules(spec, cuda) == []
+
+
+def test_compile_is_refused_on_the_cpu():
+    spec, _ = structure_spec(tomli.loads(HEAD + DOG + STEPS + "[precision]\ncompile = true\n"))
+    cpu = TargetEnv(device="cpu", memory_bytes=8 << 30, bf16=False)
+    cuda = TargetEnv(device="cuda", memory_bytes=24 << 30, bf16=True, compute_capability="8.9")
+    assert [(h.code, h.path) for h in run_environment_rules(spec, cpu)] == [
+        ("DBS336", ("precision", "compile"))
+    ]
     assert run_environment_rules(spec, cuda) == []
 
 
