@@ -7,12 +7,15 @@ set, as a GPU plan would have it: the runtime takes the Plan and nothing else.
 The wiring test compiles with the "aot_eager" backend: TorchDynamo traces the modules and AOTAutograd builds
 their forward and backward graphs as inductor gets them, but runs them with ATen's own kernels, so it costs
 seconds and no C++ build, and its numbers are eager's. The inductor test builds C++ kernels (2 to 20 minutes
-cold on two shared cores; inductor's disk cache makes reruns about a minute), so it is marked slow.
+cold on two shared cores; inductor's disk cache makes reruns about a minute): too slow for the suite's
+15-minute budget on a fresh CI machine, so it runs when DBSPEC_INDUCTOR_CHECK=1 is set (after a torch
+upgrade: when it passes, lift DBS336). `tests/bench/bench_compile.py --what compile_grads` shows the same.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import attrs
@@ -81,6 +84,10 @@ SGD = ['optimizer.kind="sgd"', "optimizer.lr=0.05"]
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("DBSPEC_INDUCTOR_CHECK") != "1",
+    reason="C++ kernel build, minutes: DBSPEC_INDUCTOR_CHECK=1",
+)
 @pytest.mark.xfail(
     strict=True,
     reason="torch 2.13 CPU inductor: wrong UNet gradients (DBS336); when this passes, lift DBS336",
