@@ -13,7 +13,10 @@ runs `dbspec run` in a fresh process. From that process it measures:
 - peak anonymous RSS: the highest `RssAnon` of /proc/<pid>/status, sampled every 50 ms (tensors without
   the mapped files and code: what a device would hold);
 - seconds per optimizer step: from torch's global optimizer-step hook (the `sitecustomize.py` of
-  bench_vs_diffusers.py), the time between the last two steps.
+  bench_vs_diffusers.py), the time between the last two steps (none with `--steps 1`);
+- when the anonymous peak came: up to the end of step 1 (loading, caching, the first step), between step 1
+  and the last, or after the last step (the final checkpoint and weights being written), with a trace of
+  RssAnon every 5 s in `--json`.
 
 A case whose estimate exceeds 90% of the memory available now (`MemAvailable`) is skipped, not run.
 The estimate counts a CUDA context (0.5 GiB) that the CPU does not have, and the CPU process holds the
@@ -123,16 +126,31 @@ def estimate(spec: Path, env: dict) -> dict:
     return plan["memory"] | {"mixed": plan["precision"]["mixed"]}
 
 
-def _anon_peak(pid: int, stop: threading.Event, peak: list[int]) -> None:
+def _anon_peak(pid: int, stop: threading.Event, peak: list) -> None:
+    """Sample RssAnon every 50 ms into peak = [bytes, time of the peak, (time, bytes) at most every 5 s]."""
     status = Path(f"/proc/{pid}/status")
     while not stop.is_set():
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("RssAnon:"):
-                    peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                    now, anon = time.time(), int(line.split()[1]) * 1024
+                    if anon > peak[0]:
+                        peak[0], peak[1] = anon, now
+                    if not peak[2] or now - peak[2][-1][0] >= 5:
+                        peak[2].append((now, anon))
         except (FileNotFoundError, ProcessLookupError):
             return
         stop.wait(0.05)
+
+
+def peak_phase(peak_at: float, started: float, steps: list[float]) -> str:
+    """When the anonymous peak came: while loading and before the first optimizer step ended, among the
+    steps, or after the last step (the final checkpoint and weights being written)."""
+    if not steps or peak_at > steps[-1]:
+        return "after the last step (saving)"
+    if peak_at <= steps[0]:
+        return f"up to the end of step 1 ({peak_at - started:.0f} s after launch)"
+    return "between steps 1 and the last"
 
 
 def measure(spec: Path, env: dict) -> dict:
@@ -149,7 +167,7 @@ def measure(spec: Path, env: dict) -> dict:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-        stop, peak = threading.Event(), [0]
+        stop, peak = threading.Event(), [0, 0.0, []]
         watcher = threading.Thread(target=_anon_peak, args=(proc.pid, stop, peak), daemon=True)
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -161,6 +179,9 @@ def measure(spec: Path, env: dict) -> dict:
     return {
         "peak_rss": usage.ru_maxrss * 1024,
         "peak_anon": peak[0],
+        "peak_phase": peak_phase(peak[1], started, times),
+        "step_times": [t - started for t in times],
+        "anon_trace": [(round(t - started, 1), a) for t, a in peak[2]],
         "first_step_s": times[0] - started,
         "step_s": times[-1] - times[-2] if len(times) > 1 else float("nan"),
         "wall_s": time.time() - started,
@@ -225,7 +246,7 @@ def report(rows: list[dict]) -> None:
         print(
             f"{head} {row['peak_rss'] / GIB:>8.2f}G {est['total'] / row['peak_rss'] - 1:>+7.1%} "
             f"{row['peak_anon'] / GIB:>9.2f}G {est['total'] / row['peak_anon'] - 1:>+8.1%} "
-            f"{row['step_s']:>7.1f} {1 / row['step_s']:>8.3f}"
+            f"{row['step_s']:>7.1f} {1 / row['step_s']:>8.3f}  peak: {row['peak_phase']}"
         )
 
 

@@ -202,7 +202,12 @@ def measure(cmd: list[str], cwd: Path, env: dict, log: Path, core: int) -> dict:
         raise SystemExit(f"{' '.join(cmd)} (in {cwd}) failed:\n{output.read_text()[-3000:]}")
     times = [float(t) for t in log.read_text().split()]
     steady = (len(times) - 10) / (times[-1] - times[9])
-    return {"first_step": times[0] - started, "steps_per_s": steady, "rss_mib": usage.ru_maxrss / 1024}
+    return {
+        "first_step": times[0] - started,
+        "steps_per_s": steady,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "load": os.getloadavg()[0],
+    }
 
 
 def diffusers_cmd(
@@ -346,6 +351,28 @@ def report(rows: dict, cases: list, args) -> None:
                 f"| **{med(key, 'steps_per_s') / med(base, 'steps_per_s'):.2f}x** "
                 f"| {med(key, 'rss_mib'):.0f} / {med(base, 'rss_mib'):.0f} |"
             )
+    report_repetitions(rows, cases, args)
+
+
+def report_repetitions(rows: dict, cases: list, args) -> None:
+    """Each repetition's dbspec / diffusers ratios: the two ran back to back, so on a machine whose load
+    changes these pair better than medians taken over different loads."""
+    print(
+        "\nper repetition, dbspec / diffusers (first step, steps/s, peak RSS); load average at the end: "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print("| case | caches | rep | first step | steps/s | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for sc, size in cases:
+        base = rows[(sc, size, "diffusers", None)]
+        for caches in args.caches:
+            for rep, (ours, theirs) in enumerate(zip(rows[(sc, size, "dbspec", caches)], base), start=1):
+                print(
+                    f"| {sc} {size}px | {caches} | {rep} "
+                    f"| {ours['first_step'] / theirs['first_step']:.2f}x "
+                    f"| {ours['steps_per_s'] / theirs['steps_per_s']:.2f}x "
+                    f"| {ours['rss_mib'] / theirs['rss_mib']:.2f}x |"
+                )
 
 
 if __name__ == "__main__":
