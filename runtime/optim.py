@@ -69,6 +69,8 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
             nesterov=opt.nesterov,
             **implementation(opt),
         )
+    if kind == "radam":
+        return torch.optim.RAdam(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
     if kind == "adafactor":
         return _adafactor(groups, opt)
     if kind.startswith("dadapt_"):

@@ -50,6 +50,7 @@ UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10,
 LINEAR_ONLY_BACKENDS = ("torchao", "bitsandbytes")
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq, fp32
+    "radam": 8,  # exp_avg + exp_avg_sq, fp32 (torch RAdam)
     "adamw8bit": 2,  # bitsandbytes blockwise 8-bit moments (tensors < 4096 elements keep 8 bytes)
     # bitsandbytes' paged AdamW: the same state, counted on the device (paging moves it only under pressure)
     "paged_adamw": 8,

@@ -1532,6 +1532,7 @@ PER_PARAMETER_OPTIMIZERS = (
     "paged_adamw8bit",
     "adafactor",
     "sgd",
+    "radam",
     "lion",
 )
 

@@ -826,6 +826,7 @@ class Optimizer:
         "paged_adamw8bit",
         "adafactor",
         "sgd",
+        "radam",
         "prodigy",
         "lion",
         "dadapt_adam",
@@ -856,7 +857,8 @@ class Optimizer:
         "radam_schedulefree are the `schedulefree` package's AdamWScheduleFree, SGDScheduleFree, "
         "RAdamScheduleFree: they average the iterates instead of following an LR schedule (the schedule "
         "must stay constant), and checkpoints, exports, validation and evaluation use the averaged weights "
-        "(the optimizer's eval mode, as kohya switches it).",
+        "(the optimizer's eval mode, as kohya switches it). radam is torch's RAdam (kohya's optimizer_type "
+        "RAdam).",
     )
     lr: float = option(
         2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0

@@ -208,3 +208,19 @@ def test_a_schedulefree_lora_run_validates_on_the_averaged_weights_and_resumes_b
     )
     _resumes_bit_exact(tmp_path, ['optimizer.kind="adamw_schedulefree"', "optimizer.lr=1e-2"], extra)
     assert list((tmp_path / "whole" / "samples").glob("step-000002/*.png"))
+
+
+# --- torch's RAdam (kohya's optimizer_type RAdam: getattr(torch.optim, "RAdam")) ----------------------------
+
+
+def test_radam_steps_as_torch_radam_and_resumes_bit_exact(tmp_path):
+    overrides = ['optimizer.kind="radam"', "optimizer.lr=1e-3", "optimizer.betas=[0.9, 0.99]"]
+    plan = compile_spec(write_spec(tmp_path / "plan", steps=2), [*overrides, "optimizer.weight_decay=0.01"])
+    o = plan.optimizer
+    ours, theirs = _params(), _params()
+    optimizer = make_optimizer(param_groups(ours, [], o), o)
+    assert type(optimizer) is torch.optim.RAdam
+    reference = torch.optim.RAdam(theirs, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    _steps([optimizer, reference], [ours, theirs])
+    assert _same(ours, theirs) and not _same(ours, _params())
+    _resumes_bit_exact(tmp_path / "run", overrides)

@@ -463,3 +463,28 @@ def test_an_unknown_class_path_stays_refused_with_the_reason(tmp_path):
     outcome = _lora(tmp_path, "--optimizer_type came_pytorch.CAME")
     assert outcome.exit_code == 1 and fate(outcome, "optimizer_type") == "unsupported"
     assert "no optimizer for the class came_pytorch.CAME" in messages(outcome, "DBS403")
+
+
+# --- torch's RAdam -----------------------------------------------------------------------------------------
+
+
+def test_radam_is_torch_radam_with_its_defaults(tmp_path):
+    """kohya builds any other optimizer_type as getattr(torch.optim, name)(params, lr=lr, **args): RAdam with
+    torch's defaults (weight decay 0, betas 0.9/0.999), case-sensitive."""
+    plan = plan_of(_ok(_lora(tmp_path, "--optimizer_type RAdam")), tmp_path)
+    o = plan.optimizer
+    assert (o.kind, o.weight_decay, o.betas, o.eps) == ("radam", 0.0, (0.9, 0.999), 1e-8)
+    dotted = _ok(
+        _lora(
+            tmp_path / "d2",
+            '--optimizer_type torch.optim.RAdam --optimizer_args "betas=0.9,0.99" weight_decay=0.1',
+        )
+    )
+    o = plan_of(dotted, tmp_path / "d2").optimizer
+    assert (o.kind, o.weight_decay, o.betas) == ("radam", 0.1, (0.9, 0.99))
+    lower = _lora(tmp_path / "d3", "--optimizer_type radam")
+    assert fate(lower, "optimizer_type") == "invalid" and "case-sensitive" in messages(lower, "DBS402")
+    decoupled = _lora(
+        tmp_path / "d4", '--optimizer_type RAdam --optimizer_args "decoupled_weight_decay=True"'
+    )
+    assert "decoupled_weight_decay" in messages(decoupled, "DBS403")

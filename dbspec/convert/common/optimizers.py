@@ -24,6 +24,7 @@ _DEFAULTS = {
     "paged_adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # bnb PagedAdamW8bit
     "lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},  # lion_pytorch.Lion, bnb Lion8bit
     "sgd": {"weight_decay": 0.0, "momentum": 0.0},  # torch.optim.SGD
+    "radam": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},  # torch.optim.RAdam
     "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
     "prodigy": {"weight_decay": 0.0, "betas": [0.9, 0.999]},  # prodigyopt.Prodigy
     # dadaptation's classes
@@ -75,6 +76,7 @@ _HARMLESS = {
         "growth_rate": float("inf"),
     },
     "adamw": {"amsgrad": False},
+    "radam": {"decoupled_weight_decay": False, "foreach": None, "maximize": False},
     "adamw8bit": {"amsgrad": False},
     "paged_adamw": {"amsgrad": False, "optim_bits": 32},
     "paged_adamw8bit": {"amsgrad": False},
@@ -128,6 +130,17 @@ def kohya_optimizer(name: str) -> KohyaName:
         return _dotted(name)
     if lower in exact and (lower != "sgd" or name == "SGD"):
         return KohyaName(kind=exact[lower])
+    if lower == "radam":  # not one of kohya's names: getattr(torch.optim, name), case-sensitive
+        return (
+            KohyaName(kind="radam")
+            if name == "RAdam"
+            else KohyaName(
+                kind=None,
+                crashes=True,
+                why=f"kohya looks {name} up in torch.optim as written and Python names are case-sensitive "
+                "(AttributeError); did you mean RAdam?",
+            )
+        )
     if lower in _SCHEDULEFREE_NAMES:
         return KohyaName(kind=_SCHEDULEFREE_NAMES[lower])
     if lower.endswith("ademamix") or lower.endswith("ademamix8bit") or lower.endswith("ademamix32bit"):
@@ -165,7 +178,7 @@ def kohya_optimizer(name: str) -> KohyaName:
     return KohyaName(
         kind=None,
         why=f"dbspec has no {name} optimizer (it has AdamW, AdamW8bit, PagedAdamW, PagedAdamW8bit, Lion, "
-        "SGD, SGDNesterov, Adafactor, Prodigy, the DAdapt* and *ScheduleFree optimizers, and "
+        "RAdam, SGD, SGDNesterov, Adafactor, Prodigy, the DAdapt* and *ScheduleFree optimizers, and "
         "bitsandbytes.optim.AdEMAMix* and the other class paths of docs/converting.md)",
     )
 
@@ -180,6 +193,7 @@ _SCHEDULEFREE_NAMES = {
 DOTTED_OPTIMIZERS = {
     "torch.optim.AdamW": ("adamw", "adamw"),
     "torch.optim.SGD": ("sgd", "sgd"),
+    "torch.optim.RAdam": ("radam", "radam"),
     "bitsandbytes.optim.AdamW8bit": ("adamw8bit", "adamw8bit"),
     "bitsandbytes.optim.AdEMAMix": ("ademamix", "bnb.ademamix"),
     "bitsandbytes.optim.AdEMAMix32bit": ("ademamix", "bnb.ademamix32bit"),
@@ -278,6 +292,17 @@ _KOHYA_ACCEPTS = {
     "pagedadamw8bit": ("betas", "eps", "weight_decay", "amsgrad", "optim_bits", "args", "min_8bit_size"),
     "lion": ("betas", "weight_decay", "use_triton", "decoupled_weight_decay"),  # lion_pytorch.Lion
     "sgd": _SGD,  # torch.optim.SGD
+    # torch.optim.RAdam (torch 2.13)
+    "radam": (
+        "betas",
+        "eps",
+        "weight_decay",
+        "decoupled_weight_decay",
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+    ),
     # kohya passes nesterov=True itself, so a second one is a TypeError
     "sgdnesterov": tuple(k for k in _SGD if k != "nesterov"),
     "sgdnesterov8bit": (  # bitsandbytes.optim.SGD8bit
