@@ -488,3 +488,13 @@ def test_radam_is_torch_radam_with_its_defaults(tmp_path):
         tmp_path / "d4", '--optimizer_type RAdam --optimizer_args "decoupled_weight_decay=True"'
     )
     assert "decoupled_weight_decay" in messages(decoupled, "DBS403")
+
+
+@pytest.mark.parametrize(
+    "cls", ["LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau"]
+)
+def test_torch_schedulers_kohya_cannot_run_are_invalid(tmp_path, cls):
+    """A function or scheduler objects cannot come from lr_scheduler_args (ast.literal_eval), and kohya's loop
+    steps the scheduler without ReduceLROnPlateau's metric: kohya fails before training."""
+    outcome = _lora(tmp_path, f"--lr_scheduler_type {cls}")
+    assert fate(outcome, "lr_scheduler_type") == "invalid" and cls in messages(outcome, "DBS402")

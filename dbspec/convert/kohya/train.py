@@ -93,6 +93,20 @@ _ONE_CYCLE = {
     "epochs": "",  # with steps_per_epoch: total_steps = epochs x steps_per_epoch (torch's rule)
     "steps_per_epoch": "",
 }
+# torch's other scheduler classes, which kohya's loop cannot run: a callable or scheduler objects cannot come
+# from lr_scheduler_args (ast.literal_eval), and kohya steps every scheduler with no argument
+_NEEDS_CALLABLE = (
+    "it needs lr_lambda, a Python function, which lr_scheduler_args (ast.literal_eval) cannot give"
+)
+_NEEDS_SCHEDULERS = "it takes scheduler objects, which lr_scheduler_args (ast.literal_eval) cannot give"
+_CRASHING_SCHEDULERS = {
+    "LambdaLR": _NEEDS_CALLABLE,
+    "MultiplicativeLR": _NEEDS_CALLABLE,
+    "SequentialLR": _NEEDS_SCHEDULERS,
+    "ChainedScheduler": _NEEDS_SCHEDULERS,
+    "ReduceLROnPlateau": "kohya calls lr_scheduler.step() without the metric ReduceLROnPlateau.step needs "
+    "(TypeError at the first step)",
+}
 # torch class -> (dbspec schedule, {torch argument: [schedule] key}, the arguments torch requires)
 TORCH_SCHEDULERS = {
     "CosineAnnealingLR": ("cosine_annealing", {"T_max": "t_max", "eta_min": "eta_min"}, ("T_max",)),
@@ -433,6 +447,9 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
     kwargs."""
     kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
     cls = kind.value.removeprefix("torch.optim.lr_scheduler.")
+    if cls in _CRASHING_SCHEDULERS:
+        conv.invalid(kind.key, kind.value, kind.source, _CRASHING_SCHEDULERS[cls])
+        return
     if cls not in TORCH_SCHEDULERS:
         conv.unsupported(
             kind,
