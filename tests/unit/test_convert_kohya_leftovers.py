@@ -395,3 +395,28 @@ def test_wd_on_output_without_dora_changes_nothing(tmp_path):
     outcome = _lycoris(tmp_path, '"algo=locon", "conv_dim=8", "wd_on_output=False"')
     assert outcome.exit_code == 0, errors(outcome)
     assert plan_of(outcome, tmp_path).adapter.dora is False
+
+
+ATTRIBUTES_TOML = """
+[general]
+enable_bucket = true
+
+[[datasets]]
+resolution = 512
+
+  [[datasets.subsets]]
+  image_dir = "img"
+  num_repeats = 4
+  class_tokens = "ohwx dog"
+  custom_attributes = { diff_output_preservation = true }
+"""
+
+
+def test_custom_attributes_are_inert_for_scripts_that_never_read_them(tmp_path):
+    """Only flux_train_network.py (and lumina's) read a subset's custom_attributes in their training step;
+    train_network.py only logs them."""
+    images(tmp_path / "img", 2, (512, 512))
+    write(tmp_path / "dataset.toml", ATTRIBUTES_TOML)
+    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "datasets[0].subsets[0].custom_attributes") == "inert"

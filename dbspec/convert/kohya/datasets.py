@@ -92,7 +92,7 @@ def map_datasets(
     for out_index, (dataset, subset, images) in enumerate(parts):
         setting = settings[dataset.index]
         map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
-        subset_problems(dataset, subset, images, setting, cache_latents, conv)
+        subset_problems(dataset, subset, images, setting, cache_latents, conv, script)
         map_face_crop(out_index, subset, setting, cache_latents, conv)
         if setting.spec_height:
             conv.put(

@@ -17,6 +17,9 @@ _SMALL = 64  # dbspec's default min_image_size
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "custom_attributes": (None, "dbspec has no custom subset attributes (e.g. diff_output_preservation)"),
 }
+# scripts whose training step reads a subset's custom_attributes (flux: diff_output_preservation); the others
+# only log them
+_READS_CUSTOM_ATTRIBUTES = ("flux_train_network", "lumina_train_network")
 # keys that only matter together with an unsupported feature
 _INERT_WITHOUT: dict[str, str] = {
     "cache_info": "a kohya cache file; no effect on training",
@@ -191,10 +194,18 @@ def subset_problems(
     setting,
     cache_latents: bool,
     conv: Conversion,
+    script: str = "",
 ) -> None:
     v = subset.values
     for key, (neutral, why) in _UNSUPPORTED.items():
-        if key in v and v[key].value not in (neutral, None, "", 0, {}):
+        if (
+            key == "custom_attributes"
+            and key in v
+            and v[key].given
+            and script not in _READS_CUSTOM_ATTRIBUTES
+        ):
+            conv.inert(v[key], f"{script}.py never reads custom_attributes (it only logs them)")
+        elif key in v and v[key].value not in (neutral, None, "", 0, {}):
             conv.unsupported(v[key], why)
         elif key in v and v[key].given:
             conv.inert(v[key], "the value kohya treats as off")
