@@ -203,7 +203,8 @@ def test_any_os_error_on_a_spec_path_names_the_key(tmp_path):
         SPEC.replace('base = "builtin:tiny-sd1"', 'base = "builtin:tiny-sd1"\nvae = "' + "v" * 300 + '"'),
     )
     d = only(list(planned.diagnostics), "DBS309")
-    assert d.path == "model.vae" and "vvvv" in d.message and "too long" in d.message
+    # the message shortens the path to its first characters: how many v's remain depends on tmp_path's length
+    assert d.path == "model.vae" and str(tmp_path)[:30] in d.message and "too long" in d.message
     assert d.span.line == line_of(SPEC, "base =") + 1
 
 
