@@ -282,6 +282,12 @@ def kohya_lora_state(
             tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
             ranks.add(rank)
             alphas.add(alpha)
+    return checked_layers(tensors, ranks, alphas)
+
+
+def checked_layers(tensors: dict, ranks: set, alphas: set) -> tuple[dict, dict[str, str]]:
+    """The kohya LoRA tensors and kohya's ss_network_dim / ss_network_alpha (the one rank and alpha, or
+    "Dynamic" when layers differ); an export without a LoRA layer is an error."""
     if not tensors:
         raise ValueError("no LoRA layers to export: the modules carry no peft adapter")
     dims = {

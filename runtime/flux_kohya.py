@@ -33,7 +33,7 @@ from torch import nn
 
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.dtypes import to_dtype
-from dbspec.runtime.exports import _kohya_lora_layers, clip_path
+from dbspec.runtime.exports import _kohya_lora_layers, checked_layers, clip_path
 
 Layer = tuple[torch.Tensor, torch.Tensor, int, float]  # (lora_down, lora_up, rank, alpha)
 
@@ -181,13 +181,7 @@ def flux_kohya_lora_state(
             )
             ranks.add(rank)
             alphas.add(alpha)
-    if not tensors:
-        raise ValueError("no LoRA layers to export: the modules carry no peft adapter")
-    dims = {
-        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
-        "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
-    }
-    return tensors, dims
+    return checked_layers(tensors, ranks, alphas)
 
 
 def _widths(module: nn.Module) -> dict[str, int]:

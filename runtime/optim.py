@@ -8,6 +8,7 @@ import math
 import torch
 from diffusers.optimization import get_scheduler
 
+from dbspec.compiler.torch_schedules import NEW_TORCH_SCHEDULES
 from dbspec.plan.model import OptimizerPlan, SchedulePlan
 
 
@@ -283,7 +284,7 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             decay_type=s.decay_type,
         )
     # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
-    if s.torch is not None and s.lr_schedule in TORCH_CLASSES:
+    if s.torch is not None and s.lr_schedule in NEW_TORCH_SCHEDULES:
         return _torch_scheduler(optimizer, s)
     if s.lr_schedule == "cosine_annealing":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.t_max, eta_min=s.eta_min)
@@ -322,18 +323,6 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         num_cycles=s.cycles,
         power=s.power,
     )
-
-
-TORCH_CLASSES = (
-    "one_cycle",
-    "step",
-    "multi_step",
-    "exponential",
-    "linear_lr",
-    "constant_lr",
-    "cyclic",
-    "polynomial_lr",
-)
 
 
 def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
