@@ -8,8 +8,7 @@ import math
 import torch
 from diffusers.optimization import get_scheduler
 
-from dbspec.compiler.torch_schedules import NEW_TORCH_SCHEDULES
-from dbspec.plan.model import OptimizerPlan, SchedulePlan
+from dbspec.plan.model import TORCH_CLASS_SCHEDULES, OptimizerPlan, SchedulePlan
 
 
 class OptimizerError(Exception):
@@ -284,7 +283,7 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             decay_type=s.decay_type,
         )
     # kohya's lr_scheduler_type: torch classes, stepped once per optimizer step
-    if s.torch is not None and s.lr_schedule in NEW_TORCH_SCHEDULES:
+    if s.torch is not None and s.lr_schedule in TORCH_CLASS_SCHEDULES:
         return _torch_scheduler(optimizer, s)
     if s.lr_schedule == "cosine_annealing":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.t_max, eta_min=s.eta_min)

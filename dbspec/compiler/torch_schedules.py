@@ -13,19 +13,10 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
-from dbspec.plan.model import TorchSchedulePlan
+from dbspec.plan.model import TORCH_CLASS_SCHEDULES, TorchSchedulePlan
 from dbspec.spec.model import Schedule
 
-NEW_TORCH_SCHEDULES = (
-    "one_cycle",
-    "step",
-    "multi_step",
-    "exponential",
-    "linear_lr",
-    "constant_lr",
-    "cyclic",
-    "polynomial_lr",
-)
+NEW_TORCH_SCHEDULES = TORCH_CLASS_SCHEDULES
 MOMENTUM_SCHEDULES = ("one_cycle", "cyclic")  # with cycle_momentum they drive momentum / beta1
 
 

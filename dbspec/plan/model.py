@@ -328,6 +328,20 @@ class StepRange:
         return tuple(self.end if i == count - 1 else (i + 1) * self.every for i in picks)
 
 
+# Schedules the runtime builds as torch scheduler classes from `SchedulePlan.torch` (the compiler computes
+# their curve without torch: compiler/torch_schedules.py)
+TORCH_CLASS_SCHEDULES = (
+    "one_cycle",
+    "step",
+    "multi_step",
+    "exponential",
+    "linear_lr",
+    "constant_lr",
+    "cyclic",
+    "polynomial_lr",
+)
+
+
 @frozen
 class TorchSchedulePlan:
     """The arguments of torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR (the
