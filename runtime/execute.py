@@ -84,7 +84,7 @@ def execute(
             CacheWriteError: "cache.dir",
         }
         raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
-    except Exception as exc:
+    except RuntimeError as exc:  # gloo's dead-peer errors (torch's DistError is a RuntimeError)
         if peer_failed(exc):  # the process that failed names the cause; this one only stops
             raise RunError("stopped: another process failed", peer=True) from exc
         raise

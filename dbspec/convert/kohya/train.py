@@ -250,14 +250,7 @@ def _torch_scheduler_over_relative_step(a: Args, conv: Conversion) -> bool:
         )
         return False
     if cls in ("CyclicLR", "OneCycleLR") and kwargs.get("cycle_momentum", True):
-        conv.invalid(
-            args.key,
-            args.value,
-            args.source,
-            f"torch's {cls} cycles momentum by default and raises `optimizer must support momentum or beta1 "
-            "with `cycle_momentum` option enabled` on Adafactor",
-            help="add cycle_momentum=False to lr_scheduler_args",
-        )
+        _momentum_cycle_on_adafactor(cls, args, conv)
         return False
     if kwargs.get("last_epoch", -1) != -1:
         conv.invalid(
@@ -442,6 +435,18 @@ def _ratio_steps(legacy: Legacy, total: int | None, conv: Conversion) -> int | N
     return int(legacy.value * total)
 
 
+def _momentum_cycle_on_adafactor(cls: str, args: Legacy, conv: Conversion) -> None:
+    """torch's OneCycleLR/CyclicLR cycle momentum by default, which Adafactor lacks: kohya crashes."""
+    conv.invalid(
+        args.key,
+        args.value,
+        args.source,
+        f"torch's {cls} cycles momentum by default and raises `optimizer must support momentum or beta1 "
+        "with `cycle_momentum` option enabled` on Adafactor",
+        help="add cycle_momentum=False to lr_scheduler_args",
+    )
+
+
 def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
     """kohya's --lr_scheduler_type with --lr_scheduler_args: a torch scheduler class built with those
     kwargs."""
@@ -485,14 +490,7 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
         and kwargs.get("cycle_momentum", True)
         and _optimizer_is_adafactor(a)
     ):
-        conv.invalid(
-            args.key,
-            args.value,
-            args.source,
-            f"torch's {cls} cycles momentum by default and raises `optimizer must support momentum or beta1 "
-            "with `cycle_momentum` option enabled` on Adafactor",
-            help="add cycle_momentum=False to lr_scheduler_args",
-        )
+        _momentum_cycle_on_adafactor(cls, args, conv)
         return
     values = _torch_values(cls, kwargs, total, args, conv)
     if values is None:
