@@ -82,7 +82,45 @@ def test_lycoris_lokr_factor_and_full_preset(tmp_path):
         '--network_args "algo=lokr" "factor=8" "conv_dim=10000" "conv_alpha=1" "decompose_both=False"',
     )
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.kind, a.rank, a.factor, a.decompose_both, a.conv_rank) == ("lokr", 10000, 8, False, 10000)
+    # LyCORIS hands LoKr the raw string "False", which is true (LokrModule tests `decompose_both and ...`)
+    assert (a.kind, a.rank, a.factor, a.decompose_both, a.conv_rank) == ("lokr", 10000, 8, True, 10000)
+
+
+def test_lycoris_lokr_decompose_both_is_a_python_truth_test(tmp_path):
+    for value, expected in (("False", True), ("0", True), ("", False)):
+        outcome = _convert(
+            tmp_path,
+            SD15,
+            "--network_module=lycoris.kohya --network_dim=4 "
+            f'--network_args "algo=lokr" "decompose_both={value}"',
+        )
+        assert plan_of(outcome, tmp_path).adapter.decompose_both is expected, value
+
+
+def test_dora_wd_reads_as_lycoris_reads_it(tmp_path):
+    """LyCORIS's str_bool: only "false" is off, so dora_wd=0 turns DoRA on."""
+    outcome = _convert(
+        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "dora_wd=0"'
+    )
+    assert plan_of(outcome, tmp_path).adapter.dora
+
+
+def test_dora_wd_on_networks_lora_is_ignored_as_kohya_ignores_it(tmp_path):
+    outcome = _convert(tmp_path, SD15, '--network_module=networks.lora --network_args "dora_wd=True"')
+    assert not plan_of(outcome, tmp_path).adapter.dora
+    assert "networks.lora has no weight decomposition" in messages(outcome, "DBS405")
+
+
+def test_lycoris_switches_on_unless_false(tmp_path):
+    """rs_lora=0 is on for LyCORIS (str_bool): a setting dbspec has not, so it is refused, not dropped."""
+    outcome = _convert(
+        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "rs_lora=0"'
+    )
+    assert fate(outcome, "network_args") == "unsupported"
+    off = _convert(
+        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "rs_lora=False"'
+    )
+    assert fate(off, "network_args") == "mapped"
 
 
 def test_lycoris_options_without_an_equivalent_are_named(tmp_path):

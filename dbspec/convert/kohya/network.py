@@ -21,7 +21,6 @@ KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 # Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
 _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
 _ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
-_TRUE = {"true", "1", "yes"}
 
 # LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
@@ -107,7 +106,7 @@ def _map_network(
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = kwargs.pop("dora_wd", "false").lower() in _TRUE
+    dora = _dora(kwargs, lycoris, args, conv)
     if dora and kind == "lora":
         put["dora"] = True
     elif dora:
@@ -130,11 +129,12 @@ def _map_network(
         if "factor" in kwargs:
             put["factor"] = _int(kwargs.pop("factor"))
         if "decompose_both" in kwargs:
-            put["decompose_both"] = kwargs.pop("decompose_both").lower() in _TRUE
+            # LyCORIS passes the raw string on and LoKr tests its truth: any text but "" is true, "False" too
+            put["decompose_both"] = bool(kwargs.pop("decompose_both"))
     if not lycoris:
         _loraplus(kwargs, put, unsupported)
     for key, value in kwargs.items():
-        if value.lower() not in ("", "false", "0", "none", "0.0"):  # a switched-off option changes nothing
+        if not _switched_off(key, value, lycoris):
             unsupported[key] = value
     for index, block in enumerate(put.pop("_blocks", [])):
         note = conv.comment(args, f"kohya block {block.pop('index')}")
@@ -148,6 +148,37 @@ def _map_network(
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return kind
+
+
+def _dora(kwargs: dict[str, str], lycoris: bool, args: Legacy, conv: Conversion) -> bool:
+    """`dora_wd`: LyCORIS's switch (its str_bool); kohya's networks.lora has no DoRA and never reads it."""
+    if lycoris:
+        return _str_bool(kwargs.pop("dora_wd", "false"))
+    if "dora_wd" in kwargs:
+        value = kwargs.pop("dora_wd")
+        conv.ignored(
+            Legacy(key=f"{args.key} dora_wd", value=value, source=args.source),
+            "networks.lora has no weight decomposition (DoRA is LyCORIS's: network_module = lycoris.kohya)",
+        )
+    return False
+
+
+# LyCORIS's kohya network reads these with str_bool: only "false" (any case) is off, "0" and "" are on.
+_LYCORIS_SWITCHES = {
+    "train_norm",
+    "rescaled",
+    "full_matrix",
+    "bypass_mode",
+    "rs_lora",
+    "unbalanced_factorization",
+}
+
+
+def _switched_off(key: str, value: str, lycoris: bool) -> bool:
+    """A network argument dbspec does not map that changes nothing as given."""
+    if lycoris and key in _LYCORIS_SWITCHES:
+        return not _str_bool(value)
+    return value.lower() in ("", "false", "0", "none", "0.0")
 
 
 def _str_bool(value: object) -> bool:
