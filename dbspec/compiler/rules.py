@@ -1546,6 +1546,7 @@ PER_PARAMETER_OPTIMIZERS = (
     "sgd",
     "radam",
     "lion",
+    "came",
 )
 
 
