@@ -302,7 +302,8 @@ without SGD, dadapt_sgd or dadapt_adagrad, `nesterov` without SGD, `bf16_fallbac
 (`noise_offset_random_strength` without `noise_offset`,
 `multires_noise_discount` without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without
 `ip_noise_gamma`), `prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption
-is cut into tags, `token_warmup_min` without `token_warmup_step`.""",
+is cut into tags, `token_warmup_min` without `token_warmup_step`, `eps` with came (its regularisers are the
+pair `came_eps`).""",
     ),
     Code(
         "DBS217",

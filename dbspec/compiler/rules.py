@@ -715,6 +715,17 @@ def came_eps_pair(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def came_adam_eps(spec: Spec, given: Given) -> Iterator[Hit]:
+    if given(("optimizer", "eps")) and spec.optimizer.kind == "came":
+        yield _warn(
+            "DBS216",
+            ("optimizer", "eps"),
+            'optimizer.eps (Adam\'s epsilon) has no effect with kind = "came"',
+            "CAME's regularisers are the pair came_eps, e.g. came_eps = [1e-30, 1e-16] (its default)",
+        )
+
+
+@rule("spec")
 def schedulefree_without_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
     kind, s = spec.optimizer.kind, spec.schedule
     if kind not in SCHEDULEFREE_KINDS:

@@ -132,7 +132,7 @@ def test_a_bare_came_name_is_invalid_with_the_class_path_as_help(tmp_path):
     [
         ("amsgrad=True", "`amsgrad`: came_pytorch.CAME's constructor has no such argument (TypeError)"),
         ("lr=1e-3", "gets it twice (TypeError)"),
-        ('"betas=0.9,0.999"', "expected three numbers"),
+        ('"betas=0.9,0.999"', "expected three numbers such as betas=0.9,0.999,0.9999"),
         ('"betas=0.9,0.999,1.5"', "CAME asserts every beta is in [0, 1]"),
         ("eps=1e-30", "takes a pair such as eps=(1e-30,1e-16)"),
     ],

@@ -511,6 +511,12 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\ncame_eps = [1e-29, 1e-15]\n',
     ),
     (
+        rules.came_adam_eps,
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\neps = 1e-16\n',
+        [("DBS216", "warning", ("optimizer", "eps"))],
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\ncame_eps = [1e-30, 1e-16]\n',
+    ),
+    (
         rules.schedulefree_without_schedule,
         DOG
         + '[optimizer]\nkind = "adamw_schedulefree"\n'

@@ -418,8 +418,9 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         and len(betas) == count
         and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
     ):
+        three = "0.98,0.92,0.99" if lower in ("dadaptadan", "dadaptadanip") else "0.9,0.999,0.9999"
         expected = (
-            "three numbers such as betas=0.98,0.92,0.99"
+            f"three numbers such as betas={three}"
             if count == 3
             else "a pair of numbers such as betas=0.9,0.999"
         )
