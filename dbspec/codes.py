@@ -302,7 +302,8 @@ without SGD, dadapt_sgd or dadapt_adagrad, `nesterov` without SGD, `bf16_fallbac
 (`noise_offset_random_strength` without `noise_offset`,
 `multires_noise_discount` without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without
 `ip_noise_gamma`), `prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption
-is cut into tags, `token_warmup_min` without `token_warmup_step`.""",
+is cut into tags, `token_warmup_min` without `token_warmup_step`, `eps` with came (its regularisers are the
+pair `came_eps`).""",
     ),
     Code(
         "DBS217",
@@ -323,16 +324,18 @@ Bucket settings: min above max, a step that is not a multiple of 8, a resolution
         ERROR,
         "`optimizer.betas` out of range",
         """\
-`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan, dadapt_adan_ip and the ademamix
-kinds).""",
+`optimizer.betas` must be two numbers in [0, 1) (three for dadapt_adan, dadapt_adan_ip, the ademamix
+kinds and came).""",
     ),
     Code(
         "DBS220",
         ERROR,
-        "`optimizer.adafactor_eps` is not a pair of positive numbers",
+        "`optimizer.adafactor_eps` or `optimizer.came_eps` is not a pair of positive numbers",
         """\
 `optimizer.adafactor_eps` is transformers' Adafactor `eps`: two positive numbers, the regulariser of the
-squared gradient and the floor of the parameter scale (default [1e-30, 1e-3]); Adafactor indexes both.""",
+squared gradient and the floor of the parameter scale (default [1e-30, 1e-3]); Adafactor indexes both.
+`optimizer.came_eps` is came_pytorch's CAME `eps`: two positive numbers, the regulariser of the squared
+gradient and that of the instability (default [1e-30, 1e-16]).""",
     ),
     Code(
         "DBS221",

@@ -89,6 +89,8 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         return _ademamix(groups, opt)
     if opt.schedulefree is not None:
         return _schedulefree(groups, opt)
+    if kind == "came":
+        return _came(groups, opt)
     raise OptimizerError(f"unknown optimizer {kind!r}")
 
 
@@ -105,6 +107,22 @@ def _ademamix(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
         t_alpha=a.t_alpha,
         t_beta3=a.t_beta3,
         eps=opt.eps,
+        weight_decay=opt.weight_decay,
+    )
+
+
+def _came(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """came_pytorch's CAME, as kohya builds `came_pytorch.CAME(params, lr=lr, **optimizer_args)`. Its
+    state per parameter: a Python int `step`, the tensor `RMS` of the parameter, exp_avg, and the factored
+    (>= 2-D) or full (1-D) statistics; all of it loads with torch.load(weights_only=True)."""
+    came = _import("came_pytorch", "pip install came-pytorch")
+    c = opt.came
+    return came.CAME(
+        groups,
+        lr=opt.lr,
+        eps=(c.eps[0], c.eps[1]),
+        clip_threshold=c.clip_threshold,
+        betas=tuple(opt.betas),
         weight_decay=opt.weight_decay,
     )
 

@@ -28,6 +28,7 @@ from dbspec.families import family_spec
 from dbspec.compiler.optimizers import (
     adafactor_plan,
     ademamix_plan,
+    came_plan,
     dadapt_plan,
     relative_step,
     schedulefree_plan,
@@ -416,6 +417,7 @@ def _assemble(
             adafactor=adafactor_plan(o),
             ademamix=ademamix_plan(o),
             schedulefree=schedulefree_plan(o),
+            came=came_plan(o),
             implementation=o.implementation,
         ),
         cache=cache,

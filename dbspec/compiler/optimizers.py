@@ -1,9 +1,9 @@
-"""The optimizer settings beyond the common ones: D-Adaptation's, Adafactor's, AdEMAMix's and the
-schedule-free optimizers' (kohya's optimizer_args)."""
+"""The optimizer settings beyond the common ones: D-Adaptation's, Adafactor's, AdEMAMix's, the
+schedule-free optimizers' and CAME's (kohya's optimizer_args)."""
 
 from __future__ import annotations
 
-from dbspec.plan.model import AdafactorPlan, AdEMAMixPlan, DAdaptPlan, ScheduleFreePlan
+from dbspec.plan.model import AdafactorPlan, AdEMAMixPlan, CAMEPlan, DAdaptPlan, ScheduleFreePlan
 from dbspec.spec.model import ADEMAMIX_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
 
 # dadaptation's per-kind constructor arguments beyond lr, betas, eps, weight_decay, momentum.
@@ -32,6 +32,8 @@ SCHEDULEFREE_ARGS = {
     "sgd_schedulefree": ("schedulefree_warmup_steps", "schedulefree_r", "weight_lr_power"),
     "radam_schedulefree": ("schedulefree_r", "weight_lr_power", "silent_sgd_phase"),
 }
+# came_pytorch's CAME arguments beyond lr, betas, weight_decay (clip_threshold is Adafactor's too)
+CAME_ARGS = ("clip_threshold", "came_eps")
 _KIND_ARGS = (
     "d0",
     "growth_rate",
@@ -44,11 +46,12 @@ _KIND_ARGS = (
     "schedulefree_r",
     "weight_lr_power",
     "silent_sgd_phase",
+    "came_eps",
 )
 # kinds that use optimizer.momentum / three betas
 MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
 NO_BETAS_KINDS = ("sgd", "adafactor", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
-THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS)
+THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS, "came")
 
 
 def dadapt_plan(o: Optimizer) -> DAdaptPlan | None:
@@ -100,16 +103,23 @@ def schedulefree_plan(o: Optimizer) -> ScheduleFreePlan | None:
     )
 
 
+def came_plan(o: Optimizer) -> CAMEPlan | None:
+    if o.kind != "came":
+        return None
+    return CAMEPlan(clip_threshold=o.clip_threshold, eps=(o.came_eps[0], o.came_eps[1]))
+
+
 def relative_step(o: Optimizer) -> bool:
     return o.kind == "adafactor" and o.relative_step
 
 
 def unused_args(kind: str) -> list[str]:
-    """The D-Adaptation, Adafactor, AdEMAMix and schedule-free options `kind` does not use."""
+    """The D-Adaptation, Adafactor, AdEMAMix, schedule-free and CAME options `kind` does not use."""
     used = (
         *DADAPT_ARGS.get(kind, ()),
         *(ADAFACTOR_ARGS if kind == "adafactor" else ()),
         *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
         *SCHEDULEFREE_ARGS.get(kind, ()),
+        *(CAME_ARGS if kind == "came" else ()),
     )
     return [name for name in _KIND_ARGS if name not in used]

@@ -703,6 +703,29 @@ def adafactor_eps_pair(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def came_eps_pair(spec: Spec, given: Given) -> Iterator[Hit]:
+    came = spec.optimizer.came_eps
+    if len(came) != 2 or not all(e > 0 for e in came):
+        yield _err(
+            "DBS220",
+            ("optimizer", "came_eps"),
+            f"optimizer.came_eps must be two positive numbers (came_pytorch's CAME eps); found {came}",
+            "for example came_eps = [1e-30, 1e-16] (CAME's default)",
+        )
+
+
+@rule("spec")
+def came_adam_eps(spec: Spec, given: Given) -> Iterator[Hit]:
+    if given(("optimizer", "eps")) and spec.optimizer.kind == "came":
+        yield _warn(
+            "DBS216",
+            ("optimizer", "eps"),
+            'optimizer.eps (Adam\'s epsilon) has no effect with kind = "came"',
+            "CAME's regularisers are the pair came_eps, e.g. came_eps = [1e-30, 1e-16] (its default)",
+        )
+
+
+@rule("spec")
 def schedulefree_without_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
     kind, s = spec.optimizer.kind, spec.schedule
     if kind not in SCHEDULEFREE_KINDS:
@@ -1534,6 +1557,7 @@ PER_PARAMETER_OPTIMIZERS = (
     "sgd",
     "radam",
     "lion",
+    "came",
 )
 
 

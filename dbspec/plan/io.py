@@ -106,6 +106,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "adafactor", "eps"): [1e-30, 1e-3],
         ("optimizer", "ademamix"): None,
         ("optimizer", "schedulefree"): None,
+        ("optimizer", "came"): None,  # came_pytorch's CAME, added since
         ("schedule", "torch", "base_lr"): 0.0,
         ("schedule", "torch", "step_size_up"): 2000,
         ("schedule", "torch", "step_size_down"): 0,

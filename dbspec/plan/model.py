@@ -601,12 +601,21 @@ class ScheduleFreePlan:
 
 
 @frozen
+class CAMEPlan:
+    """came_pytorch's CAME options beyond the plan's betas (its three: the first moment's, the squared
+    gradient's and the instability's decays) and weight_decay (decoupled: p -= lr x weight_decay x p)."""
+
+    clip_threshold: float  # the update's RMS is clipped to this
+    eps: tuple[float, float]  # regularisers of the squared gradient and of the instability
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
     text_encoder_lr: float
     weight_decay: float
-    betas: tuple[float, ...]  # two; three for dadapt_adan(_ip)
+    betas: tuple[float, ...]  # two; three for dadapt_adan(_ip), ademamix*, came
     eps: float
     momentum: float
     max_grad_norm: float
@@ -621,6 +630,7 @@ class OptimizerPlan:
     adafactor: AdafactorPlan | None = None  # kind adafactor only
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
+    came: CAMEPlan | None = None  # kind came only
     clip_mode: Literal["norm", "value"] = "norm"  # max_grad_norm bounds the total norm or each element
     # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
     # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)

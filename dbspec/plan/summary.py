@@ -686,7 +686,17 @@ def _optimizer_extras(plan: Plan) -> str:
             + ", ".join(parts)
             + "); checkpoints, exports, validation and evaluation use the averaged weights (eval mode)"
         )
+    if o.came is not None:
+        return _came_extras(o)
     return _adafactor_extras(o)
+
+
+def _came_extras(o) -> str:
+    c = o.came
+    return (
+        f"; CAME: betas {', '.join(f'{b:g}' for b in o.betas)}, clip_threshold {c.clip_threshold:g}, "
+        f"eps ({c.eps[0]:g}, {c.eps[1]:g}), weight decay {o.weight_decay:g} (decoupled)"
+    )
 
 
 def _adafactor_extras(o) -> str:

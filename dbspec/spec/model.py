@@ -809,11 +809,16 @@ ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8
 ADEMAMIX_BETAS = [0.9, 0.999, 0.9999]
 # Meta's schedule-free optimizers (the `schedulefree` package, kohya's *ScheduleFree optimizer types).
 SCHEDULEFREE_KINDS = ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
+# CAME (the came_pytorch package, kohya's `came_pytorch.CAME`): three betas, an eps pair.
+CAME_BETAS = [0.9, 0.999, 0.9999]
+CAME_EPS = [1e-30, 1e-16]
 
 
 def _default_betas(o) -> list[float]:
     if o.kind in ADEMAMIX_KINDS:
         return list(ADEMAMIX_BETAS)
+    if o.kind == "came":
+        return list(CAME_BETAS)
     return list(ADAN_BETAS) if "adan" in o.kind else [0.9, 0.999]
 
 
@@ -843,6 +848,7 @@ class Optimizer:
         "adamw_schedulefree",
         "sgd_schedulefree",
         "radam_schedulefree",
+        "came",
     ] = option(
         "adamw",
         doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU); paged_adamw and "
@@ -858,7 +864,10 @@ class Optimizer:
         "RAdamScheduleFree: they average the iterates instead of following an LR schedule (the schedule "
         "must stay constant), and checkpoints, exports, validation and evaluation use the averaged weights "
         "(the optimizer's eval mode, as kohya switches it). radam is torch's RAdam (kohya's optimizer_type "
-        "RAdam).",
+        "RAdam). came is the `came_pytorch` package's CAME (kohya's optimizer_type came_pytorch.CAME): "
+        "Adafactor-like factored second moments plus a factored confidence (instability) estimate that "
+        "scales the first moment; three betas, the eps pair came_eps, clip_threshold, decoupled "
+        "weight_decay.",
     )
     lr: float = option(
         2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
@@ -880,9 +889,11 @@ class Optimizer:
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(
         attrs.Factory(_default_betas, takes_self=True),
-        doc="Adam/Lion betas (two numbers); dadapt_adan, dadapt_adan_ip and the ademamix kinds take three "
-        "(AdEMAMix's third is the slow EMA's beta3).",
-        derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix*",
+        doc="Adam/Lion betas (two numbers); dadapt_adan, dadapt_adan_ip, the ademamix kinds and came take "
+        "three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the squared "
+        "gradient's and the instability's decays).",
+        derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix* "
+        "and came",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
@@ -952,7 +963,8 @@ class Optimizer:
     )
     clip_threshold: float = option(
         1.0,
-        doc="adafactor: the update's RMS is clipped to this (transformers' clip_threshold).",
+        doc="adafactor, came: the update's RMS is clipped to this (transformers' and came_pytorch's "
+        "clip_threshold).",
         exclusive_minimum=0,
     )
     decay_rate: float = option(
@@ -965,6 +977,12 @@ class Optimizer:
         doc="adafactor: transformers' eps pair: the regulariser of the squared gradient, then the floor of "
         "the parameter scale (scale_parameter and relative_step).",
         example=[1e-30, 1e-3],
+    )
+    came_eps: list[float] = option(
+        factory=lambda: list(CAME_EPS),
+        doc="came: came_pytorch's eps pair: the regulariser of the squared gradient, then the regulariser "
+        "of the instability (the squared difference of the update and its average).",
+        example=[1e-30, 1e-16],
     )
     # AdEMAMix settings (bitsandbytes; kohya passes them in optimizer_args); inert for other kinds (DBS270).
     alpha: float = option(

@@ -51,6 +51,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del data["optimizer"][key]  # LoRA+, added since (off then)
     for key in ("dadapt", "adafactor", "ademamix", "schedulefree"):
         del data["optimizer"][key]  # D-Adaptation, Adafactor, AdEMAMix and schedule-free options, added since
+    del data["optimizer"]["came"]  # CAME's options, added since
     for key in (
         "power",
         "min_lr_ratio",

@@ -460,9 +460,9 @@ def test_a_class_path_in_the_wrong_case_is_invalid(tmp_path):
 
 
 def test_an_unknown_class_path_stays_refused_with_the_reason(tmp_path):
-    outcome = _lora(tmp_path, "--optimizer_type came_pytorch.CAME")
+    outcome = _lora(tmp_path, "--optimizer_type pytorch_optimizer.Ranger21")
     assert outcome.exit_code == 1 and fate(outcome, "optimizer_type") == "unsupported"
-    assert "no optimizer for the class came_pytorch.CAME" in messages(outcome, "DBS403")
+    assert "no optimizer for the class pytorch_optimizer.Ranger21" in messages(outcome, "DBS403")
 
 
 # --- torch's RAdam -----------------------------------------------------------------------------------------

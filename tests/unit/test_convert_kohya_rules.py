@@ -89,7 +89,7 @@ def test_unsupported_settings_stop_the_conversion_unless_allowed(tmp_path):
     images(tmp_path / "d" / "5_ohwx", 2, (512, 512))
     cmd = (
         f"{BASE} --train_data_dir d --resolution 512 --initial_step 10 "
-        "--optimizer_type came_pytorch.CAME"  # kohya imports it, dbspec has no CAME
+        "--optimizer_type pytorch_optimizer.Ranger21"  # kohya imports it, dbspec has no Ranger21
     )
     strict = kohya(tmp_path, command=cmd)
     assert strict.exit_code == 1 and not strict.written

@@ -431,6 +431,25 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "paged_ademamix"\nbetas = [0.9, 0.99, 0.999]\nalpha = 8.0\n',
     ),
     (
+        rules.two_betas,
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\nbetas = [0.9, 0.999]\n',
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\nbetas = [0.9, 0.99, 0.999]\n',
+    ),
+    (  # CAME takes Adafactor's clip_threshold and its own eps pair; Adafactor's other options are inert
+        rules.optimizer_args_unused,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "came"\nlr = 1e-4\ndecay_rate = -0.5\nadafactor_eps = [1e-30, 1e-3]\n',
+        [
+            ("DBS270", "warning", ("optimizer", "decay_rate")),
+            ("DBS270", "warning", ("optimizer", "adafactor_eps")),
+        ],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "came"\nlr = 1e-4\nclip_threshold = 2.0\ncame_eps = [1e-29, 1e-15]\n',
+    ),
+    (
         rules.optimizer_args_unused,
         DOG
         + STEPS
@@ -484,6 +503,18 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\nadafactor_eps = [1e-30]\n',
         [("DBS220", "error", ("optimizer", "adafactor_eps"))],
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\nadafactor_eps = [1e-30, 2e-3]\n',
+    ),
+    (
+        rules.came_eps_pair,
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\ncame_eps = [1e-30, 0.0]\n',
+        [("DBS220", "error", ("optimizer", "came_eps"))],
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\ncame_eps = [1e-29, 1e-15]\n',
+    ),
+    (
+        rules.came_adam_eps,
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\neps = 1e-16\n',
+        [("DBS216", "warning", ("optimizer", "eps"))],
+        DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\ncame_eps = [1e-30, 1e-16]\n',
     ),
     (
         rules.schedulefree_without_schedule,

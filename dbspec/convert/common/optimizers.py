@@ -4,7 +4,8 @@ dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), paged_ad
 (bitsandbytes PagedAdamW, PagedAdamW8bit), lion (lion_pytorch Lion), sgd (torch
 SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor; relative_step, scale_parameter and
 warmup_init as given), prodigy (prodigyopt Prodigy with its default d0/d_coef/...), dadapt_* (the dadaptation
-package's D-Adaptation optimizers with d0, growth_rate, decouple, use_bias_correction, no_prox). Each legacy
+package's D-Adaptation optimizers with d0, growth_rate, decouple, use_bias_correction, no_prox), came
+(came_pytorch CAME with its eps pair, clip_threshold and three betas). Each legacy
 optimizer is mapped with the defaults its legacy constructor would use, so weight decay and betas stay what
 they were.
 """
@@ -44,6 +45,8 @@ _DEFAULTS = {
     "adamw_schedulefree": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
     "radam_schedulefree": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
     "sgd_schedulefree": {"weight_decay": 0.0, "momentum": 0.9},
+    # came_pytorch.CAME (its eps pair and clip_threshold defaults are dbspec's came_eps and clip_threshold's)
+    "came": {"weight_decay": 0.0, "betas": [0.9, 0.999, 0.9999]},
 }
 # Legacy keyword arguments that are dbspec [optimizer] keys of the same name, by kind (beyond _SETTABLE).
 _OWN_KEYS = {
@@ -62,6 +65,7 @@ _OWN_KEYS = {
     "dadapt_adan_ip": ("d0", "growth_rate", "no_prox"),
     "dadapt_lion": ("d0",),
     "dadapt_sgd": ("d0", "growth_rate"),
+    "came": ("clip_threshold",),
 }
 _DADAPT_HARMLESS = {"log_every": 0, "fsdp_in_use": False}
 # Keyword arguments of the legacy constructors that dbspec keeps exactly when they hold these values.
@@ -102,6 +106,7 @@ _RENAMED = {
     "sgd_schedulefree": {"warmup_steps": "schedulefree_warmup_steps", "r": "schedulefree_r"},
     "radam_schedulefree": {"r": "schedulefree_r"},
     "adafactor": {"eps": "adafactor_eps"},
+    "came": {"eps": "came_eps"},
 }
 
 
@@ -149,6 +154,13 @@ def kohya_optimizer(name: str) -> KohyaName:
             crashes=True,
             why=f"kohya's get_optimizer has no {name} branch and looks it up in torch.optim, which has no "
             "such class (AttributeError); kohya's help says to give the full path",
+        )
+    if lower == "came":
+        return KohyaName(
+            kind=None,
+            crashes=True,
+            why=f"kohya's get_optimizer has no {name} branch and looks it up in torch.optim, which has no "
+            "such class (AttributeError); CAME is the class path came_pytorch.CAME",
         )
     # bitsandbytes' PagedAdamW32bit is its PagedAdamW with the (default) 32-bit state: one class, one kind
     paged = {
@@ -208,6 +220,7 @@ DOTTED_OPTIMIZERS = {
     "schedulefree.AdamWScheduleFree": ("adamw_schedulefree", "adamwschedulefree"),
     "schedulefree.SGDScheduleFree": ("sgd_schedulefree", "sgdschedulefree"),
     "schedulefree.RAdamScheduleFree": ("radam_schedulefree", "radamschedulefree"),
+    "came_pytorch.CAME": ("came", "came"),
     "dadaptation.DAdaptAdam": ("dadapt_adam", "dadaptadam"),
     "dadaptation.DAdaptAdaGrad": ("dadapt_adagrad", "dadaptadagrad"),
     "dadaptation.DAdaptAdan": ("dadapt_adan", "dadaptadan"),
@@ -353,6 +366,7 @@ _KOHYA_ACCEPTS.update(
         "adamwschedulefree": (*_SCHEDULEFREE, "betas", "eps", "warmup_steps"),
         "sgdschedulefree": (*_SCHEDULEFREE, "momentum", "warmup_steps"),
         "radamschedulefree": (*_SCHEDULEFREE, "betas", "eps", "silent_sgd_phase"),
+        "came": ("eps", "clip_threshold", "betas", "weight_decay"),  # came_pytorch.CAME
     }
 )
 _DADAPT_ADAM = ("betas", "eps", "weight_decay", "log_every", "decouple", "d0", "growth_rate", "fsdp_in_use")
@@ -391,23 +405,44 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
             elif key not in accepted:
                 problems.append(f"`{key}`: {cls}'s constructor has no such argument (TypeError)")
     betas = kwargs["betas"] if "betas" in kwargs else None
-    count = 3 if lower in ("dadaptadan", "dadaptadanip") or lower.startswith("bnb.") else 2
+    count = 3 if lower in ("dadaptadan", "dadaptadanip", "came") or lower.startswith("bnb.") else 2
     if lower == "adafactor" and "eps" in kwargs and not _number_pair(kwargs["eps"]):
         problems.append(
             f"`eps={kwargs['eps']!r}`: transformers' Adafactor takes a pair such as eps=(1e-30,1e-3) and "
             "indexes it (TypeError)"
         )
+    if lower == "came":
+        problems += _came_problems(kwargs)
     if betas is not None and not (
         isinstance(betas, (tuple, list))
         and len(betas) == count
         and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
     ):
+        three = "0.98,0.92,0.99" if lower in ("dadaptadan", "dadaptadanip") else "0.9,0.999,0.9999"
         expected = (
-            "three numbers such as betas=0.98,0.92,0.99"
+            f"three numbers such as betas={three}"
             if count == 3
             else "a pair of numbers such as betas=0.9,0.999"
         )
         problems.append(f"`betas={betas!r}`: expected {expected}")
+    return problems
+
+
+def _came_problems(kwargs: dict[str, Any]) -> list[str]:
+    """came_pytorch's CAME asserts every beta is in [0, 1] and indexes eps[0] and eps[1] at its first step."""
+    problems = []
+    if "eps" in kwargs and not _number_pair(kwargs["eps"]):
+        problems.append(
+            f"`eps={kwargs['eps']!r}`: came_pytorch's CAME takes a pair such as eps=(1e-30,1e-16) and "
+            "indexes it (TypeError)"
+        )
+    betas = kwargs.get("betas")
+    if (
+        isinstance(betas, (tuple, list))
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        and not all(0 <= b <= 1 for b in betas)
+    ):
+        problems.append(f"`betas={betas!r}`: CAME asserts every beta is in [0, 1] (AssertionError)")
     return problems
 
 
@@ -472,7 +507,7 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         merged["growth_rate"] = 0.0  # dbspec's "unbounded"
     if kind == "adafactor":
         merged.update(adafactor_flags(kwargs))
-    for key in ("adafactor_eps",):  # TOML floats stay floats
+    for key in ("adafactor_eps", "came_eps"):  # TOML floats stay floats
         if key in merged:
             merged[key] = [float(e) for e in merged[key]]
     for key in ("beta1", "clip_threshold", "decay_rate", "alpha", "schedulefree_r", "weight_lr_power"):

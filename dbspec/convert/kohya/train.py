@@ -871,8 +871,27 @@ def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
     return False
 
 
+def _came_lr_fits(a: Args, kind_arg: Legacy, conv: Conversion) -> bool:
+    """came_pytorch's CAME asserts lr > 0, and kohya passes it lr=learning_rate whatever unet_lr and
+    text_encoder_lr say: a learning_rate of 0 (a frozen U-Net, or rates given per part only) stops kohya."""
+    lr = a["learning_rate"]
+    if float(lr.value) > 0:
+        return True
+    conv.invalid(
+        lr.key,
+        lr.value,
+        lr.source,
+        f"{kind_arg.value} asserts lr > 0 and kohya's get_optimizer passes it lr=learning_rate "
+        f"({lr.value}) (AssertionError)",
+        help="give learning_rate a positive value (the parts' own rates still apply to their groups)",
+    )
+    return False
+
+
 def _full_path_help(name: str) -> str:
-    """The class path kohya's help asks for, for a bare AdEMAMix name."""
+    """The class path kohya's help asks for, for a bare AdEMAMix (or CAME) name."""
+    if name.lower() == "came":
+        return 'optimizer_type = "came_pytorch.CAME"'
     for path in ("AdEMAMix8bit", "PagedAdEMAMix8bit", "PagedAdEMAMix32bit", "AdEMAMix32bit", "PagedAdEMAMix"):
         if name.lower() == path.lower():
             return f'optimizer_type = "bitsandbytes.optim.{path}"'
@@ -923,6 +942,8 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         )
         return
     if not _one_rate_fits(name.kind, kind_arg, conv):
+        return
+    if name.kind == "came" and not _came_lr_fits(a, kind_arg, conv):
         return
     if name.dotted and name.kind == "adafactor" and kwargs.get("warmup_init", False):
         conv.invalid(
