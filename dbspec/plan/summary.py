@@ -267,10 +267,7 @@ def schedule_table(plan: Plan) -> Table:
             + _clipping(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
-        (
-            "lr at" if s.lr_schedule != "adafactor" else "relative step at",
-            ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points),
-        ),
+        *_lr_rows(s),
         *(
             [("momentum at", ", ".join(f"step {step}: {m:.3g}" for step, m in s.momentum_points))]
             if s.momentum_points
@@ -724,6 +721,8 @@ def _torch_schedule(s) -> str:
         return ""
     if s.lr_schedule == "one_cycle":
         peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+        if a.groups:
+            peak = f"max_lr per group: {_group_bounds(a, ('max_lr',))}"
         momentum = (
             f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g} -> {a.max_momentum:g}"
             if a.cycle_momentum
@@ -747,8 +746,40 @@ def _torch_schedule(s) -> str:
     }[s.lr_schedule]
 
 
+def _lr_rows(s) -> list[tuple[str, str]]:
+    """The LR at the plan's points: one row, or one per optimizer group with per-group bounds."""
+    if s.group_lr_points:
+        return [
+            (f"lr at ({name})", ", ".join(f"step {step}: {lr:.3g}" for step, lr in points))
+            for name, points in s.group_lr_points
+        ]
+    name = "lr at" if s.lr_schedule != "adafactor" else "relative step at"
+    return [(name, ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points))]
+
+
+def _group_bounds(a, keys: tuple[str, ...]) -> str:
+    """Per-group bounds (torch's lists): `name base_lr -> max_lr` for each optimizer group."""
+    parts = []
+    for g in a.groups:
+        peak = f"{g.max_lr:g}" if g.max_lr else f"{g.rate:g} (its lr)"
+        parts.append(f"{g.name} {g.base_lr:g} -> {peak}" if "base_lr" in keys else f"{g.name} {peak}")
+    return ", ".join(parts)
+
+
 def _cyclic(a) -> str:
     """torch CyclicLR's arguments in the lr schedule row."""
+    if a.groups:
+        down = a.step_size_down or a.step_size_up
+        gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
+        return (
+            f" (torch CyclicLR), per group base_lr -> max_lr: {_group_bounds(a, ('base_lr', 'max_lr'))}; "
+            f"{a.cyclic_mode}{gamma}, up {a.step_size_up} / down {down}"
+            + (
+                f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g}"
+                if a.cycle_momentum
+                else ""
+            )
+        )
     peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
     down = a.step_size_down or a.step_size_up
     gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""

@@ -1014,6 +1014,10 @@ class Optimizer:
     )
 
 
+# A schedule bound given for every optimizer parameter group at once (a number) or per group (a table from
+# the group's name, as the plan lists them, to its value): torch's CyclicLR and OneCycleLR take either.
+GroupRates = Union[float, dict[str, float]]
+
 # The first six are diffusers' get_scheduler names; then kohya's (transformers) and two torch schedulers.
 LrSchedule = Literal[
     "constant",
@@ -1166,11 +1170,15 @@ class Schedule:
         exclusive_minimum=0,
         maximum=1,
     )
-    max_lr: float = option(
+    max_lr: GroupRates = option(
         0.0,
         doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
-        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max.",
+        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max. cyclic: "
+        "CyclicLR's peak. A table gives each optimizer group its own, keyed by the group names `dbspec plan` "
+        "lists (denoiser, text_encoder, text_encoder_2, their LoRA+ `_lora_up` groups, pivotal), every "
+        "group once, e.g. `{ denoiser = 1e-4, text_encoder = 5e-5 }` (torch's per-group list).",
         minimum=0,
+        example={"denoiser": 1e-4, "text_encoder": 5e-5},
     )
     pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
     anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
@@ -1207,10 +1215,12 @@ class Schedule:
     )
     # torch's CyclicLR (kohya's lr_scheduler_type CyclicLR); inert elsewhere (DBS255). It also uses max_lr,
     # gamma (exp_range), cycle_momentum, base_momentum and max_momentum.
-    base_lr: float = option(
+    base_lr: GroupRates = option(
         0.0,
         doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
-        "torch does), max_lr is the peak (0 = each group's own lr).",
+        "torch does), max_lr is the peak (0 = each group's own lr). A table gives each optimizer group its "
+        "own, keyed by the group names `dbspec plan` lists, every group once, e.g. "
+        "`{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
         minimum=0,
         example=1e-5,
     )

@@ -24,6 +24,8 @@ def type_schema(tp: Any) -> dict:
         return {"type": "string" if isinstance(choices[0], str) else "integer", "enum": list(choices)}
     if origin is list:
         return {"type": "array", "items": type_schema(typing.get_args(tp)[0])}
+    if origin is dict:  # a table of values under free keys (schedule.base_lr's per-group form)
+        return {"type": "object", "additionalProperties": type_schema(typing.get_args(tp)[1])}
     if origin is typing.Union:
         return {"oneOf": [type_schema(a) for a in typing.get_args(tp)]}
     if attrs.has(tp):
