@@ -1,8 +1,8 @@
 """kohya's CyclicLR / OneCycleLR with one bound per optimizer parameter group (lr_scheduler_args
-`base_lr=[...]`, `max_lr=[...]`, issue 12): the list follows kohya's group order (networks.lora: text encoders,
-their LoRA+ plus group, U-Net, its plus group; train_db.py: U-Net, text encoder; sdxl_train.py: U-Net, text
-encoder 1, text encoder 2) and becomes a table keyed by dbspec's groups. The plan's per-group points are
-checked against torch's documented closed form of CyclicLR's triangular policy."""
+`base_lr=[...]`, `max_lr=[...]`, issue 12): the list follows kohya's group order (networks.lora: text
+encoders, their LoRA+ plus group, U-Net, its plus group; train_db.py: U-Net, text encoder; sdxl_train.py:
+U-Net, text encoder 1, text encoder 2) and becomes a table keyed by dbspec's groups. The plan's per-group
+points are checked against torch's documented closed form of CyclicLR's triangular policy."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_lora_with_text_encoder_and_unet_maps_kohyas_order(tmp_path):
 
 
 def test_sdxl_lora_two_text_encoders_and_loraplus(tmp_path):
-    """SDXL: networks.lora puts both text encoders' modules in one group; LoRA+ adds a plus group after each."""
+    """SDXL: networks.lora puts both text encoders' modules in one group; LoRA+ a plus group after each."""
     s = _schedule(
         tmp_path,
         _network("sdxl_train_network.py", SDXL) + " --network_args loraplus_lr_ratio=4 "
@@ -84,7 +84,7 @@ def test_sdxl_lora_two_text_encoders_and_loraplus(tmp_path):
 
 
 def test_sdxl_full_fine_tune_with_two_text_encoder_rates(tmp_path):
-    """sdxl_train.py: [U-Net, text encoder 1, text encoder 2]; different rates give dbspec a text_encoder_2."""
+    """sdxl_train.py: [U-Net, text encoder 1, text encoder 2]; different rates: dbspec's text_encoder_2."""
     s = _schedule(
         tmp_path,
         f"sdxl_train.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x --resolution=512 "
@@ -145,7 +145,7 @@ def test_groups_dbspec_cannot_match_stay_unsupported(tmp_path, extra, why):
 
 
 def test_sdxl_full_fine_tune_shared_text_encoder_group_needs_one_value(tmp_path):
-    """Equal text-encoder rates: dbspec trains both encoders in one group, so kohya's two values must agree."""
+    """Equal text-encoder rates: dbspec trains both encoders in one group, kohya's two values must agree."""
     outcome = _outcome(
         tmp_path,
         f"sdxl_train.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x --resolution=512 "
