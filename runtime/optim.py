@@ -355,8 +355,8 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             mode=a.cyclic_mode,
             gamma=a.gamma,
             cycle_momentum=a.cycle_momentum,
-            base_momentum=a.base_momentum,
-            max_momentum=a.max_momentum,
+            base_momentum=[b.base_momentum for b in bounds] if bounds else a.base_momentum,
+            max_momentum=[b.max_momentum for b in bounds] if bounds else a.max_momentum,
         )
     # one_cycle: max_lr 0 = each group's own rate (a list, one per group)
     max_lr = a.max_lr or [group["lr"] for group in optimizer.param_groups]
@@ -369,8 +369,8 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         pct_start=a.pct_start,
         anneal_strategy=a.anneal_strategy,
         cycle_momentum=a.cycle_momentum,
-        base_momentum=a.base_momentum,
-        max_momentum=a.max_momentum,
+        base_momentum=[b.base_momentum for b in bounds] if bounds else a.base_momentum,
+        max_momentum=[b.max_momentum for b in bounds] if bounds else a.max_momentum,
         div_factor=a.div_factor,
         final_div_factor=a.final_div_factor,
         three_phase=a.three_phase,

@@ -15,6 +15,7 @@ import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.compiler.schedule import Curve, lr_curve
+from dbspec.compiler.torch_schedules import momentum_at
 from dbspec.families import family_spec
 from dbspec.plan.model import (
     GroupBoundsPlan,
@@ -25,8 +26,9 @@ from dbspec.plan.model import (
     SchedulePlan,
 )
 
-# the schedules that take per-group bounds, and the bounds each uses
+# the schedules that take per-group bounds, and the bounds each uses (the momenta with cycle_momentum)
 GROUP_BOUNDS = {"cyclic": ("base_lr", "max_lr"), "one_cycle": ("max_lr",)}
+MOMENTUM_BOUNDS = ("base_momentum", "max_momentum")
 
 
 def optimizer_groups(
@@ -68,12 +70,11 @@ def plan_group_bounds(
     """The schedule with torch.groups and each group's LR curve when a used bound is a table; reports tables
     that do not name the optimizer's groups (DBS416) or that cannot apply (DBS417)."""
     s = ctx.spec.schedule
-    tables = {
-        key: getattr(s, key)
-        for key in GROUP_BOUNDS.get(schedule.lr_schedule, ())
-        if isinstance(getattr(s, key), dict)
-    }
-    if not tables or schedule.torch is None:
+    if schedule.torch is None or schedule.lr_schedule not in GROUP_BOUNDS:
+        return schedule
+    keys = GROUP_BOUNDS[schedule.lr_schedule] + (MOMENTUM_BOUNDS if schedule.torch.cycle_momentum else ())
+    tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
+    if not tables:
         return schedule
     scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0]
     if scaled:
@@ -118,18 +119,37 @@ def plan_group_bounds(
         GroupBoundsPlan(
             name=name,
             rate=rate,
-            base_lr=tables["base_lr"][name] if "base_lr" in tables else a.base_lr,
-            max_lr=tables["max_lr"][name] if "max_lr" in tables else a.max_lr,
+            **{
+                key: tables[key][name] if key in tables else getattr(a, key)
+                for key in ("base_lr", "max_lr", *MOMENTUM_BOUNDS)
+            },
         )
         for name, rate in groups
     )
     steps = [step for step, _ in schedule.lr_points]
     curves = tuple((b.name, group_lr_points(schedule, a, b, steps)) for b in bounds)
+    momenta: tuple = ()
+    if a.cycle_momentum:
+        momenta = tuple((b.name, group_momentum_points(schedule, a, b, steps)) for b in bounds)
     return attrs.evolve(
         schedule,
         torch=attrs.evolve(a, groups=bounds),
         group_lr_points=curves,
         lr_points=curves[0][1] if curves else schedule.lr_points,
+        group_momentum_points=momenta,
+        momentum_points=momenta[0][1] if momenta else schedule.momentum_points,
+    )
+
+
+def _group_torch(a, bounds: GroupBoundsPlan):
+    """The torch arguments with one group's bounds in place of every group's."""
+    return attrs.evolve(
+        a,
+        base_lr=bounds.base_lr,
+        max_lr=bounds.max_lr,
+        base_momentum=bounds.base_momentum,
+        max_momentum=bounds.max_momentum,
+        groups=(),
     )
 
 
@@ -143,9 +163,18 @@ def group_lr_points(
         warmup=schedule.warmup_steps,
         total=schedule.total_steps,
         t_max=schedule.t_max,
-        torch=attrs.evolve(a, base_lr=bounds.base_lr, max_lr=bounds.max_lr, groups=()),
+        torch=_group_torch(a, bounds),
     )
     return tuple(zip(steps, lr_curve(steps, curve), strict=True))
+
+
+def group_momentum_points(
+    schedule: SchedulePlan, a, bounds: GroupBoundsPlan, steps: list[int]
+) -> tuple[tuple[int, float], ...]:
+    """One group's (step, momentum or beta1) at `steps` with cycle_momentum."""
+    period = schedule.t_max or schedule.total_steps
+    g = _group_torch(a, bounds)
+    return tuple((step, momentum_at(schedule.lr_schedule, step, bounds.rate, period, g)) for step in steps)
 
 
 def _listed(names: list[str]) -> str:

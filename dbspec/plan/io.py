@@ -198,6 +198,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # torch's CyclicLR / OneCycleLR bounds per optimizer group (tables): one bound for every group then
         ("schedule", "torch", "groups"): [],
         ("schedule", "group_lr_points"): [],
+        ("schedule", "group_momentum_points"): [],
     },
 }
 

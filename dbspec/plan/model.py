@@ -351,6 +351,8 @@ class GroupBoundsPlan:
     rate: float  # the group's own rate (max_lr 0 stands for it)
     base_lr: float  # cyclic: the cycle's low point (the lr table's value, or base_lr's number)
     max_lr: float  # cyclic, one_cycle: the peak; 0 = the group's own rate
+    base_momentum: float  # with cycle_momentum: the momentum (beta1) at the LR's peak
+    max_momentum: float  # ... and at its low points
 
 
 @frozen
@@ -421,6 +423,8 @@ class SchedulePlan:
     momentum_points: tuple[tuple[int, float], ...] = ()
     # per-group bounds (torch.groups): each group's (name, lr_points), lr_points then the first group's
     group_lr_points: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
+    # ... and with cycle_momentum each group's (name, momentum_points), momentum_points then the first group's
+    group_momentum_points: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
     # "process": one noise generator per process across steps; "micro_batch": reseeded per micro-batch from
     # (seed, global micro-batch index): partition-invariant over processes, resumable on every process
     noise_streams: str = "process"

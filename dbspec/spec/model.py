@@ -1197,17 +1197,19 @@ class Schedule:
         "to the LR, between base_momentum and max_momentum (torch's default; it overrides betas[0] / "
         "momentum).",
     )
-    base_momentum: float = option(
+    base_momentum: GroupRates = option(
         attrs.Factory(lambda self: 0.8 if self.lr_schedule == "cyclic" else 0.85, takes_self=True),
-        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's peak.",
+        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's peak; a table gives each optimizer group "
+        "its own, keyed as base_lr's.",
         derived="0.85 (OneCycleLR's); 0.8 for cyclic (CyclicLR's)",
         minimum=0,
         maximum=1,
         example=0.85,
     )
-    max_momentum: float = option(
+    max_momentum: GroupRates = option(
         attrs.Factory(lambda self: 0.9 if self.lr_schedule == "cyclic" else 0.95, takes_self=True),
-        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's low points.",
+        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's low points; a table gives each optimizer "
+        "group its own, keyed as base_lr's.",
         derived="0.95 (OneCycleLR's); 0.9 for cyclic (CyclicLR's)",
         minimum=0,
         maximum=1,

@@ -20,6 +20,8 @@ from tests.runtime.runspec import TEXT_ENCODER_LORA, compile_spec, write_spec
 # every group's bounds, written out once: the expectation below is torch's own CyclicLR given these lists
 BASE = {"denoiser": 1e-5, "denoiser_lora_up": 4e-5, "text_encoder": 2e-6, "text_encoder_lora_up": 8e-6}
 PEAK = {"denoiser": 1e-3, "denoiser_lora_up": 0.0, "text_encoder": 3e-4, "text_encoder_lora_up": 1e-3}
+LOW_M = {"denoiser": 0.8, "denoiser_lora_up": 0.7, "text_encoder": 0.85, "text_encoder_lora_up": 0.6}
+TOP_M = {"denoiser": 0.9, "denoiser_lora_up": 0.95, "text_encoder": 0.9, "text_encoder_lora_up": 0.99}
 RATES = {"denoiser": 1e-3, "denoiser_lora_up": 4e-3, "text_encoder": 5e-4, "text_encoder_lora_up": 2e-3}
 LORAPLUS = TEXT_ENCODER_LORA.replace('kind = "lora"', 'kind = "lora"\nloraplus_ratio = 4')
 
@@ -37,6 +39,8 @@ def _overrides(names: list[str]) -> list[str]:
         "optimizer.text_encoder_lr=5e-4",
         f"schedule.base_lr={_table({n: BASE[n] for n in names})}",
         f"schedule.max_lr={_table({n: PEAK[n] for n in names})}",
+        f"schedule.base_momentum={_table({n: LOW_M[n] for n in names})}",
+        f"schedule.max_momentum={_table({n: TOP_M[n] for n in names})}",
     ]
 
 
@@ -70,13 +74,17 @@ def test_each_group_follows_torchs_cyclic_lr_with_per_group_lists(tmp_path):
         step_size_up=2,
         step_size_down=3,
         mode="triangular2",
+        base_momentum=[LOW_M[n] for n in names],
+        max_momentum=[TOP_M[n] for n in names],
     )
     seen: dict[str, list[float]] = {n: [] for n in names}
+    beta1: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(13):
         assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
         assert [g["betas"][0] for g in ours.param_groups] == [g["betas"][0] for g in theirs.param_groups]
         for g in ours.param_groups:
             seen[g["name"]].append(g["lr"])
+            beta1[g["name"]].append(g["betas"][0])
         for optimizer, sched in ((ours, scheduler), (theirs, reference)):
             optimizer.step()
             sched.step()
@@ -84,6 +92,9 @@ def test_each_group_follows_torchs_cyclic_lr_with_per_group_lists(tmp_path):
     for name, points in plan.schedule.group_lr_points:
         assert points and all(seen[name][step] == lr for step, lr in points)
     assert plan.schedule.lr_points == plan.schedule.group_lr_points[0][1]
+    for name, points in plan.schedule.group_momentum_points:
+        assert points and all(beta1[name][step] == m for step, m in points)
+    assert len({tuple(beta1[n]) for n in names}) == len(names)  # each group cycles its own momentum
 
 
 def test_one_cycle_takes_a_per_group_max_lr(tmp_path):
@@ -133,8 +144,8 @@ def test_a_per_group_cyclic_run_trains_and_resumes_bit_exact(tmp_path, loraplus)
     console = Console(file=io.StringIO(), width=300)
     render_summary(plan, console)
     text = console.file.getvalue()
-    assert "per group base_lr -> max_lr: denoiser 1e-05 -> 0.001, " in text
-    assert all(f"lr at ({name})" in text for name in names)
+    assert "per group base_lr -> max_lr: denoiser 1e-05 -> 0.001 (momentum 0.9 -> 0.8), " in text
+    assert all(f"lr at ({name})" in text and f"momentum at ({name})" in text for name in names)
     first = execute(plan, stop_after=2)
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses

@@ -164,3 +164,30 @@ def test_one_cycle_per_group_max_lr(tmp_path):
     assert {g.name: g.max_lr for g in s.torch.groups} == {"denoiser": 2e-4, "text_encoder": 5e-5}
     points = dict(dict(s.group_lr_points)["text_encoder"])
     assert points[0] == pytest.approx(5e-5 / 25.0, rel=1e-12)  # max_lr / div_factor
+
+
+def test_per_group_momentum_lists(tmp_path):
+    s = _schedule(
+        tmp_path,
+        _network("train_network.py", SD15) + " --lr_scheduler_type CyclicLR --lr_scheduler_args "
+        "base_lr=1e-6 max_lr=1e-4 base_momentum=[0.85,0.8] max_momentum=[0.95,0.9] step_size_up=50",
+    )
+    assert {g.name: (g.base_momentum, g.max_momentum) for g in s.torch.groups} == {
+        "denoiser": (0.8, 0.9),
+        "text_encoder": (0.85, 0.95),
+    }
+    momenta = {name: dict(points) for name, points in s.group_momentum_points}
+    # at the peak (step 50) the momentum is base_momentum, at the low points max_momentum
+    assert (momenta["text_encoder"][0], momenta["denoiser"][0]) == (0.95, 0.9)
+    assert momenta["text_encoder"][50] == pytest.approx(0.85) and momenta["denoiser"][50] == pytest.approx(
+        0.8
+    )
+
+
+def test_momentum_lists_without_cycle_momentum_are_not_read(tmp_path):
+    s = _schedule(
+        tmp_path,
+        _network("train_network.py", SD15) + " --lr_scheduler_type CyclicLR --lr_scheduler_args "
+        "base_lr=1e-6 max_lr=1e-4 cycle_momentum=False base_momentum=[0.85,0.8,0.7]",
+    )
+    assert s.torch.groups == () and not s.torch.cycle_momentum

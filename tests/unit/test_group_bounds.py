@@ -134,3 +134,22 @@ def test_block_lr_scales_refuse_a_table(tmp_path):
 def test_groups_round_trip_through_the_plan_file(tmp_path):
     plan = _planned(tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5}"]).plan
     assert plan_from_json(plan_to_json(plan)) == plan
+
+
+def test_momentum_tables_give_each_group_its_momentum_points(tmp_path):
+    planned = _planned(
+        tmp_path,
+        [*CYCLIC, "schedule.base_momentum={denoiser = 0.8, text_encoder = 0.7}", "schedule.max_momentum=0.9"],
+    )
+    s = planned.plan.schedule
+    assert [(g.name, g.base_momentum, g.max_momentum) for g in s.torch.groups] == [
+        ("denoiser", 0.8, 0.9),
+        ("text_encoder", 0.7, 0.9),
+    ]
+    momenta = {name: dict(points) for name, points in s.group_momentum_points}
+    assert momenta["text_encoder"][9] == pytest.approx(0.7) and momenta["denoiser"][9] == pytest.approx(0.8)
+    assert s.momentum_points == s.group_momentum_points[0][1]
+    off = _planned(
+        tmp_path, [*CYCLIC, "schedule.cycle_momentum=false", "schedule.base_momentum={denoiser = 0.8}"]
+    )
+    assert off.plan is not None and off.plan.schedule.torch.groups == ()  # the momenta are not read

@@ -521,17 +521,17 @@ def _torch_values(
     for key, value in kwargs.items():
         if key not in names or not names[key]:
             continue
-        if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr"):
-            value = group_table(*run, cls, key, list(value), args, conv)  # noqa: PLW2901
+        # without cycle_momentum torch reads neither the momenta nor their length
+        momenta = key in ("base_momentum", "max_momentum") and isinstance(value, (list, tuple))
+        if momenta and not kwargs.get("cycle_momentum", True):
+            conv.notes.append(f"kohya lr_scheduler_args {key} has no effect without cycle_momentum")
+            continue
+        if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr", "base_momentum", "max_momentum"):
+            value = group_table(*run, cls, key, list(value), args, conv)  # noqa: PLW2901 - per group
             if value is None:
                 return None
             values[names[key]] = (value, f"{key}={kwargs[key]!r}")
             continue
-        if isinstance(value, (list, tuple)) and key in ("base_momentum", "max_momentum"):
-            conv.unsupported(
-                args, f"one {key} per parameter group (dbspec takes one momentum for every group)"
-            )
-            return None
         if key == "max_lr" and not value:
             conv.unsupported(args, "max_lr=0 (dbspec's max_lr 0 stands for each group's own lr)")
             return None
