@@ -1174,9 +1174,10 @@ class Schedule:
         0.0,
         doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
         "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max. cyclic: "
-        "CyclicLR's peak. A table gives each optimizer group its own, keyed by the group names `dbspec plan` "
-        "lists (denoiser, text_encoder, text_encoder_2, their LoRA+ `_lora_up` groups, pivotal), every "
-        "group once, e.g. `{ denoiser = 1e-4, text_encoder = 5e-5 }` (torch's per-group list).",
+        "CyclicLR's peak. A table gives each optimizer group its own (torch's per-group list), e.g. "
+        "`{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run trains, once; the groups are "
+        "denoiser, text_encoder (SDXL's second too unless optimizer.text_encoder_2_lr differs), "
+        "text_encoder_2, each one's LoRA+ group `<name>_lora_up`, and pivotal (DBS416 lists a run's).",
         minimum=0,
         example={"denoiser": 1e-4, "text_encoder": 5e-5},
     )
@@ -1221,8 +1222,7 @@ class Schedule:
         0.0,
         doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
         "torch does), max_lr is the peak (0 = each group's own lr). A table gives each optimizer group its "
-        "own, keyed by the group names `dbspec plan` lists, every group once, e.g. "
-        "`{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
+        "own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
         minimum=0,
         example=1e-5,
     )
