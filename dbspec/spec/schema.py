@@ -48,6 +48,9 @@ def field_schema(field: attrs.Attribute) -> dict:
     ):
         if meta[key] is not None:
             out[name] = meta[key]
+            for variant in schema.get("oneOf", ()):  # a per-group table's values have the same bounds
+                if "additionalProperties" in variant:
+                    variant["additionalProperties"][name] = meta[key]
     if meta["example"] is not None:
         out["examples"] = [meta["example"]]
     return out
