@@ -191,3 +191,24 @@ def test_momentum_lists_without_cycle_momentum_are_not_read(tmp_path):
         "base_lr=1e-6 max_lr=1e-4 cycle_momentum=False base_momentum=[0.85,0.8,0.7]",
     )
     assert s.torch.groups == () and not s.torch.cycle_momentum
+
+
+@pytest.mark.parametrize(
+    ("extra", "values", "expected"),
+    [
+        # learning_rate_te: [U-Net, text encoder]
+        ("--learning_rate_te=1e-6", "[1e-7,2e-8]", {"denoiser": (1e-7, 1e-5), "text_encoder": (2e-8, 1e-5)}),
+        # a text encoder that never trains: kohya's optimizer holds the U-Net alone
+        ("--learning_rate_te=1e-6 --stop_text_encoder_training=-1", "[1e-7]", {}),
+    ],
+)
+def test_train_db_groups(tmp_path, extra, values, expected):
+    s = _schedule(
+        tmp_path,
+        f"train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 "
+        f"--learning_rate=1e-5 --max_train_steps=300 {extra} --lr_scheduler_type CyclicLR "
+        f"--lr_scheduler_args base_lr={values} max_lr=1e-5 step_size_up=30",
+    )
+    assert _bounds(s) == expected
+    if not expected:  # one group: one number
+        assert (s.torch.groups, s.torch.base_lr) == ((), 1e-7)
