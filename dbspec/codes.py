@@ -1627,6 +1627,33 @@ diffusers' `train_dreambooth_lora_sdxl.py` trains EDM-style whenever `model_inde
 (Playground v2.5); the converter refuses that (DBS403) when it can read the file, and says with this warning
 when it cannot. Download the model (`huggingface-cli download <id>`) or convert with a local folder.""",
     ),
+    Code(
+        "DBS416",
+        ERROR,
+        "A per-group schedule bound does not name the optimizer's groups",
+        """\
+`schedule.base_lr`, `max_lr`, `base_momentum` or `max_momentum` is a table (one value per optimizer
+parameter group, as torch's CyclicLR and OneCycleLR take a list), and it names a group the optimizer does
+not have or lacks one it has (error, from `dbspec plan`). The groups are those `dbspec plan` lists:
+`denoiser` (when it trains), `text_encoder` (the text encoders; SDXL's second only when
+`optimizer.text_encoder_2_lr` differs), `text_encoder_2`, each trained one's LoRA+ `<name>_lora_up` group
+when its ratio is set, and `pivotal` for pivotal tuning. Name each once, or give one number for every
+group. `dbspec convert kohya` maps kohya's per-group lists (lr_scheduler_args `base_lr=[...]`) onto these
+names by kohya's group order.""",
+    ),
+    Code(
+        "DBS417",
+        ERROR,
+        "Per-group schedule bounds cannot apply to these optimizer groups",
+        """\
+`schedule.base_lr`, `max_lr`, `base_momentum` or `max_momentum` is a table, but the optimizer's groups
+are not known before the model loads (error): the adapter's blocks scale the denoiser's learning rate
+(`lr_scale`, kohya's block lr weights), which splits the denoiser's parameters into groups by the modules
+each block pattern matches. Give the bound one number for every group. `dbspec convert kohya` refuses
+(DBS403) a kohya per- group list whose groups dbspec cannot match one to one: block learning rates
+(networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
+and kohya groups that dbspec trains as one with different values.""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

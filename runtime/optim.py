@@ -360,21 +360,26 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         return lr_scheduler.ConstantLR(optimizer, factor=a.factor, total_iters=a.total_iters)
     if s.lr_schedule == "polynomial_lr":
         return lr_scheduler.PolynomialLR(optimizer, total_iters=a.total_iters, power=s.power)
+    bounds = _group_bounds(optimizer, a)
     if s.lr_schedule == "cyclic":  # base_lr replaces every group's rate; max_lr 0 = each group's own rate
         return lr_scheduler.CyclicLR(
             optimizer,
-            base_lr=a.base_lr,
-            max_lr=a.max_lr or [group["lr"] for group in optimizer.param_groups],
+            base_lr=[b.base_lr for b in bounds] if bounds else a.base_lr,
+            max_lr=[b.max_lr or group["lr"] for b, group in zip(bounds, optimizer.param_groups)]
+            if bounds
+            else a.max_lr or [group["lr"] for group in optimizer.param_groups],
             step_size_up=a.step_size_up,
             step_size_down=a.step_size_down or None,
             mode=a.cyclic_mode,
             gamma=a.gamma,
             cycle_momentum=a.cycle_momentum,
-            base_momentum=a.base_momentum,
-            max_momentum=a.max_momentum,
+            base_momentum=[b.base_momentum for b in bounds] if bounds else a.base_momentum,
+            max_momentum=[b.max_momentum for b in bounds] if bounds else a.max_momentum,
         )
     # one_cycle: max_lr 0 = each group's own rate (a list, one per group)
     max_lr = a.max_lr or [group["lr"] for group in optimizer.param_groups]
+    if bounds:
+        max_lr = [b.max_lr or group["lr"] for b, group in zip(bounds, optimizer.param_groups)]
     return lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=max_lr,
@@ -382,12 +387,27 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
         pct_start=a.pct_start,
         anneal_strategy=a.anneal_strategy,
         cycle_momentum=a.cycle_momentum,
-        base_momentum=a.base_momentum,
-        max_momentum=a.max_momentum,
+        base_momentum=[b.base_momentum for b in bounds] if bounds else a.base_momentum,
+        max_momentum=[b.max_momentum for b in bounds] if bounds else a.max_momentum,
         div_factor=a.div_factor,
         final_div_factor=a.final_div_factor,
         three_phase=a.three_phase,
     )
+
+
+def _group_bounds(optimizer: torch.optim.Optimizer, a) -> list:
+    """The plan's per-group bounds in the optimizer's group order (torch's lists), [] for one bound for
+    every group. The plan named the groups as param_groups builds them; a mismatch is a dbspec bug."""
+    if not a.groups:
+        return []
+    by_name = {b.name: b for b in a.groups}
+    names = [group.get("name", "") for group in optimizer.param_groups]
+    if sorted(names) != sorted(by_name):
+        raise OptimizerError(
+            f"the plan's per-group schedule bounds name the groups {', '.join(sorted(by_name))}, "
+            f"the optimizer has {', '.join(names)} (a dbspec bug: please report it)"
+        )
+    return [by_name[name] for name in names]
 
 
 class SimpleTunerCosine(torch.optim.lr_scheduler.LRScheduler):

@@ -10,6 +10,7 @@ from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_params, adapter_plan
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
+from dbspec.compiler.group_bounds import plan_group_bounds
 from dbspec.compiler.pivotal import plan_pivotal
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
@@ -55,7 +56,7 @@ from dbspec.plan.model import (
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
-from dbspec.spec.model import LoraAdapter, LowRankAdapter
+from dbspec.spec.model import LoraAdapter, LowRankAdapter, Spec
 from dbspec.spec.paths import dotted
 
 
@@ -122,6 +123,9 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     )
     preview = plan_preview(ctx, model)
     pivotal = plan_pivotal(ctx, model)
+    if schedule is not None and model is not None:  # schedule.base_lr / max_lr tables: one value per group
+        optimizer = optimizer_plan(ctx.spec, model)
+        schedule = plan_group_bounds(ctx, schedule, model, precision, optimizer, pivotal)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None and evaluation is not None
     memory = _memory(ctx, model, precision, buckets, loss)
@@ -376,7 +380,7 @@ def _assemble(
     )
     if init[0]:
         adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
-    o, v, c, e = spec.optimizer, spec.validation, spec.checkpoints, spec.ema
+    v, c, e = spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
     warnings = tuple(
@@ -399,27 +403,7 @@ def _assemble(
         schedule=schedule,
         loss=loss,
         precision=precision,
-        optimizer=OptimizerPlan(
-            kind=o.kind,
-            lr=o.lr,
-            text_encoder_lr=o.text_encoder_lr,
-            text_encoder_2_lr=_second_text_encoder_lr(o, model, spec.train.text_encoder_2),
-            weight_decay=o.weight_decay,
-            betas=tuple(o.betas),
-            eps=o.eps,
-            momentum=o.momentum,
-            nesterov=o.nesterov,
-            loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
-            loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
-            max_grad_norm=o.max_grad_norm,
-            clip_mode=o.clip_mode,
-            dadapt=dadapt_plan(o),
-            adafactor=adafactor_plan(o),
-            ademamix=ademamix_plan(o),
-            schedulefree=schedulefree_plan(o),
-            came=came_plan(o),
-            implementation=o.implementation,
-        ),
+        optimizer=optimizer_plan(spec, model),
         cache=cache,
         validation=ValidationPlan(
             prompts=tuple(v.prompts),
@@ -450,6 +434,32 @@ def _assemble(
         memory=memory,
         origins=origins,
         warnings=warnings,
+    )
+
+
+def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
+    """The optimizer's settings as the plan records them."""
+    o = spec.optimizer
+    return OptimizerPlan(
+        kind=o.kind,
+        lr=o.lr,
+        text_encoder_lr=o.text_encoder_lr,
+        text_encoder_2_lr=_second_text_encoder_lr(o, model, spec.train.text_encoder_2),
+        weight_decay=o.weight_decay,
+        betas=tuple(o.betas),
+        eps=o.eps,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
+        loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
+        max_grad_norm=o.max_grad_norm,
+        clip_mode=o.clip_mode,
+        dadapt=dadapt_plan(o),
+        adafactor=adafactor_plan(o),
+        ademamix=ademamix_plan(o),
+        schedulefree=schedulefree_plan(o),
+        came=came_plan(o),
+        implementation=o.implementation,
     )
 
 

@@ -165,17 +165,23 @@ def torch_schedule_plan(s: Schedule) -> TorchSchedulePlan | None:
         end_factor=s.end_factor,
         total_iters=s.total_iters,
         factor=s.factor,
-        max_lr=s.max_lr,
+        max_lr=_number(s.max_lr),
         pct_start=s.pct_start,
         anneal_strategy=s.anneal_strategy,
         div_factor=s.div_factor,
         final_div_factor=s.final_div_factor,
         three_phase=s.three_phase,
         cycle_momentum=s.cycle_momentum,
-        base_momentum=s.base_momentum,
-        max_momentum=s.max_momentum,
-        base_lr=s.base_lr,
+        base_momentum=_number(s.base_momentum),
+        max_momentum=_number(s.max_momentum),
+        base_lr=_number(s.base_lr),
         step_size_up=s.step_size_up,
         step_size_down=s.step_size_down,
         cyclic_mode=s.cyclic_mode,
     )
+
+
+def _number(value: float | dict) -> float:
+    """A bound's number form; 0.0 for a per-group table, whose values the plan's torch.groups hold
+    (compiler/group_bounds.py)."""
+    return 0.0 if isinstance(value, dict) else value

@@ -196,6 +196,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # [distributed]: DDP then (its timeout_s is volatile, see _VOLATILE)
         ("distributed",): {"strategy": "ddp", "fsdp": None, "deepspeed": None},
         ("optimizer", "clip_mode"): "norm",  # clip_grad_norm_, the only kind then
+        # torch's CyclicLR / OneCycleLR bounds per optimizer group (tables): one bound for every group then
+        ("schedule", "torch", "groups"): [],
+        ("schedule", "group_lr_points"): [],
+        ("schedule", "group_momentum_points"): [],
     },
 }
 

@@ -343,6 +343,19 @@ TORCH_CLASS_SCHEDULES = (
 
 
 @frozen
+class GroupBoundsPlan:
+    """One optimizer parameter group's bounds for torch's CyclicLR / OneCycleLR, from the spec's per-group
+    tables (schedule.base_lr, schedule.max_lr): the runtime passes torch one list entry per group."""
+
+    name: str  # the group's name (runtime/optim.py param_groups: denoiser, text_encoder, ..., pivotal)
+    rate: float  # the group's own rate (max_lr 0 stands for it)
+    base_lr: float  # cyclic: the cycle's low point (the lr table's value, or base_lr's number)
+    max_lr: float  # cyclic, one_cycle: the peak; 0 = the group's own rate
+    base_momentum: float  # with cycle_momentum: the momentum (beta1) at the LR's peak
+    max_momentum: float  # ... and at its low points
+
+
+@frozen
 class TorchSchedulePlan:
     """The arguments of torch's StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR and OneCycleLR (the
     one the plan's lr_schedule names uses its own; the rest keep their defaults). OneCycleLR's total_steps is
@@ -370,6 +383,9 @@ class TorchSchedulePlan:
     step_size_up: int = 2000
     step_size_down: int = 0
     cyclic_mode: str = "triangular"
+    # per-group bounds (a table in schedule.base_lr or max_lr), every optimizer group in the runtime's order;
+    # () = base_lr and max_lr above hold for every group (the number form)
+    groups: tuple[GroupBoundsPlan, ...] = ()
 
 
 @frozen
@@ -405,6 +421,10 @@ class SchedulePlan:
     decay_type: str = "cosine"  # warmup_stable_decay
     # one_cycle or cyclic with cycle_momentum: (step, momentum or beta1) at the lr_points' steps
     momentum_points: tuple[tuple[int, float], ...] = ()
+    # per-group bounds (torch.groups): each group's (name, lr_points), lr_points then the first group's
+    group_lr_points: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
+    # ... and with cycle_momentum each group's (name, momentum_points), momentum_points then the first group's
+    group_momentum_points: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
     # "process": one noise generator per process across steps; "micro_batch": reseeded per micro-batch from
     # (seed, global micro-batch index): partition-invariant over processes, resumable on every process
     noise_streams: str = "process"

@@ -267,15 +267,8 @@ def schedule_table(plan: Plan) -> Table:
             + _clipping(plan),
         ),
         ("lr schedule", _lr_schedule(s)),
-        (
-            "lr at" if s.lr_schedule != "adafactor" else "relative step at",
-            ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points),
-        ),
-        *(
-            [("momentum at", ", ".join(f"step {step}: {m:.3g}" for step, m in s.momentum_points))]
-            if s.momentum_points
-            else []
-        ),
+        *_lr_rows(s),
+        *_momentum_rows(s),
         ("checkpoints", _steps(s.checkpoint_steps)),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         *([("previews", _preview(plan.validation.preview))] if plan.validation.preview else []),
@@ -739,6 +732,14 @@ def _torch_schedule(s) -> str:
             if a.cycle_momentum
             else ""
         )
+        if a.groups:
+            peak = f"max_lr per group: {_group_bounds(a, ('max_lr',))}"
+            cycles = {(g.max_momentum, g.base_momentum) for g in a.groups}
+            if a.cycle_momentum and len(cycles) == 1:
+                top, low = next(iter(cycles))
+                momentum = f", momentum/beta1 cycled {top:g} -> {low:g} -> {top:g}"
+            else:
+                momentum = ""
         return (
             f" (torch OneCycleLR), total_steps {s.t_max}, {peak}, pct_start {a.pct_start:g}, "
             f"{a.anneal_strategy}, div_factor {a.div_factor:g}, final_div_factor {a.final_div_factor:g}"
@@ -757,8 +758,59 @@ def _torch_schedule(s) -> str:
     }[s.lr_schedule]
 
 
+def _lr_rows(s) -> list[tuple[str, str]]:
+    """The LR at the plan's points: one row, or one per optimizer group with per-group bounds."""
+    if s.group_lr_points:
+        return [
+            (f"lr at ({name})", ", ".join(f"step {step}: {lr:.3g}" for step, lr in points))
+            for name, points in s.group_lr_points
+        ]
+    name = "lr at" if s.lr_schedule != "adafactor" else "relative step at"
+    return [(name, ", ".join(f"step {step}: {lr:.3g}" for step, lr in s.lr_points))]
+
+
+def _momentum_rows(s) -> list[tuple[str, str]]:
+    """The momentum (beta1) OneCycleLR / CyclicLR set: one row, or one per group with per-group bounds."""
+    rows = s.group_momentum_points or ((("", s.momentum_points),) if s.momentum_points else ())
+    return [
+        (
+            f"momentum at ({name})" if name else "momentum at",
+            ", ".join(f"step {n}: {m:.3g}" for n, m in points),
+        )
+        for name, points in rows
+    ]
+
+
+def _group_bounds(a, keys: tuple[str, ...]) -> str:
+    """Per-group bounds (torch's lists): `name base_lr -> max_lr` for each optimizer group, and its momentum
+    cycle when the groups' differ."""
+    momenta = len({(g.base_momentum, g.max_momentum) for g in a.groups}) > 1 and a.cycle_momentum
+    parts = []
+    for g in a.groups:
+        peak = f"{g.max_lr:g}" if g.max_lr else f"{g.rate:g} (its lr)"
+        part = f"{g.name} {g.base_lr:g} -> {peak}" if "base_lr" in keys else f"{g.name} {peak}"
+        parts.append(part + (f" (momentum {g.max_momentum:g} -> {g.base_momentum:g})" if momenta else ""))
+    return ", ".join(parts)
+
+
+def _group_momentum(a) -> str:
+    """The momentum cycle of per-group bounds when every group has the same (else each group's shows it)."""
+    cycles = {(g.max_momentum, g.base_momentum) for g in a.groups}
+    if not a.cycle_momentum or len(cycles) != 1:
+        return ""
+    top, low = next(iter(cycles))
+    return f", momentum/beta1 cycled {top:g} -> {low:g}"
+
+
 def _cyclic(a) -> str:
     """torch CyclicLR's arguments in the lr schedule row."""
+    if a.groups:
+        down = a.step_size_down or a.step_size_up
+        gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
+        return (
+            f" (torch CyclicLR), per group base_lr -> max_lr: {_group_bounds(a, ('base_lr', 'max_lr'))}; "
+            f"{a.cyclic_mode}{gamma}, up {a.step_size_up} / down {down}" + _group_momentum(a)
+        )
     peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
     down = a.step_size_down or a.step_size_up
     gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""

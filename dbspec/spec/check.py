@@ -246,8 +246,8 @@ def _numeric(text: str) -> bool:
 def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
     """Bounds from each option's metadata (minimum, maximum, exclusive_minimum), for every table."""
     found: list[Diagnostic] = []
-    for path, value, field in spec_leaves(spec):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not raw.given(path):
+    for path, value, field in _numbers(spec):
+        if not raw.given(path):
             continue  # defaults are in range; a default derived from a bad value is reported as that value
         bound = _violated(value, field.metadata)
         if bound:
@@ -261,6 +261,18 @@ def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
                 )
             )
     return found
+
+
+def _numbers(spec: Spec):
+    """(path, number, field) for every numeric option; a per-group table's (schedule.base_lr) entries each
+    under its own key, bounded by the option's bounds."""
+    for path, value, field in spec_leaves(spec):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    yield (*path, key), item, field
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield path, value, field
 
 
 def _violated(value: float, meta: dict) -> str:

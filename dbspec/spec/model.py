@@ -1032,6 +1032,10 @@ class Optimizer:
     )
 
 
+# A schedule bound given for every optimizer parameter group at once (a number) or per group (a table from
+# the group's name, as the plan lists them, to its value): torch's CyclicLR and OneCycleLR take either.
+GroupRates = Union[float, dict[str, float]]
+
 # The first six are diffusers' get_scheduler names; then kohya's (transformers) and two torch schedulers.
 LrSchedule = Literal[
     "constant",
@@ -1184,11 +1188,16 @@ class Schedule:
         exclusive_minimum=0,
         maximum=1,
     )
-    max_lr: float = option(
+    max_lr: GroupRates = option(
         0.0,
         doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
-        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max.",
+        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max. cyclic: "
+        "CyclicLR's peak. A table gives each optimizer group its own (torch's per-group list), e.g. "
+        "`{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run trains, once; the groups are "
+        "denoiser, text_encoder (SDXL's second too unless optimizer.text_encoder_2_lr differs), "
+        "text_encoder_2, each one's LoRA+ group `<name>_lora_up`, and pivotal (DBS416 lists a run's).",
         minimum=0,
+        example={"denoiser": 1e-4, "text_encoder": 5e-5},
     )
     pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
     anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
@@ -1207,17 +1216,19 @@ class Schedule:
         "to the LR, between base_momentum and max_momentum (torch's default; it overrides betas[0] / "
         "momentum).",
     )
-    base_momentum: float = option(
+    base_momentum: GroupRates = option(
         attrs.Factory(lambda self: 0.8 if self.lr_schedule == "cyclic" else 0.85, takes_self=True),
-        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's peak.",
+        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's peak; a table gives each optimizer group "
+        "its own, keyed as base_lr's.",
         derived="0.85 (OneCycleLR's); 0.8 for cyclic (CyclicLR's)",
         minimum=0,
         maximum=1,
         example=0.85,
     )
-    max_momentum: float = option(
+    max_momentum: GroupRates = option(
         attrs.Factory(lambda self: 0.9 if self.lr_schedule == "cyclic" else 0.95, takes_self=True),
-        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's low points.",
+        doc="one_cycle, cyclic: the momentum (or beta1) at the LR's low points; a table gives each optimizer "
+        "group its own, keyed as base_lr's.",
         derived="0.95 (OneCycleLR's); 0.9 for cyclic (CyclicLR's)",
         minimum=0,
         maximum=1,
@@ -1225,10 +1236,11 @@ class Schedule:
     )
     # torch's CyclicLR (kohya's lr_scheduler_type CyclicLR); inert elsewhere (DBS255). It also uses max_lr,
     # gamma (exp_range), cycle_momentum, base_momentum and max_momentum.
-    base_lr: float = option(
+    base_lr: GroupRates = option(
         0.0,
         doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
-        "torch does), max_lr is the peak (0 = each group's own lr).",
+        "torch does), max_lr is the peak (0 = each group's own lr). A table gives each optimizer group its "
+        "own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
         minimum=0,
         example=1e-5,
     )

@@ -55,6 +55,10 @@ def type_name(tp: Any) -> str:
         return f"array of {type_name(typing.get_args(tp)[0])}"
     if attrs.has(tp):
         return "table"
+    if origin is dict:
+        return f"table of {type_name(typing.get_args(tp)[1])}s"
+    if origin is typing.Union and not all(attrs.has(a) for a in typing.get_args(tp)):
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin is typing.Union:
         return "table (tagged by `kind`)"
     return str(tp)
@@ -67,6 +71,8 @@ def toml_value(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return repr(value)
 
 

@@ -24,6 +24,8 @@ def type_schema(tp: Any) -> dict:
         return {"type": "string" if isinstance(choices[0], str) else "integer", "enum": list(choices)}
     if origin is list:
         return {"type": "array", "items": type_schema(typing.get_args(tp)[0])}
+    if origin is dict:  # a table of values under free keys (schedule.base_lr's per-group form)
+        return {"type": "object", "additionalProperties": type_schema(typing.get_args(tp)[1])}
     if origin is typing.Union:
         return {"oneOf": [type_schema(a) for a in typing.get_args(tp)]}
     if attrs.has(tp):
@@ -46,6 +48,9 @@ def field_schema(field: attrs.Attribute) -> dict:
     ):
         if meta[key] is not None:
             out[name] = meta[key]
+            for variant in schema.get("oneOf", ()):  # a per-group table's values have the same bounds
+                if "additionalProperties" in variant:
+                    variant["additionalProperties"][name] = meta[key]
     if meta["example"] is not None:
         out["examples"] = [meta["example"]]
     return out

@@ -16,7 +16,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from dbspec.spec.model import ADAPTER_VARIANTS, Adapter, Spec
+from dbspec.spec.model import ADAPTER_VARIANTS, Adapter, GroupRates, Spec
 from dbspec.spec.paths import KeyPath
 
 
@@ -158,6 +158,25 @@ def _variant_of(key: str) -> str:
     return ""
 
 
+def _group_rates_hook(value, _):
+    """A number for every optimizer group, or a table of numbers keyed by group name (schedule.base_lr,
+    max_lr); which names are right is the compiler's question (DBS416)."""
+    if type(value) in (int, float):
+        return _strict(float, "number")(value, float)
+    if type(value) is not dict:
+        raise SpecProblem(kind="type", expected="number or table of numbers", actual=value)
+    out, errors = {}, []
+    for key, item in value.items():
+        try:
+            out[key] = _strict(float, "number")(item, float)
+        except SpecProblem as problem:
+            problem.__notes__ = [_AttrNote(key)]
+            errors.append(problem)
+    if errors:
+        raise ClassValidationError("table", errors, dict)
+    return out
+
+
 class _AttrNote(str):
     def __new__(cls, name: str):
         obj = super().__new__(cls, f"attribute {name}")
@@ -172,6 +191,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, _literal_hook)
     conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is list, _list_hook)
     conv.register_structure_hook(Adapter, _adapter_hook)
+    conv.register_structure_hook(GroupRates, _group_rates_hook)
     conv.register_structure_hook_factory(attrs.has, _class_hook)
     return conv
 

@@ -68,6 +68,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     ):
         del data["schedule"][key]  # kohya's schedule settings, added since
     del data["schedule"]["noise_streams"]  # per-micro-batch noise seeding, added since (per process then)
+    del data["schedule"]["group_lr_points"]  # per-group CyclicLR bounds, added since (one bound for all then)
+    del data["schedule"]["group_momentum_points"]
     for key in ("weights", "stochastic_rounding"):
         del data["precision"][key]  # bf16 trained weights, added since (fp32 then)
     del data["precision"]["quantize_backend"]  # quantisation backends, added since (quanto then)

@@ -82,6 +82,9 @@ def toml_value(value: Any) -> str:
         return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (schedule.base_lr per optimizer group)
+        items = (f"{_toml_key(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + ", ".join(items) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -91,3 +94,8 @@ def toml_string(text: str) -> str:
     if literal_ok:
         return f"'{text}'"
     return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_key(key: str) -> str:
+    """A bare TOML key where it may be one, else a quoted one."""
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else toml_string(key)

@@ -158,7 +158,7 @@ def convert_kohya(
     layout = _layout(ka, config, paths, conv) if config is not None else None
     kohya_batches, dbspec_batches = _batches(layout, conv)
     length = map_length(a, kohya_batches, dbspec_batches, conv)
-    map_lr_schedule(a, length.total_steps, conv)
+    map_lr_schedule(a, length.total_steps, conv, script)
     text_encoder = map_text_encoder(a, script, length.total_steps, conv)
     map_learning_rates(a, script, text_encoder, conv)
     map_optimizer(a, conv)

@@ -9,6 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
+from dbspec.convert.kohya.group_lists import group_table
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
     ademamix_variant,
@@ -295,7 +296,7 @@ def _map_schedulefree_schedule(a: Args, conv: Conversion) -> None:
             conv.record(legacy, "mapped", "schedule")
 
 
-def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
+def map_lr_schedule(a: Args, total: int | None, conv: Conversion, script: str = "") -> None:
     name, warm = a["lr_scheduler"], a["lr_warmup_steps"]
     if _schedulefree(a):
         _map_schedulefree_schedule(a, conv)
@@ -304,7 +305,7 @@ def map_lr_schedule(a: Args, total: int | None, conv: Conversion) -> None:
         _map_adafactor_schedule(a, conv)
         return
     if a["lr_scheduler_type"].value:
-        _map_torch_scheduler(a, total, conv)
+        _map_torch_scheduler(a, total, conv, script)
         return
     if not map_schedule_name(conv, name, KOHYA_SCHEDULES):
         return
@@ -447,7 +448,7 @@ def _momentum_cycle_on_adafactor(cls: str, args: Legacy, conv: Conversion) -> No
     )
 
 
-def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
+def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion, script: str = "") -> None:
     """kohya's --lr_scheduler_type with --lr_scheduler_args: a torch scheduler class built with those
     kwargs."""
     kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
@@ -492,7 +493,7 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
     ):
         _momentum_cycle_on_adafactor(cls, args, conv)
         return
-    values = _torch_values(cls, kwargs, total, args, conv)
+    values = _torch_values(cls, kwargs, total, args, conv, (a, script))
     if values is None:
         return
     conv.mapped(kind, ("schedule", "lr_schedule"), schedule)
@@ -510,17 +511,27 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion) -> None:
             conv.inert(a[key], f"{cls} does not use it")
 
 
-def _torch_values(cls: str, kwargs: dict, total: int | None, args: Legacy, conv: Conversion) -> dict | None:
+def _torch_values(
+    cls: str, kwargs: dict, total: int | None, args: Legacy, conv: Conversion, run: tuple[Args, str]
+) -> dict | None:
     """[schedule] key -> (value, comment) for a torch scheduler's arguments; None after reporting one dbspec
-    cannot take."""
+    cannot take. `run`: the kohya arguments and script, whose optimizer groups a per-group list follows."""
     names = TORCH_SCHEDULERS[cls][1]
     values = {}
     for key, value in kwargs.items():
         if key not in names or not names[key]:
             continue
-        if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr"):
-            conv.unsupported(args, f"one {key} per parameter group (dbspec takes one value for every group)")
-            return None
+        # without cycle_momentum torch reads neither the momenta nor their length
+        momenta = key in ("base_momentum", "max_momentum") and isinstance(value, (list, tuple))
+        if momenta and not kwargs.get("cycle_momentum", True):
+            conv.notes.append(f"kohya lr_scheduler_args {key} has no effect without cycle_momentum")
+            continue
+        if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr", "base_momentum", "max_momentum"):
+            value = group_table(*run, cls, key, list(value), args, conv)  # noqa: PLW2901 - per group
+            if value is None:
+                return None
+            values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+            continue
         if key == "max_lr" and not value:
             conv.unsupported(args, "max_lr=0 (dbspec's max_lr 0 stands for each group's own lr)")
             return None

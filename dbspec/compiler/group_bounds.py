@@ -1,0 +1,181 @@
+"""Per-group bounds of torch's CyclicLR and OneCycleLR: `schedule.base_lr` / `schedule.max_lr` given as a
+table keyed by optimizer group name (torch takes one value per parameter group, kohya's lr_scheduler_args
+a list).
+
+The optimizer's groups are named here as the runtime builds them (runtime/optim.py `param_groups`, then
+the pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
+(DBS416), and the plan shows every group's bounds and LR curve. Block learning-rate scales split the
+denoiser's groups by the modules a pattern matches, which only the loaded model knows: tables are refused
+there (DBS417).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dbspec.compiler.context import Context
+from dbspec.compiler.schedule import Curve, lr_curve
+from dbspec.compiler.torch_schedules import momentum_at
+from dbspec.families import family_spec
+from dbspec.plan.model import (
+    GroupBoundsPlan,
+    ModelPlan,
+    OptimizerPlan,
+    PivotalPlan,
+    PrecisionPlan,
+    SchedulePlan,
+)
+
+# the schedules that take per-group bounds, and the bounds each uses (the momenta with cycle_momentum)
+GROUP_BOUNDS = {"cyclic": ("base_lr", "max_lr"), "one_cycle": ("max_lr",)}
+MOMENTUM_BOUNDS = ("base_momentum", "max_momentum")
+
+
+def optimizer_groups(
+    model: ModelPlan, precision: PrecisionPlan, o: OptimizerPlan, pivotal: PivotalPlan | None
+) -> tuple[tuple[str, float], ...]:
+    """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
+    encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
+    pivotal tokens'."""
+    trains = {c.name: c.trainable != "frozen" for c in precision.components}
+    groups: list[tuple[str, float]] = []
+
+    def add(name: str, rate: float, ratio: float) -> None:
+        groups.append((name, rate))
+        if ratio:  # LoRA+ (LoRA adapters only): every LoRA module has an up matrix
+            groups.append((f"{name}_lora_up", rate * ratio))
+
+    if trains.get("unet"):
+        add("denoiser", o.lr, o.loraplus_denoiser_ratio)
+    names = family_spec(model.family).text_encoder_names
+    own = o.text_encoder_2_lr is not None and len(names) > 1 and trains.get(names[1], False)
+    shared = names[:1] if own else names
+    if any(trains.get(n, False) for n in shared):
+        add("text_encoder", o.text_encoder_lr, o.loraplus_text_encoder_ratio)
+    if own:
+        add("text_encoder_2", o.text_encoder_2_lr, o.loraplus_text_encoder_ratio)
+    if pivotal is not None:
+        groups.append(("pivotal", pivotal.lr))
+    return tuple(groups)
+
+
+def plan_group_bounds(
+    ctx: Context,
+    schedule: SchedulePlan,
+    model: ModelPlan,
+    precision: PrecisionPlan,
+    optimizer: OptimizerPlan,
+    pivotal: PivotalPlan | None,
+) -> SchedulePlan:
+    """The schedule with torch.groups and each group's LR curve when a used bound is a table; reports tables
+    that do not name the optimizer's groups (DBS416) or that cannot apply (DBS417)."""
+    s = ctx.spec.schedule
+    if schedule.torch is None or schedule.lr_schedule not in GROUP_BOUNDS:
+        return schedule
+    keys = GROUP_BOUNDS[schedule.lr_schedule] + (MOMENTUM_BOUNDS if schedule.torch.cycle_momentum else ())
+    tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
+    if not tables:
+        return schedule
+    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0]
+    if scaled:
+        key = next(iter(tables))
+        ctx.report(
+            "DBS417",
+            "error",
+            f"schedule.{key} gives per-group values, but the adapter's blocks scale the denoiser's learning "
+            f"rate (lr_scale {scaled[0].lr_scale:g} for `{scaled[0].pattern}`): the denoiser's groups then "
+            "follow the modules each block pattern matches, which only the loaded model knows",
+            ("schedule", key),
+            help=f"give schedule.{key} one number, or remove the blocks' lr_scale",
+        )
+        return schedule
+    groups = optimizer_groups(model, precision, optimizer, pivotal)
+    names = [name for name, _ in groups]
+    bad = False
+    for key, table in tables.items():
+        unknown = [k for k in table if k not in names]
+        missing = [n for n in names if n not in table]
+        if not unknown and not missing:
+            continue
+        bad = True
+        problems = []
+        if unknown:
+            problems.append(f"it names {_listed(unknown)}, which the optimizer does not have")
+        if missing:
+            problems.append(f"it lacks {_listed(missing)}")
+        ctx.report(
+            "DBS416",
+            "error",
+            f"schedule.{key} must give each optimizer group one value: {'; '.join(problems)}. The groups "
+            f"here: {', '.join(names)}",
+            ("schedule", key, unknown[0]) if unknown and ctx.raw.given(("schedule", key, unknown[0])) else
+            ("schedule", key),
+            help=f"write schedule.{key} = {{ {', '.join(f'{n} = ...' for n in names)} }}, or one number",
+        )  # fmt: skip
+    if bad:
+        return schedule
+    a = schedule.torch
+    bounds = tuple(
+        GroupBoundsPlan(
+            name=name,
+            rate=rate,
+            **{
+                key: tables[key][name] if key in tables else getattr(a, key)
+                for key in ("base_lr", "max_lr", *MOMENTUM_BOUNDS)
+            },
+        )
+        for name, rate in groups
+    )
+    steps = [step for step, _ in schedule.lr_points]
+    curves = tuple((b.name, group_lr_points(schedule, a, b, steps)) for b in bounds)
+    momenta: tuple = ()
+    if a.cycle_momentum:
+        momenta = tuple((b.name, group_momentum_points(schedule, a, b, steps)) for b in bounds)
+    return attrs.evolve(
+        schedule,
+        torch=attrs.evolve(a, groups=bounds),
+        group_lr_points=curves,
+        lr_points=curves[0][1] if curves else schedule.lr_points,
+        group_momentum_points=momenta,
+        momentum_points=momenta[0][1] if momenta else schedule.momentum_points,
+    )
+
+
+def _group_torch(a, bounds: GroupBoundsPlan):
+    """The torch arguments with one group's bounds in place of every group's."""
+    return attrs.evolve(
+        a,
+        base_lr=bounds.base_lr,
+        max_lr=bounds.max_lr,
+        base_momentum=bounds.base_momentum,
+        max_momentum=bounds.max_momentum,
+        groups=(),
+    )
+
+
+def group_lr_points(
+    schedule: SchedulePlan, a, bounds: GroupBoundsPlan, steps: list[int]
+) -> tuple[tuple[int, float], ...]:
+    """One group's (step, lr) at `steps`: the schedule's curve with the group's rate and bounds."""
+    curve = Curve(
+        lr=bounds.rate,
+        schedule=schedule.lr_schedule,
+        warmup=schedule.warmup_steps,
+        total=schedule.total_steps,
+        t_max=schedule.t_max,
+        torch=_group_torch(a, bounds),
+    )
+    return tuple(zip(steps, lr_curve(steps, curve), strict=True))
+
+
+def group_momentum_points(
+    schedule: SchedulePlan, a, bounds: GroupBoundsPlan, steps: list[int]
+) -> tuple[tuple[int, float], ...]:
+    """One group's (step, momentum or beta1) at `steps` with cycle_momentum."""
+    period = schedule.t_max or schedule.total_steps
+    g = _group_torch(a, bounds)
+    return tuple((step, momentum_at(schedule.lr_schedule, step, bounds.rate, period, g)) for step in steps)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)

@@ -1,0 +1,153 @@
+"""Per-group CyclicLR / OneCycleLR bounds (schedule.base_lr / max_lr tables): the runtime's scheduler sets
+each optimizer group's LR as torch's CyclicLR built by hand with per-group lists does, the plan's per-
+group curves are those LRs, and a run with them resumes bit-exact."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from dbspec.plan.summary import render_summary
+from dbspec.runtime.execute import execute
+from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
+from tests.runtime.runspec import TEXT_ENCODER_LORA, compile_spec, write_spec
+
+# every group's bounds, written out once: the expectation below is torch's own CyclicLR given these lists
+BASE = {"denoiser": 1e-5, "denoiser_lora_up": 4e-5, "text_encoder": 2e-6, "text_encoder_lora_up": 8e-6}
+PEAK = {"denoiser": 1e-3, "denoiser_lora_up": 0.0, "text_encoder": 3e-4, "text_encoder_lora_up": 1e-3}
+LOW_M = {"denoiser": 0.8, "denoiser_lora_up": 0.7, "text_encoder": 0.85, "text_encoder_lora_up": 0.6}
+TOP_M = {"denoiser": 0.9, "denoiser_lora_up": 0.95, "text_encoder": 0.9, "text_encoder_lora_up": 0.99}
+RATES = {"denoiser": 1e-3, "denoiser_lora_up": 4e-3, "text_encoder": 5e-4, "text_encoder_lora_up": 2e-3}
+LORAPLUS = TEXT_ENCODER_LORA.replace('kind = "lora"', 'kind = "lora"\nloraplus_ratio = 4')
+
+
+def _table(values: dict) -> str:
+    return "{" + ", ".join(f"{k} = {v!r}" for k, v in values.items()) + "}"
+
+
+def _overrides(names: list[str]) -> list[str]:
+    return [
+        'schedule.lr_schedule="cyclic"',
+        "schedule.step_size_up=2",
+        "schedule.step_size_down=3",
+        'schedule.cyclic_mode="triangular2"',
+        "optimizer.text_encoder_lr=5e-4",
+        f"schedule.base_lr={_table({n: BASE[n] for n in names})}",
+        f"schedule.max_lr={_table({n: PEAK[n] for n in names})}",
+        f"schedule.base_momentum={_table({n: LOW_M[n] for n in names})}",
+        f"schedule.max_momentum={_table({n: TOP_M[n] for n in names})}",
+    ]
+
+
+def _groups(names: list[str]) -> list[dict]:
+    """One tiny parameter per group, named and at its rate as the runtime's param_groups makes them."""
+    return [{"params": [torch.nn.Parameter(torch.zeros(3))], "lr": RATES[n], "name": n} for n in names]
+
+
+def test_each_group_follows_torchs_cyclic_lr_with_per_group_lists(tmp_path):
+    names = list(BASE)
+    plan = compile_spec(write_spec(tmp_path, steps=12, extra=LORAPLUS), _overrides(names))
+    assert [g.name for g in plan.schedule.torch.groups] == names
+    # the runtime: its own param groups (LoRA+ up groups after their own) and its scheduler
+    params = {n: torch.nn.Parameter(torch.zeros(3)) for n in names}
+    up = frozenset({id(params["denoiser_lora_up"]), id(params["text_encoder_lora_up"])})
+    groups = param_groups(
+        [params["denoiser"], params["denoiser_lora_up"]],
+        [[params["text_encoder"], params["text_encoder_lora_up"]]],
+        plan.optimizer,
+        up,
+    )
+    assert [g["name"] for g in groups] == names
+    ours = make_optimizer(groups, plan.optimizer)
+    scheduler = make_lr_scheduler(ours, plan.schedule)
+    # by hand: AdamW over the same groups, CyclicLR with the lists in the groups' order
+    theirs = torch.optim.AdamW(_groups(names), lr=1e-3)
+    reference = torch.optim.lr_scheduler.CyclicLR(
+        theirs,
+        base_lr=[BASE[n] for n in names],
+        max_lr=[PEAK[n] or RATES[n] for n in names],  # 0 = the group's own rate (dbspec's rule)
+        step_size_up=2,
+        step_size_down=3,
+        mode="triangular2",
+        base_momentum=[LOW_M[n] for n in names],
+        max_momentum=[TOP_M[n] for n in names],
+    )
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    beta1: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(13):
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+        assert [g["betas"][0] for g in ours.param_groups] == [g["betas"][0] for g in theirs.param_groups]
+        for g in ours.param_groups:
+            seen[g["name"]].append(g["lr"])
+            beta1[g["name"]].append(g["betas"][0])
+        for optimizer, sched in ((ours, scheduler), (theirs, reference)):
+            optimizer.step()
+            sched.step()
+    # the plan's per-group curves are the LRs each group had
+    for name, points in plan.schedule.group_lr_points:
+        assert points and all(seen[name][step] == lr for step, lr in points)
+    assert plan.schedule.lr_points == plan.schedule.group_lr_points[0][1]
+    for name, points in plan.schedule.group_momentum_points:
+        assert points and all(beta1[name][step] == m for step, m in points)
+    assert len({tuple(beta1[n]) for n in names}) == len(names)  # each group cycles its own momentum
+
+
+def test_one_cycle_takes_a_per_group_max_lr(tmp_path):
+    names = ["denoiser", "text_encoder"]
+    plan = compile_spec(
+        write_spec(tmp_path, steps=6, extra=TEXT_ENCODER_LORA),
+        [
+            'schedule.lr_schedule="one_cycle"',
+            "optimizer.text_encoder_lr=5e-4",
+            "schedule.max_lr={denoiser = 2e-3, text_encoder = 0}",
+        ],
+    )
+    ours = make_optimizer(_groups(names), plan.optimizer)
+    scheduler = make_lr_scheduler(ours, plan.schedule)
+    theirs = torch.optim.AdamW(_groups(names), lr=1e-3)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        theirs, max_lr=[2e-3, RATES["text_encoder"]], total_steps=6
+    )
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for index in range(7):  # the LR after 0 ... 6 (total_steps) scheduler steps
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+        for g in ours.param_groups:
+            seen[g["name"]].append(g["lr"])
+        if index < 6:
+            for optimizer, sched in ((ours, scheduler), (theirs, reference)):
+                optimizer.step()
+                sched.step()
+    assert [name for name, _ in plan.schedule.group_lr_points] == names
+    for name, points in plan.schedule.group_lr_points:
+        assert all(seen[name][step] == lr for step, lr in points)
+
+
+def _weights(final: str) -> dict:
+    return {
+        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
+    }
+
+
+@pytest.mark.parametrize("loraplus", [False, True])
+def test_a_per_group_cyclic_run_trains_and_resumes_bit_exact(tmp_path, loraplus):
+    names = list(BASE) if loraplus else ["denoiser", "text_encoder"]
+    spec = write_spec(tmp_path, steps=4, extra=LORAPLUS if loraplus else TEXT_ENCODER_LORA)
+    overrides = _overrides(names)
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
+    assert whole.status == "finished" and len(whole.losses) == 4
+    plan = compile_spec(spec, [*overrides, "output.dir=parts"])
+    console = Console(file=io.StringIO(), width=300)
+    render_summary(plan, console)
+    text = console.file.getvalue()
+    assert "per group base_lr -> max_lr: denoiser 1e-05 -> 0.001 (momentum 0.9 -> 0.8), " in text
+    assert all(f"lr at ({name})" in text and f"momentum at ({name})" in text for name in names)
+    first = execute(plan, stop_after=2)
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = _weights(whole.final), _weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,155 @@
+"""schedule.base_lr / max_lr as per-group tables: the plan names the optimizer's groups as the runtime builds
+them, refuses a table that misses or invents a group (DBS416) or meets block lr scales (DBS417), records
+each group's bounds and curve, and round-trips through the plan file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbspec.frontend import plan_spec
+from dbspec.plan.io import plan_from_json, plan_to_json
+from tests.runtime.runspec import CPU, TEXT_ENCODER_LORA, write_spec
+
+CYCLIC = ['schedule.lr_schedule="cyclic"', "schedule.step_size_up=3", "schedule.max_lr=1e-2"]
+
+
+def _planned(
+    tmp_path: Path, overrides: list[str], extra: str = TEXT_ENCODER_LORA, base: str = "builtin:tiny-sd1"
+):
+    spec = write_spec(tmp_path, steps=9, extra=extra, base=base)
+    return plan_spec(spec, CPU, str(spec), overrides)
+
+
+def _codes(planned) -> dict[str, str]:
+    return {d.code: d.message for d in planned.diagnostics}
+
+
+def _groups(planned) -> list[tuple[str, float, float, float]]:
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    return [(g.name, g.rate, g.base_lr, g.max_lr) for g in planned.plan.schedule.torch.groups]
+
+
+def test_a_number_keeps_one_bound_for_every_group(tmp_path):
+    plan = _planned(tmp_path, [*CYCLIC, "schedule.base_lr=1e-4"]).plan
+    assert plan.schedule.torch.groups == () and plan.schedule.group_lr_points == ()
+
+
+def test_lora_groups_and_their_curves(tmp_path):
+    planned = _planned(
+        tmp_path,
+        [
+            *CYCLIC,
+            "optimizer.text_encoder_lr=5e-4",
+            "schedule.base_lr={text_encoder = 1e-5, denoiser = 1e-4}",
+        ],
+    )
+    assert _groups(planned) == [("denoiser", 1e-3, 1e-4, 1e-2), ("text_encoder", 5e-4, 1e-5, 1e-2)]
+    s = planned.plan.schedule
+    curves = dict(s.group_lr_points)
+    # triangular, step_size_up = step_size_down = 3: base_lr at 0, the peak at 3 and 9
+    points = dict(curves["text_encoder"])
+    assert points[0] == 1e-5 and points[9] == pytest.approx(1e-2)
+    assert dict(curves["denoiser"])[0] == 1e-4 and s.lr_points == curves["denoiser"]
+
+
+def test_max_lr_zero_in_a_table_is_the_groups_own_rate(tmp_path):
+    planned = _planned(
+        tmp_path,
+        [*CYCLIC, "optimizer.text_encoder_lr=5e-4", "schedule.max_lr={text_encoder = 0, denoiser = 2e-3}"],
+    )
+    assert _groups(planned) == [("denoiser", 1e-3, 0.0, 2e-3), ("text_encoder", 5e-4, 0.0, 0.0)]
+    points = dict(dict(planned.plan.schedule.group_lr_points)["text_encoder"])
+    assert points[9] == pytest.approx(5e-4)  # the third peak (steps 3 and 9 with up = down = 3)
+
+
+def test_loraplus_groups_follow_their_own(tmp_path):
+    extra = TEXT_ENCODER_LORA.replace('kind = "lora"', 'kind = "lora"\nloraplus_denoiser_ratio = 8')
+    planned = _planned(
+        tmp_path,
+        [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, denoiser_lora_up = 8e-4, text_encoder = 1e-5}"],
+        extra=extra,
+    )
+    assert [name for name, *_ in _groups(planned)] == ["denoiser", "denoiser_lora_up", "text_encoder"]
+    assert _groups(planned)[1][1] == pytest.approx(8e-3)  # lr x ratio
+
+
+def test_sdxl_second_text_encoder_has_a_group_only_at_its_own_rate(tmp_path):
+    shared = _planned(
+        tmp_path,
+        [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5}"],
+        base="builtin:tiny-sdxl",
+    )
+    assert [name for name, *_ in _groups(shared)] == ["denoiser", "text_encoder"]
+    own = _planned(
+        tmp_path,
+        [
+            *CYCLIC,
+            "optimizer.text_encoder_2_lr=2e-4",
+            "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5, text_encoder_2 = 2e-5}",
+        ],
+        base="builtin:tiny-sdxl",
+    )
+    assert [name for name, *_ in _groups(own)] == ["denoiser", "text_encoder", "text_encoder_2"]
+
+
+def test_full_fine_tune_of_the_denoiser_alone(tmp_path):
+    planned = _planned(tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4}"], extra="")
+    assert _groups(planned) == [("denoiser", 1e-3, 1e-4, 1e-2)]
+
+
+def test_unknown_and_missing_groups_are_named(tmp_path):
+    planned = _planned(tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoders = 1e-5}"])
+    assert planned.plan is None
+    message = _codes(planned)["DBS416"]
+    assert "names `text_encoders`, which the optimizer does not have" in message
+    assert "lacks `text_encoder`" in message and "The groups here: denoiser, text_encoder" in message
+    missing = _planned(tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4}"])
+    assert "lacks `text_encoder`" in _codes(missing)["DBS416"]
+
+
+def test_one_cycle_takes_a_max_lr_table_and_ignores_a_base_lr_one(tmp_path):
+    planned = _planned(
+        tmp_path,
+        ['schedule.lr_schedule="one_cycle"', "schedule.max_lr={denoiser = 1e-3, text_encoder = 2e-4}"],
+    )
+    assert [(name, top) for name, _, _, top in _groups(planned)] == [
+        ("denoiser", 1e-3),
+        ("text_encoder", 2e-4),
+    ]
+
+
+def test_block_lr_scales_refuse_a_table(tmp_path):
+    extra = (
+        TEXT_ENCODER_LORA
+        + '\n[[adapter.blocks]]\npattern = "down_blocks"\nrank = 2\nalpha = 2.0\nlr_scale = 0.5\n'
+    )
+    planned = _planned(
+        tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5}"], extra=extra
+    )
+    assert planned.plan is None and "lr_scale 0.5" in _codes(planned)["DBS417"]
+
+
+def test_groups_round_trip_through_the_plan_file(tmp_path):
+    plan = _planned(tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5}"]).plan
+    assert plan_from_json(plan_to_json(plan)) == plan
+
+
+def test_momentum_tables_give_each_group_its_momentum_points(tmp_path):
+    planned = _planned(
+        tmp_path,
+        [*CYCLIC, "schedule.base_momentum={denoiser = 0.8, text_encoder = 0.7}", "schedule.max_momentum=0.9"],
+    )
+    s = planned.plan.schedule
+    assert [(g.name, g.base_momentum, g.max_momentum) for g in s.torch.groups] == [
+        ("denoiser", 0.8, 0.9),
+        ("text_encoder", 0.7, 0.9),
+    ]
+    momenta = {name: dict(points) for name, points in s.group_momentum_points}
+    assert momenta["text_encoder"][9] == pytest.approx(0.7) and momenta["denoiser"][9] == pytest.approx(0.8)
+    assert s.momentum_points == s.group_momentum_points[0][1]
+    off = _planned(
+        tmp_path, [*CYCLIC, "schedule.cycle_momentum=false", "schedule.base_momentum={denoiser = 0.8}"]
+    )
+    assert off.plan is not None and off.plan.schedule.torch.groups == ()  # the momenta are not read
