@@ -1422,7 +1422,9 @@ class Evaluation:
         maximum=10_000,
     )
     holdout_dataset: str = option(
-        "", doc="The instance dataset the held-out images come from; empty: the first instance dataset."
+        "",
+        doc="The instance dataset the held-out images come from; empty: the first instance dataset without "
+        "`preserve_output`.",
     )
     seed: int = option(
         0, doc="Seeds the holdout split and the evaluation noise (its own generator).", minimum=0
