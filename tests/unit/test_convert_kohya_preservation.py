@@ -131,3 +131,15 @@ def test_a_text_encoder_only_lora_cannot_express_it(tmp_path):
     allowed = _convert(tmp_path / "allowed", LORA + " --network_train_text_encoder_only", allow=True)
     assert allowed.exit_code == 0, errors(allowed)
     assert not any(_preserved(plan_of(allowed, tmp_path / "allowed")).values())
+
+
+def test_general_custom_attributes_reach_every_subset(tmp_path):
+    """custom_attributes is one of kohya's ascendable subset keys: in [general] it applies to every subset."""
+    images(tmp_path / "subject", 2, (512, 512))
+    images(tmp_path / "dogs", 3, (512, 512))
+    text = SUBJECT_AND_KEEP.format(keep="", batch=1, resolution=512)
+    write(tmp_path / "dataset.toml", text.replace("enable_bucket = true", "enable_bucket = true\n" + DOP))
+    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert _preserved(plan_of(outcome, tmp_path)) == {"subject": True, "dogs": True}
+    assert [r.fate for k, r in outcome.conversion.reports.items() if "custom_attributes" in k] == ["mapped"]
