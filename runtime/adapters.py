@@ -100,7 +100,8 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
     layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
         raise RuntimeError(
-            "a base-model prediction needs an adapter on the denoiser or a frozen teacher copy"
+            "a base-model prediction needs a LoRA run or a frozen teacher copy (an adapter on the model to "
+            "switch off)"
         )
     trainable = {p: p.requires_grad for layer in layers for p in layer.parameters()}
     for layer in layers:
