@@ -28,6 +28,7 @@ preserve_output = true
 ADAPTERS = {
     "lora": 'kind = "lora"\nrank = 4\nrank_dropout = 0.5\nmodule_dropout = 0.5\n',
     "dora": 'kind = "lora"\nrank = 4\ndora = true\n',
+    "locon": 'kind = "lora"\nrank = 4\nconv_rank = 2\nconv_alpha = 1.0\n',
     "loha": 'kind = "loha"\nrank = 4\nrank_dropout = 0.5\nmodule_dropout = 0.5\n',
     "lokr": 'kind = "lokr"\nrank = 4\n',
 }
@@ -90,7 +91,7 @@ def _base_output(plan, noisy, timesteps, text, samples) -> torch.Tensor:
         return family.predict(base, noisy, timesteps, text, family.conditioning(text, samples, "cpu")).float()
 
 
-@pytest.mark.parametrize("adapter", ["lora", "dora", "loha", "lokr"])
+@pytest.mark.parametrize("adapter", ["lora", "dora", "locon", "loha", "lokr"])
 def test_flagged_rows_take_the_base_models_output_sd1(tmp_path, adapter):
     plan = _plan(tmp_path, adapter=adapter)
     assert [d.preserve_output for d in plan.datasets] == [False, True]
@@ -117,6 +118,8 @@ def test_flagged_rows_take_the_base_models_output_sd1(tmp_path, adapter):
     assert (adapted - expected).abs().max() > 1e-3
     if adapter in ("lora", "loha"):
         assert not torch.equal(torch.get_rng_state(), rng)
+    if adapter == "locon":
+        assert plan.adapter.conv_rank == 2 and plan.adapter.conv_targets
 
 
 def test_flagged_rows_take_the_base_models_output_in_the_losss_form_flux(tmp_path):

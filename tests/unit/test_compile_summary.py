@@ -37,3 +37,17 @@ def test_output_preservation_counts_its_base_forwards(tmp_path):
     n = expected_compiles(denoiser_shapes(kept)) + expected_compiles(preserved_shapes(kept))
     assert f"up to {n} compiles" in compile_summary(kept) and "base forwards" in compile_summary(kept)
     assert "base forwards" not in compile_summary(plain)
+
+
+def test_the_plan_summary_says_what_output_preservation_targets_and_costs(tmp_path):
+    from dbspec.plan.summary import preserved_summary
+    from tests.runtime.runspec import make_plan
+
+    keep = '[[datasets]]\nname = "keep"\npath = "data/class-toy"\nprompt = "a toy"\nresolution = 64\n'
+    plan = make_plan(tmp_path, extra=keep + 'preserve_output = true\n[adapter]\nkind = "lora"\n')
+    kept = next(d for d in plan.datasets if d.name == "keep")
+    total = sum(d.samples_per_epoch for d in plan.datasets)
+    (line,) = preserved_summary(plan)
+    assert line.startswith("output preservation: dataset `keep`: target = the base model's prediction")
+    assert f"({kept.samples_per_epoch} of {total} per epoch" in line
+    assert "target of keep: ε̂ of the base model (adapter off)" in plan.loss.formula
