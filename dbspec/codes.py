@@ -1000,6 +1000,19 @@ from 0 and never reaches `probability` before the run ends.""",
     ),
     # --- DBS3xx: data, models and the target machine (`dbspec plan`) ----------------------------------------
     Code(
+        "DBS299",
+        ERROR,
+        "Output preservation without a denoiser adapter",
+        """\
+A dataset with `preserve_output = true` trains towards the base model's own prediction: the
+denoiser's adapter is switched off for one extra no-grad forward over that dataset's samples, and its
+output becomes their loss target (kohya's `diff_output_preservation`). That needs an `[adapter]` on the
+denoiser (a full fine-tune, or an adapter only on the text encoder, has none to switch off), and a dataset
+that trains (not `role = "eval"`). For a full fine-tune, `loss.prior = "base_model"` with a class dataset
+keeps a frozen copy instead.""",
+        help='add an [adapter] (e.g. kind = "lora") that trains the denoiser, or remove preserve_output',
+    ),
+    Code(
         "DBS301",
         ERROR,
         "A dataset folder is missing or not a folder",

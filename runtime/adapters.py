@@ -91,12 +91,19 @@ def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:
 
 @contextmanager
 def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
-    """The base model's behaviour inside the block: every LoRA layer passes its input through unchanged."""
+    """The base model's behaviour inside the block: every peft adapter layer (LoRA, DoRA, LoHa, LoKr) runs its
+    base layer alone, with no adapter dropout drawn; afterwards, exception or not, the adapters are back on
+    with each weight's requires_grad as it was (peft's re-enabling would mark every adapter weight
+    trainable)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
-        raise RuntimeError("a base-model prior needs a LoRA run or a frozen teacher copy")
+        raise RuntimeError(
+            "a base-model prediction needs a LoRA run or a frozen teacher copy (an adapter on the model to "
+            "switch off)"
+        )
+    trainable = {p: p.requires_grad for layer in layers for p in layer.parameters()}
     for layer in layers:
         layer.enable_adapters(False)
     try:
@@ -104,6 +111,8 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+        for param, flag in trainable.items():
+            param.requires_grad_(flag)
 
 
 def lora_adapter(module: torch.nn.Module | None) -> tuple[torch.nn.Module, str] | None:

@@ -189,6 +189,7 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
             loss_plan, sched, base_prediction(parts, noisy, timesteps, text, batch), noisy, timesteps
         )
         target = torch.where(is_prior[:, None, None, None], base, target)
+    target = preserved_target(parts, batch, target, noisy, timesteps, text)
     huber_c = objective.huber_threshold(loss_plan, sched, timesteps)
     elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta, huber_c)
     per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
@@ -196,6 +197,24 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     combine = losses.combine_per_sample if loss_plan.prior_reduction == "per_sample" else losses.combine_terms
     total, terms = combine(per_sample, is_prior, weights, loss_plan.prior_weight)
     return StepResult(loss=total, terms=terms, files=tuple(s.img.path for s in batch))
+
+
+def preserved_target(parts: Parts, batch: Sequence[Sample], target, noisy, timesteps, text) -> torch.Tensor:
+    """Output preservation (plan.datasets[].preserve_output, kohya's diff_output_preservation): the rows of
+    such datasets take the base model's prediction (adapter off, no gradient) on their own noisy input,
+    timestep and text as target, in the form the loss compares (the objective's output). One extra denoiser
+    forward over those rows only; a batch without them costs nothing."""
+    rows = [i for i, s in enumerate(batch) if parts.plan.datasets[s.dataset].preserve_output]
+    if not rows:
+        return target
+    plan, index = parts.plan, torch.tensor(rows, device=target.device)
+    noisy, timesteps = noisy[index], timesteps[index]
+    text = {k: v[index] for k, v in text.items()}
+    base = base_prediction(parts, noisy, timesteps, text, [batch[i] for i in rows])
+    base = family_runtime(plan.model.family).objective.output(
+        plan.loss, parts.noise_scheduler, base, noisy, timesteps
+    )
+    return target.index_put((index,), base.to(target.dtype))
 
 
 def rolled_out(parts: Parts, r, latents, noise, timesteps, noisy, text, batch, step: int):

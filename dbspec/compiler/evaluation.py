@@ -68,7 +68,8 @@ def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
 def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:
     name = ctx.spec.evaluation.holdout_dataset
     for i, d in enumerate(datasets):
-        if d.role == "instance" and (d.name == name or not name):
+        # by default the subject's: a preserve_output dataset trains towards the base model, not the subject
+        if d.role == "instance" and (d.name == name or not (name or d.preserve_output)):
             return i
     if name:
         ctx.report(
@@ -100,7 +101,9 @@ def subject_words(spec: Spec) -> tuple[str, str]:
     has it too); "" where unknown."""
     ev = spec.evaluation
     identifier, class_word = ev.identifier, ev.class_word
-    instance = [d.prompt for d in spec.datasets if d.role == "instance" and d.prompt]
+    instance = [
+        d.prompt for d in spec.datasets if d.role == "instance" and d.prompt and not d.preserve_output
+    ]
     klass = [d.prompt for d in spec.datasets if d.role == "class" and d.prompt]
     if not instance or not klass:
         return identifier, class_word
@@ -205,7 +208,8 @@ def plan_evaluation(
         else None
     )
     dino = resolve_metric_model(ctx, ev.dino_model, "dino_model") if "dino" in metrics else None
-    references = [img for d in datasets if d.role == "instance" for img in d.images] + list(held.images)
+    subject = [img for d in datasets if d.role == "instance" and not d.preserve_output for img in d.images]
+    references = subject + list(held.images)
     timesteps = fixed_timesteps(ev.timesteps, noise) if held.images else ()
     steps = interval_steps(spec.validation.every, schedule.total_steps)
     plan = EvaluationPlan(

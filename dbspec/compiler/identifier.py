@@ -34,7 +34,8 @@ def instance_identifiers(spec: Spec, explicit: str = "") -> list[tuple[int, str]
     class_prompts = [d.prompt for d in spec.datasets if d.role == "class" and d.prompt]
     found = []
     for i, d in enumerate(spec.datasets):
-        if d.role == "instance" and d.prompt:
+        # a preserve_output dataset trains towards the base model, not the subject: no identifier there
+        if d.role == "instance" and d.prompt and not d.preserve_output:
             if explicit and explicit.lower() not in words(d.prompt):
                 continue  # the spec's identifier is not in this prompt: nothing of it to check
             identifier = prompt_identifier(d.prompt, class_prompts, explicit)

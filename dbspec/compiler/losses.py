@@ -50,7 +50,7 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         rollout=rollout_plan(ctx),
         flow=flow_plan(spec, model.family) if model and target == "flow_matching" else None,
     )
-    return attrs.evolve(plan, formula=formula(plan))
+    return attrs.evolve(plan, formula=formula(plan) + preserved_target(plan, datasets))
 
 
 def rollout_plan(ctx: Context) -> RolloutPlan | None:
@@ -159,6 +159,19 @@ def _weighted_with(p: LossPlan, y: str, pred: str) -> str:
             f"{p.prior_weight:g} for class samples, 1 for instance"
         )
     return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({pred}, {prior_target}){mask} ]"
+
+
+def preserved_target(p: LossPlan, datasets: tuple[DatasetPlan, ...]) -> str:
+    """The target of datasets with preserve_output: the prediction the loss compares, made by the base model
+    (adapter off) on the same input; "" when none has it."""
+    names = ", ".join(d.name for d in datasets if d.preserve_output)
+    if not names:
+        return ""
+    y = {"epsilon": "ε", "v_prediction": "v", "flow_matching": "u"}[p.target]
+    pred = f"{y}̂"
+    if p.flow is not None and p.flow.prediction != "raw":
+        pred = {"sigma_scaled": f"x_t − σ·{y}̂", "additive": f"{y}̂ + x_t"}[p.flow.prediction]
+    return f"; target of {names}: {pred} of the base model (adapter off)"
 
 
 def _flow(p: LossPlan) -> str:

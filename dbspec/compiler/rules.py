@@ -1002,6 +1002,41 @@ def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+@rule("spec")
+def preserve_output_needs_denoiser_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A dataset's output preservation targets the base model's prediction with the adapter switched off: it
+    needs an adapter on the denoiser to switch off, and a dataset that trains."""
+    if not any(d.preserve_output for d in spec.datasets):
+        return
+    adapter = isinstance(spec.adapter, LowRankAdapter)
+    lacks = (
+        "no [adapter] (a full fine-tune has no adapter to switch off)"
+        if not adapter
+        else "train.denoiser = false (the adapter is only on the text encoder)"
+        if not spec.train.denoiser
+        else ""
+    )
+    for i, d in enumerate(spec.datasets):
+        if not d.preserve_output:
+            continue
+        path = ("datasets", i, "preserve_output")
+        if lacks:
+            yield _err(
+                "DBS299",
+                path,
+                f"dataset `{d.name}`: preserve_output = true needs an [adapter] that trains the denoiser; "
+                f"found {lacks}",
+                codes.help("DBS299"),
+            )
+        elif d.role == "eval":
+            yield _err(
+                "DBS299",
+                path,
+                f'dataset `{d.name}`: preserve_output = true on a role = "eval" dataset, which never trains',
+                'remove preserve_output, or give the dataset role = "instance"',
+            )
+
+
 # --- kohya's noise and loss options -------------------------------------------------------------------------
 @rule("spec")
 def loss_weights_fit_prediction(spec: Spec, given: Given) -> Iterator[Hit]:

@@ -20,6 +20,14 @@ def denoiser_shapes(plan: Plan) -> set[tuple[int, int, int]]:
     return shapes
 
 
+def preserved_shapes(plan: Plan) -> set[tuple[int, int, int]]:
+    """(batch, width, height) of output preservation's base forwards (datasets[].preserve_output): the
+    preserved rows of a micro-batch, any count from 1 to its size (an upper bound: the data order decides)."""
+    if not any(d.preserve_output for d in plan.datasets):
+        return set()
+    return {(k, w, h) for batch, w, h in denoiser_shapes(plan) for k in range(1, batch + 1)}
+
+
 def expected_compiles(shapes: set[tuple[int, int, int]]) -> int:
     """Compiles of the denoiser under automatic dynamic shapes (an upper bound; the order of batches decides):
     the first shape; one more when the bucket size changes (width and height become symbolic); one more when
@@ -41,8 +49,12 @@ def compile_summary(plan: Plan) -> str:
     dynamic = {None: "automatic dynamic shapes", True: "dynamic shapes", False: "static shapes"}[c.dynamic]
     shapes = denoiser_shapes(plan)
     sizes = len({(w, h) for _, w, h in shapes})
-    n = expected_compiles(shapes)
+    # the base forwards run without gradients and with the adapter off: failed guards, so graphs of their own
+    base = preserved_shapes(plan)
+    n = expected_compiles(shapes) + (expected_compiles(base) if base else 0)
     again = f"; up to {n} compiles of the denoiser in all" if n > 1 else "; no recompile"
+    if base:
+        again += " (output preservation's no-grad base forwards, adapter off, compile their own)"
     return (
         f"{' + '.join(c.components)} with {c.backend} ({c.mode} mode, {dynamic}): the first step compiles "
         "(minutes for real-size models; inductor's disk cache makes a rerun of the same shapes faster), "

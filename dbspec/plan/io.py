@@ -92,6 +92,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("datasets", "*", "color_aug"): False,
         ("datasets", "*", "face_crop"): None,
         ("datasets", "*", "resolution_height"): 0,
+        ("datasets", "*", "preserve_output"): False,  # output preservation (kohya's DOP), added since
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

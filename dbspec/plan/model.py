@@ -257,6 +257,9 @@ class DatasetPlan:
     color_aug: bool = False  # kohya colour augmentation per sample (runtime/color_aug.py); no latent cache
     face_crop: FaceCropPlan | None = None  # kohya face-crop augmentation; None = off
     resolution_height: int = 0  # a non-square resolution x resolution_height (kohya's W,H); 0 = square
+    # the loss target of its samples is the base model's own prediction (adapter off, no gradient; kohya's
+    # diff_output_preservation): one extra denoiser forward over those rows per step (runtime/preserve.py)
+    preserve_output: bool = False
 
 
 @frozen

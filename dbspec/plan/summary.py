@@ -111,7 +111,7 @@ def datasets_table(plan: Plan) -> Table:
         for d in plan.datasets
         if d.face_crop is not None
     ]
-    t.caption = "\n".join(faces) or None
+    t.caption = "\n".join(faces + preserved_summary(plan)) or None
     t.caption_justify = "left"
     return t
 
@@ -328,6 +328,18 @@ def _generate(gen: GeneratePlan) -> str:
     return (
         f"{gen.count} new ({gen.scheduler}, {gen.steps} steps, cfg {gen.guidance:g}, batch {gen.batch_size})"
     )
+
+
+def preserved_summary(plan: Plan) -> list[str]:
+    """One line per dataset with preserve_output: its target and what it costs."""
+    total = sum(d.samples_per_epoch for d in plan.datasets) or 1
+    return [
+        f"output preservation: dataset `{d.name}`: target = the base model's prediction (adapter off) on "
+        f"the same noisy input, timestep and caption; one extra no-grad denoiser forward over its samples "
+        f"({d.samples_per_epoch} of {total} per epoch, ~{d.samples_per_epoch / total:.0%})"
+        for d in plan.datasets
+        if d.preserve_output
+    ]
 
 
 def _teacher(plan: Plan) -> str:

@@ -476,6 +476,16 @@ class Dataset:
         "ignore); empty for none.",
     )
     mask_from_alpha: bool = option(False, doc="Use each image's alpha channel as its loss mask.")
+    preserve_output: bool = option(
+        False,
+        doc="Output preservation (kohya's `diff_output_preservation`): the loss target of this dataset's "
+        "samples is the frozen base model's own prediction (the adapter switched off) on the same noisy "
+        "input, timestep and caption, so training on them keeps the model's output there unchanged. "
+        "Costs one extra no-grad denoiser forward over these samples per step. Needs an `[adapter]` on "
+        "the denoiser. Flow families compare it in the form the loss compares (after "
+        "`loss.flow_prediction`); timestep weights (min-SNR, debiased, ...), masks and, on a class "
+        "dataset, `loss.prior_weight` apply as usual; caches are unaffected.",
+    )
     generate: int = option(
         0,
         doc="Class datasets: make the folder hold at least this many images, generating the missing ones "
@@ -1442,7 +1452,9 @@ class Evaluation:
         maximum=10_000,
     )
     holdout_dataset: str = option(
-        "", doc="The instance dataset the held-out images come from; empty: the first instance dataset."
+        "",
+        doc="The instance dataset the held-out images come from; empty: the first instance dataset without "
+        "`preserve_output`.",
     )
     seed: int = option(
         0, doc="Seeds the holdout split and the evaluation noise (its own generator).", minimum=0

@@ -44,6 +44,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del d["color_aug"]  # kohya colour augmentation, added since
         del d["face_crop"]  # kohya face-crop augmentation, added since
         del d["resolution_height"]  # non-square resolutions, added since
+        del d["preserve_output"]  # output preservation, added since
     del data["loss"]["flow"]  # flow matching (SD3), added since (none then)
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)

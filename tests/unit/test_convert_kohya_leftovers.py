@@ -413,10 +413,11 @@ resolution = 512
 
 
 def test_custom_attributes_are_inert_for_scripts_that_never_read_them(tmp_path):
-    """Only flux_train_network.py (and lumina's) read a subset's custom_attributes in their training step;
-    train_network.py only logs them."""
+    """Only the LoRA scripts read a subset's custom_attributes in their training step
+    (diff_output_preservation: tests/unit/test_convert_kohya_preservation.py); train_db.py only logs them."""
     images(tmp_path / "img", 2, (512, 512))
     write(tmp_path / "dataset.toml", ATTRIBUTES_TOML)
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    command = f"{BASE} --output_dir out"
+    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=command)
     assert outcome.exit_code == 0, errors(outcome)
     assert fate(outcome, "datasets[0].subsets[0].custom_attributes") == "inert"

@@ -105,6 +105,30 @@ def test_the_plan_lists_metrics_subject_prompts_references_and_models(tmp_path):
     assert e.clip_model.source == "builtin" and e.dino_model.id == "builtin:tiny-dino"
 
 
+def test_a_preserve_output_dataset_is_not_the_subject(tmp_path):
+    """Its samples train towards the base model (datasets[].preserve_output): the default holdout, the subject
+    words and the reference images come from the other instance dataset, even when it is listed first."""
+    subject = '[[datasets]]\nname = "subject"\npath = "data/class-toy"\nprompt = "a photo of sks toy"\n'
+    extra = (
+        subject
+        + 'resolution = 64\n[adapter]\nkind = "lora"\n'
+        + VALIDATION.replace("ohwx", "sks")
+        + '[evaluation]\nholdout = 1\nmetrics = ["clip_i"]\n'
+        + TINY_MODELS
+    )
+    spec = write_spec(tmp_path, steps=4, dataset_extra="preserve_output = true", extra=extra, with_class=True)
+    plan = compile_spec(spec)
+    assert [(d.name, d.preserve_output) for d in plan.datasets] == [
+        ("toy", True),
+        ("toys", False),
+        ("subject", False),
+    ]
+    e = plan.evaluation
+    assert e.dataset == 2 and e.identifier == "sks"
+    subject_images = {img.name for img in (tmp_path / "data" / "class-toy").iterdir() if img.suffix == ".png"}
+    assert {p.rsplit("/", 1)[-1] for p in e.references} == subject_images
+
+
 def _codes(tmp_path, extra: str, **kw) -> list[tuple[str, str]]:
     path = write_spec(tmp_path, **{"steps": 4, **kw}, extra=extra)
     planned = plan_spec(path, CPU, str(path), [])

@@ -245,6 +245,10 @@ def _set(table: str, key: str, value):
             'loss.prior "base_model" needs train_denoiser = true; found false',
         ),
         (
+            lambda data: data["datasets"][0].__setitem__("preserve_output", True),
+            r"datasets\[\]\.preserve_output needs an adapter on the denoiser; found adapter 'none'",
+        ),
+        (
             lambda data: data["loss"]["noise"].__setitem__("min_timestep", 1200),
             "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000",
         ),

@@ -565,6 +565,18 @@ CASES = [
         "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + DOGS + STEPS,
     ),
     (
+        rules.preserve_output_needs_denoiser_adapter,
+        DOG + "preserve_output = true\n" + STEPS,
+        [("DBS299", "error", ("datasets", 0, "preserve_output"))],
+        LORA + DOG + "preserve_output = true\n" + STEPS,
+    ),
+    (
+        rules.preserve_output_needs_denoiser_adapter,
+        LORA + "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + "preserve_output = true\n" + STEPS,
+        [("DBS299", "error", ("datasets", 0, "preserve_output"))],
+        LORA + TE + DOG + "preserve_output = true\n" + STEPS,
+    ),
+    (
         rules.loss_weights_fit_prediction,
         'prediction = "epsilon"\n'
         + DOG

@@ -17,6 +17,7 @@ from dbspec.convert.kohya.data import (
 )
 from dbspec.convert.kohya.evaluation import map_validation
 from dbspec.convert.kohya.datasets import Layout, map_datasets
+from dbspec.convert.kohya.subsets import preservation_needs_denoiser
 from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
@@ -161,6 +162,8 @@ def convert_kohya(
     map_lr_schedule(a, length.total_steps, conv, script)
     text_encoder = map_text_encoder(a, script, length.total_steps, conv)
     map_learning_rates(a, script, text_encoder, conv)
+    if layout is not None:
+        preservation_needs_denoiser(layout.parts, conv)
     map_optimizer(a, conv)
     if layout is not None:
         loss_args = flow_loss_args(a, script, arg_table(script), conv) if script in FLOW_SCRIPTS else a

@@ -19,7 +19,7 @@ from dbspec.compiler import buckets as bk
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.epochs import Bucketing, Img, Part, list_images
 from dbspec.convert.kohya.data import KDataset, KSubset
-from dbspec.convert.kohya.subsets import map_face_crop, map_subset, subset_problems
+from dbspec.convert.kohya.subsets import map_custom_attributes, map_face_crop, map_subset, subset_problems
 from dbspec.convert.common.paths import PathMapper
 
 
@@ -93,6 +93,7 @@ def map_datasets(
         setting = settings[dataset.index]
         map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
         subset_problems(dataset, subset, images, setting, cache_latents, conv, script)
+        map_custom_attributes(out_index, dataset, subset, script, conv)
         map_face_crop(out_index, subset, setting, cache_latents, conv)
         if setting.spec_height:
             conv.put(

@@ -13,13 +13,11 @@ from dbspec.convert.common.paths import PathMapper
 
 _SMALL = 64  # dbspec's default min_image_size
 
-# subset key -> (value that changes nothing, why dbspec cannot express another value)
-_UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "custom_attributes": (None, "dbspec has no custom subset attributes (e.g. diff_output_preservation)"),
-}
-# scripts whose training step reads a subset's custom_attributes (flux: diff_output_preservation); the others
-# only log them
-_READS_CUSTOM_ATTRIBUTES = ("flux_train_network", "lumina_train_network")
+# Scripts whose training step reads a subset's custom_attributes["diff_output_preservation"] (Python truth):
+# train_network.py's get_noise_pred_and_target (sdxl_train_network.py inherits it), and the same block in
+# sd3_train_network.py and flux_train_network.py. The full fine-tune scripts only log custom_attributes.
+READS_PRESERVATION = ("train_network", "sdxl_train_network", "sd3_train_network", "flux_train_network")
+_PRESERVATION = "diff_output_preservation"
 # keys that only matter together with an unsupported feature
 _INERT_WITHOUT: dict[str, str] = {
     "cache_info": "a kohya cache file; no effect on training",
@@ -197,18 +195,6 @@ def subset_problems(
     script: str = "",
 ) -> None:
     v = subset.values
-    for key, (neutral, why) in _UNSUPPORTED.items():
-        if (
-            key == "custom_attributes"
-            and key in v
-            and v[key].given
-            and script not in _READS_CUSTOM_ATTRIBUTES
-        ):
-            conv.inert(v[key], f"{script}.py never reads custom_attributes (it only logs them)")
-        elif key in v and v[key].value not in (neutral, None, "", 0, {}):
-            conv.unsupported(v[key], why)
-        elif key in v and v[key].given:
-            conv.inert(v[key], "the value kohya treats as off")
     for key, why in _INERT_WITHOUT.items():
         if key in v and v[key].given:
             conv.inert(v[key], why)
@@ -226,6 +212,64 @@ def subset_problems(
             "kohya multiplies the loss by the mask and averages over the whole image; dbspec divides "
             "by the mask area, so a small mask does not shrink the loss",
         )
+
+
+def map_custom_attributes(i: int, dataset: KDataset, subset: KSubset, script: str, conv: Conversion) -> None:
+    """kohya's differential output preservation (a subset's custom_attributes.diff_output_preservation, read
+    with Python truth by the LoRA scripts) becomes the dataset's preserve_output; no script reads other
+    keys."""
+    legacy = subset.values["custom_attributes"] if "custom_attributes" in subset.values else None
+    if legacy is None or not legacy.given or not isinstance(legacy.value, dict):
+        return
+    attributes: dict = legacy.value
+    others = [key for key in attributes if key != _PRESERVATION]
+    unread = f"no kohya script reads {', '.join(others)}" if others else ""
+    if not (_PRESERVATION in attributes and attributes[_PRESERVATION]):
+        conv.inert(legacy, unread or f"{_PRESERVATION} is off")
+        return
+    if script not in READS_PRESERVATION:
+        conv.inert(legacy, f"{script}.py (a full fine-tune) never reads custom_attributes; it only logs them")
+        return
+    value = attributes[_PRESERVATION]
+    truth = "" if value is True else f"kohya reads {show(value)} as true (Python truth)"
+    note = "; ".join(x for x in (truth, unread) if x)
+    conv.mapped(legacy, ("datasets", i, "preserve_output"), True, note=note)
+    others_in_batch = (
+        any(not _preserves(s) for s in dataset.subsets if s.index != subset.index)
+        and dataset.values["batch_size"].value > 1
+    )
+    if script == "train_network" and others_in_batch:
+        # NetworkTrainer.call_unet (SD1/SD2) ignores the row indices sdxl/sd3/flux honour: the base model runs
+        # on the whole batch, and writing it into the flagged rows fails on a shape mismatch
+        conv.differs(
+            legacy,
+            "kohya's train_network.py (SD1/SD2) predicts the base output for the whole batch and stops with "
+            "a shape mismatch when a batch mixes preserved and other samples; dbspec computes it for the "
+            "preserved rows only, as sdxl_train_network.py, sd3_train_network.py and flux_train_network.py "
+            "do",
+        )
+
+
+def _preserves(subset: KSubset) -> bool:
+    legacy = subset.values["custom_attributes"] if "custom_attributes" in subset.values else None
+    attributes = legacy.value if legacy is not None and isinstance(legacy.value, dict) else {}
+    return bool(_PRESERVATION in attributes and attributes[_PRESERVATION])
+
+
+def preservation_needs_denoiser(parts: tuple, conv: Conversion) -> None:
+    """With the denoiser's LoRA off (network_train_text_encoder_only, unet_lr 0) kohya's preserved target is
+    the prediction itself: those samples add zero loss yet count in the batch mean. dbspec has no such
+    mode."""
+    if ("train", "denoiser") not in conv.values or conv.values[("train", "denoiser")][0] is not False:
+        return
+    for i, (_, subset, _) in enumerate(parts):
+        if ("datasets", i, "preserve_output") in conv.values:
+            del conv.values[("datasets", i, "preserve_output")]
+            conv.unsupported(
+                subset.values["custom_attributes"],
+                "with no LoRA on the denoiser kohya's preserved target equals the prediction (zero loss "
+                "that still counts in the batch mean); dbspec's preserve_output needs a denoiser adapter",
+            )
 
 
 def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
