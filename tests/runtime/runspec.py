@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import resource
 import shutil
 from collections.abc import Iterator
@@ -65,6 +66,26 @@ path = "data/class-toy"
 prompt = "a photo of a toy"
 resolution = 64
 """
+
+
+def summary_text(plan: Plan) -> str:
+    """`dbspec plan`'s summary as text, wide enough that no row wraps."""
+    from rich.console import Console
+
+    from dbspec.plan.summary import render_summary
+
+    console = Console(file=io.StringIO(), width=400)
+    render_summary(plan, console)
+    return console.file.getvalue()
+
+
+def final_weights(final: str | Path) -> dict:
+    """Every tensor under a run's `final` folder, keyed `<file name>/<tensor name>`."""
+    from safetensors.torch import load_file
+
+    return {
+        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
+    }
 
 
 def write_spec(

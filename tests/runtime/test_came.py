@@ -5,19 +5,14 @@ equals a CAME built by hand on the same parameters and gradients, its state (a P
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 
 import torch
 from came_pytorch import CAME
-from rich.console import Console
-from safetensors.torch import load_file
 
-from dbspec.plan.summary import render_summary
 from dbspec.runtime.checkpoints import latest_checkpoint, load_state
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import make_optimizer, param_groups
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
 
 CAME_SPEC = [
     'optimizer.kind="came"',
@@ -27,18 +22,6 @@ CAME_SPEC = [
     "optimizer.clip_threshold=0.5",
     "optimizer.weight_decay=0.02",
 ]
-
-
-def _summary(plan) -> str:
-    console = Console(file=io.StringIO(), width=400)
-    render_summary(plan, console)
-    return console.file.getvalue()
-
-
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
 
 
 def _params() -> list[torch.nn.Parameter]:
@@ -71,7 +54,7 @@ def test_came_steps_as_the_came_kohya_builds(tmp_path):
     assert (o.kind, o.betas, o.weight_decay) == ("came", (0.8, 0.99, 0.999), 0.02)
     assert (o.came.clip_threshold, o.came.eps) == (0.5, (1e-29, 1e-15))
     assert "CAME: betas 0.8, 0.99, 0.999, clip_threshold 0.5, eps (1e-29, 1e-15), weight decay 0.02" in (
-        _summary(plan)
+        summary_text(plan)
     )
     ours, theirs, plain = _params(), _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)
@@ -134,9 +117,9 @@ def test_a_came_run_resumes_bit_exact_from_its_checkpoint(tmp_path):
     assert saved["param_groups"][0]["eps"] == (1e-29, 1e-15)
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    base = _weights(execute(compile_spec(spec, ["output.dir=base", "optimizer.lr=1e-12"])).final)
+    base = final_weights(execute(compile_spec(spec, ["output.dir=base", "optimizer.lr=1e-12"])).final)
     assert any(not torch.equal(a[k], base[k]) for k in a)  # it trained
 
 

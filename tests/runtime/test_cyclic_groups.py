@@ -5,17 +5,15 @@ group curves are those LRs, and a run with them resumes bit-exact."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from dbspec.plan.summary import render_summary
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
-from tests.runtime.runspec import TEXT_ENCODER_LORA, compile_spec, write_spec
+from tests.runtime.runspec import TEXT_ENCODER_LORA, compile_spec, final_weights, write_spec
 
 # every group's bounds, written out once: the expectation below is torch's own CyclicLR given these lists
 BASE = {"denoiser": 1e-5, "denoiser_lora_up": 4e-5, "text_encoder": 2e-6, "text_encoder_lora_up": 8e-6}
@@ -127,12 +125,6 @@ def test_one_cycle_takes_a_per_group_max_lr(tmp_path):
         assert all(seen[name][step] == lr for step, lr in points)
 
 
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
-
-
 @pytest.mark.parametrize("loraplus", [False, True])
 def test_a_per_group_cyclic_run_trains_and_resumes_bit_exact(tmp_path, loraplus):
     names = list(BASE) if loraplus else ["denoiser", "text_encoder"]
@@ -149,5 +141,5 @@ def test_a_per_group_cyclic_run_trains_and_resumes_bit_exact(tmp_path, loraplus)
     first = execute(plan, stop_after=2)
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

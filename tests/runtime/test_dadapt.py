@@ -3,23 +3,18 @@ on a tiny SD1 model."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from pathlib import Path
 
 import dadaptation
 import dadaptation.experimental
 import pytest
 import torch
-from rich.console import Console
-from safetensors.torch import load_file
 from transformers.optimization import Adafactor, AdafactorSchedule
 
-from dbspec.plan.summary import render_summary
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
 
 # kohya's optimizer_type -> the class its get_optimizer builds, and dbspec's kind for it
 KOHYA = {
@@ -31,18 +26,6 @@ KOHYA = {
     "dadapt_lion": dadaptation.DAdaptLion,
     "dadapt_sgd": dadaptation.DAdaptSGD,
 }
-
-
-def _summary(plan) -> str:
-    console = Console(file=io.StringIO(), width=300)
-    render_summary(plan, console)
-    return console.file.getvalue()
-
-
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
 
 
 def _params() -> list[torch.nn.Parameter]:
@@ -105,7 +88,7 @@ def test_dadapt_settings_reach_the_optimizer_and_the_plan(tmp_path):
         True,
         True,
     )
-    text = _summary(plan)
+    text = summary_text(plan)
     assert "dadapt_adam, lr 1" in text
     assert (
         "D-Adaptation: step = d x lr (logged as d*lr), d estimated from d0 0.0001 (at most x1.02 per step), "
@@ -133,7 +116,7 @@ def test_a_dadapt_run_trains_and_resumes_bit_exact(tmp_path):
     assert first.status == "interrupted" and first.steps == 2
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -151,7 +134,7 @@ def test_adafactor_relative_step_is_kohyas_adafactor_with_its_schedule(tmp_path)
     assert s.lr_schedule == "adafactor"
     # the plan's curve is Adafactor's relative step size before parameter scaling: min(1e-2, 1/sqrt(t))
     assert s.lr_points == tuple((step, min(1e-2, 1 / math.sqrt(step + 1))) for step, _ in s.lr_points)
-    text = _summary(plan)
+    text = summary_text(plan)
     assert "Adafactor relative step: lr = min(1e-2, 1/sqrt(t)) x max(1e-3, RMS of the parameter)" in text
     assert "relative step at" in text
     ours, theirs = _params(), _params()
@@ -193,5 +176,5 @@ def test_an_adafactor_relative_step_run_trains_and_resumes_bit_exact(tmp_path):
     first = execute(plan, stop_after=2)
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -5,33 +5,16 @@ optimizer and loop on a tiny SD1 model. Each optimizer equals the class kohya's 
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 
 import bitsandbytes as bnb
 import pytest
 import schedulefree
 import torch
-from rich.console import Console
-from safetensors.torch import load_file
 from transformers.optimization import Adafactor
 
-from dbspec.plan.summary import render_summary
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import averaged_weights, make_optimizer, param_groups
-from tests.runtime.runspec import compile_spec, write_spec
-
-
-def _summary(plan) -> str:
-    console = Console(file=io.StringIO(), width=400)
-    render_summary(plan, console)
-    return console.file.getvalue()
-
-
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
+from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
 
 
 def _params() -> list[torch.nn.Parameter]:
@@ -65,9 +48,9 @@ def _resumes_bit_exact(tmp_path, overrides: list[str], extra: str = "") -> None:
     assert first.status == "interrupted" and first.steps == 2
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    base = _weights(execute(compile_spec(spec, ["output.dir=base", "optimizer.lr=1e-12"])).final)
+    base = final_weights(execute(compile_spec(spec, ["output.dir=base", "optimizer.lr=1e-12"])).final)
     assert any(not torch.equal(a[k], base[k]) for k in a)  # it trained
 
 
@@ -89,7 +72,7 @@ def test_adafactor_arguments_reach_transformers_adafactor(tmp_path):
     o = plan.optimizer
     a = o.adafactor
     assert (a.beta1, a.clip_threshold, a.decay_rate, a.eps) == (0.9, 2.0, -0.5, (1e-29, 2e-3))
-    assert "Adafactor beta1 0.9, clip_threshold 2, decay_rate -0.5, eps (1e-29, 0.002)" in _summary(plan)
+    assert "Adafactor beta1 0.9, clip_threshold 2, decay_rate -0.5, eps (1e-29, 0.002)" in summary_text(plan)
     ours, theirs, plain = _params(), _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)
     # kohya: Adafactor(params, lr=learning_rate, relative_step=False, **optimizer_args)
@@ -135,9 +118,9 @@ def test_each_ademamix_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     assert o.betas == (0.9, 0.999, 0.9999) and o.ademamix is not None
     assert (o.ademamix.alpha, o.ademamix.t_alpha, o.ademamix.t_beta3) == (8.0, 4, 5)
     assert (o.ademamix.eight_bit, o.ademamix.paged) == (kind.endswith("8bit"), kind.startswith("paged"))
-    assert "AdEMAMix" in _summary(plan) and "alpha 8, warm-up of alpha over 4 steps, beta3 over 5 steps" in (
-        _summary(plan)
-    )
+    assert "AdEMAMix" in summary_text(
+        plan
+    ) and "alpha 8, warm-up of alpha over 4 steps, beta3 over 5 steps" in (summary_text(plan))
     ours, theirs = _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)
     assert type(optimizer) is ADEMAMIX[kind]
@@ -173,7 +156,7 @@ def test_each_schedulefree_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     plan = compile_spec(write_spec(tmp_path, steps=2), overrides)
     o = plan.optimizer
     assert o.schedulefree is not None and o.schedulefree.r == 0.5 and plan.schedule.lr_schedule == "constant"
-    text = _summary(plan)
+    text = summary_text(plan)
     assert "schedule-free: no LR schedule, the iterates averaged" in text and "eval mode" in text
     ours, theirs = _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)

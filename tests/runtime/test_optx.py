@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import attrs
 import torch
-from safetensors.torch import load_file
 from rich.console import Console
 
 from dbspec.plan.summary import render_summary
@@ -15,7 +13,7 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.models import load_components
 from dbspec.runtime.optim import make_optimizer, param_groups
 from dbspec.runtime.prepare import configure_models, lora_up_ids
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, write_spec
 
 NESTEROV = ['optimizer.kind="sgd"', "optimizer.nesterov=true", "optimizer.momentum=0.9"]
 
@@ -97,12 +95,6 @@ def test_loraplus_puts_exactly_the_lora_b_matrices_in_their_own_groups(tmp_path)
     ]
 
 
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
-
-
 def test_a_loraplus_run_trains_and_resumes_bit_exact(tmp_path):
     spec = write_spec(tmp_path, steps=4, extra=LORAPLUS)
     whole = execute(compile_spec(spec, ["output.dir=whole"]))
@@ -117,5 +109,5 @@ def test_a_loraplus_run_trains_and_resumes_bit_exact(tmp_path):
     assert first.status == "interrupted" and first.steps == 2
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,19 +10,17 @@ CPU: docs/memory.md says so.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig
-from safetensors.torch import load_file
 
 from dbspec.compiler.memory import QUANTIZED_BYTES
 from dbspec.runtime.adapters import inject_lora
 from dbspec.runtime.execute import execute
 from dbspec.runtime.quantize import FORMATS, is_quantized, quantize_frozen, quantized_bytes
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, write_spec
 
 # (backend, format) pairs that run on the CPU; quanto's int8 is covered by tests/runtime/test_quantize.py too.
 ON_CPU = [("torchao", "int8"), ("bitsandbytes", "nf4"), ("bitsandbytes", "int8"), ("quanto", "int8")]
@@ -74,12 +72,6 @@ def test_a_backend_library_is_imported_only_when_used():
     assert "optimum.quanto" not in out
 
 
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
-
-
 QUANTISED_LORA = """
 [adapter]
 kind = "lora"
@@ -109,7 +101,7 @@ def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_
     assert first.status == "interrupted" and first.steps == 2
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The export is a plain LoRA: the same keys, shapes and dtypes as a run on a float base.
     plain = execute(
@@ -117,7 +109,7 @@ def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_
             write_spec(tmp_path, steps=1, extra="[adapter]\nkind = 'lora'\nrank = 2\n"), ["output.dir=plain"]
         )
     )
-    c = _weights(plain.final)
+    c = final_weights(plain.final)
     assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in c.items()}
 
 
@@ -167,5 +159,5 @@ def test_adamw8bit_trains_on_the_cpu_with_8bit_state_and_resumes_bit_exact(tmp_p
     assert first.status == "interrupted" and first.steps == 2
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

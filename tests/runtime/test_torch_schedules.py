@@ -6,20 +6,18 @@ a tiny run with each resumes bit-exact."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import attrs
 import pytest
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from dbspec.compiler.schedule import Curve, compute_schedule, lr_curve
 from dbspec.plan.model import TorchSchedulePlan
 from dbspec.plan.summary import render_summary
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import make_lr_scheduler
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, write_spec
 
 DEFAULTS = TorchSchedulePlan(
     step_size=1,
@@ -172,12 +170,6 @@ def test_polynomial_lr_with_a_power_is_torchs_float_for_float(power: float) -> N
     assert _walk(ours, make_lr_scheduler(ours, plan), total + 1)[0] == lrs
 
 
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -210,7 +202,7 @@ def test_a_torch_schedule_run_trains_and_resumes_bit_exact(tmp_path, overrides):
     first = execute(plan, stop_after=2)
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
