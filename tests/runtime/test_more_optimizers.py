@@ -118,9 +118,8 @@ def test_each_ademamix_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     assert o.betas == (0.9, 0.999, 0.9999) and o.ademamix is not None
     assert (o.ademamix.alpha, o.ademamix.t_alpha, o.ademamix.t_beta3) == (8.0, 4, 5)
     assert (o.ademamix.eight_bit, o.ademamix.paged) == (kind.endswith("8bit"), kind.startswith("paged"))
-    assert "AdEMAMix" in summary_text(
-        plan
-    ) and "alpha 8, warm-up of alpha over 4 steps, beta3 over 5 steps" in (summary_text(plan))
+    text = summary_text(plan)
+    assert "AdEMAMix" in text and "alpha 8, warm-up of alpha over 4 steps, beta3 over 5 steps" in text
     ours, theirs = _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)
     assert type(optimizer) is ADEMAMIX[kind]
