@@ -188,3 +188,18 @@ def test_a_tiny_run_resumes_exactly(tmp_path, extra):
     default = "cover" if name == "resize" else "apply"
     other = execute(compile_spec(spec, ["output.dir=other", f'datasets.0.{name}="{default}"']))
     assert other.losses != whole.losses  # the option changes what trains
+
+
+def test_a_face_box_on_a_tagged_image_is_read_in_the_stored_pixels(tmp_path):
+    """kohya reads `name_cx_cy_w_h` in the stored pixel grid: with EXIF ignored the box is where kohya cuts;
+    with EXIF applied the image would turn under the box (DBS360)."""
+    path = _spec(tmp_path, "face_crop = [1.5, 3.0]")
+    _jpeg(tmp_path / "data" / "toy" / "portrait_90_40_40_30.jpg", (160, 96), 6, seed=3)
+    plan = compile_spec(path, ['datasets.0.exif_orientation="ignore"'])
+    boxes = {(b.image, b.cx, b.cy, b.w, b.h) for b in plan.datasets[0].face_crop.faces}
+    assert ("portrait_90_40_40_30.jpg", 90, 40, 40, 30) in boxes
+    assert _image(plan, "portrait_90_40_40_30.jpg").size == (160, 96)
+    planned = plan_spec(path, CPU, str(path), [])
+    assert planned.plan is None
+    found = [d for d in planned.diagnostics if d.code == "DBS360"]
+    assert found and "portrait_90_40_40_30.jpg" in found[0].message and "EXIF" in found[0].message
