@@ -1596,7 +1596,7 @@ this as a warning.""",
 Converted to the closest dbspec setting, and the meaning differs as the message says (warning): for example
 kohya's per-sample prior weighting in mixed batches, kohya's per-dataset reg balancing, \
 diffusers' instance/class
-pairing in each batch, mask-area normalisation, EXIF-rotated images, SimpleTuner's bucket sizes. Each one is
+pairing in each batch, mask-area normalisation, SimpleTuner's bucket sizes. Each one is
 also written at the top of the converted spec.""",
     ),
     Code(
