@@ -176,7 +176,14 @@ def test_resize_none_needs_square_buckets(tmp_path):
     assert planned.plan is None and "DBS245" in {d.code for d in planned.diagnostics}
 
 
-@pytest.mark.parametrize("extra", ['resize = "none"\ncrop = "random"', 'exif_orientation = "ignore"'])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        'resize = "none"\ncrop = "random"',
+        'exif_orientation = "ignore"',  # latents cached: the cache encodes the stored pixels
+        'exif_orientation = "ignore"\ncrop = "random"',  # no latent cache: each step decodes them
+    ],
+)
 def test_a_tiny_run_resumes_exactly(tmp_path, extra):
     spec = _spec(tmp_path, f"{extra}\nflip = true", steps=4)
     whole = execute(compile_spec(spec, ["output.dir=whole", "checkpoints.every=2"]))
