@@ -545,6 +545,16 @@ separator; otherwise, as in kohya, the caption trains as written, separator incl
 `caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
 empty caption, so its captions teach nothing (warning).""",
     ),
+    Code(
+        "DBS245",
+        ERROR,
+        "Cropping without resizing needs square buckets",
+        """\
+A dataset sets `resize = "none"` (the unresized image cropped to the resolution, kohya's behaviour with
+buckets and `cache_latents` off) while its buckets are aspect buckets. kohya crops without resizing only when
+buckets are off; with buckets every image is resized into its bucket.""",
+        help='set buckets.mode (or the group\'s bucket_mode) to "square", or resize = "cover"',
+    ),
     # Quantisation backends (precision.quantize_backend): DBS247, DBS248.
     Code(
         "DBS247",
@@ -1443,9 +1453,11 @@ covers the resolution (`internal error. small scale`).""",
         """\
 A file name in a dataset with `face_crop` has five or more `_`-separated parts, so kohya reads its last four
 as the face box `cx_cy_w_h`, but they are not all integers (kohya's `int()` raises), the face size is 0 with a
-face centre (kohya divides by it), or the image carries an EXIF rotation (kohya reads the box in the stored
-pixel grid without rotating; dbspec trains the rotated image, so the box would land elsewhere).""",
-        help="rename the file to `name_cx_cy_w_h.ext` with integer pixels, or save the image upright",
+face centre (kohya divides by it), or the image carries an EXIF rotation in a dataset with
+`exif_orientation = "apply"` (kohya reads the box in the stored pixel grid without rotating; dbspec would
+train the rotated image, so the box would land elsewhere).""",
+        help="rename the file to `name_cx_cy_w_h.ext` with integer pixels, save the image upright, or set "
+        'exif_orientation = "ignore" (the stored pixels, as kohya)',
     ),
     Code(
         "DBS364",
@@ -1584,7 +1596,7 @@ this as a warning.""",
 Converted to the closest dbspec setting, and the meaning differs as the message says (warning): for example
 kohya's per-sample prior weighting in mixed batches, kohya's per-dataset reg balancing, \
 diffusers' instance/class
-pairing in each batch, mask-area normalisation, EXIF-rotated images, SimpleTuner's bucket sizes. Each one is
+pairing in each batch, mask-area normalisation, SimpleTuner's bucket sizes. Each one is
 also written at the top of the converted spec.""",
     ),
     Code(
@@ -1639,6 +1651,17 @@ here (warning): a hub id that is not in the local Hugging Face cache, or a folde
 diffusers' `train_dreambooth_lora_sdxl.py` trains EDM-style whenever `model_index.json` names an EDM scheduler
 (Playground v2.5); the converter refuses that (DBS403) when it can read the file, and says with this warning
 when it cannot. Download the model (`huggingface-cli download <id>`) or convert with a local folder.""",
+    ),
+    Code(
+        "DBS414",
+        ERROR,
+        "An image smaller than the resolution it is cropped to without resizing",
+        """\
+A dataset with `resize = "none"` crops each image to the resolution without resizing it, and this image is
+smaller than the resolution on a side (error, from `dbspec plan`, naming the file). kohya (buckets and
+`cache_latents` off) asserts that every image is at least the resolution (`image size is small`). Sizes are
+those trained: as stored with `exif_orientation = "ignore"`, upright otherwise.""",
+        help='use a larger image, a lower resolution, or resize = "cover"',
     ),
     Code(
         "DBS416",

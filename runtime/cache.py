@@ -183,14 +183,16 @@ def ensure_latents(
     `vae.encode(x.to(device, dtype)).latent_dist`. Batches hold one bucket (one shape); torch.no_grad() is on.
     `share` (rank, processes): this process checks and fills only its share of the keys (see `_fill`).
     """
-    jobs: dict[str, tuple[ImagePlan, bool]] = {}
+    jobs: dict[str, tuple[ImagePlan, bool, bool]] = {}  # key -> (image, flip, upright)
     for d in datasets:
         for img in d.images:
             for flip, key in zip((False, True), img.latent_keys):  # the compiler's order: unflipped first
-                jobs.setdefault(key, (img, flip))
+                jobs.setdefault(key, (img, flip, d.exif_orientation == "apply"))
 
-    def encode_batch(batch: list[tuple[ImagePlan, bool]]) -> list[dict[str, Tensor]]:
-        pixels = torch.stack([load_pixels(img, crop_mode="center", flip=flip) for img, flip in batch])
+    def encode_batch(batch: list[tuple[ImagePlan, bool, bool]]) -> list[dict[str, Tensor]]:
+        pixels = torch.stack(
+            [load_pixels(img, crop_mode="center", flip=flip, upright=up) for img, flip, up in batch]
+        )
         mean, std = encode(pixels)
         _check_batch({"mean": mean, "std": std}, len(batch))
         return [{"mean": mean[i], "std": std[i]} for i in range(len(batch))]

@@ -299,15 +299,26 @@ def face_fit(
 
 
 def load_pixels(
-    img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
+    img: ImagePlan,
+    *,
+    crop_mode: CropMode = "center",
+    flip: bool = False,
+    rng: random.Random | None = None,
+    upright: bool = True,
 ) -> torch.Tensor:
-    """The training image: float32 (3, H, W) in [-1, 1] with (W, H) = img.bucket. Alpha is dropped."""
+    """The training image: float32 (3, H, W) in [-1, 1] with (W, H) = img.bucket. Alpha is dropped.
+    `upright`: EXIF orientation applied (the dataset's exif_orientation = "apply"), else the stored pixels."""
     offset = crop_offset(img, crop_mode, rng)
-    return _rgb_tensor(_fit(_open(img.path, img.size).convert("RGB"), img, offset, flip))
+    return _rgb_tensor(_fit(_open(img.path, img.size, upright).convert("RGB"), img, offset, flip))
 
 
 def load_mask(
-    img: ImagePlan, *, crop_mode: CropMode = "center", flip: bool = False, rng: random.Random | None = None
+    img: ImagePlan,
+    *,
+    crop_mode: CropMode = "center",
+    flip: bool = False,
+    rng: random.Random | None = None,
+    upright: bool = True,
 ) -> torch.Tensor:
     """The loss mask: float32 (1, H, W) in [0, 1], 0 (dark) = ignored, 1 (white) = trained.
 
@@ -315,7 +326,7 @@ def load_mask(
     `sample_rng(sample)`) both draw the same random window. load_example does both from one draw.
     """
     offset = crop_offset(img, crop_mode, rng)
-    return _mask_tensor(_fit(_mask_image(img, None), img, offset, flip))
+    return _mask_tensor(_fit(_mask_image(img, None, upright), img, offset, flip))
 
 
 def load_example(
@@ -326,6 +337,7 @@ def load_example(
     rng: random.Random | None = None,
     color_aug: bool = False,
     face: FaceCrop | None = None,
+    upright: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pixels and mask (None without one) cut from one crop window, decoding the image once. `color_aug`
     draws kohya's colour augmentation from `rng` after the crop's draws (runtime/color_aug.py). `face`:
@@ -336,7 +348,7 @@ def load_example(
         img, offset = face_fit(img, face, crop_mode, rng)
     else:
         offset = crop_offset(img, crop_mode, rng)
-    source = _open(img.path, img.size)
+    source = _open(img.path, img.size, upright)
     fitted = _fit(source.convert("RGB"), img, offset, flip)
     if color_aug:
         if rng is None:
@@ -347,27 +359,29 @@ def load_example(
     pixels = _rgb_tensor(fitted)
     if not img.mask:
         return pixels, None
-    return pixels, _mask_tensor(_fit(_mask_image(img, source), img, offset, flip))
+    return pixels, _mask_tensor(_fit(_mask_image(img, source, upright), img, offset, flip))
 
 
-def _mask_image(img: ImagePlan, source: Image.Image | None) -> Image.Image:
+def _mask_image(img: ImagePlan, source: Image.Image | None, upright: bool = True) -> Image.Image:
     """The mask as a grayscale image of the (oriented) image's size: a mask file's luminance, or the alpha."""
     if not img.mask:
         raise ValueError(f"image `{img.path}` has no mask")
     if img.mask == "alpha":
-        image = source if source is not None else _open(img.path, img.size)
+        image = source if source is not None else _open(img.path, img.size, upright)
         return image.convert("RGBA").getchannel(
             "A"
         )  # RGBA first: also covers LA, PA and palette transparency
-    return _open(img.mask, img.size).convert("L")
+    return _open(img.mask, img.size, upright).convert("L")
 
 
-def _open(path: str, expected: Size) -> Image.Image:
-    """Decode a file with EXIF orientation applied; any failure becomes a DataError naming the file."""
+def _open(path: str, expected: Size, upright: bool = True) -> Image.Image:
+    """Decode a file with EXIF orientation applied (`upright`) or as stored; any failure becomes a DataError
+    naming the file."""
     try:
         with Image.open(path) as handle:
             handle.load()
-            image = ImageOps.exif_transpose(handle)  # a loaded copy: usable after the file closes
+            # a loaded copy either way: usable after the file closes
+            image = ImageOps.exif_transpose(handle) if upright else handle.copy()
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad files
         raise DataError(path, f"{type(exc).__name__}: {exc}") from exc
     if image.size != tuple(expected):

@@ -67,11 +67,18 @@ def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.
                 rng=rng,
                 color_aug=dataset.color_aug,
                 face=face_crop_of(dataset, sample.img),
+                upright=dataset.exif_orientation == "apply",
             )
             pending.append((i, pixels))
         else:
             mask = (
-                load_mask(sample.img, crop_mode=crop_mode, flip=sample.flip, rng=rng)
+                load_mask(
+                    sample.img,
+                    crop_mode=crop_mode,
+                    flip=sample.flip,
+                    rng=rng,
+                    upright=dataset.exif_orientation == "apply",
+                )
                 if sample.img.mask
                 else None
             )

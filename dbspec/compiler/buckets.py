@@ -124,7 +124,8 @@ def place_square(size: Size, resolution: Size) -> Placement:
     """Buckets off: the one bucket is `resolution`; cover-resize and centre crop.
 
     This is kohya's select_bucket with a single predefined bucket, which its latent-cache path applies.
-    (kohya's non-cached path skips the resize and needs images at least `resolution` large.)
+    (kohya's non-cached path skips the resize and needs images at least `resolution` large: the dataset's
+    `resize = "none"`, compiler/datasets.py `_uncropped`.)
     """
     bucket = _positive_size(resolution)
     return place(size, (bucket,))

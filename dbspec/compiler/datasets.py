@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 
+from dbspec import codes
 from dbspec.compiler import buckets as bk
 from dbspec.compiler import kohya_folders as kf
 from dbspec.compiler.caches import Keyer
@@ -109,7 +110,7 @@ def _plan_dataset(
                 ctx.adopt(diag, ("datasets", i, "path"))
         report_unusable(ctx, i, folder, scan)
     key = manifest_key(model, d)
-    existing, stale = _split_generated(folder, scan.images, key)
+    existing, stale = _split_generated(folder, as_trained(d, scan.images), key)
     if stale:
         ctx.report(
             "DBS324",
@@ -139,6 +140,8 @@ def _plan_dataset(
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         color_aug=d.color_aug,
         preserve_output=d.preserve_output,
+        exif_orientation=d.exif_orientation,
+        resize=d.resize,
         face_crop=plan_face_crop(ctx, i, d, kept),
         images=kept,
         skipped=skipped,
@@ -176,7 +179,7 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
                 ctx.adopt(diag, ("datasets", i, "path"))
         report_unusable(ctx, i, folder.path, scan)
         skipped += [diag.message for diag in scan.diagnostics if diag.severity == "warning"]
-        scans.append((folder, tuple(kf.in_folder(folder, info) for info in scan.images)))
+        scans.append((folder, as_trained(d, tuple(kf.in_folder(folder, info) for info in scan.images))))
     masks = _masks(ctx, i, attrs.evolve(d, recursive=True), tuple(x for _, infos in scans for x in infos))
     if placer is None or masks is None:
         return None
@@ -219,6 +222,8 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
         mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
         color_aug=d.color_aug,
         preserve_output=d.preserve_output,
+        exif_orientation=d.exif_orientation,
+        resize=d.resize,
         face_crop=plan_face_crop(ctx, i, d, kept),
         images=kept,
         skipped=tuple(skipped),
@@ -360,9 +365,16 @@ def _image(
             help="use a larger image or lower buckets.step",
         )
         return None
+    if d.resize == "none" and placer.mode == "square":
+        p = _uncropped(ctx, i, d, info, p)
+        if p is None:
+            return None
     mask_path, mask_sha = masks.get(info.rel, ("", ""))
     text = fixed_caption(caption, captions)
-    latent_keys, text_key = keyer.keys(d, info.sha, p.bucket, p.resized, p.crop, text)
+    # a tagged image trained as stored has other pixels than the upright one: its latents get their own keys
+    stored = d.exif_orientation == "ignore" and info.orientation != 1
+    key_sha = f"{info.sha}:stored" if stored else info.sha
+    latent_keys, text_key = keyer.keys(d, key_sha, p.bucket, p.resized, p.crop, text)
     return ImagePlan(
         path=info.path,
         rel=info.rel,
@@ -379,6 +391,34 @@ def _image(
         latent_keys=latent_keys,
         text_key=text_key,
     )
+
+
+def as_trained(d: Dataset, infos: tuple[ImageInfo, ...]) -> tuple[ImageInfo, ...]:
+    """The images with the sizes they train at: the scan's sizes are upright (EXIF orientation applied);
+    `exif_orientation = "ignore"` trains the stored pixels, whose width and height a 90-degree tag swaps."""
+    if d.exif_orientation == "apply":
+        return infos
+    return tuple(
+        info._replace(width=info.height, height=info.width) if info.orientation in (5, 6, 7, 8) else info
+        for info in infos
+    )
+
+
+def _uncropped(ctx: Context, i: int, d: Dataset, info: ImageInfo, p: bk.Placement) -> bk.Placement | None:
+    """resize = "none" (kohya with buckets and cache_latents off): the image is not resized and the
+    resolution is cut from it (centre offset here; crop = "random" draws its own). Smaller: DBS414."""
+    (w, h), (bw, bh) = (info.width, info.height), p.bucket
+    if w < bw or h < bh:
+        ctx.report(
+            "DBS414",
+            "error",
+            f"image `{info.path}` in dataset `{d.name}` is {w}x{h}, smaller than the {bw}x{bh} resolution "
+            'it is cropped to without resizing (resize = "none"; kohya asserts the same)',
+            ("datasets", i, "resize"),
+            help=codes.help("DBS414"),
+        )
+        return None
+    return bk.Placement(bucket=p.bucket, resized=(w, h), crop=((w - bw) // 2, (h - bh) // 2), upscaled=False)
 
 
 def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> dict | None:
@@ -408,7 +448,7 @@ def _masks(ctx: Context, i: int, d: Dataset, images: tuple[ImageInfo, ...]) -> d
         ctx.adopt(diag, ("datasets", i, "masks"))
     if any(d.code in ("DBS301", "DBS302") for d in scan.diagnostics):
         return None  # no mask folder: one error says it, not one per image
-    by_stem = {str(Path(m.rel).with_suffix("")): m for m in scan.images}
+    by_stem = {str(Path(m.rel).with_suffix("")): m for m in as_trained(d, scan.images)}
     found, ok = {}, not scan.diagnostics
     for img in images:
         mask = by_stem.get(str(Path(img.rel).with_suffix("")))

@@ -52,7 +52,7 @@ def _face_box(ctx: Context, i: int, d: Dataset, img: ImagePlan) -> FaceBox | Non
     problem = ""
     if max(w, h) <= 0:
         problem = f"its face box `{cx}_{cy}_{w}_{h}` has no size"
-    elif img.orientation != 1:
+    elif img.orientation != 1 and d.exif_orientation == "apply":
         problem = f"it carries EXIF orientation {img.orientation} (kohya reads the box unrotated)"
     if problem:
         message = f"dataset `{d.name}`: face box of `{img.rel}`: {problem}"

@@ -790,6 +790,25 @@ def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def resize_none_square(spec: Spec, given: Given) -> Iterator[Hit]:
+    """resize = "none" (kohya's crop without resizing) only where buckets are off (DBS245)."""
+    for i, d in enumerate(spec.datasets):
+        if d.resize != "none":
+            continue
+        index = next((k for k, g in enumerate(spec.groups) if d.group and g.name == d.group), None)
+        mode = spec.buckets.mode if index is None else group_buckets(spec, given, index)[0]
+        if mode != "square":
+            where = "buckets.mode" if index is None else f"group `{d.group}`'s bucket_mode"
+            yield _err(
+                "DBS245",
+                ("datasets", i, "resize"),
+                f'dataset `{d.name}`: resize = "none" needs square buckets (kohya crops without resizing '
+                f'only with buckets off); {where} is "{mode}"',
+                codes.help("DBS245"),
+            )
+
+
+@rule("spec")
 def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
     lora = isinstance(spec.adapter, LowRankAdapter)
     for fmt in spec.checkpoints.exports:

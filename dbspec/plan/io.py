@@ -93,6 +93,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("datasets", "*", "face_crop"): None,
         ("datasets", "*", "resolution_height"): 0,
         ("datasets", "*", "preserve_output"): False,  # output preservation (kohya's DOP), added since
+        ("datasets", "*", "exif_orientation"): "apply",  # EXIF orientation ignored (kohya), added since
+        ("datasets", "*", "resize"): "cover",  # crops without resizing (kohya, buckets off), added since
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
         ("optimizer", "nesterov"): False,

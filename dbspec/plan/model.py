@@ -125,8 +125,8 @@ class ImagePlan:
     path: str  # absolute
     rel: str  # relative to the dataset folder
     sha: str  # content hash
-    size: Size  # after EXIF orientation
-    orientation: int
+    size: Size  # as trained: upright (EXIF orientation applied) unless the dataset ignores EXIF orientation
+    orientation: int  # the file's EXIF orientation tag (1 if none)
     caption: str
     repeats: int  # samples per epoch drawn from this image
     bucket: Size
@@ -260,6 +260,12 @@ class DatasetPlan:
     # the loss target of its samples is the base model's own prediction (adapter off, no gradient; kohya's
     # diff_output_preservation): one extra denoiser forward over those rows per step (runtime/preserve.py)
     preserve_output: bool = False
+    # apply: EXIF-tagged images (and mask files) train upright; ignore: as stored (kohya). Image sizes are
+    # those trained.
+    exif_orientation: Literal["apply", "ignore"] = "apply"
+    # cover: resized to cover the bucket, then cropped; none: the resolution cut from the unresized image
+    # (kohya with buckets and cache_latents off); each image's `resized` is then its own size
+    resize: Literal["cover", "none"] = "cover"
 
 
 @frozen

@@ -111,9 +111,27 @@ def datasets_table(plan: Plan) -> Table:
         for d in plan.datasets
         if d.face_crop is not None
     ]
-    t.caption = "\n".join(faces + preserved_summary(plan)) or None
+    t.caption = "\n".join(faces + preserved_summary(plan) + image_prep_summary(plan)) or None
     t.caption_justify = "left"
     return t
+
+
+def image_prep_summary(plan: Plan) -> list[str]:
+    """Lines for datasets preparing images as kohya does: EXIF orientation ignored, crops without resizing."""
+    lines = []
+    for d in plan.datasets:
+        if d.exif_orientation == "ignore":
+            tagged = sum(1 for img in d.images if img.orientation != 1)
+            lines.append(
+                f"EXIF orientation: dataset `{d.name}`: ignored, {tagged} tagged image(s) train as stored "
+                "(kohya)"
+            )
+        if d.resize == "none":
+            how = "a random window per step" if d.crop == "random" else "the centre window"
+            lines.append(
+                f"resize: dataset `{d.name}`: none, {how} of the unresized image (kohya, buckets off)"
+            )
+    return lines
 
 
 def captions_table(plan: Plan) -> Table | None:

@@ -454,6 +454,19 @@ class Dataset:
         "center", doc="Crop placement after the cover-resize into a bucket."
     )
     flip: bool = option(False, doc="Random horizontal flips.")
+    exif_orientation: Literal["apply", "ignore"] = option(
+        "apply",
+        doc="apply: images (and mask files) with an EXIF orientation tag train upright, as viewers show them "
+        "(diffusers does the same); ignore: they train as the pixels are stored (kohya), so a tag that "
+        "turns by 90 degrees swaps the width and height used for the bucket. Their cached latents differ.",
+    )
+    resize: Literal["cover", "none"] = option(
+        "cover",
+        doc="cover: each image is resized to cover its bucket, then cropped (`crop`); none: the image is "
+        "cropped to the resolution without resizing, as kohya does with buckets and cache_latents off "
+        '(needs buckets.mode = "square"; an image smaller than the resolution is an error, DBS414; '
+        "images with a `face_crop` box keep their face crop).",
+    )
     color_aug: bool = option(
         False,
         doc="kohya's colour augmentation (`color_aug`): a third of the samples get a hue shift of up to 8 "

@@ -118,7 +118,7 @@ def test_missing_captions_without_class_tokens_cannot_train(tmp_path):
     assert outcome.exit_code == 1 and "empty caption" in messages(outcome, "DBS403")
 
 
-def test_exif_rotation_and_text_encoder_stop_are_reported(tmp_path):
+def test_exif_rotation_and_text_encoder_stop_are_converted(tmp_path):
     images(tmp_path / "d" / "2_ohwx", 2, (640, 480), orientation=6)
     outcome = kohya(
         tmp_path,
@@ -126,8 +126,8 @@ def test_exif_rotation_and_text_encoder_stop_are_reported(tmp_path):
         "--max_train_steps 300 --stop_text_encoder_training 0 --learning_rate_te 1e-7",
     )
     plan = plan_of(outcome, tmp_path)
-    assert "EXIF rotation" in messages(outcome, "DBS404")
-    assert plan.datasets[0].images[0].size == (480, 640)  # dbspec trains the upright image
+    assert "EXIF rotation" not in messages(outcome, "DBS404")
+    assert plan.datasets[0].images[0].size == (640, 480)  # the stored pixels, as kohya trains them
     assert not plan.train_text_encoder  # kohya stops the text encoder before the first step
     assert fate(outcome, "learning_rate_te") == "inert"
 

@@ -359,6 +359,23 @@ CASES = [
         DOG + 'face_crop = [2.0, 4.0]\ngroup = "closeups"\n' + GROUP + STEPS + '[buckets]\nmode = "square"\n',
     ),
     (
+        rules.resize_none_square,
+        DOG + 'resize = "none"\n' + STEPS,
+        [("DBS245", "error", ("datasets", 0, "resize"))],
+        DOG + 'resize = "none"\n' + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (
+        rules.resize_none_square,
+        DOG
+        + 'resize = "none"\ngroup = "closeups"\n'
+        + GROUP
+        + 'bucket_mode = "aspect"\n'
+        + STEPS
+        + '[buckets]\nmode = "square"\n',
+        [("DBS245", "error", ("datasets", 0, "resize"))],
+        DOG + 'resize = "none"\ngroup = "closeups"\n' + GROUP + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (
         rules.exports_match_adapter,
         LORA + DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
         [("DBS222", "error", ("checkpoints", "exports"))],

@@ -5,9 +5,8 @@ runs)
 and proving that balancing and batching match needs the image folders: this module lists them the way kohya
 does (non-recursive, kohya's extensions, sizes as stored: kohya ignores EXIF orientation) and counts batches
 with dbspec's own kohya-exact bucket functions. Each kohya [[datasets]] converts to a dbspec dataset group,
-which
-batches and balances class images on its own as kohya does; what can still differ is the sizes seen (dbspec
-applies EXIF orientation, kohya does not).
+which batches and balances class images on its own as kohya does, with `exif_orientation = "ignore"` (the
+stored sizes, as kohya).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ Size = tuple[int, int]
 class Img:
     path: Path
     size: Size  # as stored, which is what kohya trains on
-    orientation: int  # EXIF orientation; dbspec (and diffusers) apply it
+    orientation: int  # EXIF orientation; the converted spec ignores it, as kohya does
 
     @property
     def oriented(self) -> Size:
@@ -106,7 +105,7 @@ def kohya_epoch(parts: list[Part], batch_sizes: dict[int, int]) -> Epoch:
 
 def dbspec_epoch(parts: list[Part], batch_sizes: dict[int, int]) -> Epoch:
     """The converted spec: each kohya [[datasets]] is a dataset group (balancing and batches per group, as
-    kohya), with the converted buckets and EXIF-oriented sizes."""
+    kohya), with the converted buckets and the stored sizes (exif_orientation = "ignore")."""
     return _grouped_epoch(parts, batch_sizes, raw=False)
 
 
@@ -143,7 +142,7 @@ def _count(counts: Counter, part: Part, repeats: tuple[int, ...], *, raw: bool) 
     bucketing = part.bucketing if raw else part.converted
     for img, n in zip(part.images, repeats):
         if n:
-            counts[bucketing.bucket(img.size if raw else img.oriented)] += n
+            counts[bucketing.bucket(img.size)] += n
 
 
 def _epoch(parts: list[Part], repeats: dict[int, tuple[int, ...]], batches: int) -> Epoch:

@@ -19,7 +19,13 @@ from dbspec.compiler import buckets as bk
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.epochs import Bucketing, Img, Part, list_images
 from dbspec.convert.kohya.data import KDataset, KSubset
-from dbspec.convert.kohya.subsets import map_custom_attributes, map_face_crop, map_subset, subset_problems
+from dbspec.convert.kohya.subsets import (
+    map_custom_attributes,
+    map_face_crop,
+    map_image_prep,
+    map_subset,
+    subset_problems,
+)
 from dbspec.convert.common.paths import PathMapper
 
 
@@ -95,6 +101,7 @@ def map_datasets(
         subset_problems(dataset, subset, images, setting, cache_latents, conv, script)
         map_custom_attributes(out_index, dataset, subset, script, conv)
         map_face_crop(out_index, subset, setting, cache_latents, conv)
+        map_image_prep(out_index, setting, cache_latents, conv)
         if setting.spec_height:
             conv.put(
                 ("datasets", out_index, "resolution_height"),

@@ -91,7 +91,7 @@ def map_subset(
         conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
     elif "alpha_mask" in v:
         _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
-    if (images and any(min(img.oriented) < _SMALL for img in images)) or subset.kohya_root:
+    if (images and any(min(img.size) < _SMALL for img in images)) or subset.kohya_root:
         conv.put(
             (*at, "min_image_size"), 1, f"{conv.tool} trains images of any size (upscaled into a bucket)"
         )
@@ -361,6 +361,23 @@ def map_face_crop(i: int, subset: KSubset, setting, cache_latents: bool, conv: C
         conv.mapped(face, ("datasets", i, "face_crop"), [float(value[0]), float(value[1])])
 
 
+def map_image_prep(i: int, setting, cache_latents: bool, conv: Conversion) -> None:
+    """How kohya prepares images, written for every dataset: EXIF orientation ignored (kohya's load_image
+    decodes the stored pixels), and with buckets and latent caching off the resolution cut from the unresized
+    image (its non-cached __getitem__ path; with buckets or cached latents it cover-resizes as dbspec)."""
+    conv.put(
+        ("datasets", i, "exif_orientation"),
+        "ignore",
+        f"{conv.tool} trains the stored pixels (PIL without EXIF transpose)",
+    )
+    if setting.kohya.mode == "square" and not cache_latents:
+        conv.put(
+            ("datasets", i, "resize"),
+            "none",
+            f"{conv.tool} with buckets and cache_latents off crops the unresized image",
+        )
+
+
 def has_face_box(name: str) -> bool:
     """Whether kohya reads a face box from a file name (five `_` parts or more, the centre x above 0)."""
     parts = os.path.splitext(name)[0].split("_")
@@ -374,13 +391,6 @@ def _image_checks(
     subset: KSubset, images: tuple[Img, ...], setting, cache_latents: bool, conv: Conversion
 ) -> None:
     v = subset.values
-    turned = [img.path.name for img in images if img.orientation != 1]
-    if turned:
-        conv.differs(
-            v["image_dir"],
-            f"{len(turned)} image(s) (e.g. {turned[0]}) carry an EXIF rotation: kohya "
-            "trains the stored pixels, dbspec (like diffusers) trains the upright image",
-        )
     if setting.kohya.mode != "square" or cache_latents:
         return
     width, height = setting.resolution
@@ -408,10 +418,4 @@ def _image_checks(
             v["image_dir"].source,
             f"with buckets, cache_latents and random_crop off kohya asserts images are exactly "
             f"{width}x{height}; {large[0]} is larger",
-        )
-    elif large:
-        conv.differs(
-            v["random_crop"],
-            "without buckets or cached latents kohya crops a random window from the "
-            "unresized image; dbspec resizes the image to cover the square first, then crops",
         )

@@ -63,8 +63,7 @@ def map_length(a: Args, kohya_batches: int | None, dbspec_batches: int | None, c
         )
     else:
         theirs = (
-            f"the converted spec's {dbspec_batches} (kohya ignores EXIF rotation when it places images in "
-            "buckets)"
+            f"the converted spec's {dbspec_batches}"
             if dbspec_batches is not None
             else "the converted spec's epoch could not be counted here"
         )
