@@ -720,10 +720,11 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
     Code(
         "DBS267",
         ERROR,
-        "LoRA rank or module dropout, or a multiplier, with DoRA",
+        "LoRA down-projection, rank or module dropout, or a multiplier, with DoRA",
         """\
-`adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA adapter with `dora = true`:
-these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which DoRA's layers do not have.""",
+`adapter.down_dropout`, `adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA
+adapter with `dora = true`: these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which
+DoRA's layers do not have.""",
     ),
     # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
     Code(

@@ -1858,11 +1858,17 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
-    """kohya networks.lora's rank and module dropout act on plain LoRA layers; DoRA's are not wrapped."""
+    """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
+    wrapped."""
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    for key, off in (("rank_dropout", 0.0), ("module_dropout", 0.0), ("multiplier", 1.0)):
+    for key, off in (
+        ("down_dropout", 0.0),
+        ("rank_dropout", 0.0),
+        ("module_dropout", 0.0),
+        ("multiplier", 1.0),
+    ):
         if getattr(adapter, key) != off:
             yield _err(
                 "DBS267",
