@@ -545,6 +545,16 @@ separator; otherwise, as in kohya, the caption trains as written, separator incl
 `caption_dropout_rate = 1` or `caption_dropout_every_n_epochs = 1`: every sample of the dataset trains with an
 empty caption, so its captions teach nothing (warning).""",
     ),
+    Code(
+        "DBS243",
+        WARNING,
+        "`loss.mask_mean` without masks",
+        """\
+`loss.mask_mean` is set but no dataset has `masks` or `mask_from_alpha`: it only says how a masked sample's
+loss is averaged (over the mask's area, or over the whole image as kohya does), so it changes nothing
+(warning).""",
+        help="add a dataset's masks, or remove loss.mask_mean",
+    ),
     # Quantisation backends (precision.quantize_backend): DBS247, DBS248.
     Code(
         "DBS247",
