@@ -4,6 +4,7 @@ made by running kohya's code), to the formulas restated here, and tiny runs resu
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
+from rich.console import Console
 from safetensors.torch import load_file
 
+from dbspec.plan.summary import render_summary
 from dbspec.runtime import losses
 from dbspec.runtime.execute import execute
 from dbspec.runtime.lora_dropout import add_lora_dropout
@@ -178,6 +181,9 @@ def test_a_run_with_down_dropout_resumes_bit_exact(tmp_path):
     spec = write_spec(tmp_path, steps=4, extra=extra)
     plan = compile_spec(spec, ["optimizer.lr=1e-2"])
     assert (plan.adapter.down_dropout, plan.adapter.dropout) == (0.3, 0.0)
+    console = Console(file=io.StringIO(), width=400)
+    render_summary(plan, console)
+    assert "0.3 on the down projection's output (while training)" in console.file.getvalue()
     whole = execute(compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"]))
     parts = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=parts"])
     assert execute(parts, stop_after=2).status == "interrupted"
