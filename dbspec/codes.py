@@ -546,6 +546,16 @@ separator; otherwise, as in kohya, the caption trains as written, separator incl
 empty caption, so its captions teach nothing (warning).""",
     ),
     Code(
+        "DBS243",
+        WARNING,
+        "`loss.mask_mean` without masks",
+        """\
+`loss.mask_mean` is set but no dataset has `masks` or `mask_from_alpha`: it only says how a masked sample's
+loss is averaged (over the mask's area, or over the whole image as kohya does), so it changes nothing
+(warning).""",
+        help="add a dataset's masks, or remove loss.mask_mean",
+    ),
+    Code(
         "DBS245",
         ERROR,
         "Cropping without resizing needs square buckets",
@@ -730,10 +740,11 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
     Code(
         "DBS267",
         ERROR,
-        "LoRA rank or module dropout, or a multiplier, with DoRA",
+        "LoRA down-projection, rank or module dropout, or a multiplier, with DoRA",
         """\
-`adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA adapter with `dora = true`:
-these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which DoRA's layers do not have.""",
+`adapter.down_dropout`, `adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA
+adapter with `dora = true`: these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which
+DoRA's layers do not have.""",
     ),
     # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
     Code(

@@ -131,7 +131,7 @@ class EvalLoss:
             v_pred_like_loss=loss_plan.v_pred_like_loss,
             debiased_estimation=loss_plan.debiased_estimation,
         )
-        return losses.per_sample_loss(elementwise, mask) * weights
+        return losses.per_sample_loss(elementwise, mask, loss_plan.mask_mean) * weights
 
 
 # --- CLIP and DINO ------------------------------------------------------------------------------------------

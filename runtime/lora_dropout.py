@@ -1,8 +1,9 @@
-"""kohya networks.lora's rank and module dropout on peft LoRA layers (`plan.adapter.rank_dropout`,
+"""kohya networks.lora's dropouts on peft LoRA layers (`plan.adapter.down_dropout`, `rank_dropout`,
 `module_dropout` for kind "lora"; peft's LoHa and LoKr have their own).
 
 kohya's LoRAModule.forward while training: with probability `module_dropout` (one `torch.rand(1)` on the CPU)
-the layer returns the base output alone; otherwise the down projection's output is multiplied by a mask
+the layer returns the base output alone; otherwise torch's dropout with p = `down_dropout` (kohya's
+`network_dropout`) acts on the down projection's output, then that output is multiplied by a mask
 `torch.rand((batch, rank), device=...) > rank_dropout` (broadcast over tokens or pixels) and the update is
 scaled by 1 / (1 - rank_dropout) on top of alpha / rank. The draws come from torch's global generator, as
 kohya's do: gradient checkpointing restores it for the recomputed forward (same masks), and checkpoints save
@@ -18,7 +19,11 @@ from dbspec.runtime.adapters import ADAPTER_NAME
 
 
 def add_lora_dropout(
-    module: torch.nn.Module, rank_dropout: float, module_dropout: float, multiplier: float = 1.0
+    module: torch.nn.Module,
+    rank_dropout: float,
+    module_dropout: float,
+    multiplier: float = 1.0,
+    down_dropout: float = 0.0,
 ) -> int:
     """Wrap the forward of every plain LoRA layer in `module`; returns how many were wrapped. `multiplier`
     (kohya's network multiplier) scales the update in training and evaluation alike; alpha is untouched, so
@@ -30,12 +35,16 @@ def add_lora_dropout(
             and ADAPTER_NAME in layer.lora_A
             and not layer.use_dora.get(ADAPTER_NAME)
         ):
-            layer.forward = _forward(layer, layer.forward, rank_dropout, module_dropout, multiplier)
+            layer.forward = _forward(
+                layer, layer.forward, rank_dropout, module_dropout, multiplier, down_dropout
+            )
             count += 1
     return count
 
 
-def _forward(layer, peft_forward, rank_dropout: float, module_dropout: float, multiplier: float):
+def _forward(
+    layer, peft_forward, rank_dropout: float, module_dropout: float, multiplier: float, down_dropout: float
+):
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
             return peft_forward(x, *args, **kwargs)
@@ -45,6 +54,8 @@ def _forward(layer, peft_forward, rank_dropout: float, module_dropout: float, mu
             return result
         lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
         lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))  # peft's input dropout
+        if training and down_dropout:  # kohya's network_dropout, on the down projection's output
+            lx = torch.nn.functional.dropout(lx, p=down_dropout)
         scale = layer.scaling[ADAPTER_NAME] * multiplier
         if training and rank_dropout:
             mask = torch.rand((lx.size(0), layer.r[ADAPTER_NAME]), device=lx.device) > rank_dropout

@@ -249,18 +249,23 @@ def timestep_weights(
     return weights
 
 
-def per_sample_loss(elementwise: Tensor, mask: Tensor | None) -> Tensor:
+def per_sample_loss(
+    elementwise: Tensor, mask: Tensor | None, mask_mean: Literal["mask", "image"] = "mask"
+) -> Tensor:
     """Reduce a (B, C, H, W) loss to (B,).
 
-    No mask: mean over C, H, W. With a mask (B, 1, H, W) in [0, 1] at latent size:
-    sum(loss * mask) / (sum(mask) * C), i.e. normalised by mask area so a small subject mask does not
-    shrink the loss (unlike kohya/SimpleTuner, which only multiply). An all-zero mask gives 0, not NaN,
-    and no gradient flows where mask == 0.
+    No mask: mean over C, H, W. With a mask (B, 1, H, W) in [0, 1] at latent size (`plan.loss.mask_mean`):
+    "mask": sum(loss * mask) / (sum(mask) * C), i.e. normalised by mask area so a small subject mask does
+    not shrink the loss (unlike kohya/SimpleTuner, which only multiply); an all-zero mask gives 0, not NaN.
+    "image": mean over C, H, W of loss * mask (kohya's apply_masked_loss and then its mean). No gradient
+    flows where mask == 0.
     """
     reduce_dims = list(range(1, elementwise.ndim))
     if mask is None:
         return elementwise.mean(dim=reduce_dims)
     _check_mask_shape(mask, elementwise)
+    if mask_mean == "image":
+        return (elementwise * mask.to(elementwise.dtype)).mean(dim=reduce_dims)
     weights = mask.to(elementwise.dtype).expand_as(elementwise)
     masked_sum = (elementwise * weights).sum(dim=reduce_dims)
     area = weights.sum(dim=reduce_dims)

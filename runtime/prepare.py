@@ -52,10 +52,10 @@ def _prepare(
             module, plan.adapter, targets, seed, conv=name == family_spec(plan.model.family).denoiser
         )
         a = plan.adapter
-        if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.multiplier != 1.0):
+        if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
-            add_lora_dropout(module, a.rank_dropout, a.module_dropout, a.multiplier)
+            add_lora_dropout(module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout)
         for p in adapters.trainable_parameters(module):
             p.data = p.data.float()  # adapter weights train in fp32 beside a half-precision or quantised base
     elif comp.trainable == "full":

@@ -199,7 +199,8 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     target = preserved_target(parts, batch, target, noisy, timesteps, text)
     huber_c = objective.huber_threshold(loss_plan, sched, timesteps)
     elementwise = losses.elementwise_loss(pred, target, loss_plan.kind, loss_plan.huber_delta, huber_c)
-    per_sample = losses.per_sample_loss(elementwise, _masks([m for _, m in loaded], latents, parts.device))
+    masks = _masks([m for _, m in loaded], latents, parts.device)
+    per_sample = losses.per_sample_loss(elementwise, masks, loss_plan.mask_mean)
     weights = objective.weights(loss_plan, sched, timesteps)
     combine = losses.combine_per_sample if loss_plan.prior_reduction == "per_sample" else losses.combine_terms
     total, terms = combine(per_sample, is_prior, weights, loss_plan.prior_weight)

@@ -23,7 +23,12 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         return AdapterPlan(kind="none")
     conv = adapter.conv_rank > 0
     extra = (
-        {"dropout": adapter.dropout, "dora": adapter.dora, "multiplier": adapter.multiplier}
+        {
+            "dropout": adapter.dropout,
+            "down_dropout": adapter.down_dropout,
+            "dora": adapter.dora,
+            "multiplier": adapter.multiplier,
+        }
         if isinstance(adapter, LoraAdapter)
         else {}
     )

@@ -49,6 +49,7 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         teacher=teacher_components(ctx, prior),
         rollout=rollout_plan(ctx),
         flow=flow_plan(spec, model.family) if model and target == "flow_matching" else None,
+        mask_mean=spec.mask_mean if masked else "mask",
     )
     return attrs.evolve(plan, formula=formula(plan) + preserved_target(plan, datasets))
 
@@ -147,7 +148,7 @@ def _weighted(p: LossPlan) -> str:
 def _weighted_with(p: LossPlan, y: str, pred: str) -> str:
     elem = _element(p)
     weight = timestep_weight(p)
-    mask = "·mask/area" if p.masked else ""
+    mask = ("·mask/area" if p.mask_mean == "mask" else "·mask (image mean)") if p.masked else ""
     inst = f"mean_inst[ {weight}{elem}({pred}, {y}){mask} ]"
     if p.prior == "none":
         return f"L = {inst}"

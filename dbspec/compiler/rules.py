@@ -762,6 +762,19 @@ def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def mask_mean_without_masks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """`loss.mask_mean` only says how masked samples average their loss: inert when no dataset has masks."""
+    if not given(("loss", "mask_mean")) or any(d.masks or d.mask_from_alpha for d in spec.datasets):
+        return
+    yield _warn(
+        "DBS243",
+        ("loss", "mask_mean"),
+        f'loss.mask_mean = "{spec.loss.mask_mean}" has no effect: no dataset sets masks or mask_from_alpha',
+        "add a dataset's masks (or mask_from_alpha = true), or remove loss.mask_mean",
+    )
+
+
+@rule("spec")
 def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
     for i, d in enumerate(spec.datasets):
@@ -1877,11 +1890,17 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
-    """kohya networks.lora's rank and module dropout act on plain LoRA layers; DoRA's are not wrapped."""
+    """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
+    wrapped."""
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    for key, off in (("rank_dropout", 0.0), ("module_dropout", 0.0), ("multiplier", 1.0)):
+    for key, off in (
+        ("down_dropout", 0.0),
+        ("rank_dropout", 0.0),
+        ("module_dropout", 0.0),
+        ("multiplier", 1.0),
+    ):
         if getattr(adapter, key) != off:
             yield _err(
                 "DBS267",

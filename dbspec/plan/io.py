@@ -203,6 +203,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "torch", "groups"): [],
         ("schedule", "group_lr_points"): [],
         ("schedule", "group_momentum_points"): [],
+        # masked loss averaged over the mask's area, the only way then
+        ("loss", "mask_mean"): "mask",
+        # kohya networks.lora's dropout on the down projection's output: off then
+        ("adapter", "down_dropout"): 0.0,
     },
 }
 

@@ -108,6 +108,8 @@ class AdapterPlan:
     tucker: bool = False  # loha, lokr: k x k convolutions as a Tucker core (LyCORIS use_tucker)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr
+    # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off
+    down_dropout: float = 0.0
     # lora: the kohya-layout file the adapter starts from (absolute; "" for peft's random init) and how many
     # of its layers load (those of components that train).
     init_weights: str = ""
@@ -529,6 +531,9 @@ class LossPlan:
     teacher: tuple[Literal["unet"], ...]
     rollout: RolloutPlan | None = None  # scheduled sampling; None = off
     flow: FlowPlan | None = None  # flow-matching families (prediction flow_matching); None for DDPM ones
+    # masked samples: "mask" divides the masked sum by the mask's area, "image" averages loss x mask over the
+    # whole latent image (kohya); "mask" when no dataset has masks
+    mask_mean: Literal["mask", "image"] = "mask"
 
 
 @frozen

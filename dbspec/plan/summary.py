@@ -395,6 +395,10 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     if a.rank_dropout or a.module_dropout:
         rows.append(("  dropout", f"rank {a.rank_dropout:g}, module {a.module_dropout:g} (while training)"))
+    if a.down_dropout:
+        rows.append(
+            ("  down dropout", f"{a.down_dropout:g} on the down projection's output (while training)")
+        )
     for block in a.blocks:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(

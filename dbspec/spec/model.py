@@ -255,6 +255,14 @@ class LoraAdapter:
         minimum=0,
         maximum=1,
     )
+    down_dropout: float = option(
+        0.0,
+        doc="Dropout on the down projection's output while training (kohya networks.lora `network_dropout`: "
+        "torch's dropout after `lora_down`, before rank dropout and `lora_up`); `dropout` acts on the LoRA "
+        "input instead (peft's `lora_dropout`). 0 turns it off.",
+        minimum=0,
+        maximum=1,
+    )
     multiplier: float = option(
         1.0,
         doc="Scale the LoRA update by this while the run trains and validates (kohya's network multiplier, "
@@ -676,6 +684,12 @@ class Loss:
         "the frozen base model's prediction on the same noisy latents as the target.",
     )
     prior_weight: float = option(1.0, doc="Weight of the prior-preservation term.", minimum=0)
+    mask_mean: Literal["mask", "image"] = option(
+        "mask",
+        doc="How a masked sample's loss is averaged (datasets with `masks` or `mask_from_alpha`). mask: the "
+        "sum of loss x mask over the mask's area, so a small mask does not shrink the loss; image: the mean "
+        "of loss x mask over the whole latent image (kohya's `apply_masked_loss`, then the mean).",
+    )
     min_snr_gamma: float = option(
         0.0, doc="Min-SNR weighting gamma (5 is common); 0 turns it off.", minimum=0, example=5.0
     )

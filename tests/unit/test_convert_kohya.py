@@ -14,11 +14,13 @@ from convert_kit import (
     SD15,
     SD21,
     SDXL,
+    codes,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
     fate,
     images,
     kohya,
     messages,
+    out_path,
     plan_of,
     repeats,
     write,
@@ -288,9 +290,10 @@ resolution = 512
     plan = plan_of(outcome, tmp_path)
     assert plan.loss.masked and plan.datasets[0].mask_source == "folder"
     assert plan.datasets[0].images[0].mask.endswith("mask/img000.png")
-    assert (
-        fate(outcome, "datasets[0].subsets[0].conditioning_data_dir") == "differs"
-    )  # mask-area normalisation
+    # kohya's apply_masked_loss: loss x mask averaged over the whole image, no longer a stated difference
+    assert fate(outcome, "datasets[0].subsets[0].conditioning_data_dir") == "mapped"
+    assert plan.loss.mask_mean == "image" and "·mask (image mean)" in plan.loss.formula
+    assert "DBS404" not in codes(outcome)
 
 
 def test_alpha_mask_subsets(tmp_path):
@@ -307,6 +310,24 @@ def test_alpha_mask_subsets(tmp_path):
     )
     plan = plan_of(outcome, tmp_path)
     assert plan.datasets[0].mask_source == "alpha" and plan.loss.masked
+    assert plan.loss.mask_mean == "image" and fate(outcome, "datasets[0].subsets[0].alpha_mask") == "mapped"
+    assert 'mask_mean = "image"' in out_path(tmp_path).read_text()
+
+
+def test_alpha_mask_from_the_command_line_in_a_lora_run(tmp_path):
+    """train_network.py with `--alpha_mask` (the subsets' fallback) and kohya-style folders: every subset
+    masked, the loss averaged over the image; a run without masks keeps the default."""
+    images(tmp_path / "x" / "10_ohwx mug", 2, (512, 512), mode="RGBA")
+    command = (
+        f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=x "
+        "--resolution=512 --network_module=networks.lora --network_dim=8 --learning_rate=1e-4 "
+        "--max_train_steps=20 --save_model_as=safetensors"
+    )
+    plan = plan_of(kohya(tmp_path, command=command + " --alpha_mask"), tmp_path)
+    assert plan.datasets[0].mask_source == "alpha" and plan.loss.mask_mean == "image"
+    plan = plan_of(kohya(tmp_path, command=command), tmp_path)
+    assert not plan.loss.masked and plan.loss.mask_mean == "mask"
+    assert "mask_mean" not in out_path(tmp_path).read_text()
 
 
 def test_prior_weight_min_snr_and_noise_offset_with_mixed_batches(tmp_path):

@@ -6,7 +6,7 @@ conv_dim/conv_alpha default to network_dim/network_alpha, preset "full")."""
 from __future__ import annotations
 
 
-from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, kohya, messages, plan_of  # noqa: F401
+from convert_kit import SD15, SDXL, codes, empty_hub_cache, fate, images, kohya, messages, plan_of  # noqa: F401
 
 KOHYA_CONV = ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")
 
@@ -220,3 +220,30 @@ def test_networks_lora_rank_and_module_dropout(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank_dropout, a.module_dropout) == ("lora", 0.1, 0.05)
     assert fate(outcome, "network_args") == "mapped"
+
+
+def test_networks_lora_network_dropout_is_the_down_projection_dropout(tmp_path):
+    """train_network.py passes --network_dropout to networks.lora's create_network (neuron_dropout): each
+    LoRAModule drops its down projection's output, before rank dropout; dbspec's adapter.down_dropout."""
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=networks.lora --network_dim=8 --network_dropout=0.1 "
+        '--network_args "rank_dropout=0.2"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.down_dropout, a.dropout, a.rank_dropout) == ("lora", 0.1, 0.0, 0.2)
+    assert fate(outcome, "network_dropout") == "mapped" and "DBS404" not in codes(outcome)
+
+
+def test_lycoris_network_dropout_stays_peft_input_dropout(tmp_path):
+    """With lycoris.kohya kohya hands --network_dropout on as LyCORIS's own `dropout` argument (not
+    networks.lora's): still peft's input dropout, a stated difference."""
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 --network_args "algo=locon"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dropout, a.down_dropout) == ("lora", 0.1, 0.0)
+    assert fate(outcome, "network_dropout") == "differs" and "LyCORIS" in messages(outcome, "DBS404")

@@ -130,3 +130,23 @@ def test_scheduled_sampling_off_is_no_rollout(toy: Path, off):
     write_spec(toy, scheduled_sampling=off)
     plan = planned_ok(toy)
     assert plan.loss.rollout is None and "rollout" not in _summary(plan)
+
+
+def test_mask_mean_is_settled_and_shown_in_the_formula(toy: Path):
+    """kohya's masked loss (loss.mask_mean = "image") writes the image mean in the loss formula, per-sample
+    prior form included; without masks the option settles to the default and DBS243 says it does nothing."""
+    image(toy / "inst" / "a.png", (64, 64), mode="RGBA")
+    image(toy / "cls" / "b.png", (64, 64))
+    instance = {"path": "inst", "mask_from_alpha": True}
+    klass = {"name": "cls", "path": "cls", "role": "class", "prompt": "a photo of a toy"}
+    write_spec(toy, instance, klass, loss={"mask_mean": "image", "prior_reduction": "per_sample"})
+    plan = planned_ok(toy)
+    assert plan.loss.masked and plan.loss.mask_mean == "image"
+    assert plan.loss.formula.startswith("L = mean_batch[ w_i·mse(ε̂, ε)·mask (image mean) ], w_i = ")
+    assert "mask (image mean)" in _summary(plan)
+    write_spec(toy, instance, klass, loss={"mask_mean": "mask"})
+    assert planned_ok(toy).loss.formula.count("·mask/area") == 2
+    write_spec(toy, loss={"mask_mean": "image"})
+    planned = compile_in(toy)
+    assert planned.plan.loss.mask_mean == "mask" and "mask" not in planned.plan.loss.formula
+    assert codes(planned) == ["DBS243"]

@@ -336,6 +336,12 @@ CASES = [
         DOG + 'masks = "data/masks"\n' + STEPS,
     ),
     (
+        rules.mask_mean_without_masks,
+        DOG + STEPS + '[loss]\nmask_mean = "image"\n',
+        [("DBS243", "warning", ("loss", "mask_mean"))],
+        DOG + "mask_from_alpha = true\n" + STEPS + '[loss]\nmask_mean = "image"\n',
+    ),
+    (
         rules.warmup_covers_run,
         DOG + STEPS + 'lr_schedule = "cosine"\nwarmup_steps = 100\n',
         [("DBS238", "warning", ("schedule", "warmup_steps"))],
@@ -826,6 +832,12 @@ CASES = [
         LORA + "dora = true\nrank_dropout = 0.1\n" + DOG + STEPS,
         [("DBS267", "error", ("adapter", "rank_dropout"))],
         LORA + "rank_dropout = 0.1\n" + DOG + STEPS,
+    ),
+    (
+        rules.lora_dropouts_without_dora,
+        LORA + "dora = true\ndown_dropout = 0.1\n" + DOG + STEPS,
+        [("DBS267", "error", ("adapter", "down_dropout"))],
+        LORA + "down_dropout = 0.1\n" + DOG + STEPS,
     ),
     (
         rules.best_checkpoint_metric_runs,

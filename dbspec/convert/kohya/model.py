@@ -180,12 +180,17 @@ def map_adapter(
     )
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     dropout = a["network_dropout"]
-    if dropout.value and kind != "lora":
+    if dropout.value and module.value == "networks.lora":
+        # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
+        # passes it as create_network's neuron_dropout)
+        conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
+    elif dropout.value and kind != "lora":
         conv.unsupported(dropout, f"peft's {kind} has no input dropout (use rank_dropout/module_dropout)")
     elif dropout.value:
         conv.differs(
             dropout,
-            "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
+            "LyCORIS takes it as its own `dropout` network argument (not networks.lora's dropout on the "
+            "down projection's output); peft (dbspec) drops the LoRA input",
             ("adapter", "dropout"),
             float(dropout.value),
         )

@@ -206,12 +206,9 @@ def subset_problems(
         _caption_coverage(subset, images, conv)
         _image_checks(subset, images, setting, cache_latents, conv)
     if dataset.kind == "controlnet" or ("alpha_mask" in v and v["alpha_mask"].value):
+        # apply_masked_loss: the loss times the mask, then the mean over the whole (latent) image
         key = v["conditioning_data_dir"] if dataset.kind == "controlnet" else v["alpha_mask"]
-        conv.differs(
-            key,
-            "kohya multiplies the loss by the mask and averages over the whole image; dbspec divides "
-            "by the mask area, so a small mask does not shrink the loss",
-        )
+        conv.mapped(key, ("loss", "mask_mean"), "image", comment=conv.comment(key, "loss x mask, image mean"))
 
 
 def map_custom_attributes(i: int, dataset: KDataset, subset: KSubset, script: str, conv: Conversion) -> None:
