@@ -1539,6 +1539,9 @@ BITSANDBYTES_OPTIMIZERS = (
     "ademamix8bit",
     "paged_ademamix",
     "paged_ademamix8bit",
+    "lion8bit",
+    "paged_lion",
+    "paged_lion8bit",
 )
 
 
@@ -1568,6 +1571,8 @@ def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             "paged_adamw8bit": "AdamW8bit",
             "paged_ademamix": "AdEMAMix (32-bit state)",
             "paged_ademamix8bit": "AdEMAMix8bit",
+            "paged_lion": "Lion (32-bit state)",
+            "paged_lion8bit": "Lion8bit",
         }[kind]
         yield _warn(
             "DBS314",
@@ -1592,6 +1597,9 @@ PER_PARAMETER_OPTIMIZERS = (
     "sgd",
     "radam",
     "lion",
+    "lion8bit",
+    "paged_lion",
+    "paged_lion8bit",
     "came",
 )
 
