@@ -733,7 +733,8 @@ these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which D
         """\
 `[distributed]` settings that contradict each other or the rest of the spec: `zero_offload_params` with
 `zero_stage = 2` (ZeRO-2 never shards weights); `adamw8bit` under FSDP or ZeRO-Offload (bitsandbytes' 8-bit
-kernels need whole tensors on the GPU); a trained text encoder (accelerate prepares one model for FSDP2 and
+kernels need whole tensors on the GPU), and so `lion8bit`, `paged_lion`, `paged_lion8bit` under FSDP (the
+8-bit ones under ZeRO-Offload too); a trained text encoder (accelerate prepares one model for FSDP2 and
 DeepSpeed); `schedule.accumulation` > 1 under DeepSpeed (its engine counts accumulation itself); and what
 dbspec does not yet run on sharded models: validation images, evaluation metrics, EMA, pivotal tuning, bf16
 trained weights and a quantised base. Use `strategy = "ddp"` for such runs (docs/distributed.md).""",

@@ -96,3 +96,20 @@ def test_the_optimizer_state_of_a_bitsandbytes_lion(optimizer, per_param):
         assert any(n.startswith(f"{optimizer}: 1.02 bytes per parameter") for n in plan.notes), plan.notes
     if optimizer.startswith("paged_"):
         assert any("page" in n and n.startswith(optimizer) for n in plan.notes), plan.notes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bitsandbytes_lion_is_refused_where_sharding_hands_it_partial_tensors(kind):
+    """bitsandbytes 0.50's Lion8bit/PagedLion step raises on FSDP2's DTensors (checked on the CPU with gloo:
+    "got mixed torch.Tensor and DTensor", "optimizer_update_32bit ... does not have a sharding strategy");
+    ZeRO-Offload's CPU step is refused for the 8-bit ones as for adamw8bit."""
+
+    def hits(distributed: str) -> list:
+        spec, data = _spec(f'[optimizer]\nkind = "{kind}"\n[distributed]\n{distributed}')
+        found = rules.distributed_combinations(spec, lambda path: has_path(data, path))
+        return [(h.code, h.path) for h in found if h.path == ("optimizer", "kind")]
+
+    assert hits('strategy = "fsdp"\n') == [("DBS268", ("optimizer", "kind"))]
+    offload = hits('strategy = "deepspeed"\nzero_stage = 2\nzero_offload_optimizer = true\n')
+    assert offload == ([("DBS268", ("optimizer", "kind"))] if kind.endswith("8bit") else [])
+    assert hits('strategy = "ddp"\n') == []
