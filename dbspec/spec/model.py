@@ -819,6 +819,7 @@ ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8
 ADEMAMIX_BETAS = [0.9, 0.999, 0.9999]
 # bitsandbytes' Lion optimizers (kohya's Lion8bit, PagedLion8bit, `bitsandbytes.optim.PagedLion`): one moment.
 BNB_LION_KINDS = ("lion8bit", "paged_lion", "paged_lion8bit")
+BNB_LION_BETAS = [0.9, 0.99]  # bitsandbytes' Lion defaults
 # Meta's schedule-free optimizers (the `schedulefree` package, kohya's *ScheduleFree optimizer types).
 SCHEDULEFREE_KINDS = ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
 # CAME (the came_pytorch package, kohya's `came_pytorch.CAME`): three betas, an eps pair.
@@ -831,6 +832,8 @@ def _default_betas(o) -> list[float]:
         return list(ADEMAMIX_BETAS)
     if o.kind == "came":
         return list(CAME_BETAS)
+    if o.kind in BNB_LION_KINDS:
+        return list(BNB_LION_BETAS)
     return list(ADAN_BETAS) if "adan" in o.kind else [0.9, 0.999]
 
 
@@ -911,7 +914,7 @@ class Optimizer:
         "three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the squared "
         "gradient's and the instability's decays).",
         derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix* "
-        "and came",
+        "and came; [0.9, 0.99] for lion8bit, paged_lion, paged_lion8bit (bitsandbytes' Lion defaults)",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)

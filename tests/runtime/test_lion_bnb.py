@@ -6,14 +6,18 @@ bf16 weights is exact for them, and a run of the tiny SD1 model trains and resum
 
 from __future__ import annotations
 
+import inspect
+import io
 from pathlib import Path
 
 import attrs
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from dbspec.compiler.memory import OPTIMIZER_STATE_BYTES
+from dbspec.plan.summary import render_summary
 from dbspec.runtime.execute import execute
 from dbspec.runtime.imports import unused_libraries
 from dbspec.runtime.optim import make_optimizer, param_groups
@@ -68,6 +72,12 @@ def test_each_lion_kind_steps_as_the_bitsandbytes_class_kohya_builds(tmp_path, k
     paged_warning = any("DBS314" in w and "unpaged" in w for w in plan.warnings)
     assert paged_warning == kind.startswith("paged_"), plan.warnings
     assert "bitsandbytes" not in unused_libraries(plan)  # `dbspec run` leaves it visible
+    console = Console(file=io.StringIO(), width=400)
+    render_summary(plan, console)
+    cls = KINDS[kind].__name__
+    assert (
+        f"{kind}, lr 0.001; bitsandbytes {cls}: betas 0.95, 0.98, weight decay 0.1" in console.file.getvalue()
+    )
     ours, theirs, unpaged, pytorch_lion = _params(), _params(), _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)
     assert type(optimizer) is KINDS[kind]
@@ -149,3 +159,10 @@ def test_a_bf16_weights_lion8bit_run_trains_and_resumes_bit_exact(tmp_path):
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = _weights(whole.final), _weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_default_betas_are_the_bitsandbytes_class_defaults(tmp_path, kind):
+    plan = compile_spec(write_spec(tmp_path, steps=2), [f'optimizer.kind="{kind}"'])
+    default = inspect.signature(KINDS[kind].__init__).parameters["betas"].default
+    assert plan.optimizer.betas == tuple(default)
