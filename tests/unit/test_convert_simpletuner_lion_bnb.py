@@ -74,6 +74,14 @@ def test_each_bnb_lion_converts_to_its_kind_with_simpletuners_defaults(tmp_path,
     assert (o.kind, o.lr, o.betas, o.weight_decay) == (kind, 3e-5, (0.9, 0.99), 0.0)
 
 
+@pytest.mark.parametrize("name", ["bnb-lion", "optimi-lion"])
+def test_the_32bit_lions_get_simpletuners_lion_defaults_too(tmp_path, name):
+    """bitsandbytes' Lion and optimi's Lion also start from betas (0.9, 0.99) and no weight decay in
+    SimpleTuner (they converted with dbspec's AdamW-like defaults 0.9/0.999 and 0.01 before)."""
+    o = plan_of(_convert(tmp_path, **{"--optimizer": name}), tmp_path).optimizer
+    assert (o.kind, o.betas, o.weight_decay) == ("lion", (0.9, 0.99), 0.0)
+
+
 def test_both_betas_and_optimizer_config_replace_the_defaults(tmp_path):
     outcome = _convert(
         tmp_path,

@@ -447,8 +447,8 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     else:
         conv.mapped(name, ("optimizer", "kind"), kind)
     betas = [cfg[k] for k in ("optimizer_beta1", "optimizer_beta2") if cfg[k].value is not None]
-    if name.value in BNB_LION:
-        betas = _bnb_lion_defaults(cfg, betas, conv)
+    if name.value in LION:
+        betas = _lion_defaults(cfg, betas, conv)
     if betas:
         values = [
             num(cfg["optimizer_beta1"]) if cfg["optimizer_beta1"].value is not None else 0.9,
@@ -467,19 +467,25 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
         conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), te_rate)
 
 
-# SimpleTuner's default_settings of its bitsandbytes Lion entries (bitsandbytes' own defaults; its
-# min_8bit_size 4096 is bitsandbytes' default too)
-BNB_LION = {"bnb-lion8bit": "Lion8bit", "bnb-lion-paged": "PagedLion", "bnb-lion8bit-paged": "PagedLion8bit"}
-BNB_LION_DEFAULTS = {"betas": [0.9, 0.99], "weight_decay": 0.0}
+# SimpleTuner's Lion entries, all with default_settings betas (0.9, 0.99) and weight_decay 0.0 (bitsandbytes'
+# and optimi's own defaults; the bitsandbytes ones' min_8bit_size 4096 is bitsandbytes' default too)
+LION = {
+    "bnb-lion": "bitsandbytes Lion",
+    "bnb-lion8bit": "bitsandbytes Lion8bit",
+    "bnb-lion-paged": "bitsandbytes PagedLion",
+    "bnb-lion8bit-paged": "bitsandbytes PagedLion8bit",
+    "optimi-lion": "optimi Lion",
+}
+LION_DEFAULTS = {"betas": [0.9, 0.99], "weight_decay": 0.0}
 
 
-def _bnb_lion_defaults(cfg: Cfg, betas: list[Legacy], conv: Conversion) -> list[Legacy]:
+def _lion_defaults(cfg: Cfg, betas: list[Legacy], conv: Conversion) -> list[Legacy]:
     """SimpleTuner starts from the entry's default_settings, replaces betas only when optimizer_beta1 and
     optimizer_beta2 are both given, and optimizer_config's keys on top (convert_arg_to_parameters). The betas
     that still apply."""
     name = cfg["optimizer"]
-    for key, value in BNB_LION_DEFAULTS.items():
-        conv.put(("optimizer", key), value, conv.comment(name, f"its {BNB_LION[name.value]} default"))
+    for key, value in LION_DEFAULTS.items():
+        conv.put(("optimizer", key), value, conv.comment(name, f"its {LION[name.value]} default"))
     if len(betas) == 1:
         conv.inert(
             betas[0], "SimpleTuner sets betas only when optimizer_beta1 and optimizer_beta2 are both given"
