@@ -754,7 +754,8 @@ DoRA's layers do not have.""",
         """\
 `[distributed]` settings that contradict each other or the rest of the spec: `zero_offload_params` with
 `zero_stage = 2` (ZeRO-2 never shards weights); `adamw8bit` under FSDP or ZeRO-Offload (bitsandbytes' 8-bit
-kernels need whole tensors on the GPU); a trained text encoder (accelerate prepares one model for FSDP2 and
+kernels need whole tensors on the GPU), and so `lion8bit`, `paged_lion`, `paged_lion8bit` under FSDP (the
+8-bit ones under ZeRO-Offload too); a trained text encoder (accelerate prepares one model for FSDP2 and
 DeepSpeed); `schedule.accumulation` > 1 under DeepSpeed (its engine counts accumulation itself); and what
 dbspec does not yet run on sharded models: validation images, evaluation metrics, EMA, pivotal tuning, bf16
 trained weights and a quantised base. Use `strategy = "ddp"` for such runs (docs/distributed.md).""",
@@ -1150,12 +1151,13 @@ The family or prediction type cannot be detected; set `model.family` / `model.pr
         WARNING,
         "A paged optimizer on a target that does not page",
         """\
-A paged optimizer kind (`paged_adamw`, `paged_adamw8bit`, `paged_ademamix`, `paged_ademamix8bit`:
-bitsandbytes' Paged* classes) planned for the CPU: bitsandbytes pages optimizer state to host memory only on
-CUDA, so on the CPU it runs the unpaged optimizer: the same updates, bit for bit, the state kept in memory.
-The run is valid; the warning says that the paging itself is not there.""",
-        "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there; `adamw` (torch's AdamW) is "
-        "the same update as paged_adamw up to rounding",
+A paged optimizer kind (`paged_adamw`, `paged_adamw8bit`, `paged_ademamix`, `paged_ademamix8bit`,
+`paged_lion`, `paged_lion8bit`: bitsandbytes' Paged* classes) planned for the CPU: bitsandbytes pages
+optimizer state to host memory only on CUDA, so on the CPU it runs the unpaged optimizer: the same updates,
+bit for bit, the state kept in memory. The run is valid; the warning says that the paging itself is not
+there.""",
+        "for CPU-only runs `adamw8bit` is what paged_adamw8bit runs there (`lion8bit` what paged_lion8bit "
+        "runs); `adamw` (torch's AdamW) is the same update as paged_adamw up to rounding",
     ),
     Code(
         "DBS318",
@@ -1335,9 +1337,10 @@ fp8 quantisation on a target below CUDA compute capability 8.9.""",
         ERROR,
         "A bitsandbytes optimizer on a target that is neither CUDA nor the CPU",
         """\
-A bitsandbytes optimizer (`adamw8bit`, the paged kinds, the AdEMAMix kinds) on a target that is neither CUDA
-nor the CPU (bitsandbytes runs on both; on the CPU through its CPU backend, proven by
-tests/runtime/test_quantize_backends.py and tests/runtime/test_more_optimizers.py).""",
+A bitsandbytes optimizer (`adamw8bit`, the paged kinds, the AdEMAMix kinds, `lion8bit`) on a target that is
+neither CUDA nor the CPU (bitsandbytes runs on both; on the CPU through its CPU backend, proven by
+tests/runtime/test_quantize_backends.py, tests/runtime/test_more_optimizers.py and
+tests/runtime/test_lion_bnb.py).""",
     ),
     Code(
         "DBS344",

@@ -34,7 +34,14 @@ def unused_libraries(plan: Plan) -> tuple[str, ...]:
     if plan.adapter.kind == "none" and not plan.adapter.init_weights:
         unused.append("peft")
     quantised = any(c.quantized != "none" for c in plan.precision.components)
-    bnb_optimizer = plan.optimizer.kind in ("adamw8bit", "paged_adamw", "paged_adamw8bit")
+    bnb_optimizer = plan.optimizer.kind in (
+        "adamw8bit",
+        "paged_adamw",
+        "paged_adamw8bit",
+        "lion8bit",
+        "paged_lion",
+        "paged_lion8bit",
+    )
     if not quantised and not bnb_optimizer and "peft" in unused:
         unused += ["bitsandbytes", "torchao"]
     return tuple(unused)

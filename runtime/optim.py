@@ -85,6 +85,8 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind == "lion":
         lion = _import("lion_pytorch", "pip install lion-pytorch")
         return lion.Lion(groups, betas=opt.betas, weight_decay=opt.weight_decay)
+    if kind in BITSANDBYTES_LION_CLASSES:
+        return _bnb_lion(groups, opt)
     if opt.ademamix is not None:
         return _ademamix(groups, opt)
     if opt.schedulefree is not None:
@@ -92,6 +94,23 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind == "came":
         return _came(groups, opt)
     raise OptimizerError(f"unknown optimizer {kind!r}")
+
+
+# plan kind -> bitsandbytes.optim Lion class (kohya's Lion8bit, PagedLion8bit, bitsandbytes.optim.PagedLion):
+# Lion's one moment in 8 bits block-wise, or paged (CUDA only; the CPU runs them unpaged, DBS314).
+BITSANDBYTES_LION_CLASSES = {
+    "lion8bit": "Lion8bit",
+    "paged_lion": "PagedLion",
+    "paged_lion8bit": "PagedLion8bit",
+}
+
+
+def _bnb_lion(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """bitsandbytes' Lion classes as kohya builds them, `cls(params, lr=lr, **optimizer_args)` with betas and
+    weight_decay (bitsandbytes' Lion has no eps)."""
+    bnb = _import("bitsandbytes", "pip install 'dbspec[quant]' (bitsandbytes)")
+    optimizer_class = getattr(bnb.optim, BITSANDBYTES_LION_CLASSES[opt.kind])
+    return optimizer_class(groups, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
 
 
 def _ademamix(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:

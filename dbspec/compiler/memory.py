@@ -58,6 +58,11 @@ OPTIMIZER_STATE_BYTES = {
     "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
     "prodigy": 16,  # exp_avg, exp_avg_sq, s, p0
     "lion": 4,  # exp_avg only
+    # bitsandbytes' Lion: its one moment, 8-bit block-wise (1 byte, plus one fp32 absmax per block of 256:
+    # 4/256) or fp32 (paged_lion); tensors under 4096 elements keep 4 bytes
+    "lion8bit": 1 + 4 / 256,
+    "paged_lion": 4,
+    "paged_lion8bit": 1 + 4 / 256,
     # dadaptation: the moments plus s (and the start point x0, the previous gradient), fp32
     "dadapt_adam": 12,  # s, exp_avg, exp_avg_sq
     "dadapt_adam_preprint": 12,  # s, exp_avg, exp_avg_sq
@@ -363,6 +368,11 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) ->
     if optimizer in ("adamw8bit", "paged_adamw8bit"):
         notes.append(
             f"{optimizer}: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"
+        )
+    if optimizer in ("lion8bit", "paged_lion8bit"):
+        notes.append(
+            f"{optimizer}: 1.02 bytes per parameter (Lion's one moment in 8 bits plus an fp32 absmax per "
+            "block of 256); bitsandbytes keeps tensors under 4096 elements at 4 bytes"
         )
     if optimizer.startswith("paged_"):
         notes.append(

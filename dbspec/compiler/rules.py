@@ -33,7 +33,15 @@ from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.diagnostics import Diagnostic
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
-from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS, LoraAdapter, LowRankAdapter, Pivotal, Spec
+from dbspec.spec.model import (
+    BNB_LION_KINDS,
+    DADAPT_KINDS,
+    SCHEDULEFREE_KINDS,
+    LoraAdapter,
+    LowRankAdapter,
+    Pivotal,
+    Spec,
+)
 from dbspec.spec.paths import KeyPath, dotted
 
 if TYPE_CHECKING:
@@ -1571,6 +1579,9 @@ BITSANDBYTES_OPTIMIZERS = (
     "ademamix8bit",
     "paged_ademamix",
     "paged_ademamix8bit",
+    "lion8bit",
+    "paged_lion",
+    "paged_lion8bit",
 )
 
 
@@ -1600,6 +1611,8 @@ def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             "paged_adamw8bit": "AdamW8bit",
             "paged_ademamix": "AdEMAMix (32-bit state)",
             "paged_ademamix8bit": "AdEMAMix8bit",
+            "paged_lion": "Lion (32-bit state)",
+            "paged_lion8bit": "Lion8bit",
         }[kind]
         yield _warn(
             "DBS314",
@@ -1624,6 +1637,9 @@ PER_PARAMETER_OPTIMIZERS = (
     "sgd",
     "radam",
     "lion",
+    "lion8bit",
+    "paged_lion",
+    "paged_lion8bit",
     "came",
 )
 
@@ -1992,6 +2008,23 @@ def distributed_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+def _bnb_lion_sharded(spec: Spec) -> Iterator[Hit]:
+    """bitsandbytes' Lion kernels (optimizer_update_8bit_blockwise, optimizer_update_32bit) take whole
+    tensors: under FSDP2 their step raises on the sharded DTensors (bitsandbytes 0.50, checked on the CPU),
+    and ZeRO-Offload steps the 8-bit ones on flattened CPU partitions, as for adamw8bit."""
+    d, kind = spec.distributed, spec.optimizer.kind
+    offloaded = d.zero_offload_optimizer and kind.endswith("8bit")
+    if kind in BNB_LION_KINDS and (d.strategy == "fsdp" or offloaded):
+        where = "FSDP hands it sharded DTensors" if d.strategy == "fsdp" else "ZeRO-Offload steps on the CPU"
+        yield _err(
+            "DBS268",
+            ("optimizer", "kind"),
+            f'optimizer.kind = "{kind}" (bitsandbytes) cannot step here: {where}, and its kernels take whole '
+            "tensors",
+            'use kind = "lion" (lion_pytorch; sharding already divides its state by the process count)',
+        )
+
+
 def _sharding_blockers(spec: Spec) -> Iterator[tuple[tuple, str, str]]:
     """(key path, what, why) for each part of the spec dbspec does not run on sharded models yet."""
     family = FAMILIES.get(spec.model.family)  # "auto": a detected refiner is refused by the runtime
@@ -2040,6 +2073,7 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
             "take whole tensors",
             'use kind = "adamw" (sharding already divides its state by the process count)',
         )
+    yield from _bnb_lion_sharded(spec)
     if d.strategy == "deepspeed" and spec.schedule.accumulation > 1:
         yield _err(
             "DBS268",

@@ -715,7 +715,23 @@ def _optimizer_extras(plan: Plan) -> str:
         )
     if o.came is not None:
         return _came_extras(o)
+    if o.kind in _BNB_LION_CLASSES:
+        return _bnb_lion_extras(o)
     return _adafactor_extras(o)
+
+
+# plan kind -> the bitsandbytes class it builds (the runtime's BITSANDBYTES_LION_CLASSES)
+_BNB_LION_CLASSES = {"lion8bit": "Lion8bit", "paged_lion": "PagedLion", "paged_lion8bit": "PagedLion8bit"}
+
+
+def _bnb_lion_extras(o) -> str:
+    """bitsandbytes' Lion: its class, betas and decoupled weight decay, where its one moment lives."""
+    state = "its moment in 8 bits, block-wise" if o.kind.endswith("8bit") else "its moment in 32 bits"
+    paged = ", paged to host memory under pressure (CUDA only)" if o.kind.startswith("paged_") else ""
+    return (
+        f"; bitsandbytes {_BNB_LION_CLASSES[o.kind]}: betas {', '.join(f'{b:g}' for b in o.betas)}, weight "
+        f"decay {o.weight_decay:g} (decoupled), {state}{paged}"
+    )
 
 
 def _came_extras(o) -> str:

@@ -844,6 +844,9 @@ ADAN_BETAS = [0.98, 0.92, 0.99]  # dadaptation's Adan defaults (three betas)
 # bitsandbytes' AdEMAMix optimizers (kohya's `bitsandbytes.optim.AdEMAMix*` optimizer types): three betas.
 ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
 ADEMAMIX_BETAS = [0.9, 0.999, 0.9999]
+# bitsandbytes' Lion optimizers (kohya's Lion8bit, PagedLion8bit, `bitsandbytes.optim.PagedLion`): one moment.
+BNB_LION_KINDS = ("lion8bit", "paged_lion", "paged_lion8bit")
+BNB_LION_BETAS = [0.9, 0.99]  # bitsandbytes' Lion defaults
 # Meta's schedule-free optimizers (the `schedulefree` package, kohya's *ScheduleFree optimizer types).
 SCHEDULEFREE_KINDS = ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
 # CAME (the came_pytorch package, kohya's `came_pytorch.CAME`): three betas, an eps pair.
@@ -856,6 +859,8 @@ def _default_betas(o) -> list[float]:
         return list(ADEMAMIX_BETAS)
     if o.kind == "came":
         return list(CAME_BETAS)
+    if o.kind in BNB_LION_KINDS:
+        return list(BNB_LION_BETAS)
     return list(ADAN_BETAS) if "adan" in o.kind else [0.9, 0.999]
 
 
@@ -871,6 +876,9 @@ class Optimizer:
         "radam",
         "prodigy",
         "lion",
+        "lion8bit",
+        "paged_lion",
+        "paged_lion8bit",
         "dadapt_adam",
         "dadapt_adam_preprint",
         "dadapt_adagrad",
@@ -904,7 +912,10 @@ class Optimizer:
         "RAdam). came is the `came_pytorch` package's CAME (kohya's optimizer_type came_pytorch.CAME): "
         "Adafactor-like factored second moments plus a factored confidence (instability) estimate that "
         "scales the first moment; three betas, the eps pair came_eps, clip_threshold, decoupled "
-        "weight_decay.",
+        "weight_decay. lion8bit, paged_lion, paged_lion8bit are bitsandbytes' Lion8bit, PagedLion (32-bit "
+        "state) and PagedLion8bit (kohya's Lion8bit, PagedLion8bit): Lion's sign update with its one moment "
+        "kept block-wise in 8 bits (tensors under 4096 elements keep 32 bits) or paged by CUDA to host "
+        "memory under pressure (the CPU runs them unpaged, DBS314); betas and weight_decay as lion's.",
     )
     lr: float = option(
         2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
@@ -930,7 +941,7 @@ class Optimizer:
         "three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the squared "
         "gradient's and the instability's decays).",
         derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix* "
-        "and came",
+        "and came; [0.9, 0.99] for lion8bit, paged_lion, paged_lion8bit (bitsandbytes' Lion defaults)",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)

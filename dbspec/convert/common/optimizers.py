@@ -1,7 +1,8 @@
 """Legacy optimizer names and arguments -> [optimizer].
 
 dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), paged_adamw and paged_adamw8bit
-(bitsandbytes PagedAdamW, PagedAdamW8bit), lion (lion_pytorch Lion), sgd (torch
+(bitsandbytes PagedAdamW, PagedAdamW8bit), lion (lion_pytorch Lion), lion8bit, paged_lion and paged_lion8bit
+(bitsandbytes Lion8bit, PagedLion, PagedLion8bit), sgd (torch
 SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor; relative_step, scale_parameter and
 warmup_init as given), prodigy (prodigyopt Prodigy with its default d0/d_coef/...), dadapt_* (the dadaptation
 package's D-Adaptation optimizers with d0, growth_rate, decouple, use_bias_correction, no_prox), came
@@ -23,7 +24,12 @@ _DEFAULTS = {
     "adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},
     "paged_adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # bnb PagedAdamW(32bit)
     "paged_adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # bnb PagedAdamW8bit
-    "lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},  # lion_pytorch.Lion, bnb Lion8bit
+    "lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},  # lion_pytorch.Lion
+    # bitsandbytes' Lion8bit, PagedLion (PagedLion32bit), PagedLion8bit
+    **{
+        kind: {"weight_decay": 0.0, "betas": [0.9, 0.99]}
+        for kind in ("lion8bit", "paged_lion", "paged_lion8bit")
+    },
     "sgd": {"weight_decay": 0.0, "momentum": 0.0},  # torch.optim.SGD
     "radam": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},  # torch.optim.RAdam
     "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
@@ -93,6 +99,9 @@ _HARMLESS.update(
         "ademamix8bit": {"min_8bit_size": 4096, "is_paged": False},
         "paged_ademamix": {"optim_bits": 32, "min_8bit_size": 4096},
         "paged_ademamix8bit": {"min_8bit_size": 4096},
+        "lion8bit": {"min_8bit_size": 4096},
+        "paged_lion": {"min_8bit_size": 4096},
+        "paged_lion8bit": {"min_8bit_size": 4096},
         **{
             k: _SCHEDULEFREE_HARMLESS
             for k in ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
@@ -170,11 +179,15 @@ def kohya_optimizer(name: str) -> KohyaName:
     }
     if lower in paged:
         return KohyaName(kind=paged[lower])
-    if lower in ("lion8bit", "pagedlion8bit"):
+    if lower in ("lion8bit", "pagedlion8bit"):  # bitsandbytes.optim.Lion8bit, PagedLion8bit
+        return KohyaName(kind={"lion8bit": "lion8bit", "pagedlion8bit": "paged_lion8bit"}[lower])
+    if lower in ("pagedlion", "pagedlion32bit"):
         return KohyaName(
-            kind="lion",
-            why="bitsandbytes' 8-bit Lion keeps quantised optimizer state; dbspec's Lion "
-            "keeps it in 32 bits (the same update up to quantisation)",
+            kind=None,
+            crashes=True,
+            why=f"kohya's get_optimizer has no {name} branch and looks it up in torch.optim, which has no "
+            "such class (AttributeError); bitsandbytes' 32-bit paged Lion is the class path "
+            "bitsandbytes.optim.PagedLion",
         )
     if lower in _DADAPT_NAMES:
         return KohyaName(kind=_DADAPT_NAMES[lower])
@@ -190,8 +203,8 @@ def kohya_optimizer(name: str) -> KohyaName:
     return KohyaName(
         kind=None,
         why=f"dbspec has no {name} optimizer (it has AdamW, AdamW8bit, PagedAdamW, PagedAdamW8bit, Lion, "
-        "RAdam, SGD, SGDNesterov, Adafactor, Prodigy, the DAdapt* and *ScheduleFree optimizers, and "
-        "bitsandbytes.optim.AdEMAMix* and the other class paths of docs/converting.md)",
+        "Lion8bit, PagedLion8bit, RAdam, SGD, SGDNesterov, Adafactor, Prodigy, the DAdapt* and *ScheduleFree "
+        "optimizers, and bitsandbytes.optim.AdEMAMix* and the other class paths of docs/converting.md)",
     )
 
 
@@ -217,6 +230,10 @@ DOTTED_OPTIMIZERS = {
     "transformers.Adafactor": ("adafactor", "adafactor"),
     "prodigyopt.Prodigy": ("prodigy", "prodigy"),
     "lion_pytorch.Lion": ("lion", "lion"),
+    "bitsandbytes.optim.Lion8bit": ("lion8bit", "bnb.lion8bit"),
+    "bitsandbytes.optim.PagedLion": ("paged_lion", "bnb.pagedlion"),
+    "bitsandbytes.optim.PagedLion32bit": ("paged_lion", "bnb.pagedlion32bit"),
+    "bitsandbytes.optim.PagedLion8bit": ("paged_lion8bit", "bnb.pagedlion8bit"),
     "schedulefree.AdamWScheduleFree": ("adamw_schedulefree", "adamwschedulefree"),
     "schedulefree.SGDScheduleFree": ("sgd_schedulefree", "sgdschedulefree"),
     "schedulefree.RAdamScheduleFree": ("radam_schedulefree", "radamschedulefree"),
@@ -369,6 +386,18 @@ _KOHYA_ACCEPTS.update(
         "came": ("eps", "clip_threshold", "betas", "weight_decay"),  # came_pytorch.CAME
     }
 )
+# bitsandbytes' Lion classes (0.50): kohya's Lion8bit and PagedLion8bit names, and their class paths
+_BNB_LION = ("betas", "weight_decay", "args", "min_8bit_size")
+_KOHYA_ACCEPTS.update(
+    {
+        "lion8bit": (*_BNB_LION, "is_paged"),
+        "pagedlion8bit": _BNB_LION,
+        "bnb.lion8bit": (*_BNB_LION, "is_paged"),
+        "bnb.pagedlion": (*_BNB_LION, "optim_bits"),
+        "bnb.pagedlion32bit": _BNB_LION,
+        "bnb.pagedlion8bit": _BNB_LION,
+    }
+)
 _DADAPT_ADAM = ("betas", "eps", "weight_decay", "log_every", "decouple", "d0", "growth_rate", "fsdp_in_use")
 _DADAPT_ADAN = ("betas", "eps", "weight_decay", "no_prox", "log_every", "d0", "growth_rate")
 _KOHYA_ACCEPTS.update(
@@ -405,7 +434,7 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
             elif key not in accepted:
                 problems.append(f"`{key}`: {cls}'s constructor has no such argument (TypeError)")
     betas = kwargs["betas"] if "betas" in kwargs else None
-    count = 3 if lower in ("dadaptadan", "dadaptadanip", "came") or lower.startswith("bnb.") else 2
+    count = 3 if lower in ("dadaptadan", "dadaptadanip", "came") or "ademamix" in lower else 2
     if lower == "adafactor" and "eps" in kwargs and not _number_pair(kwargs["eps"]):
         problems.append(
             f"`eps={kwargs['eps']!r}`: transformers' Adafactor takes a pair such as eps=(1e-30,1e-3) and "
@@ -467,6 +496,19 @@ def ademamix_variant(kind: str, kwargs: dict[str, Any]) -> str:
     return ("paged_" if paged else "") + ("ademamix8bit" if eight else "ademamix")
 
 
+_BNB_LION_KINDS = ("lion8bit", "paged_lion", "paged_lion8bit")
+
+
+def lion_variant(kind: str, kwargs: dict[str, Any]) -> str:
+    """bitsandbytes' Lion classes differ only in is_paged and optim_bits: `Lion8bit(is_paged=True)` is
+    PagedLion8bit, `PagedLion(optim_bits=8)` is PagedLion8bit. The kind those arguments make."""
+    if kind not in _BNB_LION_KINDS:
+        return kind
+    paged = kind.startswith("paged_") or kwargs.get("is_paged") is True
+    eight = kind.endswith("8bit") or kwargs.get("optim_bits") == 8
+    return ("paged_" if paged else "") + ("lion8bit" if eight else "lion")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
@@ -497,7 +539,7 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         for k, v in kwargs.items()
         if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
     }
-    if kind in _ADEMAMIX_KINDS:  # the kind says them (ademamix_variant)
+    if kind in _ADEMAMIX_KINDS or kind in _BNB_LION_KINDS:  # the kind says them (ademamix_/lion_variant)
         rest = {k: v for k, v in rest.items() if not (k == "is_paged" and isinstance(v, bool))}
         rest = {k: v for k, v in rest.items() if not (k == "optim_bits" and v in (8, 32))}
     for key in ("d0", "growth_rate"):  # TOML floats stay floats (d0=1 is an int literal)

@@ -15,6 +15,7 @@ from dbspec.convert.common.optimizers import (
     ademamix_variant,
     kohya_constructor_problems,
     kohya_optimizer,
+    lion_variant,
     optimizer_settings,
     parse_kohya_args,
 )
@@ -902,6 +903,8 @@ def _full_path_help(name: str) -> str:
     """The class path kohya's help asks for, for a bare AdEMAMix (or CAME) name."""
     if name.lower() == "came":
         return 'optimizer_type = "came_pytorch.CAME"'
+    if name.lower() in ("pagedlion", "pagedlion32bit"):
+        return 'optimizer_type = "bitsandbytes.optim.PagedLion"'
     for path in ("AdEMAMix8bit", "PagedAdEMAMix8bit", "PagedAdEMAMix32bit", "AdEMAMix32bit", "PagedAdEMAMix"):
         if name.lower() == path.lower():
             return f'optimizer_type = "bitsandbytes.optim.{path}"'
@@ -977,7 +980,7 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             help='use optimizer_type = "Adafactor", or add relative_step=False to optimizer_args',
         )
         return
-    kind = ademamix_variant(name.kind, kwargs)
+    kind = lion_variant(ademamix_variant(name.kind, kwargs), kwargs)
     if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
         conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
     settings = optimizer_settings(kind, kwargs, nesterov=name.nesterov)

@@ -81,6 +81,11 @@ OPTIMIZERS = {
     "ao-adamw8bit": ("adamw8bit", "torchao's 8-bit AdamW; dbspec uses bitsandbytes' (the same algorithm)"),
     "optimi-lion": ("lion", ""),
     "bnb-lion": ("lion", ""),
+    # bitsandbytes' Lion8bit, PagedLion, PagedLion8bit (its optimizer_param.py), built as cls(params, lr=lr,
+    # **default_settings) as dbspec builds them
+    "bnb-lion8bit": ("lion8bit", ""),
+    "bnb-lion-paged": ("paged_lion", ""),
+    "bnb-lion8bit-paged": ("paged_lion8bit", ""),
     "prodigy": ("prodigy", ""),
     "optimi-sgd": ("sgd", ""),
 }
@@ -442,6 +447,8 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     else:
         conv.mapped(name, ("optimizer", "kind"), kind)
     betas = [cfg[k] for k in ("optimizer_beta1", "optimizer_beta2") if cfg[k].value is not None]
+    if name.value in LION:
+        betas = _lion_defaults(cfg, betas, conv)
     if betas:
         values = [
             num(cfg["optimizer_beta1"]) if cfg["optimizer_beta1"].value is not None else 0.9,
@@ -458,6 +465,33 @@ def _optimizer(cfg: Cfg, conv: Conversion) -> None:
     if lr_te.value is not None and flag(cfg["train_text_encoder"]):
         te_rate = math.floor(num(lr_te) * 1e9) / 1e9 if _floors_lr(cfg) else num(lr_te)
         conv.mapped(lr_te, ("optimizer", "text_encoder_lr"), te_rate)
+
+
+# SimpleTuner's Lion entries, all with default_settings betas (0.9, 0.99) and weight_decay 0.0 (bitsandbytes'
+# and optimi's own defaults; the bitsandbytes ones' min_8bit_size 4096 is bitsandbytes' default too)
+LION = {
+    "bnb-lion": "bitsandbytes Lion",
+    "bnb-lion8bit": "bitsandbytes Lion8bit",
+    "bnb-lion-paged": "bitsandbytes PagedLion",
+    "bnb-lion8bit-paged": "bitsandbytes PagedLion8bit",
+    "optimi-lion": "optimi Lion",
+}
+LION_DEFAULTS = {"betas": [0.9, 0.99], "weight_decay": 0.0}
+
+
+def _lion_defaults(cfg: Cfg, betas: list[Legacy], conv: Conversion) -> list[Legacy]:
+    """SimpleTuner starts from the entry's default_settings, replaces betas only when optimizer_beta1 and
+    optimizer_beta2 are both given, and optimizer_config's keys on top (convert_arg_to_parameters). The betas
+    that still apply."""
+    name = cfg["optimizer"]
+    for key, value in LION_DEFAULTS.items():
+        conv.put(("optimizer", key), value, conv.comment(name, f"its {LION[name.value]} default"))
+    if len(betas) == 1:
+        conv.inert(
+            betas[0], "SimpleTuner sets betas only when optimizer_beta1 and optimizer_beta2 are both given"
+        )
+        return []
+    return betas
 
 
 def _clipping(cfg: Cfg, conv: Conversion) -> None:
