@@ -17,7 +17,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dbspec.plan.model import Plan
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS, Plan
 
 # diffusers.utils.import_utils flag -> the library's top-level module
 _FLAGS = {
@@ -34,14 +34,7 @@ def unused_libraries(plan: Plan) -> tuple[str, ...]:
     if plan.adapter.kind == "none" and not plan.adapter.init_weights:
         unused.append("peft")
     quantised = any(c.quantized != "none" for c in plan.precision.components)
-    bnb_optimizer = plan.optimizer.kind in (
-        "adamw8bit",
-        "paged_adamw",
-        "paged_adamw8bit",
-        "lion8bit",
-        "paged_lion",
-        "paged_lion8bit",
-    )
+    bnb_optimizer = plan.optimizer.kind in BNB_OPTIMIZER_KINDS
     if not quantised and not bnb_optimizer and "peft" in unused:
         unused += ["bitsandbytes", "torchao"]
     return tuple(unused)

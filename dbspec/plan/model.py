@@ -339,6 +339,21 @@ class StepRange:
         return tuple(self.end if i == count - 1 else (i + 1) * self.every for i in picks)
 
 
+# Optimizer kinds that are bitsandbytes classes (the runtime keeps bitsandbytes visible for them).
+BNB_OPTIMIZER_KINDS = (
+    "adamw8bit",
+    "paged_adamw",
+    "paged_adamw8bit",
+    "ademamix",
+    "ademamix8bit",
+    "paged_ademamix",
+    "paged_ademamix8bit",
+    "lion8bit",
+    "paged_lion",
+    "paged_lion8bit",
+)
+
+
 # Schedules the runtime builds as torch scheduler classes from `SchedulePlan.torch` (the compiler computes
 # their curve without torch: compiler/torch_schedules.py)
 TORCH_CLASS_SCHEDULES = (

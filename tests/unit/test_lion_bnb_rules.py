@@ -113,3 +113,12 @@ def test_a_bitsandbytes_lion_is_refused_where_sharding_hands_it_partial_tensors(
     offload = hits('strategy = "deepspeed"\nzero_stage = 2\nzero_offload_optimizer = true\n')
     assert offload == ([("DBS268", ("optimizer", "kind"))] if kind.endswith("8bit") else [])
     assert hits('strategy = "ddp"\n') == []
+
+
+def test_the_plan_layer_lists_every_bitsandbytes_optimizer_kind():
+    """runtime/imports.py reads the plan layer's list (the runtime may not import the spec model)."""
+    from dbspec.plan.model import BNB_OPTIMIZER_KINDS
+    from dbspec.spec.model import ADEMAMIX_KINDS, BNB_LION_KINDS
+
+    expected = {"adamw8bit", "paged_adamw", "paged_adamw8bit", *ADEMAMIX_KINDS, *BNB_LION_KINDS}
+    assert set(BNB_OPTIMIZER_KINDS) == expected

@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from dbspec.spec.model import ADEMAMIX_KINDS, BNB_LION_KINDS
+
 # kind -> defaults of the constructor the legacy tool calls (weight_decay, betas, eps)
 _DEFAULTS = {
     "adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # torch.optim.AdamW, bnb AdamW8bit
@@ -26,10 +28,7 @@ _DEFAULTS = {
     "paged_adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8},  # bnb PagedAdamW8bit
     "lion": {"weight_decay": 0.0, "betas": [0.9, 0.99]},  # lion_pytorch.Lion
     # bitsandbytes' Lion8bit, PagedLion (PagedLion32bit), PagedLion8bit
-    **{
-        kind: {"weight_decay": 0.0, "betas": [0.9, 0.99]}
-        for kind in ("lion8bit", "paged_lion", "paged_lion8bit")
-    },
+    **{kind: {"weight_decay": 0.0, "betas": [0.9, 0.99]} for kind in BNB_LION_KINDS},
     "sgd": {"weight_decay": 0.0, "momentum": 0.0},  # torch.optim.SGD
     "radam": {"weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},  # torch.optim.RAdam
     "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
@@ -483,26 +482,20 @@ def _number_pair(value: Any) -> bool:
     )
 
 
-_ADEMAMIX_KINDS = ("ademamix", "ademamix8bit", "paged_ademamix", "paged_ademamix8bit")
-
-
 def ademamix_variant(kind: str, kwargs: dict[str, Any]) -> str:
     """bitsandbytes' AdEMAMix classes differ only in is_paged and optim_bits: `AdEMAMix(is_paged=True)` is
     PagedAdEMAMix, `optim_bits=8` is the 8-bit class. The kind those arguments make."""
-    if kind not in _ADEMAMIX_KINDS:
+    if kind not in ADEMAMIX_KINDS:
         return kind
     paged = kind.startswith("paged_") or kwargs.get("is_paged") is True
     eight = kind.endswith("8bit") or kwargs.get("optim_bits") == 8
     return ("paged_" if paged else "") + ("ademamix8bit" if eight else "ademamix")
 
 
-_BNB_LION_KINDS = ("lion8bit", "paged_lion", "paged_lion8bit")
-
-
 def lion_variant(kind: str, kwargs: dict[str, Any]) -> str:
     """bitsandbytes' Lion classes differ only in is_paged and optim_bits: `Lion8bit(is_paged=True)` is
     PagedLion8bit, `PagedLion(optim_bits=8)` is PagedLion8bit. The kind those arguments make."""
-    if kind not in _BNB_LION_KINDS:
+    if kind not in BNB_LION_KINDS:
         return kind
     paged = kind.startswith("paged_") or kwargs.get("is_paged") is True
     eight = kind.endswith("8bit") or kwargs.get("optim_bits") == 8
@@ -539,7 +532,7 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         for k, v in kwargs.items()
         if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
     }
-    if kind in _ADEMAMIX_KINDS or kind in _BNB_LION_KINDS:  # the kind says them (ademamix_/lion_variant)
+    if kind in ADEMAMIX_KINDS or kind in BNB_LION_KINDS:  # the kind says them (ademamix_/lion_variant)
         rest = {k: v for k, v in rest.items() if not (k == "is_paged" and isinstance(v, bool))}
         rest = {k: v for k, v in rest.items() if not (k == "optim_bits" and v in (8, 32))}
     for key in ("d0", "growth_rate"):  # TOML floats stay floats (d0=1 is an int literal)
