@@ -31,6 +31,7 @@ from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.diagnostics import Diagnostic
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
@@ -2008,20 +2009,21 @@ def distributed_setting_inert(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-def _bnb_lion_sharded(spec: Spec) -> Iterator[Hit]:
-    """bitsandbytes' Lion kernels (optimizer_update_8bit_blockwise, optimizer_update_32bit) take whole
-    tensors: under FSDP2 their step raises on the sharded DTensors (bitsandbytes 0.50, checked on the CPU),
-    and ZeRO-Offload steps the 8-bit ones on flattened CPU partitions, as for adamw8bit."""
+def _bnb_sharded(spec: Spec) -> Iterator[Hit]:
+    """bitsandbytes' optimizer kernels (optimizer_update_32bit, optimizer_update_8bit_blockwise) take whole
+    tensors: under FSDP2 every bitsandbytes optimizer's step raises on the sharded DTensors (bitsandbytes
+    0.50, each kind checked on the CPU), and ZeRO-Offload steps the 8-bit ones on flattened CPU partitions."""
     d, kind = spec.distributed, spec.optimizer.kind
     offloaded = d.zero_offload_optimizer and kind.endswith("8bit")
-    if kind in BNB_LION_KINDS and (d.strategy == "fsdp" or offloaded):
+    if kind in BNB_OPTIMIZER_KINDS and (d.strategy == "fsdp" or offloaded):
         where = "FSDP hands it sharded DTensors" if d.strategy == "fsdp" else "ZeRO-Offload steps on the CPU"
+        instead, library = ("lion", "lion_pytorch") if kind in BNB_LION_KINDS else ("adamw", "torch")
         yield _err(
             "DBS268",
             ("optimizer", "kind"),
             f'optimizer.kind = "{kind}" (bitsandbytes) cannot step here: {where}, and its kernels take whole '
             "tensors",
-            'use kind = "lion" (lion_pytorch; sharding already divides its state by the process count)',
+            f'use kind = "{instead}" ({library}; sharding already divides its state by the process count)',
         )
 
 
@@ -2063,17 +2065,7 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
             f'{what}: not supported yet under distributed.strategy = "{d.strategy}" ({why})',
             'use strategy = "ddp" for this run, or turn it off',
         )
-    eight_bit = spec.optimizer.kind == "adamw8bit"
-    if eight_bit and (d.strategy == "fsdp" or d.zero_offload_optimizer):
-        where = "FSDP hands it sharded DTensors" if d.strategy == "fsdp" else "ZeRO-Offload steps on the CPU"
-        yield _err(
-            "DBS268",
-            ("optimizer", "kind"),
-            f'optimizer.kind = "adamw8bit" (bitsandbytes) cannot step here: {where}, and its 8-bit kernels '
-            "take whole tensors",
-            'use kind = "adamw" (sharding already divides its state by the process count)',
-        )
-    yield from _bnb_lion_sharded(spec)
+    yield from _bnb_sharded(spec)
     if d.strategy == "deepspeed" and spec.schedule.accumulation > 1:
         yield _err(
             "DBS268",

@@ -5,6 +5,8 @@ weights (a per-parameter optimizer), and the memory estimate (one moment: 8-bit 
 from __future__ import annotations
 
 import pytest
+
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS
 import tomli
 
 from dbspec.compiler import rules
@@ -98,11 +100,11 @@ def test_the_optimizer_state_of_a_bitsandbytes_lion(optimizer, per_param):
         assert any("page" in n and n.startswith(optimizer) for n in plan.notes), plan.notes
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_bitsandbytes_lion_is_refused_where_sharding_hands_it_partial_tensors(kind):
-    """bitsandbytes 0.50's Lion8bit/PagedLion step raises on FSDP2's DTensors (checked on the CPU with gloo:
-    "got mixed torch.Tensor and DTensor", "optimizer_update_32bit ... does not have a sharding strategy");
-    ZeRO-Offload's CPU step is refused for the 8-bit ones as for adamw8bit."""
+@pytest.mark.parametrize("kind", BNB_OPTIMIZER_KINDS)
+def test_a_bitsandbytes_optimizer_is_refused_where_sharding_hands_it_partial_tensors(kind):
+    """Every bitsandbytes 0.50 optimizer's step raises on FSDP2's DTensors (each checked on the CPU with
+    gloo: "got mixed torch.Tensor and DTensor", "optimizer_update_32bit ... does not have a sharding
+    strategy"); ZeRO-Offload's CPU step is refused for the 8-bit ones."""
 
     def hits(distributed: str) -> list:
         spec, data = _spec(f'[optimizer]\nkind = "{kind}"\n[distributed]\n{distributed}')
@@ -117,7 +119,6 @@ def test_a_bitsandbytes_lion_is_refused_where_sharding_hands_it_partial_tensors(
 
 def test_the_plan_layer_lists_every_bitsandbytes_optimizer_kind():
     """runtime/imports.py reads the plan layer's list (the runtime may not import the spec model)."""
-    from dbspec.plan.model import BNB_OPTIMIZER_KINDS
     from dbspec.spec.model import ADEMAMIX_KINDS, BNB_LION_KINDS
 
     expected = {"adamw8bit", "paged_adamw", "paged_adamw8bit", *ADEMAMIX_KINDS, *BNB_LION_KINDS}
