@@ -144,3 +144,15 @@ def test_a_real_run_keeps_kohyas_set(tmp_path):
     assert result.status == "finished"
     kept = {int(p.name.split("-")[1]) for p in (Path(result.final).parent / "checkpoints").glob("step-*")}
     assert kept == kohya_survivors(total, **sim)[0]
+
+
+def test_with_both_intervals_the_step_retention_converts_and_the_epoch_one_is_inert(tmp_path):
+    flags = (
+        "--max_train_steps 20 --save_every_n_steps 5 --save_last_n_steps 10 --save_every_n_epochs 2 "
+        "--save_last_n_epochs 1"
+    )
+    outcome, plan = _convert(tmp_path, flags)
+    models, _ = kohya_survivors(20, every_steps=5, last_n=10)  # kohya's step files (its epoch files aside)
+    assert dbspec_survivors(tmp_path / "run", plan.checkpoints.steps, plan.checkpoints.keep) == models
+    assert fate(outcome, "save_last_n_steps") == "mapped" and fate(outcome, "save_last_n_epochs") == "inert"
+    assert fate(outcome, "save_every_n_epochs") == "differs"  # dbspec keeps the step interval only

@@ -167,9 +167,14 @@ def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Convers
     unit = "epochs" if by_epochs else "steps"
     other = "steps" if by_epochs else "epochs"
     model_key, state_key = a[f"save_last_n_{unit}"], a[f"save_last_n_{unit}_state"]
+    why = (
+        "it prunes kohya's epoch saves, which dbspec does not make (see save_every_n_epochs)"
+        if a["save_every_n_epochs"].value
+        else f"kohya makes no {other[:-1]} saves without save_every_n_{other}"
+    )
     for key in (f"save_last_n_{other}", f"save_last_n_{other}_state"):
         if a[key].given:
-            conv.inert(a[key], f"kohya saves at a {unit[:-1]} interval here (save_every_n_{unit})")
+            conv.inert(a[key], why)
     if by_epochs:
         at_end = False  # kohya's epoch saves skip the last epoch: its `last` file is the end
     elif total is None:
