@@ -586,7 +586,7 @@ and bitsandbytes (nf4, int8) replace it: set `precision.quantize_backend`. A spe
 `quantize_backend = "quanto"` has chosen it knowingly and is not warned.""",
         help='use quantize_backend = "torchao" or "bitsandbytes"',
     ),
-    # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS254.
+    # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS253; a dataset's mask channel: DBS254.
     Code(
         "DBS250",
         ERROR,
@@ -624,6 +624,16 @@ In a `[[groups]]` table (its own keys, or the `[buckets]` values it takes for th
 sizes
 written together with `bucket_no_upscale = true`, which ignores them (warning), as `[buckets]` does \
 (DBS218).""",
+    ),
+    Code(
+        "DBS254",
+        WARNING,
+        "`mask_channel` without mask files",
+        """\
+A dataset sets `mask_channel` but has no `masks` folder (none, or `mask_from_alpha`): it only says how a mask
+file is read (its luminance, or its red channel as kohya reads conditioning masks), so it changes nothing
+(warning).""",
+        help="set the dataset's masks folder, or remove mask_channel",
     ),
     Code(
         "DBS255",

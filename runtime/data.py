@@ -23,6 +23,7 @@ from dbspec.plan.face_crop import face_of, face_window
 from dbspec.plan.model import DatasetPlan, FaceBox, ImagePlan, Plan, Size
 
 CropMode = Literal["center", "random"]
+MaskChannel = Literal["luminance", "red"]
 Batch = tuple["Sample", ...]
 
 # One filter both ways: Pillow widens the Lanczos kernel by the reduction factor, so downscaling is
@@ -319,14 +320,16 @@ def load_mask(
     flip: bool = False,
     rng: random.Random | None = None,
     upright: bool = True,
+    channel: MaskChannel = "luminance",
 ) -> torch.Tensor:
-    """The loss mask: float32 (1, H, W) in [0, 1], 0 (dark) = ignored, 1 (white) = trained.
+    """The loss mask: float32 (1, H, W) in [0, 1], 0 (dark) = ignored, 1 (white) = trained. `channel`: how
+    a mask file is read (the dataset's mask_channel).
 
     Same resize, crop and flip as load_pixels: given generators in the same state (e.g. two
     `sample_rng(sample)`) both draw the same random window. load_example does both from one draw.
     """
     offset = crop_offset(img, crop_mode, rng)
-    return _mask_tensor(_fit(_mask_image(img, None, upright), img, offset, flip))
+    return _mask_tensor(_fit(_mask_image(img, None, upright, channel), img, offset, flip))
 
 
 def load_example(
@@ -338,6 +341,7 @@ def load_example(
     color_aug: bool = False,
     face: FaceCrop | None = None,
     upright: bool = True,
+    mask_channel: MaskChannel = "luminance",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pixels and mask (None without one) cut from one crop window, decoding the image once. `color_aug`
     draws kohya's colour augmentation from `rng` after the crop's draws (runtime/color_aug.py). `face`:
@@ -359,11 +363,14 @@ def load_example(
     pixels = _rgb_tensor(fitted)
     if not img.mask:
         return pixels, None
-    return pixels, _mask_tensor(_fit(_mask_image(img, source, upright), img, offset, flip))
+    return pixels, _mask_tensor(_fit(_mask_image(img, source, upright, mask_channel), img, offset, flip))
 
 
-def _mask_image(img: ImagePlan, source: Image.Image | None, upright: bool = True) -> Image.Image:
-    """The mask as a grayscale image of the (oriented) image's size: a mask file's luminance, or the alpha."""
+def _mask_image(
+    img: ImagePlan, source: Image.Image | None, upright: bool = True, channel: MaskChannel = "luminance"
+) -> Image.Image:
+    """The mask as a grayscale image of the (oriented) image's size: a mask file's luminance or red channel
+    (kohya: RGB first, then red), or the alpha."""
     if not img.mask:
         raise ValueError(f"image `{img.path}` has no mask")
     if img.mask == "alpha":
@@ -371,7 +378,8 @@ def _mask_image(img: ImagePlan, source: Image.Image | None, upright: bool = True
         return image.convert("RGBA").getchannel(
             "A"
         )  # RGBA first: also covers LA, PA and palette transparency
-    return _open(img.mask, img.size, upright).convert("L")
+    mask = _open(img.mask, img.size, upright)
+    return mask.convert("RGB").getchannel("R") if channel == "red" else mask.convert("L")
 
 
 def _open(path: str, expected: Size, upright: bool = True) -> Image.Image:

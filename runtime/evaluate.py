@@ -76,9 +76,13 @@ class EvalLoss:
     def _encode(self, parts: Parts, ev: EvaluationPlan) -> None:
         crop = parts.plan.datasets[ev.dataset].crop if ev.dataset >= 0 else "center"
         upright = ev.dataset < 0 or parts.plan.datasets[ev.dataset].exif_orientation == "apply"
+        channel = parts.plan.datasets[ev.dataset].mask_channel if ev.dataset >= 0 else "luminance"
         for img in ev.holdout:
             pixels, mask = load_example(
-                img, crop_mode="center" if crop == "random" else crop, upright=upright
+                img,
+                crop_mode="center" if crop == "random" else crop,
+                upright=upright,
+                mask_channel=channel,
             )
             with torch.no_grad():
                 dist = parts.vae.encode(pixels[None].to(parts.device, parts.vae.dtype)).latent_dist

@@ -68,6 +68,7 @@ def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.
                 color_aug=dataset.color_aug,
                 face=face_crop_of(dataset, sample.img),
                 upright=dataset.exif_orientation == "apply",
+                mask_channel=dataset.mask_channel,
             )
             pending.append((i, pixels))
         else:
@@ -78,6 +79,7 @@ def posteriors(parts: Parts, batch: Sequence[Sample]) -> list[tuple[dict, torch.
                     flip=sample.flip,
                     rng=rng,
                     upright=dataset.exif_orientation == "apply",
+                    channel=dataset.mask_channel,
                 )
                 if sample.img.mask
                 else None

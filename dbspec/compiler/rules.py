@@ -771,6 +771,22 @@ def one_mask_source(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def mask_channel_without_mask_files(spec: Spec, given: Given) -> Iterator[Hit]:
+    """`mask_channel` says how a `masks` file is read: inert with mask_from_alpha or without masks."""
+    for i, d in enumerate(spec.datasets):
+        if given(("datasets", i, "mask_channel")) and not d.masks:
+            source = (
+                "its masks come from the alpha channel" if d.mask_from_alpha else "it has no masks folder"
+            )
+            yield _warn(
+                "DBS254",
+                ("datasets", i, "mask_channel"),
+                f'dataset `{d.name}`: mask_channel = "{d.mask_channel}" has no effect: {source}',
+                "set the dataset's masks folder, or remove mask_channel",
+            )
+
+
+@rule("spec")
 def mask_mean_without_masks(spec: Spec, given: Given) -> Iterator[Hit]:
     """`loss.mask_mean` only says how masked samples average their loss: inert when no dataset has masks."""
     if not given(("loss", "mask_mean")) or any(d.masks or d.mask_from_alpha for d in spec.datasets):

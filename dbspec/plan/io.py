@@ -207,6 +207,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "mask_mean"): "mask",
         # kohya networks.lora's dropout on the down projection's output: off then
         ("adapter", "down_dropout"): 0.0,
+        # mask files read as luminance, the only way then
+        ("datasets", "*", "mask_channel"): "luminance",
     },
 }
 

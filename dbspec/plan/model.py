@@ -268,6 +268,9 @@ class DatasetPlan:
     # cover: resized to cover the bucket, then cropped; none: the resolution cut from the unresized image
     # (kohya with buckets and cache_latents off); each image's `resized` is then its own size
     resize: Literal["cover", "none"] = "cover"
+    # how a mask file becomes the loss mask: its luminance, or its red channel (kohya's conditioning masks);
+    # "luminance" without mask files
+    mask_channel: Literal["luminance", "red"] = "luminance"
 
 
 @frozen

@@ -117,7 +117,8 @@ def datasets_table(plan: Plan) -> Table:
 
 
 def image_prep_summary(plan: Plan) -> list[str]:
-    """Lines for datasets preparing images as kohya does: EXIF orientation ignored, crops without resizing."""
+    """Lines for datasets preparing images as kohya does: EXIF orientation ignored, crops without resizing,
+    masks read from the red channel."""
     lines = []
     for d in plan.datasets:
         if d.exif_orientation == "ignore":
@@ -131,6 +132,8 @@ def image_prep_summary(plan: Plan) -> list[str]:
             lines.append(
                 f"resize: dataset `{d.name}`: none, {how} of the unresized image (kohya, buckets off)"
             )
+        if d.mask_channel == "red":
+            lines.append(f"masks: dataset `{d.name}`: the mask files' red channel (kohya)")
     return lines
 
 

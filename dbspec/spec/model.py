@@ -497,6 +497,12 @@ class Dataset:
         "ignore); empty for none.",
     )
     mask_from_alpha: bool = option(False, doc="Use each image's alpha channel as its loss mask.")
+    mask_channel: Literal["luminance", "red"] = option(
+        "luminance",
+        doc="How a `masks` file becomes the loss mask: its luminance (Pillow's grayscale, "
+        "0.299 R + 0.587 G + 0.114 B) or its red channel (kohya's masked loss with conditioning_data_dir "
+        "reads red). The same for grayscale masks; inert without `masks`.",
+    )
     preserve_output: bool = option(
         False,
         doc="Output preservation (kohya's `diff_output_preservation`): the loss target of this dataset's "

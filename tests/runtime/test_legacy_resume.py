@@ -47,6 +47,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del d["preserve_output"]  # output preservation, added since
         del d["exif_orientation"]  # EXIF orientation ignored (kohya), added since
         del d["resize"]  # crops without resizing (kohya, buckets off), added since
+        del d["mask_channel"]  # mask files' red channel (kohya), added since (luminance then)
     del data["loss"]["flow"]  # flow matching (SD3), added since (none then)
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)

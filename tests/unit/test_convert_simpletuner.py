@@ -145,6 +145,9 @@ def test_square_crops_captions_from_files_and_masks(tmp_path):
     assert plan.datasets[0].images[1].caption == "ohwx shoe 1" and plan.loss.masked
     assert plan.adapter.kind == "none" and plan.optimizer.kind == "adamw8bit"
     assert (plan.schedule.epochs, plan.loss.noise_offset, plan.loss.min_snr_gamma) == (3, 0.05, 5.0)
+    # ModelFoundation.loss: the mask's red channel, loss x mask averaged over the whole latent (kohya's way)
+    assert plan.datasets[0].mask_channel == "red" and plan.loss.mask_mean == "image"
+    assert "mask" not in messages(outcome, "DBS404")
 
 
 def test_torchao_and_bitsandbytes_base_precisions_name_their_backend(tmp_path):

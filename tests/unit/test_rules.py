@@ -336,6 +336,12 @@ CASES = [
         DOG + 'masks = "data/masks"\n' + STEPS,
     ),
     (
+        rules.mask_channel_without_mask_files,
+        DOG + 'mask_from_alpha = true\nmask_channel = "red"\n' + STEPS,
+        [("DBS254", "warning", ("datasets", 0, "mask_channel"))],
+        DOG + 'masks = "data/masks"\nmask_channel = "red"\n' + STEPS,
+    ),
+    (
         rules.mask_mean_without_masks,
         DOG + STEPS + '[loss]\nmask_mean = "image"\n',
         [("DBS243", "warning", ("loss", "mask_mean"))],

@@ -171,7 +171,7 @@ def convert_kohya(
     if script in FLOW_SCRIPTS:
         map_flow_loss(a, script, conv)
     map_precision(a, script, lora, conv)
-    map_outputs(a, script, lora, length.steps_per_epoch, paths, conv)
+    map_outputs(a, script, lora, length.steps_per_epoch, paths, conv, length.total_steps)
     map_validation(a, script, layout, length.steps_per_epoch, conv)
     report_launcher(ka.launcher, conv, script_sets_precision=True)
     _sweep(a, conv)

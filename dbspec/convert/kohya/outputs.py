@@ -25,7 +25,13 @@ _FILE_FORMATS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def map_outputs(
-    a: Args, script: str, lora: bool, steps_per_epoch: int | None, paths: PathMapper, conv: Conversion
+    a: Args,
+    script: str,
+    lora: bool,
+    steps_per_epoch: int | None,
+    paths: PathMapper,
+    conv: Conversion,
+    total_steps: int | None = None,
 ) -> None:
     out, name = a["output_dir"], a["output_name"]
     if out.value:
@@ -41,7 +47,10 @@ def map_outputs(
         a, "save_every_n_steps", "save_every_n_epochs", steps_per_epoch, ("checkpoints", "every"), conv
     )
     if every:
-        _keep(a, every, steps_per_epoch, conv)
+        by_epochs = bool(a["save_every_n_epochs"].value) and not a["save_every_n_steps"].value
+        _keep(a, every, by_epochs, total_steps, conv)
+    if a["save_n_epoch_ratio"].value:
+        conv.differs(a["save_n_epoch_ratio"], "dbspec saves at a step interval; the ratio was not converted")
     seed = a["seed"]
     if seed.value is not None:
         conv.mapped(seed, ("schedule", "seed"), seed.value)
@@ -143,30 +152,86 @@ def _every(
     return 0
 
 
-def _keep(a: Args, every: int, per_epoch: int | None, conv: Conversion) -> None:
-    last_steps, last_epochs = a["save_last_n_steps"], a["save_last_n_epochs"]
-    if last_epochs.value and per_epoch:
-        keep = max(1, last_epochs.value * per_epoch // every)
-        conv.differs(
-            last_epochs,
-            f"kohya removes epoch checkpoints older than N epochs; dbspec keeps the last {keep} checkpoints",
-            ("checkpoints", "keep"),
-            keep,
-        )
-    elif last_steps.value:
-        keep = max(1, last_steps.value // every)
-        conv.differs(
-            last_steps,
-            f"kohya removes step checkpoints older than {last_steps.value} steps; dbspec keeps "
-            f"the last {keep} checkpoints",
-            ("checkpoints", "keep"),
-            keep,
-        )
+def kohya_kept(last_n: int | None, every: int, by_epochs: bool) -> int | None:
+    """How many of kohya's interval saves survive (None: all). Epochs: saving epoch e removes epoch
+    e - save_every_n_epochs x N, i.e. the save N intervals back, so N survive. Steps: saving step s removes
+    the interval multiple at or below s - N - 1, i.e. the save ceil((N + 1) / every) intervals back."""
+    if last_n is None:
+        return None
+    return last_n if by_epochs else -(-(last_n + 1) // every)
+
+
+def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Conversion) -> None:
+    """checkpoints.keep from kohya's save_last_n_*: dbspec keeps the newest K step folders, each holding the
+    weights and the training state, and always saves one at the last step (its weights are `final`'s)."""
+    unit = "epochs" if by_epochs else "steps"
+    other = "steps" if by_epochs else "epochs"
+    model_key, state_key = a[f"save_last_n_{unit}"], a[f"save_last_n_{unit}_state"]
+    why = (
+        "it prunes kohya's epoch saves, which dbspec does not make (see save_every_n_epochs)"
+        if a["save_every_n_epochs"].value
+        else f"kohya makes no {other[:-1]} saves without save_every_n_{other}"
+    )
+    for key in (f"save_last_n_{other}", f"save_last_n_{other}_state"):
+        if a[key].given:
+            conv.inert(a[key], why)
+    if by_epochs:
+        at_end = False  # kohya's epoch saves skip the last epoch: its `last` file is the end
+    elif total is None:
+        given = model_key if model_key.given else state_key
+        if given.given:
+            conv.depends(
+                given.key,
+                "the total steps could not be counted here, so whether kohya's last interval save falls "
+                "on the last step is unknown; checkpoints.keep assumes it does not",
+            )
+        at_end = False
     else:
-        conv.put(("checkpoints", "keep"), 0, f"{conv.tool} keeps every saved checkpoint")
-    for key in ("save_n_epoch_ratio",):
-        if a[key].value:
-            conv.differs(a[key], "dbspec saves at a step interval; the ratio was not converted")
+        at_end = total % every == 0  # kohya saves at every multiple, the last step included
+    saving_state = bool(a["save_state"].value)
+    state_n = (state_key.value or model_key.value) if saving_state else None
+    if state_key.given and not saving_state:
+        conv.inert(state_key, "kohya saves no state without save_state")
+    kept_model = kohya_kept(model_key.value, every, by_epochs)
+    kept_state = kohya_kept(state_n, every, by_epochs) if saving_state else kept_model
+    # dbspec's folder at the last step is kohya's `last` file (and `last-state` folder) when kohya's
+    # interval saves miss the last step, so it is one more to keep
+    extra = 0 if at_end else 1
+    keep_model = 0 if kept_model is None else kept_model + extra
+    keep_state = 0 if kept_state is None else kept_state + extra
+    keep = 0 if 0 in (keep_model, keep_state) else max(keep_model, keep_state)
+    legacy = model_key if model_key.given else state_key
+    if keep_model == keep_state:
+        if keep == 0:
+            conv.put(("checkpoints", "keep"), 0, f"{conv.tool} keeps every saved checkpoint")
+            if state_key.given and saving_state:
+                conv.record(state_key, "mapped", "checkpoints.keep")
+            return
+        what = f"kohya keeps its last {kept_model} {unit[:-1]} saves" + (
+            " and states" if saving_state else ""
+        )
+        if extra:
+            what += (
+                " and its `last` file; dbspec's folder at the last step is that one (while training, dbspec "
+                "holds one checkpoint more than kohya)"
+            )
+        conv.mapped(legacy, ("checkpoints", "keep"), keep, comment=conv.comment(legacy, what))
+        if legacy is model_key and state_key.given and saving_state:
+            conv.record(state_key, "mapped", "checkpoints.keep")
+        return
+
+    def count(n: int | None) -> str:
+        return "all" if n is None else f"the last {n}"
+
+    why = (
+        f"kohya keeps {count(kept_model)} {unit[:-1]} model files but {count(kept_state)} state folders "
+        f"(save_last_n_{unit}_state); a dbspec checkpoint holds both, so dbspec keeps "
+        + ("every checkpoint" if keep == 0 else f"the last {keep} checkpoints")
+        + (" (the one at the last step included)" if keep and extra else "")
+    )
+    conv.differs(legacy, why, ("checkpoints", "keep"), keep)
+    if legacy is model_key and state_key.given:
+        conv.record(state_key, "differs", "checkpoints.keep", why)
 
 
 def _sampling(

@@ -89,6 +89,8 @@ def map_subset(
     if dataset.kind == "controlnet":
         cond = v["conditioning_data_dir"]
         conv.mapped(cond, (*at, "masks"), paths.for_spec(cond.value))
+        # apply_masked_loss reads channel 0 of the conditioning image, loaded as RGB: red
+        conv.put((*at, "mask_channel"), "red", conv.comment(cond, "kohya reads the mask's red channel"))
     elif "alpha_mask" in v:
         _flag(conv, v["alpha_mask"], (*at, "mask_from_alpha"))
     if (images and any(min(img.size) < _SMALL for img in images)) or subset.kohya_root:

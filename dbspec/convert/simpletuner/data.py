@@ -400,6 +400,7 @@ def _masks(at: tuple, link: Legacy, masks: dict, paths: PathMapper, conv: Conver
         conv.unsupported(link, 'only conditioning_type = "mask" backends convert (as loss masks)')
         return
     conv.mapped(link, (*at, "masks"), paths.for_spec(target["instance_data_dir"]))
-    conv.differs(
-        link, "SimpleTuner multiplies the loss by the mask without dividing by its area; dbspec divides"
-    )
+    # ModelFoundation.loss: channel 0 of the mask loaded as RGB and normalised to [-1, 1], area-resized to the
+    # latent, mapped back by x / 2 + 0.5; the loss times it, averaged over (C, H, W): kohya's reading and mean
+    conv.put((*at, "mask_channel"), "red", conv.comment(link, "SimpleTuner reads the mask's red channel"))
+    conv.put(("loss", "mask_mean"), "image", conv.comment(link, "loss x mask, image mean"))
