@@ -207,6 +207,14 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "mask_mean"): "mask",
         # kohya networks.lora's dropout on the down projection's output: off then
         ("adapter", "down_dropout"): 0.0,
+        # kohya's validation split, timesteps and batch cap (after ("evaluation",): a run without them)
+        ("evaluation", "selection"): "sample",
+        ("evaluation", "split"): 0.0,
+        ("evaluation", "split_draw"): "reseed",
+        ("evaluation", "holdout_datasets"): [],
+        ("evaluation", "also_trained"): [],
+        ("evaluation", "timestep_spacing"): "midpoints",
+        ("evaluation", "max_images"): 0,
     },
 }
 
