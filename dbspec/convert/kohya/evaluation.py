@@ -101,7 +101,15 @@ def _split(a: Args, layout, parts: list, split, seeded: bool, conv: Conversion) 
             ("evaluation", "split"),
             split.value,
         )
-    elif not seeded and any(s.values["cache_info"].value for _, s, _ in layout.parts):
+    elif not seeded and None in sizes:
+        conv.differs(
+            split,
+            "the folders are read when planning: kohya's stream of shuffles follows the file system's order of "
+            "sub-folders, dbspec's their sorted names",
+            ("evaluation", "split"),
+            split.value,
+        )
+    elif any(s.values["cache_info"].value for _, s, _ in layout.parts):
         conv.differs(
             split,
             "kohya shuffles the cache_info file's order, not the sorted files",
