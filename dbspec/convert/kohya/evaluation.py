@@ -104,8 +104,8 @@ def _split(a: Args, layout, parts: list, split, seeded: bool, conv: Conversion) 
     elif not seeded and None in sizes:
         conv.differs(
             split,
-            "the folders are read when planning: kohya's stream of shuffles follows the file system's order of "
-            "sub-folders, dbspec's their sorted names",
+            "the folders are read when planning: kohya's stream of shuffles follows the file system's "
+            "order of sub-folders, dbspec's their sorted names",
             ("evaluation", "split"),
             split.value,
         )
