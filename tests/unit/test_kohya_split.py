@@ -112,3 +112,25 @@ def test_split_datasets_splits_only_the_named_ones(tmp_path):
     assert set(e.holdout_datasets) == {1}
     assert len(plan.datasets[0].images) == 11 and len(plan.datasets[2].images) == 6
     assert [img.rel for img in e.holdout] == case["scored"][1]  # reseeded: each subset's draw is its own
+
+
+def test_each_kohya_folder_of_a_kohya_folders_dataset_is_split_on_its_own(tmp_path):
+    """layout = "kohya_folders": kohya makes one subset per `N_class tokens` sub-folder and splits each."""
+    case = next(c for c in CASES if c["sizes"] == [9, 6])
+    for k, (folder, size) in enumerate(zip(("1_ohwx dog", "2_ohwx cat"), case["sizes"])):
+        (tmp_path / "train" / folder).mkdir(parents=True)
+        for i in range(size):
+            shutil.copy(TOY, tmp_path / "train" / folder / f"d{k}-{i:02d}.png")
+    (tmp_path / "spec.toml").write_text(
+        'spec_version = 2\n[model]\nbase = "builtin:tiny-sd1"\n'
+        '[[datasets]]\nname = "subject"\npath = "train"\n'
+        'layout = "kohya_folders"\nresolution = 64\n[buckets]\nstep = 16\n[schedule]\nsteps = 4\n'
+        '[cache]\ndir = "cache"\n[output]\ndir = "out"\n'
+        f"[evaluation]\nsplit = 0.2\nseed = {case['validation_seed']}\n"
+    )
+    plan = compile_spec(tmp_path / "spec.toml")
+    names = [img.rel.split("/")[1] for img in plan.evaluation.holdout]
+    assert names == case["scored"][0] + case["scored"][1]
+    assert sorted(img.rel.split("/")[1] for img in plan.datasets[0].images) == sorted(
+        sum(case["trained"], [])
+    )
