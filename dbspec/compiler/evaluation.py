@@ -377,7 +377,7 @@ def _cost(plan: EvaluationPlan, images: int) -> tuple[str, ...]:
         scored = plan.max_images or len(plan.holdout)
         forwards = scored * len(plan.timesteps)
         lines.append(
-            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {len(plan.holdout)} VAE encode(s) "
+            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {scored} VAE encode(s) "
             f"per evaluation, {n} evaluation(s); memory: activations of one image, no optimizer state"
         )
     for model, names in ((plan.clip_model, ("clip_t", "clip_i")), (plan.dino_model, ("dino",))):
