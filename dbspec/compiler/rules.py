@@ -794,6 +794,14 @@ def one_holdout(spec: Spec, given: Given) -> Iterator[Hit]:
             f"evaluation.holdout = {ev.holdout} and evaluation.split = {ev.split:g} are both set",
             codes.help("DBS244"),
         )
+    elif ev.split and given(("evaluation", "holdout_dataset")):
+        yield _err(
+            "DBS244",
+            ("evaluation", "holdout_dataset"),
+            "evaluation.holdout_dataset chooses the dataset of a `holdout` sample; evaluation.split splits "
+            "the datasets of `split_datasets`",
+            "name the datasets in evaluation.split_datasets instead",
+        )
     elif not ev.split:
         for key in ("split_datasets", "split_draw"):
             if given(("evaluation", key)):

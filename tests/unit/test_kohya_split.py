@@ -134,3 +134,22 @@ def test_each_kohya_folder_of_a_kohya_folders_dataset_is_split_on_its_own(tmp_pa
     assert sorted(img.rel.split("/")[1] for img in plan.datasets[0].images) == sorted(
         sum(case["trained"], [])
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('split_draw = "stream"\n', "evaluation.split_draw"),
+        ('split_datasets = ["d0"]\n', "evaluation.split_datasets"),
+    ],
+)
+def test_split_options_without_a_split_are_errors(tmp_path, extra, key):
+    path = _spec(tmp_path, CASES[0])
+    text = path.read_text().replace("split = 0.25\n", "").replace('split_draw = "reseed"\n', "")
+    path.write_text(text + extra)
+    assert ("DBS244", "error", key) in _codes(path)
+
+
+def test_holdout_dataset_with_a_split_is_an_error(tmp_path):
+    path = _spec(tmp_path, CASES[0], 'holdout_dataset = "d0"\n')
+    assert ("DBS244", "error", "evaluation.holdout_dataset") in _codes(path)
