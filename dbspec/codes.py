@@ -556,6 +556,16 @@ loss is averaged (over the mask's area, or over the whole image as kohya does), 
         help="add a dataset's masks, or remove loss.mask_mean",
     ),
     Code(
+        "DBS244",
+        ERROR,
+        "`evaluation.holdout` and `evaluation.split` both set",
+        """\
+The evaluation holds images out one way: `evaluation.holdout` (dbspec's seeded sample of N images of one
+dataset) or `evaluation.split` (kohya's validation split, drawn as kohya draws it). Both are set; or the
+split's options (`split_datasets`, `split_draw`) are set without `split`, or `holdout_dataset` with it.""",
+        help="keep one: evaluation.holdout = 0, or evaluation.split = 0",
+    ),
+    Code(
         "DBS245",
         ERROR,
         "Cropping without resizing needs square buckets",

@@ -68,16 +68,17 @@ class EvalLoss:
             self._encode(parts, ev)
         generator = torch.Generator().manual_seed(ev.seed)  # the same noise at every evaluation
         per_image = [
-            self._image_loss(parts, plan, ev, i, generator).cpu() for i in range(len(ev.holdout))
+            self._image_loss(parts, plan, ev, i, generator).cpu() for i in range(scored_images(ev))
         ]  # one CPU-GPU sync per held-out image
         per_timestep = torch.stack(per_image).double().mean(dim=0).tolist()
         return sum(per_timestep) / len(per_timestep), band_means(per_timestep, ev.bands)
 
     def _encode(self, parts: Parts, ev: EvaluationPlan) -> None:
-        crop = parts.plan.datasets[ev.dataset].crop if ev.dataset >= 0 else "center"
-        upright = ev.dataset < 0 or parts.plan.datasets[ev.dataset].exif_orientation == "apply"
-        channel = parts.plan.datasets[ev.dataset].mask_channel if ev.dataset >= 0 else "luminance"
-        for img in ev.holdout:
+        for i, img in enumerate(ev.holdout[: scored_images(ev)]):
+            index = _image_dataset(ev, i)
+            crop = parts.plan.datasets[index].crop if index >= 0 else "center"
+            upright = index < 0 or parts.plan.datasets[index].exif_orientation == "apply"
+            channel = parts.plan.datasets[index].mask_channel if index >= 0 else "luminance"
             pixels, mask = load_example(
                 img,
                 crop_mode="center" if crop == "random" else crop,
@@ -97,7 +98,9 @@ class EvalLoss:
         latents = self.latents[i].to(parts.device).expand(count, -1, -1, -1)
         noise = torch.randn(latents.shape, generator=generator).to(parts.device)
         timesteps = torch.tensor(ev.timesteps, dtype=torch.long, device=parts.device)
-        sample = Sample(dataset=max(ev.dataset, 0), image=i, role="instance", flip=False, aug_seed=0, img=img)
+        sample = Sample(
+            dataset=max(_image_dataset(ev, i), 0), image=i, role="instance", flip=False, aug_seed=0, img=img
+        )
         with torch.no_grad():
             text = family.encode_prompts(
                 parts.text_encoders,
@@ -136,6 +139,17 @@ class EvalLoss:
             debiased_estimation=loss_plan.debiased_estimation,
         )
         return losses.per_sample_loss(elementwise, mask, loss_plan.mask_mean) * weights
+
+
+def scored_images(ev: EvaluationPlan) -> int:
+    """How many held-out images each evaluation scores: the first `max_images` (kohya's
+    max_validation_steps), else all."""
+    return ev.max_images or len(ev.holdout)
+
+
+def _image_dataset(ev: EvaluationPlan, i: int) -> int:
+    """The dataset held-out image `i` came from (kohya's split spans datasets; a seeded sample has one)."""
+    return ev.holdout_datasets[i] if ev.holdout_datasets else ev.dataset
 
 
 # --- CLIP and DINO ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ the metric models (resolved offline like a base model) and what evaluating costs
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -26,6 +27,10 @@ class Holdout:
     datasets: tuple[DatasetPlan, ...]  # the training datasets, held-out images removed
     images: tuple[ImagePlan, ...]
     dataset: int  # index into `datasets` (-1: no holdout)
+    image_datasets: tuple[
+        int, ...
+    ] = ()  # kohya split: each held-out image's dataset (-1: a role = "eval" one)
+    also_trained: tuple[bool, ...] = ()  # kohya split: each held-out image that still trains (rounding)
 
 
 def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
@@ -41,6 +46,8 @@ def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
         for img in d.images
     )
     datasets = tuple(d for d in datasets if d.role != "eval")
+    if ev.split > 0:
+        return kohya_split(ctx, datasets, evals)
     if ev.holdout == 0:
         return Holdout(datasets, evals, -1)
     index = _holdout_dataset(ctx, datasets)
@@ -65,6 +72,83 @@ def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
     return Holdout(tuple(out), held + evals, index)
 
 
+def split_units(d: DatasetPlan) -> list[list[int]]:
+    """The image lists kohya shuffles one by one in a dataset (indices into d.images, kohya's sorted file
+    order): the dataset's, or each `N_class tokens` sub-folder's (sorted by name) of a kohya_folders one."""
+    if not d.folders:
+        return [list(range(len(d.images)))]
+    units: dict[str, list[int]] = {}
+    for i, img in enumerate(d.images):
+        units.setdefault(img.rel.split("/", 1)[0], []).append(i)
+    return [units[name] for name in sorted(units)]
+
+
+def _draws(seed: int, draw: str, count: int) -> list[random.Random]:
+    """One generator per shuffle kohya makes, in its order (library/train_util.py split_train_val, called by
+    its training datasets' subsets, then by its validation datasets' subsets): "reseed" -
+    random.seed(validation_seed) before each; "stream" - one random.seed(seed) that every shuffle draws on."""
+    stream = random.Random(seed)
+    return [random.Random(seed) if draw == "reseed" else stream for _ in range(count)]
+
+
+def _shuffled(n: int, rng: random.Random) -> list[int]:
+    """random.shuffle of an n-item list (the permutation depends only on n and the draw)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return order
+
+
+def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[ImagePlan, ...]) -> Holdout:
+    """evaluation.split: kohya's validation split of every split instance dataset, drawn as kohya draws it.
+    Training keeps the first ceil(n x (1 - split)) images of one shuffle, the evaluation scores the last
+    round(n x split) of another (the same permutation when reseeded), so an image can do both."""
+    ev = ctx.spec.evaluation
+    names = set(ev.split_datasets)
+    for name in sorted(names - {d.name for d in datasets if d.role == "instance"}):
+        ctx.report(
+            "DBS365",
+            "error",
+            f"evaluation.split_datasets names `{name}`, which is no instance dataset",
+            ("evaluation", "split_datasets"),
+            help="instance datasets: " + ", ".join(f"`{d.name}`" for d in datasets if d.role == "instance"),
+        )
+    chosen = [i for i, d in enumerate(datasets) if d.role == "instance" and (not names or d.name in names)]
+    units = [(i, unit) for i in chosen for unit in split_units(datasets[i]) if unit]
+    draws = _draws(ev.seed, ev.split_draw, 2 * len(units))
+    trained = [
+        {unit[j] for j in _shuffled(len(unit), rng)[: math.ceil(len(unit) * (1 - ev.split))]}
+        for (_, unit), rng in zip(units, draws)
+    ]
+    held, where, also = [], [], []
+    for k, ((i, unit), rng) in enumerate(zip(units, draws[len(units) :])):
+        for j in _shuffled(len(unit), rng)[len(unit) - round(len(unit) * ev.split) :]:
+            held.append(attrs.evolve(datasets[i].images[unit[j]], latent_keys=(), text_key=""))
+            where.append(i)
+            also.append(unit[j] in trained[k])
+    out = list(datasets)
+    for i in chosen:
+        d = datasets[i]
+        keep = set().union(*(t for t, (di, _) in zip(trained, units) if di == i))
+        kept = tuple(img for j, img in enumerate(d.images) if j in keep)
+        if d.images and not kept:
+            ctx.report(
+                "DBS364",
+                "error",
+                f"evaluation.split = {ev.split:g} leaves no image of dataset `{d.name}` to train "
+                f"(it has {len(d.images)})",
+                ("evaluation", "split"),
+                help="lower evaluation.split",
+            )
+        out[i] = attrs.evolve(d, images=kept, samples_per_epoch=sum(img.repeats for img in kept))
+    return Holdout(
+        tuple(out),
+        tuple(held) + evals,
+        where[0] if where else -1,
+        tuple(where) + (-1,) * len(evals),
+        tuple(also) + (False,) * len(evals),
+    )
+
+
 def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:
     name = ctx.spec.evaluation.holdout_dataset
     for i, d in enumerate(datasets):
@@ -82,11 +166,24 @@ def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:
     return -1
 
 
-def fixed_timesteps(count: int, noise: NoisePlan) -> tuple[int, ...]:
+def fixed_timesteps(count: int, noise: NoisePlan, spacing: str = "midpoints") -> tuple[int, ...]:
     """`count` timesteps evenly spaced over the training window [min_timestep, max_timestep): the midpoints
-    of `count` equal slices, so neither end of the schedule (no noise, pure noise) is over-weighted."""
+    of `count` equal slices, so neither end of the schedule (no noise, pure noise) is over-weighted; or, with
+    spacing "linspace", kohya's interior points of an integer linspace over the window."""
+    if spacing == "linspace":
+        return linspace_timesteps(count, noise.min_timestep, noise.max_timestep)
     low, high = noise.min_timestep, max(noise.max_timestep, noise.min_timestep + 1)
     return tuple(sorted({low + int((2 * i + 1) * (high - low) // (2 * count)) for i in range(count)}))
+
+
+def linspace_timesteps(count: int, low: int, high: int) -> tuple[int, ...]:
+    """kohya's validation timesteps (train_network.py): numpy.linspace(low, high, count + 2, dtype=int)
+    without its two ends, i.e. int(i x (high - low) / (count + 1) + low) for i = 1..count, in numpy's float
+    arithmetic (the step first, then the multiple, then the offset; truncated toward zero). Repeats kept."""
+    step = (high - low) / (count + 1)
+    if step == 0:
+        return tuple(int(i / (count + 1) * (high - low) + low) for i in range(1, count + 1))
+    return tuple(int(i * step + low) for i in range(1, count + 1))
 
 
 def band_starts(timesteps: int, bands: int) -> tuple[int, ...]:
@@ -210,7 +307,7 @@ def plan_evaluation(
     dino = resolve_metric_model(ctx, ev.dino_model, "dino_model") if "dino" in metrics else None
     subject = [img for d in datasets if d.role == "instance" and not d.preserve_output for img in d.images]
     references = subject + list(held.images)
-    timesteps = fixed_timesteps(ev.timesteps, noise) if held.images else ()
+    timesteps = fixed_timesteps(ev.timesteps, noise, ev.timestep_spacing) if held.images else ()
     steps = interval_steps(spec.validation.every, schedule.total_steps)
     plan = EvaluationPlan(
         metrics=metrics,
@@ -232,6 +329,13 @@ def plan_evaluation(
         reference_shas=tuple(img.sha for img in references) if {"clip_i", "dino"} & set(metrics) else (),
         clip_model=clip,
         dino_model=dino,
+        selection="kohya_split" if ev.split > 0 else "sample",
+        split=ev.split,
+        split_draw=ev.split_draw if ev.split > 0 else "reseed",
+        holdout_datasets=held.image_datasets,
+        also_trained=held.also_trained,
+        timestep_spacing=ev.timestep_spacing,
+        max_images=ev.max_images if 0 < ev.max_images < len(held.images) else 0,
     )
     _check_selection(ctx, plan, schedule)
     return attrs.evolve(plan, cost=_cost(plan, validation_prompts * spec.validation.images_per_prompt))
@@ -270,9 +374,10 @@ def _cost(plan: EvaluationPlan, images: int) -> tuple[str, ...]:
     lines = []
     n = len(plan.steps)
     if "eval_loss" in plan.metrics:
-        forwards = len(plan.holdout) * len(plan.timesteps)
+        scored = plan.max_images or len(plan.holdout)
+        forwards = scored * len(plan.timesteps)
         lines.append(
-            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {len(plan.holdout)} VAE encode(s) "
+            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {scored} VAE encode(s) "
             f"per evaluation, {n} evaluation(s); memory: activations of one image, no optimizer state"
         )
     for model, names in ((plan.clip_model, ("clip_t", "clip_i")), (plan.dino_model, ("dino",))):

@@ -800,6 +800,36 @@ def mask_mean_without_masks(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def one_holdout(spec: Spec, given: Given) -> Iterator[Hit]:
+    """The evaluation holds images out one way: a seeded sample (holdout) or kohya's split (DBS244)."""
+    ev = spec.evaluation
+    if ev.holdout and ev.split:
+        yield _err(
+            "DBS244",
+            ("evaluation", "split"),
+            f"evaluation.holdout = {ev.holdout} and evaluation.split = {ev.split:g} are both set",
+            codes.help("DBS244"),
+        )
+    elif ev.split and given(("evaluation", "holdout_dataset")):
+        yield _err(
+            "DBS244",
+            ("evaluation", "holdout_dataset"),
+            "evaluation.holdout_dataset chooses the dataset of a `holdout` sample; evaluation.split splits "
+            "the datasets of `split_datasets`",
+            "name the datasets in evaluation.split_datasets instead",
+        )
+    elif not ev.split:
+        for key in ("split_datasets", "split_draw"):
+            if given(("evaluation", key)):
+                yield _err(
+                    "DBS244",
+                    ("evaluation", key),
+                    f"evaluation.{key} is set but evaluation.split = 0: there is no kohya split to shape",
+                    "set evaluation.split (kohya's validation_split), or remove evaluation." + key,
+                )
+
+
+@rule("spec")
 def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
     for i, d in enumerate(spec.datasets):
@@ -1723,7 +1753,8 @@ _SAMPLED_METRICS = ("clip_t", "clip_i", "dino")
 
 def _evaluation_images(spec: Spec) -> bool:
     """The evaluation loss has images: a holdout, or a role = "eval" dataset."""
-    return bool(spec.evaluation.holdout) or any(d.role == "eval" for d in spec.datasets)
+    ev = spec.evaluation
+    return bool(ev.holdout or ev.split) or any(d.role == "eval" for d in spec.datasets)
 
 
 @rule("spec")

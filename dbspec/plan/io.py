@@ -209,6 +209,14 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "down_dropout"): 0.0,
         # mask files read as luminance, the only way then
         ("datasets", "*", "mask_channel"): "luminance",
+        # kohya's validation split, timesteps and batch cap (after ("evaluation",): a run without them)
+        ("evaluation", "selection"): "sample",
+        ("evaluation", "split"): 0.0,
+        ("evaluation", "split_draw"): "reseed",
+        ("evaluation", "holdout_datasets"): [],
+        ("evaluation", "also_trained"): [],
+        ("evaluation", "timestep_spacing"): "midpoints",
+        ("evaluation", "max_images"): 0,
     },
 }
 

@@ -792,6 +792,14 @@ class EvaluationPlan:
     clip_model: MetricModelPlan | None = None
     dino_model: MetricModelPlan | None = None
     cost: tuple[str, ...] = ()  # the estimate the plan shows (time and memory per evaluation)
+    # kohya's validation split (evaluation.split): how the holdout was drawn, and what kohya's rounding keeps
+    selection: Literal["sample", "kohya_split"] = "sample"  # sample: `seed` picks `holdout` images
+    split: float = 0.0  # kohya_split: the fraction
+    split_draw: Literal["reseed", "stream"] = "reseed"
+    holdout_datasets: tuple[int, ...] = ()  # kohya_split: each held-out image's index into plan.datasets
+    also_trained: tuple[bool, ...] = ()  # kohya_split: each held-out image that still trains (rounding)
+    timestep_spacing: Literal["midpoints", "linspace"] = "midpoints"
+    max_images: int = 0  # score only the first N held-out images; 0: all
 
 
 @frozen

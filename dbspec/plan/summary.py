@@ -528,6 +528,28 @@ def training_table(plan: Plan) -> Table:
     return t
 
 
+def _kohya_split_rows(t: Table, plan: Plan) -> None:
+    """evaluation.split: kohya's validation split, dataset by dataset, and the images that also train."""
+    e = plan.evaluation
+    draw = "random.seed(seed) per dataset" if e.split_draw == "reseed" else "one random.seed(seed) stream"
+    t.add_row("held out (kohya split)", f"split {e.split:g}, seed {e.seed}, {draw}")
+    for index in dict.fromkeys(e.holdout_datasets):
+        rows = [
+            (img, also) for img, d, also in zip(e.holdout, e.holdout_datasets, e.also_trained) if d == index
+        ]
+        name = f"`{plan.datasets[index].name}`" if index >= 0 else "(eval datasets)"
+        trained = [img.rel for img, also in rows if also]
+        t.add_row(
+            f"  scored of {name}",
+            ", ".join(img.rel for img, _ in rows)
+            + (f" (also trained, kohya's rounding: {', '.join(trained)})" if trained else " (not trained)"),
+        )
+    spacing = "kohya's linspace" if e.timestep_spacing == "linspace" else "midpoints"
+    t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))} ({spacing}) in {len(e.bands)} band(s)")
+    if e.max_images:
+        t.add_row("scored per evaluation", f"the first {e.max_images} of {len(e.holdout)} held-out image(s)")
+
+
 def evaluation_table(plan: Plan) -> Table | None:
     """Which metrics run, when, on which images, with which models, and their cost (None when off)."""
     e = plan.evaluation
@@ -535,13 +557,20 @@ def evaluation_table(plan: Plan) -> Table | None:
         return None
     t = _table("Evaluation", "setting", "value")
     t.add_row("metrics", ", ".join(e.metrics) + f" at {_steps(e.steps)}")
-    if e.holdout:
+    if e.holdout and e.selection == "kohya_split":
+        _kohya_split_rows(t, plan)
+    elif e.holdout:
         held = ", ".join(img.rel for img in e.holdout)
         source = (
             f"of `{plan.datasets[e.dataset].name}` (seed {e.seed})" if e.dataset >= 0 else "(eval datasets)"
         )
         t.add_row("held out (not trained)", f"{held} {source}")
-        t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))} in {len(e.bands)} band(s)")
+        spacing = " (kohya's linspace)" if e.timestep_spacing == "linspace" else ""
+        t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))}{spacing} in {len(e.bands)} band(s)")
+        if e.max_images:
+            t.add_row(
+                "scored per evaluation", f"the first {e.max_images} of {len(e.holdout)} held-out image(s)"
+            )
     if e.identifier:
         t.add_row("subject", f"identifier `{e.identifier}`, class word `{e.class_word or '-'}`")
     for prompt, rewritten in zip(plan.validation.prompts, e.clip_t_prompts):

@@ -1503,6 +1503,41 @@ class Evaluation:
     seed: int = option(
         0, doc="Seeds the holdout split and the evaluation noise (its own generator).", minimum=0
     )
+    split: float = option(
+        0.0,
+        doc="kohya's `validation_split`: the holdout drawn as kohya draws it, instead of `holdout` images. "
+        "Each split instance dataset (each kohya sub-folder of a `kohya_folders` one) is shuffled with "
+        "Python's `random` (see `split_draw`); training keeps the first ceil(n x (1 - split)) images, the "
+        "evaluation scores the last round(n x split), so through rounding an image can both train and be "
+        "scored, as in kohya. 0 turns it off.",
+        minimum=0.0,
+        maximum=1.0,
+        example=0.2,
+    )
+    split_datasets: list[str] = option(
+        factory=list,
+        doc="With `split`: the instance datasets split, by name, in dataset order; empty: every instance "
+        "dataset (kohya splits every non-reg subset of a dataset with validation_split).",
+    )
+    split_draw: Literal["reseed", "stream"] = option(
+        "reseed",
+        doc="With `split`: \"reseed\" seeds Python's random with `seed` before each dataset's shuffle (kohya "
+        'with `validation_seed`); "stream" seeds it once and the shuffles follow on from each other, every '
+        "split dataset for the training part, then every one again for the scored part (kohya without "
+        "`validation_seed`, `seed` being its training seed).",
+    )
+    timestep_spacing: Literal["midpoints", "linspace"] = option(
+        "midpoints",
+        doc='Where the fixed timesteps lie: "midpoints" of `timesteps` equal slices of the training window; '
+        '"linspace": kohya\'s, int(linspace(min_timestep, max_timestep, timesteps + 2))[1:-1] '
+        "(repeats kept).",
+    )
+    max_images: int = option(
+        0,
+        doc="Score only the first N held-out images (the plan's order; kohya's `max_validation_steps` at "
+        "batch size 1); 0 scores all.",
+        minimum=0,
+    )
     timesteps: int = option(
         8,
         doc="Fixed timesteps, evenly spaced over the noise schedule, each held-out image is scored at.",

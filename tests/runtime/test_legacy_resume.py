@@ -115,6 +115,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         del bucket["group"]
     del data["groups"]
     del data["evaluation"]  # evaluation metrics, added since (off then)
+    # (kohya's split, linspace timesteps and max_images, added since, went with the whole table)
     del data["pivotal"]  # pivotal tuning, added since (off then)
     del data["checkpoints"]["select"]  # the best checkpoint, added since
     del data["validation"]["preview"]  # live validation previews, added since (off then)

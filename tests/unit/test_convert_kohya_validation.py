@@ -3,9 +3,14 @@ max_validation_steps) -> the evaluation holdout (dbspec/convert/kohya/evaluation
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 from convert_kit import (
     SD15,
+    SDXL,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
     errors,
     fate,
@@ -21,24 +26,139 @@ LORA = (
 )
 
 
-# (images, validation_split) -> images kohya's training part leaves out: n - len(split_train_val(...)[0]),
-# reference numbers from running kohya's own split_train_val (48d368fa).
-@pytest.mark.parametrize(("count", "split", "held"), [(8, 0.25, 2), (10, 0.3, 3), (5, 0.3, 1), (7, 0.5, 3)])
-def test_validation_split_holds_out_the_images_kohya_does_not_train(tmp_path, count, split, held):
-    images(tmp_path / "x" / "1_ohwx dog", count, (512, 512))
-    outcome = kohya(tmp_path, command=f"{LORA} --validation_split {split} --validation_seed 3")
+CASES = json.loads((Path(__file__).parent / "kohya_validation_split.json").read_text())["cases"]
+KOHYA_TIMESTEPS = tuple(int(t) for t in np.linspace(0, 1000, 6, dtype=int)[1:-1])  # train_network.py
+
+
+def _case(sizes: list[int], split: float) -> dict:
+    return next(c for c in CASES if c["sizes"] == sizes and c["split"] == split)
+
+
+def _names(files: list[str]) -> list[str]:
+    """The fixture's `d<k>-<i>.png` as convert_kit.images names the i-th image (the split depends on the
+    count and the draw only)."""
+    return [f"img{int(name.split('-')[1][:2]):03d}.png" for name in files]
+
+
+def _assert_kohyas_split(plan, case: dict, datasets: list[int]) -> None:
+    """Each split dataset trains kohya's training part and the evaluation scores its validation part, in
+    kohya's order, an image in both where kohya's rounding puts it in both."""
+    e = plan.evaluation
+    for k, index in enumerate(datasets):
+        trained, scored = _names(case["trained"][k]), _names(case["scored"][k])
+        assert sorted(Path(img.rel).name for img in plan.datasets[index].images) == sorted(trained)
+        mine = [
+            (Path(img.rel).name, also)
+            for img, d, also in zip(e.holdout, e.holdout_datasets, e.also_trained)
+            if d == index
+        ]
+        assert mine == [(name, name in trained) for name in scored]
+
+
+@pytest.mark.parametrize(("sizes", "split"), [([8], 0.25), ([10], 0.3), ([5], 0.3), ([7], 0.5)])
+def test_validation_split_with_a_seed_is_kohyas_split(tmp_path, sizes, split):
+    case = _case(sizes, split)
+    images(tmp_path / "x" / "1_ohwx dog", sizes[0], (512, 512))
+    command = f"{LORA} --validation_split {split} --validation_seed {case['validation_seed']}"
+    outcome = kohya(tmp_path, command=command)
     plan = plan_of(outcome, tmp_path)
     e = plan.evaluation
-    assert len(e.holdout) == held and e.seed == 3 and len(e.timesteps) == 4
-    assert sum(len(d.images) for d in plan.datasets) == count - held
-    assert fate(outcome, "validation_split") == "differs" and fate(outcome, "validation_seed") == "differs"
+    assert e.selection == "kohya_split" and e.split_draw == "reseed" and e.seed == case["validation_seed"]
+    assert e.timesteps == KOHYA_TIMESTEPS and e.timestep_spacing == "linspace"
+    _assert_kohyas_split(plan, case, [0])
+    assert fate(outcome, "validation_split") == "mapped" and fate(outcome, "validation_seed") == "mapped"
 
 
-def test_a_split_too_small_to_hold_out_an_image_differs(tmp_path):
+def test_a_split_that_rounds_to_one_scored_image_scores_an_image_kohya_also_trains(tmp_path):
     images(tmp_path / "x" / "1_ohwx dog", 3, (512, 512))
+    outcome = kohya(tmp_path, command=f"{LORA} --validation_split 0.2 --validation_seed 5")
+    plan = plan_of(outcome, tmp_path)  # kohya trains ceil(3 x 0.8) = 3 images and scores round(0.6) = 1
+    assert len(plan.datasets[0].images) == 3 and plan.evaluation.also_trained == (True,)
+
+
+def test_a_split_that_rounds_to_no_scored_image_differs(tmp_path):
+    images(tmp_path / "x" / "1_ohwx dog", 2, (512, 512))
     outcome = kohya(tmp_path, command=f"{LORA} --validation_split 0.2")
-    plan = plan_of(outcome, tmp_path)  # kohya trains ceil(3 x 0.8) = 3 images
+    plan = plan_of(outcome, tmp_path)  # round(2 x 0.2) = 0
     assert plan.evaluation.metrics == () and fate(outcome, "validation_split") == "differs"
+
+
+def test_a_dataset_config_with_a_reg_subset_splits_the_instance_subsets_only(tmp_path):
+    """Two instance subsets and a reg subset, validation_seed in the dataset config (sdxl_train_network)."""
+    case = _case([9, 6], 0.2)
+    images(tmp_path / "a", 9, (512, 512))
+    images(tmp_path / "b", 6, (512, 512))
+    images(tmp_path / "reg", 5, (512, 512))
+    write(
+        tmp_path / "d.toml",
+        "[general]\nresolution = 512\n[[datasets]]\nvalidation_split = 0.2\nvalidation_seed = 1234\n"
+        '[[datasets.subsets]]\nimage_dir = "a"\nclass_tokens = "ohwx dog"\nnum_repeats = 2\n'
+        '[[datasets.subsets]]\nimage_dir = "b"\nclass_tokens = "ohwx dog"\n'
+        '[[datasets.subsets]]\nimage_dir = "reg"\nclass_tokens = "dog"\nis_reg = true\n',
+    )
+    command = (
+        f"sdxl_train_network.py --pretrained_model_name_or_path={SDXL} --dataset_config d.toml "
+        "--network_module=networks.lora --max_train_steps=40 --validate_every_n_steps 20"
+    )
+    outcome = kohya(tmp_path, command=command)
+    plan = plan_of(outcome, tmp_path)
+    _assert_kohyas_split(plan, case, [0, 1])
+    assert len(plan.datasets[2].images) == 5 and 2 not in plan.evaluation.holdout_datasets  # reg: never split
+    assert plan.evaluation.seed == 1234 and tuple(plan.evaluation.steps) == (20, 40)
+    assert "split_datasets" not in outcome.text  # every instance dataset: the default
+
+
+def test_without_validation_seed_the_split_follows_the_training_seed_stream(tmp_path):
+    """Three subsets, no validation_seed: kohya's training datasets shuffle each subset from the stream
+    random.seed(seed) started, then its validation datasets do again; max_validation_steps at batch 1."""
+    case = _case([12, 3, 9], 0.3)
+    for name, count in zip("abc", case["sizes"]):
+        images(tmp_path / name, count, (512, 512))
+    subsets = "".join(f'[[datasets.subsets]]\nimage_dir = "{n}"\nclass_tokens = "ohwx dog"\n' for n in "abc")
+    write(tmp_path / "d.toml", f"[[datasets]]\nresolution = 512\nvalidation_split = 0.3\n{subsets}")
+    command = (
+        f"train_network.py --pretrained_model_name_or_path={SD15} --dataset_config d.toml --seed 2024 "
+        "--network_module=networks.lora --max_train_steps=60 --max_validation_steps 2"
+    )
+    outcome = kohya(tmp_path, command=command)
+    plan = plan_of(outcome, tmp_path)
+    e = plan.evaluation
+    assert e.split_draw == "stream" and e.seed == 2024
+    _assert_kohyas_split(plan, case, [0, 1, 2])
+    assert e.max_images == 2 and fate(outcome, "max_validation_steps") == "differs"
+    assert fate(outcome, "datasets[0].validation_split") == "mapped"
+
+
+def test_only_the_datasets_kohya_splits_are_split(tmp_path):
+    """A split dataset of three subsets next to an unsplit one: split_datasets names the split ones."""
+    case = _case([11, 4, 6], 0.35)
+    for name, count in zip("abc", case["sizes"]):
+        images(tmp_path / name, count, (512, 512))
+    images(tmp_path / "other", 5, (512, 512))
+    subsets = "".join(f'[[datasets.subsets]]\nimage_dir = "{n}"\nclass_tokens = "ohwx dog"\n' for n in "abc")
+    write(
+        tmp_path / "d.toml",
+        f"[[datasets]]\nresolution = 512\nvalidation_split = 0.35\nvalidation_seed = 0\n{subsets}"
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "other"\n'
+        'class_tokens = "ohwx cat"\n',
+    )
+    command = (
+        f"train_network.py --pretrained_model_name_or_path={SD15} --dataset_config d.toml "
+        "--network_module=networks.lora --max_train_steps=60 --max_validation_steps 50"
+    )
+    outcome = kohya(tmp_path, command=command)
+    plan = plan_of(outcome, tmp_path)
+    _assert_kohyas_split(plan, case, [0, 1, 2])
+    assert len(plan.datasets[3].images) == 5 and set(plan.evaluation.holdout_datasets) == {0, 1, 2}
+    assert plan.evaluation.max_images == 0 and fate(outcome, "max_validation_steps") == "inert"
+
+
+def test_without_any_seed_the_split_differs(tmp_path):
+    images(tmp_path / "x" / "1_ohwx dog", 8, (512, 512))
+    outcome = kohya(tmp_path, command=f"{LORA} --validation_split 0.25")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.evaluation.split_draw == "stream" and len(plan.evaluation.holdout) == 2
+    assert fate(outcome, "validation_split") == "differs"
 
 
 def test_validate_every_n_steps_becomes_the_validation_interval(tmp_path):
@@ -48,7 +168,7 @@ def test_validate_every_n_steps_becomes_the_validation_interval(tmp_path):
     plan = plan_of(outcome, tmp_path)
     assert tuple(plan.evaluation.steps) == (50, 100, 150, 200)
     assert fate(outcome, "validate_every_n_steps") == "mapped"
-    assert fate(outcome, "max_validation_steps") == "differs"
+    assert fate(outcome, "max_validation_steps") == "inert"  # 2 batches: all of kohya's round(8 x 0.25)
 
 
 def test_kohya_validates_every_epoch_by_default(tmp_path):

@@ -354,6 +354,12 @@ CASES = [
         DOG + STEPS + 'lr_schedule = "cosine"\nwarmup_steps = 99\n',
     ),
     (
+        rules.one_holdout,
+        DOG + STEPS + "[evaluation]\nholdout = 1\nsplit = 0.2\n",
+        [("DBS244", "error", ("evaluation", "split"))],
+        DOG + STEPS + "[evaluation]\nsplit = 0.2\n",
+    ),
+    (
         rules.face_crop_range,
         DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
         [("DBS233", "error", ("datasets", 0, "face_crop"))],

@@ -6,13 +6,12 @@ the training seed's stream), training keeps the first ceil(n x (1 - split)) imag
 round(n x split) (the two can share an image through rounding). The LoRA scripts score the validation
 set at 4 fixed timesteps, linspace(min_timestep, max_timestep, 6)[1:-1], every `validate_every_n_steps`
 steps and every `validate_every_n_epochs` epochs (every epoch by default), at most `max_validation_steps`
-batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.holdout` is the number
-of images kept out of training; its split and its timesteps are its own.
+batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.split` draws the same
+split (`split_draw`: reseeded per subset, or one stream), `timestep_spacing = "linspace"` the same timesteps,
+`max_images` caps the images scored; the noise and the averaging stay dbspec's.
 """
 
 from __future__ import annotations
-
-import math
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.data import Args
@@ -32,54 +31,124 @@ _SCRIPT_KEYS = ("validate_every_n_steps", "validate_every_n_epochs", "max_valida
 def map_validation(
     a: Args, script: str, layout: Layout | None, per_epoch: int | None, conv: Conversion
 ) -> None:
-    """evaluation.holdout (and its dataset, seed, timesteps) and validation.every from kohya's validation
-    settings; every kohya validation key gets its fate here."""
+    """evaluation.split (and its datasets, draw, seed, timesteps, cap) and validation.every from kohya's
+    validation settings; every kohya validation key gets its fate here."""
     a = {**{key: Legacy(key=key, value=None, source="default") for key in _SCRIPT_KEYS}, **a}
-    interval_keys = _SCRIPT_KEYS
     split_parts = [] if layout is None else _split_parts(layout)
     _report_dataset_keys(layout, split_parts, conv)
     if not split_parts:
-        for key in interval_keys:
+        for key in _SCRIPT_KEYS:
             if a[key].given:
                 conv.inert(a[key], "no validation_split: kohya has no validation images")
         return
-    index, split, seed, images = split_parts[0]
-    for _, other, _, _ in split_parts[1:]:
-        conv.differs(other, "dbspec holds images out of one dataset only (the first split one)")
-    if images is None:
-        conv.depends(split.key, "the images could not be counted here, so the holdout could not be sized")
-        conv.record(split, "differs", "evaluation.holdout")
+    _, split, seed, _ = split_parts[0]
+    parts = [part for part in split_parts if part[1].value == split.value]
+    for _, other, _, _ in split_parts:
+        if other.value != split.value and other.key not in conv.reports:
+            conv.differs(
+                other,
+                f"dbspec splits every split dataset by one fraction ({split.value:g}, the first); this "
+                "dataset's images train unsplit",
+            )
+    seeded = seed.value is not None
+    if not _split(a, layout, parts, split, seeded, conv):
         return
-    n = len(images)
-    held = n - math.ceil(n * (1 - split.value))  # the images kohya's training part leaves out
-    if held == 0:
-        conv.differs(
-            split, f"kohya trains all {n} images (ceil({n} x {1 - split.value:g})); nothing is held out"
-        )
-        return
-    note = (
-        f"kohya trains ceil({n} x {1 - split.value:g}) = {n - held} of {n} images and scores round({n} x "
-        f"{split.value:g}) = {round(n * split.value)}; dbspec's seeded split picks its own {held} image(s), "
-        f"never trained, scored at {KOHYA_VALIDATION_TIMESTEPS} fixed timesteps of its own spacing"
-    )
-    conv.differs(
-        split, note, ("evaluation", "holdout"), held, conv.comment(split, f"{n} images x {split.value:g}")
-    )
-    name = conv.values.get(("datasets", index, "name"), (None, ""))[0]
-    if name:
-        conv.put(("evaluation", "holdout_dataset"), name, f"{conv.tool} splits this subset's images")
+    if seeded:
+        conv.mapped(seed, ("evaluation", "seed"), seed.value, note="random.seed(validation_seed) per subset")
+    elif a["seed"].value is not None:
+        conv.put(("evaluation", "seed"), a["seed"].value, f"{conv.tool} shuffles with the training seed")
     conv.put(
         ("evaluation", "timesteps"),
         KOHYA_VALIDATION_TIMESTEPS,
         f"{conv.tool} scores {KOHYA_VALIDATION_TIMESTEPS} fixed timesteps",
     )
-    _seed(a, seed, conv)
+    conv.put(("evaluation", "timestep_spacing"), "linspace", f"{conv.tool}: linspace(min, max, 6)[1:-1]")
     if script not in VALIDATING_SCRIPTS:
         conv.notes.append(
             f"differs: kohya {script}.py removes the validation_split images from training but never scores "
             "them; dbspec scores them (evaluation loss)"
         )
+    else:
+        conv.notes.append(
+            "differs: kohya draws the validation noise from the global torch RNG reseeded with "
+            "validation_seed (else seed) on the training device, batch by batch and timestep by timestep, "
+            "and logs a running mean of batch losses; dbspec draws it from its own CPU generator seeded with "
+            "evaluation.seed, one draw per held-out image for all its timesteps, and logs the mean over "
+            "images and timesteps"
+        )
     _interval(a, per_epoch, conv)
+    _cap(a["max_validation_steps"], layout, parts, conv)
+
+
+def _split(a: Args, layout, parts: list, split, seeded: bool, conv: Conversion) -> bool:
+    """evaluation.split, split_datasets and split_draw; False when nothing can be held out."""
+    sizes = [None if images is None else len(images) for _, _, _, images in parts]
+    if any(n is None for n in sizes):
+        conv.depends(split.key, "the images could not be counted here; the split is drawn when planning")
+    elif not any(round(n * split.value) for n in sizes):
+        conv.differs(
+            split,
+            "kohya scores round(n x split) = 0 images of every split subset "
+            f"({', '.join(map(str, sizes))} images); nothing is scored",
+        )
+        return False
+    note = "kohya's split_train_val: the same shuffle, rounding and images (an image can train and be scored)"
+    if not seeded and a["seed"].value is None:
+        conv.differs(
+            split,
+            "kohya shuffles with its training seed's stream and no seed is given (kohya draws one at "
+            "random); dbspec's stream starts at evaluation.seed",
+            ("evaluation", "split"),
+            split.value,
+        )
+    elif not seeded and None in sizes:
+        conv.differs(
+            split,
+            "the folders are read when planning: kohya's stream of shuffles follows the file system's "
+            "order of sub-folders, dbspec's their sorted names",
+            ("evaluation", "split"),
+            split.value,
+        )
+    elif any(s.values["cache_info"].value for _, s, _ in layout.parts):
+        conv.differs(
+            split,
+            "kohya shuffles the cache_info file's order, not the sorted files",
+            ("evaluation", "split"),
+            split.value,
+        )
+    else:
+        conv.mapped(split, ("evaluation", "split"), split.value, note=note)
+    if not seeded:
+        conv.put(
+            ("evaluation", "split_draw"),
+            "stream",
+            f"{conv.tool}: no validation_seed, the training seed's stream",
+        )
+    instance = [i for i, (_, s, _) in enumerate(layout.parts) if not s.values["is_reg"].value]
+    chosen = [index for index, _, _, _ in parts]
+    if chosen != instance:
+        names = [conv.values.get(("datasets", i, "name"), (None, ""))[0] for i in chosen]
+        conv.put(("evaluation", "split_datasets"), names, f"{conv.tool} splits these subsets' images")
+    return True
+
+
+def _cap(most: Legacy, layout, parts: list, conv: Conversion) -> None:
+    """max_validation_steps -> evaluation.max_images (kohya's batches of the split datasets' batch size)."""
+    if most.value is None:
+        return
+    counts = [None if images is None else round(len(images) * split.value) for _, split, _, images in parts]
+    if None not in counts and most.value >= sum(counts):
+        conv.inert(most, f"covers every one of kohya's {sum(counts)} validation batch(es) at most")
+        return
+    batch = max(layout.batches.get(d.index, 1) for d, s, _ in (layout.parts[i] for i, _, _, _ in parts))
+    conv.differs(
+        most,
+        f"dbspec scores the first {most.value} x {batch} held-out image(s) in kohya's split order; kohya the "
+        "first batches of its bucketed validation loader (bucket order shuffled by its dataset seed, batches "
+        "of one bucket)",
+        ("evaluation", "max_images"),
+        most.value * batch,
+    )
 
 
 def _split_parts(layout: Layout) -> list[tuple[int, object, object, tuple | None]]:
@@ -112,21 +181,8 @@ def _report_dataset_keys(layout: Layout | None, split_parts: list, conv: Convers
             conv.inert(seed, "no validation_split")
 
 
-def _seed(a: Args, seed, conv: Conversion) -> None:
-    if seed.value is not None:
-        conv.differs(
-            seed,
-            "kohya shuffles the images with random.seed(validation_seed); dbspec's split with this seed "
-            "holds out other images",
-            ("evaluation", "seed"),
-            seed.value,
-        )
-    elif a["seed"].value is not None:
-        conv.put(("evaluation", "seed"), a["seed"].value, f"{conv.tool} shuffles with the training seed")
-
-
 def _interval(a: Args, per_epoch: int | None, conv: Conversion) -> None:
-    steps, epochs, most = a["validate_every_n_steps"], a["validate_every_n_epochs"], a["max_validation_steps"]
+    steps, epochs = a["validate_every_n_steps"], a["validate_every_n_epochs"]
     sampling = conv.values.get(("validation", "every"), (None, ""))[0]
     wanted, legacy = None, None
     if steps.value:
@@ -164,5 +220,3 @@ def _interval(a: Args, per_epoch: int | None, conv: Conversion) -> None:
             conv.put(("validation", "every"), wanted, comment)
     elif legacy is not None:
         conv.record(legacy, "mapped", "validation.every")
-    if most.value is not None:
-        conv.differs(most, "dbspec scores every held-out image at each evaluation")
