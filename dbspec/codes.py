@@ -565,6 +565,16 @@ buckets and `cache_latents` off) while its buckets are aspect buckets. kohya cro
 buckets are off; with buckets every image is resized into its bucket.""",
         help='set buckets.mode (or the group\'s bucket_mode) to "square", or resize = "cover"',
     ),
+    Code(
+        "DBS246",
+        WARNING,
+        "How bf16 weights are rounded, without bf16 weights",
+        """\
+`precision.weights_rounding` is given but `precision.weights` is not `"bf16"`: it chooses how bf16 trained
+weights are updated (stochastic rounding, or kohya's round-to-nearest), so with fp32 weights it has no effect
+(warning).""",
+        help='remove weights_rounding, or set precision.weights = "bf16"',
+    ),
     # Quantisation backends (precision.quantize_backend): DBS247, DBS248.
     Code(
         "DBS247",
@@ -672,7 +682,8 @@ mixed dtype.""",
 `precision.weights = "fp16"` (kohya's full_fp16: refused, see docs/memory.md), `weights = "bf16"` with
 `mixed = "no"` or `"fp16"` (kohya requires bf16 mixed precision too), or with an optimizer whose step reads \
 all
-parameters together (prodigy): the stochastic-rounding step updates one parameter at a time.""",
+parameters together (prodigy, D-Adaptation) under `weights_rounding = "stochastic"`: the stochastic-rounding
+step updates one parameter at a time (`weights_rounding = "nearest"`, kohya's full_bf16, runs any optimizer).""",
     ),
     # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
     Code(

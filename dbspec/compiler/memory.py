@@ -86,6 +86,27 @@ OPTIMIZER_STATE_BYTES = {
     "came": 8,
 }
 SGD_MOMENTUM_BYTES = 4
+# Optimizers that create their state like the parameter (zeros_like / clone): over bf16 weights stepped
+# directly (precision.weights_rounding = "nearest", kohya's full_bf16) the state is bf16 too, half the bytes.
+# Measured by stepping each on bf16 parameters; transformers' Adafactor, came_pytorch and every bitsandbytes
+# optimizer keep fp32 (or 8-bit) state whatever the parameter's dtype.
+PARAM_DTYPE_STATE_OPTIMIZERS = (
+    "adamw",
+    "sgd",
+    "radam",
+    "prodigy",
+    "lion",
+    "dadapt_adam",
+    "dadapt_adam_preprint",
+    "dadapt_adagrad",
+    "dadapt_adan",
+    "dadapt_adan_ip",
+    "dadapt_lion",
+    "dadapt_sgd",
+    "adamw_schedulefree",
+    "radam_schedulefree",
+    "sgd_schedulefree",
+)
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED = GIB // 2
 FP32_ACTIVATION_FACTOR = (
@@ -135,6 +156,7 @@ def estimate_memory(
     quantize_backend: str = "quanto",
     sharding: Sharding | None = None,
     t5_tokens: int = 0,
+    stochastic_rounding: bool = True,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -143,6 +165,8 @@ def estimate_memory(
     the samples in one forward pass per process, class images included. `available` 0 means unknown.
     `sharding`: what each process holds of the trained models under FSDP or ZeRO (None: DDP, all of it).
     `t5_tokens`: the T5 sequence length of families that join it to the denoiser's tokens (SD3, Flux).
+    `stochastic_rounding`: bf16 trained weights are updated through an fp32 state (True), or stepped directly
+    by the optimizer, whose state then takes their dtype where it creates it like the parameter (False).
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params)
@@ -150,7 +174,12 @@ def estimate_memory(
     adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
     weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
-    optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
+    state_bytes = _optimizer_state_bytes(optimizer, momentum, notes)
+    optimizer_bytes = int(trainable * state_bytes)
+    bf16_trained = sum(g.count for g in groups if not g.adapter and g.param_bytes == 2)
+    bf16_state = bool(bf16_trained) and not stochastic_rounding and optimizer in PARAM_DTYPE_STATE_OPTIMIZERS
+    if bf16_state:  # that state is bf16 for the bf16 weights: half of it
+        optimizer_bytes -= int(bf16_trained * state_bytes / 2)
     if sharding is not None and sharding.sharded:
         # the models that go through accelerate's prepare (every trained one, its frozen base included)
         wrapped = sum(
@@ -160,11 +189,7 @@ def estimate_memory(
             sharding, weights, wrapped + adapters, gradients, optimizer_bytes, notes
         )
     if any(c.trainable == "full" and c.dtype == "bf16" for c in components):
-        notes.append(
-            "bf16 weights: weights and gradients take 2 bytes per trained parameter; the optimizer state "
-            "stays "
-            "fp32 (stochastic rounding computes each update in fp32, one parameter at a time)"
-        )
+        notes.append(_bf16_weights_note(optimizer, stochastic_rounding, bf16_state))
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
     teacher_bytes = _teacher_bytes(components, teacher, mixed)
     # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.
@@ -280,6 +305,24 @@ class _Trained:
     count: int
     param_bytes: int  # bytes per trainable parameter; its gradient has the same dtype
     adapter: bool
+
+
+def _bf16_weights_note(optimizer: str, stochastic_rounding: bool, bf16_state: bool) -> str:
+    head = "bf16 weights: weights and gradients take 2 bytes per trained parameter; "
+    if stochastic_rounding:
+        return head + (
+            "the optimizer state stays fp32 (stochastic rounding computes each update in fp32, one parameter at "
+            "a time)"
+        )
+    if bf16_state:
+        return head + (
+            f"{optimizer} steps them directly (round-to-nearest) and creates its state like them: bf16, half "
+            "its fp32 bytes"
+        )
+    return head + (
+        f"{optimizer} steps them directly (round-to-nearest) but keeps its own state dtype (fp32, or 8-bit "
+        "for bitsandbytes): counted as with fp32 weights"
+    )
 
 
 def _trained_groups(

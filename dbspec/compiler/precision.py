@@ -154,7 +154,8 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         tf32=p.tf32 and ctx.env.device == "cuda",
         components=tuple(parts),
         weights=weights,
-        stochastic_rounding=weights == "bf16",
+        # weights_rounding = "nearest" (kohya's full_bf16): the optimizer steps the bf16 parameters itself
+        stochastic_rounding=weights == "bf16" and p.weights_rounding == "stochastic",
         quantize_backend=p.quantize_backend,
         compile=_compile_plan(p.compile, parts),
     )

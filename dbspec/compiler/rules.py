@@ -1679,13 +1679,28 @@ def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
             f'precision.weights = "bf16" needs mixed = "bf16" (or "auto"); mixed is "{p.mixed}"',
             'set mixed = "bf16" (kohya requires mixed_precision bf16 with full_bf16 too)',
         )
-    if p.weights == "bf16" and spec.optimizer.kind not in PER_PARAMETER_OPTIMIZERS:
+    stochastic = p.weights_rounding == "stochastic"
+    if p.weights == "bf16" and stochastic and spec.optimizer.kind not in PER_PARAMETER_OPTIMIZERS:
         yield _err(
             "DBS259",
             ("optimizer", "kind"),
             f'precision.weights = "bf16" steps each parameter on its own (stochastic rounding); '
             f'optimizer.kind "{spec.optimizer.kind}" estimates its step across all parameters',
-            f"use one of {', '.join(PER_PARAMETER_OPTIMIZERS)}, or fp32 weights",
+            f'use one of {", ".join(PER_PARAMETER_OPTIMIZERS)}, weights_rounding = "nearest" (kohya\'s '
+            "full_bf16: the optimizer steps the bf16 weights itself), or fp32 weights",
+        )
+
+
+@rule("spec")
+def weights_rounding_without_bf16_weights(spec: Spec, given: Given) -> Iterator[Hit]:
+    """precision.weights_rounding says how bf16 weights are updated; with fp32 weights it does nothing."""
+    if given(("precision", "weights_rounding")) and spec.precision.weights != "bf16":
+        yield _warn(
+            "DBS246",
+            ("precision", "weights_rounding"),
+            f'precision.weights_rounding = "{spec.precision.weights_rounding}" has no effect: the trained '
+            f"weights are {spec.precision.weights} (precision.weights), not bf16",
+            'remove weights_rounding, or set precision.weights = "bf16"',
         )
 
 

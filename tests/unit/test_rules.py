@@ -772,6 +772,20 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\n[precision]\nmixed = "bf16"\nweights = "bf16"\n',
     ),
     (
+        rules.low_precision_weights_settings,
+        DOG + STEPS + '[optimizer]\nkind = "prodigy"\n[precision]\nweights = "bf16"\n',
+        [("DBS259", "error", ("optimizer", "kind"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy"\n[precision]\nweights = "bf16"\nweights_rounding = "nearest"\n',
+    ),
+    (
+        rules.weights_rounding_without_bf16_weights,
+        DOG + STEPS + '[precision]\nweights_rounding = "nearest"\n',
+        [("DBS246", "warning", ("precision", "weights_rounding"))],
+        DOG + STEPS + '[precision]\nweights = "bf16"\nweights_rounding = "nearest"\n',
+    ),
+    (
         rules.nesterov_needs_momentum,
         DOG + STEPS + '[optimizer]\nkind = "sgd"\nnesterov = true\n',
         [("DBS262", "error", ("optimizer", "nesterov"))],

@@ -1,0 +1,107 @@
+"""precision.weights_rounding = "nearest" (kohya's full_bf16): the plan's optimizer steps the bf16 weights itself,
+as torch's optimizer does on bf16 parameters (round-to-nearest), its state created as it creates it; any
+optimizer runs (Prodigy, D-Adaptation), and runs resume bit-exact (fp32 Adafactor state over bf16 weights too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbspec.plan.io import plan_to_json
+from dbspec.runtime.device import make_accelerator
+from dbspec.runtime.execute import execute
+from dbspec.runtime.rounding import StochasticRoundingOptimizer
+from dbspec.runtime.setup import setup
+from tests.runtime.runspec import compile_spec, write_spec
+
+NEAREST = '[precision]\nmixed = "bf16"\nweights = "bf16"\nweights_rounding = "nearest"\n'
+
+
+def _hand_built(kind: str, params: list, plan) -> torch.optim.Optimizer:
+    """The optimizer kohya builds, from the library directly, with the plan's hyper-parameters."""
+    o = plan.optimizer
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    prodigyopt = pytest.importorskip("prodigyopt")
+    return prodigyopt.Prodigy(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+@pytest.mark.parametrize(("kind", "lr"), [("adamw", "1e-3"), ("prodigy", "1.0")])
+def test_a_nearest_step_equals_the_torch_optimizer_stepping_bf16_parameters(tmp_path, kind, lr):
+    spec = write_spec(tmp_path, steps=4, extra=NEAREST)
+    plan = compile_spec(spec, [f"optimizer.kind={kind}", f"optimizer.lr={lr}"])
+    assert plan.precision.weights == "bf16" and not plan.precision.stochastic_rounding
+    assert {c.name: c.dtype for c in plan.precision.components if c.trainable == "full"} == {"unet": "bf16"}
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    assert not isinstance(run.optimizer.optimizer, StochasticRoundingOptimizer)
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    assert params and all(p.dtype == torch.bfloat16 for p in params)
+    assert all(
+        group["lr"] == plan.optimizer.lr for group in run.optimizer.param_groups
+    )  # constant, no warm-up
+    start = [p.detach().clone() for p in params]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    reference = _hand_built(kind, copies, plan)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator).to(torch.bfloat16) for p in params]
+        for p, q, g in zip(params, copies, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        run.optimizer.step()
+        reference.step()
+    assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(params, copies, strict=True))  # bit-exact
+    assert any(not torch.equal(p.detach(), s) for p, s in zip(params, start, strict=True))  # it stepped
+    state = [v for p in params for v in run.optimizer.state[p].values()]
+    shaped = [v for v in state if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0]
+    assert shaped and all(v.dtype == torch.bfloat16 for v in shaped)  # created from the bf16 parameters
+
+
+def _state(out: Path) -> dict:
+    files = sorted(out.rglob("training_state.pt"), key=lambda p: p.stat().st_mtime)
+    assert files, f"no checkpoint under {out}"
+    return torch.load(files[-1], weights_only=False)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}/{key}").items()}
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "state_dtype"),
+    [
+        (["optimizer.kind=prodigy", "optimizer.lr=1.0"], torch.bfloat16),
+        (["optimizer.kind=dadapt_adam", "optimizer.lr=1.0"], torch.bfloat16),
+        (["optimizer.kind=adafactor"], torch.float32),  # transformers' Adafactor keeps fp32 state
+    ],
+)
+def test_a_nearest_bf16_full_fine_tune_resumes_bit_exact(tmp_path, overrides, state_dtype):
+    spec = write_spec(tmp_path, steps=4, extra=NEAREST + "\n[checkpoints]\nevery = 2\n")
+    whole_plan = compile_spec(spec, [*overrides, "output.dir=whole"])
+    whole = execute(whole_plan)
+    assert whole.status == "finished" and whole.steps == 4
+    state = _state(tmp_path / "whole")
+    held = [t for t in _flatten(state["trainable"]).values() if t.is_floating_point()]
+    assert held and all(t.dtype == torch.bfloat16 for t in held)
+    per_param = [v for s in state["optimizer"]["state"].values() for v in s.values()]
+    shaped = [v for v in per_param if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0]
+    assert shaped and all(v.dtype == state_dtype for v in shaped)
+    assert "stochastic_rounding_generator" not in state["optimizer"]
+
+    parts = compile_spec(spec, [*overrides, "output.dir=parts"])
+    first = execute(parts, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    assert first.losses + second.losses == whole.losses
+    a, b = (
+        _flatten(_state(tmp_path / "whole")["trainable"]),
+        _flatten(_state(tmp_path / "parts")["trainable"]),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
