@@ -683,7 +683,8 @@ mixed dtype.""",
 `mixed = "no"` or `"fp16"` (kohya requires bf16 mixed precision too), or with an optimizer whose step reads \
 all
 parameters together (prodigy, D-Adaptation) under `weights_rounding = "stochastic"`: the stochastic-rounding
-step updates one parameter at a time (`weights_rounding = "nearest"`, kohya's full_bf16, runs any optimizer).""",
+step updates one parameter at a time (`weights_rounding = "nearest"`, kohya's full_bf16, runs any
+optimizer).""",
     ),
     # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
     Code(

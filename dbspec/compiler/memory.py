@@ -311,8 +311,8 @@ def _bf16_weights_note(optimizer: str, stochastic_rounding: bool, bf16_state: bo
     head = "bf16 weights: weights and gradients take 2 bytes per trained parameter; "
     if stochastic_rounding:
         return head + (
-            "the optimizer state stays fp32 (stochastic rounding computes each update in fp32, one parameter at "
-            "a time)"
+            "the optimizer state stays fp32 (stochastic rounding computes each update in fp32, one "
+            "parameter at a time)"
         )
     if bf16_state:
         return head + (

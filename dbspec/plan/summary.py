@@ -507,8 +507,8 @@ def training_table(plan: Plan) -> Table:
     elif plan.precision.weights != "fp32":
         t.add_row(
             "trained weights",
-            f"{plan.precision.weights}, stepped directly by the optimizer (round-to-nearest, kohya's full_bf16; "
-            "its state in the dtype it creates)",
+            f"{plan.precision.weights}, stepped directly by the optimizer (round-to-nearest, kohya's "
+            "full_bf16; its state in the dtype it creates)",
         )
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""

@@ -1,6 +1,7 @@
-"""precision.weights_rounding = "nearest" (kohya's full_bf16): the plan's optimizer steps the bf16 weights itself,
-as torch's optimizer does on bf16 parameters (round-to-nearest), its state created as it creates it; any
-optimizer runs (Prodigy, D-Adaptation), and runs resume bit-exact (fp32 Adafactor state over bf16 weights too).
+"""precision.weights_rounding = "nearest" (kohya's full_bf16): the plan's optimizer steps the bf16 weights
+itself, as torch's optimizer does on bf16 parameters (round-to-nearest), its state created as it creates it;
+any optimizer runs (Prodigy, D-Adaptation), and runs resume bit-exact (fp32 Adafactor state over bf16 weights
+too).
 """
 
 from __future__ import annotations
