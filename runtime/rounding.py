@@ -144,7 +144,8 @@ def load_keeping_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict
     With bf16 weights stepped directly (precision.weights_rounding = "nearest", kohya's full_bf16) torch's
     `load_state_dict` casts every floating-point state tensor to its parameter's dtype: the fp32 state that
     Adafactor, CAME or bitsandbytes keep over a bf16 parameter would come back rounded to bf16, and the
-    resumed run would drift from the uninterrupted one. The saved tensors are put back in their own dtype instead.
+    resumed run would drift from the uninterrupted one. The saved tensors are put back in their own dtype
+    instead.
     """
     optimizer.load_state_dict(state_dict)
     params = [p for group in optimizer.param_groups for p in group["params"]]
