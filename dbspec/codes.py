@@ -669,10 +669,9 @@ schedulers have no warm-up and kohya refuses
         ERROR,
         "Low-precision weights with an adapter",
         """\
-`precision.weights` other than fp32 in a run that trains an adapter: it applies to full fine-tunes only. \
-Adapter
-weights are small and stay fp32 (bf16 would lose their small updates); the frozen base is already held in the
-mixed dtype.""",
+No longer raised: `precision.weights = "bf16"` in a run that trains an adapter holds the adapter weights in
+bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights are refused by DBS259.""",
+        reserved=True,
     ),
     Code(
         "DBS259",

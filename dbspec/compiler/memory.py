@@ -3,9 +3,10 @@
 What is counted (bytes on the training device, per process):
 
 - weights: every component's parameters in the dtype it is held in; quantised bases at 1 byte (int8, fp8)
-  or 0.5 byte (int4) plus their scales, with embeddings and norms left in the held dtype; LoRA adapters fp32.
+  or 0.5 byte (int4) plus their scales, with embeddings and norms left in the held dtype; LoRA adapters fp32
+  (bf16 with precision.weights = "bf16").
 - gradients: one per trainable parameter, in that parameter's dtype (fp32 master weights and adapters: 4;
-  bf16 weights, precision.weights: 2).
+  bf16 weights or adapters, precision.weights: 2).
 - optimizer state per trainable parameter (`OPTIMIZER_STATE_BYTES`).
 - EMA: an fp32 copy of the trainable parameters, unless it is offloaded to the CPU.
 - teacher: the frozen base copies the plan lists in `loss.teacher` (a base-model prior in a full fine-tune),
@@ -157,6 +158,7 @@ def estimate_memory(
     sharding: Sharding | None = None,
     t5_tokens: int = 0,
     stochastic_rounding: bool = True,
+    adapter_dtype: str = "fp32",
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -167,16 +169,17 @@ def estimate_memory(
     `t5_tokens`: the T5 sequence length of families that join it to the denoiser's tokens (SD3, Flux).
     `stochastic_rounding`: bf16 trained weights are updated through an fp32 state (True), or stepped directly
     by the optimizer, whose state then takes their dtype where it creates it like the parameter (False).
+    `adapter_dtype`: the dtype adapters are held in (precision.weights; peft's default fp32).
     """
     notes: list[str] = []
-    groups = _trained_groups(components, trainable_params)
+    groups = _trained_groups(components, trainable_params, DTYPE_BYTES[adapter_dtype])
     trainable = sum(g.count for g in groups)
     adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
     weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
     state_bytes = _optimizer_state_bytes(optimizer, momentum, notes)
     optimizer_bytes = int(trainable * state_bytes)
-    bf16_trained = sum(g.count for g in groups if not g.adapter and g.param_bytes == 2)
+    bf16_trained = sum(g.count for g in groups if g.param_bytes == 2)
     bf16_state = bool(bf16_trained) and not stochastic_rounding and optimizer in PARAM_DTYPE_STATE_OPTIMIZERS
     if bf16_state:  # that state is bf16 for the bf16 weights: half of it
         optimizer_bytes -= int(bf16_trained * state_bytes / 2)
@@ -188,7 +191,7 @@ def estimate_memory(
         weights, gradients, optimizer_bytes = _sharded(
             sharding, weights, wrapped + adapters, gradients, optimizer_bytes, notes
         )
-    if any(c.trainable == "full" and c.dtype == "bf16" for c in components):
+    if bf16_trained:
         notes.append(_bf16_weights_note(optimizer, stochastic_rounding, bf16_state))
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
     teacher_bytes = _teacher_bytes(components, teacher, mixed)
@@ -326,7 +329,7 @@ def _bf16_weights_note(optimizer: str, stochastic_rounding: bool, bf16_state: bo
 
 
 def _trained_groups(
-    components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int]
+    components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int], adapter_bytes: int = 4
 ) -> list[_Trained]:
     """Check `trainable_params` against the components: a typo must not silently drop a gradient."""
     by_name = {c.name: c for c in components}
@@ -337,8 +340,8 @@ def _trained_groups(
             raise ValueError(f"trainable_params[{name!r}] is negative: {count}")
         if name == "lora" or (component is not None and component.trainable == "lora"):
             groups.append(
-                _Trained(name=name, count=count, param_bytes=4, adapter=True)
-            )  # peft keeps adapters fp32
+                _Trained(name=name, count=count, param_bytes=adapter_bytes, adapter=True)
+            )  # adapters in fp32 (peft's), or bf16 with precision.weights
         elif component is not None and component.trainable == "full":
             groups.append(
                 _Trained(name=name, count=count, param_bytes=DTYPE_BYTES[component.dtype], adapter=False)

@@ -1624,7 +1624,7 @@ def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
         )
 
 
-# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS258, DBS259, DBS355) ------------------
+# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS246, DBS259, DBS355) ------------------
 # Optimizers whose update of one parameter reads no other parameter: the stochastic-rounding step runs them
 # one
 # parameter at a time (an fp32 copy of that tensor alone). Prodigy's step size is estimated across all of
@@ -1643,19 +1643,6 @@ PER_PARAMETER_OPTIMIZERS = (
     "paged_lion8bit",
     "came",
 )
-
-
-@rule("spec")
-def low_precision_weights_with_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.precision.weights != "fp32" and spec.adapter.kind != "none":
-        yield _err(
-            "DBS258",
-            ("precision", "weights"),
-            f'precision.weights = "{spec.precision.weights}" applies to full fine-tunes; this run trains an '
-            f"adapter ({spec.adapter.kind})",
-            "adapters are small and stay fp32 (their memory is negligible, and bf16 would lose their small "
-            "updates); the frozen base is already held in the mixed dtype. Remove precision.weights",
-        )
 
 
 @rule("spec")

@@ -16,6 +16,7 @@ from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.execute import execute
 from dbspec.runtime.rounding import StochasticRoundingOptimizer
 from dbspec.runtime.setup import setup
+from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
 
 NEAREST = '[precision]\nmixed = "bf16"\nweights = "bf16"\nweights_rounding = "nearest"\n'
@@ -106,3 +107,69 @@ def test_a_nearest_bf16_full_fine_tune_resumes_bit_exact(tmp_path, overrides, st
         _flatten(_state(tmp_path / "parts")["trainable"]),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+LORA = """
+[adapter]
+kind = "lora"
+rank = 4
+
+[train]
+text_encoder = true
+
+[checkpoints]
+every = 2
+"""
+
+
+def _lora_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors by layer and role, whatever the adapter's name (peft: default, default_0, ...)."""
+    found = {}
+    for name, p in module.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            layer, rest = name.split(".lora_", 1)
+            found[f"{layer}.lora_{rest.split('.', 1)[0]}"] = p.detach()
+    return found
+
+
+@pytest.mark.parametrize(
+    ("rounding", "optimizer"),
+    [("nearest", ["optimizer.kind=prodigy", "optimizer.lr=1.0"]), ("stochastic", ["optimizer.lr=1e-3"])],
+)
+def test_a_lora_run_with_bf16_adapters_resumes_bit_exact_and_its_export_loads(tmp_path, rounding, optimizer):
+    """kohya's full_bf16 in train_network.py casts the LoRA network to bf16: precision.weights = "bf16" holds
+    the adapters in bf16 (the frozen base is bf16 under bf16 mixed precision anyway)."""
+    extra = f'[precision]\nmixed = "bf16"\nweights = "bf16"\nweights_rounding = "{rounding}"\n' + LORA
+    spec = write_spec(tmp_path, steps=4, extra=extra)
+    whole_plan = compile_spec(spec, ["output.dir=whole", *optimizer])
+    assert whole_plan.precision.weights == "bf16"
+    assert whole_plan.precision.stochastic_rounding == (rounding == "stochastic")
+    assert {c.name: (c.trainable, c.dtype) for c in whole_plan.precision.components if c.name != "vae"} == {
+        "unet": ("lora", "bf16"),
+        "text_encoder": ("lora", "bf16"),
+    }
+    adapters = whole_plan.memory.weights  # the adapters count 2 bytes each now
+    fp32_plan = compile_spec(spec, ["output.dir=x", "precision.weights=fp32", *optimizer])
+    assert (
+        fp32_plan.memory.weights > adapters and fp32_plan.memory.gradients == 2 * whole_plan.memory.gradients
+    )
+    whole = execute(whole_plan, keep_models=True)
+    assert whole.status == "finished"
+    state = _state(tmp_path / "whole")
+    held = [t for t in _flatten(state["trainable"]).values() if t.is_floating_point()]
+    assert held and all(t.dtype == torch.bfloat16 for t in held)
+    trained = _lora_params(whole.components.unet)
+    assert trained and all(t.dtype == torch.bfloat16 for t in trained.values())
+
+    parts = compile_spec(spec, ["output.dir=parts", *optimizer])
+    first = execute(parts, stop_after=2)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = _flatten(state["trainable"]), _flatten(_state(tmp_path / "parts")["trainable"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    pipe = build_pipeline("builtin:tiny-sd1")
+    pipe.load_lora_weights(whole.final)
+    loaded = _lora_params(pipe.unet)
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k].float(), trained[k].float()) for k in trained)  # saved exactly

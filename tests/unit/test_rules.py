@@ -754,12 +754,6 @@ CASES = [
         DOG + STEPS + 'lr_schedule = "cosine_annealing"\nt_max = 50\n',
     ),
     (
-        rules.low_precision_weights_with_adapter,
-        LORA + DOG + STEPS + '[precision]\nweights = "bf16"\n',
-        [("DBS258", "error", ("precision", "weights"))],
-        DOG + STEPS + '[precision]\nweights = "bf16"\n',
-    ),
-    (
         rules.low_precision_weights_settings,
         DOG + STEPS + '[precision]\nweights = "fp16"\n',
         [("DBS259", "error", ("precision", "weights"))],
