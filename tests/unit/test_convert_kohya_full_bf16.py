@@ -135,3 +135,64 @@ def test_train_db_ignores_full_bf16(tmp_path):
     plan = plan_of(outcome, tmp_path)
     assert plan.precision.weights == "fp32" and not plan.precision.stochastic_rounding
     assert set(_trained(plan).values()) == {"fp32"} and "unet" in _trained(plan)
+
+
+def test_train_network_lora_full_bf16_holds_the_adapters_in_bf16(tmp_path):
+    """A kohya_ss GUI SD1.5 LoRA (dim 32, alpha 16, AdamW8bit, unet and text encoder rates) with full_bf16:
+    train_network.py casts the LoRA network to bf16; the frozen base is bf16 under bf16 mixed precision."""
+    images(tmp_path / "img" / "20_ohwx dog", 4, (512, 512))
+    write(
+        tmp_path / "config.toml",
+        f"""
+pretrained_model_name_or_path = "{SD15}"
+train_data_dir = "img"
+resolution = "512,512"
+network_module = "networks.lora"
+network_dim = 32
+network_alpha = 16
+learning_rate = 1e-4
+unet_lr = 1e-4
+text_encoder_lr = 5e-5
+optimizer_type = "AdamW8bit"
+lr_scheduler = "cosine"
+max_train_steps = 1200
+mixed_precision = "bf16"
+save_precision = "fp16"
+full_bf16 = true
+cache_latents = true
+""",
+    )
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py"
+    )
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "full_bf16") == "mapped"
+    assert "full_bf16" not in messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.kind == "lora" and plan.adapter.rank == 32 and plan.optimizer.kind == "adamw8bit"
+    assert plan.precision.weights == "bf16" and not plan.precision.stochastic_rounding
+    parts = {c.name: (c.trainable, c.dtype) for c in plan.precision.components if c.name != "vae"}
+    assert parts == {"unet": ("lora", "bf16"), "text_encoder": ("lora", "bf16")}
+    fp32 = plan_of(outcome, tmp_path, ["precision.weights=fp32", "precision.weights_rounding=stochastic"])
+    assert fp32.memory.gradients == 2 * plan.memory.gradients  # adapter gradients: 2 bytes, not 4
+
+
+def test_sdxl_lora_full_bf16_with_prodigy(tmp_path):
+    """sdxl_train_network.py (train_network.py's step) with Prodigy and full_bf16: bf16 adapters stepped by
+    Prodigy itself, its state bf16."""
+    images(tmp_path / "x" / "8_ohwx", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command=f"""sdxl_train_network.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x \\
+        --resolution=1024 --network_module=networks.lora --network_dim 16 --network_alpha 8 \\
+        --learning_rate=1.0 --optimizer_type prodigy --optimizer_args decouple=True weight_decay=0.01 \\
+        --network_train_unet_only --max_train_steps=100 --mixed_precision bf16 --full_bf16""",
+    )
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "full_bf16") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "prodigy" and plan.precision.weights == "bf16"
+    assert not plan.precision.stochastic_rounding
+    lora = {c.name: c.dtype for c in plan.precision.components if c.trainable == "lora"}
+    assert lora == {"unet": "bf16"}
+    assert any("bf16, half" in note for note in plan.memory.notes)  # Prodigy's state like the adapters

@@ -249,13 +249,6 @@ def _map_full_half(a: Args, script: str, key: str, lora: bool, conv: Conversion)
             "gradients need kohya's patched grad scaler); it keeps fp32 weights under fp16 autocast (more "
             "precise, more memory)",
         )
-    elif lora:
-        conv.differs(
-            a[key],
-            "kohya casts the LoRA network to bf16; dbspec keeps adapters fp32 (DBS258: they are small and "
-            "bf16 "
-            "would lose their updates)",
-        )
     elif _fused_adafactor(a, script):
         # sdxl_train.py's fused backward pass steps Adafactor per parameter in fp32 and copies the result
         # into the bf16 weight with stochastic rounding (library/adafactor_fused.py): dbspec's stochastic
@@ -268,13 +261,15 @@ def _map_full_half(a: Args, script: str, key: str, lora: bool, conv: Conversion)
             'weights_rounding = "stochastic" (the default; its random bits come from a seeded generator)',
         )
     else:
-        # kohya casts the trained models to bf16 after building the optimizer, whose state is created at
-        # its first step from the bf16 parameters, and steps them directly (accelerate adds autocast only).
+        # kohya casts the trained models (train_network.py: the LoRA network; the frozen base is in the
+        # mixed dtype already) to bf16 after building the optimizer, whose state is created at its first step
+        # from the bf16 parameters, and steps them directly (accelerate adds autocast only).
+        what = "the adapter weights" if lora else "the trained weights"
         conv.mapped(
             a[key],
             ("precision", "weights"),
             "bf16",
-            note='with weights_rounding = "nearest": the optimizer steps the bf16 weights as kohya\'s does',
+            note=f'{what} in bf16, weights_rounding = "nearest": the optimizer steps them as kohya\'s does',
         )
         conv.put(
             ("precision", "weights_rounding"),
