@@ -196,3 +196,24 @@ def test_sdxl_lora_full_bf16_with_prodigy(tmp_path):
     lora = {c.name: c.dtype for c in plan.precision.components if c.trainable == "lora"}
     assert lora == {"unet": "bf16"}
     assert any("bf16, half" in note for note in plan.memory.notes)  # Prodigy's state like the adapters
+
+
+def test_flux_lora_full_bf16_holds_the_adapters_in_bf16(tmp_path):
+    """flux_train_network.py inherits train_network.py's cast of the network: bf16 Flux LoRA adapters."""
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch --mixed_precision bf16 flux_train_network.py "
+        "--pretrained_model_name_or_path black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors "
+        "--t5xxl t5xxl_fp16.safetensors --ae ae.safetensors --train_data_dir x --resolution 512 "
+        "--cache_latents_to_disk --sdpa --seed 42 --gradient_checkpointing --mixed_precision bf16 "
+        "--save_precision bf16 --network_module networks.lora_flux --network_dim 4 --network_train_unet_only "
+        "--optimizer_type adamw8bit --learning_rate 1e-4 --cache_text_encoder_outputs --max_train_steps 400 "
+        "--timestep_sampling shift --discrete_flow_shift 3.1582 --model_prediction_type raw "
+        "--guidance_scale 1.0 --full_bf16",
+    )
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "full_bf16") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.family == "flux" and plan.adapter.kind == "lora"
+    assert plan.precision.weights == "bf16" and not plan.precision.stochastic_rounding
