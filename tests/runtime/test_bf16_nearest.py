@@ -173,3 +173,49 @@ def test_a_lora_run_with_bf16_adapters_resumes_bit_exact_and_its_export_loads(tm
     loaded = _lora_params(pipe.unet)
     assert loaded.keys() == trained.keys()
     assert all(torch.equal(loaded[k].float(), trained[k].float()) for k in trained)  # saved exactly
+
+
+def test_a_loha_run_with_bf16_adapters_resumes_bit_exact_and_loads_in_lycoris(tmp_path, monkeypatch):
+    """LyCORIS adapters (LoHa) held in bf16: the run resumes bit-exact, and the kohya-format export holds the
+    bf16 factors exactly (saved in fp32) and loads in lycoris-lora's kohya loader."""
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    network_class = lycoris_kohya.LycorisNetworkKohya
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network_class, attr, [])  # build modules from the file only (see test_lycoris.py)
+    extra = (
+        NEAREST
+        + '\n[adapter]\nkind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n'
+        + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    )
+    spec = write_spec(tmp_path, steps=4, extra=extra)
+    overrides = ["optimizer.kind=dadapt_adam", "optimizer.lr=1.0"]
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]), keep_models=True)
+    trained = [p for p in whole.components.unet.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.bfloat16 for p in trained)
+    parts = compile_spec(spec, [*overrides, "output.dir=parts"])
+    first = execute(parts, stop_after=2)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = (
+        _flatten(_state(tmp_path / "whole")["trainable"]),
+        _flatten(_state(tmp_path / "parts")["trainable"]),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    fresh = build_pipeline(parts.model.base)
+    network, weights = lycoris_kohya.create_network_from_weights(
+        1.0, str(export), None, torch.nn.Module(), fresh.unet, for_inference=True
+    )
+    assert network.unet_loras
+    factors = {k: v for k, v in weights.items() if ".hada_" in k}
+    assert factors and all(v.dtype == torch.float32 for v in factors.values())  # save_precision fp32
+    assert all(torch.equal(v.to(torch.bfloat16).float(), v) for v in factors.values())  # bf16 values, exact
+    assert len(network.unet_loras) == len({k.split(".", 1)[0] for k in factors})
+    network.apply_to(torch.nn.Module(), fresh.unet, apply_text_encoder=False, apply_unet=True)
+    missing, unexpected = network.load_state_dict(weights, strict=False)
+    assert not unexpected
