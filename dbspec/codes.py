@@ -575,6 +575,16 @@ buckets and `cache_latents` off) while its buckets are aspect buckets. kohya cro
 buckets are off; with buckets every image is resized into its bucket.""",
         help='set buckets.mode (or the group\'s bucket_mode) to "square", or resize = "cover"',
     ),
+    Code(
+        "DBS246",
+        WARNING,
+        "How bf16 weights are rounded, without bf16 weights",
+        """\
+`precision.weights_rounding` is given but `precision.weights` is not `"bf16"`: it chooses how bf16 trained
+weights are updated (stochastic rounding, or kohya's round-to-nearest), so with fp32 weights it has no effect
+(warning).""",
+        help='remove weights_rounding, or set precision.weights = "bf16"',
+    ),
     # Quantisation backends (precision.quantize_backend): DBS247, DBS248.
     Code(
         "DBS247",
@@ -679,10 +689,9 @@ schedulers have no warm-up and kohya refuses
         ERROR,
         "Low-precision weights with an adapter",
         """\
-`precision.weights` other than fp32 in a run that trains an adapter: it applies to full fine-tunes only. \
-Adapter
-weights are small and stay fp32 (bf16 would lose their small updates); the frozen base is already held in the
-mixed dtype.""",
+No longer raised: `precision.weights = "bf16"` in a run that trains an adapter holds the adapter weights in
+bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights are refused by DBS259.""",
+        reserved=True,
     ),
     Code(
         "DBS259",
@@ -692,7 +701,9 @@ mixed dtype.""",
 `precision.weights = "fp16"` (kohya's full_fp16: refused, see docs/memory.md), `weights = "bf16"` with
 `mixed = "no"` or `"fp16"` (kohya requires bf16 mixed precision too), or with an optimizer whose step reads \
 all
-parameters together (prodigy): the stochastic-rounding step updates one parameter at a time.""",
+parameters together (prodigy, D-Adaptation) under `weights_rounding = "stochastic"`: the stochastic-rounding
+step updates one parameter at a time (`weights_rounding = "nearest"`, kohya's full_bf16, runs any
+optimizer).""",
     ),
     # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
     Code(

@@ -136,3 +136,22 @@ def with_stochastic_rounding(
 ) -> StochasticRoundingOptimizer:
     generator = torch.Generator(device=device).manual_seed(seed + ROUNDING_SEED_OFFSET)
     return StochasticRoundingOptimizer(optimizer, generator)
+
+
+def load_keeping_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """Load an optimizer's state as saved, each tensor in the dtype it was saved in.
+
+    With bf16 weights stepped directly (precision.weights_rounding = "nearest", kohya's full_bf16) torch's
+    `load_state_dict` casts every floating-point state tensor to its parameter's dtype: the fp32 state that
+    Adafactor, CAME or bitsandbytes keep over a bf16 parameter would come back rounded to bf16, and the
+    resumed run would drift from the uninterrupted one. The saved tensors are put back in their own dtype
+    instead.
+    """
+    optimizer.load_state_dict(state_dict)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, saved in state_dict["state"].items():
+        loaded = optimizer.state[params[int(index)]]
+        for key, value in saved.items():
+            held = loaded.get(key)
+            if torch.is_tensor(value) and torch.is_tensor(held) and held.dtype != value.dtype:
+                loaded[key] = value.to(device=held.device, copy=True)

@@ -14,6 +14,7 @@ import torch
 from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
+from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.tokens_ti import split_state
 from dbspec.runtime.weights import restore_trainable, trainable_state
 
@@ -89,6 +90,8 @@ class TrainState:
             run.parts.tokens.restore(rows)
         if run.sharded:
             load_optimizer_state(run.optimizer, self.optimizer)
+        elif run.plan.precision.weights == "bf16" and not run.plan.precision.stochastic_rounding:
+            load_keeping_state_dtypes(run.optimizer, self.optimizer)  # kohya's full_bf16: state as saved
         else:
             run.optimizer.load_state_dict(self.optimizer)
         run.lr_scheduler.load_state_dict(self.lr_scheduler)

@@ -275,6 +275,8 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         quantize_backend=precision.quantize_backend,
         sharding=sharding(plan_distributed(spec.distributed), ctx.env.processes),
         t5_tokens=model.t5_max_length,
+        stochastic_rounding=precision.stochastic_rounding,
+        adapter_dtype=precision.weights,
     )
 
 

@@ -3,9 +3,10 @@
 What is counted (bytes on the training device, per process):
 
 - weights: every component's parameters in the dtype it is held in; quantised bases at 1 byte (int8, fp8)
-  or 0.5 byte (int4) plus their scales, with embeddings and norms left in the held dtype; LoRA adapters fp32.
+  or 0.5 byte (int4) plus their scales, with embeddings and norms left in the held dtype; LoRA adapters fp32
+  (bf16 with precision.weights = "bf16").
 - gradients: one per trainable parameter, in that parameter's dtype (fp32 master weights and adapters: 4;
-  bf16 weights, precision.weights: 2).
+  bf16 weights or adapters, precision.weights: 2).
 - optimizer state per trainable parameter (`OPTIMIZER_STATE_BYTES`).
 - EMA: an fp32 copy of the trainable parameters, unless it is offloaded to the CPU.
 - teacher: the frozen base copies the plan lists in `loss.teacher` (a base-model prior in a full fine-tune),
@@ -86,6 +87,27 @@ OPTIMIZER_STATE_BYTES = {
     "came": 8,
 }
 SGD_MOMENTUM_BYTES = 4
+# Optimizers that create their state like the parameter (zeros_like / clone): over bf16 weights stepped
+# directly (precision.weights_rounding = "nearest", kohya's full_bf16) the state is bf16 too, half the bytes.
+# Measured by stepping each on bf16 parameters; transformers' Adafactor, came_pytorch and every bitsandbytes
+# optimizer keep fp32 (or 8-bit) state whatever the parameter's dtype.
+PARAM_DTYPE_STATE_OPTIMIZERS = (
+    "adamw",
+    "sgd",
+    "radam",
+    "prodigy",
+    "lion",
+    "dadapt_adam",
+    "dadapt_adam_preprint",
+    "dadapt_adagrad",
+    "dadapt_adan",
+    "dadapt_adan_ip",
+    "dadapt_lion",
+    "dadapt_sgd",
+    "adamw_schedulefree",
+    "radam_schedulefree",
+    "sgd_schedulefree",
+)
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED = GIB // 2
 FP32_ACTIVATION_FACTOR = (
@@ -135,6 +157,8 @@ def estimate_memory(
     quantize_backend: str = "quanto",
     sharding: Sharding | None = None,
     t5_tokens: int = 0,
+    stochastic_rounding: bool = True,
+    adapter_dtype: str = "fp32",
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -143,14 +167,22 @@ def estimate_memory(
     the samples in one forward pass per process, class images included. `available` 0 means unknown.
     `sharding`: what each process holds of the trained models under FSDP or ZeRO (None: DDP, all of it).
     `t5_tokens`: the T5 sequence length of families that join it to the denoiser's tokens (SD3, Flux).
+    `stochastic_rounding`: bf16 trained weights are updated through an fp32 state (True), or stepped directly
+    by the optimizer, whose state then takes their dtype where it creates it like the parameter (False).
+    `adapter_dtype`: the dtype adapters are held in (precision.weights; peft's default fp32).
     """
     notes: list[str] = []
-    groups = _trained_groups(components, trainable_params)
+    groups = _trained_groups(components, trainable_params, DTYPE_BYTES[adapter_dtype])
     trainable = sum(g.count for g in groups)
     adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
     weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
-    optimizer_bytes = int(trainable * _optimizer_state_bytes(optimizer, momentum, notes))
+    state_bytes = _optimizer_state_bytes(optimizer, momentum, notes)
+    optimizer_bytes = int(trainable * state_bytes)
+    bf16_trained = sum(g.count for g in groups if g.param_bytes == 2)
+    bf16_state = bool(bf16_trained) and not stochastic_rounding and optimizer in PARAM_DTYPE_STATE_OPTIMIZERS
+    if bf16_state:  # that state is bf16 for the bf16 weights: half of it
+        optimizer_bytes -= int(bf16_trained * state_bytes / 2)
     if sharding is not None and sharding.sharded:
         # the models that go through accelerate's prepare (every trained one, its frozen base included)
         wrapped = sum(
@@ -159,12 +191,8 @@ def estimate_memory(
         weights, gradients, optimizer_bytes = _sharded(
             sharding, weights, wrapped + adapters, gradients, optimizer_bytes, notes
         )
-    if any(c.trainable == "full" and c.dtype == "bf16" for c in components):
-        notes.append(
-            "bf16 weights: weights and gradients take 2 bytes per trained parameter; the optimizer state "
-            "stays "
-            "fp32 (stochastic rounding computes each update in fp32, one parameter at a time)"
-        )
+    if bf16_trained:
+        notes.append(_bf16_weights_note(optimizer, stochastic_rounding, bf16_state))
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
     teacher_bytes = _teacher_bytes(components, teacher, mixed)
     # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.
@@ -282,8 +310,26 @@ class _Trained:
     adapter: bool
 
 
+def _bf16_weights_note(optimizer: str, stochastic_rounding: bool, bf16_state: bool) -> str:
+    head = "bf16 weights: weights and gradients take 2 bytes per trained parameter; "
+    if stochastic_rounding:
+        return head + (
+            "the optimizer state stays fp32 (stochastic rounding computes each update in fp32, one "
+            "parameter at a time)"
+        )
+    if bf16_state:
+        return head + (
+            f"{optimizer} steps them directly (round-to-nearest) and creates its state like them: bf16, half "
+            "its fp32 bytes"
+        )
+    return head + (
+        f"{optimizer} steps them directly (round-to-nearest) but keeps its own state dtype (fp32, or 8-bit "
+        "for bitsandbytes): counted as with fp32 weights"
+    )
+
+
 def _trained_groups(
-    components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int]
+    components: tuple[ComponentPlan, ...], trainable_params: Mapping[str, int], adapter_bytes: int = 4
 ) -> list[_Trained]:
     """Check `trainable_params` against the components: a typo must not silently drop a gradient."""
     by_name = {c.name: c for c in components}
@@ -294,8 +340,8 @@ def _trained_groups(
             raise ValueError(f"trainable_params[{name!r}] is negative: {count}")
         if name == "lora" or (component is not None and component.trainable == "lora"):
             groups.append(
-                _Trained(name=name, count=count, param_bytes=4, adapter=True)
-            )  # peft keeps adapters fp32
+                _Trained(name=name, count=count, param_bytes=adapter_bytes, adapter=True)
+            )  # adapters in fp32 (peft's), or bf16 with precision.weights
         elif component is not None and component.trainable == "full":
             groups.append(
                 _Trained(name=name, count=count, param_bytes=DTYPE_BYTES[component.dtype], adapter=False)

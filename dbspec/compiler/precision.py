@@ -122,7 +122,8 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
     _check_second_text_encoder(ctx, text_parts if model else None)
     params = model.params if model else {}
-    weights = "bf16" if p.weights == "bf16" else "fp32"  # fp16 is refused by DBS259
+    # fp16 is refused by DBS259; with an adapter, bf16 applies to the adapter weights (runtime/prepare.py)
+    weights = "bf16" if p.weights == "bf16" else "fp32"
 
     def component(name: str, trains: bool, quant: str) -> ComponentPlan:
         mode = "frozen" if not trains else ("lora" if lora else "full")
@@ -154,7 +155,8 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         tf32=p.tf32 and ctx.env.device == "cuda",
         components=tuple(parts),
         weights=weights,
-        stochastic_rounding=weights == "bf16",
+        # weights_rounding = "nearest" (kohya's full_bf16): the optimizer steps the bf16 parameters itself
+        stochastic_rounding=weights == "bf16" and p.weights_rounding == "stochastic",
         quantize_backend=p.quantize_backend,
         compile=_compile_plan(p.compile, parts),
     )

@@ -1670,7 +1670,7 @@ def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
         )
 
 
-# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS258, DBS259, DBS355) ------------------
+# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS246, DBS259, DBS355) ------------------
 # Optimizers whose update of one parameter reads no other parameter: the stochastic-rounding step runs them
 # one
 # parameter at a time (an fp32 copy of that tensor alone). Prodigy's step size is estimated across all of
@@ -1689,19 +1689,6 @@ PER_PARAMETER_OPTIMIZERS = (
     "paged_lion8bit",
     "came",
 )
-
-
-@rule("spec")
-def low_precision_weights_with_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.precision.weights != "fp32" and spec.adapter.kind != "none":
-        yield _err(
-            "DBS258",
-            ("precision", "weights"),
-            f'precision.weights = "{spec.precision.weights}" applies to full fine-tunes; this run trains an '
-            f"adapter ({spec.adapter.kind})",
-            "adapters are small and stay fp32 (their memory is negligible, and bf16 would lose their small "
-            "updates); the frozen base is already held in the mixed dtype. Remove precision.weights",
-        )
 
 
 @rule("spec")
@@ -1725,13 +1712,28 @@ def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
             f'precision.weights = "bf16" needs mixed = "bf16" (or "auto"); mixed is "{p.mixed}"',
             'set mixed = "bf16" (kohya requires mixed_precision bf16 with full_bf16 too)',
         )
-    if p.weights == "bf16" and spec.optimizer.kind not in PER_PARAMETER_OPTIMIZERS:
+    stochastic = p.weights_rounding == "stochastic"
+    if p.weights == "bf16" and stochastic and spec.optimizer.kind not in PER_PARAMETER_OPTIMIZERS:
         yield _err(
             "DBS259",
             ("optimizer", "kind"),
             f'precision.weights = "bf16" steps each parameter on its own (stochastic rounding); '
             f'optimizer.kind "{spec.optimizer.kind}" estimates its step across all parameters',
-            f"use one of {', '.join(PER_PARAMETER_OPTIMIZERS)}, or fp32 weights",
+            f'use one of {", ".join(PER_PARAMETER_OPTIMIZERS)}, weights_rounding = "nearest" (kohya\'s '
+            "full_bf16: the optimizer steps the bf16 weights itself), or fp32 weights",
+        )
+
+
+@rule("spec")
+def weights_rounding_without_bf16_weights(spec: Spec, given: Given) -> Iterator[Hit]:
+    """precision.weights_rounding says how bf16 weights are updated; with fp32 weights it does nothing."""
+    if given(("precision", "weights_rounding")) and spec.precision.weights != "bf16":
+        yield _warn(
+            "DBS246",
+            ("precision", "weights_rounding"),
+            f'precision.weights_rounding = "{spec.precision.weights_rounding}" has no effect: the trained '
+            f"weights are {spec.precision.weights} (precision.weights), not bf16",
+            'remove weights_rounding, or set precision.weights = "bf16"',
         )
 
 

@@ -589,10 +589,12 @@ class PrecisionPlan:
     attention: Literal["sdpa", "eager"]
     tf32: bool
     components: tuple[ComponentPlan, ...]
-    # Fully trained weights held in bf16 (kohya's full_bf16), each update rounded stochastically; "fp32" =
-    # off.
+    # Trained weights held in bf16 (kohya's full_bf16): a full fine-tune's components, or the adapter weights
+    # of a LoRA/LyCORIS run; "fp32" = off.
     weights: Literal["fp32", "bf16"]
-    stochastic_rounding: bool  # the optimizer step rounds fp32 updates to bf16 with a seeded generator
+    # bf16 weights: True, the optimizer step rounds fp32 updates to bf16 with a seeded generator; False
+    # (precision.weights_rounding = "nearest", kohya's), the optimizer steps the bf16 parameters directly.
+    stochastic_rounding: bool
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
     quantize_backend: Literal["quanto", "torchao", "bitsandbytes"] = "quanto"
     compile: CompilePlan | None = None  # torch.compile of the trained networks; None: eager

@@ -502,11 +502,14 @@ def training_table(plan: Plan) -> Table:
         t.add_row(what, value)
     t.add_row("mixed precision", f"{plan.precision.mixed} ({plan.precision.reason})")
     if plan.precision.weights != "fp32":
-        t.add_row(
-            "trained weights",
-            f"{plan.precision.weights}, updates computed in fp32 and rounded stochastically (seeded, "
-            "resumable)",
+        held = f"{plan.precision.weights}{' (the adapters)' if plan.adapter.kind != 'none' else ''}"
+        how = (
+            "updates computed in fp32 and rounded stochastically (seeded, resumable)"
+            if plan.precision.stochastic_rounding
+            else "stepped directly by the optimizer (round-to-nearest, kohya's full_bf16; its state in the "
+            "dtype it creates)"
         )
+        t.add_row("trained weights", f"{held}, {how}")
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""

@@ -1360,10 +1360,19 @@ class Precision:
     )
     weights: Literal["fp32", "bf16", "fp16"] = option(
         "fp32",
-        doc="dtype of fully trained weights (kohya's full_bf16): bf16 halves weights, gradients and "
-        "optimizer "
-        "state, with stochastic rounding of every update; needs mixed = bf16 (or auto picking it), a full "
-        "fine-tune and a per-parameter optimizer. fp16 (kohya's full_fp16) is refused (see docs/memory.md).",
+        doc="dtype of the trained weights (kohya's full_bf16): a full fine-tune's networks, or the adapter "
+        "weights of a LoRA/LyCORIS run (the frozen base is held in the mixed dtype anyway). bf16 halves "
+        "weights and gradients (and optimizer state, see weights_rounding); needs mixed = bf16 (or auto "
+        "picking it). fp16 (kohya's full_fp16) is refused (see docs/memory.md).",
+    )
+    weights_rounding: Literal["stochastic", "nearest"] = option(
+        "stochastic",
+        doc='How bf16 weights (weights = "bf16") are updated: stochastic computes each update in fp32 and '
+        "rounds it to bf16 at random, unbiased, one parameter at a time (per-parameter optimizers only); "
+        "nearest is kohya's full_bf16: the optimizer steps the bf16 parameters directly (round-to-nearest, "
+        "updates under half a bf16 step are lost), its state created as it creates it from bf16 parameters "
+        "(bf16 for AdamW, Prodigy, D-Adaptation, Lion, SGD, schedulefree; fp32 for Adafactor, CAME and "
+        "bitsandbytes), so any optimizer runs. See docs/memory.md.",
     )
     compile: bool = option(
         False,

@@ -509,3 +509,30 @@ def test_sd15_full_fp32_matches_the_measured_peak_at_real_size():
         mixed="no",
     )
     assert abs(plan.total - measured) / measured < 0.15, plan.total / GIB
+
+
+def test_bf16_weights_stepped_directly_count_the_state_in_the_dtype_the_optimizer_creates():
+    """weights_rounding = "nearest" (kohya's full_bf16): AdamW and Prodigy create their moments like the bf16
+    parameter (2 bytes each); Adafactor keeps fp32 state; stochastic rounding keeps every state fp32."""
+    n = 1_000_000
+    components = (comp("unet", "bf16", "full", n), comp("vae", "fp32", params=0))
+    kw = dict(components=components, trainable_params={"unet": n})
+    stochastic = estimate(**kw)
+    nearest = estimate(**kw, stochastic_rounding=False)
+    assert stochastic.optimizer == n * 2 * 4  # exp_avg + exp_avg_sq in fp32
+    assert nearest.optimizer == n * 2 * 2  # the same two moments in bf16
+    assert nearest.gradients == stochastic.gradients == n * 2
+    assert any("round-to-nearest" in note and "bf16, half" in note for note in nearest.notes)
+    prodigy = estimate(**kw, optimizer="prodigy", stochastic_rounding=False)
+    assert prodigy.optimizer == n * 4 * 2  # exp_avg, exp_avg_sq, s, p0: bf16
+    adafactor = estimate(**kw, optimizer="adafactor", stochastic_rounding=False)
+    assert adafactor.optimizer == estimate(**kw, optimizer="adafactor").optimizer  # fp32 whatever the weights
+    fp32 = estimate(components=(comp("unet", "fp32", "full", n),), trainable_params={"unet": n})
+    assert (
+        estimate(
+            components=(comp("unet", "fp32", "full", n),),
+            trainable_params={"unet": n},
+            stochastic_rounding=False,
+        ).optimizer
+        == fp32.optimizer
+    )  # fp32 weights: nothing changes

@@ -766,12 +766,6 @@ CASES = [
         DOG + STEPS + 'lr_schedule = "cosine_annealing"\nt_max = 50\n',
     ),
     (
-        rules.low_precision_weights_with_adapter,
-        LORA + DOG + STEPS + '[precision]\nweights = "bf16"\n',
-        [("DBS258", "error", ("precision", "weights"))],
-        DOG + STEPS + '[precision]\nweights = "bf16"\n',
-    ),
-    (
         rules.low_precision_weights_settings,
         DOG + STEPS + '[precision]\nweights = "fp16"\n',
         [("DBS259", "error", ("precision", "weights"))],
@@ -782,6 +776,20 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "prodigy"\n[precision]\nmixed = "no"\nweights = "bf16"\n',
         [("DBS259", "error", ("precision", "mixed")), ("DBS259", "error", ("optimizer", "kind"))],
         DOG + STEPS + '[optimizer]\nkind = "adafactor"\n[precision]\nmixed = "bf16"\nweights = "bf16"\n',
+    ),
+    (
+        rules.low_precision_weights_settings,
+        DOG + STEPS + '[optimizer]\nkind = "prodigy"\n[precision]\nweights = "bf16"\n',
+        [("DBS259", "error", ("optimizer", "kind"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy"\n[precision]\nweights = "bf16"\nweights_rounding = "nearest"\n',
+    ),
+    (
+        rules.weights_rounding_without_bf16_weights,
+        DOG + STEPS + '[precision]\nweights_rounding = "nearest"\n',
+        [("DBS246", "warning", ("precision", "weights_rounding"))],
+        DOG + STEPS + '[precision]\nweights = "bf16"\nweights_rounding = "nearest"\n',
     ),
     (
         rules.nesterov_needs_momentum,

@@ -226,7 +226,7 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
         elif a[key].value and key == "full_bf16" and script == "train_db":
             conv.inert(a[key], "train_db.py ignores --full_bf16")
         elif a[key].value:
-            _map_full_half(a, key, lora, conv)
+            _map_full_half(a, script, key, lora, conv)
     for key in ("fp8_base", "fp8_base_unet"):
         if key in a and a[key].value and lora:
             conv.differs(
@@ -240,9 +240,8 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             conv.unsupported(a[key], "an fp8 base is only for LoRA runs in dbspec")
 
 
-def _map_full_half(a: Args, key: str, lora: bool, conv: Conversion) -> None:
+def _map_full_half(a: Args, script: str, key: str, lora: bool, conv: Conversion) -> None:
     """kohya's full_bf16 / full_fp16: the trained weights themselves in half precision."""
-    optimizer = str(a["optimizer_type"].value).lower()
     if key == "full_fp16":
         conv.differs(
             a[key],
@@ -250,28 +249,39 @@ def _map_full_half(a: Args, key: str, lora: bool, conv: Conversion) -> None:
             "gradients need kohya's patched grad scaler); it keeps fp32 weights under fp16 autocast (more "
             "precise, more memory)",
         )
-    elif lora:
-        conv.differs(
-            a[key],
-            "kohya casts the LoRA network to bf16; dbspec keeps adapters fp32 (DBS258: they are small and "
-            "bf16 "
-            "would lose their updates)",
-        )
-    elif "prodigy" in optimizer or "dadapt" in optimizer:
-        conv.differs(
-            a[key],
-            f"dbspec's bf16 weights step one parameter at a time, which {a['optimizer_type'].value} cannot "
-            "(DBS259); it keeps fp32 weights under bf16 autocast (more memory)",
-        )
-    else:
+    elif _fused_adafactor(a, script):
+        # sdxl_train.py's fused backward pass steps Adafactor per parameter in fp32 and copies the result
+        # into the bf16 weight with stochastic rounding (library/adafactor_fused.py): dbspec's stochastic
+        # rounding, its random bits from dbspec's seeded generator instead of torch's global one.
         conv.mapped(
             a[key],
             ("precision", "weights"),
             "bf16",
-            note="dbspec rounds each update to bf16 stochastically (kohya rounds to nearest, except its "
-            "fused "
-            "Adafactor)",
+            note="with --fused_backward_pass kohya's Adafactor rounds each update stochastically: "
+            'weights_rounding = "stochastic" (the default; its random bits come from a seeded generator)',
         )
+    else:
+        # kohya casts the trained models (train_network.py: the LoRA network; the frozen base is in the
+        # mixed dtype already) to bf16 after building the optimizer, whose state is created at its first step
+        # from the bf16 parameters, and steps them directly (accelerate adds autocast only).
+        what = "the adapter weights" if lora else "the trained weights"
+        conv.mapped(
+            a[key],
+            ("precision", "weights"),
+            "bf16",
+            note=f'{what} in bf16, weights_rounding = "nearest": the optimizer steps them as kohya\'s does',
+        )
+        conv.put(
+            ("precision", "weights_rounding"),
+            "nearest",
+            conv.comment(a[key], "the optimizer steps the bf16 weights directly (round-to-nearest)"),
+        )
+
+
+def _fused_adafactor(a: Args, script: str) -> bool:
+    """sdxl_train.py --fused_backward_pass (kohya asserts Adafactor with it): the patched Adafactor step."""
+    fused = script == "sdxl_train" and "fused_backward_pass" in a and a["fused_backward_pass"].value
+    return bool(fused) and str(a["optimizer_type"].value).lower() == "adafactor"
 
 
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
