@@ -208,15 +208,24 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     o = run.plan.optimizer
     if o.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
-        if o.clip_mode == "value":  # each element to +-max_grad_norm (SimpleTuner's default)
-            torch.nn.utils.clip_grad_value_(run.params, o.max_grad_norm)
-        else:
-            torch.nn.utils.clip_grad_norm_(run.params, o.max_grad_norm)
+        clip_gradients(run.params, o.clip_mode, o.max_grad_norm)
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
     if run.parts.tokens is not None and run.parts.tokens.active:
         run.parts.tokens.after_step()  # pivotal tuning: only the new token rows change
     run.lr_scheduler.step()
     return step_loss, terms
+
+
+def clip_gradients(params: list, mode: str, limit: float) -> None:
+    """optimizer.clip_mode: the total norm (torch, kohya, diffusers), each element (SimpleTuner's default), or
+    each parameter's norm on its own (kohya's fused backward pass)."""
+    if mode == "value":
+        torch.nn.utils.clip_grad_value_(params, limit)
+    elif mode == "norm_per_tensor":
+        for param in params:
+            torch.nn.utils.clip_grad_norm_([param], limit)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, limit)
 
 
 def micro_batch_index(plan: Plan, step: int, index: int, rank: int) -> int:

@@ -2093,11 +2093,11 @@ def _sharding_blockers(spec: Spec) -> Iterator[tuple[tuple, str, str]]:
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(spec.precision, key) != "none":
             yield ("precision", key), "a quantised base", "quantised tensors cannot be sharded"
-    if spec.optimizer.clip_mode == "value" and spec.optimizer.max_grad_norm > 0:
+    if spec.optimizer.clip_mode != "norm" and spec.optimizer.max_grad_norm > 0:
         yield (
             ("optimizer", "clip_mode"),
-            "value clipping",
-            "dbspec clips sharded gradients by their norm only",
+            f"clip_mode = {spec.optimizer.clip_mode}",
+            "dbspec clips sharded gradients by their total norm only",
         )
 
 

@@ -707,8 +707,10 @@ def _loraplus(plan: Plan) -> str:
 def _clipping(plan: Plan) -> str:
     """Element-wise clipping, said in the optimizer row (norm clipping, the usual kind, is not)."""
     o = plan.optimizer
-    if o.clip_mode != "value" or o.max_grad_norm <= 0:
+    if o.max_grad_norm <= 0 or o.clip_mode == "norm":
         return ""
+    if o.clip_mode == "norm_per_tensor":
+        return f"; each parameter's gradient clipped to norm {o.max_grad_norm:g} on its own"
     return f"; each gradient value clipped to +-{o.max_grad_norm:g}"
 
 

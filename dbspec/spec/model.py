@@ -964,11 +964,13 @@ class Optimizer:
         doc="SGD with Nesterov momentum (torch SGD's nesterov; kohya's SGDNesterov); needs momentum > 0.",
     )
     max_grad_norm: float = option(1.0, doc="Clip the gradient norm to this; 0 turns clipping off.", minimum=0)
-    clip_mode: Literal["norm", "value"] = option(
+    clip_mode: Literal["norm", "value", "norm_per_tensor"] = option(
         "norm",
         doc="How max_grad_norm clips: norm scales all gradients together so their total norm is at most "
         "max_grad_norm (torch clip_grad_norm_; kohya, diffusers); value clamps each gradient element to "
-        "+-max_grad_norm (torch clip_grad_value_; SimpleTuner's default grad_clip_method).",
+        "+-max_grad_norm (torch clip_grad_value_; SimpleTuner's default grad_clip_method); norm_per_tensor "
+        "scales each parameter's gradient on its own to a norm of at most max_grad_norm (kohya's "
+        "--fused_backward_pass and --fused_optimizer_groups clip in each parameter's gradient hook).",
     )
     # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
     d0: float = option(

@@ -1,6 +1,7 @@
 """optimizer.clip_mode: "value" clamps each gradient element to +-max_grad_norm (torch clip_grad_value_,
-SimpleTuner's default), "norm" bounds the total norm (clip_grad_norm_). A one-step SGD run (lr 1, no momentum
-or decay) moves each trained weight by exactly minus its clipped gradient, so the step shows the clipping."""
+SimpleTuner's default), "norm" bounds the total norm (clip_grad_norm_), "norm_per_tensor" bounds each
+parameter's norm on its own (kohya's fused backward pass). A one-step SGD run (lr 1, no momentum or decay)
+moves each trained weight by exactly minus its clipped gradient, so the step shows the clipping."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def test_value_clipping_bounds_every_element_and_norm_clipping_the_total(tmp_pat
     # norm clipping: the whole step has norm CLIP, so its elements are far smaller than CLIP
     assert torch.linalg.vector_norm(by_norm) <= CLIP * (1 + TOL)
     assert by_norm.abs().max() < CLIP / 2
+
+
+def test_per_tensor_clipping_bounds_each_parameters_step_on_its_own(tmp_path):
+    """kohya's fused backward pass: every parameter's gradient is clipped to norm CLIP by itself, so each
+    parameter moves by at most CLIP while the whole step is far longer than CLIP."""
+    step = _step(tmp_path, "norm_per_tensor")
+    sizes = [p.numel() for p in build_pipeline("builtin:tiny-sd1").unet.parameters()]
+    norms = torch.stack([torch.linalg.vector_norm(part) for part in step.split(sizes)])
+    assert norms.max() <= CLIP * (1 + TOL)
+    assert (norms > CLIP * (1 - TOL)).sum() > 10  # the clip binds for many parameters
+    assert torch.linalg.vector_norm(step) > 3 * CLIP

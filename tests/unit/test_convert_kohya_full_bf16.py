@@ -117,6 +117,26 @@ fused_backward_pass = true
     assert "weights_rounding" not in (tmp_path / "specs" / "converted.toml").read_text()
     plan = plan_of(outcome, tmp_path)
     assert plan.precision.weights == "bf16" and plan.precision.stochastic_rounding
+    # the parameter hooks clip each gradient by its own norm (kohya's default max_grad_norm 1.0)
+    assert fate(outcome, "fused_backward_pass") == "mapped"
+    assert (plan.optimizer.clip_mode, plan.optimizer.max_grad_norm) == ("norm_per_tensor", 1.0)
+
+
+def test_fused_backward_pass_without_clipping_changes_no_clip_mode(tmp_path):
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(
+        tmp_path / "config.toml",
+        SDXL_FULL
+        + """learning_rate = 4e-6
+optimizer_type = "adafactor"
+optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
+fused_backward_pass = true
+max_grad_norm = 0.0
+""",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.clip_mode, plan.optimizer.max_grad_norm) == ("norm", 0.0)
 
 
 def test_train_db_ignores_full_bf16(tmp_path):

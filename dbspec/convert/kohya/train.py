@@ -1006,3 +1006,19 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         conv.mapped(norm, ("optimizer", "max_grad_norm"), float(norm.value))
     else:
         conv.record(norm, "mapped", "optimizer.max_grad_norm")
+    _fused_clipping(a, conv)
+
+
+def _fused_clipping(a: Args, conv: Conversion) -> None:
+    """sdxl_train.py's --fused_backward_pass / --fused_optimizer_groups step from each parameter's gradient
+    hook and clip that gradient there, on its own (accelerator.clip_grad_norm_(parameter, max_grad_norm))."""
+    for key in ("fused_backward_pass", "fused_optimizer_groups"):
+        if key in a and a[key].value:
+            if a["max_grad_norm"].value:
+                conv.mapped(
+                    a[key],
+                    ("optimizer", "clip_mode"),
+                    "norm_per_tensor",
+                    note="kohya clips each parameter's gradient by its own norm in the backward hook",
+                )
+            return
