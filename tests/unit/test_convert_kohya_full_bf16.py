@@ -237,3 +237,17 @@ def test_flux_lora_full_bf16_holds_the_adapters_in_bf16(tmp_path):
     plan = plan_of(outcome, tmp_path)
     assert plan.model.family == "flux" and plan.adapter.kind == "lora"
     assert plan.precision.weights == "bf16" and not plan.precision.stochastic_rounding
+
+
+def test_fused_optimizer_groups_clip_per_tensor_and_split_prodigy(tmp_path):
+    """--fused_optimizer_groups clips in each parameter's hook too; with Prodigy kohya's several optimizers
+    each estimate their own step size: a stated difference."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(
+        tmp_path / "config.toml",
+        SDXL_FULL + 'learning_rate = 1.0\noptimizer_type = "Prodigy"\nfused_optimizer_groups = 4\n',
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert fate(outcome, "fused_optimizer_groups") == "differs"
+    assert "4 prodigy optimizers" in messages(outcome, "DBS404")
+    assert plan_of(outcome, tmp_path).optimizer.clip_mode == "norm_per_tensor"

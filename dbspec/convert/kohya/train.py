@@ -1021,4 +1021,11 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
                     "norm_per_tensor",
                     note="kohya clips each parameter's gradient by its own norm in the backward hook",
                 )
+            kind = conv.values[("optimizer", "kind")][0] if ("optimizer", "kind") in conv.values else ""
+            if key == "fused_optimizer_groups" and str(kind).startswith(("prodigy", "dadapt")):
+                conv.differs(
+                    a[key],
+                    f"kohya builds {a[key].value} {kind} optimizers, each estimating its step size over "
+                    "its own parameters; dbspec builds one over all of them",
+                )
             return
