@@ -120,3 +120,22 @@ def fate(outcome: Outcome, key: str) -> str:
 
 def repeats(plan: Plan, dataset: int) -> list[int]:
     return [img.repeats for img in plan.datasets[dataset].images]
+
+
+# A kohya LoRA command line over a folder `d/10_sks dog` of three 512 px images (the converter tests' base).
+KOHYA_LORA = (
+    f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora "
+    "--train_data_dir d --resolution 512 --max_train_steps 300 --learning_rate 1e-4"
+)
+
+
+def kohya_lora(tmp: Path, args: str, base: str = KOHYA_LORA) -> Outcome:
+    """`base` plus `args` converted, with its image folder made."""
+    images(tmp / "d" / "10_sks dog", 3, (512, 512))
+    return kohya(tmp, command=f"{base} {args}")
+
+
+def expressible(outcome: Outcome, refused: tuple[str, ...] = ("DBS402", "DBS403")) -> Outcome:
+    """The outcome, after checking that none of the `refused` codes was reported."""
+    assert not set(refused) & codes(outcome), errors(outcome)
+    return outcome

@@ -15,11 +15,11 @@ import pytest
 from came_pytorch import CAME
 
 from convert_kit import (
-    SD15,
+    KOHYA_LORA,
+    expressible,
+    kohya_lora,
     SDXL,
-    codes,
     empty_hub_cache,  # noqa: F401 (an autouse fixture)
-    errors,
     fate,
     images,
     kohya,
@@ -28,22 +28,8 @@ from convert_kit import (
     write,
 )
 
-LORA = (
-    f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora "
-    "--train_data_dir d --resolution 512 --max_train_steps 300 --learning_rate 1e-4"
-)
 # CAME's own defaults, read from its constructor (kohya passes nothing else)
 CAME_DEFAULTS = {k: p.default for k, p in inspect.signature(CAME.__init__).parameters.items() if k != "self"}
-
-
-def _lora(tmp_path, args: str, base: str = LORA):
-    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
-    return kohya(tmp_path, command=f"{base} {args}")
-
-
-def _ok(outcome):
-    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    return outcome
 
 
 def test_kohya_ss_gui_sdxl_lora_with_came_and_its_arguments(tmp_path):
@@ -74,7 +60,7 @@ save_precision = "bf16"
 train_batch_size = 1
 """,
     )
-    outcome = _ok(
+    outcome = expressible(
         kohya(
             tmp_path,
             config_file=tmp_path / "config_lora.toml",
@@ -90,8 +76,8 @@ train_batch_size = 1
 
 
 def test_command_line_came_with_its_own_clip_betas_and_eps(tmp_path):
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path,
             '--optimizer_type came_pytorch.CAME --optimizer_args "betas=0.9,0.99,0.995" clip_threshold=2 '
             '"eps=(1e-29,1e-15)" weight_decay=0.02',
@@ -105,7 +91,7 @@ def test_command_line_came_with_its_own_clip_betas_and_eps(tmp_path):
 
 def test_came_without_arguments_takes_cames_defaults_not_dbspecs(tmp_path):
     """kohya passes only lr: CAME's weight_decay 0.0 (dbspec's own default is 1e-2), its betas and eps."""
-    outcome = _ok(_lora(tmp_path, "--optimizer_type came_pytorch.CAME"))
+    outcome = expressible(kohya_lora(tmp_path, "--optimizer_type came_pytorch.CAME"))
     o = plan_of(outcome, tmp_path).optimizer
     assert o.kind == "came" and o.lr == 1e-4
     assert o.weight_decay == CAME_DEFAULTS["weight_decay"]
@@ -115,14 +101,14 @@ def test_came_without_arguments_takes_cames_defaults_not_dbspecs(tmp_path):
 
 @pytest.mark.parametrize("name", ["came_pytorch.came", "Came_pytorch.CAME", "CAME_PYTORCH.CAME"])
 def test_came_in_the_wrong_case_is_invalid(tmp_path, name):
-    outcome = _lora(tmp_path, f"--optimizer_type {name}")
+    outcome = kohya_lora(tmp_path, f"--optimizer_type {name}")
     assert outcome.exit_code == 1 and not outcome.written
     assert "did you mean came_pytorch.CAME" in messages(outcome, "DBS402")
 
 
 def test_a_bare_came_name_is_invalid_with_the_class_path_as_help(tmp_path):
     """kohya has no CAME branch: getattr(torch.optim, "CAME") raises."""
-    outcome = _lora(tmp_path, "--optimizer_type CAME")
+    outcome = kohya_lora(tmp_path, "--optimizer_type CAME")
     assert outcome.exit_code == 1 and "torch.optim" in messages(outcome, "DBS402")
     assert any(d.help == 'optimizer_type = "came_pytorch.CAME"' for d in outcome.diagnostics)
 
@@ -138,7 +124,7 @@ def test_a_bare_came_name_is_invalid_with_the_class_path_as_help(tmp_path):
     ],
 )
 def test_came_arguments_its_constructor_refuses_are_invalid(tmp_path, args, says):
-    outcome = _lora(tmp_path, f"--optimizer_type came_pytorch.CAME --optimizer_args {args}")
+    outcome = kohya_lora(tmp_path, f"--optimizer_type came_pytorch.CAME --optimizer_args {args}")
     assert outcome.exit_code == 1 and says in messages(outcome, "DBS402")
 
 
@@ -152,8 +138,12 @@ def test_came_arguments_match_its_constructor():
 def test_a_learning_rate_of_0_is_invalid_with_came(tmp_path):
     """kohya passes lr=learning_rate to CAME even when unet_lr and text_encoder_lr set the groups' rates, and
     CAME asserts lr > 0."""
-    base = LORA.replace("--learning_rate 1e-4", "--learning_rate 0 --unet_lr 1e-4 --text_encoder_lr 5e-5")
-    outcome = _lora(tmp_path, "--optimizer_type came_pytorch.CAME", base=base)
+    base = KOHYA_LORA.replace(
+        "--learning_rate 1e-4", "--learning_rate 0 --unet_lr 1e-4 --text_encoder_lr 5e-5"
+    )
+    outcome = kohya_lora(tmp_path, "--optimizer_type came_pytorch.CAME", base=base)
     assert outcome.exit_code == 1 and "asserts lr > 0" in messages(outcome, "DBS402")
-    adamw = _ok(_lora(tmp_path / "adamw", "--optimizer_type AdamW", base=base))  # AdamW takes lr 0
+    adamw = expressible(
+        kohya_lora(tmp_path / "adamw", "--optimizer_type AdamW", base=base)
+    )  # AdamW takes lr 0
     assert plan_of(adamw, tmp_path / "adamw").optimizer.lr == 1e-4

@@ -16,11 +16,12 @@ import math
 import pytest
 
 from convert_kit import (
+    expressible,
+    kohya_lora,
     SD15,
     SDXL,
     codes,
     empty_hub_cache,  # noqa: F401 (an autouse fixture)
-    errors,
     fate,
     images,
     kohya,
@@ -29,22 +30,6 @@ from convert_kit import (
     plan_of,
     write,
 )  # noqa: F401
-
-LORA = (
-    f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora "
-    "--train_data_dir d --resolution 512 --max_train_steps 300 --learning_rate 1e-4"
-)
-
-
-def _lora(tmp_path, args: str):
-    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
-    return kohya(tmp_path, command=f"{LORA} {args}")
-
-
-def _ok(outcome):
-    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    return outcome
-
 
 # --- Adafactor's other arguments ----------------------------------------------------------------------------
 
@@ -68,7 +53,7 @@ optimizer_args = [ "scale_parameter=False", "relative_step=False", "warmup_init=
 mixed_precision = "bf16"
 """,
     )
-    outcome = _ok(
+    outcome = expressible(
         kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
     )
     assert fate(outcome, "optimizer_args") == "mapped"
@@ -88,7 +73,10 @@ mixed_precision = "bf16"
 
 def test_adafactor_defaults_are_transformers(tmp_path):
     plan = plan_of(
-        _ok(_lora(tmp_path, '--optimizer_type Adafactor --optimizer_args "relative_step=False"')), tmp_path
+        expressible(
+            kohya_lora(tmp_path, '--optimizer_type Adafactor --optimizer_args "relative_step=False"')
+        ),
+        tmp_path,
     )
     a = plan.optimizer.adafactor
     assert (a.beta1, a.clip_threshold, a.decay_rate, a.eps, a.scale_parameter) == (
@@ -101,7 +89,9 @@ def test_adafactor_defaults_are_transformers(tmp_path):
 
 
 def test_an_adafactor_eps_that_is_not_a_pair_is_invalid(tmp_path):
-    outcome = _lora(tmp_path, '--optimizer_type Adafactor --optimizer_args "relative_step=False" "eps=1e-30"')
+    outcome = kohya_lora(
+        tmp_path, '--optimizer_type Adafactor --optimizer_args "relative_step=False" "eps=1e-30"'
+    )
     assert outcome.exit_code == 1 and "indexes it" in messages(outcome, "DBS402")
 
 
@@ -118,8 +108,8 @@ def _cyclic(step: int, base: float, peak: float, up: int, down: int, mode: str, 
 
 
 def test_lora_cyclic_lr_triangular2_with_its_momentum_cycle(tmp_path):
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path,
             "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=1e-5 max_lr=1e-4 step_size_up=50 "
             "step_size_down=100 \"mode='triangular2'\" --save_every_n_steps 25",
@@ -146,8 +136,8 @@ def test_lora_cyclic_lr_triangular2_with_its_momentum_cycle(tmp_path):
 
 
 def test_cyclic_exp_range_and_default_down_steps(tmp_path):
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path,
             "--lr_scheduler_type torch.optim.lr_scheduler.CyclicLR --lr_scheduler_args base_lr=2e-5 "
             "max_lr=2e-4 step_size_up=30 \"mode='exp_range'\" gamma=0.99 cycle_momentum=False "
@@ -161,8 +151,8 @@ def test_cyclic_exp_range_and_default_down_steps(tmp_path):
 
 
 def test_polynomial_lr_falls_to_zero_after_total_iters(tmp_path):
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path,
             "--lr_scheduler_type PolynomialLR --lr_scheduler_args total_iters=200 power=2.0 "
             "--lr_scheduler_power 3 --save_every_n_steps 50",
@@ -186,20 +176,23 @@ def test_polynomial_lr_falls_to_zero_after_total_iters(tmp_path):
     ],
 )
 def test_last_epoch_is_invalid_as_torch_raises_on_kohyas_groups(tmp_path, args):
-    outcome = _lora(tmp_path, args)
+    outcome = kohya_lora(tmp_path, args)
     assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler_args") == "invalid"
     assert "initial_lr" in messages(outcome, "DBS402") and "DBS403" not in codes(outcome)
 
 
 def test_last_epoch_minus_one_is_the_default(tmp_path):
     s = plan_of(
-        _ok(_lora(tmp_path, "--lr_scheduler_type PolynomialLR --lr_scheduler_args last_epoch=-1")), tmp_path
+        expressible(
+            kohya_lora(tmp_path, "--lr_scheduler_type PolynomialLR --lr_scheduler_args last_epoch=-1")
+        ),
+        tmp_path,
     )
     assert s.schedule.lr_schedule == "polynomial_lr" and s.schedule.torch.total_iters == 5  # torch's default
 
 
 def test_cyclic_lr_cycling_adafactors_momentum_is_invalid(tmp_path):
-    outcome = _lora(
+    outcome = kohya_lora(
         tmp_path,
         "--optimizer_type Adafactor --optimizer_args relative_step=False --lr_scheduler_type CyclicLR "
         "--lr_scheduler_args base_lr=1e-5 max_lr=1e-4",
@@ -208,7 +201,7 @@ def test_cyclic_lr_cycling_adafactors_momentum_is_invalid(tmp_path):
 
 
 def test_an_invalid_cyclic_mode_is_invalid(tmp_path):
-    outcome = _lora(
+    outcome = kohya_lora(
         tmp_path,
         "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=1e-5 max_lr=1e-4 \"mode='cosine'\"",
     )
@@ -221,8 +214,8 @@ def test_an_invalid_cyclic_mode_is_invalid(tmp_path):
 def test_cyclic_lr_over_adafactors_relative_step_changes_nothing(tmp_path):
     """kohya removes the groups' lr for the relative step; CyclicLR sets its own rates, which Adafactor then
     ignores: the run is Adafactor's relative step alone."""
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path,
             "--optimizer_type Adafactor --lr_scheduler_type CyclicLR "
             "--lr_scheduler_args base_lr=1e-5 max_lr=1e-4 cycle_momentum=False",
@@ -244,14 +237,14 @@ def test_cyclic_lr_over_adafactors_relative_step_changes_nothing(tmp_path):
     ],
 )
 def test_torch_schedulers_that_compute_with_the_removed_lr_are_invalid(tmp_path, args):
-    outcome = _lora(tmp_path, f"--optimizer_type Adafactor {args}")
+    outcome = kohya_lora(tmp_path, f"--optimizer_type Adafactor {args}")
     assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler_type") == "invalid"
     assert "lr None" in messages(outcome, "DBS402")
 
 
 def test_a_step_lr_that_never_steps_within_the_run_changes_nothing(tmp_path):
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path,
             "--optimizer_type Adafactor --lr_scheduler_type StepLR --lr_scheduler_args step_size=1000",
         )
@@ -282,7 +275,7 @@ lr_scheduler = "cosine"
 lr_warmup_steps = 50
 """,
     )
-    outcome = _ok(
+    outcome = expressible(
         kohya(
             tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train_network.py"
         )
@@ -305,7 +298,7 @@ lr_warmup_steps = 50
     ],
 )
 def test_each_ademamix_class_path_keeps_bitsandbytes_defaults(tmp_path, path, kind):
-    plan = plan_of(_ok(_lora(tmp_path, f"--optimizer_type {path}")), tmp_path)
+    plan = plan_of(expressible(kohya_lora(tmp_path, f"--optimizer_type {path}")), tmp_path)
     o = plan.optimizer
     assert (o.kind, o.betas, o.weight_decay, o.ademamix.alpha, o.ademamix.t_alpha) == (
         kind,
@@ -331,7 +324,7 @@ def test_each_ademamix_class_path_keeps_bitsandbytes_defaults(tmp_path, path, ki
     ],
 )
 def test_ademamix_is_paged_and_optim_bits_pick_the_class(tmp_path, args, kind):
-    plan = plan_of(_ok(_lora(tmp_path, args)), tmp_path)
+    plan = plan_of(expressible(kohya_lora(tmp_path, args)), tmp_path)
     assert plan.optimizer.kind == kind
     assert (plan.optimizer.ademamix.paged, plan.optimizer.ademamix.eight_bit) == (
         "paged" in kind,
@@ -341,14 +334,14 @@ def test_ademamix_is_paged_and_optim_bits_pick_the_class(tmp_path, args, kind):
 
 @pytest.mark.parametrize("name", ["AdEMAMix8bit", "PagedAdEMAMix8bit", "AdEMAMix"])
 def test_a_bare_ademamix_name_is_invalid_as_kohya_looks_it_up_in_torch_optim(tmp_path, name):
-    outcome = _lora(tmp_path, f"--optimizer_type {name}")
+    outcome = kohya_lora(tmp_path, f"--optimizer_type {name}")
     assert outcome.exit_code == 1 and fate(outcome, "optimizer_type") == "invalid"
     found = [d for d in outcome.diagnostics if d.code == "DBS402"]
     assert "torch.optim" in found[0].message and "bitsandbytes.optim." in found[0].help
 
 
 def test_ademamix_with_two_betas_is_invalid(tmp_path):
-    outcome = _lora(
+    outcome = kohya_lora(
         tmp_path, '--optimizer_type bitsandbytes.optim.AdEMAMix8bit --optimizer_args "betas=(0.9,0.999)"'
     )
     assert outcome.exit_code == 1 and "three numbers" in messages(outcome, "DBS402")
@@ -376,7 +369,7 @@ lr_scheduler = "cosine"
 lr_warmup_steps = 50
 """,
     )
-    outcome = _ok(
+    outcome = expressible(
         kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py")
     )
     assert fate(outcome, "lr_scheduler") == "inert" and fate(outcome, "lr_warmup_steps") == "inert"
@@ -400,14 +393,14 @@ lr_warmup_steps = 50
     ],
 )
 def test_schedulefree_names_and_their_defaults(tmp_path, name, kind, momentum):
-    plan = plan_of(_ok(_lora(tmp_path, f"--optimizer_type {name}")), tmp_path)
+    plan = plan_of(expressible(kohya_lora(tmp_path, f"--optimizer_type {name}")), tmp_path)
     o = plan.optimizer
     assert (o.kind, o.weight_decay, o.momentum) == (kind, 0.0, momentum)  # schedulefree's defaults
     assert o.schedulefree.silent_sgd_phase == (kind == "radam_schedulefree")
 
 
 def test_schedulefree_argument_it_does_not_take_is_invalid(tmp_path):
-    outcome = _lora(tmp_path, '--optimizer_type RAdamScheduleFree --optimizer_args "warmup_steps=10"')
+    outcome = kohya_lora(tmp_path, '--optimizer_type RAdamScheduleFree --optimizer_args "warmup_steps=10"')
     assert outcome.exit_code == 1 and "warmup_steps" in messages(outcome, "DBS402")
 
 
@@ -428,14 +421,17 @@ def test_schedulefree_argument_it_does_not_take_is_invalid(tmp_path):
 )
 def test_known_class_paths_map_to_their_kind(tmp_path, path, kind):
     lr = "--learning_rate 1.0" if kind in ("prodigy", "dadapt_adam", "dadapt_adam_preprint") else ""
-    assert plan_of(_ok(_lora(tmp_path, f"--optimizer_type {path} {lr}")), tmp_path).optimizer.kind == kind
+    assert (
+        plan_of(expressible(kohya_lora(tmp_path, f"--optimizer_type {path} {lr}")), tmp_path).optimizer.kind
+        == kind
+    )
 
 
 def test_transformers_adafactor_class_path_needs_relative_step_false(tmp_path):
     """Built as given: no kohya fix-ups, so transformers' own defaults apply (scale_parameter=True), the named
     schedule stays, and without relative_step=False transformers refuses the lr kohya passes."""
-    outcome = _ok(
-        _lora(
+    outcome = expressible(
+        kohya_lora(
             tmp_path / "a",
             '--optimizer_type transformers.optimization.Adafactor --optimizer_args "relative_step=False" '
             "--lr_scheduler cosine --lr_warmup_steps 30",
@@ -445,9 +441,9 @@ def test_transformers_adafactor_class_path_needs_relative_step_false(tmp_path):
     a = plan.optimizer.adafactor
     assert (a.relative_step, a.scale_parameter) == (False, True)
     assert plan.schedule.lr_schedule == "cosine" and plan.schedule.warmup_steps == 30
-    crash = _lora(tmp_path / "b", "--optimizer_type transformers.optimization.Adafactor")
+    crash = kohya_lora(tmp_path / "b", "--optimizer_type transformers.optimization.Adafactor")
     assert crash.exit_code == 1 and "relative_step=True" in messages(crash, "DBS402")
-    warm = _lora(
+    warm = kohya_lora(
         tmp_path / "c",
         '--optimizer_type transformers.Adafactor --optimizer_args "relative_step=False" "warmup_init=True"',
     )
@@ -455,12 +451,12 @@ def test_transformers_adafactor_class_path_needs_relative_step_false(tmp_path):
 
 
 def test_a_class_path_in_the_wrong_case_is_invalid(tmp_path):
-    outcome = _lora(tmp_path, "--optimizer_type torch.optim.adamw")
+    outcome = kohya_lora(tmp_path, "--optimizer_type torch.optim.adamw")
     assert outcome.exit_code == 1 and "torch.optim.AdamW" in messages(outcome, "DBS402")
 
 
 def test_an_unknown_class_path_stays_refused_with_the_reason(tmp_path):
-    outcome = _lora(tmp_path, "--optimizer_type pytorch_optimizer.Ranger21")
+    outcome = kohya_lora(tmp_path, "--optimizer_type pytorch_optimizer.Ranger21")
     assert outcome.exit_code == 1 and fate(outcome, "optimizer_type") == "unsupported"
     assert "no optimizer for the class pytorch_optimizer.Ranger21" in messages(outcome, "DBS403")
 
@@ -471,20 +467,20 @@ def test_an_unknown_class_path_stays_refused_with_the_reason(tmp_path):
 def test_radam_is_torch_radam_with_its_defaults(tmp_path):
     """kohya builds any other optimizer_type as getattr(torch.optim, name)(params, lr=lr, **args): RAdam with
     torch's defaults (weight decay 0, betas 0.9/0.999), case-sensitive."""
-    plan = plan_of(_ok(_lora(tmp_path, "--optimizer_type RAdam")), tmp_path)
+    plan = plan_of(expressible(kohya_lora(tmp_path, "--optimizer_type RAdam")), tmp_path)
     o = plan.optimizer
     assert (o.kind, o.weight_decay, o.betas, o.eps) == ("radam", 0.0, (0.9, 0.999), 1e-8)
-    dotted = _ok(
-        _lora(
+    dotted = expressible(
+        kohya_lora(
             tmp_path / "d2",
             '--optimizer_type torch.optim.RAdam --optimizer_args "betas=0.9,0.99" weight_decay=0.1',
         )
     )
     o = plan_of(dotted, tmp_path / "d2").optimizer
     assert (o.kind, o.weight_decay, o.betas) == ("radam", 0.1, (0.9, 0.99))
-    lower = _lora(tmp_path / "d3", "--optimizer_type radam")
+    lower = kohya_lora(tmp_path / "d3", "--optimizer_type radam")
     assert fate(lower, "optimizer_type") == "invalid" and "case-sensitive" in messages(lower, "DBS402")
-    decoupled = _lora(
+    decoupled = kohya_lora(
         tmp_path / "d4", '--optimizer_type RAdam --optimizer_args "decoupled_weight_decay=True"'
     )
     assert "decoupled_weight_decay" in messages(decoupled, "DBS403")
@@ -496,5 +492,5 @@ def test_radam_is_torch_radam_with_its_defaults(tmp_path):
 def test_torch_schedulers_kohya_cannot_run_are_invalid(tmp_path, cls):
     """A function or scheduler objects cannot come from lr_scheduler_args (ast.literal_eval), and kohya's loop
     steps the scheduler without ReduceLROnPlateau's metric: kohya fails before training."""
-    outcome = _lora(tmp_path, f"--lr_scheduler_type {cls}")
+    outcome = kohya_lora(tmp_path, f"--lr_scheduler_type {cls}")
     assert fate(outcome, "lr_scheduler_type") == "invalid" and cls in messages(outcome, "DBS402")
