@@ -1,7 +1,7 @@
 """optimizer.lr = 0 with train.denoiser = true (kohya train_db.py's learning_rate 0 with learning_rate_te):
-the denoiser sits in the optimizer at rate 0. Its weights never move, but its gradients count in the clip norm,
-so the text encoder's step is clipped by the norm over both. One-step SGD runs (no momentum or decay) move each
-trained weight by exactly minus its (clipped) gradient times its rate, so the steps show the clip factor."""
+the denoiser sits in the optimizer at rate 0. Its weights never move, but its gradients count in the clip
+norm, so the text encoder's step is clipped by the norm over both. One-step SGD runs (no momentum or decay)
+move each trained weight by exactly minus its (clipped) gradient times its rate: the steps show the clip."""
 
 from __future__ import annotations
 
