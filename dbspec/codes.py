@@ -195,7 +195,8 @@ version's names throughout: keep version 1's names and let dbspec upgrade the fi
 denoiser frozen, lr 0 has no meaning: give the text encoder its rate with `optimizer.text_encoder_lr`), a
 training text encoder with a positive `optimizer.text_encoder_lr` (and `text_encoder_2_lr`), and an optimizer
 that steps by the group's rate: D-Adaptation, Prodigy and Adafactor with `relative_step` estimate their own
-step size, and the schedule-free optimizers average their iterates by the rate, so they are refused; so are
+step size, the schedule-free optimizers average their iterates by the rate, and CAME asserts lr > 0, so they
+are refused; so are
 the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min` (it lifts
 the denoiser's LR above 0).""",
         help="set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr",

@@ -1008,6 +1008,8 @@ def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
         own = "Adafactor with relative_step computes its own LR and ignores the groups' rates"
     elif o.kind in SCHEDULEFREE_KINDS:
         own = f"{o.kind} averages its iterates with weights from the rate"
+    elif o.kind == "came":
+        own = "came_pytorch's CAME asserts lr > 0 when it is built (kohya's run would stop there too)"
     if own:
         yield _err("DBS200", where, f"optimizer.lr is 0 with kind = {o.kind!r}: {own}", fix)
         return

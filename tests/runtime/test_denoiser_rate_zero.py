@@ -5,6 +5,7 @@ move each trained weight by exactly minus its (clipped) gradient times its rate:
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dbspec.runtime.execute import execute
@@ -77,3 +78,20 @@ def test_adamw_with_decay_holds_the_denoiser_still_and_resumes_bit_exact(tmp_pat
     for x, y in zip(kept.unet.parameters(), base.unet.parameters(), strict=True):
         assert torch.equal(x.detach(), y.detach())
     assert not torch.equal(_flat(kept.text_encoders[0]), _flat(base.text_encoder))  # the text encoder trained
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["adamw8bit", "adafactor", "radam", "lion", "lion8bit", "ademamix", "sgd"],
+)
+def test_every_optimizer_allowed_at_rate_zero_holds_the_denoiser_bit_identical(tmp_path, kind):
+    """The kinds DBS200 lets through scale both their step and their decoupled weight decay by the group's
+    rate: two steps with decay (and momentum for sgd) leave the denoiser bit-identical."""
+    settings = [f'optimizer.kind="{kind}"', "optimizer.lr=0", "optimizer.weight_decay=0.1"]
+    settings += ["optimizer.text_encoder_lr=1e-3", *(["optimizer.momentum=0.9"] if kind == "sgd" else [])]
+    plan = compile_spec(write_spec(tmp_path, steps=2, extra=TE), settings)
+    kept = execute(plan, keep_models=True).components
+    base = build_pipeline("builtin:tiny-sd1")
+    for x, y in zip(kept.unet.parameters(), base.unet.parameters(), strict=True):
+        assert torch.equal(x.detach(), y.detach())
+    assert not torch.equal(_flat(kept.text_encoders[0]), _flat(base.text_encoder))

@@ -1240,12 +1240,12 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     assert hits_of(rule, DOG + STEPS + TE + zero_te) == [
         ("DBS200", "error", ("optimizer", "text_encoder_lr"))
     ]
-    for kind in ("prodigy", "dadapt_adam", "adamw_schedulefree"):
+    for kind in ("prodigy", "dadapt_adam", "adamw_schedulefree", "came"):
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))], kind
     body = DOG + STEPS + TE + opt + 'kind = "adafactor"\nrelative_step = true\n'
     assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))]
-    for kind in ("adamw", "sgd", "lion", "adafactor", "came"):
+    for kind in ("adamw", "sgd", "lion", "adafactor", "adamw8bit"):
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS229", "warning", ("optimizer", "lr"))], kind
     # a LoRA's denoiser adapters at rate 0: the same, and DBS215 (lr very low for LoRA) stays silent

@@ -791,7 +791,7 @@ def _train_db_unet_at_rate_zero(
     nothing, so `train.denoiser = false` is the same run, cheaper (False). None: not expressible."""
     clip = a["max_grad_norm"]
     kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
-    own_step = kind in DADAPT_KINDS or kind in SCHEDULEFREE_KINDS or kind == "prodigy"
+    own_step = kind in DADAPT_KINDS or kind in SCHEDULEFREE_KINDS or kind in ("prodigy", "came")
     torch_schedule = bool(a["lr_scheduler_type"].value) if "lr_scheduler_type" in a else False
     te = a["learning_rate_te"]
     held = clip.value and text_encoder and te.value and not own_step and not torch_schedule
