@@ -10,7 +10,7 @@ import torch
 
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import compile_spec, final_weights, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
 
 TOL = 1e-3  # relative: fp32 weights round each applied update (the difference is taken in fp64)
 TE = "[train]\ntext_encoder = true\n"
@@ -41,6 +41,7 @@ def test_the_denoiser_at_rate_zero_stays_bit_identical_and_its_gradients_clip_th
     # scales by max_norm / (total + 1e-6))
     plan = compile_spec(write_spec(tmp_path / "zero", steps=1, extra=TE), [*SGD, *clip, "optimizer.lr=0"])
     assert plan.optimizer.lr == 0 and plan.train_denoiser
+    assert "lr 0 (the denoiser held: gradients computed and clipped, weights still)" in summary_text(plan)
     result = execute(plan, keep_models=True)
     before = build_pipeline("builtin:tiny-sd1")
     for a, b in zip(result.components.unet.parameters(), before.unet.parameters(), strict=True):
