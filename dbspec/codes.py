@@ -186,6 +186,22 @@ version's names throughout: keep version 1's names and let dbspec upgrade the fi
     ),
     # --- DBS2xx: options that contradict each other ---------------------------------------------------------
     Code(
+        "DBS200",
+        ERROR,
+        "optimizer.lr = 0 where the denoiser cannot stay still at rate 0",
+        """\
+`optimizer.lr = 0` holds the denoiser at learning rate 0 while the text encoder(s) train at their own rate
+(kohya train_db.py's `learning_rate 0` with `learning_rate_te`). It needs `train.denoiser = true` (with the
+denoiser frozen, lr 0 has no meaning: give the text encoder its rate with `optimizer.text_encoder_lr`), a
+training text encoder with a positive `optimizer.text_encoder_lr` (and `text_encoder_2_lr`), and an optimizer
+that steps by the group's rate: D-Adaptation, Prodigy and Adafactor with `relative_step` estimate their own
+step size, the schedule-free optimizers average their iterates by the rate, and CAME asserts lr > 0, so they
+are refused; so are
+the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min` (it lifts
+the denoiser's LR above 0).""",
+        help="set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr",
+    ),
+    Code(
         "DBS201",
         WARNING,
         "A prior-preservation setting without a class dataset",
@@ -411,6 +427,20 @@ schedule by averaging the iterates: kohya gives them a dummy scheduler that neve
 `schedule.lr_schedule` must stay "constant" without `schedule.warmup_steps`; the optimizer's own warm-up is
 `optimizer.schedulefree_warmup_steps` (AdamW and SGD).""",
         help="remove the schedule settings; use optimizer.schedulefree_warmup_steps for a warm-up",
+    ),
+    Code(
+        "DBS229",
+        WARNING,
+        "The denoiser trains at learning rate 0",
+        """\
+`optimizer.lr = 0` with `train.denoiser = true`: the denoiser's weights never move (every optimizer dbspec
+allows here scales its step and its decoupled weight decay by the rate: AdamW multiplies by
+1 - lr x weight_decay = 1), but its gradients are computed every step (the cost of training it: memory for
+its gradients and optimizer state, and the backward pass through it) and `optimizer.max_grad_norm` clips
+them together with the text encoder's, so a large denoiser gradient shrinks the text encoder's step. This is
+kohya train_db.py's `learning_rate 0` with `learning_rate_te`; `train.denoiser = false` with
+`optimizer.text_encoder_lr` is cheaper and the same when `max_grad_norm = 0`.""",
+        help="train.denoiser = false is cheaper unless you want the joint clip norm",
     ),
     Code(
         "DBS230",

@@ -516,7 +516,7 @@ def generate_only_for_class(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lora_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
-    if isinstance(spec.adapter, LowRankAdapter) and spec.optimizer.lr < 1e-5:
+    if isinstance(spec.adapter, LowRankAdapter) and 0 < spec.optimizer.lr < 1e-5:
         lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
         if given(("optimizer", "lr")):
             yield _warn(
@@ -960,6 +960,84 @@ def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
             "zero terminal SNR with epsilon prediction: the model cannot predict noise at the final step",
             'use model.prediction = "v_prediction"',
         )
+
+
+@rule("spec")
+def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.lr = 0: the denoiser in the optimizer at rate 0 while a text encoder trains (kohya
+    train_db.py's learning_rate 0 with learning_rate_te); refused where that cannot hold."""
+    o, t = spec.optimizer, spec.train
+    if o.lr != 0:
+        return
+    where = ("optimizer", "lr")
+    fix = "set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr"
+    if not t.denoiser:
+        yield _err(
+            "DBS200",
+            where,
+            "optimizer.lr is 0 with train.denoiser = false: there is no denoiser to hold at rate 0",
+            "remove optimizer.lr and give the text encoder its rate with optimizer.text_encoder_lr",
+        )
+        return
+    if not any_text_encoder_trains(spec):
+        yield _err(
+            "DBS200",
+            where,
+            "optimizer.lr is 0 and no text encoder trains: a run that changes nothing",
+            "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr",
+        )
+        return
+    rates = [("text_encoder_lr", o.text_encoder_lr)] if t.text_encoder else []
+    if t.text_encoder_2 or (t.text_encoder and given(("optimizer", "text_encoder_2_lr"))):
+        rates.append(("text_encoder_2_lr", o.text_encoder_2_lr))
+    for name, rate in rates:
+        if rate == 0:
+            yield _err(
+                "DBS200",
+                ("optimizer", name) if given(("optimizer", name)) else where,
+                f"optimizer.lr is 0 and optimizer.{name} is 0"
+                + ("" if given(("optimizer", name)) else " (it defaults to lr)")
+                + ": the text encoder would not train either",
+                f"set optimizer.{name} > 0",
+            )
+            return
+    own = ""
+    if o.kind in DADAPT_KINDS or o.kind == "prodigy":
+        own = f"{o.kind} estimates its own step size d and steps by d x lr"
+    elif o.kind == "adafactor" and o.relative_step:
+        own = "Adafactor with relative_step computes its own LR and ignores the groups' rates"
+    elif o.kind in SCHEDULEFREE_KINDS:
+        own = f"{o.kind} averages its iterates with weights from the rate"
+    elif o.kind == "came":
+        own = "came_pytorch's CAME asserts lr > 0 when it is built (kohya's run would stop there too)"
+    if own:
+        yield _err("DBS200", where, f"optimizer.lr is 0 with kind = {o.kind!r}: {own}", fix)
+        return
+    s = spec.schedule
+    if s.lr_schedule in ("one_cycle", "cyclic") or s.eta_min > 0:
+        raised = (
+            "sets every group's LR itself" if s.eta_min <= 0 else f"lifts the LR to eta_min {s.eta_min:g}"
+        )
+        yield _err(
+            "DBS200",
+            where,
+            f"optimizer.lr is 0 with schedule.lr_schedule = {s.lr_schedule!r}, which {raised}: the denoiser "
+            "would move",
+            fix,
+        )
+        return
+    clip = (
+        f"clipped together with the text encoder's to max_grad_norm {o.max_grad_norm:g}"
+        if o.max_grad_norm
+        else "not clipped (max_grad_norm = 0), so train.denoiser = false would give the same run, cheaper"
+    )
+    yield _warn(
+        "DBS229",
+        where,
+        "the denoiser trains at learning rate 0: its weights never move, but its gradients are computed "
+        f"every step (the memory and backward pass of training it) and {clip}",
+        "train.denoiser = false is cheaper unless you want kohya train_db.py's joint clip norm",
+    )
 
 
 @rule("spec")

@@ -534,8 +534,8 @@ def _check_counts(batches_per_epoch: int, samples: int, batch_size: int) -> None
 def _check_lr(lr: float, lr_schedule: str, cycles: int) -> None:
     if lr_schedule not in LR_SCHEDULES and lr_schedule != ADAFACTOR_SCHEDULE:
         raise ValueError(f"unknown lr schedule {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"the learning rate must be a positive number, got {lr}")
+    if not (lr >= 0 and math.isfinite(lr)):  # 0: the denoiser held at rate 0 (DBS229)
+        raise ValueError(f"the learning rate must be a number >= 0, got {lr}")
     if lr_schedule in ("cosine_with_restarts", "cosine_with_min_lr", "warmup_stable_decay"):
         _require_at_least("cycles", cycles, 1)
 

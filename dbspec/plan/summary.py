@@ -271,6 +271,11 @@ def schedule_table(plan: Plan) -> Table:
         (
             "optimizer",
             f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
+            + (
+                " (the denoiser held: gradients computed and clipped, weights still)"
+                if plan.optimizer.lr == 0 and plan.train_denoiser
+                else ""
+            )
             + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
             + (
                 f" (second: {plan.optimizer.text_encoder_2_lr:g})"

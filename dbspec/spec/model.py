@@ -924,7 +924,12 @@ class Optimizer:
         "memory under pressure (the CPU runs them unpaged, DBS314); betas and weight_decay as lion's.",
     )
     lr: float = option(
-        2e-6, doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4.", exclusive_minimum=0
+        2e-6,
+        doc="Learning rate. Full fine-tunes: 1e-6 to 5e-6; LoRA: around 1e-4. 0 holds the denoiser still "
+        "while the text encoder(s) train at `text_encoder_lr` (kohya train_db.py's learning_rate 0 with "
+        "learning_rate_te): its gradients are still computed and clipped together with the text encoder's "
+        "(DBS229; DBS200 lists what it needs).",
+        minimum=0,
     )
     text_encoder_lr: float = option(
         attrs.Factory(lambda self: self.lr, takes_self=True),

@@ -218,20 +218,55 @@ mixed_precision = "bf16"
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_train_db_unet_rate_zero_trains_the_text_encoder_alone(tmp_path, clip):
     """train_db.py puts the U-Net in an optimizer group at rate 0 (AdamW8bit's step and weight decay are
-    multiplied by it: the U-Net never changes) and the text encoder at learning_rate_te."""
+    multiplied by it: the U-Net never changes) and the text encoder at learning_rate_te; its clip norm counts
+    the U-Net's gradients. With max_grad_norm > 0 that is optimizer.lr = 0 with the denoiser training (exact,
+    DBS229 says what it costs); with max_grad_norm = 0 the U-Net's gradients change nothing: train.denoiser =
+    false, cheaper."""
     images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
     images(tmp_path / "reg" / "1_man", 8, (512, 512))
     write(tmp_path / "config.toml", TE_ONLY.format(model=SD15, clip=clip))
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
     assert outcome.exit_code == 0, errors(outcome)
-    assert fate(outcome, "learning_rate") == ("differs" if clip else "mapped")
-    if clip:  # kohya's clip norm still counts the U-Net's gradients
-        assert "max_grad_norm = 0" in outcome.conversion.reports["learning_rate"].note
+    assert fate(outcome, "learning_rate") == "mapped"
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
     plan = plan_of(outcome, tmp_path)
-    assert plan.train_denoiser is False and plan.optimizer.lr == 1e-6
     trainable = {c.name: c.trainable for c in plan.precision.components}
-    assert trainable["unet"] == "frozen" and trainable["text_encoder"] == "full"
+    assert trainable["text_encoder"] == "full" and plan.optimizer.text_encoder_lr == 1e-6
+    if clip:
+        assert plan.train_denoiser is True and plan.optimizer.lr == 0 and trainable["unet"] == "full"
+        assert plan.optimizer.max_grad_norm == clip
+    else:
+        assert plan.train_denoiser is False and plan.optimizer.lr == 1e-6 and trainable["unet"] == "frozen"
     assert plan.schedule.total_steps == 400
+
+
+def test_train_db_unet_rate_zero_from_the_command_line_with_the_default_clip(tmp_path):
+    """A realistic command line: no max_grad_norm (kohya's default 1.0), AdamW, learning_rate 0 with
+    learning_rate_te: the denoiser at rate 0; the plan warns (DBS229) what that costs."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    command = (
+        f'accelerate launch train_db.py --pretrained_model_name_or_path="{SD15}" --train_data_dir=train '
+        "--resolution=512 --output_dir=out --train_batch_size=1 --learning_rate=0 --learning_rate_te=5e-6 "
+        '--optimizer_type="AdamW" --max_train_steps=200 --mixed_precision="bf16"'
+    )
+    outcome = kohya(tmp_path, command=command)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "learning_rate") == "mapped"
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and plan.optimizer.lr == 0 and plan.optimizer.text_encoder_lr == 5e-6
+    assert plan.optimizer.max_grad_norm == 1.0
+
+
+@pytest.mark.parametrize("kind", ["Prodigy", "DAdaptAdam"])
+def test_train_db_unet_rate_zero_with_a_self_estimating_optimizer_stays_a_stated_difference(tmp_path, kind):
+    """D-Adaptation and Prodigy estimate their step from every group's gradients; dbspec refuses them at
+    lr 0 (DBS200), so the conversion keeps train.denoiser = false with the clip difference stated."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    write(tmp_path / "config.toml", TE_ONLY.format(model=SD15, clip=1.0).replace("AdamW8bit", kind))
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+    assert fate(outcome, "learning_rate") == "differs"
+    assert "max_grad_norm = 0" in outcome.conversion.reports["learning_rate"].note
 
 
 @pytest.mark.parametrize(

@@ -229,7 +229,7 @@ def _set(table: str, key: str, value):
             _set("schedule", "total_steps", -5),
             "schedule.total_steps must be an integer of at least 1; found -5",
         ),
-        (_set("optimizer", "lr", 0.0), "optimizer.lr must be a number above 0; found 0.0"),
+        (_set("optimizer", "lr", -1.0), "optimizer.lr must be a number of 0 or more; found -1.0"),
         (_set("ema", "decay", 1.5), r"ema.decay must be a number in \[0, 1\]; found 1.5"),
         (_set("logging", "every", 0), "logging.every must be an integer of at least 1; found 0"),
         (

@@ -448,6 +448,12 @@ CASES = [
         'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
     ),
     (
+        rules.denoiser_at_rate_zero,  # lr 0 with the text encoder at rate 0 too: nothing trains
+        DOG + STEPS + TE + "[optimizer]\nlr = 0\n",
+        [("DBS200", "error", ("optimizer", "lr"))],
+        DOG + STEPS + TE + "[optimizer]\nlr = 1e-6\ntext_encoder_lr = 1e-6\n",
+    ),
+    (
         rules.prodigy_learning_rate,
         DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1e-4\n',
         [("DBS224", "warning", ("optimizer", "lr"))],
@@ -1216,3 +1222,31 @@ def test_distributed_strategies_against_the_target():
         ("DBS329", "warning", ("distributed", "fsdp_cpu_offload"))
     ]
     assert _distributed_hits("fsdp_cpu_offload = true", one_gpu) == []  # DDP: one process is no warning
+
+
+def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold_it():
+    """optimizer.lr = 0: a warning (DBS229) with a training text encoder at its own rate and an optimizer that
+    steps by the group's rate; DBS200 without a denoiser, a training text encoder, or with an optimizer that
+    estimates its own step (or averages iterates by the rate)."""
+    rule, opt = rules.denoiser_at_rate_zero, "[optimizer]\nlr = 0\ntext_encoder_lr = 1e-6\n"
+    assert hits_of(rule, DOG + STEPS + TE + opt) == [("DBS229", "warning", ("optimizer", "lr"))]
+    assert hits_of(rule, DOG + STEPS + TE + opt + "max_grad_norm = 0\n") == [
+        ("DBS229", "warning", ("optimizer", "lr"))
+    ]
+    assert hits_of(rule, DOG + STEPS + opt) == [("DBS200", "error", ("optimizer", "lr"))]
+    frozen = "[train]\ntext_encoder = true\ndenoiser = false\n"
+    assert hits_of(rule, DOG + STEPS + frozen + opt) == [("DBS200", "error", ("optimizer", "lr"))]
+    zero_te = "[optimizer]\nlr = 0\ntext_encoder_lr = 0\n"
+    assert hits_of(rule, DOG + STEPS + TE + zero_te) == [
+        ("DBS200", "error", ("optimizer", "text_encoder_lr"))
+    ]
+    for kind in ("prodigy", "dadapt_adam", "adamw_schedulefree", "came"):
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))], kind
+    body = DOG + STEPS + TE + opt + 'kind = "adafactor"\nrelative_step = true\n'
+    assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))]
+    for kind in ("adamw", "sgd", "lion", "adafactor", "adamw8bit"):
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS229", "warning", ("optimizer", "lr"))], kind
+    # a LoRA's denoiser adapters at rate 0: the same, and DBS215 (lr very low for LoRA) stays silent
+    assert hits_of(rules.lora_learning_rate, DOG + STEPS + LORA + TE + opt) == []

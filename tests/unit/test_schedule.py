@@ -205,7 +205,7 @@ def test_a_warmup_as_long_as_the_run_climbs_the_whole_run(warmup) -> None:
     ({"lr_schedule": "piecewise_constant"}, "unknown lr schedule"),
     ({"lr_schedule": "polynomial", "warmup_steps": 100}, "after the warm-up"),  # diffusers divides by 0
     ({"lr_schedule": "polynomial", "lr": 1e-7}, "polynomial"),
-    ({"lr": 0.0}, "learning rate"),
+    ({"lr": -1.0}, "learning rate"),  # 0 holds the denoiser (DBS229)
     ({"lr": math.nan}, "learning rate"),
     ({"lr_schedule": "cosine_with_restarts", "cycles": 0}, "cycles"),
     ({"checkpoint_every": -1}, "checkpoint"),

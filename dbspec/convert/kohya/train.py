@@ -19,7 +19,7 @@ from dbspec.convert.common.optimizers import (
     optimizer_settings,
     parse_kohya_args,
 )
-from dbspec.spec.model import Optimizer
+from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
 
 Args = dict[str, Legacy]
 _OPTIMIZER_DEFAULTS = {
@@ -756,7 +756,12 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
             why = "networks.lora skips parameters whose learning rate is 0"
         conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
     elif not unet_lr.value:
-        if not _train_db_frozen_unet(a, unet_lr, text_encoder, conv):
+        held = _train_db_unet_at_rate_zero(a, unet_lr, text_encoder, conv)
+        if held is None:
+            return
+        if held:
+            te = a["learning_rate_te"]
+            conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
@@ -775,11 +780,35 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
         conv.inert(lr, "unet_lr and text_encoder_lr take its place")
 
 
-def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion) -> bool:
+def _train_db_unet_at_rate_zero(
+    a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion
+) -> bool | None:
     """train_db.py with learning_rate 0: the U-Net is one optimizer group at rate 0 (its weights never move:
     every optimizer kohya offers scales its step and decoupled weight decay by the group's rate), the text
-    encoder a group at learning_rate_te. That is `train.denoiser = false`, except that kohya's gradient clip
-    also counts the U-Net's gradients, which dbspec does not compute. False: not expressible."""
+    encoder a group at learning_rate_te, and kohya's gradient clip counts the U-Net's gradients too. With
+    max_grad_norm > 0 that is dbspec's `optimizer.lr = 0` with the denoiser training (True: its gradients are
+    computed and clipped with the text encoder's, DBS229); with max_grad_norm = 0 the U-Net's gradients change
+    nothing, so `train.denoiser = false` is the same run, cheaper (False). None: not expressible."""
+    clip = a["max_grad_norm"]
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    own_step = kind in DADAPT_KINDS or kind in SCHEDULEFREE_KINDS or kind in ("prodigy", "came")
+    torch_schedule = bool(a["lr_scheduler_type"].value) if "lr_scheduler_type" in a else False
+    te = a["learning_rate_te"]
+    held = clip.value and text_encoder and te.value and not own_step and not torch_schedule
+    if held and not adafactor_relative_step(a):
+        why = (
+            "train_db.py steps the U-Net at learning rate 0: its weights never change, but its gradients "
+            f"count in the clip norm (max_grad_norm {clip.value})"
+        )
+        conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, comment=conv.comment(unet_lr, why))
+        return True
+    return _train_db_frozen_unet(a, unet_lr, text_encoder, conv)
+
+
+def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion) -> bool | None:
+    """train_db.py with learning_rate 0 as `train.denoiser = false` (False), exact with max_grad_norm = 0;
+    with a clip, where dbspec cannot hold the denoiser at rate 0 (D-Adaptation, Prodigy, schedule-free, a
+    torch scheduler: DBS200), a stated difference. None: not expressible."""
     te = a["learning_rate_te"]
     if not text_encoder or not te.value:
         conv.unsupported(
@@ -788,14 +817,14 @@ def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Co
             "learning_rate_te they share it, and a stopped text encoder leaves only the U-Net): a run that "
             "changes nothing",
         )
-        return False
+        return None
     if adafactor_relative_step(a):
         conv.unsupported(
             unet_lr,
             "Adafactor with relative_step ignores the groups' learning rates, so kohya trains the U-Net "
             "anyway; dbspec's relative-step Adafactor has one rate for every group",
         )
-        return False
+        return None
     clip = a["max_grad_norm"]
     why = "train_db.py steps the U-Net at learning rate 0: its weights never change"
     if clip.value:
@@ -804,13 +833,14 @@ def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Co
             f"{why}. kohya clips the gradients to max_grad_norm {clip.value} by their norm over the "
             "U-Net and the text encoder together (the U-Net's still count); dbspec computes no U-Net "
             "gradients and clips the text encoder's alone: equal updates while kohya's joint norm stays "
-            "below the limit (exact with max_grad_norm = 0)",
+            "below the limit (exact with max_grad_norm = 0; dbspec's optimizer.lr = 0, which keeps the "
+            "U-Net's gradients in the norm, refuses this optimizer or scheduler)",
             ("train", "denoiser"),
             False,
         )
     else:
         conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
-    return True
+    return False
 
 
 def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion) -> Legacy | None:
