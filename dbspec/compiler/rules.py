@@ -449,6 +449,7 @@ QUANTIZE_FORMATS = {
     "quanto": ("int8", "int4", "fp8"),
     "torchao": ("int8", "fp8"),  # weight-only; torchao's int4 weight-only kernels need CUDA (not offered)
     "bitsandbytes": ("nf4", "int8"),  # Linear4bit NF4 (QLoRA), Linear8bitLt (LLM.int8)
+    "cast": ("fp8",),  # kohya's fp8_base: a plain float8_e4m3fn cast, upcast at each use
 }
 
 

@@ -1,0 +1,68 @@
+"""The cast backend (kohya's --fp8_base): frozen weights stored as float8_e4m3fn by a plain cast, upcast at use.
+
+The expected outputs are computed here independently: each weight cast to float8_e4m3fn and back with
+`torch.Tensor.to`, then the functional op, as kohya's fp8 U-Net computes under autocast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dbspec.compiler.memory import CAST_BYTES
+from dbspec.runtime.quantize import is_quantized, quantize_frozen, quantized_bytes
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.test_quantize_backends import (
+    test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys as _resumes_bit_exact,
+)
+from tests.runtime.test_quantize_backends import (
+    test_lora_on_a_quantised_base_trains_and_only_the_adapter_moves as _trains,
+)
+
+FP8 = torch.float8_e4m3fn
+
+
+def _through_fp8(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.detach().clone().to(FP8).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_each_layer_computes_with_its_weights_cast_to_float8_and_back(dtype):
+    torch.manual_seed(0)
+    linear, conv, norm = torch.nn.Linear(16, 8), torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.GroupNorm(2, 4)
+    model = torch.nn.ModuleDict({"linear": linear, "conv": conv, "norm": norm}).to(dtype)
+    originals = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    report = quantize_frozen(model, "fp8", backend="cast")
+    assert report.layers == 3 and is_quantized(model)
+    stored = [p for p in model.parameters()]
+    assert stored and all(p.dtype == FP8 and not p.requires_grad for p in stored)
+    assert report.bytes_after * {torch.float32: 4, torch.bfloat16: 2}[dtype] == report.bytes_before
+    x = torch.randn(3, 16, dtype=dtype)
+    img = torch.randn(2, 4, 6, 6, dtype=dtype)
+    w = {k: _through_fp8(v, dtype) for k, v in originals.items()}
+    assert torch.equal(linear(x), F.linear(x, w["linear.weight"], w["linear.bias"]))
+    assert torch.equal(conv(img), F.conv2d(img, w["conv.weight"], w["conv.bias"], padding=1))
+    assert torch.equal(norm(img), F.group_norm(img, 2, w["norm.weight"], w["norm.bias"], norm.eps))
+    # the cast really rounds: the float weights give other outputs
+    assert not torch.equal(linear(x), F.linear(x, originals["linear.weight"], originals["linear.bias"]))
+
+
+def test_every_unet_layer_is_cast_and_text_encoder_embeddings_stay_float():
+    pipe = build_pipeline("builtin:tiny-sd1")
+    unet, text = pipe.unet, pipe.text_encoder
+    for module in (unet, text):
+        module.requires_grad_(False)
+        quantize_frozen(module, "fp8", backend="cast")
+    assert all(p.dtype == FP8 for p in unet.parameters())  # conv_in and conv_out too (kohya casts them)
+    kept = {n for n, p in text.named_parameters() if p.dtype != FP8}
+    assert kept and all("embeddings." in n for n in kept), kept
+    assert quantized_bytes(unet) == sum(p.numel() for p in unet.parameters()) * CAST_BYTES
+
+
+def test_a_lora_on_the_cast_base_trains_and_only_the_adapter_moves():
+    _trains("cast", "fp8")
+
+
+def test_a_cast_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_path):
+    _resumes_bit_exact(tmp_path, "cast", "fp8")
