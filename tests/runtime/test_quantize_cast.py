@@ -1,4 +1,5 @@
-"""The cast backend (kohya's --fp8_base): frozen weights stored as float8_e4m3fn by a plain cast, upcast at use.
+"""The cast backend (kohya's --fp8_base): frozen weights stored as float8_e4m3fn by a plain cast, upcast
+at each use.
 
 The expected outputs are computed here independently: each weight cast to float8_e4m3fn and back with
 `torch.Tensor.to`, then the functional op, as kohya's fp8 U-Net computes under autocast.
