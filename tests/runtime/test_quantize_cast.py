@@ -67,3 +67,36 @@ def test_a_lora_on_the_cast_base_trains_and_only_the_adapter_moves():
 
 def test_a_cast_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_path):
     _resumes_bit_exact(tmp_path, "cast", "fp8")
+
+
+CAST_LOCON = """
+[adapter]
+kind = "lora"
+rank = 2
+conv_rank = 2
+conv_alpha = 1.0
+
+[precision]
+quantize_denoiser = "fp8"
+quantize_backend = "cast"
+"""
+
+
+def test_lora_on_the_convolutions_of_a_cast_unet_trains_and_resumes_bit_exact(tmp_path):
+    """kohya's LoCon (networks.lora with conv_dim) over --fp8_base: peft LoRA convolutions on cast layers."""
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec, final_weights, write_spec
+
+    spec = write_spec(tmp_path, steps=4, extra=CAST_LOCON)
+    whole_plan = compile_spec(spec, ["output.dir=whole"])
+    assert whole_plan.adapter.conv_rank == 2
+    whole = execute(whole_plan, keep_models=True)
+    assert whole.status == "finished" and is_quantized(whole.components.unet)
+    trained = [n for n, p in whole.components.unet.named_parameters() if p.requires_grad]
+    assert any("conv" in n and "lora_A" in n for n in trained), trained
+    plan = compile_spec(spec, ["output.dir=parts"])
+    first = execute(plan, stop_after=2)
+    second = execute(plan, resume=True)
+    assert first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -70,3 +70,18 @@ def test_fp8_base_on_a_full_fine_tune_is_still_refused(tmp_path):
         "--resolution 512 --max_train_steps 10 --learning_rate 1e-6 --mixed_precision bf16 --fp8_base",
     )
     assert "DBS403" in codes(outcome) and fate(outcome, "fp8_base") == "unsupported"
+
+
+def test_fp8_base_with_kohya_locon_converts_and_plans(tmp_path):
+    """networks.lora with conv_dim (LoRA on the 3x3 convolutions) over kohya's fp8 U-Net: dbspec's LoRA
+    convolutions wrap the cast layers (DBS260 refuses them only over quanto/torchao/bitsandbytes)."""
+    outcome = expressible(
+        kohya_lora(
+            tmp_path,
+            "--mixed_precision fp16 --fp8_base --network_dim 8 --network_args conv_dim=4 conv_alpha=2",
+        ),
+        refused=("DBS402", "DBS403", "DBS404"),
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.conv_rank == 4 and plan.precision.quantize_backend == "cast"
+    assert _quantized(plan) == {"unet": "fp8", "text_encoder": "fp8"}
