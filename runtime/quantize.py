@@ -90,7 +90,8 @@ def quantize_frozen(
 
     `dtype` (optional) casts the module first; otherwise cast it yourself before calling. Call before
     adapters are attached. fnmatch patterns in `exclude` name submodules to leave in float; by default
-    DEFAULT_EXCLUDE, none for the cast backend (kohya's fp8_base casts every U-Net layer).
+    DEFAULT_EXCLUDE, none for the cast backend (kohya's fp8_base casts every U-Net layer). The cast backend
+    casts the weights as they are (kohya's single rounding from the loaded fp32) and reads them in `dtype`.
     """
     if exclude is None:
         exclude = () if backend == "cast" else DEFAULT_EXCLUDE
@@ -103,10 +104,13 @@ def quantize_frozen(
         )
     if any("lora_" in name for name, _ in module.named_modules()):
         raise ValueError("quantise the base weights before attaching LoRA adapters, not after")
-    if dtype is not None:
+    if dtype is not None and backend != "cast":
         module.to(dtype=dtype)
     before = quantized_bytes(module)
-    layers = backend_module(backend).quantize(module, kind, exclude)
+    if backend == "cast":
+        layers = backend_module(backend).quantize(module, kind, exclude, dtype)
+    else:
+        layers = backend_module(backend).quantize(module, kind, exclude)
     return QuantizeReport(
         kind=kind, backend=backend, layers=layers, bytes_before=before, bytes_after=quantized_bytes(module)
     )

@@ -31,7 +31,12 @@ class Upcast(torch.nn.Module):
         return stored.to(self.dtype)
 
 
-def quantize(module: torch.nn.Module, kind: str, exclude: Sequence[str]) -> int:
+def quantize(
+    module: torch.nn.Module, kind: str, exclude: Sequence[str], dtype: torch.dtype | None = None
+) -> int:
+    """Cast the weights as they are (kohya casts the fp32 weights it loaded straight to float8: one rounding,
+    not two through bf16) and read them in `dtype` (default: each weight's own dtype); the parameters and
+    buffers left alone (embeddings, `exclude`) are cast to `dtype`. Returns the number of layers cast."""
     if kind != "fp8":
         raise ValueError(f"the cast backend stores fp8 only, not {kind!r}")
     module.requires_grad_(False)
@@ -41,12 +46,20 @@ def quantize(module: torch.nn.Module, kind: str, exclude: Sequence[str]) -> int:
             continue
         own = [n for n, p in layer.named_parameters(recurse=False) if p.is_floating_point()]
         for pname in own:
-            dtype = getattr(layer, pname).dtype
+            read_as = dtype or getattr(layer, pname).dtype
             # the cast first: the parametrisation keeps what it is given as its `original`
             setattr(layer, pname, torch.nn.Parameter(getattr(layer, pname).detach().to(STORAGE), False))
-            parametrize.register_parametrization(layer, pname, Upcast(dtype), unsafe=True)
+            parametrize.register_parametrization(layer, pname, Upcast(read_as), unsafe=True)
             getattr(layer.parametrizations, pname).original.requires_grad_(False)
         layers += bool(own)
+    if (
+        dtype is not None
+    ):  # what stays in float takes the planned dtype (not `module.to`: it would upcast fp8)
+        for layer in module.modules():
+            for store in (layer._parameters, layer._buffers):
+                for t in store.values():
+                    if t is not None and t.is_floating_point() and t.dtype != STORAGE:
+                        t.data = t.data.to(dtype)
     return layers
 
 

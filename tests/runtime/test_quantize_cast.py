@@ -30,15 +30,17 @@ def _through_fp8(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_each_layer_computes_with_its_weights_cast_to_float8_and_back(dtype):
+    """fp32 weights (as loaded) cast straight to float8, read in `dtype` (the planned compute dtype)."""
     torch.manual_seed(0)
     linear, conv, norm = torch.nn.Linear(16, 8), torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.GroupNorm(2, 4)
-    model = torch.nn.ModuleDict({"linear": linear, "conv": conv, "norm": norm}).to(dtype)
+    model = torch.nn.ModuleDict({"linear": linear, "conv": conv, "norm": norm})
     originals = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    report = quantize_frozen(model, "fp8", backend="cast")
+    report = quantize_frozen(model, "fp8", backend="cast", dtype=dtype)
     assert report.layers == 3 and is_quantized(model)
     stored = [p for p in model.parameters()]
     assert stored and all(p.dtype == FP8 and not p.requires_grad for p in stored)
-    assert report.bytes_after * {torch.float32: 4, torch.bfloat16: 2}[dtype] == report.bytes_before
+    assert report.bytes_after * 4 == report.bytes_before
+    assert linear.weight.dtype == dtype
     x = torch.randn(3, 16, dtype=dtype)
     img = torch.randn(2, 4, 6, 6, dtype=dtype)
     w = {k: _through_fp8(v, dtype) for k, v in originals.items()}
@@ -46,7 +48,33 @@ def test_each_layer_computes_with_its_weights_cast_to_float8_and_back(dtype):
     assert torch.equal(conv(img), F.conv2d(img, w["conv.weight"], w["conv.bias"], padding=1))
     assert torch.equal(norm(img), F.group_norm(img, 2, w["norm.weight"], w["norm.bias"], norm.eps))
     # the cast really rounds: the float weights give other outputs
-    assert not torch.equal(linear(x), F.linear(x, originals["linear.weight"], originals["linear.bias"]))
+    unrounded = {k: v.to(dtype) for k, v in originals.items()}
+    assert not torch.equal(linear(x), F.linear(x, unrounded["linear.weight"], unrounded["linear.bias"]))
+
+
+def test_fp32_weights_are_rounded_once_straight_to_float8_as_kohya_casts_them():
+    """kohya casts the fp32 U-Net it loaded with `.to(float8_e4m3fn)`; rounding through bf16 first would
+    change about 3% of the weights (double rounding)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 256)
+    weight = layer.weight.detach().clone()
+    quantize_frozen(torch.nn.Sequential(layer), "fp8", backend="cast", dtype=torch.bfloat16)
+    assert torch.equal(layer.weight, weight.to(FP8).to(torch.bfloat16))
+    assert not torch.equal(layer.weight, weight.to(torch.bfloat16).to(FP8).to(torch.bfloat16))
+
+
+def test_equals_kohyas_fp8_module_under_autocast():
+    """kohya's own form, a module whose parameters are `.to(float8_e4m3fn)`, run under bf16 autocast (which
+    upcasts the fp8 weight inside the op), gives the cast backend's output under the same autocast."""
+    import copy
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16)
+    kohya = copy.deepcopy(layer).to(FP8)
+    quantize_frozen(torch.nn.Sequential(layer), "fp8", backend="cast", dtype=torch.bfloat16)
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(x), kohya(x))
 
 
 def test_every_unet_layer_is_cast_and_text_encoder_embeddings_stay_float():
@@ -54,10 +82,10 @@ def test_every_unet_layer_is_cast_and_text_encoder_embeddings_stay_float():
     unet, text = pipe.unet, pipe.text_encoder
     for module in (unet, text):
         module.requires_grad_(False)
-        quantize_frozen(module, "fp8", backend="cast")
+        quantize_frozen(module, "fp8", backend="cast", dtype=torch.bfloat16)
     assert all(p.dtype == FP8 for p in unet.parameters())  # conv_in and conv_out too (kohya casts them)
-    kept = {n for n, p in text.named_parameters() if p.dtype != FP8}
-    assert kept and all("embeddings." in n for n in kept), kept
+    kept = {n: p.dtype for n, p in text.named_parameters() if p.dtype != FP8}
+    assert kept and all("embeddings." in n and d == torch.bfloat16 for n, d in kept.items()), kept
     assert quantized_bytes(unet) == sum(p.numel() for p in unet.parameters()) * CAST_BYTES
 
 
