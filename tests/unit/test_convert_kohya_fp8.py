@@ -6,6 +6,8 @@ kohya's train_network.py casts the frozen U-Net to float8_e4m3fn with either fla
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.convert_kit import (
     SD15,
     SDXL,
@@ -41,19 +43,28 @@ def test_fp8_base_casts_the_unet_and_the_text_encoder_without_a_stated_differenc
     assert plan.memory.weights < plain.memory.weights
 
 
-def test_fp8_base_unet_on_sdxl_casts_the_unet_only(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "text_encoders"),
+    [
+        ("--fp8_base --fp8_base_unet --cache_text_encoder_outputs", "none"),
+        ("--fp8_base --fp8_base_unet", "none"),  # fp8_base_unet: kohya keeps the text encoders in bf16
+        ("--fp8_base --cache_text_encoder_outputs", "none"),  # cached: kohya's text encoders wait on the CPU
+        ("--fp8_base", "fp8"),
+    ],
+)
+def test_fp8_base_on_sdxl_casts_the_text_encoders_where_kohya_does(tmp_path, flags, text_encoders):
     images(tmp_path / "x" / "8_ohwx", 3, (1024, 1024))
     outcome = kohya(
         tmp_path,
         command=f"""sdxl_train_network.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x \
         --resolution=1024 --network_module=networks.lora --network_dim=16 --network_train_unet_only \
-        --cache_text_encoder_outputs --learning_rate=1e-4 --max_train_steps=100 --mixed_precision=bf16 \
-        --fp8_base --fp8_base_unet --output_dir={tmp_path}/out""",
+        --learning_rate=1e-4 --max_train_steps=100 --mixed_precision=bf16 {flags} \
+        --output_dir={tmp_path}/out""",
     )
     assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
     plan = plan_of(outcome, tmp_path)
     assert plan.precision.quantize_backend == "cast"
-    assert _quantized(plan) == {"unet": "fp8", "text_encoder": "none", "text_encoder_2": "none"}
+    assert _quantized(plan) == {"unet": "fp8", "text_encoder": text_encoders, "text_encoder_2": text_encoders}
 
 
 def test_fp8_base_without_mixed_precision_is_refused_as_kohya_asserts(tmp_path):

@@ -251,7 +251,10 @@ def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
     unet_only = "fp8_base_unet" in a and a["fp8_base_unet"].value
     for legacy in given:
         conv.mapped(legacy, ("precision", "quantize_denoiser"), "fp8")
-    if not unet_only:  # kohya keeps the text encoders in the mixed dtype with --fp8_base_unet
+    # kohya keeps the text encoders in the mixed dtype with --fp8_base_unet; sdxl_train_network.py's cached
+    # text encoders wait on the CPU in fp32, which its fp8 cast skips
+    cached = "cache_text_encoder_outputs" in a and a["cache_text_encoder_outputs"].value
+    if not unet_only and not cached:
         conv.put(("precision", "quantize_text_encoder"), "fp8", conv.comment(a["fp8_base"]))
     conv.put(("precision", "quantize_backend"), "cast", conv.comment(given[0]))
 
