@@ -128,3 +128,45 @@ def test_lora_on_the_convolutions_of_a_cast_unet_trains_and_resumes_bit_exact(tm
     assert first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _stored(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The float8 tensors a cast module stores, under the plain module's parameter names."""
+    out = {}
+    for name, p in module.named_parameters():
+        if p.dtype == FP8:
+            plain = (
+                name.replace(".base_layer", "").replace(".parametrizations.", ".").replace(".original", "")
+            )
+            out[plain] = p.detach()
+    return out
+
+
+def test_a_bf16_run_casts_the_unet_from_fp32_and_the_text_encoder_from_bf16_as_kohya_does(tmp_path):
+    """kohya's fp8_base: `unet.to(float8)` on the U-Net as loaded (fp32), the text encoders after they were
+    moved to the device in the mixed dtype (bf16 here), so their weights are rounded twice."""
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    extra = (
+        '[adapter]\nkind = "lora"\nrank = 2\n[precision]\nquantize_denoiser = "fp8"\n'
+        'quantize_text_encoder = "fp8"\nquantize_backend = "cast"\n'
+    )
+    plan = compile_spec(write_spec(tmp_path, steps=1, extra=extra), ["precision.mixed=bf16"])
+    assert {c.name: (c.dtype, c.quantized) for c in plan.precision.components if c.name != "vae"} == {
+        "unet": ("bf16", "fp8"),
+        "text_encoder": ("bf16", "fp8"),
+    }
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    fresh = build_pipeline("builtin:tiny-sd1")
+    unet, text = _stored(result.components.unet), _stored(result.components.text_encoders[0])
+    plain_unet = dict(fresh.unet.named_parameters())
+    assert unet.keys() == plain_unet.keys()
+    assert all(torch.equal(unet[k].float(), plain_unet[k].detach().to(FP8).float()) for k in unet)
+    plain_text = dict(fresh.text_encoder.named_parameters())
+    assert text and all(
+        torch.equal(text[k].float(), plain_text[k].detach().to(torch.bfloat16).to(FP8).float()) for k in text
+    )
+    # after a step the frozen base is still the cast of the fresh weights (above), read in bf16
+    assert result.components.unet.conv_in.weight.dtype == torch.bfloat16
