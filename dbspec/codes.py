@@ -623,7 +623,8 @@ weights are updated (stochastic rounding, or kohya's round-to-nearest), so with 
         """\
 `precision.quantize_denoiser` or `quantize_text_encoder` names a format that `precision.quantize_backend` does
 not offer: quanto makes int8, int4 and fp8; torchao int8 and fp8 (weight-only); bitsandbytes nf4 and int8
-(LLM.int8). See docs/memory.md, "Quantisation backends".""",
+(LLM.int8); cast fp8 only (kohya's fp8_base: plain float8_e4m3fn storage). See docs/memory.md,
+"Quantisation backends".""",
     ),
     Code(
         "DBS248",
@@ -745,7 +746,8 @@ Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha
 would be scaled to nothing) or with no `conv_targets`; a module named both in `denoiser_targets` and in
 `conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
 divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
-cannot run on a quantised layer; LoHa and LoKr can).""",
+cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
+wraps them).""",
     ),
     Code(
         "DBS261",
@@ -1226,7 +1228,7 @@ there.""",
         "A quantisation backend on a device it does not run on",
         """\
 `precision.quantize_backend` names a library that does not run on the target device: torchao and bitsandbytes
-run on CUDA and the CPU; quanto also on MPS.""",
+run on CUDA and the CPU; quanto and cast also on MPS.""",
     ),
     Code(
         "DBS319",
@@ -1391,7 +1393,8 @@ fp16 mixed precision on the CPU (warning).""",
         ERROR,
         "fp8 quantisation below CUDA compute capability 8.9",
         """\
-fp8 quantisation on a target below CUDA compute capability 8.9.""",
+fp8 quantisation on a target below CUDA compute capability 8.9 (with quanto or torchao; the cast backend
+stores fp8 and computes in the planned dtype, so it runs anywhere).""",
     ),
     Code(
         "DBS343",

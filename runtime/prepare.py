@@ -41,12 +41,22 @@ def _prepare(
     module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...], seed: int
 ) -> list:
     comp = next(c for c in plan.precision.components if c.name == name)
-    # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
-    module.to(device, dtype=to_dtype(comp.dtype))
-    if comp.quantized != "none":
+    backend = plan.precision.quantize_backend
+    if comp.quantized != "none" and backend == "cast" and name == "unet":
+        from dbspec.runtime.quantize import quantize_frozen
+
+        # kohya's fp8_base casts the U-Net as loaded (fp32) straight to float8 (one rounding, not two through
+        # the planned dtype); its text encoders it casts after moving them to the device in the mixed dtype
+        # (the general path below). The weights are read, and the rest held, in the planned dtype.
+        module.to(device)
+        quantize_frozen(module, comp.quantized, backend=backend, dtype=to_dtype(comp.dtype))
+    else:
+        # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
+        module.to(device, dtype=to_dtype(comp.dtype))
+    if comp.quantized != "none" and not (backend == "cast" and name == "unet"):
         from dbspec.runtime.quantize import quantize_frozen  # a backend's library only when quantising
 
-        quantize_frozen(module, comp.quantized, backend=plan.precision.quantize_backend)
+        quantize_frozen(module, comp.quantized, backend=backend)
     if comp.trainable == "lora":
         adapters.add_lora(
             module, plan.adapter, targets, seed, conv=name == family_spec(plan.model.family).denoiser

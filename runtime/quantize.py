@@ -4,6 +4,8 @@
     quanto         quantize_quanto.py     int8, int4, fp8       Linear, Conv2d   (deprecated upstream: DBS248)
     torchao        quantize_torchao.py    int8, fp8             Linear           (weight-only)
     bitsandbytes   quantize_bnb.py        nf4, int8             Linear           (Linear4bit, Linear8bitLt)
+    cast           quantize_cast.py       fp8                   every layer but Embedding (kohya's fp8_base:
+                                                                a plain float8_e4m3fn cast, upcast at use)
 
 The plan settles the backend (`precision.quantize_backend`) and each component's format; the compiler refuses
 a format its backend does not make (DBS247), a backend on a device it does not run on (DBS318) and fp8 below
@@ -34,8 +36,14 @@ BACKENDS = {
     "quanto": ("dbspec.runtime.quantize_quanto", "optimum.quanto"),
     "torchao": ("dbspec.runtime.quantize_torchao", "torchao"),
     "bitsandbytes": ("dbspec.runtime.quantize_bnb", "bitsandbytes"),
+    "cast": ("dbspec.runtime.quantize_cast", "torch"),
 }
-FORMATS = {"quanto": ("int8", "int4", "fp8"), "torchao": ("int8", "fp8"), "bitsandbytes": ("nf4", "int8")}
+FORMATS = {
+    "quanto": ("int8", "int4", "fp8"),
+    "torchao": ("int8", "fp8"),
+    "bitsandbytes": ("nf4", "int8"),
+    "cast": ("fp8",),
+}
 # First and last convolutions of a UNet: tiny, and the most sensitive to rounding (no-ops on text encoders).
 DEFAULT_EXCLUDE: tuple[str, ...] = ("conv_in", "conv_out")
 
@@ -75,14 +83,18 @@ def quantize_frozen(
     kind: str,
     *,
     backend: str = "quanto",
-    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    exclude: Sequence[str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> QuantizeReport:
     """Quantise the weights of frozen `module` in place with `backend` in format `kind`, frozen.
 
     `dtype` (optional) casts the module first; otherwise cast it yourself before calling. Call before
-    adapters are attached. fnmatch patterns in `exclude` name submodules to leave in float.
+    adapters are attached. fnmatch patterns in `exclude` name submodules to leave in float; by default
+    DEFAULT_EXCLUDE, none for the cast backend (kohya's fp8_base casts every U-Net layer). The cast backend
+    casts the weights as they are (kohya's single rounding from the loaded fp32) and reads them in `dtype`.
     """
+    if exclude is None:
+        exclude = () if backend == "cast" else DEFAULT_EXCLUDE
     if backend not in FORMATS:
         raise ValueError(f"unknown quantisation backend {backend!r}; expected one of {', '.join(FORMATS)}")
     if kind not in FORMATS[backend]:
@@ -92,10 +104,13 @@ def quantize_frozen(
         )
     if any("lora_" in name for name, _ in module.named_modules()):
         raise ValueError("quantise the base weights before attaching LoRA adapters, not after")
-    if dtype is not None:
+    if dtype is not None and backend != "cast":
         module.to(dtype=dtype)
     before = quantized_bytes(module)
-    layers = backend_module(backend).quantize(module, kind, exclude)
+    if backend == "cast":
+        layers = backend_module(backend).quantize(module, kind, exclude, dtype)
+    else:
+        layers = backend_module(backend).quantize(module, kind, exclude)
     return QuantizeReport(
         kind=kind, backend=backend, layers=layers, bytes_before=before, bytes_after=quantized_bytes(module)
     )

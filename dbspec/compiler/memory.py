@@ -49,6 +49,9 @@ UNQUANTIZED_SHARE = {"unet": 0.01, "text_encoder": 0.31, "text_encoder_2": 0.10,
 # torchao and bitsandbytes quantise Linear layers only: a denoiser's convolutions stay in float too, the
 # family's `non_linear_denoiser_share` (dbspec/families.py).
 LINEAR_ONLY_BACKENDS = ("torchao", "bitsandbytes")
+# The cast backend (kohya's fp8_base): every weight, bias and norm a plain float8_e4m3fn, 1 byte and no scale;
+# only embeddings (a text encoder's) stay in the held dtype.
+CAST_BYTES = 1.0
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq, fp32
     "radam": 8,  # exp_avg + exp_avg_sq, fp32 (torch RAdam)
@@ -365,13 +368,17 @@ def _weight_bytes(
         return component.params * held
     share = UNQUANTIZED_SHARE[component.name] if component.name in UNQUANTIZED_SHARE else 0.0
     kept = "embeddings, norms and biases"
+    stored = QUANTIZED_BYTES[component.quantized]
     if backend in LINEAR_ONLY_BACKENDS and component.name == "unet" and family:
         share = max(share, family_spec(family).non_linear_denoiser_share)
         kept = "convolutions, norms and biases"
-    per_param = (1 - share) * QUANTIZED_BYTES[component.quantized] + share * held
+    if backend == "cast":
+        stored, kept = CAST_BYTES, "embeddings"
+        share = 0.0 if component.name == "unet" else share
+    per_param = (1 - share) * stored + share * held
     notes.append(
         f"{component.name} {component.quantized} ({backend}): "
-        f"{QUANTIZED_BYTES[component.quantized]:.2f} bytes "
+        f"{stored:.2f} bytes "
         f"per quantised weight including scales; {kept} (~{share:.0%}) stay {component.dtype}"
     )
     return int(component.params * per_param)

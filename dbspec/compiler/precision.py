@@ -45,7 +45,8 @@ def resolve_mixed(ctx: Context) -> tuple[str, str]:
 
 
 def _check_quantization(ctx: Context, key: str, kind: str) -> None:
-    if kind != "fp8":
+    # the cast backend's fp8 is storage only (upcast before each use): it needs no fp8 kernels
+    if kind != "fp8" or ctx.spec.precision.quantize_backend == "cast":
         return
     env = ctx.env
     cc = tuple(int(x) for x in env.compute_capability.split(".")) if env.compute_capability else (0, 0)
@@ -65,6 +66,7 @@ BACKEND_DEVICES = {
     "quanto": ("cuda", "cpu", "mps"),
     "torchao": ("cuda", "cpu"),
     "bitsandbytes": ("cuda", "cpu"),
+    "cast": ("cuda", "cpu", "mps"),  # only dtype casts: no fp8 kernels
 }
 
 

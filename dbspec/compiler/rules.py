@@ -449,6 +449,7 @@ QUANTIZE_FORMATS = {
     "quanto": ("int8", "int4", "fp8"),
     "torchao": ("int8", "fp8"),  # weight-only; torchao's int4 weight-only kernels need CUDA (not offered)
     "bitsandbytes": ("nf4", "int8"),  # Linear4bit NF4 (QLoRA), Linear8bitLt (LLM.int8)
+    "cast": ("fp8",),  # kohya's fp8_base: a plain float8_e4m3fn cast, upcast at each use
 }
 
 
@@ -924,14 +925,16 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             f"{both[0]!r} is in both denoiser_targets and conv_targets: a module gets one rank",
             "keep each module name in one of the two lists",
         )
-    if a.kind == "lora" and a.conv_rank and spec.precision.quantize_denoiser != "none":
+    # the cast backend's layers read an upcast float weight: peft's LoRA convolution wraps them as they are
+    p = spec.precision
+    if a.kind == "lora" and a.conv_rank and p.quantize_denoiser != "none" and p.quantize_backend != "cast":
         yield _err(
             "DBS260",
             ("precision", "quantize_denoiser"),
             f"LoRA on convolutions (conv_rank {a.conv_rank}) cannot wrap a quantised denoiser: peft's LoRA "
             "convolution calls the quantised layer's weight directly",
-            'set quantize_denoiser = "none", conv_rank = 0, or use kind = "loha" / "lokr" '
-            "(they wrap quantised convolutions)",
+            'set quantize_denoiser = "none", conv_rank = 0, quantize_backend = "cast" (plain fp8 storage), '
+            'or use kind = "loha" / "lokr" (they wrap quantised convolutions)',
         )
     if a.kind == "lokr" and a.factor == 0:
         yield _err(

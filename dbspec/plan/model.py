@@ -596,7 +596,7 @@ class PrecisionPlan:
     # (precision.weights_rounding = "nearest", kohya's), the optimizer steps the bf16 parameters directly.
     stochastic_rounding: bool
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
-    quantize_backend: Literal["quanto", "torchao", "bitsandbytes"] = "quanto"
+    quantize_backend: Literal["quanto", "torchao", "bitsandbytes", "cast"] = "quanto"
     compile: CompilePlan | None = None  # torch.compile of the trained networks; None: eager
 
 

@@ -20,7 +20,7 @@ SPEC_VERSION = 2  # 2: the trained network is the denoiser (train.unet -> train.
 Family = Literal["auto", ModelFamily]  # the registry's families (dbspec/families.py), or detect
 Prediction = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
 Quantization = Literal["none", "int8", "int4", "fp8", "nf4"]
-QuantizeBackend = Literal["quanto", "torchao", "bitsandbytes"]
+QuantizeBackend = Literal["quanto", "torchao", "bitsandbytes", "cast"]
 frozen = attrs.frozen(kw_only=True)
 
 
@@ -1354,8 +1354,10 @@ class Precision:
         "quanto",
         doc="Library that quantises the frozen base: quanto (optimum-quanto: int8, int4, fp8; deprecated "
         "upstream), torchao (int8, fp8 weight-only) or bitsandbytes (nf4, int8 as LLM.int8). fp8 needs a "
-        "CUDA GPU of compute capability >= 8.9. torchao and bitsandbytes quantise Linear layers only "
-        "(convolutions stay in float). See docs/memory.md.",
+        "CUDA GPU of compute capability >= 8.9 (but with cast). torchao and bitsandbytes quantise Linear "
+        "layers only (convolutions stay in float). cast (fp8 only; kohya's fp8_base): every weight stored as "
+        "float8_e4m3fn by a plain cast (no scale) and upcast to the compute dtype at each use; runs on every "
+        "device, embeddings stay in float. See docs/memory.md.",
     )
     gradient_checkpointing: bool = option(
         False, doc="Recompute activations in the backward pass to save memory."

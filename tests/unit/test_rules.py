@@ -429,6 +429,13 @@ CASES = [
         [("DBS260", "error", ("precision", "quantize_denoiser"))],
         '[adapter]\nkind = "loha"\nconv_rank = 4\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
     ),
+    (  # the cast backend (kohya's fp8_base) reads float weights: LoRA on its convolutions is fine
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_denoiser = "fp8"\n' + DOG + STEPS,
+        [("DBS260", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_denoiser = "fp8"\n'
+        'quantize_backend = "cast"\n' + DOG + STEPS,
+    ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nfactor = 0\n' + DOG + STEPS,

@@ -227,17 +227,36 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             conv.inert(a[key], "train_db.py ignores --full_bf16")
         elif a[key].value:
             _map_full_half(a, script, key, lora, conv)
-    for key in ("fp8_base", "fp8_base_unet"):
-        if key in a and a[key].value and lora:
-            conv.differs(
-                a[key],
-                "kohya stores the frozen U-Net in float8_e4m3fn and upcasts per layer; dbspec "
-                "quantises it to fp8 with optimum-quanto",
-                ("precision", "quantize_denoiser"),
-                "fp8",
-            )
-        elif key in a and a[key].value:
-            conv.unsupported(a[key], "an fp8 base is only for LoRA runs in dbspec")
+    _map_fp8_base(a, lora, conv)
+
+
+def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
+    """kohya's --fp8_base / --fp8_base_unet: the frozen U-Net (with --fp8_base alone, the text encoders too,
+    their embeddings left alone) cast to float8_e4m3fn, upcast at each use under autocast: backend cast."""
+    given = [a[k] for k in ("fp8_base", "fp8_base_unet") if k in a and a[k].value]
+    if not given:
+        return
+    if not lora:
+        for legacy in given:
+            conv.unsupported(legacy, "an fp8 base is only for LoRA runs in dbspec")
+        return
+    if a["mixed_precision"].value == "no":
+        conv.invalid(
+            given[0].key,
+            True,
+            given[0].source,
+            "kohya asserts an fp8 base runs with mixed_precision fp16 or bf16",
+        )
+        return
+    unet_only = "fp8_base_unet" in a and a["fp8_base_unet"].value
+    for legacy in given:
+        conv.mapped(legacy, ("precision", "quantize_denoiser"), "fp8")
+    # kohya keeps the text encoders in the mixed dtype with --fp8_base_unet; sdxl_train_network.py's cached
+    # text encoders wait on the CPU in fp32, which its fp8 cast skips
+    cached = "cache_text_encoder_outputs" in a and a["cache_text_encoder_outputs"].value
+    if not unet_only and not cached:
+        conv.put(("precision", "quantize_text_encoder"), "fp8", conv.comment(a["fp8_base"]))
+    conv.put(("precision", "quantize_backend"), "cast", conv.comment(given[0]))
 
 
 def _map_full_half(a: Args, script: str, key: str, lora: bool, conv: Conversion) -> None:
