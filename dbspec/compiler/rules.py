@@ -1699,26 +1699,12 @@ def pivotal_stop_beyond_run(spec: Spec, given: Given, total_steps: int) -> Itera
 
 
 # --- environment rules: they need the target ----------------------------------------------------------------
-BITSANDBYTES_OPTIMIZERS = (
-    "adamw8bit",
-    "paged_adamw",
-    "paged_adamw8bit",
-    "ademamix",
-    "ademamix8bit",
-    "paged_ademamix",
-    "paged_ademamix8bit",
-    "lion8bit",
-    "paged_lion",
-    "paged_lion8bit",
-)
-
-
 @rule("environment")
 def adamw8bit_needs_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
     # bitsandbytes >= 0.45 has a CPU backend: AdamW8bit runs there (tests/runtime/test_quantize_backends.py),
     # and the paged ones too, unpaged (tests/runtime/test_paged_optimizers.py).
     kind = spec.optimizer.kind
-    if kind in BITSANDBYTES_OPTIMIZERS and env.device not in ("cuda", "cpu"):
+    if kind in BNB_OPTIMIZER_KINDS and env.device not in ("cuda", "cpu"):
         yield _err(
             "DBS343",
             ("optimizer", "kind"),
