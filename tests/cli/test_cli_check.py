@@ -208,7 +208,7 @@ def test_explain_shows_type_default_doc_and_example():
     assert result.exit_code == 0
     out = result.stdout
     assert out.startswith("optimizer.lr\n")
-    assert "  type:    number\n" in out and "  default: 2e-06\n" in out and "  bounds:  > 0\n" in out
+    assert "  type:    number\n" in out and "  default: 2e-06\n" in out and "  bounds:  >= 0\n" in out
     assert "Learning rate." in out
     assert "  example:\n    [optimizer]\n    lr = " in out
 
