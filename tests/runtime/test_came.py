@@ -12,6 +12,7 @@ from came_pytorch import CAME
 from dbspec.runtime.checkpoints import latest_checkpoint, load_state
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import make_optimizer, param_groups
+from tests.runtime.optim_kit import same, step_alike
 from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
 
 CAME_SPEC = [
@@ -34,20 +35,6 @@ def _params() -> list[torch.nn.Parameter]:
     ]
 
 
-def _steps(optimizers: list, params: list[list], n: int = 6) -> None:
-    g = torch.Generator().manual_seed(1)
-    for _ in range(n):
-        grads = [torch.randn(p.shape, generator=g) for p in params[0]]
-        for optimizer, ps in zip(optimizers, params, strict=True):
-            for p, grad in zip(ps, grads, strict=True):
-                p.grad = grad.clone()
-            optimizer.step()
-
-
-def _same(a: list, b: list) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-
-
 def test_came_steps_as_the_came_kohya_builds(tmp_path):
     plan = compile_spec(write_spec(tmp_path, steps=2), CAME_SPEC)
     o = plan.optimizer
@@ -64,9 +51,9 @@ def test_came_steps_as_the_came_kohya_builds(tmp_path):
         theirs, lr=1e-3, betas=(0.8, 0.99, 0.999), eps=(1e-29, 1e-15), clip_threshold=0.5, weight_decay=0.02
     )
     default = CAME(plain, lr=1e-3)
-    _steps([optimizer, reference, default], [ours, theirs, plain])
-    assert _same(ours, theirs) and not _same(ours, plain)  # the arguments change the updates
-    assert not _same(ours, _params())  # it stepped
+    step_alike([optimizer, reference, default], [ours, theirs, plain])
+    assert same(ours, theirs) and not same(ours, plain)  # the arguments change the updates
+    assert not same(ours, _params())  # it stepped
     state = optimizer.state[ours[1]]
     assert state["step"] == 6 and "exp_avg_res_row" in state and "exp_avg_sq" in optimizer.state[ours[2]]
 
@@ -78,8 +65,8 @@ def test_came_defaults_are_cames_own(tmp_path):
     ours, theirs = _params(), _params()
     optimizer = make_optimizer(param_groups(ours, [], o), o)
     reference = CAME(theirs, lr=1e-4, weight_decay=o.weight_decay)
-    _steps([optimizer, reference], [ours, theirs])
-    assert _same(ours, theirs) and o.weight_decay == 1e-2
+    step_alike([optimizer, reference], [ours, theirs])
+    assert same(ours, theirs) and o.weight_decay == 1e-2
 
 
 def test_came_steps_each_group_at_its_rate(tmp_path):
@@ -96,8 +83,8 @@ def test_came_steps_each_group_at_its_rate(tmp_path):
     reference = CAME(
         [{"params": theirs[:2], "lr": 1e-3}, {"params": theirs[2:], "lr": 2e-4}], lr=1e-3, **kwargs
     )
-    _steps([optimizer, reference], [ours, theirs])
-    assert _same(ours, theirs)
+    step_alike([optimizer, reference], [ours, theirs])
+    assert same(ours, theirs)
 
 
 def test_a_came_run_resumes_bit_exact_from_its_checkpoint(tmp_path):

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import inspect
 import io
-from pathlib import Path
 
 import attrs
 import pytest
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from dbspec.compiler.memory import OPTIMIZER_STATE_BYTES
 from dbspec.plan.summary import render_summary
@@ -22,7 +20,8 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.imports import unused_libraries
 from dbspec.runtime.optim import make_optimizer, param_groups
 from dbspec.runtime.rounding import with_stochastic_rounding
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.optim_kit import same, step_alike
+from tests.runtime.runspec import compile_spec, final_weights, write_spec
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -42,26 +41,6 @@ def _params() -> list[torch.nn.Parameter]:
         torch.nn.Parameter(torch.randn(64, 80, generator=g)),  # 5120 elements: 8-bit state in bitsandbytes
         torch.nn.Parameter(torch.randn(3, generator=g)),  # under min_8bit_size: 32-bit state
     ]
-
-
-def _steps(optimizers: list, params: list[list], n: int = 6) -> None:
-    g = torch.Generator().manual_seed(1)
-    for _ in range(n):
-        grads = [torch.randn(p.shape, generator=g) for p in params[0]]
-        for optimizer, ps in zip(optimizers, params, strict=True):
-            for p, grad in zip(ps, grads, strict=True):
-                p.grad = grad.clone()
-            optimizer.step()
-
-
-def _same(a: list, b: list) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-
-
-def _weights(final: str) -> dict:
-    return {
-        f"{p.name}/{k}": v for p in Path(final).rglob("*.safetensors") for k, v in load_file(str(p)).items()
-    }
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -85,14 +64,14 @@ def test_each_lion_kind_steps_as_the_bitsandbytes_class_kohya_builds(tmp_path, k
     reference = KINDS[kind](theirs, lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1)
     plain = UNPAGED[kind](unpaged, lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1)
     lion = make_optimizer(param_groups(pytorch_lion, [], o), attrs.evolve(o, kind="lion"))  # lion_pytorch
-    _steps([optimizer, reference, plain, lion], [ours, theirs, unpaged, pytorch_lion])
-    assert _same(ours, theirs) and not _same(ours, _params())
-    assert _same(ours, unpaged)  # paging changes where the state lives, not the update
+    step_alike([optimizer, reference, plain, lion], [ours, theirs, unpaged, pytorch_lion])
+    assert same(ours, theirs) and not same(ours, _params())
+    assert same(ours, unpaged)  # paging changes where the state lives, not the update
     state = optimizer.state[ours[0]]
     assert state["state1"].dtype == (torch.uint8 if kind.endswith("8bit") else torch.float32)
     assert optimizer.state[ours[1]]["state1"].dtype == torch.float32  # under 4096 elements
     if kind.endswith("8bit"):  # the 8-bit moment is not lion_pytorch's fp32 one (why it was a DBS404)
-        assert not _same(ours, pytorch_lion)
+        assert not same(ours, pytorch_lion)
 
 
 def test_the_memory_estimate_counts_the_8bit_state_bitsandbytes_keeps():
@@ -122,8 +101,8 @@ def test_the_per_parameter_step_of_bf16_weights_equals_one_step_over_all(kind):
     ours, theirs = _params(), _params()
     wrapped = with_stochastic_rounding(KINDS[kind](ours, lr=1e-3, betas=(0.95, 0.98)), 0, torch.device("cpu"))
     whole = KINDS[kind](theirs, lr=1e-3, betas=(0.95, 0.98))
-    _steps([wrapped, whole], [ours, theirs])
-    assert _same(ours, theirs) and not _same(ours, _params())
+    step_alike([wrapped, whole], [ours, theirs])
+    assert same(ours, theirs) and not same(ours, _params())
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -137,7 +116,7 @@ def test_a_lion_run_trains_and_resumes_bit_exact(tmp_path, kind):
     assert first.status == "interrupted" and first.steps == 2
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     state = torch.load(next((tmp_path / "parts").rglob("training_state.pt")), weights_only=True)
     # bitsandbytes' state_dict nests its tensors under one key per parameter
@@ -157,7 +136,7 @@ def test_a_bf16_weights_lion8bit_run_trains_and_resumes_bit_exact(tmp_path):
     first = execute(plan, stop_after=2)
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _weights(whole.final), _weights(second.final)
+    a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

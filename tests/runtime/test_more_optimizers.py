@@ -14,6 +14,7 @@ from transformers.optimization import Adafactor
 
 from dbspec.runtime.execute import execute
 from dbspec.runtime.optim import averaged_weights, make_optimizer, param_groups
+from tests.runtime.optim_kit import same, step_alike
 from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
 
 
@@ -23,20 +24,6 @@ def _params() -> list[torch.nn.Parameter]:
         torch.nn.Parameter(torch.randn(64, 80, generator=g)),  # 5120 elements: 8-bit state in bitsandbytes
         torch.nn.Parameter(torch.randn(3, generator=g)),
     ]
-
-
-def _steps(optimizers: list, params: list[list], n: int = 6) -> None:
-    g = torch.Generator().manual_seed(1)
-    for _ in range(n):
-        grads = [torch.randn(p.shape, generator=g) for p in params[0]]
-        for optimizer, ps in zip(optimizers, params, strict=True):
-            for p, grad in zip(ps, grads, strict=True):
-                p.grad = grad.clone()
-            optimizer.step()
-
-
-def _same(a: list, b: list) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _resumes_bit_exact(tmp_path, overrides: list[str], extra: str = "") -> None:
@@ -89,8 +76,8 @@ def test_adafactor_arguments_reach_transformers_adafactor(tmp_path):
         weight_decay=o.weight_decay,
     )
     default = Adafactor(plain, lr=1e-3, relative_step=False, weight_decay=o.weight_decay)
-    _steps([optimizer, reference, default], [ours, theirs, plain])
-    assert _same(ours, theirs) and not _same(ours, plain)  # the arguments change the updates
+    step_alike([optimizer, reference, default], [ours, theirs, plain])
+    assert same(ours, theirs) and not same(ours, plain)  # the arguments change the updates
     assert "exp_avg" in optimizer.state[ours[0]]  # beta1: a first moment
 
 
@@ -127,8 +114,8 @@ def test_each_ademamix_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     reference = ADEMAMIX[kind](
         theirs, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=8.0, t_alpha=4, t_beta3=5, weight_decay=0.0
     )
-    _steps([optimizer, reference], [ours, theirs])
-    assert _same(ours, theirs) and not _same(ours, _params())
+    step_alike([optimizer, reference], [ours, theirs])
+    assert same(ours, theirs) and not same(ours, _params())
     state = optimizer.state[ours[0]]
     assert state["state1"].dtype == (torch.uint8 if kind.endswith("8bit") else torch.float32)
 
@@ -163,15 +150,15 @@ def test_each_schedulefree_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     # kohya: cls(params, lr=lr, **optimizer_args), then optimizer.train()
     reference = cls(theirs, lr=1e-3, weight_decay=o.weight_decay, r=0.5, **kwargs)
     reference.train()
-    _steps([optimizer, reference], [ours, theirs])
-    assert _same(ours, theirs)
+    step_alike([optimizer, reference], [ours, theirs])
+    assert same(ours, theirs)
     # eval mode: the averaged weights (as kohya's optimizer_eval_fn before sampling and saving), then back
     training = [p.detach().clone() for p in ours]
     with averaged_weights(optimizer, o):
         reference.eval()
-        assert _same(ours, theirs) and not _same(ours, training)
+        assert same(ours, theirs) and not same(ours, training)
     reference.train()
-    assert _same(ours, theirs)
+    assert same(ours, theirs)
 
 
 @pytest.mark.parametrize("kind", list(SCHEDULEFREE))
@@ -203,6 +190,6 @@ def test_radam_steps_as_torch_radam_and_resumes_bit_exact(tmp_path):
     optimizer = make_optimizer(param_groups(ours, [], o), o)
     assert type(optimizer) is torch.optim.RAdam
     reference = torch.optim.RAdam(theirs, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
-    _steps([optimizer, reference], [ours, theirs])
-    assert _same(ours, theirs) and not _same(ours, _params())
+    step_alike([optimizer, reference], [ours, theirs])
+    assert same(ours, theirs) and not same(ours, _params())
     _resumes_bit_exact(tmp_path / "run", overrides)
