@@ -99,9 +99,8 @@ optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=F
     assert plan.memory.optimizer == trained * 6  # s, exp_avg, exp_avg_sq in bf16
 
 
-def test_sdxl_train_fused_backward_pass_adafactor_rounds_stochastically(tmp_path):
-    """--fused_backward_pass: kohya's patched Adafactor computes each update in fp32 and copies it into the
-    bf16 weight with stochastic rounding (library/adafactor_fused.py): dbspec's stochastic rounding."""
+def _fused_adafactor(tmp_path, extra: str = ""):
+    """An sdxl_train.py config_file: full_bf16, fixed-LR Adafactor with the fused backward pass."""
     images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
     write(
         tmp_path / "config.toml",
@@ -110,9 +109,16 @@ def test_sdxl_train_fused_backward_pass_adafactor_rounds_stochastically(tmp_path
 optimizer_type = "adafactor"
 optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
 fused_backward_pass = true
-""",
+"""
+        + extra,
     )
-    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    return kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+
+
+def test_sdxl_train_fused_backward_pass_adafactor_rounds_stochastically(tmp_path):
+    """--fused_backward_pass: kohya's patched Adafactor computes each update in fp32 and copies it into the
+    bf16 weight with stochastic rounding (library/adafactor_fused.py): dbspec's stochastic rounding."""
+    outcome = _fused_adafactor(tmp_path)
     assert fate(outcome, "full_bf16") == "mapped"
     assert "weights_rounding" not in (tmp_path / "specs" / "converted.toml").read_text()
     plan = plan_of(outcome, tmp_path)
@@ -123,18 +129,7 @@ fused_backward_pass = true
 
 
 def test_fused_backward_pass_without_clipping_changes_no_clip_mode(tmp_path):
-    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
-    write(
-        tmp_path / "config.toml",
-        SDXL_FULL
-        + """learning_rate = 4e-6
-optimizer_type = "adafactor"
-optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
-fused_backward_pass = true
-max_grad_norm = 0.0
-""",
-    )
-    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    outcome = _fused_adafactor(tmp_path, "max_grad_norm = 0.0\n")
     plan = plan_of(outcome, tmp_path)
     assert (plan.optimizer.clip_mode, plan.optimizer.max_grad_norm) == ("norm", 0.0)
 
