@@ -141,10 +141,11 @@ def with_stochastic_rounding(
 def load_keeping_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
     """Load an optimizer's state as saved, each tensor in the dtype it was saved in.
 
-    With bf16 weights stepped directly (precision.weights_rounding = "nearest", kohya's full_bf16) torch's
-    `load_state_dict` casts every floating-point state tensor to its parameter's dtype: the fp32 state that
-    Adafactor, CAME or bitsandbytes keep over a bf16 parameter would come back rounded to bf16, and the
-    resumed run would drift from the uninterrupted one. The saved tensors are put back in their own dtype
+    Every resume loads this way. With bf16 weights stepped directly (precision.weights_rounding =
+    "nearest", kohya's full_bf16) torch's `load_state_dict` casts every floating-point state tensor to its
+    parameter's dtype: the fp32 state that Adafactor, CAME or bitsandbytes keep over a bf16 parameter would
+    come back rounded to bf16, and the resumed run would drift from the uninterrupted one. The saved tensors
+    are put back in their own dtype
     instead.
     """
     optimizer.load_state_dict(state_dict)

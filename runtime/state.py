@@ -90,10 +90,8 @@ class TrainState:
             run.parts.tokens.restore(rows)
         if run.sharded:
             load_optimizer_state(run.optimizer, self.optimizer)
-        elif run.plan.precision.weights == "bf16" and not run.plan.precision.stochastic_rounding:
-            load_keeping_state_dtypes(run.optimizer, self.optimizer)  # kohya's full_bf16: state as saved
-        else:
-            run.optimizer.load_state_dict(self.optimizer)
+        else:  # the state as saved: torch would cast fp32 state over bf16 weights to bf16 (full_bf16)
+            load_keeping_state_dtypes(run.optimizer, self.optimizer)
         run.lr_scheduler.load_state_dict(self.lr_scheduler)
         if run.scaler is not None and self.scaler is not None:
             run.scaler.load_state_dict(self.scaler)
