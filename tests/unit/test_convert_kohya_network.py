@@ -112,13 +112,13 @@ def test_dora_wd_on_networks_lora_is_ignored_as_kohya_ignores_it(tmp_path):
 
 
 def test_lycoris_switches_on_unless_false(tmp_path):
-    """rs_lora=0 is on for LyCORIS (str_bool): a setting dbspec has not, so it is refused, not dropped."""
+    """train_norm=0 is on for LyCORIS (str_bool): a setting dbspec has not, so it is refused, not dropped."""
     outcome = _convert(
-        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "rs_lora=0"'
+        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "train_norm=0"'
     )
     assert fate(outcome, "network_args") == "unsupported"
     off = _convert(
-        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "rs_lora=False"'
+        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "train_norm=False"'
     )
     assert fate(off, "network_args") == "mapped"
 
@@ -236,14 +236,104 @@ def test_networks_lora_network_dropout_is_the_down_projection_dropout(tmp_path):
     assert fate(outcome, "network_dropout") == "mapped" and "DBS404" not in codes(outcome)
 
 
-def test_lycoris_network_dropout_stays_peft_input_dropout(tmp_path):
-    """With lycoris.kohya kohya hands --network_dropout on as LyCORIS's own `dropout` argument (not
-    networks.lora's): still peft's input dropout, a stated difference."""
+def test_lycoris_network_dropout_is_ignored_outside_bypass_mode(tmp_path):
+    """kohya hands --network_dropout to LyCORIS as its `dropout` argument, which LyCORIS's modules apply
+    only in bypass_mode (their default rebuilds the weight without it; LoHa/LoKr likewise): ignored, with a
+    warning, and the spec has no dropout."""
+    for algo in ("locon", "loha", "lokr"):
+        outcome = _convert(
+            tmp_path,
+            SD15,
+            f'--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 --network_args "algo={algo}"',
+        )
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.dropout, a.down_dropout) == (0.0, 0.0)
+        assert fate(outcome, "network_dropout") == "inert" and "bypass_mode" in messages(outcome, "DBS405")
+        assert "DBS404" not in codes(outcome)
+
+
+def test_lycoris_dropout_argument_wins_over_network_dropout(tmp_path):
+    """train_network.py passes --network_dropout only when network_args has no `dropout`: the argument is
+    the one LyCORIS reads (and ignores outside bypass mode)."""
     outcome = _convert(
         tmp_path,
         SD15,
-        '--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 --network_args "algo=locon"',
+        "--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 "
+        '--network_args "algo=locon" "dropout=0.3"',
+    )
+    assert "network_args dropout" in messages(outcome, "DBS405")
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_lycoris_bypass_mode_is_peft_forward_unless_it_drops(tmp_path):
+    """bypass_mode adds ΔW x to W x, as peft's adapters compute: exact; with a dropout LyCORIS drops the
+    adapter's output, which peft cannot (it drops the input): unsupported."""
+    plain = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=lycoris.kohya --network_dim=8 --network_args "algo=loha" "bypass_mode=True"',
+    )
+    assert fate(plain, "network_args") == "mapped" and plan_of(plain, tmp_path).adapter.kind == "loha"
+    dropped = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 "
+        '--network_args "algo=locon" "bypass_mode=True"',
+    )
+    assert fate(dropped, "network_args") == "unsupported"
+    assert "drops the adapter's output" in messages(dropped, "DBS403")
+
+
+def test_lycoris_rs_lora_is_the_alpha_of_the_same_scale(tmp_path):
+    """rs_lora scales each update by alpha / sqrt(rank): the plan's alpha / rank equals the scale of a real
+    LyCORIS module built with rs_lora, and its saved alpha buffer (what loaders read)."""
+    import torch
+    from lycoris.modules.locon import LoConModule
+
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+        '--network_args "algo=locon" "conv_dim=8" "conv_alpha=4" "rs_lora=True"',
     )
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.kind, a.dropout, a.down_dropout) == ("lora", 0.1, 0.0)
-    assert fate(outcome, "network_dropout") == "differs" and "LyCORIS" in messages(outcome, "DBS404")
+    linear = LoConModule("l", torch.nn.Linear(32, 32), lora_dim=16, alpha=8, rs_lora=True)
+    conv = LoConModule("c", torch.nn.Conv2d(8, 8, 3), lora_dim=8, alpha=4, rs_lora=True)
+    assert abs(a.alpha / a.rank - linear.scale) < 1e-9 and abs(a.alpha - float(linear.alpha)) < 1e-5
+    assert abs(a.conv_alpha / a.conv_rank - conv.scale) < 1e-9
+    assert abs(a.conv_alpha - float(conv.alpha)) < 1e-5
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_lycoris_loraplus(tmp_path):
+    """LyCORIS's LoRA+ (set_loraplus_lr_ratio) puts parameters named lora_up in the raised group, as
+    networks.lora does: mapped for algo=locon; LoHa has no lora_up, so the ratio changes nothing."""
+    locon = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=lycoris.kohya --network_args "algo=locon" "loraplus_unet_lr_ratio=16" '
+        '"loraplus_lr_ratio=4"',
+    )
+    o = plan_of(locon, tmp_path).optimizer
+    assert (o.loraplus_denoiser_ratio, o.loraplus_text_encoder_ratio) == (16.0, 4.0)
+    loha = _convert(
+        tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=loha" "loraplus_lr_ratio=4"'
+    )
+    o = plan_of(loha, tmp_path).optimizer
+    assert (o.loraplus_denoiser_ratio, o.loraplus_text_encoder_ratio) == (0.0, 0.0)
+    assert "lora_up" in messages(loha, "DBS405") and fate(loha, "network_args") == "mapped"
+
+
+def test_networks_lora_ignores_arguments_it_does_not_read(tmp_path):
+    """networks.lora's create_network reads its own keys only: `algo=locon` (LyCORIS's) on networks.lora
+    trains a plain LoRA in kohya, so it converts to one with a warning instead of being refused."""
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=networks.lora --network_dim=8 --network_args "algo=locon" "dropout=0.1"',
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.conv_rank, a.dropout) == ("lora", 8, 0, 0.0)
+    text = messages(outcome, "DBS405")
+    assert "network_args algo" in text and "network_args dropout" in text
+    assert "DBS403" not in codes(outcome)

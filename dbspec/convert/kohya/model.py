@@ -169,31 +169,24 @@ def map_adapter(
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
-    kind = map_network(module, a["network_args"], rank, float(alpha.value), conv, original)
-    if kind is None:
-        return False
     conv.mapped(
         dim,
         ("adapter", "rank"),
         rank,
         comment=conv.comment(dim, "networks.lora defaults to 4") if dim.value is None else "",
     )
-    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
+    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))  # LyCORIS's rs_lora may scale it below
     dropout = a["network_dropout"]
-    if dropout.value and module.value == "networks.lora":
+    lycoris = module.value == "lycoris.kohya"
+    kind = map_network(
+        module, a["network_args"], rank, float(alpha.value), conv, original, dropout if lycoris else None
+    )
+    if kind is None:
+        return False
+    if dropout.value and not lycoris:
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
-    elif dropout.value and kind != "lora":
-        conv.unsupported(dropout, f"peft's {kind} has no input dropout (use rank_dropout/module_dropout)")
-    elif dropout.value:
-        conv.differs(
-            dropout,
-            "LyCORIS takes it as its own `dropout` network argument (not networks.lora's dropout on the "
-            "down projection's output); peft (dbspec) drops the LoRA input",
-            ("adapter", "dropout"),
-            float(dropout.value),
-        )
     map_network_weights(a, paths, conv)
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),

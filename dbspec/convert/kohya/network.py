@@ -5,6 +5,7 @@ a string."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dbspec.compiler.init_weights import file_ranks
@@ -49,20 +50,33 @@ def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def map_network(
-    module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion, original_names: bool = False
+    module: Legacy,
+    args: Legacy,
+    dim: int,
+    alpha: float,
+    conv: Conversion,
+    original_names: bool = False,
+    dropout: Legacy | None = None,
 ) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
     equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
-    numbers kohya's blocks differently."""
+    numbers kohya's blocks differently. `dropout`: --network_dropout, which train_network.py hands LyCORIS as
+    its `dropout` argument unless network_args has one."""
     try:
-        return _map_network(module, args, dim, alpha, conv, original_names)
+        return _map_network(module, args, dim, alpha, conv, original_names, dropout)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
 
 
 def _map_network(
-    module: Legacy, args: Legacy, dim: int, alpha: float, conv: Conversion, original_names: bool
+    module: Legacy,
+    args: Legacy,
+    dim: int,
+    alpha: float,
+    conv: Conversion,
+    original_names: bool,
+    dropout: Legacy | None,
 ) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -122,6 +136,8 @@ def _map_network(
         )
     if lycoris:
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
+        _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
+        _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
         if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
@@ -131,11 +147,25 @@ def _map_network(
         if "decompose_both" in kwargs:
             # LyCORIS passes the raw string on and LoKr tests its truth: any text but "" is true, "False" too
             put["decompose_both"] = bool(kwargs.pop("decompose_both"))
-    if not lycoris:
+    if not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            f"LyCORIS's LoRA+ raises the rate of the `lora_up` parameters, which algo={algo} has not",
+        )
     for key, value in kwargs.items():
-        if not _switched_off(key, value, lycoris):
+        if _switched_off(key, value, lycoris):
+            continue
+        if key in (_LYCORIS_READS if lycoris else _LORA_READS):
             unsupported[key] = value
+        else:
+            conv.ignored(
+                Legacy(key=f"{args.key} {key}", value=value, source=args.source),
+                f"{module.value}'s create_network does not read it (it ignores arguments it does not know)"
+                if key not in _KIND_ONLY
+                else f"LyCORIS reads it for {_KIND_ONLY[key]} only, not algo={kind}",
+            )
     for index, block in enumerate(put.pop("_blocks", [])):
         note = conv.comment(args, f"kohya block {block.pop('index')}")
         for key, value in block.items():
@@ -171,7 +201,117 @@ _LYCORIS_SWITCHES = {
     "bypass_mode",
     "rs_lora",
     "unbalanced_factorization",
+    "train_t5xxl",
 }
+
+
+# The network arguments each create_network reads (networks/lora.py; LyCORIS kohya.py) that dbspec maps only
+# in some values: a remaining one is unsupported; any other key is ignored, as kohya's networks ignore it.
+_LORA_READS = {
+    "conv_dim",
+    "conv_alpha",
+    "block_dims",
+    "block_alphas",
+    "conv_block_dims",
+    "conv_block_alphas",
+    "down_lr_weight",
+    "mid_lr_weight",
+    "up_lr_weight",
+    "block_lr_zero_threshold",
+    "rank_dropout",
+    "module_dropout",
+    "loraplus_lr_ratio",
+    "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio",
+}
+_LYCORIS_READS = {
+    "conv_dim",
+    "conv_alpha",
+    "dropout",
+    "rank_dropout",
+    "module_dropout",
+    "use_scalar",
+    "train_norm",
+    "dora_wd",
+    "wd_on_output",
+    "bypass_mode",
+    "rs_lora",
+    "preset",
+    "decompose_both",
+    "factor",
+    "full_matrix",
+    "unbalanced_factorization",
+    "loraplus_lr_ratio",
+    "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio",
+}
+# LyCORIS arguments that only act for other algos (block_size: full/OFT; constraint, rescaled: OFT; LoKr's
+# factorisation switches) or models (train_t5xxl: Flux's T5).
+_KIND_ONLY = {
+    "block_size": "OFT and the full-weight algo",
+    "constraint": "OFT",
+    "constrain": "OFT",
+    "rescaled": "OFT",
+    "train_t5xxl": "Flux's T5 text encoder",
+}
+
+
+def _lycoris_bypass_and_dropout(
+    kwargs: dict[str, str],
+    dora: bool,
+    network_dropout: Legacy | None,
+    args: Legacy,
+    conv: Conversion,
+    unsupported: dict[str, str],
+) -> None:
+    """LyCORIS's modules (3.x and later) rebuild the weight, W + ΔW, and apply their `dropout` only with
+    bypass_mode, which adds ΔW x to W x as peft's adapters do and drops that output. train_network.py hands
+    --network_dropout on as `dropout` unless network_args has one (both "or 0.0" when empty)."""
+    bypass_text = kwargs.pop("bypass_mode", "false")
+    bypass = _str_bool(bypass_text)
+    if "dropout" in kwargs:
+        text = kwargs.pop("dropout")
+        legacy = Legacy(key=f"{args.key} dropout", value=text, source=args.source)
+        rate = _float(text or 0.0)
+    else:
+        legacy = network_dropout
+        rate = float(network_dropout.value or 0.0) if network_dropout is not None else 0.0
+    if bypass and dora:
+        unsupported["bypass_mode"] = (
+            f"{bypass_text} with dora_wd (LyCORIS's bypass forward leaves the weight decomposition out)"
+        )
+    if rate and bypass:
+        unsupported["dropout"] = (
+            f"{rate:g} (LyCORIS's bypass mode drops the adapter's output; peft's dropout acts on its input)"
+        )
+    elif rate and legacy is not None:
+        conv.ignored(
+            legacy,
+            "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
+            "W + ΔW, with no dropout)" + ("; with dora_wd it ignores it anyway" if dora else ""),
+        )
+
+
+def _lycoris_rs_lora(
+    kwargs: dict[str, str],
+    kind: str,
+    dim: int,
+    alpha: float,
+    put: dict[str, Any],
+    unsupported: dict[str, str],
+) -> None:
+    """LyCORIS's rs_lora scales an update by alpha / sqrt(rank) and saves alpha x sqrt(rank) as the alpha, the
+    plain alpha of the same scale (for LoRA/LoCon and LoHa; LoKr's full-matrix factors scale otherwise)."""
+    text = kwargs.pop("rs_lora", "false")
+    if not _str_bool(text):
+        return
+    if kind == "lokr":
+        unsupported["rs_lora"] = f"{text} (LoKr: dbspec does not express its rank-stabilised scale)"
+        return
+    put["alpha"] = (alpha or dim) * dim / math.sqrt(dim)
+    if "conv_rank" in put:
+        rank = put["conv_rank"]
+        put["conv_alpha"] = (put["conv_alpha"] or rank) * rank / math.sqrt(rank)
 
 
 def _switched_off(key: str, value: str, lycoris: bool) -> bool:
@@ -216,8 +356,9 @@ def _tucker_and_scalar(
 
 
 def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:
-    """networks.lora's LoRA+: lora_up trains at lr x ratio, the UNet's ratio `loraplus_unet_lr_ratio or
-    loraplus_lr_ratio`, the text encoders' `loraplus_text_encoder_lr_ratio or loraplus_lr_ratio`."""
+    """networks.lora's (and LyCORIS's, for algo lora/locon) LoRA+: lora_up trains at lr x ratio, the UNet's
+    ratio `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders'
+    `loraplus_text_encoder_lr_ratio or loraplus_lr_ratio`."""
     keys = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
     given = {k: _float(kwargs.pop(k)) for k in keys if k in kwargs}
     general = given.get(keys[0])
