@@ -289,6 +289,12 @@ def _sd3_loss(a: Args, conv: Conversion) -> None:
         "floored",
         "kohya sd3_train_network.py: t = floor(shift(u) (max - min) + min), sigma = t / 1000 rising with u",
     )
+    if (mixed := a["mixed_precision"].value) in ("bf16", "fp16"):
+        conv.notes.append(
+            f"kohya sd3_train_network.py casts the integer timesteps and sigma to the {mixed} weight dtype "
+            "(bf16 rounds timesteps above 256 to steps of 2, above 512 to steps of 4: 998 and 999 become "
+            "1000, sigma 1); dbspec keeps them float32"
+        )
     weighting = scheme.value if scheme.value in ("sigma_sqrt", "cosmap") else "none"
     low = a["min_timestep"].value or 0
     if weighting == "sigma_sqrt" and low == 0 and a["loss_type"].value == "l2":
