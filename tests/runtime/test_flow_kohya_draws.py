@@ -12,13 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from safetensors.torch import load_file
 
 from dbspec.plan.model import FlowPlan, NoisePlan
 from dbspec.runtime import losses
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families.flow import FlowMatchingObjective
-from tests.runtime.runspec import make_plan
+from tests.runtime.runspec import final_weights, make_plan
 
 SD3_CONFIG = dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
 FLUX_CONFIG = dict(FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config)
@@ -237,9 +236,8 @@ def _trains_and_resumes(tmp_path: Path, base: str, extra: str):
     second = execute(plan, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     assert all(math.isfinite(x) for x in whole.losses)
-    a = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(Path(second.final) / "pytorch_lora_weights.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     return whole_plan, whole
 
 
