@@ -450,7 +450,8 @@ kohya train_db.py's `learning_rate 0` with `learning_rate_te`; `train.denoiser =
 A loss option that reads the DDPM noise schedule (its alphas, SNR or integer timesteps) on a
 flow-matching model (SD3): `min_snr_gamma`, `zero_terminal_snr`, `debiased_estimation`,
 `scale_v_pred_loss_like_noise_pred`, `v_pred_like_loss`, `noise_offset` (and its variants),
-`min_timestep`/`max_timestep`, or `kind = "pseudo_huber"` / `"smooth_l1"`; also scheduled sampling
+`min_timestep`/`max_timestep` (except with `loss.flow_draw = "floored"`, whose bounds they are), or
+`kind = "pseudo_huber"` / `"smooth_l1"`; also scheduled sampling
 (`scheduled_sampling.max_step_offset`), whose rollout samplers and targets are DDPM's. Flow matching draws
 sigma with `loss.flow_timesteps` and weights the loss with `loss.flow_weighting`. With `model.prediction =
 "auto"` the check runs once the compiler knows the family.""",
@@ -508,13 +509,15 @@ compiler has read the model's prediction type.""",
     Code(
         "DBS236",
         ERROR,
-        "A loss weight that is infinite at zero terminal SNR",
+        "A loss weight that can be infinite",
         """\
 `loss.debiased_estimation` or `loss.v_pred_like_loss` with `loss.zero_terminal_snr` on an epsilon model: both
 divide by the signal-to-noise ratio, which is exactly 0 at the last timestep of a \
 zero-terminal-SNR schedule, so
 the loss of such a step is infinite. Use a v_prediction model, or stop the timesteps short of the last one
-(`loss.max_timestep = 999`).""",
+(`loss.max_timestep = 999`). Likewise flow matching's `loss.flow_weighting = "sigma_sqrt"` (σ⁻²) with
+`loss.flow_draw = "floored"` and `loss.min_timestep = 0`: that draw can take timestep 0, σ = 0 (kohya's
+sd3_train_network.py then gets 0 · ∞, a NaN loss); set `loss.min_timestep = 1`.""",
     ),
     Code(
         "DBS237",
@@ -543,7 +546,8 @@ the curve, its last step the highest LR reached.""",
         "Two sigma shifts for flow matching",
         """\
 `loss.flow_dynamic_shift = true` (σ shifted by the image size, Flux's time shift; kohya's `timestep_sampling =
-"flux_shift"`) with a fixed `loss.flow_shift` other than 0: each shifts σ, and only one can.""",
+"flux_shift"`) with a fixed `loss.flow_shift` other than 0: each shifts σ, and only one can. Also with
+`loss.flow_draw = "floored"`: the image-size shift draws σ continuously, not as integer timesteps.""",
         help="remove loss.flow_shift (or set loss.flow_dynamic_shift = false for a fixed shift)",
     ),
     # Caption processing (kohya's options on [[datasets]]): DBS240-DBS249.

@@ -115,7 +115,7 @@ class EvalLoss:
             noisy = family.objective.add_noise(sched, latents, noise, timesteps)
             pred = denoise(parts, noisy, timesteps, text, [sample] * count).float()
             pred = family.objective.output(loss_plan, sched, pred, noisy, timesteps)
-            target = family.objective.target(sched, latents, noise, timesteps, loss_plan.target)
+            target = family.objective.target(sched, latents, noise, timesteps, loss_plan.target, loss_plan)
         huber = loss_plan.huber
         huber_c = (
             losses.huber_threshold(huber.schedule, huber.c, huber.scale, timesteps, sched.alphas_cumprod)

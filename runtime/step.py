@@ -180,7 +180,9 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     )
     noise, noised_with, timesteps = (x.to(parts.device) for x in drawn)
     noisy = objective.add_noise(sched, latents, noised_with, timesteps)
-    target = objective.target(sched, latents, noise, timesteps, loss_plan.target)  # the unperturbed noise
+    target = objective.target(
+        sched, latents, noise, timesteps, loss_plan.target, loss_plan
+    )  # unperturbed noise
     if loss_plan.rollout is not None:  # scheduled sampling: some samples start from the model's own latents
         alphas = sched.alphas_cumprod.to(parts.device)
         noisy, rolled = rolled_out(

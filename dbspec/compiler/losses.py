@@ -83,6 +83,8 @@ def flow_plan(spec: Loss, family: str) -> FlowPlan:
         prediction=spec.flow_prediction,
         base_shift=FLUX_BASE_SHIFT if spec.flow_dynamic_shift else 0.0,
         max_shift=FLUX_MAX_SHIFT if spec.flow_dynamic_shift else 0.0,
+        # Flux's time shift draws continuously (flow_draw floored beside it is refused, DBS239)
+        draw="continuous" if spec.flow_dynamic_shift else spec.flow_draw,
     )
 
 
@@ -137,22 +139,29 @@ def formula(p: LossPlan) -> str:
     return _weighted(p) + _flow(p)
 
 
+_FLOW_PREDICTIONS = {"sigma_scaled": "x_t − σ·{y}̂", "additive": "{y}̂ + x_t", "preconditioned": "x_t − σ·{y}̂"}
+
+
 def _weighted(p: LossPlan) -> str:
     y = {"epsilon": "ε", "v_prediction": "v", "flow_matching": "u"}[p.target]
-    if p.flow is not None and p.flow.prediction != "raw":  # kohya's Flux model_prediction_type
-        pred = {"sigma_scaled": f"x_t − σ·{y}̂", "additive": f"{y}̂ + x_t"}[p.flow.prediction]
-        return _weighted_with(p, y, pred)
+    if p.flow is not None and p.flow.prediction != "raw":  # kohya's Flux model_prediction_type, SD3's loss
+        pred = _FLOW_PREDICTIONS[p.flow.prediction].format(y=y)
+        return _weighted_with(p, y, pred, "x₀" if p.flow.prediction == "preconditioned" else y)
     return _weighted_with(p, y, f"{y}̂")
 
 
-def _weighted_with(p: LossPlan, y: str, pred: str) -> str:
+def _weighted_with(p: LossPlan, y: str, pred: str, target: str = "") -> str:
+    """`target` is what the prediction is compared with (y unless given; a base-model prior's target is then
+    the base model's `pred`)."""
+    base = f"{pred}_base" if target else f"{y}_base(x_t)"
+    y = target or y
     elem = _element(p)
     weight = timestep_weight(p)
     mask = ("·mask/area" if p.mask_mean == "mask" else "·mask (image mean)") if p.masked else ""
     inst = f"mean_inst[ {weight}{elem}({pred}, {y}){mask} ]"
     if p.prior == "none":
         return f"L = {inst}"
-    prior_target = f"{y}_base(x_t)" if p.prior == "base_model" else y
+    prior_target = base if p.prior == "base_model" else y
     if p.prior_reduction == "per_sample":
         return (
             f"L = mean_batch[ w_i·{weight}{elem}({pred}, "
@@ -171,7 +180,7 @@ def preserved_target(p: LossPlan, datasets: tuple[DatasetPlan, ...]) -> str:
     y = {"epsilon": "ε", "v_prediction": "v", "flow_matching": "u"}[p.target]
     pred = f"{y}̂"
     if p.flow is not None and p.flow.prediction != "raw":
-        pred = {"sigma_scaled": f"x_t − σ·{y}̂", "additive": f"{y}̂ + x_t"}[p.flow.prediction]
+        pred = _FLOW_PREDICTIONS[p.flow.prediction].format(y=y)
     return f"; target of {names}: {pred} of the base model (adapter off)"
 
 

@@ -1266,6 +1266,7 @@ FLOW_OPTIONS = (
     "flow_guidance",
     "flow_prediction",
     "flow_dynamic_shift",
+    "flow_draw",
 )
 
 
@@ -1277,8 +1278,9 @@ def loss_fits_objective(spec: Spec, given: Given) -> Iterator[Hit]:
     if prediction == "auto":
         return
     if prediction == "flow_matching":
+        bounded = loss.flow_draw == "floored"  # the floored draw reads min_timestep / max_timestep
         for key, on in _DDPM_ONLY:
-            if on(loss):
+            if on(loss) and not (bounded and key in ("min_timestep", "max_timestep")):
                 yield _err(
                     "DBS230",
                     ("loss", key),
@@ -1333,8 +1335,8 @@ def flow_guidance_without_embedding(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def flow_shift_once(spec: Spec, given: Given) -> Iterator[Hit]:
-    """loss.flow_dynamic_shift shifts σ by the image size; a fixed loss.flow_shift beside it would shift twice
-    (DBS239)."""
+    """loss.flow_dynamic_shift shifts σ by the image size; a fixed loss.flow_shift beside it would shift
+    twice, and its continuous draw is not the floored one (DBS239)."""
     loss = spec.loss
     if loss.flow_dynamic_shift and loss.flow_shift:
         yield _err(
@@ -1343,6 +1345,30 @@ def flow_shift_once(spec: Spec, given: Given) -> Iterator[Hit]:
             f"loss.flow_shift = {loss.flow_shift:g} and loss.flow_dynamic_shift = true both shift σ (a fixed "
             "shift and the image-size shift); one applies",
             codes.help("DBS239"),
+        )
+    if loss.flow_dynamic_shift and loss.flow_draw == "floored":
+        yield _err(
+            "DBS239",
+            ("loss", "flow_draw"),
+            'loss.flow_draw = "floored" with loss.flow_dynamic_shift = true: the image-size shift draws σ '
+            "continuously, the floored draw takes integer timesteps of a fixed shift",
+            "remove loss.flow_draw (or set loss.flow_dynamic_shift = false for the floored draw)",
+        )
+
+
+@rule("spec")
+def flow_floored_weight_finite(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.flow_draw = "floored" can draw timestep 0 (σ = 0) unless loss.min_timestep > 0; the sigma_sqrt
+    weight σ⁻² is infinite there (DBS236; kohya's sd3_train_network.py gets a NaN loss then)."""
+    loss = spec.loss
+    if loss.flow_draw == "floored" and loss.flow_weighting == "sigma_sqrt" and loss.min_timestep == 0:
+        yield _err(
+            "DBS236",
+            ("loss", "flow_weighting"),
+            'loss.flow_weighting = "sigma_sqrt" weights by σ⁻², infinite at timestep 0 (σ = 0), which '
+            'loss.flow_draw = "floored" draws while loss.min_timestep is 0',
+            'set loss.min_timestep = 1; with flow_prediction "preconditioned" and the mse loss, '
+            'flow_prediction = "raw" with flow_weighting = "none" is the same loss',
         )
 
 

@@ -196,6 +196,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "flow", "prediction"): "raw",
         ("loss", "flow", "base_shift"): 0.0,
         ("loss", "flow", "max_shift"): 0.0,
+        # how σ comes from u: the scheduler table then, continuous with Flux's time shift (max_shift set)
+        ("loss", "flow", "draw"): lambda run: (
+            "continuous" if (run["loss"].get("flow") or {}).get("max_shift") else "table"
+        ),
         # [distributed]: DDP then (its timeout_s is volatile, see _VOLATILE)
         ("distributed",): {"strategy": "ddp", "fsdp": None, "deepspeed": None},
         ("optimizer", "clip_mode"): "norm",  # clip_grad_norm_, the only kind then

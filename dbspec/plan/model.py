@@ -517,12 +517,17 @@ class FlowPlan:
     weighting: Literal["none", "sigma_sqrt", "cosmap"]  # per-sample loss weight of sigma
     shift: float  # the sigma shift of the scheduler; 0 keeps the model's scheduler config
     guidance: float = 0.0  # the guidance a guidance-distilled denoiser is given in training (Flux.1 dev: 3.5)
-    # what the loss compares with ε − x₀: raw v̂, sigma_scaled x_t − σ v̂, additive v̂ + x_t (kohya's Flux)
-    prediction: Literal["raw", "sigma_scaled", "additive"] = "raw"
+    # what the loss compares with ε − x₀: raw v̂, sigma_scaled x_t − σ v̂, additive v̂ + x_t (kohya's Flux);
+    # preconditioned: x_t − σ v̂ with x₀ (kohya's SD3)
+    prediction: Literal["raw", "sigma_scaled", "additive", "preconditioned"] = "raw"
     # Flux's resolution-dependent shift of σ (kohya flux_shift): μ from base_shift at 256 latent patches to
     # max_shift at 4096; (0, 0) when off (flow_shift applies instead)
     base_shift: float = 0.0
     max_shift: float = 0.0
+    # σ from u: table (the scheduler's 1000 steps at floor(1000 u)), continuous (σ = shift(1 − u); Flux's
+    # time shift too), floored (t = floor(shift(u) (max − min) + min) of loss.noise's timestep bounds,
+    # σ = t / 1000)
+    draw: Literal["table", "continuous", "floored"] = "table"
 
 
 @frozen

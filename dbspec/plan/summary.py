@@ -448,7 +448,7 @@ def noise_summary(n: NoisePlan, flow: FlowPlan | None = None) -> str:
             f"; input perturbation {n.ip_gamma:g}" + (" (random strength)" if n.ip_random_strength else "")
         )
     if flow is not None:
-        parts.append(f"; {flow_draw(flow)}")
+        parts.append(f"; {flow_draw(flow, (n.min_timestep, n.max_timestep))}")
     elif n.min_timestep == n.max_timestep:
         parts.append(f"; t = {n.max_timestep}")
     else:
@@ -470,8 +470,9 @@ def rollout_summary(r) -> str:
     )
 
 
-def flow_draw(f: FlowPlan) -> str:
-    """How a flow-matching step draws sigma, e.g. `σ ~ logit_normal(0, 1), the model's shift`."""
+def flow_draw(f: FlowPlan, bounds: tuple[int, int] = (0, 1000)) -> str:
+    """How a flow-matching step draws sigma, e.g. `σ ~ logit_normal(0, 1), the model's shift`; `bounds`: the
+    timestep bounds of the floored draw."""
     density = {
         "uniform": "uniform",
         "logit_normal": f"logit_normal({f.logit_mean:g}, {f.logit_std:g})",
@@ -480,7 +481,13 @@ def flow_draw(f: FlowPlan) -> str:
     shift = f"shift {f.shift:g}" if f.shift else "the model's shift"
     if f.max_shift:  # Flux's time shift, continuous σ
         shift = f"shifted by image size (μ {f.base_shift:g} at 256 -> {f.max_shift:g} at 4096 latent patches)"
-    return f"σ ~ {density}, {shift}" + (f", guidance {f.guidance:g}" if f.guidance else "")
+    draw = {
+        "table": "",
+        "continuous": ", continuous σ = shift(1 − u)",
+        "floored": f", t = floor(shift(u)·({bounds[1]} − {bounds[0]}) + {bounds[0]}), σ = t/1000 "
+        "rising with u",
+    }[f.draw]
+    return f"σ ~ {density}, {shift}{draw}" + (f", guidance {f.guidance:g}" if f.guidance else "")
 
 
 def pivotal_summary(p) -> str:

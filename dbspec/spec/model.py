@@ -811,12 +811,14 @@ class Loss:
         minimum=0,
         example=3.0,
     )
-    flow_prediction: Literal["raw", "sigma_scaled", "additive"] = option(
+    flow_prediction: Literal["raw", "sigma_scaled", "additive", "preconditioned"] = option(
         "raw",
-        doc="Flow-matching models: what the loss compares with the velocity target ε − x₀ (kohya "
-        "flux_train_network.py's model_prediction_type). raw: the model output v̂ (diffusers' scripts); "
-        "sigma_scaled: x_t − σ v̂ (kohya's Flux default); additive: v̂ + x_t. The target stays ε − x₀ in all "
-        "three, as in kohya; a base-model prior's target is transformed the same way.",
+        doc="Flow-matching models: what the loss compares (kohya flux_train_network.py's "
+        "model_prediction_type; sd3_train_network.py). raw: the model output v̂ with the velocity "
+        "ε − x₀ (diffusers' scripts); sigma_scaled: x_t − σ v̂ with ε − x₀ (kohya's Flux default); "
+        "additive: v̂ + x_t with ε − x₀; preconditioned: x_t − σ v̂ with the latents x₀ (kohya's SD3 "
+        "loss, σ² |v̂ − (ε − x₀)|² before flow_weighting). A base-model prior's target is transformed "
+        "as the prediction is.",
     )
     flow_dynamic_shift: bool = option(
         False,
@@ -825,6 +827,18 @@ class Loss:
         "to 1.15 at 4096 (Flux's time shift; diffusers' use_dynamic_shifting; kohya's "
         "timestep_sampling flux_shift). σ before the shift is 1 − u of the flow_timesteps "
         "density (continuous, as kohya draws it). Needs flow_shift 0.",
+    )
+    flow_draw: Literal["table", "continuous", "floored"] = option(
+        "table",
+        doc="Flow-matching models: how u from flow_timesteps becomes σ. table: the scheduler's 1000-step "
+        "table at index floor(1000 u), σ = shift(1 − floor(1000 u)/1000) (diffusers' scripts; kohya Flux "
+        "timestep_sampling sigma); continuous: σ = shift(1 − u), timestep 1000 σ (kohya Flux uniform, "
+        "sigmoid, shift); floored: timestep t = floor(shift(u) (max_timestep − min_timestep) + "
+        "min_timestep), σ = t/1000 (kohya sd3_train_network.py): σ rises with u here, so a logit_normal "
+        "mean or a mode density means the mirror image of the other draws', and loss.min_timestep / "
+        "max_timestep bound it. shift is flow_shift, or the model's (1 for Flux's dynamic config) when 0. "
+        "flow_dynamic_shift draws continuously: the plan settles table to continuous there, and floored "
+        "is refused.",
     )
     flow_guidance: float = option(
         0.0,

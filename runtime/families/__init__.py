@@ -54,8 +54,16 @@ class Objective(Protocol):
     def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor): ...
 
     def target(
-        self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, kind: str
-    ) -> torch.Tensor: ...
+        self,
+        scheduler,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        kind: str,
+        loss: LossPlan | None = None,
+    ) -> torch.Tensor:
+        """What the prediction is compared with; `loss` for the forms that depend on it (flow_prediction)."""
+        ...
 
 
 class Exports(Protocol):

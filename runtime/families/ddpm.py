@@ -33,7 +33,7 @@ class DDPMObjective:
     def add_noise(self, scheduler, latents, noise, timesteps) -> torch.Tensor:
         return scheduler.add_noise(latents, noise, timesteps)
 
-    def target(self, scheduler, latents, noise, timesteps, kind: str) -> torch.Tensor:
+    def target(self, scheduler, latents, noise, timesteps, kind: str, loss=None) -> torch.Tensor:
         alphas = scheduler.alphas_cumprod.to(latents.device)
         return losses.prediction_target(latents.float(), noise.float(), timesteps, alphas, kind)
 

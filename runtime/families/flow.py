@@ -62,6 +62,24 @@ def flux_shift(sigmas: torch.Tensor, image_seq_len: int, **kwargs: float) -> tor
     return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
 
 
+def table_shift(config) -> float:
+    """The fixed shift of a scheduler config's table: its `shift`, 1 for a dynamic-shifting config (Flux's
+    table is unshifted until set_timesteps is given the image's mu)."""
+    return 1.0 if config.get("use_dynamic_shifting") else float(config.get("shift", 1.0))
+
+
+def continuous_timesteps(u: torch.Tensor, shift: float, steps: int) -> torch.Tensor:
+    """loss.flow_draw continuous: σ = shift(1 − u), timesteps N σ (kohya's Flux uniform / sigmoid / shift
+    draws, whose σ is kohya's u: 1 − u has the same law for uniform u and a mean-0 logit-normal)."""
+    return shifted(1 - u, shift) * steps
+
+
+def floored_timesteps(u: torch.Tensor, shift: float, low: int, high: int) -> torch.Tensor:
+    """loss.flow_draw floored (kohya's sd3_train_network.py): t = floor(shift(u) (high − low) + low),
+    σ = t / N rising with u; float timesteps holding integers."""
+    return (shifted(u, shift) * (high - low) + low).long().float()
+
+
 class FlowMatchingObjective:
     """The Objective of flow-matching families (runtime/families/__init__.py)."""
 
@@ -73,8 +91,11 @@ class FlowMatchingObjective:
         overrides = (
             {"shift": flow.shift, "use_dynamic_shifting": False} if flow is not None and flow.shift else {}
         )
-        if flow is not None and flow.max_shift:  # σ = t / N: the draw shifts, the table stays plain
-            overrides = {"shift": 1.0, "use_dynamic_shifting": False}
+        if flow is not None and (flow.max_shift or flow.draw != "table"):
+            # σ = t / N: the draw shifts, the table stays plain; the draw's fixed shift rides in the config
+            plain = FlowMatchEulerDiscreteScheduler.from_config(config, shift=1.0, use_dynamic_shifting=False)
+            plain.register_to_config(draw_shift=flow.shift or table_shift(config))
+            return plain
         return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
 
     def sample_timesteps(
@@ -82,7 +103,8 @@ class FlowMatchingObjective:
     ) -> torch.Tensor:
         """The scheduler's timesteps at u * num_train_timesteps (u from `density`), as diffusers' scripts;
         with Flux's time shift (loss.flow_dynamic_shift) continuous timesteps N σ, σ = flux_shift(1 - u) at
-        the batch's (h/2)(w/2) latent patches (kohya's flux_shift draw)."""
+        the batch's (h/2)(w/2) latent patches (kohya's flux_shift draw); loss.flow_draw continuous and floored
+        as `continuous_timesteps` and `floored_timesteps` (kohya's other Flux draws, its SD3 draw)."""
         flow = loss.flow
         u = density(
             flow.timesteps,
@@ -92,13 +114,19 @@ class FlowMatchingObjective:
             logit_std=flow.logit_std,
             mode_scale=flow.mode_scale,
         )
+        steps = scheduler.config.num_train_timesteps
         if flow.max_shift:
             h, w = latent_size
             sigmas = flux_shift(
                 1 - u, (h // 2) * (w // 2), base_shift=flow.base_shift, max_shift=flow.max_shift
             )
-            return sigmas * scheduler.config.num_train_timesteps
-        indices = (u * scheduler.config.num_train_timesteps).long()
+            return sigmas * steps
+        if flow.draw == "continuous":
+            return continuous_timesteps(u, scheduler.config.draw_shift, steps)
+        if flow.draw == "floored":
+            low, high = loss.noise.min_timestep, loss.noise.max_timestep
+            return floored_timesteps(u, scheduler.config.draw_shift, low, high)
+        indices = (u * steps).long()
         return scheduler.timesteps[indices]
 
     def sigmas(self, scheduler, timesteps: torch.Tensor) -> torch.Tensor:
@@ -118,6 +146,7 @@ class FlowMatchingObjective:
             return pred
         if kind == "additive":
             return pred + noisy.float()
+        # sigma_scaled (kohya's Flux) and preconditioned (kohya's SD3): x_t − σ v̂
         sigma = self.sigmas(scheduler, timesteps).view(-1, *[1] * (pred.ndim - 1))
         return pred * (-sigma) + noisy.float()
 
@@ -125,7 +154,10 @@ class FlowMatchingObjective:
         sigma = self.sigmas(scheduler, timesteps).view(-1, *[1] * (latents.ndim - 1)).to(latents.dtype)
         return (1.0 - sigma) * latents + sigma * noise
 
-    def target(self, scheduler, latents, noise, timesteps, kind: str) -> torch.Tensor:
+    def target(self, scheduler, latents, noise, timesteps, kind: str, loss: LossPlan | None = None):
+        """The velocity ε − x₀; the latents x₀ for flow_prediction preconditioned (kohya's SD3 loss)."""
+        if loss is not None and loss.flow is not None and loss.flow.prediction == "preconditioned":
+            return latents.float()
         return noise.float() - latents.float()
 
     def weights(self, loss: LossPlan, scheduler, timesteps: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from convert_kit import empty_hub_cache, errors, fate, images, kohya, messages, plan_of  # noqa: F401
 
+from dbspec.plan.summary import noise_summary
+
 FLUX = "black-forest-labs/FLUX.1-dev"
 SD35 = "stabilityai/stable-diffusion-3.5-large"
 
@@ -38,12 +40,12 @@ def test_kohya_flux_readme_settings_plan_the_shifted_logit_normal_draw(tmp_path)
     flow = plan.loss.flow
     # kohya "shift": sigmoid(sigmoid_scale N(0,1)) shifted by discrete_flow_shift
     assert (flow.timesteps, flow.logit_mean, flow.logit_std) == ("logit_normal", 0.0, 1.0)
-    assert (flow.shift, flow.weighting, flow.guidance) == (3.1582, "none", 1.0)
+    assert (flow.shift, flow.weighting, flow.guidance, flow.draw) == (3.1582, "none", 1.0, "continuous")
     assert plan.model.t5_max_length == 512  # kohya's default for dev
     assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("lora", 4, 1.0)
     assert "attn.to_q" in plan.adapter.denoiser_targets and not plan.train_text_encoder
     assert plan.optimizer.lr == 1e-4 and plan.schedule.total_steps == 400
-    assert fate(outcome, "timestep_sampling") == "differs"  # continuous in kohya, 1000 levels in dbspec
+    assert fate(outcome, "timestep_sampling") == "mapped"  # continuous in kohya and dbspec (flow_draw)
     assert fate(outcome, "network_module") == "differs"  # fused qkv, modulation layers
     assert fate(outcome, "clip_l") == "differs"
 
@@ -64,7 +66,19 @@ def test_kohya_flux_sigma_sampling_is_the_scheduler_draw(tmp_path):
 def test_kohya_flux_uniform_sampling_is_unshifted(tmp_path):
     outcome = _flux(tmp_path, "--timestep_sampling uniform --model_prediction_type raw")
     flow = plan_of(outcome, tmp_path).loss.flow
-    assert (flow.timesteps, flow.shift) == ("uniform", 1.0)
+    assert (flow.timesteps, flow.shift, flow.draw) == ("uniform", 1.0, "continuous")
+    assert fate(outcome, "timestep_sampling") == "mapped"
+
+
+def test_kohya_flux_sigmoid_sampling_is_the_continuous_unshifted_draw(tmp_path):
+    outcome = _flux(tmp_path, "--timestep_sampling sigmoid --sigmoid_scale 1.2 --model_prediction_type raw")
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    # kohya: sigma = sigmoid(1.2 N(0, 1)); dbspec: 1 - sigmoid(N(0, 1.2)), the same law (mean 0)
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std) == ("logit_normal", 0.0, 1.2)
+    assert (flow.shift, flow.draw, flow.max_shift) == (1.0, "continuous", 0.0)
+    assert "continuous σ = shift(1 − u)" in noise_summary(plan.loss.noise, plan.loss.flow)
+    assert fate(outcome, "timestep_sampling") == "mapped"
 
 
 def test_kohya_flux_defaults_plan_sigma_scaled_and_flux_shift(tmp_path):
@@ -76,7 +90,7 @@ def test_kohya_flux_defaults_plan_sigma_scaled_and_flux_shift(tmp_path):
     flow = plan.loss.flow
     assert (flow.prediction, flow.weighting) == ("sigma_scaled", "none")  # weighting_scheme uniform: none
     assert (flow.timesteps, flow.logit_mean, flow.logit_std) == ("logit_normal", 0.0, 1.5)
-    assert (flow.shift, flow.base_shift, flow.max_shift) == (0.0, 0.5, 1.15)
+    assert (flow.shift, flow.base_shift, flow.max_shift, flow.draw) == (0.0, 0.5, 1.15, "continuous")
     assert "mse(x_t − σ·u\u0302, u)" in plan.loss.formula  # kohya compares it with ε − x₀
     assert fate(outcome, "model_prediction_type") == "defaulted"  # kohya's default, sigma_scaled
     assert fate(outcome, "timestep_sampling") == "mapped"
@@ -96,7 +110,7 @@ def test_kohya_flux_sigma_scaled_weights_the_loss_by_weighting_scheme(tmp_path):
         "sigma_sqrt",
         3.1582,
     )
-    assert (flow.base_shift, flow.max_shift) == (0.0, 0.0)
+    assert (flow.base_shift, flow.max_shift, flow.draw) == (0.0, 0.0, "table")
 
 
 def test_kohya_flux_additive_prediction_is_unweighted(tmp_path):
@@ -139,19 +153,68 @@ def test_kohya_sd3_sigma_sqrt_is_the_unweighted_velocity_loss(tmp_path):
     plan = plan_of(outcome, tmp_path)
     flow = plan.loss.flow
     assert plan.model.family == "sd3" and plan.model.t5_max_length == 256
-    # kohya's preconditioned loss is sigma^2 |v - (noise - x)|^2; sigma^-2 cancels it
-    assert (flow.timesteps, flow.weighting, flow.shift) == ("uniform", "none", 3.0)
+    # kohya's preconditioned loss is sigma^2 |v - (noise - x)|^2; sigma^-2 cancels it (except at t = 0,
+    # where kohya's is 0 * inf = NaN)
+    assert (flow.timesteps, flow.weighting, flow.shift, flow.prediction) == ("uniform", "none", 3.0, "raw")
+    assert flow.draw == "floored" and (plan.loss.noise.min_timestep, plan.loss.noise.max_timestep) == (
+        0,
+        1000,
+    )
     assert (plan.adapter.rank, plan.adapter.alpha) == (16, 8.0)
     assert plan.schedule.total_steps == 4 * 40  # 4 images x 10 repeats per epoch, 4 epochs
     assert fate(outcome, "weighting_scheme") == "mapped"
 
 
-def test_kohya_sd3_logit_normal_mean_is_negated_and_weighting_differs(tmp_path):
+def test_kohya_sd3_logit_normal_is_kohyas_floored_draw_and_preconditioned_loss(tmp_path):
     outcome = _sd3(tmp_path, "--weighting_scheme logit_normal --logit_mean 0.5 --logit_std 1.2")
-    flow = plan_of(outcome, tmp_path).loss.flow
-    # kohya: sigma = u; diffusers' table (dbspec): sigma = 1 - u; 1 - sigmoid(N(m, s)) is sigmoid(N(-m, s))
-    assert (flow.timesteps, flow.logit_mean, flow.logit_std, flow.shift) == ("logit_normal", -0.5, 1.2, 1.0)
-    assert fate(outcome, "weighting_scheme") == "differs"  # sigma^2 weighting has no dbspec equivalent
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    # the floored draw takes u in kohya's direction (sigma rises with u): the mean as kohya's
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std, flow.shift) == ("logit_normal", 0.5, 1.2, 1.0)
+    assert (flow.draw, flow.prediction, flow.weighting) == ("floored", "preconditioned", "none")
+    assert "mse(x_t − σ·u\u0302, x₀)" in plan.loss.formula
+    assert fate(outcome, "weighting_scheme") == "mapped"
+    assert fate(outcome, "logit_mean") == "mapped"
+
+
+def test_kohya_sd3_mode_and_cosmap_with_timestep_bounds(tmp_path):
+    outcome = _sd3(
+        tmp_path,
+        "--weighting_scheme cosmap --training_shift 2.5 --min_timestep 100 --max_timestep 900 "
+        "--mode_scale 1.1",
+    )
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    # cosmap draws u uniformly (compute_density_for_timestep_sampling) and weights by cosmap(sigma)
+    assert (flow.timesteps, flow.weighting, flow.prediction, flow.shift) == (
+        "uniform",
+        "cosmap",
+        "preconditioned",
+        2.5,
+    )
+    assert (plan.loss.noise.min_timestep, plan.loss.noise.max_timestep) == (100, 900)
+    assert {fate(outcome, k) for k in ("min_timestep", "max_timestep")} == {"mapped"}
+    assert fate(outcome, "mode_scale") == "inert"  # cosmap does not read it
+    assert "t = floor(shift(u)·(900 − 100) + 100)" in noise_summary(plan.loss.noise, plan.loss.flow)
+    mode = _sd3(tmp_path / "mode", "--weighting_scheme mode --mode_scale 1.1 --training_shift 3.0")
+    flow = plan_of(mode, tmp_path / "mode").loss.flow
+    assert (flow.timesteps, flow.mode_scale, flow.draw, flow.weighting) == ("mode", 1.1, "floored", "none")
+    assert fate(mode, "weighting_scheme") == "mapped"  # no longer mirrored
+
+
+def test_kohya_sd3_sigma_sqrt_with_a_lower_bound_keeps_kohyas_weighting(tmp_path):
+    outcome = _sd3(tmp_path, "--weighting_scheme sigma_sqrt --min_timestep 100")
+    plan = plan_of(outcome, tmp_path)
+    flow = plan.loss.flow
+    assert (flow.prediction, flow.weighting, flow.draw) == ("preconditioned", "sigma_sqrt", "floored")
+    assert plan.loss.noise.min_timestep == 100 and fate(outcome, "min_timestep") == "mapped"
+
+
+def test_kohya_sd3_reversed_bounds_and_infinite_weights_are_refused(tmp_path):
+    reversed_bounds = _sd3(tmp_path, "--weighting_scheme logit_normal --min_timestep 900 --max_timestep 100")
+    assert not reversed_bounds.written and fate(reversed_bounds, "min_timestep") == "unsupported"
+    l1 = _sd3(tmp_path / "l1", "--weighting_scheme sigma_sqrt --loss_type l1")
+    assert not l1.written and fate(l1, "weighting_scheme") == "unsupported"  # sigma^-2 at t = 0: NaN in kohya
 
 
 def test_ddpm_loss_options_the_flow_scripts_never_read_are_ignored(tmp_path):
@@ -163,11 +226,6 @@ def test_ddpm_loss_options_the_flow_scripts_never_read_are_ignored(tmp_path):
     assert plan.loss.min_snr_gamma == 0 and plan.loss.noise.offset == 0
     assert {fate(outcome, k) for k in ("min_snr_gamma", "noise_offset", "min_timestep")} == {"inert"}
     assert "DBS405" in {d.code for d in outcome.diagnostics}  # kohya ignores them too: a likely mistake
-
-
-def test_sd3_timestep_bounds_are_unsupported(tmp_path):
-    outcome = _sd3(tmp_path, "--weighting_scheme sigma_sqrt --min_timestep 100")
-    assert not outcome.written and fate(outcome, "min_timestep") == "unsupported"
 
 
 def test_flux_samples_validate_with_flow_euler(tmp_path):

@@ -669,6 +669,42 @@ CASES = [
         'prediction = "flow_matching"\n' + DOG + STEPS + "[loss]\nflow_dynamic_shift = true\n",
     ),
     (
+        rules.flow_shift_once,
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_dynamic_shift = true\nflow_draw = "floored"\n',
+        [("DBS239", "error", ("loss", "flow_draw"))],
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_dynamic_shift = true\nflow_draw = "continuous"\n',
+    ),
+    (
+        rules.flow_floored_weight_finite,
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_draw = "floored"\nflow_weighting = "sigma_sqrt"\n',
+        [("DBS236", "error", ("loss", "flow_weighting"))],
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_draw = "floored"\nflow_weighting = "sigma_sqrt"\nmin_timestep = 1\n',
+    ),
+    (  # the floored draw reads the timestep bounds; the other flow draws refuse them
+        rules.loss_fits_objective,
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_draw = "continuous"\nmin_timestep = 100\n',
+        [("DBS230", "error", ("loss", "min_timestep"))],
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_draw = "floored"\nmin_timestep = 100\n',
+    ),
+    (
         rules.loss_fits_objective,
         'prediction = "flow_matching"\n' + DOG + STEPS + "[scheduled_sampling]\nmax_step_offset = 5\n",
         [("DBS230", "error", ("scheduled_sampling", "max_step_offset"))],

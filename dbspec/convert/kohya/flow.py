@@ -8,18 +8,22 @@ How kohya draws sigma (read from its code, get_noisy_model_input_and_timesteps):
   compute_density_for_timestep_sampling), indexed into FlowMatchEulerDiscreteScheduler(shift=
   discrete_flow_shift)'s table: dbspec's draw.
 - Flux "uniform" / "sigmoid": sigma = u or sigmoid(sigmoid_scale N(0, 1)), unshifted, continuous; "shift":
-  that sigmoid draw shifted by discrete_flow_shift; dbspec draws the same densities on the scheduler's
-  1000-step table.
+  that sigmoid draw shifted by discrete_flow_shift: loss.flow_draw "continuous", whose sigma is shift(1 - u)
+  of dbspec's density u. For uniform u, 1 - u is uniform; for the sigmoid draw, 1 - sigmoid(N(0, s)) =
+  sigmoid(N(0, s)) (the mean is 0, written as such): the same law as kohya's sigma, drawn from dbspec's
+  generator.
 - Flux "flux_shift": the sigmoid draw shifted by the image size (Flux's time shift, mu from 0.5 at 256 to
   1.15 at 4096 latent patches), continuous: loss.flow_dynamic_shift.
 - Flux model_prediction_type (apply_model_prediction_type): "raw" regresses the velocity noise - latents;
   "sigma_scaled" (the default) compares x_t - sigma v with that same target and weights the loss by
   weighting_scheme; "additive" compares v + x_t: loss.flow_prediction.
-- SD3: u from the density, shifted by training_shift (not the model's shift 3.0), sigma = floor(1000 u) /
-  1000, and the preconditioned prediction x_t - sigma v is compared with the latents: sigma^2 |v - (noise -
-  x)|^2 times the weighting_scheme's weight. weighting_scheme sigma_sqrt (sigma^-2) cancels sigma^2: dbspec's
-  unweighted velocity loss. kohya indexes sigma by u where diffusers' table (and dbspec) runs from sigma 1
-  down, so dbspec's logit-normal mean is kohya's negated.
+- SD3: u from the density, shifted by training_shift (not the model's shift 3.0), t = floor(shift(u)
+  (max_timestep - min_timestep) + min_timestep), sigma = t / 1000 rising with u: loss.flow_draw "floored"
+  (its u is kohya's, so the logit-normal mean and the mode density are kohya's as given) with
+  loss.min_timestep / max_timestep. The preconditioned prediction x_t - sigma v is compared with the latents
+  (sigma^2 |v - (noise - x)|^2) times the weighting_scheme's weight: loss.flow_prediction "preconditioned"
+  with flow_weighting. With sigma_sqrt and t = 0 (min_timestep 0) kohya's loss is 0 * inf = NaN; the mse
+  loss then maps to raw / none, the same loss wherever kohya's is a number.
 """
 
 from __future__ import annotations
@@ -175,19 +179,13 @@ def map_flow_loss(a: Args, script: str, conv: Conversion) -> None:
         _sd3_loss(a, conv)
 
 
-def _density(a: Args, conv: Conversion, negate_mean: bool = False) -> str:
+def _density(a: Args, conv: Conversion) -> str:
     scheme = a["weighting_scheme"]
     kind = scheme.value if scheme.value in ("logit_normal", "mode") else "uniform"
     conv.mapped(scheme, ("loss", "flow_timesteps"), kind)
     mean, std, mode = a["logit_mean"], a["logit_std"], a["mode_scale"]
     if kind == "logit_normal":
-        value = -float(mean.value) if negate_mean and mean.value else float(mean.value)
-        note = (
-            "kohya's sigma rises with u, dbspec's falls: the same density has the negated mean"
-            if value
-            else ""
-        )
-        conv.mapped(mean, ("loss", "flow_logit_mean"), value, note=note)
+        conv.mapped(mean, ("loss", "flow_logit_mean"), float(mean.value))
         conv.mapped(std, ("loss", "flow_logit_std"), float(std.value))
     if kind == "mode":
         conv.mapped(mode, ("loss", "flow_mode_scale"), float(mode.value))
@@ -232,9 +230,10 @@ def _flux_loss(a: Args, conv: Conversion) -> None:
             float(shift.value) if kept else 1.0,
             note="" if kept else f"timestep_sampling {sampling.value} draws unshifted sigmas: flow_shift 1",
         )
-        conv.differs(
-            sampling,
-            "kohya draws sigma continuously; dbspec draws the same density on the scheduler's 1000 steps",
+        conv.put(
+            ("loss", "flow_draw"),
+            "continuous",
+            conv.comment(sampling, "sigma = shift(1 - u), continuous: kohya's sigma has the law of 1 - u"),
         )
         _not_read(a, sampling, conv)
     _flux_prediction(a, conv)
@@ -276,7 +275,8 @@ def _flux_prediction(a: Args, conv: Conversion) -> None:
 
 
 def _sd3_loss(a: Args, conv: Conversion) -> None:
-    kind = _density(a, conv, negate_mean=True)
+    """kohya's SD3 draw (floored, kohya's direction of u) and its preconditioned loss."""
+    _density(a, conv)
     scheme, shift = a["weighting_scheme"], a["training_shift"]
     conv.mapped(
         shift,
@@ -284,26 +284,49 @@ def _sd3_loss(a: Args, conv: Conversion) -> None:
         float(shift.value),
         comment=conv.comment(shift, "kohya shifts by training_shift, not the model's 3.0"),
     )
-    if kind == "mode":
-        conv.differs(scheme, "kohya's sigma rises with u, dbspec's falls: the mode density is mirrored")
-    if scheme.value == "sigma_sqrt":
+    conv.put(
+        ("loss", "flow_draw"),
+        "floored",
+        "kohya sd3_train_network.py: t = floor(shift(u) (max - min) + min), sigma = t / 1000 rising with u",
+    )
+    if (mixed := a["mixed_precision"].value) in ("bf16", "fp16"):
+        conv.notes.append(
+            f"kohya sd3_train_network.py casts the integer timesteps and sigma to the {mixed} weight dtype "
+            "(bf16 rounds timesteps above 256 to steps of 2, above 512 to steps of 4: 998 and 999 become "
+            "1000, sigma 1); dbspec keeps them float32"
+        )
+    weighting = scheme.value if scheme.value in ("sigma_sqrt", "cosmap") else "none"
+    low = a["min_timestep"].value or 0
+    if weighting == "sigma_sqrt" and low == 0 and a["loss_type"].value == "l2":
         conv.put(
-            ("loss", "flow_weighting"),
-            "none",
+            ("loss", "flow_prediction"),
+            "raw",
             conv.comment(scheme, "sigma^-2 cancels the sigma^2 of kohya's preconditioned loss"),
         )
-    else:
-        conv.differs(
-            scheme,
-            "kohya compares the preconditioned prediction with the latents, a velocity loss weighted by "
-            "sigma^2 (times cosmap's weight for cosmap); dbspec has no sigma^2 weighting and trains the "
-            "unweighted velocity loss (weighting_scheme sigma_sqrt cancels it exactly)",
-            ("loss", "flow_weighting"),
-            "none",
+        conv.put(("loss", "flow_weighting"), "none", "the unweighted velocity loss")
+        conv.notes.append(
+            "kohya sd3_train_network.py with weighting_scheme sigma_sqrt compares x_t - sigma v with the "
+            "latents weighted by sigma^-2: the velocity loss, except at timestep 0 (sigma 0), where kohya's "
+            "loss is 0 * inf = NaN; dbspec trains the velocity loss there too"
         )
-    conv.notes.append(
-        "kohya sd3_train_network.py sets sigma = floor(1000 u) / 1000 after the shift; dbspec shifts the "
-        "scheduler's 1000-step table (the same draw up to rounding)"
+        return
+    if weighting == "sigma_sqrt" and low == 0:
+        conv.unsupported(
+            scheme,
+            f"with loss_type {a['loss_type'].value} and min_timestep 0 kohya's sigma^-2 weight is infinite "
+            "at timestep 0 (a NaN loss); dbspec refuses it (DBS236)",
+            "add --min_timestep 1",
+        )
+        return
+    conv.put(
+        ("loss", "flow_prediction"),
+        "preconditioned",
+        "kohya sd3_train_network.py compares x_t - sigma v with the latents",
+    )
+    conv.put(
+        ("loss", "flow_weighting"),
+        weighting,
+        conv.comment(scheme, "kohya weights the preconditioned loss by it (compute_loss_weighting_for_sd3)"),
     )
 
 
@@ -334,11 +357,14 @@ def flow_loss_args(a: Args, script: str, defaults: dict, conv: Conversion) -> Ar
     else:
         reasons["ip_noise_gamma"] = "sd3_train_network.py does not perturb the noisy input"
         reasons["ip_noise_gamma_random_strength"] = reasons["ip_noise_gamma"]
-        for key in ("min_timestep", "max_timestep"):
-            if a[key].value is not None:
-                conv.unsupported(
-                    a[key], "sd3_train_network.py bounds the timestep draw; dbspec's flow draw has no bounds"
-                )
+        low, high = a["min_timestep"], a["max_timestep"]
+        if low.value is not None and int(low.value) > (1000 if high.value is None else int(high.value)):
+            conv.unsupported(
+                low,
+                "sd3_train_network.py then draws timesteps from max_timestep up to min_timestep; dbspec's "
+                "bounds are low, high",
+            )
+            out["min_timestep"] = attrs.evolve(low, value=defaults["min_timestep"].default, source="default")
     for key, why in reasons.items():
         legacy = a[key]
         if legacy.given and key not in conv.reports:
