@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import diffusers, empty_hub_cache, fate, images, plan_of  # noqa: F401
+from convert_kit import diffusers, messages, empty_hub_cache, fate, images, plan_of  # noqa: F401
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 SD35M = "stabilityai/stable-diffusion-3.5-medium"
@@ -60,14 +60,14 @@ def test_flux_lora_layers_and_sigma_sqrt(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("scheme", "weighting", "fate_"),
+    ("scheme", "weighting", "prediction", "fate_"),
     [
-        ("logit_normal", "none", "differs"),
-        ("sigma_sqrt", "none", "defaulted"),
-        ("cosmap", "cosmap", "differs"),
+        ("logit_normal", "none", "preconditioned", "defaulted"),
+        ("sigma_sqrt", "none", "raw", "defaulted"),
+        ("cosmap", "cosmap", "preconditioned", "defaulted"),
     ],
 )
-def test_sd3_lora_precondition_outputs(tmp_path, scheme, weighting, fate_):
+def test_sd3_lora_precondition_outputs(tmp_path, scheme, weighting, prediction, fate_):
     images(tmp_path / "dog", 3, (512, 512))
     outcome = diffusers(
         tmp_path,
@@ -78,7 +78,8 @@ def test_sd3_lora_precondition_outputs(tmp_path, scheme, weighting, fate_):
     assert plan.model.family == "sd3" and plan.model.t5_max_length == 77
     assert plan.loss.flow.weighting == weighting and plan.loss.flow.shift == 0.0  # SD3.5's own shift
     # x_t - sigma v against the latents is sigma^2 times the velocity loss; sigma_sqrt's sigma^-2 cancels it
-    assert fate(outcome, "precondition_outputs") == fate_
+    assert fate(outcome, "precondition_outputs") == fate_ and plan.loss.flow.prediction == prediction
+    assert "precondition_outputs" not in messages(outcome, "DBS404")
     assert (plan.adapter.rank, plan.adapter.alpha) == (4, 4.0)
     vae = next(c for c in plan.precision.components if c.name == "vae")
     assert vae.dtype == "fp32"  # the SD3 scripts keep the VAE in fp32

@@ -6,9 +6,9 @@ the text length.
 The draw is dbspec's (runtime/families/flow.py follows these scripts): u from compute_density_for_timestep_
 sampling(weighting_scheme), the model scheduler's timestep at u * 1000, the loss weighted by
 compute_loss_weighting_for_sd3(weighting_scheme). The SD3 scripts with --precondition_outputs 1 (their
-default) compare x_t - sigma v with the latents: the velocity loss times sigma^2, which dbspec has only where
-the weighting_scheme's sigma^-2 (sigma_sqrt) cancels it. The Flux script regresses noise - latents and gives
-the guidance embedding --guidance_scale.
+default) compare x_t - sigma v with the latents: the velocity loss times sigma^2, loss.flow_prediction
+"preconditioned" (with sigma_sqrt, whose sigma^-2 cancels it: the plain velocity loss). The Flux script
+regresses noise - latents and gives the guidance embedding --guidance_scale.
 """
 
 from __future__ import annotations
@@ -157,12 +157,11 @@ def map_flow_loss(a: Args, script: str, conv: Conversion) -> None:
         return
     conv.put(("loss", "flow_weighting"), weighting, conv.comment(scheme))
     conv.record(scheme, "mapped", "loss.flow_weighting")
-    conv.differs(
+    conv.mapped(
         pre,
-        f"{script}.py compares the preconditioned prediction x_t - sigma v with the latents: the velocity "
-        "loss weighted by sigma^2 (on top of weighting_scheme's weight), which dbspec has no option for; "
-        "dbspec trains the velocity loss (as --precondition_outputs 0; weighting_scheme sigma_sqrt with "
-        "preconditioning is the same loss)",
+        ("loss", "flow_prediction"),
+        "preconditioned",
+        comment=conv.comment(pre, "x_t - sigma v compared with the latents: sigma^2 times the velocity loss"),
     )
 
 
