@@ -244,7 +244,8 @@ def test_lycoris_network_dropout_is_ignored_outside_bypass_mode(tmp_path):
         outcome = _convert(
             tmp_path,
             SD15,
-            f'--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 --network_args "algo={algo}"',
+            "--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 "
+            f'--network_args "algo={algo}"',
         )
         a = plan_of(outcome, tmp_path).adapter
         assert (a.dropout, a.down_dropout) == (0.0, 0.0)

@@ -131,10 +131,10 @@ def test_sd35_large_full_caps_t5_and_uniform_unshifted_schedule(tmp_path):
     assert plan.model.base == "stabilityai/stable-diffusion-3.5-large" and plan.adapter.kind == "none"
     assert plan.model.t5_max_length == 154  # capped without i_know_what_i_am_doing
     flow = plan.loss.flow
-    assert (flow.timesteps, flow.shift) == ("uniform", 1.0)  # shift 0 shifts nothing
+    assert (flow.timesteps, flow.shift, flow.draw) == ("uniform", 1.0, "continuous")  # shift 0: none
     assert (
         fate(outcome, "flow_sigmoid_scale") == "inert"
-        and fate(outcome, "flow_use_uniform_schedule") == "differs"
+        and fate(outcome, "flow_use_uniform_schedule") == "mapped"
     )
 
 

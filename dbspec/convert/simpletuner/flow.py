@@ -9,8 +9,8 @@ with flow_use_uniform_schedule; Beta(alpha, beta) with flow_use_beta_schedule; a
 flux_fast_schedule; then shifted, s sigma / (1 + (s - 1) sigma), by flow_schedule_shift (> 0), or with
 flow_schedule_auto_shift by Flux's resolution-dependent s = e^mu (mu linear in the latent patches, from the
 scheduler config: 0.5 at 256 patches, 1.15 at 4096; safety_check zeroes flow_schedule_shift when auto-shift
-is on: dbspec's loss.flow_dynamic_shift, the same e^mu). The draw is continuous and timesteps = 1000 sigma;
-dbspec draws the same density on the scheduler's 1000-step table, or continuously with flow_dynamic_shift.
+is on: dbspec's loss.flow_dynamic_shift, the same e^mu). The draw is continuous and timesteps = 1000 sigma:
+dbspec's loss.flow_draw = "continuous" (or flow_dynamic_shift, continuous too).
 The loss is the plain MSE against noise - latents (no weighting); its SNR weighting and
 noise offset are for DDPM models only.
 """
@@ -267,12 +267,14 @@ def _density(cfg: Cfg, conv: Conversion, continuous: bool) -> None:
         conv.put(("loss", "flow_logit_mean"), 0.0, conv.comment(scale, "a centred logit-normal"))
         conv.mapped(scale, ("loss", "flow_logit_std"), abs(value))
         chosen = scale
-    if continuous:  # with the image-size shift dbspec draws sigma continuously too
+    if continuous:  # with the image-size shift dbspec draws sigma continuously anyway
         return
-    conv.differs(
-        chosen,
-        "SimpleTuner draws sigma continuously (timestep 1000 sigma); dbspec draws the same density on the "
-        "scheduler's 1000-step table (continuously with loss.flow_dynamic_shift)",
+    # dbspec's continuous sigma is shift(1 - u): for U(0, 1) and a centred logit-normal the same law as
+    # SimpleTuner's shift(u)
+    conv.put(
+        ("loss", "flow_draw"),
+        "continuous",
+        conv.comment(chosen, "SimpleTuner draws sigma continuously, timestep 1000 sigma"),
     )
 
 
