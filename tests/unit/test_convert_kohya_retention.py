@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from convert_kit import SD15, codes, fate, images, kohya, messages, plan_of
+from convert_kit import SD15, codes, fate, images, kohya, plan_of
 from dbspec.runtime.checkpoints import save_checkpoint
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec, write_spec
