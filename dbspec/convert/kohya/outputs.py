@@ -237,9 +237,9 @@ def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Convers
         return "all" if n is None else f"the last {n}"
 
     state_unit = f"{unit[:-1]} states (save_last_n_{unit}_state)"
-    last = (
-        " and its `last` file / `last-state` folder (dbspec's checkpoint at the last step)" if extra else ""
-    )
+    at_last = " (dbspec's checkpoint at the last step)"
+    last = f" and its `last` file{at_last}" if extra else ""
+    last_state = f" and its `last-state` folder{at_last}" if extra else ""
     if keep_state and (keep_model == 0 or keep_state < keep_model):
         # fewer states than model files: the older kept checkpoints are pruned to their weights
         if model_key.given:
@@ -257,7 +257,8 @@ def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Convers
             keep_state,
             comment=conv.comment(
                 state_key,
-                f"kohya keeps {count(kept_state)} {state_unit}; older checkpoints keep their weights only",
+                f"kohya keeps {count(kept_state)} {state_unit}{last_state}; older checkpoints keep their "
+                "weights only",
             ),
         )
         return
@@ -269,8 +270,8 @@ def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Convers
         keep,
         comment=conv.comment(
             state_key,
-            f"kohya keeps {count(kept_state)} {state_unit} but {count(kept_model)} model files; its state "
-            "folders hold the weights too, so each is a whole dbspec checkpoint" + last,
+            f"kohya keeps {count(kept_state)} {state_unit}{last_state} but {count(kept_model)} model files; "
+            "its state folders hold the weights too, so each is a whole dbspec checkpoint",
         ),
     )
     if model_key.given:
