@@ -106,6 +106,11 @@ def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             conv.record(fmt, "mapped", "checkpoints", "a diffusers folder, as dbspec saves")
         if pickled:
             why = "without use_safetensors" + (" or save_model_as" if fmt.value is None else "")
+            if base.lower().endswith((".ckpt", ".pt", ".pth")):  # counters no loader reads
+                why += (
+                    " (kohya adds the base file's epoch and global_step to its counters; dbspec counts this "
+                    "run)"
+                )
             conv.mapped(
                 fmt,
                 ("checkpoints", "export_format"),
