@@ -137,3 +137,25 @@ def test_state_counts_from_a_config_file(tmp_path, models, states):
     assert fate(outcome, "save_last_n_epochs") == "mapped"
     assert fate(outcome, "save_last_n_epochs_state") == "mapped" and "DBS404" not in codes(outcome)
     assert "kohya keeps the last" in out_path(tmp_path).read_text(encoding="utf-8")
+
+
+def test_the_plan_summary_shows_state_retention_and_the_pickle_format(tmp_path):
+    from tests.runtime.runspec import summary_text
+
+    images(tmp_path / "d" / "1_sks dog", 4, (512, 512))
+    config = STATE_CONFIG.format(base=SD15, models=5, states=2) + 'save_model_as = "pt"\n'
+    write(tmp_path / "cfg.toml", config)
+    outcome = expressible(
+        kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    )
+    text = summary_text(plan_of(outcome, tmp_path))
+    assert "resume state" in text and "the newest 3 checkpoint(s) keep it" in text and "last 6" in text
+    assert "export format" in text and ".pt: pickle" in text and "kohya_lora" in text
+    write(tmp_path / "cfg.toml", STATE_CONFIG.format(base=SD15, models=2, states=2))
+    plain = summary_text(
+        plan_of(
+            kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py"),
+            tmp_path,
+        )
+    )
+    assert "resume state" not in plain and "export format" not in plain  # the defaults add no row
