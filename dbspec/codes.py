@@ -995,6 +995,15 @@ is above `validation.steps`, so no sampling step would be decoded. See [report.m
 (`kind = "adamw"` or `"sgd"`); the other kinds come from other libraries, which have no such switch.""",
     ),
     Code(
+        "DBS288",
+        WARNING,
+        "An export format without an export",
+        """\
+`checkpoints.export_format` ("ckpt" or "pt": a pickle torch file, as kohya's save_model_as writes it) applies
+to the files `checkpoints.exports` names (`single_file`, `kohya_lora`); with no export, nothing is written in
+that format: `final/` and the checkpoints always hold diffusers safetensors weights.""",
+    ),
+    Code(
         "DBS289",
         ERROR,
         "Image metrics on a family that refines images",

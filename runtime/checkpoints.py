@@ -5,6 +5,8 @@
 <out>/plan.json                 the plan that produced this run
 <out>/checkpoints/step-000030/  one complete checkpoint: weights + training_state.pt
 <out>/checkpoints/latest        names the newest complete checkpoint folder; replaced atomically
+                                (with checkpoints.keep_state N, kept checkpoints older than the newest N
+                                lose training_state.pt: weights only, not resumable)
 <out>/final/                    the final weights (same format as a checkpoint's weights)
 ```
 A checkpoint is written into a hidden temp folder and renamed into place, so a step folder that exists
@@ -50,11 +52,12 @@ def save_checkpoint(
     scores: dict[str, Any] | None = None,
     select: str = "none",
     select_weights: tuple[tuple[str, float], ...] = (),
+    keep_state: int = 0,
 ) -> Path:
     """Write checkpoint `step` (weights via the callback, `state` via torch.save), point `latest` at it,
     record its evaluation `scores` (metrics.json) and move `best` to it when it beats the best by `select`,
-    then prune to the newest `keep` (0 keeps all; the best is kept). A failure leaves no step folder and
-    `latest` unchanged."""
+    then prune to the newest `keep` (0 keeps all; the best is kept) and the state of kept ones older than
+    the newest `keep_state` (0: all keep it). A failure leaves no step folder and `latest` unchanged."""
     _check_loadable(state, "state")
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -86,6 +89,7 @@ def save_checkpoint(
         record_scores(root, final.name, scores)
         update_best(root, final.name, scores, select, select_weights)
     _prune(root, keep, final)
+    _prune_state(root, keep_state, final)
     return final
 
 
@@ -225,6 +229,15 @@ def resume_state(
     `legacy`: the hashes this run had under older plan versions (a checkpoint an older dbspec saved)."""
     folder = latest_checkpoint(out)
     if folder is None:
+        stateless = weights_only_checkpoints(out)
+        if stateless:
+            raise OutputError(
+                f"--resume found {len(stateless)} checkpoint(s) in {Path(out) / 'checkpoints'} but none "
+                f"holds its training state ({STATE_FILE}; checkpoints.keep_state prunes it from older "
+                f"ones, and the newest, {stateless[-1].name}, lacks it too): they hold weights only and "
+                "cannot be continued; pass --overwrite instead of --resume to start afresh (the old run is "
+                "moved aside)"
+            )
         return None
     state = load_state(folder)
     saved = state.get("run_hash", "")  # noqa: SIM401 - checkpoint data, not config
@@ -263,6 +276,24 @@ def _prune(root: Path, keep: int, latest: Path) -> None:
     for folder in _step_dirs(root.parent)[:-keep]:
         if folder != latest and folder != best:
             shutil.rmtree(_rename_away(folder), ignore_errors=True)
+
+
+def _prune_state(root: Path, keep_state: int, latest: Path) -> None:
+    """checkpoints.keep_state: the step folders older than the newest `keep_state` keep their weights and
+    lose `training_state.pt` (only dbspec's own file in a folder dbspec wrote; `latest` is never touched).
+    Unlinking is atomic: a folder holds its whole state or none."""
+    if keep_state <= 0:
+        return
+    for folder in _step_dirs(root.parent)[:-keep_state]:
+        if folder != latest:
+            (folder / STATE_FILE).unlink(missing_ok=True)
+            faults.reached("checkpoint.state_pruned")
+    _fsync_dir(root)
+
+
+def weights_only_checkpoints(out: Path) -> list[Path]:
+    """Step folders whose resume state `checkpoints.keep_state` pruned (weights only), oldest first."""
+    return [folder for folder in _step_dirs(Path(out)) if not (folder / STATE_FILE).is_file()]
 
 
 def _rename_away(folder: Path) -> Path:

@@ -249,15 +249,22 @@ def export_single_file(
 
 
 def write_single_file(
-    path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: dict[str, str]
+    path: Path,
+    state: dict[str, torch.Tensor],
+    dtype: str,
+    metadata: dict[str, str],
+    *,
+    counters: tuple[int, int] = (0, 0),
 ) -> Path:
-    """A single-file state (any family's layout) as one `.safetensors`, floats cast to `dtype`."""
+    """A single-file state (any family's layout) as one `.safetensors`, floats cast to `dtype`; a `.ckpt` /
+    `.pt` path writes kohya's pickle checkpoint instead, `{"state_dict", "epoch", "global_step"}` with
+    `counters` = (epoch, global_step)."""
     cast = to_dtype(dtype)
     tensors = {
         k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True).contiguous()
         for k, v in state.items()
     }
-    return _write(Path(path), tensors, {**metadata, "format": "pt"})
+    return _write(Path(path), tensors, {**metadata, "format": "pt"}, counters=counters)
 
 
 # --- kohya LoRA -----------------------------------------------------------------------------------------
@@ -368,15 +375,37 @@ def kohya_family_metadata(family: Family, prediction: str) -> dict[str, str]:
 
 
 # --- writing and plan glue ------------------------------------------------------------------------------
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Written beside and renamed into place: a crash never leaves half a file under the final name."""
+PICKLE_SUFFIXES = (
+    ".ckpt",
+    ".pt",
+)  # checkpoints.export_format "ckpt" / "pt": torch.save, as kohya writes them
+
+
+def _write(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    *,
+    counters: tuple[int, int] | None = None,
+) -> Path:
+    """Written beside and renamed into place: a crash never leaves half a file under the final name.
+    `.safetensors` with `metadata`; a `.ckpt` / `.pt` path is a pickle file as kohya's save_model_as "ckpt" /
+    "pt" writes it (`torch.save`, no metadata): the bare state dict (networks/lora.py save_weights), or with
+    `counters` = (epoch, global_step) a full model's `{"state_dict", "epoch", "global_step"}`
+    (model_util.save_stable_diffusion_checkpoint)."""
     bad = [key for key, value in metadata.items() if not isinstance(key, str) or not isinstance(value, str)]
     if bad:
         raise TypeError(f"safetensors metadata values must be strings; {bad[0]!r} is not")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(staging), metadata=metadata)
+        if path.suffix in PICKLE_SUFFIXES:
+            payload: dict = tensors
+            if counters is not None:
+                payload = {"state_dict": tensors, "epoch": counters[0], "global_step": counters[1]}
+            torch.save(payload, staging)
+        else:
+            save_file(tensors, str(staging), metadata=metadata)
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
@@ -444,8 +473,10 @@ def _kohya_training(plan: Plan, step: int) -> dict[str, str]:
 
 def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Path]:
     """Write the plan's `checkpoints.exports` into `folder`: `<name>.safetensors` (single_file, full runs)
-    and `<name>.kohya.safetensors` (kohya_lora, LoRA runs). `step` 0 means the finished run."""
+    and `<name>.kohya.safetensors` (kohya_lora, LoRA runs), or `.ckpt` / `.pt` pickle files of the same
+    tensors (`checkpoints.export_format`). `step` 0 means the finished run."""
     folder, name, written = Path(folder), plan.checkpoints.name, []
+    ext = plan.checkpoints.export_format  # the suffix; `_write` picks the writer by it
     metadata = plan_metadata(plan, step)
     dtype, prediction = plan.checkpoints.save_precision, plan.model.prediction
     family = family_runtime(plan.model.family).exports  # the family's key layouts
@@ -460,11 +491,14 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
                 prediction=prediction,
                 zero_terminal_snr=plan.loss.zero_terminal_snr,
             )
-            written.append(write_single_file(folder / f"{name}.safetensors", state, dtype, metadata))
+            path = folder / f"{name}.{ext}"
+            written.append(
+                write_single_file(path, state, dtype, metadata, counters=kohya_counters(plan, step))
+            )
         elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter):  # LoCon, DoRA, LoHa, LoKr
             written.append(
                 export_lycoris(
-                    folder / f"{name}.kohya.safetensors",
+                    folder / f"{name}.kohya.{ext}",
                     plan,
                     comps,
                     {**metadata, **_kohya_training(plan, step)},
@@ -476,9 +510,18 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
                 text_encoders=list(comps.text_encoders) if plan.train_text_encoder else [],
                 dtype=dtype,
             )
-            path = folder / f"{name}.kohya.safetensors"
+            path = folder / f"{name}.kohya.{ext}"
             training = {**metadata, **_kohya_training(plan, step)}
             written.append(write_kohya_lora(path, tensors, dims, family.kohya_metadata(prediction), training))
         else:
             raise ValueError(f"unknown export format {fmt!r}")
     return written
+
+
+def kohya_counters(plan: Plan, step: int = 0) -> tuple[int, int]:
+    """The `epoch` and `global_step` kohya's full-model .ckpt holds. At the end of training kohya passes its
+    epoch loop's variable, the 0-based index of the last epoch (train_db.py, sdxl_train.py:
+    save_sd_model_on_train_end), and the steps run; `step` 0 means the finished run."""
+    s = plan.schedule
+    done = step or s.total_steps
+    return max(-(-done // s.steps_per_epoch) - 1, 0), done

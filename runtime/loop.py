@@ -298,6 +298,7 @@ def _save_checkpoint(
         weights=lambda f: save_weights(f, run.comps, run.plan, run.ema),
         state=state.to_checkpoint(),
         keep=run.plan.checkpoints.keep,
+        keep_state=run.plan.checkpoints.keep_state,
         scores=scores,
         select=select,
         select_weights=run.plan.checkpoints.select_weights,

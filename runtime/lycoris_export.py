@@ -126,7 +126,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
 
 def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> Path:
     """`<name>.kohya.safetensors` for a LoCon, DoRA, LoHa or LoKr run, with the ss_* metadata kohya's
-    lycoris.kohya network writes."""
+    lycoris.kohya network writes (a `.ckpt` / `.pt` path: the bare state dict, pickled, no metadata)."""
     encoders = list(comps.text_encoders) if plan.train_text_encoder else []
     tensors = lycoris_state(
         unet=comps.unet if plan.train_denoiser else None,

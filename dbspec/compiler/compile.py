@@ -291,6 +291,7 @@ def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> T
         memory=memory,
         schedule=schedule,
         keep=c.keep,
+        keep_state=c.keep_state,
         save_precision=c.save_precision,
         lora=isinstance(ctx.spec.adapter, LowRankAdapter),
         datasets=datasets,
@@ -428,6 +429,8 @@ def _assemble(
             exports=tuple(c.exports),
             select=c.select,
             select_weights=select_weights(c),
+            keep_state=c.keep_state,
+            export_format=c.export_format,
         ),
         ema=EmaPlan(
             enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload

@@ -42,6 +42,7 @@ def disk_needed(
     schedule: SchedulePlan,
     keep: int,
     save_precision: str,
+    keep_state: int = 0,
     lora: bool,
     datasets: tuple[DatasetPlan, ...],
     cache: CachePlan,
@@ -53,12 +54,12 @@ def disk_needed(
     state = (
         memory.gradients + memory.optimizer
     )  # full-precision trainables + optimizer state in each checkpoint
-    per_checkpoint = trained * save + state
     kept = min(keep or len(schedule.checkpoint_steps), len(schedule.checkpoint_steps))
+    with_state = min(keep_state or kept, kept)  # older kept checkpoints hold their weights only
     everything = sum(c.params for c in precision.components)
     final = trained * save if lora else everything * save
     latents = cache.latent_misses * _latent_bytes(datasets)
-    return DiskNeed(output=kept * per_checkpoint + final, cache=latents)
+    return DiskNeed(output=kept * trained * save + with_state * state + final, cache=latents)
 
 
 def _latent_bytes(datasets: tuple[DatasetPlan, ...]) -> int:

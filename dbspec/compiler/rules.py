@@ -898,6 +898,19 @@ def exports_match_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def export_format_has_exports(spec: Spec, given: Given) -> Iterator[Hit]:
+    c = spec.checkpoints
+    if c.export_format != "safetensors" and not c.exports:
+        yield _warn(
+            "DBS288",
+            ("checkpoints", "export_format"),
+            f'export_format is "{c.export_format}" but checkpoints.exports is empty: no file is written in '
+            "that format (final/ and checkpoints hold diffusers safetensors weights)",
+            'add the export it is for (exports = ["single_file"] or ["kohya_lora"]), or remove export_format',
+        )
+
+
+@rule("spec")
 def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if not isinstance(a, LowRankAdapter):

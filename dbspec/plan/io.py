@@ -221,6 +221,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("evaluation", "also_trained"): [],
         ("evaluation", "timestep_spacing"): "midpoints",
         ("evaluation", "max_images"): 0,
+        # kohya's save_last_n_*_state and pickle exports (save_model_as ckpt/pt): every checkpoint kept its
+        # state, exports were safetensors then
+        ("checkpoints", "keep_state"): 0,
+        ("checkpoints", "export_format"): "safetensors",
     },
 }
 

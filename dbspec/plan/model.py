@@ -765,6 +765,9 @@ class CheckpointPlan:
     # select = "weighted": (metric, weight) with a non-zero weight, in metric order; score = sum of weight x
     # value, eval_loss negated (runtime/checkpoints.py selection_score)
     select_weights: tuple[tuple[str, float], ...] = ()
+    # the newest N kept checkpoints keep training_state.pt, older ones only their weights; 0: all keep it
+    keep_state: int = 0
+    export_format: Literal["safetensors", "ckpt", "pt"] = "safetensors"  # of `exports`; ckpt/pt: torch.save
 
 
 @frozen

@@ -296,6 +296,7 @@ def schedule_table(plan: Plan) -> Table:
         *_lr_rows(s),
         *_momentum_rows(s),
         ("checkpoints", _steps(s.checkpoint_steps)),
+        *_checkpoint_rows(plan.checkpoints),
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         *([("previews", _preview(plan.validation.preview))] if plan.validation.preview else []),
         *([("refines", _refine(plan.validation.refine))] if plan.validation.refine else []),
@@ -339,6 +340,28 @@ def _preview(p: PreviewPlan) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _checkpoint_rows(c) -> list[tuple[str, str]]:
+    """State retention and the export format, when not the defaults (every kept checkpoint resumable,
+    safetensors exports)."""
+    rows = []
+    if c.keep_state and (c.keep == 0 or c.keep_state < c.keep):
+        kept = f"of the last {c.keep} kept" if c.keep else "kept"
+        rows.append(
+            (
+                "resume state",
+                f"the newest {c.keep_state} checkpoint(s) keep it; older ones {kept} hold their weights only",
+            )
+        )
+    if c.export_format != "safetensors" and c.exports:
+        rows.append(
+            (
+                "export format",
+                f".{c.export_format}: pickle (torch.save, as kohya writes it) for {', '.join(c.exports)}",
+            )
+        )
+    return rows
 
 
 def _steps(steps: StepRange) -> str:

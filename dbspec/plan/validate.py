@@ -59,6 +59,7 @@ _CHECKS: tuple[Check, ...] = (
             "validation.seed",
             "validation.guidance",
             "checkpoints.keep",
+            "checkpoints.keep_state",
             "model.clip_skip",
             "optimizer.text_encoder_lr",
             "optimizer.weight_decay",

@@ -1478,11 +1478,27 @@ class Validation:
 class Checkpoints:
     every: int = option(0, doc="Save every N steps; 0 saves only at the end.", minimum=0)
     keep: int = option(3, doc="Keep the last K step checkpoints; 0 keeps all.", minimum=0)
+    keep_state: int = option(
+        0,
+        doc="How many of the newest kept checkpoints keep their resume state (training_state.pt: optimizer, "
+        "RNG and data position); older kept ones are pruned to their weights, and `--resume` continues from "
+        "the newest one that has state. 0: every kept checkpoint keeps it (kohya's save_last_n_*_state).",
+        minimum=0,
+        example=1,
+    )
     save_precision: Literal["fp32", "fp16", "bf16"] = option("fp32", doc="dtype of saved weights.")
     exports: list[Literal["single_file", "kohya_lora"]] = option(
         factory=list,
         doc="Extra formats: single_file (A1111/ComfyUI checkpoint, full runs), kohya_lora (adapter runs: "
         "LoRA in kohya's layout; LoCon, DoRA, LoHa and LoKr in the LyCORIS layout).",
+    )
+    export_format: Literal["safetensors", "ckpt", "pt"] = option(
+        "safetensors",
+        doc="File format of the `exports`: safetensors (the default, safe to load anywhere), or a pickle "
+        'torch file as kohya writes it with save_model_as "ckpt" / "pt": single_file as `<name>.ckpt` '
+        "(`{state_dict, epoch, global_step}`), kohya_lora as `<name>.kohya.ckpt` / `.pt` (the bare state "
+        "dict, no metadata). Pickle files run code when an untrusted loader opens them; use them only for "
+        "tools that need them.",
     )
     select: Literal["none", "eval_loss", "clip_t", "clip_i", "dino", "weighted"] = option(
         "none",

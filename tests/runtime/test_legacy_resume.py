@@ -39,6 +39,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["validation"]["refine"]  # refiner validation (img2img), added since
     del data["model"]["weighted_captions"]  # kohya's weighted captions, added since
     del data["checkpoints"]["select_weights"]  # the weighted best-checkpoint rule, added since
+    del data["checkpoints"]["keep_state"]  # state pruned on older checkpoints, added since
+    del data["checkpoints"]["export_format"]  # pickle exports, added since
     del data["optimizer"]["clip_mode"]  # element-wise clipping, added since
     for d in data["datasets"]:
         del d["color_aug"]  # kohya colour augmentation, added since

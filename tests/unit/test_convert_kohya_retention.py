@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from convert_kit import SD15, codes, fate, images, kohya, messages, plan_of
+from convert_kit import SD15, codes, fate, images, kohya, plan_of
 from dbspec.runtime.checkpoints import save_checkpoint
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec, write_spec
@@ -69,12 +69,27 @@ def kohya_survivors(
 
 
 def dbspec_survivors(tmp: Path, steps, keep: int) -> set[int]:
-    """dbspec's own pruning over the plan's checkpoint steps (a checkpoint holds weights and state)."""
+    """dbspec's own pruning over the plan's checkpoint steps: the steps whose weights it keeps."""
+    return dbspec_kept(tmp, steps, keep)[0]
+
+
+def dbspec_kept(tmp: Path, steps, keep: int, keep_state: int = 0) -> tuple[set[int], set[int]]:
+    """dbspec's own pruning (runtime/checkpoints.save_checkpoint) over the plan's checkpoint steps: the steps
+    whose checkpoint folder (weights) survives, and those that still hold their training state."""
     for step in steps:
         save_checkpoint(
-            tmp, step, weights=lambda f: (f / "w.bin").write_bytes(b"w"), state={"step": step}, keep=keep
+            tmp,
+            step,
+            weights=lambda f: (f / "w.bin").write_bytes(b"w"),
+            state={"step": step},
+            keep=keep,
+            keep_state=keep_state,
         )
-    return {int(p.name.split("-")[1]) for p in (tmp / "checkpoints").glob("step-*")}
+    folders = list((tmp / "checkpoints").glob("step-*"))
+    weights = {int(p.name.split("-")[1]) for p in folders if (p / "w.bin").is_file()}
+    states = {int(p.name.split("-")[1]) for p in folders if (p / "training_state.pt").is_file()}
+    assert weights == {int(p.name.split("-")[1]) for p in folders}  # state pruning never takes weights
+    return weights, states
 
 
 CASES = {
@@ -92,12 +107,18 @@ CASES = {
                             dict(every_steps=4, last_n=4, save_state=True), True),
     "steps_state_fewer": ("--max_train_steps 20 --save_every_n_steps 3 --save_last_n_steps 7 --save_state "
                           "--save_last_n_steps_state 3", 20,
-                          dict(every_steps=3, last_n=7, last_n_state=3, save_state=True), False),
+                          dict(every_steps=3, last_n=7, last_n_state=3, save_state=True), True),
+    "steps_state_fewer_dividing": ("--max_train_steps 24 --save_every_n_steps 4 --save_last_n_steps 12 "
+                                   "--save_state --save_last_n_steps_state 4", 24,
+                                   dict(every_steps=4, last_n=12, last_n_state=4, save_state=True), True),
+    "epochs_state_fewer": ("--max_train_epochs 8 --save_every_n_epochs 1 --save_last_n_epochs 4 --save_state "
+                           "--save_last_n_epochs_state 2", 32,
+                           dict(every_epochs=1, last_n=4, last_n_state=2, save_state=True), True),
     "epochs_state_more": ("--max_train_epochs 8 --save_every_n_epochs 1 --save_last_n_epochs 1 --save_state "
                           "--save_last_n_epochs_state 3", 32,
                           dict(every_epochs=1, last_n=1, last_n_state=3, save_state=True), False),
     "state_only": ("--max_train_steps 12 --save_every_n_steps 2 --save_state --save_last_n_steps_state 2", 12,
-                   dict(every_steps=2, last_n_state=2, save_state=True), False),
+                   dict(every_steps=2, last_n_state=2, save_state=True), True),
 }  # fmt: skip
 
 
@@ -109,20 +130,35 @@ def _convert(tmp_path: Path, flags: str):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_dbspec_keeps_the_checkpoints_kohya_keeps(tmp_path, name):
-    flags, total, sim, exact = CASES[name]
+    flags, total, sim, same_sets = CASES[name]
     outcome, plan = _convert(tmp_path, flags)
     assert plan.schedule.total_steps == total
     models, states = kohya_survivors(total, **sim)
-    kept = dbspec_survivors(tmp_path / "run", plan.checkpoints.steps, plan.checkpoints.keep)
-    key = re.findall(r"--(save_last_n_\w+)", flags)[0]  # the model count, else the state count
-    if exact:
-        assert kept == models and (not sim.get("save_state") or kept == states)
-        assert fate(outcome, key) == "mapped" and "DBS404" not in codes(outcome)
+    c = plan.checkpoints
+    weights, resumable = dbspec_kept(tmp_path / "run", c.steps, c.keep, c.keep_state)
+    if sim.get("save_state"):
+        # the newest keep_state checkpoints keep their training state: kohya's state folders
+        assert resumable == states
+        # kohya's state folders hold the weights too, so dbspec keeps weights wherever kohya has either
+        assert weights == models | states and (models == models | states) is same_sets
     else:
-        # a dbspec checkpoint holds weights and state: it keeps what either of kohya's schedules keeps
-        assert kept == models | states and models != states
-        assert fate(outcome, key) == "differs"
-        assert "state folders" in messages(outcome, "DBS404")
+        assert weights == models and resumable == models
+    key = re.findall(r"--(save_last_n_\w+)", flags)[0]  # the model count, else the state count
+    assert fate(outcome, key) == "mapped" and "DBS404" not in codes(outcome)
+    if "_state" in flags.split("save_state", 1)[-1]:  # a save_last_n_*_state count converts too
+        state_key = re.findall(r"--(save_last_n_\w+_state)", flags)[0]
+        assert fate(outcome, state_key) == "mapped"
+
+
+def test_fewer_states_than_models_prune_the_older_checkpoints_to_weights(tmp_path):
+    _, plan = _convert(tmp_path, CASES["steps_state_fewer"][0])
+    # kohya: 7 steps of model files at every 3 -> 3 files (+ last); 3 steps of states -> 2 folders (+ last)
+    assert (plan.checkpoints.keep, plan.checkpoints.keep_state) == (4, 3)
+    _, plan = _convert(tmp_path / "b", CASES["state_only"][0])
+    # every model file; 2 steps of states at every 2 -> 2 folders, the last step's among them (12 = 6 x 2)
+    assert (plan.checkpoints.keep, plan.checkpoints.keep_state) == (0, 2)
+    _, plan = _convert(tmp_path / "c", CASES["epochs_state_more"][0])
+    assert (plan.checkpoints.keep, plan.checkpoints.keep_state) == (4, 0)  # every kept one resumable
 
 
 def test_the_old_epoch_count_was_wrong_with_a_longer_epoch_interval(tmp_path):

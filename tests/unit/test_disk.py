@@ -137,3 +137,29 @@ def test_free_disk_of_a_missing_folder_is_its_nearest_existing_parent(tmp_path):
     measured = free_disk(tmp_path / "a" / "b" / "c")
     assert measured.folder == tmp_path.resolve() and measured.device == os.stat(tmp_path).st_dev
     assert measured.free > 0
+
+
+def test_keep_state_counts_the_training_state_of_the_newest_checkpoints_only(tmp_path):
+    from dbspec.compiler.disk import disk_needed
+
+    plan = plan_spec(write_spec(tmp_path, steps=10), HERE).plan  # 10 checkpoints, all kept
+    assert plan is not None and len(plan.schedule.checkpoint_steps) == 10
+
+    def need(keep: int, keep_state: int) -> int:
+        return disk_needed(
+            precision=plan.precision,
+            memory=plan.memory,
+            schedule=plan.schedule,
+            keep=keep,
+            keep_state=keep_state,
+            save_precision="fp32",
+            lora=False,
+            datasets=plan.datasets,
+            cache=plan.cache,
+        ).output
+
+    state = plan.memory.gradients + plan.memory.optimizer  # one checkpoint's training_state.pt, estimated
+    assert state > 0
+    assert need(0, 0) - need(0, 3) == 7 * state  # 10 kept, 3 with their state
+    assert need(4, 0) - need(4, 1) == 3 * state
+    assert need(4, 4) == need(4, 9) == need(4, 0)  # at least every kept one: all keep it

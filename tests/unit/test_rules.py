@@ -400,6 +400,12 @@ CASES = [
         DOG + STEPS + '[checkpoints]\nexports = ["single_file"]\n',
     ),
     (
+        rules.export_format_has_exports,
+        DOG + STEPS + '[checkpoints]\nexport_format = "ckpt"\n',
+        [("DBS288", "warning", ("checkpoints", "export_format"))],
+        DOG + STEPS + '[checkpoints]\nexport_format = "ckpt"\nexports = ["single_file"]\n',
+    ),
+    (
         rules.exports_match_adapter,
         DOG + STEPS + '[checkpoints]\nexports = ["kohya_lora"]\n',
         [("DBS222", "error", ("checkpoints", "exports"))],

@@ -78,20 +78,23 @@ def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             "layout, which diffusers and ComfyUI load (no kohya SD3 layout: DBS381)",
         )
     elif lora:
-        if fmt.value in ("ckpt", "pt"):
-            conv.differs(
+        conv.mapped(fmt, ("checkpoints", "exports"), ["kohya_lora"])
+        if fmt.value in ("ckpt", "pt"):  # networks' save_weights: torch.save of the state dict
+            conv.mapped(
                 fmt,
-                "dbspec writes kohya LoRA files as .safetensors",
-                ("checkpoints", "exports"),
-                ["kohya_lora"],
+                ("checkpoints", "export_format"),
+                fmt.value,
+                comment=conv.comment(fmt, f"a pickle .{fmt.value} file: torch.save of the LoRA state dict"),
             )
-        else:
-            conv.mapped(fmt, ("checkpoints", "exports"), ["kohya_lora"])
     else:
         base = a["pretrained_model_name_or_path"].value or ""
         single = fmt.value in ("ckpt", "safetensors") or (
             fmt.value is None and base.lower().endswith(_FILE_FORMATS)
         )
+        # kohya's suffix: .safetensors with use_safetensors or save_model_as "safetensors", else .ckpt (a
+        # single-file base without save_model_as keeps the single-file format, not the file's suffix)
+        flag = "use_safetensors" in a and bool(a["use_safetensors"].value)
+        pickled = single and not (flag or fmt.value == "safetensors")
         if single:
             conv.mapped(
                 fmt,
@@ -101,12 +104,26 @@ def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             )
         else:
             conv.record(fmt, "mapped", "checkpoints", "a diffusers folder, as dbspec saves")
-        if fmt.value == "ckpt" or (
-            single and fmt.value is None and not base.lower().endswith(".safetensors")
-        ):
-            conv.differs(fmt, "dbspec writes single files as .safetensors, never pickle .ckpt")
+        if pickled:
+            why = "without use_safetensors" + (" or save_model_as" if fmt.value is None else "")
+            if base.lower().endswith((".ckpt", ".pt", ".pth")):  # counters no loader reads
+                why += (
+                    " (kohya adds the base file's epoch and global_step to its counters; dbspec counts this "
+                    "run)"
+                )
+            conv.mapped(
+                fmt,
+                ("checkpoints", "export_format"),
+                "ckpt",
+                comment=conv.comment(
+                    fmt, f"{why}: a pickle .ckpt, torch.save of {{state_dict, epoch, global_step}}"
+                ),
+            )
         if "use_safetensors" in a and a["use_safetensors"].given:
-            conv.inert(a["use_safetensors"], "dbspec always writes safetensors")
+            if single:
+                conv.record(a["use_safetensors"], "mapped", "checkpoints.export_format")
+            else:
+                conv.inert(a["use_safetensors"], "dbspec always writes diffusers folders as safetensors")
     value = SAVE_DTYPES[precision.value] if precision.value in SAVE_DTYPES else None
     if value and value != "fp32":
         conv.mapped(precision, ("checkpoints", "save_precision"), value)
@@ -162,8 +179,9 @@ def kohya_kept(last_n: int | None, every: int, by_epochs: bool) -> int | None:
 
 
 def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Conversion) -> None:
-    """checkpoints.keep from kohya's save_last_n_*: dbspec keeps the newest K step folders, each holding the
-    weights and the training state, and always saves one at the last step (its weights are `final`'s)."""
+    """checkpoints.keep and keep_state from kohya's save_last_n_* and save_last_n_*_state: dbspec keeps the
+    newest `keep` step folders, the newest `keep_state` of them with their training state, and always saves
+    one at the last step (its weights are `final`'s)."""
     unit = "epochs" if by_epochs else "steps"
     other = "steps" if by_epochs else "epochs"
     model_key, state_key = a[f"save_last_n_{unit}"], a[f"save_last_n_{unit}_state"]
@@ -200,8 +218,8 @@ def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Convers
     keep_model = 0 if kept_model is None else kept_model + extra
     keep_state = 0 if kept_state is None else kept_state + extra
     keep = 0 if 0 in (keep_model, keep_state) else max(keep_model, keep_state)
-    legacy = model_key if model_key.given else state_key
     if keep_model == keep_state:
+        legacy = model_key if model_key.given else state_key
         if keep == 0:
             conv.put(("checkpoints", "keep"), 0, f"{conv.tool} keeps every saved checkpoint")
             if state_key.given and saving_state:
@@ -223,15 +241,46 @@ def _keep(a: Args, every: int, by_epochs: bool, total: int | None, conv: Convers
     def count(n: int | None) -> str:
         return "all" if n is None else f"the last {n}"
 
-    why = (
-        f"kohya keeps {count(kept_model)} {unit[:-1]} model files but {count(kept_state)} state folders "
-        f"(save_last_n_{unit}_state); a dbspec checkpoint holds both, so dbspec keeps "
-        + ("every checkpoint" if keep == 0 else f"the last {keep} checkpoints")
-        + (" (the one at the last step included)" if keep and extra else "")
+    state_unit = f"{unit[:-1]} states (save_last_n_{unit}_state)"
+    at_last = " (dbspec's checkpoint at the last step)"
+    last = f" and its `last` file{at_last}" if extra else ""
+    last_state = f" and its `last-state` folder{at_last}" if extra else ""
+    if keep_state and (keep_model == 0 or keep_state < keep_model):
+        # fewer states than model files: the older kept checkpoints are pruned to their weights
+        if model_key.given:
+            conv.mapped(
+                model_key,
+                ("checkpoints", "keep"),
+                keep_model,
+                comment=conv.comment(model_key, f"kohya keeps {count(kept_model)} {unit[:-1]} saves{last}"),
+            )
+        else:
+            conv.put(("checkpoints", "keep"), 0, f"{conv.tool} keeps every model file it saves")
+        conv.mapped(
+            state_key,
+            ("checkpoints", "keep_state"),
+            keep_state,
+            comment=conv.comment(
+                state_key,
+                f"kohya keeps {count(kept_state)} {state_unit}{last_state}; older checkpoints keep their "
+                "weights only",
+            ),
+        )
+        return
+    # more states than model files: kohya's state folders hold the weights too (accelerate's save_state), so
+    # dbspec keeps a full checkpoint for each; the same training, more usable weight files
+    conv.mapped(
+        state_key,
+        ("checkpoints", "keep"),
+        keep,
+        comment=conv.comment(
+            state_key,
+            f"kohya keeps {count(kept_state)} {state_unit}{last_state} but {count(kept_model)} model files; "
+            "its state folders hold the weights too, so each is a whole dbspec checkpoint",
+        ),
     )
-    conv.differs(legacy, why, ("checkpoints", "keep"), keep)
-    if legacy is model_key and state_key.given:
-        conv.record(state_key, "differs", "checkpoints.keep", why)
+    if model_key.given:
+        conv.record(model_key, "mapped", "checkpoints.keep")
 
 
 def _sampling(
