@@ -294,3 +294,29 @@ def test_a_relative_step_adafactor_run_trains_both_as_kohyas_rateless_groups(tmp
         assert not all(
             torch.equal(p.detach(), x) for p, x in zip(run_group, start, strict=True)
         )  # it trained
+
+
+def test_dadapt_lion_steps_a_group_at_rate_zero_as_one_at_the_largest_rate(tmp_path):
+    """dadaptation's DAdaptLion accepts a group at rate 0 but steps every group by d x the largest group
+    rate: kohya's [U-Net at 0, text encoder at X] is dbspec's plan with both at X (what the converter writes;
+    optimizer.lr = 0 with dadapt_lion is refused, DBS200)."""
+    import dadaptation
+
+    from dbspec.runtime.optim import make_optimizer, param_groups
+    from tests.runtime.optim_kit import same, step_alike
+
+    settings = ['optimizer.kind="dadapt_lion"', "optimizer.lr=1e-3", "optimizer.weight_decay=0.1"]
+    o = compile_spec(write_spec(tmp_path, steps=1, extra=TE), settings).optimizer
+    assert o.lr == o.text_encoder_lr == 1e-3
+
+    def params() -> list:
+        g = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(6, 5, generator=g)) for _ in range(3)]
+
+    ours, theirs = params(), params()
+    optimizer = make_optimizer(param_groups(ours[:2], [ours[2:]], o), o)
+    kohya = dadaptation.DAdaptLion(
+        [{"params": theirs[:2], "lr": 0.0}, {"params": theirs[2:], "lr": 1e-3}], lr=0.0, weight_decay=0.1
+    )
+    step_alike([optimizer, kohya], [ours, theirs])
+    assert same(ours, theirs) and not same(theirs[:2], params()[:2])  # kohya's U-Net group moved
