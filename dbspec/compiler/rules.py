@@ -1135,6 +1135,8 @@ def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     if kind not in DADAPT_KINDS or len(set(rates)) < 2:
         return
     shown = ", ".join(f"{r:g}" for r in rates)
+    if kind in _DADAPT_ONE_RATE and len({r for r in rates if r}) < 2:
+        return  # dadaptation allows groups at rate 0 beside one common rate (optimizer.lr = 0: see DBS200)
     if kind in _DADAPT_ONE_RATE:
         yield _err(
             "DBS274",

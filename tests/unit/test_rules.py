@@ -1264,6 +1264,8 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     }
     assert "raises ValueError for lr 0" in said["dadapt_sgd"][0]
     assert "d x the largest group's rate" in said["dadapt_lion"][0]
+    # dadaptation allows a group at rate 0 beside the others' common rate: no DBS274 on top of DBS200
+    assert hits_of(rules.dadapt_group_rates, DOG + STEPS + TE + opt + 'kind = "dadapt_lion"\n') == []
     prodigy = _messages_of(rule, DOG + STEPS + TE + opt + 'kind = "prodigy"\n')[0]
     assert "ValueError" in prodigy and "decoupled weight decay" in prodigy
     # the schedulefree classes hold a group at rate 0 (averaging weight 0, a step of 0 x its gradient)
