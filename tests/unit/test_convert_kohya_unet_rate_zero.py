@@ -179,3 +179,17 @@ def test_schedulefree_from_the_command_line(tmp_path):
     assert plan.train_denoiser and plan.optimizer.lr == 0 and plan.optimizer.text_encoder_lr == 2e-6
     assert plan.optimizer.kind == "adamw_schedulefree" and plan.optimizer.schedulefree.warmup_steps == 20
     assert plan.optimizer.weight_decay == 0.01 and plan.optimizer.max_grad_norm == 1.0
+
+
+def test_a_polynomial_schedule_stops_kohya_at_learning_rate_zero(tmp_path):
+    """transformers' polynomial schedule checks the optimizer's default rate (kohya's lr=learning_rate) is
+    above lr_end: with learning_rate 0 it raises ValueError when kohya builds it (DBS402)."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    config = CONFIG.format(model=SD15, extra='optimizer_type = "AdamW"\n')
+    write(
+        tmp_path / "config.toml", config.replace('lr_scheduler = "constant"', 'lr_scheduler = "polynomial"')
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+    assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler") == "invalid"
+    assert "must be smaller than initial lr (0)" in messages(outcome, "DBS402")

@@ -798,6 +798,8 @@ def _train_db_unet_at_rate_zero(
         return None  # the constructor refuses lr=learning_rate=0: map_optimizer reports it (DBS402)
     if adafactor_relative_step(a) or kind == "dadapt_lion":
         return _train_db_unet_trains_anyway(a, unet_lr, text_encoder, kind, conv)
+    if not _polynomial_takes_lr_zero(a, conv):
+        return None
     moves = _torch_schedule_moves_a_zero_group(a)
     if moves:
         conv.unsupported(
@@ -821,6 +823,31 @@ def _train_db_unet_at_rate_zero(
 # dadaptation's classes but DAdaptLion and prodigyopt's Prodigy raise ValueError, came_pytorch's CAME and
 # lion_pytorch's Lion assert lr > 0
 LR_ZERO_STOPS = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came", "lion")
+
+
+def _polynomial_takes_lr_zero(a: Args, conv: Conversion) -> bool:
+    """transformers' polynomial schedule reads the optimizer's default rate (kohya's lr=learning_rate, 0 here)
+    and raises unless it is above lr_end (1e-7 unless lr_scheduler_args say otherwise): kohya stops."""
+    name = a["lr_scheduler"]
+    if (
+        name.value != "polynomial"
+        or _schedulefree(a)
+        or ("lr_scheduler_type" in a and a["lr_scheduler_type"].value)
+    ):
+        return True
+    kwargs, problems = parse_kohya_args(a["lr_scheduler_args"].value or [])
+    lr_end = kwargs.get("lr_end", 1e-7) if not problems else 1e-7
+    if isinstance(lr_end, int | float) and lr_end < 0:
+        return True
+    conv.invalid(
+        name.key,
+        name.value,
+        name.source,
+        f"transformers' polynomial schedule raises `lr_end ({lr_end}) must be smaller than initial lr (0)`: "
+        "it reads the optimizer's default rate, the learning_rate 0 kohya passes",
+        help="use another lr_scheduler (linear, cosine, constant, ...)",
+    )
+    return False
 
 
 def _torch_schedule_moves_a_zero_group(a: Args) -> str:
@@ -966,7 +993,7 @@ def _positive_lr_fits(a: Args, kind: str, kind_arg: Legacy, conv: Conversion) ->
     if kind not in LR_ZERO_STOPS or float(lr.value) > 0:
         return True
     raises = "asserts lr > 0" if kind in ("came", "lion") else "raises ValueError for lr <= 0"
-    error = "AssertionError" if kind in ("came", "lion") else "`Invalid learning rate: 0`"
+    error = "AssertionError" if kind in ("came", "lion") else "ValueError"
     conv.invalid(
         lr.key,
         lr.value,
