@@ -194,11 +194,14 @@ version's names throughout: keep version 1's names and let dbspec upgrade the fi
 (kohya train_db.py's `learning_rate 0` with `learning_rate_te`). It needs `train.denoiser = true` (with the
 denoiser frozen, lr 0 has no meaning: give the text encoder its rate with `optimizer.text_encoder_lr`), a
 training text encoder with a positive `optimizer.text_encoder_lr` (and `text_encoder_2_lr`), and an optimizer
-that steps by the group's rate: D-Adaptation, Prodigy and Adafactor with `relative_step` estimate their own
-step size, the schedule-free optimizers average their iterates by the rate, and CAME asserts lr > 0, so they
-are refused; so are
-the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min` (it lifts
-the denoiser's LR above 0).""",
+that holds a group at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise ValueError for
+lr 0 as kohya builds them (`lr=learning_rate`), and Prodigy's step also applies the decoupled weight decay
+(and, with betas[0] = 0, the gradient) to every group at d x the largest rate; DAdaptLion accepts a group at
+rate 0 but steps every group at d x the largest rate (the denoiser would train: that run is `optimizer.lr` =
+`text_encoder_lr`); Adafactor with `relative_step` ignores the groups' rates; CAME asserts lr > 0. So are the
+`one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min` (it lifts the
+denoiser's LR above 0). The schedule-free optimizers hold it (a group at rate 0 keeps an averaging weight of
+0).""",
         help="set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr",
     ),
     Code(
@@ -435,9 +438,10 @@ schedule by averaging the iterates: kohya gives them a dummy scheduler that neve
         """\
 `optimizer.lr = 0` with `train.denoiser = true`: the denoiser's weights never move (every optimizer dbspec
 allows here scales its step and its decoupled weight decay by the rate: AdamW multiplies by
-1 - lr x weight_decay = 1), but its gradients are computed every step (the cost of training it: memory for
-its gradients and optimizer state, and the backward pass through it) and `optimizer.max_grad_norm` clips
-them together with the text encoder's, so a large denoiser gradient shrinks the text encoder's step. This is
+1 - lr x weight_decay = 1; the schedule-free ones give the group an averaging weight of 0 and a step of 0),
+but its gradients are computed every step (the cost of training it: memory for its gradients and optimizer
+state, and the backward pass through it) and `optimizer.max_grad_norm` clips them together with the text
+encoder's, so a large denoiser gradient shrinks the text encoder's step. This is
 kohya train_db.py's `learning_rate 0` with `learning_rate_te`; `train.denoiser = false` with
 `optimizer.text_encoder_lr` is cheaper and the same when `max_grad_norm = 0`.""",
         help="train.denoiser = false is cheaper unless you want the joint clip norm",

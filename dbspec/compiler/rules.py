@@ -40,6 +40,7 @@ from dbspec.spec.model import (
     SCHEDULEFREE_KINDS,
     LoraAdapter,
     LowRankAdapter,
+    Optimizer,
     Pivotal,
     Spec,
 )
@@ -978,6 +979,37 @@ def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+def _rate_zero_moves_or_stops(o: Optimizer) -> str:
+    """Why the optimizer cannot hold a parameter group at rate 0, or "" where it can (its step and its
+    decoupled weight decay are scaled by the group's own rate, or a group at rate 0 keeps its averaging
+    weight at 0, as the schedulefree classes do)."""
+    if o.kind == "dadapt_lion":
+        return (
+            "dadaptation's DAdaptLion accepts a group at rate 0 but steps every group by d x the largest "
+            "group's rate: the denoiser would train at the text encoder's rate (that run is optimizer.lr = "
+            "text_encoder_lr)"
+        )
+    if o.kind in DADAPT_KINDS:
+        return (
+            "dadaptation's class raises ValueError for lr 0 when it is built (`lr=optimizer.lr`, as kohya "
+            "passes `lr=learning_rate`): kohya's run stops there too"
+        )
+    if o.kind == "prodigy":
+        return (
+            "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`), and "
+            "its step applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every "
+            "group at d x the largest group's rate: a group at rate 0 would move"
+        )
+    if o.kind == "adafactor" and o.relative_step:
+        return (
+            "Adafactor with relative_step computes its own LR and ignores the groups' rates: the denoiser "
+            "would train (that run is any optimizer.lr > 0)"
+        )
+    if o.kind == "came":
+        return "came_pytorch's CAME asserts lr > 0 when it is built (kohya's run would stop there too)"
+    return ""
+
+
 @rule("spec")
 def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
     """optimizer.lr = 0: the denoiser in the optimizer at rate 0 while a text encoder trains (kohya
@@ -1017,15 +1049,7 @@ def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"set optimizer.{name} > 0",
             )
             return
-    own = ""
-    if o.kind in DADAPT_KINDS or o.kind == "prodigy":
-        own = f"{o.kind} estimates its own step size d and steps by d x lr"
-    elif o.kind == "adafactor" and o.relative_step:
-        own = "Adafactor with relative_step computes its own LR and ignores the groups' rates"
-    elif o.kind in SCHEDULEFREE_KINDS:
-        own = f"{o.kind} averages its iterates with weights from the rate"
-    elif o.kind == "came":
-        own = "came_pytorch's CAME asserts lr > 0 when it is built (kohya's run would stop there too)"
+    own = _rate_zero_moves_or_stops(o)
     if own:
         yield _err("DBS200", where, f"optimizer.lr is 0 with kind = {o.kind!r}: {own}", fix)
         return
@@ -1047,11 +1071,16 @@ def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
         if o.max_grad_norm
         else "not clipped (max_grad_norm = 0), so train.denoiser = false would give the same run, cheaper"
     )
+    averaged = (
+        f" ({o.kind} gives the group at rate 0 an averaging weight of 0: it stays put in train and eval mode)"
+        if o.kind in SCHEDULEFREE_KINDS
+        else ""
+    )
     yield _warn(
         "DBS229",
         where,
-        "the denoiser trains at learning rate 0: its weights never move, but its gradients are computed "
-        f"every step (the memory and backward pass of training it) and {clip}",
+        f"the denoiser trains at learning rate 0: its weights never move{averaged}, but its gradients are "
+        f"computed every step (the memory and backward pass of training it) and {clip}",
         "train.denoiser = false is cheaper unless you want kohya train_db.py's joint clip norm",
     )
 
@@ -1119,6 +1148,8 @@ def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     if kind not in DADAPT_KINDS or len(set(rates)) < 2:
         return
     shown = ", ".join(f"{r:g}" for r in rates)
+    if kind in _DADAPT_ONE_RATE and len({r for r in rates if r}) < 2:
+        return  # dadaptation allows groups at rate 0 beside one common rate (optimizer.lr = 0: see DBS200)
     if kind in _DADAPT_ONE_RATE:
         yield _err(
             "DBS274",

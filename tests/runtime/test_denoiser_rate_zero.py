@@ -96,3 +96,227 @@ def test_every_optimizer_allowed_at_rate_zero_holds_the_denoiser_bit_identical(t
     for x, y in zip(kept.unet.parameters(), base.unet.parameters(), strict=True):
         assert torch.equal(x.detach(), y.detach())
     assert not torch.equal(_flat(kept.text_encoders[0]), _flat(base.text_encoder))
+
+
+# --- schedule-free optimizers and torch schedulers at rate 0 (issue 12) ------------------------------------
+# The run's own optimizer steps are replayed on a hand-built optimizer, the class kohya's get_optimizer
+# builds, `cls([{U-Net, lr 0}, {text encoder, lr X}], lr=learning_rate=0, **optimizer_args)`, over copies of
+# the weights the run started from, stepping the gradients the run stepped (clipped over both groups).
+
+
+def _recording(monkeypatch) -> dict:
+    """Patch setup's make_optimizer to keep the groups' parameters, their starting values and every step's
+    gradients."""
+    import dbspec.runtime.setup as setup
+    from dbspec.runtime.optim import make_optimizer
+
+    seen: dict = {"grads": []}
+
+    def recording(groups, opt):
+        optimizer = make_optimizer(groups, opt)
+        seen["groups"] = [(g.get("name"), g["lr"], list(g["params"])) for g in groups]
+        seen["start"] = [[p.detach().clone() for p in g["params"]] for g in groups]
+        optimizer.register_step_pre_hook(
+            lambda o, args, kwargs: seen["grads"].append(
+                [
+                    [None if p.grad is None else p.grad.detach().clone() for p in g["params"]]
+                    for g in o.param_groups
+                ]
+            )
+        )
+        return optimizer
+
+    monkeypatch.setattr(setup, "make_optimizer", recording)
+    return seen
+
+
+def _replay(seen: dict, build, between=None, scheduler=None) -> list:
+    """`build([U-Net parameters, text encoder parameters])`, the hand-built optimizer, over copies of the
+    run's starting weights, stepping the run's gradients; `between(optimizer)` after each step and once more
+    at the end (the run's eval/train switches around each step's checkpoint check and the final save),
+    `scheduler(optimizer)` the LR scheduler stepped after each step. Its parameters, per group."""
+    params = [[torch.nn.Parameter(x.clone()) for x in group] for group in seen["start"]]
+    reference = build(params)
+    if hasattr(reference, "train"):
+        reference.train()
+    lrs = scheduler(reference) if scheduler else None
+    for grads in seen["grads"]:
+        for ps, gs in zip(params, grads, strict=True):
+            for p, g in zip(ps, gs, strict=True):
+                p.grad = None if g is None else g.clone()
+        reference.step()
+        if between:
+            between(reference)
+        if lrs is not None:
+            lrs.step()
+    if between:
+        between(reference)
+    return params
+
+
+def _kohya_groups(params: list, rates: list[float]) -> list[dict]:
+    """train_db.py's trainable_params with learning_rate_te: [{U-Net, learning_rate}, {text encoder,
+    learning_rate_te}]."""
+    return [{"params": ps, "lr": rate} for ps, rate in zip(params, rates, strict=True)]
+
+
+def _held_and_equal(seen: dict, params: list) -> None:
+    """The run's denoiser group is bit-identical to its start, its text encoder moved, and every weight
+    equals the replay's."""
+    (d_name, d_rate, denoiser), (t_name, t_rate, text) = seen["groups"]
+    assert (d_name, d_rate, t_name) == ("denoiser", 0.0, "text_encoder") and t_rate > 0
+    assert all(torch.equal(p.detach(), x) for p, x in zip(denoiser, seen["start"][0], strict=True))
+    assert not all(torch.equal(p.detach(), x) for p, x in zip(text, seen["start"][1], strict=True))
+    for run_group, ref_group in zip((denoiser, text), params, strict=True):
+        assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(run_group, ref_group, strict=True))
+
+
+SCHEDULEFREE = {
+    "adamw_schedulefree": ("AdamWScheduleFree", ["optimizer.schedulefree_warmup_steps=2"]),
+    "sgd_schedulefree": (
+        "SGDScheduleFree",
+        ["optimizer.schedulefree_warmup_steps=2", "optimizer.momentum=0.8"],
+    ),
+    # silent_sgd_phase = false: RAdam's first steps (before rectification) take SGD steps instead of none
+    "radam_schedulefree": ("RAdamScheduleFree", ["optimizer.silent_sgd_phase=false"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(SCHEDULEFREE))
+def test_a_schedulefree_run_holds_the_denoiser_at_rate_zero_as_the_class_on_two_groups(
+    tmp_path, monkeypatch, kind
+):
+    """schedulefree's classes give a group at rate 0 an averaging weight lr_max^weight_lr_power = 0 (their
+    weight / weight_sum is 0 / 0, caught as 0) and step it by 0 x its gradient, warm-up or not: the denoiser
+    stays bit-identical through the steps and the eval/train switches, the text encoder trains, and the run
+    equals the class built on [denoiser at 0, text encoder at 1e-3] stepping the same (jointly clipped)
+    gradients."""
+    import schedulefree
+
+    cls, extra = SCHEDULEFREE[kind]
+    settings = [f'optimizer.kind="{kind}"', "optimizer.lr=0", "optimizer.text_encoder_lr=1e-3"]
+    settings += ["optimizer.weight_decay=0.1", "optimizer.schedulefree_r=0.5", "optimizer.max_grad_norm=0.5"]
+    plan = compile_spec(write_spec(tmp_path, steps=3, extra=TE), [*settings, *extra])
+    o = plan.optimizer
+    assert plan.train_denoiser and o.lr == 0 and o.schedulefree is not None
+    seen = _recording(monkeypatch)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished" and len(seen["grads"]) == 3
+    kwargs = {"weight_decay": 0.1, "r": 0.5, "weight_lr_power": o.schedulefree.weight_lr_power}
+    if kind == "sgd_schedulefree":
+        kwargs.update(momentum=0.8, warmup_steps=2)
+    else:
+        kwargs.update(betas=tuple(o.betas), eps=o.eps)
+    if kind == "adamw_schedulefree":
+        kwargs["warmup_steps"] = 2
+    if kind == "radam_schedulefree":
+        kwargs["silent_sgd_phase"] = o.schedulefree.silent_sgd_phase
+
+    def switch(optimizer):  # the loop's eval/train switch around every step's checkpoint check
+        optimizer.eval()
+        optimizer.train()
+
+    sf = getattr(schedulefree, cls)
+    params = _replay(seen, lambda ps: sf(_kohya_groups(ps, [0.0, 1e-3]), lr=0.0, **kwargs), between=switch)
+    _held_and_equal(seen, params)
+    base = build_pipeline("builtin:tiny-sd1")
+    for x, y in zip(result.components.unet.parameters(), base.unet.parameters(), strict=True):
+        assert torch.equal(x.detach(), y.detach())
+
+
+def test_a_schedulefree_run_at_rate_zero_resumes_bit_exact(tmp_path):
+    """An interrupted AdamWScheduleFree run (checkpoint saved in eval mode, resumed in train mode) ends on the
+    uninterrupted run's weights, the denoiser still at its start."""
+    spec = write_spec(tmp_path, steps=4, extra=TE)
+    settings = ['optimizer.kind="adamw_schedulefree"', "optimizer.lr=0", "optimizer.text_encoder_lr=1e-3"]
+    settings += ["optimizer.weight_decay=0.1", "optimizer.schedulefree_warmup_steps=2"]
+    whole = execute(compile_spec(spec, [*settings, "output.dir=whole"]), keep_models=True)
+    assert whole.status == "finished" and len(whole.losses) == 4
+    plan = compile_spec(spec, [*settings, "output.dir=parts"])
+    first = execute(plan, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = build_pipeline("builtin:tiny-sd1")
+    for x, y in zip(whole.components.unet.parameters(), base.unet.parameters(), strict=True):
+        assert torch.equal(x.detach(), y.detach())
+    assert not torch.equal(_flat(whole.components.text_encoders[0]), _flat(base.text_encoder))
+
+
+def test_a_torch_step_schedule_keeps_the_denoiser_at_rate_zero(tmp_path, monkeypatch):
+    """torch's StepLR multiplies each group's own rate by gamma: a group at 0 stays at 0. The run equals
+    torch's AdamW on [denoiser at 0, text encoder at 1e-3] with StepLR(step_size=1, gamma=0.5) stepped after
+    each optimizer step, as kohya's lr_scheduler_type StepLR builds it."""
+    settings = ["optimizer.lr=0", "optimizer.text_encoder_lr=1e-3", "optimizer.weight_decay=0.1"]
+    settings += ['schedule.lr_schedule="step"', "schedule.step_size=1", "schedule.gamma=0.5"]
+    plan = compile_spec(write_spec(tmp_path, steps=3, extra=TE), settings)
+    assert plan.optimizer.kind == "adamw" and plan.schedule.lr_schedule == "step"
+    seen = _recording(monkeypatch)
+    assert execute(plan).status == "finished" and len(seen["grads"]) == 3
+    o = plan.optimizer
+    kwargs = {"betas": tuple(o.betas), "eps": o.eps, "weight_decay": 0.1}
+
+    def step_lr(optimizer):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    adamw = torch.optim.AdamW
+    params = _replay(
+        seen, lambda ps: adamw(_kohya_groups(ps, [0.0, 1e-3]), lr=0.0, **kwargs), scheduler=step_lr
+    )
+    _held_and_equal(seen, params)
+
+
+def test_a_relative_step_adafactor_run_trains_both_as_kohyas_rateless_groups(tmp_path, monkeypatch):
+    """kohya's train_db.py learning_rate 0 with Adafactor's relative step: get_optimizer removes the groups'
+    rates and Adafactor computes its own step, so the U-Net trains. dbspec's run with the denoiser and text
+    encoder training (optimizer.lr = text_encoder_lr, which the relative step ignores as well) equals
+    transformers' Adafactor on kohya's two rateless groups stepping the same gradients."""
+    from transformers.optimization import Adafactor
+
+    settings = ['optimizer.kind="adafactor"', "optimizer.relative_step=true", "optimizer.lr=1e-3"]
+    plan = compile_spec(write_spec(tmp_path, steps=3, extra=TE), [*settings, "optimizer.weight_decay=0.1"])
+    assert plan.train_denoiser and plan.optimizer.adafactor.relative_step
+    seen = _recording(monkeypatch)
+    assert execute(plan).status == "finished" and len(seen["grads"]) == 3
+    a = plan.optimizer.adafactor
+    kwargs = {"scale_parameter": a.scale_parameter, "warmup_init": a.warmup_init, "weight_decay": 0.1}
+    kwargs.update(beta1=a.beta1, clip_threshold=a.clip_threshold, decay_rate=a.decay_rate, eps=tuple(a.eps))
+
+    def kohya_adafactor(params):  # the groups' "lr" popped, lr=None, relative_step=True
+        return Adafactor([{"params": ps} for ps in params], lr=None, relative_step=True, **kwargs)
+
+    params = _replay(seen, kohya_adafactor)
+    (_, _, denoiser), (_, _, text) = seen["groups"]
+    for run_group, ref_group, start in zip((denoiser, text), params, seen["start"], strict=True):
+        assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(run_group, ref_group, strict=True))
+        assert not all(
+            torch.equal(p.detach(), x) for p, x in zip(run_group, start, strict=True)
+        )  # it trained
+
+
+def test_dadapt_lion_steps_a_group_at_rate_zero_as_one_at_the_largest_rate(tmp_path):
+    """dadaptation's DAdaptLion accepts a group at rate 0 but steps every group by d x the largest group
+    rate: kohya's [U-Net at 0, text encoder at X] is dbspec's plan with both at X (what the converter writes;
+    optimizer.lr = 0 with dadapt_lion is refused, DBS200)."""
+    import dadaptation
+
+    from dbspec.runtime.optim import make_optimizer, param_groups
+    from tests.runtime.optim_kit import same, step_alike
+
+    settings = ['optimizer.kind="dadapt_lion"', "optimizer.lr=1e-3", "optimizer.weight_decay=0.1"]
+    o = compile_spec(write_spec(tmp_path, steps=1, extra=TE), settings).optimizer
+    assert o.lr == o.text_encoder_lr == 1e-3
+
+    def params() -> list:
+        g = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(6, 5, generator=g)) for _ in range(3)]
+
+    ours, theirs = params(), params()
+    optimizer = make_optimizer(param_groups(ours[:2], [ours[2:]], o), o)
+    kohya = dadaptation.DAdaptLion(
+        [{"params": theirs[:2], "lr": 0.0}, {"params": theirs[2:], "lr": 1e-3}], lr=0.0, weight_decay=0.1
+    )
+    step_alike([optimizer, kohya], [ours, theirs])
+    assert same(ours, theirs) and not same(theirs[:2], params()[:2])  # kohya's U-Net group moved

@@ -1273,6 +1273,13 @@ def test_distributed_strategies_against_the_target():
     assert _distributed_hits("fsdp_cpu_offload = true", one_gpu) == []  # DDP: one process is no warning
 
 
+def _messages_of(rule, body: str) -> list[str]:
+    data = tomli.loads(HEAD + body)
+    spec, problems = structure_spec(data)
+    assert problems == [], problems
+    return [h.message for h in run_one(rule, spec, given_in(data))]
+
+
 def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold_it():
     """optimizer.lr = 0: a warning (DBS229) with a training text encoder at its own rate and an optimizer that
     steps by the group's rate; DBS200 without a denoiser, a training text encoder, or with an optimizer that
@@ -1289,9 +1296,25 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     assert hits_of(rule, DOG + STEPS + TE + zero_te) == [
         ("DBS200", "error", ("optimizer", "text_encoder_lr"))
     ]
-    for kind in ("prodigy", "dadapt_adam", "adamw_schedulefree", "came"):
+    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "came"):
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))], kind
+    # why: the constructor refuses lr 0 as kohya builds it, or the step moves a group at rate 0 anyway
+    said = {
+        k: _messages_of(rule, DOG + STEPS + TE + opt + f'kind = "{k}"\n')
+        for k in ("dadapt_sgd", "dadapt_lion")
+    }
+    assert "raises ValueError for lr 0" in said["dadapt_sgd"][0]
+    assert "d x the largest group's rate" in said["dadapt_lion"][0]
+    # dadaptation allows a group at rate 0 beside the others' common rate: no DBS274 on top of DBS200
+    assert hits_of(rules.dadapt_group_rates, DOG + STEPS + TE + opt + 'kind = "dadapt_lion"\n') == []
+    prodigy = _messages_of(rule, DOG + STEPS + TE + opt + 'kind = "prodigy"\n')[0]
+    assert "ValueError" in prodigy and "decoupled weight decay" in prodigy
+    # the schedulefree classes hold a group at rate 0 (averaging weight 0, a step of 0 x its gradient)
+    for kind in ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree"):
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\nschedulefree_warmup_steps = 5\n'
+        assert hits_of(rule, body) == [("DBS229", "warning", ("optimizer", "lr"))], kind
+        assert "averaging weight of 0" in _messages_of(rule, body)[0]
     body = DOG + STEPS + TE + opt + 'kind = "adafactor"\nrelative_step = true\n'
     assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))]
     for kind in ("adamw", "sgd", "lion", "adafactor", "adamw8bit"):

@@ -19,7 +19,7 @@ from dbspec.convert.common.optimizers import (
     optimizer_settings,
     parse_kohya_args,
 )
-from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
+from dbspec.spec.model import DADAPT_KINDS, Optimizer
 
 Args = dict[str, Legacy]
 _OPTIMIZER_DEFAULTS = {
@@ -783,19 +783,33 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
 def _train_db_unet_at_rate_zero(
     a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion
 ) -> bool | None:
-    """train_db.py with learning_rate 0: the U-Net is one optimizer group at rate 0 (its weights never move:
-    every optimizer kohya offers scales its step and decoupled weight decay by the group's rate), the text
-    encoder a group at learning_rate_te, and kohya's gradient clip counts the U-Net's gradients too. With
-    max_grad_norm > 0 that is dbspec's `optimizer.lr = 0` with the denoiser training (True: its gradients are
-    computed and clipped with the text encoder's, DBS229); with max_grad_norm = 0 the U-Net's gradients change
-    nothing, so `train.denoiser = false` is the same run, cheaper (False). None: not expressible."""
+    """train_db.py with learning_rate 0: the U-Net is one optimizer group at rate 0, the text encoder a group
+    at learning_rate_te, and kohya's gradient clip counts the U-Net's gradients too. Where the optimizer holds
+    a group at rate 0 (its step and decoupled weight decay scale by the group's rate; the schedulefree classes
+    give it an averaging weight of 0) and the scheduler keeps it there, with max_grad_norm > 0 that is
+    dbspec's `optimizer.lr = 0` with the denoiser training (True: its gradients are computed and clipped with
+    the text encoder's, DBS229); with max_grad_norm = 0 the U-Net's gradients change nothing, so
+    `train.denoiser = false` is the same run, cheaper (False). DAdaptLion and Adafactor's relative step move
+    the U-Net anyway: both train (True). None: not expressible, or kohya stops (map_optimizer says so)."""
     clip = a["max_grad_norm"]
     kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
-    own_step = kind in DADAPT_KINDS or kind in SCHEDULEFREE_KINDS or kind in ("prodigy", "came")
-    torch_schedule = bool(a["lr_scheduler_type"].value) if "lr_scheduler_type" in a else False
     te = a["learning_rate_te"]
-    held = clip.value and text_encoder and te.value and not own_step and not torch_schedule
-    if held and not adafactor_relative_step(a):
+    if kind in LR_ZERO_STOPS:
+        return None  # the constructor refuses lr=learning_rate=0: map_optimizer reports it (DBS402)
+    if adafactor_relative_step(a) or kind == "dadapt_lion":
+        return _train_db_unet_trains_anyway(a, unet_lr, text_encoder, kind, conv)
+    if not _polynomial_takes_lr_zero(a, conv):
+        return None
+    moves = _torch_schedule_moves_a_zero_group(a)
+    if moves:
+        conv.unsupported(
+            unet_lr,
+            f"train_db.py steps the U-Net at learning rate 0, but {moves}: kohya's U-Net trains on its own "
+            "schedule (dbspec refuses optimizer.lr = 0 with it, DBS200)",
+            help="use another lr_scheduler_type, or drop eta_min",
+        )
+        return None
+    if clip.value and text_encoder and te.value:
         why = (
             "train_db.py steps the U-Net at learning rate 0: its weights never change, but its gradients "
             f"count in the clip norm (max_grad_norm {clip.value})"
@@ -805,10 +819,88 @@ def _train_db_unet_at_rate_zero(
     return _train_db_frozen_unet(a, unet_lr, text_encoder, conv)
 
 
+# kohya optimizer kinds whose constructor refuses the lr=learning_rate get_optimizer passes when it is 0:
+# dadaptation's classes but DAdaptLion and prodigyopt's Prodigy raise ValueError, came_pytorch's CAME and
+# lion_pytorch's Lion assert lr > 0
+LR_ZERO_STOPS = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came", "lion")
+
+
+def _polynomial_takes_lr_zero(a: Args, conv: Conversion) -> bool:
+    """transformers' polynomial schedule reads the optimizer's default rate (kohya's lr=learning_rate, 0 here)
+    and raises unless it is above lr_end (1e-7 unless lr_scheduler_args say otherwise): kohya stops."""
+    name = a["lr_scheduler"]
+    if (
+        name.value != "polynomial"
+        or _schedulefree(a)
+        or ("lr_scheduler_type" in a and a["lr_scheduler_type"].value)
+    ):
+        return True
+    kwargs, problems = parse_kohya_args(a["lr_scheduler_args"].value or [])
+    lr_end = kwargs.get("lr_end", 1e-7) if not problems else 1e-7
+    if isinstance(lr_end, int | float) and lr_end < 0:
+        return True
+    conv.invalid(
+        name.key,
+        name.value,
+        name.source,
+        f"transformers' polynomial schedule raises `lr_end ({lr_end}) must be smaller than initial lr (0)`: "
+        "it reads the optimizer's default rate, the learning_rate 0 kohya passes",
+        help="use another lr_scheduler (linear, cosine, constant, ...)",
+    )
+    return False
+
+
+def _torch_schedule_moves_a_zero_group(a: Args) -> str:
+    """Why kohya's torch scheduler (lr_scheduler_type) lifts a group whose base rate is 0, or "": the others
+    multiply each group's own rate (StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR, PolynomialLR,
+    and the cosine ones with eta_min 0), so a group at 0 stays at 0."""
+    if "lr_scheduler_type" not in a or not a["lr_scheduler_type"].value:
+        return ""
+    cls = str(a["lr_scheduler_type"].value).removeprefix("torch.optim.lr_scheduler.")
+    if cls in ("OneCycleLR", "CyclicLR"):
+        return f"torch's {cls} sets every group's rate from its own max_lr / base_lr"
+    kwargs, problems = parse_kohya_args(a["lr_scheduler_args"].value or [])
+    eta_min = kwargs.get("eta_min", 0) if not problems else 0
+    if isinstance(eta_min, int | float) and eta_min > 0:
+        return f"torch's {cls} lifts every group's rate toward eta_min {eta_min}"
+    return ""
+
+
+def _train_db_unet_trains_anyway(
+    a: Args, unet_lr: Legacy, text_encoder: bool, kind: str, conv: Conversion
+) -> bool | None:
+    """train_db.py's learning_rate 0 where the optimizer does not take the U-Net group's rate: dadaptation's
+    DAdaptLion steps every group by d x the largest group rate (the text encoder's), and Adafactor's relative
+    step ignores the rates (kohya removes them). The U-Net trains as the text encoder does: dbspec's run with
+    optimizer.lr = learning_rate_te, the denoiser and text encoder training (True)."""
+    te = a["learning_rate_te"]
+    if not text_encoder or not te.value:
+        anyway = (
+            "Adafactor's relative step ignores the rates"
+            if kind == "adafactor"
+            else "DAdaptLion steps every group by d x the largest rate"
+        )
+        conv.unsupported(
+            unet_lr,
+            f"train_db.py trains the U-Net anyway ({anyway}), but without a text encoder training at "
+            "learning_rate_te there is no positive rate to give dbspec's optimizer.lr",
+            help="give learning_rate the rate the U-Net should have",
+        )
+        return None
+    why = (
+        "Adafactor's relative step ignores the groups' rates (kohya removes them): the U-Net trains as the "
+        "text encoder does, at its own relative step"
+        if kind == "adafactor"
+        else "dadaptation's DAdaptLion steps every group by d x the largest group's rate, the text "
+        "encoder's: the U-Net trains as the text encoder does"
+    )
+    conv.mapped(unet_lr, ("optimizer", "lr"), float(te.value), comment=conv.comment(unet_lr, why), note=why)
+    return True
+
+
 def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Conversion) -> bool | None:
-    """train_db.py with learning_rate 0 as `train.denoiser = false` (False), exact with max_grad_norm = 0;
-    with a clip, where dbspec cannot hold the denoiser at rate 0 (D-Adaptation, Prodigy, schedule-free, a
-    torch scheduler: DBS200), a stated difference. None: not expressible."""
+    """train_db.py with learning_rate 0 and max_grad_norm 0 as `train.denoiser = false` (False): the U-Net's
+    gradients change nothing, the same run, cheaper. None: nothing trains."""
     te = a["learning_rate_te"]
     if not text_encoder or not te.value:
         conv.unsupported(
@@ -818,28 +910,8 @@ def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Co
             "changes nothing",
         )
         return None
-    if adafactor_relative_step(a):
-        conv.unsupported(
-            unet_lr,
-            "Adafactor with relative_step ignores the groups' learning rates, so kohya trains the U-Net "
-            "anyway; dbspec's relative-step Adafactor has one rate for every group",
-        )
-        return None
-    clip = a["max_grad_norm"]
     why = "train_db.py steps the U-Net at learning rate 0: its weights never change"
-    if clip.value:
-        conv.differs(
-            unet_lr,
-            f"{why}. kohya clips the gradients to max_grad_norm {clip.value} by their norm over the "
-            "U-Net and the text encoder together (the U-Net's still count); dbspec computes no U-Net "
-            "gradients and clips the text encoder's alone: equal updates while kohya's joint norm stays "
-            "below the limit (exact with max_grad_norm = 0; dbspec's optimizer.lr = 0, which keeps the "
-            "U-Net's gradients in the norm, refuses this optimizer or scheduler)",
-            ("train", "denoiser"),
-            False,
-        )
-    else:
-        conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+    conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
     return False
 
 
@@ -912,19 +984,24 @@ def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
     return False
 
 
-def _came_lr_fits(a: Args, kind_arg: Legacy, conv: Conversion) -> bool:
-    """came_pytorch's CAME asserts lr > 0, and kohya passes it lr=learning_rate whatever unet_lr and
-    text_encoder_lr say: a learning_rate of 0 (a frozen U-Net, or rates given per part only) stops kohya."""
+def _positive_lr_fits(a: Args, kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
+    """kohya passes lr=learning_rate to the optimizer's constructor whatever unet_lr, text_encoder_lr or
+    learning_rate_te say, and some constructors refuse 0: came_pytorch's CAME and lion_pytorch's Lion assert
+    lr > 0, dadaptation's classes (but DAdaptLion) and prodigyopt's Prodigy raise ValueError. A learning_rate
+    of 0 (a frozen U-Net, or rates given per part only) stops kohya with those."""
     lr = a["learning_rate"]
-    if float(lr.value) > 0:
+    if kind not in LR_ZERO_STOPS or float(lr.value) > 0:
         return True
+    raises = "asserts lr > 0" if kind in ("came", "lion") else "raises ValueError for lr <= 0"
+    error = "AssertionError" if kind in ("came", "lion") else "ValueError"
     conv.invalid(
         lr.key,
         lr.value,
         lr.source,
-        f"{kind_arg.value} asserts lr > 0 and kohya's get_optimizer passes it lr=learning_rate "
-        f"({lr.value}) (AssertionError)",
-        help="give learning_rate a positive value (the parts' own rates still apply to their groups)",
+        f"{kind_arg.value} {raises} and kohya's get_optimizer passes it lr=learning_rate ({lr.value}) "
+        f"({error})",
+        help="give learning_rate a positive value (the parts' own rates still apply to their groups; "
+        "train_db.py's U-Net then trains at it), or pick an optimizer that takes lr 0",
     )
     return False
 
@@ -986,7 +1063,7 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
         return
     if not _one_rate_fits(name.kind, kind_arg, conv):
         return
-    if name.kind == "came" and not _came_lr_fits(a, kind_arg, conv):
+    if not _positive_lr_fits(a, name.kind, kind_arg, conv):
         return
     if name.dotted and name.kind == "adafactor" and kwargs.get("warmup_init", False):
         conv.invalid(

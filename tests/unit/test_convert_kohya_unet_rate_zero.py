@@ -1,0 +1,195 @@
+"""train_db.py's `learning_rate 0` with `learning_rate_te` (issue 12) beyond AdamW: kohya puts the U-Net in
+an optimizer group at rate 0 and the text encoder at learning_rate_te, and whether the U-Net stays put is
+the optimizer's and scheduler's business. Schedule-free optimizers and torch schedulers that multiply each
+group's own rate hold it (dbspec's `optimizer.lr = 0`, exact); DAdaptLion and Adafactor's relative step move
+it anyway (both train); D-Adaptation's other classes, Prodigy, CAME and lion_pytorch's Lion refuse the
+lr=learning_rate=0 kohya passes their constructor (kohya stops: DBS402)."""
+
+from __future__ import annotations
+
+import pytest
+
+from convert_kit import (
+    SD15,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    plan_of,
+    write,
+)
+
+CONFIG = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "train"
+reg_data_dir = "reg"
+prior_loss_weight = 1.0
+resolution = "512"
+output_dir = "out"
+learning_rate = 0
+learning_rate_te = 5e-6
+max_grad_norm = 1.0
+lr_scheduler = "constant"
+max_train_steps = 400
+train_batch_size = 1
+mixed_precision = "bf16"
+{extra}"""
+
+
+def _convert(tmp_path, extra: str):
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    write(tmp_path / "config.toml", CONFIG.format(model=SD15, extra=extra))
+    return kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+
+
+def _no_difference(outcome) -> None:
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "learning_rate") == "mapped"
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kind"),
+    [
+        ('optimizer_type = "AdamWScheduleFree"\n', "adamw_schedulefree"),
+        ('optimizer_type = "RAdamScheduleFree"\n', "radam_schedulefree"),
+        ('optimizer_type = "SGDScheduleFree"\noptimizer_args = ["momentum=0.9", "warmup_steps=10"]\n', None),
+    ],
+)
+def test_schedulefree_holds_the_unet_at_rate_zero(tmp_path, optimizer, kind):
+    """The schedulefree classes give a group at rate 0 an averaging weight of 0 (weight / weight_sum is
+    0 / 0, which they catch as 0) and step it by 0 x its gradient: the U-Net stays put, its gradients in the
+    clip norm. dbspec's optimizer.lr = 0 with the denoiser training, exact."""
+    outcome = _convert(tmp_path, optimizer)
+    _no_difference(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == (kind or "sgd_schedulefree")
+    assert plan.train_denoiser and plan.optimizer.lr == 0 and plan.optimizer.text_encoder_lr == 5e-6
+    assert plan.optimizer.max_grad_norm == 1.0 and plan.schedule.lr_schedule == "constant"
+    if kind is None:
+        assert plan.optimizer.schedulefree.warmup_steps == 10 and plan.optimizer.momentum == 0.9
+    assert any("DBS229" in w for w in plan.warnings)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "schedule"),
+    [
+        ('lr_scheduler_type = "StepLR"\nlr_scheduler_args = ["step_size=100", "gamma=0.5"]\n', "step"),
+        (
+            'lr_scheduler_type = "torch.optim.lr_scheduler.ExponentialLR"\n'
+            'lr_scheduler_args = ["gamma=0.99"]\n',
+            "exponential",
+        ),
+        ('lr_scheduler_type = "CosineAnnealingLR"\nlr_scheduler_args = ["T_max=400"]\n', "cosine_annealing"),
+    ],
+)
+def test_a_torch_scheduler_that_multiplies_the_rates_holds_the_unet(tmp_path, scheduler, schedule):
+    """torch's StepLR, ExponentialLR, CosineAnnealingLR (eta_min 0), ... scale each group's own rate: a group
+    at 0 stays at 0. optimizer.lr = 0 with the schedule, exact."""
+    outcome = _convert(tmp_path, 'optimizer_type = "AdamW"\n' + scheduler)
+    _no_difference(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.schedule.lr_schedule == schedule
+    assert plan.train_denoiser and plan.optimizer.lr == 0 and plan.optimizer.text_encoder_lr == 5e-6
+    if schedule == "step":
+        assert plan.schedule.torch.step_size == 100 and plan.schedule.torch.gamma == 0.5
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "why"),
+    [
+        (
+            'lr_scheduler_type = "CosineAnnealingLR"\nlr_scheduler_args = ["T_max=400", "eta_min=1e-7"]\n',
+            "eta_min",
+        ),
+        (
+            'lr_scheduler_type = "OneCycleLR"\nlr_scheduler_args = ["max_lr=1e-5", "total_steps=400"]\n',
+            "max_lr",
+        ),
+    ],
+)
+def test_a_torch_scheduler_that_lifts_a_zero_rate_is_not_a_held_unet(tmp_path, scheduler, why):
+    """eta_min > 0 or a scheduler that sets every group's rate itself: kohya's U-Net moves on that schedule
+    (not a frozen U-Net, which the conversion said before): DBS403."""
+    outcome = _convert(tmp_path, 'optimizer_type = "AdamW"\n' + scheduler)
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
+    assert why in outcome.conversion.reports["learning_rate"].note
+
+
+def test_adafactor_relative_step_trains_the_unet_anyway(tmp_path):
+    """kohya removes the groups' rates for Adafactor's relative step: the U-Net trains at Adafactor's own
+    step like the text encoder. dbspec's relative-step Adafactor ignores the rates as well, so the run is the
+    denoiser and text encoder training, optimizer.lr = learning_rate_te (only the logged initial rate)."""
+    outcome = _convert(tmp_path, 'optimizer_type = "Adafactor"\n')
+    _no_difference(outcome)
+    assert "relative step" in outcome.conversion.reports["learning_rate"].note
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "adafactor" and plan.optimizer.adafactor.relative_step
+    assert plan.train_denoiser and plan.optimizer.lr == 5e-6 and plan.optimizer.text_encoder_lr == 5e-6
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert trainable["unet"] == "full" and trainable["text_encoder"] == "full"
+
+
+def test_dadapt_lion_trains_the_unet_at_the_text_encoders_rate(tmp_path):
+    """DAdaptLion accepts a group at rate 0 but steps every group by d x the largest group rate: kohya's
+    U-Net trains as if both groups had learning_rate_te. dbspec: lr = text_encoder_lr = learning_rate_te."""
+    outcome = _convert(tmp_path, 'optimizer_type = "DAdaptLion"\n')
+    _no_difference(outcome)
+    assert "DAdaptLion" in outcome.conversion.reports["learning_rate"].note
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "dadapt_lion" and plan.train_denoiser
+    assert plan.optimizer.lr == 5e-6 and plan.optimizer.text_encoder_lr == 5e-6
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "says"),
+    [
+        ("Prodigy", "raises ValueError"),
+        ("DAdaptAdam", "raises ValueError"),
+        ("DAdaptation", "raises ValueError"),
+        ("DAdaptAdaGrad", "raises ValueError"),
+        ("Lion", "asserts lr > 0"),
+        ("came_pytorch.CAME", "asserts lr > 0"),
+    ],
+)
+def test_an_optimizer_that_refuses_lr_zero_stops_kohya(tmp_path, optimizer, says):
+    """kohya passes lr=learning_rate (0) to the constructor besides the groups' rates: these refuse it, so
+    kohya's run stops before the first step (DBS402, not the stated difference the conversion gave before)."""
+    outcome = _convert(tmp_path, f'optimizer_type = "{optimizer}"\n')
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "invalid"
+    assert says in messages(outcome, "DBS402") and "lr=learning_rate (0)" in messages(outcome, "DBS402")
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+
+
+def test_schedulefree_from_the_command_line(tmp_path):
+    """A realistic command line: AdamWScheduleFree, kohya's default clip 1.0."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    command = (
+        f'accelerate launch train_db.py --pretrained_model_name_or_path="{SD15}" --train_data_dir=train '
+        "--resolution=512 --output_dir=out --train_batch_size=1 --learning_rate=0 --learning_rate_te=2e-6 "
+        '--optimizer_type="AdamWScheduleFree" --optimizer_args "weight_decay=0.01" "warmup_steps=20" '
+        '--max_train_steps=200 --mixed_precision="bf16"'
+    )
+    outcome = kohya(tmp_path, command=command)
+    _no_difference(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and plan.optimizer.lr == 0 and plan.optimizer.text_encoder_lr == 2e-6
+    assert plan.optimizer.kind == "adamw_schedulefree" and plan.optimizer.schedulefree.warmup_steps == 20
+    assert plan.optimizer.weight_decay == 0.01 and plan.optimizer.max_grad_norm == 1.0
+
+
+def test_a_polynomial_schedule_stops_kohya_at_learning_rate_zero(tmp_path):
+    """transformers' polynomial schedule checks the optimizer's default rate (kohya's lr=learning_rate) is
+    above lr_end: with learning_rate 0 it raises ValueError when kohya builds it (DBS402)."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    config = CONFIG.format(model=SD15, extra='optimizer_type = "AdamW"\n')
+    write(
+        tmp_path / "config.toml", config.replace('lr_scheduler = "constant"', 'lr_scheduler = "polynomial"')
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+    assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler") == "invalid"
+    assert "must be smaller than initial lr (0)" in messages(outcome, "DBS402")
