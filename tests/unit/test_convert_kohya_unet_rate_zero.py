@@ -193,3 +193,21 @@ def test_a_polynomial_schedule_stops_kohya_at_learning_rate_zero(tmp_path):
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
     assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler") == "invalid"
     assert "must be smaller than initial lr (0)" in messages(outcome, "DBS402")
+
+
+def test_an_absolute_min_lr_stops_kohya_at_learning_rate_zero(tmp_path):
+    """cosine_with_min_lr's `min_lr` argument: transformers divides it by the optimizer's default rate,
+    kohya's lr=learning_rate = 0, a ZeroDivisionError when kohya builds the scheduler (DBS402, not a
+    converter crash)."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    config = CONFIG.format(
+        model=SD15, extra='optimizer_type = "AdamW"\nlr_scheduler_args = ["min_lr=1e-7"]\n'
+    )
+    write(
+        tmp_path / "config.toml",
+        config.replace('lr_scheduler = "constant"', 'lr_scheduler = "cosine_with_min_lr"'),
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+    assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler_args") == "invalid"
+    assert "ZeroDivisionError" in messages(outcome, "DBS402")

@@ -396,6 +396,15 @@ def _map_schedule_args(a: Args, name: str, conv: Conversion) -> bool:
             continue
         if key == "min_lr":  # transformers: min_lr_rate = min_lr / the optimizer's lr (kohya's learning_rate)
             lr = float(a["learning_rate"].value)
+            if lr == 0:
+                conv.invalid(
+                    args.key,
+                    args.value,
+                    args.source,
+                    "transformers divides min_lr by the optimizer's lr, kohya's learning_rate 0: "
+                    "ZeroDivisionError before training (use lr_scheduler_min_lr_ratio)",
+                )
+                return False
             value = float(value) / lr  # noqa: PLW2901
             note = f"min_lr={kwargs[key]!r} / learning_rate {lr!r}"
         else:
