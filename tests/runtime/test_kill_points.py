@@ -91,6 +91,20 @@ def test_killed_at_a_write_point_resumes_to_the_same_weights(tmp_path, point, re
     assert leftovers(tmp_path / "out") == []
 
 
+def test_killed_while_pruning_resume_state_resumes_to_the_same_weights(tmp_path, reference):
+    """checkpoints.keep_state: a kill right after an older checkpoint lost its training state; the resume
+    takes the newest checkpoint that still has it and ends at the uninterrupted run's weights."""
+    spec = write_spec(
+        tmp_path, steps=4, extra=EXTRA.replace("every = 2\nkeep = 1", "every = 1\nkeep = 3\nkeep_state = 1")
+    )
+    kill_at(spec, "checkpoint.state_pruned")
+    result = execute(compile_spec(spec), resume=True)
+    assert result.status == "finished"
+    final = load_file(tmp_path / "out" / LORA)
+    assert all(torch.equal(final[key], reference[key]) for key in reference)
+    assert leftovers(tmp_path / "out") == []
+
+
 def test_a_kill_while_replacing_a_finished_model_loses_nothing(tmp_path, reference):
     spec = spec_in(tmp_path)
     assert execute(compile_spec(spec)).status == "finished"
