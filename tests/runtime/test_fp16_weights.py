@@ -72,6 +72,7 @@ def test_the_plan_holds_fp16_weights_and_says_what_they_cost(tmp_path):
     assert "kohya's full_fp16" in text and "grad scaler" in text and "65536" in text
     fp32 = compile_spec(write_spec(tmp_path, extra='[precision]\nmixed = "fp16"\n'), ADAFACTOR)
     assert plan.memory.gradients * 2 == fp32.memory.gradients  # 2 bytes a gradient instead of 4
+    assert any(note.startswith("fp16 weights") for note in plan.memory.notes)
 
 
 def test_the_scaler_is_torchs_default_and_unscales_fp16_gradients(tmp_path):
