@@ -6,6 +6,7 @@ fp16 loss-scaling step.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,10 @@ def test_the_scaler_is_torchs_default_and_unscales_fp16_gradients(tmp_path):
         scaler.scale(torch.ones(()))  # as backward does: the scale tensor is made at the first loss
     with pytest.raises(ValueError, match="unscale FP16 gradients"):
         plain.unscale_(run.optimizer.optimizer)
-    run.scaler.unscale_(run.optimizer.optimizer)
+    run.accelerator.unscale_gradients(run.optimizer)  # the loop's call before clipping
     assert all(torch.equal(p.grad, torch.full_like(p, 4.0 / 65536)) for p in params)
+    with run.accelerator.autocast():  # on the CPU too, where accelerate leaves fp16 autocast off
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
 
 
 def test_an_overflowing_step_is_skipped_and_the_scale_backs_off_then_grows(tmp_path):
@@ -173,14 +176,27 @@ def test_steps_equal_a_hand_written_fp16_loss_scaling_step(tmp_path, kind):
 
 
 def test_a_full_fine_tune_with_fp16_weights_trains_and_resumes_bit_exact(tmp_path):
-    spec = write_spec(tmp_path, steps=4, extra=FP16 + "\n[checkpoints]\nevery = 2\n")
-    whole = execute(compile_spec(spec, [*ADAFACTOR, "output.dir=whole"]), keep_models=True)
+    """The U-Net and the text encoder trained in fp16 (sdxl_train / train_db cast both), validation images
+    sampled with them, the scaler's state checkpointed and restored."""
+    extra = FP16 + "\n[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\n"
+    extra += '\n[validation]\nevery = 2\nsteps = 2\nprompts = ["a photo of ohwx toy"]\n'
+    spec = write_spec(tmp_path, steps=4, extra=extra)
+    plan = compile_spec(spec, [*ADAFACTOR, "output.dir=whole"])
+    assert {c.name: c.dtype for c in plan.precision.components if c.trainable == "full"} == {
+        "unet": "fp16",
+        "text_encoder": "fp16",
+    }
+    whole = execute(plan, keep_models=True)
     assert whole.status == "finished" and whole.steps == 4
-    unet = whole.components.unet
-    assert all(p.dtype == torch.float16 for p in unet.parameters())
-    base = build_pipeline("builtin:tiny-sd1").unet.half().state_dict()
-    moved = [k for k, v in unet.state_dict().items() if not torch.equal(v, base[k])]
-    assert moved  # it trained
+    base = build_pipeline("builtin:tiny-sd1")
+    for trained, before in (
+        (whole.components.unet, base.unet),
+        (whole.components.text_encoders[0], base.text_encoder),
+    ):
+        assert all(p.dtype == torch.float16 for p in trained.parameters())
+        start = before.half().state_dict()
+        assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())  # it trained
+    assert list((tmp_path / "whole").rglob("*.png"))  # validation sampled the fp16 models
     state = _state(tmp_path / "whole")
     held = [t for t in _flatten(state["trainable"]).values() if t.is_floating_point()]
     assert held and all(t.dtype == torch.float16 for t in held)
@@ -242,3 +258,44 @@ def test_a_lora_run_with_fp16_adapters_trains_resumes_bit_exact_and_loads(tmp_pa
     pipe.load_lora_weights(whole.final)
     loaded = {n: p for n, p in pipe.unet.named_parameters() if ".lora_" in n}
     assert len(loaded) == len(trained)
+
+
+def test_one_training_step_equals_a_hand_written_loss_scaling_step(tmp_path):
+    """A whole step of the loop (forward under autocast, scaled backward, unscale, clip, SGD) against the same
+    written out on an fp16 copy of the base U-Net: loss x 2^16, backward, gradients / 2^16, torch's clip,
+    torch's SGD on the fp16 parameters."""
+    import attrs
+
+    from dbspec.runtime.loop import _next_step_batches, reseed_micro_batch
+    from dbspec.runtime.step import run_batch
+
+    plan = compile_spec(write_spec(tmp_path, steps=2, extra=FP16), ["optimizer.kind=sgd", "optimizer.lr=1.0"])
+    assert plan.optimizer.max_grad_norm > 0 and plan.schedule.accumulation == 1
+    run = _setup(plan)
+    reference = build_pipeline("builtin:tiny-sd1").unet.half().to(run.parts.device)
+    before = {k: v.clone() for k, v in run.comps.unet.state_dict().items()}
+    assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())
+    sampler, noise = copy.deepcopy(run.sampler.state_dict()), run.generator.get_state()
+    _optimizer_step(run, 0)
+    assert run.scaler.get_scale() == 2.0**16  # a finite step at the initial scale
+
+    run.sampler.load_state_dict(sampler)
+    run.generator.set_state(noise)
+    (batch,) = _next_step_batches(run.sampler, 1)
+    if plan.schedule.noise_streams == "micro_batch":
+        reseed_micro_batch(run.generator, plan, 0, 0, 0)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = run_batch(
+            attrs.evolve(run.parts, unet=reference), batch, step=0, epoch=run.sampler.epoch + 1
+        ).loss
+    (loss * 2.0**16).backward()
+    params = [p for p in reference.parameters() if p.grad is not None]
+    for p in params:
+        p.grad = (p.grad.float() / 2.0**16).to(torch.float16)
+    torch.nn.utils.clip_grad_norm_(params, plan.optimizer.max_grad_norm)
+    o = plan.optimizer
+    torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay).step()
+
+    after = run.comps.unet.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items())  # the step moved the weights
+    assert all(torch.equal(v, after[k]) for k, v in reference.state_dict().items())  # bit-exact
