@@ -734,7 +734,7 @@ schedulers have no warm-up and kohya refuses
         "Low-precision weights with an adapter",
         """\
 No longer raised: `precision.weights = "bf16"` in a run that trains an adapter holds the adapter weights in
-bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights are refused by DBS259.""",
+bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights too (kohya's full_fp16).""",
         reserved=True,
     ),
     Code(
