@@ -16,6 +16,8 @@ def resolve_mixed(ctx: Context) -> tuple[str, str]:
     if want == "auto" and ctx.spec.precision.weights == "bf16" and env.bf16:
         return "bf16", "auto: the weights are bf16 (precision.weights), so autocast computes in bf16 too"
     if want == "auto" and ctx.spec.precision.weights == "fp16":
+        if env.device == "cpu":
+            _warn_fp16_on_cpu(ctx)
         return "fp16", "auto: the weights are fp16 (precision.weights), so autocast computes in fp16 too"
     if want == "auto":
         if env.device == "cpu":
@@ -36,14 +38,22 @@ def resolve_mixed(ctx: Context) -> tuple[str, str]:
         )
         return "fp16", "bf16 unsupported"
     if want == "fp16" and env.device == "cpu":
-        ctx.report(
-            "DBS341",
-            "warning",
-            "fp16 mixed precision on the CPU is slow and unsupported by some ops",
-            ("precision", "mixed"),
-            help='use mixed = "auto" (fp32 on the CPU)',
-        )
+        _warn_fp16_on_cpu(ctx)
     return want, "as the spec says"
+
+
+def _warn_fp16_on_cpu(ctx: Context) -> None:
+    fp16_weights = ctx.spec.precision.weights == "fp16"
+    ctx.report(
+        "DBS341",
+        "warning",
+        "fp16 mixed precision on the CPU is slow and unsupported by some ops"
+        + (' (precision.weights = "fp16" needs it)' if fp16_weights else ""),
+        ("precision", "mixed"),
+        help='use weights = "fp32" and mixed = "auto" (fp32 on the CPU)'
+        if fp16_weights
+        else 'use mixed = "auto" (fp32 on the CPU)',
+    )
 
 
 def _check_quantization(ctx: Context, key: str, kind: str) -> None:

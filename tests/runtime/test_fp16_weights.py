@@ -64,7 +64,7 @@ def _scaler_state(scale: float, growth_interval: int = 2000) -> dict:
 def test_the_plan_holds_fp16_weights_and_says_what_they_cost(tmp_path):
     spec = write_spec(tmp_path, extra=FP16.replace('mixed = "fp16"\n', ""))
     warned = plan_spec(spec, CPU, None, ADAFACTOR).diagnostics
-    assert "DBS368" in {d.code for d in warned}
+    assert {"DBS368", "DBS341"} <= {d.code for d in warned}  # auto picks fp16, slow on the CPU
     plan = compile_spec(spec, ADAFACTOR)
     assert plan.precision.mixed == "fp16" and "weights are fp16" in plan.precision.reason  # auto picks fp16
     assert plan.precision.weights == "fp16" and not plan.precision.stochastic_rounding
