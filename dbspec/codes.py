@@ -616,12 +616,12 @@ buckets are off; with buckets every image is resized into its bucket.""",
     Code(
         "DBS246",
         WARNING,
-        "How bf16 weights are rounded, without bf16 weights",
+        "How half-precision weights are rounded, with fp32 weights",
         """\
-`precision.weights_rounding` is given but `precision.weights` is not `"bf16"`: it chooses how bf16 trained
+`precision.weights_rounding` is given but `precision.weights` is `"fp32"`: it chooses how bf16 or fp16 trained
 weights are updated (stochastic rounding, or kohya's round-to-nearest), so with fp32 weights it has no effect
 (warning).""",
-        help='remove weights_rounding, or set precision.weights = "bf16"',
+        help='remove weights_rounding, or set precision.weights = "bf16" (or "fp16")',
     ),
     # Quantisation backends (precision.quantize_backend): DBS247, DBS248.
     Code(
@@ -644,6 +644,19 @@ maintenance mode upstream; diffusers deprecated its `QuantoConfig` (warning). to
 and bitsandbytes (nf4, int8) replace it: set `precision.quantize_backend`. A spec that names
 `quantize_backend = "quanto"` has chosen it knowingly and is not warned.""",
         help='use quantize_backend = "torchao" or "bitsandbytes"',
+    ),
+    # fp16 trained weights (kohya's full_fp16) with an optimizer that cannot step them: DBS249.
+    Code(
+        "DBS249",
+        ERROR,
+        "An optimizer whose fp16 state breaks fp16 weights",
+        """\
+`precision.weights = "fp16"` with `optimizer.kind = "adamw"` or `"adamw_schedulefree"`: stepping fp16
+parameters, these create their moments in fp16, where the second moment of any gradient under about 8e-3
+underflows to 0 and the epsilon (1e-8) rounds to 0, so the update divides by zero and the weights turn inf or
+NaN within a step (kohya's full_fp16 with torch's AdamW does the same). bitsandbytes' optimizers (kohya's
+usual `AdamW8bit`), Adafactor and CAME keep fp32 or 8-bit state and step fp16 weights.""",
+        help='use optimizer.kind = "adamw8bit" (or "paged_adamw", "adafactor", "came"), or weights = "bf16"',
     ),
     # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS253; a dataset's mask channel: DBS254.
     Code(
@@ -729,7 +742,7 @@ schedulers have no warm-up and kohya refuses
         "Low-precision weights with an adapter",
         """\
 No longer raised: `precision.weights = "bf16"` in a run that trains an adapter holds the adapter weights in
-bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights are refused by DBS259.""",
+bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights too (kohya's full_fp16).""",
         reserved=True,
     ),
     Code(
@@ -737,12 +750,13 @@ bf16 (kohya's full_bf16 in LoRA runs casts the network); fp16 weights are refuse
         ERROR,
         "Low-precision weights under settings they cannot train with",
         """\
-`precision.weights = "fp16"` (kohya's full_fp16: refused, see docs/memory.md), `weights = "bf16"` with
-`mixed = "no"` or `"fp16"` (kohya requires bf16 mixed precision too), or with an optimizer whose step reads \
-all
-parameters together (prodigy, D-Adaptation) under `weights_rounding = "stochastic"`: the stochastic-rounding
-step updates one parameter at a time (`weights_rounding = "nearest"`, kohya's full_bf16, runs any
-optimizer).""",
+`precision.weights = "fp16"` (kohya's full_fp16) with `mixed = "no"` or `"bf16"` (fp16 gradients need fp16
+mixed precision and its grad scaler; kohya requires it too) or with `weights_rounding = "stochastic"` (the
+default: stochastic rounding is for bf16 only; fp16 weights are stepped by the optimizer directly, set
+`"nearest"`); `weights = "bf16"` with `mixed = "no"` or `"fp16"` (kohya requires bf16 mixed precision too), or
+with an optimizer whose step reads all parameters together (prodigy, D-Adaptation) under
+`weights_rounding = "stochastic"`: the stochastic-rounding step updates one parameter at a time
+(`weights_rounding = "nearest"`, kohya's full_bf16, runs any optimizer). See docs/memory.md.""",
     ),
     # Adapters (LoCon, DoRA, LoHa, LoKr options): DBS260-DBS264.
     Code(
@@ -1584,6 +1598,20 @@ the local Hugging Face cache. Planning never downloads: `dbspec plan --download`
         """\
 `checkpoints.select` picks among checkpoints saved at an evaluation step (the validation steps); no checkpoint
 step before the last is one, so only the end of the run can be chosen.""",
+    ),
+    Code(
+        "DBS368",
+        WARNING,
+        "fp16 trained weights lose small updates",
+        """\
+`precision.weights = "fp16"` (kohya's full_fp16): the trained weights, gradients and (for most optimizers)
+optimizer state are fp16. With 10 mantissa bits, round-to-nearest loses every update under 2^-11 of a weight
+(at fine-tuning learning rates most are); gradients under 2^-24 flush to zero and values past 65504 overflow.
+The loss is scaled by a dynamic grad scaler (torch's defaults, as accelerate's: 2^16 to start, halved and the
+step skipped when the fp16 gradients hold inf or NaN, doubled after 2000 finite steps). bf16 weights with
+stochastic rounding, or fp32 weights under fp16 autocast, keep small updates (warning). See
+docs/memory.md.""",
+        help='use weights = "bf16" (stochastic rounding) on a target with bf16, or fp32 weights',
     ),
     Code(
         "DBS370",

@@ -36,4 +36,8 @@ def make_accelerator(plan: Plan):
             f"the plan was compiled for {plan.schedule.processes} process(es), but "
             f"{accelerator.num_processes} are running: compile it with the same launcher"
         )
+    if plan.precision.weights == "fp16":  # kohya's full_fp16: fp16 gradients need an unscaling grad scaler
+        from dbspec.runtime.fp16_weights import use_fp16_weights_scaler
+
+        use_fp16_weights_scaler(accelerator)
     return accelerator

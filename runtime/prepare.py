@@ -66,8 +66,8 @@ def _prepare(
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
             add_lora_dropout(module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout)
-        # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 where
-        # precision.weights says so (kohya's full_bf16 casts the LoRA network)
+        # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
+        # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)
         for p in adapters.trainable_parameters(module):
             p.data = p.data.to(adapter_dtype)

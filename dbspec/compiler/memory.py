@@ -171,7 +171,8 @@ def estimate_memory(
     `sharding`: what each process holds of the trained models under FSDP or ZeRO (None: DDP, all of it).
     `t5_tokens`: the T5 sequence length of families that join it to the denoiser's tokens (SD3, Flux).
     `stochastic_rounding`: bf16 trained weights are updated through an fp32 state (True), or stepped directly
-    by the optimizer, whose state then takes their dtype where it creates it like the parameter (False).
+    by the optimizer, whose state then takes their dtype where it creates it like the parameter (False; fp16
+    weights always).
     `adapter_dtype`: the dtype adapters are held in (precision.weights; peft's default fp32).
     """
     notes: list[str] = []
@@ -195,7 +196,10 @@ def estimate_memory(
             sharding, weights, wrapped + adapters, gradients, optimizer_bytes, notes
         )
     if bf16_trained:
-        notes.append(_bf16_weights_note(optimizer, stochastic_rounding, bf16_state))
+        held = [c.dtype for c in components if c.trainable == "full" and c.dtype in ("bf16", "fp16")]
+        notes.append(
+            _bf16_weights_note(optimizer, stochastic_rounding, bf16_state, (held or [adapter_dtype])[0])
+        )
     ema_bytes = _ema_bytes(trainable, ema, ema_offload, notes)
     teacher_bytes = _teacher_bytes(components, teacher, mixed)
     # The UNet's activations count whenever anything trains: a text encoder's gradients flow back through it.
@@ -313,8 +317,11 @@ class _Trained:
     adapter: bool
 
 
-def _bf16_weights_note(optimizer: str, stochastic_rounding: bool, bf16_state: bool) -> str:
-    head = "bf16 weights: weights and gradients take 2 bytes per trained parameter; "
+def _bf16_weights_note(
+    optimizer: str, stochastic_rounding: bool, bf16_state: bool, dtype: str = "bf16"
+) -> str:
+    """bf16 or fp16 (`dtype`, precision.weights) trained weights: what they and the optimizer state take."""
+    head = f"{dtype} weights: weights and gradients take 2 bytes per trained parameter; "
     if stochastic_rounding:
         return head + (
             "the optimizer state stays fp32 (stochastic rounding computes each update in fp32, one "
@@ -322,8 +329,8 @@ def _bf16_weights_note(optimizer: str, stochastic_rounding: bool, bf16_state: bo
         )
     if bf16_state:
         return head + (
-            f"{optimizer} steps them directly (round-to-nearest) and creates its state like them: bf16, half "
-            "its fp32 bytes"
+            f"{optimizer} steps them directly (round-to-nearest) and creates its state like them: {dtype}, "
+            "half its fp32 bytes"
         )
     return head + (
         f"{optimizer} steps them directly (round-to-nearest) but keeps its own state dtype (fp32, or 8-bit "

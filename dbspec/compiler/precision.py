@@ -15,6 +15,10 @@ def resolve_mixed(ctx: Context) -> tuple[str, str]:
     want, env = ctx.spec.precision.mixed, ctx.env
     if want == "auto" and ctx.spec.precision.weights == "bf16" and env.bf16:
         return "bf16", "auto: the weights are bf16 (precision.weights), so autocast computes in bf16 too"
+    if want == "auto" and ctx.spec.precision.weights == "fp16":
+        if env.device == "cpu":
+            _warn_fp16_on_cpu(ctx)
+        return "fp16", "auto: the weights are fp16 (precision.weights), so autocast computes in fp16 too"
     if want == "auto":
         if env.device == "cpu":
             return "no", "auto: the CPU trains in fp32 (bf16 autocast is slower there)"
@@ -34,14 +38,22 @@ def resolve_mixed(ctx: Context) -> tuple[str, str]:
         )
         return "fp16", "bf16 unsupported"
     if want == "fp16" and env.device == "cpu":
-        ctx.report(
-            "DBS341",
-            "warning",
-            "fp16 mixed precision on the CPU is slow and unsupported by some ops",
-            ("precision", "mixed"),
-            help='use mixed = "auto" (fp32 on the CPU)',
-        )
+        _warn_fp16_on_cpu(ctx)
     return want, "as the spec says"
+
+
+def _warn_fp16_on_cpu(ctx: Context) -> None:
+    fp16_weights = ctx.spec.precision.weights == "fp16"
+    ctx.report(
+        "DBS341",
+        "warning",
+        "fp16 mixed precision on the CPU is slow and unsupported by some ops"
+        + (' (precision.weights = "fp16" needs it)' if fp16_weights else ""),
+        ("precision", "mixed"),
+        help='use weights = "fp32" and mixed = "auto" (fp32 on the CPU)'
+        if fp16_weights
+        else 'use mixed = "auto" (fp32 on the CPU)',
+    )
 
 
 def _check_quantization(ctx: Context, key: str, kind: str) -> None:
@@ -124,13 +136,15 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
     _check_second_text_encoder(ctx, text_parts if model else None)
     params = model.params if model else {}
-    # fp16 is refused by DBS259; with an adapter, bf16 applies to the adapter weights (runtime/prepare.py)
-    weights = "bf16" if p.weights == "bf16" else "fp32"
+    # with an adapter, bf16 or fp16 applies to the adapter weights (runtime/prepare.py)
+    weights = p.weights
+    if weights == "fp16" and mixed == "fp16":
+        _warn_fp16_weights(ctx)
 
     def component(name: str, trains: bool, quant: str) -> ComponentPlan:
         mode = "frozen" if not trains else ("lora" if lora else "full")
         # Fully trained weights stay fp32 (autocast computes in the mixed dtype) unless precision.weights says
-        # bf16 (kohya's full_bf16); frozen ones are held in the mixed dtype.
+        # bf16 or fp16 (kohya's full_bf16 / full_fp16); frozen ones are held in the mixed dtype.
         dtype = weights if mode == "full" else frozen_dtype
         return ComponentPlan(
             name=name,
@@ -157,10 +171,25 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         tf32=p.tf32 and ctx.env.device == "cuda",
         components=tuple(parts),
         weights=weights,
-        # weights_rounding = "nearest" (kohya's full_bf16): the optimizer steps the bf16 parameters itself
+        # weights_rounding = "nearest" (kohya's full_bf16, and fp16 weights always): the optimizer steps the
+        # half-precision parameters itself
         stochastic_rounding=weights == "bf16" and p.weights_rounding == "stochastic",
         quantize_backend=p.quantize_backend,
         compile=_compile_plan(p.compile, parts),
+    )
+
+
+def _warn_fp16_weights(ctx: Context) -> None:
+    """What fp16 trained weights (kohya's full_fp16) cost: precision lost, overflowing steps skipped."""
+    ctx.report(
+        "DBS368",
+        "warning",
+        'precision.weights = "fp16" (kohya\'s full_fp16) loses every update under 2^-11 of a weight '
+        "(round-to-nearest) and overflows past 65504; a step whose scaled fp16 gradients overflow is skipped "
+        "and the grad scale halved",
+        ("precision", "weights"),
+        help='use weights = "bf16" (stochastic rounding) on a target with bf16, or fp32 weights, to keep '
+        "small updates",
     )
 
 

@@ -1807,7 +1807,7 @@ def paged_optimizer_off_cuda(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
         )
 
 
-# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS246, DBS259, DBS355) ------------------
+# --- low-precision trained weights, kohya's full_bf16 / full_fp16 (DBS246, DBS249, DBS259, DBS355) ----------
 # Optimizers whose update of one parameter reads no other parameter: the stochastic-rounding step runs them
 # one
 # parameter at a time (an fp32 copy of that tensor alone). Prodigy's step size is estimated across all of
@@ -1831,18 +1831,25 @@ PER_PARAMETER_OPTIMIZERS = (
 @rule("spec")
 def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
     p = spec.precision
-    if p.weights == "fp16":
+    if p.weights == "fp16" and p.mixed in ("no", "bf16"):
         yield _err(
             "DBS259",
-            ("precision", "weights"),
-            'precision.weights = "fp16" (kohya\'s full_fp16) is not supported',
-            "fp16 weights lose most updates below 2^-11 of the weight and need fp16 gradients under a "
-            "patched "
-            'grad scaler (kohya patches accelerate for it); use weights = "bf16" with stochastic rounding, '
-            "or "
-            "fp32 weights with mixed = fp16",
+            ("precision", "mixed"),
+            f'precision.weights = "fp16" needs mixed = "fp16" (or "auto"); mixed is "{p.mixed}"',
+            'set mixed = "fp16" (kohya requires mixed_precision fp16 with full_fp16 too): fp16 gradients '
+            "need its grad scaler",
         )
-    elif p.weights == "bf16" and p.mixed in ("no", "fp16"):
+    if p.weights == "fp16" and p.weights_rounding != "nearest":
+        yield _err(
+            "DBS259",
+            ("precision", "weights_rounding"),
+            f'precision.weights = "fp16" is stepped by the optimizer directly (round-to-nearest, kohya\'s '
+            f'full_fp16); weights_rounding is "{p.weights_rounding}"'
+            + ("" if given(("precision", "weights_rounding")) else " (the default, for bf16 weights)"),
+            'set weights_rounding = "nearest" (stochastic rounding is for bf16 weights only), or use '
+            'weights = "bf16" with stochastic rounding to keep small updates',
+        )
+    if p.weights == "bf16" and p.mixed in ("no", "fp16"):
         yield _err(
             "DBS259",
             ("precision", "mixed"),
@@ -1861,16 +1868,36 @@ def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+# torch's AdamW and schedule-free AdamW create fp16 moments for fp16 parameters: a second moment under fp16's
+# smallest value (6e-8, a gradient under ~8e-3) is 0 and eps 1e-8 rounds to 0, so the update divides by 0.
+FP16_STATE_BREAKS = ("adamw", "adamw_schedulefree")
+
+
+@rule("spec")
+def fp16_weights_optimizer(spec: Spec, given: Given) -> Iterator[Hit]:
+    kind = spec.optimizer.kind
+    if spec.precision.weights == "fp16" and kind in FP16_STATE_BREAKS:
+        yield _err(
+            "DBS249",
+            ("optimizer", "kind"),
+            f'precision.weights = "fp16" with optimizer.kind "{kind}": it keeps its moments in fp16, where '
+            "the second moment of a gradient under ~8e-3 and eps (1e-8) are 0, so the weights turn inf/NaN "
+            "in a step",
+            'use kind = "adamw8bit" (kohya\'s usual choice with full_fp16), "paged_adamw", "adafactor" or '
+            '"came" (fp32 or 8-bit state), or weights = "bf16"',
+        )
+
+
 @rule("spec")
 def weights_rounding_without_bf16_weights(spec: Spec, given: Given) -> Iterator[Hit]:
-    """precision.weights_rounding says how bf16 weights are updated; with fp32 weights it does nothing."""
-    if given(("precision", "weights_rounding")) and spec.precision.weights != "bf16":
+    """precision.weights_rounding says how bf16 or fp16 weights are updated; fp32 ones it leaves alone."""
+    if given(("precision", "weights_rounding")) and spec.precision.weights == "fp32":
         yield _warn(
             "DBS246",
             ("precision", "weights_rounding"),
             f'precision.weights_rounding = "{spec.precision.weights_rounding}" has no effect: the trained '
-            f"weights are {spec.precision.weights} (precision.weights), not bf16",
-            'remove weights_rounding, or set precision.weights = "bf16"',
+            f"weights are {spec.precision.weights} (precision.weights), not bf16 or fp16",
+            'remove weights_rounding, or set precision.weights = "bf16" (or "fp16")',
         )
 
 

@@ -587,6 +587,19 @@ class CompilePlan:
     dynamic: bool | None = None  # None: automatic (static first, dynamic after a shape change)
 
 
+# The dynamic grad scaler of fp16 trained weights (precision.weights = "fp16", kohya's full_fp16): torch's
+# GradScaler defaults, which accelerate (and so kohya) uses: the loss is multiplied by the scale, a step whose
+# gradients hold inf/NaN is skipped and the scale multiplied by backoff_factor; after growth_interval finite
+# steps in a row it is multiplied by growth_factor. runtime/fp16_weights.py builds it;
+# the plan summary shows it.
+FP16_GRAD_SCALER = {
+    "init_scale": 2.0**16,
+    "growth_factor": 2.0,
+    "backoff_factor": 0.5,
+    "growth_interval": 2000,
+}
+
+
 @frozen
 class PrecisionPlan:
     mixed: Literal["no", "fp16", "bf16"]
@@ -594,11 +607,13 @@ class PrecisionPlan:
     attention: Literal["sdpa", "eager"]
     tf32: bool
     components: tuple[ComponentPlan, ...]
-    # Trained weights held in bf16 (kohya's full_bf16): a full fine-tune's components, or the adapter weights
-    # of a LoRA/LyCORIS run; "fp32" = off.
-    weights: Literal["fp32", "bf16"]
+    # Trained weights held in bf16 or fp16 (kohya's full_bf16 / full_fp16): a full fine-tune's components, or
+    # the adapter weights of a LoRA/LyCORIS run; "fp32" = off. fp16 weights train under fp16 autocast with a
+    # grad scaler that unscales fp16 gradients (FP16_GRAD_SCALER, runtime/fp16_weights.py).
+    weights: Literal["fp32", "bf16", "fp16"]
     # bf16 weights: True, the optimizer step rounds fp32 updates to bf16 with a seeded generator; False
-    # (precision.weights_rounding = "nearest", kohya's), the optimizer steps the bf16 parameters directly.
+    # (precision.weights_rounding = "nearest", kohya's; fp16 weights always), the optimizer steps the
+    # half-precision parameters directly.
     stochastic_rounding: bool
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
     quantize_backend: Literal["quanto", "torchao", "bitsandbytes", "cast"] = "quanto"

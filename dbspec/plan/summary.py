@@ -11,6 +11,7 @@ from rich.table import Table
 from dbspec.families import FAMILIES, family_spec
 from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
+    FP16_GRAD_SCALER,
     CaptionPlan,
     FlowPlan,
     GeneratePlan,
@@ -523,6 +524,16 @@ def pivotal_summary(p) -> str:
     )
 
 
+def fp16_scaler_summary() -> str:
+    """The dynamic grad scaler of fp16 trained weights (precision.weights = "fp16")."""
+    s = FP16_GRAD_SCALER
+    return (
+        f"fp16 gradients unscaled (kohya's patched scaler): scale {s['init_scale']:g} to start, "
+        f"x{s['backoff_factor']:g} and the step skipped on inf/NaN, x{s['growth_factor']:g} after "
+        f"{s['growth_interval']} finite steps"
+    )
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
@@ -541,10 +552,12 @@ def training_table(plan: Plan) -> Table:
         how = (
             "updates computed in fp32 and rounded stochastically (seeded, resumable)"
             if plan.precision.stochastic_rounding
-            else "stepped directly by the optimizer (round-to-nearest, kohya's full_bf16; its state in the "
-            "dtype it creates)"
+            else "stepped directly by the optimizer (round-to-nearest, kohya's "
+            f"full_{plan.precision.weights}; its state in the dtype it creates)"
         )
         t.add_row("trained weights", f"{held}, {how}")
+        if plan.precision.weights == "fp16":
+            t.add_row("grad scaler", fp16_scaler_summary())
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""

@@ -1383,19 +1383,23 @@ class Precision:
     )
     weights: Literal["fp32", "bf16", "fp16"] = option(
         "fp32",
-        doc="dtype of the trained weights (kohya's full_bf16): a full fine-tune's networks, or the adapter "
-        "weights of a LoRA/LyCORIS run (the frozen base is held in the mixed dtype anyway). bf16 halves "
-        "weights and gradients (and optimizer state, see weights_rounding); needs mixed = bf16 (or auto "
-        "picking it). fp16 (kohya's full_fp16) is refused (see docs/memory.md).",
+        doc="dtype of the trained weights (kohya's full_bf16 / full_fp16): a full fine-tune's networks, or "
+        "the adapter weights of a LoRA/LyCORIS run (the frozen base is held in the mixed dtype anyway). "
+        "bf16 halves weights and gradients (and optimizer state, see weights_rounding); needs mixed = bf16 "
+        "(or auto picking it). fp16 (kohya's full_fp16) halves them too, needs mixed = fp16 (or auto) and "
+        'weights_rounding = "nearest": the optimizer steps the fp16 weights directly, their fp16 gradients '
+        "unscaled by a dynamic grad scaler that skips overflowing steps; updates under 2^-11 of a weight are "
+        "lost. See docs/memory.md.",
     )
     weights_rounding: Literal["stochastic", "nearest"] = option(
         "stochastic",
-        doc='How bf16 weights (weights = "bf16") are updated: stochastic computes each update in fp32 and '
-        "rounds it to bf16 at random, unbiased, one parameter at a time (per-parameter optimizers only); "
-        "nearest is kohya's full_bf16: the optimizer steps the bf16 parameters directly (round-to-nearest, "
-        "updates under half a bf16 step are lost), its state created as it creates it from bf16 parameters "
-        "(bf16 for AdamW, Prodigy, D-Adaptation, Lion, SGD, schedulefree; fp32 for Adafactor, CAME and "
-        "bitsandbytes), so any optimizer runs. See docs/memory.md.",
+        doc='How half-precision weights (weights = "bf16" or "fp16") are updated: stochastic (bf16 only) '
+        "computes each update in fp32 and rounds it to bf16 at random, unbiased, one parameter at a time "
+        "(per-parameter optimizers only); nearest is kohya's full_bf16: the optimizer steps the bf16 "
+        "parameters directly (round-to-nearest, updates under half a bf16 step are lost), its state created "
+        "as it creates it from bf16 parameters (bf16 for AdamW, Prodigy, D-Adaptation, Lion, SGD, "
+        "schedulefree; fp32 for Adafactor, CAME and bitsandbytes), so any optimizer runs; fp16 weights "
+        "(kohya's full_fp16) need it. See docs/memory.md.",
     )
     compile: bool = option(
         False,

@@ -1,4 +1,4 @@
-"""kohya's scheduler options and full_bf16 / full_fp16 converted (no --allow-unsupported), checked, and
+"""kohya's scheduler options and full_bf16 converted (no --allow-unsupported), checked, and
 asserted on
 the plan.
 
@@ -157,16 +157,6 @@ def test_scheduler_options_kohya_rejects_or_dbspec_cannot_plan(tmp_path):
     # torch's LambdaLR under transformers' function raises KeyError: kohya's groups have no initial_lr
     assert any("last_epoch=5" in e and "initial_lr" in e for e in errors(function_args))
     assert "DBS402" in codes(function_args) and "DBS403" not in codes(function_args)
-
-
-def test_full_fp16_keeps_fp32_trained_weights(tmp_path):
-    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
-    fp16 = kohya(
-        tmp_path / "a",
-        command=f"""train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 \
-        --learning_rate=2e-6 --max_train_steps=100 --mixed_precision fp16 --full_fp16""",
-    )
-    assert fate(fp16, "full_fp16") == "differs"
 
 
 def test_lora_cosine_annealing_warm_restarts_from_scheduler_args(tmp_path):

@@ -54,6 +54,10 @@ def run_one(rule, spec, given):
 
 
 # rule, a spec body that breaks it, the hits expected, the nearest body that does not.
+# fp16 trained weights (kohya's full_fp16) as they check: stepped directly, by an optimizer with fp32 state
+FP16_WEIGHTS = (
+    '[optimizer]\nkind = "adafactor"\n[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n'
+)
 CASES = [
     (
         rules.prior_without_class_data,
@@ -820,11 +824,35 @@ CASES = [
         [("DBS257", "error", ("schedule", "warmup_steps"))],
         DOG + STEPS + 'lr_schedule = "cosine_annealing"\nt_max = 50\n',
     ),
-    (
+    (  # fp16 weights (kohya's full_fp16) are stepped directly: weights_rounding's bf16 default is refused
         rules.low_precision_weights_settings,
         DOG + STEPS + '[precision]\nweights = "fp16"\n',
-        [("DBS259", "error", ("precision", "weights"))],
-        DOG + STEPS + '[precision]\nweights = "bf16"\n',
+        [("DBS259", "error", ("precision", "weights_rounding"))],
+        DOG + STEPS + FP16_WEIGHTS,
+    ),
+    (
+        rules.low_precision_weights_settings,
+        DOG + STEPS + '[precision]\nmixed = "bf16"\nweights = "fp16"\nweights_rounding = "stochastic"\n',
+        [("DBS259", "error", ("precision", "mixed")), ("DBS259", "error", ("precision", "weights_rounding"))],
+        DOG + STEPS + FP16_WEIGHTS + 'mixed = "fp16"\n',
+    ),
+    (
+        rules.fp16_weights_optimizer,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "adamw"\n[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n',
+        [("DBS249", "error", ("optimizer", "kind"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "adamw8bit"\n[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n',
+    ),
+    (
+        rules.fp16_weights_optimizer,
+        DOG + STEPS + '[optimizer]\nkind = "adamw_schedulefree"\n[precision]\nweights = "fp16"\n',
+        [("DBS249", "error", ("optimizer", "kind"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "adafactor"\n[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n',
     ),
     (
         rules.low_precision_weights_settings,
@@ -845,6 +873,12 @@ CASES = [
         DOG + STEPS + '[precision]\nweights_rounding = "nearest"\n',
         [("DBS246", "warning", ("precision", "weights_rounding"))],
         DOG + STEPS + '[precision]\nweights = "bf16"\nweights_rounding = "nearest"\n',
+    ),
+    (
+        rules.weights_rounding_without_bf16_weights,
+        DOG + STEPS + '[precision]\nweights = "fp32"\nweights_rounding = "stochastic"\n',
+        [("DBS246", "warning", ("precision", "weights_rounding"))],
+        DOG + STEPS + FP16_WEIGHTS,
     ),
     (
         rules.nesterov_needs_momentum,

@@ -255,12 +255,7 @@ def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
 def _map_full_half(a: Args, script: str, key: str, lora: bool, conv: Conversion) -> None:
     """kohya's full_bf16 / full_fp16: the trained weights themselves in half precision."""
     if key == "full_fp16":
-        conv.differs(
-            a[key],
-            "dbspec refuses fp16 trained weights (DBS259: updates below 2^-11 of a weight are lost and fp16 "
-            "gradients need kohya's patched grad scaler); it keeps fp32 weights under fp16 autocast (more "
-            "precise, more memory)",
-        )
+        _map_full_fp16(a, script, lora, conv)
     elif _fused_adafactor(a, script):
         # sdxl_train.py's fused backward pass steps Adafactor per parameter in fp32 and copies the result
         # into the bf16 weight with stochastic rounding (library/adafactor_fused.py): dbspec's stochastic
@@ -288,6 +283,38 @@ def _map_full_half(a: Args, script: str, key: str, lora: bool, conv: Conversion)
             "nearest",
             conv.comment(a[key], "the optimizer steps the bf16 weights directly (round-to-nearest)"),
         )
+
+
+def _map_full_fp16(a: Args, script: str, lora: bool, conv: Conversion) -> None:
+    """kohya's full_fp16 (train_db, fine_tune, sdxl_train, train_network and the LoRA scripts on it, with
+    mixed_precision fp16): the trained models (LoRA scripts: the network) cast to fp16 after building the
+    optimizer, which steps them directly (its state created from the fp16 parameters), accelerate's grad
+    scaler patched to unscale fp16 gradients (train_util.patch_accelerator_for_fp16_training)."""
+    legacy = a["full_fp16"]
+    what = "the adapter weights" if lora else "the trained weights"
+    nearest = conv.comment(legacy, "the optimizer steps the fp16 weights directly (round-to-nearest)")
+    if _fused_adafactor(a, script):
+        # the fused Adafactor steps each parameter in its gradient hook, during backward: on the scaled fp16
+        # gradient, before the grad scaler could unscale it or skip an overflowed step
+        conv.differs(
+            legacy,
+            "with --fused_backward_pass kohya's Adafactor steps each fp16 parameter in its gradient hook, "
+            "during backward: with max_grad_norm its clipping asks accelerate's scaler to unscale at every "
+            "parameter (torch's GradScaler refuses a second unscale_ before update()), without it the step "
+            "reads the still-scaled gradient and no overflowed step is skipped; dbspec steps after backward "
+            "from unscaled gradients and skips steps whose gradients overflowed",
+            ("precision", "weights"),
+            "fp16",
+        )
+    else:
+        conv.mapped(
+            legacy,
+            ("precision", "weights"),
+            "fp16",
+            note=f'{what} in fp16, weights_rounding = "nearest": the optimizer steps them as kohya\'s does, '
+            "fp16 gradients unscaled by the grad scaler as kohya's patched accelerate scaler does",
+        )
+    conv.put(("precision", "weights_rounding"), "nearest", nearest)
 
 
 def _fused_adafactor(a: Args, script: str) -> bool:

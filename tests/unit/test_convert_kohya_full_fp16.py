@@ -1,0 +1,155 @@
+"""kohya's full_fp16 converted: train_db.py, sdxl_train.py and train_network.py (with mixed_precision fp16)
+cast the trained models (LoRA scripts: the network) to fp16 after building the optimizer, which steps them
+directly, and patch accelerate's grad scaler to unscale fp16 gradients
+(train_util.patch_accelerator_for_fp16_training): precision.weights = "fp16", weights_rounding = "nearest"."""
+
+from __future__ import annotations
+
+from convert_kit import (
+    SD15,
+    SDXL,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    plan_of,
+    write,
+)
+
+SDXL_FULL = f"""
+pretrained_model_name_or_path = "{SDXL}"
+train_data_dir = "img"
+resolution = "1024,1024"
+max_train_steps = 1500
+learning_rate = 4e-6
+mixed_precision = "fp16"
+full_fp16 = true
+gradient_checkpointing = true
+cache_latents = true
+train_text_encoder = true
+"""
+
+
+def _trained(plan) -> dict[str, str]:
+    return {c.name: c.dtype for c in plan.precision.components if c.trainable == "full"}
+
+
+def test_sdxl_train_full_fp16_with_adamw8bit_steps_fp16_weights(tmp_path):
+    """A kohya_ss GUI SDXL fine-tune with full_fp16 and AdamW8bit (kohya's usual pair): DBS404 before, now the
+    plan holds the U-Net and both text encoders in fp16, stepped directly under the fp16 grad scaler."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(tmp_path / "config.toml", SDXL_FULL + 'optimizer_type = "AdamW8bit"\n')
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "full_fp16") == "mapped"
+    assert "full_fp16" not in messages(outcome, "DBS404")
+    text = (tmp_path / "specs" / "converted.toml").read_text()
+    assert 'weights = "fp16"' in text and 'weights_rounding = "nearest"' in text
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "adamw8bit" and plan.precision.mixed == "fp16"
+    assert plan.precision.weights == "fp16" and not plan.precision.stochastic_rounding
+    assert _trained(plan) == {"unet": "fp16", "text_encoder": "fp16", "text_encoder_2": "fp16"}
+    fp32 = plan_of(outcome, tmp_path, ["precision.weights=fp32"])
+    assert fp32.memory.gradients == 2 * plan.memory.gradients  # fp16 gradients: 2 bytes, not 4
+
+
+def test_train_db_full_fp16_casts_the_unet_and_text_encoder(tmp_path):
+    """train_db.py honours --full_fp16 (unlike --full_bf16): the U-Net and the trained text encoder, fp16."""
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"""train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 \
+        --learning_rate=2e-6 --max_train_steps=100 --mixed_precision fp16 --full_fp16 \
+        --optimizer_type Adafactor --optimizer_args scale_parameter=False relative_step=False \
+        warmup_init=False""",
+    )
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "full_fp16") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "adafactor"
+    assert plan.precision.weights == "fp16" and plan.precision.mixed == "fp16"
+    assert _trained(plan) == {"unet": "fp16", "text_encoder": "fp16"}  # train_db trains the text encoder
+
+
+def test_train_db_full_fp16_with_torch_adamw_is_refused_at_check(tmp_path):
+    """kohya's default optimizer (torch's AdamW) keeps fp16 moments over fp16 weights: they turn inf/NaN on
+    small gradients; the conversion refuses the spec with the rule's reason (DBS249 through DBS403)."""
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"""train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 \
+        --learning_rate=2e-6 --max_train_steps=100 --mixed_precision fp16 --full_fp16""",
+    )
+    assert fate(outcome, "full_fp16") == "mapped"
+    assert not outcome.written
+    refused = messages(outcome, "DBS403")
+    assert "optimizer.kind = 'adamw'" in refused and 'precision.weights = "fp16"' in refused
+
+
+def test_train_network_lora_full_fp16_holds_the_adapters_in_fp16(tmp_path):
+    """A kohya_ss GUI SD1.5 LoRA (dim 32, alpha 16, AdamW8bit) with full_fp16: train_network.py casts the LoRA
+    network to fp16; the frozen base is fp16 under fp16 mixed precision anyway."""
+    images(tmp_path / "img" / "20_ohwx dog", 4, (512, 512))
+    write(
+        tmp_path / "config.toml",
+        f"""
+pretrained_model_name_or_path = "{SD15}"
+train_data_dir = "img"
+resolution = "512,512"
+network_module = "networks.lora"
+network_dim = 32
+network_alpha = 16
+learning_rate = 1e-4
+unet_lr = 1e-4
+text_encoder_lr = 5e-5
+optimizer_type = "AdamW8bit"
+lr_scheduler = "cosine"
+max_train_steps = 1200
+mixed_precision = "fp16"
+save_precision = "fp16"
+full_fp16 = true
+cache_latents = true
+""",
+    )
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py"
+    )
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "full_fp16") == "mapped"
+    assert "full_fp16" not in messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.kind == "lora" and plan.adapter.rank == 32 and plan.optimizer.kind == "adamw8bit"
+    assert plan.precision.weights == "fp16" and not plan.precision.stochastic_rounding
+    parts = {c.name: (c.trainable, c.dtype) for c in plan.precision.components if c.name != "vae"}
+    assert parts == {"unet": ("lora", "fp16"), "text_encoder": ("lora", "fp16")}
+
+
+def test_sdxl_train_fused_adafactor_with_full_fp16_is_a_stated_difference(tmp_path):
+    """--fused_backward_pass steps each parameter inside backward, outside the grad scaler's unscale and
+    skip: dbspec holds fp16 weights and states the difference."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(
+        tmp_path / "config.toml",
+        SDXL_FULL
+        + """optimizer_type = "adafactor"
+optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
+fused_backward_pass = true
+""",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert fate(outcome, "full_fp16") == "differs"
+    assert "still-scaled gradient" in messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.precision.weights == "fp16" and not plan.precision.stochastic_rounding
+
+
+def test_full_fp16_needs_mixed_precision_fp16(tmp_path):
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"""train_db.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 \
+        --learning_rate=2e-6 --max_train_steps=100 --mixed_precision bf16 --full_fp16""",
+    )
+    assert fate(outcome, "full_fp16") == "invalid"
