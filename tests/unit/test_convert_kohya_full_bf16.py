@@ -4,6 +4,8 @@ parameters), with any optimizer; its fused Adafactor rounds stochastically; trai
 
 from __future__ import annotations
 
+import pytest
+
 from convert_kit import (
     SD15,
     SDXL,
@@ -152,9 +154,11 @@ def test_train_db_ignores_full_bf16(tmp_path):
     assert set(_trained(plan).values()) == {"fp32"} and "unet" in _trained(plan)
 
 
-def test_train_network_lora_full_bf16_holds_the_adapters_in_bf16(tmp_path):
-    """A kohya_ss GUI SD1.5 LoRA (dim 32, alpha 16, AdamW8bit, unet and text encoder rates) with full_bf16:
-    train_network.py casts the LoRA network to bf16; the frozen base is bf16 under bf16 mixed precision."""
+@pytest.mark.parametrize("half", ["bf16", "fp16"])
+def test_train_network_lora_full_half_holds_the_adapters_in_half(tmp_path, half):
+    """A kohya_ss GUI SD1.5 LoRA (dim 32, alpha 16, AdamW8bit, unet and text encoder rates) with full_bf16 or
+    full_fp16: train_network.py casts the LoRA network to that dtype; the frozen base is in it anyway under
+    the matching mixed precision."""
     images(tmp_path / "img" / "20_ohwx dog", 4, (512, 512))
     write(
         tmp_path / "config.toml",
@@ -171,9 +175,9 @@ text_encoder_lr = 5e-5
 optimizer_type = "AdamW8bit"
 lr_scheduler = "cosine"
 max_train_steps = 1200
-mixed_precision = "bf16"
+mixed_precision = "{half}"
 save_precision = "fp16"
-full_bf16 = true
+full_{half} = true
 cache_latents = true
 """,
     )
@@ -181,13 +185,13 @@ cache_latents = true
         tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py"
     )
     assert outcome.written, errors(outcome)
-    assert fate(outcome, "full_bf16") == "mapped"
-    assert "full_bf16" not in messages(outcome, "DBS404")
+    assert fate(outcome, f"full_{half}") == "mapped"
+    assert f"full_{half}" not in messages(outcome, "DBS404")
     plan = plan_of(outcome, tmp_path)
     assert plan.adapter.kind == "lora" and plan.adapter.rank == 32 and plan.optimizer.kind == "adamw8bit"
-    assert plan.precision.weights == "bf16" and not plan.precision.stochastic_rounding
+    assert plan.precision.weights == half and not plan.precision.stochastic_rounding
     parts = {c.name: (c.trainable, c.dtype) for c in plan.precision.components if c.name != "vae"}
-    assert parts == {"unet": ("lora", "bf16"), "text_encoder": ("lora", "bf16")}
+    assert parts == {"unet": ("lora", half), "text_encoder": ("lora", half)}
     fp32 = plan_of(outcome, tmp_path, ["precision.weights=fp32", "precision.weights_rounding=stochastic"])
     assert fp32.memory.gradients == 2 * plan.memory.gradients  # adapter gradients: 2 bytes, not 4
 

@@ -88,44 +88,6 @@ def test_train_db_full_fp16_with_torch_adamw_is_refused_at_check(tmp_path):
     assert "optimizer.kind = 'adamw'" in refused and 'precision.weights = "fp16"' in refused
 
 
-def test_train_network_lora_full_fp16_holds_the_adapters_in_fp16(tmp_path):
-    """A kohya_ss GUI SD1.5 LoRA (dim 32, alpha 16, AdamW8bit) with full_fp16: train_network.py casts the LoRA
-    network to fp16; the frozen base is fp16 under fp16 mixed precision anyway."""
-    images(tmp_path / "img" / "20_ohwx dog", 4, (512, 512))
-    write(
-        tmp_path / "config.toml",
-        f"""
-pretrained_model_name_or_path = "{SD15}"
-train_data_dir = "img"
-resolution = "512,512"
-network_module = "networks.lora"
-network_dim = 32
-network_alpha = 16
-learning_rate = 1e-4
-unet_lr = 1e-4
-text_encoder_lr = 5e-5
-optimizer_type = "AdamW8bit"
-lr_scheduler = "cosine"
-max_train_steps = 1200
-mixed_precision = "fp16"
-save_precision = "fp16"
-full_fp16 = true
-cache_latents = true
-""",
-    )
-    outcome = kohya(
-        tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py"
-    )
-    assert outcome.written, errors(outcome)
-    assert fate(outcome, "full_fp16") == "mapped"
-    assert "full_fp16" not in messages(outcome, "DBS404")
-    plan = plan_of(outcome, tmp_path)
-    assert plan.adapter.kind == "lora" and plan.adapter.rank == 32 and plan.optimizer.kind == "adamw8bit"
-    assert plan.precision.weights == "fp16" and not plan.precision.stochastic_rounding
-    parts = {c.name: (c.trainable, c.dtype) for c in plan.precision.components if c.name != "vae"}
-    assert parts == {"unet": ("lora", "fp16"), "text_encoder": ("lora", "fp16")}
-
-
 def test_sdxl_train_fused_adafactor_with_full_fp16_is_a_stated_difference(tmp_path):
     """--fused_backward_pass steps each parameter inside backward, outside the grad scaler's unscale and
     skip: dbspec holds fp16 weights and states the difference."""
