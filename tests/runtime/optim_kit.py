@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -20,3 +22,19 @@ def step_alike(optimizers: list, params: list[list], n: int = 6) -> None:
 def same(a: list, b: list) -> bool:
     """Whether two lists of tensors are bit-identical."""
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def newest_state(out) -> dict:
+    """The training state of the newest checkpoint under an output folder."""
+    files = sorted(Path(out).rglob("training_state.pt"), key=lambda p: p.stat().st_mtime)
+    assert files, f"no checkpoint under {out}"
+    return torch.load(files[-1], weights_only=False)
+
+
+def flat_tensors(tree, prefix: str = "") -> dict:
+    """The tensors of a nested dict (a training state), by their path."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat_tensors(sub, f"{prefix}/{key}").items()}
+    return {}

@@ -18,6 +18,7 @@ from dbspec.runtime.rounding import StochasticRoundingOptimizer
 from dbspec.runtime.setup import setup
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.optim_kit import flat_tensors, newest_state
 
 NEAREST = '[precision]\nmixed = "bf16"\nweights = "bf16"\nweights_rounding = "nearest"\n'
 
@@ -61,20 +62,6 @@ def test_a_nearest_step_equals_the_torch_optimizer_stepping_bf16_parameters(tmp_
     assert shaped and all(v.dtype == torch.bfloat16 for v in shaped)  # created from the bf16 parameters
 
 
-def _state(out: Path) -> dict:
-    files = sorted(out.rglob("training_state.pt"), key=lambda p: p.stat().st_mtime)
-    assert files, f"no checkpoint under {out}"
-    return torch.load(files[-1], weights_only=False)
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if torch.is_tensor(tree):
-        return {prefix: tree}
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}/{key}").items()}
-    return {}
-
-
 @pytest.mark.parametrize(
     ("overrides", "state_dtype"),
     [
@@ -88,8 +75,8 @@ def test_a_nearest_bf16_full_fine_tune_resumes_bit_exact(tmp_path, overrides, st
     whole_plan = compile_spec(spec, [*overrides, "output.dir=whole"])
     whole = execute(whole_plan)
     assert whole.status == "finished" and whole.steps == 4
-    state = _state(tmp_path / "whole")
-    held = [t for t in _flatten(state["trainable"]).values() if t.is_floating_point()]
+    state = newest_state(tmp_path / "whole")
+    held = [t for t in flat_tensors(state["trainable"]).values() if t.is_floating_point()]
     assert held and all(t.dtype == torch.bfloat16 for t in held)
     per_param = [v for s in state["optimizer"]["state"].values() for v in s.values()]
     shaped = [v for v in per_param if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0]
@@ -103,8 +90,8 @@ def test_a_nearest_bf16_full_fine_tune_resumes_bit_exact(tmp_path, overrides, st
     assert second.status == "finished" and second.steps == 4
     assert first.losses + second.losses == whole.losses
     a, b = (
-        _flatten(_state(tmp_path / "whole")["trainable"]),
-        _flatten(_state(tmp_path / "parts")["trainable"]),
+        flat_tensors(newest_state(tmp_path / "whole")["trainable"]),
+        flat_tensors(newest_state(tmp_path / "parts")["trainable"]),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -155,8 +142,8 @@ def test_a_lora_run_with_bf16_adapters_resumes_bit_exact_and_its_export_loads(tm
     )
     whole = execute(whole_plan, keep_models=True)
     assert whole.status == "finished"
-    state = _state(tmp_path / "whole")
-    held = [t for t in _flatten(state["trainable"]).values() if t.is_floating_point()]
+    state = newest_state(tmp_path / "whole")
+    held = [t for t in flat_tensors(state["trainable"]).values() if t.is_floating_point()]
     assert held and all(t.dtype == torch.bfloat16 for t in held)
     trained = _lora_params(whole.components.unet)
     assert trained and all(t.dtype == torch.bfloat16 for t in trained.values())
@@ -165,7 +152,7 @@ def test_a_lora_run_with_bf16_adapters_resumes_bit_exact_and_its_export_loads(tm
     first = execute(parts, stop_after=2)
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _flatten(state["trainable"]), _flatten(_state(tmp_path / "parts")["trainable"])
+    a, b = flat_tensors(state["trainable"]), flat_tensors(newest_state(tmp_path / "parts")["trainable"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     pipe = build_pipeline("builtin:tiny-sd1")
@@ -201,8 +188,8 @@ def test_a_loha_run_with_bf16_adapters_resumes_bit_exact_and_loads_in_lycoris(tm
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = (
-        _flatten(_state(tmp_path / "whole")["trainable"]),
-        _flatten(_state(tmp_path / "parts")["trainable"]),
+        flat_tensors(newest_state(tmp_path / "whole")["trainable"]),
+        flat_tensors(newest_state(tmp_path / "parts")["trainable"]),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -7,7 +7,6 @@ fp16 loss-scaling step.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,26 +19,13 @@ from dbspec.runtime.setup import setup
 from dbspec.runtime.tiny import build_pipeline
 from dbspec.frontend import plan_spec
 from tests.runtime.runspec import CPU, compile_spec, summary_text, write_spec
+from tests.runtime.optim_kit import flat_tensors, newest_state
 
 FP16 = '[precision]\nmixed = "fp16"\nweights = "fp16"\nweights_rounding = "nearest"\n'
 ADAFACTOR = [
     "optimizer.kind=adafactor"
 ]  # fp32 state over fp16 weights (AdamW's fp16 state is refused, DBS249)
 LORA = '\n[adapter]\nkind = "lora"\nrank = 4\n\n[train]\ntext_encoder = true\n'
-
-
-def _state(out: Path) -> dict:
-    files = sorted(out.rglob("training_state.pt"), key=lambda p: p.stat().st_mtime)
-    assert files, f"no checkpoint under {out}"
-    return torch.load(files[-1], weights_only=False)
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if torch.is_tensor(tree):
-        return {prefix: tree}
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}/{key}").items()}
-    return {}
 
 
 def _setup(plan):
@@ -197,8 +183,8 @@ def test_a_full_fine_tune_with_fp16_weights_trains_and_resumes_bit_exact(tmp_pat
         start = before.half().state_dict()
         assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())  # it trained
     assert list((tmp_path / "whole").rglob("*.png"))  # validation sampled the fp16 models
-    state = _state(tmp_path / "whole")
-    held = [t for t in _flatten(state["trainable"]).values() if t.is_floating_point()]
+    state = newest_state(tmp_path / "whole")
+    held = [t for t in flat_tensors(state["trainable"]).values() if t.is_floating_point()]
     assert held and all(t.dtype == torch.float16 for t in held)
     assert state["scaler"] is not None and state["scaler"]["scale"] > 0  # the scaler's state is saved
 
@@ -207,9 +193,9 @@ def test_a_full_fine_tune_with_fp16_weights_trains_and_resumes_bit_exact(tmp_pat
     assert first.status == "interrupted" and first.steps == 2
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = _flatten(state["trainable"]), _flatten(_state(tmp_path / "parts")["trainable"])
+    a, b = flat_tensors(state["trainable"]), flat_tensors(newest_state(tmp_path / "parts")["trainable"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _state(tmp_path / "parts")["scaler"] == state["scaler"]
+    assert newest_state(tmp_path / "parts")["scaler"] == state["scaler"]
 
 
 def test_a_resumed_run_continues_with_the_saved_scale(tmp_path):
@@ -250,8 +236,8 @@ def test_a_lora_run_with_fp16_adapters_trains_resumes_bit_exact_and_loads(tmp_pa
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = (
-        _flatten(_state(tmp_path / "whole")["trainable"]),
-        _flatten(_state(tmp_path / "parts")["trainable"]),
+        flat_tensors(newest_state(tmp_path / "whole")["trainable"]),
+        flat_tensors(newest_state(tmp_path / "parts")["trainable"]),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     pipe = build_pipeline("builtin:tiny-sd1")
