@@ -38,3 +38,10 @@ def flat_tensors(tree, prefix: str = "") -> dict:
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items() for k, v in flat_tensors(sub, f"{prefix}/{key}").items()}
     return {}
+
+
+def same_trained_state(out_a, out_b) -> bool:
+    """Whether the newest checkpoints under two output folders hold bit-identical trained tensors."""
+    a = flat_tensors(newest_state(out_a)["trainable"])
+    b = flat_tensors(newest_state(out_b)["trainable"])
+    return bool(a) and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -18,7 +18,7 @@ from dbspec.runtime.rounding import StochasticRoundingOptimizer
 from dbspec.runtime.setup import setup
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
-from tests.runtime.optim_kit import flat_tensors, newest_state
+from tests.runtime.optim_kit import flat_tensors, newest_state, same_trained_state
 
 NEAREST = '[precision]\nmixed = "bf16"\nweights = "bf16"\nweights_rounding = "nearest"\n'
 
@@ -89,11 +89,7 @@ def test_a_nearest_bf16_full_fine_tune_resumes_bit_exact(tmp_path, overrides, st
     second = execute(parts, resume=True)
     assert second.status == "finished" and second.steps == 4
     assert first.losses + second.losses == whole.losses
-    a, b = (
-        flat_tensors(newest_state(tmp_path / "whole")["trainable"]),
-        flat_tensors(newest_state(tmp_path / "parts")["trainable"]),
-    )
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_trained_state(tmp_path / "whole", tmp_path / "parts")
 
 
 LORA = """
@@ -187,11 +183,7 @@ def test_a_loha_run_with_bf16_adapters_resumes_bit_exact_and_loads_in_lycoris(tm
     first = execute(parts, stop_after=2)
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = (
-        flat_tensors(newest_state(tmp_path / "whole")["trainable"]),
-        flat_tensors(newest_state(tmp_path / "parts")["trainable"]),
-    )
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_trained_state(tmp_path / "whole", tmp_path / "parts")
 
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     fresh = build_pipeline(parts.model.base)

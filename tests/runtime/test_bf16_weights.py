@@ -11,6 +11,7 @@ import torch
 from dbspec.runtime.execute import execute
 from dbspec.runtime.rounding import StochasticRoundingOptimizer, stochastic_round_to_bf16
 from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.optim_kit import flat_tensors
 
 BF16_WEIGHTS = """
 [precision]
@@ -54,16 +55,8 @@ def test_a_bf16_full_fine_tune_trains_stays_bf16_and_resumes_bit_identical(tmp_p
     assert first.losses + second.losses == whole.losses
     a = _trained_state(Path(whole_plan.checkpoints.dir))["trainable"]
     b = _trained_state(Path(plan.checkpoints.dir))["trainable"]
-    flat_a, flat_b = _flatten(a), _flatten(b)
+    flat_a, flat_b = flat_tensors(a), flat_tensors(b)
     assert flat_a.keys() == flat_b.keys() and all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a)
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if torch.is_tensor(tree):
-        return {prefix: tree}
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}/{key}").items()}
-    return {}
 
 
 def test_stochastic_rounding_is_unbiased_where_nearest_rounding_is_not():

@@ -13,11 +13,12 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from dbspec.plan.model import FlowPlan, NoisePlan
+from dbspec.plan.model import FlowPlan
 from dbspec.runtime import losses
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families.flow import FlowMatchingObjective
 from tests.runtime.runspec import final_weights, make_plan
+from tests.runtime.test_kohya_noise_loss import noise_plan
 
 SD3_CONFIG = dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
 FLUX_CONFIG = dict(FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config)
@@ -27,17 +28,7 @@ OBJECTIVE = FlowMatchingObjective()
 def _loss(draw: str, *, low: int = 0, high: int = 1000, **fields) -> SimpleNamespace:
     base = dict(timesteps="uniform", logit_mean=0.0, logit_std=0.0, mode_scale=0.0, weighting="none")
     flow = FlowPlan(**{"shift": 0.0, **base, **fields, "draw": draw})
-    noise = NoisePlan(
-        offset=0.0,
-        offset_random_strength=False,
-        adaptive_scale=0.0,
-        multires_iterations=0,
-        multires_discount=0.0,
-        ip_gamma=0.0,
-        ip_random_strength=False,
-        min_timestep=low,
-        max_timestep=high,
-    )
+    noise = noise_plan(min_timestep=low, max_timestep=high)
     return SimpleNamespace(flow=flow, noise=noise)
 
 

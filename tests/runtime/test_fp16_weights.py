@@ -19,7 +19,7 @@ from dbspec.runtime.setup import setup
 from dbspec.runtime.tiny import build_pipeline
 from dbspec.frontend import plan_spec
 from tests.runtime.runspec import CPU, compile_spec, summary_text, write_spec
-from tests.runtime.optim_kit import flat_tensors, newest_state
+from tests.runtime.optim_kit import flat_tensors, newest_state, same_trained_state
 
 FP16 = '[precision]\nmixed = "fp16"\nweights = "fp16"\nweights_rounding = "nearest"\n'
 ADAFACTOR = [
@@ -235,11 +235,7 @@ def test_a_lora_run_with_fp16_adapters_trains_resumes_bit_exact_and_loads(tmp_pa
     first = execute(parts, stop_after=2)
     second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
-    a, b = (
-        flat_tensors(newest_state(tmp_path / "whole")["trainable"]),
-        flat_tensors(newest_state(tmp_path / "parts")["trainable"]),
-    )
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_trained_state(tmp_path / "whole", tmp_path / "parts")
     pipe = build_pipeline("builtin:tiny-sd1")
     pipe.load_lora_weights(whole.final)
     loaded = {n: p for n, p in pipe.unet.named_parameters() if ".lora_" in n}
