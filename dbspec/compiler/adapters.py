@@ -33,8 +33,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
-    if adapter.kind in ("loha", "lokr"):
-        extra.update(tucker=adapter.tucker)
+    extra.update(tucker=adapter.tucker)
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
     if isinstance(adapter, LoraAdapter) and adapter.blocks:
