@@ -396,6 +396,44 @@ def test_lycoris_tucker_on_loha_and_lokr_converts(tmp_path, algo, switch):
     assert (a.kind, a.tucker, a.rank, a.conv_rank, a.conv_alpha) == (algo, True, 16, 8, 4.0)
 
 
+@pytest.mark.parametrize("algo", ["locon", "lora"])
+@pytest.mark.parametrize(
+    "switch",
+    [
+        '"use_tucker=True"',
+        '"use_cp=True"',  # the older names LyCORIS's kohya network still reads
+        '"use_conv_cp=true"',
+        '"disable_conv_cp="',  # `not ""`: LyCORIS's only disable_conv_cp value that turns it on
+        '"disable_conv_cp=False", "use_tucker=1"',
+    ],
+)
+def test_lycoris_tucker_on_lora_and_locon_is_lora_mid(tmp_path, algo, switch):
+    """LyCORIS LoCon's Tucker form (lora_mid between a 1x1 lora_down and lora_up on 3x3 convolutions)."""
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=8", "conv_alpha=4", {switch}')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.tucker, a.dora, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (
+        "lora",
+        True,
+        False,
+        16,
+        8.0,
+        8,
+        4.0,
+    )
+    assert "conv1" in a.conv_targets and "conv_in" in a.conv_targets  # LyCORIS's "full" preset
+
+
+@pytest.mark.parametrize("algo", ["loha", "locon"])
+def test_lycoris_disable_conv_cp_false_alone_leaves_tucker_off(tmp_path, algo):
+    """LyCORIS reads `not kwargs.get("disable_conv_cp", True)`: the string "False" is truthy, so it is off."""
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=8", "disable_conv_cp=False"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.tucker is False
+
+
 @pytest.mark.parametrize(
     "switch", ['"use_tucker=False"', '"use_cp=false"', '"disable_conv_cp=True"', '"use_scalar=False"']
 )
@@ -405,8 +443,9 @@ def test_lycoris_switches_left_off_change_nothing(tmp_path, switch):
     assert plan_of(outcome, tmp_path).adapter.tucker is False
 
 
-def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path):
-    outcome = _lycoris(tmp_path, '"algo=loha", "preset=attn-mlp", "use_tucker=True"')
+@pytest.mark.parametrize("algo", ["loha", "locon"])
+def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "preset=attn-mlp", "use_tucker=True"')
     assert outcome.exit_code == 0, errors(outcome)
     assert plan_of(outcome, tmp_path).adapter.tucker is False  # no k x k convolution is adapted
 
@@ -414,7 +453,7 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        ('"algo=locon", "conv_dim=8", "use_tucker=True"', "lora_mid"),
+        ('"algo=locon", "conv_dim=8", "dora_wd=True", "use_tucker=True"', "no DoRA magnitude"),
         ('"algo=loha", "use_scalar=True"', "trained scalar"),
         ('"algo=lokr", "dora_wd=True"', "no weight decomposition"),
         ('"algo=locon", "dora_wd=True", "wd_on_output=False"', "per input column"),

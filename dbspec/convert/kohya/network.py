@@ -1,7 +1,7 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
 LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor,
-decompose_both, rank_dropout, module_dropout) into [adapter]. kohya passes each "key=value" to the network as
-a string."""
+decompose_both, rank_dropout, module_dropout, use_tucker) into [adapter]. kohya passes each "key=value" to the
+network as a string."""
 
 from __future__ import annotations
 
@@ -330,7 +330,8 @@ def _tucker_and_scalar(
     kwargs: dict[str, str], kind: str, convs: bool, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
     """LyCORIS's use_tucker (its kohya network reads `not disable_conv_cp or use_conv_cp or use_cp or
-    use_tucker`, the first set value deciding) and use_scalar."""
+    use_tucker`, the first set value deciding: `disable_conv_cp=False` alone is the string "False", which
+    `not` makes false) and use_scalar. For algo lora/locon it is LoCon's lora_mid: adapter.tucker too."""
     keys = ("disable_conv_cp", "use_conv_cp", "use_cp", "use_tucker")
     given = {key: kwargs.pop(key) for key in keys if key in kwargs}
     value = (
@@ -340,13 +341,13 @@ def _tucker_and_scalar(
         or given.get("use_tucker", False)
     )
     if _str_bool(value) and convs:  # it changes only k x k convolutions (conv_dim on the ResNets)
-        if kind in ("loha", "lokr"):
-            put["tucker"] = True
-        else:
+        if kind == "lora" and put.get("dora"):
             unsupported[next(iter(given))] = (
-                f"{value} (LyCORIS LoCon's Tucker form adds a rank x rank x k x k middle convolution, "
-                "lora_mid, which peft's LoRA has not)"
+                f"{value} with dora_wd (LoCon's Tucker form, lora_mid, with a weight decomposition; dbspec's "
+                "Tucker LoRA layers have no DoRA magnitude)"
             )
+        else:  # LoHa/LoKr: peft's effective conv2d; LoRA/LoCon: dbspec's lora_mid layer (locon_tucker.py)
+            put["tucker"] = True
     scalar = kwargs.pop("use_scalar", "false")
     if _str_bool(scalar):
         unsupported["use_scalar"] = (
