@@ -116,3 +116,65 @@ def test_gradients_reach_all_three_factors_and_adapters_switch_off():
     layer.enable_adapters(False)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), layer.base_layer(x))
+
+
+_PRESET_ATTRIBUTES = (
+    "ENABLE_CONV",
+    "UNET_TARGET_REPLACE_MODULE",
+    "UNET_TARGET_REPLACE_NAME",
+    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    "TEXT_ENCODER_TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    from dbspec.runtime.tiny import build_pipeline
+
+    return build_pipeline("builtin:tiny-sd1").unet
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"use_tucker": "True"},
+        {"use_tucker": "False"},
+        {"use_tucker": "0"},
+        {"use_cp": "True"},
+        {"use_cp": "false"},
+        {"use_conv_cp": "true"},
+        {"disable_conv_cp": "True"},
+        {"disable_conv_cp": "False"},
+        {"disable_conv_cp": ""},
+        {"disable_conv_cp": "False", "use_tucker": "True"},
+        {"use_tucker": "False", "use_cp": "True"},
+        {"use_cp": "True", "use_conv_cp": "false"},
+        {"use_conv_cp": "false", "use_cp": "True"},
+    ],
+)
+def test_converter_reads_tucker_switches_as_lycoris_create_network(tiny_unet, monkeypatch, args):
+    """dbspec's converter (`lycoris_tucker`) against lycoris-lora's kohya create_network on the same
+    network_args (strings, in the given order): Tucker layers exactly when the converter says tucker."""
+    from dbspec.convert.kohya.network import lycoris_tucker
+
+    kohya = pytest.importorskip("lycoris.kohya")
+    network = kohya.LycorisNetworkKohya
+    preset = network.apply_preset.__func__
+
+    def without_names(cls, values):  # 4.1.3's "full" preset names the time embedding twice: it asserts
+        preset(cls, values)
+        cls.UNET_TARGET_REPLACE_NAME = []
+        return cls
+
+    monkeypatch.setattr(network, "apply_preset", classmethod(without_names))
+    for attr in _PRESET_ATTRIBUTES:  # the preset sets class attributes: restore them afterwards
+        if hasattr(network, attr):
+            monkeypatch.setattr(network, attr, getattr(network, attr))
+    built = kohya.create_network(1.0, 4, 2, None, nn.Module(), copy.deepcopy(tiny_unet), conv_dim="4", **args)
+    tucker = [m for m in built.unet_loras if getattr(m, "tucker", False)]
+    assert bool(tucker) == lycoris_tucker(args), args
+    assert all(hasattr(m, "lora_mid") for m in tucker)

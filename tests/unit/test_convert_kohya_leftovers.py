@@ -386,7 +386,8 @@ def _lycoris(tmp_path, args: str):
         ("lokr", '"use_tucker=True"'),
         ("loha", '"use_cp=True"'),  # the older names LyCORIS's kohya network still reads
         ("lokr", '"use_conv_cp=True"'),
-        ("loha", '"disable_conv_cp=False", "use_tucker=0"'),  # str_bool: only "false" is false
+        ("loha", '"use_tucker=0"'),  # str_bool: only "false" is false
+        ("lokr", '"disable_conv_cp=True"'),  # LyCORIS copies an old name's value into use_tucker
     ],
 )
 def test_lycoris_tucker_on_loha_and_lokr_converts(tmp_path, algo, switch):
@@ -403,8 +404,9 @@ def test_lycoris_tucker_on_loha_and_lokr_converts(tmp_path, algo, switch):
         '"use_tucker=True"',
         '"use_cp=True"',  # the older names LyCORIS's kohya network still reads
         '"use_conv_cp=true"',
-        '"disable_conv_cp="',  # `not ""`: LyCORIS's only disable_conv_cp value that turns it on
-        '"disable_conv_cp=False", "use_tucker=1"',
+        '"disable_conv_cp=True"',  # LyCORIS copies an old name's value into use_tucker first
+        '"disable_conv_cp="',  # and `not ""` is true
+        '"use_tucker=False", "use_cp=True"',  # an old name overrides use_tucker, wherever it stands
     ],
 )
 def test_lycoris_tucker_on_lora_and_locon_is_lora_mid(tmp_path, algo, switch):
@@ -427,15 +429,20 @@ def test_lycoris_tucker_on_lora_and_locon_is_lora_mid(tmp_path, algo, switch):
 
 
 @pytest.mark.parametrize("algo", ["loha", "locon"])
-def test_lycoris_disable_conv_cp_false_alone_leaves_tucker_off(tmp_path, algo):
-    """LyCORIS reads `not kwargs.get("disable_conv_cp", True)`: the string "False" is truthy, so it is off."""
-    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=8", "disable_conv_cp=False"')
+@pytest.mark.parametrize(
+    "switch", ['"disable_conv_cp=False"', '"use_tucker=True", "disable_conv_cp=False"', '"use_cp=false"']
+)
+def test_lycoris_old_tucker_names_set_false_leave_it_off(tmp_path, algo, switch):
+    """lycoris-lora 4 copies an old name's value into use_tucker (over an explicit use_tucker), then tests
+    `not disable_conv_cp or use_conv_cp or use_cp or use_tucker`: "False" ends up in use_tucker, off. The
+    differential check against LyCORIS's own create_network is tests/runtime/test_locon_tucker.py."""
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=8", {switch}')
     assert outcome.exit_code == 0, errors(outcome)
     assert plan_of(outcome, tmp_path).adapter.tucker is False
 
 
 @pytest.mark.parametrize(
-    "switch", ['"use_tucker=False"', '"use_cp=false"', '"disable_conv_cp=True"', '"use_scalar=False"']
+    "switch", ['"use_tucker=False"', '"use_cp=false"', '"disable_conv_cp=False"', '"use_scalar=False"']
 )
 def test_lycoris_switches_left_off_change_nothing(tmp_path, switch):
     outcome = _lycoris(tmp_path, f'"algo=loha", {switch}')

@@ -314,6 +314,29 @@ def _lycoris_rs_lora(
         put["conv_alpha"] = (put["conv_alpha"] or rank) * rank / math.sqrt(rank)
 
 
+# LyCORIS's older names of use_tucker (lycoris/wrapper.py deprecated_arg_dict).
+_TUCKER_OLD_NAMES = ("disable_conv_cp", "use_cp", "use_conv_cp")
+
+
+def lycoris_tucker(args: dict[str, str]) -> bool:
+    """LyCORIS's (4.x) create_network: each old name's value is first copied into use_tucker (in the given
+    order, so the last old name wins, over use_tucker too), then `str_bool(not disable_conv_cp or use_conv_cp
+    or use_cp or use_tucker)` on the strings, the first truthy one deciding: `disable_conv_cp=True` turns it
+    on (its value lands in use_tucker), `disable_conv_cp=False` alone leaves it off, and `disable_conv_cp=`
+    (empty) turns it on."""
+    values: dict[str, Any] = {k: v for k, v in args.items() if k in (*_TUCKER_OLD_NAMES, "use_tucker")}
+    for key in list(values):
+        if key in _TUCKER_OLD_NAMES:
+            values["use_tucker"] = values[key]
+    value = (
+        (not values.get("disable_conv_cp", True))
+        or values.get("use_conv_cp", False)
+        or values.get("use_cp", False)
+        or values.get("use_tucker", False)
+    )
+    return _str_bool(value)
+
+
 def _switched_off(key: str, value: str, lycoris: bool) -> bool:
     """A network argument dbspec does not map that changes nothing as given."""
     if lycoris and key in _LYCORIS_SWITCHES:
@@ -329,25 +352,19 @@ def _str_bool(value: object) -> bool:
 def _tucker_and_scalar(
     kwargs: dict[str, str], kind: str, convs: bool, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
-    """LyCORIS's use_tucker (its kohya network reads `not disable_conv_cp or use_conv_cp or use_cp or
-    use_tucker`, the first set value deciding: `disable_conv_cp=False` alone is the string "False", which
-    `not` makes false) and use_scalar. For algo lora/locon it is LoCon's lora_mid: adapter.tucker too."""
-    keys = ("disable_conv_cp", "use_conv_cp", "use_cp", "use_tucker")
-    given = {key: kwargs.pop(key) for key in keys if key in kwargs}
-    value = (
-        (not given.get("disable_conv_cp", True))
-        or given.get("use_conv_cp", False)
-        or given.get("use_cp", False)
-        or given.get("use_tucker", False)
-    )
-    if _str_bool(value) and convs:  # it changes only k x k convolutions (conv_dim on the ResNets)
+    """LyCORIS's use_tucker and use_scalar. For algo lora/locon use_tucker is LoCon's lora_mid, for LoHa/LoKr
+    peft's effective conv2d: adapter.tucker either way."""
+    given = [key for key in kwargs if key in (*_TUCKER_OLD_NAMES, "use_tucker")]
+    if given and lycoris_tucker(kwargs) and convs:  # it changes only k x k convolutions (conv_dim)
         if kind == "lora" and put.get("dora"):
-            unsupported[next(iter(given))] = (
-                f"{value} with dora_wd (LoCon's Tucker form, lora_mid, with a weight decomposition; dbspec's "
-                "Tucker LoRA layers have no DoRA magnitude)"
+            unsupported[given[0]] = (
+                f"{kwargs[given[0]]} with dora_wd (LoCon's Tucker form, lora_mid, with a weight "
+                "decomposition; dbspec's Tucker LoRA layers have no DoRA magnitude)"
             )
         else:  # LoHa/LoKr: peft's effective conv2d; LoRA/LoCon: dbspec's lora_mid layer (locon_tucker.py)
             put["tucker"] = True
+    for key in given:
+        kwargs.pop(key)
     scalar = kwargs.pop("use_scalar", "false")
     if _str_bool(scalar):
         unsupported["use_scalar"] = (
