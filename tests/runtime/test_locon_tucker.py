@@ -178,3 +178,65 @@ def test_converter_reads_tucker_switches_as_lycoris_create_network(tiny_unet, mo
     tucker = [m for m in built.unet_loras if getattr(m, "tucker", False)]
     assert bool(tucker) == lycoris_tucker(args), args
     assert all(hasattr(m, "lora_mid") for m in tucker)
+
+
+@pytest.mark.parametrize(("rank_dropout", "module_dropout", "multiplier"), [(0.5, 0.0, 1.0), (0.3, 0.3, 0.5)])
+def test_kohya_dropouts_and_multiplier_act_on_the_down_mid_chain(rank_dropout, module_dropout, multiplier):
+    """kohya networks.lora's rank / module dropout and multiplier (lora_dropout.py) on a Tucker layer: kohya's
+    formula with lora_down followed by lora_mid as the down projection, same seeds, same result."""
+    from dbspec.runtime.lora_dropout import add_lora_dropout
+    from tests.runtime.test_lora_dropout import kohya_forward
+
+    net = _adapted(Net())
+    layer = net.conv
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()  # a non-zero update, so the masks show
+    assert add_lora_dropout(net, rank_dropout, module_dropout, multiplier) == 2
+    net.train()
+    x = torch.randn(2, 6, 7, 7)
+
+    def down(v):
+        return layer.lora_mid["default"](layer.lora_A["default"](v))
+
+    for seed in range(6):
+        torch.manual_seed(seed)
+        ours = layer(x)
+        torch.manual_seed(seed)
+        theirs = kohya_forward(
+            layer.base_layer,
+            down,
+            lambda v: layer.lora_B["default"](v) * multiplier,
+            x,
+            ALPHA,
+            RANK,
+            rank_dropout,
+            module_dropout,
+        )
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_per_block_ranks_keep_the_tucker_form(tiny_unet):
+    """[[adapter.blocks]] rebuild the peft config (blocks.with_blocks); the Tucker registration follows it,
+    and each block's convolution rank sizes lora_mid."""
+    from dbspec.plan.model import AdapterPlan, BlockPlan
+    from dbspec.runtime.adapters import add_lora
+
+    unet = copy.deepcopy(tiny_unet)
+    block = BlockPlan(pattern=r"^down_blocks\.0\.", rank=2, alpha=1.0, conv_rank=3, conv_alpha=1.5)
+    adapter = AdapterPlan(
+        kind="lora",
+        rank=2,
+        alpha=1.0,
+        conv_rank=2,
+        conv_alpha=1.0,
+        conv_targets=("conv1", "conv2"),
+        tucker=True,
+        blocks=(block,),
+    )
+    add_lora(unet, adapter, ("to_q",), seed=0, conv=True)
+    layers = {n: m for n, m in unet.named_modules() if isinstance(m, TuckerConv2d)}
+    assert layers and all(n.endswith(("conv1", "conv2")) for n in layers)
+    for name, layer in layers.items():
+        rank = 3 if name.startswith("down_blocks.0.") else 2
+        assert layer.lora_mid["default"].weight.shape == (rank, rank, 3, 3), name
+        assert layer.lora_A["default"].weight.shape[2:] == (1, 1)
