@@ -428,6 +428,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
             weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
         )
         return
+    kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
+    if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
+        conv.unsupported(
+            weights,
+            "the network is a LoCon with use_tucker: dbspec starts a LoRA from a file's lora_down / lora_up "
+            "only, not the Tucker layers' lora_mid",
+        )
+        return
     conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
     if not from_file.value:
         return
