@@ -760,8 +760,8 @@ not read).""",
         WARNING,
         "A convolution-adapter option without `conv_rank`",
         """\
-`conv_alpha` or `conv_targets` is set but `conv_rank = 0`, so no convolution gets an adapter (warning). Set
-`conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
+`conv_alpha` or `conv_targets` (or, for LoRA, `tucker`) is set but `conv_rank = 0`, so no convolution gets an
+adapter (warning). Set `conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
         help="set adapter.conv_rank (e.g. 8), or remove the option",
     ),
     Code(

@@ -33,7 +33,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
-    extra.update(tucker=adapter.tucker)
+    # LoRA's Tucker form acts on its convolution adapters only: without them the plan says false (DBS261)
+    extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
     if isinstance(adapter, LoraAdapter) and adapter.blocks:

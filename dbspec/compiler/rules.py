@@ -936,7 +936,7 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             'set quantize_denoiser = "none", conv_rank = 0, quantize_backend = "cast" (plain fp8 storage), '
             'or use kind = "loha" / "lokr" (they wrap quantised convolutions)',
         )
-    if a.kind == "lora" and a.tucker:  # LoCon's Tucker layers (lora_mid) are plain LoRA only
+    if a.kind == "lora" and a.tucker and a.conv_rank:  # LoCon's Tucker layers (lora_mid): plain LoRA only
         for key, value, why in (
             ("dora", a.dora, "peft's DoRA rebuilds the update from lora_A and lora_B alone"),
             (
@@ -960,7 +960,7 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             "use -1 (split near the square root) or a factor of 1 or more",
         )
     if not a.conv_rank:
-        for key in ("conv_alpha", "conv_targets"):
+        for key in ("conv_alpha", "conv_targets", *(("tucker",) if a.kind == "lora" else ())):
             if given(("adapter", key)):
                 yield _warn(
                     "DBS261",

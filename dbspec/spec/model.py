@@ -180,8 +180,9 @@ def _tucker():
         False,
         doc="LyCORIS `use_tucker` (LoHa/LoKr: peft's `use_effective_conv2d`): each k x k convolution's "
         "factors are a rank x rank x k x k core with an output and an input matrix (`hada_t1`/`hada_t2`, "
-        "`lokr_t2`; LoRA: LoCon's 1x1 `lora_down`, k x k `lora_mid`, 1x1 `lora_up`) instead of one "
-        "rank x (in x k x k) matrix; 1x1 convolutions and linears are unchanged.",
+        "`lokr_t2`; LoRA: LoCon's 1x1 `lora_down`, k x k `lora_mid`, 1x1 `lora_up`, on its convolution "
+        "adapters, `conv_rank` above 0) instead of one rank x (in x k x k) matrix; 1x1 convolutions and "
+        "linears are unchanged.",
     )
 
 

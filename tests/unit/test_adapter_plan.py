@@ -83,6 +83,16 @@ def test_locon_tucker_counts_lora_mid(tmp_path, base, channels):
     assert dict(adapter_rows(plan.adapter))["adapter"].startswith("lora with Tucker convolutions rank 4")
 
 
+def test_lora_tucker_without_convolution_adapters_is_off_in_the_plan(tmp_path):
+    planned = plan_hub_spec(
+        tmp_path, '[adapter]\nkind = "lora"\ntucker = true\n[optimizer]\nlr = 1e-4\n', SD15
+    )
+    assert planned.plan is not None and planned.plan.adapter.tucker is False
+    assert [d.code for d in planned.diagnostics] == ["DBS261"]
+    loha = _plan(tmp_path, 'kind = "loha"\ntucker = true').adapter  # peft's LoHa: any k x k target
+    assert loha.tucker is True
+
+
 def test_sdxl_locon_counts_the_conv_layers_of_sdxl(tmp_path):
     plan = _plan(tmp_path, 'kind = "lora"\nrank = 4\nconv_rank = 2', base=SDXL)
     plain = _plan(tmp_path, 'kind = "lora"\nrank = 4', base=SDXL)

@@ -456,6 +456,12 @@ CASES = [
         [("DBS260", "error", ("adapter", "factor"))],
         '[adapter]\nkind = "lokr"\nfactor = 8\n' + DOG + STEPS,
     ),
+    (  # LoRA's Tucker form acts on the convolution adapters only
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\ntucker = true\ndora = true\n' + DOG + STEPS,
+        [("DBS261", "warning", ("adapter", "tucker"))],
+        '[adapter]\nkind = "lora"\ndora = true\n' + DOG + STEPS,
+    ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nconv_alpha = 1.0\n' + DOG + STEPS,
