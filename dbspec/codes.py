@@ -769,15 +769,17 @@ would be scaled to nothing) or with no `conv_targets`; a module named both in `d
 `conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
 divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
 cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
-wraps them).""",
+wraps them); LoRA's Tucker form (`tucker = true`, LyCORIS LoCon's `lora_mid`) with `dora` or `init_weights`
+(its layers are plain LoRA with a middle convolution: no DoRA magnitude, and a starting file's `lora_mid` is
+not read).""",
     ),
     Code(
         "DBS261",
         WARNING,
         "A convolution-adapter option without `conv_rank`",
         """\
-`conv_alpha` or `conv_targets` is set but `conv_rank = 0`, so no convolution gets an adapter (warning). Set
-`conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
+`conv_alpha` or `conv_targets` (or, for LoRA, `tucker`) is set but `conv_rank = 0`, so no convolution gets an
+adapter (warning). Set `conv_rank` to adapt the convolutions (LoCon), or remove the option.""",
         help="set adapter.conv_rank (e.g. 8), or remove the option",
     ),
     Code(

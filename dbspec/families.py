@@ -104,6 +104,9 @@ class FamilySpec:
     # Convolution-adapter (LoCon) parameters per unit of conv rank with the default conv targets (the 3x3
     # convolutions of ResNet blocks, downsamplers, upsamplers: rank x (in x 9 + out) each), counted likewise.
     conv_params_per_rank: int = 0
+    # The same convolutions' (sum of input channels, count): LoCon's Tucker form (lora_down 1x1, lora_mid 3x3,
+    # lora_up 1x1) has rank x (in + out) + rank^2 x 9 parameters per convolution, not rank x (in x 9 + out).
+    conv_tucker_facts: tuple[int, int] = (0, 0)
     # The Tiny AutoEncoder (diffusers AutoencoderTiny, hub id) that decodes live validation previews.
     preview_vae: str = "madebyollin/taesd"
     # The training objective: "ddpm" (integer timesteps, the scheduler's alphas; epsilon or v targets) or
@@ -202,6 +205,7 @@ FAMILIES: dict[str, FamilySpec] = {
         activation_bytes_per_latent_pixel=(350_000, 100_000),
         kohya=KohyaFacts(base_version="sd_v1", v2=False, v_suffix=True, original_unet_names=False),
         conv_params_per_rank=544_000,
+        conv_tucker_facts=(55_360, 50),
     ),
     "sd2": FamilySpec(
         name="sd2",
@@ -239,6 +243,7 @@ FAMILIES: dict[str, FamilySpec] = {
         activation_bytes_per_latent_pixel=(350_000, 100_000),  # SD2's UNet has SD1's widths
         kohya=KohyaFacts(base_version="sd_v2", v2=True, v_suffix=True, original_unet_names=False),
         conv_params_per_rank=544_000,
+        conv_tucker_facts=(55_360, 50),
     ),
     "sdxl": FamilySpec(
         name="sdxl",
@@ -287,6 +292,7 @@ FAMILIES: dict[str, FamilySpec] = {
         activation_bytes_per_latent_pixel=(600_000, 60_000),
         kohya=KohyaFacts(base_version="sdxl_base_v1-0", v2=False, v_suffix=False, original_unet_names=True),
         conv_params_per_rank=355_840,
+        conv_tucker_facts=(36_160, 38),
         preview_vae="madebyollin/taesdxl",
         watermarker=True,
     ),
@@ -332,6 +338,7 @@ FAMILIES: dict[str, FamilySpec] = {
             base_version="sdxl_refiner_v1-0", v2=False, v_suffix=False, original_unet_names=True
         ),
         conv_params_per_rank=652_800,
+        conv_tucker_facts=(66_432, 50),
         preview_vae="madebyollin/taesdxl",
         watermarker=True,
         extra_exports=(),

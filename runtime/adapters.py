@@ -76,6 +76,10 @@ def add_lora(
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter)
+    if conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
+        from dbspec.runtime.locon_tucker import with_tucker
+
+        config = with_tucker(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_lora(module, config)

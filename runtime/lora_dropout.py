@@ -8,7 +8,9 @@ the layer returns the base output alone; otherwise torch's dropout with p = `dow
 scaled by 1 / (1 - rank_dropout) on top of alpha / rank. The draws come from torch's global generator, as
 kohya's do: gradient checkpointing restores it for the recomputed forward (same masks), and checkpoints save
 it, so a resumed run draws what an uninterrupted one draws. Outside training (validation, adapters disabled
-for a base-model prior) the layer runs peft's own forward."""
+for a base-model prior) the layer runs peft's own forward. LoCon's Tucker layers (locon_tucker.py) count
+`lora_down` then `lora_mid` as the down projection: the dropouts act on lora_mid's output (where LyCORIS's
+bypass forward masks ranks too)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def add_lora_dropout(
 def _forward(
     layer, peft_forward, rank_dropout: float, module_dropout: float, multiplier: float, down_dropout: float
 ):
+    mids = getattr(layer, "lora_mid", None)
+    mid = mids[ADAPTER_NAME] if mids is not None and ADAPTER_NAME in mids else None
+
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
             return peft_forward(x, *args, **kwargs)
@@ -54,6 +59,8 @@ def _forward(
             return result
         lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
         lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))  # peft's input dropout
+        if mid is not None:  # LoCon's Tucker form: the down projection is lora_down, then lora_mid
+            lx = mid(lx)
         if training and down_dropout:  # kohya's network_dropout, on the down projection's output
             lx = torch.nn.functional.dropout(lx, p=down_dropout)
         scale = layer.scaling[ADAPTER_NAME] * multiplier

@@ -5,6 +5,8 @@ LyCORIS's (lycoris/modules/locon.py, loha.py, lokr.py):
 
 - LoRA and LoCon: `lora_down.weight` (rank, in[, k, k]), `lora_up.weight` (out, rank[, 1, 1]), `alpha`; with
   DoRA also `dora_scale`, the magnitude of each output row, shaped (out, 1[, 1, 1]) (LyCORIS's `wd_on_out`).
+  LoCon's Tucker form (`use_tucker`, locon_tucker.py) on a k x k convolution: `lora_down.weight` (rank, in, 1,
+  1), `lora_mid.weight` (rank, rank, k, k), `lora_up.weight` (out, rank, 1, 1), `alpha`.
 - LoHa: `hada_w1_a` (out, rank), `hada_w1_b` (rank, in x k x k), the same for `hada_w2_*`, `alpha`; the update
   is (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank, reshaped to the layer's weight.
 - LoKr: `lokr_w1` (or `lokr_w1_a` @ `lokr_w1_b`) and `lokr_w2` (or `lokr_w2_a` @ `lokr_w2_b`), `alpha`; the
@@ -38,7 +40,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
-    return adapter.kind in ("loha", "lokr") or adapter.dora or adapter.conv_rank > 0
+    return adapter.kind in ("loha", "lokr") or adapter.dora or adapter.conv_rank > 0 or adapter.tucker
 
 
 def lycoris_state(
@@ -88,6 +90,9 @@ def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], floa
         "lora_down.weight": layer.lora_A[adapter].weight,
         "lora_up.weight": layer.lora_B[adapter].weight,
     }
+    mid = getattr(layer, "lora_mid", {})
+    if adapter in mid:  # LoCon's Tucker form
+        weights["lora_mid.weight"] = mid[adapter].weight
     if layer.use_dora.get(adapter):
         magnitude = layer.lora_magnitude_vector[adapter].weight  # (out,), or (1, out, 1, 1) for a conv
         base = layer.get_base_layer().weight
@@ -109,8 +114,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
     args: dict[str, str] = {}
     if adapter.kind != "lora":
         args["algo"] = adapter.kind
-    elif adapter.dora:
-        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA
+    elif adapter.dora or adapter.tucker:
+        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA or Tucker form
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
     if adapter.dora:

@@ -174,7 +174,8 @@ def _lora_file(source: Path) -> Path | None:
     if source.is_file() and source.suffix == ".safetensors" and _is_lora(source):
         if _is_lycoris(source):
             raise SampleError(
-                f"{source} holds LyCORIS LoHa/LoKr weights, which diffusers does not load for this model: "
+                f"{source} holds LyCORIS LoHa/LoKr (or LoCon Tucker) weights, which diffusers does not load "
+                "for this model: "
                 "sample the run's output folder (its final/ holds them in peft's layout)"
             )
         return source
@@ -195,7 +196,7 @@ def _is_lycoris(path: Path) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return any(".hada_" in key or ".lokr_" in key for key in f.keys())
+        return any(".hada_" in key or ".lokr_" in key or ".lora_mid." in key for key in f.keys())
 
 
 def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):

@@ -80,7 +80,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    if plan.adapter.kind == "lora":
+    if plan.adapter.kind == "lora" and not plan.adapter.tucker:
         encoders = trained_text_encoders(plan, comps)
         save_lora_weights(
             folder,
@@ -91,7 +91,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
             text_encoder_2=encoders.get("text_encoder_2"),
         )
         return
-    if plan.adapter.kind != "none":  # LoHa, LoKr
+    if plan.adapter.kind != "none":  # LoHa, LoKr, LoCon's Tucker form (diffusers has no lora_mid)
         save_peft_adapters(folder, trained, dtype)
         return
     text = {name: m for name, m in trained.items() if name != "unet"}
@@ -215,12 +215,11 @@ def _diffusers_lora_layers(
 
 
 def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str | torch.dtype) -> list[Path]:
-    """LoHa and LoKr adapters (diffusers' LoRA format has no place for them) in peft's own layout, one folder
-    per
-    component: `<folder>/<component>/adapter_model.safetensors` + `adapter_config.json`, what
-    `peft.set_peft_model_state_dict` and `PeftModel.from_pretrained` read. The kohya_lora export holds the
-    same
-    weights in the LyCORIS layout A1111 and ComfyUI load."""
+    """LoHa, LoKr and LoCon Tucker adapters (diffusers' LoRA format has no place for them) in peft's own
+    layout, one folder per component: `<folder>/<component>/adapter_model.safetensors` +
+    `adapter_config.json`, what `peft.set_peft_model_state_dict` and `PeftModel.from_pretrained` read (Tucker
+    LoRA needs `locon_tucker.with_tucker` on the config: load_peft_adapters does that). The kohya_lora export
+    holds the same weights in the LyCORIS layout A1111 and ComfyUI load."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -248,16 +247,21 @@ def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from dbspec.runtime.locon_tucker import has_tucker, with_tucker
+
     loaded = []
     for name, module in modules.items():
         source = Path(folder) / name
         if not (source / "adapter_config.json").exists():
             continue
         config = PeftConfig.from_pretrained(str(source))
+        state = load_file(str(source / "adapter_model.safetensors"))
+        if has_tucker(state):  # LoCon's Tucker layers: peft's JSON config does not record them
+            config = with_tucker(config)
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
-        result = set_peft_model_state_dict(module, load_file(str(source / "adapter_model.safetensors")))
+        result = set_peft_model_state_dict(module, state)
         missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
         if result.unexpected_keys or missing:
             raise ValueError(

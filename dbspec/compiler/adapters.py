@@ -33,8 +33,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
-    if adapter.kind in ("loha", "lokr"):
-        extra.update(tucker=adapter.tucker)
+    # LoRA's Tucker form acts on its convolution adapters only: without them the plan says false (DBS261)
+    extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
     if isinstance(adapter, LoraAdapter) and adapter.blocks:
@@ -85,9 +85,9 @@ def _largest_ranks(adapter) -> tuple[int, int]:
 def adapter_params(adapter, family: str, components) -> dict[str, int]:
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
     targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
-    magnitudes (one number per output row) are not counted. With `tucker` the convolutions' count is an upper
-    bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for any rank
-    under 8/9 of the input channels."""
+    magnitudes (one number per output row) are not counted. With `tucker` the LoHa / LoKr convolutions' count
+    is an upper bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for
+    any rank under 8/9 of the input channels; LoRA's Tucker form is counted exactly (lora_mid included)."""
     public = family_spec(family)
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
@@ -100,9 +100,19 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
             rank, conv_rank = _largest_ranks(adapter)
         total = public.lora_params_per_rank[c.name] * rank * factor
         if c.name == public.denoiser and adapter.conv_rank:
-            total += public.conv_params_per_rank * conv_rank * factor
+            total += _conv_params(adapter, public, conv_rank) * factor
         total *= size
         if adapter.kind == "lokr":
             total = min(total, c.params / _lokr_split(adapter.factor) ** 2)
         out[c.name] = int(total)
     return out
+
+
+def _conv_params(adapter, public, rank: int) -> int:
+    """The convolution adapters' parameters at `rank`: rank x (in x 9 + out) per 3x3 convolution, or for
+    LoCon's Tucker form rank x (in + out) (1x1 lora_down and lora_up) + rank^2 x 9 (lora_mid)."""
+    flat = public.conv_params_per_rank * rank
+    if adapter.kind != "lora" or not adapter.tucker:
+        return flat
+    inputs, count = public.conv_tucker_facts
+    return flat - 8 * inputs * rank + 9 * count * rank * rank

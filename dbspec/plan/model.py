@@ -105,7 +105,7 @@ class AdapterPlan:
     dora: bool = False  # lora: peft use_dora (a learned magnitude per output row)
     factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
     decompose_both: bool = False  # lokr: the small factor low-rank too
-    tucker: bool = False  # loha, lokr: k x k convolutions as a Tucker core (LyCORIS use_tucker)
+    tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr
     # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off

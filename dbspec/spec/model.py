@@ -178,9 +178,11 @@ def _conv_targets():
 def _tucker():
     return option(
         False,
-        doc="LyCORIS `use_tucker` (peft's `use_effective_conv2d`): each k x k convolution's factors are a "
-        "rank x rank x k x k core with an output and an input matrix (`hada_t1`/`hada_t2`, `lokr_t2`) "
-        "instead of one rank x (in x k x k) matrix; 1x1 convolutions and linears are unchanged.",
+        doc="LyCORIS `use_tucker` (LoHa/LoKr: peft's `use_effective_conv2d`): each k x k convolution's "
+        "factors are a rank x rank x k x k core with an output and an input matrix (`hada_t1`/`hada_t2`, "
+        "`lokr_t2`; LoRA: LoCon's 1x1 `lora_down`, k x k `lora_mid`, 1x1 `lora_up`, on its convolution "
+        "adapters, `conv_rank` above 0) instead of one rank x (in x k x k) matrix; 1x1 convolutions and "
+        "linears are unchanged.",
     )
 
 
@@ -280,6 +282,7 @@ class LoraAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    tucker: bool = _tucker()
     # LoRA+ (kohya networks.lora): the "up" matrices train at a multiple of the learning rate.
     loraplus_ratio: float = option(
         0.0,

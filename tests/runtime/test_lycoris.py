@@ -56,6 +56,13 @@ KINDS = {
         {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True", "factor": "-1"},
         {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"},
     ),
+    "locon_tucker": (  # LyCORIS LoCon use_tucker: 1x1 lora_down, k x k lora_mid, 1x1 lora_up
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n'
+        # kohya's networks.lora dropouts and multiplier act on the down -> mid chain's output
+        "rank_dropout = 0.2\nmodule_dropout = 0.2\ndown_dropout = 0.1\n",
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True"},
+        {"lora_down.weight", "lora_mid.weight", "lora_up.weight", "alpha"},
+    ),
     "lokr_full": (  # rank 64 trains both Kronecker factors in full: the export bakes alpha / rank into w1
         'kind = "lokr"\nrank = 64\nalpha = 16.0\n',
         {"algo": "lokr", "factor": "-1"},
@@ -203,7 +210,9 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
         ours_text = trained.text_encoders[0](ids).last_hidden_state
         torch.testing.assert_close(fresh.text_encoder(ids).last_hidden_state, ours_text, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
-    if plan.adapter.kind != "lora":  # final/ in peft's layout: `dbspec sample` puts it back on the base model
+    if (
+        plan.adapter.kind != "lora" or plan.adapter.tucker
+    ):  # final/ in peft's layout: `dbspec sample` puts it back on the base model
         with pytest.raises(SampleError, match="LoHa/LoKr"):
             load_pipeline(SampleRequest(source=export, base=plan.model.base, settings=plan.validation))
         pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))

@@ -22,13 +22,15 @@ def _plan(tmp_path: Path, adapter: str, base: str = SD15):
     return planned.plan
 
 
-def conv_params_per_rank(channels, layers_per_block: int) -> int:
-    """rank x (in x 9 + out) over the 3x3 convolutions kohya's LoCon adapts in a UNet2DConditionModel: each
-    ResNet's conv1 and conv2, each downsampler and upsampler."""
+def conv_params_per_rank(
+    channels, layers_per_block: int, per_conv=lambda c_in, c_out: c_in * 9 + c_out
+) -> int:
+    """rank x (in x 9 + out) (or `per_conv`) over the 3x3 convolutions kohya's LoCon adapts in a
+    UNet2DConditionModel: each ResNet's conv1 and conv2, each downsampler and upsampler."""
     total, widths = 0, []
 
     def resnet(c_in, c_out):
-        return (c_in * 9 + c_out) + (c_out * 9 + c_out)
+        return per_conv(c_in, c_out) + per_conv(c_out, c_out)
 
     c = channels[0]
     widths.append(c)  # conv_in's output feeds the first skip
@@ -38,7 +40,7 @@ def conv_params_per_rank(channels, layers_per_block: int) -> int:
             c = out
             widths.append(c)
         if i < len(channels) - 1:
-            total += c * 9 + c  # downsampler
+            total += per_conv(c, c)  # downsampler
             widths.append(c)
     total += 2 * resnet(c, c)  # mid block
     for i, out in enumerate(reversed(channels)):
@@ -46,7 +48,7 @@ def conv_params_per_rank(channels, layers_per_block: int) -> int:
             total += resnet(c + widths.pop(), out)
             c = out
         if i < len(channels) - 1:
-            total += c * 9 + c  # upsampler
+            total += per_conv(c, c)  # upsampler
     return total
 
 
@@ -62,6 +64,33 @@ def test_loha_with_convolutions_counts_twice_loras_per_rank(tmp_path):
     assert loha.params["unet"] == 2 * lora.params["unet"] + 2 * 4 * conv
     assert (loha.kind, loha.conv_rank, loha.conv_alpha) == ("loha", 4, 2.0)
     assert loha.conv_targets == ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+@pytest.mark.parametrize(
+    ("base", "channels"), [(SD15, (320, 640, 1280, 1280)), (SDXL, (320, 640, 1280))], ids=["sd15", "sdxl"]
+)
+def test_locon_tucker_counts_lora_mid(tmp_path, base, channels):
+    """LyCORIS LoCon's Tucker form: per 3x3 convolution a 1x1 lora_down (rank x in), a 3x3 lora_mid
+    (rank x rank x 9) and a 1x1 lora_up (out x rank)."""
+    rank = 12
+    plan = _plan(tmp_path, f'kind = "lora"\nrank = 4\nconv_rank = {rank}\ntucker = true', base=base)
+    plain = _plan(tmp_path, 'kind = "lora"\nrank = 4', base=base)
+    extra = plan.adapter.params["unet"] - plain.adapter.params["unet"]
+    assert extra == conv_params_per_rank(
+        channels, 2, lambda c_in, c_out: rank * (c_in + c_out) + rank * rank * 9
+    )
+    assert plan.adapter.tucker and plan.adapter.kind == "lora"
+    assert dict(adapter_rows(plan.adapter))["adapter"].startswith("lora with Tucker convolutions rank 4")
+
+
+def test_lora_tucker_without_convolution_adapters_is_off_in_the_plan(tmp_path):
+    planned = plan_hub_spec(
+        tmp_path, '[adapter]\nkind = "lora"\ntucker = true\n[optimizer]\nlr = 1e-4\n', SD15
+    )
+    assert planned.plan is not None and planned.plan.adapter.tucker is False
+    assert [d.code for d in planned.diagnostics] == ["DBS261"]
+    loha = _plan(tmp_path, 'kind = "loha"\ntucker = true').adapter  # peft's LoHa: any k x k target
+    assert loha.tucker is True
 
 
 def test_sdxl_locon_counts_the_conv_layers_of_sdxl(tmp_path):

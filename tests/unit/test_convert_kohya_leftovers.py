@@ -376,7 +376,8 @@ def _lycoris(tmp_path, args: str):
         ("lokr", '"use_tucker=True"'),
         ("loha", '"use_cp=True"'),  # the older names LyCORIS's kohya network still reads
         ("lokr", '"use_conv_cp=True"'),
-        ("loha", '"disable_conv_cp=False", "use_tucker=0"'),  # str_bool: only "false" is false
+        ("loha", '"use_tucker=0"'),  # str_bool: only "false" is false
+        ("lokr", '"disable_conv_cp=True"'),  # LyCORIS copies an old name's value into use_tucker
     ],
 )
 def test_lycoris_tucker_on_loha_and_lokr_converts(tmp_path, algo, switch):
@@ -386,8 +387,52 @@ def test_lycoris_tucker_on_loha_and_lokr_converts(tmp_path, algo, switch):
     assert (a.kind, a.tucker, a.rank, a.conv_rank, a.conv_alpha) == (algo, True, 16, 8, 4.0)
 
 
+@pytest.mark.parametrize("algo", ["locon", "lora"])
 @pytest.mark.parametrize(
-    "switch", ['"use_tucker=False"', '"use_cp=false"', '"disable_conv_cp=True"', '"use_scalar=False"']
+    "switch",
+    [
+        '"use_tucker=True"',
+        '"use_cp=True"',  # the older names LyCORIS's kohya network still reads
+        '"use_conv_cp=true"',
+        '"disable_conv_cp=True"',  # LyCORIS copies an old name's value into use_tucker first
+        '"disable_conv_cp="',  # and `not ""` is true
+        '"use_tucker=False", "use_cp=True"',  # an old name overrides use_tucker, wherever it stands
+    ],
+)
+def test_lycoris_tucker_on_lora_and_locon_is_lora_mid(tmp_path, algo, switch):
+    """LyCORIS LoCon's Tucker form (lora_mid between a 1x1 lora_down and lora_up on 3x3 convolutions)."""
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=8", "conv_alpha=4", {switch}')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.tucker, a.dora, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (
+        "lora",
+        True,
+        False,
+        16,
+        8.0,
+        8,
+        4.0,
+    )
+    assert "conv1" in a.conv_targets and "conv_in" in a.conv_targets  # LyCORIS's "full" preset
+
+
+@pytest.mark.parametrize("algo", ["loha", "locon"])
+@pytest.mark.parametrize(
+    "switch", ['"disable_conv_cp=False"', '"use_tucker=True", "disable_conv_cp=False"', '"use_cp=false"']
+)
+def test_lycoris_old_tucker_names_set_false_leave_it_off(tmp_path, algo, switch):
+    """lycoris-lora 4 copies an old name's value into use_tucker (over an explicit use_tucker), then tests
+    `not disable_conv_cp or use_conv_cp or use_cp or use_tucker`: "False" ends up in use_tucker, off. The
+    differential check against LyCORIS's own create_network is tests/runtime/test_locon_tucker.py."""
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=8", {switch}')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.tucker is False
+
+
+@pytest.mark.parametrize(
+    "switch", ['"use_tucker=False"', '"use_cp=false"', '"disable_conv_cp=False"', '"use_scalar=False"']
 )
 def test_lycoris_switches_left_off_change_nothing(tmp_path, switch):
     outcome = _lycoris(tmp_path, f'"algo=loha", {switch}')
@@ -395,8 +440,9 @@ def test_lycoris_switches_left_off_change_nothing(tmp_path, switch):
     assert plan_of(outcome, tmp_path).adapter.tucker is False
 
 
-def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path):
-    outcome = _lycoris(tmp_path, '"algo=loha", "preset=attn-mlp", "use_tucker=True"')
+@pytest.mark.parametrize("algo", ["loha", "locon"])
+def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "preset=attn-mlp", "use_tucker=True"')
     assert outcome.exit_code == 0, errors(outcome)
     assert plan_of(outcome, tmp_path).adapter.tucker is False  # no k x k convolution is adapted
 
@@ -404,7 +450,7 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        ('"algo=locon", "conv_dim=8", "use_tucker=True"', "lora_mid"),
+        ('"algo=locon", "conv_dim=8", "dora_wd=True", "use_tucker=True"', "no DoRA magnitude"),
         ('"algo=loha", "use_scalar=True"', "trained scalar"),
         ('"algo=lokr", "dora_wd=True"', "no weight decomposition"),
         ('"algo=locon", "dora_wd=True", "wd_on_output=False"', "per input column"),

@@ -137,6 +137,37 @@ def test_lycoris_options_without_an_equivalent_are_named(tmp_path):
     )  # use_tucker maps (test_convert_kohya_leftovers)
 
 
+def test_lycoris_locon_with_tucker_is_lora_mid(tmp_path):
+    """LyCORIS LoCon's use_tucker (lora_mid on each 3x3 convolution): adapter.tucker on a LoRA, planned with
+    the Tucker parameter count, exported with LyCORIS's network args."""
+    outcome = _convert(
+        tmp_path,
+        SD15,
+        "--network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+        '--network_args "algo=locon" "conv_dim=8" "conv_alpha=4" "use_tucker=True"',
+    )
+    assert outcome.exit_code == 0 and fate(outcome, "network_args") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.dora, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (
+        "lora",
+        True,
+        False,
+        16,
+        8.0,
+        8,
+        4.0,
+    )
+    assert a.conv_targets == (*KOHYA_CONV, "conv_in", "conv_out")
+    flat = _convert(
+        tmp_path / "flat",
+        SD15,
+        "--network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+        '--network_args "algo=locon" "conv_dim=8" "conv_alpha=4"',
+    )
+    # rank 8 is far below 8/9 of every convolution's input: the Tucker form trains fewer parameters
+    assert 0 < a.params["unet"] < plan_of(flat, tmp_path / "flat").adapter.params["unet"]
+
+
 def test_unknown_lycoris_algo_is_unsupported(tmp_path):
     outcome = _convert(tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=glora"')
     assert not outcome.written or fate(outcome, "network_args") == "unsupported"

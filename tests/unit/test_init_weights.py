@@ -201,3 +201,16 @@ def test_sdxl_original_layout_names_fit_the_diffusers_targets(tmp_path):
     planned = _plan(tmp_path, adapter, base=SDXL)
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     assert planned.plan.adapter.init_layers == 5
+
+
+def test_network_weights_of_a_tucker_locon_are_refused_with_the_reason(tmp_path):
+    """LyCORIS LoCon with use_tucker: its layers hold lora_mid, which a starting file cannot set (DBS260)."""
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    outcome = _convert(
+        tmp_path,
+        '--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --network_args "algo=locon" '
+        '"conv_dim=4" "use_tucker=True"',
+        module="lycoris.kohya",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
+    assert "lora_mid" in outcome.conversion.reports["network_weights"].note

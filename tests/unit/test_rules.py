@@ -446,11 +446,31 @@ CASES = [
         '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_denoiser = "fp8"\n'
         'quantize_backend = "cast"\n' + DOG + STEPS,
     ),
+    (  # LoCon's Tucker layers (lora_mid) have no DoRA magnitude
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\ndora = true\n' + DOG + STEPS,
+        [("DBS260", "error", ("adapter", "dora"))],
+        '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\n' + DOG + STEPS,
+    ),
+    (  # a starting kohya file is read as lora_down / lora_up: no lora_mid
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\ninit_weights = "a.safetensors"\n'
+        + DOG
+        + STEPS,
+        [("DBS260", "error", ("adapter", "init_weights"))],
+        '[adapter]\nkind = "lora"\nconv_rank = 4\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
+    ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nfactor = 0\n' + DOG + STEPS,
         [("DBS260", "error", ("adapter", "factor"))],
         '[adapter]\nkind = "lokr"\nfactor = 8\n' + DOG + STEPS,
+    ),
+    (  # LoRA's Tucker form acts on the convolution adapters only
+        rules.adapter_options_fit,
+        '[adapter]\nkind = "lora"\ntucker = true\ndora = true\n' + DOG + STEPS,
+        [("DBS261", "warning", ("adapter", "tucker"))],
+        '[adapter]\nkind = "lora"\ndora = true\n' + DOG + STEPS,
     ),
     (
         rules.adapter_options_fit,

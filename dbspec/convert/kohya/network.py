@@ -1,7 +1,7 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
 LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor,
-decompose_both, rank_dropout, module_dropout) into [adapter]. kohya passes each "key=value" to the network as
-a string."""
+decompose_both, rank_dropout, module_dropout, use_tucker) into [adapter]. kohya passes each "key=value" to the
+network as a string."""
 
 from __future__ import annotations
 
@@ -314,6 +314,29 @@ def _lycoris_rs_lora(
         put["conv_alpha"] = (put["conv_alpha"] or rank) * rank / math.sqrt(rank)
 
 
+# LyCORIS's older names of use_tucker (lycoris/wrapper.py deprecated_arg_dict).
+_TUCKER_OLD_NAMES = ("disable_conv_cp", "use_cp", "use_conv_cp")
+
+
+def lycoris_tucker(args: dict[str, str]) -> bool:
+    """LyCORIS's (4.x) create_network: each old name's value is first copied into use_tucker (in the given
+    order, so the last old name wins, over use_tucker too), then `str_bool(not disable_conv_cp or use_conv_cp
+    or use_cp or use_tucker)` on the strings, the first truthy one deciding: `disable_conv_cp=True` turns it
+    on (its value lands in use_tucker), `disable_conv_cp=False` alone leaves it off, and `disable_conv_cp=`
+    (empty) turns it on."""
+    values: dict[str, Any] = {k: v for k, v in args.items() if k in (*_TUCKER_OLD_NAMES, "use_tucker")}
+    for key in list(values):
+        if key in _TUCKER_OLD_NAMES:
+            values["use_tucker"] = values[key]
+    value = (
+        (not values.get("disable_conv_cp", True))
+        or values.get("use_conv_cp", False)
+        or values.get("use_cp", False)
+        or values.get("use_tucker", False)
+    )
+    return _str_bool(value)
+
+
 def _switched_off(key: str, value: str, lycoris: bool) -> bool:
     """A network argument dbspec does not map that changes nothing as given."""
     if lycoris and key in _LYCORIS_SWITCHES:
@@ -329,24 +352,19 @@ def _str_bool(value: object) -> bool:
 def _tucker_and_scalar(
     kwargs: dict[str, str], kind: str, convs: bool, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
-    """LyCORIS's use_tucker (its kohya network reads `not disable_conv_cp or use_conv_cp or use_cp or
-    use_tucker`, the first set value deciding) and use_scalar."""
-    keys = ("disable_conv_cp", "use_conv_cp", "use_cp", "use_tucker")
-    given = {key: kwargs.pop(key) for key in keys if key in kwargs}
-    value = (
-        (not given.get("disable_conv_cp", True))
-        or given.get("use_conv_cp", False)
-        or given.get("use_cp", False)
-        or given.get("use_tucker", False)
-    )
-    if _str_bool(value) and convs:  # it changes only k x k convolutions (conv_dim on the ResNets)
-        if kind in ("loha", "lokr"):
-            put["tucker"] = True
-        else:
-            unsupported[next(iter(given))] = (
-                f"{value} (LyCORIS LoCon's Tucker form adds a rank x rank x k x k middle convolution, "
-                "lora_mid, which peft's LoRA has not)"
+    """LyCORIS's use_tucker and use_scalar. For algo lora/locon use_tucker is LoCon's lora_mid, for LoHa/LoKr
+    peft's effective conv2d: adapter.tucker either way."""
+    given = [key for key in kwargs if key in (*_TUCKER_OLD_NAMES, "use_tucker")]
+    if given and lycoris_tucker(kwargs) and convs:  # it changes only k x k convolutions (conv_dim)
+        if kind == "lora" and put.get("dora"):
+            unsupported[given[0]] = (
+                f"{kwargs[given[0]]} with dora_wd (LoCon's Tucker form, lora_mid, with a weight "
+                "decomposition; dbspec's Tucker LoRA layers have no DoRA magnitude)"
             )
+        else:  # LoHa/LoKr: peft's effective conv2d; LoRA/LoCon: dbspec's lora_mid layer (locon_tucker.py)
+            put["tucker"] = True
+    for key in given:
+        kwargs.pop(key)
     scalar = kwargs.pop("use_scalar", "false")
     if _str_bool(scalar):
         unsupported["use_scalar"] = (
@@ -408,6 +426,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
     if not str(weights.value).lower().endswith(".safetensors"):
         conv.unsupported(
             weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
+        )
+        return
+    kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
+    if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
+        conv.unsupported(
+            weights,
+            "the network is a LoCon with use_tucker: dbspec starts a LoRA from a file's lora_down / lora_up "
+            "only, not the Tucker layers' lora_mid",
         )
         return
     conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
