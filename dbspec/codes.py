@@ -1612,7 +1612,7 @@ latent channels differ from the base model's.""",
         """\
 `logging.wandb = true` but the `wandb` package is not installed where dbspec runs, so the run could not log
 to Weights & Biases. `dbspec check` and `dbspec plan` say so before anything trains; a run started anyway
-stops before its first step.""",
+stops before its first step. `dbspec convert` writes a converted spec anyway and reports it as a warning.""",
         help="pip install wandb (or pip install 'dbspec[wandb]'), or set logging.wandb = false",
     ),
     Code(

@@ -74,6 +74,7 @@ class WandbSink:
                 name=plan.wandb_run_name,
                 id=run_id,
                 resume="allow",
+                reinit="finish_previous",  # a run left open in this process (it raised) ends; never reused
                 dir=str(out),
                 config=config,
             )

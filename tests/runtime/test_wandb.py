@@ -14,7 +14,7 @@ import pytest
 from dbspec.plan.model import LoggingPlan
 from dbspec.runtime.execute import RunError, execute
 from dbspec.runtime.logs import MetricsLog
-from dbspec.runtime.wandb_log import RUN_FILE
+from dbspec.runtime.wandb_log import RUN_FILE, WandbSink
 from tests.runtime.runspec import compile_spec, summary_text, write_spec
 
 wandb = pytest.importorskip("wandb")
@@ -143,3 +143,15 @@ def test_a_run_without_wandb_installed_stops_before_it_starts(offline, monkeypat
     where = plan.origins["logging.wandb"].where
     assert where.startswith(str(offline / "spec.toml")) and info.value.where == where  # the spec's wandb line
     assert not (offline / "out").exists()  # nothing started
+
+
+def test_a_run_left_open_in_the_process_is_finished_not_reused(offline):
+    """A run that raised never closed its sink; the next run in the same process gets its own W&B run."""
+    plan = LoggingPlan(every=1, tensorboard=False, wandb=True, wandb_project="p", wandb_run_name="r")
+    first = WandbSink(offline / "a", plan, {})
+    second = WandbSink(offline / "b", plan, {})
+    second.close()
+    assert first.run_id != second.run_id
+    assert [f.name for f in (offline / "b" / "wandb").glob("offline-run-*/run-*.wandb")] == [
+        f"run-{second.run_id}.wandb"
+    ]

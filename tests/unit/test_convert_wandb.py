@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from convert_kit import (
@@ -100,6 +101,14 @@ def test_kohya_unreadable_tracker_config_is_a_stated_difference(tmp_path):
     outcome = kohya_config(tmp_path, extra='log_tracker_config = "missing.toml"')
     assert "cannot be read here" in messages(outcome, "DBS404")
     assert plan_of(outcome, tmp_path).logging.wandb_run_name == "out"
+
+
+def test_kohya_log_with_wandb_converts_where_wandb_is_not_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # Python's own way to make a package unimportable
+    outcome = kohya_config(tmp_path)
+    assert outcome.written and outcome.exit_code == 0  # the spec is fine; this machine lacks a package
+    assert "install it to run" in messages(outcome, "DBS379")
+    assert "\nwandb = true" in out_path(tmp_path).read_text()
 
 
 def test_kohya_wandb_keys_without_log_with_wandb_are_inert(tmp_path):

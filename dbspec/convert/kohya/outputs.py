@@ -65,7 +65,12 @@ def map_outputs(
         logs,
         ("logging", "tensorboard"),
         tensorboard,
-        comment=conv.comment(logs, "kohya logs only when logging_dir is set"),
+        comment=conv.comment(
+            logs,
+            "log_with = wandb: no TensorBoard"
+            if tracker.value == "wandb"
+            else "kohya logs only when logging_dir is set",
+        ),
     )
     if tracker.value in ("wandb", "all"):
         _wandb(a, script, paths, conv)
