@@ -155,3 +155,19 @@ def test_a_run_left_open_in_the_process_is_finished_not_reused(offline):
     assert [f.name for f in (offline / "b" / "wandb").glob("offline-run-*/run-*.wandb")] == [
         f"run-{second.run_id}.wandb"
     ]
+
+
+@pytest.mark.slow
+def test_two_processes_log_one_wandb_run_from_the_main_process(offline):
+    """torchrun with two processes: one W&B run (the main process's), holding metrics.jsonl's losses."""
+    from tests.runtime.test_processes import _launch
+
+    spec = write_spec(offline, steps=2, extra="[logging]\nevery = 1\nwandb = true\n")
+    done = _launch(spec)  # the processes inherit the offline WANDB_* settings
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = offline / "out"
+    files = list((out / "wandb").glob("*run-*/run-*.wandb"))
+    assert len(files) == 1 and files[0].name == f"run-{json.loads((out / RUN_FILE).read_text())['id']}.wandb"
+    logged = history(files[0])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["loss"] for r in rows} == {s: v["train/loss"] for s, v in logged.items()}
