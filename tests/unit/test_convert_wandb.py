@@ -111,6 +111,16 @@ def test_kohya_log_with_wandb_converts_where_wandb_is_not_installed(tmp_path, mo
     assert "\nwandb = true" in out_path(tmp_path).read_text()
 
 
+def test_kohya_log_with_all_needs_a_logging_dir(tmp_path):
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    line = (
+        f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora "
+        "--train_data_dir d --resolution 512 --max_train_steps 30 --log_with all"
+    )
+    outcome = kohya(tmp_path, command=line)
+    assert outcome.exit_code == 1 and "requires logging_dir" in messages(outcome, "DBS402")
+
+
 def test_kohya_wandb_keys_without_log_with_wandb_are_inert(tmp_path):
     outcome = kohya_config(tmp_path, log_with="tensorboard")
     g = plan_of(outcome, tmp_path).logging

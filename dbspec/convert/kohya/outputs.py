@@ -72,6 +72,14 @@ def map_outputs(
             else "kohya logs only when logging_dir is set",
         ),
     )
+    if tracker.value in ("tensorboard", "all") and not logs.value:  # train_util.prepare_accelerator
+        conv.invalid(
+            "log_with",
+            tracker.value,
+            tracker.source,
+            "kohya requires logging_dir for TensorBoard (ValueError before training)",
+            help="add logging_dir, or use log_with = wandb",
+        )
     if tracker.value in ("wandb", "all"):
         _wandb(a, script, paths, conv)
     _sampling(a, steps_per_epoch, paths, conv, flow=script in ("flux_train_network", "sd3_train_network"))
