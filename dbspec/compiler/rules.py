@@ -2342,7 +2342,7 @@ def compile_not_on_the_cpu(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
 # --- Weights & Biases logging (DBS379) ---------------------------------------------------------------------
 @rule("paths")
 def wandb_installed(spec: Spec, spec_file: Path) -> Iterator[Hit]:
-    """`logging.wandb` needs the wandb package where dbspec runs (found without importing it: ~0.6 s)."""
+    """`logging.wandb` needs the wandb package where dbspec runs (looked up, not imported: ~0.6 s)."""
     import importlib.util
 
     if spec.logging.wandb and importlib.util.find_spec("wandb") is None:

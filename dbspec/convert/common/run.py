@@ -86,9 +86,8 @@ def _check(draft: Path, out: Path) -> tuple[Diagnostic, ...]:
     from dbspec.frontend import check_spec
 
     checked = check_spec(draft, str(out))
-    return tuple(
-        _installable(attrs.evolve(d, span=None)) for d in checked.diagnostics
-    )  # the draft is gone after
+    # no spans: the draft file is gone afterwards
+    return tuple(_installable(attrs.evolve(d, span=None)) for d in checked.diagnostics)
 
 
 # Errors about this machine's packages, not the spec: the converted spec is written, and they are warnings
