@@ -1634,6 +1634,17 @@ previews (a note says so; training goes on).""",
 (`config.json` with `"_class_name": "AutoencoderTiny"`), an unknown built-in, or a Tiny AutoEncoder whose
 latent channels differ from the base model's.""",
     ),
+    # Weights & Biases logging ([logging] wandb): DBS379.
+    Code(
+        "DBS379",
+        ERROR,
+        "Weights & Biases logging without wandb installed",
+        """\
+`logging.wandb = true` but the `wandb` package is not installed where dbspec runs, so the run could not log
+to Weights & Biases. `dbspec check` and `dbspec plan` say so before anything trains; a run started anyway
+stops before its first step. `dbspec convert` writes a converted spec anyway and reports it as a warning.""",
+        help="pip install wandb (or pip install 'dbspec[wandb]'), or set logging.wandb = false",
+    ),
     Code(
         "DBS380",
         ERROR,

@@ -10,6 +10,7 @@ from dbspec.runtime.loop import NonFiniteLoss, RunResult, train
 from dbspec.runtime.models import ModelLoadError
 from dbspec.runtime.optim import OptimizerError
 from dbspec.runtime.device import DeviceError
+from dbspec.runtime.wandb_log import WandbError
 
 
 class RunError(Exception):
@@ -76,12 +77,13 @@ def execute(
             _origin(plan, "optimizer.lr"),
             'the last good checkpoint is intact; lower optimizer.lr or use mixed = "bf16"/"no", then resume',
         ) from exc
-    except (ModelLoadError, DeviceError, OutputError, OptimizerError, CacheWriteError) as exc:
+    except (ModelLoadError, DeviceError, OutputError, OptimizerError, CacheWriteError, WandbError) as exc:
         key = {
             ModelLoadError: "model.base",
             OutputError: "output.dir",
             OptimizerError: "optimizer.kind",
             CacheWriteError: "cache.dir",
+            WandbError: "logging.wandb",
         }
         raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
     except RuntimeError as exc:  # gloo's dead-peer errors (torch's DistError is a RuntimeError)

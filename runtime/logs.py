@@ -1,4 +1,5 @@
-"""Progress bars and metrics: a rich bar on the console, JSONL and TensorBoard events in the output folder."""
+"""Progress bars and metrics: a rich bar on the console, JSONL and TensorBoard events in the output folder,
+and Weights & Biases when the plan asks (runtime/wandb_log.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rich.progress import (
 )
 
 from dbspec.plan.model import LoggingPlan
+from dbspec.runtime.wandb_log import WandbSink
 from dbspec.util.atomic import write_text_atomic
 
 
@@ -64,12 +66,21 @@ def train_progress(console: Console | None, total: int, completed: int):
 
 
 class MetricsLog:
-    """metrics.jsonl (appended across resumes) and TensorBoard events under <out>/logs."""
+    """metrics.jsonl (appended across resumes), TensorBoard events under <out>/logs and, with `logging.wandb`,
+    the same values in a W&B run (`wandb_config`: its config)."""
 
-    def __init__(self, out: Path, plan: LoggingPlan, start_step: int, enabled: bool = True):
+    def __init__(
+        self,
+        out: Path,
+        plan: LoggingPlan,
+        start_step: int,
+        enabled: bool = True,
+        wandb_config: dict | None = None,
+    ):
         self.every = plan.every if enabled else 0
         self._jsonl = None
         self._tb = None
+        self._wandb: WandbSink | None = None
         if not enabled:  # processes other than the main one log nothing
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +90,8 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(out / "logs"), purge_step=start_step + 1)
+        if plan.wandb:
+            self._wandb = WandbSink(out, plan, wandb_config or {})
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if self._jsonl is None or (step % self.every and step != 1):
@@ -88,6 +101,8 @@ class MetricsLog:
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(f"train/{name}", value, step)
+        if self._wandb is not None:
+            self._wandb.scalars(step, {f"train/{name}": value for name, value in values.items()})
 
     def evaluation(self, step: int, row: dict) -> None:
         """One evaluation row, whatever `every` says: {"step", "eval_loss", "eval_loss_bands", "clip_t",
@@ -96,25 +111,33 @@ class MetricsLog:
             return
         self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
         self._jsonl.flush()
+        scalars = {
+            f"eval/{name}" + (f"_{band}" if isinstance(value, list) else ""): v
+            for name, value in row.items()
+            for band, v in enumerate(value if isinstance(value, list) else [value])
+        }
         if self._tb is not None:
-            for name, value in row.items():
-                values = value if isinstance(value, list) else [value]
-                for band, v in enumerate(values):
-                    self._tb.add_scalar(
-                        f"eval/{name}" + (f"_{band}" if isinstance(value, list) else ""), v, step
-                    )
+            for name, v in scalars.items():
+                self._tb.add_scalar(name, v, step)
+        if self._wandb is not None:
+            self._wandb.scalars(step, scalars)
 
     def images(self, step: int, grid: Path) -> None:
         if self._tb is not None and grid.exists():
             self._tb.add_image(
                 "validation", np.asarray(Image.open(grid).convert("RGB")), step, dataformats="HWC"
             )
+        if self._wandb is not None and grid.exists():
+            self._wandb.image(step, "validation", grid)
 
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:

@@ -25,6 +25,7 @@ from dbspec.runtime.distributed import full_optimizer_state, gathered
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
+from dbspec.runtime.wandb_log import require_wandb, wandb_config
 from dbspec.runtime.optim import averaged_weights, step_size_metrics
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
@@ -65,6 +66,8 @@ def train(
     """Run the plan. `stop_after` ends early after that many steps as if interrupted; `keep_models`
     returns the trained models in the result (for callers that go on using them, and tests)."""
     started = time.perf_counter()
+    if plan.logging.wandb:
+        require_wandb()  # DBS379 before anything loads, not at the first step
     accelerator = make_accelerator(plan)
     plan_json = plan_to_json(plan)
     # With several processes only the first writes outputs; it holds the output folder's
@@ -93,7 +96,13 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
     (after a checkpoint) on Ctrl-C, SIGTERM or `stop_after`; then write the final weights."""
     plan, s, out = run.plan, run.plan.schedule, run.out
     step = run.step
-    log = MetricsLog(out, plan.logging, start_step=step, enabled=run.main)
+    log = MetricsLog(
+        out,
+        plan.logging,
+        start_step=step,
+        enabled=run.main,
+        wandb_config=wandb_config(plan) if plan.logging.wandb and run.main else None,
+    )
     interrupted = _InterruptFlag()
     losses: list[float] = []
     last_checkpoint = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import attrs
 
@@ -435,10 +436,24 @@ def _assemble(
         ema=EmaPlan(
             enabled=e.enabled, decay=e.decay, warmup=e.warmup, update_every=e.update_every, offload=e.offload
         ),
-        logging=LoggingPlan(every=spec.logging.every, tensorboard=spec.logging.tensorboard),
+        logging=logging_plan(spec, ctx.resolve(spec.output.dir)),
         memory=memory,
         origins=origins,
         warnings=warnings,
+    )
+
+
+def logging_plan(spec: Spec, out: Path) -> LoggingPlan:
+    g = spec.logging
+    if not g.wandb:
+        return LoggingPlan(every=g.every, tensorboard=g.tensorboard)
+    return LoggingPlan(
+        every=g.every,
+        tensorboard=g.tensorboard,
+        wandb=True,
+        wandb_project=g.wandb_project,
+        wandb_run_name=g.wandb_run_name or out.name,
+        wandb_entity=g.wandb_entity,
     )
 
 

@@ -2380,3 +2380,19 @@ def compile_not_on_the_cpu(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             "with torch 2.13: 59% gradient error on the tiny SD1 UNet, docs/performance.md)",
             "remove precision.compile, or plan for a GPU with --target cuda:24GB",
         )
+
+
+# --- Weights & Biases logging (DBS379) ---------------------------------------------------------------------
+@rule("paths")
+def wandb_installed(spec: Spec, spec_file: Path) -> Iterator[Hit]:
+    """`logging.wandb` needs the wandb package where dbspec runs (looked up, not imported: ~0.6 s)."""
+    import importlib.util
+
+    if spec.logging.wandb and importlib.util.find_spec("wandb") is None:
+        yield _err(
+            "DBS379",
+            ("logging", "wandb"),
+            "logging.wandb = true but the wandb package is not installed, so the run cannot log to Weights & "
+            "Biases",
+            codes.help("DBS379"),
+        )

@@ -840,6 +840,12 @@ class EmaPlan:
 class LoggingPlan:
     every: int
     tensorboard: bool
+    # Weights & Biases: off, or the project, run name (the output folder's name when the spec leaves it empty)
+    # and entity ("": the login's default). Where a run logs never changes what it trains (io._VOLATILE).
+    wandb: bool = False
+    wandb_project: str = ""
+    wandb_run_name: str = ""
+    wandb_entity: str = ""
 
 
 @frozen

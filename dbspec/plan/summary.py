@@ -15,6 +15,7 @@ from dbspec.plan.model import (
     CaptionPlan,
     FlowPlan,
     GeneratePlan,
+    LoggingPlan,
     NoisePlan,
     Plan,
     PreviewPlan,
@@ -302,6 +303,7 @@ def schedule_table(plan: Plan) -> Table:
         *([("previews", _preview(plan.validation.preview))] if plan.validation.preview else []),
         *([("refines", _refine(plan.validation.refine))] if plan.validation.refine else []),
         ("text encoder", _te(plan)),
+        *([("Weights & Biases", _wandb(plan.logging))] if plan.logging.wandb else []),
         (
             "seed",
             f"{s.seed}: noise, timesteps, data order, flips and crops, adapter init"
@@ -337,6 +339,14 @@ def _preview(p: PreviewPlan) -> str:
     steps = ", ".join(str(k) for k in p.sampling_steps[:8]) + (", ..." if len(p.sampling_steps) > 8 else "")
     hook = f"; POST to {p.webhook} (timeout {p.webhook_timeout:g} s)" if p.webhook else ""
     return f"{p.model} ({where[p.source]}) at sampling steps {steps}; frames + animated WebP{hook}"
+
+
+def _wandb(g: LoggingPlan) -> str:
+    owner = f"{g.wandb_entity}/" if g.wandb_entity else ""
+    return (
+        f"project {owner}{g.wandb_project}, run {g.wandb_run_name!r}: metrics every {g.every} steps and the "
+        "validation grids"
+    )
 
 
 def _plural(n: int, word: str) -> str:

@@ -1714,6 +1714,26 @@ class Output:
 class Logging:
     every: int = option(10, doc="Log metrics every N steps.", minimum=1)
     tensorboard: bool = option(True, doc="Write TensorBoard events.")
+    wandb: bool = option(
+        False,
+        doc="Also log to Weights & Biases (kohya's `--log_with wandb`, diffusers' `--report_to wandb`): the "
+        "same metrics at the same steps as TensorBoard, and the validation grids, from the main process. "
+        "The run's config is the plan. A resumed run continues the same W&B run (its id is kept in the "
+        "output folder's wandb-run.json). Needs `pip install wandb` (the `wandb` extra); log in with "
+        "`wandb login` or the WANDB_API_KEY environment variable (the spec never holds the key); "
+        "WANDB_MODE=offline logs to the output folder's wandb/ for a later `wandb sync`.",
+    )
+    wandb_project: str = option(
+        "dbspec", doc="`wandb = true`: the W&B project (kohya's `--log_tracker_name`)."
+    )
+    wandb_run_name: str = option(
+        "",
+        doc="`wandb = true`: the run's display name in W&B (kohya's `--wandb_run_name`); empty names it "
+        "after the output folder.",
+    )
+    wandb_entity: str = option(
+        "", doc="`wandb = true`: the W&B user or team that owns the project; empty uses the login's default."
+    )
 
 
 @frozen

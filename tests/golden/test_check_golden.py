@@ -1,7 +1,8 @@
 """Snapshot tests of `dbspec check` on broken specs: the exact text it prints and its exit code.
 
 Each case is `check/NAME.toml` (the spec; a case with only an .expected file checks a missing spec file),
-an optional `check/NAME.args` (extra CLI arguments, one per line; lines starting with `#` are comments)
+an optional `check/NAME.args` (extra CLI arguments, one per line; lines starting with `#` are comments), an
+optional `check/NAME.unimportable` (packages the case runs without, e.g. an optional extra; same format)
 and `check/NAME.expected`: `exit: N` on the first line, then the output. The CLI runs in-process from this
 folder with the spec path `check/NAME.toml`, so the output names no temporary paths.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,8 +47,8 @@ FRONT_END_CODES = {
 }
 
 
-def case_args(name: str) -> list[str]:
-    args_file = CASES / f"{name}.args"
+def case_args(name: str, suffix: str = "args") -> list[str]:
+    args_file = CASES / f"{name}.{suffix}"
     if not args_file.exists():
         return []
     lines = args_file.read_text(encoding="utf-8").splitlines()
@@ -56,6 +58,8 @@ def case_args(name: str) -> list[str]:
 def run_check(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """What `dbspec check check/NAME.toml ARGS...` prints, run from this folder, after an `exit: N` line."""
     monkeypatch.chdir(HERE)
+    for package in case_args(name, "unimportable"):
+        monkeypatch.setitem(sys.modules, package, None)  # Python's own way to make a package unimportable
     result = CliRunner().invoke(app, ["check", f"check/{name}.toml", *case_args(name)])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception

@@ -3,6 +3,8 @@ nearest valid one."""
 
 from __future__ import annotations
 
+import sys
+
 import attrs
 import pytest
 import tomli
@@ -1199,6 +1201,26 @@ def test_output_beside_the_inputs_is_fine(tmp_path, output):
     assert overlaps(tmp_path, body) == []
 
 
+# --- DBS379: W&B logging needs the wandb package (a path rule: it looks at this machine) --------------------
+def wandb_hits(tmp_path, body: str) -> list[tuple[str, str, tuple, str]]:
+    spec, problems = structure_spec(tomli.loads(HEAD + DOG + STEPS + body))
+    assert problems == [], problems
+    return [(h.code, h.severity, h.path, h.help) for h in rules.wandb_installed(spec, tmp_path / "spec.toml")]
+
+
+def test_wandb_logging_without_wandb_installed_is_an_error_naming_pip_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # Python's own way to make a package unimportable
+    found = wandb_hits(tmp_path, "[logging]\nwandb = true\n")
+    assert [f[:3] for f in found] == [("DBS379", "error", ("logging", "wandb"))]
+    assert "pip install wandb" in found[0][3]
+    assert wandb_hits(tmp_path, "[logging]\nwandb = false\n") == []
+
+
+def test_wandb_logging_with_wandb_installed_is_fine(tmp_path):
+    pytest.importorskip("wandb")
+    assert wandb_hits(tmp_path, "[logging]\nwandb = true\n") == []
+
+
 # --- phases: every rule declares one, and each runner runs exactly its phase's rules ------------------------
 def test_every_rule_function_declares_a_phase():
     """A module-level function yielding Hits with a rule's signature is registered with a phase."""
@@ -1213,7 +1235,11 @@ def test_every_rule_function_declares_a_phase():
     }
     assert found == set(PHASE_OF)
     assert {PHASE_OF[fn.__name__] for fn in rules_of("paths")} == {"paths"}
-    assert [fn.__name__ for fn in rules_of("paths")] == ["output_overlaps_inputs", "identifier_tokens"]
+    assert [fn.__name__ for fn in rules_of("paths")] == [
+        "output_overlaps_inputs",
+        "identifier_tokens",
+        "wandb_installed",
+    ]
     assert [fn.__name__ for fn in rules_of("plan")] == [
         "text_encoder_stop_beyond_run",
         "interval_beyond_run",

@@ -86,7 +86,20 @@ def _check(draft: Path, out: Path) -> tuple[Diagnostic, ...]:
     from dbspec.frontend import check_spec
 
     checked = check_spec(draft, str(out))
-    return tuple(attrs.evolve(d, span=None) for d in checked.diagnostics)  # the draft file is gone afterwards
+    # no spans: the draft file is gone afterwards
+    return tuple(_installable(attrs.evolve(d, span=None)) for d in checked.diagnostics)
+
+
+# Errors about this machine's packages, not the spec: the converted spec is written, and they are warnings
+NEEDS_INSTALL = ("DBS379",)  # logging.wandb without the wandb package
+
+
+def _installable(d: Diagnostic) -> Diagnostic:
+    if d.code not in NEEDS_INSTALL or d.severity != "error":
+        return d
+    return attrs.evolve(
+        d, severity="warning", message=d.message + " (the spec is written; install it to run)"
+    )
 
 
 def _explain(conv: Conversion, d: Diagnostic) -> Diagnostic:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.common.wandb import PROJECT, WANDB
 
 Args = dict[str, Legacy]
 
@@ -29,10 +30,48 @@ def map_outputs(
     else:
         conv.record(seed, "defaulted", "schedule.seed", "diffusers draws a random seed; dbspec uses 0")
     _validation(a, script, per_epoch, conv)
+    _report_to(a, script, conv)
+
+
+# accelerator.init_trackers' project name (the W&B project) per script
+TRACKER_NAMES = {
+    "train_dreambooth": "dreambooth",
+    "train_dreambooth_lora": "dreambooth-lora",
+    "train_dreambooth_lora_sdxl": "dreambooth-lora-sd-xl",
+    "train_dreambooth_lora_flux": "dreambooth-flux-dev-lora",
+    "train_dreambooth_lora_sd3": "dreambooth-sd3-lora",
+    "train_dreambooth_sd3": "dreambooth-sd3",
+}
+
+
+def _report_to(a: Args, script: str, conv: Conversion) -> None:
+    """accelerate's trackers: tensorboard, wandb, or "all" (every tracker installed)."""
     report = a["report_to"]
     conv.mapped(report, ("logging", "tensorboard"), report.value in ("tensorboard", "all"))
-    if report.value not in ("tensorboard",):
-        conv.differs(report, "dbspec logs to TensorBoard only")
+    if report.value in ("wandb", "all"):
+        conv.mapped(report, WANDB, True)
+        project = TRACKER_NAMES[script]
+        if script == "train_dreambooth_lora_sdxl" and "playground" in str(
+            a["pretrained_model_name_or_path"].value
+        ):
+            project = "dreambooth-lora-playground"
+        conv.put(PROJECT, project, f"diffusers {script}.py's tracker name")
+    if report.value == "wandb" and a["hub_token"].value is not None:
+        conv.invalid(
+            "hub_token",
+            "(a token)",
+            a["hub_token"].source,
+            "diffusers refuses --report_to=wandb with --hub_token (the token would be exposed)",
+            help="remove --hub_token (log in with `hf auth login`)",
+        )
+    if report.value == "all":
+        conv.differs(
+            report,
+            "accelerate's all also logs to any other tracker installed (Comet, MLflow, ...); dbspec logs to "
+            "TensorBoard and Weights & Biases",
+        )
+    elif report.value not in ("tensorboard", "wandb"):
+        conv.differs(report, "dbspec logs to TensorBoard and Weights & Biases only")
 
 
 def _validation(a: Args, script: str, per_epoch: int | None, conv: Conversion) -> None:

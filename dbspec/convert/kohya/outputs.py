@@ -7,8 +7,11 @@ produce a difference note. Epoch intervals become step intervals with kohya's st
 
 from __future__ import annotations
 
+import tomli
+
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.common.wandb import ENTITY, PROJECT, RUN_NAME, WANDB, api_key_not_written
 
 Args = dict[str, Legacy]
 SAMPLERS = {
@@ -62,11 +65,80 @@ def map_outputs(
         logs,
         ("logging", "tensorboard"),
         tensorboard,
-        comment=conv.comment(logs, "kohya logs only when logging_dir is set"),
+        comment=conv.comment(
+            logs,
+            "log_with = wandb: no TensorBoard"
+            if tracker.value == "wandb"
+            else "kohya logs only when logging_dir is set",
+        ),
     )
+    if tracker.value in ("tensorboard", "all") and not logs.value:  # train_util.prepare_accelerator
+        conv.invalid(
+            "log_with",
+            tracker.value,
+            tracker.source,
+            "kohya requires logging_dir for TensorBoard (ValueError before training)",
+            help="add logging_dir, or use log_with = wandb",
+        )
     if tracker.value in ("wandb", "all"):
-        conv.differs(tracker, "dbspec logs to TensorBoard only, not to Weights & Biases")
+        _wandb(a, script, paths, conv)
     _sampling(a, steps_per_epoch, paths, conv, flow=script in ("flux_train_network", "sd3_train_network"))
+
+
+# accelerator.init_trackers' project name (the W&B project) when log_tracker_name is unset, per script
+KOHYA_TRACKER_NAMES = {"train_db": "dreambooth", "sdxl_train": "finetuning"}  # the rest: "network_train"
+
+
+def _wandb(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
+    """log_with = "wandb" or "all": accelerate's W&B tracker, opened by the main process with the project
+    `log_tracker_name` (else the script's name for it), `wandb_run_name` as its name, or the init arguments
+    of the `log_tracker_config` TOML file (its [wandb] table) instead."""
+    conv.mapped(a["log_with"], WANDB, True)
+    project = a["log_tracker_name"]
+    default = KOHYA_TRACKER_NAMES.get(script, "network_train")
+    conv.mapped(
+        project,
+        PROJECT,
+        project.value or default,
+        comment="" if project.value else conv.comment(project, f"kohya {script}.py's tracker name"),
+    )
+    config, run_name = a["log_tracker_config"], a["wandb_run_name"]
+    if config.value:
+        if run_name.value:
+            conv.ignored(run_name, "log_tracker_config's init arguments replace the run name")
+        _tracker_config(config, paths, conv)
+    elif run_name.value:
+        conv.mapped(run_name, RUN_NAME, run_name.value)
+    api_key_not_written(a["wandb_api_key"], conv)
+
+
+def _tracker_config(config: Legacy, paths: PathMapper, conv: Conversion) -> None:
+    """kohya's `log_tracker_config`: a TOML file of accelerate init_kwargs; its [wandb] table goes to
+    wandb.init. `name` and `entity` convert; other W&B arguments (tags, notes, group, ...) do not."""
+    local = paths.local(str(config.value))
+    try:
+        data = tomli.loads(local.read_text(encoding="utf-8")) if local is not None else None
+    except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError) as exc:
+        conv.differs(
+            config,
+            f"the file cannot be read here ({type(exc).__name__}); its W&B settings were not converted",
+        )
+        return
+    if data is None:
+        conv.differs(config, "the file is on another machine; its W&B settings were not converted")
+        return
+    table = data.get("wandb") if isinstance(data.get("wandb"), dict) else {}  # noqa: SIM401 - file data
+    if isinstance(table.get("name"), str) and table["name"]:
+        conv.mapped(config, RUN_NAME, table["name"], comment=conv.comment(config, "its [wandb] name"))
+    if isinstance(table.get("entity"), str) and table["entity"]:
+        conv.mapped(config, ENTITY, table["entity"], comment=conv.comment(config, "its [wandb] entity"))
+    rest = sorted(k for k in table if k not in ("name", "entity"))
+    if rest:
+        conv.differs(
+            config, f"its W&B arguments {', '.join(rest)} have no dbspec option and were not converted"
+        )
+    elif not table.get("name") and not table.get("entity"):
+        conv.inert(config, "no [wandb] name or entity in it")
 
 
 def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:

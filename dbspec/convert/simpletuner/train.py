@@ -8,6 +8,7 @@ from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.common.wandb import PROJECT, RUN_NAME, WANDB
 from dbspec.convert.kohya.model import model_path
 from dbspec.convert.simpletuner.flow import (
     flow_vae_ignored,
@@ -657,6 +658,34 @@ def _outputs(cfg: Cfg, paths: PathMapper, conv: Conversion) -> None:
     report = cfg["report_to"]
     if report.value is not None:
         conv.mapped(report, ("logging", "tensorboard"), report.value in ("tensorboard", "all"))
+    if report.value in ("wandb", "all"):
+        _wandb(cfg, conv)
+
+
+# SimpleTuner's tracker names: its field registry's defaults, and the trainer's when one is given empty
+TRACKER_DEFAULTS = {
+    "tracker_project_name": ("simpletuner", "simpletuner-training"),
+    "tracker_run_name": ("simpletuner-testing", "simpletuner-training-run"),
+}
+
+
+def _wandb(cfg: Cfg, conv: Conversion) -> None:
+    """report_to = "wandb" (or "all"): accelerate's W&B tracker, project `tracker_project_name`, run name
+    `tracker_run_name` (its W&B run id is a hash of the config; dbspec keeps its own in the output folder)."""
+    conv.mapped(cfg["report_to"], WANDB, True)
+    for key, path in (("tracker_project_name", PROJECT), ("tracker_run_name", RUN_NAME)):
+        unset, empty = TRACKER_DEFAULTS[key]
+        legacy = cfg.get(key)
+        if legacy is None or not legacy.given:
+            conv.put(path, unset, f"SimpleTuner's default {key}")
+        else:
+            conv.mapped(legacy, path, str(legacy.value).strip() or empty)
+    if cfg["report_to"].value == "all":
+        conv.differs(
+            cfg["report_to"],
+            "SimpleTuner's all also logs to its local report and any other tracker installed; dbspec logs to "
+            "TensorBoard and Weights & Biases",
+        )
 
 
 def _interval(cfg: Cfg, name: str, legacy_name: str, conv: Conversion) -> Legacy:
