@@ -369,3 +369,19 @@ def test_networks_lora_ignores_arguments_it_does_not_read(tmp_path):
     text = messages(outcome, "DBS405")
     assert "network_args algo" in text and "network_args dropout" in text
     assert "DBS403" not in codes(outcome)
+
+
+def test_lycoris_arguments_of_other_algos_are_ignored(tmp_path):
+    """full_matrix acts only for LoKr and block_size only for OFT/full: on algo=loha LyCORIS reads and
+    ignores them (a warning naming the algo); on networks.lora block_size is a key it never reads."""
+    loha = _convert(
+        tmp_path,
+        SD15,
+        '--network_module=lycoris.kohya --network_args "algo=loha" "full_matrix=True" "block_size=8"',
+    )
+    assert fate(loha, "network_args") == "mapped"
+    text = messages(loha, "DBS405")
+    assert "for LoKr only, not algo=loha" in text and "for OFT and the full-weight algo only" in text
+    lora = _convert(tmp_path, SD15, '--network_module=networks.lora --network_args "block_size=8"')
+    assert fate(lora, "network_args") == "mapped"
+    assert "networks.lora's create_network does not read it" in messages(lora, "DBS405")

@@ -157,14 +157,15 @@ def _map_network(
     for key, value in kwargs.items():
         if _switched_off(key, value, lycoris):
             continue
-        if key in (_LYCORIS_READS if lycoris else _LORA_READS):
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if lycoris and key in _KIND_ONLY and kind not in _KIND_ONLY[key][1]:
+            conv.ignored(legacy, f"LyCORIS reads it for {_KIND_ONLY[key][0]} only, not algo={algo}")
+        elif key in (_LYCORIS_READS if lycoris else _LORA_READS):
             unsupported[key] = value
         else:
             conv.ignored(
-                Legacy(key=f"{args.key} {key}", value=value, source=args.source),
-                f"{module.value}'s create_network does not read it (it ignores arguments it does not know)"
-                if key not in _KIND_ONLY
-                else f"LyCORIS reads it for {_KIND_ONLY[key]} only, not algo={kind}",
+                legacy,
+                f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
             )
     for index, block in enumerate(put.pop("_blocks", [])):
         note = conv.comment(args, f"kohya block {block.pop('index')}")
@@ -245,14 +246,16 @@ _LYCORIS_READS = {
     "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio",
 }
-# LyCORIS arguments that only act for other algos (block_size: full/OFT; constraint, rescaled: OFT; LoKr's
-# factorisation switches) or models (train_t5xxl: Flux's T5).
-_KIND_ONLY = {
-    "block_size": "OFT and the full-weight algo",
-    "constraint": "OFT",
-    "constrain": "OFT",
-    "rescaled": "OFT",
-    "train_t5xxl": "Flux's T5 text encoder",
+# LyCORIS arguments that act only for some algos (block_size: full/OFT; constraint, rescaled: OFT; LoKr's
+# factorisation switches) or models (train_t5xxl: Flux's T5): what reads them, and the algos among dbspec's.
+_KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "block_size": ("OFT and the full-weight algo", ()),
+    "constraint": ("OFT", ()),
+    "constrain": ("OFT", ()),
+    "rescaled": ("OFT", ()),
+    "train_t5xxl": ("Flux's T5 text encoder", ()),
+    "full_matrix": ("LoKr", ("lokr",)),
+    "unbalanced_factorization": ("LoKr", ("lokr",)),
 }
 
 
