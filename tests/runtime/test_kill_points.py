@@ -1,15 +1,13 @@
 """kill -9 at every named write point (runtime/faults.py), then --resume: the final weights equal an
 uninterrupted run's bit for bit, no temporary is left behind, and a finished model is never lost.
 
-Each kill runs `dbspec run` in a real process that SIGKILLs itself at the point (no cleanup runs); the
-resume runs in this process."""
+Each kill runs `dbspec run` in a real process that SIGKILLs itself at the point (no cleanup runs), forked
+from a server that imported the runtime once (tests/runtime/forked.py); the resume runs in this process."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from safetensors.torch import load_file
 from dbspec.runtime.execute import execute
 from dbspec.runtime.faults import ENV
 from dbspec.runtime.outdir import _TEMPORARY, recover
+from tests.runtime.forked import run_cli
 from tests.runtime.runspec import ROOT, compile_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -64,15 +63,8 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 def kill_at(spec: Path, point: str, *args: str) -> None:
     env = {**os.environ, ENV: point, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dbspec.cli", "run", str(spec), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == -signal.SIGKILL, f"{point} was never reached:\n{proc.stdout}\n{proc.stderr}"
+    code, output = run_cli(["run", str(spec), *args], env=env, cwd=ROOT, timeout=600)
+    assert code == -signal.SIGKILL, f"{point} was never reached (exit code {code}):\n{output}"
 
 
 def leftovers(out: Path) -> list[str]:
