@@ -19,6 +19,7 @@ from dbspec.runtime.faults import ENV
 from dbspec.runtime.outdir import _TEMPORARY, recover
 from tests.runtime.forked import run_cli
 from tests.runtime.runspec import ROOT, compile_spec, write_spec
+from tests.runtime.shared import once_per_session
 
 pytestmark = pytest.mark.slow
 
@@ -54,11 +55,16 @@ def spec_in(folder: Path) -> Path:
     return write_spec(folder, steps=4, extra=EXTRA)
 
 
+def _uninterrupted(folder: Path) -> None:
+    assert execute(compile_spec(spec_in(folder))).status == "finished"
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    assert execute(compile_spec(spec_in(folder))).status == "finished"
-    return load_file(folder / "out" / LORA)
+    """The uninterrupted run's LoRA weights (run once per session, not once per test worker)."""
+    return load_file(
+        once_per_session(tmp_path_factory, "kill-points-reference", _uninterrupted) / "out" / LORA
+    )
 
 
 def kill_at(spec: Path, point: str, *args: str) -> None:
