@@ -16,6 +16,7 @@ import torch
 
 from dbspec.runtime.checkpoints import latest_checkpoint, load_state
 from dbspec.runtime.execute import execute
+from tests.runtime.shared import once_per_session
 from tests.runtime.runspec import compile_spec
 from tests.runtime.test_processes import STEPS, _launch, _spec, _weights
 
@@ -36,11 +37,16 @@ def _fsdp_spec(tmp: Path, *, accumulation: int = 1, fsdp: bool = True, lora: boo
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory) -> tuple[Path, str]:
-    """An uninterrupted two-process FSDP run: its output folder and output."""
-    spec = _fsdp_spec(tmp_path_factory.mktemp("fsdp"))
-    done = _launch(spec)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return spec.parent / "out", done.stdout + done.stderr
+    """An uninterrupted two-process FSDP run (launched once per session, tests/runtime/shared.py): its output
+    folder and output."""
+
+    def make(folder: Path) -> None:
+        done = _launch(_fsdp_spec(folder))
+        assert done.returncode == 0, done.stderr[-4000:]
+        (folder / "launch-output.txt").write_text(done.stdout + done.stderr)
+
+    folder = once_per_session(tmp_path_factory, "fsdp-run", make)
+    return folder / "out", (folder / "launch-output.txt").read_text()
 
 
 def _one_process(tmp: Path, **kw) -> Path:
@@ -51,7 +57,13 @@ def _one_process(tmp: Path, **kw) -> Path:
     return tmp / "out"
 
 
-def test_fsdp_shards_and_matches_one_process(fsdp_run, tmp_path):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """`_one_process` of the FSDP run's spec, made once for the tests that compare with it: its output."""
+    return once_per_session(tmp_path_factory, "fsdp-one-process", _one_process) / "out"
+
+
+def test_fsdp_shards_and_matches_one_process(fsdp_run, one_process, tmp_path):
     """2 FSDP processes x batch 1 == 1 process x batch 1 x 2 accumulation (as DDP, test_processes).
 
     FSDP's reduce-scatter averages the two gradients as DDP's all-reduce does; gloo sums them in another order
@@ -60,7 +72,7 @@ def test_fsdp_shards_and_matches_one_process(fsdp_run, tmp_path):
     weights by more than 1e-3 (checked)."""
     out, output = fsdp_run
     assert "FSDP shards unet across 2 process(es)" in output  # not silently DDP
-    one = _weights(_one_process(tmp_path))
+    one = _weights(one_process)
     two = _weights(out)
     assert one.keys() == two.keys()
     for key, value in one.items():
@@ -79,12 +91,12 @@ def _weights_at_start(tmp: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in _weights(tmp / "still" / "out").items() if "unet" in k}
 
 
-def test_fsdp_checkpoint_holds_whole_state_as_ddp(fsdp_run, tmp_path):
+def test_fsdp_checkpoint_holds_whole_state_as_ddp(fsdp_run, one_process):
     """The step-2 checkpoint of the FSDP run holds whole weights and optimizer state in the format one process
     (and so DDP) writes: the same keys and shapes, momentum buffers shaped like their parameters."""
     out, _ = fsdp_run
     sharded = load_state(latest_checkpoint(out))
-    whole = load_state(latest_checkpoint(_one_process(tmp_path)))
+    whole = load_state(latest_checkpoint(one_process))
     assert sharded["trainable"].keys() == whole["trainable"].keys()
     for key, value in whole["trainable"].items():
         assert sharded["trainable"][key].shape == value.shape, key

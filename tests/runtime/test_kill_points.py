@@ -1,15 +1,13 @@
 """kill -9 at every named write point (runtime/faults.py), then --resume: the final weights equal an
 uninterrupted run's bit for bit, no temporary is left behind, and a finished model is never lost.
 
-Each kill runs `dbspec run` in a real process that SIGKILLs itself at the point (no cleanup runs); the
-resume runs in this process."""
+Each kill runs `dbspec run` in a real process that SIGKILLs itself at the point (no cleanup runs), forked
+from a server that imported the runtime once (tests/runtime/forked.py); the resume runs in this process."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,9 @@ from safetensors.torch import load_file
 from dbspec.runtime.execute import execute
 from dbspec.runtime.faults import ENV
 from dbspec.runtime.outdir import _TEMPORARY, recover
+from tests.runtime.forked import run_cli
 from tests.runtime.runspec import ROOT, compile_spec, write_spec
+from tests.runtime.shared import once_per_session
 
 pytestmark = pytest.mark.slow
 
@@ -55,24 +55,22 @@ def spec_in(folder: Path) -> Path:
     return write_spec(folder, steps=4, extra=EXTRA)
 
 
+def _uninterrupted(folder: Path) -> None:
+    assert execute(compile_spec(spec_in(folder))).status == "finished"
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    assert execute(compile_spec(spec_in(folder))).status == "finished"
-    return load_file(folder / "out" / LORA)
+    """The uninterrupted run's LoRA weights (run once per session, not once per test worker)."""
+    return load_file(
+        once_per_session(tmp_path_factory, "kill-points-reference", _uninterrupted) / "out" / LORA
+    )
 
 
 def kill_at(spec: Path, point: str, *args: str) -> None:
     env = {**os.environ, ENV: point, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dbspec.cli", "run", str(spec), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == -signal.SIGKILL, f"{point} was never reached:\n{proc.stdout}\n{proc.stderr}"
+    code, output = run_cli(["run", str(spec), *args], env=env, cwd=ROOT, timeout=600)
+    assert code == -signal.SIGKILL, f"{point} was never reached (exit code {code}):\n{output}"
 
 
 def leftovers(out: Path) -> list[str]:

@@ -21,12 +21,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.runtime.checkpoints import latest_checkpoint
 from dbspec.runtime.outdir import _TEMPORARY
 from tests.runtime.runspec import CPU, compile_spec
-from tests.runtime.test_processes import (
-    _launch,
-    _spec,
-    _weights,
-    two_processes,  # noqa: F401 - the uninterrupted two-process run (a module fixture)
-)
+from tests.runtime.test_processes import _launch, _spec, _weights
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +59,7 @@ def _assert_resumes(spec: Path, reference: dict[str, torch.Tensor], from_step: i
         assert torch.equal(after[key], value), key
 
 
-def test_an_exception_on_one_process_stops_both(two_processes, tmp_path):  # noqa: F811
+def test_an_exception_on_one_process_stops_both(two_processes, tmp_path):
     """Process 1 raises in its third micro-batch (step 3, after the step-2 checkpoint)."""
     spec = _spec(tmp_path, batch=1, accumulation=1)
     failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "micro_batch@3:RAISE"})
@@ -74,7 +69,7 @@ def test_an_exception_on_one_process_stops_both(two_processes, tmp_path):  # noq
     _assert_resumes(spec, _weights(two_processes), from_step=2)
 
 
-def test_a_nan_loss_on_one_process_stops_both(two_processes, tmp_path):  # noqa: F811
+def test_a_nan_loss_on_one_process_stops_both(two_processes, tmp_path):
     spec = _spec(tmp_path, batch=1, accumulation=1)
     failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "loss@3:NAN"})
     assert failed.returncode != 0
@@ -83,7 +78,7 @@ def test_a_nan_loss_on_one_process_stops_both(two_processes, tmp_path):  # noqa:
     _assert_resumes(spec, _weights(two_processes), from_step=2)
 
 
-def test_a_file_only_one_process_checks_stops_both(two_processes, tmp_path):  # noqa: F811
+def test_a_file_only_one_process_checks_stops_both(two_processes, tmp_path):
     """A plan made for two processes (`dbspec plan --target cpu:x2 --json`), then an image changed on disk:
     process 1 checks images 1, 3, 5 (its share), process 0 the others and waits for it."""
     spec = _spec(tmp_path, batch=1, accumulation=1)

@@ -1,7 +1,8 @@
 """Two real processes on this CPU through torchrun (gloo): equivalence with one process, bit-exact resume.
 
 Each launch pays the imports of two Python processes (5-7 s each on this machine), so the launches are few:
-one uninterrupted two-process run shared by the tests (module fixture), one interrupted and resumed.
+one uninterrupted two-process run shared by the tests (`two_processes`, a session fixture in conftest.py,
+shared with test_process_faults.py), one interrupted and resumed.
 """
 
 from __future__ import annotations
@@ -84,15 +85,6 @@ def _cache_files(cache: Path) -> dict[str, tuple[dict, dict[str, bytes]]]:
         name.startswith("text/") for name in files
     )
     return files
-
-
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory) -> Path:
-    """An uninterrupted run of two processes, batch 1 each: its output folder."""
-    spec = _spec(tmp_path_factory.mktemp("two"), batch=1, accumulation=1)
-    done = _launch(spec)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return spec.parent / "out"
 
 
 def test_two_processes_match_one_with_accumulation(two_processes, tmp_path):
