@@ -83,6 +83,25 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_lora(module, config)
+    if adapter.kind == "lokr" and adapter.lokr_unit_scale:
+        unit_scale_full_lokr(module)
+
+
+def unit_scale_full_lokr(module: torch.nn.Module) -> int:
+    """LyCORIS's LokrModule: with both Kronecker factors full matrices (no rank inside either) the update is
+    kron(w1, w2) at scale 1, its alpha replaced by the rank; peft keeps alpha / rank there. Sets peft's scale
+    of those layers to 1; how many there were."""
+    from peft.tuners.lokr import LoKrLayer
+
+    full = 0
+    for layer in module.modules():
+        if not isinstance(layer, LoKrLayer):
+            continue
+        for name in layer.scaling:
+            if name in layer.lokr_w1 and name in layer.lokr_w2:
+                layer.scaling[name] = 1.0
+                full += 1
+    return full
 
 
 def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:

@@ -241,9 +241,12 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
     return written
 
 
-def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]:
+def load_peft_adapters(
+    folder: Path, modules: dict[str, nn.Module], lokr_unit_scale: bool = False
+) -> list[str]:
     """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
-    loaded."""
+    loaded. `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale
+    1."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -262,6 +265,10 @@ def load_peft_adapters(folder: Path, modules: dict[str, nn.Module]) -> list[str]
         inject_adapter_in_model(config, module, adapter_name="default")
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
         result = set_peft_model_state_dict(module, state)
+        if lokr_unit_scale:
+            from dbspec.runtime.adapters import unit_scale_full_lokr
+
+            unit_scale_full_lokr(module)
         missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
         if result.unexpected_keys or missing:
             raise ValueError(

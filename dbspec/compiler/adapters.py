@@ -61,6 +61,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         conv_alpha=adapter.conv_alpha if conv else 0.0,
         conv_targets=tuple(adapter.conv_targets) if conv else (),
         params=adapter_params(adapter, family, components),
+        lokr_unit_scale=adapter.kind == "lokr",
         **extra,
     )
 

@@ -163,6 +163,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "dora"): False,
         ("adapter", "factor"): -1,
         ("adapter", "decompose_both"): False,
+        ("adapter", "lokr_unit_scale"): False,  # peft's alpha / rank on full LoKr factors
         ("adapter", "tucker"): False,
         ("adapter", "rank_dropout"): 0.0,
         ("adapter", "module_dropout"): 0.0,

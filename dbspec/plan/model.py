@@ -105,6 +105,9 @@ class AdapterPlan:
     dora: bool = False  # lora: peft use_dora (a learned magnitude per output row)
     factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
     decompose_both: bool = False  # lokr: the small factor low-rank too
+    # lokr: a module whose two factors are both full matrices (the rank at least half the larger factor's
+    # size) trains at scale 1, alpha unused, as LyCORIS's LokrModule does; False (plans before): alpha / rank
+    lokr_unit_scale: bool = False
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr

@@ -431,6 +431,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
+    if a.kind == "lokr" and a.lokr_unit_scale:
+        rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
     if a.multiplier != 1.0:
         rows.append(
             ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")

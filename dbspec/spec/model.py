@@ -351,7 +351,11 @@ class LokrAdapter:
     )
     # LyCORIS recipes give a huge rank (network_dim = 10000) to train both Kronecker factors in full.
     rank: int = _rank(
-        8, "LoKr", 100_000, " A rank of half the larger second factor or more trains it in full."
+        8,
+        "LoKr",
+        100_000,
+        " A rank of half the larger second factor or more trains it in full; a layer whose two factors are "
+        "both full trains at scale 1 (alpha unused), as LyCORIS.",
     )
     alpha: float = _alpha()
     factor: int = option(

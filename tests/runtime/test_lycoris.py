@@ -328,3 +328,37 @@ def test_tucker_lokr_trains_resumes_bit_exact_and_equals_lycoris_modules(tmp_pat
         lyco.load_state_dict(tensors)
         ours = merged[prefix][f"{names[lora_name].removeprefix('text_model.')}.weight"]
         torch.testing.assert_close(_lycoris_weight(lyco), ours, rtol=1e-4, atol=1e-4, msg=lora_name)
+
+
+@pytest.mark.parametrize("unit_scale", [True, False])
+def test_full_lokr_factors_train_at_lycoris_scale_one(unit_scale):
+    """A LoKr layer whose two factors are both full (rank 64 on a 64 x 48 linear) is kron(w1, w2) at scale 1
+    in LyCORIS's LokrModule, alpha unused; the plan's lokr_unit_scale gives peft's layer that scale (the
+    compiler sets it for every LoKr plan), where peft alone keeps alpha / rank."""
+    from lycoris.modules.lokr import LokrModule
+    from peft.tuners.lokr import LoKrLayer
+
+    from dbspec.plan.model import AdapterPlan
+    from dbspec.runtime.adapters import add_lora
+
+    torch.manual_seed(0)
+    owner = torch.nn.Sequential()
+    owner.add_module("proj", torch.nn.Linear(64, 48))
+    base = copy.deepcopy(owner.proj)
+    adapter = AdapterPlan(kind="lokr", rank=64, alpha=16.0, lokr_unit_scale=unit_scale)
+    add_lora(owner, adapter, ("proj",), seed=0)
+    layer = owner.proj
+    assert isinstance(layer, LoKrLayer) and {"lokr_w1", "lokr_w2"} <= {
+        k for k in ("lokr_w1", "lokr_w2") if "default" in getattr(layer, k)
+    }
+    with torch.no_grad():
+        layer.lokr_w2["default"].normal_()  # LyCORIS starts w2 at zero: give the update a value
+    lyco = LokrModule("proj", base, 1.0, lora_dim=64, alpha=16.0, factor=-1)
+    with torch.no_grad():
+        lyco.lokr_w1.copy_(layer.lokr_w1["default"])
+        lyco.lokr_w2.copy_(layer.lokr_w2["default"])
+    lyco.apply_to()
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        same = torch.allclose(owner(x), base(x), rtol=1e-5, atol=1e-5)
+    assert same == unit_scale
