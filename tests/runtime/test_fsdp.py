@@ -92,7 +92,7 @@ def _weights_at_start(tmp: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fsdp_checkpoint_holds_whole_state_as_ddp(fsdp_run, one_process):
-    """The step-2 checkpoint of the FSDP run holds whole weights and optimizer state in the format one process
+    """The latest checkpoint of the FSDP run holds whole weights and optimizer state in the format one process
     (and so DDP) writes: the same keys and shapes, momentum buffers shaped like their parameters."""
     out, _ = fsdp_run
     sharded = load_state(latest_checkpoint(out))
