@@ -80,7 +80,9 @@ class WandbSink:
             )
         except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (login, network, settings)
             raise WandbError(
-                f"Weights & Biases could not start the run: {type(exc).__name__}: {exc}"
+                f"Weights & Biases could not start the run: {type(exc).__name__}: {exc} (log in with "
+                "`wandb login` or WANDB_API_KEY, check the network, or set WANDB_MODE=offline and "
+                "`wandb sync` later)"
             ) from exc
 
     @property

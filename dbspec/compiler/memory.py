@@ -29,6 +29,7 @@ from dbspec.compiler.distributed import Sharding
 from dbspec.families import FAMILIES, family_spec
 
 from dbspec.plan.model import ComponentPlan, MemoryPlan
+from dbspec.spec.model import DADAPT_KINDS, SCHEDULEFREE_KINDS
 
 __all__ = ["activation_bytes", "estimate_memory", "lora_param_count"]
 
@@ -100,16 +101,8 @@ PARAM_DTYPE_STATE_OPTIMIZERS = (
     "radam",
     "prodigy",
     "lion",
-    "dadapt_adam",
-    "dadapt_adam_preprint",
-    "dadapt_adagrad",
-    "dadapt_adan",
-    "dadapt_adan_ip",
-    "dadapt_lion",
-    "dadapt_sgd",
-    "adamw_schedulefree",
-    "radam_schedulefree",
-    "sgd_schedulefree",
+    *DADAPT_KINDS,
+    *SCHEDULEFREE_KINDS,
 )
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED = GIB // 2
