@@ -54,6 +54,11 @@ GROUPS: tuple[Group, ...] = (
 `dbspec convert kohya|diffusers|simpletuner` writes no spec while any of these is an error (exit 1);
 `--report` lists what became of every legacy key. See [converting.md](converting.md).""",
     ),
+    Group(
+        "5",
+        "DBS5xx: options that contradict each other (continued)",
+        "The same kind of check as DBS2xx (whose numbers ran out): spec options that cannot work together.",
+    ),
 )
 
 CODES: tuple[Code, ...] = (
