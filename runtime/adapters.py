@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dbspec.compiler.adapters import lycoris_dora
 from dbspec.plan.model import AdapterPlan
 
 if TYPE_CHECKING:  # peft is imported where an adapter is built or read, never by a full fine-tune
@@ -42,7 +43,7 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
             r=adapter.rank,
             lora_alpha=adapter.alpha,
             lora_dropout=adapter.dropout,
-            use_dora=adapter.dora,
+            use_dora=adapter.dora and not lycoris_dora(adapter),  # LyCORIS's own: lycoris_dora.py
             init_lora_weights="gaussian",
             **common,
         )
@@ -85,6 +86,10 @@ def add_lora(
         inject_lora(module, config)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
+    if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
+        from dbspec.runtime.lycoris_dora import add_lycoris_dora
+
+        add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis)
 
 
 def unit_scale_full_lokr(module: torch.nn.Module) -> int:
