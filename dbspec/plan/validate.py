@@ -105,8 +105,10 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"convolution adapters need conv_alpha > 0 and conv_targets; found conv_alpha {a.conv_alpha}, "
             f"conv_targets {list(a.conv_targets)}"
         )
-    if a.dora and a.kind != "lora":
-        yield f"dora is a LoRA option; found adapter kind {a.kind!r}"
+    if a.dora and a.kind not in ("lora", "loha", "lokr"):
+        yield f"dora is a LoRA, LoHa or LoKr option; found adapter kind {a.kind!r}"
+    if a.dora_axis not in ("output", "input"):
+        yield f'adapter.dora_axis must be "output" or "input"; found {a.dora_axis!r}'
     if (
         plan.loss.prior == "base_model" and not plan.train_denoiser
     ):  # DBS226 in specs: nothing to compare with

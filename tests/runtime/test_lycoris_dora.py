@@ -7,14 +7,18 @@ the norm, unlike peft's DoRA)."""
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
 from torch import nn
 
 from dbspec.plan.model import AdapterPlan
 from dbspec.runtime.adapters import add_lora
-from dbspec.runtime.lycoris_dora import LycorisDora, axis_of, dora_scale_of
+from dbspec.runtime.lycoris_dora import LycorisDora, axis_of, dora_scale_of, initial_scale
 
 modules = pytest.importorskip("lycoris.modules")
 
@@ -180,3 +184,167 @@ def attrs_dict(plan: AdapterPlan) -> dict:
     import attrs
 
     return attrs.asdict(plan, recurse=False)
+
+
+# --- the real loop: train, resume bit-exact, export, load back in LyCORIS -----------------------------------
+# name -> ([adapter] table, ss_network_args expected, tensor suffixes of an adapted 3x3 conv)
+RUNS = {
+    "loha_dora": (  # rank and module dropout draw from the run's generators: the resume restores them too
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ndora = true\n'
+        "rank_dropout = 0.2\nmodule_dropout = 0.2\n",
+        {"algo": "loha", "conv_dim": "2", "conv_alpha": "1", "dora_wd": "True"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha", "dora_scale"},
+    ),
+    "lokr_dora_input": (
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ndora = true\n'
+        'dora_axis = "input"\n',
+        {
+            "algo": "lokr",
+            "conv_dim": "2",
+            "conv_alpha": "1",
+            "factor": "-1",
+            "dora_wd": "True",
+            "wd_on_output": "False",
+        },
+        {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha", "dora_scale"},
+    ),
+    "lora_dora_input": (
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ndora = true\n'
+        'dora_axis = "input"\n',
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "dora_wd": "True", "wd_on_output": "False"},
+        {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
+    ),
+    "locon_tucker_dora": (
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\ndora = true\n',
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "dora_wd": "True", "use_tucker": "True"},
+        {"lora_down.weight", "lora_mid.weight", "lora_up.weight", "alpha", "dora_scale"},
+    ),
+    "loha_tucker_dora_input": (
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\ndora = true\n'
+        'dora_axis = "input"\n',
+        {
+            "algo": "loha",
+            "conv_dim": "2",
+            "conv_alpha": "1",
+            "dora_wd": "True",
+            "use_tucker": "True",
+            "wd_on_output": "False",
+        },
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha", "dora_scale"},
+    ),
+}
+
+
+@pytest.fixture
+def lycoris_loader(monkeypatch):
+    """lycoris-lora's kohya file loader (as tests/runtime/test_lycoris.py's `loader`). It builds every module
+    with its default wd_on_out=True whatever the file holds: kohya builds the network from ss_network_args
+    (`wd_on_output`), so for a file whose args say wd_on_output=False the modules are built with that
+    (LyCORIS's own make_module_from_state_dict then copies the file's dora_scale in)."""
+    from lycoris import kohya
+    from lycoris.modules.base import LycorisBaseModule
+
+    network = kohya.LycorisNetworkKohya
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])
+
+    def load(export: Path, named, unet, args: dict[str, str]):
+        if args.get("wd_on_output") == "False":
+            for cls in {m for m in modules.MODULE_LIST if issubclass(m, LycorisBaseModule)}:
+                init = cls.__init__
+
+                def patched(self, *a, __init=init, **kw):
+                    kw["wd_on_out"] = False
+                    __init(self, *a, **kw)
+
+                monkeypatch.setattr(cls, "__init__", patched)
+        return kohya.create_network_from_weights(1.0, str(export), None, named, unet, for_inference=True)
+
+    return load
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_lycoris_dora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, lycoris_loader):
+    from safetensors import safe_open
+
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec, write_spec
+    from tests.runtime.test_lycoris import SPEC, _files, _kohya_names, _lycoris_weight, _merged, _unet_output
+
+    table, args, conv_suffixes = RUNS[kind]
+    spec = write_spec(tmp_path, steps=4, extra=SPEC.format(adapter=table))
+    lr = ["optimizer.lr=1e-2"]  # large enough that four steps move every factor and magnitude visibly
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    assert second.losses and whole.losses[-len(second.losses) :] == second.losses
+    ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
+    assert ours.keys() == resumed.keys() and "dbspec.kohya.safetensors" in ours
+    for name, tensors in ours.items():
+        assert tensors.keys() == resumed[name].keys()
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert json.loads(metadata["ss_network_args"]) == args
+    assert metadata["ss_network_module"] == "lycoris.kohya"
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert {k.split(".", 1)[1] for k in keys if k.startswith(conv + ".")} == conv_suffixes
+    tensors = load_file(str(export))
+    axis = "input" if args.get("wd_on_output") == "False" else "output"
+    scale = tensors[f"{conv}.dora_scale"]  # LyCORIS's shape for the axis: (320, 1, 1, 1) or (1, 320, 1, 1)
+    assert scale.shape == ((32, 1, 1, 1) if axis == "output" else (1, 32, 1, 1)), scale.shape
+
+    trained = whole.components
+    for module in (trained.unet, *trained.text_encoders):
+        module.eval()
+    fresh = build_pipeline(plan.model.base)
+    base_output = _unet_output(fresh.unet)
+    # every magnitude moved away from the base weight's norms: DoRA trained
+    base_conv = fresh.unet.get_submodule("down_blocks.0.resnets.0.conv1").weight
+    assert not torch.allclose(scale, initial_scale(base_conv, axis), atol=1e-4)
+    named = torch.nn.Module()
+    named.text_model = fresh.text_encoder
+    network, weights = lycoris_loader(export, named, fresh.unet, args)
+    adapted = [
+        m
+        for m in (*trained.unet.modules(), *trained.text_encoders[0].modules())
+        if isinstance(m, BaseTunerLayer)
+    ]
+    lycos = [*network.unet_loras, *network.text_encoder_loras]
+    assert len(lycos) == len(adapted) and network.text_encoder_loras
+    assert all(lyco.wd and lyco.wd_on_out == (axis == "output") for lyco in lycos)
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    for lyco in lycos:  # LyCORIS's decomposed weight of each loaded module against our merge
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        ours_weight = merged[prefix][f"{names[lyco.lora_name]}.weight"]
+        torch.testing.assert_close(
+            _lycoris_weight(lyco), ours_weight, rtol=1e-4, atol=1e-4, msg=lyco.lora_name
+        )
+    # LyCORIS's forward on the fresh model against the trained model's
+    network.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    network.load_state_dict(weights, strict=False)
+    trained_output = _unet_output(trained.unet)
+    torch.testing.assert_close(_unet_output(fresh.unet), trained_output, rtol=1e-4, atol=1e-4)
+    ids = torch.randint(0, 500, (2, 77), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ours_text = trained.text_encoders[0](ids).last_hidden_state
+        torch.testing.assert_close(fresh.text_encoder(ids).last_hidden_state, ours_text, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(base_output, trained_output, atol=1e-3)
+    # final/ in peft's layout (with the dora_scale weights): `dbspec sample` puts it back on the base model
+    pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
+    assert any(isinstance(m, LycorisDora) for m in pipe.unet.modules())
+    torch.testing.assert_close(_unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
