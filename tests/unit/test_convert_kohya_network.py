@@ -128,13 +128,12 @@ def test_lycoris_options_without_an_equivalent_are_named(tmp_path):
         tmp_path,
         SD15,
         '--network_module=lycoris.kohya --network_dim=8 --network_args "algo=loha" "use_tucker=True" '
-        '"dora_wd=True"',
+        '"dora_wd=True" "bypass_mode=True"',
     )
     assert fate(outcome, "network_args") == "unsupported"
     text = messages(outcome, "DBS401") + messages(outcome, "DBS402") + messages(outcome, "DBS403")
-    assert (
-        "dora_wd" in text and "no weight decomposition" in text
-    )  # use_tucker maps (test_convert_kohya_leftovers)
+    # use_tucker and dora_wd map (test_convert_kohya_leftovers, test_convert_kohya_lycoris_dora)
+    assert "bypass_mode" in text and "leaves the weight decomposition out" in text
 
 
 def test_lycoris_locon_with_tucker_is_lora_mid(tmp_path):
