@@ -211,9 +211,10 @@ def dora_class(cls: type) -> type:
     if issubclass(cls, LycorisDora):
         return cls
     if cls not in _CLASSES:
-        name = f"{_prefix(cls)}dora_scale"
-        _CLASSES[cls] = type(
-            f"LycorisDora{cls.__name__}",
+        prefix = _prefix(cls)
+        name = f"{prefix}dora_scale"
+        made = type(
+            f"LycorisDora_{prefix}{cls.__name__}",
             (LycorisDora, cls),
             {
                 "dora_scale_name": name,
@@ -221,7 +222,25 @@ def dora_class(cls: type) -> type:
                 "__module__": __name__,
             },
         )
+        _CLASSES[cls] = made
+        globals()[made.__name__] = made  # pickled by reference, as a module-level class
     return _CLASSES[cls]
+
+
+def __getattr__(name: str) -> type:
+    """The generated classes by name (a fresh process unpickling a converted layer): peft's LoRA, LoHa and
+    LoKr Linear and Conv2d and LoCon's TuckerConv2d."""
+    if not name.startswith("LycorisDora_"):
+        raise AttributeError(name)
+    from peft.tuners import loha, lokr, lora
+
+    from dbspec.runtime.locon_tucker import TuckerConv2d
+
+    for cls in (lora.Linear, lora.Conv2d, TuckerConv2d, loha.Linear, loha.Conv2d, lokr.Linear, lokr.Conv2d):
+        dora_class(cls)
+    if name not in globals():
+        raise AttributeError(name)
+    return globals()[name]
 
 
 def convert(layer: nn.Module, adapter: str, axis: Axis) -> None:

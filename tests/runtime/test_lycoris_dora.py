@@ -180,6 +180,25 @@ def test_module_dropout_skips_the_whole_update():
     assert not torch.allclose(net.lin(x), net.lin.base_layer(x), atol=1e-3)
 
 
+def test_converted_layers_pickle_by_reference():
+    """A converted layer survives pickling (torch.save of a module, spawned processes): its class is a
+    module-level name of dbspec.runtime.lycoris_dora, found again in a process that has not made it yet."""
+    import pickle
+
+    import dbspec.runtime.lycoris_dora as module
+
+    net = Net()
+    add_lora(net, _plan({"kind": "lokr"}, "input"), ("lin",), 3, conv=True)
+    name = type(net.conv).__name__
+    assert name == "LycorisDora_lokr_Conv2d" and getattr(module, name) is type(net.conv)
+    data = pickle.dumps(net)
+    del module._CLASSES[type(net.conv).__bases__[1]], module.__dict__[name]  # as in a fresh process
+    back = pickle.loads(data)
+    x = torch.randn(2, 32, 6, 6)
+    torch.testing.assert_close(back.conv(x), net.conv(x), rtol=0, atol=0)
+    assert type(back.conv).__name__ == name
+
+
 def attrs_dict(plan: AdapterPlan) -> dict:
     import attrs
 
