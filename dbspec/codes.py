@@ -1832,16 +1832,16 @@ and kohya groups that dbspec trains as one with different values.""",
     ),
     # --- DBS5xx: options that contradict each other (continued) --------------------------------------------
     # LyCORIS's weight decomposition (DoRA on LoHa/LoKr, per input column, with LoCon's Tucker form):
-    # DBS515-DBS517.
+    # DBS515-DBS518.
     Code(
         "DBS515",
         ERROR,
         "LoRA input dropout with LyCORIS's weight decomposition",
         """\
 `adapter.dropout` on a LoRA adapter that trains LyCORIS's weight decomposition (`dora = true` with
-`dora_axis = "input"`, or with `tucker = true` on its convolutions): the merged weight W + ΔW is renormalised
-as a whole, so there is no adapter input to drop out; LyCORIS itself ignores `dropout` with `dora_wd`. (Rank
-and module dropout and the multiplier with DoRA on LoRA: DBS267.)""",
+`dora_form = "lycoris"`, `dora_axis = "input"` or `tucker = true` on its convolutions): the merged weight
+W + ΔW is renormalised as a whole, so there is no adapter input to drop out; LyCORIS itself ignores `dropout`
+with `dora_wd`. (Rank and module dropout and the multiplier with DoRA on LoRA: DBS267.)""",
     ),
     Code(
         "DBS516",
@@ -1849,17 +1849,27 @@ and module dropout and the multiplier with DoRA on LoRA: DBS267.)""",
         "A quantised base under LyCORIS's weight decomposition",
         """\
 `precision.quantize_denoiser` or `quantize_text_encoder` (with a backend other than `"cast"`) and DoRA on LoHa
-or LoKr, or on LoRA per input column or in LoCon's Tucker form: LyCORIS's weight decomposition renormalises
-the base weight plus the update, which a quantised layer does not hold as a float tensor.""",
+or LoKr, or on LoRA with `dora_form = "lycoris"`, per input column or in LoCon's Tucker form: LyCORIS's
+weight decomposition renormalises the base weight plus the update, which a quantised layer does not hold as a
+float tensor.""",
     ),
     Code(
         "DBS517",
         WARNING,
         "`dora_axis` without DoRA",
         """\
-`adapter.dora_axis` is set but `adapter.dora` is false: the axis of DoRA's magnitude (LyCORIS
-`wd_on_output`) has no effect without DoRA (warning).""",
-        help="set adapter.dora = true, or remove adapter.dora_axis",
+`adapter.dora_axis` or `adapter.dora_form` is set but `adapter.dora` is false: the axis of DoRA's magnitude
+(LyCORIS `wd_on_output`) and whose DoRA trains have no effect without DoRA (warning).""",
+        help="set adapter.dora = true, or remove the option",
+    ),
+    Code(
+        "DBS518",
+        ERROR,
+        "peft's DoRA where only LyCORIS's weight decomposition trains",
+        """\
+`adapter.dora_form = "peft"` with `dora_axis = "input"` or with `tucker = true` (LoCon's Tucker form on the
+convolution adapters): peft's DoRA keeps one magnitude per output row of plain LoRA layers. Set
+`dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
 )
 

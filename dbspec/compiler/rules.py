@@ -2169,9 +2169,10 @@ def lycoris_dora_options(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS515",
             ("adapter", "dropout"),
             f"adapter.dropout = {a.dropout:g} with LyCORIS's weight decomposition (dora = true with "
-            f'dora_axis = "{a.dora_axis}"{", tucker = true" if a.tucker else ""}): the update is a weight '
-            "renormalised as a whole, with no input to drop out (LyCORIS ignores dropout with dora_wd)",
-            "remove adapter.dropout",
+            f'dora_axis = "{a.dora_axis}"{", tucker = true" if a.tucker else ""}, dora_form "lycoris"): the '
+            "update is a weight renormalised as a whole, with no input to drop out (LyCORIS ignores dropout "
+            "with dora_wd)",
+            'remove adapter.dropout (peft\'s DoRA, dora_form = "peft" per output row, takes it)',
         )
     p = spec.precision
     for key in ("quantize_denoiser", "quantize_text_encoder"):
@@ -2191,12 +2192,38 @@ def lycoris_dora_options(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def dora_axis_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
-    if given(("adapter", "dora_axis")) and not getattr(a, "dora", False):
-        yield _warn(
-            "DBS517",
-            ("adapter", "dora_axis"),
-            f'adapter.dora_axis = "{a.dora_axis}" has no effect: adapter.dora is false',
-            codes.help("DBS517"),
+    for key in ("dora_axis", "dora_form"):
+        if given(("adapter", key)) and not getattr(a, "dora", False):
+            yield _warn(
+                "DBS517",
+                ("adapter", key),
+                f'adapter.{key} = "{getattr(a, key)}" has no effect: adapter.dora is false',
+                codes.help("DBS517"),
+            )
+
+
+@rule("spec")
+def peft_dora_form_it_cannot_train(spec: Spec, given: Given) -> Iterator[Hit]:
+    """peft's DoRA keeps one magnitude per output row and has no Tucker layers."""
+    a = spec.adapter
+    if not (getattr(a, "dora", False) and a.kind == "lora" and given(("adapter", "dora_form"))):
+        return
+    if a.dora_form != "peft":
+        return
+    why = (
+        'dora_axis = "input"'
+        if a.dora_axis == "input"
+        else "tucker = true"
+        if a.tucker and a.conv_rank
+        else ""
+    )
+    if why:
+        yield _err(
+            "DBS518",
+            ("adapter", "dora_form"),
+            f'adapter.dora_form = "peft" with {why}: peft\'s DoRA keeps one magnitude per output row of '
+            "plain LoRA layers; only LyCORIS's weight decomposition trains this",
+            'set adapter.dora_form = "lycoris" (or remove it)',
         )
 
 

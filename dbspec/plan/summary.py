@@ -421,9 +421,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     if a.kind == "none":
         return [("adapter", "none")]
     kind = f"{a.kind} + DoRA" if a.dora else a.kind
-    if a.dora and (
-        a.kind != "lora" or a.dora_axis == "input" or a.tucker
-    ):  # LyCORIS's weight decomposition (runtime/lycoris_dora.py)
+    if a.dora and a.dora_form == "lycoris":  # LyCORIS's weight decomposition (runtime/lycoris_dora.py)
         kind += (
             f" (LyCORIS's, one magnitude per {'output row' if a.dora_axis == 'output' else 'input column'})"
         )

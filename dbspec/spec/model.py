@@ -293,10 +293,19 @@ class LoraAdapter:
     )
     dora: bool = option(
         False,
-        doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "
-        "kohya/LyCORIS `dora_wd`); exported with kohya's `dora_scale` keys.",
+        doc="DoRA: learn each output row's (or input column's, `dora_axis`) magnitude apart from the LoRA "
+        'direction (peft `use_dora`, or LyCORIS `dora_wd` with `dora_form = "lycoris"`); exported with '
+        "kohya's `dora_scale` keys.",
     )
     dora_axis: Literal["output", "input"] = _dora_axis()
+    dora_form: Literal["peft", "lycoris"] = option(
+        "peft",
+        doc="Whose DoRA trains with `dora = true`: `peft` (peft's `use_dora`: the weight norm detached from "
+        "the gradient, as the DoRA paper suggests, and `dropout` on the LoRA input) or `lycoris` (LyCORIS's "
+        "`dora_wd`, what kohya's `lycoris.kohya` network trains: the norm of W + ΔW differentiated, plus "
+        'float eps, no input dropout). The forward is the same; the gradients differ. `dora_axis = "input"` '
+        "and `tucker` always train LyCORIS's.",
+    )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_rank: int = _conv_rank()

@@ -48,11 +48,15 @@ KINDS = {
         LOKR,
     ),
     "locon": ({"kind": "lora"}, "LoConModule", {}, LOCON),
+    "locon_lycoris": ({"kind": "lora", "dora_form": "lycoris"}, "LoConModule", {}, LOCON),
     "locon_tucker": ({"kind": "lora", "tucker": True}, "LoConModule", {"use_tucker": True}, LOCON),
 }
 
 
 def _plan(fields: dict, axis: str) -> AdapterPlan:
+    """The plan the compiler makes: dora_form "lycoris" wherever LyCORIS's weight decomposition trains."""
+    lycoris = fields["kind"] != "lora" or axis == "input" or fields.get("tucker") or fields.get("dora_form")
+    fields = {**fields, "dora_form": "lycoris" if lycoris else "peft"}
     return AdapterPlan(
         rank=RANK,
         alpha=ALPHA,
@@ -231,6 +235,12 @@ RUNS = {
         'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ndora = true\n'
         'dora_axis = "input"\n',
         {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "dora_wd": "True", "wd_on_output": "False"},
+        {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
+    ),
+    "locon_dora_lycoris": (  # kohya's lycoris.kohya algo=locon dora_wd=True: LyCORIS's gradients
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ndora = true\n'
+        'dora_form = "lycoris"\n',
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "dora_wd": "True"},
         {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
     ),
     "locon_tucker_dora": (

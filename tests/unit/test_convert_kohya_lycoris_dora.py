@@ -84,6 +84,9 @@ CASES = {
         True,
         "input",
     ),
+    # LoCon per output row: LyCORIS's weight decomposition (its norm differentiated), not peft's DoRA
+    "locon_dora": ('"algo=locon", "conv_dim=8", "conv_alpha=4", "dora_wd=True"', "lora", False, "output"),
+    "lora_dora_linears": ('"algo=lora", "preset=attn-mlp", "dora_wd=True"', "lora", False, "output"),
     # LyCORIS's str_bool: "0" is true, so wd_on_output=0 keeps the magnitude per output row
     "wd_on_output_zero": ('"algo=loha", "dora_wd=True", "wd_on_output=0"', "loha", False, "output"),
 }
@@ -97,7 +100,7 @@ def test_lycoris_dora_variants_convert_exactly(tmp_path, case):
     assert fate(outcome, "network_args") == "mapped"
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
-    assert (a.kind, a.dora, a.dora_axis, a.tucker) == (kind, True, axis, tucker)
+    assert (a.kind, a.dora, a.dora_axis, a.tucker, a.dora_form) == (kind, True, axis, tucker, "lycoris")
     assert (a.rank, a.alpha) == (16, 8.0)
     spec = outcome.text
     assert "dora = true" in spec

@@ -54,6 +54,7 @@ def test_lycoris_locon_with_dora(tmp_path):
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert (a.kind, a.dora, a.rank, a.conv_rank, a.conv_alpha) == ("lora", True, 16, 4, 2.0)
+    assert a.dora_form == "lycoris"  # LyCORIS's LoConModule differentiates the norm (peft detaches it)
     # LyCORIS's "full" preset: transformer, ResNet and embedding linears; 3x3 convs incl. conv_in/conv_out
     assert {"time_embedding.linear_1", "time_emb_proj", "to_q"} <= set(a.denoiser_targets)
     assert a.conv_targets == (*KOHYA_CONV, "conv_in", "conv_out")

@@ -467,6 +467,34 @@ CASES = [
         '[adapter]\nkind = "loha"\ndora = true\n[precision]\nquantize_denoiser = "fp8"\n'
         'quantize_backend = "cast"\n' + DOG + STEPS,
     ),
+    (  # kohya's lycoris.kohya LoCon DoRA: LyCORIS's form, no input dropout
+        rules.lycoris_dora_options,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS515", "error", ("adapter", "dropout"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n' + DOG + STEPS,
+    ),
+    (
+        rules.peft_dora_form_it_cannot_train,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "peft"\ndora_axis = "input"\n' + DOG + STEPS,
+        [("DBS518", "error", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_axis = "input"\n' + DOG + STEPS,
+    ),
+    (
+        rules.peft_dora_form_it_cannot_train,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "peft"\nconv_rank = 4\ntucker = true\n'
+        + DOG
+        + STEPS,
+        [("DBS518", "error", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\nconv_rank = 4\ntucker = true\n'
+        + DOG
+        + STEPS,
+    ),
+    (
+        rules.dora_axis_without_dora,
+        '[adapter]\nkind = "lora"\ndora_form = "lycoris"\n' + DOG + STEPS,
+        [("DBS517", "warning", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n' + DOG + STEPS,
+    ),
     (
         rules.dora_axis_without_dora,
         '[adapter]\nkind = "lokr"\ndora_axis = "input"\n' + DOG + STEPS,

@@ -123,6 +123,8 @@ def _map_network(
     dora = _dora(kwargs, lycoris, args, conv)
     if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
+        if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
+            put["dora_form"] = "lycoris"
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
