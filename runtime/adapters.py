@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dbspec.compiler.adapters import lycoris_dora
 from dbspec.plan.model import AdapterPlan
 
 if TYPE_CHECKING:  # peft is imported where an adapter is built or read, never by a full fine-tune
     from peft import PeftConfig
 
 ADAPTER_NAME = "default"
+
+
+def lycoris_dora(adapter: AdapterPlan) -> bool:
+    """The plan's DoRA is LyCORIS's weight decomposition (runtime/lycoris_dora.py), not peft's `use_dora`."""
+    return adapter.dora and adapter.dora_form == "lycoris"
 
 
 def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = False) -> PeftConfig:

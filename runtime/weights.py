@@ -13,13 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dbspec.compiler.adapters import lycoris_dora
 from dbspec.families import ALL_TEXT_ENCODERS, FAMILIES, Family, family_spec
 from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
-from dbspec.runtime.adapters import is_adapter_weight
+from dbspec.runtime.adapters import is_adapter_weight, lycoris_dora
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components, trained_text_encoders
