@@ -1,5 +1,6 @@
 """LyCORIS's weight decomposition (DoRA, `dora_wd`) on peft's LoHa, LoKr and LoRA layers: what peft cannot
-train (`plan.adapter.dora` on loha / lokr; on lora with `dora_axis = "input"` or LoCon's Tucker form).
+train (`plan.adapter.dora` with `dora_form = "lycoris"`: always on loha / lokr; on lora with `dora_axis =
+"input"`, LoCon's Tucker form, or asked for, as `dbspec convert kohya` does for lycoris.kohya's LoCon).
 
 LyCORIS (lycoris/modules/locon.py, loha.py, lokr.py, with weight_decompose; lycoris.functional.general
 `weight_decompose`) keeps a learned `dora_scale` beside the factors and runs each adapted layer as
