@@ -774,9 +774,8 @@ would be scaled to nothing) or with no `conv_targets`; a module named both in `d
 `conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
 divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
 cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
-wraps them); LoRA's Tucker form (`tucker = true`, LyCORIS LoCon's `lora_mid`) with `dora` or `init_weights`
-(its layers are plain LoRA with a middle convolution: no DoRA magnitude, and a starting file's `lora_mid` is
-not read).""",
+wraps them); LoRA's Tucker form (`tucker = true`, LyCORIS LoCon's `lora_mid`) with `init_weights` (a starting
+file's `lora_mid` is not read).""",
     ),
     Code(
         "DBS261",
@@ -1830,6 +1829,47 @@ each block pattern matches. Give the bound one number for every group. `dbspec c
 (DBS403) a kohya per- group list whose groups dbspec cannot match one to one: block learning rates
 (networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
 and kohya groups that dbspec trains as one with different values.""",
+    ),
+    # --- DBS5xx: options that contradict each other (continued) --------------------------------------------
+    # LyCORIS's weight decomposition (DoRA on LoHa/LoKr, per input column, with LoCon's Tucker form):
+    # DBS515-DBS518.
+    Code(
+        "DBS515",
+        ERROR,
+        "LoRA input dropout with LyCORIS's weight decomposition",
+        """\
+`adapter.dropout` on a LoRA adapter that trains LyCORIS's weight decomposition (`dora = true` with
+`dora_form = "lycoris"`, `dora_axis = "input"` or `tucker = true` on its convolutions): the merged weight
+W + ΔW is renormalised as a whole, so there is no adapter input to drop out; LyCORIS itself ignores `dropout`
+with `dora_wd`. (Rank and module dropout and the multiplier with DoRA on LoRA: DBS267.)""",
+    ),
+    Code(
+        "DBS516",
+        ERROR,
+        "A quantised base under LyCORIS's weight decomposition",
+        """\
+`precision.quantize_denoiser` or `quantize_text_encoder` (with a backend other than `"cast"`) and DoRA on LoHa
+or LoKr, or on LoRA with `dora_form = "lycoris"`, per input column or in LoCon's Tucker form: LyCORIS's
+weight decomposition renormalises the base weight plus the update, which a quantised layer does not hold as a
+float tensor.""",
+    ),
+    Code(
+        "DBS517",
+        WARNING,
+        "`dora_axis` without DoRA",
+        """\
+`adapter.dora_axis` or `adapter.dora_form` is set but `adapter.dora` is false: the axis of DoRA's magnitude
+(LyCORIS `wd_on_output`) and whose DoRA trains have no effect without DoRA (warning).""",
+        help="set adapter.dora = true, or remove the option",
+    ),
+    Code(
+        "DBS518",
+        ERROR,
+        "peft's DoRA where only LyCORIS's weight decomposition trains",
+        """\
+`adapter.dora_form = "peft"` with `dora_axis = "input"` or with `tucker = true` (LoCon's Tucker form on the
+convolution adapters): peft's DoRA keeps one magnitude per output row of plain LoRA layers. Set
+`dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
 )
 

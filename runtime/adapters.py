@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # peft is imported where an adapter is built or read, never b
 ADAPTER_NAME = "default"
 
 
+def lycoris_dora(adapter: AdapterPlan) -> bool:
+    """The plan's DoRA is LyCORIS's weight decomposition (runtime/lycoris_dora.py), not peft's `use_dora`."""
+    return adapter.dora and adapter.dora_form == "lycoris"
+
+
 def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = False) -> PeftConfig:
     """The peft config of the plan's adapter kind on `targets`; with `conv` (the UNet) also the plan's
     convolution targets, at their own rank and alpha through peft's rank_pattern / alpha_pattern."""
@@ -42,7 +47,7 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
             r=adapter.rank,
             lora_alpha=adapter.alpha,
             lora_dropout=adapter.dropout,
-            use_dora=adapter.dora,
+            use_dora=adapter.dora and not lycoris_dora(adapter),  # LyCORIS's own: lycoris_dora.py
             init_lora_weights="gaussian",
             **common,
         )
@@ -85,6 +90,10 @@ def add_lora(
         inject_lora(module, config)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
+    if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
+        from dbspec.runtime.lycoris_dora import add_lycoris_dora
+
+        add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis)
 
 
 def unit_scale_full_lokr(module: torch.nn.Module) -> int:

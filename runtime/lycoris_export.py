@@ -9,6 +9,9 @@ LyCORIS's (lycoris/modules/locon.py, loha.py, lokr.py):
   1), `lora_mid.weight` (rank, rank, k, k), `lora_up.weight` (out, rank, 1, 1), `alpha`.
 - LoHa: `hada_w1_a` (out, rank), `hada_w1_b` (rank, in x k x k), the same for `hada_w2_*`, `alpha`; the update
   is (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank, reshaped to the layer's weight.
+- DoRA on LoHa and LoKr, on LoRA per input column or with LoCon's Tucker form (LyCORIS's weight
+  decomposition, lycoris_dora.py): `dora_scale` beside the factors, shaped (out, 1[, 1, 1]) for one magnitude
+  per output row or (1, in[, 1, 1]) per input column (`wd_on_output = False`), as LyCORIS stores it.
 - LoKr: `lokr_w1` (or `lokr_w1_a` @ `lokr_w1_b`) and `lokr_w2` (or `lokr_w2_a` @ `lokr_w2_b`), `alpha`; the
   update is kron(w1, w2) * alpha / rank, where the loaders read the rank off `lokr_w1_a` / `lokr_w2_a`. With
   both factors full there is no rank and the loaders apply scale 1, so peft's alpha / rank goes into
@@ -66,19 +69,27 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
     found = lora_adapter(module)
     if found is None:
         return
     module, adapter = found
     for name, layer in module.named_modules():
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
-            yield name, *_lora(name, layer, adapter)
+            weights, alpha = _lora(name, layer, adapter)
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
             keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
             weights = {key: getattr(layer, key)[adapter] for key in keys}
-            yield name, weights, float(layer.scaling[adapter]) * layer.r[adapter]
+            alpha = float(layer.scaling[adapter]) * layer.r[adapter]
         elif isinstance(layer, LoKrLayer) and adapter in layer.r:
-            yield name, *_lokr(name, layer, adapter)
+            weights, alpha = _lokr(name, layer, adapter)
+        else:
+            continue
+        scale = dora_scale_of(layer, adapter)  # LyCORIS's weight decomposition (lycoris_dora.py)
+        if scale is not None:
+            weights["dora_scale"] = scale  # already in LyCORIS's shape for its axis
+        yield name, weights, alpha
 
 
 def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
@@ -120,6 +131,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
     if adapter.dora:
         args["dora_wd"] = "True"
+        if adapter.dora_axis == "input":
+            args["wd_on_output"] = "False"
     if adapter.tucker:
         args["use_tucker"] = "True"
     if adapter.kind == "lokr":

@@ -18,7 +18,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
-from dbspec.runtime.adapters import is_adapter_weight
+from dbspec.runtime.adapters import is_adapter_weight, lycoris_dora
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components, trained_text_encoders
@@ -80,7 +80,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    if plan.adapter.kind == "lora" and not plan.adapter.tucker:
+    if plan.adapter.kind == "lora" and not plan.adapter.tucker and not lycoris_dora(plan.adapter):
         encoders = trained_text_encoders(plan, comps)
         save_lora_weights(
             folder,
@@ -91,7 +91,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
             text_encoder_2=encoders.get("text_encoder_2"),
         )
         return
-    if plan.adapter.kind != "none":  # LoHa, LoKr, LoCon's Tucker form (diffusers has no lora_mid)
+    if plan.adapter.kind != "none":  # LoHa, LoKr, LoCon's Tucker form, LyCORIS's DoRA (not diffusers')
         save_peft_adapters(folder, trained, dtype)
         return
     text = {name: m for name, m in trained.items() if name != "unet"}
@@ -251,6 +251,7 @@ def load_peft_adapters(
     from safetensors.torch import load_file
 
     from dbspec.runtime.locon_tucker import has_tucker, with_tucker
+    from dbspec.runtime.lycoris_dora import has_dora_scales, restore_lycoris_dora
 
     loaded = []
     for name, module in modules.items():
@@ -264,6 +265,8 @@ def load_peft_adapters(
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
+        if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
+            restore_lycoris_dora(module, "default", state)
         result = set_peft_model_state_dict(module, state)
         if lokr_unit_scale:
             from dbspec.runtime.adapters import unit_scale_full_lokr

@@ -26,13 +26,15 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         {
             "dropout": adapter.dropout,
             "down_dropout": adapter.down_dropout,
-            "dora": adapter.dora,
             "multiplier": adapter.multiplier,
         }
         if isinstance(adapter, LoraAdapter)
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
+    # DoRA (LyCORIS dora_wd) and its axis (wd_on_output); the axis is "output" whenever DoRA is off
+    extra.update(dora=adapter.dora, dora_axis=adapter.dora_axis if adapter.dora else "output")
+    extra.update(dora_form="lycoris" if lycoris_dora(adapter) else "peft")
     # LoRA's Tucker form acts on its convolution adapters only: without them the plan says false (DBS261)
     extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
@@ -64,6 +66,18 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         lokr_unit_scale=adapter.kind == "lokr",
         **extra,
     )
+
+
+def lycoris_dora(adapter) -> bool:
+    """Whether the adapter (the spec's or the plan's) trains LyCORIS's weight decomposition
+    (runtime/lycoris_dora.py) rather than peft's DoRA: DoRA on LoHa and LoKr, and on LoRA with the magnitude
+    per input column (LyCORIS wd_on_output = False), with LoCon's Tucker form on its convolutions or with
+    dora_form "lycoris"."""
+    if not getattr(adapter, "dora", False):
+        return False
+    if adapter.kind != "lora" or getattr(adapter, "dora_form", "peft") == "lycoris":
+        return True
+    return adapter.dora_axis == "input" or (adapter.tucker and adapter.conv_rank > 0)
 
 
 def _lokr_split(factor: int) -> int:

@@ -27,6 +27,7 @@ import attrs
 
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
+from dbspec.compiler.adapters import lycoris_dora
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -950,9 +951,8 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             'set quantize_denoiser = "none", conv_rank = 0, quantize_backend = "cast" (plain fp8 storage), '
             'or use kind = "loha" / "lokr" (they wrap quantised convolutions)',
         )
-    if a.kind == "lora" and a.tucker and a.conv_rank:  # LoCon's Tucker layers (lora_mid): plain LoRA only
+    if a.kind == "lora" and a.tucker and a.conv_rank:  # LoCon's Tucker layers (lora_mid); DoRA: DBS515
         for key, value, why in (
-            ("dora", a.dora, "peft's DoRA rebuilds the update from lora_A and lora_B alone"),
             (
                 "init_weights",
                 a.init_weights,
@@ -2154,6 +2154,77 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.{key} works on plain LoRA layers; adapter.dora is true",
                 f"set adapter.dora = false, or remove adapter.{key}",
             )
+
+
+# --- LyCORIS's weight decomposition (DoRA on LoHa/LoKr, per input column, with LoCon's Tucker form) ---------
+@rule("spec")
+def lycoris_dora_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's DoRA layers renormalise the merged weight: peft's input dropout has no place there (LyCORIS
+    ignores network_dropout with dora_wd), and a quantised base weight cannot be renormalised."""
+    a = spec.adapter
+    if not lycoris_dora(a):
+        return
+    if a.kind == "lora" and a.dropout:
+        yield _err(
+            "DBS515",
+            ("adapter", "dropout"),
+            f"adapter.dropout = {a.dropout:g} with LyCORIS's weight decomposition (dora = true with "
+            f'dora_axis = "{a.dora_axis}"{", tucker = true" if a.tucker else ""}, dora_form "lycoris"): the '
+            "update is a weight renormalised as a whole, with no input to drop out (LyCORIS ignores dropout "
+            "with dora_wd)",
+            'remove adapter.dropout (peft\'s DoRA, dora_form = "peft" per output row, takes it)',
+        )
+    p = spec.precision
+    for key in ("quantize_denoiser", "quantize_text_encoder"):
+        value = getattr(p, key)
+        if value != "none" and p.quantize_backend != "cast":
+            yield _err(
+                "DBS516",
+                ("precision", key),
+                f'precision.{key} = "{value}" (backend "{p.quantize_backend}") with DoRA on '
+                f"{a.kind} (LyCORIS's weight decomposition): it renormalises the base weight plus the "
+                "update, "
+                "which a quantised layer does not hold as a float tensor",
+                f'set precision.{key} = "none" or quantize_backend = "cast", or adapter.dora = false',
+            )
+
+
+@rule("spec")
+def dora_axis_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
+    a = spec.adapter
+    for key in ("dora_axis", "dora_form"):
+        if given(("adapter", key)) and not getattr(a, "dora", False):
+            yield _warn(
+                "DBS517",
+                ("adapter", key),
+                f'adapter.{key} = "{getattr(a, key)}" has no effect: adapter.dora is false',
+                codes.help("DBS517"),
+            )
+
+
+@rule("spec")
+def peft_dora_form_it_cannot_train(spec: Spec, given: Given) -> Iterator[Hit]:
+    """peft's DoRA keeps one magnitude per output row and has no Tucker layers."""
+    a = spec.adapter
+    if not (getattr(a, "dora", False) and a.kind == "lora" and given(("adapter", "dora_form"))):
+        return
+    if a.dora_form != "peft":
+        return
+    why = (
+        'dora_axis = "input"'
+        if a.dora_axis == "input"
+        else "tucker = true"
+        if a.tucker and a.conv_rank
+        else ""
+    )
+    if why:
+        yield _err(
+            "DBS518",
+            ("adapter", "dora_form"),
+            f'adapter.dora_form = "peft" with {why}: peft\'s DoRA keeps one magnitude per output row of '
+            "plain LoRA layers; only LyCORIS's weight decomposition trains this",
+            'set adapter.dora_form = "lycoris" (or remove it)',
+        )
 
 
 # --- live validation previews (DBS285, DBS286) --------------------------------------------------------------

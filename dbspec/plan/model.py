@@ -102,7 +102,12 @@ class AdapterPlan:
     conv_rank: int = 0
     conv_alpha: float = 0.0
     conv_targets: tuple[str, ...] = ()
-    dora: bool = False  # lora: peft use_dora (a learned magnitude per output row)
+    dora: bool = False  # a learned magnitude beside the update (DoRA): peft's or LyCORIS's (dora_form)
+    # with dora: the magnitude per output row ("output") or input column ("input"), LyCORIS's wd_on_output
+    dora_axis: Literal["output", "input"] = "output"
+    # with dora: "lycoris" trains LyCORIS's weight decomposition (runtime/lycoris_dora.py: LoHa, LoKr, and
+    # LoRA per input column, with the Tucker form or with dora_form "lycoris"), "peft" peft's DoRA
+    dora_form: Literal["peft", "lycoris"] = "peft"
     factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
     decompose_both: bool = False  # lokr: the small factor low-rank too
     # lokr: a module whose two factors are both full matrices (the rank at least half the larger factor's

@@ -420,7 +420,11 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
-    kind = "lora + DoRA" if a.dora else a.kind
+    kind = f"{a.kind} + DoRA" if a.dora else a.kind
+    if a.dora and a.dora_form == "lycoris":  # LyCORIS's weight decomposition (runtime/lycoris_dora.py)
+        kind += (
+            f" (LyCORIS's, one magnitude per {'output row' if a.dora_axis == 'output' else 'input column'})"
+        )
     if a.kind == "lokr":
         kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"
     if a.tucker:

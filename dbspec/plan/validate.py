@@ -105,8 +105,18 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"convolution adapters need conv_alpha > 0 and conv_targets; found conv_alpha {a.conv_alpha}, "
             f"conv_targets {list(a.conv_targets)}"
         )
-    if a.dora and a.kind != "lora":
-        yield f"dora is a LoRA option; found adapter kind {a.kind!r}"
+    if a.dora and a.kind not in ("lora", "loha", "lokr"):
+        yield f"dora is a LoRA, LoHa or LoKr option; found adapter kind {a.kind!r}"
+    if a.dora_axis not in ("output", "input"):
+        yield f'adapter.dora_axis must be "output" or "input"; found {a.dora_axis!r}'
+    if a.dora_form not in ("peft", "lycoris"):
+        yield f'adapter.dora_form must be "peft" or "lycoris"; found {a.dora_form!r}'
+    elif a.dora and a.dora_form == "peft" and (a.kind != "lora" or a.dora_axis == "input" or a.tucker):
+        # DBS518 in specs: peft's DoRA is plain LoRA's, one magnitude per output row
+        yield (
+            f'adapter.dora_form "peft" trains plain LoRA per output row only; found kind {a.kind!r}, '
+            f"dora_axis {a.dora_axis!r}, tucker {str(a.tucker).lower()}"
+        )
     if (
         plan.loss.prior == "base_model" and not plan.train_denoiser
     ):  # DBS226 in specs: nothing to compare with

@@ -186,6 +186,25 @@ def _tucker():
     )
 
 
+def _lycoris_dora(kind: str):
+    return option(
+        False,
+        doc=f"DoRA on {kind} (LyCORIS `dora_wd`): the merged weight W + ΔW is renormalised to a learned "
+        "magnitude, one number per output row (or per input column, `dora_axis`), initialised to the base "
+        "weight's norms, as LyCORIS's weight decomposition; exported with LyCORIS's `dora_scale` keys.",
+    )
+
+
+def _dora_axis():
+    return option(
+        "output",
+        doc="What DoRA's magnitude spans (LyCORIS `wd_on_output`): `output` keeps one per output row "
+        "(`dora_scale` shaped (out, 1, ...), LyCORIS's default), `input` one per input column "
+        "(shaped (1, in, ...), `wd_on_output = False`). Used with `dora = true`; LoRA with `input` (or with "
+        "`tucker`) trains LyCORIS's weight decomposition instead of peft's DoRA.",
+    )
+
+
 def _rank_dropout():
     return option(
         0.0,
@@ -274,8 +293,18 @@ class LoraAdapter:
     )
     dora: bool = option(
         False,
-        doc="DoRA: learn each output row's magnitude apart from the LoRA direction (peft `use_dora`, "
-        "kohya/LyCORIS `dora_wd`); exported with kohya's `dora_scale` keys.",
+        doc="DoRA: learn each output row's (or input column's, `dora_axis`) magnitude apart from the LoRA "
+        'direction (peft `use_dora`, or LyCORIS `dora_wd` with `dora_form = "lycoris"`); exported with '
+        "kohya's `dora_scale` keys.",
+    )
+    dora_axis: Literal["output", "input"] = _dora_axis()
+    dora_form: Literal["peft", "lycoris"] = option(
+        "peft",
+        doc="Whose DoRA trains with `dora = true`: `peft` (peft's `use_dora`: the weight norm detached from "
+        "the gradient, as the DoRA paper suggests, and `dropout` on the LoRA input) or `lycoris` (LyCORIS's "
+        "`dora_wd`, what kohya's `lycoris.kohya` network trains: the norm of W + ΔW differentiated, plus "
+        'float eps, no input dropout). The forward is the same; the gradients differ. `dora_axis = "input"` '
+        "and `tucker` always train LyCORIS's.",
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
@@ -341,6 +370,8 @@ class LohaAdapter:
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
+    dora: bool = _lycoris_dora("LoHa")
+    dora_axis: Literal["output", "input"] = _dora_axis()
 
 
 @frozen
@@ -377,6 +408,8 @@ class LokrAdapter:
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    dora: bool = _lycoris_dora("LoKr")
+    dora_axis: Literal["output", "input"] = _dora_axis()
 
 
 Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter]

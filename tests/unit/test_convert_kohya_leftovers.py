@@ -450,10 +450,8 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        ('"algo=locon", "conv_dim=8", "dora_wd=True", "use_tucker=True"', "no DoRA magnitude"),
         ('"algo=loha", "use_scalar=True"', "trained scalar"),
-        ('"algo=lokr", "dora_wd=True"', "no weight decomposition"),
-        ('"algo=locon", "dora_wd=True", "wd_on_output=False"', "per input column"),
+        # DoRA on LoHa/LoKr, per input column, with Tucker: test_convert_kohya_lycoris_dora.py
     ],
 )
 def test_lycoris_arguments_peft_cannot_train_are_refused_with_the_reason(tmp_path, args, why):

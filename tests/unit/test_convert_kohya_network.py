@@ -54,6 +54,7 @@ def test_lycoris_locon_with_dora(tmp_path):
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert (a.kind, a.dora, a.rank, a.conv_rank, a.conv_alpha) == ("lora", True, 16, 4, 2.0)
+    assert a.dora_form == "lycoris"  # LyCORIS's LoConModule differentiates the norm (peft detaches it)
     # LyCORIS's "full" preset: transformer, ResNet and embedding linears; 3x3 convs incl. conv_in/conv_out
     assert {"time_embedding.linear_1", "time_emb_proj", "to_q"} <= set(a.denoiser_targets)
     assert a.conv_targets == (*KOHYA_CONV, "conv_in", "conv_out")
@@ -128,13 +129,12 @@ def test_lycoris_options_without_an_equivalent_are_named(tmp_path):
         tmp_path,
         SD15,
         '--network_module=lycoris.kohya --network_dim=8 --network_args "algo=loha" "use_tucker=True" '
-        '"dora_wd=True"',
+        '"dora_wd=True" "bypass_mode=True"',
     )
     assert fate(outcome, "network_args") == "unsupported"
     text = messages(outcome, "DBS401") + messages(outcome, "DBS402") + messages(outcome, "DBS403")
-    assert (
-        "dora_wd" in text and "no weight decomposition" in text
-    )  # use_tucker maps (test_convert_kohya_leftovers)
+    # use_tucker and dora_wd map (test_convert_kohya_leftovers, test_convert_kohya_lycoris_dora)
+    assert "bypass_mode" in text and "leaves the weight decomposition out" in text
 
 
 def test_lycoris_locon_with_tucker_is_lora_mid(tmp_path):

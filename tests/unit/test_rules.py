@@ -448,11 +448,58 @@ CASES = [
         '[adapter]\nkind = "lora"\nconv_rank = 4\n[precision]\nquantize_denoiser = "fp8"\n'
         'quantize_backend = "cast"\n' + DOG + STEPS,
     ),
-    (  # LoCon's Tucker layers (lora_mid) have no DoRA magnitude
-        rules.adapter_options_fit,
+    (  # LoCon's Tucker layers with DoRA: LyCORIS's weight decomposition, with no input dropout
+        rules.lycoris_dora_options,
+        '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\ndora = true\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS515", "error", ("adapter", "dropout"))],
         '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\ndora = true\n' + DOG + STEPS,
-        [("DBS260", "error", ("adapter", "dora"))],
-        '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\n' + DOG + STEPS,
+    ),
+    (  # peft's DoRA (per output row, no Tucker) keeps its input dropout
+        rules.lycoris_dora_options,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_axis = "input"\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS515", "error", ("adapter", "dropout"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndropout = 0.1\n' + DOG + STEPS,
+    ),
+    (
+        rules.lycoris_dora_options,
+        '[adapter]\nkind = "loha"\ndora = true\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS516", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "loha"\ndora = true\n[precision]\nquantize_denoiser = "fp8"\n'
+        'quantize_backend = "cast"\n' + DOG + STEPS,
+    ),
+    (  # kohya's lycoris.kohya LoCon DoRA: LyCORIS's form, no input dropout
+        rules.lycoris_dora_options,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS515", "error", ("adapter", "dropout"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n' + DOG + STEPS,
+    ),
+    (
+        rules.peft_dora_form_it_cannot_train,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "peft"\ndora_axis = "input"\n' + DOG + STEPS,
+        [("DBS518", "error", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_axis = "input"\n' + DOG + STEPS,
+    ),
+    (
+        rules.peft_dora_form_it_cannot_train,
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "peft"\nconv_rank = 4\ntucker = true\n'
+        + DOG
+        + STEPS,
+        [("DBS518", "error", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\nconv_rank = 4\ntucker = true\n'
+        + DOG
+        + STEPS,
+    ),
+    (
+        rules.dora_axis_without_dora,
+        '[adapter]\nkind = "lora"\ndora_form = "lycoris"\n' + DOG + STEPS,
+        [("DBS517", "warning", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n' + DOG + STEPS,
+    ),
+    (
+        rules.dora_axis_without_dora,
+        '[adapter]\nkind = "lokr"\ndora_axis = "input"\n' + DOG + STEPS,
+        [("DBS517", "warning", ("adapter", "dora_axis"))],
+        '[adapter]\nkind = "lokr"\ndora = true\ndora_axis = "input"\n' + DOG + STEPS,
     ),
     (  # a starting kohya file is read as lora_down / lora_up: no lora_mid
         rules.adapter_options_fit,

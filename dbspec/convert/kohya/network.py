@@ -1,7 +1,7 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
-LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor,
-decompose_both, rank_dropout, module_dropout, use_tucker) into [adapter]. kohya passes each "key=value" to the
-network as a string."""
+LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd,
+wd_on_output, factor, decompose_both, rank_dropout, module_dropout, use_tucker) into [adapter]. kohya passes
+each "key=value" to the network as a string."""
 
 from __future__ import annotations
 
@@ -121,19 +121,13 @@ def _map_network(
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
     dora = _dora(kwargs, lycoris, args, conv)
-    if dora and kind == "lora":
+    if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
-    elif dora:
-        unsupported["dora_wd"] = (
-            "True (LyCORIS renormalises the merged LoHa/LoKr weight per output row with a trained magnitude, "
-            "dora_scale; peft's LoHa and LoKr have no weight decomposition)"
-        )
+        if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
+            put["dora_form"] = "lycoris"
     wd_on_output = kwargs.pop("wd_on_output", "true")
-    if dora and kind == "lora" and not _str_bool(wd_on_output):
-        unsupported["wd_on_output"] = (
-            f"{wd_on_output} (DoRA with one magnitude per input column; peft's DoRA keeps one per output "
-            "row, LyCORIS's default wd_on_output=True)"
-        )
+    if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
+        put["dora_axis"] = "input"
     if lycoris:
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
@@ -359,13 +353,9 @@ def _tucker_and_scalar(
     peft's effective conv2d: adapter.tucker either way."""
     given = [key for key in kwargs if key in (*_TUCKER_OLD_NAMES, "use_tucker")]
     if given and lycoris_tucker(kwargs) and convs:  # it changes only k x k convolutions (conv_dim)
-        if kind == "lora" and put.get("dora"):
-            unsupported[given[0]] = (
-                f"{kwargs[given[0]]} with dora_wd (LoCon's Tucker form, lora_mid, with a weight "
-                "decomposition; dbspec's Tucker LoRA layers have no DoRA magnitude)"
-            )
-        else:  # LoHa/LoKr: peft's effective conv2d; LoRA/LoCon: dbspec's lora_mid layer (locon_tucker.py)
-            put["tucker"] = True
+        # LoHa/LoKr: peft's effective conv2d; LoRA/LoCon: dbspec's lora_mid layer (locon_tucker.py), with
+        # dora_wd LyCORIS's weight decomposition on it (lycoris_dora.py)
+        put["tucker"] = True
     for key in given:
         kwargs.pop(key)
     scalar = kwargs.pop("use_scalar", "false")

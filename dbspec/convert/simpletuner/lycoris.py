@@ -83,6 +83,7 @@ def map_lycoris(
         if key in item and item[key].key not in conv.reports:
             conv.record(item[key], "mapped", f"adapter.{'rank' if key == 'linear_dim' else 'alpha'}")
     _preset(adapter, settings, item, conv, FLOW_CLASS_TARGETS if flow else CLASS_TARGETS)
+    _dora(adapter, item, conv)
     for key, legacy in item.items():
         if legacy.key in conv.reports:
             continue
@@ -96,6 +97,32 @@ def map_lycoris(
             conv.inert(legacy, "off")
         else:
             conv.unsupported(legacy, "a LyCORIS setting dbspec does not set")
+
+
+def _lycoris_str_bool(value: Any) -> bool:
+    """LyCORIS's str_bool (create_lycoris reads dora_wd and wd_on_output with it): only "false" is false."""
+    return str(value).lower() != "false"
+
+
+def _dora(adapter: str, item: dict[str, Legacy], conv: Conversion) -> None:
+    """LyCORIS's `dora_wd` (its weight decomposition, runtime/lycoris_dora.py) and `wd_on_output` (one
+    magnitude per input column when false); wd_on_output without dora_wd changes nothing."""
+    if "dora_wd" not in item:
+        if "wd_on_output" in item:
+            conv.inert(item["wd_on_output"], "LyCORIS reads it with dora_wd only")
+        return
+    dora = _lycoris_str_bool(item["dora_wd"].value)
+    if not dora:
+        conv.inert(item["dora_wd"], "off")
+        if "wd_on_output" in item:
+            conv.inert(item["wd_on_output"], "LyCORIS reads it with dora_wd only")
+        return
+    conv.mapped(item["dora_wd"], ("adapter", "dora"), True)
+    if adapter == "lora":  # LyCORIS's LoConModule: the norm differentiated (peft's DoRA detaches it)
+        conv.put(("adapter", "dora_form"), "lycoris", conv.comment(item["dora_wd"]))
+    if "wd_on_output" in item:
+        axis = "output" if _lycoris_str_bool(item["wd_on_output"].value) else "input"
+        conv.mapped(item["wd_on_output"], ("adapter", "dora_axis"), axis)
 
 
 def _say(conv: Conversion, item: dict[str, Legacy], key: str, default: str) -> str:

@@ -1,0 +1,152 @@
+"""LyCORIS's DoRA variants peft cannot train, converted exactly (issue 12): `dora_wd` on LoHa and LoKr,
+`wd_on_output = False` (one magnitude per input column) and `use_tucker` with `dora_wd` on LoCon. Each case is
+a realistic kohya config for `network_module = "lycoris.kohya"`; the expectation is what LyCORIS's
+create_network (lycoris/kohya.py, 4.x) reads: `dora_wd` and `wd_on_output` through its str_bool (only "false",
+any case, is off), `wd_on_output` defaulting to True, both handed to every module the algo builds."""
+
+from __future__ import annotations
+
+import pytest
+
+from convert_kit import (
+    SD15,
+    SDXL,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    errors,
+    fate,
+    images,
+    kohya,
+    plan_of,
+    write,
+)
+
+CONFIG = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "{resolution}"
+output_dir = "out"
+network_module = "lycoris.kohya"
+network_dim = {dim}
+network_alpha = {alpha}
+network_args = [{args}]
+learning_rate = 1e-4
+unet_lr = 1e-4
+text_encoder_lr = 5e-5
+optimizer_type = "AdamW8bit"
+lr_scheduler = "cosine"
+max_train_steps = 1500
+mixed_precision = "bf16"
+save_precision = "fp16"
+save_model_as = "safetensors"
+gradient_checkpointing = true
+cache_latents = true
+{extra}"""
+
+
+def _convert(tmp_path, args: str, *, model=SD15, dim=16, alpha=8, extra="", script="train_network.py"):
+    resolution = "1024,1024" if model == SDXL else "512,512"
+    images(tmp_path / "img" / "10_ohwx dog", 2, (512, 512))
+    config = CONFIG.format(model=model, resolution=resolution, dim=dim, alpha=alpha, args=args, extra=extra)
+    write(tmp_path / "cfg.toml", config)
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command=f"accelerate launch {script}")
+
+
+# (network_args, kind, tucker, dora_axis) — the LyCORIS module each network builds with weight_decompose=True
+CASES = {
+    "doha": (
+        '"algo=loha", "preset=full", "conv_dim=8", "conv_alpha=4", "dora_wd=True"',
+        "loha",
+        False,
+        "output",
+    ),
+    "dokr": (
+        '"algo=lokr", "factor=8", "conv_dim=10000", "conv_alpha=1", "dora_wd=True"',
+        "lokr",
+        False,
+        "output",
+    ),
+    "dokr_input": ('"algo=lokr", "factor=4", "dora_wd=true", "wd_on_output=False"', "lokr", False, "input"),
+    "dora_input": (
+        '"algo=locon", "conv_dim=8", "conv_alpha=4", "dora_wd=True", "wd_on_output=false"',
+        "lora",
+        False,
+        "input",
+    ),
+    "locon_tucker_dora": (
+        '"algo=locon", "conv_dim=8", "conv_alpha=4", "dora_wd=True", "use_tucker=True"',
+        "lora",
+        True,
+        "output",
+    ),
+    "doha_tucker_input": (
+        '"algo=loha", "conv_dim=4", "conv_alpha=2", "dora_wd=True", "use_tucker=True", "wd_on_output=False"',
+        "loha",
+        True,
+        "input",
+    ),
+    # LoCon per output row: LyCORIS's weight decomposition (its norm differentiated), not peft's DoRA
+    "locon_dora": ('"algo=locon", "conv_dim=8", "conv_alpha=4", "dora_wd=True"', "lora", False, "output"),
+    "lora_dora_linears": ('"algo=lora", "preset=attn-mlp", "dora_wd=True"', "lora", False, "output"),
+    # LyCORIS's str_bool: "0" is true, so wd_on_output=0 keeps the magnitude per output row
+    "wd_on_output_zero": ('"algo=loha", "dora_wd=True", "wd_on_output=0"', "loha", False, "output"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lycoris_dora_variants_convert_exactly(tmp_path, case):
+    args, kind, tucker, axis = CASES[case]
+    outcome = _convert(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.dora, a.dora_axis, a.tucker, a.dora_form) == (kind, True, axis, tucker, "lycoris")
+    assert (a.rank, a.alpha) == (16, 8.0)
+    spec = outcome.text
+    assert "dora = true" in spec
+    assert ('dora_axis = "input"' in spec) == (axis == "input")
+
+
+def test_sdxl_loha_dora_with_lycoris_dropouts(tmp_path):
+    """A LoHa DoRA SDXL recipe: LyCORIS's rank and module dropout carry over (its modules apply them with the
+    weight decomposition too); network_dropout is not applied (LyCORIS's dropout acts in bypass mode only)."""
+    outcome = _convert(
+        tmp_path,
+        '"algo=loha", "conv_dim=4", "conv_alpha=1", "dora_wd=True", "rank_dropout=0.1", "module_dropout=0.1"',
+        model=SDXL,
+        dim=8,
+        alpha=4,
+        extra="network_dropout = 0.1\nnetwork_train_unet_only = true\n",
+        script="sdxl_train_network.py",
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.rank_dropout, a.module_dropout) == (
+        "loha",
+        True,
+        "output",
+        0.1,
+        0.1,
+    )
+    assert fate(outcome, "network_dropout") == "inert"
+
+
+def test_wd_on_output_false_on_locon_dora_ignores_network_dropout(tmp_path):
+    """LyCORIS's LoCon with dora_wd ignores network_dropout: the converted spec has no adapter.dropout (which
+    the compiler refuses with LyCORIS's weight decomposition, DBS515)."""
+    outcome = _convert(
+        tmp_path,
+        '"algo=locon", "dora_wd=True", "wd_on_output=False"',
+        extra="network_dropout = 0.1\n",
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.dropout) == ("lora", True, "input", 0.0)
+
+
+def test_wd_on_output_without_dora_leaves_the_axis_default(tmp_path):
+    outcome = _convert(tmp_path, '"algo=lokr", "wd_on_output=False"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_axis) == (False, "output")
+    assert "dora_axis" not in outcome.text
