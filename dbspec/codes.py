@@ -1639,6 +1639,55 @@ previews (a note says so; training goes on).""",
 (`config.json` with `"_class_name": "AutoencoderTiny"`), an unknown built-in, or a Tiny AutoEncoder whose
 latent channels differ from the base model's.""",
     ),
+    # Per-component weight files (model.denoiser_file, text_encoder_files, a model.vae file): DBS372-375.
+    Code(
+        "DBS372",
+        ERROR,
+        "A component weight file cannot be read",
+        """\
+`model.denoiser_file`, an entry of `model.text_encoder_files` or a `model.vae` file is missing, is not a
+file, or is not a readable `.safetensors` file (its header is truncated or corrupt). dbspec reads the header
+of each component file when it plans, without loading the tensors.""",
+        help="check the path (relative paths resolve against the spec's folder); convert .ckpt/.pt files to "
+        ".safetensors",
+    ),
+    Code(
+        "DBS373",
+        ERROR,
+        "A component weight file does not hold that component",
+        """\
+The tensor names of a component file do not look like the component it is given for: a denoiser file
+without the family's blocks (Flux: `double_blocks.` or `single_transformer_blocks.`; SD3: `joint_blocks.` or
+`pos_embed.proj.weight`; U-Nets: `input_blocks.` or `down_blocks.`, each after an optional
+`model.diffusion_model.`), a text-encoder file without that encoder's embedding (CLIP:
+`embeddings.token_embedding.weight`; T5: `encoder.block.0.layer.0.SelfAttention.k.weight`) or holding several
+with none under the family's single-file prefix, an encoder whose width differs from model.base's config,
+or an autoencoder file without encoder blocks or with other latent channels than the family's. The message
+says what the file seems to hold; files in the same order as kohya's flags (`--clip_l`, `--clip_g`, `--t5xxl`)
+are often swapped.""",
+        help="give each file for its own component, in the family's order (model.text_encoder_files)",
+    ),
+    Code(
+        "DBS374",
+        ERROR,
+        "More text-encoder files than the family has text encoders",
+        """\
+`model.text_encoder_files` has one entry per text encoder of the family, in its order (SD1, SD2: 1; SDXL: 2;
+SD3: 3; Flux: 2); this list is longer. An empty string keeps the base model's encoder.""",
+        help="remove the extra entries",
+    ),
+    Code(
+        "DBS375",
+        WARNING,
+        "Component files over a base model not in the local cache",
+        """\
+Component weight files are given, and `model.base`, which supplies the configs, tokenizers and the
+components without a file, is a hub id that is not in the local Hugging Face cache (warning). The run
+downloads what it needs of it (configs and tokenizers; the weights of components without a file); with
+`HF_HUB_OFFLINE` set it cannot start. Gated models (FLUX.1-dev) need `huggingface-cli login` first.""",
+        help="download it first (`huggingface-cli download <id> --exclude '*.safetensors'` for configs and "
+        "tokenizers alone), or set model.base to a local diffusers folder of the family",
+    ),
     # Weights & Biases logging ([logging] wandb): DBS379.
     Code(
         "DBS379",
