@@ -53,6 +53,69 @@ def flux_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_SD3_TOP = {
+    "pos_embed.proj": "x_embedder.proj",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+    "context_embedder": "context_embedder",
+    "proj_out": "final_layer.linear",
+}
+_SD3_BLOCK = {
+    "attn.norm_q": "x_block.attn.ln_q",
+    "attn.norm_k": "x_block.attn.ln_k",
+    "attn.norm_added_q": "context_block.attn.ln_q",
+    "attn.norm_added_k": "context_block.attn.ln_k",
+    "attn.to_out.0": "x_block.attn.proj",
+    "attn.to_add_out": "context_block.attn.proj",
+    "attn2.norm_q": "x_block.attn2.ln_q",
+    "attn2.norm_k": "x_block.attn2.ln_k",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "norm1.linear": "x_block.adaLN_modulation.1",
+    "norm1_context.linear": "context_block.adaLN_modulation.1",
+    "ff.net.0.proj": "x_block.mlp.fc1",
+    "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1",
+    "ff_context.net.2": "context_block.mlp.fc2",
+}
+_SD3_QKV = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+}
+
+
+def sd3_to_original(state: dict[str, torch.Tensor], prefix: str = "model.diffusion_model.") -> dict:
+    """diffusers' SD3Transformer2DModel keys -> Stability's MMDiT layout (the inverse of diffusers'
+    convert_sd3_transformer_checkpoint_to_diffusers, written from its names; the last block's context
+    modulation and the final layer's hold (shift, scale) where diffusers holds (scale, shift))."""
+    last = max(int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks."))
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, list] = {}
+    for key, value in state.items():
+        module, param = key.rsplit(".", 1)
+        if key == "pos_embed.pos_embed":
+            out[prefix + "pos_embed"] = value
+        elif module == "norm_out.linear":
+            out[f"{prefix}final_layer.adaLN_modulation.1.{param}"] = flux_original.swap_halves(value)
+        elif module in _SD3_TOP:
+            out[f"{prefix}{_SD3_TOP[module]}.{param}"] = value
+        else:
+            _, i, child = module.split(".", 2)
+            block = f"{prefix}joint_blocks.{i}."
+            qkv = next(((o, parts) for o, parts in _SD3_QKV.items() if child in parts), None)
+            if qkv is not None:
+                fused.setdefault(f"{block}{qkv[0]}.{param}", [None] * 3)[qkv[1].index(child)] = value
+            elif child == "norm1_context.linear" and int(i) == last:
+                out[f"{block}{_SD3_BLOCK[child]}.{param}"] = flux_original.swap_halves(value)
+            else:
+                out[f"{block}{_SD3_BLOCK[child]}.{param}"] = value
+    for key, parts in fused.items():
+        out[key] = torch.cat(parts, dim=0)
+    return out
+
+
 def vae_to_original(vae: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """An AutoencoderKL's weights in the original (LDM) layout, as Flux's ae.safetensors (no prefix)."""
     table = vae_table(vae.config)
@@ -102,12 +165,12 @@ def write_flux_files(pipe, folder: Path, *, denoiser_prefix: str = "") -> dict[s
 
 
 def write_sd3_files(pipe, folder: Path) -> dict[str, Path]:
-    """SD3 as kohya reads it: the transformer (diffusers layout) with the three text encoders and the
+    """SD3 as kohya reads it: the transformer (Stability's layout) with the three text encoders and the
     autoencoder in one checkpoint under the single-file prefixes, CLIP-L without its projection (as
     sd3_utils.load_clip_l allows); plus separate clip_g / t5xxl files."""
     folder.mkdir(parents=True, exist_ok=True)
     prefixes = [e.single_file_prefix for e in family_spec("sd3").text_encoders]
-    checkpoint = {k: v.contiguous() for k, v in pipe.transformer.state_dict().items()}
+    checkpoint = {k: v.contiguous() for k, v in sd3_to_original(pipe.transformer.state_dict()).items()}
     clip_l = clip_file_state(pipe.text_encoder, prefixes[0])
     checkpoint.update({k: v for k, v in clip_l.items() if not k.endswith("text_projection.weight")})
     checkpoint.update(clip_file_state(pipe.text_encoder_2, prefixes[1]))

@@ -1,0 +1,191 @@
+"""Flux and SD3 from kohya's separate component files (model.denoiser_file, model.text_encoder_files, a
+model.vae file): the files hold another seed's weights than model.base, so loading the base's instead fails
+the weight checks; a run from the files equals a run from a diffusers folder of the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+from safetensors.torch import load_file
+
+from dbspec.runtime import flux_original
+from dbspec.runtime.execute import execute
+from dbspec.runtime.models import ModelLoadError, load_components
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.component_files_kit import flux_to_original, write_flux_files, write_sd3_files
+from tests.runtime.runspec import compile_spec, summary_text, write_spec
+
+FLUX, SD3 = "builtin:tiny-flux", "builtin:tiny-sd3"
+LORA = '[adapter]\nkind = "lora"\nrank = 2\n'
+
+
+def _with_model_keys(spec: Path, base: str, lines: str) -> Path:
+    text = spec.read_text()
+    spec.write_text(text.replace(f'base = "{base}"\n', f'base = "{base}"\n{lines}\n', 1))
+    return spec
+
+
+def _same(module: torch.nn.Module, reference: torch.nn.Module) -> None:
+    ours, theirs = module.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def _differs(module: torch.nn.Module, reference: torch.nn.Module) -> bool:
+    ours = module.state_dict()
+    return any(
+        not torch.equal(ours[k], v) for k, v in reference.state_dict().items() if v.is_floating_point()
+    )
+
+
+def test_flux_conversion_equals_diffusers_at_flux1_width():
+    """diffusers' converter splits single blocks at Flux.1's width (3072, MLP 12288): on a state dict of that
+    width (one double and one single block, 2 columns per matrix) dbspec's config-sized conversion equals
+    it, key for key and tensor for tensor."""
+    names = flux_to_original(build_pipeline(FLUX).transformer.state_dict()).keys()
+    gen = torch.Generator().manual_seed(0)
+    rows = {"qkv": 3 * 3072, "linear1": 3 * 3072 + 12288}
+    state = {}
+    for name in names:
+        kind = next((k for k in rows if f".{k}." in name), None)
+        n = rows[kind] if kind else 6
+        shape = (n,) if name.endswith((".bias", ".scale")) else (n, 2)
+        state[name] = torch.randn(shape, generator=gen)
+    ours = flux_original.to_diffusers(state, {"num_attention_heads": 24, "attention_head_dim": 128})
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(state))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.fixture(scope="module")
+def flux_files(tmp_path_factory):
+    """Seed 1's tiny Flux as kohya's four files, and as a diffusers folder."""
+    tmp = tmp_path_factory.mktemp("flux-files")
+    pipe = build_pipeline(FLUX, seed=1)
+    pipe.save_pretrained(tmp / "folder")
+    return pipe, write_flux_files(pipe, tmp / "files"), tmp / "folder"
+
+
+def _flux_lines(files: dict[str, Path]) -> str:
+    return (
+        f'denoiser_file = "{files["flux1"]}"\n'
+        f'text_encoder_files = ["{files["clip_l"]}", "{files["t5xxl"]}"]\n'
+        f'vae = "{files["ae"]}"'
+    )
+
+
+def test_flux_components_load_from_kohyas_files(tmp_path, flux_files):
+    pipe, files, _ = flux_files
+    spec = _with_model_keys(write_spec(tmp_path, base=FLUX, steps=2), FLUX, _flux_lines(files))
+    plan = compile_spec(spec)
+    m = plan.model
+    assert m.denoiser_file == str(files["flux1"]) and m.vae == str(files["ae"])
+    assert m.text_encoder_files == (str(files["clip_l"]), str(files["t5xxl"]))
+    summary = summary_text(plan)
+    assert (
+        f"transformer from {files['flux1']}" in summary and f"text_encoder_2 from {files['t5xxl']}" in summary
+    )
+    comps = load_components(plan)
+    base = build_pipeline(FLUX)
+    for ours, theirs, seed0 in (
+        (comps.unet, pipe.transformer, base.transformer),
+        (comps.vae, pipe.vae, base.vae),
+        (comps.text_encoders[0], pipe.text_encoder, base.text_encoder),
+        (comps.text_encoders[1], pipe.text_encoder_2, base.text_encoder_2),
+    ):
+        _same(ours, theirs)
+        assert _differs(ours, seed0)  # the file's weights, not the base's
+
+
+def test_flux_run_from_files_equals_run_from_folder(tmp_path, flux_files):
+    _, files, folder = flux_files
+    spec = write_spec(tmp_path, base=FLUX, steps=2, extra=LORA)
+    from_files = execute(compile_spec(_with_model_keys(spec, FLUX, _flux_lines(files)), ["output.dir=a"]))
+    spec.write_text(spec.read_text().replace(_flux_lines(files), "").replace(FLUX, str(folder)))
+    from_folder = execute(compile_spec(spec, ["output.dir=b"]))
+    assert from_files.status == from_folder.status == "finished"
+    torch.testing.assert_close(
+        torch.tensor(from_files.losses), torch.tensor(from_folder.losses), rtol=0, atol=1e-6
+    )
+    a = load_file(str(Path(from_files.final) / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(Path(from_folder.final) / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_flux_resume_from_files_is_bit_identical(tmp_path, flux_files):
+    _, files, _ = flux_files
+    spec = write_spec(tmp_path, base=FLUX, steps=4, extra=LORA + "\n[checkpoints]\nevery = 2\n")
+    spec = _with_model_keys(spec, FLUX, _flux_lines(files))
+    whole = execute(compile_spec(spec, ["output.dir=whole"]))
+    plan = compile_spec(spec, ["output.dir=parts"])
+    first = execute(plan, stop_after=2)
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(Path(second.final) / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_text_caches_follow_the_t5_file(tmp_path, flux_files):
+    """Another --t5xxl changes the text identity (text caches) and nothing else's."""
+    _, files, _ = flux_files
+    other = tmp_path / "t5-other.safetensors"
+    state = load_file(str(files["t5xxl"]))
+    state["shared.weight"] = state["shared.weight"] + 1
+    from safetensors.torch import save_file
+
+    save_file(state, str(other))
+    spec = _with_model_keys(write_spec(tmp_path, base=FLUX, steps=2), FLUX, _flux_lines(files))
+    one = compile_spec(spec).model
+    spec.write_text(spec.read_text().replace(str(files["t5xxl"]), str(other)))
+    two = compile_spec(spec).model
+    assert one.text_identity != two.text_identity
+    assert (one.identity, one.vae_identity) == (two.identity, two.vae_identity)
+
+
+def test_sd3_text_encoders_from_the_checkpoint_and_files(tmp_path):
+    """kohya's SD3 file with the text encoders inside (under text_encoders.*.transformer.), CLIP-L without its
+    projection (kohya's load_clip_l: the identity), and a separate clip_g file."""
+    pipe = build_pipeline(SD3, seed=1)
+    files = write_sd3_files(pipe, tmp_path / "files")
+    lines = (
+        f'denoiser_file = "{files["sd3"]}"\n'
+        f'text_encoder_files = ["{files["sd3"]}", "{files["clip_g"]}", "{files["sd3"]}"]\n'
+        f'vae = "{files["sd3"]}"'
+    )
+    spec = _with_model_keys(write_spec(tmp_path, base=SD3, steps=2, extra=LORA), SD3, lines)
+    plan = compile_spec(spec)
+    with pytest.warns(UserWarning, match="identity"):
+        comps = load_components(plan)
+    _same(comps.unet, pipe.transformer)
+    _same(comps.vae, pipe.vae)
+    _same(comps.text_encoders[1], pipe.text_encoder_2)
+    _same(comps.text_encoders[2], pipe.text_encoder_3)
+    clip_l = comps.text_encoders[0].state_dict()
+    reference = pipe.text_encoder.state_dict()
+    for key, value in reference.items():
+        if key == "text_projection.weight":
+            assert torch.equal(clip_l[key], torch.eye(value.shape[1]))
+        else:
+            torch.testing.assert_close(clip_l[key], value, rtol=0, atol=0, msg=key)
+    assert execute(plan).status == "finished"
+
+
+def test_a_denoiser_file_of_another_size_says_which_file(tmp_path, flux_files):
+    _, files, _ = flux_files
+    state = load_file(str(files["flux1"]))
+    state = {k: v for k, v in state.items() if not k.startswith("single_blocks.")}
+    state["double_blocks.1.img_mod.lin.weight"] = state["double_blocks.0.img_mod.lin.weight"]
+    bad = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(bad))
+    spec = _with_model_keys(write_spec(tmp_path, base=FLUX, steps=2), FLUX, f'denoiser_file = "{bad}"')
+    with pytest.raises(ModelLoadError, match="other.safetensors"):
+        load_components(compile_spec(spec))
