@@ -41,7 +41,7 @@ def load_denoiser_file(path: str, spec: FamilySpec, config: str | None, revision
     try:
         source = _own_conversion(path, cls, config, revision, spec) if config else None
         return cls.from_single_file(path if source is None else source, **kwargs).eval()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of a file: say which file and what to do
         raise ComponentFileError(
             f"cannot load the {spec.title} denoiser from `{path}` (model.denoiser_file) with the config of "
             f"`{config or 'the checkpoint type diffusers infers'}`: {exc}; the file must hold the same "
@@ -75,7 +75,7 @@ def load_vae_file(path: str, config: str | None, revision: str = "") -> Autoenco
         kwargs["config_revision"] = revision
     try:
         return AutoencoderKL.from_single_file(path, **kwargs).eval()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of a file: say which file and what to do
         raise ComponentFileError(
             f"cannot load the autoencoder from `{path}` (model.vae) with the config of "
             f"`{config or 'the checkpoint type diffusers infers'}`: {exc}"

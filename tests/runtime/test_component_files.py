@@ -181,7 +181,7 @@ def test_a_denoiser_file_of_another_size_says_which_file(tmp_path, flux_files):
     _, files, _ = flux_files
     state = load_file(str(files["flux1"]))
     state = {k: v for k, v in state.items() if not k.startswith("single_blocks.")}
-    state["double_blocks.1.img_mod.lin.weight"] = state["double_blocks.0.img_mod.lin.weight"]
+    state["double_blocks.1.img_mod.lin.weight"] = state["double_blocks.0.img_mod.lin.weight"].clone()
     bad = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
 
