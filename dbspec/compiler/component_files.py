@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 
+from dbspec.builtin import builtin_model
 from dbspec.compiler.context import Context
 from dbspec.compiler.safetensors_header import ModelFileError, file_fingerprint, read_safetensors_header
 from dbspec.families import FamilySpec, TextEncoderSpec, family_spec
@@ -144,15 +145,30 @@ def _width(tensors: dict, prefix: str, encoder: TextEncoderSpec) -> int | None:
 
 
 def _config_width(plan: ModelPlan, encoder: TextEncoderSpec) -> int | None:
-    """The encoder's width in the base model's config, where it is a folder on this machine."""
-    if not plan.path:
+    """The encoder's width in the base model's config: a built-in's, or a folder's on this machine."""
+    if plan.source == "builtin":
+        config = _builtin_config(plan, encoder)
+    elif not plan.path:
         return None
-    try:
-        config = json.loads((Path(plan.path) / encoder.component / "config.json").read_text())
-    except (OSError, ValueError):
+    else:
+        try:
+            config = json.loads((Path(plan.path) / encoder.component / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+    if not isinstance(config, dict):
         return None
     width = config.get("d_model", config.get("hidden_size"))
     return width if isinstance(width, int) else None
+
+
+def _builtin_config(plan: ModelPlan, encoder: TextEncoderSpec) -> dict | None:
+    """A built-in's encoder config, as runtime/tiny.py builds them: CLIPs from text_encoder and
+    text_encoder_2 in the family's order, T5 from text_encoder_3."""
+    b = builtin_model(plan.base)
+    if encoder.model_class.startswith("T5"):
+        return b.text_encoder_3
+    index = family_spec(plan.family).text_encoders.index(encoder)
+    return (b.text_encoder, b.text_encoder_2)[index] if index < 2 else None
 
 
 def _vae_file(ctx: Context) -> str:
