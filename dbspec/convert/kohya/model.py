@@ -10,7 +10,7 @@ from __future__ import annotations
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper
-from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, map_flow_model
+from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import map_network, map_network_weights
 from dbspec.families import family_spec
 
@@ -33,7 +33,7 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
                 "--set model.base=<hub id, diffusers folder or .safetensors> to dbspec convert",
             ),
         )
-    else:
+    elif not (script in FLOW_SCRIPTS and is_weights_file(base.value, paths)):  # a file: model.denoiser_file
         conv.mapped(base, ("model", "base"), model_path(base.value, paths))
     if base.value and base.value.lower().endswith((".ckpt", ".pt", ".pth")):
         conv.put(
@@ -42,7 +42,7 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
             conv.comment(base, "kohya loads pickle checkpoints without asking"),
         )
     if script in FLOW_SCRIPTS:
-        return map_flow_model(a, script, conv)
+        return map_flow_model(a, script, conv, paths)
     family = _family(a, script, conv)
     if family is None:
         return None
