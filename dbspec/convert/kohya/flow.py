@@ -156,10 +156,10 @@ def is_weights_file(value: str, paths: PathMapper) -> bool:
 def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
     """kohya's separate component files -> model.denoiser_file, model.text_encoder_files and model.vae, exact:
     flux_train_network.py loads the transformer from --pretrained_model_name_or_path, CLIP-L, T5-XXL and the
-    autoencoder from --clip_l, --t5xxl, --ae; sd3_train_network.py loads the MMDiT from its file, CLIP-G,
-    T5-XXL and the autoencoder from that file when it holds them (sd3_utils.load_clip_g / load_t5xxl /
-    load_vae read the checkpoint first), else from --clip_g / --t5xxl / --vae, and CLIP-L from --clip_l when
-    given, else from the file."""
+    autoencoder from --clip_l, --t5xxl, --ae; sd3_train_network.py loads the MMDiT from its file, CLIP-G and
+    T5-XXL from that file when it holds them (sd3_utils.load_clip_g / load_t5xxl read the checkpoint first),
+    else from --clip_g / --t5xxl, and CLIP-L and the autoencoder from --clip_l / --vae when given, else from
+    the file (load_clip_l, load_vae)."""
     from dbspec.convert.kohya.model import model_path
 
     family = FAMILY[script]
