@@ -187,3 +187,23 @@ def test_a_denoiser_file_of_another_size_says_which_file(tmp_path, flux_files):
     spec = _with_model_keys(write_spec(tmp_path, base=FLUX, steps=2), FLUX, f'denoiser_file = "{bad}"')
     with pytest.raises(ModelLoadError, match="other.safetensors"):
         load_components(compile_spec(spec))
+
+
+def test_sd1_components_from_an_original_single_file(tmp_path):
+    """Family-neutral: SD 1.x's U-Net, CLIP and VAE from an A1111-layout checkpoint (model.diffusion_model.,
+    cond_stage_model.transformer., first_stage_model.) over builtin:tiny-sd1's configs and tokenizer."""
+    from dbspec.runtime.exports import single_file_state
+
+    base = "builtin:tiny-sd1"
+    pipe = build_pipeline(base, seed=1)
+    state = single_file_state(unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder], family="sd1")
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    lines = f'denoiser_file = "{path}"\ntext_encoder_files = ["{path}"]\nvae = "{path}"'
+    plan = compile_spec(_with_model_keys(write_spec(tmp_path, base=base, steps=1), base, lines))
+    comps = load_components(plan)
+    _same(comps.unet, pipe.unet)
+    _same(comps.vae, pipe.vae)
+    _same(comps.text_encoders[0], pipe.text_encoder)
