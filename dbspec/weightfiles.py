@@ -19,6 +19,7 @@ from dbspec.families import FamilySpec, TextEncoderSpec
 DENOISER_PREFIX = "model.diffusion_model."
 CLIP_MARKER = "embeddings.token_embedding.weight"
 T5_MARKER = "encoder.block.0.layer.0.SelfAttention.k.weight"
+OPENCLIP_MARKER = "transformer.resblocks.0.attn.in_proj_weight"
 CLIP_LEVEL = "text_model."  # CLIP's inner level: kept by some transformers versions and files, not by others
 VAE_PREFIXES = ("first_stage_model.", "vae.", "")
 # tensors a text-encoder file may hold that the model does not need: buffers, CLIP's contrastive scale
@@ -36,7 +37,9 @@ def canonical(key: str) -> str:
 
 
 def encoder_prefixes(keys: Iterable[str], encoder: TextEncoderSpec) -> list[str]:
-    """The container prefixes under which `keys` hold an encoder of this kind (`text_model.` left out)."""
+    """The container prefixes under which `keys` hold an encoder of this kind (`text_model.` left out; CLIP
+    in OpenCLIP's layout too)."""
+    keys = list(keys)
     mark = marker(encoder)
     found = []
     for key in keys:
@@ -44,17 +47,31 @@ def encoder_prefixes(keys: Iterable[str], encoder: TextEncoderSpec) -> list[str]
             prefix = key[: -len(mark)]
             prefix = prefix[: -len(CLIP_LEVEL)] if prefix.endswith(CLIP_LEVEL) else prefix
             found.append(prefix)
+    if mark == CLIP_MARKER:
+        found += openclip_prefixes(keys)
     return sorted(set(found))
+
+
+def openclip_prefixes(keys: Iterable[str]) -> list[str]:
+    """The prefixes of CLIP text encoders in OpenCLIP's original layout (SD2's, SDXL's second encoder in
+    single files: `transformer.resblocks.*`, `token_embedding.weight`, `text_projection`)."""
+    found = {k[: -len(OPENCLIP_MARKER)] for k in keys if k.endswith(OPENCLIP_MARKER)}
+    return sorted(p for p in found if p == "" or p.endswith("."))
+
+
+def is_openclip(keys: Iterable[str], prefix: str) -> bool:
+    return f"{prefix}{OPENCLIP_MARKER}" in set(keys)
 
 
 def encoder_prefix(keys: Iterable[str], encoder: TextEncoderSpec) -> str | None:
     """The one container prefix of this encoder in `keys`: the only one found, or the family's single-file
     prefix where a checkpoint holds several (SD3: CLIP-L and CLIP-G); None when there is none or no way to
-    choose."""
+    choose. A CLIP encoder may be in OpenCLIP's layout (is_openclip tells)."""
+    keys = list(keys)
     found = encoder_prefixes(keys, encoder)
-    if len(found) == 1:
-        return found[0]
-    return encoder.single_file_prefix if encoder.single_file_prefix in found else None
+    if encoder.single_file_prefix in found:
+        return encoder.single_file_prefix
+    return found[0] if len(found) == 1 else None
 
 
 def encoder_tensors(keys: Iterable[str], prefix: str) -> dict[str, str]:
@@ -70,7 +87,7 @@ def what_it_holds(keys: Iterable[str]) -> str:
         kinds.append("a T5 encoder")
     if any(k.endswith(CLIP_MARKER) for k in keys):
         kinds.append("a CLIP text encoder")
-    if any(k.endswith("token_embedding.weight") and not k.endswith(CLIP_MARKER) for k in keys):
+    if any(k.endswith(OPENCLIP_MARKER) for k in keys):
         kinds.append("an OpenCLIP text encoder (original layout)")
     stripped = [k[len(DENOISER_PREFIX) :] if k.startswith(DENOISER_PREFIX) else k for k in keys]
     for name, prefixes in (

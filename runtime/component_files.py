@@ -17,11 +17,20 @@ import torch
 import transformers
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 from safetensors import safe_open
 
 from dbspec.families import FamilySpec, TextEncoderSpec
 from dbspec.runtime import flux_original
-from dbspec.weightfiles import HARMLESS, canonical, encoder_prefix, encoder_prefixes, encoder_tensors, marker
+from dbspec.weightfiles import (
+    HARMLESS,
+    canonical,
+    encoder_prefix,
+    encoder_prefixes,
+    encoder_tensors,
+    is_openclip,
+    marker,
+)
 
 # T5 ties its input embedding: files hold one name or both
 _T5_TIED = ("shared.weight", "encoder.embed_tokens.weight")
@@ -95,11 +104,18 @@ def load_text_encoder_file(path: str, encoder: TextEncoderSpec, config, key: str
                 + (f"several under {found}" if found else f"no `{marker(encoder)}` tensor")
                 + "; give this encoder's own file"
             )
-        names = encoder_tensors(keys, prefix)
-        tensors = {name: f.get_tensor(file_key) for name, file_key in names.items()}
+        openclip = is_openclip(keys, prefix)
+        if openclip:
+            tensors = {k: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+        else:
+            names = encoder_tensors(keys, prefix)
+            tensors = {name: f.get_tensor(file_key) for name, file_key in names.items()}
     cls = getattr(transformers, encoder.model_class)
     with init_empty_weights(include_buffers=False):
         model = cls(config)
+    if openclip:  # diffusers' converter of OpenCLIP's layout (q/k/v split from in_proj, the projection)
+        converted = convert_open_clip_checkpoint(model, tensors, prefix=prefix)
+        tensors = {canonical(k): v for k, v in converted.items()}
     expected = {canonical(k): k for k in model.state_dict()}
     _fill_missing(tensors, expected, path, key)
     extra = sorted(set(tensors) - set(expected))

@@ -18,6 +18,7 @@ from dbspec.weightfiles import (
     encoder_prefix,
     encoder_prefixes,
     holds_denoiser,
+    is_openclip,
     marker,
     vae_latent_channels,
     vae_prefix,
@@ -138,6 +139,9 @@ def _check_encoder(
 
 
 def _width(tensors: dict, prefix: str, encoder: TextEncoderSpec) -> int | None:
+    if is_openclip(tensors, prefix):
+        info = tensors.get(f"{prefix}token_embedding.weight")
+        return info.shape[1] if info is not None and len(info.shape) == 2 else None
     for key, info in tensors.items():
         if key.startswith(prefix) and key.endswith(marker(encoder)) and len(info.shape) == 2:
             return info.shape[1]

@@ -207,3 +207,25 @@ def test_sd1_components_from_an_original_single_file(tmp_path):
     _same(comps.unet, pipe.unet)
     _same(comps.vae, pipe.vae)
     _same(comps.text_encoders[0], pipe.text_encoder)
+
+
+def test_sdxl_openclip_encoder_from_an_original_single_file(tmp_path):
+    """SDXL's second encoder in OpenCLIP's layout (conditioner.embedders.1.model.: resblocks, fused in_proj,
+    text_projection transposed), through diffusers' convert_open_clip_checkpoint; the first in transformers'
+    layout under conditioner.embedders.0.transformer."""
+    from dbspec.runtime.exports import single_file_state
+
+    base = "builtin:tiny-sdxl"
+    pipe = build_pipeline(base, seed=1)
+    encoders = [pipe.text_encoder, pipe.text_encoder_2]
+    state = single_file_state(unet=pipe.unet, vae=pipe.vae, text_encoders=encoders, family="sdxl")
+    from safetensors.torch import save_file
+
+    path = tmp_path / "sdxl.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    lines = f'denoiser_file = "{path}"\ntext_encoder_files = ["{path}", "{path}"]\nvae = "{path}"'
+    plan = compile_spec(_with_model_keys(write_spec(tmp_path, base=base, steps=1), base, lines))
+    comps = load_components(plan)
+    _same(comps.unet, pipe.unet)
+    _same(comps.text_encoders[0], pipe.text_encoder)
+    _same(comps.text_encoders[1], pipe.text_encoder_2)
