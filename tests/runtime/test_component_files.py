@@ -229,3 +229,39 @@ def test_sdxl_openclip_encoder_from_an_original_single_file(tmp_path):
     _same(comps.unet, pipe.unet)
     _same(comps.text_encoders[0], pipe.text_encoder)
     _same(comps.text_encoders[1], pipe.text_encoder_2)
+
+
+def test_component_files_over_a_single_file_base(tmp_path):
+    """A single-file base (model.config for its configs): the denoiser file is configured by model.config, an
+    encoder file by the checkpoint's own encoder's config, a VAE file likewise."""
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.exports import single_file_state
+    from dbspec.runtime.tiny import materialize
+
+    base = "builtin:tiny-sd1"
+    configs = materialize(base, tmp_path / "configs")
+
+    def write(seed: int, name: str):
+        pipe = build_pipeline(base, seed=seed)
+        state = single_file_state(
+            unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder], family="sd1"
+        )
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / name))
+        return pipe
+
+    write(3, "model.safetensors")
+    other = write(4, "other.safetensors")
+    lines = (
+        'denoiser_file = "other.safetensors"\ntext_encoder_files = ["other.safetensors"]\n'
+        'vae = "other.safetensors"'
+    )
+    spec = _with_model_keys(
+        write_spec(tmp_path, base="model.safetensors", steps=1), "model.safetensors", lines
+    )
+    plan = compile_spec(spec, ['model.family="sd1"', f'model.config="{configs}"'])
+    assert plan.model.source == "single_file"
+    comps = load_components(plan)
+    _same(comps.unet, other.unet)
+    _same(comps.text_encoders[0], other.text_encoder)
+    _same(comps.vae, other.vae)
