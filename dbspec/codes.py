@@ -1660,7 +1660,8 @@ The tensor names of a component file do not look like the component it is given 
 without the family's blocks (Flux: `double_blocks.` or `single_transformer_blocks.`; SD3: `joint_blocks.` or
 `pos_embed.proj.weight`; U-Nets: `input_blocks.` or `down_blocks.`, each after an optional
 `model.diffusion_model.`), a text-encoder file without that encoder's embedding (CLIP:
-`embeddings.token_embedding.weight`; T5: `encoder.block.0.layer.0.SelfAttention.k.weight`) or holding several
+`embeddings.token_embedding.weight`, or OpenCLIP's `transformer.resblocks.0.attn.in_proj_weight`; T5:
+`encoder.block.0.layer.0.SelfAttention.k.weight`) or holding several
 with none under the family's single-file prefix, an encoder whose width differs from model.base's config,
 or an autoencoder file without encoder blocks or with other latent channels than the family's. The message
 says what the file seems to hold; files in the same order as kohya's flags (`--clip_l`, `--clip_g`, `--t5xxl`)

@@ -63,8 +63,9 @@ class Model:
         doc="One .safetensors file per text encoder, in the family's order (SD1, SD2: [CLIP]; SDXL: [CLIP-L, "
         "CLIP-G]; SD3: [CLIP-L, CLIP-G, T5-XXL]; Flux: [CLIP-L, T5-XXL]), each replacing that encoder's "
         'weights (kohya `--clip_l`, `--clip_g`, `--t5xxl`); "" keeps model.base\'s, and a shorter list keeps '
-        "the rest. transformers key layout, with or without CLIP's `text_model.`, alone or under a "
-        "checkpoint's prefix (an SD3 single file's `text_encoders.clip_l.transformer.`); configs and "
+        "the rest. transformers key layout (with or without CLIP's `text_model.`) or OpenCLIP's original "
+        "one, alone or under a checkpoint's prefix (an SD3 single file's "
+        "`text_encoders.clip_l.transformer.`, an SDXL one's `conditioner.embedders.1.model.`); configs and "
         "tokenizers stay model.base's.",
         example=["models/clip_l.safetensors", "models/t5xxl_fp16.safetensors"],
     )
