@@ -265,3 +265,39 @@ def test_component_files_over_a_single_file_base(tmp_path):
     _same(comps.unet, other.unet)
     _same(comps.text_encoders[0], other.text_encoder)
     _same(comps.vae, other.vae)
+
+
+def test_kohya_flux_command_converts_plans_and_trains_from_its_files(tmp_path, flux_files):
+    """End to end: a kohya flux_train_network.py command over the four files, `dbspec convert kohya --set
+    model.base=<a folder of the same model>` (configs and tokenizers offline), then a run from the files."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dbspec.cli import app
+    from tests.runtime.runspec import ROOT
+
+    pipe, files, folder = flux_files
+    shutil.copytree(ROOT / "specs" / "data" / "toy", tmp_path / "img" / "4_ohwx toy")
+    command = (
+        f"accelerate launch flux_train_network.py --pretrained_model_name_or_path {files['flux1']} "
+        f"--clip_l {files['clip_l']} --t5xxl {files['t5xxl']} --ae {files['ae']} --train_data_dir img "
+        "--resolution 64 --enable_bucket --min_bucket_reso 64 --bucket_reso_steps 64 --network_module "
+        "networks.lora_flux --network_dim 2 --network_train_unet_only "
+        "--learning_rate 1e-3 --max_train_steps 2 --timestep_sampling shift --model_prediction_type raw "
+        "--output_dir out"
+    )
+    spec = tmp_path / "spec.toml"
+    result = CliRunner().invoke(
+        app,
+        ["convert", "kohya", "-o", str(spec), "--cwd", str(tmp_path), "--command", command]
+        + ["--set", f"model.base={folder}", "--set", "cache.dir=cache"],
+    )
+    assert spec.exists(), result.output
+    assert "DBS418" not in result.output  # model.base given: no advice to give it
+    plan = compile_spec(spec)
+    assert plan.model.base == str(folder) and plan.model.denoiser_file == str(files["flux1"])
+    assert plan.model.text_encoder_files == (str(files["clip_l"]), str(files["t5xxl"]))
+    run = execute(plan, keep_models=True)
+    assert run.status == "finished" and run.steps == 2
+    _same(run.components.vae, pipe.vae)

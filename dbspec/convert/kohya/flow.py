@@ -180,7 +180,8 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
             reference,
             f"configs and tokenizers of {conv.comment(base)}'s model (kohya builds them itself)",
         )
-        conv.warn(
+        conv.warn_unless_set(
+            ("model", "base"),
             "DBS418",
             f"kohya `pretrained_model_name_or_path` = {base.value} is a {family.upper()} transformer file; "
             f"its configs and tokenizers come from model.base = {reference}, which the run downloads "
