@@ -1686,8 +1686,8 @@ Component weight files are given, and `model.base`, which supplies the configs, 
 components without a file, is a hub id that is not in the local Hugging Face cache (warning). The run
 downloads what it needs of it (configs and tokenizers; the weights of components without a file); with
 `HF_HUB_OFFLINE` set it cannot start. Gated models (FLUX.1-dev) need `huggingface-cli login` first.""",
-        help="download it first (`huggingface-cli download <id> --exclude '*.safetensors'` for configs and "
-        "tokenizers alone), or set model.base to a local diffusers folder of the family",
+        help="run `dbspec plan --download` first (configs and tokenizers, not the weights the files "
+        "replace), or set model.base to a local diffusers folder of the family",
     ),
     # Weights & Biases logging ([logging] wandb): DBS379.
     Code(

@@ -63,8 +63,8 @@ def with_component_files(ctx: Context, plan: ModelPlan) -> ModelPlan:
             f"`{plan.base}` supplies the configs and tokenizers of the component files but is not in the "
             "local Hugging Face cache: the run downloads them (it cannot with HF_HUB_OFFLINE set)",
             ("model", "base"),
-            help=f"run `huggingface-cli download {plan.base} --exclude '*.safetensors'` first, or set "
-            f"model.base to a local diffusers folder of the family",
+            help="run `dbspec plan --download` (it fetches the configs and tokenizers, not the weights the "
+            "files replace), or set model.base to a local diffusers folder of the family",
         )
     return attrs.evolve(
         plan,

@@ -217,3 +217,33 @@ def test_a_hub_base_not_downloaded_warns_dbs375(tmp_path):
     assert planned.plan is not None
     (message,) = _codes(planned)["DBS375"]
     assert "black-forest-labs/FLUX.1-dev" in message
+
+
+def test_plan_download_skips_the_weights_the_files_replace(tmp_path, monkeypatch):
+    """`dbspec plan --download` fetches model.base's configs and tokenizers, not the weights of components
+    given as files."""
+    import huggingface_hub
+
+    from dbspec.compiler.hub import download, weights_elsewhere
+    from dbspec.spec.model import Model
+
+    model = Model(
+        base="black-forest-labs/FLUX.1-dev",
+        denoiser_file="f.safetensors",
+        text_encoder_files=["", "t5.st"],
+        vae="ae",
+    )
+    assert weights_elsewhere(model) == ("transformer", "text_encoder_2", "vae")
+    sd3 = Model(base="stabilityai/stable-diffusion-3.5-large", text_encoder_files=["", "", "t5.st"])
+    assert weights_elsewhere(sd3) == ("text_encoder_3",)
+    seen = {}
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo, **kw: seen.update(kw) or str(tmp_path)
+    )
+    download(model.base, "main", weights_elsewhere(model))
+    assert seen["ignore_patterns"] == [
+        "transformer/*.safetensors",
+        "text_encoder_2/*.safetensors",
+        "vae/*.safetensors",
+    ]
+    assert "*.json" in seen["allow_patterns"]
