@@ -31,7 +31,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.common.paths import PathMapper, model_path
 
 Args = dict[str, Legacy]
 FLOW_SCRIPTS = ("flux_train_network", "sd3_train_network")
@@ -160,8 +160,6 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
     T5-XXL from that file when it holds them (sd3_utils.load_clip_g / load_t5xxl read the checkpoint first),
     else from --clip_g / --t5xxl, and CLIP-L and the autoencoder from --clip_l / --vae when given, else from
     the file (load_clip_l, load_vae)."""
-    from dbspec.convert.kohya.model import model_path
-
     family = FAMILY[script]
     base = a["pretrained_model_name_or_path"]
     as_file = bool(base.value) and is_weights_file(base.value, paths)
@@ -219,8 +217,6 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
 def _map_autoencoder(
     a: Args, script: str, family: str, checkpoint: str, held: dict | None, paths: PathMapper, conv: Conversion
 ) -> None:
-    from dbspec.convert.kohya.model import model_path
-
     vae = a["vae"] if "vae" in a else None
     if family == "flux":
         ae = a["ae"]
