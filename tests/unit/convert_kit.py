@@ -165,6 +165,8 @@ def component_file(path: Path) -> Path:
         shapes["model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight"] = (3, 2)
     else:
         shapes = {"double_blocks.0.img_attn.qkv.weight": (3, 2), "single_blocks.0.linear1.weight": (3, 2)}
+        if "schnell" not in name:
+            shapes["guidance_in.in_layer.weight"] = (3, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.zeros(v, dtype=np.float16) for k, v in shapes.items()}, str(path))
     return path

@@ -214,3 +214,18 @@ def test_kohya_sd3_checkpoint_without_an_encoder_fails_the_plan(tmp_path):
     (d,) = [d for d in planned.diagnostics if d.code == "DBS373"]
     assert d.path == "model.text_encoder_files[0]" and "sd3.safetensors" in d.message
     assert outcome.written
+
+
+def test_kohya_flux_schnell_file_takes_schnells_configs(tmp_path):
+    """A transformer without a guidance embedding is Flux.1 schnell (kohya's analyze_checkpoint_state)."""
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    _flux_files(tmp_path)
+    component_file(tmp_path / "models" / "flux1-schnell.safetensors")
+    config = FLUX_CONFIG.replace("flux1-dev.safetensors", "flux1-schnell.safetensors")
+    outcome = kohya(
+        tmp_path,
+        config_file=write(tmp_path / "flux.toml", config),
+        command="accelerate launch flux_train_network.py",
+    )
+    assert _spec(tmp_path)["model"]["base"] == "black-forest-labs/FLUX.1-schnell"
+    assert "FLUX.1-schnell" in messages(outcome, "DBS418")

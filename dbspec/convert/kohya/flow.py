@@ -257,9 +257,13 @@ def _holds_encoder(held: dict | None, index: int) -> bool:
 
 
 def _reference(family: str, held: dict | None) -> str:
-    """The published model whose configs fit the file: SD3's size from its joint blocks where readable."""
-    if family != "sd3" or held is None:
+    """The published model whose configs fit the file, where readable: SD3's size from its joint blocks;
+    Flux.1 schnell without a guidance embedding (as kohya's flux_utils.analyze_checkpoint_state tells)."""
+    if held is None:
         return REFERENCE[family]
+    if family == "flux":
+        guided = any(k.removeprefix("model.diffusion_model.").startswith("guidance_in.") for k in held)
+        return REFERENCE[family] if guided else "black-forest-labs/FLUX.1-schnell"
     prefix = "model.diffusion_model." if any(k.startswith("model.diffusion_model.") for k in held) else ""
     blocks = {k[len(prefix) :].split(".")[1] for k in held if k.startswith(f"{prefix}joint_blocks.")}
     dual = any(".x_block.attn2." in k for k in held)
