@@ -1889,8 +1889,10 @@ and kohya groups that dbspec trains as one with different values.""",
 kohya's `flux_train_network.py` / `sd3_train_network.py` load the transformer from
 `--pretrained_model_name_or_path`, one `.safetensors` file, and build its configs and tokenizers from their
 own constants. dbspec loads that file as `model.denoiser_file` and takes configs and tokenizers from
-`model.base`, which the converter sets to the family's published model (Flux: `black-forest-labs/FLUX.1-dev`;
-SD3: the SD3 or SD3.5 model whose depth the file has, where the converter can read it, else SD3.5 large). The
+`model.base`, which the converter sets to the family's published model (Flux: `black-forest-labs/FLUX.1-dev`,
+or FLUX.1-schnell for a file without a guidance embedding; SD3: the SD3 or SD3.5 model whose depth the file
+has; where the converter cannot read the file: FLUX.1-dev, SD3.5 large). Left out when `--set model.base=`
+gives it. The
 run downloads its configs and tokenizers (FLUX.1-dev is gated: `huggingface-cli login` first) unless they are
 in the Hugging Face cache (warning).""",
         help="pass --set model.base=<a local diffusers folder of the same model> to dbspec convert",
