@@ -14,6 +14,7 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.safetensors_header import ModelFileError, file_fingerprint, read_safetensors_header
 from dbspec.families import FamilySpec, TextEncoderSpec, family_spec
 from dbspec.plan.model import ModelPlan
+from dbspec.spec.paths import dotted
 from dbspec.weightfiles import (
     encoder_prefix,
     encoder_prefixes,
@@ -220,7 +221,7 @@ def _header(ctx: Context, value: str, path: tuple, what: str) -> dict | None:
     ctx.report(
         "DBS372",
         "error",
-        f"{'.'.join(map(str, path))} names the weights of {what}, but {problem}",
+        f"{dotted(path)} names the weights of {what}, but {problem}",
         path,
         help="check the path; convert .ckpt/.pt files to .safetensors",
     )
@@ -231,6 +232,6 @@ def _not_it(ctx: Context, path: tuple, value: str, wanted: str, tensors: dict) -
     ctx.report(
         "DBS373",
         "error",
-        f"`{value}` ({'.'.join(map(str, path))}) does not hold {wanted}; it holds {what_it_holds(tensors)}",
+        f"`{value}` ({dotted(path)}) does not hold {wanted}; it holds {what_it_holds(tensors)}",
         path,
     )

@@ -161,7 +161,7 @@ def test_a_pickle_file_is_dbs372(tmp_path):
     (tmp_path / "clip_l.pt").write_bytes(b"x")
     planned = _plan(tmp_path, 'text_encoder_files = ["clip_l.pt"]')
     (message,) = _codes(planned)["DBS372"]
-    assert "model.text_encoder_files.0" in message and "not a .safetensors file" in message
+    assert "model.text_encoder_files[0]" in message and "not a .safetensors file" in message
 
 
 def test_swapped_encoders_are_dbs373(tmp_path):
