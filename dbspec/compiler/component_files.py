@@ -121,9 +121,8 @@ def _check_encoder(
             f"`{value}` given for {what} does not hold one: no `{marker(encoder)}` tensor "
             f"(with or without a prefix); it holds {holds}",
             path,
-            help="give the file of this encoder (the family's order: "
-            + ", ".join(e.component for e in family_spec(plan.family).text_encoders)
-            + ")",
+            help=f"give each encoder's file in {family_spec(plan.family).title}'s order: "
+            + ", ".join(f"{e.component} ({e.model_class})" for e in family_spec(plan.family).text_encoders),
         )
         return
     width = _width(tensors, prefix, encoder)
