@@ -49,6 +49,9 @@ def load_denoiser_file(path: str, spec: FamilySpec, config: str | None, revision
         kwargs["config_revision"] = revision
     try:
         source = _own_conversion(path, cls, config, revision, spec) if config else None
+        if source is not None:
+            source, depth = source
+            kwargs.update(depth)  # the file's own depth over the config's, as kohya builds Flux
         return cls.from_single_file(path if source is None else source, **kwargs).eval()
     except Exception as exc:  # noqa: BLE001 - any failure of a file: say which file and what to do
         raise ComponentFileError(
@@ -59,22 +62,29 @@ def load_denoiser_file(path: str, spec: FamilySpec, config: str | None, revision
 
 
 # Original layouts whose diffusers converter assumes one model size: dbspec converts them by the config
-# (denoiser class -> (is this layout, convert(state, config))).
-_CONVERTERS = {"FluxTransformer2DModel": (flux_original.is_original, flux_original.to_diffusers)}
+# (denoiser class -> (is this layout, convert(state, config), the file's config overrides (its depth))).
+_CONVERTERS = {
+    "FluxTransformer2DModel": (
+        flux_original.is_original,
+        flux_original.to_diffusers,
+        flux_original.block_counts,
+    )
+}
 
 
-def _own_conversion(path: str, cls, config: str, revision: str, spec: FamilySpec) -> dict | None:
-    """The file's tensors in diffusers' layout where dbspec converts the layout itself, else None."""
+def _own_conversion(path: str, cls, config: str, revision: str, spec: FamilySpec) -> tuple[dict, dict] | None:
+    """The file's tensors in diffusers' layout and its config overrides where dbspec converts the layout
+    itself, else None."""
     if spec.denoiser_class not in _CONVERTERS:
         return None
-    detect, convert = _CONVERTERS[spec.denoiser_class]
+    detect, convert, overrides = _CONVERTERS[spec.denoiser_class]
     with safe_open(path, framework="pt") as f:
         if not detect(f.keys()):
             return None
         state = {k: f.get_tensor(k) for k in f.keys()}
     extra = {"revision": revision} if revision else {}
     model_config = cls.load_config(config, subfolder=spec.denoiser, **extra)
-    return convert(state, model_config)
+    return convert(state, model_config), overrides(state)
 
 
 def load_vae_file(path: str, config: str | None, revision: str = "") -> AutoencoderKL:

@@ -61,6 +61,21 @@ def is_original(keys) -> bool:
     return any(k.removeprefix(PREFIX).startswith(("double_blocks.", "single_blocks.")) for k in keys)
 
 
+def block_counts(keys) -> dict[str, int]:
+    """The file's own depth as config overrides (kohya's flux_utils builds its model with the file's numbers
+    of double and single blocks, so pruned Flux models such as Flex.1 load): num_layers, num_single_layers."""
+    out = {}
+    for kind, name in (("double_blocks", "num_layers"), ("single_blocks", "num_single_layers")):
+        found = {
+            k.removeprefix(PREFIX).split(".")[1]
+            for k in keys
+            if k.removeprefix(PREFIX).startswith(f"{kind}.")
+        }
+        if found:
+            out[name] = len(found)
+    return out
+
+
 def swap_halves(t: torch.Tensor) -> torch.Tensor:
     """(shift, scale) <-> (scale, shift): the final layer's modulation rows, ordered differently."""
     first, second = t.chunk(2, dim=0)

@@ -301,3 +301,22 @@ def test_kohya_flux_command_converts_plans_and_trains_from_its_files(tmp_path, f
     run = execute(plan, keep_models=True)
     assert run.status == "finished" and run.steps == 2
     _same(run.components.vae, pipe.vae)
+
+
+def test_a_flux_file_of_another_depth_loads_with_its_own_block_counts(tmp_path):
+    """kohya's flux_utils builds Flux with the file's numbers of double and single blocks (pruned models such
+    as Flex.1 train): a 2 + 3-block file over the 1 + 1-block base's config loads whole."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from dbspec.builtin import builtin_model
+
+    config = {**builtin_model(FLUX).unet, "num_layers": 2, "num_single_layers": 3}
+    torch.manual_seed(5)
+    deeper = FluxTransformer2DModel(**config).eval()
+    path = tmp_path / "flux-deeper.safetensors"
+    save_file({k: v.contiguous() for k, v in flux_to_original(deeper.state_dict()).items()}, str(path))
+    spec = _with_model_keys(write_spec(tmp_path, base=FLUX, steps=1), FLUX, f'denoiser_file = "{path}"')
+    comps = load_components(compile_spec(spec))
+    assert (comps.unet.config.num_layers, comps.unet.config.num_single_layers) == (2, 3)
+    _same(comps.unet, deeper)
