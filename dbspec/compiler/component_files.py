@@ -11,11 +11,17 @@ import attrs
 
 from dbspec.builtin import builtin_model
 from dbspec.compiler.context import Context
-from dbspec.compiler.safetensors_header import ModelFileError, file_fingerprint, read_safetensors_header
+from dbspec.compiler.safetensors_header import (
+    ModelFileError,
+    count_params,
+    file_fingerprint,
+    read_safetensors_header,
+)
 from dbspec.families import FamilySpec, TextEncoderSpec, family_spec
 from dbspec.plan.model import ModelPlan
 from dbspec.spec.paths import dotted
 from dbspec.weightfiles import (
+    DENOISER_PREFIX,
     encoder_prefix,
     encoder_prefixes,
     holds_denoiser,
@@ -36,12 +42,14 @@ def with_component_files(ctx: Context, plan: ModelPlan) -> ModelPlan:
     m = ctx.spec.model
     family = family_spec(plan.family)
     identity, text_identity = plan.identity, plan.text_identity
+    params = dict(plan.params)  # the files' own counts replace the base's (the memory estimate reads them)
     denoiser = ""
     if m.denoiser_file:
         tensors = _header(ctx, m.denoiser_file, DENOISER, f"the {family.title} denoiser")
         if tensors is not None:
             denoiser = str(ctx.resolve(m.denoiser_file))
             identity = f"{identity}+denoiser:file:{file_fingerprint(denoiser)}"
+            params["unet"] = _denoiser_params(tensors) or params.get("unet", 0)
             if not holds_denoiser(tensors, family):
                 _not_it(
                     ctx,
@@ -56,7 +64,10 @@ def with_component_files(ctx: Context, plan: ModelPlan) -> ModelPlan:
     for encoder, path in zip(family.text_encoders, files):
         if path:
             text_identity += f"+{encoder.component}:file:{file_fingerprint(path)}"
-    _check_vae_file(ctx, family)
+            params[encoder.component] = _encoder_params(path, encoder) or params.get(encoder.component, 0)
+    vae_count = _check_vae_file(ctx, family)
+    if vae_count:
+        params["vae"] = vae_count
     if (denoiser or any(files) or _vae_file(ctx)) and plan.source == "hub" and not plan.resolved:
         ctx.report(
             "DBS375",
@@ -71,6 +82,7 @@ def with_component_files(ctx: Context, plan: ModelPlan) -> ModelPlan:
         plan,
         identity=identity,
         text_identity=text_identity,
+        params=params,
         denoiser_file=denoiser,
         text_encoder_files=tuple(files) if any(files) else (),
     )
@@ -180,17 +192,35 @@ def _vae_file(ctx: Context) -> str:
     return vae if vae.lower().endswith(".safetensors") else ""
 
 
-def _check_vae_file(ctx: Context, family: FamilySpec) -> None:
+def _denoiser_params(tensors: dict) -> int:
+    """The denoiser's parameters in its file: under `model.diffusion_model.` in a full checkpoint."""
+    prefixed = [(k, t) for k, t in tensors.items() if k.startswith(DENOISER_PREFIX)]
+    return count_params(prefixed or list(tensors.items()))
+
+
+def _encoder_params(path: str, encoder: TextEncoderSpec) -> int:
+    tensors = read_safetensors_header(path)
+    prefix = encoder_prefix(tensors, encoder)
+    if prefix is None:
+        return 0
+    part = [(k, t) for k, t in tensors.items() if k.startswith(prefix)]
+    if any(k == f"{prefix}shared.weight" for k, _ in part):  # T5's tied embedding, stored twice by some
+        part = [(k, t) for k, t in part if k != f"{prefix}encoder.embed_tokens.weight"]
+    return count_params(part)
+
+
+def _check_vae_file(ctx: Context, family: FamilySpec) -> int:
+    """Checks a model.vae file; its parameter count (0 when there is none to count)."""
     vae = _vae_file(ctx)
     if not vae:
-        return
+        return 0
     tensors = _header(ctx, vae, VAE, "the autoencoder")
     if tensors is None:
-        return
+        return 0
     prefix = vae_prefix(tensors)
     if prefix is None:
         _not_it(ctx, VAE, vae, "an autoencoder (`encoder.down.` or `encoder.down_blocks.` tensors)", tensors)
-        return
+        return 0
     channels = vae_latent_channels({k: v.shape for k, v in tensors.items()}, prefix)
     if channels is not None and channels != family.latent_channels:
         ctx.report(
@@ -201,6 +231,10 @@ def _check_vae_file(ctx: Context, family: FamilySpec) -> None:
             VAE,
             help="give the family's autoencoder (kohya --ae for Flux: ae.safetensors)",
         )
+    owned = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+    return count_params(
+        [(k, t) for k, t in tensors.items() if k.startswith(tuple(prefix + o for o in owned))]
+    )
 
 
 def _header(ctx: Context, value: str, path: tuple, what: str) -> dict | None:

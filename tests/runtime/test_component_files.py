@@ -87,6 +87,13 @@ def test_flux_components_load_from_kohyas_files(tmp_path, flux_files):
     assert m.text_encoder_files == (str(files["clip_l"]), str(files["t5xxl"]))
     summary = "".join(summary_text(plan).split())  # the caption wraps at the table's width
     assert f"transformerfrom{files['flux1']}" in summary and f"text_encoder_2from{files['t5xxl']}" in summary
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert m.params == {
+        "unet": count(pipe.transformer),
+        "vae": count(pipe.vae),
+        "text_encoder": count(pipe.text_encoder),
+        "text_encoder_2": count(pipe.text_encoder_2),
+    }  # read from the files' headers
     comps = load_components(plan)
     base = build_pipeline(FLUX)
     for ours, theirs, seed0 in (
@@ -317,6 +324,10 @@ def test_a_flux_file_of_another_depth_loads_with_its_own_block_counts(tmp_path):
     path = tmp_path / "flux-deeper.safetensors"
     save_file({k: v.contiguous() for k, v in flux_to_original(deeper.state_dict()).items()}, str(path))
     spec = _with_model_keys(write_spec(tmp_path, base=FLUX, steps=1), FLUX, f'denoiser_file = "{path}"')
-    comps = load_components(compile_spec(spec))
+    plan = compile_spec(spec)
+    assert plan.model.params["unet"] == sum(
+        p.numel() for p in deeper.parameters()
+    )  # the file's, not the base's
+    comps = load_components(plan)
     assert (comps.unet.config.num_layers, comps.unet.config.num_single_layers) == (2, 3)
     _same(comps.unet, deeper)
