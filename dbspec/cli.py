@@ -137,7 +137,7 @@ def plan(
 
 
 def _download_models(spec: Path, overrides: list[str]) -> None:
-    from dbspec.compiler.hub import DownloadError, download, is_local
+    from dbspec.compiler.hub import DownloadError, download, is_local, weights_elsewhere
     from dbspec.frontend import check_spec
 
     checked = check_spec(spec, str(spec), overrides)
@@ -151,8 +151,9 @@ def _download_models(spec: Path, overrides: list[str]) -> None:
         wanted.append((ev.dino_model, "main"))
     for name, revision in wanted:
         if name and not is_local(name, spec.parent):
+            skip = weights_elsewhere(model) if name == model.base else ()
             try:
-                typer.echo(f"downloaded {name} to {download(name, revision)}")
+                typer.echo(f"downloaded {name} to {download(name, revision, skip)}")
             except DownloadError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None

@@ -1638,6 +1638,56 @@ previews (a note says so; training goes on).""",
 (`config.json` with `"_class_name": "AutoencoderTiny"`), an unknown built-in, or a Tiny AutoEncoder whose
 latent channels differ from the base model's.""",
     ),
+    # Per-component weight files (model.denoiser_file, text_encoder_files, a model.vae file): DBS372-375.
+    Code(
+        "DBS372",
+        ERROR,
+        "A component weight file cannot be read",
+        """\
+`model.denoiser_file`, an entry of `model.text_encoder_files` or a `model.vae` file is missing, is not a
+file, or is not a readable `.safetensors` file (its header is truncated or corrupt). dbspec reads the header
+of each component file when it plans, without loading the tensors.""",
+        help="check the path (relative paths resolve against the spec's folder); convert .ckpt/.pt files to "
+        ".safetensors",
+    ),
+    Code(
+        "DBS373",
+        ERROR,
+        "A component weight file does not hold that component",
+        """\
+The tensor names of a component file do not look like the component it is given for: a denoiser file
+without the family's blocks (Flux: `double_blocks.` or `single_transformer_blocks.`; SD3: `joint_blocks.` or
+`pos_embed.proj.weight`; U-Nets: `input_blocks.` or `down_blocks.`, each after an optional
+`model.diffusion_model.`), a text-encoder file without that encoder's embedding (CLIP:
+`embeddings.token_embedding.weight`, or OpenCLIP's `transformer.resblocks.0.attn.in_proj_weight`; T5:
+`encoder.block.0.layer.0.SelfAttention.k.weight`) or holding several
+with none under the family's single-file prefix, an encoder whose width differs from model.base's config,
+or an autoencoder file without encoder blocks or with other latent channels than the family's. The message
+says what the file seems to hold; files in the same order as kohya's flags (`--clip_l`, `--clip_g`, `--t5xxl`)
+are often swapped.""",
+        help="give each file for its own component, in the family's order (model.text_encoder_files)",
+    ),
+    Code(
+        "DBS374",
+        ERROR,
+        "More text-encoder files than the family has text encoders",
+        """\
+`model.text_encoder_files` has one entry per text encoder of the family, in its order (SD1, SD2: 1; SDXL: 2;
+SD3: 3; Flux: 2); this list is longer. An empty string keeps the base model's encoder.""",
+        help="remove the extra entries",
+    ),
+    Code(
+        "DBS375",
+        WARNING,
+        "Component files over a base model not in the local cache",
+        """\
+Component weight files are given, and `model.base`, which supplies the configs, tokenizers and the
+components without a file, is a hub id that is not in the local Hugging Face cache (warning). The run
+downloads what it needs of it (configs and tokenizers; the weights of components without a file); with
+`HF_HUB_OFFLINE` set it cannot start. Gated models (FLUX.1-dev) need `huggingface-cli login` first.""",
+        help="run `dbspec plan --download` first (configs and tokenizers, not the weights the files "
+        "replace), or set model.base to a local diffusers folder of the family",
+    ),
     # Weights & Biases logging ([logging] wandb): DBS379.
     Code(
         "DBS379",
@@ -1829,6 +1879,22 @@ each block pattern matches. Give the bound one number for every group. `dbspec c
 (DBS403) a kohya per- group list whose groups dbspec cannot match one to one: block learning rates
 (networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
 and kohya groups that dbspec trains as one with different values.""",
+    ),
+    Code(
+        "DBS418",
+        WARNING,
+        "A kohya transformer file takes its configs and tokenizers from model.base",
+        """\
+kohya's `flux_train_network.py` / `sd3_train_network.py` load the transformer from
+`--pretrained_model_name_or_path`, one `.safetensors` file, and build its configs and tokenizers from their
+own constants. dbspec loads that file as `model.denoiser_file` and takes configs and tokenizers from
+`model.base`, which the converter sets to the family's published model (Flux: `black-forest-labs/FLUX.1-dev`,
+or FLUX.1-schnell for a file without a guidance embedding; SD3: the SD3 or SD3.5 model whose depth the file
+has; where the converter cannot read the file: FLUX.1-dev, SD3.5 large). Left out when `--set model.base=`
+gives it. The
+run downloads its configs and tokenizers (FLUX.1-dev is gated: `huggingface-cli login` first) unless they are
+in the Hugging Face cache (warning).""",
+        help="pass --set model.base=<a local diffusers folder of the same model> to dbspec convert",
     ),
     # --- DBS5xx: options that contradict each other (continued) --------------------------------------------
     # LyCORIS's weight decomposition (DoRA on LoHa/LoKr, per input column, with LoCon's Tucker form):

@@ -131,6 +131,9 @@ class FamilySpec:
     # Hub models whose parameter counts differ from `public_params` (SD3.5 medium within the SD3 family): hub
     # id -> the components that differ; the memory estimate of such a model not downloaded yet uses them.
     hub_params: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    # Key prefixes one of which a file holding the denoiser alone has (model.denoiser_file: original and
+    # diffusers layouts, after an optional `model.diffusion_model.`), for the plan's plausibility check.
+    denoiser_file_keys: tuple[str, ...] = ("input_blocks.", "down_blocks.")
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -437,6 +440,7 @@ FAMILIES: dict[str, FamilySpec] = {
         kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
+        denoiser_file_keys=("joint_blocks.", "pos_embed.proj.weight"),
         extra_exports=(),
         long_prompts=False,
         lora_peft_keys=True,
@@ -512,6 +516,7 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         objective="flow",
         single_file_marker="model.diffusion_model.double_blocks.",
+        denoiser_file_keys=("double_blocks.", "single_transformer_blocks."),
         extra_exports=("kohya_lora",),  # kohya's networks/lora_flux.py layout (runtime/flux_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,

@@ -14,6 +14,12 @@ from diffusers import AutoencoderKL
 from dbspec.families import family_spec
 from dbspec.plan.model import ModelPlan, Plan
 from dbspec.runtime import tiny
+from dbspec.runtime.component_files import (
+    ComponentFileError,
+    load_denoiser_file,
+    load_text_encoder_file,
+    load_vae_file,
+)
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.dtypes import to_dtype  # noqa: F401 - re-exported
 
@@ -34,15 +40,23 @@ class Components:
 
 def load_components(plan: Plan) -> Components:
     m = plan.model
+    single = m.source == "single_file" or m.source == "ckpt"
     try:
-        if m.source == "single_file" or m.source == "ckpt":
+        if single:
             parts = _from_single_file(m, plan.cache.dir)
         else:
             parts = _from_folder(_folder_for(m), m)
+        if single:
+            _files_over_single_file(m, parts)
+    except ComponentFileError as exc:
+        raise ModelLoadError(str(exc)) from exc
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelLoadError(_load_hint(m, exc)) from exc
     if m.vae:
-        parts["vae"] = _load_vae(m)
+        try:
+            parts["vae"] = _load_vae(m, None if single else _folder_for(m))
+        except ComponentFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
     noise = family_runtime(m.family).objective.noise_scheduler(
         parts["scheduler"].config,
         prediction=m.prediction,
@@ -72,9 +86,19 @@ def _from_folder(root: str, m: ModelPlan) -> dict:
     if m.variant:
         kw["variant"] = m.variant
     spec = family_spec(m.family)
+    files = _text_files(m)
     text_encoders = [
         getattr(transformers, e.model_class).from_pretrained(root, subfolder=e.component, **kw)
-        for e in spec.text_encoders
+        if not file
+        else load_text_encoder_file(
+            file,
+            e,
+            getattr(transformers, e.model_class).config_class.from_pretrained(
+                root, subfolder=e.component, **_no_variant(kw)
+            ),
+            f"model.text_encoder_files[{i}]",
+        )
+        for i, (e, file) in enumerate(zip(spec.text_encoders, files))
     ]
     tokenizers = [
         getattr(transformers, e.tokenizer_class).from_pretrained(
@@ -82,15 +106,40 @@ def _from_folder(root: str, m: ModelPlan) -> dict:
         )
         for e in spec.text_encoders
     ]
-    denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(root, subfolder=spec.denoiser, **kw)
+    if m.denoiser_file:
+        denoiser = load_denoiser_file(m.denoiser_file, spec, root, kw.get("revision", ""))
+    else:
+        denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
+            root, subfolder=spec.denoiser, **kw
+        )
     scheduler = getattr(diffusers, spec.noise_scheduler)
     return {
         "unet": denoiser,
-        "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", **kw),
+        "vae": None if m.vae else AutoencoderKL.from_pretrained(root, subfolder="vae", **kw),
         "text_encoders": text_encoders,
         "tokenizers": tokenizers,
         "scheduler": scheduler.from_pretrained(root, subfolder="scheduler", **_no_variant(kw)),
     }
+
+
+def _text_files(m: ModelPlan) -> list[str]:
+    """One entry per text encoder of the family: its file, or "" for the base model's."""
+    n = len(family_spec(m.family).text_encoders)
+    return [*m.text_encoder_files, *[""] * (n - len(m.text_encoder_files))][:n]
+
+
+def _files_over_single_file(m: ModelPlan, parts: dict) -> None:
+    """Component files over a single-file base: the denoiser configured by model.config (or as diffusers
+    infers it), the text encoders by the checkpoint's own encoders' configs."""
+    spec = family_spec(m.family)
+    if m.denoiser_file:
+        parts["unet"] = load_denoiser_file(m.denoiser_file, spec, m.config or None)
+    for i, (e, file) in enumerate(zip(spec.text_encoders, _text_files(m))):
+        if file:
+            config = parts["text_encoders"][i].config
+            parts["text_encoders"][i] = load_text_encoder_file(
+                file, e, config, f"model.text_encoder_files[{i}]"
+            )
 
 
 def _no_variant(kw: dict) -> dict:
@@ -124,7 +173,8 @@ def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
 
     from safetensors.torch import save_file
 
-    target = cache_dir / "models" / f"ckpt-{m.identity.split(':')[-1][:32]}.safetensors"
+    base_identity = m.identity.split("+")[0]  # component files (model.denoiser_file) add "+..." parts
+    target = cache_dir / "models" / f"ckpt-{base_identity.split(':')[-1][:32]}.safetensors"
     if target.exists():
         return str(target)
     try:
@@ -143,10 +193,13 @@ def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
     return str(target)
 
 
-def _load_vae(m: ModelPlan) -> AutoencoderKL:
+def _load_vae(m: ModelPlan, config: str | None = None) -> AutoencoderKL:
+    """model.vae: a file configured by the base model's vae (`config`: its folder or hub id; a single-file
+    base: model.config, or what diffusers infers), a folder or a hub id."""
     path = Path(m.vae)
     if path.is_file():
-        return AutoencoderKL.from_single_file(str(path))
+        config = config or m.config or None
+        return load_vae_file(str(path), config, m.revision if config == m.base else "")
     if path.is_dir() and (path / "vae").is_dir():
         return AutoencoderKL.from_pretrained(str(path), subfolder="vae")
     return AutoencoderKL.from_pretrained(m.vae)

@@ -8,6 +8,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.builtin import builtin_model, is_builtin
+from dbspec.compiler.component_files import with_component_files
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
 from dbspec.compiler.safetensors_header import file_fingerprint
@@ -63,7 +64,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
     text_parts = [part for e in family_spec(family).text_encoders for part in (e.component, e.tokenizer)]
     text_identity = "+".join(facts.component_ids.get(c, f"{identity}/{c}") for c in text_parts)
     vae_identity = _vae_identity(ctx, facts.component_ids.get("vae", f"{identity}/vae"))
-    return ModelPlan(
+    plan = ModelPlan(
         base=m.base,
         source=facts.source,
         path=facts.path,
@@ -87,6 +88,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         variant=facts.variant,
         notes=notes,
     )
+    return with_component_files(ctx, plan)
 
 
 def _missing_folder_note(ctx: Context, facts: ModelFacts) -> ModelFacts:
@@ -131,7 +133,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
                 help="remove the key to use the detected value",
             )
     folder = ctx.cache_dir / "models" / b.identity.replace(":", "-").replace("@", "-")
-    return ModelPlan(
+    plan = ModelPlan(
         base=m.base,
         source="builtin",
         path=str(folder),
@@ -154,6 +156,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         params=dict(b.params),
         notes=(f"built on first use into {folder}",),
     )
+    return with_component_files(ctx, plan)
 
 
 def _family(ctx: Context, facts: ModelFacts) -> str | None:

@@ -91,6 +91,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "negative_aesthetic_score"): 2.5,
         ("validation", "refine"): None,
         ("model", "weighted_captions"): False,
+        ("model", "denoiser_file"): "",  # per-component weight files, added since
+        ("model", "text_encoder_files"): [],
         ("checkpoints", "select_weights"): [],
         ("datasets", "*", "color_aug"): False,
         ("datasets", "*", "face_crop"): None,

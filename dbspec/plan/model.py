@@ -74,6 +74,10 @@ class ModelPlan:
     aesthetic_score: float = 6.0  # the SDXL refiner's aesthetic-score conditioning in training
     negative_aesthetic_score: float = 2.5  # its negative branch in refining validation
     weighted_captions: bool = False  # A1111 attention syntax scales token hidden states (kohya)
+    # Per-component weight files (resolved paths) over the base model's weights: the denoiser's; one per text
+    # encoder in the family's order ("" keeps the base's). The identities include them.
+    denoiser_file: str = ""
+    text_encoder_files: tuple[str, ...] = ()
 
 
 @frozen

@@ -69,6 +69,7 @@ def model_table(plan: Plan) -> Table:
     params = ", ".join(f"{shown_component(plan, k)} {_count(v)}" for k, v in m.params.items()) or "unknown"
     t.add_row(m.base, m.source + ("" if m.resolved else " (not downloaded)"), m.family, m.prediction, params)
     lines = [f"note: {note}" for note in m.notes]
+    lines += component_file_lines(plan)
     if m.clip_skip != 1 or m.max_tokens != 75:
         windows = f" ({m.max_tokens // 75} windows of 75, joined)" if m.max_tokens != 75 else ""
         lines.append(f"text: clip skip {m.clip_skip}, {m.max_tokens} prompt tokens{windows}")
@@ -84,6 +85,23 @@ def model_table(plan: Plan) -> Table:
     t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
+
+
+def component_file_lines(plan: Plan) -> list[str]:
+    """Where each component's weights come from when not all from model.base (model.denoiser_file, ...)."""
+    m = plan.model
+    spec = family_spec(m.family)
+    files = [(spec.denoiser, m.denoiser_file, "model.denoiser_file")]
+    files += [
+        (e.component, path, f"model.text_encoder_files[{i}]")
+        for i, (e, path) in enumerate(zip(spec.text_encoders, m.text_encoder_files))
+    ]
+    if m.vae and Path(m.vae).is_file():
+        files.append(("vae", m.vae, "model.vae"))
+    lines = [f"weights: {name} from {_shown(path)} ({key})" for name, path, key in files if path]
+    if lines:
+        lines.append(f"weights: configs, tokenizers and the other components from {m.base}")
+    return lines
 
 
 def datasets_table(plan: Plan) -> Table:

@@ -43,9 +43,31 @@ class Model:
     )
     vae: str = option(
         "",
-        doc="Replacement VAE (hub id, folder or file), e.g. an fp16-fixed SDXL VAE; empty "
-        "keeps the base model's.",
+        doc="Replacement VAE (hub id, folder or file), e.g. an fp16-fixed SDXL VAE or Flux's "
+        "`ae.safetensors` (kohya `--ae`, `--vae`); empty keeps the base model's. A file may be in the "
+        "original (LDM) or diffusers layout, with or without `first_stage_model.`; its config is "
+        "model.base's (or model.config's) vae.",
         example="madebyollin/sdxl-vae-fp16-fix",
+    )
+    denoiser_file: str = option(
+        "",
+        doc="A .safetensors file whose denoiser weights replace model.base's (kohya's Flux and SD3 "
+        "`--pretrained_model_name_or_path`): a transformer or U-Net alone, or a full single-file checkpoint, "
+        "in the original layout (Black Forest Labs' Flux, Stability's MMDiT, `model.diffusion_model.`) or "
+        "diffusers'. Its config is model.base's (or, for a single-file base, model.config's); empty keeps "
+        "model.base's weights.",
+        example="models/flux1-dev.safetensors",
+    )
+    text_encoder_files: list[str] = option(
+        factory=list,
+        doc="One .safetensors file per text encoder, in the family's order (SD1, SD2: [CLIP]; SDXL: [CLIP-L, "
+        "CLIP-G]; SD3: [CLIP-L, CLIP-G, T5-XXL]; Flux: [CLIP-L, T5-XXL]), each replacing that encoder's "
+        'weights (kohya `--clip_l`, `--clip_g`, `--t5xxl`); "" keeps model.base\'s, and a shorter list keeps '
+        "the rest. transformers key layout (with or without CLIP's `text_model.`) or OpenCLIP's original "
+        "one, alone or under a checkpoint's prefix (an SD3 single file's "
+        "`text_encoders.clip_l.transformer.`, an SDXL one's `conditioner.embedders.1.model.`); configs and "
+        "tokenizers stay model.base's.",
+        example=["models/clip_l.safetensors", "models/t5xxl_fp16.safetensors"],
     )
     revision: str = option("main", doc="Hub revision (branch, tag or commit) when base is a hub id.")
     config: str = option(

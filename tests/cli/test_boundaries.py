@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "families": 0,
     "envreport": 0,
     "builtin": 1,
+    "weightfiles": 1,  # where a component's tensors sit in a weight file (plan checks, runtime loads)
     "plan": 1,
     "spec": 1,
     "report": 2,  # reads a run folder and its plan; the runtime writes it at the end of a run
@@ -74,7 +75,7 @@ LAYERS: dict[str, int] = {
     "cli_tokens": 6,
     "cli": 7,
 }
-RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime", "report"}
+RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime", "report", "weightfiles"}
 
 
 def _package(path: Path) -> str:

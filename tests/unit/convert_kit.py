@@ -139,3 +139,34 @@ def expressible(outcome: Outcome, refused: tuple[str, ...] = ("DBS402", "DBS403"
     """The outcome, after checking that none of the `refused` codes was reported."""
     assert not set(refused) & codes(outcome), errors(outcome)
     return outcome
+
+
+def component_file(path: Path) -> Path:
+    """A small .safetensors with the tensor names (and widths) of the component kohya's file `path` names:
+    clip_l / clip_g / t5xxl (transformers layout), ae (LDM layout), flux1 (BFL layout), sd3 (MMDiT)."""
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    name = path.name.lower()
+    if "clip_l" in name or "clip_g" in name:
+        width = 768 if "clip_l" in name else 1280
+        shapes = {"text_model.embeddings.token_embedding.weight": (4, width)}
+    elif "t5" in name:
+        shapes = {"shared.weight": (4, 4096), "encoder.block.0.layer.0.SelfAttention.k.weight": (4, 4096)}
+    elif name.startswith(("ae", "vae")):
+        shapes = {
+            "encoder.down.0.block.0.conv1.weight": (4, 4, 3, 3),
+            "decoder.conv_in.weight": (4, 16, 3, 3),
+        }
+    elif "sd3" in name:
+        shapes = {
+            f"model.diffusion_model.joint_blocks.{i}.x_block.attn.qkv.weight": (3, 2) for i in range(24)
+        }
+        shapes["model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight"] = (3, 2)
+    else:
+        shapes = {"double_blocks.0.img_attn.qkv.weight": (3, 2), "single_blocks.0.linear1.weight": (3, 2)}
+        if "schnell" not in name:
+            shapes["guidance_in.in_layer.weight"] = (3, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.zeros(v, dtype=np.float16) for k, v in shapes.items()}, str(path))
+    return path

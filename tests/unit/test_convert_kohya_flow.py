@@ -5,7 +5,16 @@ sd3_train_utils.py)."""
 
 from __future__ import annotations
 
-from convert_kit import empty_hub_cache, errors, fate, images, kohya, messages, plan_of  # noqa: F401
+from convert_kit import (  # noqa: F401
+    component_file,
+    empty_hub_cache,
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    plan_of,
+)
 
 from dbspec.plan.summary import noise_summary
 
@@ -15,6 +24,8 @@ SD35 = "stabilityai/stable-diffusion-3.5-large"
 
 def _flux(tmp_path, extra: str, *, allow: bool = False):
     images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
     return kohya(
         tmp_path,
         allow=allow,
@@ -47,7 +58,7 @@ def test_kohya_flux_readme_settings_plan_the_shifted_logit_normal_draw(tmp_path)
     assert plan.optimizer.lr == 1e-4 and plan.schedule.total_steps == 400
     assert fate(outcome, "timestep_sampling") == "mapped"  # continuous in kohya and dbspec (flow_draw)
     assert fate(outcome, "network_module") == "differs"  # fused qkv, modulation layers
-    assert fate(outcome, "clip_l") == "differs"
+    assert fate(outcome, "clip_l") == "mapped"  # model.text_encoder_files (kohya's separate files)
 
 
 def test_kohya_flux_sigma_sampling_is_the_scheduler_draw(tmp_path):
@@ -137,6 +148,8 @@ def test_kohya_flux_wrong_network_module(tmp_path):
 
 def _sd3(tmp_path, extra: str):
     images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
     return kohya(
         tmp_path,
         command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from convert_kit import (
+    component_file,
     SD15,
     SDXL,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
@@ -220,6 +221,8 @@ def test_sdxl_lora_full_bf16_with_prodigy(tmp_path):
 def test_flux_lora_full_bf16_holds_the_adapters_in_bf16(tmp_path):
     """flux_train_network.py inherits train_network.py's cast of the network: bf16 Flux LoRA adapters."""
     images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)  # kohya's component files (model.text_encoder_files, model.vae)
     outcome = kohya(
         tmp_path,
         command="accelerate launch --mixed_precision bf16 flux_train_network.py "

@@ -7,7 +7,19 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import SD15, codes, empty_hub_cache, errors, fate, images, kohya, messages, plan_of, write  # noqa: F401
+from convert_kit import (  # noqa: F401
+    SD15,
+    codes,
+    component_file,
+    empty_hub_cache,
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    plan_of,
+    write,
+)
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -82,6 +94,8 @@ def test_sd1_batches_that_mix_preserved_and_other_samples_differ_from_kohya(tmp_
 
 
 def test_flux_lora_compares_the_base_output_in_the_losss_form(tmp_path, empty_hub_cache):  # noqa: F811
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)  # kohya's component files (model.text_encoder_files, model.vae)
     outcome = _convert(tmp_path, FLUX_LORA, batch=2)
     assert outcome.exit_code == 0, errors(outcome)
     assert fate(outcome, KEY) == "mapped"

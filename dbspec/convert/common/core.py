@@ -74,6 +74,8 @@ class Conversion:
     # spec values the legacy inputs lack: each diagnostic is reported unless
     # `dbspec convert --set` gives the value
     required: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
+    # warnings about a converter-chosen value, reported unless `dbspec convert --set` gives that value
+    unless_set: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
     _said: set = attrs.field(factory=set)
 
     # --- values ----------------------------------------------------------------------------------------
@@ -163,6 +165,10 @@ class Conversion:
         """`path` must get a value; `problem` is reported when neither the legacy inputs
         nor --set give one."""
         self.required[tuple(path)] = problem
+
+    def warn_unless_set(self, path: KeyPath, code: str, message: str, key: str = "", help: str = "") -> None:
+        """A warning about the value the converter chose for `path`, left out when --set gives it."""
+        self.unless_set[tuple(path)] = warning(code, message, path=key, help=help)
 
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diagnostics)

@@ -66,3 +66,20 @@ def _separators(path: str) -> str:
     if "\\" in path and "/" not in path and not is_windows_absolute(path):
         return path.replace("\\", "/")
     return path
+
+
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def model_path(value: str, paths: PathMapper) -> str:
+    """A hub id stays as written; an existing path, an absolute path or a weights file is a path."""
+    local = paths.local(value)
+    is_path = (
+        local is None
+        or local.exists()
+        or value.startswith((".", "/", "~"))
+        or value.lower().endswith(_FILE_SUFFIXES)
+        or value.count("/") > 1
+        or "\\" in value
+    )
+    return paths.for_spec(value) if is_path else value

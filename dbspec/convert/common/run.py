@@ -80,6 +80,10 @@ def apply_sets(conv: Conversion, overrides: Sequence[str]) -> None:
     for path, problem in conv.required.items():
         if path not in conv.values:
             conv.diagnostics.append(problem)
+    given = {parse_override_key(item.partition("=")[0].strip()) for item in overrides}
+    for path, advice in conv.unless_set.items():
+        if path not in given:
+            conv.diagnostics.append(advice)
 
 
 def _check(draft: Path, out: Path) -> tuple[Diagnostic, ...]:

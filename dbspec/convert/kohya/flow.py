@@ -31,6 +31,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.paths import PathMapper, model_path
 
 Args = dict[str, Legacy]
 FLOW_SCRIPTS = ("flux_train_network", "sd3_train_network")
@@ -95,7 +96,7 @@ FLOW_INERT = {
 }
 
 
-def map_flow_model(a: Args, script: str, conv: Conversion) -> str:
+def map_flow_model(a: Args, script: str, conv: Conversion, paths: PathMapper) -> str:
     """[model] family, prediction, T5 tokens and the separate component files; returns the family."""
     family = FAMILY[script]
     conv.put(
@@ -107,16 +108,7 @@ def map_flow_model(a: Args, script: str, conv: Conversion) -> str:
             conv.ignored(a[key], f"{script}.py builds its own architecture and trains flow matching")
         else:
             conv.record(a[key], "mapped", "model.family")
-    for key in ("clip_l", "clip_g", "t5xxl", "ae"):
-        if key in a and a[key].value:
-            conv.differs(
-                a[key],
-                "kohya loads each component from its own file; dbspec loads the text encoders and "
-                "autoencoder "
-                "from model.base (a diffusers folder or hub id with them)",
-            )
-    if "vae" in a and a["vae"].value and family == "flux":
-        conv.ignored(a["vae"], "flux_train_network.py reads the autoencoder from --ae")
+    map_component_files(a, script, paths, conv)
     tokens = a["t5xxl_max_token_length"]
     length = tokens.value if tokens.value is not None else 512  # dev; schnell 256 (dbspec trains dev)
     conv.mapped(
@@ -138,6 +130,144 @@ def map_flow_model(a: Args, script: str, conv: Conversion) -> str:
         if key in a and a[key].given:
             conv.inert(a[key], why)
     return family
+
+
+# The encoders' kohya flags in each family's order (dbspec/families.py text_encoders).
+ENCODER_FLAGS = {"flux": ("clip_l", "t5xxl"), "sd3": ("clip_l", "clip_g", "t5xxl")}
+# model.base when kohya's --pretrained_model_name_or_path is a transformer file: a hub model of the family
+# whose configs and tokenizers describe it (kohya builds them from its own constants).
+REFERENCE = {"flux": "black-forest-labs/FLUX.1-dev", "sd3": "stabilityai/stable-diffusion-3.5-large"}
+_SD3_BY_DEPTH = {  # joint blocks (and SD3.5 medium's dual-attention blocks) -> the published model
+    (24, True): "stabilityai/stable-diffusion-3.5-medium",
+    (24, False): "stabilityai/stable-diffusion-3-medium-diffusers",
+    (38, False): "stabilityai/stable-diffusion-3.5-large",
+}
+_WEIGHT_FILES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
+
+
+def is_weights_file(value: str, paths: PathMapper) -> bool:
+    """kohya's --pretrained_model_name_or_path names one file (not a diffusers folder or hub id)."""
+    local = paths.local(value)
+    if local is not None and local.is_dir():
+        return False
+    return value.lower().endswith(_WEIGHT_FILES) or (local is not None and local.is_file())
+
+
+def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversion) -> None:
+    """kohya's separate component files -> model.denoiser_file, model.text_encoder_files and model.vae, exact:
+    flux_train_network.py loads the transformer from --pretrained_model_name_or_path, CLIP-L, T5-XXL and the
+    autoencoder from --clip_l, --t5xxl, --ae; sd3_train_network.py loads the MMDiT from its file, CLIP-G and
+    T5-XXL from that file when it holds them (sd3_utils.load_clip_g / load_t5xxl read the checkpoint first),
+    else from --clip_g / --t5xxl, and CLIP-L and the autoencoder from --clip_l / --vae when given, else from
+    the file (load_clip_l, load_vae)."""
+    family = FAMILY[script]
+    base = a["pretrained_model_name_or_path"]
+    as_file = bool(base.value) and is_weights_file(base.value, paths)
+    checkpoint = model_path(base.value, paths) if as_file else ""
+    held = _held(base.value, paths) if as_file else None  # what the file holds, where readable here
+    if as_file:
+        reference = _reference(family, held)
+        conv.mapped(
+            base,
+            ("model", "denoiser_file"),
+            checkpoint,
+            note=f"model.base = {reference}: the configs and tokenizers",
+        )
+        conv.put(
+            ("model", "base"),
+            reference,
+            f"configs and tokenizers of {conv.comment(base)}'s model (kohya builds them itself)",
+        )
+        conv.warn_unless_set(
+            ("model", "base"),
+            "DBS418",
+            f"kohya `pretrained_model_name_or_path` = {base.value} is a {family.upper()} transformer file; "
+            f"its configs and tokenizers come from model.base = {reference}, which the run downloads "
+            "(configs and tokenizers only) unless it is in the Hugging Face cache",
+            base.key,
+            help="pass --set model.base=<a local diffusers folder of the same model> to dbspec convert to "
+            "plan and train offline",
+        )
+    files = []
+    for i, flag in enumerate(ENCODER_FLAGS[family]):
+        legacy = a[flag]
+        inside = family == "sd3" and as_file and _holds_encoder(held, i)
+        if legacy.value and not (inside and flag != "clip_l" and held is not None):
+            conv.mapped(legacy, ("model", "text_encoder_files"), model_path(legacy.value, paths))
+            files.append(model_path(legacy.value, paths))
+        elif legacy.value:  # sd3: the checkpoint holds this encoder, and kohya reads it from there
+            conv.ignored(legacy, f"{script}.py loads {flag} from the checkpoint, which holds one")
+            files.append(checkpoint)
+        elif family == "sd3" and as_file:
+            files.append(checkpoint)  # kohya reads it from the checkpoint (the plan checks it is there)
+            conv.record(legacy, "mapped", "model.text_encoder_files")
+        else:
+            files.append("")
+            conv.record(legacy, "mapped", "model.text_encoder_files")
+    if any(files):
+        conv.put(
+            ("model", "text_encoder_files"),
+            files,
+            f"kohya {', '.join(f'--{f}' for f in ENCODER_FLAGS[family])}"
+            + (" (the checkpoint's where it holds them)" if family == "sd3" and as_file else ""),
+        )
+    _map_autoencoder(a, script, family, checkpoint, held, paths, conv)
+
+
+def _map_autoencoder(
+    a: Args, script: str, family: str, checkpoint: str, held: dict | None, paths: PathMapper, conv: Conversion
+) -> None:
+    vae = a["vae"] if "vae" in a else None
+    if family == "flux":
+        ae = a["ae"]
+        if ae.value:
+            conv.mapped(ae, ("model", "vae"), model_path(ae.value, paths))
+        if vae is not None and vae.value:
+            conv.ignored(vae, "flux_train_network.py reads the autoencoder from --ae")
+        return
+    inside = held is not None and any(k.startswith("first_stage_model.") for k in held)
+    if vae is not None and vae.value:
+        conv.mapped(vae, ("model", "vae"), model_path(vae.value, paths))
+    elif checkpoint and (held is None or inside):
+        conv.put(("model", "vae"), checkpoint, f"kohya {script}.py: the checkpoint's autoencoder (no --vae)")
+
+
+def _held(value: str, paths: PathMapper) -> dict | None:
+    """The tensor names and shapes of a .safetensors file on this machine; None where it cannot be read."""
+    from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
+
+    local = paths.local(value)
+    if local is None or not local.is_file() or local.suffix.lower() not in (".safetensors", ".sft"):
+        return None
+    try:
+        return {k: v.shape for k, v in read_safetensors_header(local).items()}
+    except (ModelFileError, OSError):
+        return None
+
+
+def _holds_encoder(held: dict | None, index: int) -> bool:
+    """An SD3 checkpoint holds text encoder `index` (None: unknown, kohya's file usually does not)."""
+    from dbspec.families import family_spec
+    from dbspec.weightfiles import encoder_prefixes
+
+    if held is None:
+        return False
+    encoder = family_spec("sd3").text_encoders[index]
+    return encoder.single_file_prefix in encoder_prefixes(held, encoder)
+
+
+def _reference(family: str, held: dict | None) -> str:
+    """The published model whose configs fit the file, where readable: SD3's size from its joint blocks;
+    Flux.1 schnell without a guidance embedding (as kohya's flux_utils.analyze_checkpoint_state tells)."""
+    if held is None:
+        return REFERENCE[family]
+    if family == "flux":
+        guided = any(k.removeprefix("model.diffusion_model.").startswith("guidance_in.") for k in held)
+        return REFERENCE[family] if guided else "black-forest-labs/FLUX.1-schnell"
+    prefix = "model.diffusion_model." if any(k.startswith("model.diffusion_model.") for k in held) else ""
+    blocks = {k[len(prefix) :].split(".")[1] for k in held if k.startswith(f"{prefix}joint_blocks.")}
+    dual = any(".x_block.attn2." in k for k in held)
+    return _SD3_BY_DEPTH.get((len(blocks), dual), REFERENCE[family])
 
 
 def _flux_only(a: Args, conv: Conversion) -> None:

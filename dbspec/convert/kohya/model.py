@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
-from dbspec.convert.common.paths import PathMapper
-from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, map_flow_model
+from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
+from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import map_network, map_network_weights
 from dbspec.families import family_spec
 
 Args = dict[str, Legacy]
-_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str | None:
@@ -33,7 +32,7 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
                 "--set model.base=<hub id, diffusers folder or .safetensors> to dbspec convert",
             ),
         )
-    else:
+    elif not (script in FLOW_SCRIPTS and is_weights_file(base.value, paths)):  # a file: model.denoiser_file
         conv.mapped(base, ("model", "base"), model_path(base.value, paths))
     if base.value and base.value.lower().endswith((".ckpt", ".pt", ".pth")):
         conv.put(
@@ -42,7 +41,7 @@ def map_model(a: Args, script: str, paths: PathMapper, conv: Conversion) -> str 
             conv.comment(base, "kohya loads pickle checkpoints without asking"),
         )
     if script in FLOW_SCRIPTS:
-        return map_flow_model(a, script, conv)
+        return map_flow_model(a, script, conv, paths)
     family = _family(a, script, conv)
     if family is None:
         return None
@@ -97,20 +96,6 @@ def _weights_family(value: str, paths: PathMapper) -> str | None:
     except (ModelFileError, OSError, ValueError):
         return None  # the plan reports unreadable weights
     return facts.family if facts is not None and facts.family != "unknown" else None
-
-
-def model_path(value: str, paths: PathMapper) -> str:
-    """A hub id stays as written; an existing path, an absolute path or a weights file is a path."""
-    local = paths.local(value)
-    is_path = (
-        local is None
-        or local.exists()
-        or value.startswith((".", "/", "~"))
-        or value.lower().endswith(_FILE_SUFFIXES)
-        or value.count("/") > 1
-        or "\\" in value
-    )
-    return paths.for_spec(value) if is_path else value
 
 
 def _family(a: Args, script: str, conv: Conversion) -> str | None:
