@@ -480,7 +480,17 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         schedulefree=schedulefree_plan(o),
         came=came_plan(o),
         implementation=o.implementation,
+        split=o.split,
+        split_order=_split_order(spec, model),
     )
+
+
+def _split_order(spec: Spec, model) -> str:
+    """optimizer.split: the denoiser's tensors in the original layout's order where kohya trains a UNet of
+    that layout (SDXL) and the whole denoiser trains; else the model's own registration order."""
+    original = model is not None and family_spec(model.family).kohya.original_unet_names
+    full = spec.adapter.kind == "none" and spec.train.denoiser
+    return "original" if spec.optimizer.split > 1 and original and full else "registration"
 
 
 def _text_encoders_train(model, precision) -> bool:

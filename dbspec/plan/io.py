@@ -111,6 +111,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "ademamix"): None,
         ("optimizer", "schedulefree"): None,
         ("optimizer", "came"): None,  # came_pytorch's CAME, added since
+        ("optimizer", "split"): 1,  # one optimizer, the only kind then
+        ("optimizer", "split_order"): "registration",
         ("schedule", "torch", "base_lr"): 0.0,
         ("schedule", "torch", "step_size_up"): 2000,
         ("schedule", "torch", "step_size_down"): 0,

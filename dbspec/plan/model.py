@@ -712,6 +712,12 @@ class OptimizerPlan:
     # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
     # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)
     implementation: Literal["default", "foreach", "fused"] = "default"
+    # optimizer.split: one optimizer (and LR schedule) per chunk of the trained tensors (dbspec/plan/split.py,
+    # kohya's --fused_optimizer_groups); 1 = one optimizer
+    split: int = 1
+    # the order of the denoiser's tensors in that sequence: "original" = the original (SAI/LDM) layout's
+    # registration order (kohya's SDXL UNet; runtime/families/original_order.py), "registration" = the model's
+    split_order: Literal["registration", "original"] = "registration"
 
 
 @frozen
