@@ -1831,6 +1831,17 @@ each block pattern matches. Give the bound one number for every group. `dbspec c
 (networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
 and kohya groups that dbspec trains as one with different values.""",
     ),
+    # --- DBS5xx: options that contradict each other (continued) -------------------------------------------
+    Code(
+        "DBS510",
+        ERROR,
+        "Per-group schedule bounds with several optimizers",
+        """\
+`optimizer.split` (kohya's `--fused_optimizer_groups`) builds one optimizer and one LR schedule per chunk of
+the trained tensors; a chunk holds some of the groups, or part of one. `schedule.base_lr`, `max_lr`,
+`base_momentum` or `max_momentum` as a table names the groups of one optimizer, so it cannot apply. kohya
+passes the same scheduler arguments to every chunk's schedule: give the bound one number.""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -2273,6 +2273,12 @@ def _sharding_blockers(spec: Spec) -> Iterator[tuple[tuple, str, str]]:
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(spec.precision, key) != "none":
             yield ("precision", key), "a quantised base", "quantised tensors cannot be sharded"
+    if spec.optimizer.split > 1:
+        yield (
+            ("optimizer", "split"),
+            f"optimizer.split = {spec.optimizer.split}",
+            "dbspec gathers and restores one optimizer's sharded state",
+        )
     if spec.optimizer.clip_mode != "norm" and spec.optimizer.max_grad_norm > 0:
         yield (
             ("optimizer", "clip_mode"),
@@ -2311,6 +2317,24 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
             "model for FSDP2 and DeepSpeed, and the denoiser is one already",
             'train the denoiser alone, or use strategy = "ddp"',
         )
+
+
+@rule("spec")
+def split_group_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.split gives each chunk's optimizer its own schedule over its own groups: per-group bound
+    tables (which name the groups of one optimizer) cannot apply."""
+    split, s = spec.optimizer.split, spec.schedule
+    if split <= 1 or s.lr_schedule not in ("cyclic", "one_cycle"):
+        return
+    for key in ("base_lr", "max_lr", "base_momentum", "max_momentum"):
+        if isinstance(getattr(s, key), dict):
+            yield _err(
+                "DBS510",
+                ("schedule", key),
+                f"schedule.{key} gives per-group values with optimizer.split = {split}: each chunk's "
+                "optimizer has its own schedule over the groups (or the part of a group) it holds",
+                f"give schedule.{key} one number, or use optimizer.split = 1",
+            )
 
 
 @rule("spec")
