@@ -1161,9 +1161,21 @@ def _group_rates(spec: Spec) -> list[float]:
 def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     kind = spec.optimizer.kind
     rates = _group_rates(spec)
-    if kind not in DADAPT_KINDS or len(set(rates)) < 2:
-        return
+    if kind not in (*DADAPT_KINDS, "prodigy") or len(set(rates)) < 2 or spec.optimizer.split > 1:
+        return  # optimizer.split: a new optimizer where the rate changes, each holds one rate (kohya alike)
     shown = ", ".join(f"{r:g}" for r in rates)
+    if kind == "prodigy":
+        if len({r for r in rates if r}) > 1:  # prodigyopt allows groups at rate 0 beside one common rate
+            yield _err(
+                "DBS274",
+                ("optimizer", "text_encoder_lr"),
+                "prodigyopt's Prodigy refuses parameter groups with different learning rates (it raises "
+                f"RuntimeError at the first step); the groups here have {shown} (text encoder rate or LoRA+ "
+                "ratio)",
+                "give the text encoder the same lr, or set optimizer.split = 2 or more (one optimizer per "
+                "rate, as kohya's fused_optimizer_groups)",
+            )
+        return
     if kind in _DADAPT_ONE_RATE and len({r for r in rates if r}) < 2:
         return  # dadaptation allows groups at rate 0 beside one common rate (optimizer.lr = 0: see DBS200)
     if kind in _DADAPT_ONE_RATE:

@@ -567,6 +567,18 @@ CASES = [
         LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\n',
     ),
     (
+        rules.dadapt_group_rates,  # prodigyopt raises too; optimizer.split gives each rate its own optimizer
+        TE + DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        TE + DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\ntext_encoder_lr = 0.5\nsplit = 2\n',
+    ),
+    (
+        rules.dadapt_group_rates,
+        TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ntext_encoder_lr = 0.5\nsplit = 3\n',
+    ),
+    (
         rules.dadapt_group_rates,
         LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
         [("DBS274", "warning", ("optimizer", "text_encoder_lr"))],
