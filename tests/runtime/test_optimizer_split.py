@@ -236,3 +236,30 @@ def test_a_checkpoint_of_one_optimizer_does_not_load_into_a_split():
     split = SplitOptimizer(chunks, [("denoiser",)] * 3)
     with pytest.raises(ValueError, match="one optimizer's state; this run splits its tensors into 3"):
         split.load_state_dict(torch.optim.AdamW(params).state_dict())
+
+
+BF16_WEIGHTS = '[precision]\nweights = "bf16"\nmixed = "bf16"\n[train]\ntext_encoder = true\n'
+
+
+def test_split_schedule_free_and_stochastic_rounding_step_as_one(tmp_path):
+    """The chunk optimizers switch to averaged weights together (schedule-free: the final weights are the
+    averaged ones) and share one rounding stream (bf16 weights): on SD1 (the model's own order) a split run
+    equals the unsplit one bit for bit, and resumes bit-exact."""
+    for name, extra, kind in (
+        (
+            "sf",
+            "[train]\ntext_encoder = true\n",
+            ['optimizer.kind="adamw_schedulefree"', "optimizer.lr=1e-3"],
+        ),
+        ("sr", BF16_WEIGHTS, ["optimizer.lr=1e-3"]),
+    ):
+        spec = write_spec(tmp_path / name, steps=4, extra=extra)
+        one = execute(compile_spec(spec, [*kind, 'output.dir="one"']))
+        plan = compile_spec(spec, [*kind, "optimizer.split=2", 'output.dir="split"'])
+        assert plan.optimizer.split_order == "registration"
+        assert plan.precision.stochastic_rounding == (name == "sr")
+        first = execute(plan, stop_after=2)
+        second = execute(plan, resume=True)
+        assert first.losses + second.losses == one.losses, name
+        a, b = final_weights(one.final), final_weights(second.final)
+        assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
