@@ -33,9 +33,10 @@ SPLIT_KEY = "split_optimizers"  # the state_dict key holding every chunk optimiz
 
 
 class SplitOptimizer(torch.optim.Optimizer):
-    """Several optimizers stepped as one. `chunks`: per optimizer, the names of the groups it spans."""
+    """Several optimizers stepped as one. `chunks`: per optimizer, what it holds ("denoiser 599 (lr 1)",
+    "denoiser 482 + text_encoder 10 (lr 1)"), for the run's note."""
 
-    def __init__(self, optimizers: list, chunks: list[tuple[str, ...]]) -> None:
+    def __init__(self, optimizers: list, chunks: list[str]) -> None:
         # No super().__init__: the chunk optimizers own the groups and state; param_groups lists theirs.
         self.optimizers = optimizers
         self.chunks = chunks
@@ -156,20 +157,34 @@ def make_split(
         if generator is not None:
             optimizer = StochasticRoundingOptimizer(optimizer, generator)
         optimizers.append(optimizer)
-        spans.append(tuple(group.get("name", "") for group in chunk_groups))
+        spans.append(
+            " + ".join(f"{group.get('name', 'group')} {len(group['params'])}" for group in chunk_groups)
+            + f" (lr {chunk_groups[0]['lr']:g})"
+        )
     schedulers = [make_lr_scheduler(optimizer, plan.schedule) for optimizer in optimizers]
     return SplitOptimizer(optimizers, spans), SplitScheduler(schedulers)
+
+
+def _split_of(optimizer) -> SplitOptimizer | None:
+    while not isinstance(optimizer, SplitOptimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer  # accelerate's wrapper
+    return optimizer if isinstance(optimizer, SplitOptimizer) else None
+
+
+def run_optimizer_chunks(optimizer) -> list[str]:
+    """What each chunk optimizer holds, in order; [] for one optimizer."""
+    split = _split_of(optimizer)
+    return list(split.chunks) if split is not None else []
 
 
 def chunk_step_sizes(optimizer) -> dict[str, float]:
     """Prodigy's and D-Adaptation's d x lr of every chunk after the first (`d*lr` is the first's):
     `d*lr/1`, `d*lr/2`, ...; empty for one optimizer or optimizers without d."""
-    while not isinstance(optimizer, SplitOptimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer  # accelerate's wrapper
-    if not isinstance(optimizer, SplitOptimizer):
+    split = _split_of(optimizer)
+    if split is None:
         return {}
     metrics = {}
-    for index, chunk in enumerate(optimizer.optimizers[1:], start=1):
+    for index, chunk in enumerate(split.optimizers[1:], start=1):
         group = chunk.param_groups[0]
         if "d" in group:
             metrics[f"d*lr/{index}"] = float(group["d"] * group["lr"])

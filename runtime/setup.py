@@ -25,7 +25,7 @@ from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
-from dbspec.runtime.optim_split import make_split
+from dbspec.runtime.optim_split import make_split, run_optimizer_chunks
 from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
@@ -140,6 +140,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         raise StrategyError(
             "validation and evaluation run on the first process alone and cannot sample a sharded model yet: "
             'turn them off, or use distributed.strategy = "ddp"'
+        )
+    if plan.optimizer.split > 1 and accelerator.is_main_process:  # the chunks the tensors came to
+        (console or Console(stderr=True)).print(
+            f"note: optimizer.split: {len(run_optimizer_chunks(optimizer))} optimizers over "
+            + "; ".join(run_optimizer_chunks(optimizer)),
+            markup=False,
         )
     if sharded and accelerator.is_main_process:
         names = ", ".join(name for name, m in _named(comps) if m in sharded)

@@ -233,7 +233,7 @@ def test_a_checkpoint_of_one_optimizer_does_not_load_into_a_split():
     unet, encoders = _models()
     params = list(unet.parameters())[:3]
     chunks = [torch.optim.AdamW([p]) for p in params]
-    split = SplitOptimizer(chunks, [("denoiser",)] * 3)
+    split = SplitOptimizer(chunks, ["denoiser 1 (lr 0.001)"] * 3)
     with pytest.raises(ValueError, match="one optimizer's state; this run splits its tensors into 3"):
         split.load_state_dict(torch.optim.AdamW(params).state_dict())
 
