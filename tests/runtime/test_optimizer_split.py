@@ -80,14 +80,17 @@ def test_original_order_follows_kohyas_sdxl_unet_registration():
     assert blocks == sorted(blocks)
 
 
-def test_the_tiny_sdxl_tables_place_every_tensor():
-    pipe = build_pipeline("builtin:tiny-sdxl")
+@pytest.mark.parametrize("family", ["sdxl", "sdxl_refiner"])
+def test_the_tiny_sdxl_tables_place_every_tensor(family):
+    """Every tensor of the tiny SDXL (and refiner) UNet has its original name, in the single-file layout."""
+    pipe = build_pipeline(f"builtin:tiny-{family.replace('_', '-')}")
     named = original_order(pipe.unet)
     assert len(named) == len(list(pipe.unet.parameters()))
     assert {id(p) for _, p in named} == {id(p) for p in pipe.unet.parameters()}
-    state = single_file_state(
-        unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2], family="sdxl"
-    )
+    encoders = [
+        e for e in (pipe.text_encoder if hasattr(pipe, "text_encoder") else None, pipe.text_encoder_2) if e
+    ]
+    state = single_file_state(unet=pipe.unet, vae=pipe.vae, text_encoders=encoders, family=family)
     unet_keys = {
         k.removeprefix("model.diffusion_model.") for k in state if k.startswith("model.diffusion_model.")
     }
