@@ -790,7 +790,8 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         (
             "optimizer split",
             f"{o.split} optimizers and LR schedules over consecutive chunks of ceil(tensors / {o.split}) "
-            f"trained tensors{order}, a new chunk where the lr changes (lr {', '.join(rates)}); {effect}",
+            f"trained tensors{order}, a new chunk where the lr changes (lr {', '.join(rates)}); {effect}; "
+            "the run notes each chunk's tensors",
         )
     ]
 
