@@ -22,7 +22,7 @@ import torch
 from dbspec.plan.model import Plan
 from dbspec.plan.split import split_chunks
 from dbspec.runtime.families.original_order import original_order
-from dbspec.runtime.optim import make_lr_scheduler, make_optimizer
+from dbspec.runtime.optim import OptimizerError, make_lr_scheduler, make_optimizer
 from dbspec.runtime.rounding import (
     ROUNDING_SEED_OFFSET,
     StochasticRoundingOptimizer,
@@ -138,6 +138,7 @@ def make_split(
     groups = in_split_order(groups, plan, unet)
     flat = [(index, param) for index, group in enumerate(groups) for param in group["params"]]
     chunks = split_chunks([groups[index]["lr"] for index, _ in flat], plan.optimizer.split)
+    _check_planned(chunks, [groups[index]["lr"] for index, _ in flat], plan)
     generator = None
     if plan.precision.stochastic_rounding:  # one rounding stream through the chunks, as one optimizer's
         generator = torch.Generator(device=device).manual_seed(plan.schedule.seed + ROUNDING_SEED_OFFSET)
@@ -175,6 +176,19 @@ def run_optimizer_chunks(optimizer) -> list[str]:
     """What each chunk optimizer holds, in order; [] for one optimizer."""
     split = _split_of(optimizer)
     return list(split.chunks) if split is not None else []
+
+
+def _check_planned(chunks: list[range], lrs: list[float], plan: Plan) -> None:
+    """The chunks cut from the loaded models are the plan's (when the plan could count the tensors)."""
+    planned = [(c.tensors, c.lr) for c in plan.optimizer.split_chunks]
+    cut = [(len(chunk), lrs[chunk[0]]) for chunk in chunks]
+    if planned and planned != cut:
+        raise OptimizerError(
+            f"optimizer.split: the plan cut {sum(n for n, _ in planned)} trained tensors into chunks of "
+            f"{', '.join(str(n) for n, _ in planned)}, the loaded models hold {len(lrs)} in chunks of "
+            f"{', '.join(str(n) for n, _ in cut)}: plan the spec again (a dbspec bug if the model did not "
+            "change, please report it)"
+        )
 
 
 def chunk_step_sizes(optimizer) -> dict[str, float]:

@@ -36,6 +36,7 @@ from dbspec.compiler.optimizers import (
     schedulefree_plan,
 )
 from dbspec.compiler.torch_schedules import torch_schedule_plan
+from dbspec.compiler.split import with_split_chunks
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
@@ -407,7 +408,7 @@ def _assemble(
         schedule=schedule,
         loss=loss,
         precision=precision,
-        optimizer=optimizer_plan(spec, model),
+        optimizer=with_split_chunks(optimizer_plan(spec, model), model, precision, bool(spec.pivotal.tokens)),
         cache=cache,
         validation=ValidationPlan(
             prompts=tuple(v.prompts),

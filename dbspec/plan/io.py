@@ -113,6 +113,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "came"): None,  # came_pytorch's CAME, added since
         ("optimizer", "split"): 1,  # one optimizer, the only kind then
         ("optimizer", "split_order"): "registration",
+        ("optimizer", "split_chunks"): [],
         ("schedule", "torch", "base_lr"): 0.0,
         ("schedule", "torch", "step_size_up"): 2000,
         ("schedule", "torch", "step_size_down"): 0,

@@ -687,6 +687,16 @@ class CAMEPlan:
 
 
 @frozen
+class SplitChunk:
+    """One optimizer of optimizer.split: how many trained tensors it holds, their rate, the components they
+    belong to ("unet" the denoiser)."""
+
+    tensors: int
+    lr: float
+    spans: tuple[str, ...]
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
@@ -718,6 +728,9 @@ class OptimizerPlan:
     # the order of the denoiser's tensors in that sequence: "original" = the original (SAI/LDM) layout's
     # registration order (kohya's SDXL UNet; runtime/families/original_order.py), "registration" = the model's
     split_order: Literal["registration", "original"] = "registration"
+    # the chunks, one optimizer each, when the plan can count the trained tensors (dbspec/compiler/split.py);
+    # () = cut at run time (the run notes them)
+    split_chunks: tuple[SplitChunk, ...] = ()
 
 
 @frozen

@@ -791,9 +791,17 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
             "optimizer split",
             f"{o.split} optimizers and LR schedules over consecutive chunks of ceil(tensors / {o.split}) "
             f"trained tensors{order}, a new chunk where the lr changes (lr {', '.join(rates)}); {effect}; "
-            "the run notes each chunk's tensors",
+            + _chunks(o),
         )
     ]
+
+
+def _chunks(o) -> str:
+    """The plan's chunks, one optimizer each: tensors, components, rate; or where they are settled."""
+    if not o.split_chunks:
+        return "the run cuts the chunks and notes them (the plan cannot count the tensors)"
+    shown = " | ".join(f"{c.tensors} {' + '.join(c.spans)} at {c.lr:g}" for c in o.split_chunks)
+    return f"{len(o.split_chunks)} chunks (tensors, components, lr): {shown}"
 
 
 def _clipping(plan: Plan) -> str:

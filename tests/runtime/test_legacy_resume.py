@@ -58,7 +58,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("dadapt", "adafactor", "ademamix", "schedulefree"):
         del data["optimizer"][key]  # D-Adaptation, Adafactor, AdEMAMix and schedule-free options, added since
     del data["optimizer"]["came"]  # CAME's options, added since
-    for key in ("split", "split_order"):
+    for key in ("split", "split_order", "split_chunks"):
         del data["optimizer"][
             key
         ]  # several optimizers (kohya's fused_optimizer_groups), added since (one then)

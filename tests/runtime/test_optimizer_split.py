@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import attrs
 import prodigyopt
 import pytest
 import torch
@@ -14,7 +15,8 @@ from diffusers import UNet2DConditionModel
 from dbspec.runtime.exports import single_file_state
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families.original_order import original_order
-from dbspec.runtime.optim import make_optimizer, param_groups
+from dbspec.compiler.split import BUILTIN_TENSORS
+from dbspec.runtime.optim import OptimizerError, make_optimizer, param_groups
 from dbspec.runtime.optim_split import SPLIT_KEY, SplitOptimizer, make_split
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.optim_kit import newest_state
@@ -266,3 +268,55 @@ def test_split_schedule_free_and_stochastic_rounding_step_as_one(tmp_path):
         assert first.losses + second.losses == one.losses, name
         a, b = final_weights(one.final), final_weights(second.final)
         assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.parametrize("base", sorted(BUILTIN_TENSORS))
+def test_the_builtin_tensor_table_counts_the_built_models(base):
+    pipe = build_pipeline(base)
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    built = {"unet": len(list(denoiser.parameters()))} | {
+        name: len(list(getattr(pipe, name).parameters())) for name in names if getattr(pipe, name, None)
+    }
+    assert built == BUILTIN_TENSORS[base]
+
+
+def test_the_plan_lists_kohyas_chunks_and_the_run_cuts_them(tmp_path):
+    """From a diffusers folder's headers the plan counts the trained tensors and lists kohya's chunks (its
+    loop over the U-Net's tensors, then the encoders' at their own rate); the run cuts the same and refuses a
+    plan whose chunks the loaded models do not come to."""
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    pipe.save_pretrained(tmp_path / "model")
+    spec = write_spec(tmp_path, base=str(tmp_path / "model"), steps=2, extra="[train]\ntext_encoder = true\n")
+    overrides = ['model.family="sdxl"', 'optimizer.kind="prodigy"', "optimizer.lr=1.0"]
+    plan = compile_spec(spec, [*overrides, "optimizer.text_encoder_lr=0.5", "optimizer.split=3"])
+    n_unet = len(list(pipe.unet.parameters()))
+    n_text = len(list(pipe.text_encoder.parameters())) + len(list(pipe.text_encoder_2.parameters()))
+    expected = kohya_chunks([(n_unet, 1.0), (n_text, 0.5)], 3)
+    assert [(c.tensors, c.lr) for c in plan.optimizer.split_chunks] == [
+        (len(chunk), 1.0 if chunk[0] < n_unet else 0.5) for chunk in expected
+    ]
+    assert plan.optimizer.split_chunks[-1].spans == ("text_encoder", "text_encoder_2")
+    assert f"{len(expected)} chunks (tensors, components, lr): {len(expected[0])} unet at 1" in summary_text(
+        plan
+    )
+
+    unet, encoders = _models()
+    groups = param_groups(list(unet.parameters()), [list(e.parameters()) for e in encoders], plan.optimizer)
+    split, _ = make_split(groups, plan, unet, torch.device("cpu"))
+    assert [len(list(o.param_groups[0]["params"])) for o in split.optimizers][:1] == [len(expected[0])]
+    wrong = attrs.evolve(
+        plan, optimizer=attrs.evolve(plan.optimizer, split_chunks=plan.optimizer.split_chunks[1:])
+    )
+    with pytest.raises(OptimizerError, match="the plan cut .* the loaded models hold 533"):
+        make_split(groups, wrong, unet, torch.device("cpu"))
+
+
+def test_the_plan_leaves_chunks_it_cannot_count_to_the_run(tmp_path):
+    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=2)
+    lora = compile_spec(spec, ["optimizer.split=2", 'adapter.kind="lora"'])
+    assert lora.optimizer.split == 2 and lora.optimizer.split_chunks == ()
+    assert lora.optimizer.split_order == "registration"  # kohya's order is the full UNet's
+    assert "the run cuts the chunks and notes them" in summary_text(lora)
+    full = compile_spec(spec, ["optimizer.split=2"])
+    assert [c.tensors for c in full.optimizer.split_chunks] == [214, 214]
