@@ -11,6 +11,7 @@ import prodigyopt
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
 
 from dbspec.runtime.exports import single_file_state
 from dbspec.runtime.execute import execute
@@ -320,3 +321,24 @@ def test_the_plan_leaves_chunks_it_cannot_count_to_the_run(tmp_path):
     assert "the run cuts the chunks and notes them" in summary_text(lora)
     full = compile_spec(spec, ["optimizer.split=2"])
     assert [c.tensors for c in full.optimizer.split_chunks] == [214, 214]
+
+
+def test_a_single_file_checkpoint_gives_the_unets_count_not_the_encoders(tmp_path):
+    """A single-file SDXL checkpoint's U-Net keys map one to one (its count is known); its text encoders'
+    (OpenCLIP's merged q/k/v) do not: with them trained the run cuts the chunks."""
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    state = single_file_state(
+        unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2], family="sdxl"
+    )
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m.safetensors"))
+    overrides = ["optimizer.split=3", 'model.family="sdxl"']
+    unet_only = compile_spec(write_spec(tmp_path, base=str(tmp_path / "m.safetensors")), overrides)
+    n_unet = len(list(pipe.unet.parameters()))
+    assert [c.tensors for c in unet_only.optimizer.split_chunks] == [
+        len(c) for c in kohya_chunks([(n_unet, 1)], 3)
+    ]
+    extra = "[train]\ntext_encoder = true\n"
+    with_text = compile_spec(
+        write_spec(tmp_path, base=str(tmp_path / "m.safetensors"), extra=extra), overrides
+    )
+    assert with_text.optimizer.split_chunks == ()
