@@ -782,7 +782,7 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
             rates.append(f"second text encoder {o.text_encoder_2_lr:g}")
     alike = o.kind.startswith("dadapt_") or o.kind == "prodigy"
     effect = (
-        f"each {o.kind} estimates its step size d over its own chunk"
+        f"each {o.kind} estimates its step size d over its own chunk (logged as d*lr, d*lr/1, d*lr/2, ...)"
         if alike
         else f"the same updates as one {o.kind} (it updates each tensor on its own)"
     )
