@@ -293,3 +293,18 @@ def test_fused_optimizer_groups_with_accumulation_differs(tmp_path):
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
     assert fate(outcome, "fused_optimizer_groups") == "differs"
     assert "each micro-batch's backward" in messages(outcome, "DBS404")
+
+
+def test_fused_backward_pass_with_optimizer_groups_differs(tmp_path):
+    """kohya hooks only the first of the groups' optimizers when --fused_backward_pass is given too."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    body = (
+        'learning_rate = 1e-5\noptimizer_type = "Adafactor"\nfused_backward_pass = true\n'
+        "fused_optimizer_groups = 4\n"
+        'optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]\n'
+    )
+    write(tmp_path / "config.toml", SDXL_FULL + body)
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert fate(outcome, "fused_optimizer_groups") == "differs"
+    assert "hooks only the first" in messages(outcome, "DBS404")
+    assert fate(outcome, "fused_backward_pass") == "mapped"

@@ -1139,6 +1139,14 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
                 )
             if key == "fused_optimizer_groups":
                 _optimizer_groups(a, conv)
+            elif "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
+                groups = a["fused_optimizer_groups"]
+                conv.differs(
+                    groups,
+                    f"with --fused_backward_pass too, kohya builds {groups.value} optimizers but hooks only "
+                    "the first (its fused Adafactor step): the tensors of the others never step; dbspec "
+                    "steps every trained tensor",
+                )
             return
 
 
