@@ -342,3 +342,42 @@ def test_a_single_file_checkpoint_gives_the_unets_count_not_the_encoders(tmp_pat
         write_spec(tmp_path, base=str(tmp_path / "m.safetensors"), extra=extra), overrides
     )
     assert with_text.optimizer.split_chunks == ()
+
+
+@pytest.mark.parametrize("kind", ["dadapt_adam", "dadapt_lion"])
+def test_each_chunk_is_the_d_adaptation_optimizer_kohya_builds(tmp_path, kind):
+    """D-Adaptation as kohya builds each chunk's (cls([chunk], lr=lr, **optimizer_args)): the same steps and
+    d per chunk; with the text encoders at another rate (one optimizer would raise)."""
+    import dadaptation
+
+    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=4, extra="[train]\ntext_encoder = true\n")
+    plan = compile_spec(
+        spec,
+        [
+            f'optimizer.kind="{kind}"',
+            "optimizer.lr=1.0",
+            "optimizer.text_encoder_lr=0.5",
+            "optimizer.split=2",
+        ],
+    )
+    o = plan.optimizer
+    unet, encoders = _models()
+    groups = param_groups(list(unet.parameters()), [list(e.parameters()) for e in encoders], o)
+    ours, _ = make_split(groups, plan, unet, torch.device("cpu"))
+    ref_unet, ref_encoders = copy.deepcopy(unet), copy.deepcopy(encoders)
+    sequence = [p for _, p in original_order(ref_unet)] + [p for e in ref_encoders for p in e.parameters()]
+    n_unet = len(list(ref_unet.parameters()))
+    entries = [(n_unet, 1.0), (len(sequence) - n_unet, 0.5)]
+    lrs = [lr for count, lr in entries for _ in range(count)]
+    cls = {"dadapt_adam": dadaptation.DAdaptAdam, "dadapt_lion": dadaptation.DAdaptLion}[kind]
+    kwargs = {"betas": o.betas, "weight_decay": o.weight_decay, "d0": o.dadapt.d0}
+    if kind == "dadapt_adam":
+        kwargs.update(eps=o.eps, decouple=o.dadapt.decouple, use_bias_correction=o.dadapt.use_bias_correction)
+    kohya = [
+        cls([sequence[i] for i in chunk], lr=lrs[chunk[0]], **kwargs) for chunk in kohya_chunks(entries, 2)
+    ]
+    assert len(ours.optimizers) == len(kohya) == 3
+    copies = [_params(unet, encoders), _params(ref_unet, ref_encoders)]
+    _step(copies, 5, [ours, _Together(kohya)])
+    assert all(torch.equal(a, b) for a, b in zip(copies[0], copies[1], strict=True))
+    assert [c.param_groups[0]["d"] for c in ours.optimizers] == [c.param_groups[0]["d"] for c in kohya]
