@@ -898,12 +898,14 @@ an optimizer without momentum or betas (Adafactor).""",
     Code(
         "DBS274",
         EITHER,
-        "D-Adaptation with different learning rates per parameter group",
+        "D-Adaptation or Prodigy with different learning rates per parameter group",
         """\
-The D-Adaptation optimizers take one learning rate: dadapt_adam, dadapt_adam_preprint, dadapt_lion and
-dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices) have different
-rates (error); dadapt_adan, dadapt_adan_ip and dadapt_adagrad step every group at d x the first group's rate,
-so the other rates have no effect (warning, as kohya warns).""",
+The D-Adaptation optimizers and Prodigy take one learning rate: prodigy, dadapt_adam, dadapt_adam_preprint,
+dadapt_lion and dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices)
+have different rates (error; a group at rate 0 beside one common rate is allowed); dadapt_adan, dadapt_adan_ip
+and dadapt_adagrad step every group at d x the first group's rate, so the other rates have no effect
+(warning, as kohya warns). With `optimizer.split` (kohya's `--fused_optimizer_groups`) each optimizer holds
+one rate: nothing to report.""",
     ),
     Code(
         "DBS275",
@@ -1896,7 +1898,17 @@ run downloads its configs and tokenizers (FLUX.1-dev is gated: `huggingface-cli 
 in the Hugging Face cache (warning).""",
         help="pass --set model.base=<a local diffusers folder of the same model> to dbspec convert",
     ),
-    # --- DBS5xx: options that contradict each other (continued) --------------------------------------------
+    # --- DBS5xx: options that contradict each other (continued) -------------------------------------------
+    Code(
+        "DBS510",
+        ERROR,
+        "Per-group schedule bounds with several optimizers",
+        """\
+`optimizer.split` (kohya's `--fused_optimizer_groups`) builds one optimizer and one LR schedule per chunk of
+the trained tensors; a chunk holds some of the groups, or part of one. `schedule.base_lr`, `max_lr`,
+`base_momentum` or `max_momentum` as a table names the groups of one optimizer, so it cannot apply. kohya
+passes the same scheduler arguments to every chunk's schedule: give the bound one number.""",
+    ),
     # LyCORIS's weight decomposition (DoRA on LoHa/LoKr, per input column, with LoCon's Tucker form):
     # DBS515-DBS518.
     Code(

@@ -27,6 +27,7 @@ from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.wandb_log import require_wandb, wandb_config
 from dbspec.runtime.optim import averaged_weights, step_size_metrics
+from dbspec.runtime.optim_split import chunk_step_sizes
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
@@ -128,6 +129,7 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
                     **terms,
                     "lr": lr,
                     **step_size_metrics(run.optimizer),
+                    **chunk_step_sizes(run.optimizer),
                     "epoch": run.sampler.epoch,
                     "seconds": time.perf_counter() - started,
                 },

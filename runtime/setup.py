@@ -25,6 +25,7 @@ from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
+from dbspec.runtime.optim_split import make_split, run_optimizer_chunks
 from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
@@ -119,11 +120,16 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         groups = block_param_groups(groups, comps.unet, plan.adapter)
     if tokens is not None:  # pivotal tuning: the new token rows, at their own rate
         groups.append(tokens.group())
-    optimizer = make_optimizer(groups, plan.optimizer)
-    if plan.precision.stochastic_rounding:  # bf16 weights: updates in fp32, rounded stochastically to bf16
-        optimizer = with_stochastic_rounding(optimizer, s.seed, device)
+    if plan.optimizer.split > 1:  # one optimizer and LR schedule per chunk (kohya's fused_optimizer_groups)
+        optimizer, lr_scheduler = make_split(groups, plan, comps.unet, device)
+    else:
+        optimizer = make_optimizer(groups, plan.optimizer)
+        if (
+            plan.precision.stochastic_rounding
+        ):  # bf16 weights: updates in fp32, rounded stochastically to bf16
+            optimizer = with_stochastic_rounding(optimizer, s.seed, device)
+        lr_scheduler = make_lr_scheduler(optimizer, s)
     ema = Ema.from_plan(plan.ema, unet_params + text_params) if plan.ema.enabled else None
-    lr_scheduler = make_lr_scheduler(optimizer, s)
     compile_models(plan, comps)  # after the caches are filled: only training steps run compiled
     # prepare: DDP wrapping when several processes run; the optimizer scales fp16 gradients.
     trained = [m for m in (comps.unet, *comps.text_encoders) if any(p.requires_grad for p in m.parameters())]
@@ -134,6 +140,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         raise StrategyError(
             "validation and evaluation run on the first process alone and cannot sample a sharded model yet: "
             'turn them off, or use distributed.strategy = "ddp"'
+        )
+    if plan.optimizer.split > 1 and accelerator.is_main_process:  # the chunks the tensors came to
+        (console or Console(stderr=True)).print(
+            f"note: optimizer.split: {len(run_optimizer_chunks(optimizer))} optimizers over "
+            + "; ".join(run_optimizer_chunks(optimizer)),
+            markup=False,
         )
     if sharded and accelerator.is_main_process:
         names = ", ".join(name for name, m in _named(comps) if m in sharded)

@@ -36,6 +36,7 @@ from dbspec.compiler.optimizers import (
     schedulefree_plan,
 )
 from dbspec.compiler.torch_schedules import torch_schedule_plan
+from dbspec.compiler.split import with_split_chunks
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
@@ -407,7 +408,7 @@ def _assemble(
         schedule=schedule,
         loss=loss,
         precision=precision,
-        optimizer=optimizer_plan(spec, model),
+        optimizer=with_split_chunks(optimizer_plan(spec, model), model, precision, bool(spec.pivotal.tokens)),
         cache=cache,
         validation=ValidationPlan(
             prompts=tuple(v.prompts),
@@ -480,7 +481,17 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         schedulefree=schedulefree_plan(o),
         came=came_plan(o),
         implementation=o.implementation,
+        split=o.split,
+        split_order=_split_order(spec, model),
     )
+
+
+def _split_order(spec: Spec, model) -> str:
+    """optimizer.split: the denoiser's tensors in the original layout's order where kohya trains a UNet of
+    that layout (SDXL) and the whole denoiser trains; else the model's own registration order."""
+    original = model is not None and family_spec(model.family).kohya.original_unet_names
+    full = spec.adapter.kind == "none" and spec.train.denoiser
+    return "original" if spec.optimizer.split > 1 and original and full else "registration"
 
 
 def _text_encoders_train(model, precision) -> bool:

@@ -1161,9 +1161,21 @@ def _group_rates(spec: Spec) -> list[float]:
 def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     kind = spec.optimizer.kind
     rates = _group_rates(spec)
-    if kind not in DADAPT_KINDS or len(set(rates)) < 2:
-        return
+    if kind not in (*DADAPT_KINDS, "prodigy") or len(set(rates)) < 2 or spec.optimizer.split > 1:
+        return  # optimizer.split: a new optimizer where the rate changes, each holds one rate (kohya alike)
     shown = ", ".join(f"{r:g}" for r in rates)
+    if kind == "prodigy":
+        if len({r for r in rates if r}) > 1:  # prodigyopt allows groups at rate 0 beside one common rate
+            yield _err(
+                "DBS274",
+                ("optimizer", "text_encoder_lr"),
+                "prodigyopt's Prodigy refuses parameter groups with different learning rates (it raises "
+                f"RuntimeError at the first step); the groups here have {shown} (text encoder rate or LoRA+ "
+                "ratio)",
+                "give the text encoder the same lr, or set optimizer.split = 2 or more (one optimizer per "
+                "rate, as kohya's fused_optimizer_groups)",
+            )
+        return
     if kind in _DADAPT_ONE_RATE and len({r for r in rates if r}) < 2:
         return  # dadaptation allows groups at rate 0 beside one common rate (optimizer.lr = 0: see DBS200)
     if kind in _DADAPT_ONE_RATE:
@@ -2344,6 +2356,12 @@ def _sharding_blockers(spec: Spec) -> Iterator[tuple[tuple, str, str]]:
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(spec.precision, key) != "none":
             yield ("precision", key), "a quantised base", "quantised tensors cannot be sharded"
+    if spec.optimizer.split > 1:
+        yield (
+            ("optimizer", "split"),
+            f"optimizer.split = {spec.optimizer.split}",
+            "dbspec gathers and restores one optimizer's sharded state",
+        )
     if spec.optimizer.clip_mode != "norm" and spec.optimizer.max_grad_norm > 0:
         yield (
             ("optimizer", "clip_mode"),
@@ -2382,6 +2400,24 @@ def distributed_combinations(spec: Spec, given: Given) -> Iterator[Hit]:
             "model for FSDP2 and DeepSpeed, and the denoiser is one already",
             'train the denoiser alone, or use strategy = "ddp"',
         )
+
+
+@rule("spec")
+def split_group_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.split gives each chunk's optimizer its own schedule over its own groups: per-group bound
+    tables (which name the groups of one optimizer) cannot apply."""
+    split, s = spec.optimizer.split, spec.schedule
+    if split <= 1 or s.lr_schedule not in ("cyclic", "one_cycle"):
+        return
+    for key in ("base_lr", "max_lr", "base_momentum", "max_momentum"):
+        if isinstance(getattr(s, key), dict):
+            yield _err(
+                "DBS510",
+                ("schedule", key),
+                f"schedule.{key} gives per-group values with optimizer.split = {split}: each chunk's "
+                "optimizer has its own schedule over the groups (or the part of a group) it holds",
+                f"give schedule.{key} one number, or use optimizer.split = 1",
+            )
 
 
 @rule("spec")

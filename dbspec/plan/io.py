@@ -115,6 +115,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "ademamix"): None,
         ("optimizer", "schedulefree"): None,
         ("optimizer", "came"): None,  # came_pytorch's CAME, added since
+        ("optimizer", "split"): 1,  # one optimizer, the only kind then
+        ("optimizer", "split_order"): "registration",
+        ("optimizer", "split_chunks"): [],
         ("schedule", "torch", "base_lr"): 0.0,
         ("schedule", "torch", "step_size_up"): 2000,
         ("schedule", "torch", "step_size_down"): 0,

@@ -696,6 +696,16 @@ class CAMEPlan:
 
 
 @frozen
+class SplitChunk:
+    """One optimizer of optimizer.split: how many trained tensors it holds, their rate, the components they
+    belong to ("unet" the denoiser)."""
+
+    tensors: int
+    lr: float
+    spans: tuple[str, ...]
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
@@ -721,6 +731,15 @@ class OptimizerPlan:
     # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
     # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)
     implementation: Literal["default", "foreach", "fused"] = "default"
+    # optimizer.split: one optimizer (and LR schedule) per chunk of the trained tensors (dbspec/plan/split.py,
+    # kohya's --fused_optimizer_groups); 1 = one optimizer
+    split: int = 1
+    # the order of the denoiser's tensors in that sequence: "original" = the original (SAI/LDM) layout's
+    # registration order (kohya's SDXL UNet; runtime/families/original_order.py), "registration" = the model's
+    split_order: Literal["registration", "original"] = "registration"
+    # the chunks, one optimizer each, when the plan can count the trained tensors (dbspec/compiler/split.py);
+    # () = cut at run time (the run notes them)
+    split_chunks: tuple[SplitChunk, ...] = ()
 
 
 @frozen

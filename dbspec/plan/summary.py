@@ -312,6 +312,7 @@ def schedule_table(plan: Plan) -> Table:
             )
             + _clipping(plan),
         ),
+        *_split_rows(plan),
         ("lr schedule", _lr_schedule(s)),
         *_lr_rows(s),
         *_momentum_rows(s),
@@ -784,6 +785,45 @@ def _loraplus(plan: Plan) -> str:
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
+
+
+def _split_rows(plan: Plan) -> list[tuple[str, str]]:
+    """optimizer.split: how the trained tensors are cut into chunks, one optimizer each."""
+    o = plan.optimizer
+    if o.split <= 1:
+        return []
+    order = (
+        " (the denoiser's in the original layout's order, as kohya's UNet)"
+        if o.split_order == "original"
+        else ""
+    )
+    rates = [f"denoiser {o.lr:g}"] if plan.train_denoiser else []
+    if plan.train_text_encoder:
+        rates.append(f"text encoder {o.text_encoder_lr:g}")
+        if o.text_encoder_2_lr is not None:
+            rates.append(f"second text encoder {o.text_encoder_2_lr:g}")
+    alike = o.kind.startswith("dadapt_") or o.kind == "prodigy"
+    effect = (
+        f"each {o.kind} estimates its step size d over its own chunk (logged as d*lr, d*lr/1, d*lr/2, ...)"
+        if alike
+        else f"the same updates as one {o.kind} (it updates each tensor on its own)"
+    )
+    return [
+        (
+            "optimizer split",
+            f"{o.split} optimizers and LR schedules over consecutive chunks of ceil(tensors / {o.split}) "
+            f"trained tensors{order}, a new chunk where the lr changes (lr {', '.join(rates)}); {effect}; "
+            + _chunks(o),
+        )
+    ]
+
+
+def _chunks(o) -> str:
+    """The plan's chunks, one optimizer each: tensors, components, rate; or where they are settled."""
+    if not o.split_chunks:
+        return "the run cuts the chunks and notes them (the plan cannot count the tensors)"
+    shown = " | ".join(f"{c.tensors} {' + '.join(c.spans)} at {c.lr:g}" for c in o.split_chunks)
+    return f"{len(o.split_chunks)} chunks (tensors, components, lr): {shown}"
 
 
 def _clipping(plan: Plan) -> str:

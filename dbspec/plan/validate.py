@@ -81,6 +81,7 @@ _CHECKS: tuple[Check, ...] = (
     ("optimizer.momentum", _fraction, "a number in [0, 1]"),
     ("optimizer.loraplus_denoiser_ratio", _at_least(0), "a number of 0 or more"),
     ("optimizer.loraplus_text_encoder_ratio", _at_least(0), "a number of 0 or more"),
+    ("optimizer.split", _at_least(1), "an integer of 1 or more"),
     ("ema.decay", _fraction, "a number in [0, 1]"),
     ("adapter.dropout", _fraction, "a number in [0, 1]"),
 )

@@ -1053,6 +1053,18 @@ class Optimizer:
         "scales each parameter's gradient on its own to a norm of at most max_grad_norm (kohya's "
         "--fused_backward_pass and --fused_optimizer_groups clip in each parameter's gradient hook).",
     )
+    split: int = option(
+        1,
+        doc="Several optimizers over consecutive chunks of the trained tensors, as kohya's sdxl_train.py "
+        "--fused_optimizer_groups: the tensors in sequence (the denoiser's, in the original layout's order "
+        "for SDXL as kohya's own UNet registers them, then the text encoders'), cut into chunks of "
+        "ceil(tensors / split), a new chunk also wherever the learning rate changes; one optimizer and one "
+        "LR schedule per chunk, all stepped every optimizer step. The same updates as one optimizer for "
+        "optimizers that update each tensor on its own (adamw, lion, adafactor, ...); prodigy and dadapt_* "
+        "estimate their step size d over their own chunk. 1 = one optimizer.",
+        minimum=1,
+        example=4,
+    )
     # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
     d0: float = option(
         1e-6, doc="dadapt_*: the initial estimate of the step size d (dadaptation's d0).", exclusive_minimum=0

@@ -60,6 +60,10 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("dadapt", "adafactor", "ademamix", "schedulefree"):
         del data["optimizer"][key]  # D-Adaptation, Adafactor, AdEMAMix and schedule-free options, added since
     del data["optimizer"]["came"]  # CAME's options, added since
+    for key in ("split", "split_order", "split_chunks"):
+        del data["optimizer"][
+            key
+        ]  # several optimizers (kohya's fused_optimizer_groups), added since (one then)
     del data["loss"]["mask_mean"]  # kohya's masked-loss averaging, added since (mask area then)
     del data["adapter"]["down_dropout"]  # kohya's network_dropout, added since (off then)
     del data["adapter"]["dora_form"]  # LyCORIS's weight decomposition, added since (peft's DoRA then)

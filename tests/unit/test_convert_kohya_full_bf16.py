@@ -243,13 +243,71 @@ def test_flux_lora_full_bf16_holds_the_adapters_in_bf16(tmp_path):
 
 def test_fused_optimizer_groups_clip_per_tensor_and_split_prodigy(tmp_path):
     """--fused_optimizer_groups clips in each parameter's hook too; with Prodigy kohya's several optimizers
-    each estimate their own step size: a stated difference."""
+    each estimate their own step size: optimizer.split, exact (no DBS404)."""
     images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
     write(
         tmp_path / "config.toml",
         SDXL_FULL + 'learning_rate = 1.0\noptimizer_type = "Prodigy"\nfused_optimizer_groups = 4\n',
     )
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "fused_optimizer_groups") == "mapped"
+    assert not messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.clip_mode == "norm_per_tensor"
+    assert (plan.optimizer.split, plan.optimizer.split_order) == (4, "original")  # kohya's SDXL UNet order
+
+
+@pytest.mark.parametrize("optimizer", ["DAdaptAdam", "DAdaptLion"])
+def test_fused_optimizer_groups_split_d_adaptation(tmp_path, optimizer):
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(
+        tmp_path / "config.toml",
+        SDXL_FULL + f'learning_rate = 1.0\noptimizer_type = "{optimizer}"\nfused_optimizer_groups = 3\n',
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "fused_optimizer_groups") == "mapped" and not messages(outcome, "DBS404")
+    assert plan_of(outcome, tmp_path).optimizer.split == 3
+
+
+def test_fused_optimizer_groups_with_a_per_tensor_optimizer_keep_one_optimizer(tmp_path):
+    """AdamW updates each tensor on its own: kohya's optimizers step as one does, the split is left out."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(
+        tmp_path / "config.toml",
+        SDXL_FULL + 'learning_rate = 1e-5\noptimizer_type = "AdamW"\nfused_optimizer_groups = 4\n',
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "fused_optimizer_groups") == "mapped" and not messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.split, plan.optimizer.clip_mode) == (1, "norm_per_tensor")
+
+
+def test_fused_optimizer_groups_with_accumulation_differs(tmp_path):
+    """kohya's hooks step every micro-batch: with accumulation nothing accumulates (a stated difference)."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    body = (
+        'learning_rate = 1.0\noptimizer_type = "Prodigy"\nfused_optimizer_groups = 2\n'
+        "gradient_accumulation_steps = 4\n"
+    )
+    write(tmp_path / "config.toml", SDXL_FULL + body)
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
     assert fate(outcome, "fused_optimizer_groups") == "differs"
-    assert "4 prodigy optimizers" in messages(outcome, "DBS404")
-    assert plan_of(outcome, tmp_path).optimizer.clip_mode == "norm_per_tensor"
+    assert "each micro-batch's backward" in messages(outcome, "DBS404")
+
+
+def test_fused_backward_pass_with_optimizer_groups_differs(tmp_path):
+    """kohya hooks only the first of the groups' optimizers when --fused_backward_pass is given too."""
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    body = (
+        'learning_rate = 1e-5\noptimizer_type = "Adafactor"\nfused_backward_pass = true\n'
+        "fused_optimizer_groups = 4\n"
+        'optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]\n'
+    )
+    write(tmp_path / "config.toml", SDXL_FULL + body)
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert fate(outcome, "fused_optimizer_groups") == "differs"
+    assert "hooks only the first" in messages(outcome, "DBS404")
+    assert fate(outcome, "fused_backward_pass") == "mapped"

@@ -614,6 +614,18 @@ CASES = [
         LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\n',
     ),
     (
+        rules.dadapt_group_rates,  # prodigyopt raises too; optimizer.split gives each rate its own optimizer
+        TE + DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        TE + DOG + STEPS + '[optimizer]\nkind = "prodigy"\nlr = 1.0\ntext_encoder_lr = 0.5\nsplit = 2\n',
+    ),
+    (
+        rules.dadapt_group_rates,
+        TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_lion"\nlr = 1.0\ntext_encoder_lr = 0.5\nsplit = 3\n',
+    ),
+    (
         rules.dadapt_group_rates,
         LORA + TE + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
         [("DBS274", "warning", ("optimizer", "text_encoder_lr"))],
@@ -1078,6 +1090,12 @@ CASES = [
         DOG + STEPS + '[validation]\nprompts = ["a dog"]\nsteps = 20\npreview_every = 20\n',
     ),
     (
+        rules.split_group_bounds,  # one schedule per chunk optimizer: group tables cannot apply
+        DOG + STEPS + 'lr_schedule = "one_cycle"\nmax_lr = { denoiser = 1e-3 }\n[optimizer]\nsplit = 3\n',
+        [("DBS510", "error", ("schedule", "max_lr"))],
+        DOG + STEPS + 'lr_schedule = "one_cycle"\nmax_lr = 1e-3\n[optimizer]\nsplit = 3\n',
+    ),
+    (
         rules.optimizer_implementation_kind,
         DOG + STEPS + '[optimizer]\nkind = "lion"\nimplementation = "fused"\n',
         [("DBS287", "error", ("optimizer", "implementation"))],
@@ -1145,13 +1163,15 @@ CASES = [
         DOG
         + STEPS
         + PROMPTS
-        + '[ema]\nenabled = true\n[optimizer]\nkind = "adamw8bit"\n[precision]\nquantize_denoiser = "int8"\n'
+        + '[ema]\nenabled = true\n[optimizer]\nkind = "adamw8bit"\nsplit = 2\n'
+        + '[precision]\nquantize_denoiser = "int8"\n'
         + TE
         + '[distributed]\nstrategy = "fsdp"\n',
         [
             ("DBS268", "error", ("validation", "prompts")),
             ("DBS268", "error", ("ema", "enabled")),
             ("DBS268", "error", ("precision", "quantize_denoiser")),
+            ("DBS268", "error", ("optimizer", "split")),
             ("DBS268", "error", ("optimizer", "kind")),
             ("DBS268", "error", ("train", "text_encoder")),  # accelerate's FSDP2 prepares one model
         ],

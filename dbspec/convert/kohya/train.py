@@ -1137,11 +1137,46 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
                     "norm_per_tensor",
                     note="kohya clips each parameter's gradient by its own norm in the backward hook",
                 )
-            kind = conv.values[("optimizer", "kind")][0] if ("optimizer", "kind") in conv.values else ""
-            if key == "fused_optimizer_groups" and str(kind).startswith(("prodigy", "dadapt")):
+            if key == "fused_optimizer_groups":
+                _optimizer_groups(a, conv)
+            elif "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
+                groups = a["fused_optimizer_groups"]
                 conv.differs(
-                    a[key],
-                    f"kohya builds {a[key].value} {kind} optimizers, each estimating its step size over "
-                    "its own parameters; dbspec builds one over all of them",
+                    groups,
+                    f"with --fused_backward_pass too, kohya builds {groups.value} optimizers but hooks only "
+                    "the first (its fused Adafactor step): the tensors of the others never step; dbspec "
+                    "steps every trained tensor",
                 )
             return
+
+
+def _optimizer_groups(a: Args, conv: Conversion) -> None:
+    """--fused_optimizer_groups N: one optimizer (and LR scheduler) per chunk of ceil(tensors / N) of the
+    U-Net's (kohya's original-layout order) then the text encoders' tensors, a new chunk where the rate
+    changes. Prodigy and D-Adaptation estimate d over their own chunk: optimizer.split = N reproduces them.
+    Every other optimizer updates each tensor on its own, so one optimizer steps alike; the split is left
+    out (one optimizer state, and the spec runs under FSDP and DeepSpeed too)."""
+    groups = a["fused_optimizer_groups"]
+    kind = str(conv.values[("optimizer", "kind")][0]) if ("optimizer", "kind") in conv.values else "adamw"
+    if kind.startswith(("prodigy", "dadapt")):
+        conv.mapped(
+            groups,
+            ("optimizer", "split"),
+            int(groups.value),
+            note=f"one {kind} optimizer per chunk of the tensors in kohya's order, each estimating its own d",
+        )
+    else:
+        conv.record(
+            groups,
+            "mapped",
+            "optimizer",
+            note=f"{kind} updates each tensor on its own: kohya's {groups.value} optimizers step as one does",
+        )
+    accumulation = a["gradient_accumulation_steps"].value
+    if accumulation and int(accumulation) > 1:
+        conv.differs(
+            groups,
+            f"with gradient_accumulation_steps {accumulation} kohya's gradient hooks step every optimizer "
+            "after each micro-batch's backward (clipping only on the last), so nothing accumulates; dbspec "
+            "accumulates the micro-batches and steps once",
+        )

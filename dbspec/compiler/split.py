@@ -1,0 +1,94 @@
+"""optimizer.split settled where it can be: the chunks (tensors, rate, components) listed in the plan.
+
+The chunks are `dbspec.plan.split.split_chunks` of the trained tensors in sequence (the denoiser's, then the
+text encoders', each with its group's rate), so the plan can list them when it knows how many tensors every
+trained component holds and every trained component trains whole (no adapter, no pivotal tokens): from the
+headers of a diffusers folder (or a hub snapshot in the local cache), from a single-file UNet checkpoint's
+denoiser (its original keys map one to one), and for the built-in tiny models from `BUILTIN_TENSORS`. Else
+the plan lists none and the run notes the chunks it cut. The runtime cuts the loaded models' tensors and
+refuses to train when they do not come to the plan's chunks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from dbspec.compiler.modelinfo import _component_weights
+from dbspec.compiler.safetensors_header import read_safetensors
+from dbspec.families import family_spec
+from dbspec.plan.model import ModelPlan, OptimizerPlan, PrecisionPlan, SplitChunk
+from dbspec.plan.split import split_chunks
+
+# The built-in tiny models' parameter tensors per component (tests/runtime/test_optimizer_split.py builds
+# each and counts them).
+BUILTIN_TENSORS: dict[str, dict[str, int]] = {
+    "builtin:tiny-sd1": {"unet": 208, "text_encoder": 52},
+    "builtin:tiny-sd2": {"unet": 208, "text_encoder": 52},
+    "builtin:tiny-sdxl": {"unet": 428, "text_encoder": 52, "text_encoder_2": 53},
+    "builtin:tiny-sdxl-refiner": {"unet": 428, "text_encoder_2": 53},
+    "builtin:tiny-sd3": {"unet": 74, "text_encoder": 53, "text_encoder_2": 53, "text_encoder_3": 21},
+    "builtin:tiny-flux": {"unet": 66, "text_encoder": 52, "text_encoder_2": 21},
+}
+# Stored tensors that are no parameters (older transformers saved CLIP's position ids)
+_BUFFERS = (".position_ids",)
+
+
+def with_split_chunks(
+    o: OptimizerPlan, model: ModelPlan, precision: PrecisionPlan, pivotal: bool
+) -> OptimizerPlan:
+    """The optimizer plan with its chunks listed when optimizer.split > 1 and they can be known."""
+    if o.split <= 1 or pivotal:
+        return o
+    if o.text_encoder_2_lr is not None and len(family_spec(model.family).text_encoders) > 2:
+        return o  # runtime/optim.param_groups' groups for a third encoder beside the second's own rate
+    trained = [c.name for c in precision.components if c.trainable != "frozen"]
+    if any(c.trainable == "lora" for c in precision.components):
+        return o  # the adapters' tensors exist once peft injects them
+    groups = [(name, _rate(o, model, name)) for name in trained if name != "vae"]
+    counts = {name: tensor_count(model, name) for name, _ in groups}
+    if any(count is None for count in counts.values()):
+        return o
+    sequence = [(name, lr) for name, lr in groups for _ in range(counts[name] or 0)]
+    chunks = tuple(
+        SplitChunk(
+            tensors=len(chunk),
+            lr=sequence[chunk[0]][1],
+            spans=tuple(dict.fromkeys(sequence[i][0] for i in chunk)),
+        )
+        for chunk in split_chunks([lr for _, lr in sequence], o.split)
+    )
+    return attrs.evolve(o, split_chunks=chunks)
+
+
+def _rate(o: OptimizerPlan, model: ModelPlan, name: str) -> float:
+    """The rate of a component's group as runtime/optim.param_groups gives it."""
+    if name == "unet":
+        return o.lr
+    second = family_spec(model.family).text_encoder_names[1:2]
+    if o.text_encoder_2_lr is not None and (name,) == second:
+        return o.text_encoder_2_lr
+    return o.text_encoder_lr
+
+
+def tensor_count(model: ModelPlan, component: str) -> int | None:
+    """How many parameter tensors `component` ("unet" the denoiser) of the base model holds; None unknown."""
+    if model.source == "builtin":
+        return BUILTIN_TENSORS.get(model.base, {}).get(component)
+    if not model.path:
+        return None
+    path = Path(model.path)
+    if model.source == "single_file":
+        denoiser_layout = family_spec(model.family).objective == "ddpm"  # the UNet's keys map one to one
+        if component != "unet" or not denoiser_layout:
+            return None
+        names = read_safetensors(path).tensors
+        return sum(1 for name in names if name.startswith("model.diffusion_model."))
+    if not (path / "model_index.json").is_file():
+        return None
+    folder = family_spec(model.family).denoiser if component == "unet" else component
+    weights = _component_weights(path / folder)
+    if weights is None or weights.tensors is None:
+        return None
+    return sum(1 for name, _ in weights.tensors if not name.endswith(_BUFFERS))
