@@ -1831,6 +1831,50 @@ each block pattern matches. Give the bound one number for every group. `dbspec c
 (networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
 and kohya groups that dbspec trains as one with different values.""",
     ),
+    # --- DBS5xx: options that contradict each other (continued) -------------------------------------------
+    # Shared down-projections of fused layers (adapter.fused_projections): DBS505-DBS508.
+    Code(
+        "DBS505",
+        ERROR,
+        "Fused projections on a family without fused layers",
+        """\
+`adapter.fused_projections = true` shares one LoRA down-projection among the diffusers parts of a fused Linear
+of the original model (Flux's q, k, v). The family's diffusers model has no such layers (its Linears are the
+original model's), so there is nothing to share.""",
+        help="remove adapter.fused_projections",
+    ),
+    Code(
+        "DBS506",
+        WARNING,
+        "A fused layer with only some of its parts adapted",
+        """\
+With `adapter.fused_projections` a fused layer's adapted parts share one down-projection; a part the targets
+(or a rank-0 block) leave out gets no update, so the fused layer's LoRA has zero rows there where kohya's LoRA
+on the fused layer trains every row. With Flux's default targets the single blocks' proj_mlp is such a part:
+add `proj_mlp` to `adapter.denoiser_targets` (kohya's networks.lora_flux set does).""",
+        help="add the missing parts to adapter.denoiser_targets, or accept the zero rows",
+    ),
+    Code(
+        "DBS507",
+        ERROR,
+        "Parts of a fused layer at different ranks or alphas",
+        """\
+With `adapter.fused_projections` the parts of a fused layer share one down-projection, which has one rank;
+kohya's LoRA on the fused layer has one alpha. `[[adapter.blocks]]` patterns gave parts of one fused layer
+different ranks or alphas.""",
+        help="give the parts one rank and alpha, or set adapter.fused_projections = false",
+    ),
+    Code(
+        "DBS508",
+        WARNING,
+        "Dropout drawn per part of a fused layer",
+        """\
+With `adapter.fused_projections` each part of a fused layer computes the shared down-projection's output
+itself, so `dropout`, `down_dropout`, `rank_dropout` and `module_dropout` draw their masks (and module dropout
+its skip) per part, where kohya's LoRA on the fused layer draws them once for the whole layer. The expected
+update is the same; the draws differ.""",
+        help="accept the per-part draws, or turn the dropout off",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -48,6 +48,17 @@ class KohyaFacts:
 
 
 @attrs.frozen
+class FusedProjection:
+    """One Linear of the family's original model that diffusers splits into parts (Flux's `img_attn.qkv` into
+    attn.to_q, to_k, to_v): kohya's LoRA on it has one down-projection shared by the parts
+    (`adapter.fused_projections`)."""
+
+    kohya_name: str  # kohya's module name inside a block, `.` as `_` (img_attn_qkv, linear1)
+    blocks: str  # the diffusers ModuleList holding the blocks (transformer_blocks, single_transformer_blocks)
+    parts: tuple[str, ...]  # the diffusers children inside a block, in the original layer's row order
+
+
+@attrs.frozen
 class TokenActivation:
     """Transformer denoisers (SD3, Flux): activation bytes per token of the joint sequence (one per 2x2
     latent patch, plus the text tokens) per sample at 16-bit autocast with SDPA, (plain, checkpointed),
@@ -131,6 +142,13 @@ class FamilySpec:
     # Hub models whose parameter counts differ from `public_params` (SD3.5 medium within the SD3 family): hub
     # id -> the components that differ; the memory estimate of such a model not downloaded yet uses them.
     hub_params: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    # The original model's fused Linears that diffusers splits (adapter.fused_projections); () for none.
+    fused_projections: tuple[FusedProjection, ...] = ()
+    # kohya's LoRA network for the family (networks.lora_flux): its denoiser targets in diffusers names
+    # (suffixes, as adapter.denoiser_targets) and the paths (regular expressions) those suffixes also match
+    # that kohya leaves alone; () when the converter has no such network.
+    kohya_lora_targets: tuple[str, ...] = ()
+    kohya_lora_excluded: tuple[str, ...] = ()
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -516,6 +534,28 @@ FAMILIES: dict[str, FamilySpec] = {
         long_prompts=False,
         lora_peft_keys=True,
         train_guidance=3.5,
+        # Black Forest Labs' double blocks fuse q, k, v per stream; single blocks q, k, v and the MLP input.
+        fused_projections=(
+            FusedProjection("img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v")),
+            FusedProjection(
+                "txt_attn_qkv",
+                "transformer_blocks",
+                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+            ),
+            FusedProjection(
+                "linear1", "single_transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+            ),
+        ),
+        # networks/lora_flux.py: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2, mod.lin of both
+        # streams) and the single blocks (linear1, linear2, modulation.lin); the suffix proj_out also names
+        # the final layer's Linear (final_layer.linear), which kohya does not adapt.
+        kohya_lora_targets=(
+            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *("norm1.linear", "norm1_context.linear", "proj_mlp", "proj_out", "norm.linear"),
+        ),
+        kohya_lora_excluded=("^proj_out$",),
     ),
 }
 

@@ -8,13 +8,15 @@ projections; the original model has one fused Linear per group:
   add_v_proj (in that order);
 - single block i: `linear1` <- attn.to_q, to_k, to_v and proj_mlp (q, k, v, then the MLP input).
 
-A fused layer's LoRA stacks the parts' down weights (rank R = the sum of the parts' ranks) and places each
-part's up weight on the block diagonal, so up @ down is the parts' updates, each on its own rows; this is
-the file kohya writes when it trains with `split_qkv` (networks/lora_flux.py state_dict). A part the run
-did not adapt (single blocks: proj_mlp with the default targets) is a zero block of the first part's rank,
-so every block has one rank and loaders that split the layer again (diffusers) see kohya's shape. Loaders
-scale by alpha / (rows of lora_down), so the fused alpha is the parts' scale times R: alpha / rank is kept
-exactly (parts with different scales have the ratio folded into their up blocks). kohya's own `split_qkv`
+Parts trained with one shared down-projection (adapter.fused_projections, runtime/fused.py) are written as
+kohya's own LoRA on the fused layer: that down once (rank r) and the parts' ups stacked by rows, alpha
+unchanged. Otherwise a fused layer's LoRA stacks the parts' down weights (rank R = the sum of the parts'
+ranks) and places each part's up weight on the block diagonal, so up @ down is the parts' updates, each on its
+own rows; this is the file kohya writes when it trains with `split_qkv` (networks/lora_flux.py state_dict). A
+part the run did not adapt (single blocks: proj_mlp with the default targets) is a zero block of the first
+part's rank, so every block has one rank and loaders that split the layer again (diffusers) see kohya's shape.
+Loaders scale by alpha / (rows of lora_down), so the fused alpha is the parts' scale times R: alpha / rank is
+kept exactly (parts with different scales have the ratio folded into their up blocks). kohya's own `split_qkv`
 writer stacks the same tensors but keeps the part's alpha, so its fused layers load at 1/3 (1/4) of the
 trained scale; the down/up tensors here are bit-identical to its (checked in a scratch run of its code).
 
@@ -31,6 +33,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from dbspec.families import family_spec
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _kohya_lora_layers, checked_layers, clip_path
@@ -74,12 +77,8 @@ _TOP = {
     "norm_out.linear": "final_layer_adaLN_modulation_1",
     "proj_out": "final_layer_linear",
 }
-# the diffusers children of each fused layer, in the original layer's row order
-_PARTS = {
-    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-}
+# the diffusers children of each fused layer, in the original layer's row order (the family registry's)
+_PARTS = {g.kohya_name: g.parts for g in family_spec("flux").fused_projections}
 _FINAL = ("final_layer_adaLN_modulation_1", "final_layer_linear")  # diffusers' converter drops their alpha
 _SWAPPED = "final_layer_adaLN_modulation_1"
 # kohya's networks/lora_flux.py prefixes: CLIP-L, T5-XXL
@@ -128,6 +127,8 @@ def kohya_flux_tensors(
 def _fuse(block, name, present, layers, out_features, dtype) -> dict[str, torch.Tensor]:
     children = _PARTS[name.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
     first = layers[present[min(present)]]
+    if len(present) > 1 and all(layers[path][0] is first[0] for path in present.values()):
+        return _shared(block, name, children, present, layers, out_features, dtype)
     rank, scale = first[2], first[3] / first[2]
     downs, ups = [], []
     for index, child in enumerate(children):
@@ -142,6 +143,20 @@ def _fuse(block, name, present, layers, out_features, dtype) -> dict[str, torch.
     return _entry(
         name, torch.cat(downs), torch.block_diag(*ups), scale * sum(d.shape[0] for d in downs), dtype
     )
+
+
+def _shared(block, name, children, present, layers, out_features, dtype) -> dict[str, torch.Tensor]:
+    """A fused layer whose parts share one down-projection (adapter.fused_projections, runtime/fused.py): the
+    shared down once (rank r), the parts' ups stacked by rows (zero rows for a part without a LoRA), alpha
+    unchanged; exactly kohya's LoRA on the fused Linear (networks.lora_flux without split_qkv)."""
+    down, _, rank, alpha = layers[present[min(present)]]
+    ups = []
+    for index, child in enumerate(children):
+        path = f"{block}.{child}"
+        ups.append(
+            layers[path][1].detach().float() if index in present else torch.zeros(out_features[path], rank)
+        )
+    return _entry(name, down.detach().float(), torch.cat(ups), alpha, dtype)
 
 
 def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.distributed import plan_distributed, sharding
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.evaluation import select_weights
+from dbspec.compiler.fused import fused_for
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
 from dbspec.compiler.preview import plan_preview
 from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
@@ -384,6 +385,7 @@ def _assemble(
     )
     if init[0]:
         adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
+    adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     v, c, e = spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)

@@ -60,6 +60,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["optimizer"]["came"]  # CAME's options, added since
     del data["loss"]["mask_mean"]  # kohya's masked-loss averaging, added since (mask area then)
     del data["adapter"]["down_dropout"]  # kohya's network_dropout, added since (off then)
+    del data["adapter"]["fused"]  # shared down-projections of fused layers, added since (none then)
     for key in ("wandb", "wandb_project", "wandb_run_name", "wandb_entity"):
         del data["logging"][key]  # W&B logging, added since (TensorBoard only then; volatile: trains alike)
     for key in (

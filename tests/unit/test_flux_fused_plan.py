@@ -1,0 +1,77 @@
+"""adapter.fused_projections in the compiler (no torch): the family registry's fused layers in the plan, and
+DBS505 (no fused layers), DBS506 (some parts not adapted), DBS507 (parts at different ranks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_compile import codes, compile_in, image, planned_ok, write_spec
+
+from dbspec.families import family_spec
+from dbspec.plan.io import plan_from_json, plan_to_json
+
+FLUX = {"base": "builtin:tiny-flux"}
+KOHYA = list(family_spec("flux").kohya_lora_targets)
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    return tmp_path
+
+
+def test_kohyas_targets_plan_every_fused_layer_and_the_plan_round_trips(toy: Path):
+    adapter = {"kind": "lora", "rank": 8, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    plan = planned.plan
+    assert plan is not None and not [c for c in codes(planned) if c.startswith("DBS50")]
+    assert [(f.name, f.blocks, len(f.parts)) for f in plan.adapter.fused] == [
+        ("img_attn_qkv", "transformer_blocks", 3),
+        ("txt_attn_qkv", "transformer_blocks", 3),
+        ("linear1", "single_transformer_blocks", 4),
+    ]
+    assert plan_from_json(plan_to_json(plan)).adapter.fused == plan.adapter.fused
+
+
+def test_fused_projections_off_plans_none(toy: Path):
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "denoiser_targets": KOHYA})
+    assert planned_ok(toy).adapter.fused == ()
+
+
+def test_default_targets_leave_proj_mlp_out_of_linear1(toy: Path):
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "fused_projections": True})
+    planned = compile_in(toy)
+    assert planned.plan is not None and [c for c in codes(planned) if c.startswith("DBS50")] == ["DBS506"]
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS506")
+    assert "linear1 without proj_mlp" in message
+    assert len(planned.plan.adapter.fused) == 3  # linear1's q, k, v still share one down
+
+
+def test_a_double_block_only_run_plans_the_double_blocks_fused_layers(toy: Path):
+    adapter = {"kind": "lora", "fused_projections": True, "denoiser_targets": ["attn.to_q", "attn.to_k",
+               "attn.to_v", "proj_mlp"]}  # fmt: skip
+    blocks = '\n[[adapter.blocks]]\npattern = "^single_transformer_blocks\\\\."\nrank = 0\nalpha = 1\n'
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write(blocks)
+    plan = planned_ok(toy)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv"]
+
+
+def test_parts_at_different_ranks_are_refused(toy: Path):
+    write_spec(
+        toy, model=FLUX, adapter={"kind": "lora", "fused_projections": True, "denoiser_targets": KOHYA}
+    )
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "attn\\\\.to_k$"\nrank = 2\nalpha = 2\n')
+    planned = compile_in(toy)
+    assert "DBS507" in codes(planned, "error")
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+    assert "attn.to_k rank 2" in message and "img_attn_qkv" in message
+
+
+def test_a_family_without_fused_layers_refuses_it(toy: Path):
+    write_spec(toy, model={"base": "builtin:tiny-sd1"}, adapter={"kind": "lora", "fused_projections": True})
+    assert "DBS505" in codes(compile_in(toy), "error")
