@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 
+from dbspec.families import family_spec
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.execute import execute
@@ -24,14 +26,15 @@ from tests.runtime.test_flux_kohya import _predict
 
 BASE = "builtin:tiny-flux"
 # kohya's networks.lora_flux targets (the family registry's), single blocks' proj_out and no final layer
+_TARGETS = ", ".join(f'"{t}"' for t in family_spec("flux").kohya_lora_targets)
 KOHYA = (
     '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\n'
-    'denoiser_targets = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", '
-    '"attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", '
-    '"ff_context.net.0.proj", "ff_context.net.2", "norm1.linear", "norm1_context.linear", "proj_mlp", '
-    '"proj_out", "norm.linear"]\n\n'
+    f"denoiser_targets = [{_TARGETS}]\n\n"
     '[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n'
 )
+# Black Forest Labs' Linears of each block, as kohya names its LoRA modules
+_DOUBLE = [f"{s}_{n}" for s in ("img", "txt") for n in ("attn_qkv", "attn_proj", "mlp_0", "mlp_2", "mod_lin")]
+_SINGLE = ["linear1", "linear2", "modulation_lin"]
 
 
 def _double_block_lora(seed: int = 3):
@@ -128,6 +131,17 @@ def test_tiny_flux_trains_fused_resumes_bit_exact_and_exports_kohyas_fused_layou
         single_down = get("lora_unet_single_blocks_0_linear1.lora_down.weight")
         single_up = get("lora_unet_single_blocks_0_linear1.lora_up.weight")
         assert not any(k.startswith("lora_unet_final_layer") for k in handle.keys())
+        names = {k.split(".")[0] for k in handle.keys()}
+    # every Linear of every block, and nothing else: kohya's networks.lora_flux set
+    expected_names = {f"lora_unet_double_blocks_{i}_{n}" for i in range(len(transformer.transformer_blocks))
+                      for n in _DOUBLE} | {f"lora_unet_single_blocks_{i}_{n}" for n in _SINGLE
+                      for i in range(len(transformer.single_transformer_blocks))}  # fmt: skip
+    assert names == expected_names
+    base = {n.removesuffix('.base_layer') for n, m in transformer.named_modules()
+            if type(m) is torch.nn.Linear and '.lora_' not in n}  # fmt: skip
+    in_blocks = {n for n in base if n.startswith(("transformer_blocks.", "single_transformer_blocks."))}
+    adapted = {n for n, m in transformer.named_modules() if isinstance(m, LoraLayer)}
+    assert adapted == in_blocks
     a = transformer.transformer_blocks[0].attn
     assert down.shape[0] == 4 and alpha == 2.0  # rank r, alpha unchanged
     assert torch.equal(down, a.to_q.lora_A["default"].weight.detach().float())
