@@ -179,3 +179,20 @@ def test_tiny_flux_trains_fused_resumes_bit_exact_and_exports_kohyas_fused_layou
     trained = _predict(transformer)
     torch.testing.assert_close(_predict(pipe.transformer), trained, rtol=0, atol=1e-4)
     assert not torch.allclose(plain, trained, atol=1e-4)
+
+
+def test_ema_averages_the_shared_down_once(tmp_path):
+    """EMA holds the shared weight once (the trainable parameters list it once): its exported average repeats
+    one value under every part, an average, not the trained weight."""
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=KOHYA + "\n[ema]\nenabled = true\ndecay = 0.5\n"
+                     "warmup = false\n")  # fmt: skip
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    from safetensors.torch import load_file
+
+    ema = load_file(str(Path(result.final) / "ema" / "pytorch_lora_weights.safetensors"))
+    key = "transformer.transformer_blocks.0.attn.{}.lora_A.weight"
+    assert torch.equal(ema[key.format("to_k")], ema[key.format("to_q")])
+    assert torch.equal(ema[key.format("to_v")], ema[key.format("to_q")])
+    trained = result.components.unet.transformer_blocks[0].attn.to_q.lora_A["default"].weight
+    assert not torch.equal(ema[key.format("to_q")], trained.detach().to(ema[key.format("to_q")].dtype))
