@@ -455,6 +455,30 @@ FAMILIES: dict[str, FamilySpec] = {
         kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
+        # Stability's joint blocks fuse q, k, v of each stream's attention (SD3.5 medium's second image
+        # attention too: x_block.attn2)
+        fused_projections=(
+            FusedProjection(
+                "x_block_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v")
+            ),
+            FusedProjection(
+                "context_block_attn_qkv",
+                "transformer_blocks",
+                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+            ),
+            FusedProjection(
+                "x_block_attn2_qkv", "transformer_blocks", ("attn2.to_q", "attn2.to_k", "attn2.to_v")
+            ),
+        ),
+        # networks/lora_sd3.py: every Linear of each joint block's context_block and x_block (attn.qkv,
+        # attn.proj, attn2 where SD3.5 medium has it, mlp.fc1, mlp.fc2, adaLN_modulation.1)
+        kohya_lora_targets=(
+            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+            *("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *("norm1.linear", "norm1_context.linear"),
+        ),
         extra_exports=(),
         long_prompts=False,
         lora_peft_keys=True,

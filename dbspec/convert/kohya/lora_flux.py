@@ -58,11 +58,11 @@ _UNSUPPORTED = {
 }
 
 
-def _true(value: str) -> bool:
+def true(value: str) -> bool:
     return value == "True"  # create_network: `True if x == "True" else False`
 
 
-def _selection(text: str, total: int) -> list[bool]:
+def selection(text: str, total: int) -> list[bool]:
     """networks/lora_flux.py's parse_block_selection: "all", "none"/"", or comma-separated indices and
     inclusive ranges; ValueError where kohya asserts."""
     if text == "all":
@@ -124,7 +124,7 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
         ("train_single_block_indices", _SINGLE, NUM_SINGLE),
     ):
         if key in kwargs:
-            flags = _selection(kwargs.pop(key), total)
+            flags = selection(kwargs.pop(key), total)
             selected[prefix] = flags
             if not any(flags):
                 blocks.append({"pattern": prefix, "rank": 0, "alpha": 1.0, "_why": key})
@@ -143,7 +143,7 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
                 blocks.append({"pattern": pattern, "rank": rank, "alpha": alpha, "_why": "in_dims"})
     for key, rank in type_dims.items():
         blocks.append({"pattern": _TYPE_DIMS[key], "rank": rank, "alpha": alpha, "_why": key})
-    split = _true(kwargs.pop("split_qkv", "False"))
+    split = true(kwargs.pop("split_qkv", "False"))
     if split and _double_attention_trained(train, selected.get(_DOUBLE), type_dims):
         raise_split = (
             "split_qkv=True: kohya's create_modules fails on the double blocks' q/k/v (it unpacks the three "
@@ -175,18 +175,18 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
         note = conv.comment(args, block.pop("_why"))
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
-    _dropouts(kwargs, args, split, conv)
+    dropouts(kwargs, args, split, conv)
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     _loraplus(kwargs, put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
-    _rest(kwargs, args, unsupported, conv)
-    _network_dropout(a["network_dropout"], split, conv)
+    rest(kwargs, args, unsupported, conv, "networks.lora_flux", _UNSUPPORTED)
+    network_dropout(a["network_dropout"], split, conv)
     return True
 
 
-def _network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:
+def network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:
     """--network_dropout: torch's dropout on lora_down's output (LoRAModule.forward), adapter.down_dropout;
     a fused layer's one mask covers all its parts, which dbspec draws per part (split_qkv: per part too)."""
     if not dropout.value:
@@ -209,7 +209,7 @@ def _double_attention_trained(train, double: list[bool] | None, type_dims: dict[
     return bool(type_dims.get("img_attn_dim", 1) or type_dims.get("txt_attn_dim", 1))
 
 
-def _dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> None:
+def dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> None:
     """rank_dropout / module_dropout: kohya draws them once per LoRA module, a fused layer's (or with
     split_qkv, module dropout's skip) for all its parts together; dbspec per part."""
     for key in ("rank_dropout", "module_dropout"):
@@ -230,25 +230,34 @@ def _dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversio
             conv.mapped(legacy, ("adapter", key), value)
 
 
-def _rest(kwargs: dict[str, str], args: Legacy, unsupported: dict[str, str], conv: Conversion) -> None:
+def rest(
+    kwargs: dict[str, str],
+    args: Legacy,
+    unsupported: dict[str, str],
+    conv: Conversion,
+    network: str,
+    refused: dict[str, str],
+) -> None:
+    """The network_args left: T5 training, the inert ones, those with no dbspec form (`refused`), the rest
+    ignored as kohya's create_network ignores them."""
     for key, value in kwargs.items():
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
         if key == "train_t5xxl":
-            if _true(value):
+            if true(value):
                 unsupported[key] = f"{value} (dbspec never trains T5-XXL)"
             else:
                 conv.inert(legacy, "only the exact string True trains T5-XXL")
         elif key in ("conv_dim", "conv_alpha"):
-            conv.inert(legacy, "Flux's blocks have no convolutions for it to adapt")
+            conv.inert(legacy, "the blocks have no convolutions for it to adapt")
         elif key == "verbose":
             conv.inert(legacy, "it only logs the modules")
-        elif key in _UNSUPPORTED:
+        elif key in refused:
             if key.startswith("ggpo_") and not ("ggpo_beta" in kwargs and "ggpo_sigma" in kwargs):
                 conv.inert(legacy, "GGPO runs only with both ggpo_beta and ggpo_sigma")
             else:
-                unsupported[key] = f"{value} ({_UNSUPPORTED[key]})"
+                unsupported[key] = f"{value} ({refused[key]})"
         else:
-            conv.ignored(legacy, "networks.lora_flux's create_network does not read it")
+            conv.ignored(legacy, f"{network}'s create_network does not read it")
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(args, f"network arguments dbspec does not express: {rest}")

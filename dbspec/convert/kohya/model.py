@@ -323,60 +323,25 @@ def _fused_adafactor(a: Args, script: str) -> bool:
     return bool(fused) and str(a["optimizer_type"].value).lower() == "adafactor"
 
 
-def _map_lora_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
-    """networks.lora_flux exactly (lora_flux.py here): kohya's targets, fused layers and network_args."""
-    from dbspec.convert.kohya.lora_flux import map_lora_flux
-
-    dim, alpha = a["network_dim"], a["network_alpha"]
-    rank = dim.value if dim.value is not None else 4
-    conv.mapped(dim, ("adapter", "rank"), rank)
-    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    conv.record(a["network_module"], "mapped", "adapter")
-    if not map_lora_flux(a, rank, float(alpha.value), conv):
-        return False
-    map_network_weights(a, paths, conv)
-    for key, why in (
-        ("base_weights", "merging other LoRA weights into the base first"),
-        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"dbspec has no {why}")
-    return True
-
-
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
-    """networks.lora_flux / networks.lora_sd3: LoRA on the transformer's linear layers (kohya: every Linear of
-    the double/single (joint) blocks, q/k/v fused as in the original layout); dbspec adapts the family's
-    diffusers targets, q/k/v separately."""
+    """networks.lora_flux / networks.lora_sd3 exactly (lora_flux.py, lora_sd3.py here): kohya's targets (every
+    Linear of the double/single or joint blocks), its fused q/k/v layers and its network_args."""
+    from dbspec.convert.kohya.lora_flux import map_lora_flux
+    from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
+
     module, wanted = a["network_module"], NETWORK_MODULES[script]
     if module.value != wanted:
         conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network only")
         return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
-    if family == "flux":
-        return _map_lora_flux(a, paths, conv)
-    conv.differs(
-        module,
-        f"{wanted} adapts every Linear of the transformer blocks with q/k/v fused; dbspec adapts the "
-        f"family's attention{' and feed-forward' if family == 'flux' else ''} projections (diffusers' "
-        "layout, q/k/v separately): the same layers but the modulation and embedding linears",
-    )
-    net_args = a["network_args"]
-    if net_args.value:
-        conv.unsupported(
-            net_args, f"{wanted}'s network_args (block selection, split_qkv, ...) have no dbspec equivalent"
-        )
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    if a["network_dropout"].value:
-        conv.differs(
-            a["network_dropout"],
-            "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
-            ("adapter", "dropout"),
-            float(a["network_dropout"].value),
-        )
+    conv.record(module, "mapped", "adapter")
+    network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
+    if not network(a, rank, float(alpha.value), conv):
+        return False
     map_network_weights(a, paths, conv)
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),
