@@ -1664,11 +1664,9 @@ flow-matching family (SD3): the family's objective decides it.""",
         ERROR,
         "An export format the family cannot write",
         """\
-A `checkpoints.exports` format the model family has no writer for. SD3 writes the diffusers layouts only
-(the folder, the diffusers LoRA file): no original-layout single file, no kohya LoRA (kohya's
-networks/lora_sd3.py layout is not written). Flux writes `kohya_lora` (kohya's networks/lora_flux.py layout,
-which ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr; no single
-file.""",
+A `checkpoints.exports` format the model family has no writer for. SD3 and Flux write no original-layout
+single file; they write `kohya_lora` (kohya's networks/lora_sd3.py and networks/lora_flux.py layouts; Flux's
+ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr.""",
         help="remove the format: the diffusers folder (or diffusers LoRA file) is always written",
     ),
     Code(

@@ -451,8 +451,11 @@ FAMILIES: dict[str, FamilySpec] = {
             clip_tokens=77,
             variants=((2_243_171_520, 1_650_000, 180_000), (8_056_627_520, 3_950_000, 360_000)),
         ),
-        # kohya's sd3_train_network.py; not verified against its metadata (dbspec writes no kohya SD3 files).
-        kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
+        # kohya's sd3_train_network.py writes its model type ("5-large", "5-medium", "medium") as the base
+        # version, read from the weights (runtime/sd3_kohya.py model_type); plain LoRA only in its layout.
+        kohya=KohyaFacts(
+            base_version="sd3", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
+        ),
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
         # Stability's joint blocks fuse q, k, v of each stream's attention (SD3.5 medium's second image
@@ -479,7 +482,7 @@ FAMILIES: dict[str, FamilySpec] = {
             *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
             *("norm1.linear", "norm1_context.linear"),
         ),
-        extra_exports=(),
+        extra_exports=("kohya_lora",),  # kohya's networks/lora_sd3.py layout (runtime/sd3_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,
     ),

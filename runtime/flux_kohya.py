@@ -33,7 +33,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from dbspec.families import family_spec
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _kohya_lora_layers, checked_layers, clip_path
@@ -77,8 +76,6 @@ _TOP = {
     "norm_out.linear": "final_layer_adaLN_modulation_1",
     "proj_out": "final_layer_linear",
 }
-# the diffusers children of each fused layer, in the original layer's row order (the family registry's)
-_PARTS = {g.kohya_name: g.parts for g in family_spec("flux").fused_projections}
 _FINAL = ("final_layer_adaLN_modulation_1", "final_layer_linear")  # diffusers' converter drops their alpha
 _SWAPPED = "final_layer_adaLN_modulation_1"
 # kohya's networks/lora_flux.py prefixes: CLIP-L, T5-XXL
@@ -100,7 +97,7 @@ def original_name(path: str) -> tuple[str, int | None]:
 
 
 def kohya_flux_tensors(
-    layers: Mapping[str, Layer], out_features: Mapping[str, int], dtype: torch.dtype
+    layers: Mapping[str, Layer], out_features: Mapping[str, int], dtype: torch.dtype, parts: Mapping
 ) -> dict[str, torch.Tensor]:
     """kohya tensors (`lora_unet_<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`) of the transformer's
     LoRA `layers` (diffusers module path -> (down, up, rank, alpha)); `out_features`: each Linear's output
@@ -120,12 +117,20 @@ def kohya_flux_tensors(
             up = torch.cat([scale, shift], dim=0)
         tensors.update(_entry(name, down, up, alpha, dtype))
     for (block, name), present in fused.items():
-        tensors.update(_fuse(block, name, present, layers, out_features, dtype))
+        tensors.update(_fuse(block, name, present, layers, out_features, dtype, parts))
     return tensors
 
 
-def _fuse(block, name, present, layers, out_features, dtype) -> dict[str, torch.Tensor]:
-    children = _PARTS[name.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
+def fused_parts(spec) -> dict[str, tuple[str, ...]]:
+    """The family registry's fused layers: kohya name inside a block -> the diffusers children, in the
+    original layer's row order."""
+    return {g.kohya_name: g.parts for g in spec.fused_projections}
+
+
+def _fuse(block, name, present, layers, out_features, dtype, parts) -> dict[str, torch.Tensor]:
+    """The fused layer `name` of `block` from its parts' LoRAs (`present`: part index -> diffusers path);
+    `parts`: the family's fused layers (fused_parts)."""
+    children = parts[name.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
     first = layers[present[min(present)]]
     if len(present) > 1 and all(layers[path][0] is first[0] for path in present.values()):
         return _shared(block, name, children, present, layers, out_features, dtype)
@@ -169,7 +174,7 @@ def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
 
 
 def flux_kohya_lora_state(
-    *, denoiser: nn.Module | None, text_encoders: list, dtype: str
+    *, denoiser: nn.Module | None, text_encoders: list, dtype: str, parts: Mapping
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`) and the
     ss_network_dim / ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
@@ -181,7 +186,7 @@ def flux_kohya_lora_state(
         layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser)}
         found = lora_adapter(denoiser)
         widths = _widths(found[0]) if found else {}
-        tensors.update(kohya_flux_tensors(layers, widths, cast))
+        tensors.update(kohya_flux_tensors(layers, widths, cast, parts))
         ranks.update(layer[2] for layer in layers.values())
         alphas.update(layer[3] for layer in layers.values())
     for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
@@ -229,7 +234,9 @@ class FluxExports:
         )
 
     def kohya_lora_state(self, *, denoiser, text_encoders, dtype) -> tuple[dict, dict[str, str]]:
-        return flux_kohya_lora_state(denoiser=denoiser, text_encoders=text_encoders, dtype=dtype)
+        return flux_kohya_lora_state(
+            denoiser=denoiser, text_encoders=text_encoders, dtype=dtype, parts=fused_parts(self.spec)
+        )
 
     def kohya_metadata(self, prediction: str) -> dict[str, str]:
         """What flux_train_network.py writes about the model (ss_network_module: its network module)."""

@@ -33,3 +33,55 @@ def test_tiny_sd3_trains_kohyas_targets_with_one_down_per_fused_qkv(tmp_path):
         assert not torch.equal(
             a.to_q.lora_B["default"].weight, torch.zeros_like(a.to_q.lora_B["default"].weight)
         )
+
+
+def _delta(layer) -> torch.Tensor:
+    """A peft LoRA layer's weight update: scaling * B @ A."""
+    return layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+
+
+def test_tiny_sd3_kohya_export_is_lora_sd3s_layout(tmp_path):
+    """kohya's networks/lora_sd3.py names (joint_blocks_{i}_{x|context}_block_...), the fused q/k/v's shared
+    down written once with the ups stacked, every layer's update alpha / rows(down) * up @ down equal to the
+    trained update (the last block's context modulation and nothing else swapped: (scale, shift) ->
+    (shift, scale)), and kohya's model type as ss_base_model_version."""
+    from safetensors import safe_open
+
+    extra = KOHYA + '\n[train]\ntext_encoder = true\n\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path, base="builtin:tiny-sd3", steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
+    transformer = result.components.unet
+    path = f"{result.final}/{plan.checkpoints.name}.kohya.safetensors"
+    with safe_open(path, "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    assert metadata["ss_network_module"] == "networks.lora_sd3"
+    config = transformer.config
+    assert metadata["ss_base_model_version"] == (
+        ("5-medium" if config.dual_attention_layers else "5-large") if config.qk_norm else "medium"
+    )
+
+    def update(name: str) -> torch.Tensor:
+        down, up = tensors[f"lora_unet_{name}.lora_down.weight"], tensors[f"lora_unet_{name}.lora_up.weight"]
+        return tensors[f"lora_unet_{name}.alpha"] / down.shape[0] * up.float() @ down.float()
+
+    last = len(transformer.transformer_blocks) - 1
+    with torch.no_grad():
+        for i, block in enumerate(transformer.transformer_blocks):
+            a = block.attn
+            qkv = torch.cat([_delta(a.to_q), _delta(a.to_k), _delta(a.to_v)])
+            torch.testing.assert_close(update(f"joint_blocks_{i}_x_block_attn_qkv"), qkv, rtol=0, atol=1e-6)
+            assert tensors[f"lora_unet_joint_blocks_{i}_x_block_attn_qkv.lora_down.weight"].shape[0] == 4
+            ctx = torch.cat([_delta(a.add_q_proj), _delta(a.add_k_proj), _delta(a.add_v_proj)])
+            torch.testing.assert_close(
+                update(f"joint_blocks_{i}_context_block_attn_qkv"), ctx, rtol=0, atol=1e-6
+            )
+            fc1 = _delta(block.ff.net[0].proj)
+            torch.testing.assert_close(update(f"joint_blocks_{i}_x_block_mlp_fc1"), fc1, rtol=0, atol=1e-6)
+            mod = _delta(block.norm1_context.linear)
+            if i == last:  # AdaLayerNormContinuous: diffusers (scale, shift), the original (shift, scale)
+                mod = torch.cat(mod.chunk(2)[::-1])
+            torch.testing.assert_close(update(f"joint_blocks_{i}_context_block_adaLN_modulation_1"), mod,
+                                       rtol=0, atol=1e-6)  # fmt: skip
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_") for k in tensors)
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_0_") for k in tensors)
