@@ -56,6 +56,9 @@ class FusedProjection:
     kohya_name: str  # kohya's module name inside a block, `.` as `_` (img_attn_qkv, linear1)
     blocks: str  # the diffusers ModuleList holding the blocks (transformer_blocks, single_transformer_blocks)
     parts: tuple[str, ...]  # the diffusers children inside a block, in the original layer's row order
+    # One part's down-projection parameters per unit of rank over all blocks of the public model (input width
+    # x blocks): what sharing the down saves per extra part (the plan's parameter count).
+    down_per_rank: int = 0
 
 
 @attrs.frozen
@@ -142,6 +145,9 @@ class FamilySpec:
     # Hub models whose parameter counts differ from `public_params` (SD3.5 medium within the SD3 family): hub
     # id -> the components that differ; the memory estimate of such a model not downloaded yet uses them.
     hub_params: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    # LoRA parameters per unit of rank of each denoiser target (suffix) on the public model (in + out of
+    # every module the suffix names); {} when only the default targets are counted (lora_params_per_rank).
+    lora_params_per_target: dict[str, int] = attrs.field(factory=dict)
     # The original model's fused Linears that diffusers splits (adapter.fused_projections); () for none.
     fused_projections: tuple[FusedProjection, ...] = ()
     # kohya's LoRA network for the family (networks.lora_flux): its denoiser targets in diffusers names
@@ -437,6 +443,18 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_819_683,
         },
         lora_params_per_rank={"unet": 1_473_792, "text_encoder": 73_728, "text_encoder_2": 327_680},
+        # SD3.5 large, width 2432 (MLP 9728), 38 joint blocks, the last one's context stream pre-only (no
+        # output projection or MLP; its modulation 2 x 2432 wide, the others' 6 x 2432); no attn2
+        lora_params_per_target={
+            **dict.fromkeys(("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"), 4864 * 38),
+            **dict.fromkeys(("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), 4864 * 38),
+            "attn.to_add_out": 4864 * 37,
+            **dict.fromkeys(("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"), 0),
+            **dict.fromkeys(("ff.net.0.proj", "ff.net.2"), 12160 * 38),
+            **dict.fromkeys(("ff_context.net.0.proj", "ff_context.net.2"), 12160 * 37),
+            "norm1.linear": 17024 * 38,
+            "norm1_context.linear": 17024 * 37 + 7296,
+        },
         # SD3.5 medium / SD3 medium: 24 MMDiT blocks of width 1536 (SD3.5 medium: 13 dual-attention blocks,
         # counted from its transformer config on the meta device); the text encoders and VAE are large's.
         hub_params={
@@ -462,15 +480,16 @@ FAMILIES: dict[str, FamilySpec] = {
         # attention too: x_block.attn2)
         fused_projections=(
             FusedProjection(
-                "x_block_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v")
+                "x_block_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 2432 * 38
             ),
             FusedProjection(
                 "context_block_attn_qkv",
                 "transformer_blocks",
                 ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                2432 * 38,
             ),
-            FusedProjection(
-                "x_block_attn2_qkv", "transformer_blocks", ("attn2.to_q", "attn2.to_k", "attn2.to_v")
+            FusedProjection(  # SD3.5 large (the counted model) has no attn2
+                "x_block_attn2_qkv", "transformer_blocks", ("attn2.to_q", "attn2.to_k", "attn2.to_v"), 0
             ),
         ),
         # networks/lora_sd3.py: every Linear of each joint block's context_block and x_block (attn.qkv,
@@ -546,6 +565,20 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_819_683,
         },
         lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
+        # FLUX.1 dev, width 3072 (MLP 12288), 19 double and 38 single blocks: rank x (in + out) per suffix;
+        # proj_out also names the final layer (3072 -> 64)
+        lora_params_per_target={
+            **dict.fromkeys(("attn.to_q", "attn.to_k", "attn.to_v"), 6144 * 57),
+            **dict.fromkeys(("attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj"), 6144 * 19),
+            **dict.fromkeys(("attn.add_v_proj", "attn.to_add_out"), 6144 * 19),
+            **dict.fromkeys(
+                ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"), 15360 * 19
+            ),
+            **dict.fromkeys(("norm1.linear", "norm1_context.linear"), 21504 * 19),
+            "proj_mlp": 15360 * 38,
+            "proj_out": 18432 * 38 + 3136,
+            "norm.linear": 12288 * 38,
+        },
         activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
         # Measured at real width on the CPU (1 double + 1 single block, extrapolated to 19 + 38): 6.81-6.85 MB
         # plain, 537 KB (512 px) and 601 KB (1024 px) checkpointed per token, rounded up (docs/memory.md).
@@ -563,14 +596,20 @@ FAMILIES: dict[str, FamilySpec] = {
         train_guidance=3.5,
         # Black Forest Labs' double blocks fuse q, k, v per stream; single blocks q, k, v and the MLP input.
         fused_projections=(
-            FusedProjection("img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v")),
+            FusedProjection(
+                "img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 3072 * 19
+            ),
             FusedProjection(
                 "txt_attn_qkv",
                 "transformer_blocks",
                 ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                3072 * 19,
             ),
             FusedProjection(
-                "linear1", "single_transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+                "linear1",
+                "single_transformer_blocks",
+                ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+                3072 * 38,
             ),
         ),
         # networks/lora_flux.py: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2, mod.lin of both

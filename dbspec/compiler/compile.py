@@ -8,7 +8,7 @@ import attrs
 
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
-from dbspec.compiler.adapters import adapter_params, adapter_plan
+from dbspec.compiler.adapters import adapter_plan
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.group_bounds import plan_group_bounds
@@ -257,7 +257,14 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
     if isinstance(spec.adapter, LowRankAdapter):
-        trainable["lora"] = sum(adapter_params(spec.adapter, model.family, precision.components).values())
+        # the adapter's own count: its targets (the family's when unset) and shared down-projections
+        planned = adapter_plan(
+            spec.adapter,
+            model.family,
+            precision.components,
+            targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+        )
+        trainable["lora"] = sum(planned.params.values())
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,

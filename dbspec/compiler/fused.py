@@ -21,7 +21,7 @@ _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single b
 _OPTION = ("adapter", "fused_projections")
 
 
-def _targeted(path: str, targets) -> bool:
+def targeted(path: str, targets) -> bool:
     # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
     return any(path == t or path.endswith("." + t) for t in targets)
 
@@ -29,7 +29,7 @@ def _targeted(path: str, targets) -> bool:
 def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float]:
     """(rank, alpha) of a linear module at `path`: its block's (the first pattern that matches), else the
     adapter's; rank 0 when the targets do not name it."""
-    if not _targeted(path, adapter.denoiser_targets):
+    if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
     return (adapter.rank, adapter.alpha) if block is None else (block.rank, block.alpha)
@@ -106,10 +106,7 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
 
 
 def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> AdapterPlan:
-    """`plan` with its fused layers, after the checks; unchanged for runs without fused projections."""
-    import attrs
-
-    if model is None:
-        return plan
-    check_fused(ctx, model.family, plan)
-    return attrs.evolve(plan, fused=fused_plan(ctx.spec.adapter, model.family, plan))
+    """`plan` (its fused layers planned by adapter_plan) after the checks."""
+    if model is not None:
+        check_fused(ctx, model.family, plan)
+    return plan

@@ -75,3 +75,22 @@ def test_parts_at_different_ranks_are_refused(toy: Path):
 def test_a_family_without_fused_layers_refuses_it(toy: Path):
     write_spec(toy, model={"base": "builtin:tiny-sd1"}, adapter={"kind": "lora", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
+
+
+def test_the_parameter_count_of_kohyas_fused_flux_lora(toy: Path):
+    """FLUX.1 dev's per-rank LoRA parameters with kohya's targets, counted from its architecture here: each
+    Linear rank x (in + out), width 3072, MLP 12288; the shared downs once."""
+    double_stream = 3 * (3072 + 3072) + (3072 + 3072) + 2 * (3072 + 12288) + (3072 + 6 * 3072)
+    single = 3 * (3072 + 3072) + (3072 + 12288) + (15360 + 3072) + (3072 + 3 * 3072)
+    every = 19 * 2 * double_stream + 38 * single + (3072 + 64)  # suffix proj_out: the final layer too
+    shared = every - 19 * 2 * 2 * 3072 - 38 * 3 * 3072  # q/k/v (and proj_mlp) share one down per block
+    adapter = {"kind": "lora", "rank": 1024, "denoiser_targets": KOHYA}  # counts of the tiny model: scaled
+    write_spec(toy, model=FLUX, adapter=adapter)
+    plain = planned_ok(toy).adapter.params["unet"]
+    write_spec(toy, model=FLUX, adapter={**adapter, "fused_projections": True})
+    fused = planned_ok(toy).adapter.params["unet"]
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "rank": 1024})
+    default = planned_ok(toy).adapter.params["unet"]
+    # the plan scales the public model's count to the tiny model's size and truncates: within 2 parameters
+    assert abs(plain / default - every / family_spec("flux").lora_params_per_rank["unet"]) < 2 / default
+    assert abs(fused / plain - shared / every) < 2 / plain
