@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
@@ -21,7 +22,7 @@ from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.execute import execute
 from dbspec.runtime.fused import tie_fused_projections
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import make_plan, summary_text
+from tests.runtime.runspec import compile_spec, make_plan, summary_text
 from tests.runtime.test_flux_kohya import _predict
 
 BASE = "builtin:tiny-flux"
@@ -196,3 +197,29 @@ def test_ema_averages_the_shared_down_once(tmp_path):
     assert torch.equal(ema[key.format("to_v")], ema[key.format("to_q")])
     trained = result.components.unet.transformer_blocks[0].attn.to_q.lora_A["default"].weight
     assert not torch.equal(ema[key.format("to_q")], trained.detach().to(ema[key.format("to_q")].dtype))
+
+
+@pytest.mark.slow
+def test_fsdp_trains_the_shared_downs_as_one_process(tmp_path):
+    """Two FSDP2 processes (a shard unit per block, so each block's tied parts stay in one unit) train the
+    fused LoRA as one process with accumulation 2 does."""
+    from tests.runtime.test_fsdp import _fsdp_spec
+    from tests.runtime.test_processes import _launch, _weights
+
+    def flux(spec: Path) -> Path:
+        text = spec.read_text().replace('base = "builtin:tiny-sd1"', f'base = "{BASE}"')
+        spec.write_text(text + "\n" + KOHYA)
+        return spec
+
+    done = _launch(flux(_fsdp_spec(tmp_path / "two")))
+    assert done.returncode == 0, done.stderr[-4000:]
+    two = _weights(tmp_path / "two" / "out")
+    one_spec = flux(_fsdp_spec(tmp_path / "one", accumulation=2, fsdp=False, streams="micro_batch"))
+    result = execute(compile_spec(one_spec))
+    assert result.status == "finished"
+    one = _weights(tmp_path / "one" / "out")
+    key = "final/pytorch_lora_weights.safetensors:transformer.single_transformer_blocks.0.{}.lora_A.weight"
+    assert torch.equal(two[key.format("proj_mlp")], two[key.format("attn.to_q")])  # still one tensor
+    assert one.keys() == two.keys()
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-6, msg=name)
