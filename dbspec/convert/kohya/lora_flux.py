@@ -23,6 +23,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _loraplus, parse_network_args
 from dbspec.families import family_spec
 
+_FINAL = "networks/lora_flux.py adapts no final layer (its Linear shares the name proj_out)"
 NUM_DOUBLE, NUM_SINGLE = 19, 38  # networks/lora_flux.py NUM_DOUBLE_BLOCKS / NUM_SINGLE_BLOCKS
 _DOUBLE, _SINGLE = r"^transformer_blocks\.", r"^single_transformer_blocks\."
 # create_network's per-type ranks: kohya matches the words in its module names; here the diffusers paths
@@ -108,8 +109,7 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
     )
     targets = list(flux.kohya_lora_targets)
     blocks: list[dict[str, Any]] = [
-        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": "kohya adapts no final layer"}
-        for p in flux.kohya_lora_excluded
+        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL} for p in flux.kohya_lora_excluded
     ]
     train = kwargs.pop("train_blocks", None)
     if train is not None and train not in ("all", "single", "double"):
@@ -172,7 +172,8 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
         ),
     )
     for index, block in enumerate(blocks):
-        note = conv.comment(args, block.pop("_why"))
+        source = a["network_module"] if block["_why"] == _FINAL else args
+        note = conv.comment(source, block.pop("_why"))
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
     dropouts(kwargs, args, split, conv)
