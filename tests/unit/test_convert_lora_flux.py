@@ -147,3 +147,10 @@ def test_a_config_file_converts_alike(tmp_path):
     attn = next(b for b in plan.adapter.blocks if "to_out" in b.pattern)
     assert (attn.rank, attn.alpha) == (16, 16.0)
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+
+
+def test_starting_from_a_kohya_flux_file_is_reported(tmp_path):
+    write(tmp_path / "prev.safetensors", "")
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors", allow=True)
+    assert fate(outcome, "network_weights") == "unsupported"
+    assert "fused" in messages(outcome, "DBS403")

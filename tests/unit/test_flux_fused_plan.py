@@ -94,3 +94,11 @@ def test_the_parameter_count_of_kohyas_fused_flux_lora(toy: Path):
     # the plan scales the public model's count to the tiny model's size and truncates: within 2 parameters
     assert abs(plain / default - every / family_spec("flux").lora_params_per_rank["unet"]) < 2 / default
     assert abs(fused / plain - shared / every) < 2 / plain
+
+
+def test_init_weights_from_a_kohya_flux_file_is_refused_precisely(toy: Path):
+    (toy / "prev.safetensors").write_bytes(b"")
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "init_weights": "prev.safetensors"})
+    planned = compile_in(toy)
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS356")
+    assert "Flux" in message and "fused layers" in message

@@ -342,7 +342,13 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
     if not network(a, rank, float(alpha.value), conv):
         return False
-    map_network_weights(a, paths, conv)
+    for key in ("network_weights", "dim_from_weights"):
+        if a[key].value:  # adapter.init_weights reads diffusers-named kohya files (compiler/init_weights.py)
+            conv.unsupported(
+                a[key],
+                f"dbspec cannot start a LoRA from a {wanted} file yet: it names the original model's fused "
+                "layers, which adapter.init_weights does not split into diffusers' parts",
+            )
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
