@@ -1856,12 +1856,12 @@ add `proj_mlp` to `adapter.denoiser_targets` (kohya's networks.lora_flux set doe
     Code(
         "DBS507",
         ERROR,
-        "Parts of a fused layer at different ranks or alphas",
+        "Parts of a fused layer at different ranks, alphas or learning rates",
         """\
-With `adapter.fused_projections` the parts of a fused layer share one down-projection, which has one rank;
-kohya's LoRA on the fused layer has one alpha. `[[adapter.blocks]]` patterns gave parts of one fused layer
-different ranks or alphas.""",
-        help="give the parts one rank and alpha, or set adapter.fused_projections = false",
+With `adapter.fused_projections` the parts of a fused layer share one down-projection, which has one rank and
+one learning rate; kohya's LoRA on the fused layer has one alpha. `[[adapter.blocks]]` patterns gave parts of
+one fused layer different ranks, alphas or `lr_scale`s.""",
+        help="give the parts one rank, alpha and lr_scale, or set adapter.fused_projections = false",
     ),
     Code(
         "DBS508",

@@ -6,7 +6,7 @@ Adapter targets are module-name suffixes and per-block ranks regular expressions
 which parts of a fused layer are adapted, and at which rank, is settled here over the block indices a model
 can have (`_INDICES`), without the weights: DBS505 (a family without fused layers), DBS506 (a fused layer
 with some parts adapted and others not: those rows get no update), DBS507 (parts of one fused layer at
-different ranks or alphas: one down-projection has one rank)."""
+different ranks, alphas or learning-rate scales: one down-projection has one of each)."""
 
 from __future__ import annotations
 
@@ -26,22 +26,22 @@ def targeted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
 
-def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float]:
-    """(rank, alpha) of a linear module at `path`: its block's (the first pattern that matches), else the
-    adapter's; rank 0 when the targets do not name it."""
+def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float]:
+    """(rank, alpha, learning-rate scale) of a linear module at `path`: its block's (the first pattern that
+    matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
-        return 0, 0.0
+        return 0, 0.0, 1.0
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
-    return (adapter.rank, adapter.alpha) if block is None else (block.rank, block.alpha)
+    return (adapter.rank, adapter.alpha, 1.0) if block is None else (block.rank, block.alpha, block.lr_scale)
 
 
-def _adapted(group: FusedProjection, index: int, adapter: AdapterPlan) -> dict[str, tuple[int, float]]:
-    """The parts of block `index` of the group that get a LoRA: part -> (rank, alpha)."""
+def _adapted(group: FusedProjection, index: int, adapter: AdapterPlan) -> dict[str, tuple[int, float, float]]:
+    """The parts of block `index` of the group that get a LoRA: part -> (rank, alpha, learning-rate scale)."""
     out = {}
     for part in group.parts:
-        rank, alpha = _rank(f"{group.blocks}.{index}.{part}", adapter)
-        if rank:
-            out[part] = (rank, alpha)
+        found = _rank(f"{group.blocks}.{index}.{part}", adapter)
+        if found[0]:
+            out[part] = found
     return out
 
 
@@ -76,16 +76,16 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
         for index in _INDICES:
             found = _adapted(group, index, plan)
             if len(set(found.values())) > 1:
-                shown = ", ".join(f"{p} rank {r} alpha {a:g}" for p, (r, a) in found.items())
+                shown = ", ".join(f"{p} rank {r} alpha {a:g} lr x {lr:g}" for p, (r, a, lr) in found.items())
                 ctx.report(
                     "DBS507",
                     "error",
                     f"adapter.fused_projections shares one down-projection among the parts of "
-                    f"{group.blocks}.{index}'s fused {group.kohya_name}, but they get different ranks or "
-                    f"alphas: {shown}",
+                    f"{group.blocks}.{index}'s fused {group.kohya_name}, but they get different ranks, "
+                    f"alphas or learning-rate scales: {shown}",
                     ("adapter", "blocks") if plan.blocks else _OPTION,
-                    help="give the parts of a fused layer one rank and alpha ([[adapter.blocks]] patterns "
-                    "that match them all), or set adapter.fused_projections = false",
+                    help="give the parts of a fused layer one rank, alpha and lr_scale ([[adapter.blocks]] "
+                    "patterns that match them all), or set adapter.fused_projections = false",
                 )
                 return
             if found and len(found) < len(group.parts):

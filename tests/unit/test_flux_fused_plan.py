@@ -102,3 +102,13 @@ def test_init_weights_from_a_kohya_flux_file_is_refused_precisely(toy: Path):
     planned = compile_in(toy)
     message = next(d.message for d in planned.diagnostics if d.code == "DBS356")
     assert "Flux" in message and "fused layers" in message
+
+
+def test_parts_at_different_learning_rates_are_refused(toy: Path):
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "rank": 4, "alpha": 4, "fused_projections": True,
+                                         "denoiser_targets": KOHYA})  # fmt: skip
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "proj_mlp$"\nrank = 4\nalpha = 4\nlr_scale = 0.5\n')
+    planned = compile_in(toy)
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+    assert "proj_mlp rank 4 alpha 4 lr x 0.5" in message and "linear1" in message
