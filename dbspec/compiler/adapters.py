@@ -94,8 +94,8 @@ def adapter_params(
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
     targets (and, where the family lists each target's count, with any targets made of those: Flux's and
     SD3's kohya sets, fused layers' shared down-projections counted once), an upper bound for LoKr; scaled by
-    component size for other models (the tiny ones too). DoRA's
-    magnitudes (one number per output row) are not counted. With `tucker` the LoHa / LoKr convolutions' count
+    component size for other models (the tiny ones too). DoRA's magnitudes (one number per output row) are
+    not counted. With `tucker` the LoHa / LoKr convolutions' count
     is an upper bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for
     any rank under 8/9 of the input channels; LoRA's Tucker form is counted exactly (lora_mid included)."""
     public = family_spec(family)
