@@ -1533,7 +1533,8 @@ not the adapter's: a layer its targets do not name (`denoiser_targets`, `text_en
 other than `alpha` (`conv_alpha`), a prefix of no model of the family, or a DoRA adapter (the file holds no
 magnitudes). The message names the file and the first tensor that differs. kohya fails on a shape mismatch
 too, and keeps its network's alpha for training while saving the file's; dbspec asks for one alpha. That every
-adapted layer has its tensors in the file is checked when the run loads it.""",
+adapted layer has its tensors in the file is checked when the run loads it. Flux and SD3 runs cannot start
+from a kohya file yet: networks.lora_flux / lora_sd3 name the original model's fused layers.""",
     ),
     Code(
         "DBS357",
@@ -1715,11 +1716,9 @@ flow-matching family (SD3): the family's objective decides it.""",
         ERROR,
         "An export format the family cannot write",
         """\
-A `checkpoints.exports` format the model family has no writer for. SD3 writes the diffusers layouts only
-(the folder, the diffusers LoRA file): no original-layout single file, no kohya LoRA (kohya's
-networks/lora_sd3.py layout is not written). Flux writes `kohya_lora` (kohya's networks/lora_flux.py layout,
-which ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr; no single
-file.""",
+A `checkpoints.exports` format the model family has no writer for. SD3 and Flux write no original-layout
+single file; they write `kohya_lora` (kohya's networks/lora_sd3.py and networks/lora_flux.py layouts; Flux's
+ComfyUI, Forge and diffusers load) for plain LoRA runs, not for LoCon, DoRA, LoHa or LoKr.""",
         help="remove the format: the diffusers folder (or diffusers LoRA file) is always written",
     ),
     Code(
@@ -1899,6 +1898,49 @@ in the Hugging Face cache (warning).""",
         help="pass --set model.base=<a local diffusers folder of the same model> to dbspec convert",
     ),
     # --- DBS5xx: options that contradict each other (continued) -------------------------------------------
+    # Shared down-projections of fused layers (adapter.fused_projections): DBS505-DBS508.
+    Code(
+        "DBS505",
+        ERROR,
+        "Fused projections on a family without fused layers",
+        """\
+`adapter.fused_projections = true` shares one LoRA down-projection among the diffusers parts of a fused Linear
+of the original model (Flux's q, k, v). The family's diffusers model has no such layers (its Linears are the
+original model's), so there is nothing to share.""",
+        help="remove adapter.fused_projections",
+    ),
+    Code(
+        "DBS506",
+        WARNING,
+        "A fused layer with only some of its parts adapted",
+        """\
+With `adapter.fused_projections` a fused layer's adapted parts share one down-projection; a part the targets
+(or a rank-0 block) leave out gets no update, so the fused layer's LoRA has zero rows there where kohya's LoRA
+on the fused layer trains every row. With Flux's default targets the single blocks' proj_mlp is such a part:
+add `proj_mlp` to `adapter.denoiser_targets` (kohya's networks.lora_flux set does).""",
+        help="add the missing parts to adapter.denoiser_targets, or accept the zero rows",
+    ),
+    Code(
+        "DBS507",
+        ERROR,
+        "Parts of a fused layer at different ranks, alphas or learning rates",
+        """\
+With `adapter.fused_projections` the parts of a fused layer share one down-projection, which has one rank and
+one learning rate; kohya's LoRA on the fused layer has one alpha. `[[adapter.blocks]]` patterns gave parts of
+one fused layer different ranks, alphas or `lr_scale`s.""",
+        help="give the parts one rank, alpha and lr_scale, or set adapter.fused_projections = false",
+    ),
+    Code(
+        "DBS508",
+        WARNING,
+        "Dropout drawn per part of a fused layer",
+        """\
+With `adapter.fused_projections` each part of a fused layer computes the shared down-projection's output
+itself, so `dropout`, `down_dropout`, `rank_dropout` and `module_dropout` draw their masks (and module dropout
+its skip) per part, where kohya's LoRA on the fused layer draws them once for the whole layer. The expected
+update is the same; the draws differ.""",
+        help="accept the per-part draws, or turn the dropout off",
+    ),
     Code(
         "DBS510",
         ERROR,

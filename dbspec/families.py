@@ -48,6 +48,20 @@ class KohyaFacts:
 
 
 @attrs.frozen
+class FusedProjection:
+    """One Linear of the family's original model that diffusers splits into parts (Flux's `img_attn.qkv` into
+    attn.to_q, to_k, to_v): kohya's LoRA on it has one down-projection shared by the parts
+    (`adapter.fused_projections`)."""
+
+    kohya_name: str  # kohya's module name inside a block, `.` as `_` (img_attn_qkv, linear1)
+    blocks: str  # the diffusers ModuleList holding the blocks (transformer_blocks, single_transformer_blocks)
+    parts: tuple[str, ...]  # the diffusers children inside a block, in the original layer's row order
+    # One part's down-projection parameters per unit of rank over all blocks of the public model (input width
+    # x blocks): what sharing the down saves per extra part (the plan's parameter count).
+    down_per_rank: int = 0
+
+
+@attrs.frozen
 class TokenActivation:
     """Transformer denoisers (SD3, Flux): activation bytes per token of the joint sequence (one per 2x2
     latent patch, plus the text tokens) per sample at 16-bit autocast with SDPA, (plain, checkpointed),
@@ -134,6 +148,16 @@ class FamilySpec:
     # Key prefixes one of which a file holding the denoiser alone has (model.denoiser_file: original and
     # diffusers layouts, after an optional `model.diffusion_model.`), for the plan's plausibility check.
     denoiser_file_keys: tuple[str, ...] = ("input_blocks.", "down_blocks.")
+    # LoRA parameters per unit of rank of each denoiser target (suffix) on the public model (in + out of
+    # every module the suffix names); {} when only the default targets are counted (lora_params_per_rank).
+    lora_params_per_target: dict[str, int] = attrs.field(factory=dict)
+    # The original model's fused Linears that diffusers splits (adapter.fused_projections); () for none.
+    fused_projections: tuple[FusedProjection, ...] = ()
+    # kohya's LoRA network for the family (networks.lora_flux): its denoiser targets in diffusers names
+    # (suffixes, as adapter.denoiser_targets) and the paths (regular expressions) those suffixes also match
+    # that kohya leaves alone; () when the converter has no such network.
+    kohya_lora_targets: tuple[str, ...] = ()
+    kohya_lora_excluded: tuple[str, ...] = ()
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -422,6 +446,18 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_819_683,
         },
         lora_params_per_rank={"unet": 1_473_792, "text_encoder": 73_728, "text_encoder_2": 327_680},
+        # SD3.5 large, width 2432 (MLP 9728), 38 joint blocks, the last one's context stream pre-only (no
+        # output projection or MLP; its modulation 2 x 2432 wide, the others' 6 x 2432); no attn2
+        lora_params_per_target={
+            **dict.fromkeys(("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"), 4864 * 38),
+            **dict.fromkeys(("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), 4864 * 38),
+            "attn.to_add_out": 4864 * 37,
+            **dict.fromkeys(("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"), 0),
+            **dict.fromkeys(("ff.net.0.proj", "ff.net.2"), 12160 * 38),
+            **dict.fromkeys(("ff_context.net.0.proj", "ff_context.net.2"), 12160 * 37),
+            "norm1.linear": 17024 * 38,
+            "norm1_context.linear": 17024 * 37 + 7296,
+        },
         # SD3.5 medium / SD3 medium: 24 MMDiT blocks of width 1536 (SD3.5 medium: 13 dual-attention blocks,
         # counted from its transformer config on the meta device); the text encoders and VAE are large's.
         hub_params={
@@ -436,12 +472,40 @@ FAMILIES: dict[str, FamilySpec] = {
             clip_tokens=77,
             variants=((2_243_171_520, 1_650_000, 180_000), (8_056_627_520, 3_950_000, 360_000)),
         ),
-        # kohya's sd3_train_network.py; not verified against its metadata (dbspec writes no kohya SD3 files).
-        kohya=KohyaFacts(base_version="sd3", v2=False, v_suffix=False, original_unet_names=False),
+        # kohya's sd3_train_network.py writes its model type ("5-large", "5-medium", "medium") as the base
+        # version, read from the weights (runtime/sd3_kohya.py model_type); plain LoRA only in its layout.
+        kohya=KohyaFacts(
+            base_version="sd3", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
+        ),
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
         denoiser_file_keys=("joint_blocks.", "pos_embed.proj.weight"),
-        extra_exports=(),
+        # Stability's joint blocks fuse q, k, v of each stream's attention (SD3.5 medium's second image
+        # attention too: x_block.attn2)
+        fused_projections=(
+            FusedProjection(
+                "x_block_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 2432 * 38
+            ),
+            FusedProjection(
+                "context_block_attn_qkv",
+                "transformer_blocks",
+                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                2432 * 38,
+            ),
+            FusedProjection(  # SD3.5 large (the counted model) has no attn2
+                "x_block_attn2_qkv", "transformer_blocks", ("attn2.to_q", "attn2.to_k", "attn2.to_v"), 0
+            ),
+        ),
+        # networks/lora_sd3.py: every Linear of each joint block's context_block and x_block (attn.qkv,
+        # attn.proj, attn2 where SD3.5 medium has it, mlp.fc1, mlp.fc2, adaLN_modulation.1)
+        kohya_lora_targets=(
+            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+            *("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *("norm1.linear", "norm1_context.linear"),
+        ),
+        extra_exports=("kohya_lora",),  # kohya's networks/lora_sd3.py layout (runtime/sd3_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,
     ),
@@ -505,6 +569,20 @@ FAMILIES: dict[str, FamilySpec] = {
             "vae": 83_819_683,
         },
         lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
+        # FLUX.1 dev, width 3072 (MLP 12288), 19 double and 38 single blocks: rank x (in + out) per suffix;
+        # proj_out also names the final layer (3072 -> 64)
+        lora_params_per_target={
+            **dict.fromkeys(("attn.to_q", "attn.to_k", "attn.to_v"), 6144 * 57),
+            **dict.fromkeys(("attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj"), 6144 * 19),
+            **dict.fromkeys(("attn.add_v_proj", "attn.to_add_out"), 6144 * 19),
+            **dict.fromkeys(
+                ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"), 15360 * 19
+            ),
+            **dict.fromkeys(("norm1.linear", "norm1_context.linear"), 21504 * 19),
+            "proj_mlp": 15360 * 38,
+            "proj_out": 18432 * 38 + 3136,
+            "norm.linear": 12288 * 38,
+        },
         activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
         # Measured at real width on the CPU (1 double + 1 single block, extrapolated to 19 + 38): 6.81-6.85 MB
         # plain, 537 KB (512 px) and 601 KB (1024 px) checkpointed per token, rounded up (docs/memory.md).
@@ -521,6 +599,34 @@ FAMILIES: dict[str, FamilySpec] = {
         long_prompts=False,
         lora_peft_keys=True,
         train_guidance=3.5,
+        # Black Forest Labs' double blocks fuse q, k, v per stream; single blocks q, k, v and the MLP input.
+        fused_projections=(
+            FusedProjection(
+                "img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 3072 * 19
+            ),
+            FusedProjection(
+                "txt_attn_qkv",
+                "transformer_blocks",
+                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                3072 * 19,
+            ),
+            FusedProjection(
+                "linear1",
+                "single_transformer_blocks",
+                ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+                3072 * 38,
+            ),
+        ),
+        # networks/lora_flux.py: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2, mod.lin of both
+        # streams) and the single blocks (linear1, linear2, modulation.lin); the suffix proj_out also names
+        # the final layer's Linear (final_layer.linear), which kohya does not adapt.
+        kohya_lora_targets=(
+            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *("norm1.linear", "norm1_context.linear", "proj_mlp", "proj_out", "norm.linear"),
+        ),
+        kohya_lora_excluded=("^proj_out$",),
     ),
 }
 

@@ -56,7 +56,9 @@ def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPla
         config,
         rank_pattern=ranks,
         alpha_pattern=alphas,
-        exclude_modules=excluded or None,
+        # one regular expression peft full-matches: a list would also exclude every module whose path ends
+        # with an excluded path (Flux's top-level proj_out would take the single blocks' proj_out along)
+        exclude_modules="|".join(re.escape(p) for p in excluded) or None,
     )
 
 

@@ -8,13 +8,15 @@ projections; the original model has one fused Linear per group:
   add_v_proj (in that order);
 - single block i: `linear1` <- attn.to_q, to_k, to_v and proj_mlp (q, k, v, then the MLP input).
 
-A fused layer's LoRA stacks the parts' down weights (rank R = the sum of the parts' ranks) and places each
-part's up weight on the block diagonal, so up @ down is the parts' updates, each on its own rows; this is
-the file kohya writes when it trains with `split_qkv` (networks/lora_flux.py state_dict). A part the run
-did not adapt (single blocks: proj_mlp with the default targets) is a zero block of the first part's rank,
-so every block has one rank and loaders that split the layer again (diffusers) see kohya's shape. Loaders
-scale by alpha / (rows of lora_down), so the fused alpha is the parts' scale times R: alpha / rank is kept
-exactly (parts with different scales have the ratio folded into their up blocks). kohya's own `split_qkv`
+Parts trained with one shared down-projection (adapter.fused_projections, runtime/fused.py) are written as
+kohya's own LoRA on the fused layer: that down once (rank r) and the parts' ups stacked by rows, alpha
+unchanged. Otherwise a fused layer's LoRA stacks the parts' down weights (rank R = the sum of the parts'
+ranks) and places each part's up weight on the block diagonal, so up @ down is the parts' updates, each on its
+own rows; this is the file kohya writes when it trains with `split_qkv` (networks/lora_flux.py state_dict). A
+part the run did not adapt (single blocks: proj_mlp with the default targets) is a zero block of the first
+part's rank, so every block has one rank and loaders that split the layer again (diffusers) see kohya's shape.
+Loaders scale by alpha / (rows of lora_down), so the fused alpha is the parts' scale times R: alpha / rank is
+kept exactly (parts with different scales have the ratio folded into their up blocks). kohya's own `split_qkv`
 writer stacks the same tensors but keeps the part's alpha, so its fused layers load at 1/3 (1/4) of the
 trained scale; the down/up tensors here are bit-identical to its (checked in a scratch run of its code).
 
@@ -74,12 +76,6 @@ _TOP = {
     "norm_out.linear": "final_layer_adaLN_modulation_1",
     "proj_out": "final_layer_linear",
 }
-# the diffusers children of each fused layer, in the original layer's row order
-_PARTS = {
-    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-}
 _FINAL = ("final_layer_adaLN_modulation_1", "final_layer_linear")  # diffusers' converter drops their alpha
 _SWAPPED = "final_layer_adaLN_modulation_1"
 # kohya's networks/lora_flux.py prefixes: CLIP-L, T5-XXL
@@ -101,7 +97,7 @@ def original_name(path: str) -> tuple[str, int | None]:
 
 
 def kohya_flux_tensors(
-    layers: Mapping[str, Layer], out_features: Mapping[str, int], dtype: torch.dtype
+    layers: Mapping[str, Layer], out_features: Mapping[str, int], dtype: torch.dtype, parts: Mapping
 ) -> dict[str, torch.Tensor]:
     """kohya tensors (`lora_unet_<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`) of the transformer's
     LoRA `layers` (diffusers module path -> (down, up, rank, alpha)); `out_features`: each Linear's output
@@ -121,13 +117,23 @@ def kohya_flux_tensors(
             up = torch.cat([scale, shift], dim=0)
         tensors.update(_entry(name, down, up, alpha, dtype))
     for (block, name), present in fused.items():
-        tensors.update(_fuse(block, name, present, layers, out_features, dtype))
+        tensors.update(_fuse(block, name, present, layers, out_features, dtype, parts))
     return tensors
 
 
-def _fuse(block, name, present, layers, out_features, dtype) -> dict[str, torch.Tensor]:
-    children = _PARTS[name.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
+def fused_parts(spec) -> dict[str, tuple[str, ...]]:
+    """The family registry's fused layers: kohya name inside a block -> the diffusers children, in the
+    original layer's row order."""
+    return {g.kohya_name: g.parts for g in spec.fused_projections}
+
+
+def _fuse(block, name, present, layers, out_features, dtype, parts) -> dict[str, torch.Tensor]:
+    """The fused layer `name` of `block` from its parts' LoRAs (`present`: part index -> diffusers path);
+    `parts`: the family's fused layers (fused_parts)."""
+    children = parts[name.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
     first = layers[present[min(present)]]
+    if len(present) > 1 and all(layers[path][0] is first[0] for path in present.values()):
+        return _shared(block, name, children, present, layers, out_features, dtype)
     rank, scale = first[2], first[3] / first[2]
     downs, ups = [], []
     for index, child in enumerate(children):
@@ -144,6 +150,20 @@ def _fuse(block, name, present, layers, out_features, dtype) -> dict[str, torch.
     )
 
 
+def _shared(block, name, children, present, layers, out_features, dtype) -> dict[str, torch.Tensor]:
+    """A fused layer whose parts share one down-projection (adapter.fused_projections, runtime/fused.py): the
+    shared down once (rank r), the parts' ups stacked by rows (zero rows for a part without a LoRA), alpha
+    unchanged; exactly kohya's LoRA on the fused Linear (networks.lora_flux without split_qkv)."""
+    down, _, rank, alpha = layers[present[min(present)]]
+    ups = []
+    for index, child in enumerate(children):
+        path = f"{block}.{child}"
+        ups.append(
+            layers[path][1].detach().float() if index in present else torch.zeros(out_features[path], rank)
+        )
+    return _entry(name, down.detach().float(), torch.cat(ups), alpha, dtype)
+
+
 def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
     key = f"lora_unet_{name}"
     return {
@@ -154,7 +174,7 @@ def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
 
 
 def flux_kohya_lora_state(
-    *, denoiser: nn.Module | None, text_encoders: list, dtype: str
+    *, denoiser: nn.Module | None, text_encoders: list, dtype: str, parts: Mapping
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`) and the
     ss_network_dim / ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
@@ -166,7 +186,7 @@ def flux_kohya_lora_state(
         layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser)}
         found = lora_adapter(denoiser)
         widths = _widths(found[0]) if found else {}
-        tensors.update(kohya_flux_tensors(layers, widths, cast))
+        tensors.update(kohya_flux_tensors(layers, widths, cast, parts))
         ranks.update(layer[2] for layer in layers.values())
         alphas.update(layer[3] for layer in layers.values())
     for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
@@ -214,7 +234,9 @@ class FluxExports:
         )
 
     def kohya_lora_state(self, *, denoiser, text_encoders, dtype) -> tuple[dict, dict[str, str]]:
-        return flux_kohya_lora_state(denoiser=denoiser, text_encoders=text_encoders, dtype=dtype)
+        return flux_kohya_lora_state(
+            denoiser=denoiser, text_encoders=text_encoders, dtype=dtype, parts=fused_parts(self.spec)
+        )
 
     def kohya_metadata(self, prediction: str) -> dict[str, str]:
         """What flux_train_network.py writes about the model (ss_network_module: its network module)."""

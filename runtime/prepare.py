@@ -58,9 +58,14 @@ def _prepare(
 
         quantize_frozen(module, comp.quantized, backend=backend)
     if comp.trainable == "lora":
-        adapters.add_lora(
-            module, plan.adapter, targets, seed, conv=name == family_spec(plan.model.family).denoiser
-        )
+        # the plan names the denoiser's component "unet" in every family (Flux's and SD3's transformer too):
+        # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
+        denoiser = name == "unet"
+        adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser)
+        if plan.adapter.fused and denoiser:
+            from dbspec.runtime.fused import tie_fused_projections  # kohya's LoRA on fused Linears
+
+            tie_fused_projections(module, plan.adapter.fused)
         a = plan.adapter
         if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward

@@ -210,7 +210,8 @@ def _diffusers_lora_layers(
         raise ValueError("no LoRA adapter to save: the module carries no peft adapter")
     module, adapter = found
     state = get_peft_model_state_dict(module, adapter_name=adapter)
-    cast = {key: value.detach().to("cpu", to_dtype(dtype)).contiguous() for key, value in state.items()}
+    # a copy per key: parts of a fused layer share one lora_A (adapter.fused_projections), written per part
+    cast = {k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()}
     return (convert_state_dict_to_diffusers(cast) if convert else cast), module.peft_config[adapter].to_dict()
 
 
@@ -232,7 +233,7 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
             raise ValueError(f"no adapter to save: {name} carries no peft adapter")
         plain, adapter = found
         state = get_peft_model_state_dict(plain, adapter_name=adapter)
-        cast = {k: v.detach().to("cpu", to_dtype(dtype)).contiguous() for k, v in state.items()}
+        cast = {k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()}
         target = Path(folder) / name
         target.mkdir(parents=True, exist_ok=True)
         save_file(cast, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -4,8 +4,11 @@ many parameters it trains. The runtime builds its peft config from this plan alo
 
 from __future__ import annotations
 
+import attrs
+
+from dbspec.compiler.fused import fused_plan, targeted
 from dbspec.families import family_spec
-from dbspec.plan.model import AdapterPlan, BlockPlan
+from dbspec.plan.model import AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
 
 # Parameters per (in + out) unit of rank, relative to LoRA's rank x (in + out): LoHa keeps two LoRA-shaped
@@ -51,7 +54,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             )
             for b in adapter.blocks
         )
-    return AdapterPlan(
+    plan = AdapterPlan(
         kind=adapter.kind,
         rank=adapter.rank,
         alpha=adapter.alpha,
@@ -62,10 +65,12 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         conv_rank=adapter.conv_rank,
         conv_alpha=adapter.conv_alpha if conv else 0.0,
         conv_targets=tuple(adapter.conv_targets) if conv else (),
-        params=adapter_params(adapter, family, components),
         lokr_unit_scale=adapter.kind == "lokr",
         **extra,
     )
+    fused = fused_plan(adapter, family, plan)  # adapter.fused_projections: shared down-projections
+    params = adapter_params(adapter, family, components, plan.denoiser_targets, fused)
+    return attrs.evolve(plan, fused=fused, params=params)
 
 
 def lycoris_dora(adapter) -> bool:
@@ -97,10 +102,14 @@ def _largest_ranks(adapter) -> tuple[int, int]:
     return rank, conv_rank
 
 
-def adapter_params(adapter, family: str, components) -> dict[str, int]:
+def adapter_params(
+    adapter, family: str, components, targets: tuple[str, ...] = (), fused: tuple[FusedPlan, ...] = ()
+) -> dict[str, int]:
     """Adapter parameters per adapted component: exact for LoRA and LoHa on the public models with the default
-    targets, an upper bound for LoKr; scaled by component size for other models (the tiny ones too). DoRA's
-    magnitudes (one number per output row) are not counted. With `tucker` the LoHa / LoKr convolutions' count
+    targets (and, where the family lists each target's count, with any targets made of those: Flux's and
+    SD3's kohya sets, fused layers' shared down-projections counted once), an upper bound for LoKr; scaled by
+    component size for other models (the tiny ones too). DoRA's magnitudes (one number per output row) are
+    not counted. With `tucker` the LoHa / LoKr convolutions' count
     is an upper bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for
     any rank under 8/9 of the input channels; LoRA's Tucker form is counted exactly (lora_mid included)."""
     public = family_spec(family)
@@ -111,16 +120,33 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
             continue
         size = c.params / public.public_params[c.name]
         rank, conv_rank = adapter.rank, adapter.conv_rank
-        if c.name == public.denoiser:
+        denoiser = c.name == "unet"  # the plan's name of every family's denoiser component
+        per_rank = public.lora_params_per_rank[c.name]
+        if denoiser:
             rank, conv_rank = _largest_ranks(adapter)
-        total = public.lora_params_per_rank[c.name] * rank * factor
-        if c.name == public.denoiser and adapter.conv_rank:
+            per_rank = _denoiser_per_rank(public, targets, fused) or per_rank
+        total = per_rank * rank * factor
+        if denoiser and adapter.conv_rank:
             total += _conv_params(adapter, public, conv_rank) * factor
         total *= size
         if adapter.kind == "lokr":
             total = min(total, c.params / _lokr_split(adapter.factor) ** 2)
         out[c.name] = int(total)
     return out
+
+
+def _denoiser_per_rank(public, targets: tuple[str, ...], fused: tuple[FusedPlan, ...]) -> int:
+    """LoRA parameters per unit of rank of the public model's denoiser with `targets`, from the family's
+    per-target counts; each fused layer's shared down counted once. 0 when a target has no count."""
+    table = public.lora_params_per_target
+    if not table or not targets or any(t not in table for t in targets):
+        return 0
+    total = sum(table[t] for t in set(targets))
+    facts = {f.kohya_name: f for f in public.fused_projections}
+    for group in fused:
+        parts = sum(1 for p in group.parts if targeted(p, targets))
+        total -= max(parts - 1, 0) * facts[group.name].down_per_rank
+    return total
 
 
 def _conv_params(adapter, public, rank: int) -> int:

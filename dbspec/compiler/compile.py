@@ -8,7 +8,7 @@ import attrs
 
 from dbspec import __version__
 from dbspec.compiler import schedule as sched
-from dbspec.compiler.adapters import adapter_params, adapter_plan
+from dbspec.compiler.adapters import adapter_plan
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.group_bounds import plan_group_bounds
@@ -23,6 +23,7 @@ from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.distributed import plan_distributed, sharding
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.evaluation import select_weights
+from dbspec.compiler.fused import fused_for
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
 from dbspec.compiler.preview import plan_preview
 from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
@@ -257,7 +258,14 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
     if isinstance(spec.adapter, LowRankAdapter):
-        trainable["lora"] = sum(adapter_params(spec.adapter, model.family, precision.components).values())
+        # the adapter's own count: its targets (the family's when unset) and shared down-projections
+        planned = adapter_plan(
+            spec.adapter,
+            model.family,
+            precision.components,
+            targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+        )
+        trainable["lora"] = sum(planned.params.values())
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,
@@ -385,6 +393,7 @@ def _assemble(
     )
     if init[0]:
         adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
+    adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     v, c, e = spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)

@@ -54,6 +54,16 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     if not path.is_file():
         ctx.report("DBS357", "error", f"LoRA file `{path}` not found", KEY, help="check the path")
         return "", 0
+    if family_spec(family).fused_projections:  # kohya's lora_flux / lora_sd3: the original model's names
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: dbspec cannot start a {family_spec(family).title} LoRA from a kohya file yet (kohya "
+            "names the original model's fused layers, which are not split into diffusers' parts here)",
+            KEY,
+            help="remove adapter.init_weights",
+        )
+        return "", 0
     try:
         file = read_lora_file(path)
     except ModelFileError as exc:

@@ -295,7 +295,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
                 "DBS381",
                 "error",
                 f'checkpoints.exports has "kohya_lora" for a {kind} run: dbspec writes {spec.title} kohya '
-                "files for plain LoRA only (kohya's networks/lora_flux.py layout)",
+                "files for plain LoRA only (kohya's networks/lora_flux.py and lora_sd3.py layouts)",
                 ("checkpoints", "exports", i),
                 help='train plain LoRA (adapter.kind = "lora", no dora or conv_rank) for a kohya file, or '
                 "remove the export: the diffusers LoRA file is always written",

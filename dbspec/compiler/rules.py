@@ -2503,3 +2503,20 @@ def wandb_installed(spec: Spec, spec_file: Path) -> Iterator[Hit]:
             "Biases",
             codes.help("DBS379"),
         )
+
+
+@rule("spec")
+def fused_projection_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.fused_projections with a dropout: drawn per part, kohya draws once per fused layer (DBS508)."""
+    a = spec.adapter
+    if not isinstance(a, LoraAdapter) or not a.fused_projections:
+        return
+    on = [k for k in ("dropout", "down_dropout", "rank_dropout", "module_dropout") if getattr(a, k)]
+    if on:
+        yield _warn(
+            "DBS508",
+            ("adapter", on[0]),
+            f"adapter.{on[0]} = {getattr(a, on[0]):g} with fused_projections: each part of a fused layer "
+            "draws its own dropout, where kohya's LoRA on the fused layer draws once for the whole layer",
+            codes.help("DBS508"),
+        )

@@ -234,6 +234,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # state, exports were safetensors then
         ("checkpoints", "keep_state"): 0,
         ("checkpoints", "export_format"): "safetensors",
+        ("adapter", "fused"): [],  # adapter.fused_projections, added since
     },
 }
 

@@ -94,6 +94,17 @@ class BlockPlan:
 
 
 @frozen
+class FusedPlan:
+    """One fused Linear of the original model whose diffusers parts share a LoRA down-projection
+    (adapter.fused_projections): in every block of `blocks`, the adapted modules of `parts` share one
+    `lora_A`."""
+
+    name: str  # kohya's module name inside a block (img_attn_qkv)
+    blocks: str  # the diffusers ModuleList of the blocks (transformer_blocks)
+    parts: tuple[str, ...]  # the diffusers children inside a block, in the original layer's row order
+
+
+@frozen
 class AdapterPlan:
     kind: Literal["none", "lora", "loha", "lokr"]
     rank: int = 0
@@ -130,6 +141,8 @@ class AdapterPlan:
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
     blocks: tuple[BlockPlan, ...] = ()
+    # lora: the fused layers whose parts share one down-projection (adapter.fused_projections); () for none
+    fused: tuple[FusedPlan, ...] = ()
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

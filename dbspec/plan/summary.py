@@ -474,6 +474,14 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 f"rank {block.rank} alpha {block.alpha:g}{conv}, lr x {block.lr_scale:g}",
             )
         )
+    for fused in a.fused:
+        rows.append(
+            (
+                f"  fused {fused.name}",
+                f"{fused.blocks}.*: {', '.join(fused.parts)} share one down-projection (kohya's LoRA on the "
+                "fused layer)",
+            )
+        )
     bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name

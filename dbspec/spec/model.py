@@ -374,6 +374,16 @@ class LoraAdapter:
         "init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
+    # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
+    fused_projections: bool = option(
+        False,
+        doc="One down-projection per original fused layer, shared by its parts: the parts diffusers splits "
+        "a layer of the original model into (Flux: attn.to_q, to_k, to_v of each double-block stream, and "
+        "the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each joint block's q, k, v per attention) "
+        "share one `lora_A` (rank `rank`), each keeps its own `lora_B` rows: kohya's LoRA on the fused "
+        "Linear (networks.lora_flux and lora_sd3 without `split_qkv`). false: each part has its own LoRA. "
+        "Families without fused layers refuse it.",
+    )
 
 
 @frozen

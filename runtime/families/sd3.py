@@ -69,7 +69,9 @@ class StableDiffusion3:
     def __init__(self, spec: FamilySpec):
         self.spec = spec
         self.objective = FlowMatchingObjective()
-        self.exports = DiffusersOnlyExports(spec)
+        from dbspec.runtime.sd3_kohya import SD3Exports
+
+        self.exports = SD3Exports(spec)  # kohya's SD3 LoRA layout (runtime/sd3_kohya.py)
 
     def load(self, plan):
         from dbspec.runtime.models import load_components

@@ -16,11 +16,12 @@ from safetensors import safe_open
 from dbspec.families import family_spec
 from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
-from dbspec.runtime.flux_kohya import flux_kohya_lora_state, kohya_flux_tensors
+from dbspec.runtime.flux_kohya import flux_kohya_lora_state, fused_parts, kohya_flux_tensors
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import make_plan
 
 BASE = "builtin:tiny-flux"
+PARTS = fused_parts(family_spec("flux"))  # the registry's fused layers
 # Every block Linear kohya's layout names except single blocks' q/k/v/proj_mlp (linear1): diffusers' converter
 # splits linear1 at FLUX.1's widths (3072 x 3 + 12288), which the tiny twin does not have; and no top-level
 # layer (img_in, txt_in, time_in, final_layer...): diffusers' converter names them without the `transformer.`
@@ -123,7 +124,7 @@ def test_fused_layers_carry_each_parts_update_at_its_scale():
         init_lora_weights=False,  # random B: every update non-zero
     )
     transformer.add_adapter(config)
-    tensors, _ = flux_kohya_lora_state(denoiser=transformer, text_encoders=[], dtype="fp32")
+    tensors, _ = flux_kohya_lora_state(denoiser=transformer, text_encoders=[], dtype="fp32", parts=PARTS)
 
     def update(name: str) -> torch.Tensor:
         down, up = tensors[f"lora_unet_{name}.lora_down.weight"], tensors[f"lora_unet_{name}.lora_up.weight"]
@@ -180,7 +181,9 @@ def test_real_flux_widths_split_back_in_diffusers_converter():
     }
     widths = {path: layer[1].shape[0] for path, layer in layers.items()}
     widths["single_transformer_blocks.1.proj_mlp"] = mlp
-    converted = _convert_kohya_flux_lora_to_diffusers(kohya_flux_tensors(layers, widths, torch.float32))
+    converted = _convert_kohya_flux_lora_to_diffusers(
+        kohya_flux_tensors(layers, widths, torch.float32, PARTS)
+    )
     probe = torch.randn(width + mlp, 1, generator=torch.Generator().manual_seed(0))
     for path, (down, up, rank, alpha) in layers.items():
         # diffusers' converter names top-level layers without `transformer.` (its loader drops them)
@@ -200,7 +203,7 @@ def test_exported_file_is_what_the_state_holds(tmp_path):
     exact)."""
     transformer = build_pipeline(BASE).transformer
     transformer.add_adapter(LoraConfig(r=3, lora_alpha=1.5, target_modules=["to_q", "to_k", "to_v"]))
-    tensors, _ = flux_kohya_lora_state(denoiser=transformer, text_encoders=[], dtype="bf16")
+    tensors, _ = flux_kohya_lora_state(denoiser=transformer, text_encoders=[], dtype="bf16", parts=PARTS)
     assert tensors["lora_unet_single_blocks_0_linear1.lora_up.weight"].dtype == torch.bfloat16
     assert tensors["lora_unet_single_blocks_0_linear1.alpha"].dtype == torch.float32
     assert tensors["lora_unet_single_blocks_0_linear1.alpha"].item() == 6.0  # 1.5 x 4 parts: 6 / 12 = 1.5 / 3

@@ -28,6 +28,8 @@ ALLOWED = {
     "dbspec/convert/diffusers/convert.py": "diffusers script names (train_dreambooth_lora_sdxl) -> family",
     "dbspec/convert/diffusers/out.py": "diffusers script names -> family",
     "dbspec/convert/kohya/flow.py": "kohya's flux/sd3 script names -> family",
+    "dbspec/convert/kohya/lora_flux.py": "kohya's networks.lora_flux -> the flux family's kohya target set",
+    "dbspec/convert/kohya/lora_sd3.py": "kohya's networks.lora_sd3 -> the sd3 family's kohya target set",
     "dbspec/convert/diffusers/flow.py": "diffusers' Flux/SD3 script names -> family",
     "dbspec/convert/simpletuner/train.py": "SimpleTuner's model_family values -> family",
     "dbspec/convert/simpletuner/flow.py": "SimpleTuner's model_family sd3/flux (their own options)",

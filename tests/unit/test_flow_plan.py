@@ -105,7 +105,7 @@ def test_the_family_decides_the_prediction(toy: Path):
 
 
 def test_exports_samplers_and_prompt_length_sd3_cannot_use(toy: Path):
-    write_spec(toy, model=SD3, adapter={"kind": "lora"}, checkpoints={"exports": ["kohya_lora"]})
+    write_spec(toy, model=SD3, train={"denoiser": True}, checkpoints={"exports": ["single_file"]})
     assert "DBS381" in codes(compile_in(toy), "error")
     write_spec(toy, model=SD3, validation={"prompts": ["x"], "scheduler": "ddim"})
     assert "DBS382" in codes(compile_in(toy), "error")

@@ -1186,6 +1186,12 @@ CASES = [
         [("DBS268", "error", ("schedule", "accumulation")), ("DBS268", "error", ("train", "text_encoder"))],
         DOG + STEPS + '[distributed]\nstrategy = "deepspeed"\nzero_stage = 3\n',
     ),
+    (
+        rules.fused_projection_dropout,
+        '[adapter]\nkind = "lora"\nfused_projections = true\nrank_dropout = 0.1\n' + DOG + STEPS,
+        [("DBS508", "warning", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "lora"\nfused_projections = true\n' + DOG + STEPS,
+    ),
 ]
 
 

@@ -309,37 +309,31 @@ def _fused_adafactor(a: Args, script: str) -> bool:
 
 
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
-    """networks.lora_flux / networks.lora_sd3: LoRA on the transformer's linear layers (kohya: every Linear of
-    the double/single (joint) blocks, q/k/v fused as in the original layout); dbspec adapts the family's
-    diffusers targets, q/k/v separately."""
+    """networks.lora_flux / networks.lora_sd3 exactly (lora_flux.py, lora_sd3.py here): kohya's targets (every
+    Linear of the double/single or joint blocks), its fused q/k/v layers and its network_args."""
+    from dbspec.convert.kohya.lora_flux import map_lora_flux
+    from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
+
     module, wanted = a["network_module"], NETWORK_MODULES[script]
     if module.value != wanted:
         conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network only")
         return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
-    conv.differs(
-        module,
-        f"{wanted} adapts every Linear of the transformer blocks with q/k/v fused; dbspec adapts the "
-        f"family's attention{' and feed-forward' if family == 'flux' else ''} projections (diffusers' "
-        "layout, q/k/v separately): the same layers but the modulation and embedding linears",
-    )
-    net_args = a["network_args"]
-    if net_args.value:
-        conv.unsupported(
-            net_args, f"{wanted}'s network_args (block selection, split_qkv, ...) have no dbspec equivalent"
-        )
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    if a["network_dropout"].value:
-        conv.differs(
-            a["network_dropout"],
-            "kohya drops the LoRA down-projection's output, peft (dbspec) drops its input",
-            ("adapter", "dropout"),
-            float(a["network_dropout"].value),
-        )
-    map_network_weights(a, paths, conv)
+    conv.record(module, "mapped", "adapter")
+    network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
+    if not network(a, rank, float(alpha.value), conv):
+        return False
+    for key in ("network_weights", "dim_from_weights"):
+        if a[key].value:  # adapter.init_weights reads diffusers-named kohya files (compiler/init_weights.py)
+            conv.unsupported(
+                a[key],
+                f"dbspec cannot start a LoRA from a {wanted} file yet: it names the original model's fused "
+                "layers, which adapter.init_weights does not split into diffusers' parts",
+            )
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),

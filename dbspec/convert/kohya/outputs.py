@@ -143,13 +143,7 @@ def _tracker_config(config: Legacy, paths: PathMapper, conv: Conversion) -> None
 
 def _exports(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     fmt, precision = a["save_model_as"], a["save_precision"]
-    if lora and script == "sd3_train_network":
-        conv.differs(
-            fmt,
-            "kohya writes its SD3 LoRA in the original (SAI) key layout; dbspec writes diffusers' LoRA "
-            "layout, which diffusers and ComfyUI load (no kohya SD3 layout: DBS381)",
-        )
-    elif lora:
+    if lora:  # Flux and SD3 too: kohya's lora_flux / lora_sd3 layouts (runtime/flux_kohya.py, sd3_kohya.py)
         conv.mapped(fmt, ("checkpoints", "exports"), ["kohya_lora"])
         if fmt.value in ("ckpt", "pt"):  # networks' save_weights: torch.save of the state dict
             conv.mapped(

@@ -1,0 +1,112 @@
+"""Fused projections (adapter.fused_projections): the fused Linears of the family's original model (the
+registry's `fused_projections`) whose diffusers parts share one LoRA down-projection, as kohya's LoRA on
+the fused layer has (networks.lora_flux without split_qkv).
+
+Adapter targets are module-name suffixes and per-block ranks regular expressions over module paths, so
+which parts of a fused layer are adapted, and at which rank, is settled here over the block indices a model
+can have (`_INDICES`), without the weights: DBS505 (a family without fused layers), DBS506 (a fused layer
+with some parts adapted and others not: those rows get no update), DBS507 (parts of one fused layer at
+different ranks, alphas or learning-rate scales: one down-projection has one of each)."""
+
+from __future__ import annotations
+
+import re
+
+from dbspec.compiler.context import Context
+from dbspec.families import FusedProjection, family_spec
+from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
+from dbspec.spec.model import LoraAdapter
+
+_INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
+_OPTION = ("adapter", "fused_projections")
+
+
+def targeted(path: str, targets) -> bool:
+    # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float]:
+    """(rank, alpha, learning-rate scale) of a linear module at `path`: its block's (the first pattern that
+    matches), else the adapter's; rank 0 when the targets do not name it."""
+    if not targeted(path, adapter.denoiser_targets):
+        return 0, 0.0, 1.0
+    block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
+    return (adapter.rank, adapter.alpha, 1.0) if block is None else (block.rank, block.alpha, block.lr_scale)
+
+
+def _adapted(group: FusedProjection, index: int, adapter: AdapterPlan) -> dict[str, tuple[int, float, float]]:
+    """The parts of block `index` of the group that get a LoRA: part -> (rank, alpha, learning-rate scale)."""
+    out = {}
+    for part in group.parts:
+        found = _rank(f"{group.blocks}.{index}.{part}", adapter)
+        if found[0]:
+            out[part] = found
+    return out
+
+
+def fused_plan(adapter, family: str, plan: AdapterPlan) -> tuple[FusedPlan, ...]:
+    """The family's fused layers with at least one adapted part, when the spec asks for fused projections."""
+    if not isinstance(adapter, LoraAdapter) or not adapter.fused_projections:
+        return ()
+    return tuple(
+        FusedPlan(name=g.kohya_name, blocks=g.blocks, parts=g.parts)
+        for g in family_spec(family).fused_projections
+        if any(_adapted(g, i, plan) for i in _INDICES)
+    )
+
+
+def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
+    adapter = ctx.spec.adapter
+    if not isinstance(adapter, LoraAdapter) or not adapter.fused_projections:
+        return
+    spec = family_spec(family)
+    if not spec.fused_projections:
+        ctx.report(
+            "DBS505",
+            "error",
+            f"adapter.fused_projections is true, but {spec.title} models have no fused layers (its "
+            "diffusers Linears are the original model's)",
+            _OPTION,
+            help="remove adapter.fused_projections",
+        )
+        return
+    partial = []
+    for group in spec.fused_projections:
+        for index in _INDICES:
+            found = _adapted(group, index, plan)
+            if len(set(found.values())) > 1:
+                shown = ", ".join(f"{p} rank {r} alpha {a:g} lr x {lr:g}" for p, (r, a, lr) in found.items())
+                ctx.report(
+                    "DBS507",
+                    "error",
+                    f"adapter.fused_projections shares one down-projection among the parts of "
+                    f"{group.blocks}.{index}'s fused {group.kohya_name}, but they get different ranks, "
+                    f"alphas or learning-rate scales: {shown}",
+                    ("adapter", "blocks") if plan.blocks else _OPTION,
+                    help="give the parts of a fused layer one rank, alpha and lr_scale ([[adapter.blocks]] "
+                    "patterns that match them all), or set adapter.fused_projections = false",
+                )
+                return
+            if found and len(found) < len(group.parts):
+                missing = [p for p in group.parts if p not in found]
+                partial.append(f"{group.blocks}.{index}: {group.kohya_name} without {', '.join(missing)}")
+                break
+    if partial:
+        ctx.report(
+            "DBS506",
+            "warning",
+            "adapter.fused_projections: some fused layers have only some of their parts adapted; the shared "
+            "down-projection serves the adapted parts and the other parts' rows get no update (kohya's LoRA "
+            f"on the fused layer would train them): {'; '.join(partial)}",
+            ("adapter", "denoiser_targets"),
+            help="add the missing parts to adapter.denoiser_targets (kohya's Flux set adds proj_mlp), or "
+            "accept the zero rows",
+        )
+
+
+def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> AdapterPlan:
+    """`plan` (its fused layers planned by adapter_plan) after the checks."""
+    if model is not None:
+        check_fused(ctx, model.family, plan)
+    return plan

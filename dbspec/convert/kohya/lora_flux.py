@@ -1,0 +1,266 @@
+"""kohya's networks.lora_flux (flux_train_network.py) into [adapter], exactly: its target set, its fused
+layers and the network_args dbspec can express, as networks/lora_flux.py's create_network reads them.
+
+lora_flux puts a LoRA on every Linear of Black Forest Labs' double and single blocks (the family registry's
+`kohya_lora_targets`, diffusers names; `proj_out` there names the single blocks' linear2, and a rank-0 block
+keeps the final layer's Linear, which shares the name, out). On the fused Linears (double blocks' q/k/v per
+stream, single blocks' q/k/v + MLP input) its LoRA has one down-projection shared by the parts:
+`adapter.fused_projections = true`. With `split_qkv=True` each part has its own LoRA, dbspec's per-module
+LoRAs (fused_projections false); kohya then fails building any double block's q/k/v LoRA (its
+create_modules unpacks the three split widths into one name: ValueError), so only a run that trains no
+double-block attention converts.
+
+Mapped network_args: split_qkv, train_blocks, train_double_block_indices, train_single_block_indices, the
+per-type ranks (img_attn_dim ... single_mod_dim), in_dims (the embedders), rank_dropout, module_dropout and
+the LoRA+ ratios ([[adapter.blocks]] carry the ranks: kohya's alpha is network_alpha everywhere). kohya
+parses booleans as the exact string "True"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _loraplus, parse_network_args
+from dbspec.families import family_spec
+
+_FINAL = "networks/lora_flux.py adapts no final layer (its Linear shares the name proj_out)"
+NUM_DOUBLE, NUM_SINGLE = 19, 38  # networks/lora_flux.py NUM_DOUBLE_BLOCKS / NUM_SINGLE_BLOCKS
+_DOUBLE, _SINGLE = r"^transformer_blocks\.", r"^single_transformer_blocks\."
+# create_network's per-type ranks: kohya matches the words in its module names; here the diffusers paths
+_TYPE_DIMS = {
+    "img_attn_dim": _DOUBLE + r"\d+\.attn\.(to_q|to_k|to_v|to_out\.0)$",
+    "txt_attn_dim": _DOUBLE + r"\d+\.attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
+    "img_mlp_dim": _DOUBLE + r"\d+\.ff\.",
+    "txt_mlp_dim": _DOUBLE + r"\d+\.ff_context\.",
+    "img_mod_dim": _DOUBLE + r"\d+\.norm1\.linear$",
+    "txt_mod_dim": _DOUBLE + r"\d+\.norm1_context\.linear$",
+    "single_dim": _SINGLE + r"\d+\.(attn\.to_q|attn\.to_k|attn\.to_v|proj_mlp|proj_out)$",  # linear1, linear2
+    "single_mod_dim": _SINGLE + r"\d+\.norm\.linear$",
+}
+# in_dims [img, time, vector, guidance, txt]: the original embedders' diffusers Linears and path patterns
+_IN_DIMS = (
+    (("x_embedder",), r"^x_embedder$"),
+    (
+        ("timestep_embedder.linear_1", "timestep_embedder.linear_2"),
+        r"^time_text_embed\.timestep_embedder\.",
+    ),
+    (("text_embedder.linear_1", "text_embedder.linear_2"), r"^time_text_embed\.text_embedder\."),
+    (
+        ("guidance_embedder.linear_1", "guidance_embedder.linear_2"),
+        r"^time_text_embed\.guidance_embedder\.",
+    ),
+    (("context_embedder",), r"^context_embedder$"),
+)
+_UNSUPPORTED = {
+    "network_reg_dims": "per-module ranks by regular expressions over kohya's module names",
+    "network_reg_lrs": "per-module learning rates by regular expressions over kohya's module names",
+    "ggpo_beta": "LoRA-GGPO's gradient-guided weight perturbation",
+    "ggpo_sigma": "LoRA-GGPO's gradient-guided weight perturbation",
+}
+
+
+def true(value: str) -> bool:
+    return value == "True"  # create_network: `True if x == "True" else False`
+
+
+def selection(text: str, total: int) -> list[bool]:
+    """networks/lora_flux.py's parse_block_selection: "all", "none"/"", or comma-separated indices and
+    inclusive ranges; ValueError where kohya asserts."""
+    if text == "all":
+        return [True] * total
+    if text in ("none", ""):
+        return [False] * total
+    picked = [False] * total
+    for item in text.split(","):
+        if "-" in item:
+            start, end = (int(x.strip()) for x in item.split("-"))
+            if not (0 <= start < total and 0 <= end < total and start <= end):
+                raise ValueError(f"block range {item.strip()} is outside 0-{total - 1} or reversed")
+            picked[start : end + 1] = [True] * (end - start + 1)
+        else:
+            index = int(item)
+            if not 0 <= index < total:
+                raise ValueError(f"block index {index} is outside 0-{total - 1}")
+            picked[index] = True
+    return picked
+
+
+def _indices(flags: list[bool]) -> str:
+    return "|".join(str(i) for i, on in enumerate(flags) if not on)
+
+
+def map_lora_flux(a: dict[str, Legacy], dim: int, alpha: float, conv: Conversion) -> bool:
+    """[adapter] for networks.lora_flux; False when its network_args cannot be expressed or kohya fails."""
+    args = a["network_args"]
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    try:
+        return _map(kwargs, args, dim, alpha, a, conv)
+    except ValueError as exc:
+        conv.invalid(args.key, args.value, args.source, f"kohya's lora_flux asserts on it ({exc})")
+        return False
+
+
+def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: Conversion) -> bool:
+    flux = family_spec("flux")
+    why = conv.comment(
+        a["network_module"], "networks/lora_flux.py: every Linear of the double and single blocks"
+    )
+    targets = list(flux.kohya_lora_targets)
+    blocks: list[dict[str, Any]] = [
+        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL} for p in flux.kohya_lora_excluded
+    ]
+    train = kwargs.pop("train_blocks", None)
+    if train is not None and train not in ("all", "single", "double"):
+        raise ValueError(f"train_blocks={train} is not all, single or double")
+    if train == "single":
+        blocks.append({"pattern": _DOUBLE, "rank": 0, "alpha": 1.0, "_why": "train_blocks=single"})
+    elif train == "double":
+        blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "train_blocks=double"})
+    selected = {}
+    for key, prefix, total in (
+        ("train_double_block_indices", _DOUBLE, NUM_DOUBLE),
+        ("train_single_block_indices", _SINGLE, NUM_SINGLE),
+    ):
+        if key in kwargs:
+            flags = selection(kwargs.pop(key), total)
+            selected[prefix] = flags
+            if not any(flags):
+                blocks.append({"pattern": prefix, "rank": 0, "alpha": 1.0, "_why": key})
+            elif not all(flags):
+                pattern = prefix + f"({_indices(flags)})\\."
+                blocks.append({"pattern": pattern, "rank": 0, "alpha": 1.0, "_why": key})
+    type_dims = {key: int(kwargs.pop(key)) for key in list(_TYPE_DIMS) if key in kwargs}
+    if "in_dims" in kwargs:
+        text = kwargs.pop("in_dims").strip().removeprefix("[").removesuffix("]")
+        in_dims = [int(d) for d in text.split(",")]
+        if len(in_dims) != 5:
+            raise ValueError(f"in_dims has {len(in_dims)} numbers, not 5 (img, time, vector, guidance, txt)")
+        for (names, pattern), rank in zip(_IN_DIMS, in_dims):
+            if rank:
+                targets.extend(names)
+                blocks.append({"pattern": pattern, "rank": rank, "alpha": alpha, "_why": "in_dims"})
+    for key, rank in type_dims.items():
+        blocks.append({"pattern": _TYPE_DIMS[key], "rank": rank, "alpha": alpha, "_why": key})
+    split = true(kwargs.pop("split_qkv", "False"))
+    if split and _double_attention_trained(train, selected.get(_DOUBLE), type_dims):
+        raise_split = (
+            "split_qkv=True: kohya's create_modules fails on the double blocks' q/k/v (it unpacks the three "
+            "split widths into one name: ValueError: too many values to unpack)"
+        )
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            raise_split,
+            help="kohya trains split_qkv only without double-block attention (train_blocks=single, "
+            "img_attn_dim=0 and txt_attn_dim=0, or train_double_block_indices=none); drop split_qkv for "
+            "the fused layers' shared down-projection",
+        )
+        return False
+    conv.put(("adapter", "denoiser_targets"), targets, why)
+    conv.put(("adapter", "text_encoder_targets"), list(KOHYA_TEXT_TARGETS), why + " (CLIPAttention, CLIPMLP)")
+    conv.put(
+        ("adapter", "fused_projections"),
+        not split,
+        conv.comment(
+            args,
+            "split_qkv=True: one LoRA per part"
+            if split
+            else "one LoRA (one down-projection) per fused Linear",
+        ),
+    )
+    for index, block in enumerate(blocks):
+        source = a["network_module"] if block["_why"] == _FINAL else args
+        note = conv.comment(source, block.pop("_why"))
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, note)
+    dropouts(kwargs, args, split, conv)
+    put: dict[str, Any] = {}
+    unsupported: dict[str, str] = {}
+    _loraplus(kwargs, put, unsupported)
+    for key, value in put.items():
+        conv.put(("adapter", key), value, conv.comment(args))
+    rest(kwargs, args, unsupported, conv, "networks.lora_flux", _UNSUPPORTED)
+    network_dropout(a["network_dropout"], split, conv)
+    return True
+
+
+def network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:
+    """--network_dropout: torch's dropout on lora_down's output (LoRAModule.forward), adapter.down_dropout;
+    a fused layer's one mask covers all its parts, which dbspec draws per part (split_qkv: per part too)."""
+    if not dropout.value:
+        return
+    if split:
+        conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
+    else:
+        conv.differs(
+            dropout,
+            "kohya drops the fused Linears' shared down output with one mask for all parts; dbspec "
+            "draws a mask per part (exact on the other layers)",
+            ("adapter", "down_dropout"),
+            float(dropout.value),
+        )
+
+
+def _double_attention_trained(train, double: list[bool] | None, type_dims: dict[str, int]) -> bool:
+    if train == "single" or (double is not None and not any(double)):
+        return False
+    return bool(type_dims.get("img_attn_dim", 1) or type_dims.get("txt_attn_dim", 1))
+
+
+def dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> None:
+    """rank_dropout / module_dropout: kohya draws them once per LoRA module, a fused layer's (or with
+    split_qkv, module dropout's skip) for all its parts together; dbspec per part."""
+    for key in ("rank_dropout", "module_dropout"):
+        if key not in kwargs:
+            continue
+        value = float(kwargs.pop(key))
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        shared = not split or key == "module_dropout"
+        if value and shared:
+            conv.differs(
+                legacy,
+                f"kohya draws {key} once per fused Linear for all its parts (q, k, v, the MLP input); dbspec "
+                "draws it per part (the other layers alike)",
+                ("adapter", key),
+                value,
+            )
+        else:
+            conv.mapped(legacy, ("adapter", key), value)
+
+
+def rest(
+    kwargs: dict[str, str],
+    args: Legacy,
+    unsupported: dict[str, str],
+    conv: Conversion,
+    network: str,
+    refused: dict[str, str],
+) -> None:
+    """The network_args left: T5 training, the inert ones, those with no dbspec form (`refused`), the rest
+    ignored as kohya's create_network ignores them."""
+    for key, value in kwargs.items():
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if key == "train_t5xxl":
+            if true(value):
+                unsupported[key] = f"{value} (dbspec never trains T5-XXL)"
+            else:
+                conv.inert(legacy, "only the exact string True trains T5-XXL")
+        elif key in ("conv_dim", "conv_alpha"):
+            conv.inert(legacy, "the blocks have no convolutions for it to adapt")
+        elif key == "verbose":
+            conv.inert(legacy, "it only logs the modules")
+        elif key in refused:
+            if key.startswith("ggpo_") and not ("ggpo_beta" in kwargs and "ggpo_sigma" in kwargs):
+                conv.inert(legacy, "GGPO runs only with both ggpo_beta and ggpo_sigma")
+            else:
+                unsupported[key] = f"{value} ({refused[key]})"
+        else:
+            conv.ignored(legacy, f"{network}'s create_network does not read it")
+    if unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
+        conv.unsupported(args, f"network arguments dbspec does not express: {rest}")
+    elif args.given:
+        conv.record(args, "mapped", "adapter")

@@ -1,0 +1,57 @@
+"""Shared down-projections of fused layers (`plan.adapter.fused`, adapter.fused_projections).
+
+kohya's LoRA on a fused Linear of the original model (Flux's `img_attn.qkv`: q, k, v in one weight) has one
+down-projection A (rank r) and one up-projection B spanning every part's rows: the update of part p's rows
+is scale * B_p @ A. diffusers splits the layer into parts (attn.to_q, to_k, to_v), each of which peft gives
+its own LoRA; tying the parts' `lora_A` weights to one Parameter makes them exactly kohya's fused LoRA: the
+forward pass of part p is scale * B_p @ (A x), and A's gradient is the sum of the parts' (autograd
+accumulates into the one Parameter). `module.parameters()` and `named_parameters()` list the shared weight
+once (under the first part's name), so the optimizer, the resume state and EMA hold it once."""
+
+from __future__ import annotations
+
+import torch
+
+from dbspec.plan.model import FusedPlan
+from dbspec.runtime.adapters import ADAPTER_NAME
+
+
+def tie_fused_projections(module: torch.nn.Module, fused: tuple[FusedPlan, ...]) -> int:
+    """Tie the adapted parts' `lora_A` weights of every block's fused layers in `module` (the denoiser, peft
+    LoRA attached) to the first adapted part's; how many fused layers now share one. ValueError when parts
+    of one fused layer have different ranks or scales (the compiler refuses those plans, DBS507)."""
+    from peft.tuners.lora import LoraLayer
+
+    shared = 0
+    for group in fused:
+        try:
+            blocks = module.get_submodule(group.blocks)
+        except AttributeError:
+            continue
+        for index, block in enumerate(blocks):
+            layers = []
+            for part in group.parts:
+                try:
+                    layer = block.get_submodule(part)
+                except AttributeError:
+                    continue
+                if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+                    layers.append((part, layer))
+            if len(layers) < 2:
+                continue
+            first_part, first = layers[0]
+            for part, layer in layers[1:]:
+                same = (layer.r[ADAPTER_NAME], layer.scaling[ADAPTER_NAME]) == (
+                    first.r[ADAPTER_NAME],
+                    first.scaling[ADAPTER_NAME],
+                )
+                if not same:
+                    raise ValueError(
+                        f"{group.blocks}.{index}.{part}: rank {layer.r[ADAPTER_NAME]} scale "
+                        f"{layer.scaling[ADAPTER_NAME]:g}, but {first_part} of the same fused {group.name} "
+                        f"has rank {first.r[ADAPTER_NAME]} scale {first.scaling[ADAPTER_NAME]:g}: one shared "
+                        "down-projection needs one rank and scale"
+                    )
+                layer.lora_A[ADAPTER_NAME].weight = first.lora_A[ADAPTER_NAME].weight
+            shared += 1
+    return shared

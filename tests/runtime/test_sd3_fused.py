@@ -1,0 +1,87 @@
+"""SD3 with kohya's networks.lora_sd3 targets and shared down-projections (adapter.fused_projections): a tiny
+SD3 run adapts every Linear of its joint blocks and nothing else, and each block's q/k/v (image and context
+streams) keep one lora_A through training."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora import LoraLayer
+
+from dbspec.families import family_spec
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import make_plan
+
+_TARGETS = ", ".join(f'"{t}"' for t in family_spec("sd3").kohya_lora_targets)
+KOHYA = (
+    '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\n'
+    f"denoiser_targets = [{_TARGETS}]\n"
+)
+
+
+def test_tiny_sd3_trains_kohyas_targets_with_one_down_per_fused_qkv(tmp_path):
+    result = execute(make_plan(tmp_path, base="builtin:tiny-sd3", steps=2, extra=KOHYA), keep_models=True)
+    assert result.status == "finished"
+    transformer = result.components.unet
+    base = {n.removesuffix(".base_layer") for n, m in transformer.named_modules()
+            if type(m) is torch.nn.Linear and ".lora_" not in n}  # fmt: skip
+    adapted = {n for n, m in transformer.named_modules() if isinstance(m, LoraLayer)}
+    assert adapted == {n for n in base if n.startswith("transformer_blocks.")}
+    for block in transformer.transformer_blocks:
+        a = block.attn
+        assert a.to_k.lora_A["default"].weight is a.to_q.lora_A["default"].weight
+        assert a.add_v_proj.lora_A["default"].weight is a.add_q_proj.lora_A["default"].weight
+        assert not torch.equal(
+            a.to_q.lora_B["default"].weight, torch.zeros_like(a.to_q.lora_B["default"].weight)
+        )
+
+
+def _delta(layer) -> torch.Tensor:
+    """A peft LoRA layer's weight update: scaling * B @ A."""
+    return layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+
+
+def test_tiny_sd3_kohya_export_is_lora_sd3s_layout(tmp_path):
+    """kohya's networks/lora_sd3.py names (joint_blocks_{i}_{x|context}_block_...), the fused q/k/v's shared
+    down written once with the ups stacked, every layer's update alpha / rows(down) * up @ down equal to the
+    trained update (the last block's context modulation and nothing else swapped: (scale, shift) ->
+    (shift, scale)), and kohya's model type as ss_base_model_version."""
+    from safetensors import safe_open
+
+    extra = KOHYA + '\n[train]\ntext_encoder = true\n\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path, base="builtin:tiny-sd3", steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
+    transformer = result.components.unet
+    path = f"{result.final}/{plan.checkpoints.name}.kohya.safetensors"
+    with safe_open(path, "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    assert metadata["ss_network_module"] == "networks.lora_sd3"
+    config = transformer.config
+    assert metadata["ss_base_model_version"] == (
+        ("5-medium" if config.dual_attention_layers else "5-large") if config.qk_norm else "medium"
+    )
+
+    def update(name: str) -> torch.Tensor:
+        down, up = tensors[f"lora_unet_{name}.lora_down.weight"], tensors[f"lora_unet_{name}.lora_up.weight"]
+        return tensors[f"lora_unet_{name}.alpha"] / down.shape[0] * up.float() @ down.float()
+
+    last = len(transformer.transformer_blocks) - 1
+    with torch.no_grad():
+        for i, block in enumerate(transformer.transformer_blocks):
+            a = block.attn
+            qkv = torch.cat([_delta(a.to_q), _delta(a.to_k), _delta(a.to_v)])
+            torch.testing.assert_close(update(f"joint_blocks_{i}_x_block_attn_qkv"), qkv, rtol=0, atol=1e-6)
+            assert tensors[f"lora_unet_joint_blocks_{i}_x_block_attn_qkv.lora_down.weight"].shape[0] == 4
+            ctx = torch.cat([_delta(a.add_q_proj), _delta(a.add_k_proj), _delta(a.add_v_proj)])
+            torch.testing.assert_close(
+                update(f"joint_blocks_{i}_context_block_attn_qkv"), ctx, rtol=0, atol=1e-6
+            )
+            fc1 = _delta(block.ff.net[0].proj)
+            torch.testing.assert_close(update(f"joint_blocks_{i}_x_block_mlp_fc1"), fc1, rtol=0, atol=1e-6)
+            mod = _delta(block.norm1_context.linear)
+            if i == last:  # AdaLayerNormContinuous: diffusers (scale, shift), the original (shift, scale)
+                mod = torch.cat(mod.chunk(2)[::-1])
+            torch.testing.assert_close(update(f"joint_blocks_{i}_context_block_adaLN_modulation_1"), mod,
+                                       rtol=0, atol=1e-6)  # fmt: skip
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_") for k in tensors)
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_0_") for k in tensors)

@@ -1,0 +1,171 @@
+"""kohya's networks.lora_flux converted exactly (dbspec/convert/kohya/lora_flux.py): every Linear of the
+double and single blocks (the family registry's kohya target set, the final layer's proj_out kept out), one
+shared down-projection per fused Linear (adapter.fused_projections) or, with split_qkv=True, one LoRA per
+part; and the network_args dbspec expresses (block selection, per-type ranks, in_dims, dropouts, LoRA+),
+with the rest reported."""
+
+from __future__ import annotations
+
+import re
+
+from convert_kit import (  # noqa: F401
+    codes,
+    component_file,
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    out_path,
+    plan_of,
+    write,
+)
+
+from dbspec.families import family_spec
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+# sd-scripts' README Flux LoRA command line (docs/flux_train_network.md), 400 steps
+README = (
+    f"accelerate launch --mixed_precision bf16 --num_cpu_threads_per_process 1 flux_train_network.py "
+    f"--pretrained_model_name_or_path {FLUX} --clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors "
+    "--ae ae.safetensors --train_data_dir x --resolution 512 --cache_latents_to_disk --save_model_as "
+    "safetensors --sdpa --persistent_data_loader_workers --max_data_loader_n_workers 2 --seed 42 "
+    "--gradient_checkpointing --mixed_precision bf16 --save_precision bf16 --network_module "
+    "networks.lora_flux --network_dim 16 --network_alpha 8 --network_train_unet_only --optimizer_type "
+    "adamw8bit --learning_rate 1e-4 --cache_text_encoder_outputs --cache_text_encoder_outputs_to_disk "
+    "--fp8_base --highvram --max_train_steps 400 --timestep_sampling shift --discrete_flow_shift 3.1582 "
+    "--model_prediction_type raw --guidance_scale 1.0"
+)
+KOHYA = list(family_spec("flux").kohya_lora_targets)
+
+
+def _flux(tmp_path, extra: str = "", *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)  # kohya's separate files: model.text_encoder_files, model.vae
+    return kohya(tmp_path, allow=allow, command=f"{README} {extra}")
+
+
+def _block(plan, pattern: str):
+    return next(b for b in plan.adapter.blocks if b.pattern == pattern)
+
+
+def test_the_readme_network_is_kohyas_targets_with_shared_downs(tmp_path):
+    outcome = _flux(tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 16, 8.0)
+    assert list(a.denoiser_targets) == KOHYA
+    assert {"norm1.linear", "norm1_context.linear", "norm.linear", "proj_mlp"} <= set(a.denoiser_targets)
+    assert [(b.pattern, b.rank) for b in a.blocks] == [("^proj_out$", 0)]  # the final layer stays out
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert fate(outcome, "network_module") == "mapped"
+    assert "networks.lora_flux" not in messages(outcome, "DBS404")
+    assert not {"DBS403", "DBS506", "DBS507"} & codes(outcome)
+    assert "fused_projections = true" in out_path(tmp_path).read_text()
+
+
+def test_split_qkv_with_single_blocks_only_is_one_lora_per_part(tmp_path):
+    outcome = _flux(tmp_path, '--network_args "split_qkv=True" "train_blocks=single" --network_dropout 0.1')
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.fused == ()
+    assert _block(plan, r"^transformer_blocks\.").rank == 0  # no double block trains
+    assert a.down_dropout == 0.1 and fate(outcome, "network_dropout") == "mapped"  # per part in kohya too
+    assert not errors(outcome) and "network" not in messages(outcome, "DBS404")
+
+
+def test_split_qkv_with_double_blocks_fails_in_kohya_and_is_refused(tmp_path):
+    outcome = _flux(tmp_path, '--network_args "split_qkv=True"')
+    assert not outcome.written
+    assert "too many values to unpack" in "".join(errors(outcome))
+
+
+def test_split_qkv_is_kohyas_exact_string(tmp_path):
+    plan = plan_of(_flux(tmp_path, '--network_args "split_qkv=true"'), tmp_path)
+    assert len(plan.adapter.fused) == 3  # "true" is not "True": kohya keeps the fused layers
+
+
+def test_block_selection_type_ranks_and_in_dims(tmp_path):
+    args = (
+        '--network_args "train_double_block_indices=0-3,10" "train_single_block_indices=none" '
+        '"img_mod_dim=0" "txt_attn_dim=8" "in_dims=[4,0,0,0,2]" "loraplus_lr_ratio=4" "verbose=True"'
+    )
+    outcome = _flux(tmp_path, args)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    skipped = _block(plan, r"^transformer_blocks\.(4|5|6|7|8|9|11|12|13|14|15|16|17|18)\.")
+    assert skipped.rank == 0
+    assert _block(plan, r"^single_transformer_blocks\.").rank == 0  # none: no single block
+    txt = next(b for b in a.blocks if "add_q_proj" in b.pattern)
+    assert (txt.rank, txt.alpha) == (8, 8.0)
+    assert re.search(txt.pattern, "transformer_blocks.2.attn.add_k_proj")
+    assert not re.search(txt.pattern, "transformer_blocks.2.attn.to_k")
+    mod = next(b for b in a.blocks if "norm1" in b.pattern and "context" not in b.pattern)
+    assert mod.rank == 0
+    assert {"x_embedder", "context_embedder"} <= set(a.denoiser_targets)
+    assert "timestep_embedder.linear_1" not in a.denoiser_targets  # in_dims 0: not adapted
+    assert (_block(plan, "^x_embedder$").rank, _block(plan, "^context_embedder$").rank) == (4, 2)
+    assert plan.optimizer.loraplus_denoiser_ratio == 4.0
+    assert fate(outcome, "network_args") == "mapped"
+    # the double blocks kept (0-3, 10) plan their fused layers; the first pattern wins over the type ranks
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+
+
+def test_dropouts_on_fused_layers_differ_and_plan(tmp_path):
+    outcome = _flux(tmp_path, '--network_args "rank_dropout=0.1" "module_dropout=0.05" --network_dropout 0.1')
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.adapter.rank_dropout, plan.adapter.module_dropout, plan.adapter.down_dropout) == (
+        0.1,
+        0.05,
+        0.1,
+    )
+    said = messages(outcome, "DBS404")
+    assert "once per fused Linear" in said and "one mask for all parts" in said
+
+
+def test_what_lora_flux_has_that_dbspec_cannot_express(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        '--network_args "train_t5xxl=True" "network_reg_dims=img_attn=8" "ggpo_beta=0.01" "ggpo_sigma=0.03"',
+    )
+    assert fate(outcome, "network_args") == "unsupported"
+    said = messages(outcome, "DBS403") + "".join(errors(outcome))
+    for word in ("train_t5xxl", "network_reg_dims", "ggpo_beta", "ggpo_sigma"):
+        assert word in said
+
+
+def test_kohya_asserts_are_refused(tmp_path):
+    outcome = _flux(tmp_path, '--network_args "train_blocks=both"')
+    assert not outcome.written and "train_blocks=both" in "".join(errors(outcome))
+    outcome = _flux(tmp_path, '--network_args "train_single_block_indices=30-40"')
+    assert not outcome.written and "30-40" in "".join(errors(outcome))
+
+
+def test_a_config_file_converts_alike(tmp_path):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    config = write(
+        tmp_path / "flux.toml",
+        f'pretrained_model_name_or_path = "{FLUX}"\nclip_l = "clip_l.safetensors"\n'
+        't5xxl = "t5.safetensors"\nae = "ae.safetensors"\ntrain_data_dir = "x"\nresolution = "512"\n'
+        'network_module = "networks.lora_flux"\nnetwork_dim = 32\nnetwork_alpha = 16.0\n'
+        'network_args = ["train_blocks=double", "img_attn_dim=16"]\nnetwork_train_unet_only = true\n'
+        'learning_rate = 1e-4\nmax_train_steps = 100\nmixed_precision = "bf16"\n',
+    )
+    outcome = kohya(tmp_path, script="flux_train_network", config_file=config)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.adapter.rank, plan.adapter.alpha) == (32, 16.0)
+    assert _block(plan, r"^single_transformer_blocks\.").rank == 0
+    attn = next(b for b in plan.adapter.blocks if "to_out" in b.pattern)
+    assert (attn.rank, attn.alpha) == (16, 16.0)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+
+
+def test_starting_from_a_kohya_flux_file_is_reported(tmp_path):
+    write(tmp_path / "prev.safetensors", "")
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors", allow=True)
+    assert fate(outcome, "network_weights") == "unsupported"
+    assert "fused" in messages(outcome, "DBS403")

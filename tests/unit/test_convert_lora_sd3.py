@@ -1,0 +1,72 @@
+"""kohya's networks.lora_sd3 converted exactly (dbspec/convert/kohya/lora_sd3.py): every Linear of the joint
+blocks' context and x blocks (the family registry's kohya target set), one shared down-projection per fused
+q/k/v Linear (adapter.fused_projections) or, with split_qkv=True, one LoRA per part; block selection,
+per-type ranks and emb_dims."""
+
+from __future__ import annotations
+
+import re
+
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of  # noqa: F401
+
+from dbspec.families import family_spec
+
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+
+
+def _sd3(tmp_path, extra: str = ""):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --sdpa --seed 42 "
+        "--gradient_checkpointing --mixed_precision bf16 --save_precision bf16 --network_module "
+        "networks.lora_sd3 --network_dim 16 --network_alpha 8 --network_train_unet_only --optimizer_type "
+        f"adamw8bit --learning_rate 1e-4 --max_train_epochs 4 --save_every_n_epochs 1 {extra}",
+    )
+
+
+def test_lora_sd3_is_kohyas_joint_block_linears_with_shared_downs(tmp_path):
+    outcome = _sd3(tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.rank, a.alpha) == (16, 8.0)
+    assert list(a.denoiser_targets) == list(family_spec("sd3").kohya_lora_targets)
+    assert {"norm1.linear", "norm1_context.linear", "attn2.to_q"} <= set(a.denoiser_targets)
+    assert [f.name for f in a.fused] == ["x_block_attn_qkv", "context_block_attn_qkv", "x_block_attn2_qkv"]
+    assert a.blocks == ()
+    assert fate(outcome, "network_module") == "mapped"
+    assert "lora_sd3" not in messages(outcome, "DBS404")
+
+
+def test_split_qkv_block_indices_type_ranks_and_emb_dims(tmp_path):
+    args = (
+        '--network_args "split_qkv=True" "train_block_indices=0-9,20" "x_mod_dim=0" "context_attn_dim=4" '
+        '"emb_dims=[8,0,0,8,0,0]"'
+    )
+    outcome = _sd3(tmp_path, args)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.fused == ()
+    skip = a.blocks[0]
+    assert skip.rank == 0
+    assert [i for i in range(38) if re.search(skip.pattern, f"transformer_blocks.{i}.attn.to_q")] == [
+        *range(10, 20),
+        *range(21, 38),
+    ]
+    ctx = next(b for b in a.blocks if "add_q_proj" in b.pattern)
+    assert (ctx.rank, ctx.alpha) == (4, 8.0)
+    assert next(b for b in a.blocks if b.pattern.endswith(r"norm1\.linear$")).rank == 0
+    assert {"context_embedder", "text_embedder.linear_1", "text_embedder.linear_2"} <= set(a.denoiser_targets)
+    assert "timestep_embedder.linear_1" not in a.denoiser_targets
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_the_x_embedder_and_t5_cannot_be_expressed(tmp_path):
+    outcome = _sd3(tmp_path, '--network_args "emb_dims=[0,0,4,0,0,0]" "train_t5xxl=True"')
+    assert fate(outcome, "network_args") == "unsupported"
+    said = messages(outcome, "DBS403") + "".join(errors(outcome))
+    assert "x_embedder" in said and "train_t5xxl" in said

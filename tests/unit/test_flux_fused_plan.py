@@ -1,0 +1,114 @@
+"""adapter.fused_projections in the compiler (no torch): the family registry's fused layers in the plan, and
+DBS505 (no fused layers), DBS506 (some parts not adapted), DBS507 (parts at different ranks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_compile import codes, compile_in, image, planned_ok, write_spec
+
+from dbspec.families import family_spec
+from dbspec.plan.io import plan_from_json, plan_to_json
+
+FLUX = {"base": "builtin:tiny-flux"}
+KOHYA = list(family_spec("flux").kohya_lora_targets)
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    return tmp_path
+
+
+def test_kohyas_targets_plan_every_fused_layer_and_the_plan_round_trips(toy: Path):
+    adapter = {"kind": "lora", "rank": 8, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    plan = planned.plan
+    assert plan is not None and not [c for c in codes(planned) if c.startswith("DBS50")]
+    assert [(f.name, f.blocks, len(f.parts)) for f in plan.adapter.fused] == [
+        ("img_attn_qkv", "transformer_blocks", 3),
+        ("txt_attn_qkv", "transformer_blocks", 3),
+        ("linear1", "single_transformer_blocks", 4),
+    ]
+    assert plan_from_json(plan_to_json(plan)).adapter.fused == plan.adapter.fused
+
+
+def test_fused_projections_off_plans_none(toy: Path):
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "denoiser_targets": KOHYA})
+    assert planned_ok(toy).adapter.fused == ()
+
+
+def test_default_targets_leave_proj_mlp_out_of_linear1(toy: Path):
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "fused_projections": True})
+    planned = compile_in(toy)
+    assert planned.plan is not None and [c for c in codes(planned) if c.startswith("DBS50")] == ["DBS506"]
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS506")
+    assert "linear1 without proj_mlp" in message
+    assert len(planned.plan.adapter.fused) == 3  # linear1's q, k, v still share one down
+
+
+def test_a_double_block_only_run_plans_the_double_blocks_fused_layers(toy: Path):
+    adapter = {"kind": "lora", "fused_projections": True, "denoiser_targets": ["attn.to_q", "attn.to_k",
+               "attn.to_v", "proj_mlp"]}  # fmt: skip
+    blocks = '\n[[adapter.blocks]]\npattern = "^single_transformer_blocks\\\\."\nrank = 0\nalpha = 1\n'
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write(blocks)
+    plan = planned_ok(toy)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv"]
+
+
+def test_parts_at_different_ranks_are_refused(toy: Path):
+    write_spec(
+        toy, model=FLUX, adapter={"kind": "lora", "fused_projections": True, "denoiser_targets": KOHYA}
+    )
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "attn\\\\.to_k$"\nrank = 2\nalpha = 2\n')
+    planned = compile_in(toy)
+    assert "DBS507" in codes(planned, "error")
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+    assert "attn.to_k rank 2" in message and "img_attn_qkv" in message
+
+
+def test_a_family_without_fused_layers_refuses_it(toy: Path):
+    write_spec(toy, model={"base": "builtin:tiny-sd1"}, adapter={"kind": "lora", "fused_projections": True})
+    assert "DBS505" in codes(compile_in(toy), "error")
+
+
+def test_the_parameter_count_of_kohyas_fused_flux_lora(toy: Path):
+    """FLUX.1 dev's per-rank LoRA parameters with kohya's targets, counted from its architecture here: each
+    Linear rank x (in + out), width 3072, MLP 12288; the shared downs once."""
+    double_stream = 3 * (3072 + 3072) + (3072 + 3072) + 2 * (3072 + 12288) + (3072 + 6 * 3072)
+    single = 3 * (3072 + 3072) + (3072 + 12288) + (15360 + 3072) + (3072 + 3 * 3072)
+    every = 19 * 2 * double_stream + 38 * single + (3072 + 64)  # suffix proj_out: the final layer too
+    shared = every - 19 * 2 * 2 * 3072 - 38 * 3 * 3072  # q/k/v (and proj_mlp) share one down per block
+    adapter = {"kind": "lora", "rank": 1024, "denoiser_targets": KOHYA}  # counts of the tiny model: scaled
+    write_spec(toy, model=FLUX, adapter=adapter)
+    plain = planned_ok(toy).adapter.params["unet"]
+    write_spec(toy, model=FLUX, adapter={**adapter, "fused_projections": True})
+    fused = planned_ok(toy).adapter.params["unet"]
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "rank": 1024})
+    default = planned_ok(toy).adapter.params["unet"]
+    # the plan scales the public model's count to the tiny model's size and truncates: within 2 parameters
+    assert abs(plain / default - every / family_spec("flux").lora_params_per_rank["unet"]) < 2 / default
+    assert abs(fused / plain - shared / every) < 2 / plain
+
+
+def test_init_weights_from_a_kohya_flux_file_is_refused_precisely(toy: Path):
+    (toy / "prev.safetensors").write_bytes(b"")
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "init_weights": "prev.safetensors"})
+    planned = compile_in(toy)
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS356")
+    assert "Flux" in message and "fused layers" in message
+
+
+def test_parts_at_different_learning_rates_are_refused(toy: Path):
+    write_spec(toy, model=FLUX, adapter={"kind": "lora", "rank": 4, "alpha": 4, "fused_projections": True,
+                                         "denoiser_targets": KOHYA})  # fmt: skip
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "proj_mlp$"\nrank = 4\nalpha = 4\nlr_scale = 0.5\n')
+    planned = compile_in(toy)
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+    assert "proj_mlp rank 4 alpha 4 lr x 0.5" in message and "linear1" in message
