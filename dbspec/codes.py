@@ -1871,6 +1871,16 @@ float tensor.""",
 convolution adapters): peft's DoRA keeps one magnitude per output row of plain LoRA layers. Set
 `dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
+    # LoHa / LoKr rank dropout by LyCORIS's rule: DBS525.
+    Code(
+        "DBS525",
+        WARNING,
+        "`rank_dropout_scale` without rank dropout",
+        """\
+`adapter.rank_dropout_scale` is set on a LoHa or LoKr adapter whose `rank_dropout` is 0: the rescale of the
+kept rows (LyCORIS `rank_dropout_scale`) has no rows to act on (warning); the plan records it as false.""",
+        help="set adapter.rank_dropout (e.g. 0.1), or remove adapter.rank_dropout_scale",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

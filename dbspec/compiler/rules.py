@@ -2227,6 +2227,18 @@ def peft_dora_form_it_cannot_train(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+@rule("spec")
+def rank_dropout_scale_without_rank_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
+    a = spec.adapter
+    if given(("adapter", "rank_dropout_scale")) and a.rank_dropout_scale and not a.rank_dropout:
+        yield _warn(
+            "DBS525",
+            ("adapter", "rank_dropout_scale"),
+            "adapter.rank_dropout_scale = true has no effect: adapter.rank_dropout is 0",
+            codes.help("DBS525"),
+        )
+
+
 # --- live validation previews (DBS285, DBS286) --------------------------------------------------------------
 _PREVIEW_KEYS = ("preview_model", "webhook", "webhook_timeout")
 
