@@ -100,9 +100,9 @@ def __getattr__(name: str) -> type:
 
 
 def peft_loha_classes() -> tuple[type, ...]:
-    from peft.tuners import loha
+    from peft.tuners.loha import layer
 
-    return (loha.Linear, loha.Conv1d, loha.Conv2d)
+    return (layer.Linear, layer.Conv1d, layer.Conv2d)
 
 
 def use_lycoris_loha(module: nn.Module, adapter: str, rank_dropout_scale: bool) -> int:

@@ -181,3 +181,41 @@ def test_rank_dropout_follows_lycoris_with_and_without_rescale(kind, scale):
     factor = kept.numel() / kept.sum() if scale else 1.0
     torch.testing.assert_close(dropped[kept], full[kept] * factor)
     assert torch.all(dropped[~kept] == 0)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_converted_layers_pickle_by_reference(dora):
+    """A converted LoHa layer (and LyCORIS's weight decomposition on top of it) survives pickling: its
+    classes are module-level names found again in a process that has not made them yet."""
+    import pickle
+
+    import dbspec.runtime.loha_weight as loha_module
+    import dbspec.runtime.lycoris_dora as dora_module
+
+    net = Net()
+    plan = AdapterPlan(
+        kind="loha",
+        rank=RANK,
+        alpha=ALPHA,
+        denoiser_targets=("lin",),
+        conv_rank=RANK,
+        conv_alpha=ALPHA,
+        conv_targets=("conv",),
+        tucker=True,
+        dora=dora,
+        dora_form="lycoris" if dora else "peft",
+    )
+    add_lora(net, plan, ("lin",), seed=3, conv=True)
+    name = type(net.conv).__name__
+    assert name == ("LycorisDora_hada_LycorisLoha_Conv2d" if dora else "LycorisLoha_Conv2d")
+    with torch.no_grad():
+        net.conv.hada_w2_a["default"].normal_()  # LyCORIS starts w2_a at zero: give the update a value
+    data = pickle.dumps(net)
+    for made in (loha_module, dora_module):  # as in a fresh process
+        for cls in list(made._CLASSES.values()):
+            del made.__dict__[cls.__name__]
+        made._CLASSES.clear()
+    back = pickle.loads(data)
+    x = torch.randn(2, 32, 6, 6)
+    torch.testing.assert_close(back.conv(x), net.conv(x), rtol=0, atol=0)
+    assert type(back.conv).__name__ == name and isinstance(back.conv, LycorisLoha)
