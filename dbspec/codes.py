@@ -1881,6 +1881,16 @@ convolution adapters): peft's DoRA keeps one magnitude per output row of plain L
 kept rows (LyCORIS `rank_dropout_scale`) has no rows to act on (warning); the plan records it as false.""",
         help="set adapter.rank_dropout (e.g. 0.1), or remove adapter.rank_dropout_scale",
     ),
+    Code(
+        "DBS526",
+        ERROR,
+        "`rank_dropout_scale` with `rank_dropout = 1`",
+        """\
+`adapter.rank_dropout_scale = true` with `rank_dropout = 1` on a LoHa or LoKr adapter: every row of the update
+is dropped, and the rescale divides by the share kept, 0, so every adapted layer's output becomes NaN
+(LyCORIS's rule does the same). Lower `rank_dropout` below 1, or turn the rescale off (the update is then
+dropped whole, which trains nothing).""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

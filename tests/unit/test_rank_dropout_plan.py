@@ -51,6 +51,10 @@ def test_a_plan_file_rescaling_what_has_no_rank_dropout_is_refused(tmp_path):
     plan = _plan(tmp_path, 'kind = "lora"')
     broken = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, rank_dropout_scale=True))
     assert any("rank_dropout_scale" in p for p in plan_problems(broken))
+    loha = _plan(tmp_path, 'kind = "loha"\nrank_dropout = 0.5\nrank_dropout_scale = true')
+    assert not plan_problems(loha)
+    everything = attrs.evolve(loha, adapter=attrs.evolve(loha.adapter, rank_dropout=1.0))
+    assert any("below 1" in p for p in plan_problems(everything))
 
 
 @pytest.mark.parametrize(
