@@ -1991,6 +1991,26 @@ float tensor.""",
 convolution adapters): peft's DoRA keeps one magnitude per output row of plain LoRA layers. Set
 `dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
+    # LoHa / LoKr rank dropout by LyCORIS's rule: DBS525.
+    Code(
+        "DBS525",
+        WARNING,
+        "`rank_dropout_scale` without rank dropout",
+        """\
+`adapter.rank_dropout_scale` is set on a LoHa or LoKr adapter whose `rank_dropout` is 0: the rescale of the
+kept rows (LyCORIS `rank_dropout_scale`) has no rows to act on (warning); the plan records it as false.""",
+        help="set adapter.rank_dropout (e.g. 0.1), or remove adapter.rank_dropout_scale",
+    ),
+    Code(
+        "DBS526",
+        ERROR,
+        "`rank_dropout_scale` with `rank_dropout = 1`",
+        """\
+`adapter.rank_dropout_scale = true` with `rank_dropout = 1` on a LoHa or LoKr adapter: every row of the update
+is dropped, and the rescale divides by the share kept, 0, so every adapted layer's output becomes NaN
+(LyCORIS's rule does the same). Lower `rank_dropout` below 1, or turn the rescale off (the update is then
+dropped whole, which trains nothing).""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

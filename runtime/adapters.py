@@ -67,6 +67,7 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
             decompose_both=adapter.decompose_both,
             init_weights="lycoris",
             use_effective_conv2d=adapter.tucker,
+            rank_dropout_scale=adapter.rank_dropout_scale,  # peft's LoKr follows LyCORIS's flag
             **lycoris,
         )
     raise ValueError(f"adapter kind {adapter.kind!r} has no peft config")
@@ -90,6 +91,10 @@ def add_lora(
         inject_lora(module, config)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
+    if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers
+        from dbspec.runtime.loha_weight import use_lycoris_loha
+
+        use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 

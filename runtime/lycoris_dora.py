@@ -104,8 +104,10 @@ class LycorisDora:
         rank_dropout = getattr(self, "rank_dropout", None)
         if isinstance(rank_dropout, dict):  # peft's LoHa / LoKr
             apply = self.training and bool(rank_dropout.get(adapter))
-            if adapter in getattr(self, "hada_t1", {}):
-                return _loha_tucker_update(self, adapter, apply)
+            if hasattr(self, "hada_w1_a"):  # LoHa: LyCORIS's update (runtime/loha_weight.py)
+                from dbspec.runtime.loha_weight import loha_delta
+
+                return loha_delta(self, adapter, apply)
             return parent.get_delta_weight(adapter, apply_rank_dropout=apply)
         return parent.get_delta_weight(adapter)
 
@@ -176,26 +178,6 @@ class LycorisDora:
         return result
 
 
-def _loha_tucker_update(layer, adapter: str, apply_rank_dropout: bool) -> torch.Tensor:
-    """LoHa's Tucker ΔW as peft's LoHa Conv2d computes it (the same rebuild, scale and rank-dropout draws),
-    differentiated by autograd: peft 0.21's HadaWeightCP.backward gives w1_a and w2_a wrong gradients (it
-    pairs each with the other product's core), LyCORIS's rebuild gives the true ones."""
-    t1, w1a, w1b, t2, w2a, w2b = (
-        getattr(layer, name)[adapter]
-        for name in ("hada_t1", "hada_w1_a", "hada_w1_b", "hada_t2", "hada_w2_a", "hada_w2_b")
-    )
-    first = torch.einsum("i j k l, j r, i p -> p r k l", t1, w1b, w1a)
-    second = torch.einsum("i j k l, j r, i p -> p r k l", t2, w2b, w2a)
-    weight = first * second * torch.tensor(layer.scaling[adapter])
-    weight = weight.reshape(layer.get_base_layer().weight.shape)
-    if apply_rank_dropout:  # peft's LoHa rank dropout: rows dropped, rescaled by the kept share
-        drop = (torch.rand(weight.size(0)) > layer.rank_dropout[adapter]).to(weight.dtype)
-        drop = drop.view(-1, *[1] * len(weight.shape[1:])).to(weight.device)
-        drop /= drop.mean()
-        weight = weight * drop
-    return weight
-
-
 def _prefix(cls: type) -> str:
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
@@ -236,8 +218,12 @@ def __getattr__(name: str) -> type:
     from peft.tuners import loha, lokr, lora
 
     from dbspec.runtime.locon_tucker import TuckerConv2d
+    from dbspec.runtime.loha_weight import loha_class
 
+    lycoris_loha = (loha_class(loha.Linear), loha_class(loha.Conv2d))  # runtime/loha_weight.py
     for cls in (lora.Linear, lora.Conv2d, TuckerConv2d, loha.Linear, loha.Conv2d, lokr.Linear, lokr.Conv2d):
+        dora_class(cls)
+    for cls in lycoris_loha:
         dora_class(cls)
     if name not in globals():
         raise AttributeError(name)

@@ -35,6 +35,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
+    if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout
+        extra["rank_dropout_scale"] = adapter.rank_dropout_scale and adapter.rank_dropout > 0
     # DoRA (LyCORIS dora_wd) and its axis (wd_on_output); the axis is "output" whenever DoRA is off
     extra.update(dora=adapter.dora, dora_axis=adapter.dora_axis if adapter.dora else "output")
     extra.update(dora_form="lycoris" if lycoris_dora(adapter) else "peft")

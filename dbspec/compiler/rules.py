@@ -2239,6 +2239,31 @@ def peft_dora_form_it_cannot_train(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+@rule("spec")
+def rank_dropout_scale_without_rank_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
+    a = spec.adapter
+    if given(("adapter", "rank_dropout_scale")) and a.rank_dropout_scale and not a.rank_dropout:
+        yield _warn(
+            "DBS525",
+            ("adapter", "rank_dropout_scale"),
+            "adapter.rank_dropout_scale = true has no effect: adapter.rank_dropout is 0",
+            codes.help("DBS525"),
+        )
+
+
+@rule("spec")
+def rank_dropout_scale_divides_by_zero(spec: Spec, given: Given) -> Iterator[Hit]:
+    a = spec.adapter
+    if getattr(a, "rank_dropout_scale", False) and a.rank_dropout >= 1:
+        yield _err(
+            "DBS526",
+            ("adapter", "rank_dropout"),
+            "adapter.rank_dropout = 1 with rank_dropout_scale = true: every row is dropped and the rescale "
+            "divides by the share kept, 0 (every adapted output NaN)",
+            "set adapter.rank_dropout below 1 (e.g. 0.1), or remove adapter.rank_dropout_scale",
+        )
+
+
 # --- live validation previews (DBS285, DBS286) --------------------------------------------------------------
 _PREVIEW_KEYS = ("preview_model", "webhook", "webhook_timeout")
 

@@ -174,6 +174,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "tucker"): False,
         ("adapter", "rank_dropout"): 0.0,
         ("adapter", "module_dropout"): 0.0,
+        # LoHa's rank dropout rescaled the kept rows (peft's LoHa), LoKr's did not: as the plan says now
+        ("adapter", "rank_dropout_scale"): lambda run: (
+            run["adapter"]["kind"] == "loha" and run["adapter"].get("rank_dropout", 0.0) > 0
+        ),
         # a LoRA started from a saved file (kohya --network_weights): none then
         ("adapter", "init_weights"): "",
         ("adapter", "init_layers"): 0,

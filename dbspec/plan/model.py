@@ -130,6 +130,8 @@ class AdapterPlan:
     lokr_unit_scale: bool = False
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
+    # loha, lokr with rank_dropout: the kept rows divided by the kept share (LyCORIS rank_dropout_scale)
+    rank_dropout_scale: bool = False
     module_dropout: float = 0.0  # loha, lokr
     # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off
     down_dropout: float = 0.0

@@ -461,7 +461,10 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")
         )
     if a.rank_dropout or a.module_dropout:
-        rows.append(("  dropout", f"rank {a.rank_dropout:g}, module {a.module_dropout:g} (while training)"))
+        rescale = ", kept rows rescaled" if a.rank_dropout_scale else ""
+        rows.append(
+            ("  dropout", f"rank {a.rank_dropout:g}{rescale}, module {a.module_dropout:g} (while training)")
+        )
     if a.down_dropout:
         rows.append(
             ("  down dropout", f"{a.down_dropout:g} on the down projection's output (while training)")

@@ -118,6 +118,14 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f'adapter.dora_form "peft" trains plain LoRA per output row only; found kind {a.kind!r}, '
             f"dora_axis {a.dora_axis!r}, tucker {str(a.tucker).lower()}"
         )
+    if a.rank_dropout_scale and not (a.kind in ("loha", "lokr") and a.rank_dropout > 0):
+        # DBS525 in specs: the rescale acts on LoHa / LoKr rank dropout only
+        yield (
+            f"adapter.rank_dropout_scale rescales LoHa / LoKr rank dropout; found kind {a.kind!r}, "
+            f"rank_dropout {a.rank_dropout:g}"
+        )
+    elif a.rank_dropout_scale and a.rank_dropout >= 1:  # DBS526 in specs: the rescale would divide by 0
+        yield f"adapter.rank_dropout_scale needs rank_dropout below 1; found {a.rank_dropout:g}"
     if (
         plan.loss.prior == "base_model" and not plan.train_denoiser
     ):  # DBS226 in specs: nothing to compare with

@@ -236,6 +236,15 @@ def _rank_dropout():
     )
 
 
+def _rank_dropout_scale():
+    return option(
+        False,
+        doc="With `rank_dropout`: divide the kept rows by the share kept (LyCORIS `rank_dropout_scale`). "
+        "Off (LyCORIS's default, and what kohya's `lycoris.kohya` network trains: it never passes the "
+        "flag on) keeps them as they are.",
+    )
+
+
 def _module_dropout():
     return option(
         0.0,
@@ -395,6 +404,7 @@ class LohaAdapter:
     rank: int = _rank(8, "LoHa")
     alpha: float = _alpha()
     rank_dropout: float = _rank_dropout()
+    rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
@@ -434,6 +444,7 @@ class LokrAdapter:
         False, doc="Also make the small Kronecker factor low-rank (LyCORIS `decompose_both`)."
     )
     rank_dropout: float = _rank_dropout()
+    rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()

@@ -47,7 +47,9 @@ KINDS = {
         {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
     ),
     "loha_tucker": (  # LyCORIS use_tucker: the 3x3 convolutions as a core and two matrices per product
-        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n',
+        # (runtime/loha_weight.py: LyCORIS's gradients), with rank dropout rescaled (rank_dropout_scale)
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\ntucker = true\n'
+        "rank_dropout = 0.2\nrank_dropout_scale = true\n",
         {"algo": "loha", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True"},
         {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"},
     ),

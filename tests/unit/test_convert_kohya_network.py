@@ -75,6 +75,22 @@ def test_lycoris_loha_conv_dims_default_to_the_network_dims(tmp_path):
     assert "ff.net.0.proj" in a.denoiser_targets and "fc1" in a.text_encoder_targets
 
 
+def test_lycoris_rank_dropout_scale_is_ignored_as_lycoris_kohya_ignores_it(tmp_path):
+    """LyCORIS's kohya create_network reads rank_dropout but never rank_dropout_scale: its LoHa / LoKr
+    modules keep their default (no rescale of the kept rows), which is dbspec's rank_dropout_scale = false."""
+    for algo in ("loha", "lokr"):
+        outcome = _convert(
+            tmp_path,
+            SD15,
+            "--network_module lycoris.kohya --network_dim 8 --network_alpha 4 "
+            f'--network_args "algo={algo}" "rank_dropout=0.25" "rank_dropout_scale=True"',
+        )
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.kind, a.rank_dropout, a.rank_dropout_scale) == (algo, 0.25, False)
+        assert "does not pass it to its modules" in messages(outcome, "DBS405")
+        assert fate(outcome, "network_args") == "mapped"
+
+
 def test_lycoris_lokr_factor_and_full_preset(tmp_path):
     outcome = _convert(
         tmp_path,

@@ -501,6 +501,18 @@ CASES = [
         [("DBS517", "warning", ("adapter", "dora_axis"))],
         '[adapter]\nkind = "lokr"\ndora = true\ndora_axis = "input"\n' + DOG + STEPS,
     ),
+    (  # LyCORIS's rescale of the kept rows needs rank dropout
+        rules.rank_dropout_scale_without_rank_dropout,
+        '[adapter]\nkind = "loha"\nrank_dropout_scale = true\n' + DOG + STEPS,
+        [("DBS525", "warning", ("adapter", "rank_dropout_scale"))],
+        '[adapter]\nkind = "loha"\nrank_dropout = 0.1\nrank_dropout_scale = true\n' + DOG + STEPS,
+    ),
+    (  # every row dropped: the rescale would divide by zero
+        rules.rank_dropout_scale_divides_by_zero,
+        '[adapter]\nkind = "lokr"\nrank_dropout = 1.0\nrank_dropout_scale = true\n' + DOG + STEPS,
+        [("DBS526", "error", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "lokr"\nrank_dropout = 1.0\n' + DOG + STEPS,
+    ),
     (  # a starting kohya file is read as lora_down / lora_up: no lora_mid
         rules.adapter_options_fit,
         '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\ninit_weights = "a.safetensors"\n'

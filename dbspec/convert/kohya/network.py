@@ -1,6 +1,7 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
 LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd,
-wd_on_output, factor, decompose_both, rank_dropout, module_dropout, use_tucker) into [adapter]. kohya passes
+wd_on_output, factor, decompose_both, rank_dropout, module_dropout, use_tucker; rank_dropout_scale, which it
+never reads, is ignored) into [adapter]. kohya passes
 each "key=value" to the network as a string."""
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def _map_network(
     for key in ("rank_dropout", "module_dropout"):
         if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
+    if lycoris and "rank_dropout_scale" in kwargs:
+        _rank_dropout_scale_unread(kwargs, args, conv)
     if kind == "lokr":
         if "factor" in kwargs:
             put["factor"] = _int(kwargs.pop("factor"))
@@ -173,6 +176,18 @@ def _map_network(
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return kind
+
+
+def _rank_dropout_scale_unread(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
+    """`rank_dropout_scale`: LyCORIS's modules take it, but its kohya create_network never reads it or hands
+    it on, so a kohya run's LoHa / LoKr rank dropout never rescales the kept rows (LyCORIS's default, and
+    dbspec's `adapter.rank_dropout_scale = false`)."""
+    value = kwargs.pop("rank_dropout_scale")
+    conv.ignored(
+        Legacy(key=f"{args.key} rank_dropout_scale", value=value, source=args.source),
+        "lycoris.kohya's create_network does not pass it to its modules: kohya's LoHa/LoKr rank dropout "
+        "never rescales the kept rows (adapter.rank_dropout_scale = false, the default)",
+    )
 
 
 def _dora(kwargs: dict[str, str], lycoris: bool, args: Legacy, conv: Conversion) -> bool:
