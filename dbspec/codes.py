@@ -1831,6 +1831,29 @@ each block pattern matches. Give the bound one number for every group. `dbspec c
 (networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
 and kohya groups that dbspec trains as one with different values.""",
     ),
+    # --- DBS5xx: options that contradict each other (continued) ---------------------------------------------
+    # LyCORIS's use_scalar and LoKr full_matrix (DBS520, DBS521).
+    Code(
+        "DBS520",
+        ERROR,
+        "LyCORIS's use_scalar with DoRA or a starting file",
+        """\
+`adapter.scalar = true` (LyCORIS `use_scalar`: a trained scalar, from 0, multiplies each layer's update) with
+`dora = true` or `init_weights`: dbspec's DoRA layers rebuild the weight from `lora_A` and `lora_B` alone,
+with no scalar; and a starting file holds the factors with the scalar folded in (LyCORIS loads them with
+scalar 1), so the run would not start from that file's update. Turn `scalar` off, or remove the other
+option.""",
+    ),
+    Code(
+        "DBS521",
+        WARNING,
+        "An option LoKr's `full_matrix` overrides",
+        """\
+`adapter.full_matrix = true` (LyCORIS `full_matrix`: both Kronecker factors full on every layer) with
+`decompose_both` or `tucker` set: both split a factor low-rank, which full_matrix never does, so they
+change nothing (LyCORIS ignores them too; the plan shows them off). Remove them, or turn full_matrix off.""",
+        help="remove the option, or set adapter.full_matrix = false",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

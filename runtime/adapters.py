@@ -83,6 +83,10 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_lora(module, config)
+        if adapter.full_matrix or adapter.scalar:  # LyCORIS's LoKr full_matrix, use_scalar
+            from dbspec.runtime.lycoris_switches import apply_switches
+
+            apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
 

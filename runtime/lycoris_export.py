@@ -16,6 +16,8 @@ LyCORIS's (lycoris/modules/locon.py, loha.py, lokr.py):
 
 peft keeps its weights in these very shapes (its LoHa and LoKr follow LyCORIS; non-effective convolutions are
 flattened the same way), so the export is a renaming plus DoRA's reshape and LoKr's full-factor scale.
+LyCORIS's use_scalar (lycoris_switches.py) is folded into `lora_up`, `hada_w1_a` or `lokr_w1` /
+`lokr_w1_a`, as LyCORIS saves it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
-    return adapter.kind in ("loha", "lokr") or adapter.dora or adapter.conv_rank > 0 or adapter.tucker
+    return (
+        adapter.kind in ("loha", "lokr")
+        or adapter.dora
+        or adapter.conv_rank > 0
+        or adapter.tucker
+        or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
+    )
 
 
 def lycoris_state(
@@ -72,13 +80,31 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     module, adapter = found
     for name, layer in module.named_modules():
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
-            yield name, *_lora(name, layer, adapter)
+            found = _lora(name, layer, adapter)
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
             keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
             weights = {key: getattr(layer, key)[adapter] for key in keys}
-            yield name, weights, float(layer.scaling[adapter]) * layer.r[adapter]
+            found = weights, float(layer.scaling[adapter]) * layer.r[adapter]
         elif isinstance(layer, LoKrLayer) and adapter in layer.r:
-            yield name, *_lokr(name, layer, adapter)
+            found = _lokr(name, layer, adapter)
+        else:
+            continue
+        yield name, _fold_scalar(layer, adapter, found[0]), found[1]
+
+
+# LyCORIS's use_scalar: the factor each module's custom_state_dict multiplies by its scalar (the update is
+# linear in it); LyCORIS loads such a file with scalar 1.
+_SCALAR_FACTORS = ("lora_up.weight", "hada_w1_a", "lokr_w1", "lokr_w1_a")
+
+
+def _fold_scalar(layer, adapter: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    scalar = layer_scalar(layer, adapter)
+    if scalar is None:
+        return weights
+    key = next(k for k in _SCALAR_FACTORS if k in weights)
+    return {**weights, key: weights[key] * scalar}
 
 
 def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
@@ -114,8 +140,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
     args: dict[str, str] = {}
     if adapter.kind != "lora":
         args["algo"] = adapter.kind
-    elif adapter.dora or adapter.tucker:
-        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA or Tucker form
+    elif adapter.dora or adapter.tucker or adapter.scalar:
+        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form or scalar
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
     if adapter.dora:
@@ -126,6 +152,10 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args["factor"] = str(adapter.factor)
         if adapter.decompose_both:
             args["decompose_both"] = "True"
+        if adapter.full_matrix:
+            args["full_matrix"] = "True"
+    if adapter.scalar:
+        args["use_scalar"] = "True"
     return args
 
 

@@ -80,7 +80,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    if plan.adapter.kind == "lora" and not plan.adapter.tucker:
+    if plan.adapter.kind == "lora" and not plan.adapter.tucker and not plan.adapter.scalar:
         encoders = trained_text_encoders(plan, comps)
         save_lora_weights(
             folder,
@@ -263,6 +263,9 @@ def load_peft_adapters(
             config = with_tucker(config)
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
+        from dbspec.runtime.lycoris_switches import apply_switches_for_state
+
+        apply_switches_for_state(module, state)  # LoKr full_matrix, use_scalar: not in peft's config either
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
         result = set_peft_model_state_dict(module, state)
         if lokr_unit_scale:

@@ -37,6 +37,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
+    extra.update(_lycoris_switches(adapter))
     if isinstance(adapter, LoraAdapter) and adapter.blocks:
         extra["blocks"] = tuple(
             BlockPlan(
@@ -64,6 +65,15 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         lokr_unit_scale=adapter.kind == "lokr",
         **extra,
     )
+
+
+def _lycoris_switches(adapter) -> dict:
+    """LyCORIS's use_scalar (every kind) and LoKr's full_matrix. With full_matrix every layer's factors are
+    full: decompose_both and the Tucker core (both split a factor low-rank) are settled off in the plan."""
+    switches = {"scalar": adapter.scalar}
+    if adapter.kind == "lokr" and adapter.full_matrix:
+        switches.update(full_matrix=True, decompose_both=False, tucker=False)
+    return switches
 
 
 def _lokr_split(factor: int) -> int:
@@ -104,7 +114,8 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
             total += _conv_params(adapter, public, conv_rank) * factor
         total *= size
         if adapter.kind == "lokr":
-            total = min(total, c.params / _lokr_split(adapter.factor) ** 2)
+            full = c.params / _lokr_split(adapter.factor) ** 2
+            total = full if adapter.full_matrix else min(total, full)
         out[c.name] = int(total)
     return out
 

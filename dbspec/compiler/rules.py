@@ -985,6 +985,39 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's use_scalar (adapter.scalar) and LoKr's full_matrix against the options they cannot join."""
+    a = spec.adapter
+    if not isinstance(a, LowRankAdapter):
+        return
+    if a.scalar:
+        for key, value, why in (
+            ("dora", getattr(a, "dora", False), "dbspec's DoRA layers rebuild the weight with no scalar"),
+            (
+                "init_weights",
+                getattr(a, "init_weights", ""),
+                "the file's factors carry the scalar folded in (LyCORIS loads them with scalar 1)",
+            ),
+        ):
+            if value:
+                yield _err(
+                    "DBS520",
+                    ("adapter", key),
+                    f"adapter.{key} with adapter.scalar = true (LyCORIS use_scalar): {why}",
+                    f"set adapter.scalar = false, or remove adapter.{key}",
+                )
+    if getattr(a, "full_matrix", False):
+        for key in ("decompose_both", "tucker"):
+            if given(("adapter", key)) and getattr(a, key):
+                yield _warn(
+                    "DBS521",
+                    ("adapter", key),
+                    f"adapter.{key} has no effect with adapter.full_matrix = true (both factors are full)",
+                    codes.help("DBS521"),
+                )
+
+
+@rule("spec")
 def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
     if spec.loss.zero_terminal_snr and spec.model.prediction == "epsilon":
         yield _warn(

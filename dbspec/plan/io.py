@@ -227,6 +227,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # state, exports were safetensors then
         ("checkpoints", "keep_state"): 0,
         ("checkpoints", "export_format"): "safetensors",
+        # LyCORIS's LoKr full_matrix and use_scalar: off then
+        ("adapter", "full_matrix"): False,
+        ("adapter", "scalar"): False,
     },
 }
 

@@ -416,6 +416,20 @@ def _te(plan: Plan) -> str:
     return f"trains until step {stop}" if stop else "trains the whole run"
 
 
+def _lycoris_switch_rows(a) -> list[tuple[str, str]]:
+    """LyCORIS's LoKr full_matrix and use_scalar, when on."""
+    rows = []
+    if a.full_matrix:
+        rows.append(
+            ("  full matrix", "both Kronecker factors full on every layer, scale 1 (LyCORIS full_matrix)")
+        )
+    if a.scalar:
+        rows.append(
+            ("  scalar", "a trained scalar per layer, from 0, multiplies its update (LyCORIS use_scalar)")
+        )
+    return rows
+
+
 def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
@@ -433,6 +447,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     if a.kind == "lokr" and a.lokr_unit_scale:
         rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
+    rows.extend(_lycoris_switch_rows(a))
     if a.multiplier != 1.0:
         rows.append(
             ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")

@@ -186,6 +186,17 @@ def _tucker():
     )
 
 
+def _scalar():
+    return option(
+        False,
+        doc="LyCORIS `use_scalar`: each adapted layer's update is multiplied by a trained scalar that starts "
+        "at 0, and the factor LyCORIS otherwise starts at zero starts random instead (LoRA `lora_up`, LoHa "
+        "`hada_w2_a`, LoKr `lokr_w2` / `lokr_w2_b`), so the run still starts at the base model. The exports "
+        "fold the scalar into LyCORIS's factor (`lora_up`, `hada_w1_a`, `lokr_w1` / `lokr_w1_a`), as "
+        "LyCORIS saves it.",
+    )
+
+
 def _rank_dropout():
     return option(
         0.0,
@@ -283,6 +294,7 @@ class LoraAdapter:
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
+    scalar: bool = _scalar()
     # LoRA+ (kohya networks.lora): the "up" matrices train at a multiple of the learning rate.
     loraplus_ratio: float = option(
         0.0,
@@ -341,6 +353,7 @@ class LohaAdapter:
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
+    scalar: bool = _scalar()
 
 
 @frozen
@@ -377,6 +390,13 @@ class LokrAdapter:
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    full_matrix: bool = option(
+        False,
+        doc="LyCORIS `full_matrix`: both Kronecker factors of every layer are full matrices whatever the "
+        "rank (no low-rank split of the second factor, `decompose_both` and `tucker` then change nothing), "
+        "trained at scale 1 (alpha unused), as LyCORIS's LokrModule does.",
+    )
+    scalar: bool = _scalar()
 
 
 Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter]

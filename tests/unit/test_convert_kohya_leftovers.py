@@ -451,7 +451,7 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
     ("args", "why"),
     [
         ('"algo=locon", "conv_dim=8", "dora_wd=True", "use_tucker=True"', "no DoRA magnitude"),
-        ('"algo=loha", "use_scalar=True"', "trained scalar"),
+        ('"algo=locon", "dora_wd=True", "use_scalar=True"', "no scalar"),
         ('"algo=lokr", "dora_wd=True"', "no weight decomposition"),
         ('"algo=locon", "dora_wd=True", "wd_on_output=False"', "per input column"),
     ],

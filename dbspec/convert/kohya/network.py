@@ -1,7 +1,7 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
-LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd, factor,
-decompose_both, rank_dropout, module_dropout, use_tucker) into [adapter]. kohya passes each "key=value" to the
-network as a string."""
+LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd,
+factor, decompose_both, full_matrix, rank_dropout, module_dropout, use_tucker, use_scalar) into [adapter].
+kohya passes each "key=value" to the network as a string."""
 
 from __future__ import annotations
 
@@ -147,6 +147,7 @@ def _map_network(
         if "decompose_both" in kwargs:
             # LyCORIS passes the raw string on and LoKr tests its truth: any text but "" is true, "False" too
             put["decompose_both"] = bool(kwargs.pop("decompose_both"))
+        _lokr_full_matrix(kwargs, put)
     if not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
@@ -370,10 +371,19 @@ def _tucker_and_scalar(
         kwargs.pop(key)
     scalar = kwargs.pop("use_scalar", "false")
     if _str_bool(scalar):
-        unsupported["use_scalar"] = (
-            f"{scalar} (LyCORIS multiplies each update by a trained scalar that starts at 0, with the second "
-            "factor initialised non-zero; peft's adapters have no such scalar)"
-        )
+        if put.get("dora"):
+            unsupported["use_scalar"] = f"{scalar} with dora_wd (dbspec's DoRA layers have no scalar, DBS520)"
+        else:  # a trained scalar from 0 on each update (runtime/lycoris_switches.py)
+            put["scalar"] = True
+
+
+def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
+    """LyCORIS's full_matrix (its str_bool): both LoKr factors full on every layer, whatever the rank. The
+    low-rank splits it overrides (decompose_both, use_tucker) stay out of the spec: they change nothing."""
+    if _str_bool(kwargs.pop("full_matrix", "false")):
+        put["full_matrix"] = True
+        put.pop("decompose_both", None)
+        put.pop("tucker", None)
 
 
 def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:

@@ -1,0 +1,267 @@
+"""LyCORIS's LoKr `full_matrix` and `use_scalar` (runtime/lycoris_switches.py) against LyCORIS's own modules
+(lycoris-lora's LoConModule, LohaModule, LokrModule, what kohya's lycoris.kohya network builds): the same
+factor shapes and starting point, the same forward once the factors are copied over, peft's merge equal to
+LyCORIS's weight, and the export's tensors loaded into a LyCORIS module (scalar folded in, as LyCORIS saves
+it) giving the trained layer's weight. Then tiny SD models train through the real loop, resume bit-exact and
+load back in LyCORIS's kohya loader (tests/runtime/test_lycoris.py's check)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.plan.model import AdapterPlan
+from dbspec.runtime.adapters import add_lora
+from dbspec.runtime.lycoris_switches import layer_scalar
+from tests.runtime import test_lycoris as lycoris_runs
+from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
+
+modules = pytest.importorskip("lycoris.modules")
+LoConModule, LohaModule, LokrModule = modules.LoConModule, modules.LohaModule, modules.LokrModule
+
+RANK, ALPHA = 2, 3.0
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(64, 48)
+        self.conv = nn.Conv2d(16, 24, 3, padding=1)
+
+
+def _adapted(kind: str, **switches) -> tuple[Net, Net]:
+    """(a Net with the plan's adapter on both layers, an untouched copy of its base layers)."""
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    adapter = AdapterPlan(
+        kind=kind,
+        rank=RANK,
+        alpha=ALPHA,
+        conv_rank=RANK,
+        conv_alpha=ALPHA,
+        conv_targets=("conv",),
+        lokr_unit_scale=kind == "lokr",
+        **switches,
+    )
+    add_lora(net, adapter, ("proj",), seed=3, conv=True)
+    return net, base
+
+
+def _lycoris(kind: str, name: str, base: nn.Module, **switches) -> nn.Module:
+    cls = {"lora": LoConModule, "loha": LohaModule, "lokr": LokrModule}[kind]
+    extra = {"factor": -1} if kind == "lokr" else {}
+    return cls(name, base, 1.0, lora_dim=RANK, alpha=ALPHA, **extra, **switches)
+
+
+# peft's name of each LyCORIS LoCon tensor (LoHa and LoKr keep LyCORIS's names)
+_LOCON = {"lora_down.weight": "lora_A", "lora_up.weight": "lora_B", "lora_mid.weight": "lora_mid"}
+
+
+def _ours(layer, key: str) -> torch.Tensor:
+    if key in _LOCON:
+        return getattr(layer, _LOCON[key])["default"].weight
+    return getattr(layer, key)["default"]
+
+
+def _copy_into(lyco: nn.Module, layer, scalar: bool) -> None:
+    """LyCORIS's module gets the peft layer's factors (and scalar)."""
+    with torch.no_grad():
+        for key in lyco.state_dict():  # LyCORIS's custom state_dict: new tensors, the scalar folded in
+            if key in ("alpha", "scalar", "dora_scale") or key.startswith("org_"):
+                continue
+            lyco.get_parameter(key).copy_(_ours(layer, key))
+        if scalar:
+            lyco.scalar.copy_(layer_scalar(layer))
+
+
+def _randomise(net: nn.Module, generator: torch.Generator) -> None:
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3 + (0.5 if p.dim() == 0 else 0.0))
+
+
+def _inputs(generator):
+    return {
+        "proj": torch.randn(3, 64, generator=generator),
+        "conv": torch.randn(2, 16, 6, 5, generator=generator),
+    }
+
+
+def test_full_matrix_lokr_has_lycoris_factor_shapes_init_and_scale_one():
+    """rank 2 would split LoKr's second factor low-rank (and with decompose_both the first): full_matrix
+    makes both full on every layer, at scale 1, with LyCORIS's init (w2 zero: the run starts at the base)."""
+    net, base = _adapted("lokr", full_matrix=True)
+    x = _inputs(torch.Generator().manual_seed(1))
+    for name in ("proj", "conv"):
+        layer, theirs = getattr(net, name), _lycoris("lokr", name, getattr(base, name), full_matrix=True)
+        assert set(theirs.state_dict()) - {"alpha"} == {"lokr_w1", "lokr_w2"}
+        for key in ("lokr_w1", "lokr_w2"):
+            assert _ours(layer, key).shape == getattr(theirs, key).shape, (name, key)
+            assert _ours(layer, key).requires_grad
+        assert not any(
+            "default" in getattr(layer, k) for k in ("lokr_w1_a", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+        )
+        assert layer.scaling["default"] == 1.0 == theirs.scale
+        assert torch.count_nonzero(_ours(layer, "lokr_w2")) == 0 and _ours(layer, "lokr_w1").std() > 0
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x[name]), getattr(base, name)(x[name]))
+
+
+@pytest.mark.parametrize(
+    "kind, switches",
+    [
+        ("lokr", {"full_matrix": True}),
+        ("lokr", {"full_matrix": True, "scalar": True}),
+        ("lokr", {"scalar": True}),
+        ("lokr", {"scalar": True, "decompose_both": True}),
+        ("lokr", {"scalar": True, "tucker": True}),
+        ("loha", {"scalar": True}),
+        ("loha", {"scalar": True, "tucker": True}),
+        ("lora", {"scalar": True}),
+        ("lora", {"scalar": True, "tucker": True}),
+    ],
+)
+def test_forward_merge_and_export_equal_lycoris_modules(kind, switches):
+    """Random factors and scalar: LyCORIS's module holding the same values runs the same forward; peft's
+    merge equals LyCORIS's rebuilt weight; the exported tensors (the scalar folded in) loaded into a LyCORIS
+    module built from the file as its loader does (no scalar: 1) give that weight too."""
+    from dbspec.runtime.lycoris_export import _layers
+
+    net, base = _adapted(kind, **switches)
+    generator = torch.Generator().manual_seed(11)
+    _randomise(net, generator)
+    theirs_switches = {
+        "use_scalar": switches.get("scalar", False),
+        "full_matrix": switches.get("full_matrix", False),
+        "use_tucker": switches.get("tucker", False),
+        "decompose_both": switches.get("decompose_both", False),
+    }
+    if kind != "lokr":
+        del theirs_switches["full_matrix"], theirs_switches["decompose_both"]
+    x = _inputs(generator)
+    exported = {name: (weights, alpha) for name, weights, alpha in _layers(net)}
+    for name in ("proj", "conv"):
+        layer = getattr(net, name)
+        reference = copy.deepcopy(getattr(base, name))
+        lyco = _lycoris(kind, name, reference, **theirs_switches)
+        _copy_into(lyco, layer, switches.get("scalar", False))
+        lyco.apply_to()
+        with torch.no_grad():
+            ours, theirs, plain = layer(x[name]), reference(x[name]), layer.base_layer(x[name])
+        assert not torch.allclose(ours, plain, atol=1e-3)  # the update is not zero
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            weight = lycoris_runs._lycoris_weight(lyco) * 1.0
+            if kind != "lora":  # LoHa / LoKr's get_weight leaves LyCORIS's scalar to its forward
+                weight = lyco._current_weight() + (weight - lyco._current_weight()) * lyco.scalar
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        torch.testing.assert_close(merged.base_layer.weight, weight, rtol=1e-5, atol=1e-5)
+        # the export, loaded as LyCORIS's kohya loader builds a module from a file's tensors
+        weights, alpha = exported[name]
+        tensors = {k: v.detach() for k, v in weights.items()}
+        with torch.no_grad():  # as LyCORIS's loader runs it
+            loaded = _load_like_lycoris(kind, name, copy.deepcopy(getattr(base, name)), tensors, alpha)
+        assert float(loaded.scalar.detach()) == 1.0  # LyCORIS loads a file with scalar 1
+        torch.testing.assert_close(lycoris_runs._lycoris_weight(loaded), weight, rtol=1e-4, atol=1e-4)
+
+
+def _load_like_lycoris(kind, name, base, tensors, alpha) -> nn.Module:
+    """A LyCORIS module from a file's tensors, as lycoris-lora's kohya loader builds one."""
+    if "lokr_t2" in tensors:  # lycoris-lora 4.1.3's file loader misreads a Tucker LoKr's rank (test_lycoris)
+        loaded = _lycoris(kind, name, base, use_tucker=True)
+        loaded.load_state_dict({**tensors, "alpha": torch.tensor(alpha)})
+        return loaded
+    cls = {"lora": LoConModule, "loha": LohaModule, "lokr": LokrModule}[kind]
+    weights = [torch.tensor(alpha) if k == "alpha" else tensors.get(k) for k in cls.weight_list]
+    return cls.make_module_from_state_dict(name, base, *weights)
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha", "lokr"])
+def test_scalar_starts_at_zero_with_the_other_factor_random_and_trains(kind):
+    """use_scalar: the run starts at the base model (scalar 0) though LyCORIS's otherwise-zero factor is
+    random; the first step's gradient reaches the scalar alone (every factor's gradient is scaled by 0)."""
+    net, base = _adapted(kind, scalar=True)
+    zeroed = {"lora": ("lora_B",), "loha": ("hada_w2_a", "hada_w2_b"), "lokr": ("lokr_w2_b", "lokr_w2")}[kind]
+    x = _inputs(torch.Generator().manual_seed(2))
+    for name in ("proj", "conv"):
+        layer = getattr(net, name)
+        scalar = layer_scalar(layer)
+        assert scalar is not None and float(scalar.detach()) == 0.0 and scalar.requires_grad
+        for key in zeroed:
+            if "default" in getattr(layer, key):
+                value = getattr(layer, key)["default"]
+                assert (value.weight if hasattr(value, "weight") else value).std() > 0, key
+        out = layer(x[name])
+        torch.testing.assert_close(out, getattr(base, name)(x[name]))
+        out.square().sum().backward()
+        assert scalar.grad is not None and scalar.grad.abs() > 0
+    trained = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert any(n.endswith("scalar") or "_scalar." in n for n in trained)
+
+
+def test_loraplus_leaves_the_scalar_out_of_the_up_group():
+    from types import SimpleNamespace
+
+    from dbspec.runtime.prepare import lora_up_ids
+
+    net, _ = _adapted("lora", scalar=True)
+    ids = lora_up_ids(SimpleNamespace(unet=net, text_encoders=[]))
+    assert id(layer_scalar(net.proj)) not in ids and id(net.proj.lora_B["default"].weight) in ids
+
+
+SWITCH_KINDS = {
+    "lokr_full_matrix": (  # rank 2: without full_matrix every layer of the tiny model keeps w2 low-rank
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nfull_matrix = true\n',
+        {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1", "full_matrix": "True"},
+        {"lokr_w1", "lokr_w2", "alpha"},
+    ),
+    "locon_scalar": (
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nscalar = true\n',
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "use_scalar": "True"},
+        {"lora_down.weight", "lora_up.weight", "alpha"},
+    ),
+    "loha_scalar": (
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nscalar = true\n',
+        {"algo": "loha", "conv_dim": "2", "conv_alpha": "1", "use_scalar": "True"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    ),
+    "lokr_scalar": (
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nscalar = true\n'
+        "rank_dropout = 0.2\nmodule_dropout = 0.2\n",
+        {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1", "use_scalar": "True"},
+        {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(SWITCH_KINDS))
+def test_switches_train_resume_bit_exact_and_load_back_in_lycoris(tmp_path, kind, loader, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(lycoris_runs.KINDS, kind, SWITCH_KINDS[kind])
+    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, loader)
+
+
+@pytest.mark.parametrize("kind", ["locon_scalar", "lokr_full_matrix"])
+def test_final_weights_reload_onto_the_base_model_for_sampling(tmp_path, kind):
+    """final/ holds the adapters in peft's layout (LoCon with a scalar too: diffusers' LoRA format has no
+    place for it); `dbspec sample` rebuilds the scalars and full LoKr factors from the saved tensors alone."""
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    table = SWITCH_KINDS[kind][0]
+    spec = write_spec(tmp_path, steps=2, extra=lycoris_runs.SPEC.format(adapter=table))
+    plan = compile_spec(spec, ["optimizer.lr=1e-2"])
+    result = execute(plan, keep_models=True)
+    trained = result.components.unet.eval()
+    assert (Path(result.final) / "unet" / "adapter_model.safetensors").exists()
+    pipe = load_pipeline(SampleRequest(source=Path(result.output), settings=plan.validation))
+    torch.testing.assert_close(
+        lycoris_runs._unet_output(pipe.unet), lycoris_runs._unet_output(trained), rtol=1e-5, atol=1e-5
+    )

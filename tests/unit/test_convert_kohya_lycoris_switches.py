@@ -1,0 +1,90 @@
+"""kohya configs training LyCORIS through `network_module = "lycoris.kohya"` with `use_scalar` and LoKr's
+`full_matrix` (issue 12): once refused as not expressible, now [adapter] `scalar` and `full_matrix`. The
+expectation is what LyCORIS's kohya network (lycoris/kohya.py: `str_bool` on each argument, only "false" in
+any case off; lycoris/modules/lokr.py: full_matrix overrides decompose_both and use_tucker) does with the
+arguments, not read back from the converter."""
+
+from __future__ import annotations
+
+import pytest
+
+from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
+
+# kohya_ss's LyCORIS LoKr preset as its GUI writes it: a modest rank with the full-matrix switch on.
+LOKR_FULL = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "512,512"
+output_dir = "out"
+network_module = "lycoris.kohya"
+network_dim = 8
+network_alpha = 4
+network_args = [{args}]
+learning_rate = 1e-4
+unet_lr = 1e-4
+text_encoder_lr = 5e-5
+optimizer_type = "AdamW8bit"
+max_train_steps = 800
+mixed_precision = "fp16"
+save_precision = "fp16"
+"""
+
+
+def _lycoris(tmp_path, args: str):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    write(tmp_path / "cfg.toml", LOKR_FULL.format(model=SD15, args=args))
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+
+
+@pytest.mark.parametrize(
+    ("args", "full"),
+    [
+        ('"algo=lokr", "preset=full", "conv_dim=4", "conv_alpha=1", "factor=8", "full_matrix=True"', True),
+        ('"algo=lokr", "full_matrix=1"', True),  # str_bool: only "false" is false
+        ('"algo=lokr", "full_matrix=False"', False),
+        ('"algo=lokr", "full_matrix=FALSE"', False),
+    ],
+)
+def test_lokr_full_matrix_maps_to_the_adapter_switch(tmp_path, args, full):
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args") == "mapped"
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.kind, adapter.full_matrix, adapter.rank) == ("lokr", full, 8)
+    assert adapter.lokr_unit_scale  # both factors full: scale 1, as LyCORIS's LokrModule
+
+
+def test_full_matrix_overrides_decompose_both_and_tucker(tmp_path):
+    """LokrModule with full_matrix never splits a factor: decompose_both and use_tucker change nothing, so
+    neither lands in the spec and the plan shows them off."""
+    args = '"algo=lokr", "conv_dim=4", "decompose_both=True", "use_tucker=True", "full_matrix=True"'
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    text = out_path(tmp_path).read_text(encoding="utf-8")
+    assert "full_matrix = true" in text and "decompose_both" not in text and "tucker" not in text
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert adapter.full_matrix and not adapter.decompose_both and not adapter.tucker
+
+
+@pytest.mark.parametrize(
+    ("algo", "kind"),
+    [("locon", "lora"), ("lora", "lora"), ("loha", "loha"), ("lokr", "lokr")],
+)
+@pytest.mark.parametrize("value", ["True", "true", "1"])
+def test_use_scalar_maps_on_every_algo(tmp_path, algo, kind, value):
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=4", "conv_alpha=1", "use_scalar={value}"')
+    assert outcome.exit_code == 0, errors(outcome)
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.kind, adapter.scalar, adapter.conv_rank) == (kind, True, 4)
+
+
+def test_use_scalar_false_is_off(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=loha", "use_scalar=False"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.scalar is False
+
+
+def test_use_scalar_with_dora_is_refused_with_the_reason(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=locon", "dora_wd=True", "use_scalar=True"')
+    assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
+    assert "no scalar" in outcome.conversion.reports["network_args"].note
