@@ -1854,6 +1854,16 @@ option.""",
 change nothing (LyCORIS ignores them too; the plan shows them off). Remove them, or turn full_matrix off.""",
         help="remove the option, or set adapter.full_matrix = false",
     ),
+    Code(
+        "DBS522",
+        ERROR,
+        "LyCORIS's full algo on a quantised model or a module targeted twice",
+        """\
+`adapter.kind = "full"` (LyCORIS's full-weight algo: a trained copy of each targeted layer's weight and bias)
+with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer has no float weight to copy
+(LyCORIS refuses quantised layers for this algo too); or a module named both in `denoiser_targets` and in
+`conv_targets`. Turn quantisation off, or train a low-rank kind; keep each name in one list.""",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -29,6 +29,11 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
     convolution targets, at their own rank and alpha through peft's rank_pattern / alpha_pattern."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
+    if adapter.kind == "full":  # LyCORIS's full algo: dbspec's own peft layer (lycoris_full.py)
+        from dbspec.runtime.lycoris_full import with_full
+
+        convs = adapter.conv_targets if conv else ()
+        return with_full(LoraConfig(r=1, lora_alpha=1.0, target_modules=[*targets, *convs]))
     conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
     # peft matches a pattern key as a regex against the module path's tail; targets are literal names.
     patterns = [re.escape(t) for t in conv_targets]

@@ -43,7 +43,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
-        adapter.kind in ("loha", "lokr")
+        adapter.kind in ("loha", "lokr", "full")
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
@@ -62,23 +62,29 @@ def lycoris_state(
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             for suffix, value in weights.items():
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
-            tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+            if alpha is not None:  # LyCORIS's full algo has none
+                tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     if not tensors:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
 
 
-def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float]]:
-    """(module path, {kohya weight name: tensor}, kohya alpha) for each adapted layer."""
+def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
+    """(module path, {kohya weight name: tensor}, kohya alpha or None) for each adapted layer."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
+
+    from dbspec.runtime.lycoris_full import FullLayer
 
     found = lora_adapter(module)
     if found is None:
         return
     module, adapter = found
     for name, layer in module.named_modules():
+        if isinstance(layer, FullLayer) and adapter in layer.lora_full:
+            yield name, _full(layer, adapter), None
+            continue
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
             found = _lora(name, layer, adapter)
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
@@ -105,6 +111,17 @@ def _fold_scalar(layer, adapter: str, weights: dict[str, torch.Tensor]) -> dict[
         return weights
     key = next(k for k in _SCALAR_FACTORS if k in weights)
     return {**weights, key: weights[key] * scalar}
+
+
+def _full(layer, adapter: str) -> dict[str, torch.Tensor]:
+    """LyCORIS's full algo (FullModule.custom_state_dict): the trained weight minus the base, `diff`, and the
+    bias's, `diff_b`, where the layer has a bias."""
+    with torch.no_grad():
+        weights = {"diff": layer.get_delta_weight(adapter)}
+        bias = layer.get_delta_bias(adapter)
+        if bias is not None:
+            weights["diff_b"] = bias
+    return weights
 
 
 def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
@@ -138,6 +155,8 @@ def _lokr(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], floa
 def network_args(adapter: AdapterPlan) -> dict[str, str]:
     """kohya's ss_network_args for this adapter (what its training command line would have said)."""
     args: dict[str, str] = {}
+    if adapter.kind == "full":  # LyCORIS's conv_dim only switches its convolutions on
+        return {"algo": "full", **({"conv_dim": "1"} if adapter.conv_targets else {})}
     if adapter.kind != "lora":
         args["algo"] = adapter.kind
     elif adapter.dora or adapter.tucker or adapter.scalar:

@@ -261,6 +261,10 @@ def load_peft_adapters(
         state = load_file(str(source / "adapter_model.safetensors"))
         if has_tucker(state):  # LoCon's Tucker layers: peft's JSON config does not record them
             config = with_tucker(config)
+        from dbspec.runtime.lycoris_full import has_full, with_full
+
+        if has_full(state):  # LyCORIS's full algo: its layers are not in peft's JSON config either
+            config = with_full(config)
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state

@@ -21,6 +21,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
+    if adapter.kind == "full":
+        return _full_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
         {
@@ -67,6 +69,19 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     )
 
 
+def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
+    """LyCORIS's full algo: no rank or alpha; the convolutions it trains are `conv_targets` alone."""
+    return AdapterPlan(
+        kind="full",
+        denoiser_targets=tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
+        text_encoder_targets=tuple(adapter.text_encoder_targets),
+        conv_targets=tuple(adapter.conv_targets),
+        params=adapter_params(adapter, family, components),
+    )
+
+
 def _lycoris_switches(adapter) -> dict:
     """LyCORIS's use_scalar (every kind) and LoKr's full_matrix. With full_matrix every layer's factors are
     full: decompose_both and the Tucker core (both split a factor low-rank) are settled off in the plan."""
@@ -100,6 +115,8 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
     is an upper bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for
     any rank under 8/9 of the input channels; LoRA's Tucker form is counted exactly (lora_mid included)."""
     public = family_spec(family)
+    if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
+        return {c.name: int(c.params) for c in components if c.trainable == "lora"}
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
     for c in components:

@@ -518,7 +518,12 @@ def generate_only_for_class(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lora_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
-    if isinstance(spec.adapter, LowRankAdapter) and 0 < spec.optimizer.lr < 1e-5:
+    # LyCORIS's full algo trains whole weights: full fine-tune rates suit it
+    if (
+        isinstance(spec.adapter, LowRankAdapter)
+        and spec.adapter.kind != "full"
+        and 0 < spec.optimizer.lr < 1e-5
+    ):
         lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
         if given(("optimizer", "lr")):
             yield _warn(
@@ -914,7 +919,7 @@ def export_format_has_exports(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
-    if not isinstance(a, LowRankAdapter):
+    if not isinstance(a, LowRankAdapter) or a.kind == "full":  # full: lycoris_switches_fit
         return
     if a.conv_rank and not a.conv_alpha:
         yield _err(
@@ -990,6 +995,9 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if not isinstance(a, LowRankAdapter):
         return
+    if a.kind == "full":
+        yield from _lycoris_full_fits(spec, given)
+        return
     if a.scalar:
         for key, value, why in (
             ("dora", getattr(a, "dora", False), "dbspec's DoRA layers rebuild the weight with no scalar"),
@@ -1015,6 +1023,29 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                     f"adapter.{key} has no effect with adapter.full_matrix = true (both factors are full)",
                     codes.help("DBS521"),
                 )
+
+
+def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's full algo copies each targeted layer's float weight: a quantised base has none to copy
+    (LyCORIS refuses it too), and a module named as a linear and a convolution target would get two copies."""
+    a, p = spec.adapter, spec.precision
+    for key in ("quantize_denoiser", "quantize_text_encoder"):
+        if getattr(p, key) != "none":
+            yield _err(
+                "DBS522",
+                ("precision", key),
+                f'adapter.kind = "full" (LyCORIS\'s full algo) with precision.{key} = "{getattr(p, key)}": '
+                "it trains a copy of each targeted layer's float weight, which a quantised layer has not",
+                f'set precision.{key} = "none", or train another adapter kind',
+            )
+    both = sorted(set(a.denoiser_targets) & set(a.conv_targets))
+    if both:
+        yield _err(
+            "DBS522",
+            ("adapter", "conv_targets"),
+            f"{', '.join(both)} named in both denoiser_targets and conv_targets",
+            "keep each module name in one of the two lists",
+        )
 
 
 @rule("spec")

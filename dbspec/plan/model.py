@@ -91,7 +91,7 @@ class BlockPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr"]
+    kind: Literal["none", "lora", "loha", "lokr", "full"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input

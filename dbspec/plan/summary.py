@@ -430,10 +430,24 @@ def _lycoris_switch_rows(a) -> list[tuple[str, str]]:
     return rows
 
 
+def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
+    """LyCORIS's full algo: which layers' weights it trains (copies; the base frozen)."""
+    rows = [("adapter", "full (LyCORIS: trained copies of the targeted layers' weights and biases)")]
+    rows.append(("  targets", ", ".join(a.denoiser_targets)))
+    if a.conv_targets:
+        rows.append(("  conv targets", ", ".join(a.conv_targets)))
+    for name, count in a.params.items():
+        shown = denoiser if name == "unet" else name
+        rows.append((f"  {shown} params", f"{count:,} (upper bound: the whole component)"))
+    return rows
+
+
 def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
+    if a.kind == "full":
+        return _full_rows(a, denoiser)
     kind = "lora + DoRA" if a.dora else a.kind
     if a.kind == "lokr":
         kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"

@@ -399,15 +399,34 @@ class LokrAdapter:
     scalar: bool = _scalar()
 
 
-Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter]
+@frozen
+class FullAdapter:
+    kind: Literal["full"] = option(
+        doc="Adapter kind: full trains LyCORIS's full-weight algo (`algo = full`): a trained copy of each "
+        "targeted layer's whole weight and bias, starting at the layer's own values, the rest of the model "
+        "frozen; exported as LyCORIS's `diff` / `diff_b` (the trained weight minus the base)."
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
+        "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+
+
+Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
     "lora": LoraAdapter,
     "loha": LohaAdapter,
     "lokr": LokrAdapter,
+    "full": FullAdapter,
 }
-# The adapter kinds that train added weights on a frozen base (everything but a full fine-tune).
-LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter)
+# The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
+# full algo trains a copy of its layers' weights beside the frozen ones.
+LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter)
 
 
 @frozen
@@ -1820,7 +1839,9 @@ class Spec:
     model: Model = option(doc="The base model.")
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(
-        factory=NoAdapter, doc='Adapter: kind = "none" (full fine-tune), "lora", "loha" or "lokr".'
+        factory=NoAdapter,
+        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr" or "full" (LyCORIS\'s '
+        "full-weight algo on the targeted layers).",
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -1862,6 +1883,7 @@ TABLE_CLASSES = (
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,
+    FullAdapter,
     Train,
     Dataset,
     Buckets,

@@ -265,3 +265,93 @@ def test_final_weights_reload_onto_the_base_model_for_sampling(tmp_path, kind):
     torch.testing.assert_close(
         lycoris_runs._unet_output(pipe.unet), lycoris_runs._unet_output(trained), rtol=1e-5, atol=1e-5
     )
+
+
+# LyCORIS's algo=full (runtime/lycoris_full.py): trained copies of the targeted layers' weights and biases.
+FULL = (
+    'kind = "full"\nconv_targets = ["conv1", "conv2"]\n',
+    {"algo": "full", "conv_dim": "1"},
+    {"diff", "diff_b"},
+)
+
+
+def _full_aware_weight(lyco) -> torch.Tensor:
+    """A loaded FullModule holds the file's diff as its weight (LyCORIS's is_diff): base + diff."""
+    if type(lyco).__name__ == "FullModule":
+        with torch.no_grad():
+            return lyco._current_weight() + lyco.weight
+    return _lycoris_weight_of_the_other_algos(lyco)
+
+
+_lycoris_weight_of_the_other_algos = lycoris_runs._lycoris_weight
+
+
+def test_full_algo_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """test_lycoris's check. Its LyCORIS forward loads the file's state dict again after apply_to, harmless
+    for the low-rank algos; FullModule's load hook adds a `diff` to the weight it holds, which apply_to has
+    already set to base + diff (lycoris-lora 4.1.3), so here the network keeps what
+    create_network_from_weights built from the file (make_module_from_state_dict: every module holds the
+    file's diff)."""
+
+    def full_loader(*args, **kwargs):
+        network, weights = loader(*args, **kwargs)
+        assert {type(m).__name__ for m in [*network.unet_loras, *network.text_encoder_loras]} == {
+            "FullModule"
+        }
+        network.load_state_dict = lambda *a, **k: None
+        return network, weights
+
+    monkeypatch.setitem(lycoris_runs.KINDS, "full", FULL)
+    monkeypatch.setattr(lycoris_runs, "_lycoris_weight", _full_aware_weight)
+    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(
+        tmp_path, "full", full_loader
+    )
+
+
+def test_full_layer_equals_lycoris_full_module():
+    """Random trained copies: LyCORIS's FullModule holding the same weight and bias runs the same forward;
+    peft's merge gives its weight and bias; the export's diff / diff_b are LyCORIS's custom_state_dict."""
+    from lycoris.modules.full import FullModule
+
+    from dbspec.runtime.lycoris_export import _layers
+
+    torch.manual_seed(0)
+    net = Net()
+    net.nobias = nn.Linear(64, 8, bias=False)
+    base = copy.deepcopy(net)
+    adapter = AdapterPlan(kind="full", conv_targets=("conv",))
+    add_lora(net, adapter, ("proj", "nobias"), seed=3, conv=True)
+    x = {**_inputs(torch.Generator().manual_seed(1)), "nobias": torch.randn(3, 64)}
+    for name in ("proj", "conv", "nobias"):  # untrained: the base model
+        with torch.no_grad():
+            torch.testing.assert_close(getattr(net, name)(x[name]), getattr(base, name)(x[name]))
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {
+        "proj.lora_full.default",
+        "proj.lora_full_bias.default",
+        "conv.lora_full.default",
+        "conv.lora_full_bias.default",
+        "nobias.lora_full.default",
+    }
+    _randomise(net, torch.Generator().manual_seed(2))
+    exported = {name: weights for name, weights, _ in _layers(net)}
+    for name in ("proj", "conv", "nobias"):
+        layer = getattr(net, name)
+        reference = copy.deepcopy(getattr(base, name))
+        lyco = FullModule(name, reference, 1.0)
+        lyco.apply_to()
+        with torch.no_grad():
+            lyco.weight.copy_(layer.lora_full["default"])
+            if lyco.bias is not None:
+                lyco.bias.copy_(layer.lora_full_bias["default"])
+            ours, theirs = layer(x[name]), reference(x[name])
+        assert not torch.allclose(ours, layer.base_layer(x[name]), atol=1e-3)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        saved = lyco.state_dict()
+        assert saved.keys() == exported[name].keys()
+        for key in saved:
+            torch.testing.assert_close(exported[name][key], saved[key], rtol=0, atol=1e-6)
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        torch.testing.assert_close(merged.base_layer.weight, layer.lora_full["default"])
+        merged.unmerge()
+        torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)

@@ -88,3 +88,45 @@ def test_use_scalar_with_dora_is_refused_with_the_reason(tmp_path):
     outcome = _lycoris(tmp_path, '"algo=locon", "dora_wd=True", "use_scalar=True"')
     assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
     assert "no scalar" in outcome.conversion.reports["network_args"].note
+
+
+# --- algo=full: LyCORIS's FullModule on the preset's layers ----------------------------------------------
+
+
+def test_full_algo_trains_the_preset_layers_with_their_convolutions(tmp_path):
+    """kohya_ss's LyCORIS "Full" preset: algo=full, conv_dim on (LyCORIS then builds modules for the 3x3
+    convolutions, conv_in and conv_out of its default preset); network_dim / network_alpha mean nothing."""
+    outcome = _lycoris(tmp_path, '"algo=full", "preset=full", "conv_dim=8", "conv_alpha=4"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_dim") == "inert" and fate(outcome, "network_alpha") == "inert"
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert adapter.kind == "full" and (adapter.rank, adapter.alpha, adapter.conv_rank) == (0, 0.0, 0)
+    convs = {"conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv", "conv_in", "conv_out"}
+    assert set(adapter.conv_targets) == convs
+    assert {"to_q", "ff.net.2", "time_emb_proj"} <= set(adapter.denoiser_targets)
+    assert "q_proj" in adapter.text_encoder_targets
+    text = out_path(tmp_path).read_text(encoding="utf-8")
+    assert 'kind = "full"' in text and "rank" not in text.split("[adapter]")[1].split("[")[0]
+
+
+def test_full_algo_without_convolutions_and_the_switches_it_never_reads(tmp_path):
+    args = '"algo=full", "preset=attn-mlp", "use_scalar=True", "dora_wd=True", "use_tucker=True"'
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert adapter.kind == "full" and adapter.conv_targets == () and not adapter.scalar
+    ignored = {k for k, r in outcome.conversion.reports.items() if r.fate == "inert"}  # DBS405 warnings
+    assert {"network_args use_scalar", "network_args dora_wd", "network_args use_tucker"} <= ignored
+
+
+@pytest.mark.parametrize(
+    ("args", "fate_"),
+    [
+        ('"algo=full", "module_dropout=0.1"', "unsupported"),
+        ('"algo=full", "bypass_mode=True"', "invalid"),  # LyCORIS's FullModule raises
+    ],
+)
+def test_full_algo_refuses_what_it_cannot_train(tmp_path, args, fate_):
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 1
+    assert fate_ in {r.fate for r in outcome.conversion.reports.values()}

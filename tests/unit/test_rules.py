@@ -498,6 +498,12 @@ CASES = [
         [("DBS521", "warning", ("adapter", "decompose_both"))],
         '[adapter]\nkind = "lokr"\nfull_matrix = true\nscalar = true\n' + DOG + STEPS,
     ),
+    (  # LyCORIS's full algo copies float weights: a quantised layer has none
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "full"\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS522", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "full"\nconv_targets = ["conv1"]\n' + DOG + STEPS,
+    ),
     (
         rules.zero_snr_needs_v,
         'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",

@@ -21,7 +21,7 @@ KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.n
 KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 # Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
 _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
-_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "full": "full"}
 
 # LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
@@ -84,7 +84,9 @@ def _map_network(
     lycoris = module.value == "lycoris.kohya"
     algo = kwargs.pop("algo", "lora").lower() if lycoris else "lora"
     if algo not in _ALGOS:
-        conv.unsupported(args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr do)")
+        conv.unsupported(
+            args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full do)"
+        )
         return None
     kind = _ALGOS[algo]
     conv.put(("adapter", "kind"), kind, conv.comment(module, f"algo={algo}" if lycoris else ""))
@@ -116,11 +118,13 @@ def _map_network(
         if conv_targets:
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
-    if conv_dim and conv_targets:
+    if kind == "full":
+        _lycoris_full(kwargs, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
+    elif conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = _dora(kwargs, lycoris, args, conv)
+    dora = _dora(kwargs, lycoris, args, conv) and kind != "full"
     if dora and kind == "lora":
         put["dora"] = True
     elif dora:
@@ -134,12 +138,15 @@ def _map_network(
             f"{wd_on_output} (DoRA with one magnitude per input column; peft's DoRA keeps one per output "
             "row, LyCORIS's default wd_on_output=True)"
         )
-    if lycoris:
+    if lycoris and kind != "full":
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
-        _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
+        if kind != "full":
+            _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
-        if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
+        if (
+            key in kwargs and kind != "full" and ((kind != "lora" and lycoris) or not lycoris)
+        ):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
     if kind == "lokr":
         if "factor" in kwargs:
@@ -247,10 +254,10 @@ _LYCORIS_READS = {
     "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio",
 }
-# LyCORIS arguments that act only for some algos (block_size: full/OFT; constraint, rescaled: OFT; LoKr's
+# LyCORIS arguments that act only for some algos (block_size: DyLoRA; constraint, rescaled: OFT; LoKr's
 # factorisation switches) or models (train_t5xxl: Flux's T5): what reads them, and the algos among dbspec's.
 _KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "block_size": ("OFT and the full-weight algo", ()),
+    "block_size": ("DyLoRA (lycoris/modules/dylora.py)", ()),
     "constraint": ("OFT", ()),
     "constrain": ("OFT", ()),
     "rescaled": ("OFT", ()),
@@ -377,6 +384,53 @@ def _tucker_and_scalar(
             put["scalar"] = True
 
 
+# LyCORIS's FullModule takes these from create_network and never reads them (no rank, factor or weight
+# decomposition): with algo=full they change nothing.
+_FULL_IGNORES = (
+    "use_tucker",
+    "use_cp",
+    "use_conv_cp",
+    "disable_conv_cp",
+    "use_scalar",
+    "dora_wd",
+    "wd_on_output",
+)
+
+
+def _lycoris_full(
+    kwargs: dict[str, str],
+    conv_targets: list[str] | bool,
+    put: dict[str, Any],
+    unsupported: dict[str, str],
+    args: Legacy,
+    conv: Conversion,
+) -> None:
+    """algo=full (lycoris/modules/full.py): each targeted layer's weight and bias train as a copy. LyCORIS
+    builds its convolution modules when conv_dim is above 0 (the value is otherwise unused); rank and alpha
+    mean nothing to it. Its dropouts are not expressed (module_dropout skips the layer; rank_dropout reads an
+    attribute FullModule lacks)."""
+    if conv_targets:
+        put["conv_targets"] = list(conv_targets)
+    for key in _FULL_IGNORES:
+        if key in kwargs:
+            conv.ignored(
+                Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+                "LyCORIS's full algo takes it and never reads it",
+            )
+    kwargs.pop("rs_lora", None)  # scales alpha, which the full algo has not
+    if _str_bool(kwargs.get("bypass_mode", "false")):
+        conv.invalid(
+            f"{args.key} bypass_mode",
+            kwargs.pop("bypass_mode"),
+            args.source,
+            "LyCORIS's full algo raises ValueError with bypass_mode (it has no bypass forward)",
+        )
+    for key in ("rank_dropout", "module_dropout"):
+        if _float(kwargs.get(key, "0") or 0):
+            unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's full algo: dbspec expresses no dropout there)"
+        kwargs.pop(key, None)
+
+
 def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
     """LyCORIS's full_matrix (its str_bool): both LoKr factors full on every layer, whatever the rank. The
     low-rank splits it overrides (decompose_both, use_tucker) stay out of the spec: they change nothing."""
@@ -442,6 +496,9 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
         )
         return
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
+    if kind == "full":
+        conv.unsupported(weights, "dbspec starts LoRA alone from a file, not LyCORIS's full algo")
+        return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
             weights,
