@@ -222,8 +222,9 @@ SWITCH_KINDS = {
         {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1", "full_matrix": "True"},
         {"lokr_w1", "lokr_w2", "alpha"},
     ),
-    "locon_scalar": (
-        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nscalar = true\n',
+    "locon_scalar": (  # kohya's dropouts act on the down projection's output, before the scaled lora_up
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nscalar = true\n'
+        "rank_dropout = 0.2\nmodule_dropout = 0.2\ndown_dropout = 0.1\n",
         {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "use_scalar": "True"},
         {"lora_down.weight", "lora_up.weight", "alpha"},
     ),
@@ -355,3 +356,31 @@ def test_full_layer_equals_lycoris_full_module():
         torch.testing.assert_close(merged.base_layer.weight, layer.lora_full["default"])
         merged.unmerge()
         torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
+
+
+@pytest.mark.parametrize(
+    ("kind", "switches"), [("full", {}), ("lora", {"scalar": True}), ("lokr", {"scalar": True})]
+)
+def test_switched_off_for_a_base_model_prediction(kind, switches):
+    """A base-model prior (adapters_disabled) runs the frozen layers alone; afterwards the trained weights are
+    back, trainable as before."""
+    from dbspec.runtime.adapters import adapters_disabled
+
+    net, base = _adapted(kind, **switches) if kind != "full" else _full_net()
+    _randomise(net, torch.Generator().manual_seed(4))
+    x = _inputs(torch.Generator().manual_seed(5))
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    with adapters_disabled(net), torch.no_grad():
+        for name in ("proj", "conv"):
+            torch.testing.assert_close(getattr(net, name)(x[name]), getattr(base, name)(x[name]))
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == trainable
+    with torch.no_grad():
+        assert not torch.allclose(net.proj(x["proj"]), base.proj(x["proj"]), atol=1e-3)
+
+
+def _full_net() -> tuple[Net, Net]:
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    add_lora(net, AdapterPlan(kind="full", conv_targets=("conv",)), ("proj",), seed=3, conv=True)
+    return net, base
