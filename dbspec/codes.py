@@ -1857,12 +1857,23 @@ change nothing (LyCORIS ignores them too; the plan shows them off). Remove them,
     Code(
         "DBS522",
         ERROR,
-        "LyCORIS's full algo on a quantised model or a module targeted twice",
+        "LyCORIS's full or IA^3 algo on a quantised model or a module targeted twice",
         """\
 `adapter.kind = "full"` (LyCORIS's full-weight algo: a trained copy of each targeted layer's weight and bias)
 with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer has no float weight to copy
 (LyCORIS refuses quantised layers for this algo too); or a module named both in `denoiser_targets` and in
-`conv_targets`. Turn quantisation off, or train a low-rank kind; keep each name in one list.""",
+`conv_targets`. Turn quantisation off, or train a low-rank kind; keep each name in one list. The same for
+`adapter.kind = "ia3"` (LyCORIS's IA^3 scales each targeted layer's float weight).""",
+    ),
+    Code(
+        "DBS523",
+        WARNING,
+        "An IA^3 input target that is no target",
+        """\
+A name in `adapter.input_targets` (IA^3's scales on input channels, LyCORIS `train_on_input`) is in none of
+`denoiser_targets`, `text_encoder_targets` and `conv_targets`, so no layer of that name is scaled at all
+(warning). Add it to a target list, or remove it.""",
+        help="add the name to a target list, or remove it from input_targets",
     ),
 )
 

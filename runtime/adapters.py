@@ -34,6 +34,10 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
 
         convs = adapter.conv_targets if conv else ()
         return with_full(LoraConfig(r=1, lora_alpha=1.0, target_modules=[*targets, *convs]))
+    if adapter.kind == "ia3":  # LyCORIS's IA^3: dbspec's own peft layer (lycoris_ia3.py)
+        from dbspec.runtime.lycoris_ia3 import ia3_config
+
+        return ia3_config([*targets, *(adapter.conv_targets if conv else ())], adapter.input_targets)
     conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
     # peft matches a pattern key as a regex against the module path's tail; targets are literal names.
     patterns = [re.escape(t) for t in conv_targets]

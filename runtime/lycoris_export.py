@@ -43,7 +43,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
-        adapter.kind in ("loha", "lokr", "full")
+        adapter.kind in ("loha", "lokr", "full", "ia3")
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
@@ -76,6 +76,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
 
     found = lora_adapter(module)
     if found is None:
@@ -84,6 +85,11 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     for name, layer in module.named_modules():
         if isinstance(layer, FullLayer) and adapter in layer.lora_full:
             yield name, _full(layer, adapter), None
+            continue
+        if isinstance(layer, Ia3Layer) and adapter in layer.lora_ia3:
+            # IA3Module's state: its scales and the side they act on
+            on_input = torch.tensor(int(layer.on_input[adapter]))
+            yield name, {"weight": layer.lora_ia3[adapter], "on_input": on_input}, None
             continue
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
             found = _lora(name, layer, adapter)
@@ -155,8 +161,8 @@ def _lokr(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], floa
 def network_args(adapter: AdapterPlan) -> dict[str, str]:
     """kohya's ss_network_args for this adapter (what its training command line would have said)."""
     args: dict[str, str] = {}
-    if adapter.kind == "full":  # LyCORIS's conv_dim only switches its convolutions on
-        return {"algo": "full", **({"conv_dim": "1"} if adapter.conv_targets else {})}
+    if adapter.kind in ("full", "ia3"):  # LyCORIS's conv_dim only switches its convolutions on
+        return {"algo": adapter.kind, **({"conv_dim": "1"} if adapter.conv_targets else {})}
     if adapter.kind != "lora":
         args["algo"] = adapter.kind
     elif adapter.dora or adapter.tucker or adapter.scalar:

@@ -197,7 +197,10 @@ def _is_lycoris(path: Path) -> bool:
 
     with safe_open(str(path), "pt") as f:
         return any(
-            ".hada_" in key or ".lokr_" in key or ".lora_mid." in key or key.endswith((".diff", ".diff_b"))
+            ".hada_" in key
+            or ".lokr_" in key
+            or ".lora_mid." in key
+            or key.endswith((".diff", ".diff_b", ".on_input"))
             for key in f.keys()
         )
 

@@ -265,6 +265,10 @@ def load_peft_adapters(
 
         if has_full(state):  # LyCORIS's full algo: its layers are not in peft's JSON config either
             config = with_full(config)
+        from dbspec.runtime.lycoris_ia3 import has_ia3, with_ia3
+
+        if has_ia3(state):  # LyCORIS's IA^3 (its sides ride on the config's rank_pattern)
+            config = with_ia3(config)
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state

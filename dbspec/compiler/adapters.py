@@ -21,7 +21,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
-    if adapter.kind == "full":
+    if adapter.kind in ("full", "ia3"):
         return _full_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
@@ -70,9 +70,11 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
 
 
 def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
-    """LyCORIS's full algo: no rank or alpha; the convolutions it trains are `conv_targets` alone."""
+    """LyCORIS's full and IA^3 algos: no rank or alpha; the convolutions they train are `conv_targets`
+    alone; IA^3's input-side targets."""
     return AdapterPlan(
-        kind="full",
+        kind=adapter.kind,
+        input_targets=tuple(getattr(adapter, "input_targets", ())),
         denoiser_targets=tuple(adapter.denoiser_targets)
         if targets_given
         else family_spec(family).lora_targets,
@@ -117,6 +119,12 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
     public = family_spec(family)
     if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
         return {c.name: int(c.params) for c in components if c.trainable == "lora"}
+    if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
+        return {
+            c.name: int(public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name])
+            for c in components
+            if c.trainable == "lora"
+        }
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
     for c in components:

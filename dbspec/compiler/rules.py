@@ -919,7 +919,7 @@ def export_format_has_exports(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
-    if not isinstance(a, LowRankAdapter) or a.kind == "full":  # full: lycoris_switches_fit
+    if not isinstance(a, LowRankAdapter) or a.kind in ("full", "ia3"):  # lycoris_switches_fit
         return
     if a.conv_rank and not a.conv_alpha:
         yield _err(
@@ -995,7 +995,7 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if not isinstance(a, LowRankAdapter):
         return
-    if a.kind == "full":
+    if a.kind in ("full", "ia3"):
         yield from _lycoris_full_fits(spec, given)
         return
     if a.scalar:
@@ -1026,17 +1026,30 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's full algo copies each targeted layer's float weight: a quantised base has none to copy
-    (LyCORIS refuses it too), and a module named as a linear and a convolution target would get two copies."""
+    """LyCORIS's full algo copies each targeted layer's float weight, IA^3 scales it: a quantised base has
+    none (LyCORIS refuses it for full too), and a module named as a linear and a convolution target would
+    get two; an IA^3 input target that is no target changes nothing."""
     a, p = spec.adapter, spec.precision
+    what = {"full": "trains a copy of", "ia3": "scales"}[a.kind]
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(p, key) != "none":
             yield _err(
                 "DBS522",
                 ("precision", key),
-                f'adapter.kind = "full" (LyCORIS\'s full algo) with precision.{key} = "{getattr(p, key)}": '
-                "it trains a copy of each targeted layer's float weight, which a quantised layer has not",
+                f'adapter.kind = "{a.kind}" (LyCORIS\'s {a.kind} algo) with precision.{key} = '
+                f'"{getattr(p, key)}": it {what} each targeted layer\'s float weight, which a quantised '
+                "layer has not",
                 f'set precision.{key} = "none", or train another adapter kind',
+            )
+    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.conv_targets}
+    for name in getattr(a, "input_targets", ()):
+        if name not in targets:
+            yield _warn(
+                "DBS523",
+                ("adapter", "input_targets"),
+                f"{name} is in input_targets but in none of denoiser_targets, text_encoder_targets and "
+                "conv_targets: no layer of that name is scaled",
+                codes.help("DBS523"),
             )
     both = sorted(set(a.denoiser_targets) & set(a.conv_targets))
     if both:

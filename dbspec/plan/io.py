@@ -230,6 +230,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # LyCORIS's LoKr full_matrix and use_scalar: off then
         ("adapter", "full_matrix"): False,
         ("adapter", "scalar"): False,
+        ("adapter", "input_targets"): [],  # LyCORIS's IA^3, added since
     },
 }
 

@@ -91,7 +91,7 @@ class BlockPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr", "full"]
+    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input
@@ -112,6 +112,8 @@ class AdapterPlan:
     full_matrix: bool = False
     # lora, loha, lokr: a trained scalar (from 0) multiplies each layer's update (LyCORIS use_scalar)
     scalar: bool = False
+    # ia3: the targets whose scale acts on their input channels (LyCORIS train_on_input); () for none
+    input_targets: tuple[str, ...] = ()
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr

@@ -432,13 +432,20 @@ def _lycoris_switch_rows(a) -> list[tuple[str, str]]:
 
 def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     """LyCORIS's full algo: which layers' weights it trains (copies; the base frozen)."""
-    rows = [("adapter", "full (LyCORIS: trained copies of the targeted layers' weights and biases)")]
+    what = {
+        "full": "full (LyCORIS: trained copies of the targeted layers' weights and biases)",
+        "ia3": "ia3 (LyCORIS IA^3: a learned scale per output channel, W x (1 + s))",
+    }[a.kind]
+    rows = [("adapter", what)]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
     if a.conv_targets:
         rows.append(("  conv targets", ", ".join(a.conv_targets)))
+    if a.input_targets:
+        rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
+    bound = "upper bound: the whole component" if a.kind == "full" else "upper bound"
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name
-        rows.append((f"  {shown} params", f"{count:,} (upper bound: the whole component)"))
+        rows.append((f"  {shown} params", f"{count:,} ({bound})"))
     return rows
 
 
@@ -446,7 +453,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
-    if a.kind == "full":
+    if a.kind in ("full", "ia3"):
         return _full_rows(a, denoiser)
     kind = "lora + DoRA" if a.dora else a.kind
     if a.kind == "lokr":

@@ -416,17 +416,41 @@ class FullAdapter:
     )
 
 
-Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter]
+@frozen
+class Ia3Adapter:
+    kind: Literal["ia3"] = option(
+        doc="Adapter kind: ia3 trains LyCORIS's IA^3 (`algo = ia3`): one learned scale per output channel of "
+        "each targeted layer (per input channel for `input_targets`), the weight becoming W x (1 + s) with s "
+        "starting at 0, the bias untouched; exported as LyCORIS's `weight` / `on_input`."
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
+        "`conv_dim` above 0); empty scales no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+    input_targets: list[str] = option(
+        factory=list,
+        doc="Targets (suffixes, among the three lists above) whose scale acts on the input channels instead "
+        "(LyCORIS `train_on_input`, which its ia3 preset sets for `ff.net.2` and `mlp.fc2`).",
+        example=["ff.net.2", "mlp.fc2"],
+    )
+
+
+Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
     "lora": LoraAdapter,
     "loha": LohaAdapter,
     "lokr": LokrAdapter,
     "full": FullAdapter,
+    "ia3": Ia3Adapter,
 }
 # The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
 # full algo trains a copy of its layers' weights beside the frozen ones.
-LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter)
+LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter)
 
 
 @frozen
@@ -1840,8 +1864,8 @@ class Spec:
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(
         factory=NoAdapter,
-        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr" or "full" (LyCORIS\'s '
-        "full-weight algo on the targeted layers).",
+        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full" or "ia3" '
+        "(LyCORIS's full-weight and IA^3 algos on the targeted layers).",
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -1884,6 +1908,7 @@ TABLE_CLASSES = (
     LohaAdapter,
     LokrAdapter,
     FullAdapter,
+    Ia3Adapter,
     Train,
     Dataset,
     Buckets,

@@ -8,6 +8,7 @@ load back in LyCORIS's kohya loader (tests/runtime/test_lycoris.py's check)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -384,3 +385,125 @@ def _full_net() -> tuple[Net, Net]:
     base = copy.deepcopy(net)
     add_lora(net, AdapterPlan(kind="full", conv_targets=("conv",)), ("proj",), seed=3, conv=True)
     return net, base
+
+
+# --- LyCORIS's algo=ia3 (runtime/lycoris_ia3.py): a scale per output (or input) channel -------------------
+
+
+def _ia3_net() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    net = Net()
+    net.ff = nn.Linear(64, 48)  # scaled on its input side (LyCORIS's train_on_input)
+    net.conv_in = nn.Conv2d(16, 24, 3, padding=1)
+    base = copy.deepcopy(net)
+    adapter = AdapterPlan(kind="ia3", conv_targets=("conv", "conv_in"), input_targets=("ff", "conv_in"))
+    add_lora(net, adapter, ("proj", "ff"), seed=3, conv=True)
+    return net, base
+
+
+def test_ia3_layer_equals_lycoris_ia3_module():
+    """Random scales: LyCORIS's IA3Module (train_on_input as the plan says) holding the same scales runs the
+    same forward, the bias unscaled; peft's merge gives its weight; the export is its state dict."""
+    from lycoris.modules.ia3 import IA3Module
+
+    from dbspec.runtime.lycoris_export import _layers
+
+    net, base = _ia3_net()
+    x = {**_inputs(torch.Generator().manual_seed(1))}
+    x["ff"], x["conv_in"] = x["proj"], x["conv"]
+    for name in x:  # untrained: the base model
+        with torch.no_grad():
+            torch.testing.assert_close(getattr(net, name)(x[name]), getattr(base, name)(x[name]))
+    _randomise(net, torch.Generator().manual_seed(2))
+    exported = {name: weights for name, weights, _ in _layers(net)}
+    for name, on_input in (("proj", False), ("ff", True), ("conv", False), ("conv_in", True)):
+        layer = getattr(net, name)
+        reference = copy.deepcopy(getattr(base, name))
+        lyco = IA3Module(name, reference, 1.0, train_on_input=on_input)
+        with torch.no_grad():
+            lyco.weight.copy_(layer.lora_ia3["default"])
+        lyco.apply_to()
+        with torch.no_grad():
+            ours, theirs = layer(x[name]), reference(x[name])
+        assert not torch.allclose(ours, layer.base_layer(x[name]), atol=1e-3)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        saved = lyco.state_dict()
+        assert saved.keys() == exported[name].keys() == {"weight", "on_input"}
+        assert (
+            torch.equal(exported[name]["weight"], saved["weight"])
+            and int(exported[name]["on_input"]) == on_input
+        )
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        with torch.no_grad():
+            torch.testing.assert_close(merged.base_layer.weight, lyco.get_merged_weight()[0])
+        merged.unmerge()
+        torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
+
+
+IA3 = (
+    'kind = "ia3"\nconv_targets = ["conv1"]\ninput_targets = ["ff.net.2", "fc2"]\n'
+    'denoiser_targets = ["to_k", "to_v", "ff.net.2"]\ntext_encoder_targets = ["k_proj", "v_proj", "fc2"]\n'
+)
+
+
+def test_ia3_trains_resumes_bit_exact_and_its_export_is_lycoris_ia3(tmp_path):
+    """A tiny SD model trains IA^3 through the real loop and resumes bit-exact; each exported module, loaded
+    into LyCORIS's IA3Module (built directly: lycoris-lora 4.1.3's file loader hands IA3Module's
+    make_module_from_state_dict both `weight` and `on_input`, which it does not take, and raises TypeError),
+    runs LyCORIS's forward on a fresh model to the trained model's outputs; `dbspec sample` reloads final/."""
+    from lycoris.modules.ia3 import IA3Module
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    spec = write_spec(tmp_path, steps=4, extra=lycoris_runs.SPEC.format(adapter=IA3))
+    lr = ["optimizer.lr=1e-2"]
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    ours, resumed = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(second.final))
+    assert ours.keys() == resumed.keys()
+    for name, tensors in ours.items():
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        assert json.loads(handle.metadata()["ss_network_args"]) == {"algo": "ia3", "conv_dim": "1"}
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(export)).items():
+        name, suffix = key.split(".", 1)
+        modules.setdefault(name, {})[suffix] = tensor
+    trained = whole.components
+    for module in (trained.unet, *trained.text_encoders):
+        module.eval()
+    names = {
+        **lycoris_runs._kohya_names(trained.unet, "lora_unet"),
+        **lycoris_runs._kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    assert set(modules) == set(names) and all(set(t) == {"weight", "on_input"} for t in modules.values())
+    assert int(modules["lora_te_text_model_encoder_layers_0_mlp_fc2"]["on_input"]) == 1
+    fresh = build_pipeline(plan.model.base)
+    for lora_name, tensors in modules.items():
+        owner = fresh.unet if lora_name.startswith("lora_unet") else fresh.text_encoder
+        lyco = IA3Module(
+            lora_name,
+            owner.get_submodule(names[lora_name].removeprefix("text_model.")),
+            1.0,
+            train_on_input=bool(tensors["on_input"]),
+        )
+        lyco.load_state_dict(tensors)
+        lyco.apply_to()
+    trained_output = lycoris_runs._unet_output(trained.unet)
+    torch.testing.assert_close(lycoris_runs._unet_output(fresh.unet), trained_output, rtol=1e-4, atol=1e-4)
+    ids = torch.randint(0, 500, (2, 77), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ours_text = trained.text_encoders[0](ids).last_hidden_state
+        torch.testing.assert_close(fresh.text_encoder(ids).last_hidden_state, ours_text, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(lycoris_runs._unet_output(build_pipeline(plan.model.base).unet), trained_output)
+    pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
+    torch.testing.assert_close(lycoris_runs._unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)

@@ -130,3 +130,30 @@ def test_full_algo_refuses_what_it_cannot_train(tmp_path, args, fate_):
     outcome = _lycoris(tmp_path, args)
     assert outcome.exit_code == 1
     assert fate_ in {r.fate for r in outcome.conversion.reports.values()}
+
+
+# --- algo=ia3: LyCORIS's IA3Module on the preset's layers -------------------------------------------------
+
+
+def test_ia3_algo_scales_the_preset_layers(tmp_path):
+    """algo=ia3 with LyCORIS's attn-mlp preset: every targeted layer scaled on its output side (IA3Module's
+    train_on_input defaults to False), no convolution (the preset has none), rank and alpha inert."""
+    outcome = _lycoris(tmp_path, '"algo=ia3", "preset=attn-mlp"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_dim") == "inert"
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.kind, adapter.conv_targets, adapter.input_targets) == ("ia3", (), ())
+    assert {"to_q", "ff.net.2"} <= set(adapter.denoiser_targets) and "fc1" in adapter.text_encoder_targets
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ('"algo=ia3", "bypass_mode=True"', "bias too"),  # LyCORIS's bypass forward scales the output
+        ('"algo=ia3", "preset=ia3"', "preset=ia3"),  # LyCORIS's name-matched preset: not among dbspec's
+    ],
+)
+def test_ia3_refuses_what_it_cannot_train(tmp_path, args, why):
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
+    assert why in outcome.conversion.reports["network_args"].note

@@ -504,6 +504,14 @@ CASES = [
         [("DBS522", "error", ("precision", "quantize_denoiser"))],
         '[adapter]\nkind = "full"\nconv_targets = ["conv1"]\n' + DOG + STEPS,
     ),
+    (  # an IA^3 input-side name scales nothing unless it is a target
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "ia3"\ndenoiser_targets = ["to_k"]\ninput_targets = ["ff.net.2"]\n' + DOG + STEPS,
+        [("DBS523", "warning", ("adapter", "input_targets"))],
+        '[adapter]\nkind = "ia3"\ndenoiser_targets = ["to_k", "ff.net.2"]\ninput_targets = ["ff.net.2"]\n'
+        + DOG
+        + STEPS,
+    ),
     (
         rules.zero_snr_needs_v,
         'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",

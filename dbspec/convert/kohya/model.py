@@ -183,11 +183,11 @@ def map_adapter(
     )
     if kind is None:
         return False
-    if kind == "full":  # LyCORIS's full algo has no rank or alpha: network_dim / network_alpha unused
+    if kind in ("full", "ia3"):  # LyCORIS's full and IA^3 algos have no rank or alpha
         for key, target in (("network_dim", "rank"), ("network_alpha", "alpha")):
             conv.values.pop(("adapter", target), None)
             conv.reports.pop(key, None)
-            conv.inert(a[key], "LyCORIS's full algo trains whole weights: no rank or alpha")
+            conv.inert(a[key], f"LyCORIS's {kind} algo has no rank or alpha")
     if dropout.value and not lycoris:
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)

@@ -21,7 +21,7 @@ KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.n
 KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 # Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
 _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
-_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "full": "full"}
+_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "full": "full", "ia3": "ia3"}
 
 # LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
@@ -85,7 +85,7 @@ def _map_network(
     algo = kwargs.pop("algo", "lora").lower() if lycoris else "lora"
     if algo not in _ALGOS:
         conv.unsupported(
-            args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full do)"
+            args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3 do)"
         )
         return None
     kind = _ALGOS[algo]
@@ -118,13 +118,13 @@ def _map_network(
         if conv_targets:
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
-    if kind == "full":
-        _lycoris_full(kwargs, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
+    if kind in ("full", "ia3"):
+        _lycoris_full(kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
     elif conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = _dora(kwargs, lycoris, args, conv) and kind != "full"
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in ("full", "ia3")
     if dora and kind == "lora":
         put["dora"] = True
     elif dora:
@@ -138,14 +138,14 @@ def _map_network(
             f"{wd_on_output} (DoRA with one magnitude per input column; peft's DoRA keeps one per output "
             "row, LyCORIS's default wd_on_output=True)"
         )
-    if lycoris and kind != "full":
+    if lycoris and kind not in ("full", "ia3"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
-        if kind != "full":
+        if kind not in ("full", "ia3"):
             _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
         if (
-            key in kwargs and kind != "full" and ((kind != "lora" and lycoris) or not lycoris)
+            key in kwargs and kind not in ("full", "ia3") and ((kind != "lora" and lycoris) or not lycoris)
         ):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
     if kind == "lokr":
@@ -384,8 +384,8 @@ def _tucker_and_scalar(
             put["scalar"] = True
 
 
-# LyCORIS's FullModule takes these from create_network and never reads them (no rank, factor or weight
-# decomposition): with algo=full they change nothing.
+# LyCORIS's FullModule and IA3Module take these from create_network and never read them (no rank, factor or
+# weight decomposition): with algo=full or ia3 they change nothing.
 _FULL_IGNORES = (
     "use_tucker",
     "use_cp",
@@ -399,35 +399,42 @@ _FULL_IGNORES = (
 
 def _lycoris_full(
     kwargs: dict[str, str],
+    kind: str,
     conv_targets: list[str] | bool,
     put: dict[str, Any],
     unsupported: dict[str, str],
     args: Legacy,
     conv: Conversion,
 ) -> None:
-    """algo=full (lycoris/modules/full.py): each targeted layer's weight and bias train as a copy. LyCORIS
-    builds its convolution modules when conv_dim is above 0 (the value is otherwise unused); rank and alpha
-    mean nothing to it. Its dropouts are not expressed (module_dropout skips the layer; rank_dropout reads an
-    attribute FullModule lacks)."""
+    """algo=full (lycoris/modules/full.py: each targeted layer's weight and bias train as a copy) and ia3
+    (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
+    conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
+    are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it lacks,
+    IA3Module's none)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
         if key in kwargs:
             conv.ignored(
                 Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
-                "LyCORIS's full algo takes it and never reads it",
+                f"LyCORIS's {kind} algo takes it and never reads it",
             )
-    kwargs.pop("rs_lora", None)  # scales alpha, which the full algo has not
-    if _str_bool(kwargs.get("bypass_mode", "false")):
+    kwargs.pop("rs_lora", None)  # scales alpha, which these algos have not
+    if _str_bool(kwargs.get("bypass_mode", "false")) and kind == "full":
         conv.invalid(
             f"{args.key} bypass_mode",
             kwargs.pop("bypass_mode"),
             args.source,
             "LyCORIS's full algo raises ValueError with bypass_mode (it has no bypass forward)",
         )
+    elif _str_bool(kwargs.get("bypass_mode", "false")):
+        unsupported["bypass_mode"] = (
+            f"{kwargs.pop('bypass_mode')} with algo=ia3 (LyCORIS's bypass forward scales the layer's output, "
+            "its bias too; dbspec scales the weight, as LyCORIS's default forward)"
+        )
     for key in ("rank_dropout", "module_dropout"):
         if _float(kwargs.get(key, "0") or 0):
-            unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's full algo: dbspec expresses no dropout there)"
+            unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's {kind} algo: dbspec expresses no dropout there)"
         kwargs.pop(key, None)
 
 
@@ -496,8 +503,8 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
         )
         return
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
-    if kind == "full":
-        conv.unsupported(weights, "dbspec starts LoRA alone from a file, not LyCORIS's full algo")
+    if kind in ("full", "ia3"):
+        conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
