@@ -269,6 +269,10 @@ def load_peft_adapters(
 
         if has_ia3(state):  # LyCORIS's IA^3 (its sides ride on the config's rank_pattern)
             config = with_ia3(config)
+        from dbspec.runtime.lycoris_oft import has_oft, has_rescale, with_oft
+
+        if has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
+            config = with_oft(config, has_rescale(state))
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state

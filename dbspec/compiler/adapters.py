@@ -21,7 +21,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
-    if adapter.kind in ("full", "ia3"):
+    if adapter.kind in ("full", "ia3", "diag-oft"):
         return _full_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
@@ -75,6 +75,9 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
     return AdapterPlan(
         kind=adapter.kind,
         input_targets=tuple(getattr(adapter, "input_targets", ())),
+        oft_block_size=getattr(adapter, "block_size", 0),
+        oft_constraint=getattr(adapter, "constraint", 0.0),
+        oft_rescaled=getattr(adapter, "rescaled", False),
         denoiser_targets=tuple(adapter.denoiser_targets)
         if targets_given
         else family_spec(family).lora_targets,
@@ -119,6 +122,17 @@ def adapter_params(adapter, family: str, components) -> dict[str, int]:
     public = family_spec(family)
     if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
         return {c.name: int(c.params) for c in components if c.trainable == "lora"}
+    if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * (adapter.block_size + 1)
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return {
             c.name: int(public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name])

@@ -231,6 +231,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "full_matrix"): False,
         ("adapter", "scalar"): False,
         ("adapter", "input_targets"): [],  # LyCORIS's IA^3, added since
+        ("adapter", "oft_block_size"): 0,  # LyCORIS's Diag-OFT, added since
+        ("adapter", "oft_constraint"): 0.0,
+        ("adapter", "oft_rescaled"): False,
     },
 }
 

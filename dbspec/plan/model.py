@@ -91,7 +91,7 @@ class BlockPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3"]
+    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input
@@ -114,6 +114,10 @@ class AdapterPlan:
     scalar: bool = False
     # ia3: the targets whose scale acts on their input channels (LyCORIS train_on_input); () for none
     input_targets: tuple[str, ...] = ()
+    # diag-oft: LyCORIS's lora_dim (the block-size hint), COFT constraint, trained row rescale
+    oft_block_size: int = 0
+    oft_constraint: float = 0.0
+    oft_rescaled: bool = False
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
     module_dropout: float = 0.0  # loha, lokr

@@ -435,6 +435,10 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     what = {
         "full": "full (LyCORIS: trained copies of the targeted layers' weights and biases)",
         "ia3": "ia3 (LyCORIS IA^3: a learned scale per output channel, W x (1 + s))",
+        "diag-oft": f"diag-oft (LyCORIS: orthogonal blocks of output rows, block size hint {a.oft_block_size}"
+        + (f", constraint {a.oft_constraint:g}" if a.oft_constraint else "")
+        + (", rescaled" if a.oft_rescaled else "")
+        + ")",
     }[a.kind]
     rows = [("adapter", what)]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
@@ -453,7 +457,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
-    if a.kind in ("full", "ia3"):
+    if a.kind in ("full", "ia3", "diag-oft"):
         return _full_rows(a, denoiser)
     kind = "lora + DoRA" if a.dora else a.kind
     if a.kind == "lokr":

@@ -439,7 +439,44 @@ class Ia3Adapter:
     )
 
 
-Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter]
+@frozen
+class DiagOftAdapter:
+    kind: Literal["diag-oft"] = option(
+        doc="Adapter kind: diag-oft trains LyCORIS's Diag-OFT (`algo = diag-oft`): each targeted layer's "
+        "output rows split into blocks, each rotated by a trained orthogonal matrix (Cayley transform of a "
+        "skew-symmetric block, starting at the identity); exported as LyCORIS's `oft_blocks` / `rescale` / "
+        "`alpha`."
+    )
+    block_size: int = option(
+        4,
+        doc="LyCORIS's `lora_dim` (kohya `network_dim`) for Diag-OFT: a layer of width w is split into "
+        "blocks of min(block_size, w / block_size) rows when block_size divides w (LyCORIS's "
+        "factorization; otherwise the nearest divisor pair it finds).",
+        minimum=1,
+        maximum=65536,
+        example=8,
+    )
+    constraint: float = option(
+        0.0,
+        doc="COFT: the skew-symmetric blocks are scaled down to norm constraint x (output width) when larger "
+        "(LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
+        minimum=0,
+    )
+    rescaled: bool = option(
+        False,
+        doc="Also train a scale per output row, from 1 (LyCORIS `rescaled`, saved as `rescale`).",
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) rotated too (LyCORIS adds the 3x3 convolutions with "
+        "`conv_dim` above 0); empty rotates no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+
+
+Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
     "lora": LoraAdapter,
@@ -447,10 +484,11 @@ ADAPTER_VARIANTS: dict[str, type] = {
     "lokr": LokrAdapter,
     "full": FullAdapter,
     "ia3": Ia3Adapter,
+    "diag-oft": DiagOftAdapter,
 }
 # The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
 # full algo trains a copy of its layers' weights beside the frozen ones.
-LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter)
+LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter)
 
 
 @frozen
@@ -1864,8 +1902,8 @@ class Spec:
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(
         factory=NoAdapter,
-        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full" or "ia3" '
-        "(LyCORIS's full-weight and IA^3 algos on the targeted layers).",
+        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3" or '
+        '"diag-oft" (LyCORIS\'s full-weight, IA^3 and Diag-OFT algos on the targeted layers).',
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -1909,6 +1947,7 @@ TABLE_CLASSES = (
     LokrAdapter,
     FullAdapter,
     Ia3Adapter,
+    DiagOftAdapter,
     Train,
     Dataset,
     Buckets,

@@ -507,3 +507,94 @@ def test_ia3_trains_resumes_bit_exact_and_its_export_is_lycoris_ia3(tmp_path):
     assert not torch.allclose(lycoris_runs._unet_output(build_pipeline(plan.model.base).unet), trained_output)
     pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
     torch.testing.assert_close(lycoris_runs._unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
+
+
+# --- LyCORIS's algo=diag-oft (runtime/lycoris_oft.py): orthogonal blocks of output rows ---------------------
+
+
+def test_factorization_is_lycoris():
+    from lycoris.functional.general import factorization
+
+    from dbspec.runtime.lycoris_oft import lycoris_factorization
+
+    for dimension in range(1, 400):
+        for factor in (-1, 1, 2, 3, 4, 5, 8, 12, 16, 64):
+            assert lycoris_factorization(dimension, factor) == factorization(dimension, factor), (
+                dimension,
+                factor,
+            )
+
+
+@pytest.mark.parametrize(("constraint", "rescaled"), [(0.0, False), (0.0, True), (1e-3, False)])
+def test_diag_oft_layer_equals_lycoris_diag_oft_module(constraint, rescaled):
+    """Random blocks (and rescale): LyCORIS's DiagOFTModule holding them runs the same forward (COFT's norm
+    bound too); peft's merge gives its weight; the export is its state dict."""
+    from lycoris.modules.diag_oft import DiagOFTModule
+
+    from dbspec.runtime.lycoris_export import _layers
+
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    adapter = AdapterPlan(
+        kind="diag-oft",
+        conv_targets=("conv",),
+        oft_block_size=4,
+        oft_constraint=constraint,
+        oft_rescaled=rescaled,
+    )
+    add_lora(net, adapter, ("proj",), seed=3, conv=True)
+    x = _inputs(torch.Generator().manual_seed(1))
+    for name in x:  # untrained: R = I, the base model
+        with torch.no_grad():
+            torch.testing.assert_close(getattr(net, name)(x[name]), getattr(base, name)(x[name]))
+    _randomise(net, torch.Generator().manual_seed(2))
+    exported = {name: (weights, alpha) for name, weights, alpha in _layers(net)}
+    for name in x:
+        layer = getattr(net, name)
+        reference = copy.deepcopy(getattr(base, name))
+        lyco = DiagOFTModule(name, reference, 1.0, lora_dim=4, constraint=constraint, rescaled=rescaled)
+        assert lyco.oft_blocks.shape == layer.lora_oft_blocks["default"].shape
+        with torch.no_grad():
+            lyco.oft_blocks.copy_(layer.lora_oft_blocks["default"])
+            if rescaled:
+                lyco.rescale.copy_(layer.lora_oft_rescale["default"])
+        lyco.apply_to()
+        with torch.no_grad():
+            ours, theirs = layer(x[name]), reference(x[name])
+        assert not torch.allclose(ours, layer.base_layer(x[name]), atol=1e-3)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        weights, alpha = exported[name]
+        saved = lyco.state_dict()
+        assert {*weights, "alpha"} == set(saved) and alpha == pytest.approx(float(saved["alpha"]))
+        for key in weights:
+            assert torch.equal(weights[key], saved[key])
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        with torch.no_grad():
+            torch.testing.assert_close(
+                merged.base_layer.weight, lyco.get_merged_weight()[0], rtol=1e-5, atol=1e-5
+            )
+        merged.unmerge()
+        torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
+
+
+DIAG_OFT = (
+    # --- LyCORIS's algo=diag-oft (runtime/lycoris_oft.py): orthogonal blocks of output rows ----------------
+    {"algo": "diag-oft", "conv_dim": "1", "constraint": "0.5", "rescaled": "True"},
+    {"oft_blocks", "rescale", "alpha"},
+)
+
+
+def test_diag_oft_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """test_lycoris's check: LyCORIS's kohya loader builds DiagOFTModules from the file."""
+
+    def oft_weight(lyco) -> torch.Tensor:
+        if type(lyco).__name__ == "DiagOFTModule":
+            with torch.no_grad():
+                return lyco.get_merged_weight()[0]
+        return _lycoris_weight_of_the_other_algos(lyco)
+
+    monkeypatch.setitem(lycoris_runs.KINDS, "diag-oft", DIAG_OFT)
+    monkeypatch.setattr(lycoris_runs, "_lycoris_weight", oft_weight)
+    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, "diag-oft", loader)

@@ -157,3 +157,31 @@ def test_ia3_refuses_what_it_cannot_train(tmp_path, args, why):
     outcome = _lycoris(tmp_path, args)
     assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
     assert why in outcome.conversion.reports["network_args"].note
+
+
+# --- algo=diag-oft: LyCORIS's DiagOFTModule -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "constraint", "rescaled"),
+    [
+        ('"algo=diag-oft", "preset=attn-mlp"', 0.0, False),
+        ('"algo=diag-oft", "preset=attn-mlp", "constraint=1e-4", "rescaled=True"', 1e-4, True),
+    ],
+)
+def test_diag_oft_takes_network_dim_as_its_block_size(tmp_path, args, constraint, rescaled):
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_dim") == "mapped" and fate(outcome, "network_alpha") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_rescaled) == (
+        "diag-oft",
+        8,
+        constraint,
+        rescaled,
+    )
+
+
+def test_diag_oft_refuses_another_block_size_for_convolutions(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=diag-oft", "conv_dim=4"')
+    assert outcome.exit_code == 1 and "one block size" in outcome.conversion.reports["network_args"].note

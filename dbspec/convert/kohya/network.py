@@ -21,7 +21,17 @@ KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.n
 KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 # Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
 _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
-_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "full": "full", "ia3": "ia3"}
+_ALGOS = {
+    "lora": "lora",
+    "locon": "lora",
+    "loha": "loha",
+    "lokr": "lokr",
+    "full": "full",
+    "ia3": "ia3",
+    "diag-oft": "diag-oft",
+}
+# LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
+_WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft")
 
 # LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
@@ -85,7 +95,8 @@ def _map_network(
     algo = kwargs.pop("algo", "lora").lower() if lycoris else "lora"
     if algo not in _ALGOS:
         conv.unsupported(
-            args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3 do)"
+            args,
+            f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3, diag-oft do)",
         )
         return None
     kind = _ALGOS[algo]
@@ -118,13 +129,15 @@ def _map_network(
         if conv_targets:
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
-    if kind in ("full", "ia3"):
+    if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
+        if kind == "diag-oft":
+            _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
     elif conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = _dora(kwargs, lycoris, args, conv) and kind not in ("full", "ia3")
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in _WHOLE_LAYER_KINDS
     if dora and kind == "lora":
         put["dora"] = True
     elif dora:
@@ -138,14 +151,14 @@ def _map_network(
             f"{wd_on_output} (DoRA with one magnitude per input column; peft's DoRA keeps one per output "
             "row, LyCORIS's default wd_on_output=True)"
         )
-    if lycoris and kind not in ("full", "ia3"):
+    if lycoris and kind not in _WHOLE_LAYER_KINDS:
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
-        if kind not in ("full", "ia3"):
+        if kind not in _WHOLE_LAYER_KINDS:
             _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
         if (
-            key in kwargs and kind not in ("full", "ia3") and ((kind != "lora" and lycoris) or not lycoris)
+            key in kwargs and kind not in _WHOLE_LAYER_KINDS and ((kind != "lora" and lycoris) or not lycoris)
         ):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
     if kind == "lokr":
@@ -429,13 +442,29 @@ def _lycoris_full(
         )
     elif _str_bool(kwargs.get("bypass_mode", "false")):
         unsupported["bypass_mode"] = (
-            f"{kwargs.pop('bypass_mode')} with algo=ia3 (LyCORIS's bypass forward scales the layer's output, "
-            "its bias too; dbspec scales the weight, as LyCORIS's default forward)"
+            f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
+            "output, its bias too; dbspec changes the weight, as LyCORIS's default forward)"
         )
     for key in ("rank_dropout", "module_dropout"):
         if _float(kwargs.get(key, "0") or 0):
             unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's {kind} algo: dbspec expresses no dropout there)"
         kwargs.pop(key, None)
+
+
+def _diag_oft(
+    kwargs: dict[str, str], dim: int, conv_dim: int, put: dict[str, Any], unsupported: dict[str, str]
+) -> None:
+    """algo=diag-oft (lycoris/modules/diag_oft.py): network_dim is its lora_dim, the block-size hint
+    (conv_dim for convolutions: one hint for both here); `constraint` (float, "or 0") and `rescaled`
+    (str_bool) as LyCORIS's create_network reads them."""
+    put["block_size"] = dim
+    if conv_dim != dim and put.get("conv_targets"):
+        unsupported["conv_dim"] = f"{conv_dim} (Diag-OFT: dbspec uses one block size, network_dim's {dim})"
+    constraint = _float(kwargs.pop("constraint", "") or 0)
+    if constraint:
+        put["constraint"] = constraint
+    if _str_bool(kwargs.pop("rescaled", "false")):
+        put["rescaled"] = True
 
 
 def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
@@ -503,7 +532,7 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
         )
         return
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
-    if kind in ("full", "ia3"):
+    if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
