@@ -580,7 +580,8 @@ def test_diag_oft_layer_equals_lycoris_diag_oft_module(constraint, rescaled):
 
 
 DIAG_OFT = (
-    # --- LyCORIS's algo=diag-oft (runtime/lycoris_oft.py): orthogonal blocks of output rows ----------------
+    'kind = "diag-oft"\nblock_size = 4\nconstraint = 0.5\nrescaled = true\n'
+    'conv_targets = ["conv1", "conv2"]\n',
     {"algo": "diag-oft", "conv_dim": "1", "constraint": "0.5", "rescaled": "True"},
     {"oft_blocks", "rescale", "alpha"},
 )
