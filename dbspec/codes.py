@@ -1992,6 +1992,49 @@ convolution adapters): peft's DoRA keeps one magnitude per output row of plain L
 `dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
     # LoHa / LoKr rank dropout by LyCORIS's rule: DBS525.
+    # LyCORIS's use_scalar and LoKr full_matrix (DBS520, DBS521).
+    Code(
+        "DBS520",
+        ERROR,
+        "LyCORIS's use_scalar with DoRA or a starting file",
+        """\
+`adapter.scalar = true` (LyCORIS `use_scalar`: a trained scalar, from 0, multiplies each layer's update) with
+`dora = true` or `init_weights`: dbspec's DoRA layers rebuild the weight from `lora_A` and `lora_B` alone,
+with no scalar; and a starting file holds the factors with the scalar folded in (LyCORIS loads them with
+scalar 1), so the run would not start from that file's update. Turn `scalar` off, or remove the other
+option.""",
+    ),
+    Code(
+        "DBS521",
+        WARNING,
+        "An option LoKr's `full_matrix` overrides",
+        """\
+`adapter.full_matrix = true` (LyCORIS `full_matrix`: both Kronecker factors full on every layer) with
+`decompose_both` or `tucker` set: both split a factor low-rank, which full_matrix never does, so they
+change nothing (LyCORIS ignores them too; the plan shows them off). Remove them, or turn full_matrix off.""",
+        help="remove the option, or set adapter.full_matrix = false",
+    ),
+    Code(
+        "DBS522",
+        ERROR,
+        "LyCORIS's full or IA^3 algo on a quantised model or a module targeted twice",
+        """\
+`adapter.kind = "full"` (LyCORIS's full-weight algo: a trained copy of each targeted layer's weight and bias)
+with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer has no float weight to copy
+(LyCORIS refuses quantised layers for this algo too); or a module named both in `denoiser_targets` and in
+`conv_targets`. Turn quantisation off, or train a low-rank kind; keep each name in one list. The same for
+`adapter.kind = "ia3"` (LyCORIS's IA^3 scales each targeted layer's float weight).""",
+    ),
+    Code(
+        "DBS523",
+        WARNING,
+        "An IA^3 input target that is no target",
+        """\
+A name in `adapter.input_targets` (IA^3's scales on input channels, LyCORIS `train_on_input`) is in none of
+`denoiser_targets`, `text_encoder_targets` and `conv_targets`, so no layer of that name is scaled at all
+(warning). Add it to a target list, or remove it.""",
+        help="add the name to a target list, or remove it from input_targets",
+    ),
     Code(
         "DBS525",
         WARNING,

@@ -34,6 +34,22 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
     convolution targets, at their own rank and alpha through peft's rank_pattern / alpha_pattern."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
+    if adapter.kind == "full":  # LyCORIS's full algo: dbspec's own peft layer (lycoris_full.py)
+        from dbspec.runtime.lycoris_full import with_full
+
+        convs = adapter.conv_targets if conv else ()
+        return with_full(LoraConfig(r=1, lora_alpha=1.0, target_modules=[*targets, *convs]))
+    if adapter.kind == "ia3":  # LyCORIS's IA^3: dbspec's own peft layer (lycoris_ia3.py)
+        from dbspec.runtime.lycoris_ia3 import ia3_config
+
+        return ia3_config([*targets, *(adapter.conv_targets if conv else ())], adapter.input_targets)
+    if adapter.kind == "diag-oft":  # LyCORIS's Diag-OFT: dbspec's own peft layer (lycoris_oft.py)
+        from dbspec.runtime.lycoris_oft import oft_config
+
+        convs = adapter.conv_targets if conv else ()
+        return oft_config(
+            [*targets, *convs], adapter.oft_block_size, adapter.oft_constraint, adapter.oft_rescaled
+        )
     conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
     # peft matches a pattern key as a regex against the module path's tail; targets are literal names.
     patterns = [re.escape(t) for t in conv_targets]
@@ -89,12 +105,16 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_lora(module, config)
+        if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers
+            from dbspec.runtime.loha_weight import use_lycoris_loha
+
+            use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
+        if adapter.full_matrix or adapter.scalar:  # LyCORIS's LoKr full_matrix, use_scalar (on LoHa's class)
+            from dbspec.runtime.lycoris_switches import apply_switches
+
+            apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
-    if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers
-        from dbspec.runtime.loha_weight import use_lycoris_loha
-
-        use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 

@@ -19,6 +19,8 @@ LyCORIS's (lycoris/modules/locon.py, loha.py, lokr.py):
 
 peft keeps its weights in these very shapes (its LoHa and LoKr follow LyCORIS; non-effective convolutions are
 flattened the same way), so the export is a renaming plus DoRA's reshape and LoKr's full-factor scale.
+LyCORIS's use_scalar (lycoris_switches.py) is folded into `lora_up`, `hada_w1_a` or `lokr_w1` /
+`lokr_w1_a`, as LyCORIS saves it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
-    return adapter.kind in ("loha", "lokr") or adapter.dora or adapter.conv_rank > 0 or adapter.tucker
+    return (
+        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft")
+        or adapter.dora
+        or adapter.conv_rank > 0
+        or adapter.tucker
+        or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
+    )
 
 
 def lycoris_state(
@@ -57,39 +65,85 @@ def lycoris_state(
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             for suffix, value in weights.items():
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
-            tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+            if alpha is not None:  # LyCORIS's full algo has none
+                tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     if not tensors:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
 
 
-def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float]]:
-    """(module path, {kohya weight name: tensor}, kohya alpha) for each adapted layer."""
+def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
+    """(module path, {kohya weight name: tensor}, kohya alpha or None) for each adapted layer."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_dora import dora_scale_of
+    from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     found = lora_adapter(module)
     if found is None:
         return
     module, adapter = found
     for name, layer in module.named_modules():
+        if isinstance(layer, FullLayer) and adapter in layer.lora_full:
+            yield name, _full(layer, adapter), None
+            continue
+        if isinstance(layer, DiagOftLayer) and adapter in layer.lora_oft_blocks:
+            # DiagOFTModule's state: the blocks, the row rescale when trained; its alpha is the constraint
+            weights = {"oft_blocks": layer.lora_oft_blocks[adapter]}
+            if adapter in layer.lora_oft_rescale:
+                weights["rescale"] = layer.lora_oft_rescale[adapter]
+            yield name, weights, float(layer.lora_alpha[adapter])
+            continue
+        if isinstance(layer, Ia3Layer) and adapter in layer.lora_ia3:
+            # IA3Module's state: its scales and the side they act on
+            on_input = torch.tensor(int(layer.on_input[adapter]))
+            yield name, {"weight": layer.lora_ia3[adapter], "on_input": on_input}, None
+            continue
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
-            weights, alpha = _lora(name, layer, adapter)
+            found = _lora(name, layer, adapter)
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
             keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
             weights = {key: getattr(layer, key)[adapter] for key in keys}
-            alpha = float(layer.scaling[adapter]) * layer.r[adapter]
+            found = weights, float(layer.scaling[adapter]) * layer.r[adapter]
         elif isinstance(layer, LoKrLayer) and adapter in layer.r:
-            weights, alpha = _lokr(name, layer, adapter)
+            found = _lokr(name, layer, adapter)
         else:
             continue
+        weights = _fold_scalar(layer, adapter, found[0])
         scale = dora_scale_of(layer, adapter)  # LyCORIS's weight decomposition (lycoris_dora.py)
         if scale is not None:
-            weights["dora_scale"] = scale  # already in LyCORIS's shape for its axis
-        yield name, weights, alpha
+            weights = {**weights, "dora_scale": scale}  # already in LyCORIS's shape for its axis
+        yield name, weights, found[1]
+
+
+# LyCORIS's use_scalar: the factor each module's custom_state_dict multiplies by its scalar (the update is
+# linear in it); LyCORIS loads such a file with scalar 1.
+_SCALAR_FACTORS = ("lora_up.weight", "hada_w1_a", "lokr_w1", "lokr_w1_a")
+
+
+def _fold_scalar(layer, adapter: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    scalar = layer_scalar(layer, adapter)
+    if scalar is None:
+        return weights
+    key = next(k for k in _SCALAR_FACTORS if k in weights)
+    return {**weights, key: weights[key] * scalar}
+
+
+def _full(layer, adapter: str) -> dict[str, torch.Tensor]:
+    """LyCORIS's full algo (FullModule.custom_state_dict): the trained weight minus the base, `diff`, and the
+    bias's, `diff_b`, where the layer has a bias."""
+    with torch.no_grad():
+        weights = {"diff": layer.get_delta_weight(adapter)}
+        bias = layer.get_delta_bias(adapter)
+        if bias is not None:
+            weights["diff_b"] = bias
+    return weights
 
 
 def _lora(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], float]:
@@ -123,10 +177,15 @@ def _lokr(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], floa
 def network_args(adapter: AdapterPlan) -> dict[str, str]:
     """kohya's ss_network_args for this adapter (what its training command line would have said)."""
     args: dict[str, str] = {}
+    if adapter.kind in ("full", "ia3", "diag-oft"):  # LyCORIS's conv_dim only switches its convolutions on
+        args = {"algo": adapter.kind, **({"conv_dim": "1"} if adapter.conv_targets else {})}
+        if adapter.kind == "diag-oft":
+            args.update(constraint=f"{adapter.oft_constraint:g}", rescaled=str(adapter.oft_rescaled))
+        return args
     if adapter.kind != "lora":
         args["algo"] = adapter.kind
-    elif adapter.dora or adapter.tucker:
-        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA or Tucker form
+    elif adapter.dora or adapter.tucker or adapter.scalar:
+        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form or scalar
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
     if adapter.dora:
@@ -139,6 +198,10 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args["factor"] = str(adapter.factor)
         if adapter.decompose_both:
             args["decompose_both"] = "True"
+        if adapter.full_matrix:
+            args["full_matrix"] = "True"
+    if adapter.scalar:
+        args["use_scalar"] = "True"
     return args
 
 
@@ -157,7 +220,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     kohya = {
         # A1111 and ComfyUI read the layout from the tensor names; the module says which network wrote it.
         "ss_network_module": "networks.lora" if "algo" not in args else "lycoris.kohya",
-        "ss_network_dim": str(a.rank),
+        "ss_network_dim": str(a.oft_block_size if a.kind == "diag-oft" else a.rank),
         "ss_network_alpha": f"{a.alpha:g}",
         "ss_network_args": json.dumps(args, sort_keys=True),
         **kohya_family_metadata(plan.model.family, plan.model.prediction),

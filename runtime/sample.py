@@ -196,7 +196,13 @@ def _is_lycoris(path: Path) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return any(".hada_" in key or ".lokr_" in key or ".lora_mid." in key for key in f.keys())
+        return any(
+            ".hada_" in key
+            or ".lokr_" in key
+            or ".lora_mid." in key
+            or key.endswith((".diff", ".diff_b", ".on_input", ".oft_blocks"))
+            for key in f.keys()
+        )
 
 
 def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):

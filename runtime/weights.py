@@ -80,7 +80,12 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    if plan.adapter.kind == "lora" and not plan.adapter.tucker and not lycoris_dora(plan.adapter):
+    if (
+        plan.adapter.kind == "lora"
+        and not plan.adapter.tucker
+        and not lycoris_dora(plan.adapter)
+        and not plan.adapter.scalar
+    ):
         encoders = trained_text_encoders(plan, comps)
         save_lora_weights(
             folder,
@@ -263,8 +268,23 @@ def load_peft_adapters(
         state = load_file(str(source / "adapter_model.safetensors"))
         if has_tucker(state):  # LoCon's Tucker layers: peft's JSON config does not record them
             config = with_tucker(config)
+        from dbspec.runtime.lycoris_full import has_full, with_full
+
+        if has_full(state):  # LyCORIS's full algo: its layers are not in peft's JSON config either
+            config = with_full(config)
+        from dbspec.runtime.lycoris_ia3 import has_ia3, with_ia3
+
+        if has_ia3(state):  # LyCORIS's IA^3 (its sides ride on the config's rank_pattern)
+            config = with_ia3(config)
+        from dbspec.runtime.lycoris_oft import has_oft, has_rescale, with_oft
+
+        if has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
+            config = with_oft(config, has_rescale(state))
         training = module.training
         inject_adapter_in_model(config, module, adapter_name="default")
+        from dbspec.runtime.lycoris_switches import apply_switches_for_state
+
+        apply_switches_for_state(module, state)  # LoKr full_matrix, use_scalar: not in peft's config either
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)

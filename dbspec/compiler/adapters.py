@@ -24,6 +24,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
+    if adapter.kind in ("full", "ia3", "diag-oft"):
+        return _full_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
         {
@@ -44,6 +46,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
+    extra.update(_lycoris_switches(adapter))
     if isinstance(adapter, LoraAdapter) and adapter.blocks:
         extra["blocks"] = tuple(
             BlockPlan(
@@ -87,6 +90,33 @@ def lycoris_dora(adapter) -> bool:
     return adapter.dora_axis == "input" or (adapter.tucker and adapter.conv_rank > 0)
 
 
+def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
+    """LyCORIS's full and IA^3 algos: no rank or alpha; the convolutions they train are `conv_targets`
+    alone; IA^3's input-side targets."""
+    return AdapterPlan(
+        kind=adapter.kind,
+        input_targets=tuple(getattr(adapter, "input_targets", ())),
+        oft_block_size=getattr(adapter, "block_size", 0),
+        oft_constraint=getattr(adapter, "constraint", 0.0),
+        oft_rescaled=getattr(adapter, "rescaled", False),
+        denoiser_targets=tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
+        text_encoder_targets=tuple(adapter.text_encoder_targets),
+        conv_targets=tuple(adapter.conv_targets),
+        params=adapter_params(adapter, family, components),
+    )
+
+
+def _lycoris_switches(adapter) -> dict:
+    """LyCORIS's use_scalar (every kind) and LoKr's full_matrix. With full_matrix every layer's factors are
+    full: decompose_both and the Tucker core (both split a factor low-rank) are settled off in the plan."""
+    switches = {"scalar": adapter.scalar}
+    if adapter.kind == "lokr" and adapter.full_matrix:
+        switches.update(full_matrix=True, decompose_both=False, tucker=False)
+    return switches
+
+
 def _lokr_split(factor: int) -> int:
     """LoKr's larger Kronecker factor of an (out, in) weight holds at most (out / f) x (in / f) numbers, the
     smaller
@@ -115,6 +145,25 @@ def adapter_params(
     is an upper bound: rank x (out + in) + rank^2 x k x k is below the flattened rank x (out + in x k x k) for
     any rank under 8/9 of the input channels; LoRA's Tucker form is counted exactly (lora_mid included)."""
     public = family_spec(family)
+    if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
+        return {c.name: int(c.params) for c in components if c.trainable == "lora"}
+    if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * (adapter.block_size + 1)
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
+    if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
+        return {
+            c.name: int(public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name])
+            for c in components
+            if c.trainable == "lora"
+        }
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
     for c in components:
@@ -132,7 +181,8 @@ def adapter_params(
             total += _conv_params(adapter, public, conv_rank) * factor
         total *= size
         if adapter.kind == "lokr":
-            total = min(total, c.params / _lokr_split(adapter.factor) ** 2)
+            full = c.params / _lokr_split(adapter.factor) ** 2
+            total = full if adapter.full_matrix else min(total, full)
         out[c.name] = int(total)
     return out
 

@@ -14,7 +14,15 @@ from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
 from dbspec.compiler.safetensors_header import file_fingerprint
 from dbspec.families import FAMILIES, family_list, family_spec, hub_model
 from dbspec.plan.model import ModelPlan
-from dbspec.spec.model import Adapter, LohaAdapter, LokrAdapter, LoraAdapter
+from dbspec.spec.model import (
+    Adapter,
+    DiagOftAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    LohaAdapter,
+    LokrAdapter,
+    LoraAdapter,
+)
 
 BASE = ("model", "base")
 # Parameter counts of each family's public models, for the memory estimate of a hub model not downloaded yet.
@@ -308,8 +316,15 @@ def _written(formats: tuple[str, ...]) -> str:
 
 def _lycoris_kind(adapter: Adapter) -> str:
     """The adapter's LyCORIS-layout kind ("LoHa", "DoRA", ...), "" for plain LoRA or no adapter."""
-    if isinstance(adapter, LohaAdapter | LokrAdapter):
-        return {"loha": "LoHa", "lokr": "LoKr"}[adapter.kind]
+    if isinstance(adapter, LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter):
+        names = {
+            "loha": "LoHa",
+            "lokr": "LoKr",
+            "full": "LyCORIS full",
+            "ia3": "IA^3",
+            "diag-oft": "Diag-OFT",
+        }
+        return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):
         return ""
     if adapter.dora:

@@ -519,7 +519,12 @@ def generate_only_for_class(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lora_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
-    if isinstance(spec.adapter, LowRankAdapter) and 0 < spec.optimizer.lr < 1e-5:
+    # LyCORIS's full algo trains whole weights: full fine-tune rates suit it
+    if (
+        isinstance(spec.adapter, LowRankAdapter)
+        and spec.adapter.kind != "full"
+        and 0 < spec.optimizer.lr < 1e-5
+    ):
         lr = f"{spec.optimizer.lr:g}".replace("e-0", "e-")
         if given(("optimizer", "lr")):
             yield _warn(
@@ -915,7 +920,7 @@ def export_format_has_exports(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
-    if not isinstance(a, LowRankAdapter):
+    if not isinstance(a, LowRankAdapter) or a.kind in ("full", "ia3", "diag-oft"):  # lycoris_switches_fit
         return
     if a.conv_rank and not a.conv_alpha:
         yield _err(
@@ -982,6 +987,78 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                     f"{key} has no effect with conv_rank = 0",
                     codes.help("DBS261"),
                 )
+
+
+@rule("spec")
+def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's use_scalar (adapter.scalar) and LoKr's full_matrix against the options they cannot join."""
+    a = spec.adapter
+    if not isinstance(a, LowRankAdapter):
+        return
+    if a.kind in ("full", "ia3", "diag-oft"):
+        yield from _lycoris_full_fits(spec, given)
+        return
+    if a.scalar:
+        for key, value, why in (
+            ("dora", getattr(a, "dora", False), "dbspec's DoRA layers rebuild the weight with no scalar"),
+            (
+                "init_weights",
+                getattr(a, "init_weights", ""),
+                "the file's factors carry the scalar folded in (LyCORIS loads them with scalar 1)",
+            ),
+        ):
+            if value:
+                yield _err(
+                    "DBS520",
+                    ("adapter", key),
+                    f"adapter.{key} with adapter.scalar = true (LyCORIS use_scalar): {why}",
+                    f"set adapter.scalar = false, or remove adapter.{key}",
+                )
+    if getattr(a, "full_matrix", False):
+        for key in ("decompose_both", "tucker"):
+            if given(("adapter", key)) and getattr(a, key):
+                yield _warn(
+                    "DBS521",
+                    ("adapter", key),
+                    f"adapter.{key} has no effect with adapter.full_matrix = true (both factors are full)",
+                    codes.help("DBS521"),
+                )
+
+
+def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's full algo copies each targeted layer's float weight, IA^3 scales it: a quantised base has
+    none (LyCORIS refuses it for full too), and a module named as a linear and a convolution target would
+    get two; an IA^3 input target that is no target changes nothing."""
+    a, p = spec.adapter, spec.precision
+    what = {"full": "trains a copy of", "ia3": "scales", "diag-oft": "rotates"}[a.kind]
+    for key in ("quantize_denoiser", "quantize_text_encoder"):
+        if getattr(p, key) != "none":
+            yield _err(
+                "DBS522",
+                ("precision", key),
+                f'adapter.kind = "{a.kind}" (LyCORIS\'s {a.kind} algo) with precision.{key} = '
+                f'"{getattr(p, key)}": it {what} each targeted layer\'s float weight, which a quantised '
+                "layer has not",
+                f'set precision.{key} = "none", or train another adapter kind',
+            )
+    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.conv_targets}
+    for name in getattr(a, "input_targets", ()):
+        if name not in targets:
+            yield _warn(
+                "DBS523",
+                ("adapter", "input_targets"),
+                f"{name} is in input_targets but in none of denoiser_targets, text_encoder_targets and "
+                "conv_targets: no layer of that name is scaled",
+                codes.help("DBS523"),
+            )
+    both = sorted(set(a.denoiser_targets) & set(a.conv_targets))
+    if both:
+        yield _err(
+            "DBS522",
+            ("adapter", "conv_targets"),
+            f"{', '.join(both)} named in both denoiser_targets and conv_targets",
+            "keep each module name in one of the two lists",
+        )
 
 
 @rule("spec")
@@ -2205,7 +2282,7 @@ def lycoris_dora_options(spec: Spec, given: Given) -> Iterator[Hit]:
 def dora_axis_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     for key in ("dora_axis", "dora_form"):
-        if given(("adapter", key)) and not getattr(a, "dora", False):
+        if given(("adapter", key)) and hasattr(a, key) and not getattr(a, "dora", False):
             yield _warn(
                 "DBS517",
                 ("adapter", key),
@@ -2242,7 +2319,11 @@ def peft_dora_form_it_cannot_train(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def rank_dropout_scale_without_rank_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
-    if given(("adapter", "rank_dropout_scale")) and a.rank_dropout_scale and not a.rank_dropout:
+    if (
+        given(("adapter", "rank_dropout_scale"))
+        and getattr(a, "rank_dropout_scale", False)
+        and not a.rank_dropout
+    ):
         yield _warn(
             "DBS525",
             ("adapter", "rank_dropout_scale"),

@@ -239,6 +239,13 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("checkpoints", "keep_state"): 0,
         ("checkpoints", "export_format"): "safetensors",
         ("adapter", "fused"): [],  # adapter.fused_projections, added since
+        # LyCORIS's LoKr full_matrix and use_scalar: off then
+        ("adapter", "full_matrix"): False,
+        ("adapter", "scalar"): False,
+        ("adapter", "input_targets"): [],  # LyCORIS's IA^3, added since
+        ("adapter", "oft_block_size"): 0,  # LyCORIS's Diag-OFT, added since
+        ("adapter", "oft_constraint"): 0.0,
+        ("adapter", "oft_rescaled"): False,
     },
 }
 

@@ -106,7 +106,7 @@ class FusedPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr"]
+    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input
@@ -128,6 +128,16 @@ class AdapterPlan:
     # lokr: a module whose two factors are both full matrices (the rank at least half the larger factor's
     # size) trains at scale 1, alpha unused, as LyCORIS's LokrModule does; False (plans before): alpha / rank
     lokr_unit_scale: bool = False
+    # lokr: both Kronecker factors full on every layer, whatever the rank (LyCORIS full_matrix), at scale 1
+    full_matrix: bool = False
+    # lora, loha, lokr: a trained scalar (from 0) multiplies each layer's update (LyCORIS use_scalar)
+    scalar: bool = False
+    # ia3: the targets whose scale acts on their input channels (LyCORIS train_on_input); () for none
+    input_targets: tuple[str, ...] = ()
+    # diag-oft: LyCORIS's lora_dim (the block-size hint), COFT constraint, trained row rescale
+    oft_block_size: int = 0
+    oft_constraint: float = 0.0
+    oft_rescaled: bool = False
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
     # loha, lokr with rank_dropout: the kept rows divided by the kept share (LyCORIS rank_dropout_scale)

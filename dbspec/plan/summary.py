@@ -435,10 +435,49 @@ def _te(plan: Plan) -> str:
     return f"trains until step {stop}" if stop else "trains the whole run"
 
 
+def _lycoris_switch_rows(a) -> list[tuple[str, str]]:
+    """LyCORIS's LoKr full_matrix and use_scalar, when on."""
+    rows = []
+    if a.full_matrix:
+        rows.append(
+            ("  full matrix", "both Kronecker factors full on every layer, scale 1 (LyCORIS full_matrix)")
+        )
+    if a.scalar:
+        rows.append(
+            ("  scalar", "a trained scalar per layer, from 0, multiplies its update (LyCORIS use_scalar)")
+        )
+    return rows
+
+
+def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
+    """LyCORIS's full algo: which layers' weights it trains (copies; the base frozen)."""
+    what = {
+        "full": "full (LyCORIS: trained copies of the targeted layers' weights and biases)",
+        "ia3": "ia3 (LyCORIS IA^3: a learned scale per output channel, W x (1 + s))",
+        "diag-oft": f"diag-oft (LyCORIS: orthogonal blocks of output rows, block size hint {a.oft_block_size}"
+        + (f", constraint {a.oft_constraint:g}" if a.oft_constraint else "")
+        + (", rescaled" if a.oft_rescaled else "")
+        + ")",
+    }[a.kind]
+    rows = [("adapter", what)]
+    rows.append(("  targets", ", ".join(a.denoiser_targets)))
+    if a.conv_targets:
+        rows.append(("  conv targets", ", ".join(a.conv_targets)))
+    if a.input_targets:
+        rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
+    bound = "upper bound: the whole component" if a.kind == "full" else "upper bound"
+    for name, count in a.params.items():
+        shown = denoiser if name == "unet" else name
+        rows.append((f"  {shown} params", f"{count:,} ({bound})"))
+    return rows
+
+
 def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
+    if a.kind in ("full", "ia3", "diag-oft"):
+        return _full_rows(a, denoiser)
     kind = f"{a.kind} + DoRA" if a.dora else a.kind
     if a.dora and a.dora_form == "lycoris":  # LyCORIS's weight decomposition (runtime/lycoris_dora.py)
         kind += (
@@ -456,6 +495,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     if a.kind == "lokr" and a.lokr_unit_scale:
         rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
+    rows.extend(_lycoris_switch_rows(a))
     if a.multiplier != 1.0:
         rows.append(
             ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")

@@ -227,6 +227,17 @@ def _dora_axis():
     )
 
 
+def _scalar():
+    return option(
+        False,
+        doc="LyCORIS `use_scalar`: each adapted layer's update is multiplied by a trained scalar that starts "
+        "at 0, and the factor LyCORIS otherwise starts at zero starts random instead (LoRA `lora_up`, LoHa "
+        "`hada_w2_a`, LoKr `lokr_w2` / `lokr_w2_b`), so the run still starts at the base model. The exports "
+        "fold the scalar into LyCORIS's factor (`lora_up`, `hada_w1_a`, `lokr_w1` / `lokr_w1_a`), as "
+        "LyCORIS saves it.",
+    )
+
+
 def _rank_dropout():
     return option(
         0.0,
@@ -343,6 +354,7 @@ class LoraAdapter:
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
+    scalar: bool = _scalar()
     # LoRA+ (kohya networks.lora): the "up" matrices train at a multiple of the learning rate.
     loraplus_ratio: float = option(
         0.0,
@@ -414,6 +426,7 @@ class LohaAdapter:
     tucker: bool = _tucker()
     dora: bool = _lycoris_dora("LoHa")
     dora_axis: Literal["output", "input"] = _dora_axis()
+    scalar: bool = _scalar()
 
 
 @frozen
@@ -453,17 +466,105 @@ class LokrAdapter:
     conv_targets: list[str] = _conv_targets()
     dora: bool = _lycoris_dora("LoKr")
     dora_axis: Literal["output", "input"] = _dora_axis()
+    full_matrix: bool = option(
+        False,
+        doc="LyCORIS `full_matrix`: both Kronecker factors of every layer are full matrices whatever the "
+        "rank (no low-rank split of the second factor, `decompose_both` and `tucker` then change nothing), "
+        "trained at scale 1 (alpha unused), as LyCORIS's LokrModule does.",
+    )
+    scalar: bool = _scalar()
 
 
-Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter]
+@frozen
+class FullAdapter:
+    kind: Literal["full"] = option(
+        doc="Adapter kind: full trains LyCORIS's full-weight algo (`algo = full`): a trained copy of each "
+        "targeted layer's whole weight and bias, starting at the layer's own values, the rest of the model "
+        "frozen; exported as LyCORIS's `diff` / `diff_b` (the trained weight minus the base)."
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
+        "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+
+
+@frozen
+class Ia3Adapter:
+    kind: Literal["ia3"] = option(
+        doc="Adapter kind: ia3 trains LyCORIS's IA^3 (`algo = ia3`): one learned scale per output channel of "
+        "each targeted layer (per input channel for `input_targets`), the weight becoming W x (1 + s) with s "
+        "starting at 0, the bias untouched; exported as LyCORIS's `weight` / `on_input`."
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
+        "`conv_dim` above 0); empty scales no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+    input_targets: list[str] = option(
+        factory=list,
+        doc="Targets (suffixes, among the three lists above) whose scale acts on the input channels instead "
+        "(LyCORIS `train_on_input`, which its ia3 preset sets for `ff.net.2` and `mlp.fc2`).",
+        example=["ff.net.2", "mlp.fc2"],
+    )
+
+
+@frozen
+class DiagOftAdapter:
+    kind: Literal["diag-oft"] = option(
+        doc="Adapter kind: diag-oft trains LyCORIS's Diag-OFT (`algo = diag-oft`): each targeted layer's "
+        "output rows split into blocks, each rotated by a trained orthogonal matrix (Cayley transform of a "
+        "skew-symmetric block, starting at the identity); exported as LyCORIS's `oft_blocks` / `rescale` / "
+        "`alpha`."
+    )
+    block_size: int = option(
+        4,
+        doc="LyCORIS's `lora_dim` (kohya `network_dim`) for Diag-OFT: a layer of width w is split into "
+        "blocks of min(block_size, w / block_size) rows when block_size divides w (LyCORIS's "
+        "factorization; otherwise the nearest divisor pair it finds).",
+        minimum=1,
+        maximum=65536,
+        example=8,
+    )
+    constraint: float = option(
+        0.0,
+        doc="COFT: the skew-symmetric blocks are scaled down to norm constraint x (output width) when larger "
+        "(LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
+        minimum=0,
+    )
+    rescaled: bool = option(
+        False,
+        doc="Also train a scale per output row, from 1 (LyCORIS `rescaled`, saved as `rescale`).",
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) rotated too (LyCORIS adds the 3x3 convolutions with "
+        "`conv_dim` above 0); empty rotates no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+
+
+Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
     "lora": LoraAdapter,
     "loha": LohaAdapter,
     "lokr": LokrAdapter,
+    "full": FullAdapter,
+    "ia3": Ia3Adapter,
+    "diag-oft": DiagOftAdapter,
 }
-# The adapter kinds that train added weights on a frozen base (everything but a full fine-tune).
-LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter)
+# The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
+# full algo trains a copy of its layers' weights beside the frozen ones.
+LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter)
 
 
 @frozen
@@ -1888,7 +1989,9 @@ class Spec:
     model: Model = option(doc="The base model.")
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(
-        factory=NoAdapter, doc='Adapter: kind = "none" (full fine-tune), "lora", "loha" or "lokr".'
+        factory=NoAdapter,
+        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3" or '
+        '"diag-oft" (LyCORIS\'s full-weight, IA^3 and Diag-OFT algos on the targeted layers).',
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -1930,6 +2033,9 @@ TABLE_CLASSES = (
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
     Train,
     Dataset,
     Buckets,

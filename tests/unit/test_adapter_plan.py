@@ -159,3 +159,34 @@ def test_a_version_1_file_of_every_kind_reads_unet_targets_forward_and_upgrades(
     planned = plan_spec(spec, GPU, "spec.toml", [])
     assert planned.plan is not None and not planned.diagnostics
     assert planned.plan.adapter.denoiser_targets == ("to_q", "ff.net.2")
+
+
+def test_lokr_full_matrix_and_scalar_are_settled_in_the_plan(tmp_path):
+    """LyCORIS's full_matrix makes both LoKr factors full at any rank: the plan says so (decompose_both and
+    the Tucker core it overrides off), counts the full factors whatever the rank, and shows both switches."""
+    low = _plan(tmp_path, 'kind = "lokr"\nrank = 2\nfactor = 8')
+    full = _plan(
+        tmp_path,
+        'kind = "lokr"\nrank = 2\nfactor = 8\nfull_matrix = true\ndecompose_both = true\nscalar = true\n'
+        "conv_rank = 2\ntucker = true",
+    )
+    a = full.adapter
+    assert (a.full_matrix, a.scalar, a.decompose_both, a.tucker, a.lokr_unit_scale) == (
+        True,
+        True,
+        False,
+        False,
+        True,
+    )
+    assert not low.adapter.full_matrix and not low.adapter.scalar
+    unet = next(c.params for c in full.precision.components if c.name == "unet")
+    assert a.params["unet"] == int(unet / 64) > low.adapter.params["unet"]
+    rows = dict(adapter_rows(a))
+    assert "full_matrix" in rows["  full matrix"] and "use_scalar" in rows["  scalar"]
+    assert "  scalar" not in dict(adapter_rows(low.adapter))
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha", "lokr"])
+def test_scalar_is_planned_for_every_kind_and_full_matrix_is_lokr_only(tmp_path, kind):
+    plan = _plan(tmp_path, f'kind = "{kind}"\nrank = 4\nscalar = true')
+    assert plan.adapter.scalar and not plan.adapter.full_matrix

@@ -450,7 +450,7 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        ('"algo=loha", "use_scalar=True"', "trained scalar"),
+        ('"algo=locon", "dora_wd=True", "use_scalar=True"', "no scalar"),
         # DoRA on LoHa/LoKr, per input column, with Tucker: test_convert_kohya_lycoris_dora.py
     ],
 )

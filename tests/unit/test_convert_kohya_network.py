@@ -397,7 +397,7 @@ def test_lycoris_arguments_of_other_algos_are_ignored(tmp_path):
     )
     assert fate(loha, "network_args") == "mapped"
     text = messages(loha, "DBS405")
-    assert "for LoKr only, not algo=loha" in text and "for OFT and the full-weight algo only" in text
+    assert "for LoKr only, not algo=loha" in text and "for DyLoRA (lycoris/modules/dylora.py) only" in text
     lora = _convert(tmp_path, SD15, '--network_module=networks.lora --network_args "block_size=8"')
     assert fate(lora, "network_args") == "mapped"
     assert "networks.lora's create_network does not read it" in messages(lora, "DBS405")

@@ -474,6 +474,18 @@ def test_lycoris_loha_and_locon_presets_and_a_preset_less_config(tmp_path):
     assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == ("lora", 4, 1.0)  # its defaults 4, 1
     assert fate(outcome, "lycoris.conv_dim") == "inert"  # Attention modules hold no convolution
 
+    # LyCORIS's use_scalar and LoKr's full_matrix: the [adapter] switches, the rank kept
+    _pair(tmp_path, config, [_backend("dog", "img", resolution=512)],
+          lycoris_config={"algo": "lokr", "linear_dim": 8, "apply_preset": preset, "full_matrix": True,
+                          "use_scalar": True})  # fmt: skip
+    plan = plan_of(_convert(tmp_path), tmp_path)
+    assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.full_matrix, plan.adapter.scalar) == (
+        "lokr",
+        8,
+        True,
+        True,
+    )
+
     _pair(tmp_path, config, [_backend("dog", "img", resolution=512)],
           lycoris_config={"algo": "lokr", "factor": 8})  # fmt: skip
     outcome = simpletuner(tmp_path, "config/config.json", "config/multidatabackend.json")

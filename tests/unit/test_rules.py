@@ -539,6 +539,38 @@ CASES = [
         [("DBS261", "warning", ("adapter", "conv_alpha"))],
         '[adapter]\nkind = "lokr"\nconv_rank = 2\nconv_alpha = 1.0\n' + DOG + STEPS,
     ),
+    (  # LyCORIS use_scalar: dbspec's DoRA layers have no scalar
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "lora"\nscalar = true\ndora = true\n' + DOG + STEPS,
+        [("DBS520", "error", ("adapter", "dora"))],
+        '[adapter]\nkind = "lora"\nscalar = true\n' + DOG + STEPS,
+    ),
+    (  # a starting file's factors hold the scalar folded in
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "lora"\nscalar = true\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
+        [("DBS520", "error", ("adapter", "init_weights"))],
+        '[adapter]\nkind = "loha"\nscalar = true\n' + DOG + STEPS,
+    ),
+    (  # LoKr full_matrix: nothing is split low-rank
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "lokr"\nfull_matrix = true\ndecompose_both = true\n' + DOG + STEPS,
+        [("DBS521", "warning", ("adapter", "decompose_both"))],
+        '[adapter]\nkind = "lokr"\nfull_matrix = true\nscalar = true\n' + DOG + STEPS,
+    ),
+    (  # LyCORIS's full algo copies float weights: a quantised layer has none
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "full"\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS522", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "full"\nconv_targets = ["conv1"]\n' + DOG + STEPS,
+    ),
+    (  # an IA^3 input-side name scales nothing unless it is a target
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "ia3"\ndenoiser_targets = ["to_k"]\ninput_targets = ["ff.net.2"]\n' + DOG + STEPS,
+        [("DBS523", "warning", ("adapter", "input_targets"))],
+        '[adapter]\nkind = "ia3"\ndenoiser_targets = ["to_k", "ff.net.2"]\ninput_targets = ["ff.net.2"]\n'
+        + DOG
+        + STEPS,
+    ),
     (
         rules.zero_snr_needs_v,
         'prediction = "epsilon"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",

@@ -168,6 +168,14 @@ def map_adapter(
     )
     if kind is None:
         return False
+    if kind in ("full", "ia3", "diag-oft"):  # LyCORIS's whole-layer algos have no rank or alpha
+        for key, target in (("network_dim", "rank"), ("network_alpha", "alpha")):
+            conv.values.pop(("adapter", target), None)
+            conv.reports.pop(key, None)
+            if kind == "diag-oft" and key == "network_dim":  # its lora_dim: the block-size hint
+                conv.record(a[key], "mapped", "adapter.block_size")
+                continue
+            conv.inert(a[key], f"LyCORIS's {kind} algo has no rank or alpha")
     if dropout.value and not lycoris:
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)

@@ -1,8 +1,8 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
 LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd,
-wd_on_output, factor, decompose_both, rank_dropout, module_dropout, use_tucker; rank_dropout_scale, which it
-never reads, is ignored) into [adapter]. kohya passes
-each "key=value" to the network as a string."""
+wd_on_output, factor, decompose_both, full_matrix, rank_dropout, module_dropout, use_tucker, use_scalar;
+rank_dropout_scale, which it never reads, is ignored) into [adapter]. kohya passes each "key=value" to the
+network as a string."""
 
 from __future__ import annotations
 
@@ -22,7 +22,17 @@ KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.n
 KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 # Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
 _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
-_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+_ALGOS = {
+    "lora": "lora",
+    "locon": "lora",
+    "loha": "loha",
+    "lokr": "lokr",
+    "full": "full",
+    "ia3": "ia3",
+    "diag-oft": "diag-oft",
+}
+# LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
+_WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft")
 
 # LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
@@ -85,7 +95,10 @@ def _map_network(
     lycoris = module.value == "lycoris.kohya"
     algo = kwargs.pop("algo", "lora").lower() if lycoris else "lora"
     if algo not in _ALGOS:
-        conv.unsupported(args, f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr do)")
+        conv.unsupported(
+            args,
+            f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3, diag-oft do)",
+        )
         return None
     kind = _ALGOS[algo]
     conv.put(("adapter", "kind"), kind, conv.comment(module, f"algo={algo}" if lycoris else ""))
@@ -117,11 +130,15 @@ def _map_network(
         if conv_targets:
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
-    if conv_dim and conv_targets:
+    if kind in _WHOLE_LAYER_KINDS:
+        _lycoris_full(kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
+        if kind == "diag-oft":
+            _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
+    elif conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = _dora(kwargs, lycoris, args, conv)
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in _WHOLE_LAYER_KINDS
     if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
@@ -129,12 +146,15 @@ def _map_network(
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
-    if lycoris:
+    if lycoris and kind not in _WHOLE_LAYER_KINDS:
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
-        _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
+        if kind not in _WHOLE_LAYER_KINDS:
+            _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
-        if key in kwargs and ((kind != "lora" and lycoris) or not lycoris):  # LyCORIS's, or networks.lora's
+        if (
+            key in kwargs and kind not in _WHOLE_LAYER_KINDS and ((kind != "lora" and lycoris) or not lycoris)
+        ):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
     if lycoris and "rank_dropout_scale" in kwargs:
         _rank_dropout_scale_unread(kwargs, args, conv)
@@ -144,6 +164,7 @@ def _map_network(
         if "decompose_both" in kwargs:
             # LyCORIS passes the raw string on and LoKr tests its truth: any text but "" is true, "False" too
             put["decompose_both"] = bool(kwargs.pop("decompose_both"))
+        _lokr_full_matrix(kwargs, put)
     if not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
@@ -255,10 +276,10 @@ _LYCORIS_READS = {
     "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio",
 }
-# LyCORIS arguments that act only for some algos (block_size: full/OFT; constraint, rescaled: OFT; LoKr's
+# LyCORIS arguments that act only for some algos (block_size: DyLoRA; constraint, rescaled: OFT; LoKr's
 # factorisation switches) or models (train_t5xxl: Flux's T5): what reads them, and the algos among dbspec's.
 _KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "block_size": ("OFT and the full-weight algo", ()),
+    "block_size": ("DyLoRA (lycoris/modules/dylora.py)", ()),
     "constraint": ("OFT", ()),
     "constrain": ("OFT", ()),
     "rescaled": ("OFT", ()),
@@ -375,10 +396,89 @@ def _tucker_and_scalar(
         kwargs.pop(key)
     scalar = kwargs.pop("use_scalar", "false")
     if _str_bool(scalar):
-        unsupported["use_scalar"] = (
-            f"{scalar} (LyCORIS multiplies each update by a trained scalar that starts at 0, with the second "
-            "factor initialised non-zero; peft's adapters have no such scalar)"
+        if put.get("dora"):
+            unsupported["use_scalar"] = f"{scalar} with dora_wd (dbspec's DoRA layers have no scalar, DBS520)"
+        else:  # a trained scalar from 0 on each update (runtime/lycoris_switches.py)
+            put["scalar"] = True
+
+
+# LyCORIS's FullModule and IA3Module take these from create_network and never read them (no rank, factor or
+# weight decomposition): with algo=full or ia3 they change nothing.
+_FULL_IGNORES = (
+    "use_tucker",
+    "use_cp",
+    "use_conv_cp",
+    "disable_conv_cp",
+    "use_scalar",
+    "dora_wd",
+    "wd_on_output",
+)
+
+
+def _lycoris_full(
+    kwargs: dict[str, str],
+    kind: str,
+    conv_targets: list[str] | bool,
+    put: dict[str, Any],
+    unsupported: dict[str, str],
+    args: Legacy,
+    conv: Conversion,
+) -> None:
+    """algo=full (lycoris/modules/full.py: each targeted layer's weight and bias train as a copy) and ia3
+    (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
+    conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
+    are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it lacks,
+    IA3Module's none)."""
+    if conv_targets:
+        put["conv_targets"] = list(conv_targets)
+    for key in _FULL_IGNORES:
+        if key in kwargs:
+            conv.ignored(
+                Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+                f"LyCORIS's {kind} algo takes it and never reads it",
+            )
+    kwargs.pop("rs_lora", None)  # scales alpha, which these algos have not
+    if _str_bool(kwargs.get("bypass_mode", "false")) and kind == "full":
+        conv.invalid(
+            f"{args.key} bypass_mode",
+            kwargs.pop("bypass_mode"),
+            args.source,
+            "LyCORIS's full algo raises ValueError with bypass_mode (it has no bypass forward)",
         )
+    elif _str_bool(kwargs.get("bypass_mode", "false")):
+        unsupported["bypass_mode"] = (
+            f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
+            "output, its bias too; dbspec changes the weight, as LyCORIS's default forward)"
+        )
+    for key in ("rank_dropout", "module_dropout"):
+        if _float(kwargs.get(key, "0") or 0):
+            unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's {kind} algo: dbspec expresses no dropout there)"
+        kwargs.pop(key, None)
+
+
+def _diag_oft(
+    kwargs: dict[str, str], dim: int, conv_dim: int, put: dict[str, Any], unsupported: dict[str, str]
+) -> None:
+    """algo=diag-oft (lycoris/modules/diag_oft.py): network_dim is its lora_dim, the block-size hint
+    (conv_dim for convolutions: one hint for both here); `constraint` (float, "or 0") and `rescaled`
+    (str_bool) as LyCORIS's create_network reads them."""
+    put["block_size"] = dim
+    if conv_dim != dim and put.get("conv_targets"):
+        unsupported["conv_dim"] = f"{conv_dim} (Diag-OFT: dbspec uses one block size, network_dim's {dim})"
+    constraint = _float(kwargs.pop("constraint", "") or 0)
+    if constraint:
+        put["constraint"] = constraint
+    if _str_bool(kwargs.pop("rescaled", "false")):
+        put["rescaled"] = True
+
+
+def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
+    """LyCORIS's full_matrix (its str_bool): both LoKr factors full on every layer, whatever the rank. The
+    low-rank splits it overrides (decompose_both, use_tucker) stay out of the spec: they change nothing."""
+    if _str_bool(kwargs.pop("full_matrix", "false")):
+        put["full_matrix"] = True
+        put.pop("decompose_both", None)
+        put.pop("tucker", None)
 
 
 def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:
@@ -437,6 +537,9 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
         )
         return
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
+    if kind in _WHOLE_LAYER_KINDS:
+        conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
+        return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
             weights,

@@ -67,13 +67,9 @@ def map_lycoris(
     conv.record(kind, "mapped", "adapter.kind")
     if not _numbers(settings, item, conv):
         return
-    full = bool(settings.get("full_matrix", False))
     rank = int(settings.get("linear_dim", 4))
-    if full and adapter == "lokr":  # LoKr's full_matrix trains the second factor in full: any rank that large
-        conv.put(("adapter", "rank"), 100_000, conv.comment(item["full_matrix"], "trains the factor in full"))
-        conv.record(item["full_matrix"], "mapped", "adapter.rank")
-    else:
-        conv.put(("adapter", "rank"), rank, _say(conv, item, "linear_dim", "SimpleTuner's default 4"))
+    conv.put(("adapter", "rank"), rank, _say(conv, item, "linear_dim", "SimpleTuner's default 4"))
+    _switches(adapter, settings, item, conv)
     conv.put(
         ("adapter", "alpha"),
         float(int(settings.get("linear_alpha", 1))),  # the trainer takes int(linear_alpha)
@@ -95,6 +91,8 @@ def map_lycoris(
             conv.record(legacy, "mapped", "adapter")
         elif (key in INERT or key == "full_matrix") and legacy.value in (False, None, 0, 0.0):
             conv.inert(legacy, "off")
+        elif key == "full_matrix":  # LyCORIS reads it in its LoKr module only
+            conv.inert(legacy, f"LyCORIS's LoKr switch; algo {algo} does not read it")
         else:
             conv.unsupported(legacy, "a LyCORIS setting dbspec does not set")
 
@@ -123,6 +121,15 @@ def _dora(adapter: str, item: dict[str, Legacy], conv: Conversion) -> None:
     if "wd_on_output" in item:
         axis = "output" if _lycoris_str_bool(item["wd_on_output"].value) else "input"
         conv.mapped(item["wd_on_output"], ("adapter", "dora_axis"), axis)
+
+
+def _switches(adapter: str, settings: dict, item: dict[str, Legacy], conv: Conversion) -> None:
+    """LyCORIS's use_scalar (every algo) and LoKr's full_matrix (both factors full whatever the rank), when
+    on: [adapter] scalar and full_matrix."""
+    if settings.get("use_scalar"):
+        conv.mapped(item["use_scalar"], ("adapter", "scalar"), True)
+    if settings.get("full_matrix") and adapter == "lokr":
+        conv.mapped(item["full_matrix"], ("adapter", "full_matrix"), True)
 
 
 def _say(conv: Conversion, item: dict[str, Legacy], key: str, default: str) -> str:

@@ -1,0 +1,134 @@
+"""LyCORIS's `algo = full` (plan.adapter.kind "full") as a peft LoRA custom layer.
+
+LyCORIS's FullModule (lycoris/modules/full.py) trains a copy of each targeted layer's whole weight (and bias,
+where the layer has one), starting at the layer's own values: its forward adds op(x, W' - W, b' - b) to the
+frozen layer's output, and it saves `diff` = W' - W and `diff_b` = b' - b. The trained parameter is the weight
+itself, not a difference, so an optimizer's decoupled weight decay pulls W' towards 0, as it would in a full
+fine-tune of those layers.
+
+`FullLayer` is that layer on peft's LoRA machinery (its custom-module mechanism, as locon_tucker.py): the
+copies are `lora_full` / `lora_full_bias` ParameterDicts (peft's `lora_` prefix: its adapter state dicts,
+dbspec's trainable-weight filter and checkpoints hold them), the base layer stays frozen, so disabling the
+adapter (a base-model prior) runs the original layer. Linear and ungrouped Conv2d layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+
+class FullLayer(nn.Module, LoraLayer):
+    """A trained copy of the base layer's weight (and bias): LyCORIS's FullModule."""
+
+    adapter_layer_names = ("lora_full", "lora_full_bias")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config=None, **kwargs: Any) -> None:
+        super().__init__()
+        LoraLayer.__init__(self, base_layer)
+        self.lora_full = nn.ParameterDict()
+        self.lora_full_bias = nn.ParameterDict()
+        self._merged_deltas: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config, *args: Any, **kwargs: Any) -> None:
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
+            raise ValueError("LyCORIS's full algo: grouped or non-zero-padded convolutions are not supported")
+        self.r[adapter_name] = 1  # peft's bookkeeping; the layer has no rank
+        self.scaling[adapter_name] = 1.0
+        self.lora_full[adapter_name] = nn.Parameter(base.weight.detach().clone())
+        if base.bias is not None:
+            self.lora_full_bias[adapter_name] = nn.Parameter(base.bias.detach().clone())
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """W' - W: LyCORIS's `diff`."""
+        base = self.get_base_layer().weight
+        return self.lora_full[adapter] - base.to(self.lora_full[adapter].dtype)
+
+    def get_delta_bias(self, adapter: str) -> torch.Tensor | None:
+        """b' - b: LyCORIS's `diff_b` (None for a layer without bias)."""
+        if adapter not in self.lora_full_bias:
+            return None
+        bias = self.get_base_layer().bias
+        return self.lora_full_bias[adapter] - bias.to(self.lora_full_bias[adapter].dtype)
+
+    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d):
+            return F.conv2d(x, weight, bias, base.stride, base.padding, base.dilation)
+        return F.linear(x, weight, bias)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold W' - W (and b' - b) into the base layer; the differences are kept for unmerge (once merged,
+        the base no longer holds W to take them from)."""
+        base = self.get_base_layer()
+        for adapter in adapter_names or self.active_adapters:
+            if adapter not in self.lora_full or adapter in self.merged_adapters:
+                continue
+            with torch.no_grad():
+                delta, delta_bias = self.get_delta_weight(adapter), self.get_delta_bias(adapter)
+                base.weight.data += delta.to(base.weight.dtype)
+                if delta_bias is not None:
+                    base.bias.data += delta_bias.to(base.bias.dtype)
+            self._merged_deltas[adapter] = (delta, delta_bias)
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            delta, delta_bias = self._merged_deltas.pop(self.merged_adapters.pop())
+            with torch.no_grad():
+                base.weight.data -= delta.to(base.weight.dtype)
+                if delta_bias is not None:
+                    base.bias.data -= delta_bias.to(base.bias.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError("LyCORIS's full algo does not mix adapters in one batch")
+        kwargs.pop("alora_offsets", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter not in self.lora_full:
+                continue
+            delta = self.get_delta_weight(adapter)
+            x = self._cast_input_dtype(x, delta.dtype)
+            result = result + self._op(x, delta, self.get_delta_bias(adapter))
+        return result.to(dtype)
+
+    def __repr__(self) -> str:
+        return "lycoris_full." + super().__repr__()
+
+
+def dispatch_full(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if isinstance(base, (nn.Linear, nn.Conv2d)):
+        return FullLayer(target, adapter_name, config=config)
+    return None
+
+
+def with_full(config):
+    """`config` (a LoraConfig) building FullLayer on every target; as with_tucker, the registration lives on
+    the config object only."""
+    config._register_custom_module({nn.Linear: dispatch_full, nn.Conv2d: dispatch_full})
+    return config
+
+
+def has_full(state: dict[str, torch.Tensor]) -> bool:
+    """A peft LoRA state dict of LyCORIS full layers."""
+    return any(".lora_full" in key for key in state)

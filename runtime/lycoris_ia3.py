@@ -1,0 +1,146 @@
+"""LyCORIS's `algo = ia3` (plan.adapter.kind "ia3") as a peft LoRA custom layer.
+
+LyCORIS's IA3Module (lycoris/modules/ia3.py) trains one scale per output channel of a layer (per input
+channel with `train_on_input`), `weight`, starting at 0: the layer's weight becomes W x (1 + s), broadcast
+over its rows (or columns), and its forward adds op(x, W x s) with no bias, so the bias is not scaled. It
+saves `weight` (Linear: (out,) or (in,); convolution: (1, out or in, 1, 1)) and `on_input` (0 or 1).
+
+peft's own IA3 is another update: it scales the layer's whole output (bias included) by a vector that starts
+at 1, so its weight decay pulls towards 0 where LyCORIS's pulls towards the base layer. `Ia3Layer` is
+LyCORIS's form on peft's LoRA machinery (custom modules, as locon_tucker.py): the scales are a
+`lora_ia3` ParameterDict (peft's `lora_` prefix: peft's adapter state dicts, dbspec's trainable-weight filter
+and checkpoints hold them). peft builds a custom layer without its module path, so which side a layer scales
+rides on peft's per-module rank (`rank_pattern`, saved in its JSON config): rank 2 is the input side, 1 the
+output side. Linear and ungrouped Conv2d layers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+INPUT_SIDE_RANK = 2  # peft's per-module rank marking LyCORIS's train_on_input
+
+
+class Ia3Layer(nn.Module, LoraLayer):
+    """LyCORIS's IA3Module: a trained scale per output (or input) channel of the frozen layer's weight."""
+
+    adapter_layer_names = ("lora_ia3",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config=None, r: int = 1, **kwargs: Any):
+        super().__init__()
+        LoraLayer.__init__(self, base_layer)
+        self.lora_ia3 = nn.ParameterDict()
+        self.on_input: dict[str, bool] = {}
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, r)
+
+    def update_layer(self, adapter_name: str, config, r: int = 1, *args: Any, **kwargs: Any) -> None:
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
+            raise ValueError("LyCORIS's IA^3: grouped or non-zero-padded convolutions are not supported")
+        on_input = r == INPUT_SIDE_RANK
+        self.r[adapter_name] = r  # peft's bookkeeping: the side, not a rank
+        self.scaling[adapter_name] = 1.0
+        self.on_input[adapter_name] = on_input
+        size = base.weight.shape[1] if on_input else base.weight.shape[0]
+        shape = (1, size, *[1] * (base.weight.dim() - 2)) if isinstance(base, nn.Conv2d) else (size,)
+        self.lora_ia3[adapter_name] = nn.Parameter(torch.zeros(shape, dtype=torch.float32))
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """W x s on the layer's rows (or columns): LyCORIS's make_weight(diff=True)."""
+        scale = self.lora_ia3[adapter]
+        weight = self.get_base_layer().weight.to(scale.dtype)
+        if self.on_input[adapter]:
+            return weight * scale
+        return (weight.transpose(0, 1) * scale).transpose(0, 1)
+
+    def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d):
+            return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
+        return F.linear(x, weight)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        base = self.get_base_layer()
+        for adapter in adapter_names or self.active_adapters:
+            if adapter in self.lora_ia3 and adapter not in self.merged_adapters:
+                with torch.no_grad():
+                    base.weight.data += self.get_delta_weight(adapter).to(base.weight.dtype)
+                self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            scale = self.lora_ia3[adapter].detach()
+            with torch.no_grad():  # W (1 + s) back to W
+                merged = base.weight.data.to(scale.dtype)
+                if self.on_input[adapter]:
+                    restored = merged / (1 + scale)
+                else:
+                    restored = (merged.transpose(0, 1) / (1 + scale)).transpose(0, 1)
+                base.weight.data = restored.to(base.weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError("LyCORIS's IA^3 does not mix adapters in one batch")
+        kwargs.pop("alora_offsets", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter not in self.lora_ia3:
+                continue
+            delta = self.get_delta_weight(adapter)
+            result = result + self._op(self._cast_input_dtype(x, delta.dtype), delta)
+        return result.to(dtype)
+
+    def __repr__(self) -> str:
+        return "lycoris_ia3." + super().__repr__()
+
+
+def dispatch_ia3(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if isinstance(base, (nn.Linear, nn.Conv2d)):
+        return Ia3Layer(target, adapter_name, config=config, r=kwargs.get("r", 1))
+    return None
+
+
+def ia3_config(targets: list[str], input_targets: tuple[str, ...]):
+    """A LoraConfig building Ia3Layer on every target, the input-side ones marked by peft's per-module
+    rank."""
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=1,
+        lora_alpha=1.0,
+        target_modules=targets,
+        # only this module's targets: peft warns of a pattern that matches none of its layers
+        rank_pattern={re.escape(t): INPUT_SIDE_RANK for t in input_targets if t in targets},
+    )
+    return with_ia3(config)
+
+
+def with_ia3(config):
+    """`config` building Ia3Layer on every target; as with_tucker, the registration lives on the config."""
+    config._register_custom_module({nn.Linear: dispatch_ia3, nn.Conv2d: dispatch_ia3})
+    return config
+
+
+def has_ia3(state: dict[str, torch.Tensor]) -> bool:
+    """A peft LoRA state dict of LyCORIS IA^3 layers."""
+    return any(".lora_ia3" in key for key in state)

@@ -1,0 +1,196 @@
+"""LyCORIS's `algo = diag-oft` (plan.adapter.kind "diag-oft") as a peft LoRA custom layer.
+
+LyCORIS's DiagOFTModule (lycoris/modules/diag_oft.py) splits a layer's output channels into `block_num`
+blocks of `block_size` (factorization(out, lora_dim): the smaller of lora_dim and out / lora_dim when
+lora_dim divides out) and rotates each block of rows of the weight by an orthogonal matrix:
+R = (I + Q)(I - Q)^-1 (Cayley), Q = B - B^T from the trained block B (starting at 0, so R = I), scaled down
+to norm `constraint x out` when larger (COFT; 0: no constraint). The weight becomes W'_k = R_k^T W_k per
+block k (its einsum "k n m, k n ... -> k m ..."), times a trained per-row `rescale` (from 1) when `rescaled`;
+the forward adds op(x, W' - W) with no bias. It saves `oft_blocks`, `rescale` and `alpha` (the constraint).
+
+peft's OFT rotates the layer's input, from an upper-triangle parameter vector: another update.
+`DiagOftLayer` is LyCORIS's form on peft's LoRA machinery (custom modules, as locon_tucker.py),
+`lora_oft_blocks` / `lora_oft_rescale` ParameterDicts (peft's `lora_` prefix: peft's adapter state dicts,
+dbspec's trainable-weight filter and checkpoints hold them); peft's rank carries LyCORIS's lora_dim and its
+alpha the constraint, so both ride in peft's JSON config. Linear and ungrouped, zero-padded Conv2d layers."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+
+def lycoris_factorization(dimension: int, factor: int) -> tuple[int, int]:
+    """LyCORIS's factorization (lycoris/functional/general.py): (m, n), m <= n, m x n = dimension. A positive
+    factor dividing the dimension splits there; otherwise the divisor pair grows from (1, dimension) while
+    its sum does not grow and m stays within the factor (any, for a negative one). peft's LoKr copy keeps
+    (factor, dimension / factor) unordered: not the same for factors above the square root."""
+    if factor > 0 and dimension % factor == 0:
+        return tuple(sorted((factor, dimension // factor)))
+    limit = dimension if factor < 0 else factor
+    m, n = 1, dimension
+    while m < n:
+        bigger = next(d for d in range(m + 1, dimension + 1) if dimension % d == 0)
+        if bigger + dimension // bigger > m + n or bigger > limit:
+            break
+        m, n = bigger, dimension // bigger
+    return (m, n) if m <= n else (n, m)
+
+
+class DiagOftLayer(nn.Module, LoraLayer):
+    """LyCORIS's DiagOFTModule: block-diagonal Cayley rotations of the layer's output rows."""
+
+    adapter_layer_names = ("lora_oft_blocks", "lora_oft_rescale")
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config=None,
+        r: int = 4,
+        lora_alpha: float = 0.0,
+        rescaled: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        LoraLayer.__init__(self, base_layer)
+        self.lora_oft_blocks = nn.ParameterDict()
+        self.lora_oft_rescale = nn.ParameterDict()
+        self.constraint: dict[str, float] = {}
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, r, lora_alpha, rescaled)
+
+    def update_layer(
+        self, adapter_name: str, config, r: int, lora_alpha: float, rescaled: bool = False, *a, **k
+    ):
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
+            raise ValueError("LyCORIS's diag-oft: grouped or non-zero-padded convolutions are not supported")
+        out_dim = base.weight.shape[0]
+        block_size, block_num = lycoris_factorization(out_dim, r)
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = lora_alpha
+        self.scaling[adapter_name] = 1.0
+        self.constraint[adapter_name] = float(lora_alpha) * out_dim  # LyCORIS: constraint x out_dim
+        self.lora_oft_blocks[adapter_name] = nn.Parameter(torch.zeros(block_num, block_size, block_size))
+        if rescaled:
+            shape = (out_dim, *[1] * (base.weight.dim() - 1))
+            self.lora_oft_rescale[adapter_name] = nn.Parameter(torch.ones(shape))
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
+
+    def rotation(self, adapter: str) -> torch.Tensor:
+        """R per block: LyCORIS's get_r (the inverse in float32)."""
+        blocks = self.lora_oft_blocks[adapter]
+        eye = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
+        q = blocks - blocks.transpose(1, 2)
+        constraint = self.constraint[adapter]
+        if constraint > 0:
+            norm = torch.norm(q) + 1e-8
+            if norm > constraint:
+                q = q * constraint / norm
+        return (eye + q) @ (eye - q).float().inverse()
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """W' - W: LyCORIS's make_weight(diff=True)."""
+        rotation = self.rotation(adapter)
+        weight = self.get_base_layer().weight
+        out_dim, *rest = weight.shape
+        blocks, size = rotation.shape[0], rotation.shape[1]
+        org = weight.to(rotation.dtype)
+        eye = torch.eye(size, device=rotation.device, dtype=rotation.dtype)
+        delta = torch.einsum("k n m, k n ... -> k m ...", rotation - eye, org.view(blocks, size, *rest))
+        delta = delta.reshape(out_dim, *rest)
+        if adapter in self.lora_oft_rescale:
+            rescale = self.lora_oft_rescale[adapter]
+            delta = rescale * delta + (rescale - 1) * org
+        return delta.to(self.lora_oft_blocks[adapter].dtype)
+
+    def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d):
+            return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
+        return F.linear(x, weight)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        base = self.get_base_layer()
+        for adapter in adapter_names or self.active_adapters:
+            if adapter in self.lora_oft_blocks and adapter not in self.merged_adapters:
+                with torch.no_grad():
+                    delta = self.get_delta_weight(adapter)
+                    base.weight.data += delta.to(base.weight.dtype)
+                self._merged_deltas = {**getattr(self, "_merged_deltas", {}), adapter: delta}
+                self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            delta = self._merged_deltas.pop(self.merged_adapters.pop())
+            with torch.no_grad():
+                base.weight.data -= delta.to(base.weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError("LyCORIS's diag-oft does not mix adapters in one batch")
+        kwargs.pop("alora_offsets", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter not in self.lora_oft_blocks:
+                continue
+            delta = self.get_delta_weight(adapter)
+            result = result + self._op(self._cast_input_dtype(x, delta.dtype), delta)
+        return result.to(dtype)
+
+    def __repr__(self) -> str:
+        return "lycoris_diag_oft." + super().__repr__()
+
+
+def dispatch_oft(target: nn.Module, adapter_name: str, config, rescaled: bool = False, **kwargs: Any):
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if isinstance(base, (nn.Linear, nn.Conv2d)):
+        return DiagOftLayer(
+            target,
+            adapter_name,
+            config=config,
+            r=kwargs.get("r", config.r),
+            lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
+            rescaled=rescaled,
+        )
+    return None
+
+
+def oft_config(targets: list[str], block: int, constraint: float, rescaled: bool):
+    """A LoraConfig building DiagOftLayer on every target: peft's rank is LyCORIS's lora_dim (the block-size
+    hint), its alpha the constraint."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=block, lora_alpha=constraint, target_modules=targets)
+    return with_oft(config, rescaled)
+
+
+def with_oft(config, rescaled: bool):
+    dispatch = partial(dispatch_oft, rescaled=rescaled)
+    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
+    return config
+
+
+def has_oft(state: dict[str, torch.Tensor]) -> bool:
+    return any(".lora_oft_blocks" in key for key in state)
+
+
+def has_rescale(state: dict[str, torch.Tensor]) -> bool:
+    return any(".lora_oft_rescale" in key for key in state)
