@@ -1991,6 +1991,38 @@ float tensor.""",
 convolution adapters): peft's DoRA keeps one magnitude per output row of plain LoRA layers. Set
 `dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
+    # Per-text-encoder conditioning dropout (loss.text_encoder_dropout, kohya's SD3 --clip_l_dropout_rate
+    # and its siblings): DBS540-DBS542.
+    Code(
+        "DBS540",
+        ERROR,
+        "Per-encoder dropout rates that do not match the family's text encoders",
+        """\
+`loss.text_encoder_dropout` gives one rate per text encoder of the family, in its order (SD3: CLIP-L, CLIP-G,
+T5-XXL); the list has another length. With `model.family = "auto"` the plan checks it once the family is
+detected.""",
+        help="give one rate per text encoder (SD3: [clip_l, clip_g, t5]), or an empty list for none",
+    ),
+    Code(
+        "DBS541",
+        ERROR,
+        "A per-encoder dropout rate outside [0, 1]",
+        """\
+Each entry of `loss.text_encoder_dropout` is the probability that a sample's output of that text encoder is
+zeroed in a training step, a number from 0 (never) to 1 (always). (kohya accepts any float: below 0 acts as 0,
+above 1 as 1; `dbspec convert` writes the bound.)""",
+        help="use a number from 0 to 1",
+    ),
+    Code(
+        "DBS542",
+        ERROR,
+        "Per-encoder dropout on a family without it",
+        """\
+`loss.text_encoder_dropout` zeroes each text encoder's part of the conditioning; dbspec does this for SD3
+(kohya's `--clip_l_dropout_rate`, `--clip_g_dropout_rate`, `--t5_dropout_rate`) only. For other families,
+`datasets[].caption_dropout_rate` trains with the empty caption instead.""",
+        help="remove loss.text_encoder_dropout, or use datasets[].caption_dropout_rate",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -158,6 +158,9 @@ class FamilySpec:
     # that kohya leaves alone; () when the converter has no such network.
     kohya_lora_targets: tuple[str, ...] = ()
     kohya_lora_excluded: tuple[str, ...] = ()
+    # loss.text_encoder_dropout (per-encoder conditioning dropout, kohya's SD3 --clip_l_dropout_rate ...): its
+    # runtime zeroes each encoder's part of the text conditioning (FamilyRuntime.drop_text_encoders).
+    text_encoder_dropout: bool = False
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -424,6 +427,7 @@ FAMILIES: dict[str, FamilySpec] = {
         },
         pooled_embeddings=True,
         time_ids=0,
+        text_encoder_dropout=True,
         # diffusers' train_dreambooth_lora_sd3.py default: the joint attention's image and text projections.
         lora_targets=(
             "attn.add_k_proj",

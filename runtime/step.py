@@ -14,6 +14,7 @@ from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.captions import step_captions
 from dbspec.runtime.data import Sample, face_crop_of, load_example, load_mask, sample_rng
 from dbspec.runtime.families import family_runtime
+from dbspec.runtime.text_dropout import drop_text
 
 
 MEMO_ENTRIES = 4096  # cached posteriors kept in RAM (a 1024 px SDXL latent pair is ~0.5 MB)
@@ -166,7 +167,9 @@ def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: in
     plan, loss_plan = parts.plan, parts.plan.loss
     loaded = posteriors(parts, batch)
     latents = sample_latents(parts, [entry for entry, _ in loaded])
-    text = text_for(parts, batch, step=step, epoch=epoch)
+    text = drop_text(
+        parts, batch, text_for(parts, batch, step=step, epoch=epoch)
+    )  # loss.text_encoder_dropout
     sched = parts.noise_scheduler
     objective = family_runtime(plan.model.family).objective
     drawn = draw_noise(

@@ -2520,3 +2520,41 @@ def fused_projection_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
             "draws its own dropout, where kohya's LoRA on the fused layer draws once for the whole layer",
             codes.help("DBS508"),
         )
+
+
+@rule("spec")
+def text_encoder_dropout_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.text_encoder_dropout: each rate in [0, 1] (DBS541); on a family whose runtime zeroes encoders
+    (DBS542), one rate per text encoder (DBS540). Families spelled out only; with family = "auto" the loss
+    pass runs this again on the detected family."""
+    rates, path = spec.loss.text_encoder_dropout, ("loss", "text_encoder_dropout")
+    if not rates:
+        return
+    for i, rate in enumerate(rates):
+        if not 0 <= rate <= 1:  # nan fails too
+            yield _err(
+                "DBS541",
+                (*path, i),
+                f"loss.text_encoder_dropout[{i}] must be >= 0 and <= 1; found {rate:g}",
+                codes.help("DBS541"),
+            )
+    if spec.model.family == "auto":
+        return
+    family = family_spec(spec.model.family)
+    if not family.text_encoder_dropout:
+        yield _err(
+            "DBS542",
+            path,
+            f"loss.text_encoder_dropout is set, but per-encoder dropout is not available for {family.title} "
+            "models (SD3 only)",
+            codes.help("DBS542"),
+        )
+    elif len(rates) != len(family.text_encoders):
+        names = ", ".join(f"{e.component} ({e.model_class})" for e in family.text_encoders)
+        yield _err(
+            "DBS540",
+            path,
+            f"loss.text_encoder_dropout has {len(rates)} rate(s), but {family.title} models have "
+            f"{len(family.text_encoders)} text encoders ({names}); found {list(rates)}",
+            codes.help("DBS540"),
+        )

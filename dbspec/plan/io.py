@@ -235,6 +235,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("checkpoints", "keep_state"): 0,
         ("checkpoints", "export_format"): "safetensors",
         ("adapter", "fused"): [],  # adapter.fused_projections, added since
+        ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
     },
 }
 

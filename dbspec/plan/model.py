@@ -582,6 +582,9 @@ class LossPlan:
     # masked samples: "mask" divides the masked sum by the mask's area, "image" averages loss x mask over the
     # whole latent image (kohya); "mask" when no dataset has masks
     mask_mean: Literal["mask", "image"] = "mask"
+    # loss.text_encoder_dropout: per text encoder (the family's order), the probability a training sample's
+    # output of it is zeroed (kohya's SD3 clip_l/clip_g/t5 dropout); () = off (also when every rate is 0)
+    text_encoder_dropout: tuple[float, ...] = ()
 
 
 @frozen

@@ -1192,6 +1192,28 @@ CASES = [
         [("DBS508", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "lora"\nfused_projections = true\n' + DOG + STEPS,
     ),
+    # per-text-encoder dropout (kohya's SD3 --clip_l/--clip_g/--t5_dropout_rate): one rate per encoder
+    (
+        rules.text_encoder_dropout_fits,
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 0.2]\n",
+        [("DBS540", "error", ("loss", "text_encoder_dropout"))],
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 0.2, 0.0]\n",
+    ),
+    (
+        rules.text_encoder_dropout_fits,
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 1.5, -0.1]\n",
+        [
+            ("DBS541", "error", ("loss", "text_encoder_dropout", 1)),
+            ("DBS541", "error", ("loss", "text_encoder_dropout", 2)),
+        ],
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 1.0, 0.0]\n",
+    ),
+    (
+        rules.text_encoder_dropout_fits,
+        'family = "sdxl"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 0.2]\n",
+        [("DBS542", "error", ("loss", "text_encoder_dropout"))],
+        'family = "sdxl"\n' + DOG + STEPS,
+    ),
 ]
 
 
