@@ -150,3 +150,17 @@ def test_families_with_encoder_dropout_have_its_runtime():
 
     for name, spec in FAMILIES.items():
         assert hasattr(family_runtime(name), "drop_text_encoders") == spec.text_encoder_dropout, name
+
+
+def test_a_plan_file_with_rates_the_family_cannot_take_is_refused(tmp_path):
+    import attrs
+
+    from dbspec.plan.io import plan_from_json, plan_to_json
+    from dbspec.plan.validate import plan_problems
+
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra="[loss]\ntext_encoder_dropout = [0.1, 0.0, 0.2]\n")
+    assert plan_from_json(plan_to_json(plan)).loss.text_encoder_dropout == (0.1, 0.0, 0.2)
+    assert not plan_problems(plan)
+    for rates, said in (((0.1, 0.2), "one rate per text encoder"), ((0.1, 1.5, 0.0), "numbers in [0, 1]")):
+        broken = attrs.evolve(plan, loss=attrs.evolve(plan.loss, text_encoder_dropout=rates))
+        assert any(said in p for p in plan_problems(broken))
