@@ -2023,6 +2023,27 @@ above 1 as 1; `dbspec convert` writes the bound.)""",
 `datasets[].caption_dropout_rate` trains with the empty caption instead.""",
         help="remove loss.text_encoder_dropout, or use datasets[].caption_dropout_rate",
     ),
+    # kohya's SD3 random position-embedding window (loss.pos_embed_random_crop_rate): DBS543-DBS544.
+    Code(
+        "DBS543",
+        ERROR,
+        "A random position-embedding window on a family without a cropped table",
+        """\
+`loss.pos_embed_random_crop_rate` moves the window the denoiser cuts from its stored position-embedding table
+(diffusers' `PatchEmbed` with `pos_embed_max_size`, SD3's MMDiT). Other families' denoisers have no such
+table.""",
+        help="remove loss.pos_embed_random_crop_rate",
+    ),
+    Code(
+        "DBS544",
+        ERROR,
+        "A random position-embedding window with precision.compile",
+        """\
+`loss.pos_embed_random_crop_rate` draws the window of each training forward from the run's generator inside
+the denoiser's patch embedding; a compiled denoiser would fix the window it was traced with (or recompile).
+Train without `precision.compile`, or without the random window.""",
+        help="set precision.compile = false, or remove loss.pos_embed_random_crop_rate",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -2558,3 +2558,29 @@ def text_encoder_dropout_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             f"{len(family.text_encoders)} text encoders ({names}); found {list(rates)}",
             codes.help("DBS540"),
         )
+
+
+@rule("spec")
+def pos_embed_crop_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.pos_embed_random_crop_rate: a family whose denoiser crops a stored position-embedding table
+    (DBS543; families spelled out only, the loss pass checks a detected one), never compiled (DBS544)."""
+    path = ("loss", "pos_embed_random_crop_rate")
+    rate = spec.loss.pos_embed_random_crop_rate
+    if not rate:
+        return
+    if spec.model.family != "auto" and not family_spec(spec.model.family).pos_embed_crop:
+        yield _err(
+            "DBS543",
+            path,
+            f"loss.pos_embed_random_crop_rate = {rate:g}, but {family_spec(spec.model.family).title} "
+            "denoisers have no cropped position-embedding table (SD3 only)",
+            codes.help("DBS543"),
+        )
+    if spec.precision.compile:
+        yield _err(
+            "DBS544",
+            path,
+            f"loss.pos_embed_random_crop_rate = {rate:g} draws a window per forward, which a compiled "
+            "denoiser (precision.compile = true) cannot follow",
+            codes.help("DBS544"),
+        )

@@ -236,6 +236,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("checkpoints", "export_format"): "safetensors",
         ("adapter", "fused"): [],  # adapter.fused_projections, added since
         ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
+        ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
     },
 }
 

@@ -598,6 +598,12 @@ def training_table(plan: Plan) -> Table:
         t.add_row("rollout", rollout_summary(plan.loss.rollout))
     if plan.loss.text_encoder_dropout:
         t.add_row("text dropout", text_dropout_summary(plan))
+    if plan.loss.pos_embed_random_crop_rate:
+        t.add_row(
+            "position window",
+            f"random window of the position-embedding table in {plan.loss.pos_embed_random_crop_rate:g} of "
+            "training forwards (kohya's pos_emb_random_crop_rate; from the run's generator)",
+        )
     if plan.pivotal is not None:
         t.add_row("pivotal", pivotal_summary(plan.pivotal))
     if plan.loss.prior == "base_model":

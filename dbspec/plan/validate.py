@@ -85,6 +85,7 @@ _CHECKS: tuple[Check, ...] = (
     ("optimizer.split", _at_least(1), "an integer of 1 or more"),
     ("ema.decay", _fraction, "a number in [0, 1]"),
     ("adapter.dropout", _fraction, "a number in [0, 1]"),
+    ("loss.pos_embed_random_crop_rate", _fraction, "a number in [0, 1]"),
 )
 
 
@@ -185,10 +186,15 @@ def _noise_problems(plan: Plan) -> Iterator[str]:
 def _text_dropout_problems(plan: Plan) -> Iterator[str]:
     """loss.text_encoder_dropout as DBS540-DBS542 check it in specs: rates in [0, 1], one per text encoder of
     a family whose runtime zeroes encoders."""
+    family = FAMILIES.get(plan.model.family)
+    if plan.loss.pos_embed_random_crop_rate and (family is None or not family.pos_embed_crop):
+        yield (  # DBS543 in specs
+            "loss.pos_embed_random_crop_rate needs a denoiser with a cropped position-embedding table (SD3); "
+            f"found family {plan.model.family!r}"
+        )
     rates = plan.loss.text_encoder_dropout
     if not rates:
         return
-    family = FAMILIES.get(plan.model.family)
     if not all(_fraction(r) for r in rates):
         yield f"loss.text_encoder_dropout must hold numbers in [0, 1]; found {list(rates)}"
     if family is None or not family.text_encoder_dropout or len(rates) != len(family.text_encoders):

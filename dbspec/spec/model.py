@@ -932,6 +932,19 @@ class Loss:
         "training steps only (not the evaluation loss or validation samples). Empty = off. SD3 only.",
         example=[0.0, 0.0, 0.2],
     )
+    pos_embed_random_crop_rate: float = option(
+        0.0,
+        doc="SD3: the probability that a training forward of the denoiser adds a randomly placed window of "
+        "its position-embedding table to the patches instead of the centred one (kohya's "
+        "sd3_train_network.py `--pos_emb_random_crop_rate`, which kohya meant for SD3.5 medium): per "
+        "forward, `rand() < rate` then the window's top and left row uniform over the table, drawn from "
+        "the run's generator (resume draws the same). Training forwards only (the output-preservation and"
+        " prior forwards included; not the evaluation loss or validation samples). 0 = off. Not with "
+        "precision.compile.",
+        minimum=0,
+        maximum=1,
+        example=0.2,
+    )
 
 
 # D-Adaptation optimizers (the `dadaptation` package, as kohya's DAdapt* optimizer types build them).

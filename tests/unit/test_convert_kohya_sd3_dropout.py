@@ -1,6 +1,7 @@
 """kohya sd3_train_network.py's per-encoder caption dropout (`--clip_l_dropout_rate`, `--clip_g_dropout_rate`,
 `--t5_dropout_rate`, library/strategy_sd3.py Sd3TextEncodingStrategy) -> loss.text_encoder_dropout, exact;
-its position-embedding options stay refused (DBS403)."""
+`--pos_emb_random_crop_rate` -> loss.pos_embed_random_crop_rate; `--enable_scaled_pos_embed` stays refused
+(DBS403)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,18 @@ def test_no_rate_writes_nothing(tmp_path):
     assert "text_encoder_dropout" not in outcome.text
 
 
-def test_the_position_embedding_options_stay_refused_naming_diffusers(tmp_path):
-    outcome = _sd3(tmp_path, "--pos_emb_random_crop_rate 0.2 --enable_scaled_pos_embed")
+def test_the_random_position_window_maps_and_the_scaled_tables_stay_refused(tmp_path):
+    outcome = _sd3(tmp_path, "--pos_emb_random_crop_rate 0.2 --enable_scaled_pos_embed", allow=True)
     refused = [d.message for d in outcome.diagnostics if d.code == "DBS403"]
-    assert len(refused) == 2 and all("SD3Transformer2DModel" in m for m in refused)
-    assert not outcome.written
+    assert len(refused) == 1 and "enable_scaled_pos_embed" in refused[0]
+    assert "SD3Transformer2DModel" in refused[0]
+    assert fate(outcome, "pos_emb_random_crop_rate") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.loss.pos_embed_random_crop_rate == 0.2
+    assert not _sd3(tmp_path / "strict", "--enable_scaled_pos_embed").written
+
+
+def test_a_random_window_rate_past_one_always_crops(tmp_path):
+    outcome = _sd3(tmp_path, "--pos_emb_random_crop_rate 2")
+    assert plan_of(outcome, tmp_path).loss.pos_embed_random_crop_rate == 1.0
+    assert "acts as 1" in outcome.conversion.reports["pos_emb_random_crop_rate"].note

@@ -1214,6 +1214,22 @@ CASES = [
         [("DBS542", "error", ("loss", "text_encoder_dropout"))],
         'family = "sdxl"\n' + DOG + STEPS,
     ),
+    # kohya's SD3 random position-embedding window: SD3 only, never compiled
+    (
+        rules.pos_embed_crop_fits,
+        'family = "sdxl"\n' + DOG + STEPS + "[loss]\npos_embed_random_crop_rate = 0.2\n",
+        [("DBS543", "error", ("loss", "pos_embed_random_crop_rate"))],
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\npos_embed_random_crop_rate = 0.2\n",
+    ),
+    (
+        rules.pos_embed_crop_fits,
+        'family = "sd3"\n'
+        + DOG
+        + STEPS
+        + "[loss]\npos_embed_random_crop_rate = 0.2\n[precision]\ncompile = true\n",
+        [("DBS544", "error", ("loss", "pos_embed_random_crop_rate"))],
+        'family = "sd3"\n' + DOG + STEPS + "[precision]\ncompile = true\n",
+    ),
 ]
 
 

@@ -289,14 +289,13 @@ def _flux_only(a: Args, conv: Conversion) -> None:
 
 def _sd3_only(a: Args, conv: Conversion) -> None:
     _encoder_dropout(a, conv)
-    if a["pos_emb_random_crop_rate"].value:
-        conv.unsupported(
-            a["pos_emb_random_crop_rate"],
-            "kohya crops its own MMDiT's position-embedding table at a random offset per step; diffusers' "
-            "SD3Transformer2DModel always takes the centred crop (see docs/converting.md)",
-        )
+    crop = a["pos_emb_random_crop_rate"]
+    rate = _rate(crop.value)  # MMDiT.forward: rate == 0 draws nothing, else rand() < rate
+    if rate:
+        note = f"acts as {rate:g}" if float(crop.value) != rate else ""
+        conv.mapped(crop, ("loss", "pos_embed_random_crop_rate"), rate, note=note)
     else:
-        conv.record(a["pos_emb_random_crop_rate"], "mapped", "")
+        conv.record(crop, "mapped", "loss.pos_embed_random_crop_rate")
     if a["enable_scaled_pos_embed"].value:
         conv.unsupported(
             a["enable_scaled_pos_embed"],
