@@ -164,3 +164,21 @@ def test_a_plan_file_with_rates_the_family_cannot_take_is_refused(tmp_path):
     for rates, said in (((0.1, 0.2), "one rate per text encoder"), ((0.1, 1.5, 0.0), "numbers in [0, 1]")):
         broken = attrs.evolve(plan, loss=attrs.evolve(plan.loss, text_encoder_dropout=rates))
         assert any(said in p for p in plan_problems(broken))
+
+
+def test_an_always_dropped_encoder_gets_no_update_while_the_others_train(tmp_path):
+    """Rate 1 zeroes every CLIP-L output, so its LoRA receives no gradient (kohya does not even run it);
+    CLIP-G's trains."""
+    extra = (
+        '[adapter]\nkind = "lora"\nrank = 2\n\n[train]\ntext_encoder = true\n\n'
+        "[loss]\ntext_encoder_dropout = [1.0, 0.0, 0.0]\n"
+    )
+    result = execute(make_plan(tmp_path, base=BASE, steps=2, extra=extra), keep_models=True)
+    assert result.status == "finished"
+
+    def lora_b(encoder) -> list[torch.Tensor]:
+        return [p for n, p in encoder.named_parameters() if "lora_B" in n]
+
+    clip_l, clip_g = result.components.text_encoders[:2]
+    assert lora_b(clip_l) and all(not p.any() for p in lora_b(clip_l))  # still peft's zero init
+    assert any(p.any() for p in lora_b(clip_g))
