@@ -1991,8 +1991,7 @@ float tensor.""",
 convolution adapters): peft's DoRA keeps one magnitude per output row of plain LoRA layers. Set
 `dora_form = "lycoris"` (LyCORIS's `dora_wd`, what these train by default).""",
     ),
-    # LoHa / LoKr rank dropout by LyCORIS's rule: DBS525.
-    # LyCORIS's use_scalar and LoKr full_matrix (DBS520, DBS521).
+    # LyCORIS's use_scalar and LoKr full_matrix (DBS520, DBS521); LoHa / LoKr rank dropout (DBS525, DBS526).
     Code(
         "DBS520",
         ERROR,
@@ -2053,6 +2052,59 @@ kept rows (LyCORIS `rank_dropout_scale`) has no rows to act on (warning); the pl
 is dropped, and the rescale divides by the share kept, 0, so every adapted layer's output becomes NaN
 (LyCORIS's rule does the same). Lower `rank_dropout` below 1, or turn the rescale off (the update is then
 dropped whole, which trains nothing).""",
+    ),
+    # Per-text-encoder conditioning dropout (loss.text_encoder_dropout, kohya's SD3 --clip_l_dropout_rate
+    # and its siblings): DBS540-DBS542.
+    Code(
+        "DBS540",
+        ERROR,
+        "Per-encoder dropout rates that do not match the family's text encoders",
+        """\
+`loss.text_encoder_dropout` gives one rate per text encoder of the family, in its order (SD3: CLIP-L, CLIP-G,
+T5-XXL); the list has another length. With `model.family = "auto"` the plan checks it once the family is
+detected.""",
+        help="give one rate per text encoder (SD3: [clip_l, clip_g, t5]), or an empty list for none",
+    ),
+    Code(
+        "DBS541",
+        ERROR,
+        "A per-encoder dropout rate outside [0, 1]",
+        """\
+Each entry of `loss.text_encoder_dropout` is the probability that a sample's output of that text encoder is
+zeroed in a training step, a number from 0 (never) to 1 (always). (kohya accepts any float: below 0 acts as 0,
+above 1 as 1; `dbspec convert` writes the bound.)""",
+        help="use a number from 0 to 1",
+    ),
+    Code(
+        "DBS542",
+        ERROR,
+        "Per-encoder dropout on a family without it",
+        """\
+`loss.text_encoder_dropout` zeroes each text encoder's part of the conditioning; dbspec does this for SD3
+(kohya's `--clip_l_dropout_rate`, `--clip_g_dropout_rate`, `--t5_dropout_rate`) only. For other families,
+`datasets[].caption_dropout_rate` trains with the empty caption instead.""",
+        help="remove loss.text_encoder_dropout, or use datasets[].caption_dropout_rate",
+    ),
+    # kohya's SD3 random position-embedding window (loss.pos_embed_random_crop_rate): DBS543-DBS544.
+    Code(
+        "DBS543",
+        ERROR,
+        "A random position-embedding window on a family without a cropped table",
+        """\
+`loss.pos_embed_random_crop_rate` moves the window the denoiser cuts from its stored position-embedding table
+(diffusers' `PatchEmbed` with `pos_embed_max_size`, SD3's MMDiT). Other families' denoisers have no such
+table.""",
+        help="remove loss.pos_embed_random_crop_rate",
+    ),
+    Code(
+        "DBS544",
+        ERROR,
+        "A random position-embedding window with precision.compile",
+        """\
+`loss.pos_embed_random_crop_rate` draws the window of each training forward from the run's generator inside
+the denoiser's patch embedding; a compiled denoiser would fix the window it was traced with (or recompile).
+Train without `precision.compile`, or without the random window.""",
+        help="set precision.compile = false, or remove loss.pos_embed_random_crop_rate",
     ),
 )
 

@@ -158,6 +158,12 @@ class FamilySpec:
     # that kohya leaves alone; () when the converter has no such network.
     kohya_lora_targets: tuple[str, ...] = ()
     kohya_lora_excluded: tuple[str, ...] = ()
+    # loss.text_encoder_dropout (per-encoder conditioning dropout, kohya's SD3 --clip_l_dropout_rate ...): its
+    # runtime zeroes each encoder's part of the text conditioning (FamilyRuntime.drop_text_encoders).
+    text_encoder_dropout: bool = False
+    # loss.pos_embed_random_crop_rate (kohya's SD3 --pos_emb_random_crop_rate): the denoiser's diffusers
+    # PatchEmbed crops a stored position-embedding table (pos_embed_max_size); runtime/pos_crop.py moves it.
+    pos_embed_crop: bool = False
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -424,6 +430,8 @@ FAMILIES: dict[str, FamilySpec] = {
         },
         pooled_embeddings=True,
         time_ids=0,
+        text_encoder_dropout=True,
+        pos_embed_crop=True,
         # diffusers' train_dreambooth_lora_sd3.py default: the joint attention's image and text projections.
         lora_targets=(
             "attn.add_k_proj",

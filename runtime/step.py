@@ -14,6 +14,8 @@ from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.captions import step_captions
 from dbspec.runtime.data import Sample, face_crop_of, load_example, load_mask, sample_rng
 from dbspec.runtime.families import family_runtime
+from dbspec.runtime.pos_crop import training_windows
+from dbspec.runtime.text_dropout import drop_text
 
 
 MEMO_ENTRIES = 4096  # cached posteriors kept in RAM (a 1024 px SDXL latent pair is ~0.5 MB)
@@ -162,11 +164,19 @@ def denoise(parts: Parts, noisy, timesteps, text: dict, batch: Sequence[Sample])
 
 def run_batch(parts: Parts, batch: Sequence[Sample], *, step: int = 0, epoch: int = 1) -> StepResult:
     """Forward one micro-batch at optimizer step `step` (0-based) of epoch `epoch` (1-based, as kohya counts
-    for caption dropout) and return its loss (instance term + prior term) and the terms for logging."""
+    for caption dropout) and return its loss (instance term + prior term) and the terms for logging. Its
+    denoiser forwards take random position-embedding windows where the plan says (runtime/pos_crop.py)."""
+    with training_windows(parts.plan, [parts.unet, parts.teacher], parts.generator):
+        return _batch_loss(parts, batch, step=step, epoch=epoch)
+
+
+def _batch_loss(parts: Parts, batch: Sequence[Sample], *, step: int, epoch: int) -> StepResult:
     plan, loss_plan = parts.plan, parts.plan.loss
     loaded = posteriors(parts, batch)
     latents = sample_latents(parts, [entry for entry, _ in loaded])
-    text = text_for(parts, batch, step=step, epoch=epoch)
+    text = drop_text(
+        parts, batch, text_for(parts, batch, step=step, epoch=epoch)
+    )  # loss.text_encoder_dropout
     sched = parts.noise_scheduler
     objective = family_runtime(plan.model.family).objective
     drawn = draw_noise(

@@ -8,7 +8,13 @@ import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.families import family_spec
-from dbspec.compiler.rules import hit_to_diagnostic, loss_fits_objective, loss_weights_fit_prediction
+from dbspec.compiler.rules import (
+    hit_to_diagnostic,
+    loss_fits_objective,
+    loss_weights_fit_prediction,
+    pos_embed_crop_fits,
+    text_encoder_dropout_fits,
+)
 from dbspec.plan.model import DatasetPlan, FlowPlan, HuberPlan, LossPlan, ModelPlan, NoisePlan, RolloutPlan
 from dbspec.spec.model import LowRankAdapter, Loss
 
@@ -50,8 +56,32 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         rollout=rollout_plan(ctx),
         flow=flow_plan(spec, model.family) if model and target == "flow_matching" else None,
         mask_mean=spec.mask_mean if masked else "mask",
+        text_encoder_dropout=text_encoder_dropout(ctx, model),
+        pos_embed_random_crop_rate=pos_embed_crop(ctx, model),
     )
     return attrs.evolve(plan, formula=formula(plan) + preserved_target(plan, datasets))
+
+
+def text_encoder_dropout(ctx: Context, model: ModelPlan | None) -> tuple[float, ...]:
+    """loss.text_encoder_dropout settled: () when off (empty, or every rate 0: no draw at all). A family
+    detected from the model is checked here (`dbspec check` checked a spelled-out one)."""
+    rates = tuple(float(r) for r in ctx.spec.loss.text_encoder_dropout)
+    if model and rates and ctx.spec.model.family == "auto":
+        detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
+        hits = [h for h in text_encoder_dropout_fits(detected, ctx.raw.given) if h.code != "DBS541"]
+        ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in hits]
+    return rates if any(rates) else ()
+
+
+def pos_embed_crop(ctx: Context, model: ModelPlan | None) -> float:
+    """loss.pos_embed_random_crop_rate, a detected family checked here (`dbspec check` checked a spelled-out
+    one)."""
+    rate = float(ctx.spec.loss.pos_embed_random_crop_rate)
+    if model and rate and ctx.spec.model.family == "auto":
+        detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
+        hits = [h for h in pos_embed_crop_fits(detected, ctx.raw.given) if h.code == "DBS543"]
+        ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in hits]
+    return rate
 
 
 def rollout_plan(ctx: Context) -> RolloutPlan | None:

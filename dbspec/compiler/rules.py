@@ -2626,3 +2626,67 @@ def fused_projection_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
             "draws its own dropout, where kohya's LoRA on the fused layer draws once for the whole layer",
             codes.help("DBS508"),
         )
+
+
+@rule("spec")
+def text_encoder_dropout_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.text_encoder_dropout: each rate in [0, 1] (DBS541); on a family whose runtime zeroes encoders
+    (DBS542), one rate per text encoder (DBS540). Families spelled out only; with family = "auto" the loss
+    pass runs this again on the detected family."""
+    rates, path = spec.loss.text_encoder_dropout, ("loss", "text_encoder_dropout")
+    if not rates:
+        return
+    for i, rate in enumerate(rates):
+        if not 0 <= rate <= 1:  # nan fails too
+            yield _err(
+                "DBS541",
+                (*path, i),
+                f"loss.text_encoder_dropout[{i}] must be >= 0 and <= 1; found {rate:g}",
+                codes.help("DBS541"),
+            )
+    if spec.model.family == "auto":
+        return
+    family = family_spec(spec.model.family)
+    if not family.text_encoder_dropout:
+        yield _err(
+            "DBS542",
+            path,
+            f"loss.text_encoder_dropout is set, but per-encoder dropout is not available for {family.title} "
+            "models (SD3 only)",
+            codes.help("DBS542"),
+        )
+    elif len(rates) != len(family.text_encoders):
+        names = ", ".join(f"{e.component} ({e.model_class})" for e in family.text_encoders)
+        yield _err(
+            "DBS540",
+            path,
+            f"loss.text_encoder_dropout has {len(rates)} rate(s), but {family.title} models have "
+            f"{len(family.text_encoders)} text encoders ({names}); found {list(rates)}",
+            codes.help("DBS540"),
+        )
+
+
+@rule("spec")
+def pos_embed_crop_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """loss.pos_embed_random_crop_rate: a family whose denoiser crops a stored position-embedding table
+    (DBS543; families spelled out only, the loss pass checks a detected one), never compiled (DBS544)."""
+    path = ("loss", "pos_embed_random_crop_rate")
+    rate = spec.loss.pos_embed_random_crop_rate
+    if not rate:
+        return
+    if spec.model.family != "auto" and not family_spec(spec.model.family).pos_embed_crop:
+        yield _err(
+            "DBS543",
+            path,
+            f"loss.pos_embed_random_crop_rate = {rate:g}, but {family_spec(spec.model.family).title} "
+            "denoisers have no cropped position-embedding table (SD3 only)",
+            codes.help("DBS543"),
+        )
+    if spec.precision.compile:
+        yield _err(
+            "DBS544",
+            path,
+            f"loss.pos_embed_random_crop_rate = {rate:g} draws a window per forward, which a compiled "
+            "denoiser (precision.compile = true) cannot follow",
+            codes.help("DBS544"),
+        )

@@ -246,6 +246,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "oft_block_size"): 0,  # LyCORIS's Diag-OFT, added since
         ("adapter", "oft_constraint"): 0.0,
         ("adapter", "oft_rescaled"): False,
+        ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
+        ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
     },
 }
 

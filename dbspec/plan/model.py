@@ -594,6 +594,12 @@ class LossPlan:
     # masked samples: "mask" divides the masked sum by the mask's area, "image" averages loss x mask over the
     # whole latent image (kohya); "mask" when no dataset has masks
     mask_mean: Literal["mask", "image"] = "mask"
+    # loss.text_encoder_dropout: per text encoder (the family's order), the probability a training sample's
+    # output of it is zeroed (kohya's SD3 clip_l/clip_g/t5 dropout); () = off (also when every rate is 0)
+    text_encoder_dropout: tuple[float, ...] = ()
+    # loss.pos_embed_random_crop_rate: per training forward, the probability of a random window of the
+    # denoiser's position-embedding table (kohya's SD3 pos_emb_random_crop_rate); 0 = off
+    pos_embed_random_crop_rate: float = 0.0
 
 
 @frozen

@@ -620,12 +620,33 @@ def fp16_scaler_summary() -> str:
     )
 
 
+def text_dropout_summary(plan: Plan) -> str:
+    """loss.text_encoder_dropout: each encoder's zeroing probability, and how it meets the text cache."""
+    encoders = family_spec(plan.model.family).text_encoders
+    rates = ", ".join(
+        f"{shown_component(plan, e.component)} {r:g}"
+        for e, r in zip(encoders, plan.loss.text_encoder_dropout)
+    )
+    return (
+        f"each encoder's output zeroed per sample and step with p = {rates} (seeded by the sample; "
+        "after the text cache, which stays valid)"
+    )
+
+
 def training_table(plan: Plan) -> Table:
     t = _table("Loss and precision", "what", "value")
     t.add_row("loss", plan.loss.formula)
     t.add_row("noise", noise_summary(plan.loss.noise, plan.loss.flow))
     if plan.loss.rollout is not None:
         t.add_row("rollout", rollout_summary(plan.loss.rollout))
+    if plan.loss.text_encoder_dropout:
+        t.add_row("text dropout", text_dropout_summary(plan))
+    if plan.loss.pos_embed_random_crop_rate:
+        t.add_row(
+            "position window",
+            f"random window of the position-embedding table in {plan.loss.pos_embed_random_crop_rate:g} of "
+            "training forwards (kohya's pos_emb_random_crop_rate; from the run's generator)",
+        )
     if plan.pivotal is not None:
         t.add_row("pivotal", pivotal_summary(plan.pivotal))
     if plan.loss.prior == "base_model":

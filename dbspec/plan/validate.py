@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dbspec.families import FAMILIES
 from dbspec.plan.model import Plan
 
 Check = tuple[str, Callable[[object], bool], str]  # dotted field, test, requirement
@@ -84,6 +85,7 @@ _CHECKS: tuple[Check, ...] = (
     ("optimizer.split", _at_least(1), "an integer of 1 or more"),
     ("ema.decay", _fraction, "a number in [0, 1]"),
     ("adapter.dropout", _fraction, "a number in [0, 1]"),
+    ("loss.pos_embed_random_crop_rate", _fraction, "a number in [0, 1]"),
 )
 
 
@@ -158,6 +160,7 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
     yield from _group_problems(plan)
     yield from _noise_problems(plan)
+    yield from _text_dropout_problems(plan)
     yield from _output_problems(plan)
 
 
@@ -188,6 +191,27 @@ def _noise_problems(plan: Plan) -> Iterator[str]:
         )
     elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
         yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
+
+
+def _text_dropout_problems(plan: Plan) -> Iterator[str]:
+    """loss.text_encoder_dropout as DBS540-DBS542 check it in specs: rates in [0, 1], one per text encoder of
+    a family whose runtime zeroes encoders."""
+    family = FAMILIES.get(plan.model.family)
+    if plan.loss.pos_embed_random_crop_rate and (family is None or not family.pos_embed_crop):
+        yield (  # DBS543 in specs
+            "loss.pos_embed_random_crop_rate needs a denoiser with a cropped position-embedding table (SD3); "
+            f"found family {plan.model.family!r}"
+        )
+    rates = plan.loss.text_encoder_dropout
+    if not rates:
+        return
+    if not all(_fraction(r) for r in rates):
+        yield f"loss.text_encoder_dropout must hold numbers in [0, 1]; found {list(rates)}"
+    if family is None or not family.text_encoder_dropout or len(rates) != len(family.text_encoders):
+        yield (
+            "loss.text_encoder_dropout must give one rate per text encoder of a family with per-encoder "
+            f"dropout (SD3: 3); found {len(rates)} for family {plan.model.family!r}"
+        )
 
 
 def _caption_problems(i: int, p) -> Iterator[str]:

@@ -1032,6 +1032,31 @@ class Loss:
         minimum=0,
         example=1.0,
     )
+    text_encoder_dropout: list[float] = option(
+        factory=list,
+        doc="Per-text-encoder conditioning dropout (kohya's SD3 `--clip_l_dropout_rate`, "
+        "`--clip_g_dropout_rate`, `--t5_dropout_rate`): one probability per text encoder, in the family's"
+        " order (SD3: [CLIP-L, CLIP-G, T5-XXL]), that a sample's output of that encoder is replaced by "
+        "zeros in a training step (its hidden states and its part of the pooled embedding; not the empty "
+        "caption's encoding, which datasets[].caption_dropout_rate gives). Drawn per sample and step from"
+        " the sample's seed, encoder by encoder, a rate of 0 drawing nothing, so a resumed run drops what"
+        " an uninterrupted one would; applied after the text cache (cached embeddings stay valid), in "
+        "training steps only (not the evaluation loss or validation samples). Empty = off. SD3 only.",
+        example=[0.0, 0.0, 0.2],
+    )
+    pos_embed_random_crop_rate: float = option(
+        0.0,
+        doc="SD3: the probability that a training forward of the denoiser adds a randomly placed window of "
+        "its position-embedding table to the patches instead of the centred one (kohya's "
+        "sd3_train_network.py `--pos_emb_random_crop_rate`, which kohya meant for SD3.5 medium): per "
+        "forward, `rand() < rate` then the window's top and left row uniform over the table, drawn from "
+        "the run's generator (resume draws the same). Training forwards only (the output-preservation and"
+        " prior forwards included; not the evaluation loss or validation samples). 0 = off. Not with "
+        "precision.compile.",
+        minimum=0,
+        maximum=1,
+        example=0.2,
+    )
 
 
 # D-Adaptation optimizers (the `dadaptation` package, as kohya's DAdapt* optimizer types build them).

@@ -7,6 +7,9 @@ exported. The entry's `runtime` field names the module (`dbspec.runtime.families
 `runtime(spec)` returns the object. SD1 and SD2 share `sd` (they differ only in data); SDXL is `sdxl`; SD3 is
 `sd3`. The objectives: `ddpm` (the UNet families) and `flow` (flow matching: SD3).
 Nothing outside this package tests a family name: the loop, caches, sampling and exports ask `family_runtime`.
+A family whose registry entry says `text_encoder_dropout` also has `drop_text_encoders(text, dropped,
+text_encoders, tokenizers)`: the text conditioning with each sample's dropped encoder outputs zeroed
+(loss.text_encoder_dropout; runtime/text_dropout.py calls it).
 """
 
 from __future__ import annotations

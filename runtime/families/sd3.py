@@ -94,6 +94,36 @@ class StableDiffusion3:
             "pooled": torch.cat([pooled_l, pooled_g], dim=-1),
         }
 
+    def drop_text_encoders(self, text: dict, dropped, text_encoders, tokenizers) -> dict:
+        """loss.text_encoder_dropout: zeros where a sample's encoder output was dropped (`dropped`: per
+        sample, [CLIP-L, CLIP-G, T5]), as kohya's Sd3TextEncodingStrategy does: CLIP-L's features of the CLIP
+        tokens and its part of the pooled embedding, CLIP-G's likewise, T5's tokens. Out of place (a trained
+        encoder gets no gradient through a zeroed row)."""
+        embeds, pooled = text["prompt_embeds"], text["pooled"]
+        device = embeds.device
+        drop = torch.tensor(dropped, dtype=torch.bool, device=device)  # (B, 3)
+        l_width = text_encoders[0].config.hidden_size
+        g_width = text_encoders[1].config.hidden_size
+        clip_tokens = embeds.shape[1] - tokenizers[2].model_max_length  # [CLIP ; T5] on the token axis
+        feature = torch.arange(embeds.shape[2], device=device)
+        is_clip = (torch.arange(embeds.shape[1], device=device) < clip_tokens)[None, :, None]
+        in_l = (feature < l_width)[None, None, :]
+        in_g = ((feature >= l_width) & (feature < l_width + g_width))[None, None, :]
+        zero = (
+            (drop[:, 0, None, None] & is_clip & in_l)
+            | (drop[:, 1, None, None] & is_clip & in_g)
+            | (drop[:, 2, None, None] & ~is_clip)
+        )
+        l_pooled = (torch.arange(pooled.shape[1], device=device) < text_encoders[0].config.projection_dim)[
+            None
+        ]
+        zero_pooled = (drop[:, 0, None] & l_pooled) | (drop[:, 1, None] & ~l_pooled)
+        return {
+            **text,
+            "prompt_embeds": embeds.masked_fill(zero, 0),
+            "pooled": pooled.masked_fill(zero_pooled, 0),
+        }
+
     def conditioning(self, text, samples, device) -> dict:
         return {"pooled_projections": text["pooled"]}
 

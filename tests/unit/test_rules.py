@@ -1236,6 +1236,44 @@ CASES = [
         [("DBS508", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "lora"\nfused_projections = true\n' + DOG + STEPS,
     ),
+    # per-text-encoder dropout (kohya's SD3 --clip_l/--clip_g/--t5_dropout_rate): one rate per encoder
+    (
+        rules.text_encoder_dropout_fits,
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 0.2]\n",
+        [("DBS540", "error", ("loss", "text_encoder_dropout"))],
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 0.2, 0.0]\n",
+    ),
+    (
+        rules.text_encoder_dropout_fits,
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 1.5, -0.1]\n",
+        [
+            ("DBS541", "error", ("loss", "text_encoder_dropout", 1)),
+            ("DBS541", "error", ("loss", "text_encoder_dropout", 2)),
+        ],
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 1.0, 0.0]\n",
+    ),
+    (
+        rules.text_encoder_dropout_fits,
+        'family = "sdxl"\n' + DOG + STEPS + "[loss]\ntext_encoder_dropout = [0.1, 0.2]\n",
+        [("DBS542", "error", ("loss", "text_encoder_dropout"))],
+        'family = "sdxl"\n' + DOG + STEPS,
+    ),
+    # kohya's SD3 random position-embedding window: SD3 only, never compiled
+    (
+        rules.pos_embed_crop_fits,
+        'family = "sdxl"\n' + DOG + STEPS + "[loss]\npos_embed_random_crop_rate = 0.2\n",
+        [("DBS543", "error", ("loss", "pos_embed_random_crop_rate"))],
+        'family = "sd3"\n' + DOG + STEPS + "[loss]\npos_embed_random_crop_rate = 0.2\n",
+    ),
+    (
+        rules.pos_embed_crop_fits,
+        'family = "sd3"\n'
+        + DOG
+        + STEPS
+        + "[loss]\npos_embed_random_crop_rate = 0.2\n[precision]\ncompile = true\n",
+        [("DBS544", "error", ("loss", "pos_embed_random_crop_rate"))],
+        'family = "sd3"\n' + DOG + STEPS + "[precision]\ncompile = true\n",
+    ),
 ]
 
 

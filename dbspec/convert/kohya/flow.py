@@ -288,17 +288,49 @@ def _flux_only(a: Args, conv: Conversion) -> None:
 
 
 def _sd3_only(a: Args, conv: Conversion) -> None:
-    for key in ("clip_l_dropout_rate", "clip_g_dropout_rate", "t5_dropout_rate", "pos_emb_random_crop_rate"):
-        if a[key].value:
-            conv.unsupported(
-                a[key], "dbspec drops whole captions (caption_dropout), not one encoder's output"
-            )
-        else:
-            conv.record(a[key], "mapped", "")
+    _encoder_dropout(a, conv)
+    crop = a["pos_emb_random_crop_rate"]
+    rate = _rate(crop.value)  # MMDiT.forward: rate == 0 draws nothing, else rand() < rate
+    if rate:
+        note = f"acts as {rate:g}" if float(crop.value) != rate else ""
+        conv.mapped(crop, ("loss", "pos_embed_random_crop_rate"), rate, note=note)
+    else:
+        conv.record(crop, "mapped", "loss.pos_embed_random_crop_rate")
     if a["enable_scaled_pos_embed"].value:
         conv.unsupported(
-            a["enable_scaled_pos_embed"], "multi-resolution scaled position embeddings (SD3.5 large)"
+            a["enable_scaled_pos_embed"],
+            "kohya's MMDiT resamples its position-embedding table per resolution; diffusers' "
+            "SD3Transformer2DModel has one table (see docs/converting.md)",
         )
+
+
+# kohya's per-encoder dropout flags, in the SD3 family's text-encoder order (CLIP-L, CLIP-G, T5-XXL).
+DROPOUT_FLAGS = ("clip_l_dropout_rate", "clip_g_dropout_rate", "t5_dropout_rate")
+
+
+def _encoder_dropout(a: Args, conv: Conversion) -> None:
+    """kohya's Sd3TextEncodingStrategy draws `rate > 0 and random() < rate` per sample and encoder and zeroes
+    a dropped encoder's hidden states and pooled part: loss.text_encoder_dropout, exact. Below 0 (or NaN) it
+    never drops, from 1 on it always does: the bound that acts the same."""
+    rates = [_rate(a[key].value) for key in DROPOUT_FLAGS]
+    if not any(rates):
+        for key in DROPOUT_FLAGS:
+            conv.record(a[key], "mapped", "loss.text_encoder_dropout")
+        return
+    for key, rate in zip(DROPOUT_FLAGS, rates):
+        value = a[key].value
+        note = f"acts as {rate:g}" if a[key].given and float(value) != rate else ""
+        conv.mapped(a[key], ("loss", "text_encoder_dropout"), rate, note=note)
+    conv.put(
+        ("loss", "text_encoder_dropout"),
+        rates,
+        f"{conv.tool} --clip_l_dropout_rate, --clip_g_dropout_rate, --t5_dropout_rate (outputs zeroed)",
+    )
+
+
+def _rate(value) -> float:
+    rate = float(value or 0.0)
+    return min(1.0, rate) if rate > 0 else 0.0  # nan > 0 is False: never drops
 
 
 def map_flow_loss(a: Args, script: str, conv: Conversion) -> None:
