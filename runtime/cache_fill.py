@@ -7,7 +7,7 @@ import torch
 
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
-from dbspec.runtime import weighted_prompts
+from dbspec.runtime import text_masks, weighted_prompts
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
 from dbspec.runtime.data import Share, verify_sources
 from dbspec.runtime.models import Components
@@ -49,6 +49,7 @@ def fill_caches(
                 max_tokens=plan.model.max_tokens,
                 device=device,
                 **weighted_prompts.encode_options(plan.model),
+                **text_masks.encode_options(plan.model),
             )
             return {k: v.float().cpu() for k, v in out.items()}
 
