@@ -80,7 +80,8 @@ class Flux:
         tokens = FluxPipeline._pack_latents(noisy, b, c, h, w)
         if "t5_mask" in text:  # model.t5_attention_mask: no query attends to the padded text keys
             mask = joint_key_mask(text["t5_mask"], tokens.shape[1])
-            extra = {**extra, "joint_attention_kwargs": {"attention_mask": mask}}
+            joint = {**(extra.get("joint_attention_kwargs") or {}), "attention_mask": mask}
+            extra = {**extra, "joint_attention_kwargs": joint}
         packed = denoiser(
             hidden_states=tokens,
             timestep=timesteps / 1000,

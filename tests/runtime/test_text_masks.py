@@ -84,6 +84,25 @@ def test_masked_flux_prediction_is_the_prediction_without_the_padding():
         torch.testing.assert_close(masked[b : b + 1], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_masked_flux_prediction_with_gradient_checkpointing_and_gradients():
+    """Checkpointed blocks get the mask too (diffusers passes joint_attention_kwargs positionally), and no
+    gradient reaches the padded tokens' embeddings."""
+    transformer = build_pipeline(FLUX).transformer
+    embeds, pooled, mask = _seeded(2, 12, 64, seed=1), _seeded(2, 32, seed=2), _text_mask([4, 9], 12)
+    expected = _flux_predict(transformer, embeds, pooled, mask)
+    transformer.enable_gradient_checkpointing()
+    transformer.train()
+    leaf = embeds.clone().requires_grad_(True)
+    family = family_runtime("flux")
+    text = {"prompt_embeds": leaf, "pooled": pooled, "t5_mask": mask}
+    out = family.predict(
+        transformer, NOISY, torch.full((2,), 600.0), text, family.conditioning(text, [], CPU)
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    out.square().sum().backward()
+    assert torch.all(leaf.grad[~mask.bool()] == 0) and leaf.grad[mask.bool()].abs().sum() > 0
+
+
 def test_masked_flux_prediction_ignores_the_padded_tokens_content():
     transformer = build_pipeline(FLUX).transformer
     embeds, pooled, mask = _seeded(2, 12, 64, seed=1), _seeded(2, 32, seed=2), _text_mask([4, 9], 12)
