@@ -235,3 +235,38 @@ def test_each_mask_keys_the_text_cache(tmp_path, option):
     keys = [img.text_key for d in plain.datasets for img in d.images]
     masked_keys = [img.text_key for d in masked.datasets for img in d.images]
     assert keys and not set(keys) & set(masked_keys)
+
+
+# --- kohya's own transformer --------------------------------------------------------------------------------
+def test_masked_prediction_is_kohyas_flux_with_its_txt_attention_mask():
+    """kohya's flux_models.Flux (tests/runtime/kohya_reference, its weights converted to diffusers' layout
+    by runtime/flux_original.py) called with `txt_attention_mask`, as flux_train_network.py calls it with
+    `--apply_t5_attn_mask`: dbspec's prediction with the t5 mask is kohya's, and without it kohya's
+    unmasked (float32 round-off apart: kohya's RoPE and fused projections sum in another order)."""
+    from diffusers import FluxTransformer2DModel
+
+    from dbspec.runtime import flux_original
+
+    ref = load_file(str(Path(__file__).parent / "kohya_reference" / "kohya_flux_mask.safetensors"))
+    config = dict(build_pipeline(FLUX).transformer.config)
+    transformer = FluxTransformer2DModel.from_config(config).eval()
+    weights = {k.removeprefix("weights."): v for k, v in ref.items() if k.startswith("weights.")}
+    transformer.load_state_dict(flux_original.to_diffusers(weights, config), strict=True)
+    family = family_runtime("flux")
+    guidance, family.guidance = family.guidance, 3.5  # the reference's guidance (the family's default)
+    try:
+        text = {"prompt_embeds": ref["txt"], "pooled": ref["y"]}
+
+        def predict(text):
+            with torch.no_grad():
+                extra = family.conditioning(text, [], CPU)
+                return family.predict(transformer, ref["noisy"], ref["timesteps"], text, extra)
+
+        masked = predict({**text, "t5_mask": ref["t5_mask"].float()})
+        unmasked = predict(text)
+    finally:
+        family.guidance = guidance
+    scale = float(ref["masked"].abs().max())
+    torch.testing.assert_close(unmasked, ref["unmasked"], rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(masked, ref["masked"], rtol=0, atol=1e-5 * scale)
+    assert (ref["masked"] - ref["unmasked"]).abs().max() > 1e-2 * scale  # the mask matters at this scale
