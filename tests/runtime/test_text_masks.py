@@ -270,3 +270,25 @@ def test_masked_prediction_is_kohyas_flux_with_its_txt_attention_mask():
     torch.testing.assert_close(unmasked, ref["unmasked"], rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(masked, ref["masked"], rtol=0, atol=1e-5 * scale)
     assert (ref["masked"] - ref["unmasked"]).abs().max() > 1e-2 * scale  # the mask matters at this scale
+
+
+def test_sd3_masks_are_kohyas_encode_tokens():
+    """kohya's Sd3TextEncodingStrategy.encode_tokens (tests/runtime/kohya_reference) on the tiny SD3 encoders,
+    with both masks and without: dbspec's CLIP part (before its padding to T5's width), T5 part and pooled
+    projections are kohya's lg_out, t5_out and lg_pooled."""
+    ref = load_file(str(Path(__file__).parent / "kohya_reference" / "kohya_sd3_masks.safetensors"))
+    pipe = build_pipeline(SD3)
+    pipe.tokenizer_3.model_max_length = 16
+    encoders = [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
+    tokenizers = [pipe.tokenizer, pipe.tokenizer_2, pipe.tokenizer_3]
+    for name, masks in (("plain", {}), ("both", {"t5_mask": True, "clip_mask": True})):
+        with torch.no_grad():
+            ours = family_runtime("sd3").encode_prompts(
+                encoders, tokenizers, PROMPTS, clip_skip=1, max_tokens=75, device=CPU, **masks
+            )
+        lg = ref[f"{name}.lg_out"]
+        torch.testing.assert_close(ours["prompt_embeds"][:, :77, : lg.shape[-1]], lg, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours["prompt_embeds"][:, 77:], ref[f"{name}.t5_out"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours["pooled"], ref[f"{name}.lg_pooled"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ref["both.t5_out"], ref["plain.t5_out"], atol=1e-4)
+    assert not torch.allclose(ref["both.lg_out"], ref["plain.lg_out"], atol=1e-4)
