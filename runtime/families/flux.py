@@ -5,6 +5,9 @@ diffusers' train_dreambooth_lora_flux.py trains it:
   output (pooled_projections), as FluxPipeline.encode_prompt; text ids are zeros, image ids the latent grid.
 - the noisy latents (B, 16, H, W) are packed into (B, H/2 * W/2, 64) tokens, the timestep is sigma (t / 1000),
   the guidance embedding gets the plan's training guidance (3.5), and the output is unpacked to (B, 16, H, W).
+- model.t5_attention_mask (kohya's --apply_t5_attn_mask): T5 runs with its padding mask, and the transformer
+  gets a boolean key mask over [text, image] tokens that drops the padded text keys in every block
+  (runtime/text_masks.py); the text entry carries the mask as "t5_mask".
 """
 
 from __future__ import annotations

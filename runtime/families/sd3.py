@@ -6,6 +6,9 @@ text encoders the way StableDiffusion3Pipeline.encode_prompt joins them:
   projections concatenated -> `pooled_projections`.
 - T5-XXL (T5EncoderModel): its last hidden state over `model.t5_max_length` tokens (padded to that length).
 - prompt_embeds = [CLIP (77 tokens) ; T5 (t5_max_length tokens)] on the token axis.
+- model.t5_attention_mask / clip_attention_mask (kohya's --apply_t5_attn_mask / --apply_lg_attn_mask): T5 /
+  CLIP-L and CLIP-G run with their tokenizers' padding masks; the outputs are used as they come (not zeroed)
+  and the transformer takes no mask, as kohya's sd3_train_network.py.
 """
 
 from __future__ import annotations
