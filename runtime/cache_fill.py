@@ -38,6 +38,10 @@ def fill_caches(
     if plan.cache.text_embeddings:
         pooled = family_spec(plan.model.family).pooled_embeddings
         required = ("prompt_embeds", "pooled") if pooled else ("prompt_embeds",)
+        if plan.model.t5_attention_mask and getattr(
+            family_runtime(plan.model.family), "caches_t5_mask", False
+        ):
+            required += ("t5_mask",)  # Flux's transformer masks by it: an entry without it is damaged
         text_cache = TensorCache(plan.cache.dir, "text", required=required)
 
         def encode_text(captions):

@@ -25,6 +25,7 @@ from dbspec.runtime.text_masks import TEXT_KEY_MASK, joint_key_mask, widen_text_
 
 class Flux:
     own_prompt_encoding = True  # validation prompts go through encode_prompts (the plan's T5 length)
+    caches_t5_mask = True  # with model.t5_attention_mask its text entries hold "t5_mask"
 
     def __init__(self, spec: FamilySpec):
         self.spec = spec
