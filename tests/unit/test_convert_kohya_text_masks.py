@@ -14,7 +14,9 @@ FLUX = "black-forest-labs/FLUX.1-dev"
 SD35 = "stabilityai/stable-diffusion-3.5-large"
 
 
-def _flux(tmp_path, extra: str):
+def _flux(
+    tmp_path, extra: str, cache: str = "--cache_text_encoder_outputs --cache_text_encoder_outputs_to_disk"
+):
     images(tmp_path / "img" / "10_ohwx dog", 4, (512, 512))
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         component_file(tmp_path / "models" / name)
@@ -27,7 +29,7 @@ def _flux(tmp_path, extra: str):
         "--persistent_data_loader_workers --max_data_loader_n_workers 2 --seed 42 --gradient_checkpointing "
         "--mixed_precision bf16 --save_precision bf16 --network_module networks.lora_flux --network_dim 16 "
         "--network_train_unet_only --optimizer_type adamw8bit --learning_rate 1e-4 "
-        "--cache_text_encoder_outputs --cache_text_encoder_outputs_to_disk --fp8_base --highvram "
+        f"{cache} --fp8_base --highvram "
         "--max_train_epochs 4 --save_every_n_epochs 1 --timestep_sampling shift --discrete_flow_shift 3.1582 "
         f"--model_prediction_type raw --guidance_scale 1.0 {extra}",
     )
@@ -65,6 +67,13 @@ def test_kohya_flux_t5_mask_is_the_t5_attention_mask(tmp_path):
     assert "T5 encodes with its padding mask (model.t5_attention_mask); the transformer masks" in _summary(
         plan
     )
+
+
+def test_kohya_flux_t5_mask_maps_without_cached_outputs_too(tmp_path):
+    """flux_train_network.py's encoding strategy applies the mask wherever it encodes (per step here)."""
+    outcome = _flux(tmp_path, "--apply_t5_attn_mask", cache="")
+    assert plan_of(outcome, tmp_path).model.t5_attention_mask
+    assert fate(outcome, "apply_t5_attn_mask") == "mapped"
 
 
 def test_kohya_flux_without_the_flag_leaves_the_mask_off(tmp_path):
