@@ -2053,6 +2053,36 @@ is dropped, and the rescale divides by the share kept, 0, so every adapted layer
 (LyCORIS's rule does the same). Lower `rank_dropout` below 1, or turn the rescale off (the update is then
 dropped whole, which trains nothing).""",
     ),
+    # Text attention masks (model.t5_attention_mask, model.clip_attention_mask): DBS530-DBS534.
+    Code(
+        "DBS530",
+        ERROR,
+        "A T5 attention mask on a family without T5",
+        """\
+`model.t5_attention_mask` masks the padding of T5's prompt tokens (kohya's `--apply_t5_attn_mask`): SD3 and
+Flux encode prompts with T5; SD 1.x, SD 2.x and SDXL have no T5 text encoder.""",
+        help="remove model.t5_attention_mask",
+    ),
+    Code(
+        "DBS531",
+        ERROR,
+        "A CLIP attention mask on a family other than SD3",
+        """\
+`model.clip_attention_mask` encodes CLIP's prompt tokens with the tokenizer's padding mask, as kohya's
+sd3_train_network.py `--apply_lg_attn_mask` does for SD3's CLIP-L and CLIP-G. kohya's SD 1.x, SD 2.x and SDXL
+scripts have no such option, and dbspec masks CLIP for SD3 only.""",
+        help="remove model.clip_attention_mask",
+    ),
+    Code(
+        "DBS532",
+        WARNING,
+        "A CLIP attention mask on Flux has no effect",
+        """\
+Flux reads only CLIP-L's pooled output, the hidden state at the prompt's end token. CLIP's attention is
+causal: no token before the padding attends to it, so masking the padding changes nothing Flux reads
+(kohya's Flux script has no such option).""",
+        help="remove model.clip_attention_mask",
+    ),
     # Per-text-encoder conditioning dropout (loss.text_encoder_dropout, kohya's SD3 --clip_l_dropout_rate
     # and its siblings): DBS540-DBS542.
     Code(

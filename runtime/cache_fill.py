@@ -7,7 +7,7 @@ import torch
 
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
-from dbspec.runtime import weighted_prompts
+from dbspec.runtime import text_masks, weighted_prompts
 from dbspec.runtime.cache import TensorCache, ensure_latents, ensure_text
 from dbspec.runtime.data import Share, verify_sources
 from dbspec.runtime.models import Components
@@ -38,6 +38,10 @@ def fill_caches(
     if plan.cache.text_embeddings:
         pooled = family_spec(plan.model.family).pooled_embeddings
         required = ("prompt_embeds", "pooled") if pooled else ("prompt_embeds",)
+        if plan.model.t5_attention_mask and getattr(
+            family_runtime(plan.model.family), "caches_t5_mask", False
+        ):
+            required += ("t5_mask",)  # Flux's transformer masks by it: an entry without it is damaged
         text_cache = TensorCache(plan.cache.dir, "text", required=required)
 
         def encode_text(captions):
@@ -49,6 +53,7 @@ def fill_caches(
                 max_tokens=plan.model.max_tokens,
                 device=device,
                 **weighted_prompts.encode_options(plan.model),
+                **text_masks.encode_options(plan.model),
             )
             return {k: v.float().cpu() for k, v in out.items()}
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dbspec.plan.model import EvaluationPlan, MetricModelPlan, Plan
-from dbspec.runtime import losses, weighted_prompts
+from dbspec.runtime import losses, text_masks, weighted_prompts
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.data import Sample, load_example
 from dbspec.runtime.families import family_runtime
@@ -110,6 +110,7 @@ class EvalLoss:
                 max_tokens=plan.model.max_tokens,
                 device=parts.device,
                 **weighted_prompts.encode_options(plan.model),
+                **text_masks.encode_options(plan.model),
             )
             text = {k: v.expand(count, *v.shape[1:]) for k, v in text.items()}
             noisy = family.objective.add_noise(sched, latents, noise, timesteps)

@@ -16,6 +16,7 @@ from rich.console import Console
 from dbspec.plan.io import legacy_run_hashes, run_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
+from dbspec.runtime import text_masks
 from dbspec.runtime.compiling import compile_models
 from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
@@ -242,6 +243,7 @@ def long_prompt_inputs(plan: Plan, comps: Components, pipeline, device, tokens=N
                 clip_skip=model.clip_skip,
                 max_tokens=model.max_tokens,
                 device=device,
+                **text_masks.encode_options(model),  # validation conditions as training does
             )
 
     return lambda prompt, negative: family.pipeline_prompt_inputs(

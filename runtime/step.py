@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from dbspec.plan.model import NoisePlan, Plan
-from dbspec.runtime import losses, rollout, weighted_prompts
+from dbspec.runtime import losses, rollout, text_masks, weighted_prompts
 from dbspec.runtime.adapters import adapters_disabled
 from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.captions import step_captions
@@ -152,6 +152,7 @@ def text_for(
             max_tokens=plan.model.max_tokens,
             device=parts.device,
             **weighted_prompts.encode_options(plan.model),
+            **text_masks.encode_options(plan.model),
         )
 
 

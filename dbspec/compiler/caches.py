@@ -53,6 +53,12 @@ def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
     t5 = [model.t5_max_length] if _has_t5(model.family) else []
     # weighted captions join the key only when on (their embeddings differ); other keys stay as they were.
     weighted = ["weighted"] if model.weighted_captions else []
+    # the text attention masks change the embeddings (and Flux's entries hold the mask): keyed only when on
+    masks = [
+        name
+        for name, on in (("t5_mask", model.t5_attention_mask), ("clip_mask", model.clip_attention_mask))
+        if on
+    ]
     return _key(
         [
             TEXT_FORMAT,
@@ -64,6 +70,7 @@ def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
             *windows,
             *t5,
             *weighted,
+            *masks,
         ]
     )
 

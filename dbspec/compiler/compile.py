@@ -25,6 +25,7 @@ from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
+from dbspec.compiler.text_masks import check_text_masks
 from dbspec.compiler.preview import plan_preview
 from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
 from dbspec.families import family_spec
@@ -102,6 +103,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     check_exports(ctx, model)
     check_refiner_options(ctx, model)
     check_weighted_captions(ctx, model)
+    check_text_masks(ctx, model)
     precision = plan_precision(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))

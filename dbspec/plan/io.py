@@ -87,6 +87,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "dora_axis"): "output",  # DoRA's magnitude per input column (LyCORIS), added since
         ("adapter", "dora_form"): "peft",  # LyCORIS's weight decomposition, added since (peft's DoRA then)
         ("model", "t5_max_length"): 256,
+        ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since
+        ("model", "clip_attention_mask"): False,
         ("model", "aesthetic_score"): 6.0,  # the SDXL refiner family
         ("model", "negative_aesthetic_score"): 2.5,
         ("validation", "refine"): None,

@@ -71,6 +71,8 @@ class ModelPlan:
     notes: tuple[str, ...] = ()
     max_tokens: int = 75  # prompt tokens: 75 = one CLIP window; 150/225 = 2/3 windows joined
     t5_max_length: int = 256  # T5 tokens (families with a T5 text encoder: SD3)
+    t5_attention_mask: bool = False  # T5 encodes with its padding mask; Flux masks padded text keys too
+    clip_attention_mask: bool = False  # SD3: CLIP-L/G encode with their padding mask (apply_lg_attn_mask)
     aesthetic_score: float = 6.0  # the SDXL refiner's aesthetic-score conditioning in training
     negative_aesthetic_score: float = 2.5  # its negative branch in refining validation
     weighted_captions: bool = False  # A1111 attention syntax scales token hidden states (kohya)

@@ -77,6 +77,7 @@ def model_table(plan: Plan) -> Table:
         lines.append("text: weighted captions (A1111 attention syntax scales token hidden states, as kohya)")
     if any(e.tokenizer_class.startswith("T5") for e in family_spec(m.family).text_encoders):
         lines.append(f"text: T5 reads {m.t5_max_length} tokens (model.t5_max_length)")
+    lines += text_mask_lines(m)
     if family_spec(m.family).aesthetic_score:
         lines.append(
             f"conditioning: aesthetic score {m.aesthetic_score:g} in training (model.aesthetic_score), "
@@ -85,6 +86,17 @@ def model_table(plan: Plan) -> Table:
     t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
+
+
+def text_mask_lines(m) -> list[str]:
+    """The text attention masks the run encodes (and, Flux, attends) with."""
+    lines = []
+    if m.t5_attention_mask:
+        keys = "; the transformer masks the padded text keys" if m.family == "flux" else ""
+        lines.append(f"text: T5 encodes with its padding mask (model.t5_attention_mask){keys}")
+    if m.clip_attention_mask:
+        lines.append("text: CLIP encodes with its padding mask (model.clip_attention_mask)")
+    return lines
 
 
 def component_file_lines(plan: Plan) -> list[str]:

@@ -108,6 +108,21 @@ class Model:
         maximum=512,
         example=77,
     )
+    t5_attention_mask: bool = option(
+        False,
+        doc="Mask T5's padding (SD3 and Flux; kohya's `--apply_t5_attn_mask`): T5 encodes the prompt with "
+        "the tokenizer's attention mask, so the prompt's tokens do not attend to the padding, and Flux's "
+        "transformer also masks the padded text tokens as attention keys in every joint and single block "
+        "(no token attends to them); SD3's transformer takes no mask. In training, text caches (Flux's "
+        "store the mask) and validation samples.",
+    )
+    clip_attention_mask: bool = option(
+        False,
+        doc="SD3: CLIP-L and CLIP-G encode the prompt with the tokenizer's attention mask (kohya "
+        "sd3_train_network.py's `--apply_lg_attn_mask`). CLIP's attention is causal, so only the padded "
+        "positions' hidden states change (the prompt's tokens and the pooled output do not). In training, "
+        "text caches and validation samples.",
+    )
     aesthetic_score: float = option(
         6.0,
         doc="SDXL refiner: the aesthetic score its micro-conditioning trains with (every image), and the one "

@@ -6,6 +6,9 @@ text encoders the way StableDiffusion3Pipeline.encode_prompt joins them:
   projections concatenated -> `pooled_projections`.
 - T5-XXL (T5EncoderModel): its last hidden state over `model.t5_max_length` tokens (padded to that length).
 - prompt_embeds = [CLIP (77 tokens) ; T5 (t5_max_length tokens)] on the token axis.
+- model.t5_attention_mask / clip_attention_mask (kohya's --apply_t5_attn_mask / --apply_lg_attn_mask): T5 /
+  CLIP-L and CLIP-G run with their tokenizers' padding masks; the outputs are used as they come (not zeroed)
+  and the transformer takes no mask, as kohya's sd3_train_network.py.
 """
 
 from __future__ import annotations
@@ -38,29 +41,42 @@ class DiffusersOnlyExports:
 
 
 def _clip(
-    encoder, tokenizer, prompts: list[str], clip_skip: int, device
+    encoder, tokenizer, prompts: list[str], clip_skip: int, device, masked: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenizer(
+    """(hidden states at clip_skip, pooled output); `masked`: with the tokenizer's padding mask
+    (model.clip_attention_mask, kohya's apply_lg_attn_mask)."""
+    inputs = tokenizer(
         prompts,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
-    ).input_ids
-    out = encoder(ids.to(device), output_hidden_states=True)
+    )
+    mask = inputs.attention_mask.to(device) if masked else None
+    out = encoder(inputs.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
     return out.hidden_states[-(clip_skip + 1)], out[0]
 
 
-def _t5(encoder, tokenizer, prompts: list[str], max_length: int, device) -> torch.Tensor:
-    ids = tokenizer(
+def t5_inputs(tokenizer, prompts: list[str], max_length: int):
+    """T5's token ids and padding mask (1 for the prompt's tokens and its end token), padded to max_length."""
+    return tokenizer(
         prompts,
         padding="max_length",
         max_length=max_length,
         truncation=True,
         add_special_tokens=True,
         return_tensors="pt",
-    ).input_ids
-    return encoder(ids.to(device))[0]
+    )
+
+
+def _t5(
+    encoder, tokenizer, prompts: list[str], max_length: int, device, masked: bool = False
+) -> torch.Tensor:
+    """T5's last hidden state; `masked`: with the padding mask (model.t5_attention_mask), so no token attends
+    to the padding (kohya's apply_t5_attn_mask)."""
+    inputs = t5_inputs(tokenizer, prompts, max_length)
+    mask = inputs.attention_mask.to(device) if masked else None
+    return encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
 
 
 class StableDiffusion3:
@@ -81,12 +97,24 @@ class StableDiffusion3:
         comps.tokenizers[2].model_max_length = plan.model.t5_max_length
         return comps
 
-    def encode_prompts(self, text_encoders, tokenizers, prompts, *, clip_skip, max_tokens, device) -> dict:
+    def encode_prompts(
+        self,
+        text_encoders,
+        tokenizers,
+        prompts,
+        *,
+        clip_skip,
+        max_tokens,
+        device,
+        t5_mask: bool = False,
+        clip_mask: bool = False,
+    ) -> dict:
         """{"prompt_embeds": (B, 77 + T5 length, D_t5), "pooled": (B, D_l + D_g)}; one CLIP window
-        (the compiler refuses model.max_tokens beyond 75 for SD3)."""
-        clip_l, pooled_l = _clip(text_encoders[0], tokenizers[0], prompts, clip_skip, device)
-        clip_g, pooled_g = _clip(text_encoders[1], tokenizers[1], prompts, clip_skip, device)
-        t5 = _t5(text_encoders[2], tokenizers[2], prompts, tokenizers[2].model_max_length, device)
+        (the compiler refuses model.max_tokens beyond 75 for SD3). `t5_mask`, `clip_mask`: the encoders run
+        with their padding masks (kohya's cached SD3 outputs); the transformer takes no mask."""
+        clip_l, pooled_l = _clip(text_encoders[0], tokenizers[0], prompts, clip_skip, device, clip_mask)
+        clip_g, pooled_g = _clip(text_encoders[1], tokenizers[1], prompts, clip_skip, device, clip_mask)
+        t5 = _t5(text_encoders[2], tokenizers[2], prompts, tokenizers[2].model_max_length, device, t5_mask)
         clip = torch.cat([clip_l, clip_g], dim=-1)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return {

@@ -119,9 +119,7 @@ def map_flow_model(a: Args, script: str, conv: Conversion, paths: PathMapper) ->
     )
     if a["max_token_length"].given:
         conv.ignored(a["max_token_length"], f"{script}.py reads t5xxl_max_token_length instead (it warns)")
-    for key in ("apply_t5_attn_mask", "apply_lg_attn_mask"):
-        if key in a and a[key].value:
-            conv.unsupported(a[key], "dbspec does not mask padded text tokens in attention")
+    map_text_masks(a, family, conv)
     if family == "flux":
         _flux_only(a, conv)
     else:
@@ -130,6 +128,42 @@ def map_flow_model(a: Args, script: str, conv: Conversion, paths: PathMapper) ->
         if key in a and a[key].given:
             conv.inert(a[key], why)
     return family
+
+
+def map_text_masks(a: Args, family: str, conv: Conversion) -> None:
+    """--apply_t5_attn_mask / --apply_lg_attn_mask -> model.t5_attention_mask / clip_attention_mask.
+
+    Flux (FluxTextEncodingStrategy, flux_models.py): T5 encodes with its padding mask and the transformer
+    masks the padded text keys, wherever the text is encoded (cached, per step, sample prompts). SD3: kohya
+    applies its masks only where it caches text-encoder outputs (Sd3TextEncoderOutputsCachingStrategy, the
+    cached sample prompts); its training step and samples call encode_tokens, whose defaults turn both masks
+    off, and its MMDiT takes no mask. So without `--cache_text_encoder_outputs` (or `_to_disk`) the flags are
+    inert, and the CLIP mask also while CLIP trains (no `--network_train_unet_only`: kohya encodes CLIP anew
+    each step and for samples, unmasked, over its cached outputs)."""
+    cached = any(
+        key in a and a[key].value for key in DIT_ARGS if key.startswith("cache_text_encoder_outputs")
+    )
+    clip_trains = "network_train_unet_only" in a and not a["network_train_unet_only"].value
+    for key, option in (
+        ("apply_t5_attn_mask", "t5_attention_mask"),
+        ("apply_lg_attn_mask", "clip_attention_mask"),
+    ):
+        if key not in a or not a[key].value:
+            continue
+        if family == "sd3" and not cached:
+            conv.ignored(
+                a[key],
+                "sd3_train_network.py masks only the text-encoder outputs it caches "
+                "(--cache_text_encoder_outputs); its training step encodes the prompts without the mask",
+            )
+        elif family == "sd3" and option == "clip_attention_mask" and clip_trains:
+            conv.ignored(
+                a[key],
+                "sd3_train_network.py encodes CLIP-L and CLIP-G anew each step while they train "
+                "(no --network_train_unet_only), without the mask",
+            )
+        else:
+            conv.mapped(a[key], ("model", option), True)
 
 
 # The encoders' kohya flags in each family's order (dbspec/families.py text_encoders).

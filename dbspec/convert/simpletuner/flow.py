@@ -62,7 +62,7 @@ FLUX_REFUSED = {
     "guidance-distilled Flux.1 dev models)",
     "kontext": "Kontext trains image edits from a conditioning image stream; dbspec trains text-to-image",
     "libreflux": "LibreFlux needs attention-masked training (SimpleTuner forces "
-    "flux_attention_masked_training); dbspec does not mask padded text tokens in attention",
+    "flux_attention_masked_training), which is not dbspec's model.t5_attention_mask (see that key)",
 }
 # Flow-only SimpleTuner options that change training and that dbspec cannot express.
 REFUSED = {
@@ -70,7 +70,10 @@ REFUSED = {
     "flow_cubic_schedule_weights": "a cubic-spline timestep density is not a dbspec timestep density",
     "flow_custom_timesteps": "a fixed list of timesteps is not a dbspec timestep density",
     "mixflow_enabled": "MixFlow's slowed interpolation has no dbspec option",
-    "flux_attention_masked_training": "dbspec does not mask padded text tokens in attention",
+    "flux_attention_masked_training": "SimpleTuner encodes T5 without the mask and passes the 0/1 mask to "
+    "SDPA as a float tensor, which SDPA adds to the attention logits (prompt keys +1, padded keys +0) "
+    "instead of removing the padded keys; dbspec's model.t5_attention_mask is kohya's (T5 masked, padded "
+    "keys removed)",
     "diff2flow_enabled": "dbspec trains the model's own objective",
 }
 INERT = {
