@@ -1933,13 +1933,13 @@ one fused layer different ranks, alphas or `lr_scale`s.""",
     Code(
         "DBS508",
         WARNING,
-        "Dropout drawn per part of a fused layer",
+        "Input dropout drawn per part of a fused layer",
         """\
-With `adapter.fused_projections` each part of a fused layer computes the shared down-projection's output
-itself, so `dropout`, `down_dropout`, `rank_dropout` and `module_dropout` draw their masks (and module dropout
-its skip) per part, where kohya's LoRA on the fused layer draws them once for the whole layer. The expected
-update is the same; the draws differ.""",
-        help="accept the per-part draws, or turn the dropout off",
+With `adapter.fused_projections` each part of a fused layer applies peft's input dropout (`adapter.dropout`)
+to its own copy of the layer's input, where one fused Linear would drop the input once. (`down_dropout`,
+`rank_dropout` and `module_dropout` are drawn once per fused layer and forward, as kohya's LoRA on the fused
+Linear draws them.) kohya's networks have no input dropout.""",
+        help="accept the per-part draws, or use down_dropout (kohya's network_dropout) instead",
     ),
     Code(
         "DBS510",

@@ -1188,9 +1188,11 @@ CASES = [
     ),
     (
         rules.fused_projection_dropout,
-        '[adapter]\nkind = "lora"\nfused_projections = true\nrank_dropout = 0.1\n' + DOG + STEPS,
-        [("DBS508", "warning", ("adapter", "rank_dropout"))],
-        '[adapter]\nkind = "lora"\nfused_projections = true\n' + DOG + STEPS,
+        '[adapter]\nkind = "lora"\nfused_projections = true\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS508", "warning", ("adapter", "dropout"))],
+        # kohya's dropouts are drawn once per fused layer (runtime/fused_dropout.py)
+        '[adapter]\nkind = "lora"\nfused_projections = true\nrank_dropout = 0.1\nmodule_dropout = 0.1\n'
+        "down_dropout = 0.1\n" + DOG + STEPS,
     ),
 ]
 
