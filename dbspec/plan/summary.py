@@ -479,7 +479,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             (
                 f"  fused {fused.name}",
                 f"{fused.blocks}.*: {', '.join(fused.parts)} share one down-projection (kohya's LoRA on the "
-                "fused layer)",
+                "fused layer)" + _fused_draw(a),
             )
         )
     bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
@@ -1050,3 +1050,11 @@ def select_rule(c) -> str:
         sign = "-" if m == "eval_loss" else "+"
         text += f" {sign} {w:g} x {m}" if text else f"{'-' if sign == '-' else ''}{w:g} x {m}"
     return f"the highest {text}"
+
+
+def _fused_draw(a) -> str:
+    """kohya's dropouts on a fused layer: one draw for all its parts (runtime/fused_dropout.py)."""
+    on = [
+        n for n, v in (("down", a.down_dropout), ("rank", a.rank_dropout), ("module", a.module_dropout)) if v
+    ]
+    return f"; {', '.join(on)} dropout drawn once per layer" if on else ""

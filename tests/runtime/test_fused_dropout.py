@@ -21,7 +21,7 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.fused import tie_fused_projections
 from dbspec.runtime.fused_dropout import add_fused_dropout
 from dbspec.runtime.lora_dropout import add_lora_dropout
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, summary_text, write_spec
 from tests.runtime.test_flux_fused import KOHYA, _double_block_lora
 
 PARTS = ("attn.to_q", "attn.to_k", "attn.to_v")
@@ -127,6 +127,7 @@ def test_a_flux_run_with_fused_dropouts_resumes_bit_exact(tmp_path):
         0.2,
         0.2,
     )
+    assert "down, rank, module dropout drawn once per layer" in summary_text(parts)
     first = execute(parts, stop_after=2)
     resumed = execute(parts, resume=True)
     assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
