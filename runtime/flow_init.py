@@ -55,6 +55,11 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
                 continue
             for name, down, up, _rank, alpha in _kohya_lora_layers(encoder):
                 key = f"{prefix}{clip_path(name).replace('.', '_')}"
+                bare = (
+                    f"{prefix}{name.replace('.', '_')}"  # CLIPTextModel without text_model (transformers 5)
+                )
+                if key + _DOWN not in state and bare + _DOWN in state:
+                    key = bare
                 file_down, file_up = _tensors(path, state, key, (tuple(down.shape), tuple(up.shape)))
                 _check_alpha(path, state, key, (alpha,))
                 down.copy_(file_down.to(down))

@@ -144,3 +144,17 @@ def test_a_shared_down_file_starts_separate_parts_with_the_same_update(tmp_path)
     a = comps.unet.transformer_blocks[0].attn
     assert a.to_k.lora_A["default"].weight is not a.to_q.lora_A["default"].weight
     assert torch.equal(a.to_k.lora_A["default"].weight, a.to_q.lora_A["default"].weight)
+
+
+def test_clip_names_without_text_model_load_alike(tmp_path):
+    """kohya names CLIP's layers from the text encoder's module paths; transformers >= 5.6 drops
+    CLIPTextModel's `text_model.` level (kohya run on it writes `lora_te1_encoder_layers_...`): both load."""
+    export, first = _export(tmp_path, "flux", True)
+    bare = tmp_path / "bare.safetensors"
+    save_file(
+        {k.replace("lora_te1_text_model_", "lora_te1_"): v for k, v in load_file(str(export)).items()},
+        str(bare),
+    )
+    comps, _ = _loaded(compile_spec(_second(tmp_path, "flux", True, bare)))
+    a, b = _trained(comps.text_encoders[0]), _trained(first.text_encoders[0])
+    assert a.keys() == b.keys() and a and all(torch.equal(a[n], b[n]) for n in a)
