@@ -23,11 +23,12 @@ adapted layer matches, or an adapted layer missing from the file, is an error na
 from __future__ import annotations
 
 import math
+from importlib import import_module
 
 import torch
 from safetensors.torch import load_file
 
-from dbspec.compiler.init_weights import FLOW_TEXT_PREFIXES
+from dbspec.compiler.init_weights import flow_text_prefixes
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -49,7 +50,7 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
             skipped.append("lora_unet_")
         else:
             done |= _load_denoiser(path, family, unet, state)
-        for prefix, encoder in zip(FLOW_TEXT_PREFIXES[family], text_encoders):
+        for prefix, encoder in zip(flow_text_prefixes(family), text_encoders):
             if lora_adapter(encoder) is None:
                 skipped.append(prefix)
                 continue
@@ -72,16 +73,14 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
 
 
 def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict) -> set[str]:
-    if family == "flux":
-        from dbspec.runtime.flux_kohya import _SWAPPED, original_name
+    # the family's kohya layout (runtime/flux_kohya.py, sd3_kohya.py); the adaLN Linears feeding an
+    # AdaLayerNormContinuous hold (scale, shift) where the original holds (shift, scale)
+    layout = import_module(f"dbspec.runtime.{family_spec(family).runtime}_kohya")
+    original_name = layout.original_name
 
-        def swapped(kohya: str, _path: str) -> bool:
-            return kohya == _SWAPPED
-    else:
-        from dbspec.runtime.sd3_kohya import _swapped, original_name
-
-        def swapped(kohya: str, module_path: str) -> bool:
-            return _swapped(module_path, plain)
+    def swapped(_kohya: str, module_path: str) -> bool:
+        parent = plain.get_submodule(module_path.rsplit(".", 1)[0]) if "." in module_path else plain
+        return type(parent).__name__ == "AdaLayerNormContinuous"
 
     from dbspec.runtime.flux_kohya import _widths
 

@@ -175,18 +175,26 @@ def file_ranks(file: LoraFile) -> dict[str, tuple[int, float]]:
 
 
 # --- kohya's Flux / SD3 LoRA files (networks/lora_flux.py, lora_sd3.py) -------------------------------------
-# kohya's text encoder prefixes of the flow families, in the family's text encoder order (T5 last).
-FLOW_TEXT_PREFIXES = {"flux": ("lora_te1_", "lora_te3_"), "sd3": ("lora_te1_", "lora_te2_", "lora_te3_")}
 # Flux's final layer: dbspec's export folds its scale into lora_up and writes alpha = rank (diffusers'
 # converter ignores that alpha), so the file's alpha may be its rank there.
 FLOW_FOLDED = ("lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear")
+
+
+def flow_text_prefixes(family: str) -> tuple[str, ...]:
+    """kohya's prefixes of the family's text encoders, in its order: lora_flux / lora_sd3 number CLIP-L 1,
+    CLIP-G 2 and T5-XXL 3 (Flux: lora_te1, lora_te3)."""
+    encoders = family_spec(family).text_encoders
+    return tuple(
+        "lora_te3_" if e.tokenizer_class.startswith("T5") else f"lora_te{i + 1}_"
+        for i, e in enumerate(encoders)
+    )
 
 
 def flow_component_prefixes(family: str) -> dict[str, str]:
     """kohya's module-name prefix -> the plan component it adapts, for Flux and SD3 (the plan names the
     denoiser `unet` in every family)."""
     names = family_spec(family).text_encoder_names
-    return {"lora_unet_": "unet", **dict(zip(FLOW_TEXT_PREFIXES[family], names))}
+    return {"lora_unet_": "unet", **dict(zip(flow_text_prefixes(family), names))}
 
 
 def fused_layer_of(family: str, name: str):

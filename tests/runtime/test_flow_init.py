@@ -158,3 +158,30 @@ def test_clip_names_without_text_model_load_alike(tmp_path):
     comps, _ = _loaded(compile_spec(_second(tmp_path, "flux", True, bare)))
     a, b = _trained(comps.text_encoders[0]), _trained(first.text_encoders[0])
     assert a.keys() == b.keys() and a and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_flux_final_layer_folded_and_swapped_loads_back(tmp_path):
+    """dbspec's Flux export folds the final layer's scale into lora_up (alpha = rank) and swaps norm_out's
+    (scale, shift) rows into the original (shift, scale): loading unfolds and swaps back."""
+    extra = (
+        '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\n'
+        'denoiser_targets = ["to_q", "to_k", "to_v", "norm_out.linear", "proj_out"]\n'
+    )
+    spec = write_spec(
+        tmp_path / "first",
+        base=BASES["flux"],
+        steps=2,
+        extra=extra + '\n[checkpoints]\nexports = ["kohya_lora"]\n',
+    )
+    first = execute(compile_spec(spec, ["optimizer.lr=1e-2"]), keep_models=True)
+    (export,) = Path(first.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    assert saved["lora_unet_final_layer_adaLN_modulation_1.alpha"].item() == 4.0  # folded
+    second = write_spec(
+        tmp_path / "second", base=BASES["flux"], steps=2, extra=extra + f'init_weights = "{export}"\n'
+    )
+    comps, _ = _loaded(compile_spec(second))
+    a, b = _trained(comps.unet), _trained(first.components.unet)
+    assert a.keys() == b.keys() and any("norm_out" in n for n in a)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
