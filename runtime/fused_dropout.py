@@ -71,7 +71,10 @@ def add_fused_dropout(
                     layer = block.get_submodule(part)
                 except AttributeError:
                     continue
-                if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+                plain = isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A
+                if plain and not layer.use_dora.get(
+                    ADAPTER_NAME
+                ):  # DoRA: peft's own forward (as lora_dropout)
                     layers.append(layer)
             shared = (
                 [
