@@ -1533,8 +1533,11 @@ not the adapter's: a layer its targets do not name (`denoiser_targets`, `text_en
 other than `alpha` (`conv_alpha`), a prefix of no model of the family, or a DoRA adapter (the file holds no
 magnitudes). The message names the file and the first tensor that differs. kohya fails on a shape mismatch
 too, and keeps its network's alpha for training while saving the file's; dbspec asks for one alpha. That every
-adapted layer has its tensors in the file is checked when the run loads it. Flux and SD3 runs cannot start
-from a kohya file yet: networks.lora_flux / lora_sd3 name the original model's fused layers.""",
+adapted layer has its tensors in the file is checked when the run loads it. Flux and SD3 files
+(networks.lora_flux / lora_sd3) name the original model's fused layers: a fused layer's `lora_down` has the
+adapter's rank (one down shared by its parts) or the rank times its parts (`split_qkv`: the parts' downs
+stacked, which shared downs, `fused_projections = true`, cannot take), and its alpha is the adapter's (or, a
+split layer, the adapter's times the parts, as dbspec's export writes it).""",
     ),
     Code(
         "DBS357",
@@ -1933,13 +1936,13 @@ one fused layer different ranks, alphas or `lr_scale`s.""",
     Code(
         "DBS508",
         WARNING,
-        "Dropout drawn per part of a fused layer",
+        "Input dropout drawn per part of a fused layer",
         """\
-With `adapter.fused_projections` each part of a fused layer computes the shared down-projection's output
-itself, so `dropout`, `down_dropout`, `rank_dropout` and `module_dropout` draw their masks (and module dropout
-its skip) per part, where kohya's LoRA on the fused layer draws them once for the whole layer. The expected
-update is the same; the draws differ.""",
-        help="accept the per-part draws, or turn the dropout off",
+With `adapter.fused_projections` each part of a fused layer applies peft's input dropout (`adapter.dropout`)
+to its own copy of the layer's input, where one fused Linear would drop the input once. (`down_dropout`,
+`rank_dropout` and `module_dropout` are drawn once per fused layer and forward, as kohya's LoRA on the fused
+Linear draws them.) kohya's networks have no input dropout.""",
+        help="accept the per-part draws, or use down_dropout (kohya's network_dropout) instead",
     ),
     Code(
         "DBS510",

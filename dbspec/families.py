@@ -164,6 +164,13 @@ class FamilySpec:
     # loss.pos_embed_random_crop_rate (kohya's SD3 --pos_emb_random_crop_rate): the denoiser's diffusers
     # PatchEmbed crops a stored position-embedding table (pos_embed_max_size); runtime/pos_crop.py moves it.
     pos_embed_crop: bool = False
+    # model.clip_attention_mask (kohya's --apply_lg_attn_mask): "hidden" where CLIP's masked hidden states
+    # condition the denoiser (SD3), "pooled" where only CLIP's pooled output does, which causal attention
+    # computes before any padding (Flux: the mask changes nothing), "" where dbspec does not mask CLIP.
+    clip_attention_mask: str = ""
+    # model.t5_attention_mask: the denoiser's attention also masks the padded text keys (Flux's
+    # txt_attention_mask), not only T5's own encoding.
+    t5_mask_in_denoiser: bool = False
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -432,6 +439,7 @@ FAMILIES: dict[str, FamilySpec] = {
         time_ids=0,
         text_encoder_dropout=True,
         pos_embed_crop=True,
+        clip_attention_mask="hidden",
         # diffusers' train_dreambooth_lora_sd3.py default: the joint attention's image and text projections.
         lora_targets=(
             "attn.add_k_proj",
@@ -521,6 +529,8 @@ FAMILIES: dict[str, FamilySpec] = {
     # on T5-XXL's hidden states and CLIP-L's pooled output, with a guidance embedding.
     "flux": FamilySpec(
         name="flux",
+        clip_attention_mask="pooled",
+        t5_mask_in_denoiser=True,
         title="Flux",
         runtime="flux",
         preview_vae="madebyollin/taef1",
@@ -670,3 +680,13 @@ def family_list(names: tuple[str, ...] = FAMILY_NAMES, *, quote: bool = True) ->
 def hub_model(base: str) -> tuple[str, Prediction] | None:
     """(family, prediction) of a well-known hub id, None for others."""
     return next(((f.name, f.hub_models[base]) for f in FAMILIES.values() if base in f.hub_models), None)
+
+
+def flow_text_prefixes(family: str) -> tuple[str, ...]:
+    """kohya's prefixes of the family's text encoders, in its order: lora_flux / lora_sd3 number CLIP-L 1,
+    CLIP-G 2 and T5-XXL 3 (Flux: lora_te1, lora_te3)."""
+    encoders = family_spec(family).text_encoders
+    return tuple(
+        "lora_te3_" if e.tokenizer_class.startswith("T5") else f"lora_te{i + 1}_"
+        for i, e in enumerate(encoders)
+    )

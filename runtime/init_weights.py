@@ -13,6 +13,7 @@ import math
 import torch
 from safetensors.torch import load_file
 
+from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import _kohya_lora_layers, kohya_parts
@@ -22,6 +23,10 @@ _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
+    if family_spec(plan.model.family).fused_projections:  # kohya's Flux / SD3 layout: fused layers to split
+        from dbspec.runtime.flow_init import load_flow_init_weights
+
+        return load_flow_init_weights(plan, unet, text_encoders)
     path = plan.adapter.init_weights
     state = load_file(path)
     layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}

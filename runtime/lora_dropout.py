@@ -36,6 +36,7 @@ def add_lora_dropout(
             isinstance(layer, LoraLayer)
             and ADAPTER_NAME in layer.lora_A
             and not layer.use_dora.get(ADAPTER_NAME)
+            and not hasattr(layer, "dbspec_fused_draw")  # a fused layer's part: runtime/fused_dropout.py
         ):
             layer.forward = _forward(
                 layer, layer.forward, rank_dropout, module_dropout, multiplier, down_dropout

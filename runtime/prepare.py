@@ -70,6 +70,12 @@ def _prepare(
         if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
+            if plan.adapter.fused and denoiser and (a.rank_dropout or a.module_dropout or a.down_dropout):
+                from dbspec.runtime.fused_dropout import add_fused_dropout  # one draw per fused layer
+
+                add_fused_dropout(
+                    module, plan.adapter.fused, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout
+                )
             add_lora_dropout(module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout)
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)

@@ -19,7 +19,7 @@ import attrs
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.families import family_spec
+from dbspec.families import family_spec, flow_text_prefixes
 from dbspec.spec.model import LoraAdapter
 
 KEY = ("adapter", "init_weights")
@@ -54,22 +54,14 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     if not path.is_file():
         ctx.report("DBS357", "error", f"LoRA file `{path}` not found", KEY, help="check the path")
         return "", 0
-    if family_spec(family).fused_projections:  # kohya's lora_flux / lora_sd3: the original model's names
-        ctx.report(
-            "DBS356",
-            "error",
-            f"`{path}`: dbspec cannot start a {family_spec(family).title} LoRA from a kohya file yet (kohya "
-            "names the original model's fused layers, which are not split into diffusers' parts here)",
-            KEY,
-            help="remove adapter.init_weights",
-        )
-        return "", 0
     try:
         file = read_lora_file(path)
     except ModelFileError as exc:
         ctx.report("DBS357", "error", f"`{exc.path}` cannot start the LoRA: {exc.reason}", KEY)
         return "", 0
     trained = {c.name for c in components if c.trainable == "lora"}
+    if family_spec(family).fused_projections:  # kohya's lora_flux / lora_sd3: the original model's names
+        return _plan_flow_file(ctx, path, file, family, adapter, trained)
     prefixes = kohya_component_prefixes(family)
     used = 0
     ignored: dict[str, int] = {}
@@ -180,3 +172,128 @@ def file_ranks(file: LoraFile) -> dict[str, tuple[int, float]]:
                 f"{first[1]:g} (per-layer ranks)"
             )
     return out
+
+
+# --- kohya's Flux / SD3 LoRA files (networks/lora_flux.py, lora_sd3.py) -------------------------------------
+# Flux's final layer: dbspec's export folds its scale into lora_up and writes alpha = rank (diffusers'
+# converter ignores that alpha), so the file's alpha may be its rank there.
+FLOW_FOLDED = ("lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear")
+
+
+def flow_component_prefixes(family: str) -> dict[str, str]:
+    """kohya's module-name prefix -> the plan component it adapts, for Flux and SD3 (the plan names the
+    denoiser `unet` in every family)."""
+    names = family_spec(family).text_encoder_names
+    return {"lora_unet_": "unet", **dict(zip(flow_text_prefixes(family), names))}
+
+
+def fused_layer_of(family: str, name: str):
+    """The family's fused layer (FusedProjection) kohya's denoiser module `name` is, or None."""
+    return next((g for g in family_spec(family).fused_projections if name.endswith("_" + g.kohya_name)), None)
+
+
+def _plan_flow_file(ctx: Context, path, file: LoraFile, family: str, adapter, trained) -> tuple[str, int]:
+    """A Flux / SD3 LoRA file in kohya's layout (the original model's module names; a fused Linear's LoRA
+    either one down-projection shared by its parts, or with split_qkv the parts' downs stacked and their ups
+    on the block diagonal). Ranks and alphas are checked here; that each module names a layer the run adapts
+    (and each adapted layer has its tensors) is checked when the run loads it (the names need the model)."""
+    prefixes = flow_component_prefixes(family)
+    spec = family_spec(family)
+    used = 0
+    ignored: dict[str, int] = {}
+    for module in file.modules.values():
+        prefix = next((p for p in prefixes if module.name.startswith(p)), None)
+        if prefix is None:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}`: tensor `{module.name}.lora_down.weight` belongs to no model of this {family} run "
+                f"(kohya's {spec.title} prefixes: {', '.join(prefixes)})",
+                KEY,
+                help="start from a LoRA file of this model family",
+            )
+            return "", 0
+        component = prefixes[prefix]
+        if component not in trained:
+            ignored[component] = ignored.get(component, 0) + 1
+            continue
+        if component == "unet":
+            problem = _flow_mismatch(module, adapter, family)
+        else:
+            problem = _mismatch(module, adapter, False)
+        if problem:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}` does not fit the adapter: {problem}",
+                KEY,
+                help="make the adapter's rank, alpha and fused_projections the file's (kohya's "
+                "split_qkv=True is fused_projections = false), or start from another file",
+            )
+            return "", 0
+        used += 1
+    for component, count in ignored.items():
+        ctx.report(
+            "DBS358",
+            "warning",
+            f"`{path}` holds {count} LoRA layer(s) of `{component}`, which does not train: they are ignored",
+            KEY,
+        )
+    if not used:
+        ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
+        return "", 0
+    return str(path), used
+
+
+def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str:
+    """Why the file's transformer module does not fit the adapter, or "" (per-block ranks: the run checks
+    every tensor's shape against its layer when it loads the file)."""
+    tensor = f"`{module.name}.lora_down.weight`"
+    if module.conv:
+        return f"tensor {tensor} adapts a convolution; kohya's {family} LoRA adapts Linears only"
+    rank, alpha = adapter.rank, adapter.alpha
+    group = fused_layer_of(family, module.name)
+    if group is None and adapter.blocks:
+        return ""
+    if group is None:
+        if module.rank != rank:
+            return (
+                f"tensor {tensor} has rank {module.rank} (shape {list(module.down)}); adapter.rank is {rank}"
+            )
+        folded = module.name in FLOW_FOLDED and module.alpha == module.rank
+        if module.alpha is not None and not folded and not math.isclose(module.alpha, alpha, rel_tol=1e-3):
+            return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.alpha is {alpha:g}"
+        return ""
+    parts = len(group.parts)
+    if adapter.blocks:  # the rank and alpha of the block's first adapted part (one for all, DBS507)
+        from dbspec.compiler.fused import _rank
+
+        index = module.name[: -len(group.kohya_name) - 1].rsplit("_", 1)[-1]
+        found = [_rank(f"{group.blocks}.{index}.{p}", adapter) for p in group.parts]
+        rank, alpha = next(((r, a) for r, a, _ in found if r), (0, 0.0))
+        if not rank:
+            return (
+                f"tensor {tensor} adapts the fused {group.kohya_name} of block {index}, none of whose "
+                f"parts ({', '.join(group.parts)}) the adapter's targets and blocks adapt"
+            )
+    if module.rank == rank:  # one down shared by the parts (kohya without split_qkv)
+        alphas = (alpha,)
+    elif module.rank == rank * parts:  # split_qkv: the parts' downs stacked
+        if adapter.fused_projections:
+            return (
+                f"tensor {tensor} stacks {parts} separate downs of rank {rank} (a split_qkv file: "
+                f"{module.rank} rows), but adapter.fused_projections = true shares one down among the parts "
+                f"of {group.kohya_name}; set adapter.fused_projections = false to start from it"
+            )
+        alphas = (alpha, alpha * parts)  # kohya's writer keeps the parts' alpha; dbspec's keeps alpha / rows
+    else:
+        return (
+            f"tensor {tensor} of the fused {group.kohya_name} has {module.rank} rows; adapter.rank {rank} "
+            f"needs {rank} (one shared down) or {rank * parts} ({parts} parts' downs, split_qkv)"
+        )
+    if module.alpha is not None and not any(math.isclose(module.alpha, a, rel_tol=1e-3) for a in alphas):
+        return (
+            f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.alpha {alpha:g} needs "
+            + " or ".join(f"{a:g}" for a in alphas)
+        )
+    return ""

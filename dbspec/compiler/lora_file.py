@@ -18,7 +18,7 @@ import attrs
 from dbspec.compiler.safetensors_header import ModelFileError, _read_raw_header
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
-KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")  # te3: Flux/SD3 T5
 # Scalar dtypes an alpha is stored in, as struct formats (bf16 is the top half of an fp32).
 _SCALAR = {"F64": ("<d", 8), "F32": ("<f", 4), "F16": ("<e", 2), "I64": ("<q", 8), "I32": ("<i", 4)}
 

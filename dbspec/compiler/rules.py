@@ -2613,19 +2613,19 @@ def wandb_installed(spec: Spec, spec_file: Path) -> Iterator[Hit]:
 
 @rule("spec")
 def fused_projection_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
-    """adapter.fused_projections with a dropout: drawn per part, kohya draws once per fused layer (DBS508)."""
+    """adapter.fused_projections with peft's input dropout: drawn per part (DBS508); kohya's LoRA has none.
+    down_dropout, rank_dropout and module_dropout are drawn once per fused layer (runtime/fused_dropout.py).
+    """
     a = spec.adapter
-    if not isinstance(a, LoraAdapter) or not a.fused_projections:
+    if not isinstance(a, LoraAdapter) or not a.fused_projections or not a.dropout:
         return
-    on = [k for k in ("dropout", "down_dropout", "rank_dropout", "module_dropout") if getattr(a, k)]
-    if on:
-        yield _warn(
-            "DBS508",
-            ("adapter", on[0]),
-            f"adapter.{on[0]} = {getattr(a, on[0]):g} with fused_projections: each part of a fused layer "
-            "draws its own dropout, where kohya's LoRA on the fused layer draws once for the whole layer",
-            codes.help("DBS508"),
-        )
+    yield _warn(
+        "DBS508",
+        ("adapter", "dropout"),
+        f"adapter.dropout = {a.dropout:g} with fused_projections: each part of a fused layer drops its own "
+        "copy of the layer's input, where one fused Linear would drop it once",
+        codes.help("DBS508"),
+    )
 
 
 @rule("spec")

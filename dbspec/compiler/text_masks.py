@@ -7,8 +7,6 @@ from dbspec.compiler.context import Context
 from dbspec.families import family_spec
 from dbspec.plan.model import ModelPlan
 
-CLIP_MASK_FAMILIES = ("sd3",)  # CLIP hidden states condition the transformer and kohya masks them: SD3's
-
 
 def has_t5(family: str) -> bool:
     return any(e.tokenizer_class.startswith("T5") for e in family_spec(family).text_encoders)
@@ -28,14 +26,14 @@ def check_text_masks(ctx: Context, model: ModelPlan | None) -> None:
             ("model", "t5_attention_mask"),
             help="remove model.t5_attention_mask (it is for SD3 and Flux)",
         )
-    if not model.clip_attention_mask or model.family in CLIP_MASK_FAMILIES:
+    if not model.clip_attention_mask or spec.clip_attention_mask == "hidden":
         return
-    if model.family == "flux":
+    if spec.clip_attention_mask == "pooled":
         ctx.report(
             "DBS532",
             "warning",
-            "model.clip_attention_mask has no effect on Flux: Flux reads only CLIP-L's pooled output, which "
-            "CLIP's causal attention computes before any padding",
+            f"model.clip_attention_mask has no effect on {spec.title}: it reads only CLIP's pooled output, "
+            "which CLIP's causal attention computes before any padding",
             ("model", "clip_attention_mask"),
             help="remove model.clip_attention_mask",
         )
@@ -43,8 +41,8 @@ def check_text_masks(ctx: Context, model: ModelPlan | None) -> None:
     ctx.report(
         "DBS531",
         "error",
-        f"model.clip_attention_mask is true, but dbspec masks CLIP's padding for SD3 only (kohya's "
-        f"--apply_lg_attn_mask), not for {spec.title} models",
+        "model.clip_attention_mask is true, but dbspec masks CLIP's padding only where its hidden states "
+        f"condition the denoiser (SD3, kohya's --apply_lg_attn_mask), not for {spec.title} models",
         ("model", "clip_attention_mask"),
         help="remove model.clip_attention_mask",
     )

@@ -92,7 +92,11 @@ def text_mask_lines(m) -> list[str]:
     """The text attention masks the run encodes (and, Flux, attends) with."""
     lines = []
     if m.t5_attention_mask:
-        keys = "; the transformer masks the padded text keys" if m.family == "flux" else ""
+        keys = (
+            "; the transformer masks the padded text keys"
+            if family_spec(m.family).t5_mask_in_denoiser
+            else ""
+        )
         lines.append(f"text: T5 encodes with its padding mask (model.t5_attention_mask){keys}")
     if m.clip_attention_mask:
         lines.append("text: CLIP encodes with its padding mask (model.clip_attention_mask)")
@@ -534,7 +538,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             (
                 f"  fused {fused.name}",
                 f"{fused.blocks}.*: {', '.join(fused.parts)} share one down-projection (kohya's LoRA on the "
-                "fused layer)",
+                "fused layer)" + _fused_draw(a),
             )
         )
     bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
@@ -1126,3 +1130,11 @@ def select_rule(c) -> str:
         sign = "-" if m == "eval_loss" else "+"
         text += f" {sign} {w:g} x {m}" if text else f"{'-' if sign == '-' else ''}{w:g} x {m}"
     return f"the highest {text}"
+
+
+def _fused_draw(a) -> str:
+    """kohya's dropouts on a fused layer: one draw for all its parts (runtime/fused_dropout.py)."""
+    on = [
+        n for n, v in (("down", a.down_dropout), ("rank", a.rank_dropout), ("module", a.module_dropout)) if v
+    ]
+    return f"; {', '.join(on)} dropout drawn once per layer" if on else ""

@@ -406,8 +406,10 @@ class LoraAdapter:
         doc="Start the LoRA from this `.safetensors` file (kohya `--network_weights`), relative to the spec "
         "file: kohya's LoRA layout, as kohya saves it and dbspec's `kohya_lora` export writes it. Its "
         "layers, ranks and alphas must be the adapter's (checked at plan time); layers of a model that does "
-        "not train are ignored. A resumed run takes the checkpoint's weights instead. Empty: peft's random "
-        "init.",
+        "not train are ignored. Flux and SD3 files name the original model's fused layers (kohya's "
+        "lora_flux / lora_sd3): a fused layer's down is shared by its parts (or, a `split_qkv` file, split "
+        "among them) and its up rows go to each part. A resumed run takes the checkpoint's weights instead. "
+        "Empty: peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
@@ -417,8 +419,9 @@ class LoraAdapter:
         "a layer of the original model into (Flux: attn.to_q, to_k, to_v of each double-block stream, and "
         "the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each joint block's q, k, v per attention) "
         "share one `lora_A` (rank `rank`), each keeps its own `lora_B` rows: kohya's LoRA on the fused "
-        "Linear (networks.lora_flux and lora_sd3 without `split_qkv`). false: each part has its own LoRA. "
-        "Families without fused layers refuse it.",
+        "Linear (networks.lora_flux and lora_sd3 without `split_qkv`); `down_dropout`, `rank_dropout` and "
+        "`module_dropout` are drawn once per fused layer, as kohya draws them. false: each part has its own "
+        "LoRA. Families without fused layers refuse it.",
     )
 
 

@@ -196,24 +196,53 @@ def test_kohya_sd35_medium_without_encoders_takes_the_flags(tmp_path):
     plan_of(outcome, tmp_path)
 
 
-def test_kohya_sd3_checkpoint_without_an_encoder_fails_the_plan(tmp_path):
-    """kohya reads CLIP-L from the checkpoint when --clip_l is not given; a file without one fails there
-    (DBS373 names the file)."""
+def test_kohya_sd3_checkpoint_without_an_encoder_is_refused_as_kohya_fails(tmp_path):
+    """kohya reads CLIP-L from the checkpoint when --clip_l is not given; sd3_utils.load_clip_l returns None
+    for a file without one and sd3_train_network.py fails on it: DBS402 names the missing flag."""
     _sd3_checkpoint(tmp_path / "models" / "sd3.safetensors", depth=24, dual=False, encoders=False, vae=True)
     for name in ("clip_g.safetensors", "t5xxl.safetensors"):
         component_file(tmp_path / "models" / name)
     outcome = _sd3(tmp_path, "--clip_g models/clip_g.safetensors --t5xxl models/t5xxl.safetensors")
-    model = _spec(tmp_path)["model"]
-    assert model["base"] == "stabilityai/stable-diffusion-3-medium-diffusers"
-    assert model["text_encoder_files"][0] == "../models/sd3.safetensors"
-    from dbspec.frontend import plan_spec
-    from convert_kit import GPU
+    assert outcome.exit_code != 0 and not outcome.written
+    (message,) = messages(outcome, "DBS402").splitlines() or [""]
+    assert "--clip_l is missing" in message and "sd3.safetensors" in message and "CLIP-L" in message
+    assert fate(outcome, "clip_l") == "invalid"
+    assert "clip_g" not in messages(outcome, "DBS402") and "t5xxl" not in messages(outcome, "DBS402")
 
-    planned = plan_spec(out_path(tmp_path), GPU)
-    assert planned.plan is None
-    (d,) = [d for d in planned.diagnostics if d.code == "DBS373"]
-    assert d.path == "model.text_encoder_files[0]" and "sd3.safetensors" in d.message
-    assert outcome.written
+
+def test_kohya_sd3_checkpoint_with_its_encoders_needs_no_flags(tmp_path):
+    _sd3_checkpoint(tmp_path / "models" / "sd3.safetensors", depth=38, dual=False, encoders=True, vae=True)
+    outcome = _sd3(tmp_path, "")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert "DBS402" not in codes(outcome)
+
+
+def _flux_without(tmp_path, dropped: str):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    _flux_files(tmp_path)
+    config = "".join(line + "\n" for line in FLUX_CONFIG.splitlines() if not line.startswith(dropped + " "))
+    return kohya(
+        tmp_path,
+        config_file=write(tmp_path / "flux.toml", config),
+        command="accelerate launch flux_train_network.py",
+    )
+
+
+def test_kohya_flux_without_t5xxl_is_refused_as_kohya_fails(tmp_path):
+    """flux_train_network.py opens --t5xxl (and --clip_l) whatever the base: without it kohya crashes; the
+    converter said nothing and took the base's encoder before."""
+    outcome = _flux_without(tmp_path, "t5xxl")
+    assert outcome.exit_code != 0 and not outcome.written
+    message = messages(outcome, "DBS402")
+    assert "--t5xxl is missing" in message and "T5-XXL" in message and "clip_l" not in message
+    assert fate(outcome, "t5xxl") == "invalid"
+
+
+def test_kohya_flux_without_clip_l_is_refused_as_kohya_fails(tmp_path):
+    outcome = _flux_without(tmp_path, "clip_l")
+    message = messages(outcome, "DBS402")
+    assert "--clip_l is missing" in message and "CLIP-L" in message and "t5xxl" not in message
+    assert not outcome.written
 
 
 def test_kohya_flux_schnell_file_takes_schnells_configs(tmp_path):

@@ -113,7 +113,7 @@ def test_block_selection_type_ranks_and_in_dims(tmp_path):
     assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
 
 
-def test_dropouts_on_fused_layers_differ_and_plan(tmp_path):
+def test_dropouts_on_fused_layers_map_exactly(tmp_path):
     outcome = _flux(tmp_path, '--network_args "rank_dropout=0.1" "module_dropout=0.05" --network_dropout 0.1')
     plan = plan_of(outcome, tmp_path)
     assert (plan.adapter.rank_dropout, plan.adapter.module_dropout, plan.adapter.down_dropout) == (
@@ -121,8 +121,15 @@ def test_dropouts_on_fused_layers_differ_and_plan(tmp_path):
         0.05,
         0.1,
     )
-    said = messages(outcome, "DBS404")
-    assert "once per fused Linear" in said and "one mask for all parts" in said
+    # drawn once per fused Linear, as kohya draws them (runtime/fused_dropout.py): exact, no DBS404 or DBS508
+    assert not {"DBS404", "DBS508"} & codes(outcome)
+    assert fate(outcome, "network_dropout") == "mapped" and plan.adapter.fused
+    split = _flux(
+        tmp_path,
+        '--network_args "rank_dropout=0.1" "module_dropout=0.05" "split_qkv=True" "train_blocks=single"',
+    )
+    assert "skips all parts of a fused Linear" in messages(split, "DBS404")
+    assert "rank_dropout" not in messages(split, "DBS404")
 
 
 def test_what_lora_flux_has_that_dbspec_cannot_express(tmp_path):
@@ -164,8 +171,63 @@ def test_a_config_file_converts_alike(tmp_path):
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv"]
 
 
-def test_starting_from_a_kohya_flux_file_is_reported(tmp_path):
-    write(tmp_path / "prev.safetensors", "")
-    outcome = _flux(tmp_path, "--network_weights prev.safetensors", allow=True)
-    assert fate(outcome, "network_weights") == "unsupported"
-    assert "fused" in messages(outcome, "DBS403")
+def _kohya_flux_file(path, *, rank: int, alpha: float, split: bool = False, single_only: bool = False):
+    """A LoRA file in kohya's networks/lora_flux.py layout at FLUX.1's widths (zero tensors): the double
+    blocks' fused img_attn.qkv and img_attn.proj, a single block's fused linear1; `split`: the parts' downs
+    stacked (kohya's split_qkv writer)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 3072
+    layers = {
+        "double_blocks_0_img_attn_qkv": (3 * width, 3),
+        "double_blocks_0_img_attn_proj": (width, 0),
+        "single_blocks_0_linear1": (3 * width + 4 * width, 4),
+    }
+    tensors = {}
+    for name, (out, parts) in layers.items():
+        if single_only and not name.startswith("single_"):
+            continue
+        rows = rank * parts if split and parts else rank
+        tensors[f"lora_unet_{name}.lora_down.weight"] = np.zeros((rows, width), np.float16)
+        tensors[f"lora_unet_{name}.lora_up.weight"] = np.zeros((out, rows), np.float16)
+        tensors[f"lora_unet_{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_starting_from_a_kohya_flux_file_maps_to_init_weights(tmp_path):
+    """--network_weights (train_network.py loads it into the network before training): adapter.init_weights,
+    whose plan reads the fused layers' shared downs; no DBS403."""
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.init_weights == str(tmp_path / "prev.safetensors") and plan.adapter.init_layers == 3
+
+
+def test_a_split_qkv_flux_file_starts_split_qkv_training(tmp_path):
+    """kohya's split_qkv file (the parts' downs stacked): with split_qkv=True (kohya trains it on the single
+    blocks only) it starts per-part LoRAs; into shared downs it is refused at plan time naming the tensor."""
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0, split=True, single_only=True)
+    outcome = _flux(
+        tmp_path, '--network_weights prev.safetensors --network_args "split_qkv=True" "train_blocks=single"'
+    )
+    assert fate(outcome, "network_weights") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.adapter.fused and plan.adapter.init_layers == 1
+    from convert_kit import GPU
+
+    from dbspec.frontend import plan_spec
+
+    _flux(tmp_path, "--network_weights prev.safetensors")  # shared downs: the stacked file does not fit
+    (d,) = [d for d in plan_spec(out_path(tmp_path), GPU).diagnostics if d.code == "DBS356"]
+    assert "prev.safetensors" in d.message and "split_qkv" in d.message
+    assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in d.message
+
+
+def test_dim_from_weights_stays_refused_for_flux(tmp_path):
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights", allow=True)
+    assert fate(outcome, "dim_from_weights") == "unsupported"
+    assert "network_dim" in messages(outcome, "DBS403")

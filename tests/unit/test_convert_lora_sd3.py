@@ -70,3 +70,22 @@ def test_the_x_embedder_and_t5_cannot_be_expressed(tmp_path):
     assert fate(outcome, "network_args") == "unsupported"
     said = messages(outcome, "DBS403") + "".join(errors(outcome))
     assert "x_embedder" in said and "train_t5xxl" in said
+
+
+def test_starting_from_a_kohya_sd3_file_maps_to_init_weights(tmp_path):
+    """--network_weights with networks.lora_sd3: adapter.init_weights, the fused q/k/v's shared down read at
+    plan time (SD3.5 large widths; alpha 8 as network_alpha)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 2432
+    tensors = {}
+    for name, out in (("x_block_attn_qkv", 3 * width), ("context_block_mlp_fc2", width)):
+        key = f"lora_unet_joint_blocks_0_{name}"
+        tensors[f"{key}.lora_down.weight"] = np.zeros((16, width), np.float16)
+        tensors[f"{key}.lora_up.weight"] = np.zeros((out, 16), np.float16)
+        tensors[f"{key}.alpha"] = np.array(8.0, np.float32)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _sd3(tmp_path, "--network_weights prev.safetensors")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    assert plan_of(outcome, tmp_path).adapter.init_layers == 2

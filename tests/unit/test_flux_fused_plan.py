@@ -96,12 +96,58 @@ def test_the_parameter_count_of_kohyas_fused_flux_lora(toy: Path):
     assert abs(fused / plain - shared / every) < 2 / plain
 
 
-def test_init_weights_from_a_kohya_flux_file_is_refused_precisely(toy: Path):
-    (toy / "prev.safetensors").write_bytes(b"")
-    write_spec(toy, model=FLUX, adapter={"kind": "lora", "init_weights": "prev.safetensors"})
+def _kohya_file(path: Path, rows: int, alpha: float, *, rank: int = 4) -> None:
+    """kohya's lora_flux layout: double block 0's fused img_attn.qkv (`rows` rows of lora_down) and its
+    img_attn.proj (rank `rank`, alpha 2)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, r, out, a in (("img_attn_qkv", rows, 3 * 32, alpha), ("img_attn_proj", rank, 32, 2.0)):
+        key = f"lora_unet_double_blocks_0_{name}"
+        tensors[f"{key}.lora_down.weight"] = np.zeros((r, 32), np.float32)
+        tensors[f"{key}.lora_up.weight"] = np.zeros((out, r), np.float32)
+        tensors[f"{key}.alpha"] = np.array(a, np.float32)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize(
+    ("rows", "alpha", "fused", "fits"),
+    [
+        (4, 2.0, True, ""),  # kohya's fused LoRA: one down of the adapter's rank
+        (4, 2.0, False, ""),  # ... into per-part LoRAs: each part takes the down
+        (12, 2.0, False, ""),  # split_qkv, kohya's writer: the parts' alpha
+        (12, 6.0, False, ""),  # split_qkv, dbspec's writer: alpha / rows kept
+        (12, 2.0, True, "stacks 3 separate downs"),
+        (8, 2.0, True, "has 8 rows; adapter.rank 4 needs 4"),
+        (4, 3.0, True, "is 3; adapter.alpha 2 needs 2"),
+    ],
+)
+def test_a_kohya_flux_file_is_checked_against_the_fused_layers(toy: Path, rows, alpha, fused, fits):
+    _kohya_file(toy / "prev.safetensors", rows, alpha)
+    adapter = {"kind": "lora", "rank": 4, "alpha": 2, "fused_projections": fused, "denoiser_targets": KOHYA,
+               "init_weights": "prev.safetensors"}  # fmt: skip
+    write_spec(toy, model=FLUX, adapter=adapter)
     planned = compile_in(toy)
-    message = next(d.message for d in planned.diagnostics if d.code == "DBS356")
-    assert "Flux" in message and "fused layers" in message
+    found = [d for d in planned.diagnostics if d.code == "DBS356"]
+    if not fits:
+        assert planned.plan is not None and not found, [d.message for d in found]
+        assert planned.plan.adapter.init_layers == 2
+        return
+    (d,) = found
+    assert d.path == "adapter.init_weights" and "prev.safetensors" in d.message and fits in d.message
+    assert "lora_unet_double_blocks_0_img_attn_qkv" in d.message
+
+
+def test_a_kohya_flux_file_without_a_trained_part_names_the_block(toy: Path):
+    _kohya_file(toy / "prev.safetensors", 4, 2.0)
+    adapter = {"kind": "lora", "rank": 4, "alpha": 2, "fused_projections": True, "denoiser_targets": KOHYA,
+               "init_weights": "prev.safetensors"}  # fmt: skip
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "^transformer_blocks\\\\.0\\\\."\nrank = 0\nalpha = 1\n')
+    (d,) = [d for d in compile_in(toy).diagnostics if d.code == "DBS356"]
+    assert "fused img_attn_qkv of block 0" in d.message
 
 
 def test_parts_at_different_learning_rates_are_refused(toy: Path):

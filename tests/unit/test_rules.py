@@ -1232,9 +1232,11 @@ CASES = [
     ),
     (
         rules.fused_projection_dropout,
-        '[adapter]\nkind = "lora"\nfused_projections = true\nrank_dropout = 0.1\n' + DOG + STEPS,
-        [("DBS508", "warning", ("adapter", "rank_dropout"))],
-        '[adapter]\nkind = "lora"\nfused_projections = true\n' + DOG + STEPS,
+        '[adapter]\nkind = "lora"\nfused_projections = true\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS508", "warning", ("adapter", "dropout"))],
+        # kohya's dropouts are drawn once per fused layer (runtime/fused_dropout.py)
+        '[adapter]\nkind = "lora"\nfused_projections = true\nrank_dropout = 0.1\nmodule_dropout = 0.1\n'
+        "down_dropout = 0.1\n" + DOG + STEPS,
     ),
     # per-text-encoder dropout (kohya's SD3 --clip_l/--clip_g/--t5_dropout_rate): one rate per encoder
     (

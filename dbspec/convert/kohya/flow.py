@@ -232,6 +232,9 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
         elif legacy.value:  # sd3: the checkpoint holds this encoder, and kohya reads it from there
             conv.ignored(legacy, f"{script}.py loads {flag} from the checkpoint, which holds one")
             files.append(checkpoint)
+        elif _missing_encoder(a, family, as_file, held, i):
+            files.append("")
+            _report_missing_encoder(legacy, script, family, base.value, conv)
         elif family == "sd3" and as_file:
             files.append(checkpoint)  # kohya reads it from the checkpoint (the plan checks it is there)
             conv.record(legacy, "mapped", "model.text_encoder_files")
@@ -246,6 +249,33 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
             + (" (the checkpoint's where it holds them)" if family == "sd3" and as_file else ""),
         )
     _map_autoencoder(a, script, family, checkpoint, held, paths, conv)
+
+
+def _missing_encoder(a: Args, family: str, as_file: bool, held: dict | None, index: int) -> bool:
+    """kohya has no text encoder `index` to load (its flag not given): flux_train_network.py always loads
+    CLIP-L and T5-XXL from --clip_l / --t5xxl (flux_utils.load_clip_l / load_t5xxl open the path, None
+    included; Chroma has no CLIP-L); sd3_train_network.py falls back to the checkpoint, where readable here
+    known to lack it (sd3_utils.load_* then return None, and the script's `.eval()` on it fails)."""
+    if family == "flux":
+        return not (index == 0 and a["model_type"].value == "chroma")
+    return as_file and held is not None and not _holds_encoder(held, index)
+
+
+def _report_missing_encoder(legacy: Legacy, script: str, family: str, base: str, conv: Conversion) -> None:
+    name = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}[legacy.key]
+    where = (
+        f"{script}.py loads {name} from --{legacy.key} only (flux_utils.load_{legacy.key} opens the path)"
+        if family == "flux"
+        else f"{script}.py reads {name} from --{legacy.key}, else from the checkpoint `{base}`, which "
+        f"holds no {name} (sd3_utils.load_{legacy.key} returns None and the script fails on it)"
+    )
+    conv.invalid(
+        legacy.key,
+        None,
+        legacy.source,
+        f"--{legacy.key} is missing: {where}",
+        help=f"give --{legacy.key} <the {name} .safetensors file> (kohya's own weights layout)",
+    )
 
 
 def _map_autoencoder(

@@ -188,20 +188,11 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
 
 
 def network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:
-    """--network_dropout: torch's dropout on lora_down's output (LoRAModule.forward), adapter.down_dropout;
-    a fused layer's one mask covers all its parts, which dbspec draws per part (split_qkv: per part too)."""
-    if not dropout.value:
-        return
-    if split:
+    """--network_dropout: torch's dropout on lora_down's output (LoRAModule.forward), adapter.down_dropout; on
+    a fused layer one mask for all its parts (dbspec draws it once per fused layer, runtime/fused_dropout.py;
+    split_qkv: one per part, as kohya)."""
+    if dropout.value:
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
-    else:
-        conv.differs(
-            dropout,
-            "kohya drops the fused Linears' shared down output with one mask for all parts; dbspec "
-            "draws a mask per part (exact on the other layers)",
-            ("adapter", "down_dropout"),
-            float(dropout.value),
-        )
 
 
 def _double_attention_trained(train, double: list[bool] | None, type_dims: dict[str, int]) -> bool:
@@ -211,19 +202,19 @@ def _double_attention_trained(train, double: list[bool] | None, type_dims: dict[
 
 
 def dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> None:
-    """rank_dropout / module_dropout: kohya draws them once per LoRA module, a fused layer's (or with
-    split_qkv, module dropout's skip) for all its parts together; dbspec per part."""
+    """rank_dropout / module_dropout: kohya draws them once per LoRA module, a fused layer's once for all its
+    parts, as dbspec does with fused_projections (runtime/fused_dropout.py). With split_qkv kohya still skips
+    a fused layer's parts together (module dropout), where dbspec's separate LoRAs draw it per part."""
     for key in ("rank_dropout", "module_dropout"):
         if key not in kwargs:
             continue
         value = float(kwargs.pop(key))
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        shared = not split or key == "module_dropout"
-        if value and shared:
+        if value and split and key == "module_dropout":
             conv.differs(
                 legacy,
-                f"kohya draws {key} once per fused Linear for all its parts (q, k, v, the MLP input); dbspec "
-                "draws it per part (the other layers alike)",
+                "with split_qkv kohya skips all parts of a fused Linear (q, k, v, the MLP input) together; "
+                "dbspec's separate LoRAs draw it per part (the other layers alike)",
                 ("adapter", key),
                 value,
             )

@@ -335,13 +335,18 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
     if not network(a, rank, float(alpha.value), conv):
         return False
-    for key in ("network_weights", "dim_from_weights"):
-        if a[key].value:  # adapter.init_weights reads diffusers-named kohya files (compiler/init_weights.py)
-            conv.unsupported(
-                a[key],
-                f"dbspec cannot start a LoRA from a {wanted} file yet: it names the original model's fused "
-                "layers, which adapter.init_weights does not split into diffusers' parts",
-            )
+    # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
+    # fused layers split onto diffusers' parts as the networks' load_state_dict splits them
+    weights = a["network_weights"]
+    if a["dim_from_weights"].value:
+        conv.unsupported(
+            a["dim_from_weights"],
+            f"{wanted}'s create_network_from_weights builds one LoRA per module of the file at its own rank "
+            "(a split_qkv file's fused layers at three or four times the rank, unsplit); dbspec takes the "
+            "ranks from network_dim / network_alpha: give the file's",
+        )
+    elif weights.value:
+        map_network_weights(a, paths, conv)
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),

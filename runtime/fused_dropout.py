@@ -1,0 +1,133 @@
+"""kohya's dropouts on a fused Linear, drawn once for all its parts (`plan.adapter.fused` with `down_dropout`,
+`rank_dropout` or `module_dropout`).
+
+kohya's LoRAModule on a fused Linear (networks.lora_flux / lora_sd3 without split_qkv, Flux's `img_attn.qkv`)
+draws, per forward while training: `torch.rand(1) < module_dropout` (the whole layer's update skipped),
+torch's dropout on the down-projection's output (`network_dropout`), then the rank mask
+`torch.rand((batch, rank)) > rank_dropout`, and scales by 1 / (1 - rank_dropout). With the parts' downs tied
+(runtime/fused.py) every part computes the same down output, so the parts of one fused layer share one draw:
+the first part called in a forward draws exactly what kohya's module draws, in its order from torch's global
+generator (the dropout mask as torch's dropout makes it for a tensor of the down output's shape and dtype),
+and the layer's other parts apply the same masks (or skip together). The draw is kept until every adapted part
+of the layer has run, so gradient checkpointing's recomputation (the generator restored) draws it again alike,
+and a resumed run (the generator restored from the checkpoint) draws what an uninterrupted one draws. Outside
+training the parts run peft's forward."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora import LoraLayer
+
+from dbspec.plan.model import FusedPlan
+from dbspec.runtime.adapters import ADAPTER_NAME
+
+
+class FusedDraw:
+    """One fused layer's dropout draw, shared by its `parts` adapted parts for one forward."""
+
+    def __init__(self, parts: int):
+        self.parts = parts
+        self.left = 0  # parts still to apply the current draw
+        self.skip = False
+        self.down: torch.Tensor | None = None  # network dropout's scaled mask (1 / (1 - p) where kept)
+        self.rank: torch.Tensor | None = None  # rank dropout's mask (batch, rank)
+
+    def take(self, lx_shape_of, module_dropout: float, down_dropout: float, rank_dropout: float, rank: int):
+        """The current draw, drawn first when no part has one left (`lx_shape_of()`: the down output)."""
+        if self.left == 0:
+            self.skip = bool(module_dropout) and bool(torch.rand(1) < module_dropout)
+            self.down = self.rank = None
+            if not self.skip:
+                lx = lx_shape_of()
+                if down_dropout:
+                    self.down = torch.nn.functional.dropout(torch.ones_like(lx), p=down_dropout)
+                if rank_dropout:
+                    self.rank = torch.rand((lx.size(0), rank), device=lx.device) > rank_dropout
+            self.left = self.parts
+        self.left -= 1
+        return self
+
+
+def add_fused_dropout(
+    module: torch.nn.Module,
+    fused: tuple[FusedPlan, ...],
+    rank_dropout: float,
+    module_dropout: float,
+    multiplier: float = 1.0,
+    down_dropout: float = 0.0,
+) -> int:
+    """Wrap the forward of the tied parts of every fused layer in `module` with one shared draw per layer
+    and forward; marks them so runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped."""
+    wrapped = 0
+    for group in fused:
+        try:
+            blocks = module.get_submodule(group.blocks)
+        except AttributeError:
+            continue
+        for block in blocks:
+            layers = []
+            for part in group.parts:
+                try:
+                    layer = block.get_submodule(part)
+                except AttributeError:
+                    continue
+                plain = isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A
+                if plain and not layer.use_dora.get(
+                    ADAPTER_NAME
+                ):  # DoRA: peft's own forward (as lora_dropout)
+                    layers.append(layer)
+            shared = (
+                [
+                    layer
+                    for layer in layers
+                    if layer.lora_A[ADAPTER_NAME].weight is layers[0].lora_A[ADAPTER_NAME].weight
+                ]
+                if layers
+                else []
+            )
+            if len(shared) < 2:
+                continue
+            draw = FusedDraw(len(shared))
+            for layer in shared:
+                layer.forward = _forward(
+                    layer, layer.forward, draw, rank_dropout, module_dropout, multiplier, down_dropout
+                )
+                layer.dbspec_fused_draw = draw
+            wrapped += 1
+    return wrapped
+
+
+def _forward(layer, peft_forward, draw: FusedDraw, rank_dropout, module_dropout, multiplier, down_dropout):
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
+            return peft_forward(x, *args, **kwargs)
+        result = layer.base_layer(x, *args, **kwargs)
+        lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
+        scale = layer.scaling[ADAPTER_NAME] * multiplier
+        lx = None
+
+        def down() -> torch.Tensor:
+            nonlocal lx
+            if lx is None:
+                lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))
+            return lx
+
+        if not layer.training:
+            return (result + lora_b(down()) * scale).to(result.dtype)
+        current = draw.take(down, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
+        if current.skip:
+            return result
+        out = down()
+        if current.down is not None:
+            out = out * current.down
+        if current.rank is not None:
+            mask = current.rank
+            if out.dim() == 3:
+                mask = mask.unsqueeze(1)
+            elif out.dim() == 4:
+                mask = mask.unsqueeze(-1).unsqueeze(-1)
+            out = out * mask
+            scale = scale * (1.0 / (1.0 - rank_dropout))
+        return (result + lora_b(out) * scale).to(result.dtype)
+
+    return forward
