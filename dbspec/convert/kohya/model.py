@@ -12,6 +12,7 @@ from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import map_network, map_network_weights
+from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.families import family_spec
 
 Args = dict[str, Legacy]
@@ -239,8 +240,7 @@ def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
         conv.mapped(legacy, ("precision", "quantize_denoiser"), "fp8")
     # kohya keeps the text encoders in the mixed dtype with --fp8_base_unet; sdxl_train_network.py's cached
     # text encoders wait on the CPU in fp32, which its fp8 cast skips
-    cached = "cache_text_encoder_outputs" in a and a["cache_text_encoder_outputs"].value
-    if not unet_only and not cached:
+    if not unet_only and text_outputs_cached(a) is None:
         conv.put(("precision", "quantize_text_encoder"), "fp8", conv.comment(a["fp8_base"]))
     conv.put(("precision", "quantize_backend"), "cast", conv.comment(given[0]))
 
