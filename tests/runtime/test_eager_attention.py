@@ -70,3 +70,15 @@ def test_sd3_eager_is_refused_at_plan_time(tmp_path):
     planned = plan_spec(path, CPU, str(path), [])
     assert planned.plan is None
     assert [d.code for d in planned.diagnostics if d.severity == "error"] == ["DBS547"]
+
+
+def test_a_saved_sd3_plan_with_eager_attention_is_a_plan_problem(tmp_path):
+    """plan.validate checks a plan read from disk as DBS547 checks specs."""
+    import attrs
+
+    from dbspec.plan.validate import plan_problems
+
+    plan = make_plan(tmp_path, base="builtin:tiny-sd3", steps=1)
+    assert not plan_problems(plan)
+    eager = attrs.evolve(plan, precision=attrs.evolve(plan.precision, attention="eager"))
+    assert any('precision.attention = "eager"' in p for p in plan_problems(eager))
