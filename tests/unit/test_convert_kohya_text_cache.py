@@ -106,3 +106,19 @@ def test_sdxl_full_fine_tune_refuses_cache_to_disk_with_text_encoders(tmp_path):
     )
     assert "DBS402" in codes(outcome)
     assert "not cached while the text encoders train" in messages(outcome, "DBS402")
+
+
+def test_flux_fp8_base_with_a_clip_lora_over_cached_outputs_differs(tmp_path):
+    """train_network.py casts the text encoders left on the GPU (CLIP-L, which trains) to fp8 after caching;
+    T5-XXL filled the cache un-cast from the CPU. dbspec casts both: CLIP-L as kohya, T5-XXL's cache
+    differs."""
+    outcome = _flux(tmp_path, "--cache_text_encoder_outputs --fp8_base")
+    plan = plan_of(outcome, tmp_path)
+    quantized = {c.name: c.quantized for c in plan.precision.components}
+    assert quantized["text_encoder"] == "fp8" and quantized["unet"] == "fp8"
+    assert "un-cast T5-XXL" in messages(outcome, "DBS404")
+    unet_only = _flux(tmp_path, "--cache_text_encoder_outputs --fp8_base --network_train_unet_only")
+    assert "DBS404" not in codes(unet_only)
+    assert {c.name: c.quantized for c in plan_of(unet_only, tmp_path).precision.components}[
+        "text_encoder"
+    ] == "none"

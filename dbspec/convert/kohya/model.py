@@ -243,8 +243,20 @@ def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
         conv.mapped(legacy, ("precision", "quantize_denoiser"), "fp8")
     # kohya keeps the text encoders in the mixed dtype with --fp8_base_unet; sdxl_train_network.py's cached
     # text encoders wait on the CPU in fp32, which its fp8 cast skips
+    # A text-encoder LoRA keeps its encoders on the GPU after caching (flux_train_network.py,
+    # sd3_train_network.py): train_network.py casts them to fp8 then, after T5-XXL (back on the CPU) has
+    # filled the cache un-cast; dbspec's quantize_text_encoder casts every text encoder, T5-XXL too.
+    lora_te = "network_train_unet_only" in a and not a["network_train_unet_only"].value
     if not unet_only and text_outputs_cached(a) is None:
         conv.put(("precision", "quantize_text_encoder"), "fp8", conv.comment(a["fp8_base"]))
+    elif not unet_only and lora_te:
+        conv.differs(
+            a["fp8_base"],
+            "kohya casts the CLIP encoders it trains to fp8 after caching T5-XXL's outputs from the un-cast "
+            "T5-XXL; dbspec's quantize_text_encoder casts T5-XXL too, before it fills its text cache",
+            ("precision", "quantize_text_encoder"),
+            "fp8",
+        )
     conv.put(("precision", "quantize_backend"), "cast", conv.comment(given[0]))
 
 
