@@ -12,7 +12,7 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import set_attention
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import make_plan, write_spec
+from tests.runtime.runspec import compile_spec, final_weights, make_plan, write_spec
 from dbspec.frontend import plan_spec
 from tests.runtime.runspec import CPU
 
@@ -63,6 +63,23 @@ def test_flux_lora_trains_with_eager_attention(tmp_path):
     assert result.status == "finished"
     backends = {p._attention_backend for p in result.components.unet.attn_processors.values()}
     assert backends == {"_native_math"}
+
+
+def test_flux_eager_with_the_t5_mask_trains_as_sdpa_does(tmp_path):
+    """model.t5_attention_mask: Flux's processors pass the padded-key mask to the dispatcher, which the
+    reference attention takes as SDPA does: the same trained LoRA within float tolerance."""
+    finals = {}
+    for kind in ("sdpa", "eager"):
+        extra = f'[adapter]\nkind = "lora"\nrank = 4\n\n[precision]\nattention = "{kind}"\n'
+        path = write_spec(tmp_path / kind, base=FLUX, steps=2, extra=extra)
+        plan = compile_spec(path, ["model.t5_attention_mask=true"])
+        assert plan.model.t5_attention_mask
+        result = execute(plan)
+        assert result.status == "finished"
+        finals[kind] = final_weights(result.final)
+    assert finals["sdpa"].keys() == finals["eager"].keys()
+    for key, value in finals["sdpa"].items():
+        torch.testing.assert_close(finals["eager"][key], value, rtol=1e-3, atol=1e-5)
 
 
 def test_sd3_eager_is_refused_at_plan_time(tmp_path):
