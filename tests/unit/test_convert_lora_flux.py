@@ -239,12 +239,18 @@ def test_dim_from_weights_takes_the_rank_of_a_shared_down_file(tmp_path):
 
 
 def test_dim_from_weights_ignores_network_args(tmp_path):
-    """kohya's create_network_from_weights takes **kwargs and reads none: split_qkv stays off."""
+    """kohya's create_network_from_weights takes **kwargs and reads none (split_qkv stays off), and
+    train_network.py passes --network_dropout only to create_network."""
     _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0)
-    extra = "--network_weights prev.safetensors --dim_from_weights --network_args split_qkv=True"
+    extra = (
+        "--network_weights prev.safetensors --dim_from_weights --network_args split_qkv=True "
+        "--network_dropout 0.1"
+    )
     outcome = _flux(tmp_path, extra)
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
     assert "create_network_from_weights reads none" in messages(outcome, "DBS405")
-    assert len(plan_of(outcome, tmp_path).adapter.fused) == 3
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert len(adapter.fused) == 3 and adapter.down_dropout == 0
 
 
 def test_dim_from_weights_with_a_split_file_is_unsupported(tmp_path):

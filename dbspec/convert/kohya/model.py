@@ -407,11 +407,12 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     conv.record(module, "mapped", "adapter")
     network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
     from_file = a["dim_from_weights"].value and a["network_weights"].value
-    args = a["network_args"]
-    if from_file and args.given:
-        # create_network_from_weights takes **kwargs and reads none of them (split_qkv = False there)
-        conv.ignored(args, f"with --dim_from_weights {wanted}'s create_network_from_weights reads none")
-        a = {**a, "network_args": Legacy(key=args.key, value=None, source="default")}
+    # create_network_from_weights takes **kwargs and reads none of them (split_qkv = False there), and
+    # train_network.py passes --network_dropout only to create_network
+    for key in ("network_args", "network_dropout") if from_file else ():
+        if a[key].given and a[key].value:
+            conv.ignored(a[key], f"with --dim_from_weights {wanted}'s create_network_from_weights reads none")
+            a = {**a, key: Legacy(key=a[key].key, value=None, source="default")}
     if not network(a, rank, float(alpha.value), conv):
         return False
     # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
