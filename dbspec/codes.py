@@ -2139,6 +2139,18 @@ the denoiser's patch embedding; a compiled denoiser would fix the window it was 
 Train without `precision.compile`, or without the random window.""",
         help="set precision.compile = false, or remove loss.pos_embed_random_crop_rate",
     ),
+    # precision.attention = "eager" where the family's denoiser has no plain attention: DBS547.
+    Code(
+        "DBS547",
+        ERROR,
+        "Eager attention on a family without a plain attention",
+        """\
+`precision.attention = "eager"` replaces the denoiser's SDPA attention with a plain one: diffusers'
+`AttnProcessor` for U-Nets, torch's reference attention (diffusers' `_native_math` dispatch backend) for Flux.
+SD3's joint attention processors call SDPA directly and have no plain counterpart (`AttnProcessor` cannot run
+a joint attention), so dbspec refuses it there.""",
+        help='set precision.attention = "sdpa"',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -171,6 +171,13 @@ class FamilySpec:
     # model.t5_attention_mask: the denoiser's attention also masks the padded text keys (Flux's
     # txt_attention_mask), not only T5's own encoding.
     t5_mask_in_denoiser: bool = False
+    # precision.attention = "eager": the plain (non-SDPA) attention of the denoiser. A diffusers attention
+    # processor class (diffusers.models.attention_processor) for denoisers built on its `Attention`, or a
+    # diffusers attention-dispatch backend for denoisers whose processors dispatch (Flux's FluxAttnProcessor:
+    # "_native_math", torch's reference attention); neither (SD3's joint processors call SDPA directly, and
+    # AttnProcessor cannot run a joint attention): "eager" is refused (DBS547).
+    eager_attention_processor: str = "AttnProcessor"
+    eager_attention_backend: str = ""
 
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
@@ -440,6 +447,7 @@ FAMILIES: dict[str, FamilySpec] = {
         text_encoder_dropout=True,
         pos_embed_crop=True,
         clip_attention_mask="hidden",
+        eager_attention_processor="",
         # diffusers' train_dreambooth_lora_sd3.py default: the joint attention's image and text projections.
         lora_targets=(
             "attn.add_k_proj",
@@ -531,6 +539,8 @@ FAMILIES: dict[str, FamilySpec] = {
         name="flux",
         clip_attention_mask="pooled",
         t5_mask_in_denoiser=True,
+        eager_attention_processor="",
+        eager_attention_backend="_native_math",
         title="Flux",
         runtime="flux",
         preview_vae="madebyollin/taef1",

@@ -216,12 +216,20 @@ def _load_hint(m: ModelPlan, exc: Exception) -> str:
     return f"cannot load the base model `{m.base}` from {m.path or m.base}: {exc}"
 
 
-def set_attention(unet: torch.nn.Module, kind: str) -> None:
-    """SDPA is diffusers' default on torch 2; "eager" selects the plain attention processor."""
-    if kind == "eager":
-        from diffusers.models.attention_processor import AttnProcessor
+def set_attention(unet: torch.nn.Module, kind: str, family: str) -> None:
+    """SDPA is diffusers' default on torch 2; "eager" selects the family's plain attention (its registry's
+    processor class or attention-dispatch backend; the compiler refuses "eager" for a family with neither)."""
+    if kind != "eager":
+        return
+    spec = family_spec(family)
+    if spec.eager_attention_backend:
+        unet.set_attention_backend(spec.eager_attention_backend)
+    elif spec.eager_attention_processor:
+        from diffusers.models import attention_processor
 
-        unet.set_attn_processor(AttnProcessor())
+        unet.set_attn_processor(getattr(attention_processor, spec.eager_attention_processor)())
+    else:
+        raise ValueError(f"{spec.title} has no eager attention (DBS547)")
 
 
 def pipeline_for(plan: Plan, comps: Components):

@@ -23,7 +23,7 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
     for module in (comps.unet, comps.vae, *comps.text_encoders):
         adapters.freeze(module)
     comps.vae.to(device, dtype=component_dtype(plan, "vae"))
-    set_attention(comps.unet, plan.precision.attention)
+    set_attention(comps.unet, plan.precision.attention, plan.model.family)
     unet_params = _prepare(
         comps.unet, "unet", plan, device, plan.adapter.denoiser_targets, plan.schedule.seed
     )

@@ -2690,3 +2690,20 @@ def pos_embed_crop_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             "denoiser (precision.compile = true) cannot follow",
             codes.help("DBS544"),
         )
+
+
+@rule("spec")
+def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """precision.attention = "eager" needs a plain attention the family's registry names (DBS547; families
+    spelled out only, the precision pass checks a detected one)."""
+    if spec.precision.attention != "eager" or spec.model.family == "auto":
+        return
+    family = family_spec(spec.model.family)
+    if not (family.eager_attention_processor or family.eager_attention_backend):
+        yield _err(
+            "DBS547",
+            ("precision", "attention"),
+            f'precision.attention = "eager", but {family.title} denoisers have no plain attention dbspec can '
+            "set (their attention processors call SDPA directly)",
+            codes.help("DBS547"),
+        )

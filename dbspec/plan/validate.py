@@ -161,6 +161,7 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     yield from _group_problems(plan)
     yield from _noise_problems(plan)
     yield from _text_dropout_problems(plan)
+    yield from _eager_attention_problems(plan)
     yield from _output_problems(plan)
 
 
@@ -191,6 +192,15 @@ def _noise_problems(plan: Plan) -> Iterator[str]:
         )
     elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
         yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
+
+
+def _eager_attention_problems(plan: Plan) -> Iterator[str]:
+    """precision.attention = "eager" as DBS547 checks it in specs: the family names a plain attention."""
+    family = FAMILIES.get(plan.model.family)
+    if plan.precision.attention != "eager" or family is None:
+        return
+    if not (family.eager_attention_processor or family.eager_attention_backend):
+        yield f'precision.attention = "eager" needs a family with a plain attention; found {family.name!r}'
 
 
 def _text_dropout_problems(plan: Plan) -> Iterator[str]:

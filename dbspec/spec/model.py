@@ -1615,7 +1615,12 @@ class Precision:
     gradient_checkpointing: bool = option(
         False, doc="Recompute activations in the backward pass to save memory."
     )
-    attention: Literal["sdpa", "eager"] = option("sdpa", doc="Attention implementation.")
+    attention: Literal["sdpa", "eager"] = option(
+        "sdpa",
+        doc="Attention implementation: `sdpa` (torch's scaled_dot_product_attention, diffusers' default) or "
+        "`eager`, the plain attention: diffusers' AttnProcessor for U-Nets, torch's reference attention "
+        "(diffusers' `_native_math` backend) for Flux; SD3 has none (DBS547).",
+    )
     tf32: bool = option(True, doc="Allow TF32 matmuls on CUDA.")
     vae_dtype: Literal["fp32", "fp16", "bf16"] = option(
         "fp32", doc="VAE dtype when encoding; fp32 avoids the SDXL fp16 VAE overflow."

@@ -105,8 +105,8 @@ def test_kohya_sd3_masks_without_the_cache_are_inert(tmp_path):
 
 
 def test_kohya_sd3_clip_mask_is_inert_while_clip_trains(tmp_path):
-    """kohya's SD3 re-encodes CLIP each step (unmasked) while it trains; dbspec's converter refuses cached
-    outputs with a text-encoder LoRA anyway (train.py), but the flag's own fate is kohya's: inert."""
+    """kohya's SD3 re-encodes CLIP each step (unmasked) while it trains over its cached outputs, so only T5's
+    cached output is masked: the CLIP flag is inert, the T5 one maps."""
     flags = "--cache_text_encoder_outputs --apply_t5_attn_mask --apply_lg_attn_mask"
     outcome = _sd3(tmp_path, flags, unet_only="")
     assert fate(outcome, "apply_lg_attn_mask") == "inert" and fate(outcome, "apply_t5_attn_mask") == "mapped"

@@ -226,8 +226,46 @@ def test_a_split_qkv_flux_file_starts_split_qkv_training(tmp_path):
     assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in d.message
 
 
-def test_dim_from_weights_stays_refused_for_flux(tmp_path):
+def test_dim_from_weights_takes_the_rank_of_a_shared_down_file(tmp_path):
+    """create_network_from_weights: each module of the file at its rank and alpha, split_qkv off (one shared
+    down per fused Linear): a file at one rank is dbspec's adapter at that rank, started from the file."""
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=32, alpha=4.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.rank, a.alpha, len(a.fused)) == (32, 4.0, 3)  # not the README's 16 / 8; shared downs
+    assert a.init_weights.endswith("prev.safetensors")
+
+
+def test_dim_from_weights_ignores_network_args(tmp_path):
+    """kohya's create_network_from_weights takes **kwargs and reads none (split_qkv stays off), and
+    train_network.py passes --network_dropout only to create_network."""
     _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0)
+    extra = (
+        "--network_weights prev.safetensors --dim_from_weights --network_args split_qkv=True "
+        "--network_dropout 0.1"
+    )
+    outcome = _flux(tmp_path, extra)
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
+    assert "create_network_from_weights reads none" in messages(outcome, "DBS405")
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert len(adapter.fused) == 3 and adapter.down_dropout == 0
+
+
+def test_dim_from_weights_with_a_split_file_is_unsupported(tmp_path):
+    """A split_qkv file's fused layers hold three or four times the rank of the others: kohya builds them
+    unsplit at that rank, one rank per kohya module, which dbspec's adapter does not express yet."""
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0, split=True)
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights", allow=True)
     assert fate(outcome, "dim_from_weights") == "unsupported"
-    assert "network_dim" in messages(outcome, "DBS403")
+    assert "three or four times the rank" in messages(outcome, "DBS403")
+
+
+def test_dim_from_weights_needs_alphas_in_the_file(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    path = _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0)
+    save_file({k: v for k, v in load_file(str(path)).items() if not k.endswith(".alpha")}, str(path))
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights", allow=True)
+    assert "KeyError" in messages(outcome, "DBS402")

@@ -89,3 +89,31 @@ def test_starting_from_a_kohya_sd3_file_maps_to_init_weights(tmp_path):
     outcome = _sd3(tmp_path, "--network_weights prev.safetensors")
     assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
     assert plan_of(outcome, tmp_path).adapter.init_layers == 2
+
+
+def _kohya_sd3_file(path, *, rank: int, alpha: float):
+    """A LoRA file in kohya's networks/lora_sd3.py layout at SD3.5 large's width (zero tensors): joint block
+    0's fused x_block attention q/k/v (one shared down) and its output projection."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 2432
+    tensors = {}
+    for name, out in (
+        ("joint_blocks_0_x_block_attn_qkv", 3 * width),
+        ("joint_blocks_0_x_block_attn_proj", width),
+    ):
+        tensors[f"lora_unet_{name}.lora_down.weight"] = np.zeros((rank, width), np.float16)
+        tensors[f"lora_unet_{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"lora_unet_{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_dim_from_weights_takes_the_rank_of_the_file(tmp_path):
+    """lora_sd3's create_network_from_weights: the file's rank and alpha, split_qkv off (shared downs)."""
+    _kohya_sd3_file(tmp_path / "prev.safetensors", rank=24, alpha=12.0)
+    outcome = _sd3(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_alpha") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (24, 12.0)
+    assert "x_block_attn_qkv" in [f.name for f in a.fused]

@@ -1276,6 +1276,13 @@ CASES = [
         [("DBS544", "error", ("loss", "pos_embed_random_crop_rate"))],
         'family = "sd3"\n' + DOG + STEPS + "[precision]\ncompile = true\n",
     ),
+    # precision.attention = "eager": a plain attention the family's registry names (none for SD3)
+    (
+        rules.eager_attention_fits,
+        'family = "sd3"\n' + DOG + STEPS + '[precision]\nattention = "eager"\n',
+        [("DBS547", "error", ("precision", "attention"))],
+        'family = "flux"\n' + DOG + STEPS + '[precision]\nattention = "eager"\n',
+    ),
 ]
 
 

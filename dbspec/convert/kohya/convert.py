@@ -30,6 +30,7 @@ from dbspec.convert.kohya.train import (
     map_lr_schedule,
     map_optimizer,
     map_text_encoder,
+    text_outputs_cached,
 )
 from dbspec.convert.common.launcher import report_launcher
 from dbspec.convert.common.paths import PathMapper
@@ -237,8 +238,8 @@ def _layout(ka: KohyaArgs, config: tuple[dict, str], paths: PathMapper, conv: Co
 
 def _text_cache_refused(a, layout: Layout, conv: Conversion) -> None:
     """The SDXL scripts assert that text-encoder outputs are not cached with captions that change per step."""
-    cached = a["cache_text_encoder_outputs"] if "cache_text_encoder_outputs" in a else None
-    if cached is None or not cached.value:
+    cached = text_outputs_cached(a)
+    if cached is None:
         return
     keys = ("caption_dropout_rate", "shuffle_caption", "token_warmup_step", "caption_tag_dropout_rate")
     for _, subset, _ in layout.parts:

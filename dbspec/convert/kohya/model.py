@@ -12,6 +12,10 @@ from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import map_network, map_network_weights
+from dbspec.convert.kohya.train import text_outputs_cached
+from dbspec.compiler.init_weights import file_ranks
+from dbspec.compiler.lora_file import read_lora_file
+from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
 
 Args = dict[str, Legacy]
@@ -239,9 +243,20 @@ def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
         conv.mapped(legacy, ("precision", "quantize_denoiser"), "fp8")
     # kohya keeps the text encoders in the mixed dtype with --fp8_base_unet; sdxl_train_network.py's cached
     # text encoders wait on the CPU in fp32, which its fp8 cast skips
-    cached = "cache_text_encoder_outputs" in a and a["cache_text_encoder_outputs"].value
-    if not unet_only and not cached:
+    # A text-encoder LoRA keeps its encoders on the GPU after caching (flux_train_network.py,
+    # sd3_train_network.py): train_network.py casts them to fp8 then, after T5-XXL (back on the CPU) has
+    # filled the cache un-cast; dbspec's quantize_text_encoder casts every text encoder, T5-XXL too.
+    lora_te = "network_train_unet_only" in a and not a["network_train_unet_only"].value
+    if not unet_only and text_outputs_cached(a) is None:
         conv.put(("precision", "quantize_text_encoder"), "fp8", conv.comment(a["fp8_base"]))
+    elif not unet_only and lora_te:
+        conv.differs(
+            a["fp8_base"],
+            "kohya casts the CLIP encoders it trains to fp8 after caching T5-XXL's outputs from the un-cast "
+            "T5-XXL; dbspec's quantize_text_encoder casts T5-XXL too, before it fills its text cache",
+            ("precision", "quantize_text_encoder"),
+            "fp8",
+        )
     conv.put(("precision", "quantize_backend"), "cast", conv.comment(given[0]))
 
 
@@ -316,6 +331,64 @@ def _fused_adafactor(a: Args, script: str) -> bool:
     return bool(fused) and str(a["optimizer_type"].value).lower() == "adafactor"
 
 
+def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conversion) -> None:
+    """--dim_from_weights with networks.lora_flux / lora_sd3: create_network_from_weights builds one LoRA per
+    module of the file (among the network's own candidates) at the module's rank and alpha, split_qkv off, so
+    a fused Linear's LoRA is one shared down (dbspec's fused_projections, which the network mapping set). A
+    file whose modules share one rank and alpha is dbspec's adapter at that rank and alpha, started from the
+    file; per-module ranks (a split_qkv file's fused layers at three or four times the rank, unsplit) are not
+    expressed. A module without alpha is kohya's KeyError (modules_alpha[lora_name])."""
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
+    if not weights.value:
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            "--dim_from_weights reads the ranks from --network_weights, which is not given",
+        )
+        return
+    local = paths.local(weights.value)
+    try:
+        if local is None:
+            raise ValueError("a Windows path, not on this machine")
+        file = read_lora_file(local)
+    except (ModelFileError, ValueError, OSError) as exc:
+        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        return
+    bare = next((m.name for m in file.modules.values() if m.alpha is None), None)
+    if bare is not None:
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"{wanted}'s create_network_from_weights reads each module's alpha, and `{bare}` has none "
+            "(kohya's KeyError)",
+        )
+        return
+    try:
+        ranks = file_ranks(file)
+    except ValueError as exc:
+        conv.unsupported(
+            from_file,
+            f"{wanted}'s create_network_from_weights builds each module of the file at its own rank: {exc}; "
+            "a split_qkv file's fused layers load unsplit at three or four times the rank (dbspec's adapter "
+            "has one rank per block pattern, not yet per kohya module)",
+        )
+        return
+    if "rank" not in ranks:
+        conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear")
+        return
+    (rank, alpha), note = ranks["rank"], f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    for key in ("network_dim", "network_alpha"):
+        conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
+        conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
+    # kohya's LoRAModule takes alpha 0 as the rank
+    conv.put(("adapter", "rank"), rank, note)
+    conv.put(("adapter", "alpha"), float(alpha) if alpha else float(rank), note)
+    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
+
+
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
     """networks.lora_flux / networks.lora_sd3 exactly (lora_flux.py, lora_sd3.py here): kohya's targets (every
     Linear of the double/single or joint blocks), its fused q/k/v layers and its network_args."""
@@ -333,18 +406,20 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     conv.record(module, "mapped", "adapter")
     network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
+    from_file = a["dim_from_weights"].value and a["network_weights"].value
+    # create_network_from_weights takes **kwargs and reads none of them (split_qkv = False there), and
+    # train_network.py passes --network_dropout only to create_network
+    for key in ("network_args", "network_dropout") if from_file else ():
+        if a[key].given and a[key].value:
+            conv.ignored(a[key], f"with --dim_from_weights {wanted}'s create_network_from_weights reads none")
+            a = {**a, key: Legacy(key=a[key].key, value=None, source="default")}
     if not network(a, rank, float(alpha.value), conv):
         return False
     # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
     # fused layers split onto diffusers' parts as the networks' load_state_dict splits them
     weights = a["network_weights"]
     if a["dim_from_weights"].value:
-        conv.unsupported(
-            a["dim_from_weights"],
-            f"{wanted}'s create_network_from_weights builds one LoRA per module of the file at its own rank "
-            "(a split_qkv file's fused layers at three or four times the rank, unsplit); dbspec takes the "
-            "ranks from network_dim / network_alpha: give the file's",
-        )
+        _flow_dim_from_weights(a, wanted, paths, conv)
     elif weights.value:
         map_network_weights(a, paths, conv)
     for key, why in (

@@ -664,14 +664,31 @@ def _schedule_shape(a: Args, name: str, total: int | None, conv: Conversion) -> 
         conv.inert(a["lr_scheduler_timescale"], f"only inverse_sqrt uses it; {name} does not")
 
 
+# The LoRA scripts that assert --network_train_unet_only with cached text-encoder outputs.
+# flux_train_network.py and sd3_train_network.py do not: with a CLIP LoRA they cache partially (is_partial)
+# and their training step encodes CLIP anew each step over the cached outputs, so only T5-XXL's (never
+# trained) come from the cache: dbspec's train.text_encoder (CLIP trains, T5-XXL frozen) with its own text
+# cache. train_network.py has no --cache_text_encoder_outputs at all.
+_CACHE_NEEDS_UNET_ONLY = ("sdxl_train_network",)
+
+
+def text_outputs_cached(a: Args) -> Legacy | None:
+    """The flag that turns kohya's text-encoder output cache on, or None: every script that has the flags
+    turns `--cache_text_encoder_outputs` on when `--cache_text_encoder_outputs_to_disk` is given alone."""
+    for key in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"):
+        if key in a and a[key].value:
+            return a[key]
+    return None
+
+
 def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
-    cached = "cache_text_encoder_outputs" in a and a["cache_text_encoder_outputs"]
+    cached = text_outputs_cached(a)
     if script == "sdxl_train":
         flag = a["train_text_encoder"]
-        if flag.value and cached.value:
+        if flag.value and cached is not None:
             conv.invalid(
                 cached.key,
                 True,
@@ -691,12 +708,12 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
         _write_flag(conv, flag, bool(flag.value))
         return bool(flag.value)
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
-    if cached and cached.value and not unet_only.value:
+    if cached is not None and not unet_only.value and script in _CACHE_NEEDS_UNET_ONLY:
         conv.invalid(
             cached.key,
             True,
             cached.source,
-            "kohya asserts network_train_unet_only when text-encoder "
+            f"{script}.py asserts network_train_unet_only when text-encoder "
             "outputs are cached (a text-encoder LoRA cannot train on cached outputs)",
         )
     te_lr = lora_text_encoder_lr(a)
