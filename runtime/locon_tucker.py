@@ -24,10 +24,15 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from dbspec.runtime.peft_layer import AddedOutput
 
-class TuckerConv2d(LoraConv2d):
+
+class TuckerConv2d(AddedOutput, LoraConv2d):
     """peft LoRA on a k x k Conv2d as LyCORIS LoCon's Tucker form: lora_A (1x1), lora_mid (k x k), lora_B
     (1x1). No DoRA, LoRA bias or grouped convolution (refused at build time)."""
+
+    _holds = "lora_mid"
+    _title = "LoCon's Tucker form"
 
     adapter_layer_names = (*LoraLayer.adapter_layer_names, "lora_mid")
 
@@ -83,27 +88,10 @@ class TuckerConv2d(LoraConv2d):
         """The down and middle factors on (dropped-out) input: what lora_B maps to the update."""
         return self.lora_mid[adapter](self.lora_A[adapter](x))
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._check_forward_args(x, *args, **kwargs)
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("LoCon's Tucker form does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)  # peft's variant argument; never given to a base layer
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        dtype = result.dtype
-        for adapter in self.active_adapters:
-            if adapter not in self.lora_mid:
-                continue
-            lora_b = self.lora_B[adapter]
-            x = self._cast_input_dtype(x, lora_b.weight.dtype)
-            path = self.lora_path(adapter, self.lora_dropout[adapter](x))
-            result = result + lora_b(path) * self.scaling[adapter]
-        return result.to(dtype)
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        lora_b = self.lora_B[adapter]
+        x = self._cast_input_dtype(x, lora_b.weight.dtype)
+        return lora_b(self.lora_path(adapter, self.lora_dropout[adapter](x))) * self.scaling[adapter]
 
 
 def dispatch_tucker(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:

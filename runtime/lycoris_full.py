@@ -20,10 +20,14 @@ import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from dbspec.runtime.peft_layer import AddedOutput
 
 
-class FullLayer(nn.Module, LoraLayer):
+class FullLayer(AddedOutput, nn.Module, LoraLayer):
     """A trained copy of the base layer's weight (and bias): LyCORIS's FullModule."""
+
+    _holds = "lora_full"
+    _title = "LyCORIS's full algo"
 
     adapter_layer_names = ("lora_full", "lora_full_bias")
 
@@ -90,26 +94,9 @@ class FullLayer(nn.Module, LoraLayer):
                 if delta_bias is not None:
                     base.bias.data -= delta_bias.to(base.bias.dtype)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._check_forward_args(x, *args, **kwargs)
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("LyCORIS's full algo does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        dtype = result.dtype
-        for adapter in self.active_adapters:
-            if adapter not in self.lora_full:
-                continue
-            delta = self.get_delta_weight(adapter)
-            x = self._cast_input_dtype(x, delta.dtype)
-            result = result + self._op(x, delta, self.get_delta_bias(adapter))
-        return result.to(dtype)
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        delta = self.get_delta_weight(adapter)
+        return self._op(self._cast_input_dtype(x, delta.dtype), delta, self.get_delta_bias(adapter))
 
     def __repr__(self) -> str:
         return "lycoris_full." + super().__repr__()

@@ -23,12 +23,16 @@ import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from dbspec.runtime.peft_layer import AddedOutput
 
 INPUT_SIDE_RANK = 2  # peft's per-module rank marking LyCORIS's train_on_input
 
 
-class Ia3Layer(nn.Module, LoraLayer):
+class Ia3Layer(AddedOutput, nn.Module, LoraLayer):
     """LyCORIS's IA3Module: a trained scale per output (or input) channel of the frozen layer's weight."""
+
+    _holds = "lora_ia3"
+    _title = "LyCORIS's IA^3"
 
     adapter_layer_names = ("lora_ia3",)
 
@@ -89,25 +93,9 @@ class Ia3Layer(nn.Module, LoraLayer):
                     restored = (merged.transpose(0, 1) / (1 + scale)).transpose(0, 1)
                 base.weight.data = restored.to(base.weight.dtype)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._check_forward_args(x, *args, **kwargs)
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("LyCORIS's IA^3 does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        dtype = result.dtype
-        for adapter in self.active_adapters:
-            if adapter not in self.lora_ia3:
-                continue
-            delta = self.get_delta_weight(adapter)
-            result = result + self._op(self._cast_input_dtype(x, delta.dtype), delta)
-        return result.to(dtype)
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        delta = self.get_delta_weight(adapter)
+        return self._op(self._cast_input_dtype(x, delta.dtype), delta)
 
     def __repr__(self) -> str:
         return "lycoris_ia3." + super().__repr__()

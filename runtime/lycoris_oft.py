@@ -25,6 +25,8 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from dbspec.runtime.peft_layer import AddedOutput
+
 
 def lycoris_factorization(dimension: int, factor: int) -> tuple[int, int]:
     """LyCORIS's factorization (lycoris/functional/general.py): (m, n), m <= n, m x n = dimension. A positive
@@ -43,8 +45,11 @@ def lycoris_factorization(dimension: int, factor: int) -> tuple[int, int]:
     return (m, n) if m <= n else (n, m)
 
 
-class DiagOftLayer(nn.Module, LoraLayer):
+class DiagOftLayer(AddedOutput, nn.Module, LoraLayer):
     """LyCORIS's DiagOFTModule: block-diagonal Cayley rotations of the layer's output rows."""
+
+    _holds = "lora_oft_blocks"
+    _title = "LyCORIS's diag-oft"
 
     adapter_layer_names = ("lora_oft_blocks", "lora_oft_rescale")
 
@@ -135,25 +140,9 @@ class DiagOftLayer(nn.Module, LoraLayer):
             with torch.no_grad():
                 base.weight.data -= delta.to(base.weight.dtype)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._check_forward_args(x, *args, **kwargs)
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("LyCORIS's diag-oft does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        dtype = result.dtype
-        for adapter in self.active_adapters:
-            if adapter not in self.lora_oft_blocks:
-                continue
-            delta = self.get_delta_weight(adapter)
-            result = result + self._op(self._cast_input_dtype(x, delta.dtype), delta)
-        return result.to(dtype)
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        delta = self.get_delta_weight(adapter)
+        return self._op(self._cast_input_dtype(x, delta.dtype), delta)
 
     def __repr__(self) -> str:
         return "lycoris_diag_oft." + super().__repr__()

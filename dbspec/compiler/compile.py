@@ -41,7 +41,13 @@ from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.split import with_split_chunks
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
-from dbspec.compiler.rules import hit_to_diagnostic, run_environment_rules, run_plan_rules, steps_known
+from dbspec.compiler.rules import (
+    eager_attention_fits,
+    hit_to_diagnostic,
+    run_environment_rules,
+    run_plan_rules,
+    steps_known,
+)
 from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, render_text
 from dbspec.spec.migrate import user_spelling
 from dbspec.plan.model import (
@@ -105,6 +111,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     check_weighted_captions(ctx, model)
     check_text_masks(ctx, model)
     precision = plan_precision(ctx, model)
+    _check_eager_attention(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))
     datasets = balance_groups(ctx, held.datasets)
@@ -520,3 +527,13 @@ def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:
 def _loraplus(spec, name: str) -> float:
     """A LoRA+ ratio of the plan: the LoRA adapter's, 0 (off) for other kinds."""
     return float(getattr(spec.adapter, name)) if isinstance(spec.adapter, LoraAdapter) else 0.0
+
+
+def _check_eager_attention(ctx: Context, model) -> None:
+    """precision.attention = "eager" on a detected family (`dbspec check` checked a spelled-out one)."""
+    if model is None or ctx.spec.precision.attention != "eager" or ctx.spec.model.family != "auto":
+        return
+    detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
+    ctx.diagnostics += [
+        hit_to_diagnostic(ctx.raw, hit) for hit in eager_attention_fits(detected, ctx.raw.given)
+    ]

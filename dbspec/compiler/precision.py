@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.families import trainable_text_encoders, family_spec
@@ -125,18 +124,6 @@ def _check_second_text_encoder(ctx: Context, text_parts: tuple[str, ...] | None)
     )
 
 
-def _check_eager_attention(ctx: Context, model: ModelPlan | None) -> None:
-    """precision.attention = "eager" on a detected family (`dbspec check` checked a spelled-out one)."""
-    if model is None or ctx.spec.precision.attention != "eager" or ctx.spec.model.family != "auto":
-        return
-    from dbspec.compiler.rules import eager_attention_fits, hit_to_diagnostic
-
-    detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
-    ctx.diagnostics += [
-        hit_to_diagnostic(ctx.raw, hit) for hit in eager_attention_fits(detected, ctx.raw.given)
-    ]
-
-
 def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     p, spec = ctx.spec.precision, ctx.spec
     mixed, reason = resolve_mixed(ctx)
@@ -149,7 +136,6 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     frozen_dtype = "fp32" if mixed == "no" else mixed
     text_parts = family_spec(model.family).text_encoder_names if model else ("text_encoder",)
     _check_second_text_encoder(ctx, text_parts if model else None)
-    _check_eager_attention(ctx, model)
     params = model.params if model else {}
     # with an adapter, bf16 or fp16 applies to the adapter weights (runtime/prepare.py)
     weights = p.weights
