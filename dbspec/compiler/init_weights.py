@@ -95,17 +95,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             )
             return "", 0
         used += 1
-    for component, count in ignored.items():
-        ctx.report(
-            "DBS358",
-            "warning",
-            f"`{path}` holds {count} LoRA layer(s) of `{component}`, which does not train: they are ignored",
-            KEY,
-        )
-    if not used:
-        ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
-        return "", 0
-    return str(path), used
+    return _tally(ctx, path, ignored, used)
 
 
 # kohya's SDXL LoRA names follow the original UNet layout: the ResNet, downsampler and upsampler layers end in
@@ -232,17 +222,7 @@ def _plan_flow_file(ctx: Context, path, file: LoraFile, family: str, adapter, tr
             )
             return "", 0
         used += 1
-    for component, count in ignored.items():
-        ctx.report(
-            "DBS358",
-            "warning",
-            f"`{path}` holds {count} LoRA layer(s) of `{component}`, which does not train: they are ignored",
-            KEY,
-        )
-    if not used:
-        ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
-        return "", 0
-    return str(path), used
+    return _tally(ctx, path, ignored, used)
 
 
 def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str:
@@ -297,3 +277,19 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
             + " or ".join(f"{a:g}" for a in alphas)
         )
     return ""
+
+
+def _tally(ctx: Context, path, ignored: dict[str, int], used: int) -> tuple[str, int]:
+    """The file's layers of models that do not train (DBS358) and none of one that does (DBS356); the checked
+    path and how many layers start the run."""
+    for component, count in ignored.items():
+        ctx.report(
+            "DBS358",
+            "warning",
+            f"`{path}` holds {count} LoRA layer(s) of `{component}`, which does not train: they are ignored",
+            KEY,
+        )
+    if not used:
+        ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
+        return "", 0
+    return str(path), used
