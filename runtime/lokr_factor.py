@@ -68,3 +68,35 @@ def lycoris_factors(unbalanced: bool = False) -> Iterator[None]:
         yield
     finally:
         layer.factorization = original
+
+
+def _first_factor(dims: tuple[int, int], factor: int, split: tuple[str, bool]) -> tuple[int, int]:
+    """(out_l, in_m): the first Kronecker factor's shape of a layer (out, in) under `split`."""
+    from peft.tuners.lokr.layer import factorization as peft_factorization
+
+    out_dim, in_dim = dims
+    if split[0] == "peft":
+        return peft_factorization(out_dim, factor)[0], peft_factorization(in_dim, factor)[0]
+    out = factorization(out_dim, factor)
+    return (out[1] if split[1] else out[0]), factorization(in_dim, factor)[0]
+
+
+def split_of_state(module, state: dict, factor: int) -> tuple[str, bool]:
+    """The split ("lycoris" or "peft", unbalanced) that built the LoKr weights of peft adapter state dict
+    `state` (keys without the adapter name) for `module` before injection: read off each layer's first
+    factor (a folder's weights carry no plan: `dbspec sample` on a run's final/)."""
+    shapes = {}
+    for key, value in state.items():
+        path, _, name = key.rpartition(".")
+        if name == "lokr_w1":
+            shapes[path] = tuple(value.shape)
+        elif name == "lokr_w1_a":
+            shapes[path] = (value.shape[0], state[f"{path}.lokr_w1_b"].shape[1])
+    dims = {}
+    for path in shapes:
+        weight = module.get_submodule(path).weight
+        dims[path] = (weight.shape[0], weight.shape[1])
+    for split in (("lycoris", False), ("lycoris", True), ("peft", False)):
+        if all(_first_factor(dims[p], factor, split) == shapes[p] for p in shapes):
+            return split
+    return ("peft", False)  # none fits: peft's own error names the layer
