@@ -134,3 +134,38 @@ def test_plans_saved_before_keep_pefts_split():
     add_lora(fresh, _plan(), ("lin",), seed=3, conv=True)
     theirs = (general.factorization(640, FACTOR)[0], general.factorization(320, FACTOR)[0])
     assert fresh.lin.lokr_w1["default"].shape == theirs != net.lin.lokr_w1["default"].shape
+
+
+@pytest.mark.parametrize(
+    ("factor", "split", "resumes"),
+    [
+        (32, "peft", True),
+        (32, "lycoris", False),
+        (-1, "lycoris", True),
+        (-1, "peft", True),
+        (1, "lycoris", True),
+    ],
+)
+def test_legacy_run_hash_keeps_old_lokr_runs(factor, split, resumes):
+    """A run saved before the field hashes as a plan holding peft's split (the split that version trained); a
+    factor of 1 or less splits the same either way, so LyCORIS's split hashes as it too; a factor above 1
+    with LyCORIS's split is another run (its shapes can differ), refused."""
+    import tempfile
+    from pathlib import Path
+
+    import attrs
+
+    from dbspec.plan.io import legacy_run_hashes
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    with tempfile.TemporaryDirectory() as folder:
+        extra = f'[adapter]\nkind = "lokr"\nrank = 2\nfactor = {factor}\n'
+        plan = compile_spec(write_spec(Path(folder), steps=2, extra=extra), [])
+    assert plan.adapter.lokr_factorization == "lycoris"
+
+    def hashes(value: str) -> tuple[str, ...]:
+        return legacy_run_hashes(
+            attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, lokr_factorization=value))
+        )
+
+    assert (hashes(split) == hashes("peft")) == resumes
