@@ -1,8 +1,8 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
 LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd,
-wd_on_output, factor, decompose_both, unbalanced_factorization, full_matrix, rank_dropout, module_dropout, use_tucker, use_scalar;
-rank_dropout_scale, which it never reads, is ignored) into [adapter]. kohya passes each "key=value" to the
-network as a string."""
+wd_on_output, factor, decompose_both, unbalanced_factorization, full_matrix, rank_dropout, module_dropout,
+use_tucker, use_scalar; rank_dropout_scale, which it never reads, is ignored) into [adapter]. kohya passes
+each "key=value" to the network as a string."""
 
 from __future__ import annotations
 
