@@ -104,7 +104,13 @@ def add_lora(
         config = with_tucker(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        inject_lora(module, config)
+        if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
+            from dbspec.runtime.lokr_factor import lycoris_factors
+
+            with lycoris_factors(adapter.unbalanced_factorization):
+                inject_lora(module, config)
+        else:
+            inject_lora(module, config)
         if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers
             from dbspec.runtime.loha_weight import use_lycoris_loha
 

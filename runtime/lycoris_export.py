@@ -198,6 +198,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args["factor"] = str(adapter.factor)
         if adapter.decompose_both:
             args["decompose_both"] = "True"
+        if adapter.unbalanced_factorization:
+            args["unbalanced_factorization"] = "True"
         if adapter.full_matrix:
             args["full_matrix"] = "True"
     if adapter.scalar:

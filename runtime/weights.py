@@ -281,7 +281,19 @@ def load_peft_adapters(
         if has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
             config = with_oft(config, has_rescale(state))
         training = module.training
-        inject_adapter_in_model(config, module, adapter_name="default")
+        if (
+            getattr(config, "peft_type", None) == "LOKR"
+        ):  # LyCORIS's Kronecker split or peft's (lokr_factor.py)
+            from dbspec.runtime.lokr_factor import lycoris_factors, split_of_state
+
+            split, unbalanced = split_of_state(module, state, config.decompose_factor)
+            if split == "lycoris":
+                with lycoris_factors(unbalanced):
+                    inject_adapter_in_model(config, module, adapter_name="default")
+            else:
+                inject_adapter_in_model(config, module, adapter_name="default")
+        else:
+            inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state
 
         apply_switches_for_state(module, state)  # LoKr full_matrix, use_scalar: not in peft's config either

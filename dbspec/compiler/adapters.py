@@ -46,6 +46,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
+        extra.update(lokr_factorization="lycoris", unbalanced_factorization=adapter.unbalanced_factorization)
     extra.update(_lycoris_switches(adapter))
     if isinstance(adapter, LoraAdapter) and adapter.blocks:
         extra["blocks"] = tuple(

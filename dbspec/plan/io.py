@@ -243,6 +243,12 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "fused"): [],  # adapter.fused_projections, added since
         # LyCORIS's LoKr full_matrix and use_scalar: off then
         ("adapter", "full_matrix"): False,
+        # LoKr's Kronecker split as LyCORIS's factorization, added since (peft's order then); a factor of 1 or
+        # less (-1: near the square root) splits the same either way, so either value trains as then
+        ("adapter", "lokr_factorization"): lambda run: (
+            run["adapter"]["lokr_factorization"] if run["adapter"].get("factor", -1) <= 1 else "peft"
+        ),
+        ("adapter", "unbalanced_factorization"): False,
         ("adapter", "scalar"): False,
         ("adapter", "input_targets"): [],  # LyCORIS's IA^3, added since
         ("adapter", "oft_block_size"): 0,  # LyCORIS's Diag-OFT, added since

@@ -127,6 +127,13 @@ class AdapterPlan:
     dora_form: Literal["peft", "lycoris"] = "peft"
     factor: int = -1  # lokr: the Kronecker split (-1: near the square root)
     decompose_both: bool = False  # lokr: the small factor low-rank too
+    # lokr: how each dimension is split into the two Kronecker factors: "lycoris" as LyCORIS's LokrModule
+    # (lycoris.functional.factorization: the smaller part first, also when the factor exceeds the square
+    # root; the compiler's, for kind lokr); "peft" (plans before, other kinds) peft's factorization, the
+    # factor first whatever its size. The two differ only for a factor above 1 (runtime/lokr_factor.py).
+    lokr_factorization: Literal["peft", "lycoris"] = "peft"
+    # lokr: the output split swapped, its larger part in the first factor (LyCORIS unbalanced_factorization)
+    unbalanced_factorization: bool = False
     # lokr: a module whose two factors are both full matrices (the rank at least half the larger factor's
     # size) trains at scale 1, alpha unused, as LyCORIS's LokrModule does; False (plans before): alpha / rank
     lokr_unit_scale: bool = False

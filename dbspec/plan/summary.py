@@ -500,7 +500,9 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             f" (LyCORIS's, one magnitude per {'output row' if a.dora_axis == 'output' else 'input column'})"
         )
     if a.kind == "lokr":
-        kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''})"
+        kind += f" (factor {a.factor}{', both factors low-rank' if a.decompose_both else ''}"
+        kind += f"{', output split unbalanced' if a.unbalanced_factorization else ''}"
+        kind += f"{', peft factorisation' if a.lokr_factorization == 'peft' else ''})"
     if a.tucker:
         kind += " with Tucker convolutions"
     rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]

@@ -474,6 +474,12 @@ class LokrAdapter:
     decompose_both: bool = option(
         False, doc="Also make the small Kronecker factor low-rank (LyCORIS `decompose_both`)."
     )
+    unbalanced_factorization: bool = option(
+        False,
+        doc="LyCORIS `unbalanced_factorization`: swap each layer's output split, so the first Kronecker "
+        "factor takes the larger part of the output dimension and the second the smaller (the input split "
+        "unchanged).",
+    )
     rank_dropout: float = _rank_dropout()
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()

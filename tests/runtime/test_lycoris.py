@@ -65,6 +65,11 @@ KINDS = {
         {"algo": "locon", "conv_dim": "2", "conv_alpha": "1", "use_tucker": "True"},
         {"lora_down.weight", "lora_mid.weight", "lora_up.weight", "alpha"},
     ),
+    "lokr_factor": (  # factor 16 is above the square root of the tiny model's widths: LyCORIS's split there
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nfactor = 16\n',
+        {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "16"},
+        {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
+    ),
     "lokr_full": (  # rank 64 trains both Kronecker factors in full: the export bakes alpha / rank into w1
         'kind = "lokr"\nrank = 64\nalpha = 16.0\n',
         {"algo": "lokr", "factor": "-1"},
@@ -184,7 +189,14 @@ def test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, ki
     # from the module it gets, so it gets one holding the encoder under that name.
     named = torch.nn.Module()
     named.text_model = fresh.text_encoder
-    network, weights = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    if kind == "lokr_factor":
+        # lycoris-lora 4.1.3's file loader guesses each module's factor from its shapes and gets some of these
+        # wrong (it would fail on kohya's file alike): LyCORIS's kohya network built from the same arguments,
+        # as kohya's --network_weights does, with every factor's shape checked, loads the file instead
+        network = _lycoris_network(fresh, named, plan, export, args)
+        weights = load_file(str(export))
+    else:
+        network, weights = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
     modules = [*trained.unet.modules(), *trained.text_encoders[0].modules()]
     adapted = [m for m in modules if isinstance(m, BaseTunerLayer)]
     assert len(network.unet_loras) + len(network.text_encoder_loras) == len(adapted)
@@ -364,3 +376,53 @@ def test_full_lokr_factors_train_at_lycoris_scale_one(unit_scale):
     with torch.no_grad():
         same = torch.allclose(owner(x), base(x), rtol=1e-5, atol=1e-5)
     assert same == unit_scale
+
+
+def _lycoris_network(fresh, named, plan, export: Path, args: dict[str, str]):
+    """LyCORIS's kohya network on `fresh` from the run's network arguments, kept to the modules the export
+    holds, every factor of the export shaped as LyCORIS gives it (its file loader takes the shapes from the
+    file, so it cannot tell)."""
+    from lycoris.modules.lokr import LokrModule
+    from peft.tuners.lokr.layer import factorization as peft_factorization
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    attrs = ("UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME", "TEXT_ENCODER_TARGET_REPLACE_MODULE")
+    saved = {a: list(getattr(network, a)) for a in attrs}
+    preset = lycoris_kohya.PRESET["full"]
+    # the default preset names the time embedding twice (see `loader`): its class alone here
+    names = [n for n in preset["unet_target_name"] if not n.startswith("time_embedding")]
+    try:
+        lycoris_kohya.PRESET["full"] = {**preset, "unet_target_name": names}
+        args = {**args, "algo": "lokr"}
+        made = lycoris_kohya.create_network(
+            1.0, plan.adapter.rank, plan.adapter.alpha, None, named, fresh.unet, **args
+        )
+    finally:
+        lycoris_kohya.PRESET["full"] = preset
+        for attr, value in saved.items():
+            setattr(network, attr, value)
+    tensors = load_file(str(export))
+    held = {k.split(".", 1)[0] for k in tensors}
+    made.unet_loras = [m for m in made.unet_loras if m.lora_name in held]
+    made.text_encoder_loras = [m for m in made.text_encoder_loras if m.lora_name in held]
+    differ = 0
+    for lyco in [*made.unet_loras, *made.text_encoder_loras]:
+        assert isinstance(lyco, LokrModule)
+        assert {f"{lyco.lora_name}.{n}" for n, _ in lyco.named_parameters()} <= set(tensors), lyco.lora_name
+        for name, param in lyco.named_parameters():
+            key = f"{lyco.lora_name}.{name}"
+            if name.startswith("lokr_") and key in tensors:
+                assert tuple(tensors[key].shape) == tuple(param.shape), key
+        out_dim = lyco.shape[0]
+        differ += peft_factorization(out_dim, 16) != general_factorization(out_dim, 16)
+    assert differ  # the run holds layers where peft's own split would differ
+    for lyco in [*made.unet_loras, *made.text_encoder_loras]:
+        own = {n: tensors[f"{lyco.lora_name}.{n}"] for n in lyco.state_dict() if n != "org_weight"}
+        lyco.load_state_dict(own, strict=False)
+    return made
+
+
+def general_factorization(dim: int, factor: int) -> tuple[int, int]:
+    from lycoris.functional.general import factorization
+
+    return factorization(dim, factor)

@@ -185,3 +185,34 @@ def test_diag_oft_takes_network_dim_as_its_block_size(tmp_path, args, constraint
 def test_diag_oft_refuses_another_block_size_for_convolutions(tmp_path):
     outcome = _lycoris(tmp_path, '"algo=diag-oft", "conv_dim=4"')
     assert outcome.exit_code == 1 and "one block size" in outcome.conversion.reports["network_args"].note
+
+
+@pytest.mark.parametrize(
+    ("args", "unbalanced"),
+    [
+        ('"algo=lokr", "factor=32", "unbalanced_factorization=True"', True),
+        ('"algo=lokr", "factor=32", "unbalanced_factorization=0"', True),  # str_bool: only "false" is false
+        ('"algo=lokr", "factor=32", "unbalanced_factorization=False"', False),
+        ('"algo=lokr", "factor=32"', False),
+    ],
+)
+def test_lokr_unbalanced_factorization_maps(tmp_path, args, unbalanced):
+    """LyCORIS's LokrModule swaps the output split with unbalanced_factorization; the plan trains LyCORIS's
+    factorization (the smaller part first) for a factor above the square root."""
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args") == "mapped"
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.factor, adapter.unbalanced_factorization) == (32, unbalanced)
+    assert adapter.lokr_factorization == "lycoris"
+
+
+@pytest.mark.parametrize("preset", ["attn-mlp", "full-lin", "full"])
+def test_sd15_presets_take_the_time_embedding(tmp_path, preset):
+    """On kohya's SD 1.x U-Net LyCORIS's attn-mlp (its TimestepEmbedding class), full and full-lin (by name)
+    adapt the time embedding's linears; full-lin also the ResNets' 1x1 conv_shortcut (at the rank)."""
+    outcome = _lycoris(tmp_path, f'"algo=lokr", "preset={preset}"')
+    assert outcome.exit_code == 0, errors(outcome)
+    targets = plan_of(outcome, tmp_path).adapter.denoiser_targets
+    assert {"time_embedding.linear_1", "time_embedding.linear_2", "to_q", "ff.net.2"} <= set(targets)
+    assert ("conv_shortcut" in targets) == (preset != "attn-mlp")

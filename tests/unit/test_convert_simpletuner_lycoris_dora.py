@@ -85,3 +85,17 @@ def test_dora_off_or_wd_on_output_alone_changes_nothing(tmp_path, lycoris):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.dora, a.dora_axis) == (False, "output")
     assert all(fate(outcome, f"lycoris.{key}") == "inert" for key in lycoris)
+
+
+@pytest.mark.parametrize(("value", "unbalanced"), [(True, True), ("true", True), (0, True), (False, False)])
+def test_lokr_unbalanced_factorization_maps(tmp_path, value, unbalanced):
+    """create_lycoris reads `unbalanced_factorization` with its str_bool (only "false" is off) and hands it to
+    LokrModule, which swaps the output split."""
+    outcome = _convert(tmp_path, {"algo": "lokr", "factor": 16, "unbalanced_factorization": value})
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.unbalanced_factorization, a.lokr_factorization) == (
+        "lokr",
+        16,
+        unbalanced,
+        "lycoris",
+    )

@@ -1,8 +1,8 @@
 """kohya `--network_args` for networks.lora (conv_dim / conv_alpha: LoCon; loraplus_*_ratio: LoRA+) and
 LyCORIS's lycoris.kohya network (algo = lora/locon, loha, lokr; conv_dim, conv_alpha, preset, dora_wd,
-wd_on_output, factor, decompose_both, full_matrix, rank_dropout, module_dropout, use_tucker, use_scalar;
-rank_dropout_scale, which it never reads, is ignored) into [adapter]. kohya passes each "key=value" to the
-network as a string."""
+wd_on_output, factor, decompose_both, unbalanced_factorization, full_matrix, rank_dropout, module_dropout,
+use_tucker, use_scalar; rank_dropout_scale, which it never reads, is ignored) into [adapter]. kohya passes
+each "key=value" to the network as a string."""
 
 from __future__ import annotations
 
@@ -34,17 +34,36 @@ _ALGOS = {
 # LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
 _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft")
 
-# LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
+# LyCORIS presets dbspec can express (lycoris-lora 4.1.3 lycoris/config.py, on the U-Net kohya trains: its
+# SD 1.x/2.x U-Net, library/original_unet.py, names its classes as diffusers does but for the attention,
+# `CrossAttention`): (denoiser targets, text-encoder targets, adapts 3x3 convolutions). `full` and `full-lin`
+# name the time embedding's linears, `attn-mlp` takes them through the `TimestepEmbedding` class; without
+# conv_dim (`full-lin`) LyCORIS still adapts 1x1 convolutions (the ResNets' conv_shortcut) at the rank.
+_TIME_EMBEDDING = ["time_embedding.linear_1", "time_embedding.linear_2"]
 _PRESETS = {
     "full": (
-        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, "time_embedding.linear_1", "time_embedding.linear_2"],
+        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING],
         KOHYA_TEXT_TARGETS,
         [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"],
     ),
-    "full-lin": ([*KOHYA_UNET_TARGETS, "time_emb_proj"], KOHYA_TEXT_TARGETS, []),
-    "attn-mlp": (KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS, []),
+    "full-lin": ([*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
+    "attn-mlp": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-only": (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj", "out_proj"], []),
 }
+# kohya's SDXL U-Net (library/sdxl_original_unet.py) has no TimestepEmbedding class (its time embedding is an
+# nn.Sequential, `time_embed`) and names its first and last convolutions `input_blocks.0.0` / `out.2`: the
+# presets' time-embedding and conv_in / conv_out names match nothing there.
+_ORIGINAL_UNET_MISSES = {*_TIME_EMBEDDING, "conv_in", "conv_out"}
+
+
+def lycoris_preset(preset: str, original_names: bool) -> tuple[list[str], list[str], list[str]]:
+    """The dbspec targets of a LyCORIS preset: (denoiser, text encoder, 3x3 convolutions); `original_names`:
+    the family's kohya U-Net is the original (SDXL) layout."""
+    unet, text, convs = _PRESETS[preset]
+    if original_names:
+        unet = [t for t in unet if t not in _ORIGINAL_UNET_MISSES]
+        convs = [t for t in convs if t not in _ORIGINAL_UNET_MISSES]
+    return unet, text, convs
 
 
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -110,7 +129,7 @@ def _map_network(
         if preset not in _PRESETS:
             unsupported["preset"] = preset
             preset = "full"
-        unet, text, conv_targets = _PRESETS[preset]
+        unet, text, conv_targets = lycoris_preset(preset, original_names)
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
         conv_dim = _int(kwargs.pop("conv_dim", "") or dim)
         conv_alpha = _float(kwargs.pop("conv_alpha", "") or alpha)
@@ -164,6 +183,8 @@ def _map_network(
         if "decompose_both" in kwargs:
             # LyCORIS passes the raw string on and LoKr tests its truth: any text but "" is true, "False" too
             put["decompose_both"] = bool(kwargs.pop("decompose_both"))
+        if "unbalanced_factorization" in kwargs:  # LyCORIS's str_bool; LokrModule swaps the output split
+            put["unbalanced_factorization"] = _str_bool(kwargs.pop("unbalanced_factorization"))
         _lokr_full_matrix(kwargs, put)
     if not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)

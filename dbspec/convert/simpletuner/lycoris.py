@@ -85,6 +85,8 @@ def map_lycoris(
             continue
         if key in SETTINGS and adapter == "lokr":
             conv.mapped(legacy, ("adapter", SETTINGS[key]), legacy.value)
+        elif key == "unbalanced_factorization" and adapter == "lokr":  # create_lycoris reads it with str_bool
+            conv.mapped(legacy, ("adapter", "unbalanced_factorization"), _lycoris_str_bool(legacy.value))
         elif key in ("conv_dim", "conv_alpha"):
             conv.inert(legacy, "the preset's Attention and FeedForward modules hold no convolution")
         elif key == "multiplier" and float(legacy.value) == 1.0:

@@ -1,0 +1,102 @@
+"""LoKr's Kronecker split as LyCORIS's LokrModule makes it, on peft's LoKr layers.
+
+peft's `peft.tuners.lokr.layer.factorization(dim, factor)` returns (factor, dim / factor) whenever the factor
+divides the dimension, the factor first even when it is the larger part; LyCORIS's
+`lycoris.functional.general.factorization` (what kohya's `lycoris.kohya` network trains with) always puts the
+smaller part first. LyCORIS's LokrModule builds `lokr_w1` from the first part of each split (out_l x in_m) and
+`lokr_w2` from the second, so with a factor above the square root of a dimension (dim 320, factor 32: peft
+(32, 10), LyCORIS (10, 32)) the two train other Kronecker structures and save other shapes. LyCORIS's
+`unbalanced_factorization` also swaps the output split (out_l, out_k = out_k, out_l), the input one kept.
+
+`lycoris_factors` swaps peft's module-level `factorization` for LyCORIS's while peft builds its LoKr layers
+(peft's `update_layer` splits the input dimension first, then the output one, for Linear, Conv1d and
+Conv2d alike); the layers keep peft's classes, parameter names and saved layout, and draw their random init
+in the same order. `plan.adapter.lokr_factorization` says which split a run trains ("peft" for runs saved
+before, which keep their shapes and resume)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """LyCORIS's factorization (lycoris/functional/general.py): (m, n), m <= n, m x n = dimension. A
+    positive factor dividing the dimension gives (factor, dimension / factor) ordered; otherwise the
+    divisor pair nearest the square root whose smaller part does not exceed the factor (any with -1)."""
+    if factor > 0 and dimension % factor == 0:
+        m, n = factor, dimension // factor
+        return (n, m) if m > n else (m, n)
+    if factor < 0:
+        factor = dimension
+    m, n = 1, dimension
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m:
+            new_m += 1
+        new_n = dimension // new_m
+        if new_m + new_n > m + n or new_m > factor:
+            break
+        m, n = new_m, new_n
+    return (n, m) if m > n else (m, n)
+
+
+class _Splits:
+    """peft's `factorization` as LyCORIS's; with `unbalanced` every second call (the output dimension's
+    split, peft asking for the input's first) swapped."""
+
+    def __init__(self, unbalanced: bool) -> None:
+        self.unbalanced = unbalanced
+        self.calls = 0
+
+    def __call__(self, dimension: int, factor: int = -1) -> tuple[int, int]:
+        self.calls += 1
+        m, n = factorization(dimension, factor)
+        if self.unbalanced and self.calls % 2 == 0:
+            return n, m
+        return m, n
+
+
+@contextmanager
+def lycoris_factors(unbalanced: bool = False) -> Iterator[None]:
+    """peft builds its LoKr layers with LyCORIS's split (module docstring) inside the block."""
+    from peft.tuners.lokr import layer
+
+    original = layer.factorization
+    layer.factorization = _Splits(unbalanced)
+    try:
+        yield
+    finally:
+        layer.factorization = original
+
+
+def _first_factor(dims: tuple[int, int], factor: int, split: tuple[str, bool]) -> tuple[int, int]:
+    """(out_l, in_m): the first Kronecker factor's shape of a layer (out, in) under `split`."""
+    from peft.tuners.lokr.layer import factorization as peft_factorization
+
+    out_dim, in_dim = dims
+    if split[0] == "peft":
+        return peft_factorization(out_dim, factor)[0], peft_factorization(in_dim, factor)[0]
+    out = factorization(out_dim, factor)
+    return (out[1] if split[1] else out[0]), factorization(in_dim, factor)[0]
+
+
+def split_of_state(module, state: dict, factor: int) -> tuple[str, bool]:
+    """The split ("lycoris" or "peft", unbalanced) that built the LoKr weights of peft adapter state dict
+    `state` (keys without the adapter name) for `module` before injection: read off each layer's first
+    factor (a folder's weights carry no plan: `dbspec sample` on a run's final/)."""
+    shapes = {}
+    for key, value in state.items():
+        path, _, name = key.rpartition(".")
+        if name == "lokr_w1":
+            shapes[path] = tuple(value.shape)
+        elif name == "lokr_w1_a":
+            shapes[path] = (value.shape[0], state[f"{path}.lokr_w1_b"].shape[1])
+    dims = {}
+    for path in shapes:
+        weight = module.get_submodule(path).weight
+        dims[path] = (weight.shape[0], weight.shape[1])
+    for split in (("lycoris", False), ("lycoris", True), ("peft", False)):
+        if all(_first_factor(dims[p], factor, split) == shapes[p] for p in shapes):
+            return split
+    return ("peft", False)  # none fits: peft's own error names the layer
