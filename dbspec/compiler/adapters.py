@@ -24,7 +24,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
-    if adapter.kind in ("full", "ia3", "diag-oft"):
+    if adapter.kind in ("full", "ia3", "diag-oft", "boft"):
         return _full_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
@@ -147,6 +147,17 @@ def adapter_params(
     public = family_spec(family)
     if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
         return {c.name: int(c.params) for c in components if c.trainable == "lora"}
+    if adapter.kind == "boft":  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * (16 * adapter.block_size + 1)
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
         return {
             c.name: int(

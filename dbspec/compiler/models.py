@@ -16,6 +16,7 @@ from dbspec.families import FAMILIES, family_list, family_spec, hub_model
 from dbspec.plan.model import ModelPlan
 from dbspec.spec.model import (
     Adapter,
+    BoftAdapter,
     DiagOftAdapter,
     FullAdapter,
     Ia3Adapter,
@@ -320,13 +321,16 @@ def _written(formats: tuple[str, ...]) -> str:
 
 def _lycoris_kind(adapter: Adapter) -> str:
     """The adapter's LyCORIS-layout kind ("LoHa", "DoRA", ...), "" for plain LoRA or no adapter."""
-    if isinstance(adapter, LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter):
+    if isinstance(
+        adapter, LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter | BoftAdapter
+    ):
         names = {
             "loha": "LoHa",
             "lokr": "LoKr",
             "full": "LyCORIS full",
             "ia3": "IA^3",
             "diag-oft": "Diag-OFT",
+            "boft": "BOFT",
         }
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):

@@ -30,9 +30,10 @@ _ALGOS = {
     "full": "full",
     "ia3": "ia3",
     "diag-oft": "diag-oft",
+    "boft": "boft",
 }
 # LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
-_WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft")
+_WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 
 # LyCORIS presets dbspec can express: (denoiser targets, text-encoder targets, adapts 3x3 convolutions).
 _PRESETS = {
@@ -97,7 +98,7 @@ def _map_network(
     if algo not in _ALGOS:
         conv.unsupported(
             args,
-            f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3, diag-oft do)",
+            f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3, diag-oft, boft do)",
         )
         return None
     kind = _ALGOS[algo]
@@ -132,7 +133,7 @@ def _map_network(
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
-        if kind == "diag-oft":
+        if kind in ("diag-oft", "boft"):
             _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
     elif conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
@@ -459,12 +460,13 @@ def _lycoris_full(
 def _diag_oft(
     kwargs: dict[str, str], dim: int, conv_dim: int, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
-    """algo=diag-oft (lycoris/modules/diag_oft.py): network_dim is its lora_dim, the block-size hint
+    """algo=diag-oft (lycoris/modules/diag_oft.py) and algo=boft (lycoris/modules/boft.py, the same
+    arguments): network_dim is its lora_dim, the block-size hint
     (conv_dim for convolutions: one hint for both here); `constraint` (float, "or 0") and `rescaled`
     (str_bool) as LyCORIS's create_network reads them."""
     put["block_size"] = dim
     if conv_dim != dim and put.get("conv_targets"):
-        unsupported["conv_dim"] = f"{conv_dim} (Diag-OFT: dbspec uses one block size, network_dim's {dim})"
+        unsupported["conv_dim"] = f"{conv_dim} (OFT: dbspec uses one block size, network_dim's {dim})"
     constraint = _float(kwargs.pop("constraint", "") or 0)
     if constraint:
         put["constraint"] = constraint
