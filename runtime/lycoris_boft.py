@@ -1,13 +1,14 @@
 """LyCORIS's `algo = boft` (plan.adapter.kind "boft") as a peft LoRA custom layer.
 
 LyCORIS's ButterflyOFTModule (lycoris/modules/boft.py, lycoris/functional/boft.py) rotates a layer's output
-rows by a product of m butterfly stages. The out rows split as block_num x block_size (power2factorization(out,
-lora_dim): block_size even and at most lora_dim, block_num a power of two; no such split: refused), m =
-popcount(block_num - 1) + 1 stages, each with block_num Cayley rotations R = (I + Q)(I - Q)^-1, Q = B - B^T
-(COFT: Q over all stages scaled down to norm constraint x out when larger). Stage i regroups the rows in
-strides of 2^i x block_size / 2 before applying its block-diagonal R (R W per block, not diag-oft's R^T W).
-The weight becomes the rotated W times a trained per-row `rescale` when `rescaled`; the forward adds
-op(x, W' - W) with no bias. It saves `oft_blocks` (4-D: stages, blocks, size, size), `rescale` and `alpha`.
+rows by a product of m butterfly stages. The out rows split as block_num x block_size
+(power2factorization(out, lora_dim): block_size even and at most lora_dim, block_num a power of two; no such
+split: refused), m = popcount(block_num - 1) + 1 stages, each with block_num Cayley rotations R = (I + Q)(I -
+Q)^-1, Q = B - B^T (COFT: Q over all stages scaled down to norm constraint x out when larger). Stage i
+regroups the rows in strides of 2^i x block_size / 2 before applying its block-diagonal R (R W per block, not
+diag-oft's R^T W). The weight becomes the rotated W times a trained per-row `rescale` when `rescaled`; the
+forward adds op(x, W' - W) with no bias. It saves `oft_blocks` (4-D: stages, blocks, size, size), `rescale`
+and `alpha`.
 
 `BoftLayer` is DiagOftLayer (lycoris_oft.py) with the 4-D blocks and the butterfly product: the same
 `lora_oft_blocks` / `lora_oft_rescale` ParameterDicts, peft's rank the lora_dim, its alpha the constraint."""

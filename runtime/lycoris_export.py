@@ -92,7 +92,8 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
             yield name, _full(layer, adapter), None
             continue
         if isinstance(layer, DiagOftLayer) and adapter in layer.lora_oft_blocks:
-            # DiagOFTModule's (ButterflyOFTModule's: BoftLayer is one) state: the blocks, the row rescale when trained; its alpha is the constraint
+            # DiagOFTModule's state (ButterflyOFTModule's: BoftLayer is one): the blocks, the row rescale
+            # when trained; its alpha is the constraint
             weights = {"oft_blocks": layer.lora_oft_blocks[adapter]}
             if adapter in layer.lora_oft_rescale:
                 weights["rescale"] = layer.lora_oft_rescale[adapter]

@@ -573,10 +573,10 @@ class DiagOftAdapter:
 @frozen
 class BoftAdapter:
     kind: Literal["boft"] = option(
-        doc="Adapter kind: boft trains LyCORIS's BOFT (`algo = boft`, butterfly orthogonal fine-tuning): each "
-        "targeted layer's output rows rotated by a product of butterfly stages, each stage block-diagonal "
-        "orthogonal matrices (Cayley transforms of skew-symmetric blocks, starting at the identity) over rows "
-        "regrouped in growing strides; exported as LyCORIS's `oft_blocks` / `rescale` / `alpha`."
+        doc="Adapter kind: boft trains LyCORIS's BOFT (`algo = boft`, butterfly orthogonal fine-tuning): "
+        "each targeted layer's output rows rotated by a product of butterfly stages, each stage "
+        "block-diagonal orthogonal matrices (Cayley transforms of skew-symmetric blocks, starting at the "
+        "identity) over rows regrouped in growing strides; exported as LyCORIS's `oft_blocks` / `rescale` / `alpha`."
     )
     block_size: int = option(
         4,
@@ -590,8 +590,8 @@ class BoftAdapter:
     )
     constraint: float = option(
         0.0,
-        doc="COFT: all the skew-symmetric blocks together are scaled down to norm constraint x (output width) "
-        "when larger (LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
+        doc="COFT: all the skew-symmetric blocks together are scaled down to norm constraint x "
+        "(output width) when larger (LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
         minimum=0,
     )
     rescaled: bool = option(
@@ -2083,7 +2083,8 @@ class Spec:
     adapter: Adapter = option(
         factory=NoAdapter,
         doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3", '
-        '"diag-oft" or "boft" (LyCORIS\'s full-weight, IA^3, Diag-OFT and BOFT algos on the targeted layers).',
+        '"diag-oft" or "boft" (LyCORIS\'s full-weight, IA^3, Diag-OFT and BOFT algos on the targeted '
+        "layers).",
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")

@@ -98,7 +98,8 @@ def _map_network(
     if algo not in _ALGOS:
         conv.unsupported(
             args,
-            f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3, diag-oft, boft do)",
+            f"LyCORIS algo={algo} has no dbspec equivalent "
+            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft do)",
         )
         return None
     kind = _ALGOS[algo]
