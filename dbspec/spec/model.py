@@ -576,7 +576,8 @@ class BoftAdapter:
         doc="Adapter kind: boft trains LyCORIS's BOFT (`algo = boft`, butterfly orthogonal fine-tuning): "
         "each targeted layer's output rows rotated by a product of butterfly stages, each stage "
         "block-diagonal orthogonal matrices (Cayley transforms of skew-symmetric blocks, starting at the "
-        "identity) over rows regrouped in growing strides; exported as LyCORIS's `oft_blocks` / `rescale` / `alpha`."
+        "identity) over rows regrouped in growing strides; exported as LyCORIS's `oft_blocks` / `rescale` / "
+        "`alpha`."
     )
     block_size: int = option(
         4,
