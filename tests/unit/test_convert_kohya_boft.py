@@ -56,3 +56,14 @@ def test_boft_refuses_another_block_size_for_convolutions(tmp_path):
 def test_glora_is_still_refused(tmp_path):
     outcome = _lycoris(tmp_path, '"algo=glora"')
     assert outcome.exit_code == 1 and "algo=glora" in outcome.conversion.reports["network_args"].note
+
+
+def test_the_plan_summary_shows_the_boft_options(tmp_path):
+    from dbspec.plan.summary import adapter_rows
+
+    outcome = _lycoris(tmp_path, '"algo=boft", "preset=attn-mlp", "constraint=0.25", "rescaled=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    rows = dict(adapter_rows(plan_of(outcome, tmp_path).adapter))
+    assert rows["adapter"].startswith("boft (LyCORIS: butterfly")
+    assert "block size hint 8" in rows["adapter"] and "constraint 0.25" in rows["adapter"]
+    assert "rescaled" in rows["adapter"]
