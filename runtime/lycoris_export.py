@@ -46,7 +46,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
-        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft")
+        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
@@ -81,6 +81,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from dbspec.runtime.lycoris_dora import dora_scale_of
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     found = lora_adapter(module)
@@ -90,6 +91,9 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     for name, layer in module.named_modules():
         if isinstance(layer, FullLayer) and adapter in layer.lora_full:
             yield name, _full(layer, adapter), None
+            continue
+        if isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1:  # GLoRAModule's state
+            yield name, layer.lycoris_weights(adapter), float(layer.lora_alpha[adapter])
             continue
         if isinstance(layer, DiagOftLayer) and adapter in layer.lora_oft_blocks:
             # DiagOFTModule's state (ButterflyOFTModule's: BoftLayer is one): the blocks, the row rescale

@@ -17,6 +17,7 @@ from dbspec.plan.model import ModelPlan
 from dbspec.spec.model import (
     Adapter,
     BoftAdapter,
+    GloraAdapter,
     DiagOftAdapter,
     FullAdapter,
     Ia3Adapter,
@@ -322,7 +323,8 @@ def _written(formats: tuple[str, ...]) -> str:
 def _lycoris_kind(adapter: Adapter) -> str:
     """The adapter's LyCORIS-layout kind ("LoHa", "DoRA", ...), "" for plain LoRA or no adapter."""
     if isinstance(
-        adapter, LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter | BoftAdapter
+        adapter,
+        LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter | BoftAdapter | GloraAdapter,
     ):
         names = {
             "loha": "LoHa",
@@ -331,6 +333,7 @@ def _lycoris_kind(adapter: Adapter) -> str:
             "ia3": "IA^3",
             "diag-oft": "Diag-OFT",
             "boft": "BOFT",
+            "glora": "GLoRA",
         }
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):

@@ -1003,7 +1003,7 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     if a.kind in ("full", "ia3", "diag-oft", "boft"):
         yield from _lycoris_full_fits(spec, given)
         return
-    if a.scalar:
+    if getattr(a, "scalar", False):
         for key, value, why in (
             ("dora", getattr(a, "dora", False), "dbspec's DoRA layers rebuild the weight with no scalar"),
             (

@@ -108,7 +108,7 @@ class FusedPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft"]
+    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input

@@ -609,8 +609,32 @@ class BoftAdapter:
     )
 
 
+@frozen
+class GloraAdapter:
+    kind: Literal["glora"] = option(
+        doc="Adapter kind: glora trains LyCORIS's GLoRA (`algo = glora`): two low-rank pairs per layer, "
+        "the update (W a1 a2 + b1 b2) x alpha / rank (W the frozen weight; a2 and b2 start at zero); "
+        "exported as LyCORIS's `a1.weight` / `a2.weight` / `b1.weight` / `b2.weight` / `alpha`."
+    )
+    rank: int = _rank(8, "GLoRA")
+    alpha: float = _alpha()
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_rank: int = _conv_rank()
+    conv_alpha: float = _conv_alpha()
+    conv_targets: list[str] = _conv_targets()
+
+
 Adapter = Union[
-    NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter
+    NoAdapter,
+    LoraAdapter,
+    LohaAdapter,
+    LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
 ]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
@@ -621,6 +645,7 @@ ADAPTER_VARIANTS: dict[str, type] = {
     "ia3": Ia3Adapter,
     "diag-oft": DiagOftAdapter,
     "boft": BoftAdapter,
+    "glora": GloraAdapter,
 }
 # The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
 # full algo trains a copy of its layers' weights beside the frozen ones.
@@ -632,6 +657,7 @@ LowRankAdapter = (
     Ia3Adapter,
     DiagOftAdapter,
     BoftAdapter,
+    GloraAdapter,
 )
 
 
@@ -2084,8 +2110,8 @@ class Spec:
     adapter: Adapter = option(
         factory=NoAdapter,
         doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3", '
-        '"diag-oft" or "boft" (LyCORIS\'s full-weight, IA^3, Diag-OFT and BOFT algos on the targeted '
-        "layers).",
+        '"diag-oft", "boft" or "glora" (LyCORIS\'s full-weight, IA^3, Diag-OFT, BOFT and GLoRA algos on '
+        "the targeted layers).",
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -2131,6 +2157,7 @@ TABLE_CLASSES = (
     Ia3Adapter,
     DiagOftAdapter,
     BoftAdapter,
+    GloraAdapter,
     Train,
     Dataset,
     Buckets,

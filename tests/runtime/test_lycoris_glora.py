@@ -12,6 +12,9 @@ import torch
 from peft import inject_adapter_in_model
 from torch import nn
 
+from tests.runtime import test_lycoris as lycoris_runs
+from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
+
 glora = pytest.importorskip("lycoris.modules.glora")
 
 RANK = 3
@@ -73,3 +76,25 @@ def test_glora_layer_equals_lycoris_glora_module(alpha):
             )
         merged.unmerge()
         torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
+
+
+GLORA = (
+    'kind = "glora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n',
+    {"algo": "glora", "conv_dim": "2", "conv_alpha": "1"},
+    {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"},
+)
+
+
+def test_glora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """test_lycoris's check: LyCORIS's kohya loader builds GLoRAModules from the file."""
+    others = lycoris_runs._lycoris_weight
+
+    def glora_weight(lyco) -> torch.Tensor:
+        if type(lyco).__name__ == "GLoRAModule":
+            with torch.no_grad():
+                return lyco.get_merged_weight()[0]
+        return others(lyco)
+
+    monkeypatch.setitem(lycoris_runs.KINDS, "glora", GLORA)
+    monkeypatch.setattr(lycoris_runs, "_lycoris_weight", glora_weight)
+    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, "glora", loader)
