@@ -31,6 +31,7 @@ _ALGOS = {
     "ia3": "ia3",
     "diag-oft": "diag-oft",
     "boft": "boft",
+    "glora": "glora",
 }
 # LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
 _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
@@ -99,7 +100,7 @@ def _map_network(
         conv.unsupported(
             args,
             f"LyCORIS algo={algo} has no dbspec equivalent "
-            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft do)",
+            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft, glora do)",
         )
         return None
     kind = _ALGOS[algo]
@@ -140,7 +141,9 @@ def _map_network(
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = _dora(kwargs, lycoris, args, conv) and kind not in _WHOLE_LAYER_KINDS
+    if kind == "glora":
+        _glora(kwargs, unsupported, args, conv)
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in (*_WHOLE_LAYER_KINDS, "glora")
     if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
@@ -148,7 +151,7 @@ def _map_network(
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
-    if lycoris and kind not in _WHOLE_LAYER_KINDS:
+    if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
         if kind not in _WHOLE_LAYER_KINDS:
@@ -415,6 +418,27 @@ _FULL_IGNORES = (
     "dora_wd",
     "wd_on_output",
 )
+
+
+def _glora(kwargs: dict[str, str], unsupported: dict[str, str], args: Legacy, conv: Conversion) -> None:
+    """algo=glora (lycoris/modules/glora.py): network_dim / network_alpha and conv_dim / conv_alpha are its
+    ranks and alphas (the generic mapping). GLoRAModule takes `dora_wd` (weight_decompose) and never reads
+    it, and builds its Tucker form only for a kernel both 1x1 and not 1x1 (never): both ignored. Its
+    use_scalar, rs_lora, dropouts and bypass forward are not expressed here."""
+    for key, why in (
+        ("dora_wd", "GLoRAModule takes weight_decompose and never reads it"),
+        ("use_tucker", "GLoRAModule builds no Tucker form (it requires a 1x1 kernel that is not 1x1)"),
+    ):
+        if key in kwargs:
+            conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
+    for key in ("use_scalar", "rs_lora", "bypass_mode"):
+        if key in kwargs and _str_bool(kwargs[key]):
+            unsupported[key] = f"{kwargs.pop(key)} (algo=glora: not expressed by dbspec's GLoRA)"
+        kwargs.pop(key, None)
+    for key in ("rank_dropout", "module_dropout", "dropout"):
+        if _float(kwargs.get(key, "0") or 0):
+            unsupported[key] = f"{kwargs.pop(key)} (algo=glora: dbspec expresses no dropout there)"
+        kwargs.pop(key, None)
 
 
 def _lycoris_full(
