@@ -1000,7 +1000,7 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if not isinstance(a, LowRankAdapter):
         return
-    if a.kind in ("full", "ia3", "diag-oft", "boft"):
+    if a.kind in ("full", "ia3", "diag-oft", "boft", "glora"):  # GLoRA: W a1 a2 needs the float weight too
         yield from _lycoris_full_fits(spec, given)
         return
     if getattr(a, "scalar", False):
@@ -1035,7 +1035,13 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     none (LyCORIS refuses it for full too), and a module named as a linear and a convolution target would
     get two; an IA^3 input target that is no target changes nothing."""
     a, p = spec.adapter, spec.precision
-    what = {"full": "trains a copy of", "ia3": "scales", "diag-oft": "rotates", "boft": "rotates"}[a.kind]
+    what = {
+        "full": "trains a copy of",
+        "ia3": "scales",
+        "diag-oft": "rotates",
+        "boft": "rotates",
+        "glora": "multiplies",
+    }[a.kind]
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(p, key) != "none":
             yield _err(
