@@ -1,12 +1,12 @@
-"""LyCORIS's `algo = glora` (GLoRA, lycoris/modules/glora.py) as a peft LoRA custom layer: the runtime layer
-only so far (no spec kind, converter mapping or export wiring yet).
+"""LyCORIS's `algo = glora` (plan.adapter.kind "glora", lycoris/modules/glora.py) as a peft LoRA custom layer.
 
 GLoRAModule trains two low-rank pairs on a layer: A = a1 a2 acting on the weight's input side and B = b1 b2 a
 low-rank update, ΔW = (W a1 a2 + b1 b2) x alpha / rank (alpha 0: the rank, scale 1). Shapes as LyCORIS saves
 them: `a1.weight` (in, rank[, 1, 1]), `a2.weight` (rank, in[, 1, 1]), `b1.weight` (out, rank[, 1, 1]),
 `b2.weight` (rank, in[, k, k]); a1 and b1 start kaiming-uniform (a = sqrt 5), a2 and b2 at zero, so a run
 starts at the base model. The forward adds op(x, ΔW) with no bias. Linear and ungrouped, zero-padded Conv2d
-layers (its Tucker form and use_scalar are not built here)."""
+layers (its use_scalar is not built here; its Tucker form LyCORIS never builds). peft's rank and alpha
+(rank_pattern / alpha_pattern for the convolutions) are GLoRA's, so they ride in peft's JSON config."""
 
 from __future__ import annotations
 
