@@ -2019,7 +2019,7 @@ change nothing (LyCORIS ignores them too; the plan shows them off). Remove them,
     Code(
         "DBS522",
         ERROR,
-        "LyCORIS's full or IA^3 algo on a quantised model or a module targeted twice",
+        "LyCORIS's full, IA^3, OFT or GLoRA algo on a quantised model or a module targeted twice",
         """\
 `adapter.kind = "full"` (LyCORIS's full-weight algo: a trained copy of each targeted layer's weight and bias)
 with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer has no float weight to copy

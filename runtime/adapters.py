@@ -43,6 +43,27 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
         from dbspec.runtime.lycoris_ia3 import ia3_config
 
         return ia3_config([*targets, *(adapter.conv_targets if conv else ())], adapter.input_targets)
+    if adapter.kind == "glora":  # LyCORIS's GLoRA: dbspec's own peft layer (lycoris_glora.py)
+        from dbspec.runtime.lycoris_glora import with_glora
+
+        convs = adapter.conv_targets if conv and adapter.conv_rank else ()
+        patterns = [re.escape(t) for t in convs]
+        return with_glora(
+            LoraConfig(
+                r=adapter.rank,
+                lora_alpha=adapter.alpha,
+                target_modules=[*targets, *convs],
+                rank_pattern={p: adapter.conv_rank for p in patterns},
+                alpha_pattern={p: adapter.conv_alpha for p in patterns},
+            )
+        )
+    if adapter.kind == "boft":  # LyCORIS's BOFT: dbspec's own peft layer (lycoris_boft.py)
+        from dbspec.runtime.lycoris_boft import boft_config
+
+        convs = adapter.conv_targets if conv else ()
+        return boft_config(
+            [*targets, *convs], adapter.oft_block_size, adapter.oft_constraint, adapter.oft_rescaled
+        )
     if adapter.kind == "diag-oft":  # LyCORIS's Diag-OFT: dbspec's own peft layer (lycoris_oft.py)
         from dbspec.runtime.lycoris_oft import oft_config
 

@@ -46,7 +46,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
-        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft")
+        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
@@ -81,6 +81,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from dbspec.runtime.lycoris_dora import dora_scale_of
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     found = lora_adapter(module)
@@ -91,8 +92,12 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
         if isinstance(layer, FullLayer) and adapter in layer.lora_full:
             yield name, _full(layer, adapter), None
             continue
+        if isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1:  # GLoRAModule's state
+            yield name, layer.lycoris_weights(adapter), float(layer.lora_alpha[adapter])
+            continue
         if isinstance(layer, DiagOftLayer) and adapter in layer.lora_oft_blocks:
-            # DiagOFTModule's state: the blocks, the row rescale when trained; its alpha is the constraint
+            # DiagOFTModule's state (ButterflyOFTModule's: BoftLayer is one): the blocks, the row rescale
+            # when trained; its alpha is the constraint
             weights = {"oft_blocks": layer.lora_oft_blocks[adapter]}
             if adapter in layer.lora_oft_rescale:
                 weights["rescale"] = layer.lora_oft_rescale[adapter]
@@ -177,9 +182,14 @@ def _lokr(name: str, layer, adapter: str) -> tuple[dict[str, torch.Tensor], floa
 def network_args(adapter: AdapterPlan) -> dict[str, str]:
     """kohya's ss_network_args for this adapter (what its training command line would have said)."""
     args: dict[str, str] = {}
-    if adapter.kind in ("full", "ia3", "diag-oft"):  # LyCORIS's conv_dim only switches its convolutions on
+    if adapter.kind in (
+        "full",
+        "ia3",
+        "diag-oft",
+        "boft",
+    ):  # LyCORIS's conv_dim only switches its convolutions on
         args = {"algo": adapter.kind, **({"conv_dim": "1"} if adapter.conv_targets else {})}
-        if adapter.kind == "diag-oft":
+        if adapter.kind in ("diag-oft", "boft"):
             args.update(constraint=f"{adapter.oft_constraint:g}", rescaled=str(adapter.oft_rescaled))
         return args
     if adapter.kind != "lora":
@@ -222,7 +232,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     kohya = {
         # A1111 and ComfyUI read the layout from the tensor names; the module says which network wrote it.
         "ss_network_module": "networks.lora" if "algo" not in args else "lycoris.kohya",
-        "ss_network_dim": str(a.oft_block_size if a.kind == "diag-oft" else a.rank),
+        "ss_network_dim": str(a.oft_block_size if a.kind in ("diag-oft", "boft") else a.rank),
         "ss_network_alpha": f"{a.alpha:g}",
         "ss_network_args": json.dumps(args, sort_keys=True),
         **kohya_family_metadata(plan.model.family, plan.model.prediction),

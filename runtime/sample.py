@@ -200,7 +200,7 @@ def _is_lycoris(path: Path) -> bool:
             ".hada_" in key
             or ".lokr_" in key
             or ".lora_mid." in key
-            or key.endswith((".diff", ".diff_b", ".on_input", ".oft_blocks"))
+            or key.endswith((".diff", ".diff_b", ".on_input", ".oft_blocks", ".a1.weight"))  # .a1: GLoRA
             for key in f.keys()
         )
 

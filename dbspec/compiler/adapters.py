@@ -24,8 +24,10 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     SD3's are those of diffusers' SD3 LoRA script)."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
-    if adapter.kind in ("full", "ia3", "diag-oft"):
+    if adapter.kind in ("full", "ia3", "diag-oft", "boft"):
         return _full_plan(adapter, family, components, targets_given)
+    if adapter.kind == "glora":
+        return _glora_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
         {
@@ -91,6 +93,24 @@ def lycoris_dora(adapter) -> bool:
     return adapter.dora_axis == "input" or (adapter.tucker and adapter.conv_rank > 0)
 
 
+def _glora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
+    """LyCORIS's GLoRA: a rank and alpha (and conv_rank / conv_alpha on the convolutions), no other option."""
+    conv = adapter.conv_rank > 0
+    return AdapterPlan(
+        kind="glora",
+        rank=adapter.rank,
+        alpha=adapter.alpha,
+        denoiser_targets=tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
+        text_encoder_targets=tuple(adapter.text_encoder_targets),
+        conv_rank=adapter.conv_rank,
+        conv_alpha=adapter.conv_alpha if conv else 0.0,
+        conv_targets=tuple(adapter.conv_targets) if conv else (),
+        params=adapter_params(adapter, family, components),
+    )
+
+
 def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's full and IA^3 algos: no rank or alpha; the convolutions they train are `conv_targets`
     alone; IA^3's input-side targets."""
@@ -148,6 +168,29 @@ def adapter_params(
     public = family_spec(family)
     if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
         return {c.name: int(c.params) for c in components if c.trainable == "lora"}
+    if adapter.kind == "glora":  # a1, a2 (in x rank each), b1, b2 (rank x (out + in)): 3 LoRAs bound it
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * 3
+                * max(adapter.rank, adapter.conv_rank)
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
+    if adapter.kind == "boft":  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * (16 * adapter.block_size + 1)
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
         return {
             c.name: int(

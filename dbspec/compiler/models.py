@@ -16,6 +16,8 @@ from dbspec.families import FAMILIES, family_list, family_spec, hub_model
 from dbspec.plan.model import ModelPlan
 from dbspec.spec.model import (
     Adapter,
+    BoftAdapter,
+    GloraAdapter,
     DiagOftAdapter,
     FullAdapter,
     Ia3Adapter,
@@ -320,13 +322,18 @@ def _written(formats: tuple[str, ...]) -> str:
 
 def _lycoris_kind(adapter: Adapter) -> str:
     """The adapter's LyCORIS-layout kind ("LoHa", "DoRA", ...), "" for plain LoRA or no adapter."""
-    if isinstance(adapter, LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter):
+    if isinstance(
+        adapter,
+        LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter | BoftAdapter | GloraAdapter,
+    ):
         names = {
             "loha": "LoHa",
             "lokr": "LoKr",
             "full": "LyCORIS full",
             "ia3": "IA^3",
             "diag-oft": "Diag-OFT",
+            "boft": "BOFT",
+            "glora": "GLoRA",
         }
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):

@@ -920,7 +920,12 @@ def export_format_has_exports(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
-    if not isinstance(a, LowRankAdapter) or a.kind in ("full", "ia3", "diag-oft"):  # lycoris_switches_fit
+    if not isinstance(a, LowRankAdapter) or a.kind in (
+        "full",
+        "ia3",
+        "diag-oft",
+        "boft",
+    ):  # lycoris_switches_fit
         return
     if a.conv_rank and not a.conv_alpha:
         yield _err(
@@ -995,10 +1000,10 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if not isinstance(a, LowRankAdapter):
         return
-    if a.kind in ("full", "ia3", "diag-oft"):
+    if a.kind in ("full", "ia3", "diag-oft", "boft", "glora"):  # GLoRA: W a1 a2 needs the float weight too
         yield from _lycoris_full_fits(spec, given)
         return
-    if a.scalar:
+    if getattr(a, "scalar", False):
         for key, value, why in (
             ("dora", getattr(a, "dora", False), "dbspec's DoRA layers rebuild the weight with no scalar"),
             (
@@ -1030,7 +1035,13 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     none (LyCORIS refuses it for full too), and a module named as a linear and a convolution target would
     get two; an IA^3 input target that is no target changes nothing."""
     a, p = spec.adapter, spec.precision
-    what = {"full": "trains a copy of", "ia3": "scales", "diag-oft": "rotates"}[a.kind]
+    what = {
+        "full": "trains a copy of",
+        "ia3": "scales",
+        "diag-oft": "rotates",
+        "boft": "rotates",
+        "glora": "multiplies",
+    }[a.kind]
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(p, key) != "none":
             yield _err(

@@ -108,7 +108,7 @@ class FusedPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft"]
+    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input
@@ -143,7 +143,7 @@ class AdapterPlan:
     scalar: bool = False
     # ia3: the targets whose scale acts on their input channels (LyCORIS train_on_input); () for none
     input_targets: tuple[str, ...] = ()
-    # diag-oft: LyCORIS's lora_dim (the block-size hint), COFT constraint, trained row rescale
+    # diag-oft, boft: LyCORIS's lora_dim (the block-size hint), COFT constraint, trained row rescale
     oft_block_size: int = 0
     oft_constraint: float = 0.0
     oft_rescaled: bool = False

@@ -474,6 +474,11 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         + (f", constraint {a.oft_constraint:g}" if a.oft_constraint else "")
         + (", rescaled" if a.oft_rescaled else "")
         + ")",
+        "boft": f"boft (LyCORIS: butterfly products of orthogonal blocks of output rows, block size hint "
+        f"{a.oft_block_size}"
+        + (f", constraint {a.oft_constraint:g}" if a.oft_constraint else "")
+        + (", rescaled" if a.oft_rescaled else "")
+        + ")",
     }[a.kind]
     rows = [("adapter", what)]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
@@ -492,7 +497,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     """The adapter: kind, ranks, where it goes and how many parameters it trains."""
     if a.kind == "none":
         return [("adapter", "none")]
-    if a.kind in ("full", "ia3", "diag-oft"):
+    if a.kind in ("full", "ia3", "diag-oft", "boft"):
         return _full_rows(a, denoiser)
     kind = f"{a.kind} + DoRA" if a.dora else a.kind
     if a.dora and a.dora_form == "lycoris":  # LyCORIS's weight decomposition (runtime/lycoris_dora.py)

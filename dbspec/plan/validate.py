@@ -101,7 +101,7 @@ def plan_problems(plan: Plan) -> list[str]:
 
 def _structure_problems(plan: Plan) -> Iterator[str]:
     a = plan.adapter
-    if a.kind not in ("none", "full", "ia3", "diag-oft") and not (
+    if a.kind not in ("none", "full", "ia3", "diag-oft", "boft") and not (
         _at_least(1)(a.rank) and _above(0)(a.alpha)
     ):
         yield f"a {a.kind} adapter needs rank >= 1 and alpha > 0; found rank {a.rank}, alpha {a.alpha}"

@@ -576,7 +576,72 @@ class DiagOftAdapter:
     )
 
 
-Adapter = Union[NoAdapter, LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter]
+@frozen
+class BoftAdapter:
+    kind: Literal["boft"] = option(
+        doc="Adapter kind: boft trains LyCORIS's BOFT (`algo = boft`, butterfly orthogonal fine-tuning): "
+        "each targeted layer's output rows rotated by a product of butterfly stages, each stage "
+        "block-diagonal orthogonal matrices (Cayley transforms of skew-symmetric blocks, starting at the "
+        "identity) over rows regrouped in growing strides; exported as LyCORIS's `oft_blocks` / `rescale` / "
+        "`alpha`."
+    )
+    block_size: int = option(
+        4,
+        doc="LyCORIS's `lora_dim` (kohya `network_dim`) for BOFT: a layer of width w is split into "
+        "w / b blocks of b rows, b the smallest even number up to block_size whose w / b is a power of two, "
+        "rising while one fits (LyCORIS's power2factorization; a width with no such split is refused when "
+        "the adapter is built); log2-many stages (popcount(w / b - 1) + 1).",
+        minimum=2,
+        maximum=65536,
+        example=8,
+    )
+    constraint: float = option(
+        0.0,
+        doc="COFT: all the skew-symmetric blocks together are scaled down to norm constraint x "
+        "(output width) when larger (LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
+        minimum=0,
+    )
+    rescaled: bool = option(
+        False,
+        doc="Also train a scale per output row, from 1 (LyCORIS `rescaled`, saved as `rescale`).",
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) rotated too (LyCORIS adds the 3x3 convolutions with "
+        "`conv_dim` above 0); empty rotates no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+
+
+@frozen
+class GloraAdapter:
+    kind: Literal["glora"] = option(
+        doc="Adapter kind: glora trains LyCORIS's GLoRA (`algo = glora`): two low-rank pairs per layer, "
+        "the update (W a1 a2 + b1 b2) x alpha / rank (W the frozen weight; a2 and b2 start at zero); "
+        "exported as LyCORIS's `a1.weight` / `a2.weight` / `b1.weight` / `b2.weight` / `alpha`."
+    )
+    rank: int = _rank(8, "GLoRA")
+    alpha: float = _alpha()
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_rank: int = _conv_rank()
+    conv_alpha: float = _conv_alpha()
+    conv_targets: list[str] = _conv_targets()
+
+
+Adapter = Union[
+    NoAdapter,
+    LoraAdapter,
+    LohaAdapter,
+    LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
+]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
     "lora": LoraAdapter,
@@ -585,10 +650,21 @@ ADAPTER_VARIANTS: dict[str, type] = {
     "full": FullAdapter,
     "ia3": Ia3Adapter,
     "diag-oft": DiagOftAdapter,
+    "boft": BoftAdapter,
+    "glora": GloraAdapter,
 }
 # The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
 # full algo trains a copy of its layers' weights beside the frozen ones.
-LowRankAdapter = (LoraAdapter, LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter)
+LowRankAdapter = (
+    LoraAdapter,
+    LohaAdapter,
+    LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
+)
 
 
 @frozen
@@ -2044,8 +2120,9 @@ class Spec:
     datasets: list[Dataset] = option(doc="Image datasets ([[datasets]] tables).")
     adapter: Adapter = option(
         factory=NoAdapter,
-        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3" or '
-        '"diag-oft" (LyCORIS\'s full-weight, IA^3 and Diag-OFT algos on the targeted layers).',
+        doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3", '
+        '"diag-oft", "boft" or "glora" (LyCORIS\'s full-weight, IA^3, Diag-OFT, BOFT and GLoRA algos on '
+        "the targeted layers).",
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -2090,6 +2167,8 @@ TABLE_CLASSES = (
     FullAdapter,
     Ia3Adapter,
     DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
     Train,
     Dataset,
     Buckets,

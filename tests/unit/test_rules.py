@@ -563,6 +563,12 @@ CASES = [
         [("DBS522", "error", ("precision", "quantize_denoiser"))],
         '[adapter]\nkind = "full"\nconv_targets = ["conv1"]\n' + DOG + STEPS,
     ),
+    (  # LyCORIS's GLoRA multiplies the float weight (W a1 a2): a quantised layer has none
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "glora"\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS522", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "glora"\nconv_rank = 2\n' + DOG + STEPS,
+    ),
     (  # an IA^3 input-side name scales nothing unless it is a target
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "ia3"\ndenoiser_targets = ["to_k"]\ninput_targets = ["ff.net.2"]\n' + DOG + STEPS,

@@ -172,11 +172,11 @@ def map_adapter(
     )
     if kind is None:
         return False
-    if kind in ("full", "ia3", "diag-oft"):  # LyCORIS's whole-layer algos have no rank or alpha
+    if kind in ("full", "ia3", "diag-oft", "boft"):  # LyCORIS's whole-layer algos have no rank or alpha
         for key, target in (("network_dim", "rank"), ("network_alpha", "alpha")):
             conv.values.pop(("adapter", target), None)
             conv.reports.pop(key, None)
-            if kind == "diag-oft" and key == "network_dim":  # its lora_dim: the block-size hint
+            if kind in ("diag-oft", "boft") and key == "network_dim":  # its lora_dim: the block-size hint
                 conv.record(a[key], "mapped", "adapter.block_size")
                 continue
             conv.inert(a[key], f"LyCORIS's {kind} algo has no rank or alpha")

@@ -30,9 +30,11 @@ _ALGOS = {
     "full": "full",
     "ia3": "ia3",
     "diag-oft": "diag-oft",
+    "boft": "boft",
+    "glora": "glora",
 }
 # LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
-_WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft")
+_WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 
 # LyCORIS presets dbspec can express (lycoris-lora 4.1.3 lycoris/config.py, on the U-Net kohya trains: its
 # SD 1.x/2.x U-Net, library/original_unet.py, names its classes as diffusers does but for the attention,
@@ -116,7 +118,8 @@ def _map_network(
     if algo not in _ALGOS:
         conv.unsupported(
             args,
-            f"LyCORIS algo={algo} has no dbspec equivalent (lora, locon, loha, lokr, full, ia3, diag-oft do)",
+            f"LyCORIS algo={algo} has no dbspec equivalent "
+            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft, glora do)",
         )
         return None
     kind = _ALGOS[algo]
@@ -151,13 +154,15 @@ def _map_network(
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
-        if kind == "diag-oft":
+        if kind in ("diag-oft", "boft"):
             _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
     elif conv_dim and conv_targets:
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    dora = _dora(kwargs, lycoris, args, conv) and kind not in _WHOLE_LAYER_KINDS
+    if kind == "glora":
+        _glora(kwargs, unsupported, args, conv)
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in (*_WHOLE_LAYER_KINDS, "glora")
     if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
@@ -165,7 +170,7 @@ def _map_network(
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
-    if lycoris and kind not in _WHOLE_LAYER_KINDS:
+    if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
         if kind not in _WHOLE_LAYER_KINDS:
@@ -436,6 +441,27 @@ _FULL_IGNORES = (
 )
 
 
+def _glora(kwargs: dict[str, str], unsupported: dict[str, str], args: Legacy, conv: Conversion) -> None:
+    """algo=glora (lycoris/modules/glora.py): network_dim / network_alpha and conv_dim / conv_alpha are its
+    ranks and alphas (the generic mapping). GLoRAModule takes `dora_wd` (weight_decompose) and never reads
+    it, and builds its Tucker form only for a kernel both 1x1 and not 1x1 (never): both ignored. Its
+    use_scalar, rs_lora, dropouts and bypass forward are not expressed here."""
+    for key, why in (
+        ("dora_wd", "GLoRAModule takes weight_decompose and never reads it"),
+        ("use_tucker", "GLoRAModule builds no Tucker form (it requires a 1x1 kernel that is not 1x1)"),
+    ):
+        if key in kwargs:
+            conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
+    for key in ("use_scalar", "rs_lora", "bypass_mode"):
+        if key in kwargs and _str_bool(kwargs[key]):
+            unsupported[key] = f"{kwargs.pop(key)} (algo=glora: not expressed by dbspec's GLoRA)"
+        kwargs.pop(key, None)
+    for key in ("rank_dropout", "module_dropout", "dropout"):
+        if _float(kwargs.get(key, "0") or 0):
+            unsupported[key] = f"{kwargs.pop(key)} (algo=glora: dbspec expresses no dropout there)"
+        kwargs.pop(key, None)
+
+
 def _lycoris_full(
     kwargs: dict[str, str],
     kind: str,
@@ -480,12 +506,13 @@ def _lycoris_full(
 def _diag_oft(
     kwargs: dict[str, str], dim: int, conv_dim: int, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
-    """algo=diag-oft (lycoris/modules/diag_oft.py): network_dim is its lora_dim, the block-size hint
+    """algo=diag-oft (lycoris/modules/diag_oft.py) and algo=boft (lycoris/modules/boft.py, the same
+    arguments): network_dim is its lora_dim, the block-size hint
     (conv_dim for convolutions: one hint for both here); `constraint` (float, "or 0") and `rescaled`
     (str_bool) as LyCORIS's create_network reads them."""
     put["block_size"] = dim
     if conv_dim != dim and put.get("conv_targets"):
-        unsupported["conv_dim"] = f"{conv_dim} (Diag-OFT: dbspec uses one block size, network_dim's {dim})"
+        unsupported["conv_dim"] = f"{conv_dim} (OFT: dbspec uses one block size, network_dim's {dim})"
     constraint = _float(kwargs.pop("constraint", "") or 0)
     if constraint:
         put["constraint"] = constraint

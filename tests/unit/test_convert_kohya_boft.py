@@ -1,0 +1,69 @@
+"""kohya configs training LyCORIS's BOFT (`network_module = "lycoris.kohya"`, `algo=boft`): once refused
+(DBS403), now [adapter] kind "boft". The expectation is what LyCORIS's kohya network does with the arguments
+(lycoris/wrapper.py: network_dim is the module's lora_dim, `constraint` read as float "or 0", `rescaled` by
+str_bool; lycoris/modules/boft.py: no rank or alpha), not read back from the converter."""
+
+from __future__ import annotations
+
+import pytest
+
+from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
+
+BOFT = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "512,512"
+output_dir = "out"
+network_module = "lycoris.kohya"
+network_dim = 8
+network_alpha = 4
+network_args = [{args}]
+learning_rate = 1e-4
+optimizer_type = "AdamW"
+max_train_steps = 800
+mixed_precision = "fp16"
+save_precision = "fp16"
+"""
+
+
+def _lycoris(tmp_path, args: str):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    write(tmp_path / "cfg.toml", BOFT.format(model=SD15, args=args))
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+
+
+@pytest.mark.parametrize(
+    ("args", "constraint", "rescaled"),
+    [
+        ('"algo=boft", "preset=attn-mlp"', 0.0, False),
+        ('"algo=BOFT", "preset=attn-mlp", "constraint=1e-4", "rescaled=True"', 1e-4, True),
+        ('"algo=boft", "preset=attn-mlp", "constraint=0.5", "rescaled=false"', 0.5, False),
+    ],
+)
+def test_boft_takes_network_dim_as_its_block_size(tmp_path, args, constraint, rescaled):
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_dim") == "mapped" and fate(outcome, "network_alpha") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_rescaled) == ("boft", 8, constraint, rescaled)
+
+
+def test_boft_refuses_another_block_size_for_convolutions(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=boft", "conv_dim=4"')
+    assert outcome.exit_code == 1 and "one block size" in outcome.conversion.reports["network_args"].note
+
+
+def test_dylora_is_still_refused(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=dylora"')
+    assert outcome.exit_code == 1 and "algo=dylora" in outcome.conversion.reports["network_args"].note
+
+
+def test_the_plan_summary_shows_the_boft_options(tmp_path):
+    from dbspec.plan.summary import adapter_rows
+
+    outcome = _lycoris(tmp_path, '"algo=boft", "preset=attn-mlp", "constraint=0.25", "rescaled=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    rows = dict(adapter_rows(plan_of(outcome, tmp_path).adapter))
+    assert rows["adapter"].startswith("boft (LyCORIS: butterfly")
+    assert "block size hint 8" in rows["adapter"] and "constraint 0.25" in rows["adapter"]
+    assert "rescaled" in rows["adapter"]
