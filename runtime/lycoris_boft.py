@@ -15,14 +15,11 @@ and `alpha`.
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from dbspec.runtime.lycoris_oft import DiagOftLayer
+from dbspec.runtime.lycoris_oft import DiagOftLayer, oft_config
 
 
 def power2_factorization(dimension: int, factor: int) -> tuple[int, int]:
@@ -106,33 +103,10 @@ class BoftLayer(DiagOftLayer):
         return "lycoris_boft." + super().__repr__()
 
 
-def dispatch_boft(target: nn.Module, adapter_name: str, config, rescaled: bool = False, **kwargs: Any):
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if isinstance(base, (nn.Linear, nn.Conv2d)):
-        return BoftLayer(
-            target,
-            adapter_name,
-            config=config,
-            r=kwargs.get("r", config.r),
-            lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
-            rescaled=rescaled,
-        )
-    return None
-
-
 def boft_config(targets: list[str], block: int, constraint: float, rescaled: bool):
     """A LoraConfig building BoftLayer on every target: peft's rank is LyCORIS's lora_dim, its alpha the
     constraint."""
-    from peft import LoraConfig
-
-    config = LoraConfig(r=block, lora_alpha=constraint, target_modules=targets)
-    return with_boft(config, rescaled)
-
-
-def with_boft(config, rescaled: bool):
-    dispatch = partial(dispatch_boft, rescaled=rescaled)
-    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
-    return config
+    return oft_config(targets, block, constraint, rescaled, layer=BoftLayer)
 
 
 def has_boft(state: dict[str, torch.Tensor]) -> bool:

@@ -148,10 +148,18 @@ class DiagOftLayer(AddedOutput, nn.Module, LoraLayer):
         return "lycoris_diag_oft." + super().__repr__()
 
 
-def dispatch_oft(target: nn.Module, adapter_name: str, config, rescaled: bool = False, **kwargs: Any):
+def dispatch_oft(
+    target: nn.Module,
+    adapter_name: str,
+    config,
+    rescaled: bool = False,
+    layer: type | None = None,
+    **kwargs: Any,
+):
+    """peft's custom dispatcher for Linear and Conv2d: `layer` (DiagOftLayer, or BOFT's subclass)."""
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, (nn.Linear, nn.Conv2d)):
-        return DiagOftLayer(
+        return (layer or DiagOftLayer)(
             target,
             adapter_name,
             config=config,
@@ -162,17 +170,17 @@ def dispatch_oft(target: nn.Module, adapter_name: str, config, rescaled: bool = 
     return None
 
 
-def oft_config(targets: list[str], block: int, constraint: float, rescaled: bool):
-    """A LoraConfig building DiagOftLayer on every target: peft's rank is LyCORIS's lora_dim (the block-size
-    hint), its alpha the constraint."""
+def oft_config(targets: list[str], block: int, constraint: float, rescaled: bool, layer: type | None = None):
+    """A LoraConfig building `layer` (DiagOftLayer, or BOFT's) on every target: peft's rank is LyCORIS's
+    lora_dim (the block-size hint), its alpha the constraint."""
     from peft import LoraConfig
 
     config = LoraConfig(r=block, lora_alpha=constraint, target_modules=targets)
-    return with_oft(config, rescaled)
+    return with_oft(config, rescaled, layer)
 
 
-def with_oft(config, rescaled: bool):
-    dispatch = partial(dispatch_oft, rescaled=rescaled)
+def with_oft(config, rescaled: bool, layer: type | None = None):
+    dispatch = partial(dispatch_oft, rescaled=rescaled, layer=layer)
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 

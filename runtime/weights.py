@@ -282,10 +282,10 @@ def load_peft_adapters(
 
         if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config)
             config = with_glora(config)
-        from dbspec.runtime.lycoris_boft import has_boft, with_boft
+        from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT)
-            config = with_boft(config, has_rescale(state))
+            config = with_oft(config, has_rescale(state), BoftLayer)
         elif has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
             config = with_oft(config, has_rescale(state))
         training = module.training

@@ -539,6 +539,22 @@ class Ia3Adapter:
     )
 
 
+def _oft_rescaled():
+    return option(
+        False,
+        doc="Also train a scale per output row, from 1 (LyCORIS `rescaled`, saved as `rescale`).",
+    )
+
+
+def _rotated_conv_targets():
+    return option(
+        factory=list,
+        doc="Denoiser convolution names (suffixes) rotated too (LyCORIS adds the 3x3 convolutions with "
+        "`conv_dim` above 0); empty rotates no convolution.",
+        example=list(KOHYA_CONV_TARGETS),
+    )
+
+
 @frozen
 class DiagOftAdapter:
     kind: Literal["diag-oft"] = option(
@@ -562,18 +578,10 @@ class DiagOftAdapter:
         "(LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
         minimum=0,
     )
-    rescaled: bool = option(
-        False,
-        doc="Also train a scale per output row, from 1 (LyCORIS `rescaled`, saved as `rescale`).",
-    )
+    rescaled: bool = _oft_rescaled()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
-    conv_targets: list[str] = option(
-        factory=list,
-        doc="Denoiser convolution names (suffixes) rotated too (LyCORIS adds the 3x3 convolutions with "
-        "`conv_dim` above 0); empty rotates no convolution.",
-        example=list(KOHYA_CONV_TARGETS),
-    )
+    conv_targets: list[str] = _rotated_conv_targets()
 
 
 @frozen
@@ -601,18 +609,10 @@ class BoftAdapter:
         "(output width) when larger (LyCORIS `constraint`, saved as `alpha`); 0 constrains nothing.",
         minimum=0,
     )
-    rescaled: bool = option(
-        False,
-        doc="Also train a scale per output row, from 1 (LyCORIS `rescaled`, saved as `rescale`).",
-    )
+    rescaled: bool = _oft_rescaled()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
-    conv_targets: list[str] = option(
-        factory=list,
-        doc="Denoiser convolution names (suffixes) rotated too (LyCORIS adds the 3x3 convolutions with "
-        "`conv_dim` above 0); empty rotates no convolution.",
-        example=list(KOHYA_CONV_TARGETS),
-    )
+    conv_targets: list[str] = _rotated_conv_targets()
 
 
 @frozen
