@@ -14,17 +14,16 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from dbspec.runtime.peft_layer import AddedOutput
+from dbspec.runtime.peft_layer import WeightDelta
 
 _PARTS = ("lora_glora_a1", "lora_glora_a2", "lora_glora_b1", "lora_glora_b2")
 
 
-class GloraLayer(AddedOutput, nn.Module, LoraLayer):
+class GloraLayer(WeightDelta, nn.Module, LoraLayer):
     """LyCORIS's GLoRAModule: W a1 a2 + b1 b2, scaled by alpha / rank."""
 
     _holds = "lora_glora_a1"
@@ -75,33 +74,6 @@ class GloraLayer(AddedOutput, nn.Module, LoraLayer):
         wa = torch.einsum("o i ..., i j -> o j ...", weight, a1.flatten(1))
         wa = torch.einsum("o i ..., i j -> o j ...", wa, a2.flatten(1))
         return (wb + wa) * self.scaling[adapter]
-
-    def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        base = self.get_base_layer()
-        if isinstance(base, nn.Conv2d):
-            return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
-        return F.linear(x, weight)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        base = self.get_base_layer()
-        for adapter in adapter_names or self.active_adapters:
-            if adapter in self.lora_glora_a1 and adapter not in self.merged_adapters:
-                with torch.no_grad():
-                    delta = self.get_delta_weight(adapter)
-                    base.weight.data += delta.to(base.weight.dtype)
-                self._merged_deltas = {**getattr(self, "_merged_deltas", {}), adapter: delta}
-                self.merged_adapters.append(adapter)
-
-    def unmerge(self) -> None:
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            delta = self._merged_deltas.pop(self.merged_adapters.pop())
-            with torch.no_grad():
-                base.weight.data -= delta.to(base.weight.dtype)
-
-    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
-        delta = self.get_delta_weight(adapter)
-        return self._op(self._cast_input_dtype(x, delta.dtype), delta)
 
     def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
         """GLoRAModule's state-dict names for this layer's tensors (its alpha: self.lora_alpha)."""

@@ -20,12 +20,11 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from dbspec.runtime.peft_layer import AddedOutput
+from dbspec.runtime.peft_layer import WeightDelta
 
 
 def lycoris_factorization(dimension: int, factor: int) -> tuple[int, int]:
@@ -45,7 +44,7 @@ def lycoris_factorization(dimension: int, factor: int) -> tuple[int, int]:
     return (m, n) if m <= n else (n, m)
 
 
-class DiagOftLayer(AddedOutput, nn.Module, LoraLayer):
+class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
     """LyCORIS's DiagOFTModule: block-diagonal Cayley rotations of the layer's output rows."""
 
     _holds = "lora_oft_blocks"
@@ -116,33 +115,6 @@ class DiagOftLayer(AddedOutput, nn.Module, LoraLayer):
             rescale = self.lora_oft_rescale[adapter]
             delta = rescale * delta + (rescale - 1) * org
         return delta.to(self.lora_oft_blocks[adapter].dtype)
-
-    def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        base = self.get_base_layer()
-        if isinstance(base, nn.Conv2d):
-            return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
-        return F.linear(x, weight)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        base = self.get_base_layer()
-        for adapter in adapter_names or self.active_adapters:
-            if adapter in self.lora_oft_blocks and adapter not in self.merged_adapters:
-                with torch.no_grad():
-                    delta = self.get_delta_weight(adapter)
-                    base.weight.data += delta.to(base.weight.dtype)
-                self._merged_deltas = {**getattr(self, "_merged_deltas", {}), adapter: delta}
-                self.merged_adapters.append(adapter)
-
-    def unmerge(self) -> None:
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            delta = self._merged_deltas.pop(self.merged_adapters.pop())
-            with torch.no_grad():
-                base.weight.data -= delta.to(base.weight.dtype)
-
-    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
-        delta = self.get_delta_weight(adapter)
-        return self._op(self._cast_input_dtype(x, delta.dtype), delta)
 
     def __repr__(self) -> str:
         return "lycoris_diag_oft." + super().__repr__()

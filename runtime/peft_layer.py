@@ -37,3 +37,35 @@ class AddedOutput:
             if adapter in held:
                 result = result + self._added(x, adapter)
         return result.to(dtype)
+
+
+class WeightDelta(AddedOutput):
+    """AddedOutput for layers whose update is a weight delta (`get_delta_weight`) with no bias: the added
+    output is the base layer's op on the delta, and merge/unmerge add and remove the delta it had then."""
+
+    def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        if isinstance(base, torch.nn.Conv2d):
+            return torch.nn.functional.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
+        return torch.nn.functional.linear(x, weight)
+
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        delta = self.get_delta_weight(adapter)
+        return self._op(self._cast_input_dtype(x, delta.dtype), delta)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        base = self.get_base_layer()
+        for adapter in adapter_names or self.active_adapters:
+            if adapter in getattr(self, self._holds) and adapter not in self.merged_adapters:
+                with torch.no_grad():
+                    delta = self.get_delta_weight(adapter)
+                    base.weight.data += delta.to(base.weight.dtype)
+                self._merged_deltas = {**getattr(self, "_merged_deltas", {}), adapter: delta}
+                self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            delta = self._merged_deltas.pop(self.merged_adapters.pop())
+            with torch.no_grad():
+                base.weight.data -= delta.to(base.weight.dtype)
