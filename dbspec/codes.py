@@ -1314,7 +1314,8 @@ A mask's size differs from its image's.""",
         "Class images generated for another model, prompt, resolution or sampler",
         """\
 Class images generated for another base model, prompt, resolution or sampling settings (`generate_scheduler`,
-`generate_steps`, `generate_guidance`) (warning: they are regenerated; the old
+`generate_steps`, `generate_guidance`), or another prompt encoding (`model.max_tokens` over one window, a T5
+family's `t5_max_length` or attention masks) (warning: they are regenerated; the old
 files are moved aside, never deleted).""",
     ),
     Code(

@@ -278,9 +278,11 @@ def generate_class_images(
     autocast_dtype: torch.dtype | None = None,
     share: tuple[int, int] = (0, 1),
     wait: Callable[[], None] = lambda: None,
+    prompt_inputs: PromptInputs | None = None,
 ) -> list[Path]:
     """Make the class images the plan asks for: `<gen.folder>/class-<seed>.png`, one seed per image, sampled
-    with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call.
+    with the plan's scheduler, steps and guidance, `gen.batch_size` images per pipeline call. `prompt_inputs`
+    encodes the prompt as training does (long prompts, T5 length and masks) where the pipeline would not.
 
     Files generated for another manifest key are first moved into `stale-<key[:8]>/` (never deleted).
     The manifest is rewritten after every batch, so an interrupted run keeps what it made; files this
@@ -321,7 +323,7 @@ def generate_class_images(
             )
             for batch in batches[rank::processes]:
                 for image, (_, path) in zip(
-                    _generate_batch(pipeline, gen, [seed for seed, _ in batch]), batch
+                    _generate_batch(pipeline, gen, [seed for seed, _ in batch], prompt_inputs), batch
                 ):
                     _save_png(image, path)
                     made.append(path.name)
@@ -336,11 +338,17 @@ def generate_class_images(
     return paths
 
 
-def _generate_batch(pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[int]) -> list[Image.Image]:
+def _generate_batch(
+    pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[int], prompt_inputs: PromptInputs | None
+) -> list[Image.Image]:
     width, height = gen.resolution
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    if prompt_inputs is not None:  # the pipelines repeat only embeddings they encode themselves
+        prompts = _repeated(prompt_inputs(gen.prompt, ""), len(seeds))
+    else:
+        prompts = {"prompt": [gen.prompt] * len(seeds)}
     result = pipeline(
-        prompt=[gen.prompt] * len(seeds),
+        **prompts,
         num_inference_steps=gen.steps,
         guidance_scale=gen.guidance,
         height=height,
@@ -348,6 +356,15 @@ def _generate_batch(pipeline: DiffusionPipeline, gen: GeneratePlan, seeds: list[
         generator=generators,
     )
     return list(result.images)
+
+
+def _repeated(inputs: Any, count: int) -> Any:
+    """Each tensor of the prompt inputs (nested dicts too) repeated `count` times on the batch axis."""
+    if isinstance(inputs, torch.Tensor):
+        return torch.cat([inputs] * count)
+    if isinstance(inputs, dict):
+        return {key: _repeated(value, count) for key, value in inputs.items()}
+    return inputs
 
 
 def _adopt_manifest(folder: Path, key: str) -> list[str]:

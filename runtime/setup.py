@@ -90,10 +90,17 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     for enc in comps.text_encoders:
         enc.to(device)
     pipeline = pipeline_for(plan, comps)
+    class_prompts = long_prompt_inputs(plan, comps, pipeline, device)  # encoded as training encodes them
     for d in plan.datasets:  # each process makes its share of the batches
         if d.generate is not None:
             share = (accelerator.process_index, accelerator.num_processes)
-            generate_class_images(pipeline, d.generate, share=share, wait=accelerator.wait_for_everyone)
+            generate_class_images(
+                pipeline,
+                d.generate,
+                share=share,
+                wait=accelerator.wait_for_everyone,
+                prompt_inputs=class_prompts,
+            )
     teacher = make_teacher(plan, comps, device)
     unet_params, per_encoder = configure_models(plan, comps, device)
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.families import family_spec
 from dbspec.compiler.context import Context
 from dbspec.compiler.pivotal import mentions_token
 from dbspec.compiler.precision import any_text_encoder_trains
+from dbspec.compiler.text_masks import has_t5
 from dbspec.plan.model import CachePlan, DatasetPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import Dataset
 
@@ -50,7 +50,7 @@ def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
     # max_tokens joins the key only when it changes the embedding's shape: one-window keys stay as they were.
     windows = [model.max_tokens] if model.max_tokens != 75 else []
     # T5's length shapes the embeddings of families with T5 (SD3); the others' keys stay as they were.
-    t5 = [model.t5_max_length] if _has_t5(model.family) else []
+    t5 = [model.t5_max_length] if has_t5(model.family) else []
     # weighted captions join the key only when on (their embeddings differ); other keys stay as they were.
     weighted = ["weighted"] if model.weighted_captions else []
     # the text attention masks change the embeddings (and Flux's entries hold the mask): keyed only when on
@@ -73,10 +73,6 @@ def text_key(caption: str, model: ModelPlan, dtype: str) -> str:
             *masks,
         ]
     )
-
-
-def _has_t5(family: str) -> bool:
-    return any(e.tokenizer_class.startswith("T5") for e in family_spec(family).text_encoders)
 
 
 @attrs.define

@@ -20,6 +20,7 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.face_crop import plan_face_crop
 from dbspec.compiler.groups import bucket_settings
 from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
+from dbspec.compiler.text_masks import has_t5
 from dbspec.compiler.unusable import report_unusable, sidecars
 from dbspec.plan.captions import fixed_caption
 from dbspec.compiler.models import sampler
@@ -492,6 +493,10 @@ def manifest_key(model: ModelPlan | None, d: Dataset) -> str:
     sampling = (d.generate_scheduler, d.generate_steps, float(d.generate_guidance))
     if sampling != _CLASSIC_SAMPLING:
         parts.append(list(sampling))
+    if model is not None and (model.max_tokens > 75 or has_t5(model.family)):
+        # the prompt is encoded as training encodes it (runtime/setup.py long_prompt_inputs)
+        encoding = (model.max_tokens, model.t5_max_length, model.t5_attention_mask, model.clip_attention_mask)
+        parts.append(["text", *encoding])
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 

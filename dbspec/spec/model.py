@@ -800,7 +800,8 @@ class Dataset:
     generate: int = option(
         0,
         doc="Class datasets: make the folder hold at least this many images, generating the missing ones "
-        "with the base model from `prompt`.",
+        "with the base model from `prompt`, encoded as training encodes it (`model.max_tokens`, "
+        "`t5_max_length` and the attention masks).",
         minimum=0,
         maximum=100_000,  # the plan lists one seed per image to generate
     )

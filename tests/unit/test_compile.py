@@ -411,6 +411,22 @@ def test_manifest_key_follows_prompt_and_model(toy):
     assert key("builtin:tiny-sd2") != base
 
 
+def test_manifest_key_follows_the_prompt_encoding(toy):
+    """Class images encode the prompt as training does: the encoding keys the images where it is not the
+    pipeline's own (more than one CLIP window, a T5 encoder); a one-window SD prompt keeps its earlier key."""
+
+    def key(**model) -> str:
+        write_spec(toy, {}, class_dataset(generate=2), model=model)
+        return planned_ok(toy).datasets[1].generate.manifest_key
+
+    sd1 = key(base="builtin:tiny-sd1")
+    assert key(base="builtin:tiny-sd1", max_tokens=150) != sd1
+    flux = key(base="builtin:tiny-flux")
+    assert key(base="builtin:tiny-flux", t5_max_length=16) != flux
+    assert key(base="builtin:tiny-flux", t5_attention_mask=True) != flux
+    assert key(base="builtin:tiny-flux") == flux
+
+
 def test_class_image_sampling_is_planned_and_keys_the_manifest(toy):
     def gen(**changes):
         write_spec(toy, {}, class_dataset(generate=2, **changes))
