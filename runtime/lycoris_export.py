@@ -46,7 +46,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
-        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
+        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
@@ -78,6 +78,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
+    from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.lycoris_dora import dora_scale_of
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
@@ -91,6 +92,10 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     for name, layer in module.named_modules():
         if isinstance(layer, FullLayer) and adapter in layer.lora_full:
             yield name, _full(layer, adapter), None
+            continue
+        if isinstance(layer, DyloraLayer) and adapter in layer.lora_dylora_down:  # kohya's networks.dylora
+            down, up = layer.full(adapter)
+            yield name, {"lora_down.weight": down, "lora_up.weight": up}, float(layer.lora_alpha[adapter])
             continue
         if isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1:  # GLoRAModule's state
             yield name, layer.lycoris_weights(adapter), float(layer.lora_alpha[adapter])
