@@ -28,12 +28,12 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from dbspec.runtime.peft_layer import AddedOutput
+from dbspec.runtime.peft_layer import WeightDelta
 
 _DOWN, _UP = "lora_dylora_down", "lora_dylora_up"
 
 
-class DyloraLayer(AddedOutput, nn.Module, LoraLayer):
+class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
     """A LoRA in blocks of `unit` ranks; `drawn[adapter]` is the block that trains in this forward (None:
     every rank at alpha / rank)."""
 
@@ -100,12 +100,6 @@ class DyloraLayer(AddedOutput, nn.Module, LoraLayer):
             torch.cat(tuple(getattr(self, _UP)[adapter]), dim=1),
         )
 
-    def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        base = self.get_base_layer()
-        if isinstance(base, nn.Conv2d):
-            return nn.functional.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
-        return nn.functional.linear(x, weight)
-
     def _two_ops(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """x through lora_down then lora_up (kohya's order; the up a 1x1 convolution on a Conv2d)."""
         if isinstance(self.get_base_layer(), nn.Conv2d):
@@ -135,11 +129,6 @@ class DyloraLayer(AddedOutput, nn.Module, LoraLayer):
         down, up = self.full(adapter)
         delta = (up.flatten(1) @ down.flatten(1)).view(self.weight_shape)
         return delta * (self.lora_alpha[adapter] / self.r[adapter])
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError(
-            "DyLoRA layers are not merged in place: save them as a LoRA (dylora_as_lora)"
-        )
 
     def __repr__(self) -> str:
         return "dylora." + super().__repr__()

@@ -197,7 +197,12 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         if adapter.kind in ("diag-oft", "boft"):
             args.update(constraint=f"{adapter.oft_constraint:g}", rescaled=str(adapter.oft_rescaled))
         return args
-    if adapter.kind != "lora":
+    if adapter.kind == "dylora":  # kohya's networks.dylora (unit; conv_dim = network_dim) or LyCORIS's algo
+        if adapter.dylora_form == "kohya":
+            args = {"unit": str(adapter.dylora_unit)}
+            return {**args, "conv_dim": str(adapter.conv_rank)} if adapter.conv_rank else args
+        args.update(algo="dylora", block_size=str(adapter.dylora_unit))
+    elif adapter.kind != "lora":
         args["algo"] = adapter.kind
     elif adapter.dora or adapter.tucker or adapter.scalar:
         args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form or scalar
@@ -237,6 +242,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     kohya = {
         # A1111 and ComfyUI read the layout from the tensor names; the module says which network wrote it.
         "ss_network_module": "networks.lora" if "algo" not in args else "lycoris.kohya",
+        **({"ss_network_module": "networks.dylora"} if "unit" in args else {}),
         "ss_network_dim": str(a.oft_block_size if a.kind in ("diag-oft", "boft") else a.rank),
         "ss_network_alpha": f"{a.alpha:g}",
         "ss_network_args": json.dumps(args, sort_keys=True),
