@@ -1,6 +1,6 @@
-"""DyLoRA (runtime/dylora.py): the training forward against kohya's networks.dylora formula (computed here from
-the tensors) and lycoris-lora's own DyLoraModule for the same drawn block; only the drawn block trains (the
-optimizer skips the others); a tiny model trains, resumes bit-exact, and its kohya export loads back as a
+"""DyLoRA (runtime/dylora.py): the training forward against kohya's networks.dylora formula (computed here
+from the tensors) and lycoris-lora's own DyLoraModule for the same drawn block; only the drawn block trains
+(the optimizer skips the others); a tiny model trains, resumes bit-exact, and its kohya export loads back as a
 plain LoRA in LyCORIS's loader and in diffusers with the trained model's weights and outputs."""
 
 from __future__ import annotations
