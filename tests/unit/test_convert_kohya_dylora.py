@@ -1,8 +1,8 @@
 """kohya configs training DyLoRA: kohya's own `network_module = "networks.dylora"` (sd-scripts
 networks/dylora.py: `unit`, conv_dim asserted equal to network_dim, the convolutions at network_alpha) and
 LyCORIS's `network_module = "lycoris.kohya"` with `algo=dylora` (lycoris/modules/dylora.py: `block_size`, 4
-unless given), both once refused (DBS403), now [adapter] kind "dylora". The expectations are read from those two
-create_network functions, not from the converter."""
+unless given), both once refused (DBS403), now [adapter] kind "dylora". The expectations are read from those
+two create_network functions, not from the converter."""
 
 from __future__ import annotations
 
