@@ -20,14 +20,10 @@ _CONVS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
 _READS = ("conv_dim", "conv_alpha", "unit", "loraplus_lr_ratio", "loraplus_unet_lr_ratio")
 
 
-def kohya_dylora(args: Legacy, dim: int, alpha: float, conv: Conversion) -> bool:
+def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, conv: Conversion) -> bool:
     """networks.dylora into [adapter]: kind, targets, unit and convolutions; False when not expressible.
-    Its forward (every rank, block b trained, x sqrt(rank / ((b + 1) unit))) is dylora_form "kohya"."""
-    from dbspec.convert.kohya.network import parse_network_args
-
-    kwargs, problems = parse_network_args(args.value or [])
-    for problem in problems:
-        conv.invalid(args.key, args.value, args.source, problem)
+    Its forward (every rank, block b trained, x sqrt(rank / ((b + 1) unit))) is dylora_form "kohya";
+    `kwargs`: the parsed network_args."""
     note = conv.comment(args)
     put: dict[str, Any] = {"kind": "dylora", "dylora_form": "kohya"}
     unit = int(kwargs.pop("unit", "") or 1)  # create_network: unit defaults to 1
@@ -86,8 +82,6 @@ def lycoris_dylora(
     ranks and alphas (the generic mapping), `block_size` (4 unless given) its blocks. DyLoraModule takes
     `dropout`, `rank_dropout`, `dora_wd`, `use_tucker`, `use_scalar` and `rs_lora` and never reads them
     (ignored); its `module_dropout` and its bypass forward (which leaves the scale out) are not expressed."""
-    from dbspec.convert.kohya.network import _str_bool
-
     put["dylora_form"] = "lycoris"
     block = int(kwargs.pop("block_size", "") or 4)  # kohya.py: int(block_size or 4)
     for key, rank in (("rank", dim), ("conv_rank", put.get("conv_rank", 0))):
@@ -105,7 +99,7 @@ def lycoris_dylora(
             f"{kwargs.pop('module_dropout')} (algo=dylora: not expressed by dbspec)"
         )
     kwargs.pop("module_dropout", None)
-    if _str_bool(kwargs.get("bypass_mode", "false")):
+    if str(kwargs.get("bypass_mode", "false")).lower() != "false":  # LyCORIS's str_bool
         unsupported["bypass_mode"] = (
             f"{kwargs.pop('bypass_mode')} (DyLoraModule's bypass forward drops its scale)"
         )

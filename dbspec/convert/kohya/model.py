@@ -11,7 +11,7 @@ from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
-from dbspec.convert.kohya.network import map_network, map_network_weights
+from dbspec.convert.kohya.network import map_network, map_network_weights, parse_network_args
 from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.compiler.init_weights import file_ranks
 from dbspec.compiler.lora_file import read_lora_file
@@ -207,9 +207,12 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -
     argument it never reads."""
     from dbspec.convert.kohya.dylora import kohya_dylora
 
-    module, alpha = a["network_module"], a["network_alpha"]
+    module, alpha, args = a["network_module"], a["network_alpha"], a["network_args"]
     conv.record(module, "mapped", "adapter.kind")
-    if not kohya_dylora(a["network_args"], rank, float(alpha.value), conv):
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    if not kohya_dylora(args, kwargs, rank, float(alpha.value), conv):
         return False
     if a["network_dropout"].value:
         conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
