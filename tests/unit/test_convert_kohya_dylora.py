@@ -96,3 +96,13 @@ def test_lycoris_dylora_refuses_module_dropout_and_a_rank_off_its_blocks(tmp_pat
     assert outcome.exit_code == 1 and "module_dropout" in outcome.conversion.reports["network_args"].note
     outcome = _convert(tmp_path, "lycoris.kohya", '"algo=dylora", "block_size=3"', dim=8)
     assert outcome.exit_code == 1 and "block_size" in outcome.conversion.reports["network_args"].note
+
+
+def test_the_plan_summary_shows_the_dylora_draw(tmp_path):
+    from dbspec.plan.summary import adapter_rows
+
+    outcome = _convert(tmp_path, "networks.dylora", '"unit=2"')
+    rows = dict(adapter_rows(plan_of(outcome, tmp_path).adapter))
+    assert rows["adapter"] == "dylora (kohya's forward, blocks of 2 ranks) rank 8, alpha 4"
+    assert "sqrt(rank / ((b + 1) x unit))" in rows["  rank draw"]
+    assert "every rank at alpha / rank" in rows["  full rank"]
