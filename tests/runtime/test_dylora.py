@@ -19,6 +19,7 @@ from torch import nn
 
 from dbspec.plan.model import AdapterPlan
 from dbspec.runtime.execute import execute
+from dbspec.runtime.sample import SampleRequest, load_pipeline
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import test_lycoris as lycoris_runs
 from tests.runtime.runspec import compile_spec, write_spec
@@ -232,6 +233,8 @@ def test_dylora_trains_resumes_bit_exact_and_loads_as_lora(tmp_path, form, loade
         )
     trained_output = lycoris_runs._unet_output(trained.unet)
     assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
+    pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))  # dbspec sample
+    torch.testing.assert_close(lycoris_runs._unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
     for source in (export, Path(whole.final)):  # diffusers: kohya's file, and final/'s diffusers LoRA
         pipe = build_pipeline(plan.model.base)
         pipe.load_lora_weights(str(source))
