@@ -1745,6 +1745,16 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
         help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
     Code(
+        "DBS384",
+        ERROR,
+        "DyLoRA with several processes",
+        """\
+`adapter.kind = "dylora"` trains one drawn block of each layer per step and leaves the others without a
+gradient. With several processes each would draw its own blocks, and DDP's gradient reduction expects the same
+parameters to have gradients on every process, so dbspec trains DyLoRA in one process only.""",
+        help="train with one process, or another adapter kind",
+    ),
+    Code(
         "DBS401",
         ERROR,
         "A legacy input cannot be read",
@@ -2151,6 +2161,17 @@ Train without `precision.compile`, or without the random window.""",
 SD3's joint attention processors call SDPA directly and have no plain counterpart (`AttnProcessor` cannot run
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
+    ),
+    # DyLoRA (adapter.kind = "dylora"): its ranks in blocks of adapter.unit: DBS548.
+    Code(
+        "DBS548",
+        ERROR,
+        "A DyLoRA rank that is not a multiple of its block size",
+        """\
+`adapter.kind = "dylora"` cuts each layer's rank into blocks of `adapter.unit` ranks (kohya's networks.dylora
+`unit`, LyCORIS's `block_size`) and trains one block per step: `rank`, and `conv_rank` when above 0, must be
+multiples of `unit` (both tools assert it).""",
+        help="make rank (and conv_rank) a multiple of adapter.unit, or change unit",
     ),
 )
 

@@ -57,6 +57,12 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
                 alpha_pattern={p: adapter.conv_alpha for p in patterns},
             )
         )
+    if adapter.kind == "dylora":  # DyLoRA, kohya's or LyCORIS's forward: dbspec's own peft layer (dylora.py)
+        from dbspec.runtime.dylora import dylora_config
+
+        return dylora_config(
+            adapter, list(targets), list(adapter.conv_targets if conv and adapter.conv_rank else ())
+        )
     if adapter.kind == "boft":  # LyCORIS's BOFT: dbspec's own peft layer (lycoris_boft.py)
         from dbspec.runtime.lycoris_boft import boft_config
 

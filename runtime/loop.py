@@ -206,6 +206,10 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     for index, batch in enumerate(batches):
         if run.plan.schedule.noise_streams == "micro_batch":
             reseed_micro_batch(run.generator, run.plan, step, index, accelerator.process_index)
+        if run.plan.adapter.kind == "dylora":  # the block each layer trains in this micro-batch
+            from dbspec.runtime.dylora import draw_blocks
+
+            draw_blocks([run.comps.unet, *run.comps.text_encoders], run.generator)
         faults.reached("micro_batch")
         with accelerator.autocast():
             result = run_batch(run.parts, batch, step=step, epoch=run.sampler.epoch + 1)

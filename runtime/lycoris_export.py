@@ -46,7 +46,7 @@ _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effe
 def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
-        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
+        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
@@ -78,6 +78,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
+    from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.lycoris_dora import dora_scale_of
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
@@ -91,6 +92,10 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     for name, layer in module.named_modules():
         if isinstance(layer, FullLayer) and adapter in layer.lora_full:
             yield name, _full(layer, adapter), None
+            continue
+        if isinstance(layer, DyloraLayer) and adapter in layer.lora_dylora_down:  # kohya's networks.dylora
+            down, up = layer.full(adapter)
+            yield name, {"lora_down.weight": down, "lora_up.weight": up}, float(layer.lora_alpha[adapter])
             continue
         if isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1:  # GLoRAModule's state
             yield name, layer.lycoris_weights(adapter), float(layer.lora_alpha[adapter])
@@ -192,7 +197,12 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         if adapter.kind in ("diag-oft", "boft"):
             args.update(constraint=f"{adapter.oft_constraint:g}", rescaled=str(adapter.oft_rescaled))
         return args
-    if adapter.kind != "lora":
+    if adapter.kind == "dylora":  # kohya's networks.dylora (unit; conv_dim = network_dim) or LyCORIS's algo
+        if adapter.dylora_form == "kohya":
+            args = {"unit": str(adapter.dylora_unit)}
+            return {**args, "conv_dim": str(adapter.conv_rank)} if adapter.conv_rank else args
+        args.update(algo="dylora", block_size=str(adapter.dylora_unit))
+    elif adapter.kind != "lora":
         args["algo"] = adapter.kind
     elif adapter.dora or adapter.tucker or adapter.scalar:
         args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form or scalar
@@ -232,6 +242,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     kohya = {
         # A1111 and ComfyUI read the layout from the tensor names; the module says which network wrote it.
         "ss_network_module": "networks.lora" if "algo" not in args else "lycoris.kohya",
+        **({"ss_network_module": "networks.dylora"} if "unit" in args else {}),
         "ss_network_dim": str(a.oft_block_size if a.kind in ("diag-oft", "boft") else a.rank),
         "ss_network_alpha": f"{a.alpha:g}",
         "ss_network_args": json.dumps(args, sort_keys=True),

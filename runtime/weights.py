@@ -80,7 +80,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    if (
+    if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
         and not plan.adapter.tucker
         and not lycoris_dora(plan.adapter)
@@ -215,6 +215,9 @@ def _diffusers_lora_layers(
         raise ValueError("no LoRA adapter to save: the module carries no peft adapter")
     module, adapter = found
     state = get_peft_model_state_dict(module, adapter_name=adapter)
+    from dbspec.runtime.dylora import dylora_as_lora
+
+    state = dylora_as_lora(state)  # DyLoRA's blocks joined: every rank, the LoRA it saves
     # a copy per key: parts of a fused layer share one lora_A (adapter.fused_projections), written per part
     cast = {k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()}
     return (convert_state_dict_to_diffusers(cast) if convert else cast), module.peft_config[adapter].to_dict()

@@ -15,7 +15,7 @@ from dbspec.spec.model import LoraAdapter, LowRankAdapter
 # pairs. LoKr factors each weight into a Kronecker product whose low-rank factor spans about the square root
 # of
 # each side, so LoRA's count at the same rank bounds it from above; the estimate keeps that bound.
-_PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0}
+_PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0, "dylora": 1.0}
 
 
 def adapter_plan(adapter, family: str, components, *, targets_given: bool = True) -> AdapterPlan:
@@ -28,6 +28,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         return _full_plan(adapter, family, components, targets_given)
     if adapter.kind == "glora":
         return _glora_plan(adapter, family, components, targets_given)
+    if adapter.kind == "dylora":
+        return _dylora_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
         {
@@ -109,6 +111,27 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         conv_targets=tuple(adapter.conv_targets) if conv else (),
         params=adapter_params(adapter, family, components),
     )
+
+
+def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
+    """DyLoRA (kohya networks.dylora, LyCORIS algo=dylora): a LoRA's rank, alpha and convolutions, plus the
+    block size and whose training forward; its parameters are LoRA's at the same ranks."""
+    conv = adapter.conv_rank > 0
+    plan = AdapterPlan(
+        kind="dylora",
+        rank=adapter.rank,
+        alpha=adapter.alpha,
+        denoiser_targets=tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
+        text_encoder_targets=tuple(adapter.text_encoder_targets),
+        conv_rank=adapter.conv_rank,
+        conv_alpha=adapter.conv_alpha if conv else 0.0,
+        conv_targets=tuple(adapter.conv_targets) if conv else (),
+        dylora_unit=adapter.unit,
+        dylora_form=adapter.dylora_form,
+    )
+    return attrs.evolve(plan, params=adapter_params(adapter, family, components, plan.denoiser_targets))
 
 
 def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:

@@ -19,6 +19,7 @@ from dbspec.spec.model import (
     BoftAdapter,
     GloraAdapter,
     DiagOftAdapter,
+    DyloraAdapter,
     FullAdapter,
     Ia3Adapter,
     LohaAdapter,
@@ -324,7 +325,14 @@ def _lycoris_kind(adapter: Adapter) -> str:
     """The adapter's LyCORIS-layout kind ("LoHa", "DoRA", ...), "" for plain LoRA or no adapter."""
     if isinstance(
         adapter,
-        LohaAdapter | LokrAdapter | FullAdapter | Ia3Adapter | DiagOftAdapter | BoftAdapter | GloraAdapter,
+        LohaAdapter
+        | LokrAdapter
+        | FullAdapter
+        | Ia3Adapter
+        | DiagOftAdapter
+        | BoftAdapter
+        | GloraAdapter
+        | DyloraAdapter,
     ):
         names = {
             "loha": "LoHa",
@@ -334,6 +342,7 @@ def _lycoris_kind(adapter: Adapter) -> str:
             "diag-oft": "Diag-OFT",
             "boft": "BOFT",
             "glora": "GLoRA",
+            "dylora": "DyLoRA",
         }
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):

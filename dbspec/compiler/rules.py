@@ -2718,3 +2718,34 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             "set (their attention processors call SDPA directly)",
             codes.help("DBS547"),
         )
+
+
+@rule("spec")
+def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DyLoRA's rank and conv_rank are whole blocks of adapter.unit (DBS548; kohya and LyCORIS assert it)."""
+    a = spec.adapter
+    if a.kind != "dylora":
+        return
+    for key in ("rank", "conv_rank"):
+        value = getattr(a, key)
+        if value % a.unit:
+            yield _err(
+                "DBS548",
+                ("adapter", key),
+                f"adapter.{key} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one "
+                "block of unit ranks per step)",
+                codes.help("DBS548"),
+            )
+
+
+@rule("environment")
+def dylora_one_process(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
+    """DyLoRA leaves the blocks it did not draw without a gradient: several processes refused (DBS384)."""
+    if spec.adapter.kind == "dylora" and env.processes > 1:
+        yield _err(
+            "DBS384",
+            ("adapter", "kind"),
+            f'adapter.kind = "dylora" with {env.processes} processes: each would draw its own blocks, and '
+            "DDP expects the same parameters to have gradients on every process",
+            codes.help("DBS384"),
+        )

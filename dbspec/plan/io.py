@@ -84,6 +84,8 @@ LEGACY_RUN_NAMES: dict[int, dict[tuple[str, ...], str]] = {
 LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
+        ("adapter", "dylora_unit"): 0,  # DyLoRA (adapter kind dylora), added since
+        ("adapter", "dylora_form"): "",
         ("adapter", "dora_axis"): "output",  # DoRA's magnitude per input column (LyCORIS), added since
         ("adapter", "dora_form"): "peft",  # LyCORIS's weight decomposition, added since (peft's DoRA then)
         ("model", "t5_max_length"): 256,

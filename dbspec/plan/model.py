@@ -108,7 +108,7 @@ class FusedPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
+    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input
@@ -164,6 +164,11 @@ class AdapterPlan:
     blocks: tuple[BlockPlan, ...] = ()
     # lora: the fused layers whose parts share one down-projection (adapter.fused_projections); () for none
     fused: tuple[FusedPlan, ...] = ()
+    # dylora: ranks per block (kohya networks.dylora `unit`, LyCORIS `block_size`); 0 for other kinds
+    dylora_unit: int = 0
+    # dylora: whose training forward (runtime/dylora.py): "kohya" (every rank, alpha / rank x
+    # sqrt(rank / ((b + 1) unit))) or "lycoris" (blocks 0..b, alpha / (b + 1)); "" for other kinds
+    dylora_form: Literal["", "kohya", "lycoris"] = ""
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

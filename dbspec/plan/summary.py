@@ -465,6 +465,24 @@ def _lycoris_switch_rows(a) -> list[tuple[str, str]]:
     return rows
 
 
+def _dylora_rows(a) -> list[tuple[str, str]]:
+    """DyLoRA: what each training step draws and how it scales; the rest of the run uses every rank."""
+    if a.kind != "dylora":
+        return []
+    if a.dylora_form == "kohya":
+        scale = "all ranks in the update, scaled x sqrt(rank / ((b + 1) x unit))"
+    else:
+        scale = "blocks 0..b in the update, scaled by alpha / (b + 1) instead of alpha / rank"
+    return [
+        (
+            "  rank draw",
+            f"each training micro-batch: block b drawn uniformly per layer (training generator); only b "
+            f"trains; {scale}",
+        ),
+        ("  full rank", "validation, sampling and exports: every rank at alpha / rank (a plain LoRA file)"),
+    ]
+
+
 def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     """LyCORIS's full algo: which layers' weights it trains (copies; the base frozen)."""
     what = {
@@ -510,6 +528,10 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         kind += f"{', peft factorisation' if a.lokr_factorization == 'peft' else ''})"
     if a.tucker:
         kind += " with Tucker convolutions"
+    if a.kind == "dylora":
+        kind += (
+            f" ({a.dylora_form}'s forward, blocks of {a.dylora_unit} rank{'s' if a.dylora_unit > 1 else ''})"
+        )
     rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
     if a.conv_rank:
@@ -519,6 +541,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     if a.kind == "lokr" and a.lokr_unit_scale:
         rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
     rows.extend(_lycoris_switch_rows(a))
+    rows.extend(_dylora_rows(a))
     if a.multiplier != 1.0:
         rows.append(
             ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")

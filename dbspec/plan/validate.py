@@ -99,6 +99,21 @@ def plan_problems(plan: Plan) -> list[str]:
     return found + list(_structure_problems(plan))
 
 
+def _dylora_problems(a) -> Iterator[str]:
+    """DyLoRA's blocks (DBS548 in specs) and form; other kinds carry neither."""
+    if a.kind != "dylora":
+        if a.dylora_unit or a.dylora_form:
+            yield f"adapter.dylora_unit / dylora_form are DyLoRA's; found them on kind {a.kind!r}"
+        return
+    if a.dylora_form not in ("kohya", "lycoris"):
+        yield f'adapter.dylora_form must be "kohya" or "lycoris"; found {a.dylora_form!r}'
+    if a.dylora_unit < 1 or a.rank % a.dylora_unit or a.conv_rank % a.dylora_unit:
+        yield (
+            f"adapter.rank {a.rank} and conv_rank {a.conv_rank} must be multiples of dylora_unit "
+            f"{a.dylora_unit} (at least 1)"
+        )
+
+
 def _structure_problems(plan: Plan) -> Iterator[str]:
     a = plan.adapter
     if a.kind not in ("none", "full", "ia3", "diag-oft", "boft") and not (
@@ -110,6 +125,7 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"convolution adapters need conv_alpha > 0 and conv_targets; found conv_alpha {a.conv_alpha}, "
             f"conv_targets {list(a.conv_targets)}"
         )
+    yield from _dylora_problems(a)
     if a.dora and a.kind not in ("lora", "loha", "lokr"):
         yield f"dora is a LoRA, LoHa or LoKr option; found adapter kind {a.kind!r}"
     if a.dora_axis not in ("output", "input"):

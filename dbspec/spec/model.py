@@ -631,6 +631,40 @@ class GloraAdapter:
     conv_targets: list[str] = _conv_targets()
 
 
+@frozen
+class DyloraAdapter:
+    kind: Literal["dylora"] = option(
+        doc="Adapter kind: dylora trains DyLoRA (kohya's `networks.dylora`, LyCORIS's `algo = dylora`): a "
+        "LoRA whose ranks are blocks of `unit`; each training micro-batch, each layer draws one block "
+        "uniformly (from the run's seeded training generator, so a resumed run draws the same) and only that "
+        "block trains at that step (the others get no gradient, so the optimizer skips them). Validation, "
+        "sampling and the exports use every rank at alpha / rank: the saved `lora_down` / `lora_up` / "
+        "`alpha` file is a plain LoRA, as both tools save it."
+    )
+    rank: int = _rank(4, "DyLoRA", note=" A multiple of `unit`.")
+    alpha: float = _alpha()
+    unit: int = option(
+        1,
+        doc="Ranks per block (kohya networks.dylora `unit`, LyCORIS `block_size`): the rank drawn each step "
+        "is a multiple of it and the block above it trains; `rank` (and `conv_rank`) must be multiples.",
+        minimum=1,
+        maximum=1024,
+        example=4,
+    )
+    dylora_form: Literal["kohya", "lycoris"] = option(
+        "kohya",
+        doc="Whose training forward, with block b (0-based) drawn: `kohya` (networks.dylora: every rank "
+        "in the update, scaled by alpha / rank x sqrt(rank / ((b + 1) x unit))) or `lycoris` (LyCORIS's "
+        "DyLoraModule: only blocks 0..b in the update, scaled by alpha / (b + 1)). Either way block b "
+        "alone trains; outside training both use every rank at alpha / rank.",
+    )
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    conv_rank: int = _conv_rank()
+    conv_alpha: float = _conv_alpha()
+    conv_targets: list[str] = _conv_targets()
+
+
 Adapter = Union[
     NoAdapter,
     LoraAdapter,
@@ -641,6 +675,7 @@ Adapter = Union[
     DiagOftAdapter,
     BoftAdapter,
     GloraAdapter,
+    DyloraAdapter,
 ]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
@@ -652,6 +687,7 @@ ADAPTER_VARIANTS: dict[str, type] = {
     "diag-oft": DiagOftAdapter,
     "boft": BoftAdapter,
     "glora": GloraAdapter,
+    "dylora": DyloraAdapter,
 }
 # The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
 # full algo trains a copy of its layers' weights beside the frozen ones.
@@ -664,6 +700,7 @@ LowRankAdapter = (
     DiagOftAdapter,
     BoftAdapter,
     GloraAdapter,
+    DyloraAdapter,
 )
 
 
@@ -2122,8 +2159,8 @@ class Spec:
     adapter: Adapter = option(
         factory=NoAdapter,
         doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3", '
-        '"diag-oft", "boft" or "glora" (LyCORIS\'s full-weight, IA^3, Diag-OFT, BOFT and GLoRA algos on '
-        "the targeted layers).",
+        '"diag-oft", "boft", "glora" (LyCORIS\'s full-weight, IA^3, Diag-OFT, BOFT and GLoRA algos on '
+        "the targeted layers) or \"dylora\" (DyLoRA, kohya's or LyCORIS's).",
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -2170,6 +2207,7 @@ TABLE_CLASSES = (
     DiagOftAdapter,
     BoftAdapter,
     GloraAdapter,
+    DyloraAdapter,
     Train,
     Dataset,
     Buckets,

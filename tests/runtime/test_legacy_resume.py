@@ -124,6 +124,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("init_weights", "init_layers", "blocks", "multiplier"):
         del data["adapter"][key]  # a LoRA started from a saved file, added since (none then)
     del data["adapter"]["tucker"]  # LoHa/LoKr Tucker convolutions, added since (off then)
+    del data["adapter"]["dylora_unit"], data["adapter"]["dylora_form"]  # DyLoRA, added since
     del data["adapter"]["lokr_factorization"]  # LyCORIS's LoKr factorisation, added since (peft's then)
     del data["adapter"]["unbalanced_factorization"]
     del data["adapter"]["lokr_unit_scale"]  # scale 1 on full LoKr factors, added since (alpha / rank then)

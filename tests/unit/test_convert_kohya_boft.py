@@ -53,9 +53,9 @@ def test_boft_refuses_another_block_size_for_convolutions(tmp_path):
     assert outcome.exit_code == 1 and "one block size" in outcome.conversion.reports["network_args"].note
 
 
-def test_dylora_is_still_refused(tmp_path):
-    outcome = _lycoris(tmp_path, '"algo=dylora"')
-    assert outcome.exit_code == 1 and "algo=dylora" in outcome.conversion.reports["network_args"].note
+def test_tlora_is_still_refused(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=tlora"')
+    assert outcome.exit_code == 1 and "algo=tlora" in outcome.conversion.reports["network_args"].note
 
 
 def test_the_plan_summary_shows_the_boft_options(tmp_path):

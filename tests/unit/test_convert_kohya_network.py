@@ -188,7 +188,7 @@ def test_lycoris_locon_with_tucker_is_lora_mid(tmp_path):
 
 
 def test_unknown_lycoris_algo_is_unsupported(tmp_path):
-    outcome = _convert(tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=dylora"')
+    outcome = _convert(tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=tlora"')
     assert not outcome.written or fate(outcome, "network_args") == "unsupported"
 
 

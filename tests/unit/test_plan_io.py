@@ -274,6 +274,16 @@ def _set(table: str, key: str, value):
             lambda data: data["datasets"][0].__setitem__("group", "nowhere"),
             r"datasets\[0\].group must name one of groups\[\].name; found 'nowhere'",
         ),
+        (
+            lambda data: data["adapter"].update(
+                kind="dylora", rank=4, alpha=4.0, dylora_unit=3, dylora_form="kohya"
+            ),
+            "adapter.rank 4 and conv_rank 0 must be multiples of dylora_unit 3",
+        ),
+        (
+            lambda data: data["adapter"].__setitem__("dylora_unit", 2),
+            "adapter.dylora_unit / dylora_form are DyLoRA's; found them on kind 'none'",
+        ),
     ],
 )
 def test_a_rehashed_plan_with_values_the_runtime_cannot_run_is_refused(quickstart, edit, message):

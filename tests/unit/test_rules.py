@@ -1289,6 +1289,13 @@ CASES = [
         [("DBS547", "error", ("precision", "attention"))],
         'family = "flux"\n' + DOG + STEPS + '[precision]\nattention = "eager"\n',
     ),
+    # DyLoRA: rank and conv_rank whole blocks of adapter.unit
+    (
+        rules.dylora_blocks_fit,
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 6\nunit = 4\nconv_rank = 8\n',
+        [("DBS548", "error", ("adapter", "rank"))],
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n',
+    ),
 ]
 
 
@@ -1572,3 +1579,14 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
         assert hits_of(rule, body) == [("DBS229", "warning", ("optimizer", "lr"))], kind
     # a LoRA's denoiser adapters at rate 0: the same, and DBS215 (lr very low for LoRA) stays silent
     assert hits_of(rules.lora_learning_rate, DOG + STEPS + LORA + TE + opt) == []
+
+
+def test_dylora_trains_in_one_process_only():
+    """DBS384: with several processes each would draw its own blocks (DDP expects the same gradients)."""
+    spec, problems = structure_spec(tomli.loads(HEAD + DOG + STEPS + '[adapter]\nkind = "dylora"\n'))
+    assert problems == []
+    gpus = TargetEnv(device="cuda", memory_bytes=80 << 30, bf16=True, compute_capability="9.0", processes=2)
+    hits = [(h.code, h.path) for h in run_environment_rules(spec, gpus) if h.code == "DBS384"]
+    assert hits == [("DBS384", ("adapter", "kind"))]
+    one = attrs.evolve(gpus, processes=1)
+    assert not [h for h in run_environment_rules(spec, one) if h.code == "DBS384"]

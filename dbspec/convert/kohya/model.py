@@ -11,7 +11,7 @@ from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
-from dbspec.convert.kohya.network import map_network, map_network_weights
+from dbspec.convert.kohya.network import map_network, map_network_weights, parse_network_args
 from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.compiler.init_weights import file_ranks
 from dbspec.compiler.lora_file import read_lora_file
@@ -150,9 +150,11 @@ def map_adapter(
             module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
         )
         return False
-    if module.value not in ("networks.lora", "lycoris.kohya"):
+    if module.value not in ("networks.lora", "networks.dylora", "lycoris.kohya"):
         conv.unsupported(
-            module, "only kohya's networks.lora and LyCORIS's lycoris.kohya have a dbspec equivalent"
+            module,
+            "only kohya's networks.lora and networks.dylora and LyCORIS's lycoris.kohya have a dbspec "
+            "equivalent",
         )
         return False
     dim, alpha = a["network_dim"], a["network_alpha"]
@@ -167,11 +169,17 @@ def map_adapter(
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))  # LyCORIS's rs_lora may scale it below
     dropout = a["network_dropout"]
     lycoris = module.value == "lycoris.kohya"
+    if module.value == "networks.dylora":
+        return _map_kohya_dylora(a, paths, conv, rank)
     kind = map_network(
         module, a["network_args"], rank, float(alpha.value), conv, original, dropout if lycoris else None
     )
     if kind is None:
         return False
+    if kind == "dylora" and dropout.value:
+        conv.ignored(
+            dropout, "LyCORIS's DyLoraModule takes the dropout train_network.py hands it and never reads it"
+        )
     if kind in ("full", "ia3", "diag-oft", "boft"):  # LyCORIS's whole-layer algos have no rank or alpha
         for key, target in (("network_dim", "rank"), ("network_alpha", "alpha")):
             conv.values.pop(("adapter", target), None)
@@ -186,6 +194,30 @@ def map_adapter(
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
     map_network_weights(a, paths, conv)
     for key, why in (
+        ("base_weights", "merging other LoRA weights into the base first"),
+        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
+    ):
+        if a[key].value:
+            conv.unsupported(a[key], f"dbspec has no {why}")
+    return True
+
+
+def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -> bool:
+    """kohya's networks.dylora (convert/kohya/dylora.py); --network_dropout reaches its create_network as an
+    argument it never reads."""
+    from dbspec.convert.kohya.dylora import kohya_dylora
+
+    module, alpha, args = a["network_module"], a["network_alpha"], a["network_args"]
+    conv.record(module, "mapped", "adapter.kind")
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    if not kohya_dylora(args, kwargs, rank, float(alpha.value), conv):
+        return False
+    if a["network_dropout"].value:
+        conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
+    for key, why in (
+        ("network_weights", "starting a DyLoRA from a file"),
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
     ):

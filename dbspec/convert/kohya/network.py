@@ -14,6 +14,7 @@ from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
+from dbspec.convert.kohya.dylora import lycoris_dylora
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -32,6 +33,7 @@ _ALGOS = {
     "diag-oft": "diag-oft",
     "boft": "boft",
     "glora": "glora",
+    "dylora": "dylora",
 }
 # LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
 _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
@@ -119,7 +121,7 @@ def _map_network(
         conv.unsupported(
             args,
             f"LyCORIS algo={algo} has no dbspec equivalent "
-            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft, glora do)",
+            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft, glora, dylora do)",
         )
         return None
     kind = _ALGOS[algo]
@@ -162,7 +164,9 @@ def _map_network(
             put["conv_targets"] = list(conv_targets)
     if kind == "glora":
         _glora(kwargs, unsupported, args, conv)
-    dora = _dora(kwargs, lycoris, args, conv) and kind not in (*_WHOLE_LAYER_KINDS, "glora")
+    if kind == "dylora":
+        lycoris_dylora(kwargs, put, unsupported, args, conv, dim)
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora")
     if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
@@ -170,7 +174,7 @@ def _map_network(
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
-    if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora"):
+    if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
         if kind not in _WHOLE_LAYER_KINDS:
@@ -305,7 +309,7 @@ _LYCORIS_READS = {
 # LyCORIS arguments that act only for some algos (block_size: DyLoRA; constraint, rescaled: OFT; LoKr's
 # factorisation switches) or models (train_t5xxl: Flux's T5): what reads them, and the algos among dbspec's.
 _KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "block_size": ("DyLoRA (lycoris/modules/dylora.py)", ()),
+    "block_size": ("DyLoRA (lycoris/modules/dylora.py)", ("dylora",)),
     "constraint": ("OFT", ()),
     "constrain": ("OFT", ()),
     "rescaled": ("OFT", ()),

@@ -1,0 +1,241 @@
+"""DyLoRA (runtime/dylora.py): the training forward against kohya's networks.dylora formula (computed here
+from the tensors) and lycoris-lora's own DyLoraModule for the same drawn block; only the drawn block trains
+(the optimizer skips the others); a tiny model trains, resumes bit-exact, and its kohya export loads back as a
+plain LoRA in LyCORIS's loader and in diffusers with the trained model's weights and outputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from peft import inject_adapter_in_model
+from safetensors import safe_open
+from torch import nn
+
+from dbspec.plan.model import AdapterPlan
+from dbspec.runtime.execute import execute
+from dbspec.runtime.sample import SampleRequest, load_pipeline
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime import test_lycoris as lycoris_runs
+from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
+
+dylora_module = pytest.importorskip("lycoris.modules.dylora")
+
+RANK, UNIT, ALPHA = 6, 2, 1.5
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(20, 12)
+        self.conv = nn.Conv2d(8, 10, 3, padding=1, stride=2)
+        self.point = nn.Conv2d(10, 6, 1)
+
+
+def _inputs(generator):
+    return {
+        "proj": torch.randn(3, 5, 20, generator=generator),
+        "conv": torch.randn(2, 8, 7, 6, generator=generator),
+        "point": torch.randn(2, 10, 4, 3, generator=generator),
+    }
+
+
+def _net(form: str) -> tuple[Net, Net]:
+    from dbspec.runtime.dylora import dylora_config
+
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    plan = AdapterPlan(kind="dylora", rank=RANK, alpha=ALPHA, dylora_unit=UNIT, dylora_form=form)
+    inject_adapter_in_model(dylora_config(plan, ["proj", "conv", "point"], []), net, adapter_name="default")
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # ups start at zero (the base model); random factors so the update shows
+        for layer in (net.proj, net.conv, net.point):
+            for p in (*layer.lora_dylora_down["default"], *layer.lora_dylora_up["default"]):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return net, base
+
+
+def _kohya(x: torch.Tensor, base: nn.Module, down: torch.Tensor, up: torch.Tensor, b: int) -> torch.Tensor:
+    """kohya's DyLoRAModule.forward with trainable_rank = b x unit: every rank, alpha / rank x
+    sqrt(rank / (b x unit + unit))."""
+    if isinstance(base, nn.Conv2d) and base.kernel_size != (1, 1):
+        ab = nn.functional.conv2d(x, down, stride=base.stride, padding=base.padding)
+        ab = nn.functional.conv2d(ab, up)
+    elif isinstance(base, nn.Conv2d):  # 1x1: as a linear over the pixels
+        flat = x.reshape(x.size(0), x.size(1), -1).transpose(1, 2)
+        ab = flat @ down.flatten(1).T @ up.flatten(1).T
+        ab = ab.transpose(1, 2).reshape(ab.size(0), -1, *x.shape[2:])
+    else:
+        ab = x @ down.T @ up.T
+    return base(x) + ab * (ALPHA / RANK) * math.sqrt(RANK / (b * UNIT + UNIT))
+
+
+@pytest.mark.parametrize("b", [0, 1, 2])
+def test_kohya_forward_and_gradients_equal_networks_dylora(b):
+    net, base = _net("kohya")
+    x = _inputs(torch.Generator().manual_seed(1))
+    net.train()
+    for name in x:
+        layer = getattr(net, name)
+        layer.drawn["default"] = b
+        down, up = layer.full("default")
+        expected = _kohya(x[name], getattr(base, name), down.detach(), up.detach(), b)
+        out = layer(x[name])
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        out.square().sum().backward()
+        grads = [p.grad is not None for p in layer.lora_dylora_down["default"]]
+        assert grads == [i == b for i in range(RANK // UNIT)], name  # kohya's requires_grad switch
+        assert [p.grad is not None for p in layer.lora_dylora_up["default"]] == grads
+    net.eval()  # outside training: every rank at alpha / rank (the sqrt factor 1, b = last block)
+    for name in x:
+        layer = getattr(net, name)
+        down, up = layer.full("default")
+        with torch.no_grad():
+            expected = _kohya(x[name], getattr(base, name), down, up, RANK // UNIT - 1)
+            torch.testing.assert_close(layer(x[name]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b", [0, 1, 2])
+def test_lycoris_forward_and_gradients_equal_dylora_module(b, monkeypatch):
+    """lycoris-lora's DyLoraModule with the same blocks and its `random.randint` fixed to the drawn block."""
+    net, base = _net("lycoris")
+    x = _inputs(torch.Generator().manual_seed(1))
+    net.train()
+    monkeypatch.setattr(random, "randint", lambda lo, hi: b)
+    for name in x:
+        layer, reference = getattr(net, name), copy.deepcopy(getattr(base, name))
+        lyco = dylora_module.DyLoraModule(name, reference, 1.0, lora_dim=RANK, alpha=ALPHA, block_size=UNIT)
+        lyco.apply_to()
+        with torch.no_grad():
+            for ours, theirs in zip(layer.lora_dylora_down["default"], lyco.down_list):
+                theirs.copy_(ours.flatten(1))
+            for ours, theirs in zip(layer.lora_dylora_up["default"], lyco.up_list):
+                theirs.copy_(ours.flatten(1))
+        layer.drawn["default"] = b
+        out, expected = layer(x[name]), lyco(x[name])
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        out.square().sum().backward()
+        expected.square().sum().backward()
+        for ours, theirs in zip(layer.lora_dylora_down["default"], lyco.down_list):
+            assert (ours.grad is None) == (theirs.grad is None), name
+            if ours.grad is not None:
+                torch.testing.assert_close(ours.grad.flatten(1), theirs.grad, rtol=1e-4, atol=1e-5)
+        for ours, theirs in zip(layer.lora_dylora_up["default"], lyco.up_list):
+            assert (ours.grad is None) == (theirs.grad is None), name
+            if ours.grad is not None:
+                torch.testing.assert_close(ours.grad.flatten(1), theirs.grad, rtol=1e-4, atol=1e-5)
+        assert sum(p.grad is not None for p in layer.lora_dylora_up["default"]) == 1
+
+
+@pytest.mark.parametrize("form", ["kohya", "lycoris"])
+def test_one_step_moves_only_the_drawn_blocks(form):
+    """AdamW (with weight decay) after one step: in each layer the drawn block's up left zero, the others
+    untouched, as the optimizer skips parameters without a gradient; the draws follow the generator."""
+    from dbspec.runtime.dylora import draw_blocks
+
+    torch.manual_seed(0)
+    net = Net()
+    from dbspec.runtime.dylora import dylora_config
+
+    plan = AdapterPlan(kind="dylora", rank=RANK, alpha=ALPHA, dylora_unit=UNIT, dylora_form=form)
+    inject_adapter_in_model(dylora_config(plan, ["proj", "conv", "point"], []), net, adapter_name="default")
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    before = copy.deepcopy(net.state_dict())
+    generator = torch.Generator().manual_seed(11)
+    assert draw_blocks([net], generator) == 3
+    expected = torch.Generator().manual_seed(11)
+    draws = [int(torch.randint(RANK // UNIT, (1,), generator=expected)) for _ in range(3)]
+    x = _inputs(torch.Generator().manual_seed(1))
+    net.train()
+    loss = sum(getattr(net, n)(x[n]).square().mean() for n in x)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    after = net.state_dict()
+    for name, b in zip(("proj", "conv", "point"), draws):
+        assert getattr(net, name).drawn["default"] == b
+        for i in range(RANK // UNIT):
+            for part in ("down", "up"):
+                key = f"{name}.lora_dylora_{part}.default.{i}"
+                assert torch.equal(before[key], after[key]) == (i != b), (key, b)
+
+
+LYCORIS_TABLE = 'kind = "dylora"\nrank = 4\nalpha = 2.0\nunit = 2\ndylora_form = "lycoris"\nconv_rank = 4\n'
+KOHYA_TABLE = 'kind = "dylora"\nrank = 4\nalpha = 2.0\nunit = 1\nconv_rank = 4\nconv_alpha = 2.0\n'
+FORMS = {
+    "lycoris": (LYCORIS_TABLE, {"algo": "dylora", "block_size": "2", "conv_dim": "4", "conv_alpha": "4"}),
+    "kohya": (KOHYA_TABLE, {"unit": "1", "conv_dim": "4"}),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_dylora_trains_resumes_bit_exact_and_loads_as_lora(tmp_path, form, loader):  # noqa: F811
+    table, args = FORMS[form]
+    spec = write_spec(tmp_path, steps=4, extra=lycoris_runs.SPEC.format(adapter=table))
+    lr = ["optimizer.lr=1e-2"]
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    ours, resumed = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(second.final))
+    assert ours.keys() == resumed.keys() and "dbspec.kohya.safetensors" in ours
+    assert "pytorch_lora_weights.safetensors" in ours  # every rank: a plain diffusers LoRA
+    for name, tensors in ours.items():
+        assert tensors.keys() == resumed[name].keys()
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert json.loads(metadata["ss_network_args"]) == args
+    module = "networks.dylora" if form == "kohya" else "lycoris.kohya"
+    assert metadata["ss_network_module"] == module
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert {k.split(".", 1)[1] for k in keys if k.startswith(conv + ".")} == {
+        "lora_down.weight",
+        "lora_up.weight",
+        "alpha",
+    }
+    trained = whole.components
+    for m in (trained.unet, *trained.text_encoders):
+        m.eval()  # every rank at alpha / rank
+    fresh = build_pipeline(plan.model.base)
+    base_output = lycoris_runs._unet_output(fresh.unet)
+    named = torch.nn.Module()
+    named.text_model = fresh.text_encoder
+    network, weights = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    merged = {
+        "lora_unet": lycoris_runs._merged(trained.unet),
+        "lora_te": lycoris_runs._merged(trained.text_encoders[0]),
+    }
+    names = {
+        **lycoris_runs._kohya_names(trained.unet, "lora_unet"),
+        **lycoris_runs._kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    assert network.text_encoder_loras and len(network.unet_loras) + len(network.text_encoder_loras) == len(
+        names
+    )
+    for lyco in [*network.unet_loras, *network.text_encoder_loras]:
+        assert type(lyco).__name__ == "LoConModule"  # lora_down / lora_up: LyCORIS loads a LoRA
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        ours_weight = merged[prefix][f"{names[lyco.lora_name]}.weight"]
+        torch.testing.assert_close(
+            lycoris_runs._lycoris_weight(lyco), ours_weight, rtol=1e-4, atol=1e-4, msg=lyco.lora_name
+        )
+    trained_output = lycoris_runs._unet_output(trained.unet)
+    assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
+    pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))  # dbspec sample
+    torch.testing.assert_close(lycoris_runs._unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
+    for source in (export, Path(whole.final)):  # diffusers: kohya's file, and final/'s diffusers LoRA
+        pipe = build_pipeline(plan.model.base)
+        pipe.load_lora_weights(str(source))
+        torch.testing.assert_close(lycoris_runs._unet_output(pipe.unet), trained_output, rtol=1e-4, atol=1e-4)
