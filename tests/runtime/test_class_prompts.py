@@ -1,6 +1,6 @@
-"""Class images encode their prompt as training does (runtime/setup.py long_prompt_inputs): Flux's T5 at the
-plan's `model.t5_max_length`, not the pipeline's own 512 tokens; the batched embeddings give each seed the image
-the pipeline makes for it alone from the prompt at that length."""
+"""Class images encode their prompt as training does (runtime/setup.py long_prompt_inputs): Flux's T5 at
+the plan's `model.t5_max_length`, not the pipeline's own 512 tokens; the batched embeddings give each seed
+the image the pipeline makes for it alone from the prompt at that length."""
 
 from __future__ import annotations
 
