@@ -29,7 +29,8 @@ from dbspec.runtime.setup import setup
 from dbspec.runtime.step import run_batch
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.optim_kit import flat_tensors, newest_state
-from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
+from dbspec.frontend import plan_spec
+from tests.runtime.runspec import CPU, compile_spec, final_weights, summary_text, write_spec
 from tests.unit.test_split_chunks import kohya_chunks
 
 SDXL = "builtin:tiny-sdxl"
@@ -90,6 +91,15 @@ def test_the_plan_says_the_first_chunk_steps_every_micro_batch(tmp_path):
     text = summary_text(plan)
     assert "the first chunk's optimizer steps" in text  # after every micro-batch (the row wraps there)
     assert "the same updates as one adamw" not in text
+
+
+def test_micro_batch_steps_under_fp16_mixed_precision_are_refused_at_plan_time(tmp_path):
+    """The first chunk would step between micro-batches from gradients the grad scaler has not unscaled."""
+    spec = write_spec(tmp_path, base=SDXL, steps=4, extra='[precision]\nmixed = "fp16"\n')
+    found = plan_spec(spec, CPU, None, MICRO).diagnostics
+    assert [(d.code, d.severity) for d in found if d.code == "DBS389"] == [("DBS389", "error")]
+    bf16 = plan_spec(write_spec(tmp_path, base=SDXL, steps=4, extra=NO_MIX), CPU, None, MICRO).diagnostics
+    assert "DBS389" not in {d.code for d in bf16}
 
 
 def test_a_step_equals_kohyas_hooks_under_accelerates_accumulation(tmp_path):

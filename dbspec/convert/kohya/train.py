@@ -1149,6 +1149,8 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
         if key in a and a[key].value:
             if key == "fused_backward_pass" and not _fused_backward_pass_runs(a, conv):
                 return
+            if not _fused_clip_runs(a, key, conv):
+                return
             if a["max_grad_norm"].value:
                 conv.mapped(
                     a[key],
@@ -1190,6 +1192,46 @@ def _fused_backward_pass_runs(a: Args, conv: Conversion) -> bool:
         )
         return False
     return True
+
+
+def _fused_clip_runs(a: Args, key: str, conv: Conversion) -> bool:
+    """Under mixed_precision fp16 the hooks' clip (accelerator.clip_grad_norm_, on the last micro-batch)
+    unscales every optimizer's gradients through accelerate's grad scaler at each parameter: torch's
+    GradScaler refuses a second unscale_ before update(), so kohya raises at the second hooked parameter.
+    (full_fp16 with --fused_backward_pass says so itself, model.py.)"""
+    norm, mixed = a["max_grad_norm"], a["mixed_precision"]
+    if str(mixed.value) != "fp16":
+        return True
+    full_fp16 = "full_fp16" in a and a["full_fp16"].value
+    fused = a[key]
+    if not norm.value:
+        if key == "fused_backward_pass" and not full_fp16:  # full_fp16: precision.fp16_gradients = "scaled"
+            conv.differs(
+                fused,
+                "under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients still "
+                "multiplied by the grad scaler's scale (never unscaled, no step skipped); dbspec unscales "
+                "them and skips overflowed steps",
+            )
+        elif key == "fused_optimizer_groups":
+            conv.differs(
+                fused,
+                "under mixed_precision fp16 kohya's first optimizer (not accelerate's wrapper) steps from "
+                "the still-scaled gradients and the others through the grad scaler, each updating the scale; "
+                "dbspec unscales every chunk's gradients once per step",
+            )
+        return True
+    if key == "fused_backward_pass" and full_fp16:
+        return False  # refused there, with full_fp16 (model.py _map_full_fp16)
+    conv.invalid(
+        fused.key,
+        fused.value,
+        fused.source,
+        f"with mixed_precision fp16 and max_grad_norm {norm.value:g} kohya's gradient hooks clip each "
+        "parameter through accelerate's grad scaler, whose unscale_ raises at the second parameter "
+        "(RuntimeError: unscale_() has already been called on this optimizer since the last update())",
+        help="use mixed_precision bf16, or max_grad_norm = 0",
+    )
+    return False
 
 
 def _first_group_only(a: Args, conv: Conversion) -> None:
