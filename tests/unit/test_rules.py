@@ -1307,7 +1307,8 @@ CASES = [
         ],
         DOG
         + STEPS
-        + '[optimizer]\nmax_grad_norm = 0.0\n[precision]\nmixed = "fp16"\nweights = "fp16"\n'
+        + '[optimizer]\nkind = "adafactor"\nmax_grad_norm = 0.0\n'
+        + '[precision]\nmixed = "fp16"\nweights = "fp16"\n'
         + 'weights_rounding = "nearest"\nfp16_gradients = "scaled"\n',
     ),
 ]
