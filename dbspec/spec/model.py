@@ -1306,9 +1306,10 @@ class Optimizer:
         "--fused_optimizer_groups: the tensors in sequence (the denoiser's, in the original layout's order "
         "for SDXL as kohya's own UNet registers them, then the text encoders'), cut into chunks of "
         "ceil(tensors / split), a new chunk also wherever the learning rate changes; one optimizer and one "
-        "LR schedule per chunk, all stepped every optimizer step. The same updates as one optimizer for "
-        "optimizers that update each tensor on its own (adamw, lion, adafactor, ...); prodigy and dadapt_* "
-        "estimate their step size d over their own chunk. 1 = one optimizer.",
+        "LR schedule per chunk, all stepped every optimizer step (unless split_train or split_first_step "
+        "say otherwise). The same updates as one optimizer for optimizers that update each tensor on its "
+        "own (adamw, lion, adafactor, ...); prodigy and dadapt_* estimate their step size d over their own "
+        "chunk. 1 = one optimizer.",
         minimum=1,
         example=4,
     )
