@@ -20,6 +20,7 @@ holds every chunk's state under SPLIT_KEY. `SplitScheduler` steps one schedule p
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -113,12 +114,18 @@ def _inner(optimizer):
 class SplitScheduler:
     """One LR schedule per chunk optimizer, stepped together; get_last_lr lists every group's rate."""
 
-    def __init__(self, schedulers: list) -> None:
+    def __init__(self, schedulers: list, stepping: int | None = None) -> None:
         self.schedulers = schedulers
+        self.stepping = len(schedulers) if stepping is None else stepping  # SplitOptimizer.stepping
 
     def step(self) -> None:
-        for scheduler in self.schedulers:
-            scheduler.step()
+        for index, scheduler in enumerate(self.schedulers):
+            with warnings.catch_warnings():
+                if (
+                    index >= self.stepping
+                ):  # split_train = "first": its optimizer never steps (kohya's neither)
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                scheduler.step()
 
     def get_last_lr(self) -> list:
         return [lr for scheduler in self.schedulers for lr in scheduler.get_last_lr()]
@@ -179,7 +186,7 @@ def make_split(
         )
     schedulers = [make_lr_scheduler(optimizer, plan.schedule) for optimizer in optimizers]
     stepping = 1 if plan.optimizer.split_train == "first" else len(optimizers)
-    return SplitOptimizer(optimizers, spans, stepping), SplitScheduler(schedulers)
+    return SplitOptimizer(optimizers, spans, stepping), SplitScheduler(schedulers, stepping)
 
 
 def _split_of(optimizer) -> SplitOptimizer | None:
