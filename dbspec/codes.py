@@ -1755,6 +1755,17 @@ parameters to have gradients on every process, so dbspec trains DyLoRA in one pr
         help="train with one process, or another adapter kind",
     ),
     Code(
+        "DBS389",
+        ERROR,
+        "A first chunk stepped per micro-batch under fp16 mixed precision",
+        """\
+`optimizer.split_first_step = "micro_batch"` (kohya's `--fused_optimizer_groups` with
+`gradient_accumulation_steps` > 1) steps the first chunk's optimizer between micro-batches, outside the grad
+scaler that fp16 mixed precision needs (`precision.mixed = "fp16"`, or `"auto"` picking it on a GPU without
+bf16): it would read gradients still multiplied by the loss scale. dbspec does not run that.""",
+        help='use precision.mixed = "bf16" or "no", or split_first_step = "step"',
+    ),
+    Code(
         "DBS401",
         ERROR,
         "A legacy input cannot be read",
@@ -2172,6 +2183,29 @@ a joint attention), so dbspec refuses it there.""",
 `unit`, LyCORIS's `block_size`) and trains one block per step: `rank`, and `conv_rank` when above 0, must be
 multiples of `unit` (both tools assert it).""",
         help="make rank (and conv_rank) a multiple of adapter.unit, or change unit",
+    ),
+    Code(
+        "DBS554",
+        ERROR,
+        "A split-chunk option without several chunks",
+        """\
+`optimizer.split_train = "first"` (only the first chunk's optimizer steps, kohya's `--fused_backward_pass`
+with `--fused_optimizer_groups`) or `optimizer.split_first_step = "micro_batch"` (the first chunk's optimizer
+steps after every micro-batch, kohya's `--fused_optimizer_groups` with gradient accumulation) shape the chunks
+of `optimizer.split`; with `split = 1` there is one optimizer, over every trained tensor.""",
+        help="set optimizer.split to 2 or more, or remove the option",
+    ),
+    Code(
+        "DBS555",
+        ERROR,
+        "Still-scaled fp16 gradients without fp16 weights, or clipped",
+        """\
+`precision.fp16_gradients = "scaled"` steps fp16 trained weights (`precision.weights = "fp16"`, kohya's
+`full_fp16`) from the gradients still multiplied by the grad scaler's scale, as kohya's
+`--fused_backward_pass` hooks do. It needs fp16 weights, and `optimizer.max_grad_norm = 0`: clipping a
+gradient that is still scaled would bound the scaled norm (kohya's hooks raise there: accelerate's scaler
+refuses to unscale twice).""",
+        help='set precision.weights = "fp16" and optimizer.max_grad_norm = 0, or remove fp16_gradients',
     ),
 )
 

@@ -39,5 +39,5 @@ def make_accelerator(plan: Plan):
     if plan.precision.weights == "fp16":  # kohya's full_fp16: fp16 gradients need an unscaling grad scaler
         from dbspec.runtime.fp16_weights import use_fp16_weights_scaler
 
-        use_fp16_weights_scaler(accelerator)
+        use_fp16_weights_scaler(accelerator, plan.precision.fp16_gradients)
     return accelerator

@@ -28,11 +28,29 @@ class Fp16WeightsGradScaler(torch.amp.GradScaler):
         return super()._unscale_grads_(optimizer, inv_scale, found_inf, True)
 
 
-def use_fp16_weights_scaler(accelerator) -> Fp16WeightsGradScaler:
+class ScaledFp16GradScaler(Fp16WeightsGradScaler):
+    """precision.fp16_gradients = "scaled": the loss multiplied by the initial scale, which never changes, and
+    the optimizer stepped from the still-scaled fp16 gradients, never skipped: kohya's --full_fp16
+    --fused_backward_pass, whose gradient hooks step Adafactor inside backward, before accelerate's scaler
+    could unscale, skip or update (max_grad_norm 0: with clipping kohya's hooks raise, DBS555)."""
+
+    def unscale_(self, optimizer) -> None:  # nothing clips (DBS555): the gradients stay scaled
+        return None
+
+    def step(self, optimizer, *args, **kwargs):
+        return optimizer.step(*args, **kwargs)  # no inf/NaN check: an overflowed gradient is stepped
+
+    def update(self, new_scale=None) -> None:  # the scale stays the initial one
+        return None
+
+
+def use_fp16_weights_scaler(accelerator, gradients: str = "unscaled") -> Fp16WeightsGradScaler:
     """Give `accelerator` (fp16 mixed precision, before `prepare`) the fp16-gradient scaler: `prepare` hands
     it to the optimizer (which steps through it, skipping overflowed steps), `backward` scales the loss and
-    `unscale_gradients` unscales before clipping."""
-    scaler = Fp16WeightsGradScaler(accelerator.device.type, **FP16_GRAD_SCALER)
+    `unscale_gradients` unscales before clipping. `gradients` = "scaled" (precision.fp16_gradients): the
+    fixed-scale one that neither unscales nor skips."""
+    kind = ScaledFp16GradScaler if gradients == "scaled" else Fp16WeightsGradScaler
+    scaler = kind(accelerator.device.type, **FP16_GRAD_SCALER)
     accelerator.scaler = scaler
     accelerator.native_amp = True  # the CPU: fp16 autocast and unscale_gradients, which accelerate leaves off
     return scaler

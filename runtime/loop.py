@@ -27,7 +27,7 @@ from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.wandb_log import require_wandb, wandb_config
 from dbspec.runtime.optim import averaged_weights, step_size_metrics
-from dbspec.runtime.optim_split import chunk_step_sizes
+from dbspec.runtime.optim_split import chunk_step_sizes, step_first_chunk
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
@@ -218,6 +218,8 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
         if not math.isfinite(value):
             raise NonFiniteLoss(step + 1, value, result.files)
         accelerator.backward(loss / len(batches))
+        if index < len(batches) - 1 and run.plan.optimizer.split_first_step == "micro_batch":
+            step_first_chunk(optimizer)  # kohya's first fused optimizer group steps every micro-batch
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
     o = run.plan.optimizer

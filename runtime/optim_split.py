@@ -7,6 +7,12 @@ gradients), and dbspec keeps its own gradient clipping before the step. The chun
 `dbspec.plan.split.split_chunks` of the tensors in sequence: the plan's parameter groups in order, the
 denoiser's tensors in the original layout's order when the plan says so (`original_order`, kohya's SDXL UNet).
 
+`optimizer.split_train = "first"` steps the first chunk's optimizer alone (kohya hooks its fused Adafactor
+step to its first optimizer only when --fused_backward_pass comes with the groups); `split_first_step =
+"micro_batch"` steps the first chunk's optimizer after every micro-batch from that micro-batch's gradient and
+clears it (kohya's first optimizer is not accelerate's wrapper, which defers the others' step and zero_grad to
+the last micro-batch), the loop calling `step_first_chunk` between micro-batches.
+
 `SplitOptimizer` holds the chunk optimizers behind one optimizer's face (param_groups, step, zero_grad,
 state_dict), so accelerate, the grad scaler, the loop and the checkpoints see one optimizer; its state_dict
 holds every chunk's state under SPLIT_KEY. `SplitScheduler` steps one schedule per chunk (identical curves).
@@ -14,6 +20,7 @@ holds every chunk's state under SPLIT_KEY. `SplitScheduler` steps one schedule p
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -36,10 +43,12 @@ class SplitOptimizer(torch.optim.Optimizer):
     """Several optimizers stepped as one. `chunks`: per optimizer, what it holds ("denoiser 599 (lr 1)",
     "denoiser 482 + text_encoder 10 (lr 1)"), for the run's note."""
 
-    def __init__(self, optimizers: list, chunks: list[str]) -> None:
+    def __init__(self, optimizers: list, chunks: list[str], stepping: int | None = None) -> None:
         # No super().__init__: the chunk optimizers own the groups and state; param_groups lists theirs.
         self.optimizers = optimizers
         self.chunks = chunks
+        # how many chunks step, from the first (split_train = "first": 1); the rest keep their weights
+        self.stepping = len(optimizers) if stepping is None else stepping
         self.defaults = optimizers[0].defaults
         self.param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
         self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
@@ -57,8 +66,15 @@ class SplitOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: D102 - torch's signature
         if closure is not None:
             raise ValueError("the split optimizer's step takes no closure")
-        for optimizer in self.optimizers:
+        for optimizer in self.optimizers[: self.stepping]:
             optimizer.step()
+
+    @torch.no_grad()
+    def step_first_chunk(self) -> None:
+        """The first chunk's optimizer steps from the gradients it holds now, which it then clears
+        (optimizer.split_first_step = "micro_batch", between micro-batches)."""
+        self.optimizers[0].step()
+        self.optimizers[0].zero_grad(set_to_none=True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
@@ -98,12 +114,18 @@ def _inner(optimizer):
 class SplitScheduler:
     """One LR schedule per chunk optimizer, stepped together; get_last_lr lists every group's rate."""
 
-    def __init__(self, schedulers: list) -> None:
+    def __init__(self, schedulers: list, stepping: int | None = None) -> None:
         self.schedulers = schedulers
+        self.stepping = len(schedulers) if stepping is None else stepping  # SplitOptimizer.stepping
 
     def step(self) -> None:
-        for scheduler in self.schedulers:
-            scheduler.step()
+        for index, scheduler in enumerate(self.schedulers):
+            with warnings.catch_warnings():
+                if (
+                    index >= self.stepping
+                ):  # split_train = "first": its optimizer never steps (kohya's neither)
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                scheduler.step()
 
     def get_last_lr(self) -> list:
         return [lr for scheduler in self.schedulers for lr in scheduler.get_last_lr()]
@@ -163,13 +185,23 @@ def make_split(
             + f" (lr {chunk_groups[0]['lr']:g})"
         )
     schedulers = [make_lr_scheduler(optimizer, plan.schedule) for optimizer in optimizers]
-    return SplitOptimizer(optimizers, spans), SplitScheduler(schedulers)
+    stepping = 1 if plan.optimizer.split_train == "first" else len(optimizers)
+    return SplitOptimizer(optimizers, spans, stepping), SplitScheduler(schedulers, stepping)
 
 
 def _split_of(optimizer) -> SplitOptimizer | None:
     while not isinstance(optimizer, SplitOptimizer) and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer  # accelerate's wrapper
     return optimizer if isinstance(optimizer, SplitOptimizer) else None
+
+
+def step_first_chunk(optimizer) -> None:
+    """optimizer.split_first_step = "micro_batch": step the first chunk's optimizer (behind accelerate's
+    wrapper) between micro-batches and clear its gradients, as kohya's unwrapped first optimizer does."""
+    split = _split_of(optimizer)
+    if split is None:
+        raise OptimizerError("optimizer.split_first_step needs optimizer.split > 1 (DBS554)")
+    split.step_first_chunk()
 
 
 def run_optimizer_chunks(optimizer) -> list[str]:

@@ -501,6 +501,8 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         implementation=o.implementation,
         split=o.split,
         split_order=_split_order(spec, model),
+        split_train=o.split_train if o.split > 1 else "all",  # DBS554 refuses them without a split
+        split_first_step=o.split_first_step if o.split > 1 else "step",
     )
 
 

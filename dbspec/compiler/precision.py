@@ -127,6 +127,7 @@ def _check_second_text_encoder(ctx: Context, text_parts: tuple[str, ...] | None)
 def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     p, spec = ctx.spec.precision, ctx.spec
     mixed, reason = resolve_mixed(ctx)
+    _check_micro_batch_split_step(ctx, mixed)
     _check_quantization(ctx, "quantize_denoiser", p.quantize_denoiser)
     _check_quantization(ctx, "quantize_text_encoder", p.quantize_text_encoder)
     quantized = [k for k in ("quantize_denoiser", "quantize_text_encoder") if getattr(p, k) != "none"]
@@ -177,6 +178,23 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         stochastic_rounding=weights == "bf16" and p.weights_rounding == "stochastic",
         quantize_backend=p.quantize_backend,
         compile=_compile_plan(p.compile, parts),
+        fp16_gradients=p.fp16_gradients if weights == "fp16" else "unscaled",  # DBS555 refuses it otherwise
+    )
+
+
+def _check_micro_batch_split_step(ctx: Context, mixed: str) -> None:
+    """optimizer.split_first_step = "micro_batch" steps the first chunk's optimizer between micro-batches,
+    outside the grad scaler, which fp16 mixed precision needs (the mixed precision is settled here)."""
+    o = ctx.spec.optimizer
+    if mixed != "fp16" or o.split <= 1 or o.split_first_step != "micro_batch":
+        return
+    ctx.report(
+        "DBS389",
+        "error",
+        'optimizer.split_first_step = "micro_batch" under fp16 mixed precision: the first chunk\'s optimizer '
+        "would step from gradients the grad scaler has not unscaled yet (dbspec does not run that)",
+        ("optimizer", "split_first_step"),
+        help='use precision.mixed = "bf16" or "no", or split_first_step = "step"',
     )
 
 

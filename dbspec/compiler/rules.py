@@ -2538,6 +2538,54 @@ def split_group_bounds(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def split_chunk_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.split_train and split_first_step shape the chunks of optimizer.split: they need several."""
+    o = spec.optimizer
+    if o.split > 1:
+        return
+    for key, value, default in (
+        ("split_train", o.split_train, "all"),
+        ("split_first_step", o.split_first_step, "step"),
+    ):
+        if value != default:
+            yield _err(
+                "DBS554",
+                ("optimizer", key),
+                f'optimizer.{key} = "{value}" with optimizer.split = {o.split}: one optimizer holds every '
+                "trained tensor, there are no chunks to shape",
+                "set optimizer.split to 2 or more (kohya's fused_optimizer_groups), or remove optimizer."
+                + key,
+            )
+
+
+@rule("spec")
+def scaled_fp16_gradients(spec: Spec, given: Given) -> Iterator[Hit]:
+    """precision.fp16_gradients = "scaled" steps fp16 weights from still-scaled gradients: fp16 weights, no
+    clipping."""
+    p, o = spec.precision, spec.optimizer
+    if p.fp16_gradients != "scaled":
+        return
+    if p.weights != "fp16":
+        yield _err(
+            "DBS555",
+            ("precision", "fp16_gradients"),
+            f'precision.fp16_gradients = "scaled" with precision.weights = "{p.weights}": only fp16 trained '
+            "weights step from fp16 gradients",
+            'set precision.weights = "fp16" (kohya\'s full_fp16), or remove precision.fp16_gradients',
+        )
+    if o.max_grad_norm > 0:
+        yield _err(
+            "DBS555",
+            ("optimizer", "max_grad_norm"),
+            f'optimizer.max_grad_norm = {o.max_grad_norm:g} with precision.fp16_gradients = "scaled": the '
+            "gradients are still multiplied by the grad scaler's scale, so a clip would bound the scaled "
+            "norm",
+            'set optimizer.max_grad_norm = 0, or remove precision.fp16_gradients ("unscaled" clips unscaled '
+            "gradients)",
+        )
+
+
+@rule("spec")
 def optimizer_implementation_kind(spec: Spec, given: Given) -> Iterator[Hit]:
     """torch's foreach and fused kernels exist for torch's own optimizers only."""
     o = spec.optimizer

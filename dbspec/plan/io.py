@@ -258,6 +258,11 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "oft_rescaled"): False,
         ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
         ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
+        # kohya's fused-step combinations (only the first chunk steps / steps per micro-batch; fp16 weights
+        # stepped from still-scaled gradients), added since: every chunk once per step, unscaled then
+        ("optimizer", "split_train"): "all",
+        ("optimizer", "split_first_step"): "step",
+        ("precision", "fp16_gradients"): "unscaled",
     },
 }
 

@@ -675,6 +675,9 @@ class PrecisionPlan:
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
     quantize_backend: Literal["quanto", "torchao", "bitsandbytes", "cast"] = "quanto"
     compile: CompilePlan | None = None  # torch.compile of the trained networks; None: eager
+    # fp16 weights: "scaled" = the optimizer steps from the gradients still multiplied by the grad scaler's
+    # initial scale, never unscaled, updated or skipped (kohya's --full_fp16 --fused_backward_pass, no clip)
+    fp16_gradients: Literal["unscaled", "scaled"] = "unscaled"
 
 
 @frozen
@@ -785,6 +788,12 @@ class OptimizerPlan:
     # the chunks, one optimizer each, when the plan can count the trained tensors (dbspec/compiler/split.py);
     # () = cut at run time (the run notes them)
     split_chunks: tuple[SplitChunk, ...] = ()
+    # optimizer.split_train: "first" = only the first chunk's optimizer steps (kohya's --fused_backward_pass
+    # with --fused_optimizer_groups); the later chunks' tensors keep their weights
+    split_train: Literal["all", "first"] = "all"
+    # optimizer.split_first_step: "micro_batch" = the first chunk's optimizer steps after every micro-batch
+    # from that micro-batch's gradient and clears it (kohya's --fused_optimizer_groups with accumulation)
+    split_first_step: Literal["step", "micro_batch"] = "step"
 
 
 @frozen

@@ -656,9 +656,16 @@ def pivotal_summary(p) -> str:
     )
 
 
-def fp16_scaler_summary() -> str:
-    """The dynamic grad scaler of fp16 trained weights (precision.weights = "fp16")."""
+def fp16_scaler_summary(gradients: str = "unscaled") -> str:
+    """The grad scaler of fp16 trained weights (precision.weights = "fp16"): dynamic, or (fp16_gradients =
+    "scaled") a fixed scale the optimizer steps under."""
     s = FP16_GRAD_SCALER
+    if gradients == "scaled":
+        return (
+            f"fp16 gradients NOT unscaled (precision.fp16_gradients = scaled): the loss "
+            f"x{s['init_scale']:g}, a fixed scale; the optimizer steps from the scaled gradients, no step "
+            "skipped (kohya's --full_fp16 --fused_backward_pass hooks)"
+        )
     return (
         f"fp16 gradients unscaled (kohya's patched scaler): scale {s['init_scale']:g} to start, "
         f"x{s['backoff_factor']:g} and the step skipped on inf/NaN, x{s['growth_factor']:g} after "
@@ -710,7 +717,7 @@ def training_table(plan: Plan) -> Table:
         )
         t.add_row("trained weights", f"{held}, {how}")
         if plan.precision.weights == "fp16":
-            t.add_row("grad scaler", fp16_scaler_summary())
+            t.add_row("grad scaler", fp16_scaler_summary(plan.precision.fp16_gradients))
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
@@ -925,15 +932,31 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         f"each {o.kind} estimates its step size d over its own chunk (logged as d*lr, d*lr/1, d*lr/2, ...)"
         if alike
         else f"the same updates as one {o.kind} (it updates each tensor on its own)"
+        if o.split_train == "all" and o.split_first_step == "step"
+        else f"each {o.kind} updates its own tensors"
     )
     return [
         (
             "optimizer split",
             f"{o.split} optimizers and LR schedules over consecutive chunks of ceil(tensors / {o.split}) "
             f"trained tensors{order}, a new chunk where the lr changes (lr {', '.join(rates)}); {effect}; "
-            + _chunks(o),
+            + _chunks(o)
+            + _split_stepping(o),
         )
     ]
+
+
+def _split_stepping(o) -> str:
+    """optimizer.split_train / split_first_step: which chunks step, and when the first does."""
+    said = ""
+    if o.split_train == "first":
+        said += "; only the first chunk's optimizer steps, the later chunks' tensors keep their weights"
+    if o.split_first_step == "micro_batch":
+        said += (
+            "; the first chunk's optimizer steps after every micro-batch from that micro-batch's gradient "
+            "(loss / accumulation) and clears it, the others once per step"
+        )
+    return said
 
 
 def _chunks(o) -> str:

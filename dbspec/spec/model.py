@@ -1344,11 +1344,29 @@ class Optimizer:
         "--fused_optimizer_groups: the tensors in sequence (the denoiser's, in the original layout's order "
         "for SDXL as kohya's own UNet registers them, then the text encoders'), cut into chunks of "
         "ceil(tensors / split), a new chunk also wherever the learning rate changes; one optimizer and one "
-        "LR schedule per chunk, all stepped every optimizer step. The same updates as one optimizer for "
-        "optimizers that update each tensor on its own (adamw, lion, adafactor, ...); prodigy and dadapt_* "
-        "estimate their step size d over their own chunk. 1 = one optimizer.",
+        "LR schedule per chunk, all stepped every optimizer step (unless split_train or split_first_step "
+        "say otherwise). The same updates as one optimizer for optimizers that update each tensor on its "
+        "own (adamw, lion, adafactor, ...); prodigy and dadapt_* estimate their step size d over their own "
+        "chunk. 1 = one optimizer.",
         minimum=1,
         example=4,
+    )
+    split_train: Literal["all", "first"] = option(
+        "all",
+        doc="Which chunks of optimizer.split step: all, or first: only the first chunk's optimizer steps, "
+        "the tensors of the later chunks keep their weights (they still get gradients, counted by clip_mode "
+        "norm), as kohya's sdxl_train.py with --fused_backward_pass and --fused_optimizer_groups together "
+        "hooks its fused step to its first optimizer alone. Needs split > 1.",
+    )
+    split_first_step: Literal["step", "micro_batch"] = option(
+        "step",
+        doc="When the first chunk's optimizer of optimizer.split steps: step, once per optimizer step as "
+        "the others; micro_batch, after every micro-batch's backward pass from that micro-batch's gradient "
+        "alone (the loss divided by the step's micro-batches, schedule.accumulation), its gradients then "
+        "cleared, at the current step's learning rate; gradient clipping (on the last micro-batch) and the "
+        "other chunks stay once per optimizer step. kohya's sdxl_train.py --fused_optimizer_groups with "
+        "gradient_accumulation_steps > 1: its first optimizer is not accelerate's wrapper, which holds the "
+        "others back until the last micro-batch. Needs split > 1.",
     )
     # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
     d0: float = option(
@@ -1764,6 +1782,17 @@ class Precision:
         "as it creates it from bf16 parameters (bf16 for AdamW, Prodigy, D-Adaptation, Lion, SGD, "
         "schedulefree; fp32 for Adafactor, CAME and bitsandbytes), so any optimizer runs; fp16 weights "
         "(kohya's full_fp16) need it. See docs/memory.md.",
+    )
+    fp16_gradients: Literal["unscaled", "scaled"] = option(
+        "unscaled",
+        doc='What the optimizer steps fp16 weights (weights = "fp16") from: unscaled, the gradients divided '
+        "by the dynamic grad scaler's scale, a step whose gradients overflowed skipped and the scale "
+        "adjusted; scaled, the fp16 gradients as backward leaves them, still multiplied by the grad "
+        "scaler's initial scale (2^16), which never changes, and no step is ever skipped (an overflowed "
+        "gradient reaches the optimizer as inf). That is kohya's sdxl_train.py --full_fp16 "
+        "--fused_backward_pass with max_grad_norm 0: its gradient hooks step Adafactor (nearly invariant "
+        "to the gradient's scale) inside backward, before accelerate's scaler. Needs "
+        "optimizer.max_grad_norm = 0.",
     )
     compile: bool = option(
         False,

@@ -63,7 +63,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("dadapt", "adafactor", "ademamix", "schedulefree"):
         del data["optimizer"][key]  # D-Adaptation, Adafactor, AdEMAMix and schedule-free options, added since
     del data["optimizer"]["came"]  # CAME's options, added since
-    for key in ("split", "split_order", "split_chunks"):
+    for key in ("split", "split_order", "split_chunks", "split_train", "split_first_step"):
         del data["optimizer"][
             key
         ]  # several optimizers (kohya's fused_optimizer_groups), added since (one then)
@@ -98,6 +98,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["precision"]["quantize_backend"]  # quantisation backends, added since (quanto then)
     del data["distributed"]  # [distributed], added since (DDP then)
     del data["precision"]["compile"]  # torch.compile, added since (eager then)
+    del data["precision"]["fp16_gradients"]  # fp16 weights stepped from still-scaled gradients, added since
     del data["optimizer"]["implementation"]  # torch AdamW's fused kernel, added since (torch's default then)
     for key in (
         "huber",

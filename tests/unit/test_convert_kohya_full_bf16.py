@@ -285,21 +285,36 @@ def test_fused_optimizer_groups_with_a_per_tensor_optimizer_keep_one_optimizer(t
     assert (plan.optimizer.split, plan.optimizer.clip_mode) == (1, "norm_per_tensor")
 
 
-def test_fused_optimizer_groups_with_accumulation_differs(tmp_path):
-    """kohya's hooks step every micro-batch: with accumulation nothing accumulates (a stated difference)."""
+@pytest.mark.parametrize("optimizer", ["Prodigy", "AdamW"])
+def test_fused_optimizer_groups_with_accumulation_step_the_first_chunk_every_micro_batch(tmp_path, optimizer):
+    """With gradient accumulation kohya's hooks call every optimizer's step after each micro-batch, but only
+    the first is bare: accelerate's wrappers of the others step once per optimizer step (they accumulate).
+    optimizer.split with split_first_step = "micro_batch", for per-tensor optimizers too (no DBS404)."""
     images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    lr = "1.0" if optimizer == "Prodigy" else "1e-5"
     body = (
-        'learning_rate = 1.0\noptimizer_type = "Prodigy"\nfused_optimizer_groups = 2\n'
+        f'learning_rate = {lr}\noptimizer_type = "{optimizer}"\nfused_optimizer_groups = 2\n'
         "gradient_accumulation_steps = 4\n"
     )
     write(tmp_path / "config.toml", SDXL_FULL + body)
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
-    assert fate(outcome, "fused_optimizer_groups") == "differs"
-    assert "each micro-batch's backward" in messages(outcome, "DBS404")
+    assert fate(outcome, "fused_optimizer_groups") == "mapped" and not messages(outcome, "DBS404")
+    text = (tmp_path / "specs" / "converted.toml").read_text()
+    assert 'split_first_step = "micro_batch"' in text
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert (o.split, o.split_first_step, o.split_train, o.split_order) == (
+        2,
+        "micro_batch",
+        "all",
+        "original",
+    )
+    assert (o.clip_mode, o.max_grad_norm, plan.schedule.accumulation) == ("norm_per_tensor", 1.0, 4)
 
 
-def test_fused_backward_pass_with_optimizer_groups_differs(tmp_path):
-    """kohya hooks only the first of the groups' optimizers when --fused_backward_pass is given too."""
+def test_fused_backward_pass_with_optimizer_groups_trains_the_first_chunk_alone(tmp_path):
+    """kohya patches and hooks only the first of the groups' optimizers when --fused_backward_pass is given
+    too: the others never step, so only the first chunk's tensors train (split_train = "first")."""
     images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
     body = (
         'learning_rate = 1e-5\noptimizer_type = "Adafactor"\nfused_backward_pass = true\n'
@@ -308,6 +323,32 @@ def test_fused_backward_pass_with_optimizer_groups_differs(tmp_path):
     )
     write(tmp_path / "config.toml", SDXL_FULL + body)
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
-    assert fate(outcome, "fused_optimizer_groups") == "differs"
-    assert "hooks only the first" in messages(outcome, "DBS404")
+    assert fate(outcome, "fused_optimizer_groups") == "mapped" and not messages(outcome, "DBS404")
     assert fate(outcome, "fused_backward_pass") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert (o.kind, o.split, o.split_train, o.split_first_step) == ("adafactor", 4, "first", "step")
+    assert (o.clip_mode, plan.precision.weights, plan.precision.stochastic_rounding) == (
+        "norm_per_tensor",
+        "bf16",
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ('optimizer_type = "AdamW8bit"\n', "optimizer_type Adafactor only"),
+        (
+            'optimizer_type = "Adafactor"\ngradient_accumulation_steps = 2\n'
+            'optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]\n',
+            "gradient_accumulation_steps 1",
+        ),
+    ],
+)
+def test_fused_backward_pass_refuses_what_kohya_asserts(tmp_path, body, says):
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    write(tmp_path / "config.toml", SDXL_FULL + "learning_rate = 1e-5\nfused_backward_pass = true\n" + body)
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert fate(outcome, "fused_backward_pass") == "invalid" and not outcome.written
+    assert says in messages(outcome, "DBS402")

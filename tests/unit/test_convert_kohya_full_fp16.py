@@ -88,9 +88,7 @@ def test_train_db_full_fp16_with_torch_adamw_is_refused_at_check(tmp_path):
     assert "optimizer.kind = 'adamw'" in refused and 'precision.weights = "fp16"' in refused
 
 
-def test_sdxl_train_fused_adafactor_with_full_fp16_is_a_stated_difference(tmp_path):
-    """--fused_backward_pass steps each parameter inside backward, outside the grad scaler's unscale and
-    skip: dbspec holds fp16 weights and states the difference."""
+def _fused_fp16(tmp_path, extra: str = ""):
     images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
     write(
         tmp_path / "config.toml",
@@ -98,13 +96,42 @@ def test_sdxl_train_fused_adafactor_with_full_fp16_is_a_stated_difference(tmp_pa
         + """optimizer_type = "adafactor"
 optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
 fused_backward_pass = true
-""",
+"""
+        + extra,
     )
-    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
-    assert fate(outcome, "full_fp16") == "differs"
-    assert "still-scaled gradient" in messages(outcome, "DBS404")
+    return kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+
+
+def test_sdxl_train_fused_adafactor_with_full_fp16_steps_from_scaled_gradients(tmp_path):
+    """--fused_backward_pass without clipping: kohya's hooks step Adafactor inside backward from the fp16
+    gradients of loss x the scaler's initial scale, which nothing unscales or updates:
+    precision.fp16_gradients = "scaled" (no DBS404)."""
+    outcome = _fused_fp16(tmp_path, "max_grad_norm = 0.0\n")
+    assert fate(outcome, "full_fp16") == "mapped" and not messages(outcome, "DBS404")
     plan = plan_of(outcome, tmp_path)
     assert plan.precision.weights == "fp16" and not plan.precision.stochastic_rounding
+    assert plan.precision.fp16_gradients == "scaled" and plan.optimizer.max_grad_norm == 0.0
+    assert plan.optimizer.kind == "adafactor"
+
+
+def test_sdxl_train_fused_adafactor_with_full_fp16_and_clipping_is_refused(tmp_path):
+    """With max_grad_norm (kohya's default 1.0) the hooks clip through accelerate's scaler, which raises on
+    the second unscale_ before an update(): kohya fails at the first step (DBS402)."""
+    outcome = _fused_fp16(tmp_path)
+    assert fate(outcome, "full_fp16") == "invalid" and not outcome.written
+    assert "unscale_() has already been called" in messages(outcome, "DBS402")
+
+
+def test_fused_optimizer_groups_under_fp16_with_clipping_is_refused(tmp_path):
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    body = (
+        SDXL_FULL.replace("full_fp16 = true\n", "")
+        + 'optimizer_type = "AdamW8bit"\nfused_optimizer_groups = 4\n'
+    )
+    write(tmp_path / "config.toml", body)
+    outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train.py")
+    assert fate(outcome, "fused_optimizer_groups") == "invalid" and not outcome.written
+    assert "mixed_precision fp16 and max_grad_norm 1" in messages(outcome, "DBS402")
 
 
 def test_full_fp16_needs_mixed_precision_fp16(tmp_path):

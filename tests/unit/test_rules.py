@@ -1296,6 +1296,28 @@ CASES = [
         [("DBS548", "error", ("adapter", "rank"))],
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n',
     ),
+    (
+        rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed
+        DOG + STEPS + '[optimizer]\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',
+        [
+            ("DBS554", "error", ("optimizer", "split_train")),
+            ("DBS554", "error", ("optimizer", "split_first_step")),
+        ],
+        DOG + STEPS + '[optimizer]\nsplit = 2\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',
+    ),
+    (
+        rules.scaled_fp16_gradients,  # fp16 weights stepped from still-scaled gradients: no clip
+        DOG + STEPS + '[precision]\nfp16_gradients = "scaled"\n',
+        [
+            ("DBS555", "error", ("precision", "fp16_gradients")),
+            ("DBS555", "error", ("optimizer", "max_grad_norm")),
+        ],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "adafactor"\nmax_grad_norm = 0.0\n'
+        + '[precision]\nmixed = "fp16"\nweights = "fp16"\n'
+        + 'weights_rounding = "nearest"\nfp16_gradients = "scaled"\n',
+    ),
 ]
 
 

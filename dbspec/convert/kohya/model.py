@@ -335,16 +335,35 @@ def _map_full_fp16(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     nearest = conv.comment(legacy, "the optimizer steps the fp16 weights directly (round-to-nearest)")
     if _fused_adafactor(a, script):
         # the fused Adafactor steps each parameter in its gradient hook, during backward: on the scaled fp16
-        # gradient, before the grad scaler could unscale it or skip an overflowed step
-        conv.differs(
+        # gradient, before accelerate's grad scaler could unscale it, skip an overflowed step or update
+        norm = a["max_grad_norm"]
+        if norm.value:
+            # the hook's clip calls accelerator.clip_grad_norm_, which unscales through the scaler: torch's
+            # GradScaler allows one unscale_ per optimizer between update()s, and nothing calls update()
+            conv.invalid(
+                legacy.key,
+                legacy.value,
+                legacy.source,
+                f"with --fused_backward_pass and max_grad_norm {norm.value:g} kohya's gradient hooks clip "
+                "each parameter through accelerate's grad scaler, whose unscale_ raises at the second "
+                "parameter of the first step (RuntimeError: unscale_() has already been called on this "
+                "optimizer since the last update(); the fused step never calls update())",
+                help="set max_grad_norm = 0 (kohya's hooks then step from the still-scaled fp16 gradients: "
+                'precision.fp16_gradients = "scaled"), or remove full_fp16',
+            )
+            return
+        conv.mapped(
             legacy,
-            "with --fused_backward_pass kohya's Adafactor steps each fp16 parameter in its gradient hook, "
-            "during backward: with max_grad_norm its clipping asks accelerate's scaler to unscale at every "
-            "parameter (torch's GradScaler refuses a second unscale_ before update()), without it the step "
-            "reads the still-scaled gradient and no overflowed step is skipped; dbspec steps after backward "
-            "from unscaled gradients and skips steps whose gradients overflowed",
             ("precision", "weights"),
             "fp16",
+            note="with --fused_backward_pass (max_grad_norm 0) kohya's hooks step Adafactor from the fp16 "
+            "gradients still multiplied by the grad scaler's initial scale, which never changes, and skip "
+            'no step: precision.fp16_gradients = "scaled"',
+        )
+        conv.put(
+            ("precision", "fp16_gradients"),
+            "scaled",
+            conv.comment(legacy, "the fused backward pass steps before the grad scaler unscales"),
         )
     else:
         conv.mapped(

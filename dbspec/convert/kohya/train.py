@@ -1147,6 +1147,10 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
     hook and clip that gradient there, on its own (accelerator.clip_grad_norm_(parameter, max_grad_norm))."""
     for key in ("fused_backward_pass", "fused_optimizer_groups"):
         if key in a and a[key].value:
+            if key == "fused_backward_pass" and not _fused_backward_pass_runs(a, conv):
+                return
+            if not _fused_clip_runs(a, key, conv):
+                return
             if a["max_grad_norm"].value:
                 conv.mapped(
                     a[key],
@@ -1157,14 +1161,97 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
             if key == "fused_optimizer_groups":
                 _optimizer_groups(a, conv)
             elif "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
-                groups = a["fused_optimizer_groups"]
-                conv.differs(
-                    groups,
-                    f"with --fused_backward_pass too, kohya builds {groups.value} optimizers but hooks only "
-                    "the first (its fused Adafactor step): the tensors of the others never step; dbspec "
-                    "steps every trained tensor",
-                )
+                _first_group_only(a, conv)
             return
+
+
+def _fused_backward_pass_runs(a: Args, conv: Conversion) -> bool:
+    """kohya asserts (train_util.get_optimizer) that --fused_backward_pass comes with optimizer_type
+    Adafactor and gradient_accumulation_steps 1."""
+    fused = a["fused_backward_pass"]
+    kind = str(a["optimizer_type"].value or "AdamW")
+    if kind.lower() != "adafactor" or a["use_8bit_adam"].value or a["use_lion_optimizer"].value:
+        conv.invalid(
+            fused.key,
+            fused.value,
+            fused.source,
+            f"kohya asserts that fused_backward_pass runs with optimizer_type Adafactor only (it is {kind})",
+            help='use optimizer_type = "Adafactor", or remove fused_backward_pass',
+        )
+        return False
+    accumulation = a["gradient_accumulation_steps"].value
+    if accumulation and int(accumulation) > 1:
+        conv.invalid(
+            fused.key,
+            fused.value,
+            fused.source,
+            "kohya asserts that fused_backward_pass runs with gradient_accumulation_steps 1 (it is "
+            f"{accumulation})",
+            help="use gradient_accumulation_steps = 1 (a larger train_batch_size), or remove "
+            "fused_backward_pass",
+        )
+        return False
+    return True
+
+
+def _fused_clip_runs(a: Args, key: str, conv: Conversion) -> bool:
+    """Under mixed_precision fp16 the hooks' clip (accelerator.clip_grad_norm_, on the last micro-batch)
+    unscales every optimizer's gradients through accelerate's grad scaler at each parameter: torch's
+    GradScaler refuses a second unscale_ before update(), so kohya raises at the second hooked parameter.
+    (full_fp16 with --fused_backward_pass says so itself, model.py.)"""
+    norm, mixed = a["max_grad_norm"], a["mixed_precision"]
+    if str(mixed.value) != "fp16":
+        return True
+    full_fp16 = "full_fp16" in a and a["full_fp16"].value
+    fused = a[key]
+    if not norm.value:
+        if key == "fused_backward_pass" and not full_fp16:  # full_fp16: precision.fp16_gradients = "scaled"
+            conv.differs(
+                fused,
+                "under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients still "
+                "multiplied by the grad scaler's scale (never unscaled, no step skipped); dbspec unscales "
+                "them and skips overflowed steps",
+            )
+        elif key == "fused_optimizer_groups":
+            conv.differs(
+                fused,
+                "under mixed_precision fp16 kohya's first optimizer (not accelerate's wrapper) steps from "
+                "the still-scaled gradients and the others through the grad scaler, each updating the scale; "
+                "dbspec unscales every chunk's gradients once per step",
+            )
+        return True
+    if key == "fused_backward_pass" and full_fp16:
+        return False  # refused there, with full_fp16 (model.py _map_full_fp16)
+    conv.invalid(
+        fused.key,
+        fused.value,
+        fused.source,
+        f"with mixed_precision fp16 and max_grad_norm {norm.value:g} kohya's gradient hooks clip each "
+        "parameter through accelerate's grad scaler, whose unscale_ raises at the second parameter "
+        "(RuntimeError: unscale_() has already been called on this optimizer since the last update())",
+        help="use mixed_precision bf16, or max_grad_norm = 0",
+    )
+    return False
+
+
+def _first_group_only(a: Args, conv: Conversion) -> None:
+    """--fused_backward_pass with --fused_optimizer_groups N: kohya builds the N optimizers (and schedules)
+    but patches and hooks only its first (`optimizer`, accelerate's wrapper of optimizers[0]) with the fused
+    Adafactor step; the other optimizers are never stepped, so only the first chunk's tensors train:
+    optimizer.split = N with split_train = "first"."""
+    groups = a["fused_optimizer_groups"]
+    conv.mapped(
+        groups,
+        ("optimizer", "split"),
+        int(groups.value),
+        note=f"with --fused_backward_pass kohya builds {groups.value} optimizers but hooks only the first: "
+        'split_train = "first", the later chunks\' tensors keep their weights',
+    )
+    conv.put(
+        ("optimizer", "split_train"),
+        "first",
+        conv.comment(groups, "with fused_backward_pass only the first optimizer's tensors step"),
+    )
 
 
 def _optimizer_groups(a: Args, conv: Conversion) -> None:
@@ -1172,10 +1259,38 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
     U-Net's (kohya's original-layout order) then the text encoders' tensors, a new chunk where the rate
     changes. Prodigy and D-Adaptation estimate d over their own chunk: optimizer.split = N reproduces them.
     Every other optimizer updates each tensor on its own, so one optimizer steps alike; the split is left
-    out (one optimizer state, and the spec runs under FSDP and DeepSpeed too)."""
+    out (one optimizer state, and the spec runs under FSDP and DeepSpeed too).
+
+    With gradient_accumulation_steps > 1 the chunks differ in when they step: kohya's hooks call every
+    optimizer's step and zero_grad after each micro-batch, but those of optimizers[1:] are accelerate's
+    wrappers (prepared one by one), which do nothing until the last micro-batch (sync_gradients), so they
+    accumulate; optimizers[0] in the list is the bare optimizer (only the `optimizer` name was rebound to its
+    wrapper), which steps from each micro-batch's gradient (loss / accumulation, accelerate's backward) and
+    clears it. The LR schedules step once per optimizer step (accelerate's wrapper again) and the hooks clip
+    on the last micro-batch only: optimizer.split = N with split_first_step = "micro_batch", for every
+    kind."""
     groups = a["fused_optimizer_groups"]
     kind = str(conv.values[("optimizer", "kind")][0]) if ("optimizer", "kind") in conv.values else "adamw"
-    if kind.startswith(("prodigy", "dadapt")):
+    accumulation = a["gradient_accumulation_steps"].value
+    if accumulation and int(accumulation) > 1:
+        conv.mapped(
+            groups,
+            ("optimizer", "split"),
+            int(groups.value),
+            note=f"one {kind} per chunk; with gradient_accumulation_steps {accumulation} kohya's first "
+            "optimizer steps after every micro-batch, the others once per step: "
+            'split_first_step = "micro_batch"',
+        )
+        conv.put(
+            ("optimizer", "split_first_step"),
+            "micro_batch",
+            conv.comment(
+                groups,
+                f"gradient_accumulation_steps {accumulation}: the first optimizer is not accelerate's "
+                "wrapper and steps every micro-batch",
+            ),
+        )
+    elif kind.startswith(("prodigy", "dadapt")):
         conv.mapped(
             groups,
             ("optimizer", "split"),
@@ -1188,12 +1303,4 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
             "mapped",
             "optimizer",
             note=f"{kind} updates each tensor on its own: kohya's {groups.value} optimizers step as one does",
-        )
-    accumulation = a["gradient_accumulation_steps"].value
-    if accumulation and int(accumulation) > 1:
-        conv.differs(
-            groups,
-            f"with gradient_accumulation_steps {accumulation} kohya's gradient hooks step every optimizer "
-            "after each micro-batch's backward (clipping only on the last), so nothing accumulates; dbspec "
-            "accumulates the micro-batches and steps once",
         )
