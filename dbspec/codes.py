@@ -1744,6 +1744,19 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
         help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
     Code(
+        "DBS386",
+        WARNING,
+        "A bucket taller or wider than the scaled position table it picks",
+        """\
+With `model.scaled_pos_embed`, each denoiser forward picks one of kohya's scaled position tables by the
+latent's patch area (one table per dataset resolution, its grid 1.5 times the resolution's patched side). A
+bucket whose patched height or width exceeds the grid of the table its area picks makes the run add a table
+for that side, as kohya does ("Image is too tall or wide"); later forwards may then pick the added table, so
+which table a bucket gets can depend on the order the batches come in. The run logs each table it adds, and
+checkpoints keep them, so a resumed run picks as the uninterrupted one.""",
+        help="narrow the bucket range (buckets.min_size / max_size), or accept the added tables",
+    ),
+    Code(
         "DBS401",
         ERROR,
         "A legacy input cannot be read",
@@ -2150,6 +2163,28 @@ Train without `precision.compile`, or without the random window.""",
 SD3's joint attention processors call SDPA directly and have no plain counterpart (`AttnProcessor` cannot run
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
+    ),
+    # kohya's scaled SD3 position-embedding tables (model.scaled_pos_embed): DBS550-DBS551.
+    Code(
+        "DBS550",
+        ERROR,
+        "Scaled position-embedding tables on a family without a cropped table",
+        """\
+`model.scaled_pos_embed` replaces the window the denoiser cuts from its stored position-embedding table
+(diffusers' `PatchEmbed` with `pos_embed_max_size`, SD3's MMDiT) by kohya's scaled sin-cos tables. Other
+families' denoisers have no such table (Flux's positions are rotary).""",
+        help="remove model.scaled_pos_embed",
+    ),
+    Code(
+        "DBS551",
+        ERROR,
+        "Scaled position-embedding tables with precision.compile",
+        """\
+`model.scaled_pos_embed` picks each forward's table by the latent's area from tables that grow during the
+run (a taller or wider latent adds one, and later forwards may pick it), as kohya's MMDiT does; a compiled
+denoiser would keep the table it was traced with. Train without `precision.compile`, or without the scaled
+tables.""",
+        help="set precision.compile = false, or remove model.scaled_pos_embed",
     ),
 )
 

@@ -256,6 +256,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "oft_rescaled"): False,
         ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
         ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
+        ("model", "scaled_pos_embed"): [],  # kohya's scaled SD3 position tables, added since
     },
 }
 
