@@ -64,19 +64,24 @@ class ScaledTables:
         side = pick(self.bounds, h, w)
         if h > self.grids[side] or w > self.grids[side]:
             side = max(h, w)
-            self.add(side)
-            if self.log is not None:
+            if self.add(side) and self.log is not None:
                 self.log(
                     f"model.scaled_pos_embed: added a position table for {side} patches (a {h}x{w}-patch "
-                    f"latent is taller or wider than its table)"
+                    f"latent is taller or wider than the table its area picks)"
                 )
         return side, self.grids[side]
 
-    def add(self, side: int) -> None:
+    def add(self, side: int) -> bool:
+        """Add the table of a patched side and its bound (its grid's area); False when that bound is there
+        already. kohya appends the bound again each time a latent outgrows its table; an equal (area, side)
+        entry picks nothing else, so one is kept (and the checkpoint's list of sides stays short)."""
         grid = grid_of(side)
+        if (grid * grid, side) in self.bounds:
+            return False
         self.grids[side] = grid
         self.bounds = sorted([*self.bounds, (grid * grid, side)])
         self.added.append(side)
+        return True
 
     def table(self, side: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The (1, grid x grid, dim) table of a patched side, built once per device and dtype."""
