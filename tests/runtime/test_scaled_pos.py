@@ -226,3 +226,27 @@ def test_plain_plans_keep_the_stored_table(tmp_path):
     assert plan.model.scaled_pos_embed == ()
     assert install(plan, [None]) is None
     assert scaled_pos.tables_of(build_pipeline(BASE).transformer) is None
+
+
+def _diagnostics(tmp: Path, base: str, extra: str = ""):
+    from dbspec.frontend import plan_spec
+    from tests.runtime.runspec import CPU
+
+    spec = write_spec(tmp, base=base, steps=2, extra=extra)
+    return plan_spec(spec, CPU, str(spec), ["model.scaled_pos_embed=true"])
+
+
+def test_a_bucket_that_outgrows_its_table_is_warned_at_plan_time(tmp_path):
+    folder = tmp_path / "data" / "tall"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 320), (40, 90, 160)).save(folder / "tall-0.png")
+    planned = _diagnostics(tmp_path, BASE, TALL.split('[[datasets]]\nname = "big"')[0])
+    warned = [d for d in planned.diagnostics if d.code == "DBS386"]
+    assert planned.plan is not None and len(warned) == 1
+    assert "32x128" in warned[0].message and warned[0].path == "model.scaled_pos_embed"
+
+
+def test_a_detected_family_without_the_table_is_refused(tmp_path):
+    planned = _diagnostics(tmp_path, "builtin:tiny-sdxl")
+    assert planned.plan is None
+    assert [d.code for d in planned.diagnostics if d.severity == "error"] == ["DBS550"]
