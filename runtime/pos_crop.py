@@ -28,9 +28,8 @@ def window(table: torch.Tensor, max_size: int, height: int, width: int, top: int
 
 
 def _drawing(module: PatchEmbed, rate: float, generator: torch.Generator):
-    centred = (
-        module.cropped_pos_embed
-    )  # diffusers' own (checks the sizes), or the scaled tables' centred window
+    # diffusers' own (checks the sizes), or the scaled tables' centred window (runtime/scaled_pos.py)
+    centred = module.cropped_pos_embed
     scaled = module.__dict__.get("scaled_tables")  # runtime/scaled_pos.py's, when installed
 
     def cropped_pos_embed(height: int, width: int) -> torch.Tensor:
