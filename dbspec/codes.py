@@ -1751,7 +1751,7 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
 With `model.scaled_pos_embed`, each denoiser forward picks one of kohya's scaled position tables by the
 latent's patch area (one table per dataset resolution, its grid 1.5 times the resolution's patched side). A
 bucket whose patched height or width exceeds the grid of the table its area picks makes the run add a table
-for that side, as kohya does ("Image is too tall or wide"); later forwards may then pick the added table, so
+for that side, as kohya does (and logs); later forwards may then pick the added table, so
 which table a bucket gets can depend on the order the batches come in. The run logs each table it adds, and
 checkpoints keep them, so a resumed run picks as the uninterrupted one.""",
         help="narrow the bucket range (buckets.min_size / max_size), or accept the added tables",
