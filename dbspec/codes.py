@@ -1755,6 +1755,19 @@ parameters to have gradients on every process, so dbspec trains DyLoRA in one pr
         help="train with one process, or another adapter kind",
     ),
     Code(
+        "DBS386",
+        WARNING,
+        "A bucket taller or wider than the scaled position table it picks",
+        """\
+With `model.scaled_pos_embed`, each denoiser forward picks one of kohya's scaled position tables by the
+latent's patch area (one table per dataset resolution, its grid 1.5 times the resolution's patched side). A
+bucket whose patched height or width exceeds the grid of the table its area picks makes the run add a table
+for that side, as kohya does (and logs); later forwards may then pick the added table, so
+which table a bucket gets can depend on the order the batches come in. The run logs each table it adds, and
+checkpoints keep them, so a resumed run picks as the uninterrupted one.""",
+        help="narrow the bucket range (buckets.min_size / max_size), or accept the added tables",
+    ),
+    Code(
         "DBS389",
         ERROR,
         "A first chunk stepped per micro-batch under fp16 mixed precision",
@@ -2183,6 +2196,28 @@ a joint attention), so dbspec refuses it there.""",
 `unit`, LyCORIS's `block_size`) and trains one block per step: `rank`, and `conv_rank` when above 0, must be
 multiples of `unit` (both tools assert it).""",
         help="make rank (and conv_rank) a multiple of adapter.unit, or change unit",
+    ),
+    # kohya's scaled SD3 position-embedding tables (model.scaled_pos_embed): DBS550-DBS551.
+    Code(
+        "DBS550",
+        ERROR,
+        "Scaled position-embedding tables on a family without a cropped table",
+        """\
+`model.scaled_pos_embed` replaces the window the denoiser cuts from its stored position-embedding table
+(diffusers' `PatchEmbed` with `pos_embed_max_size`, SD3's MMDiT) by kohya's scaled sin-cos tables. Other
+families' denoisers have no such table (Flux's positions are rotary).""",
+        help="remove model.scaled_pos_embed",
+    ),
+    Code(
+        "DBS551",
+        ERROR,
+        "Scaled position-embedding tables with precision.compile",
+        """\
+`model.scaled_pos_embed` picks each forward's table by the latent's area from tables that grow during the
+run (a taller or wider latent adds one, and later forwards may pick it), as kohya's MMDiT does; a compiled
+denoiser would keep the table it was traced with. Train without `precision.compile`, or without the scaled
+tables.""",
+        help="set precision.compile = false, or remove model.scaled_pos_embed",
     ),
     Code(
         "DBS554",

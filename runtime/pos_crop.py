@@ -7,7 +7,10 @@ first), instead of the centred window.
 diffusers' SD3Transformer2DModel cuts its window in `PatchEmbed.cropped_pos_embed`; within `training_windows`
 (the forwards of one training micro-batch) each such module of the denoiser and the teacher copy has that
 method replaced by one drawing from the run's generator (checkpointed: a resumed run draws the same windows).
-Evaluation and validation forwards, outside it, keep diffusers' centred window."""
+Evaluation and validation forwards, outside it, keep diffusers' centred window. With model.scaled_pos_embed
+(runtime/scaled_pos.py, installed before) the window moves within the scaled table the forward picks, as
+kohya's cropped_scaled_pos_embed draws it (the table picked, and any added, between the rate draw and the
+window's)."""
 
 from __future__ import annotations
 
@@ -25,16 +28,23 @@ def window(table: torch.Tensor, max_size: int, height: int, width: int, top: int
 
 
 def _drawing(module: PatchEmbed, rate: float, generator: torch.Generator):
-    centred = module.cropped_pos_embed  # diffusers' own (checks the sizes)
+    # diffusers' own (checks the sizes), or the scaled tables' centred window (runtime/scaled_pos.py)
+    centred = module.cropped_pos_embed
+    scaled = module.__dict__.get("scaled_tables")  # runtime/scaled_pos.py's, when installed
 
     def cropped_pos_embed(height: int, width: int) -> torch.Tensor:
         if not torch.rand(1, generator=generator).item() < rate:
             return centred(height, width)
-        size, h, w = module.pos_embed_max_size, height // module.patch_size, width // module.patch_size
-        centred(height, width)  # its size checks (a window larger than the table is an error)
+        h, w = height // module.patch_size, width // module.patch_size
+        if scaled is not None:  # kohya's cropped_scaled_pos_embed: the picked (or added) table's grid
+            side, size = scaled.pick(h, w)
+            table = scaled.table(side, module.pos_embed.device, module.pos_embed.dtype)
+        else:
+            size, table = module.pos_embed_max_size, module.pos_embed
+            centred(height, width)  # its size checks (a window larger than the table is an error)
         top = int(torch.randint(0, size - h + 1, (1,), generator=generator).item())
         left = int(torch.randint(0, size - w + 1, (1,), generator=generator).item())
-        return window(module.pos_embed, size, h, w, top, left)
+        return window(table, size, h, w, top, left)
 
     return cropped_pos_embed
 
@@ -57,10 +67,14 @@ def training_windows(plan, models: list, generator: torch.Generator) -> Iterator
         raise ValueError(
             "loss.pos_embed_random_crop_rate: the denoiser has no cropped position-embedding table"
         )
+    before = [m.__dict__.get("cropped_pos_embed") for m in patched]  # the scaled tables' method, if any
     for m in patched:
         m.cropped_pos_embed = _drawing(m, rate, generator)  # an instance attribute over the method
     try:
         yield
     finally:
-        for m in patched:
-            del m.cropped_pos_embed
+        for m, method in zip(patched, before):
+            if method is None:
+                del m.cropped_pos_embed
+            else:
+                m.cropped_pos_embed = method

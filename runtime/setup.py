@@ -33,6 +33,7 @@ from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.blocks import block_param_groups
 from dbspec.runtime.state import TrainState
+from dbspec.runtime.scaled_pos import install as install_scaled_tables
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
 from dbspec.runtime.tokens_ti import add_tokens
@@ -103,6 +104,9 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
             )
     teacher = make_teacher(plan, comps, device)
     unet_params, per_encoder = configure_models(plan, comps, device)
+    # model.scaled_pos_embed: kohya's scaled position tables in every denoiser forward from here on (not the
+    # class images above, made with the untouched base)
+    install_scaled_tables(plan, [comps.unet, teacher], log=_scaled_log(accelerator, console))
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
         load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
@@ -217,6 +221,13 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         tokens.stop()
     set_train_mode(comps, plan)
     return run
+
+
+def _scaled_log(accelerator, console):
+    """Where the first process says a scaled position table was added (the others stay quiet)."""
+    if not accelerator.is_main_process:
+        return None
+    return lambda text: (console or Console(stderr=True)).print(f"note: {text}", markup=False)
 
 
 def _named(comps: Components) -> list[tuple[str, torch.nn.Module]]:

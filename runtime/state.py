@@ -15,6 +15,7 @@ from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
 from dbspec.runtime.rounding import load_keeping_state_dtypes
+from dbspec.runtime.scaled_pos import added_sides, restore_sides
 from dbspec.runtime.tokens_ti import split_state
 from dbspec.runtime.weights import restore_trainable, trainable_state
 
@@ -38,6 +39,9 @@ class TrainState:
     # Every process's training-noise generator, by rank (several processes; None for one, or a checkpoint
     # saved before they were kept): noise_streams = "process" resumes each process's own stream.
     generators: list[torch.Tensor] | None = None
+    # model.scaled_pos_embed: the patched sides of the position tables the run added so far, in order (the
+    # first process's; None when off, or a checkpoint saved before they were kept)
+    scaled_pos_sides: list[int] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -79,6 +83,7 @@ class TrainState:
             run_hash=run_hash(run.plan),
             plan=run.plan_json,
             generators=generators,
+            scaled_pos_sides=added_sides(run.comps.unet),
         )
 
     def restore(self, run: Run) -> None:
@@ -102,6 +107,8 @@ class TrainState:
             run.generator.set_state(self.generator)  # an older checkpoint: only the first process's stream
         if run.ema is not None:
             run.ema.load_state_dict(self.ema)
+        if run.accelerator.is_main_process:  # the sides it saved are its own
+            restore_sides(run.comps.unet, self.scaled_pos_sides)
         ckpt.restore_rng_state(self.rng)
 
 

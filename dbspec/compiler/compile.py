@@ -25,6 +25,7 @@ from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
+from dbspec.compiler.scaled_pos import plan_scaled_pos_embed
 from dbspec.compiler.text_masks import check_text_masks
 from dbspec.compiler.preview import plan_preview
 from dbspec.compiler.refine import check_refiner_options, plan_refine, refines
@@ -125,6 +126,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         _plan_rules(ctx, schedule.total_steps)
         datasets, caption_notes = settle_captions(datasets, schedule.total_steps, keyer.empty_key())
     loss = plan_loss(ctx, model, datasets)
+    model = plan_scaled_pos_embed(ctx, model, datasets, buckets)
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets, caption_notes)
     init = plan_init_weights(ctx, model.family, precision.components) if model and precision else ("", 0)

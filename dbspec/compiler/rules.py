@@ -2752,6 +2752,31 @@ def pos_embed_crop_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def scaled_pos_embed_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """model.scaled_pos_embed: a family whose denoiser crops a stored position-embedding table (DBS550;
+    families spelled out only, the compiler checks a detected one), never compiled (DBS551)."""
+    path = ("model", "scaled_pos_embed")
+    if not spec.model.scaled_pos_embed:
+        return
+    if spec.model.family != "auto" and not family_spec(spec.model.family).pos_embed_crop:
+        yield _err(
+            "DBS550",
+            path,
+            f"model.scaled_pos_embed is true, but {family_spec(spec.model.family).title} denoisers have no "
+            "cropped position-embedding table to replace (SD3 only)",
+            codes.help("DBS550"),
+        )
+    if spec.precision.compile:
+        yield _err(
+            "DBS551",
+            path,
+            "model.scaled_pos_embed picks each forward's table from tables that grow during the run, which a "
+            "compiled denoiser (precision.compile = true) cannot follow",
+            codes.help("DBS551"),
+        )
+
+
+@rule("spec")
 def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """precision.attention = "eager" needs a plain attention the family's registry names (DBS547; families
     spelled out only, the precision pass checks a detected one)."""

@@ -263,6 +263,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "split_train"): "all",
         ("optimizer", "split_first_step"): "step",
         ("precision", "fp16_gradients"): "unscaled",
+        ("model", "scaled_pos_embed"): [],  # kohya's scaled SD3 position tables, added since
     },
 }
 

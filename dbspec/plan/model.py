@@ -80,6 +80,10 @@ class ModelPlan:
     # encoder in the family's order ("" keeps the base's). The identities include them.
     denoiser_file: str = ""
     text_encoder_files: tuple[str, ...] = ()
+    # model.scaled_pos_embed: kohya's latent sides (round(sqrt(w x h)) // 8 of each dataset resolution,
+    # sorted, distinct) whose scaled sin-cos position tables replace the denoiser's stored one in the run
+    # (runtime/scaled_pos.py); () = off
+    scaled_pos_embed: tuple[int, ...] = ()
 
 
 @frozen

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
+from dbspec.plan.scaled_pos import area_bounds, grid_of
 from dbspec.families import FAMILIES, family_spec
 from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
@@ -86,6 +87,19 @@ def model_table(plan: Plan) -> Table:
     t.caption = "\n".join(lines) or None
     t.caption_justify = "left"
     return t
+
+
+def scaled_pos_summary(sides: tuple[int, ...]) -> str:
+    """model.scaled_pos_embed: the tables the run starts with and how a forward picks one."""
+    bounds = area_bounds(sides)
+    tables = ", ".join(
+        f"latent {side} ({patched} patches, grid {grid_of(patched)}, areas up to {bound})"
+        for side, (bound, patched) in zip(sides, bounds)
+    )
+    return (
+        f"kohya's scaled sin-cos tables replace the stored one in every forward of the run: {tables}; a "
+        "latent taller or wider than its table's grid adds a table for its side (checkpointed)"
+    )
 
 
 def text_mask_lines(m) -> list[str]:
@@ -694,6 +708,8 @@ def training_table(plan: Plan) -> Table:
         t.add_row("rollout", rollout_summary(plan.loss.rollout))
     if plan.loss.text_encoder_dropout:
         t.add_row("text dropout", text_dropout_summary(plan))
+    if plan.model.scaled_pos_embed:
+        t.add_row("position tables", scaled_pos_summary(plan.model.scaled_pos_embed))
     if plan.loss.pos_embed_random_crop_rate:
         t.add_row(
             "position window",

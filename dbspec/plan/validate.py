@@ -177,6 +177,7 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     yield from _group_problems(plan)
     yield from _noise_problems(plan)
     yield from _text_dropout_problems(plan)
+    yield from _scaled_pos_problems(plan)
     yield from _eager_attention_problems(plan)
     yield from _output_problems(plan)
 
@@ -237,6 +238,24 @@ def _text_dropout_problems(plan: Plan) -> Iterator[str]:
         yield (
             "loss.text_encoder_dropout must give one rate per text encoder of a family with per-encoder "
             f"dropout (SD3: 3); found {len(rates)} for family {plan.model.family!r}"
+        )
+
+
+def _scaled_pos_problems(plan: Plan) -> Iterator[str]:
+    """model.scaled_pos_embed as DBS550 checks it in specs, and its sides as the compiler writes them."""
+    sides = plan.model.scaled_pos_embed
+    if not sides:
+        return
+    family = FAMILIES.get(plan.model.family)
+    if family is None or not family.pos_embed_crop:
+        yield (  # DBS550 in specs
+            "model.scaled_pos_embed needs a denoiser with a cropped position-embedding table (SD3); "
+            f"found family {plan.model.family!r}"
+        )
+    if any(s < 2 for s in sides) or list(sides) != sorted(set(sides)):
+        yield (
+            "model.scaled_pos_embed must hold distinct ascending latent sides of 2 or more; "
+            f"found {list(sides)}"
         )
 
 

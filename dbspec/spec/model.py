@@ -123,6 +123,17 @@ class Model:
         "positions' hidden states change (the prompt's tokens and the pooled output do not). In training, "
         "text caches and validation samples.",
     )
+    scaled_pos_embed: bool = option(
+        False,
+        doc="SD3: replace the denoiser's stored position-embedding table, for the whole run (training, the "
+        "evaluation loss and validation samples), by kohya's scaled sin-cos tables (sd3_train_network.py "
+        "`--enable_scaled_pos_embed`, which kohya meant for SD3.5 medium): one table per dataset resolution "
+        "(latent side round(sqrt(w x h)) / 8, a grid 1.5 times its patched side, positions rescaled so the "
+        "resolution's centre matches), each forward taking the table its patch area picks and a new one "
+        "when the latent is taller or wider than that table. With loss.pos_embed_random_crop_rate the "
+        "random window moves within the scaled table. The saved weights and `dbspec sample` keep the stored "
+        "table. Not with precision.compile.",
+    )
     aesthetic_score: float = option(
         6.0,
         doc="SDXL refiner: the aesthetic score its micro-conditioning trains with (every image), and the one "

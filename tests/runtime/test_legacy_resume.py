@@ -56,6 +56,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["loss"]["flow"]  # flow matching (SD3), added since (none then)
     del data["loss"]["text_encoder_dropout"]  # per-encoder conditioning dropout (SD3), added since
     del data["loss"]["pos_embed_random_crop_rate"]  # SD3's random position-embedding window, added since
+    del data["model"]["scaled_pos_embed"]  # kohya's scaled SD3 position tables, added since
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)
     for key in ("loraplus_denoiser_ratio", "loraplus_text_encoder_ratio"):

@@ -1,7 +1,7 @@
 """kohya sd3_train_network.py's per-encoder caption dropout (`--clip_l_dropout_rate`, `--clip_g_dropout_rate`,
 `--t5_dropout_rate`, library/strategy_sd3.py Sd3TextEncodingStrategy) -> loss.text_encoder_dropout, exact;
-`--pos_emb_random_crop_rate` -> loss.pos_embed_random_crop_rate; `--enable_scaled_pos_embed` stays refused
-(DBS403)."""
+`--pos_emb_random_crop_rate` -> loss.pos_embed_random_crop_rate, beside `--enable_scaled_pos_embed` ->
+model.scaled_pos_embed (tests/unit/test_convert_kohya_sd3_scaled_pos.py)."""
 
 from __future__ import annotations
 
@@ -60,15 +60,14 @@ def test_no_rate_writes_nothing(tmp_path):
     assert "text_encoder_dropout" not in outcome.text
 
 
-def test_the_random_position_window_maps_and_the_scaled_tables_stay_refused(tmp_path):
-    outcome = _sd3(tmp_path, "--pos_emb_random_crop_rate 0.2 --enable_scaled_pos_embed", allow=True)
-    refused = [d.message for d in outcome.diagnostics if d.code == "DBS403"]
-    assert len(refused) == 1 and "enable_scaled_pos_embed" in refused[0]
-    assert "SD3Transformer2DModel" in refused[0]
+def test_the_random_position_window_maps_beside_the_scaled_tables(tmp_path):
+    outcome = _sd3(tmp_path, "--pos_emb_random_crop_rate 0.2 --enable_scaled_pos_embed")
+    assert "DBS403" not in codes(outcome), errors(outcome)
     assert fate(outcome, "pos_emb_random_crop_rate") == "mapped"
+    assert fate(outcome, "enable_scaled_pos_embed") == "mapped"
     plan = plan_of(outcome, tmp_path)
     assert plan.loss.pos_embed_random_crop_rate == 0.2
-    assert not _sd3(tmp_path / "strict", "--enable_scaled_pos_embed").written
+    assert plan.model.scaled_pos_embed == (512 // 8,)
 
 
 def test_a_random_window_rate_past_one_always_crops(tmp_path):

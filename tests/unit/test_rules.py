@@ -1282,6 +1282,19 @@ CASES = [
         [("DBS544", "error", ("loss", "pos_embed_random_crop_rate"))],
         'family = "sd3"\n' + DOG + STEPS + "[precision]\ncompile = true\n",
     ),
+    # model.scaled_pos_embed: kohya's scaled SD3 position tables, SD3 only, never compiled
+    (
+        rules.scaled_pos_embed_fits,
+        'family = "flux"\nscaled_pos_embed = true\n' + DOG + STEPS,
+        [("DBS550", "error", ("model", "scaled_pos_embed"))],
+        'family = "sd3"\nscaled_pos_embed = true\n' + DOG + STEPS,
+    ),
+    (
+        rules.scaled_pos_embed_fits,
+        'family = "sd3"\nscaled_pos_embed = true\n' + DOG + STEPS + "[precision]\ncompile = true\n",
+        [("DBS551", "error", ("model", "scaled_pos_embed"))],
+        'family = "sd3"\n' + DOG + STEPS + "[precision]\ncompile = true\n",
+    ),
     # precision.attention = "eager": a plain attention the family's registry names (none for SD3)
     (
         rules.eager_attention_fits,

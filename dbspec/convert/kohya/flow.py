@@ -360,12 +360,11 @@ def _sd3_only(a: Args, conv: Conversion) -> None:
         conv.mapped(crop, ("loss", "pos_embed_random_crop_rate"), rate, note=note)
     else:
         conv.record(crop, "mapped", "loss.pos_embed_random_crop_rate")
-    if a["enable_scaled_pos_embed"].value:
-        conv.unsupported(
-            a["enable_scaled_pos_embed"],
-            "kohya's MMDiT resamples its position-embedding table per resolution; diffusers' "
-            "SD3Transformer2DModel has one table (see docs/converting.md)",
-        )
+    scaled = a["enable_scaled_pos_embed"]  # MMDiT.enable_scaled_pos_embed: per-resolution sin-cos tables
+    if scaled.value:
+        conv.mapped(scaled, ("model", "scaled_pos_embed"), True)
+    else:
+        conv.record(scaled, "mapped", "model.scaled_pos_embed")
 
 
 # kohya's per-encoder dropout flags, in the SD3 family's text-encoder order (CLIP-L, CLIP-G, T5-XXL).
