@@ -2151,6 +2151,18 @@ SD3's joint attention processors call SDPA directly and have no plain counterpar
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
     ),
+    # The separate parts of a fused layer drawing their dropouts together (adapter.fused_dropout): DBS552.
+    Code(
+        "DBS552",
+        ERROR,
+        "Fused dropout without separate parts of fused layers",
+        """\
+`adapter.fused_dropout = true` makes the separate LoRAs of a fused layer's parts (kohya's `split_qkv`) draw
+`module_dropout`, `down_dropout` and `rank_dropout` once per fused layer, as kohya's LoRA on the fused Linear
+draws them. With `adapter.fused_projections = true` the parts share one down and one draw already, and a
+family without fused layers has no parts to draw together.""",
+        help="remove adapter.fused_dropout",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -164,6 +164,9 @@ class AdapterPlan:
     blocks: tuple[BlockPlan, ...] = ()
     # lora: the fused layers whose parts share one down-projection (adapter.fused_projections); () for none
     fused: tuple[FusedPlan, ...] = ()
+    # lora: the fused layers whose separate parts (fused_projections false, kohya's split_qkv) draw their
+    # dropouts once per layer (adapter.fused_dropout); () for none
+    split_fused: tuple[FusedPlan, ...] = ()
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

@@ -548,6 +548,14 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 "fused layer)" + _fused_draw(a),
             )
         )
+    for fused in a.split_fused:
+        rows.append(
+            (
+                f"  split {fused.name}",
+                f"{fused.blocks}.*: {', '.join(fused.parts)} keep their own LoRAs (kohya's split_qkv)"
+                + _fused_draw(a).replace("once per layer", "once per layer, in this part order"),
+            )
+        )
     bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name

@@ -423,6 +423,15 @@ class LoraAdapter:
         "`module_dropout` are drawn once per fused layer, as kohya draws them. false: each part has its own "
         "LoRA. Families without fused layers refuse it.",
     )
+    # kohya's lora_flux / lora_sd3 with split_qkv: separate LoRAs on the parts, one draw per fused layer.
+    fused_dropout: bool = option(
+        False,
+        doc="With `fused_projections = false`: the separate LoRAs of each original fused layer's parts draw "
+        "the dropouts once per fused layer and forward, as kohya's LoRA on a fused Linear with `split_qkv` "
+        "draws them: one `module_dropout` draw skips all the parts together, and the parts' `down_dropout` "
+        "(and `rank_dropout`) masks are drawn together, in the original layer's part order (q, k, v, then "
+        "Flux's MLP input). false: each part's LoRA draws its own. Needs a family with fused layers.",
+    )
 
 
 @frozen

@@ -74,6 +74,10 @@ def test_split_qkv_with_single_blocks_only_is_one_lora_per_part(tmp_path):
     assert _block(plan, r"^transformer_blocks\.").rank == 0  # no double block trains
     assert a.down_dropout == 0.1 and fate(outcome, "network_dropout") == "mapped"  # per part in kohya too
     assert not errors(outcome) and "network" not in messages(outcome, "DBS404")
+    # the parts' masks drawn together, in kohya's part order (q, k, v, MLP input): exact
+    assert [(f.name, f.parts) for f in a.split_fused] == [
+        ("linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))
+    ]
 
 
 def test_split_qkv_with_double_blocks_fails_in_kohya_and_is_refused(tmp_path):
@@ -124,12 +128,33 @@ def test_dropouts_on_fused_layers_map_exactly(tmp_path):
     # drawn once per fused Linear, as kohya draws them (runtime/fused_dropout.py): exact, no DBS404 or DBS508
     assert not {"DBS404", "DBS508"} & codes(outcome)
     assert fate(outcome, "network_dropout") == "mapped" and plan.adapter.fused
-    split = _flux(
-        tmp_path,
-        '--network_args "rank_dropout=0.1" "module_dropout=0.05" "split_qkv=True" "train_blocks=single"',
-    )
-    assert "skips all parts of a fused Linear" in messages(split, "DBS404")
-    assert "rank_dropout" not in messages(split, "DBS404")
+
+
+def test_module_dropout_with_split_qkv_skips_a_fused_layers_parts_together(tmp_path):
+    """kohya's split LoRAModule draws one `torch.rand(1) < module_dropout` for all the parts of a fused
+    Linear: adapter.fused_dropout, the split parts' draws shared (no DBS404)."""
+    split = _flux(tmp_path, '--network_args "module_dropout=0.05" "split_qkv=True" "train_blocks=single"')
+    plan = plan_of(split, tmp_path)
+    a = plan.adapter
+    assert (a.module_dropout, a.fused, [f.name for f in a.split_fused]) == (0.05, (), ["linear1"])
+    assert "DBS404" not in codes(split) and "fused_dropout = true" in out_path(tmp_path).read_text()
+    folder = tmp_path / "sd3"
+    folder.mkdir()
+    sd3 = plan_of(_sd3_split(folder), folder).adapter
+    assert {"x_block_attn_qkv", "context_block_attn_qkv"} <= {f.name for f in sd3.split_fused}
+
+
+def _sd3_split(tmp_path):
+    from test_convert_lora_sd3 import _sd3
+
+    return _sd3(tmp_path, '--network_args "module_dropout=0.1" "split_qkv=True"')
+
+
+def test_rank_dropout_with_split_qkv_fails_in_kohya_and_is_refused(tmp_path):
+    """kohya's split forward reads `lx` on its rank-dropout path, unbound there (UnboundLocalError at the
+    first training step, checked in a scratch run of networks/lora_flux.py's LoRAModule)."""
+    split = _flux(tmp_path, '--network_args "rank_dropout=0.1" "split_qkv=True" "train_blocks=single"')
+    assert not split.written and "UnboundLocalError" in "".join(errors(split))
 
 
 def test_what_lora_flux_has_that_dbspec_cannot_express(tmp_path):
