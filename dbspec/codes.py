@@ -1744,6 +1744,17 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
         help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
     Code(
+        "DBS387",
+        WARNING,
+        "The starting LoRA file holds layers the adapter does not adapt",
+        """\
+With `adapter.init_partial = true` the starting file (`adapter.init_weights`) loads as kohya loads
+`--network_weights` (`load_state_dict(strict=False)`): a file layer whose name is not among the adapter's
+targets is ignored, and an adapted layer the file lacks keeps its random init. This warning names how many
+file layers are ignored and the first one.""",
+        help="check that the file is the one meant, or set the adapter's targets to the file's layers",
+    ),
+    Code(
         "DBS401",
         ERROR,
         "A legacy input cannot be read",

@@ -158,6 +158,9 @@ class AdapterPlan:
     # of its layers load (those of components that train).
     init_weights: str = ""
     init_layers: int = 0
+    # lora: init_weights loaded as kohya loads it (strict=False): layers the file lacks keep their init, file
+    # layers the adapter lacks are ignored (adapter.init_partial); False: both refused when the run loads it
+    init_partial: bool = False
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.

@@ -562,7 +562,15 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append((f"  {shown} params", f"{count:,} ({bound if name == 'unet' else 'estimate'})"))
     if a.init_weights:
         rows.append(
-            ("  starts from", f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)")
+            (
+                "  starts from",
+                f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)"
+                + (
+                    "; layers it lacks keep their init, as kohya's strict=False load"
+                    if a.init_partial
+                    else ""
+                ),
+            )
         )
     return rows
 

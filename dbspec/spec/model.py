@@ -412,6 +412,14 @@ class LoraAdapter:
         "Empty: peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as kohya loads `--network_weights` (`load_state_dict(strict=False)`): an "
+        "adapted layer the file lacks keeps its random init, and a file layer the adapter does not adapt is "
+        "ignored (a warning at plan time when its name shows it). A tensor of the wrong shape still fails. "
+        "false: the run refuses a file that does not cover the adapter exactly, naming the file and the "
+        "first layer.",
+    )
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
     fused_projections: bool = option(
         False,

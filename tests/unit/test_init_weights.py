@@ -89,6 +89,8 @@ def test_network_weights_converts_and_the_plan_starts_from_the_file(tmp_path):
     assert fate(outcome, "network_weights") == "mapped"
     rows = dict(adapter_rows(plan.adapter))
     assert str(lora.resolve()) in rows["  starts from"]
+    # kohya's load_weights is load_state_dict(strict=False): layers the file lacks keep their init
+    assert plan.adapter.init_partial and "strict=False" in rows["  starts from"]
 
 
 def test_dim_from_weights_takes_rank_and_alpha_from_the_file_not_network_dim(tmp_path):
@@ -214,3 +216,16 @@ def test_network_weights_of_a_tucker_locon_are_refused_with_the_reason(tmp_path)
     )
     assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
     assert "lora_mid" in outcome.conversion.reports["network_weights"].note
+
+
+def test_init_partial_ignores_file_layers_the_adapter_does_not_adapt(tmp_path):
+    """adapter.init_partial (kohya's strict=False load): a file layer outside the targets is ignored with
+    DBS387 naming it; without init_partial it is DBS356."""
+    ff = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2"
+    write_lora(tmp_path / "prev.safetensors", {**MODULES, ff: (8, 4.0, 320, 0)})
+    planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"\ninit_partial = true')
+    assert planned.plan is not None and planned.plan.adapter.init_layers == 2  # Q, OUT (TE frozen)
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS387"]
+    assert ff in hit.message and "strict=False" in hit.message and hit.path == "adapter.init_partial"
+    planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"')
+    assert planned.plan is None and "DBS356" in {d.code for d in planned.diagnostics}

@@ -11,7 +11,7 @@ from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
-from dbspec.convert.kohya.network import map_network, map_network_weights
+from dbspec.convert.kohya.network import map_init_weights, map_network, map_network_weights
 from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.compiler.init_weights import file_ranks
 from dbspec.compiler.lora_file import read_lora_file
@@ -379,7 +379,7 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
         conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear")
         return
     (rank, alpha), note = ranks["rank"], f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
-    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    map_init_weights(weights, paths, conv)
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")

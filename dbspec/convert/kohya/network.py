@@ -564,6 +564,18 @@ def _float(text) -> float:
     return float(text)
 
 
+def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
+    """`--network_weights` -> adapter.init_weights, loaded as kohya's network loads it: `load_weights` calls
+    `load_state_dict(weights_sd, False)`, so a layer the file lacks keeps its fresh init and a file layer the
+    network lacks is ignored (adapter.init_partial)."""
+    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    conv.put(
+        ("adapter", "init_partial"),
+        True,
+        conv.comment(weights, "kohya's load_weights: load_state_dict(strict=False)"),
+    )
+
+
 def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
     """`--network_weights`: train_network.py loads the file into the network after `apply_to` (before
     training; a resumed state loads over it), dbspec's `adapter.init_weights`. `--dim_from_weights`: the
@@ -595,7 +607,7 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
             "only, not the Tucker layers' lora_mid",
         )
         return
-    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    map_init_weights(weights, paths, conv)
     if not from_file.value:
         return
     local = paths.local(weights.value)
