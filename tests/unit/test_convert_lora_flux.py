@@ -255,14 +255,41 @@ def test_a_split_qkv_flux_file_starts_split_qkv_training(tmp_path):
 
 def test_dim_from_weights_takes_the_rank_of_a_shared_down_file(tmp_path):
     """create_network_from_weights: each module of the file at its rank and alpha, split_qkv off (one shared
-    down per fused Linear): a file at one rank is dbspec's adapter at that rank, started from the file."""
+    down per fused Linear), and no LoRA where the file has no module: blocks naming the file's modules at its
+    rank, then a rank-0 block for the rest."""
     _kohya_flux_file(tmp_path / "prev.safetensors", rank=32, alpha=4.0)
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
     assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
-    assert (a.rank, a.alpha, len(a.fused)) == (32, 4.0, 3)  # not the README's 16 / 8; shared downs
-    assert a.init_weights.endswith("prev.safetensors")
+    assert (a.rank, a.alpha) == (32, 4.0)  # not the README's 16 / 8
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "linear1"]  # the file's fused layers, shared downs
+    assert a.init_weights.endswith("prev.safetensors") and a.init_partial
+    assert _ranks(a) == {
+        "transformer_blocks.0.attn.to_q": (32, 4.0),
+        "transformer_blocks.0.attn.to_out.0": (32, 4.0),
+        "single_transformer_blocks.0.proj_mlp": (32, 4.0),
+        "transformer_blocks.1.attn.to_q": (0, 1.0),  # not in the file: kohya creates no LoRA there
+        "transformer_blocks.0.attn.add_q_proj": (0, 1.0),
+        "single_transformer_blocks.0.proj_out": (0, 1.0),
+    }
+
+
+def _ranks(adapter) -> dict[str, tuple[int, float]]:
+    """(rank, alpha) of a few module paths, by the first block whose pattern matches (as the runtime)."""
+    paths = (
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.0.attn.to_out.0",
+        "single_transformer_blocks.0.proj_mlp",
+        "transformer_blocks.1.attn.to_q",
+        "transformer_blocks.0.attn.add_q_proj",
+        "single_transformer_blocks.0.proj_out",
+    )
+    out = {}
+    for path in paths:
+        block = next(b for b in adapter.blocks if re.search(b.pattern, path))
+        out[path] = (block.rank, block.alpha)
+    return out
 
 
 def test_dim_from_weights_ignores_network_args(tmp_path):
@@ -277,16 +304,25 @@ def test_dim_from_weights_ignores_network_args(tmp_path):
     assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
     assert "create_network_from_weights reads none" in messages(outcome, "DBS405")
     adapter = plan_of(outcome, tmp_path).adapter
-    assert len(adapter.fused) == 3 and adapter.down_dropout == 0
+    assert len(adapter.fused) == 2 and adapter.down_dropout == 0
 
 
-def test_dim_from_weights_with_a_split_file_is_unsupported(tmp_path):
-    """A split_qkv file's fused layers hold three or four times the rank of the others: kohya builds them
-    unsplit at that rank, one rank per kohya module, which dbspec's adapter does not express yet."""
+def test_dim_from_weights_with_a_split_file_builds_its_fused_layers_unsplit(tmp_path):
+    """A split_qkv file's fused layers hold three (double blocks) or four (linear1) times the rank of the
+    others: kohya builds them unsplit at that rank with the file's alpha (one shared down), the others at
+    theirs; the plan's blocks say each, and the plan's check of the file against them passes."""
     _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0, split=True)
-    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights", allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported"
-    assert "three or four times the rank" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    ranks = _ranks(a)
+    assert ranks["transformer_blocks.0.attn.to_q"] == (48, 8.0)  # 3 x 16, alpha kept: scale 8 / 48
+    assert ranks["single_transformer_blocks.0.proj_mlp"] == (64, 8.0)  # 4 x 16
+    assert ranks["transformer_blocks.0.attn.to_out.0"] == (16, 8.0)
+    assert ranks["transformer_blocks.1.attn.to_q"] == (0, 1.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "linear1"] and a.init_layers == 3
+    text = out_path(tmp_path).read_text()
+    assert "[[adapter.blocks]]" in text and "rank = 48" in text and "rank = 64" in text
 
 
 def test_dim_from_weights_needs_alphas_in_the_file(tmp_path):
