@@ -9,6 +9,7 @@ underscores, `lora_te_` + the CLIP path)."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -112,10 +113,39 @@ def test_dim_from_weights_without_alpha_uses_the_rank(tmp_path):
     assert (a.rank, a.alpha) == (8, 8.0)
 
 
-def test_dim_from_weights_with_per_layer_ranks_is_unsupported(tmp_path):
-    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (4, 4.0, 320, 0)})
-    outcome = _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
-    assert not outcome.written and fate(outcome, "dim_from_weights") == "unsupported"
+def test_dim_from_weights_with_per_layer_ranks_builds_each_at_its_rank(tmp_path):
+    """networks.lora's create_network_from_weights builds each module of the file at its rank and alpha and
+    none elsewhere: blocks naming the file's modules (the plan shows each rank), a rank-0 block for the rest;
+    network_args (but the block learning-rate weights) and --network_dropout are not read (DBS405)."""
+    write_lora(
+        tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (4, 2.0, 320, 0), TE: (8, 4.0, 768, 0)}
+    )
+    outcome = _convert(
+        tmp_path,
+        "--network_weights=prev.safetensors --dim_from_weights --network_dropout=0.1 "
+        '--network_args "conv_dim=4" "rank_dropout=0.1"',
+    )
+    assert fate(outcome, "dim_from_weights") == "mapped"
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.rank_dropout, a.down_dropout) == (8, 4.0, 0, 0.0, 0.0)
+
+    def rank(path: str) -> tuple[int, float]:
+        block = next(b for b in a.blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    assert rank("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") == (8, 4.0)
+    assert rank("up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0") == (4, 2.0)
+    assert rank("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k") == (0, 1.0)  # not in the file
+    assert a.init_layers == 3 and a.init_partial
+
+
+def test_dim_from_weights_with_block_lr_weights_is_unsupported(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    outcome = _convert(
+        tmp_path, '--network_weights=prev.safetensors --dim_from_weights --network_args "down_lr_weight=sine"'
+    )
+    assert not outcome.written and fate(outcome, "network_args") == "unsupported"
 
 
 def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15):

@@ -166,22 +166,30 @@ def _patterns(blocks: str, indices: dict[int | None, set[str]]) -> list[str]:
     return out
 
 
-def sd_blocks(file: LoraFile, default: Pair) -> list[dict]:
-    """networks.lora (diffusers names with `.` written `_`): one block per (rank, alpha) other than
-    `default`, naming its linear modules (each `_` matching `.` or `_`)."""
-    groups: dict[Pair, list[str]] = defaultdict(list)
+def sd_blocks(file: LoraFile) -> list[dict]:
+    """networks.lora (diffusers names with `.` written `_`): blocks naming the file's denoiser linear modules
+    at their (rank, alpha), each `_` matching `.` or `_` (the modules that share a tail after their last
+    index together), then a rank-0 block for the linears the file lacks (its `conv_rank` is the caller's)."""
+    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module in file.modules.values():
         if module.conv or not module.name.startswith("lora_unet_"):
             continue
-        pair = pair_of(module)
-        if _same(pair, default):
-            continue
-        key = next((p for p in groups if _same(p, pair)), pair)
-        groups[key].append(module.name.removeprefix("lora_unet_").replace("_", "[._]"))
-    return [
-        {"pattern": "^(" + "|".join(sorted(names)) + ")$", "rank": rank, "alpha": alpha}
-        for (rank, alpha), names in groups.items()
-    ]
+        name = module.name.removeprefix("lora_unet_")
+        cut = [m.end() for m in re.finditer(r"_\d+_", name)]
+        head, tail = (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
+        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        groups[key][head].append(tail)
+    out = []
+    for (rank, alpha), heads in groups.items():
+        by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for head, tails in sorted(heads.items()):
+            by_tails[tuple(sorted(tails))].append(head)
+        for tails, names in by_tails.items():
+            tail = "(" + "|".join(tails) + ")"
+            pattern = f"^({'|'.join(names)})_{tail}$" if names != [""] else f"^{tail}$"
+            out.append({"pattern": pattern.replace("_", "[._]"), "rank": rank, "alpha": alpha})
+    out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
+    return out
 
 
 def common_pair(file: LoraFile, conv: bool = False) -> Pair | None:

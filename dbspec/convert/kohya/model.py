@@ -192,7 +192,7 @@ def map_adapter(
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
-    map_network_weights(a, paths, conv)
+    map_network_weights(a, paths, conv, bool(original))
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
