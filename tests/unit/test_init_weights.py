@@ -259,3 +259,15 @@ def test_init_partial_ignores_file_layers_the_adapter_does_not_adapt(tmp_path):
     assert ff in hit.message and "strict=False" in hit.message and hit.path == "adapter.init_partial"
     planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"')
     assert planned.plan is None and "DBS356" in {d.code for d in planned.diagnostics}
+
+
+def test_dim_from_weights_with_a_file_of_no_text_encoder_module_trains_none(tmp_path):
+    """create_network_from_weights builds LoRAs only for the file's modules: none on the text encoder here,
+    so kohya's run trains no text encoder although network_train_unet_only is not given."""
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (8, 4.0, 320, 0)})
+    plan = plan_of(_convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path)
+    assert not plan.train_text_encoder and (plan.adapter.rank, plan.adapter.alpha) == (8, 4.0)
+    write_lora(tmp_path / "prev.safetensors", MODULES)  # with a text-encoder module it trains
+    assert plan_of(
+        _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path
+    ).train_text_encoder

@@ -242,6 +242,21 @@ def _from_weights_args(a: Args, conv: Conversion) -> Args:
     return out
 
 
+def file_has_text(a: Args, paths: PathMapper) -> bool:
+    """False when --dim_from_weights builds the network from a file without text-encoder modules (kohya's
+    create_network_from_weights then builds no text-encoder LoRA); True otherwise, or when it is unreadable
+    (reported by the adapter mapping)."""
+    weights = a["network_weights"]
+    if not (a["dim_from_weights"].value and weights.value):
+        return True
+    local = paths.local(weights.value)
+    try:
+        file = read_lora_file(local) if local is not None else None
+    except (ModelFileError, ValueError, OSError):
+        return True
+    return file is None or any(m.name.startswith("lora_te") for m in file.modules.values())
+
+
 def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     mixed = a["mixed_precision"]
     conv.mapped(mixed, ("precision", "mixed"), mixed.value)
