@@ -2174,6 +2174,16 @@ draws them. With `adapter.fused_projections = true` the parts share one down and
 family without fused layers has no parts to draw together.""",
         help="remove adapter.fused_dropout",
     ),
+    Code(
+        "DBS553",
+        WARNING,
+        "Fused dropout without a dropout",
+        """\
+`adapter.fused_dropout = true` shares the dropout draws of a fused layer's separate parts, but
+`module_dropout`, `down_dropout` and `rank_dropout` are all 0: nothing is drawn, the option changes
+nothing.""",
+        help="remove adapter.fused_dropout, or set the dropout it should share",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -2718,3 +2718,20 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             "set (their attention processors call SDPA directly)",
             codes.help("DBS547"),
         )
+
+
+@rule("spec")
+def fused_dropout_draws(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.fused_dropout draws the dropouts of a fused layer's split parts together: inert without one
+    (DBS553)."""
+    a = spec.adapter
+    if not isinstance(a, LoraAdapter) or not a.fused_dropout or a.fused_projections:
+        return  # fused_projections = true: the compiler refuses it
+    if not (a.module_dropout or a.down_dropout or a.rank_dropout):
+        yield _warn(
+            "DBS553",
+            ("adapter", "fused_dropout"),
+            "adapter.fused_dropout = true has no effect: module_dropout, down_dropout and rank_dropout are "
+            "0, so there is no draw to share",
+            codes.help("DBS553"),
+        )

@@ -1289,6 +1289,13 @@ CASES = [
         [("DBS547", "error", ("precision", "attention"))],
         'family = "flux"\n' + DOG + STEPS + '[precision]\nattention = "eager"\n',
     ),
+    # adapter.fused_dropout (kohya's split_qkv draws) with no dropout to draw
+    (
+        rules.fused_dropout_draws,
+        DOG + STEPS + LORA + "fused_dropout = true\n",
+        [("DBS553", "warning", ("adapter", "fused_dropout"))],
+        DOG + STEPS + LORA + "fused_dropout = true\nmodule_dropout = 0.1\n",
+    ),
 ]
 
 
