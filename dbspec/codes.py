@@ -1768,6 +1768,17 @@ checkpoints keep them, so a resumed run picks as the uninterrupted one.""",
         help="narrow the bucket range (buckets.min_size / max_size), or accept the added tables",
     ),
     Code(
+        "DBS387",
+        WARNING,
+        "The starting LoRA file holds layers the adapter does not adapt",
+        """\
+With `adapter.init_partial = true` the starting file (`adapter.init_weights`) loads as kohya loads
+`--network_weights` (`load_state_dict(strict=False)`): a file layer whose name is not among the adapter's
+targets is ignored, and an adapted layer the file lacks keeps its random init. This warning names how many
+file layers are ignored and the first one.""",
+        help="check that the file is the one meant, or set the adapter's targets to the file's layers",
+    ),
+    Code(
         "DBS389",
         ERROR,
         "A first chunk stepped per micro-batch under fp16 mixed precision",
@@ -2218,6 +2229,28 @@ run (a taller or wider latent adds one, and later forwards may pick it), as kohy
 denoiser would keep the table it was traced with. Train without `precision.compile`, or without the scaled
 tables.""",
         help="set precision.compile = false, or remove model.scaled_pos_embed",
+    ),
+    # The separate parts of a fused layer drawing their dropouts together (adapter.fused_dropout): DBS552.
+    Code(
+        "DBS552",
+        ERROR,
+        "Fused dropout without separate parts of fused layers",
+        """\
+`adapter.fused_dropout = true` makes the separate LoRAs of a fused layer's parts (kohya's `split_qkv`) draw
+`module_dropout`, `down_dropout` and `rank_dropout` once per fused layer, as kohya's LoRA on the fused Linear
+draws them. With `adapter.fused_projections = true` the parts share one down and one draw already, and a
+family without fused layers has no parts to draw together.""",
+        help="remove adapter.fused_dropout",
+    ),
+    Code(
+        "DBS553",
+        WARNING,
+        "Fused dropout without a dropout",
+        """\
+`adapter.fused_dropout = true` shares the dropout draws of a fused layer's separate parts, but
+`module_dropout`, `down_dropout` and `rank_dropout` are all 0: nothing is drawn, the option changes
+nothing.""",
+        help="remove adapter.fused_dropout, or set the dropout it should share",
     ),
     Code(
         "DBS554",

@@ -18,7 +18,9 @@ dbspec's export writes so loaders that read alpha / rows of lora_down keep each 
 export folded a scale into lora_up (Flux's final layer, alpha = rank; split parts of different scales) it is
 unfolded, so an export loads back to the same adapter. The adaLN layers whose diffusers form holds
 (scale, shift) where the original holds (shift, scale) have their up rows swapped back. A file module no
-adapted layer matches, or an adapted layer missing from the file, is an error naming the file and tensor."""
+adapted layer matches, or an adapted layer missing from the file, is an error naming the file and tensor,
+unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then the layers the file lacks
+keep their init and its other modules are ignored."""
 
 from __future__ import annotations
 
@@ -42,13 +44,14 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
     family = plan.model.family
     state = load_file(path)
     modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
+    partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
     done: set[str] = set()
     skipped: list[str] = []
     with torch.no_grad():
         if lora_adapter(unet) is None:
             skipped.append("lora_unet_")
         else:
-            done |= _load_denoiser(path, family, unet, state)
+            done |= _load_denoiser(path, family, unet, state, modules if partial else None)
         for prefix, encoder in zip(flow_text_prefixes(family), text_encoders):
             if lora_adapter(encoder) is None:
                 skipped.append(prefix)
@@ -60,18 +63,22 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
                 )
                 if key + _DOWN not in state and bare + _DOWN in state:
                     key = bare
+                if partial and key not in modules:
+                    continue  # kohya's network keeps this layer's own init
                 file_down, file_up = _tensors(path, state, key, (tuple(down.shape), tuple(up.shape)))
                 _check_alpha(path, state, key, (alpha,))
                 down.copy_(file_down.to(down))
                 up.copy_(file_up.to(up))
                 done.add(key)
     extra = sorted(m for m in modules if m not in done and not m.startswith(tuple(skipped)))
-    if extra:
+    if extra and not partial:
         raise ValueError(f"{path}: tensor `{extra[0]}{_DOWN}` matches no LoRA layer of this run")
     return len(done)
 
 
-def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict) -> set[str]:
+def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict, in_file=None) -> set[str]:
+    """The denoiser's layers set from the file (`in_file`: the file's modules, where layers it lacks keep
+    their init: adapter.init_partial; None: every adapted layer needs its tensors)."""
     # the family's kohya layout (runtime/flux_kohya.py, sd3_kohya.py); the adaLN Linears feeding an
     # AdaLayerNormContinuous hold (scale, shift) where the original holds (shift, scale)
     layout = import_module(f"dbspec.runtime.{family_spec(family).runtime}_kohya")
@@ -93,6 +100,8 @@ def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict) -
     done = set()
     for kohya, present in sorted(layers.items()):
         key = f"lora_unet_{kohya}"
+        if in_file is not None and key not in in_file:
+            continue  # kohya's strict=False load: the layer keeps its init
         if None in present:
             name, down, up, rank, alpha = present[None]
             file_down, file_up = _tensors(path, state, key, (tuple(down.shape), tuple(up.shape)))

@@ -1,5 +1,5 @@
 """kohya's dropouts on a fused Linear, drawn once for all its parts (`plan.adapter.fused` with `down_dropout`,
-`rank_dropout` or `module_dropout`).
+`rank_dropout` or `module_dropout`; `plan.adapter.split_fused`, kohya's split_qkv, below).
 
 kohya's LoRAModule on a fused Linear (networks.lora_flux / lora_sd3 without split_qkv, Flux's `img_attn.qkv`)
 draws, per forward while training: `torch.rand(1) < module_dropout` (the whole layer's update skipped),
@@ -129,5 +129,122 @@ def _forward(layer, peft_forward, draw: FusedDraw, rank_dropout, module_dropout,
             out = out * mask
             scale = scale * (1.0 / (1.0 - rank_dropout))
         return (result + lora_b(out) * scale).to(result.dtype)
+
+    return forward
+
+
+# --- kohya's split_qkv: separate LoRAs on the parts, one draw per fused layer (adapter.fused_dropout) -------
+# kohya's LoRAModule on a fused Linear with split_dims (networks/lora_flux.py with split_qkv) draws, per
+# forward while training: `torch.rand(1) < module_dropout` (every part skipped together), then torch's dropout
+# on each part's down output, in part order, then one rank mask `torch.rand((batch, rank))` per part, in part
+# order (kohya's own split forward fails on that last step, its rank_dropout never runs: dbspec draws what
+# its code means). The parts' down outputs all have the shape of the input's rows times the rank, so the first
+# part called (diffusers may call Flux's proj_mlp before q, k, v) draws every part's masks in kohya's order,
+# and each part applies its own.
+
+
+class SplitDraw:
+    """One split fused layer's draw for one forward: the skip, and each part's masks by part index."""
+
+    def __init__(self, parts: int, adapted: int):
+        self.parts, self.adapted = parts, adapted  # kohya's split count; parts present here
+        self.left = 0
+        self.skip = False
+        self.down: list[torch.Tensor] = []
+        self.rank: list[torch.Tensor] = []
+
+    def take(self, lx_of, module_dropout: float, down_dropout: float, rank_dropout: float, rank: int):
+        """The current draw, drawn first when no part has one left (`lx_of()`: this part's down output)."""
+        if self.left == 0:
+            self.skip = bool(module_dropout) and bool(torch.rand(1) < module_dropout)
+            self.down, self.rank = [], []
+            if not self.skip:
+                lx = lx_of()
+                ones = torch.ones_like(lx)
+                if down_dropout:
+                    self.down = [torch.nn.functional.dropout(ones, p=down_dropout) for _ in range(self.parts)]
+                if rank_dropout:
+                    self.rank = [
+                        torch.rand((lx.size(0), rank), device=lx.device) > rank_dropout
+                        for _ in range(self.parts)
+                    ]
+            self.left = self.adapted
+        self.left -= 1
+        return self
+
+
+def add_split_dropout(
+    module: torch.nn.Module,
+    split: tuple[FusedPlan, ...],
+    rank_dropout: float,
+    module_dropout: float,
+    multiplier: float = 1.0,
+    down_dropout: float = 0.0,
+) -> int:
+    """Wrap the forward of the separate adapted parts of every fused layer in `split` (plan.adapter
+    .split_fused) with one draw per layer and forward, in kohya's split order; marks them so
+    runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped."""
+    wrapped = 0
+    for group in split:
+        try:
+            blocks = module.get_submodule(group.blocks)
+        except AttributeError:
+            continue
+        for block in blocks:
+            layers = {}
+            for index, part in enumerate(group.parts):
+                try:
+                    layer = block.get_submodule(part)
+                except AttributeError:
+                    continue
+                plain = isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A
+                if plain and not layer.use_dora.get(ADAPTER_NAME):  # DoRA: peft's own forward
+                    layers[index] = layer
+            if not layers:
+                continue
+            draw = SplitDraw(len(group.parts), len(layers))
+            for index, layer in layers.items():
+                layer.forward = _split_forward(
+                    layer, layer.forward, draw, index, rank_dropout, module_dropout, multiplier, down_dropout
+                )
+                layer.dbspec_fused_draw = draw
+            wrapped += 1
+    return wrapped
+
+
+def _split_forward(
+    layer, peft_forward, draw: SplitDraw, index: int, rank_dropout, module_dropout, multiplier, down_dropout
+):
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
+            return peft_forward(x, *args, **kwargs)
+        result = layer.base_layer(x, *args, **kwargs)
+        lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
+        scale = layer.scaling[ADAPTER_NAME] * multiplier
+        lx = None
+
+        def down() -> torch.Tensor:
+            nonlocal lx
+            if lx is None:
+                lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))
+            return lx
+
+        if not layer.training:
+            return (result + lora_b(down()) * scale).to(result.dtype)
+        current = draw.take(down, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
+        if current.skip:
+            return result
+        lx = down()
+        if current.down:
+            lx = lx * current.down[index]
+        if current.rank:
+            mask = current.rank[index]
+            if lx.dim() == 3:
+                mask = mask.unsqueeze(1)
+            elif lx.dim() == 4:
+                mask = mask.unsqueeze(-1).unsqueeze(-1)
+            lx = lx * mask
+            scale = scale * (1.0 / (1.0 - rank_dropout))
+        return (result + lora_b(lx) * scale).to(result.dtype)
 
     return forward

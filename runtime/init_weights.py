@@ -4,7 +4,8 @@ The plan checked the file's layers, ranks and alphas against the adapter; here e
 as kohya names it (the `kohya_lora` exporter's names, so an export loads back exactly) and its `lora_A` /
 `lora_B` are set from the file's `lora_down` / `lora_up` before step 0. Layers of models that do not train are
 skipped; a trained layer missing from the file, or a file layer no trained layer matches, is an error naming
-the file and the tensor."""
+the file and the tensor, unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then
+the layers and tensors the file lacks keep their init and the file's other layers are ignored."""
 
 from __future__ import annotations
 
@@ -40,11 +41,16 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
         for name, down, up, _rank, alpha in _kohya_lora_layers(module):
             layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
     modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
+    partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
     extra = sorted(m for m in modules if m not in layers and not m.startswith(tuple(skipped)))
-    if extra:
+    if extra and not partial:
         raise ValueError(f"{path}: tensor `{extra[0]}{_DOWN}` matches no LoRA layer of this run")
+    loaded = 0
     with torch.no_grad():
         for key, (down, up, alpha) in sorted(layers.items()):
+            if partial and key not in modules:
+                continue  # kohya's network keeps this layer's own init
+            loaded += 1
             stored = state.get(key + _ALPHA)
             if stored is not None and not math.isclose(float(stored), alpha, rel_tol=1e-3):
                 raise ValueError(
@@ -52,6 +58,8 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                 )
             for suffix, param in ((_DOWN, down), (_UP, up)):
                 value = state.get(key + suffix)
+                if value is None and partial:
+                    continue  # strict=False: the tensor keeps its init
                 if value is None:
                     raise ValueError(f"{path}: the run's LoRA layer `{key}` has no tensor `{key}{suffix}`")
                 if tuple(value.shape) != tuple(param.shape):
@@ -60,4 +68,4 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                         f"has {list(param.shape)}"
                     )
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
-    return len(layers)
+    return loaded

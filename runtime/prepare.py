@@ -76,6 +76,17 @@ def _prepare(
                 add_fused_dropout(
                     module, plan.adapter.fused, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout
                 )
+            if plan.adapter.split_fused and denoiser:
+                from dbspec.runtime.fused_dropout import add_split_dropout  # kohya's split_qkv draws
+
+                add_split_dropout(
+                    module,
+                    plan.adapter.split_fused,
+                    a.rank_dropout,
+                    a.module_dropout,
+                    a.multiplier,
+                    a.down_dropout,
+                )
             add_lora_dropout(module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout)
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)

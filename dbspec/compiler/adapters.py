@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import attrs
 
-from dbspec.compiler.fused import fused_plan, targeted
+from dbspec.compiler.fused import fused_plan, split_fused_plan, targeted
 from dbspec.families import family_spec
 from dbspec.plan.model import AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
@@ -80,7 +80,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     )
     fused = fused_plan(adapter, family, plan)  # adapter.fused_projections: shared down-projections
     params = adapter_params(adapter, family, components, plan.denoiser_targets, fused)
-    return attrs.evolve(plan, fused=fused, params=params)
+    split = split_fused_plan(adapter, family, plan)  # adapter.fused_dropout: split parts draw together
+    return attrs.evolve(plan, fused=fused, split_fused=split, params=params)
 
 
 def lycoris_dora(adapter) -> bool:

@@ -403,7 +403,8 @@ def _assemble(
         targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
     )
     if init[0]:
-        adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1])
+        partial = getattr(spec.adapter, "init_partial", False)
+        adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1], init_partial=partial)
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     v, c, e = spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")

@@ -56,6 +56,44 @@ def fused_plan(adapter, family: str, plan: AdapterPlan) -> tuple[FusedPlan, ...]
     )
 
 
+def split_fused_plan(adapter, family: str, plan: AdapterPlan) -> tuple[FusedPlan, ...]:
+    """adapter.fused_dropout: the family's fused layers with an adapted part whose separate LoRAs (kohya's
+    split_qkv) draw their dropouts once per layer; () without dropouts to draw."""
+    if not isinstance(adapter, LoraAdapter) or not adapter.fused_dropout or adapter.fused_projections:
+        return ()
+    if not (plan.module_dropout or plan.down_dropout or plan.rank_dropout):
+        return ()
+    return tuple(
+        FusedPlan(name=g.kohya_name, blocks=g.blocks, parts=g.parts)
+        for g in family_spec(family).fused_projections
+        if any(_adapted(g, i, plan) for i in _INDICES)
+    )
+
+
+def check_fused_dropout(ctx: Context, family: str) -> None:
+    """DBS552: adapter.fused_dropout asks for separate parts of fused layers (fused_projections false) in a
+    family that has them."""
+    adapter = ctx.spec.adapter
+    if not isinstance(adapter, LoraAdapter) or not adapter.fused_dropout:
+        return
+    spec = family_spec(family)
+    why = (
+        "adapter.fused_projections = true already draws them once per fused layer (one shared down)"
+        if adapter.fused_projections
+        else f"{spec.title} models have no fused layers (its diffusers Linears are the original model's)"
+        if not spec.fused_projections
+        else ""
+    )
+    if why:
+        ctx.report(
+            "DBS552",
+            "error",
+            f"adapter.fused_dropout draws the dropouts of a fused layer's separate parts together, but {why}",
+            ("adapter", "fused_dropout"),
+            help="remove adapter.fused_dropout",
+        )
+
+
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
     if not isinstance(adapter, LoraAdapter) or not adapter.fused_projections:
@@ -109,4 +147,5 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
     """`plan` (its fused layers planned by adapter_plan) after the checks."""
     if model is not None:
         check_fused(ctx, model.family, plan)
+        check_fused_dropout(ctx, model.family)
     return plan

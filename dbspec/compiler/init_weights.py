@@ -7,7 +7,8 @@ fails, a layer the network lacks is ignored silently, and the network keeps its 
 layers, ranks and alphas to be the adapter's, so what trains and what is saved cannot diverge; only the layers
 of a model that does not train are ignored (a warning), as kohya drops those networks in `apply_to`. That
 every adapted layer has its tensors in the file is checked when the runtime loads it (the module list
-needs the model)."""
+needs the model). `adapter.init_partial` loads as kohya does: layers the file lacks keep their init, file
+layers the adapter does not adapt are ignored (DBS387 where the name shows it, else at load)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     prefixes = kohya_component_prefixes(family)
     used = 0
     ignored: dict[str, int] = {}
+    unadapted: list[str] = []
     for module in file.modules.values():
         prefix = next((p for p in prefixes if module.name.startswith(p)), None)
         if prefix is None:
@@ -83,6 +85,9 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         denoiser = component == family_spec(family).denoiser
         if denoiser and family_spec(family).kohya.original_unet_names:
             module = attrs.evolve(module, name=diffusers_tail(module.name))
+        if adapter.init_partial and not _targeted(module, adapter, denoiser):
+            unadapted.append(module.name)  # kohya's strict=False load ignores it
+            continue
         problem = _mismatch(module, adapter, denoiser)
         if problem:
             ctx.report(
@@ -95,7 +100,29 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             )
             return "", 0
         used += 1
+    _unadapted(ctx, path, unadapted)
     return _tally(ctx, path, ignored, used)
+
+
+def _targeted(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> bool:
+    if module.conv:
+        targets = adapter.conv_targets if denoiser and adapter.conv_rank else []
+    else:
+        targets = adapter.denoiser_targets if denoiser else adapter.text_encoder_targets
+    return any(module.name.endswith(kohya_suffix(t)) for t in targets)
+
+
+def _unadapted(ctx: Context, path, names: list[str]) -> None:
+    """DBS387: adapter.init_partial's file layers of layers the adapter does not adapt, ignored."""
+    if names:
+        ctx.report(
+            "DBS387",
+            "warning",
+            f"`{path}` holds {len(names)} LoRA layer(s) of layers the adapter does not adapt (first "
+            f"`{names[0]}`): they are ignored, as kohya's load_state_dict(strict=False) ignores them "
+            "(adapter.init_partial)",
+            ("adapter", "init_partial"),
+        )
 
 
 # kohya's SDXL LoRA names follow the original UNet layout: the ResNet, downsampler and upsampler layers end in

@@ -2822,3 +2822,20 @@ def dylora_one_process(spec: Spec, env: TargetEnv) -> Iterator[Hit]:
             "DDP expects the same parameters to have gradients on every process",
             codes.help("DBS384"),
         )
+
+
+@rule("spec")
+def fused_dropout_draws(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.fused_dropout draws the dropouts of a fused layer's split parts together: inert without one
+    (DBS553)."""
+    a = spec.adapter
+    if not isinstance(a, LoraAdapter) or not a.fused_dropout or a.fused_projections:
+        return  # fused_projections = true: the compiler refuses it
+    if not (a.module_dropout or a.down_dropout or a.rank_dropout):
+        yield _warn(
+            "DBS553",
+            ("adapter", "fused_dropout"),
+            "adapter.fused_dropout = true has no effect: module_dropout, down_dropout and rank_dropout are "
+            "0, so there is no draw to share",
+            codes.help("DBS553"),
+        )

@@ -162,6 +162,9 @@ class AdapterPlan:
     # of its layers load (those of components that train).
     init_weights: str = ""
     init_layers: int = 0
+    # lora: init_weights loaded as kohya loads it (strict=False): layers the file lacks keep their init, file
+    # layers the adapter lacks are ignored (adapter.init_partial); False: both refused when the run loads it
+    init_partial: bool = False
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
@@ -173,6 +176,9 @@ class AdapterPlan:
     # dylora: whose training forward (runtime/dylora.py): "kohya" (every rank, alpha / rank x
     # sqrt(rank / ((b + 1) unit))) or "lycoris" (blocks 0..b, alpha / (b + 1)); "" for other kinds
     dylora_form: Literal["", "kohya", "lycoris"] = ""
+    # lora: the fused layers whose separate parts (fused_projections false, kohya's split_qkv) draw their
+    # dropouts once per layer (adapter.fused_dropout); () for none
+    split_fused: tuple[FusedPlan, ...] = ()
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

@@ -585,13 +585,29 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 "fused layer)" + _fused_draw(a),
             )
         )
+    for fused in a.split_fused:
+        rows.append(
+            (
+                f"  split {fused.name}",
+                f"{fused.blocks}.*: {', '.join(fused.parts)} keep their own LoRAs (kohya's split_qkv)"
+                + _fused_draw(a).replace("once per layer", "once per layer, in this part order"),
+            )
+        )
     bound = "upper bound: the largest block rank everywhere" if a.blocks else "estimate"
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name
         rows.append((f"  {shown} params", f"{count:,} ({bound if name == 'unet' else 'estimate'})"))
     if a.init_weights:
         rows.append(
-            ("  starts from", f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)")
+            (
+                "  starts from",
+                f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)"
+                + (
+                    "; layers it lacks keep their init, as kohya's strict=False load"
+                    if a.init_partial
+                    else ""
+                ),
+            )
         )
     return rows
 

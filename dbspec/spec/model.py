@@ -423,6 +423,14 @@ class LoraAdapter:
         "Empty: peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as kohya loads `--network_weights` (`load_state_dict(strict=False)`): an "
+        "adapted layer the file lacks keeps its random init, and a file layer the adapter does not adapt is "
+        "ignored (a warning at plan time when its name shows it). A tensor of the wrong shape still fails. "
+        "false: the run refuses a file that does not cover the adapter exactly, naming the file and the "
+        "first layer.",
+    )
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
     fused_projections: bool = option(
         False,
@@ -433,6 +441,15 @@ class LoraAdapter:
         "Linear (networks.lora_flux and lora_sd3 without `split_qkv`); `down_dropout`, `rank_dropout` and "
         "`module_dropout` are drawn once per fused layer, as kohya draws them. false: each part has its own "
         "LoRA. Families without fused layers refuse it.",
+    )
+    # kohya's lora_flux / lora_sd3 with split_qkv: separate LoRAs on the parts, one draw per fused layer.
+    fused_dropout: bool = option(
+        False,
+        doc="With `fused_projections = false`: the separate LoRAs of each original fused layer's parts draw "
+        "the dropouts once per fused layer and forward, as kohya's LoRA on a fused Linear with `split_qkv` "
+        "draws them: one `module_dropout` draw skips all the parts together, and the parts' `down_dropout` "
+        "(and `rank_dropout`) masks are drawn together, in the original layer's part order (q, k, v, then "
+        "Flux's MLP input). false: each part's LoRA draws its own. Needs a family with fused layers.",
     )
 
 

@@ -73,6 +73,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["dora_form"]  # LyCORIS's weight decomposition, added since (peft's DoRA then)
     del data["adapter"]["dora_axis"]  # DoRA's magnitude per input column (LyCORIS), added since (output then)
     del data["adapter"]["fused"]  # shared down-projections of fused layers, added since (none then)
+    del data["adapter"]["init_partial"]  # kohya's strict=False start, added since (exact files then)
+    del data["adapter"]["split_fused"]  # split fused layers' shared dropout draws, added since (none then)
     del data["adapter"]["rank_dropout_scale"]  # LyCORIS's rank-dropout rescale flag, added since
     for key in ("wandb", "wandb_project", "wandb_run_name", "wandb_entity"):
         del data["logging"][key]  # W&B logging, added since (TensorBoard only then; volatile: trains alike)

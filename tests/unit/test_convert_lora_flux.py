@@ -74,6 +74,10 @@ def test_split_qkv_with_single_blocks_only_is_one_lora_per_part(tmp_path):
     assert _block(plan, r"^transformer_blocks\.").rank == 0  # no double block trains
     assert a.down_dropout == 0.1 and fate(outcome, "network_dropout") == "mapped"  # per part in kohya too
     assert not errors(outcome) and "network" not in messages(outcome, "DBS404")
+    # the parts' masks drawn together, in kohya's part order (q, k, v, MLP input): exact
+    assert [(f.name, f.parts) for f in a.split_fused] == [
+        ("linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))
+    ]
 
 
 def test_split_qkv_with_double_blocks_fails_in_kohya_and_is_refused(tmp_path):
@@ -124,12 +128,33 @@ def test_dropouts_on_fused_layers_map_exactly(tmp_path):
     # drawn once per fused Linear, as kohya draws them (runtime/fused_dropout.py): exact, no DBS404 or DBS508
     assert not {"DBS404", "DBS508"} & codes(outcome)
     assert fate(outcome, "network_dropout") == "mapped" and plan.adapter.fused
-    split = _flux(
-        tmp_path,
-        '--network_args "rank_dropout=0.1" "module_dropout=0.05" "split_qkv=True" "train_blocks=single"',
-    )
-    assert "skips all parts of a fused Linear" in messages(split, "DBS404")
-    assert "rank_dropout" not in messages(split, "DBS404")
+
+
+def test_module_dropout_with_split_qkv_skips_a_fused_layers_parts_together(tmp_path):
+    """kohya's split LoRAModule draws one `torch.rand(1) < module_dropout` for all the parts of a fused
+    Linear: adapter.fused_dropout, the split parts' draws shared (no DBS404)."""
+    split = _flux(tmp_path, '--network_args "module_dropout=0.05" "split_qkv=True" "train_blocks=single"')
+    plan = plan_of(split, tmp_path)
+    a = plan.adapter
+    assert (a.module_dropout, a.fused, [f.name for f in a.split_fused]) == (0.05, (), ["linear1"])
+    assert "DBS404" not in codes(split) and "fused_dropout = true" in out_path(tmp_path).read_text()
+    folder = tmp_path / "sd3"
+    folder.mkdir()
+    sd3 = plan_of(_sd3_split(folder), folder).adapter
+    assert {"x_block_attn_qkv", "context_block_attn_qkv"} <= {f.name for f in sd3.split_fused}
+
+
+def _sd3_split(tmp_path):
+    from test_convert_lora_sd3 import _sd3
+
+    return _sd3(tmp_path, '--network_args "module_dropout=0.1" "split_qkv=True"')
+
+
+def test_rank_dropout_with_split_qkv_fails_in_kohya_and_is_refused(tmp_path):
+    """kohya's split forward reads `lx` on its rank-dropout path, unbound there (UnboundLocalError at the
+    first training step, checked in a scratch run of networks/lora_flux.py's LoRAModule)."""
+    split = _flux(tmp_path, '--network_args "rank_dropout=0.1" "split_qkv=True" "train_blocks=single"')
+    assert not split.written and "UnboundLocalError" in "".join(errors(split))
 
 
 def test_what_lora_flux_has_that_dbspec_cannot_express(tmp_path):
@@ -204,6 +229,8 @@ def test_starting_from_a_kohya_flux_file_maps_to_init_weights(tmp_path):
     assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
     plan = plan_of(outcome, tmp_path)
     assert plan.adapter.init_weights == str(tmp_path / "prev.safetensors") and plan.adapter.init_layers == 3
+    # the file covers 3 of the network's modules: kohya's load_weights (strict=False) keeps the others' init
+    assert plan.adapter.init_partial
 
 
 def test_a_split_qkv_flux_file_starts_split_qkv_training(tmp_path):
@@ -228,14 +255,41 @@ def test_a_split_qkv_flux_file_starts_split_qkv_training(tmp_path):
 
 def test_dim_from_weights_takes_the_rank_of_a_shared_down_file(tmp_path):
     """create_network_from_weights: each module of the file at its rank and alpha, split_qkv off (one shared
-    down per fused Linear): a file at one rank is dbspec's adapter at that rank, started from the file."""
+    down per fused Linear), and no LoRA where the file has no module: blocks naming the file's modules at its
+    rank, then a rank-0 block for the rest."""
     _kohya_flux_file(tmp_path / "prev.safetensors", rank=32, alpha=4.0)
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
     assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
-    assert (a.rank, a.alpha, len(a.fused)) == (32, 4.0, 3)  # not the README's 16 / 8; shared downs
-    assert a.init_weights.endswith("prev.safetensors")
+    assert (a.rank, a.alpha) == (32, 4.0)  # not the README's 16 / 8
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "linear1"]  # the file's fused layers, shared downs
+    assert a.init_weights.endswith("prev.safetensors") and a.init_partial
+    assert _ranks(a) == {
+        "transformer_blocks.0.attn.to_q": (32, 4.0),
+        "transformer_blocks.0.attn.to_out.0": (32, 4.0),
+        "single_transformer_blocks.0.proj_mlp": (32, 4.0),
+        "transformer_blocks.1.attn.to_q": (0, 1.0),  # not in the file: kohya creates no LoRA there
+        "transformer_blocks.0.attn.add_q_proj": (0, 1.0),
+        "single_transformer_blocks.0.proj_out": (0, 1.0),
+    }
+
+
+def _ranks(adapter) -> dict[str, tuple[int, float]]:
+    """(rank, alpha) of a few module paths, by the first block whose pattern matches (as the runtime)."""
+    paths = (
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.0.attn.to_out.0",
+        "single_transformer_blocks.0.proj_mlp",
+        "transformer_blocks.1.attn.to_q",
+        "transformer_blocks.0.attn.add_q_proj",
+        "single_transformer_blocks.0.proj_out",
+    )
+    out = {}
+    for path in paths:
+        block = next(b for b in adapter.blocks if re.search(b.pattern, path))
+        out[path] = (block.rank, block.alpha)
+    return out
 
 
 def test_dim_from_weights_ignores_network_args(tmp_path):
@@ -250,16 +304,25 @@ def test_dim_from_weights_ignores_network_args(tmp_path):
     assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
     assert "create_network_from_weights reads none" in messages(outcome, "DBS405")
     adapter = plan_of(outcome, tmp_path).adapter
-    assert len(adapter.fused) == 3 and adapter.down_dropout == 0
+    assert len(adapter.fused) == 2 and adapter.down_dropout == 0
 
 
-def test_dim_from_weights_with_a_split_file_is_unsupported(tmp_path):
-    """A split_qkv file's fused layers hold three or four times the rank of the others: kohya builds them
-    unsplit at that rank, one rank per kohya module, which dbspec's adapter does not express yet."""
+def test_dim_from_weights_with_a_split_file_builds_its_fused_layers_unsplit(tmp_path):
+    """A split_qkv file's fused layers hold three (double blocks) or four (linear1) times the rank of the
+    others: kohya builds them unsplit at that rank with the file's alpha (one shared down), the others at
+    theirs; the plan's blocks say each, and the plan's check of the file against them passes."""
     _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0, split=True)
-    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights", allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported"
-    assert "three or four times the rank" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    ranks = _ranks(a)
+    assert ranks["transformer_blocks.0.attn.to_q"] == (48, 8.0)  # 3 x 16, alpha kept: scale 8 / 48
+    assert ranks["single_transformer_blocks.0.proj_mlp"] == (64, 8.0)  # 4 x 16
+    assert ranks["transformer_blocks.0.attn.to_out.0"] == (16, 8.0)
+    assert ranks["transformer_blocks.1.attn.to_q"] == (0, 1.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "linear1"] and a.init_layers == 3
+    text = out_path(tmp_path).read_text()
+    assert "[[adapter.blocks]]" in text and "rank = 48" in text and "rank = 64" in text
 
 
 def test_dim_from_weights_needs_alphas_in_the_file(tmp_path):

@@ -77,6 +77,26 @@ def test_a_family_without_fused_layers_refuses_it(toy: Path):
     assert "DBS505" in codes(compile_in(toy), "error")
 
 
+def test_fused_dropout_plans_the_split_layers_that_draw_together(toy: Path):
+    """adapter.fused_dropout (kohya's split_qkv dropouts): the fused layers with adapted parts, only where a
+    dropout draws; DBS552 with shared downs or on a family without fused layers."""
+    adapter = {"kind": "lora", "module_dropout": 0.1, "fused_dropout": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    plan = planned_ok(toy)
+    assert [(f.name, f.parts) for f in plan.adapter.split_fused] == [
+        (g.kohya_name, g.parts) for g in family_spec("flux").fused_projections
+    ]
+    assert plan.adapter.fused == () and plan_from_json(plan_to_json(plan)).adapter == plan.adapter
+    write_spec(toy, model=FLUX, adapter={**adapter, "module_dropout": 0.0})
+    assert planned_ok(toy).adapter.split_fused == ()  # nothing to draw
+    write_spec(toy, model=FLUX, adapter={**adapter, "fused_projections": True})
+    planned = compile_in(toy)
+    assert "DBS552" in codes(planned, "error")
+    assert "already" in next(d.message for d in planned.diagnostics if d.code == "DBS552")
+    write_spec(toy, model={"base": "builtin:tiny-sd1"}, adapter={"kind": "lora", "fused_dropout": True})
+    assert "DBS552" in codes(compile_in(toy), "error")
+
+
 def test_the_parameter_count_of_kohyas_fused_flux_lora(toy: Path):
     """FLUX.1 dev's per-rank LoRA parameters with kohya's targets, counted from its architecture here: each
     Linear rank x (in + out), width 3072, MLP 12288; the shared downs once."""

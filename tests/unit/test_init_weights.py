@@ -9,6 +9,7 @@ underscores, `lora_te_` + the CLIP path)."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def test_network_weights_converts_and_the_plan_starts_from_the_file(tmp_path):
     assert fate(outcome, "network_weights") == "mapped"
     rows = dict(adapter_rows(plan.adapter))
     assert str(lora.resolve()) in rows["  starts from"]
+    # kohya's load_weights is load_state_dict(strict=False): layers the file lacks keep their init
+    assert plan.adapter.init_partial and "strict=False" in rows["  starts from"]
 
 
 def test_dim_from_weights_takes_rank_and_alpha_from_the_file_not_network_dim(tmp_path):
@@ -110,10 +113,39 @@ def test_dim_from_weights_without_alpha_uses_the_rank(tmp_path):
     assert (a.rank, a.alpha) == (8, 8.0)
 
 
-def test_dim_from_weights_with_per_layer_ranks_is_unsupported(tmp_path):
-    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (4, 4.0, 320, 0)})
-    outcome = _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
-    assert not outcome.written and fate(outcome, "dim_from_weights") == "unsupported"
+def test_dim_from_weights_with_per_layer_ranks_builds_each_at_its_rank(tmp_path):
+    """networks.lora's create_network_from_weights builds each module of the file at its rank and alpha and
+    none elsewhere: blocks naming the file's modules (the plan shows each rank), a rank-0 block for the rest;
+    network_args (but the block learning-rate weights) and --network_dropout are not read (DBS405)."""
+    write_lora(
+        tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (4, 2.0, 320, 0), TE: (8, 4.0, 768, 0)}
+    )
+    outcome = _convert(
+        tmp_path,
+        "--network_weights=prev.safetensors --dim_from_weights --network_dropout=0.1 "
+        '--network_args "conv_dim=4" "rank_dropout=0.1"',
+    )
+    assert fate(outcome, "dim_from_weights") == "mapped"
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.rank_dropout, a.down_dropout) == (8, 4.0, 0, 0.0, 0.0)
+
+    def rank(path: str) -> tuple[int, float]:
+        block = next(b for b in a.blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    assert rank("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") == (8, 4.0)
+    assert rank("up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0") == (4, 2.0)
+    assert rank("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k") == (0, 1.0)  # not in the file
+    assert a.init_layers == 3 and a.init_partial
+
+
+def test_dim_from_weights_with_block_lr_weights_is_unsupported(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    outcome = _convert(
+        tmp_path, '--network_weights=prev.safetensors --dim_from_weights --network_args "down_lr_weight=sine"'
+    )
+    assert not outcome.written and fate(outcome, "network_args") == "unsupported"
 
 
 def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15):
@@ -214,3 +246,28 @@ def test_network_weights_of_a_tucker_locon_are_refused_with_the_reason(tmp_path)
     )
     assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
     assert "lora_mid" in outcome.conversion.reports["network_weights"].note
+
+
+def test_init_partial_ignores_file_layers_the_adapter_does_not_adapt(tmp_path):
+    """adapter.init_partial (kohya's strict=False load): a file layer outside the targets is ignored with
+    DBS387 naming it; without init_partial it is DBS356."""
+    ff = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2"
+    write_lora(tmp_path / "prev.safetensors", {**MODULES, ff: (8, 4.0, 320, 0)})
+    planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"\ninit_partial = true')
+    assert planned.plan is not None and planned.plan.adapter.init_layers == 2  # Q, OUT (TE frozen)
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS387"]
+    assert ff in hit.message and "strict=False" in hit.message and hit.path == "adapter.init_partial"
+    planned = _plan(tmp_path, 'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"')
+    assert planned.plan is None and "DBS356" in {d.code for d in planned.diagnostics}
+
+
+def test_dim_from_weights_with_a_file_of_no_text_encoder_module_trains_none(tmp_path):
+    """create_network_from_weights builds LoRAs only for the file's modules: none on the text encoder here,
+    so kohya's run trains no text encoder although network_train_unet_only is not given."""
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), OUT: (8, 4.0, 320, 0)})
+    plan = plan_of(_convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path)
+    assert not plan.train_text_encoder and (plan.adapter.rank, plan.adapter.alpha) == (8, 4.0)
+    write_lora(tmp_path / "prev.safetensors", MODULES)  # with a text-encoder module it trains
+    assert plan_of(
+        _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path
+    ).train_text_encoder

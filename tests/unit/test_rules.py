@@ -1331,6 +1331,13 @@ CASES = [
         + '[precision]\nmixed = "fp16"\nweights = "fp16"\n'
         + 'weights_rounding = "nearest"\nfp16_gradients = "scaled"\n',
     ),
+    # adapter.fused_dropout (kohya's split_qkv draws) with no dropout to draw
+    (
+        rules.fused_dropout_draws,
+        DOG + STEPS + LORA + "fused_dropout = true\n",
+        [("DBS553", "warning", ("adapter", "fused_dropout"))],
+        DOG + STEPS + LORA + "fused_dropout = true\nmodule_dropout = 0.1\n",
+    ),
 ]
 
 

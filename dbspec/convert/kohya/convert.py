@@ -22,7 +22,7 @@ from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.loss import map_loss
-from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
+from dbspec.convert.kohya.model import file_has_text, map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
 from dbspec.convert.kohya.train import (
     map_learning_rates,
@@ -161,7 +161,7 @@ def convert_kohya(
     kohya_batches, dbspec_batches = _batches(layout, conv)
     length = map_length(a, kohya_batches, dbspec_batches, conv)
     map_lr_schedule(a, length.total_steps, conv, script)
-    text_encoder = map_text_encoder(a, script, length.total_steps, conv)
+    text_encoder = map_text_encoder(a, script, length.total_steps, conv, not lora or file_has_text(a, paths))
     map_learning_rates(a, script, text_encoder, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)

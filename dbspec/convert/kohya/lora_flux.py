@@ -176,7 +176,8 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
         note = conv.comment(source, block.pop("_why"))
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
-    dropouts(kwargs, args, split, conv)
+    if not dropouts(kwargs, args, split, conv):
+        return False
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     _loraplus(kwargs, put, unsupported)
@@ -189,10 +190,20 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
 
 def network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:
     """--network_dropout: torch's dropout on lora_down's output (LoRAModule.forward), adapter.down_dropout; on
-    a fused layer one mask for all its parts (dbspec draws it once per fused layer, runtime/fused_dropout.py;
-    split_qkv: one per part, as kohya)."""
+    a fused layer one mask for all its parts (dbspec draws it once per fused layer, runtime/fused_dropout.py);
+    split_qkv: one mask per part, drawn together in the fused layer's part order (adapter.fused_dropout)."""
     if dropout.value:
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
+        if split:
+            _split_draws(dropout, conv)
+
+
+def _split_draws(legacy: Legacy, conv: Conversion) -> None:
+    conv.put(
+        ("adapter", "fused_dropout"),
+        True,
+        conv.comment(legacy, "split_qkv: kohya draws a fused Linear's parts' dropouts together"),
+    )
 
 
 def _double_attention_trained(train, double: list[bool] | None, type_dims: dict[str, int]) -> bool:
@@ -201,25 +212,32 @@ def _double_attention_trained(train, double: list[bool] | None, type_dims: dict[
     return bool(type_dims.get("img_attn_dim", 1) or type_dims.get("txt_attn_dim", 1))
 
 
-def dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> None:
+def dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> bool:
     """rank_dropout / module_dropout: kohya draws them once per LoRA module, a fused layer's once for all its
-    parts, as dbspec does with fused_projections (runtime/fused_dropout.py). With split_qkv kohya still skips
-    a fused layer's parts together (module dropout), where dbspec's separate LoRAs draw it per part."""
+    parts, as dbspec does with fused_projections (runtime/fused_dropout.py). With split_qkv kohya's module on
+    a fused Linear still skips its parts together (one module-dropout draw): adapter.fused_dropout draws the
+    separate parts' dropouts together too. Its split forward fails on rank dropout (LoRAModule.forward reads
+    `lx`, unbound on that path: UnboundLocalError at the first training step): False, refused."""
     for key in ("rank_dropout", "module_dropout"):
         if key not in kwargs:
             continue
         value = float(kwargs.pop(key))
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if value and split and key == "module_dropout":
-            conv.differs(
-                legacy,
-                "with split_qkv kohya skips all parts of a fused Linear (q, k, v, the MLP input) together; "
-                "dbspec's separate LoRAs draw it per part (the other layers alike)",
-                ("adapter", key),
-                value,
+        if value and split and key == "rank_dropout":
+            conv.invalid(
+                args.key,
+                args.value,
+                args.source,
+                f"rank_dropout={value:g} with split_qkv=True: kohya's LoRAModule.forward fails on a split "
+                "fused Linear at the first training step (its rank-dropout branch reads `lx`, unbound "
+                "there: UnboundLocalError)",
+                help="drop rank_dropout, or split_qkv for the fused layers' shared down-projection",
             )
-        else:
-            conv.mapped(legacy, ("adapter", key), value)
+            return False
+        conv.mapped(legacy, ("adapter", key), value)
+        if value and split and key == "module_dropout":
+            _split_draws(legacy, conv)
+    return True
 
 
 def rest(

@@ -48,14 +48,13 @@ def map_lora_sd3(a: dict[str, Legacy], dim: int, alpha: float, conv: Conversion)
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     try:
-        _map(kwargs, args, dim, alpha, a, conv)
+        return _map(kwargs, args, dim, alpha, a, conv)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"kohya's lora_sd3 asserts on it ({exc})")
         return False
-    return True
 
 
-def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: Conversion) -> None:
+def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: Conversion) -> bool:
     why = conv.comment(a["network_module"], "networks/lora_sd3.py: every Linear of the joint blocks")
     targets = list(family_spec("sd3").kohya_lora_targets)
     blocks: list[dict[str, Any]] = []
@@ -101,10 +100,12 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
         note = conv.comment(args, block.pop("_why"))
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
-    dropouts(kwargs, args, split, conv)
+    if not dropouts(kwargs, args, split, conv):
+        return False
     put: dict[str, Any] = {}
     _loraplus(kwargs, put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
     rest(kwargs, args, unsupported, conv, "networks.lora_sd3", {})
     network_dropout(a["network_dropout"], split, conv)
+    return True

@@ -11,9 +11,15 @@ from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
-from dbspec.convert.kohya.network import map_network, map_network_weights, parse_network_args
+from dbspec.convert.kohya.network import (
+    map_init_weights,
+    map_network,
+    map_network_weights,
+    parse_network_args,
+)
 from dbspec.convert.kohya.train import text_outputs_cached
-from dbspec.compiler.init_weights import file_ranks
+from dbspec.convert.kohya.file_ranks import common_pair, flow_blocks, text_pair
+from dbspec.families import flow_text_prefixes
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
@@ -157,6 +163,8 @@ def map_adapter(
             "equivalent",
         )
         return False
+    if module.value == "networks.lora" and a["dim_from_weights"].value and a["network_weights"].value:
+        a = _from_weights_args(a, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
@@ -192,7 +200,7 @@ def map_adapter(
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
-    map_network_weights(a, paths, conv)
+    map_network_weights(a, paths, conv, bool(original))
     for key, why in (
         ("base_weights", "merging other LoRA weights into the base first"),
         ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
@@ -224,6 +232,61 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -
         if a[key].value:
             conv.unsupported(a[key], f"dbspec has no {why}")
     return True
+
+
+# networks/lora.py create_network_from_weights reads these of the **kwargs train_network.py passes
+_FROM_WEIGHTS_READS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+
+
+def _from_weights_args(a: Args, conv: Conversion) -> Args:
+    """networks.lora with --dim_from_weights: train_network.py hands network_args to
+    create_network_from_weights, which reads only the block learning-rate weights (parse_block_lr_kwargs),
+    and passes --network_dropout only to create_network: the rest is ignored (DBS405)."""
+    args, dropout = a["network_args"], a["network_dropout"]
+    kwargs, _problems = parse_network_args(args.value or [])
+    kept = [item for item in (args.value or []) if item.split("=", 1)[0].strip() in _FROM_WEIGHTS_READS]
+    if args.value and not kept:
+        conv.ignored(
+            args,
+            "with --dim_from_weights networks.lora's create_network_from_weights reads none of them (only "
+            "the block learning-rate weights down/mid/up_lr_weight)",
+        )
+    for key, value in kwargs.items() if kept else ():
+        if key not in _FROM_WEIGHTS_READS:
+            conv.ignored(
+                Legacy(key=f"{args.key} {key}", value=value, source=args.source),
+                "with --dim_from_weights networks.lora's create_network_from_weights reads only the block "
+                "learning-rate weights (down/mid/up_lr_weight)",
+            )
+    if kept:
+        conv.unsupported(
+            args,
+            "block learning-rate weights with --dim_from_weights (the network built from the file's "
+            "modules) are not expressed",
+        )
+    out = {
+        **a,
+        "network_args": Legacy(key=args.key, value=kept or None, source=args.source if kept else "default"),
+    }
+    if dropout.value:
+        conv.ignored(dropout, "with --dim_from_weights train_network.py passes it to no network")
+        out["network_dropout"] = Legacy(key=dropout.key, value=None, source="default")
+    return out
+
+
+def file_has_text(a: Args, paths: PathMapper) -> bool:
+    """False when --dim_from_weights builds the network from a file without text-encoder modules (kohya's
+    create_network_from_weights then builds no text-encoder LoRA); True otherwise, or when it is unreadable
+    (reported by the adapter mapping)."""
+    weights = a["network_weights"]
+    if not (a["dim_from_weights"].value and weights.value):
+        return True
+    local = paths.local(weights.value)
+    try:
+        file = read_lora_file(local) if local is not None else None
+    except (ModelFileError, ValueError, OSError):
+        return True
+    return file is None or any(m.name.startswith("lora_te") for m in file.modules.values())
 
 
 def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
@@ -385,10 +448,11 @@ def _fused_adafactor(a: Args, script: str) -> bool:
 def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conversion) -> None:
     """--dim_from_weights with networks.lora_flux / lora_sd3: create_network_from_weights builds one LoRA per
     module of the file (among the network's own candidates) at the module's rank and alpha, split_qkv off, so
-    a fused Linear's LoRA is one shared down (dbspec's fused_projections, which the network mapping set). A
-    file whose modules share one rank and alpha is dbspec's adapter at that rank and alpha, started from the
-    file; per-module ranks (a split_qkv file's fused layers at three or four times the rank, unsplit) are not
-    expressed. A module without alpha is kohya's KeyError (modules_alpha[lora_name])."""
+    a fused Linear's LoRA is one shared down (dbspec's fused_projections, which the network mapping set), and
+    none where the file has no module. The ranks become [[adapter.blocks]] (file_ranks.py: one block per rank,
+    alpha and group of modules, a last rank-0 block for the rest; a split_qkv file's fused layers at three or
+    four times the rank); the text encoders' modules share the adapter's rank and alpha. A module without
+    alpha is kohya's KeyError (modules_alpha[lora_name])."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not weights.value:
         conv.invalid(
@@ -416,28 +480,36 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
             "(kohya's KeyError)",
         )
         return
+    family = "flux" if wanted == "networks.lora_flux" else "sd3"
     try:
-        ranks = file_ranks(file)
+        text = text_pair(file, flow_text_prefixes(family))
+        blocks, embedders = flow_blocks(file, family)
     except ValueError as exc:
         conv.unsupported(
             from_file,
-            f"{wanted}'s create_network_from_weights builds each module of the file at its own rank: {exc}; "
-            "a split_qkv file's fused layers load unsplit at three or four times the rank (dbspec's adapter "
-            "has one rank per block pattern, not yet per kohya module)",
+            f"{wanted}'s create_network_from_weights builds each module of the file at its rank: {exc}",
         )
         return
-    if "rank" not in ranks:
-        conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear")
+    pair = text or common_pair(file)
+    if pair is None or len(blocks) == 1:
+        conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear {wanted} adapts")
         return
-    (rank, alpha), note = ranks["rank"], f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
-    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    (rank, alpha), note = pair, f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    map_init_weights(weights, paths, conv)
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
-    # kohya's LoRAModule takes alpha 0 as the rank
     conv.put(("adapter", "rank"), rank, note)
-    conv.put(("adapter", "alpha"), float(alpha) if alpha else float(rank), note)
-    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
+    conv.put(("adapter", "alpha"), alpha, note)
+    targets = list(conv.values[("adapter", "denoiser_targets")][0])
+    if embedders:
+        conv.put(("adapter", "denoiser_targets"), [*targets, *embedders], note + " (its embedders too)")
+    first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", "blocks")), default=-1)
+    for index, block in enumerate(blocks, start=first):
+        why = note + (": the modules it lacks get none" if block["rank"] == 0 else ": its modules' rank")
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, why)
+    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha, adapter.blocks")
 
 
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:

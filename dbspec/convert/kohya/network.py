@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from dbspec.compiler.init_weights import file_ranks
+from dbspec.convert.kohya.file_ranks import common_pair, pair_of, sd_blocks, text_pair
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
@@ -568,7 +569,35 @@ def _float(text) -> float:
     return float(text)
 
 
-def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
+def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
+    """`--network_weights` -> adapter.init_weights, loaded as kohya's network loads it: `load_weights` calls
+    `load_state_dict(weights_sd, False)`, so a layer the file lacks keeps its fresh init and a file layer the
+    network lacks is ignored (adapter.init_partial)."""
+    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    conv.put(
+        ("adapter", "init_partial"),
+        True,
+        conv.comment(weights, "kohya's load_weights: load_state_dict(strict=False)"),
+    )
+
+
+def _from_weights_ranks(file, original_names: bool) -> dict[str, tuple[int, float]]:
+    """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's most frequent) linear pair
+    and the convolutions' one pair; ValueError where dbspec cannot express the file's ranks (text-encoder or
+    convolution modules at several ranks; per-module ranks in SDXL's original-layout names)."""
+    linear = text_pair(file, ("lora_te",)) or common_pair(file)
+    out = {} if linear is None else {"rank": linear}
+    convs = {pair_of(m) for m in file.modules.values() if m.conv}
+    if len(convs) > 1:
+        raise ValueError(f"its convolution modules have several ranks / alphas ({sorted(convs)})")
+    if convs:
+        out["conv_rank"] = next(iter(convs))
+    if original_names:
+        file_ranks(file)  # SDXL's original-layout names: one rank and alpha (ValueError naming the first)
+    return out
+
+
+def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_names: bool = False) -> None:
     """`--network_weights`: train_network.py loads the file into the network after `apply_to` (before
     training; a resumed state loads over it), dbspec's `adapter.init_weights`. `--dim_from_weights`: the
     network is built from the file instead (networks/lora.py create_network_from_weights): its ranks and
@@ -599,14 +628,15 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
             "only, not the Tucker layers' lora_mid",
         )
         return
-    conv.mapped(weights, ("adapter", "init_weights"), paths.for_spec(weights.value))
+    map_init_weights(weights, paths, conv)
     if not from_file.value:
         return
     local = paths.local(weights.value)
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        ranks = file_ranks(read_lora_file(local))
+        file = read_lora_file(local)
+        ranks = _from_weights_ranks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
@@ -626,4 +656,12 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion) -> None:
         conv.put(("adapter", "conv_alpha"), float(ranks["conv_rank"][1]), note)
         targets += _RESNET_LINEAR
     conv.put(("adapter", "denoiser_targets"), targets, note)
+    if not original_names:  # the file's modules at their ranks, none elsewhere (create_network_from_weights)
+        conv_pair = ranks.get("conv_rank", (0, 1.0))
+        for index, block in enumerate(sd_blocks(file)):
+            if block["rank"] == 0:
+                block.update(conv_rank=conv_pair[0], conv_alpha=float(conv_pair[1]))
+            why = note + (": the linears it lacks get none" if block["rank"] == 0 else ": its modules' rank")
+            for key, value in block.items():
+                conv.put(("adapter", "blocks", index, key), value, why)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")

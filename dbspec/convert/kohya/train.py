@@ -681,7 +681,9 @@ def text_outputs_cached(a: Args) -> Legacy | None:
     return None
 
 
-def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) -> bool:
+def map_text_encoder(
+    a: Args, script: str, total: int | None, conv: Conversion, text_modules: bool = True
+) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
@@ -724,6 +726,15 @@ def map_text_encoder(a: Args, script: str, total: int | None, conv: Conversion) 
             ("train", "text_encoder"),
             False,
             comment=conv.comment(te_lr, "networks.lora skips parameters whose learning rate is 0"),
+        )
+        return False
+    if not unet_only.value and not text_modules:  # --dim_from_weights with a file of no text-encoder module
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        conv.put(
+            ("train", "text_encoder"),
+            False,
+            "kohya --dim_from_weights: the file has no text-encoder module, so create_network_from_weights "
+            "builds no text-encoder LoRA",
         )
         return False
     trains = not unet_only.value

@@ -1,0 +1,202 @@
+"""kohya --dim_from_weights with per-module ranks: create_network_from_weights builds one LoRA per module of
+the file, each at the module's own rank and alpha (networks/lora_flux.py, lora_sd3.py, lora.py), and none
+where the file has no module. dbspec's adapter says that with `[[adapter.blocks]]`: one block per (rank,
+alpha) and group of the denoiser's modules, their patterns over diffusers' module paths, so the plan shows
+every rank; the file stays the weights' source and the plan checks its ranks against the blocks.
+
+Flux and SD3 (the original model's names): each kohya module maps to its diffusers paths (a fused Linear to
+all its parts, which then share one rank: kohya builds a `split_qkv` file's fused layers unsplit, one down at
+three or four times the rank); the blocks list the block indices per group of children, and a last rank-0
+block (pattern `^`) keeps every module the file lacks out, as kohya creates none there. networks.lora
+(SD 1.x / 2.x, diffusers names with `.` written `_`): one block per (rank, alpha) naming its modules, each
+`_` matching `.` or `_`. Text-encoder modules share the adapter's rank and alpha (blocks are the denoiser's):
+a file whose text-encoder modules differ is not expressed (ValueError)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+
+from dbspec.compiler.lora_file import LoraFile, LoraModule
+
+Pair = tuple[int, float]
+
+# kohya module name (after lora_unet_) inside a block -> the diffusers children it is
+_FLUX_DOUBLE = {
+    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn_proj": ("attn.to_out.0",),
+    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn_proj": ("attn.to_add_out",),
+    "img_mlp_0": ("ff.net.0.proj",),
+    "img_mlp_2": ("ff.net.2",),
+    "txt_mlp_0": ("ff_context.net.0.proj",),
+    "txt_mlp_2": ("ff_context.net.2",),
+    "img_mod_lin": ("norm1.linear",),
+    "txt_mod_lin": ("norm1_context.linear",),
+}
+_FLUX_SINGLE = {
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear2": ("proj_out",),
+    "modulation_lin": ("norm.linear",),
+}
+# create_network_from_weights scans the embedders (in_dims [0] * 5) and not the final layer
+_FLUX_TOP = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in_in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in_out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in_in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in_out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in_out_layer": "time_text_embed.guidance_embedder.linear_2",
+}
+_SD3_BLOCK = {
+    "x_block_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "x_block_attn_proj": ("attn.to_out.0",),
+    "context_block_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "context_block_attn_proj": ("attn.to_add_out",),
+    "x_block_attn2_qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "x_block_attn2_proj": ("attn2.to_out.0",),
+    "x_block_mlp_fc1": ("ff.net.0.proj",),
+    "x_block_mlp_fc2": ("ff.net.2",),
+    "context_block_mlp_fc1": ("ff_context.net.0.proj",),
+    "context_block_mlp_fc2": ("ff_context.net.2",),
+    "x_block_adaLN_modulation_1": ("norm1.linear",),
+    "context_block_adaLN_modulation_1": ("norm1_context.linear",),
+}
+# create_network_from_weights scans emb_dims' filters ([0] * 6): the final layer too
+_SD3_TOP = {
+    "context_embedder": "context_embedder",
+    "t_embedder_mlp_0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder_mlp_2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder_mlp_0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder_mlp_2": "time_text_embed.text_embedder.linear_2",
+    "final_layer_adaLN_modulation_1": "norm_out.linear",
+    "final_layer_linear": "proj_out",
+}
+_LAYOUTS = {
+    "flux": ({"double_blocks": ("transformer_blocks", _FLUX_DOUBLE), "single_blocks": (
+        "single_transformer_blocks", _FLUX_SINGLE)}, _FLUX_TOP),
+    "sd3": ({"joint_blocks": ("transformer_blocks", _SD3_BLOCK)}, _SD3_TOP),
+}  # fmt: skip
+
+
+def pair_of(module: LoraModule) -> Pair:
+    """kohya's (rank, alpha): LoRAModule takes alpha 0 (or a missing one, networks.lora) as the rank."""
+    return module.rank, float(module.alpha) if module.alpha else float(module.rank)
+
+
+def _same(a: Pair, b: Pair) -> bool:
+    return a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-3)
+
+
+def text_pair(file: LoraFile, prefixes: tuple[str, ...]) -> Pair | None:
+    """The one (rank, alpha) of the file's text-encoder modules, None without any; ValueError when they
+    differ (the adapter's text-encoder LoRAs have one rank)."""
+    found: Pair | None = None
+    for module in file.modules.values():
+        if not module.name.startswith(prefixes):
+            continue
+        pair = pair_of(module)
+        if found is not None and not _same(found, pair):
+            raise ValueError(
+                f"text-encoder module `{module.name}` has rank {pair[0]} / alpha {pair[1]:g}, another "
+                f"{found[0]} / {found[1]:g} (per-module ranks are expressed for the denoiser only)"
+            )
+        found = found or pair
+    return found
+
+
+def flow_paths(family: str, name: str) -> tuple[str, int | None, tuple[str, ...]] | None:
+    """(diffusers ModuleList or "", block index or None, children / the path) of kohya's denoiser module
+    `name` (without lora_unet_); None where create_network_from_weights creates no LoRA (Flux's final
+    layer, names it does not scan)."""
+    lists, top = _LAYOUTS[family]
+    if name in top:
+        return "", None, (top[name],)
+    match = re.fullmatch(r"([a-z]+_blocks)_(\d+)_(.+)", name)
+    if match and match[1] in lists:
+        blocks, table = lists[match[1]]
+        children = table.get(match[3])
+        if children:
+            return blocks, int(match[2]), children
+    return None
+
+
+def flow_blocks(file: LoraFile, family: str) -> tuple[list[dict], list[str]]:
+    """[[adapter.blocks]] tables for the file's denoiser modules (rank, alpha each) and a last rank-0 block,
+    and the extra denoiser targets (embedders) they need; ValueError for a module dbspec cannot adapt."""
+    groups: dict[Pair, dict[str, dict[int | None, set[str]]]] = defaultdict(lambda: defaultdict(dict))
+    extra: list[str] = []
+    for module in file.modules.values():
+        if not module.name.startswith("lora_unet_"):
+            continue
+        found = flow_paths(family, module.name.removeprefix("lora_unet_"))
+        if found is None:
+            continue  # kohya's network has no such module: load_state_dict(strict=False) ignores it
+        if module.conv:
+            raise ValueError(f"module `{module.name}` adapts a convolution (the patch embedding)")
+        blocks, index, children = found
+        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        groups[key][blocks].setdefault(index, set()).update(children)
+        if not blocks:
+            extra.extend(children)
+    out = []
+    for (rank, alpha), lists in groups.items():
+        for blocks, indices in lists.items():
+            for pattern in _patterns(blocks, indices):
+                out.append({"pattern": pattern, "rank": rank, "alpha": alpha})
+    out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
+    return out, extra
+
+
+def _patterns(blocks: str, indices: dict[int | None, set[str]]) -> list[str]:
+    """Patterns naming exactly these modules: the indices sharing one set of children together."""
+    if not blocks:
+        paths = sorted(p for children in indices.values() for p in children)
+        return ["^(" + "|".join(re.escape(p) for p in paths) + ")$"]
+    by_children: dict[frozenset[str], list[int]] = defaultdict(list)
+    for index, children in sorted(indices.items(), key=lambda item: item[0] or 0):
+        by_children[frozenset(children)].append(index or 0)
+    out = []
+    for children, numbers in by_children.items():
+        names = "|".join(re.escape(c) for c in sorted(children))
+        out.append(rf"^{blocks}\.({'|'.join(map(str, numbers))})\.({names})$")
+    return out
+
+
+def sd_blocks(file: LoraFile) -> list[dict]:
+    """networks.lora (diffusers names with `.` written `_`): blocks naming the file's denoiser linear modules
+    at their (rank, alpha), each `_` matching `.` or `_` (the modules that share a tail after their last
+    index together), then a rank-0 block for the linears the file lacks (its `conv_rank` is the caller's)."""
+    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for module in file.modules.values():
+        if module.conv or not module.name.startswith("lora_unet_"):
+            continue
+        name = module.name.removeprefix("lora_unet_")
+        cut = [m.end() for m in re.finditer(r"_\d+_", name)]
+        head, tail = (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
+        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        groups[key][head].append(tail)
+    out = []
+    for (rank, alpha), heads in groups.items():
+        by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for head, tails in sorted(heads.items()):
+            by_tails[tuple(sorted(tails))].append(head)
+        for tails, names in by_tails.items():
+            tail = "(" + "|".join(tails) + ")"
+            pattern = f"^({'|'.join(names)})_{tail}$" if names != [""] else f"^{tail}$"
+            out.append({"pattern": pattern.replace("_", "[._]"), "rank": rank, "alpha": alpha})
+    out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
+    return out
+
+
+def common_pair(file: LoraFile, conv: bool = False) -> Pair | None:
+    """The most frequent (rank, alpha) of the file's denoiser linear (or `conv`olution) modules."""
+    counts: Counter[Pair] = Counter()
+    for module in file.modules.values():
+        if module.conv == conv and module.name.startswith("lora_unet_"):
+            key = next((p for p in counts if _same(p, pair_of(module))), pair_of(module))
+            counts[key] += 1
+    return counts.most_common(1)[0][0] if counts else None
