@@ -1743,6 +1743,17 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
 (`model.t5_max_length`).""",
         help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
+    # schedule.start_step / start_epoch past the run's end: DBS393 (plan time, once the step count is known).
+    Code(
+        "DBS393",
+        ERROR,
+        "A start step at or past the run's end",
+        """\
+`schedule.start_step`, or `schedule.start_epoch`'s first step ((start_epoch - 1) x the plan's steps per
+epoch), is not below the run's optimizer steps, so the run would train nothing. kohya stops the same way
+(`max_train_steps should be greater than initial step`).""",
+        help="start earlier, or train more steps or epochs",
+    ),
     Code(
         "DBS401",
         ERROR,
@@ -2150,6 +2161,27 @@ Train without `precision.compile`, or without the random window.""",
 SD3's joint attention processors call SDPA directly and have no plain counterpart (`AttnProcessor` cannot run
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
+    ),
+    # Runs that start later (schedule.start_step / start_epoch / skip_data / start_lr): DBS561, DBS562.
+    Code(
+        "DBS561",
+        ERROR,
+        "Both a start step and a start epoch",
+        """\
+`schedule.start_step` and `schedule.start_epoch` both say where the run starts; give one. (kohya lets
+`--initial_step` override `--initial_epoch`; `dbspec convert` keeps the step and reports the epoch as
+ignored.)""",
+        help="remove schedule.start_epoch or schedule.start_step",
+    ),
+    Code(
+        "DBS562",
+        WARNING,
+        "A start setting without a start",
+        """\
+`schedule.skip_data` or `schedule.start_lr` shapes a run that starts later, but neither `schedule.start_step`
+nor `schedule.start_epoch` (above 1) is set, so the run starts at its beginning and the setting does
+nothing.""",
+        help="set schedule.start_step or schedule.start_epoch, or remove the setting",
     ),
 )
 

@@ -32,6 +32,7 @@ from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, 
 from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.blocks import block_param_groups
+from dbspec.runtime.start import start_later
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.step import Parts
 from dbspec.runtime.text import WINDOW
@@ -204,6 +205,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         run.step = resumed.step
         resumed = None  # frees the CPU copy of the weights and optimizer state
         resume_training_mode(run.optimizer, plan.optimizer)  # schedule-free: averaged -> training weights
+    elif s.start is not None:  # schedule.start_step / start_epoch (kohya's initial_step)
+        start_later(run, s.start)
     if s.text_encoder_stop_step and run.step >= s.text_encoder_stop_step:
         freeze_text_encoders(run)
     if tokens is not None and plan.pivotal.stop_step and run.step >= plan.pivotal.stop_step:

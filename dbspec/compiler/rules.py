@@ -2718,3 +2718,34 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             "set (their attention processors call SDPA directly)",
             codes.help("DBS547"),
         )
+
+
+@rule("spec")
+def start_given_twice(spec: Spec, given: Given) -> Iterator[Hit]:
+    """schedule.start_step and start_epoch both set (DBS561)."""
+    s = spec.schedule
+    if s.start_step and s.start_epoch:
+        yield _err(
+            "DBS561",
+            ("schedule", "start_epoch"),
+            f"schedule.start_step = {s.start_step} and schedule.start_epoch = {s.start_epoch} both set where "
+            "the run starts",
+            codes.help("DBS561"),
+        )
+
+
+@rule("spec")
+def start_settings_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """schedule.skip_data / start_lr without a later start (DBS562)."""
+    s = spec.schedule
+    if s.start_step or s.start_epoch > 1:
+        return
+    for key in ("skip_data", "start_lr"):
+        if given(("schedule", key)):
+            yield _warn(
+                "DBS562",
+                ("schedule", key),
+                f"schedule.{key} is set, but the run starts at its beginning (no schedule.start_step, "
+                f"schedule.start_epoch = {s.start_epoch})",
+                codes.help("DBS562"),
+            )

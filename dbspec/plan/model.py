@@ -464,6 +464,22 @@ class TorchSchedulePlan:
 
 
 @frozen
+class StartPlan:
+    """Where a run that starts later starts (schedule.start_step / start_epoch / skip_data / start_lr, kohya's
+    initial_step / initial_epoch / skip_until_initial_step): the step counter's first value, the data's epoch
+    (0-based) and the batches of it already taken (per process), the LR schedule's position and the step
+    counter's value when the run ends."""
+
+    requested: int  # the start step asked for (start_epoch resolved)
+    skip_data: bool
+    step: int  # the counter's value before the first trained step (requested with skip_data, else 0)
+    epoch: int  # 0-based data epoch of the first trained step
+    position: int  # batches of that epoch already taken before the first trained step (per process)
+    lr_step: int  # LR scheduler steps taken before the first trained step
+    end_step: int  # the counter's value at the end: total_steps, or earlier when the epochs run out first
+
+
+@frozen
 class SchedulePlan:
     total_steps: int  # optimizer steps
     epochs: int
@@ -503,6 +519,8 @@ class SchedulePlan:
     # "process": one noise generator per process across steps; "micro_batch": reseeded per micro-batch from
     # (seed, global micro-batch index): partition-invariant over processes, resumable on every process
     noise_streams: str = "process"
+    # schedule.start_step / start_epoch (kohya's initial_step / initial_epoch); None = from the beginning
+    start: StartPlan | None = None
 
 
 @frozen

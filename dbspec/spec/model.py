@@ -1670,6 +1670,38 @@ class Schedule:
         "bit-exactly; "
         "auto = micro_batch when several processes run, else process.",
     )
+    # Starting later (kohya's initial_step / initial_epoch / skip_until_initial_step): docs/converting.md.
+    start_step: int = option(
+        0,
+        doc="Start the run at this optimizer step instead of 0 (kohya's initial_step): with `skip_data`, the "
+        "step counter starts here (checkpoint and validation steps, token warm-up, the text-encoder stop see "
+        "it) and the data continues where an uninterrupted run would be at this step; without it only the "
+        "epoch moves, as kohya: the data starts at the first batch of the epoch holding this step, the step "
+        "counter at 0, and the run ends at its last step or at the end of its last epoch, whichever comes "
+        "first. Must be below the run's steps. 0 = start at the beginning.",
+        minimum=0,
+        maximum=10_000_000,
+    )
+    start_epoch: int = option(
+        0,
+        doc="Start the run at this epoch (1 = the first, as kohya's initial_epoch): the same as "
+        "`start_step` = (start_epoch - 1) x the plan's steps per epoch. 0 = unset. Give `start_step` or "
+        "this, not both.",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    skip_data: bool = option(
+        False,
+        doc="With `start_step` / `start_epoch`: the step counter starts there and the batches an "
+        "uninterrupted run would have trained before it are skipped (kohya's skip_until_initial_step); "
+        "false moves only the epoch.",
+    )
+    start_lr: Literal["first", "start_step"] = option(
+        "first",
+        doc="Where the LR schedule is at the first trained step of a run that starts later: first = its "
+        "first step, as kohya (initial_step does not move its scheduler; only --resume restores one); "
+        "start_step = where an uninterrupted run's schedule would be at the start step.",
+    )
 
 
 @frozen

@@ -1289,6 +1289,18 @@ CASES = [
         [("DBS547", "error", ("precision", "attention"))],
         'family = "flux"\n' + DOG + STEPS + '[precision]\nattention = "eager"\n',
     ),
+    (
+        rules.start_given_twice,
+        DOG + STEPS + "start_step = 10\nstart_epoch = 2\n",
+        [("DBS561", "error", ("schedule", "start_epoch"))],
+        DOG + STEPS + "start_epoch = 2\n",
+    ),
+    (
+        rules.start_settings_inert,
+        DOG + STEPS + 'skip_data = true\nstart_lr = "start_step"\nstart_epoch = 1\n',
+        [("DBS562", "warning", ("schedule", "skip_data")), ("DBS562", "warning", ("schedule", "start_lr"))],
+        DOG + STEPS + 'skip_data = true\nstart_lr = "start_step"\nstart_step = 10\n',
+    ),
 ]
 
 

@@ -24,6 +24,7 @@ from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_los
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
+from dbspec.convert.kohya.start import map_start
 from dbspec.convert.kohya.train import (
     map_learning_rates,
     map_length,
@@ -136,9 +137,6 @@ UNSUPPORTED = {
     "dataset_class": "a custom dataset class",
     "in_json": "fine-tuning metadata datasets",
     "block_lr": "per-block U-Net learning rates",
-    "skip_until_initial_step": "skipping the first steps",
-    "initial_epoch": "starting at a later epoch",
-    "initial_step": "starting at a later step",
 }
 
 
@@ -161,6 +159,7 @@ def convert_kohya(
     kohya_batches, dbspec_batches = _batches(layout, conv)
     length = map_length(a, kohya_batches, dbspec_batches, conv)
     map_lr_schedule(a, length.total_steps, conv, script)
+    map_start(a, length.steps_per_epoch, conv)
     text_encoder = map_text_encoder(a, script, length.total_steps, conv)
     map_learning_rates(a, script, text_encoder, conv)
     if layout is not None:
