@@ -2183,6 +2183,19 @@ nor `schedule.start_epoch` (above 1) is set, so the run starts at its beginning 
 nothing.""",
         help="set schedule.start_step or schedule.start_epoch, or remove the setting",
     ),
+    # Per-block denoiser learning rates (optimizer.blocks, kohya sdxl_train.py --block_lr): DBS563.
+    Code(
+        "DBS563",
+        ERROR,
+        "Optimizer blocks that cannot apply",
+        """\
+`[[optimizer.blocks]]` give the denoiser's parameters per-block learning rates in a full fine-tune (kohya
+sdxl_train.py `--block_lr`). They need `adapter.kind = "none"` (an adapter's blocks take `[[adapter.blocks]]`
+`lr_scale`), a denoiser that trains, one optimizer (`optimizer.split` cuts the tensors its own way), schedule
+bounds given as one number (a per-group table names no block group), and patterns that are Python regular
+expressions.""",
+        help="remove [[optimizer.blocks]], or the setting it cannot combine with",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -14,6 +14,7 @@ import torch
 from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
+from dbspec.runtime.optimizer_blocks import held_gradients, restore_held_gradients
 from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.tokens_ti import split_state
 from dbspec.runtime.weights import restore_trainable, trainable_state
@@ -38,6 +39,9 @@ class TrainState:
     # Every process's training-noise generator, by rank (several processes; None for one, or a checkpoint
     # saved before they were kept): noise_streams = "process" resumes each process's own stream.
     generators: list[torch.Tensor] | None = None
+    # The gradients optimizer.blocks at rate 0 have added up (kohya's block_lr: out of the optimizer, never
+    # cleared, counted by the clip norm), by denoiser parameter name; None without such blocks.
+    held_grads: dict[str, torch.Tensor] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -79,6 +83,7 @@ class TrainState:
             run_hash=run_hash(run.plan),
             plan=run.plan_json,
             generators=generators,
+            held_grads=held_gradients(run),
         )
 
     def restore(self, run: Run) -> None:
@@ -103,6 +108,8 @@ class TrainState:
         if run.ema is not None:
             run.ema.load_state_dict(self.ema)
         ckpt.restore_rng_state(self.rng)
+        if self.held_grads:
+            restore_held_gradients(run, self.held_grads)
 
 
 def gather_generators(run: Run) -> list[torch.Tensor] | None:

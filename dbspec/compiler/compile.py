@@ -40,6 +40,7 @@ from dbspec.compiler.optimizers import (
 from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.split import with_split_chunks
 from dbspec.compiler.start import requested_start, start_plan
+from dbspec.compiler.optimizer_blocks import optimizer_blocks
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import (
@@ -527,6 +528,7 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         implementation=o.implementation,
         split=o.split,
         split_order=_split_order(spec, model),
+        blocks=optimizer_blocks(spec),
     )
 
 

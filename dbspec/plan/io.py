@@ -257,6 +257,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
         ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
         ("schedule", "start"): None,  # runs that start later (kohya's initial_step), added since
+        ("optimizer", "blocks"): [],  # per-block denoiser rates (kohya sdxl_train.py block_lr), added since
     },
 }
 

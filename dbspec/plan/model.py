@@ -764,6 +764,17 @@ class SplitChunk:
 
 
 @frozen
+class OptimizerBlockPlan:
+    """One [[optimizer.blocks]] entry: the denoiser parameters whose path `pattern` matches (re.search; the
+    first block wins) train at `lr` in their own optimizer group (`name`); at lr 0 they are in no group (kohya
+    leaves them out of the optimizer) but keep their gradients, which the clip norm counts."""
+
+    name: str  # the optimizer group's name: denoiser_block<position in the list>
+    pattern: str
+    lr: float
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
@@ -798,6 +809,9 @@ class OptimizerPlan:
     # the chunks, one optimizer each, when the plan can count the trained tensors (dbspec/compiler/split.py);
     # () = cut at run time (the run notes them)
     split_chunks: tuple[SplitChunk, ...] = ()
+    # optimizer.blocks (kohya sdxl_train.py --block_lr): the denoiser's parameters at per-block rates, the
+    # first pattern that matches a parameter's path wins; () = one rate
+    blocks: tuple[OptimizerBlockPlan, ...] = ()
 
 
 @frozen

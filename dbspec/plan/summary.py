@@ -330,6 +330,7 @@ def schedule_table(plan: Plan) -> Table:
             + _clipping(plan),
         ),
         *_split_rows(plan),
+        *_optimizer_block_rows(plan),
         ("lr schedule", _lr_schedule(s)),
         *_lr_rows(s),
         *_momentum_rows(s),
@@ -851,6 +852,31 @@ def _source_check(plan: Plan) -> str:
     """What each run reads before step 1 to know no source changed since this plan (runtime/data.py)."""
     files = {path for d in plan.datasets for img in d.images for path, _ in img.source_files()}
     return f"{_plural(len(files), 'file')} hashed and decoded at the start of each run"
+
+
+def _optimizer_block_rows(plan: Plan) -> list[tuple[str, str]]:
+    """optimizer.blocks (kohya sdxl_train.py block_lr): each block's optimizer group, pattern and rate."""
+    blocks = plan.optimizer.blocks
+    if not blocks:
+        return []
+    head = (
+        "denoiser blocks",
+        f"{len(blocks)} groups by parameter path, the first pattern that matches wins; parameters no pattern "
+        f"matches train at lr {plan.optimizer.lr:g}",
+    )
+    rows = [
+        (
+            f"  {b.name}",
+            f"`{b.pattern}`: "
+            + (
+                f"lr {b.lr:g}"
+                if b.lr
+                else "lr 0: not trained (out of the optimizer; gradients kept and clipped)"
+            ),
+        )
+        for b in blocks
+    ]
+    return [head, *rows]
 
 
 def _start(st) -> str:

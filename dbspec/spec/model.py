@@ -281,6 +281,26 @@ def _module_dropout():
 
 
 @frozen
+class OptimizerBlock:
+    """The learning rate of the denoiser parameters one pattern names in a full fine-tune (kohya sdxl_train.py
+    `--block_lr`)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each denoiser parameter's path (diffusers names, e.g. "
+        "`down_blocks.1.attentions.0.proj_in.weight`); the first block whose pattern matches a parameter "
+        "sets its learning rate.",
+        example="^down_blocks\\.1\\.",
+    )
+    lr: float = option(
+        doc="The learning rate of the matched parameters; 0 = they never change (kohya leaves them out of "
+        "the optimizer: their gradients are still computed, add up over the steps uncleared and count in the "
+        "max_grad_norm clip).",
+        minimum=0,
+        example=1e-5,
+    )
+
+
+@frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
     `block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas` and per-block learning rates)."""
@@ -1312,6 +1332,15 @@ class Optimizer:
         minimum=1,
         example=4,
     )
+    # kohya sdxl_train.py --block_lr: the denoiser's parameters at per-block rates (full fine-tunes).
+    blocks: list[OptimizerBlock] = option(
+        factory=list,
+        doc="Per-block learning rates of the denoiser in a full fine-tune ([[optimizer.blocks]] tables, "
+        "kohya sdxl_train.py `block_lr`): each denoiser parameter trains at the rate of the first block "
+        "whose pattern matches its path, in an optimizer group of its own per block (in the blocks' order; "
+        "a block at rate 0 has none); parameters no block matches keep `lr`. For LoRA use "
+        "`[[adapter.blocks]]` `lr_scale`.",
+    )
     # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
     d0: float = option(
         1e-6, doc="dadapt_*: the initial estimate of the step size d (dadaptation's d0).", exclusive_minimum=0
@@ -2206,6 +2235,7 @@ TABLE_CLASSES = (
     Buckets,
     Group,
     Loss,
+    OptimizerBlock,
     Optimizer,
     Schedule,
     Precision,

@@ -24,6 +24,7 @@ from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_los
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
+from dbspec.convert.kohya.block_lr import map_block_lr
 from dbspec.convert.kohya.start import map_start
 from dbspec.convert.kohya.train import (
     map_learning_rates,
@@ -136,7 +137,6 @@ UNSUPPORTED = {
     "output_config": "kohya writes a config and exits",
     "dataset_class": "a custom dataset class",
     "in_json": "fine-tuning metadata datasets",
-    "block_lr": "per-block U-Net learning rates",
 }
 
 
@@ -162,6 +162,7 @@ def convert_kohya(
     map_start(a, length.steps_per_epoch, conv)
     text_encoder = map_text_encoder(a, script, length.total_steps, conv)
     map_learning_rates(a, script, text_encoder, conv)
+    map_block_lr(a, script, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)
     map_optimizer(a, conv)
