@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
 from dbspec.runtime.execute import execute
 from dbspec.frontend import plan_spec
+from dbspec.plan.validate import plan_problems
 from tests.runtime.runspec import CPU, compile_spec, final_weights, summary_text, write_spec
 
 # 6 batches per epoch (toy: 6 images x 2 repeats, batch 2), 10 steps = 2 epochs
@@ -103,3 +105,18 @@ def test_a_start_past_the_end_is_refused_and_a_start_is_summarised(tmp_path):
     path.write_text(text.replace("batch_size = 2", "batch_size = 2\nstart_step = 8\nskip_data = true"))
     summary = summary_text(compile_spec(path))
     assert "step 8: steps 9-10 train; data from epoch 2, batch 3" in summary
+
+
+def test_a_plan_file_with_an_impossible_start_is_refused(tmp_path):
+    path = write_spec(tmp_path, steps=10)
+    path.write_text(
+        path.read_text().replace("batch_size = 2", "batch_size = 2\nstart_step = 8\nskip_data = true")
+    )
+    plan = compile_spec(path)
+    assert plan_problems(plan) == []
+    start = plan.schedule.start
+    bad = attrs.evolve(
+        plan, schedule=attrs.evolve(plan.schedule, start=attrs.evolve(start, position=6, step=10))
+    )
+    problems = " ".join(plan_problems(bad))
+    assert "step 10, end_step 10" in problems and "found epoch 1, position 6" in problems
