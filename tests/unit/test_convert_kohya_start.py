@@ -147,3 +147,13 @@ def test_scripts_without_the_options_still_refuse_them(tmp_path):
         command=f"sdxl_train.py --pretrained_model_name_or_path {SD15} --train_data_dir d --initial_step 3",
     )
     assert fate(outcome, "initial_step") == "unsupported"
+
+
+def test_initial_epoch_on_several_processes_states_kohyas_count(tmp_path):
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    launch = "accelerate launch --num_processes 2 train_network.py"
+    model = f"--pretrained_model_name_or_path {SD15} --network_module networks.lora"
+    rest = "--train_data_dir d --resolution 512 --max_train_steps 300 --initial_epoch 3"
+    outcome = kohya(tmp_path, command=f"{launch} {model} {rest}")
+    assert "divides the per-process batches by the process count again" in messages(outcome, "DBS404")
+    assert plan_of(outcome, tmp_path).schedule.start.requested == 2 * 30

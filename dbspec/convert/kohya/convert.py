@@ -159,7 +159,7 @@ def convert_kohya(
     kohya_batches, dbspec_batches = _batches(layout, conv)
     length = map_length(a, kohya_batches, dbspec_batches, conv)
     map_lr_schedule(a, length.total_steps, conv, script)
-    map_start(a, length.steps_per_epoch, conv)
+    map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     text_encoder = map_text_encoder(a, script, length.total_steps, conv)
     map_learning_rates(a, script, text_encoder, conv)
     map_block_lr(a, script, conv)
@@ -328,3 +328,11 @@ def _header(ka: KohyaArgs) -> list[str]:
         f"Converted by `dbspec convert kohya` ({ka.script}.py) from: {'; '.join(ka.inputs) or 'defaults'}.",
         "Each value's comment names the kohya key it came from; `--report` lists what became of every key.",
     ]
+
+
+def _processes(launcher: dict) -> int:
+    """The process count an `accelerate launch --num_processes N` (or torchrun) line asks for; 1 without."""
+    for name in ("num_processes", "nproc_per_node"):
+        if name in launcher and str(launcher[name].value).isdigit():
+            return int(launcher[name].value)
+    return 1

@@ -15,7 +15,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 Args = dict[str, Legacy]
 
 
-def map_start(a: Args, steps_per_epoch: int | None, conv: Conversion) -> None:
+def map_start(a: Args, steps_per_epoch: int | None, conv: Conversion, processes: int = 1) -> None:
     if (
         "initial_step" not in a
     ):  # scripts without the options (train_db.py, sdxl_train.py): argparse refuses them
@@ -31,7 +31,17 @@ def map_start(a: Args, steps_per_epoch: int | None, conv: Conversion) -> None:
         else:
             conv.inert(step, "a start at step 0 or below is the beginning")
     elif epoch.value is not None:
-        if epoch.value > 1:
+        if epoch.value > 1 and processes > 1:
+            conv.differs(
+                epoch,
+                f"with {processes} processes kohya's initial_epoch step divides the per-process batches "
+                f"by the process count again ((initial_epoch - 1) x ceil(batches / {processes} / "
+                "accumulation)); dbspec starts at the epoch's first step",
+                ("schedule", "start_epoch"),
+                epoch.value,
+            )
+            start = epoch
+        elif epoch.value > 1:
             conv.mapped(epoch, ("schedule", "start_epoch"), epoch.value)
             start = epoch
         else:
