@@ -1789,6 +1789,17 @@ scaler that fp16 mixed precision needs (`precision.mixed = "fp16"`, or `"auto"` 
 bf16): it would read gradients still multiplied by the loss scale. dbspec does not run that.""",
         help='use precision.mixed = "bf16" or "no", or split_first_step = "step"',
     ),
+    # schedule.start_step / start_epoch past the run's end: DBS393 (plan time, once the step count is known).
+    Code(
+        "DBS393",
+        ERROR,
+        "A start step at or past the run's end",
+        """\
+`schedule.start_step`, or `schedule.start_epoch`'s first step ((start_epoch - 1) x the plan's steps per
+epoch), is not below the run's optimizer steps, so the run would train nothing. kohya stops the same way
+(`max_train_steps should be greater than initial step`).""",
+        help="start earlier, or train more steps or epochs",
+    ),
     Code(
         "DBS401",
         ERROR,
@@ -2274,6 +2285,40 @@ of `optimizer.split`; with `split = 1` there is one optimizer, over every traine
 gradient that is still scaled would bound the scaled norm (kohya's hooks raise there: accelerate's scaler
 refuses to unscale twice).""",
         help='set precision.weights = "fp16" and optimizer.max_grad_norm = 0, or remove fp16_gradients',
+    ),
+    # Runs that start later (schedule.start_step / start_epoch / skip_data / start_lr): DBS561, DBS562.
+    Code(
+        "DBS561",
+        ERROR,
+        "Both a start step and a start epoch",
+        """\
+`schedule.start_step` and `schedule.start_epoch` both say where the run starts; give one. (kohya lets
+`--initial_step` override `--initial_epoch`; `dbspec convert` keeps the step and reports the epoch as
+ignored.)""",
+        help="remove schedule.start_epoch or schedule.start_step",
+    ),
+    Code(
+        "DBS562",
+        WARNING,
+        "A start setting without a start",
+        """\
+`schedule.skip_data` or `schedule.start_lr` shapes a run that starts later, but neither `schedule.start_step`
+nor `schedule.start_epoch` (above 1) is set, so the run starts at its beginning and the setting does
+nothing.""",
+        help="set schedule.start_step or schedule.start_epoch, or remove the setting",
+    ),
+    # Per-block denoiser learning rates (optimizer.blocks, kohya sdxl_train.py --block_lr): DBS563.
+    Code(
+        "DBS563",
+        ERROR,
+        "Optimizer blocks that cannot apply",
+        """\
+`[[optimizer.blocks]]` give the denoiser's parameters per-block learning rates in a full fine-tune (kohya
+sdxl_train.py `--block_lr`). They need `adapter.kind = "none"` (an adapter's blocks take `[[adapter.blocks]]`
+`lr_scale`), a denoiser that trains, one optimizer (`optimizer.split` cuts the tensors its own way), schedule
+bounds given as one number (a per-group table names no block group), and patterns that are Python regular
+expressions.""",
+        help="remove [[optimizer.blocks]], or the setting it cannot combine with",
     ),
 )
 

@@ -31,6 +31,7 @@ from dbspec.runtime.optim_split import chunk_step_sizes, step_first_chunk
 from dbspec.runtime.prepare import set_train_mode
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
+from dbspec.runtime.start import last_step
 from dbspec.runtime.state import TrainState, gather_generators
 from dbspec.runtime.step import run_batch
 from dbspec.runtime.weights import save_weights, write_final
@@ -110,8 +111,9 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
     evaluator = Evaluator(plan, out, run.parts.device) if plan.evaluation.metrics and run.main else None
     scores: dict = {}  # the latest evaluation's metrics row, for the checkpoint saved at its step
 
-    with interrupted, train_progress(console, s.total_steps, step) as progress:
-        while step < s.total_steps:
+    end = last_step(s)  # the run's steps, or where a later start's epochs run out (schedule.start)
+    with interrupted, train_progress(console, end, step) as progress:
+        while step < end:
             step_loss, terms = _optimizer_step(run, step)
             step += 1
             if run.ema is not None:
@@ -162,7 +164,7 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
                                 )
                             )
                     run.accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
-            if stopping and step < s.total_steps:
+            if stopping and step < end:
                 log.close()
                 _write_report(run, console)
                 return _result(

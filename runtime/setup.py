@@ -32,6 +32,8 @@ from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, 
 from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.blocks import block_param_groups
+from dbspec.runtime.optimizer_blocks import optimizer_block_groups
+from dbspec.runtime.start import start_later
 from dbspec.runtime.state import TrainState
 from dbspec.runtime.scaled_pos import install as install_scaled_tables
 from dbspec.runtime.step import Parts
@@ -130,6 +132,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
     if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)
         groups = block_param_groups(groups, comps.unet, plan.adapter)
+    if plan.optimizer.blocks:  # per-block denoiser rates (kohya sdxl_train.py block_lr)
+        groups = optimizer_block_groups(groups, comps.unet, plan.optimizer.blocks)
     if tokens is not None:  # pivotal tuning: the new token rows, at their own rate
         groups.append(tokens.group())
     if plan.optimizer.split > 1:  # one optimizer and LR schedule per chunk (kohya's fused_optimizer_groups)
@@ -215,6 +219,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         run.step = resumed.step
         resumed = None  # frees the CPU copy of the weights and optimizer state
         resume_training_mode(run.optimizer, plan.optimizer)  # schedule-free: averaged -> training weights
+    elif s.start is not None:  # schedule.start_step / start_epoch (kohya's initial_step)
+        start_later(run, s.start)
     if s.text_encoder_stop_step and run.step >= s.text_encoder_stop_step:
         freeze_text_encoders(run)
     if tokens is not None and plan.pivotal.stop_step and run.step >= plan.pivotal.stop_step:

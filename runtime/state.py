@@ -14,6 +14,7 @@ import torch
 from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
+from dbspec.runtime.optimizer_blocks import held_gradients, restore_held_gradients
 from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.scaled_pos import added_sides, restore_sides
 from dbspec.runtime.tokens_ti import split_state
@@ -42,6 +43,9 @@ class TrainState:
     # model.scaled_pos_embed: the patched sides of the position tables the run added so far, in order (the
     # first process's; None when off, or a checkpoint saved before they were kept)
     scaled_pos_sides: list[int] | None = None
+    # The gradients optimizer.blocks at rate 0 have added up (kohya's block_lr: out of the optimizer, never
+    # cleared, counted by the clip norm), by denoiser parameter name; None without such blocks.
+    held_grads: dict[str, torch.Tensor] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -84,6 +88,7 @@ class TrainState:
             plan=run.plan_json,
             generators=generators,
             scaled_pos_sides=added_sides(run.comps.unet),
+            held_grads=held_gradients(run),
         )
 
     def restore(self, run: Run) -> None:
@@ -110,6 +115,8 @@ class TrainState:
         if run.accelerator.is_main_process:  # the sides it saved are its own
             restore_sides(run.comps.unet, self.scaled_pos_sides)
         ckpt.restore_rng_state(self.rng)
+        if self.held_grads:
+            restore_held_gradients(run, self.held_grads)
 
 
 def gather_generators(run: Run) -> list[torch.Tensor] | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from dbspec import __version__
+from dbspec import __version__, codes
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_plan
 from dbspec.compiler.init_weights import plan_init_weights
@@ -40,6 +40,8 @@ from dbspec.compiler.optimizers import (
 )
 from dbspec.compiler.torch_schedules import torch_schedule_plan
 from dbspec.compiler.split import with_split_chunks
+from dbspec.compiler.start import requested_start, start_plan
+from dbspec.compiler.optimizer_blocks import optimizer_blocks
 from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import (
@@ -210,7 +212,32 @@ def _compute(ctx: Context, batches: int, buckets: tuple[BucketPlan, ...], valida
     streams = s.noise_streams
     if streams == "auto":
         streams = "micro_batch" if ctx.env.processes > 1 else "process"
-    return attrs.evolve(_compute_schedule(ctx, batches, buckets, validate), noise_streams=streams)
+    plan = attrs.evolve(_compute_schedule(ctx, batches, buckets, validate), noise_streams=streams)
+    return _with_start(ctx, plan)
+
+
+def _with_start(ctx: Context, plan: SchedulePlan) -> SchedulePlan:
+    """schedule.start_step / start_epoch settled (DBS393: a start at or past the run's end, kohya's
+    `max_train_steps should be greater than initial step`)."""
+    s = ctx.spec.schedule
+    start = requested_start(s, plan.steps_per_epoch)
+    if start >= plan.total_steps:
+        key = "start_step" if s.start_step else "start_epoch"
+        given = (
+            f"schedule.start_step = {s.start_step}"
+            if s.start_step
+            else f"schedule.start_epoch = {s.start_epoch}"
+        )
+        ctx.report(
+            "DBS393",
+            "error",
+            f"{given} starts at step {start}, not below the run's {plan.total_steps} steps "
+            f"({plan.steps_per_epoch} per epoch)",
+            ("schedule", key),
+            codes.help("DBS393"),
+        )
+        return plan
+    return attrs.evolve(plan, start=start_plan(s, plan))
 
 
 def _compute_schedule(
@@ -506,6 +533,7 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         split_order=_split_order(spec, model),
         split_train=o.split_train if o.split > 1 else "all",  # DBS554 refuses them without a split
         split_first_step=o.split_first_step if o.split > 1 else "step",
+        blocks=optimizer_blocks(spec),
     )
 
 

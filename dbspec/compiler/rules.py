@@ -16,6 +16,7 @@ Adding a rule is adding one function with its phase (and a case in tests/unit/te
 from __future__ import annotations
 
 import difflib
+import re
 
 import os
 from collections import Counter
@@ -2839,3 +2840,82 @@ def fused_dropout_draws(spec: Spec, given: Given) -> Iterator[Hit]:
             "0, so there is no draw to share",
             codes.help("DBS553"),
         )
+
+
+@rule("spec")
+def start_given_twice(spec: Spec, given: Given) -> Iterator[Hit]:
+    """schedule.start_step and start_epoch both set (DBS561)."""
+    s = spec.schedule
+    if s.start_step and s.start_epoch:
+        yield _err(
+            "DBS561",
+            ("schedule", "start_epoch"),
+            f"schedule.start_step = {s.start_step} and schedule.start_epoch = {s.start_epoch} both set where "
+            "the run starts",
+            codes.help("DBS561"),
+        )
+
+
+@rule("spec")
+def start_settings_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """schedule.skip_data / start_lr without a later start (DBS562)."""
+    s = spec.schedule
+    if s.start_step or s.start_epoch > 1:
+        return
+    for key in ("skip_data", "start_lr"):
+        if given(("schedule", key)):
+            yield _warn(
+                "DBS562",
+                ("schedule", key),
+                f"schedule.{key} is set, but the run starts at its beginning (no schedule.start_step, "
+                f"schedule.start_epoch = {s.start_epoch})",
+                codes.help("DBS562"),
+            )
+
+
+@rule("spec")
+def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
+    """[[optimizer.blocks]] need a full fine-tune of the denoiser with one optimizer and patterns that
+    compile (DBS563)."""
+    blocks = spec.optimizer.blocks
+    if not blocks:
+        return
+    why = ""
+    if spec.adapter.kind != "none":
+        why = (
+            f'adapter.kind is "{spec.adapter.kind}": an adapter\'s blocks take `[[adapter.blocks]]` lr_scale'
+        )
+    elif not spec.train.denoiser:
+        why = "train.denoiser is false: no denoiser parameter trains"
+    elif spec.optimizer.split > 1:
+        why = f"optimizer.split = {spec.optimizer.split} cuts the tensors by its own chunks"
+    else:
+        tables = [
+            k for k in ("base_lr", "max_lr", "base_momentum", "max_momentum") if _schedule_table(spec, k)
+        ]
+        if tables:
+            why = f"schedule.{tables[0]} gives per-group values, which name no block group"
+    if why:
+        yield Hit(
+            code="DBS563",
+            severity="error",
+            path=("optimizer", "blocks"),
+            message=f"[[optimizer.blocks]] cannot apply: {why}",
+            help=codes.help("DBS563"),
+        )
+        return
+    for i, b in enumerate(blocks):
+        try:
+            re.compile(b.pattern)
+        except re.error as exc:
+            yield Hit(
+                code="DBS563",
+                severity="error",
+                path=("optimizer", "blocks", i, "pattern"),
+                message=f"optimizer.blocks[{i}].pattern `{b.pattern}` is no regular expression: {exc}",
+                help=codes.help("DBS563"),
+            )
+
+
+def _schedule_table(spec: Spec, key: str) -> bool:
+    return isinstance(getattr(spec.schedule, key, None), dict)

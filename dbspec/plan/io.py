@@ -266,6 +266,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "split_first_step"): "step",
         ("precision", "fp16_gradients"): "unscaled",
         ("model", "scaled_pos_embed"): [],  # kohya's scaled SD3 position tables, added since
+        ("schedule", "start"): None,  # runs that start later (kohya's initial_step), added since
+        ("optimizer", "blocks"): [],  # per-block denoiser rates (kohya sdxl_train.py block_lr), added since
     },
 }
 

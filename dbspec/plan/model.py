@@ -479,6 +479,22 @@ class TorchSchedulePlan:
 
 
 @frozen
+class StartPlan:
+    """Where a run that starts later starts (schedule.start_step / start_epoch / skip_data / start_lr, kohya's
+    initial_step / initial_epoch / skip_until_initial_step): the step counter's first value, the data's epoch
+    (0-based) and the batches of it already taken (per process), the LR schedule's position and the step
+    counter's value when the run ends."""
+
+    requested: int  # the start step asked for (start_epoch resolved)
+    skip_data: bool
+    step: int  # the counter's value before the first trained step (requested with skip_data, else 0)
+    epoch: int  # 0-based data epoch of the first trained step
+    position: int  # batches of that epoch already taken before the first trained step (per process)
+    lr_step: int  # LR scheduler steps taken before the first trained step
+    end_step: int  # the counter's value at the end: total_steps, or earlier when the epochs run out first
+
+
+@frozen
 class SchedulePlan:
     total_steps: int  # optimizer steps
     epochs: int
@@ -518,6 +534,8 @@ class SchedulePlan:
     # "process": one noise generator per process across steps; "micro_batch": reseeded per micro-batch from
     # (seed, global micro-batch index): partition-invariant over processes, resumable on every process
     noise_streams: str = "process"
+    # schedule.start_step / start_epoch (kohya's initial_step / initial_epoch); None = from the beginning
+    start: StartPlan | None = None
 
 
 @frozen
@@ -764,6 +782,17 @@ class SplitChunk:
 
 
 @frozen
+class OptimizerBlockPlan:
+    """One [[optimizer.blocks]] entry: the denoiser parameters whose path `pattern` matches (re.search; the
+    first block wins) train at `lr` in their own optimizer group (`name`); at lr 0 they are in no group (kohya
+    leaves them out of the optimizer) but keep their gradients, which the clip norm counts."""
+
+    name: str  # the optimizer group's name: denoiser_block<position in the list>
+    pattern: str
+    lr: float
+
+
+@frozen
 class OptimizerPlan:
     kind: str
     lr: float
@@ -804,6 +833,9 @@ class OptimizerPlan:
     # optimizer.split_first_step: "micro_batch" = the first chunk's optimizer steps after every micro-batch
     # from that micro-batch's gradient and clears it (kohya's --fused_optimizer_groups with accumulation)
     split_first_step: Literal["step", "micro_batch"] = "step"
+    # optimizer.blocks (kohya sdxl_train.py --block_lr): the denoiser's parameters at per-block rates, the
+    # first pattern that matches a parameter's path wins; () = one rate
+    blocks: tuple[OptimizerBlockPlan, ...] = ()
 
 
 @frozen

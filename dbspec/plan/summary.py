@@ -312,6 +312,7 @@ def schedule_table(plan: Plan) -> Table:
             "optimizer steps",
             f"{s.total_steps} ({_plural(s.epochs, 'epoch')} x {_plural(s.steps_per_epoch, 'step')})",
         ),
+        *([("start", _start(s.start))] if s.start is not None else []),
         (
             "batch",
             f"{_batch_sizes(plan)} x {s.accumulation} accumulation x {s.processes} process(es)",
@@ -343,6 +344,7 @@ def schedule_table(plan: Plan) -> Table:
             + _clipping(plan),
         ),
         *_split_rows(plan),
+        *_optimizer_block_rows(plan),
         ("lr schedule", _lr_schedule(s)),
         *_lr_rows(s),
         *_momentum_rows(s),
@@ -912,6 +914,45 @@ def _source_check(plan: Plan) -> str:
     """What each run reads before step 1 to know no source changed since this plan (runtime/data.py)."""
     files = {path for d in plan.datasets for img in d.images for path, _ in img.source_files()}
     return f"{_plural(len(files), 'file')} hashed and decoded at the start of each run"
+
+
+def _optimizer_block_rows(plan: Plan) -> list[tuple[str, str]]:
+    """optimizer.blocks (kohya sdxl_train.py block_lr): each block's optimizer group, pattern and rate."""
+    blocks = plan.optimizer.blocks
+    if not blocks:
+        return []
+    head = (
+        "denoiser blocks",
+        f"{len(blocks)} groups by parameter path, the first pattern that matches wins; parameters no pattern "
+        f"matches train at lr {plan.optimizer.lr:g}",
+    )
+    rows = [
+        (
+            f"  {b.name}",
+            f"`{b.pattern}`: "
+            + (
+                f"lr {b.lr:g}"
+                if b.lr
+                else "lr 0: not trained (out of the optimizer; gradients kept and clipped)"
+            ),
+        )
+        for b in blocks
+    ]
+    return [head, *rows]
+
+
+def _start(st) -> str:
+    """schedule.start_step / start_epoch: where the counter, the data and the LR schedule start."""
+    lr = f"lr schedule from its step {st.lr_step}"
+    if st.skip_data:
+        return (
+            f"step {st.requested}: steps {st.step + 1}-{st.end_step} train; data from epoch {st.epoch + 1}, "
+            f"batch {st.position + 1} (the {st.position} before it and earlier epochs skipped); {lr}"
+        )
+    return (
+        f"epoch {st.epoch + 1} (step {st.requested} asked, data not skipped): steps 1-{st.end_step} train "
+        f"(counted from 0) on data from epoch {st.epoch + 1}'s first batch; {lr}"
+    )
 
 
 def _lr_schedule(s) -> str:

@@ -8,6 +8,7 @@ not by "finishing" a run that trained nothing).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -176,6 +177,8 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             yield f"buckets[{i}].size must be two sides of at least 8 pixels; found {b.size}"
     yield from _group_problems(plan)
     yield from _noise_problems(plan)
+    yield from _start_problems(plan)
+    yield from _optimizer_block_problems(plan)
     yield from _text_dropout_problems(plan)
     yield from _scaled_pos_problems(plan)
     yield from _eager_attention_problems(plan)
@@ -209,6 +212,36 @@ def _noise_problems(plan: Plan) -> Iterator[str]:
         )
     elif huber is not None and not (_above(0)(huber.c) and _above(0)(huber.scale)):
         yield f"loss.huber needs c > 0 and scale > 0; found c {huber.c}, scale {huber.scale}"
+
+
+def _start_problems(plan: Plan) -> Iterator[str]:
+    """schedule.start: a counter below the end, a data position inside its epoch."""
+    s, st = plan.schedule, plan.schedule.start
+    if st is None:
+        return
+    if not (0 <= st.step < st.end_step <= s.total_steps and st.lr_step >= 0):
+        yield (
+            "schedule.start needs 0 <= step < end_step <= total_steps and lr_step >= 0; found step "
+            f"{st.step}, end_step {st.end_step}, total_steps {s.total_steps}, lr_step {st.lr_step}"
+        )
+    if not (st.epoch >= 0 and 0 <= st.position < s.batches_per_epoch):
+        yield (
+            f"schedule.start needs epoch >= 0 and 0 <= position < {s.batches_per_epoch} (batches per epoch); "
+            f"found epoch {st.epoch}, position {st.position}"
+        )
+
+
+def _optimizer_block_problems(plan: Plan) -> Iterator[str]:
+    """optimizer.blocks: compiling patterns and rates >= 0, on a fully trained denoiser."""
+    for b in plan.optimizer.blocks:
+        try:
+            re.compile(b.pattern)
+        except re.error:
+            yield f"optimizer.blocks `{b.name}` needs a regular expression; found {b.pattern!r}"
+        if not (_number(b.lr) and b.lr >= 0):
+            yield f"optimizer.blocks `{b.name}` needs lr >= 0; found {b.lr!r}"
+    if plan.optimizer.blocks and (plan.adapter.kind != "none" or plan.optimizer.split > 1):
+        yield "optimizer.blocks need a full fine-tune with one optimizer (adapter none, split 1)"
 
 
 def _eager_attention_problems(plan: Plan) -> Iterator[str]:

@@ -292,6 +292,26 @@ def _module_dropout():
 
 
 @frozen
+class OptimizerBlock:
+    """The learning rate of the denoiser parameters one pattern names in a full fine-tune (kohya sdxl_train.py
+    `--block_lr`)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each denoiser parameter's path (diffusers names, e.g. "
+        "`down_blocks.1.attentions.0.proj_in.weight`); the first block whose pattern matches a parameter "
+        "sets its learning rate.",
+        example="^down_blocks\\.1\\.",
+    )
+    lr: float = option(
+        doc="The learning rate of the matched parameters; 0 = they never change (kohya leaves them out of "
+        "the optimizer: their gradients are still computed, add up over the steps uncleared and count in the "
+        "max_grad_norm clip).",
+        minimum=0,
+        example=1e-5,
+    )
+
+
+@frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
     `block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas` and per-block learning rates)."""
@@ -1396,6 +1416,15 @@ class Optimizer:
         "gradient_accumulation_steps > 1: its first optimizer is not accelerate's wrapper, which holds the "
         "others back until the last micro-batch. Needs split > 1.",
     )
+    # kohya sdxl_train.py --block_lr: the denoiser's parameters at per-block rates (full fine-tunes).
+    blocks: list[OptimizerBlock] = option(
+        factory=list,
+        doc="Per-block learning rates of the denoiser in a full fine-tune ([[optimizer.blocks]] tables, "
+        "kohya sdxl_train.py `block_lr`): each denoiser parameter trains at the rate of the first block "
+        "whose pattern matches its path, in an optimizer group of its own per block (in the blocks' order; "
+        "a block at rate 0 has none); parameters no block matches keep `lr`. For LoRA use "
+        "`[[adapter.blocks]]` `lr_scale`.",
+    )
     # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
     d0: float = option(
         1e-6, doc="dadapt_*: the initial estimate of the step size d (dadaptation's d0).", exclusive_minimum=0
@@ -1753,6 +1782,38 @@ class Schedule:
         "b draw what one process with batch b and N-fold accumulation draws, and every process resumes "
         "bit-exactly; "
         "auto = micro_batch when several processes run, else process.",
+    )
+    # Starting later (kohya's initial_step / initial_epoch / skip_until_initial_step): docs/converting.md.
+    start_step: int = option(
+        0,
+        doc="Start the run at this optimizer step instead of 0 (kohya's initial_step): with `skip_data`, the "
+        "step counter starts here (checkpoint and validation steps, token warm-up, the text-encoder stop see "
+        "it) and the data continues where an uninterrupted run would be at this step; without it only the "
+        "epoch moves, as kohya: the data starts at the first batch of the epoch holding this step, the step "
+        "counter at 0, and the run ends at its last step or at the end of its last epoch, whichever comes "
+        "first. Must be below the run's steps. 0 = start at the beginning.",
+        minimum=0,
+        maximum=10_000_000,
+    )
+    start_epoch: int = option(
+        0,
+        doc="Start the run at this epoch (1 = the first, as kohya's initial_epoch): the same as "
+        "`start_step` = (start_epoch - 1) x the plan's steps per epoch. 0 = unset. Give `start_step` or "
+        "this, not both.",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    skip_data: bool = option(
+        False,
+        doc="With `start_step` / `start_epoch`: the step counter starts there and the batches an "
+        "uninterrupted run would have trained before it are skipped (kohya's skip_until_initial_step); "
+        "false moves only the epoch.",
+    )
+    start_lr: Literal["first", "start_step"] = option(
+        "first",
+        doc="Where the LR schedule is at the first trained step of a run that starts later: first = its "
+        "first step, as kohya (initial_step does not move its scheduler; only --resume restores one); "
+        "start_step = where an uninterrupted run's schedule would be at the start step.",
     )
 
 
@@ -2270,6 +2331,7 @@ TABLE_CLASSES = (
     Buckets,
     Group,
     Loss,
+    OptimizerBlock,
     Optimizer,
     Schedule,
     Precision,

@@ -146,6 +146,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["pivotal"]  # pivotal tuning, added since (off then)
     del data["checkpoints"]["select"]  # the best checkpoint, added since
     del data["validation"]["preview"]  # live validation previews, added since (off then)
+    del data["schedule"]["start"]  # runs that start later (kohya's initial_step), added since
+    del data["optimizer"]["blocks"]  # per-block denoiser rates (kohya's block_lr), added since
     return json.dumps(data, indent=1) + "\n"
 
 

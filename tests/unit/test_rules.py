@@ -1338,7 +1338,37 @@ CASES = [
         [("DBS553", "warning", ("adapter", "fused_dropout"))],
         DOG + STEPS + LORA + "fused_dropout = true\nmodule_dropout = 0.1\n",
     ),
+    (
+        rules.start_given_twice,
+        DOG + STEPS + "start_step = 10\nstart_epoch = 2\n",
+        [("DBS561", "error", ("schedule", "start_epoch"))],
+        DOG + STEPS + "start_epoch = 2\n",
+    ),
+    (
+        rules.start_settings_inert,
+        DOG + STEPS + 'skip_data = true\nstart_lr = "start_step"\nstart_epoch = 1\n',
+        [("DBS562", "warning", ("schedule", "skip_data")), ("DBS562", "warning", ("schedule", "start_lr"))],
+        DOG + STEPS + 'skip_data = true\nstart_lr = "start_step"\nstart_step = 10\n',
+    ),
+    (
+        rules.optimizer_blocks_apply,
+        DOG + STEPS + LORA + "[[optimizer.blocks]]\npattern = '^mid_block\\.'\nlr = 1e-6\n",
+        [("DBS563", "error", ("optimizer", "blocks"))],
+        DOG + STEPS + "[[optimizer.blocks]]\npattern = '^mid_block\\.'\nlr = 1e-6\n",
+    ),
 ]
+
+
+def test_optimizer_blocks_refuse_what_they_cannot_combine_with():
+    block = "[[optimizer.blocks]]\npattern = '^mid_block\\.'\nlr = 0.0\n"
+    assert hits_of(
+        rules.optimizer_blocks_apply, DOG + STEPS + "[train]\ndenoiser = false\ntext_encoder = true\n" + block
+    )
+    assert hits_of(rules.optimizer_blocks_apply, DOG + STEPS + "[optimizer]\nsplit = 2\n" + block)
+    bad = "[[optimizer.blocks]]\npattern = '(mid'\nlr = 1e-6\n"
+    assert hits_of(rules.optimizer_blocks_apply, DOG + STEPS + bad) == [
+        ("DBS563", "error", ("optimizer", "blocks", 0, "pattern"))
+    ]
 
 
 @pytest.mark.parametrize(("rule", "bad", "expected", "good"), CASES, ids=[c[0].__name__ for c in CASES])

@@ -14,6 +14,7 @@ from dbspec.spec.model import (
     ADAPTER_VARIANTS,
     SPEC_VERSION,
     AdapterBlock,
+    OptimizerBlock,
     Dataset,
     Group,
     LoraAdapter,
@@ -48,11 +49,10 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
         rows = _rows(conv, cls, (table,))
         if rows:
             lines += ["", f"[{table}]", *rows]
-        if table == "adapter":  # [[adapter.blocks]] after the adapter's own keys
-            for index in sorted(
-                {p[2] for p in conv.values if p[:2] == ("adapter", "blocks") and len(p) == 4}
-            ):
-                lines += ["", "[[adapter.blocks]]", *_rows(conv, AdapterBlock, ("adapter", "blocks", index))]
+        block_cls = {"adapter": AdapterBlock, "optimizer": OptimizerBlock}.get(table)
+        if block_cls is not None:  # [[adapter.blocks]] / [[optimizer.blocks]] after the table's own keys
+            for index in sorted({p[2] for p in conv.values if p[:2] == (table, "blocks") and len(p) == 4}):
+                lines += ["", f"[[{table}.blocks]]", *_rows(conv, block_cls, (table, "blocks", index))]
     return "\n".join(lines) + "\n"
 
 

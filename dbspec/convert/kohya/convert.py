@@ -24,6 +24,8 @@ from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_los
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import file_has_text, map_adapter, map_model, map_precision
 from dbspec.convert.kohya.outputs import map_outputs
+from dbspec.convert.kohya.block_lr import map_block_lr
+from dbspec.convert.kohya.start import map_start
 from dbspec.convert.kohya.train import (
     map_learning_rates,
     map_length,
@@ -135,10 +137,6 @@ UNSUPPORTED = {
     "output_config": "kohya writes a config and exits",
     "dataset_class": "a custom dataset class",
     "in_json": "fine-tuning metadata datasets",
-    "block_lr": "per-block U-Net learning rates",
-    "skip_until_initial_step": "skipping the first steps",
-    "initial_epoch": "starting at a later epoch",
-    "initial_step": "starting at a later step",
 }
 
 
@@ -161,8 +159,10 @@ def convert_kohya(
     kohya_batches, dbspec_batches = _batches(layout, conv)
     length = map_length(a, kohya_batches, dbspec_batches, conv)
     map_lr_schedule(a, length.total_steps, conv, script)
+    map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     text_encoder = map_text_encoder(a, script, length.total_steps, conv, not lora or file_has_text(a, paths))
     map_learning_rates(a, script, text_encoder, conv)
+    map_block_lr(a, script, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)
     map_optimizer(a, conv)
@@ -328,3 +328,11 @@ def _header(ka: KohyaArgs) -> list[str]:
         f"Converted by `dbspec convert kohya` ({ka.script}.py) from: {'; '.join(ka.inputs) or 'defaults'}.",
         "Each value's comment names the kohya key it came from; `--report` lists what became of every key.",
     ]
+
+
+def _processes(launcher: dict) -> int:
+    """The process count an `accelerate launch --num_processes N` (or torchrun) line asks for; 1 without."""
+    for name in ("num_processes", "nproc_per_node"):
+        if name in launcher and str(launcher[name].value).isdigit():
+            return int(launcher[name].value)
+    return 1
