@@ -1998,13 +1998,14 @@ convolution adapters): peft's DoRA keeps one magnitude per output row of plain L
     Code(
         "DBS520",
         ERROR,
-        "LyCORIS's use_scalar with DoRA or a starting file",
+        "LyCORIS's use_scalar with peft's DoRA or a starting file",
         """\
 `adapter.scalar = true` (LyCORIS `use_scalar`: a trained scalar, from 0, multiplies each layer's update) with
-`dora = true` or `init_weights`: dbspec's DoRA layers rebuild the weight from `lora_A` and `lora_B` alone,
-with no scalar; and a starting file holds the factors with the scalar folded in (LyCORIS loads them with
-scalar 1), so the run would not start from that file's update. Turn `scalar` off, or remove the other
-option.""",
+peft's DoRA (`kind = "lora"`, `dora = true`, `dora_form = "peft"`) or `init_weights`: peft's DoRA layer
+rebuilds the weight from `lora_A` and `lora_B` alone, with no scalar (LyCORIS's weight decomposition,
+`dora_form = "lycoris"` and LoHa / LoKr DoRA, renormalises the scaled update, as LyCORIS); and a starting
+file holds the factors with the scalar folded in (LyCORIS loads them with scalar 1), so the run would not
+start from that file's update. Turn `scalar` off, or remove the other option.""",
     ),
     Code(
         "DBS521",
@@ -2150,6 +2151,17 @@ Train without `precision.compile`, or without the random window.""",
 SD3's joint attention processors call SDPA directly and have no plain counterpart (`AttnProcessor` cannot run
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
+    ),
+    # LyCORIS's GLoRA dropouts outside its bypass forward: DBS556.
+    Code(
+        "DBS556",
+        WARNING,
+        "A GLoRA dropout without its bypass forward",
+        """\
+`adapter.rank_dropout` or `adapter.dropout` with `kind = "glora"` and `bypass = false`: LyCORIS's GLoRAModule
+reads them only in its bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with
+no dropout, so they change nothing (the plan says 0). `module_dropout` acts in both.""",
+        help="set adapter.bypass = true, or remove the dropout",
     ),
 )
 

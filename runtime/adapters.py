@@ -44,7 +44,7 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
 
         return ia3_config([*targets, *(adapter.conv_targets if conv else ())], adapter.input_targets)
     if adapter.kind == "glora":  # LyCORIS's GLoRA: dbspec's own peft layer (lycoris_glora.py)
-        from dbspec.runtime.lycoris_glora import with_glora
+        from dbspec.runtime.lycoris_glora import glora_options, with_glora
 
         convs = adapter.conv_targets if conv and adapter.conv_rank else ()
         patterns = [re.escape(t) for t in convs]
@@ -55,7 +55,8 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
                 target_modules=[*targets, *convs],
                 rank_pattern={p: adapter.conv_rank for p in patterns},
                 alpha_pattern={p: adapter.conv_alpha for p in patterns},
-            )
+            ),
+            **glora_options(adapter),
         )
     if adapter.kind == "boft":  # LyCORIS's BOFT: dbspec's own peft layer (lycoris_boft.py)
         from dbspec.runtime.lycoris_boft import boft_config

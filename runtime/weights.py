@@ -278,10 +278,10 @@ def load_peft_adapters(
             config = with_ia3(config)
         from dbspec.runtime.lycoris_oft import has_oft, has_rescale, with_oft
 
-        from dbspec.runtime.lycoris_glora import has_glora, with_glora
+        from dbspec.runtime.lycoris_glora import has_glora, has_glora_scalar, with_glora
 
-        if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config)
-            config = with_glora(config)
+        if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config; its use_scalar's scalars)
+            config = with_glora(config, scalar=has_glora_scalar(state))
         from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT)

@@ -256,6 +256,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "oft_rescaled"): False,
         ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
         ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
+        ("adapter", "bypass"): False,  # LyCORIS bypass_mode for GLoRA / OFT, added since
+        ("adapter", "bypass_dropout"): 0.0,
     },
 }
 
