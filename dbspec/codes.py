@@ -1743,6 +1743,19 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
 (`model.t5_max_length`).""",
         help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
+    # LyCORIS BOFT on a layer width its power2factorization cannot split: DBS390.
+    Code(
+        "DBS390",
+        ERROR,
+        "A layer LyCORIS's BOFT cannot split into blocks",
+        """\
+`adapter.kind = "boft"` splits each targeted layer's w output rows into w / b blocks of b rows, b even and at
+most `block_size`, w / b a power of two (LyCORIS's power2factorization). A targeted layer of the base model
+whose width has no such split cannot train (LyCORIS raises on it too): the message names the layers and the
+help line the smallest block size that splits them all. The widths are read from the model's safetensors
+headers when its diffusers folder is on this machine; otherwise the layer is refused, named, when the adapter
+is built.""",
+    ),
     Code(
         "DBS401",
         ERROR,

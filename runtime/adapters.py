@@ -63,14 +63,22 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
 
         convs = adapter.conv_targets if conv else ()
         return boft_config(
-            [*targets, *convs], adapter.oft_block_size, adapter.oft_constraint, adapter.oft_rescaled
+            [*targets, *convs],
+            adapter.oft_block_size,
+            adapter.oft_constraint,
+            adapter.oft_rescaled,
+            adapter.bypass,
         )
     if adapter.kind == "diag-oft":  # LyCORIS's Diag-OFT: dbspec's own peft layer (lycoris_oft.py)
         from dbspec.runtime.lycoris_oft import oft_config
 
         convs = adapter.conv_targets if conv else ()
         return oft_config(
-            [*targets, *convs], adapter.oft_block_size, adapter.oft_constraint, adapter.oft_rescaled
+            [*targets, *convs],
+            adapter.oft_block_size,
+            adapter.oft_constraint,
+            adapter.oft_rescaled,
+            bypass=adapter.bypass,
         )
     conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
     # peft matches a pattern key as a regex against the module path's tail; targets are literal names.

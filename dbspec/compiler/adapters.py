@@ -127,6 +127,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         oft_block_size=getattr(adapter, "block_size", 0),
         oft_constraint=getattr(adapter, "constraint", 0.0),
         oft_rescaled=getattr(adapter, "rescaled", False),
+        bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
         denoiser_targets=tuple(adapter.denoiser_targets)
         if targets_given
         else family_spec(family).lora_targets,

@@ -546,6 +546,16 @@ def _oft_rescaled():
     )
 
 
+def _oft_bypass():
+    return option(
+        False,
+        doc="LyCORIS `bypass_mode`: rotate (and rescale) the layer's output channels, its bias included, "
+        "as LyCORIS's bypass forward does, instead of the weight's rows (the default forward leaves the "
+        "bias as it is). The export is the same tensors; kohya's file records `bypass_mode` in its "
+        "metadata.",
+    )
+
+
 def _rotated_conv_targets():
     return option(
         factory=list,
@@ -579,6 +589,7 @@ class DiagOftAdapter:
         minimum=0,
     )
     rescaled: bool = _oft_rescaled()
+    bypass: bool = _oft_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()
@@ -610,6 +621,7 @@ class BoftAdapter:
         minimum=0,
     )
     rescaled: bool = _oft_rescaled()
+    bypass: bool = _oft_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()

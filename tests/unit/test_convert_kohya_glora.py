@@ -56,7 +56,10 @@ def test_glora_ignores_dora_wd(tmp_path):
 def test_glora_switches_map_to_its_options(tmp_path):
     """GLoRAModule's use_scalar (str_bool: "0" is on), module_dropout and bypass_mode, whose forward alone
     reads rank_dropout and dropout."""
-    args = '"algo=glora", "use_scalar=0", "bypass_mode=True", "rank_dropout=0.3", "module_dropout=0.2", "dropout=0.1"'
+    args = (
+        '"algo=glora", "use_scalar=0", "bypass_mode=True", "rank_dropout=0.3", "module_dropout=0.2", '
+        '"dropout=0.1"'
+    )
     outcome = _lycoris(tmp_path, args)
     assert outcome.exit_code == 0, errors(outcome)
     a = plan_of(outcome, tmp_path).adapter

@@ -522,6 +522,21 @@ def _lycoris_full(
             args.source,
             "LyCORIS's full algo raises ValueError with bypass_mode (it has no bypass forward)",
         )
+    elif _str_bool(kwargs.get("bypass_mode", "false")) and kind in ("diag-oft", "boft"):
+        kwargs.pop(
+            "bypass_mode"
+        )  # the output rotated, its bias too (runtime/lycoris_oft.py, lycoris_boft.py)
+        put["bypass"] = True
+        if kind == "boft" and "dropout" in kwargs:
+            conv.ignored(
+                Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source),
+                "LyCORIS's ButterflyOFTModule never reads its dropout",
+            )
+        elif _float(kwargs.get("dropout", "0") or 0):
+            unsupported["dropout"] = (
+                f"{kwargs.pop('dropout')} with algo=diag-oft and bypass_mode (LyCORIS multiplies its "
+                "(blocks, size, size) rotations by an output-shaped dropout mask there; dbspec does not express it)"
+            )
     elif _str_bool(kwargs.get("bypass_mode", "false")):
         unsupported["bypass_mode"] = (
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
