@@ -535,7 +535,8 @@ def _lycoris_full(
         elif _float(kwargs.get("dropout", "0") or 0):
             unsupported["dropout"] = (
                 f"{kwargs.pop('dropout')} with algo=diag-oft and bypass_mode (LyCORIS multiplies its "
-                "(blocks, size, size) rotations by an output-shaped dropout mask there; dbspec does not express it)"
+                "(blocks, size, size) rotations by an output-shaped dropout mask there; dbspec does not "
+                "express it)"
             )
     elif _str_bool(kwargs.get("bypass_mode", "false")):
         unsupported["bypass_mode"] = (
