@@ -43,7 +43,8 @@ class BoftLayer(DiagOftLayer):
             raise ValueError(
                 f"LyCORIS's boft cannot split the {out_dim} output rows{where} with block_size (lora_dim) "
                 f"{r}: power2factorization needs an even block size b <= block_size with width / b a "
-                "power of two (LyCORIS raises too); choose another block_size or leave the layer out of the targets"
+                "power of two (LyCORIS raises too); choose another block_size or leave the layer out of "
+                "the targets"
             )
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
