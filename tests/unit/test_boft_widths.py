@@ -92,3 +92,21 @@ def test_unsplittable_layers_follow_peft_suffix_matching():
     info = types.SimpleNamespace
     tensors = [("a.to_q.weight", info(shape=(48, 8))), ("a.xto_q.weight", info(shape=(48, 8)))]
     assert unsplittable_layers(tensors, ("to_q",), (), 4) == [("a.to_q", 48)]
+
+
+def test_the_plan_refuses_a_base_model_layer_boft_cannot_split(tmp_path):
+    """`dbspec plan` on a diffusers folder: its to_k is 320 rows wide (64 x 5), which block_size 4 cannot
+    split (DBS390 names it); block_size 10 can."""
+    from test_compile import codes, compile_in, image, write_spec
+    from test_modelinfo import sd1_folder
+
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    sd1_folder(tmp_path / "models" / "sd15")
+    adapter = {"kind": "boft", "block_size": 4, "denoiser_targets": ["to_k"]}
+    write_spec(tmp_path, model={"base": "models/sd15"}, adapter=adapter)
+    planned = compile_in(tmp_path)
+    assert planned.plan is None and "DBS390" in codes(planned, "error")
+    (diagnostic,) = [d for d in planned.diagnostics if d.code == "DBS390"]
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k (320 rows)" in diagnostic.message
+    write_spec(tmp_path, model={"base": "models/sd15"}, adapter={**adapter, "block_size": 10})
+    assert "DBS390" not in codes(compile_in(tmp_path))

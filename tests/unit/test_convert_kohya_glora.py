@@ -70,6 +70,11 @@ def test_glora_switches_map_to_its_options(tmp_path):
         0.2,
         0.1,
     )
+    from dbspec.plan.summary import adapter_rows
+
+    rows = dict(adapter_rows(a))
+    assert "LyCORIS use_scalar" in rows["  scalar"] and "module 0.2" in rows["  dropout"]
+    assert "keeps the ranks drawn below 0.3" in rows["  bypass"] and "dropout 0.1" in rows["  bypass"]
 
 
 def test_glora_dropouts_without_bypass_are_ignored_as_lycoris_ignores_them(tmp_path):
