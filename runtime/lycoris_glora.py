@@ -115,12 +115,14 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
     def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
         """GLoRAModule's state-dict names for this layer's tensors (its alpha: self.lora_alpha), the scalar
         folded into a2 and b2 as its custom_state_dict saves them."""
-        scalar = self._scalar(adapter)
-        return {
-            f"{part.removeprefix('lora_glora_')}.weight": getattr(self, part)[adapter]
-            * (scalar if part in ("lora_glora_a2", "lora_glora_b2") else 1.0)
-            for part in _PARTS
+        scalar = self.lora_glora_scalar[adapter] if adapter in self.lora_glora_scalar else None
+        weights = {
+            f"{part.removeprefix('lora_glora_')}.weight": getattr(self, part)[adapter] for part in _PARTS
         }
+        if scalar is not None:
+            for key in ("a2.weight", "b2.weight"):
+                weights[key] = weights[key] * scalar
+        return weights
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """AddedOutput's forward with GLoRAModule's module dropout and bypass forward."""
