@@ -450,7 +450,7 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        # use_scalar with dora_wd trains now (test_convert_kohya_lycoris_switches.py), as do DoRA on LoHa/LoKr,
+        # use_scalar with dora_wd trains now (test_convert_kohya_lycoris_switches.py), as DoRA on LoHa/LoKr,
         # per input column, with Tucker (test_convert_kohya_lycoris_dora.py)
         ('"algo=lokr", "rs_lora=True"', "rank-stabilised"),
         ('"algo=diag-oft", "bypass_mode=True", "dropout=0.2"', "dropout mask"),
