@@ -107,18 +107,32 @@ def test_bypass_equals_lycoris_bypass_forward(kind, block, constraint, rescaled)
         torch.testing.assert_close(merged.base_layer.bias, getattr(base, name).bias)
 
 
-BOFT_BYPASS = (
-    'kind = "boft"\nblock_size = 4\nrescaled = true\nbypass = true\nconv_targets = ["conv1", "conv2"]\n',
-    {"algo": "boft", "conv_dim": "1", "constraint": "0", "rescaled": "True", "bypass_mode": "True"},
-    {"oft_blocks", "rescale", "alpha"},
-)
+BYPASS_KINDS = {
+    "boft_bypass": (
+        'kind = "boft"\nblock_size = 4\nrescaled = true\nbypass = true\nconv_targets = ["conv1", "conv2"]\n',
+        {"algo": "boft", "conv_dim": "1", "constraint": "0", "rescaled": "True", "bypass_mode": "True"},
+        {"oft_blocks", "rescale", "alpha"},
+    ),
+    "diag_oft_bypass": (
+        'kind = "diag-oft"\nblock_size = 4\nconstraint = 0.5\nbypass = true\nconv_targets = ["conv1"]\n',
+        {
+            "algo": "diag-oft",
+            "conv_dim": "1",
+            "constraint": "0.5",
+            "rescaled": "False",
+            "bypass_mode": "True",
+        },
+        {"oft_blocks", "alpha"},
+    ),
+}
 
 
-def test_boft_bypass_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("kind", list(BYPASS_KINDS))
+def test_bypass_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, loader, monkeypatch):  # noqa: F811
     others = lycoris_runs._lycoris_weight
 
-    def boft_weight(lyco) -> torch.Tensor:
-        if type(lyco).__name__ == "ButterflyOFTModule":
+    def oft_weight(lyco) -> torch.Tensor:
+        if type(lyco).__name__ in ("ButterflyOFTModule", "DiagOFTModule"):
             with torch.no_grad():
                 return lyco.get_merged_weight()[0]
         return others(lyco)
@@ -129,8 +143,8 @@ def test_boft_bypass_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path
             module.bypass_mode = True
         return network, weights
 
-    monkeypatch.setitem(lycoris_runs.KINDS, "boft_bypass", BOFT_BYPASS)
-    monkeypatch.setattr(lycoris_runs, "_lycoris_weight", boft_weight)
+    monkeypatch.setitem(lycoris_runs.KINDS, kind, BYPASS_KINDS[kind])
+    monkeypatch.setattr(lycoris_runs, "_lycoris_weight", oft_weight)
     lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(
-        tmp_path, "boft_bypass", bypass_loader
+        tmp_path, kind, bypass_loader
     )
