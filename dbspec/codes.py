@@ -1789,6 +1789,19 @@ scaler that fp16 mixed precision needs (`precision.mixed = "fp16"`, or `"auto"` 
 bf16): it would read gradients still multiplied by the loss scale. dbspec does not run that.""",
         help='use precision.mixed = "bf16" or "no", or split_first_step = "step"',
     ),
+    # LyCORIS BOFT on a layer width its power2factorization cannot split: DBS390.
+    Code(
+        "DBS390",
+        ERROR,
+        "A layer LyCORIS's BOFT cannot split into blocks",
+        """\
+`adapter.kind = "boft"` splits each targeted layer's w output rows into w / b blocks of b rows, b even and at
+most `block_size`, w / b a power of two (LyCORIS's power2factorization). A targeted layer of the base model
+whose width has no such split cannot train (LyCORIS raises on it too): the message names the layers and the
+help line the smallest block size that splits them all. The widths are read from the model's safetensors
+headers when its diffusers folder is on this machine; otherwise the layer is refused, named, when the adapter
+is built.""",
+    ),
     # schedule.start_step / start_epoch past the run's end: DBS393 (plan time, once the step count is known).
     Code(
         "DBS393",
@@ -2055,13 +2068,14 @@ convolution adapters): peft's DoRA keeps one magnitude per output row of plain L
     Code(
         "DBS520",
         ERROR,
-        "LyCORIS's use_scalar with DoRA or a starting file",
+        "LyCORIS's use_scalar with peft's DoRA or a starting file",
         """\
 `adapter.scalar = true` (LyCORIS `use_scalar`: a trained scalar, from 0, multiplies each layer's update) with
-`dora = true` or `init_weights`: dbspec's DoRA layers rebuild the weight from `lora_A` and `lora_B` alone,
-with no scalar; and a starting file holds the factors with the scalar folded in (LyCORIS loads them with
-scalar 1), so the run would not start from that file's update. Turn `scalar` off, or remove the other
-option.""",
+peft's DoRA (`kind = "lora"`, `dora = true`, `dora_form = "peft"`) or `init_weights`: peft's DoRA layer
+rebuilds the weight from `lora_A` and `lora_B` alone, with no scalar (LyCORIS's weight decomposition,
+`dora_form = "lycoris"` and LoHa / LoKr DoRA, renormalises the scaled update, as LyCORIS); and a starting
+file holds the factors with the scalar folded in (LyCORIS loads them with scalar 1), so the run would not
+start from that file's update. Turn `scalar` off, or remove the other option.""",
     ),
     Code(
         "DBS521",
@@ -2285,6 +2299,17 @@ of `optimizer.split`; with `split = 1` there is one optimizer, over every traine
 gradient that is still scaled would bound the scaled norm (kohya's hooks raise there: accelerate's scaler
 refuses to unscale twice).""",
         help='set precision.weights = "fp16" and optimizer.max_grad_norm = 0, or remove fp16_gradients',
+    ),
+    # LyCORIS's GLoRA dropouts outside its bypass forward: DBS556.
+    Code(
+        "DBS556",
+        WARNING,
+        "A GLoRA dropout without its bypass forward",
+        """\
+`adapter.rank_dropout` or `adapter.dropout` with `kind = "glora"` and `bypass = false`: LyCORIS's GLoRAModule
+reads them only in its bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with
+no dropout, so they change nothing (the plan says 0). `module_dropout` acts in both.""",
+        help="set adapter.bypass = true, or remove the dropout",
     ),
     # Runs that start later (schedule.start_step / start_epoch / skip_data / start_lr): DBS561, DBS562.
     Code(

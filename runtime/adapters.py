@@ -44,7 +44,7 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
 
         return ia3_config([*targets, *(adapter.conv_targets if conv else ())], adapter.input_targets)
     if adapter.kind == "glora":  # LyCORIS's GLoRA: dbspec's own peft layer (lycoris_glora.py)
-        from dbspec.runtime.lycoris_glora import with_glora
+        from dbspec.runtime.lycoris_glora import glora_options, with_glora
 
         convs = adapter.conv_targets if conv and adapter.conv_rank else ()
         patterns = [re.escape(t) for t in convs]
@@ -55,7 +55,8 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
                 target_modules=[*targets, *convs],
                 rank_pattern={p: adapter.conv_rank for p in patterns},
                 alpha_pattern={p: adapter.conv_alpha for p in patterns},
-            )
+            ),
+            **glora_options(adapter),
         )
     if adapter.kind == "dylora":  # DyLoRA, kohya's or LyCORIS's forward: dbspec's own peft layer (dylora.py)
         from dbspec.runtime.dylora import dylora_config
@@ -68,14 +69,22 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
 
         convs = adapter.conv_targets if conv else ()
         return boft_config(
-            [*targets, *convs], adapter.oft_block_size, adapter.oft_constraint, adapter.oft_rescaled
+            [*targets, *convs],
+            adapter.oft_block_size,
+            adapter.oft_constraint,
+            adapter.oft_rescaled,
+            adapter.bypass,
         )
     if adapter.kind == "diag-oft":  # LyCORIS's Diag-OFT: dbspec's own peft layer (lycoris_oft.py)
         from dbspec.runtime.lycoris_oft import oft_config
 
         convs = adapter.conv_targets if conv else ()
         return oft_config(
-            [*targets, *convs], adapter.oft_block_size, adapter.oft_constraint, adapter.oft_rescaled
+            [*targets, *convs],
+            adapter.oft_block_size,
+            adapter.oft_constraint,
+            adapter.oft_rescaled,
+            bypass=adapter.bypass,
         )
     conv_targets = adapter.conv_targets if conv and adapter.conv_rank else ()
     # peft matches a pattern key as a regex against the module path's tail; targets are literal names.

@@ -19,24 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dbspec.compiler.boft_widths import power2_factorization  # noqa: F401 (LyCORIS's split, torch-free)
 from dbspec.runtime.lycoris_oft import DiagOftLayer, oft_config
-
-
-def power2_factorization(dimension: int, factor: int) -> tuple[int, int]:
-    """LyCORIS's power2factorization: (block_size, block_num), block_size even and <= factor (any, for -1),
-    block_num the largest power of two found dividing the dimension that way; (0, 0) when none does."""
-    if factor == -1:
-        factor = dimension
-    m = n = 0
-    while m <= factor:
-        m += 2
-        while dimension % m != 0 and m < dimension:
-            m += 2
-        if m > factor:
-            break
-        if bin(dimension // m).count("1") == 1:
-            n = dimension // m
-    return (dimension // n, n) if n else (0, 0)
 
 
 def boft_stages(block_num: int) -> int:
@@ -55,7 +39,13 @@ class BoftLayer(DiagOftLayer):
         out_dim = base.weight.shape[0]
         block_size, block_num = power2_factorization(out_dim, r)
         if not block_num:
-            raise ValueError(f"LyCORIS's boft cannot split {out_dim} output rows with lora_dim {r}")
+            where = f" of `{self.oft_name}`" if getattr(self, "oft_name", "") else ""
+            raise ValueError(
+                f"LyCORIS's boft cannot split the {out_dim} output rows{where} with block_size (lora_dim) "
+                f"{r}: power2factorization needs an even block size b <= block_size with width / b a "
+                "power of two (LyCORIS raises too); choose another block_size or leave the layer out of "
+                "the targets"
+            )
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = 1.0
@@ -80,12 +70,13 @@ class BoftLayer(DiagOftLayer):
                 q = q * constraint / norm
         return (eye + q) @ (eye - q).float().inverse()
 
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """W' - W: the butterfly stages applied to the weight's rows, then the rescale."""
+    def _rotated_delta(self, adapter: str, rows: torch.Tensor) -> torch.Tensor:
+        """The butterfly stages applied to `rows` (dimension 0: a weight's rows, or the output's channels in
+        bypass mode), then the rescale, minus `rows`."""
         rotation = self.rotation(adapter)
         size = rotation.shape[-1]
         half = size // 2
-        org = self.get_base_layer().weight.to(rotation.dtype)
+        org = rows.to(rotation.dtype)
         rows = org
         for stage, blocks in enumerate(rotation):
             stride = 2**stage * half
@@ -95,18 +86,19 @@ class BoftLayer(DiagOftLayer):
             )
             rotated = torch.einsum("b i j, b j ... -> b i ...", blocks, grouped)
             rows = rotated.flatten(0, 1).unflatten(0, (-1, stride, 2)).transpose(1, 2).flatten(0, 2)
-        if adapter in self.lora_oft_rescale:
-            rows = rows * self.lora_oft_rescale[adapter]
+        rescale = self._rescale(adapter, org)
+        if rescale is not None:
+            rows = rows * rescale
         return (rows - org).to(self.lora_oft_blocks[adapter].dtype)
 
     def __repr__(self) -> str:
         return "lycoris_boft." + super().__repr__()
 
 
-def boft_config(targets: list[str], block: int, constraint: float, rescaled: bool):
+def boft_config(targets: list[str], block: int, constraint: float, rescaled: bool, bypass: bool = False):
     """A LoraConfig building BoftLayer on every target: peft's rank is LyCORIS's lora_dim, its alpha the
-    constraint."""
-    return oft_config(targets, block, constraint, rescaled, layer=BoftLayer)
+    constraint; `bypass`: LyCORIS's bypass forward (the output rotated)."""
+    return oft_config(targets, block, constraint, rescaled, layer=BoftLayer, bypass=bypass)
 
 
 def has_boft(state: dict[str, torch.Tensor]) -> bool:

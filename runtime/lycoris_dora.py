@@ -99,15 +99,18 @@ class LycorisDora:
 
     def _update(self, adapter: str) -> torch.Tensor:
         """The adapter's own ΔW (peft's delta weight: alpha / rank in; LoHa/LoKr rank dropout while
-        training)."""
+        training; with use_scalar times the layer's scalar, lycoris_switches.py's class below this one)."""
         parent = super()
         rank_dropout = getattr(self, "rank_dropout", None)
         if isinstance(rank_dropout, dict):  # peft's LoHa / LoKr
             apply = self.training and bool(rank_dropout.get(adapter))
             if hasattr(self, "hada_w1_a"):  # LoHa: LyCORIS's update (runtime/loha_weight.py)
                 from dbspec.runtime.loha_weight import loha_delta
+                from dbspec.runtime.lycoris_switches import layer_scalar
 
-                return loha_delta(self, adapter, apply)
+                delta = loha_delta(self, adapter, apply)
+                scalar = layer_scalar(self, adapter)  # use_scalar: LyCORIS scales ΔW before decomposing
+                return delta if scalar is None else delta * scalar
             return parent.get_delta_weight(adapter, apply_rank_dropout=apply)
         return parent.get_delta_weight(adapter)
 

@@ -196,6 +196,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args = {"algo": adapter.kind, **({"conv_dim": "1"} if adapter.conv_targets else {})}
         if adapter.kind in ("diag-oft", "boft"):
             args.update(constraint=f"{adapter.oft_constraint:g}", rescaled=str(adapter.oft_rescaled))
+        if adapter.bypass:
+            args["bypass_mode"] = "True"
         return args
     if adapter.kind == "dylora":  # kohya's networks.dylora (unit; conv_dim = network_dim) or LyCORIS's algo
         if adapter.dylora_form == "kohya":
@@ -224,6 +226,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
+    if adapter.bypass:  # GLoRA's bypass forward
+        args["bypass_mode"] = "True"
     return args
 
 

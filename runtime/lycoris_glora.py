@@ -5,15 +5,26 @@ low-rank update, ΔW = (W a1 a2 + b1 b2) x alpha / rank (alpha 0: the rank, scal
 them: `a1.weight` (in, rank[, 1, 1]), `a2.weight` (rank, in[, 1, 1]), `b1.weight` (out, rank[, 1, 1]),
 `b2.weight` (rank, in[, k, k]); a1 and b1 start kaiming-uniform (a = sqrt 5), a2 and b2 at zero, so a run
 starts at the base model. The forward adds op(x, ΔW) with no bias. Linear and ungrouped, zero-padded Conv2d
-layers (its use_scalar is not built here; its Tucker form LyCORIS never builds). peft's rank and alpha
-(rank_pattern / alpha_pattern for the convolutions) are GLoRA's, so they ride in peft's JSON config."""
+layers (its Tucker form LyCORIS never builds). peft's rank and alpha (rank_pattern / alpha_pattern for the
+convolutions) are GLoRA's, so they ride in peft's JSON config.
+
+GLoRAModule's switches (plan.adapter): `scalar` (use_scalar: ΔW times a trained scalar from 0, a2 and b2
+kaiming-uniform after a1 and b1; saved folded into a2 and b2, `lora_glora_scalar` here), `module_dropout` (one
+`torch.rand(1)` on the CPU per forward while training: the update skipped below the rate), `bypass`
+(bypass_mode: W (x + drop(a1 m_a(a2 x)) s) + bias + drop(b1 m_b(b2 x)) s on activations, s = scalar x alpha /
+rank, b2 a convolution with the layer's kernel, stride and padding, the others 1x1), and in bypass alone
+`rank_dropout` (m_a, m_b: one `torch.rand(rank)` each on the input's device, a rank KEPT where its draw is
+below the rate, as GLoRAModule's `<`; unscaled: kohya never passes rank_dropout_scale) and `bypass_dropout`
+(torch's dropout on each pair's output). Every draw is torch's global generator's, LyCORIS's order."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
@@ -32,16 +43,32 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
     adapter_layer_names = _PARTS
 
     def __init__(
-        self, base_layer: nn.Module, adapter_name: str, config=None, r: int = 4, lora_alpha: float = 1.0, **kw
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config=None,
+        r: int = 4,
+        lora_alpha: float = 1.0,
+        scalar: bool = False,
+        bypass: bool = False,
+        rank_dropout: float = 0.0,
+        module_dropout: float = 0.0,
+        dropout: float = 0.0,
+        **kw,
     ):
         super().__init__()
         LoraLayer.__init__(self, base_layer)
-        for part in _PARTS:
+        for part in (*_PARTS, "lora_glora_scalar"):
             setattr(self, part, nn.ParameterDict())
+        # LyCORIS's forward switches (one adapter per layer in dbspec)
+        self.glora_bypass, self.glora_rank_dropout = bypass, rank_dropout
+        self.glora_module_dropout, self.glora_dropout = module_dropout, dropout
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config, r, lora_alpha)
+        self.update_layer(adapter_name, config, r, lora_alpha, scalar)
 
-    def update_layer(self, adapter_name: str, config, r: int, lora_alpha: float, *args: Any, **kwargs: Any):
+    def update_layer(
+        self, adapter_name: str, config, r: int, lora_alpha: float, scalar: bool = False, *a: Any, **k: Any
+    ):
         base = self.get_base_layer()
         conv = isinstance(base, nn.Conv2d)
         if conv and (base.groups != 1 or base.padding_mode != "zeros"):
@@ -58,13 +85,23 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
             "lora_glora_b1": (out_dim, r, *point),
             "lora_glora_b2": (r, in_dim, *kernel),
         }
-        for part, shape in shapes.items():
-            weight = torch.zeros(shape)
-            if part in ("lora_glora_a1", "lora_glora_b1"):  # LyCORIS: "same as microsoft's"
-                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-            getattr(self, part)[adapter_name] = nn.Parameter(weight)
+        weights = {part: torch.zeros(shape) for part, shape in shapes.items()}
+        # LyCORIS: a1, b1 "same as microsoft's"; with use_scalar a2, b2 too (after them), else zero
+        for part in (
+            "lora_glora_a1",
+            "lora_glora_b1",
+            *(("lora_glora_a2", "lora_glora_b2") if scalar else ()),
+        ):
+            nn.init.kaiming_uniform_(weights[part], a=math.sqrt(5))
+        for part in _PARTS:
+            getattr(self, part)[adapter_name] = nn.Parameter(weights[part])
+        if scalar:
+            self.lora_glora_scalar[adapter_name] = nn.Parameter(torch.tensor(0.0))
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
+
+    def _scalar(self, adapter: str) -> torch.Tensor | float:
+        return self.lora_glora_scalar[adapter] if adapter in self.lora_glora_scalar else 1.0
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """(W a1 a2 + b1 b2) x scale: LyCORIS's get_diff_weight."""
@@ -73,17 +110,76 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
         wb = (b1.flatten(1) @ b2.flatten(1)).view(weight.shape)
         wa = torch.einsum("o i ..., i j -> o j ...", weight, a1.flatten(1))
         wa = torch.einsum("o i ..., i j -> o j ...", wa, a2.flatten(1))
-        return (wb + wa) * self.scaling[adapter]
+        return (wb + wa) * self.scaling[adapter] * self._scalar(adapter)
 
     def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
-        """GLoRAModule's state-dict names for this layer's tensors (its alpha: self.lora_alpha)."""
-        return {f"{part.removeprefix('lora_glora_')}.weight": getattr(self, part)[adapter] for part in _PARTS}
+        """GLoRAModule's state-dict names for this layer's tensors (its alpha: self.lora_alpha), the scalar
+        folded into a2 and b2 as its custom_state_dict saves them."""
+        scalar = self.lora_glora_scalar[adapter] if adapter in self.lora_glora_scalar else None
+        weights = {
+            f"{part.removeprefix('lora_glora_')}.weight": getattr(self, part)[adapter] for part in _PARTS
+        }
+        if scalar is not None:
+            for key in ("a2.weight", "b2.weight"):
+                weights[key] = weights[key] * scalar
+        return weights
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """AddedOutput's forward with GLoRAModule's module dropout and bypass forward."""
+        if not (self.glora_bypass or self.glora_module_dropout):
+            return super().forward(x, *args, **kwargs)
+        self._check_forward_args(x, *args, **kwargs)
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError(f"{self._title} does not mix adapters in one batch")
+        kwargs.pop("alora_offsets", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        (adapter,) = [a for a in self.active_adapters if a in self.lora_glora_a1] or [None]
+        if adapter is None:
+            return self.base_layer(x, *args, **kwargs)
+        p = self.glora_module_dropout
+        if self.training and p and torch.rand(1) < p:  # LyCORIS: the whole update skipped
+            return self.base_layer(x, *args, **kwargs)
+        if self.glora_bypass:
+            return self._bypass(x, adapter, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        return (result + self._added(x, adapter)).to(result.dtype)
+
+    def _bypass(self, x: torch.Tensor, adapter: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """GLoRAModule's bypass_forward: the pairs on activations, A's output added to the layer's input."""
+        base = self.get_base_layer()
+        a1, a2, b1, b2 = (getattr(self, part)[adapter].to(x.dtype) for part in _PARTS)
+        if isinstance(base, nn.Conv2d):
+            ax_mid, bx_mid = F.conv2d(x, a2), F.conv2d(x, b2, None, base.stride, base.padding)
+        else:
+            ax_mid, bx_mid = F.linear(x, a2), F.linear(x, b2)
+        p = self.glora_rank_dropout
+        if p and self.training:  # LyCORIS keeps the ranks drawn below the rate
+            rank = self.r[adapter]
+            drop_a = (torch.rand(rank, device=ax_mid.device) < p).to(ax_mid.dtype)
+            drop_b = (torch.rand(rank, device=bx_mid.device) < p).to(bx_mid.dtype)
+            shape = (1, -1, 1, 1) if x.dim() == 4 else (*[1] * (x.dim() - 1), -1)
+            ax_mid, bx_mid = ax_mid * drop_a.view(shape), bx_mid * drop_b.view(shape)
+        if isinstance(base, nn.Conv2d):
+            ax, bx = F.conv2d(ax_mid, a1), F.conv2d(bx_mid, b1)
+        else:
+            ax, bx = F.linear(ax_mid, a1), F.linear(bx_mid, b1)
+        scalar = self._scalar(adapter)
+        scalar = scalar.to(ax) if isinstance(scalar, torch.Tensor) else scalar
+        scale = scalar * self.scaling[adapter]
+        training = self.training and self.glora_dropout > 0
+        drop = partial(F.dropout, p=self.glora_dropout, training=training)
+        return self.base_layer(x + drop(ax) * scale, *args, **kwargs) + drop(bx) * scale
 
     def __repr__(self) -> str:
         return "lycoris_glora." + super().__repr__()
 
 
-def dispatch_glora(target: nn.Module, adapter_name: str, config, **kwargs: Any):
+def dispatch_glora(target: nn.Module, adapter_name: str, config, options: dict | None = None, **kwargs: Any):
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, (nn.Linear, nn.Conv2d)):
         return GloraLayer(
@@ -92,21 +188,39 @@ def dispatch_glora(target: nn.Module, adapter_name: str, config, **kwargs: Any):
             config=config,
             r=kwargs.get("r", config.r),
             lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
+            **(options or {}),
         )
     return None
 
 
-def glora_config(targets: list[str], rank: int, alpha: float):
-    """A LoraConfig building GloraLayer on every target (peft's rank and alpha are GLoRA's)."""
+def glora_config(targets: list[str], rank: int, alpha: float, **options: Any):
+    """A LoraConfig building GloraLayer on every target (peft's rank and alpha are GLoRA's); `options`:
+    GloraLayer's switches (scalar, bypass, rank_dropout, module_dropout, dropout)."""
     from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
-    return with_glora(config)
+    return with_glora(config, **options)
 
 
-def with_glora(config):
-    config._register_custom_module({nn.Linear: dispatch_glora, nn.Conv2d: dispatch_glora})
+def with_glora(config, **options: Any):
+    dispatch = partial(dispatch_glora, options=options)
+    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
+
+
+def glora_options(adapter) -> dict[str, Any]:
+    """GloraLayer's switches from the plan's adapter."""
+    return {
+        "scalar": adapter.scalar,
+        "bypass": adapter.bypass,
+        "rank_dropout": adapter.rank_dropout,
+        "module_dropout": adapter.module_dropout,
+        "dropout": adapter.bypass_dropout,
+    }
+
+
+def has_glora_scalar(state: dict[str, torch.Tensor]) -> bool:
+    return any(".lora_glora_scalar" in key for key in state)
 
 
 def has_glora(state: dict[str, torch.Tensor]) -> bool:

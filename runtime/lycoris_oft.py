@@ -12,7 +12,12 @@ peft's OFT rotates the layer's input, from an upper-triangle parameter vector: a
 `DiagOftLayer` is LyCORIS's form on peft's LoRA machinery (custom modules, as locon_tucker.py),
 `lora_oft_blocks` / `lora_oft_rescale` ParameterDicts (peft's `lora_` prefix: peft's adapter state dicts,
 dbspec's trainable-weight filter and checkpoints hold them); peft's rank carries LyCORIS's lora_dim and its
-alpha the constraint, so both ride in peft's JSON config. Linear and ungrouped, zero-padded Conv2d layers."""
+alpha the constraint, so both ride in peft's JSON config. Linear and ungrouped, zero-padded Conv2d layers.
+
+`bypass` (plan.adapter.bypass, LyCORIS bypass_mode; lycoris.functional.diag_oft / boft bypass_forward_diff):
+the same rotation (and rescale) applied to the layer's output channels, its bias included, where the default
+forward rotates the weight alone; merge then rotates the bias too. The rotation of rows is one function
+(`_rotated_delta`) for both: a weight's rows, or the output with its channel axis moved first."""
 
 from __future__ import annotations
 
@@ -60,10 +65,13 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         r: int = 4,
         lora_alpha: float = 0.0,
         rescaled: bool = False,
+        bypass: bool = False,
         **kwargs: Any,
     ):
         super().__init__()
         LoraLayer.__init__(self, base_layer)
+        self.oft_bypass = bypass  # LyCORIS bypass_mode: the output rotated, its bias too
+        self.oft_name = kwargs.get("target_name") or ""  # the module's path, for messages
         self.lora_oft_blocks = nn.ParameterDict()
         self.lora_oft_rescale = nn.ParameterDict()
         self.constraint: dict[str, float] = {}
@@ -103,18 +111,74 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """W' - W: LyCORIS's make_weight(diff=True)."""
+        return self._rotated_delta(adapter, self.get_base_layer().weight)
+
+    def _rescale(self, adapter: str, rows: torch.Tensor) -> torch.Tensor | None:
+        """The trained per-row rescale shaped to broadcast over `rows` (rows first), None without one."""
+        if adapter not in self.lora_oft_rescale:
+            return None
+        rescale = self.lora_oft_rescale[adapter]
+        return rescale.reshape(rescale.shape[0], *[1] * (rows.dim() - 1))
+
+    def _rotated_delta(self, adapter: str, rows: torch.Tensor) -> torch.Tensor:
+        """R^T per block of `rows` (dimension 0), times the rescale, minus `rows` (in the blocks' dtype)."""
         rotation = self.rotation(adapter)
-        weight = self.get_base_layer().weight
-        out_dim, *rest = weight.shape
+        out_dim, *rest = rows.shape
         blocks, size = rotation.shape[0], rotation.shape[1]
-        org = weight.to(rotation.dtype)
+        org = rows.to(rotation.dtype)
         eye = torch.eye(size, device=rotation.device, dtype=rotation.dtype)
-        delta = torch.einsum("k n m, k n ... -> k m ...", rotation - eye, org.view(blocks, size, *rest))
+        delta = torch.einsum("k n m, k n ... -> k m ...", rotation - eye, org.reshape(blocks, size, *rest))
         delta = delta.reshape(out_dim, *rest)
-        if adapter in self.lora_oft_rescale:
-            rescale = self.lora_oft_rescale[adapter]
+        rescale = self._rescale(adapter, org)
+        if rescale is not None:
             delta = rescale * delta + (rescale - 1) * org
         return delta.to(self.lora_oft_blocks[adapter].dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """AddedOutput's forward, or with `oft_bypass` LyCORIS's bypass forward: the output's channels
+        rotated (dimension 1 of a convolution's output, the last of a linear's)."""
+        if not self.oft_bypass:
+            return super().forward(x, *args, **kwargs)
+        self._check_forward_args(x, *args, **kwargs)
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError(f"{self._title} does not mix adapters in one batch")
+        kwargs.pop("alora_offsets", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        dtype = result.dtype
+        channels = 1 if isinstance(self.get_base_layer(), nn.Conv2d) else -1
+        for adapter in self.active_adapters:
+            if adapter in self.lora_oft_blocks:
+                moved = result.movedim(channels, 0)
+                result = result + self._rotated_delta(adapter, moved).to(dtype).movedim(0, channels)
+        return result.to(dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """WeightDelta's merge; in bypass mode the bias rotated too (kept to unmerge)."""
+        before = list(self.merged_adapters)
+        super().merge(safe_merge, adapter_names)
+        bias = self.get_base_layer().bias
+        if not self.oft_bypass or bias is None:
+            return
+        for adapter in self.merged_adapters[len(before) :]:
+            with torch.no_grad():
+                delta = self._rotated_delta(adapter, bias).to(bias.dtype)
+                bias.data += delta
+            self.__dict__.setdefault("_merged_bias", {})[adapter] = delta
+
+    def unmerge(self) -> None:
+        stash = self.__dict__.get("_merged_bias", {})
+        bias = self.get_base_layer().bias
+        for adapter in list(self.merged_adapters):
+            if adapter in stash:
+                with torch.no_grad():
+                    bias.data -= stash.pop(adapter)
+        super().unmerge()
 
     def __repr__(self) -> str:
         return "lycoris_diag_oft." + super().__repr__()
@@ -126,6 +190,7 @@ def dispatch_oft(
     config,
     rescaled: bool = False,
     layer: type | None = None,
+    bypass: bool = False,
     **kwargs: Any,
 ):
     """peft's custom dispatcher for Linear and Conv2d: `layer` (DiagOftLayer, or BOFT's subclass)."""
@@ -138,21 +203,30 @@ def dispatch_oft(
             r=kwargs.get("r", config.r),
             lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
             rescaled=rescaled,
+            bypass=bypass,
+            target_name=kwargs.get("target_name"),  # peft's module path
         )
     return None
 
 
-def oft_config(targets: list[str], block: int, constraint: float, rescaled: bool, layer: type | None = None):
+def oft_config(
+    targets: list[str],
+    block: int,
+    constraint: float,
+    rescaled: bool,
+    layer: type | None = None,
+    bypass: bool = False,
+):
     """A LoraConfig building `layer` (DiagOftLayer, or BOFT's) on every target: peft's rank is LyCORIS's
-    lora_dim (the block-size hint), its alpha the constraint."""
+    lora_dim (the block-size hint), its alpha the constraint; `bypass`: LyCORIS's bypass forward."""
     from peft import LoraConfig
 
     config = LoraConfig(r=block, lora_alpha=constraint, target_modules=targets)
-    return with_oft(config, rescaled, layer)
+    return with_oft(config, rescaled, layer, bypass)
 
 
-def with_oft(config, rescaled: bool, layer: type | None = None):
-    dispatch = partial(dispatch_oft, rescaled=rescaled, layer=layer)
+def with_oft(config, rescaled: bool, layer: type | None = None, bypass: bool = False):
+    dispatch = partial(dispatch_oft, rescaled=rescaled, layer=layer, bypass=bypass)
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 

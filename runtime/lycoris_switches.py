@@ -138,8 +138,8 @@ def add_scalars(module: nn.Module, init: bool = True) -> int:
         if layer_scalar(layer) is not None:
             continue
         if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
-            if layer.use_dora.get(ADAPTER_NAME):
-                raise ValueError("LyCORIS's use_scalar with DoRA is not expressed")
+            if layer.use_dora.get(ADAPTER_NAME):  # LyCORIS's weight decomposition (lycoris_dora.py) is not
+                raise ValueError("LyCORIS's use_scalar with peft's DoRA is not expressed")
             up = layer.lora_B[ADAPTER_NAME]
             scalars = _add_scalar(layer, "lora_scalar", up.weight)
             up.__class__ = ScaledConv2d if isinstance(up, nn.Conv2d) else ScaledLinear

@@ -140,7 +140,10 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         raise SampleError(f"{source} holds adapter weights: pass --base with the model they were trained on")
     pipe = _base_pipeline(base, plan, request)
     modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
-    load_peft_adapters(source, modules, bool(plan and plan.adapter and plan.adapter.lokr_unit_scale))
+    adapter = plan.adapter if plan else None
+    load_peft_adapters(
+        source, modules, bool(adapter and adapter.lokr_unit_scale), bool(adapter and adapter.bypass)
+    )
     return pipe
 
 

@@ -251,11 +251,11 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 
 
 def load_peft_adapters(
-    folder: Path, modules: dict[str, nn.Module], lokr_unit_scale: bool = False
+    folder: Path, modules: dict[str, nn.Module], lokr_unit_scale: bool = False, bypass: bool = False
 ) -> list[str]:
     """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
     loaded. `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale
-    1."""
+    1. `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -281,16 +281,16 @@ def load_peft_adapters(
             config = with_ia3(config)
         from dbspec.runtime.lycoris_oft import has_oft, has_rescale, with_oft
 
-        from dbspec.runtime.lycoris_glora import has_glora, with_glora
+        from dbspec.runtime.lycoris_glora import has_glora, has_glora_scalar, with_glora
 
-        if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config)
-            config = with_glora(config)
+        if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config; its use_scalar's scalars)
+            config = with_glora(config, scalar=has_glora_scalar(state))
         from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT)
-            config = with_oft(config, has_rescale(state), BoftLayer)
+            config = with_oft(config, has_rescale(state), BoftLayer, bypass)
         elif has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
-            config = with_oft(config, has_rescale(state))
+            config = with_oft(config, has_rescale(state), bypass=bypass)
         training = module.training
         if (
             getattr(config, "peft_type", None) == "LOKR"

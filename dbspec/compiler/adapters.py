@@ -97,7 +97,8 @@ def lycoris_dora(adapter) -> bool:
 
 
 def _glora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
-    """LyCORIS's GLoRA: a rank and alpha (and conv_rank / conv_alpha on the convolutions), no other option."""
+    """LyCORIS's GLoRA: a rank and alpha (and conv_rank / conv_alpha on the convolutions), its use_scalar,
+    module dropout and bypass forward, whose rank dropout and dropout act only there."""
     conv = adapter.conv_rank > 0
     return AdapterPlan(
         kind="glora",
@@ -110,6 +111,12 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         conv_rank=adapter.conv_rank,
         conv_alpha=adapter.conv_alpha if conv else 0.0,
         conv_targets=tuple(adapter.conv_targets) if conv else (),
+        scalar=adapter.scalar,
+        module_dropout=adapter.module_dropout,
+        bypass=adapter.bypass,
+        # LyCORIS applies these in bypass mode only (DBS556 warns when they are set without it)
+        rank_dropout=adapter.rank_dropout if adapter.bypass else 0.0,
+        bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         params=adapter_params(adapter, family, components),
     )
 
@@ -144,6 +151,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         oft_block_size=getattr(adapter, "block_size", 0),
         oft_constraint=getattr(adapter, "constraint", 0.0),
         oft_rescaled=getattr(adapter, "rescaled", False),
+        bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
         denoiser_targets=tuple(adapter.denoiser_targets)
         if targets_given
         else family_spec(family).lora_targets,

@@ -9,6 +9,7 @@ import attrs
 from dbspec import __version__, codes
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_plan
+from dbspec.compiler.boft_widths import check_boft_widths
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.group_bounds import plan_group_bounds
@@ -142,6 +143,16 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     if schedule is not None and model is not None:  # schedule.base_lr / max_lr tables: one value per group
         optimizer = optimizer_plan(ctx.spec, model)
         schedule = plan_group_bounds(ctx, schedule, model, precision, optimizer, pivotal)
+    if (
+        model is not None and precision is not None and ctx.spec.adapter.kind == "boft"
+    ):  # LyCORIS's block split
+        boft = adapter_plan(
+            ctx.spec.adapter,
+            model.family,
+            precision.components,
+            targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+        )
+        check_boft_widths(ctx, model, boft)
     raise_if_errors(ctx.diagnostics)
     assert model is not None and schedule is not None and evaluation is not None
     memory = _memory(ctx, model, precision, buckets, loss)

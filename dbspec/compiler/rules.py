@@ -1006,7 +1006,12 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     if getattr(a, "scalar", False):
         for key, value, why in (
-            ("dora", getattr(a, "dora", False), "dbspec's DoRA layers rebuild the weight with no scalar"),
+            (  # LyCORIS's weight decomposition takes the scaled update (lycoris_dora.py); peft's does not
+                "dora",
+                getattr(a, "dora", False) and not lycoris_dora(a),
+                "peft's DoRA rebuilds the weight with no scalar "
+                '(dora_form = "lycoris" takes it, as LyCORIS)',
+            ),
             (
                 "init_weights",
                 getattr(a, "init_weights", ""),
@@ -1029,6 +1034,23 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                     f"adapter.{key} has no effect with adapter.full_matrix = true (both factors are full)",
                     codes.help("DBS521"),
                 )
+
+
+@rule("spec")
+def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "glora" or a.bypass:
+        return
+    for key in ("rank_dropout", "dropout"):
+        if getattr(a, key):
+            yield _warn(
+                "DBS556",
+                ("adapter", key),
+                f'adapter.{key} = {getattr(a, key):g} changes nothing with kind = "glora" and bypass = false '
+                "(LyCORIS's GLoRA applies it only in its bypass forward)",
+                codes.help("DBS556"),
+            )
 
 
 def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:

@@ -268,6 +268,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "scaled_pos_embed"): [],  # kohya's scaled SD3 position tables, added since
         ("schedule", "start"): None,  # runs that start later (kohya's initial_step), added since
         ("optimizer", "blocks"): [],  # per-block denoiser rates (kohya sdxl_train.py block_lr), added since
+        ("adapter", "bypass"): False,  # LyCORIS bypass_mode for GLoRA / OFT, added since
+        ("adapter", "bypass_dropout"): 0.0,
     },
 }
 

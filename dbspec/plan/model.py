@@ -158,6 +158,10 @@ class AdapterPlan:
     module_dropout: float = 0.0  # loha, lokr
     # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off
     down_dropout: float = 0.0
+    # glora, diag-oft, boft: LyCORIS bypass_mode (the update computed on activations: OFT rotates the output,
+    # its bias too); glora with bypass: torch's dropout on each pair's output (LyCORIS dropout)
+    bypass: bool = False
+    bypass_dropout: float = 0.0
     # lora: the kohya-layout file the adapter starts from (absolute; "" for peft's random init) and how many
     # of its layers load (those of components that train).
     init_weights: str = ""

@@ -499,6 +499,20 @@ def _dylora_rows(a) -> list[tuple[str, str]]:
     ]
 
 
+def _bypass_rows(a) -> list[tuple[str, str]]:
+    """LyCORIS's bypass_mode on GLoRA and the rotations, when on."""
+    if not getattr(a, "bypass", False):
+        return []
+    if a.kind == "glora":
+        text = "the update on activations, W (x + a1 a2 x s) + b1 b2 x s (LyCORIS bypass_mode)"
+        if a.rank_dropout:
+            text += f"; rank dropout keeps the ranks drawn below {a.rank_dropout:g}, as LyCORIS's GLoRA"
+        if a.bypass_dropout:
+            text += f"; dropout {a.bypass_dropout:g} on each pair's output"
+        return [("  bypass", text + " (while training)" if a.rank_dropout or a.bypass_dropout else text)]
+    return [("  bypass", "the layer's output rotated, its bias too (LyCORIS bypass_mode)")]
+
+
 def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     """LyCORIS's full algo: which layers' weights it trains (copies; the base frozen)."""
     what = {
@@ -520,6 +534,7 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         rows.append(("  conv targets", ", ".join(a.conv_targets)))
     if a.input_targets:
         rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
+    rows.extend(_bypass_rows(a))
     bound = "upper bound: the whole component" if a.kind == "full" else "upper bound"
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name
@@ -558,6 +573,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
     rows.extend(_lycoris_switch_rows(a))
     rows.extend(_dylora_rows(a))
+    rows.extend(_bypass_rows(a))
     if a.multiplier != 1.0:
         rows.append(
             ("  multiplier", f"{a.multiplier:g} (the update's scale in this run; saved alpha unchanged)")

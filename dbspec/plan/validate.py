@@ -147,6 +147,18 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         )
     elif a.rank_dropout_scale and a.rank_dropout >= 1:  # DBS526 in specs: the rescale would divide by 0
         yield f"adapter.rank_dropout_scale needs rank_dropout below 1; found {a.rank_dropout:g}"
+    if a.bypass and a.kind not in (
+        "glora",
+        "diag-oft",
+        "boft",
+    ):  # LyCORIS bypass_mode: these kinds' own forward
+        yield f"adapter.bypass is a GLoRA, Diag-OFT or BOFT option; found adapter kind {a.kind!r}"
+    if (a.bypass_dropout or (a.kind == "glora" and a.rank_dropout)) and not (a.kind == "glora" and a.bypass):
+        # DBS556 in specs: GLoRA applies them only in its bypass forward
+        yield (
+            f"adapter.bypass_dropout and GLoRA's rank_dropout act in GLoRA's bypass forward only; found kind "
+            f"{a.kind!r}, bypass {str(a.bypass).lower()}"
+        )
     if (
         plan.loss.prior == "base_model" and not plan.train_denoiser
     ):  # DBS226 in specs: nothing to compare with

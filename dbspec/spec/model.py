@@ -594,6 +594,16 @@ def _oft_rescaled():
     )
 
 
+def _oft_bypass():
+    return option(
+        False,
+        doc="LyCORIS `bypass_mode`: rotate (and rescale) the layer's output channels, its bias included, "
+        "as LyCORIS's bypass forward does, instead of the weight's rows (the default forward leaves the "
+        "bias as it is). The export is the same tensors; kohya's file records `bypass_mode` in its "
+        "metadata.",
+    )
+
+
 def _rotated_conv_targets():
     return option(
         factory=list,
@@ -627,6 +637,7 @@ class DiagOftAdapter:
         minimum=0,
     )
     rescaled: bool = _oft_rescaled()
+    bypass: bool = _oft_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()
@@ -658,6 +669,7 @@ class BoftAdapter:
         minimum=0,
     )
     rescaled: bool = _oft_rescaled()
+    bypass: bool = _oft_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()
@@ -677,6 +689,35 @@ class GloraAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    # LyCORIS's GLoRAModule switches (runtime/lycoris_glora.py)
+    scalar: bool = option(
+        False,
+        doc="LyCORIS `use_scalar` for GLoRA: the update is multiplied by a trained scalar that starts at 0, "
+        "and a2 and b2 start kaiming-uniform instead of zero (so the run still starts at the base model); "
+        "the export folds the scalar into `a2.weight` and `b2.weight`, as LyCORIS saves it.",
+    )
+    module_dropout: float = _module_dropout()
+    bypass: bool = option(
+        False,
+        doc="LyCORIS `bypass_mode` for GLoRA: the forward runs on activations, W (x + a1 a2 x s) + bias + "
+        "b1 b2 x s (s = alpha / rank), where it otherwise adds op(x, ΔW) to the base output: the same update "
+        "(up to rounding), and the only forward in which LyCORIS applies `rank_dropout` and `dropout`.",
+    )
+    rank_dropout: float = option(
+        0.0,
+        doc="With `bypass`: LyCORIS GLoRA's rank mask, one `torch.rand(rank)` per pair and forward while "
+        "training, on a2 x and b2 x; LyCORIS keeps the ranks whose draw is BELOW the value (so 0.1 keeps "
+        "about a tenth of them), unscaled (kohya's network never passes `rank_dropout_scale`).",
+        minimum=0,
+        maximum=1,
+    )
+    dropout: float = option(
+        0.0,
+        doc="With `bypass`: torch's dropout (kept values scaled by 1 / (1 - p)) on each pair's output, "
+        "a1 a2 x and b1 b2 x, while training (LyCORIS `dropout`, kohya's `network_dropout`).",
+        minimum=0,
+        maximum=1,
+    )
 
 
 @frozen

@@ -110,7 +110,7 @@ def test_boft_layer_equals_lycoris_butterfly_module(block, constraint, rescaled)
 
 def test_a_width_with_no_butterfly_split_is_refused():
     adapter = AdapterPlan(kind="boft", oft_block_size=4)
-    with pytest.raises(ValueError, match="cannot split 48 output rows"):
+    with pytest.raises(ValueError, match="cannot split the 48 output rows of `0` with block_size"):
         add_lora(nn.Sequential(nn.Linear(8, 48)), adapter, ("0",), seed=0)
 
 

@@ -67,3 +67,26 @@ def test_the_plan_summary_shows_the_boft_options(tmp_path):
     assert rows["adapter"].startswith("boft (LyCORIS: butterfly")
     assert "block size hint 8" in rows["adapter"] and "constraint 0.25" in rows["adapter"]
     assert "rescaled" in rows["adapter"]
+
+
+@pytest.mark.parametrize("algo", ["boft", "diag-oft"])
+def test_bypass_mode_rotates_the_output(tmp_path, algo):
+    """LyCORIS's bypass forward (str_bool: "0" is on) rotates the output, its bias too: adapter.bypass."""
+    from dbspec.plan.summary import adapter_rows
+
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "preset=attn-mlp", "bypass_mode=0"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.bypass) == (algo, True)
+    assert "bias too" in dict(adapter_rows(a))["  bypass"]
+
+
+def test_boft_never_reads_its_dropout(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=boft", "preset=attn-mlp", "bypass_mode=True", "dropout=0.2"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args dropout") == "inert"
+
+
+def test_diag_oft_bypass_with_a_dropout_is_refused(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "bypass_mode=True", "dropout=0.2"')
+    assert outcome.exit_code == 1 and "dropout mask" in outcome.conversion.reports["network_args"].note

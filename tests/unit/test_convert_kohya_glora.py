@@ -5,6 +5,7 @@ the convolutions'), not read back from the converter."""
 
 from __future__ import annotations
 
+import pytest
 from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
 
 CONFIG = """\
@@ -45,9 +46,62 @@ def test_glora_convolutions_default_to_network_dim(tmp_path):
     assert (a.conv_rank, a.conv_alpha) == (8, 4.0)
 
 
-def test_glora_ignores_dora_wd_and_refuses_what_it_does_not_express(tmp_path):
+def test_glora_ignores_dora_wd(tmp_path):
     outcome = _lycoris(tmp_path, '"algo=glora", "dora_wd=True"')
     assert outcome.exit_code == 0, errors(outcome)
     assert not plan_of(outcome, tmp_path).adapter.dora
-    outcome = _lycoris(tmp_path, '"algo=glora", "use_scalar=True"')
-    assert outcome.exit_code == 1 and "use_scalar" in outcome.conversion.reports["network_args"].note
+    assert fate(outcome, "network_args dora_wd") == "inert"
+
+
+def test_glora_switches_map_to_its_options(tmp_path):
+    """GLoRAModule's use_scalar (str_bool: "0" is on), module_dropout and bypass_mode, whose forward alone
+    reads rank_dropout and dropout."""
+    args = (
+        '"algo=glora", "use_scalar=0", "bypass_mode=True", "rank_dropout=0.3", "module_dropout=0.2", '
+        '"dropout=0.1"'
+    )
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.scalar, a.bypass, a.rank_dropout, a.module_dropout, a.bypass_dropout) == (
+        True,
+        True,
+        0.3,
+        0.2,
+        0.1,
+    )
+    from dbspec.plan.summary import adapter_rows
+
+    rows = dict(adapter_rows(a))
+    assert "LyCORIS use_scalar" in rows["  scalar"] and "module 0.2" in rows["  dropout"]
+    assert "keeps the ranks drawn below 0.3" in rows["  bypass"] and "dropout 0.1" in rows["  bypass"]
+
+
+def test_glora_dropouts_without_bypass_are_ignored_as_lycoris_ignores_them(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=glora", "rank_dropout=0.3", "module_dropout=0.2", "dropout=0.1"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.bypass, a.rank_dropout, a.module_dropout, a.bypass_dropout) == (False, 0.0, 0.2, 0.0)
+    for key in ("rank_dropout", "dropout"):
+        assert fate(outcome, f"network_args {key}") == "inert"
+        assert "bypass_mode" in outcome.conversion.reports[f"network_args {key}"].note
+
+
+def test_glora_takes_network_dropout_as_its_dropout_in_bypass_mode(tmp_path):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    config = CONFIG.format(model=SD15, args='"algo=glora", "bypass_mode=True"') + "network_dropout = 0.25\n"
+    write(tmp_path / "cfg.toml", config)
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.bypass_dropout == 0.25
+    assert fate(outcome, "network_dropout") == "mapped"
+
+
+def test_glora_rs_lora_scales_alpha_by_the_square_root_of_the_rank(tmp_path):
+    """GLoRAModule: scale alpha / sqrt(rank), i.e. the plain alpha x sqrt(rank) (network_dim 8, alpha 4;
+    conv_dim 4, conv_alpha 2)."""
+    outcome = _lycoris(tmp_path, '"algo=glora", "conv_dim=4", "conv_alpha=2", "rs_lora=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.alpha / a.rank == pytest.approx(4 / 8**0.5)
+    assert a.conv_alpha / a.conv_rank == pytest.approx(2 / 4**0.5)

@@ -84,10 +84,19 @@ def test_use_scalar_false_is_off(tmp_path):
     assert plan_of(outcome, tmp_path).adapter.scalar is False
 
 
-def test_use_scalar_with_dora_is_refused_with_the_reason(tmp_path):
-    outcome = _lycoris(tmp_path, '"algo=locon", "dora_wd=True", "use_scalar=True"')
-    assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
-    assert "no scalar" in outcome.conversion.reports["network_args"].note
+@pytest.mark.parametrize("algo, kind", [("locon", "lora"), ("loha", "loha"), ("lokr", "lokr")])
+def test_use_scalar_with_dora_maps_to_lycoris_weight_decomposition_with_a_scalar(tmp_path, algo, kind):
+    """LyCORIS renormalises the scaled update (tests/runtime/test_lycoris_scalar_dora.py)."""
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "dora_wd=True", "use_scalar=True", "wd_on_output=False"')
+    assert outcome.exit_code == 0, errors(outcome)
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.kind, adapter.scalar, adapter.dora, adapter.dora_form, adapter.dora_axis) == (
+        kind,
+        True,
+        True,
+        "lycoris",
+        "input",
+    )
 
 
 # --- algo=full: LyCORIS's FullModule on the preset's layers ----------------------------------------------

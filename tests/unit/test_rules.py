@@ -539,17 +539,29 @@ CASES = [
         [("DBS261", "warning", ("adapter", "conv_alpha"))],
         '[adapter]\nkind = "lokr"\nconv_rank = 2\nconv_alpha = 1.0\n' + DOG + STEPS,
     ),
-    (  # LyCORIS use_scalar: dbspec's DoRA layers have no scalar
+    (  # LyCORIS use_scalar: peft's DoRA layer has no scalar; LyCORIS's weight decomposition takes it
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "lora"\nscalar = true\ndora = true\n' + DOG + STEPS,
         [("DBS520", "error", ("adapter", "dora"))],
-        '[adapter]\nkind = "lora"\nscalar = true\n' + DOG + STEPS,
+        '[adapter]\nkind = "lora"\nscalar = true\ndora = true\ndora_form = "lycoris"\n' + DOG + STEPS,
+    ),
+    (  # LoHa / LoKr DoRA is LyCORIS's: the scalar joins it
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "lora"\nscalar = true\ndora = true\n' + DOG + STEPS,
+        [("DBS520", "error", ("adapter", "dora"))],
+        '[adapter]\nkind = "loha"\nscalar = true\ndora = true\n' + DOG + STEPS,
     ),
     (  # a starting file's factors hold the scalar folded in
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "lora"\nscalar = true\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
         [("DBS520", "error", ("adapter", "init_weights"))],
         '[adapter]\nkind = "loha"\nscalar = true\n' + DOG + STEPS,
+    ),
+    (  # GLoRA's rank dropout and dropout act only in its bypass forward
+        rules.glora_dropouts_need_bypass,
+        '[adapter]\nkind = "glora"\nrank_dropout = 0.1\n' + DOG + STEPS,
+        [("DBS556", "warning", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "glora"\nrank_dropout = 0.1\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
     (  # LoKr full_matrix: nothing is split low-rank
         rules.lycoris_switches_fit,

@@ -164,7 +164,7 @@ def _map_network(
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
     if kind == "glora":
-        _glora(kwargs, unsupported, args, conv)
+        _glora(kwargs, dim, alpha, dropout, put, unsupported, args, conv)
     if kind == "dylora":
         lycoris_dylora(kwargs, put, unsupported, args, conv, dim)
     dora = _dora(kwargs, lycoris, args, conv) and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora")
@@ -365,7 +365,9 @@ def _lycoris_rs_lora(
     unsupported: dict[str, str],
 ) -> None:
     """LyCORIS's rs_lora scales an update by alpha / sqrt(rank) and saves alpha x sqrt(rank) as the alpha, the
-    plain alpha of the same scale (for LoRA/LoCon and LoHa; LoKr's full-matrix factors scale otherwise)."""
+    plain alpha of the same scale (for LoRA/LoCon and LoHa; LoKr's full-matrix factors scale otherwise).
+    GLoRA scales the same way but saves the unscaled alpha (its file then loads at alpha / rank); dbspec's
+    export saves alpha x sqrt(rank), the scale it trained."""
     text = kwargs.pop("rs_lora", "false")
     if not _str_bool(text):
         return
@@ -426,11 +428,12 @@ def _tucker_and_scalar(
     for key in given:
         kwargs.pop(key)
     scalar = kwargs.pop("use_scalar", "false")
-    if _str_bool(scalar):
-        if put.get("dora"):
-            unsupported["use_scalar"] = f"{scalar} with dora_wd (dbspec's DoRA layers have no scalar, DBS520)"
-        else:  # a trained scalar from 0 on each update (runtime/lycoris_switches.py)
-            put["scalar"] = True
+    if _str_bool(
+        scalar
+    ):  # a trained scalar from 0 on each update (runtime/lycoris_switches.py); with dora_wd
+        put["scalar"] = (
+            True  # LyCORIS's weight decomposition renormalises the scaled update (dora_form lycoris)
+        )
 
 
 # LyCORIS's FullModule and IA3Module take these from create_network and never read them (no rank, factor or
@@ -446,25 +449,52 @@ _FULL_IGNORES = (
 )
 
 
-def _glora(kwargs: dict[str, str], unsupported: dict[str, str], args: Legacy, conv: Conversion) -> None:
+def _glora(
+    kwargs: dict[str, str],
+    dim: int,
+    alpha: float,
+    network_dropout: Legacy | None,
+    put: dict[str, Any],
+    unsupported: dict[str, str],
+    args: Legacy,
+    conv: Conversion,
+) -> None:
     """algo=glora (lycoris/modules/glora.py): network_dim / network_alpha and conv_dim / conv_alpha are its
     ranks and alphas (the generic mapping). GLoRAModule takes `dora_wd` (weight_decompose) and never reads
-    it, and builds its Tucker form only for a kernel both 1x1 and not 1x1 (never): both ignored. Its
-    use_scalar, rs_lora, dropouts and bypass forward are not expressed here."""
+    it, and builds its Tucker form only for a kernel both 1x1 and not 1x1 (never): both ignored. use_scalar
+    (str_bool), module_dropout and bypass_mode (str_bool) are its own switches; rank_dropout and `dropout`
+    (--network_dropout unless network_args has one) act only in its bypass forward; rs_lora scales by alpha /
+    sqrt(rank), the plain alpha x sqrt(rank) (GLoRAModule saves the unscaled alpha: see _lycoris_rs_lora)."""
     for key, why in (
         ("dora_wd", "GLoRAModule takes weight_decompose and never reads it"),
         ("use_tucker", "GLoRAModule builds no Tucker form (it requires a 1x1 kernel that is not 1x1)"),
     ):
         if key in kwargs:
             conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
-    for key in ("use_scalar", "rs_lora", "bypass_mode"):
-        if key in kwargs and _str_bool(kwargs[key]):
-            unsupported[key] = f"{kwargs.pop(key)} (algo=glora: not expressed by dbspec's GLoRA)"
-        kwargs.pop(key, None)
-    for key in ("rank_dropout", "module_dropout", "dropout"):
-        if _float(kwargs.get(key, "0") or 0):
-            unsupported[key] = f"{kwargs.pop(key)} (algo=glora: dbspec expresses no dropout there)"
-        kwargs.pop(key, None)
+    if _str_bool(kwargs.pop("use_scalar", "false")):
+        put["scalar"] = True
+    bypass = _str_bool(kwargs.pop("bypass_mode", "false"))
+    if bypass:
+        put["bypass"] = True
+    if "module_dropout" in kwargs:
+        put["module_dropout"] = _float(kwargs.pop("module_dropout") or 0)
+    given = {
+        key: (kwargs[key], Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source))
+        for key in ("rank_dropout", "dropout")
+        if key in kwargs
+    }
+    if "dropout" not in given and network_dropout is not None and network_dropout.value:
+        # train_network.py hands --network_dropout on as LyCORIS's dropout
+        given["dropout"] = (str(network_dropout.value), network_dropout)
+    for key, (text, legacy) in given.items():
+        rate = _float(text or 0)
+        if bypass:
+            put[key] = rate
+            if legacy is network_dropout:
+                conv.record(legacy, "mapped", "adapter.dropout")
+        elif rate:
+            conv.ignored(legacy, "GLoRAModule applies it only in bypass_mode (off here)")
+    _lycoris_rs_lora(kwargs, "glora", dim, alpha, put, unsupported)
 
 
 def _lycoris_full(
@@ -497,6 +527,22 @@ def _lycoris_full(
             args.source,
             "LyCORIS's full algo raises ValueError with bypass_mode (it has no bypass forward)",
         )
+    elif _str_bool(kwargs.get("bypass_mode", "false")) and kind in ("diag-oft", "boft"):
+        kwargs.pop(
+            "bypass_mode"
+        )  # the output rotated, its bias too (runtime/lycoris_oft.py, lycoris_boft.py)
+        put["bypass"] = True
+        if kind == "boft" and "dropout" in kwargs:
+            conv.ignored(
+                Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source),
+                "LyCORIS's ButterflyOFTModule never reads its dropout",
+            )
+        elif _float(kwargs.get("dropout", "0") or 0):
+            unsupported["dropout"] = (
+                f"{kwargs.pop('dropout')} with algo=diag-oft and bypass_mode (LyCORIS multiplies its "
+                "(blocks, size, size) rotations by an output-shaped dropout mask there; dbspec does not "
+                "express it)"
+            )
     elif _str_bool(kwargs.get("bypass_mode", "false")):
         unsupported["bypass_mode"] = (
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "

@@ -1,0 +1,106 @@
+"""LyCORIS BOFT's block split checked at plan time (`adapter.kind = "boft"`): LyCORIS's power2factorization
+splits a layer of w output rows into w / b blocks of b rows, b even and at most the block size, w / b a power
+of two; a width with no such split is refused (LyCORIS raises too, and dbspec's runtime when it builds the
+layer). Here the widths come from the base model's safetensors headers (torch-free): every targeted module's
+`.weight` of a diffusers-layout model on this machine (a local folder or the hub cache), denoiser and text
+encoders. Other bases (built-in models, single files, hub models not downloaded yet, per-component weight
+files) have no header to read here: their layers are checked when the adapter is built, with the same message
+naming the layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbspec.compiler.modelinfo import _component_weights
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.families import family_spec
+
+KEY = ("adapter", "block_size")
+
+
+def power2_factorization(dimension: int, factor: int) -> tuple[int, int]:
+    """LyCORIS's power2factorization: (block_size, block_num), block_size even and <= factor (any, for -1),
+    block_num the largest power of two found dividing the dimension that way; (0, 0) when none does."""
+    if factor == -1:
+        factor = dimension
+    m = n = 0
+    while m <= factor:
+        m += 2
+        while dimension % m != 0 and m < dimension:
+            m += 2
+        if m > factor:
+            break
+        if bin(dimension // m).count("1") == 1:
+            n = dimension // m
+    return (dimension // n, n) if n else (0, 0)
+
+
+def _targeted(path: str, targets: tuple[str, ...]) -> bool:
+    """peft's suffix rule for a list of target names."""
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+def unsplittable_layers(
+    tensors: list[tuple[str, object]], targets: tuple[str, ...], conv_targets: tuple[str, ...], block: int
+) -> list[tuple[str, int]]:
+    """(module path, output width) of each targeted Linear (2-D weight) or Conv2d (4-D: `conv_targets`)
+    whose width LyCORIS's power2factorization cannot split with `block`."""
+    found = []
+    for name, info in tensors:
+        if not name.endswith(".weight"):
+            continue
+        path, shape = name.removesuffix(".weight"), tuple(info.shape)
+        names = targets if len(shape) == 2 else conv_targets if len(shape) == 4 else ()
+        if names and _targeted(path, names) and not power2_factorization(shape[0], block)[1]:
+            found.append((path, shape[0]))
+    return found
+
+
+def check_boft_widths(ctx, model, adapter) -> None:
+    """Report (DBS390) the targeted layers of the base model BOFT cannot split; `adapter`: the plan's."""
+    if adapter.kind != "boft" or model is None or model.source not in ("diffusers", "hub") or not model.path:
+        return
+    family = family_spec(model.family)
+    if getattr(model, "denoiser_file", ""):  # per-component files: their layers are checked when built
+        return
+    parts = [(family.denoiser, adapter.denoiser_targets, adapter.conv_targets)]
+    if adapter.text_encoder_targets and not any(getattr(model, "text_encoder_files", ()) or ()):
+        parts += [(name, adapter.text_encoder_targets, ()) for name in family.text_encoder_names]
+    bad: list[tuple[str, str, int]] = []
+    for component, targets, convs in parts:
+        try:
+            weights = _component_weights(Path(model.path) / component)
+        except (ModelFileError, OSError):  # the model's own checks report unreadable files
+            continue
+        if weights is None or weights.tensors is None:
+            continue
+        block = adapter.oft_block_size
+        bad += [(component, p, w) for p, w in unsplittable_layers(weights.tensors, targets, convs, block)]
+    if not bad:
+        return
+    widths = sorted({w for _, _, w in bad})
+    shown = ", ".join(f"{c}.{p} ({w} rows)" for c, p, w in bad[:4]) + (
+        f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+    )
+    fits = _block_sizes(widths)
+    ctx.report(
+        "DBS390",
+        "error",
+        f"LyCORIS's BOFT cannot split {len(bad)} targeted layer(s) of this model with block_size "
+        f"{adapter.oft_block_size}: {shown}. Its power2factorization needs an even block size "
+        "b <= block_size with width / b a power of two (LyCORIS raises on these layers too)",
+        KEY,
+        help=(
+            f"set adapter.block_size to {fits} (the smallest that splits every such width)"
+            if fits
+            else "leave these layers out of the targets"
+        ),
+    )
+
+
+def _block_sizes(widths: list[int]) -> int:
+    """The smallest block size that splits every width, 0 when none up to the largest width does."""
+    for block in range(2, max(widths) + 1, 2):
+        if all(power2_factorization(w, block)[1] for w in widths):
+            return block
+    return 0

@@ -1,0 +1,112 @@
+"""LyCORIS BOFT's block split checked at plan time (dbspec/compiler/boft_widths.py, DBS390): a diffusers
+folder's safetensors headers give each targeted layer's output width; those LyCORIS's power2factorization
+cannot split are named before the run (the expectation: lycoris-lora's own power2factorization)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dbspec.compiler.boft_widths import check_boft_widths, power2_factorization, unsplittable_layers
+from dbspec.plan.model import AdapterPlan
+
+general = pytest.importorskip("lycoris.functional.general")
+
+
+def test_power2_factorization_is_lycoris():
+    for dimension in range(2, 400):
+        for factor in (-1, 2, 4, 6, 8, 10, 16, 40):
+            m, n = general.power2factorization(dimension, factor)
+            assert power2_factorization(dimension, factor) == ((m, n) if n else (0, 0)), (dimension, factor)
+
+
+class _Ctx:
+    def __init__(self):
+        self.reports = []
+
+    def report(self, code, severity, message, path, help="", notes=()):
+        self.reports.append((code, severity, message, path, help))
+
+
+def _model(tmp_path, tensors: dict[str, tuple[int, ...]], component: str = "unet"):
+    folder = tmp_path / component
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: torch.zeros(v) for k, v in tensors.items()}, str(folder / "diffusion_pytorch_model.safetensors")
+    )
+    return types.SimpleNamespace(source="diffusers", path=str(tmp_path), family="sd1", denoiser_file="")
+
+
+UNET = {
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight": (320, 320),  # 320 = 64 x 5
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight": (256, 320),
+    "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight": (320, 1280),  # not targeted
+    "down_blocks.0.resnets.0.conv1.weight": (40, 320, 3, 3),  # 40 = 8 x 5
+    "down_blocks.0.resnets.0.conv1.bias": (40,),
+}
+
+
+def test_the_layers_power2factorization_cannot_split_are_named(tmp_path):
+    model = _model(tmp_path, UNET)
+    ctx = _Ctx()
+    adapter = AdapterPlan(
+        kind="boft", oft_block_size=4, denoiser_targets=("to_q", "to_k"), conv_targets=("conv1",)
+    )
+    check_boft_widths(ctx, model, adapter)
+    ((code, severity, message, path, help_),) = ctx.reports
+    assert (code, severity, path) == ("DBS390", "error", ("adapter", "block_size"))
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q (320 rows)" in message
+    assert "unet.down_blocks.0.resnets.0.conv1 (40 rows)" in message and "to_k" not in message
+    # the help's block size splits both, as LyCORIS's own factorization says
+    block = int(help_.split("block_size to ")[1].split()[0])
+    assert all(general.power2factorization(w, block)[1] for w in (320, 40, 256))
+    assert not all(general.power2factorization(w, block - 2)[1] for w in (320, 40))
+
+
+def test_a_block_size_that_splits_every_layer_passes(tmp_path):
+    model = _model(tmp_path, UNET)
+    ctx = _Ctx()
+    adapter = AdapterPlan(
+        kind="boft", oft_block_size=10, denoiser_targets=("to_q", "to_k"), conv_targets=("conv1",)
+    )
+    check_boft_widths(ctx, model, adapter)
+    assert ctx.reports == []
+
+
+def test_other_kinds_and_models_without_headers_are_left_to_the_runtime(tmp_path):
+    ctx = _Ctx()
+    check_boft_widths(
+        ctx,
+        _model(tmp_path, UNET),
+        AdapterPlan(kind="diag-oft", oft_block_size=4, denoiser_targets=("to_q",)),
+    )
+    builtin = types.SimpleNamespace(source="builtin", path="", family="sd1", denoiser_file="")
+    check_boft_widths(ctx, builtin, AdapterPlan(kind="boft", oft_block_size=4, denoiser_targets=("to_q",)))
+    assert ctx.reports == []
+
+
+def test_unsplittable_layers_follow_peft_suffix_matching():
+    info = types.SimpleNamespace
+    tensors = [("a.to_q.weight", info(shape=(48, 8))), ("a.xto_q.weight", info(shape=(48, 8)))]
+    assert unsplittable_layers(tensors, ("to_q",), (), 4) == [("a.to_q", 48)]
+
+
+def test_the_plan_refuses_a_base_model_layer_boft_cannot_split(tmp_path):
+    """`dbspec plan` on a diffusers folder: its to_k is 320 rows wide (64 x 5), which block_size 4 cannot
+    split (DBS390 names it); block_size 10 can."""
+    from test_compile import codes, compile_in, image, write_spec
+    from test_modelinfo import sd1_folder
+
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    sd1_folder(tmp_path / "models" / "sd15")
+    adapter = {"kind": "boft", "block_size": 4, "denoiser_targets": ["to_k"]}
+    write_spec(tmp_path, model={"base": "models/sd15"}, adapter=adapter)
+    planned = compile_in(tmp_path)
+    assert planned.plan is None and "DBS390" in codes(planned, "error")
+    (diagnostic,) = [d for d in planned.diagnostics if d.code == "DBS390"]
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k (320 rows)" in diagnostic.message
+    write_spec(tmp_path, model={"base": "models/sd15"}, adapter={**adapter, "block_size": 10})
+    assert "DBS390" not in codes(compile_in(tmp_path))

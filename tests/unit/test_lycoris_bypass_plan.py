@@ -1,0 +1,65 @@
+"""LyCORIS's bypass_mode and GLoRA's switches in the plan: what the compiler settles from the spec (GLoRA's
+rank_dropout and dropout only with bypass, DBS556 otherwise), what the summary shows, that a plan file
+round-trips, and what a plan file may hold (plan_problems)."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from dbspec.plan.io import plan_from_json, plan_to_json
+from dbspec.plan.summary import adapter_rows
+from dbspec.plan.validate import plan_problems
+from tests.unit.hubspecs import SD15, empty_hub_cache, plan_hub_spec  # noqa: F401 - the fixture
+
+
+def _planned(tmp_path, adapter: str):
+    return plan_hub_spec(tmp_path, f"[adapter]\n{adapter}\n[optimizer]\nlr = 1e-4\n", SD15)
+
+
+def _plan(tmp_path, adapter: str):
+    planned = _planned(tmp_path, adapter)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    return planned.plan
+
+
+def test_glora_switches_settle_in_the_plan(tmp_path):
+    table = 'kind = "glora"\nscalar = true\nbypass = true\nrank_dropout = 0.4\ndropout = 0.1\n'
+    table += "module_dropout = 0.2"
+    plan = _plan(tmp_path, table)
+    a = plan.adapter
+    assert (a.scalar, a.bypass, a.rank_dropout, a.bypass_dropout, a.module_dropout) == (
+        True,
+        True,
+        0.4,
+        0.1,
+        0.2,
+    )
+    assert plan_from_json(plan_to_json(plan)).adapter == a
+    assert not plan_problems(plan)
+    assert "below 0.4" in dict(adapter_rows(a))["  bypass"]
+
+
+def test_glora_dropouts_without_bypass_settle_at_zero_with_a_warning(tmp_path):
+    planned = _planned(tmp_path, 'kind = "glora"\nrank_dropout = 0.4\ndropout = 0.1\nmodule_dropout = 0.2')
+    assert planned.plan is not None
+    a = planned.plan.adapter
+    assert (a.bypass, a.rank_dropout, a.bypass_dropout, a.module_dropout) == (False, 0.0, 0.0, 0.2)
+    warned = {d.path for d in planned.diagnostics if d.code == "DBS556"}
+    assert warned == {"adapter.rank_dropout", "adapter.dropout"}
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "boft"])
+def test_oft_bypass_settles_in_the_plan(tmp_path, kind):
+    plan = _plan(tmp_path, f'kind = "{kind}"\nblock_size = 10\nbypass = true')
+    assert plan.adapter.bypass and not plan_problems(plan)
+    assert "bias too" in dict(adapter_rows(plan.adapter))["  bypass"]
+
+
+def test_a_plan_file_with_bypass_on_another_kind_is_refused(tmp_path):
+    plan = _plan(tmp_path, 'kind = "loha"')
+    broken = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, bypass=True))
+    assert any("adapter.bypass is a GLoRA" in p for p in plan_problems(broken))
+    glora = _plan(tmp_path, 'kind = "glora"')
+    dropped = attrs.evolve(glora, adapter=attrs.evolve(glora.adapter, bypass_dropout=0.1))
+    assert any("bypass forward only" in p for p in plan_problems(dropped))
