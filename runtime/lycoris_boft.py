@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dbspec.compiler.boft_widths import power2_factorization  # noqa: F401 (LyCORIS's split, torch-free)
+from dbspec.plan.boft import power2_factorization  # noqa: F401 (LyCORIS's split, torch-free)
 from dbspec.runtime.lycoris_oft import DiagOftLayer, oft_config
 
 

@@ -14,25 +14,9 @@ from pathlib import Path
 from dbspec.compiler.modelinfo import _component_weights
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
+from dbspec.plan.boft import power2_factorization
 
 KEY = ("adapter", "block_size")
-
-
-def power2_factorization(dimension: int, factor: int) -> tuple[int, int]:
-    """LyCORIS's power2factorization: (block_size, block_num), block_size even and <= factor (any, for -1),
-    block_num the largest power of two found dividing the dimension that way; (0, 0) when none does."""
-    if factor == -1:
-        factor = dimension
-    m = n = 0
-    while m <= factor:
-        m += 2
-        while dimension % m != 0 and m < dimension:
-            m += 2
-        if m > factor:
-            break
-        if bin(dimension // m).count("1") == 1:
-            n = dimension // m
-    return (dimension // n, n) if n else (0, 0)
 
 
 def _targeted(path: str, targets: tuple[str, ...]) -> bool:

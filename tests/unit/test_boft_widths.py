@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dbspec.compiler.boft_widths import check_boft_widths, power2_factorization, unsplittable_layers
+from dbspec.compiler.boft_widths import check_boft_widths, unsplittable_layers
+from dbspec.plan.boft import power2_factorization
 from dbspec.plan.model import AdapterPlan
 
 general = pytest.importorskip("lycoris.functional.general")
