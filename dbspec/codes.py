@@ -2151,6 +2151,32 @@ SD3's joint attention processors call SDPA directly and have no plain counterpar
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
     ),
+    # kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558-DBS559.
+    Code(
+        "DBS558",
+        ERROR,
+        "`adapter.max_norm` on a LoRA form kohya's networks.lora has not",
+        """\
+`adapter.max_norm` (kohya's `--scale_weight_norms`) scales each layer's `lora_up` and `lora_down` by the
+square root of max_norm / norm, as kohya's networks.lora, lora_fa, lora_flux and lora_sd3 do. With `dora`,
+`scalar` or `tucker` (on convolution adapters) the adapter is one of LyCORIS's forms, and LyCORIS's own
+`apply_max_norm_regularization` (lycoris.kohya) does something else: it multiplies each module's scalar by the
+ratio, computes the norm from its own weight (the DoRA magnitude and Tucker core included) and reports 0, 0, 0
+when no layer was scaled. dbspec does not implement LyCORIS's variant, so it refuses the combination instead
+of training a third behaviour.""",
+        help="remove adapter.max_norm, or turn dora, scalar and tucker off",
+    ),
+    Code(
+        "DBS559",
+        ERROR,
+        "`adapter.max_norm` with FSDP or DeepSpeed",
+        """\
+`adapter.max_norm` rescales the trained LoRA weights in place after the optimizer step. Under
+`distributed.strategy = "fsdp"` each process holds a shard of every weight (a layer's norm needs all of it),
+and under DeepSpeed the optimizer keeps its own fp32 copy of the weights that the next step would write back
+over the rescaled ones. dbspec refuses both; DDP (every process holds the whole weights) runs it.""",
+        help='use distributed.strategy = "ddp", or remove adapter.max_norm',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

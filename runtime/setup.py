@@ -23,6 +23,7 @@ from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
+from dbspec.runtime.max_norm import norm_modules
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
@@ -61,6 +62,8 @@ class Run:
     sharded: list = attrs.field(
         factory=list
     )  # the models FSDP sharded (distributed.gathered reads them whole)
+    # adapter.max_norm: kohya's LoRA modules (runtime/max_norm.py) the loop rescales after each micro-batch
+    norm_modules: list = attrs.field(factory=list)
 
     @property
     def main(self) -> bool:
@@ -193,6 +196,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
         sharded=sharded,
     )
+    if plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
+        run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
     if resumed is not None:
         if plan.distributed.deepspeed is not None:
             raise StrategyError(

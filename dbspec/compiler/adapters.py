@@ -34,6 +34,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             "dropout": adapter.dropout,
             "down_dropout": adapter.down_dropout,
             "multiplier": adapter.multiplier,
+            "max_norm": adapter.max_norm,
         }
         if isinstance(adapter, LoraAdapter)
         else {}

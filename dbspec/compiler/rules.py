@@ -2718,3 +2718,46 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             "set (their attention processors call SDPA directly)",
             codes.help("DBS547"),
         )
+
+
+# --- kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558, DBS559 ---------------
+@rule("spec")
+def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.max_norm scales kohya's plain LoRA factors (runtime/max_norm.py): not LyCORIS's forms (DBS558),
+    not weights sharded or held by DeepSpeed's optimizer (DBS559)."""
+    a = spec.adapter
+    norm = getattr(a, "max_norm", 0.0)
+    if not norm:
+        return
+    path = ("adapter", "max_norm")
+    forms = [
+        key
+        for key, on in (
+            ("dora", a.dora),
+            ("scalar", a.scalar),
+            ("tucker", a.tucker and a.conv_rank > 0),
+        )
+        if on
+    ]
+    if forms:
+        yield _err(
+            "DBS558",
+            path,
+            f"adapter.max_norm = {norm:g} with adapter.{' and adapter.'.join(forms)} = true: that is "
+            "LyCORIS's form, whose max-norm regularisation scales a per-module scalar instead of lora_up "
+            "and lora_down (not implemented in dbspec)",
+            codes.help("DBS558"),
+        )
+    strategy = spec.distributed.strategy
+    if strategy != "ddp":
+        yield _err(
+            "DBS559",
+            path,
+            f'adapter.max_norm = {norm:g} with distributed.strategy = "{strategy}": '
+            + (
+                "each process holds a shard of every weight, and a layer's norm needs all of it"
+                if strategy == "fsdp"
+                else "DeepSpeed's optimizer keeps its own copy of the weights and would undo the scaling"
+            ),
+            codes.help("DBS559"),
+        )

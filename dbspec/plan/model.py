@@ -159,6 +159,9 @@ class AdapterPlan:
     init_weights: str = ""
     init_layers: int = 0
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
+    # lora: kohya's max-norm regularisation (--scale_weight_norms) after each micro-batch and optimizer step;
+    # 0 = off (runtime/max_norm.py)
+    max_norm: float = 0.0
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
     blocks: tuple[BlockPlan, ...] = ()

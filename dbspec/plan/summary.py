@@ -532,6 +532,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  down dropout", f"{a.down_dropout:g} on the down projection's output (while training)")
         )
+    if a.max_norm:
+        rows.append(("  max norm", _max_norm_row(a)))
     for block in a.blocks:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(
@@ -1137,6 +1139,15 @@ def select_rule(c) -> str:
         sign = "-" if m == "eval_loss" else "+"
         text += f" {sign} {w:g} x {m}" if text else f"{'-' if sign == '-' else ''}{w:g} x {m}"
     return f"the highest {text}"
+
+
+def _max_norm_row(a) -> str:
+    """kohya's --scale_weight_norms as the plan runs it (runtime/max_norm.py)."""
+    fused = ", a fused layer's parts as one" if a.fused else ""
+    return (
+        f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose update norm exceeds it "
+        f"is scaled down to it, up and down by the square root (kohya's scale_weight_norms{fused})"
+    )
 
 
 def _fused_draw(a) -> str:

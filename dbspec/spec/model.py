@@ -348,6 +348,18 @@ class LoraAdapter:
         exclusive_minimum=0,
         example=0.5,
     )
+    # kohya --scale_weight_norms: max-norm regularisation of each layer's update after every optimizer step
+    max_norm: float = option(
+        0.0,
+        doc="Max-norm regularisation (kohya `--scale_weight_norms`): after each optimizer step, a layer "
+        "whose update (alpha / rank) x up @ down has a Frobenius norm above this gets its up and down "
+        "weights multiplied by the square root of max_norm / norm, so the update's norm becomes max_norm, as "
+        "kohya's `apply_max_norm_regularization` does (a fused layer's parts count as one layer; with "
+        "gradient accumulation also after each micro-batch, as kohya calls it); the number of layers "
+        "scaled and the mean and largest norm are logged. 0 turns it off.",
+        minimum=0,
+        example=1.0,
+    )
     dora: bool = option(
         False,
         doc="DoRA: learn each output row's (or input column's, `dora_axis`) magnitude apart from the LoRA "

@@ -1289,6 +1289,31 @@ CASES = [
         [("DBS547", "error", ("precision", "attention"))],
         'family = "flux"\n' + DOG + STEPS + '[precision]\nattention = "eager"\n',
     ),
+    # adapter.max_norm (kohya's scale_weight_norms): kohya's plain LoRA only, whole weights on each process
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + "max_norm = 1.0\nscalar = true\n",
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + "max_norm = 1.0\n",
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + "max_norm = 1.0\nconv_rank = 4\ntucker = true\ndora = true\n",
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + "max_norm = 1.0\nconv_rank = 4\n",
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + 'max_norm = 1.0\n[distributed]\nstrategy = "fsdp"\n',
+        [("DBS559", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + 'max_norm = 1.0\n[distributed]\nstrategy = "ddp"\n',
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + 'max_norm = 0.5\n[distributed]\nstrategy = "deepspeed"\n',
+        [("DBS559", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + 'max_norm = 0.0\n[distributed]\nstrategy = "deepspeed"\n',
+    ),
 ]
 
 

@@ -185,13 +185,50 @@ def map_adapter(
         # passes it as create_network's neuron_dropout)
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
     map_network_weights(a, paths, conv)
-    for key, why in (
-        ("base_weights", "merging other LoRA weights into the base first"),
-        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"dbspec has no {why}")
+    if a["base_weights"].value:
+        conv.unsupported(a["base_weights"], "dbspec has no merging other LoRA weights into the base first")
+    map_scale_weight_norms(a, conv, lycoris=lycoris)
     return True
+
+
+def map_scale_weight_norms(a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False) -> None:
+    """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
+    each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
+    (train_network.py tests `if args.scale_weight_norms`)."""
+    norms = a["scale_weight_norms"]
+    if not norms.value:
+        if norms.given and norms.value is not None:
+            conv.inert(norms, "0 turns kohya's max-norm regularisation off")
+        return
+    if lycoris:
+        conv.unsupported(
+            norms,
+            "lycoris.kohya's apply_max_norm_regularization multiplies each module's scalar by the ratio "
+            "(norms of LyCORIS's own weights, DoRA and Tucker forms included; 0, 0, 0 logged when no module "
+            "is scaled) instead of scaling lora_up and lora_down; dbspec implements networks.lora's only",
+            help="drop --scale_weight_norms, or train networks.lora",
+        )
+        return
+    if norms.value < 0:
+        conv.invalid(
+            norms.key,
+            norms.value,
+            norms.source,
+            "a negative limit makes apply_max_norm_regularization's ratio negative and its square root NaN",
+        )
+        return
+    if split:
+        conv.invalid(
+            norms.key,
+            norms.value,
+            norms.source,
+            "with split_qkv apply_max_norm_regularization reads a split module's `lora_down.N.weight` as its "
+            "alpha: the update's shape mismatches it (RuntimeError), or at rank 1 it scales by the wrong "
+            "numbers",
+            help="drop --scale_weight_norms or split_qkv=True",
+        )
+        return
+    conv.mapped(norms, ("adapter", "max_norm"), float(norms.value))
 
 
 def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
@@ -422,10 +459,8 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
         _flow_dim_from_weights(a, wanted, paths, conv)
     elif weights.value:
         map_network_weights(a, paths, conv)
-    for key, why in (
-        ("base_weights", "merging other LoRA weights into the base first"),
-        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"dbspec has no {why}")
+    if a["base_weights"].value:
+        conv.unsupported(a["base_weights"], "dbspec has no merging other LoRA weights into the base first")
+    fused = conv.values.get(("adapter", "fused_projections"))
+    map_scale_weight_norms(a, conv, split=fused is not None and not fused[0])  # fused false: split_qkv
     return True
