@@ -18,6 +18,7 @@ It returns what kohya logs: how many modules were scaled, and the mean and large
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import attrs
@@ -69,7 +70,7 @@ def _row_order(name: str, fused: tuple[FusedPlan, ...]) -> int:
     """Where a fused part's rows sit in the original layer (its index in the plan's parts); 0 otherwise."""
     for group in fused:
         for index, part in enumerate(group.parts):
-            if name.endswith(f".{part}") and f"{group.blocks}." in name:
+            if re.fullmatch(rf"{re.escape(group.blocks)}\.\d+\.{re.escape(part)}", name):
                 return index
     return 0
 

@@ -211,3 +211,34 @@ def test_a_run_with_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exact(tmp_p
     free = execute(compile_spec(spec, ["optimizer.lr=5e-2", "output.dir=free", "adapter.max_norm=0"]))
     other = load_file(str(Path(free.final) / "pytorch_lora_weights.safetensors"))
     assert max(_update_norms(other, 1.0)) > 0.02
+
+
+def test_a_flux_run_scales_each_fused_layer_as_one_module(tmp_path):
+    """builtin:tiny-flux with kohya's fused layers (lora_flux without split_qkv): each double block's q, k, v
+    and each single block's q, k, v, mlp are one module (their rows in the original layer's order), and after
+    training every module's update (the fused layers' stacked) is within the limit."""
+    from tests.runtime.test_flux_fused import KOHYA
+
+    spec = write_spec(
+        tmp_path,
+        base="builtin:tiny-flux",
+        steps=2,
+        extra=KOHYA.replace("fused_projections = true", "fused_projections = true\nmax_norm = 0.01"),
+    )
+    plan = compile_spec(spec, ["optimizer.lr=5e-2"])
+    assert plan.adapter.max_norm == 0.01 and plan.adapter.fused
+    result = execute(plan, keep_models=True)
+    modules = norm_modules([result.components.unet], plan.adapter.fused)
+    fused = {m.name: len(m.ups) for m in modules if len(m.ups) > 1}
+    assert fused == {
+        "transformer_blocks.0.attn.to_q": 3,
+        "transformer_blocks.0.attn.add_q_proj": 3,
+        "single_transformer_blocks.0.attn.to_q": 4,
+    }, fused
+    single = next(m for m in modules if m.name.startswith("single_transformer_blocks.0.") and len(m.ups) == 4)
+    block = result.components.unet.single_transformer_blocks[0]
+    order = [block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp]
+    assert [id(u) for u in single.ups] == [id(layer.lora_B["default"].weight) for layer in order]
+    from dbspec.runtime.max_norm import update_of
+
+    assert max(float(update_of(m).norm()) for m in modules) <= 0.01 * (1 + 1e-5)
