@@ -2177,6 +2177,18 @@ and under DeepSpeed the optimizer keeps its own fp32 copy of the weights that th
 over the rescaled ones. dbspec refuses both; DDP (every process holds the whole weights) runs it.""",
         help='use distributed.strategy = "ddp", or remove adapter.max_norm',
     ),
+    # LoRA-FA (adapter.freeze_down, kohya networks.lora_fa): DBS560.
+    Code(
+        "DBS560",
+        ERROR,
+        "`adapter.freeze_down` (LoRA-FA) on a LyCORIS form",
+        """\
+`adapter.freeze_down` is kohya's LoRA-FA (networks.lora_fa): plain LoRA whose down projections stay at their
+init. With `dora`, `scalar` or `tucker` (on convolution adapters) the adapter is one of LyCORIS's forms, whose
+weights are built otherwise (a magnitude, a scalar that starts at zero with a random up, a Tucker core); no
+tool trains LoRA-FA on them, and dbspec does not define it.""",
+        help="remove adapter.freeze_down, or turn dora, scalar and tucker off",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -64,6 +64,8 @@ class Run:
     )  # the models FSDP sharded (distributed.gathered reads them whole)
     # adapter.max_norm: kohya's LoRA modules (runtime/max_norm.py) the loop rescales after each micro-batch
     norm_modules: list = attrs.field(factory=list)
+    # LoRA-FA with kohya's gradients: the frozen downs by name, whose accumulated gradients checkpoints keep
+    frozen_down: dict = attrs.field(factory=dict)
 
     @property
     def main(self) -> bool:
@@ -99,6 +101,13 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
             generate_class_images(pipeline, d.generate, share=share, wait=accelerator.wait_for_everyone)
     teacher = make_teacher(plan, comps, device)
     unet_params, per_encoder = configure_models(plan, comps, device)
+    # LoRA-FA with kohya's gradients: the frozen downs need a gradient but are not the optimizer's
+    frozen_down = named_frozen_downs(comps) if plan.adapter.frozen_down_grad == "kohya" else {}
+    if frozen_down:
+        unet_params, per_encoder = (
+            _without(unet_params, frozen_down),
+            [_without(params, frozen_down) for params in per_encoder],
+        )
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
         load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
@@ -185,7 +194,10 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         params=(
             [p for group in optimizer.param_groups for p in group["params"]]  # the sharded ones
             if sharded
-            else unet_params + text_params + (tokens.params if tokens is not None else [])
+            else unet_params
+            + text_params
+            + (tokens.params if tokens is not None else [])
+            + list(frozen_down.values())  # kohya clips over every network weight
         ),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
@@ -195,6 +207,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         ema=ema,
         prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
         sharded=sharded,
+        frozen_down=frozen_down,
     )
     if plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
         run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
@@ -215,6 +228,21 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         tokens.stop()
     set_train_mode(comps, plan)
     return run
+
+
+def named_frozen_downs(comps: Components) -> dict[str, torch.nn.Parameter]:
+    """The LoRA downs (peft `lora_A`) that require a gradient, by `<component>.<parameter name>`."""
+    return {
+        f"{component}.{name}": p
+        for component, module in _named(comps)
+        for name, p in module.named_parameters()
+        if p.requires_grad and ".lora_A." in f".{name}."
+    }
+
+
+def _without(params: list, frozen: dict) -> list:
+    ids = {id(p) for p in frozen.values()}
+    return [p for p in params if id(p) not in ids]
 
 
 def _named(comps: Components) -> list[tuple[str, torch.nn.Module]]:

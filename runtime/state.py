@@ -14,6 +14,7 @@ import torch
 from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
+from dbspec.runtime.lora_fa import frozen_down_grads, restore_frozen_down_grads
 from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.tokens_ti import split_state
 from dbspec.runtime.weights import restore_trainable, trainable_state
@@ -38,6 +39,8 @@ class TrainState:
     # Every process's training-noise generator, by rank (several processes; None for one, or a checkpoint
     # saved before they were kept): noise_streams = "process" resumes each process's own stream.
     generators: list[torch.Tensor] | None = None
+    # LoRA-FA with kohya's gradients: the frozen downs' accumulated gradients by name (None without them)
+    frozen_down_grads: dict[str, torch.Tensor] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -79,6 +82,7 @@ class TrainState:
             run_hash=run_hash(run.plan),
             plan=run.plan_json,
             generators=generators,
+            frozen_down_grads=frozen_down_grads(run.frozen_down) if run.frozen_down else None,
         )
 
     def restore(self, run: Run) -> None:
@@ -102,6 +106,8 @@ class TrainState:
             run.generator.set_state(self.generator)  # an older checkpoint: only the first process's stream
         if run.ema is not None:
             run.ema.load_state_dict(self.ema)
+        if run.frozen_down and self.frozen_down_grads is not None:
+            restore_frozen_down_grads(run.frozen_down, self.frozen_down_grads)
         ckpt.restore_rng_state(self.rng)
 
 

@@ -2761,3 +2761,23 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ),
             codes.help("DBS559"),
         )
+
+
+# --- LoRA-FA (adapter.freeze_down, kohya networks.lora_fa): DBS560 ------------------------------------------
+@rule("spec")
+def freeze_down_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.freeze_down freezes plain LoRA's down projections, not LyCORIS's forms (DBS560)."""
+    a = spec.adapter
+    if not getattr(a, "freeze_down", False):
+        return
+    forms = [
+        k for k, on in (("dora", a.dora), ("scalar", a.scalar), ("tucker", a.tucker and a.conv_rank)) if on
+    ]
+    if forms:
+        yield _err(
+            "DBS560",
+            ("adapter", "freeze_down"),
+            f"adapter.freeze_down = true with adapter.{' and adapter.'.join(forms)} = true: LoRA-FA freezes "
+            "plain LoRA's down projections, and LyCORIS's forms build their weights otherwise",
+            codes.help("DBS560"),
+        )

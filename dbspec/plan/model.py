@@ -162,6 +162,10 @@ class AdapterPlan:
     # lora: kohya's max-norm regularisation (--scale_weight_norms) after each micro-batch and optimizer step;
     # 0 = off (runtime/max_norm.py)
     max_norm: float = 0.0
+    # lora: LoRA-FA (kohya networks.lora_fa), the downs frozen at their init; their gradient "none", or
+    # "kohya" (computed, accumulated, counted in the clip norm; runtime/lora_fa.py)
+    freeze_down: bool = False
+    frozen_down_grad: Literal["none", "kohya"] = "none"
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
     blocks: tuple[BlockPlan, ...] = ()

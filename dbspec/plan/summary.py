@@ -534,6 +534,13 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     if a.max_norm:
         rows.append(("  max norm", _max_norm_row(a)))
+    if a.freeze_down:
+        grads = (
+            "; their gradients accumulate and count in the clip norm (kohya's)"
+            if a.frozen_down_grad == "kohya"
+            else ""
+        )
+        rows.append(("  LoRA-FA", f"down projections frozen at N(0, 2 / (in + rank)), up from zero{grads}"))
     for block in a.blocks:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(

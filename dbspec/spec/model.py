@@ -360,6 +360,22 @@ class LoraAdapter:
         minimum=0,
         example=1.0,
     )
+    # kohya networks.lora_fa (LoRA-FA): the down projections stay at their init, only the up ones train
+    freeze_down: bool = option(
+        False,
+        doc="LoRA-FA (kohya `networks.lora_fa`): each layer's down projection (peft `lora_A`, kohya "
+        "`lora_down`) is drawn from a normal distribution with std sqrt(2 / (in + rank)) (in: the layer's "
+        "input features or channels) and never trained; the up projection starts at zero and is the only "
+        "one the optimizer steps.",
+    )
+    frozen_down_grad: Literal["none", "kohya"] = option(
+        "none",
+        doc="With `freeze_down`: `none` computes no gradient for the frozen down projections; `kohya` "
+        "computes it as kohya's networks.lora_fa does (its network's requires_grad_(True) reaches them): "
+        "never cleared, it accumulates over the run and counts in the gradient-clipping norm "
+        "(`optimizer.max_grad_norm`), so it shrinks the up projections' clipped steps; checkpoints keep it, "
+        "so a resume is exact. Without clipping both train alike.",
+    )
     dora: bool = option(
         False,
         doc="DoRA: learn each output row's (or input column's, `dora_axis`) magnitude apart from the LoRA "

@@ -1314,6 +1314,13 @@ CASES = [
         [("DBS559", "error", ("adapter", "max_norm"))],
         DOG + STEPS + LORA + 'max_norm = 0.0\n[distributed]\nstrategy = "deepspeed"\n',
     ),
+    # adapter.freeze_down (LoRA-FA): plain LoRA only
+    (
+        rules.freeze_down_fits,
+        DOG + STEPS + LORA + "freeze_down = true\ndora = true\n",
+        [("DBS560", "error", ("adapter", "freeze_down"))],
+        DOG + STEPS + LORA + "freeze_down = true\n",
+    ),
 ]
 
 

@@ -150,9 +150,11 @@ def map_adapter(
             module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
         )
         return False
-    if module.value not in ("networks.lora", "lycoris.kohya"):
+    if module.value not in ("networks.lora", "networks.lora_fa", "lycoris.kohya"):
         conv.unsupported(
-            module, "only kohya's networks.lora and LyCORIS's lycoris.kohya have a dbspec equivalent"
+            module,
+            "only kohya's networks.lora, networks.lora_fa and LyCORIS's lycoris.kohya have a dbspec "
+            "equivalent",
         )
         return False
     dim, alpha = a["network_dim"], a["network_alpha"]
@@ -184,11 +186,30 @@ def map_adapter(
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
+    if module.value == "networks.lora_fa":
+        _map_lora_fa(a, conv)
     map_network_weights(a, paths, conv)
     if a["base_weights"].value:
         conv.unsupported(a["base_weights"], "dbspec has no merging other LoRA weights into the base first")
     map_scale_weight_norms(a, conv, lycoris=lycoris)
     return True
+
+
+def _map_lora_fa(a: Args, conv: Conversion) -> None:
+    """networks.lora_fa (LoRA-FA): kohya's LoRA with the downs drawn from N(0, 2 / (in + rank)) and left out
+    of the optimizer. Its network's requires_grad_(True) still gives them a gradient that only the clip reads
+    (train_network.py clips over every network parameter; the optimizer never clears them)."""
+    module = a["network_module"]
+    conv.put(("adapter", "freeze_down"), True, conv.comment(module, "LoRA-FA: lora_down frozen at its init"))
+    clip = a["max_grad_norm"]
+    if clip.value:
+        conv.put(
+            ("adapter", "frozen_down_grad"),
+            "kohya",
+            conv.comment(
+                clip, "lora_fa's frozen downs keep a gradient that accumulates and counts in the clip"
+            ),
+        )
 
 
 def map_scale_weight_norms(a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False) -> None:
