@@ -1743,6 +1743,27 @@ flow-matching model (SD3), or `flow_euler` for a DDPM model (SD1, SD2, SDXL). Le
 (`model.t5_max_length`).""",
         help="remove model.max_tokens; raise model.t5_max_length for longer prompts",
     ),
+    # LoRA files merged into the base (model.merge_adapters, kohya --base_weights): DBS391-DBS392.
+    Code(
+        "DBS391",
+        ERROR,
+        "A LoRA file to merge is missing or does not fit",
+        """\
+A file in `model.merge_adapters` is not there, is not a LoRA `.safetensors` file in kohya's layout
+(`lora_unet_*` / `lora_te*_*` modules with `lora_down.weight`, `lora_up.weight` and an optional `alpha`), or
+names a model this family has not (an SDXL file's `lora_te2_` on SD 1.5). dbspec reads only its header and
+the alpha values at plan time.""",
+    ),
+    Code(
+        "DBS392",
+        ERROR,
+        "Merging a LoRA into a Flux or SD3 base",
+        """\
+`model.merge_adapters` on a family whose kohya LoRA files name the original model's fused layers (Flux, SD3:
+kohya's lora_flux / lora_sd3, q/k/v in one layer) is not implemented: the merge would have to split each
+fused update onto diffusers' separate layers. Merge the file into the model with another tool first.""",
+        help="merge the file with another tool first, or remove it",
+    ),
     Code(
         "DBS401",
         ERROR,

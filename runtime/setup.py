@@ -90,6 +90,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     # Models: load, make class images with the untouched base model, then freeze/adapt for training.
     with accelerator.main_process_first():  # a built-in model is written once, by the first process
         comps = family_runtime(plan.model.family).load(plan)
+    if plan.model.merge_adapters:  # kohya --base_weights: merged on the CPU in fp32 before anything else
+        from dbspec.runtime.merge_adapters import merge_adapters
+
+        for note in merge_adapters(plan, comps.unet, comps.text_encoders):
+            if accelerator.is_main_process:
+                (console or Console(stderr=True)).print(f"note: {note}", markup=False, highlight=False)
     comps.unet.to(device)
     comps.vae.to(device)
     for enc in comps.text_encoders:

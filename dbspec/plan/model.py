@@ -51,6 +51,17 @@ class Origin:
 
 
 @frozen
+class MergePlan:
+    """A kohya-layout LoRA file merged into the base weights before training (model.merge_adapters)."""
+
+    path: str  # absolute
+    multiplier: float
+    fingerprint: str  # the file's content fingerprint (part of the merged components' identities)
+    components: tuple[str, ...]  # the plan's component names the file's layers merge into
+    layers: int  # modules the file holds for those components (each rounded to precision.mixed's dtype)
+
+
+@frozen
 class ModelPlan:
     base: str
     source: Literal["builtin", "diffusers", "single_file", "ckpt", "hub"]
@@ -80,6 +91,8 @@ class ModelPlan:
     # encoder in the family's order ("" keeps the base's). The identities include them.
     denoiser_file: str = ""
     text_encoder_files: tuple[str, ...] = ()
+    # LoRA files merged into the base weights before training, in order (kohya --base_weights)
+    merge_adapters: tuple[MergePlan, ...] = ()
 
 
 @frozen

@@ -117,6 +117,12 @@ def component_file_lines(plan: Plan) -> list[str]:
     lines = [f"weights: {name} from {_shown(path)} ({key})" for name, path, key in files if path]
     if lines:
         lines.append(f"weights: configs, tokenizers and the other components from {m.base}")
+    mixed = "fp32" if plan.precision.mixed == "no" else plan.precision.mixed
+    for merge in m.merge_adapters:  # kohya --base_weights
+        lines.append(
+            f"weights: merged {_shown(merge.path)} x {merge.multiplier:g} into {', '.join(merge.components)} "
+            f"({merge.layers} layers; fp32 on the CPU, rounded to {mixed}; model.merge_adapters)"
+        )
     return lines
 
 

@@ -25,6 +25,23 @@ frozen = attrs.frozen(kw_only=True)
 
 
 @frozen
+class MergeAdapter:
+    """A LoRA file merged into the base weights before the run's own adapter is made (kohya
+    `--base_weights` with `--base_weights_multiplier`)."""
+
+    path: str = option(
+        doc="A LoRA `.safetensors` file in kohya's layout (`lora_unet_*` / `lora_te*_*` modules), relative "
+        "to the spec file.",
+        example="loras/style.safetensors",
+    )
+    multiplier: float = option(
+        1.0,
+        doc="The merged update's scale: weight + multiplier x alpha / rank x up @ down.",
+        example=0.7,
+    )
+
+
+@frozen
 class Model:
     base: str = option(
         doc="Base model: a hub id, a diffusers folder, a single-file .safetensors (or .ckpt) checkpoint, "
@@ -68,6 +85,17 @@ class Model:
         "`text_encoders.clip_l.transformer.`, an SDXL one's `conditioner.embedders.1.model.`); configs and "
         "tokenizers stay model.base's.",
         example=["models/clip_l.safetensors", "models/t5xxl_fp16.safetensors"],
+    )
+    merge_adapters: list[MergeAdapter] = option(
+        factory=list,
+        doc="LoRA files merged into the base model's weights, in order, before training "
+        "([[model.merge_adapters]] tables, kohya `--base_weights` / `--base_weights_multiplier`): each "
+        "layer the file names (kohya's LoRA targets: attention and ResNet blocks, the text encoders' "
+        "attention and MLP) becomes weight + multiplier x alpha / rank x up @ down, computed in fp32 on "
+        "the CPU and rounded to the mixed-precision dtype, as kohya's merge_to; other layers of the file "
+        "are ignored, as kohya ignores them. The merged model is the run's base: validation, the "
+        "base-model prior and the text cache (when a text encoder is merged) use it; exports hold only "
+        "the trained adapter.",
     )
     revision: str = option("main", doc="Hub revision (branch, tag or commit) when base is a hub id.")
     config: str = option(
@@ -2186,6 +2214,7 @@ class Spec:
 
 
 TABLE_CLASSES = (
+    MergeAdapter,
     Model,
     NoAdapter,
     AdapterBlock,

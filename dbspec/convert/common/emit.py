@@ -12,6 +12,7 @@ import attrs
 from dbspec.convert.common.core import Conversion
 from dbspec.spec.model import (
     ADAPTER_VARIANTS,
+    MergeAdapter,
     SPEC_VERSION,
     AdapterBlock,
     Dataset,
@@ -48,6 +49,12 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
         rows = _rows(conv, cls, (table,))
         if rows:
             lines += ["", f"[{table}]", *rows]
+        if table == "model":  # [[model.merge_adapters]] (kohya --base_weights) after the model's own keys
+            for index in sorted(
+                {p[2] for p in conv.values if p[:2] == ("model", "merge_adapters") and len(p) == 4}
+            ):
+                lines += ["", "[[model.merge_adapters]]"]
+                lines += _rows(conv, MergeAdapter, ("model", "merge_adapters", index))
         if table == "adapter":  # [[adapter.blocks]] after the adapter's own keys
             for index in sorted(
                 {p[2] for p in conv.values if p[:2] == ("adapter", "blocks") and len(p) == 4}

@@ -189,10 +189,46 @@ def map_adapter(
     if module.value == "networks.lora_fa":
         _map_lora_fa(a, conv)
     map_network_weights(a, paths, conv)
-    if a["base_weights"].value:
-        conv.unsupported(a["base_weights"], "dbspec has no merging other LoRA weights into the base first")
+    map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=lycoris)
     return True
+
+
+def map_base_weights(a: Args, paths: PathMapper, conv: Conversion, flow: bool = False) -> None:
+    """--base_weights with --base_weights_multiplier -> [[model.merge_adapters]]: train_network.py merges each
+    file into the base models before building the network, the i-th multiplier with the i-th file (1.0 when
+    the list is shorter; extra multipliers are not read). Its merge goes through the network module's own
+    create_network_from_weights: networks.lora's for SD 1.x/2.x/SDXL (runtime/merge_adapters.py); Flux's and
+    SD3's fused layouts are not implemented (DBS403)."""
+    files, multipliers = a["base_weights"], a["base_weights_multiplier"]
+    if not files.value:
+        if multipliers.given and multipliers.value:
+            conv.inert(multipliers, "train_network.py reads it only with --base_weights")
+        return
+    if flow:
+        conv.unsupported(
+            files,
+            "merging a Flux or SD3 LoRA (kohya's fused-layer layout) into the base is not implemented",
+            help="merge the files into the model with another tool first",
+        )
+        return
+    given = list(multipliers.value or [])
+    for index, path in enumerate(files.value):
+        multiplier = float(given[index]) if index < len(given) else 1.0
+        note = conv.comment(
+            files, f"multiplier {multiplier:g}" + ("" if index < len(given) else " (default)")
+        )
+        conv.put(("model", "merge_adapters", index, "path"), paths.for_spec(str(path)), note)
+        conv.put(("model", "merge_adapters", index, "multiplier"), multiplier, note)
+    conv.record(files, "mapped", "model.merge_adapters")
+    if multipliers.given and multipliers.value:
+        extra = len(given) > len(files.value)
+        conv.record(
+            multipliers,
+            "mapped",
+            "model.merge_adapters",
+            f"the multipliers past the {len(files.value)} file(s) are not read" if extra else "",
+        )
 
 
 def _map_lora_fa(a: Args, conv: Conversion) -> None:
@@ -480,8 +516,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
         _flow_dim_from_weights(a, wanted, paths, conv)
     elif weights.value:
         map_network_weights(a, paths, conv)
-    if a["base_weights"].value:
-        conv.unsupported(a["base_weights"], "dbspec has no merging other LoRA weights into the base first")
+    map_base_weights(a, paths, conv, flow=True)
     fused = conv.values.get(("adapter", "fused_projections"))
     map_scale_weight_norms(a, conv, split=fused is not None and not fused[0])  # fused false: split_qkv
     return True
