@@ -134,6 +134,14 @@ def test_a_run_trains_on_the_merged_base_and_resumes_bit_exact(tmp_path):
         state[f"{te}.lora_up.weight"].float() @ state[f"{te}.lora_down.weight"].float()
     )
     torch.testing.assert_close(getattr(fc1, "base_layer", fc1).weight.detach().float(), merged_te)
+    # `dbspec sample` rebuilds the run's merged base under the LoRA
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+    pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
+    sampled = pipe.unet.down_blocks[0].resnets[0].conv1
+    assert torch.equal(
+        getattr(sampled, "base_layer", sampled).weight.detach(), conv1.weight.detach().to("cpu")
+    )
     parts = compile_spec(spec, ["output.dir=parts"])
     assert execute(parts, stop_after=1).status == "interrupted"
     resumed = execute(parts, resume=True)
