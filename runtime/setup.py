@@ -200,10 +200,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         params=(
             [p for group in optimizer.param_groups for p in group["params"]]  # the sharded ones
             if sharded
-            else unet_params
-            + text_params
+            else (_kohya_network_order(comps, tokens) if frozen_down else unet_params + text_params)
             + (tokens.params if tokens is not None else [])
-            + list(frozen_down.values())  # kohya clips over every network weight
         ),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
@@ -244,6 +242,15 @@ def named_frozen_downs(comps: Components) -> dict[str, torch.nn.Parameter]:
         for name, p in module.named_parameters()
         if p.requires_grad and ".lora_A." in f".{name}."
     }
+
+
+def _kohya_network_order(comps: Components, tokens) -> list:
+    """LoRA-FA with kohya's gradients: every adapter weight that takes a gradient (the frozen downs too) in
+    kohya's network order, the text encoders' modules then the denoiser's, each down before its up: the
+    parameters train_network.py clips, in the order its total norm adds them."""
+    own = {id(p) for p in tokens.params} if tokens is not None else set()
+    models = (*comps.text_encoders, comps.unet)
+    return [p for m in models for p in m.parameters() if p.requires_grad and id(p) not in own]
 
 
 def _without(params: list, frozen: dict) -> list:

@@ -82,6 +82,36 @@ def test_kohyas_down_gradients_shrink_the_clipped_up_steps():
     assert torch.equal(_steps("none", clip=0.0)[0], _steps("kohya", clip=0.0)[0])
 
 
+def test_kohya_mode_steps_as_kohyas_lora_fa_network():
+    """kohya's own lora_fa LoRAModule in train_network.py's order (tests/runtime/kohya_reference/
+    kohya_lora_fa.safetensors): a peft LoRA layer with the same weights, its down frozen in kohya mode, the
+    optimizer over the up only and dbspec's clip over the down and the up (in kohya's network order, as
+    runtime/setup.py lists them) ends with kohya's weights and accumulated down gradient, to the bit."""
+    from dbspec.runtime.loop import clip_gradients
+
+    ref = load_file(str(Path(__file__).parent / "kohya_reference" / "kohya_lora_fa.safetensors"))
+    layer = torch.nn.Linear(12, 10)
+    with torch.no_grad():
+        layer.weight.copy_(ref["org.weight"])
+        layer.bias.copy_(ref["org.bias"])
+    model = torch.nn.Sequential(layer)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=2.0, target_modules=["0"]), model)
+    (down,) = freeze_down(model, seed=0, grads=True)
+    up = model[0].lora_B["default"].weight
+    with torch.no_grad():
+        down.copy_(ref["down.init"])
+    assert torch.equal(up.detach(), ref["up.init"])
+    optimizer = torch.optim.AdamW([up], lr=1e-2)
+    for step in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(ref[f"x.{step}"]), ref[f"target.{step}"]).backward()
+        clip_gradients([down, up], "norm", 0.05)
+        optimizer.step()
+    assert torch.equal(down.detach(), ref["down.final"])
+    assert torch.equal(up.detach(), ref["up.final"])
+    assert torch.equal(down.grad, ref["down.grad"])
+
+
 LORA_FA = """
 [adapter]
 kind = "lora"
