@@ -1802,6 +1802,27 @@ help line the smallest block size that splits them all. The widths are read from
 headers when its diffusers folder is on this machine; otherwise the layer is refused, named, when the adapter
 is built.""",
     ),
+    # LoRA files merged into the base (model.merge_adapters, kohya --base_weights): DBS391-DBS392.
+    Code(
+        "DBS391",
+        ERROR,
+        "A LoRA file to merge is missing or does not fit",
+        """\
+A file in `model.merge_adapters` is not there, is not a LoRA `.safetensors` file in kohya's layout
+(`lora_unet_*` / `lora_te*_*` modules with `lora_down.weight`, `lora_up.weight` and an optional `alpha`), or
+names a model this family has not (an SDXL file's `lora_te2_` on SD 1.5). dbspec reads only its header and
+the alpha values at plan time.""",
+    ),
+    Code(
+        "DBS392",
+        ERROR,
+        "Merging a LoRA into a Flux or SD3 base",
+        """\
+`model.merge_adapters` on a family whose kohya LoRA files name the original model's fused layers (Flux, SD3:
+kohya's lora_flux / lora_sd3, q/k/v in one layer) is not implemented: the merge would have to split each
+fused update onto diffusers' separate layers. Merge the file into the model with another tool first.""",
+        help="merge the file with another tool first, or remove it",
+    ),
     # schedule.start_step / start_epoch past the run's end: DBS393 (plan time, once the step count is known).
     Code(
         "DBS393",
@@ -2310,6 +2331,44 @@ refuses to unscale twice).""",
 reads them only in its bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with
 no dropout, so they change nothing (the plan says 0). `module_dropout` acts in both.""",
         help="set adapter.bypass = true, or remove the dropout",
+    ),
+    # kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558-DBS559.
+    Code(
+        "DBS558",
+        ERROR,
+        "`adapter.max_norm` on a LoRA form kohya's networks.lora has not",
+        """\
+`adapter.max_norm` (kohya's `--scale_weight_norms`) scales each layer's `lora_up` and `lora_down` by the
+square root of max_norm / norm, as kohya's networks.lora, lora_fa, lora_flux and lora_sd3 do. With `dora`,
+`scalar` or `tucker` (on convolution adapters) the adapter is one of LyCORIS's forms, and LyCORIS's own
+`apply_max_norm_regularization` (lycoris.kohya) does something else: it multiplies each module's scalar by the
+ratio, computes the norm from its own weight (the DoRA magnitude and Tucker core included) and reports 0, 0, 0
+when no layer was scaled. dbspec does not implement LyCORIS's variant, so it refuses the combination instead
+of training a third behaviour.""",
+        help="remove adapter.max_norm, or turn dora, scalar and tucker off",
+    ),
+    Code(
+        "DBS559",
+        ERROR,
+        "`adapter.max_norm` with FSDP or DeepSpeed",
+        """\
+`adapter.max_norm` rescales the trained LoRA weights in place after the optimizer step. Under
+`distributed.strategy = "fsdp"` each process holds a shard of every weight (a layer's norm needs all of it),
+and under DeepSpeed the optimizer keeps its own fp32 copy of the weights that the next step would write back
+over the rescaled ones. dbspec refuses both; DDP (every process holds the whole weights) runs it.""",
+        help='use distributed.strategy = "ddp", or remove adapter.max_norm',
+    ),
+    # LoRA-FA (adapter.freeze_down, kohya networks.lora_fa): DBS560.
+    Code(
+        "DBS560",
+        ERROR,
+        "`adapter.freeze_down` (LoRA-FA) on a LyCORIS form",
+        """\
+`adapter.freeze_down` is kohya's LoRA-FA (networks.lora_fa): plain LoRA whose down projections stay at their
+init. With `dora`, `scalar` or `tucker` (on convolution adapters) the adapter is one of LyCORIS's forms, whose
+weights are built otherwise (a magnitude, a scalar that starts at zero with a random up, a Tucker core); no
+tool trains LoRA-FA on them, and dbspec does not define it.""",
+        help="remove adapter.freeze_down, or turn dora, scalar and tucker off",
     ),
     # Runs that start later (schedule.start_step / start_epoch / skip_data / start_lr): DBS561, DBS562.
     Code(

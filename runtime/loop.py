@@ -25,6 +25,7 @@ from dbspec.runtime.distributed import full_optimizer_state, gathered
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
+from dbspec.runtime.max_norm import apply_max_norm, max_norm_metrics
 from dbspec.runtime.wandb_log import require_wandb, wandb_config
 from dbspec.runtime.optim import averaged_weights, step_size_metrics
 from dbspec.runtime.optim_split import chunk_step_sizes, step_first_chunk
@@ -224,11 +225,15 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
             step_first_chunk(optimizer)  # kohya's first fused optimizer group steps every micro-batch
         step_loss += value / len(batches)
         terms = {k: terms.get(k, 0.0) + float(v) / len(batches) for k, v in result.terms.items()}
+        if run.norm_modules and index < len(batches) - 1:  # kohya rescales after every micro-batch too
+            apply_max_norm(run.norm_modules, run.plan.adapter.max_norm)
     o = run.plan.optimizer
     if o.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
         clip_gradients(run.params, o.clip_mode, o.max_grad_norm)
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
+    if run.norm_modules:  # adapter.max_norm (kohya's scale_weight_norms), logged as kohya logs it
+        terms.update(max_norm_metrics(apply_max_norm(run.norm_modules, run.plan.adapter.max_norm)))
     if run.parts.tokens is not None and run.parts.tokens.active:
         run.parts.tokens.after_step()  # pivotal tuning: only the new token rows change
     run.lr_scheduler.step()

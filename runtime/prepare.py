@@ -93,6 +93,10 @@ def _prepare(
         adapter_dtype = to_dtype(plan.precision.weights)
         for p in adapters.trainable_parameters(module):
             p.data = p.data.to(adapter_dtype)
+        if a.freeze_down:  # LoRA-FA (kohya networks.lora_fa): the downs stay at their own init
+            from dbspec.runtime.lora_fa import freeze_down
+
+            freeze_down(module, seed + 7919, grads=a.frozen_down_grad == "kohya")
     elif comp.trainable == "full":
         module.requires_grad_(True)
     if comp.gradient_checkpointing:

@@ -209,6 +209,18 @@ def _is_lycoris(path: Path) -> bool:
 
 
 def _base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
+    pipe = _unmerged_base_pipeline(base, plan, request)
+    if plan is not None and plan.model.base == base and plan.model.merge_adapters:  # kohya --base_weights
+        from dbspec.families import family_spec
+        from dbspec.runtime.merge_adapters import merge_adapters
+
+        spec = family_spec(plan.model.family)
+        encoders = [getattr(pipe, name) for name in spec.text_encoder_names]
+        merge_adapters(plan, getattr(pipe, spec.denoiser), encoders)
+    return pipe
+
+
+def _unmerged_base_pipeline(base: str, plan: Plan | None, request: SampleRequest):
     planned = (
         plan.model if plan and plan.model.base == base else None
     )  # the run's own base: use its resolution

@@ -23,6 +23,7 @@ from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
+from dbspec.runtime.max_norm import norm_modules
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
@@ -64,6 +65,10 @@ class Run:
     sharded: list = attrs.field(
         factory=list
     )  # the models FSDP sharded (distributed.gathered reads them whole)
+    # adapter.max_norm: kohya's LoRA modules (runtime/max_norm.py) the loop rescales after each micro-batch
+    norm_modules: list = attrs.field(factory=list)
+    # LoRA-FA with kohya's gradients: the frozen downs by name, whose accumulated gradients checkpoints keep
+    frozen_down: dict = attrs.field(factory=dict)
 
     @property
     def main(self) -> bool:
@@ -88,6 +93,12 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     # Models: load, make class images with the untouched base model, then freeze/adapt for training.
     with accelerator.main_process_first():  # a built-in model is written once, by the first process
         comps = family_runtime(plan.model.family).load(plan)
+    if plan.model.merge_adapters:  # kohya --base_weights: merged on the CPU in fp32 before anything else
+        from dbspec.runtime.merge_adapters import merge_adapters
+
+        for note in merge_adapters(plan, comps.unet, comps.text_encoders):
+            if accelerator.is_main_process:
+                (console or Console(stderr=True)).print(f"note: {note}", markup=False, highlight=False)
     comps.unet.to(device)
     comps.vae.to(device)
     for enc in comps.text_encoders:
@@ -109,6 +120,13 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     # model.scaled_pos_embed: kohya's scaled position tables in every denoiser forward from here on (not the
     # class images above, made with the untouched base)
     install_scaled_tables(plan, [comps.unet, teacher], log=_scaled_log(accelerator, console))
+    # LoRA-FA with kohya's gradients: the frozen downs need a gradient but are not the optimizer's
+    frozen_down = named_frozen_downs(comps) if plan.adapter.frozen_down_grad == "kohya" else {}
+    if frozen_down:
+        unet_params, per_encoder = (
+            _without(unet_params, frozen_down),
+            [_without(params, frozen_down) for params in per_encoder],
+        )
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
         load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
@@ -197,7 +215,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         params=(
             [p for group in optimizer.param_groups for p in group["params"]]  # the sharded ones
             if sharded
-            else unet_params + text_params + (tokens.params if tokens is not None else [])
+            else (_kohya_network_order(comps, tokens) if frozen_down else unet_params + text_params)
+            + (tokens.params if tokens is not None else [])
         ),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
@@ -207,7 +226,10 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         ema=ema,
         prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
         sharded=sharded,
+        frozen_down=frozen_down,
     )
+    if plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
+        run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
     if resumed is not None:
         if plan.distributed.deepspeed is not None:
             raise StrategyError(
@@ -234,6 +256,30 @@ def _scaled_log(accelerator, console):
     if not accelerator.is_main_process:
         return None
     return lambda text: (console or Console(stderr=True)).print(f"note: {text}", markup=False)
+
+
+def named_frozen_downs(comps: Components) -> dict[str, torch.nn.Parameter]:
+    """The LoRA downs (peft `lora_A`) that require a gradient, by `<component>.<parameter name>`."""
+    return {
+        f"{component}.{name}": p
+        for component, module in _named(comps)
+        for name, p in module.named_parameters()
+        if p.requires_grad and ".lora_A." in f".{name}."
+    }
+
+
+def _kohya_network_order(comps: Components, tokens) -> list:
+    """LoRA-FA with kohya's gradients: every adapter weight that takes a gradient (the frozen downs too) in
+    kohya's network order, the text encoders' modules then the denoiser's, each down before its up: the
+    parameters train_network.py clips, in the order its total norm adds them."""
+    own = {id(p) for p in tokens.params} if tokens is not None else set()
+    models = (*comps.text_encoders, comps.unet)
+    return [p for m in models for p in m.parameters() if p.requires_grad and id(p) not in own]
+
+
+def _without(params: list, frozen: dict) -> list:
+    ids = {id(p) for p in frozen.values()}
+    return [p for p in params if id(p) not in ids]
 
 
 def _named(comps: Components) -> list[tuple[str, torch.nn.Module]]:

@@ -15,6 +15,7 @@ from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
 from dbspec.runtime.optimizer_blocks import held_gradients, restore_held_gradients
+from dbspec.runtime.lora_fa import frozen_down_grads, restore_frozen_down_grads
 from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.scaled_pos import added_sides, restore_sides
 from dbspec.runtime.tokens_ti import split_state
@@ -46,6 +47,8 @@ class TrainState:
     # The gradients optimizer.blocks at rate 0 have added up (kohya's block_lr: out of the optimizer, never
     # cleared, counted by the clip norm), by denoiser parameter name; None without such blocks.
     held_grads: dict[str, torch.Tensor] | None = None
+    # LoRA-FA with kohya's gradients: the frozen downs' accumulated gradients by name (None without them)
+    frozen_down_grads: dict[str, torch.Tensor] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -89,6 +92,7 @@ class TrainState:
             generators=generators,
             scaled_pos_sides=added_sides(run.comps.unet),
             held_grads=held_gradients(run),
+            frozen_down_grads=frozen_down_grads(run.frozen_down) if run.frozen_down else None,
         )
 
     def restore(self, run: Run) -> None:
@@ -114,6 +118,8 @@ class TrainState:
             run.ema.load_state_dict(self.ema)
         if run.accelerator.is_main_process:  # the sides it saved are its own
             restore_sides(run.comps.unet, self.scaled_pos_sides)
+        if run.frozen_down and self.frozen_down_grads is not None:
+            restore_frozen_down_grads(run.frozen_down, self.frozen_down_grads)
         ckpt.restore_rng_state(self.rng)
         if self.held_grads:
             restore_held_gradients(run, self.held_grads)

@@ -36,6 +36,9 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             "dropout": adapter.dropout,
             "down_dropout": adapter.down_dropout,
             "multiplier": adapter.multiplier,
+            "max_norm": adapter.max_norm,
+            "freeze_down": adapter.freeze_down,
+            "frozen_down_grad": adapter.frozen_down_grad if adapter.freeze_down else "none",
         }
         if isinstance(adapter, LoraAdapter)
         else {}

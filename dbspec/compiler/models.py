@@ -9,6 +9,7 @@ import attrs
 
 from dbspec.builtin import builtin_model, is_builtin
 from dbspec.compiler.component_files import with_component_files
+from dbspec.compiler.merge_adapters import with_merged_adapters
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import ModelFacts, ModelFileError, inspect_model
 from dbspec.compiler.safetensors_header import file_fingerprint
@@ -101,7 +102,7 @@ def plan_model(ctx: Context) -> ModelPlan | None:
         variant=facts.variant,
         notes=notes,
     )
-    return with_component_files(ctx, plan)
+    return with_merged_adapters(ctx, with_component_files(ctx, plan))
 
 
 def _missing_folder_note(ctx: Context, facts: ModelFacts) -> ModelFacts:
@@ -171,7 +172,7 @@ def _builtin(ctx: Context) -> ModelPlan | None:
         params=dict(b.params),
         notes=(f"built on first use into {folder}",),
     )
-    return with_component_files(ctx, plan)
+    return with_merged_adapters(ctx, with_component_files(ctx, plan))
 
 
 def _family(ctx: Context, facts: ModelFacts) -> str | None:

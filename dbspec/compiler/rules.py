@@ -2941,3 +2941,66 @@ def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _schedule_table(spec: Spec, key: str) -> bool:
     return isinstance(getattr(spec.schedule, key, None), dict)
+
+
+# --- kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558, DBS559 ---------------
+@rule("spec")
+def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.max_norm scales kohya's plain LoRA factors (runtime/max_norm.py): not LyCORIS's forms (DBS558),
+    not weights sharded or held by DeepSpeed's optimizer (DBS559)."""
+    a = spec.adapter
+    norm = getattr(a, "max_norm", 0.0)
+    if not norm:
+        return
+    path = ("adapter", "max_norm")
+    forms = [
+        key
+        for key, on in (
+            ("dora", a.dora),
+            ("scalar", a.scalar),
+            ("tucker", a.tucker and a.conv_rank > 0),
+        )
+        if on
+    ]
+    if forms:
+        yield _err(
+            "DBS558",
+            path,
+            f"adapter.max_norm = {norm:g} with adapter.{' and adapter.'.join(forms)} = true: that is "
+            "LyCORIS's form, whose max-norm regularisation scales a per-module scalar instead of lora_up "
+            "and lora_down (not implemented in dbspec)",
+            codes.help("DBS558"),
+        )
+    strategy = spec.distributed.strategy
+    if strategy != "ddp":
+        yield _err(
+            "DBS559",
+            path,
+            f'adapter.max_norm = {norm:g} with distributed.strategy = "{strategy}": '
+            + (
+                "each process holds a shard of every weight, and a layer's norm needs all of it"
+                if strategy == "fsdp"
+                else "DeepSpeed's optimizer keeps its own copy of the weights and would undo the scaling"
+            ),
+            codes.help("DBS559"),
+        )
+
+
+# --- LoRA-FA (adapter.freeze_down, kohya networks.lora_fa): DBS560 ------------------------------------------
+@rule("spec")
+def freeze_down_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.freeze_down freezes plain LoRA's down projections, not LyCORIS's forms (DBS560)."""
+    a = spec.adapter
+    if not getattr(a, "freeze_down", False):
+        return
+    forms = [
+        k for k, on in (("dora", a.dora), ("scalar", a.scalar), ("tucker", a.tucker and a.conv_rank)) if on
+    ]
+    if forms:
+        yield _err(
+            "DBS560",
+            ("adapter", "freeze_down"),
+            f"adapter.freeze_down = true with adapter.{' and adapter.'.join(forms)} = true: LoRA-FA freezes "
+            "plain LoRA's down projections, and LyCORIS's forms build their weights otherwise",
+            codes.help("DBS560"),
+        )

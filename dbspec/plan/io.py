@@ -88,6 +88,13 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "dylora_form"): "",
         ("adapter", "dora_axis"): "output",  # DoRA's magnitude per input column (LyCORIS), added since
         ("adapter", "dora_form"): "peft",  # LyCORIS's weight decomposition, added since (peft's DoRA then)
+        (
+            "model",
+            "merge_adapters",
+        ): [],  # LoRA files merged into the base (kohya --base_weights), added since
+        ("adapter", "max_norm"): 0.0,  # kohya's max-norm regularisation, added since (off then)
+        ("adapter", "freeze_down"): False,  # LoRA-FA (kohya networks.lora_fa), added since (off then)
+        ("adapter", "frozen_down_grad"): "none",
         ("model", "t5_max_length"): 256,
         ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since
         ("model", "clip_attention_mask"): False,

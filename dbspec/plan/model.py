@@ -51,6 +51,17 @@ class Origin:
 
 
 @frozen
+class MergePlan:
+    """A kohya-layout LoRA file merged into the base weights before training (model.merge_adapters)."""
+
+    path: str  # absolute
+    multiplier: float
+    fingerprint: str  # the file's content fingerprint (part of the merged components' identities)
+    components: tuple[str, ...]  # the plan's component names the file's layers merge into
+    layers: int  # modules the file holds for those components (each rounded to precision.mixed's dtype)
+
+
+@frozen
 class ModelPlan:
     base: str
     source: Literal["builtin", "diffusers", "single_file", "ckpt", "hub"]
@@ -84,6 +95,8 @@ class ModelPlan:
     # sorted, distinct) whose scaled sin-cos position tables replace the denoiser's stored one in the run
     # (runtime/scaled_pos.py); () = off
     scaled_pos_embed: tuple[int, ...] = ()
+    # LoRA files merged into the base weights before training, in order (kohya --base_weights)
+    merge_adapters: tuple[MergePlan, ...] = ()
 
 
 @frozen
@@ -170,6 +183,13 @@ class AdapterPlan:
     # layers the adapter lacks are ignored (adapter.init_partial); False: both refused when the run loads it
     init_partial: bool = False
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
+    # lora: kohya's max-norm regularisation (--scale_weight_norms) after each micro-batch and optimizer step;
+    # 0 = off (runtime/max_norm.py)
+    max_norm: float = 0.0
+    # lora: LoRA-FA (kohya networks.lora_fa), the downs frozen at their init; their gradient "none", or
+    # "kohya" (computed, accumulated, counted in the clip norm; runtime/lora_fa.py)
+    freeze_down: bool = False
+    frozen_down_grad: Literal["none", "kohya"] = "none"
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
     blocks: tuple[BlockPlan, ...] = ()

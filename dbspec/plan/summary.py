@@ -131,6 +131,12 @@ def component_file_lines(plan: Plan) -> list[str]:
     lines = [f"weights: {name} from {_shown(path)} ({key})" for name, path, key in files if path]
     if lines:
         lines.append(f"weights: configs, tokenizers and the other components from {m.base}")
+    mixed = "fp32" if plan.precision.mixed == "no" else plan.precision.mixed
+    for merge in m.merge_adapters:  # kohya --base_weights
+        lines.append(
+            f"weights: merged {_shown(merge.path)} x {merge.multiplier:g} into {', '.join(merge.components)} "
+            f"({merge.layers} layers; fp32 on the CPU, rounded to {mixed}; model.merge_adapters)"
+        )
     return lines
 
 
@@ -587,6 +593,15 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  down dropout", f"{a.down_dropout:g} on the down projection's output (while training)")
         )
+    if a.max_norm:
+        rows.append(("  max norm", _max_norm_row(a)))
+    if a.freeze_down:
+        grads = (
+            "; their gradients accumulate and count in the clip norm (kohya's)"
+            if a.frozen_down_grad == "kohya"
+            else ""
+        )
+        rows.append(("  LoRA-FA", f"down projections frozen at N(0, 2 / (in + rank)), up from zero{grads}"))
     for block in a.blocks:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(
@@ -1272,6 +1287,15 @@ def select_rule(c) -> str:
         sign = "-" if m == "eval_loss" else "+"
         text += f" {sign} {w:g} x {m}" if text else f"{'-' if sign == '-' else ''}{w:g} x {m}"
     return f"the highest {text}"
+
+
+def _max_norm_row(a) -> str:
+    """kohya's --scale_weight_norms as the plan runs it (runtime/max_norm.py)."""
+    fused = ", a fused layer's parts as one" if a.fused else ""
+    return (
+        f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose update norm exceeds it "
+        f"is scaled down to it, up and down by the square root (kohya's scale_weight_norms{fused})"
+    )
 
 
 def _fused_draw(a) -> str:

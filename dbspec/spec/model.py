@@ -25,6 +25,23 @@ frozen = attrs.frozen(kw_only=True)
 
 
 @frozen
+class MergeAdapter:
+    """A LoRA file merged into the base weights before the run's own adapter is made (kohya
+    `--base_weights` with `--base_weights_multiplier`)."""
+
+    path: str = option(
+        doc="A LoRA `.safetensors` file in kohya's layout (`lora_unet_*` / `lora_te*_*` modules), relative "
+        "to the spec file.",
+        example="loras/style.safetensors",
+    )
+    multiplier: float = option(
+        1.0,
+        doc="The merged update's scale: weight + multiplier x alpha / rank x up @ down.",
+        example=0.7,
+    )
+
+
+@frozen
 class Model:
     base: str = option(
         doc="Base model: a hub id, a diffusers folder, a single-file .safetensors (or .ckpt) checkpoint, "
@@ -68,6 +85,17 @@ class Model:
         "`text_encoders.clip_l.transformer.`, an SDXL one's `conditioner.embedders.1.model.`); configs and "
         "tokenizers stay model.base's.",
         example=["models/clip_l.safetensors", "models/t5xxl_fp16.safetensors"],
+    )
+    merge_adapters: list[MergeAdapter] = option(
+        factory=list,
+        doc="LoRA files merged into the base model's weights, in order, before training "
+        "([[model.merge_adapters]] tables, kohya `--base_weights` / `--base_weights_multiplier`): each "
+        "layer the file names (kohya's LoRA targets: attention and ResNet blocks, the text encoders' "
+        "attention and MLP) becomes weight + multiplier x alpha / rank x up @ down, computed in fp32 on "
+        "the CPU and rounded to the mixed-precision dtype, as kohya's merge_to; other layers of the file "
+        "are ignored, as kohya ignores them. The merged model is the run's base: validation, the "
+        "base-model prior and the text cache (when a text encoder is merged) use it; exports hold only "
+        "the trained adapter.",
     )
     revision: str = option("main", doc="Hub revision (branch, tag or commit) when base is a hub id.")
     config: str = option(
@@ -378,6 +406,34 @@ class LoraAdapter:
         "`set_multiplier`); the saved alpha stays `alpha`, so the weights load elsewhere at full strength.",
         exclusive_minimum=0,
         example=0.5,
+    )
+    # kohya --scale_weight_norms: max-norm regularisation of each layer's update after every optimizer step
+    max_norm: float = option(
+        0.0,
+        doc="Max-norm regularisation (kohya `--scale_weight_norms`): after each optimizer step, a layer "
+        "whose update (alpha / rank) x up @ down has a Frobenius norm above this gets its up and down "
+        "weights multiplied by the square root of max_norm / norm, so the update's norm becomes max_norm, as "
+        "kohya's `apply_max_norm_regularization` does (a fused layer's parts count as one layer; with "
+        "gradient accumulation also after each micro-batch, as kohya calls it); the number of layers "
+        "scaled and the mean and largest norm are logged. 0 turns it off.",
+        minimum=0,
+        example=1.0,
+    )
+    # kohya networks.lora_fa (LoRA-FA): the down projections stay at their init, only the up ones train
+    freeze_down: bool = option(
+        False,
+        doc="LoRA-FA (kohya `networks.lora_fa`): each layer's down projection (peft `lora_A`, kohya "
+        "`lora_down`) is drawn from a normal distribution with std sqrt(2 / (in + rank)) (in: the layer's "
+        "input features or channels) and never trained; the up projection starts at zero and is the only "
+        "one the optimizer steps.",
+    )
+    frozen_down_grad: Literal["none", "kohya"] = option(
+        "none",
+        doc="With `freeze_down`: `none` computes no gradient for the frozen down projections; `kohya` "
+        "computes it as kohya's networks.lora_fa does (its network's requires_grad_(True) reaches them): "
+        "never cleared, it accumulates over the run and counts in the gradient-clipping norm "
+        "(`optimizer.max_grad_norm`), so it shrinks the up projections' clipped steps; checkpoints keep it, "
+        "so a resume is exact. Without clipping both train alike.",
     )
     dora: bool = option(
         False,
@@ -2355,6 +2411,7 @@ class Spec:
 
 
 TABLE_CLASSES = (
+    MergeAdapter,
     Model,
     NoAdapter,
     AdapterBlock,

@@ -1368,6 +1368,38 @@ CASES = [
         [("DBS563", "error", ("optimizer", "blocks"))],
         DOG + STEPS + "[[optimizer.blocks]]\npattern = '^mid_block\\.'\nlr = 1e-6\n",
     ),
+    # adapter.max_norm (kohya's scale_weight_norms): kohya's plain LoRA only, whole weights on each process
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + "max_norm = 1.0\nscalar = true\n",
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + "max_norm = 1.0\n",
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + "max_norm = 1.0\nconv_rank = 4\ntucker = true\ndora = true\n",
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + "max_norm = 1.0\nconv_rank = 4\n",
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + 'max_norm = 1.0\n[distributed]\nstrategy = "fsdp"\n',
+        [("DBS559", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + 'max_norm = 1.0\n[distributed]\nstrategy = "ddp"\n',
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + 'max_norm = 0.5\n[distributed]\nstrategy = "deepspeed"\n',
+        [("DBS559", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + LORA + 'max_norm = 0.0\n[distributed]\nstrategy = "deepspeed"\n',
+    ),
+    # adapter.freeze_down (LoRA-FA): plain LoRA only
+    (
+        rules.freeze_down_fits,
+        DOG + STEPS + LORA + "freeze_down = true\ndora = true\n",
+        [("DBS560", "error", ("adapter", "freeze_down"))],
+        DOG + STEPS + LORA + "freeze_down = true\n",
+    ),
 ]
 
 

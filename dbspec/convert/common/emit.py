@@ -12,6 +12,7 @@ import attrs
 from dbspec.convert.common.core import Conversion
 from dbspec.spec.model import (
     ADAPTER_VARIANTS,
+    MergeAdapter,
     SPEC_VERSION,
     AdapterBlock,
     OptimizerBlock,
@@ -49,6 +50,12 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
         rows = _rows(conv, cls, (table,))
         if rows:
             lines += ["", f"[{table}]", *rows]
+        if table == "model":  # [[model.merge_adapters]] (kohya --base_weights) after the model's own keys
+            for index in sorted(
+                {p[2] for p in conv.values if p[:2] == ("model", "merge_adapters") and len(p) == 4}
+            ):
+                lines += ["", "[[model.merge_adapters]]"]
+                lines += _rows(conv, MergeAdapter, ("model", "merge_adapters", index))
         block_cls = {"adapter": AdapterBlock, "optimizer": OptimizerBlock}.get(table)
         if block_cls is not None:  # [[adapter.blocks]] / [[optimizer.blocks]] after the table's own keys
             for index in sorted({p[2] for p in conv.values if p[:2] == (table, "blocks") and len(p) == 4}):

@@ -156,11 +156,11 @@ def map_adapter(
             module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
         )
         return False
-    if module.value not in ("networks.lora", "networks.dylora", "lycoris.kohya"):
+    if module.value not in ("networks.lora", "networks.dylora", "networks.lora_fa", "lycoris.kohya"):
         conv.unsupported(
             module,
-            "only kohya's networks.lora and networks.dylora and LyCORIS's lycoris.kohya have a dbspec "
-            "equivalent",
+            "only kohya's networks.lora, networks.dylora, networks.lora_fa and LyCORIS's lycoris.kohya have"
+            " a dbspec equivalent",
         )
         return False
     if module.value == "networks.lora" and a["dim_from_weights"].value and a["network_weights"].value:
@@ -200,13 +200,11 @@ def map_adapter(
         # LoRAModule.forward: torch's dropout on lora_down's output, before rank dropout (train_network.py
         # passes it as create_network's neuron_dropout)
         conv.mapped(dropout, ("adapter", "down_dropout"), float(dropout.value))
+    if module.value == "networks.lora_fa":
+        _map_lora_fa(a, conv)
     map_network_weights(a, paths, conv, bool(original))
-    for key, why in (
-        ("base_weights", "merging other LoRA weights into the base first"),
-        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"dbspec has no {why}")
+    map_base_weights(a, paths, conv)
+    map_scale_weight_norms(a, conv, lycoris=lycoris)
     return True
 
 
@@ -224,13 +222,14 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -
         return False
     if a["network_dropout"].value:
         conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
-    for key, why in (
-        ("network_weights", "starting a DyLoRA from a file"),
-        ("base_weights", "merging other LoRA weights into the base first"),
-        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"dbspec has no {why}")
+    if a["network_weights"].value:
+        conv.unsupported(a["network_weights"], "dbspec has no start of a DyLoRA from a file")
+    norms = a["scale_weight_norms"]
+    if norms.value:  # train_network.py calls the network's apply_max_norm_regularization
+        conv.invalid(
+            norms.key, norms.value, norms.source, "networks.dylora has no apply_max_norm_regularization"
+        )
+    map_base_weights(a, paths, conv)
     return True
 
 
@@ -287,6 +286,100 @@ def file_has_text(a: Args, paths: PathMapper) -> bool:
     except (ModelFileError, ValueError, OSError):
         return True
     return file is None or any(m.name.startswith("lora_te") for m in file.modules.values())
+
+
+def map_base_weights(a: Args, paths: PathMapper, conv: Conversion, flow: bool = False) -> None:
+    """--base_weights with --base_weights_multiplier -> [[model.merge_adapters]]: train_network.py merges each
+    file into the base models before building the network, the i-th multiplier with the i-th file (1.0 when
+    the list is shorter; extra multipliers are not read). Its merge goes through the network module's own
+    create_network_from_weights: networks.lora's for SD 1.x/2.x/SDXL (runtime/merge_adapters.py); Flux's and
+    SD3's fused layouts are not implemented (DBS403)."""
+    files, multipliers = a["base_weights"], a["base_weights_multiplier"]
+    if not files.value:
+        if multipliers.given and multipliers.value:
+            conv.inert(multipliers, "train_network.py reads it only with --base_weights")
+        return
+    if flow:
+        conv.unsupported(
+            files,
+            "merging a Flux or SD3 LoRA (kohya's fused-layer layout) into the base is not implemented",
+            help="merge the files into the model with another tool first",
+        )
+        return
+    given = list(multipliers.value or [])
+    for index, path in enumerate(files.value):
+        multiplier = float(given[index]) if index < len(given) else 1.0
+        note = conv.comment(
+            files, f"multiplier {multiplier:g}" + ("" if index < len(given) else " (default)")
+        )
+        conv.put(("model", "merge_adapters", index, "path"), paths.for_spec(str(path)), note)
+        conv.put(("model", "merge_adapters", index, "multiplier"), multiplier, note)
+    conv.record(files, "mapped", "model.merge_adapters")
+    if multipliers.given and multipliers.value:
+        extra = len(given) > len(files.value)
+        conv.record(
+            multipliers,
+            "mapped",
+            "model.merge_adapters",
+            f"the multipliers past the {len(files.value)} file(s) are not read" if extra else "",
+        )
+
+
+def _map_lora_fa(a: Args, conv: Conversion) -> None:
+    """networks.lora_fa (LoRA-FA): kohya's LoRA with the downs drawn from N(0, 2 / (in + rank)) and left out
+    of the optimizer. Its network's requires_grad_(True) still gives them a gradient that only the clip reads
+    (train_network.py clips over every network parameter; the optimizer never clears them)."""
+    module = a["network_module"]
+    conv.put(("adapter", "freeze_down"), True, conv.comment(module, "LoRA-FA: lora_down frozen at its init"))
+    clip = a["max_grad_norm"]
+    if clip.value:
+        conv.put(
+            ("adapter", "frozen_down_grad"),
+            "kohya",
+            conv.comment(
+                clip, "lora_fa's frozen downs keep a gradient that accumulates and counts in the clip"
+            ),
+        )
+
+
+def map_scale_weight_norms(a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False) -> None:
+    """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
+    each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
+    (train_network.py tests `if args.scale_weight_norms`)."""
+    norms = a["scale_weight_norms"]
+    if not norms.value:
+        if norms.given and norms.value is not None:
+            conv.inert(norms, "0 turns kohya's max-norm regularisation off")
+        return
+    if lycoris:
+        conv.unsupported(
+            norms,
+            "lycoris.kohya's apply_max_norm_regularization multiplies each module's scalar by the ratio "
+            "(norms of LyCORIS's own weights, DoRA and Tucker forms included; 0, 0, 0 logged when no module "
+            "is scaled) instead of scaling lora_up and lora_down; dbspec implements networks.lora's only",
+            help="drop --scale_weight_norms, or train networks.lora",
+        )
+        return
+    if norms.value < 0:
+        conv.invalid(
+            norms.key,
+            norms.value,
+            norms.source,
+            "a negative limit makes apply_max_norm_regularization's ratio negative and its square root NaN",
+        )
+        return
+    if split:
+        conv.invalid(
+            norms.key,
+            norms.value,
+            norms.source,
+            "with split_qkv apply_max_norm_regularization reads a split module's `lora_down.N.weight` as its "
+            "alpha: the update's shape mismatches it (RuntimeError), or at rank 1 it scales by the wrong "
+            "numbers",
+            help="drop --scale_weight_norms or split_qkv=True",
+        )
+        return
+    conv.mapped(norms, ("adapter", "max_norm"), float(norms.value))
 
 
 def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
@@ -545,10 +638,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
         _flow_dim_from_weights(a, wanted, paths, conv)
     elif weights.value:
         map_network_weights(a, paths, conv)
-    for key, why in (
-        ("base_weights", "merging other LoRA weights into the base first"),
-        ("scale_weight_norms", "max-norm regularisation of LoRA weights"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"dbspec has no {why}")
+    map_base_weights(a, paths, conv, flow=True)
+    fused = conv.values.get(("adapter", "fused_projections"))
+    map_scale_weight_norms(a, conv, split=fused is not None and not fused[0])  # fused false: split_qkv
     return True

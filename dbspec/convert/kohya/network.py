@@ -141,6 +141,8 @@ def _map_network(
         conv_alpha = _float(kwargs.pop("conv_alpha", "") or alpha)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
+        if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
+            _lora_fa_blocks(kwargs, unsupported)
         conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
         # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
         conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
@@ -196,7 +198,9 @@ def _map_network(
         if "unbalanced_factorization" in kwargs:  # LyCORIS's str_bool; LokrModule swaps the output split
             put["unbalanced_factorization"] = _str_bool(kwargs.pop("unbalanced_factorization"))
         _lokr_full_matrix(kwargs, put)
-    if not lycoris or kind == "lora":
+    if module.value == "networks.lora_fa":
+        _lora_fa_loraplus(kwargs, args, conv)
+    elif not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
         conv.ignored(
@@ -228,6 +232,36 @@ def _map_network(
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return kind
+
+
+_BLOCK_KEYS = (
+    "block_dims",
+    "block_alphas",
+    "conv_block_dims",
+    "conv_block_alphas",
+    "down_lr_weight",
+    "mid_lr_weight",
+    "up_lr_weight",
+    "block_lr_zero_threshold",
+)
+
+
+def _lora_fa_blocks(kwargs: dict[str, str], unsupported: dict[str, str]) -> None:
+    """networks.lora_fa keeps an older copy of networks.lora's block code (no SDXL block numbering, its own
+    lr-weight parsing) that dbspec has not checked against its [[adapter.blocks]]: its block arguments are
+    refused rather than converted by networks.lora's rules."""
+    for key in _BLOCK_KEYS:
+        if key in kwargs:
+            unsupported[key] = kwargs.pop(key)
+
+
+def _lora_fa_loraplus(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
+    """networks.lora_fa's create_network reads no LoRA+ argument (networks.lora's LoRA+ came later)."""
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            "networks.lora_fa's create_network does not read it (it has no LoRA+)",
+        )
 
 
 def _rank_dropout_scale_unread(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:

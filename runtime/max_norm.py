@@ -1,0 +1,119 @@
+"""kohya's max-norm regularisation of LoRA weights (`plan.adapter.max_norm`, kohya `--scale_weight_norms`).
+
+kohya's networks (lora.py, lora_fa.py, lora_flux.py, lora_sd3.py: one `apply_max_norm_regularization`, the
+same in each) walk their LoRA modules after every micro-batch (after the optimizer step on the last one of a
+step) and, per module, form the update `alpha / rank * up @ down` (a 1x1 convolution as a matrix product, a
+k x k one as the convolution of the down kernel with the up matrix), take its Frobenius norm, and where it
+exceeds the limit multiply `up` and `down` each by the square root of limit / norm. The arithmetic below runs
+those torch operations in that order on the same tensors, so the scaled weights are kohya's to the bit: the
+scale is a float32 tensor alpha divided by the rank (kohya keeps alpha as a float32 buffer), the ratio is
+taken on the CPU, and the scaling is in place in the weights' own dtype.
+
+A peft LoRA layer's `lora_B` is kohya's `lora_up` and its `lora_A` is `lora_down`. Parts of a fused layer
+(`plan.adapter.fused`, their `lora_A` tied by runtime/fused.py) are one kohya module: their `lora_B` rows
+stacked in the original layer's row order make its up matrix, and the shared down is scaled once.
+
+It returns what kohya logs: how many modules were scaled, and the mean and largest norm after scaling.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import attrs
+import torch
+
+from dbspec.plan.model import FusedPlan
+from dbspec.runtime.adapters import ADAPTER_NAME
+
+
+@attrs.frozen(eq=False)
+class NormModule:
+    """One kohya LoRA module: its up weights (one, or a fused layer's parts in row order) and its down."""
+
+    name: str
+    ups: tuple[torch.nn.Parameter, ...]
+    down: torch.nn.Parameter
+    alpha: float
+    rank: int
+
+
+def norm_modules(models: Iterable[torch.nn.Module], fused: tuple[FusedPlan, ...] = ()) -> list[NormModule]:
+    """The LoRA modules of `models` (text encoders first, then the denoiser, as kohya's network lists them)
+    in module order; the parts of a fused layer (one shared `lora_A`) joined into one."""
+    from peft.tuners.lora import LoraLayer
+
+    found: dict[int, list[tuple[str, LoraLayer]]] = {}
+    for model in models:
+        for name, layer in model.named_modules():
+            if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+                down = layer.lora_A[ADAPTER_NAME].weight
+                found.setdefault(id(down), []).append((name, layer))
+    modules = []
+    for parts in found.values():
+        parts = sorted(parts, key=lambda part: _row_order(part[0], fused))
+        name, first = parts[0]
+        modules.append(
+            NormModule(
+                name=name,
+                ups=tuple(layer.lora_B[ADAPTER_NAME].weight for _, layer in parts),
+                down=first.lora_A[ADAPTER_NAME].weight,
+                alpha=float(first.lora_alpha[ADAPTER_NAME]),
+                rank=int(first.r[ADAPTER_NAME]),
+            )
+        )
+    return modules
+
+
+def _row_order(name: str, fused: tuple[FusedPlan, ...]) -> int:
+    """Where a fused part's rows sit in the original layer (its index in the plan's parts); 0 otherwise."""
+    for group in fused:
+        for index, part in enumerate(group.parts):
+            if re.fullmatch(rf"{re.escape(group.blocks)}\.\d+\.{re.escape(part)}", name):
+                return index
+    return 0
+
+
+def update_of(module: NormModule) -> torch.Tensor:
+    """kohya's `alpha / rank * up @ down` of one module, in the weights' dtype."""
+    up = module.ups[0] if len(module.ups) == 1 else torch.cat(list(module.ups))
+    down = module.down
+    if up.shape[2:] == (1, 1) and down.shape[2:] == (1, 1):
+        update = (up.squeeze(2).squeeze(2) @ down.squeeze(2).squeeze(2)).unsqueeze(2).unsqueeze(3)
+    elif down.dim() == 4:  # a k x k convolution: the down kernel mapped through the 1x1 up
+        update = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+    else:
+        update = up @ down
+    # kohya's alpha is a float32 buffer; the scale is that tensor divided by the rank
+    scale = torch.tensor(module.alpha).to(update.device) / module.rank
+    update *= scale
+    return update
+
+
+@torch.no_grad()
+def apply_max_norm(modules: list[NormModule], limit: float) -> tuple[int, float, float]:
+    """Scale every module whose update's norm exceeds `limit` back to it; returns (modules scaled, mean norm,
+    largest norm) after scaling, kohya's keys_scaled, average and max key norm."""
+    scaled, norms = 0, []
+    for module in modules:
+        update = update_of(module)
+        norm = update.norm().clamp(min=limit / 2)  # the lower clamp only keeps a zero update from 0 / 0
+        ratio = torch.clamp(norm, max=limit).cpu() / norm.cpu()
+        if ratio != 1:
+            scaled += 1
+            root = ratio**0.5
+            for up in module.ups:
+                up.mul_(root)
+            module.down.mul_(root)
+        norms.append((update.norm() * ratio).item())  # CPU-GPU sync point per module, as kohya's
+    if not norms:
+        return 0, 0.0, 0.0
+    return scaled, sum(norms) / len(norms), max(norms)
+
+
+def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
+    """kohya's logged names (generate_step_logs: max_norm/keys_scaled, max_norm/max_key_norm,
+    norm/avg_key_norm)."""
+    scaled, mean, largest = result
+    return {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": mean, "max_norm/max_key_norm": largest}
