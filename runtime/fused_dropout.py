@@ -15,6 +15,8 @@ training the parts run peft's forward."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from peft.tuners.lora import LoraLayer
 
@@ -89,15 +91,28 @@ def add_fused_dropout(
                 continue
             draw = FusedDraw(len(shared))
             for layer in shared:
-                layer.forward = _forward(
-                    layer, layer.forward, draw, rank_dropout, module_dropout, multiplier, down_dropout
-                )
+                masks = _shared_masks(draw, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
+                layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
                 layer.dbspec_fused_draw = draw
             wrapped += 1
     return wrapped
 
 
-def _forward(layer, peft_forward, draw: FusedDraw, rank_dropout, module_dropout, multiplier, down_dropout):
+# A part's masks for one forward: (skip, down mask or None, rank mask or None); `down()` is its down output.
+Masks = Callable[[Callable[[], torch.Tensor]], tuple[bool, torch.Tensor | None, torch.Tensor | None]]
+
+
+def _shared_masks(draw: FusedDraw, module_dropout, down_dropout, rank_dropout, rank: int) -> Masks:
+    def masks(down):
+        d = draw.take(down, module_dropout, down_dropout, rank_dropout, rank)
+        return d.skip, d.down, d.rank
+
+    return masks
+
+
+def _forward(layer, peft_forward, masks: Masks, rank_dropout: float, multiplier: float):
+    """The part's LoRA forward with the masks its layer's draw gives it while training; peft's otherwise."""
+
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
             return peft_forward(x, *args, **kwargs)
@@ -114,19 +129,18 @@ def _forward(layer, peft_forward, draw: FusedDraw, rank_dropout, module_dropout,
 
         if not layer.training:
             return (result + lora_b(down()) * scale).to(result.dtype)
-        current = draw.take(down, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
-        if current.skip:
+        skip, down_mask, rank_mask = masks(down)
+        if skip:
             return result
         out = down()
-        if current.down is not None:
-            out = out * current.down
-        if current.rank is not None:
-            mask = current.rank
+        if down_mask is not None:
+            out = out * down_mask
+        if rank_mask is not None:
             if out.dim() == 3:
-                mask = mask.unsqueeze(1)
+                rank_mask = rank_mask.unsqueeze(1)
             elif out.dim() == 4:
-                mask = mask.unsqueeze(-1).unsqueeze(-1)
-            out = out * mask
+                rank_mask = rank_mask.unsqueeze(-1).unsqueeze(-1)
+            out = out * rank_mask
             scale = scale * (1.0 / (1.0 - rank_dropout))
         return (result + lora_b(out) * scale).to(result.dtype)
 
@@ -204,47 +218,17 @@ def add_split_dropout(
                 continue
             draw = SplitDraw(len(group.parts), len(layers))
             for index, layer in layers.items():
-                layer.forward = _split_forward(
-                    layer, layer.forward, draw, index, rank_dropout, module_dropout, multiplier, down_dropout
-                )
+                rank = layer.r[ADAPTER_NAME]
+                masks = _part_masks(draw, index, module_dropout, down_dropout, rank_dropout, rank)
+                layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
                 layer.dbspec_fused_draw = draw
             wrapped += 1
     return wrapped
 
 
-def _split_forward(
-    layer, peft_forward, draw: SplitDraw, index: int, rank_dropout, module_dropout, multiplier, down_dropout
-):
-    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
-            return peft_forward(x, *args, **kwargs)
-        result = layer.base_layer(x, *args, **kwargs)
-        lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
-        scale = layer.scaling[ADAPTER_NAME] * multiplier
-        lx = None
+def _part_masks(draw: SplitDraw, index: int, module_dropout, down_dropout, rank_dropout, rank: int) -> Masks:
+    def masks(down):
+        d = draw.take(down, module_dropout, down_dropout, rank_dropout, rank)
+        return d.skip, d.down[index] if d.down else None, d.rank[index] if d.rank else None
 
-        def down() -> torch.Tensor:
-            nonlocal lx
-            if lx is None:
-                lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))
-            return lx
-
-        if not layer.training:
-            return (result + lora_b(down()) * scale).to(result.dtype)
-        current = draw.take(down, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
-        if current.skip:
-            return result
-        lx = down()
-        if current.down:
-            lx = lx * current.down[index]
-        if current.rank:
-            mask = current.rank[index]
-            if lx.dim() == 3:
-                mask = mask.unsqueeze(1)
-            elif lx.dim() == 4:
-                mask = mask.unsqueeze(-1).unsqueeze(-1)
-            lx = lx * mask
-            scale = scale * (1.0 / (1.0 - rank_dropout))
-        return (result + lora_b(lx) * scale).to(result.dtype)
-
-    return forward
+    return masks
