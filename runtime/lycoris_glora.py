@@ -128,13 +128,7 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
         """AddedOutput's forward with GLoRAModule's module dropout and bypass forward."""
         if not (self.glora_bypass or self.glora_module_dropout):
             return super().forward(x, *args, **kwargs)
-        self._check_forward_args(x, *args, **kwargs)
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError(f"{self._title} does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self._base_only(x, args, kwargs):
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)

@@ -139,13 +139,7 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         rotated (dimension 1 of a convolution's output, the last of a linear's)."""
         if not self.oft_bypass:
             return super().forward(x, *args, **kwargs)
-        self._check_forward_args(x, *args, **kwargs)
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError(f"{self._title} does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self._base_only(x, args, kwargs):
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:

@@ -19,14 +19,20 @@ class AddedOutput:
     def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _base_only(self, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+        """Check the call (one adapter set per batch; peft's variant argument `alora_offsets`, never given
+        to a base layer, taken out of `kwargs`) and say whether the base layer alone answers: adapters
+        disabled, merged ones unmerged first."""
         self._check_forward_args(x, *args, **kwargs)
         if kwargs.pop("adapter_names", None) is not None:
             raise ValueError(f"{self._title} does not mix adapters in one batch")
-        kwargs.pop("alora_offsets", None)  # peft's variant argument; never given to a base layer
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
+        kwargs.pop("alora_offsets", None)
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        return bool(self.disable_adapters)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._base_only(x, args, kwargs):
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
