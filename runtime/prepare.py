@@ -93,6 +93,10 @@ def _prepare(
         adapter_dtype = to_dtype(plan.precision.weights)
         for p in adapters.trainable_parameters(module):
             p.data = p.data.to(adapter_dtype)
+        if a.kind == "lora" and a.ggpo_sigma is not None:
+            from dbspec.runtime.ggpo import add_ggpo  # kohya lora_flux's LoRA-GGPO perturbation
+
+            add_ggpo(module, a, a.fused if denoiser else ())
     elif comp.trainable == "full":
         module.requires_grad_(True)
     if comp.gradient_checkpointing:

@@ -46,6 +46,8 @@ class TrainState:
     # The gradients optimizer.blocks at rate 0 have added up (kohya's block_lr: out of the optimizer, never
     # cleared, counted by the clip norm), by denoiser parameter name; None without such blocks.
     held_grads: dict[str, torch.Tensor] | None = None
+    # LoRA-GGPO's running norms, by GGPO module in order (runtime/ggpo.py); None without GGPO
+    ggpo: list[dict[str, Any]] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -89,6 +91,7 @@ class TrainState:
             generators=generators,
             scaled_pos_sides=added_sides(run.comps.unet),
             held_grads=held_gradients(run),
+            ggpo=_ggpo_state(run),
         )
 
     def restore(self, run: Run) -> None:
@@ -117,6 +120,18 @@ class TrainState:
         ckpt.restore_rng_state(self.rng)
         if self.held_grads:
             restore_held_gradients(run, self.held_grads)
+        if self.ggpo:
+            from dbspec.runtime.ggpo import restore_ggpo
+
+            restore_ggpo([run.comps.unet, *run.comps.text_encoders], self.ggpo)
+
+
+def _ggpo_state(run: Run) -> list[dict[str, Any]] | None:
+    if run.plan.adapter.ggpo_sigma is None:
+        return None
+    from dbspec.runtime.ggpo import ggpo_state
+
+    return ggpo_state([run.comps.unet, *run.comps.text_encoders])
 
 
 def gather_generators(run: Run) -> list[torch.Tensor] | None:

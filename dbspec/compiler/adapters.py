@@ -36,6 +36,9 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             "dropout": adapter.dropout,
             "down_dropout": adapter.down_dropout,
             "multiplier": adapter.multiplier,
+            # kohya lora_flux's LoRA-GGPO (runtime/ggpo.py); rules DBS566 keep it to Flux's plain LoRA
+            "ggpo_sigma": adapter.ggpo_sigma if adapter.ggpo else None,
+            "ggpo_beta": adapter.ggpo_beta if adapter.ggpo else None,
         }
         if isinstance(adapter, LoraAdapter)
         else {}

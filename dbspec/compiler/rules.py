@@ -2941,3 +2941,33 @@ def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _schedule_table(spec: Spec, key: str) -> bool:
     return isinstance(getattr(spec.schedule, key, None), dict)
+
+
+@rule("spec")
+def ggpo_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.ggpo with DoRA or split fused parts (DBS566); its shares set without it (DBS567). The family
+    is checked at plan time (DBS396, compiler/ggpo.py), once "auto" is resolved."""
+    a = spec.adapter
+    if not isinstance(a, LoraAdapter):
+        return
+    if a.ggpo:
+        for key, on, why in (
+            ("dora", a.dora, "kohya's lora_flux has no DoRA"),
+            ("fused_dropout", a.fused_dropout, "kohya's split_qkv modules fail in GGPO's norm update"),
+        ):
+            if on:
+                yield _err(
+                    "DBS566",
+                    ("adapter", "ggpo"),
+                    f"adapter.ggpo = true with adapter.{key} = true: {why}",
+                    codes.help("DBS566"),
+                )
+        return
+    for key in ("ggpo_sigma", "ggpo_beta"):
+        if given(("adapter", key)):
+            yield _warn(
+                "DBS567",
+                ("adapter", key),
+                f"adapter.{key} = {getattr(a, key):g} with adapter.ggpo = false: nothing is perturbed",
+                codes.help("DBS567"),
+            )
