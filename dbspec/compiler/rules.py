@@ -2946,7 +2946,7 @@ def _schedule_table(spec: Spec, key: str) -> bool:
 @rule("spec")
 def ggpo_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """adapter.ggpo with DoRA or split fused parts (DBS566); its shares set without it (DBS567). The family
-    is checked at plan time (DBS396, compiler/ggpo.py), once "auto" is resolved."""
+    is checked at plan time (compiler/ggpo.py), once "auto" is resolved."""
     a = spec.adapter
     if not isinstance(a, LoraAdapter):
         return
