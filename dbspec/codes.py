@@ -2364,7 +2364,8 @@ expressions.""",
         """\
 `adapter.ggpo` perturbs kohya's plain LoRA modules (networks.lora_flux). It cannot combine with `dora`
 (lora_flux has no DoRA) or with `fused_dropout` (kohya's `split_qkv`: its split modules fail in GGPO's norm
-update, `lora_up` being a list of layers).""",
+update, `lora_up` being a list of layers). dbspec also runs it only under `distributed.strategy = "ddp"`:
+its norm update reads every LoRA's whole weights and gradients, which FSDP and DeepSpeed shard.""",
         help="remove adapter.ggpo, or the setting it cannot combine with",
     ),
     Code(

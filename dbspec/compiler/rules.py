@@ -2945,7 +2945,8 @@ def _schedule_table(spec: Spec, key: str) -> bool:
 
 @rule("spec")
 def ggpo_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """adapter.ggpo with DoRA or split fused parts (DBS566); its shares set without it (DBS567). The family
+    """adapter.ggpo with DoRA, split fused parts or a sharding strategy (DBS566); its shares set without it
+    (DBS567). The family
     is checked at plan time (compiler/ggpo.py), once "auto" is resolved."""
     a = spec.adapter
     if not isinstance(a, LoraAdapter):
@@ -2962,6 +2963,15 @@ def ggpo_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                     f"adapter.ggpo = true with adapter.{key} = true: {why}",
                     codes.help("DBS566"),
                 )
+        strategy = spec.distributed.strategy
+        if strategy != "ddp":
+            yield _err(
+                "DBS566",
+                ("adapter", "ggpo"),
+                f'adapter.ggpo = true with distributed.strategy = "{strategy}": GGPO\'s norm update reads '
+                "every LoRA's whole weights and gradients, which this strategy shards",
+                codes.help("DBS566"),
+            )
         return
     for key in ("ggpo_sigma", "ggpo_beta"):
         if given(("adapter", key)):
