@@ -161,6 +161,7 @@ def test_a_flux_run_with_ggpo_resumes_bit_exact(tmp_path):
     extra = (
         KOHYA.replace("fused_projections = true", "fused_projections = true\nggpo = true\nggpo_sigma = 0.3")
         + "\n[precision]\ngradient_checkpointing = true\n\n[checkpoints]\nevery = 2\n"
+        + "\n[train]\ntext_encoder = true\n"  # kohya perturbs the text encoder's LoRA modules too
     )
     spec = write_spec(tmp_path, base="builtin:tiny-flux", steps=4, extra=extra)
     whole = execute(compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"]))
@@ -171,6 +172,10 @@ def test_a_flux_run_with_ggpo_resumes_bit_exact(tmp_path):
     assert whole.losses[0] == plain.losses[0]  # kohya's first step: no norms yet, no perturbation
     assert whole.losses[1:] != plain.losses[1:]
     first = execute(parts, stop_after=2)
+    saved = torch.load(next((tmp_path / "parts").rglob("training_state.pt")), weights_only=True)["ggpo"]
+    rows = sorted({entry["combined"].shape[0] for entry in saved})
+    assert all(entry["combined"] is not None and entry["grads"] is not None for entry in saved)
+    assert len(rows) > 1 and len(saved) > 3  # the norms of every module, the text encoder's among them
     resumed = execute(parts, resume=True)
     assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
     ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
