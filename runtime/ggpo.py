@@ -104,10 +104,22 @@ class GgpoModule:
 
 
 def _float_weight(base: torch.nn.Module) -> torch.Tensor:
+    """The base weight in float32, as kohya reads it (`weight.to(float32)`; a float8 weight's values), a
+    quantised backend's weight dequantised first."""
     weight = base.weight
-    if type(weight) not in (torch.Tensor, torch.nn.Parameter) and hasattr(weight, "dequantize"):
+    if type(weight).__name__ in ("Params4bit", "Int8Params"):  # bitsandbytes
+        from peft.utils.integrations import dequantize_module_weight
+
+        weight = dequantize_module_weight(base)
+    elif type(weight) not in (torch.Tensor, torch.nn.Parameter) and hasattr(weight, "dequantize"):
         weight = weight.dequantize()  # quanto / torchao tensors
-    return weight.detach().to(dtype=torch.float32)
+    weight = weight.detach().to(dtype=torch.float32)
+    if weight.shape != (base.out_features, base.in_features):
+        raise ValueError(
+            f"LoRA-GGPO reads the base weight of a {base.out_features}x{base.in_features} Linear, but its "
+            f"{type(base.weight).__name__} weight reads as {tuple(weight.shape)}"
+        )
+    return weight
 
 
 def add_ggpo(module: torch.nn.Module, adapter: AdapterPlan, fused: tuple[FusedPlan, ...] = ()) -> int:

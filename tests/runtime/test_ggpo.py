@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,7 +21,7 @@ from dbspec.plan.model import AdapterPlan, FusedPlan
 from dbspec.runtime.execute import execute
 from dbspec.runtime.fused import tie_fused_projections
 from dbspec.runtime.fused_dropout import add_fused_dropout
-from dbspec.runtime.ggpo import add_ggpo, update_norms
+from dbspec.runtime.ggpo import _float_weight, add_ggpo, update_norms
 from dbspec.runtime.lora_dropout import add_lora_dropout
 from tests.runtime.runspec import compile_spec, summary_text, write_spec
 from tests.runtime.test_flux_fused import KOHYA, _double_block_lora
@@ -181,3 +182,17 @@ def test_a_flux_run_with_ggpo_resumes_bit_exact(tmp_path):
     ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
     theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize(("backend", "kind"), [("quanto", "int8"), ("bitsandbytes", "nf4"), ("cast", "fp8")])
+def test_the_base_norm_reads_a_quantised_weight_dequantised(backend, kind):
+    """kohya reads the base weight in float32 (an fp8 base's values); a quantised backend's weight is read
+    dequantised, at the Linear's shape (bitsandbytes packs it otherwise)."""
+    from dbspec.runtime.quantize import quantize_frozen
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48))
+    weight = model[0].weight.detach().clone()
+    quantize_frozen(model, kind, backend=backend)
+    read = _float_weight(model[0])
+    assert read.dtype == torch.float32 and read.shape == weight.shape
+    torch.testing.assert_close(read, weight, rtol=0, atol=0.05)  # the quantisation's error, no more
