@@ -479,7 +479,9 @@ class LoraAdapter:
         "row i is scaled by (ggpo_sigma * ‖w_i‖ + ggpo_beta * ‖g_i‖²) / sqrt(out rows): ‖w_i‖ combines the "
         "base rows' mean norm (a sample of up to 1000 rows) with row i of up @ down, ‖g_i‖ is row i of the "
         "update's approximate gradient, both taken after each optimizer step's backward (clipped), before "
-        "the step. The first optimizer step runs unperturbed; validation never is. Flux only.",
+        "the step. The first optimizer step runs unperturbed; validation never is. With "
+        "`fused_projections` a fused layer's parts share one draw (kohya's module on the fused Linear); "
+        "without, each part is perturbed as its own Linear. Flux only (networks.lora_flux).",
     )
     ggpo_sigma: float = option(
         0.03,
