@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 from test_compile import codes, compile_in, image, planned_ok, write_spec
 
@@ -15,6 +16,7 @@ import io
 from rich.console import Console
 
 from dbspec.plan.summary import render_summary
+from dbspec.plan.validate import plan_problems
 
 FLUX = {"base": "builtin:tiny-flux"}
 KOHYA = list(family_spec("flux").kohya_lora_targets)
@@ -39,6 +41,11 @@ def test_ggpo_plans_both_shares_on_flux(toy: Path):
     assert (plan.adapter.ggpo_sigma, plan.adapter.ggpo_beta) == (0.03, 0.02)
     assert plan_from_json(plan_to_json(plan)).adapter == plan.adapter
     assert "sigma 0.03, beta 0.02: a normal weight perturbation per fused layer" in summarize(plan)
+    assert not plan_problems(plan)
+    half = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, ggpo_beta=None))  # a hand-edited plan file
+    assert any("set together" in p for p in plan_problems(half))
+    dora = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, dora=True))
+    assert any("plain-LoRA GGPO" in p for p in plan_problems(dora))
     write_spec(toy, model=FLUX, adapter={**adapter, "ggpo": False})
     off = planned_ok(toy)
     assert (off.adapter.ggpo_sigma, off.adapter.ggpo_beta) == (None, None)
