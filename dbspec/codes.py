@@ -1834,6 +1834,17 @@ epoch), is not below the run's optimizer steps, so the run would train nothing. 
 (`max_train_steps should be greater than initial step`).""",
         help="start earlier, or train more steps or epochs",
     ),
+    # LoRA-GGPO (adapter.ggpo, kohya networks.lora_flux) on a family other than Flux: DBS396 (plan time).
+    Code(
+        "DBS396",
+        ERROR,
+        "LoRA-GGPO on a family kohya does not perturb",
+        """\
+`adapter.ggpo` is kohya's LoRA-GGPO, which only networks.lora_flux implements (flux_train_network.py);
+lora_sd3 and networks.lora have no `ggpo_sigma` / `ggpo_beta`. The model's family, as the plan resolves it
+(`model.family = "auto"` detected from the files), is not Flux.""",
+        help="remove adapter.ggpo, or train a Flux model",
+    ),
     Code(
         "DBS401",
         ERROR,
@@ -2403,6 +2414,27 @@ sdxl_train.py `--block_lr`). They need `adapter.kind = "none"` (an adapter's blo
 bounds given as one number (a per-group table names no block group), and patterns that are Python regular
 expressions.""",
         help="remove [[optimizer.blocks]], or the setting it cannot combine with",
+    ),
+    # LoRA-GGPO (adapter.ggpo, kohya networks.lora_flux): DBS566, DBS567.
+    Code(
+        "DBS566",
+        ERROR,
+        "LoRA-GGPO with a LoRA kohya cannot perturb",
+        """\
+`adapter.ggpo` perturbs kohya's plain LoRA modules (networks.lora_flux). It cannot combine with `dora`
+(lora_flux has no DoRA) or with `fused_dropout` (kohya's `split_qkv`: its split modules fail in GGPO's norm
+update, `lora_up` being a list of layers). dbspec also runs it only under `distributed.strategy = "ddp"`:
+its norm update reads every LoRA's whole weights and gradients, which FSDP and DeepSpeed shard.""",
+        help="remove adapter.ggpo, or the setting it cannot combine with",
+    ),
+    Code(
+        "DBS567",
+        WARNING,
+        "A GGPO share without GGPO",
+        """\
+`adapter.ggpo_sigma` or `adapter.ggpo_beta` is set but `adapter.ggpo` is false, so nothing is perturbed.
+(kohya runs GGPO only when both `ggpo_sigma` and `ggpo_beta` are given.)""",
+        help="set adapter.ggpo = true, or remove the share",
     ),
 )
 

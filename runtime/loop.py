@@ -231,6 +231,10 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     if o.max_grad_norm > 0 and run.plan.distributed.deepspeed is None:  # DeepSpeed clips
         accelerator.unscale_gradients(optimizer)  # a no-op unless fp16 gradients are scaled
         clip_gradients(run.params, o.clip_mode, o.max_grad_norm)
+    if run.plan.adapter.ggpo_sigma is not None:  # kohya's GGPO norms: after clipping, before the step
+        from dbspec.runtime.ggpo import update_norms
+
+        update_norms([run.comps.unet, *run.comps.text_encoders])
     optimizer.step()  # skipped by the grad scaler when fp16 gradients overflowed
     if run.norm_modules:  # adapter.max_norm (kohya's scale_weight_norms), logged as kohya logs it
         terms.update(max_norm_metrics(apply_max_norm(run.norm_modules, run.plan.adapter.max_norm)))

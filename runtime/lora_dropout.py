@@ -56,7 +56,9 @@ def _forward(
             return peft_forward(x, *args, **kwargs)
         training = layer.training
         result = layer.base_layer(x, *args, **kwargs)
-        if training and module_dropout and torch.rand(1) < module_dropout:
+        skipped = training and module_dropout and bool(torch.rand(1) < module_dropout)
+        layer.dbspec_module_skipped = skipped  # read by runtime/ggpo.py (kohya perturbs no skipped layer)
+        if skipped:
             return result
         lora_a, lora_b = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]
         lx = lora_a(layer.lora_dropout[ADAPTER_NAME](x.to(lora_a.weight.dtype)))  # peft's input dropout

@@ -97,6 +97,10 @@ def _prepare(
             from dbspec.runtime.lora_fa import freeze_down
 
             freeze_down(module, seed + 7919, grads=a.frozen_down_grad == "kohya")
+        if a.kind == "lora" and a.ggpo_sigma is not None:
+            from dbspec.runtime.ggpo import add_ggpo  # kohya lora_flux's LoRA-GGPO perturbation
+
+            add_ggpo(module, a, a.fused if denoiser else ())
     elif comp.trainable == "full":
         module.requires_grad_(True)
     if comp.gradient_checkpointing:

@@ -49,6 +49,8 @@ class TrainState:
     held_grads: dict[str, torch.Tensor] | None = None
     # LoRA-FA with kohya's gradients: the frozen downs' accumulated gradients by name (None without them)
     frozen_down_grads: dict[str, torch.Tensor] | None = None
+    # LoRA-GGPO's running norms, by GGPO module in order (runtime/ggpo.py); None without GGPO
+    ggpo: list[dict[str, Any]] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -93,6 +95,7 @@ class TrainState:
             scaled_pos_sides=added_sides(run.comps.unet),
             held_grads=held_gradients(run),
             frozen_down_grads=frozen_down_grads(run.frozen_down) if run.frozen_down else None,
+            ggpo=_ggpo_state(run),
         )
 
     def restore(self, run: Run) -> None:
@@ -123,6 +126,18 @@ class TrainState:
         ckpt.restore_rng_state(self.rng)
         if self.held_grads:
             restore_held_gradients(run, self.held_grads)
+        if self.ggpo:
+            from dbspec.runtime.ggpo import restore_ggpo
+
+            restore_ggpo([run.comps.unet, *run.comps.text_encoders], self.ggpo)
+
+
+def _ggpo_state(run: Run) -> list[dict[str, Any]] | None:
+    if run.plan.adapter.ggpo_sigma is None:
+        return None
+    from dbspec.runtime.ggpo import ggpo_state
+
+    return ggpo_state([run.comps.unet, *run.comps.text_encoders])
 
 
 def gather_generators(run: Run) -> list[torch.Tensor] | None:

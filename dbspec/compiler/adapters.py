@@ -39,6 +39,9 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             "max_norm": adapter.max_norm,
             "freeze_down": adapter.freeze_down,
             "frozen_down_grad": adapter.frozen_down_grad if adapter.freeze_down else "none",
+            # kohya lora_flux's LoRA-GGPO (runtime/ggpo.py); rules DBS566 keep it to Flux's plain LoRA
+            "ggpo_sigma": adapter.ggpo_sigma if adapter.ggpo else None,
+            "ggpo_beta": adapter.ggpo_beta if adapter.ggpo else None,
         }
         if isinstance(adapter, LoraAdapter)
         else {}

@@ -25,6 +25,7 @@ from dbspec.compiler.distributed import plan_distributed, sharding
 from dbspec.compiler.memory import estimate_memory
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
+from dbspec.compiler.ggpo import check_ggpo
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
 from dbspec.compiler.scaled_pos import plan_scaled_pos_embed
 from dbspec.compiler.text_masks import check_text_masks
@@ -444,6 +445,7 @@ def _assemble(
         partial = getattr(spec.adapter, "init_partial", False)
         adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1], init_partial=partial)
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
+    check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)
     v, c, e = spec.validation, spec.checkpoints, spec.ema
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)

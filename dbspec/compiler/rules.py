@@ -3004,3 +3004,43 @@ def freeze_down_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             "plain LoRA's down projections, and LyCORIS's forms build their weights otherwise",
             codes.help("DBS560"),
         )
+
+
+@rule("spec")
+def ggpo_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.ggpo with DoRA, split fused parts or a sharding strategy (DBS566); its shares set without it
+    (DBS567). The family
+    is checked at plan time (compiler/ggpo.py), once "auto" is resolved."""
+    a = spec.adapter
+    if not isinstance(a, LoraAdapter):
+        return
+    if a.ggpo:
+        for key, on, why in (
+            ("dora", a.dora, "kohya's lora_flux has no DoRA"),
+            ("fused_dropout", a.fused_dropout, "kohya's split_qkv modules fail in GGPO's norm update"),
+        ):
+            if on:
+                yield _err(
+                    "DBS566",
+                    ("adapter", "ggpo"),
+                    f"adapter.ggpo = true with adapter.{key} = true: {why}",
+                    codes.help("DBS566"),
+                )
+        strategy = spec.distributed.strategy
+        if strategy != "ddp":
+            yield _err(
+                "DBS566",
+                ("adapter", "ggpo"),
+                f'adapter.ggpo = true with distributed.strategy = "{strategy}": GGPO\'s norm update reads '
+                "every LoRA's whole weights and gradients, which this strategy shards",
+                codes.help("DBS566"),
+            )
+        return
+    for key in ("ggpo_sigma", "ggpo_beta"):
+        if given(("adapter", key)):
+            yield _warn(
+                "DBS567",
+                ("adapter", key),
+                f"adapter.{key} = {getattr(a, key):g} with adapter.ggpo = false: nothing is perturbed",
+                codes.help("DBS567"),
+            )

@@ -196,6 +196,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "blocks"): [],  # per-block ranks and learning rates: none then
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
+        # kohya lora_flux's LoRA-GGPO perturbation: off then
+        ("adapter", "ggpo_sigma"): None,
+        ("adapter", "ggpo_beta"): None,
         # the adapter's parameter count is an estimate shown in the summary; it never changes what trains
         ("adapter", "params"): lambda run: run["adapter"].get("params"),
         ("datasets", "*", "caption_processing"): {

@@ -203,6 +203,10 @@ class AdapterPlan:
     # lora: the fused layers whose separate parts (fused_projections false, kohya's split_qkv) draw their
     # dropouts once per layer (adapter.fused_dropout); () for none
     split_fused: tuple[FusedPlan, ...] = ()
+    # lora: LoRA-GGPO's weight- and gradient-norm shares (kohya lora_flux ggpo_sigma, ggpo_beta;
+    # runtime/ggpo.py); None for off
+    ggpo_sigma: float | None = None
+    ggpo_beta: float | None = None
     # Adapter parameters the run trains, per component (the compiler's count from the family's facts).
     params: dict[str, int] = attrs.field(factory=dict)
 

@@ -602,6 +602,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             else ""
         )
         rows.append(("  LoRA-FA", f"down projections frozen at N(0, 2 / (in + rank)), up from zero{grads}"))
+    rows.extend(_ggpo_rows(a))
     for block in a.blocks:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(
@@ -1304,3 +1305,18 @@ def _fused_draw(a) -> str:
         n for n, v in (("down", a.down_dropout), ("rank", a.rank_dropout), ("module", a.module_dropout)) if v
     ]
     return f"; {', '.join(on)} dropout drawn once per layer" if on else ""
+
+
+def _ggpo_rows(a) -> list[tuple[str, str]]:
+    """kohya lora_flux's LoRA-GGPO (runtime/ggpo.py)."""
+    if a.ggpo_sigma is None:
+        return []
+    layer = "fused layer" if a.fused else "layer"
+    return [
+        (
+            "  GGPO",
+            f"sigma {a.ggpo_sigma:g}, beta {a.ggpo_beta:g}: a normal weight perturbation per {layer} and "
+            "forward (while training), scaled by the norms taken before each optimizer step; none in the "
+            "first step",
+        )
+    ]

@@ -527,6 +527,28 @@ class LoraAdapter:
         "(and `rank_dropout`) masks are drawn together, in the original layer's part order (q, k, v, then "
         "Flux's MLP input). false: each part's LoRA draws its own. Needs a family with fused layers.",
     )
+    # kohya networks.lora_flux's LoRA-GGPO (network_args ggpo_sigma / ggpo_beta): runtime/ggpo.py.
+    ggpo: bool = option(
+        False,
+        doc="LoRA-GGPO (kohya networks.lora_flux `ggpo_sigma` with `ggpo_beta`): while training, each LoRA "
+        "layer adds x @ Pᵀ to its output, P a fresh standard-normal draw of the base weight's shape whose "
+        "row i is scaled by (ggpo_sigma * ‖w_i‖ + ggpo_beta * ‖g_i‖²) / sqrt(out rows): ‖w_i‖ combines the "
+        "base rows' mean norm (a sample of up to 1000 rows) with row i of up @ down, ‖g_i‖ is row i of the "
+        "update's approximate gradient, both taken after each optimizer step's backward (clipped), before "
+        "the step. The first optimizer step runs unperturbed; validation never is. With "
+        "`fused_projections` a fused layer's parts share one draw (kohya's module on the fused Linear); "
+        "without, each part is perturbed as its own Linear. Flux only (networks.lora_flux).",
+    )
+    ggpo_sigma: float = option(
+        0.03,
+        doc="With `ggpo`: the weight-norm share of the perturbation (kohya `ggpo_sigma`).",
+        minimum=0,
+    )
+    ggpo_beta: float = option(
+        0.01,
+        doc="With `ggpo`: the gradient-norm share of the perturbation (kohya `ggpo_beta`).",
+        minimum=0,
+    )
 
 
 @frozen

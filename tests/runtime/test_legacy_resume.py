@@ -78,6 +78,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["fused"]  # shared down-projections of fused layers, added since (none then)
     del data["adapter"]["init_partial"]  # kohya's strict=False start, added since (exact files then)
     del data["adapter"]["split_fused"]  # split fused layers' shared dropout draws, added since (none then)
+    del data["adapter"]["ggpo_sigma"], data["adapter"]["ggpo_beta"]  # LoRA-GGPO, added since (off then)
     del data["adapter"]["rank_dropout_scale"]  # LyCORIS's rank-dropout rescale flag, added since
     for key in ("wandb", "wandb_project", "wandb_run_name", "wandb_entity"):
         del data["logging"][key]  # W&B logging, added since (TensorBoard only then; volatile: trains alike)

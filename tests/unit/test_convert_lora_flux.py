@@ -160,11 +160,11 @@ def test_rank_dropout_with_split_qkv_fails_in_kohya_and_is_refused(tmp_path):
 def test_what_lora_flux_has_that_dbspec_cannot_express(tmp_path):
     outcome = _flux(
         tmp_path,
-        '--network_args "train_t5xxl=True" "network_reg_dims=img_attn=8" "ggpo_beta=0.01" "ggpo_sigma=0.03"',
+        '--network_args "train_t5xxl=True" "network_reg_dims=img_attn=8"',
     )
     assert fate(outcome, "network_args") == "unsupported"
     said = messages(outcome, "DBS403") + "".join(errors(outcome))
-    for word in ("train_t5xxl", "network_reg_dims", "ggpo_beta", "ggpo_sigma"):
+    for word in ("train_t5xxl", "network_reg_dims"):
         assert word in said
 
 
@@ -332,3 +332,33 @@ def test_dim_from_weights_needs_alphas_in_the_file(tmp_path):
     save_file({k: v for k, v in load_file(str(path)).items() if not k.endswith(".alpha")}, str(path))
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights", allow=True)
     assert "KeyError" in messages(outcome, "DBS402")
+
+
+def test_ggpo_maps_to_the_fused_layers_perturbation(tmp_path):
+    """kohya's docs/flux_train_network.md GGPO arguments on the README run: adapter.ggpo with both shares,
+    on the fused layers (one kohya module each)."""
+    outcome = _flux(tmp_path, '--network_args "ggpo_sigma=0.03" "ggpo_beta=0.01"')
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.ggpo_sigma, a.ggpo_beta) == (0.03, 0.01)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args ggpo_sigma") == "mapped"
+    assert fate(outcome, "network_args ggpo_beta") == "mapped"
+    assert fate(outcome, "network_args") == "mapped" and not errors(outcome)
+    assert not {"DBS403", "DBS405"} & codes(outcome)
+    assert "ggpo = true" in out_path(tmp_path).read_text()
+
+
+def test_one_ggpo_share_alone_is_inert(tmp_path):
+    outcome = _flux(tmp_path, '--network_args "ggpo_beta=0.01"')
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.ggpo_sigma is None and plan.adapter.ggpo_beta is None
+    assert fate(outcome, "network_args ggpo_beta") == "inert"
+
+
+def test_ggpo_with_split_qkv_fails_in_kohya_and_is_refused(tmp_path):
+    """kohya's update_norms reads lora_up.weight, a ModuleList on a split module (AttributeError)."""
+    outcome = _flux(
+        tmp_path, '--network_args "split_qkv=True" "train_blocks=single" "ggpo_sigma=0.03" "ggpo_beta=0.01"'
+    )
+    assert not outcome.written and "AttributeError" in "".join(errors(outcome))

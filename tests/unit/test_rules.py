@@ -1400,7 +1400,26 @@ CASES = [
         [("DBS560", "error", ("adapter", "freeze_down"))],
         DOG + STEPS + LORA + "freeze_down = true\n",
     ),
+    (
+        rules.ggpo_fits,
+        DOG + STEPS + LORA + "ggpo = true\ndora = true\n",
+        [("DBS566", "error", ("adapter", "ggpo"))],
+        DOG + STEPS + LORA + "ggpo = true\n",
+    ),
 ]
+
+
+def test_ggpo_refuses_split_parts_and_warns_on_shares_without_it():
+    assert hits_of(rules.ggpo_fits, DOG + STEPS + LORA + "ggpo = true\nfused_dropout = true\n") == [
+        ("DBS566", "error", ("adapter", "ggpo"))
+    ]
+    fsdp = '[distributed]\nstrategy = "fsdp"\n'
+    assert hits_of(rules.ggpo_fits, DOG + STEPS + fsdp + LORA + "ggpo = true\n") == [
+        ("DBS566", "error", ("adapter", "ggpo"))
+    ]
+    assert hits_of(rules.ggpo_fits, DOG + STEPS + LORA + "ggpo_beta = 0.02\n") == [
+        ("DBS567", "warning", ("adapter", "ggpo_beta"))
+    ]
 
 
 def test_optimizer_blocks_refuse_what_they_cannot_combine_with():

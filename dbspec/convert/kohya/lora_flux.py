@@ -11,9 +11,9 @@ create_modules unpacks the three split widths into one name: ValueError), so onl
 double-block attention converts.
 
 Mapped network_args: split_qkv, train_blocks, train_double_block_indices, train_single_block_indices, the
-per-type ranks (img_attn_dim ... single_mod_dim), in_dims (the embedders), rank_dropout, module_dropout and
-the LoRA+ ratios ([[adapter.blocks]] carry the ranks: kohya's alpha is network_alpha everywhere). kohya
-parses booleans as the exact string "True"."""
+per-type ranks (img_attn_dim ... single_mod_dim), in_dims (the embedders), rank_dropout,
+module_dropout, LoRA-GGPO (ggpo_sigma with ggpo_beta) and the LoRA+ ratios ([[adapter.blocks]] carry the
+ranks: kohya's alpha is network_alpha everywhere). kohya parses booleans as the exact string "True"."""
 
 from __future__ import annotations
 
@@ -54,8 +54,6 @@ _IN_DIMS = (
 _UNSUPPORTED = {
     "network_reg_dims": "per-module ranks by regular expressions over kohya's module names",
     "network_reg_lrs": "per-module learning rates by regular expressions over kohya's module names",
-    "ggpo_beta": "LoRA-GGPO's gradient-guided weight perturbation",
-    "ggpo_sigma": "LoRA-GGPO's gradient-guided weight perturbation",
 }
 
 
@@ -183,6 +181,8 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
     _loraplus(kwargs, put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
+    if not ggpo(kwargs, args, split, conv):
+        return False
     rest(kwargs, args, unsupported, conv, "networks.lora_flux", _UNSUPPORTED)
     network_dropout(a["network_dropout"], split, conv)
     return True
@@ -240,6 +240,37 @@ def dropouts(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion
     return True
 
 
+def ggpo(kwargs: dict[str, str], args: Legacy, split: bool, conv: Conversion) -> bool:
+    """LoRA-GGPO: kohya's create_network reads ggpo_beta and ggpo_sigma as floats and its modules perturb only
+    when both are given (adapter.ggpo); one alone is inert. With split_qkv kohya's split modules fail in the
+    first norm update (`lora_up` is a ModuleList: AttributeError), so that run is refused."""
+    given = [key for key in ("ggpo_sigma", "ggpo_beta") if key in kwargs]
+    if len(given) == 1:
+        key = given[0]
+        conv.inert(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            "GGPO runs only with both ggpo_beta and ggpo_sigma",
+        )
+        return True
+    if not given:
+        return True
+    if split:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            "ggpo_sigma and ggpo_beta with split_qkv=True: kohya's split LoRA modules fail in GGPO's first "
+            "norm update (update_norms reads lora_up.weight of a ModuleList: AttributeError)",
+            help="drop split_qkv (one LoRA per fused Linear), or the GGPO arguments",
+        )
+        return False
+    for key in ("ggpo_sigma", "ggpo_beta"):
+        value = float(kwargs.pop(key))
+        conv.mapped(Legacy(key=f"{args.key} {key}", value=value, source=args.source), ("adapter", key), value)
+    conv.put(("adapter", "ggpo"), True, conv.comment(args, "LoRA-GGPO: ggpo_sigma and ggpo_beta both given"))
+    return True
+
+
 def rest(
     kwargs: dict[str, str],
     args: Legacy,
@@ -262,10 +293,7 @@ def rest(
         elif key == "verbose":
             conv.inert(legacy, "it only logs the modules")
         elif key in refused:
-            if key.startswith("ggpo_") and not ("ggpo_beta" in kwargs and "ggpo_sigma" in kwargs):
-                conv.inert(legacy, "GGPO runs only with both ggpo_beta and ggpo_sigma")
-            else:
-                unsupported[key] = f"{value} ({refused[key]})"
+            unsupported[key] = f"{value} ({refused[key]})"
         else:
             conv.ignored(legacy, f"{network}'s create_network does not read it")
     if unsupported:
