@@ -45,6 +45,7 @@ class KohyaFacts:
     original_unet_names: bool  # LoRA keys follow the original UNet layout (input_blocks...), not diffusers'
     # kohya_lora writes LoCon/DoRA/LoHa/LoKr in the LyCORIS layout too (Flux: plain LoRA only)
     lycoris_layout: bool = True
+    ggpo: bool = False  # kohya's network for the family has LoRA-GGPO (adapter.ggpo: networks.lora_flux)
 
 
 @attrs.frozen
@@ -618,7 +619,12 @@ FAMILIES: dict[str, FamilySpec] = {
             patch=2, clip_tokens=0, variants=((11_901_408_320, 7_100_000, 605_000),)
         ),
         kohya=KohyaFacts(
-            base_version="flux1", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
+            base_version="flux1",
+            v2=False,
+            v_suffix=False,
+            original_unet_names=False,
+            lycoris_layout=False,
+            ggpo=True,
         ),
         objective="flow",
         single_file_marker="model.diffusion_model.double_blocks.",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dbspec import codes
 from dbspec.compiler.context import Context
+from dbspec.families import family_spec
 from dbspec.plan.model import AdapterPlan, ModelPlan
 
 
 def check_ggpo(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> None:
-    """DBS396: a planned GGPO perturbation on a model whose family is not Flux."""
-    if model is None or plan.ggpo_sigma is None or model.family == "flux":
+    """DBS396: a planned GGPO perturbation on a model whose family's kohya network has none."""
+    if model is None or plan.ggpo_sigma is None or family_spec(model.family).kohya.ggpo:
         return
     ctx.report(
         "DBS396",

@@ -149,7 +149,12 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         yield f"adapter.rank_dropout_scale needs rank_dropout below 1; found {a.rank_dropout:g}"
     if (a.ggpo_sigma is None) != (a.ggpo_beta is None):  # kohya's GGPO runs with both shares or not at all
         yield f"adapter.ggpo_sigma and ggpo_beta are set together; found {a.ggpo_sigma} and {a.ggpo_beta}"
-    elif a.ggpo_sigma is not None and (a.kind != "lora" or a.dora or plan.model.family != "flux"):
+    elif a.ggpo_sigma is not None and (
+        a.kind != "lora"
+        or a.dora
+        or plan.model.family not in FAMILIES
+        or not FAMILIES[plan.model.family].kohya.ggpo
+    ):
         # DBS566, DBS396 in specs: kohya's lora_flux perturbs plain LoRA modules on Flux only
         yield (
             f"adapter.ggpo_sigma is kohya lora_flux's plain-LoRA GGPO; found kind {a.kind!r}, dora "
