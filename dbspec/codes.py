@@ -1813,6 +1813,17 @@ epoch), is not below the run's optimizer steps, so the run would train nothing. 
 (`max_train_steps should be greater than initial step`).""",
         help="start earlier, or train more steps or epochs",
     ),
+    # train.t5 (LoRA on T5-XXL, kohya's train_t5xxl) on a model other than Flux: DBS397 (plan time).
+    Code(
+        "DBS397",
+        ERROR,
+        "train.t5 on a model other than Flux",
+        """\
+`train.t5 = true` trains Flux's T5-XXL text encoder with LoRA (kohya's lora_flux `train_t5xxl=True`). Other
+families have no T5 encoder (SD1, SD2, SDXL), or (SD3, whose T5-XXL is its third text encoder) dbspec has no
+learning-rate group and no kohya export for it yet.""",
+        help="remove train.t5, or train a Flux model",
+    ),
     Code(
         "DBS401",
         ERROR,
@@ -2344,6 +2355,17 @@ sdxl_train.py `--block_lr`). They need `adapter.kind = "none"` (an adapter's blo
 bounds given as one number (a per-group table names no block group), and patterns that are Python regular
 expressions.""",
         help="remove [[optimizer.blocks]], or the setting it cannot combine with",
+    ),
+    # LoRA on T5-XXL (train.t5) with another adapter kind: DBS568.
+    Code(
+        "DBS568",
+        ERROR,
+        "train.t5 without a LoRA adapter",
+        """\
+`train.t5 = true` adds LoRA to T5-XXL's attention and gated-MLP Linears at the adapter's rank and alpha, as
+kohya's lora_flux does with `train_t5xxl=True`. It needs `adapter.kind = "lora"`: a full fine-tune of T5-XXL
+or another adapter kind on it is not offered.""",
+        help='set adapter.kind = "lora", or remove train.t5',
     ),
 )
 

@@ -176,7 +176,8 @@ def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
 def flux_kohya_lora_state(
     *, denoiser: nn.Module | None, text_encoders: list, dtype: str, parts: Mapping
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`) and the
+    """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`, T5-XXL
+    `lora_te3_*` with train.t5) and the
     ss_network_dim / ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
@@ -191,7 +192,10 @@ def flux_kohya_lora_state(
         alphas.update(layer[3] for layer in layers.values())
     for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
         for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
-            key = f"{prefix}_{clip_path(name).replace('.', '_')}"
+            path = (
+                name if prefix == "lora_te3" else clip_path(name)
+            )  # T5's module paths as transformers names them
+            key = f"{prefix}_{path.replace('.', '_')}"
             tensors.update(
                 {
                     f"{key}.lora_down.weight": down.detach().to("cpu", cast, copy=True).contiguous(),

@@ -88,6 +88,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "dylora_form"): "",
         ("adapter", "dora_axis"): "output",  # DoRA's magnitude per input column (LyCORIS), added since
         ("adapter", "dora_form"): "peft",  # LyCORIS's weight decomposition, added since (peft's DoRA then)
+        ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)
         ("model", "t5_max_length"): 256,
         ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since
         ("model", "clip_attention_mask"): False,
