@@ -1,7 +1,7 @@
 """train.t5 (kohya lora_flux's train_t5xxl=True): a tiny-flux run puts LoRA on T5-XXL's attention q/k/v/o and
 gated-MLP wi_0/wi_1/wo Linears, trains it at its own rate (optimizer.text_encoder_2_lr, kohya's
 text_encoder_lr[1]) with the text cache off, resumes bit-exact, and exports it as kohya's `lora_te3_*` keys,
-whose names are computed here from kohya's naming rule (prefix + module path with `.` as `_`) independently."""
+whose names this test computes from kohya's rule (prefix + module path, `.` as `_`)."""
 
 from __future__ import annotations
 

@@ -1368,6 +1368,12 @@ CASES = [
         [("DBS563", "error", ("optimizer", "blocks"))],
         DOG + STEPS + "[[optimizer.blocks]]\npattern = '^mid_block\\.'\nlr = 1e-6\n",
     ),
+    (
+        rules.t5_needs_lora,
+        DOG + STEPS + '[adapter]\nkind = "loha"\n[train]\nt5 = true\n',
+        [("DBS568", "error", ("train", "t5"))],
+        DOG + STEPS + LORA + "[train]\nt5 = true\n",
+    ),
 ]
 
 
