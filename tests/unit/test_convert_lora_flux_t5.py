@@ -1,7 +1,7 @@
-"""kohya lora_flux's `train_t5xxl=True` converted exactly (dbspec/convert/kohya/lora_flux.py train_t5): LoRA on
-T5-XXL's T5Attention / T5DenseGatedActDense Linears (`train.t5`), at `text_encoder_lr`'s second value (kohya's
-prepare_optimizer_params_with_multiple_te_lrs), refused with cached text-encoder outputs (flux_train_network.py
-raises ValueError), inert without a text-encoder LoRA or at rate 0."""
+"""kohya lora_flux's `train_t5xxl=True` converted exactly (lora_flux.py train_t5): LoRA on T5-XXL's
+T5Attention / T5DenseGatedActDense Linears (`train.t5`), at `text_encoder_lr`'s second value (kohya's
+prepare_optimizer_params_with_multiple_te_lrs), refused with cached text-encoder outputs
+(flux_train_network.py raises ValueError), inert without a text-encoder LoRA or at rate 0."""
 
 from __future__ import annotations
 
