@@ -569,6 +569,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
+    if a.t5_targets:  # train.t5 (kohya's train_t5xxl)
+        rows.append(("  T5-XXL targets", f"{', '.join(a.t5_targets)} (train.t5; outputs never cached)"))
     if a.kind == "lokr" and a.lokr_unit_scale:
         rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
     rows.extend(_lycoris_switch_rows(a))

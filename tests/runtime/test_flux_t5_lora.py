@@ -86,3 +86,10 @@ def test_t5_lora_trains_resumes_bit_exact_and_exports_kohya_names(tmp_path):
         assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= tensors.keys()
         assert float(tensors[f"{name}.alpha"]) == 1.0
         assert tensors[f"{name}.lora_down.weight"].shape[0] == 2
+
+
+def test_summary_shows_t5_targets(tmp_path):
+    from tests.runtime.runspec import summary_text
+
+    text = summary_text(compile_spec(write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA)))
+    assert "T5-XXL targets" in text and "q, k, v, o, wi_0, wi_1, wo" in text
