@@ -171,6 +171,9 @@ class FamilySpec:
     # model.t5_attention_mask: the denoiser's attention also masks the padded text keys (Flux's
     # txt_attention_mask), not only T5's own encoding.
     t5_mask_in_denoiser: bool = False
+    # train.t5 (kohya's train_t5xxl): LoRA on the T5 encoder can train, with its own rate and kohya export
+    # (Flux; SD3's third text encoder has neither yet)
+    t5_lora: bool = False
     # precision.attention = "eager": the plain (non-SDPA) attention of the denoiser. A diffusers attention
     # processor class (diffusers.models.attention_processor) for denoisers built on its `Attention`, or a
     # diffusers attention-dispatch backend for denoisers whose processors dispatch (Flux's FluxAttnProcessor:
@@ -539,6 +542,7 @@ FAMILIES: dict[str, FamilySpec] = {
         name="flux",
         clip_attention_mask="pooled",
         t5_mask_in_denoiser=True,
+        t5_lora=True,
         eager_attention_processor="",
         eager_attention_backend="_native_math",
         title="Flux",

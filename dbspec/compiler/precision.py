@@ -113,8 +113,8 @@ def _t5_trains(ctx: Context, model: ModelPlan | None) -> tuple[str, ...]:
     """The T5 encoders train.t5 trains with LoRA (kohya's train_t5xxl): Flux's; DBS397 for other families."""
     if not ctx.spec.train.t5 or model is None:
         return ()
-    if model.family != "flux":
-        f = family_spec(model.family)
+    f = family_spec(model.family)
+    if not f.t5_lora:
         has = "its T5-XXL is not trained yet" if t5_text_encoders(f.name) else "it has no T5 text encoder"
         ctx.report(
             "DBS397",
