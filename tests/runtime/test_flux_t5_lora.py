@@ -93,3 +93,31 @@ def test_summary_shows_t5_targets(tmp_path):
 
     text = summary_text(compile_spec(write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA)))
     assert "T5-XXL targets" in text and "q, k, v, o, wi_0, wi_1, wo" in text
+
+
+def test_t5_lora_is_its_own_optimizer_group_at_text_encoder_2_lr(tmp_path):
+    """kohya's prepare_optimizer_params_with_multiple_te_lrs: T5's LoRA (lora_te3) at text_encoder_lr[1],
+    CLIP-L's at text_encoder_lr[0]."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.optim import param_groups
+    from dbspec.runtime.prepare import configure_models
+
+    spec = write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA)
+    plan = compile_spec(spec, ["optimizer.text_encoder_lr=3e-4", "optimizer.text_encoder_2_lr=7e-4"])
+    comps = family_runtime("flux").load(plan)
+    unet_params, text_params = configure_models(plan, comps, torch.device("cpu"))
+    groups = {g["name"]: g for g in param_groups(unet_params, text_params, plan.optimizer)}
+    t5 = comps.text_encoders[1]
+    t5_lora = {id(p) for n, p in t5.named_parameters() if "lora_" in n}
+    assert t5_lora and {id(p) for p in groups["text_encoder_2"]["params"]} == t5_lora
+    assert groups["text_encoder_2"]["lr"] == 7e-4 and groups["text_encoder"]["lr"] == 3e-4
+    trained = {n for n, p in t5.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)  # the base T5 stays frozen
+
+
+def test_t5_lora_trains_with_gradient_checkpointing(tmp_path):
+    spec = write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA)
+    plan = compile_spec(spec, ["precision.gradient_checkpointing=true", "model.t5_max_length=8"])
+    assert next(c for c in plan.precision.components if c.name == "text_encoder_2").gradient_checkpointing
+    ups = [v for k, v in _t5_lora(Path(execute(plan).final)).items() if "lora_B" in k]
+    assert ups and all(v.abs().sum() > 0 for v in ups)
