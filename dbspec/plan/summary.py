@@ -329,7 +329,7 @@ def schedule_table(plan: Plan) -> Table:
             )
             + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
             + (
-                f" (second: {plan.optimizer.text_encoder_2_lr:g})"
+                f" ({_second_name(plan)}: {plan.optimizer.text_encoder_2_lr:g})"
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
             )
@@ -1282,3 +1282,8 @@ def _fused_draw(a) -> str:
         n for n, v in (("down", a.down_dropout), ("rank", a.rank_dropout), ("module", a.module_dropout)) if v
     ]
     return f"; {', '.join(on)} dropout drawn once per layer" if on else ""
+
+
+def _second_name(plan: Plan) -> str:
+    """The second text encoder's name in the optimizer row: Flux's is T5-XXL (train.t5)."""
+    return "T5-XXL" if plan.adapter.t5_targets else "second"

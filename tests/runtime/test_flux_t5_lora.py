@@ -91,8 +91,10 @@ def test_t5_lora_trains_resumes_bit_exact_and_exports_kohya_names(tmp_path):
 def test_summary_shows_t5_targets(tmp_path):
     from tests.runtime.runspec import summary_text
 
-    text = summary_text(compile_spec(write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA)))
+    spec = write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA)
+    text = summary_text(compile_spec(spec, ["optimizer.text_encoder_2_lr=5e-4"]))
     assert "T5-XXL targets" in text and "q, k, v, o, wi_0, wi_1, wo" in text
+    assert "(T5-XXL: 0.0005)" in text
 
 
 def test_t5_lora_is_its_own_optimizer_group_at_text_encoder_2_lr(tmp_path):
