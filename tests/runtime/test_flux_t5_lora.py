@@ -123,3 +123,29 @@ def test_t5_lora_trains_with_gradient_checkpointing(tmp_path):
     assert next(c for c in plan.precision.components if c.name == "text_encoder_2").gradient_checkpointing
     ups = [v for k, v in _t5_lora(Path(execute(plan).final)).items() if "lora_B" in k]
     assert ups and all(v.abs().sum() > 0 for v in ups)
+
+
+def test_a_kohya_file_with_lora_te3_initialises_t5s_lora(tmp_path):
+    """adapter.init_weights (kohya's --network_weights) fills T5's LoRA from the file's lora_te3_* modules."""
+    first = execute(compile_spec(write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA), ["output.dir=first"]))
+    (kohya,) = Path(first.final).glob("*.kohya.safetensors")
+    extra = EXTRA.replace('kind = "lora"', f'kind = "lora"\ninit_weights = "{kohya}"')
+    plan = compile_spec(write_spec(tmp_path / "second", base=BASE, steps=1, extra=extra))
+    assert plan.adapter.init_weights
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.flow_init import load_flow_init_weights
+    from dbspec.runtime.prepare import configure_models
+
+    comps = family_runtime("flux").load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    load_flow_init_weights(plan, comps.unet, comps.text_encoders)
+    t5 = dict(comps.text_encoders[1].named_parameters())
+    file = load_file(str(kohya))
+    for name in _kohya_t5_names():
+        path = name.removeprefix("lora_te3_")
+        for side, kohya_side in (("A", "down"), ("B", "up")):  # B (up) starts at zero: only the file moves it
+            (p,) = [
+                p for n, p in t5.items() if n.replace(".", "_").endswith(f"{path}_lora_{side}_default_weight")
+            ]
+            assert torch.equal(p.detach(), file[f"{name}.lora_{kohya_side}.weight"].to(p.dtype))
+            assert p.abs().sum() > 0
