@@ -105,3 +105,45 @@ def test_train_t5_outside_flux_is_refused_at_plan_time(tmp_path):
         assert [(d.code, d.path) for d in planned.diagnostics if d.severity == "error"] == [
             ("DBS397", "train.t5")
         ]
+
+
+def _file_with_t5(path, *, rank: int = 8, alpha: float = 4.0):
+    """A kohya lora_flux file (zero tensors) with a double-block layer, a CLIP-L and a T5-XXL module."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    layers = {
+        "lora_unet_double_blocks_0_img_attn_proj": (3072, 3072),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096),
+        "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0": (10240, 4096),
+    }
+    tensors = {}
+    for name, (out, width) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, width), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_dim_from_weights_with_lora_te3_modules_trains_t5(tmp_path):
+    """kohya's create_network_from_weights turns train_t5xxl on when a module name holds lora_te3."""
+    _file_with_t5(tmp_path / "prev.safetensors")
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    plan = plan_of(outcome, tmp_path)
+    assert _trains(plan)["text_encoder_2"] == "lora" and plan.adapter.t5_targets == T5
+    assert (plan.adapter.rank, plan.adapter.alpha) == (8, 4.0) and plan.adapter.init_weights
+    assert fate(outcome, "network_weights lora_te3") == "mapped"
+    cached = _flux(
+        tmp_path, "--network_weights prev.safetensors --dim_from_weights --cache_text_encoder_outputs"
+    )
+    assert not cached.written and "ValueError" in "".join(errors(cached))
+
+
+def test_network_weights_with_t5_modules_init_the_t5_lora(tmp_path):
+    """--network_weights with train_t5xxl=True: the file's lora_te3 modules start T5's LoRA (the plan checks
+    them against kohya's T5 targets)."""
+    _file_with_t5(tmp_path / "prev.safetensors", rank=16, alpha=8.0)
+    outcome = _flux(tmp_path, '--network_weights prev.safetensors --network_args "train_t5xxl=True"')
+    plan = plan_of(outcome, tmp_path)
+    assert _trains(plan)["text_encoder_2"] == "lora" and plan.adapter.init_weights

@@ -196,8 +196,6 @@ def train_t5(kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: 
     `text_encoder_lr`'s second value (one value: both encoders; none: learning_rate). kohya applies no
     text-encoder LoRA with network_train_unet_only, skips a group at rate 0, and raises ValueError when
     text-encoder outputs are cached. False when the run cannot start (DBS402)."""
-    from dbspec.convert.kohya.train import text_outputs_cached
-
     if "train_t5xxl" not in kwargs:
         return True
     value = kwargs.pop("train_t5xxl")
@@ -205,6 +203,14 @@ def train_t5(kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: 
     if not true(value):
         conv.inert(legacy, "only the exact string True trains T5-XXL")
         return True
+    return t5_trains(legacy, a, conv, script)
+
+
+def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
+    """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or a --dim_from_weights file with
+    lora_te3 modules) mapped to `train.t5` and T5's rate; False when kohya raises (DBS402)."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
     if a["network_train_unet_only"].value:
         conv.inert(
             legacy, "with network_train_unet_only kohya applies no text-encoder LoRA, T5-XXL's neither"
@@ -216,7 +222,7 @@ def train_t5(kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: 
             cached.key,
             True,
             cached.source,
-            f"{script} raises ValueError with train_t5xxl=True: T5-XXL trains, so its text-encoder outputs "
+            f"{script} raises ValueError when T5-XXL trains ({legacy.key}): its text-encoder outputs "
             "cannot be cached",
             help="drop cache_text_encoder_outputs (and _to_disk), or train_t5xxl",
         )
