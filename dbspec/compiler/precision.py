@@ -179,11 +179,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     trainable = trainable_text_encoders(model.family) if model else text_parts  # T5 only with train.t5
     t5 = _t5_trains(ctx, model)
     parts += [
-        component(
-            n,
-            n in t5 if n in t5 else text_encoder_trains(spec, n) and n in trainable,
-            p.quantize_text_encoder,
-        )
+        component(n, n in t5 or (text_encoder_trains(spec, n) and n in trainable), p.quantize_text_encoder)
         for n in text_parts
     ]
     parts.append(
