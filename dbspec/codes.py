@@ -1845,6 +1845,17 @@ lora_sd3 and networks.lora have no `ggpo_sigma` / `ggpo_beta`. The model's famil
 (`model.family = "auto"` detected from the files), is not Flux.""",
         help="remove adapter.ggpo, or train a Flux model",
     ),
+    # train.t5 (LoRA on T5-XXL, kohya's train_t5xxl) on a model other than Flux: DBS397 (plan time).
+    Code(
+        "DBS397",
+        ERROR,
+        "train.t5 on a model other than Flux",
+        """\
+`train.t5 = true` trains Flux's T5-XXL text encoder with LoRA (kohya's lora_flux `train_t5xxl=True`). Other
+families have no T5 encoder (SD1, SD2, SDXL), or (SD3, whose T5-XXL is its third text encoder) dbspec has no
+learning-rate group and no kohya export for it yet.""",
+        help="remove train.t5, or train a Flux model",
+    ),
     Code(
         "DBS401",
         ERROR,
@@ -2435,6 +2446,17 @@ its norm update reads every LoRA's whole weights and gradients, which FSDP and D
 `adapter.ggpo_sigma` or `adapter.ggpo_beta` is set but `adapter.ggpo` is false, so nothing is perturbed.
 (kohya runs GGPO only when both `ggpo_sigma` and `ggpo_beta` are given.)""",
         help="set adapter.ggpo = true, or remove the share",
+    ),
+    # LoRA on T5-XXL (train.t5) with another adapter kind: DBS568.
+    Code(
+        "DBS568",
+        ERROR,
+        "train.t5 without a LoRA adapter",
+        """\
+`train.t5 = true` adds LoRA to T5-XXL's attention and gated-MLP Linears at the adapter's rank and alpha, as
+kohya's lora_flux does with `train_t5xxl=True`. It needs `adapter.kind = "lora"`: a full fine-tune of T5-XXL
+or another adapter kind on it is not offered.""",
+        help='set adapter.kind = "lora", or remove train.t5',
     ),
 )
 

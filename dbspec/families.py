@@ -172,6 +172,9 @@ class FamilySpec:
     # model.t5_attention_mask: the denoiser's attention also masks the padded text keys (Flux's
     # txt_attention_mask), not only T5's own encoding.
     t5_mask_in_denoiser: bool = False
+    # train.t5 (kohya's train_t5xxl): LoRA on the T5 encoder can train, with its own rate and kohya export
+    # (Flux; SD3's third text encoder has neither yet)
+    t5_lora: bool = False
     # precision.attention = "eager": the plain (non-SDPA) attention of the denoiser. A diffusers attention
     # processor class (diffusers.models.attention_processor) for denoisers built on its `Attention`, or a
     # diffusers attention-dispatch backend for denoisers whose processors dispatch (Flux's FluxAttnProcessor:
@@ -540,6 +543,7 @@ FAMILIES: dict[str, FamilySpec] = {
         name="flux",
         clip_attention_mask="pooled",
         t5_mask_in_denoiser=True,
+        t5_lora=True,
         eager_attention_processor="",
         eager_attention_backend="_native_math",
         title="Flux",
@@ -597,7 +601,9 @@ FAMILIES: dict[str, FamilySpec] = {
             "text_encoder_2": 4_762_310_656,
             "vae": 83_819_683,
         },
-        lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728},
+        # text_encoder_2: T5-XXL's LoRA with train.t5 (kohya's targets, T5_LORA_TARGETS: 24 layers x
+        # (4 x (4096 + 4096) + 2 x (4096 + 10240) + (10240 + 4096)))
+        lora_params_per_rank={"unet": 2_801_664, "text_encoder": 73_728, "text_encoder_2": 1_818_624},
         # FLUX.1 dev, width 3072 (MLP 12288), 19 double and 38 single blocks: rank x (in + out) per suffix;
         # proj_out also names the final layer (3072 -> 64)
         lora_params_per_target={
@@ -685,6 +691,17 @@ ALL_TEXT_ENCODERS: tuple[str, ...] = tuple(
 def trainable_text_encoders(name: str) -> tuple[str, ...]:
     """The text encoders of family `name` that train.text_encoder trains."""
     return tuple(e.component for e in family_spec(name).text_encoders if e.trainable)
+
+
+# kohya's LoRA on T5-XXL (networks/lora_flux.py, lora_sd3.py with train_t5xxl=True): every Linear inside the
+# T5Attention and T5DenseGatedActDense modules, by their transformers names (train.t5).
+T5_LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+
+
+def t5_text_encoders(name: str) -> tuple[str, ...]:
+    """The T5 text encoders of family `name` (Flux's text_encoder_2, SD3's text_encoder_3): train.t5 trains
+    them with LoRA."""
+    return tuple(e.component for e in family_spec(name).text_encoders if e.tokenizer_class.startswith("T5"))
 
 
 def family_list(names: tuple[str, ...] = FAMILY_NAMES, *, quote: bool = True) -> str:

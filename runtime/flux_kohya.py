@@ -176,8 +176,9 @@ def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
 def flux_kohya_lora_state(
     *, denoiser: nn.Module | None, text_encoders: list, dtype: str, parts: Mapping
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`) and the
-    ss_network_dim / ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
+    """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`, T5-XXL
+    `lora_te3_*` with train.t5) and the ss_network_dim / ss_network_alpha kohya writes (the trained rank and
+    alpha, not the fused layers')."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()
@@ -191,7 +192,9 @@ def flux_kohya_lora_state(
         alphas.update(layer[3] for layer in layers.values())
     for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
         for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
-            key = f"{prefix}_{clip_path(name).replace('.', '_')}"
+            # T5-XXL's modules keep transformers' paths (kohya's lora_te3_encoder_block_...)
+            path = name if prefix == "lora_te3" else clip_path(name)
+            key = f"{prefix}_{path.replace('.', '_')}"
             tensors.update(
                 {
                     f"{key}.lora_down.weight": down.detach().to("cpu", cast, copy=True).contiguous(),

@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from dbspec.families import family_spec
+from dbspec.families import family_spec, t5_text_encoders
 from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
 from dbspec.runtime.models import Components, set_attention, to_dtype, trained_text_encoders
@@ -28,12 +28,13 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
         comps.unet, "unet", plan, device, plan.adapter.denoiser_targets, plan.schedule.seed
     )
     text_params: list[list] = []
+    t5 = set(t5_text_encoders(plan.model.family))
     for i, (name, enc) in enumerate(
         zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)
     ):
-        text_params.append(
-            _prepare(enc, name, plan, device, plan.adapter.text_encoder_targets, plan.schedule.seed + 1 + i)
-        )
+        # T5-XXL (train.t5) takes kohya's T5 targets; the CLIP encoders adapter.text_encoder_targets
+        targets = plan.adapter.t5_targets if name in t5 else plan.adapter.text_encoder_targets
+        text_params.append(_prepare(enc, name, plan, device, targets, plan.schedule.seed + 1 + i))
     return unet_params, text_params
 
 

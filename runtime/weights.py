@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dbspec.families import ALL_TEXT_ENCODERS, FAMILIES, Family, family_spec
+from dbspec.families import ALL_TEXT_ENCODERS, FAMILIES, Family, family_spec, t5_text_encoders
 from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
@@ -87,6 +87,10 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         and not plan.adapter.scalar
     ):
         encoders = trained_text_encoders(plan, comps)
+        # T5-XXL's LoRA (train.t5): diffusers' Flux LoRA file has no place for it, so peft's layout beside it
+        # (<folder>/text_encoder_2/); the kohya_lora export holds it as lora_te3_*
+        t5 = {n: m for n, m in encoders.items() if n in t5_text_encoders(plan.model.family)}
+        encoders = {n: m for n, m in encoders.items() if n not in t5}
         save_lora_weights(
             folder,
             trained.get("unet"),
@@ -95,6 +99,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
             family=plan.model.family,
             text_encoder_2=encoders.get("text_encoder_2"),
         )
+        if t5:
+            save_peft_adapters(folder, t5, dtype)
         return
     if plan.adapter.kind != "none":  # LoHa, LoKr, LoCon's Tucker form, LyCORIS's DoRA (not diffusers')
         save_peft_adapters(folder, trained, dtype)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.compiler.fused import fused_plan, split_fused_plan, targeted
-from dbspec.families import family_spec
+from dbspec.families import T5_LORA_TARGETS, family_spec, t5_text_encoders
 from dbspec.plan.model import AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
 
@@ -16,6 +16,12 @@ from dbspec.spec.model import LoraAdapter, LowRankAdapter
 # of
 # each side, so LoRA's count at the same rank bounds it from above; the estimate keeps that bound.
 _PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0, "dylora": 1.0}
+
+
+def _t5_targets(family: str, components) -> tuple[str, ...]:
+    """kohya's T5-XXL LoRA targets when a T5 encoder trains (train.t5), else ()."""
+    t5 = set(t5_text_encoders(family))
+    return T5_LORA_TARGETS if any(c.name in t5 and c.trainable == "lora" for c in components) else ()
 
 
 def adapter_plan(adapter, family: str, components, *, targets_given: bool = True) -> AdapterPlan:
@@ -82,6 +88,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         conv_alpha=adapter.conv_alpha if conv else 0.0,
         conv_targets=tuple(adapter.conv_targets) if conv else (),
         lokr_unit_scale=adapter.kind == "lokr",
+        t5_targets=_t5_targets(family, components),
         **extra,
     )
     fused = fused_plan(adapter, family, plan)  # adapter.fused_projections: shared down-projections

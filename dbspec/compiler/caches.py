@@ -166,7 +166,8 @@ def plan_cache(
     notes: list[str] = list(caption_notes)
     text_on = c.text_embeddings and not any_text_encoder_trains(spec) and model is not None
     if c.text_embeddings and any_text_encoder_trains(spec):
-        notes.append("text embeddings are not cached: the text encoder trains")
+        trains = "T5-XXL trains (train.t5)" if spec.train.t5 else "the text encoder trains"
+        notes.append(f"text embeddings are not cached: {trains}")
     if text_on and spec.pivotal.tokens:
         notes.append(
             "text embeddings of captions with a pivotal token are not cached (the token embeddings train): "

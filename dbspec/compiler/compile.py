@@ -526,7 +526,7 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         kind=o.kind,
         lr=o.lr,
         text_encoder_lr=o.text_encoder_lr,
-        text_encoder_2_lr=_second_text_encoder_lr(o, model, spec.train.text_encoder_2),
+        text_encoder_2_lr=_second_text_encoder_lr(o, model, _second_trains(spec, model)),
         weight_decay=o.weight_decay,
         betas=tuple(o.betas),
         eps=o.eps,
@@ -562,6 +562,15 @@ def _text_encoders_train(model, precision) -> bool:
     """Whether any text encoder trains (SDXL's second alone too): the per-component plan decides."""
     names = set(family_spec(model.family).text_encoder_names)
     return any(c.trainable != "frozen" for c in precision.components if c.name in names)
+
+
+def _second_trains(spec: Spec, model) -> bool:
+    """Whether the family's second text encoder trains: train.t5 where it is T5-XXL (Flux), else
+    train.text_encoder_2."""
+    second = family_spec(model.family).text_encoders[1:2] if model is not None else ()
+    if second and second[0].tokenizer_class.startswith("T5"):
+        return spec.train.t5
+    return spec.train.text_encoder_2
 
 
 def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:

@@ -20,7 +20,7 @@ import attrs
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.families import family_spec, flow_text_prefixes
+from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
 from dbspec.spec.model import LoraAdapter
 
 KEY = ("adapter", "init_weights")
@@ -108,8 +108,20 @@ def _targeted(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> bool:
     if module.conv:
         targets = adapter.conv_targets if denoiser and adapter.conv_rank else []
     else:
-        targets = adapter.denoiser_targets if denoiser else adapter.text_encoder_targets
+        targets = _layer_targets(module, adapter, denoiser)
     return any(module.name.endswith(kohya_suffix(t)) for t in targets)
+
+
+def _t5_module(module: LoraModule) -> bool:
+    """A Flux / SD3 T5-XXL module: kohya's lora_te3 prefix (flow_text_prefixes)."""
+    return module.name.startswith("lora_te3_")
+
+
+def _layer_targets(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> tuple[str, ...]:
+    """The targets a file's Linear module must end in: T5-XXL's are kohya's T5 targets (train.t5)."""
+    if denoiser:
+        return tuple(adapter.denoiser_targets)
+    return T5_LORA_TARGETS if _t5_module(module) else tuple(adapter.text_encoder_targets)
 
 
 def _unadapted(ctx: Context, path, names: list[str]) -> None:
@@ -152,12 +164,13 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
         targets = adapter.conv_targets if denoiser and adapter.conv_rank else []
         rank, alpha, what = adapter.conv_rank, adapter.conv_alpha, "conv_rank"
     else:
-        targets = adapter.denoiser_targets if denoiser else adapter.text_encoder_targets
+        targets = _layer_targets(module, adapter, denoiser)
         rank, alpha, what = adapter.rank, adapter.alpha, "rank"
     if not any(module.name.endswith(kohya_suffix(t)) for t in targets):
         listed = (
             "conv_targets" if module.conv else ("denoiser_targets" if denoiser else "text_encoder_targets")
         )
+        listed = "t5_targets (train.t5)" if _t5_module(module) else listed
         kind = "convolution" if module.conv else "layer"
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"

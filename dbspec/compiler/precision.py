@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from dbspec.compiler.context import Context
-from dbspec.families import trainable_text_encoders, family_spec
+from dbspec.families import family_spec, t5_text_encoders, trainable_text_encoders
 from dbspec.plan.model import CompilePlan, ComponentPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import LowRankAdapter
 
@@ -104,9 +104,27 @@ def text_encoder_trains(spec, name: str) -> bool:
 
 
 def any_text_encoder_trains(spec) -> bool:
-    """A text encoder may train (before the family is known): train.text_encoder, or SDXL's second one alone
-    (kohya sdxl_train.py with learning_rate_te1 = 0)."""
-    return spec.train.text_encoder or spec.train.text_encoder_2
+    """A text encoder may train (before the family is known): train.text_encoder, SDXL's second one alone
+    (kohya sdxl_train.py with learning_rate_te1 = 0), or T5-XXL (train.t5)."""
+    return spec.train.text_encoder or spec.train.text_encoder_2 or spec.train.t5
+
+
+def _t5_trains(ctx: Context, model: ModelPlan | None) -> tuple[str, ...]:
+    """The T5 encoders train.t5 trains with LoRA (kohya's train_t5xxl): Flux's; DBS397 for other families."""
+    if not ctx.spec.train.t5 or model is None:
+        return ()
+    f = family_spec(model.family)
+    if not f.t5_lora:
+        has = "its T5-XXL is not trained yet" if t5_text_encoders(f.name) else "it has no T5 text encoder"
+        ctx.report(
+            "DBS397",
+            "error",
+            f"train.t5 needs a Flux model: the base model is {f.title} ({has})",
+            ("train", "t5"),
+            help="remove train.t5, or train a Flux model",
+        )
+        return ()
+    return t5_text_encoders(model.family)
 
 
 def _check_second_text_encoder(ctx: Context, text_parts: tuple[str, ...] | None) -> None:
@@ -158,9 +176,10 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         )
 
     parts = [component("unet", spec.train.denoiser, p.quantize_denoiser)]
-    trainable = trainable_text_encoders(model.family) if model else text_parts  # SD3's T5 never trains
+    trainable = trainable_text_encoders(model.family) if model else text_parts  # T5 only with train.t5
+    t5 = _t5_trains(ctx, model)
     parts += [
-        component(n, text_encoder_trains(spec, n) and n in trainable, p.quantize_text_encoder)
+        component(n, n in t5 or (text_encoder_trains(spec, n) and n in trainable), p.quantize_text_encoder)
         for n in text_parts
     ]
     parts.append(

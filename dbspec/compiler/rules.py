@@ -142,6 +142,17 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
+    if spec.train.t5 and spec.adapter.kind != "lora":
+        yield _err(
+            "DBS568",
+            ("train", "t5"),
+            f'train.t5 trains T5-XXL with LoRA, but adapter.kind is "{spec.adapter.kind}"',
+            'set adapter.kind = "lora", or remove train.t5',
+        )
+
+
+@rule("spec")
 def second_text_encoder_lr_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if (
         spec.train.text_encoder

@@ -95,6 +95,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "max_norm"): 0.0,  # kohya's max-norm regularisation, added since (off then)
         ("adapter", "freeze_down"): False,  # LoRA-FA (kohya networks.lora_fa), added since (off then)
         ("adapter", "frozen_down_grad"): "none",
+        ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)
         ("model", "t5_max_length"): 256,
         ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since
         ("model", "clip_attention_mask"): False,

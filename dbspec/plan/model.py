@@ -131,6 +131,9 @@ class AdapterPlan:
     dropout: float = 0.0  # lora: dropout on the adapter's input
     denoiser_targets: tuple[str, ...] = ()
     text_encoder_targets: tuple[str, ...] = ()
+    # train.t5: the T5 encoders' adapted Linears (kohya's T5Attention and T5DenseGatedActDense children); ()
+    # when no T5 trains
+    t5_targets: tuple[str, ...] = ()
     # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is
     # 0.
     conv_rank: int = 0

@@ -335,7 +335,7 @@ def schedule_table(plan: Plan) -> Table:
             )
             + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
             + (
-                f" (second: {plan.optimizer.text_encoder_2_lr:g})"
+                f" ({_second_name(plan)}: {plan.optimizer.text_encoder_2_lr:g})"
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
             )
@@ -575,6 +575,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")
         )
+    if a.t5_targets:  # train.t5 (kohya's train_t5xxl)
+        rows.append(("  T5-XXL targets", f"{', '.join(a.t5_targets)} (train.t5; outputs never cached)"))
     if a.kind == "lokr" and a.lokr_unit_scale:
         rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
     rows.extend(_lycoris_switch_rows(a))
@@ -1320,3 +1322,8 @@ def _ggpo_rows(a) -> list[tuple[str, str]]:
             "first step",
         )
     ]
+
+
+def _second_name(plan: Plan) -> str:
+    """The second text encoder's name in the optimizer row: Flux's is T5-XXL (train.t5)."""
+    return "T5-XXL" if plan.adapter.t5_targets else "second"

@@ -886,6 +886,12 @@ class Train:
         "alone (learning_rate_te1 = 0), at `optimizer.text_encoder_2_lr`.",
         derived="same as `text_encoder`",
     )
+    t5: bool = option(
+        False,
+        doc="Also train the T5-XXL text encoder (Flux, SD3) with LoRA on its attention q/k/v/o and gated MLP "
+        "wi_0/wi_1/wo projections (kohya's lora_flux / lora_sd3 `train_t5xxl=True`), at the adapter's rank "
+        'and alpha; its outputs are then not cached. Needs `adapter.kind = "lora"`.',
+    )
     text_encoder_stop_step: int = option(
         0,
         doc="Freeze the text encoder after this many optimizer steps; 0 trains it for the whole run.",

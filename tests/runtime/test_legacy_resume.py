@@ -42,6 +42,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["model"]["negative_aesthetic_score"]
     del data["validation"]["refine"]  # refiner validation (img2img), added since
     del data["model"]["weighted_captions"]  # kohya's weighted captions, added since
+    del data["adapter"]["t5_targets"]  # LoRA on T5-XXL (train.t5), added since
     del data["model"]["denoiser_file"]  # per-component weight files, added since
     del data["model"]["text_encoder_files"]
     del data["checkpoints"]["select_weights"]  # the weighted best-checkpoint rule, added since

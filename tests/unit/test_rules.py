@@ -1406,6 +1406,12 @@ CASES = [
         [("DBS566", "error", ("adapter", "ggpo"))],
         DOG + STEPS + LORA + "ggpo = true\n",
     ),
+    (
+        rules.t5_needs_lora,
+        DOG + STEPS + '[adapter]\nkind = "loha"\n[train]\nt5 = true\n',
+        [("DBS568", "error", ("train", "t5"))],
+        DOG + STEPS + LORA + "[train]\nt5 = true\n",
+    ),
 ]
 
 

@@ -181,10 +181,64 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
     _loraplus(kwargs, put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
-    if not ggpo(kwargs, args, split, conv):
+    if not ggpo(kwargs, args, split, conv) or not train_t5(kwargs, args, a, conv, "flux_train_network.py"):
         return False
     rest(kwargs, args, unsupported, conv, "networks.lora_flux", _UNSUPPORTED)
     network_dropout(a["network_dropout"], split, conv)
+    return True
+
+
+def train_t5(kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: str) -> bool:
+    """lora_flux's `train_t5xxl=True`: LoRA on T5-XXL's attention and gated-MLP Linears (`train.t5`; the
+    plan's `adapter.t5_targets`) at the network's rank and alpha, in the T5 group at
+    `text_encoder_lr`'s second value (one value: both encoders; none: learning_rate). kohya applies no
+    text-encoder LoRA with network_train_unet_only, skips a group at rate 0, and raises ValueError when
+    text-encoder outputs are cached. False when the run cannot start (DBS402)."""
+    if "train_t5xxl" not in kwargs:
+        return True
+    value = kwargs.pop("train_t5xxl")
+    legacy = Legacy(key=f"{args.key} train_t5xxl", value=value, source=args.source)
+    if not true(value):
+        conv.inert(legacy, "only the exact string True trains T5-XXL")
+        return True
+    return t5_trains(legacy, a, conv, script)
+
+
+def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
+    """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or a --dim_from_weights file with
+    lora_te3 modules) mapped to `train.t5` and T5's rate; False when kohya raises (DBS402)."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    if a["network_train_unet_only"].value:
+        conv.inert(
+            legacy, "with network_train_unet_only kohya applies no text-encoder LoRA, T5-XXL's neither"
+        )
+        return True
+    cached = text_outputs_cached(a)
+    if cached is not None:
+        conv.invalid(
+            cached.key,
+            True,
+            cached.source,
+            f"{script} raises ValueError when T5-XXL trains ({legacy.key}): its text-encoder outputs "
+            "cannot be cached",
+            help="drop cache_text_encoder_outputs (and _to_disk), or train_t5xxl",
+        )
+        return False
+    te = a["text_encoder_lr"].value
+    rates = [float(v) for v in (te if isinstance(te, list) else [te] if te is not None else [])]
+    default = float(a["learning_rate"].value)
+    clip_lr, t5_lr = (rates + rates[-1:])[:2] if rates else (default, default)
+    if t5_lr == 0:
+        conv.inert(legacy, "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer")
+        return True
+    conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
+    if t5_lr != clip_lr:
+        conv.put(
+            ("optimizer", "text_encoder_2_lr"),
+            t5_lr,
+            conv.comment(a["text_encoder_lr"], "T5-XXL's rate: text_encoder_lr's second value"),
+        )
     return True
 
 
@@ -279,13 +333,13 @@ def rest(
     network: str,
     refused: dict[str, str],
 ) -> None:
-    """The network_args left: T5 training, the inert ones, those with no dbspec form (`refused`), the rest
-    ignored as kohya's create_network ignores them."""
+    """The network_args left: T5 training (lora_sd3), the inert ones, those with no dbspec form (`refused`),
+    the rest ignored as kohya's create_network ignores them."""
     for key, value in kwargs.items():
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if key == "train_t5xxl":
+        if key == "train_t5xxl":  # lora_sd3's (lora_flux maps it: train_t5)
             if true(value):
-                unsupported[key] = f"{value} (dbspec never trains T5-XXL)"
+                unsupported[key] = f"{value} (dbspec trains T5-XXL on Flux only)"
             else:
                 conv.inert(legacy, "only the exact string True trains T5-XXL")
         elif key in ("conv_dim", "conv_alpha"):
