@@ -327,7 +327,9 @@ def plan_evaluation(
     references = subject + list(held.images)
     scores = "eval_loss" in metrics
     timesteps = fixed_timesteps(ev.timesteps, noise, ev.timestep_spacing) if scores else ()
-    steps = interval_steps(spec.validation.every, schedule.total_steps) if metrics else StepRange(0, 0)
+    steps = (
+        interval_steps(spec.validation.every, schedule.total_steps) if metrics else StepRange(every=0, end=0)
+    )
     plan = EvaluationPlan(
         metrics=metrics,
         steps=steps,
