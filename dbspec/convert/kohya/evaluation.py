@@ -8,7 +8,10 @@ set at 4 fixed timesteps, linspace(min_timestep, max_timestep, 6)[1:-1], every `
 steps and every `validate_every_n_epochs` epochs (every epoch by default), at most `max_validation_steps`
 batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.split` draws the same
 split (`split_draw`: reseeded per subset, or one stream), `timestep_spacing = "linspace"` the same timesteps,
-`max_images` caps the images scored; the noise and the averaging stay dbspec's.
+`max_images` caps the images scored; the noise and the averaging stay dbspec's. `validation_split` is a
+parameter of each kohya dataset: `evaluation.split` takes the first split dataset's, a dataset whose fraction
+differs gets its own `eval_split`. train_db.py and sdxl_train.py split the same way but never score the split:
+`evaluation.score = false` (held out of training, no evaluation work).
 """
 
 from __future__ import annotations
