@@ -24,6 +24,7 @@ from dbspec.plan.model import (
     StepRange,
 )
 from dbspec.spec.model import Spec
+from dbspec.spec.paths import dotted
 
 # Parameters of the default models (openai/clip-vit-base-patch32: 151 M; facebook/dino-vits16: 22 M), for
 # the memory line of the cost estimate when a model is given by another id we count nothing we cannot read.
@@ -141,13 +142,17 @@ def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[Im
         keep = set().union(*(t for t, (di, _) in zip(trained, units) if di == i))
         kept = tuple(img for j, img in enumerate(d.images) if j in keep)
         if d.images and not kept:
+            own = next(
+                (k for k, sd in enumerate(ctx.spec.datasets) if sd.name == d.name and sd.eval_split), -1
+            )
+            key = ("datasets", own, "eval_split") if own >= 0 else ("evaluation", "split")
             ctx.report(
                 "DBS364",
                 "error",
-                f"evaluation.split = {fractions[i]:g} leaves no image of dataset `{d.name}` to train "
+                f"{dotted(key)} = {fractions[i]:g} leaves no image of dataset `{d.name}` to train "
                 f"(it has {len(d.images)})",
-                ("evaluation", "split"),
-                help="lower evaluation.split (or the dataset's eval_split)",
+                key,
+                help=f"lower {dotted(key)}",
             )
         out[i] = attrs.evolve(d, images=kept, samples_per_epoch=sum(img.repeats for img in kept))
     return Holdout(

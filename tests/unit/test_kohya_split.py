@@ -231,3 +231,9 @@ def test_score_false_without_a_holdout_or_with_loss_settings_warns(tmp_path):
 def test_the_best_checkpoint_by_eval_loss_needs_scoring(tmp_path):
     path = _spec(tmp_path, CASES[0], 'score = false\n[checkpoints]\nselect = "eval_loss"\n')
     assert ("DBS275", "error", "checkpoints.select") in _codes(path)
+
+
+def test_an_eval_split_that_leaves_nothing_to_train_names_the_dataset_key(tmp_path):
+    path = _mixed_spec(tmp_path, MIXED[0])  # d1 has its own eval_split
+    path.write_text(path.read_text().replace("eval_split = 0.5\n", "eval_split = 1.0\n"))
+    assert ("DBS364", "error", "datasets[1].eval_split") in _codes(path)
