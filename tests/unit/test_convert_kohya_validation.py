@@ -221,6 +221,8 @@ def test_datasets_with_their_own_validation_split_split_as_kohya(tmp_path, case)
         _assert_kohyas_split(plan, one, [k])
         if split:
             assert fate(outcome, f"datasets[{k}].validation_split") == "mapped"
+            if case["validation_seed"] is not None:
+                assert fate(outcome, f"datasets[{k}].validation_seed") == "mapped"
     assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs" and "split" in r.key]
 
 

@@ -149,7 +149,9 @@ def _other_seeds(seed: Legacy, parts: list, conv: Conversion) -> None:
     """dbspec draws every split dataset from one seed (evaluation.seed): the first split dataset's
     validation_seed; another dataset's different validation_seed differs."""
     for _, _, other, _ in parts:
-        if other is not seed and other.value != seed.value and other.key not in conv.reports:
+        if other is not seed and other.given and other.value == seed.value and other.key not in conv.reports:
+            conv.record(other, "mapped", "evaluation.seed")
+        elif other is not seed and other.value != seed.value and other.key not in conv.reports:
             first = "none" if seed.value is None else seed.value
             conv.differs(
                 other,
