@@ -2458,6 +2458,28 @@ kohya's lora_flux does with `train_t5xxl=True`. It needs `adapter.kind = "lora"`
 or another adapter kind on it is not offered.""",
         help='set adapter.kind = "lora", or remove train.t5',
     ),
+    # kohya's per-dataset validation_split and a split that is never scored (evaluation): DBS570, DBS571.
+    Code(
+        "DBS570",
+        ERROR,
+        "A dataset's eval_split that splits nothing",
+        """\
+A dataset's `eval_split` is its own fraction of kohya's validation split (kohya's dataset-level
+`validation_split`); it applies only where `evaluation.split` splits: `evaluation.split` must be above 0, and
+the dataset must be an instance dataset that `evaluation.split_datasets` names (or any instance dataset when
+that list is empty). Elsewhere it would silently change nothing.""",
+        help="set evaluation.split (and list the dataset in evaluation.split_datasets), or remove eval_split",
+    ),
+    Code(
+        "DBS571",
+        WARNING,
+        "An evaluation setting that does nothing without scoring",
+        """\
+`evaluation.score = false` keeps the held-out images out of training and scores nothing, so it does nothing
+without held-out images (`evaluation.holdout` or `evaluation.split`), and the settings that shape the
+evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`) change nothing.""",
+        help="remove the setting, or set evaluation.score = true",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -14,8 +14,17 @@ from dbspec.builtin import BUILTIN_METRIC_MODELS
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import hub_cache_dir
 from dbspec.compiler.schedule import interval_steps
-from dbspec.plan.model import DatasetPlan, EvaluationPlan, ImagePlan, MetricModelPlan, NoisePlan, SchedulePlan
+from dbspec.plan.model import (
+    DatasetPlan,
+    EvaluationPlan,
+    ImagePlan,
+    MetricModelPlan,
+    NoisePlan,
+    SchedulePlan,
+    StepRange,
+)
 from dbspec.spec.model import Spec
+from dbspec.spec.paths import dotted
 
 # Parameters of the default models (openai/clip-vit-base-patch32: 151 M; facebook/dino-vits16: 22 M), for
 # the memory line of the cost estimate when a model is given by another id we count nothing we cannot read.
@@ -31,6 +40,7 @@ class Holdout:
         int, ...
     ] = ()  # kohya split: each held-out image's dataset (-1: a role = "eval" one)
     also_trained: tuple[bool, ...] = ()  # kohya split: each held-out image that still trains (rounding)
+    fractions: tuple[float, ...] = ()  # kohya split: each training dataset's split fraction (0: unsplit)
 
 
 def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
@@ -113,15 +123,16 @@ def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[Im
             help="instance datasets: " + ", ".join(f"`{d.name}`" for d in datasets if d.role == "instance"),
         )
     chosen = [i for i, d in enumerate(datasets) if d.role == "instance" and (not names or d.name in names)]
+    fractions = split_fractions(ctx.spec, datasets)
     units = [(i, unit) for i in chosen for unit in split_units(datasets[i]) if unit]
     draws = _draws(ev.seed, ev.split_draw, 2 * len(units))
     trained = [
-        {unit[j] for j in _shuffled(len(unit), rng)[: math.ceil(len(unit) * (1 - ev.split))]}
-        for (_, unit), rng in zip(units, draws)
+        {unit[j] for j in _shuffled(len(unit), rng)[: math.ceil(len(unit) * (1 - fractions[i]))]}
+        for (i, unit), rng in zip(units, draws)
     ]
     held, where, also = [], [], []
     for k, ((i, unit), rng) in enumerate(zip(units, draws[len(units) :])):
-        for j in _shuffled(len(unit), rng)[len(unit) - round(len(unit) * ev.split) :]:
+        for j in _shuffled(len(unit), rng)[len(unit) - round(len(unit) * fractions[i]) :]:
             held.append(attrs.evolve(datasets[i].images[unit[j]], latent_keys=(), text_key=""))
             where.append(i)
             also.append(unit[j] in trained[k])
@@ -131,13 +142,17 @@ def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[Im
         keep = set().union(*(t for t, (di, _) in zip(trained, units) if di == i))
         kept = tuple(img for j, img in enumerate(d.images) if j in keep)
         if d.images and not kept:
+            own = next(
+                (k for k, sd in enumerate(ctx.spec.datasets) if sd.name == d.name and sd.eval_split), -1
+            )
+            key = ("datasets", own, "eval_split") if own >= 0 else ("evaluation", "split")
             ctx.report(
                 "DBS364",
                 "error",
-                f"evaluation.split = {ev.split:g} leaves no image of dataset `{d.name}` to train "
+                f"{dotted(key)} = {fractions[i]:g} leaves no image of dataset `{d.name}` to train "
                 f"(it has {len(d.images)})",
-                ("evaluation", "split"),
-                help="lower evaluation.split",
+                key,
+                help=f"lower {dotted(key)}",
             )
         out[i] = attrs.evolve(d, images=kept, samples_per_epoch=sum(img.repeats for img in kept))
     return Holdout(
@@ -146,7 +161,15 @@ def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[Im
         where[0] if where else -1,
         tuple(where) + (-1,) * len(evals),
         tuple(also) + (False,) * len(evals),
+        tuple(fractions[i] if i in chosen else 0.0 for i in range(len(datasets))),
     )
+
+
+def split_fractions(spec: Spec, datasets: tuple[DatasetPlan, ...]) -> list[float]:
+    """Each plan dataset's split fraction: its spec dataset's `eval_split`, else `evaluation.split` (kohya's
+    validation_split, a parameter of each of its datasets)."""
+    own = {d.name: d.eval_split for d in spec.datasets}
+    return [own.get(d.name, 0.0) or spec.evaluation.split for d in datasets]
 
 
 def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:
@@ -292,10 +315,10 @@ def plan_evaluation(
 ) -> EvaluationPlan:
     """The evaluation plan: which metrics run at which steps, on which images, with which models."""
     spec, ev = ctx.spec, ctx.spec.evaluation
-    metrics = (("eval_loss",) if held.images else ()) + tuple(
+    metrics = (("eval_loss",) if held.images and ev.score else ()) + tuple(
         m for m in ("clip_t", "clip_i", "dino") if m in ev.metrics
     )
-    if not metrics:
+    if not metrics and not held.images:
         return EvaluationPlan()
     identifier, class_word = subject_words(spec)
     prompts = tuple(spec.validation.prompts)
@@ -307,8 +330,11 @@ def plan_evaluation(
     dino = resolve_metric_model(ctx, ev.dino_model, "dino_model") if "dino" in metrics else None
     subject = [img for d in datasets if d.role == "instance" and not d.preserve_output for img in d.images]
     references = subject + list(held.images)
-    timesteps = fixed_timesteps(ev.timesteps, noise, ev.timestep_spacing) if held.images else ()
-    steps = interval_steps(spec.validation.every, schedule.total_steps)
+    scores = "eval_loss" in metrics
+    timesteps = fixed_timesteps(ev.timesteps, noise, ev.timestep_spacing) if scores else ()
+    steps = (
+        interval_steps(spec.validation.every, schedule.total_steps) if metrics else StepRange(every=0, end=0)
+    )
     plan = EvaluationPlan(
         metrics=metrics,
         steps=steps,
@@ -334,8 +360,10 @@ def plan_evaluation(
         split_draw=ev.split_draw if ev.split > 0 else "reseed",
         holdout_datasets=held.image_datasets,
         also_trained=held.also_trained,
-        timestep_spacing=ev.timestep_spacing,
-        max_images=ev.max_images if 0 < ev.max_images < len(held.images) else 0,
+        timestep_spacing=ev.timestep_spacing if scores else "midpoints",
+        max_images=ev.max_images if scores and 0 < ev.max_images < len(held.images) else 0,
+        scored=scores or not held.images,
+        dataset_splits=held.fractions if ev.split > 0 else (),
     )
     _check_selection(ctx, plan, schedule)
     return attrs.evolve(plan, cost=_cost(plan, validation_prompts * spec.validation.images_per_prompt))

@@ -850,6 +850,53 @@ def one_holdout(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def dataset_eval_split_applies(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A dataset's eval_split (kohya's per-dataset validation_split) needs a split that splits it (DBS570)."""
+    ev = spec.evaluation
+    for i, d in enumerate(spec.datasets):
+        if not d.eval_split:
+            continue
+        if not ev.split:
+            why = "evaluation.split = 0: nothing is split"
+        elif d.role != "instance":
+            why = f'the dataset\'s role is "{d.role}" (only instance datasets are split)'
+        elif ev.split_datasets and d.name not in ev.split_datasets:
+            why = f"evaluation.split_datasets ({', '.join(ev.split_datasets)}) does not name it"
+        else:
+            continue
+        yield _err(
+            "DBS570",
+            ("datasets", i, "eval_split"),
+            f"datasets[{i}] (`{d.name}`) sets eval_split = {d.eval_split:g}, but {why}",
+            codes.help("DBS570"),
+        )
+
+
+@rule("spec")
+def unscored_evaluation(spec: Spec, given: Given) -> Iterator[Hit]:
+    """evaluation.score = false: something must be held out, and the loss's settings do nothing (DBS571)."""
+    ev = spec.evaluation
+    if ev.score:
+        return
+    if not (ev.holdout or ev.split):
+        yield _warn(
+            "DBS571",
+            ("evaluation", "score"),
+            "evaluation.score = false, but evaluation.holdout = 0 and evaluation.split = 0: no image is "
+            "held out",
+            "set evaluation.split or evaluation.holdout, or remove evaluation.score",
+        )
+    for key in ("timesteps", "timestep_spacing", "bands", "max_images"):
+        if given(("evaluation", key)):
+            yield _warn(
+                "DBS571",
+                ("evaluation", key),
+                f"evaluation.{key} shapes the evaluation loss, which evaluation.score = false turns off",
+                f"remove evaluation.{key}, or set evaluation.score = true",
+            )
+
+
+@rule("spec")
 def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
     for i, d in enumerate(spec.datasets):
@@ -2070,7 +2117,8 @@ _SAMPLED_METRICS = ("clip_t", "clip_i", "dino")
 def _evaluation_images(spec: Spec) -> bool:
     """The evaluation loss has images: a holdout, or a role = "eval" dataset."""
     ev = spec.evaluation
-    return bool(ev.holdout or ev.split) or any(d.role == "eval" for d in spec.datasets)
+    held = bool(ev.holdout or ev.split) or any(d.role == "eval" for d in spec.datasets)
+    return held and ev.score  # evaluation.score = false: held out, never scored
 
 
 @rule("spec")

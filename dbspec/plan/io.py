@@ -251,6 +251,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("evaluation", "also_trained"): [],
         ("evaluation", "timestep_spacing"): "midpoints",
         ("evaluation", "max_images"): 0,
+        # kohya's per-dataset split fractions and a holdout that is never scored (evaluation.score)
+        ("evaluation", "scored"): True,
+        ("evaluation", "dataset_splits"): [],
         # kohya's save_last_n_*_state and pickle exports (save_model_as ckpt/pt): every checkpoint kept its
         # state, exports were safetensors then
         ("checkpoints", "keep_state"): 0,

@@ -983,6 +983,12 @@ class EvaluationPlan:
     also_trained: tuple[bool, ...] = ()  # kohya_split: each held-out image that still trains (rounding)
     timestep_spacing: Literal["midpoints", "linspace"] = "midpoints"
     max_images: int = 0  # score only the first N held-out images; 0: all
+    scored: bool = (
+        True  # False: the holdout is only kept out of training (evaluation.score = false), never scored
+    )
+    dataset_splits: tuple[
+        float, ...
+    ] = ()  # kohya_split: each plan.datasets entry's split fraction (0: unsplit)
 
 
 @frozen

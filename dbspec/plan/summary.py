@@ -812,6 +812,11 @@ def _kohya_split_rows(t: Table, plan: Plan) -> None:
     e = plan.evaluation
     draw = "random.seed(seed) per dataset" if e.split_draw == "reseed" else "one random.seed(seed) stream"
     t.add_row("held out (kohya split)", f"split {e.split:g}, seed {e.seed}, {draw}")
+    if len(set(e.dataset_splits) - {0.0}) > 1:
+        t.add_row(
+            "  split per dataset",
+            ", ".join(f"`{d.name}` {f:g}" for d, f in zip(plan.datasets, e.dataset_splits) if f),
+        )
     for index in dict.fromkeys(e.holdout_datasets):
         rows = [
             (img, also) for img, d, also in zip(e.holdout, e.holdout_datasets, e.also_trained) if d == index
@@ -819,12 +824,15 @@ def _kohya_split_rows(t: Table, plan: Plan) -> None:
         name = f"`{plan.datasets[index].name}`" if index >= 0 else "(eval datasets)"
         trained = [img.rel for img, also in rows if also]
         t.add_row(
-            f"  scored of {name}",
+            f"  {'scored' if e.scored else 'held out'} of {name}",
             ", ".join(img.rel for img, _ in rows)
             + (f" (also trained, kohya's rounding: {', '.join(trained)})" if trained else " (not trained)"),
         )
     spacing = "kohya's linspace" if e.timestep_spacing == "linspace" else "midpoints"
-    t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))} ({spacing}) in {len(e.bands)} band(s)")
+    if e.scored:
+        t.add_row(
+            "fixed timesteps", f"{', '.join(map(str, e.timesteps))} ({spacing}) in {len(e.bands)} band(s)"
+        )
     if e.max_images:
         t.add_row("scored per evaluation", f"the first {e.max_images} of {len(e.holdout)} held-out image(s)")
 
@@ -832,10 +840,15 @@ def _kohya_split_rows(t: Table, plan: Plan) -> None:
 def evaluation_table(plan: Plan) -> Table | None:
     """Which metrics run, when, on which images, with which models, and their cost (None when off)."""
     e = plan.evaluation
-    if not e.metrics:
+    if not e.metrics and not e.holdout:
         return None
     t = _table("Evaluation", "setting", "value")
-    t.add_row("metrics", ", ".join(e.metrics) + f" at {_steps(e.steps)}")
+    if e.metrics:
+        t.add_row("metrics", ", ".join(e.metrics) + f" at {_steps(e.steps)}")
+    if not e.scored:
+        t.add_row(
+            "evaluation loss", "off (evaluation.score = false): the held-out images only leave training"
+        )
     if e.holdout and e.selection == "kohya_split":
         _kohya_split_rows(t, plan)
     elif e.holdout:
@@ -845,7 +858,10 @@ def evaluation_table(plan: Plan) -> Table | None:
         )
         t.add_row("held out (not trained)", f"{held} {source}")
         spacing = " (kohya's linspace)" if e.timestep_spacing == "linspace" else ""
-        t.add_row("fixed timesteps", f"{', '.join(map(str, e.timesteps))}{spacing} in {len(e.bands)} band(s)")
+        if e.scored:
+            t.add_row(
+                "fixed timesteps", f"{', '.join(map(str, e.timesteps))}{spacing} in {len(e.bands)} band(s)"
+            )
         if e.max_images:
             t.add_row(
                 "scored per evaluation", f"the first {e.max_images} of {len(e.holdout)} held-out image(s)"

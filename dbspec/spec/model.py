@@ -1099,6 +1099,17 @@ class Dataset:
         minimum=0,
         example=0.2,
     )
+    # kohya's per-dataset validation_split (evaluation.split's fraction for this dataset)
+    eval_split: float = option(
+        0.0,
+        doc="This instance dataset's own `evaluation.split` fraction (kohya's dataset-level "
+        "`validation_split`, which each `[[datasets]]` of a kohya config sets for itself): the dataset is "
+        "split with it, drawn and rounded as `evaluation.split` describes; 0: `evaluation.split`. Needs "
+        "`evaluation.split` and a dataset it splits.",
+        minimum=0.0,
+        maximum=1.0,
+        example=0.5,
+    )
 
 
 @frozen
@@ -2184,6 +2195,12 @@ class Evaluation:
         'with `validation_seed`); "stream" seeds it once and the shuffles follow on from each other, every '
         "split dataset for the training part, then every one again for the scored part (kohya without "
         "`validation_seed`, `seed` being its training seed).",
+    )
+    score: bool = option(
+        True,
+        doc="Score the held-out images with the evaluation loss. false: they are only held out of "
+        "training (kohya's train_db.py and sdxl_train.py with `validation_split`, which never compute a "
+        "validation loss): no evaluation loss, no evaluation work, the plan still lists them.",
     )
     timestep_spacing: Literal["midpoints", "linspace"] = option(
         "midpoints",

@@ -58,3 +58,17 @@ def test_a_kohya_split_run_trains_evaluates_and_resumes_bit_exact(tmp_path):
     # the cap: scoring every held-out image gives another number at the same step
     every = compile_spec(spec, ["output.dir=every", "evaluation.max_images=0"])
     assert _rows(Path(execute(every, stop_after=1).output))[0]["eval_loss"] != rows[0]["eval_loss"]
+
+
+def test_a_split_without_scoring_trains_the_same_images_and_evaluates_nothing(tmp_path):
+    """evaluation.score = false (kohya train_db.py / sdxl_train.py): the split's training part trains as
+    with scoring, and no evaluation runs (no eval_loss row, no evaluator)."""
+    unscored = '[adapter]\nkind = "lora"\nrank = 2\n[evaluation]\nsplit = 0.5\nseed = 11\nscore = false\n'
+    spec = write_spec(tmp_path, steps=2, extra=unscored)
+    plan = compile_spec(spec, ["output.dir=unscored"])
+    scored = compile_spec(spec, ["output.dir=scored", "evaluation.score=true", "validation.every=1"])
+    assert plan.datasets == scored.datasets and plan.evaluation.holdout == scored.evaluation.holdout
+    assert not plan.evaluation.metrics and "eval_loss" in scored.evaluation.metrics
+    quiet, loud = execute(plan), execute(scored)
+    assert quiet.losses == loud.losses  # scoring never touches training
+    assert _rows(Path(quiet.output)) == [] and len(_rows(Path(loud.output))) == 2

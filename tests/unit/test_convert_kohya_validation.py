@@ -185,17 +185,75 @@ def test_validation_keys_without_a_split_are_inert(tmp_path):
     assert fate(outcome, "validate_every_n_steps") == "inert" and fate(outcome, "validation_seed") == "inert"
 
 
-def test_train_db_splits_without_scoring_and_dbspec_says_it_scores_them(tmp_path):
-    images(tmp_path / "img", 8, (512, 512))
-    write(
-        tmp_path / "d.toml",
-        '[[datasets]]\nresolution = 512\nvalidation_split = 0.25\n[[datasets.subsets]]\nimage_dir = "img"\n'
-        'class_tokens = "ohwx dog"\n',
-    )
+MIXED = json.loads((Path(__file__).parent / "kohya_validation_split.json").read_text())["mixed_cases"]
+
+
+def _mixed(tmp_path: Path, case: dict) -> str:
+    """A dataset config with one kohya [[datasets]] per case dataset, each with its own validation_split
+    (and the case's validation_seed on each split one); the images named as convert_kit.images names them."""
+    text = "[general]\nresolution = 512\n"
+    for k, (count, split) in enumerate(zip(case["sizes"], case["splits"])):
+        images(tmp_path / f"s{k}", count, (512, 512))
+        text += "[[datasets]]\n"
+        if split:
+            text += f"validation_split = {split!r}\n"
+            if case["validation_seed"] is not None:
+                text += f"validation_seed = {case['validation_seed']}\n"
+        text += f'[[datasets.subsets]]\nimage_dir = "s{k}"\nclass_tokens = "ohwx dog"\n'
+    write(tmp_path / "d.toml", text)
+    seed = "" if case["seed"] is None else f" --seed {case['seed']}"
+    return f"--dataset_config d.toml{seed}"
+
+
+@pytest.mark.parametrize("case", MIXED, ids=lambda c: f"{c['sizes']}-{c['splits']}-{c['validation_seed']}")
+def test_datasets_with_their_own_validation_split_split_as_kohya(tmp_path, case):
+    """kohya's validation_split is a dataset parameter: each [[datasets]] splits with its own fraction
+    (datasets.eval_split where it is not the first's), the others train whole."""
     command = (
-        f"train_db.py --pretrained_model_name_or_path={SD15} --dataset_config d.toml --max_train_steps=20"
+        f"train_network.py --pretrained_model_name_or_path={SD15} {_mixed(tmp_path, case)} "
+        "--network_module=networks.lora --max_train_steps=60"
     )
     outcome = kohya(tmp_path, command=command)
     plan = plan_of(outcome, tmp_path)
-    assert len(plan.evaluation.holdout) == 2
-    assert any("train_db.py removes the validation_split images" in n for n in outcome.conversion.notes)
+    assert plan.evaluation.dataset_splits == tuple(case["splits"])
+    for k, split in enumerate(case["splits"]):
+        one = dict(case, trained=[case["trained"][k]], scored=[case["scored"][k]])
+        _assert_kohyas_split(plan, one, [k])
+        if split:
+            assert fate(outcome, f"datasets[{k}].validation_split") == "mapped"
+            if case["validation_seed"] is not None:
+                assert fate(outcome, f"datasets[{k}].validation_seed") == "mapped"
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs" and "split" in r.key]
+
+
+def test_a_dataset_with_another_validation_seed_differs(tmp_path):
+    case = MIXED[0]
+    command = (
+        f"train_network.py --pretrained_model_name_or_path={SD15} {_mixed(tmp_path, case)} "
+        "--network_module=networks.lora --max_train_steps=60"
+    )
+    first, second = (tmp_path / "d.toml").read_text().rsplit("validation_seed = 3", 1)
+    write(tmp_path / "d.toml", first + "validation_seed = 5" + second)  # the second dataset's own seed
+    outcome = kohya(tmp_path, command=command + " --seed 1")
+    assert fate(outcome, "datasets[1].validation_seed") == "differs"
+
+
+@pytest.mark.parametrize("script", ["train_db", "sdxl_train"])
+def test_train_db_and_sdxl_train_hold_kohyas_images_out_without_scoring(tmp_path, script):
+    """train_db.py and sdxl_train.py split (the same split_train_val) but never compute a validation loss:
+    evaluation.score = false, so the run trains on kohya's images and evaluates nothing."""
+    case = MIXED[1]
+    model = SD15 if script == "train_db" else SDXL
+    command = (
+        f"{script}.py --pretrained_model_name_or_path={model} {_mixed(tmp_path, case)} --max_train_steps=20"
+    )
+    outcome = kohya(tmp_path, command=command)
+    plan = plan_of(outcome, tmp_path)
+    e = plan.evaluation
+    assert "eval_loss" not in e.metrics and not e.scored and e.timesteps == () and len(e.steps) == 0
+    for k in range(len(case["sizes"])):
+        _assert_kohyas_split(plan, dict(case, trained=[case["trained"][k]], scored=[case["scored"][k]]), [k])
+    assert "score = false" in outcome.text
+    assert not any(
+        "validation noise" in n for n in outcome.conversion.notes
+    )  # nothing scored: no noise to differ

@@ -153,3 +153,87 @@ def test_split_options_without_a_split_are_errors(tmp_path, extra, key):
 def test_holdout_dataset_with_a_split_is_an_error(tmp_path):
     path = _spec(tmp_path, CASES[0], 'holdout_dataset = "d0"\n')
     assert ("DBS244", "error", "evaluation.holdout_dataset") in _codes(path)
+
+
+# --- kohya's per-dataset validation_split (datasets.eval_split) and a split that is never scored ---------
+MIXED = json.loads((Path(__file__).parent / "kohya_validation_split.json").read_text())["mixed_cases"]
+
+
+def _mixed_spec(tmp: Path, case: dict, extra: str = "") -> Path:
+    """One dataset per kohya dataset: evaluation.split is the first fraction, the others each dataset's own
+    eval_split; split_datasets names the datasets kohya splits (its fraction above 0)."""
+    path = _spec(tmp, dict(case, split=next(f for f in case["splits"] if f)), extra)
+    text = path.read_text()
+    first = next(f for f in case["splits"] if f)
+    for k, f in enumerate(case["splits"]):
+        if f and f != first:
+            text = text.replace(f'path = "data/d{k}"\n', f'path = "data/d{k}"\neval_split = {f!r}\n')
+    if not all(case["splits"]):
+        names = ", ".join(f'"d{k}"' for k, f in enumerate(case["splits"]) if f)
+        text += f"split_datasets = [{names}]\n"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", MIXED, ids=lambda c: f"{c['sizes']}-{c['splits']}-{c['validation_seed']}")
+def test_each_dataset_splits_with_its_own_fraction_as_kohya(tmp_path, case):
+    plan = compile_spec(_mixed_spec(tmp_path, case))
+    e = plan.evaluation
+    assert e.dataset_splits == tuple(case["splits"])
+    for k, (trained, scored) in enumerate(zip(case["trained"], case["scored"])):
+        assert sorted(img.rel for img in plan.datasets[k].images) == sorted(trained)
+        mine = [
+            (img.rel, also) for img, d, also in zip(e.holdout, e.holdout_datasets, e.also_trained) if d == k
+        ]
+        assert mine == [(rel, rel in trained) for rel in scored]  # kohya's order, and its rounding
+        assert plan.datasets[k].samples_per_epoch == len(trained)
+    assert "split per dataset" in summary_text(plan)
+
+
+def test_a_dataset_eval_split_needs_a_split_that_splits_it(tmp_path):
+    case = MIXED[2]  # d1 is not split (split_datasets leaves it out)
+    path = _mixed_spec(tmp_path, case)
+    path.write_text(path.read_text().replace('path = "data/d1"\n', 'path = "data/d1"\neval_split = 0.5\n'))
+    assert ("DBS570", "error", "datasets[1].eval_split") in _codes(path)
+    alone = _spec(tmp_path / "alone", CASES[0])
+    text = alone.read_text().replace("split = 0.25\n", "").replace('split_draw = "reseed"\n', "")
+    alone.write_text(text.replace('path = "data/d0"\n', 'path = "data/d0"\neval_split = 0.5\n'))
+    assert ("DBS570", "error", "datasets[0].eval_split") in _codes(alone)
+
+
+def test_score_false_holds_kohyas_images_out_and_scores_nothing(tmp_path):
+    case = next(c for c in CASES if c["sizes"] == [9, 6])
+    plan = compile_spec(_spec(tmp_path, case, "score = false\n"))
+    e = plan.evaluation
+    assert "eval_loss" not in e.metrics and not e.scored and e.timesteps == () and e.cost == ()
+    assert len(e.steps) == 0  # no evaluation step: the runtime builds no evaluator
+    for k, (trained, scored) in enumerate(zip(case["trained"], case["scored"])):
+        assert sorted(img.rel for img in plan.datasets[k].images) == sorted(trained)
+        assert [img.rel for img, d in zip(e.holdout, e.holdout_datasets) if d == k] == scored
+    text = summary_text(plan)
+    assert "evaluation.score = false" in text and "held out of `d0`" in text
+
+
+def _warnings(path: Path) -> list[tuple[str, str]]:
+    planned = plan_spec(path, CPU, str(path), [])
+    return [(d.code, d.path) for d in planned.diagnostics if d.severity == "warning"]
+
+
+def test_score_false_without_a_holdout_or_with_loss_settings_warns(tmp_path):
+    path = _spec(tmp_path, CASES[0], "score = false\ntimesteps = 4\n")
+    assert ("DBS571", "evaluation.timesteps") in _warnings(path)
+    bare = _spec(tmp_path / "bare", CASES[0])
+    text = bare.read_text().replace("split = 0.25\n", "").replace('split_draw = "reseed"\n', "")
+    bare.write_text(text + "score = false\n")
+    assert ("DBS571", "evaluation.score") in _warnings(bare)
+
+
+def test_the_best_checkpoint_by_eval_loss_needs_scoring(tmp_path):
+    path = _spec(tmp_path, CASES[0], 'score = false\n[checkpoints]\nselect = "eval_loss"\n')
+    assert ("DBS275", "error", "checkpoints.select") in _codes(path)
+
+
+def test_an_eval_split_that_leaves_nothing_to_train_names_the_dataset_key(tmp_path):
+    path = _mixed_spec(tmp_path, MIXED[0])  # d1 has its own eval_split
+    path.write_text(path.read_text().replace("eval_split = 0.5\n", "eval_split = 1.0\n"))
+    assert ("DBS364", "error", "datasets[1].eval_split") in _codes(path)

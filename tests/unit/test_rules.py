@@ -1412,6 +1412,20 @@ CASES = [
         [("DBS568", "error", ("train", "t5"))],
         DOG + STEPS + LORA + "[train]\nt5 = true\n",
     ),
+    # a dataset's eval_split (kohya's per-dataset validation_split) where no split splits it
+    (
+        rules.dataset_eval_split_applies,
+        DOG + "eval_split = 0.5\n" + STEPS,
+        [("DBS570", "error", ("datasets", 0, "eval_split"))],
+        DOG + "eval_split = 0.5\n" + STEPS + "[evaluation]\nsplit = 0.2\n",
+    ),
+    # evaluation.score = false (kohya train_db.py's split): nothing held out, a loss setting it turns off
+    (
+        rules.unscored_evaluation,
+        DOG + STEPS + "[evaluation]\nscore = false\nbands = 2\n",
+        [("DBS571", "warning", ("evaluation", "score")), ("DBS571", "warning", ("evaluation", "bands"))],
+        DOG + STEPS + "[evaluation]\nscore = false\nsplit = 0.2\n",
+    ),
 ]
 
 
@@ -1425,6 +1439,17 @@ def test_ggpo_refuses_split_parts_and_warns_on_shares_without_it():
     ]
     assert hits_of(rules.ggpo_fits, DOG + STEPS + LORA + "ggpo_beta = 0.02\n") == [
         ("DBS567", "warning", ("adapter", "ggpo_beta"))
+    ]
+
+
+def test_an_eval_split_needs_an_instance_dataset_the_split_names():
+    two = DOG + DOG.replace('"dog"', '"cat"', 1) + "eval_split = 0.5\n" + STEPS
+    assert hits_of(
+        rules.dataset_eval_split_applies, two + '[evaluation]\nsplit = 0.2\nsplit_datasets = ["dog"]\n'
+    ) == [("DBS570", "error", ("datasets", 1, "eval_split"))]
+    klass = DOG + DOGS + "eval_split = 0.5\n" + STEPS + "[evaluation]\nsplit = 0.2\n"
+    assert hits_of(rules.dataset_eval_split_applies, klass) == [
+        ("DBS570", "error", ("datasets", 1, "eval_split"))
     ]
 
 

@@ -8,7 +8,10 @@ set at 4 fixed timesteps, linspace(min_timestep, max_timestep, 6)[1:-1], every `
 steps and every `validate_every_n_epochs` epochs (every epoch by default), at most `max_validation_steps`
 batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.split` draws the same
 split (`split_draw`: reseeded per subset, or one stream), `timestep_spacing = "linspace"` the same timesteps,
-`max_images` caps the images scored; the noise and the averaging stay dbspec's.
+`max_images` caps the images scored; the noise and the averaging stay dbspec's. `validation_split` is a
+parameter of each kohya dataset: `evaluation.split` takes the first split dataset's, a dataset whose fraction
+differs gets its own `eval_split`. train_db.py and sdxl_train.py split the same way but never score the split:
+`evaluation.score = false` (held out of training, no evaluation work).
 """
 
 from __future__ import annotations
@@ -42,40 +45,33 @@ def map_validation(
                 conv.inert(a[key], "no validation_split: kohya has no validation images")
         return
     _, split, seed, _ = split_parts[0]
-    parts = [part for part in split_parts if part[1].value == split.value]
-    for _, other, _, _ in split_parts:
-        if other.value != split.value and other.key not in conv.reports:
-            conv.differs(
-                other,
-                f"dbspec splits every split dataset by one fraction ({split.value:g}, the first); this "
-                "dataset's images train unsplit",
-            )
+    parts = split_parts
+    _other_seeds(seed, parts, conv)
     seeded = seed.value is not None
     if not _split(a, layout, parts, split, seeded, conv):
         return
+    _own_fractions(split, parts, conv)
     if seeded:
         conv.mapped(seed, ("evaluation", "seed"), seed.value, note="random.seed(validation_seed) per subset")
     elif a["seed"].value is not None:
         conv.put(("evaluation", "seed"), a["seed"].value, f"{conv.tool} shuffles with the training seed")
+    if script not in VALIDATING_SCRIPTS:
+        # train_db.py / sdxl_train.py take the images out of training and never compute a validation loss
+        conv.put(("evaluation", "score"), False, f"{conv.tool} {script}.py splits but never scores the split")
+        return
     conv.put(
         ("evaluation", "timesteps"),
         KOHYA_VALIDATION_TIMESTEPS,
         f"{conv.tool} scores {KOHYA_VALIDATION_TIMESTEPS} fixed timesteps",
     )
     conv.put(("evaluation", "timestep_spacing"), "linspace", f"{conv.tool}: linspace(min, max, 6)[1:-1]")
-    if script not in VALIDATING_SCRIPTS:
-        conv.notes.append(
-            f"differs: kohya {script}.py removes the validation_split images from training but never scores "
-            "them; dbspec scores them (evaluation loss)"
-        )
-    else:
-        conv.notes.append(
-            "differs: kohya draws the validation noise from the global torch RNG reseeded with "
-            "validation_seed (else seed) on the training device, batch by batch and timestep by timestep, "
-            "and logs a running mean of batch losses; dbspec draws it from its own CPU generator seeded with "
-            "evaluation.seed, one draw per held-out image for all its timesteps, and logs the mean over "
-            "images and timesteps"
-        )
+    conv.notes.append(
+        "differs: kohya draws the validation noise from the global torch RNG reseeded with "
+        "validation_seed (else seed) on the training device, batch by batch and timestep by timestep, "
+        "and logs a running mean of batch losses; dbspec draws it from its own CPU generator seeded with "
+        "evaluation.seed, one draw per held-out image for all its timesteps, and logs the mean over "
+        "images and timesteps"
+    )
     _interval(a, per_epoch, conv)
     _cap(a["max_validation_steps"], layout, parts, conv)
 
@@ -85,7 +81,7 @@ def _split(a: Args, layout, parts: list, split, seeded: bool, conv: Conversion) 
     sizes = [None if images is None else len(images) for _, _, _, images in parts]
     if any(n is None for n in sizes):
         conv.depends(split.key, "the images could not be counted here; the split is drawn when planning")
-    elif not any(round(n * split.value) for n in sizes):
+    elif not any(round(n * own.value) for n, (_, own, _, _) in zip(sizes, parts)):
         conv.differs(
             split,
             "kohya scores round(n x split) = 0 images of every split subset "
@@ -130,6 +126,38 @@ def _split(a: Args, layout, parts: list, split, seeded: bool, conv: Conversion) 
         names = [conv.values.get(("datasets", i, "name"), (None, ""))[0] for i in chosen]
         conv.put(("evaluation", "split_datasets"), names, f"{conv.tool} splits these subsets' images")
     return True
+
+
+def _own_fractions(split: Legacy, parts: list, conv: Conversion) -> None:
+    """kohya's validation_split is a parameter of each of its datasets: a dataset whose fraction is not the
+    first's (evaluation.split) splits with its own, datasets.eval_split."""
+    for index, own, _, _ in parts:
+        if own is split:
+            continue
+        if own.value == split.value:
+            conv.record(own, "mapped", "evaluation.split")
+        else:
+            conv.mapped(
+                own,
+                ("datasets", index, "eval_split"),
+                own.value,
+                note="kohya splits each dataset with its own validation_split",
+            )
+
+
+def _other_seeds(seed: Legacy, parts: list, conv: Conversion) -> None:
+    """dbspec draws every split dataset from one seed (evaluation.seed): the first split dataset's
+    validation_seed; another dataset's different validation_seed differs."""
+    for _, _, other, _ in parts:
+        if other is not seed and other.given and other.value == seed.value and other.key not in conv.reports:
+            conv.record(other, "mapped", "evaluation.seed")
+        elif other is not seed and other.value != seed.value and other.key not in conv.reports:
+            first = "none" if seed.value is None else seed.value
+            conv.differs(
+                other,
+                f"dbspec draws every split dataset from one seed (the first split dataset's validation_seed, "
+                f"{first}); kohya draws this dataset's split from its own",
+            )
 
 
 def _cap(most: Legacy, layout, parts: list, conv: Conversion) -> None:
