@@ -76,7 +76,7 @@ def plan_group_bounds(
     tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
     if not tables:
         return schedule
-    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0]
+    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0 or b.lr]
     if scaled:
         key = next(iter(tables))
         ctx.report(

@@ -2941,3 +2941,25 @@ def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _schedule_table(spec: Spec, key: str) -> bool:
     return isinstance(getattr(spec.schedule, key, None), dict)
+
+
+@rule("spec")
+def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
+    """An [[adapter.blocks]] entry's own `lr` excludes its `lr_scale` and needs a training denoiser
+    (DBS564)."""
+    for i, b in enumerate(getattr(spec.adapter, "blocks", ()) or ()):
+        if not b.lr:
+            continue
+        why = ""
+        if b.lr_scale != 1.0:
+            why = f"it also gives lr_scale {b.lr_scale:g}"
+        elif not spec.train.denoiser:
+            why = "train.denoiser is false: no denoiser adapter trains"
+        if why:
+            yield Hit(
+                code="DBS564",
+                severity="error",
+                path=("adapter", "blocks", i, "lr"),
+                message=f"adapter.blocks[{i}] (pattern `{b.pattern}`) gives lr {b.lr:g}, but {why}",
+                help=codes.help("DBS564"),
+            )

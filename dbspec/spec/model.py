@@ -340,6 +340,13 @@ class AdapterBlock:
         "`mid_lr_weight`, `up_lr_weight`).",
         exclusive_minimum=0,
     )
+    lr: float = option(
+        0.0,
+        doc="The matched adapters' own learning rate, in place of the denoiser's rate times `lr_scale` "
+        "(kohya Flux `network_reg_lrs`); LoRA+'s up matrices train at it times the ratio. 0 = not set.",
+        minimum=0,
+        example=1e-3,
+    )
 
 
 @frozen

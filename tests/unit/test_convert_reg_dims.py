@@ -77,7 +77,8 @@ def _planned(plan, path: str):
     block = next((b for b in a.blocks if re.search(b.pattern, path)), None)
     if block is None:
         return a.rank, a.alpha, plan.optimizer.lr
-    return block.rank, block.alpha, plan.optimizer.lr * block.lr_scale if block.rank else None
+    rate = block.lr or plan.optimizer.lr * block.lr_scale
+    return block.rank, block.alpha, rate if block.rank else None
 
 
 def test_readme_regexes_give_every_flux_module_kohyas_rank_and_rate(tmp_path):
@@ -125,9 +126,9 @@ def test_reg_dims_zero_skips_and_first_regex_wins(tmp_path):
 def test_reg_lrs_with_loraplus_and_unet_lr_are_exact(tmp_path):
     outcome = _flux(tmp_path, '"network_reg_lrs=txt_=7e-5" "loraplus_lr_ratio=16"', "--unet_lr 3.3e-4")
     plan = plan_of(outcome, tmp_path)
-    block = next(b for b in plan.adapter.blocks if b.lr_scale != 1.0)
-    assert plan.optimizer.lr * block.lr_scale == 7e-5  # kohya's rate to the bit
-    assert plan.optimizer.lr * 16 * block.lr_scale == 7e-5 * 16  # LoRA+'s up matrices too
+    block = next(b for b in plan.adapter.blocks if b.lr)
+    assert block.lr == 7e-5 and block.lr_scale == 1.0  # kohya's absolute rate (LoRA+: x 16 in the runtime)
+    assert plan.optimizer.loraplus_denoiser_ratio == 16
     assert _planned(plan, "transformer_blocks.0.attn.add_k_proj")[2] == 7e-5
     assert _planned(plan, "transformer_blocks.0.attn.to_k")[2] == 3.3e-4
 

@@ -201,15 +201,13 @@ def _reg_blocks(
     kohya builds a double block's q/k/v LoRA: None without them.)"""
     if "network_reg_dims" not in kwargs and "network_reg_lrs" not in kwargs:
         return True, None
-    plus = (kwargs.get("loraplus_unet_lr_ratio"), kwargs.get("loraplus_lr_ratio"))
-    ratio = next((float(r) for r in plus if r is not None and float(r)), None)
     lr = a["unet_lr"].value if "unet_lr" in a and a["unet_lr"].value is not None else a["learning_rate"].value
     unet_only = a["network_train_unet_only"].value if "network_train_unet_only" in a else False
     chosen = known.pop("selected")
     selected = {k: chosen[p] for k, p in (("double", _DOUBLE), ("single", _SINGLE)) if p in chosen}
     try:
         found, extra, warnings, qkv = flux_reg_blocks(
-            kwargs, **known, selected=selected, unet_lr=lr, plus_ratio=ratio, text_trains=not unet_only
+            kwargs, **known, selected=selected, unet_lr=lr, text_trains=not unet_only
         )
     except NotImplementedError as exc:
         conv.unsupported(args, f"network_reg_dims / network_reg_lrs: {exc}")

@@ -10,18 +10,16 @@ only train_blocks (which modules it scans at all) and in_dims being given (the e
 then, each at its in_dims rank unless a regex matches) stay. A regex that does not compile stops kohya
 (re.error) at the first module that reaches it. network_reg_lrs gives each built module of the first
 matching regex its own optimizer group at that absolute rate (LoRA+'s up matrices at rate x ratio); there a
-regex that does not compile is skipped.
+regex that does not compile is skipped. A rate is the block's own `lr` (the runtime's group rate, LoRA+'s up
+group at lr x ratio as kohya computes it), so it is kohya's to the bit.
 
 Here every module kohya scans is enumerated by its kohya name, the user's regexes applied with Python's `re`
 as kohya applies them, and the modules they decide become blocks placed before the others (the first block
 matching a module wins), their anchored patterns naming the diffusers paths (a fused Linear's parts
-together). A rate becomes the block's `lr_scale` over the denoiser's rate, the float chosen so that the
-rate times it is kohya's rate to the bit (and, with LoRA+, the up matrices' rate too where one float does
-both)."""
+together)."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from typing import Any
@@ -128,22 +126,6 @@ def default_rank(
     return dim
 
 
-def scale_for(base: float, rate: float, ratio: float | None) -> float:
-    """A float s with base * s == rate (and base * ratio * s == rate * ratio where one exists): kohya's
-    absolute rate as the runtime computes it from the denoiser's rate times the block's lr_scale."""
-    first = rate / base
-    candidates = [first]
-    up = down = first
-    for _ in range(8):
-        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
-        candidates += [up, down]
-    exact = [s for s in candidates if base * s == rate]
-    if ratio:
-        both = [s for s in exact if base * ratio * s == rate * ratio]
-        exact = both or exact
-    return exact[0] if exact else first
-
-
 def flux_reg_blocks(
     kwargs: dict[str, str],
     *,
@@ -154,7 +136,6 @@ def flux_reg_blocks(
     in_dims: list[int] | None,
     selected: dict[str, list[bool]],
     unet_lr: float | None,
-    plus_ratio: float | None,
     text_trains: bool,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
     """(blocks, extra denoiser targets, warnings, whether a double block's q/k/v LoRA is built) for
@@ -193,21 +174,21 @@ def flux_reg_blocks(
             raise ValueError(
                 f"network_reg_dims gives `{name}` rank {rank}: torch cannot build a negative rank"
             )
-        scale = 1.0
+        scale = 0.0  # the block's own rate; 0: the denoiser's
         if by_lr is not None and rank:
             rate = by_lr[1]
             if not rate > 0:
                 raise NotImplementedError(
                     f"network_reg_lrs gives `{name}` rate {rate:g} (kohya builds the LoRA and leaves a "
-                    "rate-0 group out of the optimizer; dbspec's lr_scale is above 0)"
+                    "rate-0 group out of the optimizer; a block's lr 0 is the denoiser's rate)"
                 )
             if not unet_lr:
                 raise NotImplementedError(
                     f"network_reg_lrs trains `{name}` at {rate:g} while the denoiser's rate is 0 (dbspec "
                     "then trains no denoiser module)"
                 )
-            scale = scale_for(unet_lr, rate, plus_ratio)
-        key = (rank, alpha if rank else 1.0, scale if rank else 1.0)
+            scale = rate
+        key = (rank, alpha if rank else 1.0, scale if rank else 0.0)
         decided[key][blocks].setdefault(index, set()).update(children)
         if not blocks and rank:
             extra.append(children[0].removeprefix("time_text_embed."))
@@ -216,7 +197,7 @@ def flux_reg_blocks(
         for blocks, indices in lists.items():
             for pattern in _patterns(blocks, indices):
                 entry: dict[str, Any] = {"pattern": pattern, "rank": rank, "alpha": a}
-                if scale != 1.0:
-                    entry["lr_scale"] = scale
+                if scale:
+                    entry["lr"] = scale
                 out.append(entry)
     return out, extra, warnings, qkv
