@@ -155,3 +155,16 @@ def test_what_kohya_cannot_or_dbspec_does_not(tmp_path):
     assert fate(zero, "network_args") == "unsupported" and "rate 0" in messages(zero, "DBS403")
     text = _flux(tmp_path, '"network_reg_dims=layers_1_=8"', "--network_train_unet_only false")
     assert "DBS403" in codes(text) or errors(text)
+
+
+def test_lora_sd3_does_not_read_them(tmp_path):
+    """networks/lora_sd3.py's create_network (and networks/lora.py's) read no network_reg_dims / _lrs in
+    the current sd-scripts: kohya ignores them, so the conversion warns and trains every module alike."""
+    from test_convert_lora_sd3 import _sd3
+
+    outcome = _sd3(tmp_path, '--network_args "network_reg_dims=attn=8" "network_reg_lrs=attn=1e-3"')
+    plan = plan_of(outcome, tmp_path)
+    assert not any(b.lr or b.rank == 8 for b in plan.adapter.blocks)
+    assert "network_reg_dims" in messages(outcome, "DBS405") and "network_reg_lrs" in messages(
+        outcome, "DBS405"
+    )

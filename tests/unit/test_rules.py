@@ -1368,6 +1368,14 @@ CASES = [
         [("DBS563", "error", ("optimizer", "blocks"))],
         DOG + STEPS + "[[optimizer.blocks]]\npattern = '^mid_block\\.'\nlr = 1e-6\n",
     ),
+    (
+        rules.adapter_block_rates,
+        DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
+        "lr = 1e-3\nlr_scale = 0.5\n",
+        [("DBS564", "error", ("adapter", "blocks", 0, "lr"))],
+        DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
+        "lr = 1e-3\n",
+    ),
 ]
 
 
