@@ -38,11 +38,11 @@ SINGLE = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "linea
 SINGLE["modulation_lin"] = ("norm.linear",)
 
 
-def _flux(tmp_path, network_args: str, extra: str = ""):
+def _flux(tmp_path, network_args: str, extra: str = "", base: str = BASE):
     images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
-    return kohya(tmp_path, command=f"{BASE} {extra} --network_args {network_args}")
+    return kohya(tmp_path, command=f"{base} {extra} --network_args {network_args}")
 
 
 def _modules():
@@ -153,8 +153,10 @@ def test_what_kohya_cannot_or_dbspec_does_not(tmp_path):
     assert not bad.written and "re.error" in "".join(errors(bad))
     zero = _flux(tmp_path, '"network_reg_lrs=img_attn=0"')
     assert fate(zero, "network_args") == "unsupported" and "rate 0" in messages(zero, "DBS403")
-    text = _flux(tmp_path, '"network_reg_dims=layers_1_=8"', "--network_train_unet_only false")
-    assert "DBS403" in codes(text) or errors(text)
+    base = BASE.replace("--network_train_unet_only", "").replace("--cache_text_encoder_outputs", "")
+    text = _flux(tmp_path, '"network_reg_dims=layers_1_=8"', "", base)
+    assert fate(text, "network_args") == "unsupported"
+    assert "lora_te1_text_model_encoder_layers_1_self_attn_k_proj" in messages(text, "DBS403")
 
 
 def test_lora_sd3_does_not_read_them(tmp_path):
@@ -168,3 +170,26 @@ def test_lora_sd3_does_not_read_them(tmp_path):
     assert "network_reg_dims" in messages(outcome, "DBS405") and "network_reg_lrs" in messages(
         outcome, "DBS405"
     )
+
+
+def test_text_encoder_only_applies_no_denoiser_regex(tmp_path):
+    """train_network.py applies no denoiser LoRA with network_train_text_encoder_only: the regexes over
+    lora_unet_ names do nothing (and dbspec's denoiser does not train)."""
+    base = BASE.replace("--network_train_unet_only", "").replace("--cache_text_encoder_outputs", "")
+    only = "--network_train_text_encoder_only --text_encoder_lr 1e-5"
+    outcome = _flux(tmp_path, '"network_reg_lrs=img_attn=1e-3"', only, base)
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and not any(b.lr for b in plan.adapter.blocks)
+
+
+def test_the_plan_summary_shows_a_blocks_own_rate(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from dbspec.plan.summary import render_summary
+
+    plan = plan_of(_flux(tmp_path, '"network_reg_lrs=img_attn=1e-3"'), tmp_path)
+    console = Console(file=io.StringIO(), width=300)
+    render_summary(plan, console)
+    assert "lr 0.001" in console.file.getvalue()

@@ -216,6 +216,8 @@ def _reg_blocks(
         conv.ignored(
             Legacy(key=f"{args.key} {warning.split(':')[0]}", value=None, source=args.source), warning
         )
+    if "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value:
+        found, extra = [], []  # train_network.py applies no denoiser LoRA: the regexes act on CLIP-L only
     first = len(family_spec("flux").kohya_lora_excluded)
     why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
     blocks[first:first] = [{**b, "_why": why} for b in found]
