@@ -433,10 +433,10 @@ class LoraAdapter:
     )
     blocks: list[AdapterBlock] = option(
         factory=list,
-        doc="Per-block ranks, alphas and learning-rate scales of the denoiser's adapters ([[adapter.blocks]] "
-        "tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / `conv_block_alphas` and "
-        "`down/mid/up_lr_weight`): modules no block matches keep `rank`, `alpha`, `conv_rank`, "
-        "`conv_alpha` and the learning rate.",
+        doc="Per-block ranks, alphas and learning-rate scales or own rates of the denoiser's adapters "
+        "([[adapter.blocks]] tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / "
+        "`conv_block_alphas` and `down/mid/up_lr_weight`, Flux `network_reg_dims` / `network_reg_lrs`): "
+        "modules no block matches keep `rank`, `alpha`, `conv_rank`, `conv_alpha` and the learning rate.",
     )
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
     init_weights: str = option(
