@@ -2426,6 +2426,16 @@ bounds given as one number (a per-group table names no block group), and pattern
 expressions.""",
         help="remove [[optimizer.blocks]], or the setting it cannot combine with",
     ),
+    # An adapter block's own learning rate (adapter.blocks lr, kohya Flux network_reg_lrs): DBS564.
+    Code(
+        "DBS564",
+        ERROR,
+        "Adapter block with both a learning rate and a scale",
+        """An `[[adapter.blocks]]` entry gives its adapters either their own learning rate (`lr`, kohya Flux
+`network_reg_lrs`) or the denoiser's rate times `lr_scale` (kohya's block learning-rate weights), not both.
+Its own rate also needs a denoiser that trains (`train.denoiser`).""",
+        help="remove the block's lr_scale or its lr",
+    ),
     # LoRA-GGPO (adapter.ggpo, kohya networks.lora_flux): DBS566, DBS567.
     Code(
         "DBS566",

@@ -62,26 +62,34 @@ def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPla
     )
 
 
-def block_param_groups(groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan) -> list[dict]:
+def block_param_groups(
+    groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan, ratio: float = 0.0
+) -> list[dict]:
     """The denoiser's optimizer groups split by block learning-rate scale (kohya's `unet_block<N>` groups at
-    lr x the block's weight, LoRA+'s up group too); groups at scale 1 keep their name, so runs without scales
+    lr x the block's weight, LoRA+'s up group too) or the block's own rate (kohya's `network_reg_lrs` groups,
+    the LoRA+ up group, `ratio`, at rate x ratio); groups at scale 1 keep their name, so runs without scales
     keep their optimizer state layout."""
-    if not any(b.lr_scale != 1.0 for b in adapter.blocks):
+    if not any(b.lr_scale != 1.0 or b.lr for b in adapter.blocks):
         return groups
-    scale: dict[int, float] = {}
+    key: dict[int, tuple[float, float]] = {}
     for name, param in denoiser.named_parameters():
         if param.requires_grad and ".lora_" in name:
             block = block_of(adapter.blocks, name.split(".lora_")[0])
-            scale[id(param)] = block.lr_scale if block is not None else 1.0
+            key[id(param)] = (block.lr_scale, block.lr) if block is not None else (1.0, 0.0)
     out: list[dict] = []
     for group in groups:
         if not group["name"].startswith("denoiser"):
             out.append(group)
             continue
-        split: dict[float, list] = {}
+        split: dict[tuple[float, float], list] = {}
         for param in group["params"]:
-            split.setdefault(scale.get(id(param), 1.0), []).append(param)
-        for factor, params in split.items():
+            split.setdefault(key.get(id(param), (1.0, 0.0)), []).append(param)
+        up = group["name"].endswith("_lora_up")
+        for (factor, own), params in split.items():
+            if own:
+                rate = own * ratio if up and ratio else own
+                out.append({**group, "params": params, "lr": rate, "name": f"{group['name']}_lr{own:g}"})
+                continue
             name = group["name"] if factor == 1.0 else f"{group['name']}_x{factor:g}"
             out.append({**group, "params": params, "lr": group["lr"] * factor, "name": name})
     return out

@@ -149,7 +149,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     )
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
     if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)
-        groups = block_param_groups(groups, comps.unet, plan.adapter)
+        groups = block_param_groups(groups, comps.unet, plan.adapter, plan.optimizer.loraplus_denoiser_ratio)
     if plan.optimizer.blocks:  # per-block denoiser rates (kohya sdxl_train.py block_lr)
         groups = optimizer_block_groups(groups, comps.unet, plan.optimizer.blocks)
     if tokens is not None:  # pivotal tuning: the new token rows, at their own rate

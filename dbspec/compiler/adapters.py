@@ -73,6 +73,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 conv_rank=b.conv_rank if conv else 0,
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 lr_scale=b.lr_scale,
+                lr=b.lr,
             )
             for b in adapter.blocks
         )

@@ -76,17 +76,17 @@ def plan_group_bounds(
     tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
     if not tables:
         return schedule
-    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0]
+    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0 or b.lr]
     if scaled:
         key = next(iter(tables))
         ctx.report(
             "DBS417",
             "error",
             f"schedule.{key} gives per-group values, but the adapter's blocks scale the denoiser's learning "
-            f"rate (lr_scale {scaled[0].lr_scale:g} for `{scaled[0].pattern}`): the denoiser's groups then "
+            f"rate ({_block_rate(scaled[0])} for `{scaled[0].pattern}`): the denoiser's groups then "
             "follow the modules each block pattern matches, which only the loaded model knows",
             ("schedule", key),
-            help=f"give schedule.{key} one number, or remove the blocks' lr_scale",
+            help=f"give schedule.{key} one number, or remove the blocks' lr_scale and lr",
         )
         return schedule
     groups = optimizer_groups(model, precision, optimizer, pivotal)
@@ -179,3 +179,7 @@ def group_momentum_points(
 
 def _listed(names: list[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
+
+
+def _block_rate(block) -> str:
+    return f"lr {block.lr:g}" if block.lr else f"lr_scale {block.lr_scale:g}"

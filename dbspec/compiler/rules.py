@@ -3103,3 +3103,25 @@ def ggpo_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.{key} = {getattr(a, key):g} with adapter.ggpo = false: nothing is perturbed",
                 codes.help("DBS567"),
             )
+
+
+@rule("spec")
+def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
+    """An [[adapter.blocks]] entry's own `lr` excludes its `lr_scale` and needs a training denoiser
+    (DBS564)."""
+    for i, b in enumerate(getattr(spec.adapter, "blocks", ()) or ()):
+        if not b.lr:
+            continue
+        why = ""
+        if b.lr_scale != 1.0:
+            why = f"it also gives lr_scale {b.lr_scale:g}"
+        elif not spec.train.denoiser:
+            why = "train.denoiser is false: no denoiser adapter trains"
+        if why:
+            yield Hit(
+                code="DBS564",
+                severity="error",
+                path=("adapter", "blocks", i, "lr"),
+                message=f"adapter.blocks[{i}] (pattern `{b.pattern}`) gives lr {b.lr:g}, but {why}",
+                help=codes.help("DBS564"),
+            )

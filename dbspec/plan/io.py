@@ -195,6 +195,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "init_layers"): 0,
         ("adapter", "multiplier"): 1.0,
         ("adapter", "blocks"): [],  # per-block ranks and learning rates: none then
+        ("adapter", "blocks", "*", "lr"): 0.0,  # a block's own rate (kohya network_reg_lrs), added since
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then

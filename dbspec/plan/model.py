@@ -110,6 +110,7 @@ class BlockPlan:
     conv_rank: int = 0
     conv_alpha: float = 1.0
     lr_scale: float = 1.0
+    lr: float = 0.0  # the adapters' own rate in place of the denoiser's times lr_scale; 0: not set
 
 
 @frozen

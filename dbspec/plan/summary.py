@@ -610,7 +610,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             (
                 f"  block /{block.pattern}/",
-                f"rank {block.rank} alpha {block.alpha:g}{conv}, lr x {block.lr_scale:g}",
+                f"rank {block.rank} alpha {block.alpha:g}{conv}, "
+                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}"),
             )
         )
     for fused in a.fused:

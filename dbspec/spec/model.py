@@ -368,6 +368,13 @@ class AdapterBlock:
         "`mid_lr_weight`, `up_lr_weight`).",
         exclusive_minimum=0,
     )
+    lr: float = option(
+        0.0,
+        doc="The matched adapters' own learning rate, in place of the denoiser's rate times `lr_scale` "
+        "(kohya Flux `network_reg_lrs`); LoRA+'s up matrices train at it times the ratio. 0 = not set.",
+        minimum=0,
+        example=1e-3,
+    )
 
 
 @frozen
@@ -482,10 +489,10 @@ class LoraAdapter:
     )
     blocks: list[AdapterBlock] = option(
         factory=list,
-        doc="Per-block ranks, alphas and learning-rate scales of the denoiser's adapters ([[adapter.blocks]] "
-        "tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / `conv_block_alphas` and "
-        "`down/mid/up_lr_weight`): modules no block matches keep `rank`, `alpha`, `conv_rank`, "
-        "`conv_alpha` and the learning rate.",
+        doc="Per-block ranks, alphas and learning-rate scales or own rates of the denoiser's adapters "
+        "([[adapter.blocks]] tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / "
+        "`conv_block_alphas` and `down/mid/up_lr_weight`, Flux `network_reg_dims` / `network_reg_lrs`): "
+        "modules no block matches keep `rank`, `alpha`, `conv_rank`, `conv_alpha` and the learning rate.",
     )
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
     init_weights: str = option(

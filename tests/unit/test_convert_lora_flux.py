@@ -157,17 +157,6 @@ def test_rank_dropout_with_split_qkv_fails_in_kohya_and_is_refused(tmp_path):
     assert not split.written and "UnboundLocalError" in "".join(errors(split))
 
 
-def test_what_lora_flux_has_that_dbspec_cannot_express(tmp_path):
-    outcome = _flux(
-        tmp_path,
-        '--network_args "network_reg_dims=img_attn=8"',
-    )
-    assert fate(outcome, "network_args") == "unsupported"
-    said = messages(outcome, "DBS403") + "".join(errors(outcome))
-    for word in ("network_reg_dims",):
-        assert word in said
-
-
 def test_kohya_asserts_are_refused(tmp_path):
     outcome = _flux(tmp_path, '--network_args "train_blocks=both"')
     assert not outcome.written and "train_blocks=both" in "".join(errors(outcome))

@@ -1426,6 +1426,14 @@ CASES = [
         [("DBS571", "warning", ("evaluation", "score")), ("DBS571", "warning", ("evaluation", "bands"))],
         DOG + STEPS + "[evaluation]\nscore = false\nsplit = 0.2\n",
     ),
+    (
+        rules.adapter_block_rates,
+        DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
+        "lr = 1e-3\nlr_scale = 0.5\n",
+        [("DBS564", "error", ("adapter", "blocks", 0, "lr"))],
+        DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
+        "lr = 1e-3\n",
+    ),
 ]
 
 
@@ -1756,3 +1764,11 @@ def test_dylora_trains_in_one_process_only():
     assert hits == [("DBS384", ("adapter", "kind"))]
     one = attrs.evolve(gpus, processes=1)
     assert not [h for h in run_environment_rules(spec, one) if h.code == "DBS384"]
+
+
+def test_an_adapter_blocks_own_rate_needs_a_training_denoiser():
+    block = "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\nlr = 1e-3\n"
+    frozen = "[train]\ndenoiser = false\ntext_encoder = true\n"
+    assert hits_of(rules.adapter_block_rates, DOG + STEPS + LORA + block + frozen) == [
+        ("DBS564", "error", ("adapter", "blocks", 0, "lr"))
+    ]

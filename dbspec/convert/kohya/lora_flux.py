@@ -21,6 +21,7 @@ from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _loraplus, parse_network_args
+from dbspec.convert.kohya.reg_dims import flux_reg_blocks
 from dbspec.families import family_spec
 
 _FINAL = "networks/lora_flux.py adapts no final layer (its Linear shares the name proj_out)"
@@ -51,10 +52,7 @@ _IN_DIMS = (
     ),
     (("context_embedder",), r"^context_embedder$"),
 )
-_UNSUPPORTED = {
-    "network_reg_dims": "per-module ranks by regular expressions over kohya's module names",
-    "network_reg_lrs": "per-module learning rates by regular expressions over kohya's module names",
-}
+_UNSUPPORTED: dict[str, str] = {}  # every network argument lora_flux reads has a dbspec equivalent
 
 
 def true(value: str) -> bool:
@@ -130,6 +128,7 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
                 pattern = prefix + f"({_indices(flags)})\\."
                 blocks.append({"pattern": pattern, "rank": 0, "alpha": 1.0, "_why": key})
     type_dims = {key: int(kwargs.pop(key)) for key in list(_TYPE_DIMS) if key in kwargs}
+    in_dims = None
     if "in_dims" in kwargs:
         text = kwargs.pop("in_dims").strip().removeprefix("[").removesuffix("]")
         in_dims = [int(d) for d in text.split(",")]
@@ -139,10 +138,15 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
             if rank:
                 targets.extend(names)
                 blocks.append({"pattern": pattern, "rank": rank, "alpha": alpha, "_why": "in_dims"})
+    ok, reg = _reg_blocks(kwargs, args, a, blocks, targets, conv, dim=dim, alpha=alpha, train=train,
+                      type_dims=type_dims, in_dims=in_dims, selected=selected)  # fmt: skip
+    if not ok:
+        return False
     for key, rank in type_dims.items():
         blocks.append({"pattern": _TYPE_DIMS[key], "rank": rank, "alpha": alpha, "_why": key})
     split = true(kwargs.pop("split_qkv", "False"))
-    if split and _double_attention_trained(train, selected.get(_DOUBLE), type_dims):
+    trained = _double_attention_trained(train, selected.get(_DOUBLE), type_dims) if reg is None else reg
+    if split and trained:
         raise_split = (
             "split_qkv=True: kohya's create_modules fails on the double blocks' q/k/v (it unpacks the three "
             "split widths into one name: ValueError: too many values to unpack)"
@@ -240,6 +244,38 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
             conv.comment(a["text_encoder_lr"], "T5-XXL's rate: text_encoder_lr's second value"),
         )
     return True
+
+
+def _reg_blocks(
+    kwargs, args: Legacy, a, blocks: list, targets: list, conv: Conversion, **known
+) -> bool | None:
+    """network_reg_dims / network_reg_lrs (reg_dims.py): their blocks first (after the final layer's), so they
+    win over the other rank rules as kohya's regexes do. (False where dbspec cannot express them, whether
+    kohya builds a double block's q/k/v LoRA: None without them.)"""
+    if "network_reg_dims" not in kwargs and "network_reg_lrs" not in kwargs:
+        return True, None
+    lr = a["unet_lr"].value if "unet_lr" in a and a["unet_lr"].value is not None else a["learning_rate"].value
+    unet_only = a["network_train_unet_only"].value if "network_train_unet_only" in a else False
+    chosen = known.pop("selected")
+    selected = {k: chosen[p] for k, p in (("double", _DOUBLE), ("single", _SINGLE)) if p in chosen}
+    try:
+        found, extra, warnings, qkv = flux_reg_blocks(
+            kwargs, **known, selected=selected, unet_lr=lr, text_trains=not unet_only
+        )
+    except NotImplementedError as exc:
+        conv.unsupported(args, f"network_reg_dims / network_reg_lrs: {exc}")
+        return False, None
+    for warning in warnings:
+        conv.ignored(
+            Legacy(key=f"{args.key} {warning.split(':')[0]}", value=None, source=args.source), warning
+        )
+    if "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value:
+        found, extra = [], []  # train_network.py applies no denoiser LoRA: the regexes act on CLIP-L only
+    first = len(family_spec("flux").kohya_lora_excluded)
+    why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
+    blocks[first:first] = [{**b, "_why": why} for b in found]
+    targets.extend(t for t in extra if t not in targets)
+    return True, qkv
 
 
 def network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:

@@ -1,0 +1,203 @@
+"""kohya's networks.lora_flux `network_reg_dims` / `network_reg_lrs` as [[adapter.blocks]], exactly.
+
+create_network parses each as comma-separated `regex=value` items (each stripped, empty items skipped, an item
+without `=` or with a value int() / float() rejects dropped with a warning, the text before the first `=`
+the regex; a repeated regex keeps its first place and its last value: a dict). LoRANetwork.create_modules
+gives a module the value of the first regex (in that order) that `re.search` finds in its kohya name
+(`lora_unet_double_blocks_0_img_attn_qkv`): network_reg_dims' rank (0 builds none) with network_alpha, in
+place of every other rank rule (network_dim, the per-type ranks, in_dims, train_double/single_block_indices);
+only train_blocks (which modules it scans at all) and in_dims being given (the embedders are scanned only
+then, each at its in_dims rank unless a regex matches) stay. A regex that does not compile stops kohya
+(re.error) at the first module that reaches it. network_reg_lrs gives each built module of the first
+matching regex its own optimizer group at that absolute rate (LoRA+'s up matrices at rate x ratio); there a
+regex that does not compile is skipped. A rate is the block's own `lr` (the runtime's group rate, LoRA+'s up
+group at lr x ratio as kohya computes it), so it is kohya's to the bit.
+
+Here every module kohya scans is enumerated by its kohya name, the user's regexes applied with Python's `re`
+as kohya applies them, and the modules they decide become blocks placed before the others (the first block
+matching a module wins), their anchored patterns naming the diffusers paths (a fused Linear's parts
+together)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+from dbspec.convert.kohya.file_ranks import _FLUX_DOUBLE, _FLUX_SINGLE, _FLUX_TOP, _patterns
+
+NUM_DOUBLE, NUM_SINGLE = 19, 38
+# create_network's in_dims filters [img, time, vector, guidance, txt] over the embedders' kohya names
+_IN_FILTERS = ("_img_in", "_time_in", "_vector_in", "_guidance_in", "_txt_in")
+# networks/lora_flux.py create_network's per-type ranks, in its order, with the words its names must hold
+_TYPE_WORDS = (
+    ("img_attn_dim", ("img_attn",)),
+    ("txt_attn_dim", ("txt_attn",)),
+    ("img_mlp_dim", ("img_mlp",)),
+    ("txt_mlp_dim", ("txt_mlp",)),
+    ("img_mod_dim", ("img_mod",)),
+    ("txt_mod_dim", ("txt_mod",)),
+    ("single_dim", ("single_blocks", "linear")),
+    ("single_mod_dim", ("modulation",)),
+)
+# CLIP-L's kohya names (lora_te1_): CLIPAttention's and CLIPMLP's Linears in its 12 layers
+TEXT_NAMES = tuple(
+    f"lora_te1_text_model_encoder_layers_{i}_{child}"
+    for i in range(12)
+    for child in (*(f"self_attn_{p}_proj" for p in ("k", "v", "q", "out")), "mlp_fc1", "mlp_fc2")
+)
+
+
+def parse_pairs(text: str, is_int: bool) -> tuple[dict[str, float], list[str]]:
+    """create_network's parse_kv_pairs: the pairs and the items it drops with a warning."""
+    pairs: dict[str, float] = {}
+    dropped = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            dropped.append(f"`{item}` is not regex=value")
+            continue
+        key, value = (part.strip() for part in item.split("=", 1))
+        try:
+            pairs[key] = int(value) if is_int else float(value)
+        except ValueError:
+            dropped.append(f"`{item}`: {value!r} is not {'an integer' if is_int else 'a number'}")
+    return pairs, dropped
+
+
+def first_match(pairs: dict[str, float], name: str, skip_bad: bool) -> tuple[str, float] | None:
+    """The first regex `re.search` finds in `name`; a bad regex is skipped (reg_lrs) or ValueError."""
+    for regex, value in pairs.items():
+        try:
+            if re.search(regex, name):
+                return regex, value
+        except re.error as exc:
+            if not skip_bad:
+                raise ValueError(
+                    f"network_reg_dims regex `{regex}` does not compile ({exc}): re.error"
+                ) from None
+    return None
+
+
+def flux_names(
+    train: str | None, in_dims: list[int] | None
+) -> dict[str, tuple[str, int | None, tuple[str, ...]]]:
+    """kohya name -> (diffusers ModuleList or "", index, children) of each denoiser Linear create_modules
+    scans."""
+    out: dict[str, tuple[str, int | None, tuple[str, ...]]] = {}
+    for kind, prefix, total, table, skip in (
+        ("double_blocks", "transformer_blocks", NUM_DOUBLE, _FLUX_DOUBLE, "single"),
+        ("single_blocks", "single_transformer_blocks", NUM_SINGLE, _FLUX_SINGLE, "double"),
+    ):
+        if train == skip:
+            continue
+        for i in range(total):
+            for child, parts in table.items():
+                out[f"lora_unet_{kind}_{i}_{child}"] = (prefix, i, parts)
+    if in_dims is not None:
+        for name, path in _FLUX_TOP.items():
+            out[f"lora_unet_{name}"] = ("", None, (path,))
+    return out
+
+
+def default_rank(
+    name: str,
+    dim: int,
+    type_dims: dict[str, int],
+    in_dims: list[int] | None,
+    selected: dict[str, list[bool]],
+) -> int:
+    """The rank create_modules gives a module no network_reg_dims regex matches."""
+    if in_dims is not None:
+        for flt, rank in zip(_IN_FILTERS, in_dims):
+            if flt in name and not name.startswith(("lora_unet_double", "lora_unet_single")):
+                return rank
+    for key, words in _TYPE_WORDS:
+        if key in type_dims and all(w in name for w in words):
+            dim = type_dims[key]
+            break
+    if dim:
+        index = int(name.split("_")[4]) if ("double" in name or "single" in name) else None
+        for kind in ("double", "single"):
+            if index is not None and kind in name and kind in selected and not selected[kind][index]:
+                return 0
+    return dim
+
+
+def flux_reg_blocks(
+    kwargs: dict[str, str],
+    *,
+    dim: int,
+    alpha: float,
+    train: str | None,
+    type_dims: dict[str, int],
+    in_dims: list[int] | None,
+    selected: dict[str, list[bool]],
+    unet_lr: float | None,
+    text_trains: bool,
+) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
+    """(blocks, extra denoiser targets, warnings, whether a double block's q/k/v LoRA is built) for
+    network_reg_dims / network_reg_lrs (popped from kwargs);
+    ValueError where kohya fails, NotImplementedError (its message) where dbspec cannot express the result."""
+    dims, dropped = (
+        parse_pairs(kwargs.pop("network_reg_dims"), True) if "network_reg_dims" in kwargs else (None, [])
+    )
+    lrs, dropped_lr = (
+        parse_pairs(kwargs.pop("network_reg_lrs"), False) if "network_reg_lrs" in kwargs else (None, [])
+    )
+    warnings = [f"network_reg_dims: kohya drops {d}" for d in dropped]
+    warnings += [f"network_reg_lrs: kohya drops {d}" for d in dropped_lr]
+    if text_trains:
+        for what, pairs, skip in (("network_reg_dims", dims, False), ("network_reg_lrs", lrs, True)):
+            hit = next((n for n in TEXT_NAMES if pairs and first_match(pairs, n, skip)), None)
+            if hit is not None:
+                raise NotImplementedError(
+                    f"{what} matches the text encoder's module `{hit}` (blocks are the denoiser's; "
+                    "set network_train_unet_only or narrow the regex to lora_unet_ names)"
+                )
+    modules = flux_names(train, in_dims)
+    decided: dict[tuple[int, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    extra: list[str] = []
+    qkv = False  # kohya builds a double block's q/k/v LoRA (split_qkv then fails)
+    for name, (blocks, index, children) in modules.items():
+        by_dim = first_match(dims, name, False) if dims else None
+        by_lr = first_match(lrs, name, True) if lrs else None
+        rank = int(by_dim[1]) if by_dim else default_rank(name, dim, type_dims, in_dims, selected)
+        qkv = qkv or bool(rank and "double" in name and "attn_qkv" in name)
+        if by_dim is None and by_lr is None:
+            continue
+        if rank < 0:
+            raise ValueError(
+                f"network_reg_dims gives `{name}` rank {rank}: torch cannot build a negative rank"
+            )
+        scale = 0.0  # the block's own rate; 0: the denoiser's
+        if by_lr is not None and rank:
+            rate = by_lr[1]
+            if not rate > 0:
+                raise NotImplementedError(
+                    f"network_reg_lrs gives `{name}` rate {rate:g} (kohya builds the LoRA and leaves a "
+                    "rate-0 group out of the optimizer; a block's lr 0 is the denoiser's rate)"
+                )
+            if not unet_lr:
+                raise NotImplementedError(
+                    f"network_reg_lrs trains `{name}` at {rate:g} while the denoiser's rate is 0 (dbspec "
+                    "then trains no denoiser module)"
+                )
+            scale = rate
+        key = (rank, alpha if rank else 1.0, scale if rank else 0.0)
+        decided[key][blocks].setdefault(index, set()).update(children)
+        if not blocks and rank:
+            extra.append(children[0].removeprefix("time_text_embed."))
+    out = []
+    for (rank, a, scale), lists in decided.items():
+        for blocks, indices in lists.items():
+            for pattern in _patterns(blocks, indices):
+                entry: dict[str, Any] = {"pattern": pattern, "rank": rank, "alpha": a}
+                if scale:
+                    entry["lr"] = scale
+                out.append(entry)
+    return out, extra, warnings, qkv
