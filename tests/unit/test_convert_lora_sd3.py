@@ -117,3 +117,30 @@ def test_dim_from_weights_takes_the_rank_of_the_file(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.rank, a.alpha) == (24, 12.0)
     assert "x_block_attn_qkv" in [f.name for f in a.fused]
+
+
+def _sd3_text(tmp_path, rates: str):
+    """The fixture's command with the CLIP encoders' LoRA trained at `rates` (--text_encoder_lr values)."""
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --seed 42 --mixed_precision bf16 "
+        "--network_module networks.lora_sd3 --network_dim 16 --network_alpha 8 --optimizer_type adamw8bit "
+        f"--learning_rate 1e-4 --text_encoder_lr {rates} --max_train_epochs 4",
+    )
+
+
+def test_clip_g_trains_at_text_encoder_lrs_second_value(tmp_path):
+    """lora_sd3's prepare_optimizer_params_with_multiple_te_lrs: [CLIP-L, CLIP-G, T5-XXL] rates, two values
+    giving CLIP-G (and T5) the second; a rate of 0 leaves CLIP-G out of the optimizer."""
+    plan = plan_of(_sd3_text(tmp_path / "two", "5e-5 2e-5"), tmp_path / "two")
+    assert (plan.optimizer.text_encoder_lr, plan.optimizer.text_encoder_2_lr) == (5e-5, 2e-5)
+    one = plan_of(_sd3_text(tmp_path / "one", "5e-5"), tmp_path / "one")
+    assert (one.optimizer.text_encoder_lr, one.optimizer.text_encoder_2_lr) == (5e-5, None)
+    off = plan_of(_sd3_text(tmp_path / "off", "5e-5 0"), tmp_path / "off")
+    trained = {c.name: c.trainable for c in off.precision.components}
+    assert trained["text_encoder"] == "lora" and trained["text_encoder_2"] == "frozen"

@@ -986,12 +986,34 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
             )
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
     te = lora_text_encoder_lr(a)
-    if isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
+    if script == "sd3_train_network" and trains:
+        _sd3_clip_g_lr(a, conv)
+    elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
         conv.notes.append(
             f"kohya networks.lora trains every text encoder at the first text_encoder_lr ({te.value}); "
             "the other values are not used"
         )
     return te
+
+
+def _sd3_clip_g_lr(a: Args, conv: Conversion) -> None:
+    """lora_sd3's prepare_optimizer_params_with_multiple_te_lrs: CLIP-L at text_encoder_lr's first value,
+    CLIP-G at its second (one value: both), T5-XXL's third unused (dbspec trains no SD3 T5); a rate of 0
+    leaves that encoder's LoRA out of the optimizer (train.text_encoder_2 = false for CLIP-G)."""
+    te = a["text_encoder_lr"]
+    if not (isinstance(te.value, list) and len(te.value) > 1):
+        return
+    first, second = float(te.value[0]), float(te.value[1])
+    if second == first:
+        return
+    if second == 0:
+        conv.put(
+            ("train", "text_encoder_2"), False, conv.comment(te, "CLIP-G's rate 0: kohya skips its group")
+        )
+    else:
+        conv.put(
+            ("optimizer", "text_encoder_2_lr"), second, conv.comment(te, "CLIP-G's rate: the second value")
+        )
 
 
 def _rates(conv: Conversion) -> set[float]:
