@@ -1816,12 +1816,14 @@ the alpha values at plan time.""",
     Code(
         "DBS392",
         ERROR,
-        "Merging a LoRA into a Flux or SD3 base",
+        "A merged SD3 LoRA module dbspec cannot place",
         """\
-`model.merge_adapters` on a family whose kohya LoRA files name the original model's fused layers (Flux, SD3:
-kohya's lora_flux / lora_sd3, q/k/v in one layer) is not implemented: the merge would have to split each
-fused update onto diffusers' separate layers. Merge the file into the model with another tool first.""",
-        help="merge the file with another tool first, or remove it",
+Flux and SD3 files in `model.merge_adapters` are in kohya's lora_flux / lora_sd3 layout (the original model's
+module names, q/k/v in one fused layer) and are merged as flux_train_network.py / sd3_train_network.py merge
+them, each diffusers part receiving its rows of the fused update. kohya's lora_sd3 also merges a file's
+`lora_unet_x_embedder` (the patch embedding, a Conv2d), which dbspec does not map onto diffusers'
+`pos_embed.proj`: such a file is refused at plan time.""",
+        help="remove the x_embedder module from the file, or merge the file with another tool first",
     ),
     # schedule.start_step / start_epoch past the run's end: DBS393 (plan time, once the step count is known).
     Code(
