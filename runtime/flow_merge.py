@@ -136,4 +136,3 @@ def merge_parts(path: str, name: str, parts: list, up, down, alpha, multiplier: 
             rows = torch.cat([second, first], dim=0)
         weight = module.weight.detach().to("cpu").to(torch.float)
         module.weight.copy_((weight + rows).to(dtype))
-

@@ -1,8 +1,9 @@
 """`model.merge_adapters` (kohya `--base_weights`, `--base_weights_multiplier`): LoRA files merged into the
 base weights before training, checked at plan time from their headers (DBS391; DBS392: an SD3 module dbspec
-cannot place) and folded into the model's identities, so the caches keyed by a merged component (the text cache, with a text-encoder LoRA) and
-the class images follow the merged weights. The VAE is never merged: latents keep their keys. Flux and SD3
-files are in kohya's lora_flux / lora_sd3 layout (the original model's fused layers; runtime/flow_merge.py)."""
+cannot place) and folded into the model's identities, so the caches keyed by a merged component (the text
+cache, with a text-encoder LoRA) and the class images follow the merged weights. The VAE is never merged:
+latents keep their keys. Flux and SD3 files are in kohya's lora_flux / lora_sd3 layout (the original model's
+fused layers; runtime/flow_merge.py)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,12 @@ def _original(unet) -> dict[str, torch.Tensor]:
         ),
         "lora_unet_double_blocks_0_img_mod_lin": double.norm1.linear.weight,
         "lora_unet_single_blocks_0_linear1": torch.cat(
-            [single.attn.to_q.weight, single.attn.to_k.weight, single.attn.to_v.weight, single.proj_mlp.weight]
+            [
+                single.attn.to_q.weight,
+                single.attn.to_k.weight,
+                single.attn.to_v.weight,
+                single.proj_mlp.weight,
+            ]
         ),
         "lora_unet_single_blocks_0_linear2": single.proj_out.weight,
     }
@@ -103,7 +108,11 @@ def test_a_flux_file_merges_as_kohya_merges_the_fused_layers(tmp_path, dtype):
         expected[TE] = _kohya_merge(_te(encoder), state, TE, 0.7, dtype)
         img_in = unet.x_embedder.weight.detach().clone()
     note = merge_flow_file(
-        merge, "flux", denoiser_layers("flux", unet), text_layers("flux", comps.text_encoders, str(path)), dtype
+        merge,
+        "flux",
+        denoiser_layers("flux", unet),
+        text_layers("flux", comps.text_encoders, str(path)),
+        dtype,
     )
     assert note.startswith(f"merged 6 layers of {path} x 0.7; 1 of its modules")
     with torch.no_grad():

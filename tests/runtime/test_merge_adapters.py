@@ -168,4 +168,6 @@ def test_the_plan_refuses_files_that_do_not_fit(tmp_path):
     flux.write_text(
         flux.read_text().replace('base = "builtin:tiny-flux"\n', 'base = "builtin:tiny-flux"\n' + MERGE)
     )
-    assert _codes(flux) == ["DBS391"]  # Flux merges kohya's lora_flux layout: no lora_te2_ (CLIP-L, T5: te1, te3)
+    assert _codes(flux) == [
+        "DBS391"
+    ]  # Flux merges kohya's lora_flux layout: no lora_te2_ (CLIP-L, T5: te1, te3)

@@ -292,8 +292,9 @@ def map_base_weights(a: Args, paths: PathMapper, conv: Conversion) -> None:
     """--base_weights with --base_weights_multiplier -> [[model.merge_adapters]]: train_network.py merges each
     file into the base models before building the network, the i-th multiplier with the i-th file (1.0 when
     the list is shorter; extra multipliers are not read). Its merge goes through the network module's own
-    create_network_from_weights: networks.lora's for SD 1.x/2.x/SDXL (runtime/merge_adapters.py), lora_flux's /
-    lora_sd3's for Flux and SD3 (the fused layers' updates split onto diffusers' parts, runtime/flow_merge.py)."""
+    create_network_from_weights: networks.lora's for SD 1.x/2.x/SDXL (runtime/merge_adapters.py),
+    lora_flux's / lora_sd3's for Flux and SD3 (the fused layers' updates split onto diffusers' parts,
+    runtime/flow_merge.py)."""
     files, multipliers = a["base_weights"], a["base_weights_multiplier"]
     if not files.value:
         if multipliers.given and multipliers.value:
