@@ -169,3 +169,52 @@ def test_the_plan_refuses_sd3s_patch_embedding(tmp_path):
     diagnostics = plan_spec(spec, CPU, str(spec), []).diagnostics
     (error,) = [d for d in diagnostics if d.severity == "error"]
     assert error.code == "DBS392" and name in error.message
+
+
+def _swap(weight: torch.Tensor) -> torch.Tensor:
+    """diffusers' AdaLayerNormContinuous Linear holds (scale, shift) where SD3's original holds (shift, scale)."""
+    first, second = weight.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def test_an_sd3_file_merges_as_kohya_merges_the_original_layers(tmp_path):
+    spec = write_spec(tmp_path, base="builtin:tiny-sd3", steps=2, extra=LORA)
+    plan = compile_spec(spec)
+    unet = family_runtime("sd3").load(plan).unet.float()
+    last = len(unet.transformer_blocks) - 1
+    a, b = unet.transformer_blocks[0].attn, unet.transformer_blocks[last]
+    original = {  # SD3's original MMDiT weights, from diffusers' (the adaLN of AdaLayerNormContinuous swapped)
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": torch.cat([a.to_q.weight, a.to_k.weight, a.to_v.weight]),
+        f"lora_unet_joint_blocks_{last}_context_block_adaLN_modulation_1": _swap(
+            b.norm1_context.linear.weight
+        ),
+        "lora_unet_final_layer_adaLN_modulation_1": _swap(unet.norm_out.linear.weight),
+        "lora_unet_context_embedder": unet.context_embedder.weight,
+    }
+    assert type(b.norm1_context).__name__ == "AdaLayerNormContinuous"
+    g = torch.Generator().manual_seed(3)
+    tensors = {}
+    for name, weight in original.items():
+        tensors[f"{name}.lora_down.weight"] = torch.randn(4, weight.shape[1], generator=g).half()
+        tensors[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], 4, generator=g).half()
+        tensors[f"{name}.alpha"] = torch.tensor(1.0)
+    path = tmp_path / "style.safetensors"
+    save_file(tensors, str(path))
+    with torch.no_grad():
+        expected = {n: _kohya_merge(w, tensors, n, 0.7, torch.bfloat16) for n, w in original.items()}
+    spec.write_text(
+        spec.read_text().replace('base = "builtin:tiny-sd3"\n', 'base = "builtin:tiny-sd3"\n' + MERGE)
+    )
+    (merge,) = compile_spec(spec).model.merge_adapters
+    note = merge_flow_file(merge, "sd3", denoiser_layers("sd3", unet), {}, torch.bfloat16)
+    assert note == f"merged 4 layers of {path} x 0.7"
+    with torch.no_grad():
+        q, k, v = expected["lora_unet_joint_blocks_0_x_block_attn_qkv"].split(a.to_q.weight.shape[0])
+        assert torch.equal(a.to_q.weight.bfloat16(), q) and torch.equal(a.to_v.weight.bfloat16(), v)
+        assert torch.equal(a.to_k.weight.bfloat16(), k)
+        context = expected[f"lora_unet_joint_blocks_{last}_context_block_adaLN_modulation_1"]
+        assert torch.equal(b.norm1_context.linear.weight.bfloat16(), _swap(context))
+        final = expected["lora_unet_final_layer_adaLN_modulation_1"]
+        assert torch.equal(unet.norm_out.linear.weight.bfloat16(), _swap(final))
+        embed = expected["lora_unet_context_embedder"]
+        assert torch.equal(unet.context_embedder.weight.bfloat16(), embed)
