@@ -23,6 +23,7 @@ from __future__ import annotations
 from importlib import import_module
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.families import family_spec, flow_text_prefixes
@@ -68,7 +69,8 @@ def denoiser_layers(family: str, unet: torch.nn.Module) -> dict[str, list]:
 def text_layers(family: str, text_encoders: list, path: str) -> dict[str, torch.nn.Module]:
     """kohya module name -> Linear of the text encoders kohya's network from this file adapts (T5-XXL only
     when the file holds a `lora_te3_` module: kohya's train_t5xxl detection)."""
-    names = {key.split(".")[0] for key in load_file(path)}  # small next to the models; read once per file
+    with safe_open(path, "pt") as file:  # the names only (the header)
+        names = {key.split(".")[0] for key in file.keys()}
     with_t5 = any(n.startswith("lora_te3_") for n in names)
     found: dict[str, torch.nn.Module] = {}
     for prefix, encoder in zip(flow_text_prefixes(family), text_encoders):

@@ -172,7 +172,7 @@ def test_the_plan_refuses_sd3s_patch_embedding(tmp_path):
 
 
 def _swap(weight: torch.Tensor) -> torch.Tensor:
-    """diffusers' AdaLayerNormContinuous Linear holds (scale, shift) where SD3's original holds (shift, scale)."""
+    """diffusers' AdaLayerNormContinuous Linear: (scale, shift) where SD3's original holds (shift, scale)."""
     first, second = weight.chunk(2, dim=0)
     return torch.cat([second, first])
 
@@ -183,7 +183,7 @@ def test_an_sd3_file_merges_as_kohya_merges_the_original_layers(tmp_path):
     unet = family_runtime("sd3").load(plan).unet.float()
     last = len(unet.transformer_blocks) - 1
     a, b = unet.transformer_blocks[0].attn, unet.transformer_blocks[last]
-    original = {  # SD3's original MMDiT weights, from diffusers' (the adaLN of AdaLayerNormContinuous swapped)
+    original = {  # SD3's original MMDiT weights from diffusers' (AdaLayerNormContinuous' adaLN swapped)
         "lora_unet_joint_blocks_0_x_block_attn_qkv": torch.cat([a.to_q.weight, a.to_k.weight, a.to_v.weight]),
         f"lora_unet_joint_blocks_{last}_context_block_adaLN_modulation_1": _swap(
             b.norm1_context.linear.weight
