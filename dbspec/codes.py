@@ -1810,8 +1810,9 @@ is built.""",
         """\
 A file in `model.merge_adapters` is not there, is not a LoRA `.safetensors` file in kohya's layout
 (`lora_unet_*` / `lora_te*_*` modules with `lora_down.weight`, `lora_up.weight` and an optional `alpha`), or
-names a model this family has not (an SDXL file's `lora_te2_` on SD 1.5). dbspec reads only its header and
-the alpha values at plan time.""",
+names a model this family has not (an SDXL file's `lora_te2_` on SD 1.5). A Flux or SD3 file (kohya's
+lora_flux / lora_sd3 layout) needs an `alpha` for every module kohya merges: their network from weights stops
+without one. dbspec reads only its header and the alpha values at plan time.""",
     ),
     Code(
         "DBS392",

@@ -21,6 +21,16 @@ from dbspec.plan.model import MergePlan, ModelPlan
 _UNPLACED = ("lora_unet_x_embedder",)
 
 
+def _flux_ignored(family: str, name: str) -> bool:
+    """A Flux denoiser module outside the double and single blocks: kohya's lora_flux network from weights
+    has no such module and never reads it (runtime/flow_merge.py)."""
+    return (
+        family_spec(family).runtime == "flux"
+        and name.startswith("lora_unet_")
+        and not name.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))
+    )
+
+
 def with_merged_adapters(ctx: Context, plan: ModelPlan | None) -> ModelPlan | None:
     """`plan` with the spec's merged LoRA files and identities that include them."""
     given = ctx.spec.model.merge_adapters
@@ -75,6 +85,18 @@ def _plan_one(ctx: Context, given: str, multiplier: float, key, family: str) -> 
                 f"(kohya prefixes here: {', '.join(prefixes)})",
                 key,
                 help="merge a LoRA made for this model family",
+            )
+            return None
+        if fused and module.alpha is None and not _flux_ignored(family, module.name):
+            network = "lora_flux" if family_spec(family).runtime == "flux" else "lora_sd3"
+            ctx.report(
+                "DBS391",
+                "error",
+                f"`{path}`: module `{module.name}` has no `{module.name}.alpha`; kohya's "
+                f"{network} network from weights "
+                "needs one for every module it merges (it stops with a KeyError)",
+                key,
+                help="add the alpha tensors (alpha = rank keeps the update's scale 1)",
             )
             return None
         # the plan names the denoiser "unet" in every family

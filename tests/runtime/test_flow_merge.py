@@ -75,7 +75,9 @@ def _file(tmp_path: Path, unet, encoder) -> Path:
             up = up * mask
         tensors[f"{name}.lora_down.weight"] = torch.randn(rank, width, generator=g).half()
         tensors[f"{name}.lora_up.weight"] = up.half()
-        if not name.endswith("img_mod_lin"):  # no alpha: the rank (scale 1)
+        if name.endswith("img_mod_lin"):  # alpha 0: the rank (scale 1)
+            tensors[f"{name}.alpha"] = torch.tensor(0.0)
+        elif name != "lora_unet_img_in":  # kohya never reads img_in's (it needs every other module's)
             tensors[f"{name}.alpha"] = torch.tensor(float(rank) / 2)
     path = tmp_path / "style.safetensors"
     save_file(tensors, str(path))
@@ -169,6 +171,23 @@ def test_the_plan_refuses_sd3s_patch_embedding(tmp_path):
     diagnostics = plan_spec(spec, CPU, str(spec), []).diagnostics
     (error,) = [d for d in diagnostics if d.severity == "error"]
     assert error.code == "DBS392" and name in error.message
+
+
+def test_the_plan_refuses_a_merged_module_without_alpha(tmp_path):
+    """kohya's lora_flux network from weights looks up every merged module's alpha (a KeyError without one);
+    img_in, which it never reads, may lack it."""
+    spec = write_spec(tmp_path, base="builtin:tiny-flux", steps=2, extra=LORA)
+    spec.write_text(spec.read_text().replace(BASE, BASE + MERGE))
+    tensors = {}
+    for name in ("lora_unet_img_in", "lora_unet_single_blocks_0_linear2"):
+        tensors |= {
+            f"{name}.lora_down.weight": torch.zeros(2, 4),
+            f"{name}.lora_up.weight": torch.zeros(4, 2),
+        }
+    save_file(tensors, str(tmp_path / "style.safetensors"))
+    diagnostics = plan_spec(spec, CPU, str(spec), []).diagnostics
+    (error,) = [d for d in diagnostics if d.severity == "error"]
+    assert error.code == "DBS391" and "lora_unet_single_blocks_0_linear2.alpha" in error.message
 
 
 def _swap(weight: torch.Tensor) -> torch.Tensor:
