@@ -1810,18 +1810,21 @@ is built.""",
         """\
 A file in `model.merge_adapters` is not there, is not a LoRA `.safetensors` file in kohya's layout
 (`lora_unet_*` / `lora_te*_*` modules with `lora_down.weight`, `lora_up.weight` and an optional `alpha`), or
-names a model this family has not (an SDXL file's `lora_te2_` on SD 1.5). dbspec reads only its header and
-the alpha values at plan time.""",
+names a model this family has not (an SDXL file's `lora_te2_` on SD 1.5). A Flux or SD3 file (kohya's
+lora_flux / lora_sd3 layout) needs an `alpha` for every module kohya merges: their network from weights stops
+without one. dbspec reads only its header and the alpha values at plan time.""",
     ),
     Code(
         "DBS392",
         ERROR,
-        "Merging a LoRA into a Flux or SD3 base",
+        "A merged SD3 LoRA module dbspec cannot place",
         """\
-`model.merge_adapters` on a family whose kohya LoRA files name the original model's fused layers (Flux, SD3:
-kohya's lora_flux / lora_sd3, q/k/v in one layer) is not implemented: the merge would have to split each
-fused update onto diffusers' separate layers. Merge the file into the model with another tool first.""",
-        help="merge the file with another tool first, or remove it",
+Flux and SD3 files in `model.merge_adapters` are in kohya's lora_flux / lora_sd3 layout (the original model's
+module names, q/k/v in one fused layer) and are merged as flux_train_network.py / sd3_train_network.py merge
+them, each diffusers part receiving its rows of the fused update. kohya's lora_sd3 also merges a file's
+`lora_unet_x_embedder` (the patch embedding, a Conv2d), which dbspec does not map onto diffusers'
+`pos_embed.proj`: such a file is refused at plan time.""",
+        help="remove the x_embedder module from the file, or merge the file with another tool first",
     ),
     # schedule.start_step / start_epoch past the run's end: DBS393 (plan time, once the step count is known).
     Code(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
+from dbspec.families import family_spec
 from dbspec.plan.model import MergePlan, Plan
 from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.exports import kohya_parts
@@ -29,6 +30,10 @@ _SCOPES = {
 def merge_adapters(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> list[str]:
     """Merge every file of the plan, in order; one note per file (layers merged, file modules ignored)."""
     dtype = mixed_dtype(plan.precision.mixed) or torch.float32
+    if family_spec(plan.model.family).fused_projections:  # Flux, SD3: kohya's lora_flux / lora_sd3 layout
+        from dbspec.runtime.flow_merge import merge_flow_adapters
+
+        return merge_flow_adapters(plan, unet, text_encoders, dtype)
     layers = kohya_layers(plan, unet, text_encoders)
     return [merge_file(merge, layers, dtype) for merge in plan.model.merge_adapters]
 

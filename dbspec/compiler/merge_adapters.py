@@ -1,18 +1,34 @@
 """`model.merge_adapters` (kohya `--base_weights`, `--base_weights_multiplier`): LoRA files merged into the
-base weights before training, checked at plan time from their headers (DBS391, DBS392) and folded into the
-model's identities, so the caches keyed by a merged component (the text cache, with a text-encoder LoRA) and
-the class images follow the merged weights. The VAE is never merged: latents keep their keys."""
+base weights before training, checked at plan time from their headers (DBS391; DBS392: an SD3 module dbspec
+cannot place) and folded into the model's identities, so the caches keyed by a merged component (the text
+cache, with a text-encoder LoRA) and the class images follow the merged weights. The VAE is never merged:
+latents keep their keys. Flux and SD3 files are in kohya's lora_flux / lora_sd3 layout (the original model's
+fused layers; runtime/flow_merge.py)."""
 
 from __future__ import annotations
 
 import attrs
 
 from dbspec.compiler.context import Context
-from dbspec.compiler.init_weights import kohya_component_prefixes
+from dbspec.compiler.init_weights import flow_component_prefixes, kohya_component_prefixes
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError, file_fingerprint
 from dbspec.families import family_spec
 from dbspec.plan.model import MergePlan, ModelPlan
+
+# kohya's lora_sd3 merges the patch embedding (x_embedder, a Conv2d) from a file; diffusers' pos_embed.proj
+# is not mapped to it
+_UNPLACED = ("lora_unet_x_embedder",)
+
+
+def _flux_ignored(family: str, name: str) -> bool:
+    """A Flux denoiser module outside the double and single blocks: kohya's lora_flux network from weights
+    has no such module and never reads it (runtime/flow_merge.py)."""
+    return (
+        family_spec(family).runtime == "flux"
+        and name.startswith("lora_unet_")
+        and not name.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))
+    )
 
 
 def with_merged_adapters(ctx: Context, plan: ModelPlan | None) -> ModelPlan | None:
@@ -20,21 +36,10 @@ def with_merged_adapters(ctx: Context, plan: ModelPlan | None) -> ModelPlan | No
     given = ctx.spec.model.merge_adapters
     if plan is None or not given:
         return plan
-    family = family_spec(plan.family)
     identity, text_identity = plan.identity, plan.text_identity
     merges = []
     for index, merge in enumerate(given):
         key = ("model", "merge_adapters", index, "path")
-        if family.fused_projections:
-            ctx.report(
-                "DBS392",
-                "error",
-                f"model.merge_adapters[{index}]: merging a {family.title} LoRA (kohya's lora_flux / lora_sd3 "
-                "layout, fused layers) into the base is not implemented",
-                key,
-                help="merge the file into the model with another tool first, or remove it",
-            )
-            continue
         found = _plan_one(ctx, merge.path, merge.multiplier, key, plan.family)
         if found is None:
             continue
@@ -57,9 +62,20 @@ def _plan_one(ctx: Context, given: str, multiplier: float, key, family: str) -> 
     except ModelFileError as exc:
         ctx.report("DBS391", "error", f"`{exc.path}` cannot be merged: {exc.reason}", key)
         return None
-    prefixes = kohya_component_prefixes(family)
+    fused = bool(family_spec(family).fused_projections)  # Flux, SD3: kohya's lora_flux / lora_sd3 layout
+    prefixes = flow_component_prefixes(family) if fused else kohya_component_prefixes(family)
     components: dict[str, int] = {}
     for module in file.modules.values():
+        if fused and module.name.startswith(_UNPLACED):
+            ctx.report(
+                "DBS392",
+                "error",
+                f"`{path}`: tensor `{module.name}.lora_down.weight` adapts SD3's patch embedding (a Conv2d), "
+                "which kohya merges but diffusers' model holds in another form dbspec does not map",
+                key,
+                help="remove the module from the file, or merge the file with another tool first",
+            )
+            return None
         prefix = next((p for p in prefixes if module.name.startswith(p)), None)
         if prefix is None:
             ctx.report(
@@ -71,8 +87,20 @@ def _plan_one(ctx: Context, given: str, multiplier: float, key, family: str) -> 
                 help="merge a LoRA made for this model family",
             )
             return None
+        if fused and module.alpha is None and not _flux_ignored(family, module.name):
+            network = "lora_flux" if family_spec(family).runtime == "flux" else "lora_sd3"
+            ctx.report(
+                "DBS391",
+                "error",
+                f"`{path}`: module `{module.name}` has no `{module.name}.alpha`; kohya's "
+                f"{network} network from weights "
+                "needs one for every module it merges (it stops with a KeyError)",
+                key,
+                help="add the alpha tensors (alpha = rank keeps the update's scale 1)",
+            )
+            return None
         # the plan names the denoiser "unet" in every family
-        component = "unet" if prefixes[prefix] == family_spec(family).denoiser else prefixes[prefix]
+        component = "unet" if prefixes[prefix] in ("unet", family_spec(family).denoiser) else prefixes[prefix]
         components[component] = components.get(component, 0) + 1
     return MergePlan(
         path=str(path),

@@ -93,7 +93,11 @@ class Model:
         "layer the file names (kohya's LoRA targets: attention and ResNet blocks, the text encoders' "
         "attention and MLP) becomes weight + multiplier x alpha / rank x up @ down, computed in fp32 on "
         "the CPU and rounded to the mixed-precision dtype, as kohya's merge_to; other layers of the file "
-        "are ignored, as kohya ignores them. The merged model is the run's base: validation, the "
+        "are ignored, as kohya ignores them. Flux and SD3 files are in kohya's lora_flux / lora_sd3 layout "
+        "(the original model's fused q/k/v layers): each diffusers part gets its rows of the fused update, "
+        "as flux_train_network.py / sd3_train_network.py merge them (Flux: the double and single blocks' "
+        "layers; T5-XXL only when the file has lora_te3 modules). The merged model is the run's base: "
+        "validation, the "
         "base-model prior and the text cache (when a text encoder is merged) use it; exports hold only "
         "the trained adapter.",
     )

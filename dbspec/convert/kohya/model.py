@@ -288,23 +288,17 @@ def file_has_text(a: Args, paths: PathMapper) -> bool:
     return file is None or any(m.name.startswith("lora_te") for m in file.modules.values())
 
 
-def map_base_weights(a: Args, paths: PathMapper, conv: Conversion, flow: bool = False) -> None:
+def map_base_weights(a: Args, paths: PathMapper, conv: Conversion) -> None:
     """--base_weights with --base_weights_multiplier -> [[model.merge_adapters]]: train_network.py merges each
     file into the base models before building the network, the i-th multiplier with the i-th file (1.0 when
     the list is shorter; extra multipliers are not read). Its merge goes through the network module's own
-    create_network_from_weights: networks.lora's for SD 1.x/2.x/SDXL (runtime/merge_adapters.py); Flux's and
-    SD3's fused layouts are not implemented (DBS403)."""
+    create_network_from_weights: networks.lora's for SD 1.x/2.x/SDXL (runtime/merge_adapters.py),
+    lora_flux's / lora_sd3's for Flux and SD3 (the fused layers' updates split onto diffusers' parts,
+    runtime/flow_merge.py)."""
     files, multipliers = a["base_weights"], a["base_weights_multiplier"]
     if not files.value:
         if multipliers.given and multipliers.value:
             conv.inert(multipliers, "train_network.py reads it only with --base_weights")
-        return
-    if flow:
-        conv.unsupported(
-            files,
-            "merging a Flux or SD3 LoRA (kohya's fused-layer layout) into the base is not implemented",
-            help="merge the files into the model with another tool first",
-        )
         return
     given = list(multipliers.value or [])
     for index, path in enumerate(files.value):
@@ -644,7 +638,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
         _flow_dim_from_weights(a, wanted, paths, conv)
     elif weights.value:
         map_network_weights(a, paths, conv)
-    map_base_weights(a, paths, conv, flow=True)
+    map_base_weights(a, paths, conv)
     fused = conv.values.get(("adapter", "fused_projections"))
     map_scale_weight_norms(a, conv, split=fused is not None and not fused[0])  # fused false: split_qkv
     return True
