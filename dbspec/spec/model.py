@@ -1499,7 +1499,8 @@ class Optimizer:
     )
     text_encoder_3_lr: float = option(
         attrs.Factory(lambda self: self.text_encoder_2_lr, takes_self=True),
-        doc="Learning rate of the third text encoder, SD3's T5-XXL when `train.t5` trains it (kohya lora_sd3's "
+        doc="Learning rate of the third text encoder, SD3's T5-XXL when `train.t5` trains it "
+        "(kohya lora_sd3's "
         "third `text_encoder_lr` value; two values [a, b] give T5 b, as kohya's).",
         derived="same as `text_encoder_2_lr`",
         exclusive_minimum=0,

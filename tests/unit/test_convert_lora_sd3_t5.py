@@ -1,5 +1,5 @@
-"""kohya lora_sd3's `train_t5xxl=True` converted exactly: LoRA on SD3's third text encoder, T5-XXL (`train.t5`),
-at `text_encoder_lr`'s third value as lora_sd3's prepare_optimizer_params_with_multiple_te_lrs pads it (one
+"""kohya lora_sd3's `train_t5xxl=True` converted exactly: LoRA on SD3's third text encoder, T5-XXL
+(`train.t5`), at `text_encoder_lr`'s third value as lora_sd3's prepare_optimizer_params_with_multiple_te_lrs pads it (one
 value: all three; two: [a, b, b]), refused with cached text-encoder outputs (sd3_train_network.py raises
 ValueError), inert without a text-encoder LoRA or at rate 0."""
 
@@ -38,7 +38,7 @@ def _sd3(tmp_path, extra: str):
 
 
 def _kohya_rates(values: list[float], default: float) -> list[float]:
-    """prepare_optimizer_params_with_multiple_te_lrs' [CLIP-L, CLIP-G, T5-XXL] rates, written from its rule."""
+    """prepare_optimizer_params_with_multiple_te_lrs' [CLIP-L, CLIP-G, T5-XXL] rates, from its rule."""
     if not values:
         return [default] * 3
     if len(values) == 1:
