@@ -1,7 +1,7 @@
 """kohya lora_sd3's `train_t5xxl=True` converted exactly: LoRA on SD3's third text encoder, T5-XXL
-(`train.t5`), at `text_encoder_lr`'s third value as lora_sd3's prepare_optimizer_params_with_multiple_te_lrs pads it (one
-value: all three; two: [a, b, b]), refused with cached text-encoder outputs (sd3_train_network.py raises
-ValueError), inert without a text-encoder LoRA or at rate 0."""
+(`train.t5`), at `text_encoder_lr`'s third value as lora_sd3's prepare_optimizer_params_with_multiple_te_lrs
+pads it (one value: all three; two: [a, b, b]), refused with cached text-encoder outputs
+(sd3_train_network.py raises ValueError), inert without a text-encoder LoRA or at rate 0."""
 
 from __future__ import annotations
 

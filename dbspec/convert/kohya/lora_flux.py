@@ -392,7 +392,7 @@ def rest(
     refused: dict[str, str],
 ) -> None:
     """The network_args left (train_t5xxl mapped before: train_t5): the inert ones, those with no dbspec form
-    (`refused`),    the rest ignored as kohya's create_network ignores them."""
+    (`refused`), the rest ignored as kohya's create_network ignores them."""
     for key, value in kwargs.items():
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
         if key in ("conv_dim", "conv_alpha"):
