@@ -115,3 +115,17 @@ def test_cached_text_encoder_outputs_are_refused(tmp_path):
 def test_train_t5xxl_false_is_inert(tmp_path):
     outcome = _sd3(tmp_path, '--network_args "train_t5xxl=False"')
     assert fate(outcome, "network_args train_t5xxl") == "inert"
+
+
+def test_text_encoder_3_lr_without_a_third_encoder_warns_at_plan_time(tmp_path):
+    """DBS399: Flux's T5-XXL is its second text encoder (text_encoder_2_lr); SDXL has no third."""
+    from dbspec.frontend import plan_spec
+    from tests.runtime.runspec import CPU, write_spec
+
+    for base in ("builtin:tiny-flux", "builtin:tiny-sdxl"):
+        extra = '[adapter]\nkind = "lora"\n[train]\ntext_encoder = true\n'
+        extra += "t5 = true\n" if base.endswith("flux") else ""
+        path = write_spec(tmp_path / base[-4:], base=base, extra=extra)
+        planned = plan_spec(path, CPU, str(path), ["optimizer.text_encoder_3_lr=1e-5"])
+        assert ("DBS399", "optimizer.text_encoder_3_lr") in [(d.code, d.path) for d in planned.diagnostics]
+        assert planned.plan is not None and planned.plan.optimizer.text_encoder_3_lr is None
