@@ -29,7 +29,7 @@ class TextEncoderSpec:
     single_file_prefix: str  # its keys' prefix in the original (single-file) checkpoint layout
     tokenizer_class: str = "CLIPTokenizer"
     max_length: int = 77
-    trainable: bool = True  # train.text_encoder trains it (SD3's T5 never trains, as in diffusers' scripts)
+    trainable: bool = True  # train.text_encoder trains it (SD3's T5 only with train.t5, kohya's train_t5xxl)
     # Its key in an A1111/ComfyUI textual-inversion file (pivotal tuning's exports): SD1/SD2 "emb_params",
     # SDXL "clip_l" / "clip_g" (the refiner's only encoder is OpenCLIP bigG: "clip_g").
     embedding_key: str = "emb_params"
