@@ -144,3 +144,28 @@ def test_t5_lora_moves_at_its_rate(tmp_path):
     for k in ups:
         torch.testing.assert_close(runs[2e-3][k].float(), 2 * runs[1e-3][k].float(), rtol=1e-4, atol=1e-8)
         assert runs[1e-3][k].abs().sum() > 0
+
+
+def test_a_kohya_file_with_lora_te3_initialises_sd3_t5s_lora(tmp_path):
+    """adapter.init_weights (kohya's --network_weights): SD3 T5's LoRA from the file's lora_te3_* modules."""
+    overrides = ["model.t5_max_length=8", "output.dir=first"]
+    first = execute(compile_spec(write_spec(tmp_path, base=BASE, steps=2, extra=EXTRA), overrides))
+    (kohya,) = Path(first.final).glob("*.kohya.safetensors")
+    extra = EXTRA.replace('kind = "lora"', f'kind = "lora"\ninit_weights = "{kohya}"')
+    plan = compile_spec(write_spec(tmp_path / "second", base=BASE, steps=1, extra=extra))
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.flow_init import load_flow_init_weights
+    from dbspec.runtime.prepare import configure_models
+
+    comps = family_runtime("sd3").load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    load_flow_init_weights(plan, comps.unet, comps.text_encoders)
+    t5 = dict(comps.text_encoders[2].named_parameters())
+    file = load_file(str(kohya))
+    names = _kohya_t5_names()
+    assert names
+    for name in names:
+        path = name.removeprefix("lora_te3_")
+        (up,) = [p for n, p in t5.items() if n.replace(".", "_").endswith(f"{path}_lora_B_default_weight")]
+        assert torch.equal(up.detach(), file[f"{name}.lora_up.weight"].to(up.dtype))
+        assert up.abs().sum() > 0  # B (up) starts at zero: only the file moves it
