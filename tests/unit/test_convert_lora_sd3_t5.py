@@ -129,3 +129,36 @@ def test_text_encoder_3_lr_without_a_third_encoder_warns_at_plan_time(tmp_path):
         planned = plan_spec(path, CPU, str(path), ["optimizer.text_encoder_3_lr=1e-5"])
         assert ("DBS399", "optimizer.text_encoder_3_lr") in [(d.code, d.path) for d in planned.diagnostics]
         assert planned.plan is not None and planned.plan.optimizer.text_encoder_3_lr is None
+
+
+def _sd3_file_with_t5(path, *, rank: int = 8, alpha: float = 4.0):
+    """A kohya lora_sd3 file (zero tensors) at SD3.5 large's width: a joint block's output projection, a CLIP-L
+    and two T5-XXL (lora_te3) modules."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_proj": (2432, 2432),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096),
+        "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0": (10240, 4096),
+    }
+    tensors = {}
+    for name, (out, width) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, width), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_dim_from_weights_with_lora_te3_modules_trains_t5(tmp_path):
+    """lora_sd3's create_network_from_weights turns train_t5xxl on when a module name holds lora_te3; T5 at
+    text_encoder_lr's third value."""
+    _sd3_file_with_t5(tmp_path / "prev.safetensors")
+    outcome = _sd3(
+        tmp_path, "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 5e-5 2e-5 1e-5"
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert fate(outcome, "network_weights lora_te3") == "mapped"
+    assert plan.adapter.t5_targets == T5 and (plan.adapter.rank, plan.adapter.alpha) == (8, 4.0)
+    assert _plan_rates(plan)["text_encoder_3"] == 1e-5
