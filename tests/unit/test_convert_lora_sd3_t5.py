@@ -132,7 +132,7 @@ def test_text_encoder_3_lr_without_a_third_encoder_warns_at_plan_time(tmp_path):
 
 
 def _sd3_file_with_t5(path, *, rank: int = 8, alpha: float = 4.0):
-    """A kohya lora_sd3 file (zero tensors) at SD3.5 large's width: a joint block's output projection, a CLIP-L
+    """A kohya lora_sd3 file (zero tensors), SD3.5 large widths: a joint block's output projection, a CLIP-L
     and two T5-XXL (lora_te3) modules."""
     import numpy as np
     from safetensors.numpy import save_file
