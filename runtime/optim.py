@@ -20,7 +20,7 @@ def param_groups(
 ) -> list[dict]:
     """One group for the denoiser and one for the text encoders; the second text encoder gets its own group
     only when the plan gives it another rate (so runs without one keep their optimizer state layout); the
-    third (SD3's T5-XXL with train.t5) likewise, else it joins the second's group (kohya's [a, b] -> [a, b, b]).
+    third (SD3's T5-XXL with train.t5) likewise, else it joins the second's group (kohya's [a, b, b]).
     LoRA+: with a ratio in the plan, the parameters whose id is in `lora_up` (peft lora_B) move to a
     "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group)."""
     groups = []
