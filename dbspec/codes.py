@@ -1848,16 +1848,26 @@ lora_sd3 and networks.lora have no `ggpo_sigma` / `ggpo_beta`. The model's famil
 (`model.family = "auto"` detected from the files), is not Flux.""",
         help="remove adapter.ggpo, or train a Flux model",
     ),
-    # train.t5 (LoRA on T5-XXL, kohya's train_t5xxl) on a model other than Flux: DBS397 (plan time).
+    # train.t5 (LoRA on T5-XXL, kohya's train_t5xxl) on a model without T5: DBS397 (plan time).
     Code(
         "DBS397",
         ERROR,
-        "train.t5 on a model other than Flux",
+        "train.t5 on a model without T5-XXL",
         """\
-`train.t5 = true` trains Flux's T5-XXL text encoder with LoRA (kohya's lora_flux `train_t5xxl=True`). Other
-families have no T5 encoder (SD1, SD2, SDXL), or (SD3, whose T5-XXL is its third text encoder) dbspec has no
-learning-rate group and no kohya export for it yet.""",
-        help="remove train.t5, or train a Flux model",
+`train.t5 = true` trains the T5-XXL text encoder of Flux or SD3 with LoRA (kohya's lora_flux / lora_sd3
+`train_t5xxl=True`). The other families (SD1, SD2, SDXL) have no T5 encoder.""",
+        help="remove train.t5, or train a Flux or SD3 model",
+    ),
+    # optimizer.text_encoder_3_lr on a family without a third text encoder: DBS399 (plan time).
+    Code(
+        "DBS399",
+        WARNING,
+        "optimizer.text_encoder_3_lr on a model without a third text encoder",
+        """\
+`optimizer.text_encoder_3_lr` is the rate of the third text encoder, SD3's T5-XXL (kohya lora_sd3's third
+`text_encoder_lr` value). Other families have no third encoder, so it changes nothing; Flux's T5-XXL is its
+second text encoder and trains at `optimizer.text_encoder_2_lr`.""",
+        help="remove optimizer.text_encoder_3_lr (Flux: set optimizer.text_encoder_2_lr)",
     ),
     Code(
         "DBS401",
@@ -2492,6 +2502,16 @@ that list is empty). Elsewhere it would silently change nothing.""",
 without held-out images (`evaluation.holdout` or `evaluation.split`), and the settings that shape the
 evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`) change nothing.""",
         help="remove the setting, or set evaluation.score = true",
+    ),
+    # optimizer.text_encoder_3_lr without train.t5: DBS572.
+    Code(
+        "DBS572",
+        WARNING,
+        "optimizer.text_encoder_3_lr without train.t5",
+        """\
+`optimizer.text_encoder_3_lr` is the rate of SD3's T5-XXL LoRA, which trains only with `train.t5 = true`
+(kohya lora_sd3's `train_t5xxl=True`); without it T5-XXL is frozen and the rate changes nothing.""",
+        help="set train.t5 = true, or remove optimizer.text_encoder_3_lr",
     ),
 )
 

@@ -29,7 +29,7 @@ class TextEncoderSpec:
     single_file_prefix: str  # its keys' prefix in the original (single-file) checkpoint layout
     tokenizer_class: str = "CLIPTokenizer"
     max_length: int = 77
-    trainable: bool = True  # train.text_encoder trains it (SD3's T5 never trains, as in diffusers' scripts)
+    trainable: bool = True  # train.text_encoder trains it (SD3's T5 only with train.t5, kohya's train_t5xxl)
     # Its key in an A1111/ComfyUI textual-inversion file (pivotal tuning's exports): SD1/SD2 "emb_params",
     # SDXL "clip_l" / "clip_g" (the refiner's only encoder is OpenCLIP bigG: "clip_g").
     embedding_key: str = "emb_params"
@@ -173,7 +173,7 @@ class FamilySpec:
     # txt_attention_mask), not only T5's own encoding.
     t5_mask_in_denoiser: bool = False
     # train.t5 (kohya's train_t5xxl): LoRA on the T5 encoder can train, with its own rate and kohya export
-    # (Flux; SD3's third text encoder has neither yet)
+    # (Flux: text_encoder_2_lr; SD3's third text encoder: text_encoder_3_lr)
     t5_lora: bool = False
     # precision.attention = "eager": the plain (non-SDPA) attention of the denoiser. A diffusers attention
     # processor class (diffusers.models.attention_processor) for denoisers built on its `Attention`, or a
@@ -452,6 +452,7 @@ FAMILIES: dict[str, FamilySpec] = {
         pos_embed_crop=True,
         clip_attention_mask="hidden",
         eager_attention_processor="",
+        t5_lora=True,  # kohya lora_sd3's train_t5xxl: T5-XXL at text_encoder_lr's third value
         # diffusers' train_dreambooth_lora_sd3.py default: the joint attention's image and text projections.
         lora_targets=(
             "attn.add_k_proj",
@@ -473,7 +474,13 @@ FAMILIES: dict[str, FamilySpec] = {
             "text_encoder_3": 4_762_310_656,
             "vae": 83_819_683,
         },
-        lora_params_per_rank={"unet": 1_473_792, "text_encoder": 73_728, "text_encoder_2": 327_680},
+        # text_encoder_3: T5-XXL's LoRA with train.t5, as Flux's text_encoder_2 (the same T5-XXL encoder)
+        lora_params_per_rank={
+            "unet": 1_473_792,
+            "text_encoder": 73_728,
+            "text_encoder_2": 327_680,
+            "text_encoder_3": 1_818_624,
+        },
         # SD3.5 large, width 2432 (MLP 9728), 38 joint blocks, the last one's context stream pre-only (no
         # output projection or MLP; its modulation 2 x 2432 wide, the others' 6 x 2432); no attn2
         lora_params_per_target={

@@ -19,19 +19,28 @@ def param_groups(
     denoiser_params: list, text_params: list[list], opt: OptimizerPlan, lora_up: frozenset[int] = frozenset()
 ) -> list[dict]:
     """One group for the denoiser and one for the text encoders; the second text encoder gets its own group
-    only when the plan gives it another rate (so runs without one keep their optimizer state layout).
+    only when the plan gives it another rate (so runs without one keep their optimizer state layout); the
+    third (SD3's T5-XXL with train.t5) likewise, else it joins the second's group (kohya's [a, b, b]).
     LoRA+: with a ratio in the plan, the parameters whose id is in `lora_up` (peft lora_B) move to a
     "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group)."""
     groups = []
     if denoiser_params:
         groups += _with_lora_up("denoiser", denoiser_params, opt.lr, opt.loraplus_denoiser_ratio, lora_up)
     own = opt.text_encoder_2_lr is not None and len(text_params) > 1 and text_params[1]
-    shared = [p for params in (text_params[:1] if own else text_params) for p in params]
+    # the third (SD3's T5-XXL, train.t5) has its own group with its own rate, else joins the second's
+    third_own = opt.text_encoder_3_lr is not None and len(text_params) > 2 and text_params[2]
+    third = [] if third_own else [p for params in text_params[2:3] for p in params]
+    shared = [p for params in (text_params[:1] if own else text_params[:2]) for p in params]
+    shared += [] if own else third
     ratio = opt.loraplus_text_encoder_ratio
     if shared:
         groups += _with_lora_up("text_encoder", shared, opt.text_encoder_lr, ratio, lora_up)
     if own:
-        groups += _with_lora_up("text_encoder_2", text_params[1], opt.text_encoder_2_lr, ratio, lora_up)
+        groups += _with_lora_up(
+            "text_encoder_2", [*text_params[1], *third], opt.text_encoder_2_lr, ratio, lora_up
+        )
+    if third_own:
+        groups += _with_lora_up("text_encoder_3", text_params[2], opt.text_encoder_3_lr, ratio, lora_up)
     return groups
 
 

@@ -56,7 +56,11 @@ _TOP = {
     "norm_out.linear": "final_layer_adaLN_modulation_1",
     "proj_out": "final_layer_linear",
 }
-TEXT_PREFIXES = ("lora_te1", "lora_te2")  # networks/lora_sd3.py: CLIP-L, CLIP-G (T5: lora_te3, never trained)
+TEXT_PREFIXES = (
+    "lora_te1",
+    "lora_te2",
+    "lora_te3",
+)  # networks/lora_sd3.py: CLIP-L, CLIP-G, T5-XXL (train.t5)
 
 
 def original_name(path: str) -> tuple[str, int | None]:
@@ -147,7 +151,9 @@ class SD3Exports:
             version = {"ss_base_model_version": model_type(found[0])}
         for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
             for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
-                key = f"{prefix}_{clip_path(name).replace('.', '_')}"
+                # T5-XXL's modules keep transformers' paths (kohya's lora_te3_encoder_block_...)
+                path = name if prefix == "lora_te3" else clip_path(name)
+                key = f"{prefix}_{path.replace('.', '_')}"
                 tensors.update(_entry_te(key, down, up, alpha, cast))
                 ranks.add(rank)
                 alphas.add(alpha)

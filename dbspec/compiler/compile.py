@@ -522,11 +522,13 @@ def logging_plan(spec: Spec, out: Path) -> LoggingPlan:
 def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
     """The optimizer's settings as the plan records them."""
     o = spec.optimizer
+    second = _second_text_encoder_lr(o, model, _second_trains(spec, model))
     return OptimizerPlan(
         kind=o.kind,
         lr=o.lr,
         text_encoder_lr=o.text_encoder_lr,
-        text_encoder_2_lr=_second_text_encoder_lr(o, model, _second_trains(spec, model)),
+        text_encoder_2_lr=second,
+        text_encoder_3_lr=_third_text_encoder_lr(spec, model, second),
         weight_decay=o.weight_decay,
         betas=tuple(o.betas),
         eps=o.eps,
@@ -577,6 +579,22 @@ def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:
     """The second text encoder's own rate: only for a family with two, when it trains, and when it differs."""
     two = trains and model is not None and len(family_spec(model.family).text_encoders) > 1
     return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None
+
+
+def _third_text_encoder_lr(spec: Spec, model, second: float | None) -> float | None:
+    """The third text encoder's own rate (SD3's T5-XXL with train.t5, kohya lora_sd3's text_encoder_lr[2]):
+    only when it trains and differs from the rate of the second's group (text_encoder_2_lr when that has its
+    own group, else text_encoder_lr), which it joins otherwise."""
+    if model is None or not spec.train.t5:
+        return None
+    encoders = family_spec(model.family).text_encoders
+    if len(encoders) < 3 or not family_spec(model.family).t5_lora:
+        return None
+    if not encoders[2].tokenizer_class.startswith("T5"):
+        return None
+    o = spec.optimizer
+    shared = second if second is not None else o.text_encoder_lr
+    return o.text_encoder_3_lr if o.text_encoder_3_lr != shared else None
 
 
 def _loraplus(spec, name: str) -> float:

@@ -49,11 +49,15 @@ def optimizer_groups(
         add("denoiser", o.lr, o.loraplus_denoiser_ratio)
     names = family_spec(model.family).text_encoder_names
     own = o.text_encoder_2_lr is not None and len(names) > 1 and trains.get(names[1], False)
-    shared = names[:1] if own else names
+    third_own = o.text_encoder_3_lr is not None and len(names) > 2 and trains.get(names[2], False)
+    third = () if third_own else names[2:3]
+    shared = names[:1] if own else (*names[:2], *third)
     if any(trains.get(n, False) for n in shared):
         add("text_encoder", o.text_encoder_lr, o.loraplus_text_encoder_ratio)
     if own:
         add("text_encoder_2", o.text_encoder_2_lr, o.loraplus_text_encoder_ratio)
+    if third_own:
+        add("text_encoder_3", o.text_encoder_3_lr, o.loraplus_text_encoder_ratio)
     if pivotal is not None:
         groups.append(("pivotal", pivotal.lr))
     return tuple(groups)

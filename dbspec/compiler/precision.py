@@ -110,21 +110,40 @@ def any_text_encoder_trains(spec) -> bool:
 
 
 def _t5_trains(ctx: Context, model: ModelPlan | None) -> tuple[str, ...]:
-    """The T5 encoders train.t5 trains with LoRA (kohya's train_t5xxl): Flux's; DBS397 for other families."""
-    if not ctx.spec.train.t5 or model is None:
+    """The T5 encoders train.t5 trains with LoRA (kohya's train_t5xxl): Flux's and SD3's; DBS397 for other
+    families."""
+    if model is None:
         return ()
     f = family_spec(model.family)
+    _check_third_text_encoder_lr(ctx, f)
+    if not ctx.spec.train.t5:
+        return ()
     if not f.t5_lora:
         has = "its T5-XXL is not trained yet" if t5_text_encoders(f.name) else "it has no T5 text encoder"
         ctx.report(
             "DBS397",
             "error",
-            f"train.t5 needs a Flux model: the base model is {f.title} ({has})",
+            f"train.t5 needs a Flux or SD3 model: the base model is {f.title} ({has})",
             ("train", "t5"),
-            help="remove train.t5, or train a Flux model",
+            help="remove train.t5, or train a Flux or SD3 model",
         )
         return ()
     return t5_text_encoders(model.family)
+
+
+def _check_third_text_encoder_lr(ctx: Context, f) -> None:
+    """DBS399: optimizer.text_encoder_3_lr on a family without a third text encoder (SD3's T5-XXL)."""
+    path = ("optimizer", "text_encoder_3_lr")
+    if len(f.text_encoders) > 2 or not ctx.raw.given(path):
+        return
+    flux = " (its T5-XXL trains at optimizer.text_encoder_2_lr)" if t5_text_encoders(f.name) else ""
+    ctx.report(
+        "DBS399",
+        "warning",
+        f"optimizer.text_encoder_3_lr has no effect: {f.title} has no third text encoder{flux}",
+        path,
+        help="remove optimizer.text_encoder_3_lr" + (", set optimizer.text_encoder_2_lr" if flux else ""),
+    )
 
 
 def _check_second_text_encoder(ctx: Context, text_parts: tuple[str, ...] | None) -> None:

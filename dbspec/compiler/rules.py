@@ -153,6 +153,17 @@ def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def third_text_encoder_lr_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    if not spec.train.t5 and given(("optimizer", "text_encoder_3_lr")):
+        yield _warn(
+            "DBS572",
+            ("optimizer", "text_encoder_3_lr"),
+            "optimizer.text_encoder_3_lr has no effect: train.t5 is false (SD3's T5-XXL is frozen)",
+            "set train.t5 = true, or remove this key",
+        )
+
+
+@rule("spec")
 def second_text_encoder_lr_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if (
         spec.train.text_encoder

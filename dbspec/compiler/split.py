@@ -69,6 +69,9 @@ def _rate(o: OptimizerPlan, model: ModelPlan, name: str) -> float:
     second = family_spec(model.family).text_encoder_names[1:2]
     if o.text_encoder_2_lr is not None and (name,) == second:
         return o.text_encoder_2_lr
+    third = family_spec(model.family).text_encoder_names[2:3]
+    if o.text_encoder_3_lr is not None and (name,) == third:
+        return o.text_encoder_3_lr
     return o.text_encoder_lr
 
 

@@ -114,6 +114,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("datasets", "*", "resize"): "cover",  # crops without resizing (kohya, buckets off), added since
         ("loss", "flow"): None,
         ("optimizer", "text_encoder_2_lr"): None,
+        ("optimizer", "text_encoder_3_lr"): None,  # SD3's T5-XXL rate (train.t5), added since
         ("optimizer", "nesterov"): False,
         ("optimizer", "loraplus_denoiser_ratio"): 0.0,
         ("optimizer", "loraplus_text_encoder_ratio"): 0.0,

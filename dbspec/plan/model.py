@@ -837,6 +837,9 @@ class OptimizerPlan:
     text_encoder_2_lr: float | None = (
         None  # the second text encoder's rate when it differs (SDXL); None: the same
     )
+    # the third text encoder's rate (SD3's T5-XXL with train.t5) when it trains and differs from the second's
+    # (text_encoder_2_lr, else text_encoder_lr); None: it trains in the second's group
+    text_encoder_3_lr: float | None = None
     nesterov: bool = False  # SGD with Nesterov momentum
     # LoRA+: the LoRA up matrices (peft lora_B) train at lr x ratio in their own groups; 0 = off (one group)
     loraplus_denoiser_ratio: float = 0.0

@@ -339,6 +339,11 @@ def schedule_table(plan: Plan) -> Table:
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
             )
+            + (
+                f" (T5-XXL: {plan.optimizer.text_encoder_3_lr:g})"
+                if plan.train_text_encoder and plan.optimizer.text_encoder_3_lr is not None
+                else ""
+            )
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
             + _loraplus(plan)
             + _optimizer_extras(plan)
@@ -1051,6 +1056,8 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         rates.append(f"text encoder {o.text_encoder_lr:g}")
         if o.text_encoder_2_lr is not None:
             rates.append(f"second text encoder {o.text_encoder_2_lr:g}")
+        if o.text_encoder_3_lr is not None:
+            rates.append(f"T5-XXL {o.text_encoder_3_lr:g}")
     alike = o.kind.startswith("dadapt_") or o.kind == "prodigy"
     effect = (
         f"each {o.kind} estimates its step size d over its own chunk (logged as d*lr, d*lr/1, d*lr/2, ...)"
@@ -1343,4 +1350,5 @@ def _ggpo_rows(a) -> list[tuple[str, str]]:
 
 def _second_name(plan: Plan) -> str:
     """The second text encoder's name in the optimizer row: Flux's is T5-XXL (train.t5)."""
-    return "T5-XXL" if plan.adapter.t5_targets else "second"
+    second = family_spec(plan.model.family).text_encoders[1:2]
+    return "T5-XXL" if second and second[0].tokenizer_class.startswith("T5") else "second"

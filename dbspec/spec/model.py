@@ -1501,6 +1501,15 @@ class Optimizer:
         exclusive_minimum=0,
         example=5e-7,
     )
+    text_encoder_3_lr: float = option(
+        attrs.Factory(lambda self: self.text_encoder_2_lr, takes_self=True),
+        doc="Learning rate of the third text encoder, SD3's T5-XXL when `train.t5` trains it "
+        "(kohya lora_sd3's "
+        "third `text_encoder_lr` value; two values [a, b] give T5 b, as kohya's).",
+        derived="same as `text_encoder_2_lr`",
+        exclusive_minimum=0,
+        example=5e-5,
+    )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(
         attrs.Factory(_default_betas, takes_self=True),

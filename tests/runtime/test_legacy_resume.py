@@ -62,6 +62,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["loss"]["pos_embed_random_crop_rate"]  # SD3's random position-embedding window, added since
     del data["model"]["scaled_pos_embed"]  # kohya's scaled SD3 position tables, added since
     del data["optimizer"]["text_encoder_2_lr"]  # added since (one text-encoder rate then)
+    del data["optimizer"]["text_encoder_3_lr"]  # SD3's T5-XXL rate (train.t5), added since
     del data["optimizer"]["nesterov"]  # SGD with Nesterov momentum, added since (off then)
     for key in ("loraplus_denoiser_ratio", "loraplus_text_encoder_ratio"):
         del data["optimizer"][key]  # LoRA+, added since (off then)

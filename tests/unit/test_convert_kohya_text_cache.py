@@ -76,8 +76,7 @@ def test_sd3_clip_lora_with_cached_outputs_trains_clip(tmp_path):
 
 
 def test_sd3_t5_lora_with_cached_outputs_is_refused(tmp_path):
-    """kohya raises (T5XXL is trained, so cache_text_encoder_outputs cannot be used); dbspec never trains
-    T5."""
+    """kohya raises (T5XXL is trained, so cache_text_encoder_outputs cannot be used): DBS402."""
     outcome = _sd3(tmp_path, "--cache_text_encoder_outputs --network_args train_t5xxl=True")
     assert "train_t5xxl" in "\n".join(errors(outcome))
 

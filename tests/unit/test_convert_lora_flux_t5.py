@@ -94,11 +94,11 @@ def test_cached_text_encoder_outputs_are_refused_as_kohya_raises(tmp_path):
     assert not outcome.written and "ValueError" in "".join(errors(outcome))
 
 
-def test_train_t5_outside_flux_is_refused_at_plan_time(tmp_path):
+def test_train_t5_without_t5_is_refused_at_plan_time(tmp_path):
     from dbspec.frontend import plan_spec
     from tests.runtime.runspec import CPU, write_spec
 
-    for base in ("builtin:tiny-sd1", "builtin:tiny-sd3"):
+    for base in ("builtin:tiny-sd1", "builtin:tiny-sdxl"):
         path = write_spec(tmp_path, base=base, extra='[adapter]\nkind = "lora"\n[train]\nt5 = true\n')
         planned = plan_spec(path, CPU, str(path), [])
         assert planned.plan is None

@@ -1412,6 +1412,12 @@ CASES = [
         [("DBS568", "error", ("train", "t5"))],
         DOG + STEPS + LORA + "[train]\nt5 = true\n",
     ),
+    (
+        rules.third_text_encoder_lr_inert,
+        DOG + STEPS + LORA + "[optimizer]\ntext_encoder_3_lr = 1e-5\n",
+        [("DBS572", "warning", ("optimizer", "text_encoder_3_lr"))],
+        DOG + STEPS + LORA + "[optimizer]\ntext_encoder_3_lr = 1e-5\n[train]\nt5 = true\n",
+    ),
     # a dataset's eval_split (kohya's per-dataset validation_split) where no split splits it
     (
         rules.dataset_eval_split_applies,

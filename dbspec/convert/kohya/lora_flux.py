@@ -232,6 +232,8 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
     te = a["text_encoder_lr"].value
     rates = [float(v) for v in (te if isinstance(te, list) else [te] if te is not None else [])]
     default = float(a["learning_rate"].value)
+    if script.startswith("sd3"):
+        return _sd3_t5_trains(legacy, rates or [default], a, conv)
     clip_lr, t5_lr = (rates + rates[-1:])[:2] if rates else (default, default)
     if t5_lr == 0:
         conv.inert(legacy, "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer")
@@ -242,6 +244,26 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
             ("optimizer", "text_encoder_2_lr"),
             t5_lr,
             conv.comment(a["text_encoder_lr"], "T5-XXL's rate: text_encoder_lr's second value"),
+        )
+    return True
+
+
+def _sd3_t5_trains(legacy: Legacy, rates: list[float], a, conv: Conversion) -> bool:
+    """lora_sd3's T5-XXL (its third text encoder): prepare_optimizer_params_with_multiple_te_lrs pads
+    text_encoder_lr to three values (one: all three; two: [a, b, b]) and trains T5 at the third, leaving its
+    group out at 0. The spec's `optimizer.text_encoder_3_lr` derives from text_encoder_2_lr, which the
+    converter writes for CLIP-G's own rate (train.py _sd3_clip_g_lr): written here only when T5's differs."""
+    clip_l, clip_g, t5_lr = (rates + rates[-1:] * 2)[:3]
+    if t5_lr == 0:
+        conv.inert(legacy, "T5-XXL's text_encoder_lr (its third value) is 0: kohya leaves its group out")
+        return True
+    conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
+    derived = clip_g if clip_g != 0 else clip_l  # text_encoder_2_lr as written (CLIP-G at 0: not written)
+    if t5_lr != derived:
+        conv.put(
+            ("optimizer", "text_encoder_3_lr"),
+            t5_lr,
+            conv.comment(a["text_encoder_lr"], "T5-XXL's rate: text_encoder_lr's third value"),
         )
     return True
 
@@ -369,16 +391,11 @@ def rest(
     network: str,
     refused: dict[str, str],
 ) -> None:
-    """The network_args left: T5 training (lora_sd3), the inert ones, those with no dbspec form (`refused`),
-    the rest ignored as kohya's create_network ignores them."""
+    """The network_args left (train_t5xxl mapped before: train_t5): the inert ones, those with no dbspec form
+    (`refused`), the rest ignored as kohya's create_network ignores them."""
     for key, value in kwargs.items():
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if key == "train_t5xxl":  # lora_sd3's (lora_flux maps it: train_t5)
-            if true(value):
-                unsupported[key] = f"{value} (dbspec trains T5-XXL on Flux only)"
-            else:
-                conv.inert(legacy, "only the exact string True trains T5-XXL")
-        elif key in ("conv_dim", "conv_alpha"):
+        if key in ("conv_dim", "conv_alpha"):
             conv.inert(legacy, "the blocks have no convolutions for it to adapt")
         elif key == "verbose":
             conv.inert(legacy, "it only logs the modules")

@@ -8,14 +8,15 @@ by the parts (`adapter.fused_projections = true`); `split_qkv=True` gives each p
 false), which kohya builds for SD3.
 
 Mapped network_args: split_qkv, train_block_indices, the per-type ranks (context_attn_dim ... x_mod_dim),
-emb_dims but the x_embedder's (a convolution), rank_dropout, module_dropout and the LoRA+ ratios."""
+emb_dims but the x_embedder's (a convolution), rank_dropout, module_dropout, the LoRA+ ratios and train_t5xxl
+(`train.t5`, T5-XXL at text_encoder_lr's third value: `optimizer.text_encoder_3_lr`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.lora_flux import dropouts, network_dropout, rest, selection, true
+from dbspec.convert.kohya.lora_flux import dropouts, network_dropout, rest, selection, train_t5, true
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _loraplus, parse_network_args
 from dbspec.families import family_spec
 
@@ -106,6 +107,8 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
     _loraplus(kwargs, put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
+    if not train_t5(kwargs, args, a, conv, "sd3_train_network.py"):
+        return False
     rest(kwargs, args, unsupported, conv, "networks.lora_sd3", {})
     network_dropout(a["network_dropout"], split, conv)
     return True

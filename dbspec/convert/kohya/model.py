@@ -584,11 +584,11 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
     (rank, alpha), note = pair, f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
     map_init_weights(weights, paths, conv)
     t5 = [m.name for m in file.modules.values() if m.name.startswith("lora_te3_")]
-    if t5 and family == "flux":  # create_network_from_weights: train_t5xxl = "lora_te3" in a module's name
+    if t5:  # create_network_from_weights (lora_flux, lora_sd3): train_t5xxl = "lora_te3" in a module's name
         from dbspec.convert.kohya.lora_flux import t5_trains
 
         modules = Legacy(key=f"{weights.key} lora_te3", value=f"{len(t5)} modules", source=weights.source)
-        t5_trains(modules, a, conv, "flux_train_network.py")
+        t5_trains(modules, a, conv, f"{family}_train_network.py")
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")

@@ -998,8 +998,8 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
 
 def _sd3_clip_g_lr(a: Args, conv: Conversion) -> None:
     """lora_sd3's prepare_optimizer_params_with_multiple_te_lrs: CLIP-L at text_encoder_lr's first value,
-    CLIP-G at its second (one value: both), T5-XXL's third unused (dbspec trains no SD3 T5); a rate of 0
-    leaves that encoder's LoRA out of the optimizer (train.text_encoder_2 = false for CLIP-G)."""
+    CLIP-G at its second (one value: both), T5-XXL at the third with train_t5xxl (lora_flux.train_t5); a rate
+    of 0 leaves that encoder's LoRA out of the optimizer (train.text_encoder_2 = false for CLIP-G)."""
     te = a["text_encoder_lr"]
     if not (isinstance(te.value, list) and len(te.value) > 1):
         return

@@ -1,0 +1,164 @@
+"""kohya lora_sd3's `train_t5xxl=True` converted exactly: LoRA on SD3's third text encoder, T5-XXL
+(`train.t5`), at `text_encoder_lr`'s third value as lora_sd3's prepare_optimizer_params_with_multiple_te_lrs
+pads it (one value: all three; two: [a, b, b]), refused with cached text-encoder outputs
+(sd3_train_network.py raises ValueError), inert without a text-encoder LoRA or at rate 0."""
+
+from __future__ import annotations
+
+import pytest
+from convert_kit import codes, component_file, fate, images, kohya, plan_of
+
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+# sd-scripts' SD3 LoRA command line (docs/sd3_train_network.md) training the text encoders
+COMMAND = (
+    f"accelerate launch --mixed_precision bf16 --num_cpu_threads_per_process 1 sd3_train_network.py "
+    f"--pretrained_model_name_or_path {SD35} --clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors "
+    "--t5xxl sd3/t5xxl_fp16.safetensors --train_data_dir x --resolution 512 --cache_latents_to_disk "
+    "--save_model_as safetensors --sdpa --persistent_data_loader_workers --max_data_loader_n_workers 2 "
+    "--seed 42 --gradient_checkpointing --save_precision bf16 --network_module networks.lora_sd3 "
+    "--network_dim 16 --network_alpha 8 --optimizer_type adamw8bit --learning_rate 1e-4 "
+    "--max_train_epochs 4 --save_every_n_epochs 1 --weighting_scheme uniform --blocks_to_swap 0"
+)
+T5 = (
+    "q",
+    "k",
+    "v",
+    "o",
+    "wi_0",
+    "wi_1",
+    "wo",
+)  # the Linears of transformers' T5Attention, T5DenseGatedActDense
+
+
+def _sd3(tmp_path, extra: str):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    return kohya(tmp_path, command=f"{COMMAND} {extra}")
+
+
+def _kohya_rates(values: list[float], default: float) -> list[float]:
+    """prepare_optimizer_params_with_multiple_te_lrs' [CLIP-L, CLIP-G, T5-XXL] rates, from its rule."""
+    if not values:
+        return [default] * 3
+    if len(values) == 1:
+        return values * 3
+    if len(values) == 2:
+        return [values[0], values[1], values[1]]
+    return values[:3]
+
+
+def _plan_rates(plan) -> dict[str, float]:
+    """Each trained text encoder's rate as the plan's optimizer groups give it (the runtime's param_groups:
+    the third joins the second's group without its own rate, the second the first's)."""
+    o = plan.optimizer
+    second = o.text_encoder_2_lr if o.text_encoder_2_lr is not None else o.text_encoder_lr
+    third = o.text_encoder_3_lr if o.text_encoder_3_lr is not None else second
+    trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+    rates = {"text_encoder": o.text_encoder_lr, "text_encoder_2": second, "text_encoder_3": third}
+    return {name: rate for name, rate in rates.items() if name in trained}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[5e-5, 2e-5, 1e-5], [5e-5, 2e-5], [5e-5], [5e-5, 5e-5, 1e-5], [5e-5, 1e-5, 1e-5], []],
+    ids=["three", "two", "one", "t5-own", "g-and-t5", "none"],
+)
+def test_train_t5xxl_trains_t5_at_the_third_rate(tmp_path, values):
+    rates = " ".join(f"{v:g}" for v in values)
+    extra = '--network_args "train_t5xxl=True"' + (f" --text_encoder_lr {rates}" if values else "")
+    outcome = _sd3(tmp_path, extra)
+    plan = plan_of(outcome, tmp_path)
+    assert fate(outcome, "network_args train_t5xxl") == "mapped"
+    assert not {"DBS402", "DBS403"} & codes(outcome)
+    trained = {c.name: c.trainable for c in plan.precision.components}
+    assert trained == {
+        "unet": "lora",
+        "text_encoder": "lora",
+        "text_encoder_2": "lora",
+        "text_encoder_3": "lora",
+        "vae": "frozen",
+    }
+    assert plan.adapter.t5_targets == T5 and (plan.adapter.rank, plan.adapter.alpha) == (16, 8.0)
+    expected = dict(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), _kohya_rates(values, 1e-4)))
+    assert _plan_rates(plan) == expected
+    assert plan.optimizer.lr == 1e-4
+    assert not plan.cache.text_embeddings  # T5's outputs are encoded every step
+
+
+def test_clip_g_at_zero_leaves_t5_at_its_rate(tmp_path):
+    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 0 1e-5')
+    plan = plan_of(outcome, tmp_path)
+    assert _plan_rates(plan) == {"text_encoder": 5e-5, "text_encoder_3": 1e-5}
+
+
+def test_t5_rate_zero_is_inert(tmp_path):
+    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 2e-5 0')
+    assert fate(outcome, "network_args train_t5xxl") == "inert"
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.adapter.t5_targets
+    assert _plan_rates(plan) == {"text_encoder": 5e-5, "text_encoder_2": 2e-5}
+
+
+def test_unet_only_is_inert(tmp_path):
+    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=True" --network_train_unet_only')
+    assert fate(outcome, "network_args train_t5xxl") == "inert"
+    plan = plan_of(outcome, tmp_path)
+    assert {c.name for c in plan.precision.components if c.trainable != "frozen"} == {"unet"}
+
+
+def test_cached_text_encoder_outputs_are_refused(tmp_path):
+    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=True" --cache_text_encoder_outputs')
+    assert "DBS402" in codes(outcome)
+
+
+def test_train_t5xxl_false_is_inert(tmp_path):
+    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=False"')
+    assert fate(outcome, "network_args train_t5xxl") == "inert"
+
+
+def test_text_encoder_3_lr_without_a_third_encoder_warns_at_plan_time(tmp_path):
+    """DBS399: Flux's T5-XXL is its second text encoder (text_encoder_2_lr); SDXL has no third."""
+    from dbspec.frontend import plan_spec
+    from tests.runtime.runspec import CPU, write_spec
+
+    for base in ("builtin:tiny-flux", "builtin:tiny-sdxl"):
+        extra = '[adapter]\nkind = "lora"\n[train]\ntext_encoder = true\n'
+        extra += "t5 = true\n" if base.endswith("flux") else ""
+        path = write_spec(tmp_path / base[-4:], base=base, extra=extra)
+        planned = plan_spec(path, CPU, str(path), ["optimizer.text_encoder_3_lr=1e-5"])
+        assert ("DBS399", "optimizer.text_encoder_3_lr") in [(d.code, d.path) for d in planned.diagnostics]
+        assert planned.plan is not None and planned.plan.optimizer.text_encoder_3_lr is None
+
+
+def _sd3_file_with_t5(path, *, rank: int = 8, alpha: float = 4.0):
+    """A kohya lora_sd3 file (zero tensors), SD3.5 large widths: a joint block's output projection, a CLIP-L
+    and two T5-XXL (lora_te3) modules."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_proj": (2432, 2432),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096),
+        "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0": (10240, 4096),
+    }
+    tensors = {}
+    for name, (out, width) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, width), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_dim_from_weights_with_lora_te3_modules_trains_t5(tmp_path):
+    """lora_sd3's create_network_from_weights turns train_t5xxl on when a module name holds lora_te3; T5 at
+    text_encoder_lr's third value."""
+    _sd3_file_with_t5(tmp_path / "prev.safetensors")
+    outcome = _sd3(
+        tmp_path, "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 5e-5 2e-5 1e-5"
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert fate(outcome, "network_weights lora_te3") == "mapped"
+    assert plan.adapter.t5_targets == T5 and (plan.adapter.rank, plan.adapter.alpha) == (8, 4.0)
+    assert _plan_rates(plan)["text_encoder_3"] == 1e-5
