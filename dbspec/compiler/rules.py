@@ -3012,15 +3012,20 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not norm:
         return
     path = ("adapter", "max_norm")
-    forms = [
-        key
-        for key, on in (
-            ("dora", a.dora),
-            ("scalar", a.scalar),
-            ("tucker", a.tucker and a.conv_rank > 0),
-        )
-        if on
-    ]
+    form = getattr(a, "max_norm_form", "lycoris")  # LoHa and LoKr: LyCORIS's only
+    if form == "lycoris":
+        yield from _lycoris_max_norm_fits(a, norm, path)
+        forms = []
+    else:
+        forms = [
+            key
+            for key, on in (
+                ("dora", a.dora),
+                ("scalar", a.scalar),
+                ("tucker", a.tucker and a.conv_rank > 0),
+            )
+            if on
+        ]
     if forms:
         yield _err(
             "DBS558",
@@ -3042,6 +3047,29 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 else "DeepSpeed's optimizer keeps its own copy of the weights and would undo the scaling"
             ),
             codes.help("DBS559"),
+        )
+
+
+def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hit]:
+    """LyCORIS's max norm (runtime/max_norm.py) on what lycoris.kohya's modules take it from (DBS558)."""
+    why = []
+    if a.rank_dropout > 0:
+        why.append(
+            f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS takes the norm in training mode, drawing a "
+            "rank-dropout mask inside it"
+        )
+    if a.dora:
+        why.append("adapter.dora = true: LyCORIS's weight decomposition with its max norm is not implemented")
+    if getattr(a, "fused_projections", False):
+        why.append("adapter.fused_projections: kohya's fused layers, which lycoris.kohya has not")
+    if getattr(a, "freeze_down", False):
+        why.append("adapter.freeze_down = true: kohya's LoRA-FA, which lycoris.kohya has not")
+    for reason in why:
+        yield _err(
+            "DBS558",
+            path,
+            f'adapter.max_norm = {norm:g} in LyCORIS\'s form (max_norm_form = "lycoris") with {reason}',
+            codes.help("DBS558"),
         )
 
 

@@ -1,0 +1,105 @@
+"""LyCORIS's max-norm regularisation (adapter.max_norm with max_norm_form = "lycoris", runtime/max_norm.py)
+against lycoris-lora's own: the same random factors copied into LyCORIS's LoConModule, LohaModule and
+LokrModule, whose `apply_max_norm` lycoris.kohya's network calls (its `apply_max_norm_regularization` run
+here on those modules, for what it returns), then the scaled layers compared with the scaled modules: the
+scalar (LoCon, LoHa), the factors (LoKr), the forward, and the logged count, mean and largest norm."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+
+from dbspec.runtime.lycoris_switches import layer_scalar
+from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
+from tests.runtime import test_lycoris_switches as switches
+
+pytest.importorskip("lycoris.modules")
+LycorisNetworkKohya = pytest.importorskip("lycoris.kohya").LycorisNetworkKohya
+
+CASES = [
+    ("lora", {}),
+    ("lora", {"tucker": True}),
+    ("lora", {"scalar": True}),
+    ("loha", {}),
+    ("loha", {"tucker": True}),
+    ("loha", {"scalar": True}),
+    ("lokr", {}),
+    ("lokr", {"tucker": True}),
+    ("lokr", {"decompose_both": True}),
+    ("lokr", {"full_matrix": True}),
+    ("lokr", {"scalar": True}),
+]
+
+
+def _pair(kind: str, extra: dict, limit: float, seed: int = 11):
+    """(dbspec's adapted Net, LyCORIS's modules holding the same values, in the Net's layer order)."""
+    net, base = switches._adapted(kind, max_norm=limit, max_norm_form="lycoris", **extra)
+    switches._randomise(net, torch.Generator().manual_seed(seed))
+    theirs = {"use_scalar": extra.get("scalar", False), "use_tucker": extra.get("tucker", False)}
+    if kind == "lokr":
+        theirs.update(
+            full_matrix=extra.get("full_matrix", False), decompose_both=extra.get("decompose_both", False)
+        )
+    lycos = []
+    for name in ("proj", "conv"):
+        reference = copy.deepcopy(getattr(base, name))
+        lyco = switches._lycoris(kind, name, reference, **theirs)
+        switches._copy_into(lyco, getattr(net, name), scalar=layer_scalar(getattr(net, name)) is not None)
+        lyco.apply_to()
+        lycos.append((name, lyco, reference))
+    return net, lycos
+
+
+def _theirs(lycos, limit: float):
+    """lycoris.kohya's apply_max_norm_regularization over the modules (their own code)."""
+    network = types.SimpleNamespace(unet_loras=[lyco for _, lyco, _ in lycos], text_encoder_loras=[])
+    scaled, mean, largest = LycorisNetworkKohya.apply_max_norm_regularization(network, limit, "cpu")
+    return int(scaled), float(mean), float(largest)
+
+
+@pytest.mark.parametrize("kind, extra", CASES)
+def test_max_norm_equals_lycoris_modules(kind, extra):
+    net, _ = switches._adapted(kind, max_norm=1.0, max_norm_form="lycoris", **extra)
+    switches._randomise(net, torch.Generator().manual_seed(11))
+    norms = [float(lycoris_update(m).detach().norm()) for m in lycoris_norm_modules(net, [])]
+    assert len(norms) == 2 and abs(norms[0] - norms[1]) > 0.05 * max(norms), norms
+    limit = (norms[0] * norms[1]) ** 0.5  # the larger layer is scaled, the smaller not
+    net, lycos = _pair(kind, extra, limit)
+    modules = lycoris_norm_modules(net, [])
+    ours = apply_max_norm(modules, limit)
+    theirs = _theirs(lycos, limit)
+    assert ours[0] == theirs[0] == 1
+    torch.testing.assert_close(torch.tensor(ours[1:]), torch.tensor(theirs[1:]), rtol=1e-6, atol=1e-6)
+    assert ours[2] == pytest.approx(limit, rel=1e-5)  # the scaled layer's norm is the limit now
+    x = switches._inputs(torch.Generator().manual_seed(5))
+    for name, lyco, reference in lycos:
+        layer = getattr(net, name)
+        if kind == "lokr":  # the factors each times the n-th root of the ratio
+            for key in lyco.state_dict():
+                if key.startswith("lokr_"):
+                    torch.testing.assert_close(
+                        switches._ours(layer, key), getattr(lyco, key), rtol=1e-6, atol=1e-7
+                    )
+        else:  # the scalar times the ratio
+            torch.testing.assert_close(
+                layer_scalar(layer).detach(), lyco.scalar.detach(), rtol=1e-6, atol=1e-7
+            )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=1e-5, atol=1e-5)
+    scalars = [layer_scalar(getattr(net, n)) for n in ("proj", "conv")]
+    if kind != "lokr" and not extra.get("scalar"):  # the fixed scalar: one moved, neither trains
+        assert sorted(float(s) == 1.0 for s in scalars) == [False, True]
+        assert not any(s.requires_grad for s in scalars)
+
+
+@pytest.mark.parametrize("kind, extra", [("lora", {}), ("loha", {}), ("lokr", {})])
+def test_nothing_scaled_logs_zeros_as_lycoris(kind, extra):
+    """No layer above the limit: nothing changes and LyCORIS's 0, 0, 0 is what is returned."""
+    net, lycos = _pair(kind, extra, 1e6)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert apply_max_norm(lycoris_norm_modules(net, []), 1e6) == (0, 0.0, 0.0) == _theirs(lycos, 1e6)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
