@@ -7,14 +7,19 @@ scalar (LoCon, LoHa), the factors (LoKr), the forward, and the logged count, mea
 from __future__ import annotations
 
 import copy
+import json
 import types
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from dbspec.runtime.execute import execute
 from dbspec.runtime.lycoris_switches import layer_scalar
 from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
 from tests.runtime import test_lycoris_switches as switches
+from tests.runtime.runspec import compile_spec, write_spec
 
 pytest.importorskip("lycoris.modules")
 LycorisNetworkKohya = pytest.importorskip("lycoris.kohya").LycorisNetworkKohya
@@ -103,3 +108,53 @@ def test_nothing_scaled_logs_zeros_as_lycoris(kind, extra):
     assert apply_max_norm(lycoris_norm_modules(net, []), 1e6) == (0, 0.0, 0.0) == _theirs(lycos, 1e6)
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+RUNS = {
+    "loha": 'kind = "loha"\nrank = 4\nalpha = 4.0\nmax_norm = 0.02\n',
+    "locon": 'kind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\nconv_alpha = 4.0\ntucker = true\n'
+    'max_norm = 0.02\nmax_norm_form = "lycoris"\n',
+    "lokr": 'kind = "lokr"\nrank = 4\nalpha = 4.0\nmax_norm = 0.02\n',
+}
+
+
+def _saved(folder: Path) -> dict[str, torch.Tensor]:
+    return {
+        f"{path.relative_to(folder)}:{key}": value
+        for path in sorted(folder.rglob("*.safetensors"))
+        for key, value in load_file(str(path)).items()
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(RUNS))
+def test_a_run_with_lycoris_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exact(tmp_path, kind):
+    """Tiny SD1 with a LyCORIS kind and max_norm: logged as kohya logs it, every layer's update within the
+    limit after the last step, the fixed scalar never trained, and a run stopped and resumed ends
+    bit-exact."""
+    extra = f"[adapter]\n{RUNS[kind]}\n[train]\ntext_encoder = true\n\n[logging]\nevery = 1\n"
+    spec = write_spec(tmp_path, steps=4, extra=extra)
+    spec.write_text(spec.read_text().replace("[schedule]\n", "[schedule]\naccumulation = 2\n"))
+    plan = compile_spec(spec, ["optimizer.lr=5e-2"])
+    assert plan.adapter.max_norm == 0.02 and plan.adapter.max_norm_form == "lycoris"
+    whole = execute(compile_spec(spec, ["optimizer.lr=5e-2", "output.dir=whole"]), keep_models=True)
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert len(rows) == 4 and all("max_norm/keys_scaled" in r for r in rows)
+    assert rows[-1]["max_norm/keys_scaled"] > 0
+    assert 0 < rows[-1]["max_norm/max_key_norm"] <= 0.02 * (1 + 1e-5)
+    comps = whole.components
+    modules = lycoris_norm_modules(comps.unet, comps.text_encoders)
+    assert len(modules) > 10
+    with torch.no_grad():
+        assert max(float(lycoris_update(m).norm()) for m in modules) <= 0.02 * (1 + 1e-5)
+    if kind != "lokr":  # the fixed scalar: moved by the max norm, never trained
+        scalars = [layer_scalar(m.layer) for m in modules]
+        assert all(s is not None and not s.requires_grad for s in scalars)
+        assert any(float(s) < 1.0 for s in scalars)
+    ours = _saved(Path(whole.final))
+    parts = compile_spec(spec, ["optimizer.lr=5e-2", "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    resumed = execute(parts, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 4
+    theirs = _saved(Path(resumed.final))
+    assert ours and ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
