@@ -3005,8 +3005,9 @@ def _schedule_table(spec: Spec, key: str) -> bool:
 # --- kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558, DBS559 ---------------
 @rule("spec")
 def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """adapter.max_norm scales kohya's plain LoRA factors (runtime/max_norm.py): not LyCORIS's forms (DBS558),
-    not weights sharded or held by DeepSpeed's optimizer (DBS559)."""
+    """adapter.max_norm scales kohya's plain LoRA factors, or in max_norm_form "lycoris" LyCORIS's modules
+    (runtime/max_norm.py): each on the forms it covers (DBS558), not weights sharded or held by DeepSpeed's
+    optimizer (DBS559)."""
     a = spec.adapter
     norm = getattr(a, "max_norm", 0.0)
     if not norm:
@@ -3032,7 +3033,7 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             path,
             f"adapter.max_norm = {norm:g} with adapter.{' and adapter.'.join(forms)} = true: that is "
             "LyCORIS's form, whose max-norm regularisation scales a per-module scalar instead of lora_up "
-            "and lora_down (not implemented in dbspec)",
+            'and lora_down (adapter.max_norm_form = "lycoris" runs LyCORIS\'s)',
             codes.help("DBS558"),
         )
     strategy = spec.distributed.strategy
