@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from dbspec.runtime.execute import execute
 from dbspec.runtime.lycoris_switches import layer_scalar
 from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
+from tests.runtime import test_lycoris as lycoris_runs
 from tests.runtime import test_lycoris_switches as switches
+from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
 from tests.runtime.runspec import compile_spec, write_spec
 
 pytest.importorskip("lycoris.modules")
@@ -158,3 +160,29 @@ def test_a_run_with_lycoris_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exa
     assert resumed.status == "finished" and resumed.steps == 4
     theirs = _saved(Path(resumed.final))
     assert ours and ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+# test_lycoris.py's run (trains, resumes bit-exact, its kohya export loads back in LyCORIS's kohya loader
+# giving every trained layer's weight) with LyCORIS's max norm: the fixed scalar is folded into the export.
+EXPORT_KINDS = {
+    "locon_max_norm": (
+        'kind = "lora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nmax_norm = 0.001\n'
+        'max_norm_form = "lycoris"\n',
+        {"algo": "locon", "conv_dim": "2", "conv_alpha": "1"},
+        {"lora_down.weight", "lora_up.weight", "alpha"},
+    ),
+    "loha_max_norm": (
+        'kind = "loha"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nmax_norm = 0.001\n',
+        {"algo": "loha", "conv_dim": "2", "conv_alpha": "1"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPORT_KINDS))
+def test_max_norm_export_loads_back_in_lycoris(tmp_path, kind, loader, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(lycoris_runs.KINDS, kind, EXPORT_KINDS[kind])
+    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, loader)
+    saved = _saved(tmp_path / "whole" / "final")
+    scalars = [v for k, v in saved.items() if "_scalar" in k]
+    assert scalars and any(float(v) < 1.0 for v in scalars)  # the max norm scaled some layers
