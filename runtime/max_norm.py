@@ -186,11 +186,16 @@ _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "l
 def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     """The update LyCORIS's apply_max_norm takes the norm of (LoCon's and LoHa's with the scalar, LoKr's
     without)."""
+    from dbspec.runtime.lycoris_dora import LycorisDora
     from dbspec.runtime.lycoris_switches import _ScalarLayer
 
     layer = module.layer
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
         return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME)
+    if isinstance(
+        layer, LycorisDora
+    ):  # the update before the weight decomposition, as LyCORIS's norm takes it
+        return layer._update(ADAPTER_NAME)
     return layer.get_delta_weight(ADAPTER_NAME)
 
 

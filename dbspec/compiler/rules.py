@@ -3059,8 +3059,10 @@ def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hi
             f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS takes the norm in training mode, drawing a "
             "rank-dropout mask inside it"
         )
-    if a.dora:
-        why.append("adapter.dora = true: LyCORIS's weight decomposition with its max norm is not implemented")
+    if a.dora and not lycoris_dora(a):  # peft's DoRA: LyCORIS's weight decomposition is dora_form "lycoris"
+        why.append(
+            "adapter.dora = true in peft's form (LyCORIS's weight decomposition: dora_form = \"lycoris\")"
+        )
     if getattr(a, "fused_projections", False):
         why.append("adapter.fused_projections: kohya's fused layers, which lycoris.kohya has not")
     if getattr(a, "freeze_down", False):

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
+from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_switches import layer_scalar
 from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
 from tests.runtime import test_lycoris as lycoris_runs
@@ -38,6 +39,13 @@ CASES = [
     ("lokr", {"decompose_both": True}),
     ("lokr", {"full_matrix": True}),
     ("lokr", {"scalar": True}),
+    # LyCORIS's weight decomposition (dora_wd): the norm of the update before it, the scalar or factors scaled
+    ("lora", {"dora": True, "dora_form": "lycoris"}),
+    ("lora", {"dora": True, "dora_form": "lycoris", "dora_axis": "input", "tucker": True}),
+    ("loha", {"dora": True, "dora_form": "lycoris"}),
+    ("loha", {"dora": True, "dora_form": "lycoris", "scalar": True}),
+    ("lokr", {"dora": True, "dora_form": "lycoris"}),
+    ("lokr", {"dora": True, "dora_form": "lycoris", "scalar": True}),
 ]
 
 
@@ -46,6 +54,8 @@ def _pair(kind: str, extra: dict, limit: float, seed: int = 11):
     net, base = switches._adapted(kind, max_norm=limit, max_norm_form="lycoris", **extra)
     switches._randomise(net, torch.Generator().manual_seed(seed))
     theirs = {"use_scalar": extra.get("scalar", False), "use_tucker": extra.get("tucker", False)}
+    if extra.get("dora"):
+        theirs.update(weight_decompose=True, wd_on_out=extra.get("dora_axis", "output") == "output")
     if kind == "lokr":
         theirs.update(
             full_matrix=extra.get("full_matrix", False), decompose_both=extra.get("decompose_both", False)
@@ -55,6 +65,9 @@ def _pair(kind: str, extra: dict, limit: float, seed: int = 11):
         reference = copy.deepcopy(getattr(base, name))
         lyco = switches._lycoris(kind, name, reference, **theirs)
         switches._copy_into(lyco, getattr(net, name), scalar=layer_scalar(getattr(net, name)) is not None)
+        if extra.get("dora"):
+            with torch.no_grad():
+                lyco.dora_scale.copy_(dora_scale_of(getattr(net, name), "default"))
         lyco.apply_to()
         lycos.append((name, lyco, reference))
     return net, lycos
@@ -117,6 +130,8 @@ RUNS = {
     "locon": 'kind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\nconv_alpha = 4.0\ntucker = true\n'
     'max_norm = 0.02\nmax_norm_form = "lycoris"\n',
     "lokr": 'kind = "lokr"\nrank = 4\nalpha = 4.0\nmax_norm = 0.02\n',
+    "locon_dora": 'kind = "lora"\nrank = 4\nalpha = 4.0\ndora = true\ndora_form = "lycoris"\n'
+    'max_norm = 0.02\nmax_norm_form = "lycoris"\n',
 }
 
 

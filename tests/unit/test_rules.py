@@ -1392,9 +1392,12 @@ CASES = [
     ),
     (
         rules.max_norm_fits,
-        DOG + STEPS + '[adapter]\nkind = "loha"\nmax_norm = 1.0\ndora = true\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\ndora = true\n',
         [("DBS558", "error", ("adapter", "max_norm"))],
-        DOG + STEPS + '[adapter]\nkind = "loha"\nmax_norm = 1.0\n',
+        DOG
+        + STEPS
+        + LORA
+        + 'max_norm = 1.0\nmax_norm_form = "lycoris"\ndora = true\ndora_form = "lycoris"\n',
     ),
     (
         rules.max_norm_fits,
