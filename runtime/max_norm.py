@@ -131,8 +131,10 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # the ratio (a fixed buffer at 1 without use_scalar, `add_norm_scalars` below; use_scalar's trained one
 # otherwise), LoKr multiplies each of its n factors (w1 or w1_a and w1_b, w2 or w2_a, w2_b and the Tucker
 # core) by ratio ** (1 / n). It returns the modules scaled and the mean and largest of `norm * ratio` over
-# every module, or 0, 0, 0 when none was scaled. The update is peft's `get_delta_weight` of the layer
-# (tests/runtime/test_lycoris_max_norm.py checks it against lycoris-lora's modules).
+# every module, or 0, 0, 0 when none was scaled. The update is peft's `get_delta_weight` of the layer (with
+# LyCORIS's weight decomposition, dora_wd, the update before it: LyCORIS's norm ignores dora_scale), checked
+# against lycoris-lora's modules by tests/runtime/test_lycoris_max_norm.py. The fixed scalar lives in the
+# layer (lycoris_switches.py's `*_scalar`), so checkpoints resume it; LyCORIS's buffer is not persistent.
 
 LYCORIS_NORM_KINDS = ("lora", "loha", "lokr")
 

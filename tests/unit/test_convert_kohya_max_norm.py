@@ -100,6 +100,7 @@ def test_locon_through_networks_lora_keeps_it(tmp_path):
         ('"algo=locon", "conv_dim=8", "conv_alpha=4", "use_tucker=True"', "lora", True),
         ('"algo=loha", "conv_dim=4", "conv_alpha=2"', "loha", False),
         ('"algo=lokr", "factor=8"', "lokr", False),
+        ('"algo=loha", "conv_dim=4", "conv_alpha=2", "dora_wd=True"', "loha", False),
     ],
 )
 def test_lycoris_plans_lycoris_max_norm(tmp_path, args, kind, tucker):
@@ -108,6 +109,7 @@ def test_lycoris_plans_lycoris_max_norm(tmp_path, args, kind, tucker):
     assert fate(outcome, "scale_weight_norms") == "mapped"
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.max_norm, a.max_norm_form, a.tucker) == (kind, 1.5, "lycoris", tucker)
+    assert a.dora == ("dora_wd" in args) and a.dora_form == ("lycoris" if a.dora else "peft")
     if kind == "lokr":
         assert a.factor == 8
     else:
