@@ -2371,16 +2371,19 @@ no dropout, so they change nothing (the plan says 0). `module_dropout` acts in b
     Code(
         "DBS558",
         ERROR,
-        "`adapter.max_norm` on a LoRA form kohya's networks.lora has not",
+        "`adapter.max_norm` on a form its max-norm variant does not cover",
         """\
-`adapter.max_norm` (kohya's `--scale_weight_norms`) scales each layer's `lora_up` and `lora_down` by the
-square root of max_norm / norm, as kohya's networks.lora, lora_fa, lora_flux and lora_sd3 do. With `dora`,
-`scalar` or `tucker` (on convolution adapters) the adapter is one of LyCORIS's forms, and LyCORIS's own
-`apply_max_norm_regularization` (lycoris.kohya) does something else: it multiplies each module's scalar by the
-ratio, computes the norm from its own weight (the DoRA magnitude and Tucker core included) and reports 0, 0, 0
-when no layer was scaled. dbspec does not implement LyCORIS's variant, so it refuses the combination instead
-of training a third behaviour.""",
-        help="remove adapter.max_norm, or turn dora, scalar and tucker off",
+`adapter.max_norm` (kohya's `--scale_weight_norms`) has two forms (`adapter.max_norm_form`). "kohya" scales
+each layer's `lora_up` and `lora_down` by the square root of max_norm / norm, as kohya's networks.lora,
+lora_fa, lora_flux and lora_sd3 do; it has no `dora`, `scalar` or `tucker` (on convolution adapters): those
+are LyCORIS's forms, whose own `apply_max_norm_regularization` (lycoris.kohya) works otherwise. "lycoris"
+(LoRA / LoCon, LoHa and LoKr) runs LyCORIS's: the norm of LyCORIS's own update (Tucker core included),
+LoCon's and LoHa's scalar multiplied by the ratio, LoKr's factors by its n-th root, 0 and 0 logged when
+nothing was scaled. With DoRA (LyCORIS's weight decomposition, `dora_form = "lycoris"`) the norm is the
+update's before the decomposition. LyCORIS takes that norm in training mode, so with `rank_dropout` it draws
+a dropout mask inside it; dbspec refuses that, peft's DoRA, and kohya-only forms (fused projections,
+LoRA-FA) with it, instead of training a third behaviour.""",
+        help="remove adapter.max_norm, or use the max_norm_form that matches the adapter's form",
     ),
     Code(
         "DBS559",

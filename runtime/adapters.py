@@ -29,6 +29,18 @@ def lycoris_dora(adapter: AdapterPlan) -> bool:
     return adapter.dora and adapter.dora_form == "lycoris"
 
 
+def norm_scalars(adapter: AdapterPlan) -> bool:
+    """The plan's LoCon / LoHa layers carry a fixed scalar (at 1, never trained) for LyCORIS's max norm to
+    multiply: LyCORIS's non-persistent `scalar` buffer without use_scalar. Saved and resumed with the layer;
+    its exports fold it into `lora_up` / `hada_w1_a` as LyCORIS's custom_state_dict does."""
+    return bool(
+        adapter.max_norm
+        and adapter.max_norm_form == "lycoris"
+        and adapter.kind in ("lora", "loha")
+        and not adapter.scalar
+    )
+
+
 def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = False) -> PeftConfig:
     """The peft config of the plan's adapter kind on `targets`; with `conv` (the UNet) also the plan's
     convolution targets, at their own rank and alpha through peft's rank_pattern / alpha_pattern."""
@@ -155,6 +167,10 @@ def add_lora(
             from dbspec.runtime.lycoris_switches import apply_switches
 
             apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar)
+    if norm_scalars(adapter):  # LyCORIS's max norm multiplies a scalar LoCon and LoHa hold at 1 otherwise
+        from dbspec.runtime.max_norm import add_norm_scalars
+
+        add_norm_scalars(module)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dbspec.plan.model import AdapterPlan, Plan
-from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.adapters import lora_adapter, norm_scalars
 from dbspec.families import Family
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
@@ -51,6 +51,7 @@ def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
         or adapter.conv_rank > 0
         or adapter.tucker
         or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
+        or norm_scalars(adapter)  # so is LyCORIS max norm's fixed one
     )
 
 
@@ -206,7 +207,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args.update(algo="dylora", block_size=str(adapter.dylora_unit))
     elif adapter.kind != "lora":
         args["algo"] = adapter.kind
-    elif adapter.dora or adapter.tucker or adapter.scalar:
+    elif adapter.dora or adapter.tucker or adapter.scalar or norm_scalars(adapter):
         args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form or scalar
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")

@@ -95,6 +95,8 @@ def update_of(module: NormModule) -> torch.Tensor:
 def apply_max_norm(modules: list[NormModule], limit: float) -> tuple[int, float, float]:
     """Scale every module whose update's norm exceeds `limit` back to it; returns (modules scaled, mean norm,
     largest norm) after scaling, kohya's keys_scaled, average and max key norm."""
+    if modules and isinstance(modules[0], LycorisNormModule):  # plan.adapter.max_norm_form = "lycoris"
+        return apply_lycoris_max_norm(modules, limit)
     scaled, norms = 0, []
     for module in modules:
         update = update_of(module)
@@ -117,3 +119,114 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
     norm/avg_key_norm)."""
     scaled, mean, largest = result
     return {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": mean, "max_norm/max_key_norm": largest}
+
+
+# --- LyCORIS's form (plan.adapter.max_norm_form = "lycoris": lycoris.kohya's apply_max_norm_regularization)
+#
+# lycoris.kohya's network walks its modules (the denoiser's, then the text encoders') and calls each
+# module's `apply_max_norm`: the norm of the module's own update (LoCon: up @ down with the Tucker core,
+# times its scalar, times alpha / rank; LoHa: the Hadamard update at its scale, times its scalar; LoKr: the
+# Kronecker update at its scale, without the scalar), clamped below at limit / 2, the ratio clamp(norm,
+# max=limit) / norm taken on the CPU. Where the norm changed, LoCon and LoHa multiply the module's scalar by
+# the ratio (a fixed buffer at 1 without use_scalar, `add_norm_scalars` below; use_scalar's trained one
+# otherwise), LoKr multiplies each of its n factors (w1 or w1_a and w1_b, w2 or w2_a, w2_b and the Tucker
+# core) by ratio ** (1 / n). It returns the modules scaled and the mean and largest of `norm * ratio` over
+# every module, or 0, 0, 0 when none was scaled. The update is peft's `get_delta_weight` of the layer (with
+# LyCORIS's weight decomposition, dora_wd, the update before it: LyCORIS's norm ignores dora_scale), checked
+# against lycoris-lora's modules by tests/runtime/test_lycoris_max_norm.py. The fixed scalar lives in the
+# layer (lycoris_switches.py's `*_scalar`), so checkpoints resume it; LyCORIS's buffer is not persistent.
+
+LYCORIS_NORM_KINDS = ("lora", "loha", "lokr")
+
+
+def add_norm_scalars(module: torch.nn.Module) -> int:
+    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` (lycoris_switches.py's scalar, frozen)."""
+    from dbspec.runtime.lycoris_switches import add_scalars, layer_scalar
+
+    count = add_scalars(module, init=False)
+    with torch.no_grad():
+        for layer in module.modules():
+            scalar = layer_scalar(layer)
+            if scalar is not None:
+                scalar.fill_(1.0)
+                scalar.requires_grad_(False)
+    return count
+
+
+@attrs.frozen(eq=False)
+class LycorisNormModule:
+    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer."""
+
+    name: str
+    layer: torch.nn.Module
+    kind: str  # "lora", "loha", "lokr"
+
+
+def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterable[torch.nn.Module]) -> list:
+    """The LyCORIS modules in lycoris.kohya's order: the denoiser's, then the text encoders'."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.lora import LoraLayer
+
+    modules = []
+    for model in [denoiser, *text_encoders]:
+        if model is None:
+            continue
+        for name, layer in model.named_modules():
+            if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+                modules.append(LycorisNormModule(name, layer, "lora"))
+            elif isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.r:
+                modules.append(LycorisNormModule(name, layer, "loha"))
+            elif isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r:
+                modules.append(LycorisNormModule(name, layer, "lokr"))
+    return modules
+
+
+_LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+
+
+def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
+    """The update LyCORIS's apply_max_norm takes the norm of (LoCon's and LoHa's with the scalar, LoKr's
+    without)."""
+    from dbspec.runtime.lycoris_dora import LycorisDora
+    from dbspec.runtime.lycoris_switches import _ScalarLayer
+
+    layer = module.layer
+    if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
+        return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME)
+    if isinstance(
+        layer, LycorisDora
+    ):  # the update before the weight decomposition, as LyCORIS's norm takes it
+        return layer._update(ADAPTER_NAME)
+    return layer.get_delta_weight(ADAPTER_NAME)
+
+
+@torch.no_grad()
+def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tuple[int, float, float]:
+    """lycoris.kohya's apply_max_norm_regularization over `modules`: (modules scaled, mean norm, largest
+    norm), or (0, 0.0, 0.0) when none was scaled."""
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    scaled_count, norms = 0, []
+    for module in modules:
+        orig_norm = lycoris_update(module).norm()
+        norm = torch.clamp(orig_norm, limit / 2)
+        desired = torch.clamp(norm, max=limit)
+        ratio = desired.cpu() / norm.cpu()
+        scaled = norm != desired
+        if scaled:
+            if module.kind == "lokr":
+                factors = [
+                    getattr(module.layer, key)[ADAPTER_NAME]
+                    for key in _LOKR_FACTORS
+                    if ADAPTER_NAME in getattr(module.layer, key)
+                ]
+                for factor in factors:
+                    factor.mul_(ratio ** (1 / len(factors)))
+            else:
+                layer_scalar(module.layer).mul_(ratio)
+        norms.append(orig_norm * ratio)
+        scaled_count += int(scaled)
+    if scaled_count == 0:
+        return 0, 0.0, 0.0
+    return scaled_count, float(sum(norms) / len(norms)), float(max(norms))

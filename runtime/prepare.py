@@ -94,6 +94,12 @@ def _prepare(
         adapter_dtype = to_dtype(plan.precision.weights)
         for p in adapters.trainable_parameters(module):
             p.data = p.data.to(adapter_dtype)
+        if adapters.norm_scalars(a):  # LyCORIS max norm's fixed scalars: in the adapter weights' dtype
+            from dbspec.runtime.lycoris_switches import layer_scalar
+
+            for layer in module.modules():
+                if (scalar := layer_scalar(layer)) is not None:
+                    scalar.data = scalar.data.to(adapter_dtype)
         if a.freeze_down:  # LoRA-FA (kohya networks.lora_fa): the downs stay at their own init
             from dbspec.runtime.lora_fa import freeze_down
 

@@ -23,7 +23,7 @@ from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.logs import cache_progress
-from dbspec.runtime.max_norm import norm_modules
+from dbspec.runtime.max_norm import lycoris_norm_modules, norm_modules
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
@@ -228,7 +228,9 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         sharded=sharded,
         frozen_down=frozen_down,
     )
-    if plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
+    if plan.adapter.max_norm and plan.adapter.max_norm_form == "lycoris":  # lycoris.kohya: denoiser first
+        run.norm_modules = lycoris_norm_modules(comps.unet, comps.text_encoders)
+    elif plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
         run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
     if resumed is not None:
         if plan.distributed.deepspeed is not None:

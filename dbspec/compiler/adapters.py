@@ -43,6 +43,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             "down_dropout": adapter.down_dropout,
             "multiplier": adapter.multiplier,
             "max_norm": adapter.max_norm,
+            "max_norm_form": adapter.max_norm_form if adapter.max_norm else "kohya",
             "freeze_down": adapter.freeze_down,
             "frozen_down_grad": adapter.frozen_down_grad if adapter.freeze_down else "none",
             # kohya lora_flux's LoRA-GGPO (runtime/ggpo.py); rules DBS566 keep it to Flux's plain LoRA
@@ -53,6 +54,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
+    if not isinstance(adapter, LoraAdapter) and adapter.max_norm:  # LoHa / LoKr: LyCORIS's max norm only
+        extra.update(max_norm=adapter.max_norm, max_norm_form="lycoris")
     if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout
         extra["rank_dropout_scale"] = adapter.rank_dropout_scale and adapter.rank_dropout > 0
     # DoRA (LyCORIS dora_wd) and its axis (wd_on_output); the axis is "output" whenever DoRA is off

@@ -3016,29 +3016,35 @@ def _schedule_table(spec: Spec, key: str) -> bool:
 # --- kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558, DBS559 ---------------
 @rule("spec")
 def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """adapter.max_norm scales kohya's plain LoRA factors (runtime/max_norm.py): not LyCORIS's forms (DBS558),
-    not weights sharded or held by DeepSpeed's optimizer (DBS559)."""
+    """adapter.max_norm scales kohya's plain LoRA factors, or in max_norm_form "lycoris" LyCORIS's modules
+    (runtime/max_norm.py): each on the forms it covers (DBS558), not weights sharded or held by DeepSpeed's
+    optimizer (DBS559)."""
     a = spec.adapter
     norm = getattr(a, "max_norm", 0.0)
     if not norm:
         return
     path = ("adapter", "max_norm")
-    forms = [
-        key
-        for key, on in (
-            ("dora", a.dora),
-            ("scalar", a.scalar),
-            ("tucker", a.tucker and a.conv_rank > 0),
-        )
-        if on
-    ]
+    form = getattr(a, "max_norm_form", "lycoris")  # LoHa and LoKr: LyCORIS's only
+    if form == "lycoris":
+        yield from _lycoris_max_norm_fits(a, norm, path)
+        forms = []
+    else:
+        forms = [
+            key
+            for key, on in (
+                ("dora", a.dora),
+                ("scalar", a.scalar),
+                ("tucker", a.tucker and a.conv_rank > 0),
+            )
+            if on
+        ]
     if forms:
         yield _err(
             "DBS558",
             path,
             f"adapter.max_norm = {norm:g} with adapter.{' and adapter.'.join(forms)} = true: that is "
             "LyCORIS's form, whose max-norm regularisation scales a per-module scalar instead of lora_up "
-            "and lora_down (not implemented in dbspec)",
+            'and lora_down (adapter.max_norm_form = "lycoris" runs LyCORIS\'s)',
             codes.help("DBS558"),
         )
     strategy = spec.distributed.strategy
@@ -3053,6 +3059,31 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 else "DeepSpeed's optimizer keeps its own copy of the weights and would undo the scaling"
             ),
             codes.help("DBS559"),
+        )
+
+
+def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hit]:
+    """LyCORIS's max norm (runtime/max_norm.py) on what lycoris.kohya's modules take it from (DBS558)."""
+    why = []
+    if a.rank_dropout > 0:
+        why.append(
+            f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS takes the norm in training mode, drawing a "
+            "rank-dropout mask inside it"
+        )
+    if a.dora and not lycoris_dora(a):  # peft's DoRA: LyCORIS's weight decomposition is dora_form "lycoris"
+        why.append(
+            "adapter.dora = true in peft's form (LyCORIS's weight decomposition: dora_form = \"lycoris\")"
+        )
+    if getattr(a, "fused_projections", False):
+        why.append("adapter.fused_projections: kohya's fused layers, which lycoris.kohya has not")
+    if getattr(a, "freeze_down", False):
+        why.append("adapter.freeze_down = true: kohya's LoRA-FA, which lycoris.kohya has not")
+    for reason in why:
+        yield _err(
+            "DBS558",
+            path,
+            f'adapter.max_norm = {norm:g} in LyCORIS\'s form (max_norm_form = "lycoris") with {reason}',
+            codes.help("DBS558"),
         )
 
 

@@ -93,6 +93,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             "merge_adapters",
         ): [],  # LoRA files merged into the base (kohya --base_weights), added since
         ("adapter", "max_norm"): 0.0,  # kohya's max-norm regularisation, added since (off then)
+        ("adapter", "max_norm_form"): "kohya",  # LyCORIS's max-norm form, added since (kohya's then)
         ("adapter", "freeze_down"): False,  # LoRA-FA (kohya networks.lora_fa), added since (off then)
         ("adapter", "frozen_down_grad"): "none",
         ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)

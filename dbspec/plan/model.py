@@ -190,6 +190,10 @@ class AdapterPlan:
     # lora: kohya's max-norm regularisation (--scale_weight_norms) after each micro-batch and optimizer step;
     # 0 = off (runtime/max_norm.py)
     max_norm: float = 0.0
+    # with max_norm: "kohya" (networks.lora: up and down each times the square root of the ratio) or
+    # "lycoris" (lycoris.kohya's per-module apply_max_norm: LoCon's and LoHa's scalar times the ratio, LoKr's
+    # factors each times its n-th root; runtime/max_norm.py)
+    max_norm_form: Literal["kohya", "lycoris"] = "kohya"
     # lora: LoRA-FA (kohya networks.lora_fa), the downs frozen at their init; their gradient "none", or
     # "kohya" (computed, accumulated, counted in the clip norm; runtime/lora_fa.py)
     freeze_down: bool = False

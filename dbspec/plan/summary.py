@@ -1318,6 +1318,18 @@ def select_rule(c) -> str:
 
 def _max_norm_row(a) -> str:
     """kohya's --scale_weight_norms as the plan runs it (runtime/max_norm.py)."""
+    if a.max_norm_form == "lycoris":
+        what = (
+            "each of its factors times the n-th root of limit / norm"
+            if a.kind == "lokr"
+            else "its scalar times limit / norm"
+            + ("" if a.scalar else " (a fixed scalar at 1, never trained)")
+        )
+        return (
+            f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose LyCORIS update norm "
+            f"exceeds it gets {what} (lycoris.kohya's apply_max_norm_regularization; 0, 0 logged when none "
+            "is)"
+        )
     fused = ", a fused layer's parts as one" if a.fused else ""
     return (
         f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose update norm exceeds it "

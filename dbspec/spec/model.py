@@ -430,6 +430,15 @@ class LoraAdapter:
         minimum=0,
         example=1.0,
     )
+    max_norm_form: Literal["kohya", "lycoris"] = option(
+        "kohya",
+        doc="With `max_norm`: whose max-norm regularisation runs. kohya (networks.lora): the up and down "
+        "weights each times the square root of max_norm / norm. lycoris (LyCORIS's lycoris.kohya network, "
+        "`apply_max_norm_regularization`): the norm is taken of LyCORIS's own update (its Tucker form "
+        "included) and the layer's scalar (use_scalar's, or a fixed one at 1 without it) is multiplied by "
+        "max_norm / norm; 0 is logged for the mean and largest norm when no layer is scaled.",
+        example="lycoris",
+    )
     # kohya networks.lora_fa (LoRA-FA): the down projections stay at their init, only the up ones train
     freeze_down: bool = option(
         False,
@@ -562,6 +571,25 @@ class LoraAdapter:
     )
 
 
+def _lycoris_max_norm(what: str):
+    return option(
+        0.0,
+        doc=f"Max-norm regularisation as LyCORIS's lycoris.kohya network runs it (kohya "
+        f"`--scale_weight_norms`): after each optimizer step (and micro-batch) a {what} layer whose update "
+        + (
+            "has a Frobenius norm above this gets its scalar (use_scalar's, or a fixed one at 1 without it) "
+            "multiplied by max_norm / norm"
+            if what == "LoHa"
+            else "has a Frobenius norm above this gets each of its factors multiplied by the n-th root of "
+            "max_norm / norm (n factors)"
+        )
+        + "; the number of layers scaled and the mean and largest norm are logged (0 and 0 when none "
+        "is scaled). 0 turns it off.",
+        minimum=0,
+        example=1.0,
+    )
+
+
 @frozen
 class LohaAdapter:
     kind: Literal["loha"] = option(
@@ -582,6 +610,7 @@ class LohaAdapter:
     dora: bool = _lycoris_dora("LoHa")
     dora_axis: Literal["output", "input"] = _dora_axis()
     scalar: bool = _scalar()
+    max_norm: float = _lycoris_max_norm("LoHa")
 
 
 @frozen
@@ -634,6 +663,7 @@ class LokrAdapter:
         "trained at scale 1 (alpha unused), as LyCORIS's LokrModule does.",
     )
     scalar: bool = _scalar()
+    max_norm: float = _lycoris_max_norm("LoKr")
 
 
 @frozen

@@ -1,8 +1,9 @@
 """kohya's `--scale_weight_norms` (max-norm regularisation after each step; train_network.py calls the
 network's apply_max_norm_regularization): once refused (DBS403), now `adapter.max_norm` for kohya's own
 LoRA networks (networks.lora, lora_flux, lora_sd3: they share one implementation). Off when unset or 0
-(train_network.py tests `if args.scale_weight_norms`); refused for lycoris.kohya, whose own variant
-scales a per-module scalar; invalid where kohya would crash (split_qkv) or produce NaN (a negative
+(train_network.py tests `if args.scale_weight_norms`); for lycoris.kohya LyCORIS's own variant
+(`max_norm_form = "lycoris"`: a per-module scalar, LoKr's factors), inert where its modules scale nothing;
+invalid where kohya would crash (split_qkv) or produce NaN (a negative
 limit)."""
 
 from __future__ import annotations
@@ -93,10 +94,39 @@ def test_locon_through_networks_lora_keeps_it(tmp_path):
     assert (a.conv_rank, a.conv_alpha, a.max_norm) == (8, 4.0, 1.5)
 
 
-def test_lycoris_is_refused_with_its_reason(tmp_path):
-    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args='network_args = ["algo=locon"]')
+@pytest.mark.parametrize(
+    "args, kind, tucker",
+    [
+        ('"algo=locon", "conv_dim=8", "conv_alpha=4", "use_tucker=True"', "lora", True),
+        ('"algo=loha", "conv_dim=4", "conv_alpha=2"', "loha", False),
+        ('"algo=lokr", "factor=8"', "lokr", False),
+        ('"algo=loha", "conv_dim=4", "conv_alpha=2", "dora_wd=True"', "loha", False),
+    ],
+)
+def test_lycoris_plans_lycoris_max_norm(tmp_path, args, kind, tucker):
+    """lycoris.kohya's apply_max_norm_regularization calls each module's own: LyCORIS's form in the plan."""
+    outcome = _gui(tmp_path, 1.5, module="lycoris.kohya", network_args=f"network_args = [{args}]")
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.tucker) == (kind, 1.5, "lycoris", tucker)
+    assert a.dora == ("dora_wd" in args) and a.dora_form == ("lycoris" if a.dora else "peft")
+    if kind == "lokr":
+        assert a.factor == 8
+    else:
+        assert a.conv_rank == {"lora": 8, "loha": 4}[kind]
+
+
+def test_lycoris_algos_without_max_norm_are_inert_and_oft_refused(tmp_path):
+    """LyCORIS's full / IA3 modules keep the base apply_max_norm (nothing scaled); Diag-OFT's is not in
+    dbspec."""
+    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args='network_args = ["algo=full"]')
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    assert plan_of(outcome, tmp_path).adapter.max_norm == 0.0
+    outcome = _gui(
+        tmp_path / "oft", 1, module="lycoris.kohya", network_args='network_args = ["algo=diag-oft"]'
+    )
     assert fate(outcome, "scale_weight_norms") == "unsupported"
-    assert "scalar" in messages(outcome, "DBS403")
+    assert "diag-oft" in messages(outcome, "DBS403")
 
 
 def test_a_negative_limit_is_invalid(tmp_path):

@@ -1383,6 +1383,30 @@ CASES = [
     ),
     (
         rules.max_norm_fits,
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.1\n',
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG
+        + STEPS
+        + LORA
+        + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nscalar = true\nconv_rank = 4\ntucker = true\n',
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\ndora = true\n',
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG
+        + STEPS
+        + LORA
+        + 'max_norm = 1.0\nmax_norm_form = "lycoris"\ndora = true\ndora_form = "lycoris"\n',
+    ),
+    (
+        rules.max_norm_fits,
+        DOG + STEPS + '[adapter]\nkind = "lokr"\nmax_norm = 1.0\nrank_dropout = 0.2\n',
+        [("DBS558", "error", ("adapter", "max_norm"))],
+        DOG + STEPS + '[adapter]\nkind = "lokr"\nmax_norm = 1.0\nfull_matrix = true\n',
+    ),
+    (
+        rules.max_norm_fits,
         DOG + STEPS + LORA + 'max_norm = 1.0\n[distributed]\nstrategy = "fsdp"\n',
         [("DBS559", "error", ("adapter", "max_norm"))],
         DOG + STEPS + LORA + 'max_norm = 1.0\n[distributed]\nstrategy = "ddp"\n',

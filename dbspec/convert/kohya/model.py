@@ -204,7 +204,7 @@ def map_adapter(
         _map_lora_fa(a, conv)
     map_network_weights(a, paths, conv, bool(original))
     map_base_weights(a, paths, conv)
-    map_scale_weight_norms(a, conv, lycoris=lycoris)
+    map_scale_weight_norms(a, conv, lycoris=lycoris, kind=kind)
     return True
 
 
@@ -336,22 +336,34 @@ def _map_lora_fa(a: Args, conv: Conversion) -> None:
         )
 
 
-def map_scale_weight_norms(a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False) -> None:
+# LyCORIS algos whose modules keep the base class's apply_max_norm (returns None: never scaled, not counted)
+_LYCORIS_NO_MAX_NORM = ("full", "ia3", "glora", "dylora")
+
+
+def map_scale_weight_norms(
+    a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False, kind: str = "lora"
+) -> None:
     """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
     each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
-    (train_network.py tests `if args.scale_weight_norms`)."""
+    (train_network.py tests `if args.scale_weight_norms`). lycoris.kohya's network calls each module's own
+    apply_max_norm: LoCon (algo lora / locon), LoHa and LoKr map to LyCORIS's form (max_norm_form
+    "lycoris"); full, IA3, GLoRA and DyLoRA modules keep its base class's, which scales nothing."""
     norms = a["scale_weight_norms"]
     if not norms.value:
         if norms.given and norms.value is not None:
             conv.inert(norms, "0 turns kohya's max-norm regularisation off")
         return
-    if lycoris:
+    if lycoris and kind in _LYCORIS_NO_MAX_NORM:
+        conv.inert(
+            norms,
+            f"LyCORIS's {kind} modules keep the base apply_max_norm, which scales nothing (0, 0, 0 logged)",
+        )
+        return
+    if lycoris and kind not in ("lora", "loha", "lokr"):
         conv.unsupported(
             norms,
-            "lycoris.kohya's apply_max_norm_regularization multiplies each module's scalar by the ratio "
-            "(norms of LyCORIS's own weights, DoRA and Tucker forms included; 0, 0, 0 logged when no module "
-            "is scaled) instead of scaling lora_up and lora_down; dbspec implements networks.lora's only",
-            help="drop --scale_weight_norms, or train networks.lora",
+            f"LyCORIS's {kind} module's apply_max_norm (scaling its rotation) is not implemented in dbspec",
+            help="drop --scale_weight_norms, or train algo=locon, loha or lokr",
         )
         return
     if norms.value < 0:
@@ -359,7 +371,9 @@ def map_scale_weight_norms(a: Args, conv: Conversion, *, lycoris: bool = False, 
             norms.key,
             norms.value,
             norms.source,
-            "a negative limit makes apply_max_norm_regularization's ratio negative and its square root NaN",
+            "a negative limit makes apply_max_norm_regularization's ratio negative and its square root NaN"
+            if not lycoris
+            else "a negative limit makes each LyCORIS module's ratio negative, flipping its update's sign",
         )
         return
     if split:
@@ -374,6 +388,14 @@ def map_scale_weight_norms(a: Args, conv: Conversion, *, lycoris: bool = False, 
         )
         return
     conv.mapped(norms, ("adapter", "max_norm"), float(norms.value))
+    if lycoris and kind == "lora":  # LoHa and LoKr have LyCORIS's form only
+        conv.put(
+            ("adapter", "max_norm_form"),
+            "lycoris",
+            conv.comment(
+                norms, "lycoris.kohya: each module's own apply_max_norm (its scalar times the ratio)"
+            ),
+        )
 
 
 def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
