@@ -129,6 +129,15 @@ def test_lycoris_algos_without_max_norm_are_inert_and_oft_refused(tmp_path):
     assert "diag-oft" in messages(outcome, "DBS403")
 
 
+def test_lycoris_rank_dropout_is_refused_at_conversion(tmp_path):
+    """LyCORIS's norm draws a rank-dropout mask in training mode: refused by the converter, not left to fail
+    the converted spec's check (DBS558)."""
+    args = 'network_args = ["algo=loha", "rank_dropout=0.1"]'
+    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
+    assert "rank-dropout" in messages(outcome, "DBS403")
+
+
 def test_a_negative_limit_is_invalid(tmp_path):
     outcome = _gui(tmp_path, -1)
     assert fate(outcome, "scale_weight_norms") == "invalid" and "NaN" in "".join(errors(outcome))
