@@ -10,10 +10,37 @@ once (under the first part's name), so the optimizer, the resume state and EMA h
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
+
+
+def fused_layers(
+    module: torch.nn.Module, groups: tuple[FusedPlan, ...]
+) -> Iterator[tuple[FusedPlan, list[tuple[int, Any]]]]:
+    """Per block of each fused group found in `module`: the group, and its parts that carry dbspec's peft
+    LoRA adapter, as (index in the group's parts, layer), in part order."""
+    from peft.tuners.lora import LoraLayer
+
+    for group in groups:
+        try:
+            blocks = module.get_submodule(group.blocks)
+        except AttributeError:
+            continue
+        for block in blocks:
+            found = []
+            for index, part in enumerate(group.parts):
+                try:
+                    layer = block.get_submodule(part)
+                except AttributeError:
+                    continue
+                if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+                    found.append((index, layer))
+            yield group, found
 
 
 def tie_fused_projections(module: torch.nn.Module, fused: tuple[FusedPlan, ...]) -> int:

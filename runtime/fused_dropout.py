@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from peft.tuners.lora import LoraLayer
 
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.fused import fused_layers
 
 
 class FusedDraw:
@@ -61,40 +61,18 @@ def add_fused_dropout(
     """Wrap the forward of the tied parts of every fused layer in `module` with one shared draw per layer
     and forward; marks them so runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped."""
     wrapped = 0
-    for group in fused:
-        try:
-            blocks = module.get_submodule(group.blocks)
-        except AttributeError:
+    for _, found in fused_layers(module, fused):
+        layers = [layer for _, layer in found if not layer.use_dora.get(ADAPTER_NAME)]  # DoRA: peft's own
+        first = layers[0].lora_A[ADAPTER_NAME].weight if layers else None
+        shared = [layer for layer in layers if layer.lora_A[ADAPTER_NAME].weight is first]
+        if len(shared) < 2:
             continue
-        for block in blocks:
-            layers = []
-            for part in group.parts:
-                try:
-                    layer = block.get_submodule(part)
-                except AttributeError:
-                    continue
-                plain = isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A
-                if plain and not layer.use_dora.get(
-                    ADAPTER_NAME
-                ):  # DoRA: peft's own forward (as lora_dropout)
-                    layers.append(layer)
-            shared = (
-                [
-                    layer
-                    for layer in layers
-                    if layer.lora_A[ADAPTER_NAME].weight is layers[0].lora_A[ADAPTER_NAME].weight
-                ]
-                if layers
-                else []
-            )
-            if len(shared) < 2:
-                continue
-            draw = FusedDraw(len(shared))
-            for layer in shared:
-                masks = _shared_masks(draw, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
-                layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
-                layer.dbspec_fused_draw = draw
-            wrapped += 1
+        draw = FusedDraw(len(shared))
+        for layer in shared:
+            masks = _shared_masks(draw, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
+            layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
+            layer.dbspec_fused_draw = draw
+        wrapped += 1
     return wrapped
 
 
@@ -199,30 +177,17 @@ def add_split_dropout(
     .split_fused) with one draw per layer and forward, in kohya's split order; marks them so
     runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped."""
     wrapped = 0
-    for group in split:
-        try:
-            blocks = module.get_submodule(group.blocks)
-        except AttributeError:
+    for group, found in fused_layers(module, split):
+        layers = {index: layer for index, layer in found if not layer.use_dora.get(ADAPTER_NAME)}
+        if not layers:  # DoRA: peft's own forward
             continue
-        for block in blocks:
-            layers = {}
-            for index, part in enumerate(group.parts):
-                try:
-                    layer = block.get_submodule(part)
-                except AttributeError:
-                    continue
-                plain = isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A
-                if plain and not layer.use_dora.get(ADAPTER_NAME):  # DoRA: peft's own forward
-                    layers[index] = layer
-            if not layers:
-                continue
-            draw = SplitDraw(len(group.parts), len(layers))
-            for index, layer in layers.items():
-                rank = layer.r[ADAPTER_NAME]
-                masks = _part_masks(draw, index, module_dropout, down_dropout, rank_dropout, rank)
-                layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
-                layer.dbspec_fused_draw = draw
-            wrapped += 1
+        draw = SplitDraw(len(group.parts), len(layers))
+        for index, layer in layers.items():
+            rank = layer.r[ADAPTER_NAME]
+            masks = _part_masks(draw, index, module_dropout, down_dropout, rank_dropout, rank)
+            layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
+            layer.dbspec_fused_draw = draw
+        wrapped += 1
     return wrapped
 
 

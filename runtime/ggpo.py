@@ -27,6 +27,7 @@ from peft.tuners.lora import LoraLayer
 
 from dbspec.plan.model import AdapterPlan, FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.fused import fused_layers
 
 
 class GgpoModule:
@@ -129,24 +130,12 @@ def add_ggpo(module: torch.nn.Module, adapter: AdapterPlan, fused: tuple[FusedPl
     sigma, beta = adapter.ggpo_sigma, adapter.ggpo_beta
     found: list[GgpoModule] = []
     grouped: set[int] = set()
-    for group in fused:
-        try:
-            blocks = module.get_submodule(group.blocks)
-        except AttributeError:
-            continue
-        for block in blocks:
-            parts = []
-            for part in group.parts:
-                try:
-                    layer = block.get_submodule(part)
-                except AttributeError:
-                    continue
-                if _plain(layer):
-                    parts.append(layer)
-            tied = [p for p in parts if p.lora_A[ADAPTER_NAME].weight is parts[0].lora_A[ADAPTER_NAME].weight]
-            if len(tied) >= 2:
-                found.append(GgpoModule(tied, sigma, beta))
-                grouped.update(id(p) for p in tied)
+    for _, layers in fused_layers(module, fused):
+        parts = [layer for _, layer in layers if _plain(layer)]
+        tied = [p for p in parts if p.lora_A[ADAPTER_NAME].weight is parts[0].lora_A[ADAPTER_NAME].weight]
+        if len(tied) >= 2:
+            found.append(GgpoModule(tied, sigma, beta))
+            grouped.update(id(p) for p in tied)
     for layer in module.modules():
         if _plain(layer) and id(layer) not in grouped:
             found.append(GgpoModule([layer], sigma, beta))
