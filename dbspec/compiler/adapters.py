@@ -82,15 +82,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         )
     plan = AdapterPlan(
         kind=adapter.kind,
-        rank=adapter.rank,
-        alpha=adapter.alpha,
-        denoiser_targets=tuple(adapter.denoiser_targets)
-        if targets_given
-        else family_spec(family).lora_targets,
-        text_encoder_targets=tuple(adapter.text_encoder_targets),
-        conv_rank=adapter.conv_rank,
-        conv_alpha=adapter.conv_alpha if conv else 0.0,
-        conv_targets=tuple(adapter.conv_targets) if conv else (),
+        **_low_rank(adapter, family, targets_given),
         lokr_unit_scale=adapter.kind == "lokr",
         t5_targets=_t5_targets(family, components),
         **extra,
@@ -116,18 +108,9 @@ def lycoris_dora(adapter) -> bool:
 def _glora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's GLoRA: a rank and alpha (and conv_rank / conv_alpha on the convolutions), its use_scalar,
     module dropout and bypass forward, whose rank dropout and dropout act only there."""
-    conv = adapter.conv_rank > 0
     return AdapterPlan(
         kind="glora",
-        rank=adapter.rank,
-        alpha=adapter.alpha,
-        denoiser_targets=tuple(adapter.denoiser_targets)
-        if targets_given
-        else family_spec(family).lora_targets,
-        text_encoder_targets=tuple(adapter.text_encoder_targets),
-        conv_rank=adapter.conv_rank,
-        conv_alpha=adapter.conv_alpha if conv else 0.0,
-        conv_targets=tuple(adapter.conv_targets) if conv else (),
+        **_low_rank(adapter, family, targets_given),
         scalar=adapter.scalar,
         module_dropout=adapter.module_dropout,
         bypass=adapter.bypass,
@@ -141,22 +124,30 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """DyLoRA (kohya networks.dylora, LyCORIS algo=dylora): a LoRA's rank, alpha and convolutions, plus the
     block size and whose training forward; its parameters are LoRA's at the same ranks."""
-    conv = adapter.conv_rank > 0
     plan = AdapterPlan(
         kind="dylora",
-        rank=adapter.rank,
-        alpha=adapter.alpha,
-        denoiser_targets=tuple(adapter.denoiser_targets)
-        if targets_given
-        else family_spec(family).lora_targets,
-        text_encoder_targets=tuple(adapter.text_encoder_targets),
-        conv_rank=adapter.conv_rank,
-        conv_alpha=adapter.conv_alpha if conv else 0.0,
-        conv_targets=tuple(adapter.conv_targets) if conv else (),
+        **_low_rank(adapter, family, targets_given),
         dylora_unit=adapter.unit,
         dylora_form=adapter.dylora_form,
     )
     return attrs.evolve(plan, params=adapter_params(adapter, family, components, plan.denoiser_targets))
+
+
+def _low_rank(adapter, family: str, targets_given: bool) -> dict:
+    """Rank, alpha and targets of the rank-based kinds (unset denoiser targets: the family's); the
+    convolutions' rank, alpha and targets only when conv_rank is above 0."""
+    conv = adapter.conv_rank > 0
+    return {
+        "rank": adapter.rank,
+        "alpha": adapter.alpha,
+        "denoiser_targets": tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
+        "text_encoder_targets": tuple(adapter.text_encoder_targets),
+        "conv_rank": adapter.conv_rank,
+        "conv_alpha": adapter.conv_alpha if conv else 0.0,
+        "conv_targets": tuple(adapter.conv_targets) if conv else (),
+    }
 
 
 def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
