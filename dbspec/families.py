@@ -46,6 +46,9 @@ class KohyaFacts:
     # kohya_lora writes LoCon/DoRA/LoHa/LoKr in the LyCORIS layout too (Flux: plain LoRA only)
     lycoris_layout: bool = True
     ggpo: bool = False  # kohya's network for the family has LoRA-GGPO (adapter.ggpo: networks.lora_flux)
+    network: str = "networks.lora"  # kohya's LoRA network module for the family
+    # the denoiser modules (kohya name prefixes) its network from weights builds; () = every one in the file
+    weights_scan: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -510,7 +513,12 @@ FAMILIES: dict[str, FamilySpec] = {
         # kohya's sd3_train_network.py writes its model type ("5-large", "5-medium", "medium") as the base
         # version, read from the weights (runtime/sd3_kohya.py model_type); plain LoRA only in its layout.
         kohya=KohyaFacts(
-            base_version="sd3", v2=False, v_suffix=False, original_unet_names=False, lycoris_layout=False
+            base_version="sd3",
+            v2=False,
+            v_suffix=False,
+            original_unet_names=False,
+            lycoris_layout=False,
+            network="networks.lora_sd3",
         ),
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
@@ -638,6 +646,8 @@ FAMILIES: dict[str, FamilySpec] = {
             original_unet_names=False,
             lycoris_layout=False,
             ggpo=True,
+            network="networks.lora_flux",
+            weights_scan=("lora_unet_double_blocks_", "lora_unet_single_blocks_"),
         ),
         objective="flow",
         single_file_marker="model.diffusion_model.double_blocks.",

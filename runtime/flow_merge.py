@@ -33,8 +33,6 @@ from dbspec.runtime.merge_adapters import merge_layer
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _TEXT_SCOPES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP", "T5Attention", "T5DenseGatedActDense")
-# kohya's lora_flux network from weights adapts only the children of these blocks (no in_dims)
-_FLUX_SCOPE = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
 
 
 def merge_flow_adapters(plan, unet: torch.nn.Module, text_encoders: list, dtype: torch.dtype) -> list[str]:
@@ -92,13 +90,13 @@ def merge_flow_file(merge: MergePlan, family: str, denoiser: dict, text: dict, d
     state = load_file(merge.path)
     names = sorted({key.split(".")[0] for key in state if key.endswith(_DOWN)})
     merged, ignored = 0, 0
-    flux = family_spec(family).runtime == "flux"
+    scan = family_spec(family).kohya.weights_scan  # Flux: the double and single blocks only
     with torch.no_grad():
         for name in names:
             up, down, alpha = state[name + _UP], state[name + _DOWN], state.get(name + _ALPHA)
             if name in text:
                 merge_layer(text[name], up, down, alpha, merge.multiplier, dtype)
-            elif name.startswith("lora_unet_") and (not flux or name.startswith(_FLUX_SCOPE)):
+            elif name.startswith("lora_unet_") and (not scan or name.startswith(scan)):
                 parts = denoiser.get(name)
                 if parts is None:
                     raise ValueError(

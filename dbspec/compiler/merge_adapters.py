@@ -24,11 +24,8 @@ _UNPLACED = ("lora_unet_x_embedder",)
 def _flux_ignored(family: str, name: str) -> bool:
     """A Flux denoiser module outside the double and single blocks: kohya's lora_flux network from weights
     has no such module and never reads it (runtime/flow_merge.py)."""
-    return (
-        family_spec(family).runtime == "flux"
-        and name.startswith("lora_unet_")
-        and not name.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))
-    )
+    scan = family_spec(family).kohya.weights_scan
+    return bool(scan) and name.startswith("lora_unet_") and not name.startswith(scan)
 
 
 def with_merged_adapters(ctx: Context, plan: ModelPlan | None) -> ModelPlan | None:
@@ -88,7 +85,7 @@ def _plan_one(ctx: Context, given: str, multiplier: float, key, family: str) -> 
             )
             return None
         if fused and module.alpha is None and not _flux_ignored(family, module.name):
-            network = "lora_flux" if family_spec(family).runtime == "flux" else "lora_sd3"
+            network = family_spec(family).kohya.network.removeprefix("networks.")
             ctx.report(
                 "DBS391",
                 "error",
