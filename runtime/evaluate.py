@@ -87,7 +87,7 @@ class EvalLoss:
             )
             with torch.no_grad():
                 dist = parts.vae.encode(pixels[None].to(parts.device, parts.vae.dtype)).latent_dist
-            self.latents.append(dist.mean.float() * parts.vae.config.scaling_factor)
+            self.latents.append(scaled_latents(parts.vae.config, dist.mean.float()))
             self.masks.append(mask)
 
     def _image_loss(self, parts: Parts, plan: Plan, ev: EvaluationPlan, i: int, generator) -> torch.Tensor:
@@ -117,12 +117,7 @@ class EvalLoss:
             pred = denoise(parts, noisy, timesteps, text, [sample] * count).float()
             pred = family.objective.output(loss_plan, sched, pred, noisy, timesteps)
             target = family.objective.target(sched, latents, noise, timesteps, loss_plan.target, loss_plan)
-        huber = loss_plan.huber
-        huber_c = (
-            losses.huber_threshold(huber.schedule, huber.c, huber.scale, timesteps, sched.alphas_cumprod)
-            if huber
-            else None
-        )
+        huber_c = family.objective.huber_threshold(loss_plan, sched, timesteps)
         elementwise = losses.elementwise_loss(
             pred, target.float(), loss_plan.kind, loss_plan.huber_delta, huber_c
         )
@@ -130,16 +125,15 @@ class EvalLoss:
         if mask is not None:
             mask = losses.resize_mask(mask[None].expand(count, *mask.shape), tuple(latents.shape[-2:]))
             mask = mask.to(parts.device)
-        weights = losses.timestep_weights(
-            sched.alphas_cumprod.to(parts.device),
-            timesteps,
-            loss_plan.target,
-            min_snr_gamma=loss_plan.min_snr_gamma,
-            scale_v_like_epsilon=loss_plan.scale_v_like_epsilon,
-            v_pred_like_loss=loss_plan.v_pred_like_loss,
-            debiased_estimation=loss_plan.debiased_estimation,
-        )
+        weights = family.objective.weights(loss_plan, sched, timesteps)  # Min-SNR, ...; flow weighting
         return losses.per_sample_loss(elementwise, mask, loss_plan.mask_mean) * weights
+
+
+def scaled_latents(vae_config, mean: torch.Tensor) -> torch.Tensor:
+    """The posterior mean as the denoiser sees latents: less the VAE's shift_factor where it has one (SD3,
+    Flux), times its scaling_factor (as runtime/step.py's sample_latents, without the draw)."""
+    shift = vae_config.get("shift_factor")
+    return ((mean - shift) if shift else mean) * vae_config.scaling_factor
 
 
 def scored_images(ev: EvaluationPlan) -> int:

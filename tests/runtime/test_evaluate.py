@@ -23,6 +23,7 @@ from dbspec.runtime.evaluate import (
     paired_similarity,
 )
 from dbspec.runtime.execute import execute
+from dbspec.runtime.families import family_runtime
 from dbspec.runtime.tiny import build_metric_model
 from tests.runtime.runspec import compile_spec, write_spec
 
@@ -108,6 +109,42 @@ def test_eval_loss_is_the_training_formula_on_fixed_timesteps_and_noise(tmp_path
     losses = (mse * torch.clamp(snr, max=5.0) / snr).tolist()
     assert row["eval_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
     assert row["eval_loss_bands"] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:]) / 2], rel=1e-5)
+
+
+def test_eval_loss_on_flow_matching_is_the_training_formula(tmp_path):
+    """SD3 (a VAE with a shift_factor, a scheduler without DDPM alphas): latents (mean - shift) x scale,
+    sigma = t / 1000, x_t = (1 - sigma) x0 + sigma noise, velocity target noise - x0, sigma_sqrt weights."""
+    extra = LORA + '[loss]\nflow_weighting = "sigma_sqrt"\n[validation]\nevery = 1\n'
+    extra += "[evaluation]\nholdout = 1\nseed = 3\ntimesteps = 4\nbands = 2\n"
+    plan = compile_spec(write_spec(tmp_path, base="builtin:tiny-sd3", steps=1, extra=extra))
+    result = execute(plan, keep_models=True)
+    row = _rows(Path(result.output))[-1]
+
+    comps, ev = result.components, plan.evaluation
+    img, vae = ev.holdout[0], comps.vae
+    assert vae.config.shift_factor  # the case that matters
+    with torch.no_grad():
+        pixels, _ = load_example(img)
+        mean = vae.encode(pixels[None]).latent_dist.mean
+        x0 = ((mean - vae.config.shift_factor) * vae.config.scaling_factor).expand(4, -1, -1, -1)
+        text = family_runtime("sd3").encode_prompts(
+            comps.text_encoders, comps.tokenizers, [img.caption], clip_skip=1, max_tokens=75, device="cpu"
+        )
+        t = torch.tensor(ev.timesteps)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+        sigma = (t.double() / 1000).view(-1, 1, 1, 1)
+        noisy = ((1 - sigma) * x0.double() + sigma * noise.double()).float()
+        comps.unet.eval()
+        pred = comps.unet(
+            hidden_states=noisy,
+            timestep=t,
+            encoder_hidden_states=text["prompt_embeds"].expand(4, -1, -1),
+            pooled_projections=text["pooled"].expand(4, -1),
+        ).sample
+    mse = ((pred.double() - (noise.double() - x0.double())) ** 2).mean(dim=(1, 2, 3))
+    losses = (mse * sigma.flatten() ** -2.0).tolist()
+    assert row["eval_loss"] == pytest.approx(sum(losses) / 4, rel=1e-4)
+    assert row["eval_loss_bands"] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:]) / 2], rel=1e-4)
 
 
 def test_metrics_are_identical_across_runs_and_unchanged_by_resume(tmp_path):
