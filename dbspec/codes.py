@@ -2488,13 +2488,15 @@ or another adapter kind on it is not offered.""",
     Code(
         "DBS570",
         ERROR,
-        "A dataset's eval_split that splits nothing",
+        "A dataset's eval_split or eval_seed that splits nothing",
         """\
-A dataset's `eval_split` is its own fraction of kohya's validation split (kohya's dataset-level
-`validation_split`); it applies only where `evaluation.split` splits: `evaluation.split` must be above 0, and
-the dataset must be an instance dataset that `evaluation.split_datasets` names (or any instance dataset when
-that list is empty). Elsewhere it would silently change nothing.""",
-        help="set evaluation.split (and list the dataset in evaluation.split_datasets), or remove eval_split",
+A dataset's `eval_split` and `eval_seed` are its own fraction and seed of kohya's validation split (kohya's
+dataset-level `validation_split` and `validation_seed`); they apply only where `evaluation.split` splits:
+`evaluation.split` must be above 0, and the dataset must be an instance dataset that
+`evaluation.split_datasets` names (or any instance dataset when that list is empty). Elsewhere they would
+silently change nothing.""",
+        help="set evaluation.split (and list the dataset in evaluation.split_datasets), or remove eval_split "
+        "and eval_seed",
     ),
     Code(
         "DBS571",
