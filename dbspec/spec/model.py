@@ -1156,8 +1156,9 @@ class Dataset:
         -1,
         doc="This instance dataset's own seed for `evaluation.split` (kohya's dataset-level "
         "`validation_seed`, which each `[[datasets]]` of a kohya config sets for itself): its shuffles are "
-        'drawn from `random.seed(eval_seed)`, reseeded before each and never drawing on the `split_draw = '
-        '"stream"` stream; -1: `evaluation.seed` and `split_draw`. Needs `evaluation.split` and a dataset it splits.",
+        "drawn from `random.seed(eval_seed)`, reseeded before each and never drawing on the `split_draw = "
+        '"stream"` stream; -1: `evaluation.seed` and `split_draw`. Needs `evaluation.split` and a dataset it '
+        "splits.",
         minimum=-1,
         example=42,
     )
