@@ -327,7 +327,8 @@ without SGD, dadapt_sgd or dadapt_adagrad, `nesterov` without SGD, `bf16_fallbac
 `multires_noise_discount` without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without
 `ip_noise_gamma`), `prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption
 is cut into tags, `token_warmup_min` without `token_warmup_step`, `eps` with came (its regularisers are the
-pair `came_eps`).""",
+pair `came_eps`), `evaluation.order = "kohya_loader"` without `evaluation.split`, `evaluation.max_batches`
+without that order or `evaluation.max_images` with it.""",
     ),
     Code(
         "DBS217",

@@ -888,6 +888,36 @@ def dataset_eval_split_applies(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def loader_order_applies(spec: Spec, given: Given) -> Iterator[Hit]:
+    """evaluation.order = "kohya_loader" orders kohya's split; max_batches caps that order (DBS216)."""
+    ev = spec.evaluation
+    if ev.order == "kohya_loader" and not ev.split:
+        yield _warn(
+            "DBS216",
+            ("evaluation", "order"),
+            'evaluation.order = "kohya_loader" has no effect without evaluation.split (kohya\'s validation '
+            "split is what its loader batches)",
+            "set evaluation.split, or remove evaluation.order",
+        )
+    if ev.max_batches and ev.order != "kohya_loader":
+        yield _warn(
+            "DBS216",
+            ("evaluation", "max_batches"),
+            'evaluation.max_batches has no effect unless evaluation.order = "kohya_loader" (max_images caps '
+            "the split order)",
+            'set evaluation.order = "kohya_loader", or use evaluation.max_images',
+        )
+    if ev.max_images and ev.order == "kohya_loader":
+        yield _warn(
+            "DBS216",
+            ("evaluation", "max_images"),
+            'evaluation.max_images has no effect with evaluation.order = "kohya_loader" (max_batches caps '
+            "it)",
+            "use evaluation.max_batches",
+        )
+
+
+@rule("spec")
 def unscored_evaluation(spec: Spec, given: Given) -> Iterator[Hit]:
     """evaluation.score = false: something must be held out, and the loss's settings do nothing (DBS571)."""
     ev = spec.evaluation
