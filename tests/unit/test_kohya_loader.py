@@ -126,3 +126,25 @@ def test_with_loader_workers_the_cap_still_differs(tmp_path):
     assert fate(outcome, "max_validation_steps") == "differs"
     plan = plan_of(outcome, tmp_path)
     assert plan.evaluation.order == "split" and plan.evaluation.max_images == 2
+
+
+def test_train_data_dir_sub_folders_keep_the_cap_a_difference(tmp_path):
+    """kohya makes train_data_dir's subsets in the file system's sub-folder order (Path.iterdir), which its
+    loader's image order follows; dbspec's datasets come in sorted names: still DBS404 with two sub-folders,
+    exact with one."""
+    base = (
+        f"train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=x --resolution=512 "
+        "--network_module=networks.lora --max_train_steps=60 --validation_split 0.5 --validation_seed 3 "
+        "--max_data_loader_n_workers 0 --max_validation_steps 2"
+    )
+    for name in ("1_ohwx dog", "2_ohwx dog"):
+        folder = tmp_path / "x" / name
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (512, 512)).save(folder / f"img{i:03d}.png")
+    outcome = kohya(tmp_path, command=base)
+    assert fate(outcome, "max_validation_steps") == "differs"
+    assert plan_of(outcome, tmp_path).evaluation.max_batches == 2
+    (tmp_path / "x" / "2_ohwx dog").rename(tmp_path / "2_ohwx dog")
+    outcome = kohya(tmp_path, command=base)
+    assert fate(outcome, "max_validation_steps") == "mapped"

@@ -8,9 +8,11 @@ set at 4 fixed timesteps, linspace(min_timestep, max_timestep, 6)[1:-1], every `
 steps and every `validate_every_n_epochs` epochs (every epoch by default), at most `max_validation_steps`
 batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.split` draws the same
 split (`split_draw`: reseeded per subset, or one stream), `timestep_spacing = "linspace"` the same timesteps,
-`max_images` caps the images scored; the noise and the averaging stay dbspec's. `validation_split` is a
-parameter of each kohya dataset: `evaluation.split` takes the first split dataset's, a dataset whose fraction
-differs gets its own `eval_split`. train_db.py and sdxl_train.py split the same way but never score the split:
+`order = "kohya_loader"` with `max_batches` the images of kohya's first validation batches (with
+max_data_loader_n_workers = 0; else `max_images` caps the split order); the noise and the averaging stay
+dbspec's. `validation_split` and `validation_seed` are parameters of each kohya dataset: `evaluation.split`
+and `seed` take the first split dataset's, a dataset whose fraction or seed differs gets its own `eval_split`
+or `eval_seed`. train_db.py and sdxl_train.py split the same way but never score the split:
 `evaluation.score = false` (held out of training, no evaluation work).
 """
 
@@ -179,6 +181,16 @@ def _cap(a: Args, layout, parts: list, conv: Conversion) -> None:
             "kohya_loader",
             f"{conv.tool} scores its validation loader's batches (max_data_loader_n_workers = 0)",
         )
+        if None in counts or (len(parts) > 1 and not parts[0][1].key.startswith("datasets[")):
+            # train_data_dir: kohya makes a subset of each sub-folder in Path.iterdir order
+            conv.differs(
+                most,
+                "kohya's validation loader holds the train_data_dir sub-folders' images in the file system's "
+                "order of sub-folders (Path.iterdir), dbspec's in their sorted names",
+                ("evaluation", "max_batches"),
+                most.value,
+            )
+            return
         conv.mapped(
             most,
             ("evaluation", "max_batches"),
