@@ -398,7 +398,8 @@ def plan_evaluation(
 
 def loader_order(spec: Spec, held: Holdout, datasets: tuple[DatasetPlan, ...], most: int) -> tuple[int, ...]:
     """evaluation.order = "kohya_loader": the held-out images kohya's first `most` validation batches hold
-    (dbspec/plan/kohya_loader.py), one kohya dataset per group, its batch size the group's."""
+    (dbspec/plan/kohya_loader.py), one kohya dataset per group, its batch size the group's; every image of a
+    role = "eval" dataset (no kohya batch) after them."""
     sizes = {g.name: g.batch_size or spec.schedule.batch_size for g in spec.groups}
     split = [i for i in held.image_datasets if i >= 0]
     groups = [datasets[i].group for i in split]
@@ -408,7 +409,9 @@ def loader_order(spec: Spec, held: Holdout, datasets: tuple[DatasetPlan, ...], m
         [img.repeats for img in held.images[: len(split)]],
         {g: sizes.get(g, spec.schedule.batch_size) for g in groups},
     )
-    return first_batches(batches, most)
+    return first_batches(batches, most) + tuple(
+        range(len(split), len(held.images))
+    )  # then role = "eval" ones
 
 
 SELECT_METRICS = ("eval_loss", "clip_t", "clip_i", "dino")  # the metrics select = "weighted" can weigh
