@@ -20,6 +20,7 @@ from convert_kit import (
 from PIL import Image
 
 from dbspec.plan.kohya_loader import first_batches, loader_batches
+from tests.runtime.runspec import summary_text
 
 FIXTURE = json.loads((Path(__file__).parent / "kohya_loader.json").read_text())
 CASES = FIXTURE["cases"]
@@ -89,7 +90,8 @@ def test_each_datasets_validation_seed_draws_kohyas_split(tmp_path, case):
 def test_eval_seed_is_in_the_converted_spec_and_the_summary(tmp_path):
     outcome = _convert(tmp_path, SEEDS[0])
     assert "eval_seed = 5" in outcome.text
-    plan_of(outcome, tmp_path)
+    text = summary_text(plan_of(outcome, tmp_path))
+    assert "seed per dataset" in text and "`d1s0` 5" in text
 
 
 def _loader_images(case: dict, most: int) -> list[str]:
