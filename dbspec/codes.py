@@ -327,7 +327,8 @@ without SGD, dadapt_sgd or dadapt_adagrad, `nesterov` without SGD, `bf16_fallbac
 `multires_noise_discount` without `multires_noise_iterations`, `ip_noise_gamma_random_strength` without
 `ip_noise_gamma`), `prior_reduction` without class data, `keep_tokens` or `caption_separator` when no caption
 is cut into tags, `token_warmup_min` without `token_warmup_step`, `eps` with came (its regularisers are the
-pair `came_eps`).""",
+pair `came_eps`), `evaluation.order = "kohya_loader"` without `evaluation.split`, `evaluation.max_batches`
+without that order or `evaluation.max_images` with it.""",
     ),
     Code(
         "DBS217",
@@ -2488,13 +2489,15 @@ or another adapter kind on it is not offered.""",
     Code(
         "DBS570",
         ERROR,
-        "A dataset's eval_split that splits nothing",
+        "A dataset's eval_split or eval_seed that splits nothing",
         """\
-A dataset's `eval_split` is its own fraction of kohya's validation split (kohya's dataset-level
-`validation_split`); it applies only where `evaluation.split` splits: `evaluation.split` must be above 0, and
-the dataset must be an instance dataset that `evaluation.split_datasets` names (or any instance dataset when
-that list is empty). Elsewhere it would silently change nothing.""",
-        help="set evaluation.split (and list the dataset in evaluation.split_datasets), or remove eval_split",
+A dataset's `eval_split` and `eval_seed` are its own fraction and seed of kohya's validation split (kohya's
+dataset-level `validation_split` and `validation_seed`); they apply only where `evaluation.split` splits:
+`evaluation.split` must be above 0, and the dataset must be an instance dataset that
+`evaluation.split_datasets` names (or any instance dataset when that list is empty). Elsewhere they would
+silently change nothing.""",
+        help="set evaluation.split (and list the dataset in evaluation.split_datasets), or remove eval_split "
+        "and eval_seed",
     ),
     Code(
         "DBS571",

@@ -53,8 +53,8 @@ def band_means(per_timestep: Sequence[float], starts: Sequence[int]) -> list[flo
 class EvalLoss:
     """Held-out latents, encoded once per run (the VAE never trains): the posterior mean, no sampling."""
 
-    latents: list[torch.Tensor] = attrs.field(factory=list)
-    masks: list[torch.Tensor | None] = attrs.field(factory=list)
+    latents: dict[int, torch.Tensor] = attrs.field(factory=dict)  # by held-out image index
+    masks: dict[int, torch.Tensor | None] = attrs.field(factory=dict)
 
     def compute(self, parts: Parts, ev: EvaluationPlan) -> tuple[float, list[float]]:
         """(mean, per-band means) of the training loss formula over held-out images x fixed timesteps."""
@@ -68,13 +68,14 @@ class EvalLoss:
             self._encode(parts, ev)
         generator = torch.Generator().manual_seed(ev.seed)  # the same noise at every evaluation
         per_image = [
-            self._image_loss(parts, plan, ev, i, generator).cpu() for i in range(scored_images(ev))
+            self._image_loss(parts, plan, ev, i, generator).cpu() for i in scored_images(ev)
         ]  # one CPU-GPU sync per held-out image
         per_timestep = torch.stack(per_image).double().mean(dim=0).tolist()
         return sum(per_timestep) / len(per_timestep), band_means(per_timestep, ev.bands)
 
     def _encode(self, parts: Parts, ev: EvaluationPlan) -> None:
-        for i, img in enumerate(ev.holdout[: scored_images(ev)]):
+        for i in dict.fromkeys(scored_images(ev)):
+            img = ev.holdout[i]
             index = _image_dataset(ev, i)
             crop = parts.plan.datasets[index].crop if index >= 0 else "center"
             upright = index < 0 or parts.plan.datasets[index].exif_orientation == "apply"
@@ -87,8 +88,8 @@ class EvalLoss:
             )
             with torch.no_grad():
                 dist = parts.vae.encode(pixels[None].to(parts.device, parts.vae.dtype)).latent_dist
-            self.latents.append(scaled_latents(parts.vae.config, dist.mean.float()))
-            self.masks.append(mask)
+            self.latents[i] = scaled_latents(parts.vae.config, dist.mean.float())
+            self.masks[i] = mask
 
     def _image_loss(self, parts: Parts, plan: Plan, ev: EvaluationPlan, i: int, generator) -> torch.Tensor:
         """Held-out image `i` at every fixed timestep, one batch: the weighted per-timestep losses (T,)."""
@@ -136,10 +137,13 @@ def scaled_latents(vae_config, mean: torch.Tensor) -> torch.Tensor:
     return ((mean - shift) if shift else mean) * vae_config.scaling_factor
 
 
-def scored_images(ev: EvaluationPlan) -> int:
-    """How many held-out images each evaluation scores: the first `max_images` (kohya's
-    max_validation_steps), else all."""
-    return ev.max_images or len(ev.holdout)
+def scored_images(ev: EvaluationPlan) -> list[int]:
+    """The held-out images each evaluation scores, in order: kohya's validation loader's first batches
+    (`order = "kohya_loader"`, an image once per repeat), else the first `max_images` (kohya's
+    max_validation_steps at batch size 1), else all."""
+    if ev.order == "kohya_loader":
+        return list(ev.scored_order)
+    return list(range(ev.max_images or len(ev.holdout)))
 
 
 def _image_dataset(ev: EvaluationPlan, i: int) -> int:

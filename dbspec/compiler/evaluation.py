@@ -14,6 +14,7 @@ from dbspec.builtin import BUILTIN_METRIC_MODELS
 from dbspec.compiler.context import Context
 from dbspec.compiler.modelinfo import hub_cache_dir
 from dbspec.compiler.schedule import interval_steps
+from dbspec.plan.kohya_loader import first_batches, loader_batches
 from dbspec.plan.model import (
     DatasetPlan,
     EvaluationPlan,
@@ -41,6 +42,7 @@ class Holdout:
     ] = ()  # kohya split: each held-out image's dataset (-1: a role = "eval" one)
     also_trained: tuple[bool, ...] = ()  # kohya split: each held-out image that still trains (rounding)
     fractions: tuple[float, ...] = ()  # kohya split: each training dataset's split fraction (0: unsplit)
+    seeds: tuple[int, ...] = ()  # kohya split: each training dataset's split seed (-1: unsplit, the stream)
 
 
 def hold_out(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> Holdout:
@@ -93,12 +95,17 @@ def split_units(d: DatasetPlan) -> list[list[int]]:
     return [units[name] for name in sorted(units)]
 
 
-def _draws(seed: int, draw: str, count: int) -> list[random.Random]:
+def _draws(seed: int, draw: str, own: list[int]) -> list[random.Random]:
     """One generator per shuffle kohya makes, in its order (library/train_util.py split_train_val, called by
-    its training datasets' subsets, then by its validation datasets' subsets): "reseed" -
-    random.seed(validation_seed) before each; "stream" - one random.seed(seed) that every shuffle draws on."""
+    its training datasets' subsets, then by its validation datasets' subsets), `own` holding each unit's own
+    seed (-1: none): with one, random.seed(it) before the shuffle (kohya's validation_seed, which restores the
+    global state after, so the stream does not move); else "reseed" - random.seed(seed) before each;
+    "stream" - one random.seed(seed) that every unseeded shuffle draws on."""
     stream = random.Random(seed)
-    return [random.Random(seed) if draw == "reseed" else stream for _ in range(count)]
+    return [
+        random.Random(mine) if mine >= 0 else random.Random(seed) if draw == "reseed" else stream
+        for mine in own + own
+    ]
 
 
 def _shuffled(n: int, rng: random.Random) -> list[int]:
@@ -124,8 +131,9 @@ def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[Im
         )
     chosen = [i for i, d in enumerate(datasets) if d.role == "instance" and (not names or d.name in names)]
     fractions = split_fractions(ctx.spec, datasets)
+    seeds = split_seeds(ctx.spec, datasets)
     units = [(i, unit) for i in chosen for unit in split_units(datasets[i]) if unit]
-    draws = _draws(ev.seed, ev.split_draw, 2 * len(units))
+    draws = _draws(ev.seed, ev.split_draw, [seeds[i] for i, _ in units])
     trained = [
         {unit[j] for j in _shuffled(len(unit), rng)[: math.ceil(len(unit) * (1 - fractions[i]))]}
         for (i, unit), rng in zip(units, draws)
@@ -162,6 +170,7 @@ def kohya_split(ctx: Context, datasets: tuple[DatasetPlan, ...], evals: tuple[Im
         tuple(where) + (-1,) * len(evals),
         tuple(also) + (False,) * len(evals),
         tuple(fractions[i] if i in chosen else 0.0 for i in range(len(datasets))),
+        tuple(seeds[i] if i in chosen else -1 for i in range(len(datasets))),
     )
 
 
@@ -170,6 +179,15 @@ def split_fractions(spec: Spec, datasets: tuple[DatasetPlan, ...]) -> list[float
     validation_split, a parameter of each of its datasets)."""
     own = {d.name: d.eval_split for d in spec.datasets}
     return [own.get(d.name, 0.0) or spec.evaluation.split for d in datasets]
+
+
+def split_seeds(spec: Spec, datasets: tuple[DatasetPlan, ...]) -> list[int]:
+    """Each plan dataset's split seed: its spec dataset's `eval_seed`, else `evaluation.seed` when every
+    shuffle is reseeded, else -1 (the stream). kohya's validation_seed is a parameter of each dataset."""
+    own = {d.name: d.eval_seed for d in spec.datasets}
+    ev = spec.evaluation
+    default = ev.seed if ev.split_draw == "reseed" else -1
+    return [own[d.name] if own.get(d.name, -1) >= 0 else default for d in datasets]
 
 
 def _holdout_dataset(ctx: Context, datasets: tuple[DatasetPlan, ...]) -> int:
@@ -364,9 +382,36 @@ def plan_evaluation(
         max_images=ev.max_images if scores and 0 < ev.max_images < len(held.images) else 0,
         scored=scores or not held.images,
         dataset_splits=held.fractions if ev.split > 0 else (),
+        dataset_seeds=held.seeds if ev.split > 0 else (),
     )
+    if scores and ev.split > 0 and ev.order == "kohya_loader":
+        plan = attrs.evolve(
+            plan,
+            order="kohya_loader",
+            max_batches=ev.max_batches,
+            scored_order=loader_order(spec, held, datasets, ev.max_batches),
+            max_images=0,
+        )
     _check_selection(ctx, plan, schedule)
     return attrs.evolve(plan, cost=_cost(plan, validation_prompts * spec.validation.images_per_prompt))
+
+
+def loader_order(spec: Spec, held: Holdout, datasets: tuple[DatasetPlan, ...], most: int) -> tuple[int, ...]:
+    """evaluation.order = "kohya_loader": the held-out images kohya's first `most` validation batches hold
+    (dbspec/plan/kohya_loader.py), one kohya dataset per group, its batch size the group's; every image of a
+    role = "eval" dataset (no kohya batch) after them."""
+    sizes = {g.name: g.batch_size or spec.schedule.batch_size for g in spec.groups}
+    split = [i for i in held.image_datasets if i >= 0]
+    groups = [datasets[i].group for i in split]
+    batches = loader_batches(
+        groups,
+        [tuple(img.bucket) for img in held.images[: len(split)]],
+        [img.repeats for img in held.images[: len(split)]],
+        {g: sizes.get(g, spec.schedule.batch_size) for g in groups},
+    )
+    return first_batches(batches, most) + tuple(
+        range(len(split), len(held.images))
+    )  # then role = "eval" ones
 
 
 SELECT_METRICS = ("eval_loss", "clip_t", "clip_i", "dino")  # the metrics select = "weighted" can weigh
@@ -402,10 +447,13 @@ def _cost(plan: EvaluationPlan, images: int) -> tuple[str, ...]:
     lines = []
     n = len(plan.steps)
     if "eval_loss" in plan.metrics:
-        scored = plan.max_images or len(plan.holdout)
+        scored = (
+            len(plan.scored_order) if plan.order == "kohya_loader" else plan.max_images or len(plan.holdout)
+        )
         forwards = scored * len(plan.timesteps)
+        encodes = len(set(plan.scored_order)) if plan.order == "kohya_loader" else scored
         lines.append(
-            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {scored} VAE encode(s) "
+            f"eval_loss: {forwards} denoiser forward(s) (no gradients) and {encodes} VAE encode(s) "
             f"per evaluation, {n} evaluation(s); memory: activations of one image, no optimizer state"
         )
     for model, names in ((plan.clip_model, ("clip_t", "clip_i")), (plan.dino_model, ("dino",))):

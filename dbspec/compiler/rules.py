@@ -862,11 +862,10 @@ def one_holdout(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dataset_eval_split_applies(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A dataset's eval_split (kohya's per-dataset validation_split) needs a split that splits it (DBS570)."""
+    """A dataset's eval_split or eval_seed (kohya's per-dataset validation_split, validation_seed) needs a
+    split that splits it (DBS570)."""
     ev = spec.evaluation
     for i, d in enumerate(spec.datasets):
-        if not d.eval_split:
-            continue
         if not ev.split:
             why = "evaluation.split = 0: nothing is split"
         elif d.role != "instance":
@@ -875,11 +874,46 @@ def dataset_eval_split_applies(spec: Spec, given: Given) -> Iterator[Hit]:
             why = f"evaluation.split_datasets ({', '.join(ev.split_datasets)}) does not name it"
         else:
             continue
-        yield _err(
-            "DBS570",
-            ("datasets", i, "eval_split"),
-            f"datasets[{i}] (`{d.name}`) sets eval_split = {d.eval_split:g}, but {why}",
-            codes.help("DBS570"),
+        for key, value, set_ in (
+            ("eval_split", f"{d.eval_split:g}", d.eval_split),
+            ("eval_seed", str(d.eval_seed), d.eval_seed >= 0),
+        ):
+            if set_:
+                yield _err(
+                    "DBS570",
+                    ("datasets", i, key),
+                    f"datasets[{i}] (`{d.name}`) sets {key} = {value}, but {why}",
+                    codes.help("DBS570"),
+                )
+
+
+@rule("spec")
+def loader_order_applies(spec: Spec, given: Given) -> Iterator[Hit]:
+    """evaluation.order = "kohya_loader" orders kohya's split; max_batches caps that order (DBS216)."""
+    ev = spec.evaluation
+    if ev.order == "kohya_loader" and not ev.split:
+        yield _warn(
+            "DBS216",
+            ("evaluation", "order"),
+            'evaluation.order = "kohya_loader" has no effect without evaluation.split (kohya\'s validation '
+            "split is what its loader batches)",
+            "set evaluation.split, or remove evaluation.order",
+        )
+    if ev.max_batches and ev.order != "kohya_loader":
+        yield _warn(
+            "DBS216",
+            ("evaluation", "max_batches"),
+            'evaluation.max_batches has no effect unless evaluation.order = "kohya_loader" (max_images caps '
+            "the split order)",
+            'set evaluation.order = "kohya_loader", or use evaluation.max_images',
+        )
+    if ev.max_images and ev.order == "kohya_loader":
+        yield _warn(
+            "DBS216",
+            ("evaluation", "max_images"),
+            'evaluation.max_images has no effect with evaluation.order = "kohya_loader" (max_batches caps '
+            "it)",
+            "use evaluation.max_batches",
         )
 
 

@@ -257,6 +257,11 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # kohya's per-dataset split fractions and a holdout that is never scored (evaluation.score)
         ("evaluation", "scored"): True,
         ("evaluation", "dataset_splits"): [],
+        # kohya's per-dataset validation_seed and its validation loader's batch order (max_validation_steps)
+        ("evaluation", "dataset_seeds"): [],
+        ("evaluation", "order"): "split",
+        ("evaluation", "max_batches"): 0,
+        ("evaluation", "scored_order"): [],
         # kohya's save_last_n_*_state and pickle exports (save_model_as ckpt/pt): every checkpoint kept its
         # state, exports were safetensors then
         ("checkpoints", "keep_state"): 0,

@@ -997,6 +997,14 @@ class EvaluationPlan:
     dataset_splits: tuple[
         float, ...
     ] = ()  # kohya_split: each plan.datasets entry's split fraction (0: unsplit)
+    dataset_seeds: tuple[
+        int, ...
+    ] = ()  # kohya_split: each plan.datasets entry's split seed (-1: unsplit, or split_draw's stream)
+    order: Literal["split", "kohya_loader"] = "split"  # the order held-out images are scored in
+    max_batches: int = 0  # order kohya_loader: the first N batches of kohya's validation loader; 0: all
+    scored_order: tuple[
+        int, ...
+    ] = ()  # order kohya_loader: indices into holdout, scored in this order (an image per repeat)
 
 
 @frozen

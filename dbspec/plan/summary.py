@@ -823,6 +823,15 @@ def _kohya_split_rows(t: Table, plan: Plan) -> None:
             "  split per dataset",
             ", ".join(f"`{d.name}` {f:g}" for d, f in zip(plan.datasets, e.dataset_splits) if f),
         )
+    if len(set(e.dataset_seeds) - {-1}) > 1 or (e.split_draw == "stream" and set(e.dataset_seeds) - {-1}):
+        t.add_row(
+            "  seed per dataset",
+            ", ".join(
+                f"`{d.name}` {'stream' if s < 0 else s}"
+                for d, s, f in zip(plan.datasets, e.dataset_seeds, e.dataset_splits)
+                if f
+            ),
+        )
     for index in dict.fromkeys(e.holdout_datasets):
         rows = [
             (img, also) for img, d, also in zip(e.holdout, e.holdout_datasets, e.also_trained) if d == index
@@ -841,6 +850,12 @@ def _kohya_split_rows(t: Table, plan: Plan) -> None:
         )
     if e.max_images:
         t.add_row("scored per evaluation", f"the first {e.max_images} of {len(e.holdout)} held-out image(s)")
+    if e.order == "kohya_loader":
+        batches = f"the first {e.max_batches} batch(es)" if e.max_batches else "every batch"
+        t.add_row(
+            "scored per evaluation",
+            f"{batches} of kohya's validation loader: " + ", ".join(e.holdout[i].rel for i in e.scored_order),
+        )
 
 
 def evaluation_table(plan: Plan) -> Table | None:

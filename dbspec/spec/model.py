@@ -1151,6 +1151,17 @@ class Dataset:
         maximum=1.0,
         example=0.5,
     )
+    # kohya's per-dataset validation_seed
+    eval_seed: int = option(
+        -1,
+        doc="This instance dataset's own seed for `evaluation.split` (kohya's dataset-level "
+        "`validation_seed`, which each `[[datasets]]` of a kohya config sets for itself): its shuffles are "
+        "drawn from `random.seed(eval_seed)`, reseeded before each and never drawing on the `split_draw = "
+        '"stream"` stream; -1: `evaluation.seed` and `split_draw`. Needs `evaluation.split` and a dataset it '
+        "splits.",
+        minimum=-1,
+        example=42,
+    )
 
 
 @frozen
@@ -2262,6 +2273,20 @@ class Evaluation:
         0,
         doc="Score only the first N held-out images (the plan's order; kohya's `max_validation_steps` at "
         "batch size 1); 0 scores all.",
+        minimum=0,
+    )
+    order: Literal["split", "kohya_loader"] = option(
+        "split",
+        doc="The order the held-out images are scored in: \"split\", the plan's (kohya's split order); "
+        '"kohya_loader", the batches of kohya\'s validation loader with `max_data_loader_n_workers = 0` (its '
+        "bucketed datasets, one per `[[groups]]` entry, each shuffled by `random.seed(0)` when its buckets "
+        "are made), so `max_batches` scores the images kohya's first `max_validation_steps` batches hold. "
+        "Needs `evaluation.split`.",
+    )
+    max_batches: int = option(
+        0,
+        doc='With `order = "kohya_loader"`: score only the images of the first N batches of kohya\'s '
+        "validation loader (kohya's `max_validation_steps`); 0 scores all.",
         minimum=0,
     )
     timesteps: int = option(

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
-from tests.runtime.runspec import compile_spec, write_spec
+from dbspec.plan.kohya_loader import loader_batches
+from tests.runtime.runspec import compile_spec, summary_text, write_spec
 
 SPLIT = (
     '[adapter]\nkind = "lora"\nrank = 2\n[validation]\nevery = 1\n'
@@ -72,3 +73,38 @@ def test_a_split_without_scoring_trains_the_same_images_and_evaluates_nothing(tm
     quiet, loud = execute(plan), execute(scored)
     assert quiet.losses == loud.losses  # scoring never touches training
     assert _rows(Path(quiet.output)) == [] and len(_rows(Path(loud.output))) == 2
+
+
+LOADER = (
+    '[adapter]\nkind = "lora"\nrank = 2\n[validation]\nevery = 1\n'
+    '[evaluation]\nsplit = 0.5\nseed = 11\ntimestep_spacing = "linspace"\ntimesteps = 4\nbands = 2\n'
+    'order = "kohya_loader"\nmax_batches = 2\n'
+)
+
+
+def test_kohyas_validation_loader_order_scores_its_first_batches_and_resumes_bit_exact(tmp_path):
+    """evaluation.order = "kohya_loader" (kohya's max_validation_steps with max_data_loader_n_workers = 0):
+    each evaluation scores the images of kohya's first validation batches, an image once per repeat; a
+    stopped-and-resumed run is bit-exact with an uninterrupted one."""
+    spec = write_spec(tmp_path, steps=3, extra=LOADER)
+    plan = compile_spec(spec, ["output.dir=whole"])
+    e = plan.evaluation
+    held = len(e.holdout)
+    repeats = [img.repeats for img in e.holdout]  # 2: kohya's validation dataset keeps num_repeats
+    batches = loader_batches([""] * held, [img.bucket for img in e.holdout], repeats, {"": 2})
+    assert e.order == "kohya_loader" and e.scored_order == tuple(batches[0]) + tuple(batches[1])
+    assert len(batches) == sum(repeats) // 2 and len(e.scored_order) == 4
+    assert "kohya's validation loader" in summary_text(plan)
+
+    whole = execute(plan)
+    parts = compile_spec(spec, ["output.dir=parts"])
+    stopped = execute(parts, stop_after=1)
+    resumed = execute(parts, resume=True)
+    assert stopped.losses + resumed.losses == whole.losses
+    rows = _rows(Path(whole.output))
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows == _rows(Path(resumed.output))
+
+    # every batch: every held-out image, twice, another number at the same step
+    every = compile_spec(spec, ["output.dir=every", "evaluation.max_batches=0"])
+    assert sorted(every.evaluation.scored_order) == sorted(i for i in range(held) for _ in range(2))
+    assert _rows(Path(execute(every, stop_after=1).output))[0]["eval_loss"] != rows[0]["eval_loss"]

@@ -226,7 +226,7 @@ def test_datasets_with_their_own_validation_split_split_as_kohya(tmp_path, case)
     assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs" and "split" in r.key]
 
 
-def test_a_dataset_with_another_validation_seed_differs(tmp_path):
+def test_a_dataset_with_another_validation_seed_gets_its_own_eval_seed(tmp_path):
     case = MIXED[0]
     command = (
         f"train_network.py --pretrained_model_name_or_path={SD15} {_mixed(tmp_path, case)} "
@@ -235,7 +235,9 @@ def test_a_dataset_with_another_validation_seed_differs(tmp_path):
     first, second = (tmp_path / "d.toml").read_text().rsplit("validation_seed = 3", 1)
     write(tmp_path / "d.toml", first + "validation_seed = 5" + second)  # the second dataset's own seed
     outcome = kohya(tmp_path, command=command + " --seed 1")
-    assert fate(outcome, "datasets[1].validation_seed") == "differs"
+    assert fate(outcome, "datasets[1].validation_seed") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.evaluation.dataset_seeds[1] == 5 and "eval_seed = 5" in outcome.text
 
 
 @pytest.mark.parametrize("script", ["train_db", "sdxl_train"])

@@ -1449,6 +1449,25 @@ CASES = [
         [("DBS570", "error", ("datasets", 0, "eval_split"))],
         DOG + "eval_split = 0.5\n" + STEPS + "[evaluation]\nsplit = 0.2\n",
     ),
+    (
+        rules.dataset_eval_split_applies,
+        DOG + "eval_seed = 5\n" + STEPS,
+        [("DBS570", "error", ("datasets", 0, "eval_seed"))],
+        DOG + "eval_seed = 5\n" + STEPS + "[evaluation]\nsplit = 0.2\n",
+    ),
+    # kohya's validation loader order: only of a split, capped by max_batches
+    (
+        rules.loader_order_applies,
+        DOG + STEPS + '[evaluation]\norder = "kohya_loader"\nholdout = 1\nmax_images = 1\n',
+        [("DBS216", "warning", ("evaluation", "order")), ("DBS216", "warning", ("evaluation", "max_images"))],
+        DOG + STEPS + '[evaluation]\norder = "kohya_loader"\nsplit = 0.2\nmax_batches = 1\n',
+    ),
+    (
+        rules.loader_order_applies,
+        DOG + STEPS + "[evaluation]\nsplit = 0.2\nmax_batches = 1\n",
+        [("DBS216", "warning", ("evaluation", "max_batches"))],
+        DOG + STEPS + "[evaluation]\nsplit = 0.2\nmax_images = 1\n",
+    ),
     # evaluation.score = false (kohya train_db.py's split): nothing held out, a loss setting it turns off
     (
         rules.unscored_evaluation,

@@ -8,9 +8,11 @@ set at 4 fixed timesteps, linspace(min_timestep, max_timestep, 6)[1:-1], every `
 steps and every `validate_every_n_epochs` epochs (every epoch by default), at most `max_validation_steps`
 batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.split` draws the same
 split (`split_draw`: reseeded per subset, or one stream), `timestep_spacing = "linspace"` the same timesteps,
-`max_images` caps the images scored; the noise and the averaging stay dbspec's. `validation_split` is a
-parameter of each kohya dataset: `evaluation.split` takes the first split dataset's, a dataset whose fraction
-differs gets its own `eval_split`. train_db.py and sdxl_train.py split the same way but never score the split:
+`order = "kohya_loader"` with `max_batches` the images of kohya's first validation batches (with
+max_data_loader_n_workers = 0; else `max_images` caps the split order); the noise and the averaging stay
+dbspec's. `validation_split` and `validation_seed` are parameters of each kohya dataset: `evaluation.split`
+and `seed` take the first split dataset's, a dataset whose fraction or seed differs gets its own `eval_split`
+or `eval_seed`. train_db.py and sdxl_train.py split the same way but never score the split:
 `evaluation.score = false` (held out of training, no evaluation work).
 """
 
@@ -46,11 +48,11 @@ def map_validation(
         return
     _, split, seed, _ = split_parts[0]
     parts = split_parts
-    _other_seeds(seed, parts, conv)
-    seeded = seed.value is not None
+    seeded = all(s.value is not None for _, _, s, _ in parts)  # else: the training seed's stream
     if not _split(a, layout, parts, split, seeded, conv):
         return
     _own_fractions(split, parts, conv)
+    _own_seeds(seed, seeded, parts, conv)
     if seeded:
         conv.mapped(seed, ("evaluation", "seed"), seed.value, note="random.seed(validation_seed) per subset")
     elif a["seed"].value is not None:
@@ -73,7 +75,7 @@ def map_validation(
         "images and timesteps"
     )
     _interval(a, per_epoch, conv)
-    _cap(a["max_validation_steps"], layout, parts, conv)
+    _cap(a, layout, parts, conv)
 
 
 def _split(a: Args, layout, parts: list, split, seeded: bool, conv: Conversion) -> bool:
@@ -145,35 +147,65 @@ def _own_fractions(split: Legacy, parts: list, conv: Conversion) -> None:
             )
 
 
-def _other_seeds(seed: Legacy, parts: list, conv: Conversion) -> None:
-    """dbspec draws every split dataset from one seed (evaluation.seed): the first split dataset's
-    validation_seed; another dataset's different validation_seed differs."""
-    for _, _, other, _ in parts:
-        if other is not seed and other.given and other.value == seed.value and other.key not in conv.reports:
-            conv.record(other, "mapped", "evaluation.seed")
-        elif other is not seed and other.value != seed.value and other.key not in conv.reports:
-            first = "none" if seed.value is None else seed.value
-            conv.differs(
-                other,
-                f"dbspec draws every split dataset from one seed (the first split dataset's validation_seed, "
-                f"{first}); kohya draws this dataset's split from its own",
-            )
+def _own_seeds(seed: Legacy, seeded: bool, parts: list, conv: Conversion) -> None:
+    """kohya's validation_seed is a parameter of each of its datasets: a dataset whose seed is not the one
+    evaluation.seed reseeds with (the first's; none when some dataset shuffles on the training seed's stream)
+    draws its split from its own, datasets.eval_seed (random.seed takes the absolute value of an int)."""
+    for index, _, own, _ in parts:
+        if own.value is None or (seeded and own.value == seed.value):
+            if own.given and own is not seed and own.key not in conv.reports:
+                conv.record(own, "mapped", "evaluation.seed")
+            continue
+        conv.mapped(
+            own,
+            ("datasets", index, "eval_seed"),
+            abs(own.value),
+            note="kohya draws each dataset's split from its own validation_seed",
+        )
 
 
-def _cap(most: Legacy, layout, parts: list, conv: Conversion) -> None:
-    """max_validation_steps -> evaluation.max_images (kohya's batches of the split datasets' batch size)."""
+def _cap(a: Args, layout, parts: list, conv: Conversion) -> None:
+    """max_validation_steps -> evaluation.order = "kohya_loader" and max_batches: the images kohya's first
+    batches hold, exact with max_data_loader_n_workers = 0 (dbspec/plan/kohya_loader.py)."""
+    most = a["max_validation_steps"]
     if most.value is None:
         return
     counts = [None if images is None else round(len(images) * split.value) for _, split, _, images in parts]
     if None not in counts and most.value >= sum(counts):
         conv.inert(most, f"covers every one of kohya's {sum(counts)} validation batch(es) at most")
         return
+    workers = a["max_data_loader_n_workers"]
+    if workers.value == 0:
+        conv.put(
+            ("evaluation", "order"),
+            "kohya_loader",
+            f"{conv.tool} scores its validation loader's batches (max_data_loader_n_workers = 0)",
+        )
+        if None in counts or (len(parts) > 1 and not parts[0][1].key.startswith("datasets[")):
+            # train_data_dir: kohya makes a subset of each sub-folder in Path.iterdir order
+            conv.differs(
+                most,
+                "kohya's validation loader holds the train_data_dir sub-folders' images in the file system's "
+                "order of sub-folders (Path.iterdir), dbspec's in their sorted names",
+                ("evaluation", "max_batches"),
+                most.value,
+            )
+            return
+        conv.mapped(
+            most,
+            ("evaluation", "max_batches"),
+            most.value,
+            note="the images of kohya's first batches: buckets, batches and their shuffle (random.seed(0))",
+        )
+        return
     batch = max(layout.batches.get(d.index, 1) for d, s, _ in (layout.parts[i] for i, _, _, _ in parts))
     conv.differs(
         most,
         f"dbspec scores the first {most.value} x {batch} held-out image(s) in kohya's split order; kohya the "
-        "first batches of its bucketed validation loader (bucket order shuffled by its dataset seed, batches "
-        "of one bucket)",
+        f"first batches of its bucketed validation loader, which with max_data_loader_n_workers = "
+        f"{workers.value} each worker's collator reshuffles (seed + epoch, the seed drawn from Python's "
+        "global random when the datasets are made) after fetching its first batch; with "
+        'max_data_loader_n_workers = 0 the order converts exactly (evaluation.order = "kohya_loader")',
         ("evaluation", "max_images"),
         most.value * batch,
     )
