@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from dbspec.runtime.execute import execute
 from dbspec.runtime.lycoris_dora import dora_scale_of
@@ -125,6 +126,119 @@ def test_nothing_scaled_logs_zeros_as_lycoris(kind, extra):
         assert torch.equal(value, before[key]), key
 
 
+# Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): their apply_max_norm scales the trained blocks
+OFT_CASES = [
+    ("diag-oft", 0.0, False),
+    ("diag-oft", 1e-3, True),
+    ("boft", 0.0, False),
+    ("boft", 1e-3, True),
+]
+
+
+def _oft_pair(kind: str, constraint: float, rescaled: bool, limit: float):
+    """(dbspec's adapted Net, [(name, LyCORIS's module holding the same blocks and rescale, its layer)])."""
+    from lycoris.modules.boft import ButterflyOFTModule
+    from lycoris.modules.diag_oft import DiagOFTModule
+
+    from dbspec.plan.model import AdapterPlan
+    from dbspec.runtime.adapters import add_lora
+    from tests.runtime import test_lycoris_boft as boft_runs
+
+    torch.manual_seed(0)
+    net = boft_runs.Net()
+    base = copy.deepcopy(net)
+    adapter = AdapterPlan(
+        kind=kind,
+        conv_targets=("conv",),
+        oft_block_size=4,
+        oft_constraint=constraint,
+        oft_rescaled=rescaled,
+        max_norm=limit,
+        max_norm_form="lycoris",
+    )
+    add_lora(net, adapter, ("proj",), seed=3, conv=True)
+    boft_runs._randomise(net, torch.Generator().manual_seed(2))
+    module = DiagOFTModule if kind == "diag-oft" else ButterflyOFTModule
+    lycos = []
+    for name in ("proj", "conv"):
+        layer, reference = getattr(net, name), copy.deepcopy(getattr(base, name))
+        lyco = module(name, reference, 1.0, lora_dim=4, constraint=constraint, rescaled=rescaled)
+        with torch.no_grad():
+            lyco.oft_blocks.copy_(layer.lora_oft_blocks["default"])
+            if rescaled:
+                lyco.rescale.copy_(layer.lora_oft_rescale["default"])
+        lyco.apply_to()
+        lycos.append((name, lyco, reference))
+    return net, lycos
+
+
+@pytest.mark.parametrize("kind, constraint, rescaled", OFT_CASES)
+def test_oft_max_norm_equals_lycoris_modules(kind, constraint, rescaled):
+    """The norm of the blocks themselves, the larger layer's blocks times limit / norm: LyCORIS's numbers,
+    blocks and forward after lycoris.kohya's apply_max_norm_regularization over its modules."""
+    net, _ = _oft_pair(kind, constraint, rescaled, 1.0)
+    modules = lycoris_norm_modules(net, [])
+    assert [m.kind for m in modules] == ["oft", "oft"]
+    norms = [float(lycoris_update(m).detach().norm()) for m in modules]
+    assert abs(norms[0] - norms[1]) > 0.05 * max(norms), norms
+    limit = (norms[0] * norms[1]) ** 0.5  # the larger layer is scaled, the smaller not
+    net, lycos = _oft_pair(kind, constraint, rescaled, limit)
+    before = {n: getattr(net, n).lora_oft_blocks["default"].detach().clone() for n in ("proj", "conv")}
+    ours = apply_max_norm(lycoris_norm_modules(net, []), limit)
+    theirs = _theirs(lycos, limit)
+    assert ours[0] == theirs[0] == 1
+    torch.testing.assert_close(torch.tensor(ours[1:]), torch.tensor(theirs[1:]), rtol=1e-6, atol=1e-6)
+    assert ours[2] == pytest.approx(limit, rel=1e-5)
+    x = boft_inputs(torch.Generator().manual_seed(5))
+    moved = 0
+    for name, lyco, reference in lycos:
+        layer = getattr(net, name)
+        blocks = layer.lora_oft_blocks["default"]
+        torch.testing.assert_close(blocks.detach(), lyco.oft_blocks.detach(), rtol=1e-6, atol=1e-7)
+        moved += not torch.equal(blocks.detach(), before[name])
+        if rescaled:  # the rescale is not scaled
+            assert torch.equal(layer.lora_oft_rescale["default"], lyco.rescale)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=1e-5, atol=1e-5)
+    assert moved == 1
+
+
+def test_oft_nothing_scaled_logs_zeros_as_lycoris():
+    net, lycos = _oft_pair("boft", 0.0, False, 1e6)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert apply_max_norm(lycoris_norm_modules(net, []), 1e6) == (0, 0.0, 0.0) == _theirs(lycos, 1e6)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def boft_inputs(generator):
+    from tests.runtime import test_lycoris_boft as boft_runs
+
+    return boft_runs._inputs(generator)
+
+
+def test_lycoris_diag_oft_bypass_with_a_dropout_crashes_in_training():
+    """Why the converter calls kohya's diag-oft with bypass_mode and a dropout invalid (DBS402):
+    lycoris-lora's DiagOFTModule multiplies its (blocks, size, size) rotations by an output-shaped dropout
+    mask and raises on a training forward of a linear layer's (batch, tokens, width) input or a
+    convolution's; eval mode runs."""
+    from lycoris.modules.diag_oft import DiagOFTModule
+
+    torch.manual_seed(0)
+    cases = [
+        (nn.Linear(8, 16), torch.randn(2, 7, 8)),
+        (nn.Conv2d(8, 16, 3, padding=1), torch.randn(2, 8, 5, 5)),
+    ]
+    for layer, x in cases:
+        lyco = DiagOFTModule("x", layer, 1.0, lora_dim=4, dropout=0.1, bypass_mode=True)
+        lyco.apply_to()
+        lyco.train()
+        with pytest.raises(RuntimeError):
+            layer(x)
+        lyco.eval()
+        assert layer(x).shape == ((2, 7, 16) if x.dim() == 3 else (2, 16, 5, 5))
+
+
 RUNS = {
     "loha": 'kind = "loha"\nrank = 4\nalpha = 4.0\nmax_norm = 0.02\n',
     "locon": 'kind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\nconv_alpha = 4.0\ntucker = true\n'
@@ -132,6 +246,8 @@ RUNS = {
     "lokr": 'kind = "lokr"\nrank = 4\nalpha = 4.0\nmax_norm = 0.02\n',
     "locon_dora": 'kind = "lora"\nrank = 4\nalpha = 4.0\ndora = true\ndora_form = "lycoris"\n'
     'max_norm = 0.02\nmax_norm_form = "lycoris"\n',
+    "diag_oft": 'kind = "diag-oft"\nblock_size = 4\nrescaled = true\nmax_norm = 0.02\n',
+    "boft": 'kind = "boft"\nblock_size = 4\nconstraint = 0.5\nmax_norm = 0.02\n',
 }
 
 
@@ -164,7 +280,9 @@ def test_a_run_with_lycoris_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exa
     assert len(modules) > 10
     with torch.no_grad():
         assert max(float(lycoris_update(m).norm()) for m in modules) <= 0.02 * (1 + 1e-5)
-    if kind != "lokr":  # the fixed scalar: moved by the max norm, never trained
+    if kind in ("diag_oft", "boft"):  # the blocks themselves are what is held to the limit
+        assert all(m.kind == "oft" for m in modules)
+    elif kind != "lokr":  # the fixed scalar: moved by the max norm, never trained
         scalars = [layer_scalar(m.layer) for m in modules]
         assert all(s is not None and not s.requires_grad for s in scalars)
         assert any(float(s) < 1.0 for s in scalars)

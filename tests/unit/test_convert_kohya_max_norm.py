@@ -116,17 +116,55 @@ def test_lycoris_plans_lycoris_max_norm(tmp_path, args, kind, tucker):
         assert a.conv_rank == {"lora": 8, "loha": 4}[kind]
 
 
-def test_lycoris_algos_without_max_norm_are_inert_and_oft_refused(tmp_path):
-    """LyCORIS's full / IA3 modules keep the base apply_max_norm (nothing scaled); Diag-OFT's is not in
-    dbspec."""
+def test_lycoris_algos_without_max_norm_are_inert(tmp_path):
+    """LyCORIS's full / IA3 modules keep the base apply_max_norm (nothing scaled)."""
     outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args='network_args = ["algo=full"]')
     assert fate(outcome, "scale_weight_norms") == "inert"
     assert plan_of(outcome, tmp_path).adapter.max_norm == 0.0
-    outcome = _gui(
-        tmp_path / "oft", 1, module="lycoris.kohya", network_args='network_args = ["algo=diag-oft"]'
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "constraint", "rescaled", "bypass"),
+    [
+        ('"algo=diag-oft", "preset=attn-mlp"', "diag-oft", 0.0, False, False),
+        (
+            '"algo=diag-oft", "constraint=1e-4", "rescaled=True", "bypass_mode=True"',
+            "diag-oft",
+            1e-4,
+            True,
+            True,
+        ),
+        ('"algo=boft", "preset=attn-mlp"', "boft", 0.0, False, False),
+        ('"algo=boft", "preset=attn-mlp", "rescaled=True", "bypass_mode=True"', "boft", 0.0, True, True),
+    ],
+)
+def test_lycoris_oft_plans_its_blocks_max_norm(tmp_path, args, kind, constraint, rescaled, bypass):
+    """Diag-OFT's and BOFT's apply_max_norm scale their trained blocks (once DBS403): LyCORIS's form."""
+    outcome = _gui(tmp_path, 0.5, module="lycoris.kohya", network_args=f"network_args = [{args}]")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.oft_block_size) == (kind, 0.5, "lycoris", 32)
+    assert (a.oft_constraint, a.oft_rescaled, a.bypass) == (constraint, rescaled, bypass)
+    from dbspec.plan.summary import adapter_rows
+
+    assert "blocks' norm exceeds it" in dict(adapter_rows(a))["  max norm"]
+    assert "max_norm = 0.5" in (tmp_path / "specs" / "converted.toml").read_text()
+
+
+def test_lycoris_oft_max_norm_on_the_command_line(tmp_path):
+    """The same from a command line (sdxl_train_network.py with its flags), BOFT."""
+    images(tmp_path / "img" / "20_sks dog", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path {SDXL} "
+        "--train_data_dir img --output_dir out --resolution 1024 --network_module lycoris.kohya "
+        '--network_dim 16 --network_args "algo=boft" "preset=attn-only" --scale_weight_norms 2 '
+        "--learning_rate 1e-4 --max_train_steps 100",
     )
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
-    assert "diag-oft" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.oft_block_size) == ("boft", 2.0, "lycoris", 16)
 
 
 def test_lycoris_rank_dropout_is_refused_at_conversion(tmp_path):
