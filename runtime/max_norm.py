@@ -201,13 +201,22 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     layer = module.layer
     if module.kind == "oft":  # DiagOFTModule's and ButterflyOFTModule's norm: of the blocks themselves
         return layer.lora_oft_blocks[ADAPTER_NAME]
+    # LoHa's and LoKr's get_weight in training mode: the rank-dropout mask drawn inside the norm
+    drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
-        return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME)
+        return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
     if isinstance(
         layer, LycorisDora
-    ):  # the update before the weight decomposition, as LyCORIS's norm takes it
+    ):  # the update before the weight decomposition (its rank dropout drawn by the layer's mode too)
         return layer._update(ADAPTER_NAME)
-    return layer.get_delta_weight(ADAPTER_NAME)
+    return layer.get_delta_weight(ADAPTER_NAME, **drop)
+
+
+def _draws_rank_dropout(module: LycorisNormModule) -> bool:
+    """LohaModule's and LokrModule's get_weight draw their rank-dropout mask (one `torch.rand(out)` from
+    torch's global CPU generator, which dbspec seeds and keeps in its checkpoints) whenever the module is in
+    training mode, apply_max_norm's call too."""
+    return module.layer.training and bool(module.layer.rank_dropout.get(ADAPTER_NAME))
 
 
 @torch.no_grad()

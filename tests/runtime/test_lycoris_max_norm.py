@@ -50,11 +50,12 @@ CASES = [
 ]
 
 
-def _pair(kind: str, extra: dict, limit: float, seed: int = 11):
+def _pair(kind: str, extra: dict, limit: float, seed: int = 11, rank_dropout: float = 0.0):
     """(dbspec's adapted Net, LyCORIS's modules holding the same values, in the Net's layer order)."""
-    net, base = switches._adapted(kind, max_norm=limit, max_norm_form="lycoris", **extra)
+    more = {"rank_dropout": rank_dropout} if rank_dropout else {}
+    net, base = switches._adapted(kind, max_norm=limit, max_norm_form="lycoris", **extra, **more)
     switches._randomise(net, torch.Generator().manual_seed(seed))
-    theirs = {"use_scalar": extra.get("scalar", False), "use_tucker": extra.get("tucker", False)}
+    theirs = {"use_scalar": extra.get("scalar", False), "use_tucker": extra.get("tucker", False), **more}
     if extra.get("dora"):
         theirs.update(weight_decompose=True, wd_on_out=extra.get("dora_axis", "output") == "output")
     if kind == "lokr":
@@ -124,6 +125,60 @@ def test_nothing_scaled_logs_zeros_as_lycoris(kind, extra):
     assert apply_max_norm(lycoris_norm_modules(net, []), 1e6) == (0, 0.0, 0.0) == _theirs(lycos, 1e6)
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+# LoHa and LoKr with rank_dropout: LyCORIS's get_weight draws the mask inside the norm in training mode
+DROPOUT_CASES = [
+    ("loha", {}),
+    ("loha", {"tucker": True}),
+    ("loha", {"scalar": True}),
+    ("loha", {"dora": True, "dora_form": "lycoris"}),
+    ("lokr", {}),
+    ("lokr", {"tucker": True}),
+    ("lokr", {"decompose_both": True}),
+    ("lokr", {"scalar": True}),
+    ("lokr", {"dora": True, "dora_form": "lycoris"}),
+]
+
+
+@pytest.mark.parametrize("kind, extra", DROPOUT_CASES)
+def test_max_norm_with_rank_dropout_draws_lycoris_mask(kind, extra):
+    """In training mode both draw one torch.rand(out) per module from torch's global CPU generator inside
+    the norm: from the same generator state, the same masks, numbers, scalars / factors and forward (eval)."""
+    net, _ = _pair(kind, extra, 1.0, rank_dropout=0.5)
+    modules = lycoris_norm_modules(net, [])
+    torch.manual_seed(7)
+    norms = [float(lycoris_update(m).detach().norm()) for m in modules]
+    whole = [float(lycoris_update(m).detach().norm()) for m in lycoris_norm_modules(net.eval(), [])]
+    assert all(a < b for a, b in zip(norms, whole, strict=True)), (norms, whole)  # rows were dropped
+    limit = (norms[0] * norms[1]) ** 0.5
+    net, lycos = _pair(kind, extra, limit, rank_dropout=0.5)
+    assert net.training and all(lyco.training for _, lyco, _ in lycos)
+    torch.manual_seed(7)
+    ours = apply_max_norm(lycoris_norm_modules(net, []), limit)
+    after_ours = torch.get_rng_state()
+    torch.manual_seed(7)
+    theirs = _theirs(lycos, limit)
+    assert torch.equal(after_ours, torch.get_rng_state())  # as many draws
+    assert ours[0] == theirs[0] == 1
+    torch.testing.assert_close(torch.tensor(ours[1:]), torch.tensor(theirs[1:]), rtol=1e-6, atol=1e-6)
+    x = switches._inputs(torch.Generator().manual_seed(5))
+    net.eval()
+    for name, lyco, reference in lycos:
+        layer = getattr(net, name)
+        lyco.eval()
+        if kind == "lokr":
+            for key in lyco.state_dict():
+                if key.startswith("lokr_"):
+                    torch.testing.assert_close(
+                        switches._ours(layer, key), getattr(lyco, key), rtol=1e-6, atol=1e-7
+                    )
+        else:
+            torch.testing.assert_close(
+                layer_scalar(layer).detach(), lyco.scalar.detach(), rtol=1e-6, atol=1e-7
+            )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=1e-5, atol=1e-5)
 
 
 # Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): their apply_max_norm scales the trained blocks
@@ -246,6 +301,8 @@ RUNS = {
     "lokr": 'kind = "lokr"\nrank = 4\nalpha = 4.0\nmax_norm = 0.02\n',
     "locon_dora": 'kind = "lora"\nrank = 4\nalpha = 4.0\ndora = true\ndora_form = "lycoris"\n'
     'max_norm = 0.02\nmax_norm_form = "lycoris"\n',
+    "loha_rank_dropout": 'kind = "loha"\nrank = 4\nalpha = 4.0\nrank_dropout = 0.3\nmax_norm = 0.02\n',
+    "lokr_rank_dropout": 'kind = "lokr"\nrank = 4\nalpha = 4.0\nrank_dropout = 0.3\nmax_norm = 0.02\n',
     "diag_oft": 'kind = "diag-oft"\nblock_size = 4\nrescaled = true\nmax_norm = 0.02\n',
     "boft": 'kind = "boft"\nblock_size = 4\nconstraint = 0.5\nmax_norm = 0.02\n',
 }
@@ -260,10 +317,17 @@ def _saved(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", sorted(RUNS))
-def test_a_run_with_lycoris_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exact(tmp_path, kind):
+def test_a_run_with_lycoris_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exact(
+    tmp_path, kind, monkeypatch
+):
     """Tiny SD1 with a LyCORIS kind and max_norm: logged as kohya logs it, every layer's update within the
     limit after the last step, the fixed scalar never trained, and a run stopped and resumed ends
-    bit-exact."""
+    bit-exact (with rank dropout: the masks the norm draws in training mode too)."""
+    from dbspec.runtime import max_norm
+
+    draws = []
+    drawn = max_norm._draws_rank_dropout
+    monkeypatch.setattr(max_norm, "_draws_rank_dropout", lambda m: draws.append(drawn(m)) or draws[-1])
     extra = f"[adapter]\n{RUNS[kind]}\n[train]\ntext_encoder = true\n\n[logging]\nevery = 1\n"
     spec = write_spec(tmp_path, steps=4, extra=extra)
     spec.write_text(spec.read_text().replace("[schedule]\n", "[schedule]\naccumulation = 2\n"))
@@ -278,14 +342,16 @@ def test_a_run_with_lycoris_max_norm_logs_it_keeps_the_limit_and_resumes_bit_exa
     comps = whole.components
     modules = lycoris_norm_modules(comps.unet, comps.text_encoders)
     assert len(modules) > 10
-    with torch.no_grad():
-        assert max(float(lycoris_update(m).norm()) for m in modules) <= 0.02 * (1 + 1e-5)
+    with torch.no_grad():  # with rank dropout the limit holds for the update its mask left, not the whole
+        if not kind.endswith("rank_dropout"):
+            assert max(float(lycoris_update(m).norm()) for m in modules) <= 0.02 * (1 + 1e-5)
     if kind in ("diag_oft", "boft"):  # the blocks themselves are what is held to the limit
         assert all(m.kind == "oft" for m in modules)
-    elif kind != "lokr":  # the fixed scalar: moved by the max norm, never trained
+    elif not kind.startswith("lokr"):  # the fixed scalar: moved by the max norm, never trained
         scalars = [layer_scalar(m.layer) for m in modules]
         assert all(s is not None and not s.requires_grad for s in scalars)
         assert any(float(s) < 1.0 for s in scalars)
+    assert any(draws) == kind.endswith("rank_dropout")
     ours = _saved(Path(whole.final))
     parts = compile_spec(spec, ["optimizer.lr=5e-2", "output.dir=parts"])
     assert execute(parts, stop_after=2).status == "interrupted"

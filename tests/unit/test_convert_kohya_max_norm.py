@@ -167,13 +167,35 @@ def test_lycoris_oft_max_norm_on_the_command_line(tmp_path):
     assert (a.kind, a.max_norm, a.max_norm_form, a.oft_block_size) == ("boft", 2.0, "lycoris", 16)
 
 
-def test_lycoris_rank_dropout_is_refused_at_conversion(tmp_path):
-    """LyCORIS's norm draws a rank-dropout mask in training mode: refused by the converter, not left to fail
-    the converted spec's check (DBS558)."""
-    args = 'network_args = ["algo=loha", "rank_dropout=0.1"]'
-    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
-    assert "rank-dropout" in messages(outcome, "DBS403")
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        ('"algo=loha", "rank_dropout=0.1", "conv_dim=4"', "loha"),
+        ('"algo=lokr", "rank_dropout=0.25", "factor=8", "module_dropout=0.1"', "lokr"),
+    ],
+)
+def test_lycoris_loha_lokr_rank_dropout_with_max_norm_converts(tmp_path, args, kind):
+    """LoHa's and LoKr's norm draws the rank-dropout mask in training mode, as dbspec's does (once DBS403)."""
+    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=f"network_args = [{args}]")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == (kind, 1.0, "lycoris")
+    assert a.rank_dropout == (0.1 if kind == "loha" else 0.25) and not a.rank_dropout_scale
+
+
+def test_lycoris_rank_dropout_on_the_command_line(tmp_path):
+    images(tmp_path / "img" / "20_sks dog", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path {SDXL} "
+        "--train_data_dir img --output_dir out --resolution 1024 --network_module lycoris.kohya "
+        '--network_dim 8 --network_alpha 4 --network_args "algo=loha" "rank_dropout=0.2" '
+        "--scale_weight_norms 1.5 --learning_rate 1e-4 --max_train_steps 100",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.max_norm, a.max_norm_form, a.rank_dropout) == ("loha", 8, 1.5, "lycoris", 0.2)
 
 
 def test_a_negative_limit_is_invalid(tmp_path):
@@ -224,3 +246,10 @@ def test_lora_flux_split_qkv_is_invalid(tmp_path):
     outcome = _flux(tmp_path, '"train_blocks=single", "split_qkv=True"')
     assert fate(outcome, "scale_weight_norms") == "invalid"
     assert "split_qkv" in "".join(errors(outcome))
+
+
+def test_lycoris_locon_rank_dropout_stays_refused(tmp_path):
+    """LoCon's rank dropout (its mask drawn on the device inside make_weight) is not expressed: DBS403."""
+    args = 'network_args = ["algo=locon", "rank_dropout=0.1"]'
+    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
+    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
