@@ -1333,10 +1333,15 @@ def _max_norm_row(a) -> str:
             else "its scalar times limit / norm"
             + ("" if a.scalar else " (a fixed scalar at 1, never trained)")
         )
+        masked = (
+            ", its rank-dropout mask drawn inside the norm"
+            if a.rank_dropout and a.kind in ("loha", "lokr")
+            else ""
+        )
         return (
             f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose LyCORIS update norm "
-            f"exceeds it gets {what} (lycoris.kohya's apply_max_norm_regularization; 0, 0 logged when none "
-            "is)"
+            f"exceeds it gets {what} (lycoris.kohya's apply_max_norm_regularization{masked}; 0, 0 logged "
+            "when none is)"
         )
     fused = ", a fused layer's parts as one" if a.fused else ""
     return (

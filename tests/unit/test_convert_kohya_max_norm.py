@@ -182,6 +182,9 @@ def test_lycoris_loha_lokr_rank_dropout_with_max_norm_converts(tmp_path, args, k
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.max_norm, a.max_norm_form) == (kind, 1.0, "lycoris")
     assert a.rank_dropout == (0.1 if kind == "loha" else 0.25) and not a.rank_dropout_scale
+    from dbspec.plan.summary import adapter_rows
+
+    assert "rank-dropout mask drawn inside the norm" in dict(adapter_rows(a))["  max norm"]
 
 
 def test_lycoris_rank_dropout_on_the_command_line(tmp_path):
