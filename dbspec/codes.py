@@ -2378,12 +2378,13 @@ no dropout, so they change nothing (the plan says 0). `module_dropout` acts in b
 each layer's `lora_up` and `lora_down` by the square root of max_norm / norm, as kohya's networks.lora,
 lora_fa, lora_flux and lora_sd3 do; it has no `dora`, `scalar` or `tucker` (on convolution adapters): those
 are LyCORIS's forms, whose own `apply_max_norm_regularization` (lycoris.kohya) works otherwise. "lycoris"
-(LoRA / LoCon, LoHa and LoKr) runs LyCORIS's: the norm of LyCORIS's own update (Tucker core included),
-LoCon's and LoHa's scalar multiplied by the ratio, LoKr's factors by its n-th root, 0 and 0 logged when
-nothing was scaled. With DoRA (LyCORIS's weight decomposition, `dora_form = "lycoris"`) the norm is the
+(LoRA / LoCon, LoHa, LoKr, and Diag-OFT and BOFT, which have it alone) runs LyCORIS's: the norm of
+LyCORIS's own update (Tucker core included; the OFT kinds' trained blocks themselves), LoCon's and LoHa's
+scalar multiplied by the ratio, LoKr's factors by its n-th root, the OFT blocks by the ratio, 0 and 0 logged
+when nothing was scaled. With DoRA (LyCORIS's weight decomposition, `dora_form = "lycoris"`) the norm is the
 update's before the decomposition. LyCORIS takes that norm in training mode, so with `rank_dropout` it draws
-a dropout mask inside it; dbspec refuses that, peft's DoRA, and kohya-only forms (fused projections,
-LoRA-FA) with it, instead of training a third behaviour.""",
+a dropout mask inside it: dbspec draws LoHa's and LoKr's as LyCORIS does, and refuses LoCon's, peft's DoRA,
+and kohya-only forms (fused projections, LoRA-FA) with it, instead of training a third behaviour.""",
         help="remove adapter.max_norm, or use the max_norm_form that matches the adapter's form",
     ),
     Code(

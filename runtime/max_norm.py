@@ -135,8 +135,11 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # LyCORIS's weight decomposition, dora_wd, the update before it: LyCORIS's norm ignores dora_scale), checked
 # against lycoris-lora's modules by tests/runtime/test_lycoris_max_norm.py. The fixed scalar lives in the
 # layer (lycoris_switches.py's `*_scalar`), so checkpoints resume it; LyCORIS's buffer is not persistent.
+# Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): the norm of the trained blocks themselves
+# (`oft_blocks`, not the rotation they make), the same clamps, the ratio taken on the blocks' device, and
+# the blocks multiplied by it in place: parameters, so checkpoints resume them with nothing else to keep.
 
-LYCORIS_NORM_KINDS = ("lora", "loha", "lokr")
+LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft")
 
 
 def add_norm_scalars(module: torch.nn.Module) -> int:
@@ -159,7 +162,7 @@ class LycorisNormModule:
 
     name: str
     layer: torch.nn.Module
-    kind: str  # "lora", "loha", "lokr"
+    kind: str  # "lora", "loha", "lokr", "oft" (diag-oft and boft)
 
 
 def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterable[torch.nn.Module]) -> list:
@@ -168,12 +171,16 @@ def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterab
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
     modules = []
     for model in [denoiser, *text_encoders]:
         if model is None:
             continue
         for name, layer in model.named_modules():
-            if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+            if isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
+                modules.append(LycorisNormModule(name, layer, "oft"))
+            elif isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
                 modules.append(LycorisNormModule(name, layer, "lora"))
             elif isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.r:
                 modules.append(LycorisNormModule(name, layer, "loha"))
@@ -192,13 +199,24 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     from dbspec.runtime.lycoris_switches import _ScalarLayer
 
     layer = module.layer
+    if module.kind == "oft":  # DiagOFTModule's and ButterflyOFTModule's norm: of the blocks themselves
+        return layer.lora_oft_blocks[ADAPTER_NAME]
+    # LoHa's and LoKr's get_weight in training mode: the rank-dropout mask drawn inside the norm
+    drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
-        return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME)
+        return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
     if isinstance(
         layer, LycorisDora
-    ):  # the update before the weight decomposition, as LyCORIS's norm takes it
+    ):  # the update before the weight decomposition (its rank dropout drawn by the layer's mode too)
         return layer._update(ADAPTER_NAME)
-    return layer.get_delta_weight(ADAPTER_NAME)
+    return layer.get_delta_weight(ADAPTER_NAME, **drop)
+
+
+def _draws_rank_dropout(module: LycorisNormModule) -> bool:
+    """LohaModule's and LokrModule's get_weight draw their rank-dropout mask (one `torch.rand(out)` from
+    torch's global CPU generator, which dbspec seeds and keeps in its checkpoints) whenever the module is in
+    training mode, apply_max_norm's call too."""
+    return module.layer.training and bool(module.layer.rank_dropout.get(ADAPTER_NAME))
 
 
 @torch.no_grad()
@@ -212,10 +230,13 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
         orig_norm = lycoris_update(module).norm()
         norm = torch.clamp(orig_norm, limit / 2)
         desired = torch.clamp(norm, max=limit)
-        ratio = desired.cpu() / norm.cpu()
+        oft = module.kind == "oft"
+        ratio = desired / norm if oft else desired.cpu() / norm.cpu()  # the OFT modules' stays on device
         scaled = norm != desired
         if scaled:
-            if module.kind == "lokr":
+            if oft:
+                module.layer.lora_oft_blocks[ADAPTER_NAME].mul_(ratio)
+            elif module.kind == "lokr":
                 factors = [
                     getattr(module.layer, key)[ADAPTER_NAME]
                     for key in _LOKR_FACTORS

@@ -160,6 +160,9 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         oft_constraint=getattr(adapter, "constraint", 0.0),
         oft_rescaled=getattr(adapter, "rescaled", False),
         bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
+        # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
+        max_norm=getattr(adapter, "max_norm", 0.0),
+        max_norm_form="lycoris" if getattr(adapter, "max_norm", 0.0) else "kohya",
         denoiser_targets=tuple(adapter.denoiser_targets)
         if targets_given
         else family_spec(family).lora_targets,

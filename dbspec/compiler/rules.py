@@ -3099,12 +3099,14 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hit]:
     """LyCORIS's max norm (runtime/max_norm.py) on what lycoris.kohya's modules take it from (DBS558)."""
     why = []
-    if a.rank_dropout > 0:
+    if getattr(a, "rank_dropout", 0.0) > 0 and a.kind == "lora":  # LoHa's and LoKr's mask is drawn in it
         why.append(
-            f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS takes the norm in training mode, drawing a "
-            "rank-dropout mask inside it"
+            f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS's LoCon takes the norm in training mode, "
+            "drawing a rank-dropout mask inside it"
         )
-    if a.dora and not lycoris_dora(a):  # peft's DoRA: LyCORIS's weight decomposition is dora_form "lycoris"
+    if getattr(a, "dora", False) and not lycoris_dora(
+        a
+    ):  # peft's DoRA: LyCORIS's weight decomposition is dora_form "lycoris"
         why.append(
             "adapter.dora = true in peft's form (LyCORIS's weight decomposition: dora_form = \"lycoris\")"
         )

@@ -546,6 +546,8 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     if a.input_targets:
         rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
     rows.extend(_bypass_rows(a))
+    if a.max_norm:  # diag-oft, boft: LyCORIS's apply_max_norm on the blocks
+        rows.append(("  max norm", _max_norm_row(a)))
     bound = "upper bound: the whole component" if a.kind == "full" else "upper bound"
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name
@@ -1333,6 +1335,12 @@ def select_rule(c) -> str:
 
 def _max_norm_row(a) -> str:
     """kohya's --scale_weight_norms as the plan runs it (runtime/max_norm.py)."""
+    if a.max_norm_form == "lycoris" and a.kind in ("diag-oft", "boft"):
+        return (
+            f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose trained blocks' norm "
+            "exceeds it gets them times limit / norm (lycoris.kohya's apply_max_norm_regularization; 0, 0 "
+            "logged when none is)"
+        )
     if a.max_norm_form == "lycoris":
         what = (
             "each of its factors times the n-th root of limit / norm"
@@ -1340,10 +1348,15 @@ def _max_norm_row(a) -> str:
             else "its scalar times limit / norm"
             + ("" if a.scalar else " (a fixed scalar at 1, never trained)")
         )
+        masked = (
+            ", its rank-dropout mask drawn inside the norm"
+            if a.rank_dropout and a.kind in ("loha", "lokr")
+            else ""
+        )
         return (
             f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose LyCORIS update norm "
-            f"exceeds it gets {what} (lycoris.kohya's apply_max_norm_regularization; 0, 0 logged when none "
-            "is)"
+            f"exceeds it gets {what} (lycoris.kohya's apply_max_norm_regularization{masked}; 0, 0 logged "
+            "when none is)"
         )
     fused = ", a fused layer's parts as one" if a.fused else ""
     return (

@@ -575,13 +575,16 @@ def _lycoris_max_norm(what: str):
     return option(
         0.0,
         doc=f"Max-norm regularisation as LyCORIS's lycoris.kohya network runs it (kohya "
-        f"`--scale_weight_norms`): after each optimizer step (and micro-batch) a {what} layer whose update "
+        f"`--scale_weight_norms`): after each optimizer step (and micro-batch) a {what} layer whose "
         + (
-            "has a Frobenius norm above this gets its scalar (use_scalar's, or a fixed one at 1 without it) "
-            "multiplied by max_norm / norm"
+            "update has a Frobenius norm above this gets its scalar (use_scalar's, or a fixed one at 1 "
+            "without it) multiplied by max_norm / norm"
             if what == "LoHa"
-            else "has a Frobenius norm above this gets each of its factors multiplied by the n-th root of "
-            "max_norm / norm (n factors)"
+            else "update has a Frobenius norm above this gets each of its factors multiplied by the n-th "
+            "root of max_norm / norm (n factors)"
+            if what == "LoKr"
+            else "trained blocks (`oft_blocks` themselves, not the rotation they make) have a Frobenius norm "
+            "above this gets those blocks multiplied by max_norm / norm"
         )
         + "; the number of layers scaled and the mean and largest norm are logged (0 and 0 when none "
         "is scaled). 0 turns it off.",
@@ -760,6 +763,7 @@ class DiagOftAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()
+    max_norm: float = _lycoris_max_norm("Diag-OFT")
 
 
 @frozen
@@ -792,6 +796,7 @@ class BoftAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()
+    max_norm: float = _lycoris_max_norm("BOFT")
 
 
 @frozen

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
+from convert_kit import SD15, codes, empty_hub_cache, errors, fate, images, kohya, messages, out_path, plan_of  # noqa: F401
+from convert_kit import write
 
 BOFT = """\
 pretrained_model_name_or_path = "{model}"
@@ -87,6 +88,20 @@ def test_boft_never_reads_its_dropout(tmp_path):
     assert fate(outcome, "network_args dropout") == "inert"
 
 
-def test_diag_oft_bypass_with_a_dropout_is_refused(tmp_path):
+def test_diag_oft_bypass_with_a_dropout_is_invalid_as_lycoris_crashes(tmp_path):
+    """lycoris-lora 4.1.3's DiagOFTModule in bypass_mode with a dropout raises on its first training forward
+    (tests/runtime/test_lycoris_max_norm.py builds it): DBS402, from network_args or --network_dropout."""
     outcome = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "bypass_mode=True", "dropout=0.2"')
-    assert outcome.exit_code == 1 and "dropout mask" in outcome.conversion.reports["network_args"].note
+    assert outcome.exit_code == 1 and "DBS402" in codes(outcome) and "DBS403" not in codes(outcome)
+    assert "RuntimeError" in messages(outcome, "DBS402")
+    assert fate(outcome, "network_args dropout") == "invalid"
+    images(tmp_path / "cli" / "img" / "10_ohwx cat", 2, (512, 512))
+    config = BOFT.format(model=SD15, args='"algo=diag-oft", "preset=attn-mlp", "bypass_mode=True"')
+    write(tmp_path / "cli" / "cfg.toml", config + "network_dropout = 0.1\n")
+    outcome = kohya(
+        tmp_path / "cli",
+        config_file=tmp_path / "cli" / "cfg.toml",
+        command="accelerate launch train_network.py",
+    )
+    assert outcome.exit_code == 1 and "DBS402" in codes(outcome) and "DBS403" not in codes(outcome)
+    assert fate(outcome, "network_dropout") == "invalid"

@@ -116,26 +116,89 @@ def test_lycoris_plans_lycoris_max_norm(tmp_path, args, kind, tucker):
         assert a.conv_rank == {"lora": 8, "loha": 4}[kind]
 
 
-def test_lycoris_algos_without_max_norm_are_inert_and_oft_refused(tmp_path):
-    """LyCORIS's full / IA3 modules keep the base apply_max_norm (nothing scaled); Diag-OFT's is not in
-    dbspec."""
+def test_lycoris_algos_without_max_norm_are_inert(tmp_path):
+    """LyCORIS's full / IA3 modules keep the base apply_max_norm (nothing scaled)."""
     outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args='network_args = ["algo=full"]')
     assert fate(outcome, "scale_weight_norms") == "inert"
     assert plan_of(outcome, tmp_path).adapter.max_norm == 0.0
-    outcome = _gui(
-        tmp_path / "oft", 1, module="lycoris.kohya", network_args='network_args = ["algo=diag-oft"]'
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "constraint", "rescaled", "bypass"),
+    [
+        ('"algo=diag-oft", "preset=attn-mlp"', "diag-oft", 0.0, False, False),
+        (
+            '"algo=diag-oft", "constraint=1e-4", "rescaled=True", "bypass_mode=True"',
+            "diag-oft",
+            1e-4,
+            True,
+            True,
+        ),
+        ('"algo=boft", "preset=attn-mlp"', "boft", 0.0, False, False),
+        ('"algo=boft", "preset=attn-mlp", "rescaled=True", "bypass_mode=True"', "boft", 0.0, True, True),
+    ],
+)
+def test_lycoris_oft_plans_its_blocks_max_norm(tmp_path, args, kind, constraint, rescaled, bypass):
+    """Diag-OFT's and BOFT's apply_max_norm scale their trained blocks (once DBS403): LyCORIS's form."""
+    outcome = _gui(tmp_path, 0.5, module="lycoris.kohya", network_args=f"network_args = [{args}]")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.oft_block_size) == (kind, 0.5, "lycoris", 32)
+    assert (a.oft_constraint, a.oft_rescaled, a.bypass) == (constraint, rescaled, bypass)
+    from dbspec.plan.summary import adapter_rows
+
+    assert "blocks' norm exceeds it" in dict(adapter_rows(a))["  max norm"]
+    assert "max_norm = 0.5" in (tmp_path / "specs" / "converted.toml").read_text()
+
+
+def test_lycoris_oft_max_norm_on_the_command_line(tmp_path):
+    """The same from a command line (sdxl_train_network.py with its flags), BOFT."""
+    images(tmp_path / "img" / "20_sks dog", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path {SDXL} "
+        "--train_data_dir img --output_dir out --resolution 1024 --network_module lycoris.kohya "
+        '--network_dim 16 --network_args "algo=boft" "preset=attn-only" --scale_weight_norms 2 '
+        "--learning_rate 1e-4 --max_train_steps 100",
     )
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
-    assert "diag-oft" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.oft_block_size) == ("boft", 2.0, "lycoris", 16)
 
 
-def test_lycoris_rank_dropout_is_refused_at_conversion(tmp_path):
-    """LyCORIS's norm draws a rank-dropout mask in training mode: refused by the converter, not left to fail
-    the converted spec's check (DBS558)."""
-    args = 'network_args = ["algo=loha", "rank_dropout=0.1"]'
-    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
-    assert "rank-dropout" in messages(outcome, "DBS403")
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        ('"algo=loha", "rank_dropout=0.1", "conv_dim=4"', "loha"),
+        ('"algo=lokr", "rank_dropout=0.25", "factor=8", "module_dropout=0.1"', "lokr"),
+    ],
+)
+def test_lycoris_loha_lokr_rank_dropout_with_max_norm_converts(tmp_path, args, kind):
+    """LoHa's and LoKr's norm draws the rank-dropout mask in training mode, as dbspec's does (once DBS403)."""
+    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=f"network_args = [{args}]")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == (kind, 1.0, "lycoris")
+    assert a.rank_dropout == (0.1 if kind == "loha" else 0.25) and not a.rank_dropout_scale
+    from dbspec.plan.summary import adapter_rows
+
+    assert "rank-dropout mask drawn inside the norm" in dict(adapter_rows(a))["  max norm"]
+
+
+def test_lycoris_rank_dropout_on_the_command_line(tmp_path):
+    images(tmp_path / "img" / "20_sks dog", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path {SDXL} "
+        "--train_data_dir img --output_dir out --resolution 1024 --network_module lycoris.kohya "
+        '--network_dim 8 --network_alpha 4 --network_args "algo=loha" "rank_dropout=0.2" '
+        "--scale_weight_norms 1.5 --learning_rate 1e-4 --max_train_steps 100",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.max_norm, a.max_norm_form, a.rank_dropout) == ("loha", 8, 1.5, "lycoris", 0.2)
 
 
 def test_a_negative_limit_is_invalid(tmp_path):
@@ -186,3 +249,10 @@ def test_lora_flux_split_qkv_is_invalid(tmp_path):
     outcome = _flux(tmp_path, '"train_blocks=single", "split_qkv=True"')
     assert fate(outcome, "scale_weight_norms") == "invalid"
     assert "split_qkv" in "".join(errors(outcome))
+
+
+def test_lycoris_locon_rank_dropout_stays_refused(tmp_path):
+    """LoCon's rank dropout (its mask drawn on the device inside make_weight) is not expressed: DBS403."""
+    args = 'network_args = ["algo=locon", "rank_dropout=0.1"]'
+    outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
+    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")

@@ -346,8 +346,9 @@ def map_scale_weight_norms(
     """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
     each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
     (train_network.py tests `if args.scale_weight_norms`). lycoris.kohya's network calls each module's own
-    apply_max_norm: LoCon (algo lora / locon), LoHa and LoKr map to LyCORIS's form (max_norm_form
-    "lycoris"); full, IA3, GLoRA and DyLoRA modules keep its base class's, which scales nothing."""
+    apply_max_norm: LoCon (algo lora / locon), LoHa, LoKr, Diag-OFT and BOFT map to LyCORIS's form
+    (max_norm_form "lycoris"; the OFT modules scale their blocks); full, IA3, GLoRA and DyLoRA modules keep
+    its base class's, which scales nothing."""
     norms = a["scale_weight_norms"]
     if not norms.value:
         if norms.given and norms.value is not None:
@@ -357,13 +358,6 @@ def map_scale_weight_norms(
         conv.inert(
             norms,
             f"LyCORIS's {kind} modules keep the base apply_max_norm, which scales nothing (0, 0, 0 logged)",
-        )
-        return
-    if lycoris and kind not in ("lora", "loha", "lokr"):
-        conv.unsupported(
-            norms,
-            f"LyCORIS's {kind} module's apply_max_norm (scaling its rotation) is not implemented in dbspec",
-            help="drop --scale_weight_norms, or train algo=locon, loha or lokr",
         )
         return
     if norms.value < 0:
@@ -387,11 +381,11 @@ def map_scale_weight_norms(
             help="drop --scale_weight_norms or split_qkv=True",
         )
         return
-    if lycoris and conv.values.get(("adapter", "rank_dropout"), (0.0,))[0]:
+    if lycoris and kind == "lora" and conv.values.get(("adapter", "rank_dropout"), (0.0,))[0]:
         conv.unsupported(
             norms,
-            "LyCORIS's apply_max_norm takes each norm with the module's rank-dropout mask drawn anew in "
-            "training mode, which dbspec does not reproduce",
+            "LyCORIS's LoCon apply_max_norm takes each norm with the module's rank-dropout mask drawn anew "
+            "in training mode, which dbspec does not reproduce",
             help="drop --scale_weight_norms or rank_dropout",
         )
         return

@@ -158,7 +158,9 @@ def _map_network(
             unet = [*unet, *_RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if kind in _WHOLE_LAYER_KINDS:
-        _lycoris_full(kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv)
+        _lycoris_full(
+            kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv, dropout
+        )
         if kind in ("diag-oft", "boft"):
             _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
     elif conv_dim and conv_targets:
@@ -539,6 +541,7 @@ def _lycoris_full(
     unsupported: dict[str, str],
     args: Legacy,
     conv: Conversion,
+    network_dropout: Legacy | None = None,
 ) -> None:
     """algo=full (lycoris/modules/full.py: each targeted layer's weight and bias train as a copy) and ia3
     (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
@@ -571,12 +574,8 @@ def _lycoris_full(
                 Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source),
                 "LyCORIS's ButterflyOFTModule never reads its dropout",
             )
-        elif _float(kwargs.get("dropout", "0") or 0):
-            unsupported["dropout"] = (
-                f"{kwargs.pop('dropout')} with algo=diag-oft and bypass_mode (LyCORIS multiplies its "
-                "(blocks, size, size) rotations by an output-shaped dropout mask there; dbspec does not "
-                "express it)"
-            )
+        elif kind == "diag-oft":
+            _diag_oft_bypass_dropout(kwargs, args, conv, network_dropout)
     elif _str_bool(kwargs.get("bypass_mode", "false")):
         unsupported["bypass_mode"] = (
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
@@ -586,6 +585,36 @@ def _lycoris_full(
         if _float(kwargs.get(key, "0") or 0):
             unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's {kind} algo: dbspec expresses no dropout there)"
         kwargs.pop(key, None)
+
+
+def _diag_oft_bypass_dropout(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, network_dropout: Legacy | None
+) -> None:
+    """algo=diag-oft with bypass_mode and a dropout (network_args' `dropout`, else --network_dropout, which
+    train_network.py hands on as it): in training mode DiagOFTModule's bypass forward multiplies its (blocks,
+    size, size) rotations by a dropout mask shaped like the layer's output, (..., blocks, size): that does not
+    broadcast, or leaves einsum an operand with more dimensions than its subscripts, on any layer whose input
+    has more than one leading dimension (attention, convolution and text-encoder layers), so lycoris-lora
+    4.1.3 raises RuntimeError on the first training forward."""
+    if "dropout" in kwargs:
+        legacy = Legacy(key=f"{args.key} dropout", value=kwargs["dropout"], source=args.source)
+    elif network_dropout is not None and network_dropout.value:
+        legacy = network_dropout
+    else:
+        return
+    if not _float(legacy.value or 0):
+        return
+    kwargs.pop("dropout", None)
+    conv.invalid(
+        legacy.key,
+        legacy.value,
+        legacy.source,
+        "with algo=diag-oft and bypass_mode LyCORIS's DiagOFTModule multiplies its (blocks, size, size) "
+        "rotations by a dropout mask shaped like the layer's output (..., blocks, size) in training mode: "
+        "torch raises RuntimeError (the shapes do not broadcast, or einsum gets an operand with more "
+        "dimensions than its subscripts) on the first forward",
+        help="drop the dropout (or bypass_mode)",
+    )
 
 
 def _diag_oft(
