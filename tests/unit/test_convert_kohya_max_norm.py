@@ -171,11 +171,11 @@ def test_lycoris_oft_max_norm_on_the_command_line(tmp_path):
     ("args", "kind"),
     [
         ('"algo=loha", "rank_dropout=0.1", "conv_dim=4"', "loha"),
-        ('"algo=lokr", "rank_dropout=0.25", "factor=8", "module_dropout=0.1"', "lokr"),
     ],
 )
 def test_lycoris_loha_lokr_rank_dropout_with_max_norm_converts(tmp_path, args, kind):
-    """LoHa's and LoKr's norm draws the rank-dropout mask in training mode, as dbspec's does (once DBS403)."""
+    """LoHa's norm draws the rank-dropout mask in training mode, as dbspec's does (once DBS403); LoKr's
+    crashes kohya on a GPU (below)."""
     outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=f"network_args = [{args}]")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert fate(outcome, "scale_weight_norms") == "mapped"
@@ -256,3 +256,16 @@ def test_lycoris_locon_rank_dropout_stays_refused(tmp_path):
     args = 'network_args = ["algo=locon", "rank_dropout=0.1"]'
     outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
     assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("bypass", ["", ', "bypass_mode=True"'])
+@pytest.mark.parametrize("norms", [0, 1])
+def test_lycoris_lokr_rank_dropout_crashes_kohya_on_a_gpu(tmp_path, bypass, norms):
+    """LyCORIS's LoKr multiplies its GPU weight by a CPU rank-dropout mask (LyCORIS issue #291): in the
+    training forward (not in bypass mode) and in apply_max_norm (both): kohya raises at the first step."""
+    args = f'network_args = ["algo=lokr", "rank_dropout=0.25"{bypass}]'
+    outcome = _gui(tmp_path, norms, module="lycoris.kohya", network_args=args)
+    crashes = not bypass or norms
+    assert ("DBS402" in codes(outcome)) == bool(crashes), errors(outcome)
+    if crashes:
+        assert any("two devices" in e for e in errors(outcome)), errors(outcome)

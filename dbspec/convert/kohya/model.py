@@ -389,6 +389,17 @@ def map_scale_weight_norms(
             help="drop --scale_weight_norms or rank_dropout",
         )
         return
+    if lycoris and kind == "lokr" and conv.values.get(("adapter", "rank_dropout"), (0.0,))[0]:
+        conv.invalid(
+            norms.key,
+            norms.value,
+            norms.source,
+            "LyCORIS's LoKr apply_max_norm rebuilds the weight in training mode with its rank-dropout mask, "
+            "drawn on the CPU and multiplied into the GPU weight: kohya stops at the first norm on a GPU "
+            "(RuntimeError: tensors on two devices; LyCORIS issue #291), bypass_mode too",
+            help="drop --scale_weight_norms or rank_dropout",
+        )
+        return
     conv.mapped(norms, ("adapter", "max_norm"), float(norms.value))
     if lycoris and kind == "lora":  # LoHa and LoKr have LyCORIS's form only
         conv.put(

@@ -181,6 +181,8 @@ def _map_network(
         put["dora_axis"] = "input"
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
+        if kind == "lokr":
+            _lokr_rank_dropout_on_gpu(kwargs, args, conv)
         _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
         if kind not in _WHOLE_LAYER_KINDS:
             _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
@@ -389,6 +391,22 @@ def _lycoris_bypass_and_dropout(
             legacy,
             "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
             "W + ΔW, with no dropout)" + ("; with dora_wd it ignores it anyway" if dora else ""),
+        )
+
+
+def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
+    """lycoris-lora's LokrModule (4.1.3, still in its main branch: LyCORIS issue #291) draws the rank-dropout
+    mask on the CPU and multiplies the rebuilt weight by it in place, without moving it as LohaModule does: on
+    a GPU kohya's first training forward raises (two devices). Its bypass forward draws no mask."""
+    rate = _float(kwargs.get("rank_dropout") or 0.0)
+    if rate and not _str_bool(kwargs.get("bypass_mode", "false")):
+        conv.invalid(
+            f"{args.key} rank_dropout",
+            kwargs.pop("rank_dropout"),
+            args.source,
+            "LyCORIS's LoKr draws its rank-dropout mask on the CPU and multiplies the GPU weight by it: "
+            "kohya stops at the first training step on a GPU (RuntimeError: tensors on two devices; "
+            "LyCORIS issue #291). Remove rank_dropout (or use algo=loha, whose mask follows the weight)",
         )
 
 
