@@ -871,6 +871,43 @@ class DyloraAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole update with this probability while training (LyCORIS DyLoraModule's "
+        "`module_dropout`: one `torch.rand(1)` from torch's global generator per layer and forward, before "
+        "anything else; the layer's drawn block does not train in a forward it skips).",
+        minimum=0,
+        maximum=1,
+    )
+    bypass: bool = option(
+        False,
+        doc='With `dylora_form = "lycoris"`: LyCORIS `bypass_mode`, its bypass forward, W x + up (down x) '
+        "unscaled (alpha and the block scale left out), in training, validation and sampling alike. "
+        "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
+        "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
+    )
+    loraplus_ratio: float = option(
+        0.0,
+        doc="LoRA+: train the up matrices (kohya `lora_up` / `lora_B`) at the learning rate times this "
+        "(kohya networks.dylora `loraplus_lr_ratio`); 0 turns it off.",
+        minimum=0,
+        example=16.0,
+    )
+    loraplus_denoiser_ratio: float = option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the denoiser's adapters (kohya `loraplus_unet_lr_ratio`); 0 turns it off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=16.0,
+    )
+    loraplus_text_encoder_ratio: float = option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the text encoders' adapters (kohya `loraplus_text_encoder_lr_ratio`); 0 turns it "
+        "off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=4.0,
+    )
 
 
 Adapter = Union[
