@@ -908,6 +908,23 @@ class DyloraAdapter:
         minimum=0,
         example=4.0,
     )
+    init_weights: str = option(
+        "",
+        doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
+        "relative to the spec file: kohya's LoRA layout (`lora_down` / `lora_up` / `alpha`), as both tools "
+        "and dbspec's `kohya_lora` export save a DyLoRA; each layer's rows and columns are cut into its "
+        "blocks of `unit` ranks. Its layers, ranks and alphas must be the adapter's (checked at plan time); "
+        "layers of a model that does not train are ignored. SD 1.x/2.x/SDXL only. A resumed run takes the "
+        "checkpoint's weights instead. Empty: the blocks' own init.",
+        example="previous-run/final/lora.kohya.safetensors",
+    )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as kohya's networks.dylora loads `--network_weights` "
+        "(`load_state_dict(strict=False)`): an adapted layer the file lacks keeps its init, and a file "
+        "layer the adapter does not adapt is ignored. false: the run refuses a file that does not cover the "
+        "adapter exactly.",
+    )
 
 
 Adapter = Union[

@@ -431,3 +431,40 @@ def test_loraplus_puts_the_up_blocks_in_their_own_group():
     assert groups[1]["lr"] == 1e-4 * 16
     expected = {id(p) for n, p in net.named_parameters() if ".lora_dylora_up." in n}
     assert {id(p) for p in groups[1]["params"]} == expected == ups and len(expected) == 3 * (RANK // UNIT)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_dylora_starts_from_its_kohya_export_and_resumes_bit_exact(tmp_path, form):
+    """adapter.init_weights on a DyLoRA (kohya networks.dylora --network_weights, issue 12): a run's kohya
+    export starts a second run whose blocks are the first run's trained blocks (its lora_down rows and lora_up
+    columns cut into blocks), every tensor of it; the second run trains and a stopped and resumed one ends
+    equal to it."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.init_weights import load_init_weights
+    from dbspec.runtime.prepare import configure_models
+
+    table, _ = FORMS[form]
+    first_spec = write_spec(tmp_path / "first", steps=2, extra=lycoris_runs.SPEC.format(adapter=table))
+    first = execute(compile_spec(first_spec, ["optimizer.lr=1e-2"]), keep_models=True)
+    (export,) = Path(first.final).glob("*.kohya.safetensors")
+    second = table + f'init_weights = "{export}"\n'
+    spec = write_spec(tmp_path / "second", steps=4, extra=lycoris_runs.SPEC.format(adapter=second))
+    plan = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"])
+    assert plan.adapter.init_layers == len({k.split(".")[0] for k in load_file(str(export))})
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    assert load_init_weights(plan, comps.unet, comps.text_encoders) == plan.adapter.init_layers
+    for ours_model, theirs_model in ((comps.unet, first.components.unet),):
+        ours = {n: p for n, p in ours_model.named_parameters() if "lora_dylora_" in n}
+        theirs = dict(theirs_model.named_parameters())
+        assert any(float(p.abs().max()) > 5e-3 for n, p in ours.items() if "_up." in n)  # trained, loaded
+        for name, param in ours.items():
+            torch.testing.assert_close(param, theirs[name].to(param.dtype), rtol=0, atol=1e-3, msg=name)
+    whole = execute(plan)
+    parts = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    resumed = execute(parts, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 4
+    ours, theirs = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(resumed.final))
+    for name, tensors in ours.items():
+        assert all(torch.equal(tensors[k], theirs[name][k]) for k in tensors), name

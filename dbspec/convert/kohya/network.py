@@ -701,6 +701,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
+    if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py)
+        conv.unsupported(
+            weights,
+            "LyCORIS's DyLoraModule names its weights up_list / down_list, so its network's "
+            "load_state_dict(strict=False) loads none of the file's lora_down / lora_up and only takes each "
+            "layer's alpha (which then scales its training): not expressed",
+        )
+        return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
             weights,
