@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.loraplus import loraplus
 
 # networks/dylora.py DyLoRANetwork: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and
 # CLIPAttention / CLIPMLP (text encoders); with conv_dim also every Linear and Conv2d inside ResnetBlock2D,
@@ -63,10 +64,8 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
     put["denoiser_targets"], put["text_encoder_targets"] = unet, list(_TEXT)
     # LoRA+ (DyLoRANetwork.prepare_optimizer_params): each lora_B block at lr x the ratio, networks.lora's
     # rule (the UNet's `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders' likewise)
-    from dbspec.convert.kohya.network import _loraplus
-
     unsupported: dict[str, str] = {}
-    _loraplus(kwargs, put, unsupported)
+    loraplus(kwargs, put, unsupported)
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
         unsupported[key] = kwargs.pop(key)
     for key, value in kwargs.items():

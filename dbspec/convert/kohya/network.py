@@ -16,6 +16,7 @@ from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.loraplus import loraplus as _loraplus
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -612,29 +613,6 @@ def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
         put["full_matrix"] = True
         put.pop("decompose_both", None)
         put.pop("tucker", None)
-
-
-def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:
-    """networks.lora's (and LyCORIS's, for algo lora/locon) LoRA+: lora_up trains at lr x ratio, the UNet's
-    ratio `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders'
-    `loraplus_text_encoder_lr_ratio or loraplus_lr_ratio`."""
-    keys = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
-    given = {k: _float(kwargs.pop(k)) for k in keys if k in kwargs}
-    general = given.get(keys[0])
-    unet = given.get(keys[1]) or general
-    text = given.get(keys[2]) or general
-    for key, ratio in (("loraplus_unet_lr_ratio", unet), ("loraplus_text_encoder_lr_ratio", text)):
-        if ratio == 0:  # kohya gives the "plus" group lr 0 and skips it: lora_up never trains
-            unsupported[key] = "0 (kohya then leaves the LoRA up matrices untrained)"
-            return
-    if unet == text:
-        if unet:
-            put["loraplus_ratio"] = unet
-        return
-    if unet:
-        put["loraplus_denoiser_ratio"] = unet
-    if text:
-        put["loraplus_text_encoder_ratio"] = text
 
 
 def _why(module: Legacy) -> str:
