@@ -2279,7 +2279,7 @@ SD3's joint attention processors call SDPA directly and have no plain counterpar
 a joint attention), so dbspec refuses it there.""",
         help='set precision.attention = "sdpa"',
     ),
-    # DyLoRA (adapter.kind = "dylora"): its ranks in blocks of adapter.unit: DBS548.
+    # DyLoRA (adapter.kind = "dylora"): its ranks in blocks of adapter.unit, its bypass: DBS548-DBS549.
     Code(
         "DBS548",
         ERROR,
@@ -2289,6 +2289,18 @@ a joint attention), so dbspec refuses it there.""",
 `unit`, LyCORIS's `block_size`) and trains one block per step: `rank`, and `conv_rank` when above 0, must be
 multiples of `unit` (both tools assert it).""",
         help="make rank (and conv_rank) a multiple of adapter.unit, or change unit",
+    ),
+    Code(
+        "DBS549",
+        ERROR,
+        "A DyLoRA bypass forward LyCORIS cannot run",
+        """\
+`adapter.bypass` on a DyLoRA is LyCORIS's `bypass_mode` forward (lycoris-lora 4.1.3's DyLoraModule): it views
+the drawn blocks as the whole rank, so any draw but the last block fails. It runs, and dbspec trains it, only
+with `dylora_form = "lycoris"` and one block per layer: `rank` (and `conv_rank` when above 0) equal to
+`unit`.""",
+        help='set adapter.rank (and conv_rank) equal to adapter.unit with dylora_form = "lycoris", or '
+        "bypass = false",
     ),
     # kohya's scaled SD3 position-embedding tables (model.scaled_pos_embed): DBS550-DBS551.
     Code(

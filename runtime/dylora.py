@@ -15,7 +15,14 @@ switch and LyCORIS's `.data` do. The training forward is the plan's `dylora_form
 
 Outside training (validation, sampling, a disabled adapter's prior) the update is every rank at alpha / rank:
 the plain LoRA both tools save (`lora_down` / `lora_up` / `alpha`), which is what `dylora_as_lora` writes and
-the exports hold."""
+the exports hold.
+
+LyCORIS's switches (plan.adapter): `module_dropout` (DyLoraModule.forward: one `torch.rand(1)` from torch's
+global generator per layer and training forward, before anything else; below the rate the layer answers with
+its base output alone, so its drawn block gets no gradient) and `bypass` (bypass_mode: one block per layer,
+the compiler's DBS549, and the update up(down(x)) (a convolution's stride and padding on down, the up 1x1)
+with no scale at all, in training and outside it alike, as
+DyLoraModule.bypass_forward_diff computes it; merges and exports keep the saved file's alpha / rank)."""
 
 from __future__ import annotations
 
@@ -51,6 +58,8 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
         lora_alpha: float = 1.0,
         unit: int = 1,
         form: str = "kohya",
+        module_dropout: float = 0.0,
+        bypass: bool = False,
         **kw,
     ):
         super().__init__()
@@ -58,6 +67,7 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
         setattr(self, _DOWN, nn.ModuleDict())
         setattr(self, _UP, nn.ModuleDict())
         self.unit, self.form = unit, form
+        self.dylora_module_dropout, self.dylora_bypass = module_dropout, bypass
         self.drawn: dict[str, int | None] = {}
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, r, lora_alpha)
@@ -68,6 +78,10 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
             raise ValueError("DyLoRA: grouped or non-zero-padded convolutions are not supported")
         if r % self.unit:
             raise ValueError(f"DyLoRA: rank {r} is not a multiple of the block size {self.unit}")
+        if self.dylora_bypass and r != self.unit:
+            raise ValueError(
+                f"DyLoRA bypass: LyCORIS runs it with one block per layer; rank {r}, unit {self.unit}"
+            )
         if isinstance(base, nn.Conv2d):
             out_dim, in_dim, kernel = base.out_channels, base.in_channels, list(base.kernel_size)
         else:  # a quantised base's weight may be packed: the layer's sizes, not its weight's shape
@@ -106,9 +120,23 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
             return nn.functional.conv2d(self._op(x, down), up)
         return nn.functional.linear(nn.functional.linear(x, down), up)
 
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """AddedOutput's forward, with LyCORIS's module dropout first while training."""
+        p = self.dylora_module_dropout
+        if not (p and self.training):
+            return super().forward(x, *args, **kwargs)
+        if self._base_only(x, args, kwargs) or self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        if any(a in getattr(self, _DOWN) for a in self.active_adapters) and torch.rand(1) < p:
+            return self.base_layer(x, *args, **kwargs)  # DyLoraModule: the layer's base output alone
+        return super().forward(x, *args, **kwargs)
+
     def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         downs, ups = getattr(self, _DOWN)[adapter], getattr(self, _UP)[adapter]
         x = self._cast_input_dtype(x, downs[0].dtype)
+        if self.dylora_bypass:  # LyCORIS's bypass forward: the one block, unscaled, in every forward
+            down, up = self.full(adapter)
+            return self._two_ops(x, down, up)
         b = self.drawn.get(adapter) if self.training else None
         r, alpha = self.r[adapter], self.lora_alpha[adapter]
         if b is None:  # every rank at alpha / rank: the saved LoRA
@@ -152,7 +180,7 @@ def draw_blocks(modules: list[nn.Module | None], generator: torch.Generator) -> 
     return drawn
 
 
-def dispatch_dylora(unit: int, form: str):
+def dispatch_dylora(unit: int, form: str, module_dropout: float = 0.0, bypass: bool = False):
     def dispatch(target: nn.Module, adapter_name: str, config, **kwargs: Any):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if isinstance(base, (nn.Linear, nn.Conv2d)):
@@ -164,6 +192,8 @@ def dispatch_dylora(unit: int, form: str):
                 lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
                 unit=unit,
                 form=form,
+                module_dropout=module_dropout,
+                bypass=bypass,
             )
         return None
 
@@ -182,7 +212,9 @@ def dylora_config(adapter, targets: list[str], convs: list[str]):
         rank_pattern={p: adapter.conv_rank for p in patterns},
         alpha_pattern={p: adapter.conv_alpha for p in patterns},
     )
-    dispatch = dispatch_dylora(adapter.dylora_unit, adapter.dylora_form)
+    dispatch = dispatch_dylora(
+        adapter.dylora_unit, adapter.dylora_form, adapter.module_dropout, adapter.bypass
+    )
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 

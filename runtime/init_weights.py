@@ -5,7 +5,11 @@ as kohya names it (the `kohya_lora` exporter's names, so an export loads back ex
 `lora_B` are set from the file's `lora_down` / `lora_up` before step 0. Layers of models that do not train are
 skipped; a trained layer missing from the file, or a file layer no trained layer matches, is an error naming
 the file and the tensor, unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then
-the layers and tensors the file lacks keep their init and the file's other layers are ignored."""
+the layers and tensors the file lacks keep their init and the file's other layers are ignored.
+
+A DyLoRA (plan.adapter.kind "dylora", kohya networks.dylora's `load_weights`) loads the same layout: each
+layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit` ranks, as kohya's
+DyLoRAModule cuts them into its one-rank parameters."""
 
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
         if lora_adapter(module) is None:
             skipped.append(prefix + "_")
             continue
-        for name, down, up, _rank, alpha in _kohya_lora_layers(module):
+        found = _dylora_layers(module) if plan.adapter.kind == "dylora" else _kohya_lora_layers(module)
+        for name, down, up, _rank, alpha in found:
             layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
     modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
     partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
@@ -69,3 +74,37 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                     )
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
     return loaded
+
+
+class _Blocks:
+    """A DyLoRA layer's blocks as the one kohya tensor they make: the downs stacked (dim 0) or the ups side
+    by side (dim 1); `copy_` cuts a tensor of that shape back into the blocks."""
+
+    def __init__(self, blocks, dim: int):
+        self.blocks, self.dim = list(blocks), dim
+        first = self.blocks[0]
+        self.shape = torch.Size(
+            [*first.shape[:dim], sum(b.shape[dim] for b in self.blocks), *first.shape[dim + 1 :]]
+        )
+        self.device, self.dtype = first.device, first.dtype
+
+    def copy_(self, value: torch.Tensor) -> None:
+        sizes = [b.shape[self.dim] for b in self.blocks]
+        for block, part in zip(self.blocks, value.split(sizes, dim=self.dim)):
+            block.copy_(part)
+
+
+def _dylora_layers(module: torch.nn.Module | None):
+    """(module path, downs, ups, rank, kohya alpha) for each DyLoRA layer of the adapter."""
+    from dbspec.runtime.dylora import DyloraLayer
+
+    found = lora_adapter(module)
+    if found is None:
+        return
+    module, adapter = found
+    for name, layer in module.named_modules():
+        if isinstance(layer, DyloraLayer) and adapter in layer.lora_dylora_down:
+            rank = layer.r[adapter]
+            downs = _Blocks(layer.lora_dylora_down[adapter], 0)
+            ups = _Blocks(layer.lora_dylora_up[adapter], 1)
+            yield name, downs, ups, rank, float(layer.scaling[adapter]) * rank

@@ -119,12 +119,13 @@ def _prepare(
 
 
 def lora_up_ids(comps: Components) -> frozenset[int]:
-    """LoRA+: the ids of the trained LoRA up matrices (peft `lora_B`, kohya's `lora_up`) of every model."""
+    """LoRA+: the ids of the trained LoRA up matrices (peft `lora_B`, kohya's `lora_up`; DyLoRA's blocks of
+    it, `lora_dylora_up`, kohya networks.dylora's `lora_B`) of every model."""
     return frozenset(
         id(p)
         for module in (comps.unet, *comps.text_encoders)
         for name, p in module.named_parameters()
-        if p.requires_grad and ".lora_B." in f".{name}."
+        if p.requires_grad and (".lora_B." in f".{name}." or ".lora_dylora_up." in f".{name}.")
     )
 
 

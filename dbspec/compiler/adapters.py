@@ -123,12 +123,15 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """DyLoRA (kohya networks.dylora, LyCORIS algo=dylora): a LoRA's rank, alpha and convolutions, plus the
-    block size and whose training forward; its parameters are LoRA's at the same ranks."""
+    block size, whose training forward and LyCORIS's module dropout and bypass forward; its parameters are
+    LoRA's at the same ranks."""
     plan = AdapterPlan(
         kind="dylora",
         **_low_rank(adapter, family, targets_given),
         dylora_unit=adapter.unit,
         dylora_form=adapter.dylora_form,
+        module_dropout=adapter.module_dropout,
+        bypass=adapter.bypass,
     )
     return attrs.evolve(plan, params=adapter_params(adapter, family, components, plan.denoiser_targets))
 

@@ -71,7 +71,7 @@ from dbspec.plan.model import (
 )
 from dbspec.spec.check import Checked, anchor
 from dbspec.spec.fields import spec_leaves
-from dbspec.spec.model import LoraAdapter, LowRankAdapter, Spec
+from dbspec.spec.model import DyloraAdapter, LoraAdapter, LowRankAdapter, Spec
 from dbspec.spec.paths import dotted
 
 
@@ -598,8 +598,10 @@ def _third_text_encoder_lr(spec: Spec, model, second: float | None) -> float | N
 
 
 def _loraplus(spec, name: str) -> float:
-    """A LoRA+ ratio of the plan: the LoRA adapter's, 0 (off) for other kinds."""
-    return float(getattr(spec.adapter, name)) if isinstance(spec.adapter, LoraAdapter) else 0.0
+    """A LoRA+ ratio of the plan: the LoRA or DyLoRA adapter's, 0 (off) for other kinds."""
+    return (
+        float(getattr(spec.adapter, name)) if isinstance(spec.adapter, (LoraAdapter, DyloraAdapter)) else 0.0
+    )
 
 
 def _check_eager_attention(ctx: Context, model) -> None:

@@ -21,7 +21,7 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
-from dbspec.spec.model import LoraAdapter
+from dbspec.spec.model import DyloraAdapter, LoraAdapter
 
 KEY = ("adapter", "init_weights")
 
@@ -39,10 +39,20 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
-    if not isinstance(adapter, LoraAdapter) or not adapter.init_weights:
+    if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
     path = ctx.resolve(adapter.init_weights)
-    if adapter.dora:
+    if isinstance(adapter, DyloraAdapter) and family_spec(family).fused_projections:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: a DyLoRA starts from a file on SD 1.x/2.x/SDXL (kohya's networks.dylora), not on "
+            f"{family_spec(family).title}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
+    if getattr(adapter, "dora", False):
         ctx.report(
             "DBS356",
             "error",
@@ -175,7 +185,7 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"
         )
-    if denoiser and adapter.blocks:
+    if denoiser and getattr(adapter, "blocks", ()):
         # per-block ranks: kohya's flattened names cannot be matched against the blocks' path patterns here;
         # the run checks every tensor's shape against its layer when it loads the file
         return ""

@@ -40,6 +40,7 @@ from dbspec.spec.model import (
     BNB_LION_KINDS,
     DADAPT_KINDS,
     SCHEDULEFREE_KINDS,
+    DyloraAdapter,
     LoraAdapter,
     LowRankAdapter,
     Optimizer,
@@ -1362,7 +1363,7 @@ def _group_rates(spec: Spec) -> list[float]:
     group exists only on two-encoder families)."""
     o, t = spec.optimizer, spec.train
     ratios = (0.0, 0.0)
-    if isinstance(spec.adapter, LoraAdapter):
+    if isinstance(spec.adapter, (LoraAdapter, DyloraAdapter)):
         ratios = (spec.adapter.loraplus_denoiser_ratio, spec.adapter.loraplus_text_encoder_ratio)
     rates = []
     for trains, lr, ratio in ((t.denoiser, o.lr, ratios[0]), (t.text_encoder, o.text_encoder_lr, ratios[1])):
@@ -2936,6 +2937,32 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                 "block of unit ranks per step)",
                 codes.help("DBS548"),
             )
+
+
+@rule("spec")
+def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DyLoRA's `bypass` (LyCORIS bypass_mode): LyCORIS's form with one block per layer, the only case
+    LyCORIS's bypass forward runs (DBS549)."""
+    a = spec.adapter
+    if a.kind != "dylora" or not a.bypass:
+        return
+    why = []
+    if a.dylora_form != "lycoris":
+        why.append(f'adapter.dylora_form = "{a.dylora_form}" (bypass is LyCORIS\'s forward)')
+    if a.rank != a.unit:
+        why.append(
+            f"adapter.rank = {a.rank} is {a.rank // max(a.unit, 1)} blocks of {a.unit} (LyCORIS's bypass "
+            "forward reshapes the drawn blocks to the whole rank and fails unless the last block is drawn)"
+        )
+    if a.conv_rank and a.conv_rank != a.unit:
+        why.append(f"adapter.conv_rank = {a.conv_rank} is {a.conv_rank // max(a.unit, 1)} blocks of {a.unit}")
+    if why:
+        yield _err(
+            "DBS549",
+            ("adapter", "bypass"),
+            "adapter.bypass cannot run: " + "; ".join(why),
+            codes.help("DBS549"),
+        )
 
 
 @rule("environment")

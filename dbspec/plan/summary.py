@@ -500,6 +500,8 @@ def _dylora_rows(a) -> list[tuple[str, str]]:
         scale = "all ranks in the update, scaled x sqrt(rank / ((b + 1) x unit))"
     else:
         scale = "blocks 0..b in the update, scaled by alpha / (b + 1) instead of alpha / rank"
+    if a.bypass:  # one block: nothing to draw
+        return [("  exports", "every rank at alpha / rank (a plain LoRA file)")]
     return [
         (
             "  rank draw",
@@ -521,6 +523,10 @@ def _bypass_rows(a) -> list[tuple[str, str]]:
         if a.bypass_dropout:
             text += f"; dropout {a.bypass_dropout:g} on each pair's output"
         return [("  bypass", text + " (while training)" if a.rank_dropout or a.bypass_dropout else text)]
+    if a.kind == "dylora":
+        return [
+            ("  bypass", "W x + up (down x), unscaled, in every forward (LyCORIS bypass_mode, one block)")
+        ]
     return [("  bypass", "the layer's output rotated, its bias too (LyCORIS bypass_mode)")]
 
 

@@ -165,8 +165,19 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         "glora",
         "diag-oft",
         "boft",
+        "dylora",
     ):  # LyCORIS bypass_mode: these kinds' own forward
-        yield f"adapter.bypass is a GLoRA, Diag-OFT or BOFT option; found adapter kind {a.kind!r}"
+        yield f"adapter.bypass is a GLoRA, Diag-OFT, BOFT or DyLoRA option; found adapter kind {a.kind!r}"
+    elif (
+        a.bypass
+        and a.kind == "dylora"
+        and (a.dylora_form != "lycoris" or a.rank != a.dylora_unit or a.conv_rank not in (0, a.dylora_unit))
+    ):  # DBS549 in specs: LyCORIS's bypass forward runs with one block per layer only
+        yield (
+            f'adapter.bypass on a DyLoRA needs dylora_form "lycoris" and rank (and conv_rank) equal to '
+            f"dylora_unit; found {a.dylora_form!r}, rank {a.rank}, unit {a.dylora_unit}, conv_rank "
+            f"{a.conv_rank}"
+        )
     if (a.bypass_dropout or (a.kind == "glora" and a.rank_dropout)) and not (a.kind == "glora" and a.bypass):
         # DBS556 in specs: GLoRA applies them only in its bypass forward
         yield (

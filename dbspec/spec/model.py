@@ -876,6 +876,60 @@ class DyloraAdapter:
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole update with this probability while training (LyCORIS DyLoraModule's "
+        "`module_dropout`: one `torch.rand(1)` from torch's global generator per layer and forward, before "
+        "anything else; the layer's drawn block does not train in a forward it skips).",
+        minimum=0,
+        maximum=1,
+    )
+    bypass: bool = option(
+        False,
+        doc='With `dylora_form = "lycoris"`: LyCORIS `bypass_mode`, its bypass forward, W x + up (down x) '
+        "unscaled (alpha and the block scale left out), in training, validation and sampling alike. "
+        "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
+        "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
+    )
+    loraplus_ratio: float = option(
+        0.0,
+        doc="LoRA+: train the up matrices (kohya `lora_up` / `lora_B`) at the learning rate times this "
+        "(kohya networks.dylora `loraplus_lr_ratio`); 0 turns it off.",
+        minimum=0,
+        example=16.0,
+    )
+    loraplus_denoiser_ratio: float = option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the denoiser's adapters (kohya `loraplus_unet_lr_ratio`); 0 turns it off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=16.0,
+    )
+    loraplus_text_encoder_ratio: float = option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the text encoders' adapters (kohya `loraplus_text_encoder_lr_ratio`); 0 turns it "
+        "off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=4.0,
+    )
+    init_weights: str = option(
+        "",
+        doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
+        "relative to the spec file: kohya's LoRA layout (`lora_down` / `lora_up` / `alpha`), as both tools "
+        "and dbspec's `kohya_lora` export save a DyLoRA; each layer's rows and columns are cut into its "
+        "blocks of `unit` ranks. Its layers, ranks and alphas must be the adapter's (checked at plan time); "
+        "layers of a model that does not train are ignored. SD 1.x/2.x/SDXL only. A resumed run takes the "
+        "checkpoint's weights instead. Empty: the blocks' own init.",
+        example="previous-run/final/lora.kohya.safetensors",
+    )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as kohya's networks.dylora loads `--network_weights` "
+        "(`load_state_dict(strict=False)`): an adapted layer the file lacks keeps its init, and a file "
+        "layer the adapter does not adapt is ignored. false: the run refuses a file that does not cover the "
+        "adapter exactly.",
+    )
 
 
 Adapter = Union[

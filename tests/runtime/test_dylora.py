@@ -15,6 +15,7 @@ import pytest
 import torch
 from peft import inject_adapter_in_model
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from dbspec.plan.model import AdapterPlan
@@ -239,3 +240,231 @@ def test_dylora_trains_resumes_bit_exact_and_loads_as_lora(tmp_path, form, loade
         pipe = build_pipeline(plan.model.base)
         pipe.load_lora_weights(str(source))
         torch.testing.assert_close(lycoris_runs._unet_output(pipe.unet), trained_output, rtol=1e-4, atol=1e-4)
+
+
+def _lycoris_copy(layer, base: nn.Module, name: str, **options):
+    """lycoris-lora's DyLoraModule on a copy of `base`, its blocks set to `layer`'s."""
+    rank, unit = layer.r["default"], layer.unit
+    lyco = dylora_module.DyLoraModule(
+        name, copy.deepcopy(base), 1.0, lora_dim=rank, alpha=ALPHA, block_size=unit, **options
+    )
+    lyco.apply_to()
+    with torch.no_grad():
+        for ours, theirs in zip(layer.lora_dylora_down["default"], lyco.down_list):
+            theirs.copy_(ours.flatten(1))
+        for ours, theirs in zip(layer.lora_dylora_up["default"], lyco.up_list):
+            theirs.copy_(ours.flatten(1))
+    return lyco
+
+
+def _lycoris_net(**options) -> tuple[Net, Net]:
+    from dbspec.runtime.dylora import dylora_config
+
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    plan = AdapterPlan(
+        kind="dylora", rank=RANK, alpha=ALPHA, dylora_unit=UNIT, dylora_form="lycoris", **options
+    )
+    targets = ["proj", "point"] if plan.bypass else ["proj", "conv", "point"]
+    inject_adapter_in_model(dylora_config(plan, targets, []), net, adapter_name="default")
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in targets:
+            layer = getattr(net, name)
+            for p in (*layer.lora_dylora_down["default"], *layer.lora_dylora_up["default"]):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return net, base
+
+
+def test_module_dropout_equals_dylora_module(monkeypatch):
+    """module_dropout: DyLoraModule.forward's `torch.rand(1) < module_dropout` from torch's global generator,
+    first in each training forward: the same seed skips the same forwards here and in lycoris-lora; a skipped
+    forward is the base layer's and gives the blocks no gradient; outside training nothing is drawn."""
+    b = 1
+    net, base = _lycoris_net(module_dropout=0.5)
+    x = _inputs(torch.Generator().manual_seed(1))
+    monkeypatch.setattr(random, "randint", lambda lo, hi: b)
+    net.train()
+    skipped = 0
+    for name in x:
+        layer = getattr(net, name)
+        lyco = _lycoris_copy(layer, getattr(base, name), name, module_dropout=0.5)
+        layer.drawn["default"] = b
+        torch.manual_seed(7)
+        theirs = [lyco(x[name]) for _ in range(8)]
+        torch.manual_seed(7)
+        ours = [layer(x[name]) for _ in range(8)]
+        for out, expected in zip(ours, theirs):
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        plain = getattr(base, name)(x[name])
+        dropped = [torch.equal(out, plain) for out in ours]
+        skipped += sum(dropped)
+        assert 0 < sum(dropped) < 8, name  # both kinds of forward were compared
+        assert not ours[dropped.index(True)].requires_grad  # the frozen base alone: nothing to train
+        ours[dropped.index(False)].square().sum().backward()
+        assert [p.grad is not None for p in layer.lora_dylora_down["default"]] == [
+            i == b for i in range(RANK // UNIT)
+        ]
+    net.eval()
+    state = torch.get_rng_state()
+    net.proj(x["proj"])
+    assert torch.equal(state, torch.get_rng_state())  # no draw outside training
+    assert skipped
+
+
+def test_bypass_equals_dylora_module_with_one_block(monkeypatch):
+    """bypass: DyLoRAModule's bypass forward with one block per layer (rank = block_size), Linear, strided 3x3
+    and 1x1 Conv2d: W x + up (down x), unscaled (alpha left out), in training and evaluation alike, gradients
+    too."""
+    from dbspec.runtime.dylora import dylora_config
+
+    torch.manual_seed(0)
+    net, base = Net(), None
+    base = copy.deepcopy(net)
+    plan = AdapterPlan(
+        kind="dylora", rank=UNIT, alpha=ALPHA, dylora_unit=UNIT, dylora_form="lycoris", bypass=True
+    )
+    inject_adapter_in_model(dylora_config(plan, ["proj", "conv", "point"], []), net, adapter_name="default")
+    generator = torch.Generator().manual_seed(3)
+    x = _inputs(torch.Generator().manual_seed(1))
+    for name in ("proj", "conv", "point"):
+        layer = getattr(net, name)
+        with torch.no_grad():
+            for p in (*layer.lora_dylora_down["default"], *layer.lora_dylora_up["default"]):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        lyco = _lycoris_copy(layer, getattr(base, name), name, bypass_mode=True)
+        for training in (True, False):
+            layer.train(training), lyco.train(training)
+            layer.drawn["default"] = 0 if training else None
+            out, expected = layer(x[name]), lyco(x[name])
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        down, up = layer.full("default")
+        unscaled = getattr(base, name)(x[name]) + layer._two_ops(x[name], down, up)
+        torch.testing.assert_close(out, unscaled, rtol=1e-5, atol=1e-5)  # alpha 1.5 not applied
+        layer.train(), lyco.train()
+        out, expected = layer(x[name]), lyco(x[name])
+        out.square().sum().backward()
+        expected.square().sum().backward()
+        for ours, theirs in zip(layer.lora_dylora_down["default"], lyco.down_list):
+            torch.testing.assert_close(ours.grad.flatten(1), theirs.grad, rtol=1e-4, atol=1e-5)
+        for ours, theirs in zip(layer.lora_dylora_up["default"], lyco.up_list):
+            torch.testing.assert_close(ours.grad.flatten(1), theirs.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_dylora_module_bypass_crashes_where_the_converter_refuses(monkeypatch):
+    """What the converter's DBS402 (and a spec's DBS549) stand on: lycoris-lora's bypass forward fails with
+    several blocks unless the last is drawn; a block size off the rank is its assertion."""
+    torch.manual_seed(0)
+    net = Net()
+    monkeypatch.setattr(random, "randint", lambda lo, hi: 0)
+    lyco = dylora_module.DyLoraModule(
+        "proj", net.proj, 1.0, lora_dim=4, alpha=1, block_size=2, bypass_mode=True
+    )
+    lyco.apply_to()
+    with pytest.raises(RuntimeError):
+        lyco(torch.randn(3, 20))
+    with pytest.raises(AssertionError):  # block_size not dividing the rank: DyLoraModule asserts
+        dylora_module.DyLoraModule("p", nn.Linear(4, 4), 1.0, lora_dim=6, alpha=1, block_size=4)
+
+
+SWITCHES = {
+    "module_dropout": LYCORIS_TABLE + "module_dropout = 0.5\n",
+    "bypass": 'kind = "dylora"\nrank = 2\nalpha = 2.0\nunit = 2\ndylora_form = "lycoris"\nbypass = true\n',
+    "loraplus": KOHYA_TABLE + "loraplus_ratio = 4.0\n",
+}
+
+
+@pytest.mark.parametrize("switch", list(SWITCHES))
+def test_dylora_switches_train_and_resume_bit_exact(tmp_path, switch):
+    """module_dropout (torch's global generator, checkpointed), bypass and LoRA+ (the up blocks in their own
+    group at lr x 4): a tiny run trains and a stopped and resumed run ends equal to the whole one."""
+    spec = write_spec(tmp_path, steps=4, extra=lycoris_runs.SPEC.format(adapter=SWITCHES[switch]))
+    lr = ["optimizer.lr=1e-2"]
+    plan = compile_spec(spec, [*lr, "output.dir=whole"])
+    whole = execute(plan, keep_models=True)
+    parts = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    ours, resumed = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(second.final))
+    assert ours.keys() == resumed.keys()
+    for name, tensors in ours.items():
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    tensors = load_file(str(export))
+    ups = [v for k, v in tensors.items() if k.endswith("lora_up.weight")]
+    assert ups and any(bool(v.abs().sum()) for v in ups)  # training moved the ups
+    if switch == "loraplus":
+        assert plan.optimizer.loraplus_denoiser_ratio == 4.0 == plan.optimizer.loraplus_text_encoder_ratio
+    if switch == "bypass":
+        assert plan.adapter.bypass and plan.adapter.conv_rank == 0
+    if switch == "module_dropout":
+        assert plan.adapter.module_dropout == 0.5
+
+
+def test_loraplus_puts_the_up_blocks_in_their_own_group():
+    """LoRA+ (kohya DyLoRANetwork.prepare_optimizer_params): every lora_B block, and no lora_A block, in the
+    "plus" group at lr x ratio."""
+    from types import SimpleNamespace
+
+    from dbspec.plan.model import OptimizerPlan
+    from dbspec.runtime.optim import param_groups
+    from dbspec.runtime.prepare import lora_up_ids
+
+    net, _ = _net("kohya")
+    ups = lora_up_ids(SimpleNamespace(unet=net, text_encoders=[]))
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = OptimizerPlan(
+        kind="adamw",
+        lr=1e-4,
+        text_encoder_lr=1e-4,
+        weight_decay=0.0,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        momentum=0.0,
+        max_grad_norm=0.0,
+        loraplus_denoiser_ratio=16.0,
+    )
+    groups = param_groups(params, [], opt, ups)
+    assert [g["name"] for g in groups] == ["denoiser", "denoiser_lora_up"]
+    assert groups[1]["lr"] == 1e-4 * 16
+    expected = {id(p) for n, p in net.named_parameters() if ".lora_dylora_up." in n}
+    assert {id(p) for p in groups[1]["params"]} == expected == ups and len(expected) == 3 * (RANK // UNIT)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_dylora_starts_from_its_kohya_export_and_resumes_bit_exact(tmp_path, form):
+    """adapter.init_weights on a DyLoRA (kohya networks.dylora --network_weights, issue 12): a run's kohya
+    export starts a second run whose blocks are the first run's trained blocks (its lora_down rows and lora_up
+    columns cut into blocks), every tensor of it; the second run trains and a stopped and resumed one ends
+    equal to it."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.init_weights import load_init_weights
+    from dbspec.runtime.prepare import configure_models
+
+    table, _ = FORMS[form]
+    first_spec = write_spec(tmp_path / "first", steps=2, extra=lycoris_runs.SPEC.format(adapter=table))
+    first = execute(compile_spec(first_spec, ["optimizer.lr=1e-2"]), keep_models=True)
+    (export,) = Path(first.final).glob("*.kohya.safetensors")
+    second = table + f'init_weights = "{export}"\n'
+    spec = write_spec(tmp_path / "second", steps=4, extra=lycoris_runs.SPEC.format(adapter=second))
+    plan = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"])
+    assert plan.adapter.init_layers == len({k.split(".")[0] for k in load_file(str(export))})
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    assert load_init_weights(plan, comps.unet, comps.text_encoders) == plan.adapter.init_layers
+    for ours_model, theirs_model in ((comps.unet, first.components.unet),):
+        ours = {n: p for n, p in ours_model.named_parameters() if "lora_dylora_" in n}
+        theirs = dict(theirs_model.named_parameters())
+        assert any(float(p.abs().max()) > 5e-3 for n, p in ours.items() if "_up." in n)  # trained, loaded
+        for name, param in ours.items():
+            torch.testing.assert_close(param, theirs[name].to(param.dtype), rtol=0, atol=1e-3, msg=name)
+    whole = execute(plan)
+    parts = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    resumed = execute(parts, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 4
+    ours, theirs = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(resumed.final))
+    for name, tensors in ours.items():
+        assert all(torch.equal(tensors[k], theirs[name][k]) for k in tensors), name

@@ -6,7 +6,20 @@ two create_network functions, not from the converter."""
 
 from __future__ import annotations
 
-from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
+from convert_kit import (  # noqa: F401
+    SD15,
+    codes,
+    empty_hub_cache,
+    errors,
+    fate,
+    images,
+    kohya,
+    kohya_lora,
+    messages,
+    out_path,
+    plan_of,
+    write,
+)
 
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS
 from dbspec.spec.model import KOHYA_CONV_TARGETS
@@ -91,11 +104,81 @@ def test_lycoris_dylora_block_size_and_the_arguments_it_never_reads(tmp_path):
     assert fate(outcome, "network_args dropout") == "inert"
 
 
-def test_lycoris_dylora_refuses_module_dropout_and_a_rank_off_its_blocks(tmp_path):
-    outcome = _convert(tmp_path, "lycoris.kohya", '"algo=dylora", "module_dropout=0.1"')
-    assert outcome.exit_code == 1 and "module_dropout" in outcome.conversion.reports["network_args"].note
+def test_lycoris_dylora_module_dropout(tmp_path):
+    """DyLoraModule.forward skips the layer with probability module_dropout while training (issue 12)."""
+    outcome = _convert(tmp_path, "lycoris.kohya", '"algo=dylora", "module_dropout=0.25"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_form, a.module_dropout, a.bypass) == ("dylora", "lycoris", 0.25, False)
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_lycoris_dylora_block_size_off_the_ranks_is_its_assertion(tmp_path):
+    """DyLoraModule asserts lora_dim % block_size == 0: kohya's run stops (DBS402), for the linears' rank and
+    for conv_dim alike."""
     outcome = _convert(tmp_path, "lycoris.kohya", '"algo=dylora", "block_size=3"', dim=8)
-    assert outcome.exit_code == 1 and "block_size" in outcome.conversion.reports["network_args"].note
+    assert outcome.exit_code == 1 and codes(outcome) >= {"DBS402"}
+    assert "lora_dim % block_size" in messages(outcome, "DBS402") and "network_dim 8" in messages(
+        outcome, "DBS402"
+    )
+    outcome = _convert(tmp_path, "lycoris.kohya", '"algo=dylora", "block_size=4", "conv_dim=6"', dim=8)
+    assert outcome.exit_code == 1 and "conv_dim 6" in messages(outcome, "DBS402")
+    assert "DBS403" not in codes(outcome)
+
+
+BYPASS = (
+    "--network_module lycoris.kohya --network_dim 4 --network_alpha 2 "
+    "--network_args algo=dylora preset={preset} bypass_mode={on} block_size={block}"
+)
+
+
+def test_lycoris_dylora_bypass_with_one_block(tmp_path):
+    """bypass_mode with one block per layer (network_dim = block_size, conv_dim defaulting to it): LyCORIS's
+    bypass forward runs, W x + up (down x) unscaled: adapter.bypass (issue 12)."""
+    outcome = kohya_lora(tmp_path, BYPASS.format(preset="full", on="True", block=4))
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.dylora_unit, a.bypass, a.conv_rank) == ("dylora", 4, 2.0, 4, True, 4)
+    outcome = kohya_lora(tmp_path, BYPASS.format(preset="attn-mlp", on="True", block=4))
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.bypass is True
+    outcome = kohya_lora(tmp_path, BYPASS.format(preset="attn-only", on="false", block=4))
+    assert outcome.exit_code == 0, errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.bypass is False  # LyCORIS's str_bool
+
+
+def test_lycoris_dylora_bypass_that_crashes_is_invalid(tmp_path):
+    """Several blocks in a layer (its bypass forward views the drawn blocks as the whole rank): LyCORIS
+    crashes in the first steps, DBS402 naming why; a conv_dim above block_size alike."""
+    outcome = kohya_lora(tmp_path, BYPASS.format(preset="attn-mlp", on="True", block=2))
+    assert outcome.exit_code == 1 and "network_dim 4" in messages(outcome, "DBS402")
+    outcome = kohya_lora(tmp_path, BYPASS.format(preset="full", on="True", block=4) + " conv_dim=8")
+    assert outcome.exit_code == 1 and "conv_dim 8" in messages(outcome, "DBS402")
+    assert "network_dim" not in messages(outcome, "DBS402")
+
+
+def test_networks_dylora_loraplus(tmp_path):
+    """DyLoRANetwork.prepare_optimizer_params: each lora_B block at lr x (loraplus_unet_lr_ratio or
+    loraplus_lr_ratio) in the U-Net, x (loraplus_text_encoder_lr_ratio or loraplus_lr_ratio) in the text
+    encoder (issue 12)."""
+    outcome = _convert(tmp_path, "networks.dylora", '"unit=2", "loraplus_lr_ratio=16"')
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.loraplus_denoiser_ratio, plan.optimizer.loraplus_text_encoder_ratio) == (
+        16.0,
+        16.0,
+    )
+    assert plan.adapter.kind == "dylora" and fate(outcome, "network_args") == "mapped"
+    outcome = _convert(
+        tmp_path,
+        "networks.dylora",
+        '"loraplus_lr_ratio=16", "loraplus_unet_lr_ratio=8", "loraplus_text_encoder_lr_ratio=4"',
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.loraplus_denoiser_ratio, plan.optimizer.loraplus_text_encoder_ratio) == (8.0, 4.0)
+    outcome = _convert(tmp_path, "networks.dylora", '"loraplus_lr_ratio=0"')  # the ups never train
+    assert outcome.exit_code == 1 and "DBS403" in codes(outcome)
 
 
 def test_the_plan_summary_shows_the_dylora_draw(tmp_path):

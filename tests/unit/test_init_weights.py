@@ -148,12 +148,12 @@ def test_dim_from_weights_with_block_lr_weights_is_unsupported(tmp_path):
     assert not outcome.written and fate(outcome, "network_args") == "unsupported"
 
 
-def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15):
+def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15, kind: str = "lora"):
     (tmp_path / "img").mkdir(exist_ok=True)
     images(tmp_path / "img", 1, (512, 512))
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\nkind = "lora"\n{adapter}\n{train}\n'
+        f'spec_version = 2\n[model]\nbase = "{base}"\n[adapter]\nkind = "{kind}"\n{adapter}\n{train}\n'
         '[optimizer]\nlr = 1e-4\n[[datasets]]\nname = "s"\npath = "img"\nprompt = "a photo of ohwx"\n'
         "[schedule]\nsteps = 10\n"
     )
@@ -271,3 +271,65 @@ def test_dim_from_weights_with_a_file_of_no_text_encoder_module_trains_none(tmp_
     assert plan_of(
         _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path
     ).train_text_encoder
+
+
+def test_networks_dylora_network_weights_converts_and_plans_from_the_file(tmp_path):
+    """networks.dylora --network_weights (issue 12): DyLoRANetwork.load_weights is
+    load_state_dict(strict=False) of kohya's LoRA layout, each layer's rows and columns into its one-rank
+    parameters: adapter.init_weights on the DyLoRA, init_partial, checked against its rank and alpha as a
+    LoRA's."""
+    lora = write_lora(tmp_path / "prev.safetensors", MODULES)
+    outcome = _convert(
+        tmp_path,
+        '--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --network_args "unit=2"',
+        module="networks.dylora",
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.dylora_unit, a.init_weights, a.init_layers, a.init_partial) == (
+        "dylora",
+        2,
+        str(lora.resolve()),
+        3,
+        True,
+    )
+    assert fate(outcome, "network_weights") == "mapped"
+    outcome = _convert(  # a file of another rank: the plan names the tensor (DBS356)
+        tmp_path,
+        '--network_dim=16 --network_alpha=4 --network_weights=prev.safetensors --network_args "unit=2"',
+        module="networks.dylora",
+    )
+    assert outcome.written
+    from convert_kit import out_path
+
+    planned = plan_spec(out_path(tmp_path), GPU, "spec.toml", [])
+    assert planned.plan is None and "DBS356" in {d.code for d in planned.diagnostics}
+
+
+def test_dylora_network_weights_that_stay_refused(tmp_path):
+    """LyCORIS algo=dylora loads nothing but each layer's alpha from the file (its weights are up_list /
+    down_list), and networks.dylora with --dim_from_weights builds its network without network_args: DBS403,
+    naming why."""
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    outcome = _convert(
+        tmp_path,
+        '--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --network_args "algo=dylora"',
+        module="lycoris.kohya",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
+    assert "up_list" in outcome.conversion.reports["network_weights"].note
+    outcome = _convert(
+        tmp_path,
+        "--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --dim_from_weights",
+        module="networks.dylora",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
+
+
+def test_a_hand_written_dylora_spec_starts_from_a_file(tmp_path):
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    planned = _plan(
+        tmp_path, 'rank = 8\nalpha = 4.0\nunit = 4\ninit_weights = "prev.safetensors"', kind="dylora"
+    )
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.init_layers == 2  # Q, OUT (the text encoder does not train)

@@ -1321,6 +1321,18 @@ CASES = [
         [("DBS548", "error", ("adapter", "rank"))],
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n',
     ),
+    # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
+    (
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n',
+        [("DBS549", "error", ("adapter", "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\nconv_rank = 4\ndylora_form = "lycoris"\n'
+        + "bypass = true\n",
+    ),
     (
         rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed
         DOG + STEPS + '[optimizer]\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',

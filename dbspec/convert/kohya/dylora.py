@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.loraplus import loraplus
 
 # networks/dylora.py DyLoRANetwork: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and
 # CLIPAttention / CLIPMLP (text encoders); with conv_dim also every Linear and Conv2d inside ResnetBlock2D,
@@ -17,7 +18,14 @@ _TEXT = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 _RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
 _CONVS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
 # networks/dylora.py create_network reads these and nothing else (it ignores any other key).
-_READS = ("conv_dim", "conv_alpha", "unit", "loraplus_lr_ratio", "loraplus_unet_lr_ratio")
+_READS = (
+    "conv_dim",
+    "conv_alpha",
+    "unit",
+    "loraplus_lr_ratio",
+    "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio",
+)
 
 
 def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, conv: Conversion) -> bool:
@@ -54,7 +62,12 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
                 "networks.dylora scales its convolutions by network_alpha (conv_alpha parsed, never used)",
             )
     put["denoiser_targets"], put["text_encoder_targets"] = unet, list(_TEXT)
-    unsupported = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("loraplus_")}
+    # LoRA+ (DyLoRANetwork.prepare_optimizer_params): each lora_B block at lr x the ratio, networks.lora's
+    # rule (the UNet's `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders' likewise)
+    unsupported: dict[str, str] = {}
+    loraplus(kwargs, put, unsupported)
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        unsupported[key] = kwargs.pop(key)
     for key, value in kwargs.items():
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=value, source=args.source),
@@ -64,7 +77,7 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
         conv.put(("adapter", key), value, note if key != "kind" else conv.comment(args, "networks.dylora"))
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
-        conv.unsupported(args, f"network arguments dbspec does not express for DyLoRA (LoRA+): {rest}")
+        conv.unsupported(args, f"network arguments dbspec does not express for DyLoRA: {rest}")
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return True
@@ -79,14 +92,23 @@ def lycoris_dylora(
     dim: int,
 ) -> None:
     """algo=dylora (lycoris/modules/dylora.py): network_dim / network_alpha and conv_dim / conv_alpha are its
-    ranks and alphas (the generic mapping), `block_size` (4 unless given) its blocks. DyLoraModule takes
-    `dropout`, `rank_dropout`, `dora_wd`, `use_tucker`, `use_scalar` and `rs_lora` and never reads them
-    (ignored); its `module_dropout` and its bypass forward (which leaves the scale out) are not expressed."""
+    ranks and alphas (the generic mapping), `block_size` (4 unless given) its blocks; a rank that is not a
+    multiple of it is DyLoraModule's AssertionError. DyLoraModule takes `dropout`, `rank_dropout`, `dora_wd`,
+    `use_tucker`, `use_scalar` and `rs_lora` and never reads them (ignored). Its `module_dropout` skips the
+    layer in a training forward; its bypass forward (`bypass_mode`) runs only with one block per layer (it
+    views the drawn blocks as the whole rank), unscaled."""
     put["dylora_form"] = "lycoris"
     block = int(kwargs.pop("block_size", "") or 4)  # kohya.py: int(block_size or 4)
-    for key, rank in (("rank", dim), ("conv_rank", put.get("conv_rank", 0))):
+    conv_rank = put.get("conv_rank", 0)
+    for key, rank in (("network_dim", dim), ("conv_dim", conv_rank)):
         if rank % block:
-            unsupported["block_size"] = f"{block} (LyCORIS asserts the {key} {rank} is a multiple of it)"
+            conv.invalid(
+                f"{args.key} block_size",
+                block,
+                args.source,
+                f"LyCORIS's DyLoraModule asserts lora_dim % block_size == 0, and the {key} {rank} is not a "
+                f"multiple of {block}",
+            )
     put["unit"] = block
     for key in ("dropout", "rank_dropout", "dora_wd", "wd_on_output", "use_tucker", "use_scalar", "rs_lora"):
         if key in kwargs:
@@ -94,13 +116,23 @@ def lycoris_dylora(
                 Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
                 "LyCORIS's DyLoraModule takes it and never reads it",
             )
-    if float(kwargs.get("module_dropout", "0") or 0):
-        unsupported["module_dropout"] = (
-            f"{kwargs.pop('module_dropout')} (algo=dylora: not expressed by dbspec)"
+    module_dropout = float(kwargs.pop("module_dropout", "") or 0)  # kohya.py: float(... or 0.0)
+    if module_dropout:
+        put["module_dropout"] = module_dropout
+    bypass = kwargs.pop("bypass_mode", "false")
+    if str(bypass).lower() == "false":  # LyCORIS's str_bool
+        return
+    several = [
+        f"{key} {rank}" for key, rank in (("network_dim", dim), ("conv_dim", conv_rank)) if rank > block
+    ]
+    if several:
+        conv.invalid(
+            f"{args.key} bypass_mode",
+            bypass,
+            args.source,
+            f"LyCORIS's DyLoraModule crashes in training: with several blocks of block_size {block} "
+            f"({', '.join(several)}) its bypass forward views the drawn blocks as the whole rank, which "
+            "fails unless the last block is drawn",
         )
-    kwargs.pop("module_dropout", None)
-    if str(kwargs.get("bypass_mode", "false")).lower() != "false":  # LyCORIS's str_bool
-        unsupported["bypass_mode"] = (
-            f"{kwargs.pop('bypass_mode')} (DyLoraModule's bypass forward drops its scale)"
-        )
-    kwargs.pop("bypass_mode", None)
+        return
+    put["bypass"] = True

@@ -222,8 +222,20 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -
         return False
     if a["network_dropout"].value:
         conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
-    if a["network_weights"].value:
-        conv.unsupported(a["network_weights"], "dbspec has no start of a DyLoRA from a file")
+    weights = a["network_weights"]
+    if weights.value and a["dim_from_weights"].value:  # networks.dylora's create_network_from_weights
+        why = (
+            "networks.dylora's create_network_from_weights builds the network from the file without its "
+            "network_args (unit 1): not expressed"
+        )
+        conv.unsupported(a["dim_from_weights"], why)
+        conv.unsupported(weights, why)
+    elif weights.value and not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec starts a DyLoRA from a .safetensors file only (kohya also torch.loads)"
+        )
+    elif weights.value:  # DyLoRANetwork.load_weights: load_state_dict(strict=False), the file's rows per rank
+        map_init_weights(weights, paths, conv)
     norms = a["scale_weight_norms"]
     if norms.value:  # train_network.py calls the network's apply_max_norm_regularization
         conv.invalid(

@@ -16,6 +16,7 @@ from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.loraplus import loraplus as _loraplus
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -661,29 +662,6 @@ def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
         put.pop("tucker", None)
 
 
-def _loraplus(kwargs: dict[str, str], put: dict[str, Any], unsupported: dict[str, str]) -> None:
-    """networks.lora's (and LyCORIS's, for algo lora/locon) LoRA+: lora_up trains at lr x ratio, the UNet's
-    ratio `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders'
-    `loraplus_text_encoder_lr_ratio or loraplus_lr_ratio`."""
-    keys = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
-    given = {k: _float(kwargs.pop(k)) for k in keys if k in kwargs}
-    general = given.get(keys[0])
-    unet = given.get(keys[1]) or general
-    text = given.get(keys[2]) or general
-    for key, ratio in (("loraplus_unet_lr_ratio", unet), ("loraplus_text_encoder_lr_ratio", text)):
-        if ratio == 0:  # kohya gives the "plus" group lr 0 and skips it: lora_up never trains
-            unsupported[key] = "0 (kohya then leaves the LoRA up matrices untrained)"
-            return
-    if unet == text:
-        if unet:
-            put["loraplus_ratio"] = unet
-        return
-    if unet:
-        put["loraplus_denoiser_ratio"] = unet
-    if text:
-        put["loraplus_text_encoder_ratio"] = text
-
-
 def _why(module: Legacy) -> str:
     return f"kohya {module.value}: its default layers"
 
@@ -747,6 +725,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
     if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
+        return
+    if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py)
+        conv.unsupported(
+            weights,
+            "LyCORIS's DyLoraModule names its weights up_list / down_list, so its network's "
+            "load_state_dict(strict=False) loads none of the file's lora_down / lora_up and only takes each "
+            "layer's alpha (which then scales its training): not expressed",
+        )
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
