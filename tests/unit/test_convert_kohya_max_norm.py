@@ -269,3 +269,6 @@ def test_lycoris_lokr_rank_dropout_crashes_kohya_on_a_gpu(tmp_path, bypass, norm
     assert ("DBS402" in codes(outcome)) == bool(crashes), errors(outcome)
     if crashes:
         assert any("two devices" in e for e in errors(outcome)), errors(outcome)
+    else:  # its bypass forward draws no mask: nothing to drop
+        assert plan_of(outcome, tmp_path).adapter.rank_dropout == 0
+        assert "never draws its rank-dropout mask" in messages(outcome, "DBS405")

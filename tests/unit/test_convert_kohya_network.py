@@ -80,8 +80,9 @@ def test_lycoris_loha_conv_dims_default_to_the_network_dims(tmp_path):
 
 def test_lycoris_rank_dropout_scale_is_ignored_as_lycoris_kohya_ignores_it(tmp_path):
     """LyCORIS's kohya create_network reads rank_dropout but never rank_dropout_scale: its LoHa / LoKr
-    modules keep their default (no rescale of the kept rows), which is dbspec's rank_dropout_scale = false."""
-    for algo in ("loha", "lokr"):
+    modules keep their default (no rescale of the kept rows), which is dbspec's rank_dropout_scale = false.
+    (LoKr's rank_dropout crashes kohya on a GPU: tests/unit/test_convert_kohya_max_norm.py.)"""
+    for algo in ("loha",):
         outcome = _convert(
             tmp_path,
             SD15,

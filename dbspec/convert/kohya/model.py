@@ -12,6 +12,7 @@ from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import (
+    lokr_rank_dropout,
     map_init_weights,
     map_network,
     map_network_weights,
@@ -401,7 +402,7 @@ def map_scale_weight_norms(
             help="drop --scale_weight_norms or rank_dropout",
         )
         return
-    if lycoris and kind == "lokr" and conv.values.get(("adapter", "rank_dropout"), (0.0,))[0]:
+    if lycoris and kind == "lokr" and lokr_rank_dropout(a["network_args"].value):
         conv.invalid(
             norms.key,
             norms.value,

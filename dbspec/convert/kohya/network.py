@@ -398,17 +398,28 @@ def _lycoris_bypass_and_dropout(
 def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
     """lycoris-lora's LokrModule (4.1.3, still in its main branch: LyCORIS issue #291) draws the rank-dropout
     mask on the CPU and multiplies the rebuilt weight by it in place, without moving it as LohaModule does: on
-    a GPU kohya's first training forward raises (two devices). Its bypass forward draws no mask."""
-    rate = _float(kwargs.get("rank_dropout") or 0.0)
-    if rate and not _str_bool(kwargs.get("bypass_mode", "false")):
-        conv.invalid(
-            f"{args.key} rank_dropout",
-            kwargs.pop("rank_dropout"),
-            args.source,
-            "LyCORIS's LoKr draws its rank-dropout mask on the CPU and multiplies the GPU weight by it: "
-            "kohya stops at the first training step on a GPU (RuntimeError: tensors on two devices; "
-            "LyCORIS issue #291). Remove rank_dropout (or use algo=loha, whose mask follows the weight)",
-        )
+    a GPU kohya's first training forward raises (two devices). Its bypass forward draws no mask at all (its
+    apply_max_norm does: map_scale_weight_norms)."""
+    if not _float(kwargs.get("rank_dropout") or 0.0):
+        return
+    legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+    if _str_bool(kwargs.get("bypass_mode", "false")):
+        conv.ignored(legacy, "LyCORIS's LoKr bypass forward never draws its rank-dropout mask")
+        return
+    conv.invalid(
+        legacy.key,
+        legacy.value,
+        legacy.source,
+        "LyCORIS's LoKr draws its rank-dropout mask on the CPU and multiplies the GPU weight by it: "
+        "kohya stops at the first training step on a GPU (RuntimeError: tensors on two devices; "
+        "LyCORIS issue #291). Remove rank_dropout (or use algo=loha, whose mask follows the weight)",
+    )
+
+
+def lokr_rank_dropout(network_args: list[str] | None) -> float:
+    """The `rank_dropout` a LoKr's network_args give (0 when none)."""
+    kwargs, _ = parse_network_args(network_args or [])
+    return _float(kwargs.get("rank_dropout") or 0.0)
 
 
 def _lycoris_rs_lora(
