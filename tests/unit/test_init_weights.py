@@ -271,3 +271,79 @@ def test_dim_from_weights_with_a_file_of_no_text_encoder_module_trains_none(tmp_
     assert plan_of(
         _convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path
     ).train_text_encoder
+
+
+def _convert_sdxl(tmp_path, args: str):
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=1024 --network_module=networks.lora --network_dim=32 "
+        f"{args} --learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors --cache_latents",
+    )
+
+
+SDXL_MODULES = {
+    # kohya's names in the original U-Net layout -> (rank, alpha, width, kernel)
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (8, 4.0, 640, 0),
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k": (4, 2.0, 640, 0),
+    "lora_unet_output_blocks_0_1_transformer_blocks_1_ff_net_2": (2, 1.0, 1280, 0),
+    "lora_unet_middle_block_1_proj_in": (4, 2.0, 1280, 0),
+    "lora_unet_input_blocks_1_0_emb_layers_1": (8, 4.0, 320, 0),
+    "lora_unet_input_blocks_1_0_in_layers_2": (4, 1.0, 320, 3),
+    "lora_unet_input_blocks_3_0_op": (2, 2.0, 320, 3),
+    "lora_unet_output_blocks_2_2_conv": (4, 1.0, 1280, 3),
+    "lora_unet_output_blocks_8_0_out_layers_3": (1, 0.5, 320, 3),
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (8, 4.0, 768, 0),
+    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": (8, 4.0, 1280, 0),
+}
+# the diffusers path each names
+SDXL_PATHS = {
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": ((8, 4.0), (0, 1.0)),
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k": ((4, 2.0), (0, 1.0)),
+    "up_blocks.0.attentions.0.transformer_blocks.1.ff.net.2": ((2, 1.0), (0, 1.0)),
+    "mid_block.attentions.0.proj_in": ((4, 2.0), (0, 1.0)),
+    "down_blocks.0.resnets.0.time_emb_proj": ((8, 4.0), (0, 1.0)),
+    "down_blocks.0.resnets.0.conv1": ((0, 1.0), (4, 1.0)),
+    "down_blocks.0.downsamplers.0.conv": ((0, 1.0), (2, 2.0)),
+    "up_blocks.0.upsamplers.0.conv": ((0, 1.0), (4, 1.0)),
+    "up_blocks.2.resnets.2.conv2": ((0, 1.0), (1, 0.5)),
+}
+
+
+def test_sdxl_dim_from_weights_builds_each_module_at_its_rank_convolutions_too(tmp_path):
+    """kohya's SDXL files name the original U-Net layout (`input_blocks_4_1_...`): each module becomes a block
+    on diffusers' path at its rank and alpha, the 3x3 convolutions at their conv rank and alpha each, and a
+    rank-0 block leaves every module the file lacks without a LoRA (create_network_from_weights)."""
+    write_lora(tmp_path / "prev.safetensors", SDXL_MODULES)
+    outcome = _convert_sdxl(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped", outcome
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (8, 4.0, 4, 1.0)
+    assert "time_emb_proj" in a.denoiser_targets and a.init_layers == len(SDXL_MODULES)
+
+    def ranks(path: str) -> tuple[tuple[int, float], tuple[int, float]]:
+        block = next(b for b in a.blocks if re.search(b.pattern, path))
+        return (block.rank, block.alpha), (block.conv_rank, block.conv_alpha)
+
+    for path, expected in SDXL_PATHS.items():
+        assert ranks(path) == expected, path
+    for path in (
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v",
+        "down_blocks.0.resnets.0.conv2",
+    ):
+        assert ranks(path) == ((0, 1.0), (0, 1.0)), path  # not in the file: no LoRA, as kohya builds none
+
+
+def test_sd_dim_from_weights_with_convolutions_at_several_ranks(tmp_path):
+    """SD 1.x: 3x3 convolutions at different ranks each keep theirs (blocks with conv_rank)."""
+    other = "lora_unet_down_blocks_1_resnets_0_conv2"
+    write_lora(tmp_path / "prev.safetensors", {**MODULES, CONV: (4, 1.0, 320, 3), other: (2, 2.0, 640, 3)})
+    a = plan_of(_convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path).adapter
+    paths = (
+        "down_blocks.0.resnets.0.conv1",
+        "down_blocks.1.resnets.0.conv2",
+        "down_blocks.1.resnets.0.conv1",
+    )
+    found = [next(b for b in a.blocks if re.search(b.pattern, p)) for p in paths]
+    assert [(b.conv_rank, b.conv_alpha) for b in found] == [(4, 1.0), (2, 2.0), (0, 1.0)]

@@ -19,6 +19,7 @@ import re
 from collections import Counter, defaultdict
 
 from dbspec.compiler.lora_file import LoraFile, LoraModule
+from dbspec.unet_layout import diffusers_name
 
 Pair = tuple[int, float]
 
@@ -166,28 +167,45 @@ def _patterns(blocks: str, indices: dict[int | None, set[str]]) -> list[str]:
     return out
 
 
-def sd_blocks(file: LoraFile) -> list[dict]:
-    """networks.lora (diffusers names with `.` written `_`): blocks naming the file's denoiser linear modules
-    at their (rank, alpha), each `_` matching `.` or `_` (the modules that share a tail after their last
-    index together), then a rank-0 block for the linears the file lacks (its `conv_rank` is the caller's)."""
-    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+def denoiser_names(file: LoraFile, original_names: bool = False) -> list[tuple[LoraModule, str]]:
+    """(module, diffusers path with `.` written `_`) of the file's networks.lora denoiser modules; kohya's
+    SDXL names (`original_names`) read back from the original U-Net layout (ValueError outside it)."""
+    out = []
     for module in file.modules.values():
-        if module.conv or not module.name.startswith("lora_unet_"):
-            continue
-        name = module.name.removeprefix("lora_unet_")
+        if module.name.startswith("lora_unet_"):
+            name = module.name.removeprefix("lora_unet_")
+            out.append((module, diffusers_name(name) if original_names else name))
+    return out
+
+
+def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
+    """networks.lora: blocks naming the file's denoiser modules at their (rank, alpha), linears at `rank` /
+    `alpha`, 3x3 convolutions at `conv_rank` / `conv_alpha` (rank 0), each `_` matching `.` or `_` (the
+    modules that share a tail after their last index together), then a rank-0 block for the modules the file
+    lacks. kohya's names are diffusers' paths with `.` written `_` (SD 1.x / 2.x) or, `original_names` (SDXL),
+    the original U-Net layout's, read back onto diffusers' (dbspec.unet_layout); ValueError for a name
+    outside it."""
+    groups: dict[tuple[bool, Pair], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for module, name in denoiser_names(file, original_names):
         cut = [m.end() for m in re.finditer(r"_\d+_", name)]
         head, tail = (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
-        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        pair = pair_of(module)
+        key = next((k for k in groups if k[0] == module.conv and _same(k[1], pair)), (module.conv, pair))
         groups[key][head].append(tail)
     out = []
-    for (rank, alpha), heads in groups.items():
+    for (conv, (rank, alpha)), heads in groups.items():
         by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
         for head, tails in sorted(heads.items()):
             by_tails[tuple(sorted(tails))].append(head)
         for tails, names in by_tails.items():
             tail = "(" + "|".join(tails) + ")"
             pattern = f"^({'|'.join(names)})_{tail}$" if names != [""] else f"^{tail}$"
-            out.append({"pattern": pattern.replace("_", "[._]"), "rank": rank, "alpha": alpha})
+            block = {"pattern": pattern.replace("_", "[._]")}
+            if conv:
+                block.update(rank=0, alpha=1.0, conv_rank=rank, conv_alpha=alpha)
+            else:
+                block.update(rank=rank, alpha=alpha)
+            out.append(block)
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
 
