@@ -8,9 +8,10 @@ Flux and SD3 (the original model's names): each kohya module maps to its diffuse
 all its parts, which then share one rank: kohya builds a `split_qkv` file's fused layers unsplit, one down at
 three or four times the rank); the blocks list the block indices per group of children, and a last rank-0
 block (pattern `^`) keeps every module the file lacks out, as kohya creates none there. networks.lora
-(SD 1.x / 2.x, diffusers names with `.` written `_`): one block per (rank, alpha) naming its modules, each
-`_` matching `.` or `_`. Text-encoder modules share the adapter's rank and alpha (blocks are the denoiser's):
-a file whose text-encoder modules differ is not expressed (ValueError)."""
+(SD 1.x / 2.x: diffusers names with `.` written `_`; SDXL: the original U-Net layout's, read back onto
+diffusers' by dbspec.unet_layout): one block per (rank, alpha) naming its modules, each `_` matching `.` or
+`_`, the 3x3 convolutions' at their conv rank and alpha. Text-encoder modules share the adapter's rank and
+alpha (blocks are the denoiser's): a file whose text-encoder modules differ is not expressed (ValueError)."""
 
 from __future__ import annotations
 
