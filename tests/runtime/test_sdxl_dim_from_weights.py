@@ -3,7 +3,8 @@ create_network_from_weights: each module of the file at its own rank and alpha, 
 kohya names SDXL's U-Net modules in the original layout (`input_blocks_4_1_...`); the converter's blocks
 (file_ranks.sd_blocks with original_names, over dbspec.unet_layout) put them on diffusers' paths: a tiny SDXL
 run holds a LoRA on exactly the file's modules, linears and 3x3 convolutions each at the file's rank and alpha
-with the file's tensors, and trains and resumes bit-exact."""
+with the file's tensors (the text encoders' modules too, at several ranks: [[adapter.text_encoder_blocks]]),
+and trains and resumes bit-exact."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dbspec.compiler.lora_file import read_lora_file
-from dbspec.convert.kohya.file_ranks import sd_blocks
+from dbspec.convert.kohya.file_ranks import sd_blocks, text_blocks
 from dbspec.runtime.execute import execute
 from dbspec.runtime.exports import kohya_parts
 from dbspec.runtime.families import family_runtime
@@ -34,6 +35,12 @@ UNET = {
     "up_blocks.1.resnets.2.conv2": (2, 1.0),
 }
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+# (kohya prefix, transformers path) -> (rank, alpha or None); 0: not in the file; others rank 2, alpha 1
+TEXT = {
+    ("lora_te1", "text_model.encoder.layers.0.self_attn.q_proj"): (3, 1.5),
+    ("lora_te2", "text_model.encoder.layers.1.mlp.fc2"): (1, None),
+    ("lora_te2", "text_model.encoder.layers.1.self_attn.k_proj"): (0, None),
+}
 
 
 def _base(tmp_path: Path):
@@ -42,9 +49,9 @@ def _base(tmp_path: Path):
 
 
 def _file(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, float]]]:
-    """A kohya SDXL LoRA of the tiny model: UNET's modules under their original-layout names, every
-    text-encoder target at rank 2; random downs and ups. Returns the file and each kohya module's (rank,
-    alpha)."""
+    """A kohya SDXL LoRA of the tiny model: UNET's modules under their original-layout names, the
+    text-encoder targets at TEXT's ranks (else 2); random downs and ups. Returns the file and each kohya
+    module's (rank, alpha)."""
     comps, family = _base(tmp_path)
     generator = torch.Generator().manual_seed(0)
     state: dict[str, torch.Tensor] = {}
@@ -58,7 +65,9 @@ def _file(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, float]]]:
                     continue
                 rank, alpha = UNET[path]
             elif isinstance(layer, torch.nn.Linear) and path.endswith(TEXT_TARGETS):
-                rank, alpha = 2, 1.0
+                rank, alpha = TEXT.get((prefix, to_path(path)), (2, 1.0))
+                if rank == 0:
+                    continue
             else:
                 continue
             name = f"{prefix}_{to_path(path).replace('.', '_')}"
@@ -71,6 +80,8 @@ def _file(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, float]]]:
                 state[f"{name}.alpha"] = torch.tensor(alpha)
             ranks[name] = (rank, float(alpha if alpha is not None else rank))
     assert sum(n.startswith("lora_unet_input_blocks_") for n in ranks) == 5  # the original layout's names
+    assert ranks["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] == (3, 1.5)
+    assert "lora_te2_text_model_encoder_layers_1_self_attn_k_proj" not in ranks
     path = tmp_path / "sdxl-per-module.safetensors"
     save_file(state, str(path))
     return path, ranks
@@ -86,6 +97,9 @@ def _spec(tmp_path: Path, path: Path, steps: int) -> Path:
     for block in sd_blocks(read_lora_file(path), original_names=True):
         text += f"\n[[adapter.blocks]]\npattern = '{block['pattern']}'\n"
         text += "".join(f"{key} = {block[key]}\n" for key in block if key != "pattern")
+    for block in text_blocks(read_lora_file(path)):
+        text += f"\n[[adapter.text_encoder_blocks]]\npattern = '{block['pattern']}'\n"
+        text += f"rank = {block['rank']}\nalpha = {block['alpha']}\n"
     text += "\n[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\n"
     return write_spec(tmp_path / "second", base="builtin:tiny-sdxl", steps=steps, extra=text)
 

@@ -347,3 +347,31 @@ def test_sd_dim_from_weights_with_convolutions_at_several_ranks(tmp_path):
     )
     found = [next(b for b in a.blocks if re.search(b.pattern, p)) for p in paths]
     assert [(b.conv_rank, b.conv_alpha) for b in found] == [(4, 1.0), (2, 2.0), (0, 1.0)]
+
+
+def test_dim_from_weights_with_text_encoder_modules_at_several_ranks(tmp_path):
+    """create_network_from_weights builds the text encoders' modules at their own ranks too: SDXL's two
+    encoders' modules become [[adapter.text_encoder_blocks]] over `<component>.<path>`, a rank-0 block for the
+    modules the file lacks; `rank` / `alpha` are the most frequent pair."""
+    te1, te2 = "lora_te1_text_model_encoder_layers_", "lora_te2_text_model_encoder_layers_"
+    modules = {
+        **SDXL_MODULES,
+        te1 + "0_self_attn_k_proj": (4, 2.0, 768, 0),
+        te2 + "1_mlp_fc1": (2, 1.0, 1280, 0),
+    }
+    write_lora(tmp_path / "prev.safetensors", modules)
+    outcome = _convert_sdxl(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 4.0)
+
+    def rank(path: str) -> tuple[int, float]:
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    assert rank("text_encoder.text_model.encoder.layers.0.self_attn.q_proj") == (8, 4.0)
+    assert rank("text_encoder.text_model.encoder.layers.0.self_attn.k_proj") == (4, 2.0)
+    assert rank("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj") == (8, 4.0)
+    assert rank("text_encoder_2.text_model.encoder.layers.1.mlp.fc1") == (2, 1.0)
+    assert rank("text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj") == (0, 1.0)  # not in the file
+    assert rank("text_encoder.text_model.encoder.layers.1.mlp.fc1") == (0, 1.0)
+    assert a.init_layers == len(modules)

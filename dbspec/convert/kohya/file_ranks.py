@@ -10,8 +10,8 @@ three or four times the rank); the blocks list the block indices per group of ch
 block (pattern `^`) keeps every module the file lacks out, as kohya creates none there. networks.lora
 (SD 1.x / 2.x: diffusers names with `.` written `_`; SDXL: the original U-Net layout's, read back onto
 diffusers' by dbspec.unet_layout): one block per (rank, alpha) naming its modules, each `_` matching `.` or
-`_`, the 3x3 convolutions' at their conv rank and alpha. Text-encoder modules share the adapter's rank and
-alpha (blocks are the denoiser's): a file whose text-encoder modules differ is not expressed (ValueError)."""
+`_`, the 3x3 convolutions' at their conv rank and alpha; its text-encoder modules, when their ranks differ,
+likewise as [[adapter.text_encoder_blocks]] over `<component>.<path>`."""
 
 from __future__ import annotations
 
@@ -188,34 +188,77 @@ def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
     outside it."""
     groups: dict[tuple[bool, Pair], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module, name in denoiser_names(file, original_names):
-        cut = [m.end() for m in re.finditer(r"_\d+_", name)]
-        head, tail = (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
+        head, tail = _split(name)
         pair = pair_of(module)
         key = next((k for k in groups if k[0] == module.conv and _same(k[1], pair)), (module.conv, pair))
-        groups[key][head].append(tail)
+        groups[key][_loose(head)].append(tail)
     out = []
     for (conv, (rank, alpha)), heads in groups.items():
-        by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
-        for head, tails in sorted(heads.items()):
-            by_tails[tuple(sorted(tails))].append(head)
-        for tails, names in by_tails.items():
-            tail = "(" + "|".join(tails) + ")"
-            pattern = f"^({'|'.join(names)})_{tail}$" if names != [""] else f"^{tail}$"
-            block = {"pattern": pattern.replace("_", "[._]")}
+        for pattern in _named(heads):
             if conv:
-                block.update(rank=0, alpha=1.0, conv_rank=rank, conv_alpha=alpha)
+                out.append(
+                    {"pattern": pattern, "rank": 0, "alpha": 1.0, "conv_rank": rank, "conv_alpha": alpha}
+                )
             else:
-                block.update(rank=rank, alpha=alpha)
-            out.append(block)
+                out.append({"pattern": pattern, "rank": rank, "alpha": alpha})
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
 
 
-def common_pair(file: LoraFile, conv: bool = False) -> Pair | None:
-    """The most frequent (rank, alpha) of the file's denoiser linear (or `conv`olution) modules."""
+# networks.lora's text-encoder prefixes (one encoder; SDXL's two) -> the plan's component
+TEXT_COMPONENTS = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+
+
+def text_blocks(file: LoraFile) -> list[dict]:
+    """networks.lora: [[adapter.text_encoder_blocks]] naming the file's text-encoder modules at their (rank,
+    alpha), patterns over `<component>.<transformers path>` (each `_` matching `.` or `_`), then a rank-0
+    block for the modules the file lacks."""
+    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for module in file.modules.values():
+        prefix = next((p for p in TEXT_COMPONENTS if module.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        head, tail = _split(module.name.removeprefix(prefix))
+        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        groups[key][re.escape(TEXT_COMPONENTS[prefix]) + r"\." + _loose(head)].append(tail)
+    out = []
+    for (rank, alpha), heads in groups.items():
+        out += [{"pattern": pattern, "rank": rank, "alpha": alpha} for pattern in _named(heads)]
+    out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
+    return out
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(head, tail) of an underscored module name around its last `_<index>_`; ("", name) without one."""
+    cut = [m.end() for m in re.finditer(r"_\d+_", name)]
+    return (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
+
+
+def _loose(name: str) -> str:
+    return name.replace("_", "[._]")
+
+
+def _named(heads: dict[str, list[str]]) -> list[str]:
+    """Patterns naming exactly these modules: head pattern ("" none) -> underscored tails; the heads sharing
+    one set of tails together."""
+    by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for head, tails in sorted(heads.items()):
+        by_tails[tuple(sorted(tails))].append(head)
+    out = []
+    for tails, names in by_tails.items():
+        tail = "(" + "|".join(_loose(t) for t in tails) + ")"
+        out.append(f"^({'|'.join(names)})[._]{tail}$" if names != [""] else f"^{tail}$")
+    return out
+
+
+def common_pair(
+    file: LoraFile, conv: bool = False, prefixes: tuple[str, ...] = ("lora_unet_",)
+) -> Pair | None:
+    """The most frequent (rank, alpha) of the file's denoiser (or `prefixes`') linear (or `conv`olution)
+    modules."""
     counts: Counter[Pair] = Counter()
     for module in file.modules.values():
-        if module.conv == conv and module.name.startswith("lora_unet_"):
+        if module.conv == conv and module.name.startswith(prefixes):
             key = next((p for p in counts if _same(p, pair_of(module))), pair_of(module))
             counts[key] += 1
     return counts.most_common(1)[0][0] if counts else None

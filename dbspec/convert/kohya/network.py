@@ -9,7 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dbspec.convert.kohya.file_ranks import common_pair, denoiser_names, sd_blocks, text_pair
+from dbspec.convert.kohya.file_ranks import (
+    TEXT_COMPONENTS,
+    common_pair,
+    denoiser_names,
+    sd_blocks,
+    text_blocks,
+)
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
@@ -661,10 +667,9 @@ def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
 
 
 def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
-    """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's most frequent) linear pair
-    and the denoiser's most frequent convolution pair (the blocks give each module its own); ValueError where
-    dbspec cannot express the file's ranks (text-encoder modules at several ranks)."""
-    linear = text_pair(file, ("lora_te",)) or common_pair(file)
+    """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's) most frequent linear pair
+    and the denoiser's most frequent convolution pair (the blocks give each module its own)."""
+    linear = common_pair(file, prefixes=tuple(TEXT_COMPONENTS)) or common_pair(file)
     out = {} if linear is None else {"rank": linear}
     convs = common_pair(file, conv=True)
     if convs:
@@ -739,4 +744,12 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, why)
+    text = text_blocks(file)
+    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1:  # text-encoder modules at several ranks
+        for index, block in enumerate(text):
+            why = note + (
+                ": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank"
+            )
+            for key, value in block.items():
+                conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
