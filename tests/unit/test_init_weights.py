@@ -375,3 +375,31 @@ def test_dim_from_weights_with_text_encoder_modules_at_several_ranks(tmp_path):
     assert rank("text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj") == (0, 1.0)  # not in the file
     assert rank("text_encoder.text_model.encoder.layers.1.mlp.fc1") == (0, 1.0)
     assert a.init_layers == len(modules)
+
+
+def test_dim_from_weights_with_some_text_encoder_modules_builds_only_those(tmp_path):
+    """kohya builds no LoRA on a text-encoder module the file lacks: a file with some layers' modules names
+    them in [[adapter.text_encoder_blocks]] (a rank-0 block for the rest); a file with every module of each
+    layer up to its last needs no blocks (the adapter's targets are the file's modules)."""
+    layer = (
+        "self_attn_q_proj",
+        "self_attn_k_proj",
+        "self_attn_v_proj",
+        "self_attn_out_proj",
+        "mlp_fc1",
+        "mlp_fc2",
+    )
+    whole = {f"lora_te_text_model_encoder_layers_{i}_{m}": (8, 4.0, 768, 0) for i in range(2) for m in layer}
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), **whole})
+    args = "--network_weights=prev.safetensors --dim_from_weights"
+    assert plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks == ()
+    write_lora(tmp_path / "prev.safetensors", MODULES)  # one text-encoder module, layer 0's q_proj
+    blocks = plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks
+    hits = {
+        path: next((b.rank, b.alpha) for b in blocks if re.search(b.pattern, path))
+        for path in (
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+            "text_encoder.text_model.x.q_proj",
+        )
+    }
+    assert list(hits.values()) == [(8, 4.0), (0, 1.0)]

@@ -228,6 +228,36 @@ def text_blocks(file: LoraFile) -> list[dict]:
     return out
 
 
+# networks.lora's text-encoder modules per layer (CLIPAttention's and CLIPMLP's Linears)
+_TEXT_LAYER = {
+    "self_attn_q_proj",
+    "self_attn_k_proj",
+    "self_attn_v_proj",
+    "self_attn_out_proj",
+    "mlp_fc1",
+    "mlp_fc2",
+}
+
+
+def whole_text_encoders(file: LoraFile) -> bool:
+    """Whether each text encoder the file adapts has all six modules of every layer up to its last (what
+    kohya builds on the whole encoder, the adapter's text-encoder targets then matching the file's modules);
+    False where a layer or module is missing (the file names only those, kohya builds only those)."""
+    found: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for module in file.modules.values():
+        prefix = next((p for p in TEXT_COMPONENTS if module.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        match = re.fullmatch(r"text_model_encoder_layers_(\d+)_(.+)", module.name.removeprefix(prefix))
+        if match is None or match[2] not in _TEXT_LAYER:
+            return False
+        found[prefix][int(match[1])].add(match[2])
+    return all(
+        set(layers) == set(range(len(layers))) and all(m == _TEXT_LAYER for m in layers.values())
+        for layers in found.values()
+    )
+
+
 def _split(name: str) -> tuple[str, str]:
     """(head, tail) of an underscored module name around its last `_<index>_`; ("", name) without one."""
     cut = [m.end() for m in re.finditer(r"_\d+_", name)]

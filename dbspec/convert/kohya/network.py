@@ -15,6 +15,7 @@ from dbspec.convert.kohya.file_ranks import (
     denoiser_names,
     sd_blocks,
     text_blocks,
+    whole_text_encoders,
 )
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -745,7 +746,8 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, why)
     text = text_blocks(file)
-    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1:  # text-encoder modules at several ranks
+    # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
+    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1 or not whole_text_encoders(file):
         for index, block in enumerate(text):
             why = note + (
                 ": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank"
