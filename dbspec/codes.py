@@ -817,7 +817,8 @@ train, so its rate is not used (the plan shows no rate for it).""",
         "An adapter block pattern is not a regular expression",
         """\
 `[[adapter.blocks]]` `pattern` is searched in each adapted denoiser module's path as a Python regular
-expression (`re.search`); this one does not compile. Dots match any character: escape them
+expression (`re.search`), `[[adapter.text_encoder_blocks]]` `pattern` in each text-encoder module's
+`<component>.<path>`; this one does not compile. Dots match any character: escape them
 (`^down_blocks\\.0\\.`).""",
     ),
     Code(

@@ -138,14 +138,25 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
 
 
 def add_lora(
-    module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, ...], seed: int, conv: bool = False
+    module: torch.nn.Module,
+    adapter: AdapterPlan,
+    targets: tuple[str, ...],
+    seed: int,
+    conv: bool = False,
+    component: str = "",
 ) -> None:
-    """Attach the plan's adapter (LoRA, LoHa or LoKr); its random init is seeded so a run is reproducible."""
+    """Attach the plan's adapter (LoRA, LoHa or LoKr); its random init is seeded so a run is reproducible.
+    `conv`: the denoiser (its convolutions and blocks); else `component` names the text encoder (its
+    text_encoder_blocks)."""
     config = lora_config(adapter, targets, conv)
     if conv and adapter.blocks:  # the denoiser: per-block ranks and alphas
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter)
+    if not conv and component and adapter.text_encoder_blocks:  # a text encoder's per-module ranks
+        from dbspec.runtime.blocks import with_blocks
+
+        config = with_blocks(config, module, adapter, component)
     if conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
         from dbspec.runtime.locon_tucker import with_tucker
 

@@ -30,11 +30,17 @@ def _targeted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
 
-def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPlan) -> PeftConfig:
+def with_blocks(
+    config: PeftConfig, module: torch.nn.Module, adapter: AdapterPlan, component: str = ""
+) -> PeftConfig:
     """`config` with every targeted module of `module` at its own rank and alpha (its block's, else the
     adapter's linear or convolution rank) as one exact pattern each, replacing the convolution-target
     patterns: no two patterns match one module, so the choice cannot depend on their order (diffusers reloads
-    the config from JSON); rank-0 modules excluded."""
+    the config from JSON); rank-0 modules excluded. A text encoder (`component` named) takes
+    `adapter.text_encoder_blocks`, searched in `<component>.<path>` (CLIP paths with `text_model.`)."""
+    from dbspec.runtime.exports import clip_path  # exports imports the family registry
+
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     excluded: list[str] = []
@@ -42,7 +48,7 @@ def with_blocks(config: PeftConfig, module: torch.nn.Module, adapter: AdapterPla
         if not path or not _targeted(path, config.target_modules):
             continue
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        block = block_of(adapter.blocks, path)
+        block = block_of(blocks, f"{component}.{clip_path(path)}" if component else path)
         if block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:

@@ -34,55 +34,7 @@ from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.families import family_runtime
 from dbspec.families import Family
 from dbspec.runtime.dtypes import to_dtype
-
-Table = dict[str, tuple[str, dict[str, str]]]  # diffusers module path -> (original path, child renames)
-
-# --- UNet -----------------------------------------------------------------------------------------------
-_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-_UNET_TOP = {
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "conv_in": "input_blocks.0.0",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-}
-
-
-def unet_table(config: Mapping[str, Any]) -> Table:
-    """Each UNet block's original path. Per down block: `layers_per_block` (resnet, attention) pairs in
-    input_blocks, then the downsampler; per up block one more pair, the upsampler after the last attention."""
-    per_block = config["layers_per_block"]
-    if not isinstance(per_block, int):
-        raise ValueError(
-            f"layers_per_block {per_block!r} varies per block; the original layout cannot hold it"
-        )
-    span = per_block + 1
-    table: Table = {name: (original, {}) for name, original in _UNET_TOP.items()}
-    for i in range(len(config["down_block_types"])):
-        for j in range(per_block):
-            table[f"down_blocks.{i}.resnets.{j}"] = (f"input_blocks.{1 + i * span + j}.0", _RESNET)
-            table[f"down_blocks.{i}.attentions.{j}"] = (f"input_blocks.{1 + i * span + j}.1", {})
-        table[f"down_blocks.{i}.downsamplers.0.conv"] = (f"input_blocks.{1 + i * span + per_block}.0.op", {})
-    table["mid_block.resnets.0"] = ("middle_block.0", _RESNET)
-    table["mid_block.attentions.0"] = ("middle_block.1", {})
-    table["mid_block.resnets.1"] = ("middle_block.2", _RESNET)
-    for i, kind in enumerate(config["up_block_types"]):
-        for j in range(span):
-            table[f"up_blocks.{i}.resnets.{j}"] = (f"output_blocks.{i * span + j}.0", _RESNET)
-            table[f"up_blocks.{i}.attentions.{j}"] = (f"output_blocks.{i * span + j}.1", {})
-        slot = 2 if "CrossAttn" in kind else 1  # after the attention when the block has one
-        table[f"up_blocks.{i}.upsamplers.0"] = (f"output_blocks.{i * span + per_block}.{slot}", {})
-    return table
-
+from dbspec.unet_layout import Table, rename, unet_table
 
 # --- VAE ------------------------------------------------------------------------------------------------
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
@@ -115,26 +67,6 @@ def vae_table(config: Mapping[str, Any]) -> Table:
             )
         table[f"decoder.up_blocks.{i}.upsamplers.0"] = (f"decoder.up.{blocks - 1 - i}.upsample", {})
     return table
-
-
-def rename(name: str, table: Table) -> str:
-    """`name` (a parameter or module path) under the longest table prefix it starts with, children renamed."""
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        hit = table.get(".".join(parts[:cut]))
-        if hit is None:
-            continue
-        target, children = hit
-        rest = ".".join(parts[cut:])
-        for child, original in children.items():
-            if rest == child or rest.startswith(child + "."):
-                rest = original + rest[len(child) :]
-                break
-        return f"{target}.{rest}" if rest else target
-    raise ValueError(
-        f"`{name}` has no place in the original Stable Diffusion layout (a module this exporter "
-        "does not know, or LoRA layers: LoRA runs export kohya_lora)"
-    )
 
 
 # --- text encoders --------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def _prepare(
         # the plan names the denoiser's component "unet" in every family (Flux's and SD3's transformer too):
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
-        adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser)
+        adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         if plan.adapter.fused and denoiser:
             from dbspec.runtime.fused import tie_fused_projections  # kohya's LoRA on fused Linears
 

@@ -80,6 +80,10 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             )
             for b in adapter.blocks
         )
+    if isinstance(adapter, LoraAdapter) and adapter.text_encoder_blocks:
+        extra["text_encoder_blocks"] = tuple(
+            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
+        )
     plan = AdapterPlan(
         kind=adapter.kind,
         **_low_rank(adapter, family, targets_given),
@@ -263,6 +267,8 @@ def adapter_params(
         rank, conv_rank = adapter.rank, adapter.conv_rank
         denoiser = c.name == "unet"  # the plan's name of every family's denoiser component
         per_rank = public.lora_params_per_rank[c.name]
+        if not denoiser:  # per-module text-encoder ranks: the count at the largest bounds it
+            rank = max([rank, *(b.rank for b in getattr(adapter, "text_encoder_blocks", ()))])
         if denoiser:
             rank, conv_rank = _largest_ranks(adapter)
             per_rank = _denoiser_per_rank(public, targets, fused) or per_rank

@@ -185,7 +185,7 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"
         )
-    if denoiser and getattr(adapter, "blocks", ()):
+    if getattr(adapter, "blocks", ()) if denoiser else getattr(adapter, "text_encoder_blocks", ()):
         # per-block ranks: kohya's flattened names cannot be matched against the blocks' path patterns here;
         # the run checks every tensor's shape against its layer when it loads the file
         return ""

@@ -2337,8 +2337,8 @@ def hit_to_diagnostic(raw: RawSpec, hit: Hit) -> Diagnostic:
 # --- per-block adapters (kohya block_dims, block lr weights) -------------------------------------------
 @rule("spec")
 def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
-    """Each [[adapter.blocks]] pattern is a Python regular expression; a convolution rank in a block needs
-    the adapter's convolutions (conv_rank > 0)."""
+    """Each [[adapter.blocks]] (and [[adapter.text_encoder_blocks]]) pattern is a Python regular expression;
+    a convolution rank in a block needs the adapter's convolutions (conv_rank > 0)."""
     import re
 
     adapter = spec.adapter
@@ -2359,6 +2359,17 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.blocks[{i}].conv_rank has no effect: adapter.conv_rank is 0 (no convolution "
                 "adapters)",
                 "set adapter.conv_rank above 0 to adapt the convolutions, or remove this key",
+            )
+    for i, block in enumerate(getattr(adapter, "text_encoder_blocks", ())):
+        try:
+            re.compile(block.pattern)
+        except re.error as exc:
+            yield _err(
+                "DBS265",
+                ("adapter", "text_encoder_blocks", i, "pattern"),
+                f"adapter.text_encoder_blocks[{i}].pattern `{block.pattern}` is not a regular expression: "
+                f"{exc}",
+                "write a Python regular expression, e.g. `^text_encoder\\.text_model\\.encoder\\.`",
             )
 
 

@@ -267,6 +267,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("checkpoints", "keep_state"): 0,
         ("checkpoints", "export_format"): "safetensors",
         ("adapter", "fused"): [],  # adapter.fused_projections, added since
+        ("adapter", "text_encoder_blocks"): [],  # the text encoders' per-module ranks, added since
         # LyCORIS's LoKr full_matrix and use_scalar: off then
         ("adapter", "full_matrix"): False,
         # LoKr's Kronecker split as LyCORIS's factorization, added since (peft's order then); a factor of 1 or

@@ -201,6 +201,9 @@ class AdapterPlan:
     # lora: per-block ranks, alphas and learning-rate scales of the denoiser's adapters (kohya block_dims,
     # block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight); () for one rank everywhere.
     blocks: tuple[BlockPlan, ...] = ()
+    # lora: per-module ranks and alphas of the text encoders' adapters, patterns searched in
+    # `<component>.<module path>` (CLIP paths with `text_model.`); () for the adapter's rank everywhere
+    text_encoder_blocks: tuple[BlockPlan, ...] = ()
     # lora: the fused layers whose parts share one down-projection (adapter.fused_projections); () for none
     fused: tuple[FusedPlan, ...] = ()
     # dylora: ranks per block (kohya networks.dylora `unit`, LyCORIS `block_size`); 0 for other kinds

@@ -627,6 +627,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}"),
             )
         )
+    for block in a.text_encoder_blocks:
+        rows.append((f"  text-encoder block /{block.pattern}/", f"rank {block.rank} alpha {block.alpha:g}"))
     for fused in a.fused:
         rows.append(
             (

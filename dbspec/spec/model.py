@@ -382,6 +382,22 @@ class AdapterBlock:
 
 
 @frozen
+class TextEncoderBlock:
+    """Rank and alpha of the text-encoder modules one pattern names (kohya `--dim_from_weights` files whose
+    text-encoder modules differ in rank)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in `<component>.<module path>` of each adapted text-encoder "
+        "module, CLIP paths with their `text_model.` level (e.g. "
+        "`text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj`); the first block whose pattern "
+        "matches a module sets its rank and alpha.",
+        example="^text_encoder\\.text_model\\.encoder\\.layers\\.0\\.",
+    )
+    rank: int = option(doc="Rank of the matched layers; 0 adapts none of them.", minimum=0, maximum=1024)
+    alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
+
+
+@frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
         doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
@@ -506,6 +522,12 @@ class LoraAdapter:
         "([[adapter.blocks]] tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / "
         "`conv_block_alphas` and `down/mid/up_lr_weight`, Flux `network_reg_dims` / `network_reg_lrs`): "
         "modules no block matches keep `rank`, `alpha`, `conv_rank`, `conv_alpha` and the learning rate.",
+    )
+    text_encoder_blocks: list[TextEncoderBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' adapters ([[adapter.text_encoder_blocks]] "
+        "tables, kohya `--dim_from_weights` files whose text-encoder modules differ in rank): modules no "
+        "block matches keep `rank` and `alpha`.",
     )
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
     init_weights: str = option(
@@ -2594,6 +2616,7 @@ TABLE_CLASSES = (
     Model,
     NoAdapter,
     AdapterBlock,
+    TextEncoderBlock,
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,

@@ -74,7 +74,7 @@ def original_key_order(name: str) -> tuple:
 def original_order(unet: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """diffusers `unet`'s parameters as (original name, parameter), in the original layout's registration
     order (kohya's SdxlUNet2DConditionModel's `named_parameters()`)."""
-    from dbspec.runtime.exports import rename, unet_table  # exports imports the family registry
+    from dbspec.unet_layout import rename, unet_table
 
     table = unet_table(unet.config)
     named = [(rename(name, table), param) for name, param in unet.named_parameters()]

@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "envreport": 0,
     "builtin": 1,
     "weightfiles": 1,  # where a component's tensors sit in a weight file (plan checks, runtime loads)
+    "unet_layout": 1,  # the original <-> diffusers U-Net names (kohya SDXL files: converter, runtime exports)
     "plan": 1,
     "spec": 1,
     "report": 2,  # reads a run folder and its plan; the runtime writes it at the end of a run
@@ -75,7 +76,16 @@ LAYERS: dict[str, int] = {
     "cli_tokens": 6,
     "cli": 7,
 }
-RUNTIME_MAY_IMPORT = {"builtin", "families", "plan", "util", "runtime", "report", "weightfiles"}
+RUNTIME_MAY_IMPORT = {
+    "builtin",
+    "families",
+    "plan",
+    "util",
+    "runtime",
+    "report",
+    "weightfiles",
+    "unet_layout",
+}
 
 
 def _package(path: Path) -> str:

@@ -79,6 +79,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["dora_form"]  # LyCORIS's weight decomposition, added since (peft's DoRA then)
     del data["adapter"]["dora_axis"]  # DoRA's magnitude per input column (LyCORIS), added since (output then)
     del data["adapter"]["fused"]  # shared down-projections of fused layers, added since (none then)
+    del data["adapter"]["text_encoder_blocks"]  # the text encoders' per-module ranks, added since
     del data["adapter"]["init_partial"]  # kohya's strict=False start, added since (exact files then)
     del data["adapter"]["split_fused"]  # split fused layers' shared dropout draws, added since (none then)
     del data["adapter"]["ggpo_sigma"], data["adapter"]["ggpo_beta"]  # LoRA-GGPO, added since (off then)

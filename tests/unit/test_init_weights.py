@@ -333,3 +333,135 @@ def test_a_hand_written_dylora_spec_starts_from_a_file(tmp_path):
     )
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     assert planned.plan.adapter.init_layers == 2  # Q, OUT (the text encoder does not train)
+
+
+def _convert_sdxl(tmp_path, args: str):
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=1024 --network_module=networks.lora --network_dim=32 "
+        f"{args} --learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors --cache_latents",
+    )
+
+
+SDXL_MODULES = {
+    # kohya's names in the original U-Net layout -> (rank, alpha, width, kernel)
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (8, 4.0, 640, 0),
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k": (4, 2.0, 640, 0),
+    "lora_unet_output_blocks_0_1_transformer_blocks_1_ff_net_2": (2, 1.0, 1280, 0),
+    "lora_unet_middle_block_1_proj_in": (4, 2.0, 1280, 0),
+    "lora_unet_input_blocks_1_0_emb_layers_1": (8, 4.0, 320, 0),
+    "lora_unet_input_blocks_1_0_in_layers_2": (4, 1.0, 320, 3),
+    "lora_unet_input_blocks_3_0_op": (2, 2.0, 320, 3),
+    "lora_unet_output_blocks_2_2_conv": (4, 1.0, 1280, 3),
+    "lora_unet_output_blocks_8_0_out_layers_3": (1, 0.5, 320, 3),
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (8, 4.0, 768, 0),
+    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": (8, 4.0, 1280, 0),
+}
+# the diffusers path each names
+SDXL_PATHS = {
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": ((8, 4.0), (0, 1.0)),
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k": ((4, 2.0), (0, 1.0)),
+    "up_blocks.0.attentions.0.transformer_blocks.1.ff.net.2": ((2, 1.0), (0, 1.0)),
+    "mid_block.attentions.0.proj_in": ((4, 2.0), (0, 1.0)),
+    "down_blocks.0.resnets.0.time_emb_proj": ((8, 4.0), (0, 1.0)),
+    "down_blocks.0.resnets.0.conv1": ((0, 1.0), (4, 1.0)),
+    "down_blocks.0.downsamplers.0.conv": ((0, 1.0), (2, 2.0)),
+    "up_blocks.0.upsamplers.0.conv": ((0, 1.0), (4, 1.0)),
+    "up_blocks.2.resnets.2.conv2": ((0, 1.0), (1, 0.5)),
+}
+
+
+def test_sdxl_dim_from_weights_builds_each_module_at_its_rank_convolutions_too(tmp_path):
+    """kohya's SDXL files name the original U-Net layout (`input_blocks_4_1_...`): each module becomes a block
+    on diffusers' path at its rank and alpha, the 3x3 convolutions at their conv rank and alpha each, and a
+    rank-0 block leaves every module the file lacks without a LoRA (create_network_from_weights)."""
+    write_lora(tmp_path / "prev.safetensors", SDXL_MODULES)
+    outcome = _convert_sdxl(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped", outcome
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (8, 4.0, 4, 1.0)
+    assert "time_emb_proj" in a.denoiser_targets and a.init_layers == len(SDXL_MODULES)
+
+    def ranks(path: str) -> tuple[tuple[int, float], tuple[int, float]]:
+        block = next(b for b in a.blocks if re.search(b.pattern, path))
+        return (block.rank, block.alpha), (block.conv_rank, block.conv_alpha)
+
+    for path, expected in SDXL_PATHS.items():
+        assert ranks(path) == expected, path
+    for path in (
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v",
+        "down_blocks.0.resnets.0.conv2",
+    ):
+        assert ranks(path) == ((0, 1.0), (0, 1.0)), path  # not in the file: no LoRA, as kohya builds none
+
+
+def test_sd_dim_from_weights_with_convolutions_at_several_ranks(tmp_path):
+    """SD 1.x: 3x3 convolutions at different ranks each keep theirs (blocks with conv_rank)."""
+    other = "lora_unet_down_blocks_1_resnets_0_conv2"
+    write_lora(tmp_path / "prev.safetensors", {**MODULES, CONV: (4, 1.0, 320, 3), other: (2, 2.0, 640, 3)})
+    a = plan_of(_convert(tmp_path, "--network_weights=prev.safetensors --dim_from_weights"), tmp_path).adapter
+    paths = (
+        "down_blocks.0.resnets.0.conv1",
+        "down_blocks.1.resnets.0.conv2",
+        "down_blocks.1.resnets.0.conv1",
+    )
+    found = [next(b for b in a.blocks if re.search(b.pattern, p)) for p in paths]
+    assert [(b.conv_rank, b.conv_alpha) for b in found] == [(4, 1.0), (2, 2.0), (0, 1.0)]
+
+
+def test_dim_from_weights_with_text_encoder_modules_at_several_ranks(tmp_path):
+    """create_network_from_weights builds the text encoders' modules at their own ranks too: SDXL's two
+    encoders' modules become [[adapter.text_encoder_blocks]] over `<component>.<path>`, a rank-0 block for the
+    modules the file lacks; `rank` / `alpha` are the most frequent pair."""
+    te1, te2 = "lora_te1_text_model_encoder_layers_", "lora_te2_text_model_encoder_layers_"
+    modules = {
+        **SDXL_MODULES,
+        te1 + "0_self_attn_k_proj": (4, 2.0, 768, 0),
+        te2 + "1_mlp_fc1": (2, 1.0, 1280, 0),
+    }
+    write_lora(tmp_path / "prev.safetensors", modules)
+    outcome = _convert_sdxl(tmp_path, "--network_weights=prev.safetensors --dim_from_weights")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 4.0)
+
+    def rank(path: str) -> tuple[int, float]:
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    assert rank("text_encoder.text_model.encoder.layers.0.self_attn.q_proj") == (8, 4.0)
+    assert rank("text_encoder.text_model.encoder.layers.0.self_attn.k_proj") == (4, 2.0)
+    assert rank("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj") == (8, 4.0)
+    assert rank("text_encoder_2.text_model.encoder.layers.1.mlp.fc1") == (2, 1.0)
+    assert rank("text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj") == (0, 1.0)  # not in the file
+    assert rank("text_encoder.text_model.encoder.layers.1.mlp.fc1") == (0, 1.0)
+    assert a.init_layers == len(modules)
+
+
+def test_dim_from_weights_with_some_text_encoder_modules_builds_only_those(tmp_path):
+    """kohya builds no LoRA on a text-encoder module the file lacks: a file with some layers' modules names
+    them in [[adapter.text_encoder_blocks]] (a rank-0 block for the rest); a file with every module of each
+    layer up to its last needs no blocks (the adapter's targets are the file's modules)."""
+    layer = (
+        "self_attn_q_proj",
+        "self_attn_k_proj",
+        "self_attn_v_proj",
+        "self_attn_out_proj",
+        "mlp_fc1",
+        "mlp_fc2",
+    )
+    whole = {f"lora_te_text_model_encoder_layers_{i}_{m}": (8, 4.0, 768, 0) for i in range(2) for m in layer}
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), **whole})
+    args = "--network_weights=prev.safetensors --dim_from_weights"
+    assert plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks == ()
+    write_lora(tmp_path / "prev.safetensors", MODULES)  # one text-encoder module, layer 0's q_proj
+    blocks = plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks
+    hits = {
+        path: next((b.rank, b.alpha) for b in blocks if re.search(b.pattern, path))
+        for path in (
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+            "text_encoder.text_model.x.q_proj",
+        )
+    }
+    assert list(hits.values()) == [(8, 4.0), (0, 1.0)]

@@ -15,6 +15,7 @@ from dbspec.spec.model import (
     MergeAdapter,
     SPEC_VERSION,
     AdapterBlock,
+    TextEncoderBlock,
     OptimizerBlock,
     Dataset,
     Group,
@@ -60,6 +61,14 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
         if block_cls is not None:  # [[adapter.blocks]] / [[optimizer.blocks]] after the table's own keys
             for index in sorted({p[2] for p in conv.values if p[:2] == (table, "blocks") and len(p) == 4}):
                 lines += ["", f"[[{table}.blocks]]", *_rows(conv, block_cls, (table, "blocks", index))]
+        if table == "adapter":  # [[adapter.text_encoder_blocks]] (kohya --dim_from_weights) after the blocks
+            key = ("adapter", "text_encoder_blocks")
+            for index in sorted({p[2] for p in conv.values if p[:2] == key and len(p) == 4}):
+                lines += [
+                    "",
+                    "[[adapter.text_encoder_blocks]]",
+                    *_rows(conv, TextEncoderBlock, (*key, index)),
+                ]
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,10 @@ Flux and SD3 (the original model's names): each kohya module maps to its diffuse
 all its parts, which then share one rank: kohya builds a `split_qkv` file's fused layers unsplit, one down at
 three or four times the rank); the blocks list the block indices per group of children, and a last rank-0
 block (pattern `^`) keeps every module the file lacks out, as kohya creates none there. networks.lora
-(SD 1.x / 2.x, diffusers names with `.` written `_`): one block per (rank, alpha) naming its modules, each
-`_` matching `.` or `_`. Text-encoder modules share the adapter's rank and alpha (blocks are the denoiser's):
-a file whose text-encoder modules differ is not expressed (ValueError)."""
+(SD 1.x / 2.x: diffusers names with `.` written `_`; SDXL: the original U-Net layout's, read back onto
+diffusers' by dbspec.unet_layout): one block per (rank, alpha) naming its modules, each `_` matching `.` or
+`_`, the 3x3 convolutions' at their conv rank and alpha; its text-encoder modules, when their ranks differ,
+likewise as [[adapter.text_encoder_blocks]] over `<component>.<path>`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import re
 from collections import Counter, defaultdict
 
 from dbspec.compiler.lora_file import LoraFile, LoraModule
+from dbspec.unet_layout import diffusers_name
 
 Pair = tuple[int, float]
 
@@ -166,37 +168,127 @@ def _patterns(blocks: str, indices: dict[int | None, set[str]]) -> list[str]:
     return out
 
 
-def sd_blocks(file: LoraFile) -> list[dict]:
-    """networks.lora (diffusers names with `.` written `_`): blocks naming the file's denoiser linear modules
-    at their (rank, alpha), each `_` matching `.` or `_` (the modules that share a tail after their last
-    index together), then a rank-0 block for the linears the file lacks (its `conv_rank` is the caller's)."""
-    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for module in file.modules.values():
-        if module.conv or not module.name.startswith("lora_unet_"):
-            continue
-        name = module.name.removeprefix("lora_unet_")
-        cut = [m.end() for m in re.finditer(r"_\d+_", name)]
-        head, tail = (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
-        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
-        groups[key][head].append(tail)
+def denoiser_names(file: LoraFile, original_names: bool = False) -> list[tuple[LoraModule, str]]:
+    """(module, diffusers path with `.` written `_`) of the file's networks.lora denoiser modules; kohya's
+    SDXL names (`original_names`) read back from the original U-Net layout (ValueError outside it)."""
     out = []
-    for (rank, alpha), heads in groups.items():
-        by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
-        for head, tails in sorted(heads.items()):
-            by_tails[tuple(sorted(tails))].append(head)
-        for tails, names in by_tails.items():
-            tail = "(" + "|".join(tails) + ")"
-            pattern = f"^({'|'.join(names)})_{tail}$" if names != [""] else f"^{tail}$"
-            out.append({"pattern": pattern.replace("_", "[._]"), "rank": rank, "alpha": alpha})
+    for module in file.modules.values():
+        if module.name.startswith("lora_unet_"):
+            name = module.name.removeprefix("lora_unet_")
+            out.append((module, diffusers_name(name) if original_names else name))
+    return out
+
+
+def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
+    """networks.lora: blocks naming the file's denoiser modules at their (rank, alpha), linears at `rank` /
+    `alpha`, 3x3 convolutions at `conv_rank` / `conv_alpha` (rank 0), each `_` matching `.` or `_` (the
+    modules that share a tail after their last index together), then a rank-0 block for the modules the file
+    lacks. kohya's names are diffusers' paths with `.` written `_` (SD 1.x / 2.x) or, `original_names` (SDXL),
+    the original U-Net layout's, read back onto diffusers' (dbspec.unet_layout); ValueError for a name
+    outside it."""
+    groups: dict[tuple[bool, Pair], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for module, name in denoiser_names(file, original_names):
+        head, tail = _split(name)
+        pair = pair_of(module)
+        key = next((k for k in groups if k[0] == module.conv and _same(k[1], pair)), (module.conv, pair))
+        groups[key][_loose(head)].append(tail)
+    out = []
+    for (conv, (rank, alpha)), heads in groups.items():
+        for pattern in _named(heads):
+            if conv:
+                out.append(
+                    {"pattern": pattern, "rank": 0, "alpha": 1.0, "conv_rank": rank, "conv_alpha": alpha}
+                )
+            else:
+                out.append({"pattern": pattern, "rank": rank, "alpha": alpha})
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
 
 
-def common_pair(file: LoraFile, conv: bool = False) -> Pair | None:
-    """The most frequent (rank, alpha) of the file's denoiser linear (or `conv`olution) modules."""
+# networks.lora's text-encoder prefixes (one encoder; SDXL's two) -> the plan's component
+TEXT_COMPONENTS = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+
+
+def text_blocks(file: LoraFile) -> list[dict]:
+    """networks.lora: [[adapter.text_encoder_blocks]] naming the file's text-encoder modules at their (rank,
+    alpha), patterns over `<component>.<transformers path>` (each `_` matching `.` or `_`), then a rank-0
+    block for the modules the file lacks."""
+    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for module in file.modules.values():
+        prefix = next((p for p in TEXT_COMPONENTS if module.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        head, tail = _split(module.name.removeprefix(prefix))
+        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        groups[key][re.escape(TEXT_COMPONENTS[prefix]) + r"\." + _loose(head)].append(tail)
+    out = []
+    for (rank, alpha), heads in groups.items():
+        out += [{"pattern": pattern, "rank": rank, "alpha": alpha} for pattern in _named(heads)]
+    out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
+    return out
+
+
+# networks.lora's text-encoder modules per layer (CLIPAttention's and CLIPMLP's Linears)
+_TEXT_LAYER = {
+    "self_attn_q_proj",
+    "self_attn_k_proj",
+    "self_attn_v_proj",
+    "self_attn_out_proj",
+    "mlp_fc1",
+    "mlp_fc2",
+}
+
+
+def whole_text_encoders(file: LoraFile) -> bool:
+    """Whether each text encoder the file adapts has all six modules of every layer up to its last (what
+    kohya builds on the whole encoder, the adapter's text-encoder targets then matching the file's modules);
+    False where a layer or module is missing (the file names only those, kohya builds only those)."""
+    found: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for module in file.modules.values():
+        prefix = next((p for p in TEXT_COMPONENTS if module.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        match = re.fullmatch(r"text_model_encoder_layers_(\d+)_(.+)", module.name.removeprefix(prefix))
+        if match is None or match[2] not in _TEXT_LAYER:
+            return False
+        found[prefix][int(match[1])].add(match[2])
+    return all(
+        set(layers) == set(range(len(layers))) and all(m == _TEXT_LAYER for m in layers.values())
+        for layers in found.values()
+    )
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(head, tail) of an underscored module name around its last `_<index>_`; ("", name) without one."""
+    cut = [m.end() for m in re.finditer(r"_\d+_", name)]
+    return (name[: cut[-1] - 1], name[cut[-1] :]) if cut else ("", name)
+
+
+def _loose(name: str) -> str:
+    return name.replace("_", "[._]")
+
+
+def _named(heads: dict[str, list[str]]) -> list[str]:
+    """Patterns naming exactly these modules: head pattern ("" none) -> underscored tails; the heads sharing
+    one set of tails together."""
+    by_tails: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for head, tails in sorted(heads.items()):
+        by_tails[tuple(sorted(tails))].append(head)
+    out = []
+    for tails, names in by_tails.items():
+        tail = "(" + "|".join(_loose(t) for t in tails) + ")"
+        out.append(f"^({'|'.join(names)})[._]{tail}$" if names != [""] else f"^{tail}$")
+    return out
+
+
+def common_pair(
+    file: LoraFile, conv: bool = False, prefixes: tuple[str, ...] = ("lora_unet_",)
+) -> Pair | None:
+    """The most frequent (rank, alpha) of the file's denoiser (or `prefixes`') linear (or `conv`olution)
+    modules."""
     counts: Counter[Pair] = Counter()
     for module in file.modules.values():
-        if module.conv == conv and module.name.startswith("lora_unet_"):
+        if module.conv == conv and module.name.startswith(prefixes):
             key = next((p for p in counts if _same(p, pair_of(module))), pair_of(module))
             counts[key] += 1
     return counts.most_common(1)[0][0] if counts else None

@@ -9,8 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dbspec.compiler.init_weights import file_ranks
-from dbspec.convert.kohya.file_ranks import common_pair, pair_of, sd_blocks, text_pair
+from dbspec.convert.kohya.file_ranks import (
+    TEXT_COMPONENTS,
+    common_pair,
+    denoiser_names,
+    sd_blocks,
+    text_blocks,
+    whole_text_encoders,
+)
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
@@ -697,19 +703,14 @@ def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
     )
 
 
-def _from_weights_ranks(file, original_names: bool) -> dict[str, tuple[int, float]]:
-    """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's most frequent) linear pair
-    and the convolutions' one pair; ValueError where dbspec cannot express the file's ranks (text-encoder or
-    convolution modules at several ranks; per-module ranks in SDXL's original-layout names)."""
-    linear = text_pair(file, ("lora_te",)) or common_pair(file)
+def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
+    """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's) most frequent linear pair
+    and the denoiser's most frequent convolution pair (the blocks give each module its own)."""
+    linear = common_pair(file, prefixes=tuple(TEXT_COMPONENTS)) or common_pair(file)
     out = {} if linear is None else {"rank": linear}
-    convs = {pair_of(m) for m in file.modules.values() if m.conv}
-    if len(convs) > 1:
-        raise ValueError(f"its convolution modules have several ranks / alphas ({sorted(convs)})")
+    convs = common_pair(file, conv=True)
     if convs:
-        out["conv_rank"] = next(iter(convs))
-    if original_names:
-        file_ranks(file)  # SDXL's original-layout names: one rank and alpha (ValueError naming the first)
+        out["conv_rank"] = convs
     return out
 
 
@@ -760,7 +761,8 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         if local is None:
             raise ValueError("a Windows path, not on this machine")
         file = read_lora_file(local)
-        ranks = _from_weights_ranks(file, original_names)
+        ranks = _from_weights_ranks(file)
+        blocks = sd_blocks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
@@ -775,17 +777,25 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     for key in ("conv_rank", "conv_alpha", "conv_targets"):
         conv.values.pop(("adapter", key), None)
     if "conv_rank" in ranks:
-        # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears.
         conv.put(("adapter", "conv_rank"), ranks["conv_rank"][0], note)
         conv.put(("adapter", "conv_alpha"), float(ranks["conv_rank"][1]), note)
+    resnet = any(name.endswith(tuple(_RESNET_LINEAR)) for _, name in denoiser_names(file, original_names))
+    if "conv_rank" in ranks or resnet:
         targets += _RESNET_LINEAR
+    # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears
     conv.put(("adapter", "denoiser_targets"), targets, note)
-    if not original_names:  # the file's modules at their ranks, none elsewhere (create_network_from_weights)
-        conv_pair = ranks.get("conv_rank", (0, 1.0))
-        for index, block in enumerate(sd_blocks(file)):
-            if block["rank"] == 0:
-                block.update(conv_rank=conv_pair[0], conv_alpha=float(conv_pair[1]))
-            why = note + (": the linears it lacks get none" if block["rank"] == 0 else ": its modules' rank")
+    # the file's modules at their ranks, none elsewhere (create_network_from_weights)
+    for index, block in enumerate(blocks):
+        why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, why)
+    text = text_blocks(file)
+    # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
+    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1 or not whole_text_encoders(file):
+        for index, block in enumerate(text):
+            why = note + (
+                ": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank"
+            )
             for key, value in block.items():
-                conv.put(("adapter", "blocks", index, key), value, why)
+                conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
