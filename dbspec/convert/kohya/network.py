@@ -16,6 +16,7 @@ from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -71,6 +72,64 @@ def lycoris_preset(preset: str, original_names: bool) -> tuple[list[str], list[s
     return unet, text, convs
 
 
+# lycoris-lora 4.1.3 lycoris/config.py: the names create_network takes as built-in presets (any other
+# preset is read as a TOML file).
+LYCORIS_BUILTIN_PRESETS = (
+    "full",
+    "full-lin",
+    "attn-mlp",
+    "attn-only",
+    "unet-only",
+    "unet-transformer-only",
+    "unet-convblock-only",
+    "ia3",
+)
+IA3_PRESET_BUILDS_NOTHING = (
+    "lycoris-lora 4.1.3's ia3 preset names its layers (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) as "
+    "patterns re.match tests from the start of each full module path (down_blocks.0...., "
+    "text_model.encoder....), so it matches no layer: the network has no module and kohya has nothing to "
+    "train (its optimizer gets an empty parameter list)"
+)
+
+
+def preset_file_targets(
+    preset: str, algo: str, conv_dim: int, family: str | None, paths, args: Legacy, conv: Conversion
+) -> tuple[list[str], list[str], list[str]] | None:
+    """The (denoiser, text-encoder, convolution) targets of a LyCORIS preset file, or None (reported)."""
+    legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+    local = paths.local(preset) if paths is not None else None
+    if local is None:
+        conv.unreadable(legacy, "a LyCORIS preset file that is not on this machine (a Windows path)")
+        return None
+    try:
+        data = read_preset(local)
+    except OSError as exc:
+        conv.unreadable(
+            legacy,
+            f"LyCORIS reads a preset that is none of its names ({', '.join(LYCORIS_BUILTIN_PRESETS)}) as a "
+            f"TOML file, and `{local}` cannot be read here: {exc.strerror or exc}",
+        )
+        return None
+    except PresetError as exc:
+        conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+        return None
+    if family not in ("sd1", "sd2"):
+        conv.unsupported(
+            legacy,
+            "dbspec converts LyCORIS preset files for SD 1.x / 2.x, whose kohya model it knows layer by "
+            f"layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
+        )
+        return None
+    try:
+        return preset_targets(data, algo, family == "sd2", conv_dim > 0)
+    except PresetError as exc:
+        if exc.crash:
+            conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+        else:
+            conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+        return None
+
+
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
     """kohya's split: "key=value" pairs, values kept as strings (the network parses them)."""
     values: dict[str, str] = {}
@@ -92,13 +151,15 @@ def map_network(
     conv: Conversion,
     original_names: bool = False,
     dropout: Legacy | None = None,
+    paths=None,
+    family: str | None = None,
 ) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
     equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
     numbers kohya's blocks differently. `dropout`: --network_dropout, which train_network.py hands LyCORIS as
-    its `dropout` argument unless network_args has one."""
+    its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file."""
     try:
-        return _map_network(module, args, dim, alpha, conv, original_names, dropout)
+        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
@@ -112,6 +173,8 @@ def _map_network(
     conv: Conversion,
     original_names: bool,
     dropout: Legacy | None,
+    paths=None,
+    family: str | None = None,
 ) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -132,13 +195,22 @@ def _map_network(
     put: dict[str, Any] = {}
     if lycoris:
         preset = kwargs.pop("preset", "full")
-        if preset not in _PRESETS:
-            unsupported["preset"] = preset
-            preset = "full"
-        unet, text, conv_targets = lycoris_preset(preset, original_names)
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
         conv_dim = _int(kwargs.pop("conv_dim", "") or dim)
         conv_alpha = _float(kwargs.pop("conv_alpha", "") or alpha)
+        if preset == "ia3":
+            conv.invalid(f"{args.key} preset", preset, args.source, IA3_PRESET_BUILDS_NOTHING)
+            return None
+        if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
+            found = preset_file_targets(preset, algo, conv_dim, family, paths, args, conv)
+            if found is None:
+                return None
+            unet, text, conv_targets = found
+        else:
+            if preset not in _PRESETS:
+                unsupported["preset"] = preset
+                preset = "full"
+            unet, text, conv_targets = lycoris_preset(preset, original_names)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
         if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
