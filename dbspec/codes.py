@@ -1879,7 +1879,8 @@ A legacy input cannot be read: the command file, `--config_file`, dataset config
 script the converter
 does not know; or a file the conversion reads (kohya's `--dataset_config`, a LyCORIS preset file) is not
 on this machine, which is no rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the
-current folder). A kohya `train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset instead (DBS406).""",
+current folder). A kohya `train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset
+instead (DBS406).""",
     ),
     Code(
         "DBS402",
