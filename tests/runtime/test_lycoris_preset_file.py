@@ -186,3 +186,37 @@ def test_builtin_ia3_preset_builds_no_module(pipe, monkeypatch):
         1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="ia3", preset="ia3"
     )
     assert made.unet_loras == [] and made.text_encoder_loras == [] and list(made.parameters()) == []
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_inventory_is_the_full_size_models_layers(v2):
+    """The converter's torch-free SD 1.x / 2.x U-Net and CLIP (lycoris_file.sd_unet / clip_text): the same
+    Linear, 1x1 and k x k convolution paths as diffusers' and transformers' full-size models (built on the
+    meta device; kohya's original_unet.py keeps diffusers' paths)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dbspec.convert.kohya.lycoris_file import clip_text, sd_unet
+
+    def kinds(model, strip: str = "") -> dict[str, str]:
+        out = {}
+        for name, module in model.named_modules():
+            name = name.removeprefix(strip)
+            if isinstance(module, nn.Linear):
+                out[name] = "linear"
+            elif isinstance(module, nn.Conv2d):
+                out[name] = "conv1" if module.kernel_size == (1, 1) else "conv"
+        return out
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            cross_attention_dim=1024 if v2 else 768,
+            attention_head_dim=[5, 10, 20, 20] if v2 else 8,
+            use_linear_projection=v2,
+        )
+        layers = 23 if v2 else 12
+        clip = CLIPTextModel(CLIPTextConfig(num_hidden_layers=layers, hidden_size=1024 if v2 else 768))
+    assert {p: k for p, _, k in sd_unet(v2) if k} == kinds(unet)
+    ours = {p.removeprefix("text_model."): k for p, _, k in clip_text(layers) if k}
+    assert ours == kinds(clip, "text_model.")

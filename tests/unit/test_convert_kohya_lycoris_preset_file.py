@@ -142,3 +142,14 @@ def test_ia3_preset_trains_nothing(tmp_path):
     )
     assert "DBS402" in codes(outcome) and "DBS403" not in codes(outcome)
     assert "matches no layer" in messages(outcome, "DBS402")
+
+
+def test_sdpa_attention_class_alone_matches_nothing(tmp_path):
+    """kohya pins transformers 4.54.1, whose CLIP has one attention class, CLIPAttention: a file naming only
+    the older CLIPSdpaAttention adapts no text-encoder attention (its MLP class still does)."""
+    text = ATTN_CONV.replace('["CLIPMLP"]', '["CLIPSdpaAttention", "CLIPMLP"]')
+    a = plan_of(expressible(_convert(tmp_path, "p.toml", text)), tmp_path).adapter
+    assert a.text_encoder_targets == ("fc1", "fc2")
+    text = ATTN_CONV.replace('["CLIPMLP"]', '["CLIPAttention"]')
+    a = plan_of(expressible(_convert(tmp_path, "q.toml", text)), tmp_path).adapter
+    assert a.text_encoder_targets == ("k_proj", "v_proj", "q_proj", "out_proj")

@@ -64,7 +64,6 @@ _DEFAULTS: dict[str, Any] = {
     "use_fnmatch": False,
     "exclude_name": [],
 }
-_CLIP_ATTENTION = ("CLIPAttention", "CLIPSdpaAttention")
 
 # Targets as dbspec's kohya conversions spell them, preferred to a shorter suffix of theirs.
 _USUAL = ("to_out.0", "ff.net.0.proj", "ff.net.2", "time_embedding.linear_1", "time_embedding.linear_2")
@@ -180,8 +179,10 @@ def sd_unet(v2: bool) -> list[Row]:
     return rows
 
 
-def clip_text(layers: int, attention: str) -> list[Row]:
-    """transformers' CLIPTextModel as kohya builds it (SD 1.x: 12 layers; SD 2.x: 23), named_modules()."""
+def clip_text(layers: int) -> list[Row]:
+    """transformers' CLIPTextModel as kohya builds it (SD 1.x: 12 layers; SD 2.x: 23), named_modules(). The
+    transformers kohya pins (4.54.1) has one attention class, CLIPAttention (CLIPSdpaAttention, which older
+    releases built by default, matches nothing)."""
     rows: list[Row] = []
     _add(rows, "", "CLIPTextModel")
     _add(rows, "text_model", "CLIPTextTransformer")
@@ -193,7 +194,7 @@ def clip_text(layers: int, attention: str) -> list[Row]:
     for i in range(layers):
         p = f"text_model.encoder.layers.{i}"
         _add(rows, p, "CLIPEncoderLayer")
-        _add(rows, f"{p}.self_attn", attention)
+        _add(rows, f"{p}.self_attn", "CLIPAttention")
         for name in ("k_proj", "v_proj", "q_proj", "out_proj"):
             _add(rows, f"{p}.self_attn.{name}", "Linear", "linear")
         _add(rows, f"{p}.layer_norm1", "LayerNorm")
@@ -254,14 +255,6 @@ def _settings(data: dict[str, Any], algo: str) -> dict[str, Any]:
                     "dbspec trains one adapter kind with one set of options",
                     False,
                 )
-    attention = [c for c in _CLIP_ATTENTION if c in out["text_encoder_target_module"]]
-    if len(attention) == 1:
-        other = next(c for c in _CLIP_ATTENTION if c != attention[0])
-        raise PresetError(
-            f"`text_encoder_target_module` names {attention[0]} but not {other}: which CLIP attention class "
-            "kohya builds depends on its transformers version",
-            False,
-        )
     return out
 
 
@@ -341,10 +334,7 @@ def preset_targets(
     express the file."""
     s = _settings(data, algo)
     unet = sd_unet(v2)
-    attention = (
-        "CLIPSdpaAttention" if "CLIPSdpaAttention" in s["text_encoder_target_module"] else "CLIPAttention"
-    )
-    text = clip_text(23 if v2 else 12, attention)
+    text = clip_text(23 if v2 else 12)
     convs = convs and s["enable_conv"]
     built_text = _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, False)
     built_unet = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, convs)
