@@ -153,3 +153,20 @@ def test_sdpa_attention_class_alone_matches_nothing(tmp_path):
     text = ATTN_CONV.replace('["CLIPMLP"]', '["CLIPAttention"]')
     a = plan_of(expressible(_convert(tmp_path, "q.toml", text)), tmp_path).adapter
     assert a.text_encoder_targets == ("k_proj", "v_proj", "q_proj", "out_proj")
+
+
+def test_text_encoder_only_and_unet_only_files(tmp_path):
+    """A file that matches no U-Net layer: kohya's network has no U-Net module (train.denoiser = false); one
+    that matches no text-encoder layer: no text-encoder module (train.text_encoder = false)."""
+    text = "unet_target_module = []\nunet_target_name = []\n"
+    plan = plan_of(expressible(_convert(tmp_path, "te.toml", text)), tmp_path)
+    assert plan.adapter.text_encoder_targets and plan.train_text_encoder and not plan.train_denoiser
+    text = ATTN_CONV.replace('["CLIPMLP"]', "[]")
+    plan = plan_of(expressible(_convert(tmp_path, "unet.toml", text)), tmp_path)
+    assert plan.adapter.denoiser_targets and not plan.train_text_encoder
+
+
+def test_file_matching_nothing_stops_kohya(tmp_path):
+    text = "unet_target_module = []\nunet_target_name = []\ntext_encoder_target_module = []\n"
+    outcome = _convert(tmp_path, "none.toml", text)
+    assert "DBS402" in codes(outcome) and "matches no layer" in messages(outcome, "DBS402")

@@ -17,6 +17,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora
 from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
+from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -113,7 +114,10 @@ def preset_file_targets(
     except PresetError as exc:
         conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         return None
-    if family not in ("sd1", "sd2"):
+    facts = family_spec(family).kohya if family else None
+    # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths; SDXL's original layout
+    # and the flow models' networks differ in classes and paths
+    if facts is None or facts.original_unet_names or facts.network != "networks.lora":
         conv.unsupported(
             legacy,
             "dbspec converts LyCORIS preset files for SD 1.x / 2.x, whose kohya model it knows layer by "
@@ -121,13 +125,30 @@ def preset_file_targets(
         )
         return None
     try:
-        return preset_targets(data, algo, family == "sd2", conv_dim > 0)
+        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0)
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
+    if not (unet or text or convs):
+        conv.invalid(
+            legacy.key,
+            preset,
+            args.source,
+            "the LyCORIS preset file matches no layer: the network has no module and kohya has nothing to "
+            "train (its optimizer gets an empty parameter list)",
+        )
+        return None
+    if not (unet or convs):  # a text-encoder-only network: the U-Net is not adapted
+        conv.put(
+            ("train", "denoiser"),
+            False,
+            "kohya lycoris.kohya: the LyCORIS preset file matches no U-Net layer, so the network has no "
+            "U-Net module",
+        )
+    return unet, text, convs
 
 
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -193,6 +214,7 @@ def _map_network(
     conv.record(module, "mapped", "adapter.kind")
     unsupported: dict[str, str] = {}
     put: dict[str, Any] = {}
+    targets_note = ""
     if lycoris:
         preset = kwargs.pop("preset", "full")
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
@@ -206,6 +228,7 @@ def _map_network(
             if found is None:
                 return None
             unet, text, conv_targets = found
+            targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
         else:
             if preset not in _PRESETS:
                 unsupported["preset"] = preset
@@ -297,7 +320,8 @@ def _map_network(
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
     for key, value in put.items():
-        conv.put(("adapter", key), value, _why(module) if key.endswith("targets") else conv.comment(args))
+        note = targets_note or _why(module)
+        conv.put(("adapter", key), value, note if key.endswith("targets") else conv.comment(args))
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(args, f"network arguments dbspec does not express: {rest}")
