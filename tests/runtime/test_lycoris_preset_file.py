@@ -10,7 +10,7 @@ reads names both."""
 from __future__ import annotations
 
 import copy
-import tomllib
+import tomli
 from pathlib import Path
 
 import pytest
@@ -171,7 +171,7 @@ def test_converted_targets_read_the_same_file(tmp_path):
     for name, text in PRESETS.items():
         (tmp_path / f"{name}.toml").write_text(text, encoding="utf-8")
         assert read_preset(str(tmp_path / f"{name}.toml")) is not None
-        assert tomllib.loads(text)
+        assert tomli.loads(text)
 
 
 def test_builtin_ia3_preset_builds_no_module(pipe, monkeypatch):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
+import tomli
 from typing import Any, Callable
 
 # lycoris-lora 4.1.3 config_sdk.VALID_PRESET_KEYS
@@ -212,8 +212,8 @@ def read_preset(path) -> dict[str, Any]:
     when the file cannot be read here."""
     text = path.read_bytes().decode("utf-8", errors="replace")
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         raise PresetError(
             f"it is not TOML ({exc}): LyCORIS's read_preset returns None and asserts", True
         ) from None
