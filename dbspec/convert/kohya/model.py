@@ -181,7 +181,15 @@ def map_adapter(
     if module.value == "networks.dylora":
         return _map_kohya_dylora(a, paths, conv, rank)
     kind = map_network(
-        module, a["network_args"], rank, float(alpha.value), conv, original, dropout if lycoris else None
+        module,
+        a["network_args"],
+        rank,
+        float(alpha.value),
+        conv,
+        original,
+        dropout if lycoris else None,
+        paths,
+        family,
     )
     if kind is None:
         return False

@@ -23,6 +23,8 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
+from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
+from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
 # kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
@@ -78,6 +80,84 @@ def lycoris_preset(preset: str, original_names: bool) -> tuple[list[str], list[s
     return unet, text, convs
 
 
+# lycoris-lora 4.1.3 lycoris/config.py: the names create_network takes as built-in presets (any other
+# preset is read as a TOML file).
+LYCORIS_BUILTIN_PRESETS = (
+    "full",
+    "full-lin",
+    "attn-mlp",
+    "attn-only",
+    "unet-only",
+    "unet-transformer-only",
+    "unet-convblock-only",
+    "ia3",
+)
+IA3_PRESET_BUILDS_NOTHING = (
+    "lycoris-lora 4.1.3's ia3 preset names its layers (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) as "
+    "patterns re.match tests from the start of each full module path (down_blocks.0...., "
+    "text_model.encoder....), so it matches no layer: the network has no module and kohya has nothing to "
+    "train (its optimizer gets an empty parameter list)"
+)
+
+
+def preset_file_targets(
+    preset: str, algo: str, conv_dim: int, family: str | None, paths, args: Legacy, conv: Conversion
+) -> tuple[list[str], list[str], list[str]] | None:
+    """The (denoiser, text-encoder, convolution) targets of a LyCORIS preset file, or None (reported)."""
+    legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+    local = paths.local(preset) if paths is not None else None
+    if local is None:
+        conv.unreadable(legacy, "a LyCORIS preset file that is not on this machine (a Windows path)")
+        return None
+    try:
+        data = read_preset(local)
+    except OSError as exc:
+        conv.unreadable(
+            legacy,
+            f"LyCORIS reads a preset that is none of its names ({', '.join(LYCORIS_BUILTIN_PRESETS)}) as a "
+            f"TOML file, and `{local}` cannot be read here: {exc.strerror or exc}",
+        )
+        return None
+    except PresetError as exc:
+        conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+        return None
+    facts = family_spec(family).kohya if family else None
+    # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths; SDXL's original layout
+    # and the flow models' networks differ in classes and paths
+    if facts is None or facts.original_unet_names or facts.network != "networks.lora":
+        conv.unsupported(
+            legacy,
+            "dbspec converts LyCORIS preset files for SD 1.x / 2.x, whose kohya model it knows layer by "
+            f"layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
+        )
+        return None
+    try:
+        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0)
+    except PresetError as exc:
+        if exc.crash:
+            conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+        else:
+            conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+        return None
+    if not (unet or text or convs):
+        conv.invalid(
+            legacy.key,
+            preset,
+            args.source,
+            "the LyCORIS preset file matches no layer: the network has no module and kohya has nothing to "
+            "train (its optimizer gets an empty parameter list)",
+        )
+        return None
+    if not (unet or convs):  # a text-encoder-only network: the U-Net is not adapted
+        conv.put(
+            ("train", "denoiser"),
+            False,
+            "kohya lycoris.kohya: the LyCORIS preset file matches no U-Net layer, so the network has no "
+            "U-Net module",
+        )
+    return unet, text, convs
+
+
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
     """kohya's split: "key=value" pairs, values kept as strings (the network parses them)."""
     values: dict[str, str] = {}
@@ -99,13 +179,15 @@ def map_network(
     conv: Conversion,
     original_names: bool = False,
     dropout: Legacy | None = None,
+    paths=None,
+    family: str | None = None,
 ) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
     equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
     numbers kohya's blocks differently. `dropout`: --network_dropout, which train_network.py hands LyCORIS as
-    its `dropout` argument unless network_args has one."""
+    its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file."""
     try:
-        return _map_network(module, args, dim, alpha, conv, original_names, dropout)
+        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
@@ -119,6 +201,8 @@ def _map_network(
     conv: Conversion,
     original_names: bool,
     dropout: Legacy | None,
+    paths=None,
+    family: str | None = None,
 ) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -137,15 +221,26 @@ def _map_network(
     conv.record(module, "mapped", "adapter.kind")
     unsupported: dict[str, str] = {}
     put: dict[str, Any] = {}
+    targets_note = ""
     if lycoris:
         preset = kwargs.pop("preset", "full")
-        if preset not in _PRESETS:
-            unsupported["preset"] = preset
-            preset = "full"
-        unet, text, conv_targets = lycoris_preset(preset, original_names)
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
         conv_dim = _int(kwargs.pop("conv_dim", "") or dim)
         conv_alpha = _float(kwargs.pop("conv_alpha", "") or alpha)
+        if preset == "ia3":
+            conv.invalid(f"{args.key} preset", preset, args.source, IA3_PRESET_BUILDS_NOTHING)
+            return None
+        if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
+            found = preset_file_targets(preset, algo, conv_dim, family, paths, args, conv)
+            if found is None:
+                return None
+            unet, text, conv_targets = found
+            targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
+        else:
+            if preset not in _PRESETS:
+                unsupported["preset"] = preset
+                preset = "full"
+            unet, text, conv_targets = lycoris_preset(preset, original_names)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
         if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
@@ -236,7 +331,8 @@ def _map_network(
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
     for key, value in put.items():
-        conv.put(("adapter", key), value, _why(module) if key.endswith("targets") else conv.comment(args))
+        note = targets_note or _why(module)
+        conv.put(("adapter", key), value, note if key.endswith("targets") else conv.comment(args))
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(args, f"network arguments dbspec does not express: {rest}")

@@ -737,6 +737,15 @@ def map_text_encoder(
             "builds no text-encoder LoRA",
         )
         return False
+    if not unet_only.value and conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0] == []:
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        conv.put(
+            ("train", "text_encoder"),
+            False,
+            "kohya lycoris.kohya: the LyCORIS preset file matches no text-encoder layer, so the network "
+            "has no text-encoder module",
+        )
+        return False
     trains = not unet_only.value
     _write_flag(conv, unet_only, trains, note="kohya trains text-encoder LoRA unless network_train_unet_only")
     if te_only.value:

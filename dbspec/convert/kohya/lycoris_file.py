@@ -1,0 +1,354 @@
+"""LyCORIS preset files (`--network_args preset=<file>.toml` with network_module lycoris.kohya).
+
+lycoris-lora 4.1.3's create_network reads a preset that is none of its built-in names as a TOML file
+(utils/preset.py read_preset: an unknown key, or a file toml cannot read, gives None and create_network's
+`assert preset is not None` stops kohya). LycorisNetworkKohya.apply_preset sets only the keys the file has;
+the others keep the class's defaults (the `full` preset's lists, convolutions on). `target_module`,
+`target_name` and `lora_prefix` are valid keys its kohya network never reads.
+
+The network walks each model's `named_modules()`: a module whose class the target-module list holds (and
+whose path no target name matches) has each of its Linear and Conv layers adapted; a module whose path a
+target name matches (`re.match` from the path's start, or fnmatch with `use_fnmatch`) is adapted itself;
+paths `exclude_name` matches are skipped. The same layer reached twice (a class and a name, or a class
+nested in another) is built twice and its duplicate name asserts.
+
+dbspec reproduces that walk on a torch-free inventory of kohya's SD 1.x / 2.x U-Net (library/original_unet.py:
+diffusers' module paths, `CrossAttention` for the attention) and CLIP text encoder, then writes the adapted
+layers as the shortest path suffixes that match exactly those layers there (peft's suffix match)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomli
+from typing import Any, Callable
+
+# lycoris-lora 4.1.3 config_sdk.VALID_PRESET_KEYS
+_VALID_KEYS = (
+    "enable_conv",
+    "target_module",
+    "target_name",
+    "module_algo_map",
+    "name_algo_map",
+    "lora_prefix",
+    "use_fnmatch",
+    "unet_target_module",
+    "unet_target_name",
+    "text_encoder_target_module",
+    "text_encoder_target_name",
+    "exclude_name",
+)
+_LIST_KEYS = (
+    "unet_target_module",
+    "unet_target_name",
+    "text_encoder_target_module",
+    "text_encoder_target_name",
+    "exclude_name",
+)
+# The class attributes the file's keys replace (LycorisNetworkKohya's defaults, the `full` preset), restricted
+# to the class names kohya's SD 1.x / 2.x models have (the other model families' classes match nothing there).
+_DEFAULTS: dict[str, Any] = {
+    "enable_conv": True,
+    "unet_target_module": [
+        "Transformer2DModel",
+        "ResnetBlock2D",
+        "Downsample2D",
+        "Upsample2D",
+        "TimestepEmbedding",
+    ],
+    "unet_target_name": ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"],
+    "text_encoder_target_module": ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"],
+    "text_encoder_target_name": [],
+    "module_algo_map": {},
+    "name_algo_map": {},
+    "use_fnmatch": False,
+    "exclude_name": [],
+}
+
+# Targets as dbspec's kohya conversions spell them, preferred to a shorter suffix of theirs.
+_USUAL = ("to_out.0", "ff.net.0.proj", "ff.net.2", "time_embedding.linear_1", "time_embedding.linear_2")
+
+# An inventory row: (path, class name, layer kind: "linear", "conv1" (1x1), "conv" (k x k) or "" (none)).
+Row = tuple[str, str, str]
+
+
+class PresetError(ValueError):
+    """The file stops kohya (`crash`) or is not expressed (`crash` False)."""
+
+    def __init__(self, message: str, crash: bool) -> None:
+        super().__init__(message)
+        self.crash = crash
+
+
+def _add(rows: list[Row], path: str, cls: str, kind: str = "") -> None:
+    rows.append((path, cls, kind))
+
+
+def _resnet(rows: list[Row], p: str, shortcut: bool) -> None:
+    _add(rows, p, "ResnetBlock2D")
+    _add(rows, f"{p}.norm1", "GroupNorm")
+    _add(rows, f"{p}.conv1", "Conv2d", "conv")
+    _add(rows, f"{p}.time_emb_proj", "Linear", "linear")
+    _add(rows, f"{p}.norm2", "GroupNorm")
+    _add(rows, f"{p}.conv2", "Conv2d", "conv")
+    if shortcut:
+        _add(rows, f"{p}.conv_shortcut", "Conv2d", "conv1")
+
+
+def _attention(rows: list[Row], p: str) -> None:
+    _add(rows, p, "CrossAttention")
+    for name in ("to_q", "to_k", "to_v"):
+        _add(rows, f"{p}.{name}", "Linear", "linear")
+    _add(rows, f"{p}.to_out", "ModuleList")
+    _add(rows, f"{p}.to_out.0", "Linear", "linear")
+
+
+def _transformer(rows: list[Row], p: str, linear_proj: bool) -> None:
+    proj = ("Linear", "linear") if linear_proj else ("Conv2d", "conv1")
+    _add(rows, p, "Transformer2DModel")
+    _add(rows, f"{p}.norm", "GroupNorm")
+    _add(rows, f"{p}.proj_in", *proj)
+    _add(rows, f"{p}.transformer_blocks", "ModuleList")
+    b = f"{p}.transformer_blocks.0"
+    _add(rows, b, "BasicTransformerBlock")
+    _attention(rows, f"{b}.attn1")
+    _add(rows, f"{b}.ff", "FeedForward")
+    _add(rows, f"{b}.ff.net", "ModuleList")
+    _add(rows, f"{b}.ff.net.0", "GEGLU")
+    _add(rows, f"{b}.ff.net.0.proj", "Linear", "linear")
+    _add(rows, f"{b}.ff.net.1", "Identity")
+    _add(rows, f"{b}.ff.net.2", "Linear", "linear")
+    _attention(rows, f"{b}.attn2")
+    for name in ("norm1", "norm2", "norm3"):
+        _add(rows, f"{b}.{name}", "LayerNorm")
+    _add(rows, f"{p}.proj_out", *proj)
+
+
+def sd_unet(v2: bool) -> list[Row]:
+    """kohya's SD 1.x / 2.x U-Net (library/original_unet.py), its named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "UNet2DConditionModel")
+    _add(rows, "conv_in", "Conv2d", "conv")
+    _add(rows, "time_proj", "Timesteps")
+    _add(rows, "time_embedding", "TimestepEmbedding")
+    _add(rows, "time_embedding.linear_1", "Linear", "linear")
+    _add(rows, "time_embedding.act", "SiLU")
+    _add(rows, "time_embedding.linear_2", "Linear", "linear")
+    _add(rows, "down_blocks", "ModuleList")
+    channels = [320, 640, 1280, 1280]
+    for i in range(4):
+        p = f"down_blocks.{i}"
+        cross = i < 3
+        _add(rows, p, "CrossAttnDownBlock2D" if cross else "DownBlock2D")
+        if cross:
+            _add(rows, f"{p}.attentions", "ModuleList")
+            for j in range(2):
+                _transformer(rows, f"{p}.attentions.{j}", v2)
+        _add(rows, f"{p}.resnets", "ModuleList")
+        for j in range(2):
+            _resnet(rows, f"{p}.resnets.{j}", j == 0 and i > 0 and channels[i - 1] != channels[i])
+        if i < 3:
+            _add(rows, f"{p}.downsamplers", "ModuleList")
+            _add(rows, f"{p}.downsamplers.0", "Downsample2D")
+            _add(rows, f"{p}.downsamplers.0.conv", "Conv2d", "conv")
+    _add(rows, "up_blocks", "ModuleList")
+    for i in range(4):
+        p = f"up_blocks.{i}"
+        cross = i > 0
+        _add(rows, p, "CrossAttnUpBlock2D" if cross else "UpBlock2D")
+        if cross:
+            _add(rows, f"{p}.attentions", "ModuleList")
+            for j in range(3):
+                _transformer(rows, f"{p}.attentions.{j}", v2)
+        _add(rows, f"{p}.resnets", "ModuleList")
+        for j in range(3):
+            _resnet(rows, f"{p}.resnets.{j}", True)  # the skip connection widens every up ResNet's input
+        if i < 3:
+            _add(rows, f"{p}.upsamplers", "ModuleList")
+            _add(rows, f"{p}.upsamplers.0", "Upsample2D")
+            _add(rows, f"{p}.upsamplers.0.conv", "Conv2d", "conv")
+    _add(rows, "mid_block", "UNetMidBlock2DCrossAttn")
+    _add(rows, "mid_block.attentions", "ModuleList")
+    _transformer(rows, "mid_block.attentions.0", v2)
+    _add(rows, "mid_block.resnets", "ModuleList")
+    for j in range(2):
+        _resnet(rows, f"mid_block.resnets.{j}", False)
+    _add(rows, "conv_norm_out", "GroupNorm")
+    _add(rows, "conv_act", "SiLU")
+    _add(rows, "conv_out", "Conv2d", "conv")
+    return rows
+
+
+def clip_text(layers: int) -> list[Row]:
+    """transformers' CLIPTextModel as kohya builds it (SD 1.x: 12 layers; SD 2.x: 23), named_modules(). The
+    transformers kohya pins (4.54.1) has one attention class, CLIPAttention (CLIPSdpaAttention, which older
+    releases built by default, matches nothing)."""
+    rows: list[Row] = []
+    _add(rows, "", "CLIPTextModel")
+    _add(rows, "text_model", "CLIPTextTransformer")
+    _add(rows, "text_model.embeddings", "CLIPTextEmbeddings")
+    _add(rows, "text_model.embeddings.token_embedding", "Embedding")
+    _add(rows, "text_model.embeddings.position_embedding", "Embedding")
+    _add(rows, "text_model.encoder", "CLIPEncoder")
+    _add(rows, "text_model.encoder.layers", "ModuleList")
+    for i in range(layers):
+        p = f"text_model.encoder.layers.{i}"
+        _add(rows, p, "CLIPEncoderLayer")
+        _add(rows, f"{p}.self_attn", "CLIPAttention")
+        for name in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            _add(rows, f"{p}.self_attn.{name}", "Linear", "linear")
+        _add(rows, f"{p}.layer_norm1", "LayerNorm")
+        _add(rows, f"{p}.mlp", "CLIPMLP")
+        _add(rows, f"{p}.mlp.activation_fn", "QuickGELUActivation" if layers == 12 else "GELUActivation")
+        _add(rows, f"{p}.mlp.fc1", "Linear", "linear")
+        _add(rows, f"{p}.mlp.fc2", "Linear", "linear")
+        _add(rows, f"{p}.layer_norm2", "LayerNorm")
+    _add(rows, "text_model.final_layer_norm", "LayerNorm")
+    return rows
+
+
+def read_preset(path) -> dict[str, Any]:
+    """The file's table as LyCORIS reads it; PresetError (a crash) for what its read_preset refuses. OSError
+    when the file cannot be read here."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise PresetError(
+            f"it is not TOML ({exc}): LyCORIS's read_preset returns None and asserts", True
+        ) from None
+    unknown = sorted(k for k in data if k not in _VALID_KEYS)
+    if unknown:
+        raise PresetError(
+            f"unknown preset keys {', '.join(unknown)} (LyCORIS's read_preset refuses the file and "
+            "create_network asserts)",
+            True,
+        )
+    return data
+
+
+def _settings(data: dict[str, Any], algo: str) -> dict[str, Any]:
+    """LycorisNetworkKohya's attributes after apply_preset; PresetError for values dbspec cannot express."""
+    out = dict(_DEFAULTS)
+    for key in ("enable_conv", "use_fnmatch"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise PresetError(f"`{key}` = {data[key]!r} is no boolean (LyCORIS tests its truth)", False)
+            out[key] = data[key]
+    for key in _LIST_KEYS:
+        if key in data:
+            value = data[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise PresetError(f"`{key}` is no list of strings", False)
+            out[key] = value
+    for key in ("module_algo_map", "name_algo_map"):
+        table = data.get(key) or {}
+        if not isinstance(table, dict):
+            raise PresetError(f"`{key}` is no table", True)
+        for name, override in table.items():
+            override = override or {}
+            if not isinstance(override, dict):
+                raise PresetError(f"`{key}.{name}` is no table", True)
+            if override and override != {"algo": algo}:
+                raise PresetError(
+                    f"`{key}.{name}` = {override!r} changes the algorithm or its options for some layers; "
+                    "dbspec trains one adapter kind with one set of options",
+                    False,
+                )
+    return out
+
+
+def _matcher(use_fnmatch: bool) -> Callable[[str, str], bool]:
+    def match(pattern: str, name: str) -> bool:
+        if use_fnmatch:
+            return fnmatch.fnmatch(name, pattern)
+        try:
+            return re.match(pattern, name) is not None
+        except re.error as exc:
+            raise PresetError(
+                f"`{pattern}` is no regular expression ({exc}): re.match raises", True
+            ) from None
+
+    return match
+
+
+def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, Any], convs: bool) -> list[str]:
+    """The layers LycorisNetworkKohya's create_modules builds in one model, in its order (duplicates kept)."""
+    match = _matcher(s["use_fnmatch"])
+    excludes = s["exclude_name"]
+
+    def excluded(name: str) -> bool:
+        return bool(name) and bool(excludes) and (name in excludes or any(match(t, name) for t in excludes))
+
+    def adapted(kind: str) -> bool:
+        return kind in ("linear", "conv1") or (kind == "conv" and convs)
+
+    built: list[str] = []
+    for name, cls, kind in rows:
+        if excluded(name):
+            continue
+        if cls in classes and not any(match(t, name) for t in names):
+            inside = {}  # create_modules_: each layer of the module once
+            for sub, _, sub_kind in rows:
+                if sub != name and not (name == "" or sub.startswith(name + ".")):
+                    continue
+                if excluded(sub) or sub in inside:
+                    continue
+                if adapted(sub_kind):
+                    inside[sub] = True
+            built.extend(inside)
+        elif (name in names or any(match(t, name) for t in names)) and adapted(kind):
+            built.append(name)
+    return built
+
+
+def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
+    """The shortest dotted suffixes that, matched as peft matches targets (`path == t` or
+    `path.endswith("." + t)`), pick exactly `chosen` among `rows`' modules; `skip`: leading path parts never
+    part of a suffix (CLIP's `text_model`, which newer transformers releases drop)."""
+    paths = [p for p, _, _ in rows if p]
+    order = {p: i for i, p in enumerate(paths)}
+    out: list[str] = []
+    for path in sorted(chosen, key=order.__getitem__):
+        if any(path == t or path.endswith("." + t) for t in out):
+            continue
+        parts = path.split(".")
+        for n in range(1, len(parts) + 1 - skip):
+            suffix = ".".join(parts[-n:])
+            if parts[-n].isdigit() or any(
+                t != suffix and t.endswith("." + suffix) and path.endswith("." + t) for t in _USUAL
+            ):  # from a named part on; kohya's usual names (ff.net.2, not net.2)
+                continue
+            hits = {p for p in paths if p == suffix or p.endswith("." + suffix)}
+            if hits <= chosen:
+                out.append(suffix)
+                break
+    return out
+
+
+def preset_targets(
+    data: dict[str, Any], algo: str, v2: bool, convs: bool
+) -> tuple[list[str], list[str], list[str]]:
+    """(denoiser targets, text-encoder targets, convolution targets) of a preset file's table on kohya's SD
+    1.x (`v2` False) or 2.x model; `convs`: conv_dim above 0. PresetError where kohya stops or dbspec cannot
+    express the file."""
+    s = _settings(data, algo)
+    unet = sd_unet(v2)
+    text = clip_text(23 if v2 else 12)
+    convs = convs and s["enable_conv"]
+    built_text = _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, False)
+    built_unet = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, convs)
+    for built in (built_text, built_unet):
+        twice = sorted({p for p in built if built.count(p) > 1})
+        if twice:
+            raise PresetError(
+                f"it reaches {twice[0]} twice (a target class and a target name, or nested target classes): "
+                "LyCORIS builds the layer twice and asserts on the duplicate name",
+                True,
+            )
+    kinds = {p: k for p, _, k in unet}
+    pointwise = {p for p in built_unet if kinds[p] != "conv"}
+    spatial = {p for p in built_unet if kinds[p] == "conv"}
+    unet_targets = _suffixes(pointwise, unet)
+    conv_targets = _suffixes(spatial, unet)
+    return unet_targets, _suffixes(set(built_text), text, skip=1), conv_targets
