@@ -285,6 +285,37 @@ def _dora_axis():
     )
 
 
+def _loraplus_ratio(kohya: str):
+    return option(
+        0.0,
+        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`) at the learning rate times "
+        f"this ({kohya}, e.g. 16); 0 turns it off.",
+        minimum=0,
+        example=16.0,
+    )
+
+
+def _loraplus_denoiser_ratio():
+    return option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the denoiser's adapters (kohya `loraplus_unet_lr_ratio`); 0 turns it off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=16.0,
+    )
+
+
+def _loraplus_text_encoder_ratio():
+    return option(
+        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
+        doc="LoRA+ ratio of the text encoders' adapters (kohya `loraplus_text_encoder_lr_ratio`); 0 turns it "
+        "off there.",
+        derived="same as `loraplus_ratio`",
+        minimum=0,
+        example=4.0,
+    )
+
+
 def _scalar():
     return option(
         False,
@@ -494,28 +525,9 @@ class LoraAdapter:
     tucker: bool = _tucker()
     scalar: bool = _scalar()
     # LoRA+ (kohya networks.lora): the "up" matrices train at a multiple of the learning rate.
-    loraplus_ratio: float = option(
-        0.0,
-        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`) at the learning rate times "
-        "this (kohya `loraplus_lr_ratio`, e.g. 16); 0 turns it off.",
-        minimum=0,
-        example=16.0,
-    )
-    loraplus_denoiser_ratio: float = option(
-        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
-        doc="LoRA+ ratio of the denoiser's adapters (kohya `loraplus_unet_lr_ratio`); 0 turns it off there.",
-        derived="same as `loraplus_ratio`",
-        minimum=0,
-        example=16.0,
-    )
-    loraplus_text_encoder_ratio: float = option(
-        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
-        doc="LoRA+ ratio of the text encoders' adapters (kohya `loraplus_text_encoder_lr_ratio`); 0 turns it "
-        "off there.",
-        derived="same as `loraplus_ratio`",
-        minimum=0,
-        example=4.0,
-    )
+    loraplus_ratio: float = _loraplus_ratio("kohya `loraplus_lr_ratio`")
+    loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
+    loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
     blocks: list[AdapterBlock] = option(
         factory=list,
         doc="Per-block ranks, alphas and learning-rate scales or own rates of the denoiser's adapters "
@@ -913,28 +925,9 @@ class DyloraAdapter:
         "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
         "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
     )
-    loraplus_ratio: float = option(
-        0.0,
-        doc="LoRA+: train the up matrices (kohya `lora_up` / `lora_B`) at the learning rate times this "
-        "(kohya networks.dylora `loraplus_lr_ratio`); 0 turns it off.",
-        minimum=0,
-        example=16.0,
-    )
-    loraplus_denoiser_ratio: float = option(
-        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
-        doc="LoRA+ ratio of the denoiser's adapters (kohya `loraplus_unet_lr_ratio`); 0 turns it off there.",
-        derived="same as `loraplus_ratio`",
-        minimum=0,
-        example=16.0,
-    )
-    loraplus_text_encoder_ratio: float = option(
-        attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
-        doc="LoRA+ ratio of the text encoders' adapters (kohya `loraplus_text_encoder_lr_ratio`); 0 turns it "
-        "off there.",
-        derived="same as `loraplus_ratio`",
-        minimum=0,
-        example=4.0,
-    )
+    loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
+    loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
+    loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
     init_weights: str = option(
         "",
         doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
