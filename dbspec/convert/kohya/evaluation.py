@@ -80,11 +80,7 @@ def map_validation(
         "draws it from its own CPU generator seeded with evaluation.seed, one draw per held-out image for "
         "all its timesteps, on the posterior mean"
     )
-    batch = conv.values.get(("schedule", "batch_size"), (1, ""))[0]
-    groups = any(
-        path[0] == "groups" and path[-1] == "batch_size" and v != 1 for path, (v, _) in conv.values.items()
-    )
-    if batch != 1 or groups:
+    if layout is not None and layout.batch_size.value not in (None, 1):  # the largest of any dataset
         conv.notes.append(
             "differs: at batch size above 1 each entry of kohya's validation loss recorder is a batch's "
             'mean loss at one timestep; dbspec\'s evaluation.log = "kohya_running_mean" records each '
