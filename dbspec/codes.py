@@ -2521,7 +2521,7 @@ silently change nothing.""",
         """\
 `evaluation.score = false` keeps the held-out images out of training and scores nothing, so it does nothing
 without held-out images (`evaluation.holdout` or `evaluation.split`), and the settings that shape the
-evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`) change nothing.""",
+evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`, `log`) change nothing.""",
         help="remove the setting, or set evaluation.score = true",
     ),
     # optimizer.text_encoder_3_lr without train.t5: DBS572.

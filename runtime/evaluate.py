@@ -48,6 +48,46 @@ def band_means(per_timestep: Sequence[float], starts: Sequence[int]) -> list[flo
     return [sum(per_timestep[s:e]) / (e - s) for s, e in zip(starts, ends)]
 
 
+@attrs.define
+class RunningMean:
+    """kohya's validation loss recorder (evaluation.log = "kohya_running_mean"): one entry per scored loss. In
+    the first epoch (0) each loss is appended, so the mean runs on over every evaluation of that epoch; later
+    each overwrites the entry at its position in the evaluation (the list padded with zeros when it is
+    short). The total is kept as kohya keeps it, a Python float updated in place, so the rounding is its."""
+
+    losses: list[float] = attrs.field(factory=list)
+    total: float = 0.0
+
+    def add(self, epoch: int, position: int, loss: float) -> None:
+        if epoch == 0:
+            self.losses.append(loss)
+        else:
+            self.losses.extend([0.0] * (position + 1 - len(self.losses)))
+            self.total -= self.losses[position]
+            self.losses[position] = loss
+        self.total += loss
+
+    @property
+    def mean(self) -> float:
+        return self.total / len(self.losses) if self.losses else 0.0
+
+    def state(self) -> dict | None:
+        """What a checkpoint keeps (None: nothing recorded yet)."""
+        return {"losses": list(self.losses), "total": self.total} if self.losses else None
+
+    def restore(self, state: dict | None) -> None:
+        self.losses, self.total = list(state["losses"]) if state else [], state["total"] if state else 0.0
+
+
+def kohya_running_mean(record: RunningMean, losses: Sequence[float], epoch: int) -> float:
+    """Feed one evaluation's losses (kohya's order: batch by batch, each at every fixed timestep) in data
+    epoch `epoch` (0-based, the epoch of the step just taken), positions counted from 0 in each evaluation;
+    the recorder's mean after them, what kohya logs."""
+    for position, loss in enumerate(losses):
+        record.add(epoch, position, loss)
+    return record.mean
+
+
 # --- the stable evaluation loss -----------------------------------------------------------------------------
 @attrs.define
 class EvalLoss:
@@ -56,8 +96,9 @@ class EvalLoss:
     latents: dict[int, torch.Tensor] = attrs.field(factory=dict)  # by held-out image index
     masks: dict[int, torch.Tensor | None] = attrs.field(factory=dict)
 
-    def compute(self, parts: Parts, ev: EvaluationPlan) -> tuple[float, list[float]]:
-        """(mean, per-band means) of the training loss formula over held-out images x fixed timesteps."""
+    def compute(self, parts: Parts, ev: EvaluationPlan) -> tuple[float, list[float], list[float]]:
+        """(mean, per-band means, every loss) of the training loss formula over held-out images x fixed
+        timesteps; every loss in scoring order, image by image, each at every timestep (float32 values)."""
         plan = parts.plan
         total = parts.noise_scheduler.config.num_train_timesteps
         if any(not 0 <= t < total for t in ev.timesteps):
@@ -71,7 +112,8 @@ class EvalLoss:
             self._image_loss(parts, plan, ev, i, generator).cpu() for i in scored_images(ev)
         ]  # one CPU-GPU sync per held-out image
         per_timestep = torch.stack(per_image).double().mean(dim=0).tolist()
-        return sum(per_timestep) / len(per_timestep), band_means(per_timestep, ev.bands)
+        every = [loss for image in per_image for loss in image.float().tolist()]
+        return sum(per_timestep) / len(per_timestep), band_means(per_timestep, ev.bands), every
 
     def _encode(self, parts: Parts, ev: EvaluationPlan) -> None:
         for i in dict.fromkeys(scored_images(ev)):
@@ -251,13 +293,17 @@ class Evaluator:
     device: torch.device
     eval_loss: EvalLoss = attrs.field(factory=EvalLoss)
     references: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    record: RunningMean = attrs.field(factory=RunningMean)  # evaluation.log = "kohya_running_mean"
 
-    def evaluate(self, parts: Parts, step: int) -> dict:
-        """The metrics row for `step`: only the keys of metrics that ran (the metrics.jsonl contract)."""
+    def evaluate(self, parts: Parts, step: int, epoch: int = 0) -> dict:
+        """The metrics row for `step` (in data epoch `epoch`, 0-based): only the keys of metrics that ran
+        (the metrics.jsonl contract)."""
         ev, row = self.plan.evaluation, {}
         with _rng_untouched(self.device):
             if "eval_loss" in ev.metrics:
-                mean, bands = self.eval_loss.compute(parts, ev)
+                mean, bands, every = self.eval_loss.compute(parts, ev)
+                if ev.log == "kohya_running_mean":
+                    mean = kohya_running_mean(self.record, every, epoch)
                 row["eval_loss"], row["eval_loss_bands"] = mean, bands
             if {"clip_t", "clip_i"} & set(ev.metrics) and ev.clip_model is not None:
                 row.update(self._clip(step))

@@ -109,7 +109,11 @@ def fit(run: Run, started: float, *, console, stop_after: int | None, keep_model
     interrupted = _InterruptFlag()
     losses: list[float] = []
     last_checkpoint = ""
-    evaluator = Evaluator(plan, out, run.parts.device) if plan.evaluation.metrics and run.main else None
+    evaluator = (
+        Evaluator(plan, out, run.parts.device, record=run.eval_record)
+        if plan.evaluation.metrics and run.main
+        else None
+    )
     scores: dict = {}  # the latest evaluation's metrics row, for the checkpoint saved at its step
 
     end = last_step(s)  # the run's steps, or where a later start's epochs run out (schedule.start)
@@ -295,7 +299,7 @@ def _evaluate(run: Run, evaluator: Evaluator, step: int, log: MetricsLog) -> dic
         for module in (unet, *run.comps.text_encoders):
             module.eval()
         with run.accelerator.autocast(), eager():
-            row = evaluator.evaluate(attrs.evolve(run.parts, unet=unet), step)
+            row = evaluator.evaluate(attrs.evolve(run.parts, unet=unet), step, run.sampler.epoch)
     set_train_mode(run.comps, run.plan)
     log.evaluation(step, row)
     return row

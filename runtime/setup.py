@@ -22,6 +22,7 @@ from dbspec.runtime.cache_fill import fill_caches
 from dbspec.runtime.data import BucketBatchSampler
 from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
+from dbspec.runtime.evaluate import RunningMean
 from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.max_norm import lycoris_norm_modules, norm_modules
 from dbspec.runtime.families import family_runtime
@@ -69,6 +70,8 @@ class Run:
     norm_modules: list = attrs.field(factory=list)
     # LoRA-FA with kohya's gradients: the frozen downs by name, whose accumulated gradients checkpoints keep
     frozen_down: dict = attrs.field(factory=dict)
+    # evaluation.log = "kohya_running_mean": kohya's validation loss recorder, kept across evaluations
+    eval_record: RunningMean = attrs.field(factory=RunningMean)
 
     @property
     def main(self) -> bool:

@@ -51,6 +51,8 @@ class TrainState:
     frozen_down_grads: dict[str, torch.Tensor] | None = None
     # LoRA-GGPO's running norms, by GGPO module in order (runtime/ggpo.py); None without GGPO
     ggpo: list[dict[str, Any]] | None = None
+    # evaluation.log = "kohya_running_mean": the recorder's losses and total (None: nothing recorded)
+    eval_record: dict[str, Any] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict training_state.pt stores."""
@@ -96,6 +98,7 @@ class TrainState:
             held_grads=held_gradients(run),
             frozen_down_grads=frozen_down_grads(run.frozen_down) if run.frozen_down else None,
             ggpo=_ggpo_state(run),
+            eval_record=run.eval_record.state(),
         )
 
     def restore(self, run: Run) -> None:
@@ -130,6 +133,7 @@ class TrainState:
             from dbspec.runtime.ggpo import restore_ggpo
 
             restore_ggpo([run.comps.unet, *run.comps.text_encoders], self.ggpo)
+        run.eval_record.restore(self.eval_record)
 
 
 def _ggpo_state(run: Run) -> list[dict[str, Any]] | None:

@@ -383,6 +383,7 @@ def plan_evaluation(
         scored=scores or not held.images,
         dataset_splits=held.fractions if ev.split > 0 else (),
         dataset_seeds=held.seeds if ev.split > 0 else (),
+        log=ev.log if scores else "mean",
     )
     if scores and ev.split > 0 and ev.order == "kohya_loader":
         plan = attrs.evolve(

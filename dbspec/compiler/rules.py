@@ -932,7 +932,7 @@ def unscored_evaluation(spec: Spec, given: Given) -> Iterator[Hit]:
             "held out",
             "set evaluation.split or evaluation.holdout, or remove evaluation.score",
         )
-    for key in ("timesteps", "timestep_spacing", "bands", "max_images"):
+    for key in ("timesteps", "timestep_spacing", "bands", "max_images", "log"):
         if given(("evaluation", key)):
             yield _warn(
                 "DBS571",

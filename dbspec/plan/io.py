@@ -262,6 +262,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("evaluation", "order"): "split",
         ("evaluation", "max_batches"): 0,
         ("evaluation", "scored_order"): [],
+        ("evaluation", "log"): "mean",  # kohya's running-mean validation loss, added since (the mean then)
         # kohya's save_last_n_*_state and pickle exports (save_model_as ckpt/pt): every checkpoint kept its
         # state, exports were safetensors then
         ("checkpoints", "keep_state"): 0,

@@ -1008,6 +1008,8 @@ class EvaluationPlan:
     scored_order: tuple[
         int, ...
     ] = ()  # order kohya_loader: indices into holdout, scored in this order (an image per repeat)
+    # what eval_loss logs: the mean of each evaluation, or kohya's validation loss recorder's running mean
+    log: Literal["mean", "kohya_running_mean"] = "mean"
 
 
 @frozen

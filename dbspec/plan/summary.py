@@ -897,6 +897,11 @@ def evaluation_table(plan: Plan) -> Table | None:
             t.add_row(
                 "scored per evaluation", f"the first {e.max_images} of {len(e.holdout)} held-out image(s)"
             )
+    if e.log == "kohya_running_mean":
+        t.add_row(
+            "eval_loss logged",
+            "kohya's running mean of (image, timestep) losses (appended in epoch 1, then written over)",
+        )
     if e.identifier:
         t.add_row("subject", f"identifier `{e.identifier}`, class word `{e.class_word or '-'}`")
     for prompt, rewritten in zip(plan.validation.prompts, e.clip_t_prompts):

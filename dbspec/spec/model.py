@@ -2363,6 +2363,14 @@ class Evaluation:
         "validation loader (kohya's `max_validation_steps`); 0 scores all.",
         minimum=0,
     )
+    log: Literal["mean", "kohya_running_mean"] = option(
+        "mean",
+        doc='The evaluation loss each evaluation logs: "mean", over its held-out images and timesteps; '
+        '"kohya_running_mean", kohya\'s validation loss recorder: each (image, timestep) loss is an entry, '
+        "appended in the first epoch (so the mean runs on over every evaluation so far) and, from the "
+        "second epoch on, written over the entry of its position in the evaluation; the mean of all "
+        "entries (kohya's `loss/validation/step_average` or `epoch_average` at batch size 1).",
+    )
     timesteps: int = option(
         8,
         doc="Fixed timesteps, evenly spaced over the noise schedule, each held-out image is scored at.",

@@ -15,10 +15,12 @@ from PIL import Image
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.data import load_example
 from dbspec.runtime.evaluate import (
+    RunningMean,
     band_means,
     clip_image_embeddings,
     clip_text_embeddings,
     dino_embeddings,
+    kohya_running_mean,
     mean_pairwise_similarity,
     paired_similarity,
 )
@@ -58,6 +60,30 @@ def test_band_means_average_each_contiguous_slice():
 
 
 # --- the built-in tiny models -----------------------------------------------------------------------------
+def test_kohya_running_mean_is_kohyas_validation_loss_recorder():
+    """evaluation.log = "kohya_running_mean", by hand from kohya's LossRecorder.add as train_network.py feeds
+    it (epoch 0-based, the position counted from 0 in each validation): epoch 0 appends, later epochs write
+    over the entry at the position, the total updated in place in the same order."""
+    record = RunningMean()
+    a, b, c, d, e, f, g = 0.1, 0.7, 0.3, 0.9, 0.25, 0.05, 0.6
+    assert kohya_running_mean(record, [a, b], epoch=0) == (0.0 + a + b) / 2
+    total = 0.0 + a + b + c + d
+    assert kohya_running_mean(record, [c, d], epoch=0) == total / 4  # runs on over both validations
+    total = total - a + e - b + f  # epoch 1: positions 0 and 1 written over, c and d stay
+    assert kohya_running_mean(record, [e, f], epoch=1) == total / 4 and record.losses == [e, f, c, d]
+    total = total - e + g
+    assert kohya_running_mean(record, [g], epoch=2) == total / 4 and record.losses == [g, f, c, d]
+    # no validation in epoch 0: the list is padded with zeros up to the position, then written over
+    late = RunningMean()
+    assert kohya_running_mean(late, [a, b], epoch=1) == (0.0 - 0.0 + a - 0.0 + b) / 2
+    assert late.losses == [a, b]
+    # a checkpoint keeps the list and the total as they are (not re-summed)
+    again = RunningMean()
+    again.restore(record.state())
+    assert again.losses == record.losses and again.total == record.total
+    assert RunningMean().state() is None and RunningMean().mean == 0.0
+
+
 def test_tiny_clip_and_dino_are_deterministic_and_embed_images_and_prompts():
     image = Image.new("RGB", (48, 40), (200, 30, 30))
     state = torch.random.get_rng_state()

@@ -108,3 +108,54 @@ def test_kohyas_validation_loader_order_scores_its_first_batches_and_resumes_bit
     every = compile_spec(spec, ["output.dir=every", "evaluation.max_batches=0"])
     assert sorted(every.evaluation.scored_order) == sorted(i for i in range(held) for _ in range(2))
     assert _rows(Path(execute(every, stop_after=1).output))[0]["eval_loss"] != rows[0]["eval_loss"]
+
+
+def _kohya_recorder(rows: list[dict], epochs: dict[int, int]) -> list[float]:
+    """The number kohya logs after each validation, computed here from each row's per-timestep losses (one
+    scored image, a band per timestep) as library/train_util.py's LossRecorder computes it."""
+    losses, total, logged = [], 0.0, []
+    for row in rows:
+        for position, loss in enumerate(row["eval_loss_bands"]):
+            if epochs[row["step"]] == 0:
+                losses.append(loss)
+            else:
+                while len(losses) <= position:
+                    losses.append(0.0)
+                total -= losses[position]
+                losses[position] = loss
+            total += loss
+        logged.append(total / len(losses))
+    return logged
+
+
+def test_kohyas_running_mean_is_logged_and_resumes_bit_exact(tmp_path):
+    """evaluation.log = "kohya_running_mean": each evaluation logs kohya's validation loss recorder over
+    every (image, timestep) loss so far, appended in the first epoch and written over after; training is
+    the same as with the plain mean, and a run stopped in its second epoch resumes bit-exact (the recorder
+    is in the checkpoint)."""
+    extra = SPLIT.replace("bands = 2\nmax_images = 2", "bands = 4\nmax_images = 1")
+    spec = write_spec(tmp_path, steps=1, extra=extra)
+    per_epoch = compile_spec(spec, ["output.dir=probe"]).schedule.steps_per_epoch
+    steps = 2 * per_epoch + 1  # into the third epoch
+    spec = write_spec(tmp_path, steps=steps, extra=extra + 'log = "kohya_running_mean"\n')
+    plan = compile_spec(spec, ["output.dir=whole", "logging.every=1"])  # every step's epoch
+    assert plan.evaluation.log == "kohya_running_mean" and plan.evaluation.max_images == 1
+    assert "kohya's running mean" in summary_text(plan)
+    whole = execute(plan)
+    lines = [json.loads(line) for line in (Path(whole.output) / "metrics.jsonl").read_text().splitlines()]
+    epochs = {row["step"]: row["epoch"] for row in lines if "loss" in row}
+    rows = _rows(Path(whole.output))
+    assert len(rows) == steps and max(epochs.values()) == 2
+    assert [r["eval_loss"] for r in rows] == _kohya_recorder(rows, epochs)
+    assert rows[1]["eval_loss"] == sum(rows[0]["eval_loss_bands"] + rows[1]["eval_loss_bands"]) / 8
+
+    plain = compile_spec(spec, ["output.dir=plain", "evaluation.log=mean"])
+    mean = execute(plain)
+    assert mean.losses == whole.losses  # the logged number never touches training
+    assert [r["eval_loss_bands"] for r in _rows(Path(mean.output))] == [r["eval_loss_bands"] for r in rows]
+
+    parts = compile_spec(spec, ["output.dir=parts"])
+    stopped = execute(parts, stop_after=per_epoch + 1)
+    resumed = execute(parts, resume=True)
+    assert stopped.losses + resumed.losses == whole.losses
+    assert _rows(Path(resumed.output)) == rows

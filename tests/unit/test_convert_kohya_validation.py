@@ -65,8 +65,20 @@ def test_validation_split_with_a_seed_is_kohyas_split(tmp_path, sizes, split):
     e = plan.evaluation
     assert e.selection == "kohya_split" and e.split_draw == "reseed" and e.seed == case["validation_seed"]
     assert e.timesteps == KOHYA_TIMESTEPS and e.timestep_spacing == "linspace"
+    assert e.log == "kohya_running_mean"  # the number kohya logs: its validation loss recorder
     _assert_kohyas_split(plan, case, [0])
     assert fate(outcome, "validation_split") == "mapped" and fate(outcome, "validation_seed") == "mapped"
+
+
+def test_the_running_mean_notes_kohyas_batch_means_above_batch_size_one(tmp_path):
+    """kohya's recorder entries are batch means; dbspec's are each image's: a note above batch size 1."""
+    images(tmp_path / "x" / "1_ohwx dog", 8, (512, 512))
+    command = f"{LORA} --validation_split 0.25 --validation_seed 3"
+    one = kohya(tmp_path, command=command)
+    two = kohya(tmp_path, command=f"{command} --train_batch_size 2")
+    assert 'log = "kohya_running_mean"' in one.text and 'log = "kohya_running_mean"' in two.text
+    assert not any("a batch's mean" in n for n in one.conversion.notes)
+    assert any("a batch's mean" in n for n in two.conversion.notes)
 
 
 def test_a_split_that_rounds_to_one_scored_image_scores_an_image_kohya_also_trains(tmp_path):
@@ -253,6 +265,7 @@ def test_train_db_and_sdxl_train_hold_kohyas_images_out_without_scoring(tmp_path
     plan = plan_of(outcome, tmp_path)
     e = plan.evaluation
     assert "eval_loss" not in e.metrics and not e.scored and e.timesteps == () and len(e.steps) == 0
+    assert e.log == "mean"
     for k in range(len(case["sizes"])):
         _assert_kohyas_split(plan, dict(case, trained=[case["trained"][k]], scored=[case["scored"][k]]), [k])
     assert "score = false" in outcome.text

@@ -9,8 +9,9 @@ steps and every `validate_every_n_epochs` epochs (every epoch by default), at mo
 batches, with the training loss formula and a reseeded RNG. dbspec's `evaluation.split` draws the same
 split (`split_draw`: reseeded per subset, or one stream), `timestep_spacing = "linspace"` the same timesteps,
 `order = "kohya_loader"` with `max_batches` the images of kohya's first validation batches (with
-max_data_loader_n_workers = 0; else `max_images` caps the split order); the noise and the averaging stay
-dbspec's. `validation_split` and `validation_seed` are parameters of each kohya dataset: `evaluation.split`
+max_data_loader_n_workers = 0; else `max_images` caps the split order), `log = "kohya_running_mean"` the
+number kohya logs (its validation loss recorder's running mean); the noise stays dbspec's.
+`validation_split` and `validation_seed` are parameters of each kohya dataset: `evaluation.split`
 and `seed` take the first split dataset's, a dataset whose fraction or seed differs gets its own `eval_split`
 or `eval_seed`. train_db.py and sdxl_train.py split the same way but never score the split:
 `evaluation.score = false` (held out of training, no evaluation work).
@@ -67,13 +68,24 @@ def map_validation(
         f"{conv.tool} scores {KOHYA_VALIDATION_TIMESTEPS} fixed timesteps",
     )
     conv.put(("evaluation", "timestep_spacing"), "linspace", f"{conv.tool}: linspace(min, max, 6)[1:-1]")
+    conv.put(
+        ("evaluation", "log"),
+        "kohya_running_mean",
+        f"{conv.tool} logs its validation loss recorder's running mean",
+    )
     conv.notes.append(
         "differs: kohya draws the validation noise from the global torch RNG reseeded with "
         "validation_seed (else seed) on the training device, batch by batch and timestep by timestep, "
-        "and logs a running mean of batch losses; dbspec draws it from its own CPU generator seeded with "
-        "evaluation.seed, one draw per held-out image for all its timesteps, and logs the mean over "
-        "images and timesteps"
+        "and its latents are posterior samples (drawn when caching, else from that same stream); dbspec "
+        "draws it from its own CPU generator seeded with evaluation.seed, one draw per held-out image for "
+        "all its timesteps, on the posterior mean"
     )
+    if layout is not None and layout.batch_size.value not in (None, 1):  # the largest of any dataset
+        conv.notes.append(
+            "differs: at batch size above 1 each entry of kohya's validation loss recorder is a batch's "
+            'mean loss at one timestep; dbspec\'s evaluation.log = "kohya_running_mean" records each '
+            "image's (the same mean when every validation batch is full, up to rounding)"
+        )
     _interval(a, per_epoch, conv)
     _cap(a, layout, parts, conv)
 
