@@ -259,9 +259,10 @@ def test_dim_from_weights_without_clip_l_modules_trains_t5_alone(tmp_path):
             "lora_te3_encoder_block_1_layer_0_SelfAttention_q": (4096, 4096, 4, 1.0),
         },
     )
-    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
-    plan = plan_of(outcome, tmp_path)
+    args = "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 3e-5 2e-5"
+    plan = plan_of(_flux(tmp_path, args), tmp_path)
     assert (_trains(plan)["text_encoder"], _trains(plan)["text_encoder_2"]) == ("frozen", "lora")
+    assert plan.optimizer.text_encoder_2_lr == 2e-5  # T5's rate: text_encoder_lr's second value
     t5 = "text_encoder_2.encoder.block"
     assert text_ranks(
         plan.adapter, [f"{t5}.0.layer.0.SelfAttention.q", f"{t5}.1.layer.0.SelfAttention.q"]
