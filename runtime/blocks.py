@@ -37,10 +37,13 @@ def with_blocks(
     adapter's linear or convolution rank) as one exact pattern each, replacing the convolution-target
     patterns: no two patterns match one module, so the choice cannot depend on their order (diffusers reloads
     the config from JSON); rank-0 modules excluded. A text encoder (`component` named) takes
-    `adapter.text_encoder_blocks`, searched in `<component>.<path>` (CLIP paths with `text_model.`)."""
+    `adapter.text_encoder_blocks`, searched in `<component>.<path>` (CLIP paths with `text_model.`, T5's as
+    they are)."""
     from dbspec.runtime.exports import clip_path  # exports imports the family registry
 
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    # CLIP's paths with `text_model.`; T5-XXL's (Flux's, SD3's) as transformers names them
+    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     excluded: list[str] = []
@@ -48,7 +51,7 @@ def with_blocks(
         if not path or not _targeted(path, config.target_modules):
             continue
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        block = block_of(blocks, f"{component}.{clip_path(path)}" if component else path)
+        block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
         if block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:

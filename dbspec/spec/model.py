@@ -420,7 +420,9 @@ class TextEncoderBlock:
     pattern: str = option(
         doc="Python regular expression searched in `<component>.<module path>` of each adapted text-encoder "
         "module, CLIP paths with their `text_model.` level (e.g. "
-        "`text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj`); the first block whose pattern "
+        "`text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj`), T5-XXL's as transformers names "
+        "them (Flux's `text_encoder_2.encoder.block.0.layer.0.SelfAttention.q`); the first block whose "
+        "pattern "
         "matches a module sets its rank and alpha.",
         example="^text_encoder\\.text_model\\.encoder\\.layers\\.0\\.",
     )

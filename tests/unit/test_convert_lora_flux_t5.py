@@ -5,7 +5,7 @@ prepare_optimizer_params_with_multiple_te_lrs), refused with cached text-encoder
 
 from __future__ import annotations
 
-from convert_kit import codes, component_file, errors, fate, images, kohya, plan_of  # noqa: F401
+from convert_kit import codes, component_file, errors, fate, images, kohya, out_path, plan_of  # noqa: F401
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 # sd-scripts' Flux LoRA command line (docs/flux_train_network.md) training the text encoders: no
@@ -147,3 +147,126 @@ def test_network_weights_with_t5_modules_init_the_t5_lora(tmp_path):
     outcome = _flux(tmp_path, '--network_weights prev.safetensors --network_args "train_t5xxl=True"')
     plan = plan_of(outcome, tmp_path)
     assert _trains(plan)["text_encoder_2"] == "lora" and plan.adapter.init_weights
+
+
+def _file_at_ranks(path, layers: dict[str, tuple[int, int, int, float]]) -> None:
+    """A kohya file (zero tensors): module -> (out, in, rank, alpha)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, (out, width, rank, alpha) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, width), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def text_ranks(adapter, paths) -> dict[str, tuple[int, float]]:
+    """(rank, alpha) of text-encoder module paths (`<component>.<path>`) by the first text-encoder block whose
+    pattern matches (as the runtime), else the adapter's."""
+    import re
+
+    out = {}
+    for path in paths:
+        block = next((b for b in adapter.text_encoder_blocks if re.search(b.pattern, path)), None)
+        out[path] = (block.rank, block.alpha) if block else (adapter.rank, adapter.alpha)
+    return out
+
+
+def test_dim_from_weights_builds_each_text_encoder_module_at_its_rank(tmp_path):
+    """create_network_from_weights builds each CLIP-L and T5-XXL module of the file at its rank and alpha and
+    none the file lacks: [[adapter.text_encoder_blocks]] over `<component>.<path>` (T5's paths as
+    transformers names them), a last rank-0 block; no DBS403, and the plan's check of the file passes."""
+    _file_at_ranks(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_double_blocks_0_img_attn_proj": (3072, 3072, 16, 8.0),
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768, 8, 4.0),
+            "lora_te1_text_model_encoder_layers_0_self_attn_k_proj": (768, 768, 4, 4.0),
+            "lora_te1_text_model_encoder_layers_11_mlp_fc2": (768, 3072, 8, 4.0),
+            "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096, 2, 1.0),
+            "lora_te3_encoder_block_23_layer_1_DenseReluDense_wi_0": (10240, 4096, 8, 4.0),
+        },
+    )
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    assert fate(outcome, "dim_from_weights") == "mapped" and not {"DBS402", "DBS403"} & codes(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.rank, a.alpha) == (8, 4.0) and a.init_weights and a.init_partial  # the most frequent pair
+    assert (_trains(plan)["text_encoder"], _trains(plan)["text_encoder_2"]) == ("lora", "lora")
+    clip, t5 = "text_encoder.text_model.encoder.layers", "text_encoder_2.encoder.block"
+    assert text_ranks(a, [
+        f"{clip}.0.self_attn.q_proj",
+        f"{clip}.0.self_attn.k_proj",
+        f"{clip}.11.mlp.fc2",
+        f"{clip}.0.self_attn.v_proj",
+        f"{clip}.1.self_attn.q_proj",
+        f"{clip}.11.mlp.fc1",
+        f"{t5}.0.layer.0.SelfAttention.q",
+        f"{t5}.23.layer.1.DenseReluDense.wi_0",
+        f"{t5}.0.layer.0.SelfAttention.k",
+        f"{t5}.23.layer.1.DenseReluDense.wi_1",
+        f"{t5}.2.layer.0.SelfAttention.q",
+    ]) == {
+        f"{clip}.0.self_attn.q_proj": (8, 4.0),
+        f"{clip}.0.self_attn.k_proj": (4, 4.0),
+        f"{clip}.11.mlp.fc2": (8, 4.0),
+        f"{clip}.0.self_attn.v_proj": (0, 1.0),  # not in the file: kohya builds none
+        f"{clip}.1.self_attn.q_proj": (0, 1.0),
+        f"{clip}.11.mlp.fc1": (0, 1.0),
+        f"{t5}.0.layer.0.SelfAttention.q": (2, 1.0),
+        f"{t5}.23.layer.1.DenseReluDense.wi_0": (8, 4.0),
+        f"{t5}.0.layer.0.SelfAttention.k": (0, 1.0),
+        f"{t5}.23.layer.1.DenseReluDense.wi_1": (0, 1.0),
+        f"{t5}.2.layer.0.SelfAttention.q": (0, 1.0),
+    }  # fmt: skip
+    assert "[[adapter.text_encoder_blocks]]" in out_path(tmp_path).read_text()
+
+
+def test_dim_from_weights_with_whole_text_encoders_at_one_rank_needs_no_text_blocks(tmp_path):
+    """Every module of every CLIP-L layer and T5-XXL block up to the last at one rank: the adapter's rank and
+    targets build the file's modules, no [[adapter.text_encoder_blocks]]."""
+    clip = (
+        "self_attn_q_proj",
+        "self_attn_k_proj",
+        "self_attn_v_proj",
+        "self_attn_out_proj",
+        "mlp_fc1",
+        "mlp_fc2",
+    )
+    t5 = [f"layer_0_SelfAttention_{p}" for p in "qkvo"] + [
+        f"layer_1_DenseReluDense_{p}" for p in ("wi_0", "wi_1", "wo")
+    ]
+    layers = {"lora_unet_double_blocks_0_img_attn_proj": (3072, 3072, 16, 8.0)}
+    for i in range(2):
+        layers |= {f"lora_te1_text_model_encoder_layers_{i}_{m}": (8, 8, 4, 2.0) for m in clip}
+        layers |= {f"lora_te3_encoder_block_{i}_{m}": (8, 8, 4, 2.0) for m in t5}
+    _file_at_ranks(tmp_path / "prev.safetensors", layers)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (4, 2.0) and a.text_encoder_blocks == () and a.t5_targets == T5
+
+
+def test_dim_from_weights_without_clip_l_modules_trains_t5_alone(tmp_path):
+    """A file with T5-XXL modules and no CLIP-L one: kohya builds no CLIP-L LoRA (train.text_encoder =
+    false), T5's at the file's ranks (train.t5)."""
+    _file_at_ranks(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_double_blocks_0_img_attn_proj": (3072, 3072, 16, 8.0),
+            "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096, 2, 1.0),
+            "lora_te3_encoder_block_1_layer_0_SelfAttention_q": (4096, 4096, 4, 1.0),
+        },
+    )
+    args = "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 3e-5 2e-5"
+    plan = plan_of(_flux(tmp_path, args), tmp_path)
+    assert (_trains(plan)["text_encoder"], _trains(plan)["text_encoder_2"]) == ("frozen", "lora")
+    assert plan.optimizer.text_encoder_2_lr == 2e-5  # T5's rate: text_encoder_lr's second value
+    t5 = "text_encoder_2.encoder.block"
+    assert text_ranks(
+        plan.adapter, [f"{t5}.0.layer.0.SelfAttention.q", f"{t5}.1.layer.0.SelfAttention.q"]
+    ) == {
+        f"{t5}.0.layer.0.SelfAttention.q": (2, 1.0),
+        f"{t5}.1.layer.0.SelfAttention.q": (4, 1.0),
+    }

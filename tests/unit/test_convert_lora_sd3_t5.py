@@ -162,3 +162,68 @@ def test_dim_from_weights_with_lora_te3_modules_trains_t5(tmp_path):
     assert fate(outcome, "network_weights lora_te3") == "mapped"
     assert plan.adapter.t5_targets == T5 and (plan.adapter.rank, plan.adapter.alpha) == (8, 4.0)
     assert _plan_rates(plan)["text_encoder_3"] == 1e-5
+
+
+def test_dim_from_weights_builds_each_text_encoder_module_at_its_rank(tmp_path):
+    """lora_sd3's create_network_from_weights: each CLIP-L and T5-XXL module of the file at its rank and
+    alpha ([[adapter.text_encoder_blocks]], a rank-0 block for the rest) and no CLIP-G LoRA, the file having
+    no lora_te2 module (train.text_encoder_2 = false); no DBS403."""
+    import re
+
+    import numpy as np
+    from convert_kit import out_path
+    from safetensors.numpy import save_file
+
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_proj": (2432, 2432, 16, 8.0),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768, 8, 4.0),
+        "lora_te1_text_model_encoder_layers_3_mlp_fc1": (3072, 768, 4, 1.0),
+        "lora_te3_encoder_block_0_layer_1_DenseReluDense_wo": (4096, 10240, 2, 2.0),
+    }
+    tensors = {}
+    for name, (out, width, rank, alpha) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, width), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _sd3(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
+    assert not {"DBS402", "DBS403"} & codes(outcome)
+    plan = plan_of(outcome, tmp_path)
+    trains = {c.name: c.trainable for c in plan.precision.components}
+    assert [trains[f"text_encoder{s}"] for s in ("", "_2", "_3")] == ["lora", "frozen", "lora"]
+    a = plan.adapter
+
+    def rank(path: str) -> tuple[int, float]:
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    clip = "text_encoder.text_model.encoder.layers"
+    assert rank(f"{clip}.0.self_attn.q_proj") == (8, 4.0)
+    assert rank(f"{clip}.3.mlp.fc1") == (4, 1.0)
+    assert rank(f"{clip}.0.self_attn.k_proj") == rank(f"{clip}.3.mlp.fc2") == (0, 1.0)
+    assert rank("text_encoder_3.encoder.block.0.layer.1.DenseReluDense.wo") == (2, 2.0)
+    assert rank("text_encoder_3.encoder.block.0.layer.1.DenseReluDense.wi_0") == (0, 1.0)
+    assert "text_encoder_2 = false" in out_path(tmp_path).read_text()
+
+
+def test_dim_from_weights_without_clip_l_modules_trains_clip_g_and_t5(tmp_path):
+    """No lora_te1 module: kohya builds no CLIP-L LoRA (train.text_encoder = false), CLIP-G's and T5's at
+    text_encoder_lr's second and third values (train.text_encoder_2 = true, train.t5)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, (out, width) in {
+        "lora_unet_joint_blocks_0_x_block_attn_proj": (2432, 2432),
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": (1280, 1280),
+        "lora_te3_encoder_block_0_layer_1_DenseReluDense_wo": (4096, 10240),
+    }.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((4, width), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, 4), np.float16)
+        tensors[f"{name}.alpha"] = np.array(2.0, np.float32)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    args = "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 5e-5 2e-5 1e-5"
+    plan = plan_of(_sd3(tmp_path, args), tmp_path)
+    trains = {c.name: c.trainable for c in plan.precision.components}
+    assert [trains[f"text_encoder{s}"] for s in ("", "_2", "_3")] == ["frozen", "lora", "lora"]
+    assert _plan_rates(plan)["text_encoder_2"] == 2e-5 and _plan_rates(plan)["text_encoder_3"] == 1e-5

@@ -465,3 +465,22 @@ def test_dim_from_weights_with_some_text_encoder_modules_builds_only_those(tmp_p
         )
     }
     assert list(hits.values()) == [(8, 4.0), (0, 1.0)]
+
+
+def test_dim_from_weights_without_one_sdxl_encoders_modules_trains_only_the_other(tmp_path):
+    """create_network_from_weights builds no LoRA on an encoder the file has no module of: SDXL's second
+    (train.text_encoder_2 = false), or its first (train.text_encoder = false, the second training alone)."""
+    te1, te2 = "lora_te1_text_model_encoder_layers_", "lora_te2_text_model_encoder_layers_"
+    unet = {k: v for k, v in SDXL_MODULES.items() if k.startswith("lora_unet_")}
+    args = "--network_weights=prev.safetensors --dim_from_weights"
+    for modules, trains in (
+        (
+            {te1 + "0_self_attn_q_proj": (8, 4.0, 768, 0), te1 + "1_mlp_fc1": (4, 2.0, 768, 0)},
+            ("lora", "frozen"),
+        ),
+        ({te2 + "0_self_attn_q_proj": (8, 4.0, 1280, 0)}, ("frozen", "lora")),
+    ):
+        write_lora(tmp_path / "prev.safetensors", {**unet, **modules})
+        plan = plan_of(_convert_sdxl(tmp_path, args), tmp_path)
+        found = {c.name: c.trainable for c in plan.precision.components}
+        assert (found["text_encoder"], found["text_encoder_2"]) == trains

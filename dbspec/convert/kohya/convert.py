@@ -22,7 +22,13 @@ from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.loss import map_loss
-from dbspec.convert.kohya.model import file_has_text, map_adapter, map_model, map_precision
+from dbspec.convert.kohya.model import (
+    file_has_text,
+    map_adapter,
+    map_file_text_encoders,
+    map_model,
+    map_precision,
+)
 from dbspec.convert.kohya.outputs import map_outputs
 from dbspec.convert.kohya.block_lr import map_block_lr
 from dbspec.convert.kohya.start import map_start
@@ -162,6 +168,8 @@ def convert_kohya(
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     text_encoder = map_text_encoder(a, script, length.total_steps, conv, not lora or file_has_text(a, paths))
     map_learning_rates(a, script, text_encoder, conv)
+    if lora:
+        map_file_text_encoders(a, script, paths, conv, text_encoder)
     map_block_lr(a, script, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)

@@ -10,8 +10,9 @@ three or four times the rank); the blocks list the block indices per group of ch
 block (pattern `^`) keeps every module the file lacks out, as kohya creates none there. networks.lora
 (SD 1.x / 2.x: diffusers names with `.` written `_`; SDXL: the original U-Net layout's, read back onto
 diffusers' by dbspec.unet_layout): one block per (rank, alpha) naming its modules, each `_` matching `.` or
-`_`, the 3x3 convolutions' at their conv rank and alpha; its text-encoder modules, when their ranks differ,
-likewise as [[adapter.text_encoder_blocks]] over `<component>.<path>`."""
+`_`, the 3x3 convolutions' at their conv rank and alpha. The text-encoder modules of every family (CLIP;
+Flux's and SD3's T5-XXL under lora_te3), when their ranks differ or some layer's are missing, likewise as
+[[adapter.text_encoder_blocks]] over `<component>.<path>`, with a last rank-0 block."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import re
 from collections import Counter, defaultdict
 
 from dbspec.compiler.lora_file import LoraFile, LoraModule
+from dbspec.families import family_spec, flow_text_prefixes
 from dbspec.unet_layout import diffusers_name
 
 Pair = tuple[int, float]
@@ -91,23 +93,6 @@ def pair_of(module: LoraModule) -> Pair:
 
 def _same(a: Pair, b: Pair) -> bool:
     return a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-3)
-
-
-def text_pair(file: LoraFile, prefixes: tuple[str, ...]) -> Pair | None:
-    """The one (rank, alpha) of the file's text-encoder modules, None without any; ValueError when they
-    differ (the adapter's text-encoder LoRAs have one rank)."""
-    found: Pair | None = None
-    for module in file.modules.values():
-        if not module.name.startswith(prefixes):
-            continue
-        pair = pair_of(module)
-        if found is not None and not _same(found, pair):
-            raise ValueError(
-                f"text-encoder module `{module.name}` has rank {pair[0]} / alpha {pair[1]:g}, another "
-                f"{found[0]} / {found[1]:g} (per-module ranks are expressed for the denoiser only)"
-            )
-        found = found or pair
-    return found
 
 
 def flow_paths(family: str, name: str) -> tuple[str, int | None, tuple[str, ...]] | None:
@@ -209,18 +194,19 @@ def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
 TEXT_COMPONENTS = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
 
 
-def text_blocks(file: LoraFile) -> list[dict]:
-    """networks.lora: [[adapter.text_encoder_blocks]] naming the file's text-encoder modules at their (rank,
-    alpha), patterns over `<component>.<transformers path>` (each `_` matching `.` or `_`), then a rank-0
-    block for the modules the file lacks."""
+def text_blocks(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> list[dict]:
+    """[[adapter.text_encoder_blocks]] naming the file's text-encoder modules at their (rank, alpha), patterns
+    over `<component>.<transformers path>` (each `_` matching `.` or `_`), then a rank-0 block for the modules
+    the file lacks. `components`: kohya's prefix -> the plan's component (networks.lora's by default; Flux's
+    and SD3's from flow_components)."""
     groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module in file.modules.values():
-        prefix = next((p for p in TEXT_COMPONENTS if module.name.startswith(p)), None)
+        prefix = next((p for p in components if module.name.startswith(p)), None)
         if prefix is None:
             continue
         head, tail = _split(module.name.removeprefix(prefix))
         key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
-        groups[key][re.escape(TEXT_COMPONENTS[prefix]) + r"\." + _loose(head)].append(tail)
+        groups[key][re.escape(components[prefix]) + r"\." + _loose(head)].append(tail)
     out = []
     for (rank, alpha), heads in groups.items():
         out += [{"pattern": pattern, "rank": rank, "alpha": alpha} for pattern in _named(heads)]
@@ -228,34 +214,54 @@ def text_blocks(file: LoraFile) -> list[dict]:
     return out
 
 
-# networks.lora's text-encoder modules per layer (CLIPAttention's and CLIPMLP's Linears)
-_TEXT_LAYER = {
-    "self_attn_q_proj",
-    "self_attn_k_proj",
-    "self_attn_v_proj",
-    "self_attn_out_proj",
-    "mlp_fc1",
-    "mlp_fc2",
-}
+def flow_components(family: str) -> dict[str, str]:
+    """lora_flux's / lora_sd3's text-encoder prefixes (lora_te1 CLIP-L, lora_te2 CLIP-G, lora_te3 T5-XXL) ->
+    the plan's component."""
+    return dict(zip(flow_text_prefixes(family), family_spec(family).text_encoder_names))
 
 
-def whole_text_encoders(file: LoraFile) -> bool:
-    """Whether each text encoder the file adapts has all six modules of every layer up to its last (what
-    kohya builds on the whole encoder, the adapter's text-encoder targets then matching the file's modules);
-    False where a layer or module is missing (the file names only those, kohya builds only those)."""
+# kohya's text-encoder modules per layer: CLIPAttention's and CLIPMLP's Linears (networks.lora, lora_flux,
+# lora_sd3) and, under lora_te3, T5-XXL's T5Attention and T5DenseGatedActDense Linears (lora_flux, lora_sd3)
+_TEXT_LAYER = (
+    r"text_model_encoder_layers_(\d+)_(.+)",
+    {"self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2"},
+)
+_T5_LAYER = (
+    r"encoder_block_(\d+)_(.+)",
+    {f"layer_0_SelfAttention_{p}" for p in "qkvo"}
+    | {f"layer_1_DenseReluDense_{p}" for p in ("wi_0", "wi_1", "wo")},
+)
+
+
+def whole_text_encoders(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> bool:
+    """Whether each text encoder the file adapts has all modules of every layer up to its last (what kohya
+    builds on the whole encoder, the adapter's text-encoder targets then matching the file's modules); False
+    where a layer or module is missing (the file names only those, kohya builds only those)."""
     found: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
     for module in file.modules.values():
-        prefix = next((p for p in TEXT_COMPONENTS if module.name.startswith(p)), None)
+        prefix = next((p for p in components if module.name.startswith(p)), None)
         if prefix is None:
             continue
-        match = re.fullmatch(r"text_model_encoder_layers_(\d+)_(.+)", module.name.removeprefix(prefix))
-        if match is None or match[2] not in _TEXT_LAYER:
+        pattern, names = _T5_LAYER if prefix == "lora_te3_" else _TEXT_LAYER
+        match = re.fullmatch(pattern, module.name.removeprefix(prefix))
+        if match is None or match[2] not in names:
             return False
         found[prefix][int(match[1])].add(match[2])
     return all(
-        set(layers) == set(range(len(layers))) and all(m == _TEXT_LAYER for m in layers.values())
-        for layers in found.values()
+        set(layers) == set(range(len(layers)))
+        and all(m == (_T5_LAYER if prefix == "lora_te3_" else _TEXT_LAYER)[1] for m in layers.values())
+        for prefix, layers in found.items()
     )
+
+
+def per_module_text_blocks(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> list[dict]:
+    """text_blocks where the adapter's one text-encoder rank and targets would not build the file's modules
+    (their ranks or alphas differ, or a layer or module is missing: kohya builds none there); [] where they
+    would."""
+    text = text_blocks(file, components)
+    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1 or not whole_text_encoders(file, components):
+        return text
+    return []
 
 
 def _split(name: str) -> tuple[str, str]:

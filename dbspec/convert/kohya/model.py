@@ -17,10 +17,15 @@ from dbspec.convert.kohya.network import (
     map_network,
     map_network_weights,
     parse_network_args,
+    put_text_blocks,
 )
 from dbspec.convert.kohya.train import text_outputs_cached
-from dbspec.convert.kohya.file_ranks import common_pair, flow_blocks, text_pair
-from dbspec.families import flow_text_prefixes
+from dbspec.convert.kohya.file_ranks import (
+    common_pair,
+    flow_blocks,
+    flow_components,
+    per_module_text_blocks,
+)
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
@@ -294,19 +299,49 @@ def _from_weights_args(a: Args, conv: Conversion) -> Args:
     return out
 
 
-def file_has_text(a: Args, paths: PathMapper) -> bool:
-    """False when --dim_from_weights builds the network from a file without text-encoder modules (kohya's
-    create_network_from_weights then builds no text-encoder LoRA); True otherwise, or when it is unreadable
-    (reported by the adapter mapping)."""
+def _file_modules(a: Args, paths: PathMapper) -> set[str] | None:
+    """The module names of the file --dim_from_weights builds the network from; None without one, or when it
+    is unreadable (reported by the adapter mapping)."""
     weights = a["network_weights"]
     if not (a["dim_from_weights"].value and weights.value):
-        return True
+        return None
     local = paths.local(weights.value)
     try:
         file = read_lora_file(local) if local is not None else None
     except (ModelFileError, ValueError, OSError):
-        return True
-    return file is None or any(m.name.startswith("lora_te") for m in file.modules.values())
+        return None
+    return None if file is None else {m.name for m in file.modules.values()}
+
+
+def file_has_text(a: Args, paths: PathMapper) -> bool:
+    """False when --dim_from_weights builds the network from a file without text-encoder modules (kohya's
+    create_network_from_weights then builds no text-encoder LoRA); True otherwise, or when it is unreadable
+    (reported by the adapter mapping)."""
+    names = _file_modules(a, paths)
+    return names is None or any(n.startswith("lora_te") for n in names)
+
+
+def map_file_text_encoders(a: Args, script: str, paths: PathMapper, conv: Conversion, trains: bool) -> None:
+    """--dim_from_weights with a file holding text-encoder modules of some CLIP encoders only: kohya's
+    create_network_from_weights builds no LoRA on the others (SDXL's and SD3's second, or the first: Flux's
+    and SD3's CLIP-L beside T5-XXL), so they do not train (train.text_encoder / train.text_encoder_2, the
+    second training alone as with kohya's first rate 0). T5-XXL trains from its lora_te3 names (train.t5)."""
+    names = _file_modules(a, paths) if trains else None
+    if not names or not any(n.startswith("lora_te") for n in names):
+        return
+    second = script in ("sdxl_train_network", "sd3_train_network")  # two CLIP encoders
+    first_has = any(n.startswith(("lora_te_", "lora_te1_")) for n in names)
+    second_has = any(n.startswith("lora_te2_") for n in names)
+    note = (
+        "kohya --dim_from_weights: the file has no module of {}, so create_network_from_weights builds no "
+        "LoRA there"
+    )
+    if not first_has:
+        conv.put(("train", "text_encoder"), False, note.format("the first text encoder (CLIP-L)"))
+        if second and second_has:
+            conv.put(("train", "text_encoder_2"), True, "kohya --dim_from_weights: the file's second encoder")
+    elif second and not second_has:
+        conv.put(("train", "text_encoder_2"), False, note.format("the second text encoder"))
 
 
 def map_base_weights(a: Args, paths: PathMapper, conv: Conversion) -> None:
@@ -594,8 +629,9 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
     a fused Linear's LoRA is one shared down (dbspec's fused_projections, which the network mapping set), and
     none where the file has no module. The ranks become [[adapter.blocks]] (file_ranks.py: one block per rank,
     alpha and group of modules, a last rank-0 block for the rest; a split_qkv file's fused layers at three or
-    four times the rank); the text encoders' modules share the adapter's rank and alpha. A module without
-    alpha is kohya's KeyError (modules_alpha[lora_name])."""
+    four times the rank); the text encoders' (CLIP-L, CLIP-G, T5-XXL) modules, when their ranks differ or
+    some layer's are missing, [[adapter.text_encoder_blocks]] likewise. A module without alpha is kohya's
+    KeyError (modules_alpha[lora_name])."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not weights.value:
         conv.invalid(
@@ -624,8 +660,8 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
         )
         return
     family = "flux" if wanted == "networks.lora_flux" else "sd3"
+    components = flow_components(family)
     try:
-        text = text_pair(file, flow_text_prefixes(family))
         blocks, embedders = flow_blocks(file, family)
     except ValueError as exc:
         conv.unsupported(
@@ -633,7 +669,7 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
             f"{wanted}'s create_network_from_weights builds each module of the file at its rank: {exc}",
         )
         return
-    pair = text or common_pair(file)
+    pair = common_pair(file, prefixes=tuple(components)) or common_pair(file)
     if pair is None or len(blocks) == 1:
         conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear {wanted} adapts")
         return
@@ -658,7 +694,12 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
         why = note + (": the modules it lacks get none" if block["rank"] == 0 else ": its modules' rank")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, why)
-    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha, adapter.blocks")
+    # text-encoder modules (CLIP-L, CLIP-G, T5-XXL) at several ranks, or not every layer's: kohya builds
+    # none where the file has none
+    text = per_module_text_blocks(file, components)
+    put_text_blocks(text, note, conv)
+    mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
+    conv.record(from_file, "mapped", mapped)
 
 
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:

@@ -13,9 +13,8 @@ from dbspec.convert.kohya.file_ranks import (
     TEXT_COMPONENTS,
     common_pair,
     denoiser_names,
+    per_module_text_blocks,
     sd_blocks,
-    text_blocks,
-    whole_text_encoders,
 )
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -885,13 +884,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, why)
-    text = text_blocks(file)
     # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
-    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1 or not whole_text_encoders(file):
-        for index, block in enumerate(text):
-            why = note + (
-                ": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank"
-            )
-            for key, value in block.items():
-                conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
+    put_text_blocks(per_module_text_blocks(file), note, conv)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
+
+
+def put_text_blocks(blocks: list[dict], note: str, conv: Conversion) -> None:
+    """[[adapter.text_encoder_blocks]] from file_ranks.per_module_text_blocks (none when empty)."""
+    for index, block in enumerate(blocks):
+        why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
+        for key, value in block.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
