@@ -63,6 +63,16 @@ _PRESETS = {
     "full-lin": ([*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-mlp": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-only": (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj", "out_proj"], []),
+    # the U-Net-only presets: `full` and `attn-mlp`'s U-Net lists with no text-encoder class (the network has
+    # no text-encoder module); `unet-convblock-only` takes the ResNet, Downsample2D and Upsample2D classes
+    # (their linears and 1x1 shortcuts, with convolutions on their 3x3 convolutions) and conv_in / conv_out
+    "unet-only": (
+        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING],
+        [],
+        [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"],
+    ),
+    "unet-transformer-only": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], [], []),
+    "unet-convblock-only": (list(_RESNET_LINEAR), [], [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"]),
 }
 # kohya's SDXL U-Net (library/sdxl_original_unet.py) has no TimestepEmbedding class (its time embedding is an
 # nn.Sequential, `time_embed`) and names its first and last convolutions `input_blocks.0.0` / `out.2`: the
