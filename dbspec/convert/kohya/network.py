@@ -291,6 +291,9 @@ def _map_network(
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
+    bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
+    if lycoris and kind == "lora":
+        _locon_dropouts(kwargs, bypass_mode, dora, put, unsupported)
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         if kind == "lokr":
@@ -505,6 +508,28 @@ def _lycoris_bypass_and_dropout(
             "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
             "W + ΔW, with no dropout)" + ("; with dora_wd it ignores it anyway" if dora else ""),
         )
+
+
+def _locon_dropouts(
+    kwargs: dict[str, str], bypass: bool, dora: bool, put: dict[str, Any], unsupported: dict[str, str]
+) -> None:
+    """algo=lora / locon (lycoris/modules/locon.py, LoConModule.forward): module_dropout is one torch.rand(1)
+    per training forward, the layer's base output alone below the rate (kohya networks.lora's rule);
+    rank_dropout masks the rebuilt ΔW's output rows, `torch.rand(out)` kept above the rate (in bypass_mode the
+    down projection's ranks, `torch.rand(rank)`), unscaled (rank_dropout_form "lycoris" / "lycoris_bypass").
+    With dora_wd LyCORIS renormalises the masked weight, which dbspec's dropouts do not reach."""
+    for key in ("module_dropout", "rank_dropout"):
+        if key not in kwargs:
+            continue
+        rate = _float(kwargs.pop(key) or 0.0)
+        if not rate:
+            continue
+        if dora:
+            unsupported[key] = f"{rate:g} with dora_wd (LyCORIS renormalises the masked update)"
+            continue
+        put[key] = rate
+        if key == "rank_dropout":
+            put["rank_dropout_form"] = "lycoris_bypass" if bypass else "lycoris"
 
 
 def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
