@@ -427,7 +427,7 @@ class LoraAdapter:
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
-        "`module_dropout`).",
+        "and LyCORIS LoCon `module_dropout`: one `torch.rand(1)` per layer and training forward).",
         minimum=0,
         maximum=1,
     )

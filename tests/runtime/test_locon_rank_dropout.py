@@ -199,3 +199,12 @@ def test_tiny_run_resumes_bit_exact(tmp_path):
         name = next(n for n in finals[form] if "kohya" not in n)
         theirs = finals["kohya"][name]
         assert any(not torch.equal(t, theirs[k]) for k, t in finals[form][name].items()), form
+
+
+def test_export_names_lycoris_locon():
+    """The export's ss_network_args: LoCon's rank dropout is LyCORIS's (algo=locon), bypass_mode with it."""
+    from dbspec.runtime.lycoris_export import network_args
+
+    plan = AdapterPlan(kind="lora", rank=2, alpha=1.0, rank_dropout=0.1, rank_dropout_form="lycoris_bypass")
+    assert network_args(plan) == {"algo": "locon", "bypass_mode": "True"}
+    assert network_args(AdapterPlan(kind="lora", rank=2, alpha=1.0, rank_dropout=0.1)) == {}

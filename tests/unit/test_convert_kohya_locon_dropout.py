@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 from convert_kit import SD15, SDXL, codes, expressible, fate, images, kohya, messages, plan_of
 
+from dbspec.plan.summary import adapter_rows
+
 
 def _convert(tmp_path, args: str, model: str = SD15, script: str = "train_network.py"):
     images(tmp_path / "img" / "10_ohwx dog", 3, (512, 512))
@@ -36,6 +38,7 @@ def test_locon_rank_dropout_in_bypass_mode_masks_ranks(tmp_path):
     outcome = expressible(_convert(tmp_path, '"algo=locon" "rank_dropout=0.3" "bypass_mode=True"'))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.rank_dropout, a.rank_dropout_form) == (0.3, "lycoris_bypass")
+    assert "LyCORIS LoCon bypass: ranks, unscaled" in dict(adapter_rows(a))["  dropout"]
 
 
 def test_locon_rank_dropout_with_tucker_and_scalar(tmp_path):
