@@ -2534,6 +2534,17 @@ evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`, `log`) 
 (kohya lora_sd3's `train_t5xxl=True`); without it T5-XXL is frozen and the rate changes nothing.""",
         help="set train.t5 = true, or remove optimizer.text_encoder_3_lr",
     ),
+    # LyCORIS LoCon's rank dropout (adapter.rank_dropout_form) on kohya's fused layers: DBS573.
+    Code(
+        "DBS573",
+        ERROR,
+        "LyCORIS's rank dropout on fused layers",
+        """\
+`adapter.rank_dropout_form = "lycoris"` or `"lycoris_bypass"` (LyCORIS LoCon's rank dropout, kohya's
+lycoris.kohya network) with `adapter.fused_projections` or `adapter.fused_dropout`: those share kohya
+networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network has not.""",
+        help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

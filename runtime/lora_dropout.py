@@ -10,7 +10,15 @@ kohya's do: gradient checkpointing restores it for the recomputed forward (same 
 it, so a resumed run draws what an uninterrupted one draws. Outside training (validation, adapters disabled
 for a base-model prior) the layer runs peft's own forward. LoCon's Tucker layers (locon_tucker.py) count
 `lora_down` then `lora_mid` as the down projection: the dropouts act on lora_mid's output (where LyCORIS's
-bypass forward masks ranks too)."""
+bypass forward masks ranks too).
+
+`form` (plan.adapter.rank_dropout_form) picks LyCORIS LoCon's rank dropout instead (lycoris-lora 4.1.3
+lycoris/modules/locon.py, what kohya's lycoris.kohya network trains with `algo=lora`/`locon`): its default
+forward rebuilds ΔW and multiplies its output rows by `torch.rand(out, device=x.device) > rank_dropout`
+("lycoris"), the same as masking the update's output channels; its bypass forward multiplies the down
+projection's output (after lora_mid) by `torch.rand(rank, device=...) > rank_dropout`, one mask for the whole
+batch ("lycoris_bypass"). Neither rescales the kept rows: kohya's network never passes
+`rank_dropout_scale`. The draw follows module_dropout's, as in LoConModule.forward."""
 
 from __future__ import annotations
 
@@ -26,10 +34,11 @@ def add_lora_dropout(
     module_dropout: float,
     multiplier: float = 1.0,
     down_dropout: float = 0.0,
+    form: str = "kohya",
 ) -> int:
     """Wrap the forward of every plain LoRA layer in `module`; returns how many were wrapped. `multiplier`
     (kohya's network multiplier) scales the update in training and evaluation alike; alpha is untouched, so
-    the exports keep it."""
+    the exports keep it. `form`: whose rank-dropout rule (above)."""
     count = 0
     for layer in module.modules():
         if (
@@ -39,14 +48,20 @@ def add_lora_dropout(
             and not hasattr(layer, "dbspec_fused_draw")  # a fused layer's part: runtime/fused_dropout.py
         ):
             layer.forward = _forward(
-                layer, layer.forward, rank_dropout, module_dropout, multiplier, down_dropout
+                layer, layer.forward, rank_dropout, module_dropout, multiplier, down_dropout, form
             )
             count += 1
     return count
 
 
 def _forward(
-    layer, peft_forward, rank_dropout: float, module_dropout: float, multiplier: float, down_dropout: float
+    layer,
+    peft_forward,
+    rank_dropout: float,
+    module_dropout: float,
+    multiplier: float,
+    down_dropout: float,
+    form: str = "kohya",
 ):
     mids = getattr(layer, "lora_mid", None)
     mid = mids[ADAPTER_NAME] if mids is not None and ADAPTER_NAME in mids else None
@@ -67,7 +82,16 @@ def _forward(
         if training and down_dropout:  # kohya's network_dropout, on the down projection's output
             lx = torch.nn.functional.dropout(lx, p=down_dropout)
         scale = layer.scaling[ADAPTER_NAME] * multiplier
-        if training and rank_dropout:
+        if training and rank_dropout and form == "lycoris_bypass":  # LoConModule.bypass_forward_diff
+            keep = (torch.rand(layer.r[ADAPTER_NAME], device=lx.device) > rank_dropout).to(lx.dtype)
+            lx = lx * (keep.view(1, -1, 1, 1) if lx.dim() == 4 else keep)
+        elif training and rank_dropout and form == "lycoris":  # LoConModule.make_weight: ΔW's output rows
+            update = lora_b(lx)
+            keep = torch.rand(update.size(1 if update.dim() == 4 else -1), device=x.device) > rank_dropout
+            keep = keep.to(update.dtype)
+            update = update * (keep.view(-1, 1, 1) if update.dim() == 4 else keep)
+            return (result + update * scale).to(result.dtype)
+        elif training and rank_dropout:
             mask = torch.rand((lx.size(0), layer.r[ADAPTER_NAME]), device=lx.device) > rank_dropout
             if lx.dim() == 3:
                 mask = mask.unsqueeze(1)

@@ -207,8 +207,14 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args.update(algo="dylora", block_size=str(adapter.dylora_unit))
     elif adapter.kind != "lora":
         args["algo"] = adapter.kind
-    elif adapter.dora or adapter.tucker or adapter.scalar or norm_scalars(adapter):
-        args["algo"] = "locon"  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form or scalar
+    elif (
+        adapter.dora
+        or adapter.tucker
+        or adapter.scalar
+        or norm_scalars(adapter)
+        or adapter.rank_dropout_form != "kohya"
+    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar or LoCon's rank dropout
+        args["algo"] = "locon"
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
     if adapter.dora:
@@ -227,7 +233,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
-    if adapter.bypass:  # GLoRA's bypass forward
+    if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass":  # GLoRA's, LoCon's bypass forward
         args["bypass_mode"] = "True"
     return args
 

@@ -88,7 +88,9 @@ def _prepare(
                     a.multiplier,
                     a.down_dropout,
                 )
-            add_lora_dropout(module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout)
+            add_lora_dropout(
+                module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout, a.rank_dropout_form
+            )
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)

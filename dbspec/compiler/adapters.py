@@ -54,6 +54,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         else {}
     )
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
+    if isinstance(adapter, LoraAdapter) and adapter.rank_dropout:  # LyCORIS LoCon's masks (lora_dropout.py)
+        extra["rank_dropout_form"] = adapter.rank_dropout_form
     if not isinstance(adapter, LoraAdapter) and adapter.max_norm:  # LoHa / LoKr: LyCORIS's max norm only
         extra.update(max_norm=adapter.max_norm, max_norm_form="lycoris")
     if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout

@@ -2374,6 +2374,23 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS LoCon's rank dropout (runtime/lora_dropout.py) acts on each LoRA layer alone (DBS573)."""
+    a = spec.adapter
+    if not isinstance(a, LoraAdapter) or a.rank_dropout_form == "kohya" or not a.rank_dropout:
+        return
+    for key in ("fused_projections", "fused_dropout"):
+        if getattr(a, key):
+            yield _err(
+                "DBS573",
+                ("adapter", "rank_dropout_form"),
+                f'adapter.rank_dropout_form = "{a.rank_dropout_form}" with adapter.{key} = true: LyCORIS\'s '
+                "network has no fused layer whose parts share a draw",
+                codes.help("DBS573"),
+            )
+
+
+@rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped."""

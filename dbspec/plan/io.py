@@ -94,6 +94,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ): [],  # LoRA files merged into the base (kohya --base_weights), added since
         ("adapter", "max_norm"): 0.0,  # kohya's max-norm regularisation, added since (off then)
         ("adapter", "max_norm_form"): "kohya",  # LyCORIS's max-norm form, added since (kohya's then)
+        ("adapter", "rank_dropout_form"): "kohya",  # LyCORIS LoCon's rank dropout, added since
         ("adapter", "freeze_down"): False,  # LoRA-FA (kohya networks.lora_fa), added since (off then)
         ("adapter", "frozen_down_grad"): "none",
         ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)

@@ -173,6 +173,9 @@ class AdapterPlan:
     # loha, lokr with rank_dropout: the kept rows divided by the kept share (LyCORIS rank_dropout_scale)
     rank_dropout_scale: bool = False
     module_dropout: float = 0.0  # loha, lokr
+    # lora with rank_dropout: whose mask (adapter.rank_dropout_form): "kohya" (networks.lora, per sample and
+    # rank, rescaled), "lycoris" (LoCon: torch.rand(out), output rows), "lycoris_bypass" (torch.rand(rank))
+    rank_dropout_form: Literal["kohya", "lycoris", "lycoris_bypass"] = "kohya"
     # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off
     down_dropout: float = 0.0
     # glora, diag-oft, boft: LyCORIS bypass_mode (the update computed on activations: OFT rotates the output,

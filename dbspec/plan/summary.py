@@ -601,6 +601,12 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     if a.rank_dropout or a.module_dropout:
         rescale = ", kept rows rescaled" if a.rank_dropout_scale else ""
+        if a.rank_dropout and a.rank_dropout_form != "kohya":  # LyCORIS LoCon's masks (lora_dropout.py)
+            rescale = (
+                " (LyCORIS LoCon: output rows, unscaled)"
+                if a.rank_dropout_form == "lycoris"
+                else " (LyCORIS LoCon bypass: ranks, unscaled)"
+            )
         rows.append(
             ("  dropout", f"rank {a.rank_dropout:g}{rescale}, module {a.module_dropout:g} (while training)")
         )

@@ -441,14 +441,26 @@ class LoraAdapter:
     rank_dropout: float = option(
         0.0,
         doc="Drop ranks of the LoRA update while training (kohya networks.lora `rank_dropout`): the down "
-        "projection's output is masked per sample and rank, the update scaled by 1 / (1 - rank_dropout).",
+        "projection's output is masked per sample and rank, the update scaled by 1 / (1 - rank_dropout). "
+        "`rank_dropout_form` picks LyCORIS LoCon's rules instead.",
         minimum=0,
         maximum=0.99,
+    )
+    rank_dropout_form: Literal["kohya", "lycoris", "lycoris_bypass"] = option(
+        "kohya",
+        doc="With `rank_dropout`: whose rule draws the mask. `kohya` (networks.lora): per sample and rank, "
+        "rescaled, as `rank_dropout` says. `lycoris` (LyCORIS LoCon's default forward, lycoris.kohya "
+        "`algo=lora`/`locon`): one `torch.rand(out)` per layer and training forward on the input's device, "
+        "the update's output rows (channels) drawn at or under the rate dropped, the kept ones not "
+        "rescaled. `lycoris_bypass` (its `bypass_mode` forward): one `torch.rand(rank)` per layer and "
+        "forward, the ranks drawn at or under the rate dropped for the whole batch, not rescaled. All "
+        "draw from torch's global generator after `module_dropout`'s, so a resume is bit-exact.",
+        example="lycoris",
     )
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
-        "`module_dropout`).",
+        "and LyCORIS LoCon `module_dropout`: one `torch.rand(1)` per layer and training forward).",
         minimum=0,
         maximum=1,
     )

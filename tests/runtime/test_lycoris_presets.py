@@ -79,8 +79,16 @@ def _dbspec_names(pipe, preset: str) -> set[str]:
 def test_preset_adapts_the_modules_lycoris_does(pipe, preset, monkeypatch):
     theirs = _lycoris_names(pipe, preset, monkeypatch)
     ours = _dbspec_names(pipe, preset)
-    assert theirs and any(n.startswith("lora_te_") for n in theirs)
+    assert theirs and any(n.startswith("lora_te_") for n in theirs) == (not preset.startswith("unet-"))
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+
+
+def test_unet_convblock_only_takes_resnets_resamplers_and_the_outer_convolutions(pipe, monkeypatch):
+    """unet-convblock-only: ResnetBlock2D, Downsample2D, Upsample2D and conv_in / conv_out, no attention."""
+    theirs = _lycoris_names(pipe, "unet-convblock-only", monkeypatch)
+    assert {"lora_unet_conv_in", "lora_unet_conv_out"} <= theirs
+    assert any("downsamplers" in n for n in theirs) and any("time_emb_proj" in n for n in theirs)
+    assert not any("attn" in n or "time_embedding" in n or n.startswith("lora_te_") for n in theirs)
 
 
 def test_attn_mlp_takes_the_time_embedding(pipe, monkeypatch):

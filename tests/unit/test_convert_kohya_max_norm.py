@@ -251,11 +251,13 @@ def test_lora_flux_split_qkv_is_invalid(tmp_path):
     assert "split_qkv" in "".join(errors(outcome))
 
 
-def test_lycoris_locon_rank_dropout_stays_refused(tmp_path):
-    """LoCon's rank dropout (its mask drawn on the device inside make_weight) is not expressed: DBS403."""
+def test_lycoris_locon_rank_dropout_with_max_norm_stays_refused(tmp_path):
+    """LoCon's rank dropout converts (rank_dropout_form "lycoris"), but LyCORIS's apply_max_norm draws its
+    mask inside each norm, which dbspec does not reproduce: --scale_weight_norms is DBS403 there."""
     args = 'network_args = ["algo=locon", "rank_dropout=0.1"]'
     outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
-    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "rank-dropout mask" in messages(outcome, "DBS403")
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
 
 
 @pytest.mark.parametrize("bypass", ["", ', "bypass_mode=True"'])

@@ -1357,6 +1357,12 @@ CASES = [
     ),
     # adapter.fused_dropout (kohya's split_qkv draws) with no dropout to draw
     (
+        rules.lycoris_rank_dropout_unfused,
+        DOG + STEPS + LORA + 'fused_dropout = true\nrank_dropout = 0.1\nrank_dropout_form = "lycoris"\n',
+        [("DBS573", "error", ("adapter", "rank_dropout_form"))],
+        DOG + STEPS + LORA + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n',
+    ),
+    (
         rules.fused_dropout_draws,
         DOG + STEPS + LORA + "fused_dropout = true\n",
         [("DBS553", "warning", ("adapter", "fused_dropout"))],

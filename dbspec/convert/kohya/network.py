@@ -62,6 +62,16 @@ _PRESETS = {
     "full-lin": ([*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-mlp": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-only": (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj", "out_proj"], []),
+    # the U-Net-only presets: `full` and `attn-mlp`'s U-Net lists with no text-encoder class (the network has
+    # no text-encoder module); `unet-convblock-only` takes the ResNet, Downsample2D and Upsample2D classes
+    # (their linears and 1x1 shortcuts, with convolutions on their 3x3 convolutions) and conv_in / conv_out
+    "unet-only": (
+        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING],
+        [],
+        [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"],
+    ),
+    "unet-transformer-only": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], [], []),
+    "unet-convblock-only": (list(_RESNET_LINEAR), [], [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"]),
 }
 # kohya's SDXL U-Net (library/sdxl_original_unet.py) has no TimestepEmbedding class (its time embedding is an
 # nn.Sequential, `time_embed`) and names its first and last convolutions `input_blocks.0.0` / `out.2`: the
@@ -280,6 +290,9 @@ def _map_network(
     wd_on_output = kwargs.pop("wd_on_output", "true")
     if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
         put["dora_axis"] = "input"
+    bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
+    if lycoris and kind == "lora":
+        _locon_dropouts(kwargs, bypass_mode, dora, put, unsupported)
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
         _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
         if kind == "lokr":
@@ -494,6 +507,28 @@ def _lycoris_bypass_and_dropout(
             "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
             "W + ΔW, with no dropout)" + ("; with dora_wd it ignores it anyway" if dora else ""),
         )
+
+
+def _locon_dropouts(
+    kwargs: dict[str, str], bypass: bool, dora: bool, put: dict[str, Any], unsupported: dict[str, str]
+) -> None:
+    """algo=lora / locon (lycoris/modules/locon.py, LoConModule.forward): module_dropout is one torch.rand(1)
+    per training forward, the layer's base output alone below the rate (kohya networks.lora's rule);
+    rank_dropout masks the rebuilt ΔW's output rows, `torch.rand(out)` kept above the rate (in bypass_mode the
+    down projection's ranks, `torch.rand(rank)`), unscaled (rank_dropout_form "lycoris" / "lycoris_bypass").
+    With dora_wd LyCORIS renormalises the masked weight, which dbspec's dropouts do not reach."""
+    for key in ("module_dropout", "rank_dropout"):
+        if key not in kwargs:
+            continue
+        rate = _float(kwargs.pop(key) or 0.0)
+        if not rate:
+            continue
+        if dora:
+            unsupported[key] = f"{rate:g} with dora_wd (LyCORIS renormalises the masked update)"
+            continue
+        put[key] = rate
+        if key == "rank_dropout":
+            put["rank_dropout_form"] = "lycoris_bypass" if bypass else "lycoris"
 
 
 def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:

@@ -742,7 +742,7 @@ def map_text_encoder(
         conv.put(
             ("train", "text_encoder"),
             False,
-            "kohya lycoris.kohya: the LyCORIS preset file matches no text-encoder layer, so the network "
+            "kohya lycoris.kohya: the LyCORIS preset matches no text-encoder layer, so the network "
             "has no text-encoder module",
         )
         return False
