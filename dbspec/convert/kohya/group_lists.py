@@ -7,13 +7,22 @@ kohya's groups, in order (its code is the ground truth):
   LoRA modules as one group (SDXL's two together) unless network_train_unet_only or their rate is 0, then its
   LoRA+ "plus" group (lora_up at rate x ratio); then the U-Net's, then its plus group. Groups at rate 0 are
   dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead.
+- lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
+  where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
+  `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
+- networks.lora_flux / lora_sd3 (flux_train_network.py, sd3_train_network.py;
+  `prepare_optimizer_params_with_multiple_te_lrs`): each text encoder in its own group at its
+  text_encoder_lr value (Flux: [CLIP-L, T5-XXL]; SD3: [CLIP-L, CLIP-G, T5-XXL]; T5 only with train_t5xxl),
+  each followed by its plus group, then the transformer's and its plus group. network_reg_lrs gives the
+  modules its regexes match groups of their own (not derived here).
 - train_db.py: the U-Net and the text encoder as one group without learning_rate_te, else [U-Net, text
   encoder]; the U-Net alone when the text encoder does not train (stop_text_encoder_training -1).
 - sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block), then each text encoder
   that trains (train_text_encoder and its rate, learning_rate_te1/2 or learning_rate, not 0) as its own.
 
 dbspec's groups are runtime/optim.py's (compiler/group_bounds.py names them): `denoiser`, `denoiser_lora_up`,
-`text_encoder` (SDXL's second too unless its rate differs), `text_encoder_lora_up`, `text_encoder_2`.
+`text_encoder` (SDXL's second too unless its rate differs), `text_encoder_lora_up`, `text_encoder_2`,
+`text_encoder_3` (SD3's T5-XXL at a rate of its own), each text encoder's `_lora_up`.
 """
 
 from __future__ import annotations
@@ -27,15 +36,21 @@ Args = dict[str, Legacy]
 _BLOCK_WEIGHTS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
 
-def kohya_groups(a: Args, script: str) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def kohya_groups(
+    a: Args, script: str, written: dict | None = None
+) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """kohya's optimizer groups in order: (kohya's name for it, the dbspec groups its parameters train in;
-    () where they do not train in dbspec). On failure ([], why dbspec cannot match them one to one)."""
+    () where they do not train in dbspec). On failure ([], why dbspec cannot match them one to one).
+    `written`: the spec values converted so far (Conversion.values: the adapter's, mapped before)."""
+    written = written or {}
     if script == "train_db":
         return _train_db(a), ""
     if script == "sdxl_train":
         return _sdxl_train(a)
     if script in ("train_network", "sdxl_train_network"):
-        return _networks_lora(a)
+        return _networks_lora(a, written)
+    if script in ("flux_train_network", "sd3_train_network"):
+        return _lora_flow(a, script, written)
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
 
 
@@ -72,21 +87,25 @@ def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     return groups, ""
 
 
-def _networks_lora(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _networks_lora(a: Args, written: dict) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
-    if module != "networks.lora":
+    if module not in ("networks.lora", "lycoris.kohya"):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
     kwargs, _ = parse_network_args(a["network_args"].value or [])
-    general = _ratio(kwargs, "loraplus_lr_ratio")
-    unet_ratio = _ratio(kwargs, "loraplus_unet_lr_ratio") or general
-    text_ratio = _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general
+    unet_ratio, text_ratio = _ratios(kwargs)
+    text_layers = True
+    if module == "lycoris.kohya":
+        if kwargs.get("algo", "lora").lower() not in ("lora", "locon"):
+            unet_ratio = text_ratio = None  # no `lora_up` parameter: the plus groups stay empty (skipped)
+        text_layers = _value(written, ("adapter", "text_encoder_targets"), True) != []
+        kwargs = {k: v for k, v in kwargs.items() if k not in _BLOCK_WEIGHTS}  # LyCORIS does not read them
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
     te_rate = (te[0] if te else None) if isinstance(te, list) else te
     te_rate = te_rate if te_rate is not None else lr
     unet_rate = _rate(a, "unet_lr", lr)
     groups: list[tuple[str, tuple[str, ...]]] = []
-    if not a["network_train_unet_only"].value and te_rate:
+    if not a["network_train_unet_only"].value and te_rate and text_layers:
         groups.append(("textencoder", ("text_encoder",)))
         if text_ratio is not None:
             groups.append(("textencoder plus", ("text_encoder_lora_up",)))
@@ -102,6 +121,56 @@ def _networks_lora(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     return groups, ""
 
 
+def _lora_flow(a: Args, script: str, written: dict) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    """lora_flux / lora_sd3: [CLIP-L, (CLIP-G,) T5-XXL, transformer], each with its plus group. dbspec's
+    groups: CLIP-L in `text_encoder`; Flux's T5 in `text_encoder_2` where the converter gave it its own rate
+    (lora_flux.t5_trains); SD3's CLIP-G in `text_encoder_2` at a rate of its own (train._sd3_clip_g_lr), its
+    T5 in `text_encoder_3` at its own (lora_flux._sd3_t5_trains), else in CLIP-G's group."""
+    kwargs, _ = parse_network_args(a["network_args"].value or [])
+    if "network_reg_lrs" in kwargs:
+        return [], "network_reg_lrs gives the modules its regexes match groups of their own"
+    unet_ratio, text_ratio = _ratios(kwargs)
+    te = a["text_encoder_lr"].value
+    given = [float(v) for v in (te if isinstance(te, list) else [] if te is None else [te])]
+    lr = float(a["learning_rate"].value)
+    count = 3 if script == "sd3_train_network" else 2
+    # kohya's padding: none -> learning_rate for each; one value -> each; SD3's two -> [a, b, b]
+    rates = (given + given[-1:] * count)[:count] if given else [lr] * count
+    encoders: list[tuple[str, float, str]] = [("textencoder 1", rates[0], "text_encoder")]
+    if script == "sd3_train_network":
+        g_own = len(given) > 1 and rates[1] not in (rates[0], 0)
+        second = "text_encoder_2" if g_own else "text_encoder"
+        encoders.append(("textencoder 2 (CLIP-G)", rates[1], second))
+        t5 = "text_encoder_3" if ("optimizer", "text_encoder_3_lr") in written else second
+    else:
+        t5 = "text_encoder_2" if ("optimizer", "text_encoder_2_lr") in written else "text_encoder"
+    if _value(written, ("train", "t5"), False):
+        encoders.append(("textencoder (T5-XXL)", rates[-1], t5))
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    if not a["network_train_unet_only"].value:
+        for name, rate, target in encoders:
+            if rate:
+                groups.append((name, (target,)))
+                if text_ratio is not None:
+                    groups.append((f"{name} plus", (f"{target}_lora_up",)))
+    if not a["network_train_text_encoder_only"].value and _rate(a, "unet_lr", lr):
+        groups.append(("unet", ("denoiser",)))
+        if unet_ratio is not None:
+            groups.append(("unet plus", ("denoiser_lora_up",)))
+    return groups, ""
+
+
+def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
+    return written[path][0] if path in written else default
+
+
+def _ratios(kwargs: dict[str, str]) -> tuple[float | None, float | None]:
+    """LoRA+'s (U-Net, text encoder) ratios as kohya's networks take them (`specific or general`)."""
+    general = _ratio(kwargs, "loraplus_lr_ratio")
+    unet = _ratio(kwargs, "loraplus_unet_lr_ratio") or general
+    return unet, _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general
+
+
 def _ratio(kwargs: dict[str, str], key: str) -> float | None:
     try:
         return float(kwargs[key]) if key in kwargs else None
@@ -114,7 +183,7 @@ def group_table(
 ) -> float | dict[str, float] | None:
     """kohya's per-group `key` list as dbspec's value: one number when every dbspec group gets the same, else
     a table by group name. None after reporting why not (torch's ValueError on a wrong length: DBS402)."""
-    groups, why = kohya_groups(a, script)
+    groups, why = kohya_groups(a, script, conv.values)
     if not groups:
         conv.unsupported(args, f"one {key} per parameter group: {why}")
         return None
