@@ -6,7 +6,10 @@ The optimizer's groups are named here as the runtime builds them (runtime/optim.
 the pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
 (DBS416), and the plan shows every group's bounds and LR curve. Block learning-rate scales split the
 denoiser's groups by the modules a pattern matches, which only the loaded model knows: tables are refused
-there (DBS417).
+there (DBS417). A full fine-tune's `[[optimizer.blocks]]` give each block at a rate above 0 its own group
+(`denoiser_block<i>`); the `denoiser` group then holds only the parameters no block's pattern matches, which
+the tables may leave out where the patterns cover the denoiser (kohya's block_lr): the runtime refuses a
+run whose leftover group they do not name.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def optimizer_groups(
 
     if trains.get("unet"):
         add("denoiser", o.lr, o.loraplus_denoiser_ratio)
+        # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
+        groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
     names = family_spec(model.family).text_encoder_names
     own = o.text_encoder_2_lr is not None and len(names) > 1 and trains.get(names[1], False)
     third_own = o.text_encoder_3_lr is not None and len(names) > 2 and trains.get(names[2], False)
@@ -94,6 +99,8 @@ def plan_group_bounds(
         )
         return schedule
     groups = optimizer_groups(model, precision, optimizer, pivotal)
+    if optimizer.blocks and not any("denoiser" in table for table in tables.values()):
+        groups = tuple(g for g in groups if g[0] != "denoiser")  # the blocks' patterns cover the denoiser
     names = [name for name, _ in groups]
     bad = False
     for key, table in tables.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from convert_kit import SD15, codes, component_file, errors, fate, images, kohya, messages, plan_of
+from convert_kit import SD15, SDXL, codes, component_file, errors, fate, images, kohya, messages, plan_of
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 SD35 = "stabilityai/stable-diffusion-3.5-large"
@@ -276,3 +276,29 @@ def test_lycoris_unet_only_has_one_group(tmp_path):
         "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
     )
     assert "DBS402" in codes(outcome) and "1 parameter group(s) (unet)" in messages(outcome, "DBS402")
+
+
+def test_sdxl_train_block_lr_gives_each_block_its_group(tmp_path):
+    """sdxl_train.py --block_lr: [each U-Net block at a rate not 0, in block order, text encoder 1, 2]; block
+    i is [[optimizer.blocks]] entry i, dbspec's group `denoiser_block<i>`."""
+    rates = [1e-5 * (1 + i % 4) for i in range(23)]
+    rates[4] = rates[22] = 0.0  # left out of kohya's optimizer
+    blocks = [i for i, rate in enumerate(rates) if rate]
+    order = [f"denoiser_block{i}" for i in blocks] + ["text_encoder", "text_encoder_2"]
+    lists = {
+        "base_lr": [rates[i] / 10 for i in blocks] + [1e-7, 2e-7],
+        "max_lr": [rates[i] * (2 + i % 3) for i in blocks] + [1e-6, 2e-6],
+    }
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x "
+        "--resolution=512 --output_dir=out --learning_rate=1e-5 --train_text_encoder "
+        "--learning_rate_te1=1e-6 --learning_rate_te2=2e-6 --max_train_steps=300 --optimizer_type=AdamW "
+        "--mixed_precision=bf16 "
+        f"--block_lr={','.join(f'{r:g}' for r in rates)} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=20 step_size_down=35"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert [g.name for g in schedule.torch.groups] == order  # no leftover `denoiser` group
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 20, "step_size_down": 35}, 300))

@@ -17,8 +17,9 @@ kohya's groups, in order (its code is the ground truth):
   modules its regexes match groups of their own (not derived here).
 - train_db.py: the U-Net and the text encoder as one group without learning_rate_te, else [U-Net, text
   encoder]; the U-Net alone when the text encoder does not train (stop_text_encoder_training -1).
-- sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block), then each text encoder
-  that trains (train_text_encoder and its rate, learning_rate_te1/2 or learning_rate, not 0) as its own.
+- sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block at a rate not 0, in block
+  order: dbspec's `denoiser_block<i>`, [[optimizer.blocks]] entry i), then each text encoder that trains
+  (train_text_encoder and its rate, learning_rate_te1/2 or learning_rate, not 0) as its own.
 
 dbspec's groups are runtime/optim.py's (compiler/group_bounds.py names them): `denoiser`, `denoiser_lora_up`,
 `text_encoder` (SDXL's second too unless its rate differs), `text_encoder_lora_up`, `text_encoder_2`,
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.blocks import SDXL_BLOCKS
 from dbspec.convert.kohya.network import parse_network_args
 
 Args = dict[str, Legacy]
@@ -75,8 +77,12 @@ def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     groups: list[tuple[str, tuple[str, ...]]] = []
     if lr:
         if a["block_lr"].value:
-            return [], "sdxl_train.py's block_lr gives each U-Net block its own group; dbspec has one"
-        groups.append(("unet", ("denoiser",)))
+            blocks = _block_lr(str(a["block_lr"].value))
+            if blocks is None:
+                return [], "block_lr is not 23 numbers (kohya asserts; block_lr.py reports it)"
+            groups += blocks
+        else:
+            groups.append(("unet", ("denoiser",)))
     if a["train_text_encoder"].value:
         rates = [_rate(a, key, lr) for key in ("learning_rate_te1", "learning_rate_te2")]
         own = rates[0] != rates[1] and all(rates)  # dbspec's text_encoder_2 group: only at its own rate
@@ -85,6 +91,18 @@ def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
         if rates[1]:
             groups.append(("text encoder 2", ("text_encoder_2",) if own else ("text_encoder",)))
     return groups, ""
+
+
+def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
+    """sdxl_train.py get_block_params_to_optimize: each of the 23 blocks whose rate is not 0, in index order;
+    block_lr.py writes block i as [[optimizer.blocks]] entry i, the runtime's group `denoiser_block<i>`."""
+    try:
+        rates = [float(item) for item in value.split(",")]
+    except ValueError:
+        return None
+    if len(rates) != SDXL_BLOCKS:
+        return None
+    return [(f"unet block {i}", (f"denoiser_block{i}",)) for i, rate in enumerate(rates) if rate != 0]
 
 
 def _networks_lora(a: Args, written: dict) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
