@@ -1995,10 +1995,13 @@ those trained: as stored with `exif_orientation = "ignore"`, upright otherwise."
 parameter group, as torch's CyclicLR and OneCycleLR take a list), and it names a group the optimizer does
 not have or lacks one it has (error, from `dbspec plan`). The groups are those `dbspec plan` lists:
 `denoiser` (when it trains), `text_encoder` (the text encoders; SDXL's second only when
-`optimizer.text_encoder_2_lr` differs), `text_encoder_2`, each trained one's LoRA+ `<name>_lora_up` group
-when its ratio is set, and `pivotal` for pivotal tuning. Name each once, or give one number for every
-group. `dbspec convert kohya` maps kohya's per-group lists (lr_scheduler_args `base_lr=[...]`) onto these
-names by kohya's group order.""",
+`optimizer.text_encoder_2_lr` differs), `text_encoder_2`, `text_encoder_3`, each trained one's LoRA+
+`<name>_lora_up` group when its ratio is set, `denoiser_x<scale>` (quoted in TOML: `"denoiser_x0.5"`) for
+each `[[adapter.blocks]]` `lr_scale`, `denoiser_block<i>` for each `[[optimizer.blocks]]` entry at a rate
+above 0 (with blocks the tables may leave out `denoiser` and the scale groups: the runtime refuses a run
+where one they leave out holds parameters), and `pivotal` for pivotal tuning. Name each once, or give one
+number for every group. `dbspec convert kohya` maps kohya's per-group lists (lr_scheduler_args
+`base_lr=[...]`) onto these names by kohya's group order.""",
     ),
     Code(
         "DBS417",
@@ -2006,12 +2009,12 @@ names by kohya's group order.""",
         "Per-group schedule bounds cannot apply to these optimizer groups",
         """\
 `schedule.base_lr`, `max_lr`, `base_momentum` or `max_momentum` is a table, but the optimizer's groups
-are not known before the model loads (error): the adapter's blocks scale the denoiser's learning rate
-(`lr_scale`, kohya's block lr weights), which splits the denoiser's parameters into groups by the modules
-each block pattern matches. Give the bound one number for every group. `dbspec convert kohya` refuses
-(DBS403) a kohya per- group list whose groups dbspec cannot match one to one: block learning rates
-(networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
-and kohya groups that dbspec trains as one with different values.""",
+are not known before the model loads (error): the adapter's blocks give the denoiser's modules their own
+learning rate (`lr`, kohya Flux's `network_reg_lrs`), which splits the denoiser's parameters into groups by
+the modules each block pattern matches. Give the bound one number for every group. (Blocks that scale the
+rate, `lr_scale`, name their groups `denoiser_x<scale>`: tables take those.) `dbspec convert kohya` refuses
+(DBS403) a kohya per-group list whose groups dbspec cannot match one to one: network_reg_lrs, other network
+modules, and kohya groups that dbspec trains as one with different values.""",
     ),
     Code(
         "DBS418",

@@ -431,13 +431,14 @@ def _group_bounds(optimizer: torch.optim.Optimizer, a) -> list:
     by_name = {b.name: b for b in a.groups}
     names = [group.get("name", "") for group in optimizer.param_groups]
     missing = [n for n in names if n not in by_name]
-    if missing == ["denoiser"] and any(n.startswith("denoiser_block") for n in names):
+    blocks = any(n.startswith("denoiser_block") or n.startswith("denoiser_x") for n in names)
+    if blocks and missing and all(n.startswith("denoiser") for n in missing):
         raise OptimizerError(
-            "[[optimizer.blocks]]: the denoiser's parameters no block pattern matches train in the "
-            "`denoiser` group, which the schedule's per-group tables do not name: give it a table entry"
+            f"the denoiser's blocks leave parameters in the `{missing[0]}` group, which the schedule's "
+            "per-group tables do not name: give it a table entry"
         )
-    # a block group the plan names may be empty in the loaded model (its pattern matches no parameter)
-    extra = [n for n in by_name if n not in names and not n.startswith("denoiser_block")]
+    # a denoiser group the plan names may be empty in the loaded model (a block that matches no parameter)
+    extra = [n for n in by_name if n not in names and not n.startswith("denoiser")]
     if missing or extra or len(set(names)) != len(names):
         raise OptimizerError(
             f"the plan's per-group schedule bounds name the groups {', '.join(sorted(by_name))}, "

@@ -6,10 +6,12 @@ The optimizer's groups are named here as the runtime builds them (runtime/optim.
 the pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
 (DBS416), and the plan shows every group's bounds and LR curve. Block learning-rate scales split the
 denoiser's groups by the modules a pattern matches, which only the loaded model knows: tables are refused
-there (DBS417). A full fine-tune's `[[optimizer.blocks]]` give each block at a rate above 0 its own group
-(`denoiser_block<i>`); the `denoiser` group then holds only the parameters no block's pattern matches, which
-the tables may leave out where the patterns cover the denoiser (kohya's block_lr): the runtime refuses a
-run whose leftover group they do not name.
+there (DBS417) where a block has a rate of its own. Blocks that scale the rate (`lr_scale`, kohya's block
+lr weights) make one group per scale, `denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with LoRA+); a
+full fine-tune's `[[optimizer.blocks]]` one per block at a rate above 0, `denoiser_block<i>`. The
+`denoiser` group then holds only the parameters no block matches, and a scale group may match none: the
+tables may leave those out (kohya's lists have no value for them), and the runtime refuses a run where a
+group they leave out holds parameters.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ MOMENTUM_BOUNDS = ("base_momentum", "max_momentum")
 
 
 def optimizer_groups(
-    model: ModelPlan, precision: PrecisionPlan, o: OptimizerPlan, pivotal: PivotalPlan | None
+    model: ModelPlan,
+    precision: PrecisionPlan,
+    o: OptimizerPlan,
+    pivotal: PivotalPlan | None,
+    scales: tuple[float, ...] = (),
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
     encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
-    pivotal tokens'."""
+    pivotal tokens'. `scales`: the adapter blocks' learning-rate scales other than 1, each a group of the
+    denoiser's (and of its LoRA+ up group) at rate x scale, `<name>_x<scale>` (runtime/blocks.py)."""
     trains = {c.name: c.trainable != "frozen" for c in precision.components}
     groups: list[tuple[str, float]] = []
 
@@ -50,6 +57,10 @@ def optimizer_groups(
 
     if trains.get("unet"):
         add("denoiser", o.lr, o.loraplus_denoiser_ratio)
+        for scale in scales:
+            groups.append((f"denoiser_x{scale:g}", o.lr * scale))
+            if o.loraplus_denoiser_ratio:
+                groups.append((f"denoiser_lora_up_x{scale:g}", o.lr * o.loraplus_denoiser_ratio * scale))
         # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
         groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
     names = family_spec(model.family).text_encoder_names
@@ -85,22 +96,33 @@ def plan_group_bounds(
     tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
     if not tables:
         return schedule
-    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0 or b.lr]
-    if scaled:
+    blocks = getattr(ctx.spec.adapter, "blocks", [])
+    own = [b for b in blocks if b.lr]
+    if own:
         key = next(iter(tables))
         ctx.report(
             "DBS417",
             "error",
-            f"schedule.{key} gives per-group values, but the adapter's blocks scale the denoiser's learning "
-            f"rate ({_block_rate(scaled[0])} for `{scaled[0].pattern}`): the denoiser's groups then "
-            "follow the modules each block pattern matches, which only the loaded model knows",
+            f"schedule.{key} gives per-group values, but the adapter's blocks give the denoiser's modules "
+            f"their own learning rate ({_block_rate(own[0])} for `{own[0].pattern}`): the denoiser's groups "
+            "then follow the modules each block pattern matches, which only the loaded model knows",
             ("schedule", key),
-            help=f"give schedule.{key} one number, or remove the blocks' lr_scale and lr",
+            help=f"give schedule.{key} one number, or remove the blocks' lr",
         )
         return schedule
-    groups = optimizer_groups(model, precision, optimizer, pivotal)
-    if optimizer.blocks and not any("denoiser" in table for table in tables.values()):
-        groups = tuple(g for g in groups if g[0] != "denoiser")  # the blocks' patterns cover the denoiser
+    # lr_scale blocks (kohya's block lr weights): a group per scale, as runtime/blocks.py names them
+    scales = tuple(
+        dict.fromkeys(
+            b.lr_scale for b in blocks if b.lr_scale != 1.0 and (b.rank or getattr(b, "conv_rank", 0))
+        )
+    )
+    groups = optimizer_groups(model, precision, optimizer, pivotal, scales)
+    if optimizer.blocks or scales:
+        # which of the denoiser's groups hold parameters depends on the modules the patterns match: the
+        # tables may leave out its own group and the scale groups (the runtime refuses a run where one the
+        # tables leave out holds parameters)
+        named = {name for table in tables.values() for name in table}
+        groups = tuple(g for g in groups if not _optional(g[0]) or g[0] in named)
     names = [name for name, _ in groups]
     bad = False
     for key, table in tables.items():
@@ -186,6 +208,10 @@ def group_momentum_points(
     period = schedule.t_max or schedule.total_steps
     g = _group_torch(a, bounds)
     return tuple((step, momentum_at(schedule.lr_schedule, step, bounds.rate, period, g)) for step in steps)
+
+
+def _optional(name: str) -> bool:
+    return name.startswith("denoiser") and not name.startswith("denoiser_block")
 
 
 def _listed(names: list[str]) -> str:

@@ -302,3 +302,89 @@ def test_sdxl_train_block_lr_gives_each_block_its_group(tmp_path):
     schedule = _converted(outcome, tmp_path)
     assert [g.name for g in schedule.torch.groups] == order  # no leftover `denoiser` group
     _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 20, "step_size_down": 35}, 300))
+
+
+# networks.lora block lr weights on SD 1.5: kohya's groups per block (unet_block<N>), in the order its
+# create_modules meets them: the down blocks' attentions (1, 2, 4, 5, 7, 8), the up blocks' (16-24), then
+# the mid block's (12: library/original_unet.py registers mid_block after up_blocks)
+DOWN = [1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.25, 0.25, 1.0, 1.0, 1.0]  # indices 0-11
+UP = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5]  # indices 13-24
+KOHYA_BLOCKS = [1, 2, 4, 5, 7, 8, *range(16, 25), 12]
+
+
+def _weight(index: int) -> float:
+    return DOWN[index] if index < 12 else 3.0 if index == 12 else UP[index - 13]
+
+
+def _dbspec_group(index: int, plus: bool = False) -> str:
+    scale = _weight(index)
+    name = "denoiser_lora_up" if plus else "denoiser"
+    return name if scale == 1.0 else f"{name}_x{scale:g}"
+
+
+@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+def test_networks_lora_block_lr_weights_give_kohyas_block_groups(tmp_path, loraplus):
+    """[text encoder, (plus,) unet_block1, (plus,) ...]: each kohya block maps onto dbspec's group of its
+    scale (runtime/blocks.py: `denoiser`, `denoiser_x<scale>`), blocks of one scale sharing one value."""
+    order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else [])
+    for index in KOHYA_BLOCKS:
+        order.append(_dbspec_group(index))
+        if loraplus:
+            order.append(_dbspec_group(index, plus=True))
+    values = {"denoiser": 1e-5, "denoiser_x0.5": 2e-5, "denoiser_x0.25": 3e-5, "denoiser_x2": 4e-5}
+    values |= {"denoiser_x3": 5e-5, "text_encoder": 1e-6}
+    values |= {k.replace("denoiser", "denoiser_lora_up"): 4 * v for k, v in values.items() if "den" in k}
+    values["text_encoder_lora_up"] = 4e-6
+    lists = {"base_lr": [values[n] for n in order], "max_lr": [values[n] * 20 for n in order]}
+    weights = (
+        f"down_lr_weight={','.join(f'{w:g}' for w in DOWN)} mid_lr_weight=3 "
+        f"up_lr_weight={','.join(f'{w:g}' for w in UP)}" + (" loraplus_lr_ratio=4" if loraplus else "")
+    )
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args {weights} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    names = [f"{n}#{i}" for i, n in enumerate(order)]
+    expected = _torch_curves("CyclicLR", names, lists, {"step_size_up": 40}, 400)
+    expected["lr"] = {name.split("#")[0]: curve for name, curve in expected["lr"].items()}
+    _check(schedule, expected)
+
+
+def test_networks_lora_blocks_of_one_scale_with_different_values_stay_unsupported(tmp_path):
+    """Blocks 1 and 2 both train at x0.5, one dbspec group: kohya's list giving them two values is DBS403."""
+    lists = {"base_lr": [1e-6] + [1e-5 * (1 + k) for k in range(len(KOHYA_BLOCKS))]}
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args down_lr_weight={','.join(f'{w:g}' for w in DOWN)} "
+        "--lr_scheduler_type CyclicLR " + _args(lists, "max_lr=1e-3"),
+    )
+    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+
+
+def test_sdxl_networks_lora_block_lr_weights_in_input_middle_output_order(tmp_path):
+    """SDXL (kohya's original block names): the transformer blocks 5, 6, 8, 9 (input_blocks.4, 5, 7, 8),
+    11 (middle_block.1), 13-18 (output_blocks.0-5) in ascending order; down_lr_weight has 9 values."""
+    down = [1, 1, 1, 1, 0.5, 0.5, 1, 2, 2]  # input_blocks.0-8: indices 1-9
+    up = [1, 1, 1, 0.25, 0.25, 0.25, 1, 1, 1]  # output_blocks.0-8: indices 13-21
+    weight = {1 + i: w for i, w in enumerate(down)} | {13 + i: w for i, w in enumerate(up)} | {11: 1.0}
+    blocks = [5, 6, 8, 9, 11, *range(13, 19)]
+    order = ["text_encoder"] + ["denoiser" if weight[b] == 1 else f"denoiser_x{weight[b]:g}" for b in blocks]
+    values = {"text_encoder": 1e-6, "denoiser": 1e-5, "denoiser_x0.5": 2e-5, "denoiser_x2": 3e-5}
+    values["denoiser_x0.25"] = 4e-5
+    lists = {"max_lr": [values[n] * 10 for n in order]}
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=512 --output_dir=out --network_module=networks.lora "
+        "--learning_rate=1e-4 --max_train_steps=300 --network_args "
+        f"down_lr_weight={','.join(f'{w:g}' for w in down)} up_lr_weight={','.join(f'{w:g}' for w in up)} "
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=300"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    names = [f"{n}#{i}" for i, n in enumerate(order)]
+    expected = _torch_curves("OneCycleLR", names, lists, {"total_steps": 300}, 300)
+    expected["lr"] = {name.split("#")[0]: curve for name, curve in expected["lr"].items()}
+    _check(schedule, expected)

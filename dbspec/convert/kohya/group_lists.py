@@ -6,7 +6,9 @@ kohya's groups, in order (its code is the ground truth):
 - networks.lora (train_network.py, sdxl_train_network.py; `prepare_optimizer_params`): the text encoders'
   LoRA modules as one group (SDXL's two together) unless network_train_unet_only or their rate is 0, then its
   LoRA+ "plus" group (lora_up at rate x ratio); then the U-Net's, then its plus group. Groups at rate 0 are
-  dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead.
+  dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead (each followed
+  by its plus group), in the order create_modules meets the blocks' modules; each maps onto dbspec's group
+  of its weight (runtime/blocks.py: `denoiser`, `denoiser_x<weight>`, `denoiser_lora_up_x<weight>`).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
@@ -50,7 +52,7 @@ def kohya_groups(
     if script == "sdxl_train":
         return _sdxl_train(a)
     if script in ("train_network", "sdxl_train_network"):
-        return _networks_lora(a, written)
+        return _networks_lora(a, written, script == "sdxl_train_network")
     if script in ("flux_train_network", "sd3_train_network"):
         return _lora_flow(a, script, written)
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
@@ -105,7 +107,7 @@ def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
     return [(f"unet block {i}", (f"denoiser_block{i}",)) for i, rate in enumerate(rates) if rate != 0]
 
 
-def _networks_lora(a: Args, written: dict) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
     if module not in ("networks.lora", "lycoris.kohya"):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
@@ -129,14 +131,91 @@ def _networks_lora(a: Args, written: dict) -> tuple[list[tuple[str, tuple[str, .
             groups.append(("textencoder plus", ("text_encoder_lora_up",)))
     if not a["network_train_text_encoder_only"].value and unet_rate:
         if any(k in kwargs for k in _BLOCK_WEIGHTS):
-            return [], (
-                "networks.lora's block lr weights give each U-Net block its own group (unet_block<N>); "
-                "dbspec groups the blocks by their scale"
-            )
+            blocks, why = _weighted_blocks(a, kwargs, sdxl)
+            if not blocks:
+                return [], why
+            for index, scale in blocks:
+                suffix = "" if scale == 1.0 else f"_x{scale:g}"  # runtime/blocks.py block_param_groups
+                groups.append((f"unet_block{index}", (f"denoiser{suffix}",)))
+                if unet_ratio is not None:
+                    groups.append((f"unet_block{index} plus", (f"denoiser_lora_up{suffix}",)))
+            return groups, ""
         groups.append(("unet", ("denoiser",)))
         if unet_ratio is not None:
             groups.append(("unet plus", ("denoiser_lora_up",)))
     return groups, ""
+
+
+# kohya's U-Net blocks (get_block_index) and the target modules each holds: a Transformer2DModel (LoRA at
+# the block's dim), a ResnetBlock2D (with conv: its Linear and 1x1 shortcut at the dim, 3x3 convolutions at
+# the conv dim), a Downsample2D / Upsample2D (with conv: one 3x3 convolution at the conv dim)
+_SD_LAYOUT = {
+    **{1 + 3 * i + j: ("attn", "res") for i in range(3) for j in range(2)},
+    **{3 + 3 * i: ("sampler",) for i in range(3)},
+    10: ("res",),
+    11: ("res",),
+    12: ("attn", "res"),
+    13: ("res",),
+    14: ("res",),
+    15: ("res", "sampler"),
+    **{13 + 3 * i + j: ("attn", "res") for i in range(1, 4) for j in range(3)},
+    **{15 + 3 * i: ("attn", "res", "sampler") for i in range(1, 3)},
+}
+_SDXL_LAYOUT = {
+    2: ("res",),
+    3: ("res",),
+    4: ("sampler",),
+    5: ("attn", "res"),
+    6: ("attn", "res"),
+    7: ("sampler",),
+    8: ("attn", "res"),
+    9: ("attn", "res"),
+    10: ("res",),
+    11: ("attn",),
+    12: ("res",),
+    **{13 + n: ("attn", "res") for n in range(6)},
+    15: ("attn", "res", "sampler"),
+    18: ("attn", "res", "sampler"),
+    **{19 + n: ("res",) for n in range(3)},
+}
+
+
+def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[tuple[int, float]], str]:
+    """networks.lora with down/mid/up_lr_weight: (block index, lr weight) of each kohya group, in kohya's
+    order: `block_idx_to_lora` fills in the order create_modules meets the modules, named_modules of kohya's
+    U-Net: SD 1.x/2.x (library/original_unet.py registers mid_block after up_blocks) the down blocks, the up
+    blocks, then the mid block; SDXL (sdxl_original_unet.py) input, middle, output blocks. A block has a
+    group where it holds a LoRA module: its weight not 0 (kohya removes the block's dims) and a target with
+    a rank above 0."""
+    from dbspec.convert.kohya.blocks import SD_BLOCKS, block_lr_weights
+
+    rest = dict(kwargs)
+    try:
+        weights = block_lr_weights(rest, sdxl)
+    except ValueError as exc:
+        return [], str(exc)
+    n = SDXL_BLOCKS if sdxl else SD_BLOCKS
+    try:
+        dims = _ints(rest.get("block_dims"), n, a["network_dim"].value or 4)
+        conv = rest.get("conv_dim") or None
+        conv_dims = _ints(rest.get("conv_block_dims"), n, int(conv) if conv else 0)
+    except ValueError:
+        return [], "block_dims / conv_block_dims that kohya rejects (network.py reports them)"
+    convs = conv is not None or "conv_block_dims" in rest
+    layout = _SDXL_LAYOUT if sdxl else _SD_LAYOUT
+    order = sorted(layout) if sdxl else [*[i for i in sorted(layout) if i != 12], 12]
+    blocks = []
+    for index in order:
+        if not weights or not weights[index]:
+            continue
+        held = layout[index]
+        dim, conv_dim = dims[index], conv_dims[index]
+        has = ("attn" in held and dim > 0) or (
+            convs and (("res" in held and (dim > 0 or conv_dim > 0)) or ("sampler" in held and conv_dim > 0))
+        )
+        if has:
+            blocks.append((index, weights[index]))
+    return blocks, ""
 
 
 def _lora_flow(a: Args, script: str, written: dict) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
@@ -176,6 +255,16 @@ def _lora_flow(a: Args, script: str, written: dict) -> tuple[list[tuple[str, tup
         if unet_ratio is not None:
             groups.append(("unet plus", ("denoiser_lora_up",)))
     return groups, ""
+
+
+def _ints(text: str | None, n: int, default: int) -> list[int]:
+    """kohya's block_dims / conv_block_dims (n comma-separated ints), else `default` for each block."""
+    if text is None:
+        return [int(default)] * n
+    values = [int(item) for item in text.split(",")]
+    if len(values) != n:
+        raise ValueError(text)
+    return values
 
 
 def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
