@@ -1997,24 +1997,23 @@ not have or lacks one it has (error, from `dbspec plan`). The groups are those `
 `denoiser` (when it trains), `text_encoder` (the text encoders; SDXL's second only when
 `optimizer.text_encoder_2_lr` differs), `text_encoder_2`, `text_encoder_3`, each trained one's LoRA+
 `<name>_lora_up` group when its ratio is set, `denoiser_x<scale>` (quoted in TOML: `"denoiser_x0.5"`) for
-each `[[adapter.blocks]]` `lr_scale`, `denoiser_block<i>` for each `[[optimizer.blocks]]` entry at a rate
-above 0 (with blocks the tables may leave out `denoiser` and the scale groups: the runtime refuses a run
-where one they leave out holds parameters), and `pivotal` for pivotal tuning. Name each once, or give one
-number for every group. `dbspec convert kohya` maps kohya's per-group lists (lr_scheduler_args
-`base_lr=[...]`) onto these names by kohya's group order.""",
+each `[[adapter.blocks]]` `lr_scale` and `denoiser_lr<rate>` for each block's own `lr`, `denoiser_block<i>`
+for each `[[optimizer.blocks]]` entry at a rate above 0 (with blocks the tables may leave out `denoiser` and
+the scale groups: the runtime refuses a run where one they leave out holds parameters), and `pivotal` for
+pivotal tuning. Name each once, or give one number for every group. `dbspec convert kohya` maps kohya's
+per-group lists (lr_scheduler_args `base_lr=[...]`) onto these names by kohya's group order.""",
     ),
     Code(
         "DBS417",
         ERROR,
         "Per-group schedule bounds cannot apply to these optimizer groups",
         """\
-`schedule.base_lr`, `max_lr`, `base_momentum` or `max_momentum` is a table, but the optimizer's groups
-are not known before the model loads (error): the adapter's blocks give the denoiser's modules their own
-learning rate (`lr`, kohya Flux's `network_reg_lrs`), which splits the denoiser's parameters into groups by
-the modules each block pattern matches. Give the bound one number for every group. (Blocks that scale the
-rate, `lr_scale`, name their groups `denoiser_x<scale>`: tables take those.) `dbspec convert kohya` refuses
-(DBS403) a kohya per-group list whose groups dbspec cannot match one to one: network_reg_lrs, other network
-modules, and kohya groups that dbspec trains as one with different values.""",
+No longer reported: per-group schedule tables (`schedule.base_lr`, `max_lr`, `base_momentum`,
+`max_momentum`) now name the groups `[[adapter.blocks]]` make (`denoiser_x<scale>` for `lr_scale`,
+`denoiser_lr<rate>` for a block's own `lr`; see DBS416). `dbspec convert kohya` refuses (DBS403) a kohya
+per-group list whose groups dbspec cannot match one to one: network modules other than networks.lora,
+lycoris.kohya, lora_flux and lora_sd3, and kohya groups that dbspec trains as one with different values.""",
+        reserved=True,
     ),
     Code(
         "DBS418",

@@ -180,15 +180,6 @@ def test_flux_list_length_follows_kohyas_groups(tmp_path):
     assert "base_lr has 3 values" in text and "(textencoder 1, unet)" in text
 
 
-def test_flux_network_reg_lrs_stay_unsupported(tmp_path):
-    outcome = _flux(
-        tmp_path,
-        '--network_train_unet_only --network_args "network_reg_lrs=single_blocks:1e-5" '
-        "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
-    )
-    assert "DBS403" in codes(outcome) and "network_reg_lrs" in messages(outcome, "DBS403")
-
-
 @pytest.mark.parametrize(
     ("rates", "order"),
     [
@@ -388,3 +379,41 @@ def test_sdxl_networks_lora_block_lr_weights_in_input_middle_output_order(tmp_pa
     expected = _torch_curves("OneCycleLR", names, lists, {"total_steps": 300}, 300)
     expected["lr"] = {name.split("#")[0]: curve for name, curve in expected["lr"].items()}
     _check(schedule, expected)
+
+
+def test_flux_network_reg_lrs_groups_come_first_in_the_transformers_place(tmp_path):
+    """lora_flux's assemble_params: the modules each network_reg_lrs regex matches first form its group
+    `reg_lr_<i>` (and plus), ahead of the rest; dbspec's `denoiser_lr<rate>` groups (runtime/blocks.py)."""
+    order = [
+        "text_encoder",
+        "text_encoder_lora_up",
+        "denoiser_lr0.0002",
+        "denoiser_lora_up_lr0.0002",
+        "denoiser_lr5e-05",
+        "denoiser_lora_up_lr5e-05",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {
+        "base_lr": [1e-7, 4e-7, 2e-6, 8e-6, 5e-7, 2e-6, 1e-6, 4e-6],
+        "max_lr": [1e-5, 4e-5, 2e-4, 8e-4, 5e-5, 2e-4, 1e-4, 4e-4],
+    }
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" "network_reg_lrs=double_blocks_[0-9]_=2e-4,single_blocks=5e-5" '
+        "--text_encoder_lr 1e-5 --lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=30"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 30}, 400))
+
+
+def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tmp_path):
+    lists = {"max_lr": [3e-4, 6e-5]}
+    outcome = _flux(
+        tmp_path,
+        '--network_train_unet_only --network_args "network_reg_lrs=double_blocks=3e-4,single_blocks=6e-5" '
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    order = ["denoiser_lr0.0003", "denoiser_lr6e-05"]
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))

@@ -15,8 +15,9 @@ kohya's groups, in order (its code is the ground truth):
 - networks.lora_flux / lora_sd3 (flux_train_network.py, sd3_train_network.py;
   `prepare_optimizer_params_with_multiple_te_lrs`): each text encoder in its own group at its
   text_encoder_lr value (Flux: [CLIP-L, T5-XXL]; SD3: [CLIP-L, CLIP-G, T5-XXL]; T5 only with train_t5xxl),
-  each followed by its plus group, then the transformer's and its plus group. network_reg_lrs gives the
-  modules its regexes match groups of their own (not derived here).
+  each followed by its plus group, then the transformer's and its plus group. lora_flux's network_reg_lrs
+  puts the transformer's modules each regex matches first in a group of their own (`reg_lr_<i>`, sorted as
+  text, each followed by its plus group) before the rest.
 - train_db.py: the U-Net and the text encoder as one group without learning_rate_te, else [U-Net, text
   encoder]; the U-Net alone when the text encoder does not train (stop_text_encoder_training -1).
 - sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block at a rate not 0, in block
@@ -41,11 +42,12 @@ _BLOCK_WEIGHTS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
 
 def kohya_groups(
-    a: Args, script: str, written: dict | None = None
+    a: Args, script: str, written: dict | None = None, facts: dict | None = None
 ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """kohya's optimizer groups in order: (kohya's name for it, the dbspec groups its parameters train in;
     () where they do not train in dbspec). On failure ([], why dbspec cannot match them one to one).
-    `written`: the spec values converted so far (Conversion.values: the adapter's, mapped before)."""
+    `written`: the spec values converted so far (Conversion.values: the adapter's, mapped before); `facts`:
+    Conversion.facts (lora_flux.py's network_reg_lrs groups)."""
     written = written or {}
     if script == "train_db":
         return _train_db(a), ""
@@ -54,7 +56,7 @@ def kohya_groups(
     if script in ("train_network", "sdxl_train_network"):
         return _networks_lora(a, written, script == "sdxl_train_network")
     if script in ("flux_train_network", "sd3_train_network"):
-        return _lora_flow(a, script, written)
+        return _lora_flow(a, script, written, facts or {})
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
 
 
@@ -218,13 +220,16 @@ def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[
     return blocks, ""
 
 
-def _lora_flow(a: Args, script: str, written: dict) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _lora_flow(
+    a: Args, script: str, written: dict, facts: dict
+) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """lora_flux / lora_sd3: [CLIP-L, (CLIP-G,) T5-XXL, transformer], each with its plus group. dbspec's
     groups: CLIP-L in `text_encoder`; Flux's T5 in `text_encoder_2` where the converter gave it its own rate
     (lora_flux.t5_trains); SD3's CLIP-G in `text_encoder_2` at a rate of its own (train._sd3_clip_g_lr), its
     T5 in `text_encoder_3` at its own (lora_flux._sd3_t5_trains), else in CLIP-G's group."""
     kwargs, _ = parse_network_args(a["network_args"].value or [])
-    if "network_reg_lrs" in kwargs:
+    reg = facts.get("kohya_flux_reg_groups") if script == "flux_train_network" else None
+    if script == "flux_train_network" and "network_reg_lrs" in kwargs and reg is None:
         return [], "network_reg_lrs gives the modules its regexes match groups of their own"
     unet_ratio, text_ratio = _ratios(kwargs)
     te = a["text_encoder_lr"].value
@@ -251,9 +256,19 @@ def _lora_flow(a: Args, script: str, written: dict) -> tuple[list[tuple[str, tup
                 if text_ratio is not None:
                     groups.append((f"{name} plus", (f"{target}_lora_up",)))
     if not a["network_train_text_encoder_only"].value and _rate(a, "unet_lr", lr):
-        groups.append(("unet", ("denoiser",)))
-        if unet_ratio is not None:
-            groups.append(("unet plus", ("denoiser_lora_up",)))
+        # network_reg_lrs: the groups of the regexes first, by their key `reg_lr_<i>` sorted as text, each
+        # at its own rate (runtime/blocks.py: `denoiser_lr<rate>`), then the modules none matches
+        units: list[tuple[str, str]] = []
+        if reg is not None and "network_reg_lrs" in kwargs:
+            for index in sorted(reg["reg"], key=lambda i: f"reg_lr_{i}"):
+                units.append((f"unet reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
+            units += [("unet", "")] if reg["default"] else []
+        else:
+            units.append(("unet", ""))
+        for name, suffix in units:
+            groups.append((name, (f"denoiser{suffix}",)))
+            if unet_ratio is not None:
+                groups.append((f"{name} plus", (f"denoiser_lora_up{suffix}",)))
     return groups, ""
 
 
@@ -290,7 +305,7 @@ def group_table(
 ) -> float | dict[str, float] | None:
     """kohya's per-group `key` list as dbspec's value: one number when every dbspec group gets the same, else
     a table by group name. None after reporting why not (torch's ValueError on a wrong length: DBS402)."""
-    groups, why = kohya_groups(a, script, conv.values)
+    groups, why = kohya_groups(a, script, conv.values, conv.facts)
     if not groups:
         conv.unsupported(args, f"one {key} per parameter group: {why}")
         return None
