@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
@@ -19,7 +20,7 @@ from dbspec.convert.kohya.block_lr import full_block_pattern
 from dbspec.plan.model import OptimizerBlockPlan
 from dbspec.runtime.execute import execute
 from dbspec.runtime.exports import rename, unet_table
-from dbspec.runtime.optim import make_lr_scheduler, make_optimizer
+from dbspec.runtime.optim import OptimizerError, make_lr_scheduler, make_optimizer
 from dbspec.runtime.optimizer_blocks import optimizer_block_groups
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
@@ -162,3 +163,16 @@ def test_per_block_cyclic_bounds_follow_the_plan_and_resume_bit_exactly(tmp_path
     assert whole.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_leftover_denoiser_group_the_tables_leave_out_is_refused(tmp_path):
+    """Tables keyed by the blocks may leave `denoiser` out; a model whose parameters some pattern misses
+    has that group, and the runtime refuses to guess its bounds."""
+    names = [f"denoiser_block{i}" for i, r in enumerate(RATES) if r]
+    plan = compile_spec(_spec(tmp_path), _cyclic(names))
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3, "name": n}
+        for n in ["denoiser", names[0]]
+    ]
+    with pytest.raises(OptimizerError, match="leave parameters in the `denoiser` group"):
+        make_lr_scheduler(make_optimizer(groups, plan.optimizer), plan.schedule)
