@@ -1995,23 +1995,25 @@ those trained: as stored with `exif_orientation = "ignore"`, upright otherwise."
 parameter group, as torch's CyclicLR and OneCycleLR take a list), and it names a group the optimizer does
 not have or lacks one it has (error, from `dbspec plan`). The groups are those `dbspec plan` lists:
 `denoiser` (when it trains), `text_encoder` (the text encoders; SDXL's second only when
-`optimizer.text_encoder_2_lr` differs), `text_encoder_2`, each trained one's LoRA+ `<name>_lora_up` group
-when its ratio is set, and `pivotal` for pivotal tuning. Name each once, or give one number for every
-group. `dbspec convert kohya` maps kohya's per-group lists (lr_scheduler_args `base_lr=[...]`) onto these
-names by kohya's group order.""",
+`optimizer.text_encoder_2_lr` differs), `text_encoder_2`, `text_encoder_3`, each trained one's LoRA+
+`<name>_lora_up` group when its ratio is set, `denoiser_x<scale>` (quoted in TOML: `"denoiser_x0.5"`) for
+each `[[adapter.blocks]]` `lr_scale` and `denoiser_lr<rate>` for each block's own `lr`, `denoiser_block<i>`
+for each `[[optimizer.blocks]]` entry at a rate above 0 (with blocks the tables may leave out `denoiser` and
+the scale groups: the runtime refuses a run where one they leave out holds parameters), and `pivotal` for
+pivotal tuning. Name each once, or give one number for every group. `dbspec convert kohya` maps kohya's
+per-group lists (lr_scheduler_args `base_lr=[...]`) onto these names by kohya's group order.""",
     ),
     Code(
         "DBS417",
         ERROR,
         "Per-group schedule bounds cannot apply to these optimizer groups",
         """\
-`schedule.base_lr`, `max_lr`, `base_momentum` or `max_momentum` is a table, but the optimizer's groups
-are not known before the model loads (error): the adapter's blocks scale the denoiser's learning rate
-(`lr_scale`, kohya's block lr weights), which splits the denoiser's parameters into groups by the modules
-each block pattern matches. Give the bound one number for every group. `dbspec convert kohya` refuses
-(DBS403) a kohya per- group list whose groups dbspec cannot match one to one: block learning rates
-(networks.lora's `unet_block<N>` groups, sdxl_train.py's `block_lr`), LyCORIS and other network modules,
-and kohya groups that dbspec trains as one with different values.""",
+No longer reported: per-group schedule tables (`schedule.base_lr`, `max_lr`, `base_momentum`,
+`max_momentum`) now name the groups `[[adapter.blocks]]` make (`denoiser_x<scale>` for `lr_scale`,
+`denoiser_lr<rate>` for a block's own `lr`; see DBS416). `dbspec convert kohya` refuses (DBS403) a kohya
+per-group list whose groups dbspec cannot match one to one: network modules other than networks.lora,
+lycoris.kohya, lora_flux and lora_sd3, and kohya groups that dbspec trains as one with different values.""",
+        reserved=True,
     ),
     Code(
         "DBS418",
@@ -2453,9 +2455,9 @@ nothing.""",
         """\
 `[[optimizer.blocks]]` give the denoiser's parameters per-block learning rates in a full fine-tune (kohya
 sdxl_train.py `--block_lr`). They need `adapter.kind = "none"` (an adapter's blocks take `[[adapter.blocks]]`
-`lr_scale`), a denoiser that trains, one optimizer (`optimizer.split` cuts the tensors its own way), schedule
-bounds given as one number (a per-group table names no block group), and patterns that are Python regular
-expressions.""",
+`lr_scale`), a denoiser that trains, one optimizer (`optimizer.split` cuts the tensors its own way), and
+patterns that are Python regular expressions. Each block at a rate above 0 is an optimizer group of its own,
+`denoiser_block<i>` (its position), which per-group schedule tables (`schedule.base_lr`, ...) name.""",
         help="remove [[optimizer.blocks]], or the setting it cannot combine with",
     ),
     # An adapter block's own learning rate (adapter.blocks lr, kohya Flux network_reg_lrs): DBS564.

@@ -430,7 +430,16 @@ def _group_bounds(optimizer: torch.optim.Optimizer, a) -> list:
         return []
     by_name = {b.name: b for b in a.groups}
     names = [group.get("name", "") for group in optimizer.param_groups]
-    if sorted(names) != sorted(by_name):
+    missing = [n for n in names if n not in by_name]
+    blocks = any(n.startswith(("denoiser_block", "denoiser_x", "denoiser_lr")) for n in names)
+    if blocks and missing and all(n.startswith("denoiser") for n in missing):
+        raise OptimizerError(
+            f"the denoiser's blocks leave parameters in the `{missing[0]}` group, which the schedule's "
+            "per-group tables do not name: give it a table entry"
+        )
+    # a denoiser group the plan names may be empty in the loaded model (a block that matches no parameter)
+    extra = [n for n in by_name if n not in names and not n.startswith("denoiser")]
+    if missing or extra or len(set(names)) != len(names):
         raise OptimizerError(
             f"the plan's per-group schedule bounds name the groups {', '.join(sorted(by_name))}, "
             f"the optimizer has {', '.join(names)} (a dbspec bug: please report it)"

@@ -2,11 +2,15 @@
 table keyed by optimizer group name (torch takes one value per parameter group, kohya's lr_scheduler_args
 a list).
 
-The optimizer's groups are named here as the runtime builds them (runtime/optim.py `param_groups`, then
-the pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
-(DBS416), and the plan shows every group's bounds and LR curve. Block learning-rate scales split the
-denoiser's groups by the modules a pattern matches, which only the loaded model knows: tables are refused
-there (DBS417).
+The optimizer's groups are named here as the runtime builds them (runtime/optim.py `param_groups`, then the
+pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
+(DBS416), and the plan shows every group's bounds and LR curve. Blocks that scale the rate (`lr_scale`,
+kohya's block lr weights) make one group per scale, `denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with
+LoRA+), blocks at a rate of their own (`lr`, kohya Flux's network_reg_lrs) one per rate, `denoiser_lr<rate>`;
+a full fine-tune's `[[optimizer.blocks]]` one per block at a rate above 0, `denoiser_block<i>`. The `denoiser`
+group then holds only the parameters no block matches, and a block group may match none: the tables may leave
+those out (kohya's lists have no value for them), and the runtime refuses a run where a group they leave out
+holds parameters.
 """
 
 from __future__ import annotations
@@ -32,11 +36,18 @@ MOMENTUM_BOUNDS = ("base_momentum", "max_momentum")
 
 
 def optimizer_groups(
-    model: ModelPlan, precision: PrecisionPlan, o: OptimizerPlan, pivotal: PivotalPlan | None
+    model: ModelPlan,
+    precision: PrecisionPlan,
+    o: OptimizerPlan,
+    pivotal: PivotalPlan | None,
+    scales: tuple[float, ...] = (),
+    rates: tuple[float, ...] = (),
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
     encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
-    pivotal tokens'."""
+    pivotal tokens'. `scales`: the adapter blocks' learning-rate scales other than 1, each a group of the
+    denoiser's (and of its LoRA+ up group) at rate x scale, `<name>_x<scale>`; `rates`: the blocks' own
+    rates, each a group `<name>_lr<rate>` (runtime/blocks.py)."""
     trains = {c.name: c.trainable != "frozen" for c in precision.components}
     groups: list[tuple[str, float]] = []
 
@@ -47,6 +58,16 @@ def optimizer_groups(
 
     if trains.get("unet"):
         add("denoiser", o.lr, o.loraplus_denoiser_ratio)
+        for scale in scales:
+            groups.append((f"denoiser_x{scale:g}", o.lr * scale))
+            if o.loraplus_denoiser_ratio:
+                groups.append((f"denoiser_lora_up_x{scale:g}", o.lr * o.loraplus_denoiser_ratio * scale))
+        for rate in rates:
+            groups.append((f"denoiser_lr{rate:g}", rate))
+            if o.loraplus_denoiser_ratio:
+                groups.append((f"denoiser_lora_up_lr{rate:g}", rate * o.loraplus_denoiser_ratio))
+        # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
+        groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
     names = family_spec(model.family).text_encoder_names
     own = o.text_encoder_2_lr is not None and len(names) > 1 and trains.get(names[1], False)
     third_own = o.text_encoder_3_lr is not None and len(names) > 2 and trains.get(names[2], False)
@@ -80,20 +101,18 @@ def plan_group_bounds(
     tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
     if not tables:
         return schedule
-    scaled = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.lr_scale != 1.0 or b.lr]
-    if scaled:
-        key = next(iter(tables))
-        ctx.report(
-            "DBS417",
-            "error",
-            f"schedule.{key} gives per-group values, but the adapter's blocks scale the denoiser's learning "
-            f"rate ({_block_rate(scaled[0])} for `{scaled[0].pattern}`): the denoiser's groups then "
-            "follow the modules each block pattern matches, which only the loaded model knows",
-            ("schedule", key),
-            help=f"give schedule.{key} one number, or remove the blocks' lr_scale and lr",
-        )
-        return schedule
-    groups = optimizer_groups(model, precision, optimizer, pivotal)
+    blocks = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.rank or getattr(b, "conv_rank", 0)]
+    # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
+    # per scale and per rate, as runtime/blocks.py names them
+    scales = tuple(dict.fromkeys(b.lr_scale for b in blocks if b.lr_scale != 1.0 and not b.lr))
+    rates = tuple(dict.fromkeys(b.lr for b in blocks if b.lr))
+    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates)
+    if optimizer.blocks or scales or rates:
+        # which of the denoiser's groups hold parameters depends on the modules the patterns match: the
+        # tables may leave out its own group and the scale groups (the runtime refuses a run where one the
+        # tables leave out holds parameters)
+        named = {name for table in tables.values() for name in table}
+        groups = tuple(g for g in groups if not _optional(g[0]) or g[0] in named)
     names = [name for name, _ in groups]
     bad = False
     for key, table in tables.items():
@@ -181,9 +200,9 @@ def group_momentum_points(
     return tuple((step, momentum_at(schedule.lr_schedule, step, bounds.rate, period, g)) for step in steps)
 
 
+def _optional(name: str) -> bool:
+    return name.startswith("denoiser") and not name.startswith("denoiser_block")
+
+
 def _listed(names: list[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
-
-
-def _block_rate(block) -> str:
-    return f"lr {block.lr:g}" if block.lr else f"lr_scale {block.lr_scale:g}"

@@ -3070,12 +3070,6 @@ def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
         why = "train.denoiser is false: no denoiser parameter trains"
     elif spec.optimizer.split > 1:
         why = f"optimizer.split = {spec.optimizer.split} cuts the tensors by its own chunks"
-    else:
-        tables = [
-            k for k in ("base_lr", "max_lr", "base_momentum", "max_momentum") if _schedule_table(spec, k)
-        ]
-        if tables:
-            why = f"schedule.{tables[0]} gives per-group values, which name no block group"
     if why:
         yield Hit(
             code="DBS563",
@@ -3096,10 +3090,6 @@ def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
                 message=f"optimizer.blocks[{i}].pattern `{b.pattern}` is no regular expression: {exc}",
                 help=codes.help("DBS563"),
             )
-
-
-def _schedule_table(spec: Spec, key: str) -> bool:
-    return isinstance(getattr(spec.schedule, key, None), dict)
 
 
 # --- kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558, DBS559 ---------------

@@ -1989,7 +1989,11 @@ class Schedule:
         "CyclicLR's peak. A table gives each optimizer group its own (torch's per-group list), e.g. "
         "`{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run trains, once; the groups are "
         "denoiser, text_encoder (SDXL's second too unless optimizer.text_encoder_2_lr differs), "
-        "text_encoder_2, each one's LoRA+ group `<name>_lora_up`, and pivotal (DBS416 lists a run's).",
+        "text_encoder_2, text_encoder_3, each one's LoRA+ group `<name>_lora_up`, each [[adapter.blocks]] "
+        'lr_scale s as "denoiser_x<s>" (and "denoiser_lora_up_x<s>") and own lr r as "denoiser_lr<r>", each '
+        "[[optimizer.blocks]] entry i at a rate above 0 as denoiser_block<i> (denoiser then holds only the "
+        "parameters no block matches: leave it out where they cover the denoiser), and pivotal (DBS416 "
+        "lists a run's).",
         minimum=0,
         example={"denoiser": 1e-4, "text_encoder": 5e-5},
     )

@@ -25,7 +25,7 @@ LORAPLUS = TEXT_ENCODER_LORA.replace('kind = "lora"', 'kind = "lora"\nloraplus_r
 
 
 def _table(values: dict) -> str:
-    return "{" + ", ".join(f"{k} = {v!r}" for k, v in values.items()) + "}"
+    return "{" + ", ".join(f'"{k}" = {v!r}' for k, v in values.items()) + "}"  # quoted: `denoiser_x0.5`
 
 
 def _overrides(names: list[str]) -> list[str]:
@@ -140,6 +140,85 @@ def test_a_per_group_cyclic_run_trains_and_resumes_bit_exact(tmp_path, loraplus)
     assert all(f"lr at ({name})" in text and f"momentum at ({name})" in text for name in names)
     first = execute(plan, stop_after=2)
     second = execute(plan, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+SCALED = """
+[adapter]
+kind = "lora"
+rank = 4
+alpha = 4.0
+loraplus_ratio = 4
+
+[[adapter.blocks]]
+pattern = '^down_blocks\\.0\\.'
+rank = 4
+alpha = 4.0
+lr_scale = 0.5
+
+[[adapter.blocks]]
+pattern = '^mid_block\\.'
+rank = 4
+alpha = 4.0
+lr_scale = 2.0
+
+[[adapter.blocks]]
+pattern = '^up_blocks\\.1\\.'
+rank = 4
+alpha = 4.0
+lr = 2e-3
+"""
+# kohya's block lr weights (networks.lora down/mid/up_lr_weight): one group per scale, and Flux's
+# network_reg_lrs: one per own rate; LoRA+ up groups too
+SCALE_BASE = {
+    "denoiser": 1e-5,
+    "denoiser_lora_up": 4e-5,
+    "denoiser_x0.5": 2e-5,
+    "denoiser_lora_up_x0.5": 8e-5,
+    "denoiser_x2": 3e-5,
+    "denoiser_lora_up_x2": 1.2e-4,
+    "denoiser_lr0.002": 5e-5,
+    "denoiser_lora_up_lr0.002": 2e-4,
+}
+
+
+def test_block_scale_groups_take_their_bounds_and_resume_bit_exact(tmp_path):
+    """schedule tables keyed by the adapter blocks' groups (`denoiser_x<scale>`, `denoiser_lr<rate>`): the
+    runtime's groups follow the plan's per-group curves, and a run resumes bit-exact. The tiny U-Net's
+    attention layers all sit in the three blocks, so its `denoiser` groups stay empty: the runtime builds
+    none, and the plan's bounds for them go unused."""
+    from dbspec.plan.io import plan_to_json
+    from dbspec.runtime.device import make_accelerator
+    from dbspec.runtime.setup import setup
+
+    overrides = [
+        'schedule.lr_schedule="cyclic"',
+        "schedule.step_size_up=2",
+        f"schedule.base_lr={_table(SCALE_BASE)}",
+        f"schedule.max_lr={_table({k: v * 50 for k, v in SCALE_BASE.items()})}",
+    ]
+    spec = write_spec(tmp_path, steps=4, extra=SCALED)
+    plan = compile_spec(spec, overrides)
+    assert sorted(g.name for g in plan.schedule.torch.groups) == sorted(SCALE_BASE)
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    built = {g["name"] for g in run.optimizer.param_groups}
+    assert built == set(SCALE_BASE) - {"denoiser", "denoiser_lora_up"}
+    seen: dict[str, list[float]] = {n: [] for n in SCALE_BASE}
+    for _ in range(5):
+        for group in run.optimizer.param_groups:
+            seen[group["name"]].append(group["lr"])
+        run.optimizer.step()
+        run.lr_scheduler.step()
+    for name, points in plan.schedule.group_lr_points:
+        assert points and (name not in built or all(seen[name][step] == lr for step, lr in points))
+    del run
+
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
+    parts = compile_spec(spec, [*overrides, "output.dir=parts"])
+    first = execute(parts, stop_after=2)
+    second = execute(parts, resume=True)
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
@@ -19,6 +20,7 @@ from dbspec.convert.kohya.block_lr import full_block_pattern
 from dbspec.plan.model import OptimizerBlockPlan
 from dbspec.runtime.execute import execute
 from dbspec.runtime.exports import rename, unet_table
+from dbspec.runtime.optim import OptimizerError, make_lr_scheduler, make_optimizer
 from dbspec.runtime.optimizer_blocks import optimizer_block_groups
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
@@ -113,3 +115,64 @@ def test_block_rates_train_their_blocks_and_resume_bit_exactly(tmp_path):
     assert first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _cyclic(names: list[str]) -> list[str]:
+    """A CyclicLR with one base_lr / max_lr per block group (kohya's lr_scheduler_args lists)."""
+    index = {n: int(n.removeprefix("denoiser_block")) for n in names}
+    base = ", ".join(f"{n} = {RATES[i] / 10!r}" for n, i in index.items())
+    peak = ", ".join(f"{n} = {RATES[i] * (2 + i % 3)!r}" for n, i in index.items())
+    return [
+        'schedule.lr_schedule="cyclic"',
+        "schedule.step_size_up=2",
+        f"schedule.base_lr={{{base}}}",
+        f"schedule.max_lr={{{peak}}}",
+    ]
+
+
+def test_per_block_cyclic_bounds_follow_the_plan_and_resume_bit_exactly(tmp_path):
+    """schedule.base_lr / max_lr tables keyed by the blocks' groups (kohya sdxl_train.py --block_lr with
+    CyclicLR's per-group lists): the runtime's groups take the plan's per-group curves, and a run resumes
+    bit-exactly."""
+    names = [f"denoiser_block{i}" for i, r in enumerate(RATES) if r]
+    plan = compile_spec(_spec(tmp_path / "a"), _cyclic(names))
+    assert [g.name for g in plan.schedule.torch.groups] == names
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**_sdxl_unet())
+    groups = optimizer_block_groups(
+        [{"params": list(unet.parameters()), "lr": 1e-3, "name": "denoiser"}], unet, plan.optimizer.blocks
+    )
+    optimizer = make_optimizer(groups, plan.optimizer)
+    scheduler = make_lr_scheduler(optimizer, plan.schedule)
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(5):
+        for group in optimizer.param_groups:
+            seen[group["name"]].append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    # the tiny U-Net lacks some of SDXL's blocks: their groups stay empty, the runtime builds none
+    built = [g["name"] for g in optimizer.param_groups]
+    assert len(built) > 10 and set(built) <= set(names)
+    for name, points in plan.schedule.group_lr_points:
+        assert points and (name not in built or all(seen[name][step] == lr for step, lr in points))
+
+    whole = execute(plan)
+    again = compile_spec(_spec(tmp_path / "b"), _cyclic(names))
+    first = execute(again, stop_after=2)
+    second = execute(again, resume=True)
+    assert whole.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_leftover_denoiser_group_the_tables_leave_out_is_refused(tmp_path):
+    """Tables keyed by the blocks may leave `denoiser` out; a model whose parameters some pattern misses
+    has that group, and the runtime refuses to guess its bounds."""
+    names = [f"denoiser_block{i}" for i, r in enumerate(RATES) if r]
+    plan = compile_spec(_spec(tmp_path), _cyclic(names))
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3, "name": n}
+        for n in ["denoiser", names[0]]
+    ]
+    with pytest.raises(OptimizerError, match="leave parameters in the `denoiser` group"):
+        make_lr_scheduler(make_optimizer(groups, plan.optimizer), plan.schedule)

@@ -131,8 +131,8 @@ def test_unet_only_lora_has_one_group(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ("--network_args down_lr_weight=0.5", "each U-Net block its own group"),
-        ("--network_module=lycoris.kohya", "network_module lycoris.kohya"),
+        ("--network_module=networks.lora_fa", "network_module networks.lora_fa"),
+        ("--network_module=networks.oft", "network_module networks.oft"),
     ],
 )
 def test_groups_dbspec_cannot_match_stay_unsupported(tmp_path, extra, why):

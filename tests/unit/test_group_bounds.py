@@ -1,5 +1,5 @@
 """schedule.base_lr / max_lr as per-group tables: the plan names the optimizer's groups as the runtime builds
-them, refuses a table that misses or invents a group (DBS416) or meets block lr scales (DBS417), records
+them, refuses a table that misses or invents a group (DBS416), names the blocks' groups, records
 each group's bounds and curve, and round-trips through the plan file."""
 
 from __future__ import annotations
@@ -120,15 +120,39 @@ def test_one_cycle_takes_a_max_lr_table_and_ignores_a_base_lr_one(tmp_path):
     ]
 
 
-def test_block_lr_scales_refuse_a_table(tmp_path):
+def test_block_own_rates_name_their_groups(tmp_path):
+    """A block at its own rate (kohya Flux's network_reg_lrs) trains in `denoiser_lr<rate>`; `denoiser`
+    may be left out (the blocks may cover the denoiser)."""
+    extra = (
+        TEXT_ENCODER_LORA
+        + '\n[[adapter.blocks]]\npattern = "down_blocks"\nrank = 2\nalpha = 2.0\nlr = 1e-3\n'
+    )
+    table = '{"denoiser_lr0.001" = 2e-5, text_encoder = 1e-5}'
+    planned = _planned(tmp_path, [*CYCLIC, f"schedule.base_lr={table}"], extra=extra)
+    assert [(name, r, base) for name, r, base, _ in _groups(planned)] == [
+        ("denoiser_lr0.001", 1e-3, 2e-5),
+        ("text_encoder", planned.plan.optimizer.text_encoder_lr, 1e-5),
+    ]
+
+
+def test_block_lr_scales_name_their_groups(tmp_path):
+    """An lr_scale block's adapters train in `denoiser_x<scale>` (runtime/blocks.py): a table names it."""
     extra = (
         TEXT_ENCODER_LORA
         + '\n[[adapter.blocks]]\npattern = "down_blocks"\nrank = 2\nalpha = 2.0\nlr_scale = 0.5\n'
     )
-    planned = _planned(
-        tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5}"], extra=extra
-    )
-    assert planned.plan is None and "lr_scale 0.5" in _codes(planned)["DBS417"]
+    table = '{denoiser = 1e-4, "denoiser_x0.5" = 3e-5, text_encoder = 1e-5}'
+    planned = _planned(tmp_path, [*CYCLIC, f"schedule.base_lr={table}"], extra=extra)
+    assert planned.plan is not None, _codes(planned)
+    rate = planned.plan.optimizer.lr
+    assert [(name, r, base) for name, r, base, _ in _groups(planned)] == [
+        ("denoiser", rate, 1e-4),
+        ("denoiser_x0.5", rate * 0.5, 3e-5),
+        ("text_encoder", planned.plan.optimizer.text_encoder_lr, 1e-5),
+    ]
+    # a table that names a group the optimizer cannot have is still DBS416
+    wrong = '{denoiser = 1e-4, "denoiser_x0.25" = 3e-5, text_encoder = 1e-5}'
+    assert "DBS416" in _codes(_planned(tmp_path, [*CYCLIC, f"schedule.base_lr={wrong}"], extra=extra))
 
 
 def test_groups_round_trip_through_the_plan_file(tmp_path):

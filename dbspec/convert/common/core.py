@@ -76,6 +76,9 @@ class Conversion:
     required: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
     # warnings about a converter-chosen value, reported unless `dbspec convert --set` gives that value
     unless_set: dict[KeyPath, Diagnostic] = attrs.field(factory=dict)
+    # what one mapping step learnt of the legacy run for a later one (not spec values), e.g. kohya's
+    # network_reg_lrs groups for its per-group scheduler lists
+    facts: dict[str, Any] = attrs.field(factory=dict)
     _said: set = attrs.field(factory=set)
 
     # --- values ----------------------------------------------------------------------------------------

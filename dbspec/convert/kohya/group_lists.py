@@ -6,14 +6,27 @@ kohya's groups, in order (its code is the ground truth):
 - networks.lora (train_network.py, sdxl_train_network.py; `prepare_optimizer_params`): the text encoders'
   LoRA modules as one group (SDXL's two together) unless network_train_unet_only or their rate is 0, then its
   LoRA+ "plus" group (lora_up at rate x ratio); then the U-Net's, then its plus group. Groups at rate 0 are
-  dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead.
+  dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead (each followed
+  by its plus group), in the order create_modules meets the blocks' modules; each maps onto dbspec's group
+  of its weight (runtime/blocks.py: `denoiser`, `denoiser_x<weight>`, `denoiser_lora_up_x<weight>`).
+- lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
+  where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
+  `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
+- networks.lora_flux / lora_sd3 (flux_train_network.py, sd3_train_network.py;
+  `prepare_optimizer_params_with_multiple_te_lrs`): each text encoder in its own group at its
+  text_encoder_lr value (Flux: [CLIP-L, T5-XXL]; SD3: [CLIP-L, CLIP-G, T5-XXL]; T5 only with train_t5xxl),
+  each followed by its plus group, then the transformer's and its plus group. lora_flux's network_reg_lrs
+  puts the transformer's modules each regex matches first in a group of their own (`reg_lr_<i>`, sorted as
+  text, each followed by its plus group) before the rest.
 - train_db.py: the U-Net and the text encoder as one group without learning_rate_te, else [U-Net, text
   encoder]; the U-Net alone when the text encoder does not train (stop_text_encoder_training -1).
-- sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block), then each text encoder
-  that trains (train_text_encoder and its rate, learning_rate_te1/2 or learning_rate, not 0) as its own.
+- sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block at a rate not 0, in block
+  order: dbspec's `denoiser_block<i>`, [[optimizer.blocks]] entry i), then each text encoder that trains
+  (train_text_encoder and its rate, learning_rate_te1/2 or learning_rate, not 0) as its own.
 
 dbspec's groups are runtime/optim.py's (compiler/group_bounds.py names them): `denoiser`, `denoiser_lora_up`,
-`text_encoder` (SDXL's second too unless its rate differs), `text_encoder_lora_up`, `text_encoder_2`.
+`text_encoder` (SDXL's second too unless its rate differs), `text_encoder_lora_up`, `text_encoder_2`,
+`text_encoder_3` (SD3's T5-XXL at a rate of its own), each text encoder's `_lora_up`.
 """
 
 from __future__ import annotations
@@ -21,21 +34,29 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.blocks import SDXL_BLOCKS
 from dbspec.convert.kohya.network import parse_network_args
 
 Args = dict[str, Legacy]
 _BLOCK_WEIGHTS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
 
-def kohya_groups(a: Args, script: str) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def kohya_groups(
+    a: Args, script: str, written: dict | None = None, facts: dict | None = None
+) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """kohya's optimizer groups in order: (kohya's name for it, the dbspec groups its parameters train in;
-    () where they do not train in dbspec). On failure ([], why dbspec cannot match them one to one)."""
+    () where they do not train in dbspec). On failure ([], why dbspec cannot match them one to one).
+    `written`: the spec values converted so far (Conversion.values: the adapter's, mapped before); `facts`:
+    Conversion.facts (lora_flux.py's network_reg_lrs groups)."""
+    written = written or {}
     if script == "train_db":
         return _train_db(a), ""
     if script == "sdxl_train":
         return _sdxl_train(a)
     if script in ("train_network", "sdxl_train_network"):
-        return _networks_lora(a)
+        return _networks_lora(a, written, script == "sdxl_train_network")
+    if script in ("flux_train_network", "sd3_train_network"):
+        return _lora_flow(a, script, written, facts or {})
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
 
 
@@ -60,8 +81,12 @@ def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     groups: list[tuple[str, tuple[str, ...]]] = []
     if lr:
         if a["block_lr"].value:
-            return [], "sdxl_train.py's block_lr gives each U-Net block its own group; dbspec has one"
-        groups.append(("unet", ("denoiser",)))
+            blocks = _block_lr(str(a["block_lr"].value))
+            if blocks is None:
+                return [], "block_lr is not 23 numbers (kohya asserts; block_lr.py reports it)"
+            groups += blocks
+        else:
+            groups.append(("unet", ("denoiser",)))
     if a["train_text_encoder"].value:
         rates = [_rate(a, key, lr) for key in ("learning_rate_te1", "learning_rate_te2")]
         own = rates[0] != rates[1] and all(rates)  # dbspec's text_encoder_2 group: only at its own rate
@@ -72,34 +97,200 @@ def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     return groups, ""
 
 
-def _networks_lora(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
+    """sdxl_train.py get_block_params_to_optimize: each of the 23 blocks whose rate is not 0, in index order;
+    block_lr.py writes block i as [[optimizer.blocks]] entry i, the runtime's group `denoiser_block<i>`."""
+    try:
+        rates = [float(item) for item in value.split(",")]
+    except ValueError:
+        return None
+    if len(rates) != SDXL_BLOCKS:
+        return None
+    return [(f"unet block {i}", (f"denoiser_block{i}",)) for i, rate in enumerate(rates) if rate != 0]
+
+
+def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
-    if module != "networks.lora":
+    if module not in ("networks.lora", "lycoris.kohya"):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
     kwargs, _ = parse_network_args(a["network_args"].value or [])
-    general = _ratio(kwargs, "loraplus_lr_ratio")
-    unet_ratio = _ratio(kwargs, "loraplus_unet_lr_ratio") or general
-    text_ratio = _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general
+    unet_ratio, text_ratio = _ratios(kwargs)
+    text_layers = True
+    if module == "lycoris.kohya":
+        if kwargs.get("algo", "lora").lower() not in ("lora", "locon"):
+            unet_ratio = text_ratio = None  # no `lora_up` parameter: the plus groups stay empty (skipped)
+        text_layers = _value(written, ("adapter", "text_encoder_targets"), True) != []
+        kwargs = {k: v for k, v in kwargs.items() if k not in _BLOCK_WEIGHTS}  # LyCORIS does not read them
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
     te_rate = (te[0] if te else None) if isinstance(te, list) else te
     te_rate = te_rate if te_rate is not None else lr
     unet_rate = _rate(a, "unet_lr", lr)
     groups: list[tuple[str, tuple[str, ...]]] = []
-    if not a["network_train_unet_only"].value and te_rate:
+    if not a["network_train_unet_only"].value and te_rate and text_layers:
         groups.append(("textencoder", ("text_encoder",)))
         if text_ratio is not None:
             groups.append(("textencoder plus", ("text_encoder_lora_up",)))
     if not a["network_train_text_encoder_only"].value and unet_rate:
         if any(k in kwargs for k in _BLOCK_WEIGHTS):
-            return [], (
-                "networks.lora's block lr weights give each U-Net block its own group (unet_block<N>); "
-                "dbspec groups the blocks by their scale"
-            )
+            blocks, why = _weighted_blocks(a, kwargs, sdxl)
+            if not blocks:
+                return [], why
+            for index, scale in blocks:
+                suffix = "" if scale == 1.0 else f"_x{scale:g}"  # runtime/blocks.py block_param_groups
+                groups.append((f"unet_block{index}", (f"denoiser{suffix}",)))
+                if unet_ratio is not None:
+                    groups.append((f"unet_block{index} plus", (f"denoiser_lora_up{suffix}",)))
+            return groups, ""
         groups.append(("unet", ("denoiser",)))
         if unet_ratio is not None:
             groups.append(("unet plus", ("denoiser_lora_up",)))
     return groups, ""
+
+
+# kohya's U-Net blocks (get_block_index) and the target modules each holds: a Transformer2DModel (LoRA at
+# the block's dim), a ResnetBlock2D (with conv: its Linear and 1x1 shortcut at the dim, 3x3 convolutions at
+# the conv dim), a Downsample2D / Upsample2D (with conv: one 3x3 convolution at the conv dim)
+_SD_LAYOUT = {
+    **{1 + 3 * i + j: ("attn", "res") for i in range(3) for j in range(2)},
+    **{3 + 3 * i: ("sampler",) for i in range(3)},
+    10: ("res",),
+    11: ("res",),
+    12: ("attn", "res"),
+    13: ("res",),
+    14: ("res",),
+    15: ("res", "sampler"),
+    **{13 + 3 * i + j: ("attn", "res") for i in range(1, 4) for j in range(3)},
+    **{15 + 3 * i: ("attn", "res", "sampler") for i in range(1, 3)},
+}
+_SDXL_LAYOUT = {
+    2: ("res",),
+    3: ("res",),
+    4: ("sampler",),
+    5: ("attn", "res"),
+    6: ("attn", "res"),
+    7: ("sampler",),
+    8: ("attn", "res"),
+    9: ("attn", "res"),
+    10: ("res",),
+    11: ("attn",),
+    12: ("res",),
+    **{13 + n: ("attn", "res") for n in range(6)},
+    15: ("attn", "res", "sampler"),
+    18: ("attn", "res", "sampler"),
+    **{19 + n: ("res",) for n in range(3)},
+}
+
+
+def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[tuple[int, float]], str]:
+    """networks.lora with down/mid/up_lr_weight: (block index, lr weight) of each kohya group, in kohya's
+    order: `block_idx_to_lora` fills in the order create_modules meets the modules, named_modules of kohya's
+    U-Net: SD 1.x/2.x (library/original_unet.py registers mid_block after up_blocks) the down blocks, the up
+    blocks, then the mid block; SDXL (sdxl_original_unet.py) input, middle, output blocks. A block has a
+    group where it holds a LoRA module: its weight not 0 (kohya removes the block's dims) and a target with
+    a rank above 0."""
+    from dbspec.convert.kohya.blocks import SD_BLOCKS, block_lr_weights
+
+    rest = dict(kwargs)
+    try:
+        weights = block_lr_weights(rest, sdxl)
+    except ValueError as exc:
+        return [], str(exc)
+    n = SDXL_BLOCKS if sdxl else SD_BLOCKS
+    try:
+        dims = _ints(rest.get("block_dims"), n, a["network_dim"].value or 4)
+        conv = rest.get("conv_dim") or None
+        conv_dims = _ints(rest.get("conv_block_dims"), n, int(conv) if conv else 0)
+    except ValueError:
+        return [], "block_dims / conv_block_dims that kohya rejects (network.py reports them)"
+    convs = conv is not None or "conv_block_dims" in rest
+    layout = _SDXL_LAYOUT if sdxl else _SD_LAYOUT
+    order = sorted(layout) if sdxl else [*[i for i in sorted(layout) if i != 12], 12]
+    blocks = []
+    for index in order:
+        if not weights or not weights[index]:
+            continue
+        held = layout[index]
+        dim, conv_dim = dims[index], conv_dims[index]
+        has = ("attn" in held and dim > 0) or (
+            convs and (("res" in held and (dim > 0 or conv_dim > 0)) or ("sampler" in held and conv_dim > 0))
+        )
+        if has:
+            blocks.append((index, weights[index]))
+    return blocks, ""
+
+
+def _lora_flow(
+    a: Args, script: str, written: dict, facts: dict
+) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    """lora_flux / lora_sd3: [CLIP-L, (CLIP-G,) T5-XXL, transformer], each with its plus group. dbspec's
+    groups: CLIP-L in `text_encoder`; Flux's T5 in `text_encoder_2` where the converter gave it its own rate
+    (lora_flux.t5_trains); SD3's CLIP-G in `text_encoder_2` at a rate of its own (train._sd3_clip_g_lr), its
+    T5 in `text_encoder_3` at its own (lora_flux._sd3_t5_trains), else in CLIP-G's group."""
+    kwargs, _ = parse_network_args(a["network_args"].value or [])
+    reg = facts.get("kohya_flux_reg_groups") if script == "flux_train_network" else None
+    if script == "flux_train_network" and "network_reg_lrs" in kwargs and reg is None:
+        return [], "network_reg_lrs gives the modules its regexes match groups of their own"
+    unet_ratio, text_ratio = _ratios(kwargs)
+    te = a["text_encoder_lr"].value
+    given = [float(v) for v in (te if isinstance(te, list) else [] if te is None else [te])]
+    lr = float(a["learning_rate"].value)
+    count = 3 if script == "sd3_train_network" else 2
+    # kohya's padding: none -> learning_rate for each; one value -> each; SD3's two -> [a, b, b]
+    rates = (given + given[-1:] * count)[:count] if given else [lr] * count
+    encoders: list[tuple[str, float, str]] = [("textencoder 1", rates[0], "text_encoder")]
+    if script == "sd3_train_network":
+        g_own = len(given) > 1 and rates[1] not in (rates[0], 0)
+        second = "text_encoder_2" if g_own else "text_encoder"
+        encoders.append(("textencoder 2 (CLIP-G)", rates[1], second))
+        t5 = "text_encoder_3" if ("optimizer", "text_encoder_3_lr") in written else second
+    else:
+        t5 = "text_encoder_2" if ("optimizer", "text_encoder_2_lr") in written else "text_encoder"
+    if _value(written, ("train", "t5"), False):
+        encoders.append(("textencoder (T5-XXL)", rates[-1], t5))
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    if not a["network_train_unet_only"].value:
+        for name, rate, target in encoders:
+            if rate:
+                groups.append((name, (target,)))
+                if text_ratio is not None:
+                    groups.append((f"{name} plus", (f"{target}_lora_up",)))
+    if not a["network_train_text_encoder_only"].value and _rate(a, "unet_lr", lr):
+        # network_reg_lrs: the groups of the regexes first, by their key `reg_lr_<i>` sorted as text, each
+        # at its own rate (runtime/blocks.py: `denoiser_lr<rate>`), then the modules none matches
+        units: list[tuple[str, str]] = []
+        if reg is not None and "network_reg_lrs" in kwargs:
+            for index in sorted(reg["reg"], key=lambda i: f"reg_lr_{i}"):
+                units.append((f"unet reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
+            units += [("unet", "")] if reg["default"] else []
+        else:
+            units.append(("unet", ""))
+        for name, suffix in units:
+            groups.append((name, (f"denoiser{suffix}",)))
+            if unet_ratio is not None:
+                groups.append((f"{name} plus", (f"denoiser_lora_up{suffix}",)))
+    return groups, ""
+
+
+def _ints(text: str | None, n: int, default: int) -> list[int]:
+    """kohya's block_dims / conv_block_dims (n comma-separated ints), else `default` for each block."""
+    if text is None:
+        return [int(default)] * n
+    values = [int(item) for item in text.split(",")]
+    if len(values) != n:
+        raise ValueError(text)
+    return values
+
+
+def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
+    return written[path][0] if path in written else default
+
+
+def _ratios(kwargs: dict[str, str]) -> tuple[float | None, float | None]:
+    """LoRA+'s (U-Net, text encoder) ratios as kohya's networks take them (`specific or general`)."""
+    general = _ratio(kwargs, "loraplus_lr_ratio")
+    unet = _ratio(kwargs, "loraplus_unet_lr_ratio") or general
+    return unet, _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general
 
 
 def _ratio(kwargs: dict[str, str], key: str) -> float | None:
@@ -114,7 +305,7 @@ def group_table(
 ) -> float | dict[str, float] | None:
     """kohya's per-group `key` list as dbspec's value: one number when every dbspec group gets the same, else
     a table by group name. None after reporting why not (torch's ValueError on a wrong length: DBS402)."""
-    groups, why = kohya_groups(a, script)
+    groups, why = kohya_groups(a, script, conv.values, conv.facts)
     if not groups:
         conv.unsupported(args, f"one {key} per parameter group: {why}")
         return None

@@ -280,9 +280,10 @@ def _reg_blocks(
     unet_only = a["network_train_unet_only"].value if "network_train_unet_only" in a else False
     chosen = known.pop("selected")
     selected = {k: chosen[p] for k, p in (("double", _DOUBLE), ("single", _SINGLE)) if p in chosen}
+    groups: dict = {"reg": {}, "default": False}
     try:
         found, extra, warnings, qkv = flux_reg_blocks(
-            kwargs, **known, selected=selected, unet_lr=lr, text_trains=not unet_only
+            kwargs, **known, selected=selected, unet_lr=lr, text_trains=not unet_only, groups=groups
         )
     except NotImplementedError as exc:
         conv.unsupported(args, f"network_reg_dims / network_reg_lrs: {exc}")
@@ -293,6 +294,7 @@ def _reg_blocks(
         )
     if "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value:
         found, extra = [], []  # train_network.py applies no denoiser LoRA: the regexes act on CLIP-L only
+    conv.facts["kohya_flux_reg_groups"] = groups  # group_lists.py: the per-group scheduler lists
     first = len(family_spec("flux").kohya_lora_excluded)
     why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
     blocks[first:first] = [{**b, "_why": why} for b in found]

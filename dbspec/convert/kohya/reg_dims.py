@@ -137,10 +137,14 @@ def flux_reg_blocks(
     selected: dict[str, list[bool]],
     unet_lr: float | None,
     text_trains: bool,
+    groups: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
     """(blocks, extra denoiser targets, warnings, whether a double block's q/k/v LoRA is built) for
     network_reg_dims / network_reg_lrs (popped from kwargs);
-    ValueError where kohya fails, NotImplementedError (its message) where dbspec cannot express the result."""
+    ValueError where kohya fails, NotImplementedError (its message) where dbspec cannot express the result.
+    `groups` (filled when given): kohya's optimizer groups of the denoiser's LoRA modules,
+    `reg`: {regex position in network_reg_lrs: its rate} for each regex that is the first to match a built
+    module (assemble_params' `reg_lr_<i>` groups), `default`: whether a built module matches none."""
     dims, dropped = (
         parse_pairs(kwargs.pop("network_reg_dims"), True) if "network_reg_dims" in kwargs else (None, [])
     )
@@ -168,6 +172,11 @@ def flux_reg_blocks(
         by_lr = first_match(lrs, name, True) if lrs else None
         rank = int(by_dim[1]) if by_dim else default_rank(name, dim, type_dims, in_dims, selected)
         qkv = qkv or bool(rank and "double" in name and "attn_qkv" in name)
+        if groups is not None and rank > 0:
+            if by_lr is not None:
+                groups.setdefault("reg", {})[list(lrs).index(by_lr[0])] = by_lr[1]
+            else:
+                groups["default"] = True
         if by_dim is None and by_lr is None:
             continue
         if rank < 0:

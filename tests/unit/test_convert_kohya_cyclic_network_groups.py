@@ -1,0 +1,419 @@
+"""kohya's per-group CyclicLR / OneCycleLR lists (lr_scheduler_args `base_lr=[...]`, `max_lr=[...]`, issue 12)
+for the networks whose groups dbspec now derives: networks.lora_flux and lora_sd3 (flux_train_network.py,
+sd3_train_network.py: each text encoder its own group, each followed by its LoRA+ plus group, then the
+transformer's) and LyCORIS's lycoris.kohya (train_network.py: text encoders, plus, U-Net, plus; a plus group
+only for algo lora/locon). Each converted command line passes `dbspec check`, and the plan's curve for
+every group equals torch's scheduler built over dummy parameters in kohya's group order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from convert_kit import SD15, SDXL, codes, component_file, errors, fate, images, kohya, messages, plan_of
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+# sd-scripts' Flux LoRA command line (docs/flux_train_network.md) training the text encoders
+FLUX_COMMAND = (
+    f"accelerate launch --mixed_precision bf16 --num_cpu_threads_per_process 1 flux_train_network.py "
+    f"--pretrained_model_name_or_path {FLUX} --clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors "
+    "--ae ae.safetensors --train_data_dir x --resolution 512 --cache_latents_to_disk --save_model_as "
+    "safetensors --sdpa --persistent_data_loader_workers --max_data_loader_n_workers 2 --seed 42 "
+    "--gradient_checkpointing --mixed_precision bf16 --save_precision bf16 --network_module "
+    "networks.lora_flux --network_dim 16 --network_alpha 8 --optimizer_type adamw8bit --learning_rate 1e-4 "
+    "--highvram --max_train_steps 400 --timestep_sampling shift --discrete_flow_shift 3.1582 "
+    "--model_prediction_type raw --guidance_scale 1.0"
+)
+# sd-scripts' SD3 LoRA command line (docs/sd3_train_network.md) training the text encoders
+SD3_COMMAND = (
+    f"accelerate launch --mixed_precision bf16 --num_cpu_threads_per_process 1 sd3_train_network.py "
+    f"--pretrained_model_name_or_path {SD35} --clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors "
+    "--t5xxl sd3/t5xxl_fp16.safetensors --train_data_dir x --resolution 512 --cache_latents_to_disk "
+    "--save_model_as safetensors --sdpa --persistent_data_loader_workers --max_data_loader_n_workers 2 "
+    "--seed 42 --gradient_checkpointing --save_precision bf16 --network_module networks.lora_sd3 "
+    "--network_dim 16 --network_alpha 8 --optimizer_type adamw8bit --learning_rate 1e-4 "
+    "--max_train_steps 400 --weighting_scheme uniform --blocks_to_swap 0"
+)
+LYCORIS_COMMAND = (
+    f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=x "
+    "--resolution=512 --output_dir=out --network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+    "--learning_rate=1e-4 --text_encoder_lr=5e-5 --max_train_steps=400 --optimizer_type=AdamW "
+    "--mixed_precision=fp16 --save_model_as=safetensors"
+)
+
+
+def _flux(tmp_path, extra: str):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    return kohya(tmp_path, command=f"{FLUX_COMMAND} {extra}")
+
+
+def _sd3(tmp_path, extra: str):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    return kohya(tmp_path, command=f"{SD3_COMMAND} {extra}")
+
+
+def _lycoris(tmp_path, extra: str):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    return kohya(tmp_path, command=f"{LYCORIS_COMMAND} {extra}")
+
+
+def _args(values: dict[str, list[float]], rest: str) -> str:
+    lists = " ".join(f"{k}=[{','.join(f'{v:g}' for v in vs)}]" for k, vs in values.items())
+    return f"--lr_scheduler_args {lists} {rest}"
+
+
+def _torch_curves(cls: str, kohya_order: list[str], lists: dict, kwargs: dict, steps: int) -> dict:
+    """torch's scheduler over one dummy parameter per group in kohya's order: each group's LR (and beta1)
+    after 0 ... steps scheduler steps, by the group's dbspec name."""
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-4} for _ in kohya_order]
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = getattr(torch.optim.lr_scheduler, cls)(optimizer, **lists, **kwargs)
+    lrs: dict[str, list[float]] = {name: [] for name in kohya_order}
+    betas: dict[str, list[float]] = {name: [] for name in kohya_order}
+    for index in range(steps + 1):
+        for name, group in zip(kohya_order, optimizer.param_groups, strict=True):
+            lrs[name].append(group["lr"])
+            betas[name].append(group["betas"][0])
+        if index < steps:
+            optimizer.step()
+            scheduler.step()
+    return {"lr": lrs, "momentum": betas}
+
+
+def _converted(outcome, tmp_path):
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    assert fate(outcome, "lr_scheduler_args") == "mapped"
+    return plan_of(outcome, tmp_path, ["checkpoints.every=20"]).schedule  # a curve point every 20 steps
+
+
+def _check(schedule, expected: dict, momentum: bool = False) -> None:
+    """Every dbspec group's plan curve is torch's curve for the kohya group that maps onto it."""
+    curves = dict(schedule.group_lr_points)
+    assert sorted(curves) == sorted(expected["lr"])
+    for name, points in curves.items():
+        assert len(points) > 3
+        for step, lr in points:
+            assert lr == pytest.approx(expected["lr"][name][step], rel=1e-9, abs=1e-15), (name, step)
+    if momentum:
+        momenta = dict(schedule.group_momentum_points)
+        assert sorted(momenta) == sorted(expected["momentum"])
+        for name, points in momenta.items():
+            for step, value in points:
+                assert value == pytest.approx(expected["momentum"][name][step], rel=1e-9), (name, step)
+
+
+def test_flux_text_encoders_t5_and_loraplus_each_in_kohyas_order(tmp_path):
+    """lora_flux: [CLIP-L, CLIP-L plus, T5-XXL, T5-XXL plus, transformer, transformer plus]."""
+    order = [
+        "text_encoder",
+        "text_encoder_lora_up",
+        "text_encoder_2",
+        "text_encoder_2_lora_up",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {
+        "base_lr": [1e-6, 4e-6, 2e-6, 8e-6, 1e-5, 4e-5],
+        "max_lr": [5e-5, 2e-4, 2e-5, 8e-5, 1e-4, 4e-4],
+    }
+    outcome = _flux(
+        tmp_path,
+        '--network_args "train_t5xxl=True" "loraplus_lr_ratio=4" --text_encoder_lr 5e-5 2e-5 '
+        "--lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=30 step_size_down=50 \"mode='triangular2'\""),
+    )
+    schedule = _converted(outcome, tmp_path)
+    kwargs = {"step_size_up": 30, "step_size_down": 50, "mode": "triangular2"}
+    _check(schedule, _torch_curves("CyclicLR", order, lists, kwargs, 400))
+
+
+def test_flux_unet_only_with_unet_loraplus(tmp_path):
+    """network_train_unet_only: kohya's optimizer holds [transformer, transformer plus]."""
+    lists = {"max_lr": [1e-4, 1.6e-3]}
+    outcome = _flux(
+        tmp_path,
+        '--network_train_unet_only --network_args "loraplus_unet_lr_ratio=16" '
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400 pct_start=0.2"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    expected = _torch_curves(
+        "OneCycleLR", ["denoiser", "denoiser_lora_up"], lists, {"total_steps": 400, "pct_start": 0.2}, 400
+    )
+    _check(schedule, expected)
+
+
+def test_flux_clip_and_t5_at_one_rate_share_dbspecs_group(tmp_path):
+    """One text-encoder rate: dbspec trains CLIP-L and T5 in one group; equal list values map onto it."""
+    lists = {"base_lr": [2e-6, 2e-6, 1e-5], "max_lr": [3e-5, 3e-5, 1e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "train_t5xxl=True" --text_encoder_lr 3e-5 --lr_scheduler_type CyclicLR '
+        + _args(lists, "step_size_up=40"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    expected = _torch_curves(
+        "CyclicLR", ["text_encoder", "text_encoder_t5", "denoiser"], lists, {"step_size_up": 40}, 400
+    )
+    expected["lr"].pop("text_encoder_t5")
+    _check(schedule, expected)
+
+
+def test_flux_clip_and_t5_sharing_a_group_with_different_values_stay_unsupported(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        '--network_args "train_t5xxl=True" --text_encoder_lr 3e-5 --lr_scheduler_type CyclicLR '
+        "--lr_scheduler_args base_lr=[1e-6,2e-6,1e-5] max_lr=1e-4",
+    )
+    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+
+
+def test_flux_list_length_follows_kohyas_groups(tmp_path):
+    """Without train_t5xxl kohya has [CLIP-L, transformer]: three values are torch's ValueError."""
+    outcome = _flux(
+        tmp_path, "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=[1e-6,2e-6,1e-5] max_lr=1e-4"
+    )
+    text = messages(outcome, "DBS402")
+    assert "base_lr has 3 values" in text and "(textencoder 1, unet)" in text
+
+
+@pytest.mark.parametrize(
+    ("rates", "order"),
+    [
+        # three rates: CLIP-L, CLIP-G and T5-XXL each their own dbspec group
+        ("5e-5 2e-5 1e-5", ["text_encoder", "text_encoder_2", "text_encoder_3", "denoiser"]),
+        # two: [a, b, b], T5 in CLIP-G's group (equal values in the list)
+        ("5e-5 2e-5", ["text_encoder", "text_encoder_2", "text_encoder_2", "denoiser"]),
+    ],
+    ids=["three", "two"],
+)
+def test_sd3_three_text_encoders_in_kohyas_order(tmp_path, rates, order):
+    """lora_sd3: [CLIP-L, CLIP-G, T5-XXL, MMDiT]; OneCycleLR's max_lr and the momentum lists per group."""
+    shared = order[1] == order[2]
+    lists = {
+        "max_lr": [5e-5, 2e-5, 2e-5 if shared else 1e-5, 1e-4],
+        "base_momentum": [0.8, 0.75, 0.75 if shared else 0.7, 0.85],
+        "max_momentum": [0.9, 0.92, 0.92 if shared else 0.94, 0.95],
+    }
+    outcome = _sd3(
+        tmp_path,
+        f'--network_args "train_t5xxl=True" --text_encoder_lr {rates} --lr_scheduler_type OneCycleLR '
+        + _args(lists, "total_steps=400 \"anneal_strategy='linear'\""),
+    )
+    schedule = _converted(outcome, tmp_path)
+    names = [f"{n}#{i}" for i, n in enumerate(order)]
+    expected = _torch_curves(
+        "OneCycleLR", names, lists, {"total_steps": 400, "anneal_strategy": "linear"}, 400
+    )
+    for kind in ("lr", "momentum"):
+        expected[kind] = {name.split("#")[0]: curve for name, curve in expected[kind].items()}
+    _check(schedule, expected, momentum=True)
+
+
+def test_sd3_clip_only_with_loraplus(tmp_path):
+    """Without T5: [CLIP-L, plus, CLIP-G, plus, MMDiT, plus]; CLIP-G at its own rate: text_encoder_2."""
+    order = [
+        "text_encoder",
+        "text_encoder_lora_up",
+        "text_encoder_2",
+        "text_encoder_2_lora_up",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {"base_lr": [1e-7, 2e-7, 3e-7, 4e-7, 5e-7, 6e-7], "max_lr": [1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5]}
+    outcome = _sd3(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=2" --text_encoder_lr 5e-5 2e-5 --lr_scheduler_type CyclicLR '
+        + _args(lists, "step_size_up=25"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 25}, 400))
+
+
+def test_lycoris_locon_with_loraplus_in_kohyas_order(tmp_path):
+    """lycoris.kohya algo=locon: [text encoder, its plus, U-Net, its plus] as networks.lora."""
+    order = ["text_encoder", "text_encoder_lora_up", "denoiser", "denoiser_lora_up"]
+    lists = {"base_lr": [1e-6, 4e-6, 1e-5, 4e-5], "max_lr": [5e-5, 2e-4, 1e-4, 4e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_args algo=locon conv_dim=8 conv_alpha=4 loraplus_lr_ratio=4 --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=50 \"mode='exp_range'\" gamma=0.999"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    kwargs = {"step_size_up": 50, "mode": "exp_range", "gamma": 0.999}
+    _check(schedule, _torch_curves("CyclicLR", order, lists, kwargs, 400))
+
+
+def test_lycoris_loha_has_no_plus_groups(tmp_path):
+    """LoHa has no `lora_up` parameter: LyCORIS's plus groups stay empty, kohya has [text encoder, U-Net]."""
+    lists = {"max_lr": [5e-5, 1e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_args algo=loha loraplus_lr_ratio=4 --lr_scheduler_type OneCycleLR "
+        + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    expected = _torch_curves("OneCycleLR", ["text_encoder", "denoiser"], lists, {"total_steps": 400}, 400)
+    _check(schedule, expected)
+
+
+def test_lycoris_unet_only_has_one_group(tmp_path):
+    outcome = _lycoris(
+        tmp_path,
+        "--network_train_unet_only --network_args algo=lokr --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+    )
+    assert "DBS402" in codes(outcome) and "1 parameter group(s) (unet)" in messages(outcome, "DBS402")
+
+
+def test_sdxl_train_block_lr_gives_each_block_its_group(tmp_path):
+    """sdxl_train.py --block_lr: [each U-Net block at a rate not 0, in block order, text encoder 1, 2]; block
+    i is [[optimizer.blocks]] entry i, dbspec's group `denoiser_block<i>`."""
+    rates = [1e-5 * (1 + i % 4) for i in range(23)]
+    rates[4] = rates[22] = 0.0  # left out of kohya's optimizer
+    blocks = [i for i, rate in enumerate(rates) if rate]
+    order = [f"denoiser_block{i}" for i in blocks] + ["text_encoder", "text_encoder_2"]
+    lists = {
+        "base_lr": [rates[i] / 10 for i in blocks] + [1e-7, 2e-7],
+        "max_lr": [rates[i] * (2 + i % 3) for i in blocks] + [1e-6, 2e-6],
+    }
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x "
+        "--resolution=512 --output_dir=out --learning_rate=1e-5 --train_text_encoder "
+        "--learning_rate_te1=1e-6 --learning_rate_te2=2e-6 --max_train_steps=300 --optimizer_type=AdamW "
+        "--mixed_precision=bf16 "
+        f"--block_lr={','.join(f'{r:g}' for r in rates)} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=20 step_size_down=35"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert [g.name for g in schedule.torch.groups] == order  # no leftover `denoiser` group
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 20, "step_size_down": 35}, 300))
+
+
+# networks.lora block lr weights on SD 1.5: kohya's groups per block (unet_block<N>), in the order its
+# create_modules meets them: the down blocks' attentions (1, 2, 4, 5, 7, 8), the up blocks' (16-24), then
+# the mid block's (12: library/original_unet.py registers mid_block after up_blocks)
+DOWN = [1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.25, 0.25, 1.0, 1.0, 1.0]  # indices 0-11
+UP = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5]  # indices 13-24
+KOHYA_BLOCKS = [1, 2, 4, 5, 7, 8, *range(16, 25), 12]
+
+
+def _weight(index: int) -> float:
+    return DOWN[index] if index < 12 else 3.0 if index == 12 else UP[index - 13]
+
+
+def _dbspec_group(index: int, plus: bool = False) -> str:
+    scale = _weight(index)
+    name = "denoiser_lora_up" if plus else "denoiser"
+    return name if scale == 1.0 else f"{name}_x{scale:g}"
+
+
+@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+def test_networks_lora_block_lr_weights_give_kohyas_block_groups(tmp_path, loraplus):
+    """[text encoder, (plus,) unet_block1, (plus,) ...]: each kohya block maps onto dbspec's group of its
+    scale (runtime/blocks.py: `denoiser`, `denoiser_x<scale>`), blocks of one scale sharing one value."""
+    order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else [])
+    for index in KOHYA_BLOCKS:
+        order.append(_dbspec_group(index))
+        if loraplus:
+            order.append(_dbspec_group(index, plus=True))
+    values = {"denoiser": 1e-5, "denoiser_x0.5": 2e-5, "denoiser_x0.25": 3e-5, "denoiser_x2": 4e-5}
+    values |= {"denoiser_x3": 5e-5, "text_encoder": 1e-6}
+    values |= {k.replace("denoiser", "denoiser_lora_up"): 4 * v for k, v in values.items() if "den" in k}
+    values["text_encoder_lora_up"] = 4e-6
+    lists = {"base_lr": [values[n] for n in order], "max_lr": [values[n] * 20 for n in order]}
+    weights = (
+        f"down_lr_weight={','.join(f'{w:g}' for w in DOWN)} mid_lr_weight=3 "
+        f"up_lr_weight={','.join(f'{w:g}' for w in UP)}" + (" loraplus_lr_ratio=4" if loraplus else "")
+    )
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args {weights} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    names = [f"{n}#{i}" for i, n in enumerate(order)]
+    expected = _torch_curves("CyclicLR", names, lists, {"step_size_up": 40}, 400)
+    expected["lr"] = {name.split("#")[0]: curve for name, curve in expected["lr"].items()}
+    _check(schedule, expected)
+
+
+def test_networks_lora_blocks_of_one_scale_with_different_values_stay_unsupported(tmp_path):
+    """Blocks 1 and 2 both train at x0.5, one dbspec group: kohya's list giving them two values is DBS403."""
+    lists = {"base_lr": [1e-6] + [1e-5 * (1 + k) for k in range(len(KOHYA_BLOCKS))]}
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args down_lr_weight={','.join(f'{w:g}' for w in DOWN)} "
+        "--lr_scheduler_type CyclicLR " + _args(lists, "max_lr=1e-3"),
+    )
+    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+
+
+def test_sdxl_networks_lora_block_lr_weights_in_input_middle_output_order(tmp_path):
+    """SDXL (kohya's original block names): the transformer blocks 5, 6, 8, 9 (input_blocks.4, 5, 7, 8),
+    11 (middle_block.1), 13-18 (output_blocks.0-5) in ascending order; down_lr_weight has 9 values."""
+    down = [1, 1, 1, 1, 0.5, 0.5, 1, 2, 2]  # input_blocks.0-8: indices 1-9
+    up = [1, 1, 1, 0.25, 0.25, 0.25, 1, 1, 1]  # output_blocks.0-8: indices 13-21
+    weight = {1 + i: w for i, w in enumerate(down)} | {13 + i: w for i, w in enumerate(up)} | {11: 1.0}
+    blocks = [5, 6, 8, 9, 11, *range(13, 19)]
+    order = ["text_encoder"] + ["denoiser" if weight[b] == 1 else f"denoiser_x{weight[b]:g}" for b in blocks]
+    values = {"text_encoder": 1e-6, "denoiser": 1e-5, "denoiser_x0.5": 2e-5, "denoiser_x2": 3e-5}
+    values["denoiser_x0.25"] = 4e-5
+    lists = {"max_lr": [values[n] * 10 for n in order]}
+    images(tmp_path / "x" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=512 --output_dir=out --network_module=networks.lora "
+        "--learning_rate=1e-4 --max_train_steps=300 --network_args "
+        f"down_lr_weight={','.join(f'{w:g}' for w in down)} up_lr_weight={','.join(f'{w:g}' for w in up)} "
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=300"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    names = [f"{n}#{i}" for i, n in enumerate(order)]
+    expected = _torch_curves("OneCycleLR", names, lists, {"total_steps": 300}, 300)
+    expected["lr"] = {name.split("#")[0]: curve for name, curve in expected["lr"].items()}
+    _check(schedule, expected)
+
+
+def test_flux_network_reg_lrs_groups_come_first_in_the_transformers_place(tmp_path):
+    """lora_flux's assemble_params: the modules each network_reg_lrs regex matches first form its group
+    `reg_lr_<i>` (and plus), ahead of the rest; dbspec's `denoiser_lr<rate>` groups (runtime/blocks.py)."""
+    order = [
+        "text_encoder",
+        "text_encoder_lora_up",
+        "denoiser_lr0.0002",
+        "denoiser_lora_up_lr0.0002",
+        "denoiser_lr5e-05",
+        "denoiser_lora_up_lr5e-05",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {
+        "base_lr": [1e-7, 4e-7, 2e-6, 8e-6, 5e-7, 2e-6, 1e-6, 4e-6],
+        "max_lr": [1e-5, 4e-5, 2e-4, 8e-4, 5e-5, 2e-4, 1e-4, 4e-4],
+    }
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" "network_reg_lrs=double_blocks_[0-9]_=2e-4,single_blocks=5e-5" '
+        "--text_encoder_lr 1e-5 --lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=30"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 30}, 400))
+
+
+def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tmp_path):
+    lists = {"max_lr": [3e-4, 6e-5]}
+    outcome = _flux(
+        tmp_path,
+        '--network_train_unet_only --network_args "network_reg_lrs=double_blocks=3e-4,single_blocks=6e-5" '
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    order = ["denoiser_lr0.0003", "denoiser_lr6e-05"]
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
