@@ -5,6 +5,8 @@ prepare_optimizer_params_with_multiple_te_lrs), refused with cached text-encoder
 
 from __future__ import annotations
 
+import re
+
 from convert_kit import codes, component_file, errors, fate, images, kohya, out_path, plan_of  # noqa: F401
 
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -224,9 +226,9 @@ def test_dim_from_weights_builds_each_text_encoder_module_at_its_rank(tmp_path):
     assert "[[adapter.text_encoder_blocks]]" in out_path(tmp_path).read_text()
 
 
-def test_dim_from_weights_with_whole_text_encoders_at_one_rank_needs_no_text_blocks(tmp_path):
-    """Every module of every CLIP-L layer and T5-XXL block up to the last at one rank: the adapter's rank and
-    targets build the file's modules, no [[adapter.text_encoder_blocks]]."""
+def test_dim_from_weights_names_the_files_layers_even_at_one_rank(tmp_path):
+    """Every module of CLIP-L layers and T5-XXL blocks 0 and 1 at one rank: the file's layers at its rank, a
+    rank-0 block for the rest (a deeper encoder's later layers get no LoRA, as kohya builds none there)."""
     clip = (
         "self_attn_q_proj",
         "self_attn_k_proj",
@@ -245,7 +247,17 @@ def test_dim_from_weights_with_whole_text_encoders_at_one_rank_needs_no_text_blo
     _file_at_ranks(tmp_path / "prev.safetensors", layers)
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --dim_from_weights")
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.rank, a.alpha) == (4, 2.0) and a.text_encoder_blocks == () and a.t5_targets == T5
+    assert (a.rank, a.alpha) == (4, 2.0) and a.t5_targets == T5
+    hits = {
+        path: next((b.rank, b.alpha) for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        for path in (
+            "text_encoder.text_model.encoder.layers.1.mlp.fc2",
+            "text_encoder.text_model.encoder.layers.2.mlp.fc2",
+            "text_encoder_2.encoder.block.0.layer.1.DenseReluDense.wo",
+            "text_encoder_2.encoder.block.5.layer.1.DenseReluDense.wo",
+        )
+    }
+    assert list(hits.values()) == [(4, 2.0), (0, 1.0), (4, 2.0), (0, 1.0)]
 
 
 def test_dim_from_weights_without_clip_l_modules_trains_t5_alone(tmp_path):

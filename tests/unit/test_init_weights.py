@@ -441,8 +441,8 @@ def test_dim_from_weights_with_text_encoder_modules_at_several_ranks(tmp_path):
 
 def test_dim_from_weights_with_some_text_encoder_modules_builds_only_those(tmp_path):
     """kohya builds no LoRA on a text-encoder module the file lacks: a file with some layers' modules names
-    them in [[adapter.text_encoder_blocks]] (a rank-0 block for the rest); a file with every module of each
-    layer up to its last needs no blocks (the adapter's targets are the file's modules)."""
+    them in [[adapter.text_encoder_blocks]] (a rank-0 block for the rest); so does a file with every module of
+    layers 0 and 1 (CLIP has 12: the later ones get no LoRA)."""
     layer = (
         "self_attn_q_proj",
         "self_attn_k_proj",
@@ -454,7 +454,14 @@ def test_dim_from_weights_with_some_text_encoder_modules_builds_only_those(tmp_p
     whole = {f"lora_te_text_model_encoder_layers_{i}_{m}": (8, 4.0, 768, 0) for i in range(2) for m in layer}
     write_lora(tmp_path / "prev.safetensors", {Q: (8, 4.0, 320, 0), **whole})
     args = "--network_weights=prev.safetensors --dim_from_weights"
-    assert plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks == ()
+    blocks = plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks
+    hits = [
+        next(
+            (b.rank, b.alpha) for b in blocks if re.search(b.pattern, f"text_encoder.text_model.encoder.{p}")
+        )
+        for p in ("layers.1.mlp.fc2", "layers.2.mlp.fc2")
+    ]
+    assert hits == [(8, 4.0), (0, 1.0)]
     write_lora(tmp_path / "prev.safetensors", MODULES)  # one text-encoder module, layer 0's q_proj
     blocks = plan_of(_convert(tmp_path, args), tmp_path).adapter.text_encoder_blocks
     hits = {

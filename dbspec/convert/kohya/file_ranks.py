@@ -220,48 +220,12 @@ def flow_components(family: str) -> dict[str, str]:
     return dict(zip(flow_text_prefixes(family), family_spec(family).text_encoder_names))
 
 
-# kohya's text-encoder modules per layer: CLIPAttention's and CLIPMLP's Linears (networks.lora, lora_flux,
-# lora_sd3) and, under lora_te3, T5-XXL's T5Attention and T5DenseGatedActDense Linears (lora_flux, lora_sd3)
-_TEXT_LAYER = (
-    r"text_model_encoder_layers_(\d+)_(.+)",
-    {"self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2"},
-)
-_T5_LAYER = (
-    r"encoder_block_(\d+)_(.+)",
-    {f"layer_0_SelfAttention_{p}" for p in "qkvo"}
-    | {f"layer_1_DenseReluDense_{p}" for p in ("wi_0", "wi_1", "wo")},
-)
-
-
-def whole_text_encoders(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> bool:
-    """Whether each text encoder the file adapts has all modules of every layer up to its last (what kohya
-    builds on the whole encoder, the adapter's text-encoder targets then matching the file's modules); False
-    where a layer or module is missing (the file names only those, kohya builds only those)."""
-    found: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for module in file.modules.values():
-        prefix = next((p for p in components if module.name.startswith(p)), None)
-        if prefix is None:
-            continue
-        pattern, names = _T5_LAYER if prefix == "lora_te3_" else _TEXT_LAYER
-        match = re.fullmatch(pattern, module.name.removeprefix(prefix))
-        if match is None or match[2] not in names:
-            return False
-        found[prefix][int(match[1])].add(match[2])
-    return all(
-        set(layers) == set(range(len(layers)))
-        and all(m == (_T5_LAYER if prefix == "lora_te3_" else _TEXT_LAYER)[1] for m in layers.values())
-        for prefix, layers in found.items()
-    )
-
-
 def per_module_text_blocks(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> list[dict]:
-    """text_blocks where the adapter's one text-encoder rank and targets would not build the file's modules
-    (their ranks or alphas differ, or a layer or module is missing: kohya builds none there); [] where they
-    would."""
+    """text_blocks wherever the file has text-encoder modules: kohya builds exactly those, and a file's last
+    layer need not be its encoder's (the converter does not know the layer count), so the adapter's one rank
+    and targets alone could adapt layers the file lacks; [] without text-encoder modules."""
     text = text_blocks(file, components)
-    if len({(b["rank"], b["alpha"]) for b in text[:-1]}) > 1 or not whole_text_encoders(file, components):
-        return text
-    return []
+    return text if len(text) > 1 else []
 
 
 def _split(name: str) -> tuple[str, str]:
