@@ -30,6 +30,14 @@ def _targeted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
 
+class BlocksError(Exception):
+    """Blocks that leave a trained component nothing to adapt; `key`: the spec table behind it."""
+
+    def __init__(self, message: str, key: str):
+        self.key = key
+        super().__init__(message)
+
+
 def with_blocks(
     config: PeftConfig, module: torch.nn.Module, adapter: AdapterPlan, component: str = ""
 ) -> PeftConfig:
@@ -61,6 +69,13 @@ def with_blocks(
             continue
         ranks[re.escape(path)] = rank
         alphas[re.escape(path)] = alpha
+    if not ranks:
+        table = "adapter.text_encoder_blocks" if component else "adapter.blocks"
+        raise BlocksError(
+            f"{table} puts every adapted layer of {component or 'the denoiser'} at rank 0: there is nothing "
+            f"to train there; give some layers a rank, or freeze {component or 'the denoiser'} (train.*)",
+            f"{table}[0].pattern" if blocks else table,
+        )
     return dataclasses.replace(
         config,
         rank_pattern=ranks,

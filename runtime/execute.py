@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dbspec.plan.model import Plan
+from dbspec.runtime.blocks import BlocksError
 from dbspec.runtime.cache import CacheWriteError
 from dbspec.runtime.checkpoints import OutputError
 from dbspec.runtime.data import DataError
@@ -71,6 +72,8 @@ def execute(
         raise RunError(
             str(exc), _dataset_origin(plan, exc.path), "fix or remove the file, then run again with --resume"
         ) from exc
+    except BlocksError as exc:
+        raise RunError(str(exc), _origin(plan, exc.key)) from exc
     except NonFiniteLoss as exc:
         raise RunError(
             str(exc),

@@ -104,3 +104,24 @@ def test_blocks_set_ranks_alphas_and_lr_groups_and_the_run_resumes_bit_exact(tmp
     assert {n: next(iter(layer.r.values())) for n, layer in reloaded.items()} == {
         n: layer.r["default"] for n, layer in adapted.items()
     }
+
+
+def test_blocks_leaving_a_trained_text_encoder_nothing_stop_with_the_table_named(tmp_path):
+    """Every text-encoder layer at rank 0 while the text encoder trains: a RunError naming the spec line of
+    adapter.text_encoder_blocks, not peft's NoMatchingPeftModuleError."""
+    import pytest
+
+    from dbspec.runtime.execute import RunError
+
+    extra = (
+        '[adapter]\nkind = "lora"\nrank = 2\n[[adapter.text_encoder_blocks]]\npattern = "^"\nrank = 0\n'
+        "alpha = 1.0\n[train]\ntext_encoder = true\n"
+    )
+    plan = compile_spec(write_spec(tmp_path, steps=1, extra=extra))
+    with pytest.raises(RunError) as caught:
+        execute(plan)
+    assert (
+        "adapter.text_encoder_blocks puts every adapted layer of text_encoder at rank 0"
+        in caught.value.message
+    )
+    assert caught.value.where == plan.origins["adapter.text_encoder_blocks[0].pattern"].where != ""
