@@ -149,14 +149,11 @@ def add_lora(
     `conv`: the denoiser (its convolutions and blocks); else `component` names the text encoder (its
     text_encoder_blocks)."""
     config = lora_config(adapter, targets, conv)
-    if conv and adapter.blocks:  # the denoiser: per-block ranks and alphas
+    # per-block ranks and alphas: the denoiser's [[adapter.blocks]], a text encoder's text_encoder_blocks
+    if adapter.blocks if conv else (component and adapter.text_encoder_blocks):
         from dbspec.runtime.blocks import with_blocks
 
-        config = with_blocks(config, module, adapter)
-    if not conv and component and adapter.text_encoder_blocks:  # a text encoder's per-module ranks
-        from dbspec.runtime.blocks import with_blocks
-
-        config = with_blocks(config, module, adapter, component)
+        config = with_blocks(config, module, adapter, "" if conv else component)
     if conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
         from dbspec.runtime.locon_tucker import with_tucker
 

@@ -111,13 +111,15 @@ def kohya_blocks(
     if dims_text is None and lr is None:
         return None  # kohya reads block_alphas / conv_block_* only with block_dims or block lr weights
     n = SDXL_BLOCKS if original_names else SD_BLOCKS
-    dims = _list(dims_text, int, n, "block_dims") if dims_text else [dim] * n
-    alphas = _list(alphas_text, float, n, "block_alphas") if alphas_text else [alpha] * n
+    dims = block_list(dims_text, int, n, "block_dims") if dims_text else [dim] * n
+    alphas = block_list(alphas_text, float, n, "block_alphas") if alphas_text else [alpha] * n
     if conv_dims_text:
-        conv_dims = _list(conv_dims_text, int, n, "conv_block_dims")
+        conv_dims = block_list(conv_dims_text, int, n, "conv_block_dims")
         fallback = conv_alpha if conv_alpha is not None else 1.0
         conv_alphas = (
-            _list(conv_alphas_text, float, n, "conv_block_alphas") if conv_alphas_text else [fallback] * n
+            block_list(conv_alphas_text, float, n, "conv_block_alphas")
+            if conv_alphas_text
+            else [fallback] * n
         )
     elif conv_dim is not None:
         conv_dims, conv_alphas = [conv_dim] * n, [conv_alpha or 1.0] * n
@@ -149,7 +151,8 @@ def kohya_blocks(
     return blocks, None, None
 
 
-def _list(text: str, kind, n: int, key: str) -> list:
+def block_list(text: str, kind, n: int, key: str) -> list:
+    """kohya's per-block list: `n` comma-separated values of `kind` (ValueError otherwise, kohya asserts)."""
     values = [kind(s) for s in text.split(",")]
     if len(values) != n:
         raise ValueError(f"{key} must have {n} values (kohya asserts), got {len(values)}")

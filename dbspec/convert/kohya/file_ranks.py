@@ -11,8 +11,8 @@ block (pattern `^`) keeps every module the file lacks out, as kohya creates none
 (SD 1.x / 2.x: diffusers names with `.` written `_`; SDXL: the original U-Net layout's, read back onto
 diffusers' by dbspec.unet_layout): one block per (rank, alpha) naming its modules, each `_` matching `.` or
 `_`, the 3x3 convolutions' at their conv rank and alpha. The text-encoder modules of every family (CLIP;
-Flux's and SD3's T5-XXL under lora_te3), when their ranks differ or some layer's are missing, likewise as
-[[adapter.text_encoder_blocks]] over `<component>.<path>`, with a last rank-0 block."""
+Flux's and SD3's T5-XXL under lora_te3) likewise as [[adapter.text_encoder_blocks]] over
+`<component>.<path>`, with a last rank-0 block."""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[
     blocks, then the mid block; SDXL (sdxl_original_unet.py) input, middle, output blocks. A block has a
     group where it holds a LoRA module: its weight not 0 (kohya removes the block's dims) and a target with
     a rank above 0."""
-    from dbspec.convert.kohya.blocks import SD_BLOCKS, block_lr_weights
+    from dbspec.convert.kohya.blocks import SD_BLOCKS, block_list, block_lr_weights
 
     rest = dict(kwargs)
     try:
@@ -198,9 +198,14 @@ def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[
         return [], str(exc)
     n = SDXL_BLOCKS if sdxl else SD_BLOCKS
     try:
-        dims = _ints(rest.get("block_dims"), n, a["network_dim"].value or 4)
+        dims_text, conv_dims_text = rest.get("block_dims"), rest.get("conv_block_dims")
+        dims = block_list(dims_text, int, n, "block_dims") if dims_text else [a["network_dim"].value or 4] * n
         conv = rest.get("conv_dim") or None
-        conv_dims = _ints(rest.get("conv_block_dims"), n, int(conv) if conv else 0)
+        conv_dims = (
+            block_list(conv_dims_text, int, n, "conv_block_dims")
+            if conv_dims_text
+            else [int(conv) if conv else 0] * n
+        )
     except ValueError:
         return [], "block_dims / conv_block_dims that kohya rejects (network.py reports them)"
     convs = conv is not None or "conv_block_dims" in rest
@@ -270,16 +275,6 @@ def _lora_flow(
             if unet_ratio is not None:
                 groups.append((f"{name} plus", (f"denoiser_lora_up{suffix}",)))
     return groups, ""
-
-
-def _ints(text: str | None, n: int, default: int) -> list[int]:
-    """kohya's block_dims / conv_block_dims (n comma-separated ints), else `default` for each block."""
-    if text is None:
-        return [int(default)] * n
-    values = [int(item) for item in text.split(",")]
-    if len(values) != n:
-        raise ValueError(text)
-    return values
 
 
 def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
