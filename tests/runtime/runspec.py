@@ -132,3 +132,21 @@ def file_size_limit(nbytes: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def assert_lora_resumes_bit_exact(spec: Path, stop: int = 2) -> None:
+    """A LoRA run stopped after `stop` steps and resumed gives the uninterrupted run's losses and its
+    exported weights bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+
+    whole = execute(compile_spec(spec, ["output.dir=whole"]))
+    plan = compile_spec(spec, ["output.dir=parts"])
+    first = execute(plan, stop_after=stop)
+    resumed = execute(plan, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
+    theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

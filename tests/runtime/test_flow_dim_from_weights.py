@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.convert.kohya.file_ranks import flow_blocks
 from dbspec.families import family_spec
-from dbspec.runtime.execute import execute
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, write_spec, assert_lora_resumes_bit_exact
 from tests.runtime.test_flow_init import _export, _loaded
 
 
@@ -59,11 +58,4 @@ def test_a_split_file_starts_unsplit_fused_layers_at_its_rank(tmp_path):
 def test_a_run_from_a_split_file_trains_and_resumes_bit_exact(tmp_path):
     export, _ = _export(tmp_path, "flux", False)
     spec = _from_weights_spec(tmp_path, export, 4)
-    whole = execute(compile_spec(spec, ["output.dir=whole"]))
-    plan = compile_spec(spec, ["output.dir=parts"])
-    first = execute(plan, stop_after=2)
-    resumed = execute(plan, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
-    theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert_lora_resumes_bit_exact(spec)

@@ -13,11 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.convert.kohya.file_ranks import sd_blocks
-from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.prepare import configure_models
-from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.runspec import compile_spec, write_spec, assert_lora_resumes_bit_exact
 from tests.runtime.test_init_weights import _first_export
 
 
@@ -63,11 +62,4 @@ def test_each_module_starts_at_its_file_rank_and_the_missing_one_has_none(tmp_pa
 def test_a_per_module_run_resumes_bit_exact(tmp_path):
     path, _, _ = _per_module_file(_first_export(tmp_path))
     spec = _spec(tmp_path, path, 4)
-    whole = execute(compile_spec(spec, ["output.dir=whole"]))
-    plan = compile_spec(spec, ["output.dir=parts"])
-    first = execute(plan, stop_after=2)
-    resumed = execute(plan, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
-    theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert_lora_resumes_bit_exact(spec)
