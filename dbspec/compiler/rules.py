@@ -2716,28 +2716,42 @@ def split_chunk_options(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def scaled_fp16_gradients(spec: Spec, given: Given) -> Iterator[Hit]:
-    """precision.fp16_gradients = "scaled" steps fp16 weights from still-scaled gradients: fp16 weights, no
-    clipping."""
+    """precision.fp16_gradients = "scaled" / "scaled_first" step from still-scaled gradients: fp16 or fp32
+    weights (not bf16, which fp16 mixed precision does not hold), no clipping; "scaled_first" over the chunks
+    of optimizer.split, all of them stepping. (fp16 mixed precision itself: compiler/precision.py.)"""
     p, o = spec.precision, spec.optimizer
-    if p.fp16_gradients != "scaled":
+    if p.fp16_gradients == "unscaled":
         return
-    if p.weights != "fp16":
+    value = p.fp16_gradients
+    if p.weights == "bf16":
         yield _err(
             "DBS555",
             ("precision", "fp16_gradients"),
-            f'precision.fp16_gradients = "scaled" with precision.weights = "{p.weights}": only fp16 trained '
-            "weights step from fp16 gradients",
-            'set precision.weights = "fp16" (kohya\'s full_fp16), or remove precision.fp16_gradients',
+            f'precision.fp16_gradients = "{value}" with precision.weights = "bf16": only fp16 or fp32 '
+            "trained weights step under fp16 mixed precision's grad scaler",
+            'set precision.weights = "fp16" (kohya\'s full_fp16) or "fp32", or remove '
+            "precision.fp16_gradients",
         )
     if o.max_grad_norm > 0:
         yield _err(
             "DBS555",
             ("optimizer", "max_grad_norm"),
-            f'optimizer.max_grad_norm = {o.max_grad_norm:g} with precision.fp16_gradients = "scaled": the '
+            f'optimizer.max_grad_norm = {o.max_grad_norm:g} with precision.fp16_gradients = "{value}": the '
             "gradients are still multiplied by the grad scaler's scale, so a clip would bound the scaled "
             "norm",
             'set optimizer.max_grad_norm = 0, or remove precision.fp16_gradients ("unscaled" clips unscaled '
             "gradients)",
+        )
+    if value == "scaled_first" and (o.split <= 1 or o.split_train == "first"):
+        what = f"optimizer.split = {o.split}" if o.split <= 1 else 'optimizer.split_train = "first"'
+        yield _err(
+            "DBS555",
+            ("precision", "fp16_gradients"),
+            f'precision.fp16_gradients = "scaled_first" with {what}: it steps the first chunk of '
+            "optimizer.split from the scaled gradients and the later ones through the grad scaler, and "
+            "there are no later chunks that step",
+            'set optimizer.split to 2 or more with split_train = "all" (kohya\'s fused_optimizer_groups), or '
+            'use fp16_gradients = "scaled"',
         )
 
 

@@ -745,9 +745,11 @@ class PrecisionPlan:
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
     quantize_backend: Literal["quanto", "torchao", "bitsandbytes", "cast"] = "quanto"
     compile: CompilePlan | None = None  # torch.compile of the trained networks; None: eager
-    # fp16 weights: "scaled" = the optimizer steps from the gradients still multiplied by the grad scaler's
-    # initial scale, never unscaled, updated or skipped (kohya's --full_fp16 --fused_backward_pass, no clip)
-    fp16_gradients: Literal["unscaled", "scaled"] = "unscaled"
+    # fp16 mixed precision: "scaled" = the optimizer steps from the gradients still multiplied by the grad
+    # scaler's initial scale, never unscaled, updated or skipped (kohya's --fused_backward_pass, no clip);
+    # "scaled_first" = optimizer.split's first chunk so, the later ones each through the grad scaler in
+    # backward's order (kohya's --fused_optimizer_groups, no clip)
+    fp16_gradients: Literal["unscaled", "scaled", "scaled_first"] = "unscaled"
 
 
 @frozen

@@ -745,14 +745,23 @@ def pivotal_summary(p) -> str:
 
 
 def fp16_scaler_summary(gradients: str = "unscaled") -> str:
-    """The grad scaler of fp16 trained weights (precision.weights = "fp16"): dynamic, or (fp16_gradients =
-    "scaled") a fixed scale the optimizer steps under."""
+    """The grad scaler of fp16 trained weights (precision.weights = "fp16") or of still-scaled gradients:
+    dynamic, (fp16_gradients = "scaled") a fixed scale the optimizer steps under, or ("scaled_first") the
+    first chunk stepped under it and the others through the dynamic scaler one by one."""
     s = FP16_GRAD_SCALER
     if gradients == "scaled":
         return (
-            f"fp16 gradients NOT unscaled (precision.fp16_gradients = scaled): the loss "
+            f"gradients NOT unscaled (precision.fp16_gradients = scaled): the loss "
             f"x{s['init_scale']:g}, a fixed scale; the optimizer steps from the scaled gradients, no step "
-            "skipped (kohya's --full_fp16 --fused_backward_pass hooks)"
+            "skipped (kohya's --fused_backward_pass hooks)"
+        )
+    if gradients == "scaled_first":
+        return (
+            "first chunk's gradients NOT unscaled (precision.fp16_gradients = scaled_first): its optimizer "
+            "steps from the gradients of loss x scale, never skipped; each later chunk, in backward's order, "
+            f"unscaled by the scale at that moment, skipped on inf/NaN (its LR schedule too), the scale "
+            f"x{s['backoff_factor']:g} then, x{s['growth_factor']:g} after {s['growth_interval']} finite "
+            f"chunk steps (start {s['init_scale']:g}; kohya's --fused_optimizer_groups hooks)"
         )
     return (
         f"fp16 gradients unscaled (kohya's patched scaler): scale {s['init_scale']:g} to start, "
@@ -808,6 +817,8 @@ def training_table(plan: Plan) -> Table:
         t.add_row("trained weights", f"{held}, {how}")
         if plan.precision.weights == "fp16":
             t.add_row("grad scaler", fp16_scaler_summary(plan.precision.fp16_gradients))
+    elif plan.precision.fp16_gradients != "unscaled":  # fp32 weights under fp16 mixed precision
+        t.add_row("grad scaler", fp16_scaler_summary(plan.precision.fp16_gradients))
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""

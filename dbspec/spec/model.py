@@ -2161,16 +2161,21 @@ class Precision:
         "schedulefree; fp32 for Adafactor, CAME and bitsandbytes), so any optimizer runs; fp16 weights "
         "(kohya's full_fp16) need it. See docs/memory.md.",
     )
-    fp16_gradients: Literal["unscaled", "scaled"] = option(
+    fp16_gradients: Literal["unscaled", "scaled", "scaled_first"] = option(
         "unscaled",
-        doc='What the optimizer steps fp16 weights (weights = "fp16") from: unscaled, the gradients divided '
-        "by the dynamic grad scaler's scale, a step whose gradients overflowed skipped and the scale "
-        "adjusted; scaled, the fp16 gradients as backward leaves them, still multiplied by the grad "
-        "scaler's initial scale (2^16), which never changes, and no step is ever skipped (an overflowed "
-        "gradient reaches the optimizer as inf). That is kohya's sdxl_train.py --full_fp16 "
-        "--fused_backward_pass with max_grad_norm 0: its gradient hooks step Adafactor (nearly invariant "
-        "to the gradient's scale) inside backward, before accelerate's scaler. Needs "
-        "optimizer.max_grad_norm = 0.",
+        doc="What the optimizer steps from under fp16 mixed precision (fp16 or fp32 trained weights): "
+        "unscaled, the gradients divided by the dynamic grad scaler's scale, a step whose gradients "
+        "overflowed skipped and the scale adjusted; scaled, the gradients as backward leaves them, still "
+        "multiplied by the grad scaler's initial scale (2^16), which never changes, and no step is ever "
+        "skipped (an overflowed gradient reaches the optimizer as inf): kohya's sdxl_train.py "
+        "--fused_backward_pass with max_grad_norm 0 (fp16 weights with --full_fp16, fp32 without), whose "
+        "gradient hooks step Adafactor (nearly invariant to the gradient's scale) inside backward, before "
+        "accelerate's scaler; scaled_first (optimizer.split > 1, kohya's --fused_optimizer_groups with "
+        "max_grad_norm 0): the first chunk's optimizer steps from the still-scaled gradients, never "
+        "skipped, and each later chunk, in the order its last gradient arrives in backward, through the "
+        "grad scaler on its own: unscaled by the scale at that moment, skipped (its LR schedule too) when "
+        "its own gradients overflowed, the scale updated after each (halved on an overflow, doubled after "
+        "2000 finite chunk steps). Needs optimizer.max_grad_norm = 0.",
     )
     compile: bool = option(
         False,

@@ -606,6 +606,16 @@ def _map_full_fp16(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             "scaled",
             conv.comment(legacy, "the fused backward pass steps before the grad scaler unscales"),
         )
+    elif script == "sdxl_train" and "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
+        # the groups' hooks: the first optimizer steps from the scaled fp16 gradients, the others through the
+        # patched scaler one by one (fp16_gradients = "scaled_first", train.py _fused_clip_runs)
+        conv.mapped(
+            legacy,
+            ("precision", "weights"),
+            "fp16",
+            note=f'{what} in fp16, weights_rounding = "nearest": each group\'s optimizer steps them directly '
+            "(the first from the scaled fp16 gradients, the others unscaled by kohya's patched scaler)",
+        )
     else:
         conv.mapped(
             legacy,

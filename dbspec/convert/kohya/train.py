@@ -1240,26 +1240,39 @@ def _fused_clip_runs(a: Args, key: str, conv: Conversion) -> bool:
     """Under mixed_precision fp16 the hooks' clip (accelerator.clip_grad_norm_, on the last micro-batch)
     unscales every optimizer's gradients through accelerate's grad scaler at each parameter: torch's
     GradScaler refuses a second unscale_ before update(), so kohya raises at the second hooked parameter.
-    (full_fp16 with --fused_backward_pass says so itself, model.py.)"""
+    (full_fp16 with --fused_backward_pass says so itself, model.py.)
+
+    Without clipping the hooks step from still-scaled gradients (accelerator.backward scales the loss by the
+    scaler's scale first). --fused_backward_pass: the patched Adafactor's step_param on the fp32 (or, with
+    full_fp16, fp16) gradients of loss x 65536, and nothing steps accelerate's optimizer, so scaler.update()
+    never runs and the scale never changes: precision.fp16_gradients = "scaled" (full_fp16: model.py).
+    --fused_optimizer_groups: `optimizers[0]` is the bare optimizer (only the name `optimizer` was rebound to
+    accelerate's wrapper) and steps from the scaled gradients, the later ones were prepared one by one and
+    step through accelerate's AcceleratedOptimizer.step (scaler.step: unscale by the current scale, skip on
+    inf; scaler.update) as their chunks complete, their LR schedules skipping with them:
+    fp16_gradients = "scaled_first", each chunk its own optimizer (optimizer.split, _optimizer_groups)."""
     norm, mixed = a["max_grad_norm"], a["mixed_precision"]
     if str(mixed.value) != "fp16":
         return True
     full_fp16 = "full_fp16" in a and a["full_fp16"].value
     fused = a[key]
     if not norm.value:
-        if key == "fused_backward_pass" and not full_fp16:  # full_fp16: precision.fp16_gradients = "scaled"
-            conv.differs(
+        if key == "fused_backward_pass" and not full_fp16:  # full_fp16: model.py puts it with fp16 weights
+            conv.mapped(
                 fused,
-                "under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients still "
-                "multiplied by the grad scaler's scale (never unscaled, no step skipped); dbspec unscales "
-                "them and skips overflowed steps",
+                ("precision", "fp16_gradients"),
+                "scaled",
+                note="under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients of loss x "
+                "65536, never unscaled; nothing calls scaler.update(), so the scale never changes and no "
+                "step is skipped",
             )
         elif key == "fused_optimizer_groups":
-            conv.differs(
+            conv.mapped(
                 fused,
-                "under mixed_precision fp16 kohya's first optimizer (not accelerate's wrapper) steps from "
-                "the still-scaled gradients and the others through the grad scaler, each updating the scale; "
-                "dbspec unscales every chunk's gradients once per step",
+                ("precision", "fp16_gradients"),
+                "scaled_first",
+                note="under mixed_precision fp16 kohya's first optimizer (bare) steps from the scaled "
+                "gradients, the others through accelerate's grad scaler one by one",
             )
         return True
     if key == "fused_backward_pass" and full_fp16:
@@ -1338,6 +1351,15 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
             ("optimizer", "split"),
             int(groups.value),
             note=f"one {kind} optimizer per chunk of the tensors in kohya's order, each estimating its own d",
+        )
+    elif ("precision", "fp16_gradients") in conv.values:  # "scaled_first" (_fused_clip_runs)
+        conv.mapped(
+            groups,
+            ("optimizer", "split"),
+            int(groups.value),
+            note=f"one {kind} per chunk: under mixed_precision fp16 kohya's first optimizer steps from the "
+            "still-scaled gradients and each other through the grad scaler on its own: "
+            'precision.fp16_gradients = "scaled_first"',
         )
     else:
         conv.record(
