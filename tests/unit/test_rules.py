@@ -1343,11 +1343,12 @@ CASES = [
         DOG + STEPS + '[optimizer]\nsplit = 2\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',
     ),
     (
-        rules.scaled_fp16_gradients,  # fp16 weights stepped from still-scaled gradients: no clip
-        DOG + STEPS + '[precision]\nfp16_gradients = "scaled"\n',
+        rules.scaled_fp16_gradients,  # still-scaled gradients: fp16/fp32 weights, no clip, chunks after the first
+        DOG + STEPS + '[precision]\nweights = "bf16"\nfp16_gradients = "scaled_first"\n',
         [
             ("DBS555", "error", ("precision", "fp16_gradients")),
             ("DBS555", "error", ("optimizer", "max_grad_norm")),
+            ("DBS555", "error", ("precision", "fp16_gradients")),
         ],
         DOG
         + STEPS
