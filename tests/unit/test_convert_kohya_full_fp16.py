@@ -223,8 +223,9 @@ def test_fused_optimizer_groups_under_fp16_with_accumulation_step_the_first_chun
     scaled gradients: split_first_step = "micro_batch", which fp16 mixed precision allows with scaled_first
     (DBS389 otherwise)."""
     outcome = _fp16_command(
-        tmp_path, "--optimizer_type=Prodigy --learning_rate=1.0 --fused_optimizer_groups=3 "
-        "--gradient_accumulation_steps=2"
+        tmp_path,
+        "--optimizer_type=Prodigy --learning_rate=1.0 --fused_optimizer_groups=3 "
+        "--gradient_accumulation_steps=2",
     )
     plan = plan_of(outcome, tmp_path)
     assert plan.precision.fp16_gradients == "scaled_first"

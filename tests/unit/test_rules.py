@@ -1343,7 +1343,7 @@ CASES = [
         DOG + STEPS + '[optimizer]\nsplit = 2\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',
     ),
     (
-        rules.scaled_fp16_gradients,  # still-scaled gradients: fp16/fp32 weights, no clip, chunks after the first
+        rules.scaled_fp16_gradients,  # still-scaled gradients: no bf16 weights, no clip; later chunks
         DOG + STEPS + '[precision]\nweights = "bf16"\nfp16_gradients = "scaled_first"\n',
         [
             ("DBS555", "error", ("precision", "fp16_gradients")),

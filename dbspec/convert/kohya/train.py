@@ -1262,9 +1262,9 @@ def _fused_clip_runs(a: Args, key: str, conv: Conversion) -> bool:
                 fused,
                 ("precision", "fp16_gradients"),
                 "scaled",
-                note="under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients of loss x "
-                "65536, never unscaled; nothing calls scaler.update(), so the scale never changes and no "
-                "step is skipped",
+                note="under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients of "
+                "loss x 65536, never unscaled; nothing calls scaler.update(), so the scale never changes "
+                "and no step is skipped",
             )
         elif key == "fused_optimizer_groups":
             conv.mapped(
