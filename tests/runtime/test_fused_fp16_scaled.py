@@ -25,6 +25,7 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.fp16_weights import ScaledFirstGradScaler, ScaledFp16GradScaler
 from dbspec.runtime.loop import _optimizer_step
 from dbspec.runtime.step import run_batch
+from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.optim_kit import flat_tensors, newest_state
 from tests.runtime.runspec import CPU, compile_spec, final_weights, summary_text, write_spec
 from tests.runtime.test_fused_groups import SDXL, _adafactor, _chunks, _replay, _rewind, _setup
@@ -43,6 +44,10 @@ def _scaler_state(scale: float, growth_interval: int) -> dict:
         "growth_interval": growth_interval,
         "_growth_tracker": 0,
     }
+
+
+def build_unet():
+    return build_pipeline(SDXL).unet
 
 
 def _same_unet(run, reference) -> bool:
@@ -214,12 +219,6 @@ def test_scaled_first_steps_equal_kohyas_hooks_as_the_scale_moves_between_chunks
     assert all(not torch.equal(trained[n], base[n]) for n in list(trained)[:3])  # it trained
 
 
-def build_unet():
-    from dbspec.runtime.tiny import build_pipeline
-
-    return build_pipeline(SDXL).unet
-
-
 def test_scaled_first_with_accumulation_trains_and_resumes_bit_exact(tmp_path):
     """gradient_accumulation_steps 2: the first chunk steps after each micro-batch from its scaled gradients
     (kohya's bare optimizer), the others once a step through the scaler; saved and resumed."""
@@ -236,3 +235,45 @@ def test_scaled_first_with_accumulation_trains_and_resumes_bit_exact(tmp_path):
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scaled_first_with_fp16_weights_equals_kohyas_hooks_over_its_patched_scaler(tmp_path):
+    """--full_fp16 --fused_optimizer_groups 3 (Adafactor): fp16 weights, the first chunk's Adafactor on the
+    scaled fp16 gradients, the others through the scaler kohya patches to unscale fp16 gradients
+    (patch_accelerator_for_fp16_training: _unscale_grads_ with allow_fp16 True); two steps, the scale growing
+    after every chunk step."""
+    extra = SCALED_FIRST.replace(
+        "[precision]\n", '[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n'
+    )
+    overrides = ["optimizer.kind=adafactor", "optimizer.split=3", "optimizer.max_grad_norm=0"]
+    plan = compile_spec(write_spec(tmp_path, base=SDXL, steps=4, extra=extra), overrides)
+    assert (plan.precision.weights, plan.precision.fp16_gradients) == ("fp16", "scaled_first")
+    run = _setup(plan)
+    split = run.optimizer.optimizer
+    reference = copy.deepcopy(run.comps.unet)
+    assert all(p.dtype == torch.float16 for p in reference.parameters())
+    chunks = _chunks(reference, 3)
+    made = [_adafactor(c, plan) for c in chunks]
+    theirs = torch.amp.GradScaler("cpu")
+    unscale = theirs._unscale_grads_
+    theirs._unscale_grads_ = lambda opt, inv, found, allow_fp16: unscale(
+        opt, inv, found, True
+    )  # kohya's patch
+    for scaler in (run.scaler, theirs):
+        scaler.load_state_dict(_scaler_state(2.0**16, growth_interval=1))
+    back = _rewind(run)
+    ran = []
+    for step in (0, 1):
+        _optimizer_step(run, step)
+        ran.append((run.scaler.get_scale(), list(split.skipped)))
+
+    back()
+    expected = []
+    for step in (0, 1):
+        (batch,), reseed = _replay(run, step, 1)
+        reseed(0)
+        skipped = _kohya_step(reference, chunks, made, theirs, run.parts, batch)
+        expected.append((theirs.get_scale(), skipped))
+    assert ran == expected and [s for s, _ in ran] == [2.0**18, 2.0**20]
+    assert _same_unet(run, reference)  # bit-exact
+    assert all(p.dtype == torch.float16 for p in run.comps.unet.parameters())
