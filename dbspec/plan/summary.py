@@ -1110,7 +1110,9 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         f"each {o.kind} estimates its step size d over its own chunk (logged as d*lr, d*lr/1, d*lr/2, ...)"
         if alike
         else f"the same updates as one {o.kind} (it updates each tensor on its own)"
-        if o.split_train == "all" and o.split_first_step == "step"
+        if o.split_train == "all"
+        and o.split_first_step == "step"
+        and plan.precision.fp16_gradients != "scaled_first"
         else f"each {o.kind} updates its own tensors"
     )
     return [
