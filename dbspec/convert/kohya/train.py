@@ -1352,7 +1352,7 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
             int(groups.value),
             note=f"one {kind} optimizer per chunk of the tensors in kohya's order, each estimating its own d",
         )
-    elif ("precision", "fp16_gradients") in conv.values:  # "scaled_first" (_fused_clip_runs)
+    elif conv.values.get(("precision", "fp16_gradients"), (None,))[0] == "scaled_first":  # _fused_clip_runs
         conv.mapped(
             groups,
             ("optimizer", "split"),
