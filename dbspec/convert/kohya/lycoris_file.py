@@ -14,7 +14,10 @@ nested in another) is built twice and its duplicate name asserts.
 
 dbspec reproduces that walk on a torch-free inventory of kohya's SD 1.x / 2.x U-Net (library/original_unet.py:
 diffusers' module paths, `CrossAttention` for the attention) and CLIP text encoder, then writes the adapted
-layers as the shortest path suffixes that match exactly those layers there (peft's suffix match)."""
+layers as the shortest path suffixes that match exactly those layers there (peft's suffix match). On SDXL
+(sdxl_train_network.py) the walk runs on kohya's own U-Net (library/sdxl_original_unet.py: the original layout's
+paths and classes, which a file's names and patterns are written against) and both CLIP encoders; the adapted
+U-Net layers are then translated to diffusers' paths (dbspec/unet_layout.py), the model dbspec trains."""
 
 from __future__ import annotations
 
@@ -416,7 +419,8 @@ def preset_targets(
     texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if v2 else 12)]
     convs = convs and s["enable_conv"]
     built_texts = [
-        _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, False) for text in texts
+        _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, False)
+        for text in texts
     ]
     built_unet = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, convs)
     for built in (*built_texts, built_unet):

@@ -132,13 +132,13 @@ def preset_file_targets(
         return None
     facts = family_spec(family).kohya if family else None
     # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths, its SDXL U-Net
-    # (library/sdxl_original_unet.py, sdxl_train_network.py) the original layout's; the flow models' networks
-    # differ in classes and paths
+    # (library/sdxl_original_unet.py, sdxl_train_network.py; kohya has no refiner script) the original
+    # layout's; the flow models' networks differ in classes and paths
     if facts is None or facts.network != "networks.lora":
         conv.unsupported(
             legacy,
-            "dbspec converts LyCORIS preset files for SD 1.x / 2.x and SDXL, whose kohya models it knows layer "
-            f"by layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
+            "dbspec converts LyCORIS preset files for SD 1.x / 2.x and SDXL, whose kohya models it knows "
+            f"layer by layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
         )
         return None
     try:
