@@ -15,9 +15,10 @@ nested in another) is built twice and its duplicate name asserts.
 dbspec reproduces that walk on a torch-free inventory of kohya's SD 1.x / 2.x U-Net (library/original_unet.py:
 diffusers' module paths, `CrossAttention` for the attention) and CLIP text encoder, then writes the adapted
 layers as the shortest path suffixes that match exactly those layers there (peft's suffix match). On SDXL
-(sdxl_train_network.py) the walk runs on kohya's own U-Net (library/sdxl_original_unet.py: the original layout's
-paths and classes, which a file's names and patterns are written against) and both CLIP encoders; the adapted
-U-Net layers are then translated to diffusers' paths (dbspec/unet_layout.py), the model dbspec trains."""
+(sdxl_train_network.py) the walk runs on kohya's own U-Net (library/sdxl_original_unet.py: the original
+layout's paths and classes, which a file's names and patterns are written against) and both CLIP encoders;
+the adapted U-Net layers are then translated to diffusers' paths (dbspec/unet_layout.py), the model dbspec
+trains."""
 
 from __future__ import annotations
 
