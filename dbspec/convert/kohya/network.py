@@ -131,17 +131,18 @@ def preset_file_targets(
         conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         return None
     facts = family_spec(family).kohya if family else None
-    # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths; SDXL's original layout
-    # and the flow models' networks differ in classes and paths
-    if facts is None or facts.original_unet_names or facts.network != "networks.lora":
+    # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths, its SDXL U-Net
+    # (library/sdxl_original_unet.py, sdxl_train_network.py; kohya has no refiner script) the original
+    # layout's; the flow models' networks differ in classes and paths
+    if facts is None or facts.network != "networks.lora":
         conv.unsupported(
             legacy,
-            "dbspec converts LyCORIS preset files for SD 1.x / 2.x, whose kohya model it knows layer by "
-            f"layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
+            "dbspec converts LyCORIS preset files for SD 1.x / 2.x and SDXL, whose kohya models it knows "
+            f"layer by layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
         )
         return None
     try:
-        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0)
+        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0, facts.original_unet_names)
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
