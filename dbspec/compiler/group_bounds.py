@@ -4,13 +4,15 @@ a list).
 
 The optimizer's groups are named here as the runtime builds them (runtime/optim.py `param_groups`, then the
 pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
-(DBS416), and the plan shows every group's bounds and LR curve. Blocks that scale the rate (`lr_scale`,
-kohya's block lr weights) make one group per scale, `denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with
-LoRA+), blocks at a rate of their own (`lr`, kohya Flux's network_reg_lrs) one per rate, `denoiser_lr<rate>`;
-a full fine-tune's `[[optimizer.blocks]]` one per block at a rate above 0, `denoiser_block<i>`. The `denoiser`
-group then holds only the parameters no block matches, and a block group may match none: the tables may leave
-those out (kohya's lists have no value for them), and the runtime refuses a run where a group they leave out
-holds parameters.
+(DBS416), and the plan shows every group's bounds and LR curve. A second or third text encoder that trains in
+the first's (or second's) group at one rate gets a group of its own when a table names it (`text_encoder_2`,
+`text_encoder_3`: kohya gives each encoder its own group, and its lists may give them different bounds).
+Blocks that scale the rate (`lr_scale`, kohya's block lr weights) make one group per scale,
+`denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with LoRA+), blocks at a rate of their own (`lr`, kohya
+Flux's network_reg_lrs) one per rate, `denoiser_lr<rate>`; a full fine-tune's `[[optimizer.blocks]]` one per
+block at a rate above 0, `denoiser_block<i>`. The `denoiser` group then holds only the parameters no block
+matches, and a block group may match none: the tables may leave those out (kohya's lists have no value for
+them), and the runtime refuses a run where a group they leave out holds parameters.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ from dbspec.plan.model import (
 # the schedules that take per-group bounds, and the bounds each uses (the momenta with cycle_momentum)
 GROUP_BOUNDS = {"cyclic": ("base_lr", "max_lr"), "one_cycle": ("max_lr",)}
 MOMENTUM_BOUNDS = ("base_momentum", "max_momentum")
+
+
+def table_names(s) -> frozenset[str]:
+    """The group names the spec's per-group tables (`[schedule]`, `s`) give, for the schedules that use them:
+    a table naming `text_encoder_2` or `text_encoder_3` gives that encoder its own group, at its rate
+    (compile.optimizer_plan keeps its rate in the plan, so the runtime builds the group)."""
+    if s.lr_schedule not in GROUP_BOUNDS:
+        return frozenset()
+    keys = GROUP_BOUNDS[s.lr_schedule] + (MOMENTUM_BOUNDS if s.cycle_momentum else ())
+    return frozenset(name for key in keys if isinstance(getattr(s, key), dict) for name in getattr(s, key))
 
 
 def optimizer_groups(

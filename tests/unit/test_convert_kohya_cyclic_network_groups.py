@@ -162,13 +162,54 @@ def test_flux_clip_and_t5_at_one_rate_share_dbspecs_group(tmp_path):
     _check(schedule, expected)
 
 
-def test_flux_clip_and_t5_sharing_a_group_with_different_values_stay_unsupported(tmp_path):
+def test_flux_clip_and_t5_at_one_rate_with_different_values_split(tmp_path):
+    """One text-encoder rate, two values: kohya's CLIP-L and T5-XXL groups map onto dbspec's `text_encoder`
+    and `text_encoder_2`, the table naming the latter gives T5 its own group at the same rate."""
+    lists = {"base_lr": [1e-6, 2e-6, 1e-5], "max_lr": [3e-5, 3e-5, 1e-4]}
     outcome = _flux(
         tmp_path,
         '--network_args "train_t5xxl=True" --text_encoder_lr 3e-5 --lr_scheduler_type CyclicLR '
-        "--lr_scheduler_args base_lr=[1e-6,2e-6,1e-5] max_lr=1e-4",
+        + _args(lists, "step_size_up=40"),
     )
-    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+    assert "text_encoder_2_lr" not in outcome.text
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=20"])
+    assert plan.optimizer.text_encoder_2_lr == plan.optimizer.text_encoder_lr == 3e-5
+    expected = _torch_curves(
+        "CyclicLR", ["text_encoder", "text_encoder_2", "denoiser"], lists, {"step_size_up": 40}, 400
+    )
+    _check(_converted(outcome, tmp_path), expected)
+
+
+@pytest.mark.parametrize(
+    ("lists", "order"),
+    [
+        # T5 alone differs: CLIP-G keeps CLIP-L's group, T5 gets `text_encoder_3`; the max_lr list agrees
+        # on the encoders but maps onto the same groups
+        (
+            {"base_lr": [1e-6, 1e-6, 2e-6, 1e-5], "max_lr": [3e-5, 3e-5, 3e-5, 1e-4]},
+            ["text_encoder", "text_encoder_2", "text_encoder_3", "denoiser"],
+        ),
+        (
+            {"base_lr": [1e-6, 3e-6, 2e-6, 1e-5]},
+            ["text_encoder", "text_encoder_2", "text_encoder_3", "denoiser"],
+        ),
+    ],
+    ids=["t5-differs", "all-differ"],
+)
+def test_sd3_encoders_at_one_rate_with_different_values_split(tmp_path, lists, order):
+    """lora_sd3 with one text_encoder_lr: [CLIP-L, CLIP-G, T5-XXL, MMDiT], each encoder its own dbspec
+    group (`text_encoder`, `text_encoder_2`, `text_encoder_3`) at the one rate."""
+    rest = "step_size_up=40" + ("" if "max_lr" in lists else " max_lr=1e-4")
+    outcome = _sd3(
+        tmp_path,
+        '--network_args "train_t5xxl=True" --text_encoder_lr 3e-5 --lr_scheduler_type CyclicLR '
+        + _args(lists, rest),
+    )
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=20"])
+    o = plan.optimizer
+    assert o.text_encoder_2_lr == o.text_encoder_3_lr == o.text_encoder_lr == 3e-5
+    kwargs = {"step_size_up": 40} | ({} if "max_lr" in lists else {"max_lr": 1e-4})
+    _check(_converted(outcome, tmp_path), _torch_curves("CyclicLR", order, lists, kwargs, 400))
 
 
 def test_flux_list_length_follows_kohyas_groups(tmp_path):
