@@ -131,7 +131,6 @@ def test_unet_only_lora_has_one_group(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ("--network_module=networks.lora_fa", "network_module networks.lora_fa"),
         ("--network_module=networks.oft", "network_module networks.oft"),
     ],
 )

@@ -458,3 +458,52 @@ def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tm
     schedule = _converted(outcome, tmp_path)
     order = ["denoiser_lr0.0003", "denoiser_lr6e-05"]
     _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
+def test_lora_fa_text_encoder_and_unet_in_kohyas_order(tmp_path):
+    """networks.lora_fa (networks/lora_fa.py prepare_optimizer_params): [text encoder, U-Net], no LoRA+."""
+    lists = {"base_lr": [1e-6, 1e-5], "max_lr": [5e-5, 2e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=40"),
+    )
+    expected = _torch_curves("CyclicLR", ["text_encoder", "denoiser"], lists, {"step_size_up": 40}, 400)
+    _check(_converted(outcome, tmp_path), expected)
+
+
+def test_lora_fa_unet_only_one_cycle(tmp_path):
+    lists = {"max_lr": [3e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --network_train_unet_only --lr_scheduler_type OneCycleLR "
+        + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert schedule.torch.max_lr == 3e-4 and not schedule.torch.groups  # one group: one number
+
+
+def test_lora_fa_text_encoder_group_at_rate_0_is_refused(tmp_path):
+    """lora_fa keeps a group at rate 0; CyclicLR's bounds replace the rate, so kohya trains it: DBS403."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --text_encoder_lr=0 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+    )
+    assert "DBS403" in codes(outcome) and "rate 0" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+def test_dylora_groups_as_networks_lora(tmp_path, loraplus):
+    """networks.dylora (networks/dylora.py prepare_optimizer_params): [text encoder, (plus,) U-Net, (plus)],
+    the plus groups holding its `lora_B` blocks at lr x ratio."""
+    order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else []) + ["denoiser"]
+    order += ["denoiser_lora_up"] if loraplus else []
+    lists = {"base_lr": [1e-6 * (i + 1) for i in range(len(order))], "max_lr": [1e-4] * len(order)}
+    args = '--network_args "unit=4" "loraplus_lr_ratio=4" ' if loraplus else '--network_args "unit=4" '
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.dylora {args}--lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    expected = _torch_curves("CyclicLR", order, lists, {"step_size_up": 40}, 400)
+    _check(_converted(outcome, tmp_path), expected)

@@ -9,6 +9,10 @@ kohya's groups, in order (its code is the ground truth):
   dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead (each followed
   by its plus group), in the order create_modules meets the blocks' modules; each maps onto dbspec's group
   of its weight (runtime/blocks.py: `denoiser`, `denoiser_x<weight>`, `denoiser_lora_up_x<weight>`).
+- networks.dylora (networks/dylora.py `prepare_optimizer_params`): networks.lora's order and rules without
+  block lr weights (it reads none): text encoders, their plus group (`lora_B`), U-Net, its plus group.
+- networks.lora_fa (networks/lora_fa.py `prepare_optimizer_params`): [text encoders, U-Net], no plus group,
+  a group at rate 0 kept (refused here: the schedules replace its rate, dbspec leaves it untrained).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
@@ -114,11 +118,15 @@ def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
 
 def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
-    if module not in ("networks.lora", "lycoris.kohya"):
+    if module not in ("networks.lora", "lycoris.kohya", "networks.dylora", "networks.lora_fa"):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
+    if module == "networks.lora_fa":
+        return _lora_fa(a)
     kwargs, _ = parse_network_args(a["network_args"].value or [])
     unet_ratio, text_ratio = _ratios(kwargs)
     text_layers = True
+    if module == "networks.dylora":  # its create_network reads no block lr weights
+        kwargs = {k: v for k, v in kwargs.items() if k not in _BLOCK_WEIGHTS}
     if module == "lycoris.kohya":
         if kwargs.get("algo", "lora").lower() not in ("lora", "locon"):
             unet_ratio = text_ratio = None  # no `lora_up` parameter: the plus groups stay empty (skipped)
@@ -148,6 +156,32 @@ def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, 
         groups.append(("unet", ("denoiser",)))
         if unet_ratio is not None:
             groups.append(("unet plus", ("denoiser_lora_up",)))
+    return groups, ""
+
+
+def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    """networks.lora_fa's prepare_optimizer_params (networks/lora_fa.py): [text encoder(s), U-Net], one group
+    each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
+    that part (network_train_unet_only / text_encoder_only remove it), also at rate 0, which CyclicLR and
+    OneCycleLR lift (they replace each group's rate): dbspec, which leaves a part at rate 0 untrained,
+    cannot follow."""
+    lr = a["learning_rate"].value
+    te = a["text_encoder_lr"].value
+    te_rate = (te[0] if te else None) if isinstance(te, list) else te
+    te_rate = te_rate if te_rate is not None else lr
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for name, rate, skip, target in (
+        ("textencoder", te_rate, "network_train_unet_only", "text_encoder"),
+        ("unet", _rate(a, "unet_lr", lr), "network_train_text_encoder_only", "denoiser"),
+    ):
+        if a[skip].value:
+            continue
+        if not rate:
+            return [], (
+                f"networks.lora_fa keeps its {name} group at rate 0, which the scheduler's bounds replace "
+                "(kohya trains it; dbspec leaves it untrained)"
+            )
+        groups.append((name, (target,)))
     return groups, ""
 
 
