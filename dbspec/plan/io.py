@@ -295,6 +295,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "blocks"): [],  # per-block denoiser rates (kohya sdxl_train.py block_lr), added since
         ("adapter", "bypass"): False,  # LyCORIS bypass_mode for GLoRA / OFT, added since
         ("adapter", "bypass_dropout"): 0.0,
+        ("schedule", "torch", "max_lr_zero"): "own_lr",  # a max_lr of 0 always each group's rate then
     },
 }
 

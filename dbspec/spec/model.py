@@ -1997,6 +1997,12 @@ class Schedule:
         minimum=0,
         example={"denoiser": 1e-4, "text_encoder": 5e-5},
     )
+    max_lr_zero: Literal["own_lr", "literal"] = option(
+        "own_lr",
+        doc="one_cycle, cyclic: what a max_lr of 0 (the number, or a table's value) stands for: own_lr "
+        "(dbspec's shorthand) each group's own rate, literal a peak of 0, as torch reads it (kohya's "
+        "max_lr=0: OneCycleLR then holds every rate at 0, CyclicLR cycles down from base_lr to 0).",
+    )
     pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
     anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
     div_factor: float = option(

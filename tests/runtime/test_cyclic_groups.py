@@ -222,3 +222,52 @@ def test_block_scale_groups_take_their_bounds_and_resume_bit_exact(tmp_path):
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("schedule", ["cyclic", "one_cycle"])
+def test_a_literal_max_lr_of_0_is_torchs_peak_of_0(tmp_path, schedule):
+    """schedule.max_lr_zero = "literal" (kohya's max_lr=[..., 0, ...]): the runtime passes torch the 0, the
+    group's LR follows torch's scheduler built by hand and the plan's curve; a run resumes bit-exact."""
+    names = ["denoiser", "text_encoder"]
+    overrides = [
+        f'schedule.lr_schedule="{schedule}"',
+        "schedule.step_size_up=2",
+        "optimizer.text_encoder_lr=5e-4",
+        'schedule.max_lr_zero="literal"',
+        "schedule.max_lr={denoiser = 2e-3, text_encoder = 0}",
+        "schedule.base_lr={denoiser = 1e-5, text_encoder = 2e-4}",
+    ]
+    spec = write_spec(tmp_path, steps=6, extra=TEXT_ENCODER_LORA)
+    plan = compile_spec(spec, overrides)
+    ours = make_optimizer(_groups(names), plan.optimizer)
+    scheduler = make_lr_scheduler(ours, plan.schedule)
+    theirs = torch.optim.AdamW(_groups(names), lr=1e-3)
+    if schedule == "cyclic":
+        reference = torch.optim.lr_scheduler.CyclicLR(
+            theirs, base_lr=[1e-5, 2e-4], max_lr=[2e-3, 0.0], step_size_up=2
+        )
+    else:
+        reference = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr=[2e-3, 0.0], total_steps=6)
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for index in range(7):
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+        for g in ours.param_groups:
+            seen[g["name"]].append(g["lr"])
+        if index < 6:
+            for optimizer, sched in ((ours, scheduler), (theirs, reference)):
+                optimizer.step()
+                sched.step()
+    for name, points in plan.schedule.group_lr_points:
+        assert points and all(seen[name][step] == pytest.approx(lr, abs=1e-15) for step, lr in points)
+    if schedule == "cyclic":  # from base_lr down towards its peak of 0
+        assert seen["text_encoder"][0] == 2e-4 and seen["text_encoder"][2] == 0.0
+    else:
+        assert set(seen["text_encoder"]) == {0.0}
+
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
+    parts = compile_spec(spec, [*overrides, "output.dir=parts"])
+    first = execute(parts, stop_after=3)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -235,3 +235,43 @@ def test_train_db_groups(tmp_path, extra, values, expected):
     assert _bounds(s) == expected
     if not expected:  # one group: one number
         assert (s.torch.groups, s.torch.base_lr) == ((), 1e-7)
+
+
+def test_a_max_lr_of_0_in_the_list_is_torchs_peak_of_0(tmp_path):
+    """kohya's max_lr=[0, 2e-4] (networks.lora: [text encoder, U-Net]): torch's CyclicLR takes 0 as the text
+    encoder's peak (its rate cycles from base_lr down to 0); dbspec's max_lr_zero = "literal" says so."""
+    outcome = _outcome(
+        tmp_path,
+        _network("train_network.py", SD15) + " --text_encoder_lr=5e-5 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=[0,2e-4] step_size_up=50",
+    )
+    assert 'max_lr_zero = "literal"' in outcome.text
+    s = _schedule(
+        tmp_path,
+        _network("train_network.py", SD15) + " --text_encoder_lr=5e-5 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=[0,2e-4] step_size_up=50",
+    )
+    expected = {"denoiser": (1e-5, 2e-4), "text_encoder": (1e-6, 0.0)}
+    assert _bounds(s) == expected
+    _check_points(s, expected, 50)
+    assert min(lr for _, lr in dict(s.group_lr_points)["text_encoder"]) == 0.0
+
+
+def test_one_cycle_max_lr_0_holds_every_rate_at_0(tmp_path):
+    """OneCycleLR(max_lr=0): initial, peak and final rates are all 0 (torch accepts it)."""
+    s = _schedule(
+        tmp_path,
+        _network("train_network.py", SD15) + " --lr_scheduler_type OneCycleLR "
+        "--lr_scheduler_args max_lr=0 total_steps=300",
+    )
+    assert (s.torch.max_lr, s.torch.max_lr_zero) == (0.0, "literal")
+    assert all(lr == 0.0 for _, lr in s.lr_points)
+
+
+def test_without_a_0_max_lr_the_spec_keeps_dbspecs_shorthand(tmp_path):
+    outcome = _outcome(
+        tmp_path,
+        _network("train_network.py", SD15) + " --lr_scheduler_type OneCycleLR "
+        "--lr_scheduler_args max_lr=1e-3 total_steps=300",
+    )
+    assert "max_lr_zero" not in outcome.text

@@ -507,3 +507,21 @@ def test_dylora_groups_as_networks_lora(tmp_path, loraplus):
     )
     expected = _torch_curves("CyclicLR", order, lists, {"step_size_up": 40}, 400)
     _check(_converted(outcome, tmp_path), expected)
+
+
+def test_one_cycle_list_with_a_max_lr_of_0_follows_torch(tmp_path):
+    """OneCycleLR max_lr=[0, 1e-4, 4e-4] on lora_flux (CLIP-L, transformer, its plus group): the CLIP-L
+    group's rate stays 0 all the way, as torch's."""
+    lists = {"max_lr": [0.0, 1e-4, 4e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_unet_lr_ratio=4" --lr_scheduler_type OneCycleLR '
+        + _args(lists, "total_steps=400"),
+    )
+    expected = _torch_curves(
+        "OneCycleLR", ["text_encoder", "denoiser", "denoiser_lora_up"], lists, {"total_steps": 400}, 400
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert schedule.torch.max_lr_zero == "literal"
+    _check(schedule, expected, momentum=True)
+    assert all(lr == 0.0 for _, lr in dict(schedule.group_lr_points)["text_encoder"])

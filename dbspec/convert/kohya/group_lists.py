@@ -387,9 +387,6 @@ def group_table(
     if clash:
         conv.unsupported(args, f"{key}: {clash}; dbspec trains them as one group")
         return None
-    if key == "max_lr" and 0.0 in table.values():
-        conv.unsupported(args, "a max_lr of 0 (dbspec's max_lr 0 stands for the group's own lr)")
-        return None
     if not table:  # nothing trains in dbspec that the list concerns
         return numbers[0]
     return next(iter(table.values())) if len(set(table.values())) == 1 else table

@@ -548,10 +548,11 @@ def _torch_values(
             if value is None:
                 return None
             values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+            if key == "max_lr" and 0.0 in (value.values() if isinstance(value, dict) else [value]):
+                values["max_lr_zero"] = ("literal", "a max_lr of 0 is torch's peak of 0")
             continue
-        if key == "max_lr" and not value:
-            conv.unsupported(args, "max_lr=0 (dbspec's max_lr 0 stands for each group's own lr)")
-            return None
+        if key == "max_lr" and not value:  # torch's peak of 0 (dbspec's 0 alone: each group's own rate)
+            values["max_lr_zero"] = ("literal", "max_lr=0 is torch's peak of 0")
         if key in ("step_size_up", "step_size_down"):
             if value is None:  # CyclicLR: step_size_down None = step_size_up
                 continue
