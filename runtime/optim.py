@@ -430,7 +430,8 @@ def _group_bounds(optimizer: torch.optim.Optimizer, a) -> list:
     by_name = {b.name: b for b in a.groups}
     names = [group.get("name", "") for group in optimizer.param_groups]
     missing = [n for n in names if n not in by_name]
-    blocks = any(n.startswith(("denoiser_block", "denoiser_x", "denoiser_lr")) for n in names)
+    # block groups (denoiser_block<i>, denoiser_x<scale>, denoiser_lr<rate>, a block's own `_<group>`)
+    blocks = any(n.startswith("denoiser") and n not in ("denoiser", "denoiser_lora_up") for n in names)
     if blocks and missing and all(n.startswith("denoiser") for n in missing):
         raise OptimizerError(
             f"the denoiser's blocks leave parameters in the `{missing[0]}` group, which the schedule's "

@@ -54,12 +54,14 @@ def optimizer_groups(
     pivotal: PivotalPlan | None,
     scales: tuple[float, ...] = (),
     rates: tuple[float, ...] = (),
+    units: tuple[tuple[float, float, str], ...] = (),
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
     encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
     pivotal tokens'. `scales`: the adapter blocks' learning-rate scales other than 1, each a group of the
     denoiser's (and of its LoRA+ up group) at rate x scale, `<name>_x<scale>`; `rates`: the blocks' own
-    rates, each a group `<name>_lr<rate>` (runtime/blocks.py)."""
+    rates, each a group `<name>_lr<rate>` (runtime/blocks.py); `units`: (scale, own rate, group) of the
+    blocks with a group of their own, `<name>[_x<scale> | _lr<rate>]_<group>`."""
     trains = {c.name: c.trainable != "frozen" for c in precision.components}
     groups: list[tuple[str, float]] = []
 
@@ -78,6 +80,12 @@ def optimizer_groups(
             groups.append((f"denoiser_lr{rate:g}", rate))
             if o.loraplus_denoiser_ratio:
                 groups.append((f"denoiser_lora_up_lr{rate:g}", rate * o.loraplus_denoiser_ratio))
+        for scale, rate, unit in units:
+            tag = f"_lr{rate:g}" if rate else "" if scale == 1.0 else f"_x{scale:g}"
+            lr = rate or o.lr * scale
+            groups.append((f"denoiser{tag}_{unit}", lr))
+            if o.loraplus_denoiser_ratio:
+                groups.append((f"denoiser_lora_up{tag}_{unit}", lr * o.loraplus_denoiser_ratio))
         # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
         groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
     names = family_spec(model.family).text_encoder_names
@@ -116,10 +124,13 @@ def plan_group_bounds(
     blocks = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.rank or getattr(b, "conv_rank", 0)]
     # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
     # per scale and per rate, as runtime/blocks.py names them
-    scales = tuple(dict.fromkeys(b.lr_scale for b in blocks if b.lr_scale != 1.0 and not b.lr))
-    rates = tuple(dict.fromkeys(b.lr for b in blocks if b.lr))
-    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates)
-    if optimizer.blocks or scales or rates:
+    plain = [b for b in blocks if not b.group]
+    scales = tuple(dict.fromkeys(b.lr_scale for b in plain if b.lr_scale != 1.0 and not b.lr))
+    rates = tuple(dict.fromkeys(b.lr for b in plain if b.lr))
+    # blocks with a group of their own (kohya networks.lora's per-block groups)
+    units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if b.group))
+    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates, units)
+    if optimizer.blocks or scales or rates or units:
         # which of the denoiser's groups hold parameters depends on the modules the patterns match: the
         # tables may leave out its own group and the scale groups (the runtime refuses a run where one the
         # tables leave out holds parameters)

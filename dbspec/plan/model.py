@@ -111,6 +111,7 @@ class BlockPlan:
     conv_alpha: float = 1.0
     lr_scale: float = 1.0
     lr: float = 0.0  # the adapters' own rate in place of the denoiser's times lr_scale; 0: not set
+    group: str = ""  # an optimizer group of their own: the group's name + "_" + this; "": none
 
 
 @frozen

@@ -384,15 +384,58 @@ def test_networks_lora_block_lr_weights_give_kohyas_block_groups(tmp_path, lorap
     _check(schedule, expected)
 
 
-def test_networks_lora_blocks_of_one_scale_with_different_values_stay_unsupported(tmp_path):
-    """Blocks 1 and 2 both train at x0.5, one dbspec group: kohya's list giving them two values is DBS403."""
-    lists = {"base_lr": [1e-6] + [1e-5 * (1 + k) for k in range(len(KOHYA_BLOCKS))]}
+@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+def test_networks_lora_blocks_of_one_weight_with_different_values_split(tmp_path, loraplus):
+    """Blocks 1 and 2 both train at x0.5 (dbspec's one `denoiser_x0.5` group), blocks 4, 5 at 1: kohya's
+    list gives each block its own value, so every kohya block gets its own dbspec group,
+    `denoiser[_x<weight>]_unet_block<N>` ([[adapter.blocks]] `group`; the blocks at the adapter's
+    settings get an entry), at the same rate; each group's curve is torch's for its kohya group."""
+    order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else [])
+    for index in KOHYA_BLOCKS:
+        order.append(f"{_dbspec_group(index)}_unet_block{index}")
+        if loraplus:
+            order.append(f"{_dbspec_group(index, plus=True)}_unet_block{index}")
+    lists = {
+        "base_lr": [1e-6 * (1 + k) for k in range(len(order))],
+        "max_lr": [1e-4 * (1 + k % 5) for k in range(len(order))],
+    }
+    weights = (
+        f"down_lr_weight={','.join(f'{w:g}' for w in DOWN)} mid_lr_weight=3 "
+        f"up_lr_weight={','.join(f'{w:g}' for w in UP)}" + (" loraplus_lr_ratio=4" if loraplus else "")
+    )
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args {weights} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    assert 'group = "unet_block4"' in outcome.text and 'group = "unet_block12"' in outcome.text
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 40}, 400))
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=20"])
+    blocks = {b.group: b for b in plan.adapter.blocks if b.group}
+    assert sorted(blocks) == sorted(f"unet_block{i}" for i in KOHYA_BLOCKS)
+    assert all(blocks[f"unet_block{i}"].lr_scale == _weight(i) for i in KOHYA_BLOCKS)
+    assert {b.rank for b in plan.adapter.blocks} == {16} and {b.alpha for b in plan.adapter.blocks} == {8.0}
+    rates = {g.name: g.rate for g in schedule.torch.groups}
+    assert rates["denoiser_x0.5_unet_block1"] == rates["denoiser_x0.5_unet_block2"] == 0.5e-4
+
+
+def test_networks_lora_blocks_with_one_value_per_weight_keep_the_weight_groups(tmp_path):
+    """Lists that give blocks of one weight one value keep dbspec's groups by weight (no block groups)."""
     outcome = _lycoris(
         tmp_path,
         f"--network_module=networks.lora --network_args down_lr_weight={','.join(f'{w:g}' for w in DOWN)} "
-        "--lr_scheduler_type CyclicLR " + _args(lists, "max_lr=1e-3"),
+        "--lr_scheduler_type CyclicLR --lr_scheduler_args max_lr=1e-3 base_lr=["
+        + ",".join(["1e-6"] + [f"{1e-5 * _weight(i):g}" for i in KOHYA_BLOCKS if i < 12] + ["1e-5"] * 10)
+        + "]",
     )
-    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+    assert "group =" not in outcome.text
+    assert sorted(g.name for g in _converted(outcome, tmp_path).torch.groups) == [
+        "denoiser",
+        "denoiser_x0.25",
+        "denoiser_x0.5",
+        "text_encoder",
+    ]
 
 
 def test_sdxl_networks_lora_block_lr_weights_in_input_middle_output_order(tmp_path):

@@ -53,14 +53,16 @@ def kohya_groups(
     `written`: the spec values converted so far (Conversion.values: the adapter's, mapped before); `facts`:
     Conversion.facts (lora_flux.py's network_reg_lrs groups). `split`: each text encoder that kohya trains
     in a group of its own onto a dbspec group of its own (`text_encoder_2`, `text_encoder_3`), which a
-    schedule table naming it creates at the encoder's rate, where dbspec would share one at one rate."""
+    schedule table naming it creates at the encoder's rate, and each networks.lora U-Net block onto one of
+    its own (`denoiser[_x<weight>]_unet_block<N>`, its [[adapter.blocks]] `group`, write_block_groups),
+    where dbspec would share one at one rate."""
     written = written or {}
     if script == "train_db":
         return _train_db(a), ""
     if script == "sdxl_train":
         return _sdxl_train(a, split)
     if script in ("train_network", "sdxl_train_network"):
-        return _networks_lora(a, written, script == "sdxl_train_network")
+        return _networks_lora(a, written, script == "sdxl_train_network", split)
     if script in ("flux_train_network", "sd3_train_network"):
         return _lora_flow(a, script, written, facts or {}, split)
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
@@ -116,7 +118,9 @@ def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
     return [(f"unet block {i}", (f"denoiser_block{i}",)) for i, rate in enumerate(rates) if rate != 0]
 
 
-def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _networks_lora(
+    a: Args, written: dict, sdxl: bool, split: bool = False
+) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
     if module not in ("networks.lora", "lycoris.kohya", "networks.dylora", "networks.lora_fa"):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
@@ -149,6 +153,8 @@ def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, 
                 return [], why
             for index, scale in blocks:
                 suffix = "" if scale == 1.0 else f"_x{scale:g}"  # runtime/blocks.py block_param_groups
+                # split: each block its own group (write_block_groups sets [[adapter.blocks]] group)
+                suffix += f"_unet_block{index}" if split else ""
                 groups.append((f"unet_block{index}", (f"denoiser{suffix}",)))
                 if unet_ratio is not None:
                     groups.append((f"unet_block{index} plus", (f"denoiser_lora_up{suffix}",)))
@@ -401,3 +407,31 @@ def _table(groups: list[tuple[str, tuple[str, ...]]], numbers: list[float]) -> t
                 return {}, f"kohya's groups give `{target}` {table[target]!r} and {value!r} ({name})"
             table[target] = value
     return table, ""
+
+
+def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> None:
+    """After lists mapped with kohya_groups' `split`: each networks.lora U-Net block that kohya trains in a
+    group of its own (block lr weights) gets [[adapter.blocks]] `group = "unet_block<N>"`, the group the
+    tables name; a block without an entry (the adapter's ranks and alphas, weight 1) gets one, its pattern
+    disjoint from the others', so no module changes block."""
+    from dbspec.convert.kohya.blocks import block_pattern
+
+    if script not in ("train_network", "sdxl_train_network") or a["network_module"].value != "networks.lora":
+        return
+    kwargs, _ = parse_network_args(a["network_args"].value or [])
+    if not any(k in kwargs for k in _BLOCK_WEIGHTS):
+        return
+    sdxl = script == "sdxl_train_network"
+    blocks, _ = _weighted_blocks(a, kwargs, sdxl)
+    entries = conv.facts.get("kohya_block_entries", {})
+    count = sum(1 for path in conv.values if path[:2] == ("adapter", "blocks") and path[3:] == ("pattern",))
+    adapter = {key: conv.values[("adapter", key)][0] for key in ("rank", "alpha", "conv_rank", "conv_alpha")
+               if ("adapter", key) in conv.values}  # fmt: skip
+    for index, _ in blocks:
+        entry = entries.get(index)
+        if entry is None:  # the adapter's own settings, written out for the block
+            entry, count = count, count + 1
+            conv.put(("adapter", "blocks", entry, "pattern"), block_pattern(index, sdxl), note)
+            for key, value in adapter.items():
+                conv.put(("adapter", "blocks", entry, key), value, note)
+        conv.put(("adapter", "blocks", entry, "group"), f"unet_block{index}", note)

@@ -9,7 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.kohya.group_lists import group_table, split_needed
+from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
     ademamix_variant,
@@ -579,6 +579,8 @@ def _torch_values(
         elif names[key] in _FLOAT_KEYS:
             value = float(value)  # noqa: PLW2901 - TOML floats stay floats
         values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+    if split:  # each kohya block its own group: the blocks name it
+        write_block_groups(*run, conv, conv.comment(args, "kohya's optimizer group of this block"))
     if cls == "OneCycleLR":
         if "total_steps" not in kwargs:
             if "epochs" not in kwargs or "steps_per_epoch" not in kwargs:
