@@ -2055,7 +2055,8 @@ class Schedule:
         0.0,
         doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
         "torch does), max_lr is the peak (0 = each group's own lr, see max_lr_zero). A table gives each "
-        "optimizer group its own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
+        "optimizer group its own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` "
+        "(torch's per-group list).",
         minimum=0,
         example=1e-5,
     )
