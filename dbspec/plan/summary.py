@@ -630,7 +630,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             (
                 f"  block /{block.pattern}/",
                 f"rank {block.rank} alpha {block.alpha:g}{conv}, "
-                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}"),
+                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
+                + (f", optimizer group of its own (`_{block.group}`)" if block.group else ""),
             )
         )
     for block in a.text_encoder_blocks:
