@@ -79,6 +79,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 lr_scale=b.lr_scale,
                 lr=b.lr,
+                group=b.group,
             )
             for b in adapter.blocks
         )

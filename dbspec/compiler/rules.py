@@ -362,7 +362,7 @@ _SCHEDULE_SETTING_USERS.update(
         },
         **{
             key: ("one_cycle", "cyclic")
-            for key in ("max_lr", "cycle_momentum", "base_momentum", "max_momentum")
+            for key in ("max_lr", "max_lr_zero", "cycle_momentum", "base_momentum", "max_momentum")
         },
         **{key: ("cyclic",) for key in ("base_lr", "step_size_up", "step_size_down", "cyclic_mode")},
     }

@@ -630,7 +630,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             (
                 f"  block /{block.pattern}/",
                 f"rank {block.rank} alpha {block.alpha:g}{conv}, "
-                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}"),
+                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
+                + (f", optimizer group of its own (`_{block.group}`)" if block.group else ""),
             )
         )
     for block in a.text_encoder_blocks:
@@ -1256,7 +1257,7 @@ def _torch_schedule(s) -> str:
     if a is None:
         return ""
     if s.lr_schedule == "one_cycle":
-        peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+        peak = f"max_lr {a.max_lr:g}" if a.peak(a.max_lr, 1.0) == a.max_lr else "max_lr = each group's lr"
         momentum = (
             f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g} -> {a.max_momentum:g}"
             if a.cycle_momentum
@@ -1317,7 +1318,7 @@ def _group_bounds(a, keys: tuple[str, ...]) -> str:
     momenta = len({(g.base_momentum, g.max_momentum) for g in a.groups}) > 1 and a.cycle_momentum
     parts = []
     for g in a.groups:
-        peak = f"{g.max_lr:g}" if g.max_lr else f"{g.rate:g} (its lr)"
+        peak = f"{g.max_lr:g}" if a.peak(g.max_lr, 1.0) == g.max_lr else f"{g.rate:g} (its lr)"
         part = f"{g.name} {g.base_lr:g} -> {peak}" if "base_lr" in keys else f"{g.name} {peak}"
         parts.append(part + (f" (momentum {g.max_momentum:g} -> {g.base_momentum:g})" if momenta else ""))
     return ", ".join(parts)
@@ -1341,7 +1342,7 @@ def _cyclic(a) -> str:
             f" (torch CyclicLR), per group base_lr -> max_lr: {_group_bounds(a, ('base_lr', 'max_lr'))}; "
             f"{a.cyclic_mode}{gamma}, up {a.step_size_up} / down {down}" + _group_momentum(a)
         )
-    peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+    peak = f"max_lr {a.max_lr:g}" if a.peak(a.max_lr, 1.0) == a.max_lr else "max_lr = each group's lr"
     down = a.step_size_down or a.step_size_up
     gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
     momentum = (

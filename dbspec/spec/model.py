@@ -410,6 +410,15 @@ class AdapterBlock:
         minimum=0,
         example=1e-3,
     )
+    group: str = option(
+        "",
+        doc="An optimizer group of their own for the matched adapters, at the same rate: the name of the "
+        "group they would train in (`denoiser`, `denoiser_x<lr_scale>`, `denoiser_lr<lr>`; LoRA+'s up "
+        "matrices `denoiser_lora_up...`) followed by `_<group>`, e.g. `denoiser_x0.5_unet_block4`, which "
+        "schedule.base_lr / max_lr tables name to give it bounds of its own (kohya networks.lora's per-block "
+        "groups); blocks with one group name and rate share the group. Empty: no group of their own.",
+        example="unet_block4",
+    )
 
 
 @frozen
@@ -1985,17 +1994,25 @@ class Schedule:
     max_lr: GroupRates = option(
         0.0,
         doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
-        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max. cyclic: "
-        "CyclicLR's peak. A table gives each optimizer group its own (torch's per-group list), e.g. "
-        "`{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run trains, once; the groups are "
-        "denoiser, text_encoder (SDXL's second too unless optimizer.text_encoder_2_lr differs), "
-        "text_encoder_2, text_encoder_3, each one's LoRA+ group `<name>_lora_up`, each [[adapter.blocks]] "
-        'lr_scale s as "denoiser_x<s>" (and "denoiser_lora_up_x<s>") and own lr r as "denoiser_lr<r>", each '
+        'rates, as kohya passes it); 0 = each group\'s own rate (max_lr_zero = "literal": a peak of 0). '
+        "one_cycle's total_steps is t_max. cyclic: CyclicLR's peak. A table gives each optimizer group its "
+        "own (torch's per-group list), e.g. `{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run "
+        "trains, once; the groups are denoiser, text_encoder (SDXL's second, Flux's T5-XXL, SD3's CLIP-G and "
+        "T5-XXL too unless their rate differs or a table names their own group), text_encoder_2, "
+        "text_encoder_3, each one's LoRA+ group `<name>_lora_up`, each [[adapter.blocks]] "
+        'lr_scale s as "denoiser_x<s>" (and "denoiser_lora_up_x<s>") and own lr r as "denoiser_lr<r>" (a '
+        'block\'s `group` g appended: "denoiser_x<s>_<g>", "denoiser_<g>"), each '
         "[[optimizer.blocks]] entry i at a rate above 0 as denoiser_block<i> (denoiser then holds only the "
         "parameters no block matches: leave it out where they cover the denoiser), and pivotal (DBS416 "
         "lists a run's).",
         minimum=0,
         example={"denoiser": 1e-4, "text_encoder": 5e-5},
+    )
+    max_lr_zero: Literal["own_lr", "literal"] = option(
+        "own_lr",
+        doc="one_cycle, cyclic: what a max_lr of 0 (the number, or a table's value) stands for: own_lr "
+        "(dbspec's shorthand) each group's own rate, literal a peak of 0, as torch reads it (kohya's "
+        "max_lr=0: OneCycleLR then holds every rate at 0, CyclicLR cycles down from base_lr to 0).",
     )
     pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
     anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
@@ -2037,8 +2054,9 @@ class Schedule:
     base_lr: GroupRates = option(
         0.0,
         doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
-        "torch does), max_lr is the peak (0 = each group's own lr). A table gives each optimizer group its "
-        "own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
+        "torch does), max_lr is the peak (0 = each group's own lr, see max_lr_zero). A table gives each "
+        "optimizer group its own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` "
+        "(torch's per-group list).",
         minimum=0,
         example=1e-5,
     )

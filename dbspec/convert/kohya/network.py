@@ -340,7 +340,10 @@ def _map_network(
                 f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
             )
     for index, block in enumerate(put.pop("_blocks", [])):
-        note = conv.comment(args, f"kohya block {block.pop('index')}")
+        kohya_index = block.pop("index")
+        # kohya block -> its [[adapter.blocks]] entry (group_lists.py gives blocks optimizer groups)
+        conv.facts.setdefault("kohya_block_entries", {})[kohya_index] = index
+        note = conv.comment(args, f"kohya block {kohya_index}")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
     for key, value in put.items():

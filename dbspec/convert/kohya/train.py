@@ -9,7 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.kohya.group_lists import group_table
+from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
     ademamix_variant,
@@ -527,6 +527,14 @@ def _torch_values(
     cannot take. `run`: the kohya arguments and script, whose optimizer groups a per-group list follows."""
     names = TORCH_SCHEDULERS[cls][1]
     values = {}
+    # the per-group lists torch reads (the momenta only with cycle_momentum): all map one way (split_needed)
+    read = ("max_lr", "base_lr") + (
+        ("base_momentum", "max_momentum") if kwargs.get("cycle_momentum", True) else ()
+    )
+    lists = [
+        list(v) for k, v in kwargs.items() if k in read and names.get(k) and isinstance(v, (list, tuple))
+    ]
+    split = split_needed(*run, lists, conv)
     for key, value in kwargs.items():
         if key not in names or not names[key]:
             continue
@@ -536,14 +544,15 @@ def _torch_values(
             conv.notes.append(f"kohya lr_scheduler_args {key} has no effect without cycle_momentum")
             continue
         if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr", "base_momentum", "max_momentum"):
-            value = group_table(*run, cls, key, list(value), args, conv)  # noqa: PLW2901 - per group
+            value = group_table(*run, cls, key, list(value), args, conv, split)  # noqa: PLW2901 - per group
             if value is None:
                 return None
             values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+            if key == "max_lr" and 0.0 in (value.values() if isinstance(value, dict) else [value]):
+                values["max_lr_zero"] = ("literal", "a max_lr of 0 is torch's peak of 0")
             continue
-        if key == "max_lr" and not value:
-            conv.unsupported(args, "max_lr=0 (dbspec's max_lr 0 stands for each group's own lr)")
-            return None
+        if key == "max_lr" and not value:  # torch's peak of 0 (dbspec's 0 alone: each group's own rate)
+            values["max_lr_zero"] = ("literal", "max_lr=0 is torch's peak of 0")
         if key in ("step_size_up", "step_size_down"):
             if value is None:  # CyclicLR: step_size_down None = step_size_up
                 continue
@@ -570,6 +579,8 @@ def _torch_values(
         elif names[key] in _FLOAT_KEYS:
             value = float(value)  # noqa: PLW2901 - TOML floats stay floats
         values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+    if split:  # each kohya block its own group: the blocks name it
+        write_block_groups(*run, conv, conv.comment(args, "kohya's optimizer group of this block"))
     if cls == "OneCycleLR":
         if "total_steps" not in kwargs:
             if "epochs" not in kwargs or "steps_per_epoch" not in kwargs:
