@@ -104,8 +104,13 @@ def plan_group_bounds(
     blocks = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.rank or getattr(b, "conv_rank", 0)]
     # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
     # per scale and per rate, as runtime/blocks.py names them
-    scales = tuple(dict.fromkeys(b.lr_scale for b in blocks if b.lr_scale != 1.0 and not b.lr))
-    rates = tuple(dict.fromkeys(b.lr for b in blocks if b.lr))
+    # (a DyLoRA's blocks have no rates: getattr)
+    scales = tuple(
+        dict.fromkeys(
+            s for b in blocks if (s := getattr(b, "lr_scale", 1.0)) != 1.0 and not getattr(b, "lr", 0)
+        )
+    )
+    rates = tuple(dict.fromkeys(b.lr for b in blocks if getattr(b, "lr", 0)))
     groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates)
     if optimizer.blocks or scales or rates:
         # which of the denoiser's groups hold parameters depends on the modules the patterns match: the

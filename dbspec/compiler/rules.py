@@ -2951,18 +2951,23 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DyLoRA's rank and conv_rank are whole blocks of adapter.unit (DBS548; kohya and LyCORIS assert it)."""
+    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit (DBS548; kohya and
+    LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
         return
-    for key in ("rank", "conv_rank"):
-        value = getattr(a, key)
+    found = [(("adapter", key), f"adapter.{key}", getattr(a, key)) for key in ("rank", "conv_rank")]
+    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank
+        for i, block in enumerate(getattr(a, table)):
+            for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
+                found.append((("adapter", table, i, key), f"adapter.{table}[{i}].{key}", getattr(block, key)))
+    for path, name, value in found:
         if value % a.unit:
             yield _err(
                 "DBS548",
-                ("adapter", key),
-                f"adapter.{key} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one "
-                "block of unit ranks per step)",
+                path,
+                f"{name} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one block of "
+                "unit ranks per step)",
                 codes.help("DBS548"),
             )
 
@@ -3233,7 +3238,7 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.blocks]] entry's own `lr` excludes its `lr_scale` and needs a training denoiser
     (DBS564)."""
     for i, b in enumerate(getattr(spec.adapter, "blocks", ()) or ()):
-        if not b.lr:
+        if not getattr(b, "lr", 0):  # a DyLoRA's blocks have no rates
             continue
         why = ""
         if b.lr_scale != 1.0:
