@@ -971,16 +971,6 @@ class DyloraAdapter:
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
-    init_weights: str = option(
-        "",
-        doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
-        "relative to the spec file: kohya's LoRA layout (`lora_down` / `lora_up` / `alpha`), as both tools "
-        "and dbspec's `kohya_lora` export save a DyLoRA; each layer's rows and columns are cut into its "
-        "blocks of `unit` ranks. Its layers, ranks and alphas must be the adapter's (checked at plan time); "
-        "layers of a model that does not train are ignored. SD 1.x/2.x/SDXL only. A resumed run takes the "
-        "checkpoint's weights instead. Empty: the blocks' own init.",
-        example="previous-run/final/lora.kohya.safetensors",
-    )
     blocks: list[DyloraBlock] = option(
         factory=list,
         doc="Per-module ranks and alphas of the denoiser's DyLoRA layers ([[adapter.blocks]] tables: kohya "
@@ -993,6 +983,16 @@ class DyloraAdapter:
         doc="Per-module ranks and alphas of the text encoders' DyLoRA layers "
         "([[adapter.text_encoder_blocks]] tables; ranks multiples of `unit`): modules no block matches keep "
         "`rank` and `alpha`.",
+    )
+    init_weights: str = option(
+        "",
+        doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
+        "relative to the spec file: kohya's LoRA layout (`lora_down` / `lora_up` / `alpha`), as both tools "
+        "and dbspec's `kohya_lora` export save a DyLoRA; each layer's rows and columns are cut into its "
+        "blocks of `unit` ranks. Its layers, ranks and alphas must be the adapter's (checked at plan time); "
+        "layers of a model that does not train are ignored. SD 1.x/2.x/SDXL only. A resumed run takes the "
+        "checkpoint's weights instead. Empty: the blocks' own init.",
+        example="previous-run/final/lora.kohya.safetensors",
     )
     init_partial: bool = option(
         False,
@@ -2678,6 +2678,7 @@ TABLE_CLASSES = (
     NoAdapter,
     AdapterBlock,
     TextEncoderBlock,
+    DyloraBlock,
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,
