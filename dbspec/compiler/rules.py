@@ -2989,6 +2989,11 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     if a.conv_rank and a.conv_rank != a.unit:
         why.append(f"adapter.conv_rank = {a.conv_rank} is {a.conv_rank // max(a.unit, 1)} blocks of {a.unit}")
+    for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
+        for i, block in enumerate(getattr(a, table)):
+            ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
+            if any(r and r != a.unit for r in ranks):
+                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // a.unit} blocks")
     if why:
         yield _err(
             "DBS549",
