@@ -7,6 +7,7 @@ two create_network functions, not from the converter."""
 from __future__ import annotations
 
 from convert_kit import (  # noqa: F401
+    SDXL,
     SD15,
     codes,
     empty_hub_cache,
@@ -349,3 +350,69 @@ def test_lycoris_dylora_network_weights_that_stay_refused(tmp_path):
     )
     assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
     assert "LoCon" in outcome.conversion.reports["dim_from_weights"].note
+
+
+def _sdxl(tmp_path, module: str, args: str):
+    from tests.unit.test_init_weights import SDXL_MODULES, write_lora
+
+    write_lora(tmp_path / "prev.safetensors", SDXL_MODULES)
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        f"--train_data_dir=x --resolution=1024 --network_module={module} --network_dim=16 --network_alpha=8 "
+        f"--network_weights=prev.safetensors {args} --learning_rate=1e-4 --max_train_steps=200 "
+        "--save_model_as=safetensors --cache_latents",
+    )
+
+
+def test_sdxl_networks_dylora_dim_from_weights_reads_the_original_layout(tmp_path):
+    """kohya's SDXL U-Net names the original layout (`input_blocks_4_1_...`): each module a block on
+    diffusers' path at its rank and alpha, convolutions at their conv rank, the rest at rank 0."""
+    import re
+
+    from tests.unit.test_init_weights import SDXL_MODULES, SDXL_PATHS
+
+    outcome = _sdxl(tmp_path, "networks.dylora", '--dim_from_weights --network_args "unit=4"')
+    assert fate(outcome, "dim_from_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_unit, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (
+        "dylora",
+        1,
+        8,
+        4.0,
+        4,
+        1.0,
+    )
+    assert a.init_layers == len(SDXL_MODULES) and a.init_partial
+    for path, ((rank, alpha), (conv_rank, conv_alpha)) in SDXL_PATHS.items():
+        block = next(b for b in a.blocks if re.search(b.pattern, path))
+        assert (block.rank, block.alpha, block.conv_rank, block.conv_alpha) == (
+            rank,
+            alpha,
+            conv_rank,
+            conv_alpha,
+        )
+    block = next(b for b in a.blocks if re.search(b.pattern, "down_blocks.0.resnets.0.conv2"))
+    assert (block.rank, block.conv_rank) == (0, 0)  # not in the file: kohya builds none
+
+
+def test_sdxl_lycoris_dylora_file_alphas_on_diffusers_paths(tmp_path):
+    import re
+
+    from tests.unit.test_init_weights import SDXL_PATHS
+
+    outcome = _sdxl(tmp_path, "lycoris.kohya", '--network_args "algo=dylora" "conv_dim=8" "conv_alpha=1"')
+    assert fate(outcome, "network_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha, a.init_weights) == (16, 8.0, 8, 1.0, "")
+    for path, ((_rank, alpha), (conv_rank, conv_alpha)) in SDXL_PATHS.items():
+        found = next((b for b in a.blocks if re.search(b.pattern, path)), None)
+        conv = conv_rank > 0  # the file's alpha for this layer, and the network's
+        own, network = (conv_alpha, 1.0) if conv else (alpha, 8.0)
+        if own == network:  # nothing to change: no block
+            assert found is None, path
+            continue
+        assert (found.rank, found.conv_rank) == (16, 8), path  # the network's ranks
+        assert (found.conv_alpha if conv else found.alpha) == own, path
+    assert [(b.rank, b.alpha) for b in a.text_encoder_blocks] == [(16, 4.0)]
