@@ -296,6 +296,15 @@ def test_networks_dylora_dim_from_weights_without_an_alpha_is_kohyas_crash(tmp_p
     assert "modules_alpha = modules_dim[key]" in outcome.conversion.reports["dim_from_weights"].note
 
 
+def test_networks_dylora_dim_from_weights_without_a_file_is_kohyas_crash(tmp_path):
+    """train_network.py calls create_network_from_weights(1, None, ...): os.path.splitext(None) raises."""
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    text = FROM_WEIGHTS.format(model=SD15, module="networks.dylora", args="", extra="dim_from_weights = true")
+    write(tmp_path / "cfg.toml", text.replace('network_weights = "prev.safetensors"\n', ""))
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
+
+
 def test_lycoris_dylora_network_weights_takes_only_the_files_alphas(tmp_path):
     """LycorisNetworkKohya.load_weights: load_state_dict(strict=False); DyLoraModule's weights are up_list /
     down_list, so only each layer's alpha buffer loads (float32) and scales it (get_weight: alpha / (b + 1)).

@@ -230,8 +230,17 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int, o
     module = a["network_module"]
     conv.record(module, "mapped", "adapter.kind")
     weights = a["network_weights"]
-    if weights.value and a["dim_from_weights"].value:  # networks.dylora's create_network_from_weights
+    from_file = a["dim_from_weights"]
+    if weights.value and from_file.value:  # networks.dylora's create_network_from_weights
         kohya_dylora_from_weights(a, paths, conv, original)
+    elif from_file.value:  # create_network_from_weights(1, None, ...): os.path.splitext(None) raises
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            "--dim_from_weights reads the ranks from --network_weights, which is not given",
+        )
+        return False
     elif not _kohya_dylora_network(a, paths, conv, rank):
         return False
     norms = a["scale_weight_norms"]
