@@ -305,6 +305,20 @@ def test_networks_dylora_dim_from_weights_without_a_file_is_kohyas_crash(tmp_pat
     assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
 
 
+def test_networks_dylora_base_weights_is_kohyas_crash(tmp_path):
+    """train_network.py merges --base_weights with the network module's create_network_from_weights(...)
+    .merge_to, and networks/dylora.py has DyLoRANetwork.merge_to inside a string (commented out)."""
+    outcome = _from_file(
+        tmp_path,
+        {Q: (8, 4.0, 320, 0)},
+        "networks.dylora",
+        "",
+        'base_weights = ["prev.safetensors"]\nbase_weights_multiplier = [0.5]',
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "base_weights") == "invalid"
+    assert "merge_to" in outcome.conversion.reports["base_weights"].note
+
+
 def test_lycoris_dylora_network_weights_takes_only_the_files_alphas(tmp_path):
     """LycorisNetworkKohya.load_weights: load_state_dict(strict=False); DyLoraModule's weights are up_list /
     down_list, so only each layer's alpha buffer loads (float32) and scales it (get_weight: alpha / (b + 1)).

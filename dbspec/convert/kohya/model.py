@@ -248,7 +248,17 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int, o
         conv.invalid(
             norms.key, norms.value, norms.source, "networks.dylora has no apply_max_norm_regularization"
         )
-    map_base_weights(a, paths, conv)
+    base = a["base_weights"]
+    if base.value:  # train_network.py merges each through the module's create_network_from_weights
+        conv.invalid(
+            base.key,
+            base.value,
+            base.source,
+            "train_network.py merges it with networks.dylora's DyLoRANetwork.merge_to, which "
+            "networks/dylora.py leaves commented out: AttributeError",
+        )
+        if a["base_weights_multiplier"].given:
+            conv.inert(a["base_weights_multiplier"], "kohya stops at the --base_weights merge")
     return True
 
 
