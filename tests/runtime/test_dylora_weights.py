@@ -66,7 +66,7 @@ def _from_weights_spec(tmp_path: Path, path: Path, steps: int) -> Path:
     text = f'[adapter]\nkind = "dylora"\nunit = 1\nrank = 2\nalpha = 1.0\ninit_weights = "{path}"\n'
     text += "init_partial = true\n"
     text += _tables("blocks", sd_blocks(file)) + _tables("text_encoder_blocks", per_module_text_blocks(file))
-    text += "\n[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\n"
+    text += '\n[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
     return write_spec(tmp_path / "second", steps=steps, extra=text)
 
 
@@ -89,8 +89,12 @@ def test_dim_from_weights_builds_each_dylora_layer_at_its_file_rank(tmp_path):
 
 
 def test_a_dim_from_weights_dylora_resumes_bit_exact(tmp_path):
-    path, _, _ = _per_module_file(_first_export(tmp_path))
+    path, cut, dropped = _per_module_file(_first_export(tmp_path))
     assert_lora_resumes_bit_exact(_from_weights_spec(tmp_path, path, 4))
+    (export,) = (tmp_path / "second").glob("whole/**/final/*.kohya.safetensors")
+    saved, trained = load_file(str(path)), load_file(str(export))
+    assert trained.keys() == saved.keys()  # the file's modules, none other (kohya saves the same)
+    assert trained[f"{cut}.lora_down.weight"].shape[0] == 1 and float(trained[f"{cut}.alpha"]) == 0.5
 
 
 # --- LyCORIS algo=dylora --network_weights: the file's alphas only ---
