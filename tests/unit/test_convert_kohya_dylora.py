@@ -305,6 +305,15 @@ def test_networks_dylora_dim_from_weights_without_a_file_is_kohyas_crash(tmp_pat
     assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
 
 
+def test_networks_dylora_scale_weight_norms_is_ignored(tmp_path):
+    """train_network.py: `scale_weight_norms` with a network without apply_max_norm_regularization
+    (DyLoRANetwork has none) logs a warning and sets it False."""
+    outcome = _from_file(tmp_path, {Q: (16, 8.0, 320, 0)}, "networks.dylora", "", "scale_weight_norms = 1.0")
+    assert outcome.exit_code == 0 and fate(outcome, "scale_weight_norms") == "inert", errors(outcome)
+    assert "apply_max_norm_regularization" in messages(outcome, "DBS405")
+    assert plan_of(outcome, tmp_path).adapter.max_norm == 0
+
+
 def test_networks_dylora_base_weights_is_kohyas_crash(tmp_path):
     """train_network.py merges --base_weights with the network module's create_network_from_weights(...)
     .merge_to, and networks/dylora.py has DyLoRANetwork.merge_to inside a string (commented out)."""

@@ -244,9 +244,11 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int, o
     elif not _kohya_dylora_network(a, paths, conv, rank):
         return False
     norms = a["scale_weight_norms"]
-    if norms.value:  # train_network.py calls the network's apply_max_norm_regularization
-        conv.invalid(
-            norms.key, norms.value, norms.source, "networks.dylora has no apply_max_norm_regularization"
+    if norms.value:  # train_network.py: without the network's apply_max_norm_regularization, a warning
+        conv.ignored(
+            norms,
+            "networks.dylora has no apply_max_norm_regularization: train_network.py warns and sets "
+            "scale_weight_norms = False",
         )
     base = a["base_weights"]
     if base.value:  # train_network.py merges each through the module's create_network_from_weights
