@@ -210,7 +210,7 @@ def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, ori
             from_file.source,
             f"`{weights.value}` has no alpha for `{missing[0]}`: networks.dylora's "
             "create_network_from_weights then replaces its alpha table by that module's rank "
-            "(`modules_alpha = modules_dim[key]`) and fails indexing an int (TypeError)",
+            "(`modules_alpha = modules_dim[key]`) and fails at its next lookup in that int (TypeError)",
         )
         return
     try:
