@@ -76,7 +76,7 @@ def with_blocks(
             f"to train there; give some layers a rank, or freeze {component or 'the denoiser'} (train.*)",
             f"{table}[0].pattern" if blocks else table,
         )
-    return dataclasses.replace(
+    out = dataclasses.replace(
         config,
         rank_pattern=ranks,
         alpha_pattern=alphas,
@@ -84,6 +84,10 @@ def with_blocks(
         # with an excluded path (Flux's top-level proj_out would take the single blocks' proj_out along)
         exclude_modules="|".join(re.escape(p) for p in excluded) or None,
     )
+    custom = getattr(config, "_custom_modules", None)  # not a dataclass field: replace drops it
+    if custom:  # a custom layer's dispatch (DyLoRA's, runtime/dylora.py)
+        out._register_custom_module(custom)
+    return out
 
 
 def block_param_groups(

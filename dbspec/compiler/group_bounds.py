@@ -124,11 +124,16 @@ def plan_group_bounds(
     blocks = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.rank or getattr(b, "conv_rank", 0)]
     # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
     # per scale and per rate, as runtime/blocks.py names them
-    plain = [b for b in blocks if not b.group]
-    scales = tuple(dict.fromkeys(b.lr_scale for b in plain if b.lr_scale != 1.0 and not b.lr))
-    rates = tuple(dict.fromkeys(b.lr for b in plain if b.lr))
+    # (a DyLoRA's blocks have no rates or groups: getattr)
+    plain = [b for b in blocks if not getattr(b, "group", "")]
+    scales = tuple(
+        dict.fromkeys(
+            s for b in plain if (s := getattr(b, "lr_scale", 1.0)) != 1.0 and not getattr(b, "lr", 0)
+        )
+    )
+    rates = tuple(dict.fromkeys(b.lr for b in plain if getattr(b, "lr", 0)))
     # blocks with a group of their own (kohya networks.lora's per-block groups)
-    units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if b.group))
+    units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if getattr(b, "group", "")))
     groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates, units)
     if optimizer.blocks or scales or rates or units:
         # which of the denoiser's groups hold parameters depends on the modules the patterns match: the

@@ -2965,18 +2965,23 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DyLoRA's rank and conv_rank are whole blocks of adapter.unit (DBS548; kohya and LyCORIS assert it)."""
+    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit (DBS548; kohya and
+    LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
         return
-    for key in ("rank", "conv_rank"):
-        value = getattr(a, key)
+    found = [(("adapter", key), f"adapter.{key}", getattr(a, key)) for key in ("rank", "conv_rank")]
+    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank
+        for i, block in enumerate(getattr(a, table)):
+            for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
+                found.append((("adapter", table, i, key), f"adapter.{table}[{i}].{key}", getattr(block, key)))
+    for path, name, value in found:
         if value % a.unit:
             yield _err(
                 "DBS548",
-                ("adapter", key),
-                f"adapter.{key} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one "
-                "block of unit ranks per step)",
+                path,
+                f"{name} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one block of "
+                "unit ranks per step)",
                 codes.help("DBS548"),
             )
 
@@ -2998,6 +3003,11 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     if a.conv_rank and a.conv_rank != a.unit:
         why.append(f"adapter.conv_rank = {a.conv_rank} is {a.conv_rank // max(a.unit, 1)} blocks of {a.unit}")
+    for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
+        for i, block in enumerate(getattr(a, table)):
+            ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
+            if any(r and r != a.unit for r in ranks):
+                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // a.unit} blocks")
     if why:
         yield _err(
             "DBS549",
@@ -3247,7 +3257,7 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.blocks]] entry's own `lr` excludes its `lr_scale` and needs a training denoiser
     (DBS564)."""
     for i, b in enumerate(getattr(spec.adapter, "blocks", ()) or ()):
-        if not b.lr:
+        if not getattr(b, "lr", 0):  # a DyLoRA's blocks have no rates
             continue
         why = ""
         if b.lr_scale != 1.0:

@@ -440,6 +440,35 @@ class TextEncoderBlock:
 
 
 @frozen
+class DyloraBlock:
+    """Rank and alpha of the denoiser modules one pattern names in a DyLoRA (kohya networks.dylora
+    `--dim_from_weights`: each module of the file at its own rank and alpha; LyCORIS algo=dylora
+    `--network_weights`: each module the file names at the file's alpha)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its rank and alpha.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of the matched linear (and 1x1) layers, a multiple of the adapter's `unit`; 0 adapts none "
+        "of them.",
+        minimum=0,
+        maximum=1024,
+    )
+    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
+        "of `unit`; 0 adapts none.",
+        minimum=0,
+        maximum=1024,
+    )
+    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+
+
+@frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
         doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
@@ -951,6 +980,19 @@ class DyloraAdapter:
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
+    blocks: list[DyloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the denoiser's DyLoRA layers ([[adapter.blocks]] tables: kohya "
+        "networks.dylora `--dim_from_weights` files whose modules differ in rank or alpha, LyCORIS "
+        "algo=dylora `--network_weights` alphas): modules no block matches keep `rank`, `alpha`, "
+        "`conv_rank` and `conv_alpha`. Each layer draws among its own blocks of `unit` ranks.",
+    )
+    text_encoder_blocks: list[TextEncoderBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' DyLoRA layers "
+        "([[adapter.text_encoder_blocks]] tables; ranks multiples of `unit`): modules no block matches keep "
+        "`rank` and `alpha`.",
+    )
     init_weights: str = option(
         "",
         doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
@@ -2659,6 +2701,7 @@ TABLE_CLASSES = (
     NoAdapter,
     AdapterBlock,
     TextEncoderBlock,
+    DyloraBlock,
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,

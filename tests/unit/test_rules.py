@@ -1321,6 +1321,23 @@ CASES = [
         [("DBS548", "error", ("adapter", "rank"))],
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n',
     ),
+    (  # and each block's ranks (kohya --dim_from_weights, LyCORIS's file alphas)
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nconv_rank = 2\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 6\nalpha = 1.0\n",
+        [
+            ("DBS548", "error", ("adapter", "blocks", 0, "conv_rank")),
+            ("DBS548", "error", ("adapter", "text_encoder_blocks", 0, "rank")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nconv_rank = 0\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 12\nalpha = 1.0\n",
+    ),
     # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
     (
         rules.dylora_bypass_runs,
@@ -1332,6 +1349,18 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\nconv_rank = 4\ndylora_form = "lycoris"\n'
         + "bypass = true\n",
+    ),
+    (  # a block's rank of several blocks too
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 8\nalpha = 1.0\n",
+        [("DBS549", "error", ("adapter", "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 3.0\n",
     ),
     (
         rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed

@@ -20,7 +20,7 @@ from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
-from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
 from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
 from dbspec.families import family_spec
@@ -873,12 +873,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
     if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py)
-        conv.unsupported(
-            weights,
-            "LyCORIS's DyLoraModule names its weights up_list / down_list, so its network's "
-            "load_state_dict(strict=False) loads none of the file's lora_down / lora_up and only takes each "
-            "layer's alpha (which then scales its training): not expressed",
-        )
+        if from_file.value:
+            conv.unsupported(
+                from_file,
+                "LyCORIS's create_network_from_weights builds each module's algo from the file's keys "
+                "(lora_down / lora_up: LoCon), not algo=dylora: not expressed",
+            )
+            return
+        lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
