@@ -142,7 +142,11 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
     modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
     adapter = plan.adapter if plan else None
     load_peft_adapters(
-        source, modules, bool(adapter and adapter.lokr_unit_scale), bool(adapter and adapter.bypass)
+        source,
+        modules,
+        bool(adapter and adapter.lokr_unit_scale),
+        bool(adapter and adapter.bypass),
+        adapter.oft_form if adapter else "lycoris",
     )
     return pipe
 

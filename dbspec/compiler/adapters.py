@@ -245,6 +245,20 @@ def adapter_params(
             for c in components
             if c.trainable == "lora"
         }
+    if adapter.kind == "diag-oft" and getattr(adapter, "form", "lycoris") == "kohya":
+        # kohya's networks.oft: out x (out / blocks) per layer, at most (in + out) x (widest / blocks); the
+        # U-Nets' widest targeted linear is GEGLU's ff.net.0.proj (8 x 1280) or else 1280
+        widest = 10240 if any(t.startswith("ff.net.0") for t in adapter.denoiser_targets) else 1280
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * max(1, widest // max(adapter.blocks, 1))
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
         return {
             c.name: int(
