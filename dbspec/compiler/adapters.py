@@ -169,7 +169,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         oft_constraint=getattr(adapter, "constraint", 0.0),
         oft_rescaled=getattr(adapter, "rescaled", False),
         oft_form=getattr(adapter, "form", "lycoris") if adapter.kind == "diag-oft" else "lycoris",
-        oft_blocks=getattr(adapter, "blocks", 0) if adapter.kind == "diag-oft" else 0,
+        oft_blocks=getattr(adapter, "block_count", 0) if adapter.kind == "diag-oft" else 0,
         bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
@@ -252,7 +252,7 @@ def adapter_params(
         return {
             c.name: int(
                 public.lora_params_per_rank[c.name]
-                * max(1, widest // max(adapter.blocks, 1))
+                * max(1, widest // max(adapter.block_count, 1))
                 * c.params
                 / public.public_params[c.name]
             )

@@ -2970,24 +2970,26 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass or
-    max norm, no text encoder (kohya's OFT network adapts the U-Net alone); `blocks` only with it (DBS574)."""
+    max norm, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count` only with it
+    (DBS574)."""
     a = spec.adapter
     if a.kind != "diag-oft":
         return
     if a.form == "lycoris":
-        if a.blocks:
+        if a.block_count:
             yield _err(
                 "DBS574",
-                ("adapter", "blocks"),
-                "adapter.blocks is kohya's block count (form = \"kohya\"); LyCORIS's form reads block_size",
+                ("adapter", "block_count"),
+                "adapter.block_count is kohya's block count (form = \"kohya\"); LyCORIS's form reads "
+                "block_size",
                 codes.help("DBS574"),
             )
         return
     found = [
         (
-            ("adapter", "blocks"),
-            "adapter.blocks = 0: kohya's OFT needs a block count of at least 1",
-            not a.blocks,
+            ("adapter", "block_count"),
+            "adapter.block_count = 0: kohya's OFT needs a block count of at least 1",
+            not a.block_count,
         ),
         (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
         (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),

@@ -812,13 +812,14 @@ class DiagOftAdapter:
         "lycoris",
         doc="Whose OFT trains. `lycoris`: LyCORIS's DiagOFTModule (`block_size`, `constraint` 0 off, "
         "`rescaled`, `bypass`; the base output plus the rotation's delta). `kohya`: kohya sd-scripts' own "
-        'OFT (`network_module = "networks.oft"`, OFTModule): each layer\'s rows split into `blocks` blocks '
-        "(`block_size` unused), the skew blocks always scaled by (min(|Q|, constraint x width) + 1e-8) / "
-        "(|Q| + 1e-8), the layer run on its whole rotated weight R^T W computed in fp32; no rescale, no "
-        "bypass. Exported as kohya's networks.oft file (`oft_unet_*` keys: `oft_blocks`, `alpha`).",
+        'OFT (`network_module = "networks.oft"`, OFTModule): each layer\'s rows split into '
+        "`block_count` blocks (`block_size` unused), the skew blocks always scaled by (min(|Q|, constraint "
+        "x width) + 1e-8) / (|Q| + 1e-8), the layer run on its whole rotated weight R^T W computed in "
+        "fp32; no rescale, no bypass. Exported as kohya's networks.oft file (`oft_unet_*` keys: "
+        "`oft_blocks`, `alpha`).",
         example="kohya",
     )
-    blocks: int = option(
+    block_count: int = option(
         0,
         doc="With `form = \"kohya\"`: kohya's `network_dim`, the NUMBER of blocks each targeted layer's "
         "output rows split into (block size width / blocks, which must divide every targeted width); 0 "
