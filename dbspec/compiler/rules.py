@@ -2994,11 +2994,11 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
         (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),
         (("adapter", "max_norm"), "adapter.max_norm: kohya's OFT network has no max-norm", bool(a.max_norm)),
-        (
-            ("train", "text_encoder"),
-            "a text encoder trains: kohya's OFT network adapts the U-Net alone",
-            any_text_encoder_trains(spec),
-        ),
+        *[
+            (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)
+            for key in ("text_encoder", "text_encoder_2", "t5")
+            if getattr(spec.train, key)
+        ][:1],
     ]
     for path, message, hit in found:
         if hit:
