@@ -196,7 +196,8 @@ def _is_lora(path: Path) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return any("lora" in key for key in list(f.keys())[:50])
+        # kohya's networks.oft names its modules `oft_unet_*`
+        return any("lora" in key or key.endswith(".oft_blocks") for key in list(f.keys())[:50])
 
 
 def _is_lycoris(path: Path) -> bool:

@@ -191,8 +191,10 @@ def test_trains_resumes_bit_exact_and_exports_kohyas_oft_file(tmp_path):
     torch.testing.assert_close(_unet_output(fresh), trained_output, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(base_output, trained_output, atol=1e-3)  # training really changed the model
 
-    from dbspec.runtime.sample import SampleRequest, load_pipeline
+    from dbspec.runtime.sample import SampleError, SampleRequest, load_pipeline
 
+    with pytest.raises(SampleError, match="sample the run's output folder"):
+        load_pipeline(SampleRequest(source=export, base=plan.model.base, settings=plan.validation))
     pipe = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation))
     torch.testing.assert_close(_unet_output(pipe.unet), trained_output, rtol=1e-5, atol=1e-5)
 
