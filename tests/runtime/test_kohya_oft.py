@@ -203,7 +203,6 @@ def test_sdxl_names_are_kohyas_lora_names_with_its_oft_prefix():
     """kohya's SDXL U-Net (library/sdxl_original_unet.py) names: the kohya LoRA writer's for the same layers,
     `oft_unet` for `lora_unet`."""
     from dbspec.runtime.exports import kohya_lora_state
-    from dbspec.runtime.lycoris_export import export_kohya_oft  # noqa: F401 (the writer under test)
     from dbspec.runtime.lycoris_export import lycoris_state
 
     names = {}
