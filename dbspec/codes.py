@@ -2552,6 +2552,19 @@ lycoris.kohya network) with `adapter.fused_projections` or `adapter.fused_dropou
 networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network has not.""",
         help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
     ),
+    # adapter.form = "kohya" (kohya's networks.oft) against Diag-OFT's LyCORIS options: DBS574.
+    Code(
+        "DBS574",
+        ERROR,
+        "kohya's OFT with LyCORIS-only options",
+        """\
+`adapter.form = "kohya"` trains kohya sd-scripts' own OFT (networks.oft): each layer's rows split into
+`adapter.block_count` blocks (at least 1), the constraint always applied, no row rescale, no bypass
+forward, no max-norm regularisation and no text-encoder layers (kohya's OFT network adapts the U-Net
+alone). `block_count` means nothing with LyCORIS's form (`block_size` is its hint).""",
+        help='with form = "kohya": set adapter.block_count >= 1, remove rescaled / bypass / max_norm, train '
+        'no text encoder; with form = "lycoris": remove adapter.block_count',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

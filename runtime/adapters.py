@@ -87,6 +87,11 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
             adapter.oft_rescaled,
             adapter.bypass,
         )
+    if adapter.kind == "diag-oft" and adapter.oft_form == "kohya":  # kohya's networks.oft (lycoris_oft.py)
+        from dbspec.runtime.lycoris_oft import kohya_oft_config
+
+        convs = adapter.conv_targets if conv else ()
+        return kohya_oft_config([*targets, *convs], adapter.oft_blocks, adapter.oft_constraint)
     if adapter.kind == "diag-oft":  # LyCORIS's Diag-OFT: dbspec's own peft layer (lycoris_oft.py)
         from dbspec.runtime.lycoris_oft import oft_config
 

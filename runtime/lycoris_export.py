@@ -241,6 +241,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
 def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> Path:
     """`<name>.kohya.safetensors` for a LoCon, DoRA, LoHa or LoKr run, with the ss_* metadata kohya's
     lycoris.kohya network writes (a `.ckpt` / `.pt` path: the bare state dict, pickled, no metadata)."""
+    if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":
+        return export_kohya_oft(path, plan, comps, metadata)
     encoders = list(comps.text_encoders) if plan.train_text_encoder else []
     tensors = lycoris_state(
         unet=comps.unet if plan.train_denoiser else None,
@@ -257,6 +259,39 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
         "ss_network_dim": str(a.oft_block_size if a.kind in ("diag-oft", "boft") else a.rank),
         "ss_network_alpha": f"{a.alpha:g}",
         "ss_network_args": json.dumps(args, sort_keys=True),
+        **kohya_family_metadata(plan.model.family, plan.model.prediction),
+    }
+    return _write(Path(path), tensors, {**metadata, **kohya})
+
+
+def kohya_oft_args(adapter: AdapterPlan) -> dict[str, str]:
+    """The network_args kohya's networks.oft would have been given for these targets: enable_all_linear
+    (Transformer2DModel's every Linear and 1x1 convolution, not CrossAttention's alone) and enable_conv
+    (the ResNet, Downsample2D and Upsample2D layers); create_network reads any value as bool(str): True."""
+    args = {}
+    if "ff.net.2" in adapter.denoiser_targets:
+        args["enable_all_linear"] = "True"
+    if adapter.conv_targets:
+        args["enable_conv"] = "True"
+    return args
+
+
+def export_kohya_oft(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> Path:
+    """kohya's networks.oft file (OFTNetwork.save_weights: its state dict): `oft_unet_<kohya module
+    name>.oft_blocks` (blocks, size, size) and `.alpha` (kohya's alpha, the constraint per row) for each
+    U-Net layer, the names kohya's networks.lora gives the same layers with its `oft_unet` prefix (OFT_PREFIX_
+    UNET); the alpha in fp32 as dbspec's other writers keep it (kohya casts it to the save precision too)."""
+    tensors = lycoris_state(
+        unet=comps.unet, text_encoders=[], family=plan.model.family, dtype=plan.checkpoints.save_precision
+    )
+    tensors = {f"oft_unet_{key.removeprefix('lora_unet_')}": value for key, value in tensors.items()}
+    a = plan.adapter
+    args = kohya_oft_args(a)
+    kohya = {
+        "ss_network_module": "networks.oft",
+        "ss_network_dim": str(a.oft_blocks),
+        "ss_network_alpha": str(float(a.oft_constraint)),
+        **({"ss_network_args": json.dumps(args)} if args else {}),
         **kohya_family_metadata(plan.model.family, plan.model.prediction),
     }
     return _write(Path(path), tensors, {**metadata, **kohya})

@@ -231,3 +231,93 @@ def has_oft(state: dict[str, torch.Tensor]) -> bool:
 
 def has_rescale(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_oft_rescale" in key for key in state)
+
+
+class KohyaOftLayer(DiagOftLayer):
+    """kohya's own OFT (sd-scripts networks/oft.py, OFTModule), `oft_form = "kohya"`: peft's rank carries
+    kohya's `dim`, the NUMBER of blocks (block size out // dim; a width it does not divide is refused, where
+    kohya's einops rearrange fails), its alpha kohya's `alpha` (constraint alpha x out). get_weight always
+    clamps: Q x (min(|Q|, constraint) + 1e-8) / (|Q| + 1e-8), R = (I + Q)(I - Q)^-1 (the inverse in fp32),
+    then multiplier x (R - I) + I (train_network.py builds the network at multiplier 1.0). The forward runs
+    the layer on the whole rotated weight R^T W computed in fp32 and cast to the input's dtype, with the
+    layer's own bias, not the base output plus a delta. No rescale, no bypass."""
+
+    _title = "kohya's networks.oft"
+    multiplier = 1.0
+
+    def update_layer(self, adapter_name: str, config, r: int, lora_alpha: float, *a, **k):
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
+            raise ValueError(
+                "kohya's networks.oft: grouped or non-zero-padded convolutions are not supported"
+            )
+        out_dim = base.weight.shape[0]
+        if r < 1 or out_dim % r:
+            raise ValueError(
+                f"kohya's networks.oft cannot split the {out_dim} output rows of "
+                f"`{self.oft_name or 'a layer'}` into {r} blocks"
+                " (its dim must divide every targeted layer's width)"
+            )
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = lora_alpha
+        self.scaling[adapter_name] = 1.0
+        self.constraint[adapter_name] = (
+            float(lora_alpha) * out_dim
+        )  # OFTModule: alpha * out_dim (Python floats)
+        size = out_dim // r
+        self.lora_oft_blocks[adapter_name] = nn.Parameter(torch.zeros(r, size, size))
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
+
+    def rotation(self, adapter: str) -> torch.Tensor:
+        """OFTModule.get_weight: the weighted R per block (fp32 identity, as kohya's `self.I`)."""
+        blocks = self.lora_oft_blocks[adapter]
+        count, size = blocks.shape[0], blocks.shape[1]
+        eye = torch.eye(size, device=blocks.device).unsqueeze(0).repeat(count, 1, 1)
+        q = blocks - blocks.transpose(1, 2)
+        norm = torch.norm(q.flatten())
+        clamped = torch.clamp(norm, max=self.constraint[adapter])
+        q = q * ((clamped + 1e-8) / (norm + 1e-8))
+        rotation = torch.matmul(eye + q, (eye - q).float().inverse())
+        return self.multiplier * (rotation - eye) + eye
+
+    def rotated_weight(self, adapter: str) -> torch.Tensor:
+        """R^T W per block in fp32: OFTModule.forward's einsum (its Linear and its Conv2d string)."""
+        rotation = self.rotation(adapter).to(torch.float32)
+        weight = self.get_base_layer().weight.to(torch.float32)
+        count, size = rotation.shape[0], rotation.shape[1]
+        rows = weight.reshape(count, size, *weight.shape[1:])
+        if weight.dim() == 4:
+            rotated = torch.einsum("k n m, k n ... -> k m ...", rotation, rows)
+        else:
+            rotated = torch.einsum("k n m, k n p -> k m p", rotation, rows)
+        return rotated.reshape(weight.shape)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """R^T W - W (fp32), for peft's merge (kohya's merge_to writes R^T W cast to the weight's dtype)."""
+        return self.rotated_weight(adapter) - self.get_base_layer().weight.to(torch.float32)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._base_only(x, args, kwargs):
+            return self.base_layer(x, *args, **kwargs)
+        held = [a for a in self.active_adapters if a in self.lora_oft_blocks]
+        if self.merged or not held:
+            return self.base_layer(x, *args, **kwargs)
+        if len(held) > 1:
+            raise ValueError("kohya's networks.oft: one active adapter per layer")
+        base = self.get_base_layer()
+        weight = self.rotated_weight(held[0]).to(x.dtype)
+        if isinstance(base, nn.Conv2d):
+            return nn.functional.conv2d(
+                x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups
+            )
+        return nn.functional.linear(x, weight, base.bias)
+
+    def __repr__(self) -> str:
+        return "kohya_oft." + super().__repr__()
+
+
+def kohya_oft_config(targets: list[str], blocks: int, alpha: float):
+    """A LoraConfig building KohyaOftLayer on every target: peft's rank is kohya's dim (the block count),
+    its alpha kohya's alpha (the constraint per output row)."""
+    return oft_config(targets, blocks, alpha, False, layer=KohyaOftLayer)

@@ -142,7 +142,11 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
     modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
     adapter = plan.adapter if plan else None
     load_peft_adapters(
-        source, modules, bool(adapter and adapter.lokr_unit_scale), bool(adapter and adapter.bypass)
+        source,
+        modules,
+        bool(adapter and adapter.lokr_unit_scale),
+        bool(adapter and adapter.bypass),
+        adapter.oft_form if adapter else "lycoris",
     )
     return pipe
 
@@ -192,7 +196,8 @@ def _is_lora(path: Path) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return any("lora" in key for key in list(f.keys())[:50])
+        # kohya's networks.oft names its modules `oft_unet_*`
+        return any("lora" in key or key.endswith(".oft_blocks") for key in list(f.keys())[:50])
 
 
 def _is_lycoris(path: Path) -> bool:

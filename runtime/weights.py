@@ -258,11 +258,16 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 
 
 def load_peft_adapters(
-    folder: Path, modules: dict[str, nn.Module], lokr_unit_scale: bool = False, bypass: bool = False
+    folder: Path,
+    modules: dict[str, nn.Module],
+    lokr_unit_scale: bool = False,
+    bypass: bool = False,
+    oft_form: str = "lycoris",
 ) -> list[str]:
     """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
     loaded. `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale
-    1. `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too)."""
+    1. `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
+    `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -296,6 +301,10 @@ def load_peft_adapters(
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT)
             config = with_oft(config, has_rescale(state), BoftLayer, bypass)
+        elif has_oft(state) and oft_form == "kohya":  # kohya's networks.oft (dim and alpha: r and alpha)
+            from dbspec.runtime.lycoris_oft import KohyaOftLayer
+
+            config = with_oft(config, False, KohyaOftLayer)
         elif has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
             config = with_oft(config, has_rescale(state), bypass=bypass)
         training = module.training

@@ -184,6 +184,8 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         oft_block_size=getattr(adapter, "block_size", 0),
         oft_constraint=getattr(adapter, "constraint", 0.0),
         oft_rescaled=getattr(adapter, "rescaled", False),
+        oft_form=getattr(adapter, "form", "lycoris") if adapter.kind == "diag-oft" else "lycoris",
+        oft_blocks=getattr(adapter, "block_count", 0) if adapter.kind == "diag-oft" else 0,
         bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
@@ -253,6 +255,20 @@ def adapter_params(
             c.name: int(
                 public.lora_params_per_rank[c.name]
                 * (16 * adapter.block_size + 1)
+                * c.params
+                / public.public_params[c.name]
+            )
+            for c in components
+            if c.trainable == "lora"
+        }
+    if adapter.kind == "diag-oft" and getattr(adapter, "form", "lycoris") == "kohya":
+        # kohya's networks.oft: out x (out / blocks) per layer, at most (in + out) x (widest / blocks); the
+        # U-Nets' widest targeted linear is GEGLU's ff.net.0.proj (8 x 1280) or else 1280
+        widest = 10240 if any(t.startswith("ff.net.0") for t in adapter.denoiser_targets) else 1280
+        return {
+            c.name: int(
+                public.lora_params_per_rank[c.name]
+                * max(1, widest // max(adapter.block_count, 1))
                 * c.params
                 / public.public_params[c.name]
             )

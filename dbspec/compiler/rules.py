@@ -2987,6 +2987,44 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass or
+    max norm, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count` only with it
+    (DBS574)."""
+    a = spec.adapter
+    if a.kind != "diag-oft":
+        return
+    if a.form == "lycoris":
+        if a.block_count:
+            yield _err(
+                "DBS574",
+                ("adapter", "block_count"),
+                "adapter.block_count is kohya's block count (form = \"kohya\"); LyCORIS's form reads "
+                "block_size",
+                codes.help("DBS574"),
+            )
+        return
+    found = [
+        (
+            ("adapter", "block_count"),
+            "adapter.block_count = 0: kohya's OFT needs a block count of at least 1",
+            not a.block_count,
+        ),
+        (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
+        (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),
+        (("adapter", "max_norm"), "adapter.max_norm: kohya's OFT network has no max-norm", bool(a.max_norm)),
+        *[
+            (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)
+            for key in ("text_encoder", "text_encoder_2", "t5")
+            if getattr(spec.train, key)
+        ][:1],
+    ]
+    for path, message, hit in found:
+        if hit:
+            yield _err("DBS574", path, f'adapter.form = "kohya" with {message}', codes.help("DBS574"))
+
+
+@rule("spec")
 def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     """DyLoRA's `bypass` (LyCORIS bypass_mode): LyCORIS's form with one block per layer, the only case
     LyCORIS's bypass forward runs (DBS549)."""

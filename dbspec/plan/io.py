@@ -285,6 +285,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "oft_block_size"): 0,  # LyCORIS's Diag-OFT, added since
         ("adapter", "oft_constraint"): 0.0,
         ("adapter", "oft_rescaled"): False,
+        ("adapter", "oft_form"): "lycoris",  # kohya's networks.oft (Diag-OFT's kohya form), added since
+        ("adapter", "oft_blocks"): 0,
         ("loss", "text_encoder_dropout"): [],  # per-encoder conditioning dropout (SD3), added since
         ("loss", "pos_embed_random_crop_rate"): 0.0,  # SD3's random position-embedding window, added since
         # kohya's fused-step combinations (only the first chunk steps / steps per micro-batch; fp16 weights

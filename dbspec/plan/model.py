@@ -169,6 +169,11 @@ class AdapterPlan:
     oft_block_size: int = 0
     oft_constraint: float = 0.0
     oft_rescaled: bool = False
+    # diag-oft: "lycoris" (LyCORIS's DiagOFTModule: oft_block_size the block-size hint) or "kohya" (kohya's
+    # networks.oft OFTModule: oft_blocks blocks per layer, always clamped to oft_constraint x width, the
+    # layer run on the whole rotated weight; runtime/lycoris_oft.py KohyaOftLayer)
+    oft_form: Literal["lycoris", "kohya"] = "lycoris"
+    oft_blocks: int = 0  # oft_form "kohya": kohya's network_dim, the number of blocks per layer
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
     rank_dropout: float = 0.0  # loha, lokr
     # loha, lokr with rank_dropout: the kept rows divided by the kept share (LyCORIS rank_dropout_scale)

@@ -545,6 +545,11 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         + (", rescaled" if a.oft_rescaled else "")
         + ")",
     }[a.kind]
+    if a.kind == "diag-oft" and a.oft_form == "kohya":
+        what = (
+            f"diag-oft (kohya networks.oft: {a.oft_blocks} orthogonal blocks of output rows per layer, "
+            f"constraint {a.oft_constraint:g} x width)"
+        )
     rows = [("adapter", what)]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
     if a.conv_targets:

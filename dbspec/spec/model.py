@@ -846,6 +846,26 @@ class DiagOftAdapter:
     )
     rescaled: bool = _oft_rescaled()
     bypass: bool = _oft_bypass()
+    form: Literal["lycoris", "kohya"] = option(
+        "lycoris",
+        doc="Whose OFT trains. `lycoris`: LyCORIS's DiagOFTModule (`block_size`, `constraint` 0 off, "
+        "`rescaled`, `bypass`; the base output plus the rotation's delta). `kohya`: kohya sd-scripts' own "
+        'OFT (`network_module = "networks.oft"`, OFTModule): each layer\'s rows split into '
+        "`block_count` blocks (`block_size` unused), the skew blocks always scaled by (min(|Q|, constraint "
+        "x width) + 1e-8) / (|Q| + 1e-8), the layer run on its whole rotated weight R^T W computed in "
+        "fp32; no rescale, no bypass. Exported as kohya's networks.oft file (`oft_unet_*` keys: "
+        "`oft_blocks`, `alpha`).",
+        example="kohya",
+    )
+    block_count: int = option(
+        0,
+        doc="With `form = \"kohya\"`: kohya's `network_dim`, the NUMBER of blocks each targeted layer's "
+        "output rows split into (block size width / blocks, which must divide every targeted width); 0 "
+        "with LyCORIS's form.",
+        minimum=0,
+        maximum=65536,
+        example=4,
+    )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     conv_targets: list[str] = _rotated_conv_targets()

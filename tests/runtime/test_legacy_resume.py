@@ -145,6 +145,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("full_matrix", "scalar", "input_targets", "oft_block_size", "oft_constraint", "oft_rescaled"):
         del data["adapter"][key]  # LyCORIS's LoKr full_matrix and use_scalar, added since (off then)
     del data["adapter"]["bypass"], data["adapter"]["bypass_dropout"]  # LyCORIS bypass_mode, added since
+    del data["adapter"]["oft_form"], data["adapter"]["oft_blocks"]  # kohya's networks.oft, added since
     for dataset in data["datasets"]:
         del dataset["caption_processing"]  # kohya's caption processing, added since (off then)
         del dataset["folders"]  # kohya folder datasets, added since

@@ -1362,6 +1362,29 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 3.0\n",
     ),
+    # kohya's networks.oft (diag-oft form kohya): a block count, no LyCORIS rescale / bypass / max norm, no
+    # text encoder; block_count only with that form
+    (
+        rules.kohya_oft_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nrescaled = true\nbypass = true\nmax_norm = 1.0\n'
+        + "[train]\ntext_encoder = true\n",
+        [
+            ("DBS574", "error", ("adapter", "block_count")),
+            ("DBS574", "error", ("adapter", "rescaled")),
+            ("DBS574", "error", ("adapter", "bypass")),
+            ("DBS574", "error", ("adapter", "max_norm")),
+            ("DBS574", "error", ("train", "text_encoder")),
+        ],
+        DOG + STEPS + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\nconstraint = 0.001\n',
+    ),
+    (
+        rules.kohya_oft_fits,
+        DOG + STEPS + '[adapter]\nkind = "diag-oft"\nblock_count = 4\n',
+        [("DBS574", "error", ("adapter", "block_count"))],
+        DOG + STEPS + '[adapter]\nkind = "diag-oft"\nblock_size = 4\n',
+    ),
     (
         rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed
         DOG + STEPS + '[optimizer]\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',

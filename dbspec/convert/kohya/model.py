@@ -162,11 +162,18 @@ def map_adapter(
             module.key, None, module.source, "train_network.py needs --network_module (networks.lora)"
         )
         return False
+    if module.value == "networks.oft":  # kohya's own OFT: diag-oft's kohya form (convert/kohya/oft.py)
+        from dbspec.convert.kohya.oft import map_kohya_oft
+
+        if not map_kohya_oft(a, conv):
+            return False
+        map_base_weights(a, paths, conv)
+        return True
     if module.value not in ("networks.lora", "networks.dylora", "networks.lora_fa", "lycoris.kohya"):
         conv.unsupported(
             module,
-            "only kohya's networks.lora, networks.dylora, networks.lora_fa and LyCORIS's lycoris.kohya have"
-            " a dbspec equivalent",
+            "only kohya's networks.lora, networks.dylora, networks.lora_fa, networks.oft and LyCORIS's "
+            "lycoris.kohya have a dbspec equivalent",
         )
         return False
     if module.value == "networks.lora" and a["dim_from_weights"].value and a["network_weights"].value:

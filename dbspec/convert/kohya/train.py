@@ -748,6 +748,15 @@ def map_text_encoder(
             "builds no text-encoder LoRA",
         )
         return False
+    if not unet_only.value and "network_module" in a and a["network_module"].value == "networks.oft":
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        conv.put(
+            ("train", "text_encoder"),
+            False,
+            "kohya networks.oft: OFTNetwork adapts the U-Net alone (the text encoders run, nothing of theirs "
+            "trains)",
+        )
+        return False
     if not unet_only.value and conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0] == []:
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.put(
