@@ -26,13 +26,11 @@ from dbspec.convert.kohya.file_ranks import (
     text_blocks,
 )
 from dbspec.convert.kohya.loraplus import loraplus
+from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 
 # networks/dylora.py DyLoRANetwork: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and
 # CLIPAttention / CLIPMLP (text encoders); with conv_dim also every Linear and Conv2d inside ResnetBlock2D,
 # Downsample2D and Upsample2D (3x3 convolutions, time_emb_proj, conv_shortcut), all at network_dim.
-_UNET = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
-_TEXT = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-_RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
 _CONVS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
 # networks/dylora.py create_network reads these and nothing else (it ignores any other key).
 _READS = (
@@ -58,7 +56,7 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
         )
         return False
     put["unit"] = unit
-    unet = list(_UNET)
+    unet = list(KOHYA_UNET_TARGETS)
     if "conv_dim" in kwargs:
         conv_dim = int(kwargs.pop("conv_dim"))
         if conv_dim != dim:
@@ -72,13 +70,13 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
         # DyLoRANetwork gives the ResNets' convolutions network_dim and network_alpha: conv_alpha is parsed
         # and never used
         put.update(conv_rank=dim, conv_alpha=alpha)
-        unet += _RESNET_LINEAR
+        unet += RESNET_LINEAR
         if "conv_alpha" in kwargs:
             conv.ignored(
                 Legacy(key=f"{args.key} conv_alpha", value=kwargs.pop("conv_alpha"), source=args.source),
                 "networks.dylora scales its convolutions by network_alpha (conv_alpha parsed, never used)",
             )
-    put["denoiser_targets"], put["text_encoder_targets"] = unet, list(_TEXT)
+    put["denoiser_targets"], put["text_encoder_targets"] = unet, list(KOHYA_TEXT_TARGETS)
     # LoRA+ (DyLoRANetwork.prepare_optimizer_params): each lora_B block at lr x the ratio, networks.lora's
     # rule (the UNet's `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders' likewise)
     unsupported: dict[str, str] = {}
@@ -170,17 +168,16 @@ def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> L
         return None
 
 
-def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, original_names: bool) -> None:
+def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, original_names: bool) -> bool:
     """networks.dylora with --dim_from_weights (train_network.py calls create_network_from_weights instead of
     create_network): DyLoRANetwork(modules_dim=, modules_alpha=) builds one DyLoRAModule per module of the
     file at the module's rank (its lora_down's rows) and alpha (0: the rank), none elsewhere, scanning the
     U-Net's ResNet, Downsample2D and Upsample2D blocks too (their 3x3 convolutions where the file has them),
     always at unit 1 (the function passes none); network_args reach it as **kwargs it never reads (LoRA+
     included: only create_network calls set_loraplus_lr_ratio), and network_dim / network_alpha /
-    network_dropout go to no network. load_weights then loads the file (adapter.init_weights, as without the
-    flag). The ranks and alphas are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] (file_ranks.py)."""
-    from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, map_init_weights
-
+    network_dropout go to no network. The ranks and alphas are [[adapter.blocks]] /
+    [[adapter.text_encoder_blocks]] (file_ranks.py). load_weights then loads the file: True when the caller
+    should map it to adapter.init_weights, as without the flag."""
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), "dylora", conv.comment(module, "networks.dylora"))
@@ -201,7 +198,7 @@ def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, ori
         conv.ignored(a["network_dropout"], "with --dim_from_weights train_network.py passes it to no network")
     file = _read(weights, paths, conv, from_file, "the ranks")
     if file is None:
-        return
+        return False
     missing = [m.name for m in file.modules.values() if m.alpha is None]
     if missing:
         conv.invalid(
@@ -212,12 +209,12 @@ def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, ori
             "create_network_from_weights then replaces its alpha table by that module's rank "
             "(`modules_alpha = modules_dim[key]`) and fails at its next lookup in that int (TypeError)",
         )
-        return
+        return False
     try:
         blocks = sd_blocks(file, original_names)
     except ValueError as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
-        return
+        return False
     linear = common_pair(file, prefixes=tuple(TEXT_COMPONENTS)) or common_pair(file)
     if linear is not None:
         conv.put(("adapter", "rank"), linear[0], note)
@@ -228,8 +225,8 @@ def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, ori
         conv.put(("adapter", "conv_alpha"), float(convs[1]), note)
     # DyLoRANetwork scans Transformer2DModel and, built from weights, ResnetBlock2D / Downsample2D /
     # Upsample2D: their linears and 1x1 convolutions (time_emb_proj, conv_shortcut) by the file's names
-    conv.put(("adapter", "denoiser_targets"), [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR], note)
-    conv.put(("adapter", "text_encoder_targets"), list(_TEXT), note)
+    conv.put(("adapter", "denoiser_targets"), [*KOHYA_UNET_TARGETS, *RESNET_LINEAR], note)
+    conv.put(("adapter", "text_encoder_targets"), list(KOHYA_TEXT_TARGETS), note)
     for index, block in enumerate(blocks):
         why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
         for key, value in block.items():
@@ -239,7 +236,7 @@ def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, ori
         for key, value in block.items():
             conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha, adapter.blocks")
-    map_init_weights(weights, paths, conv)  # DyLoRANetwork.load_weights: load_state_dict(strict=False)
+    return True  # the caller maps the file to init_weights (load_weights)
 
 
 def _f32(value: float) -> float:

@@ -239,7 +239,10 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int, o
     weights = a["network_weights"]
     from_file = a["dim_from_weights"]
     if weights.value and from_file.value:  # networks.dylora's create_network_from_weights
-        kohya_dylora_from_weights(a, paths, conv, original)
+        if kohya_dylora_from_weights(a, paths, conv, original):
+            map_init_weights(
+                weights, paths, conv
+            )  # DyLoRANetwork.load_weights: load_state_dict(strict=False)
     elif from_file.value:  # create_network_from_weights(1, None, ...): os.path.splitext(None) raises
         conv.invalid(
             from_file.key,

@@ -22,16 +22,11 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
+from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
-# kohya networks/lora.py: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and inside
-# CLIPAttention / CLIPMLP (text encoders); 3x3 convs only with conv_dim (LoCon, KOHYA_CONV_TARGETS).
-KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
-KOHYA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-# Linear and 1x1 layers of the blocks a conv_dim network also scans (ResNet time projection and shortcut).
-_RESNET_LINEAR = ["time_emb_proj", "conv_shortcut"]
 _ALGOS = {
     "lora": "lora",
     "locon": "lora",
@@ -55,23 +50,23 @@ _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 _TIME_EMBEDDING = ["time_embedding.linear_1", "time_embedding.linear_2"]
 _PRESETS = {
     "full": (
-        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING],
+        [*KOHYA_UNET_TARGETS, *RESNET_LINEAR, *_TIME_EMBEDDING],
         KOHYA_TEXT_TARGETS,
         [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"],
     ),
-    "full-lin": ([*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
+    "full-lin": ([*KOHYA_UNET_TARGETS, *RESNET_LINEAR, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-mlp": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], KOHYA_TEXT_TARGETS, []),
     "attn-only": (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj", "out_proj"], []),
     # the U-Net-only presets: `full` and `attn-mlp`'s U-Net lists with no text-encoder class (the network has
     # no text-encoder module); `unet-convblock-only` takes the ResNet, Downsample2D and Upsample2D classes
     # (their linears and 1x1 shortcuts, with convolutions on their 3x3 convolutions) and conv_in / conv_out
     "unet-only": (
-        [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR, *_TIME_EMBEDDING],
+        [*KOHYA_UNET_TARGETS, *RESNET_LINEAR, *_TIME_EMBEDDING],
         [],
         [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"],
     ),
     "unet-transformer-only": ([*KOHYA_UNET_TARGETS, *_TIME_EMBEDDING], [], []),
-    "unet-convblock-only": (list(_RESNET_LINEAR), [], [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"]),
+    "unet-convblock-only": (list(RESNET_LINEAR), [], [*KOHYA_CONV_TARGETS, "conv_in", "conv_out"]),
 }
 # kohya's SDXL U-Net (library/sdxl_original_unet.py) has no TimestepEmbedding class (its time embedding is an
 # nn.Sequential, `time_embed`) and names its first and last convolutions `input_blocks.0.0` / `out.2`: the
@@ -267,7 +262,7 @@ def _map_network(
             put["_blocks"] = blocks
         conv_targets = KOHYA_CONV_TARGETS if resnets else []
         if conv_targets:
-            unet = [*unet, *_RESNET_LINEAR]
+            unet = [*unet, *RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(
@@ -915,9 +910,9 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if "conv_rank" in ranks:
         conv.put(("adapter", "conv_rank"), ranks["conv_rank"][0], note)
         conv.put(("adapter", "conv_alpha"), float(ranks["conv_rank"][1]), note)
-    resnet = any(name.endswith(tuple(_RESNET_LINEAR)) for _, name in denoiser_names(file, original_names))
+    resnet = any(name.endswith(tuple(RESNET_LINEAR)) for _, name in denoiser_names(file, original_names))
     if "conv_rank" in ranks or resnet:
-        targets += _RESNET_LINEAR
+        targets += RESNET_LINEAR
     # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears
     conv.put(("adapter", "denoiser_targets"), targets, note)
     # the file's modules at their ranks, none elsewhere (create_network_from_weights)
