@@ -97,8 +97,10 @@ def block_param_groups(
         return groups
     key: dict[int, tuple[float, float]] = {}
     for name, param in denoiser.named_parameters():
-        if param.requires_grad and ".lora_" in name:
-            block = block_of(adapter.blocks, name.split(".lora_")[0])
+        # peft's LoRA, LoHa and LoKr parameters (and dbspec's scalars, DoRA scales) by their prefix
+        found = re.search(r"\.(?:lora|hada|lokr)_", name)
+        if param.requires_grad and found:
+            block = block_of(adapter.blocks, name[: found.start()])
             key[id(param)] = (block.lr_scale, block.lr) if block is not None else (1.0, 0.0)
     out: list[dict] = []
     for group in groups:

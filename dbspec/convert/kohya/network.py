@@ -22,7 +22,8 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
-from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
+from dbspec.convert.kohya.lycoris_file import PresetError, Targets, preset_targets, read_preset
+from dbspec.convert.kohya.lycoris_maps import map_blocks
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -110,9 +111,10 @@ IA3_PRESET_BUILDS_NOTHING = (
 
 
 def preset_file_targets(
-    preset: str, algo: str, conv_dim: int, family: str | None, paths, args: Legacy, conv: Conversion
-) -> tuple[list[str], list[str], list[str]] | None:
-    """The (denoiser, text-encoder, convolution) targets of a LyCORIS preset file, or None (reported)."""
+    preset: str, algo: str, dims, family: str | None, paths, args: Legacy, conv: Conversion
+) -> Targets | None:
+    """The targets and layers of a LyCORIS preset file, or None (reported); `dims`: the network's (dim,
+    alpha, conv_dim, conv_alpha)."""
     legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
     local = paths.local(preset) if paths is not None else None
     if local is None:
@@ -141,13 +143,14 @@ def preset_file_targets(
         )
         return None
     try:
-        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0)
+        found = preset_targets(data, algo, facts.v2, dims)
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
+    unet, text, convs = found.denoiser, found.text_encoder, found.convs
     if not (unet or text or convs):
         conv.invalid(
             legacy.key,
@@ -164,7 +167,7 @@ def preset_file_targets(
             "kohya lycoris.kohya: the LyCORIS preset file matches no U-Net layer, so the network has no "
             "U-Net module",
         )
-    return unet, text, convs
+    return found
 
 
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -240,11 +243,21 @@ def _map_network(
             conv.invalid(f"{args.key} preset", preset, args.source, IA3_PRESET_BUILDS_NOTHING)
             return None
         if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
-            found = preset_file_targets(preset, algo, conv_dim, family, paths, args, conv)
+            dims = (dim, alpha, conv_dim, conv_alpha)
+            found = preset_file_targets(preset, algo, dims, family, paths, args, conv)
             if found is None:
                 return None
-            unet, text, conv_targets = found
+            unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
+            try:  # the file's module_algo_map / name_algo_map: per-layer ranks
+                rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
+                put["_blocks"], put["_text_blocks"] = map_blocks(found, algo, _ALGOS[algo], dims, rs_lora)
+            except PresetError as exc:
+                conv.unsupported(
+                    Legacy(key=f"{args.key} preset", value=preset, source=args.source),
+                    f"the LyCORIS preset file: {exc}",
+                )
+                return None
         else:
             if preset not in _PRESETS:
                 unsupported["preset"] = preset
@@ -339,9 +352,13 @@ def _map_network(
                 f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
             )
     for index, block in enumerate(put.pop("_blocks", [])):
-        note = conv.comment(args, f"kohya block {block.pop('index')}")
+        note = block.pop("_why", None) or conv.comment(args, f"kohya block {block.pop('index', '')}")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
+    for index, block in enumerate(put.pop("_text_blocks", [])):
+        note = block.pop("_why")
+        for key, value in block.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), value, note)
     for key, value in put.items():
         note = targets_note or _why(module)
         conv.put(("adapter", key), value, note if key.endswith("targets") else conv.comment(args))

@@ -1,0 +1,199 @@
+"""LyCORIS preset files whose `module_algo_map` / `name_algo_map` give some layers their own dim and alpha
+(dbspec/convert/kohya/lycoris_maps.py), converted from a kohya command line, against lycoris-lora 4.1.3
+reading the same file in its kohya network on the tiny SD 1.x U-Net and CLIP: every layer LyCORIS builds is
+adapted by the converted plan's peft adapter at LyCORIS's rank and alpha (its [[adapter.blocks]] /
+[[adapter.text_encoder_blocks]]), and a tiny run's kohya export holds LyCORIS's modules in LyCORIS's shapes.
+
+The converter resolves the file on kohya's full-size SD 1.x model; each file uses classes the tiny diffusers
+model shares with kohya's (diffusers calls kohya's `CrossAttention` `Attention`, so no file maps it)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from dbspec.runtime.adapters import add_lora
+from dbspec.runtime.execute import execute
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.runspec import compile_spec
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+NETWORK_ATTRS = (
+    "ENABLE_CONV",
+    "UNET_TARGET_REPLACE_MODULE",
+    "UNET_TARGET_REPLACE_NAME",
+    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    "TEXT_ENCODER_TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
+
+PRESETS = {
+    # LyCORIS's example.toml, one algorithm: the ResNets (their convolutions too) at a low dim, the
+    # transformers' MLP at a higher one, CLIP's MLP at its own dim and alpha
+    "classes": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map]
+  [module_algo_map.ResnetBlock2D]
+    algo = "locon"
+    dim = 2
+    alpha = 1
+  [module_algo_map.FeedForward]
+    dim = 8
+  [module_algo_map.CLIPMLP]
+    algo = "lora"
+    dim = 6
+    alpha = 3
+""",
+    # names: a name_algo_map key (exact, then a regex) before the layer's class entry; nested classes inside
+    # a target class (the first entry to reach a layer keeps it: Linear's inside BasicTransformerBlock)
+    "names": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ["conv_in", 'down_blocks\\.1\\.resnets\\.0\\.conv[12]', "time_embedding.linear_1"]
+text_encoder_target_module = []
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.[01]\\.self_attn\\.[qk]_proj']
+
+[module_algo_map.Linear]
+dim = 6
+alpha = 2
+[module_algo_map.BasicTransformerBlock]
+dim = 2
+[name_algo_map.conv_in]
+dim = 2
+alpha = 2
+[name_algo_map.'down_blocks\\.1\\.resnets\\.0\\.conv1']
+dim = 8
+[name_algo_map.'text_model\\.encoder\\.layers\\.0\\.']
+dim = 2
+alpha = 0.5
+""",
+    # convolutions off: an entry's dim still adapts the ResNets' 3x3 convolutions (create_single_module)
+    "no-conv": """\
+enable_conv = false
+unet_target_module = ["ResnetBlock2D"]
+unet_target_name = ["conv_out", "time_embedding.linear_1"]
+text_encoder_target_module = []
+[module_algo_map.ResnetBlock2D]
+dim = 2
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon"):
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
+    return lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo=algo, conv_dim="4", preset=str(path)
+    )
+
+
+def _theirs(made) -> dict[str, tuple[str, int, float]]:
+    return {
+        m.lora_name: (type(m).__name__, m.lora_dim, float(m.alpha))
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+
+
+def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
+    from peft.tuners.lora import LoraLayer
+
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    out = {}
+    if adapter.denoiser_targets or adapter.conv_targets:
+        add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    if adapter.text_encoder_targets:
+        add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, LoraLayer) and "default" in layer.r:
+                name = name.removeprefix("base_model.model.")
+                out[prefix + name.replace(".", "_")] = (
+                    "LoConModule",
+                    layer.r["default"],
+                    float(layer.lora_alpha["default"]),
+                )
+    return out
+
+
+def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon"):
+    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
+
+    path = tmp_path / f"{preset}.toml"
+    path.write_text(PRESETS[preset], encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "conv_dim=4" "preset={path.name}" --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return path, plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_maps_give_lycoris_ranks_and_alphas(pipe, preset, tmp_path, monkeypatch):
+    path, plan = _converted_plan(tmp_path, preset)
+    theirs = _theirs(_lycoris(pipe, path, monkeypatch))
+    ours = _ours(pipe, plan.adapter)
+    assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
+    assert sorted(set(ours) ^ set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr"])
+def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
+    """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
+    LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
+    from tests.unit.convert_kit import out_path
+
+    path, plan = _converted_plan(tmp_path, "names", algo)
+    assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo) and plan.adapter.blocks
+    made = _lycoris(pipe, path, monkeypatch, algo)
+    theirs = {  # what LyCORIS saves (its modules join the network's state dict in apply_to)
+        f"{m.lora_name}.{k}": v
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for k, v in m.state_dict().items()
+    }
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]))
+    assert done.status == "finished"
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        ours = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert sorted(ours) == sorted(theirs)
+    assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
+    # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply
+    # 1): LyCORIS saves its dim there, dbspec's export 1 (runtime/lycoris_export.py)
+    full = {k.split(".")[0] for k in theirs if k.endswith("lokr_w1")} - {
+        k.split(".")[0] for k in theirs if k.endswith(("lokr_w2_a", "lokr_w2_b"))
+    }
+    alphas = {k: float(v) for k, v in ours.items() if k.endswith(".alpha") and k.split(".")[0] not in full}
+    assert alphas == {
+        k: float(v) for k, v in theirs.items() if k.endswith(".alpha") and k.split(".")[0] not in full
+    }
+    assert len(set(alphas.values())) > 1  # layers at their own alphas
+    moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
+    assert moved, "the run trained the adapters"
