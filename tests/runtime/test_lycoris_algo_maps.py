@@ -197,3 +197,24 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     assert len(set(alphas.values())) > 1  # layers at their own alphas
     moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
     assert moved, "the run trained the adapters"
+
+
+def test_lokr_blocks_resume_bit_exact(tmp_path):
+    """A LoKr run with the `names` file's per-layer ranks, stopped after a step and resumed: the losses and
+    the export of the uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+
+    from tests.unit.convert_kit import out_path
+
+    _converted_plan(tmp_path, "names", "lokr")
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=3"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    plan = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(plan, stop_after=1)
+    resumed = execute(plan, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (ours,) = Path(whole.final).glob("*.kohya.safetensors")
+    (theirs,) = Path(resumed.final).glob("*.kohya.safetensors")
+    ours, theirs = load_file(str(ours)), load_file(str(theirs))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
