@@ -1,5 +1,6 @@
-"""Per-block LoRA ranks, alphas and learning rates (`plan.adapter.blocks`; kohya networks.lora `block_dims`,
-`block_alphas`, `conv_block_dims`, `conv_block_alphas`, `down/mid/up_lr_weight`).
+"""Per-block LoRA (LoHa, LoKr) ranks, alphas and learning rates (`plan.adapter.blocks`; kohya networks.lora
+`block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas`, `down/mid/up_lr_weight`; LyCORIS preset
+files' `module_algo_map` / `name_algo_map` dims).
 
 Each adapted denoiser module takes the first block whose pattern `re.search`es its path: its linear (and 1x1)
 layers that block's rank and alpha, its 3x3 convolutions the block's conv rank and alpha; rank 0 leaves the
