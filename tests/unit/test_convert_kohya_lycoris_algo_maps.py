@@ -241,3 +241,14 @@ def test_unreached_bad_entry_is_inert(tmp_path):
     changes nothing."""
     outcome = expressible(_convert(tmp_path, FULL + '[module_algo_map.T5Block]\nalgo = "nope"\n'))
     assert plan_of(outcome, tmp_path).adapter.blocks == ()
+
+
+def test_keys_the_module_class_never_reads_are_inert(tmp_path):
+    """LoConModule takes no `factor`: the entry's key lands in its **kwargs (ignored, DBS405); its dim still
+    counts."""
+    text = FULL + '[module_algo_map.ResnetBlock2D]\nalgo = "lora"\ndim = 4\nfactor = 8\n'
+    outcome = expressible(_convert(tmp_path, text))
+    assert "DBS405" in codes(outcome) and "module_algo_map.ResnetBlock2D.factor" in messages(
+        outcome, "DBS405"
+    )
+    assert [b.rank for b in plan_of(outcome, tmp_path).adapter.blocks] == [4]

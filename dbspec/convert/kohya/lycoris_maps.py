@@ -34,9 +34,36 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_layers(found: Targets, algo: str) -> None:
-    """PresetError for built layers whose map entry changes the algorithm or hands the module other
-    options (dbspec trains one adapter kind with one set of options)."""
+# The keyword arguments each lycoris-lora 4.1.3 module class reads besides those create_single_module sets
+# itself (lora_name, module, multiplier, dim, alpha, the dropouts); a map entry's other keys land in the
+# class's **kwargs, which it never reads.
+_COMMON = ("use_tucker", "use_scalar", "rank_dropout_scale", "bypass_mode")
+_READS = {
+    "lora": (*_COMMON, "weight_decompose", "wd_on_out", "rs_lora"),
+    "loha": (*_COMMON, "weight_decompose", "wd_on_out", "rs_lora"),
+    "lokr": (
+        *_COMMON,
+        "weight_decompose",
+        "wd_on_out",
+        "rs_lora",
+        "decompose_both",
+        "factor",
+        "full_matrix",
+        "unbalanced_factorization",
+    ),
+    "full": _COMMON,
+    "ia3": (*_COMMON, "weight_decompose", "rs_lora", "train_on_input"),
+    "diag-oft": (*_COMMON, "constraint", "rescaled"),
+    "boft": (*_COMMON, "constraint", "rescaled"),
+    "glora": (*_COMMON, "weight_decompose", "rs_lora"),
+    "dylora": (*_COMMON, "weight_decompose", "rs_lora", "block_size", "train_on_input"),
+}
+
+
+def check_layers(found: Targets, algo: str) -> list[tuple[str, str]]:
+    """PresetError for built layers whose map entry changes the algorithm or hands the module class an option
+    it reads (dbspec trains one adapter kind with one set of options); the (`entry.key`, why) of entry keys
+    the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other:
@@ -47,13 +74,20 @@ def check_layers(found: Targets, algo: str) -> None:
             "exports and checkpoints in that kind's layout)",
             False,
         )
+    inert: dict[str, str] = {}
     for layer in layers:
-        if layer.options:
-            keys = ", ".join(f"`{k}` = {v!r}" for k, v in layer.options)
+        reads = _READS.get(_algo(layer.algo), ())
+        read = [(k, v) for k, v in layer.options if k in reads]
+        if read:
+            keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
                 "apply to every layer ([[adapter.blocks]] carry a rank and an alpha only)",
                 False,
+            )
+        for key, _ in layer.options:
+            inert[f"{layer.source}.{key}"] = (
+                f"LyCORIS hands it to {layer.algo}'s module class, whose **kwargs never read it"
             )
         if not (isinstance(layer.dim, int) and not isinstance(layer.dim, bool)) or not _number(layer.alpha):
             raise PresetError(
@@ -61,6 +95,7 @@ def check_layers(found: Targets, algo: str) -> None:
                 "expresses an integer dim and a numeric alpha",
                 False,
             )
+    return list(inert.items())
 
 
 def _pattern(chosen: set[str], rows: list[Row], skip: int) -> str:
@@ -103,13 +138,15 @@ def _blocks(
     return out
 
 
-def map_blocks(found: Targets, algo: str, kind: str, dims, rs_lora: bool) -> tuple[list[dict], list[dict]]:
-    """([[adapter.blocks]], [[adapter.text_encoder_blocks]]) for the map entries whose layers' dim or alpha
-    differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); PresetError where they cannot be
-    written."""
-    check_layers(found, algo)
+def map_blocks(
+    found: Targets, algo: str, kind: str, dims, rs_lora: bool
+) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
+    """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
+    layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); PresetError
+    where they cannot be written."""
+    inert = check_layers(found, algo)
     if kind in _NO_DIMS:
-        return [], []
+        return [], [], inert
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, False)
     text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, True)
     if (unet or text) and kind not in _BLOCK_KINDS:
@@ -129,7 +166,7 @@ def map_blocks(found: Targets, algo: str, kind: str, dims, rs_lora: bool) -> tup
             )
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
-    return unet, text
+    return unet, text, inert
 
 
 def _source(blocks: list[dict]) -> str:

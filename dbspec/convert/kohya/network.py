@@ -251,13 +251,17 @@ def _map_network(
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
-                put["_blocks"], put["_text_blocks"] = map_blocks(found, algo, _ALGOS[algo], dims, rs_lora)
+                put["_blocks"], put["_text_blocks"], inert = map_blocks(
+                    found, algo, _ALGOS[algo], dims, rs_lora
+                )
             except PresetError as exc:
                 conv.unsupported(
                     Legacy(key=f"{args.key} preset", value=preset, source=args.source),
                     f"the LyCORIS preset file: {exc}",
                 )
                 return None
+            for key, why in inert:
+                conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)
         else:
             if preset not in _PRESETS:
                 unsupported["preset"] = preset
