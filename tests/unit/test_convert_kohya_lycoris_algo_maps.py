@@ -252,3 +252,14 @@ def test_keys_the_module_class_never_reads_are_inert(tmp_path):
         outcome, "DBS405"
     )
     assert [b.rank for b in plan_of(outcome, tmp_path).adapter.blocks] == [4]
+
+
+def test_options_equal_to_the_networks_change_nothing(tmp_path):
+    """An entry's `factor` / `use_tucker` equal to what create_network hands every module (network_args
+    factor=8, use_tucker off) is the network's own: only the entry's dim makes a block."""
+    text = FULL + "[module_algo_map.FeedForward]\nfactor = 8\nuse_tucker = false\ndim = 4\n"
+    outcome = expressible(_convert(tmp_path, text, "lokr", args='"factor=8"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.factor == 8 and [b.rank for b in a.blocks] == [4]
+    outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
+    assert "DBS403" in codes(outcome) and "`factor` = 8" in messages(outcome, "DBS403")

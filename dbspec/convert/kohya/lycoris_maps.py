@@ -60,10 +60,24 @@ _READS = {
 }
 
 
-def check_layers(found: Targets, algo: str) -> list[tuple[str, str]]:
+def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
+    """The entry's value is the one the network hands every module (`factor` through LokrModule's int(), the
+    switches through the modules' truth tests)."""
+    if key not in network:
+        return False
+    if key == "factor":
+        try:
+            return int(value) == network[key]
+        except (TypeError, ValueError):
+            return False
+    return bool(value) == network[key]
+
+
+def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm or hands the module class an option
-    it reads (dbspec trains one adapter kind with one set of options); the (`entry.key`, why) of entry keys
-    the module class never reads (inert)."""
+    it reads with a value other than the network's (`network`: the value create_network hands every module
+    for each option; dbspec trains one adapter kind with one set of options); the (`entry.key`, why) of entry
+    keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other:
@@ -77,7 +91,7 @@ def check_layers(found: Targets, algo: str) -> list[tuple[str, str]]:
     inert: dict[str, str] = {}
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
-        read = [(k, v) for k, v in layer.options if k in reads]
+        read = [(k, v) for k, v in layer.options if k in reads and not _same(k, v, network)]
         if read:
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
@@ -85,7 +99,7 @@ def check_layers(found: Targets, algo: str) -> list[tuple[str, str]]:
                 "apply to every layer ([[adapter.blocks]] carry a rank and an alpha only)",
                 False,
             )
-        for key, _ in layer.options:
+        for key in [k for k, _ in layer.options if k not in reads]:
             inert[f"{layer.source}.{key}"] = (
                 f"LyCORIS hands it to {layer.algo}'s module class, whose **kwargs never read it"
             )
@@ -139,12 +153,12 @@ def _blocks(
 
 
 def map_blocks(
-    found: Targets, algo: str, kind: str, dims, rs_lora: bool
+    found: Targets, algo: str, kind: str, dims, rs_lora: bool, network: dict[str, Any]
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
-    layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); PresetError
-    where they cannot be written."""
-    inert = check_layers(found, algo)
+    layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
+    module options create_network hands every module. PresetError where they cannot be written."""
+    inert = check_layers(found, algo, network)
     if kind in _NO_DIMS:
         return [], [], inert
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, False)

@@ -170,6 +170,22 @@ def preset_file_targets(
     return found
 
 
+def _module_options(kwargs: dict[str, str]) -> dict[str, Any]:
+    """The module options lycoris-lora 4.1.3's create_network hands every module (LycorisNetworkKohya's
+    root kwargs and use_tucker), as the modules read them; a preset map entry giving the same value changes
+    nothing."""
+    out: dict[str, Any] = {"use_tucker": lycoris_tucker(kwargs), "rank_dropout_scale": False}
+    for key in ("use_scalar", "bypass_mode", "rs_lora", "full_matrix", "unbalanced_factorization"):
+        out[key] = _str_bool(kwargs.get(key, "false"))
+    out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
+    out["wd_on_out"] = _str_bool(kwargs.get("wd_on_output", "true"))
+    out["decompose_both"] = bool(kwargs.get("decompose_both", False))  # passed raw, tested for truth
+    factor = str(kwargs.get("factor", "-1")).strip()
+    if factor.lstrip("-").isdigit():
+        out["factor"] = int(factor)
+    return out
+
+
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
     """kohya's split: "key=value" pairs, values kept as strings (the network parses them)."""
     values: dict[str, str] = {}
@@ -252,7 +268,7 @@ def _map_network(
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
                 put["_blocks"], put["_text_blocks"], inert = map_blocks(
-                    found, algo, _ALGOS[algo], dims, rs_lora
+                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs)
                 )
             except PresetError as exc:
                 conv.unsupported(
