@@ -98,14 +98,14 @@ def pipe():
     return build_pipeline("builtin:tiny-sd1")
 
 
-def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon"):
+def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", **args):
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     return lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo=algo, conv_dim="4", preset=str(path)
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo=algo, conv_dim="4", preset=str(path), **args
     )
 
 
@@ -137,7 +137,7 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
     return out
 
 
-def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon"):
+def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str = ""):
     from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
 
     path = tmp_path / f"{preset}.toml"
@@ -147,7 +147,7 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon"):
         tmp_path,
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args "algo={algo}" "conv_dim=4" "preset={path.name}" --learning_rate=1e-2 '
+        f'--network_args "algo={algo}" "conv_dim=4" "preset={path.name}" {args} --learning_rate=1e-2 '
         "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
@@ -164,15 +164,17 @@ def test_maps_give_lycoris_ranks_and_alphas(pipe, preset, tmp_path, monkeypatch)
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
 
 
-@pytest.mark.parametrize("algo", ["locon", "loha", "lokr"])
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
     from tests.unit.convert_kit import out_path
 
-    path, plan = _converted_plan(tmp_path, "names", algo)
+    algo, tucker = algo.split("-")[0], algo.endswith("-tucker")  # LoCon's Tucker form: lora_mid per conv
+    path, plan = _converted_plan(tmp_path, "names", algo, '"use_tucker=True"' if tucker else "")
     assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo) and plan.adapter.blocks
-    made = _lycoris(pipe, path, monkeypatch, algo)
+    assert plan.adapter.tucker == tucker
+    made = _lycoris(pipe, path, monkeypatch, algo, **({"use_tucker": "True"} if tucker else {}))
     theirs = {  # what LyCORIS saves (its modules join the network's state dict in apply_to)
         f"{m.lora_name}.{k}": v
         for m in [*made.unet_loras, *made.text_encoder_loras]
@@ -184,6 +186,7 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     with safe_open(str(export), "pt") as handle:
         ours = {key: handle.get_tensor(key) for key in handle.keys()}
     assert sorted(ours) == sorted(theirs)
+    assert any(k.endswith("lora_mid.weight") for k in theirs) == tucker
     assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
     # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply
     # 1): LyCORIS saves its dim there, dbspec's export 1 (runtime/lycoris_export.py)
