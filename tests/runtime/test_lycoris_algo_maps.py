@@ -164,17 +164,23 @@ def test_maps_give_lycoris_ranks_and_alphas(pipe, preset, tmp_path, monkeypatch)
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
 
 
-@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker"])
+# extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
+# weight decomposition (dora_scale per layer)
+VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker", "lokr-dora"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
     from tests.unit.convert_kit import out_path
 
-    algo, tucker = algo.split("-")[0], algo.endswith("-tucker")  # LoCon's Tucker form: lora_mid per conv
-    path, plan = _converted_plan(tmp_path, "names", algo, '"use_tucker=True"' if tucker else "")
+    algo, *variant = algo.split("-")
+    extra = {VARIANTS[v]: "True" for v in variant}
+    path, plan = _converted_plan(tmp_path, "names", algo, " ".join(f'"{k}=True"' for k in extra))
     assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo) and plan.adapter.blocks
-    assert plan.adapter.tucker == tucker
-    made = _lycoris(pipe, path, monkeypatch, algo, **({"use_tucker": "True"} if tucker else {}))
+    assert (plan.adapter.tucker, plan.adapter.dora) == ("tucker" in variant, "dora" in variant)
+    made = _lycoris(pipe, path, monkeypatch, algo, **extra)
     theirs = {  # what LyCORIS saves (its modules join the network's state dict in apply_to)
         f"{m.lora_name}.{k}": v
         for m in [*made.unet_loras, *made.text_encoder_loras]
@@ -186,7 +192,8 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     with safe_open(str(export), "pt") as handle:
         ours = {key: handle.get_tensor(key) for key in handle.keys()}
     assert sorted(ours) == sorted(theirs)
-    assert any(k.endswith("lora_mid.weight") for k in theirs) == tucker
+    assert any(k.endswith("lora_mid.weight") for k in theirs) == ("tucker" in variant)
+    assert any(k.endswith("dora_scale") for k in theirs) == ("dora" in variant)
     assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
     # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply
     # 1): LyCORIS saves its dim there, dbspec's export 1 (runtime/lycoris_export.py)
