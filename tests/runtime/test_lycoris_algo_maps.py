@@ -1,8 +1,9 @@
 """LyCORIS preset files whose `module_algo_map` / `name_algo_map` give some layers their own dim and alpha
 (dbspec/convert/kohya/lycoris_maps.py), converted from a kohya command line, against lycoris-lora 4.1.3
 reading the same file in its kohya network on the tiny SD 1.x U-Net and CLIP: every layer LyCORIS builds is
-adapted by the converted plan's peft adapter at LyCORIS's rank and alpha (its [[adapter.blocks]] /
-[[adapter.text_encoder_blocks]]), and a tiny run's kohya export holds LyCORIS's modules in LyCORIS's shapes.
+adapted by the converted plan's peft adapter in LyCORIS's kind, at its rank and scale (its
+[[adapter.blocks]] / [[adapter.text_encoder_blocks]]), and a tiny run's kohya export holds LyCORIS's modules
+in LyCORIS's shapes.
 
 The converter resolves the file on kohya's full-size SD 1.x model; each file uses classes the tiny diffusers
 model shares with kohya's (diffusers calls kohya's `CrossAttention` `Attention`, so no file maps it)."""
@@ -110,15 +111,20 @@ def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", **args):
 
 
 def _theirs(made) -> dict[str, tuple[str, int, float]]:
+    """Each LyCORIS module's class, dim and the scale its update is multiplied by."""
     return {
-        m.lora_name: (type(m).__name__, m.lora_dim, float(m.alpha))
+        m.lora_name: (type(m).__name__, m.lora_dim, float(m.scale))
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
 
 
 def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
+    """Each peft layer the plan's adapter builds, as LyCORIS's class, its rank and its scale."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
+    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
     unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
     out = {}
     if adapter.denoiser_targets or adapter.conv_targets:
@@ -127,13 +133,10 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
         add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
     for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
         for name, layer in model.named_modules():
-            if isinstance(layer, LoraLayer) and "default" in layer.r:
-                name = name.removeprefix("base_model.model.")
-                out[prefix + name.replace(".", "_")] = (
-                    "LoConModule",
-                    layer.r["default"],
-                    float(layer.lora_alpha["default"]),
-                )
+            found = next((c for t, c in classes if isinstance(layer, t)), None)
+            if found and "default" in layer.r:
+                key = prefix + name.replace(".", "_")
+                out[key] = (found, layer.r["default"], float(layer.scaling["default"]))
     return out
 
 
@@ -154,10 +157,14 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
     return path, plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_maps_give_lycoris_ranks_and_alphas(pipe, preset, tmp_path, monkeypatch):
-    path, plan = _converted_plan(tmp_path, preset)
-    theirs = _theirs(_lycoris(pipe, path, monkeypatch))
+@pytest.mark.parametrize(
+    "preset, algo", [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")]
+)
+def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
+    """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
+    (alpha / dim; LoKr's layers with both factors full at 1)."""
+    path, plan = _converted_plan(tmp_path, preset, algo)
+    theirs = _theirs(_lycoris(pipe, path, monkeypatch, algo))
     ours = _ours(pipe, plan.adapter)
     assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
     assert sorted(set(ours) ^ set(theirs)) == []
