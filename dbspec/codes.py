@@ -1788,8 +1788,10 @@ file layers are ignored and the first one.""",
 `optimizer.split_first_step = "micro_batch"` (kohya's `--fused_optimizer_groups` with
 `gradient_accumulation_steps` > 1) steps the first chunk's optimizer between micro-batches, outside the grad
 scaler that fp16 mixed precision needs (`precision.mixed = "fp16"`, or `"auto"` picking it on a GPU without
-bf16): it would read gradients still multiplied by the loss scale. dbspec does not run that.""",
-        help='use precision.mixed = "bf16" or "no", or split_first_step = "step"',
+bf16): it would read gradients still multiplied by the loss scale. That is kohya's own arrangement, which
+`precision.fp16_gradients = "scaled_first"` (or `"scaled"`) says; without it dbspec does not run that.""",
+        help='set precision.fp16_gradients = "scaled_first" (kohya\'s), use precision.mixed = "bf16" or '
+        '"no", or split_first_step = "step"',
     ),
     # LyCORIS BOFT on a layer width its power2factorization cannot split: DBS390.
     Code(
@@ -2364,14 +2366,17 @@ of `optimizer.split`; with `split = 1` there is one optimizer, over every traine
     Code(
         "DBS555",
         ERROR,
-        "Still-scaled fp16 gradients without fp16 weights, or clipped",
+        "Still-scaled fp16 gradients where they cannot run",
         """\
-`precision.fp16_gradients = "scaled"` steps fp16 trained weights (`precision.weights = "fp16"`, kohya's
-`full_fp16`) from the gradients still multiplied by the grad scaler's scale, as kohya's
-`--fused_backward_pass` hooks do. It needs fp16 weights, and `optimizer.max_grad_norm = 0`: clipping a
-gradient that is still scaled would bound the scaled norm (kohya's hooks raise there: accelerate's scaler
-refuses to unscale twice).""",
-        help='set precision.weights = "fp16" and optimizer.max_grad_norm = 0, or remove fp16_gradients',
+`precision.fp16_gradients = "scaled"` steps the trained weights (fp16, kohya's `full_fp16`, or fp32) from the
+gradients still multiplied by fp16 mixed precision's grad scaler, as kohya's `--fused_backward_pass` hooks do;
+`"scaled_first"` steps the first chunk of `optimizer.split` so and the later ones through the grad scaler, as
+kohya's `--fused_optimizer_groups` hooks do. Both need fp16 mixed precision, fp16 or fp32 weights, and
+`optimizer.max_grad_norm = 0`: clipping a gradient that is still scaled would bound the scaled norm (kohya's
+hooks raise there: accelerate's scaler refuses to unscale twice); `"scaled_first"` also needs chunks that step
+after the first (`optimizer.split` 2 or more, `split_train = "all"`).""",
+        help='use precision.mixed = "fp16", fp16 or fp32 weights and optimizer.max_grad_norm = 0, or remove '
+        "fp16_gradients",
     ),
     # LyCORIS's GLoRA dropouts outside its bypass forward: DBS556.
     Code(

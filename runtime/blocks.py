@@ -77,7 +77,7 @@ def with_blocks(
             f"to train there; give some layers a rank, or freeze {component or 'the denoiser'} (train.*)",
             f"{table}[0].pattern" if blocks else table,
         )
-    return dataclasses.replace(
+    out = dataclasses.replace(
         config,
         rank_pattern=ranks,
         alpha_pattern=alphas,
@@ -85,6 +85,10 @@ def with_blocks(
         # with an excluded path (Flux's top-level proj_out would take the single blocks' proj_out along)
         exclude_modules="|".join(re.escape(p) for p in excluded) or None,
     )
+    custom = getattr(config, "_custom_modules", None)  # not a dataclass field: replace drops it
+    if custom:  # a custom layer's dispatch (DyLoRA's, runtime/dylora.py)
+        out._register_custom_module(custom)
+    return out
 
 
 def block_param_groups(
@@ -92,31 +96,34 @@ def block_param_groups(
 ) -> list[dict]:
     """The denoiser's optimizer groups split by block learning-rate scale (kohya's `unet_block<N>` groups at
     lr x the block's weight, LoRA+'s up group too) or the block's own rate (kohya's `network_reg_lrs` groups,
-    the LoRA+ up group, `ratio`, at rate x ratio); groups at scale 1 keep their name, so runs without scales
-    keep their optimizer state layout."""
-    if not any(b.lr_scale != 1.0 or b.lr for b in adapter.blocks):
+    the LoRA+ up group, `ratio`, at rate x ratio), and by the blocks' own `group` (`<name>_<group>`, at the
+    rate it would have); groups at scale 1 keep their name, so runs without scales keep their optimizer
+    state layout."""
+    if not any(b.lr_scale != 1.0 or b.lr or b.group for b in adapter.blocks):
         return groups
-    key: dict[int, tuple[float, float]] = {}
+    key: dict[int, tuple[float, float, str]] = {}
     for name, param in denoiser.named_parameters():
         # peft's LoRA, LoHa and LoKr parameters (and dbspec's scalars, DoRA scales) by their prefix
         found = re.search(r"\.(?:lora|hada|lokr)_", name)
         if param.requires_grad and found:
             block = block_of(adapter.blocks, name[: found.start()])
-            key[id(param)] = (block.lr_scale, block.lr) if block is not None else (1.0, 0.0)
+            key[id(param)] = (block.lr_scale, block.lr, block.group) if block is not None else (1.0, 0.0, "")
     out: list[dict] = []
     for group in groups:
         if not group["name"].startswith("denoiser"):
             out.append(group)
             continue
-        split: dict[tuple[float, float], list] = {}
+        split: dict[tuple[float, float, str], list] = {}
         for param in group["params"]:
-            split.setdefault(key.get(id(param), (1.0, 0.0)), []).append(param)
+            split.setdefault(key.get(id(param), (1.0, 0.0, "")), []).append(param)
         up = group["name"].endswith("_lora_up")
-        for (factor, own), params in split.items():
+        for (factor, own, unit), params in split.items():
+            suffix = f"_{unit}" if unit else ""
             if own:
                 rate = own * ratio if up and ratio else own
-                out.append({**group, "params": params, "lr": rate, "name": f"{group['name']}_lr{own:g}"})
+                name = f"{group['name']}_lr{own:g}{suffix}"
+                out.append({**group, "params": params, "lr": rate, "name": name})
                 continue
-            name = group["name"] if factor == 1.0 else f"{group['name']}_x{factor:g}"
+            name = (group["name"] if factor == 1.0 else f"{group['name']}_x{factor:g}") + suffix
             out.append({**group, "params": params, "lr": group["lr"] * factor, "name": name})
     return out

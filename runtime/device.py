@@ -36,7 +36,9 @@ def make_accelerator(plan: Plan):
             f"the plan was compiled for {plan.schedule.processes} process(es), but "
             f"{accelerator.num_processes} are running: compile it with the same launcher"
         )
-    if plan.precision.weights == "fp16":  # kohya's full_fp16: fp16 gradients need an unscaling grad scaler
+    # kohya's full_fp16: fp16 gradients need an unscaling grad scaler; still-scaled gradients (its fused
+    # hooks, fp16 or fp32 weights) a scaler that leaves them so
+    if plan.precision.weights == "fp16" or plan.precision.fp16_gradients != "unscaled":
         from dbspec.runtime.fp16_weights import use_fp16_weights_scaler
 
         use_fp16_weights_scaler(accelerator, plan.precision.fp16_gradients)

@@ -389,13 +389,16 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
     if s.lr_schedule == "polynomial_lr":
         return lr_scheduler.PolynomialLR(optimizer, total_iters=a.total_iters, power=s.power)
     bounds = _group_bounds(optimizer, a)
-    if s.lr_schedule == "cyclic":  # base_lr replaces every group's rate; max_lr 0 = each group's own rate
+    # max_lr 0: each group's own rate, or a peak of 0 (plan max_lr_zero "literal"), as TorchSchedulePlan.peak
+    peaks = [
+        a.peak(b.max_lr if bounds else a.max_lr, group["lr"])
+        for b, group in zip(bounds or [None] * len(optimizer.param_groups), optimizer.param_groups)
+    ]
+    if s.lr_schedule == "cyclic":  # base_lr replaces every group's rate
         return lr_scheduler.CyclicLR(
             optimizer,
             base_lr=[b.base_lr for b in bounds] if bounds else a.base_lr,
-            max_lr=[b.max_lr or group["lr"] for b, group in zip(bounds, optimizer.param_groups)]
-            if bounds
-            else a.max_lr or [group["lr"] for group in optimizer.param_groups],
+            max_lr=peaks if bounds or not a.max_lr else a.max_lr,
             step_size_up=a.step_size_up,
             step_size_down=a.step_size_down or None,
             mode=a.cyclic_mode,
@@ -404,13 +407,9 @@ def _torch_scheduler(optimizer: torch.optim.Optimizer, s: SchedulePlan):
             base_momentum=[b.base_momentum for b in bounds] if bounds else a.base_momentum,
             max_momentum=[b.max_momentum for b in bounds] if bounds else a.max_momentum,
         )
-    # one_cycle: max_lr 0 = each group's own rate (a list, one per group)
-    max_lr = a.max_lr or [group["lr"] for group in optimizer.param_groups]
-    if bounds:
-        max_lr = [b.max_lr or group["lr"] for b, group in zip(bounds, optimizer.param_groups)]
     return lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=max_lr,
+        max_lr=peaks if bounds or not a.max_lr else a.max_lr,
         total_steps=s.t_max,
         pct_start=a.pct_start,
         anneal_strategy=a.anneal_strategy,
@@ -431,7 +430,8 @@ def _group_bounds(optimizer: torch.optim.Optimizer, a) -> list:
     by_name = {b.name: b for b in a.groups}
     names = [group.get("name", "") for group in optimizer.param_groups]
     missing = [n for n in names if n not in by_name]
-    blocks = any(n.startswith(("denoiser_block", "denoiser_x", "denoiser_lr")) for n in names)
+    # block groups (denoiser_block<i>, denoiser_x<scale>, denoiser_lr<rate>, a block's own `_<group>`)
+    blocks = any(n.startswith("denoiser") and n not in ("denoiser", "denoiser_lora_up") for n in names)
     if blocks and missing and all(n.startswith("denoiser") for n in missing):
         raise OptimizerError(
             f"the denoiser's blocks leave parameters in the `{missing[0]}` group, which the schedule's "

@@ -13,6 +13,15 @@ step to its first optimizer only when --fused_backward_pass comes with the group
 clears it (kohya's first optimizer is not accelerate's wrapper, which defers the others' step and zero_grad to
 the last micro-batch), the loop calling `step_first_chunk` between micro-batches.
 
+`precision.fp16_gradients = "scaled_first"` (kohya's --fused_optimizer_groups under fp16 mixed precision, no
+clipping): the first chunk's optimizer (kohya's bare `optimizers[0]`) steps from the still-scaled gradients,
+never skipped, and the later ones (accelerate's wrappers in kohya) each through the grad scaler on its own
+(`ScaledFirstGradScaler.chunk_step`: unscale by the scale at that moment, skip on inf/NaN, update the scale),
+in the order their chunks' last gradients arrive in backward, which post-accumulate-grad hooks record as
+kohya's hooks count them; a chunk whose step was skipped does not step its LR schedule either (accelerate's
+AcceleratedScheduler). Stepping after backward in that order is the same arithmetic as kohya's stepping
+inside it: each chunk reads only its own gradients, and the loss was scaled before backward began.
+
 `SplitOptimizer` holds the chunk optimizers behind one optimizer's face (param_groups, step, zero_grad,
 state_dict), so accelerate, the grad scaler, the loop and the checkpoints see one optimizer; its state_dict
 holds every chunk's state under SPLIT_KEY. `SplitScheduler` steps one schedule per chunk (identical curves).
@@ -57,6 +66,31 @@ class SplitOptimizer(torch.optim.Optimizer):
         self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        # fp16_gradients = "scaled_first": the grad scaler the later chunks step through, each chunk's count
+        # of gradients arrived this micro-batch, the chunks complete in arrival order, which were skipped
+        self.scaler = None
+        self._sizes = [sum(len(g["params"]) for g in o.param_groups) for o in optimizers]
+        self._arrived = [0] * len(optimizers)
+        self._complete: list[int] = []
+        self.skipped = [False] * len(optimizers)
+
+    def scale_later_chunks(self, scaler) -> None:
+        """fp16_gradients = "scaled_first": step the chunks after the first through `scaler` (a
+        ScaledFirstGradScaler) one by one, in the order backward completes their gradients."""
+        self.scaler = scaler
+        for index, optimizer in enumerate(self.optimizers):
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.register_post_accumulate_grad_hook(lambda _p, index=index: self._arrive(index))
+
+    def _arrive(self, index: int) -> None:  # kohya's optimizer_hook counter
+        self._arrived[index] += 1
+        if self._arrived[index] == self._sizes[index]:
+            self._complete.append(index)
+
+    def _forget_arrivals(self) -> None:  # kohya resets its counters before each micro-batch
+        self._arrived = [0] * len(self.optimizers)
+        self._complete = []
 
     @property
     def state(self) -> dict:  # every chunk's per-parameter state (read: the dicts are the live ones)
@@ -66,8 +100,18 @@ class SplitOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: D102 - torch's signature
         if closure is not None:
             raise ValueError("the split optimizer's step takes no closure")
-        for optimizer in self.optimizers[: self.stepping]:
-            optimizer.step()
+        if self.scaler is None:
+            for optimizer in self.optimizers[: self.stepping]:
+                optimizer.step()
+            return
+        # scaled_first: the first from the scaled gradients, the later ones through the scaler as backward
+        # completed them (any that never completed, a tensor without gradient, after those, in order)
+        self.skipped = [False] * len(self.optimizers)
+        self.optimizers[0].step()
+        later = [i for i in self._complete if i > 0]
+        for index in later + [i for i in range(1, self.stepping) if i not in later]:
+            self.skipped[index] = not self.scaler.chunk_step(self.optimizers[index])
+        self._forget_arrivals()
 
     @torch.no_grad()
     def step_first_chunk(self) -> None:
@@ -75,8 +119,10 @@ class SplitOptimizer(torch.optim.Optimizer):
         (optimizer.split_first_step = "micro_batch", between micro-batches)."""
         self.optimizers[0].step()
         self.optimizers[0].zero_grad(set_to_none=True)
+        self._forget_arrivals()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self._forget_arrivals()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
 
@@ -112,14 +158,19 @@ def _inner(optimizer):
 
 
 class SplitScheduler:
-    """One LR schedule per chunk optimizer, stepped together; get_last_lr lists every group's rate."""
+    """One LR schedule per chunk optimizer, stepped together; get_last_lr lists every group's rate. A chunk
+    whose step the grad scaler skipped (`split.skipped`, fp16_gradients = "scaled_first") keeps its rate, as
+    accelerate's AcceleratedScheduler does for its own optimizer."""
 
-    def __init__(self, schedulers: list, stepping: int | None = None) -> None:
+    def __init__(self, schedulers: list, stepping: int | None = None, split: SplitOptimizer | None = None):
         self.schedulers = schedulers
         self.stepping = len(schedulers) if stepping is None else stepping  # SplitOptimizer.stepping
+        self.split = split
 
     def step(self) -> None:
         for index, scheduler in enumerate(self.schedulers):
+            if self.split is not None and self.split.skipped[index]:
+                continue
             with warnings.catch_warnings():
                 if (
                     index >= self.stepping
@@ -186,7 +237,8 @@ def make_split(
         )
     schedulers = [make_lr_scheduler(optimizer, plan.schedule) for optimizer in optimizers]
     stepping = 1 if plan.optimizer.split_train == "first" else len(optimizers)
-    return SplitOptimizer(optimizers, spans, stepping), SplitScheduler(schedulers, stepping)
+    split = SplitOptimizer(optimizers, spans, stepping)
+    return split, SplitScheduler(schedulers, stepping, split)
 
 
 def _split_of(optimizer) -> SplitOptimizer | None:
@@ -202,6 +254,15 @@ def step_first_chunk(optimizer) -> None:
     if split is None:
         raise OptimizerError("optimizer.split_first_step needs optimizer.split > 1 (DBS554)")
     split.step_first_chunk()
+
+
+def scale_later_chunks(optimizer, scaler) -> None:
+    """precision.fp16_gradients = "scaled_first": the split optimizer (behind accelerate's wrapper) steps its
+    later chunks through `scaler` one by one."""
+    split = _split_of(optimizer)
+    if split is None:
+        raise OptimizerError('precision.fp16_gradients = "scaled_first" needs optimizer.split > 1 (DBS555)')
+    split.scale_later_chunks(scaler)
 
 
 def run_optimizer_chunks(optimizer) -> list[str]:

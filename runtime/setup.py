@@ -28,7 +28,7 @@ from dbspec.runtime.max_norm import lycoris_norm_modules, norm_modules
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
-from dbspec.runtime.optim_split import make_split, run_optimizer_chunks
+from dbspec.runtime.optim_split import make_split, run_optimizer_chunks, scale_later_chunks
 from dbspec.runtime.rounding import with_stochastic_rounding
 from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
 from dbspec.runtime.generate import generate_class_images
@@ -178,6 +178,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
             "validation and evaluation run on the first process alone and cannot sample a sharded model yet: "
             'turn them off, or use distributed.strategy = "ddp"'
         )
+    if plan.precision.fp16_gradients == "scaled_first":  # kohya's fused groups: later chunks via the scaler
+        scale_later_chunks(optimizer, accelerator.scaler)
     if plan.optimizer.split > 1 and accelerator.is_main_process:  # the chunks the tensors came to
         (console or Console(stderr=True)).print(
             f"note: optimizer.split: {len(run_optimizer_chunks(optimizer))} optimizers over "

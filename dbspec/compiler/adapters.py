@@ -79,6 +79,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 lr_scale=b.lr_scale,
                 lr=b.lr,
+                group=b.group,
             )
             for b in adapter.blocks
         )
@@ -128,9 +129,10 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 
 
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
-    """DyLoRA (kohya networks.dylora, LyCORIS algo=dylora): a LoRA's rank, alpha and convolutions, plus the
-    block size, whose training forward and LyCORIS's module dropout and bypass forward; its parameters are
-    LoRA's at the same ranks."""
+    """DyLoRA (kohya networks.dylora, LyCORIS algo=dylora): a LoRA's rank, alpha, convolutions and per-module
+    blocks, plus the block size, whose training forward and LyCORIS's module dropout and bypass forward; its
+    parameters are LoRA's at the same ranks."""
+    conv = adapter.conv_rank > 0
     plan = AdapterPlan(
         kind="dylora",
         **_low_rank(adapter, family, targets_given),
@@ -138,6 +140,20 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         dylora_form=adapter.dylora_form,
         module_dropout=adapter.module_dropout,
         bypass=adapter.bypass,
+        # per-module ranks and alphas (kohya --dim_from_weights, LyCORIS's alphas from --network_weights)
+        blocks=tuple(
+            BlockPlan(
+                pattern=b.pattern,
+                rank=b.rank,
+                alpha=b.alpha,
+                conv_rank=b.conv_rank if conv else 0,
+                conv_alpha=b.conv_alpha if conv else 1.0,
+            )
+            for b in adapter.blocks
+        ),
+        text_encoder_blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
+        ),
     )
     return attrs.evolve(plan, params=adapter_params(adapter, family, components, plan.denoiser_targets))
 

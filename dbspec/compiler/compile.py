@@ -12,7 +12,7 @@ from dbspec.compiler.adapters import adapter_plan
 from dbspec.compiler.boft_widths import check_boft_widths
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
-from dbspec.compiler.group_bounds import plan_group_bounds
+from dbspec.compiler.group_bounds import plan_group_bounds, table_names
 from dbspec.compiler.pivotal import plan_pivotal
 from dbspec.compiler.captions import settle as settle_captions
 from dbspec.compiler.context import Context
@@ -522,13 +522,14 @@ def logging_plan(spec: Spec, out: Path) -> LoggingPlan:
 def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
     """The optimizer's settings as the plan records them."""
     o = spec.optimizer
-    second = _second_text_encoder_lr(o, model, _second_trains(spec, model))
+    named = table_names(spec.schedule)
+    second = _second_text_encoder_lr(o, model, _second_trains(spec, model), "text_encoder_2" in named)
     return OptimizerPlan(
         kind=o.kind,
         lr=o.lr,
         text_encoder_lr=o.text_encoder_lr,
         text_encoder_2_lr=second,
-        text_encoder_3_lr=_third_text_encoder_lr(spec, model, second),
+        text_encoder_3_lr=_third_text_encoder_lr(spec, model, second, "text_encoder_3" in named),
         weight_decay=o.weight_decay,
         betas=tuple(o.betas),
         eps=o.eps,
@@ -575,16 +576,19 @@ def _second_trains(spec: Spec, model) -> bool:
     return spec.train.text_encoder_2
 
 
-def _second_text_encoder_lr(o, model, trains: bool = True) -> float | None:
-    """The second text encoder's own rate: only for a family with two, when it trains, and when it differs."""
+def _second_text_encoder_lr(o, model, trains: bool = True, named: bool = False) -> float | None:
+    """The second text encoder's own rate: only for a family with two, when it trains, and when it differs
+    or a schedule.base_lr / max_lr table names `text_encoder_2` (its own group at the same rate: kohya's
+    per-group lists may give the encoders their own bounds)."""
     two = trains and model is not None and len(family_spec(model.family).text_encoders) > 1
-    return o.text_encoder_2_lr if two and o.text_encoder_2_lr != o.text_encoder_lr else None
+    return o.text_encoder_2_lr if two and (named or o.text_encoder_2_lr != o.text_encoder_lr) else None
 
 
-def _third_text_encoder_lr(spec: Spec, model, second: float | None) -> float | None:
+def _third_text_encoder_lr(spec: Spec, model, second: float | None, named: bool = False) -> float | None:
     """The third text encoder's own rate (SD3's T5-XXL with train.t5, kohya lora_sd3's text_encoder_lr[2]):
     only when it trains and differs from the rate of the second's group (text_encoder_2_lr when that has its
-    own group, else text_encoder_lr), which it joins otherwise."""
+    own group, else text_encoder_lr), which it joins otherwise, or when a schedule table names
+    `text_encoder_3`."""
     if model is None or not spec.train.t5:
         return None
     encoders = family_spec(model.family).text_encoders
@@ -594,7 +598,7 @@ def _third_text_encoder_lr(spec: Spec, model, second: float | None) -> float | N
         return None
     o = spec.optimizer
     shared = second if second is not None else o.text_encoder_lr
-    return o.text_encoder_3_lr if o.text_encoder_3_lr != shared else None
+    return o.text_encoder_3_lr if named or o.text_encoder_3_lr != shared else None
 
 
 def _loraplus(spec, name: str) -> float:

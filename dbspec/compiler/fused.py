@@ -26,17 +26,22 @@ def targeted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
 
-def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float]:
-    """(rank, alpha, learning-rate scale) of a linear module at `path`: its block's (the first pattern that
-    matches), else the adapter's; rank 0 when the targets do not name it."""
+def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
+    """(rank, alpha, learning-rate scale, optimizer group of its own) of a linear module at `path`: its
+    block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
-        return 0, 0.0, 1.0
+        return 0, 0.0, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
-    return (adapter.rank, adapter.alpha, 1.0) if block is None else (block.rank, block.alpha, block.lr_scale)
+    if block is None:
+        return adapter.rank, adapter.alpha, 1.0, ""
+    return block.rank, block.alpha, block.lr_scale, block.group
 
 
-def _adapted(group: FusedProjection, index: int, adapter: AdapterPlan) -> dict[str, tuple[int, float, float]]:
-    """The parts of block `index` of the group that get a LoRA: part -> (rank, alpha, learning-rate scale)."""
+def _adapted(
+    group: FusedProjection, index: int, adapter: AdapterPlan
+) -> dict[str, tuple[int, float, float, str]]:
+    """The parts of block `index` of the group that get a LoRA: part -> (rank, alpha, learning-rate scale,
+    optimizer group of its own)."""
     out = {}
     for part in group.parts:
         found = _rank(f"{group.blocks}.{index}.{part}", adapter)
@@ -114,16 +119,20 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
         for index in _INDICES:
             found = _adapted(group, index, plan)
             if len(set(found.values())) > 1:
-                shown = ", ".join(f"{p} rank {r} alpha {a:g} lr x {lr:g}" for p, (r, a, lr) in found.items())
+                shown = ", ".join(
+                    f"{p} rank {r} alpha {a:g} lr x {lr:g}" + (f" group {g}" if g else "")
+                    for p, (r, a, lr, g) in found.items()
+                )
                 ctx.report(
                     "DBS507",
                     "error",
                     f"adapter.fused_projections shares one down-projection among the parts of "
                     f"{group.blocks}.{index}'s fused {group.kohya_name}, but they get different ranks, "
-                    f"alphas or learning-rate scales: {shown}",
+                    f"alphas, learning-rate scales or optimizer groups: {shown}",
                     ("adapter", "blocks") if plan.blocks else _OPTION,
-                    help="give the parts of a fused layer one rank, alpha and lr_scale ([[adapter.blocks]] "
-                    "patterns that match them all), or set adapter.fused_projections = false",
+                    help="give the parts of a fused layer one rank, alpha, lr_scale and group "
+                    "([[adapter.blocks]] patterns that match them all), or set "
+                    "adapter.fused_projections = false",
                 )
                 return
             if found and len(found) < len(group.parts):

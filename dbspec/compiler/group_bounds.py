@@ -4,13 +4,15 @@ a list).
 
 The optimizer's groups are named here as the runtime builds them (runtime/optim.py `param_groups`, then the
 pivotal tokens' group), torch-free, from the plan's decisions; the tables must name each exactly once
-(DBS416), and the plan shows every group's bounds and LR curve. Blocks that scale the rate (`lr_scale`,
-kohya's block lr weights) make one group per scale, `denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with
-LoRA+), blocks at a rate of their own (`lr`, kohya Flux's network_reg_lrs) one per rate, `denoiser_lr<rate>`;
-a full fine-tune's `[[optimizer.blocks]]` one per block at a rate above 0, `denoiser_block<i>`. The `denoiser`
-group then holds only the parameters no block matches, and a block group may match none: the tables may leave
-those out (kohya's lists have no value for them), and the runtime refuses a run where a group they leave out
-holds parameters.
+(DBS416), and the plan shows every group's bounds and LR curve. A second or third text encoder that trains in
+the first's (or second's) group at one rate gets a group of its own when a table names it (`text_encoder_2`,
+`text_encoder_3`: kohya gives each encoder its own group, and its lists may give them different bounds).
+Blocks that scale the rate (`lr_scale`, kohya's block lr weights) make one group per scale,
+`denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with LoRA+), blocks at a rate of their own (`lr`, kohya
+Flux's network_reg_lrs) one per rate, `denoiser_lr<rate>`; a full fine-tune's `[[optimizer.blocks]]` one per
+block at a rate above 0, `denoiser_block<i>`. The `denoiser` group then holds only the parameters no block
+matches, and a block group may match none: the tables may leave those out (kohya's lists have no value for
+them), and the runtime refuses a run where a group they leave out holds parameters.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ GROUP_BOUNDS = {"cyclic": ("base_lr", "max_lr"), "one_cycle": ("max_lr",)}
 MOMENTUM_BOUNDS = ("base_momentum", "max_momentum")
 
 
+def table_names(s) -> frozenset[str]:
+    """The group names the spec's per-group tables (`[schedule]`, `s`) give, for the schedules that use them:
+    a table naming `text_encoder_2` or `text_encoder_3` gives that encoder its own group, at its rate
+    (compile.optimizer_plan keeps its rate in the plan, so the runtime builds the group)."""
+    if s.lr_schedule not in GROUP_BOUNDS:
+        return frozenset()
+    keys = GROUP_BOUNDS[s.lr_schedule] + (MOMENTUM_BOUNDS if s.cycle_momentum else ())
+    return frozenset(name for key in keys if isinstance(getattr(s, key), dict) for name in getattr(s, key))
+
+
 def optimizer_groups(
     model: ModelPlan,
     precision: PrecisionPlan,
@@ -42,12 +54,14 @@ def optimizer_groups(
     pivotal: PivotalPlan | None,
     scales: tuple[float, ...] = (),
     rates: tuple[float, ...] = (),
+    units: tuple[tuple[float, float, str], ...] = (),
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
     encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
     pivotal tokens'. `scales`: the adapter blocks' learning-rate scales other than 1, each a group of the
     denoiser's (and of its LoRA+ up group) at rate x scale, `<name>_x<scale>`; `rates`: the blocks' own
-    rates, each a group `<name>_lr<rate>` (runtime/blocks.py)."""
+    rates, each a group `<name>_lr<rate>` (runtime/blocks.py); `units`: (scale, own rate, group) of the
+    blocks with a group of their own, `<name>[_x<scale> | _lr<rate>]_<group>`."""
     trains = {c.name: c.trainable != "frozen" for c in precision.components}
     groups: list[tuple[str, float]] = []
 
@@ -66,6 +80,12 @@ def optimizer_groups(
             groups.append((f"denoiser_lr{rate:g}", rate))
             if o.loraplus_denoiser_ratio:
                 groups.append((f"denoiser_lora_up_lr{rate:g}", rate * o.loraplus_denoiser_ratio))
+        for scale, rate, unit in units:
+            tag = f"_lr{rate:g}" if rate else "" if scale == 1.0 else f"_x{scale:g}"
+            lr = rate or o.lr * scale
+            groups.append((f"denoiser{tag}_{unit}", lr))
+            if o.loraplus_denoiser_ratio:
+                groups.append((f"denoiser_lora_up{tag}_{unit}", lr * o.loraplus_denoiser_ratio))
         # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
         groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
     names = family_spec(model.family).text_encoder_names
@@ -104,10 +124,18 @@ def plan_group_bounds(
     blocks = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.rank or getattr(b, "conv_rank", 0)]
     # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
     # per scale and per rate, as runtime/blocks.py names them
-    scales = tuple(dict.fromkeys(b.lr_scale for b in blocks if b.lr_scale != 1.0 and not b.lr))
-    rates = tuple(dict.fromkeys(b.lr for b in blocks if b.lr))
-    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates)
-    if optimizer.blocks or scales or rates:
+    # (a DyLoRA's blocks have no rates or groups: getattr)
+    plain = [b for b in blocks if not getattr(b, "group", "")]
+    scales = tuple(
+        dict.fromkeys(
+            s for b in plain if (s := getattr(b, "lr_scale", 1.0)) != 1.0 and not getattr(b, "lr", 0)
+        )
+    )
+    rates = tuple(dict.fromkeys(b.lr for b in plain if getattr(b, "lr", 0)))
+    # blocks with a group of their own (kohya networks.lora's per-block groups)
+    units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if getattr(b, "group", "")))
+    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates, units)
+    if optimizer.blocks or scales or rates or units:
         # which of the denoiser's groups hold parameters depends on the modules the patterns match: the
         # tables may leave out its own group and the scale groups (the runtime refuses a run where one the
         # tables leave out holds parameters)

@@ -300,7 +300,7 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
 
         index = module.name[: -len(group.kohya_name) - 1].rsplit("_", 1)[-1]
         found = [_rank(f"{group.blocks}.{index}.{p}", adapter) for p in group.parts]
-        rank, alpha = next(((r, a) for r, a, _ in found if r), (0, 0.0))
+        rank, alpha = next(((r, a) for r, a, *_ in found if r), (0, 0.0))
         if not rank:
             return (
                 f"tensor {tensor} adapts the fused {group.kohya_name} of block {index}, none of whose "

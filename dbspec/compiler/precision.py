@@ -216,15 +216,35 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         stochastic_rounding=weights == "bf16" and p.weights_rounding == "stochastic",
         quantize_backend=p.quantize_backend,
         compile=_compile_plan(p.compile, parts),
-        fp16_gradients=p.fp16_gradients if weights == "fp16" else "unscaled",  # DBS555 refuses it otherwise
+        fp16_gradients=_fp16_gradients(ctx, mixed),
     )
+
+
+def _fp16_gradients(ctx: Context, mixed: str) -> str:
+    """precision.fp16_gradients: still-scaled gradients need the grad scaler of fp16 mixed precision (settled
+    here); the spec rule scaled_fp16_gradients checks the rest (DBS555)."""
+    value = ctx.spec.precision.fp16_gradients
+    if value == "unscaled" or ctx.spec.precision.weights == "bf16" or mixed == "fp16":
+        return value if mixed == "fp16" else "unscaled"
+    ctx.report(
+        "DBS555",
+        "error",
+        f'precision.fp16_gradients = "{value}" under {mixed} mixed precision: only fp16 mixed precision '
+        "scales the loss, so there is no scaled gradient to step from",
+        ("precision", "fp16_gradients"),
+        help='use precision.mixed = "fp16", or remove precision.fp16_gradients',
+    )
+    return "unscaled"
 
 
 def _check_micro_batch_split_step(ctx: Context, mixed: str) -> None:
     """optimizer.split_first_step = "micro_batch" steps the first chunk's optimizer between micro-batches,
-    outside the grad scaler, which fp16 mixed precision needs (the mixed precision is settled here)."""
+    outside the grad scaler, which fp16 mixed precision needs (the mixed precision is settled here), unless
+    that chunk steps from the still-scaled gradients anyway (fp16_gradients = "scaled_first", kohya's)."""
     o = ctx.spec.optimizer
     if mixed != "fp16" or o.split <= 1 or o.split_first_step != "micro_batch":
+        return
+    if ctx.spec.precision.fp16_gradients in ("scaled_first", "scaled"):
         return
     ctx.report(
         "DBS389",
@@ -232,7 +252,8 @@ def _check_micro_batch_split_step(ctx: Context, mixed: str) -> None:
         'optimizer.split_first_step = "micro_batch" under fp16 mixed precision: the first chunk\'s optimizer '
         "would step from gradients the grad scaler has not unscaled yet (dbspec does not run that)",
         ("optimizer", "split_first_step"),
-        help='use precision.mixed = "bf16" or "no", or split_first_step = "step"',
+        help='set precision.fp16_gradients = "scaled_first" (kohya\'s), use precision.mixed = "bf16" or '
+        '"no", or split_first_step = "step"',
     )
 
 

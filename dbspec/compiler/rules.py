@@ -362,7 +362,7 @@ _SCHEDULE_SETTING_USERS.update(
         },
         **{
             key: ("one_cycle", "cyclic")
-            for key in ("max_lr", "cycle_momentum", "base_momentum", "max_momentum")
+            for key in ("max_lr", "max_lr_zero", "cycle_momentum", "base_momentum", "max_momentum")
         },
         **{key: ("cyclic",) for key in ("base_lr", "step_size_up", "step_size_down", "cyclic_mode")},
     }
@@ -2716,28 +2716,42 @@ def split_chunk_options(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def scaled_fp16_gradients(spec: Spec, given: Given) -> Iterator[Hit]:
-    """precision.fp16_gradients = "scaled" steps fp16 weights from still-scaled gradients: fp16 weights, no
-    clipping."""
+    """precision.fp16_gradients = "scaled" / "scaled_first" step from still-scaled gradients: fp16 or fp32
+    weights (not bf16, which fp16 mixed precision does not hold), no clipping; "scaled_first" over the chunks
+    of optimizer.split, all of them stepping. (fp16 mixed precision itself: compiler/precision.py.)"""
     p, o = spec.precision, spec.optimizer
-    if p.fp16_gradients != "scaled":
+    if p.fp16_gradients == "unscaled":
         return
-    if p.weights != "fp16":
+    value = p.fp16_gradients
+    if p.weights == "bf16":
         yield _err(
             "DBS555",
             ("precision", "fp16_gradients"),
-            f'precision.fp16_gradients = "scaled" with precision.weights = "{p.weights}": only fp16 trained '
-            "weights step from fp16 gradients",
-            'set precision.weights = "fp16" (kohya\'s full_fp16), or remove precision.fp16_gradients',
+            f'precision.fp16_gradients = "{value}" with precision.weights = "bf16": only fp16 or fp32 '
+            "trained weights step under fp16 mixed precision's grad scaler",
+            'set precision.weights = "fp16" (kohya\'s full_fp16) or "fp32", or remove '
+            "precision.fp16_gradients",
         )
     if o.max_grad_norm > 0:
         yield _err(
             "DBS555",
             ("optimizer", "max_grad_norm"),
-            f'optimizer.max_grad_norm = {o.max_grad_norm:g} with precision.fp16_gradients = "scaled": the '
+            f'optimizer.max_grad_norm = {o.max_grad_norm:g} with precision.fp16_gradients = "{value}": the '
             "gradients are still multiplied by the grad scaler's scale, so a clip would bound the scaled "
             "norm",
             'set optimizer.max_grad_norm = 0, or remove precision.fp16_gradients ("unscaled" clips unscaled '
             "gradients)",
+        )
+    if value == "scaled_first" and (o.split <= 1 or o.split_train == "first"):
+        what = f"optimizer.split = {o.split}" if o.split <= 1 else 'optimizer.split_train = "first"'
+        yield _err(
+            "DBS555",
+            ("precision", "fp16_gradients"),
+            f'precision.fp16_gradients = "scaled_first" with {what}: it steps the first chunk of '
+            "optimizer.split from the scaled gradients and the later ones through the grad scaler, and "
+            "there are no later chunks that step",
+            'set optimizer.split to 2 or more with split_train = "all" (kohya\'s fused_optimizer_groups), or '
+            'use fp16_gradients = "scaled"',
         )
 
 
@@ -2951,18 +2965,23 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DyLoRA's rank and conv_rank are whole blocks of adapter.unit (DBS548; kohya and LyCORIS assert it)."""
+    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit (DBS548; kohya and
+    LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
         return
-    for key in ("rank", "conv_rank"):
-        value = getattr(a, key)
+    found = [(("adapter", key), f"adapter.{key}", getattr(a, key)) for key in ("rank", "conv_rank")]
+    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank
+        for i, block in enumerate(getattr(a, table)):
+            for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
+                found.append((("adapter", table, i, key), f"adapter.{table}[{i}].{key}", getattr(block, key)))
+    for path, name, value in found:
         if value % a.unit:
             yield _err(
                 "DBS548",
-                ("adapter", key),
-                f"adapter.{key} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one "
-                "block of unit ranks per step)",
+                path,
+                f"{name} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one block of "
+                "unit ranks per step)",
                 codes.help("DBS548"),
             )
 
@@ -2984,6 +3003,11 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     if a.conv_rank and a.conv_rank != a.unit:
         why.append(f"adapter.conv_rank = {a.conv_rank} is {a.conv_rank // max(a.unit, 1)} blocks of {a.unit}")
+    for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
+        for i, block in enumerate(getattr(a, table)):
+            ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
+            if any(r and r != a.unit for r in ranks):
+                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // a.unit} blocks")
     if why:
         yield _err(
             "DBS549",
@@ -3233,7 +3257,7 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.blocks]] entry's own `lr` excludes its `lr_scale` and needs a training denoiser
     (DBS564)."""
     for i, b in enumerate(getattr(spec.adapter, "blocks", ()) or ()):
-        if not b.lr:
+        if not getattr(b, "lr", 0):  # a DyLoRA's blocks have no rates
             continue
         why = ""
         if b.lr_scale != 1.0:

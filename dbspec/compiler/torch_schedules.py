@@ -103,7 +103,7 @@ def _anneal(strategy: str, start: float, end: float, pct: float) -> float:
 def one_cycle(step: int, lr: float, total: int, a: TorchSchedulePlan) -> tuple[float, float]:
     """OneCycleLR's (lr, momentum) after `step` scheduler steps, for a group whose rate is `lr` (used when
     max_lr is 0) and total_steps `total`."""
-    peak = a.max_lr or lr
+    peak = a.peak(a.max_lr, lr)
     initial = peak / a.div_factor
     values = {
         "initial": initial,
@@ -140,7 +140,7 @@ def cyclic(step: int, lr: float, a: TorchSchedulePlan) -> tuple[float, float]:
         scale = 1 / (2.0 ** (cycle - 1))
     else:  # exp_range: scale_mode "iterations"
         scale = a.gamma**step
-    peak = a.max_lr or lr
+    peak = a.peak(a.max_lr, lr)
     rate = a.base_lr + (peak - a.base_lr) * scale_factor * scale
     momentum = a.max_momentum - (a.max_momentum - a.base_momentum) * scale_factor * scale
     return rate, momentum
@@ -178,6 +178,7 @@ def torch_schedule_plan(s: Schedule) -> TorchSchedulePlan | None:
         step_size_up=s.step_size_up,
         step_size_down=s.step_size_down,
         cyclic_mode=s.cyclic_mode,
+        max_lr_zero=s.max_lr_zero,
     )
 
 

@@ -199,6 +199,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "multiplier"): 1.0,
         ("adapter", "blocks"): [],  # per-block ranks and learning rates: none then
         ("adapter", "blocks", "*", "lr"): 0.0,  # a block's own rate (kohya network_reg_lrs), added since
+        ("adapter", "blocks", "*", "group"): "",  # a block's own optimizer group, added since
+        ("adapter", "text_encoder_blocks", "*", "group"): "",
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then
@@ -295,6 +297,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "blocks"): [],  # per-block denoiser rates (kohya sdxl_train.py block_lr), added since
         ("adapter", "bypass"): False,  # LyCORIS bypass_mode for GLoRA / OFT, added since
         ("adapter", "bypass_dropout"): 0.0,
+        ("schedule", "torch", "max_lr_zero"): "own_lr",  # a max_lr of 0 always each group's rate then
     },
 }
 

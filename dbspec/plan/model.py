@@ -111,6 +111,7 @@ class BlockPlan:
     conv_alpha: float = 1.0
     lr_scale: float = 1.0
     lr: float = 0.0  # the adapters' own rate in place of the denoiser's times lr_scale; 0: not set
+    group: str = ""  # an optimizer group of their own: the group's name + "_" + this; "": none
 
 
 @frozen
@@ -518,6 +519,13 @@ class TorchSchedulePlan:
     # per-group bounds (a table in schedule.base_lr or max_lr), every optimizer group in the runtime's order;
     # () = base_lr and max_lr above hold for every group (the number form)
     groups: tuple[GroupBoundsPlan, ...] = ()
+    # what a max_lr of 0 (the number, or a group's) stands for: "own_lr" each group's own rate, "literal" a
+    # peak of 0 as torch reads it (schedule.max_lr_zero; kohya's max_lr=0)
+    max_lr_zero: str = "own_lr"
+
+    def peak(self, max_lr: float, rate: float) -> float:
+        """The peak torch receives for a group whose max_lr is `max_lr` and whose own rate is `rate`."""
+        return max_lr if max_lr or self.max_lr_zero == "literal" else rate
 
 
 @frozen
@@ -745,9 +753,11 @@ class PrecisionPlan:
     # The library that quantises the components whose `quantized` is not "none" (runtime/quantize.py).
     quantize_backend: Literal["quanto", "torchao", "bitsandbytes", "cast"] = "quanto"
     compile: CompilePlan | None = None  # torch.compile of the trained networks; None: eager
-    # fp16 weights: "scaled" = the optimizer steps from the gradients still multiplied by the grad scaler's
-    # initial scale, never unscaled, updated or skipped (kohya's --full_fp16 --fused_backward_pass, no clip)
-    fp16_gradients: Literal["unscaled", "scaled"] = "unscaled"
+    # fp16 mixed precision: "scaled" = the optimizer steps from the gradients still multiplied by the grad
+    # scaler's initial scale, never unscaled, updated or skipped (kohya's --fused_backward_pass, no clip);
+    # "scaled_first" = optimizer.split's first chunk so, the later ones each through the grad scaler in
+    # backward's order (kohya's --fused_optimizer_groups, no clip)
+    fp16_gradients: Literal["unscaled", "scaled", "scaled_first"] = "unscaled"
 
 
 @frozen

@@ -630,7 +630,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
             (
                 f"  block /{block.pattern}/",
                 f"rank {block.rank} alpha {block.alpha:g}{conv}, "
-                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}"),
+                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
+                + (f", optimizer group of its own (`_{block.group}`)" if block.group else ""),
             )
         )
     for block in a.text_encoder_blocks:
@@ -745,14 +746,23 @@ def pivotal_summary(p) -> str:
 
 
 def fp16_scaler_summary(gradients: str = "unscaled") -> str:
-    """The grad scaler of fp16 trained weights (precision.weights = "fp16"): dynamic, or (fp16_gradients =
-    "scaled") a fixed scale the optimizer steps under."""
+    """The grad scaler of fp16 trained weights (precision.weights = "fp16") or of still-scaled gradients:
+    dynamic, (fp16_gradients = "scaled") a fixed scale the optimizer steps under, or ("scaled_first") the
+    first chunk stepped under it and the others through the dynamic scaler one by one."""
     s = FP16_GRAD_SCALER
     if gradients == "scaled":
         return (
-            f"fp16 gradients NOT unscaled (precision.fp16_gradients = scaled): the loss "
+            f"gradients NOT unscaled (precision.fp16_gradients = scaled): the loss "
             f"x{s['init_scale']:g}, a fixed scale; the optimizer steps from the scaled gradients, no step "
-            "skipped (kohya's --full_fp16 --fused_backward_pass hooks)"
+            "skipped (kohya's --fused_backward_pass hooks)"
+        )
+    if gradients == "scaled_first":
+        return (
+            "first chunk's gradients NOT unscaled (precision.fp16_gradients = scaled_first): its optimizer "
+            "steps from the gradients of loss x scale, never skipped; each later chunk, in backward's order, "
+            f"unscaled by the scale at that moment, skipped on inf/NaN (its LR schedule too), the scale "
+            f"x{s['backoff_factor']:g} then, x{s['growth_factor']:g} after {s['growth_interval']} finite "
+            f"chunk steps (start {s['init_scale']:g}; kohya's --fused_optimizer_groups hooks)"
         )
     return (
         f"fp16 gradients unscaled (kohya's patched scaler): scale {s['init_scale']:g} to start, "
@@ -808,6 +818,8 @@ def training_table(plan: Plan) -> Table:
         t.add_row("trained weights", f"{held}, {how}")
         if plan.precision.weights == "fp16":
             t.add_row("grad scaler", fp16_scaler_summary(plan.precision.fp16_gradients))
+    elif plan.precision.fp16_gradients != "unscaled":  # fp32 weights under fp16 mixed precision
+        t.add_row("grad scaler", fp16_scaler_summary(plan.precision.fp16_gradients))
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
@@ -1099,7 +1111,9 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         f"each {o.kind} estimates its step size d over its own chunk (logged as d*lr, d*lr/1, d*lr/2, ...)"
         if alike
         else f"the same updates as one {o.kind} (it updates each tensor on its own)"
-        if o.split_train == "all" and o.split_first_step == "step"
+        if o.split_train == "all"
+        and o.split_first_step == "step"
+        and plan.precision.fp16_gradients != "scaled_first"
         else f"each {o.kind} updates its own tensors"
     )
     return [
@@ -1243,7 +1257,7 @@ def _torch_schedule(s) -> str:
     if a is None:
         return ""
     if s.lr_schedule == "one_cycle":
-        peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+        peak = f"max_lr {a.max_lr:g}" if a.peak(a.max_lr, 1.0) == a.max_lr else "max_lr = each group's lr"
         momentum = (
             f", momentum/beta1 cycled {a.max_momentum:g} -> {a.base_momentum:g} -> {a.max_momentum:g}"
             if a.cycle_momentum
@@ -1304,7 +1318,7 @@ def _group_bounds(a, keys: tuple[str, ...]) -> str:
     momenta = len({(g.base_momentum, g.max_momentum) for g in a.groups}) > 1 and a.cycle_momentum
     parts = []
     for g in a.groups:
-        peak = f"{g.max_lr:g}" if g.max_lr else f"{g.rate:g} (its lr)"
+        peak = f"{g.max_lr:g}" if a.peak(g.max_lr, 1.0) == g.max_lr else f"{g.rate:g} (its lr)"
         part = f"{g.name} {g.base_lr:g} -> {peak}" if "base_lr" in keys else f"{g.name} {peak}"
         parts.append(part + (f" (momentum {g.max_momentum:g} -> {g.base_momentum:g})" if momenta else ""))
     return ", ".join(parts)
@@ -1328,7 +1342,7 @@ def _cyclic(a) -> str:
             f" (torch CyclicLR), per group base_lr -> max_lr: {_group_bounds(a, ('base_lr', 'max_lr'))}; "
             f"{a.cyclic_mode}{gamma}, up {a.step_size_up} / down {down}" + _group_momentum(a)
         )
-    peak = f"max_lr {a.max_lr:g}" if a.max_lr else "max_lr = each group's lr"
+    peak = f"max_lr {a.max_lr:g}" if a.peak(a.max_lr, 1.0) == a.max_lr else "max_lr = each group's lr"
     down = a.step_size_down or a.step_size_up
     gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
     momentum = (

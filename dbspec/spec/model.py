@@ -410,6 +410,15 @@ class AdapterBlock:
         minimum=0,
         example=1e-3,
     )
+    group: str = option(
+        "",
+        doc="An optimizer group of their own for the matched adapters, at the same rate: the name of the "
+        "group they would train in (`denoiser`, `denoiser_x<lr_scale>`, `denoiser_lr<lr>`; LoRA+'s up "
+        "matrices `denoiser_lora_up...`) followed by `_<group>`, e.g. `denoiser_x0.5_unet_block4`, which "
+        "schedule.base_lr / max_lr tables name to give it bounds of its own (kohya networks.lora's per-block "
+        "groups); blocks with one group name and rate share the group. Empty: no group of their own.",
+        example="unet_block4",
+    )
 
 
 @frozen
@@ -448,6 +457,35 @@ def _text_encoder_blocks():
         "tables, kohya `--dim_from_weights` files whose text-encoder modules differ in rank, LyCORIS preset "
         "files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep `rank` and `alpha`.",
     )
+
+
+@frozen
+class DyloraBlock:
+    """Rank and alpha of the denoiser modules one pattern names in a DyLoRA (kohya networks.dylora
+    `--dim_from_weights`: each module of the file at its own rank and alpha; LyCORIS algo=dylora
+    `--network_weights`: each module the file names at the file's alpha)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its rank and alpha.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of the matched linear (and 1x1) layers, a multiple of the adapter's `unit`; 0 adapts none "
+        "of them.",
+        minimum=0,
+        maximum=1024,
+    )
+    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
+        "of `unit`; 0 adapts none.",
+        minimum=0,
+        maximum=1024,
+    )
+    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
 
 @frozen
@@ -955,6 +993,19 @@ class DyloraAdapter:
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
+    blocks: list[DyloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the denoiser's DyLoRA layers ([[adapter.blocks]] tables: kohya "
+        "networks.dylora `--dim_from_weights` files whose modules differ in rank or alpha, LyCORIS "
+        "algo=dylora `--network_weights` alphas): modules no block matches keep `rank`, `alpha`, "
+        "`conv_rank` and `conv_alpha`. Each layer draws among its own blocks of `unit` ranks.",
+    )
+    text_encoder_blocks: list[TextEncoderBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' DyLoRA layers "
+        "([[adapter.text_encoder_blocks]] tables; ranks multiples of `unit`): modules no block matches keep "
+        "`rank` and `alpha`.",
+    )
     init_weights: str = option(
         "",
         doc="Start the DyLoRA from this `.safetensors` file (kohya networks.dylora `--network_weights`), "
@@ -1998,17 +2049,25 @@ class Schedule:
     max_lr: GroupRates = option(
         0.0,
         doc="one_cycle: torch OneCycleLR's max_lr, the peak for every parameter group (it replaces their "
-        "rates, as kohya passes it); 0 = each group's own rate. one_cycle's total_steps is t_max. cyclic: "
-        "CyclicLR's peak. A table gives each optimizer group its own (torch's per-group list), e.g. "
-        "`{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run trains, once; the groups are "
-        "denoiser, text_encoder (SDXL's second too unless optimizer.text_encoder_2_lr differs), "
-        "text_encoder_2, text_encoder_3, each one's LoRA+ group `<name>_lora_up`, each [[adapter.blocks]] "
-        'lr_scale s as "denoiser_x<s>" (and "denoiser_lora_up_x<s>") and own lr r as "denoiser_lr<r>", each '
+        'rates, as kohya passes it); 0 = each group\'s own rate (max_lr_zero = "literal": a peak of 0). '
+        "one_cycle's total_steps is t_max. cyclic: CyclicLR's peak. A table gives each optimizer group its "
+        "own (torch's per-group list), e.g. `{ denoiser = 1e-4, text_encoder = 5e-5 }`: every group the run "
+        "trains, once; the groups are denoiser, text_encoder (SDXL's second, Flux's T5-XXL, SD3's CLIP-G and "
+        "T5-XXL too unless their rate differs or a table names their own group), text_encoder_2, "
+        "text_encoder_3, each one's LoRA+ group `<name>_lora_up`, each [[adapter.blocks]] "
+        'lr_scale s as "denoiser_x<s>" (and "denoiser_lora_up_x<s>") and own lr r as "denoiser_lr<r>" (a '
+        'block\'s `group` g appended: "denoiser_x<s>_<g>", "denoiser_<g>"), each '
         "[[optimizer.blocks]] entry i at a rate above 0 as denoiser_block<i> (denoiser then holds only the "
         "parameters no block matches: leave it out where they cover the denoiser), and pivotal (DBS416 "
         "lists a run's).",
         minimum=0,
         example={"denoiser": 1e-4, "text_encoder": 5e-5},
+    )
+    max_lr_zero: Literal["own_lr", "literal"] = option(
+        "own_lr",
+        doc="one_cycle, cyclic: what a max_lr of 0 (the number, or a table's value) stands for: own_lr "
+        "(dbspec's shorthand) each group's own rate, literal a peak of 0, as torch reads it (kohya's "
+        "max_lr=0: OneCycleLR then holds every rate at 0, CyclicLR cycles down from base_lr to 0).",
     )
     pct_start: float = option(0.3, doc="one_cycle: share of the steps spent rising.", minimum=0, maximum=1)
     anneal_strategy: Literal["cos", "linear"] = option("cos", doc="one_cycle: the annealing shape.")
@@ -2050,8 +2109,9 @@ class Schedule:
     base_lr: GroupRates = option(
         0.0,
         doc="cyclic: CyclicLR's base_lr, the cycle's lowest LR; it replaces every parameter group's rate (as "
-        "torch does), max_lr is the peak (0 = each group's own lr). A table gives each optimizer group its "
-        "own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` (torch's per-group list).",
+        "torch does), max_lr is the peak (0 = each group's own lr, see max_lr_zero). A table gives each "
+        "optimizer group its own, keyed as max_lr's, e.g. `{ denoiser = 1e-5, text_encoder = 1e-6 }` "
+        "(torch's per-group list).",
         minimum=0,
         example=1e-5,
     )
@@ -2174,16 +2234,21 @@ class Precision:
         "schedulefree; fp32 for Adafactor, CAME and bitsandbytes), so any optimizer runs; fp16 weights "
         "(kohya's full_fp16) need it. See docs/memory.md.",
     )
-    fp16_gradients: Literal["unscaled", "scaled"] = option(
+    fp16_gradients: Literal["unscaled", "scaled", "scaled_first"] = option(
         "unscaled",
-        doc='What the optimizer steps fp16 weights (weights = "fp16") from: unscaled, the gradients divided '
-        "by the dynamic grad scaler's scale, a step whose gradients overflowed skipped and the scale "
-        "adjusted; scaled, the fp16 gradients as backward leaves them, still multiplied by the grad "
-        "scaler's initial scale (2^16), which never changes, and no step is ever skipped (an overflowed "
-        "gradient reaches the optimizer as inf). That is kohya's sdxl_train.py --full_fp16 "
-        "--fused_backward_pass with max_grad_norm 0: its gradient hooks step Adafactor (nearly invariant "
-        "to the gradient's scale) inside backward, before accelerate's scaler. Needs "
-        "optimizer.max_grad_norm = 0.",
+        doc="What the optimizer steps from under fp16 mixed precision (fp16 or fp32 trained weights): "
+        "unscaled, the gradients divided by the dynamic grad scaler's scale, a step whose gradients "
+        "overflowed skipped and the scale adjusted; scaled, the gradients as backward leaves them, still "
+        "multiplied by the grad scaler's initial scale (2^16), which never changes, and no step is ever "
+        "skipped (an overflowed gradient reaches the optimizer as inf): kohya's sdxl_train.py "
+        "--fused_backward_pass with max_grad_norm 0 (fp16 weights with --full_fp16, fp32 without), whose "
+        "gradient hooks step Adafactor (nearly invariant to the gradient's scale) inside backward, before "
+        "accelerate's scaler; scaled_first (optimizer.split > 1, kohya's --fused_optimizer_groups with "
+        "max_grad_norm 0): the first chunk's optimizer steps from the still-scaled gradients, never "
+        "skipped, and each later chunk, in the order its last gradient arrives in backward, through the "
+        "grad scaler on its own: unscaled by the scale at that moment, skipped (its LR schedule too) when "
+        "its own gradients overflowed, the scale updated after each (halved on an overflow, doubled after "
+        "2000 finite chunk steps). Needs optimizer.max_grad_norm = 0.",
     )
     compile: bool = option(
         False,
@@ -2649,6 +2714,7 @@ TABLE_CLASSES = (
     NoAdapter,
     AdapterBlock,
     TextEncoderBlock,
+    DyloraBlock,
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,

@@ -222,3 +222,140 @@ def test_block_scale_groups_take_their_bounds_and_resume_bit_exact(tmp_path):
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("schedule", ["cyclic", "one_cycle"])
+def test_a_literal_max_lr_of_0_is_torchs_peak_of_0(tmp_path, schedule):
+    """schedule.max_lr_zero = "literal" (kohya's max_lr=[..., 0, ...]): the runtime passes torch the 0, the
+    group's LR follows torch's scheduler built by hand and the plan's curve; a run resumes bit-exact."""
+    names = ["denoiser", "text_encoder"]
+    overrides = [
+        f'schedule.lr_schedule="{schedule}"',
+        "schedule.step_size_up=2",
+        "optimizer.text_encoder_lr=5e-4",
+        'schedule.max_lr_zero="literal"',
+        "schedule.max_lr={denoiser = 2e-3, text_encoder = 0}",
+        "schedule.base_lr={denoiser = 1e-5, text_encoder = 2e-4}",
+    ]
+    spec = write_spec(tmp_path, steps=6, extra=TEXT_ENCODER_LORA)
+    plan = compile_spec(spec, overrides)
+    ours = make_optimizer(_groups(names), plan.optimizer)
+    scheduler = make_lr_scheduler(ours, plan.schedule)
+    theirs = torch.optim.AdamW(_groups(names), lr=1e-3)
+    if schedule == "cyclic":
+        reference = torch.optim.lr_scheduler.CyclicLR(
+            theirs, base_lr=[1e-5, 2e-4], max_lr=[2e-3, 0.0], step_size_up=2
+        )
+    else:
+        reference = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr=[2e-3, 0.0], total_steps=6)
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for index in range(7):
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+        for g in ours.param_groups:
+            seen[g["name"]].append(g["lr"])
+        if index < 6:
+            for optimizer, sched in ((ours, scheduler), (theirs, reference)):
+                optimizer.step()
+                sched.step()
+    for name, points in plan.schedule.group_lr_points:
+        assert points and all(seen[name][step] == pytest.approx(lr, abs=1e-15) for step, lr in points)
+    if schedule == "cyclic":  # from base_lr down towards its peak of 0
+        assert seen["text_encoder"][0] == 2e-4 and seen["text_encoder"][2] == 0.0
+    else:
+        assert set(seen["text_encoder"]) == {0.0}
+
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
+    parts = compile_spec(spec, [*overrides, "output.dir=parts"])
+    first = execute(parts, stop_after=3)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+GROUPED = """
+[adapter]
+kind = "lora"
+rank = 4
+alpha = 4.0
+loraplus_ratio = 4
+
+[[adapter.blocks]]
+pattern = '^down_blocks\\.0\\.'
+rank = 4
+alpha = 4.0
+lr_scale = 0.5
+group = "unet_block1"
+
+[[adapter.blocks]]
+pattern = '^mid_block\\.'
+rank = 4
+alpha = 4.0
+lr_scale = 0.5
+group = "unet_block12"
+
+[[adapter.blocks]]
+pattern = '^up_blocks\\.1\\.'
+rank = 4
+alpha = 4.0
+group = "unet_block16"
+"""
+# kohya networks.lora's block groups: blocks of one lr weight (0.5) in groups of their own, with LoRA+
+GROUP_BASE = {
+    "denoiser_x0.5_unet_block1": 1e-5,
+    "denoiser_lora_up_x0.5_unet_block1": 4e-5,
+    "denoiser_x0.5_unet_block12": 2e-5,
+    "denoiser_lora_up_x0.5_unet_block12": 8e-5,
+    "denoiser_unet_block16": 3e-5,
+    "denoiser_lora_up_unet_block16": 1.2e-4,
+}
+
+
+def test_blocks_with_groups_of_their_own_take_their_bounds_and_resume_bit_exact(tmp_path):
+    """[[adapter.blocks]] `group`: blocks of one lr_scale in optimizer groups of their own, at the same rate
+    (lr x scale, LoRA+ x ratio), named `denoiser[_x<scale>]_<group>`; each group's LR follows the plan's
+    curve, and the changed group layout resumes bit-exact."""
+    from dbspec.plan.io import plan_to_json
+    from dbspec.runtime.device import make_accelerator
+    from dbspec.runtime.setup import setup
+
+    overrides = [
+        'schedule.lr_schedule="cyclic"',
+        "schedule.step_size_up=2",
+        f"schedule.base_lr={_table(GROUP_BASE)}",
+        "schedule.max_lr=0",  # each group's own rate
+    ]
+    spec = write_spec(tmp_path, steps=4, extra=GROUPED)
+    plan = compile_spec(spec, overrides)
+    rates = {g.name: g.rate for g in plan.schedule.torch.groups if g.name in GROUP_BASE}
+    assert rates == {
+        "denoiser_x0.5_unet_block1": 5e-4,
+        "denoiser_lora_up_x0.5_unet_block1": 2e-3,
+        "denoiser_x0.5_unet_block12": 5e-4,
+        "denoiser_lora_up_x0.5_unet_block12": 2e-3,
+        "denoiser_unet_block16": 1e-3,
+        "denoiser_lora_up_unet_block16": 4e-3,
+    }
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    built = {g["name"]: g for g in run.optimizer.param_groups}
+    assert set(built) == set(GROUP_BASE)
+    seen: dict[str, list[float]] = {n: [] for n in GROUP_BASE}
+    for _ in range(5):
+        for group in run.optimizer.param_groups:
+            seen[group["name"]].append(group["lr"])
+        run.optimizer.step()
+        run.lr_scheduler.step()
+    curves = dict(plan.schedule.group_lr_points)
+    for name in GROUP_BASE:
+        assert curves[name] and all(seen[name][step] == lr for step, lr in curves[name]), name
+        # from base_lr up to the group's own rate (max_lr 0) after step_size_up steps
+        assert seen[name][0] == GROUP_BASE[name] and seen[name][2] == pytest.approx(rates[name])
+    del run
+
+    whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
+    parts = compile_spec(spec, [*overrides, "output.dir=parts"])
+    first = execute(parts, stop_after=2)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    a, b = final_weights(whole.final), final_weights(second.final)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -235,3 +235,90 @@ def test_lokr_blocks_resume_bit_exact(tmp_path):
     (theirs,) = Path(resumed.final).glob("*.kohya.safetensors")
     ours, theirs = load_file(str(ours)), load_file(str(theirs))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+SDXL_MAPS = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["input_blocks.0.0", "out.2", 'time_embed\\.0']
+text_encoder_target_module = ["CLIPMLP"]
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.1[01]\\.self_attn\\.q_proj']
+
+[module_algo_map.ResnetBlock2D]
+dim = 2
+alpha = 1
+[module_algo_map.CrossAttention]
+dim = 8
+[name_algo_map.'out\\.2']
+dim = 6
+[name_algo_map.'time_embed\\.0']
+dim = 3
+alpha = 3
+[module_algo_map.CLIPMLP]
+dim = 6
+alpha = 2
+[name_algo_map.'text_model\\.encoder\\.layers\\.10\\.']
+dim = 2
+"""
+
+
+def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
+    """On SDXL the file's names and classes are kohya's own U-Net's (original layout, `CrossAttention`):
+    lycoris-lora's network on kohya's full-size SDXL U-Net (the recorded module tree) and both CLIP encoders
+    has, layer for layer, the rank and scale the converted plan's blocks give diffusers' U-Net and the two
+    encoders (runtime/blocks.py's per-module patterns, read without building peft's layers)."""
+    from peft import LoraConfig
+
+    from dbspec.runtime.blocks import with_blocks
+    from dbspec.unet_layout import SDXL_UNET, rename, unet_table
+    from tests.runtime import test_lycoris_preset_file_sdxl as sdxl
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    models = sdxl.models.__wrapped__()
+    (tmp_path / "maps.toml").write_text(SDXL_MAPS, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=locon" "conv_dim=4" "preset=maps.toml" --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path).adapter
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0,
+        4,
+        1.0,
+        None,
+        models["te"],
+        models["kohya_unet"],
+        algo="locon",
+        conv_dim="4",
+        preset=str(tmp_path / "maps.toml"),
+    )
+    theirs = {m.lora_name: (m.lora_dim, float(m.scale)) for m in [*made.unet_loras, *made.text_encoder_loras]}
+
+    def ranks(module, targets, component, prefix, name_of):
+        config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=list(targets))
+        config = with_blocks(config, module, adapter, component)
+        out = {}
+        for pattern, rank in config.rank_pattern.items():
+            path = pattern.replace("\\", "")
+            out[f"{prefix}_{name_of(path).replace('.', '_')}"] = (rank, config.alpha_pattern[pattern] / rank)
+        return out
+
+    table = unet_table(SDXL_UNET)
+    targets = [*adapter.denoiser_targets, *adapter.conv_targets]
+    ours = ranks(models["unet"], targets, "", "lora_unet", lambda p: rename(p, table))
+    for component, prefix, model in zip(
+        ("text_encoder", "text_encoder_2"), ("lora_te1", "lora_te2"), models["te"]
+    ):
+        ours.update(ranks(model, adapter.text_encoder_targets, component, prefix, lambda p: p))
+    assert len({v for v in theirs.values()}) > 3, "the file gives layers different ranks"
+    assert sorted(set(ours) ^ set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}

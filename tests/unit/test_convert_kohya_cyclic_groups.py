@@ -131,7 +131,6 @@ def test_unet_only_lora_has_one_group(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ("--network_module=networks.lora_fa", "network_module networks.lora_fa"),
         ("--network_module=networks.oft", "network_module networks.oft"),
     ],
 )
@@ -144,15 +143,39 @@ def test_groups_dbspec_cannot_match_stay_unsupported(tmp_path, extra, why):
     assert "DBS403" in codes(outcome) and why in messages(outcome, "DBS403")
 
 
-def test_sdxl_full_fine_tune_shared_text_encoder_group_needs_one_value(tmp_path):
-    """Equal text-encoder rates: dbspec trains both encoders in one group, kohya's two values must agree."""
+def test_sdxl_full_fine_tune_text_encoders_at_one_rate_with_two_values_split(tmp_path):
+    """Equal text-encoder rates: dbspec trains both encoders in one group, unless a table names the second's
+    (sdxl_train.py: [U-Net, text encoder 1, text encoder 2], each its own group in kohya): kohya's two
+    values give `text_encoder_2` its own group at the same rate (optimizer.text_encoder_2_lr in the plan)."""
     outcome = _outcome(
         tmp_path,
         f"sdxl_train.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x --resolution=512 "
         "--learning_rate=1e-5 --train_text_encoder --max_train_steps=300 --lr_scheduler_type CyclicLR "
-        "--lr_scheduler_args base_lr=[1e-7,2e-7,3e-7] max_lr=1e-5",
+        "--lr_scheduler_args base_lr=[1e-7,2e-7,3e-7] max_lr=1e-5 step_size_up=30",
     )
-    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    assert "text_encoder_2_lr" not in outcome.text  # the group's rate is text_encoder_lr's
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=50"])
+    assert plan.optimizer.text_encoder_2_lr == plan.optimizer.text_encoder_lr == 1e-5
+    expected = {"denoiser": (1e-7, 1e-5), "text_encoder": (2e-7, 1e-5), "text_encoder_2": (3e-7, 1e-5)}
+    assert _bounds(plan.schedule) == expected
+    _check_points(plan.schedule, expected, 30)
+
+
+def test_sdxl_full_fine_tune_text_encoders_with_one_value_keep_one_group(tmp_path):
+    """Lists that give both encoders one value leave dbspec's one group (existing plans unchanged)."""
+    plan = plan_of(
+        _outcome(
+            tmp_path,
+            f"sdxl_train.py --pretrained_model_name_or_path={SDXL} --train_data_dir=x --resolution=512 "
+            "--learning_rate=1e-5 --train_text_encoder --max_train_steps=300 --lr_scheduler_type CyclicLR "
+            "--lr_scheduler_args base_lr=[1e-7,2e-7,2e-7] max_lr=1e-5 step_size_up=30",
+        ),
+        tmp_path,
+        ["checkpoints.every=50"],
+    )
+    assert plan.optimizer.text_encoder_2_lr is None
+    assert _bounds(plan.schedule) == {"denoiser": (1e-7, 1e-5), "text_encoder": (2e-7, 1e-5)}
 
 
 def test_one_cycle_per_group_max_lr(tmp_path):
@@ -212,3 +235,43 @@ def test_train_db_groups(tmp_path, extra, values, expected):
     assert _bounds(s) == expected
     if not expected:  # one group: one number
         assert (s.torch.groups, s.torch.base_lr) == ((), 1e-7)
+
+
+def test_a_max_lr_of_0_in_the_list_is_torchs_peak_of_0(tmp_path):
+    """kohya's max_lr=[0, 2e-4] (networks.lora: [text encoder, U-Net]): torch's CyclicLR takes 0 as the text
+    encoder's peak (its rate cycles from base_lr down to 0); dbspec's max_lr_zero = "literal" says so."""
+    outcome = _outcome(
+        tmp_path,
+        _network("train_network.py", SD15) + " --text_encoder_lr=5e-5 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=[0,2e-4] step_size_up=50",
+    )
+    assert 'max_lr_zero = "literal"' in outcome.text
+    s = _schedule(
+        tmp_path,
+        _network("train_network.py", SD15) + " --text_encoder_lr=5e-5 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=[0,2e-4] step_size_up=50",
+    )
+    expected = {"denoiser": (1e-5, 2e-4), "text_encoder": (1e-6, 0.0)}
+    assert _bounds(s) == expected
+    _check_points(s, expected, 50)
+    assert min(lr for _, lr in dict(s.group_lr_points)["text_encoder"]) == 0.0
+
+
+def test_one_cycle_max_lr_0_holds_every_rate_at_0(tmp_path):
+    """OneCycleLR(max_lr=0): initial, peak and final rates are all 0 (torch accepts it)."""
+    s = _schedule(
+        tmp_path,
+        _network("train_network.py", SD15) + " --lr_scheduler_type OneCycleLR "
+        "--lr_scheduler_args max_lr=0 total_steps=300",
+    )
+    assert (s.torch.max_lr, s.torch.max_lr_zero) == (0.0, "literal")
+    assert all(lr == 0.0 for _, lr in s.lr_points)
+
+
+def test_without_a_0_max_lr_the_spec_keeps_dbspecs_shorthand(tmp_path):
+    outcome = _outcome(
+        tmp_path,
+        _network("train_network.py", SD15) + " --lr_scheduler_type OneCycleLR "
+        "--lr_scheduler_args max_lr=1e-3 total_steps=300",
+    )
+    assert "max_lr_zero" not in outcome.text

@@ -162,13 +162,54 @@ def test_flux_clip_and_t5_at_one_rate_share_dbspecs_group(tmp_path):
     _check(schedule, expected)
 
 
-def test_flux_clip_and_t5_sharing_a_group_with_different_values_stay_unsupported(tmp_path):
+def test_flux_clip_and_t5_at_one_rate_with_different_values_split(tmp_path):
+    """One text-encoder rate, two values: kohya's CLIP-L and T5-XXL groups map onto dbspec's `text_encoder`
+    and `text_encoder_2`, the table naming the latter gives T5 its own group at the same rate."""
+    lists = {"base_lr": [1e-6, 2e-6, 1e-5], "max_lr": [3e-5, 3e-5, 1e-4]}
     outcome = _flux(
         tmp_path,
         '--network_args "train_t5xxl=True" --text_encoder_lr 3e-5 --lr_scheduler_type CyclicLR '
-        "--lr_scheduler_args base_lr=[1e-6,2e-6,1e-5] max_lr=1e-4",
+        + _args(lists, "step_size_up=40"),
     )
-    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+    assert "text_encoder_2_lr" not in outcome.text
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=20"])
+    assert plan.optimizer.text_encoder_2_lr == plan.optimizer.text_encoder_lr == 3e-5
+    expected = _torch_curves(
+        "CyclicLR", ["text_encoder", "text_encoder_2", "denoiser"], lists, {"step_size_up": 40}, 400
+    )
+    _check(_converted(outcome, tmp_path), expected)
+
+
+@pytest.mark.parametrize(
+    ("lists", "order"),
+    [
+        # T5 alone differs: CLIP-G keeps CLIP-L's group, T5 gets `text_encoder_3`; the max_lr list agrees
+        # on the encoders but maps onto the same groups
+        (
+            {"base_lr": [1e-6, 1e-6, 2e-6, 1e-5], "max_lr": [3e-5, 3e-5, 3e-5, 1e-4]},
+            ["text_encoder", "text_encoder_2", "text_encoder_3", "denoiser"],
+        ),
+        (
+            {"base_lr": [1e-6, 3e-6, 2e-6, 1e-5]},
+            ["text_encoder", "text_encoder_2", "text_encoder_3", "denoiser"],
+        ),
+    ],
+    ids=["t5-differs", "all-differ"],
+)
+def test_sd3_encoders_at_one_rate_with_different_values_split(tmp_path, lists, order):
+    """lora_sd3 with one text_encoder_lr: [CLIP-L, CLIP-G, T5-XXL, MMDiT], each encoder its own dbspec
+    group (`text_encoder`, `text_encoder_2`, `text_encoder_3`) at the one rate."""
+    rest = "step_size_up=40" + ("" if "max_lr" in lists else " max_lr=1e-4")
+    outcome = _sd3(
+        tmp_path,
+        '--network_args "train_t5xxl=True" --text_encoder_lr 3e-5 --lr_scheduler_type CyclicLR '
+        + _args(lists, rest),
+    )
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=20"])
+    o = plan.optimizer
+    assert o.text_encoder_2_lr == o.text_encoder_3_lr == o.text_encoder_lr == 3e-5
+    kwargs = {"step_size_up": 40} | ({} if "max_lr" in lists else {"max_lr": 1e-4})
+    _check(_converted(outcome, tmp_path), _torch_curves("CyclicLR", order, lists, kwargs, 400))
 
 
 def test_flux_list_length_follows_kohyas_groups(tmp_path):
@@ -343,15 +384,58 @@ def test_networks_lora_block_lr_weights_give_kohyas_block_groups(tmp_path, lorap
     _check(schedule, expected)
 
 
-def test_networks_lora_blocks_of_one_scale_with_different_values_stay_unsupported(tmp_path):
-    """Blocks 1 and 2 both train at x0.5, one dbspec group: kohya's list giving them two values is DBS403."""
-    lists = {"base_lr": [1e-6] + [1e-5 * (1 + k) for k in range(len(KOHYA_BLOCKS))]}
+@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+def test_networks_lora_blocks_of_one_weight_with_different_values_split(tmp_path, loraplus):
+    """Blocks 1 and 2 both train at x0.5 (dbspec's one `denoiser_x0.5` group), blocks 4, 5 at 1: kohya's
+    list gives each block its own value, so every kohya block gets its own dbspec group,
+    `denoiser[_x<weight>]_unet_block<N>` ([[adapter.blocks]] `group`; the blocks at the adapter's
+    settings get an entry), at the same rate; each group's curve is torch's for its kohya group."""
+    order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else [])
+    for index in KOHYA_BLOCKS:
+        order.append(f"{_dbspec_group(index)}_unet_block{index}")
+        if loraplus:
+            order.append(f"{_dbspec_group(index, plus=True)}_unet_block{index}")
+    lists = {
+        "base_lr": [1e-6 * (1 + k) for k in range(len(order))],
+        "max_lr": [1e-4 * (1 + k % 5) for k in range(len(order))],
+    }
+    weights = (
+        f"down_lr_weight={','.join(f'{w:g}' for w in DOWN)} mid_lr_weight=3 "
+        f"up_lr_weight={','.join(f'{w:g}' for w in UP)}" + (" loraplus_lr_ratio=4" if loraplus else "")
+    )
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args {weights} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    assert 'group = "unet_block4"' in outcome.text and 'group = "unet_block12"' in outcome.text
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 40}, 400))
+    plan = plan_of(outcome, tmp_path, ["checkpoints.every=20"])
+    blocks = {b.group: b for b in plan.adapter.blocks if b.group}
+    assert sorted(blocks) == sorted(f"unet_block{i}" for i in KOHYA_BLOCKS)
+    assert all(blocks[f"unet_block{i}"].lr_scale == _weight(i) for i in KOHYA_BLOCKS)
+    assert {b.rank for b in plan.adapter.blocks} == {16} and {b.alpha for b in plan.adapter.blocks} == {8.0}
+    rates = {g.name: g.rate for g in schedule.torch.groups}
+    assert rates["denoiser_x0.5_unet_block1"] == rates["denoiser_x0.5_unet_block2"] == 0.5e-4
+
+
+def test_networks_lora_blocks_with_one_value_per_weight_keep_the_weight_groups(tmp_path):
+    """Lists that give blocks of one weight one value keep dbspec's groups by weight (no block groups)."""
     outcome = _lycoris(
         tmp_path,
         f"--network_module=networks.lora --network_args down_lr_weight={','.join(f'{w:g}' for w in DOWN)} "
-        "--lr_scheduler_type CyclicLR " + _args(lists, "max_lr=1e-3"),
+        "--lr_scheduler_type CyclicLR --lr_scheduler_args max_lr=1e-3 base_lr=["
+        + ",".join(["1e-6"] + [f"{1e-5 * _weight(i):g}" for i in KOHYA_BLOCKS if i < 12] + ["1e-5"] * 10)
+        + "]",
     )
-    assert "DBS403" in codes(outcome) and "trains them as one group" in messages(outcome, "DBS403")
+    assert "group =" not in outcome.text
+    assert sorted(g.name for g in _converted(outcome, tmp_path).torch.groups) == [
+        "denoiser",
+        "denoiser_x0.25",
+        "denoiser_x0.5",
+        "text_encoder",
+    ]
 
 
 def test_sdxl_networks_lora_block_lr_weights_in_input_middle_output_order(tmp_path):
@@ -417,3 +501,70 @@ def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tm
     schedule = _converted(outcome, tmp_path)
     order = ["denoiser_lr0.0003", "denoiser_lr6e-05"]
     _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
+def test_lora_fa_text_encoder_and_unet_in_kohyas_order(tmp_path):
+    """networks.lora_fa (networks/lora_fa.py prepare_optimizer_params): [text encoder, U-Net], no LoRA+."""
+    lists = {"base_lr": [1e-6, 1e-5], "max_lr": [5e-5, 2e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=40"),
+    )
+    expected = _torch_curves("CyclicLR", ["text_encoder", "denoiser"], lists, {"step_size_up": 40}, 400)
+    _check(_converted(outcome, tmp_path), expected)
+
+
+def test_lora_fa_unet_only_one_cycle(tmp_path):
+    lists = {"max_lr": [3e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --network_train_unet_only --lr_scheduler_type OneCycleLR "
+        + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert schedule.torch.max_lr == 3e-4 and not schedule.torch.groups  # one group: one number
+
+
+def test_lora_fa_text_encoder_group_at_rate_0_is_refused(tmp_path):
+    """lora_fa keeps a group at rate 0; CyclicLR's bounds replace the rate, so kohya trains it: DBS403."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --text_encoder_lr=0 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+    )
+    assert "DBS403" in codes(outcome) and "rate 0" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+def test_dylora_groups_as_networks_lora(tmp_path, loraplus):
+    """networks.dylora (networks/dylora.py prepare_optimizer_params): [text encoder, (plus,) U-Net, (plus)],
+    the plus groups holding its `lora_B` blocks at lr x ratio."""
+    order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else []) + ["denoiser"]
+    order += ["denoiser_lora_up"] if loraplus else []
+    lists = {"base_lr": [1e-6 * (i + 1) for i in range(len(order))], "max_lr": [1e-4] * len(order)}
+    args = '--network_args "unit=4" "loraplus_lr_ratio=4" ' if loraplus else '--network_args "unit=4" '
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.dylora {args}--lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    expected = _torch_curves("CyclicLR", order, lists, {"step_size_up": 40}, 400)
+    _check(_converted(outcome, tmp_path), expected)
+
+
+def test_one_cycle_list_with_a_max_lr_of_0_follows_torch(tmp_path):
+    """OneCycleLR max_lr=[0, 1e-4, 4e-4] on lora_flux (CLIP-L, transformer, its plus group): the CLIP-L
+    group's rate stays 0 all the way, as torch's."""
+    lists = {"max_lr": [0.0, 1e-4, 4e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_unet_lr_ratio=4" --lr_scheduler_type OneCycleLR '
+        + _args(lists, "total_steps=400"),
+    )
+    expected = _torch_curves(
+        "OneCycleLR", ["text_encoder", "denoiser", "denoiser_lora_up"], lists, {"total_steps": 400}, 400
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert schedule.torch.max_lr_zero == "literal"
+    _check(schedule, expected, momentum=True)
+    assert all(lr == 0.0 for _, lr in dict(schedule.group_lr_points)["text_encoder"])

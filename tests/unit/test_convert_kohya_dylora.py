@@ -7,6 +7,7 @@ two create_network functions, not from the converter."""
 from __future__ import annotations
 
 from convert_kit import (  # noqa: F401
+    SDXL,
     SD15,
     codes,
     empty_hub_cache,
@@ -189,3 +190,261 @@ def test_the_plan_summary_shows_the_dylora_draw(tmp_path):
     assert rows["adapter"] == "dylora (kohya's forward, blocks of 2 ranks) rank 8, alpha 4"
     assert "sqrt(rank / ((b + 1) x unit))" in rows["  rank draw"]
     assert "every rank at alpha / rank" in rows["  full rank"]
+
+
+# --- --network_weights files (issue 12) ---
+# kohya's module names for SD 1.5 (tests/unit/test_init_weights.py writes the files byte by byte)
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+OUT = "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_out_0"
+TE = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+TE_FC = "lora_te_text_model_encoder_layers_11_mlp_fc2"
+CONV = "lora_unet_down_blocks_0_resnets_0_conv1"
+SHORTCUT = "lora_unet_up_blocks_0_resnets_0_conv_shortcut"
+
+FROM_WEIGHTS = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "512,512"
+output_dir = "out"
+network_module = "{module}"
+network_dim = 16
+network_alpha = 8
+network_args = [{args}]
+network_weights = "prev.safetensors"
+{extra}
+learning_rate = 1e-4
+optimizer_type = "AdamW"
+max_train_steps = 800
+mixed_precision = "fp16"
+save_precision = "fp16"
+"""
+
+
+def _from_file(tmp_path, modules: dict, module: str, args: str, extra: str = ""):
+    from tests.unit.test_init_weights import write_lora
+
+    write_lora(tmp_path / "prev.safetensors", modules)
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    text = FROM_WEIGHTS.format(model=SD15, module=module, args=args, extra=extra)
+    write(tmp_path / "cfg.toml", text)
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+
+
+def _matches(blocks, name: str, prefix: str = "lora_unet_"):
+    """The first block whose pattern matches kohya's module `name` read as a diffusers path."""
+    import re
+
+    tail = name.removeprefix(prefix)
+    return next(
+        b for b in blocks if re.search(b.pattern, tail) or re.search(b.pattern, tail.replace("_", "."))
+    )
+
+
+def test_networks_dylora_dim_from_weights_builds_each_module_from_the_file(tmp_path):
+    """networks/dylora.py create_network_from_weights: one DyLoRAModule per module of the file at its
+    lora_down's rows and its alpha, none elsewhere (the ResNets scanned), DyLoRANetwork's unit 1; the
+    network_args reach it as **kwargs it never reads, network_dim / network_alpha / network_dropout go to no
+    network; load_weights then loads the file."""
+    modules = {
+        Q: (8, 4.0, 320, 0),
+        OUT: (4, 2.0, 320, 0),  # its own rank and alpha
+        CONV: (4, 1.0, 320, 3),  # a 3x3 convolution: conv_rank
+        SHORTCUT: (8, 4.0, 640, 1),  # a 1x1 convolution of a ResNet: a linear rank
+        TE: (8, 4.0, 768, 0),
+        TE_FC: (2, 1.0, 768, 0),
+    }
+    outcome = _from_file(
+        tmp_path,
+        modules,
+        "networks.dylora",
+        '"unit=4", "conv_dim=16", "loraplus_lr_ratio=4"',
+        "dim_from_weights = true\nnetwork_dropout = 0.1",
+    )
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped"
+    assert fate(outcome, "network_dim") == fate(outcome, "network_alpha") == "inert"
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"  # DBS405
+    assert "create_network_from_weights" in messages(outcome, "DBS405")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_form, a.dylora_unit, a.rank, a.alpha) == ("dylora", "kohya", 1, 8, 4.0)
+    assert (a.conv_rank, a.conv_alpha) == (4, 1.0)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.loraplus_denoiser_ratio, plan.optimizer.loraplus_text_encoder_ratio) == (0, 0)
+    assert a.denoiser_targets == (*KOHYA_UNET_TARGETS, "time_emb_proj", "conv_shortcut")
+    for name, (rank, alpha) in {Q: (8, 4.0), OUT: (4, 2.0), SHORTCUT: (8, 4.0)}.items():
+        block = _matches(a.blocks, name)
+        assert (block.rank, block.alpha) == (rank, alpha), name
+    block = _matches(a.blocks, CONV)
+    assert (block.rank, block.conv_rank, block.conv_alpha) == (0, 4, 1.0)
+    assert (a.blocks[-1].pattern, a.blocks[-1].rank) == ("^", 0)  # kohya builds none the file lacks
+    text = a.text_encoder_blocks
+    assert [(b.rank, b.alpha) for b in text] == [(8, 4.0), (2, 1.0), (0, 1.0)]
+    assert a.init_weights.endswith("prev.safetensors") and a.init_partial and a.init_layers == 6
+
+
+def test_networks_dylora_dim_from_weights_without_an_alpha_is_kohyas_crash(tmp_path):
+    """create_network_from_weights: `modules_alpha = modules_dim[key]` for a module without alpha turns the
+    alpha table into an int, and the next lookup raises TypeError."""
+    outcome = _from_file(
+        tmp_path,
+        {Q: (8, 4.0, 320, 0), OUT: (8, None, 320, 0)},
+        "networks.dylora",
+        "",
+        "dim_from_weights = true",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
+    assert "modules_alpha = modules_dim[key]" in outcome.conversion.reports["dim_from_weights"].note
+
+
+def test_networks_dylora_dim_from_weights_without_a_file_is_kohyas_crash(tmp_path):
+    """train_network.py calls create_network_from_weights(1, None, ...): os.path.splitext(None) raises."""
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    text = FROM_WEIGHTS.format(model=SD15, module="networks.dylora", args="", extra="dim_from_weights = true")
+    write(tmp_path / "cfg.toml", text.replace('network_weights = "prev.safetensors"\n', ""))
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
+
+
+def test_networks_dylora_scale_weight_norms_is_ignored(tmp_path):
+    """train_network.py: `scale_weight_norms` with a network without apply_max_norm_regularization
+    (DyLoRANetwork has none) logs a warning and sets it False."""
+    outcome = _from_file(tmp_path, {Q: (16, 8.0, 320, 0)}, "networks.dylora", "", "scale_weight_norms = 1.0")
+    assert outcome.exit_code == 0 and fate(outcome, "scale_weight_norms") == "inert", errors(outcome)
+    assert "apply_max_norm_regularization" in messages(outcome, "DBS405")
+    assert plan_of(outcome, tmp_path).adapter.max_norm == 0
+
+
+def test_networks_dylora_base_weights_is_kohyas_crash(tmp_path):
+    """train_network.py merges --base_weights with the network module's create_network_from_weights(...)
+    .merge_to, and networks/dylora.py has DyLoRANetwork.merge_to inside a string (commented out)."""
+    outcome = _from_file(
+        tmp_path,
+        {Q: (8, 4.0, 320, 0)},
+        "networks.dylora",
+        "",
+        'base_weights = ["prev.safetensors"]\nbase_weights_multiplier = [0.5]',
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "base_weights") == "invalid"
+    assert "merge_to" in outcome.conversion.reports["base_weights"].note
+
+
+def test_lycoris_dylora_network_weights_takes_only_the_files_alphas(tmp_path):
+    """LycorisNetworkKohya.load_weights: load_state_dict(strict=False); DyLoraModule's weights are up_list /
+    down_list, so only each layer's alpha buffer loads (float32) and scales it (get_weight: alpha / (b + 1)).
+    The run starts from a fresh init at network_dim / conv_dim; the file's layers at the file's alphas, the
+    others (and a module without alpha) at network_alpha / conv_alpha."""
+    modules = {
+        Q: (4, 2.0, 320, 0),  # another rank in the file: its lora_down / lora_up never load
+        OUT: (8, 8.0, 320, 0),  # the network's alpha already
+        SHORTCUT: (8, None, 640, 1),  # no alpha: keeps the network's
+        CONV: (8, 3.0, 320, 3),
+        TE: (8, 0.1, 768, 0),
+    }
+    outcome = _from_file(tmp_path, modules, "lycoris.kohya", '"algo=dylora", "conv_dim=8", "conv_alpha=4"')
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_form, a.dylora_unit, a.rank, a.alpha) == ("dylora", "lycoris", 4, 16, 8.0)
+    assert (a.conv_rank, a.conv_alpha, a.init_weights) == (8, 4.0, "")  # nothing else loads
+    assert len(a.blocks) == 2 and all(b.rank == 16 and b.conv_rank == 8 for b in a.blocks)
+    assert (_matches(a.blocks, Q).alpha, _matches(a.blocks, Q).conv_alpha) == (2.0, 4.0)
+    assert (_matches(a.blocks, CONV).alpha, _matches(a.blocks, CONV).conv_alpha) == (8.0, 3.0)
+    (text,) = a.text_encoder_blocks
+    assert (text.rank, text.alpha) == (16, struct_f32(0.1))  # the float16 file value, as float32 holds it
+    assert text.pattern.startswith("^(text_encoder")
+
+
+def struct_f32(value: float) -> float:
+    import struct
+
+    return struct.unpack("<f", struct.pack("<f", struct.unpack("<e", struct.pack("<e", value))[0]))[0]
+
+
+def test_lycoris_dylora_network_weights_at_the_networks_alphas_changes_nothing(tmp_path):
+    outcome = _from_file(
+        tmp_path, {Q: (4, 8.0, 320, 0), TE: (8, 8.0, 768, 0)}, "lycoris.kohya", '"algo=dylora"'
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_weights") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.blocks, a.text_encoder_blocks, a.init_weights, a.alpha) == ((), (), "", 8.0)
+
+
+def test_lycoris_dylora_network_weights_that_stay_refused(tmp_path):
+    """A file alpha of 0 zeroes LyCORIS's layer (its buffer is copied after the build that reads 0 as the
+    rank); with --dim_from_weights LyCORIS's create_network_from_weights builds LoCon modules from the file's
+    keys, not algo=dylora."""
+    outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0)}, "lycoris.kohya", '"algo=dylora"')
+    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
+    assert "scales its update by 0" in outcome.conversion.reports["network_weights"].note
+    outcome = _from_file(
+        tmp_path, {Q: (4, 2.0, 320, 0)}, "lycoris.kohya", '"algo=dylora"', "dim_from_weights = true"
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
+    assert "LoCon" in outcome.conversion.reports["dim_from_weights"].note
+
+
+def _sdxl(tmp_path, module: str, args: str):
+    from tests.unit.test_init_weights import SDXL_MODULES, write_lora
+
+    write_lora(tmp_path / "prev.safetensors", SDXL_MODULES)
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        f"--train_data_dir=x --resolution=1024 --network_module={module} --network_dim=16 --network_alpha=8 "
+        f"--network_weights=prev.safetensors {args} --learning_rate=1e-4 --max_train_steps=200 "
+        "--save_model_as=safetensors --cache_latents",
+    )
+
+
+def test_sdxl_networks_dylora_dim_from_weights_reads_the_original_layout(tmp_path):
+    """kohya's SDXL U-Net names the original layout (`input_blocks_4_1_...`): each module a block on
+    diffusers' path at its rank and alpha, convolutions at their conv rank, the rest at rank 0."""
+    import re
+
+    from tests.unit.test_init_weights import SDXL_MODULES, SDXL_PATHS
+
+    outcome = _sdxl(tmp_path, "networks.dylora", '--dim_from_weights --network_args "unit=4"')
+    assert fate(outcome, "dim_from_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_unit, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (
+        "dylora",
+        1,
+        8,
+        4.0,
+        4,
+        1.0,
+    )
+    assert a.init_layers == len(SDXL_MODULES) and a.init_partial
+    for path, ((rank, alpha), (conv_rank, conv_alpha)) in SDXL_PATHS.items():
+        block = next(b for b in a.blocks if re.search(b.pattern, path))
+        assert (block.rank, block.alpha, block.conv_rank, block.conv_alpha) == (
+            rank,
+            alpha,
+            conv_rank,
+            conv_alpha,
+        )
+    block = next(b for b in a.blocks if re.search(b.pattern, "down_blocks.0.resnets.0.conv2"))
+    assert (block.rank, block.conv_rank) == (0, 0)  # not in the file: kohya builds none
+
+
+def test_sdxl_lycoris_dylora_file_alphas_on_diffusers_paths(tmp_path):
+    import re
+
+    from tests.unit.test_init_weights import SDXL_PATHS
+
+    outcome = _sdxl(tmp_path, "lycoris.kohya", '--network_args "algo=dylora" "conv_dim=8" "conv_alpha=1"')
+    assert fate(outcome, "network_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha, a.init_weights) == (16, 8.0, 8, 1.0, "")
+    for path, ((_rank, alpha), (conv_rank, conv_alpha)) in SDXL_PATHS.items():
+        found = next((b for b in a.blocks if re.search(b.pattern, path)), None)
+        conv = conv_rank > 0  # the file's alpha for this layer, and the network's
+        own, network = (conv_alpha, 1.0) if conv else (alpha, 8.0)
+        if own == network:  # nothing to change: no block
+            assert found is None, path
+            continue
+        assert (found.rank, found.conv_rank) == (16, 8), path  # the network's ranks
+        assert (found.conv_alpha if conv else found.alpha) == own, path
+    assert [(b.rank, b.alpha) for b in a.text_encoder_blocks] == [(16, 4.0)]

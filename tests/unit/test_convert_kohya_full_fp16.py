@@ -5,6 +5,8 @@ directly, and patch accelerate's grad scaler to unscale fp16 gradients
 
 from __future__ import annotations
 
+import pytest
+
 from convert_kit import (
     SD15,
     SDXL,
@@ -17,6 +19,8 @@ from convert_kit import (
     plan_of,
     write,
 )
+
+from tests.runtime.runspec import summary_text
 
 SDXL_FULL = f"""
 pretrained_model_name_or_path = "{SDXL}"
@@ -142,3 +146,88 @@ def test_full_fp16_needs_mixed_precision_fp16(tmp_path):
         --learning_rate=2e-6 --max_train_steps=100 --mixed_precision bf16 --full_fp16""",
     )
     assert fate(outcome, "full_fp16") == "invalid"
+
+
+# --- fused hooks under mixed_precision fp16 without clipping (issue 12) ----------------------------------
+
+SDXL_FP16_FUSED = f"""accelerate launch --num_cpu_threads_per_process 2 sdxl_train.py \
+--pretrained_model_name_or_path={SDXL} --train_data_dir=img --resolution=1024,1024 \
+--output_dir=out --output_name=ohwx --save_model_as=safetensors --train_batch_size=1 \
+--max_train_steps=1500 --learning_rate=4e-6 --mixed_precision=fp16 --save_precision=fp16 \
+--gradient_checkpointing --cache_latents --max_grad_norm=0 --seed=42"""
+
+
+def _fp16_command(tmp_path, extra: str):
+    images(tmp_path / "img" / "10_ohwx woman", 4, (1024, 1024))
+    return kohya(tmp_path, command=f"{SDXL_FP16_FUSED} {extra}")
+
+
+def test_fused_adafactor_under_fp16_without_full_fp16_steps_fp32_weights_from_scaled_gradients(tmp_path):
+    """--fused_backward_pass under mixed_precision fp16 (fp32 weights): the hooks step Adafactor from the fp32
+    gradients of loss x 65536; nothing calls scaler.update(): fp16_gradients = "scaled" (DBS404 before)."""
+    outcome = _fp16_command(
+        tmp_path,
+        '--optimizer_type=Adafactor --optimizer_args "scale_parameter=False" "relative_step=False" '
+        '"warmup_init=False" --fused_backward_pass --train_text_encoder',
+    )
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "fused_backward_pass") == "mapped" and not messages(outcome, "DBS404")
+    assert 'fp16_gradients = "scaled"' in (tmp_path / "specs" / "converted.toml").read_text()
+    plan = plan_of(outcome, tmp_path)
+    assert plan.precision.mixed == "fp16" and plan.precision.weights == "fp32"
+    assert plan.precision.fp16_gradients == "scaled" and plan.optimizer.max_grad_norm == 0.0
+    assert _trained(plan) == {"unet": "fp32", "text_encoder": "fp32", "text_encoder_2": "fp32"}
+    assert plan.optimizer.kind == "adafactor" and plan.optimizer.split == 1
+
+
+def test_fused_adafactor_with_groups_under_fp16_trains_the_first_chunk_from_scaled_gradients(tmp_path):
+    outcome = _fp16_command(
+        tmp_path,
+        "--optimizer_type=Adafactor --optimizer_args scale_parameter=False relative_step=False "
+        "warmup_init=False --fused_backward_pass --fused_optimizer_groups=4",
+    )
+    assert outcome.written, errors(outcome)
+    assert not messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.precision.fp16_gradients == "scaled" and plan.precision.weights == "fp32"
+    assert (plan.optimizer.split, plan.optimizer.split_train) == (4, "first")
+
+
+@pytest.mark.parametrize("full_fp16", [False, True])
+def test_fused_optimizer_groups_under_fp16_step_the_first_chunk_scaled_the_others_through_the_scaler(
+    tmp_path, full_fp16
+):
+    """--fused_optimizer_groups 4 under mixed_precision fp16 without clipping: kohya's bare first optimizer
+    steps from the scaled gradients, the other three through accelerate's wrapper one by one: optimizer.split
+    = 4 (AdamW and Adafactor too, whose chunks otherwise step as one) with fp16_gradients = "scaled_first".
+    With full_fp16 (fp16 weights) Adafactor: AdamW's fp16 state is refused (DBS403)."""
+    kind = "Adafactor --optimizer_args relative_step=False" if full_fp16 else "AdamW"
+    extra = f"--optimizer_type={kind} --fused_optimizer_groups=4" + (" --full_fp16" if full_fp16 else "")
+    outcome = _fp16_command(tmp_path, extra)
+    assert outcome.written, errors(outcome)
+    assert fate(outcome, "fused_optimizer_groups") == "mapped" and not messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.precision.fp16_gradients == "scaled_first" and plan.precision.mixed == "fp16"
+    assert plan.precision.weights == ("fp16" if full_fp16 else "fp32")
+    assert (plan.optimizer.split, plan.optimizer.split_train, plan.optimizer.split_first_step) == (
+        4,
+        "all",
+        "step",
+    )
+    assert plan.optimizer.kind == ("adafactor" if full_fp16 else "adamw")
+    text = summary_text(plan)
+    assert "first chunk's gradients NOT unscaled" in text and "the same updates as one" not in text
+
+
+def test_fused_optimizer_groups_under_fp16_with_accumulation_step_the_first_chunk_per_micro_batch(tmp_path):
+    """With gradient_accumulation_steps 2 kohya's bare first optimizer steps after every micro-batch from its
+    scaled gradients: split_first_step = "micro_batch", which fp16 mixed precision allows with scaled_first
+    (DBS389 otherwise)."""
+    outcome = _fp16_command(
+        tmp_path,
+        "--optimizer_type=Prodigy --learning_rate=1.0 --fused_optimizer_groups=3 "
+        "--gradient_accumulation_steps=2",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.precision.fp16_gradients == "scaled_first"
+    assert (plan.optimizer.split, plan.optimizer.split_first_step) == (3, "micro_batch")

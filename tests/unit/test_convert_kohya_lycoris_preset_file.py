@@ -1,9 +1,10 @@
-"""LyCORIS preset files (`network_args preset=<file>.toml`, lycoris.kohya) on SD 1.x / 2.x: realistic kohya
-command lines and config files convert without --allow-unsupported, pass `dbspec check`, and plan the layers
-LyCORIS builds for the file (tests/runtime/test_lycoris_preset_file.py builds them with lycoris-lora). A file
-that is not here is unreadable (DBS401); one LyCORIS refuses, or whose layers it builds twice, stops kohya
-(DBS402); per-layer algorithms and other families are not expressed (DBS403). The built-in `ia3` preset
-matches no layer in lycoris-lora 4.1.3: kohya has nothing to train (DBS402)."""
+"""LyCORIS preset files (`network_args preset=<file>.toml`, lycoris.kohya) on SD 1.x / 2.x and SDXL: realistic
+kohya command lines and config files convert without --allow-unsupported, pass `dbspec check`, and plan the
+layers LyCORIS builds for the file (tests/runtime/test_lycoris_preset_file.py and
+test_lycoris_preset_file_sdxl.py build them with lycoris-lora). A file that is not here is unreadable
+(DBS401); one LyCORIS refuses, or whose layers it builds twice, stops kohya (DBS402); per-layer algorithms,
+an SDXL file adapting other layers in its two text encoders and other families are not expressed (DBS403).
+The built-in `ia3` preset matches no layer in lycoris-lora 4.1.3: kohya has nothing to train (DBS402)."""
 
 from __future__ import annotations
 
@@ -127,9 +128,87 @@ def test_per_module_algorithm_is_not_expressed(tmp_path):
     assert "DBS403" in codes(outcome) and "one adapter kind" in messages(outcome, "DBS403")
 
 
-def test_sdxl_preset_file_is_not_expressed(tmp_path):
-    outcome = _convert(tmp_path, "p.toml", ATTN_CONV, model=SDXL, script="sdxl_train_network.py")
-    assert "DBS403" in codes(outcome) and "SD 1.x / 2.x" in messages(outcome, "DBS403")
+def _sdxl(tmp_path, preset: str, text: str):
+    return _convert(tmp_path, preset, text, model=SDXL, script="sdxl_train_network.py")
+
+
+def test_sdxl_attention_only_file(tmp_path):
+    """kohya's SDXL U-Net (library/sdxl_original_unet.py) names its attention class CrossAttention; both CLIP
+    encoders take the one text-encoder target list."""
+    text = (
+        'unet_target_module = ["CrossAttention"]\nunet_target_name = []\n'
+        'text_encoder_target_module = ["CLIPAttention"]\n'
+    )
+    plan = plan_of(expressible(_sdxl(tmp_path, "attn.toml", text)), tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "sdxl" and a.kind == "lokr"
+    assert a.denoiser_targets == ("to_q", "to_k", "to_v", "to_out.0") and a.conv_targets == ()
+    assert a.text_encoder_targets == ("k_proj", "v_proj", "q_proj", "out_proj")
+
+
+def test_sdxl_conv_file_takes_kohyas_original_names(tmp_path):
+    """The file names kohya's original-layout paths (input_blocks.0.0, out.2: conv_in / conv_out); the
+    targets are diffusers' (dbspec's SDXL U-Net), the downsamplers' `op` its `conv`."""
+    text = """\
+enable_conv = true
+unet_target_module = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["input_blocks.0.0", "out.2"]
+text_encoder_target_module = []
+"""
+    plan = plan_of(expressible(_sdxl(tmp_path, "conv.toml", text)), tmp_path)
+    a = plan.adapter
+    assert a.denoiser_targets == ("time_emb_proj", "conv_shortcut")
+    assert a.conv_targets == ("conv_in", "conv1", "conv2", "conv", "conv_out")
+    assert not plan.train_text_encoder
+
+
+def test_sdxl_fnmatch_and_exclude_name_from_a_config_file(tmp_path):
+    """fnmatch patterns on kohya's SDXL paths: the output blocks, feed-forwards and shortcuts left out, so the
+    ResNets' and transformers' layers of the input and middle blocks keep full diffusers paths."""
+    preset = """\
+use_fnmatch = true
+unet_target_module = ["ResnetBlock2D", "Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+exclude_name = ["output_blocks.*", "*.ff.net.*", "*.out_proj", "*.skip_connection"]
+"""
+    (tmp_path / "sel.toml").write_text(preset, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    (tmp_path / "config.toml").write_text(
+        f'pretrained_model_name_or_path = "{SDXL}"\ntrain_data_dir = "x"\nresolution = "1024"\n'
+        'network_module = "lycoris.kohya"\nnetwork_dim = 8\nnetwork_alpha = 4\n'
+        'network_args = ["algo=locon", "conv_dim=4", "preset=sel.toml"]\nlearning_rate = 1e-4\n'
+        "max_train_steps = 100\n",
+        encoding="utf-8",
+    )
+    outcome = expressible(kohya(tmp_path, command="sdxl_train_network.py --config_file config.toml"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert not any(t.startswith("up_blocks") or "ff.net" in t for t in a.denoiser_targets)
+    assert "mid_block.attentions.0.transformer_blocks.9.attn2.to_out.0" in a.denoiser_targets
+    assert "down_blocks.0.resnets.0.time_emb_proj" in a.denoiser_targets
+    assert a.conv_targets[0] == "down_blocks.0.resnets.0.conv1" and "conv_in" not in a.conv_targets
+    assert a.text_encoder_targets == ("k_proj", "v_proj", "q_proj", "fc1", "fc2")
+
+
+def test_sdxl_sd_names_match_nothing(tmp_path):
+    """SD's names for the first and last convolutions are not paths of kohya's SDXL U-Net (input_blocks.0.0,
+    out.2): a file naming only them builds no module, and kohya has nothing to train."""
+    text = 'unet_target_module = []\nunet_target_name = ["conv_in", "conv_out"]\n'
+    text += "text_encoder_target_module = []\n"
+    outcome = _sdxl(tmp_path, "p.toml", text)
+    assert "DBS402" in codes(outcome) and "matches no layer" in messages(outcome, "DBS402")
+
+
+def test_sdxl_second_encoder_only_layers(tmp_path):
+    """OpenCLIP bigG's text_projection, which CLIP-L lacks, is one target for both encoders; a class only one
+    encoder has (CLIPTextModelWithProjection, the whole second encoder) is not expressed: dbspec's
+    text_encoder_targets name the same layers in both."""
+    text = 'text_encoder_target_module = []\ntext_encoder_target_name = ["text_projection"]\n'
+    a = plan_of(expressible(_sdxl(tmp_path, "proj.toml", text)), tmp_path).adapter
+    assert a.text_encoder_targets == ("text_projection",)
+    text = 'text_encoder_target_module = ["CLIPTextModelWithProjection"]\n'
+    outcome = _sdxl(tmp_path, "whole.toml", text)
+    assert "DBS403" in codes(outcome) and "same layers in both" in messages(outcome, "DBS403")
 
 
 def test_ia3_preset_trains_nothing(tmp_path):

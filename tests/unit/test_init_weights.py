@@ -306,24 +306,25 @@ def test_networks_dylora_network_weights_converts_and_plans_from_the_file(tmp_pa
     assert planned.plan is None and "DBS356" in {d.code for d in planned.diagnostics}
 
 
-def test_dylora_network_weights_that_stay_refused(tmp_path):
-    """LyCORIS algo=dylora loads nothing but each layer's alpha from the file (its weights are up_list /
-    down_list), and networks.dylora with --dim_from_weights builds its network without network_args: DBS403,
-    naming why."""
+def test_dylora_network_weights_with_dim_from_weights_and_lycoris_alphas_convert(tmp_path):
+    """Once refused (DBS403): networks.dylora with --dim_from_weights builds its network from the file (unit
+    1, network_args unread), and LyCORIS algo=dylora takes each layer's alpha from the file and nothing else
+    (its weights are up_list / down_list); tests/unit/test_convert_kohya_dylora.py checks the plans."""
     write_lora(tmp_path / "prev.safetensors", MODULES)
     outcome = _convert(
         tmp_path,
-        '--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --network_args "algo=dylora"',
+        '--network_dim=8 --network_alpha=2 --network_weights=prev.safetensors --network_args "algo=dylora"',
         module="lycoris.kohya",
     )
-    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
-    assert "up_list" in outcome.conversion.reports["network_weights"].note
+    assert fate(outcome, "network_weights") == "mapped"
+    assert {b.alpha for b in plan_of(outcome, tmp_path).adapter.blocks} == {4.0}
     outcome = _convert(
         tmp_path,
         "--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --dim_from_weights",
         module="networks.dylora",
     )
-    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
+    assert fate(outcome, "dim_from_weights") == "mapped"
+    assert plan_of(outcome, tmp_path).adapter.dylora_unit == 1
 
 
 def test_a_hand_written_dylora_spec_starts_from_a_file(tmp_path):

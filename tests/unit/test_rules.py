@@ -1321,6 +1321,23 @@ CASES = [
         [("DBS548", "error", ("adapter", "rank"))],
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n',
     ),
+    (  # and each block's ranks (kohya --dim_from_weights, LyCORIS's file alphas)
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nconv_rank = 2\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 6\nalpha = 1.0\n",
+        [
+            ("DBS548", "error", ("adapter", "blocks", 0, "conv_rank")),
+            ("DBS548", "error", ("adapter", "text_encoder_blocks", 0, "rank")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nconv_rank = 0\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 12\nalpha = 1.0\n",
+    ),
     # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
     (
         rules.dylora_bypass_runs,
@@ -1333,6 +1350,18 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\nconv_rank = 4\ndylora_form = "lycoris"\n'
         + "bypass = true\n",
     ),
+    (  # a block's rank of several blocks too
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 8\nalpha = 1.0\n",
+        [("DBS549", "error", ("adapter", "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 3.0\n",
+    ),
     (
         rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed
         DOG + STEPS + '[optimizer]\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',
@@ -1343,11 +1372,12 @@ CASES = [
         DOG + STEPS + '[optimizer]\nsplit = 2\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',
     ),
     (
-        rules.scaled_fp16_gradients,  # fp16 weights stepped from still-scaled gradients: no clip
-        DOG + STEPS + '[precision]\nfp16_gradients = "scaled"\n',
+        rules.scaled_fp16_gradients,  # still-scaled gradients: no bf16 weights, no clip; later chunks
+        DOG + STEPS + '[precision]\nweights = "bf16"\nfp16_gradients = "scaled_first"\n',
         [
             ("DBS555", "error", ("precision", "fp16_gradients")),
             ("DBS555", "error", ("optimizer", "max_grad_norm")),
+            ("DBS555", "error", ("precision", "fp16_gradients")),
         ],
         DOG
         + STEPS

@@ -1,13 +1,30 @@
 """DyLoRA's network arguments into [adapter] kind = "dylora": kohya's `networks.dylora` (sd-scripts
 networks/dylora.py: `unit`, `conv_dim` equal to network_dim, the convolutions at network_alpha) and LyCORIS's
 `algo=dylora` (lycoris/modules/dylora.py: `block_size`, 4 unless given). kohya passes each "key=value" to the
-network as a string."""
+network as a string.
+
+A file given with `--network_weights`: networks.dylora loads its `lora_down` / `lora_up` / `alpha` into every
+layer (adapter.init_weights), and with `--dim_from_weights` builds its network from the file (each module at
+its own rank and alpha, unit 1, network_args unread: `kohya_dylora_from_weights`); LyCORIS's DyLoraModule
+names its weights up_list / down_list, so only each layer's `alpha` loads (`lycoris_dylora_alphas`)."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+import attrs
+
+from dbspec.compiler.lora_file import LoraFile, read_lora_file
+from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.file_ranks import (
+    TEXT_COMPONENTS,
+    common_pair,
+    per_module_text_blocks,
+    sd_blocks,
+    text_blocks,
+)
 from dbspec.convert.kohya.loraplus import loraplus
 
 # networks/dylora.py DyLoRANetwork: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and
@@ -136,3 +153,164 @@ def lycoris_dylora(
         )
         return
     put["bypass"] = True
+
+
+def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> LoraFile | None:
+    """The --network_weights file, or None (`key` reported unsupported, naming why)."""
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(key, f"dbspec reads {what} from a .safetensors file only (kohya also torch.loads)")
+        return None
+    local = paths.local(weights.value)
+    try:
+        if local is None:
+            raise ValueError("a Windows path, not on this machine")
+        return read_lora_file(local)
+    except (ModelFileError, ValueError, OSError) as exc:
+        conv.unsupported(key, f"{what} come from `{weights.value}`, which cannot be used: {exc}")
+        return None
+
+
+def kohya_dylora_from_weights(a: dict[str, Legacy], paths, conv: Conversion, original_names: bool) -> None:
+    """networks.dylora with --dim_from_weights (train_network.py calls create_network_from_weights instead of
+    create_network): DyLoRANetwork(modules_dim=, modules_alpha=) builds one DyLoRAModule per module of the
+    file at the module's rank (its lora_down's rows) and alpha (0: the rank), none elsewhere, scanning the
+    U-Net's ResNet, Downsample2D and Upsample2D blocks too (their 3x3 convolutions where the file has them),
+    always at unit 1 (the function passes none); network_args reach it as **kwargs it never reads (LoRA+
+    included: only create_network calls set_loraplus_lr_ratio), and network_dim / network_alpha /
+    network_dropout go to no network. load_weights then loads the file (adapter.init_weights, as without the
+    flag). The ranks and alphas are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] (file_ranks.py)."""
+    from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, map_init_weights
+
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), "dylora", conv.comment(module, "networks.dylora"))
+    conv.put(("adapter", "dylora_form"), "kohya", note)
+    conv.put(("adapter", "unit"), 1, note + " (create_network_from_weights passes no unit: 1)")
+    for key in ("network_dim", "network_alpha"):
+        conv.reports.pop(key, None)  # mapped before, for create_network, which this flag skips
+        if a[key].given:
+            conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
+    args = a["network_args"]
+    if args.value:
+        conv.ignored(
+            args,
+            "with --dim_from_weights networks.dylora's create_network_from_weights takes network_args as "
+            "**kwargs and reads none of them (unit, conv_dim, LoRA+ ratios included)",
+        )
+    if a["network_dropout"].value:
+        conv.ignored(a["network_dropout"], "with --dim_from_weights train_network.py passes it to no network")
+    file = _read(weights, paths, conv, from_file, "the ranks")
+    if file is None:
+        return
+    missing = [m.name for m in file.modules.values() if m.alpha is None]
+    if missing:
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"`{weights.value}` has no alpha for `{missing[0]}`: networks.dylora's "
+            "create_network_from_weights then replaces its alpha table by that module's rank "
+            "(`modules_alpha = modules_dim[key]`) and fails at its next lookup in that int (TypeError)",
+        )
+        return
+    try:
+        blocks = sd_blocks(file, original_names)
+    except ValueError as exc:
+        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        return
+    linear = common_pair(file, prefixes=tuple(TEXT_COMPONENTS)) or common_pair(file)
+    if linear is not None:
+        conv.put(("adapter", "rank"), linear[0], note)
+        conv.put(("adapter", "alpha"), float(linear[1]), note)
+    convs = common_pair(file, conv=True)
+    if convs is not None:
+        conv.put(("adapter", "conv_rank"), convs[0], note)
+        conv.put(("adapter", "conv_alpha"), float(convs[1]), note)
+    # DyLoRANetwork scans Transformer2DModel and, built from weights, ResnetBlock2D / Downsample2D /
+    # Upsample2D: their linears and 1x1 convolutions (time_emb_proj, conv_shortcut) by the file's names
+    conv.put(("adapter", "denoiser_targets"), [*KOHYA_UNET_TARGETS, *_RESNET_LINEAR], note)
+    conv.put(("adapter", "text_encoder_targets"), list(_TEXT), note)
+    for index, block in enumerate(blocks):
+        why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, why)
+    for index, block in enumerate(per_module_text_blocks(file)):
+        why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
+        for key, value in block.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
+    conv.record(from_file, "mapped", "adapter.rank, adapter.alpha, adapter.blocks")
+    map_init_weights(weights, paths, conv)  # DyLoRANetwork.load_weights: load_state_dict(strict=False)
+
+
+def _f32(value: float) -> float:
+    """The value as DyLoraModule's float32 alpha buffer holds it once the file's alpha is copied in."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_names: bool) -> None:
+    """LyCORIS algo=dylora with --network_weights: LycorisNetworkKohya.load_weights is
+    load_state_dict(strict=False), and DyLoraModule keeps its weights in up_list / down_list, so the file's
+    lora_down / lora_up load nowhere and only each layer's `alpha` buffer takes the file's value (float32);
+    get_weight scales by that buffer, so it is the alpha the layer trains and saves at. Layers the file lacks
+    (or without its alpha) keep network_alpha / conv_alpha; the file's modules of layers the network does not
+    adapt are ignored. The run starts from a fresh init; the layers whose alpha differs are named in
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the adapter's rank and the file's alpha."""
+    file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+    if file is None:
+        return
+    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
+    rank, alpha = value("rank", 4), float(value("alpha", 1.0))
+    conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
+    zero = next((m.name for m in file.modules.values() if m.alpha == 0), None)
+    if zero is not None:
+        conv.unsupported(
+            weights,
+            f"`{zero}.alpha` is 0 in the file: LyCORIS copies it into the layer's alpha buffer, which then "
+            "scales its update by 0 (DyLoraModule reads alpha 0 as the rank only when it builds the layer); "
+            "dbspec reads alpha 0 as the rank",
+        )
+        return
+    differ = {}
+    for m in file.modules.values():
+        if m.alpha is None or (m.conv and not conv_rank):  # no alpha; no 3x3 layer adapted there
+            continue
+        own = _f32(m.alpha)
+        if own != (conv_alpha if m.conv else alpha):
+            differ[m.name] = attrs.evolve(m, rank=1, alpha=own)  # grouped by alpha alone
+    if not differ:
+        conv.inert(
+            weights,
+            "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
+            "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
+            "network's: the run starts from a fresh init",
+        )
+        return
+    only = LoraFile(path=file.path, modules=differ)
+    try:
+        denoiser = sd_blocks(only, original_names)[:-1]  # no rank-0 block: the rest keep the network's
+    except ValueError as exc:
+        conv.unsupported(weights, f"LyCORIS's DyLoRA alphas come from `{weights.value}`: {exc}")
+        return
+    text = text_blocks(only)[:-1]
+    note = (
+        f"LyCORIS --network_weights: {paths.name_of(weights.value)}'s alpha (only its alphas load into "
+        "DyLoraModule)"
+    )
+    for index, block in enumerate(denoiser):
+        out = {"pattern": block["pattern"], "rank": rank, "alpha": alpha}
+        if "conv_rank" in block:  # a 3x3 convolution's block
+            out.update(conv_rank=conv_rank, conv_alpha=block["conv_alpha"])
+        else:
+            out.update(alpha=block["alpha"], conv_rank=conv_rank, conv_alpha=conv_alpha)
+        for key, item in out.items():
+            conv.put(("adapter", "blocks", index, key), item, note)
+    for index, block in enumerate(text):
+        for key, item in {**block, "rank": rank}.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), item, note)
+    conv.record(
+        weights,
+        "mapped",
+        "adapter.blocks, adapter.text_encoder_blocks",
+        "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list): the run starts "
+        "from a fresh init, the file's layers at its alphas",
+    )

@@ -9,6 +9,10 @@ kohya's groups, in order (its code is the ground truth):
   dropped. Block lr weights (down/mid/up_lr_weight) give one group per U-Net block instead (each followed
   by its plus group), in the order create_modules meets the blocks' modules; each maps onto dbspec's group
   of its weight (runtime/blocks.py: `denoiser`, `denoiser_x<weight>`, `denoiser_lora_up_x<weight>`).
+- networks.dylora (networks/dylora.py `prepare_optimizer_params`): networks.lora's order and rules without
+  block lr weights (it reads none): text encoders, their plus group (`lora_B`), U-Net, its plus group.
+- networks.lora_fa (networks/lora_fa.py `prepare_optimizer_params`): [text encoders, U-Net], no plus group,
+  a group at rate 0 kept (refused here: the schedules replace its rate, dbspec leaves it untrained).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
@@ -42,21 +46,25 @@ _BLOCK_WEIGHTS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
 
 def kohya_groups(
-    a: Args, script: str, written: dict | None = None, facts: dict | None = None
+    a: Args, script: str, written: dict | None = None, facts: dict | None = None, split: bool = False
 ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """kohya's optimizer groups in order: (kohya's name for it, the dbspec groups its parameters train in;
     () where they do not train in dbspec). On failure ([], why dbspec cannot match them one to one).
     `written`: the spec values converted so far (Conversion.values: the adapter's, mapped before); `facts`:
-    Conversion.facts (lora_flux.py's network_reg_lrs groups)."""
+    Conversion.facts (lora_flux.py's network_reg_lrs groups). `split`: each text encoder that kohya trains
+    in a group of its own onto a dbspec group of its own (`text_encoder_2`, `text_encoder_3`), which a
+    schedule table naming it creates at the encoder's rate, and each networks.lora U-Net block onto one of
+    its own (`denoiser[_x<weight>]_unet_block<N>`, its [[adapter.blocks]] `group`, write_block_groups),
+    where dbspec would share one at one rate."""
     written = written or {}
     if script == "train_db":
         return _train_db(a), ""
     if script == "sdxl_train":
-        return _sdxl_train(a)
+        return _sdxl_train(a, split)
     if script in ("train_network", "sdxl_train_network"):
-        return _networks_lora(a, written, script == "sdxl_train_network")
+        return _networks_lora(a, written, script == "sdxl_train_network", split)
     if script in ("flux_train_network", "sd3_train_network"):
-        return _lora_flow(a, script, written, facts or {})
+        return _lora_flow(a, script, written, facts or {}, split)
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
 
 
@@ -76,7 +84,7 @@ def _train_db(a: Args) -> list[tuple[str, tuple[str, ...]]]:
     return [("unet", unet), ("text encoder", text)]
 
 
-def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _sdxl_train(a: Args, split: bool = False) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     lr = a["learning_rate"].value
     groups: list[tuple[str, tuple[str, ...]]] = []
     if lr:
@@ -89,7 +97,8 @@ def _sdxl_train(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
             groups.append(("unet", ("denoiser",)))
     if a["train_text_encoder"].value:
         rates = [_rate(a, key, lr) for key in ("learning_rate_te1", "learning_rate_te2")]
-        own = rates[0] != rates[1] and all(rates)  # dbspec's text_encoder_2 group: only at its own rate
+        # dbspec's text_encoder_2 group: at its own rate, or where a table names it (split)
+        own = (split or rates[0] != rates[1]) and all(rates)
         if rates[0]:
             groups.append(("text encoder 1", ("text_encoder",)))
         if rates[1]:
@@ -109,13 +118,19 @@ def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
     return [(f"unet block {i}", (f"denoiser_block{i}",)) for i, rate in enumerate(rates) if rate != 0]
 
 
-def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _networks_lora(
+    a: Args, written: dict, sdxl: bool, split: bool = False
+) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
-    if module not in ("networks.lora", "lycoris.kohya"):
+    if module not in ("networks.lora", "lycoris.kohya", "networks.dylora", "networks.lora_fa"):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
+    if module == "networks.lora_fa":
+        return _lora_fa(a)
     kwargs, _ = parse_network_args(a["network_args"].value or [])
     unet_ratio, text_ratio = _ratios(kwargs)
     text_layers = True
+    if module == "networks.dylora":  # its create_network reads no block lr weights
+        kwargs = {k: v for k, v in kwargs.items() if k not in _BLOCK_WEIGHTS}
     if module == "lycoris.kohya":
         if kwargs.get("algo", "lora").lower() not in ("lora", "locon"):
             unet_ratio = text_ratio = None  # no `lora_up` parameter: the plus groups stay empty (skipped)
@@ -138,6 +153,8 @@ def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, 
                 return [], why
             for index, scale in blocks:
                 suffix = "" if scale == 1.0 else f"_x{scale:g}"  # runtime/blocks.py block_param_groups
+                # split: each block its own group (write_block_groups sets [[adapter.blocks]] group)
+                suffix += f"_unet_block{index}" if split else ""
                 groups.append((f"unet_block{index}", (f"denoiser{suffix}",)))
                 if unet_ratio is not None:
                     groups.append((f"unet_block{index} plus", (f"denoiser_lora_up{suffix}",)))
@@ -145,6 +162,32 @@ def _networks_lora(a: Args, written: dict, sdxl: bool) -> tuple[list[tuple[str, 
         groups.append(("unet", ("denoiser",)))
         if unet_ratio is not None:
             groups.append(("unet plus", ("denoiser_lora_up",)))
+    return groups, ""
+
+
+def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    """networks.lora_fa's prepare_optimizer_params (networks/lora_fa.py): [text encoder(s), U-Net], one group
+    each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
+    that part (network_train_unet_only / text_encoder_only remove it), also at rate 0, which CyclicLR and
+    OneCycleLR lift (they replace each group's rate): dbspec, which leaves a part at rate 0 untrained,
+    cannot follow."""
+    lr = a["learning_rate"].value
+    te = a["text_encoder_lr"].value
+    te_rate = (te[0] if te else None) if isinstance(te, list) else te
+    te_rate = te_rate if te_rate is not None else lr
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for name, rate, skip, target in (
+        ("textencoder", te_rate, "network_train_unet_only", "text_encoder"),
+        ("unet", _rate(a, "unet_lr", lr), "network_train_text_encoder_only", "denoiser"),
+    ):
+        if a[skip].value:
+            continue
+        if not rate:
+            return [], (
+                f"networks.lora_fa keeps its {name} group at rate 0, which the scheduler's bounds replace "
+                "(kohya trains it; dbspec leaves it untrained)"
+            )
+        groups.append((name, (target,)))
     return groups, ""
 
 
@@ -226,12 +269,13 @@ def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[
 
 
 def _lora_flow(
-    a: Args, script: str, written: dict, facts: dict
+    a: Args, script: str, written: dict, facts: dict, split: bool = False
 ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """lora_flux / lora_sd3: [CLIP-L, (CLIP-G,) T5-XXL, transformer], each with its plus group. dbspec's
     groups: CLIP-L in `text_encoder`; Flux's T5 in `text_encoder_2` where the converter gave it its own rate
     (lora_flux.t5_trains); SD3's CLIP-G in `text_encoder_2` at a rate of its own (train._sd3_clip_g_lr), its
-    T5 in `text_encoder_3` at its own (lora_flux._sd3_t5_trains), else in CLIP-G's group."""
+    T5 in `text_encoder_3` at its own (lora_flux._sd3_t5_trains), else in CLIP-G's group; with `split`
+    each in its own whatever the rates."""
     kwargs, _ = parse_network_args(a["network_args"].value or [])
     reg = facts.get("kohya_flux_reg_groups") if script == "flux_train_network" else None
     if script == "flux_train_network" and "network_reg_lrs" in kwargs and reg is None:
@@ -245,12 +289,12 @@ def _lora_flow(
     rates = (given + given[-1:] * count)[:count] if given else [lr] * count
     encoders: list[tuple[str, float, str]] = [("textencoder 1", rates[0], "text_encoder")]
     if script == "sd3_train_network":
-        g_own = len(given) > 1 and rates[1] not in (rates[0], 0)
+        g_own = (split or len(given) > 1) and rates[1] not in ((0,) if split else (rates[0], 0))
         second = "text_encoder_2" if g_own else "text_encoder"
         encoders.append(("textencoder 2 (CLIP-G)", rates[1], second))
-        t5 = "text_encoder_3" if ("optimizer", "text_encoder_3_lr") in written else second
+        t5 = "text_encoder_3" if split or ("optimizer", "text_encoder_3_lr") in written else second
     else:
-        t5 = "text_encoder_2" if ("optimizer", "text_encoder_2_lr") in written else "text_encoder"
+        t5 = "text_encoder_2" if split or ("optimizer", "text_encoder_2_lr") in written else "text_encoder"
     if _value(written, ("train", "t5"), False):
         encoders.append(("textencoder (T5-XXL)", rates[-1], t5))
     groups: list[tuple[str, tuple[str, ...]]] = []
@@ -295,12 +339,35 @@ def _ratio(kwargs: dict[str, str], key: str) -> float | None:
         return None  # network.py reports it
 
 
+def split_needed(a: Args, script: str, lists: list[list], conv: Conversion) -> bool:
+    """Whether kohya's per-group lists give two kohya groups that dbspec trains as one (its text encoders at
+    one rate) different values: then every list maps with kohya_groups' `split`, so that the tables all name
+    the encoders' own groups."""
+    groups, _ = kohya_groups(a, script, conv.values, conv.facts)
+    for values in lists:
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            continue
+        if groups and len(numbers) == len(groups) and _table(groups, numbers)[1]:
+            return True
+    return False
+
+
 def group_table(
-    a: Args, script: str, cls: str, key: str, values: list, args: Legacy, conv: Conversion
+    a: Args,
+    script: str,
+    cls: str,
+    key: str,
+    values: list,
+    args: Legacy,
+    conv: Conversion,
+    split: bool = False,
 ) -> float | dict[str, float] | None:
     """kohya's per-group `key` list as dbspec's value: one number when every dbspec group gets the same, else
-    a table by group name. None after reporting why not (torch's ValueError on a wrong length: DBS402)."""
-    groups, why = kohya_groups(a, script, conv.values, conv.facts)
+    a table by group name. None after reporting why not (torch's ValueError on a wrong length: DBS402).
+    `split`: map onto each text encoder's own group (split_needed)."""
+    groups, why = kohya_groups(a, script, conv.values, conv.facts, split=split)
     if not groups:
         conv.unsupported(args, f"one {key} per parameter group: {why}")
         return None
@@ -322,20 +389,49 @@ def group_table(
             args.key, args.value, args.source, f"{key}={values!r} holds a value that is not a number"
         )
         return None
-    table: dict[str, float] = {}
-    for (name, targets), value in zip(groups, numbers, strict=True):
-        for target in targets:
-            if target in table and table[target] != value:
-                conv.unsupported(
-                    args,
-                    f"{key}: kohya's groups give `{target}` {table[target]!r} and {value!r} ({name}); dbspec "
-                    "trains them as one group",
-                )
-                return None
-            table[target] = value
-    if key == "max_lr" and 0.0 in table.values():
-        conv.unsupported(args, "a max_lr of 0 (dbspec's max_lr 0 stands for the group's own lr)")
+    table, clash = _table(groups, numbers)
+    if clash:
+        conv.unsupported(args, f"{key}: {clash}; dbspec trains them as one group")
         return None
     if not table:  # nothing trains in dbspec that the list concerns
         return numbers[0]
     return next(iter(table.values())) if len(set(table.values())) == 1 else table
+
+
+def _table(groups: list[tuple[str, tuple[str, ...]]], numbers: list[float]) -> tuple[dict[str, float], str]:
+    """The values by dbspec group, or ({}, why) where two kohya groups give one dbspec group two values."""
+    table: dict[str, float] = {}
+    for (name, targets), value in zip(groups, numbers, strict=True):
+        for target in targets:
+            if target in table and table[target] != value:
+                return {}, f"kohya's groups give `{target}` {table[target]!r} and {value!r} ({name})"
+            table[target] = value
+    return table, ""
+
+
+def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> None:
+    """After lists mapped with kohya_groups' `split`: each networks.lora U-Net block that kohya trains in a
+    group of its own (block lr weights) gets [[adapter.blocks]] `group = "unet_block<N>"`, the group the
+    tables name; a block without an entry (the adapter's ranks and alphas, weight 1) gets one, its pattern
+    disjoint from the others', so no module changes block."""
+    from dbspec.convert.kohya.blocks import block_pattern
+
+    if script not in ("train_network", "sdxl_train_network") or a["network_module"].value != "networks.lora":
+        return
+    kwargs, _ = parse_network_args(a["network_args"].value or [])
+    if not any(k in kwargs for k in _BLOCK_WEIGHTS):
+        return
+    sdxl = script == "sdxl_train_network"
+    blocks, _ = _weighted_blocks(a, kwargs, sdxl)
+    entries = conv.facts.get("kohya_block_entries", {})
+    count = sum(1 for path in conv.values if path[:2] == ("adapter", "blocks") and path[3:] == ("pattern",))
+    adapter = {key: conv.values[("adapter", key)][0] for key in ("rank", "alpha", "conv_rank", "conv_alpha")
+               if ("adapter", key) in conv.values}  # fmt: skip
+    for index, _ in blocks:
+        entry = entries.get(index)
+        if entry is None:  # the adapter's own settings, written out for the block
+            entry, count = count, count + 1
+            conv.put(("adapter", "blocks", entry, "pattern"), block_pattern(index, sdxl), note)
+            for key, value in adapter.items():
+                conv.put(("adapter", "blocks", entry, key), value, note)
+        conv.put(("adapter", "blocks", entry, "group"), f"unet_block{index}", note)

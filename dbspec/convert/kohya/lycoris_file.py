@@ -14,15 +14,21 @@ nested in another) is built twice and its duplicate name asserts.
 
 dbspec reproduces that walk on a torch-free inventory of kohya's SD 1.x / 2.x U-Net (library/original_unet.py:
 diffusers' module paths, `CrossAttention` for the attention) and CLIP text encoder, then writes the adapted
-layers as the shortest path suffixes that match exactly those layers there (peft's suffix match)."""
+layers as the shortest path suffixes that match exactly those layers there (peft's suffix match). On SDXL
+(sdxl_train_network.py) the walk runs on kohya's own U-Net (library/sdxl_original_unet.py: the original
+layout's paths and classes, which a file's names and patterns are written against) and both CLIP encoders;
+the adapted U-Net layers are then translated to diffusers' paths (dbspec/unet_layout.py), the model dbspec
+trains."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
 import tomli
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple
+
+from dbspec.unet_layout import SDXL_UNET, diffusers_name
 
 # lycoris-lora 4.1.3 config_sdk.VALID_PRESET_KEYS
 _VALID_KEYS = (
@@ -104,24 +110,25 @@ def _attention(rows: list[Row], p: str) -> None:
     _add(rows, f"{p}.to_out.0", "Linear", "linear")
 
 
-def _transformer(rows: list[Row], p: str, linear_proj: bool) -> None:
+def _transformer(rows: list[Row], p: str, linear_proj: bool, depth: int = 1) -> None:
     proj = ("Linear", "linear") if linear_proj else ("Conv2d", "conv1")
     _add(rows, p, "Transformer2DModel")
     _add(rows, f"{p}.norm", "GroupNorm")
     _add(rows, f"{p}.proj_in", *proj)
     _add(rows, f"{p}.transformer_blocks", "ModuleList")
-    b = f"{p}.transformer_blocks.0"
-    _add(rows, b, "BasicTransformerBlock")
-    _attention(rows, f"{b}.attn1")
-    _add(rows, f"{b}.ff", "FeedForward")
-    _add(rows, f"{b}.ff.net", "ModuleList")
-    _add(rows, f"{b}.ff.net.0", "GEGLU")
-    _add(rows, f"{b}.ff.net.0.proj", "Linear", "linear")
-    _add(rows, f"{b}.ff.net.1", "Identity")
-    _add(rows, f"{b}.ff.net.2", "Linear", "linear")
-    _attention(rows, f"{b}.attn2")
-    for name in ("norm1", "norm2", "norm3"):
-        _add(rows, f"{b}.{name}", "LayerNorm")
+    for k in range(depth):
+        b = f"{p}.transformer_blocks.{k}"
+        _add(rows, b, "BasicTransformerBlock")
+        _attention(rows, f"{b}.attn1")
+        _add(rows, f"{b}.ff", "FeedForward")
+        _add(rows, f"{b}.ff.net", "ModuleList")
+        _add(rows, f"{b}.ff.net.0", "GEGLU")
+        _add(rows, f"{b}.ff.net.0.proj", "Linear", "linear")
+        _add(rows, f"{b}.ff.net.1", "Identity")
+        _add(rows, f"{b}.ff.net.2", "Linear", "linear")
+        _attention(rows, f"{b}.attn2")
+        for name in ("norm1", "norm2", "norm3"):
+            _add(rows, f"{b}.{name}", "LayerNorm")
     _add(rows, f"{p}.proj_out", *proj)
 
 
@@ -180,12 +187,86 @@ def sd_unet(v2: bool) -> list[Row]:
     return rows
 
 
-def clip_text(layers: int) -> list[Row]:
-    """transformers' CLIPTextModel as kohya builds it (SD 1.x: 12 layers; SD 2.x: 23), named_modules(). The
-    transformers kohya pins (4.54.1) has one attention class, CLIPAttention (CLIPSdpaAttention, which older
-    releases built by default, matches nothing)."""
+def _sdxl_resnet(rows: list[Row], p: str, shortcut: bool) -> None:
+    _add(rows, p, "ResnetBlock2D")
+    _add(rows, f"{p}.in_layers", "Sequential")
+    _add(rows, f"{p}.in_layers.0", "GroupNorm32")
+    _add(rows, f"{p}.in_layers.1", "SiLU")
+    _add(rows, f"{p}.in_layers.2", "Conv2d", "conv")
+    _add(rows, f"{p}.emb_layers", "Sequential")
+    _add(rows, f"{p}.emb_layers.0", "SiLU")
+    _add(rows, f"{p}.emb_layers.1", "Linear", "linear")
+    _add(rows, f"{p}.out_layers", "Sequential")
+    _add(rows, f"{p}.out_layers.0", "GroupNorm32")
+    _add(rows, f"{p}.out_layers.1", "SiLU")
+    _add(rows, f"{p}.out_layers.2", "Identity")
+    _add(rows, f"{p}.out_layers.3", "Conv2d", "conv")
+    _add(rows, f"{p}.skip_connection", *(("Conv2d", "conv1") if shortcut else ("Identity",)))
+
+
+def sdxl_unet() -> list[Row]:
+    """kohya's SDXL U-Net (library/sdxl_original_unet.py SdxlUNet2DConditionModel), its named_modules() in
+    order: the original layout's paths (input_blocks / middle_block / output_blocks), kohya's classes
+    (`CrossAttention`; the time and label embeddings are nn.Sequential, the first and last convolutions
+    `input_blocks.0.0` and `out.2`, the downsamplers' convolution `op`). Three levels (320, 640, 1280
+    channels), their attentions 0, 2 and 10 transformer blocks deep."""
     rows: list[Row] = []
-    _add(rows, "", "CLIPTextModel")
+    _add(rows, "", "SdxlUNet2DConditionModel")
+    for path in ("time_embed", "label_emb", "label_emb.0"):
+        _add(rows, path, "Sequential")
+        if path != "label_emb":
+            _add(rows, f"{path}.0", "Linear", "linear")
+            _add(rows, f"{path}.1", "SiLU")
+            _add(rows, f"{path}.2", "Linear", "linear")
+    _add(rows, "input_blocks", "ModuleList")
+    _add(rows, "input_blocks.0", "Sequential")
+    _add(rows, "input_blocks.0.0", "Conv2d", "conv")
+    depths = (0, 2, 10)  # transformer blocks per attention, by level
+    n = 1
+    for level in range(3):
+        for j in range(2):
+            p = f"input_blocks.{n}"
+            _add(rows, p, "ModuleList")
+            _sdxl_resnet(rows, f"{p}.0", j == 0 and level > 0)
+            if depths[level]:
+                _transformer(rows, f"{p}.1", True, depths[level])
+            n += 1
+        if level < 2:
+            _add(rows, f"input_blocks.{n}", "Sequential")
+            _add(rows, f"input_blocks.{n}.0", "Downsample2D")
+            _add(rows, f"input_blocks.{n}.0.op", "Conv2d", "conv")
+            n += 1
+    _add(rows, "middle_block", "ModuleList")
+    _sdxl_resnet(rows, "middle_block.0", False)
+    _transformer(rows, "middle_block.1", True, 10)
+    _sdxl_resnet(rows, "middle_block.2", False)
+    _add(rows, "output_blocks", "ModuleList")
+    n = 0
+    for level in (2, 1, 0):
+        for j in range(3):
+            p = f"output_blocks.{n}"
+            _add(rows, p, "ModuleList")
+            _sdxl_resnet(rows, f"{p}.0", True)  # the skip connection widens every up ResNet's input
+            if depths[level]:
+                _transformer(rows, f"{p}.1", True, depths[level])
+            if j == 2 and level > 0:
+                _add(rows, f"{p}.2", "Upsample2D")
+                _add(rows, f"{p}.2.conv", "Conv2d", "conv")
+            n += 1
+    _add(rows, "out", "ModuleList")
+    _add(rows, "out.0", "GroupNorm32")
+    _add(rows, "out.1", "SiLU")
+    _add(rows, "out.2", "Conv2d", "conv")
+    return rows
+
+
+def clip_text(layers: int, projection: bool = False) -> list[Row]:
+    """transformers' CLIPTextModel as kohya builds it (SD 1.x and SDXL's first encoder: 12 layers; SD 2.x:
+    23), or with `projection` SDXL's second, CLIPTextModelWithProjection (32 layers, then `text_projection`),
+    named_modules(). The transformers kohya pins (4.54.1) has one attention class, CLIPAttention
+    (CLIPSdpaAttention, which older releases built by default, matches nothing)."""
+    rows: list[Row] = []
+    _add(rows, "", "CLIPTextModelWithProjection" if projection else "CLIPTextModel")
     _add(rows, "text_model", "CLIPTextTransformer")
     _add(rows, "text_model.embeddings", "CLIPTextEmbeddings")
     _add(rows, "text_model.embeddings.token_embedding", "Embedding")
@@ -205,6 +286,8 @@ def clip_text(layers: int) -> list[Row]:
         _add(rows, f"{p}.mlp.fc2", "Linear", "linear")
         _add(rows, f"{p}.layer_norm2", "LayerNorm")
     _add(rows, "text_model.final_layer_norm", "LayerNorm")
+    if projection:
+        _add(rows, "text_projection", "Linear", "linear")
     return rows
 
 
@@ -415,8 +498,9 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
 
 
 class Targets(NamedTuple):
-    """A preset file's layers on kohya's model: the targets dbspec writes and each built layer (`unet`,
-    `text`: path -> Layer, as LyCORIS resolves its algorithm, dim and alpha)."""
+    """A preset file's layers on kohya's model: the targets dbspec writes and each built layer (`unet`: its
+    diffusers path -> Layer; `text`: `<component>.<path>` -> Layer, the component text_encoder or SDXL's
+    text_encoder_2, as LyCORIS resolves its algorithm, dim and alpha) with the rows of those paths."""
 
     denoiser: list[str]
     text_encoder: list[str]
@@ -427,20 +511,21 @@ class Targets(NamedTuple):
     text_rows: list[Row]
 
 
-def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims) -> Targets:
-    """The targets and layers of a preset file's table on kohya's SD 1.x (`v2` False) or 2.x model; `dims`:
-    the network's (dim, alpha, conv_dim, conv_alpha). PresetError where kohya stops or dbspec cannot express
-    the file."""
+def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims, sdxl: bool = False) -> Targets:
+    """The targets and layers of a preset file's table on kohya's SD 1.x (`v2` False) or 2.x model, or with
+    `sdxl` its SDXL model; `dims`: the network's (dim, alpha, conv_dim, conv_alpha). PresetError where kohya
+    stops or dbspec cannot express the file."""
     s = _settings(data, algo)
-    unet = sd_unet(v2)
-    text = clip_text(23 if v2 else 12)
+    unet = sdxl_unet() if sdxl else sd_unet(v2)
+    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if v2 else 12)]
     dim, alpha, conv_dim, conv_alpha = dims
     conv_dims = (dim, alpha, conv_dim if s["enable_conv"] else 0, conv_alpha)
-    built_text = _walk(
-        text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0)
-    )
+    built_texts = [
+        _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0))
+        for text in texts
+    ]
     built_unet = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, conv_dims)
-    for built in (built_text, built_unet):
+    for built in (*built_texts, built_unet):
         paths = [layer.path for layer in built]
         twice = sorted({p for p in paths if paths.count(p) > 1})
         if twice:
@@ -449,14 +534,42 @@ def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims) -> Targets:
                 "LyCORIS builds the layer twice and asserts on the duplicate name",
                 True,
             )
+    if sdxl:  # the walk ran on kohya's original-layout paths; dbspec adapts diffusers' SDXL U-Net
+        unet = [(diffusers_name(p, SDXL_UNET, "."), cls, kind) for p, cls, kind in unet if kind]
+        built_unet = [replace(layer, path=diffusers_name(layer.path, SDXL_UNET, ".")) for layer in built_unet]
     pointwise = {layer.path for layer in built_unet if layer.kind != "conv"}
     spatial = {layer.path for layer in built_unet if layer.kind == "conv"}
+    components = ["text_encoder", "text_encoder_2"][: len(texts)]
     return Targets(
         _suffixes(pointwise, unet),
-        _suffixes({layer.path for layer in built_text}, text, skip=1),
+        _text_targets(texts, [[layer.path for layer in built] for built in built_texts]),
         _suffixes(spatial, unet),
         {layer.path: layer for layer in built_unet},
-        {layer.path: layer for layer in built_text},
+        {
+            f"{c}.{layer.path}": replace(layer, path=f"{c}.{layer.path}")
+            for c, built in zip(components, built_texts)
+            for layer in built
+        },
         unet,
-        text,
+        [(f"{c}.{p}", cls, kind) for c, rows in zip(components, texts) for p, cls, kind in rows if p],
     )
+
+
+def _text_targets(texts: list[list[Row]], built_texts: list[list[str]]) -> list[str]:
+    """One target list for every text encoder (dbspec's text_encoder_targets): the suffixes picking the last
+    (widest) encoder's layers, which must pick exactly each other encoder's too. SDXL's CLIP-L has the paths
+    and classes of OpenCLIP bigG's first 12 layers, so a file picks the same layers in both unless it names a
+    class or path one encoder alone has (CLIPTextModelWithProjection, text_projection)."""
+    chosen = set(built_texts[-1])
+    top = sorted(p for p in chosen if not p.startswith("text_model."))  # text_projection: no level to skip
+    targets = _suffixes(chosen - set(top), texts[-1], skip=1) + top
+    for rows, built in zip(texts, built_texts):
+        picked = {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}
+        if picked != set(built):
+            odd = sorted(picked ^ set(built))[0]
+            raise PresetError(
+                f"it adapts other layers of kohya's {rows[0][1]} than of its {texts[-1][0][1]} ({odd} in one "
+                "and not the other); dbspec's text_encoder_targets name the same layers in both encoders",
+                False,
+            )
+    return targets

@@ -112,8 +112,11 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
     return list(inert.items())
 
 
-def _pattern(chosen: set[str], rows: list[Row], skip: int) -> str:
-    suffixes = _suffixes(chosen, rows, skip)
+def _pattern(chosen: set[str], rows: list[Row]) -> str:
+    """A regular expression `re.search` matches in exactly `chosen` among `rows`' paths: their shortest
+    distinguishing suffixes (a text encoder's paths carry their component, `text_encoder.text_model....`, as
+    runtime/blocks.py searches them)."""
+    suffixes = _suffixes(chosen, rows)
     return r"(?:^|\.)(?:" + "|".join(re.escape(s) for s in suffixes) + ")$"
 
 
@@ -124,9 +127,7 @@ def _alpha(alpha: float, dim: int, rs_lora: bool) -> float:
     return alpha * math.sqrt(dim) if rs_lora else alpha
 
 
-def _blocks(
-    layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool, text: bool
-) -> list[dict[str, Any]]:
+def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> list[dict[str, Any]]:
     dim, alpha, conv_dim, conv_alpha = dims
     defaults = {"linear": (dim, alpha), "conv1": (dim, alpha), "conv": (conv_dim, conv_alpha)}
     built = [row for row in rows if row[0] in layers]  # suffixes unique among the adapted layers
@@ -141,7 +142,7 @@ def _blocks(
         conv = next((layer for layer in group if layer.kind == "conv"), None)
         rank, a = (linear.dim, linear.alpha) if linear else (dim, alpha)  # a block of convolutions only
         block: dict[str, Any] = {
-            "pattern": _pattern({layer.path for layer in group}, built, 1 if text else 0),
+            "pattern": _pattern({layer.path for layer in group}, built),
             "rank": rank,
             "alpha": _alpha(a, rank, rs_lora),
         }
@@ -161,8 +162,8 @@ def map_blocks(
     inert = check_layers(found, algo, network)
     if kind in _NO_DIMS:
         return [], [], inert
-    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, False)
-    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, True)
+    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora)
+    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora)
     if (unet or text) and kind not in _BLOCK_KINDS:
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "

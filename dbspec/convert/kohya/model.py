@@ -184,7 +184,7 @@ def map_adapter(
     dropout = a["network_dropout"]
     lycoris = module.value == "lycoris.kohya"
     if module.value == "networks.dylora":
-        return _map_kohya_dylora(a, paths, conv, rank)
+        return _map_kohya_dylora(a, paths, conv, rank, bool(original))
     kind = map_network(
         module,
         a["network_args"],
@@ -222,13 +222,54 @@ def map_adapter(
     return True
 
 
-def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -> bool:
-    """kohya's networks.dylora (convert/kohya/dylora.py); --network_dropout reaches its create_network as an
-    argument it never reads."""
+def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int, original: bool) -> bool:
+    """kohya's networks.dylora (convert/kohya/dylora.py): its create_network, or with --dim_from_weights its
+    create_network_from_weights."""
+    from dbspec.convert.kohya.dylora import kohya_dylora_from_weights
+
+    module = a["network_module"]
+    conv.record(module, "mapped", "adapter.kind")
+    weights = a["network_weights"]
+    from_file = a["dim_from_weights"]
+    if weights.value and from_file.value:  # networks.dylora's create_network_from_weights
+        kohya_dylora_from_weights(a, paths, conv, original)
+    elif from_file.value:  # create_network_from_weights(1, None, ...): os.path.splitext(None) raises
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            "--dim_from_weights reads the ranks from --network_weights, which is not given",
+        )
+        return False
+    elif not _kohya_dylora_network(a, paths, conv, rank):
+        return False
+    norms = a["scale_weight_norms"]
+    if norms.value:  # train_network.py: without the network's apply_max_norm_regularization, a warning
+        conv.ignored(
+            norms,
+            "networks.dylora has no apply_max_norm_regularization: train_network.py warns and sets "
+            "scale_weight_norms = False",
+        )
+    base = a["base_weights"]
+    if base.value:  # train_network.py merges each through the module's create_network_from_weights
+        conv.invalid(
+            base.key,
+            base.value,
+            base.source,
+            "train_network.py merges it with networks.dylora's DyLoRANetwork.merge_to, which "
+            "networks/dylora.py leaves commented out: AttributeError",
+        )
+        if a["base_weights_multiplier"].given:
+            conv.inert(a["base_weights_multiplier"], "kohya stops at the --base_weights merge")
+    return True
+
+
+def _kohya_dylora_network(a: Args, paths: PathMapper, conv: Conversion, rank: int) -> bool:
+    """networks.dylora's create_network (convert/kohya/dylora.py), then --network_weights loaded into it;
+    --network_dropout reaches create_network as an argument it never reads."""
     from dbspec.convert.kohya.dylora import kohya_dylora
 
-    module, alpha, args = a["network_module"], a["network_alpha"], a["network_args"]
-    conv.record(module, "mapped", "adapter.kind")
+    alpha, args = a["network_alpha"], a["network_args"]
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
@@ -237,25 +278,12 @@ def _map_kohya_dylora(a: Args, paths: PathMapper, conv: Conversion, rank: int) -
     if a["network_dropout"].value:
         conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
     weights = a["network_weights"]
-    if weights.value and a["dim_from_weights"].value:  # networks.dylora's create_network_from_weights
-        why = (
-            "networks.dylora's create_network_from_weights builds the network from the file without its "
-            "network_args (unit 1): not expressed"
-        )
-        conv.unsupported(a["dim_from_weights"], why)
-        conv.unsupported(weights, why)
-    elif weights.value and not str(weights.value).lower().endswith(".safetensors"):
+    if weights.value and not str(weights.value).lower().endswith(".safetensors"):
         conv.unsupported(
             weights, "dbspec starts a DyLoRA from a .safetensors file only (kohya also torch.loads)"
         )
     elif weights.value:  # DyLoRANetwork.load_weights: load_state_dict(strict=False), the file's rows per rank
         map_init_weights(weights, paths, conv)
-    norms = a["scale_weight_norms"]
-    if norms.value:  # train_network.py calls the network's apply_max_norm_regularization
-        conv.invalid(
-            norms.key, norms.value, norms.source, "networks.dylora has no apply_max_norm_regularization"
-        )
-    map_base_weights(a, paths, conv)
     return True
 
 
@@ -605,6 +633,16 @@ def _map_full_fp16(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             ("precision", "fp16_gradients"),
             "scaled",
             conv.comment(legacy, "the fused backward pass steps before the grad scaler unscales"),
+        )
+    elif script == "sdxl_train" and "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
+        # the groups' hooks: the first optimizer steps from the scaled fp16 gradients, the others through the
+        # patched scaler one by one (fp16_gradients = "scaled_first", train.py _fused_clip_runs)
+        conv.mapped(
+            legacy,
+            ("precision", "weights"),
+            "fp16",
+            note=f'{what} in fp16, weights_rounding = "nearest": each group\'s optimizer steps them directly '
+            "(the first from the scaled fp16 gradients, the others unscaled by kohya's patched scaler)",
         )
     else:
         conv.mapped(

@@ -20,7 +20,7 @@ from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
-from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
 from dbspec.convert.kohya.lycoris_file import PresetError, Targets, preset_targets, read_preset
 from dbspec.convert.kohya.lycoris_maps import map_blocks
@@ -133,17 +133,18 @@ def preset_file_targets(
         conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         return None
     facts = family_spec(family).kohya if family else None
-    # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths; SDXL's original layout
-    # and the flow models' networks differ in classes and paths
-    if facts is None or facts.original_unet_names or facts.network != "networks.lora":
+    # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths, its SDXL U-Net
+    # (library/sdxl_original_unet.py, sdxl_train_network.py; kohya has no refiner script) the original
+    # layout's; the flow models' networks differ in classes and paths
+    if facts is None or facts.network != "networks.lora":
         conv.unsupported(
             legacy,
-            "dbspec converts LyCORIS preset files for SD 1.x / 2.x, whose kohya model it knows layer by "
-            f"layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
+            "dbspec converts LyCORIS preset files for SD 1.x / 2.x and SDXL, whose kohya models it knows "
+            f"layer by layer; {family or 'this model'}'s kohya model differs in its module classes and paths",
         )
         return None
     try:
-        found = preset_targets(data, algo, facts.v2, dims)
+        found = preset_targets(data, algo, facts.v2, dims, facts.original_unet_names)
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
@@ -372,7 +373,12 @@ def _map_network(
                 f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
             )
     for index, block in enumerate(put.pop("_blocks", [])):
-        note = block.pop("_why", None) or conv.comment(args, f"kohya block {block.pop('index', '')}")
+        why = block.pop("_why", None)  # a LyCORIS preset file's map entry, else a kohya block
+        if why is None:
+            kohya_index = block.pop("index")
+            # kohya block -> its [[adapter.blocks]] entry (group_lists.py gives blocks optimizer groups)
+            conv.facts.setdefault("kohya_block_entries", {})[kohya_index] = index
+        note = why or conv.comment(args, f"kohya block {kohya_index}")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
     for index, block in enumerate(put.pop("_text_blocks", [])):
@@ -906,12 +912,14 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
     if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py)
-        conv.unsupported(
-            weights,
-            "LyCORIS's DyLoraModule names its weights up_list / down_list, so its network's "
-            "load_state_dict(strict=False) loads none of the file's lora_down / lora_up and only takes each "
-            "layer's alpha (which then scales its training): not expressed",
-        )
+        if from_file.value:
+            conv.unsupported(
+                from_file,
+                "LyCORIS's create_network_from_weights builds each module's algo from the file's keys "
+                "(lora_down / lora_up: LoCon), not algo=dylora: not expressed",
+            )
+            return
+        lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(

@@ -9,7 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.kohya.group_lists import group_table
+from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
     ademamix_variant,
@@ -527,6 +527,14 @@ def _torch_values(
     cannot take. `run`: the kohya arguments and script, whose optimizer groups a per-group list follows."""
     names = TORCH_SCHEDULERS[cls][1]
     values = {}
+    # the per-group lists torch reads (the momenta only with cycle_momentum): all map one way (split_needed)
+    read = ("max_lr", "base_lr") + (
+        ("base_momentum", "max_momentum") if kwargs.get("cycle_momentum", True) else ()
+    )
+    lists = [
+        list(v) for k, v in kwargs.items() if k in read and names.get(k) and isinstance(v, (list, tuple))
+    ]
+    split = split_needed(*run, lists, conv)
     for key, value in kwargs.items():
         if key not in names or not names[key]:
             continue
@@ -536,14 +544,15 @@ def _torch_values(
             conv.notes.append(f"kohya lr_scheduler_args {key} has no effect without cycle_momentum")
             continue
         if isinstance(value, (list, tuple)) and key in ("max_lr", "base_lr", "base_momentum", "max_momentum"):
-            value = group_table(*run, cls, key, list(value), args, conv)  # noqa: PLW2901 - per group
+            value = group_table(*run, cls, key, list(value), args, conv, split)  # noqa: PLW2901 - per group
             if value is None:
                 return None
             values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+            if key == "max_lr" and 0.0 in (value.values() if isinstance(value, dict) else [value]):
+                values["max_lr_zero"] = ("literal", "a max_lr of 0 is torch's peak of 0")
             continue
-        if key == "max_lr" and not value:
-            conv.unsupported(args, "max_lr=0 (dbspec's max_lr 0 stands for each group's own lr)")
-            return None
+        if key == "max_lr" and not value:  # torch's peak of 0 (dbspec's 0 alone: each group's own rate)
+            values["max_lr_zero"] = ("literal", "max_lr=0 is torch's peak of 0")
         if key in ("step_size_up", "step_size_down"):
             if value is None:  # CyclicLR: step_size_down None = step_size_up
                 continue
@@ -570,6 +579,8 @@ def _torch_values(
         elif names[key] in _FLOAT_KEYS:
             value = float(value)  # noqa: PLW2901 - TOML floats stay floats
         values[names[key]] = (value, f"{key}={kwargs[key]!r}")
+    if split:  # each kohya block its own group: the blocks name it
+        write_block_groups(*run, conv, conv.comment(args, "kohya's optimizer group of this block"))
     if cls == "OneCycleLR":
         if "total_steps" not in kwargs:
             if "epochs" not in kwargs or "steps_per_epoch" not in kwargs:
@@ -1240,26 +1251,39 @@ def _fused_clip_runs(a: Args, key: str, conv: Conversion) -> bool:
     """Under mixed_precision fp16 the hooks' clip (accelerator.clip_grad_norm_, on the last micro-batch)
     unscales every optimizer's gradients through accelerate's grad scaler at each parameter: torch's
     GradScaler refuses a second unscale_ before update(), so kohya raises at the second hooked parameter.
-    (full_fp16 with --fused_backward_pass says so itself, model.py.)"""
+    (full_fp16 with --fused_backward_pass says so itself, model.py.)
+
+    Without clipping the hooks step from still-scaled gradients (accelerator.backward scales the loss by the
+    scaler's scale first). --fused_backward_pass: the patched Adafactor's step_param on the fp32 (or, with
+    full_fp16, fp16) gradients of loss x 65536, and nothing steps accelerate's optimizer, so scaler.update()
+    never runs and the scale never changes: precision.fp16_gradients = "scaled" (full_fp16: model.py).
+    --fused_optimizer_groups: `optimizers[0]` is the bare optimizer (only the name `optimizer` was rebound to
+    accelerate's wrapper) and steps from the scaled gradients, the later ones were prepared one by one and
+    step through accelerate's AcceleratedOptimizer.step (scaler.step: unscale by the current scale, skip on
+    inf; scaler.update) as their chunks complete, their LR schedules skipping with them:
+    fp16_gradients = "scaled_first", each chunk its own optimizer (optimizer.split, _optimizer_groups)."""
     norm, mixed = a["max_grad_norm"], a["mixed_precision"]
     if str(mixed.value) != "fp16":
         return True
     full_fp16 = "full_fp16" in a and a["full_fp16"].value
     fused = a[key]
     if not norm.value:
-        if key == "fused_backward_pass" and not full_fp16:  # full_fp16: precision.fp16_gradients = "scaled"
-            conv.differs(
+        if key == "fused_backward_pass" and not full_fp16:  # full_fp16: model.py puts it with fp16 weights
+            conv.mapped(
                 fused,
-                "under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients still "
-                "multiplied by the grad scaler's scale (never unscaled, no step skipped); dbspec unscales "
-                "them and skips overflowed steps",
+                ("precision", "fp16_gradients"),
+                "scaled",
+                note="under mixed_precision fp16 kohya's hooks step Adafactor from the fp32 gradients of "
+                "loss x 65536, never unscaled; nothing calls scaler.update(), so the scale never changes "
+                "and no step is skipped",
             )
         elif key == "fused_optimizer_groups":
-            conv.differs(
+            conv.mapped(
                 fused,
-                "under mixed_precision fp16 kohya's first optimizer (not accelerate's wrapper) steps from "
-                "the still-scaled gradients and the others through the grad scaler, each updating the scale; "
-                "dbspec unscales every chunk's gradients once per step",
+                ("precision", "fp16_gradients"),
+                "scaled_first",
+                note="under mixed_precision fp16 kohya's first optimizer (bare) steps from the scaled "
+                "gradients, the others through accelerate's grad scaler one by one",
             )
         return True
     if key == "fused_backward_pass" and full_fp16:
@@ -1338,6 +1362,15 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
             ("optimizer", "split"),
             int(groups.value),
             note=f"one {kind} optimizer per chunk of the tensors in kohya's order, each estimating its own d",
+        )
+    elif conv.values.get(("precision", "fp16_gradients"), (None,))[0] == "scaled_first":  # _fused_clip_runs
+        conv.mapped(
+            groups,
+            ("optimizer", "split"),
+            int(groups.value),
+            note=f"one {kind} per chunk: under mixed_precision fp16 kohya's first optimizer steps from the "
+            "still-scaled gradients and each other through the grad scaler on its own: "
+            'precision.fp16_gradients = "scaled_first"',
         )
     else:
         conv.record(

@@ -1,0 +1,146 @@
+"""DyLoRA started from a kohya LoRA file (issue 12), on a tiny SD run's kohya export:
+
+- kohya networks.dylora with --dim_from_weights (networks/dylora.py create_network_from_weights: one
+  DyLoRAModule per module of the file at its own rank and alpha, none elsewhere, unit 1; load_weights then
+  loads the file): the converter's blocks (dbspec/convert/kohya/dylora.py kohya_dylora_from_weights, through
+  file_ranks.sd_blocks) give each DyLoRA layer the file's rank, alpha and tensors, the dropped module none;
+- LyCORIS algo=dylora with --network_weights (only each layer's alpha buffer loads: DyLoraModule's weights
+  are up_list / down_list): the converter's blocks (lycoris_dylora_alphas) give the file's layers the file's
+  alpha at the network's rank, from a fresh init.
+
+Both train and resume bit-exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dbspec.compiler.lora_file import read_lora_file
+from dbspec.convert.common.core import Conversion
+from dbspec.convert.common.paths import PathMapper
+from dbspec.convert.kohya.dylora import lycoris_dylora_alphas
+from dbspec.convert.kohya.file_ranks import per_module_text_blocks, sd_blocks
+from dbspec.runtime.dylora import DyloraLayer
+from dbspec.runtime.families import family_runtime
+from dbspec.runtime.init_weights import load_init_weights
+from dbspec.runtime.prepare import configure_models
+from tests.runtime.runspec import assert_lora_resumes_bit_exact, compile_spec, write_spec
+from tests.runtime.test_init_weights import _first_export
+
+
+def _per_module_file(export: Path) -> tuple[Path, str, str]:
+    """The export with one denoiser module cut to rank 1 at alpha 0.5 and another dropped."""
+    state = load_file(str(export))
+    unet = sorted({k.split(".")[0] for k in state if k.startswith("lora_unet_")})
+    cut, dropped = unet[0], unet[1]
+    state[f"{cut}.lora_down.weight"] = state[f"{cut}.lora_down.weight"][:1].clone()
+    state[f"{cut}.lora_up.weight"] = state[f"{cut}.lora_up.weight"][:, :1].clone()
+    state[f"{cut}.alpha"] = torch.tensor(0.5)
+    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha"):
+        state.pop(dropped + suffix, None)
+    path = export.with_name("per-module.safetensors")
+    save_file(state, str(path))
+    return path, cut, dropped
+
+
+def _tables(name: str, blocks: list[dict]) -> str:
+    text = ""
+    for block in blocks:
+        text += f"\n[[adapter.{name}]]\n" + "".join(
+            f"{k} = '{v}'\n" if k == "pattern" else f"{k} = {v}\n" for k, v in block.items()
+        )
+    return text
+
+
+def _dylora_layers(module: torch.nn.Module) -> dict[str, DyloraLayer]:
+    return {n: m for n, m in module.named_modules() if isinstance(m, DyloraLayer) and "default" in m.r}
+
+
+# --- kohya networks.dylora --dim_from_weights ---
+
+
+def _from_weights_spec(tmp_path: Path, path: Path, steps: int) -> Path:
+    file = read_lora_file(path)
+    text = f'[adapter]\nkind = "dylora"\nunit = 1\nrank = 2\nalpha = 1.0\ninit_weights = "{path}"\n'
+    text += "init_partial = true\n"
+    text += _tables("blocks", sd_blocks(file)) + _tables("text_encoder_blocks", per_module_text_blocks(file))
+    text += '\n[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    return write_spec(tmp_path / "second", steps=steps, extra=text)
+
+
+def test_dim_from_weights_builds_each_dylora_layer_at_its_file_rank(tmp_path):
+    path, cut, dropped = _per_module_file(_first_export(tmp_path))
+    plan = compile_spec(_from_weights_spec(tmp_path, path, 2), ["optimizer.lr=1e-2"])
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    saved = load_file(str(path))
+    assert load_init_weights(plan, comps.unet, comps.text_encoders) == len({k.split(".")[0] for k in saved})
+    layers = {"lora_unet_" + n.replace(".", "_"): m for n, m in _dylora_layers(comps.unet).items()}
+    assert dropped not in layers and len(layers) == len({k.split(".")[0] for k in saved if "unet" in k})
+    layer = layers[cut]
+    assert (layer.r["default"], layer.lora_alpha["default"], layer.blocks("default")) == (1, 0.5, 1)
+    down, up = layer.full("default")
+    assert torch.equal(down.detach(), saved[f"{cut}.lora_down.weight"].float())
+    assert torch.equal(up.detach(), saved[f"{cut}.lora_up.weight"].float())
+    other = next(n for n in layers if n != cut)
+    assert (layers[other].r["default"], layers[other].blocks("default")) == (2, 2)  # unit 1: one per rank
+
+
+def test_a_dim_from_weights_dylora_resumes_bit_exact(tmp_path):
+    path, cut, dropped = _per_module_file(_first_export(tmp_path))
+    assert_lora_resumes_bit_exact(_from_weights_spec(tmp_path, path, 4))
+    (export,) = (tmp_path / "second").glob("whole/**/final/*.kohya.safetensors")
+    saved, trained = load_file(str(path)), load_file(str(export))
+    assert trained.keys() == saved.keys()  # the file's modules, none other (kohya saves the same)
+    assert trained[f"{cut}.lora_down.weight"].shape[0] == 1 and float(trained[f"{cut}.alpha"]) == 0.5
+
+
+# --- LyCORIS algo=dylora --network_weights: the file's alphas only ---
+
+
+def _alphas_spec(tmp_path: Path, path: Path, steps: int) -> Path:
+    conv = Conversion(tool="kohya")
+    conv.put(("adapter", "rank"), 4, "")
+    conv.put(("adapter", "alpha"), 2.0, "")  # the export's alphas are 1.0
+    from dbspec.convert.common.core import Legacy
+
+    weights = Legacy(key="network_weights", value=str(path), source="cli")
+    lycoris_dylora_alphas(weights, PathMapper(cwd=tmp_path, out_dir=tmp_path), conv, False)
+    blocks: dict[tuple[str, int], dict] = {}
+    for key, (value, _) in conv.values.items():
+        if key[:2] == ("adapter", "blocks") or key[:2] == ("adapter", "text_encoder_blocks"):
+            blocks.setdefault((key[1], key[2]), {})[key[3]] = value
+    text = '[adapter]\nkind = "dylora"\ndylora_form = "lycoris"\nunit = 2\nrank = 4\nalpha = 2.0\n'
+    for (name, _), block in sorted(blocks.items()):
+        text += _tables(name, [block])
+    text += "\n[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\n"
+    return write_spec(tmp_path / "second", steps=steps, extra=text)
+
+
+def test_lycoris_dylora_takes_the_files_alphas_and_a_fresh_init(tmp_path):
+    path, cut, dropped = _per_module_file(_first_export(tmp_path))
+    plan = compile_spec(_alphas_spec(tmp_path, path, 2), ["optimizer.lr=1e-2"])
+    assert plan.adapter.init_weights == "" and plan.adapter.blocks
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    saved = load_file(str(path))
+    unet = {"lora_unet_" + n.replace(".", "_"): m for n, m in _dylora_layers(comps.unet).items()}
+    (text,) = comps.text_encoders
+    te = {  # kohya's CLIP names carry text_model
+        "lora_te_" + ("" if n.startswith("text_model.") else "text_model_") + n.replace(".", "_"): m
+        for n, m in _dylora_layers(text).items()
+    }
+    for name, layer in {**unet, **te}.items():
+        # the network's rank everywhere; the file's alpha where it has one, the network's elsewhere
+        alpha = float(saved[f"{name}.alpha"]) if f"{name}.alpha" in saved else 2.0
+        assert (layer.r["default"], layer.lora_alpha["default"]) == (4, alpha), name
+        assert all(not u.any() for u in layer.lora_dylora_up["default"])  # fresh: ups zero
+    assert unet[cut].lora_alpha["default"] == 0.5 and unet[dropped].lora_alpha["default"] == 2.0
+    assert te and all(m.lora_alpha["default"] == 1.0 for m in te.values())  # the export's text encoder
+
+
+def test_a_lycoris_dylora_with_the_files_alphas_resumes_bit_exact(tmp_path):
+    path, _, _ = _per_module_file(_first_export(tmp_path))
+    assert_lora_resumes_bit_exact(_alphas_spec(tmp_path, path, 4))
