@@ -1,10 +1,10 @@
 """LyCORIS preset files with `module_algo_map` / `name_algo_map` (network_args `preset=<file>.toml`,
-lycoris.kohya) on SD 1.x / 2.x: entries that keep the network's algorithm and give their layers another dim /
-alpha convert to [[adapter.blocks]] / [[adapter.text_encoder_blocks]] (LoRA/LoCon, LoHa, LoKr), resolved as
-lycoris-lora 4.1.3's kohya network resolves them (tests/runtime/test_lycoris_algo_maps.py builds its network
-from the same files); another algorithm, other module options, and per-layer dims on the other algorithms are
-not expressed (DBS403); an unknown algorithm name or an argument create_single_module already passes stops
-kohya (DBS402)."""
+lycoris.kohya) on SD 1.x / 2.x and SDXL: entries that keep the network's algorithm and give their layers
+another dim / alpha convert to [[adapter.blocks]] / [[adapter.text_encoder_blocks]] (LoRA/LoCon, LoHa, LoKr),
+resolved as lycoris-lora 4.1.3's kohya network resolves them (tests/runtime/test_lycoris_algo_maps.py builds
+its network from the same files); another algorithm, other module options, and per-layer dims on the other
+algorithms are not expressed (DBS403); an unknown algorithm name or an argument create_single_module already
+passes stops kohya (DBS402)."""
 
 from __future__ import annotations
 
@@ -263,3 +263,38 @@ def test_options_equal_to_the_networks_change_nothing(tmp_path):
     assert a.factor == 8 and [b.rank for b in a.blocks] == [4]
     outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
     assert "DBS403" in codes(outcome) and "`factor` = 8" in messages(outcome, "DBS403")
+
+
+def test_sdxl_maps_name_kohyas_classes_and_paths(tmp_path):
+    """On SDXL the entries name kohya's own U-Net classes and paths (original layout: `CrossAttention`,
+    `out.2`); the blocks name diffusers' paths, the model dbspec trains, and one text block covers both CLIP
+    encoders' layers."""
+    text = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ["out.2"]
+text_encoder_target_module = ["CLIPMLP"]
+[module_algo_map.CrossAttention]
+dim = 32
+alpha = 16
+[name_algo_map.'out\\.2']
+dim = 4
+[module_algo_map.CLIPMLP]
+dim = 8
+"""
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sdxl_train_network.py --pretrained_model_name_or_path="
+        "stabilityai/stable-diffusion-xl-base-1.0 --train_data_dir=x --resolution=1024 "
+        "--network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+        '--network_args "algo=lokr" "preset=p.toml" --learning_rate=1e-4 --max_train_steps=200',
+    )
+    a = plan_of(expressible(outcome), tmp_path).adapter
+    assert a.kind == "lokr" and a.conv_targets == ("conv_out",)
+    assert _blocks(a.blocks) == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 32, 16.0, 0, 1.0),
+        (r"(?:^|\.)(?:conv_out)$", 16, 8.0, 4, 8.0),  # conv_dim / conv_alpha default to dim / alpha
+    ]
+    assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
