@@ -10,7 +10,9 @@ The network walks each model's `named_modules()`: a module whose class the targe
 whose path no target name matches) has each of its Linear and Conv layers adapted; a module whose path a
 target name matches (`re.match` from the path's start, or fnmatch with `use_fnmatch`) is adapted itself;
 paths `exclude_name` matches are skipped. The same layer reached twice (a class and a name, or a class
-nested in another) is built twice and its duplicate name asserts.
+nested in another) is built twice and its duplicate name asserts. `module_algo_map` / `name_algo_map` entries
+pick each built layer's algorithm, dim, alpha and other module arguments (_walk resolves them as
+create_modules / create_modules_ / create_single_module do; lycoris_maps.py writes them as blocks).
 
 dbspec reproduces that walk on a torch-free inventory of kohya's SD 1.x / 2.x U-Net (library/original_unet.py:
 diffusers' module paths, `CrossAttention` for the attention) and CLIP text encoder, then writes the adapted
