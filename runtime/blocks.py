@@ -1,5 +1,6 @@
-"""Per-block LoRA ranks, alphas and learning rates (`plan.adapter.blocks`; kohya networks.lora `block_dims`,
-`block_alphas`, `conv_block_dims`, `conv_block_alphas`, `down/mid/up_lr_weight`).
+"""Per-block LoRA (LoHa, LoKr) ranks, alphas and learning rates (`plan.adapter.blocks`; kohya networks.lora
+`block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas`, `down/mid/up_lr_weight`; LyCORIS preset
+files' `module_algo_map` / `name_algo_map` dims).
 
 Each adapted denoiser module takes the first block whose pattern `re.search`es its path: its linear (and 1x1)
 layers that block's rank and alpha, its 3x3 convolutions the block's conv rank and alpha; rank 0 leaves the
@@ -102,8 +103,10 @@ def block_param_groups(
         return groups
     key: dict[int, tuple[float, float, str]] = {}
     for name, param in denoiser.named_parameters():
-        if param.requires_grad and ".lora_" in name:
-            block = block_of(adapter.blocks, name.split(".lora_")[0])
+        # peft's LoRA, LoHa and LoKr parameters (and dbspec's scalars, DoRA scales) by their prefix
+        found = re.search(r"\.(?:lora|hada|lokr)_", name)
+        if param.requires_grad and found:
+            block = block_of(adapter.blocks, name[: found.start()])
             key[id(param)] = (block.lr_scale, block.lr, block.group) if block is not None else (1.0, 0.0, "")
     out: list[dict] = []
     for group in groups:

@@ -69,7 +69,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
         extra.update(lokr_factorization="lycoris", unbalanced_factorization=adapter.unbalanced_factorization)
     extra.update(_lycoris_switches(adapter))
-    if isinstance(adapter, LoraAdapter) and adapter.blocks:
+    if getattr(adapter, "blocks", ()):  # LoRA, LoHa, LoKr
         extra["blocks"] = tuple(
             BlockPlan(
                 pattern=b.pattern,
@@ -83,7 +83,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             )
             for b in adapter.blocks
         )
-    if isinstance(adapter, LoraAdapter) and adapter.text_encoder_blocks:
+    if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
             BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
         )

@@ -439,6 +439,26 @@ class TextEncoderBlock:
     alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
 
 
+def _adapter_blocks():
+    return option(
+        factory=list,
+        doc="Per-block ranks, alphas and learning-rate scales or own rates of the denoiser's adapters "
+        "([[adapter.blocks]] tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / "
+        "`conv_block_alphas` and `down/mid/up_lr_weight`, Flux `network_reg_dims` / `network_reg_lrs`, "
+        "LyCORIS preset files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep "
+        "`rank`, `alpha`, `conv_rank`, `conv_alpha` and the learning rate.",
+    )
+
+
+def _text_encoder_blocks():
+    return option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' adapters ([[adapter.text_encoder_blocks]] "
+        "tables, kohya `--dim_from_weights` files whose text-encoder modules differ in rank, LyCORIS preset "
+        "files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep `rank` and `alpha`.",
+    )
+
+
 @frozen
 class DyloraBlock:
     """Rank and alpha of the denoiser modules one pattern names in a DyLoRA (kohya networks.dylora
@@ -580,19 +600,8 @@ class LoraAdapter:
     loraplus_ratio: float = _loraplus_ratio("kohya `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
-    blocks: list[AdapterBlock] = option(
-        factory=list,
-        doc="Per-block ranks, alphas and learning-rate scales or own rates of the denoiser's adapters "
-        "([[adapter.blocks]] tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / "
-        "`conv_block_alphas` and `down/mid/up_lr_weight`, Flux `network_reg_dims` / `network_reg_lrs`): "
-        "modules no block matches keep `rank`, `alpha`, `conv_rank`, `conv_alpha` and the learning rate.",
-    )
-    text_encoder_blocks: list[TextEncoderBlock] = option(
-        factory=list,
-        doc="Per-module ranks and alphas of the text encoders' adapters ([[adapter.text_encoder_blocks]] "
-        "tables, kohya `--dim_from_weights` files whose text-encoder modules differ in rank): modules no "
-        "block matches keep `rank` and `alpha`.",
-    )
+    blocks: list[AdapterBlock] = _adapter_blocks()
+    text_encoder_blocks: list[TextEncoderBlock] = _text_encoder_blocks()
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
     init_weights: str = option(
         "",
@@ -700,6 +709,8 @@ class LohaAdapter:
     dora_axis: Literal["output", "input"] = _dora_axis()
     scalar: bool = _scalar()
     max_norm: float = _lycoris_max_norm("LoHa")
+    blocks: list[AdapterBlock] = _adapter_blocks()
+    text_encoder_blocks: list[TextEncoderBlock] = _text_encoder_blocks()
 
 
 @frozen
@@ -753,6 +764,8 @@ class LokrAdapter:
     )
     scalar: bool = _scalar()
     max_norm: float = _lycoris_max_norm("LoKr")
+    blocks: list[AdapterBlock] = _adapter_blocks()
+    text_encoder_blocks: list[TextEncoderBlock] = _text_encoder_blocks()
 
 
 @frozen

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
@@ -125,3 +126,30 @@ def test_blocks_leaving_a_trained_text_encoder_nothing_stop_with_the_table_named
         in caught.value.message
     )
     assert caught.value.where == plan.origins["adapter.text_encoder_blocks[0].pattern"].where != ""
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_lycoris_kinds_take_block_ranks_and_lr_scales(tmp_path, kind):
+    """LoHa and LoKr (LyCORIS preset files' per-layer dims): each module at its block's rank and alpha, a
+    rank-0 block without an adapter, an lr_scale block's factors in their own optimizer group."""
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    spec = write_spec(tmp_path, steps=2, extra=BLOCKS.replace('kind = "lora"', f'kind = "{kind}"'))
+    plan = compile_spec(spec, ["optimizer.lr=1e-2"])
+    assert plan.adapter.kind == kind and len(plan.adapter.blocks) == 3
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    unet = run.comps.unet
+    adapted = {name: layer for name, layer in unet.named_modules() if isinstance(layer, LycorisLayer)}
+    assert adapted
+    for name, layer in adapted.items():
+        base = layer.get_base_layer()
+        conv = isinstance(base, torch.nn.Conv2d) and tuple(base.kernel_size) != (1, 1)
+        expected = _expected(name, conv)
+        assert expected is not None, f"{name} should carry no adapter"
+        assert (layer.r["default"], layer.alpha["default"]) == expected, name
+    lrs = {g["name"]: g["lr"] for g in run.optimizer.param_groups}
+    assert lrs == {"denoiser": 1e-2, "denoiser_x0.5": 5e-3}
+    in_half = {id(p) for g in run.optimizer.param_groups if g["name"] == "denoiser_x0.5" for p in g["params"]}
+    for name, p in unet.named_parameters():
+        if p.requires_grad:
+            assert (id(p) in in_half) == name.startswith("down_blocks.0."), name

@@ -10,7 +10,9 @@ The network walks each model's `named_modules()`: a module whose class the targe
 whose path no target name matches) has each of its Linear and Conv layers adapted; a module whose path a
 target name matches (`re.match` from the path's start, or fnmatch with `use_fnmatch`) is adapted itself;
 paths `exclude_name` matches are skipped. The same layer reached twice (a class and a name, or a class
-nested in another) is built twice and its duplicate name asserts.
+nested in another) is built twice and its duplicate name asserts. `module_algo_map` / `name_algo_map` entries
+pick each built layer's algorithm, dim, alpha and other module arguments (_walk resolves them as
+create_modules / create_modules_ / create_single_module do; lycoris_maps.py writes them as blocks).
 
 dbspec reproduces that walk on a torch-free inventory of kohya's SD 1.x / 2.x U-Net (library/original_unet.py:
 diffusers' module paths, `CrossAttention` for the attention) and CLIP text encoder, then writes the adapted
@@ -25,7 +27,8 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomli
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, NamedTuple
 
 from dbspec.unet_layout import SDXL_UNET, diffusers_name
 
@@ -311,8 +314,9 @@ def read_preset(path) -> dict[str, Any]:
 
 
 def _settings(data: dict[str, Any], algo: str) -> dict[str, Any]:
-    """LycorisNetworkKohya's attributes after apply_preset; PresetError for values dbspec cannot express."""
-    out = dict(_DEFAULTS)
+    """LycorisNetworkKohya's attributes after apply_preset (and `algo`, the network's algorithm);
+    PresetError for values dbspec cannot express."""
+    out = dict(_DEFAULTS, algo=algo)
     for key in ("enable_conv", "use_fnmatch"):
         if key in data:
             if not isinstance(data[key], bool):
@@ -329,16 +333,41 @@ def _settings(data: dict[str, Any], algo: str) -> dict[str, Any]:
         if not isinstance(table, dict):
             raise PresetError(f"`{key}` is no table", True)
         for name, override in table.items():
-            override = override or {}
             if not isinstance(override, dict):
                 raise PresetError(f"`{key}.{name}` is no table", True)
-            if override and override != {"algo": algo}:
-                raise PresetError(
-                    f"`{key}.{name}` = {override!r} changes the algorithm or its options for some layers; "
-                    "dbspec trains one adapter kind with one set of options",
-                    False,
-                )
+        out[key] = table
     return out
+
+
+# LyCORIS's network_module_dict (lycoris/wrapper.py): the `algo` names a map entry may give (lora and locon
+# are one class, LoConModule)
+_MAP_ALGOS = ("lora", "locon", "loha", "lokr", "dylora", "glora", "full", "diag-oft", "boft", "ia3", "tlora")
+# create_single_module hands these to the module class itself: an entry holding one gives the class the same
+# argument twice (TypeError)
+_MODULE_ARGS = (
+    "lora_name",
+    "org_module",
+    "multiplier",
+    "lora_dim",
+    "dropout",
+    "rank_dropout",
+    "module_dropout",
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer LyCORIS's kohya network builds: its algorithm, dim and alpha as create_single_module
+    resolves them (a map entry's `dim` / `alpha`, else the network's linear or convolution values), the
+    entry's other keys (`options`, handed to the module class) and the entry (`source`, "" for none)."""
+
+    path: str
+    kind: str
+    algo: str
+    dim: Any
+    alpha: Any
+    options: tuple[tuple[str, Any], ...] = ()
+    source: str = ""
 
 
 def _matcher(use_fnmatch: bool) -> Callable[[str, str], bool]:
@@ -355,33 +384,94 @@ def _matcher(use_fnmatch: bool) -> Callable[[str, str], bool]:
     return match
 
 
-def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, Any], convs: bool) -> list[str]:
-    """The layers LycorisNetworkKohya's create_modules builds in one model, in its order (duplicates kept)."""
+def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, Any], dims) -> list[Layer]:
+    """The layers LycorisNetworkKohya's create_modules builds in one model, in its order (duplicates kept).
+    `dims`: the network's (linear dim, alpha, convolution dim, alpha), the convolution dim 0 without
+    enable_conv. A module of a target class takes its class's `module_algo_map` entry and, inside it
+    (create_modules_), every sub-module whose class has an entry takes that entry for its own layers (the
+    first entry to reach a layer keeps it); a module a target name picks takes the first `name_algo_map`
+    entry whose key is its path or matches it, else its class's `module_algo_map` entry."""
     match = _matcher(s["use_fnmatch"])
     excludes = s["exclude_name"]
+    modules, named = s["module_algo_map"], s["name_algo_map"]
+    lora_dim, alpha, conv_dim, conv_alpha = dims
 
     def excluded(name: str) -> bool:
         return bool(name) and bool(excludes) and (name in excludes or any(match(t, name) for t in excludes))
 
-    def adapted(kind: str) -> bool:
-        return kind in ("linear", "conv1") or (kind == "conv" and convs)
+    def single(path: str, kind: str, algo: str, config: dict, source: str) -> Layer | None:
+        # create_single_module: a map entry's dim / alpha, else the network's (`or`: 0 falls back too)
+        dim, a = config.get("dim"), config.get("alpha")
+        if kind in ("linear", "conv1") and lora_dim > 0:
+            dim, a = dim or lora_dim, a or alpha
+        elif kind == "conv" and (conv_dim > 0 or dim):
+            dim, a = dim or conv_dim, a or conv_alpha
+        else:
+            return None
+        options = tuple((k, v) for k, v in config.items() if k not in ("algo", "dim", "alpha"))
+        return Layer(path, kind, algo, dim, a, options, source)
 
-    built: list[str] = []
-    for name, cls, kind in rows:
+    def end(i: int) -> int:  # rows are named_modules() order: a module's sub-modules follow it
+        path = rows[i][0]
+        j = i + 1
+        while j < len(rows) and (path == "" or rows[j][0].startswith(path + ".")):
+            j += 1
+        return j
+
+    def inside(i: int, algo: str, config: dict, source: str) -> dict[str, Layer]:  # create_modules_
+        built: dict[str, Layer] = {}
+        for j in range(i, end(i)):
+            sub, cls, kind = rows[j]
+            if excluded(sub):
+                continue
+            if cls in modules and j != i:
+                entry = modules[cls]
+                for path, layer in inside(
+                    j, entry.get("algo", algo), entry, f"module_algo_map.{cls}"
+                ).items():
+                    built.setdefault(path, layer)
+                continue
+            if sub in built:
+                continue
+            layer = single(sub, kind, algo, config, source)
+            if layer is not None:
+                built[sub] = layer
+        return built
+
+    def by_name(name: str) -> tuple[dict, str] | None:  # find_conf_for_name
+        if name in named:
+            return named[name], f"name_algo_map.{name}"
+        return next(((v, f"name_algo_map.{k}") for k, v in named.items() if match(k, name)), None)
+
+    built: list[Layer] = []
+    for i, (name, cls, kind) in enumerate(rows):
         if excluded(name):
             continue
         if cls in classes and not any(match(t, name) for t in names):
-            inside = {}  # create_modules_: each layer of the module once
-            for sub, _, sub_kind in rows:
-                if sub != name and not (name == "" or sub.startswith(name + ".")):
-                    continue
-                if excluded(sub) or sub in inside:
-                    continue
-                if adapted(sub_kind):
-                    inside[sub] = True
-            built.extend(inside)
-        elif (name in names or any(match(t, name) for t in names)) and adapted(kind):
-            built.append(name)
+            config, source = (modules[cls], f"module_algo_map.{cls}") if cls in modules else ({}, "")
+            built.extend(inside(i, config.get("algo", s["algo"]), config, source).values())
+        elif name in names or any(match(t, name) for t in names):
+            found = by_name(name)
+            if found is None:
+                found = (modules[cls], f"module_algo_map.{cls}") if cls in modules else ({}, "")
+            config, source = found
+            layer = single(name, kind, config.get("algo", s["algo"]), config, source)
+            if layer is not None:
+                built.append(layer)
+    for layer in built:  # what the module class's call raises
+        if layer.algo not in _MAP_ALGOS:
+            raise PresetError(
+                f"`{layer.source}` gives {layer.path} algo = {layer.algo!r}, which LyCORIS's "
+                f"network_module_dict has not ({', '.join(_MAP_ALGOS)}): KeyError",
+                True,
+            )
+        twice = [k for k, _ in layer.options if k in _MODULE_ARGS]
+        if twice:
+            raise PresetError(
+                f"`{layer.source}` holds `{twice[0]}`, which create_single_module already hands the module "
+                f"class ({layer.path}): TypeError, multiple values for an argument",
+                True,
+            )
     return built
 
 
@@ -409,23 +499,37 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
     return out
 
 
-def preset_targets(
-    data: dict[str, Any], algo: str, v2: bool, convs: bool, sdxl: bool = False
-) -> tuple[list[str], list[str], list[str]]:
-    """(denoiser targets, text-encoder targets, convolution targets) of a preset file's table on kohya's SD
-    1.x (`v2` False) or 2.x model, or with `sdxl` its SDXL model; `convs`: conv_dim above 0. PresetError where
-    kohya stops or dbspec cannot express the file."""
+class Targets(NamedTuple):
+    """A preset file's layers on kohya's model: the targets dbspec writes and each built layer (`unet`: its
+    diffusers path -> Layer; `text`: `<component>.<path>` -> Layer, the component text_encoder or SDXL's
+    text_encoder_2, as LyCORIS resolves its algorithm, dim and alpha) with the rows of those paths."""
+
+    denoiser: list[str]
+    text_encoder: list[str]
+    convs: list[str]
+    unet: dict[str, Layer]
+    text: dict[str, Layer]
+    unet_rows: list[Row]
+    text_rows: list[Row]
+
+
+def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims, sdxl: bool = False) -> Targets:
+    """The targets and layers of a preset file's table on kohya's SD 1.x (`v2` False) or 2.x model, or with
+    `sdxl` its SDXL model; `dims`: the network's (dim, alpha, conv_dim, conv_alpha). PresetError where kohya
+    stops or dbspec cannot express the file."""
     s = _settings(data, algo)
     unet = sdxl_unet() if sdxl else sd_unet(v2)
     texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if v2 else 12)]
-    convs = convs and s["enable_conv"]
+    dim, alpha, conv_dim, conv_alpha = dims
+    conv_dims = (dim, alpha, conv_dim if s["enable_conv"] else 0, conv_alpha)
     built_texts = [
-        _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, False)
+        _walk(text, s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0))
         for text in texts
     ]
-    built_unet = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, convs)
+    built_unet = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, conv_dims)
     for built in (*built_texts, built_unet):
-        twice = sorted({p for p in built if built.count(p) > 1})
+        paths = [layer.path for layer in built]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
         if twice:
             raise PresetError(
                 f"it reaches {twice[0]} twice (a target class and a target name, or nested target classes): "
@@ -434,13 +538,23 @@ def preset_targets(
             )
     if sdxl:  # the walk ran on kohya's original-layout paths; dbspec adapts diffusers' SDXL U-Net
         unet = [(diffusers_name(p, SDXL_UNET, "."), cls, kind) for p, cls, kind in unet if kind]
-        built_unet = [diffusers_name(p, SDXL_UNET, ".") for p in built_unet]
-    kinds = {p: k for p, _, k in unet}
-    pointwise = {p for p in built_unet if kinds[p] != "conv"}
-    spatial = {p for p in built_unet if kinds[p] == "conv"}
-    unet_targets = _suffixes(pointwise, unet)
-    conv_targets = _suffixes(spatial, unet)
-    return unet_targets, _text_targets(texts, built_texts), conv_targets
+        built_unet = [replace(layer, path=diffusers_name(layer.path, SDXL_UNET, ".")) for layer in built_unet]
+    pointwise = {layer.path for layer in built_unet if layer.kind != "conv"}
+    spatial = {layer.path for layer in built_unet if layer.kind == "conv"}
+    components = ["text_encoder", "text_encoder_2"][: len(texts)]
+    return Targets(
+        _suffixes(pointwise, unet),
+        _text_targets(texts, [[layer.path for layer in built] for built in built_texts]),
+        _suffixes(spatial, unet),
+        {layer.path: layer for layer in built_unet},
+        {
+            f"{c}.{layer.path}": replace(layer, path=f"{c}.{layer.path}")
+            for c, built in zip(components, built_texts)
+            for layer in built
+        },
+        unet,
+        [(f"{c}.{p}", cls, kind) for c, rows in zip(components, texts) for p, cls, kind in rows if p],
+    )
 
 
 def _text_targets(texts: list[list[Row]], built_texts: list[list[str]]) -> list[str]:

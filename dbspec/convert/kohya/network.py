@@ -22,8 +22,9 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
+from dbspec.convert.kohya.lycoris_file import PresetError, Targets, preset_targets, read_preset
+from dbspec.convert.kohya.lycoris_maps import map_blocks
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
-from dbspec.convert.kohya.lycoris_file import PresetError, preset_targets, read_preset
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -105,9 +106,10 @@ IA3_PRESET_BUILDS_NOTHING = (
 
 
 def preset_file_targets(
-    preset: str, algo: str, conv_dim: int, family: str | None, paths, args: Legacy, conv: Conversion
-) -> tuple[list[str], list[str], list[str]] | None:
-    """The (denoiser, text-encoder, convolution) targets of a LyCORIS preset file, or None (reported)."""
+    preset: str, algo: str, dims, family: str | None, paths, args: Legacy, conv: Conversion
+) -> Targets | None:
+    """The targets and layers of a LyCORIS preset file, or None (reported); `dims`: the network's (dim,
+    alpha, conv_dim, conv_alpha)."""
     legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
     local = paths.local(preset) if paths is not None else None
     if local is None:
@@ -137,13 +139,14 @@ def preset_file_targets(
         )
         return None
     try:
-        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0, facts.original_unet_names)
+        found = preset_targets(data, algo, facts.v2, dims, facts.original_unet_names)
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
+    unet, text, convs = found.denoiser, found.text_encoder, found.convs
     if not (unet or text or convs):
         conv.invalid(
             legacy.key,
@@ -160,7 +163,23 @@ def preset_file_targets(
             "kohya lycoris.kohya: the LyCORIS preset file matches no U-Net layer, so the network has no "
             "U-Net module",
         )
-    return unet, text, convs
+    return found
+
+
+def _module_options(kwargs: dict[str, str]) -> dict[str, Any]:
+    """The module options lycoris-lora 4.1.3's create_network hands every module (LycorisNetworkKohya's
+    root kwargs and use_tucker), as the modules read them; a preset map entry giving the same value changes
+    nothing."""
+    out: dict[str, Any] = {"use_tucker": lycoris_tucker(kwargs), "rank_dropout_scale": False}
+    for key in ("use_scalar", "bypass_mode", "rs_lora", "full_matrix", "unbalanced_factorization"):
+        out[key] = _str_bool(kwargs.get(key, "false"))
+    out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
+    out["wd_on_out"] = _str_bool(kwargs.get("wd_on_output", "true"))
+    out["decompose_both"] = bool(kwargs.get("decompose_both", False))  # passed raw, tested for truth
+    factor = str(kwargs.get("factor", "-1")).strip()
+    if factor.lstrip("-").isdigit():
+        out["factor"] = int(factor)
+    return out
 
 
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -236,11 +255,25 @@ def _map_network(
             conv.invalid(f"{args.key} preset", preset, args.source, IA3_PRESET_BUILDS_NOTHING)
             return None
         if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
-            found = preset_file_targets(preset, algo, conv_dim, family, paths, args, conv)
+            dims = (dim, alpha, conv_dim, conv_alpha)
+            found = preset_file_targets(preset, algo, dims, family, paths, args, conv)
             if found is None:
                 return None
-            unet, text, conv_targets = found
+            unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
+            try:  # the file's module_algo_map / name_algo_map: per-layer ranks
+                rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
+                put["_blocks"], put["_text_blocks"], inert = map_blocks(
+                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs)
+                )
+            except PresetError as exc:
+                conv.unsupported(
+                    Legacy(key=f"{args.key} preset", value=preset, source=args.source),
+                    f"the LyCORIS preset file: {exc}",
+                )
+                return None
+            for key, why in inert:
+                conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)
         else:
             if preset not in _PRESETS:
                 unsupported["preset"] = preset
@@ -335,12 +368,18 @@ def _map_network(
                 f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
             )
     for index, block in enumerate(put.pop("_blocks", [])):
-        kohya_index = block.pop("index")
-        # kohya block -> its [[adapter.blocks]] entry (group_lists.py gives blocks optimizer groups)
-        conv.facts.setdefault("kohya_block_entries", {})[kohya_index] = index
-        note = conv.comment(args, f"kohya block {kohya_index}")
+        why = block.pop("_why", None)  # a LyCORIS preset file's map entry, else a kohya block
+        if why is None:
+            kohya_index = block.pop("index")
+            # kohya block -> its [[adapter.blocks]] entry (group_lists.py gives blocks optimizer groups)
+            conv.facts.setdefault("kohya_block_entries", {})[kohya_index] = index
+        note = why or conv.comment(args, f"kohya block {kohya_index}")
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
+    for index, block in enumerate(put.pop("_text_blocks", [])):
+        note = block.pop("_why")
+        for key, value in block.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), value, note)
     for key, value in put.items():
         note = targets_note or _why(module)
         conv.put(("adapter", key), value, note if key.endswith("targets") else conv.comment(args))

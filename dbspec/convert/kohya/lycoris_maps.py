@@ -1,0 +1,188 @@
+"""A LyCORIS preset file's `module_algo_map` / `name_algo_map` as dbspec's per-layer ranks.
+
+lycoris-lora 4.1.3's kohya network (lycoris/kohya.py, LycorisNetworkKohya.__init__) hands each layer's map
+entry to create_single_module: the entry's `algo` picks the module class, its `dim` / `alpha` replace the
+network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `dim or conv_lora_dim`, `alpha
+or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
+other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
+layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
+LoHa, LoKr), or PresetError (`crash` False) for what dbspec does not express: another algorithm on some
+layers, an entry's other options, per-layer dims on the other algorithms."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
+
+# lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
+_CLASS = {"locon": "lora"}
+# algorithms whose modules never read dim / alpha (FullModule, IA3Module): a map's values change nothing
+_NO_DIMS = ("full", "ia3")
+# the adapter kinds whose spec has [[adapter.blocks]], and their ranks' bound (spec AdapterBlock.rank)
+_BLOCK_KINDS = ("lora", "loha", "lokr")
+_MAX_BLOCK_RANK = 1024
+
+
+def _algo(name: str) -> str:
+    return _CLASS.get(name, name)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The keyword arguments each lycoris-lora 4.1.3 module class reads besides those create_single_module sets
+# itself (lora_name, module, multiplier, dim, alpha, the dropouts); a map entry's other keys land in the
+# class's **kwargs, which it never reads.
+_COMMON = ("use_tucker", "use_scalar", "rank_dropout_scale", "bypass_mode")
+_READS = {
+    "lora": (*_COMMON, "weight_decompose", "wd_on_out", "rs_lora"),
+    "loha": (*_COMMON, "weight_decompose", "wd_on_out", "rs_lora"),
+    "lokr": (
+        *_COMMON,
+        "weight_decompose",
+        "wd_on_out",
+        "rs_lora",
+        "decompose_both",
+        "factor",
+        "full_matrix",
+        "unbalanced_factorization",
+    ),
+    "full": _COMMON,
+    "ia3": (*_COMMON, "weight_decompose", "rs_lora", "train_on_input"),
+    "diag-oft": (*_COMMON, "constraint", "rescaled"),
+    "boft": (*_COMMON, "constraint", "rescaled"),
+    "glora": (*_COMMON, "weight_decompose", "rs_lora"),
+    "dylora": (*_COMMON, "weight_decompose", "rs_lora", "block_size", "train_on_input"),
+}
+
+
+def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
+    """The entry's value is the one the network hands every module (`factor` through LokrModule's int(), the
+    switches through the modules' truth tests)."""
+    if key not in network:
+        return False
+    if key == "factor":
+        try:
+            return int(value) == network[key]
+        except (TypeError, ValueError):
+            return False
+    return bool(value) == network[key]
+
+
+def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tuple[str, str]]:
+    """PresetError for built layers whose map entry changes the algorithm or hands the module class an option
+    it reads with a value other than the network's (`network`: the value create_network hands every module
+    for each option; dbspec trains one adapter kind with one set of options); the (`entry.key`, why) of entry
+    keys the module class never reads (inert)."""
+    layers = [*found.text.values(), *found.unet.values()]
+    other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
+    if other:
+        first = other[0]
+        raise PresetError(
+            f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
+            f"algo={algo} network: dbspec trains one adapter kind per run (one peft adapter per model, its "
+            "exports and checkpoints in that kind's layout)",
+            False,
+        )
+    inert: dict[str, str] = {}
+    for layer in layers:
+        reads = _READS.get(_algo(layer.algo), ())
+        read = [(k, v) for k, v in layer.options if k in reads and not _same(k, v, network)]
+        if read:
+            keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha only)",
+                False,
+            )
+        for key in [k for k, _ in layer.options if k not in reads]:
+            inert[f"{layer.source}.{key}"] = (
+                f"LyCORIS hands it to {layer.algo}'s module class, whose **kwargs never read it"
+            )
+        if not (isinstance(layer.dim, int) and not isinstance(layer.dim, bool)) or not _number(layer.alpha):
+            raise PresetError(
+                f"`{layer.source}` gives {layer.path} dim = {layer.dim!r}, alpha = {layer.alpha!r}: dbspec "
+                "expresses an integer dim and a numeric alpha",
+                False,
+            )
+    return list(inert.items())
+
+
+def _pattern(chosen: set[str], rows: list[Row]) -> str:
+    """A regular expression `re.search` matches in exactly `chosen` among `rows`' paths: their shortest
+    distinguishing suffixes (a text encoder's paths carry their component, `text_encoder.text_model....`, as
+    runtime/blocks.py searches them)."""
+    suffixes = _suffixes(chosen, rows)
+    return r"(?:^|\.)(?:" + "|".join(re.escape(s) for s in suffixes) + ")$"
+
+
+def _alpha(alpha: float, dim: int, rs_lora: bool) -> float:
+    """LoConModule's alpha: 0 is the dim; with rs_lora it scales by alpha / sqrt(dim), the plain alpha of
+    the same scale alpha x sqrt(dim) (what network.py writes for the network's own alpha)."""
+    alpha = float(alpha or dim)
+    return alpha * math.sqrt(dim) if rs_lora else alpha
+
+
+def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> list[dict[str, Any]]:
+    dim, alpha, conv_dim, conv_alpha = dims
+    defaults = {"linear": (dim, alpha), "conv1": (dim, alpha), "conv": (conv_dim, conv_alpha)}
+    built = [row for row in rows if row[0] in layers]  # suffixes unique among the adapted layers
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers.values():
+        groups.setdefault(layer.source, []).append(layer)
+    out = []
+    for source, group in groups.items():
+        if all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group):
+            continue
+        linear = next((layer for layer in group if layer.kind != "conv"), None)
+        conv = next((layer for layer in group if layer.kind == "conv"), None)
+        rank, a = (linear.dim, linear.alpha) if linear else (dim, alpha)  # a block of convolutions only
+        block: dict[str, Any] = {
+            "pattern": _pattern({layer.path for layer in group}, built),
+            "rank": rank,
+            "alpha": _alpha(a, rank, rs_lora),
+        }
+        if conv is not None:
+            block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs_lora))
+        block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` dim / alpha"
+        out.append(block)
+    return out
+
+
+def map_blocks(
+    found: Targets, algo: str, kind: str, dims, rs_lora: bool, network: dict[str, Any]
+) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
+    """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
+    layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
+    module options create_network hands every module. PresetError where they cannot be written."""
+    inert = check_layers(found, algo, network)
+    if kind in _NO_DIMS:
+        return [], [], inert
+    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora)
+    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora)
+    if (unet or text) and kind not in _BLOCK_KINDS:
+        raise PresetError(
+            f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
+            "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, LoHa "
+            "and LoKr",
+            False,
+        )
+    for block in [*unet, *text]:
+        high = max(block["rank"], block.get("conv_rank", 0))
+        if high > _MAX_BLOCK_RANK:
+            raise PresetError(
+                f"`{_source([block])}` gives some layers dim = {high}: [[adapter.blocks]] ranks go up to "
+                f"{_MAX_BLOCK_RANK}",
+                False,
+            )
+    for block in text:
+        block.pop("conv_rank", None), block.pop("conv_alpha", None)
+    return unet, text, inert
+
+
+def _source(blocks: list[dict]) -> str:
+    return blocks[0]["_why"].split("`")[1]

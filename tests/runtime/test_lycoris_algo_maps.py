@@ -1,0 +1,324 @@
+"""LyCORIS preset files whose `module_algo_map` / `name_algo_map` give some layers their own dim and alpha
+(dbspec/convert/kohya/lycoris_maps.py), converted from a kohya command line, against lycoris-lora 4.1.3
+reading the same file in its kohya network on the tiny SD 1.x U-Net and CLIP: every layer LyCORIS builds is
+adapted by the converted plan's peft adapter in LyCORIS's kind, at its rank and scale (its
+[[adapter.blocks]] / [[adapter.text_encoder_blocks]]), and a tiny run's kohya export holds LyCORIS's modules
+in LyCORIS's shapes.
+
+The converter resolves the file on kohya's full-size SD 1.x model; each file uses classes the tiny diffusers
+model shares with kohya's (diffusers calls kohya's `CrossAttention` `Attention`, so no file maps it)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from dbspec.runtime.adapters import add_lora
+from dbspec.runtime.execute import execute
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.runspec import compile_spec
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+NETWORK_ATTRS = (
+    "ENABLE_CONV",
+    "UNET_TARGET_REPLACE_MODULE",
+    "UNET_TARGET_REPLACE_NAME",
+    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    "TEXT_ENCODER_TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
+
+PRESETS = {
+    # LyCORIS's example.toml, one algorithm: the ResNets (their convolutions too) at a low dim, the
+    # transformers' MLP at a higher one, CLIP's MLP at its own dim and alpha
+    "classes": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map]
+  [module_algo_map.ResnetBlock2D]
+    algo = "locon"
+    dim = 2
+    alpha = 1
+  [module_algo_map.FeedForward]
+    dim = 8
+  [module_algo_map.CLIPMLP]
+    algo = "lora"
+    dim = 6
+    alpha = 3
+""",
+    # names: a name_algo_map key (exact, then a regex) before the layer's class entry; nested classes inside
+    # a target class (the first entry to reach a layer keeps it: Linear's inside BasicTransformerBlock)
+    "names": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ["conv_in", 'down_blocks\\.1\\.resnets\\.0\\.conv[12]', "time_embedding.linear_1"]
+text_encoder_target_module = []
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.[01]\\.self_attn\\.[qk]_proj']
+
+[module_algo_map.Linear]
+dim = 6
+alpha = 2
+[module_algo_map.BasicTransformerBlock]
+dim = 2
+[name_algo_map.conv_in]
+dim = 2
+alpha = 2
+[name_algo_map.'down_blocks\\.1\\.resnets\\.0\\.conv1']
+dim = 8
+[name_algo_map.'text_model\\.encoder\\.layers\\.0\\.']
+dim = 2
+alpha = 0.5
+""",
+    # convolutions off: an entry's dim still adapts the ResNets' 3x3 convolutions (create_single_module)
+    "no-conv": """\
+enable_conv = false
+unet_target_module = ["ResnetBlock2D"]
+unet_target_name = ["conv_out", "time_embedding.linear_1"]
+text_encoder_target_module = []
+[module_algo_map.ResnetBlock2D]
+dim = 2
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", **args):
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
+    return lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo=algo, conv_dim="4", preset=str(path), **args
+    )
+
+
+def _theirs(made) -> dict[str, tuple[str, int, float]]:
+    """Each LyCORIS module's class, dim and the scale its update is multiplied by."""
+    return {
+        m.lora_name: (type(m).__name__, m.lora_dim, float(m.scale))
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+
+
+def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
+    """Each peft layer the plan's adapter builds, as LyCORIS's class, its rank and its scale."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.lora import LoraLayer
+
+    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    out = {}
+    if adapter.denoiser_targets or adapter.conv_targets:
+        add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    if adapter.text_encoder_targets:
+        add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
+        for name, layer in model.named_modules():
+            found = next((c for t, c in classes if isinstance(layer, t)), None)
+            if found and "default" in layer.r:
+                key = prefix + name.replace(".", "_")
+                out[key] = (found, layer.r["default"], float(layer.scaling["default"]))
+    return out
+
+
+def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str = ""):
+    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
+
+    path = tmp_path / f"{preset}.toml"
+    path.write_text(PRESETS[preset], encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "conv_dim=4" "preset={path.name}" {args} --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return path, plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
+
+
+@pytest.mark.parametrize(
+    "preset, algo", [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")]
+)
+def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
+    """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
+    (alpha / dim; LoKr's layers with both factors full at 1)."""
+    path, plan = _converted_plan(tmp_path, preset, algo)
+    theirs = _theirs(_lycoris(pipe, path, monkeypatch, algo))
+    ours = _ours(pipe, plan.adapter)
+    assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
+    assert sorted(set(ours) ^ set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+
+
+# extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
+# weight decomposition (dora_scale per layer)
+VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker", "lokr-dora"])
+def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
+    """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
+    LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
+    from tests.unit.convert_kit import out_path
+
+    algo, *variant = algo.split("-")
+    extra = {VARIANTS[v]: "True" for v in variant}
+    path, plan = _converted_plan(tmp_path, "names", algo, " ".join(f'"{k}=True"' for k in extra))
+    assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo) and plan.adapter.blocks
+    assert (plan.adapter.tucker, plan.adapter.dora) == ("tucker" in variant, "dora" in variant)
+    made = _lycoris(pipe, path, monkeypatch, algo, **extra)
+    theirs = {  # what LyCORIS saves (its modules join the network's state dict in apply_to)
+        f"{m.lora_name}.{k}": v
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for k, v in m.state_dict().items()
+    }
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]))
+    assert done.status == "finished"
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        ours = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert sorted(ours) == sorted(theirs)
+    assert any(k.endswith("lora_mid.weight") for k in theirs) == ("tucker" in variant)
+    assert any(k.endswith("dora_scale") for k in theirs) == ("dora" in variant)
+    assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
+    # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply
+    # 1): LyCORIS saves its dim there, dbspec's export 1 (runtime/lycoris_export.py)
+    full = {k.split(".")[0] for k in theirs if k.endswith("lokr_w1")} - {
+        k.split(".")[0] for k in theirs if k.endswith(("lokr_w2_a", "lokr_w2_b"))
+    }
+    alphas = {k: float(v) for k, v in ours.items() if k.endswith(".alpha") and k.split(".")[0] not in full}
+    assert alphas == {
+        k: float(v) for k, v in theirs.items() if k.endswith(".alpha") and k.split(".")[0] not in full
+    }
+    assert len(set(alphas.values())) > 1  # layers at their own alphas
+    moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
+    assert moved, "the run trained the adapters"
+
+
+def test_lokr_blocks_resume_bit_exact(tmp_path):
+    """A LoKr run with the `names` file's per-layer ranks, stopped after a step and resumed: the losses and
+    the export of the uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+
+    from tests.unit.convert_kit import out_path
+
+    _converted_plan(tmp_path, "names", "lokr")
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=3"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    plan = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(plan, stop_after=1)
+    resumed = execute(plan, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (ours,) = Path(whole.final).glob("*.kohya.safetensors")
+    (theirs,) = Path(resumed.final).glob("*.kohya.safetensors")
+    ours, theirs = load_file(str(ours)), load_file(str(theirs))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+SDXL_MAPS = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["input_blocks.0.0", "out.2", 'time_embed\\.0']
+text_encoder_target_module = ["CLIPMLP"]
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.1[01]\\.self_attn\\.q_proj']
+
+[module_algo_map.ResnetBlock2D]
+dim = 2
+alpha = 1
+[module_algo_map.CrossAttention]
+dim = 8
+[name_algo_map.'out\\.2']
+dim = 6
+[name_algo_map.'time_embed\\.0']
+dim = 3
+alpha = 3
+[module_algo_map.CLIPMLP]
+dim = 6
+alpha = 2
+[name_algo_map.'text_model\\.encoder\\.layers\\.10\\.']
+dim = 2
+"""
+
+
+def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
+    """On SDXL the file's names and classes are kohya's own U-Net's (original layout, `CrossAttention`):
+    lycoris-lora's network on kohya's full-size SDXL U-Net (the recorded module tree) and both CLIP encoders
+    has, layer for layer, the rank and scale the converted plan's blocks give diffusers' U-Net and the two
+    encoders (runtime/blocks.py's per-module patterns, read without building peft's layers)."""
+    from peft import LoraConfig
+
+    from dbspec.runtime.blocks import with_blocks
+    from dbspec.unet_layout import SDXL_UNET, rename, unet_table
+    from tests.runtime import test_lycoris_preset_file_sdxl as sdxl
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    models = sdxl.models.__wrapped__()
+    (tmp_path / "maps.toml").write_text(SDXL_MAPS, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=locon" "conv_dim=4" "preset=maps.toml" --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path).adapter
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0,
+        4,
+        1.0,
+        None,
+        models["te"],
+        models["kohya_unet"],
+        algo="locon",
+        conv_dim="4",
+        preset=str(tmp_path / "maps.toml"),
+    )
+    theirs = {m.lora_name: (m.lora_dim, float(m.scale)) for m in [*made.unet_loras, *made.text_encoder_loras]}
+
+    def ranks(module, targets, component, prefix, name_of):
+        config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=list(targets))
+        config = with_blocks(config, module, adapter, component)
+        out = {}
+        for pattern, rank in config.rank_pattern.items():
+            path = pattern.replace("\\", "")
+            out[f"{prefix}_{name_of(path).replace('.', '_')}"] = (rank, config.alpha_pattern[pattern] / rank)
+        return out
+
+    table = unet_table(SDXL_UNET)
+    targets = [*adapter.denoiser_targets, *adapter.conv_targets]
+    ours = ranks(models["unet"], targets, "", "lora_unet", lambda p: rename(p, table))
+    for component, prefix, model in zip(
+        ("text_encoder", "text_encoder_2"), ("lora_te1", "lora_te2"), models["te"]
+    ):
+        ours.update(ranks(model, adapter.text_encoder_targets, component, prefix, lambda p: p))
+    assert len({v for v in theirs.values()}) > 3, "the file gives layers different ranks"
+    assert sorted(set(ours) ^ set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}

@@ -1,0 +1,300 @@
+"""LyCORIS preset files with `module_algo_map` / `name_algo_map` (network_args `preset=<file>.toml`,
+lycoris.kohya) on SD 1.x / 2.x and SDXL: entries that keep the network's algorithm and give their layers
+another dim / alpha convert to [[adapter.blocks]] / [[adapter.text_encoder_blocks]] (LoRA/LoCon, LoHa, LoKr),
+resolved as lycoris-lora 4.1.3's kohya network resolves them (tests/runtime/test_lycoris_algo_maps.py builds
+its network from the same files); another algorithm, other module options, and per-layer dims on the other
+algorithms are not expressed (DBS403); an unknown algorithm name or an argument create_single_module already
+passes stops kohya (DBS402)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from convert_kit import (  # noqa: F401
+    SD15,
+    SD21,
+    codes,
+    empty_hub_cache,
+    expressible,
+    fate,
+    images,
+    kohya,
+    messages,
+    plan_of,
+)
+
+FULL = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+"""
+
+# LoRA on the ResNets at a low dim, the transformers' MLPs at a higher one, CLIP's MLP at its own
+RESNETS_LOW = (
+    FULL
+    + """
+[module_algo_map]
+  [module_algo_map.ResnetBlock2D]
+    algo = "locon"
+    dim = 4
+    alpha = 1
+  [module_algo_map.FeedForward]
+    dim = 32
+  [module_algo_map.CLIPMLP]
+    algo = "lora"
+    dim = 8
+    alpha = 8
+"""
+)
+
+# lycoris-lora's example_configs/preset_configs/example.toml (its SD 1.x part): LoKr on the attention and MLP,
+# LoRA on the ResNets and CLIP's attention
+EXAMPLE = (
+    FULL
+    + """
+[module_algo_map]
+  [module_algo_map.CrossAttention]
+    algo = "lokr"
+    dim = 10000000000000
+    factor = 64
+  [module_algo_map.FeedForward]
+    algo = "lokr"
+    dim = 100000000000
+    factor = 12
+  [module_algo_map.ResnetBlock2D]
+    algo = "lora"
+    dim = 4
+    alpha = 1
+    use_tucker = true
+    factor = 8
+  [module_algo_map.CLIPAttention]
+    algo = "lora"
+    dim = 8
+    alpha = 1
+"""
+)
+
+
+def _convert(tmp_path, text: str, algo: str = "locon", args: str = "", model: str = SD15):
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 3, (512, 512))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={model} "
+        "--train_data_dir=x --resolution=512 --network_module=lycoris.kohya --network_dim=16 "
+        "--network_alpha=8 "
+        f'--network_args "algo={algo}" "conv_dim=8" "conv_alpha=4" "preset=p.toml" {args} '
+        "--learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors",
+    )
+
+
+def _blocks(blocks) -> list[tuple]:
+    return [(b.pattern, b.rank, b.alpha, b.conv_rank, b.conv_alpha) for b in blocks]
+
+
+def test_class_entries_become_blocks(tmp_path):
+    outcome = expressible(_convert(tmp_path, RESNETS_LOW))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("lora", 16, 8.0, 8, 4.0)
+    assert _blocks(a.blocks) == [
+        # FeedForward: dim 32, the network's alpha (LyCORIS: `alpha or self.alpha`)
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 32, 8.0, 0, 1.0),
+        # ResnetBlock2D: dim 4 / alpha 1 on its linear and on its 3x3 and 1x1 convolutions alike
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 1.0, 4, 1.0),
+    ]
+    assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
+    # the downsamplers' convolutions and conv_in / conv_out keep the network's conv_dim
+    assert set(a.conv_targets) == {"conv_in", "conv1", "conv2", "conv", "conv_out"}
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_name_entries_before_class_entries_on_sd2(tmp_path):
+    """A name the file targets takes the first name_algo_map entry whose key is its path or re.matches it,
+    else its class's module_algo_map entry (here `Linear`, as LyCORIS reads a Linear's class); inside a target
+    class a nested class's entry reaches the layers first (Linear's, not Transformer2DModel's)."""
+    text = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ["conv_in", 'down_blocks\\.1\\.resnets\\.0\\.conv[12]', "time_embedding.linear_1"]
+text_encoder_target_module = []
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.1[01]\\.self_attn\\.[qk]_proj']
+
+[module_algo_map.Linear]
+dim = 6
+alpha = 2
+[module_algo_map.Transformer2DModel]
+dim = 12
+[name_algo_map.conv_in]
+dim = 2
+alpha = 2
+[name_algo_map.'down_blocks\\.1\\.resnets\\.0\\.conv1']
+dim = 24
+[name_algo_map.'text_model\\.encoder\\.layers\\.10\\.']
+dim = 2
+alpha = 0.5
+"""
+    outcome = expressible(_convert(tmp_path, text, "lokr", model=SD21, args="--v2 --v_parameterization"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lokr"
+    found = {b.pattern: (b.rank, b.alpha, b.conv_rank, b.conv_alpha) for b in a.blocks}
+    # every linear at the Linear entry's dim 6 / alpha 2: inside Transformer2DModel (SD 2.x's proj_in /
+    # proj_out too) and the named time_embedding.linear_1, which no name entry matches
+    linear = next(p for p in found if "to_q" in p)
+    assert found[linear][:2] == (6, 2.0)
+    for path in (
+        "down_blocks.0.attentions.0.proj_in",
+        "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+    ):
+        assert re.search(linear, path)
+    assert re.search(linear, "time_embedding.linear_1")
+    assert found[r"(?:^|\.)(?:conv_in)$"] == (16, 8.0, 2, 2.0)  # convolutions only: the linear values unused
+    assert found[r"(?:^|\.)(?:conv1)$"] == (16, 8.0, 24, 4.0)  # a name entry's dim, the network's alpha
+    assert len(found) == 3  # conv2 keeps the network's conv dim / alpha: no block
+    assert _blocks(a.text_encoder_blocks) == [
+        (r"(?:^|\.)(?:layers\.10\.self_attn\.k_proj|layers\.10\.self_attn\.q_proj)$", 2, 0.5, 0, 1.0),
+        (r"(?:^|\.)(?:layers\.11\.self_attn\.k_proj|layers\.11\.self_attn\.q_proj)$", 6, 2.0, 0, 1.0),
+    ]
+
+
+def test_entry_dim_adapts_convolutions_with_enable_conv_off(tmp_path):
+    """create_single_module adapts a k x k convolution when the network has a conv dim or the entry a dim:
+    with enable_conv off only the entry's convolutions are built."""
+    text = """\
+enable_conv = false
+unet_target_module = ["ResnetBlock2D"]
+unet_target_name = ["conv_out"]
+text_encoder_target_module = []
+[module_algo_map.ResnetBlock2D]
+dim = 2
+"""
+    a = plan_of(expressible(_convert(tmp_path, text)), tmp_path).adapter
+    assert a.conv_targets == ("conv1", "conv2") and a.conv_rank == 8
+    assert _blocks(a.blocks) == [(r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 2, 8.0, 2, 4.0)]
+
+
+def test_rs_lora_scales_block_alphas(tmp_path):
+    a = plan_of(expressible(_convert(tmp_path, RESNETS_LOW, args="")), tmp_path).adapter
+    plain = {b.pattern: b.alpha for b in a.blocks}
+    b = plan_of(expressible(_convert(tmp_path, RESNETS_LOW, args='"rs_lora=True"')), tmp_path).adapter
+    scaled = {blk.pattern: (blk.rank, blk.alpha) for blk in b.blocks}
+    assert b.alpha == 8.0 * math.sqrt(16)
+    assert {p: alpha for p, (_, alpha) in scaled.items()} == {
+        p: plain[p] * math.sqrt(rank) for p, (rank, _) in scaled.items()
+    }
+
+
+def test_entries_without_effect_write_no_block(tmp_path):
+    """Entries that keep the algorithm and give no dim / alpha, and entries for classes the file never
+    reaches, change nothing (an entry's dim 16 / alpha 8 on the ResNets would: it replaces their convolutions'
+    conv_dim 8 / conv_alpha 4 too)."""
+    text = FULL + '[module_algo_map.ResnetBlock2D]\nalgo = "lokr"\n' + "[module_algo_map.T5Block]\ndim = 2\n"
+    a = plan_of(expressible(_convert(tmp_path, text, "lokr")), tmp_path).adapter
+    assert a.blocks == () and a.text_encoder_blocks == ()
+
+
+def test_dims_change_nothing_for_full(tmp_path):
+    text = FULL + "[module_algo_map.FeedForward]\ndim = 32\n"
+    a = plan_of(expressible(_convert(tmp_path, text, "full")), tmp_path).adapter
+    assert a.kind == "full" and a.blocks == ()
+
+
+def test_lycoris_example_mixes_algorithms(tmp_path):
+    outcome = _convert(tmp_path, EXAMPLE)
+    assert "DBS403" in codes(outcome)
+    text = messages(outcome, "DBS403")
+    assert "module_algo_map.CrossAttention" in text and "'lokr'" in text and "one adapter kind" in text
+
+
+def test_module_options_are_not_expressed(tmp_path):
+    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nfactor = 8\n'
+    outcome = _convert(tmp_path, text, "lokr")
+    assert "DBS403" in codes(outcome) and "`factor` = 8" in messages(outcome, "DBS403")
+
+
+def test_dims_on_diag_oft_are_not_expressed(tmp_path):
+    text = FULL + "[module_algo_map.FeedForward]\ndim = 32\n"
+    outcome = _convert(tmp_path, text, "diag-oft")
+    assert "DBS403" in codes(outcome) and "LoRA/LoCon, LoHa and LoKr" in messages(outcome, "DBS403")
+
+
+def test_dims_above_the_block_bound_are_not_expressed(tmp_path):
+    text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
+    outcome = _convert(tmp_path, text, "lokr")
+    assert "DBS403" in codes(outcome) and "up to 1024" in messages(outcome, "DBS403")
+
+
+def test_unknown_algorithm_name_stops_kohya(tmp_path):
+    """LyCORIS looks the entry's algo up in network_module_dict as written: `LoKr` is a KeyError."""
+    outcome = _convert(tmp_path, FULL + '[module_algo_map.FeedForward]\nalgo = "LoKr"\n', "lokr")
+    assert "DBS402" in codes(outcome) and "KeyError" in messages(outcome, "DBS402")
+
+
+def test_argument_passed_twice_stops_kohya(tmp_path):
+    outcome = _convert(tmp_path, FULL + "[module_algo_map.FeedForward]\ndropout = 0.1\n")
+    assert "DBS402" in codes(outcome) and "`dropout`" in messages(outcome, "DBS402")
+
+
+def test_unreached_bad_entry_is_inert(tmp_path):
+    """An entry is read only for the layers it reaches: an unknown algo under a class kohya's SD model has not
+    changes nothing."""
+    outcome = expressible(_convert(tmp_path, FULL + '[module_algo_map.T5Block]\nalgo = "nope"\n'))
+    assert plan_of(outcome, tmp_path).adapter.blocks == ()
+
+
+def test_keys_the_module_class_never_reads_are_inert(tmp_path):
+    """LoConModule takes no `factor`: the entry's key lands in its **kwargs (ignored, DBS405); its dim still
+    counts."""
+    text = FULL + '[module_algo_map.ResnetBlock2D]\nalgo = "lora"\ndim = 4\nfactor = 8\n'
+    outcome = expressible(_convert(tmp_path, text))
+    assert "DBS405" in codes(outcome) and "module_algo_map.ResnetBlock2D.factor" in messages(
+        outcome, "DBS405"
+    )
+    assert [b.rank for b in plan_of(outcome, tmp_path).adapter.blocks] == [4]
+
+
+def test_options_equal_to_the_networks_change_nothing(tmp_path):
+    """An entry's `factor` / `use_tucker` equal to what create_network hands every module (network_args
+    factor=8, use_tucker off) is the network's own: only the entry's dim makes a block."""
+    text = FULL + "[module_algo_map.FeedForward]\nfactor = 8\nuse_tucker = false\ndim = 4\n"
+    outcome = expressible(_convert(tmp_path, text, "lokr", args='"factor=8"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.factor == 8 and [b.rank for b in a.blocks] == [4]
+    outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
+    assert "DBS403" in codes(outcome) and "`factor` = 8" in messages(outcome, "DBS403")
+
+
+def test_sdxl_maps_name_kohyas_classes_and_paths(tmp_path):
+    """On SDXL the entries name kohya's own U-Net classes and paths (original layout: `CrossAttention`,
+    `out.2`); the blocks name diffusers' paths, the model dbspec trains, and one text block covers both CLIP
+    encoders' layers."""
+    text = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ["out.2"]
+text_encoder_target_module = ["CLIPMLP"]
+[module_algo_map.CrossAttention]
+dim = 32
+alpha = 16
+[name_algo_map.'out\\.2']
+dim = 4
+[module_algo_map.CLIPMLP]
+dim = 8
+"""
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sdxl_train_network.py --pretrained_model_name_or_path="
+        "stabilityai/stable-diffusion-xl-base-1.0 --train_data_dir=x --resolution=1024 "
+        "--network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+        '--network_args "algo=lokr" "preset=p.toml" --learning_rate=1e-4 --max_train_steps=200',
+    )
+    a = plan_of(expressible(outcome), tmp_path).adapter
+    assert a.kind == "lokr" and a.conv_targets == ("conv_out",)
+    assert _blocks(a.blocks) == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 32, 16.0, 0, 1.0),
+        (r"(?:^|\.)(?:conv_out)$", 16, 8.0, 4, 8.0),  # conv_dim / conv_alpha default to dim / alpha
+    ]
+    assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
