@@ -131,7 +131,14 @@ def _layer_targets(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> 
     """The targets a file's Linear module must end in: T5-XXL's are kohya's T5 targets (train.t5)."""
     if denoiser:
         return tuple(adapter.denoiser_targets)
-    return T5_LORA_TARGETS if _t5_module(module) else tuple(adapter.text_encoder_targets)
+    if _t5_module(module):
+        return T5_LORA_TARGETS
+    # kohya's lora_te2 prefix: SDXL's and SD3's second CLIP encoder (OpenCLIP bigG), its own targets
+    return tuple(adapter.text_encoder_2_targets if _te2_module(module) else adapter.text_encoder_targets)
+
+
+def _te2_module(module: LoraModule) -> bool:
+    return module.name.startswith("lora_te2_")
 
 
 def _unadapted(ctx: Context, path, names: list[str]) -> None:
@@ -181,6 +188,7 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
             "conv_targets" if module.conv else ("denoiser_targets" if denoiser else "text_encoder_targets")
         )
         listed = "t5_targets (train.t5)" if _t5_module(module) else listed
+        listed = "text_encoder_2_targets" if _te2_module(module) and not denoiser else listed
         kind = "convolution" if module.conv else "layer"
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"

@@ -1179,7 +1179,7 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 "layer has not",
                 f'set precision.{key} = "none", or train another adapter kind',
             )
-    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.conv_targets}
+    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.text_encoder_2_targets, *a.conv_targets}
     for name in getattr(a, "input_targets", ()):
         if name not in targets:
             yield _warn(

@@ -224,6 +224,17 @@ def _text_encoder_targets():
     )
 
 
+def _text_encoder_2_targets():
+    return option(
+        attrs.Factory(lambda self: list(self.text_encoder_targets), takes_self=True),
+        doc="The second CLIP text encoder's module names (suffixes) that get adapters when it trains "
+        "(component text_encoder_2: SDXL's and SD3's OpenCLIP bigG, the SDXL refiner's only encoder; not "
+        "Flux's T5-XXL): a LyCORIS preset file that adapts other layers in SDXL's two encoders (kohya "
+        "`lora_te2_*` modules). `text_encoder_targets` then names the first encoder's.",
+        derived="same as `text_encoder_targets`",
+    )
+
+
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
@@ -571,6 +582,7 @@ class LoraAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -692,6 +704,7 @@ class LohaAdapter:
     module_dropout: float = _module_dropout()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -740,6 +753,7 @@ class LokrAdapter:
     module_dropout: float = _module_dropout()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -764,6 +778,7 @@ class FullAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
@@ -781,6 +796,7 @@ class Ia3Adapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
@@ -868,6 +884,7 @@ class DiagOftAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
 
@@ -901,6 +918,7 @@ class BoftAdapter:
     bypass: bool = _oft_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
 
@@ -916,6 +934,7 @@ class GloraAdapter:
     alpha: float = _alpha()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -979,6 +998,7 @@ class DyloraAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

@@ -411,10 +411,11 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
 
 def preset_targets(
     data: dict[str, Any], algo: str, v2: bool, convs: bool, sdxl: bool = False
-) -> tuple[list[str], list[str], list[str]]:
-    """(denoiser targets, text-encoder targets, convolution targets) of a preset file's table on kohya's SD
-    1.x (`v2` False) or 2.x model, or with `sdxl` its SDXL model; `convs`: conv_dim above 0. PresetError where
-    kohya stops or dbspec cannot express the file."""
+) -> tuple[list[str], list[str], list[str], list[str] | None]:
+    """(denoiser targets, text-encoder targets, convolution targets, SDXL's second text encoder's targets or
+    None where the first's fit it) of a preset file's table on kohya's SD 1.x (`v2` False) or 2.x model, or
+    with `sdxl` its SDXL model; `convs`: conv_dim above 0. PresetError where kohya stops or dbspec cannot
+    express the file."""
     s = _settings(data, algo)
     unet = sdxl_unet() if sdxl else sd_unet(v2)
     texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if v2 else 12)]
@@ -440,24 +441,35 @@ def preset_targets(
     spatial = {p for p in built_unet if kinds[p] == "conv"}
     unet_targets = _suffixes(pointwise, unet)
     conv_targets = _suffixes(spatial, unet)
-    return unet_targets, _text_targets(texts, built_texts), conv_targets
+    text_targets, text_2_targets = _text_targets(texts, built_texts)
+    return unet_targets, text_targets, conv_targets, text_2_targets
 
 
-def _text_targets(texts: list[list[Row]], built_texts: list[list[str]]) -> list[str]:
-    """One target list for every text encoder (dbspec's text_encoder_targets): the suffixes picking the last
-    (widest) encoder's layers, which must pick exactly each other encoder's too. SDXL's CLIP-L has the paths
-    and classes of OpenCLIP bigG's first 12 layers, so a file picks the same layers in both unless it names a
-    class or path one encoder alone has (CLIPTextModelWithProjection, text_projection)."""
-    chosen = set(built_texts[-1])
-    top = sorted(p for p in chosen if not p.startswith("text_model."))  # text_projection: no level to skip
-    targets = _suffixes(chosen - set(top), texts[-1], skip=1) + top
-    for rows, built in zip(texts, built_texts):
-        picked = {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}
-        if picked != set(built):
-            odd = sorted(picked ^ set(built))[0]
+def _text_targets(texts: list[list[Row]], built_texts: list[list[str]]) -> tuple[list[str], list[str] | None]:
+    """(text_encoder_targets, text_encoder_2_targets or None): one list for every text encoder where one
+    fits, the suffixes picking the last (widest) encoder's layers that pick exactly each other encoder's too
+    (SDXL's CLIP-L has the paths and classes of OpenCLIP bigG's first 12 layers, so a file picks the same
+    layers in both unless it names a path or class one encoder alone has); else, on SDXL, each encoder's own
+    (adapter.text_encoder_2_targets for OpenCLIP bigG, kohya's lora_te2 modules)."""
+    targets = _encoder_targets(texts[-1], built_texts[-1])
+    if all(_picked(rows, targets) == set(built) for rows, built in zip(texts, built_texts)):
+        return targets, None
+    first, second = (_encoder_targets(rows, built) for rows, built in zip(texts, built_texts))
+    for rows, built, found in zip(texts, built_texts, (first, second)):
+        if _picked(rows, found) != set(built):  # a defensive check: _suffixes picks exactly what it is given
+            odd = sorted(_picked(rows, found) ^ set(built))[0]
             raise PresetError(
-                f"it adapts other layers of kohya's {rows[0][1]} than of its {texts[-1][0][1]} ({odd} in one "
-                "and not the other); dbspec's text_encoder_targets name the same layers in both encoders",
-                False,
+                f"dbspec's text-encoder targets cannot pick exactly the layers it adapts ({odd})", False
             )
-    return targets
+    return first, second
+
+
+def _encoder_targets(rows: list[Row], built: list[str]) -> list[str]:
+    """The suffixes picking exactly `built` among one encoder's `rows`."""
+    chosen = set(built)
+    top = sorted(p for p in chosen if not p.startswith("text_model."))  # text_projection: no level to skip
+    return _suffixes(chosen - set(top), rows, skip=1) + top
+
+
+def _picked(rows: list[Row], targets: list[str]) -> set[str]:
+    return {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}

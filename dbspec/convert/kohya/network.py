@@ -106,8 +106,9 @@ IA3_PRESET_BUILDS_NOTHING = (
 
 def preset_file_targets(
     preset: str, algo: str, conv_dim: int, family: str | None, paths, args: Legacy, conv: Conversion
-) -> tuple[list[str], list[str], list[str]] | None:
-    """The (denoiser, text-encoder, convolution) targets of a LyCORIS preset file, or None (reported)."""
+) -> tuple[list[str], list[str], list[str], list[str] | None] | None:
+    """The (denoiser, text-encoder, convolution, SDXL's second text encoder's or None where the first's fit
+    it) targets of a LyCORIS preset file, or None (reported)."""
     legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
     local = paths.local(preset) if paths is not None else None
     if local is None:
@@ -137,14 +138,16 @@ def preset_file_targets(
         )
         return None
     try:
-        unet, text, convs = preset_targets(data, algo, facts.v2, conv_dim > 0, facts.original_unet_names)
+        unet, text, convs, text_2 = preset_targets(
+            data, algo, facts.v2, conv_dim > 0, facts.original_unet_names
+        )
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
-    if not (unet or text or convs):
+    if not (unet or text or convs or text_2):
         conv.invalid(
             legacy.key,
             preset,
@@ -160,7 +163,7 @@ def preset_file_targets(
             "kohya lycoris.kohya: the LyCORIS preset file matches no U-Net layer, so the network has no "
             "U-Net module",
         )
-    return unet, text, convs
+    return unet, text, convs, text_2
 
 
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -239,7 +242,9 @@ def _map_network(
             found = preset_file_targets(preset, algo, conv_dim, family, paths, args, conv)
             if found is None:
                 return None
-            unet, text, conv_targets = found
+            unet, text, conv_targets, text_2 = found
+            if text_2 is not None:  # SDXL's two encoders adapt different layers
+                put["text_encoder_2_targets"] = text_2
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
         else:
             if preset not in _PRESETS:
