@@ -568,3 +568,27 @@ def test_one_cycle_list_with_a_max_lr_of_0_follows_torch(tmp_path):
     assert schedule.torch.max_lr_zero == "literal"
     _check(schedule, expected, momentum=True)
     assert all(lr == 0.0 for _, lr in dict(schedule.group_lr_points)["text_encoder"])
+
+
+def test_kohya_oft_has_the_unet_group_alone(tmp_path):
+    """networks.oft (networks/oft.py prepare_optimizer_params): one group, the U-Net's blocks at unet_lr;
+    text_encoder_lr never read. A one-value list is that group's value."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.oft --network_dim=8 --network_alpha=1e-3 "
+        '--network_args "enable_all_linear=1" '
+        "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=[1e-6] max_lr=[2e-4] step_size_up=40",
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert (schedule.torch.base_lr, schedule.torch.max_lr) == (1e-6, 2e-4) and not schedule.torch.groups
+    assert schedule.torch.step_size_up == 40
+
+
+def test_kohya_oft_list_longer_than_its_one_group_is_refused(tmp_path):
+    """Two values for OFTNetwork's one group: torch's CyclicLR raises (expected 1 values)."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.oft --network_alpha=1e-3 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+    )
+    assert "DBS402" in codes(outcome), errors(outcome)

@@ -13,6 +13,8 @@ kohya's groups, in order (its code is the ground truth):
   block lr weights (it reads none): text encoders, their plus group (`lora_B`), U-Net, its plus group.
 - networks.lora_fa (networks/lora_fa.py `prepare_optimizer_params`): [text encoders, U-Net], no plus group,
   a group at rate 0 kept (refused here: the schedules replace its rate, dbspec leaves it untrained).
+- networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
+  network adapts nothing else); kept at rate 0 too, which oft.py refuses (DBS403) before any list.
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
@@ -122,8 +124,16 @@ def _networks_lora(
     a: Args, written: dict, sdxl: bool, split: bool = False
 ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
-    if module not in ("networks.lora", "lycoris.kohya", "networks.dylora", "networks.lora_fa"):
+    if module not in (
+        "networks.lora",
+        "lycoris.kohya",
+        "networks.dylora",
+        "networks.lora_fa",
+        "networks.oft",
+    ):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
+    if module == "networks.oft":  # OFTNetwork: the U-Net's one group (its rate 0 refused by oft.py)
+        return [("unet", ("denoiser",))], ""
     if module == "networks.lora_fa":
         return _lora_fa(a)
     kwargs, _ = parse_network_args(a["network_args"].value or [])
