@@ -21,7 +21,7 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
-from dbspec.spec.model import DyloraAdapter, LoraAdapter
+from dbspec.spec.model import DiagOftAdapter, DyloraAdapter, LoraAdapter
 
 KEY = ("adapter", "init_weights")
 
@@ -39,6 +39,8 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
+    if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
+        return _plan_kohya_oft(ctx, family, adapter, components)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
     path = ctx.resolve(adapter.init_weights)
@@ -351,3 +353,82 @@ def _tally(ctx: Context, path, ignored: dict[str, int], used: int) -> tuple[str,
         ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
         return "", 0
     return str(path), used
+
+
+def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, components) -> tuple[str, int]:
+    """kohya's networks.oft `--network_weights` (OFTNetwork.load_weights: load_state_dict(strict=False)):
+    each `oft_unet_*` module of an adapted layer must hold the adapter's block count (a shape that differs
+    fails in kohya too) and its alpha the adapter's constraint (kohya trains the network's constraint and
+    saves the file's alpha); modules of layers the adapter does not adapt are ignored with init_partial."""
+    from dbspec.compiler.oft_file import adapts, read_oft_file
+
+    path = ctx.resolve(adapter.init_weights)
+    spec = family_spec(family)
+    if spec.fused_projections or spec.kohya is None or spec.kohya.network != "networks.lora":
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: kohya's networks.oft starts from a file on SD 1.x/2.x/SDXL, not on {spec.title}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
+    if not path.is_file():
+        ctx.report("DBS357", "error", f"OFT file `{path}` not found", KEY, help="check the path")
+        return "", 0
+    try:
+        file = read_oft_file(path)
+    except ModelFileError as exc:
+        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the OFT: {exc.reason}", KEY)
+        return "", 0
+    if spec.denoiser not in {c.name for c in components if c.trainable == "lora"}:
+        return _tally(ctx, path, {spec.denoiser: len(file.modules)}, 0)
+    targets = [*adapter.denoiser_targets, *adapter.conv_targets]
+    used, unadapted = 0, []
+    for module in file.modules.values():
+        name = module.name
+        if not adapts(name, targets, spec.kohya.original_unet_names):
+            if adapter.init_partial:
+                unadapted.append(name)  # kohya's strict=False load ignores it
+                continue
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}` does not fit the adapter: module `{name}` adapts a layer adapter.denoiser_targets "
+                f"and conv_targets do not name ({', '.join(targets) or 'none'})",
+                KEY,
+                help="set adapter.init_partial = true to ignore it, as kohya's load_state_dict(strict=False)",
+            )
+            return "", 0
+        problem = ""
+        if module.blocks is not None and module.blocks != adapter.block_count:
+            problem = (
+                f"`{name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is "
+                f"{adapter.block_count}"
+            )
+        elif module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
+            problem = (
+                f"`{name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} (kohya "
+                "trains the network's constraint and saves the file's alpha)"
+            )
+        if problem:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}` does not fit the adapter: {problem}",
+                KEY,
+                help="make adapter.block_count and constraint the file's (kohya --dim_from_weights reads "
+                "them from the file), or start from another file",
+            )
+            return "", 0
+        used += 1
+    if unadapted:
+        ctx.report(
+            "DBS387",
+            "warning",
+            f"`{path}` holds {len(unadapted)} OFT module(s) of layers the adapter does not adapt (first "
+            f"`{unadapted[0]}`): they are ignored, as kohya's load_state_dict(strict=False) ignores them "
+            "(adapter.init_partial)",
+            ("adapter", "init_partial"),
+        )
+    return _tally(ctx, path, {}, used)

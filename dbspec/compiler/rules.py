@@ -3003,6 +3003,14 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 "block_size",
                 codes.help("DBS574"),
             )
+        if a.init_weights:
+            yield _err(
+                "DBS574",
+                ("adapter", "init_weights"),
+                "adapter.init_weights starts kohya's OFT from its file (form = \"kohya\"); LyCORIS's "
+                "Diag-OFT does not start from a file here",
+                codes.help("DBS574"),
+            )
         return
     found = [
         (

@@ -887,6 +887,24 @@ class DiagOftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
+    # kohya networks.oft --network_weights: the run starts from a saved OFT's blocks
+    init_weights: str = option(
+        "",
+        doc='With `form = "kohya"`: start the blocks from this `.safetensors` file (kohya networks.oft '
+        "`--network_weights`), relative to the spec file: kohya's networks.oft layout (`oft_unet_*` "
+        "modules' `oft_blocks` and `alpha`), as kohya's OFTNetwork and dbspec's kohya export save it. Its "
+        "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
+        "time). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
+        "identity rotation).",
+        example="previous-run/final/oft.kohya.safetensors",
+    )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as kohya's OFTNetwork.load_weights does (`load_state_dict(strict=False)`): "
+        "an adapted layer the file lacks keeps its zero blocks, and a file module the adapter does not "
+        "adapt is ignored (a warning at plan time). false: the run refuses a file that does not cover the "
+        "adapter exactly.",
+    )
 
 
 @frozen
