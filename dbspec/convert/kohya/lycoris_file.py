@@ -18,7 +18,11 @@ layers as the shortest path suffixes that match exactly those layers there (peft
 (sdxl_train_network.py) the walk runs on kohya's own U-Net (library/sdxl_original_unet.py: the original
 layout's paths and classes, which a file's names and patterns are written against) and both CLIP encoders;
 the adapted U-Net layers are then translated to diffusers' paths (dbspec/unet_layout.py), the model dbspec
-trains."""
+trains. The two encoders share one target list where it picks exactly each one's layers; a file that adapts
+other layers in one (an encoder's own root class, CLIPTextModel or CLIPTextModelWithProjection) gives the
+second its own (adapter.text_encoder_2_targets). LyCORIS names the layers under a matched root class with a
+doubled underscore (`lora_te1__text_model_...`: the empty path joined with "_"); dbspec's export writes
+kohya's usual names."""
 
 from __future__ import annotations
 
