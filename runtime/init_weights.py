@@ -9,7 +9,11 @@ the layers and tensors the file lacks keep their init and the file's other layer
 
 A DyLoRA (plan.adapter.kind "dylora", kohya networks.dylora's `load_weights`) loads the same layout: each
 layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit` ranks, as kohya's
-DyLoRAModule cuts them into its one-rank parameters."""
+DyLoRAModule cuts them into its one-rank parameters.
+
+kohya's own OFT (plan.adapter.kind "diag-oft", oft_form "kohya"; networks/oft.py
+OFTNetwork.load_weights) loads its `oft_unet_*` modules' `oft_blocks` into each layer's blocks, named as the
+kohya export names them."""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
+    if plan.adapter.kind == "diag-oft":  # kohya's networks.oft (the plan allows its form alone)
+        return _load_kohya_oft(plan, unet)
     if family_spec(plan.model.family).fused_projections:  # kohya's Flux / SD3 layout: fused layers to split
         from dbspec.runtime.flow_init import load_flow_init_weights
 
@@ -108,3 +114,46 @@ def _dylora_layers(module: torch.nn.Module | None):
             downs = _Blocks(layer.lora_dylora_down[adapter], 0)
             ups = _Blocks(layer.lora_dylora_up[adapter], 1)
             yield name, downs, ups, rank, float(layer.scaling[adapter]) * rank
+
+
+def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
+    """OFTNetwork.load_weights (load_state_dict(strict=False) of the file): each adapted layer's
+    `oft_unet_<kohya name>.oft_blocks`, a shape that differs refused as torch refuses it; with
+    init_partial a layer the file lacks keeps its zero blocks and a file module no layer matches is
+    ignored (else both are errors naming the file and the tensor). The alphas were checked at plan time
+    (they equal the constraint)."""
+    from dbspec.runtime.lycoris_oft import KohyaOftLayer
+
+    path = plan.adapter.init_weights
+    state = load_file(path)
+    layers: dict[str, torch.nn.Parameter] = {}
+    for _prefix, module, to_path in kohya_parts(unet=unet, text_encoders=[], family=plan.model.family):
+        found = lora_adapter(module)
+        if found is None:
+            continue
+        module, adapter = found
+        for name, layer in module.named_modules():
+            if isinstance(layer, KohyaOftLayer) and adapter in layer.lora_oft_blocks:
+                key = f"oft_unet_{to_path(name).replace('.', '_')}"
+                layers[key] = layer.lora_oft_blocks[adapter]
+    partial = plan.adapter.init_partial
+    modules = {key.rsplit(".", 1)[0] for key in state}
+    extra = sorted(m for m in modules if m not in layers)
+    if extra and not partial:
+        raise ValueError(f"{path}: tensor `{extra[0]}.oft_blocks` matches no OFT layer of this run")
+    loaded = 0
+    with torch.no_grad():
+        for key, param in sorted(layers.items()):
+            value = state.get(key + ".oft_blocks")
+            if value is None:
+                if partial:
+                    continue  # kohya's network keeps this layer's zero blocks
+                raise ValueError(f"{path}: the run's OFT layer `{key}` has no tensor `{key}.oft_blocks`")
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"{path}: tensor `{key}.oft_blocks` has shape {list(value.shape)}; the run's layer has "
+                    f"{list(param.shape)}"
+                )
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+            loaded += 1
+    return loaded

@@ -32,10 +32,18 @@ def configure_models(plan: Plan, comps: Components, device: torch.device) -> tup
     for i, (name, enc) in enumerate(
         zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)
     ):
-        # T5-XXL (train.t5) takes kohya's T5 targets; the CLIP encoders adapter.text_encoder_targets
-        targets = plan.adapter.t5_targets if name in t5 else plan.adapter.text_encoder_targets
+        # T5-XXL (train.t5) takes kohya's T5 targets; the CLIP encoders adapter.text_encoder_targets, the
+        # second (text_encoder_2: OpenCLIP bigG) its own where the plan gives them
+        targets = plan.adapter.t5_targets if name in t5 else text_targets(plan.adapter, name)
         text_params.append(_prepare(enc, name, plan, device, targets, plan.schedule.seed + 1 + i))
     return unet_params, text_params
+
+
+def text_targets(adapter, name: str) -> tuple[str, ...]:
+    """The adapted layers of the CLIP text encoder named `name` (a pipeline component)."""
+    if name == "text_encoder_2" and adapter.text_encoder_2_targets is not None:
+        return adapter.text_encoder_2_targets
+    return adapter.text_encoder_targets
 
 
 def _prepare(

@@ -169,6 +169,7 @@ def _low_rank(adapter, family: str, targets_given: bool) -> dict:
         if targets_given
         else family_spec(family).lora_targets,
         "text_encoder_targets": tuple(adapter.text_encoder_targets),
+        "text_encoder_2_targets": tuple(adapter.text_encoder_2_targets),
         "conv_rank": adapter.conv_rank,
         "conv_alpha": adapter.conv_alpha if conv else 0.0,
         "conv_targets": tuple(adapter.conv_targets) if conv else (),
@@ -194,6 +195,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         if targets_given
         else family_spec(family).lora_targets,
         text_encoder_targets=tuple(adapter.text_encoder_targets),
+        text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
     )

@@ -49,7 +49,14 @@ def check_boft_widths(ctx, model, adapter) -> None:
         return
     parts = [(family.denoiser, adapter.denoiser_targets, adapter.conv_targets)]
     if adapter.text_encoder_targets and not any(getattr(model, "text_encoder_files", ()) or ()):
-        parts += [(name, adapter.text_encoder_targets, ()) for name in family.text_encoder_names]
+        parts += [
+            (
+                name,
+                adapter.text_encoder_2_targets if name == "text_encoder_2" else adapter.text_encoder_targets,
+                (),
+            )
+            for name in family.text_encoder_names
+        ]
     bad: list[tuple[str, str, int]] = []
     for component, targets, convs in parts:
         try:

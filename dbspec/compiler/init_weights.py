@@ -13,15 +13,14 @@ layers the adapter does not adapt are ignored (DBS387 where the name shows it, e
 from __future__ import annotations
 
 import math
-import re
 
 import attrs
 
 from dbspec.compiler.context import Context
-from dbspec.compiler.lora_file import LoraFile, LoraModule, kohya_suffix, read_lora_file
+from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
-from dbspec.spec.model import DyloraAdapter, LoraAdapter
+from dbspec.spec.model import DiagOftAdapter, DyloraAdapter, LoraAdapter
 
 KEY = ("adapter", "init_weights")
 
@@ -39,6 +38,8 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
+    if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
+        return _plan_kohya_oft(ctx, family, adapter, components)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
     path = ctx.resolve(adapter.init_weights)
@@ -131,7 +132,14 @@ def _layer_targets(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> 
     """The targets a file's Linear module must end in: T5-XXL's are kohya's T5 targets (train.t5)."""
     if denoiser:
         return tuple(adapter.denoiser_targets)
-    return T5_LORA_TARGETS if _t5_module(module) else tuple(adapter.text_encoder_targets)
+    if _t5_module(module):
+        return T5_LORA_TARGETS
+    # kohya's lora_te2 prefix: SDXL's and SD3's second CLIP encoder (OpenCLIP bigG), its own targets
+    return tuple(adapter.text_encoder_2_targets if _te2_module(module) else adapter.text_encoder_targets)
+
+
+def _te2_module(module: LoraModule) -> bool:
+    return module.name.startswith("lora_te2_")
 
 
 def _unadapted(ctx: Context, path, names: list[str]) -> None:
@@ -145,26 +153,6 @@ def _unadapted(ctx: Context, path, names: list[str]) -> None:
             "(adapter.init_partial)",
             ("adapter", "init_partial"),
         )
-
-
-# kohya's SDXL LoRA names follow the original UNet layout: the ResNet, downsampler and upsampler layers end in
-# other words than the diffusers names dbspec's targets use (attention layers end alike).
-_ORIGINAL_TAILS = (
-    (re.compile(r"_in_layers_2$"), "_conv1"),
-    (re.compile(r"_out_layers_3$"), "_conv2"),
-    (re.compile(r"_emb_layers_1$"), "_time_emb_proj"),
-    (re.compile(r"_skip_connection$"), "_conv_shortcut"),
-    (re.compile(r"^(lora_unet_input_blocks_\d+_0)_op$"), r"\1_downsamplers_0_conv"),
-    (re.compile(r"^(lora_unet_output_blocks_\d+_\d+)_conv$"), r"\1_upsamplers_0_conv"),
-)
-
-
-def diffusers_tail(name: str) -> str:
-    """A kohya original-layout module name with its last words as diffusers names them (for target checks)."""
-    for pattern, tail in _ORIGINAL_TAILS:
-        if pattern.search(name):
-            return pattern.sub(tail, name)
-    return name
 
 
 def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
@@ -181,6 +169,7 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
             "conv_targets" if module.conv else ("denoiser_targets" if denoiser else "text_encoder_targets")
         )
         listed = "t5_targets (train.t5)" if _t5_module(module) else listed
+        listed = "text_encoder_2_targets" if _te2_module(module) and not denoiser else listed
         kind = "convolution" if module.conv else "layer"
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"
@@ -343,3 +332,82 @@ def _tally(ctx: Context, path, ignored: dict[str, int], used: int) -> tuple[str,
         ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
         return "", 0
     return str(path), used
+
+
+def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, components) -> tuple[str, int]:
+    """kohya's networks.oft `--network_weights` (OFTNetwork.load_weights: load_state_dict(strict=False)):
+    each `oft_unet_*` module of an adapted layer must hold the adapter's block count (a shape that differs
+    fails in kohya too) and its alpha the adapter's constraint (kohya trains the network's constraint and
+    saves the file's alpha); modules of layers the adapter does not adapt are ignored with init_partial."""
+    from dbspec.compiler.oft_file import adapts, read_oft_file
+
+    path = ctx.resolve(adapter.init_weights)
+    spec = family_spec(family)
+    if spec.fused_projections or spec.kohya is None or spec.kohya.network != "networks.lora":
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: kohya's networks.oft starts from a file on SD 1.x/2.x/SDXL, not on {spec.title}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
+    if not path.is_file():
+        ctx.report("DBS357", "error", f"OFT file `{path}` not found", KEY, help="check the path")
+        return "", 0
+    try:
+        file = read_oft_file(path)
+    except ModelFileError as exc:
+        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the OFT: {exc.reason}", KEY)
+        return "", 0
+    if spec.denoiser not in {c.name for c in components if c.trainable == "lora"}:
+        return _tally(ctx, path, {spec.denoiser: len(file.modules)}, 0)
+    targets = [*adapter.denoiser_targets, *adapter.conv_targets]
+    used, unadapted = 0, []
+    for module in file.modules.values():
+        name = module.name
+        if not adapts(name, targets, spec.kohya.original_unet_names):
+            if adapter.init_partial:
+                unadapted.append(name)  # kohya's strict=False load ignores it
+                continue
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}` does not fit the adapter: module `{name}` adapts a layer adapter.denoiser_targets "
+                f"and conv_targets do not name ({', '.join(targets) or 'none'})",
+                KEY,
+                help="set adapter.init_partial = true to ignore it, as kohya's load_state_dict(strict=False)",
+            )
+            return "", 0
+        problem = ""
+        if module.blocks is not None and module.blocks != adapter.block_count:
+            problem = (
+                f"`{name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is "
+                f"{adapter.block_count}"
+            )
+        elif module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
+            problem = (
+                f"`{name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} (kohya "
+                "trains the network's constraint and saves the file's alpha)"
+            )
+        if problem:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}` does not fit the adapter: {problem}",
+                KEY,
+                help="make adapter.block_count and constraint the file's (kohya --dim_from_weights reads "
+                "them from the file), or start from another file",
+            )
+            return "", 0
+        used += 1
+    if unadapted:
+        ctx.report(
+            "DBS387",
+            "warning",
+            f"`{path}` holds {len(unadapted)} OFT module(s) of layers the adapter does not adapt (first "
+            f"`{unadapted[0]}`): they are ignored, as kohya's load_state_dict(strict=False) ignores them "
+            "(adapter.init_partial)",
+            ("adapter", "init_partial"),
+        )
+    return _tally(ctx, path, {}, used)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -120,3 +121,23 @@ def ranks_and_alphas(file: LoraFile) -> tuple[set[tuple[int, float | None]], set
     linear = {(m.rank, m.alpha) for m in file.modules.values() if not m.conv}
     conv = {(m.rank, m.alpha) for m in file.modules.values() if m.conv}
     return linear, conv
+
+
+# kohya's SDXL LoRA names follow the original UNet layout: the ResNet, downsampler and upsampler layers end in
+# other words than the diffusers names dbspec's targets use (attention layers end alike).
+_ORIGINAL_TAILS = (
+    (re.compile(r"_in_layers_2$"), "_conv1"),
+    (re.compile(r"_out_layers_3$"), "_conv2"),
+    (re.compile(r"_emb_layers_1$"), "_time_emb_proj"),
+    (re.compile(r"_skip_connection$"), "_conv_shortcut"),
+    (re.compile(r"^(lora_unet_input_blocks_\d+_0)_op$"), r"\1_downsamplers_0_conv"),
+    (re.compile(r"^(lora_unet_output_blocks_\d+_\d+)_conv$"), r"\1_upsamplers_0_conv"),
+)
+
+
+def diffusers_tail(name: str) -> str:
+    """A kohya original-layout module name with its last words as diffusers names them (for target checks)."""
+    for pattern, tail in _ORIGINAL_TAILS:
+        if pattern.search(name):
+            return pattern.sub(tail, name)
+    return name

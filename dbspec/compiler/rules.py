@@ -1179,7 +1179,7 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 "layer has not",
                 f'set precision.{key} = "none", or train another adapter kind',
             )
-    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.conv_targets}
+    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.text_encoder_2_targets, *a.conv_targets}
     for name in getattr(a, "input_targets", ()):
         if name not in targets:
             yield _warn(
@@ -3001,6 +3001,14 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 ("adapter", "block_count"),
                 "adapter.block_count is kohya's block count (form = \"kohya\"); LyCORIS's form reads "
                 "block_size",
+                codes.help("DBS574"),
+            )
+        if a.init_weights:
+            yield _err(
+                "DBS574",
+                ("adapter", "init_weights"),
+                "adapter.init_weights starts kohya's OFT from its file (form = \"kohya\"); LyCORIS's "
+                "Diag-OFT does not start from a file here",
                 codes.help("DBS574"),
             )
         return

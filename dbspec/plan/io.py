@@ -97,6 +97,12 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "rank_dropout_form"): "kohya",  # LyCORIS LoCon's rank dropout, added since
         ("adapter", "freeze_down"): False,  # LoRA-FA (kohya networks.lora_fa), added since (off then)
         ("adapter", "frozen_down_grad"): "none",
+        # the second CLIP encoder's own targets, added since (text_encoder_targets then; None: the same)
+        ("adapter", "text_encoder_2_targets"): lambda run: (
+            None
+            if run["adapter"].get("text_encoder_2_targets") is None
+            else run["adapter"]["text_encoder_targets"]
+        ),
         ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)
         ("model", "t5_max_length"): 256,
         ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since

@@ -133,6 +133,9 @@ class AdapterPlan:
     dropout: float = 0.0  # lora: dropout on the adapter's input
     denoiser_targets: tuple[str, ...] = ()
     text_encoder_targets: tuple[str, ...] = ()
+    # the second CLIP encoder's (component text_encoder_2: SDXL's and SD3's OpenCLIP bigG) targets; None
+    # (plans before it): text_encoder_targets
+    text_encoder_2_targets: tuple[str, ...] | None = None
     # train.t5: the T5 encoders' adapted Linears (kohya's T5Attention and T5DenseGatedActDense children); ()
     # when no T5 trains
     t5_targets: tuple[str, ...] = ()

@@ -224,6 +224,17 @@ def _text_encoder_targets():
     )
 
 
+def _text_encoder_2_targets():
+    return option(
+        attrs.Factory(lambda self: list(self.text_encoder_targets), takes_self=True),
+        doc="The second CLIP text encoder's module names (suffixes) that get adapters when it trains "
+        "(component text_encoder_2: SDXL's and SD3's OpenCLIP bigG, the SDXL refiner's only encoder; not "
+        "Flux's T5-XXL): a LyCORIS preset file that adapts other layers in SDXL's two encoders (kohya "
+        "`lora_te2_*` modules). `text_encoder_targets` then names the first encoder's.",
+        derived="same as `text_encoder_targets`",
+    )
+
+
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
@@ -591,6 +602,7 @@ class LoraAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -701,6 +713,7 @@ class LohaAdapter:
     module_dropout: float = _module_dropout()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -751,6 +764,7 @@ class LokrAdapter:
     module_dropout: float = _module_dropout()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -777,6 +791,7 @@ class FullAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
@@ -794,6 +809,7 @@ class Ia3Adapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
@@ -881,8 +897,27 @@ class DiagOftAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
+    # kohya networks.oft --network_weights: the run starts from a saved OFT's blocks
+    init_weights: str = option(
+        "",
+        doc='With `form = "kohya"`: start the blocks from this `.safetensors` file (kohya networks.oft '
+        "`--network_weights`), relative to the spec file: kohya's networks.oft layout (`oft_unet_*` "
+        "modules' `oft_blocks` and `alpha`), as kohya's OFTNetwork and dbspec's kohya export save it. Its "
+        "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
+        "time). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
+        "identity rotation).",
+        example="previous-run/final/oft.kohya.safetensors",
+    )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as kohya's OFTNetwork.load_weights does (`load_state_dict(strict=False)`): "
+        "an adapted layer the file lacks keeps its zero blocks, and a file module the adapter does not "
+        "adapt is ignored (a warning at plan time). false: the run refuses a file that does not cover the "
+        "adapter exactly.",
+    )
 
 
 @frozen
@@ -914,6 +949,7 @@ class BoftAdapter:
     bypass: bool = _oft_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
 
@@ -929,6 +965,7 @@ class GloraAdapter:
     alpha: float = _alpha()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -992,6 +1029,7 @@ class DyloraAdapter:
     )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

@@ -223,3 +223,59 @@ def test_sdxl_names_are_kohyas_lora_names_with_its_oft_prefix():
         names[kind] = {key.split(".")[0] for key in state}
     assert names["diag-oft"] == names["lora"]
     assert "lora_unet_input_blocks_1_0_in_layers_2" in names["diag-oft"]  # down_blocks.0.resnets.0.conv1
+
+
+def test_starts_from_kohyas_oft_file_and_resumes_bit_exact(tmp_path):
+    """adapter.init_weights (kohya networks.oft --network_weights, OFTNetwork.load_weights): a run's export
+    starts a second run, whose layers hold the file's blocks before step 0 (as load_state_dict copies
+    them); with init_partial a layer the file lacks keeps its zero blocks; the second run resumes
+    bit-exact (a resume takes the checkpoint's blocks, not the file's)."""
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.init_weights import load_init_weights
+
+    first = execute(compile_spec(write_spec(tmp_path / "a", steps=2, extra=SPEC), ["optimizer.lr=1e-2"]))
+    (export,) = Path(first.final).glob("*.kohya.safetensors")
+    weights = load_file(str(export))
+    dropped = "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    partial = {k: v for k, v in weights.items() if not k.startswith(dropped + ".")}
+    save_file(partial, str(tmp_path / "start.safetensors"))
+    extra = SPEC.replace(
+        "[checkpoints]",
+        f'init_weights = "{tmp_path / "start.safetensors"}"\ninit_partial = true\n\n[checkpoints]',
+    )
+    spec = write_spec(tmp_path / "b", steps=4, extra=extra)
+    lr = ["optimizer.lr=1e-2"]
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    modules = {k.split(".")[0] for k in partial}
+    assert plan.adapter.init_partial and plan.adapter.init_layers == len(modules)
+
+    unet = build_pipeline(plan.model.base).unet
+    targets = plan.adapter.denoiser_targets
+    add_lora(unet, plan.adapter, targets, seed=0, conv=True, component="unet")
+    assert load_init_weights(plan, unet, []) == len(modules)
+    blocks = {
+        "oft_unet_" + n.replace(".", "_"): m.lora_oft_blocks
+        for n, m in unet.named_modules()
+        if hasattr(m, "lora_oft_blocks")
+    }
+    assert set(blocks) == modules | {dropped}
+    for key, held in blocks.items():
+        (value,) = held.values()
+        expected = partial.get(f"{key}.oft_blocks")
+        if expected is None:
+            assert not value.any(), key  # the file lacks it: kohya's zero init
+        else:
+            assert torch.equal(value, expected.to(value.dtype)), key
+
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]))
+    fresh = execute(compile_spec(write_spec(tmp_path / "c", steps=4, extra=SPEC), [*lr, "output.dir=fresh"]))
+    assert whole.losses[0] != fresh.losses[0]  # the file's rotations, not the identity, at step 0
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
+    assert ours.keys() == resumed.keys()
+    for name, tensors in ours.items():
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,42 @@ unet_target_name = []
 text_encoder_target_module = []
 text_encoder_target_name = ["text_projection"]
 """,
+    # the encoders' own classes: CLIP-L's (CLIPTextModel) all, OpenCLIP bigG's (CLIPTextModelWithProjection)
+    # none (adapter.text_encoder_2_targets empty: train.text_encoder_2 false)
+    "first_encoder": """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPTextModel"]
+""",
+    # OpenCLIP bigG's attention and projection (its class, the MLPs excluded by path), none of CLIP-L's
+    # (train.text_encoder false, the second training alone)
+    "second_encoder": """\
+unet_target_module = ["CrossAttention"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPTextModelWithProjection"]
+exclude_name = ['text_model\\.encoder\\.layers\\.\\d+\\.mlp\\..*']
+""",
+    # CLIP-L's every linear (its class), bigG's attention in layers 12-31 (by name; CLIP-L has 12 layers):
+    # both encoders train, on other layers
+    "both_differ": """\
+unet_target_module = ["CrossAttention"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPTextModel"]
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.(1[2-9]|2\\d|3[01])\\.self_attn\\..*_proj']
+""",
+    # CLIP-L's every linear (its class), bigG's projection alone (by name; CLIP-L has none)
+    "first_and_projection": """\
+unet_target_module = ["CrossAttention"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPTextModel"]
+text_encoder_target_name = ["text_projection"]
+""",
+    # bigG alone (CLIP-L none: train.text_encoder false, the second training alone), no U-Net layer
+    "second_only": """\
+unet_target_module = []
+unet_target_name = []
+text_encoder_target_module = ["CLIPTextModelWithProjection"]
+""",
     # the embeddings' whole nn.Sequential by name (each linear inside adapted); CLIP's MLPs but layer 3's
     "embeddings": """\
 unet_target_module = []
@@ -155,6 +192,21 @@ def _kohya_clip(model: nn.Module) -> nn.Module:
     return named
 
 
+def _pinned_clip(model: nn.Module) -> nn.Module:
+    """The tree of kohya's pinned transformers (4.54.1): the root CLIPTextModel / CLIPTextModelWithProjection,
+    its `text_model` a CLIPTextTransformer (transformers 5 drops that level from CLIPTextModel and makes
+    CLIPTextModelWithProjection's `text_model` a CLIPTextModel): the class names a preset's
+    text_encoder_target_module matches. Classes are relabelled; the modules are transformers' own."""
+    if not hasattr(model, "text_model"):  # transformers 5's CLIPTextModel: the transformer itself
+        root = type("CLIPTextModel", (nn.Module,), {})()
+        root.text_model = model
+        model = root
+    inner = model.text_model
+    if type(inner).__name__ != "CLIPTextTransformer":
+        inner.__class__ = type("CLIPTextTransformer", (type(inner),), {})
+    return model
+
+
 @pytest.fixture(scope="module")
 def models():
     from diffusers import UNet2DConditionModel
@@ -185,7 +237,7 @@ def models():
             addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816,
         )
-    return {"kohya_unet": _rebuilt(_recorded()), "te": [_kohya_clip(te1), _kohya_clip(te2)], "unet": unet}
+    return {"kohya_unet": _rebuilt(_recorded()), "te": [_pinned_clip(te1), _pinned_clip(te2)], "unet": unet}
 
 
 def _lycoris_names(models, preset: str, monkeypatch) -> set[str]:
@@ -195,7 +247,12 @@ def _lycoris_names(models, preset: str, monkeypatch) -> set[str]:
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", conv_dim="4", preset=preset
     )
-    return {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras]}
+    # a text_encoder_target_module naming an encoder's own (root) class: LyCORIS's create_modules_ prefixes
+    # its layers with `lora_te1_` + "_" (an empty path), lora_te1__text_model_...; dbspec's export names
+    # them lora_te1_text_model_... (docs/converting.md)
+    return {
+        re.sub(r"^(lora_te\d?)__", r"\1_", m.lora_name) for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
 
 
 def _matches(name: str, targets) -> bool:
@@ -213,9 +270,10 @@ def _planned_names(models, adapter) -> set[str]:
             kind == "conv" and _matches(name, convs)
         ):
             names.add("lora_unet_" + rename(name, table).replace(".", "_"))
-    for prefix, model in zip(("lora_te1", "lora_te2"), models["te"]):
+    texts = (adapter.text_encoder_targets, adapter.text_encoder_2_targets)  # the plan's, resolved
+    for prefix, model, targets in zip(("lora_te1", "lora_te2"), models["te"], texts):
         for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and _matches(name, adapter.text_encoder_targets):
+            if isinstance(module, nn.Linear) and _matches(name, targets):
                 names.add(f"{prefix}_{name.replace('.', '_')}")
     return names
 
@@ -302,3 +360,83 @@ def test_sdxl_preset_file_run_exports_lycoris_module_names(models, tmp_path, mon
         m.startswith("lora_unet") for m in expected
     )
     assert modules == expected
+
+
+ATTENTION = ["k_proj", "v_proj", "q_proj", "out_proj"]
+CLIP_LINEARS = [*ATTENTION, "fc1", "fc2"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "first", "second", "flags"),
+    [
+        ("first_encoder", CLIP_LINEARS, [], (True, False)),
+        ("second_encoder", [], [*ATTENTION, "text_projection"], (False, True)),
+        ("second_only", [], [*CLIP_LINEARS, "text_projection"], (False, True)),
+        ("first_and_projection", CLIP_LINEARS, ["text_projection"], (True, True)),
+        (
+            "both_differ",
+            CLIP_LINEARS,
+            [f"layers.{i}.self_attn.{n}" for i in range(12, 32) for n in ATTENTION],
+            (True, True),
+        ),
+        ("attention", ATTENTION, None, (True, True)),  # one list fits both: no second
+    ],
+)
+def test_sdxl_preset_file_text_encoder_targets_in_the_plan(preset, first, second, flags, tmp_path):
+    """The plan: each encoder's targets (text_encoder_2_targets its own where they differ) and which of the
+    two trains (kohya builds no module in an encoder the file adapts nothing of)."""
+    from tests.unit.convert_kit import out_path
+
+    path = _file(tmp_path, preset)
+    plan = _converted(tmp_path, path.name)
+    text = out_path(tmp_path).read_text(encoding="utf-8")
+    assert ("text_encoder_2_targets" in text) == (second is not None)
+    assert list(plan.adapter.text_encoder_targets) == first
+    assert list(plan.adapter.text_encoder_2_targets) == (first if second is None else second)
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert (trainable["text_encoder"] == "lora", trainable["text_encoder_2"] == "lora") == flags
+    assert plan.train_denoiser == (preset != "second_only")
+
+
+def _export_modules(final: str) -> set[str]:
+    (export,) = Path(final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        return {key.split(".")[0] for key in handle.keys()}
+
+
+def test_sdxl_preset_file_own_second_encoder_targets_train_and_resume(models, tmp_path, monkeypatch):
+    """A tiny SDXL run of a file adapting CLIP-L's every linear and bigG's projection alone: each encoder
+    gets its own layers (the export holds LyCORIS's modules the tiny model has, lora_te1_* and
+    lora_te2_text_projection only), and a run stopped after 2 of 4 steps resumes to the same weights."""
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.unit.convert_kit import out_path
+
+    path = _file(tmp_path, "first_and_projection")
+    _converted(tmp_path, path.name, ["model.base=builtin:tiny-sdxl"])
+    theirs = _lycoris_names(models, str(path), monkeypatch)
+    tiny = build_pipeline("builtin:tiny-sdxl")
+    table = unet_table(tiny.unet.config)
+    present = {
+        "lora_unet_" + rename(n, table).replace(".", "_") for n, m in tiny.unet.named_modules() if _kind(m)
+    }
+    for prefix, model in zip(("lora_te1", "lora_te2"), (tiny.text_encoder, tiny.text_encoder_2)):
+        model = _kohya_clip(model)
+        present |= {f"{prefix}_{n.replace('.', '_')}" for n, m in model.named_modules() if _kind(m)}
+    base = ["model.base=builtin:tiny-sdxl", "schedule.steps=4"]
+    whole = execute(compile_spec(out_path(tmp_path), [*base, "output.dir=whole"]))
+    assert whole.status == "finished" and whole.steps == 4
+    modules = _export_modules(whole.final)
+    assert modules == theirs & present
+    assert {m for m in modules if m.startswith("lora_te2")} == {"lora_te2_text_projection"}
+    assert len([m for m in modules if m.startswith("lora_te1")]) == 3 * 6  # tiny CLIP-L: 3 layers
+
+    plan = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
+    assert execute(plan, stop_after=2).status == "interrupted"
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 4
+    assert second.losses[-2:] == whole.losses[-2:]
+    for name in ("pytorch_lora_weights.safetensors",):
+        from safetensors.torch import load_file
+
+        a, b = load_file(str(Path(whole.final) / name)), load_file(str(Path(second.final) / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

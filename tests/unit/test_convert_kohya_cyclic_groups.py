@@ -128,19 +128,14 @@ def test_unet_only_lora_has_one_group(tmp_path):
     assert "DBS402" in codes(outcome) and "1 parameter group(s) (unet)" in messages(outcome, "DBS402")
 
 
-@pytest.mark.parametrize(
-    ("extra", "why"),
-    [
-        ("--network_module=networks.oft", "network_module networks.oft"),
-    ],
-)
-def test_groups_dbspec_cannot_match_stay_unsupported(tmp_path, extra, why):
+def test_kohya_oft_has_one_group(tmp_path):
+    """networks.oft (once not derived): OFTNetwork's one U-Net group, so two values are torch's ValueError."""
     outcome = _outcome(
         tmp_path,
-        _network("train_network.py", SD15) + f" {extra} --lr_scheduler_type CyclicLR "
-        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+        _network("train_network.py", SD15) + " --network_module=networks.oft --network_alpha=1e-3 "
+        "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
     )
-    assert "DBS403" in codes(outcome) and why in messages(outcome, "DBS403")
+    assert "DBS402" in codes(outcome) and "1 parameter group(s) (unet)" in messages(outcome, "DBS402")
 
 
 def test_sdxl_full_fine_tune_text_encoders_at_one_rate_with_two_values_split(tmp_path):

@@ -525,14 +525,64 @@ def test_lora_fa_unet_only_one_cycle(tmp_path):
     assert schedule.torch.max_lr == 3e-4 and not schedule.torch.groups  # one group: one number
 
 
-def test_lora_fa_text_encoder_group_at_rate_0_is_refused(tmp_path):
-    """lora_fa keeps a group at rate 0; CyclicLR's bounds replace the rate, so kohya trains it: DBS403."""
+def test_lora_fa_text_encoder_group_at_rate_0_trains_on_the_schedule(tmp_path):
+    """lora_fa keeps a group at rate 0 (networks/lora_fa.py prepare_optimizer_params); CyclicLR replaces every
+    group's rate with its bounds, so kohya trains it: the text encoder trains, at the schedule's values (its
+    rate here the peak, which the schedule replaces alike), each group's curve torch's."""
+    lists = {"base_lr": [1e-6, 1e-5], "max_lr": [5e-5, 2e-4]}
     outcome = _lycoris(
         tmp_path,
         "--network_module=networks.lora_fa --text_encoder_lr=0 --lr_scheduler_type CyclicLR "
-        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+        + _args(lists, "step_size_up=40"),
     )
-    assert "DBS403" in codes(outcome) and "rate 0" in messages(outcome, "DBS403")
+    schedule = _converted(outcome, tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5
+    expected = _torch_curves("CyclicLR", ["text_encoder", "denoiser"], lists, {"step_size_up": 40}, 400)
+    _check(schedule, expected)
+
+
+def test_lora_fa_unet_at_rate_0_trains_on_one_cycle(tmp_path):
+    """learning_rate 0 (no unet_lr): lora_fa's U-Net group at the optimizer's default rate 0, which
+    OneCycleLR's max_lr / div_factor replaces; the text encoder at its own rate."""
+    lists = {"max_lr": [1e-4, 3e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --learning_rate=0 --lr_scheduler_type OneCycleLR "
+        + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and plan.train_text_encoder and plan.optimizer.lr == 3e-4
+    expected = _torch_curves("OneCycleLR", ["text_encoder", "denoiser"], lists, {"total_steps": 400}, 400)
+    _check(schedule, expected)
+
+
+def test_lora_fa_scalar_bounds_lift_a_group_at_rate_0(tmp_path):
+    """One CyclicLR base_lr / max_lr for every group: torch replaces the text encoder's rate 0 too."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --text_encoder_lr=0 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=1e-6 max_lr=1e-4 step_size_up=40",
+    )
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 1e-4
+    assert (plan.schedule.torch.base_lr, plan.schedule.torch.max_lr) == (1e-6, 1e-4)
+
+
+def test_lora_fa_group_the_schedule_holds_at_0_stays_untrained(tmp_path):
+    """OneCycleLR max_lr 0 for the text encoder's group at rate 0: its rate stays 0 all run (kohya's group
+    never moves), so it does not train; the list keeps kohya's order."""
+    lists = {"max_lr": [0.0, 3e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.lora_fa --text_encoder_lr=0 --lr_scheduler_type OneCycleLR "
+        + _args(lists, "total_steps=400"),
+    )
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_text_encoder and plan.schedule.torch.max_lr == 3e-4
 
 
 @pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
@@ -568,3 +618,27 @@ def test_one_cycle_list_with_a_max_lr_of_0_follows_torch(tmp_path):
     assert schedule.torch.max_lr_zero == "literal"
     _check(schedule, expected, momentum=True)
     assert all(lr == 0.0 for _, lr in dict(schedule.group_lr_points)["text_encoder"])
+
+
+def test_kohya_oft_has_the_unet_group_alone(tmp_path):
+    """networks.oft (networks/oft.py prepare_optimizer_params): one group, the U-Net's blocks at unet_lr;
+    text_encoder_lr never read. A one-value list is that group's value."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.oft --network_dim=8 --network_alpha=1e-3 "
+        '--network_args "enable_all_linear=1" '
+        "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=[1e-6] max_lr=[2e-4] step_size_up=40",
+    )
+    schedule = _converted(outcome, tmp_path)
+    assert (schedule.torch.base_lr, schedule.torch.max_lr) == (1e-6, 2e-4) and not schedule.torch.groups
+    assert schedule.torch.step_size_up == 40
+
+
+def test_kohya_oft_list_longer_than_its_one_group_is_refused(tmp_path):
+    """Two values for OFTNetwork's one group: torch's CyclicLR raises (expected 1 values)."""
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.oft --network_alpha=1e-3 --lr_scheduler_type CyclicLR "
+        "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
+    )
+    assert "DBS402" in codes(outcome), errors(outcome)

@@ -2,8 +2,9 @@
 kohya command lines and config files convert without --allow-unsupported, pass `dbspec check`, and plan the
 layers LyCORIS builds for the file (tests/runtime/test_lycoris_preset_file.py and
 test_lycoris_preset_file_sdxl.py build them with lycoris-lora). A file that is not here is unreadable
-(DBS401); one LyCORIS refuses, or whose layers it builds twice, stops kohya (DBS402); per-layer algorithms,
-an SDXL file adapting other layers in its two text encoders and other families are not expressed (DBS403).
+(DBS401); one LyCORIS refuses, or whose layers it builds twice, stops kohya (DBS402); per-layer algorithms
+and other families are not expressed (DBS403). An SDXL file adapting other layers in its two text encoders
+gives the second its own adapter.text_encoder_2_targets.
 The built-in `ia3` preset matches no layer in lycoris-lora 4.1.3: kohya has nothing to train (DBS402)."""
 
 from __future__ import annotations
@@ -201,14 +202,19 @@ def test_sdxl_sd_names_match_nothing(tmp_path):
 
 def test_sdxl_second_encoder_only_layers(tmp_path):
     """OpenCLIP bigG's text_projection, which CLIP-L lacks, is one target for both encoders; a class only one
-    encoder has (CLIPTextModelWithProjection, the whole second encoder) is not expressed: dbspec's
-    text_encoder_targets name the same layers in both."""
+    encoder has (CLIPTextModelWithProjection, the whole second encoder) gives the second its own
+    text_encoder_2_targets, the first adapting nothing (train.text_encoder false, the second training
+    alone)."""
     text = 'text_encoder_target_module = []\ntext_encoder_target_name = ["text_projection"]\n'
     a = plan_of(expressible(_sdxl(tmp_path, "proj.toml", text)), tmp_path).adapter
-    assert a.text_encoder_targets == ("text_projection",)
+    assert a.text_encoder_targets == a.text_encoder_2_targets == ("text_projection",)
     text = 'text_encoder_target_module = ["CLIPTextModelWithProjection"]\n'
-    outcome = _sdxl(tmp_path, "whole.toml", text)
-    assert "DBS403" in codes(outcome) and "same layers in both" in messages(outcome, "DBS403")
+    plan = plan_of(expressible(_sdxl(tmp_path, "whole.toml", text)), tmp_path)
+    linears = ("k_proj", "v_proj", "q_proj", "out_proj", "fc1", "fc2")
+    assert plan.adapter.text_encoder_targets == ()
+    assert plan.adapter.text_encoder_2_targets == (*linears, "text_projection")
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert (trainable["text_encoder"], trainable["text_encoder_2"]) == ("frozen", "lora")
 
 
 def test_ia3_preset_trains_nothing(tmp_path):

@@ -127,7 +127,7 @@ def test_text_encoder_only_crashes_in_kohya(tmp_path):
     assert outcome.exit_code == 1 and "asserts apply_unet" in messages(outcome, "DBS402")
 
 
-@pytest.mark.parametrize("extra", ['network_weights = "w.safetensors"', "network_alpha = -1"])
+@pytest.mark.parametrize("extra", ['network_weights = "w.pt"', "network_alpha = -1"])
 def test_not_expressed(tmp_path, extra):
     text = SD15_TOML.format(model=SD15, extra="")
     if extra.startswith("network_alpha"):
@@ -138,3 +138,103 @@ def test_not_expressed(tmp_path, extra):
     write(tmp_path / "cfg.toml", text)
     outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
     assert outcome.exit_code == 1 and "DBS403" in codes(outcome), errors(outcome)
+
+
+# kohya's networks.oft file (OFTNetwork.save_weights): `oft_unet_<module>.oft_blocks` (blocks, size, size) and
+# `.alpha`, saved in the save precision (fp16 here, as kohya casts every tensor)
+SD15_ATTN = "oft_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+SD15_FF = "oft_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2"
+SD15_CONV = "oft_unet_down_blocks_0_resnets_0_conv1"
+SDXL_CONV = "oft_unet_input_blocks_1_0_in_layers_2"
+
+
+def _oft_file(path, modules: dict[str, tuple[int, int, float]]):
+    """{module: (blocks, size, alpha)} as kohya saves it (fp16)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (blocks, size, alpha) in modules.items():
+        tensors[f"{name}.oft_blocks"] = torch.full((blocks, size, size), 0.01, dtype=torch.float16)
+        tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
+    save_file(tensors, str(path), {"ss_network_module": "networks.oft"})
+
+
+def _weights_toml(tmp_path, modules, extra: str, model: str = SD15):
+    _oft_file(tmp_path / "prev.safetensors", modules)
+    script = "sdxl_train_network.py" if model == SDXL else "train_network.py"
+    return _toml(tmp_path, f'network_weights = "prev.safetensors"\n{extra}', model=model, script=script)
+
+
+def test_network_weights_start_the_blocks_from_kohyas_file(tmp_path):
+    """OFTNetwork.load_weights (load_state_dict(strict=False)): adapter.init_weights, init_partial; the
+    file's modules of adapted layers count (its feed-forward module, which the attention-only network lacks,
+    is ignored: DBS387 at plan time)."""
+    modules = {SD15_ATTN: (8, 40, 0.001), SD15_FF: (8, 40, 0.001)}
+    outcome = expressible(_weights_toml(tmp_path, modules, ""))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 1
+    assert (a.oft_blocks, a.oft_constraint) == (8, 0.001) and list(a.denoiser_targets) == ATTENTION
+    assert fate(outcome, "network_weights") == "mapped"
+
+
+def test_network_weights_with_another_alpha_is_not_expressed(tmp_path):
+    """kohya trains network_alpha's constraint (a Python float) and saves the file's alpha buffers."""
+    outcome = _weights_toml(tmp_path, {SD15_ATTN: (8, 40, 0.01)}, "")
+    assert outcome.exit_code == 1 and "saves the file's alpha" in messages(outcome, "DBS403")
+
+
+def test_network_weights_with_another_block_count_crash(tmp_path):
+    outcome = _weights_toml(tmp_path, {SD15_ATTN: (4, 80, 0.001)}, "")
+    assert outcome.exit_code == 1 and "raises on the shape" in messages(outcome, "DBS402")
+
+
+def test_dim_from_weights_on_sd15(tmp_path):
+    """create_network_from_weights: 16 blocks and the fp16 alpha from the file (network_dim 8 / alpha 0.001
+    inert), enable_all_linear from a `_ff_` key; kohya detects convolutions by the SDXL name in_layers_2
+    alone, so an SD 1.x file's conv1 module builds no convolution module (ignored by the load: DBS387)."""
+    import torch
+
+    modules = {SD15_ATTN: (16, 20, 0.001), SD15_FF: (16, 20, 0.001), SD15_CONV: (16, 20, 0.001)}
+    outcome = expressible(
+        _weights_toml(tmp_path, modules, 'dim_from_weights = true\nnetwork_args = ["enable_conv=True"]')
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    fp16_alpha = float(torch.tensor(0.001, dtype=torch.float16))
+    assert (a.oft_blocks, a.oft_constraint) == (16, fp16_alpha)
+    assert set(a.denoiser_targets) == ALL_LINEAR and a.conv_targets == ()
+    assert a.init_weights and a.init_partial and a.init_layers == 2
+    assert fate(outcome, "network_dim") == "inert" and fate(outcome, "network_alpha") == "inert"
+    assert "DBS405" in codes(outcome)  # network_args: create_network_from_weights reads none
+
+
+def test_dim_from_weights_on_sdxl_finds_convolutions_by_in_layers_2(tmp_path):
+    modules = {
+        "oft_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (4, 160, 0.5),
+        SDXL_CONV: (4, 80, 0.5),
+        "oft_unet_input_blocks_1_0_emb_layers_1": (4, 80, 0.5),
+    }
+    outcome = _weights_toml(tmp_path, modules, "dim_from_weights = true", model=SDXL)
+    outcome = expressible(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.oft_blocks, a.oft_constraint) == (4, 0.5)
+    assert set(a.denoiser_targets) == {*ATTENTION, "time_emb_proj", "conv_shortcut"}
+    assert list(a.conv_targets) == KOHYA_CONV_TARGETS and a.init_layers == 3
+
+
+@pytest.mark.parametrize(
+    ("modules", "extra", "words"),
+    [
+        ({SD15_ATTN: (8, 40, 0.001)}, 'dim_from_weights = true\nnetwork_weights = ""', "not given"),
+        ({SD15_ATTN: (3, 40, 0.001)}, "dim_from_weights = true", "does not divide"),
+        ({SD15_ATTN: (8, 40, 0.001), SD15_FF: (4, 80, 0.001)}, "dim_from_weights = true", "shapes"),
+    ],
+)
+def test_dim_from_weights_crashes(tmp_path, modules, extra, words):
+    if "network_weights" in extra:
+        outcome = _toml(tmp_path, extra.replace('network_weights = ""', ""))
+    else:
+        outcome = _weights_toml(tmp_path, modules, extra)
+    assert outcome.exit_code == 1 and words in messages(outcome, "DBS402"), errors(outcome)

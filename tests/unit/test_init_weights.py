@@ -492,3 +492,23 @@ def test_dim_from_weights_without_one_sdxl_encoders_modules_trains_only_the_othe
         plan = plan_of(_convert_sdxl(tmp_path, args), tmp_path)
         found = {c.name: c.trainable for c in plan.precision.components}
         assert (found["text_encoder"], found["text_encoder_2"]) == trains
+
+
+def test_sdxl_second_encoder_modules_fit_its_own_targets(tmp_path):
+    """kohya's `lora_te2_` modules (SDXL's OpenCLIP bigG) are checked against adapter.text_encoder_2_targets
+    where it names other layers than text_encoder_targets (the first encoder's, `lora_te1_`)."""
+    te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    te2 = "lora_te2_text_model_encoder_layers_0_mlp_fc1"
+    modules = {te1: (8, 4.0, 768, 0), te2: (8, 4.0, 1280, 0)}
+    write_lora(tmp_path / "prev.safetensors", modules)
+    own = 'text_encoder_targets = ["q_proj"]\ntext_encoder_2_targets = ["fc1"]\n'
+    adapter = f'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"\n{own}'
+    train = "[train]\ntext_encoder = true\n"
+    planned = _plan(tmp_path, adapter, train, base=SDXL)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.init_layers == 2
+    assert planned.plan.adapter.text_encoder_2_targets == ("fc1",)
+    swapped = adapter.replace('["fc1"]', '["q_proj"]')
+    planned = _plan(tmp_path, swapped, train, base=SDXL)
+    hit = next(d for d in planned.diagnostics if d.code == "DBS356")
+    assert "adapter.text_encoder_2_targets does not name (q_proj)" in hit.message

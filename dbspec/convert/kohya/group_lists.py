@@ -12,7 +12,11 @@ kohya's groups, in order (its code is the ground truth):
 - networks.dylora (networks/dylora.py `prepare_optimizer_params`): networks.lora's order and rules without
   block lr weights (it reads none): text encoders, their plus group (`lora_B`), U-Net, its plus group.
 - networks.lora_fa (networks/lora_fa.py `prepare_optimizer_params`): [text encoders, U-Net], no plus group,
-  a group at rate 0 kept (refused here: the schedules replace its rate, dbspec leaves it untrained).
+  a group at rate 0 kept: CyclicLR and OneCycleLR replace its rate with their own, so kohya trains it
+  (lift_lora_fa_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
+  the schedule holds it at 0 too (then it never moves: untrained in dbspec).
+- networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
+  network adapts nothing else); kept at rate 0 too, which oft.py refuses (DBS403) before any list.
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
@@ -122,8 +126,16 @@ def _networks_lora(
     a: Args, written: dict, sdxl: bool, split: bool = False
 ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
-    if module not in ("networks.lora", "lycoris.kohya", "networks.dylora", "networks.lora_fa"):
+    if module not in (
+        "networks.lora",
+        "lycoris.kohya",
+        "networks.dylora",
+        "networks.lora_fa",
+        "networks.oft",
+    ):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
+    if module == "networks.oft":  # OFTNetwork: the U-Net's one group (its rate 0 refused by oft.py)
+        return [("unet", ("denoiser",))], ""
     if module == "networks.lora_fa":
         return _lora_fa(a)
     kwargs, _ = parse_network_args(a["network_args"].value or [])
@@ -168,9 +180,9 @@ def _networks_lora(
 def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """networks.lora_fa's prepare_optimizer_params (networks/lora_fa.py): [text encoder(s), U-Net], one group
     each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
-    that part (network_train_unet_only / text_encoder_only remove it), also at rate 0, which CyclicLR and
-    OneCycleLR lift (they replace each group's rate): dbspec, which leaves a part at rate 0 untrained,
-    cannot follow."""
+    that part (network_train_unet_only / text_encoder_only remove it), also at rate 0. A rate 0 that
+    CyclicLR / OneCycleLR lift was replaced before (lift_lora_fa_rates); one left is a group the schedule
+    holds at 0 too, untrained in dbspec (no group)."""
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
     te_rate = (te[0] if te else None) if isinstance(te, list) else te
@@ -182,13 +194,78 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     ):
         if a[skip].value:
             continue
-        if not rate:
-            return [], (
-                f"networks.lora_fa keeps its {name} group at rate 0, which the scheduler's bounds replace "
-                "(kohya trains it; dbspec leaves it untrained)"
-            )
-        groups.append((name, (target,)))
+        groups.append((name, (target,) if rate else ()))
     return groups, ""
+
+
+def lift_lora_fa_rates(a: Args, conv: Conversion) -> Args:
+    """networks.lora_fa keeps a group at rate 0 in the optimizer (its prepare_optimizer_params, l. 1047-1079),
+    and torch's CyclicLR / OneCycleLR replace every group's rate with their own before the first step
+    (CyclicLR's base_lr, OneCycleLR's max_lr / div_factor): kohya trains that group on the schedule. The
+    group's rate 0 becomes its `max_lr` (CyclicLR's `base_lr` where that is 0), which the schedule replaces
+    alike, so dbspec trains it on the same curve; a group the schedule holds at 0 too keeps rate 0."""
+    module, kind = a["network_module"].value, a["lr_scheduler_type"].value
+    cls = str(kind or "").removeprefix("torch.optim.lr_scheduler.")
+    if module != "networks.lora_fa" or cls not in ("CyclicLR", "OneCycleLR"):
+        return a
+    if str(a["optimizer_type"].value or "").lower().endswith("schedulefree"):
+        return a  # kohya's dummy scheduler: the rates stay
+    kwargs = _literal_kwargs(a["lr_scheduler_args"])
+    if kwargs is None:
+        return a  # reported where the schedule maps
+    lr = a["learning_rate"]
+    te = a["text_encoder_lr"]
+    te_values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
+    te_rate = float(te_values[0]) if te_values else lr.value
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else lr
+    kept = [
+        (key, rate, name)
+        for key, rate, skip, name in (
+            ("text_encoder_lr", te_rate, "network_train_unet_only", "text encoder"),
+            ("unet_lr", unet.value, "network_train_text_encoder_only", "U-Net"),
+        )
+        if not a[skip].value
+    ]
+    out = dict(a)
+    for index, (key, rate, name) in enumerate(kept):
+        if rate:
+            continue
+        bounds = [_at(kwargs.get(k), index, len(kept)) for k in ("max_lr", "base_lr")]
+        if None in bounds[: 2 if cls == "CyclicLR" else 1]:
+            return a  # a list of another length (DBS402 where the schedule maps) or a bound missing
+        peak = bounds[0] or (bounds[1] if cls == "CyclicLR" else 0.0)
+        if not peak:
+            continue  # the schedule holds it at 0: it never moves
+        source = a[key].source if a[key].given else lr.source
+        out[key] = Legacy(key=key, value=float(peak), source=source)
+        conv.notes.append(
+            f"kohya networks.lora_fa keeps its {name} group at rate 0 and {cls} replaces that rate with its "
+            f"own bounds, so kohya trains it: its rate here is the schedule's {peak:g}, which the schedule "
+            "replaces alike"
+        )
+    return out
+
+
+def _at(value: Any, index: int, count: int) -> float | None:
+    """A scheduler bound for kohya group `index` of `count`: a list's item (None: another length), or the one
+    number every group gets."""
+    if isinstance(value, (list, tuple)):
+        return float(value[index]) if len(value) == count else None
+    return None if value is None else float(value)
+
+
+def _literal_kwargs(args: Legacy) -> dict | None:
+    """kohya's parse of --lr_scheduler_args (`key=<Python literal>`); None where it fails."""
+    import ast
+
+    kwargs = {}
+    for item in args.value or []:
+        key, _, text = str(item).partition("=")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return None
+    return kwargs
 
 
 # kohya's U-Net blocks (get_block_index) and the target modules each holds: a Transformer2DModel (LoRA at

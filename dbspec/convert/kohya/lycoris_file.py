@@ -20,7 +20,11 @@ layers as the shortest path suffixes that match exactly those layers there (peft
 (sdxl_train_network.py) the walk runs on kohya's own U-Net (library/sdxl_original_unet.py: the original
 layout's paths and classes, which a file's names and patterns are written against) and both CLIP encoders;
 the adapted U-Net layers are then translated to diffusers' paths (dbspec/unet_layout.py), the model dbspec
-trains."""
+trains. The two encoders share one target list where it picks exactly each one's layers; a file that adapts
+other layers in one (an encoder's own root class, CLIPTextModel or CLIPTextModelWithProjection) gives the
+second its own (adapter.text_encoder_2_targets). LyCORIS names the layers under a matched root class with a
+doubled underscore (`lora_te1__text_model_...`: the empty path joined with "_"); dbspec's export writes
+kohya's usual names."""
 
 from __future__ import annotations
 
@@ -500,13 +504,15 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
 
 
 class Targets(NamedTuple):
-    """A preset file's layers on kohya's model: the targets dbspec writes and each built layer (`unet`: its
+    """A preset file's layers on kohya's model: the targets dbspec writes (text_encoder_2: None where
+    text_encoder's fit both encoders) and each built layer (`unet`: its
     diffusers path -> Layer; `text`: `<component>.<path>` -> Layer, the component text_encoder or SDXL's
     text_encoder_2, as LyCORIS resolves its algorithm, dim and alpha) with the rows of those paths."""
 
     denoiser: list[str]
     text_encoder: list[str]
     convs: list[str]
+    text_encoder_2: list[str] | None  # SDXL's OpenCLIP bigG where its layers differ from CLIP-L's
     unet: dict[str, Layer]
     text: dict[str, Layer]
     unet_rows: list[Row]
@@ -542,10 +548,12 @@ def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims, sdxl: bool =
     pointwise = {layer.path for layer in built_unet if layer.kind != "conv"}
     spatial = {layer.path for layer in built_unet if layer.kind == "conv"}
     components = ["text_encoder", "text_encoder_2"][: len(texts)]
+    text, text_2 = _text_targets(texts, [[layer.path for layer in built] for built in built_texts])
     return Targets(
         _suffixes(pointwise, unet),
-        _text_targets(texts, [[layer.path for layer in built] for built in built_texts]),
+        text,
         _suffixes(spatial, unet),
+        text_2,
         {layer.path: layer for layer in built_unet},
         {
             f"{c}.{layer.path}": replace(layer, path=f"{c}.{layer.path}")
@@ -557,21 +565,31 @@ def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims, sdxl: bool =
     )
 
 
-def _text_targets(texts: list[list[Row]], built_texts: list[list[str]]) -> list[str]:
-    """One target list for every text encoder (dbspec's text_encoder_targets): the suffixes picking the last
-    (widest) encoder's layers, which must pick exactly each other encoder's too. SDXL's CLIP-L has the paths
-    and classes of OpenCLIP bigG's first 12 layers, so a file picks the same layers in both unless it names a
-    class or path one encoder alone has (CLIPTextModelWithProjection, text_projection)."""
-    chosen = set(built_texts[-1])
-    top = sorted(p for p in chosen if not p.startswith("text_model."))  # text_projection: no level to skip
-    targets = _suffixes(chosen - set(top), texts[-1], skip=1) + top
-    for rows, built in zip(texts, built_texts):
-        picked = {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}
-        if picked != set(built):
-            odd = sorted(picked ^ set(built))[0]
+def _text_targets(texts: list[list[Row]], built_texts: list[list[str]]) -> tuple[list[str], list[str] | None]:
+    """(text_encoder_targets, text_encoder_2_targets or None): one list for every text encoder where one
+    fits, the suffixes picking the last (widest) encoder's layers that pick exactly each other encoder's too
+    (SDXL's CLIP-L has the paths and classes of OpenCLIP bigG's first 12 layers, so a file picks the same
+    layers in both unless it names a path or class one encoder alone has); else, on SDXL, each encoder's own
+    (adapter.text_encoder_2_targets for OpenCLIP bigG, kohya's lora_te2 modules)."""
+    targets = _encoder_targets(texts[-1], built_texts[-1])
+    if all(_picked(rows, targets) == set(built) for rows, built in zip(texts, built_texts)):
+        return targets, None
+    first, second = (_encoder_targets(rows, built) for rows, built in zip(texts, built_texts))
+    for rows, built, found in zip(texts, built_texts, (first, second)):
+        if _picked(rows, found) != set(built):  # a defensive check: _suffixes picks exactly what it is given
+            odd = sorted(_picked(rows, found) ^ set(built))[0]
             raise PresetError(
-                f"it adapts other layers of kohya's {rows[0][1]} than of its {texts[-1][0][1]} ({odd} in one "
-                "and not the other); dbspec's text_encoder_targets name the same layers in both encoders",
-                False,
+                f"dbspec's text-encoder targets cannot pick exactly the layers it adapts ({odd})", False
             )
-    return targets
+    return first, second
+
+
+def _encoder_targets(rows: list[Row], built: list[str]) -> list[str]:
+    """The suffixes picking exactly `built` among one encoder's `rows`."""
+    chosen = set(built)
+    top = sorted(p for p in chosen if not p.startswith("text_model."))  # text_projection: no level to skip
+    return _suffixes(chosen - set(top), rows, skip=1) + top
+
+
+def _picked(rows: list[Row], targets: list[str]) -> set[str]:
+    return {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}

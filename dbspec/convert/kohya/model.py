@@ -165,7 +165,8 @@ def map_adapter(
     if module.value == "networks.oft":  # kohya's own OFT: diag-oft's kohya form (convert/kohya/oft.py)
         from dbspec.convert.kohya.oft import map_kohya_oft
 
-        if not map_kohya_oft(a, conv):
+        original = bool(family) and family_spec(family).kohya.original_unet_names
+        if not map_kohya_oft(a, conv, paths, bool(original)):
             return False
         map_base_weights(a, paths, conv)
         return True

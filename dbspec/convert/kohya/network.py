@@ -147,7 +147,7 @@ def preset_file_targets(
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
     unet, text, convs = found.denoiser, found.text_encoder, found.convs
-    if not (unet or text or convs):
+    if not (unet or text or convs or found.text_encoder_2):
         conv.invalid(
             legacy.key,
             preset,
@@ -260,6 +260,8 @@ def _map_network(
             if found is None:
                 return None
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
+            if found.text_encoder_2 is not None:  # SDXL's two encoders adapt different layers
+                put["text_encoder_2_targets"] = found.text_encoder_2
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))

@@ -17,12 +17,26 @@ What kohya does (networks/oft.py at sd-scripts 48d368f):
 - prepare_optimizer_params (l. 361-382): one group of every block at unet_lr (or learning_rate); the text
   encoder rate is never read. No apply_max_norm_regularization: train_network.py warns and drops
   --scale_weight_norms (l. 698-702).
-- load_weights (l. 324-333): load_state_dict(strict=False) of --network_weights: not expressed here;
-  --dim_from_weights (create_network_from_weights) neither.
+- load_weights (l. 324-333; train_network.py l. 711-714, after apply_to): load_state_dict(strict=False) of
+  --network_weights: adapter.init_weights with init_partial (a module the file lacks keeps its zero blocks,
+  a file module the network lacks is ignored, a block count that differs fails). The `alpha` buffers load
+  too: kohya then trains the network's constraint (a Python float from network_alpha) and saves the file's
+  alpha, so a file whose alpha is not network_alpha is DBS403.
+- create_network_from_weights (l. 198-242; train_network.py l. 671-672, --dim_from_weights): the network
+  from the file, network_dim / network_alpha / network_args unread: the block count is the first
+  non-alpha tensor's first dimension and the constraint the first `.alpha` (load_file's sorted keys),
+  enable_all_linear when a key holds `_ff_`, enable_conv when one holds `in_layers_2` (the SDXL original
+  layout's ResNet name: on SD 1.x / 2.x kohya's diffusers-style names never match, so a file's
+  convolution modules are left out and ignored by the load). A file without an alpha or without blocks
+  crashes OFTModule (None arithmetic): DBS402. Then load_weights as above.
 """
 
 from __future__ import annotations
 
+import math
+
+from dbspec.compiler.oft_file import OftFile, adapts, read_oft_file
+from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, parse_network_args
 from dbspec.spec.model import KOHYA_CONV_TARGETS
@@ -35,8 +49,115 @@ WIDTH = 320
 READS = ("enable_all_linear", "enable_conv")
 
 
-def map_kohya_oft(a, conv: Conversion) -> bool:
-    """[adapter] for networks.oft; False when kohya would stop or the run is not expressed (reported)."""
+def map_kohya_oft(a, conv: Conversion, paths=None, original_names: bool = False) -> bool:
+    """[adapter] for networks.oft; False when kohya would stop or the run is not expressed (reported).
+    `paths` reads --network_weights; `original_names`: SDXL's kohya module names (the original layout)."""
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
+    if from_file.value and not weights.value:  # create_network_from_weights(1, None, ...)
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            "--dim_from_weights reads the network from --network_weights, which is not given",
+        )
+        return False
+    file = None
+    if weights.value:
+        file = _weights_file(weights, paths, conv, required=bool(from_file.value))
+        if file is False:
+            return False
+    if from_file.value:
+        ok = _from_weights(a, file, conv)
+    else:
+        ok = _create_network(a, conv)
+    ok = _the_rest(a, conv) and ok
+    if ok and weights.value:
+        ok = _load_weights(a, file, paths, conv, original_names)
+    return ok
+
+
+def _weights_file(weights: Legacy, paths, conv: Conversion, required: bool) -> OftFile | None | bool:
+    """The --network_weights file read here; None where it is not on this machine and not `required` (the
+    plan checks it); False when it cannot be used (reported)."""
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec starts networks.oft from a .safetensors file only (kohya also torch.loads)"
+        )
+        return False
+    local = paths.local(weights.value) if paths is not None else None
+    if local is None or not local.is_file():
+        if not required:
+            return None
+        conv.unreadable(weights, "--dim_from_weights builds the network from this file, not on this machine")
+        return False
+    try:
+        return read_oft_file(local)
+    except (ModelFileError, OSError) as exc:
+        conv.invalid(
+            weights.key,
+            weights.value,
+            weights.source,
+            f"networks.oft cannot load it: {getattr(exc, 'reason', exc)}",
+        )
+        return False
+
+
+def _from_weights(a, file: OftFile, conv: Conversion) -> bool:
+    """create_network_from_weights: the block count, constraint and target switches from the file."""
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
+    first = next((k for k in file.keys if not k.endswith(".alpha")), None)
+    alpha_key = next((k for k in file.keys if k.endswith(".alpha")), None)
+    if first is None or alpha_key is None:
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"`{weights.value}` has no {'oft_blocks' if first is None else 'alpha'} tensor: "
+            "create_network_from_weights builds OFTModules with None for it and they fail (TypeError)",
+        )
+        return False
+    blocks = file.modules[first.rsplit(".", 1)[0]].blocks
+    constraint = file.alphas[alpha_key]
+    counts = sorted({m.blocks for m in file.modules.values() if m.blocks is not None})
+    alphas = sorted(set(file.alphas.values()))
+    if len(counts) > 1:
+        conv.invalid(
+            weights.key,
+            weights.value,
+            weights.source,
+            f"its modules hold {' and '.join(map(str, counts))} blocks; create_network_from_weights builds "
+            f"every module with {blocks} and load_state_dict fails on the others' shapes",
+        )
+        return False
+    if len(alphas) > 1:
+        conv.unsupported(
+            from_file,
+            f"the file's modules have alphas {', '.join(f'{v:g}' for v in alphas)}: kohya trains every "
+            f"module at the first ({constraint:g}) and saves each module's own; not expressed",
+        )
+        return False
+    for key in ("network_dim", "network_alpha"):
+        if a[key].given:
+            conv.inert(a[key], "--dim_from_weights takes the block count and constraint from the file")
+    args = a["network_args"]
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:  # train_network.py's split raises before the network is built
+        conv.invalid(args.key, args.value, args.source, problem)
+        return False
+    for key, value in kwargs.items():
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=value, source=args.source),
+            "networks.oft's create_network_from_weights reads none of the network_args",
+        )
+    all_linear = any("_ff_" in k for k in file.keys)
+    convs = any("in_layers_2" in k for k in file.keys)
+    note = f"kohya --dim_from_weights: from {weights.value}"
+    conv.record(from_file, "mapped", "adapter.block_count, adapter.constraint")
+    return _put_network(a, conv, blocks, constraint, all_linear, convs, note, from_file)
+
+
+def _create_network(a, conv: Conversion) -> bool:
+    """create_network: network_dim blocks, network_alpha's constraint, the network_args switches."""
     module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
     ok = True
     kwargs, problems = parse_network_args(args.value or [])
@@ -44,51 +165,10 @@ def map_kohya_oft(a, conv: Conversion) -> bool:
         conv.invalid(args.key, args.value, args.source, problem)
         ok = False
     blocks = dim.value if dim.value is not None else 4
-    if blocks < 1 or WIDTH % blocks:
-        conv.invalid(
-            dim.key,
-            dim.value,
-            dim.source,
-            f"networks.oft splits each layer's rows into network_dim blocks (einops rearrange): {blocks} "
-            f"does not divide the U-Net's {WIDTH}-wide layers",
-            help=f"set network_dim to a divisor of {WIDTH} (4, 8, 16, 32, ...)",
-        )
-        ok = False
-    constraint = float(alpha.value)
-    if constraint < 0:
-        conv.unsupported(
-            alpha, "a negative alpha makes OFTModule's clamp flip the skew blocks' sign: not expressed"
-        )
-        ok = False
-    conv.record(module, "mapped", "adapter.kind")
-    conv.put(("adapter", "kind"), "diag-oft", conv.comment(module, "kohya's own OFT (networks/oft.py)"))
-    conv.put(("adapter", "form"), "kohya", conv.comment(module))
-    conv.mapped(
-        dim,
-        ("adapter", "block_count"),
-        blocks,
-        comment=conv.comment(dim, "networks.oft: the number of blocks; defaults to 4")
-        if dim.value is None
-        else conv.comment(dim, "networks.oft: the number of blocks per layer"),
-    )
-    conv.mapped(
-        alpha,
-        ("adapter", "constraint"),
-        constraint,
-        comment=conv.comment(alpha, "networks.oft: the constraint per output row (alpha x width)"),
-    )
     all_linear = bool(kwargs.pop("enable_all_linear", ""))  # create_network: bool() of kohya's string
     convs = bool(kwargs.pop("enable_conv", ""))
-    targets = list(KOHYA_UNET_TARGETS if all_linear else ATTENTION)
-    if convs:
-        targets += RESNET_LINEAR
     note = conv.comment(args, "networks.oft's targets") if args.value else conv.comment(module, "its targets")
-    conv.put(("adapter", "denoiser_targets"), targets, note)
-    conv.put(
-        ("adapter", "text_encoder_targets"), [], conv.comment(module, "OFTNetwork adapts the U-Net alone")
-    )
-    if convs:
-        conv.put(("adapter", "conv_targets"), list(KOHYA_CONV_TARGETS), note)
+    ok = _put_network(a, conv, blocks, float(alpha.value), all_linear, convs, note) and ok
     if args.value and not problems:
         conv.record(args, "mapped", "adapter.denoiser_targets")
     for key, value in kwargs.items():
@@ -96,8 +176,108 @@ def map_kohya_oft(a, conv: Conversion) -> bool:
             Legacy(key=f"{args.key} {key}", value=value, source=args.source),
             "networks.oft's create_network reads only enable_all_linear and enable_conv",
         )
-    ok = _the_rest(a, conv) and ok
     return ok
+
+
+def _put_network(
+    a,
+    conv: Conversion,
+    blocks: int,
+    constraint: float,
+    all_linear: bool,
+    convs: bool,
+    note: str,
+    from_file: Legacy | None = None,
+) -> bool:
+    """[adapter] of OFTNetwork(dim=blocks, alpha=constraint, enable_all_linear, enable_conv); `from_file`:
+    --dim_from_weights, whose file gave the values (else network_dim / network_alpha)."""
+    module, dim, alpha = a["network_module"], a["network_dim"], a["network_alpha"]
+    ok = True
+    where = from_file or dim
+    if blocks < 1 or WIDTH % blocks:
+        conv.invalid(
+            where.key,
+            where.value if from_file is None else True,
+            where.source,
+            f"networks.oft splits each layer's rows into {blocks} blocks (einops rearrange): {blocks} "
+            f"does not divide the U-Net's {WIDTH}-wide layers",
+            help=f"set network_dim to a divisor of {WIDTH} (4, 8, 16, 32, ...)",
+        )
+        ok = False
+    if constraint < 0:
+        conv.unsupported(
+            from_file or alpha,
+            "a negative alpha makes OFTModule's clamp flip the skew blocks' sign: not expressed",
+        )
+        ok = False
+    conv.record(module, "mapped", "adapter.kind")
+    conv.put(("adapter", "kind"), "diag-oft", conv.comment(module, "kohya's own OFT (networks/oft.py)"))
+    conv.put(("adapter", "form"), "kohya", conv.comment(module))
+    if from_file is not None:
+        conv.put(("adapter", "block_count"), blocks, note)
+        conv.put(("adapter", "constraint"), constraint, note)
+    else:
+        conv.mapped(
+            dim,
+            ("adapter", "block_count"),
+            blocks,
+            comment=conv.comment(dim, "networks.oft: the number of blocks; defaults to 4")
+            if dim.value is None
+            else conv.comment(dim, "networks.oft: the number of blocks per layer"),
+        )
+        conv.mapped(
+            alpha,
+            ("adapter", "constraint"),
+            constraint,
+            comment=conv.comment(alpha, "networks.oft: the constraint per output row (alpha x width)"),
+        )
+    targets = list(KOHYA_UNET_TARGETS if all_linear else ATTENTION)
+    if convs:
+        targets += RESNET_LINEAR
+    conv.put(("adapter", "denoiser_targets"), targets, note)
+    conv.put(
+        ("adapter", "text_encoder_targets"), [], conv.comment(module, "OFTNetwork adapts the U-Net alone")
+    )
+    if convs:
+        conv.put(("adapter", "conv_targets"), list(KOHYA_CONV_TARGETS), note)
+    return ok
+
+
+def _load_weights(a, file: OftFile | None, paths, conv: Conversion, original_names: bool) -> bool:
+    """OFTNetwork.load_weights: load_state_dict(strict=False) -> adapter.init_weights, init_partial. The
+    file's modules of layers the network adapts must hold its block count (torch raises on a shape that
+    differs: DBS402) and alpha (kohya trains the constraint and saves the file's alpha: DBS403); read when
+    the file is here (else the plan checks it)."""
+    from dbspec.convert.kohya.network import map_init_weights
+
+    weights = a["network_weights"]
+    if file is not None:
+        blocks, constraint = (conv.values[("adapter", k)][0] for k in ("block_count", "constraint"))
+        targets = [
+            *conv.values[("adapter", "denoiser_targets")][0],
+            *conv.values.get(("adapter", "conv_targets"), ([], ""))[0],
+        ]
+        for module in file.modules.values():
+            if not adapts(module.name, targets, original_names):
+                continue  # strict=False: ignored
+            if module.blocks is not None and module.blocks != blocks:
+                conv.invalid(
+                    weights.key,
+                    weights.value,
+                    weights.source,
+                    f"`{module.name}.oft_blocks` holds {module.blocks} blocks, the network's layer {blocks}: "
+                    "load_state_dict raises on the shape",
+                )
+                return False
+            if module.alpha is not None and not math.isclose(module.alpha, constraint, rel_tol=1e-3):
+                conv.unsupported(
+                    weights,
+                    f"`{module.name}.alpha` is {module.alpha:g}, network_alpha {constraint:g}: kohya trains "
+                    "network_alpha's constraint and saves the file's alpha; not expressed",
+                )
+                return False
+    map_init_weights(weights, paths, conv)
+    return True
 
 
 def _the_rest(a, conv: Conversion) -> bool:
@@ -128,12 +308,4 @@ def _the_rest(a, conv: Conversion) -> bool:
             "OFTNetwork.apply_to asserts apply_unet: networks.oft trains the U-Net alone",
         )
         ok = False
-    for key in ("network_weights", "dim_from_weights"):
-        if a[key].value:
-            conv.unsupported(
-                a[key],
-                "starting networks.oft from a file (load_state_dict(strict=False) / "
-                "create_network_from_weights) is not expressed",
-            )
-            ok = False
     return ok

@@ -757,7 +757,27 @@ def map_text_encoder(
             "trains)",
         )
         return False
-    if not unet_only.value and conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0] == []:
+    first = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
+    second = conv.values.get(("adapter", "text_encoder_2_targets"), (None, ""))[0]
+    if not unet_only.value and (first == []) != (second == []) and second is not None:
+        # a LyCORIS preset file adapting layers of one of SDXL's two encoders alone
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        note = (
+            "kohya lycoris.kohya: the LyCORIS preset matches no layer of the {} text encoder, so the network "
+            "has no module there"
+        )
+        if first == []:
+            conv.put(("train", "text_encoder"), False, note.format("first"))
+            conv.put(
+                ("train", "text_encoder_2"),
+                True,
+                "kohya lycoris.kohya: the preset's layers of the second text encoder",
+            )
+            if te_only.value:
+                conv.mapped(te_only, ("train", "denoiser"), False)
+            return True
+        conv.put(("train", "text_encoder_2"), False, note.format("second"))
+    if not unet_only.value and first == [] and not second:
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.put(
             ("train", "text_encoder"),
