@@ -51,11 +51,7 @@ def metadata_entries(ctx: Context, i: int, d: Dataset) -> list[Entry] | None:
     folder = ctx.resolve(d.path)
     entries, missing = [], []
     for key, md in raw:
-        problem = _shape_problem(md)
-        if problem:
-            _bad(ctx, d, file, at, f"the entry `{key}` {problem}")
-            return None
-        path = _image_path(folder, key)
+        path = image_path(folder, key)
         if path is None:
             missing.append(key)
             continue
@@ -122,15 +118,24 @@ def _load(ctx: Context, d: Dataset, file: Path, at: tuple) -> list[tuple[str, di
         _bad(ctx, d, file, at, f"cannot be read: {exc}")
         return None
     try:
-        if file.name.endswith(".jsonl"):  # kohya: metadata_file.endswith(".jsonl")
+        return parse_metadata(text, file.name)
+    except ValueError as exc:
+        _bad(ctx, d, file, at, str(exc))
+        return None
+
+
+def parse_metadata(text: str, name: str) -> list[tuple[str, dict]]:
+    """The (image key, entry) pairs of a metadata file's text, as kohya reads them (JSON Lines when the name
+    ends in `.jsonl`); ValueError saying what is wrong (the file "...")."""
+    try:
+        if name.endswith(".jsonl"):  # kohya: metadata_file.endswith(".jsonl")
             items = []
             for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 md = json.loads(line)
                 if not isinstance(md, dict) or not isinstance(md.get("image_path"), str):
-                    _bad(ctx, d, file, at, f"line {number} is not an object with an `image_path` string")
-                    return None
+                    raise ValueError(f"line {number} is not an object with an `image_path` string")
                 entry = {"caption": md.get("caption", "")}
                 for key in ("image_size", "tags"):
                     if key in md:
@@ -139,15 +144,16 @@ def _load(ctx: Context, d: Dataset, file: Path, at: tuple) -> list[tuple[str, di
         else:
             data = json.loads(text)
             if not isinstance(data, dict):
-                _bad(ctx, d, file, at, "is not a JSON object of `image key: {caption, tags}` entries")
-                return None
+                raise ValueError("is not a JSON object of `image key: {caption, tags}` entries")
             items = list(data.items())
-    except ValueError as exc:
-        _bad(ctx, d, file, at, f"is not valid JSON: {exc}")
-        return None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON: {exc}") from None
     if not items:
-        _bad(ctx, d, file, at, "lists no image (kohya skips such a subset)")
-        return None
+        raise ValueError("lists no image (kohya skips such a subset)")
+    for key, md in items:
+        problem = _shape_problem(md)
+        if problem:
+            raise ValueError(f"the entry `{key}` {problem}")
     return items
 
 
@@ -167,7 +173,7 @@ def _shape_problem(md: object) -> str:
     return ""
 
 
-def _image_path(folder: Path, key: str) -> str | None:
+def image_path(folder: Path, key: str) -> str | None:
     """kohya's abs_path (an absolute key, else image_dir joined with it), else `<that><ext>` for a key
     without an image extension; None when neither is a file."""
     path = Path(key) if os.path.isabs(key) else folder / key

@@ -1780,7 +1780,9 @@ def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
                     codes.help("DBS241"),
                 )
             for key in ("keep_tokens", "caption_separator"):
-                if given((*at, key)) and not (key == "caption_separator" and d.secondary_separator):
+                # with `metadata` the separator also joins each caption and its tags
+                joins = d.secondary_separator or d.metadata
+                if given((*at, key)) and not (key == "caption_separator" and joins):
                     yield _warn(
                         "DBS216",
                         (*at, key),
