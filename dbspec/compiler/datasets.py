@@ -293,7 +293,7 @@ def _plan_metadata(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> DatasetPla
         caption = _prompt_caption(d.caption_prefix, entry.caption[:MAX_CAPTION_CHARS], d.caption_suffix)
         images.append(_image(ctx, i, d, info, masks, placer, keyer, captions, caption))
     kept = tuple(img for img in images if img is not None)
-    if not kept and not any(diag.severity == "error" for diag in scan.diagnostics):
+    if not scan.images and not any(diag.severity == "error" for diag in scan.diagnostics):
         ctx.report(
             "DBS302",
             "error",

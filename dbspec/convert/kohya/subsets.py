@@ -67,9 +67,17 @@ def map_subset(
         conv.mapped(meta, (*at, "metadata"), paths.for_spec(meta.value))
     if image_dir.value is not None:
         conv.mapped(image_dir, (*at, "path"), paths.for_spec(image_dir.value))
-    else:  # a fine-tuning subset without image_dir: its keys are absolute (kohya asserts)
-        folder = paths.for_spec(os.path.dirname(v["metadata_file"].value) or ".")
-        conv.put((*at, "path"), folder, "kohya has no image_dir: the metadata file's keys are absolute paths")
+    else:  # a fine-tuning subset without image_dir: its keys are absolute (kohya asserts), `path` unused
+        folder = (
+            os.path.commonpath([str(img.path.parent) for img in images])
+            if images
+            else os.path.dirname(v["metadata_file"].value) or "."
+        )
+        conv.put(
+            (*at, "path"),
+            paths.for_spec(folder),
+            "kohya has no image_dir: the metadata file's keys are absolute paths (the images' folder)",
+        )
     if v["is_reg"].value:
         conv.mapped(v["is_reg"], (*at, "role"), "class")
     else:
@@ -220,8 +228,9 @@ def subset_problems(
     if interp.value is not None:
         conv.differs(interp, "dbspec resizes with its own filter; the images keep the same size and crop")
     _dataset_level(dataset, conv)
-    if images is not None and dataset.kind != "finetune":  # fine-tuning captions: the metadata file
-        _caption_coverage(subset, images, conv)
+    if images is not None:
+        if dataset.kind != "finetune":  # fine-tuning captions come from the metadata file
+            _caption_coverage(subset, images, conv)
         _image_checks(subset, images, setting, cache_latents, conv)
     if dataset.kind == "controlnet" or ("alpha_mask" in v and v["alpha_mask"].value):
         # apply_masked_loss: the loss times the mask, then the mean over the whole (latent) image
