@@ -129,7 +129,7 @@ def parse_metadata(text: str, name: str) -> list[tuple[str, dict]]:
     ends in `.jsonl`); ValueError saying what is wrong (the file "...")."""
     try:
         if name.endswith(".jsonl"):  # kohya: metadata_file.endswith(".jsonl")
-            items = []
+            lines: dict[str, dict] = {}  # kohya: metadata[image_path] = entry (a repeated path: the last)
             for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
@@ -140,7 +140,8 @@ def parse_metadata(text: str, name: str) -> list[tuple[str, dict]]:
                 for key in ("image_size", "tags"):
                     if key in md:
                         entry[key] = md[key]
-                items.append((md["image_path"], entry))
+                lines[md["image_path"]] = entry
+            items = list(lines.items())
         else:
             data = json.loads(text)
             if not isinstance(data, dict):

@@ -158,3 +158,14 @@ def test_folder_options_do_not_apply(tmp_path):
     checked = check_spec(_spec(tmp_path, 'captions = "textfile"\nrecursive = true\n'))
     found = [(d.code, d.path) for d in checked.diagnostics if d.severity == "error"]
     assert ("DBS227", "datasets[0].captions") in found and ("DBS227", "datasets[0].recursive") in found
+
+
+def test_a_broken_listed_image_is_an_error_or_skipped(tmp_path):
+    train = _images(tmp_path)
+    (train / "c.png").write_bytes(b"not a png")
+    (tmp_path / "meta.json").write_text(json.dumps({"a.png": {"caption": "x"}, "c.png": {"caption": "y"}}))
+    plan, diags = _diagnostics(_spec(tmp_path))
+    assert plan is None and any(d[1] == "error" and "c.png" in d[2] for d in diags), diags
+    plan, diags = _diagnostics(_spec(tmp_path, 'on_bad_image = "skip"\n'))
+    assert [img.rel for img in plan.datasets[0].images] == ["a.png"]
+    assert any(d[1] == "warning" and "c.png" in d[2] for d in diags)
