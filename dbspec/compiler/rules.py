@@ -1833,6 +1833,8 @@ def _input_folders(spec: Spec) -> Iterator[tuple[str, str]]:
         yield f"datasets[{i}].path", d.path
         if d.masks:
             yield f"datasets[{i}].masks", d.masks
+        if d.metadata:  # a file: the output folder must not hold it
+            yield f"datasets[{i}].metadata", d.metadata
     yield "cache.dir", spec.cache.dir
 
 

@@ -169,3 +169,10 @@ def test_a_broken_listed_image_is_an_error_or_skipped(tmp_path):
     plan, diags = _diagnostics(_spec(tmp_path, 'on_bad_image = "skip"\n'))
     assert [img.rel for img in plan.datasets[0].images] == ["a.png"]
     assert any(d[1] == "warning" and "c.png" in d[2] for d in diags)
+
+
+def test_the_output_folder_must_not_hold_the_metadata_file(tmp_path):
+    _metadata(tmp_path, _images(tmp_path))
+    spec = _spec(tmp_path, extra="", buckets="").read_text().replace('"meta.json"', '"out/meta.json"')
+    checked = check_spec(write(tmp_path / "spec.toml", spec + '[output]\ndir = "out"\n'))
+    assert any(d.code == "DBS225" and "datasets[0].metadata" in d.message for d in checked.diagnostics)
