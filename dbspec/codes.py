@@ -417,14 +417,18 @@ encoder, which is not kept. Train the denoiser too, or use `loss.prior = "images
     Code(
         "DBS227",
         ERROR,
-        "An option that does not apply to kohya folders",
+        "An option that does not apply to kohya folders or a metadata file",
         """A dataset with `layout = "kohya_folders"` sets `generate` or `recursive`. Its images \
 are those of kohya's
 `N_class tokens` sub-folders, read one level deep as kohya reads them, so there is no one \
 folder to generate class
 images into and no deeper folder to scan. Generate class images into a `layout = "folder"` dataset (or a
-sub-folder such as `1_dog` made beforehand).""",
-        help='remove the option, or use layout = "folder"',
+sub-folder such as `1_dog` made beforehand).
+
+A dataset with `metadata` (kohya's fine-tuning metadata file) sets `layout`, `captions`,
+`caption_extension`, `recursive` or `generate`: the file lists its images and their captions, so no folder
+is scanned, no caption file is read and no class image is generated.""",
+        help='remove the option, or use layout = "folder" (without `metadata`)',
     ),
     Code(
         "DBS228",
@@ -1415,6 +1419,31 @@ with a fresh inductor cache too (docs/performance.md, "torch.compile, channels-l
 kernels"). Training would silently follow wrong gradients, so the plan refuses it; GPU targets compile with
 Triton kernels instead (not measured here).""",
         help="remove precision.compile, or plan for a GPU with --target cuda:24GB",
+    ),
+    Code(
+        "DBS337",
+        EITHER,
+        "A fine-tuning metadata file cannot be used",
+        """\
+A dataset's `metadata` file (kohya's fine-tuning metadata, `--in_json` / `metadata_file`) is missing, is not
+UTF-8 JSON (or JSON Lines for a `.jsonl` file), lists no image, or has an entry of the wrong shape: the file
+must be an object whose keys are image paths and whose values are objects with an optional `caption` and
+`tags` (strings) and `image_size` ([width, height]); each `.jsonl` line an object with `image_path`.
+As a warning: an entry's `image_size` differs from the size of its image file; dbspec buckets by the file's
+size, kohya by `image_size`.""",
+        help="write the file with kohya's finetune/merge_captions_to_metadata.py (or fix the entry named)",
+    ),
+    Code(
+        "DBS338",
+        ERROR,
+        "An image listed in a fine-tuning metadata file is missing",
+        """\
+An image key of a dataset's `metadata` file names no image file. An absolute key is the image itself; a
+relative key is joined to the dataset's `path` (kohya's image_dir, `--train_data_dir`); a key without an
+image extension (the merge scripts write the file stem unless given `--full_path`) is looked for with the
+extensions .png, .jpg, .jpeg, .webp and .bmp. kohya's cached `.npz` latents do not stand in for an image:
+dbspec encodes and caches its own latents from the image files.""",
+        help="point the dataset's `path` at the image folder the keys are relative to, or rewrite the keys",
     ),
     Code(
         "DBS340",

@@ -14,12 +14,13 @@ import attrs
 from dbspec import codes
 from dbspec.compiler import buckets as bk
 from dbspec.compiler import kohya_folders as kf
+from dbspec.compiler import metadata as md
 from dbspec.compiler.caches import Keyer
 from dbspec.compiler.captions import caption_plan
 from dbspec.compiler.context import Context
 from dbspec.compiler.face_crop import plan_face_crop
 from dbspec.compiler.groups import bucket_settings
-from dbspec.compiler.images import ImageInfo, ScanResult, scan_folder
+from dbspec.compiler.images import ImageInfo, ScanResult, scan_files, scan_folder
 from dbspec.compiler.text_masks import has_t5
 from dbspec.compiler.unusable import report_unusable, sidecars
 from dbspec.plan.captions import fixed_caption
@@ -94,6 +95,8 @@ def plan_datasets(ctx: Context, model: ModelPlan | None, keyer: Keyer) -> tuple[
 def _plan_dataset(
     ctx: Context, i: int, d: Dataset, model: ModelPlan | None, keyer: Keyer
 ) -> DatasetPlan | None:
+    if d.metadata:
+        return _plan_metadata(ctx, i, d, keyer)
     if d.layout == "kohya_folders":
         return _plan_kohya_folders(ctx, i, d, keyer)
     folder = ctx.resolve(d.path)
@@ -241,6 +244,82 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
             for f, infos in scans
         ),
         caption_processing=captions,
+    )
+
+
+def _plan_metadata(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> DatasetPlan | None:
+    """One dataset from kohya's fine-tuning metadata file (compiler/metadata.py): the images it lists, in its
+    order, with the captions kohya makes from its `caption` and `tags`."""
+    entries = md.metadata_entries(ctx, i, d)
+    placer = make_placer(ctx, i, d)
+    if entries is None:
+        return None
+    scan = scan_files(
+        [(e.rel, e.path) for e in entries],
+        label=f"metadata:{ctx.resolve(d.metadata)}",
+        min_size=d.min_image_size,
+        on_bad=d.on_bad_image,
+        cache_dir=ctx.cache_dir / "scan",
+        key_path=f"datasets[{i}].metadata",
+    )
+    for diag in scan.diagnostics:
+        ctx.adopt(diag, ("datasets", i, "metadata"))
+    infos = as_trained(d, scan.images)
+    # kohya's image_size is the stored size (it ignores EXIF orientation)
+    stored = {
+        info.path: (info.width, info.height)
+        for info in as_trained(attrs.evolve(d, exif_orientation="ignore"), scan.images)
+    }
+    wrong = md.size_mismatches(entries, stored)
+    if wrong:
+        ctx.report(
+            "DBS337",
+            "warning",
+            f"dataset `{d.name}`: {len(wrong)} `image_size` value(s) in `{d.metadata}` differ from the "
+            f"image files: {'; '.join(wrong[: md.LISTED])}",
+            ("datasets", i, "metadata"),
+            help="dbspec buckets by the file's size, kohya by image_size: rewrite the metadata file",
+        )
+    masks = _masks(ctx, i, d, infos)
+    if placer is None or masks is None:
+        return None
+    captions = caption_plan(d)
+    by_path = {info.path: info for info in infos}
+    images = []
+    for entry in entries:
+        info = by_path.get(Path(entry.path).as_posix())
+        if info is None:  # a problem file, reported by the scan
+            continue
+        caption = _prompt_caption(d.caption_prefix, entry.caption[:MAX_CAPTION_CHARS], d.caption_suffix)
+        images.append(_image(ctx, i, d, info, masks, placer, keyer, captions, caption))
+    kept = tuple(img for img in images if img is not None)
+    if not scan.images and not any(diag.severity == "error" for diag in scan.diagnostics):
+        ctx.report(
+            "DBS302",
+            "error",
+            f"dataset `{d.name}`: no image of `{d.metadata}` is usable",
+            ("datasets", i, "metadata"),
+            help="fix or replace the images listed above",
+        )
+    return DatasetPlan(
+        name=d.name,
+        role=d.role,
+        path=str(ctx.resolve(d.path)),
+        resolution=d.resolution,
+        resolution_height=d.resolution_height,
+        crop=d.crop,
+        flip=d.flip,
+        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
+        color_aug=d.color_aug,
+        preserve_output=d.preserve_output,
+        exif_orientation=d.exif_orientation,
+        mask_channel=d.mask_channel if d.masks else "luminance",
+        resize=d.resize,
+        face_crop=plan_face_crop(ctx, i, d, kept),
+        images=kept,
+        skipped=tuple(diag.message for diag in scan.diagnostics if diag.severity == "warning"),
+        caption_processing=captions,
+        group=d.group,
     )
 
 

@@ -91,6 +91,62 @@ def scan_folder(
     old = imagecache.load_entries(cache_file, _posix(root)) if cache_file is not None else {}
     new = {} if recursive else _out_of_scope(old, _posix(root))
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    images, problems, hits, misses = _probe_all(found, old, new, min_size, limit)
+    diagnostics = walk_errors + _file_diagnostics(problems, root, on_bad, key_path)
+    # Without misses, `new` holds a subset of `old`'s entries, unchanged: equal exactly when
+    # no entry was dropped.
+    if cache_file is not None and (misses or len(new) != len(old)):
+        imagecache.save_entries(cache_file, _posix(root), new)
+    if not images and not any(d.severity == "error" for d in diagnostics):
+        diagnostics.append(_no_images(root, bool(found), recursive, key_path))
+    return ScanResult(
+        images=tuple(images),
+        diagnostics=tuple(diagnostics),
+        cache_hits=hits,
+        cache_misses=misses,
+        unusable=tuple(unusable),
+    )
+
+
+def scan_files(
+    files: list[tuple[str, str]],
+    *,
+    label: str,
+    min_size: int,
+    on_bad: OnBad,
+    cache_dir: Path | None,
+    key_path: str,
+) -> ScanResult:
+    """`scan_folder` for a list of (rel, absolute path) image files, kept in that order (a metadata file's
+    images); `label` names them in grouped diagnostics and keys their cache file. A file that is not there
+    is a DBS303 problem; no DBS302 when nothing is usable (the caller says what the list was)."""
+    found = []
+    for rel, path in files:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            found.append(_Found(rel=rel, path=_posix(path), broken=f"cannot be read ({e.strerror or e})"))
+            continue
+        found.append(_Found(rel=rel, path=_posix(path), size=st.st_size, stamp=imagecache.file_stamp(st)))
+    cache_file = imagecache.cache_file_for(cache_dir, label) if cache_dir is not None else None
+    old = imagecache.load_entries(cache_file, label) if cache_file is not None else {}
+    new: imagecache.Entries = {}
+    images, problems, hits, misses = _probe_all(found, old, new, min_size, Image.MAX_IMAGE_PIXELS)
+    if cache_file is not None and (misses or len(new) != len(old)):
+        imagecache.save_entries(cache_file, label, new)
+    return ScanResult(
+        images=tuple(images),
+        diagnostics=tuple(_file_diagnostics(problems, label, on_bad, key_path)),
+        cache_hits=hits,
+        cache_misses=misses,
+    )
+
+
+def _probe_all(
+    found: list[_Found], old: imagecache.Entries, new: imagecache.Entries, min_size: int, limit: int | None
+) -> tuple[list[ImageInfo], list[tuple[str, str, str]], int, int]:
+    """The usable images, the problem files (code, rel, reason), cache hits and misses; `new` gets the
+    entries to store."""
     images: list[ImageInfo] = []
     problems: list[tuple[str, str, str]] = []  # (code, rel, reason) per problem file
     hits = misses = 0
@@ -111,20 +167,7 @@ def scan_folder(
                 problems.append((problem, item.rel, reason))
             else:
                 images.append(_image_info(item, facts))
-    diagnostics = walk_errors + _file_diagnostics(problems, root, on_bad, key_path)
-    # Without misses, `new` holds a subset of `old`'s entries, unchanged: equal exactly when
-    # no entry was dropped.
-    if cache_file is not None and (misses or len(new) != len(old)):
-        imagecache.save_entries(cache_file, _posix(root), new)
-    if not images and not any(d.severity == "error" for d in diagnostics):
-        diagnostics.append(_no_images(root, bool(found), recursive, key_path))
-    return ScanResult(
-        images=tuple(images),
-        diagnostics=tuple(diagnostics),
-        cache_hits=hits,
-        cache_misses=misses,
-        unusable=tuple(unusable),
-    )
+    return images, problems, hits, misses
 
 
 def _cached_image(

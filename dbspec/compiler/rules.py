@@ -39,6 +39,7 @@ from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
     BNB_LION_KINDS,
     DADAPT_KINDS,
+    Dataset,
     SCHEDULEFREE_KINDS,
     DyloraAdapter,
     LoraAdapter,
@@ -238,7 +239,7 @@ def prompt_required(spec: Spec, given: Given) -> Iterator[Hit]:
     for i, d in enumerate(spec.datasets):
         if d.prompt:
             continue
-        if d.captions == "prompt" and d.layout != "kohya_folders":  # there the folder names give prompts
+        if d.captions == "prompt" and d.layout != "kohya_folders" and not d.metadata:  # names/file give them
             yield _err(
                 "DBS208",
                 ("datasets", i),
@@ -267,6 +268,24 @@ def kohya_folders_options(spec: Spec, given: Given) -> Iterator[Hit]:
                     f'dataset `{d.name}` has layout = "kohya_folders", which reads kohya\'s `N_class tokens` '
                     f"sub-folders one level deep: `{key}` does not apply",
                     'remove it, or use layout = "folder"',
+                )
+
+
+@rule("spec")
+def metadata_options(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A `metadata` dataset lists its images and captions in the file: the folder options do not apply."""
+    for i, d in enumerate(spec.datasets):
+        if not d.metadata:
+            continue
+        keys = ("layout", "captions", "caption_extension", "recursive", "generate")
+        for key in keys:
+            if given(("datasets", i, key)) and getattr(d, key) != attrs.fields_dict(Dataset)[key].default:
+                yield _err(
+                    "DBS227",
+                    ("datasets", i, key),
+                    f"dataset `{d.name}` reads its images and captions from the metadata file "
+                    f"`{d.metadata}` (kohya's fine-tuning dataset): `{key}` does not apply",
+                    "remove it, or remove `metadata` to read the folder",
                 )
 
 
@@ -1761,7 +1780,9 @@ def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
                     codes.help("DBS241"),
                 )
             for key in ("keep_tokens", "caption_separator"):
-                if given((*at, key)) and not (key == "caption_separator" and d.secondary_separator):
+                # with `metadata` the separator also joins each caption and its tags
+                joins = d.secondary_separator or d.metadata
+                if given((*at, key)) and not (key == "caption_separator" and joins):
                     yield _warn(
                         "DBS216",
                         (*at, key),
@@ -1812,6 +1833,8 @@ def _input_folders(spec: Spec) -> Iterator[tuple[str, str]]:
         yield f"datasets[{i}].path", d.path
         if d.masks:
             yield f"datasets[{i}].masks", d.masks
+        if d.metadata:  # a file: the output folder must not hold it
+            yield f"datasets[{i}].metadata", d.metadata
     yield "cache.dir", spec.cache.dir
 
 

@@ -1177,6 +1177,21 @@ class Dataset:
         "number are skipped with a warning; a folder named only `N` gives an empty caption, with a warning. "
         "A `masks` folder holds the same sub-folders.",
     )
+    metadata: str = option(
+        "",
+        doc="kohya's fine-tuning metadata file (`--in_json`, a subset's `metadata_file`), relative to the "
+        "spec file: a JSON object `{image key: {caption, tags, image_size, ...}}` as kohya's "
+        "finetune/merge_captions_to_metadata.py and merge_dd_tags_to_metadata.py write it, or a `.jsonl` "
+        "file of `{image_path, caption, tags, image_size}` lines. The images it lists train, in its order, "
+        "each `repeats` times, and `captions` is not read: each caption is its `caption` and `tags` "
+        "joined with `caption_separator` (the tags alone without a caption; with `enable_wildcard` the "
+        "tags follow every caption line), as kohya's FineTuningDataset joins them. An absolute key is the "
+        "image; a relative key is joined to `path`, and a key without its extension (the merge scripts "
+        "write the file stem unless `--full_path`) finds `path/<key>.png` (.jpg, .jpeg, .webp, .bmp). "
+        "Buckets come from the images' sizes as for a folder (kohya's `train_resolution` and `npz` "
+        "latents are not read; dbspec caches its own latents). Empty: the images of `path`.",
+        example="data/meta_lat.json",
+    )
     captions: Literal["prompt", "textfile", "filename"] = option(
         "prompt",
         doc="Caption source: prompt gives every image `prompt`; textfile reads a sidecar file with "
@@ -1298,7 +1313,9 @@ class Dataset:
         False, doc="Shuffle the caption's tags (split at `caption_separator`) every time a sample is drawn."
     )
     caption_separator: str = option(
-        ",", doc="What separates tags for shuffling, tag dropout and warm-up (kohya caption_separator)."
+        ",",
+        doc="What separates tags for shuffling, tag dropout and warm-up (kohya caption_separator); with "
+        "`metadata`, also what joins an image's caption and tags.",
     )
     keep_tokens: int = option(
         0,

@@ -199,20 +199,7 @@ def test_empty_reg_data_dir_lists_the_current_folder(tmp_path):
     assert len(reg) == 1 and reg[0].path == str(tmp_path / "1_dog")  # Path("") / "1_dog" is relative
 
 
-# --- 6. fine-tune datasets; reports of datasets that differ -------------------------------------------------
-
-
-def test_in_json_without_a_dataset_config_says_fine_tuning_is_not_supported(tmp_path):
-    images(tmp_path / "train", 2, (512, 512))
-    write(tmp_path / "meta.json", "{}")
-    outcome = kohya(
-        tmp_path,
-        command=f"train_network.py --pretrained_model_name_or_path {SD15} --network_module networks.lora "
-        "--in_json meta.json --train_data_dir train --resolution 512",
-    )
-    assert outcome.exit_code == 1
-    assert fate(outcome, "in_json") == "unsupported" and "fine-tuning" in messages(outcome, "DBS403")
-    assert "nothing to train" not in "\n".join(errors(outcome))
+# --- 6. reports of datasets that differ (fine-tuning datasets: test_convert_kohya_metadata.py) ----
 
 
 def test_datasets_that_differ_in_batch_size_become_groups_and_report_every_key(tmp_path):

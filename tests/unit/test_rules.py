@@ -950,6 +950,17 @@ CASES = [
         DOG + DOGS.replace('role = "class"\n', 'role = "class"\nlayout = "kohya_folders"\n') + STEPS,
     ),
     (
+        rules.metadata_options,
+        DOG.replace('prompt = "a photo of ohwx dog"\n', 'metadata = "meta.json"\ncaptions = "textfile"\n')
+        + 'layout = "folder"\nrecursive = true\n'
+        + STEPS,
+        [
+            ("DBS227", "error", ("datasets", 0, "captions")),
+            ("DBS227", "error", ("datasets", 0, "recursive")),
+        ],
+        DOG.replace('prompt = "a photo of ohwx dog"\n', 'metadata = "meta.json"\n') + STEPS,
+    ),
+    (
         rules.schedule_setting_inert,
         DOG + STEPS + 'lr_schedule = "cosine"\npower = 2.0\n',
         [("DBS255", "warning", ("schedule", "power"))],

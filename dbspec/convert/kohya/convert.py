@@ -10,6 +10,7 @@ from dbspec.convert.common.epochs import dbspec_epoch, kohya_epoch
 from dbspec.convert.kohya.data import (
     KDataset,
     folder_config,
+    metadata_config,
     load_dataset_config,
     optional,
     resolve,
@@ -143,7 +144,6 @@ UNSUPPORTED = {
     "debug_dataset": "kohya only shows the dataset and exits",
     "output_config": "kohya writes a config and exits",
     "dataset_class": "a custom dataset class",
-    "in_json": "fine-tuning metadata datasets",
 }
 
 
@@ -206,12 +206,7 @@ def _dataset_source(ka: KohyaArgs, paths: PathMapper, conv: Conversion) -> tuple
         conv.record(dc, "mapped", "datasets")
         return (config, "dataset_config") if config is not None else None
     if "in_json" in a and a["in_json"].value is not None:
-        conv.unsupported(
-            a["in_json"],
-            "a fine-tuning dataset (captions and buckets from the metadata JSON of kohya's finetune "
-            "scripts) has no dbspec equivalent; DreamBooth folders and dataset configs convert",
-        )
-        return None
+        return metadata_config(a, conv), "command line"
     if a["train_data_dir"].value is None:
         conv.invalid(
             "train_data_dir", None, "command line", "kohya needs --dataset_config or --train_data_dir"

@@ -84,6 +84,24 @@ def folder_config(args: Args, paths: PathMapper, conv: Conversion) -> dict | Non
     return {"datasets": [{"subsets": subsets}]}
 
 
+def metadata_config(args: Args, conv: Conversion) -> dict:
+    """`--in_json` without a dataset config (train_network.py, sdxl_train.py, ...: `use_dreambooth_method =
+    args.in_json is None`): one fine-tuning subset, image_dir = --train_data_dir, metadata_file = --in_json;
+    --reg_data_dir is not read."""
+    subset: dict[str, Any] = {
+        "metadata_file": args["in_json"].value,
+        "_cli": {"metadata_file": args["in_json"]},
+    }
+    if args["train_data_dir"].value is not None:
+        subset["image_dir"] = args["train_data_dir"].value
+        subset["_cli"]["image_dir"] = args["train_data_dir"]
+    if "reg_data_dir" in args and args["reg_data_dir"].value is not None:
+        conv.ignored(
+            args["reg_data_dir"], "with --in_json kohya trains a fine-tuning dataset, which has no reg images"
+        )
+    return {"datasets": [{"subsets": [subset]}]}
+
+
 def _folder_subset(
     key: str, root: str, name: str, is_reg: bool, conv: Conversion, source: str
 ) -> dict | None:
@@ -251,6 +269,8 @@ def resolve(config: dict, kinds: list[str], args: Args, source: str) -> tuple[KD
             if "_folder" in subset:
                 for k in ("image_dir", "num_repeats", "class_tokens", "is_reg"):
                     sub_values[k] = attrs.evolve(subset["_folder"], value=subset[k])
+            for k, legacy in subset.get("_cli", {}).items():  # --in_json / --train_data_dir
+                sub_values[k] = legacy
             if "_root" in subset:  # the folder names give num_repeats and class_tokens at plan time
                 for k in ("image_dir", "is_reg"):
                     sub_values[k] = attrs.evolve(subset["_root"], value=subset[k])

@@ -19,6 +19,7 @@ from dbspec.compiler import buckets as bk
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.epochs import Bucketing, Img, Part, list_images
 from dbspec.convert.kohya.data import KDataset, KSubset
+from dbspec.convert.kohya.metadata import metadata_images
 from dbspec.convert.kohya.subsets import (
     map_custom_attributes,
     map_face_crop,
@@ -333,14 +334,20 @@ def _parts(datasets, settings, paths: PathMapper, conv: Conversion) -> list:
         for s in d.subsets:
             image_dir = s.values["image_dir"].value
             legacy = s.values["image_dir"]
-            if d.kind == "finetune":
-                conv.unsupported(
-                    s.values["metadata_file"],
-                    "fine-tuning subsets (metadata JSON captions) have no dbspec equivalent",
-                )
-                continue
             if s.values["num_repeats"].value < 1:
                 conv.ignored(s.values["num_repeats"], "num_repeats < 1: kohya skips the subset")
+                continue
+            if d.kind == "finetune":
+                split = d.values["validation_split"]
+                if split.value and 0 < split.value <= 1 and split.key not in conv.reports:
+                    conv.unsupported(
+                        split,
+                        "kohya's FineTuningDataset does not split: it trains on every image and its "
+                        "validation dataset is a second copy of the whole training set",
+                    )
+                found = metadata_images(s, paths, conv)
+                if found != ():
+                    rows.append((d, s, found))
                 continue
             if image_dir in seen:
                 conv.ignored(

@@ -62,7 +62,22 @@ def map_subset(
     conv.put(
         (*at, "name"), _unique_name(conv, v, paths), f"{conv.tool} {image_dir.key}: a name for the folder"
     )
-    conv.mapped(image_dir, (*at, "path"), paths.for_spec(image_dir.value))
+    if dataset.kind == "finetune":
+        meta = v["metadata_file"]
+        conv.mapped(meta, (*at, "metadata"), paths.for_spec(meta.value))
+    if image_dir.value is not None:
+        conv.mapped(image_dir, (*at, "path"), paths.for_spec(image_dir.value))
+    else:  # a fine-tuning subset without image_dir: its keys are absolute (kohya asserts), `path` unused
+        folder = (
+            os.path.commonpath([str(img.path.parent) for img in images])
+            if images
+            else os.path.dirname(v["metadata_file"].value) or "."
+        )
+        conv.put(
+            (*at, "path"),
+            paths.for_spec(folder),
+            "kohya has no image_dir: the metadata file's keys are absolute paths (the images' folder)",
+        )
     if v["is_reg"].value:
         conv.mapped(v["is_reg"], (*at, "role"), "class")
     else:
@@ -100,6 +115,12 @@ def map_subset(
 
 
 def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversion, root: bool) -> None:
+    if dataset.kind == "finetune":  # captions and tags from the metadata file, joined with caption_separator
+        for key in ("caption_prefix", "caption_suffix"):
+            if v[key].value:
+                conv.mapped(v[key], (*at, key), v[key].value)
+        _caption_processing(at, v, conv, joins=True)
+        return
     ext = v["caption_extension"]
     extension = ext.value if ext.value.startswith(".") else "." + ext.value  # kohya prepends the dot
     note = "caption files, else class_tokens" if dataset.kind == "dreambooth" else "caption files"
@@ -115,7 +136,7 @@ def _captions(at: tuple, dataset: KDataset, v: dict[str, Legacy], conv: Conversi
     _caption_processing(at, v, conv)
 
 
-def _caption_processing(at: tuple, v: dict[str, Legacy], conv: Conversion) -> None:
+def _caption_processing(at: tuple, v: dict[str, Legacy], conv: Conversion, joins: bool = False) -> None:
     """kohya's caption options, one for one; options that cannot act with the others are reported inert."""
     values = {key: _caption_value(key, v[key].value) for key in _CAPTION_OPTIONS if key in v}
     cuts = (
@@ -132,7 +153,7 @@ def _caption_processing(at: tuple, v: dict[str, Legacy], conv: Conversion) -> No
         else "only shuffling, tag dropout and token warm-up cut at it (they are off): the caption trains as "
         "written, separator included, in kohya and in dbspec",
         "caption_separator": None
-        if cuts or values.get("secondary_separator")
+        if cuts or values.get("secondary_separator") or joins  # joins: a metadata file's caption and tags
         else "only shuffling, tag dropout, token warm-up and secondary_separator use it, and they are off",
         "token_warmup_min": None if values.get("token_warmup_step", 0) > 0 else "token warm-up is off",
     }
@@ -176,7 +197,10 @@ def _flag(conv: Conversion, legacy: Legacy, path: tuple) -> None:
 
 
 def _unique_name(conv: Conversion, v: dict[str, Legacy], paths: PathMapper) -> str:
-    folder = paths.name_of(v["image_dir"].value) or "images"
+    named = v["image_dir"].value if v["image_dir"].value is not None else v["metadata_file"].value
+    folder = paths.name_of(named) or "images"
+    if v["image_dir"].value is None:
+        folder = folder.rpartition(".")[0] or folder
     base = re.sub(r"^\d+_", "", folder).strip() or folder
     taken = {
         value for path, (value, _) in conv.values.items() if path[0] == "datasets" and path[-1] == "name"
@@ -205,7 +229,8 @@ def subset_problems(
         conv.differs(interp, "dbspec resizes with its own filter; the images keep the same size and crop")
     _dataset_level(dataset, conv)
     if images is not None:
-        _caption_coverage(subset, images, conv)
+        if dataset.kind != "finetune":  # fine-tuning captions come from the metadata file
+            _caption_coverage(subset, images, conv)
         _image_checks(subset, images, setting, cache_latents, conv)
     if dataset.kind == "controlnet" or ("alpha_mask" in v and v["alpha_mask"].value):
         # apply_masked_loss: the loss times the mask, then the mean over the whole (latent) image
