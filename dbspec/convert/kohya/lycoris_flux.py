@@ -1,0 +1,215 @@
+"""LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
+library/flux_models.py Flux) into [adapter]: algo=lora / locon, exactly; LoKr, LoHa and the other algos are
+refused (DBS403).
+
+What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
+kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
+
+- presets full, full-lin, attn-mlp (lycoris/config.py: DoubleStreamBlock and SingleStreamBlock among the
+  classes): every Linear of the double blocks (img_mod.lin, img_attn.qkv, img_attn.proj, img_mlp.0,
+  img_mlp.2 and the txt_ ones) and of the single blocks (linear1, linear2, modulation.lin): networks.lora_flux's
+  set. No embedder or final layer (their classes, MLPEmbedder and LastLayer, are in no list; the names
+  conv_in, time_embedding.* match nothing). CLIP-L's CLIPAttention and CLIPMLP Linears.
+- unet-only, unet-transformer-only: the same denoiser Linears, no text-encoder module.
+- attn-only: its class SelfAttention is kohya's double-block attention, so the double blocks'
+  img_attn.qkv / proj and txt_attn.qkv / proj only (the single blocks have no SelfAttention module); CLIP-L's
+  CLIPAttention only.
+- unet-convblock-only: no module at all; ia3: none on Flux either (its names are module-path prefixes).
+- T5-XXL: never (its T5Block / T5Attention classes are in no list, MT5Block is), train_t5xxl or not.
+
+The modules are named as kohya's own (`lora_unet_double_blocks_0_img_attn_qkv`, `lora_te1_...`), one module
+on each fused Linear; LoConModule on a Linear is `org + (up @ down) x * alpha / rank` (kaiming-uniform down,
+zero up), so algo=lora on Flux is networks.lora_flux's network with shared down-projections
+(`adapter.fused_projections = true`) and its file the lora_down / lora_up / alpha layout kohya writes, which
+lycoris-lora's loader loads back onto kohya's Flux (checked in the scratch run). LoKr and LoHa on a fused
+Linear are a Kronecker / Hadamard delta of the whole fused weight, whose rows dbspec's diffusers Flux holds in
+separate parts: no dbspec adapter computes them yet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE
+from dbspec.convert.kohya.loraplus import loraplus
+from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, parse_network_args
+from dbspec.families import family_spec
+
+_CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# kohya's SelfAttention (double blocks' img_attn / txt_attn) in diffusers' names
+_DOUBLE_ATTENTION = [
+    *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+]
+# preset -> (every block Linear or the double-block attention only, CLIP-L's targets)
+_PRESETS: dict[str, tuple[str, list[str]]] = {
+    "full": ("all", list(KOHYA_TEXT_TARGETS)),
+    "full-lin": ("all", list(KOHYA_TEXT_TARGETS)),
+    "attn-mlp": ("all", list(KOHYA_TEXT_TARGETS)),
+    "unet-only": ("all", []),
+    "unet-transformer-only": ("all", []),
+    "attn-only": ("attention", _CLIP_ATTENTION),
+}
+_NOTHING = {
+    "unet-convblock-only": "its classes (ResnetBlock2D, Downsample2D, Upsample2D) and names (conv_in, conv_out) "
+    "match nothing in kohya's Flux or CLIP-L",
+    "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the start of "
+    "each module path, which match nothing in kohya's Flux or CLIP-L",
+}
+_LOKR_LOHA = (
+    "LyCORIS's {algo} module on kohya's fused Linears (double blocks' img_attn.qkv / txt_attn.qkv, single "
+    "blocks' linear1) is one {what} delta of the whole fused weight, whose rows dbspec's diffusers Flux holds "
+    "in separate parts (to_q / to_k / to_v, proj_mlp); dbspec has no fused {algo} adapter yet (only "
+    "algo=lora / locon converts with flux_train_network.py)"
+)
+# LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
+_OFF = {
+    "dropout": "0",
+    "rank_dropout": "0",
+    "module_dropout": "0",
+    "use_scalar": "false",
+    "train_norm": "false",
+    "dora_wd": "false",
+    "rs_lora": "false",
+    "rescaled": "false",
+    "train_t5xxl": "false",
+}
+_WHY_OFF = {
+    "dropout": "LyCORIS's dropout on its LoCon module's output",
+    "rank_dropout": "LyCORIS's LoCon rank dropout (drawn over the fused weight's rows)",
+    "module_dropout": "LyCORIS's module dropout (torch.rand per fused module)",
+    "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
+    "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
+    "dora_wd": "weight decomposition of the fused weight",
+    "rs_lora": "rank-stabilised scale on the fused layers",
+    "rescaled": "LyCORIS's rescaled output",
+    "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
+    "flux_train_network.py then runs T5-XXL in training mode (its dropout on)",
+}
+# network_args LyCORIS reads that change nothing on Flux's Linears
+_INERT = {
+    "conv_dim": "the blocks have no convolutions for it to adapt",
+    "conv_alpha": "the blocks have no convolutions for it to adapt",
+    "use_tucker": "it changes only k x k convolutions",
+    "use_cp": "it changes only k x k convolutions",
+    "use_conv_cp": "it changes only k x k convolutions",
+    "disable_conv_cp": "it changes only k x k convolutions",
+    "wd_on_output": "it acts only with dora_wd",
+    "rank_dropout_scale": "it acts only with rank_dropout",
+    "verbose": "it only logs the modules",
+}
+
+
+def _off(key: str, value: str) -> bool:
+    if key in ("dropout", "rank_dropout", "module_dropout"):
+        try:
+            return float(value or 0) == 0
+        except ValueError:
+            return False
+    return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
+
+
+def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
+    """[adapter] for lycoris.kohya with flux_train_network.py; False when dbspec cannot express it."""
+    module, args = a["network_module"], a["network_args"]
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    algo = (kwargs.pop("algo", "lora") or "lora").lower()
+    if algo in ("lokr", "loha"):
+        what = "Kronecker-product" if algo == "lokr" else "Hadamard-product"
+        conv.unsupported(args, f"algo={algo}: " + _LOKR_LOHA.format(algo=algo, what=what))
+        return False
+    if algo not in ("lora", "locon"):
+        conv.unsupported(
+            args, f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon only"
+        )
+        return False
+    preset = kwargs.pop("preset", "full") or "full"
+    if preset in _NOTHING:
+        conv.invalid(
+            f"{args.key} preset",
+            preset,
+            args.source,
+            f"LyCORIS's preset {preset} builds no module on Flux: {_NOTHING[preset]}",
+        )
+        return False
+    if preset not in _PRESETS:
+        conv.unsupported(
+            args,
+            f"preset={preset}: with flux_train_network.py dbspec converts LyCORIS's built-in presets "
+            f"({', '.join(_PRESETS)}), not a preset file",
+        )
+        return False
+    dim, alpha = a["network_dim"], a["network_alpha"]
+    rank = dim.value if dim.value is not None else 4
+    for key in [k for k in kwargs if k in _OFF]:
+        value = kwargs[key]
+        if not _off(key, value):
+            conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
+            return False
+        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    dropout = a["network_dropout"]
+    if dropout.value:
+        conv.unsupported(
+            dropout,
+            "LyCORIS's dropout on its LoCon module's output (create_network's `dropout`, which "
+            "train_network.py passes --network_dropout as) on Flux has no dbspec form yet",
+        )
+        return False
+    if "bypass_mode" in kwargs:  # no dropout, no DoRA: bypass_forward is the same update, x through down, up
+        conv.inert(
+            Legacy(key=f"{args.key} bypass_mode", value=kwargs.pop("bypass_mode"), source=args.source),
+            "without dropout or dora_wd LoConModule's bypass forward is the same update",
+        )
+    flux = family_spec("flux")
+    layers, text = _PRESETS[preset]
+    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's LoCon on kohya's Flux")
+    conv.put(("adapter", "kind"), "lora", why)
+    conv.mapped(dim, ("adapter", "rank"), rank)
+    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
+    blocks: list[dict[str, Any]] = [
+        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL.replace("networks/lora_flux.py", "LyCORIS")}
+        for p in flux.kohya_lora_excluded
+    ]
+    if layers == "all":
+        targets = list(flux.kohya_lora_targets)
+        note = "every Linear of the double and single blocks (DoubleStreamBlock, SingleStreamBlock)"
+    else:
+        targets = list(_DOUBLE_ATTENTION)
+        blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})
+        note = "kohya's SelfAttention: the double blocks' img_attn / txt_attn qkv and proj"
+    conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP-L"))
+    conv.put(
+        ("adapter", "fused_projections"),
+        True,
+        conv.comment(module, "one LoCon module (one down-projection) per fused Linear"),
+    )
+    for index, block in enumerate(blocks):
+        block_note = conv.comment(module, block.pop("_why"))
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, block_note)
+    put: dict[str, Any] = {}
+    unsupported: dict[str, str] = {}
+    loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
+    for key, value in put.items():
+        conv.put(("adapter", key), value, conv.comment(args))
+    for key, value in kwargs.items():
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if key in _INERT:
+            conv.inert(legacy, _INERT[key])
+        else:
+            unsupported[key] = value
+    if unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
+        conv.unsupported(
+            args,
+            f"network arguments dbspec does not express for LyCORIS on Flux: {rest} (dbspec maps algo, "
+            "preset, conv_dim, conv_alpha and the LoRA+ ratios there; dropouts and the other switches off)",
+        )
+        return False
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
+    return True
