@@ -22,7 +22,8 @@ BASE = "builtin:tiny-flux"
 ATTN_ONLY = (
     '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\ndenoiser_targets = ['
     '"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", '
-    '"attn.add_v_proj", "attn.to_add_out"]\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n\n'
+    '"attn.add_v_proj", "attn.to_add_out"]\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\n'
+    "alpha = 1\n\n"
     '[[adapter.blocks]]\npattern = "^single_transformer_blocks\\\\."\nrank = 0\nalpha = 1\n'
 )
 
@@ -41,7 +42,9 @@ def _fused_locon(tensors, name: str, parts) -> LoConModule:
         fused.bias.copy_(torch.cat([b.bias for b in base]))
     down = tensors[f"{name}.lora_down.weight"]
     module = LoConModule(name, fused, 1.0, down.shape[0], tensors[f"{name}.alpha"].item())
-    module.load_state_dict({k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")})
+    module.load_state_dict(
+        {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    )
     module.apply_to()
     return module.eval()
 
@@ -64,7 +67,9 @@ def test_attn_only_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_pat
 
     tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     names = {k.split(".")[0] for k in tensors}
-    assert names == {f"lora_unet_double_blocks_0_{s}_attn_{n}" for s in ("img", "txt") for n in ("qkv", "proj")}
+    assert names == {
+        f"lora_unet_double_blocks_0_{s}_attn_{n}" for s in ("img", "txt") for n in ("qkv", "proj")
+    }
     block = transformer.transformer_blocks[0].attn
     torch.manual_seed(0)
     x = torch.randn(3, block.to_q.base_layer.in_features)

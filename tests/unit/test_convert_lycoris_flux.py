@@ -1,6 +1,6 @@
-"""LyCORIS's lycoris.kohya with flux_train_network.py (dbspec/convert/kohya/lycoris_flux.py): algo=lora / locon
-is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's Flux:
-full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
+"""LyCORIS's lycoris.kohya with flux_train_network.py (dbspec/convert/kohya/lycoris_flux.py): algo=lora /
+locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
+Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); LoKr, LoHa, dropouts and the other switches stay DBS403."""
 
 from __future__ import annotations

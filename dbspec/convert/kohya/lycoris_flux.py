@@ -7,9 +7,9 @@ kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
 
 - presets full, full-lin, attn-mlp (lycoris/config.py: DoubleStreamBlock and SingleStreamBlock among the
   classes): every Linear of the double blocks (img_mod.lin, img_attn.qkv, img_attn.proj, img_mlp.0,
-  img_mlp.2 and the txt_ ones) and of the single blocks (linear1, linear2, modulation.lin): networks.lora_flux's
-  set. No embedder or final layer (their classes, MLPEmbedder and LastLayer, are in no list; the names
-  conv_in, time_embedding.* match nothing). CLIP-L's CLIPAttention and CLIPMLP Linears.
+  img_mlp.2 and the txt_ ones) and of the single blocks (linear1, linear2, modulation.lin):
+  networks.lora_flux's set. No embedder or final layer (their classes, MLPEmbedder and LastLayer, are in no
+  list; the names conv_in, time_embedding.* match nothing). CLIP-L's CLIPAttention and CLIPMLP Linears.
 - unet-only, unet-transformer-only: the same denoiser Linears, no text-encoder module.
 - attn-only: its class SelfAttention is kohya's double-block attention, so the double blocks'
   img_attn.qkv / proj and txt_attn.qkv / proj only (the single blocks have no SelfAttention module); CLIP-L's
@@ -51,15 +51,15 @@ _PRESETS: dict[str, tuple[str, list[str]]] = {
     "attn-only": ("attention", _CLIP_ATTENTION),
 }
 _NOTHING = {
-    "unet-convblock-only": "its classes (ResnetBlock2D, Downsample2D, Upsample2D) and names (conv_in, conv_out) "
-    "match nothing in kohya's Flux or CLIP-L",
+    "unet-convblock-only": "its classes (ResnetBlock2D, Downsample2D, Upsample2D) and names (conv_in, "
+    "conv_out) match nothing in kohya's Flux or CLIP-L",
     "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the start of "
     "each module path, which match nothing in kohya's Flux or CLIP-L",
 }
 _LOKR_LOHA = (
     "LyCORIS's {algo} module on kohya's fused Linears (double blocks' img_attn.qkv / txt_attn.qkv, single "
-    "blocks' linear1) is one {what} delta of the whole fused weight, whose rows dbspec's diffusers Flux holds "
-    "in separate parts (to_q / to_k / to_v, proj_mlp); dbspec has no fused {algo} adapter yet (only "
+    "blocks' linear1) is one {what} delta of the whole fused weight, whose rows dbspec's diffusers Flux "
+    "holds in separate parts (to_q / to_k / to_v, proj_mlp); dbspec has no fused {algo} adapter yet (only "
     "algo=lora / locon converts with flux_train_network.py)"
 )
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
