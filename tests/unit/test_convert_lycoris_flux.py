@@ -83,6 +83,18 @@ def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
 
 
+def test_module_dropout_maps_and_dropout_outside_bypass_is_ignored(tmp_path):
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args module_dropout=0.2")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.module_dropout == 0.2 and not a.down_dropout
+    assert "DBS403" not in codes(outcome) and "bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_dropout_in_bypass_mode_is_refused(tmp_path):
+    outcome = _flux(tmp_path, "--network_args bypass_mode=True dropout=0.1")
+    assert "DBS403" in codes(outcome)
+
+
 def test_switches_off_convert(tmp_path):
     outcome = _flux(tmp_path, "--network_args rank_dropout=0 dora_wd=False bypass_mode=True")
     assert "DBS403" not in codes(outcome)

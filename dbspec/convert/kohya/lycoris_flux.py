@@ -64,9 +64,7 @@ _LOKR_LOHA = (
 )
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
 _OFF = {
-    "dropout": "0",
     "rank_dropout": "0",
-    "module_dropout": "0",
     "use_scalar": "false",
     "train_norm": "false",
     "dora_wd": "false",
@@ -75,9 +73,8 @@ _OFF = {
     "train_t5xxl": "false",
 }
 _WHY_OFF = {
-    "dropout": "LyCORIS's dropout on its LoCon module's output",
-    "rank_dropout": "LyCORIS's LoCon rank dropout (drawn over the fused weight's rows)",
-    "module_dropout": "LyCORIS's module dropout (torch.rand per fused module)",
+    "rank_dropout": "LyCORIS's LoCon rank dropout (one torch.rand over the rebuilt fused update's output rows, "
+    "which dbspec's fused draw, kohya's per-rank mask, is not)",
     "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
     "dora_wd": "weight decomposition of the fused weight",
@@ -101,7 +98,7 @@ _INERT = {
 
 
 def _off(key: str, value: str) -> bool:
-    if key in ("dropout", "rank_dropout", "module_dropout"):
+    if key == "rank_dropout":
         try:
             return float(value or 0) == 0
         except ValueError:
@@ -149,19 +146,8 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
             conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
-    dropout = a["network_dropout"]
-    if dropout.value:
-        conv.unsupported(
-            dropout,
-            "LyCORIS's dropout on its LoCon module's output (create_network's `dropout`, which "
-            "train_network.py passes --network_dropout as) on Flux has no dbspec form yet",
-        )
+    if not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
-    if "bypass_mode" in kwargs:  # no dropout, no DoRA: bypass_forward is the same update, x through down, up
-        conv.inert(
-            Legacy(key=f"{args.key} bypass_mode", value=kwargs.pop("bypass_mode"), source=args.source),
-            "without dropout or dora_wd LoConModule's bypass forward is the same update",
-        )
     flux = family_spec("flux")
     layers, text = _PRESETS[preset]
     why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's LoCon on kohya's Flux")
@@ -212,4 +198,52 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")
+    return True
+
+
+def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
+    """LoConModule.forward (lycoris/modules/locon.py): `module_dropout` is one `torch.rand(1)` per training
+    forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once per
+    fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
+    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode, on the module's output:
+    outside it ignored (DBS405), as LyCORIS rebuilds the weight, W + ΔW, without it; in bypass_mode refused.
+    bypass_mode without that dropout is the same update (x through down and up). False when refused."""
+    bypass_text = kwargs.pop("bypass_mode", "false")
+    bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
+    if "dropout" in kwargs:
+        text = kwargs.pop("dropout")
+        legacy: Legacy = Legacy(key=f"{args.key} dropout", value=text, source=args.source)
+        rate = float(text or 0.0)
+    else:
+        legacy, rate = network_dropout, float(network_dropout.value or 0.0)
+    if rate and bypass:
+        conv.unsupported(
+            legacy,
+            f"{rate:g} with bypass_mode: LyCORIS's bypass forward drops the fused module's output, which "
+            "dbspec's fused layers do not draw",
+        )
+        return False
+    if rate:
+        conv.ignored(
+            legacy,
+            "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
+            "W + ΔW, with no dropout)",
+        )
+    if bypass:
+        conv.inert(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
+            "without dropout or dora_wd LoConModule's bypass forward is the same update",
+        )
+    if "module_dropout" in kwargs:
+        value = float(kwargs.pop("module_dropout") or 0.0)
+        legacy = Legacy(key=f"{args.key} module_dropout", value=value, source=args.source)
+        if value:
+            conv.mapped(
+                legacy,
+                ("adapter", "module_dropout"),
+                value,
+                note="LoConModule: one torch.rand(1) per fused module and training forward, as lora_flux's",
+            )
+        else:
+            conv.inert(legacy, "0 is off")
     return True
