@@ -73,8 +73,8 @@ _OFF = {
     "train_t5xxl": "false",
 }
 _WHY_OFF = {
-    "rank_dropout": "LyCORIS's LoCon rank dropout (one torch.rand over the rebuilt fused update's output rows, "
-    "which dbspec's fused draw, kohya's per-rank mask, is not)",
+    "rank_dropout": "LyCORIS's LoCon rank dropout (one torch.rand over the rebuilt fused update's output "
+    "rows, which dbspec's fused draw, kohya's per-rank mask, is not)",
     "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
     "dora_wd": "weight decomposition of the fused weight",
@@ -203,9 +203,9 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
 
 def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
     """LoConModule.forward (lycoris/modules/locon.py): `module_dropout` is one `torch.rand(1)` per training
-    forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once per
-    fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
-    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode, on the module's output:
+    forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once
+    per fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
+    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode, on its output:
     outside it ignored (DBS405), as LyCORIS rebuilds the weight, W + ΔW, without it; in bypass_mode refused.
     bypass_mode without that dropout is the same update (x through down and up). False when refused."""
     bypass_text = kwargs.pop("bypass_mode", "false")
