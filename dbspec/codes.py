@@ -2552,6 +2552,19 @@ lycoris.kohya network) with `adapter.fused_projections` or `adapter.fused_dropou
 networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network has not.""",
         help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
     ),
+    # LyCORIS LoKr on kohya's fused layers (LokrAdapter.fused_projections): DBS575.
+    Code(
+        "DBS575",
+        ERROR,
+        "A fused LoKr it cannot train",
+        """\
+`adapter.fused_projections` with `kind = "lokr"` trains one LyCORIS LoKr per fused Linear of the original
+model (Flux's q, k, v), its parts updated by their rows of one Kronecker product: every part of a fused layer
+must be adapted (the product spans all its rows), and the options that would draw or rescale per part
+(`rank_dropout`, `module_dropout`, `dora`, `scalar`, `max_norm`) are not there.""",
+        help="adapt every part of each fused layer and remove those options, or set "
+        "adapter.fused_projections = false",
+    ),
     # adapter.form = "kohya" (kohya's networks.oft) against Diag-OFT's LyCORIS options: DBS574.
     Code(
         "DBS574",

@@ -30,7 +30,13 @@ _KEYS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b
 
 
 def lokr_shapes(
-    out_dim: int, in_dim: int, rank: int, factor: int, decompose_both: bool, full_matrix: bool, unbalanced: bool
+    out_dim: int,
+    in_dim: int,
+    rank: int,
+    factor: int,
+    decompose_both: bool,
+    full_matrix: bool,
+    unbalanced: bool,
 ) -> dict[str, tuple[int, int]]:
     """LyCORIS LokrModule's factor shapes for a Linear (lycoris/modules/lokr.py, Linear branch)."""
     in_m, in_n = factorization(in_dim, factor)
@@ -64,7 +70,9 @@ def _init(shapes: dict[str, tuple[int, int]], generator: torch.Generator, like: 
     return params
 
 
-def fused_lokr_layers(module: torch.nn.Module, groups: tuple[FusedPlan, ...]) -> Iterator[tuple[FusedPlan, int, list]]:
+def fused_lokr_layers(
+    module: torch.nn.Module, groups: tuple[FusedPlan, ...]
+) -> Iterator[tuple[FusedPlan, int, list]]:
     """Per block of each fused group: (group, block index, [(part, peft LoKr layer)] of the adapted parts)."""
     from peft.tuners.lokr import LoKrLayer
 
@@ -99,7 +107,9 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
             raise ValueError(f"{where}: LoKr on a fused layer needs every part adapted ({group.parts})")
         first = layers[0][1]
         rank, alpha = first.r[ADAPTER_NAME], float(first.alpha[ADAPTER_NAME])
-        if any((layer.r[ADAPTER_NAME], float(layer.alpha[ADAPTER_NAME])) != (rank, alpha) for _, layer in layers):
+        if any(
+            (layer.r[ADAPTER_NAME], float(layer.alpha[ADAPTER_NAME])) != (rank, alpha) for _, layer in layers
+        ):
             raise ValueError(f"{where}: its parts' LoKr ranks or alphas differ")
         bases = [layer.get_base_layer() for _, layer in layers]
         out_dim, in_dim = sum(b.out_features for b in bases), bases[0].in_features
@@ -134,8 +144,16 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
 
 def fused_factors(layer, adapter: str = ADAPTER_NAME) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused layer's (w1, w2) the part's layer holds."""
-    w1 = layer.lokr_w1[adapter] if adapter in layer.lokr_w1 else layer.lokr_w1_a[adapter] @ layer.lokr_w1_b[adapter]
-    w2 = layer.lokr_w2[adapter] if adapter in layer.lokr_w2 else layer.lokr_w2_a[adapter] @ layer.lokr_w2_b[adapter]
+    w1 = (
+        layer.lokr_w1[adapter]
+        if adapter in layer.lokr_w1
+        else layer.lokr_w1_a[adapter] @ layer.lokr_w1_b[adapter]
+    )
+    w2 = (
+        layer.lokr_w2[adapter]
+        if adapter in layer.lokr_w2
+        else layer.lokr_w2_a[adapter] @ layer.lokr_w2_b[adapter]
+    )
     return w1, w2
 
 

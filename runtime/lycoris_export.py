@@ -62,7 +62,11 @@ def lycoris_state(
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
+        if module is unet and _fused_lokr(unet):  # LoKr on kohya's fused Flux Linears: kohya's Flux names
+            to_path = _flux_original
         for name, weights, alpha in _layers(module):
+            if module is unet and _fused_lokr(unet) and _later_part(module, name):
+                continue  # a fused layer's factors, written once under its first part's (the fused) name
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             for suffix, value in weights.items():
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
@@ -71,6 +75,26 @@ def lycoris_state(
     if not tensors:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
+
+
+def _fused_lokr(unet: nn.Module) -> bool:
+    """Whether the denoiser carries LyCORIS LoKr on fused layers (runtime/fused_lokr.py)."""
+    return any(hasattr(m, "fused_lokr_rows") for m in unet.modules())
+
+
+def _later_part(module: nn.Module, name: str) -> bool:
+    """A fused LoKr part after the first: its factors are the first part's."""
+    found = lora_adapter(module)
+    layer = (found[0] if found else module).get_submodule(name)
+    rows = getattr(layer, "fused_lokr_rows", None)
+    return rows is not None and rows[0] != 0
+
+
+def _flux_original(name: str) -> str:
+    """kohya's Flux module name (library/flux_models.py, `.` for `_`) of a diffusers module path."""
+    from dbspec.runtime.flux_kohya import original_name
+
+    return original_name(name)[0]
 
 
 def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:

@@ -753,6 +753,17 @@ class LokrAdapter:
     )
     scalar: bool = _scalar()
     max_norm: float = _lycoris_max_norm("LoKr")
+    # kohya lycoris.kohya algo=lokr on kohya's Flux: one LoKr on each fused Linear (runtime/fused_lokr.py).
+    fused_projections: bool = option(
+        False,
+        doc="One LoKr per original fused layer, shared by its parts (Flux: attn.to_q, to_k, to_v of each "
+        "double-block stream, and the single blocks' to_q, to_k, to_v and proj_mlp): LyCORIS's LokrModule "
+        "on kohya's fused Linear, its Kronecker factors split from the fused layer's dimensions and each "
+        "part updated by its rows of the one Kronecker product (lycoris.kohya `algo=lokr` with "
+        "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
+        "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
+        "each part has its own LoKr. Families without fused layers refuse it.",
+    )
 
 
 @frozen

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE
+from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, parse_network_args
 from dbspec.families import family_spec
@@ -56,11 +56,11 @@ _NOTHING = {
     "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the start of "
     "each module path, which match nothing in kohya's Flux or CLIP-L",
 }
-_LOKR_LOHA = (
-    "LyCORIS's {algo} module on kohya's fused Linears (double blocks' img_attn.qkv / txt_attn.qkv, single "
-    "blocks' linear1) is one {what} delta of the whole fused weight, whose rows dbspec's diffusers Flux "
-    "holds in separate parts (to_q / to_k / to_v, proj_mlp); dbspec has no fused {algo} adapter yet (only "
-    "algo=lora / locon converts with flux_train_network.py)"
+_LOHA = (
+    "LyCORIS's LoHa module on kohya's fused Linears (double blocks' img_attn.qkv / txt_attn.qkv, single "
+    "blocks' linear1) is one Hadamard-product delta of the whole fused weight, whose rows dbspec's diffusers "
+    "Flux holds in separate parts (to_q / to_k / to_v, proj_mlp); dbspec has no fused LoHa adapter yet "
+    "(algo=lora / locon and lokr convert with flux_train_network.py)"
 )
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
 _OFF = {
@@ -113,15 +113,17 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo in ("lokr", "loha"):
-        what = "Kronecker-product" if algo == "lokr" else "Hadamard-product"
-        conv.unsupported(args, f"algo={algo}: " + _LOKR_LOHA.format(algo=algo, what=what))
+    if algo == "loha":
+        conv.unsupported(args, "algo=loha: " + _LOHA)
         return False
-    if algo not in ("lora", "locon"):
+    if algo not in ("lora", "locon", "lokr"):
         conv.unsupported(
-            args, f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon only"
+            args,
+            f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon and "
+            "lokr only",
         )
         return False
+    lokr = algo == "lokr"
     preset = kwargs.pop("preset", "full") or "full"
     if preset in _NOTHING:
         conv.invalid(
@@ -146,12 +148,13 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
             conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
-    if not _dropouts(kwargs, a["network_dropout"], args, conv):
+    if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
         return False
     flux = family_spec("flux")
     layers, text = _PRESETS[preset]
-    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's LoCon on kohya's Flux")
-    conv.put(("adapter", "kind"), "lora", why)
+    form = "LoKr" if lokr else "LoCon"
+    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {form} on kohya's Flux")
+    conv.put(("adapter", "kind"), "lokr" if lokr else "lora", why)
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     blocks: list[dict[str, Any]] = [
@@ -165,12 +168,19 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         targets = list(_DOUBLE_ATTENTION)
         blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})
         note = "kohya's SelfAttention: the double blocks' img_attn / txt_attn qkv and proj"
+    if lokr:  # LoKr has no [[adapter.blocks]]: full paths keep the final layer (and attn-only's singles) out
+        targets, blocks = _lokr_targets(targets, layers), []
     conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP-L"))
     conv.put(
         ("adapter", "fused_projections"),
         True,
-        conv.comment(module, "one LoCon module (one down-projection) per fused Linear"),
+        conv.comment(
+            module,
+            "one LoKr module (one Kronecker update) per fused Linear"
+            if lokr
+            else "one LoCon module (one down-projection) per fused Linear",
+        ),
     )
     for index, block in enumerate(blocks):
         block_note = conv.comment(module, block.pop("_why"))
@@ -178,7 +188,10 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
             conv.put(("adapter", "blocks", index, key), value, block_note)
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
-    loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
+    if lokr:
+        _lokr_args(kwargs, put, args, conv)
+    else:
+        loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
     for key, value in kwargs.items():
@@ -246,4 +259,63 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
             )
         else:
             conv.inert(legacy, "0 is off")
+    return True
+
+
+def _lokr_targets(targets: list[str], layers: str) -> list[str]:
+    """The preset's Flux targets as LoKr's (no rank-0 blocks): the single blocks' proj_out (linear2) by its
+    full path in each of Flux.1's 38 single blocks (the final layer's Linear shares the name), attn-only's
+    attention by its full path in each of the 19 double blocks (the single blocks' q/k/v share the names)."""
+    if layers == "attention":
+        return [f"transformer_blocks.{i}.{t}" for i in range(NUM_DOUBLE) for t in targets]
+    singles = [f"single_transformer_blocks.{i}.proj_out" for i in range(NUM_SINGLE)]
+    return [t for t in targets if t != "proj_out"] + singles
+
+
+def _lokr_args(kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion) -> None:
+    """LokrModule's own arguments, as the U-Net converter maps them (network.py): `factor` (int),
+    `decompose_both` (the raw string's truth: "False" too is on), `unbalanced_factorization` and `full_matrix`
+    (LyCORIS's str_bool; full_matrix drops decompose_both). The LoRA+ ratios raise `lora_up` parameters,
+    which LoKr has not: ignored."""
+    if "factor" in kwargs:
+        put["factor"] = int(float(kwargs.pop("factor")))
+    if "decompose_both" in kwargs:
+        put["decompose_both"] = bool(kwargs.pop("decompose_both"))
+    if "unbalanced_factorization" in kwargs:
+        put["unbalanced_factorization"] = str(kwargs.pop("unbalanced_factorization")).lower() != "false"
+    if str(kwargs.pop("full_matrix", "false")).lower() != "false":
+        put["full_matrix"] = True
+        put.pop("decompose_both", None)
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            "LyCORIS's LoRA+ raises the rate of the `lora_up` parameters, which algo=lokr has not",
+        )
+
+
+def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
+    """LokrModule (lycoris/modules/lokr.py) never applies its `dropout` (it warns: not implemented), so it and
+    --network_dropout are ignored (DBS405); `module_dropout` (LokrModule's `torch.rand(1)` per fused module,
+    which peft's LoKr parts would each draw) and `bypass_mode` are refused. False when refused."""
+    bypass = kwargs.pop("bypass_mode", "false")
+    if str(bypass).lower() != "false":
+        conv.unsupported(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass, source=args.source),
+            "LokrModule's bypass forward on a fused Linear has no dbspec form yet",
+        )
+        return False
+    module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
+    if module_dropout:
+        conv.unsupported(
+            Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source),
+            "LokrModule's one draw per fused Linear, which dbspec's fused LoKr parts do not share yet",
+        )
+        return False
+    legacy = (
+        Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
+        if "dropout" in kwargs
+        else network_dropout
+    )
+    if legacy.value and float(legacy.value):
+        conv.ignored(legacy, "LyCORIS's LokrModule never applies its dropout (it warns: not implemented)")
     return True
