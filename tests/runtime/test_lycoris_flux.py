@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 from lycoris.modules.locon import LoConModule
+from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file
 
+from dbspec.families import family_spec
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import make_plan
 
@@ -84,3 +86,88 @@ def test_attn_only_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_pat
             theirs = _fused_locon(tensors, name, layer_parts)(x)
         assert not torch.allclose(trained, plain, atol=1e-6), name  # the LoRA trained
         torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+# what the converter writes for `--network_args algo=lokr` (network_dim 2, alpha 1.5): the full preset's
+# targets, the single blocks' proj_out by full path (tiny-flux has one single block)
+_LOKR_TARGETS = [t for t in family_spec("flux").kohya_lora_targets if t != "proj_out"]
+LOKR = (
+    '[adapter]\nkind = "lokr"\nrank = 2\nalpha = 1.5\nfused_projections = true\ndenoiser_targets = ['
+    + ", ".join(f'"{t}"' for t in [*_LOKR_TARGETS, "single_transformer_blocks.0.proj_out"])
+    + "]\n"
+)
+
+
+def _fused_lokr_module(tensors, name: str, parts) -> LokrModule:
+    """lycoris-lora's LokrModule on the fused Linear, loaded from the file (its factor shapes from it)."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    rank = own["lokr_w2_a"].shape[1]
+    module = LokrModule(name, fused, 1.0, rank, own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    return module.eval()
+
+
+def test_lokr_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    extra = LOKR + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts_plan, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts_plan, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    single = transformer.single_transformer_blocks[0]
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    for part in linear1[1:]:  # one set of factors, the first part's
+        assert part.lokr_w1["default"] is single.attn.to_q.lokr_w1["default"]
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert "lora_unet_single_blocks_0_linear1" in names and "lora_unet_double_blocks_0_img_attn_qkv" in names
+    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
+    block = transformer.transformer_blocks[0].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (block.add_q_proj, block.add_k_proj, block.add_v_proj)),
+        ("lora_unet_single_blocks_0_linear1", linear1),  # 112 rows over (8, 14): parts across w1 rows
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in layer_parts], dim=-1)
+            theirs = _fused_lokr_module(tensors, name, layer_parts)(x)
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the LoKr trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+    # dbspec's own adapter folder (final/unet, peft's layout) loads back with the parts' factors tied again
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.single_transformer_blocks[0]
+    assert again.proj_mlp.lokr_w1["default"] is again.attn.to_q.lokr_w1["default"]
+    with torch.no_grad():
+        for ours_part, loaded in zip(
+            linear1, (again.attn.to_q, again.attn.to_k, again.attn.to_v, again.proj_mlp)
+        ):
+            torch.testing.assert_close(
+                loaded(x[:, : loaded.base_layer.in_features]),
+                ours_part(x[:, : ours_part.base_layer.in_features]),
+                rtol=0,
+                atol=1e-6,
+            )
