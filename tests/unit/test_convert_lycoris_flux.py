@@ -1,7 +1,8 @@
 """LyCORIS's lycoris.kohya with flux_train_network.py (dbspec/convert/kohya/lycoris_flux.py): algo=lora /
 locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
-SelfAttention and CLIP-L's attention); LoKr, LoHa, dropouts and the other switches stay DBS403."""
+SelfAttention and CLIP-L's attention); algo=lokr one Kronecker update per fused layer (LokrAdapter
+fused_projections); LoHa, rank dropout and the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -71,11 +72,38 @@ def test_unet_only_preset_has_no_text_encoder_module(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
-@pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_lokr_and_loha_on_fused_layers_are_refused(tmp_path, algo):
-    outcome = _flux(tmp_path, f"--network_args algo={algo}")
+def test_loha_on_fused_layers_is_refused(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=loha")
     assert "DBS403" in codes(outcome)
     assert "fused" in messages(outcome, "DBS403")
+
+
+def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--network_train_unet_only --network_args algo=lokr factor=16 decompose_both=True "
+        "loraplus_lr_ratio=4 dropout=0.1",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.factor, a.decompose_both) == ("lokr", 8, 4.0, 16, True)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    targets = list(a.denoiser_targets)
+    assert "proj_out" not in targets and "single_transformer_blocks.37.proj_out" in targets
+    assert "DBS403" not in codes(outcome)
+    assert "lora_up" in messages(outcome, "DBS405") and "not implemented" in messages(outcome, "DBS405")
+    assert plan_of(outcome, tmp_path).checkpoints.exports == ("kohya_lora",)
+
+
+def test_lokr_attn_only_names_the_double_blocks(tmp_path):
+    a = plan_of(_flux(tmp_path, "--network_args algo=lokr preset=attn-only"), tmp_path).adapter
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    assert all(t.startswith("transformer_blocks.") for t in a.denoiser_targets)
+    assert len(a.denoiser_targets) == 19 * 8
+
+
+@pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True", "rank_dropout=0.1"])
+def test_lokr_per_module_draws_are_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=lokr {arg}"))
 
 
 @pytest.mark.parametrize("arg", ["rank_dropout=0.1", "dora_wd=True", "use_scalar=True", "train_t5xxl=True"])
