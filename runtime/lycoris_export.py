@@ -78,16 +78,17 @@ def lycoris_state(
 
 
 def _fused_lokr(unet: nn.Module) -> bool:
-    """Whether the denoiser carries LyCORIS LoKr on fused layers (runtime/fused_lokr.py)."""
-    return any(hasattr(m, "fused_lokr_rows") for m in unet.modules())
+    """Whether the denoiser carries LyCORIS LoKr or LoHa on fused layers (runtime/fused_lokr.py,
+    fused_loha.py)."""
+    return any(hasattr(m, "fused_lokr_rows") or hasattr(m, "fused_loha_parts") for m in unet.modules())
 
 
 def _later_part(module: nn.Module, name: str) -> bool:
-    """A fused LoKr part after the first: its factors are the first part's."""
+    """A fused LoKr / LoHa part after the first: the fused layer is written under the first part's name."""
     found = lora_adapter(module)
     layer = (found[0] if found else module).get_submodule(name)
     rows = getattr(layer, "fused_lokr_rows", None)
-    return rows is not None and rows[0] != 0
+    return (rows is not None and rows[0] != 0) or getattr(layer, "fused_loha_later", False)
 
 
 def _flux_original(name: str) -> str:
@@ -143,6 +144,10 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
             keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
             weights = {key: getattr(layer, key)[adapter] for key in keys}
+            if hasattr(layer, "fused_loha_parts"):  # the fused layer's rows (runtime/fused_loha.py)
+                from dbspec.runtime.fused_loha import fused_loha_weights
+
+                weights = fused_loha_weights(layer)
             found = weights, float(layer.scaling[adapter]) * layer.r[adapter]
         elif isinstance(layer, LoKrLayer) and adapter in layer.r:
             found = _lokr(name, layer, adapter)

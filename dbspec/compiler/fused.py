@@ -15,7 +15,7 @@ import re
 from dbspec.compiler.context import Context
 from dbspec.families import FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
-from dbspec.spec.model import LokrAdapter, LoraAdapter
+from dbspec.spec.model import LohaAdapter, LokrAdapter, LoraAdapter
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
 _OPTION = ("adapter", "fused_projections")
@@ -53,7 +53,7 @@ def _adapted(
 def fused_plan(adapter, family: str, plan: AdapterPlan) -> tuple[FusedPlan, ...]:
     """The family's fused layers with at least one adapted part, when the spec asks for fused projections
     (LoRA: shared down-projections; LoKr: one Kronecker update per fused layer, runtime/fused_lokr.py)."""
-    if not isinstance(adapter, (LoraAdapter, LokrAdapter)) or not adapter.fused_projections:
+    if not isinstance(adapter, (LoraAdapter, LohaAdapter, LokrAdapter)) or not adapter.fused_projections:
         return ()
     return tuple(
         FusedPlan(name=g.kohya_name, blocks=g.blocks, parts=g.parts)
@@ -102,9 +102,9 @@ def check_fused_dropout(ctx: Context, family: str) -> None:
 
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
-    if not isinstance(adapter, (LoraAdapter, LokrAdapter)) or not adapter.fused_projections:
+    if not isinstance(adapter, (LoraAdapter, LohaAdapter, LokrAdapter)) or not adapter.fused_projections:
         return
-    lokr = isinstance(adapter, LokrAdapter)
+    lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
     if lokr:
         _check_fused_lokr(ctx, adapter, family)
     spec = family_spec(family)
@@ -147,8 +147,8 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
         ctx.report(
             "DBS575",
             "error",
-            "adapter.fused_projections with LoKr: one Kronecker update spans every row of a fused layer, so "
-            f"every part must be adapted: {'; '.join(partial)}",
+            f"adapter.fused_projections with {adapter.kind}: LyCORIS's module spans every row of a fused "
+            f"layer, so every part must be adapted: {'; '.join(partial)}",
             ("adapter", "denoiser_targets"),
             help="add the missing parts to adapter.denoiser_targets (or leave the whole fused layer out)",
         )
@@ -173,7 +173,7 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
     return plan
 
 
-def _check_fused_lokr(ctx: Context, adapter: LokrAdapter, family: str) -> None:
+def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
     """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: dropouts (peft's LoKr draws them per
     part), LyCORIS's weight decomposition, scalar and max norm; and a family other than kohya's Flux layout
     (its file names the fused layers by runtime/flux_kohya.py's original names; the registry's
@@ -183,8 +183,8 @@ def _check_fused_lokr(ctx: Context, adapter: LokrAdapter, family: str) -> None:
         ctx.report(
             "DBS575",
             "error",
-            f"adapter.fused_projections with LoKr is written in kohya's Flux layout, which {spec.title} "
-            "models have not",
+            f"adapter.fused_projections with {adapter.kind} is written in kohya's Flux layout, which "
+            f"{spec.title} models have not",
             _OPTION,
             help="set adapter.fused_projections = false",
         )
@@ -203,8 +203,8 @@ def _check_fused_lokr(ctx: Context, adapter: LokrAdapter, family: str) -> None:
         ctx.report(
             "DBS575",
             "error",
-            f"adapter.fused_projections with LoKr has no {', '.join(found)}: its parts share one Kronecker "
-            "update, which those would draw or rescale per part",
+            f"adapter.fused_projections with {adapter.kind} has no {', '.join(found)}: its parts share one "
+            "LyCORIS update, which those would draw or rescale per part",
             _OPTION,
             help=f"remove {', '.join(found)}, or set adapter.fused_projections = false",
         )

@@ -320,9 +320,9 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
 
 
 def _fused_lokr(adapter: Adapter) -> bool:
-    """lycoris.kohya algo=lokr on kohya's fused Flux layers (LokrAdapter.fused_projections): LyCORIS's file
+    """lycoris.kohya algo=lokr / loha on kohya's fused Flux layers (their fused_projections): LyCORIS's file
     under kohya's Flux module names (compiler/fused.py refuses it in other families)."""
-    return isinstance(adapter, LokrAdapter) and adapter.fused_projections
+    return isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.fused_projections
 
 
 def _written(formats: tuple[str, ...]) -> str:

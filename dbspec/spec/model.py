@@ -700,6 +700,17 @@ class LohaAdapter:
     dora_axis: Literal["output", "input"] = _dora_axis()
     scalar: bool = _scalar()
     max_norm: float = _lycoris_max_norm("LoHa")
+    # kohya lycoris.kohya algo=loha on kohya's Flux: one LoHa on each fused Linear (runtime/fused_loha.py).
+    fused_projections: bool = option(
+        False,
+        doc="One LoHa per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp): LyCORIS's LohaModule on kohya's fused "
+        "Linear, whose Hadamard update's rows are the parts': each part keeps its rows of `hada_w1_a` / "
+        "`hada_w2_a` and the parts share `hada_w1_b` / `hada_w2_b` (lycoris.kohya `algo=loha` with "
+        "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
+        "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
+        "each part has its own LoHa. Families without fused layers refuse it.",
+    )
 
 
 @frozen

@@ -1,6 +1,6 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
-library/flux_models.py Flux) into [adapter]: algo=lora / locon, exactly; LoKr, LoHa and the other algos are
-refused (DBS403).
+library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr and loha; the other algos are refused
+(DBS403).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -22,8 +22,13 @@ on each fused Linear; LoConModule on a Linear is `org + (up @ down) x * alpha / 
 zero up), so algo=lora on Flux is networks.lora_flux's network with shared down-projections
 (`adapter.fused_projections = true`) and its file the lora_down / lora_up / alpha layout kohya writes, which
 lycoris-lora's loader loads back onto kohya's Flux (checked in the scratch run). LoKr and LoHa on a fused
-Linear are a Kronecker / Hadamard delta of the whole fused weight, whose rows dbspec's diffusers Flux holds in
-separate parts: no dbspec adapter computes them yet."""
+Linear are one Kronecker / Hadamard delta of the whole fused weight, whose rows dbspec's diffusers Flux holds
+in separate parts: `kind = "lokr"` / `"loha"` with `fused_projections = true` (runtime/fused_lokr.py: the
+factors shared by the parts, each its rows of the Kronecker product; runtime/fused_loha.py: the parts' own
+w1_a / w2_a rows, w1_b / w2_b shared), written in LyCORIS's layout under kohya's Flux names, which
+lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the trained outputs (scratch
+run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
+through full-path targets."""
 
 from __future__ import annotations
 
@@ -56,12 +61,6 @@ _NOTHING = {
     "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the start of "
     "each module path, which match nothing in kohya's Flux or CLIP-L",
 }
-_LOHA = (
-    "LyCORIS's LoHa module on kohya's fused Linears (double blocks' img_attn.qkv / txt_attn.qkv, single "
-    "blocks' linear1) is one Hadamard-product delta of the whole fused weight, whose rows dbspec's diffusers "
-    "Flux holds in separate parts (to_q / to_k / to_v, proj_mlp); dbspec has no fused LoHa adapter yet "
-    "(algo=lora / locon and lokr convert with flux_train_network.py)"
-)
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
 _OFF = {
     "rank_dropout": "0",
@@ -113,17 +112,14 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo == "loha":
-        conv.unsupported(args, "algo=loha: " + _LOHA)
-        return False
-    if algo not in ("lora", "locon", "lokr"):
+    if algo not in ("lora", "locon", "lokr", "loha"):
         conv.unsupported(
             args,
-            f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon and "
-            "lokr only",
+            f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon, lokr and "
+            "loha only",
         )
         return False
-    lokr = algo == "lokr"
+    lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
     preset = kwargs.pop("preset", "full") or "full"
     if preset in _NOTHING:
         conv.invalid(
@@ -152,9 +148,9 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         return False
     flux = family_spec("flux")
     layers, text = _PRESETS[preset]
-    form = "LoKr" if lokr else "LoCon"
+    form = {"lokr": "LoKr", "loha": "LoHa"}.get(algo, "LoCon")
     why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {form} on kohya's Flux")
-    conv.put(("adapter", "kind"), "lokr" if lokr else "lora", why)
+    conv.put(("adapter", "kind"), algo if lokr else "lora", why)
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     blocks: list[dict[str, Any]] = [
@@ -177,7 +173,7 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         True,
         conv.comment(
             module,
-            "one LoKr module (one Kronecker update) per fused Linear"
+            f"one {form} module (one {'Kronecker' if algo == 'lokr' else 'Hadamard'} update) per fused Linear"
             if lokr
             else "one LoCon module (one down-projection) per fused Linear",
         ),
@@ -189,7 +185,7 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     if lokr:
-        _lokr_args(kwargs, put, args, conv)
+        _lokr_args(kwargs, put, args, conv, algo)
     else:
         loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
     for key, value in put.items():
@@ -272,11 +268,21 @@ def _lokr_targets(targets: list[str], layers: str) -> list[str]:
     return [t for t in targets if t != "proj_out"] + singles
 
 
-def _lokr_args(kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion) -> None:
+def _lokr_args(
+    kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion, algo: str
+) -> None:
     """LokrModule's own arguments, as the U-Net converter maps them (network.py): `factor` (int),
     `decompose_both` (the raw string's truth: "False" too is on), `unbalanced_factorization` and `full_matrix`
-    (LyCORIS's str_bool; full_matrix drops decompose_both). The LoRA+ ratios raise `lora_up` parameters,
-    which LoKr has not: ignored."""
+    (LyCORIS's str_bool; full_matrix drops decompose_both); with algo=loha LyCORIS reads none of them
+    (ignored). The LoRA+ ratios raise `lora_up` parameters, which LoKr and LoHa have not: ignored."""
+    if algo == "loha":
+        for key in [
+            k for k in ("factor", "decompose_both", "unbalanced_factorization", "full_matrix") if k in kwargs
+        ]:
+            conv.ignored(
+                Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+                "LyCORIS reads it for LoKr only, not algo=loha",
+            )
     if "factor" in kwargs:
         put["factor"] = int(float(kwargs.pop("factor")))
     if "decompose_both" in kwargs:
@@ -289,26 +295,27 @@ def _lokr_args(kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: 
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
-            "LyCORIS's LoRA+ raises the rate of the `lora_up` parameters, which algo=lokr has not",
+            f"LyCORIS's LoRA+ raises the rate of the `lora_up` parameters, which algo={algo} has not",
         )
 
 
 def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
-    """LokrModule (lycoris/modules/lokr.py) never applies its `dropout` (it warns: not implemented), so it and
-    --network_dropout are ignored (DBS405); `module_dropout` (LokrModule's `torch.rand(1)` per fused module,
-    which peft's LoKr parts would each draw) and `bypass_mode` are refused. False when refused."""
+    """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) never apply their `dropout` (they warn:
+    not implemented), so it and --network_dropout are ignored (DBS405); `module_dropout` (one `torch.rand(1)`
+    per fused module, which peft's parts would each draw) and `bypass_mode` are refused. False when
+    refused."""
     bypass = kwargs.pop("bypass_mode", "false")
     if str(bypass).lower() != "false":
         conv.unsupported(
             Legacy(key=f"{args.key} bypass_mode", value=bypass, source=args.source),
-            "LokrModule's bypass forward on a fused Linear has no dbspec form yet",
+            "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
         )
         return False
     module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
     if module_dropout:
         conv.unsupported(
             Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source),
-            "LokrModule's one draw per fused Linear, which dbspec's fused LoKr parts do not share yet",
+            "LyCORIS's one draw per fused Linear, which dbspec's fused LoKr / LoHa parts do not share yet",
         )
         return False
     legacy = (
@@ -317,5 +324,5 @@ def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy
         else network_dropout
     )
     if legacy.value and float(legacy.value):
-        conv.ignored(legacy, "LyCORIS's LokrModule never applies its dropout (it warns: not implemented)")
+        conv.ignored(legacy, "LyCORIS's LoKr and LoHa never apply their dropout (they warn: not implemented)")
     return True
