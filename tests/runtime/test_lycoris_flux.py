@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from lycoris.modules.loha import LohaModule
 from lycoris.modules.locon import LoConModule
 from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file
@@ -171,3 +172,58 @@ def test_lokr_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
                 rtol=0,
                 atol=1e-6,
             )
+
+
+def _fused_loha_module(tensors, name: str, parts) -> LohaModule:
+    """lycoris-lora's LohaModule on the fused Linear, loaded from the file."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    module = LohaModule(name, fused, 1.0, own["hada_w1_b"].shape[0], own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    return module.eval()
+
+
+def test_loha_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    extra = (
+        LOKR.replace('kind = "lokr"', 'kind = "loha"')
+        + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    )
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts_plan, stop_after=2)
+    second = execute(parts_plan, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    single = transformer.single_transformer_blocks[0]
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    for part in linear1[1:]:  # the input-side factors shared, the row factors each part's own
+        assert part.hada_w1_b["default"] is single.attn.to_q.hada_w1_b["default"]
+        assert part.hada_w1_a["default"] is not single.attn.to_q.hada_w1_a["default"]
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    assert tensors["lora_unet_single_blocks_0_linear1.hada_w1_a"].shape[0] == 112  # 16 x 3 + 64 rows
+    block = transformer.transformer_blocks[0].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_single_blocks_0_linear1", linear1),
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in layer_parts], dim=-1)
+            theirs = _fused_loha_module(tensors, name, layer_parts)(x)
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the LoHa trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)

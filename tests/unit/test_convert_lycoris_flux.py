@@ -1,8 +1,8 @@
 """LyCORIS's lycoris.kohya with flux_train_network.py (dbspec/convert/kohya/lycoris_flux.py): algo=lora /
 locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
-SelfAttention and CLIP-L's attention); algo=lokr one Kronecker update per fused layer (LokrAdapter
-fused_projections); LoHa, rank dropout and the other switches stay DBS403."""
+SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
+(their fused_projections); rank dropout, the other algos and switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -72,10 +72,17 @@ def test_unet_only_preset_has_no_text_encoder_module(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
-def test_loha_on_fused_layers_is_refused(tmp_path):
-    outcome = _flux(tmp_path, "--network_args algo=loha")
-    assert "DBS403" in codes(outcome)
-    assert "fused" in messages(outcome, "DBS403")
+def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
+    outcome = _flux(tmp_path, "--network_train_unet_only --network_args algo=loha factor=4")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3", "diag-oft", "glora", "dylora"])
+def test_other_algos_are_refused(tmp_path, algo):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
 
 
 def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):
@@ -101,9 +108,10 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
     assert len(a.denoiser_targets) == 19 * 8
 
 
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
 @pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True", "rank_dropout=0.1"])
-def test_lokr_per_module_draws_are_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=lokr {arg}"))
+def test_lokr_and_loha_per_module_draws_are_refused(tmp_path, algo, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} {arg}"))
 
 
 @pytest.mark.parametrize("arg", ["rank_dropout=0.1", "dora_wd=True", "use_scalar=True", "train_t5xxl=True"])

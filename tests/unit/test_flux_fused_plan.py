@@ -184,8 +184,9 @@ def test_parts_at_different_learning_rates_are_refused(toy: Path):
 _LOKR_TARGETS = [t for t in KOHYA if t != "proj_out"] + ["single_transformer_blocks.0.proj_out"]
 
 
-def test_lokr_on_every_part_plans_the_fused_layers(toy: Path):
-    adapter = {"kind": "lokr", "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lokr_and_loha_on_every_part_plan_the_fused_layers(toy: Path, kind):
+    adapter = {"kind": kind, "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
     write_spec(toy, model=FLUX, adapter=adapter)
     plan = planned_ok(toy)
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
