@@ -2547,9 +2547,11 @@ evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`, `log`) 
         ERROR,
         "LyCORIS's rank dropout on fused layers",
         """\
-`adapter.rank_dropout_form = "lycoris"` or `"lycoris_bypass"` (LyCORIS LoCon's rank dropout, kohya's
-lycoris.kohya network) with `adapter.fused_projections` or `adapter.fused_dropout`: those share kohya
-networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network has not.""",
+`adapter.rank_dropout_form = "lycoris_bypass"` (LyCORIS LoCon's bypass rank dropout, kohya's lycoris.kohya
+network) with `adapter.fused_projections`, or `"lycoris"` / `"lycoris_bypass"` with `adapter.fused_dropout`:
+those share kohya networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network
+has not. (`"lycoris"` with `fused_projections` is LoConModule on kohya's fused Flux Linear: one row mask over
+the whole layer.)""",
         help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
     ),
     # LyCORIS LoKr on kohya's fused layers (LokrAdapter.fused_projections): DBS575.

@@ -83,7 +83,13 @@ def _prepare(
                 from dbspec.runtime.fused_dropout import add_fused_dropout  # one draw per fused layer
 
                 add_fused_dropout(
-                    module, plan.adapter.fused, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout
+                    module,
+                    plan.adapter.fused,
+                    a.rank_dropout,
+                    a.module_dropout,
+                    a.multiplier,
+                    a.down_dropout,
+                    a.rank_dropout_form,
                 )
             if plan.adapter.split_fused and denoiser:
                 from dbspec.runtime.fused_dropout import add_split_dropout  # kohya's split_qkv draws

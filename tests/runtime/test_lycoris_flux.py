@@ -227,3 +227,20 @@ def test_loha_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
             theirs = _fused_loha_module(tensors, name, layer_parts)(x)
         assert not torch.allclose(trained, plain, atol=1e-7), name  # the LoHa trained
         torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+def test_locon_dropouts_on_fused_layers_resume_bit_exact(tmp_path):
+    """LoConModule's module dropout and row-mask rank dropout (rank_dropout_form "lycoris"), drawn once per
+    fused layer (runtime/fused_dropout.py), train and resume bit-exact."""
+    dropouts = 'rank_dropout = 0.3\nrank_dropout_form = "lycoris"\nmodule_dropout = 0.2\n'
+    extra = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + dropouts)
+    extra += "\n[checkpoints]\nevery = 2\n"
+    whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra), keep_models=True)
+    parts = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts, stop_after=2)
+    second = execute(parts, resume=True, keep_models=True)
+    assert whole.status == second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name

@@ -2,7 +2,8 @@
 locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
-(their fused_projections); rank dropout, the other algos and switches stay DBS403."""
+(their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; the other algos,
+LoKr / LoHa dropouts and the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -114,7 +115,18 @@ def test_lokr_and_loha_per_module_draws_are_refused(tmp_path, algo, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} {arg}"))
 
 
-@pytest.mark.parametrize("arg", ["rank_dropout=0.1", "dora_wd=True", "use_scalar=True", "train_t5xxl=True"])
+def test_locon_rank_dropout_is_lycoris_row_mask_over_each_fused_layer(tmp_path):
+    outcome = _flux(tmp_path, "--network_args rank_dropout=0.1 module_dropout=0.05")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (0.1, "lycoris", 0.05)
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_locon_bypass_rank_dropout_is_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
+
+
+@pytest.mark.parametrize("arg", ["dora_wd=True", "use_scalar=True", "train_t5xxl=True"])
 def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
 

@@ -63,7 +63,6 @@ _NOTHING = {
 }
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
 _OFF = {
-    "rank_dropout": "0",
     "use_scalar": "false",
     "train_norm": "false",
     "dora_wd": "false",
@@ -72,8 +71,6 @@ _OFF = {
     "train_t5xxl": "false",
 }
 _WHY_OFF = {
-    "rank_dropout": "LyCORIS's LoCon rank dropout (one torch.rand over the rebuilt fused update's output "
-    "rows, which dbspec's fused draw, kohya's per-rank mask, is not)",
     "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
     "dora_wd": "weight decomposition of the fused weight",
@@ -97,11 +94,6 @@ _INERT = {
 
 
 def _off(key: str, value: str) -> bool:
-    if key == "rank_dropout":
-        try:
-            return float(value or 0) == 0
-        except ValueError:
-            return False
     return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
 
 
@@ -243,6 +235,22 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
             Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
             "without dropout or dora_wd LoConModule's bypass forward is the same update",
         )
+    rank = float(kwargs.pop("rank_dropout", 0) or 0)
+    if rank and bypass:
+        conv.unsupported(
+            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
+            "LoConModule's bypass rank dropout (one torch.rand(rank) per fused module) has no fused form in "
+            "dbspec yet",
+        )
+        return False
+    if rank:  # LoConModule.make_weight: one torch.rand over the fused update's output rows, kept unscaled
+        legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
+        conv.mapped(legacy, ("adapter", "rank_dropout"), rank)
+        conv.put(
+            ("adapter", "rank_dropout_form"),
+            "lycoris",
+            conv.comment(args, "LoConModule: one row mask over each fused layer's update"),
+        )
     if "module_dropout" in kwargs:
         value = float(kwargs.pop("module_dropout") or 0.0)
         legacy = Legacy(key=f"{args.key} module_dropout", value=value, source=args.source)
@@ -309,6 +317,14 @@ def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy
         conv.unsupported(
             Legacy(key=f"{args.key} bypass_mode", value=bypass, source=args.source),
             "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
+        )
+        return False
+    rank = float(kwargs.pop("rank_dropout", 0) or 0)
+    if rank:
+        conv.unsupported(
+            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
+            "LyCORIS's LoKr / LoHa rank dropout (one torch.rand over the fused update's rows), which "
+            "dbspec's fused LoKr / LoHa parts do not share yet",
         )
         return False
     module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
