@@ -2554,16 +2554,18 @@ has not. (`"lycoris"` with `fused_projections` is LoConModule on kohya's fused F
 the whole layer.)""",
         help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
     ),
-    # LyCORIS LoKr on kohya's fused layers (LokrAdapter.fused_projections): DBS575.
+    # LyCORIS LoKr / LoHa on kohya's fused layers (their fused_projections): DBS575.
     Code(
         "DBS575",
         ERROR,
-        "A fused LoKr it cannot train",
+        "A fused LoKr or LoHa it cannot train",
         """\
 `adapter.fused_projections` with `kind = "lokr"` trains one LyCORIS LoKr per fused Linear of the original
 model (Flux's q, k, v), its parts updated by their rows of one Kronecker product: every part of a fused layer
 must be adapted (the product spans all its rows), and the options that would draw or rescale per part
-(`rank_dropout`, `module_dropout`, `dora`, `scalar`, `max_norm`) are not there.""",
+(`rank_dropout`, `module_dropout`, `dora`, `scalar`, `max_norm`) are not there. `kind = "loha"` likewise
+(each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` / `hada_w2_b`). Both are
+written in kohya's Flux layout only, and train under `distributed.strategy = "ddp"` only.""",
         help="adapt every part of each fused layer and remove those options, or set "
         "adapter.fused_projections = false",
     ),

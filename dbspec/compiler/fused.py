@@ -188,6 +188,16 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             _OPTION,
             help="set adapter.fused_projections = false",
         )
+    strategy = ctx.spec.distributed.strategy
+    if strategy != "ddp":  # shards of the shared factors: untested (tied Parameters across wrapped modules)
+        ctx.report(
+            "DBS575",
+            "error",
+            f'adapter.fused_projections with {adapter.kind} under distributed.strategy = "{strategy}": the '
+            "parts' shared factors are not sharded there",
+            ("distributed", "strategy"),
+            help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
+        )
     found = [
         name
         for name, on in (

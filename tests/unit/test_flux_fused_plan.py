@@ -216,3 +216,11 @@ def test_lokr_on_sd3_fused_layers_is_refused(toy: Path):
     planned = compile_in(toy)
     assert "DBS575" in codes(planned, "error")
     assert "kohya's Flux layout" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
+
+
+def test_lokr_under_fsdp_is_refused(toy: Path):
+    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[distributed]\nstrategy = "fsdp"\n')
+    assert "DBS575" in codes(compile_in(toy), "error")
