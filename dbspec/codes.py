@@ -2576,9 +2576,11 @@ evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`, `log`) 
         ERROR,
         "LyCORIS's rank dropout on fused layers",
         """\
-`adapter.rank_dropout_form = "lycoris"` or `"lycoris_bypass"` (LyCORIS LoCon's rank dropout, kohya's
-lycoris.kohya network) with `adapter.fused_projections` or `adapter.fused_dropout`: those share kohya
-networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network has not.""",
+`adapter.rank_dropout_form = "lycoris_bypass"` (LyCORIS LoCon's bypass rank dropout, kohya's lycoris.kohya
+network) with `adapter.fused_projections`, or `"lycoris"` / `"lycoris_bypass"` with `adapter.fused_dropout`:
+those share kohya networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network
+has not. (`"lycoris"` with `fused_projections` is LoConModule on kohya's fused Flux Linear: one row mask over
+the whole layer.)""",
         help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
     ),
     # adapter.form = "kohya" (kohya's networks.oft) against Diag-OFT's LyCORIS options: DBS574.
@@ -2594,6 +2596,21 @@ alone). `block_count` and `init_weights` (kohya's networks.oft file) mean nothin
 (`block_size` is its hint).""",
         help='with form = "kohya": set adapter.block_count >= 1, remove rescaled / bypass / max_norm, train '
         'no text encoder; with form = "lycoris": remove adapter.block_count and adapter.init_weights',
+    ),
+    # LyCORIS LoKr / LoHa on kohya's fused layers (their fused_projections): DBS575.
+    Code(
+        "DBS575",
+        ERROR,
+        "A fused LoKr or LoHa it cannot train",
+        """\
+`adapter.fused_projections` with `kind = "lokr"` trains one LyCORIS LoKr per fused Linear of the original
+model (Flux's q, k, v), its parts updated by their rows of one Kronecker product: every part of a fused layer
+must be adapted (the product spans all its rows), and the options that would draw or rescale per part
+(`rank_dropout`, `module_dropout`, `dora`, `scalar`, `max_norm`) are not there. `kind = "loha"` likewise
+(each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` / `hada_w2_b`). Both are
+written in kohya's Flux layout only, and train under `distributed.strategy = "ddp"` only.""",
+        help="adapt every part of each fused layer and remove those options, or set "
+        "adapter.fused_projections = false",
     ),
 )
 

@@ -16,6 +16,7 @@ training the parts run peft's forward."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -27,8 +28,11 @@ from dbspec.runtime.fused import fused_layers
 class FusedDraw:
     """One fused layer's dropout draw, shared by its `parts` adapted parts for one forward."""
 
-    def __init__(self, parts: int):
+    def __init__(self, parts: int, rows: int = 0):
         self.parts = parts
+        self.rows = (
+            rows  # rank_dropout_form "lycoris": the fused layer's output rows (LoConModule.make_weight)
+        )
         self.left = 0  # parts still to apply the current draw
         self.skip = False
         self.down: torch.Tensor | None = None  # network dropout's scaled mask (1 / (1 - p) where kept)
@@ -43,7 +47,9 @@ class FusedDraw:
                 lx = lx_shape_of()
                 if down_dropout:
                     self.down = torch.nn.functional.dropout(torch.ones_like(lx), p=down_dropout)
-                if rank_dropout:
+                if rank_dropout and self.rows:  # LyCORIS LoCon: the fused update's output rows
+                    self.rank = torch.rand(self.rows, device=lx.device) > rank_dropout
+                elif rank_dropout:
                     self.rank = torch.rand((lx.size(0), rank), device=lx.device) > rank_dropout
             self.left = self.parts
         self.left -= 1
@@ -57,23 +63,43 @@ def add_fused_dropout(
     module_dropout: float,
     multiplier: float = 1.0,
     down_dropout: float = 0.0,
+    form: str = "kohya",
 ) -> int:
     """Wrap the forward of the tied parts of every fused layer in `module` with one shared draw per layer
-    and forward; marks them so runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped."""
+    and forward; marks them so runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped.
+    `form` "lycoris" (kohya's lycoris.kohya LoCon on kohya's Flux: LoConModule.make_weight): the rank
+    dropout is one `torch.rand(rows)` over the whole fused layer's output rows (every part's, adapted or
+    not), each part keeping its rows' mask, unscaled."""
     wrapped = 0
-    for _, found in fused_layers(module, fused):
+    for group, found in fused_layers(module, fused):
         layers = [layer for _, layer in found if not layer.use_dora.get(ADAPTER_NAME)]  # DoRA: peft's own
         first = layers[0].lora_A[ADAPTER_NAME].weight if layers else None
         shared = [layer for layer in layers if layer.lora_A[ADAPTER_NAME].weight is first]
         if len(shared) < 2:
             continue
-        draw = FusedDraw(len(shared))
-        for layer in shared:
+        offsets = _row_offsets(module, group, shared[0]) if form == "lycoris" else {}
+        draw = FusedDraw(len(shared), offsets.pop("", 0))
+        for index, layer in [(i, layer) for i, layer in found if layer in shared]:
             masks = _shared_masks(draw, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
-            layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier)
+            rows = offsets.get(group.parts[index])
+            layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier, rows)
             layer.dbspec_fused_draw = draw
         wrapped += 1
     return wrapped
+
+
+def _row_offsets(module: torch.nn.Module, group: FusedPlan, layer) -> dict[str, Any]:
+    """The fused layer's parts' (start, stop) output rows in the original layer's order, and its row count
+    under "", from the block holding `layer` (unadapted parts count: LyCORIS draws over every row)."""
+    block = next(b for b in module.get_submodule(group.blocks) if any(m is layer for m in b.modules()))
+    offsets: dict[str, Any] = {}
+    start = 0
+    for part in group.parts:
+        width = int(block.get_submodule(part).out_features)
+        offsets[part] = (start, start + width)
+        start += width
+    offsets[""] = start
+    return offsets
 
 
 # A part's masks for one forward: (skip, down mask or None, rank mask or None); `down()` is its down output.
@@ -88,8 +114,9 @@ def _shared_masks(draw: FusedDraw, module_dropout, down_dropout, rank_dropout, r
     return masks
 
 
-def _forward(layer, peft_forward, masks: Masks, rank_dropout: float, multiplier: float):
-    """The part's LoRA forward with the masks its layer's draw gives it while training; peft's otherwise."""
+def _forward(layer, peft_forward, masks: Masks, rank_dropout: float, multiplier: float, rows=None):
+    """The part's LoRA forward with the masks its layer's draw gives it while training; peft's otherwise.
+    `rows`: the part's (start, stop) rows of a LyCORIS row mask (rank_dropout_form "lycoris")."""
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
@@ -113,6 +140,10 @@ def _forward(layer, peft_forward, masks: Masks, rank_dropout: float, multiplier:
         out = down()
         if down_mask is not None:
             out = out * down_mask
+        if rank_mask is not None and rows is not None:  # LoConModule: ΔW's output rows, unscaled
+            update = lora_b(out)
+            keep = rank_mask[rows[0] : rows[1]].to(update.dtype)
+            return (result + update * keep * scale).to(result.dtype)
         if rank_mask is not None:
             if out.dim() == 3:
                 rank_mask = rank_mask.unsqueeze(1)

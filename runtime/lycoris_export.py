@@ -62,7 +62,11 @@ def lycoris_state(
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
+        if module is unet and _fused_lokr(unet):  # LoKr on kohya's fused Flux Linears: kohya's Flux names
+            to_path = _flux_original
         for name, weights, alpha in _layers(module):
+            if module is unet and _fused_lokr(unet) and _later_part(module, name):
+                continue  # a fused layer's factors, written once under its first part's (the fused) name
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             for suffix, value in weights.items():
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
@@ -71,6 +75,27 @@ def lycoris_state(
     if not tensors:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
+
+
+def _fused_lokr(unet: nn.Module) -> bool:
+    """Whether the denoiser carries LyCORIS LoKr or LoHa on fused layers (runtime/fused_lokr.py,
+    fused_loha.py)."""
+    return any(hasattr(m, "fused_lokr_rows") or hasattr(m, "fused_loha_parts") for m in unet.modules())
+
+
+def _later_part(module: nn.Module, name: str) -> bool:
+    """A fused LoKr / LoHa part after the first: the fused layer is written under the first part's name."""
+    found = lora_adapter(module)
+    layer = (found[0] if found else module).get_submodule(name)
+    rows = getattr(layer, "fused_lokr_rows", None)
+    return (rows is not None and rows[0] != 0) or getattr(layer, "fused_loha_later", False)
+
+
+def _flux_original(name: str) -> str:
+    """kohya's Flux module name (library/flux_models.py, `.` for `_`) of a diffusers module path."""
+    from dbspec.runtime.flux_kohya import original_name
+
+    return original_name(name)[0]
 
 
 def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
@@ -119,6 +144,10 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
         elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
             keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
             weights = {key: getattr(layer, key)[adapter] for key in keys}
+            if hasattr(layer, "fused_loha_parts"):  # the fused layer's rows (runtime/fused_loha.py)
+                from dbspec.runtime.fused_loha import fused_loha_weights
+
+                weights = fused_loha_weights(layer)
             found = weights, float(layer.scaling[adapter]) * layer.r[adapter]
         elif isinstance(layer, LoKrLayer) and adapter in layer.r:
             found = _lokr(name, layer, adapter)

@@ -71,7 +71,15 @@ def _prepare(
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
         adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
-        if plan.adapter.fused and denoiser:
+        if plan.adapter.fused and denoiser and plan.adapter.kind == "loha":
+            from dbspec.runtime.fused_loha import tie_fused_loha  # LyCORIS's LoHa on fused Linears
+
+            tie_fused_loha(module, plan.adapter.fused)
+        elif plan.adapter.fused and denoiser and plan.adapter.kind == "lokr":
+            from dbspec.runtime.fused_lokr import tie_fused_lokr  # LyCORIS's LoKr on fused Linears
+
+            tie_fused_lokr(module, plan.adapter.fused, plan.adapter, seed)
+        elif plan.adapter.fused and denoiser:
             from dbspec.runtime.fused import tie_fused_projections  # kohya's LoRA on fused Linears
 
             tie_fused_projections(module, plan.adapter.fused)
@@ -83,7 +91,13 @@ def _prepare(
                 from dbspec.runtime.fused_dropout import add_fused_dropout  # one draw per fused layer
 
                 add_fused_dropout(
-                    module, plan.adapter.fused, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout
+                    module,
+                    plan.adapter.fused,
+                    a.rank_dropout,
+                    a.module_dropout,
+                    a.multiplier,
+                    a.down_dropout,
+                    a.rank_dropout_form,
                 )
             if plan.adapter.split_fused and denoiser:
                 from dbspec.runtime.fused_dropout import add_split_dropout  # kohya's split_qkv draws

@@ -147,6 +147,7 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         bool(adapter and adapter.lokr_unit_scale),
         bool(adapter and adapter.bypass),
         adapter.oft_form if adapter else "lycoris",
+        adapter if adapter and adapter.kind in ("lokr", "loha") and adapter.fused else None,
     )
     return pipe
 

@@ -263,11 +263,14 @@ def load_peft_adapters(
     lokr_unit_scale: bool = False,
     bypass: bool = False,
     oft_form: str = "lycoris",
+    fused_lokr: Any = None,
 ) -> list[str]:
     """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
     loaded. `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale
     1. `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
-    `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count)."""
+    `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
+    `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
+    fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -324,6 +327,14 @@ def load_peft_adapters(
         from dbspec.runtime.lycoris_switches import apply_switches_for_state
 
         apply_switches_for_state(module, state)  # LoKr full_matrix, use_scalar: not in peft's config either
+        if fused_lokr is not None and name == "unet" and fused_lokr.kind == "loha":  # shared w1_b / w2_b
+            from dbspec.runtime.fused_loha import tie_fused_loha
+
+            tie_fused_loha(module, fused_lokr.fused)
+        elif fused_lokr is not None and name == "unet":  # the parts' fused factors, tied as in training
+            from dbspec.runtime.fused_lokr import tie_fused_lokr
+
+            tie_fused_lokr(module, fused_lokr.fused, fused_lokr, 0)
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)

@@ -15,7 +15,7 @@ import re
 from dbspec.compiler.context import Context
 from dbspec.families import FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
-from dbspec.spec.model import LoraAdapter
+from dbspec.spec.model import LohaAdapter, LokrAdapter, LoraAdapter
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
 _OPTION = ("adapter", "fused_projections")
@@ -51,8 +51,9 @@ def _adapted(
 
 
 def fused_plan(adapter, family: str, plan: AdapterPlan) -> tuple[FusedPlan, ...]:
-    """The family's fused layers with at least one adapted part, when the spec asks for fused projections."""
-    if not isinstance(adapter, LoraAdapter) or not adapter.fused_projections:
+    """The family's fused layers with at least one adapted part, when the spec asks for fused projections
+    (LoRA: shared down-projections; LoKr: one Kronecker update per fused layer, runtime/fused_lokr.py)."""
+    if not isinstance(adapter, (LoraAdapter, LohaAdapter, LokrAdapter)) or not adapter.fused_projections:
         return ()
     return tuple(
         FusedPlan(name=g.kohya_name, blocks=g.blocks, parts=g.parts)
@@ -101,8 +102,11 @@ def check_fused_dropout(ctx: Context, family: str) -> None:
 
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
-    if not isinstance(adapter, LoraAdapter) or not adapter.fused_projections:
+    if not isinstance(adapter, (LoraAdapter, LohaAdapter, LokrAdapter)) or not adapter.fused_projections:
         return
+    lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
+    if lokr:
+        _check_fused_lokr(ctx, adapter, family)
     spec = family_spec(family)
     if not spec.fused_projections:
         ctx.report(
@@ -139,7 +143,16 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
                 missing = [p for p in group.parts if p not in found]
                 partial.append(f"{group.blocks}.{index}: {group.kohya_name} without {', '.join(missing)}")
                 break
-    if partial:
+    if partial and lokr:
+        ctx.report(
+            "DBS575",
+            "error",
+            f"adapter.fused_projections with {adapter.kind}: LyCORIS's module spans every row of a fused "
+            f"layer, so every part must be adapted: {'; '.join(partial)}",
+            ("adapter", "denoiser_targets"),
+            help="add the missing parts to adapter.denoiser_targets (or leave the whole fused layer out)",
+        )
+    elif partial:
         ctx.report(
             "DBS506",
             "warning",
@@ -158,3 +171,50 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
         check_fused(ctx, model.family, plan)
         check_fused_dropout(ctx, model.family)
     return plan
+
+
+def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
+    """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: dropouts (peft's LoKr draws them per
+    part), LyCORIS's weight decomposition, scalar and max norm; and a family other than kohya's Flux layout
+    (its file names the fused layers by runtime/flux_kohya.py's original names; the registry's
+    `kohya_lora_excluded` marks that layout)."""
+    spec = family_spec(family)
+    if spec.fused_projections and not spec.kohya_lora_excluded:
+        ctx.report(
+            "DBS575",
+            "error",
+            f"adapter.fused_projections with {adapter.kind} is written in kohya's Flux layout, which "
+            f"{spec.title} models have not",
+            _OPTION,
+            help="set adapter.fused_projections = false",
+        )
+    strategy = ctx.spec.distributed.strategy
+    if strategy != "ddp":  # shards of the shared factors: untested (tied Parameters across wrapped modules)
+        ctx.report(
+            "DBS575",
+            "error",
+            f'adapter.fused_projections with {adapter.kind} under distributed.strategy = "{strategy}": the '
+            "parts' shared factors are not sharded there",
+            ("distributed", "strategy"),
+            help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
+        )
+    found = [
+        name
+        for name, on in (
+            ("rank_dropout", adapter.rank_dropout),
+            ("module_dropout", adapter.module_dropout),
+            ("dora", adapter.dora),
+            ("scalar", adapter.scalar),
+            ("max_norm", adapter.max_norm),
+        )
+        if on
+    ]
+    if found:
+        ctx.report(
+            "DBS575",
+            "error",
+            f"adapter.fused_projections with {adapter.kind} has no {', '.join(found)}: its parts share one "
+            "LyCORIS update, which those would draw or rescale per part",
+            _OPTION,
+            help=f"remove {', '.join(found)}, or set adapter.fused_projections = false",
+        )

@@ -306,6 +306,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             fmt == "kohya_lora"
             and not spec.kohya.lycoris_layout
             and (kind := _lycoris_kind(ctx.spec.adapter))
+            and not _fused_lokr(ctx.spec.adapter)  # kohya's Flux names: runtime/lycoris_export.py
         ):
             ctx.report(
                 "DBS381",
@@ -316,6 +317,12 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
                 help='train plain LoRA (adapter.kind = "lora", no dora or conv_rank) for a kohya file, or '
                 "remove the export: the diffusers LoRA file is always written",
             )
+
+
+def _fused_lokr(adapter: Adapter) -> bool:
+    """lycoris.kohya algo=lokr / loha on kohya's fused Flux layers (their fused_projections): LyCORIS's file
+    under kohya's Flux module names (compiler/fused.py refuses it in other families)."""
+    return isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.fused_projections
 
 
 def _written(formats: tuple[str, ...]) -> str:

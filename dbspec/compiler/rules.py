@@ -2398,11 +2398,15 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS LoCon's rank dropout (runtime/lora_dropout.py) acts on each LoRA layer alone (DBS573)."""
+    """LyCORIS LoCon's rank dropout (runtime/lora_dropout.py) acts on each LoRA layer alone (DBS573); its
+    default form on fused projections is LoConModule's on kohya's fused Flux Linear (lycoris.kohya on
+    flux_train_network.py): one row mask over the whole fused layer (runtime/fused_dropout.py)."""
     a = spec.adapter
     if not isinstance(a, LoraAdapter) or a.rank_dropout_form == "kohya" or not a.rank_dropout:
         return
     for key in ("fused_projections", "fused_dropout"):
+        if key == "fused_projections" and a.rank_dropout_form == "lycoris":
+            continue  # LoConModule on the fused Linear: one draw over its rows
         if getattr(a, key):
             yield _err(
                 "DBS573",

@@ -724,6 +724,17 @@ class LohaAdapter:
     max_norm: float = _lycoris_max_norm("LoHa")
     blocks: list[AdapterBlock] = _adapter_blocks()
     text_encoder_blocks: list[TextEncoderBlock] = _text_encoder_blocks()
+    # kohya lycoris.kohya algo=loha on kohya's Flux: one LoHa on each fused Linear (runtime/fused_loha.py).
+    fused_projections: bool = option(
+        False,
+        doc="One LoHa per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp): LyCORIS's LohaModule on kohya's fused "
+        "Linear, whose Hadamard update's rows are the parts': each part keeps its rows of `hada_w1_a` / "
+        "`hada_w2_a` and the parts share `hada_w1_b` / `hada_w2_b` (lycoris.kohya `algo=loha` with "
+        "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
+        "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
+        "each part has its own LoHa. Families without fused layers refuse it.",
+    )
 
 
 @frozen
@@ -780,6 +791,17 @@ class LokrAdapter:
     max_norm: float = _lycoris_max_norm("LoKr")
     blocks: list[AdapterBlock] = _adapter_blocks()
     text_encoder_blocks: list[TextEncoderBlock] = _text_encoder_blocks()
+    # kohya lycoris.kohya algo=lokr on kohya's Flux: one LoKr on each fused Linear (runtime/fused_lokr.py).
+    fused_projections: bool = option(
+        False,
+        doc="One LoKr per original fused layer, shared by its parts (Flux: attn.to_q, to_k, to_v of each "
+        "double-block stream, and the single blocks' to_q, to_k, to_v and proj_mlp): LyCORIS's LokrModule "
+        "on kohya's fused Linear, its Kronecker factors split from the fused layer's dimensions and each "
+        "part updated by its rows of the one Kronecker product (lycoris.kohya `algo=lokr` with "
+        "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
+        "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
+        "each part has its own LoKr. Families without fused layers refuse it.",
+    )
 
 
 @frozen

@@ -134,3 +134,48 @@ def test_a_flux_run_with_fused_dropouts_resumes_bit_exact(tmp_path):
     ours = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
     theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize(("rank_dropout", "module_dropout"), [(0.5, 0.0), (0.3, 0.4)])
+def test_lycoris_form_is_loconmodules_row_mask_over_the_fused_layer(rank_dropout, module_dropout):
+    """rank_dropout_form "lycoris" with fused_projections (lycoris.kohya LoCon on kohya's Flux): the tied
+    parts equal lycoris-lora 4.1.3's LoConModule on the fused Linear in training mode, from the same
+    generator state (one torch.rand(1) for the module dropout, one torch.rand(rows) over the fused rows)."""
+    from lycoris.modules.locon import LoConModule
+
+    block = _double_block_lora()
+    wrapper = torch.nn.Module()
+    wrapper.blocks = torch.nn.ModuleList([block])
+    group = FusedPlan(name="img_attn_qkv", blocks="blocks", parts=PARTS)
+    tie_fused_projections(wrapper, (group,))
+    assert add_fused_dropout(wrapper, (group,), rank_dropout, module_dropout, 1.0, 0.0, "lycoris") == 1
+    wrapper.train()
+    parts = [block.get_submodule(p) for p in PARTS]
+    fused = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([p.base_layer.weight for p in parts]))
+        fused.bias.copy_(torch.cat([p.base_layer.bias for p in parts]))
+    theirs = LoConModule("x", fused, 1.0, 4, 2.0, rank_dropout=rank_dropout, module_dropout=module_dropout)
+    theirs.load_state_dict(
+        {
+            "lora_down.weight": parts[0].lora_A["default"].weight.detach(),
+            "lora_up.weight": torch.cat([p.lora_B["default"].weight for p in parts]).detach(),
+            "alpha": torch.tensor(2.0),
+        }
+    )
+    theirs.apply_to()
+    theirs.train()
+    x = torch.randn(3, 5, fused.in_features, generator=torch.Generator().manual_seed(7))
+    kinds = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+        after = torch.get_rng_state()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            expected = fused(x)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+        assert torch.equal(after, torch.get_rng_state())  # the generator used as LyCORIS's module uses it
+        kinds.add(bool(torch.equal(ours, x @ fused.weight.T + fused.bias)))
+    assert kinds == ({True, False} if module_dropout else {False})

@@ -642,3 +642,33 @@ def test_kohya_oft_list_longer_than_its_one_group_is_refused(tmp_path):
         "--lr_scheduler_args base_lr=[1e-6,1e-5] max_lr=1e-4",
     )
     assert "DBS402" in codes(outcome), errors(outcome)
+
+
+def test_flux_lycoris_groups_are_lycoris_order_clip_only(tmp_path):
+    """lycoris.kohya on Flux (LyCORIS's prepare_optimizer_params): [text encoder, its plus, transformer, its
+    plus]; its text-encoder group holds CLIP-L's modules at text_encoder_lr's first value (no T5 module)."""
+    order = ["text_encoder", "text_encoder_lora_up", "denoiser", "denoiser_lora_up"]
+    lists = {"base_lr": [1e-6, 4e-6, 1e-5, 4e-5], "max_lr": [5e-5, 2e-4, 1e-4, 4e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_module lycoris.kohya --network_args "algo=locon" "loraplus_lr_ratio=4" '
+        "--text_encoder_lr 5e-5 2e-5 --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=30 step_size_down=50 \"mode='triangular2'\""),
+    )
+    schedule = _converted(outcome, tmp_path)
+    kwargs = {"step_size_up": 30, "step_size_down": 50, "mode": "triangular2"}
+    _check(schedule, _torch_curves("CyclicLR", order, lists, kwargs, 400))
+
+
+def test_flux_lycoris_unet_only_preset_has_no_text_encoder_group(tmp_path):
+    lists = {"max_lr": [1e-4, 1.6e-3]}
+    outcome = _flux(
+        tmp_path,
+        '--network_module lycoris.kohya --network_args "preset=unet-only" "loraplus_unet_lr_ratio=16" '
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400 pct_start=0.2"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    expected = _torch_curves(
+        "OneCycleLR", ["denoiser", "denoiser_lora_up"], lists, {"total_steps": 400, "pct_start": 0.2}, 400
+    )
+    _check(schedule, expected)

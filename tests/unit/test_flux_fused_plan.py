@@ -178,3 +178,49 @@ def test_parts_at_different_learning_rates_are_refused(toy: Path):
     planned = compile_in(toy)
     message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
     assert "proj_mlp rank 4 alpha 4 lr x 0.5" in message and "linear1" in message
+
+
+# LoKr on fused layers (LokrAdapter.fused_projections: lycoris.kohya algo=lokr on kohya's Flux): DBS575
+_LOKR_TARGETS = [t for t in KOHYA if t != "proj_out"] + ["single_transformer_blocks.0.proj_out"]
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lokr_and_loha_on_every_part_plan_the_fused_layers(toy: Path, kind):
+    adapter = {"kind": kind, "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    plan = planned_ok(toy)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+
+
+def test_lokr_with_a_part_left_out_is_refused(toy: Path):
+    targets = [t for t in _LOKR_TARGETS if t != "proj_mlp"]
+    write_spec(
+        toy, model=FLUX, adapter={"kind": "lokr", "fused_projections": True, "denoiser_targets": targets}
+    )
+    planned = compile_in(toy)
+    assert "DBS575" in codes(planned, "error")
+    assert "linear1 without proj_mlp" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
+
+
+@pytest.mark.parametrize("option", [{"module_dropout": 0.1}, {"rank_dropout": 0.1}, {"scalar": True}])
+def test_lokr_per_part_options_are_refused(toy: Path, option):
+    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS, **option}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert "DBS575" in codes(planned, "error")
+
+
+def test_lokr_on_sd3_fused_layers_is_refused(toy: Path):
+    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": ["to_q", "to_k", "to_v"]}
+    write_spec(toy, model={"base": "builtin:tiny-sd3"}, adapter=adapter)
+    planned = compile_in(toy)
+    assert "DBS575" in codes(planned, "error")
+    assert "kohya's Flux layout" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
+
+
+def test_lokr_under_fsdp_is_refused(toy: Path):
+    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[distributed]\nstrategy = "fsdp"\n')
+    assert "DBS575" in codes(compile_in(toy), "error")

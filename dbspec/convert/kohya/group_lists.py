@@ -19,7 +19,9 @@ kohya's groups, in order (its code is the ground truth):
   network adapts nothing else); kept at rate 0 too, which oft.py refuses (DBS403) before any list.
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
-  `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty).
+  `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty). With
+  flux_train_network.py too: its text-encoder group holds CLIP-L's modules (LyCORIS builds none on T5-XXL)
+  at text_encoder_lr's first value.
 - networks.lora_flux / lora_sd3 (flux_train_network.py, sd3_train_network.py;
   `prepare_optimizer_params_with_multiple_te_lrs`): each text encoder in its own group at its
   text_encoder_lr value (Flux: [CLIP-L, T5-XXL]; SD3: [CLIP-L, CLIP-G, T5-XXL]; T5 only with train_t5xxl),
@@ -65,7 +67,8 @@ def kohya_groups(
         return _train_db(a), ""
     if script == "sdxl_train":
         return _sdxl_train(a, split)
-    if script in ("train_network", "sdxl_train_network"):
+    lycoris_flux = script == "flux_train_network" and a["network_module"].value == "lycoris.kohya"
+    if script in ("train_network", "sdxl_train_network") or lycoris_flux:  # LyCORIS's order on Flux too
         return _networks_lora(a, written, script == "sdxl_train_network", split)
     if script in ("flux_train_network", "sd3_train_network"):
         return _lora_flow(a, script, written, facts or {}, split)

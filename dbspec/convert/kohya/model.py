@@ -751,6 +751,28 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
     conv.record(from_file, "mapped", mapped)
 
 
+def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
+    """lycoris.kohya with flux_train_network.py (lycoris_flux.py): algo=lora / locon as lora_flux's fused
+    network over LyCORIS's preset targets. --dim_from_weights (LyCORIS's create_network_from_weights),
+    --network_weights and --scale_weight_norms (LyCORIS's per-module max norm) are refused there."""
+    from dbspec.convert.kohya.lycoris_flux import map_lycoris_flux
+
+    for key, why in (
+        ("dim_from_weights", "LyCORIS's create_network_from_weights on Flux"),
+        ("network_weights", "a LyCORIS file loaded onto kohya's Flux before training"),
+        ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Linears"),
+    ):
+        if key in a and a[key].value:
+            conv.unsupported(a[key], f"{why} with flux_train_network.py has no dbspec form yet")
+            return False
+    if not map_lycoris_flux(a, conv):
+        return False
+    map_network_weights(a, paths, conv)  # none given: records its fate
+    map_base_weights(a, paths, conv)
+    map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
+    return True
+
+
 def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
     """networks.lora_flux / networks.lora_sd3 exactly (lora_flux.py, lora_sd3.py here): kohya's targets (every
     Linear of the double/single or joint blocks), its fused q/k/v layers and its network_args."""
@@ -758,8 +780,11 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
+    if module.value == "lycoris.kohya" and script == "flux_train_network":
+        return _map_lycoris_flux(a, paths, conv)
     if module.value != wanted:
-        conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network only")
+        also = " and LyCORIS's lycoris.kohya" if script == "flux_train_network" else ""
+        conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network{also} only")
         return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     dim, alpha = a["network_dim"], a["network_alpha"]

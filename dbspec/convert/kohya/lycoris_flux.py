@@ -1,0 +1,344 @@
+"""LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
+library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr and loha; the other algos are refused
+(DBS403).
+
+What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
+kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
+
+- presets full, full-lin, attn-mlp (lycoris/config.py: DoubleStreamBlock and SingleStreamBlock among the
+  classes): every Linear of the double blocks (img_mod.lin, img_attn.qkv, img_attn.proj, img_mlp.0,
+  img_mlp.2 and the txt_ ones) and of the single blocks (linear1, linear2, modulation.lin):
+  networks.lora_flux's set. No embedder or final layer (their classes, MLPEmbedder and LastLayer, are in no
+  list; the names conv_in, time_embedding.* match nothing). CLIP-L's CLIPAttention and CLIPMLP Linears.
+- unet-only, unet-transformer-only: the same denoiser Linears, no text-encoder module.
+- attn-only: its class SelfAttention is kohya's double-block attention, so the double blocks'
+  img_attn.qkv / proj and txt_attn.qkv / proj only (the single blocks have no SelfAttention module); CLIP-L's
+  CLIPAttention only.
+- unet-convblock-only: no module at all; ia3: none on Flux either (its names are module-path prefixes).
+- T5-XXL: never (its T5Block / T5Attention classes are in no list, MT5Block is), train_t5xxl or not.
+
+The modules are named as kohya's own (`lora_unet_double_blocks_0_img_attn_qkv`, `lora_te1_...`), one module
+on each fused Linear; LoConModule on a Linear is `org + (up @ down) x * alpha / rank` (kaiming-uniform down,
+zero up), so algo=lora on Flux is networks.lora_flux's network with shared down-projections
+(`adapter.fused_projections = true`) and its file the lora_down / lora_up / alpha layout kohya writes, which
+lycoris-lora's loader loads back onto kohya's Flux (checked in the scratch run). LoKr and LoHa on a fused
+Linear are one Kronecker / Hadamard delta of the whole fused weight, whose rows dbspec's diffusers Flux holds
+in separate parts: `kind = "lokr"` / `"loha"` with `fused_projections = true` (runtime/fused_lokr.py: the
+factors shared by the parts, each its rows of the Kronecker product; runtime/fused_loha.py: the parts' own
+w1_a / w2_a rows, w1_b / w2_b shared), written in LyCORIS's layout under kohya's Flux names, which
+lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the trained outputs (scratch
+run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
+through full-path targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
+from dbspec.convert.kohya.loraplus import loraplus
+from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, parse_network_args
+from dbspec.families import family_spec
+
+_CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# kohya's SelfAttention (double blocks' img_attn / txt_attn) in diffusers' names
+_DOUBLE_ATTENTION = [
+    *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+]
+# preset -> (every block Linear or the double-block attention only, CLIP-L's targets)
+_PRESETS: dict[str, tuple[str, list[str]]] = {
+    "full": ("all", list(KOHYA_TEXT_TARGETS)),
+    "full-lin": ("all", list(KOHYA_TEXT_TARGETS)),
+    "attn-mlp": ("all", list(KOHYA_TEXT_TARGETS)),
+    "unet-only": ("all", []),
+    "unet-transformer-only": ("all", []),
+    "attn-only": ("attention", _CLIP_ATTENTION),
+}
+_NOTHING = {
+    "unet-convblock-only": "its classes (ResnetBlock2D, Downsample2D, Upsample2D) and names (conv_in, "
+    "conv_out) match nothing in kohya's Flux or CLIP-L",
+    "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the start of "
+    "each module path, which match nothing in kohya's Flux or CLIP-L",
+}
+# LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
+_OFF = {
+    "use_scalar": "false",
+    "train_norm": "false",
+    "dora_wd": "false",
+    "rs_lora": "false",
+    "rescaled": "false",
+    "train_t5xxl": "false",
+}
+_WHY_OFF = {
+    "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
+    "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
+    "dora_wd": "weight decomposition of the fused weight",
+    "rs_lora": "rank-stabilised scale on the fused layers",
+    "rescaled": "LyCORIS's rescaled output",
+    "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
+    "flux_train_network.py then runs T5-XXL in training mode (its dropout on)",
+}
+# network_args LyCORIS reads that change nothing on Flux's Linears
+_INERT = {
+    "conv_dim": "the blocks have no convolutions for it to adapt",
+    "conv_alpha": "the blocks have no convolutions for it to adapt",
+    "use_tucker": "it changes only k x k convolutions",
+    "use_cp": "it changes only k x k convolutions",
+    "use_conv_cp": "it changes only k x k convolutions",
+    "disable_conv_cp": "it changes only k x k convolutions",
+    "wd_on_output": "it acts only with dora_wd",
+    "rank_dropout_scale": "it acts only with rank_dropout",
+    "verbose": "it only logs the modules",
+}
+
+
+def _off(key: str, value: str) -> bool:
+    return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
+
+
+def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
+    """[adapter] for lycoris.kohya with flux_train_network.py; False when dbspec cannot express it."""
+    module, args = a["network_module"], a["network_args"]
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:
+        conv.invalid(args.key, args.value, args.source, problem)
+    algo = (kwargs.pop("algo", "lora") or "lora").lower()
+    if algo not in ("lora", "locon", "lokr", "loha"):
+        conv.unsupported(
+            args,
+            f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon, lokr and "
+            "loha only",
+        )
+        return False
+    lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
+    preset = kwargs.pop("preset", "full") or "full"
+    if preset in _NOTHING:
+        conv.invalid(
+            f"{args.key} preset",
+            preset,
+            args.source,
+            f"LyCORIS's preset {preset} builds no module on Flux: {_NOTHING[preset]}",
+        )
+        return False
+    if preset not in _PRESETS:
+        conv.unsupported(
+            args,
+            f"preset={preset}: with flux_train_network.py dbspec converts LyCORIS's built-in presets "
+            f"({', '.join(_PRESETS)}), not a preset file",
+        )
+        return False
+    dim, alpha = a["network_dim"], a["network_alpha"]
+    rank = dim.value if dim.value is not None else 4
+    for key in [k for k in kwargs if k in _OFF]:
+        value = kwargs[key]
+        if not _off(key, value):
+            conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
+            return False
+        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
+        return False
+    flux = family_spec("flux")
+    layers, text = _PRESETS[preset]
+    form = {"lokr": "LoKr", "loha": "LoHa"}.get(algo, "LoCon")
+    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {form} on kohya's Flux")
+    conv.put(("adapter", "kind"), algo if lokr else "lora", why)
+    conv.mapped(dim, ("adapter", "rank"), rank)
+    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
+    blocks: list[dict[str, Any]] = [
+        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL.replace("networks/lora_flux.py", "LyCORIS")}
+        for p in flux.kohya_lora_excluded
+    ]
+    if layers == "all":
+        targets = list(flux.kohya_lora_targets)
+        note = "every Linear of the double and single blocks (DoubleStreamBlock, SingleStreamBlock)"
+    else:
+        targets = list(_DOUBLE_ATTENTION)
+        blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})
+        note = "kohya's SelfAttention: the double blocks' img_attn / txt_attn qkv and proj"
+    if lokr:  # LoKr has no [[adapter.blocks]]: full paths keep the final layer (and attn-only's singles) out
+        targets, blocks = _lokr_targets(targets, layers), []
+    conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP-L"))
+    conv.put(
+        ("adapter", "fused_projections"),
+        True,
+        conv.comment(
+            module,
+            f"one {form} module (one {'Kronecker' if algo == 'lokr' else 'Hadamard'} update) per fused Linear"
+            if lokr
+            else "one LoCon module (one down-projection) per fused Linear",
+        ),
+    )
+    for index, block in enumerate(blocks):
+        block_note = conv.comment(module, block.pop("_why"))
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, block_note)
+    put: dict[str, Any] = {}
+    unsupported: dict[str, str] = {}
+    if lokr:
+        _lokr_args(kwargs, put, args, conv, algo)
+    else:
+        loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
+    for key, value in put.items():
+        conv.put(("adapter", key), value, conv.comment(args))
+    for key, value in kwargs.items():
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if key in _INERT:
+            conv.inert(legacy, _INERT[key])
+        else:
+            unsupported[key] = value
+    if unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
+        conv.unsupported(
+            args,
+            f"network arguments dbspec does not express for LyCORIS on Flux: {rest} (dbspec maps algo, "
+            "preset, conv_dim, conv_alpha and the LoRA+ ratios there; dropouts and the other switches off)",
+        )
+        return False
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
+    return True
+
+
+def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
+    """LoConModule.forward (lycoris/modules/locon.py): `module_dropout` is one `torch.rand(1)` per training
+    forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once
+    per fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
+    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode, on its output:
+    outside it ignored (DBS405), as LyCORIS rebuilds the weight, W + ΔW, without it; in bypass_mode refused.
+    bypass_mode without that dropout is the same update (x through down and up). False when refused."""
+    bypass_text = kwargs.pop("bypass_mode", "false")
+    bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
+    if "dropout" in kwargs:
+        text = kwargs.pop("dropout")
+        legacy: Legacy = Legacy(key=f"{args.key} dropout", value=text, source=args.source)
+        rate = float(text or 0.0)
+    else:
+        legacy, rate = network_dropout, float(network_dropout.value or 0.0)
+    if rate and bypass:
+        conv.unsupported(
+            legacy,
+            f"{rate:g} with bypass_mode: LyCORIS's bypass forward drops the fused module's output, which "
+            "dbspec's fused layers do not draw",
+        )
+        return False
+    if rate:
+        conv.ignored(
+            legacy,
+            "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
+            "W + ΔW, with no dropout)",
+        )
+    if bypass:
+        conv.inert(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
+            "without dropout or dora_wd LoConModule's bypass forward is the same update",
+        )
+    rank = float(kwargs.pop("rank_dropout", 0) or 0)
+    if rank and bypass:
+        conv.unsupported(
+            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
+            "LoConModule's bypass rank dropout (one torch.rand(rank) per fused module) has no fused form in "
+            "dbspec yet",
+        )
+        return False
+    if rank:  # LoConModule.make_weight: one torch.rand over the fused update's output rows, kept unscaled
+        legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
+        conv.mapped(legacy, ("adapter", "rank_dropout"), rank)
+        conv.put(
+            ("adapter", "rank_dropout_form"),
+            "lycoris",
+            conv.comment(args, "LoConModule: one row mask over each fused layer's update"),
+        )
+    if "module_dropout" in kwargs:
+        value = float(kwargs.pop("module_dropout") or 0.0)
+        legacy = Legacy(key=f"{args.key} module_dropout", value=value, source=args.source)
+        if value:
+            conv.mapped(
+                legacy,
+                ("adapter", "module_dropout"),
+                value,
+                note="LoConModule: one torch.rand(1) per fused module and training forward, as lora_flux's",
+            )
+        else:
+            conv.inert(legacy, "0 is off")
+    return True
+
+
+def _lokr_targets(targets: list[str], layers: str) -> list[str]:
+    """The preset's Flux targets as LoKr's (no rank-0 blocks): the single blocks' proj_out (linear2) by its
+    full path in each of Flux.1's 38 single blocks (the final layer's Linear shares the name), attn-only's
+    attention by its full path in each of the 19 double blocks (the single blocks' q/k/v share the names)."""
+    if layers == "attention":
+        return [f"transformer_blocks.{i}.{t}" for i in range(NUM_DOUBLE) for t in targets]
+    singles = [f"single_transformer_blocks.{i}.proj_out" for i in range(NUM_SINGLE)]
+    return [t for t in targets if t != "proj_out"] + singles
+
+
+def _lokr_args(
+    kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion, algo: str
+) -> None:
+    """LokrModule's own arguments, as the U-Net converter maps them (network.py): `factor` (int),
+    `decompose_both` (the raw string's truth: "False" too is on), `unbalanced_factorization` and `full_matrix`
+    (LyCORIS's str_bool; full_matrix drops decompose_both); with algo=loha LyCORIS reads none of them
+    (ignored). The LoRA+ ratios raise `lora_up` parameters, which LoKr and LoHa have not: ignored."""
+    if algo == "loha":
+        for key in [
+            k for k in ("factor", "decompose_both", "unbalanced_factorization", "full_matrix") if k in kwargs
+        ]:
+            conv.ignored(
+                Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+                "LyCORIS reads it for LoKr only, not algo=loha",
+            )
+    if "factor" in kwargs:
+        put["factor"] = int(float(kwargs.pop("factor")))
+    if "decompose_both" in kwargs:
+        put["decompose_both"] = bool(kwargs.pop("decompose_both"))
+    if "unbalanced_factorization" in kwargs:
+        put["unbalanced_factorization"] = str(kwargs.pop("unbalanced_factorization")).lower() != "false"
+    if str(kwargs.pop("full_matrix", "false")).lower() != "false":
+        put["full_matrix"] = True
+        put.pop("decompose_both", None)
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            f"LyCORIS's LoRA+ raises the rate of the `lora_up` parameters, which algo={algo} has not",
+        )
+
+
+def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
+    """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) never apply their `dropout` (they warn:
+    not implemented), so it and --network_dropout are ignored (DBS405); `module_dropout` (one `torch.rand(1)`
+    per fused module, which peft's parts would each draw) and `bypass_mode` are refused. False when
+    refused."""
+    bypass = kwargs.pop("bypass_mode", "false")
+    if str(bypass).lower() != "false":
+        conv.unsupported(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass, source=args.source),
+            "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
+        )
+        return False
+    rank = float(kwargs.pop("rank_dropout", 0) or 0)
+    if rank:
+        conv.unsupported(
+            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
+            "LyCORIS's LoKr / LoHa rank dropout (one torch.rand over the fused update's rows), which "
+            "dbspec's fused LoKr / LoHa parts do not share yet",
+        )
+        return False
+    module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
+    if module_dropout:
+        conv.unsupported(
+            Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source),
+            "LyCORIS's one draw per fused Linear, which dbspec's fused LoKr / LoHa parts do not share yet",
+        )
+        return False
+    legacy = (
+        Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
+        if "dropout" in kwargs
+        else network_dropout
+    )
+    if legacy.value and float(legacy.value):
+        conv.ignored(legacy, "LyCORIS's LoKr and LoHa never apply their dropout (they warn: not implemented)")
+    return True

@@ -1,0 +1,246 @@
+"""LyCORIS's lycoris.kohya algo=lora / locon with flux_train_network.py (convert/kohya/lycoris_flux.py): the
+spec it converts to (kohya's fused layers, one shared down each; preset attn-only: the double blocks'
+attention) trains on tiny-flux, resumes bit-exact, and its kohya_lora export is what lycoris-lora's own
+LoConModule, built on each fused Linear (the parts' base weights stacked, as kohya's Flux holds them) and
+loaded from the file, computes: the trained parts' outputs, stacked. (A scratch run of lycoris-lora's
+create_network_from_weights on kohya's library/flux_models.py Flux, with the tiny model's weights, reproduced
+the trained transformer's output to 1.2e-7, presets full and attn-only.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lycoris.modules.loha import LohaModule
+from lycoris.modules.locon import LoConModule
+from lycoris.modules.lokr import LokrModule
+from safetensors.torch import load_file
+
+from dbspec.families import family_spec
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import make_plan
+
+BASE = "builtin:tiny-flux"
+# what the converter writes for `--network_args preset=attn-only` (algo=lora, network_dim 4, alpha 2)
+ATTN_ONLY = (
+    '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\ndenoiser_targets = ['
+    '"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", '
+    '"attn.add_v_proj", "attn.to_add_out"]\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\n'
+    "alpha = 1\n\n"
+    '[[adapter.blocks]]\npattern = "^single_transformer_blocks\\\\."\nrank = 0\nalpha = 1\n'
+)
+
+
+def _plan(tmp: Path, steps: int):
+    extra = ATTN_ONLY + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    return make_plan(tmp, base=BASE, steps=steps, extra=extra)
+
+
+def _fused_locon(tensors, name: str, parts) -> LoConModule:
+    """lycoris-lora's LoConModule on the fused Linear (kohya's Flux layer), loaded from the file."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    down = tensors[f"{name}.lora_down.weight"]
+    module = LoConModule(name, fused, 1.0, down.shape[0], tensors[f"{name}.alpha"].item())
+    module.load_state_dict(
+        {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    )
+    module.apply_to()
+    return module.eval()
+
+
+def test_attn_only_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    plan = _plan(tmp_path / "whole", 4)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = _plan(tmp_path / "parts", 4)
+    first = execute(parts, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert names == {
+        f"lora_unet_double_blocks_0_{s}_attn_{n}" for s in ("img", "txt") for n in ("qkv", "proj")
+    }
+    block = transformer.transformer_blocks[0].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (block.add_q_proj, block.add_k_proj, block.add_v_proj)),
+        ("lora_unet_double_blocks_0_img_attn_proj", (block.to_out[0],)),
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in layer_parts], dim=-1)
+            theirs = _fused_locon(tensors, name, layer_parts)(x)
+        assert not torch.allclose(trained, plain, atol=1e-6), name  # the LoRA trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+# what the converter writes for `--network_args algo=lokr` (network_dim 2, alpha 1.5): the full preset's
+# targets, the single blocks' proj_out by full path (tiny-flux has one single block)
+_LOKR_TARGETS = [t for t in family_spec("flux").kohya_lora_targets if t != "proj_out"]
+LOKR = (
+    '[adapter]\nkind = "lokr"\nrank = 2\nalpha = 1.5\nfused_projections = true\ndenoiser_targets = ['
+    + ", ".join(f'"{t}"' for t in [*_LOKR_TARGETS, "single_transformer_blocks.0.proj_out"])
+    + "]\n"
+)
+
+
+def _fused_lokr_module(tensors, name: str, parts) -> LokrModule:
+    """lycoris-lora's LokrModule on the fused Linear, loaded from the file (its factor shapes from it)."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    rank = own["lokr_w2_a"].shape[1]
+    module = LokrModule(name, fused, 1.0, rank, own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    return module.eval()
+
+
+def test_lokr_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    extra = LOKR + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts_plan, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts_plan, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    single = transformer.single_transformer_blocks[0]
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    for part in linear1[1:]:  # one set of factors, the first part's
+        assert part.lokr_w1["default"] is single.attn.to_q.lokr_w1["default"]
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert "lora_unet_single_blocks_0_linear1" in names and "lora_unet_double_blocks_0_img_attn_qkv" in names
+    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
+    block = transformer.transformer_blocks[0].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (block.add_q_proj, block.add_k_proj, block.add_v_proj)),
+        ("lora_unet_single_blocks_0_linear1", linear1),  # 112 rows over (8, 14): parts across w1 rows
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in layer_parts], dim=-1)
+            theirs = _fused_lokr_module(tensors, name, layer_parts)(x)
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the LoKr trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+    # dbspec's own adapter folder (final/unet, peft's layout) loads back with the parts' factors tied again
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.single_transformer_blocks[0]
+    assert again.proj_mlp.lokr_w1["default"] is again.attn.to_q.lokr_w1["default"]
+    with torch.no_grad():
+        for ours_part, loaded in zip(
+            linear1, (again.attn.to_q, again.attn.to_k, again.attn.to_v, again.proj_mlp)
+        ):
+            torch.testing.assert_close(
+                loaded(x[:, : loaded.base_layer.in_features]),
+                ours_part(x[:, : ours_part.base_layer.in_features]),
+                rtol=0,
+                atol=1e-6,
+            )
+
+
+def _fused_loha_module(tensors, name: str, parts) -> LohaModule:
+    """lycoris-lora's LohaModule on the fused Linear, loaded from the file."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    module = LohaModule(name, fused, 1.0, own["hada_w1_b"].shape[0], own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    return module.eval()
+
+
+def test_loha_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    extra = (
+        LOKR.replace('kind = "lokr"', 'kind = "loha"')
+        + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    )
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts_plan, stop_after=2)
+    second = execute(parts_plan, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    single = transformer.single_transformer_blocks[0]
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    for part in linear1[1:]:  # the input-side factors shared, the row factors each part's own
+        assert part.hada_w1_b["default"] is single.attn.to_q.hada_w1_b["default"]
+        assert part.hada_w1_a["default"] is not single.attn.to_q.hada_w1_a["default"]
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    assert tensors["lora_unet_single_blocks_0_linear1.hada_w1_a"].shape[0] == 112  # 16 x 3 + 64 rows
+    block = transformer.transformer_blocks[0].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_single_blocks_0_linear1", linear1),
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in layer_parts], dim=-1)
+            theirs = _fused_loha_module(tensors, name, layer_parts)(x)
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the LoHa trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+def test_locon_dropouts_on_fused_layers_resume_bit_exact(tmp_path):
+    """LoConModule's module dropout and row-mask rank dropout (rank_dropout_form "lycoris"), drawn once per
+    fused layer (runtime/fused_dropout.py), train and resume bit-exact."""
+    dropouts = 'rank_dropout = 0.3\nrank_dropout_form = "lycoris"\nmodule_dropout = 0.2\n'
+    extra = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + dropouts)
+    extra += "\n[checkpoints]\nevery = 2\n"
+    whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra), keep_models=True)
+    parts = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts, stop_after=2)
+    second = execute(parts, resume=True, keep_models=True)
+    assert whole.status == second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name

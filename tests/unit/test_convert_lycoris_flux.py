@@ -1,0 +1,164 @@
+"""LyCORIS's lycoris.kohya with flux_train_network.py (dbspec/convert/kohya/lycoris_flux.py): algo=lora /
+locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
+Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
+SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
+(their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; the other algos,
+LoKr / LoHa dropouts and the other switches stay DBS403."""
+
+from __future__ import annotations
+
+import pytest
+from convert_kit import (  # noqa: F401
+    codes,
+    component_file,
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    out_path,
+    plan_of,
+)
+
+from dbspec.families import family_spec
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+BASE = (
+    f"accelerate launch --mixed_precision bf16 flux_train_network.py --pretrained_model_name_or_path {FLUX} "
+    "--clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors --ae ae.safetensors --train_data_dir x "
+    "--resolution 512 --cache_latents_to_disk --save_model_as safetensors --sdpa --seed 42 "
+    "--mixed_precision bf16 --save_precision bf16 --network_module lycoris.kohya --network_dim 8 "
+    "--network_alpha 4 --optimizer_type adamw --learning_rate 1e-4 --max_train_steps 100 "
+    "--timestep_sampling shift --discrete_flow_shift 3.1582 --model_prediction_type raw --guidance_scale 1.0"
+)
+
+
+def _flux(tmp_path, extra: str = "", *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    return kohya(tmp_path, allow=allow, command=f"{BASE} {extra}")
+
+
+def test_locon_full_preset_is_lora_flux_fused_network(tmp_path):
+    outcome = _flux(tmp_path, "--network_train_unet_only --network_args algo=locon conv_dim=4")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 8, 4.0)
+    assert list(a.denoiser_targets) == list(family_spec("flux").kohya_lora_targets)
+    assert [(b.pattern, b.rank) for b in a.blocks] == [("^proj_out$", 0)]
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_module") == "mapped"
+    assert "DBS403" not in codes(outcome)
+
+
+def test_default_trains_clip_l_attention_and_mlp_not_t5(tmp_path):
+    outcome = _flux(tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert list(plan.adapter.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert not getattr(plan.adapter, "t5_targets", ())
+
+
+def test_attn_only_is_the_double_blocks_attention(tmp_path):
+    outcome = _flux(tmp_path, "--network_args preset=attn-only")
+    a = plan_of(outcome, tmp_path).adapter
+    assert "proj_mlp" not in a.denoiser_targets and "attn.to_q" in a.denoiser_targets
+    assert ("^single_transformer_blocks\\.", 0) in [(b.pattern, b.rank) for b in a.blocks]
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def test_unet_only_preset_has_no_text_encoder_module(tmp_path):
+    outcome = _flux(tmp_path, "--network_args preset=unet-only")
+    assert "text_encoder = false" in out_path(tmp_path).read_text()
+    assert "DBS403" not in codes(outcome)
+
+
+def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
+    outcome = _flux(tmp_path, "--network_train_unet_only --network_args algo=loha factor=4")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3", "diag-oft", "glora", "dylora"])
+def test_other_algos_are_refused(tmp_path, algo):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
+
+
+def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--network_train_unet_only --network_args algo=lokr factor=16 decompose_both=True "
+        "loraplus_lr_ratio=4 dropout=0.1",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.factor, a.decompose_both) == ("lokr", 8, 4.0, 16, True)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    targets = list(a.denoiser_targets)
+    assert "proj_out" not in targets and "single_transformer_blocks.37.proj_out" in targets
+    assert "DBS403" not in codes(outcome)
+    assert "lora_up" in messages(outcome, "DBS405") and "not implemented" in messages(outcome, "DBS405")
+    assert plan_of(outcome, tmp_path).checkpoints.exports == ("kohya_lora",)
+
+
+def test_lokr_attn_only_names_the_double_blocks(tmp_path):
+    a = plan_of(_flux(tmp_path, "--network_args algo=lokr preset=attn-only"), tmp_path).adapter
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    assert all(t.startswith("transformer_blocks.") for t in a.denoiser_targets)
+    assert len(a.denoiser_targets) == 19 * 8
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+@pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True", "rank_dropout=0.1"])
+def test_lokr_and_loha_per_module_draws_are_refused(tmp_path, algo, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} {arg}"))
+
+
+def test_locon_rank_dropout_is_lycoris_row_mask_over_each_fused_layer(tmp_path):
+    outcome = _flux(tmp_path, "--network_args rank_dropout=0.1 module_dropout=0.05")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (0.1, "lycoris", 0.05)
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_locon_bypass_rank_dropout_is_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
+
+
+@pytest.mark.parametrize("arg", ["dora_wd=True", "use_scalar=True", "train_t5xxl=True"])
+def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+
+
+def test_module_dropout_maps_and_dropout_outside_bypass_is_ignored(tmp_path):
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args module_dropout=0.2")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.module_dropout == 0.2 and not a.down_dropout
+    assert "DBS403" not in codes(outcome) and "bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_dropout_in_bypass_mode_is_refused(tmp_path):
+    outcome = _flux(tmp_path, "--network_args bypass_mode=True dropout=0.1")
+    assert "DBS403" in codes(outcome)
+
+
+def test_switches_off_convert(tmp_path):
+    outcome = _flux(tmp_path, "--network_args rank_dropout=0 dora_wd=False bypass_mode=True")
+    assert "DBS403" not in codes(outcome)
+
+
+def test_a_preset_without_flux_modules_is_invalid(tmp_path):
+    outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
+    assert errors(outcome)
+
+
+def test_sd3_still_refuses_lycoris(tmp_path):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --train_data_dir x --resolution 512 --network_module "
+        "lycoris.kohya --max_train_steps 10",
+    )
+    assert fate(outcome, "network_module") == "unsupported"
