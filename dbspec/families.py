@@ -146,6 +146,9 @@ class FamilySpec:
     # The guidance the denoiser is given while training (Flux.1 dev's guidance embedding: 3.5, as diffusers'
     # train_dreambooth_lora_flux.py); 0 for families without one.
     train_guidance: float = 0.0
+    # The denoiser reads a guidance value without a guidance embedding (Chroma's approximator input, which
+    # diffusers fixes at 0): loss.flow_guidance sets it as kohya's --guidance_scale does; 0 by default.
+    approximator_guidance: bool = False
     # Hub models whose parameter counts differ from `public_params` (SD3.5 medium within the SD3 family): hub
     # id -> the components that differ; the memory estimate of such a model not downloaded yet uses them.
     hub_params: dict[str, dict[str, int]] = attrs.field(factory=dict)
@@ -785,6 +788,7 @@ FAMILIES: dict[str, FamilySpec] = {
         long_prompts=False,
         lora_peft_keys=True,
         train_guidance=0.0,  # no guidance embedding: diffusers' approximator input is guidance 0
+        approximator_guidance=True,  # kohya feeds --guidance_scale to it (its Chroma docs: 0.0)
         # Flux's fused Linears (Chroma's original layout is Black Forest Labs')
         fused_projections=(
             FusedProjection(

@@ -1610,7 +1610,8 @@ def flow_guidance_without_embedding(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     ):
         return
-    if family_spec(family).objective == "flow" and not family_spec(family).train_guidance:
+    fs = family_spec(family)
+    if fs.objective == "flow" and not fs.train_guidance and not fs.approximator_guidance:
         yield _warn(
             "DBS232",
             ("loss", "flow_guidance"),

@@ -1014,6 +1014,8 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
                 ("optimizer", "text_encoder_2_lr"), float(values[1]), conv.comment(lr, "learning_rate_te2")
             )
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
+    if script == "flux_train_network" and _t5_only(a, script):
+        return _t5_rate(a, lr)
     te = lora_text_encoder_lr(a)
     if script == "sd3_train_network" and trains:
         _sd3_clip_g_lr(a, conv)
@@ -1388,3 +1390,20 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
             "optimizer",
             note=f"{kind} updates each tensor on its own: kohya's {groups.value} optimizers step as one does",
         )
+
+
+def _t5_only(a: Args, script: str) -> bool:
+    """The script trains a family whose one text encoder is T5-XXL (flux_train_network.py --model_type
+    chroma): no CLIP-L (kohya's dummy stands in)."""
+    from dbspec.convert.kohya.flow import flow_family
+    from dbspec.families import family_spec
+
+    return not family_spec(flow_family(a, script)).clip_text_encoders
+
+
+def _t5_rate(a: Args, lr: Legacy) -> Legacy:
+    """lora_flux's prepare_optimizer_params_with_multiple_te_lrs: T5-XXL (lora_te3) at text_encoder_lr's
+    second value (one value: both; none: learning_rate); on Chroma it is dbspec's text_encoder_lr."""
+    te = a["text_encoder_lr"]
+    values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
+    return attrs.evolve(te, value=float(values[1] if len(values) > 1 else values[0])) if values else lr
