@@ -731,7 +731,7 @@ FAMILIES: dict[str, FamilySpec] = {
         hub_models={"lodestones/Chroma1-HD": "flow_matching", "lodestones/Chroma1-Base": "flow_matching"},
         pooled_embeddings=False,
         time_ids=0,
-        # Flux's default (diffusers' train_dreambooth_lora_flux.py): Chroma's blocks have the same projections.
+        # Flux's default (diffusers' train_dreambooth_lora_flux.py): Chroma's blocks have the same Linears.
         lora_targets=(
             "attn.to_k",
             "attn.to_q",

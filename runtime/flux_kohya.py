@@ -182,8 +182,8 @@ def flux_kohya_lora_state(
     prefixes: tuple[str, ...] = TEXT_PREFIXES,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`, T5-XXL
-    `lora_te3_*` with train.t5; `prefixes`: the family's encoders' in its order) and the ss_network_dim / ss_network_alpha kohya writes (the trained rank and
-    alpha, not the fused layers')."""
+    `lora_te3_*` with train.t5; `prefixes`: the family's encoders' in its order) and the ss_network_dim /
+    ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()

@@ -1,5 +1,5 @@
-"""Chroma (builtin:tiny-chroma): Flux's transformer without CLIP-L and guidance embedding, T5 alone, trained as
-kohya's flux_train_network.py --model_type chroma trains it (library/chroma_models.py):
+"""Chroma (builtin:tiny-chroma): Flux's transformer without CLIP-L and guidance embedding, T5 alone, trained
+as kohya's flux_train_network.py --model_type chroma trains it (library/chroma_models.py):
 
 - prompts encode as diffusers' ChromaPipeline encodes them (T5 with its padding mask; the transformer keeps
   the prompt's tokens and one padding token);
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import FluxPipeline
 from diffusers.models.embeddings import get_timestep_embedding
 from safetensors import safe_open
 

@@ -143,7 +143,8 @@ def expressible(outcome: Outcome, refused: tuple[str, ...] = ("DBS402", "DBS403"
 
 def component_file(path: Path) -> Path:
     """A small .safetensors with the tensor names (and widths) of the component kohya's file `path` names:
-    clip_l / clip_g / t5xxl (transformers layout), ae (LDM layout), flux1 (BFL layout), chroma (lodestones'), sd3 (MMDiT)."""
+    clip_l / clip_g / t5xxl (transformers layout), ae (LDM layout), flux1 (BFL layout), chroma (lodestones'),
+    sd3 (MMDiT)."""
     from safetensors.numpy import save_file
     import numpy as np
 
