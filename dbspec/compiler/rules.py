@@ -1900,7 +1900,7 @@ def identifier_tokens(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     for i, word in found:
         at, base = ("datasets", i, "prompt"), spec.model.base
         split = {t.name: [token.removesuffix("</w>") for token in t.word_tokens(word)] for t in tokenizers}
-        most = max(len(tokens) for tokens in split.values())
+        most = max((len(tokens) for tokens in split.values()), default=0)  # Chroma: no CLIP tokenizer
         if most >= MANY_TOKENS and not is_builtin(base):
             shown = "; ".join(f"{name}: {' + '.join(tokens)}" for name, tokens in split.items())
             yield _warn(

@@ -13,6 +13,7 @@ from convert_kit import (  # noqa: F401
     images,
     kohya,
     messages,
+    out_path,
     plan_of,
 )
 
@@ -106,6 +107,10 @@ def test_kohya_chroma_ignores_clip_l_and_maps_train_t5xxl(tmp_path):
     # kohya trains no CLIP-L for Chroma (use_clip_l False); T5-XXL's LoRA at text_encoder_lr's second value
     assert plan.adapter.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
     assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.lr == 1e-4
+    # no CLIP-L LoRA though network_train_unet_only is not given: T5 (Chroma's text_encoder) is what trains
+    text = out_path(tmp_path).read_text()
+    assert "\ntext_encoder = true" not in text and "text_encoder_targets" not in text
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "lora"
     assert fate(outcome, "clip_l") == "inert"  # kohya loads a dummy CLIP-L for Chroma (a warning says so)
     assert "dummy" in messages(outcome, "DBS405") + "".join(errors(outcome))
     assert fate(outcome, "network_args img_mod_dim") == "inert"  # Chroma's blocks have no mod.lin

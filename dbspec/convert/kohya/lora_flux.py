@@ -192,7 +192,10 @@ def _map(
         )
         return False
     conv.put(("adapter", "denoiser_targets"), targets, why)
-    conv.put(("adapter", "text_encoder_targets"), list(KOHYA_TEXT_TARGETS), why + " (CLIPAttention, CLIPMLP)")
+    if family_spec(family).clip_text_encoders:  # Chroma has no CLIP-L
+        conv.put(
+            ("adapter", "text_encoder_targets"), list(KOHYA_TEXT_TARGETS), why + " (CLIPAttention, CLIPMLP)"
+        )
     conv.put(
         ("adapter", "fused_projections"),
         not split,

@@ -729,6 +729,12 @@ def map_text_encoder(
             f"{script}.py asserts network_train_unet_only when text-encoder "
             "outputs are cached (a text-encoder LoRA cannot train on cached outputs)",
         )
+    if script == "flux_train_network" and _t5_only(a, script):
+        # --model_type chroma: use_clip_l is False, so kohya trains no CLIP LoRA whatever
+        # network_train_unet_only says; T5-XXL's LoRA (train_t5xxl=True: train.t5, mapped with the network)
+        # is the only text-encoder training, at optimizer.text_encoder_lr
+        conv.record(unet_only, "mapped", "train.t5")
+        return bool(conv.values.get(("train", "t5"), (False, ""))[0])
     te_lr = lora_text_encoder_lr(a)
     if not unet_only.value and te_lr.value == 0:
         conv.record(unet_only, "mapped", "train.text_encoder")
