@@ -180,6 +180,9 @@ class FamilySpec:
     t5_mask_in_denoiser: bool = False
     # The family is defined with T5's padding mask (Chroma): the plan's model.t5_attention_mask is always on.
     t5_mask_always: bool = False
+    # Padding tokens the denoiser still attends after the prompt's under the T5 mask (Chroma: 1, kohya's
+    # attn_padding and ChromaPipeline's `mask_indices <= seq_lengths`); Flux: 0.
+    t5_mask_padding: int = 0
     # train.t5 (kohya's train_t5xxl): LoRA on the T5 encoder can train, with its own rate and kohya export
     # (Flux: text_encoder_2_lr; SD3's third text encoder: text_encoder_3_lr)
     t5_lora: bool = False
@@ -699,6 +702,7 @@ FAMILIES: dict[str, FamilySpec] = {
         name="chroma",
         t5_mask_in_denoiser=True,
         t5_mask_always=True,
+        t5_mask_padding=1,
         t5_lora=True,
         eager_attention_processor="",
         eager_attention_backend="_native_math",

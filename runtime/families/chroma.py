@@ -31,13 +31,13 @@ from dbspec.runtime.flux_kohya import FluxExports
 from dbspec.runtime.text_masks import joint_key_mask
 
 TEXT_KEYS = "chroma_text_keys"  # (B, T) text keys in joint_attention_kwargs, taken out by _KeyMasks
-ATTN_PADDING = 1  # kohya's Chroma.forward attn_padding: padding tokens attended after the prompt's
 
 
-def text_keys(t5_mask: torch.Tensor) -> torch.Tensor:
+def text_keys(t5_mask: torch.Tensor, padding: int) -> torch.Tensor:
     """T5's (B, T) padding mask -> the text keys Chroma attends: the prompt's tokens (its end token included)
-    and the first `ATTN_PADDING` padding tokens, booleans."""
-    lengths = t5_mask.sum(dim=1, keepdim=True) + ATTN_PADDING
+    and the first `padding` padding tokens (the registry's t5_mask_padding: kohya's attn_padding 1),
+    booleans."""
+    lengths = t5_mask.sum(dim=1, keepdim=True) + padding
     return torch.arange(t5_mask.shape[1], device=t5_mask.device)[None, :] < lengths
 
 
@@ -133,7 +133,8 @@ class Chroma:
         self.masks.install(inner)
         image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
         text_ids = torch.zeros(embeds.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
-        joint = {**(extra.get("joint_attention_kwargs") or {}), TEXT_KEYS: text_keys(text["t5_mask"])}
+        keys = text_keys(text["t5_mask"], self.spec.t5_mask_padding)
+        joint = {**(extra.get("joint_attention_kwargs") or {}), TEXT_KEYS: keys}
         with _guided(inner, self.guidance):
             packed = denoiser(
                 hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w),
@@ -151,14 +152,14 @@ class Chroma:
     def pipeline_prompt_inputs(self, pipeline, text: dict, negative: dict, negative_prompt: str) -> dict:
         # ChromaPipeline's masks: the kept text keys (prompt + one padding token), as its encode_prompt makes
         self.masks.install(pipeline.transformer)
-        dtype = text["prompt_embeds"].dtype
+        dtype, padding = text["prompt_embeds"].dtype, self.spec.t5_mask_padding
         inputs = {
             "prompt_embeds": text["prompt_embeds"],
-            "prompt_attention_mask": text_keys(text["t5_mask"]).to(dtype),
+            "prompt_attention_mask": text_keys(text["t5_mask"], padding).to(dtype),
         }
         if negative:
             inputs["negative_prompt_embeds"] = negative["prompt_embeds"]
-            inputs["negative_prompt_attention_mask"] = text_keys(negative["t5_mask"]).to(dtype)
+            inputs["negative_prompt_attention_mask"] = text_keys(negative["t5_mask"], padding).to(dtype)
         return inputs
 
 
