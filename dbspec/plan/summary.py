@@ -107,7 +107,8 @@ def text_mask_lines(m) -> list[str]:
     lines = []
     if m.t5_attention_mask:
         f = family_spec(m.family)
-        kept = f" but the first {f.t5_mask_padding}" if f.t5_mask_padding else ""
+        n = f.t5_mask_padding
+        kept = f" but the first {'one' if n == 1 else n} (kept by the model's design)" if n else ""
         keys = f"; the transformer masks the padded text keys{kept}" if f.t5_mask_in_denoiser else ""
         lines.append(f"text: T5 encodes with its padding mask (model.t5_attention_mask){keys}")
     if m.clip_attention_mask:
