@@ -190,3 +190,29 @@ def test_a_diffusers_chroma_folder_plans_and_trains_offline(tmp_path):
     result = execute(plan)
     assert result.status == "finished"
     assert (Path(result.output) / "samples" / "step-000001" / "grid.png").exists()  # ChromaPipeline sampled
+
+
+def test_registry_counts_are_chroma1_hds():
+    """public_params, lora_params_per_rank and lora_params_per_target (the memory estimate) count diffusers'
+    ChromaTransformer2DModel at its default config (Chroma1-HD's), on the meta device."""
+    from diffusers import ChromaTransformer2DModel
+
+    from dbspec.families import family_spec
+
+    spec = family_spec("chroma")
+    with torch.device("meta"):
+        net = ChromaTransformer2DModel()
+    assert sum(p.numel() for p in net.parameters()) == spec.public_params["unet"]
+    linears = {n: m for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+
+    def per_rank(suffix: str) -> int:
+        return sum(
+            m.in_features + m.out_features
+            for n, m in linears.items()
+            if (n + ".").endswith(f".{suffix}.") or n == suffix
+        )
+
+    for suffix, count in spec.lora_params_per_target.items():
+        assert per_rank(suffix) == count, suffix
+    assert sum(per_rank(s) for s in spec.lora_targets) == spec.lora_params_per_rank["unet"]
+    assert not any(n.endswith(("norm1.linear", "norm.linear")) for n in linears)  # no modulation Linears
