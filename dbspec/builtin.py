@@ -213,12 +213,12 @@ class BuiltinModel:
     vae_scaling_factor: float
     unet: dict[str, Any]  # the denoiser's config (SD3: an SD3Transformer2DModel's)
     vae: dict[str, Any]
-    text_encoder: dict[str, Any]
+    text_encoder: dict[str, Any] | None  # the CLIP text encoder (None: Chroma has none)
     text_encoder_2: dict[str, Any] | None  # SDXL, SD3
-    tokenizer: dict[str, Any]
+    tokenizer: dict[str, Any] | None
     tokenizer_2: dict[str, Any] | None  # SDXL, SD3
     # The T5 encoder (a transformers T5Config) and its tokenizer settings (vocabulary: `t5_vocab`): SD3's
-    # third text encoder, Flux's second.
+    # third text encoder, Flux's second, Chroma's only one.
     text_encoder_3: dict[str, Any] | None = None
     tokenizer_3: dict[str, Any] | None = None
     scheduler: dict[str, Any]
@@ -479,8 +479,49 @@ _FLUX = _model(
     params={"unet": 27_040, "vae": 326_995, "text_encoder": 45_568, "text_encoder_2": 54_112},
 )
 
+# --- Chroma -------------------------------------------------------------------------------------------------
+# Flux's shapes without CLIP-L and the guidance embedding; the approximator (in: 4 x approximator channels)
+# computes the modulation of 3 x 1 single + 12 x 1 double blocks + 2 = 17 vectors.
+
+
+def _chroma_transformer() -> dict[str, Any]:
+    return {
+        "patch_size": 1,
+        "in_channels": 64,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": FLUX_T5_HIDDEN,
+        "axes_dims_rope": [2, 2, 4],
+        "approximator_num_channels": 16,
+        "approximator_hidden_dim": 32,
+        "approximator_layers": 2,
+    }
+
+
+_CHROMA = _model(
+    "builtin:tiny-chroma",
+    family="chroma",
+    prediction="flow_matching",
+    pipeline_class="ChromaPipeline",
+    vae_scaling_factor=0.3611,
+    latent_channels=16,
+    unet=_chroma_transformer(),
+    vae=_FLUX.vae,
+    vae_of=_FLUX.identity,  # the same config and seed: tiny-flux's weights
+    text_encoder=None,
+    text_encoder_2=None,
+    text_encoder_3={**_t5(), "d_model": FLUX_T5_HIDDEN},
+    tokenizer=None,
+    tokenizer_2=None,
+    tokenizer_3={"model_max_length": 512, "extra_ids": 0},
+    scheduler=_FLUX.scheduler,
+    params={"unet": 18_208, "vae": 326_995, "text_encoder": 54_112},
+)
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    model.name: model for model in (_SD1, _SD2, _SDXL, _SDXL_REFINER, _SD3, _FLUX)
+    model.name: model for model in (_SD1, _SD2, _SDXL, _SDXL_REFINER, _SD3, _FLUX, _CHROMA)
 }
 
 

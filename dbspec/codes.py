@@ -1891,6 +1891,16 @@ lora_sd3 and networks.lora have no `ggpo_sigma` / `ggpo_beta`. The model's famil
 `train_t5xxl=True`). The other families (SD1, SD2, SDXL) have no T5 encoder.""",
         help="remove train.t5, or train a Flux or SD3 model",
     ),
+    # train.text_encoder on a family whose only text encoder is T5 (Chroma): DBS398 (plan time).
+    Code(
+        "DBS398",
+        WARNING,
+        "train.text_encoder on a model whose only text encoder is T5-XXL",
+        """\
+`train.text_encoder` trains the CLIP text encoders. Chroma has none: its only text encoder is T5-XXL, which
+`train.t5 = true` trains with LoRA (kohya's lora_flux `train_t5xxl=True`) at `optimizer.text_encoder_lr`.""",
+        help="remove train.text_encoder; set train.t5 = true to train T5-XXL with LoRA",
+    ),
     # optimizer.text_encoder_3_lr on a family without a third text encoder: DBS399 (plan time).
     Code(
         "DBS399",

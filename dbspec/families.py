@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 import attrs
 
-Family = Literal["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux"]
+Family = Literal["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux", "chroma"]
 Prediction = Literal["epsilon", "v_prediction", "flow_matching"]
 Objective = Literal["ddpm", "flow"]
 
@@ -146,6 +146,9 @@ class FamilySpec:
     # The guidance the denoiser is given while training (Flux.1 dev's guidance embedding: 3.5, as diffusers'
     # train_dreambooth_lora_flux.py); 0 for families without one.
     train_guidance: float = 0.0
+    # The denoiser reads a guidance value without a guidance embedding (Chroma's approximator input, which
+    # diffusers fixes at 0): loss.flow_guidance sets it as kohya's --guidance_scale does; 0 by default.
+    approximator_guidance: bool = False
     # Hub models whose parameter counts differ from `public_params` (SD3.5 medium within the SD3 family): hub
     # id -> the components that differ; the memory estimate of such a model not downloaded yet uses them.
     hub_params: dict[str, dict[str, int]] = attrs.field(factory=dict)
@@ -175,6 +178,11 @@ class FamilySpec:
     # model.t5_attention_mask: the denoiser's attention also masks the padded text keys (Flux's
     # txt_attention_mask), not only T5's own encoding.
     t5_mask_in_denoiser: bool = False
+    # The family is defined with T5's padding mask (Chroma): the plan's model.t5_attention_mask is always on.
+    t5_mask_always: bool = False
+    # Padding tokens the denoiser still attends after the prompt's under the T5 mask (Chroma: 1, kohya's
+    # attn_padding and ChromaPipeline's `mask_indices <= seq_lengths`); Flux: 0.
+    t5_mask_padding: int = 0
     # train.t5 (kohya's train_t5xxl): LoRA on the T5 encoder can train, with its own rate and kohya export
     # (Flux: text_encoder_2_lr; SD3's third text encoder: text_encoder_3_lr)
     t5_lora: bool = False
@@ -682,6 +690,135 @@ FAMILIES: dict[str, FamilySpec] = {
             *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
             *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
             *("norm1.linear", "norm1_context.linear", "proj_mlp", "proj_out", "norm.linear"),
+        ),
+        kohya_lora_excluded=("^proj_out$",),
+    ),
+    # Chroma (lodestones' Chroma1-HD / Chroma1-Base): Flux.1 schnell's MM-DiT without CLIP-L and without the
+    # guidance and time embeddings; one approximator MLP computes every block's modulation from the timestep
+    # (and a guidance of 0). Conditioned on T5-XXL alone, encoded with its padding mask, and the transformer
+    # attends to the prompt's tokens plus one padding token (diffusers' ChromaPipeline; kohya
+    # flux_train_network.py --model_type chroma, which requires --apply_t5_attn_mask).
+    "chroma": FamilySpec(
+        name="chroma",
+        t5_mask_in_denoiser=True,
+        t5_mask_always=True,
+        t5_mask_padding=1,
+        t5_lora=True,
+        eager_attention_processor="",
+        eager_attention_backend="_native_math",
+        title="Chroma",
+        runtime="chroma",
+        preview_vae="madebyollin/taef1",
+        pipeline_class="ChromaPipeline",
+        safety_checker=False,
+        denoiser="transformer",
+        denoiser_class="ChromaTransformer2DModel",
+        noise_scheduler="FlowMatchEulerDiscreteScheduler",
+        context_dim=4096,  # joint_attention_dim: T5-XXL's width
+        text_encoders=(
+            TextEncoderSpec(
+                "text_encoder",
+                "tokenizer",
+                "T5EncoderModel",
+                "text_encoders.t5xxl.transformer.",
+                tokenizer_class="T5TokenizerFast",
+                max_length=512,  # ChromaPipeline's max_sequence_length default (kohya: 512, not schnell)
+                trainable=False,
+            ),
+        ),
+        latent_channels=16,  # Flux's autoencoder
+        vae_scaling_factor=0.3611,
+        vae_shift_factor=0.1159,
+        resolution=1024,
+        prediction="flow_matching",
+        prediction_hint="",
+        hub_models={"lodestones/Chroma1-HD": "flow_matching", "lodestones/Chroma1-Base": "flow_matching"},
+        pooled_embeddings=False,
+        time_ids=0,
+        # Flux's default (diffusers' train_dreambooth_lora_flux.py): Chroma's blocks have the same Linears.
+        lora_targets=(
+            "attn.to_k",
+            "attn.to_q",
+            "attn.to_v",
+            "attn.to_out.0",
+            "attn.add_k_proj",
+            "attn.add_q_proj",
+            "attn.add_v_proj",
+            "attn.to_add_out",
+            "ff.net.0.proj",
+            "ff.net.2",
+            "ff_context.net.0.proj",
+            "ff_context.net.2",
+        ),
+        text_lora_targets=_TEXT_TARGETS,
+        # Chroma1-HD (ChromaTransformer2DModel's default config counted on the meta device), T5-XXL, the VAE.
+        public_params={"unet": 8_899_983_424, "text_encoder": 4_762_310_656, "vae": 83_819_683},
+        # text_encoder: T5-XXL's LoRA with train.t5 (kohya's T5 targets, as Flux's text_encoder_2)
+        lora_params_per_rank={"unet": 2_801_664, "text_encoder": 1_818_624},
+        # Flux's blocks (width 3072, 19 double and 38 single) without the modulation Linears; proj_out also
+        # names the final layer (3072 -> 64)
+        lora_params_per_target={
+            **dict.fromkeys(("attn.to_q", "attn.to_k", "attn.to_v"), 6144 * 57),
+            **dict.fromkeys(("attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj"), 6144 * 19),
+            **dict.fromkeys(("attn.add_v_proj", "attn.to_add_out"), 6144 * 19),
+            **dict.fromkeys(
+                ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"), 15360 * 19
+            ),
+            "proj_mlp": 15360 * 38,
+            "proj_out": 18432 * 38 + 3136,
+        },
+        activation_bytes_per_latent_pixel=(0, 0),  # unused: token_activation
+        # Flux's blocks at Flux's width (not measured separately): Flux.1 dev's per-token figures
+        token_activation=TokenActivation(
+            patch=2, clip_tokens=0, variants=((8_899_983_424, 7_100_000, 605_000),)
+        ),
+        # flux_train_network.py --model_type chroma: networks.lora_flux on library/chroma_models.py, whose
+        # blocks are named as Flux's; ss_base_model_version "chroma" (flux_utils.MODEL_VERSION_CHROMA)
+        kohya=KohyaFacts(
+            base_version="chroma",
+            v2=False,
+            v_suffix=False,
+            original_unet_names=False,
+            lycoris_layout=False,
+            ggpo=True,
+            network="networks.lora_flux",
+            weights_scan=("lora_unet_double_blocks_", "lora_unet_single_blocks_"),
+        ),
+        objective="flow",
+        single_file_marker="model.diffusion_model.distilled_guidance_layer.",
+        # the approximator: named so in the original (lodestones) and diffusers layouts alike
+        denoiser_file_keys=("distilled_guidance_layer.",),
+        extra_exports=("kohya_lora",),  # kohya's networks/lora_flux.py layout (runtime/flux_kohya.py)
+        long_prompts=False,
+        lora_peft_keys=True,
+        train_guidance=0.0,  # no guidance embedding: diffusers' approximator input is guidance 0
+        approximator_guidance=True,  # kohya feeds --guidance_scale to it (its Chroma docs: 0.0)
+        # Flux's fused Linears (Chroma's original layout is Black Forest Labs')
+        fused_projections=(
+            FusedProjection(
+                "img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 3072 * 19
+            ),
+            FusedProjection(
+                "txt_attn_qkv",
+                "transformer_blocks",
+                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                3072 * 19,
+            ),
+            FusedProjection(
+                "linear1",
+                "single_transformer_blocks",
+                ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+                3072 * 38,
+            ),
+        ),
+        # networks/lora_flux.py on Chroma: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2 of both
+        # streams; Chroma's blocks have no mod.lin) and the single blocks (linear1, linear2); the suffix
+        # proj_out also names the final layer's Linear, which kohya does not adapt.
+        kohya_lora_targets=(
+            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *("proj_mlp", "proj_out"),
         ),
         kohya_lora_excluded=("^proj_out$",),
     ),

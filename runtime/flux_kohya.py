@@ -78,7 +78,7 @@ _TOP = {
 }
 _FINAL = ("final_layer_adaLN_modulation_1", "final_layer_linear")  # diffusers' converter drops their alpha
 _SWAPPED = "final_layer_adaLN_modulation_1"
-# kohya's networks/lora_flux.py prefixes: CLIP-L, T5-XXL
+# kohya's networks/lora_flux.py prefixes: CLIP-L, T5-XXL (Chroma: T5-XXL alone, still lora_te3)
 TEXT_PREFIXES = ("lora_te1", "lora_te3")
 
 
@@ -174,11 +174,16 @@ def _entry(name: str, down, up, alpha: float, dtype) -> dict[str, torch.Tensor]:
 
 
 def flux_kohya_lora_state(
-    *, denoiser: nn.Module | None, text_encoders: list, dtype: str, parts: Mapping
+    *,
+    denoiser: nn.Module | None,
+    text_encoders: list,
+    dtype: str,
+    parts: Mapping,
+    prefixes: tuple[str, ...] = TEXT_PREFIXES,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The run's LoRAs in kohya's Flux layout (transformer `lora_unet_*`, CLIP-L `lora_te1_*`, T5-XXL
-    `lora_te3_*` with train.t5) and the ss_network_dim / ss_network_alpha kohya writes (the trained rank and
-    alpha, not the fused layers')."""
+    `lora_te3_*` with train.t5; `prefixes`: the family's encoders' in its order) and the ss_network_dim /
+    ss_network_alpha kohya writes (the trained rank and alpha, not the fused layers')."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     ranks: set[int] = set()
@@ -190,7 +195,7 @@ def flux_kohya_lora_state(
         tensors.update(kohya_flux_tensors(layers, widths, cast, parts))
         ranks.update(layer[2] for layer in layers.values())
         alphas.update(layer[3] for layer in layers.values())
-    for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
+    for prefix, encoder in zip(prefixes, text_encoders):
         for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
             # T5-XXL's modules keep transformers' paths (kohya's lora_te3_encoder_block_...)
             path = name if prefix == "lora_te3" else clip_path(name)
@@ -237,8 +242,14 @@ class FluxExports:
         )
 
     def kohya_lora_state(self, *, denoiser, text_encoders, dtype) -> tuple[dict, dict[str, str]]:
+        from dbspec.families import flow_text_prefixes
+
         return flux_kohya_lora_state(
-            denoiser=denoiser, text_encoders=text_encoders, dtype=dtype, parts=fused_parts(self.spec)
+            denoiser=denoiser,
+            text_encoders=text_encoders,
+            dtype=dtype,
+            parts=fused_parts(self.spec),
+            prefixes=tuple(p.rstrip("_") for p in flow_text_prefixes(self.spec.name)),
         )
 
     def kohya_metadata(self, prediction: str) -> dict[str, str]:

@@ -108,8 +108,8 @@ def flow_plan(spec: Loss, family: str) -> FlowPlan:
         mode_scale=spec.flow_mode_scale if spec.flow_timesteps == "mode" else 0.0,
         weighting=spec.flow_weighting,
         shift=spec.flow_shift,
-        # a model without a guidance embedding reads none (DBS232)
-        guidance=(spec.flow_guidance or own) if (own := family_spec(family).train_guidance) else 0.0,
+        # a model without a guidance embedding reads none (DBS232); Chroma's approximator reads it as given
+        guidance=_guidance(spec, family),
         prediction=spec.flow_prediction,
         base_shift=FLUX_BASE_SHIFT if spec.flow_dynamic_shift else 0.0,
         max_shift=FLUX_MAX_SHIFT if spec.flow_dynamic_shift else 0.0,
@@ -217,3 +217,12 @@ def preserved_target(p: LossPlan, datasets: tuple[DatasetPlan, ...]) -> str:
 def _flow(p: LossPlan) -> str:
     """Flow matching's target (the noise row of the summary shows how σ is drawn)."""
     return "" if p.flow is None else ", u = ε − x₀ at x_t = (1−σ)x₀ + σε"
+
+
+def _guidance(spec: Loss, family: str) -> float:
+    """The guidance the denoiser is given in training: loss.flow_guidance, or the family's (Flux.1 dev's 3.5)
+    for a guidance embedding; as given for an approximator's guidance input (Chroma); else none."""
+    fs = family_spec(family)
+    if fs.train_guidance:
+        return spec.flow_guidance or fs.train_guidance
+    return spec.flow_guidance if fs.approximator_guidance else 0.0

@@ -116,6 +116,7 @@ def _t5_trains(ctx: Context, model: ModelPlan | None) -> tuple[str, ...]:
         return ()
     f = family_spec(model.family)
     _check_third_text_encoder_lr(ctx, f)
+    _check_text_encoder_trains(ctx, f)
     if not ctx.spec.train.t5:
         return ()
     if not f.t5_lora:
@@ -136,13 +137,29 @@ def _check_third_text_encoder_lr(ctx: Context, f) -> None:
     path = ("optimizer", "text_encoder_3_lr")
     if len(f.text_encoders) > 2 or not ctx.raw.given(path):
         return
-    flux = " (its T5-XXL trains at optimizer.text_encoder_2_lr)" if t5_text_encoders(f.name) else ""
+    t5 = t5_text_encoders(f.name)
+    rate = f"optimizer.{t5[0]}_lr" if t5 else ""  # Flux: text_encoder_2_lr; Chroma: text_encoder_lr
+    flux = f" (its T5-XXL trains at {rate})" if t5 else ""
     ctx.report(
         "DBS399",
         "warning",
         f"optimizer.text_encoder_3_lr has no effect: {f.title} has no third text encoder{flux}",
         path,
-        help="remove optimizer.text_encoder_3_lr" + (", set optimizer.text_encoder_2_lr" if flux else ""),
+        help="remove optimizer.text_encoder_3_lr" + (f", set {rate}" if t5 else ""),
+    )
+
+
+def _check_text_encoder_trains(ctx: Context, f) -> None:
+    """DBS398: train.text_encoder on a family whose only text encoder is T5 (Chroma): train.t5 trains it."""
+    path = ("train", "text_encoder")
+    if trainable_text_encoders(f.name) or not ctx.spec.train.text_encoder or not ctx.raw.given(path):
+        return
+    ctx.report(
+        "DBS398",
+        "warning",
+        f"train.text_encoder has no effect: {f.title}'s only text encoder is T5-XXL, which train.t5 trains",
+        path,
+        help="remove train.text_encoder; set train.t5 = true to train T5-XXL with LoRA",
     )
 
 

@@ -1629,7 +1629,8 @@ def flow_guidance_without_embedding(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     ):
         return
-    if family_spec(family).objective == "flow" and not family_spec(family).train_guidance:
+    fs = family_spec(family)
+    if fs.objective == "flow" and not fs.train_guidance and not fs.approximator_guidance:
         yield _warn(
             "DBS232",
             ("loss", "flow_guidance"),
@@ -1922,7 +1923,7 @@ def identifier_tokens(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     for i, word in found:
         at, base = ("datasets", i, "prompt"), spec.model.base
         split = {t.name: [token.removesuffix("</w>") for token in t.word_tokens(word)] for t in tokenizers}
-        most = max(len(tokens) for tokens in split.values())
+        most = max((len(tokens) for tokens in split.values()), default=0)  # Chroma: no CLIP tokenizer
         if most >= MANY_TOKENS and not is_builtin(base):
             shown = "; ".join(f"{name}: {' + '.join(tokens)}" for name, tokens in split.items())
             yield _warn(

@@ -106,11 +106,10 @@ def text_mask_lines(m) -> list[str]:
     """The text attention masks the run encodes (and, Flux, attends) with."""
     lines = []
     if m.t5_attention_mask:
-        keys = (
-            "; the transformer masks the padded text keys"
-            if family_spec(m.family).t5_mask_in_denoiser
-            else ""
-        )
+        f = family_spec(m.family)
+        n = f.t5_mask_padding
+        kept = f" but the first {'one' if n == 1 else n} (kept by the model's design)" if n else ""
+        keys = f"; the transformer masks the padded text keys{kept}" if f.t5_mask_in_denoiser else ""
         lines.append(f"text: T5 encodes with its padding mask (model.t5_attention_mask){keys}")
     if m.clip_attention_mask:
         lines.append("text: CLIP encodes with its padding mask (model.clip_attention_mask)")

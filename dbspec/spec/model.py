@@ -1651,7 +1651,9 @@ class Loss:
         0.0,
         doc="Guidance-distilled flow models (Flux.1 dev): the guidance value the denoiser's guidance "
         "embedding is given in training; 0 keeps the family's (Flux.1 dev: 3.5, as diffusers' script; "
-        "kohya's recommended Flux LoRA setting is 1.0). Inert for models without a guidance embedding.",
+        "kohya's recommended Flux LoRA setting is 1.0). Chroma: the guidance input of its approximator "
+        "(0 unless set; kohya's --guidance_scale, whose Chroma docs ask for 0). Inert for other models "
+        "without a guidance embedding.",
         minimum=0,
         example=1.0,
     )

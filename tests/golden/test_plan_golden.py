@@ -387,6 +387,34 @@ def test_flux_dev_lora_int8_is_right(compiled: Compiled) -> None:
     assert plan.memory.fits and plan.memory.total < 24 * GIB  # the spec promises a 24 GB card
 
 
+def test_chroma_lora_int8_is_right(compiled: Compiled) -> None:
+    plan, _ = compiled("chroma-lora-int8.cuda")
+    m = plan.model
+    assert (m.family, m.prediction, m.t5_max_length, m.t5_attention_mask) == (
+        "chroma",
+        "flow_matching",
+        256,
+        True,
+    )
+    flow = plan.loss.flow
+    assert (flow.timesteps, flow.logit_std, flow.shift, flow.draw, flow.prediction, flow.guidance) == (
+        "logit_normal",
+        1.0,
+        1.0,
+        "continuous",
+        "raw",
+        0.0,  # no guidance embedding: the approximator's guidance input is 0, as kohya's --guidance_scale 0
+    )
+    assert components(plan) == {  # T5 alone: Chroma has no CLIP
+        "unet": ("bf16", "lora", "int8", True),
+        "text_encoder": ("bf16", "frozen", "int8", False),
+        "vae": ("fp32", "frozen", "none", False),
+    }
+    assert plan.validation.negative_prompt and plan.validation.guidance == 4.0
+    assert plan.memory.gradients == 4 * 16 * FAMILIES["chroma"].lora_params_per_rank["unet"]
+    assert plan.memory.fits and plan.memory.total < 24 * GIB  # the spec promises a 24 GB card
+
+
 def test_sd35_medium_lora_is_right(compiled: Compiled) -> None:
     plan, _ = compiled("sd35-medium-lora.cuda")
     assert (plan.model.family, plan.model.t5_max_length) == ("sd3", 77)

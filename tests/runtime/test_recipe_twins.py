@@ -19,6 +19,7 @@ TINY = {
     "sdxl_refiner": "builtin:tiny-sdxl-refiner",
     "sd3": "builtin:tiny-sd3",
     "flux": "builtin:tiny-flux",
+    "chroma": "builtin:tiny-chroma",
 }
 # int8 quantisation (torchao) of the tiny twins' text encoders and transformer runs on the CPU as well
 RECIPES = {
@@ -32,6 +33,7 @@ RECIPES = {
     "sdxl-pivotal-lora.toml": ("sdxl", ["pivotal.stop_step=2"]),
     "sdxl-refiner-lora.toml": ("sdxl_refiner", ["validation.steps=4"]),  # int(4 x 0.3): one img2img step
     "flux-dev-lora-int8.toml": ("flux", []),
+    "chroma-lora-int8.toml": ("chroma", []),
     "sd35-medium-lora.toml": ("sd3", []),
 }
 

@@ -143,7 +143,8 @@ def expressible(outcome: Outcome, refused: tuple[str, ...] = ("DBS402", "DBS403"
 
 def component_file(path: Path) -> Path:
     """A small .safetensors with the tensor names (and widths) of the component kohya's file `path` names:
-    clip_l / clip_g / t5xxl (transformers layout), ae (LDM layout), flux1 (BFL layout), sd3 (MMDiT)."""
+    clip_l / clip_g / t5xxl (transformers layout), ae (LDM layout), flux1 (BFL layout), chroma (lodestones'),
+    sd3 (MMDiT)."""
     from safetensors.numpy import save_file
     import numpy as np
 
@@ -163,6 +164,12 @@ def component_file(path: Path) -> Path:
             f"model.diffusion_model.joint_blocks.{i}.x_block.attn.qkv.weight": (3, 2) for i in range(24)
         }
         shapes["model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight"] = (3, 2)
+    elif "chroma" in name:  # lodestones' layout: Flux's blocks, the approximator, no guidance_in
+        shapes = {
+            "double_blocks.0.img_attn.qkv.weight": (3, 2),
+            "single_blocks.0.linear1.weight": (3, 2),
+            "distilled_guidance_layer.in_proj.weight": (3, 2),
+        }
     else:
         shapes = {"double_blocks.0.img_attn.qkv.weight": (3, 2), "single_blocks.0.linear1.weight": (3, 2)}
         if "schnell" not in name:

@@ -89,7 +89,7 @@ def test_registry_matches_the_type_and_the_tiny_models():
         assert model.pipeline_class == spec.pipeline_class
         assert model.vae_scaling_factor == spec.vae_scaling_factor
         assert model.latent_channels == spec.latent_channels
-        clips = 1 + (model.text_encoder_2 is not None)
+        clips = (model.text_encoder is not None) + (model.text_encoder_2 is not None)  # Chroma: T5 alone
         assert clips + (model.text_encoder_3 is not None) == len(spec.text_encoders)
         assert model.prediction == spec.prediction
     assert families.ALL_TEXT_ENCODERS == ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -99,6 +99,6 @@ def test_unknown_family_names_the_known_ones():
     try:
         family_spec("sd9")
     except KeyError as exc:
-        assert "sd1, sd2, sdxl, sdxl_refiner, sd3, flux" in str(exc)
+        assert "sd1, sd2, sdxl, sdxl_refiner, sd3, flux, chroma" in str(exc)
     else:
         raise AssertionError("sd9 is not a family")

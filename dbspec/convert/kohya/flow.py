@@ -36,6 +36,7 @@ from dbspec.convert.common.paths import PathMapper, model_path
 Args = dict[str, Legacy]
 FLOW_SCRIPTS = ("flux_train_network", "sd3_train_network")
 FAMILY = {"flux_train_network": "flux", "sd3_train_network": "sd3"}
+TITLE = {"flux": "Flux.1", "sd3": "SD3", "chroma": "Chroma (--model_type chroma)"}
 NETWORK_MODULES = {"flux_train_network": "networks.lora_flux", "sd3_train_network": "networks.lora_sd3"}
 
 _DENSITIES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none", "uniform")
@@ -96,12 +97,18 @@ FLOW_INERT = {
 }
 
 
+def flow_family(a: Args, script: str) -> str:
+    """The family a flow script trains: flux_train_network.py's --model_type chroma builds Chroma
+    (flux_utils.load_flow_model: chroma_models.Chroma), else Flux.1."""
+    if script == "flux_train_network" and a["model_type"].value == "chroma":
+        return "chroma"
+    return FAMILY[script]
+
+
 def map_flow_model(a: Args, script: str, conv: Conversion, paths: PathMapper) -> str:
     """[model] family, prediction, T5 tokens and the separate component files; returns the family."""
-    family = FAMILY[script]
-    conv.put(
-        ("model", "family"), family, f"kohya {script}.py trains {'Flux.1' if family == 'flux' else 'SD3'}"
-    )
+    family = flow_family(a, script)
+    conv.put(("model", "family"), family, f"kohya {script}.py trains {TITLE[family]}")
     conv.put(("model", "prediction"), "flow_matching", f"kohya {script}.py trains flow matching")
     for key in ("v2", "v_parameterization"):
         if a[key].value:
@@ -115,13 +122,13 @@ def map_flow_model(a: Args, script: str, conv: Conversion, paths: PathMapper) ->
         tokens,
         ("model", "t5_max_length"),
         length,
-        comment=conv.comment(tokens, "Flux.1 dev: 512") if tokens.value is None else "",
+        comment=conv.comment(tokens, f"{TITLE[family]}: 512") if tokens.value is None else "",
     )
     if a["max_token_length"].given:
         conv.ignored(a["max_token_length"], f"{script}.py reads t5xxl_max_token_length instead (it warns)")
     map_text_masks(a, family, conv)
-    if family == "flux":
-        _flux_only(a, conv)
+    if family != "sd3":
+        _flux_only(a, conv, family)
     else:
         _sd3_only(a, conv)
     for key, why in FLOW_INERT.items():
@@ -167,10 +174,14 @@ def map_text_masks(a: Args, family: str, conv: Conversion) -> None:
 
 
 # The encoders' kohya flags in each family's order (dbspec/families.py text_encoders).
-ENCODER_FLAGS = {"flux": ("clip_l", "t5xxl"), "sd3": ("clip_l", "clip_g", "t5xxl")}
+ENCODER_FLAGS = {"flux": ("clip_l", "t5xxl"), "sd3": ("clip_l", "clip_g", "t5xxl"), "chroma": ("t5xxl",)}
 # model.base when kohya's --pretrained_model_name_or_path is a transformer file: a hub model of the family
 # whose configs and tokenizers describe it (kohya builds them from its own constants).
-REFERENCE = {"flux": "black-forest-labs/FLUX.1-dev", "sd3": "stabilityai/stable-diffusion-3.5-large"}
+REFERENCE = {
+    "flux": "black-forest-labs/FLUX.1-dev",
+    "sd3": "stabilityai/stable-diffusion-3.5-large",
+    "chroma": "lodestones/Chroma1-HD",
+}
 _SD3_BY_DEPTH = {  # joint blocks (and SD3.5 medium's dual-attention blocks) -> the published model
     (24, True): "stabilityai/stable-diffusion-3.5-medium",
     (24, False): "stabilityai/stable-diffusion-3-medium-diffusers",
@@ -194,7 +205,7 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
     T5-XXL from that file when it holds them (sd3_utils.load_clip_g / load_t5xxl read the checkpoint first),
     else from --clip_g / --t5xxl, and CLIP-L and the autoencoder from --clip_l / --vae when given, else from
     the file (load_clip_l, load_vae)."""
-    family = FAMILY[script]
+    family = flow_family(a, script)
     base = a["pretrained_model_name_or_path"]
     as_file = bool(base.value) and is_weights_file(base.value, paths)
     checkpoint = model_path(base.value, paths) if as_file else ""
@@ -254,10 +265,11 @@ def map_component_files(a: Args, script: str, paths: PathMapper, conv: Conversio
 def _missing_encoder(a: Args, family: str, as_file: bool, held: dict | None, index: int) -> bool:
     """kohya has no text encoder `index` to load (its flag not given): flux_train_network.py always loads
     CLIP-L and T5-XXL from --clip_l / --t5xxl (flux_utils.load_clip_l / load_t5xxl open the path, None
-    included; Chroma has no CLIP-L); sd3_train_network.py falls back to the checkpoint, where readable here
-    known to lack it (sd3_utils.load_* then return None, and the script's `.eval()` on it fails)."""
-    if family == "flux":
-        return not (index == 0 and a["model_type"].value == "chroma")
+    included; Chroma's CLIP-L is a dummy, not in its encoder list); sd3_train_network.py falls back to the
+    checkpoint, where readable here known to lack it (sd3_utils.load_* then return None, and the script's
+    `.eval()` on it fails)."""
+    if family != "sd3":
+        return True
     return as_file and held is not None and not _holds_encoder(held, index)
 
 
@@ -265,7 +277,7 @@ def _report_missing_encoder(legacy: Legacy, script: str, family: str, base: str,
     name = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}[legacy.key]
     where = (
         f"{script}.py loads {name} from --{legacy.key} only (flux_utils.load_{legacy.key} opens the path)"
-        if family == "flux"
+        if family != "sd3"
         else f"{script}.py reads {name} from --{legacy.key}, else from the checkpoint `{base}`, which "
         f"holds no {name} (sd3_utils.load_{legacy.key} returns None and the script fails on it)"
     )
@@ -282,7 +294,7 @@ def _map_autoencoder(
     a: Args, script: str, family: str, checkpoint: str, held: dict | None, paths: PathMapper, conv: Conversion
 ) -> None:
     vae = a["vae"] if "vae" in a else None
-    if family == "flux":
+    if family != "sd3":
         ae = a["ae"]
         if ae.value:
             conv.mapped(ae, ("model", "vae"), model_path(ae.value, paths))
@@ -323,7 +335,7 @@ def _holds_encoder(held: dict | None, index: int) -> bool:
 def _reference(family: str, held: dict | None) -> str:
     """The published model whose configs fit the file, where readable: SD3's size from its joint blocks;
     Flux.1 schnell without a guidance embedding (as kohya's flux_utils.analyze_checkpoint_state tells)."""
-    if held is None:
+    if held is None or family == "chroma":
         return REFERENCE[family]
     if family == "flux":
         guided = any(k.removeprefix("model.diffusion_model.").startswith("guidance_in.") for k in held)
@@ -334,21 +346,42 @@ def _reference(family: str, held: dict | None) -> str:
     return _SD3_BY_DEPTH.get((len(blocks), dual), REFERENCE[family])
 
 
-def _flux_only(a: Args, conv: Conversion) -> None:
-    kind = a["model_type"]
-    if kind.value == "chroma":
-        conv.unsupported(kind, "Chroma (Flux without CLIP and guidance) is not a dbspec family")
-    else:
-        conv.record(kind, "mapped", "model.family")
+def _flux_only(a: Args, conv: Conversion, family: str) -> None:
+    conv.record(a["model_type"], "mapped", "model.family")
     if a["controlnet_model_name_or_path"].value:
         conv.unsupported(a["controlnet_model_name_or_path"], "dbspec trains no ControlNet-conditioned Flux")
     guidance = a["guidance_scale"]
+    chroma = family == "chroma"
     conv.mapped(
         guidance,
         ("loss", "flow_guidance"),
         float(guidance.value),
-        comment=conv.comment(guidance, "the guidance embedding's value in training"),
+        comment=conv.comment(
+            guidance,
+            "the approximator's guidance input (kohya's Chroma docs: 0.0)"
+            if chroma
+            else "the guidance embedding's value in training",
+        ),
     )
+    if chroma:
+        _chroma_only(a, conv)
+
+
+def _chroma_only(a: Args, conv: Conversion) -> None:
+    """flux_train_network.py --model_type chroma: no CLIP-L (flux_utils.dummy_clip_l stands in, --clip_l
+    unread), and assert_extra_args asserts --apply_t5_attn_mask (dbspec's Chroma always masks T5)."""
+    clip = a["clip_l"]
+    if clip.value:
+        conv.ignored(clip, "Chroma has no CLIP-L: flux_train_network.py loads a dummy in its place")
+    mask = a["apply_t5_attn_mask"]
+    if not mask.value:
+        conv.invalid(
+            mask.key,
+            mask.value,
+            mask.source,
+            "flux_train_network.py asserts apply_t5_attn_mask for Chroma (assert_extra_args)",
+            help="add --apply_t5_attn_mask, as kohya's Chroma training requires",
+        )
 
 
 def _sd3_only(a: Args, conv: Conversion) -> None:

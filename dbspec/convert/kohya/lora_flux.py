@@ -85,21 +85,51 @@ def _indices(flags: list[bool]) -> str:
     return "|".join(str(i) for i, on in enumerate(flags) if not on)
 
 
-def map_lora_flux(a: dict[str, Legacy], dim: int, alpha: float, conv: Conversion) -> bool:
-    """[adapter] for networks.lora_flux; False when its network_args cannot be expressed or kohya fails."""
+def map_lora_flux(
+    a: dict[str, Legacy], dim: int, alpha: float, conv: Conversion, family: str = "flux"
+) -> bool:
+    """[adapter] for networks.lora_flux on `family` (Flux.1, or Chroma with --model_type chroma); False when
+    its network_args cannot be expressed or kohya fails."""
     args = a["network_args"]
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     try:
-        return _map(kwargs, args, dim, alpha, a, conv)
+        if family == "chroma" and not _chroma_args(kwargs, args, conv):
+            return False
+        return _map(kwargs, args, dim, alpha, a, conv, family)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"kohya's lora_flux asserts on it ({exc})")
         return False
 
 
-def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: Conversion) -> bool:
-    flux = family_spec("flux")
+# Chroma's blocks (library/chroma_models.py) have no modulation Linears: lora_flux's mod ranks match nothing
+_MOD_DIMS = ("img_mod_dim", "txt_mod_dim", "single_mod_dim")
+
+
+def _chroma_args(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> bool:
+    """network_args on Chroma: the modulation ranks are inert (no mod.lin Linears: its approximator
+    modulates), in_dims and the regex ranks / rates are not converted for it (False)."""
+    for key in _MOD_DIMS:
+        if key in kwargs:
+            kwargs.pop(key)
+            legacy = Legacy(key=f"{args.key} {key}", value=None, source=args.source)
+            conv.inert(legacy, "Chroma's blocks have no modulation Linear (its approximator modulates them)")
+    refused = [k for k in ("in_dims", "network_reg_dims", "network_reg_lrs") if k in kwargs]
+    if refused:
+        conv.unsupported(
+            args,
+            f"{', '.join(refused)} with --model_type chroma: dbspec maps them onto Flux.1's embedders and "
+            "modules, not Chroma's yet",
+        )
+        return False
+    return True
+
+
+def _map(
+    kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: Conversion, family: str = "flux"
+) -> bool:
+    flux = family_spec(family)
     why = conv.comment(
         a["network_module"], "networks/lora_flux.py: every Linear of the double and single blocks"
     )
@@ -162,7 +192,10 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
         )
         return False
     conv.put(("adapter", "denoiser_targets"), targets, why)
-    conv.put(("adapter", "text_encoder_targets"), list(KOHYA_TEXT_TARGETS), why + " (CLIPAttention, CLIPMLP)")
+    if family_spec(family).clip_text_encoders:  # Chroma has no CLIP-L
+        conv.put(
+            ("adapter", "text_encoder_targets"), list(KOHYA_TEXT_TARGETS), why + " (CLIPAttention, CLIPMLP)"
+        )
     conv.put(
         ("adapter", "fused_projections"),
         not split,
@@ -185,14 +218,18 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
     _loraplus(kwargs, put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
-    if not ggpo(kwargs, args, split, conv) or not train_t5(kwargs, args, a, conv, "flux_train_network.py"):
+    if not ggpo(kwargs, args, split, conv) or not train_t5(
+        kwargs, args, a, conv, "flux_train_network.py", family
+    ):
         return False
     rest(kwargs, args, unsupported, conv, "networks.lora_flux", _UNSUPPORTED)
     network_dropout(a["network_dropout"], split, conv)
     return True
 
 
-def train_t5(kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: str) -> bool:
+def train_t5(
+    kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: str, family: str = "flux"
+) -> bool:
     """lora_flux's `train_t5xxl=True`: LoRA on T5-XXL's attention and gated-MLP Linears (`train.t5`; the
     plan's `adapter.t5_targets`) at the network's rank and alpha, in the T5 group at
     `text_encoder_lr`'s second value (one value: both encoders; none: learning_rate). kohya applies no
@@ -205,10 +242,10 @@ def train_t5(kwargs: dict[str, str], args: Legacy, a, conv: Conversion, script: 
     if not true(value):
         conv.inert(legacy, "only the exact string True trains T5-XXL")
         return True
-    return t5_trains(legacy, a, conv, script)
+    return t5_trains(legacy, a, conv, script, family)
 
 
-def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
+def t5_trains(legacy: Legacy, a, conv: Conversion, script: str, family: str = "flux") -> bool:
     """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or a --dim_from_weights file with
     lora_te3 modules) mapped to `train.t5` and T5's rate; False when kohya raises (DBS402)."""
     from dbspec.convert.kohya.train import text_outputs_cached
@@ -239,6 +276,8 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str) -> bool:
         conv.inert(legacy, "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer")
         return True
     conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
+    if family == "chroma":  # T5 is Chroma's only text encoder: optimizer.text_encoder_lr (train.py _t5_rate)
+        return True
     if t5_lr != clip_lr:
         conv.put(
             ("optimizer", "text_encoder_2_lr"),

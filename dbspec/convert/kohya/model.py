@@ -792,7 +792,10 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     conv.record(module, "mapped", "adapter")
-    network = map_lora_flux if wanted == "networks.lora_flux" else map_lora_sd3
+    if wanted == "networks.lora_flux":
+        network = lambda *args: map_lora_flux(*args, family=family or "flux")  # noqa: E731 (Flux or Chroma)
+    else:
+        network = map_lora_sd3
     from_file = a["dim_from_weights"].value and a["network_weights"].value
     # create_network_from_weights takes **kwargs and reads none of them (split_qkv = False there), and
     # train_network.py passes --network_dropout only to create_network
@@ -805,7 +808,14 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
     # fused layers split onto diffusers' parts as the networks' load_state_dict splits them
     weights = a["network_weights"]
-    if a["dim_from_weights"].value:
+    if a["dim_from_weights"].value and family == "chroma":
+        conv.unsupported(
+            a["dim_from_weights"],
+            "--dim_from_weights with --model_type chroma: dbspec reads a file's ranks against Flux.1's "
+            "module table (convert/kohya/file_ranks.py), not Chroma's yet",
+            "give the ranks as --network_dim / network_args, or train Flux.1",
+        )
+    elif a["dim_from_weights"].value:
         _flow_dim_from_weights(a, wanted, paths, conv)
     elif weights.value:
         map_network_weights(a, paths, conv)

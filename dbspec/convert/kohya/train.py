@@ -729,6 +729,12 @@ def map_text_encoder(
             f"{script}.py asserts network_train_unet_only when text-encoder "
             "outputs are cached (a text-encoder LoRA cannot train on cached outputs)",
         )
+    if script == "flux_train_network" and _t5_only(a, script):
+        # --model_type chroma: use_clip_l is False, so kohya trains no CLIP LoRA whatever
+        # network_train_unet_only says; T5-XXL's LoRA (train_t5xxl=True: train.t5, mapped with the network)
+        # is the only text-encoder training, at optimizer.text_encoder_lr
+        conv.record(unet_only, "mapped", "train.t5")
+        return bool(conv.values.get(("train", "t5"), (False, ""))[0])
     te_lr = lora_text_encoder_lr(a)
     if not unet_only.value and te_lr.value == 0:
         conv.record(unet_only, "mapped", "train.text_encoder")
@@ -1034,6 +1040,8 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
                 ("optimizer", "text_encoder_2_lr"), float(values[1]), conv.comment(lr, "learning_rate_te2")
             )
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
+    if script == "flux_train_network" and _t5_only(a, script):
+        return _t5_rate(a, lr)
     te = lora_text_encoder_lr(a)
     if script == "sd3_train_network" and trains:
         _sd3_clip_g_lr(a, conv)
@@ -1408,3 +1416,20 @@ def _optimizer_groups(a: Args, conv: Conversion) -> None:
             "optimizer",
             note=f"{kind} updates each tensor on its own: kohya's {groups.value} optimizers step as one does",
         )
+
+
+def _t5_only(a: Args, script: str) -> bool:
+    """The script trains a family whose one text encoder is T5-XXL (flux_train_network.py --model_type
+    chroma): no CLIP-L (kohya's dummy stands in)."""
+    from dbspec.convert.kohya.flow import flow_family
+    from dbspec.families import family_spec
+
+    return not family_spec(flow_family(a, script)).clip_text_encoders
+
+
+def _t5_rate(a: Args, lr: Legacy) -> Legacy:
+    """lora_flux's prepare_optimizer_params_with_multiple_te_lrs: T5-XXL (lora_te3) at text_encoder_lr's
+    second value (one value: both; none: learning_rate); on Chroma it is dbspec's text_encoder_lr."""
+    te = a["text_encoder_lr"]
+    values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
+    return attrs.evolve(te, value=float(values[1] if len(values) > 1 else values[0])) if values else lr

@@ -1,0 +1,132 @@
+"""kohya flux_train_network.py --model_type chroma (sd-scripts' docs/flux_train_network.md, "Training Chroma
+Models", with its recommended --timestep_sampling sigmoid --model_prediction_type raw --guidance_scale 0.0)
+converts to the chroma family: T5 alone (no --clip_l), the T5 mask kohya requires, networks.lora_flux's
+targets on Chroma's blocks (no modulation Linears), and plans."""
+
+from __future__ import annotations
+
+from convert_kit import (  # noqa: F401
+    component_file,
+    empty_hub_cache,
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    out_path,
+    plan_of,
+)
+
+from dbspec.families import family_spec
+
+
+CACHED = "--network_train_unet_only --cache_text_encoder_outputs --cache_text_encoder_outputs_to_disk "
+
+
+def _chroma(
+    tmp_path,
+    extra: str = "",
+    *,
+    mask: str = "--apply_t5_attn_mask ",
+    cached: str = CACHED,
+    allow: bool = False,
+):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("Chroma1-HD.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    return kohya(
+        tmp_path,
+        allow=allow,
+        command="accelerate launch --num_cpu_threads_per_process 1 flux_train_network.py "
+        "--pretrained_model_name_or_path Chroma1-HD.safetensors --model_type chroma "
+        "--t5xxl t5xxl_fp16.safetensors --ae ae.safetensors --train_data_dir x --resolution 512 "
+        "--output_dir out --output_name my_chroma_lora --save_model_as safetensors --sdpa "
+        "--persistent_data_loader_workers --max_data_loader_n_workers 2 --seed 42 --gradient_checkpointing "
+        "--mixed_precision bf16 --save_precision bf16 --network_module networks.lora_flux --network_dim 16 "
+        "--network_alpha 8 --optimizer_type adamw8bit --learning_rate 1e-4 --cache_latents_to_disk "
+        f"{cached}"
+        f"--guidance_scale 0.0 --timestep_sampling sigmoid --model_prediction_type raw {mask}"
+        f"--max_train_epochs 4 --save_every_n_epochs 1 {extra}",
+    )
+
+
+def m_base(plan) -> str:
+    return plan.model.base
+
+
+def test_kohya_chroma_docs_command_plans_the_chroma_family(tmp_path):
+    outcome = _chroma(tmp_path)
+    assert outcome.written, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert m_base(plan) == "lodestones/Chroma1-HD"  # its configs and tokenizers (kohya builds its own)
+    m = plan.model
+    assert (m.family, m.prediction, m.t5_max_length, m.t5_attention_mask) == (
+        "chroma",
+        "flow_matching",
+        512,  # kohya: 512 unless schnell, and Chroma is not
+        True,
+    )
+    assert m.denoiser_file.endswith("Chroma1-HD.safetensors")
+    assert [f.rsplit("/", 1)[-1] for f in m.text_encoder_files] == ["t5xxl_fp16.safetensors"]  # T5 alone
+    flow = plan.loss.flow
+    # sigmoid(N(0, 1)), unshifted and continuous; raw velocity loss; the approximator's guidance input 0
+    assert (flow.timesteps, flow.logit_mean, flow.logit_std, flow.shift, flow.draw) == (
+        "logit_normal",
+        0.0,
+        1.0,
+        1.0,
+        "continuous",
+    )
+    assert (flow.prediction, flow.weighting, flow.guidance) == ("raw", "none", 0.0)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 16, 8.0) and len(a.fused) == 3  # qkv x 2, linear1
+    assert set(a.denoiser_targets) == set(family_spec("chroma").kohya_lora_targets)
+    assert not any("norm1" in t or "norm.linear" in t for t in a.denoiser_targets)  # no modulation Linears
+    assert plan.checkpoints.exports == ("kohya_lora",) and not plan.train_text_encoder
+    assert plan.optimizer.lr == 1e-4 and plan.schedule.total_steps == 4 * 40
+    assert fate(outcome, "model_type") == "mapped" and fate(outcome, "apply_t5_attn_mask") == "mapped"
+    assert fate(outcome, "guidance_scale") == "mapped"
+
+
+def test_kohya_chroma_without_the_t5_mask_is_kohyas_assertion(tmp_path):
+    outcome = _chroma(tmp_path, mask="")
+    assert fate(outcome, "apply_t5_attn_mask") == "invalid"
+    assert any("asserts apply_t5_attn_mask" in e for e in errors(outcome))
+
+
+def test_kohya_chroma_ignores_clip_l_and_maps_train_t5xxl(tmp_path):
+    component_file(tmp_path / "clip_l.safetensors")
+    outcome = _chroma(
+        tmp_path,
+        "--clip_l clip_l.safetensors --network_args train_t5xxl=True img_mod_dim=4 "
+        "--text_encoder_lr 1e-5 5e-5",
+        cached="",
+    )
+    assert outcome.written, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    # kohya trains no CLIP-L for Chroma (use_clip_l False); T5-XXL's LoRA at text_encoder_lr's second value
+    assert plan.adapter.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.lr == 1e-4
+    # no CLIP-L LoRA though network_train_unet_only is not given: T5 (Chroma's text_encoder) is what trains
+    text = out_path(tmp_path).read_text()
+    assert "\ntext_encoder = true" not in text and "text_encoder_targets" not in text
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "lora"
+    assert fate(outcome, "clip_l") == "inert"  # kohya loads a dummy CLIP-L for Chroma (a warning says so)
+    assert "dummy" in messages(outcome, "DBS405") + "".join(errors(outcome))
+    assert fate(outcome, "network_args img_mod_dim") == "inert"  # Chroma's blocks have no mod.lin
+
+
+def test_kohya_chroma_in_dims_are_not_converted(tmp_path):
+    outcome = _chroma(tmp_path, "--network_args in_dims=[4,0,0,0,4]")
+    assert fate(outcome, "network_args") == "unsupported"
+
+
+def test_kohya_chroma_flux_shift_and_sigma_scaled_plan_as_for_flux(tmp_path):
+    """The draw and the prediction transforms are flux_train_network.py's for both model types
+    (get_noisy_model_input_and_timesteps, apply_model_prediction_type)."""
+    outcome = _chroma(
+        tmp_path, "--timestep_sampling flux_shift --model_prediction_type sigma_scaled --guidance_scale 1.0"
+    )
+    flow = plan_of(outcome, tmp_path).loss.flow
+    assert (flow.base_shift, flow.max_shift, flow.draw) == (0.5, 1.15, "continuous")
+    assert (flow.prediction, flow.guidance) == ("sigma_scaled", 1.0)  # the approximator's guidance input
