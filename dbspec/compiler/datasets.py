@@ -133,26 +133,15 @@ def _plan_dataset(
         images += _future_images(d, generate, placer, keyer, captions)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
     kept = tuple(img for img in images if img is not None)
-    return DatasetPlan(
-        name=d.name,
-        role=d.role,
+    return _dataset_plan(
+        ctx,
+        i,
+        d,
+        kept,
         path=str(folder),
-        resolution=d.resolution,
-        resolution_height=d.resolution_height,
-        crop=d.crop,
-        flip=d.flip,
-        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
-        color_aug=d.color_aug,
-        preserve_output=d.preserve_output,
-        exif_orientation=d.exif_orientation,
-        mask_channel=d.mask_channel if d.masks else "luminance",
-        resize=d.resize,
-        face_crop=plan_face_crop(ctx, i, d, kept),
-        images=kept,
         skipped=skipped,
         generate=generate,
         caption_processing=captions,
-        group=d.group,
     )
 
 
@@ -216,24 +205,12 @@ def _plan_kohya_folders(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> Datas
             if caption is not None:
                 images.append(_image(ctx, i, sub, info, masks, placer, keyer, captions, caption))
     kept = tuple(img for img in images if img is not None)
-    return DatasetPlan(
-        name=d.name,
-        role=d.role,
-        path=str(ctx.resolve(d.path)),
-        resolution=d.resolution,
-        resolution_height=d.resolution_height,
-        crop=d.crop,
-        flip=d.flip,
-        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
-        color_aug=d.color_aug,
-        preserve_output=d.preserve_output,
-        exif_orientation=d.exif_orientation,
-        mask_channel=d.mask_channel if d.masks else "luminance",
-        resize=d.resize,
-        face_crop=plan_face_crop(ctx, i, d, kept),
-        images=kept,
+    return _dataset_plan(
+        ctx,
+        i,
+        d,
+        kept,
         skipped=tuple(skipped),
-        group=d.group,
         folders=tuple(
             FolderPlan(
                 name=f.name,
@@ -301,25 +278,13 @@ def _plan_metadata(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> DatasetPla
             ("datasets", i, "metadata"),
             help="fix or replace the images listed above",
         )
-    return DatasetPlan(
-        name=d.name,
-        role=d.role,
-        path=str(ctx.resolve(d.path)),
-        resolution=d.resolution,
-        resolution_height=d.resolution_height,
-        crop=d.crop,
-        flip=d.flip,
-        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
-        color_aug=d.color_aug,
-        preserve_output=d.preserve_output,
-        exif_orientation=d.exif_orientation,
-        mask_channel=d.mask_channel if d.masks else "luminance",
-        resize=d.resize,
-        face_crop=plan_face_crop(ctx, i, d, kept),
-        images=kept,
+    return _dataset_plan(
+        ctx,
+        i,
+        d,
+        kept,
         skipped=tuple(diag.message for diag in scan.diagnostics if diag.severity == "warning"),
         caption_processing=captions,
-        group=d.group,
     )
 
 
@@ -643,3 +608,26 @@ def _future_images(
             )
         )
     return images
+
+
+def _dataset_plan(ctx: Context, i: int, d: Dataset, kept: tuple, **source) -> DatasetPlan:
+    """The plan of dataset `i` with its usable images `kept`; `source`: what its kind of source adds (the
+    folders, the generated images, the captions, the resolved path)."""
+    return DatasetPlan(
+        name=d.name,
+        role=d.role,
+        resolution=d.resolution,
+        resolution_height=d.resolution_height,
+        crop=d.crop,
+        flip=d.flip,
+        mask_source="folder" if d.masks else "alpha" if d.mask_from_alpha else "none",
+        color_aug=d.color_aug,
+        preserve_output=d.preserve_output,
+        exif_orientation=d.exif_orientation,
+        mask_channel=d.mask_channel if d.masks else "luminance",
+        resize=d.resize,
+        face_crop=plan_face_crop(ctx, i, d, kept),
+        images=kept,
+        group=d.group,
+        **{"path": str(ctx.resolve(d.path)), **source},
+    )
