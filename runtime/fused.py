@@ -10,7 +10,7 @@ once (under the first part's name), so the optimizer, the resume state and EMA h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,66 +19,65 @@ from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
 
 
-def fused_layers(
-    module: torch.nn.Module, groups: tuple[FusedPlan, ...]
-) -> Iterator[tuple[FusedPlan, list[tuple[int, Any]]]]:
-    """Per block of each fused group found in `module`: the group, and its parts that carry dbspec's peft
-    LoRA adapter, as (index in the group's parts, layer), in part order."""
-    from peft.tuners.lora import LoraLayer
-
+def fused_parts(
+    module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapted: Callable[[Any], bool]
+) -> Iterator[tuple[FusedPlan, int, list[tuple[int, str, Any]]]]:
+    """Per block of each fused group found in `module`: the group, the block's index, and its parts whose
+    layer `adapted` accepts, as (index in the group's parts, part name, layer), in part order."""
     for group in groups:
         try:
             blocks = module.get_submodule(group.blocks)
         except AttributeError:
             continue
-        for block in blocks:
+        for index, block in enumerate(blocks):
             found = []
-            for index, part in enumerate(group.parts):
+            for position, part in enumerate(group.parts):
                 try:
                     layer = block.get_submodule(part)
                 except AttributeError:
                     continue
-                if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
-                    found.append((index, layer))
-            yield group, found
+                if adapted(layer):
+                    found.append((position, part, layer))
+            yield group, index, found
+
+
+def _lora_part(layer: Any) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A
+
+
+def fused_layers(
+    module: torch.nn.Module, groups: tuple[FusedPlan, ...]
+) -> Iterator[tuple[FusedPlan, list[tuple[int, Any]]]]:
+    """Per block of each fused group found in `module`: the group, and its parts that carry dbspec's peft
+    LoRA adapter, as (index in the group's parts, layer), in part order."""
+    for group, _, found in fused_parts(module, groups, _lora_part):
+        yield group, [(position, layer) for position, _, layer in found]
 
 
 def tie_fused_projections(module: torch.nn.Module, fused: tuple[FusedPlan, ...]) -> int:
     """Tie the adapted parts' `lora_A` weights of every block's fused layers in `module` (the denoiser, peft
     LoRA attached) to the first adapted part's; how many fused layers now share one. ValueError when parts
     of one fused layer have different ranks or scales (the compiler refuses those plans, DBS507)."""
-    from peft.tuners.lora import LoraLayer
-
     shared = 0
-    for group in fused:
-        try:
-            blocks = module.get_submodule(group.blocks)
-        except AttributeError:
+    for group, index, found in fused_parts(module, fused, _lora_part):
+        layers = [(part, layer) for _, part, layer in found]
+        if len(layers) < 2:
             continue
-        for index, block in enumerate(blocks):
-            layers = []
-            for part in group.parts:
-                try:
-                    layer = block.get_submodule(part)
-                except AttributeError:
-                    continue
-                if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
-                    layers.append((part, layer))
-            if len(layers) < 2:
-                continue
-            first_part, first = layers[0]
-            for part, layer in layers[1:]:
-                same = (layer.r[ADAPTER_NAME], layer.scaling[ADAPTER_NAME]) == (
-                    first.r[ADAPTER_NAME],
-                    first.scaling[ADAPTER_NAME],
+        first_part, first = layers[0]
+        for part, layer in layers[1:]:
+            same = (layer.r[ADAPTER_NAME], layer.scaling[ADAPTER_NAME]) == (
+                first.r[ADAPTER_NAME],
+                first.scaling[ADAPTER_NAME],
+            )
+            if not same:
+                raise ValueError(
+                    f"{group.blocks}.{index}.{part}: rank {layer.r[ADAPTER_NAME]} scale "
+                    f"{layer.scaling[ADAPTER_NAME]:g}, but {first_part} of the same fused {group.name} "
+                    f"has rank {first.r[ADAPTER_NAME]} scale {first.scaling[ADAPTER_NAME]:g}: one shared "
+                    "down-projection needs one rank and scale"
                 )
-                if not same:
-                    raise ValueError(
-                        f"{group.blocks}.{index}.{part}: rank {layer.r[ADAPTER_NAME]} scale "
-                        f"{layer.scaling[ADAPTER_NAME]:g}, but {first_part} of the same fused {group.name} "
-                        f"has rank {first.r[ADAPTER_NAME]} scale {first.scaling[ADAPTER_NAME]:g}: one shared "
-                        "down-projection needs one rank and scale"
-                    )
-                layer.lora_A[ADAPTER_NAME].weight = first.lora_A[ADAPTER_NAME].weight
-            shared += 1
+            layer.lora_A[ADAPTER_NAME].weight = first.lora_A[ADAPTER_NAME].weight
+        shared += 1
     return shared

@@ -17,44 +17,37 @@ import torch
 
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.fused import fused_parts
+
+
+def _loha_part(layer) -> bool:
+    from peft.tuners.loha import LoHaLayer
+
+    return isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.hada_w1_a
 
 
 def tie_fused_loha(module: torch.nn.Module, groups: tuple[FusedPlan, ...]) -> int:
     """Tie the adapted parts' `hada_w1_b` / `hada_w2_b` of every block's fused layers in `module` (peft LoHa
     attached) to the first part's; how many fused layers. ValueError when a fused layer's parts are adapted in
     part, or at other ranks or scales (the compiler refuses those plans)."""
-    from peft.tuners.loha import LoHaLayer
-
     shared = 0
-    for group in groups:
-        try:
-            blocks = module.get_submodule(group.blocks)
-        except AttributeError:
+    for group, index, found in fused_parts(module, groups, _loha_part):
+        layers = [layer for _, _, layer in found]
+        if not layers:
             continue
-        for index, block in enumerate(blocks):
-            layers = []
-            for part in group.parts:
-                try:
-                    layer = block.get_submodule(part)
-                except AttributeError:
-                    continue
-                if isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.hada_w1_a:
-                    layers.append(layer)
-            if not layers:
-                continue
-            where = f"{group.blocks}.{index} fused {group.name}"
-            if len(layers) != len(group.parts):
-                raise ValueError(f"{where}: LoHa on a fused layer needs every part adapted ({group.parts})")
-            first = layers[0]
-            key = (first.r[ADAPTER_NAME], first.scaling[ADAPTER_NAME])
-            if any((layer.r[ADAPTER_NAME], layer.scaling[ADAPTER_NAME]) != key for layer in layers):
-                raise ValueError(f"{where}: its parts' LoHa ranks or scales differ")
-            for layer in layers[1:]:
-                layer.hada_w1_b[ADAPTER_NAME] = first.hada_w1_b[ADAPTER_NAME]
-                layer.hada_w2_b[ADAPTER_NAME] = first.hada_w2_b[ADAPTER_NAME]
-                layer.fused_loha_later = True
-            first.fused_loha_parts = layers
-            shared += 1
+        where = f"{group.blocks}.{index} fused {group.name}"
+        if len(layers) != len(group.parts):
+            raise ValueError(f"{where}: LoHa on a fused layer needs every part adapted ({group.parts})")
+        first = layers[0]
+        key = (first.r[ADAPTER_NAME], first.scaling[ADAPTER_NAME])
+        if any((layer.r[ADAPTER_NAME], layer.scaling[ADAPTER_NAME]) != key for layer in layers):
+            raise ValueError(f"{where}: its parts' LoHa ranks or scales differ")
+        for layer in layers[1:]:
+            layer.hada_w1_b[ADAPTER_NAME] = first.hada_w1_b[ADAPTER_NAME]
+            layer.hada_w2_b[ADAPTER_NAME] = first.hada_w2_b[ADAPTER_NAME]
+            layer.fused_loha_later = True
+        first.fused_loha_parts = layers
+        shared += 1
     return shared
 
 

@@ -24,6 +24,7 @@ import torch
 
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.fused import fused_parts
 from dbspec.runtime.lokr_factor import factorization
 
 _KEYS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -74,23 +75,14 @@ def fused_lokr_layers(
     module: torch.nn.Module, groups: tuple[FusedPlan, ...]
 ) -> Iterator[tuple[FusedPlan, int, list]]:
     """Per block of each fused group: (group, block index, [(part, peft LoKr layer)] of the adapted parts)."""
+    for group, index, found in fused_parts(module, groups, _lokr_part):
+        yield group, index, [(part, layer) for _, part, layer in found]
+
+
+def _lokr_part(layer) -> bool:
     from peft.tuners.lokr import LoKrLayer
 
-    for group in groups:
-        try:
-            blocks = module.get_submodule(group.blocks)
-        except AttributeError:
-            continue
-        for index, block in enumerate(blocks):
-            found = []
-            for part in group.parts:
-                try:
-                    layer = block.get_submodule(part)
-                except AttributeError:
-                    continue
-                if isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r:
-                    found.append((part, layer))
-            yield group, index, found
+    return isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r
 
 
 def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapter: Any, seed: int) -> int:
