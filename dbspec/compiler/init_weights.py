@@ -63,13 +63,8 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help="set adapter.dora = false to continue the LoRA",
         )
         return "", 0
-    if not path.is_file():
-        ctx.report("DBS357", "error", f"LoRA file `{path}` not found", KEY, help="check the path")
-        return "", 0
-    try:
-        file = read_lora_file(path)
-    except ModelFileError as exc:
-        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the LoRA: {exc.reason}", KEY)
+    file = _read_file(ctx, path, read_lora_file, "LoRA")
+    if file is None:
         return "", 0
     trained = {c.name for c in components if c.trainable == "lora"}
     if family_spec(family).fused_projections:  # kohya's lora_flux / lora_sd3: the original model's names
@@ -352,13 +347,8 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    if not path.is_file():
-        ctx.report("DBS357", "error", f"OFT file `{path}` not found", KEY, help="check the path")
-        return "", 0
-    try:
-        file = read_oft_file(path)
-    except ModelFileError as exc:
-        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the OFT: {exc.reason}", KEY)
+    file = _read_file(ctx, path, read_oft_file, "OFT")
+    if file is None:
         return "", 0
     if spec.denoiser not in {c.name for c in components if c.trainable == "lora"}:
         return _tally(ctx, path, {spec.denoiser: len(file.modules)}, 0)
@@ -411,3 +401,15 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
             ("adapter", "init_partial"),
         )
     return _tally(ctx, path, {}, used)
+
+
+def _read_file(ctx: Context, path, reader, what: str):
+    """The starting file as `reader` reads it, or None (reported: missing, or unreadable as `what`)."""
+    if not path.is_file():
+        ctx.report("DBS357", "error", f"{what} file `{path}` not found", KEY, help="check the path")
+        return None
+    try:
+        return reader(path)
+    except ModelFileError as exc:
+        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the {what}: {exc.reason}", KEY)
+        return None
