@@ -241,59 +241,18 @@ def adapter_params(
     if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
         return {c.name: int(c.params) for c in components if c.trainable == "lora"}
     if adapter.kind == "glora":  # a1, a2 (in x rank each), b1, b2 (rank x (out + in)): 3 LoRAs bound it
-        return {
-            c.name: int(
-                public.lora_params_per_rank[c.name]
-                * 3
-                * max(adapter.rank, adapter.conv_rank)
-                * c.params
-                / public.public_params[c.name]
-            )
-            for c in components
-            if c.trainable == "lora"
-        }
+        return _at_rank(public, components, 3 * max(adapter.rank, adapter.conv_rank))
     if adapter.kind == "boft":  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
-        return {
-            c.name: int(
-                public.lora_params_per_rank[c.name]
-                * (16 * adapter.block_size + 1)
-                * c.params
-                / public.public_params[c.name]
-            )
-            for c in components
-            if c.trainable == "lora"
-        }
+        return _at_rank(public, components, 16 * adapter.block_size + 1)
     if adapter.kind == "diag-oft" and getattr(adapter, "form", "lycoris") == "kohya":
         # kohya's networks.oft: out x (out / blocks) per layer, at most (in + out) x (widest / blocks); the
         # U-Nets' widest targeted linear is GEGLU's ff.net.0.proj (8 x 1280) or else 1280
         widest = 10240 if any(t.startswith("ff.net.0") for t in adapter.denoiser_targets) else 1280
-        return {
-            c.name: int(
-                public.lora_params_per_rank[c.name]
-                * max(1, widest // max(adapter.block_count, 1))
-                * c.params
-                / public.public_params[c.name]
-            )
-            for c in components
-            if c.trainable == "lora"
-        }
+        return _at_rank(public, components, max(1, widest // max(adapter.block_count, 1)))
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
-        return {
-            c.name: int(
-                public.lora_params_per_rank[c.name]
-                * (adapter.block_size + 1)
-                * c.params
-                / public.public_params[c.name]
-            )
-            for c in components
-            if c.trainable == "lora"
-        }
+        return _at_rank(public, components, adapter.block_size + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
-        return {
-            c.name: int(public.lora_params_per_rank[c.name] * c.params / public.public_params[c.name])
-            for c in components
-            if c.trainable == "lora"
-        }
+        return _at_rank(public, components, 1)
     factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
     for c in components:
@@ -341,3 +300,13 @@ def _conv_params(adapter, public, rank: int) -> int:
         return flat
     inputs, count = public.conv_tucker_facts
     return flat - 8 * inputs * rank + 9 * count * rank * rank
+
+
+def _at_rank(public, components, rank: float) -> dict[str, int]:
+    """A LoRA's parameters at `rank` on each adapted component, scaled to the component's size (the bound the
+    whole-layer and block kinds are counted by)."""
+    return {
+        c.name: int(public.lora_params_per_rank[c.name] * rank * c.params / public.public_params[c.name])
+        for c in components
+        if c.trainable == "lora"
+    }
