@@ -234,6 +234,26 @@ class FamilySpec:
 _CLIP_L = TextEncoderSpec("text_encoder", "tokenizer", "CLIPTextModel", "cond_stage_model.transformer.")
 _UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Black Forest Labs' MM-DiT (Flux, Chroma): the double blocks fuse q, k, v per stream; the single blocks q, k,
+# v and the MLP input (diffusers splits each into parts).
+_BFL_FUSED = (
+    FusedProjection("img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 3072 * 19),
+    FusedProjection(
+        "txt_attn_qkv",
+        "transformer_blocks",
+        ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+        3072 * 19,
+    ),
+    FusedProjection(
+        "linear1", "single_transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), 3072 * 38
+    ),
+)
+# the double blocks' attention and MLP Linears of both streams, by diffusers' names
+_BFL_BLOCK_LINEARS = (
+    *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+    *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+)
 
 FAMILIES: dict[str, FamilySpec] = {
     "sd1": FamilySpec(
@@ -664,31 +684,12 @@ FAMILIES: dict[str, FamilySpec] = {
         long_prompts=False,
         lora_peft_keys=True,
         train_guidance=3.5,
-        # Black Forest Labs' double blocks fuse q, k, v per stream; single blocks q, k, v and the MLP input.
-        fused_projections=(
-            FusedProjection(
-                "img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 3072 * 19
-            ),
-            FusedProjection(
-                "txt_attn_qkv",
-                "transformer_blocks",
-                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-                3072 * 19,
-            ),
-            FusedProjection(
-                "linear1",
-                "single_transformer_blocks",
-                ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-                3072 * 38,
-            ),
-        ),
+        fused_projections=_BFL_FUSED,
         # networks/lora_flux.py: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2, mod.lin of both
         # streams) and the single blocks (linear1, linear2, modulation.lin); the suffix proj_out also names
         # the final layer's Linear (final_layer.linear), which kohya does not adapt.
         kohya_lora_targets=(
-            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
-            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
-            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *_BFL_BLOCK_LINEARS,
             *("norm1.linear", "norm1_context.linear", "proj_mlp", "proj_out", "norm.linear"),
         ),
         kohya_lora_excluded=("^proj_out$",),
@@ -793,31 +794,13 @@ FAMILIES: dict[str, FamilySpec] = {
         lora_peft_keys=True,
         train_guidance=0.0,  # no guidance embedding: diffusers' approximator input is guidance 0
         approximator_guidance=True,  # kohya feeds --guidance_scale to it (its Chroma docs: 0.0)
-        # Flux's fused Linears (Chroma's original layout is Black Forest Labs')
-        fused_projections=(
-            FusedProjection(
-                "img_attn_qkv", "transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v"), 3072 * 19
-            ),
-            FusedProjection(
-                "txt_attn_qkv",
-                "transformer_blocks",
-                ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-                3072 * 19,
-            ),
-            FusedProjection(
-                "linear1",
-                "single_transformer_blocks",
-                ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-                3072 * 38,
-            ),
-        ),
+        # Chroma's original layout is Black Forest Labs', as Flux's
+        fused_projections=_BFL_FUSED,
         # networks/lora_flux.py on Chroma: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2 of both
         # streams; Chroma's blocks have no mod.lin) and the single blocks (linear1, linear2); the suffix
         # proj_out also names the final layer's Linear, which kohya does not adapt.
         kohya_lora_targets=(
-            *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
-            *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
-            *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+            *_BFL_BLOCK_LINEARS,
             *("proj_mlp", "proj_out"),
         ),
         kohya_lora_excluded=("^proj_out$",),
