@@ -3,9 +3,9 @@ networks.lora_flux) converted exactly: `in_dims`, `network_reg_dims` / `network_
 `--dim_from_weights`. kohya's LoRANetwork scans Chroma's double blocks (no modulation Linear), single blocks
 and, with in_dims, the Linears whose names hold `_img_in`, `_time_in`, `_vector_in`, `_guidance_in` or
 `_txt_in`: on Chroma img_in and txt_in alone (no time_in, vector_in or guidance_in; the approximator
-`distilled_guidance_layer` holds none of the words). Each module's rank, alpha and rate in the plan is computed
-here independently from kohya's rules (first regex `re.search` finds wins; otherwise in_dims for an
-embedder, the per-type rank, then the block indices)."""
+`distilled_guidance_layer` holds none of the words). Each module's rank, alpha and rate in the plan is
+computed here independently from kohya's rules (first regex `re.search` finds wins; otherwise in_dims for
+an embedder, the per-type rank, then the block indices)."""
 
 from __future__ import annotations
 
@@ -148,7 +148,8 @@ def _kohya_file(path, ranks: dict[str, tuple[int, float]]) -> None:
 def test_dim_from_weights_builds_the_files_chroma_modules_at_their_ranks(tmp_path):
     """create_network_from_weights on Chroma: each module of the file that kohya's network scans (blocks,
     img_in, txt_in) at its own rank and alpha; a Flux modulation Linear, the approximator and the final
-    layer in the file build nothing (load_state_dict(strict=False) ignores them); T5-XXL's modules train T5."""
+    layer in the file build nothing (load_state_dict(strict=False) ignores them); T5-XXL's modules train
+    T5."""
     ranks = {name: (16, 8.0) for name, _ in _modules(embedders=False) if "blocks_7_" not in name}
     ranks |= {"lora_unet_single_blocks_5_linear1": (8, 4.0), "lora_unet_img_in": (4, 4.0)}
     ignored = ("distilled_guidance_layer_in_proj", "double_blocks_0_img_mod_lin", "final_layer_linear")
