@@ -92,7 +92,7 @@ def first_match(pairs: dict[str, float], name: str, skip_bad: bool) -> tuple[str
 
 
 def flux_names(
-    train: str | None, in_dims: list[int] | None, family: str = "flux"
+    train: str | None, in_dims: list[int] | None, family: str
 ) -> dict[str, tuple[str, int | None, tuple[str, ...]]]:
     """kohya name -> (diffusers ModuleList or "", index, children) of each denoiser Linear create_modules
     scans on `family`'s model (Flux.1, or Chroma: no modulation Linears, of the embedders img_in and txt_in
@@ -151,8 +151,8 @@ def flux_reg_blocks(
     unet_lr: float | None,
     text_trains: bool,
     groups: dict[str, Any] | None = None,
+    family: str,
     t5_trains: bool = False,
-    family: str = "flux",
 ) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
     """(blocks, extra denoiser targets, warnings, whether a double block's q/k/v LoRA is built) for
     network_reg_dims / network_reg_lrs (popped from kwargs);
