@@ -79,9 +79,11 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
 def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict, in_file=None) -> set[str]:
     """The denoiser's layers set from the file (`in_file`: the file's modules, where layers it lacks keep
     their init: adapter.init_partial; None: every adapted layer needs its tensors)."""
-    # the family's kohya layout (runtime/flux_kohya.py, sd3_kohya.py); the adaLN Linears feeding an
-    # AdaLayerNormContinuous hold (scale, shift) where the original holds (shift, scale)
-    layout = import_module(f"dbspec.runtime.{family_spec(family).runtime}_kohya")
+    # the family's kohya layout (runtime/flux_kohya.py for networks.lora_flux: Flux and Chroma; sd3_kohya.py);
+    # the adaLN Linears feeding an AdaLayerNormContinuous hold (scale, shift) where the original holds
+    # (shift, scale)
+    network = family_spec(family).kohya.network.removeprefix("networks.lora_")
+    layout = import_module(f"dbspec.runtime.{network}_kohya")
     original_name = layout.original_name
 
     def swapped(_kohya: str, module_path: str) -> bool:

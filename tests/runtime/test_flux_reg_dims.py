@@ -65,6 +65,7 @@ def _spec(tmp_path):
         selected={},
         unet_lr=LR,
         text_trains=False,
+        family="flux",
     )
     assert not extra
     targets = ", ".join(f'"{t}"' for t in family_spec("flux").kohya_lora_targets)

@@ -116,11 +116,6 @@ def test_kohya_chroma_ignores_clip_l_and_maps_train_t5xxl(tmp_path):
     assert fate(outcome, "network_args img_mod_dim") == "inert"  # Chroma's blocks have no mod.lin
 
 
-def test_kohya_chroma_in_dims_are_not_converted(tmp_path):
-    outcome = _chroma(tmp_path, "--network_args in_dims=[4,0,0,0,4]")
-    assert fate(outcome, "network_args") == "unsupported"
-
-
 def test_kohya_chroma_flux_shift_and_sigma_scaled_plan_as_for_flux(tmp_path):
     """The draw and the prediction transforms are flux_train_network.py's for both model types
     (get_noisy_model_input_and_timesteps, apply_model_prediction_type)."""

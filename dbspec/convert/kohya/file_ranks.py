@@ -4,14 +4,15 @@ where the file has no module. dbspec's adapter says that with `[[adapter.blocks]
 alpha) and group of the denoiser's modules, their patterns over diffusers' module paths, so the plan shows
 every rank; the file stays the weights' source and the plan checks its ranks against the blocks.
 
-Flux and SD3 (the original model's names): each kohya module maps to its diffusers paths (a fused Linear to
-all its parts, which then share one rank: kohya builds a `split_qkv` file's fused layers unsplit, one down at
-three or four times the rank); the blocks list the block indices per group of children, and a last rank-0
-block (pattern `^`) keeps every module the file lacks out, as kohya creates none there. networks.lora
+Flux, Chroma and SD3 (the original model's names): each kohya module maps to its diffusers paths (a fused
+Linear to all its parts, which then share one rank: kohya builds a `split_qkv` file's fused layers unsplit,
+one down at three or four times the rank); the blocks list the block indices per group of children, and a
+last rank-0 block (pattern `^`) keeps every module the file lacks out, as kohya creates none there (nor for
+a module its network does not scan: Chroma's approximator). networks.lora
 (SD 1.x / 2.x: diffusers names with `.` written `_`; SDXL: the original U-Net layout's, read back onto
 diffusers' by dbspec.unet_layout): one block per (rank, alpha) naming its modules, each `_` matching `.` or
 `_`, the 3x3 convolutions' at their conv rank and alpha. The text-encoder modules of every family (CLIP;
-Flux's and SD3's T5-XXL under lora_te3) likewise as [[adapter.text_encoder_blocks]] over
+Flux's, Chroma's and SD3's T5-XXL under lora_te3) likewise as [[adapter.text_encoder_blocks]] over
 `<component>.<path>`, with a last rank-0 block."""
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ _FLUX_TOP = {
     "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",
     "guidance_in_out_layer": "time_text_embed.guidance_embedder.linear_2",
 }
+# Chroma (library/chroma_models.py): Flux's blocks without the modulation Linears; of the embedders the
+# in_dims filters scan, only img_in and txt_in exist (its approximator, distilled_guidance_layer, matches
+# none of `_img_in`, `_time_in`, `_vector_in`, `_guidance_in`, `_txt_in`, and no block is named so)
+_CHROMA_DOUBLE = {k: v for k, v in _FLUX_DOUBLE.items() if not k.endswith("_mod_lin")}
+_CHROMA_SINGLE = {k: v for k, v in _FLUX_SINGLE.items() if k != "modulation_lin"}
+_CHROMA_TOP = {k: v for k, v in _FLUX_TOP.items() if k in ("img_in", "txt_in")}
 _SD3_BLOCK = {
     "x_block_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "x_block_attn_proj": ("attn.to_out.0",),
@@ -82,6 +89,8 @@ _SD3_TOP = {
 _LAYOUTS = {
     "flux": ({"double_blocks": ("transformer_blocks", _FLUX_DOUBLE), "single_blocks": (
         "single_transformer_blocks", _FLUX_SINGLE)}, _FLUX_TOP),
+    "chroma": ({"double_blocks": ("transformer_blocks", _CHROMA_DOUBLE), "single_blocks": (
+        "single_transformer_blocks", _CHROMA_SINGLE)}, _CHROMA_TOP),
     "sd3": ({"joint_blocks": ("transformer_blocks", _SD3_BLOCK)}, _SD3_TOP),
 }  # fmt: skip
 
@@ -98,7 +107,7 @@ def _same(a: Pair, b: Pair) -> bool:
 def flow_paths(family: str, name: str) -> tuple[str, int | None, tuple[str, ...]] | None:
     """(diffusers ModuleList or "", block index or None, children / the path) of kohya's denoiser module
     `name` (without lora_unet_); None where create_network_from_weights creates no LoRA (Flux's final
-    layer, names it does not scan)."""
+    layer, names it does not scan: on Chroma the approximator and Flux's modulation Linears too)."""
     lists, top = _LAYOUTS[family]
     if name in top:
         return "", None, (top[name],)

@@ -52,6 +52,11 @@ _IN_DIMS = (
     ),
     (("context_embedder",), r"^context_embedder$"),
 )
+# Chroma's (library/chroma_models.py): img_in and txt_in; it has no time_in, vector_in or guidance_in, and
+# its approximator (distilled_guidance_layer.in_proj, layers.N.in_layer / out_layer, out_proj) holds none of
+# the filters' words (`_guidance_layer_in_proj` is not `_guidance_in`), so those three ranks build nothing
+_IN_DIMS_OF = {"flux": _IN_DIMS, "chroma": (_IN_DIMS[0], None, None, None, _IN_DIMS[4])}
+_IN_NAMES = ("img", "time", "vector", "guidance", "txt")
 _UNSUPPORTED: dict[str, str] = {}  # every network argument lora_flux reads has a dbspec equivalent
 
 
@@ -95,8 +100,8 @@ def map_lora_flux(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     try:
-        if family == "chroma" and not _chroma_args(kwargs, args, conv):
-            return False
+        if family == "chroma":
+            _chroma_args(kwargs, args, conv)
         return _map(kwargs, args, dim, alpha, a, conv, family)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"kohya's lora_flux asserts on it ({exc})")
@@ -107,23 +112,14 @@ def map_lora_flux(
 _MOD_DIMS = ("img_mod_dim", "txt_mod_dim", "single_mod_dim")
 
 
-def _chroma_args(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> bool:
+def _chroma_args(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
     """network_args on Chroma: the modulation ranks are inert (no mod.lin Linears: its approximator
-    modulates), in_dims and the regex ranks / rates are not converted for it (False)."""
+    modulates them); the rest map as on Flux.1, over Chroma's modules (in_dims: img_in and txt_in alone)."""
     for key in _MOD_DIMS:
         if key in kwargs:
             kwargs.pop(key)
             legacy = Legacy(key=f"{args.key} {key}", value=None, source=args.source)
             conv.inert(legacy, "Chroma's blocks have no modulation Linear (its approximator modulates them)")
-    refused = [k for k in ("in_dims", "network_reg_dims", "network_reg_lrs") if k in kwargs]
-    if refused:
-        conv.unsupported(
-            args,
-            f"{', '.join(refused)} with --model_type chroma: dbspec maps them onto Flux.1's embedders and "
-            "modules, not Chroma's yet",
-        )
-        return False
-    return True
 
 
 def _map(
@@ -164,12 +160,16 @@ def _map(
         in_dims = [int(d) for d in text.split(",")]
         if len(in_dims) != 5:
             raise ValueError(f"in_dims has {len(in_dims)} numbers, not 5 (img, time, vector, guidance, txt)")
-        for (names, pattern), rank in zip(_IN_DIMS, in_dims):
-            if rank:
+        for embedder, rank, what in zip(_IN_DIMS_OF[family], in_dims, _IN_NAMES):
+            if rank and embedder is None:
+                legacy = Legacy(key=f"{args.key} in_dims {what}", value=rank, source=args.source)
+                conv.inert(legacy, f"Chroma has no {what}_in embedder (kohya's filter matches no Linear)")
+            elif rank:
+                names, pattern = embedder
                 targets.extend(names)
                 blocks.append({"pattern": pattern, "rank": rank, "alpha": alpha, "_why": "in_dims"})
     ok, reg = _reg_blocks(kwargs, args, a, blocks, targets, conv, dim=dim, alpha=alpha, train=train,
-                      type_dims=type_dims, in_dims=in_dims, selected=selected)  # fmt: skip
+                      type_dims=type_dims, in_dims=in_dims, selected=selected, family=family)  # fmt: skip
     if not ok:
         return False
     for key, rank in type_dims.items():
@@ -320,9 +320,12 @@ def _reg_blocks(
     chosen = known.pop("selected")
     selected = {k: chosen[p] for k, p in (("double", _DOUBLE), ("single", _SINGLE)) if p in chosen}
     groups: dict = {"reg": {}, "default": False}
+    family = known["family"]
+    clip = not unet_only and bool(family_spec(family).clip_text_encoders)  # Chroma: kohya's dummy CLIP-L
+    t5 = not unet_only and true(kwargs.get("train_t5xxl", "False"))  # the regexes reach T5's modules too
     try:
         found, extra, warnings, qkv = flux_reg_blocks(
-            kwargs, **known, selected=selected, unet_lr=lr, text_trains=not unet_only, groups=groups
+            kwargs, **known, selected=selected, unet_lr=lr, text_trains=clip, t5_trains=t5, groups=groups
         )
     except NotImplementedError as exc:
         conv.unsupported(args, f"network_reg_dims / network_reg_lrs: {exc}")
@@ -334,7 +337,7 @@ def _reg_blocks(
     if "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value:
         found, extra = [], []  # train_network.py applies no denoiser LoRA: the regexes act on CLIP-L only
     conv.facts["kohya_flux_reg_groups"] = groups  # group_lists.py: the per-group scheduler lists
-    first = len(family_spec("flux").kohya_lora_excluded)
+    first = len(family_spec(family).kohya_lora_excluded)
     why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
     blocks[first:first] = [{**b, "_why": why} for b in found]
     targets.extend(t for t in extra if t not in targets)

@@ -672,7 +672,9 @@ def _fused_adafactor(a: Args, script: str) -> bool:
     return bool(fused) and str(a["optimizer_type"].value).lower() == "adafactor"
 
 
-def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conversion) -> None:
+def _flow_dim_from_weights(
+    a: Args, wanted: str, paths: PathMapper, conv: Conversion, family: str | None = None
+) -> None:
     """--dim_from_weights with networks.lora_flux / lora_sd3: create_network_from_weights builds one LoRA per
     module of the file (among the network's own candidates) at the module's rank and alpha, split_qkv off, so
     a fused Linear's LoRA is one shared down (dbspec's fused_projections, which the network mapping set), and
@@ -680,7 +682,8 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
     alpha and group of modules, a last rank-0 block for the rest; a split_qkv file's fused layers at three or
     four times the rank); the text encoders' (CLIP-L, CLIP-G, T5-XXL) modules, when their ranks differ or
     some layer's are missing, [[adapter.text_encoder_blocks]] likewise. A module without alpha is kohya's
-    KeyError (modules_alpha[lora_name])."""
+    KeyError (modules_alpha[lora_name]). On Chroma (`family`) kohya's network has Chroma's modules only: a
+    file's modulation or approximator modules build nothing, and T5-XXL (lora_te3) is its only encoder."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not weights.value:
         conv.invalid(
@@ -708,7 +711,7 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
             "(kohya's KeyError)",
         )
         return
-    family = "flux" if wanted == "networks.lora_flux" else "sd3"
+    family = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
     components = flow_components(family)
     try:
         blocks, embedders = flow_blocks(file, family)
@@ -729,7 +732,8 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
         from dbspec.convert.kohya.lora_flux import t5_trains
 
         modules = Legacy(key=f"{weights.key} lora_te3", value=f"{len(t5)} modules", source=weights.source)
-        t5_trains(modules, a, conv, f"{family}_train_network.py")
+        script = "flux_train_network.py" if wanted == "networks.lora_flux" else "sd3_train_network.py"
+        t5_trains(modules, a, conv, script, family)
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
@@ -808,15 +812,8 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
     # fused layers split onto diffusers' parts as the networks' load_state_dict splits them
     weights = a["network_weights"]
-    if a["dim_from_weights"].value and family == "chroma":
-        conv.unsupported(
-            a["dim_from_weights"],
-            "--dim_from_weights with --model_type chroma: dbspec reads a file's ranks against Flux.1's "
-            "module table (convert/kohya/file_ranks.py), not Chroma's yet",
-            "give the ranks as --network_dim / network_args, or train Flux.1",
-        )
-    elif a["dim_from_weights"].value:
-        _flow_dim_from_weights(a, wanted, paths, conv)
+    if a["dim_from_weights"].value:
+        _flow_dim_from_weights(a, wanted, paths, conv, family)
     elif weights.value:
         map_network_weights(a, paths, conv)
     map_base_weights(a, paths, conv)

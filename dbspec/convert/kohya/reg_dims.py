@@ -24,7 +24,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from dbspec.convert.kohya.file_ranks import _FLUX_DOUBLE, _FLUX_SINGLE, _FLUX_TOP, _patterns
+from dbspec.convert.kohya.file_ranks import _LAYOUTS, _patterns
 
 NUM_DOUBLE, NUM_SINGLE = 19, 38
 # create_network's in_dims filters [img, time, vector, guidance, txt] over the embedders' kohya names
@@ -45,6 +45,16 @@ TEXT_NAMES = tuple(
     f"lora_te1_text_model_encoder_layers_{i}_{child}"
     for i in range(12)
     for child in (*(f"self_attn_{p}_proj" for p in ("k", "v", "q", "out")), "mlp_fc1", "mlp_fc2")
+)
+# T5-XXL's kohya names (lora_te3_, with train_t5xxl=True): T5Attention's and T5DenseGatedActDense's Linears
+# in its 24 blocks
+T5_NAMES = tuple(
+    f"lora_te3_encoder_block_{i}_{child}"
+    for i in range(24)
+    for child in (
+        *(f"layer_0_SelfAttention_{p}" for p in ("q", "k", "v", "o")),
+        *(f"layer_1_DenseReluDense_{p}" for p in ("wi_0", "wi_1", "wo")),
+    )
 )
 
 
@@ -82,22 +92,25 @@ def first_match(pairs: dict[str, float], name: str, skip_bad: bool) -> tuple[str
 
 
 def flux_names(
-    train: str | None, in_dims: list[int] | None
+    train: str | None, in_dims: list[int] | None, family: str
 ) -> dict[str, tuple[str, int | None, tuple[str, ...]]]:
     """kohya name -> (diffusers ModuleList or "", index, children) of each denoiser Linear create_modules
-    scans."""
+    scans on `family`'s model (Flux.1, or Chroma: no modulation Linears, of the embedders img_in and txt_in
+    alone)."""
+    lists, top = _LAYOUTS[family]
     out: dict[str, tuple[str, int | None, tuple[str, ...]]] = {}
-    for kind, prefix, total, table, skip in (
-        ("double_blocks", "transformer_blocks", NUM_DOUBLE, _FLUX_DOUBLE, "single"),
-        ("single_blocks", "single_transformer_blocks", NUM_SINGLE, _FLUX_SINGLE, "double"),
+    for kind, total, skip in (
+        ("double_blocks", NUM_DOUBLE, "single"),
+        ("single_blocks", NUM_SINGLE, "double"),
     ):
         if train == skip:
             continue
+        prefix, table = lists[kind]
         for i in range(total):
             for child, parts in table.items():
                 out[f"lora_unet_{kind}_{i}_{child}"] = (prefix, i, parts)
     if in_dims is not None:
-        for name, path in _FLUX_TOP.items():
+        for name, path in top.items():
             out[f"lora_unet_{name}"] = ("", None, (path,))
     return out
 
@@ -138,13 +151,18 @@ def flux_reg_blocks(
     unet_lr: float | None,
     text_trains: bool,
     groups: dict[str, Any] | None = None,
+    family: str,
+    t5_trains: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
     """(blocks, extra denoiser targets, warnings, whether a double block's q/k/v LoRA is built) for
     network_reg_dims / network_reg_lrs (popped from kwargs);
     ValueError where kohya fails, NotImplementedError (its message) where dbspec cannot express the result.
     `groups` (filled when given): kohya's optimizer groups of the denoiser's LoRA modules,
     `reg`: {regex position in network_reg_lrs: its rate} for each regex that is the first to match a built
-    module (assemble_params' `reg_lr_<i>` groups), `default`: whether a built module matches none."""
+    module (assemble_params' `reg_lr_<i>` groups), `default`: whether a built module matches none.
+    `text_trains`: CLIP-L's LoRA trains (never on Chroma: kohya's dummy CLIP-L has no Linear); `t5_trains`:
+    T5-XXL's (train_t5xxl=True), whose modules the regexes reach too; `family`: whose denoiser modules kohya
+    scans (flux, chroma)."""
     dims, dropped = (
         parse_pairs(kwargs.pop("network_reg_dims"), True) if "network_reg_dims" in kwargs else (None, [])
     )
@@ -153,15 +171,18 @@ def flux_reg_blocks(
     )
     warnings = [f"network_reg_dims: kohya drops {d}" for d in dropped]
     warnings += [f"network_reg_lrs: kohya drops {d}" for d in dropped_lr]
-    if text_trains:
+    text_names = (TEXT_NAMES if text_trains else ()) + (T5_NAMES if t5_trains else ())
+    if text_names:
         for what, pairs, skip in (("network_reg_dims", dims, False), ("network_reg_lrs", lrs, True)):
-            hit = next((n for n in TEXT_NAMES if pairs and first_match(pairs, n, skip)), None)
+            hit = next((n for n in text_names if pairs and first_match(pairs, n, skip)), None)
             if hit is not None:
                 raise NotImplementedError(
                     f"{what} matches the text encoder's module `{hit}` (blocks are the denoiser's; "
-                    "set network_train_unet_only or narrow the regex to lora_unet_ names)"
+                    "set network_train_unet_only"
+                    + (", drop train_t5xxl" if hit.startswith("lora_te3_") else "")
+                    + " or narrow the regex to lora_unet_ names)"
                 )
-    modules = flux_names(train, in_dims)
+    modules = flux_names(train, in_dims, family)
     decided: dict[tuple[int, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
         lambda: defaultdict(dict)
     )
