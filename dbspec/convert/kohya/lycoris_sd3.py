@@ -24,8 +24,10 @@ The fused q/k/v Linears get one module each, as on Flux: algo=lora / locon is ne
 with shared down-projections (fused_projections), written in kohya's lora_sd3 layout (runtime/sd3_kohya.py);
 LoKr / LoHa one Kronecker / Hadamard update per fused Linear, written in LyCORIS's layout under kohya's SD3
 names (runtime/lycoris_export.py), the last block's context modulation with its (scale, shift) rows put back
-in kohya's (shift, scale) order; lycoris-lora's create_network_from_weights loads both onto kohya's MMDiT
-with the trained outputs (tests/runtime/test_lycoris_sd3.py checks its modules on the fused Linears)."""
+in kohya's (shift, scale) order. lycoris-lora's create_network_from_weights loads all three files onto
+kohya's MMDiT blocks (sd3_models.MMDiTBlock and TimestepEmbedding at tiny-sd3's width, scratch run): every
+module found (19 of 19, both CLIPs' too), each module's update on kohya's Linear the trained parts' to 1.3e-7
+(tests/runtime/test_lycoris_sd3.py checks lycoris-lora's modules on the stacked fused Linears)."""
 
 from __future__ import annotations
 
