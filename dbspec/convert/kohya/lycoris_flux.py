@@ -36,8 +36,9 @@ shared."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
@@ -51,7 +52,7 @@ _DOUBLE_ATTENTION = [
     *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
     *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
 ]
-# preset -> (every block Linear or the double-block attention only, CLIP-L's targets)
+# Flux: preset -> (every block Linear or the double-block attention only, CLIP-L's targets)
 _PRESETS: dict[str, tuple[str, list[str]]] = {
     "full": ("all", list(KOHYA_TEXT_TARGETS)),
     "full-lin": ("all", list(KOHYA_TEXT_TARGETS)),
@@ -68,7 +69,7 @@ _NOTHING = {
 }
 
 
-@dataclass(frozen=True)
+@attrs.frozen(kw_only=True)
 class LycorisLayout:
     """What differs between the flow models LyCORIS's kohya network is converted on."""
 
@@ -81,7 +82,7 @@ class LycorisLayout:
     targets: Callable[[str, bool], tuple[list[str], list[dict[str, Any]], str]]
 
 
-# LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
+# LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
 _OFF = {
     "use_scalar": "false",
     "train_norm": "false",
