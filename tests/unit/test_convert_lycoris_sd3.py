@@ -33,7 +33,7 @@ def _sd3(tmp_path, extra: str = ""):
 
 
 def test_locon_full_lin_is_lora_sd3s_fused_network_and_the_timestep_embedder(tmp_path):
-    outcome = _sd3(tmp_path, "--text_encoder_lr 5e-5 --network_args algo=locon preset=full-lin")
+    outcome = _sd3(tmp_path, "--text_encoder_lr 5e-5 1e-5 --network_args algo=locon preset=full-lin")
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha) == ("lora", 16, 8.0)
@@ -42,6 +42,8 @@ def test_locon_full_lin_is_lora_sd3s_fused_network_and_the_timestep_embedder(tmp
     assert [f.name for f in a.fused] == FUSED
     assert list(a.text_encoder_targets) == CLIP and list(a.text_encoder_2_targets) == CLIP  # CLIP-L, CLIP-G
     assert plan.train_text_encoder and not a.t5_targets
+    # LyCORIS's prepare_optimizer_params: both CLIP encoders at text_encoder_lr's first value
+    assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr is None
     assert fate(outcome, "network_module") == "mapped"
     assert "DBS403" not in codes(outcome)
 
