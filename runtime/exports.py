@@ -430,7 +430,7 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
             written.append(
                 write_single_file(path, state, dtype, metadata, counters=kohya_counters(plan, step))
             )
-        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter):  # LoCon, DoRA, LoHa, LoKr
+        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter, plan.model.family):  # LoCon, LoKr...
             written.append(
                 export_lycoris(
                     folder / f"{name}.kohya.{ext}",

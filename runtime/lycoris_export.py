@@ -43,12 +43,14 @@ _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effective-conv form is its Tucker
 
 
-def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
-    """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
+def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> bool:
+    """Plain LoRA keeps kohya's networks.lora writer (the family's: LoCon on the convolutions its kohya layout
+    names too, SD3's patch convolution); everything else is written here."""
+    named = family_spec(family).kohya_conv_targets if family else ()
     return (
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
         or adapter.dora
-        or adapter.conv_rank > 0
+        or (adapter.conv_rank > 0 and not (named and set(adapter.conv_targets) <= set(named)))
         or adapter.tucker
         or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
         or norm_scalars(adapter)  # so is LyCORIS max norm's fixed one

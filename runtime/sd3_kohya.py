@@ -48,6 +48,7 @@ _BLOCK = {
     "norm1_context.linear": ("context_block_adaLN_modulation_1", None),
 }
 _TOP = {
+    "pos_embed.proj": "x_embedder_proj",  # the patch convolution (LyCORIS's full preset: LoCon)
     "context_embedder": "context_embedder",
     "time_text_embed.timestep_embedder.linear_1": "t_embedder_mlp_0",
     "time_text_embed.timestep_embedder.linear_2": "t_embedder_mlp_2",

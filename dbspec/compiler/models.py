@@ -307,6 +307,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not spec.kohya.lycoris_layout
             and (kind := _lycoris_kind(ctx.spec.adapter))
             and not _fused_lokr(ctx.spec.adapter, ctx.spec.train.denoiser)  # runtime/lycoris_export.py
+            and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
         ):
             ctx.report(
                 "DBS381",
@@ -325,6 +326,13 @@ def _fused_lokr(adapter: Adapter, denoiser: bool) -> bool:
     (compiler/fused.py refuses fused layers in other families)."""
     lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))
     return lokr and (adapter.fused_projections or not denoiser)
+
+
+def _layout_convs(adapter: Adapter, named: tuple[str, ...]) -> bool:
+    """A LoRA whose only LyCORIS part is LoCon on convolutions the family's kohya layout names (SD3's patch
+    convolution: runtime/sd3_kohya.py writes it beside the Linears)."""
+    plain = isinstance(adapter, LoraAdapter) and not adapter.dora
+    return plain and adapter.conv_rank > 0 and set(adapter.conv_targets) <= set(named)
 
 
 def _written(formats: tuple[str, ...]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from lycoris.modules.locon import LoConModule
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file
@@ -31,9 +32,17 @@ TARGETS = [
 LOKR = (
     '[adapter]\nkind = "lokr"\nrank = 2\nalpha = 1.5\nfused_projections = true\ndenoiser_targets = ['
     + ", ".join(f'"{t}"' for t in TARGETS)
-    + ']\ntext_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]\n\n'
-    '[train]\ntext_encoder = true\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
 )
+# the full-lin preset's CLIP-L and CLIP-G modules (lora_te1_*, lora_te2_*)
+TEXT = (
+    'text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]\n\n'
+    "[train]\ntext_encoder = true\n"
+)
+
+
+def _with_text(spec: str) -> str:
+    return spec.replace("\n\n[checkpoints]", "\n" + TEXT + "\n[checkpoints]")
 
 
 def _module(cls, tensors, name: str, parts, rows=None):
@@ -70,13 +79,14 @@ def _layers(transformer):
     ]
 
 
-def _check_export(plan, result, cls):
+def _check_export(plan, result, cls, text: bool = True):
     transformer = result.components.unet.float().eval()
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "final_layer" in n or "context_embedder" in n for n in names)
-    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" in names
-    assert "lora_te2_text_model_encoder_layers_0_mlp_fc1" in names
+    if text:
+        assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" in names
+        assert "lora_te2_text_model_encoder_layers_0_mlp_fc1" in names
     torch.manual_seed(0)
     for name, parts, order in _layers(transformer):
         x = torch.randn(3, parts[0].base_layer.in_features)
@@ -112,12 +122,45 @@ def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
     for name, p in second.components.unet.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, ours[name]), name
-    _check_export(plan, whole, LokrModule)
+    _check_export(plan, whole, LokrModule, text=False)
 
 
 def test_loha_export_is_what_lycoris_loads(tmp_path):
-    extra = LOKR.replace('kind = "lokr"', 'kind = "loha"')
+    extra = _with_text(LOKR.replace('kind = "lokr"', 'kind = "loha"'))
     plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
     _check_export(plan, result, LohaModule)
+
+
+def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_path):
+    """preset full's LoCon on the patch convolution (conv_dim 3, conv_alpha 1), in kohya's lora_sd3 layout
+    beside the fused Linears': lycoris-lora's LoConModule on kohya's x_embedder.proj (a 2x2 stride-2 Conv2d)
+    loaded from the file computes the trained layer."""
+    conv = 'conv_rank = 3\nconv_alpha = 1\nconv_targets = ["pos_embed.proj"]\n'
+    extra = LOKR.replace('kind = "lokr"', 'kind = "lora"').replace(
+        "\n\n[checkpoints]", "\n" + conv + "\n[checkpoints]"
+    )
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_x_embedder_proj"
+    assert tensors[f"{name}.lora_down.weight"].shape == (3, 16, 2, 2)
+    layer = result.components.unet.float().eval().pos_embed.proj
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    base = layer.base_layer
+    org = torch.nn.Conv2d(base.in_channels, base.out_channels, base.kernel_size, base.stride)
+    with torch.no_grad():
+        org.weight.copy_(base.weight)
+        org.bias.copy_(base.bias)
+    module = LoConModule(name, org, 1.0, 3, own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    torch.manual_seed(0)
+    x = torch.randn(2, base.in_channels, 8, 8)
+    with torch.no_grad():
+        trained, plain = layer(x), base(x)
+        theirs = module.eval()(x)
+    assert not torch.allclose(trained, plain, atol=1e-7)  # the LoCon trained
+    torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)

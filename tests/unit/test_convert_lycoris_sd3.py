@@ -1,7 +1,7 @@
 """LyCORIS's lycoris.kohya with sd3_train_network.py (dbspec/convert/kohya/lycoris_sd3.py, mapped by
 lycoris_flux.py): what lycoris-lora 4.1.3 builds on kohya's MMDiT per preset (full-lin / attn-mlp /
 unet-transformer-only: networks.lora_sd3's joint-block Linears and the timestep embedder's two; attn-only:
-no MMDiT module, CLIP-L's and CLIP-G's attention; full / unet-only add the patch convolution: DBS403),
+no MMDiT module, CLIP-L's and CLIP-G's attention; full / unet-only add LoCon on the patch convolution),
 algo=lora / locon with shared down-projections, lokr / loha one update per fused q/k/v."""
 
 from __future__ import annotations
@@ -81,11 +81,25 @@ def test_attn_only_with_unet_only_trains_nothing(tmp_path):
     assert errors(outcome)
 
 
-def test_full_and_unet_only_adapt_the_patch_convolution(tmp_path):
-    for preset in ("", "--network_args preset=unet-only algo=lokr"):
-        outcome = _sd3(tmp_path, preset)
+def test_full_adds_locon_on_the_patch_convolution(tmp_path):
+    """The default preset's PatchEmbed (x_embedder.proj, a 2x2 stride-2 convolution) at conv_dim / conv_alpha,
+    which default to network_dim / network_alpha."""
+    a = plan_of(_sd3(tmp_path, "--network_args algo=locon conv_dim=4"), tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("lora", 16, 8.0, 4, 8.0)
+    assert list(a.conv_targets) == ["pos_embed.proj"] and list(a.denoiser_targets) == TARGETS
+    assert list(a.text_encoder_targets) == CLIP
+    outcome = _sd3(tmp_path, "--network_args preset=unet-only")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.conv_rank, a.conv_alpha, list(a.conv_targets)) == (16, 8.0, ["pos_embed.proj"])
+    assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_lokr_or_tucker_on_the_patch_convolution_is_refused(tmp_path):
+    for args in ("algo=lokr", "algo=loha preset=unet-only", "use_tucker=True"):
+        outcome = _sd3(tmp_path, f"--network_args {args}")
         assert "DBS403" in codes(outcome)
-        assert "x_embedder.proj" in messages(outcome, "DBS403")
+        assert "pos_embed.proj" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin use_tucker=True"))
 
 
 def test_presets_without_modules_and_other_algos_and_t5(tmp_path):

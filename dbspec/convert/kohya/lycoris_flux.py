@@ -43,7 +43,12 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.loraplus import loraplus
-from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, parse_network_args
+from dbspec.convert.kohya.network import (
+    KOHYA_TEXT_TARGETS,
+    TUCKER_NAMES,
+    lycoris_tucker,
+    parse_network_args,
+)
 from dbspec.families import family_spec
 
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -80,6 +85,8 @@ class LycorisLayout:
     refused: dict[str, str]  # presets that build modules dbspec has no form for: why (DBS403)
     # (denoiser layers, LoKr / LoHa) -> (denoiser targets, [[adapter.blocks]], note); "none": no module
     targets: Callable[[str, bool], tuple[list[str], list[dict[str, Any]], str]]
+    # denoiser layers -> the convolutions LyCORIS's LoCon adapts there (conv_dim, conv_alpha; diffusers names)
+    convs: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 # LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
@@ -164,6 +171,8 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
+    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, lokr):
+        return False
     if layers == "none" and a["network_train_unet_only"].value:
         conv.invalid(
             f"{args.key} preset",
@@ -226,6 +235,38 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")
+    return True
+
+
+def _convs(
+    kwargs: dict[str, str],
+    a: dict[str, Legacy],
+    args: Legacy,
+    conv: Conversion,
+    layout,
+    layers: str,
+    lokr: bool,
+) -> bool:
+    """The preset's convolutions (LyCORIS's enable_conv): LoConModule on each, a k x k `lora_down` with the
+    layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
+    `conv_alpha` (LyCORIS's defaults: network_dim / network_alpha, 0 too). LoKr / LoHa and LoCon's Tucker
+    form there are refused. False when refused."""
+    where = ", ".join(layout.convs[layers])
+    if lokr:
+        conv.unsupported(args, f"LyCORIS's LoKr / LoHa on {layout.title}'s {where} has no dbspec form yet")
+        return False
+    if lycoris_tucker(kwargs):
+        conv.unsupported(args, f"LoCon's Tucker form (use_tucker) on {layout.title}'s {where}")
+        return False
+    for key in [k for k in kwargs if k in TUCKER_NAMES]:
+        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
+    conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
+    conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)
+    note = conv.comment(args, f"LyCORIS's LoCon on {where} (enable_conv: conv_dim, conv_alpha)")
+    conv.put(("adapter", "conv_rank"), conv_rank, note)
+    conv.put(("adapter", "conv_alpha"), conv_alpha, note)
+    conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
     return True
 
 

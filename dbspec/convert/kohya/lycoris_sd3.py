@@ -13,7 +13,10 @@ text-encoder list [CLIP-L, CLIP-G, T5-XXL], for algo locon, lokr and loha alike)
   time_text_embed.timestep_embedder.linear_1 / linear_2. Nothing else of the MMDiT (context_embedder and
   y_embedder are no listed class, the final layer is UnPatch, not FinalLayer).
 - full, unet-only: the same and, their convolutions on (enable_conv), the patch convolution x_embedder.proj
-  (4.1.3 lists PatchEmbed): a 2x2 LoCon / LoKr / LoHa module on it, which dbspec does not express (DBS403).
+  (4.1.3 lists PatchEmbed; diffusers' pos_embed.proj, a 2x2 stride-2 Conv2d) at conv_dim / conv_alpha: for
+  algo=lora / locon LoConModule's 2x2 `lora_down` and 1x1 `lora_up`, peft's LoRA on a convolution
+  (conv_targets, written as kohya's lora_unet_x_embedder_proj); LoKr / LoHa or LoCon's Tucker form on it:
+  DBS403.
 - attn-only: no MMDiT module (its attention class is AttentionLinears; CrossAttention / SelfAttention match
   nothing): CLIP-L's and CLIP-G's CLIPAttention only, the denoiser untouched (train.denoiser = false).
 - full, full-lin, attn-mlp: CLIP-L's and CLIP-G's CLIPAttention and CLIPMLP Linears (lora_te1_, lora_te2_);
@@ -26,7 +29,8 @@ LoKr / LoHa one Kronecker / Hadamard update per fused Linear, written in LyCORIS
 names (runtime/lycoris_export.py), the last block's context modulation with its (scale, shift) rows put back
 in kohya's (shift, scale) order. lycoris-lora's create_network_from_weights loads all three files onto
 kohya's MMDiT blocks (sd3_models.MMDiTBlock and TimestepEmbedding at tiny-sd3's width, scratch run): every
-module found (19 of 19, both CLIPs' too), each module's update on kohya's Linear the trained parts' to 1.3e-7
+module found (19 of 19, 20 with the patch convolution, both CLIPs' too), each module's update on kohya's
+layer the trained parts' to 1.3e-7
 (tests/runtime/test_lycoris_sd3.py checks lycoris-lora's modules on the stacked fused Linears)."""
 
 from __future__ import annotations
@@ -39,11 +43,6 @@ from dbspec.families import family_spec
 
 # kohya's TimestepEmbedding (t_embedder.mlp.0 / .2) in diffusers' names
 TIMESTEP = ("timestep_embedder.linear_1", "timestep_embedder.linear_2")
-_PATCH = (
-    "LyCORIS 4.1.3 also adapts the patch convolution (x_embedder.proj: PatchEmbed is in its class list, and "
-    "these presets switch convolutions on), which dbspec does not express on SD3; preset=full-lin builds the "
-    "same modules without it"
-)
 
 
 def _sd3_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, Any]], str]:
@@ -53,6 +52,8 @@ def _sd3_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, Any
         return [], [], "LyCORIS's attn-only classes match no module of kohya's MMDiT (AttentionLinears)"
     targets = [*family_spec("sd3").kohya_lora_targets, *TIMESTEP]
     note = "every Linear of the joint blocks (SingleDiTBlock) and the timestep embedder (TimestepEmbedding)"
+    if layers == "blocks+patch":
+        note += "; the patch convolution (PatchEmbed) in conv_targets"
     return targets, [], note
 
 
@@ -60,6 +61,8 @@ SD3 = LycorisLayout(
     title="SD3",
     script="sd3_train_network.py",
     presets={
+        "full": ("blocks+patch", list(KOHYA_TEXT_TARGETS)),
+        "unet-only": ("blocks+patch", []),
         "full-lin": ("blocks", list(KOHYA_TEXT_TARGETS)),
         "attn-mlp": ("blocks", list(KOHYA_TEXT_TARGETS)),
         "unet-transformer-only": ("blocks", []),
@@ -71,6 +74,7 @@ SD3 = LycorisLayout(
         "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the "
         "start of each module path, which match nothing in kohya's MMDiT, CLIP-L or CLIP-G",
     },
-    refused={"full": _PATCH, "unet-only": _PATCH},
+    refused={},
     targets=_sd3_targets,
+    convs={"blocks+patch": family_spec("sd3").kohya_conv_targets},  # kohya's x_embedder.proj
 )
