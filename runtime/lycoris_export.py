@@ -106,13 +106,12 @@ def _original_name(family: Family):
 
 
 def _swapped(module: nn.Module, name: str) -> bool:
-    """The Linear feeds an AdaLayerNormContinuous (SD3's last block's context modulation): its rows hold
-    (scale, shift) where kohya's Linear holds (shift, scale)."""
+    """The Linear's rows hold (scale, shift) where kohya's hold (shift, scale) (SD3's last block's context
+    modulation: runtime/sd3_kohya.py)."""
+    from dbspec.runtime.sd3_kohya import swapped
+
     found = lora_adapter(module)
-    plain = found[0] if found else module
-    return "." in name and type(plain.get_submodule(name.rsplit(".", 1)[0])).__name__ == (
-        "AdaLayerNormContinuous"
-    )
+    return swapped(name, found[0] if found else module)
 
 
 def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
