@@ -165,6 +165,9 @@ class FamilySpec:
     # that kohya leaves alone; () when the converter has no such network.
     kohya_lora_targets: tuple[str, ...] = ()
     kohya_lora_excluded: tuple[str, ...] = ()
+    # Convolutions (adapter.conv_targets) the family's kohya LoRA layout names (SD3: the patch convolution,
+    # kohya's x_embedder.proj, which LyCORIS's full preset adapts): a LoCon on them is written there.
+    kohya_conv_targets: tuple[str, ...] = ()
     # loss.text_encoder_dropout (per-encoder conditioning dropout, kohya's SD3 --clip_l_dropout_rate ...): its
     # runtime zeroes each encoder's part of the text conditioning (FamilyRuntime.drop_text_encoders).
     text_encoder_dropout: bool = False
@@ -576,6 +579,7 @@ FAMILIES: dict[str, FamilySpec] = {
             *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
             *("norm1.linear", "norm1_context.linear"),
         ),
+        kohya_conv_targets=("pos_embed.proj",),
         extra_exports=("kohya_lora",),  # kohya's networks/lora_sd3.py layout (runtime/sd3_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dbspec import __version__
-from dbspec.families import family_spec
+from dbspec.families import family_spec, flow_text_prefixes
 from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -243,7 +243,10 @@ def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) 
     expected = len(spec.text_encoders)
     if len(text_encoders) not in (0, expected):
         raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
-    parts = [(prefix, module, clip_path) for prefix, module in zip(_TEXT_PREFIXES[expected], text_encoders)]
+    # kohya's flow networks (lora_flux, lora_sd3; LyCORIS's on them) number CLIP-L 1, CLIP-G 2, T5-XXL 3
+    flow = tuple(p.rstrip("_") for p in flow_text_prefixes(family)) if spec.kohya_lora_targets else ()
+    prefixes = flow or _TEXT_PREFIXES[expected]
+    parts = [(prefix, module, clip_path) for prefix, module in zip(prefixes, text_encoders)]
     if unet is not None:
         original = unet_table(unet.config) if spec.kohya.original_unet_names else None
         parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
@@ -427,7 +430,7 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
             written.append(
                 write_single_file(path, state, dtype, metadata, counters=kohya_counters(plan, step))
             )
-        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter):  # LoCon, DoRA, LoHa, LoKr
+        elif fmt == "kohya_lora" and needs_lycoris_layout(plan.adapter, plan.model.family):  # LoCon, LoKr...
             written.append(
                 export_lycoris(
                     folder / f"{name}.kohya.{ext}",

@@ -34,7 +34,7 @@ from torch import nn
 
 from dbspec.plan.model import AdapterPlan, Plan
 from dbspec.runtime.adapters import lora_adapter, norm_scalars
-from dbspec.families import Family
+from dbspec.families import Family, family_spec
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
 
@@ -43,12 +43,14 @@ _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 _LOHA_TUCKER = ("hada_t1", "hada_t2")  # LyCORIS's names and shapes: peft's effective-conv form is its Tucker
 
 
-def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
-    """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
+def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> bool:
+    """Plain LoRA keeps kohya's networks.lora writer (the family's: LoCon on the convolutions its kohya layout
+    names too, SD3's patch convolution); everything else is written here."""
+    named = family_spec(family).kohya_conv_targets if family else ()
     return (
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
         or adapter.dora
-        or adapter.conv_rank > 0
+        or (adapter.conv_rank > 0 and not (named and set(adapter.conv_targets) <= set(named)))
         or adapter.tucker
         or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
         or norm_scalars(adapter)  # so is LyCORIS max norm's fixed one
@@ -62,11 +64,14 @@ def lycoris_state(
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
-        if module is unet and _fused_lokr(unet):  # LoKr on kohya's fused Flux Linears: kohya's Flux names
-            to_path = _flux_original
+        fused = module is unet and _fused_lokr(unet)
+        if fused:  # LoKr on kohya's fused Flux / SD3 Linears: kohya's module names
+            to_path = _original_name(family)
         for name, weights, alpha in _layers(module):
-            if module is unet and _fused_lokr(unet) and _later_part(module, name):
+            if fused and _later_part(module, name):
                 continue  # a fused layer's factors, written once under its first part's (the fused) name
+            if fused and _swapped(module, name):
+                weights = _rows_swapped(name, weights)
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             for suffix, value in weights.items():
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
@@ -91,11 +96,43 @@ def _later_part(module: nn.Module, name: str) -> bool:
     return (rows is not None and rows[0] != 0) or getattr(layer, "fused_loha_later", False)
 
 
-def _flux_original(name: str) -> str:
-    """kohya's Flux module name (library/flux_models.py, `.` for `_`) of a diffusers module path."""
-    from dbspec.runtime.flux_kohya import original_name
+def _original_name(family: Family):
+    """module path -> kohya's module name (library/flux_models.py or sd3_models.py, `.` for `_`) of the
+    family's diffusers transformer."""
+    from dbspec.runtime import flux_kohya, sd3_kohya
 
-    return original_name(name)[0]
+    table = sd3_kohya if family_spec(family).kohya.network == "networks.lora_sd3" else flux_kohya
+    return lambda name: table.original_name(name)[0]
+
+
+def _swapped(module: nn.Module, name: str) -> bool:
+    """The Linear's rows hold (scale, shift) where kohya's hold (shift, scale) (SD3's last block's context
+    modulation: runtime/sd3_kohya.py)."""
+    from dbspec.runtime.sd3_kohya import swapped
+
+    found = lora_adapter(module)
+    return swapped(name, found[0] if found else module)
+
+
+def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LoHa / LoKr factors of a Linear whose two halves of rows kohya holds the other way round: LoHa's row
+    factors (hada_w1_a, hada_w2_a) swap their halves; LoKr's kron(w1, w2) rows follow w1's rows in blocks of
+    w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
+    keys = [k for k in ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a") if k in weights]
+    if not keys:
+        raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")
+    out = dict(weights)
+    for key in keys:
+        rows = weights[key]
+        if rows.shape[0] % 2:
+            raise ValueError(
+                f"`{name}`: its LoKr factor has {rows.shape[0]} rows (odd), so the update with kohya's "
+                "(shift, scale) rows has no Kronecker form; choose adapter.factor so the first factor's rows "
+                "are even"
+            )
+        first, second = rows.chunk(2, dim=0)
+        out[key] = torch.cat([second, first], dim=0)
+    return out
 
 
 def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:

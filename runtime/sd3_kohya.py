@@ -48,6 +48,7 @@ _BLOCK = {
     "norm1_context.linear": ("context_block_adaLN_modulation_1", None),
 }
 _TOP = {
+    "pos_embed.proj": "x_embedder_proj",  # the patch convolution (LyCORIS's full preset: LoCon)
     "context_embedder": "context_embedder",
     "time_text_embed.timestep_embedder.linear_1": "t_embedder_mlp_0",
     "time_text_embed.timestep_embedder.linear_2": "t_embedder_mlp_2",
@@ -76,9 +77,9 @@ def original_name(path: str) -> tuple[str, int | None]:
     raise ValueError(f"`{path}` has no place in kohya's SD3 LoRA layout (networks/lora_sd3.py)")
 
 
-def _swapped(path: str, denoiser: nn.Module) -> bool:
+def swapped(path: str, denoiser: nn.Module) -> bool:
     """The Linear feeds an AdaLayerNormContinuous, which reads (scale, shift) where the original reads
-    (shift, scale)."""
+    (shift, scale) (`denoiser`: without peft's wrapper; the LoRA and LyCORIS writers share it)."""
     parent = denoiser.get_submodule(path.rsplit(".", 1)[0])
     return type(parent).__name__ == "AdaLayerNormContinuous"
 
@@ -98,7 +99,7 @@ def kohya_sd3_tensors(denoiser: nn.Module, dtype: torch.dtype, parts) -> dict[st
             fused.setdefault((".".join(path.split(".")[:2]), name), {})[part] = path
             continue
         down, up = down.detach().float(), up.detach().float()
-        if _swapped(path, plain):
+        if swapped(path, plain):
             scale, shift = up.chunk(2, dim=0)
             up = torch.cat([shift, scale], dim=0)
         tensors.update(_entry(name, down, up, alpha, dtype))

@@ -175,15 +175,15 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
 
 def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
     """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: dropouts (peft's LoKr draws them per
-    part), LyCORIS's weight decomposition, scalar and max norm; and a family other than kohya's Flux layout
-    (its file names the fused layers by runtime/flux_kohya.py's original names; the registry's
-    `kohya_lora_excluded` marks that layout)."""
+    part), LyCORIS's weight decomposition, scalar and max norm; and a family without a kohya network layout
+    of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original names;
+    the registry's `kohya_lora_targets` marks those layouts)."""
     spec = family_spec(family)
-    if spec.fused_projections and not spec.kohya_lora_excluded:
+    if spec.fused_projections and not spec.kohya_lora_targets:
         ctx.report(
             "DBS575",
             "error",
-            f"adapter.fused_projections with {adapter.kind} is written in kohya's Flux layout, which "
+            f"adapter.fused_projections with {adapter.kind} is written in kohya's Flux / SD3 layouts, which "
             f"{spec.title} models have not",
             _OPTION,
             help="set adapter.fused_projections = false",

@@ -306,7 +306,8 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             fmt == "kohya_lora"
             and not spec.kohya.lycoris_layout
             and (kind := _lycoris_kind(ctx.spec.adapter))
-            and not _fused_lokr(ctx.spec.adapter)  # kohya's Flux names: runtime/lycoris_export.py
+            and not _fused_lokr(ctx.spec.adapter, ctx.spec.train.denoiser)  # runtime/lycoris_export.py
+            and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
         ):
             ctx.report(
                 "DBS381",
@@ -319,10 +320,19 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             )
 
 
-def _fused_lokr(adapter: Adapter) -> bool:
-    """lycoris.kohya algo=lokr / loha on kohya's fused Flux layers (their fused_projections): LyCORIS's file
-    under kohya's Flux module names (compiler/fused.py refuses it in other families)."""
-    return isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.fused_projections
+def _fused_lokr(adapter: Adapter, denoiser: bool) -> bool:
+    """lycoris.kohya algo=lokr / loha on kohya's fused Flux / SD3 layers (their fused_projections), or on
+    the text encoders alone (LyCORIS's attn-only on SD3): LyCORIS's file under kohya's module names
+    (compiler/fused.py refuses fused layers in other families)."""
+    lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))
+    return lokr and (adapter.fused_projections or not denoiser)
+
+
+def _layout_convs(adapter: Adapter, named: tuple[str, ...]) -> bool:
+    """A LoRA whose only LyCORIS part is LoCon on convolutions the family's kohya layout names (SD3's patch
+    convolution: runtime/sd3_kohya.py writes it beside the Linears)."""
+    plain = isinstance(adapter, LoraAdapter) and not adapter.dora
+    return plain and adapter.conv_rank > 0 and set(adapter.conv_targets) <= set(named)
 
 
 def _written(formats: tuple[str, ...]) -> str:

@@ -151,14 +151,3 @@ def test_switches_off_convert(tmp_path):
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):
     outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
     assert errors(outcome)
-
-
-def test_sd3_still_refuses_lycoris(tmp_path):
-    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
-    outcome = kohya(
-        tmp_path,
-        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
-        "stabilityai/stable-diffusion-3.5-large --train_data_dir x --resolution 512 --network_module "
-        "lycoris.kohya --max_train_steps 10",
-    )
-    assert fate(outcome, "network_module") == "unsupported"

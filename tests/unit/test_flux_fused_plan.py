@@ -210,12 +210,20 @@ def test_lokr_per_part_options_are_refused(toy: Path, option):
     assert "DBS575" in codes(planned, "error")
 
 
-def test_lokr_on_sd3_fused_layers_is_refused(toy: Path):
-    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": ["to_q", "to_k", "to_v"]}
+def test_lokr_on_sd3_fused_layers_plans_with_a_kohya_export(toy: Path):
+    """SD3's fused q/k/v take LyCORIS's LoKr as Flux's do (kohya's SD3 names: runtime/lycoris_export.py)."""
+    targets = list(family_spec("sd3").kohya_lora_targets)
+    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": targets}
     write_spec(toy, model={"base": "builtin:tiny-sd3"}, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[checkpoints]\nexports = ["kohya_lora"]\n')
     planned = compile_in(toy)
-    assert "DBS575" in codes(planned, "error")
-    assert "kohya's Flux layout" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
+    assert planned.plan is not None and not codes(planned, "error")
+    assert [f.name for f in planned.plan.adapter.fused] == [
+        "x_block_attn_qkv",
+        "context_block_attn_qkv",
+        "x_block_attn2_qkv",
+    ]
 
 
 def test_lokr_under_fsdp_is_refused(toy: Path):

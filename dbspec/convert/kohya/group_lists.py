@@ -67,8 +67,10 @@ def kohya_groups(
         return _train_db(a), ""
     if script == "sdxl_train":
         return _sdxl_train(a, split)
-    lycoris_flux = script == "flux_train_network" and a["network_module"].value == "lycoris.kohya"
-    if script in ("train_network", "sdxl_train_network") or lycoris_flux:  # LyCORIS's order on Flux too
+    lycoris_flow = script in ("flux_train_network", "sd3_train_network") and (
+        a["network_module"].value == "lycoris.kohya"
+    )
+    if script in ("train_network", "sdxl_train_network") or lycoris_flow:  # LyCORIS's order on Flux, SD3 too
         return _networks_lora(a, written, script == "sdxl_train_network", split)
     if script in ("flux_train_network", "sd3_train_network"):
         return _lora_flow(a, script, written, facts or {}, split)

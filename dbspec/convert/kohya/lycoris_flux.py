@@ -28,32 +28,43 @@ factors shared by the parts, each its rows of the Kronecker product; runtime/fus
 w1_a / w2_a rows, w1_b / w2_b shared), written in LyCORIS's layout under kohya's Flux names, which
 lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the trained outputs (scratch
 run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
-through full-path targets."""
+through full-path targets.
+
+What differs on SD3 (sd3_train_network.py) is one LycorisLayout (lycoris_sd3.py); the mapping below is
+shared."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.loraplus import loraplus
-from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, parse_network_args
+from dbspec.convert.kohya.network import (
+    KOHYA_TEXT_TARGETS,
+    TUCKER_NAMES,
+    lycoris_tucker,
+    parse_network_args,
+)
 from dbspec.families import family_spec
 
-_CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # kohya's SelfAttention (double blocks' img_attn / txt_attn) in diffusers' names
 _DOUBLE_ATTENTION = [
     *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
     *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
 ]
-# preset -> (every block Linear or the double-block attention only, CLIP-L's targets)
+# Flux: preset -> (every block Linear or the double-block attention only, CLIP-L's targets)
 _PRESETS: dict[str, tuple[str, list[str]]] = {
     "full": ("all", list(KOHYA_TEXT_TARGETS)),
     "full-lin": ("all", list(KOHYA_TEXT_TARGETS)),
     "attn-mlp": ("all", list(KOHYA_TEXT_TARGETS)),
     "unet-only": ("all", []),
     "unet-transformer-only": ("all", []),
-    "attn-only": ("attention", _CLIP_ATTENTION),
+    "attn-only": ("attention", CLIP_ATTENTION),
 }
 _NOTHING = {
     "unet-convblock-only": "its classes (ResnetBlock2D, Downsample2D, Upsample2D) and names (conv_in, "
@@ -61,7 +72,24 @@ _NOTHING = {
     "ia3": "its names (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2) are patterns matched from the start of "
     "each module path, which match nothing in kohya's Flux or CLIP-L",
 }
-# LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
+
+
+@attrs.frozen(kw_only=True)
+class LycorisLayout:
+    """What differs between the flow models LyCORIS's kohya network is converted on."""
+
+    title: str  # the family's title in messages
+    script: str  # kohya's training script
+    presets: dict[str, tuple[str, list[str]]]  # preset -> (denoiser layers, CLIP targets)
+    nothing: dict[str, str]  # presets that build no module: why (invalid for kohya)
+    refused: dict[str, str]  # presets that build modules dbspec has no form for: why (DBS403)
+    # (denoiser layers, LoKr / LoHa) -> (denoiser targets, [[adapter.blocks]], note); "none": no module
+    targets: Callable[[str, bool], tuple[list[str], list[dict[str, Any]], str]]
+    # denoiser layers -> the convolutions LyCORIS's LoCon adapts there (conv_dim, conv_alpha; diffusers names)
+    convs: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+
+# LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
 _OFF = {
     "use_scalar": "false",
     "train_norm": "false",
@@ -77,9 +105,9 @@ _WHY_OFF = {
     "rs_lora": "rank-stabilised scale on the fused layers",
     "rescaled": "LyCORIS's rescaled output",
     "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
-    "flux_train_network.py then runs T5-XXL in training mode (its dropout on)",
+    "{script} then runs T5-XXL in training mode (its dropout on)",
 }
-# network_args LyCORIS reads that change nothing on Flux's Linears
+# network_args LyCORIS reads that change nothing on the blocks' Linears
 _INERT = {
     "conv_dim": "the blocks have no convolutions for it to adapt",
     "conv_alpha": "the blocks have no convolutions for it to adapt",
@@ -97,8 +125,8 @@ def _off(key: str, value: str) -> bool:
     return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
 
 
-def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
-    """[adapter] for lycoris.kohya with flux_train_network.py; False when dbspec cannot express it."""
+def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout) -> bool:
+    """[adapter] for lycoris.kohya with the layout's script; False when dbspec cannot express it."""
     module, args = a["network_module"], a["network_args"]
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -107,25 +135,28 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     if algo not in ("lora", "locon", "lokr", "loha"):
         conv.unsupported(
             args,
-            f"algo={algo}: with flux_train_network.py dbspec converts LyCORIS's algo=lora / locon, lokr and "
+            f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr and "
             "loha only",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
     preset = kwargs.pop("preset", "full") or "full"
-    if preset in _NOTHING:
+    if preset in layout.nothing:
         conv.invalid(
             f"{args.key} preset",
             preset,
             args.source,
-            f"LyCORIS's preset {preset} builds no module on Flux: {_NOTHING[preset]}",
+            f"LyCORIS's preset {preset} builds no module on {layout.title}: {layout.nothing[preset]}",
         )
         return False
-    if preset not in _PRESETS:
+    if preset in layout.refused:
+        conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
+        return False
+    if preset not in layout.presets:
         conv.unsupported(
             args,
-            f"preset={preset}: with flux_train_network.py dbspec converts LyCORIS's built-in presets "
-            f"({', '.join(_PRESETS)}), not a preset file",
+            f"preset={preset}: with {layout.script} dbspec converts LyCORIS's built-in presets "
+            f"({', '.join(layout.presets)}), not a preset file",
         )
         return False
     dim, alpha = a["network_dim"], a["network_alpha"]
@@ -133,43 +164,47 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     for key in [k for k in kwargs if k in _OFF]:
         value = kwargs[key]
         if not _off(key, value):
-            conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
+            why = _WHY_OFF[key].format(script=layout.script)
+            conv.unsupported(args, f"{key}={value}: {why} on {layout.title} has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
         return False
-    flux = family_spec("flux")
-    layers, text = _PRESETS[preset]
+    layers, text = layout.presets[preset]
+    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, lokr):
+        return False
+    if layers == "none" and a["network_train_unet_only"].value:
+        conv.invalid(
+            f"{args.key} preset",
+            preset,
+            args.source,
+            f"with --network_train_unet_only LyCORIS's preset {preset} builds no module that trains on "
+            f"{layout.title} (none on the denoiser): kohya's optimizer gets an empty parameter list",
+        )
+        return False
     form = {"lokr": "LoKr", "loha": "LoHa"}.get(algo, "LoCon")
-    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {form} on kohya's Flux")
+    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {form} on kohya's {layout.title}")
     conv.put(("adapter", "kind"), algo if lokr else "lora", why)
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    blocks: list[dict[str, Any]] = [
-        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL.replace("networks/lora_flux.py", "LyCORIS")}
-        for p in flux.kohya_lora_excluded
-    ]
-    if layers == "all":
-        targets = list(flux.kohya_lora_targets)
-        note = "every Linear of the double and single blocks (DoubleStreamBlock, SingleStreamBlock)"
+    targets, blocks, note = layout.targets(layers, lokr)
+    if layers == "none":
+        conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
-        targets = list(_DOUBLE_ATTENTION)
-        blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})
-        note = "kohya's SelfAttention: the double blocks' img_attn / txt_attn qkv and proj"
-    if lokr:  # LoKr has no [[adapter.blocks]]: full paths keep the final layer (and attn-only's singles) out
-        targets, blocks = _lokr_targets(targets, layers), []
-    conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP-L"))
-    conv.put(
-        ("adapter", "fused_projections"),
-        True,
-        conv.comment(
-            module,
-            f"one {form} module (one {'Kronecker' if algo == 'lokr' else 'Hadamard'} update) per fused Linear"
-            if lokr
-            else "one LoCon module (one down-projection) per fused Linear",
-        ),
-    )
+        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    if layers != "none":
+        conv.put(
+            ("adapter", "fused_projections"),
+            True,
+            conv.comment(
+                module,
+                f"one {form} module (one {'Kronecker' if algo == 'lokr' else 'Hadamard'} update) per fused "
+                "Linear"
+                if lokr
+                else "one LoCon module (one down-projection) per fused Linear",
+            ),
+        )
     for index, block in enumerate(blocks):
         block_note = conv.comment(module, block.pop("_why"))
         for key, value in block.items():
@@ -192,14 +227,77 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(
             args,
-            f"network arguments dbspec does not express for LyCORIS on Flux: {rest} (dbspec maps algo, "
-            "preset, conv_dim, conv_alpha and the LoRA+ ratios there; dropouts and the other switches off)",
+            f"network arguments dbspec does not express for LyCORIS on {layout.title}: {rest} (dbspec maps "
+            "algo, preset, conv_dim, conv_alpha and the LoRA+ ratios there; dropouts and the other switches "
+            "off)",
         )
         return False
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")
     return True
+
+
+def _convs(
+    kwargs: dict[str, str],
+    a: dict[str, Legacy],
+    args: Legacy,
+    conv: Conversion,
+    layout,
+    layers: str,
+    lokr: bool,
+) -> bool:
+    """The preset's convolutions (LyCORIS's enable_conv): LoConModule on each, a k x k `lora_down` with the
+    layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
+    `conv_alpha` (LyCORIS's defaults: network_dim / network_alpha, 0 too). LoKr / LoHa and LoCon's Tucker
+    form there are refused. False when refused."""
+    where = ", ".join(layout.convs[layers])
+    if lokr:
+        conv.unsupported(args, f"LyCORIS's LoKr / LoHa on {layout.title}'s {where} has no dbspec form yet")
+        return False
+    if lycoris_tucker(kwargs):
+        conv.unsupported(args, f"LoCon's Tucker form (use_tucker) on {layout.title}'s {where}")
+        return False
+    for key in [k for k in kwargs if k in TUCKER_NAMES]:
+        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
+    conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
+    conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)
+    note = conv.comment(args, f"LyCORIS's LoCon on {where} (enable_conv: conv_dim, conv_alpha)")
+    conv.put(("adapter", "conv_rank"), conv_rank, note)
+    conv.put(("adapter", "conv_alpha"), conv_alpha, note)
+    conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
+    return True
+
+
+def _flux_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, Any]], str]:
+    """Flux's denoiser targets for the preset's layers: networks.lora_flux's set without the final layer, or
+    the double blocks' attention (the single blocks at rank 0); LoKr's by full paths (_lokr_targets)."""
+    flux = family_spec("flux")
+    blocks: list[dict[str, Any]] = [
+        {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL.replace("networks/lora_flux.py", "LyCORIS")}
+        for p in flux.kohya_lora_excluded
+    ]
+    if layers == "all":
+        targets = list(flux.kohya_lora_targets)
+        note = "every Linear of the double and single blocks (DoubleStreamBlock, SingleStreamBlock)"
+    else:
+        targets = list(_DOUBLE_ATTENTION)
+        blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})
+        note = "kohya's SelfAttention: the double blocks' img_attn / txt_attn qkv and proj"
+    if lokr:  # LoKr has no [[adapter.blocks]]: full paths keep the final layer (and attn-only's singles) out
+        targets, blocks = _lokr_targets(targets, layers), []
+    return targets, blocks, note
+
+
+FLUX = LycorisLayout(
+    title="Flux",
+    script="flux_train_network.py",
+    presets=_PRESETS,
+    nothing=_NOTHING,
+    refused={},
+    targets=_flux_targets,
+)
 
 
 def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:

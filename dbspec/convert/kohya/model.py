@@ -755,21 +755,25 @@ def _flow_dim_from_weights(
     conv.record(from_file, "mapped", mapped)
 
 
-def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
-    """lycoris.kohya with flux_train_network.py (lycoris_flux.py): algo=lora / locon as lora_flux's fused
-    network over LyCORIS's preset targets. --dim_from_weights (LyCORIS's create_network_from_weights),
-    --network_weights and --scale_weight_norms (LyCORIS's per-module max norm) are refused there."""
-    from dbspec.convert.kohya.lycoris_flux import map_lycoris_flux
+def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion) -> bool:
+    """lycoris.kohya with flux_train_network.py / sd3_train_network.py (lycoris_flux.py, the SD3 table in
+    lycoris_sd3.py): algo=lora / locon as lora_flux's / lora_sd3's fused network over LyCORIS's preset
+    targets, lokr / loha one update per fused layer. --dim_from_weights (LyCORIS's
+    create_network_from_weights), --network_weights and --scale_weight_norms (LyCORIS's per-module max norm)
+    are refused there."""
+    from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
+    from dbspec.convert.kohya.lycoris_sd3 import SD3
 
+    layout = SD3 if script == "sd3_train_network" else FLUX
     for key, why in (
-        ("dim_from_weights", "LyCORIS's create_network_from_weights on Flux"),
-        ("network_weights", "a LyCORIS file loaded onto kohya's Flux before training"),
+        ("dim_from_weights", f"LyCORIS's create_network_from_weights on {layout.title}"),
+        ("network_weights", f"a LyCORIS file loaded onto kohya's {layout.title} before training"),
         ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Linears"),
     ):
         if key in a and a[key].value:
-            conv.unsupported(a[key], f"{why} with flux_train_network.py has no dbspec form yet")
+            conv.unsupported(a[key], f"{why} with {layout.script} has no dbspec form yet")
             return False
-    if not map_lycoris_flux(a, conv):
+    if not map_lycoris_flow(a, conv, layout):
         return False
     map_network_weights(a, paths, conv)  # none given: records its fate
     map_base_weights(a, paths, conv)
@@ -784,10 +788,10 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
-    if module.value == "lycoris.kohya" and script == "flux_train_network":
-        return _map_lycoris_flux(a, paths, conv)
+    if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
+        return _map_lycoris_flow(a, script, paths, conv)
     if module.value != wanted:
-        also = " and LyCORIS's lycoris.kohya" if script == "flux_train_network" else ""
+        also = " and LyCORIS's lycoris.kohya" if script in ("flux_train_network", "sd3_train_network") else ""
         conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network{also} only")
         return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))

@@ -624,6 +624,7 @@ def _lycoris_rs_lora(
 
 # LyCORIS's older names of use_tucker (lycoris/wrapper.py deprecated_arg_dict).
 _TUCKER_OLD_NAMES = ("disable_conv_cp", "use_cp", "use_conv_cp")
+TUCKER_NAMES = (*_TUCKER_OLD_NAMES, "use_tucker")  # what lycoris_tucker reads
 
 
 def lycoris_tucker(args: dict[str, str]) -> bool:

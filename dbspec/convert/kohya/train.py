@@ -1043,11 +1043,13 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
     if script == "flux_train_network" and _t5_only(a, script):
         return _t5_rate(a, lr)
     te = lora_text_encoder_lr(a)
-    if script == "sd3_train_network" and trains:
+    module = a["network_module"].value
+    if script == "sd3_train_network" and trains and module != "lycoris.kohya":
         _sd3_clip_g_lr(a, conv)
     elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
+        # LyCORIS's network has no prepare_optimizer_params_with_multiple_te_lrs either
         conv.notes.append(
-            f"kohya networks.lora trains every text encoder at the first text_encoder_lr ({te.value}); "
+            f"kohya {module} trains every text encoder at the first text_encoder_lr ({te.value}); "
             "the other values are not used"
         )
     return te

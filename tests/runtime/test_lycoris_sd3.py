@@ -1,0 +1,166 @@
+"""LyCORIS's lycoris.kohya algo=lokr / loha with sd3_train_network.py (convert/kohya/lycoris_sd3.py): the spec
+it converts to (networks.lora_sd3's joint-block Linears and the timestep embedder's, one Kronecker / Hadamard
+update per fused q/k/v) trains on tiny-sd3, resumes bit-exact, and its kohya_lora export, under kohya's SD3
+names (lora_unet_joint_blocks_*, CLIP-L lora_te1_*, CLIP-G lora_te2_*), is what lycoris-lora's own modules,
+built on each fused Linear (the parts' base weights stacked, as kohya's MMDiT holds them) and loaded from the
+file, compute; the last block's context modulation in kohya's (shift, scale) row order. (A scratch run of
+lycoris-lora's create_network_from_weights on kohya's library/sd3_models.py joint blocks and timestep
+embedder at this width loaded every module of the LoKr, LoHa and LoCon files, each update within 1.3e-7.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lycoris.modules.locon import LoConModule
+from lycoris.modules.loha import LohaModule
+from lycoris.modules.lokr import LokrModule
+from safetensors.torch import load_file
+
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import make_plan
+
+BASE = "builtin:tiny-sd3"
+# what the converter writes for `--network_args algo=lokr preset=full-lin` (network_dim 2, alpha 1.5)
+TARGETS = [
+    *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+    *("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+    *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+    *("norm1.linear", "norm1_context.linear", "timestep_embedder.linear_1", "timestep_embedder.linear_2"),
+]
+LOKR = (
+    '[adapter]\nkind = "lokr"\nrank = 2\nalpha = 1.5\nfused_projections = true\ndenoiser_targets = ['
+    + ", ".join(f'"{t}"' for t in TARGETS)
+    + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+)
+# the full-lin preset's CLIP-L and CLIP-G modules (lora_te1_*, lora_te2_*)
+TEXT = (
+    'text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]\n\n'
+    "[train]\ntext_encoder = true\n"
+)
+
+
+def _with_text(spec: str) -> str:
+    return spec.replace("\n\n[checkpoints]", "\n" + TEXT + "\n[checkpoints]")
+
+
+def _module(cls, tensors, name: str, parts, rows=None):
+    """lycoris-lora's LokrModule / LohaModule on the fused Linear (kohya's layer), loaded from the file."""
+    base = [p.base_layer for p in parts]
+    fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        weight, bias = torch.cat([b.weight for b in base]), torch.cat([b.bias for b in base])
+        if rows is not None:  # kohya's row order
+            weight, bias = weight[rows], bias[rows]
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    rank = own["lokr_w2_a"].shape[1] if "lokr_w2_a" in own else own.get("hada_w1_b", torch.empty(2)).shape[0]
+    module = cls(name, fused, 1.0, rank, own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    return module.eval()
+
+
+def _layers(transformer):
+    first, last = transformer.transformer_blocks[0], transformer.transformer_blocks[-1]
+    a, n = first.attn, len(transformer.transformer_blocks) - 1
+    return [
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv", (a.to_q, a.to_k, a.to_v), None),
+        ("lora_unet_joint_blocks_0_context_block_attn_qkv", (a.add_q_proj, a.add_k_proj, a.add_v_proj), None),
+        ("lora_unet_joint_blocks_0_x_block_mlp_fc1", (first.ff.net[0].proj,), None),
+        ("lora_unet_t_embedder_mlp_0", (transformer.time_text_embed.timestep_embedder.linear_1,), None),
+        (
+            f"lora_unet_joint_blocks_{n}_context_block_adaLN_modulation_1",
+            (last.norm1_context.linear,),
+            "swap",
+        ),
+    ]
+
+
+def _check_export(plan, result, cls, text: bool = True):
+    transformer = result.components.unet.float().eval()
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert not any("to_q" in n or "final_layer" in n or "context_embedder" in n for n in names)
+    if text:
+        assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" in names
+        assert "lora_te2_text_model_encoder_layers_0_mlp_fc1" in names
+    torch.manual_seed(0)
+    for name, parts, order in _layers(transformer):
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        rows = None
+        if order:  # diffusers' AdaLayerNormContinuous holds (scale, shift), kohya's Linear (shift, scale)
+            half = parts[0].base_layer.out_features // 2
+            rows = torch.cat([torch.arange(half, 2 * half), torch.arange(half)])
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            theirs = _module(cls, tensors, name, parts, rows)(x)
+        if rows is not None:
+            trained, plain = trained[:, rows], plain[:, rows]
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the module trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=LOKR)
+    assert [f.name for f in plan.adapter.fused] == [
+        "x_block_attn_qkv",
+        "context_block_attn_qkv",
+        "x_block_attn2_qkv",
+    ]
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=LOKR)
+    first = execute(parts, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    _check_export(plan, whole, LokrModule, text=False)
+
+
+def test_loha_export_is_what_lycoris_loads(tmp_path):
+    extra = _with_text(LOKR.replace('kind = "lokr"', 'kind = "loha"'))
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    _check_export(plan, result, LohaModule)
+
+
+def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_path):
+    """preset full's LoCon on the patch convolution (conv_dim 3, conv_alpha 1), in kohya's lora_sd3 layout
+    beside the fused Linears': lycoris-lora's LoConModule on kohya's x_embedder.proj (a 2x2 stride-2 Conv2d)
+    loaded from the file computes the trained layer."""
+    conv = 'conv_rank = 3\nconv_alpha = 1\nconv_targets = ["pos_embed.proj"]\n'
+    extra = LOKR.replace('kind = "lokr"', 'kind = "lora"').replace(
+        "\n\n[checkpoints]", "\n" + conv + "\n[checkpoints]"
+    )
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_x_embedder_proj"
+    assert tensors[f"{name}.lora_down.weight"].shape == (3, 16, 2, 2)
+    layer = result.components.unet.float().eval().pos_embed.proj
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    base = layer.base_layer
+    org = torch.nn.Conv2d(base.in_channels, base.out_channels, base.kernel_size, base.stride)
+    with torch.no_grad():
+        org.weight.copy_(base.weight)
+        org.bias.copy_(base.bias)
+    module = LoConModule(name, org, 1.0, 3, own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    torch.manual_seed(0)
+    x = torch.randn(2, base.in_channels, 8, 8)
+    with torch.no_grad():
+        trained, plain = layer(x), base(x)
+        theirs = module.eval()(x)
+    assert not torch.allclose(trained, plain, atol=1e-7)  # the LoCon trained
+    torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)

@@ -1,0 +1,108 @@
+"""LyCORIS's lycoris.kohya with sd3_train_network.py (dbspec/convert/kohya/lycoris_sd3.py, mapped by
+lycoris_flux.py): what lycoris-lora 4.1.3 builds on kohya's MMDiT per preset (full-lin / attn-mlp /
+unet-transformer-only: networks.lora_sd3's joint-block Linears and the timestep embedder's two; attn-only:
+no MMDiT module, CLIP-L's and CLIP-G's attention; full / unet-only add LoCon on the patch convolution),
+algo=lora / locon with shared down-projections, lokr / loha one update per fused q/k/v."""
+
+from __future__ import annotations
+
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, out_path, plan_of  # noqa: F401
+
+from dbspec.families import family_spec
+
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+CLIP = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+TARGETS = [*family_spec("sd3").kohya_lora_targets, "timestep_embedder.linear_1", "timestep_embedder.linear_2"]
+FUSED = ["x_block_attn_qkv", "context_block_attn_qkv", "x_block_attn2_qkv"]
+
+
+def _sd3(tmp_path, extra: str = ""):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --sdpa --seed 42 "
+        "--gradient_checkpointing --mixed_precision bf16 --save_precision bf16 "
+        "--network_module lycoris.kohya --network_dim 16 --network_alpha 8 --optimizer_type adamw8bit "
+        "--learning_rate 1e-4 "
+        f"--max_train_epochs 4 --save_every_n_epochs 1 {extra}",
+    )
+
+
+def test_locon_full_lin_is_lora_sd3s_fused_network_and_the_timestep_embedder(tmp_path):
+    outcome = _sd3(tmp_path, "--text_encoder_lr 5e-5 1e-5 --network_args algo=locon preset=full-lin")
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 16, 8.0)
+    assert list(a.denoiser_targets) == TARGETS
+    assert a.blocks == ()
+    assert [f.name for f in a.fused] == FUSED
+    assert list(a.text_encoder_targets) == CLIP and list(a.text_encoder_2_targets) == CLIP  # CLIP-L, CLIP-G
+    assert plan.train_text_encoder and not a.t5_targets
+    # LyCORIS's prepare_optimizer_params: both CLIP encoders at text_encoder_lr's first value
+    assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr is None
+    assert fate(outcome, "network_module") == "mapped"
+    assert "DBS403" not in codes(outcome)
+
+
+def test_lokr_and_loha_are_one_update_per_fused_qkv(tmp_path):
+    outcome = _sd3(tmp_path, "--network_train_unet_only --network_args algo=lokr preset=attn-mlp factor=8")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.factor) == ("lokr", 16, 8.0, 8)
+    assert list(a.denoiser_targets) == TARGETS and a.blocks == ()
+    assert [f.name for f in a.fused] == FUSED
+    outcome = _sd3(
+        tmp_path, "--network_train_unet_only --network_args algo=loha preset=unet-transformer-only"
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("loha", 16, 8.0)
+    assert [f.name for f in a.fused] == FUSED
+
+
+def test_unet_transformer_only_has_no_text_encoder_module(tmp_path):
+    outcome = _sd3(tmp_path, "--network_args algo=locon preset=unet-transformer-only")
+    assert "text_encoder = false" in out_path(tmp_path).read_text()
+    assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_attn_only_is_the_clip_attention_alone(tmp_path):
+    outcome = _sd3(tmp_path, "--network_args algo=locon preset=attn-only")
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert list(plan.adapter.text_encoder_targets) == CLIP[:4]
+    assert list(plan.adapter.text_encoder_2_targets) == CLIP[:4]
+
+
+def test_attn_only_with_unet_only_trains_nothing(tmp_path):
+    outcome = _sd3(tmp_path, "--network_train_unet_only --network_args preset=attn-only")
+    assert errors(outcome)
+
+
+def test_full_adds_locon_on_the_patch_convolution(tmp_path):
+    """The default preset's PatchEmbed (x_embedder.proj, a 2x2 stride-2 convolution) at conv_dim / conv_alpha,
+    which default to network_dim / network_alpha."""
+    a = plan_of(_sd3(tmp_path, "--network_args algo=locon conv_dim=4"), tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("lora", 16, 8.0, 4, 8.0)
+    assert list(a.conv_targets) == ["pos_embed.proj"] and list(a.denoiser_targets) == TARGETS
+    assert list(a.text_encoder_targets) == CLIP
+    outcome = _sd3(tmp_path, "--network_args preset=unet-only")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.conv_rank, a.conv_alpha, list(a.conv_targets)) == (16, 8.0, ["pos_embed.proj"])
+    assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_lokr_or_tucker_on_the_patch_convolution_is_refused(tmp_path):
+    for args in ("algo=lokr", "algo=loha preset=unet-only", "use_tucker=True"):
+        outcome = _sd3(tmp_path, f"--network_args {args}")
+        assert "DBS403" in codes(outcome)
+        assert "pos_embed.proj" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin use_tucker=True"))
+
+
+def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
+    assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=glora"))
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True"))
