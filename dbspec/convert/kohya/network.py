@@ -908,14 +908,8 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
-    if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py)
-        if from_file.value:
-            conv.unsupported(
-                from_file,
-                "LyCORIS's create_network_from_weights builds each module's algo from the file's keys "
-                "(lora_down / lora_up: LoCon), not algo=dylora: not expressed",
-            )
-            return
+    if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py; with
+        # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
@@ -937,6 +931,17 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         blocks = sd_blocks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        return
+    bare = next((m.name for m in file.modules.values() if m.alpha is None), None)
+    if bare is not None and a["network_module"].value == "lycoris.kohya":
+        conv.invalid(  # networks.lora gives such a module its rank; LyCORIS's LoConModule does not
+            from_file.key,
+            True,
+            from_file.source,
+            f"LyCORIS's create_network_from_weights builds each LoCon with float(alpha), and `{bare}` has no "
+            "alpha in the file: TypeError",
+            help="train from a file with an `.alpha` for every module (as kohya and LyCORIS save them)",
+        )
         return
     note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
     for key in ("network_dim", "network_alpha"):
