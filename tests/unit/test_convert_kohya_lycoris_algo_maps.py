@@ -219,10 +219,51 @@ def test_dims_on_diag_oft_are_not_expressed(tmp_path):
     assert "DBS403" in codes(outcome) and "LoRA/LoCon, LoHa and LoKr" in messages(outcome, "DBS403")
 
 
-def test_dims_above_the_block_bound_are_not_expressed(tmp_path):
+# LoKr at lycoris-lora's full-matrix idiom on the attention and MLP, the ResNets at the network's dim
+FULL_LOKR = (
+    FULL
+    + """
+[module_algo_map.CrossAttention]
+  algo = "lokr"
+  dim = 10000000000000
+[module_algo_map.FeedForward]
+  algo = "lokr"
+  dim = 100000
+  alpha = 1
+[module_algo_map.ResnetBlock2D]
+  algo = "lokr"
+  dim = 100000
+"""
+)
+
+
+def test_huge_lokr_dims_are_full_factors_at_the_block_bound(tmp_path):
+    """LokrModule trains a factor in full once dim >= half the larger part of its split and then scales by 1
+    (alpha = dim): with factor -1 every layer of SD 1.x / 2.x / SDXL is full from dim 64 on, so a dim of
+    100000 (or 10^13) builds on each layer what a block at rank 1024 builds (issue 12)."""
+    outcome = expressible(_convert(tmp_path, FULL_LOKR, "lokr"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha, a.factor) == ("lokr", 16, 8.0, 8, 4.0, -1)
+    assert _blocks(a.blocks) == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 1024, 1024.0, 0, 1.0),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 1024, 1024.0, 0, 1.0),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 1024, 1024.0, 1024, 1024.0),
+    ]
+    assert a.text_encoder_blocks == ()
+
+
+def test_huge_dims_that_no_block_builds_stay_refused(tmp_path):
+    """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560: LokrModule trains it in full only from dim
+    1280, above the block bound; LoCon / LoHa train at the dim itself."""
     text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
-    outcome = _convert(tmp_path, text, "lokr")
-    assert "DBS403" in codes(outcome) and "up to 1024" in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
+    said = messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "10240-wide layer is full only from dim 1280" in said
+    (tmp_path / "full").mkdir(), (tmp_path / "loha").mkdir()
+    outcome = _convert(tmp_path / "full", text, "lokr", args='"factor=4" "full_matrix=True"')
+    assert [b.rank for b in plan_of(expressible(outcome), tmp_path / "full").adapter.blocks] == [1024]
+    outcome = _convert(tmp_path / "loha", text, "loha")
+    assert "DBS403" in codes(outcome) and "only LoKr's factors cap" in messages(outcome, "DBS403")
 
 
 def test_unknown_algorithm_name_stops_kohya(tmp_path):

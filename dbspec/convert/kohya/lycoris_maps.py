@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
+from dbspec.plan.lokr import factorization
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
 _CLASS = {"locon": "lora"}
@@ -174,14 +175,56 @@ def map_blocks(
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            raise PresetError(
-                f"`{_source([block])}` gives some layers dim = {high}: [[adapter.blocks]] ranks go up to "
-                f"{_MAX_BLOCK_RANK}",
-                False,
-            )
+            _full_lokr_block(block, high, kind, rs_lora, network)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
     return unet, text, inert
+
+
+# The widths of the layers LyCORIS's kohya network can adapt on SD 1.x / 2.x and SDXL (preset files are read
+# for these only): the U-Nets' linears and convolutions (4 to 1280 channels, skip concatenations up to 2560,
+# SDXL's added embedding 2816, GEGLU's 8 x 1280) and the CLIP encoders' (768 / 3072, 1024 / 4096, 1280 /
+# 5120).
+_WIDTHS = (4, 320, 640, 768, 960, 1024, 1280, 1920, 2048, 2560, 2816, 3072, 4096, 5120, 10240)
+
+
+def _full_from(factor: int) -> tuple[int, int]:
+    """(dim, width): the LoKr dim from which LokrModule makes both Kronecker factors full matrices on every
+    layer of those models, and the width that needs it. A factor is full unless dim < half the larger of its
+    two parts (the second factor's test; the first's under decompose_both compares the smaller parts), so
+    half the larger part of each width's split bounds both."""
+    return max((-(-max(factorization(w, factor)) // 2), w) for w in _WIDTHS)
+
+
+def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool, network: dict) -> None:
+    """A block's dim above [[adapter.blocks]]' bound: on LoKr (the `dim = 100000` idiom) every layer it
+    reaches trains both Kronecker factors in full at scale 1 (LokrModule sets alpha to the dim), which a block
+    at the bound builds alike where each layer is full from the bound on: the block at the bound. Else
+    PresetError."""
+    source = _source([block])
+    where = f"`{source}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
+    if kind != "lokr":
+        raise PresetError(f"{where}: a {kind} layer trains at that rank (only LoKr's factors cap)", False)
+    if rs_lora:
+        raise PresetError(
+            f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
+            False,
+        )
+    factor = network.get("factor", -1)
+    need, width = _full_from(factor)
+    if not network.get("full_matrix") and need > _MAX_BLOCK_RANK:
+        raise PresetError(
+            f"{where}: LyCORIS trains those layers' Kronecker factors in full; with factor {factor} a "
+            f"{width}-wide layer is full only from dim {need}, so a block at {_MAX_BLOCK_RANK} is not the "
+            "same module (network_args full_matrix=True, or a factor that splits the widths more evenly, is)",
+            False,
+        )
+    for rank, alpha in (("rank", "alpha"), ("conv_rank", "conv_alpha")):
+        if block.get(rank, 0) > _MAX_BLOCK_RANK:
+            block[rank], block[alpha] = _MAX_BLOCK_RANK, float(_MAX_BLOCK_RANK)
+    block["_why"] += (
+        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_BLOCK_RANK} on every layer)"
+    )
 
 
 def _source(blocks: list[dict]) -> str:
