@@ -339,3 +339,49 @@ dim = 8
         (r"(?:^|\.)(?:conv_out)$", 16, 8.0, 4, 8.0),  # conv_dim / conv_alpha default to dim / alpha
     ]
     assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
+
+
+# LoKr on the U-Net, LoRA on CLIP's layers (as lycoris-lora's example preset mixes them)
+LOKR_UNET_LORA_TEXT = (
+    FULL
+    + """
+[module_algo_map.CrossAttention]
+  algo = "lokr"
+  dim = 8
+[module_algo_map.CLIPAttention]
+  algo = "lora"
+  dim = 8
+  alpha = 1
+[module_algo_map.CLIPMLP]
+  algo = "lora"
+  dim = 4
+  use_tucker = true
+"""
+)
+
+
+def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_path):
+    """train_network.py hands create_network the text encoder whatever --network_train_unet_only says, and
+    LycorisNetworkKohya builds CLIP's layers with the entries' algorithm, but apply_to(text_encoder, unet,
+    False, True) empties text_encoder_loras: those modules are never applied or trained, so their algorithm,
+    options and dims change nothing (issue 12). Without the flag they train: not expressed."""
+    outcome = expressible(_convert(tmp_path, LOKR_UNET_LORA_TEXT, "lokr", args="--network_train_unet_only"))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha) == ("lokr", 16, 8.0) and not plan.train_text_encoder
+    assert _blocks(a.blocks) == [(r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 8, 8.0, 0, 1.0)]
+    assert a.text_encoder_blocks == ()
+    said = messages(outcome, "DBS405")
+    assert "module_algo_map.CLIPAttention" in said and "module_algo_map.CLIPMLP" in said
+    assert "network_train_unet_only" in said
+    (tmp_path / "both").mkdir()
+    outcome = _convert(tmp_path / "both", LOKR_UNET_LORA_TEXT, "lokr")
+    assert "DBS403" in codes(outcome) and "'lora'" in messages(outcome, "DBS403")
+
+
+def test_unknown_algorithm_on_dropped_text_layers_still_stops_kohya(tmp_path):
+    """LycorisNetworkKohya builds the text encoder's modules before apply_to drops them: an unknown algo there
+    is still kohya's KeyError."""
+    text = FULL + '[module_algo_map.CLIPMLP]\nalgo = "LoRA"\n'
+    outcome = _convert(tmp_path, text, "lokr", args="--network_train_unet_only")
+    assert "DBS402" in codes(outcome) and "KeyError" in messages(outcome, "DBS402")

@@ -155,12 +155,22 @@ def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> l
 
 
 def map_blocks(
-    found: Targets, algo: str, kind: str, dims, rs_lora: bool, network: dict[str, Any]
+    found: Targets,
+    algo: str,
+    kind: str,
+    dims,
+    rs_lora: bool,
+    network: dict[str, Any],
+    applied: tuple[bool, bool] = (True, True),
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
-    module options create_network hands every module. PresetError where they cannot be written."""
-    inert = check_layers(found, algo, network)
+    module options create_network hands every module; `applied`: whether LycorisNetworkKohya.apply_to keeps
+    the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
+    algorithm, options and dims there change nothing). PresetError where they cannot be written."""
+    kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
+    inert = [*check_layers(kept, algo, network), *_dropped(found, kept)]
+    found = kept
     if kind in _NO_DIMS:
         return [], [], inert
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora)
@@ -225,6 +235,26 @@ def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool,
     block["_why"] += (
         f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_BLOCK_RANK} on every layer)"
     )
+
+
+def _dropped(found: Targets, kept: Targets) -> list[tuple[str, str]]:
+    """(entry, why) for the map entries that reach only layers apply_to drops."""
+    reached = {layer.source for layer in [*kept.text.values(), *kept.unet.values()]}
+    dropped = {
+        layer.source: "text-encoder" if path in found.text else "U-Net"
+        for part in (found.text, found.unet)
+        for path, layer in part.items()
+        if layer.source and layer.source not in reached
+    }
+    flags = {"text-encoder": "network_train_unet_only", "U-Net": "network_train_text_encoder_only"}
+    return [
+        (
+            source,
+            f"it reaches only {where} layers, whose modules LycorisNetworkKohya.apply_to drops with kohya's "
+            f"{flags[where]} (built, never applied or trained)",
+        )
+        for source, where in dropped.items()
+    ]
 
 
 def _source(blocks: list[dict]) -> str:

@@ -206,6 +206,7 @@ def map_adapter(
         dropout if lycoris else None,
         paths,
         family,
+        applied=(not a["network_train_unet_only"].value, not a["network_train_text_encoder_only"].value),
     )
     if kind is None:
         return False

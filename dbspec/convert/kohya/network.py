@@ -205,13 +205,16 @@ def map_network(
     dropout: Legacy | None = None,
     paths=None,
     family: str | None = None,
+    applied: tuple[bool, bool] = (True, True),
 ) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
     equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
     numbers kohya's blocks differently. `dropout`: --network_dropout, which train_network.py hands LyCORIS as
-    its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file."""
+    its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file;
+    `applied`: whether the network's apply_to keeps its (text-encoder, U-Net) modules (train_network.py:
+    not network_train_unet_only, not network_train_text_encoder_only)."""
     try:
-        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family)
+        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family, applied)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
@@ -227,6 +230,7 @@ def _map_network(
     dropout: Legacy | None,
     paths=None,
     family: str | None = None,
+    applied: tuple[bool, bool] = (True, True),
 ) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -266,7 +270,7 @@ def _map_network(
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
                 put["_blocks"], put["_text_blocks"], inert = map_blocks(
-                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs)
+                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied
                 )
             except PresetError as exc:
                 conv.unsupported(
