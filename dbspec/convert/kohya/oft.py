@@ -38,6 +38,7 @@ import math
 from dbspec.compiler.oft_file import OftFile, adapts, read_oft_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.group_lists import schedule_lifts
 from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, parse_network_args
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -292,11 +293,14 @@ def _the_rest(a, conv: Conversion) -> bool:
             "OFTNetwork has no apply_max_norm_regularization: train_network.py warns and turns it off",
         )
     rate = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
-    if rate.value == 0:
+    if rate.value == 0 and "unet_lr" not in schedule_lifts(a):  # a lifted rate trains (group_lists.py)
         conv.unsupported(
             rate,
-            "networks.oft keeps its one group in the optimizer at rate 0 (networks.lora drops it): not "
-            "expressed",
+            "networks.oft keeps its one group, the U-Net's blocks, in the optimizer at rate 0 and the step "
+            "moves nothing (the blocks stay 0: R = I), so kohya's run trains nothing, a run dbspec refuses "
+            "(DBS200: optimizer.lr = 0 holds a denoiser at rate 0 only beside a text encoder that trains)",
+            help="give networks.oft a rate above 0 (--unet_lr or --learning_rate), or a CyclicLR / "
+            "OneCycleLR schedule whose bounds lift it, as kohya's would",
         )
         ok = False
     te_only = a["network_train_text_encoder_only"]
