@@ -391,6 +391,8 @@ def test_lycoris_dylora_dim_from_weights_is_the_locon_lycoris_builds_from_the_fi
         SHORTCUT: (8, 4.0, 640, 1),
         TE: (8, 4.0, 768, 0),
         TE_FC: (2, 1.0, 768, 0),
+        "lora_unet_conv_in": (4, 1.0, 4, 3),  # LyCORIS's preset full adapts these too, and
+        "lora_unet_time_embedding_linear_1": (8, 4.0, 320, 0),  # from_weights builds any module named
     }
     args = '"algo=dylora", "block_size=2", "conv_dim=16", "conv_alpha=8", "dropout=0.1", "rank_dropout=0.2"'
     extra = "dim_from_weights = true\nnetwork_dropout = 0.1"
@@ -410,6 +412,10 @@ def test_lycoris_dylora_dim_from_weights_is_the_locon_lycoris_builds_from_the_fi
     assert (a.blocks[-1].pattern, a.blocks[-1].rank) == ("^", 0)  # LyCORIS builds none the file lacks
     assert [(b.rank, b.alpha) for b in a.text_encoder_blocks] == [(8, 4.0), (2, 1.0), (0, 1.0)]
     assert a.init_weights.endswith("prev.safetensors") and a.init_partial
+    # create_network_from_weights matches every U-Net module's name (networks.lora's scans its classes)
+    assert "conv_in" in a.conv_targets and "time_embedding.linear_1" in a.denoiser_targets
+    conv_in = _matches(a.blocks, "lora_unet_conv_in")
+    assert (conv_in.rank, conv_in.conv_rank, conv_in.conv_alpha) == (0, 4, 1.0)
     import attrs
 
     (tmp_path / "locon").mkdir()

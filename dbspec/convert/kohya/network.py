@@ -964,6 +964,11 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if "conv_rank" in ranks or resnet:
         targets += RESNET_LINEAR
     # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears
+    if a["network_module"].value == "lycoris.kohya":
+        linears, convs = _lycoris_extras(file, original_names)
+        targets += linears
+        if convs:
+            conv.put(("adapter", "conv_targets"), [*KOHYA_CONV_TARGETS, *convs], note)
     conv.put(("adapter", "denoiser_targets"), targets, note)
     # the file's modules at their ranks, none elsewhere (create_network_from_weights)
     for index, block in enumerate(blocks):
@@ -973,6 +978,30 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
     put_text_blocks(per_module_text_blocks(file), note, conv)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
+
+
+# U-Net layers outside networks.lora's scan that a LyCORIS file can hold (its presets'
+# UNET_TARGET_REPLACE_NAME), by kohya's name read as diffusers' path: (target, a convolution)
+_LYCORIS_NAMED = {
+    "conv_in": ("conv_in", True),
+    "conv_out": ("conv_out", True),
+    "time_embedding_linear_1": ("time_embedding.linear_1", False),
+    "time_embedding_linear_2": ("time_embedding.linear_2", False),
+    "add_embedding_linear_1": ("add_embedding.linear_1", False),
+    "add_embedding_linear_2": ("add_embedding.linear_2", False),
+}
+
+
+def _lycoris_extras(file, original_names: bool) -> tuple[list[str], list[str]]:
+    """(linear targets, convolution targets) beyond networks.lora's scan for the file's modules: LyCORIS's
+    create_network_from_weights matches the file's names against every module of the U-Net
+    (unet.named_modules()), so it also builds conv_in / conv_out and the embeddings' linears."""
+    linears, convs = [], []
+    for _, name in denoiser_names(file, original_names):
+        if name in _LYCORIS_NAMED:
+            target, is_conv = _LYCORIS_NAMED[name]
+            (convs if is_conv else linears).append(target)
+    return sorted(set(linears)), sorted(set(convs))
 
 
 def put_text_blocks(blocks: list[dict], note: str, conv: Conversion) -> None:
