@@ -504,3 +504,29 @@ def test_sdxl_lycoris_dylora_file_alphas_on_diffusers_paths(tmp_path):
         assert (found.rank, found.conv_rank) == (16, 8), path  # the network's ranks
         assert (found.conv_alpha if conv else found.alpha) == own, path
     assert [(b.rank, b.alpha) for b in a.text_encoder_blocks] == [(16, 4.0)]
+
+
+def test_lycoris_dylora_file_with_flat_convolution_ups_is_lycoris_crash(tmp_path):
+    """LyCORIS's DyLoraModule saves a convolution's lora_up as (out, rank); create_network_from_weights copies
+    it into LoConModule's (out, rank, 1, 1) conv weight, which torch refuses (RuntimeError): kohya stops."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    conv_in = "lora_unet_down_blocks_0_attentions_0_proj_in"  # SD 1.x's 1x1 convolution
+    tensors = {
+        f"{Q}.lora_down.weight": np.zeros((4, 320), np.float16),
+        f"{Q}.lora_up.weight": np.zeros((320, 4), np.float16),
+        f"{Q}.alpha": np.array(2.0, np.float16),
+        f"{conv_in}.lora_down.weight": np.zeros((4, 320, 1, 1), np.float16),
+        f"{conv_in}.lora_up.weight": np.zeros((320, 4), np.float16),
+        f"{conv_in}.alpha": np.array(2.0, np.float16),
+    }
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    text = FROM_WEIGHTS.format(
+        model=SD15, module="lycoris.kohya", args='"algo=dylora"', extra="dim_from_weights = true"
+    )
+    write(tmp_path / "cfg.toml", text)
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
+    assert "RuntimeError" in outcome.conversion.reports["dim_from_weights"].note

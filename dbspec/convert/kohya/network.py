@@ -936,6 +936,19 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
+    flat = next((m.name for m in file.modules.values() if len(m.down) == 4 and len(m.up) == 2), None)
+    if flat is not None and a["network_module"].value == "lycoris.kohya":
+        conv.invalid(  # LyCORIS's DyLoraModule saves a convolution's lora_up so
+            from_file.key,
+            True,
+            from_file.source,
+            f"`{flat}` is a convolution whose lora_up is 2-D (as LyCORIS's algo=dylora saves them): "
+            "create_network_from_weights copies it into the LoConModule's (out, rank, 1, 1) lora_up, and "
+            "torch raises RuntimeError (it broadcasts the shapes)",
+            help="reshape each convolution's lora_up to (out, rank, 1, 1) in the file, or train without "
+            "--dim_from_weights",
+        )
+        return
     bare = next((m.name for m in file.modules.values() if m.alpha is None), None)
     if bare is not None and a["network_module"].value == "lycoris.kohya":
         conv.invalid(  # networks.lora gives such a module its rank; LyCORIS's LoConModule does not
