@@ -668,6 +668,10 @@ def test_kohya_oft_at_rate_0_otherwise_trains_nothing(tmp_path):
         "OneCycleLR --lr_scheduler_args max_lr=0 total_steps=400",
     )
     assert "DBS403" in codes(outcome) and "trains nothing" in messages(outcome, "DBS403")
+    outcome = _lycoris(  # Adafactor's relative step pops the rates: the blocks train (not expressed)
+        tmp_path, "--network_module=networks.oft --network_alpha=1e-3 --unet_lr=0 --optimizer_type Adafactor"
+    )
+    assert "DBS403" in codes(outcome) and "relative step" in messages(outcome, "DBS403")
 
 
 def test_kohya_oft_list_longer_than_its_one_group_is_refused(tmp_path):
