@@ -19,26 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """LyCORIS's factorization (lycoris/functional/general.py): (m, n), m <= n, m x n = dimension. A
-    positive factor dividing the dimension gives (factor, dimension / factor) ordered; otherwise the
-    divisor pair nearest the square root whose smaller part does not exceed the factor (any with -1)."""
-    if factor > 0 and dimension % factor == 0:
-        m, n = factor, dimension // factor
-        return (n, m) if m > n else (m, n)
-    if factor < 0:
-        factor = dimension
-    m, n = 1, dimension
-    while m < n:
-        new_m = m + 1
-        while dimension % new_m:
-            new_m += 1
-        new_n = dimension // new_m
-        if new_m + new_n > m + n or new_m > factor:
-            break
-        m, n = new_m, new_n
-    return (n, m) if m > n else (m, n)
+from dbspec.plan.lokr import factorization
 
 
 class _Splits:

@@ -171,6 +171,37 @@ def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkey
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
 
 
+def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
+    """A map entry's LoKr dim of 100000 (LyCORIS's full-matrix idiom) converts to a block at rank 1024: each
+    layer LyCORIS builds at 100000 is full in both factors at scale 1, and so is the plan's at 1024, in the
+    same shapes (issue 12)."""
+    PRESETS["huge-lokr"] = PRESETS["no-conv"].replace("dim = 2", "dim = 100000")
+    try:
+        path, plan = _converted_plan(tmp_path, "huge-lokr", "lokr")
+    finally:
+        del PRESETS["huge-lokr"]
+    assert [b.rank for b in plan.adapter.blocks] == [1024]
+    made = _lycoris(pipe, path, monkeypatch, "lokr")
+    theirs = {m.lora_name: m for m in made.unet_loras}
+    huge = {k for k, m in theirs.items() if m.lora_dim == 100000}
+    assert huge and all(theirs[k].use_w1 and theirs[k].use_w2 and theirs[k].scale == 1 for k in huge)
+    ours = _ours(pipe, plan.adapter)
+    assert sorted(set(ours) ^ set(theirs)) == []
+    assert {k: ours[k][0::2] for k in huge} == {k: ("LokrModule", 1.0) for k in huge}
+    rest = _theirs(made)
+    assert {k: v for k, v in ours.items() if k not in huge and rest[k] != v} == {}
+    from peft.tuners.lokr import LoKrLayer
+
+    unet = copy.deepcopy(pipe.unet)
+    add_lora(unet, plan.adapter, plan.adapter.denoiser_targets, seed=0, conv=True)
+    for name, layer in unet.named_modules():
+        key = "lora_unet_" + name.replace(".", "_")
+        if key in huge:
+            assert isinstance(layer, LoKrLayer) and set(layer.lokr_w1) == set(layer.lokr_w2) == {"default"}
+            shapes = (layer.lokr_w1["default"].shape, layer.lokr_w2["default"].shape)
+            assert shapes == (theirs[key].lokr_w1.shape, theirs[key].lokr_w2.shape), key
+
+
 # extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
 # weight decomposition (dora_scale per layer)
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}

@@ -634,6 +634,46 @@ def test_kohya_oft_has_the_unet_group_alone(tmp_path):
     assert schedule.torch.step_size_up == 40
 
 
+def test_kohya_oft_at_rate_0_trains_on_cyclic_bounds(tmp_path):
+    """--unet_lr 0: OFTNetwork keeps its one group at rate 0, and torch's CyclicLR sets each group's rate to
+    base_lr at construction, so kohya trains the blocks on the cycle: the rate here is the peak, which the
+    schedule replaces alike, and the curve is torch's (issue 12)."""
+    lists = {"base_lr": [1e-6], "max_lr": [2e-4]}
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.oft --network_dim=8 --network_alpha=1e-3 --unet_lr=0 "
+        "--lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=40"),
+    )
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    schedule = _converted(outcome, tmp_path)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and not plan.train_text_encoder and plan.optimizer.lr == 2e-4
+    assert (plan.adapter.kind, plan.adapter.oft_form, plan.adapter.oft_blocks) == ("diag-oft", "kohya", 8)
+    assert (schedule.torch.base_lr, schedule.torch.max_lr) == (1e-6, 2e-4) and not schedule.torch.groups
+    expected = _torch_curves("CyclicLR", ["denoiser"], lists, {"step_size_up": 40}, 400)["lr"]["denoiser"]
+    assert len(schedule.lr_points) > 3
+    for step, lr in schedule.lr_points:  # kohya's one group: torch's curve from base_lr, not from 0
+        assert lr == pytest.approx(expected[step], rel=1e-9, abs=1e-15), step
+
+
+def test_kohya_oft_at_rate_0_otherwise_trains_nothing(tmp_path):
+    """Without a schedule that lifts it the group steps by 0: kohya's run trains nothing, which dbspec
+    refuses (DBS200 for optimizer.lr = 0 without a text encoder training), with that reason; OneCycleLR with
+    max_lr 0 holds it at 0 too."""
+    outcome = _lycoris(tmp_path, "--network_module=networks.oft --network_alpha=1e-3 --unet_lr=0")
+    assert "DBS403" in codes(outcome) and "trains nothing" in messages(outcome, "DBS403")
+    outcome = _lycoris(
+        tmp_path,
+        "--network_module=networks.oft --network_alpha=1e-3 --learning_rate=0 --lr_scheduler_type "
+        "OneCycleLR --lr_scheduler_args max_lr=0 total_steps=400",
+    )
+    assert "DBS403" in codes(outcome) and "trains nothing" in messages(outcome, "DBS403")
+    outcome = _lycoris(  # Adafactor's relative step pops the rates: the blocks train (not expressed)
+        tmp_path, "--network_module=networks.oft --network_alpha=1e-3 --unet_lr=0 --optimizer_type Adafactor"
+    )
+    assert "DBS403" in codes(outcome) and "relative step" in messages(outcome, "DBS403")
+
+
 def test_kohya_oft_list_longer_than_its_one_group_is_refused(tmp_path):
     """Two values for OFTNetwork's one group: torch's CyclicLR raises (expected 1 values)."""
     outcome = _lycoris(

@@ -372,16 +372,72 @@ def test_lycoris_dylora_network_weights_at_the_networks_alphas_changes_nothing(t
 
 def test_lycoris_dylora_network_weights_that_stay_refused(tmp_path):
     """A file alpha of 0 zeroes LyCORIS's layer (its buffer is copied after the build that reads 0 as the
-    rank); with --dim_from_weights LyCORIS's create_network_from_weights builds LoCon modules from the file's
-    keys, not algo=dylora."""
+    rank)."""
     outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0)}, "lycoris.kohya", '"algo=dylora"')
     assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
     assert "scales its update by 0" in outcome.conversion.reports["network_weights"].note
-    outcome = _from_file(
-        tmp_path, {Q: (4, 2.0, 320, 0)}, "lycoris.kohya", '"algo=dylora"', "dim_from_weights = true"
+
+
+def test_lycoris_dylora_dim_from_weights_is_the_locon_lycoris_builds_from_the_file(tmp_path):
+    """lycoris/kohya.py create_network_from_weights reads none of its **kwargs (algo=dylora, block_size,
+    conv_dim, the dropouts): get_module picks LoConModule for a `lora_up.weight` key and builds it at the
+    file's lora_down rows and alpha with LyCORIS's defaults (no dropout, no Tucker, no scalar), none where the
+    file has none; train_network.py passes --network_dropout only to create_network; load_weights then loads
+    the file. The same plan as algo=locon from that file (issue 12)."""
+    modules = {
+        Q: (8, 4.0, 320, 0),
+        OUT: (4, 2.0, 320, 0),
+        CONV: (4, 1.0, 320, 3),  # a 3x3 convolution: conv_rank
+        SHORTCUT: (8, 4.0, 640, 1),
+        TE: (8, 4.0, 768, 0),
+        TE_FC: (2, 1.0, 768, 0),
+        "lora_unet_conv_in": (4, 1.0, 4, 3),  # LyCORIS's preset full adapts these too, and
+        "lora_unet_time_embedding_linear_1": (8, 4.0, 320, 0),  # from_weights builds any module named
+    }
+    args = '"algo=dylora", "block_size=2", "conv_dim=16", "conv_alpha=8", "dropout=0.1", "rank_dropout=0.2"'
+    extra = "dim_from_weights = true\nnetwork_dropout = 0.1"
+    outcome = _from_file(tmp_path, modules, "lycoris.kohya", args, extra)
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped"
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
+    assert "create_network_from_weights reads none" in messages(outcome, "DBS405")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("lora", 8, 4.0, 4, 1.0)
+    assert (a.rank_dropout, a.module_dropout, a.down_dropout, a.tucker) == (0.0, 0.0, 0.0, False)
+    for name, (rank, alpha) in {Q: (8, 4.0), OUT: (4, 2.0), SHORTCUT: (8, 4.0)}.items():
+        block = _matches(a.blocks, name)
+        assert (block.rank, block.alpha) == (rank, alpha), name
+    block = _matches(a.blocks, CONV)
+    assert (block.rank, block.conv_rank, block.conv_alpha) == (0, 4, 1.0)
+    assert (a.blocks[-1].pattern, a.blocks[-1].rank) == ("^", 0)  # LyCORIS builds none the file lacks
+    assert [(b.rank, b.alpha) for b in a.text_encoder_blocks] == [(8, 4.0), (2, 1.0), (0, 1.0)]
+    assert a.init_weights.endswith("prev.safetensors") and a.init_partial
+    # create_network_from_weights matches every U-Net module's name (networks.lora's scans its classes)
+    assert "conv_in" in a.conv_targets and "time_embedding.linear_1" in a.denoiser_targets
+    conv_in = _matches(a.blocks, "lora_unet_conv_in")
+    assert (conv_in.rank, conv_in.conv_rank, conv_in.conv_alpha) == (0, 4, 1.0)
+    import attrs
+
+    (tmp_path / "locon").mkdir()
+    locon = _from_file(
+        tmp_path / "locon", modules, "lycoris.kohya", '"algo=locon"', "dim_from_weights = true"
     )
-    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
-    assert "LoCon" in outcome.conversion.reports["dim_from_weights"].note
+    same = attrs.evolve(plan_of(locon, tmp_path / "locon").adapter, init_weights=a.init_weights)
+    assert same == a  # whatever the algo, the file decides
+
+
+def test_lycoris_dim_from_weights_without_an_alpha_is_lycoris_crash(tmp_path):
+    """LoConModule.make_module_from_state_dict calls float(alpha) on the missing alpha: TypeError
+    (networks.lora gives such a module its rank instead)."""
+    outcome = _from_file(
+        tmp_path,
+        {Q: (8, 4.0, 320, 0), OUT: (8, None, 320, 0)},
+        "lycoris.kohya",
+        '"algo=dylora"',
+        "dim_from_weights = true",
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
+    assert "float(alpha)" in outcome.conversion.reports["dim_from_weights"].note
 
 
 def _sdxl(tmp_path, module: str, args: str):
@@ -448,3 +504,29 @@ def test_sdxl_lycoris_dylora_file_alphas_on_diffusers_paths(tmp_path):
         assert (found.rank, found.conv_rank) == (16, 8), path  # the network's ranks
         assert (found.conv_alpha if conv else found.alpha) == own, path
     assert [(b.rank, b.alpha) for b in a.text_encoder_blocks] == [(16, 4.0)]
+
+
+def test_lycoris_dylora_file_with_flat_convolution_ups_is_lycoris_crash(tmp_path):
+    """LyCORIS's DyLoraModule saves a convolution's lora_up as (out, rank); create_network_from_weights copies
+    it into LoConModule's (out, rank, 1, 1) conv weight, which torch refuses (RuntimeError): kohya stops."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    conv_in = "lora_unet_down_blocks_0_attentions_0_proj_in"  # SD 1.x's 1x1 convolution
+    tensors = {
+        f"{Q}.lora_down.weight": np.zeros((4, 320), np.float16),
+        f"{Q}.lora_up.weight": np.zeros((320, 4), np.float16),
+        f"{Q}.alpha": np.array(2.0, np.float16),
+        f"{conv_in}.lora_down.weight": np.zeros((4, 320, 1, 1), np.float16),
+        f"{conv_in}.lora_up.weight": np.zeros((320, 4), np.float16),
+        f"{conv_in}.alpha": np.array(2.0, np.float16),
+    }
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    text = FROM_WEIGHTS.format(
+        model=SD15, module="lycoris.kohya", args='"algo=dylora"', extra="dim_from_weights = true"
+    )
+    write(tmp_path / "cfg.toml", text)
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
+    assert "RuntimeError" in outcome.conversion.reports["dim_from_weights"].note

@@ -243,6 +243,22 @@ def test_ddpm_loss_options_the_flow_scripts_never_read_are_ignored(tmp_path):
     assert "DBS405" in {d.code for d in outcome.diagnostics}  # kohya ignores them too: a likely mistake
 
 
+def test_flux_controlnet_path_is_ignored_as_flux_train_network_ignores_it(tmp_path):
+    """add_flux_train_arguments parses --controlnet_model_name_or_path for every Flux script; only
+    flux_train_control_net.py loads it, so flux_train_network.py trains the same LoRA without one."""
+    component_file(tmp_path / "controlnet.safetensors")
+    outcome = _flux(
+        tmp_path,
+        "--timestep_sampling shift --discrete_flow_shift 3.1582 --model_prediction_type raw "
+        "--guidance_scale 1.0 --controlnet_model_name_or_path controlnet.safetensors",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.adapter.kind, plan.adapter.rank, plan.loss.flow.shift) == ("lora", 4, 3.1582)
+    assert fate(outcome, "controlnet_model_name_or_path") == "inert"
+    assert "flux_train_control_net.py" in messages(outcome, "DBS405")
+    assert "DBS403" not in {d.code for d in outcome.diagnostics}
+
+
 def test_flux_samples_validate_with_flow_euler(tmp_path):
     (tmp_path / "prompts.txt").write_text(
         "a photo of ohwx dog on a beach --w 512 --h 512\n", encoding="utf-8"

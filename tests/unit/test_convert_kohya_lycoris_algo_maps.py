@@ -219,10 +219,51 @@ def test_dims_on_diag_oft_are_not_expressed(tmp_path):
     assert "DBS403" in codes(outcome) and "LoRA/LoCon, LoHa and LoKr" in messages(outcome, "DBS403")
 
 
-def test_dims_above_the_block_bound_are_not_expressed(tmp_path):
+# LoKr at lycoris-lora's full-matrix idiom on the attention and MLP, the ResNets at the network's dim
+FULL_LOKR = (
+    FULL
+    + """
+[module_algo_map.CrossAttention]
+  algo = "lokr"
+  dim = 10000000000000
+[module_algo_map.FeedForward]
+  algo = "lokr"
+  dim = 100000
+  alpha = 1
+[module_algo_map.ResnetBlock2D]
+  algo = "lokr"
+  dim = 100000
+"""
+)
+
+
+def test_huge_lokr_dims_are_full_factors_at_the_block_bound(tmp_path):
+    """LokrModule trains a factor in full once dim >= half the larger part of its split and then scales by 1
+    (alpha = dim): with factor -1 every layer of SD 1.x / 2.x / SDXL is full from dim 64 on, so a dim of
+    100000 (or 10^13) builds on each layer what a block at rank 1024 builds (issue 12)."""
+    outcome = expressible(_convert(tmp_path, FULL_LOKR, "lokr"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha, a.factor) == ("lokr", 16, 8.0, 8, 4.0, -1)
+    assert _blocks(a.blocks) == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 1024, 1024.0, 0, 1.0),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 1024, 1024.0, 0, 1.0),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 1024, 1024.0, 1024, 1024.0),
+    ]
+    assert a.text_encoder_blocks == ()
+
+
+def test_huge_dims_that_no_block_builds_stay_refused(tmp_path):
+    """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560: LokrModule trains it in full only from dim
+    1280, above the block bound; LoCon / LoHa train at the dim itself."""
     text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
-    outcome = _convert(tmp_path, text, "lokr")
-    assert "DBS403" in codes(outcome) and "up to 1024" in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
+    said = messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "10240-wide layer is full only from dim 1280" in said
+    (tmp_path / "full").mkdir(), (tmp_path / "loha").mkdir()
+    outcome = _convert(tmp_path / "full", text, "lokr", args='"factor=4" "full_matrix=True"')
+    assert [b.rank for b in plan_of(expressible(outcome), tmp_path / "full").adapter.blocks] == [1024]
+    outcome = _convert(tmp_path / "loha", text, "loha")
+    assert "DBS403" in codes(outcome) and "only LoKr's factors cap" in messages(outcome, "DBS403")
 
 
 def test_unknown_algorithm_name_stops_kohya(tmp_path):
@@ -298,3 +339,49 @@ dim = 8
         (r"(?:^|\.)(?:conv_out)$", 16, 8.0, 4, 8.0),  # conv_dim / conv_alpha default to dim / alpha
     ]
     assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
+
+
+# LoKr on the U-Net, LoRA on CLIP's layers (as lycoris-lora's example preset mixes them)
+LOKR_UNET_LORA_TEXT = (
+    FULL
+    + """
+[module_algo_map.CrossAttention]
+  algo = "lokr"
+  dim = 8
+[module_algo_map.CLIPAttention]
+  algo = "lora"
+  dim = 8
+  alpha = 1
+[module_algo_map.CLIPMLP]
+  algo = "lora"
+  dim = 4
+  use_tucker = true
+"""
+)
+
+
+def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_path):
+    """train_network.py hands create_network the text encoder whatever --network_train_unet_only says, and
+    LycorisNetworkKohya builds CLIP's layers with the entries' algorithm, but apply_to(text_encoder, unet,
+    False, True) empties text_encoder_loras: those modules are never applied or trained, so their algorithm,
+    options and dims change nothing (issue 12). Without the flag they train: not expressed."""
+    outcome = expressible(_convert(tmp_path, LOKR_UNET_LORA_TEXT, "lokr", args="--network_train_unet_only"))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha) == ("lokr", 16, 8.0) and not plan.train_text_encoder
+    assert _blocks(a.blocks) == [(r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 8, 8.0, 0, 1.0)]
+    assert a.text_encoder_blocks == ()
+    said = messages(outcome, "DBS405")
+    assert "module_algo_map.CLIPAttention" in said and "module_algo_map.CLIPMLP" in said
+    assert "network_train_unet_only" in said
+    (tmp_path / "both").mkdir()
+    outcome = _convert(tmp_path / "both", LOKR_UNET_LORA_TEXT, "lokr")
+    assert "DBS403" in codes(outcome) and "'lora'" in messages(outcome, "DBS403")
+
+
+def test_unknown_algorithm_on_dropped_text_layers_still_stops_kohya(tmp_path):
+    """LycorisNetworkKohya builds the text encoder's modules before apply_to drops them: an unknown algo there
+    is still kohya's KeyError."""
+    text = FULL + '[module_algo_map.CLIPMLP]\nalgo = "LoRA"\n'
+    outcome = _convert(tmp_path, text, "lokr", args="--network_train_unet_only")
+    assert "DBS402" in codes(outcome) and "KeyError" in messages(outcome, "DBS402")

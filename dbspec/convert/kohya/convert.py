@@ -22,7 +22,7 @@ from dbspec.convert.kohya.subsets import preservation_needs_denoiser
 from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
-from dbspec.convert.kohya.group_lists import lift_lora_fa_rates
+from dbspec.convert.kohya.group_lists import lift_kept_rates
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import (
     file_has_text,
@@ -165,8 +165,10 @@ def convert_kohya(
     layout = _layout(ka, config, paths, conv) if config is not None else None
     kohya_batches, dbspec_batches = _batches(layout, conv)
     length = map_length(a, kohya_batches, dbspec_batches, conv)
-    if lora:  # networks.lora_fa's groups at rate 0 that CyclicLR / OneCycleLR lift (group_lists.py)
-        a = lift_lora_fa_rates(a, conv)
+    if (
+        lora
+    ):  # networks.lora_fa / networks.oft groups at rate 0 that CyclicLR / OneCycleLR lift (group_lists.py)
+        a = lift_kept_rates(a, conv)
     map_lr_schedule(a, length.total_steps, conv, script)
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     text_encoder = map_text_encoder(a, script, length.total_steps, conv, not lora or file_has_text(a, paths))

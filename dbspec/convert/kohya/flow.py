@@ -348,8 +348,13 @@ def _reference(family: str, held: dict | None) -> str:
 
 def _flux_only(a: Args, conv: Conversion, family: str) -> None:
     conv.record(a["model_type"], "mapped", "model.family")
-    if a["controlnet_model_name_or_path"].value:
-        conv.unsupported(a["controlnet_model_name_or_path"], "dbspec trains no ControlNet-conditioned Flux")
+    controlnet = a["controlnet_model_name_or_path"]
+    if controlnet.value:  # flux_train_utils.add_flux_train_arguments parses it for every Flux script
+        conv.ignored(
+            controlnet,
+            "flux_train_network.py parses it but never reads it (only kohya's flux_train_control_net.py "
+            "loads a ControlNet): the LoRA trains without one",
+        )
     guidance = a["guidance_scale"]
     chroma = family == "chroma"
     conv.mapped(

@@ -13,10 +13,11 @@ kohya's groups, in order (its code is the ground truth):
   block lr weights (it reads none): text encoders, their plus group (`lora_B`), U-Net, its plus group.
 - networks.lora_fa (networks/lora_fa.py `prepare_optimizer_params`): [text encoders, U-Net], no plus group,
   a group at rate 0 kept: CyclicLR and OneCycleLR replace its rate with their own, so kohya trains it
-  (lift_lora_fa_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
+  (lift_kept_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
   the schedule holds it at 0 too (then it never moves: untrained in dbspec).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
-  network adapts nothing else); kept at rate 0 too, which oft.py refuses (DBS403) before any list.
+  network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's (else it
+  never moves and the run trains nothing: oft.py refuses it, DBS403).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty). With
@@ -139,7 +140,7 @@ def _networks_lora(
         "networks.oft",
     ):
         return [], f"kohya's optimizer groups for network_module {module} are not derived here"
-    if module == "networks.oft":  # OFTNetwork: the U-Net's one group (its rate 0 refused by oft.py)
+    if module == "networks.oft":  # OFTNetwork: the U-Net's one group (a rate 0 lifted, or refused by oft.py)
         return [("unet", ("denoiser",))], ""
     if module == "networks.lora_fa":
         return _lora_fa(a)
@@ -186,7 +187,7 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """networks.lora_fa's prepare_optimizer_params (networks/lora_fa.py): [text encoder(s), U-Net], one group
     each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
     that part (network_train_unet_only / text_encoder_only remove it), also at rate 0. A rate 0 that
-    CyclicLR / OneCycleLR lift was replaced before (lift_lora_fa_rates); one left is a group the schedule
+    CyclicLR / OneCycleLR lift was replaced before (lift_kept_rates); one left is a group the schedule
     holds at 0 too, untrained in dbspec (no group)."""
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
@@ -203,50 +204,64 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     return groups, ""
 
 
-def lift_lora_fa_rates(a: Args, conv: Conversion) -> Args:
-    """networks.lora_fa keeps a group at rate 0 in the optimizer (its prepare_optimizer_params, l. 1047-1079),
-    and torch's CyclicLR / OneCycleLR replace every group's rate with their own before the first step
-    (CyclicLR's base_lr, OneCycleLR's max_lr / div_factor): kohya trains that group on the schedule. The
-    group's rate 0 becomes its `max_lr` (CyclicLR's `base_lr` where that is 0), which the schedule replaces
-    alike, so dbspec trains it on the same curve; a group the schedule holds at 0 too keeps rate 0."""
+# the networks whose prepare_optimizer_params keep a group at rate 0 in the optimizer
+_KEEP_ZERO = ("networks.lora_fa", "networks.oft")
+
+
+def schedule_lifts(a: Args) -> dict[str, tuple[float, str, str]]:
+    """{rate key: (peak, group name, scheduler class)} for the groups at rate 0 that networks.lora_fa /
+    networks.oft keep in the optimizer (lora_fa.py l. 1047-1079, oft.py l. 361-382) and that torch's
+    CyclicLR / OneCycleLR replace with their own rate before the first step (CyclicLR's base_lr, OneCycleLR's
+    max_lr / div_factor), so kohya trains them on the schedule: the peak is the group's `max_lr` (CyclicLR's
+    `base_lr` where that is 0), which the schedule replaces alike. A group the schedule holds at 0 too is
+    absent."""
     module, kind = a["network_module"].value, a["lr_scheduler_type"].value
     cls = str(kind or "").removeprefix("torch.optim.lr_scheduler.")
-    if module != "networks.lora_fa" or cls not in ("CyclicLR", "OneCycleLR"):
-        return a
+    if module not in _KEEP_ZERO or cls not in ("CyclicLR", "OneCycleLR"):
+        return {}
     if str(a["optimizer_type"].value or "").lower().endswith("schedulefree"):
-        return a  # kohya's dummy scheduler: the rates stay
+        return {}  # kohya's dummy scheduler: the rates stay
     kwargs = _literal_kwargs(a["lr_scheduler_args"])
     if kwargs is None:
-        return a  # reported where the schedule maps
+        return {}  # reported where the schedule maps
     lr = a["learning_rate"]
     te = a["text_encoder_lr"]
     te_values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
     te_rate = float(te_values[0]) if te_values else lr.value
     unet = a["unet_lr"] if a["unet_lr"].value is not None else lr
-    kept = [
-        (key, rate, name)
-        for key, rate, skip, name in (
-            ("text_encoder_lr", te_rate, "network_train_unet_only", "text encoder"),
-            ("unet_lr", unet.value, "network_train_text_encoder_only", "U-Net"),
-        )
-        if not a[skip].value
-    ]
-    out = dict(a)
+    groups = [("unet_lr", unet.value, "network_train_text_encoder_only", "U-Net")]
+    if module == "networks.lora_fa":  # networks.oft has the U-Net's group alone
+        groups.insert(0, ("text_encoder_lr", te_rate, "network_train_unet_only", "text encoder"))
+    kept = [(key, rate, name) for key, rate, skip, name in groups if not a[skip].value]
+    out = {}
     for index, (key, rate, name) in enumerate(kept):
         if rate:
             continue
         bounds = [_at(kwargs.get(k), index, len(kept)) for k in ("max_lr", "base_lr")]
         if None in bounds[: 2 if cls == "CyclicLR" else 1]:
-            return a  # a list of another length (DBS402 where the schedule maps) or a bound missing
+            return {}  # a list of another length (DBS402 where the schedule maps) or a bound missing
         peak = bounds[0] or (bounds[1] if cls == "CyclicLR" else 0.0)
-        if not peak:
-            continue  # the schedule holds it at 0: it never moves
+        if peak:  # else the schedule holds it at 0: it never moves
+            out[key] = (float(peak), name, cls)
+    return out
+
+
+def lift_kept_rates(a: Args, conv: Conversion) -> Args:
+    """The rates of schedule_lifts' groups (networks.lora_fa, networks.oft): each the schedule's peak, which
+    the schedule replaces alike, so dbspec trains the group on kohya's curve; a group the schedule holds at 0
+    too keeps rate 0."""
+    lifts = schedule_lifts(a)
+    if not lifts:
+        return a
+    out = dict(a)
+    for key, (peak, name, cls) in lifts.items():
+        lr = a["learning_rate"]
         source = a[key].source if a[key].given else lr.source
-        out[key] = Legacy(key=key, value=float(peak), source=source)
+        out[key] = Legacy(key=key, value=peak, source=source)
         conv.notes.append(
-            f"kohya networks.lora_fa keeps its {name} group at rate 0 and {cls} replaces that rate with its "
-            f"own bounds, so kohya trains it: its rate here is the schedule's {peak:g}, which the schedule "
-            "replaces alike"
+            f"kohya {a['network_module'].value} keeps its {name} group at rate 0 and {cls} replaces that "
+            f"rate with its own bounds, so kohya trains it: its rate here is the schedule's {peak:g}, which "
+            "the schedule replaces alike"
         )
     return out
 

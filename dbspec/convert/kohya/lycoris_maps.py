@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
+from dbspec.plan.lokr import factorization
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
 _CLASS = {"locon": "lora"}
@@ -154,12 +155,22 @@ def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> l
 
 
 def map_blocks(
-    found: Targets, algo: str, kind: str, dims, rs_lora: bool, network: dict[str, Any]
+    found: Targets,
+    algo: str,
+    kind: str,
+    dims,
+    rs_lora: bool,
+    network: dict[str, Any],
+    applied: tuple[bool, bool] = (True, True),
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
-    module options create_network hands every module. PresetError where they cannot be written."""
-    inert = check_layers(found, algo, network)
+    module options create_network hands every module; `applied`: whether LycorisNetworkKohya.apply_to keeps
+    the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
+    algorithm, options and dims there change nothing). PresetError where they cannot be written."""
+    kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
+    inert = [*check_layers(kept, algo, network), *_dropped(found, kept)]
+    found = kept
     if kind in _NO_DIMS:
         return [], [], inert
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora)
@@ -174,14 +185,76 @@ def map_blocks(
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            raise PresetError(
-                f"`{_source([block])}` gives some layers dim = {high}: [[adapter.blocks]] ranks go up to "
-                f"{_MAX_BLOCK_RANK}",
-                False,
-            )
+            _full_lokr_block(block, high, kind, rs_lora, network)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
     return unet, text, inert
+
+
+# The widths of the layers LyCORIS's kohya network can adapt on SD 1.x / 2.x and SDXL (preset files are read
+# for these only): the U-Nets' linears and convolutions (4 to 1280 channels, skip concatenations up to 2560,
+# SDXL's added embedding 2816, GEGLU's 8 x 1280) and the CLIP encoders' (768 / 3072, 1024 / 4096, 1280 /
+# 5120).
+_WIDTHS = (4, 320, 640, 768, 960, 1024, 1280, 1920, 2048, 2560, 2816, 3072, 4096, 5120, 10240)
+
+
+def _full_from(factor: int) -> tuple[int, int]:
+    """(dim, width): the LoKr dim from which LokrModule makes both Kronecker factors full matrices on every
+    layer of those models, and the width that needs it. A factor is full unless dim < half the larger of its
+    two parts (the second factor's test; the first's under decompose_both compares the smaller parts), so
+    half the larger part of each width's split bounds both."""
+    return max((-(-max(factorization(w, factor)) // 2), w) for w in _WIDTHS)
+
+
+def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool, network: dict) -> None:
+    """A block's dim above [[adapter.blocks]]' bound: on LoKr (the `dim = 100000` idiom) every layer it
+    reaches trains both Kronecker factors in full at scale 1 (LokrModule sets alpha to the dim), which a block
+    at the bound builds alike where each layer is full from the bound on: the block at the bound. Else
+    PresetError."""
+    source = _source([block])
+    where = f"`{source}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
+    if kind != "lokr":
+        raise PresetError(f"{where}: a {kind} layer trains at that rank (only LoKr's factors cap)", False)
+    if rs_lora:
+        raise PresetError(
+            f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
+            False,
+        )
+    factor = network.get("factor", -1)
+    need, width = _full_from(factor)
+    if not network.get("full_matrix") and need > _MAX_BLOCK_RANK:
+        raise PresetError(
+            f"{where}: LyCORIS trains those layers' Kronecker factors in full; with factor {factor} a "
+            f"{width}-wide layer is full only from dim {need}, so a block at {_MAX_BLOCK_RANK} is not the "
+            "same module (network_args full_matrix=True, or a factor that splits the widths more evenly, is)",
+            False,
+        )
+    for rank, alpha in (("rank", "alpha"), ("conv_rank", "conv_alpha")):
+        if block.get(rank, 0) > _MAX_BLOCK_RANK:
+            block[rank], block[alpha] = _MAX_BLOCK_RANK, float(_MAX_BLOCK_RANK)
+    block["_why"] += (
+        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_BLOCK_RANK} on every layer)"
+    )
+
+
+def _dropped(found: Targets, kept: Targets) -> list[tuple[str, str]]:
+    """(entry, why) for the map entries that reach only layers apply_to drops."""
+    reached = {layer.source for layer in [*kept.text.values(), *kept.unet.values()]}
+    dropped = {
+        layer.source: "text-encoder" if path in found.text else "U-Net"
+        for part in (found.text, found.unet)
+        for path, layer in part.items()
+        if layer.source and layer.source not in reached
+    }
+    flags = {"text-encoder": "network_train_unet_only", "U-Net": "network_train_text_encoder_only"}
+    return [
+        (
+            source,
+            f"it reaches only {where} layers, whose modules LycorisNetworkKohya.apply_to drops with kohya's "
+            f"{flags[where]} (built, never applied or trained)",
+        )
+        for source, where in dropped.items()
+    ]
 
 
 def _source(blocks: list[dict]) -> str:

@@ -177,8 +177,11 @@ def map_adapter(
             "lycoris.kohya have a dbspec equivalent",
         )
         return False
-    if module.value == "networks.lora" and a["dim_from_weights"].value and a["network_weights"].value:
-        a = _from_weights_args(a, conv)
+    if a["dim_from_weights"].value and a["network_weights"].value:
+        if module.value == "networks.lora":
+            a = _from_weights_args(a, conv)
+        elif module.value == "lycoris.kohya":
+            a = _lycoris_from_weights_args(a, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
@@ -203,6 +206,7 @@ def map_adapter(
         dropout if lycoris else None,
         paths,
         family,
+        applied=(not a["network_train_unet_only"].value, not a["network_train_text_encoder_only"].value),
     )
     if kind is None:
         return False
@@ -300,6 +304,28 @@ def _kohya_dylora_network(a: Args, paths: PathMapper, conv: Conversion, rank: in
 
 # networks/lora.py create_network_from_weights reads these of the **kwargs train_network.py passes
 _FROM_WEIGHTS_READS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+
+
+def _lycoris_from_weights_args(a: Args, conv: Conversion) -> Args:
+    """lycoris.kohya with --dim_from_weights: LyCORIS's create_network_from_weights takes the network_args as
+    **kwargs and reads none of them (algo, preset, conv_dim, the dropouts alike): each module's kind comes
+    from the file's keys (`lora_up.weight`: a LoConModule at the file's rank and alpha, LyCORIS's defaults
+    otherwise), and train_network.py passes --network_dropout only to create_network. So whatever the algo
+    (dylora too), the network is the LoCon that algo=locon builds from the file (map_network_weights)."""
+    args, dropout = a["network_args"], a["network_dropout"]
+    if args.value:
+        conv.ignored(
+            args,
+            "with --dim_from_weights LyCORIS's create_network_from_weights reads none of them: the file's "
+            "keys decide each module (lora_down / lora_up: LoCon at the file's ranks and alphas)",
+        )
+    if dropout.value:
+        conv.ignored(dropout, "with --dim_from_weights train_network.py passes it to no network")
+    return {
+        **a,
+        "network_args": Legacy(key=args.key, value=None, source="default"),
+        "network_dropout": Legacy(key=dropout.key, value=None, source="default"),
+    }
 
 
 def _from_weights_args(a: Args, conv: Conversion) -> Args:

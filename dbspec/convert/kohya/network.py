@@ -205,13 +205,16 @@ def map_network(
     dropout: Legacy | None = None,
     paths=None,
     family: str | None = None,
+    applied: tuple[bool, bool] = (True, True),
 ) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
     equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
     numbers kohya's blocks differently. `dropout`: --network_dropout, which train_network.py hands LyCORIS as
-    its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file."""
+    its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file;
+    `applied`: whether the network's apply_to keeps its (text-encoder, U-Net) modules (train_network.py:
+    not network_train_unet_only, not network_train_text_encoder_only)."""
     try:
-        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family)
+        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family, applied)
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
@@ -227,6 +230,7 @@ def _map_network(
     dropout: Legacy | None,
     paths=None,
     family: str | None = None,
+    applied: tuple[bool, bool] = (True, True),
 ) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -266,7 +270,7 @@ def _map_network(
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
                 put["_blocks"], put["_text_blocks"], inert = map_blocks(
-                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs)
+                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied
                 )
             except PresetError as exc:
                 conv.unsupported(
@@ -909,14 +913,8 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
         return
-    if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py)
-        if from_file.value:
-            conv.unsupported(
-                from_file,
-                "LyCORIS's create_network_from_weights builds each module's algo from the file's keys "
-                "(lora_down / lora_up: LoCon), not algo=dylora: not expressed",
-            )
-            return
+    if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py; with
+        # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
@@ -939,6 +937,30 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
+    flat = next((m.name for m in file.modules.values() if len(m.down) == 4 and len(m.up) == 2), None)
+    if flat is not None and a["network_module"].value == "lycoris.kohya":
+        conv.invalid(  # LyCORIS's DyLoraModule saves a convolution's lora_up so
+            from_file.key,
+            True,
+            from_file.source,
+            f"`{flat}` is a convolution whose lora_up is 2-D (as LyCORIS's algo=dylora saves them): "
+            "create_network_from_weights copies it into the LoConModule's (out, rank, 1, 1) lora_up, and "
+            "torch raises RuntimeError (it broadcasts the shapes)",
+            help="reshape each convolution's lora_up to (out, rank, 1, 1) in the file, or train without "
+            "--dim_from_weights",
+        )
+        return
+    bare = next((m.name for m in file.modules.values() if m.alpha is None), None)
+    if bare is not None and a["network_module"].value == "lycoris.kohya":
+        conv.invalid(  # networks.lora gives such a module its rank; LyCORIS's LoConModule does not
+            from_file.key,
+            True,
+            from_file.source,
+            f"LyCORIS's create_network_from_weights builds each LoCon with float(alpha), and `{bare}` has no "
+            "alpha in the file: TypeError",
+            help="train from a file with an `.alpha` for every module (as kohya and LyCORIS save them)",
+        )
+        return
     note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
@@ -956,6 +978,11 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if "conv_rank" in ranks or resnet:
         targets += RESNET_LINEAR
     # networks.lora scans the ResNet blocks when built from weights: their 3x3 convolutions and linears
+    if a["network_module"].value == "lycoris.kohya":
+        linears, convs = _lycoris_extras(file, original_names)
+        targets += linears
+        if convs:
+            conv.put(("adapter", "conv_targets"), [*KOHYA_CONV_TARGETS, *convs], note)
     conv.put(("adapter", "denoiser_targets"), targets, note)
     # the file's modules at their ranks, none elsewhere (create_network_from_weights)
     for index, block in enumerate(blocks):
@@ -965,6 +992,30 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
     put_text_blocks(per_module_text_blocks(file), note, conv)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
+
+
+# U-Net layers outside networks.lora's scan that a LyCORIS file can hold (its presets'
+# UNET_TARGET_REPLACE_NAME), by kohya's name read as diffusers' path: (target, a convolution)
+_LYCORIS_NAMED = {
+    "conv_in": ("conv_in", True),
+    "conv_out": ("conv_out", True),
+    "time_embedding_linear_1": ("time_embedding.linear_1", False),
+    "time_embedding_linear_2": ("time_embedding.linear_2", False),
+    "add_embedding_linear_1": ("add_embedding.linear_1", False),
+    "add_embedding_linear_2": ("add_embedding.linear_2", False),
+}
+
+
+def _lycoris_extras(file, original_names: bool) -> tuple[list[str], list[str]]:
+    """(linear targets, convolution targets) beyond networks.lora's scan for the file's modules: LyCORIS's
+    create_network_from_weights matches the file's names against every module of the U-Net
+    (unet.named_modules()), so it also builds conv_in / conv_out and the embeddings' linears."""
+    linears, convs = [], []
+    for _, name in denoiser_names(file, original_names):
+        if name in _LYCORIS_NAMED:
+            target, is_conv = _LYCORIS_NAMED[name]
+            (convs if is_conv else linears).append(target)
+    return sorted(set(linears)), sorted(set(convs))
 
 
 def put_text_blocks(blocks: list[dict], note: str, conv: Conversion) -> None:

@@ -38,6 +38,8 @@ import math
 from dbspec.compiler.oft_file import OftFile, adapts, read_oft_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.optimizers import adafactor_flags, parse_kohya_args
+from dbspec.convert.kohya.group_lists import schedule_lifts
 from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, parse_network_args
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -280,6 +282,14 @@ def _load_weights(a, file: OftFile | None, paths, conv: Conversion, original_nam
     return True
 
 
+def _relative_step(a) -> bool:
+    """kohya's Adafactor with relative_step (its default for Adafactor)."""
+    if str(a["optimizer_type"].value or "").lower() != "adafactor":
+        return False
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    return not problems and adafactor_flags(kwargs)["relative_step"]
+
+
 def _the_rest(a, conv: Conversion) -> bool:
     """The train_network.py options networks.oft ignores (DBS405), crashes on (DBS402) or that dbspec does
     not express with it (DBS403)."""
@@ -292,11 +302,22 @@ def _the_rest(a, conv: Conversion) -> bool:
             "OFTNetwork has no apply_max_norm_regularization: train_network.py warns and turns it off",
         )
     rate = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
-    if rate.value == 0:
+    if rate.value == 0 and _relative_step(a):
         conv.unsupported(
             rate,
-            "networks.oft keeps its one group in the optimizer at rate 0 (networks.lora drops it): not "
-            "expressed",
+            "with Adafactor's relative step kohya pops each group's rate (train_util.get_optimizer), so "
+            "networks.oft's blocks train at Adafactor's own step whatever the rate: not expressed",
+            help="give --unet_lr the --learning_rate (kohya ignores both with relative_step)",
+        )
+        ok = False
+    elif rate.value == 0 and "unet_lr" not in schedule_lifts(a):  # a lifted rate trains (group_lists.py)
+        conv.unsupported(
+            rate,
+            "networks.oft keeps its one group, the U-Net's blocks, in the optimizer at rate 0 and the step "
+            "moves nothing (the blocks stay 0: R = I), so kohya's run trains nothing, a run dbspec refuses "
+            "(DBS200: optimizer.lr = 0 holds a denoiser at rate 0 only beside a text encoder that trains)",
+            help="give networks.oft a rate above 0 (--unet_lr or --learning_rate), or a CyclicLR / "
+            "OneCycleLR schedule whose bounds lift it, as kohya's would",
         )
         ok = False
     te_only = a["network_train_text_encoder_only"]
