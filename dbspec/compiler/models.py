@@ -307,6 +307,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not spec.kohya.lycoris_layout
             and (kind := _lycoris_kind(ctx.spec.adapter))
             and not _fused_lokr(ctx.spec.adapter)  # kohya's Flux names: runtime/lycoris_export.py
+            and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
         ):
             ctx.report(
                 "DBS381",
@@ -323,6 +324,12 @@ def _fused_lokr(adapter: Adapter) -> bool:
     """lycoris.kohya algo=lokr / loha on kohya's fused Flux layers (their fused_projections): LyCORIS's file
     under kohya's Flux module names (compiler/fused.py refuses it in other families)."""
     return isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.fused_projections
+
+
+def _kohya_oft(adapter: Adapter, network: str) -> bool:
+    """Diag-OFT's kohya form where kohya has an OFT network for the family (Flux.1: networks.oft_flux, its
+    file under kohya's Flux module names, runtime/flux_oft.py)."""
+    return isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and bool(network)
 
 
 def _written(formats: tuple[str, ...]) -> str:
