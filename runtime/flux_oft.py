@@ -1,5 +1,5 @@
-"""kohya's networks.oft_flux file (sd-scripts networks/oft_flux.py, OFTNetwork.save_weights: its state dict) of
-Diag-OFT's kohya form on diffusers' Flux (plan.adapter.kind "diag-oft", oft_form "kohya").
+"""kohya's networks.oft_flux file (sd-scripts networks/oft_flux.py, OFTNetwork.save_weights: its state
+dict) of Diag-OFT's kohya form on diffusers' Flux (plan.adapter.kind "diag-oft", oft_form "kohya").
 
 kohya's Flux OFTModule holds a ParameterList of blocks, one entry per part of the layer's rows (its
 `split_dims`): three on the double blocks' fused `img_attn.qkv` / `txt_attn.qkv` (q, k, v), four on the single
@@ -8,8 +8,8 @@ rows, its own constraint alpha x its width, its own norm clamp, and runs F.linea
 the input's dtype) with its own bias: exactly what KohyaOftLayer (runtime/lycoris_oft.py) computes on
 diffusers' separate part (attn.to_q, to_k, to_v, proj_mlp). So each kohya module's file entry is the parts'
 blocks in the original layer's row order, `oft_unet_<kohya Flux name>.oft_blocks.<p>` (dim, size, size), and
-one `.alpha` (kohya's alpha, the constraint per row), named as runtime/flux_kohya.py names the layers. A part
-the run does not adapt is written as zero blocks: the identity rotation, its rows unchanged as they are here."""
+one `.alpha` (kohya's alpha, the constraint per row), named as runtime/flux_kohya.py names the layers. A
+part the run does not adapt is written as zero blocks: the identity rotation, its rows unchanged as here."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def flux_oft_state(unet: nn.Module, family: str, dtype: str) -> dict[str, torch.
             block = ".".join(path.split(".")[:2])
             groups.setdefault(name, (block, {}))[1][part or 0] = layer
     if not groups:
-        raise ValueError("no kohya OFT layers to export (adapter.form = \"kohya\")")
+        raise ValueError('no kohya OFT layers to export (adapter.form = "kohya")')
     parts = fused_parts(family_spec(family))
     tensors: dict[str, torch.Tensor] = {}
     for name, (block, layers) in sorted(groups.items()):

@@ -16,7 +16,8 @@ kohya's groups, in order (its code is the ground truth):
   (lift_lora_fa_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
   the schedule holds it at 0 too (then it never moves: untrained in dbspec).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
-  network adapts nothing else); kept at rate 0 too, which oft.py refuses (DBS403) before any list.
+  network adapts nothing else); kept at rate 0 too, which oft.py refuses (DBS403) before any list. The same
+  for networks.oft_flux with flux_train_network.py (the transformer's blocks).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty). With
@@ -68,6 +69,8 @@ def kohya_groups(
     if script == "sdxl_train":
         return _sdxl_train(a, split)
     lycoris_flux = script == "flux_train_network" and a["network_module"].value == "lycoris.kohya"
+    if script == "flux_train_network" and a["network_module"].value == "networks.oft_flux":
+        return [("unet", ("denoiser",))], ""  # OFTNetwork: the transformer's one group (oft_flux.py)
     if script in ("train_network", "sdxl_train_network") or lycoris_flux:  # LyCORIS's order on Flux too
         return _networks_lora(a, written, script == "sdxl_train_network", split)
     if script in ("flux_train_network", "sd3_train_network"):

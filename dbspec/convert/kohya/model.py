@@ -782,8 +782,15 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     module, wanted = a["network_module"], NETWORK_MODULES[script]
     if module.value == "lycoris.kohya" and script == "flux_train_network":
         return _map_lycoris_flux(a, paths, conv)
+    if module.value == "networks.oft_flux" and script == "flux_train_network":
+        from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
+
+        if not map_kohya_oft_flux(a, conv, family or "flux"):
+            return False
+        map_base_weights(a, paths, conv)
+        return True
     if module.value != wanted:
-        also = " and LyCORIS's lycoris.kohya" if script == "flux_train_network" else ""
+        also = ", networks.oft_flux and LyCORIS's lycoris.kohya" if script == "flux_train_network" else ""
         conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network{also} only")
         return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))

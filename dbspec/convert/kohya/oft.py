@@ -70,7 +70,7 @@ def map_kohya_oft(a, conv: Conversion, paths=None, original_names: bool = False)
         ok = _from_weights(a, file, conv)
     else:
         ok = _create_network(a, conv)
-    ok = _the_rest(a, conv) and ok
+    ok = the_rest(a, conv) and ok
     if ok and weights.value:
         ok = _load_weights(a, file, paths, conv, original_names)
     return ok
@@ -280,12 +280,13 @@ def _load_weights(a, file: OftFile | None, paths, conv: Conversion, original_nam
     return True
 
 
-def _the_rest(a, conv: Conversion) -> bool:
-    """The train_network.py options networks.oft ignores (DBS405), crashes on (DBS402) or that dbspec does
-    not express with it (DBS403)."""
+def the_rest(a, conv: Conversion, network: str = "networks.oft") -> bool:
+    """The train_network.py options kohya's OFT `network` (networks.oft, networks.oft_flux) ignores (DBS405),
+    crashes on (DBS402) or that dbspec does not express with it (DBS403)."""
     ok = True
+    denoiser = "the transformer" if network.endswith("_flux") else "the U-Net"
     if a["network_dropout"].value:
-        conv.ignored(a["network_dropout"], "networks.oft's create_network never reads the dropout")
+        conv.ignored(a["network_dropout"], f"{network}'s create_network never reads the dropout")
     if a["scale_weight_norms"].value:
         conv.ignored(
             a["scale_weight_norms"],
@@ -295,7 +296,7 @@ def _the_rest(a, conv: Conversion) -> bool:
     if rate.value == 0:
         conv.unsupported(
             rate,
-            "networks.oft keeps its one group in the optimizer at rate 0 (networks.lora drops it): not "
+            f"{network} keeps its one group in the optimizer at rate 0 (networks.lora drops it): not "
             "expressed",
         )
         ok = False
@@ -305,7 +306,7 @@ def _the_rest(a, conv: Conversion) -> bool:
             te_only.key,
             te_only.value,
             te_only.source,
-            "OFTNetwork.apply_to asserts apply_unet: networks.oft trains the U-Net alone",
+            f"OFTNetwork.apply_to asserts apply_unet: {network} trains {denoiser} alone",
         )
         ok = False
     return ok

@@ -1,0 +1,130 @@
+"""kohya's own OFT network for Flux, `network_module = "networks.oft_flux"` (sd-scripts networks/oft_flux.py)
+with flux_train_network.py: [adapter] kind "diag-oft" with `form = "kohya"` on diffusers' Flux.
+
+What kohya does (networks/oft_flux.py):
+- create_network: network_dim is the NUMBER of blocks (None: 4), network_alpha the constraint per output
+  row (OFTModule: alpha x width; None: 1e-3, but train_network.py's --network_alpha defaults to 1); of
+  network_args it reads `enable_all_linear` alone, as `bool(value)` of kohya's string (any non-empty text is
+  true, "False" too); --network_dropout and the rest are never read.
+- OFTNetwork: by default the Linears of every `SelfAttention` module: the double blocks' img_attn / txt_attn
+  qkv and proj (the single blocks hold no SelfAttention); with enable_all_linear every Linear of
+  DoubleStreamBlock and SingleStreamBlock (img_mod.lin, img_attn.qkv / proj, img_mlp.0 / .2 and the txt_
+  ones; linear1, linear2, modulation.lin). No embedder, no final layer, no text encoder (apply_to asserts
+  apply_unet; train_t5xxl False).
+- OFTModule with `split_dims`: a fused Linear's rows are split into its parts, the double blocks' qkv into
+  [3072] * 3 (q, k, v) and the single blocks' linear1 into [3072] * 3 + [12288] (q, k, v, the MLP input);
+  each part has its own `dim` blocks of width / dim rows, its own constraint alpha x its width and its own
+  norm clamp, and runs F.linear on its R^T W (fp32, cast to the input's dtype) with its own bias. Block
+  boundaries never cross parts, so kohya's module is exactly kohya's networks.oft on each of diffusers'
+  separate parts (attn.to_q, to_k, to_v, proj_mlp): Diag-OFT's kohya form per part, nothing shared. Every
+  other Linear is one block list over all its rows (the modulation Linears' 6 x 3072 rows as diffusers'
+  norm1.linear holds them, in the same order). Each width must split into `dim` blocks (it asserts): every
+  targeted FLUX.1 width is a multiple of 3072, so dim must divide 3072.
+- prepare_optimizer_params: one group of every block at unet_lr (or learning_rate); no
+  apply_max_norm_regularization (train_network.py warns and drops --scale_weight_norms).
+- save_weights: its state dict, `oft_unet_<kohya Flux name>.oft_blocks.<part>` and `.alpha`; dbspec's
+  kohya_lora export writes it (runtime/flux_oft.py).
+--network_weights and --dim_from_weights (load_weights, create_network_from_weights) are not converted yet
+(DBS403); nor is --model_type chroma."""
+
+from __future__ import annotations
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lora_flux import NUM_DOUBLE
+from dbspec.convert.kohya.lycoris_flux import _DOUBLE_ATTENTION, _lokr_targets
+from dbspec.convert.kohya.network import parse_network_args
+from dbspec.convert.kohya.oft import the_rest
+from dbspec.families import family_spec
+
+WIDTH = 3072  # FLUX.1's hidden width: every Linear oft_flux adapts is a multiple of it (its split_dims)
+MODULE = "networks.oft_flux"
+
+
+def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str) -> bool:
+    """[adapter] for networks.oft_flux; False when kohya would stop or the run is not expressed (reported)."""
+    module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
+    if family != "flux":
+        conv.unsupported(module, f"{MODULE} with --model_type {family}: dbspec converts it for FLUX.1 only")
+        return False
+    for key, why in (
+        ("network_weights", "OFTNetwork.load_weights of a networks.oft_flux file"),
+        ("dim_from_weights", "create_network_from_weights of a networks.oft_flux file"),
+    ):
+        if a[key].value:
+            conv.unsupported(a[key], f"{why} has no dbspec form yet", "start the OFT from zero blocks")
+            return False
+    ok = True
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:  # train_network.py's `key, value = net_arg.split("=", 1)` raises
+        conv.invalid(args.key, args.value, args.source, problem)
+        ok = False
+    blocks = dim.value if dim.value is not None else 4
+    all_linear = bool(kwargs.pop("enable_all_linear", ""))  # create_network: bool() of kohya's string
+    if blocks < 1 or WIDTH % blocks:
+        conv.invalid(
+            dim.key,
+            dim.value,
+            dim.source,
+            f"{MODULE} asserts each layer's part (FLUX.1's {WIDTH}-wide q, k, v ...) splits into {blocks} "
+            "blocks: it does not",
+            help=f"set network_dim to a divisor of {WIDTH} (4, 8, 16, 32, ...)",
+        )
+        ok = False
+    constraint = float(alpha.value)
+    if constraint < 0:
+        conv.unsupported(alpha, "a negative alpha makes OFTModule's clamp flip the skew blocks' sign")
+        ok = False
+    _put(a, conv, blocks, constraint, all_linear)
+    if args.value and not problems:
+        conv.record(args, "mapped", "adapter.denoiser_targets")
+    for key, value in kwargs.items():
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=value, source=args.source),
+            f"{MODULE}'s create_network reads only enable_all_linear",
+        )
+    return the_rest(a, conv, MODULE) and ok
+
+
+def _put(a: dict[str, Legacy], conv: Conversion, blocks: int, constraint: float, all_linear: bool) -> None:
+    """[adapter] of OFTNetwork(dim=blocks, alpha=constraint, enable_all_linear) on FLUX.1's diffusers names:
+    full paths where a suffix would also name a layer kohya leaves alone (the single blocks' attention
+    parts in the default set; the final layer's proj_out)."""
+    module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
+    conv.record(module, "mapped", "adapter.kind")
+    conv.put(
+        ("adapter", "kind"),
+        "diag-oft",
+        conv.comment(module, "kohya's own OFT for Flux (networks/oft_flux.py)"),
+    )
+    conv.put(
+        ("adapter", "form"), "kohya", conv.comment(module, "each fused layer's parts rotated on their own")
+    )
+    conv.mapped(
+        dim,
+        ("adapter", "block_count"),
+        blocks,
+        comment=conv.comment(
+            dim,
+            f"{MODULE}: the number of blocks per layer part"
+            + ("; defaults to 4" if dim.value is None else ""),
+        ),
+    )
+    conv.mapped(
+        alpha,
+        ("adapter", "constraint"),
+        constraint,
+        comment=conv.comment(alpha, f"{MODULE}: the constraint per output row (alpha x part width)"),
+    )
+    if all_linear:
+        targets = _lokr_targets(list(family_spec("flux").kohya_lora_targets), "all")
+        note = "enable_all_linear: every Linear of the double and single blocks"
+    else:
+        targets = _lokr_targets(list(_DOUBLE_ATTENTION), "attention")
+        note = f"kohya's SelfAttention: the {NUM_DOUBLE} double blocks' img_attn / txt_attn qkv and proj"
+    source = args if args.value else module
+    conv.put(("adapter", "denoiser_targets"), targets, conv.comment(source, note))
+    conv.put(
+        ("adapter", "text_encoder_targets"),
+        [],
+        conv.comment(module, "OFTNetwork adapts the transformer alone"),
+    )
