@@ -63,7 +63,9 @@ def test_default_is_the_double_blocks_attention_per_part(tmp_path):
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert (a.kind, a.oft_form, a.oft_blocks, a.oft_constraint) == ("diag-oft", "kohya", 8, 0.001)
-    assert _adapted(a.denoiser_targets) == {f"transformer_blocks.{i}.{p}" for i in range(19) for p in ATTENTION}
+    assert _adapted(a.denoiser_targets) == {
+        f"transformer_blocks.{i}.{p}" for i in range(19) for p in ATTENTION
+    }
     assert a.text_encoder_targets == () and a.fused == () and not a.oft_rescaled and not a.bypass
     assert plan.train_denoiser and not plan.train_text_encoder  # OFTNetwork adapts the transformer alone
     assert plan.optimizer.lr == 2e-4  # its one group at unet_lr
