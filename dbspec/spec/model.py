@@ -905,7 +905,8 @@ class DiagOftAdapter:
         "`block_count` blocks (`block_size` unused), the skew blocks always scaled by (min(|Q|, constraint "
         "x width) + 1e-8) / (|Q| + 1e-8), the layer run on its whole rotated weight R^T W computed in "
         "fp32; no rescale, no bypass. Exported as kohya's networks.oft file (`oft_unet_*` keys: "
-        "`oft_blocks`, `alpha`).",
+        "`oft_blocks`, `alpha`); on FLUX.1 as networks.oft_flux's (each part of a fused q/k/v or linear1 "
+        "layer its own blocks: `oft_blocks.<part>`).",
         example="kohya",
     )
     block_count: int = option(
