@@ -43,7 +43,8 @@ MODULE = "networks.oft_flux"
 def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str) -> bool:
     """[adapter] for networks.oft_flux; False when kohya would stop or the run is not expressed (reported)."""
     module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
-    if family != "flux":
+    facts = family_spec(family)
+    if facts.kohya is None or facts.kohya.oft_network != MODULE:  # the registry's FLUX.1 alone
         conv.unsupported(module, f"{MODULE} with --model_type {family}: dbspec converts it for FLUX.1 only")
         return False
     for key, why in (
@@ -74,7 +75,7 @@ def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str) -> b
     if constraint < 0:
         conv.unsupported(alpha, "a negative alpha makes OFTModule's clamp flip the skew blocks' sign")
         ok = False
-    _put(a, conv, blocks, constraint, all_linear)
+    _put(a, conv, blocks, constraint, list(facts.kohya_lora_targets) if all_linear else None)
     if args.value and not problems:
         conv.record(args, "mapped", "adapter.denoiser_targets")
     for key, value in kwargs.items():
@@ -85,8 +86,11 @@ def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str) -> b
     return the_rest(a, conv, MODULE) and ok
 
 
-def _put(a: dict[str, Legacy], conv: Conversion, blocks: int, constraint: float, all_linear: bool) -> None:
-    """[adapter] of OFTNetwork(dim=blocks, alpha=constraint, enable_all_linear) on FLUX.1's diffusers names:
+def _put(
+    a: dict[str, Legacy], conv: Conversion, blocks: int, constraint: float, all_linear: list[str] | None
+) -> None:
+    """[adapter] of OFTNetwork(dim=blocks, alpha=constraint, enable_all_linear: the family's block Linears,
+    networks.lora_flux's set; None: the attention) on FLUX.1's diffusers names:
     full paths where a suffix would also name a layer kohya leaves alone (the single blocks' attention
     parts in the default set; the final layer's proj_out)."""
     module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
@@ -115,8 +119,8 @@ def _put(a: dict[str, Legacy], conv: Conversion, blocks: int, constraint: float,
         constraint,
         comment=conv.comment(alpha, f"{MODULE}: the constraint per output row (alpha x part width)"),
     )
-    if all_linear:
-        targets = _lokr_targets(list(family_spec("flux").kohya_lora_targets), "all")
+    if all_linear is not None:
+        targets = _lokr_targets(all_linear, "all")
         note = "enable_all_linear: every Linear of the double and single blocks"
     else:
         targets = _lokr_targets(list(_DOUBLE_ATTENTION), "attention")
