@@ -928,7 +928,8 @@ class DiagOftAdapter:
         "",
         doc='With `form = "kohya"`: start the blocks from this `.safetensors` file (kohya networks.oft '
         "`--network_weights`), relative to the spec file: kohya's networks.oft layout (`oft_unet_*` "
-        "modules' `oft_blocks` and `alpha`), as kohya's OFTNetwork and dbspec's kohya export save it. Its "
+        "modules' `oft_blocks` and `alpha`; on FLUX.1 networks.oft_flux's, `oft_blocks.<part>`), as "
+        "kohya's OFTNetwork and dbspec's kohya export save it. Its "
         "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
         "time). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
         "identity rotation).",

@@ -104,3 +104,34 @@ def test_all_linear_trains_resumes_bit_exact_and_exports_kohyas_oft_flux_file(tm
             theirs = _kohya_fused(tensors, name, layer_parts, x)
         assert not torch.allclose(trained, plain, atol=1e-5), name  # the OFT trained
         torch.testing.assert_close(theirs, trained.double(), rtol=0, atol=1e-5)
+
+    # the export starts a run (kohya --network_weights: OFTNetwork.load_weights, strict=False):
+    # each part's blocks from its `oft_blocks.<part>`; a module the file lacks keeps its zero blocks
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.flux_kohya import original_name
+    from dbspec.runtime.init_weights import load_init_weights
+    from dbspec.runtime.tiny import build_pipeline
+
+    dropped = "oft_unet_single_blocks_0_linear1"
+    save_file(
+        {k: v for k, v in tensors.items() if not k.startswith(dropped)}, str(tmp_path / "start.safetensors")
+    )
+    start = SPEC.replace(
+        "[checkpoints]",
+        f'init_weights = "{tmp_path / "start.safetensors"}"\ninit_partial = true\n\n[checkpoints]',
+    )
+    started = compile_spec(write_spec(tmp_path / "start", base=BASE, steps=4, extra=start))
+    assert started.adapter.init_layers == len(modules) - 1
+    fresh = build_pipeline(BASE).transformer
+    add_lora(fresh, started.adapter, started.adapter.denoiser_targets, seed=0, component="unet")
+    assert load_init_weights(started, fresh, []) == len(expected) - len(modules) - 4  # linear1's 4 parts
+    for path, layer in fresh.named_modules():
+        if hasattr(layer, "lora_oft_blocks"):
+            name, part = original_name(path)
+            (value,) = layer.lora_oft_blocks.values()
+            if name == dropped.removeprefix("oft_unet_"):
+                assert not value.any(), path
+            else:
+                assert torch.equal(value, tensors[f"oft_unet_{name}.oft_blocks.{part or 0}"]), path

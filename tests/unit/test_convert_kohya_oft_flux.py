@@ -109,7 +109,7 @@ def test_a_dim_that_does_not_divide_the_width_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "code"),
     [
-        ("--network_weights prev.safetensors", "DBS403"),
+        ("--network_weights prev.safetensors --dim_from_weights", "DBS403"),
         ("--unet_lr 0", "DBS403"),
         ("--network_train_text_encoder_only", "DBS402"),
         ("--model_type chroma --apply_t5_attn_mask", "DBS403"),
@@ -119,4 +119,38 @@ def test_a_dim_that_does_not_divide_the_width_is_refused(tmp_path):
 )
 def test_not_expressed(tmp_path, extra, code):
     outcome = _flux(tmp_path, extra, allow=True)
+    assert code in codes(outcome), errors(outcome)
+
+
+def _oft_flux_file(path, blocks: int, alpha: float) -> None:
+    """kohya's networks.oft_flux file (OFTNetwork.save_weights): a ParameterList of blocks per module, one
+    entry per part of a fused layer's rows; small blocks (the plan reads the header alone)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, parts in (("double_blocks_0_img_attn_qkv", 3), ("double_blocks_0_img_attn_proj", 1)):
+        for part in range(parts):
+            tensors[f"oft_unet_{name}.oft_blocks.{part}"] = torch.zeros(blocks, 2, 2)
+        tensors[f"oft_unet_{name}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path))
+
+
+def test_network_weights_start_the_blocks(tmp_path):
+    _oft_flux_file(tmp_path / "prev.safetensors", 8, 0.001)
+    outcome = _flux(tmp_path, "--network_dim 8 --network_alpha 0.001 --network_weights prev.safetensors")
+    a = plan_of(outcome, tmp_path).adapter
+    # OFTNetwork.load_weights: load_state_dict(strict=False) after apply_to
+    assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 2
+    assert fate(outcome, "network_weights") == "mapped"
+
+
+@pytest.mark.parametrize(("blocks", "alpha", "code"), [(4, 0.001, "DBS402"), (8, 0.01, "DBS403")])
+def test_network_weights_that_do_not_fit(tmp_path, blocks, alpha, code):
+    """Another block count: load_state_dict raises on the shape; another alpha: kohya trains network_alpha's
+    constraint and saves the file's alpha."""
+    _oft_flux_file(tmp_path / "prev.safetensors", blocks, alpha)
+    outcome = _flux(
+        tmp_path, "--network_dim 8 --network_alpha 0.001 --network_weights prev.safetensors", allow=True
+    )
     assert code in codes(outcome), errors(outcome)

@@ -785,7 +785,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if module.value == "networks.oft_flux" and script == "flux_train_network":
         from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
 
-        if not map_kohya_oft_flux(a, conv, family or "flux"):
+        if not map_kohya_oft_flux(a, conv, family or "flux", paths):
             return False
         map_base_weights(a, paths, conv)
         return True

@@ -24,10 +24,13 @@ What kohya does (networks/oft_flux.py):
   apply_max_norm_regularization (train_network.py warns and drops --scale_weight_norms).
 - save_weights: its state dict, `oft_unet_<kohya Flux name>.oft_blocks.<part>` and `.alpha`; dbspec's
   kohya_lora export writes it (runtime/flux_oft.py).
---network_weights and --dim_from_weights (load_weights, create_network_from_weights) are not converted yet
-(DBS403); nor is --model_type chroma."""
+- load_weights (--network_weights, after apply_to): load_state_dict(strict=False): adapter.init_weights with
+  init_partial, as networks.oft's (a file alpha that is not network_alpha: DBS403).
+--dim_from_weights (create_network_from_weights) is not converted yet (DBS403); nor is --model_type chroma."""
 
 from __future__ import annotations
+
+import math
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import NUM_DOUBLE
@@ -40,20 +43,20 @@ WIDTH = 3072  # FLUX.1's hidden width: every Linear oft_flux adapts is a multipl
 MODULE = "networks.oft_flux"
 
 
-def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str) -> bool:
+def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str, paths=None) -> bool:
     """[adapter] for networks.oft_flux; False when kohya would stop or the run is not expressed (reported)."""
     module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
     facts = family_spec(family)
     if facts.kohya is None or facts.kohya.oft_network != MODULE:  # the registry's FLUX.1 alone
         conv.unsupported(module, f"{MODULE} with --model_type {family}: dbspec converts it for FLUX.1 only")
         return False
-    for key, why in (
-        ("network_weights", "OFTNetwork.load_weights of a networks.oft_flux file"),
-        ("dim_from_weights", "create_network_from_weights of a networks.oft_flux file"),
-    ):
-        if a[key].value:
-            conv.unsupported(a[key], f"{why} has no dbspec form yet", "start the OFT from zero blocks")
-            return False
+    if a["dim_from_weights"].value:
+        conv.unsupported(
+            a["dim_from_weights"],
+            "create_network_from_weights of a networks.oft_flux file has no dbspec form yet",
+            "give network_dim, network_alpha and network_args as the file's run had them",
+        )
+        return False
     ok = True
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:  # train_network.py's `key, value = net_arg.split("=", 1)` raises
@@ -83,7 +86,43 @@ def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str) -> b
             Legacy(key=f"{args.key} {key}", value=value, source=args.source),
             f"{MODULE}'s create_network reads only enable_all_linear",
         )
-    return the_rest(a, conv, MODULE) and ok
+    ok = the_rest(a, conv, MODULE) and ok
+    if ok and a["network_weights"].value:
+        ok = _load_weights(a, paths, conv, blocks, constraint)
+    return ok
+
+
+def _load_weights(a: dict[str, Legacy], paths, conv: Conversion, blocks: int, constraint: float) -> bool:
+    """OFTNetwork.load_weights (train_network.py, after apply_to): load_state_dict(strict=False) of the file
+    -> adapter.init_weights with init_partial. Read when it is here (else the plan checks it): its modules
+    must hold network_dim blocks (torch raises on another shape: DBS402) and network_alpha (kohya trains the
+    network's constraint and saves the file's alpha: DBS403)."""
+    from dbspec.convert.kohya.network import map_init_weights
+    from dbspec.convert.kohya.oft import _weights_file
+
+    weights = a["network_weights"]
+    file = _weights_file(weights, paths, conv, required=False)
+    if file is False:
+        return False
+    for module in file.modules.values() if file is not None else ():
+        if module.blocks is not None and module.blocks != blocks:
+            conv.invalid(
+                weights.key,
+                weights.value,
+                weights.source,
+                f"`{module.name}.oft_blocks` holds {module.blocks} blocks, the network's layer {blocks}: "
+                "load_state_dict raises on the shape",
+            )
+            return False
+        if module.alpha is not None and not math.isclose(module.alpha, constraint, rel_tol=1e-3):
+            conv.unsupported(
+                weights,
+                f"`{module.name}.alpha` is {module.alpha:g}, network_alpha {constraint:g}: kohya trains "
+                "network_alpha's constraint and saves the file's alpha; not expressed",
+            )
+            return False
+    map_init_weights(weights, paths, conv)
+    return True
 
 
 def _put(
