@@ -10,6 +10,8 @@ group. tests/runtime/test_kohya_oft_flux.py checks the layers and the export."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
 
@@ -109,7 +111,7 @@ def test_a_dim_that_does_not_divide_the_width_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "code"),
     [
-        ("--network_weights prev.safetensors --dim_from_weights", "DBS403"),
+        ("--dim_from_weights", "DBS402"),  # create_network_from_weights(1, None, ...)
         ("--unet_lr 0", "DBS403"),
         ("--network_train_text_encoder_only", "DBS402"),
         ("--model_type chroma --apply_t5_attn_mask", "DBS403"),
@@ -122,14 +124,15 @@ def test_not_expressed(tmp_path, extra, code):
     assert code in codes(outcome), errors(outcome)
 
 
-def _oft_flux_file(path, blocks: int, alpha: float) -> None:
+def _oft_flux_file(path, blocks: int, alpha: float, mlp: bool = False) -> None:
     """kohya's networks.oft_flux file (OFTNetwork.save_weights): a ParameterList of blocks per module, one
     entry per part of a fused layer's rows; small blocks (the plan reads the header alone)."""
     import torch
     from safetensors.torch import save_file
 
     tensors = {}
-    for name, parts in (("double_blocks_0_img_attn_qkv", 3), ("double_blocks_0_img_attn_proj", 1)):
+    modules = [("double_blocks_0_img_attn_qkv", 3), ("double_blocks_0_img_attn_proj", 1)]
+    for name, parts in modules + ([("double_blocks_0_img_mlp_0", 1)] if mlp else []):
         for part in range(parts):
             tensors[f"oft_unet_{name}.oft_blocks.{part}"] = torch.zeros(blocks, 2, 2)
         tensors[f"oft_unet_{name}.alpha"] = torch.tensor(alpha)
@@ -154,3 +157,16 @@ def test_network_weights_that_do_not_fit(tmp_path, blocks, alpha, code):
         tmp_path, "--network_dim 8 --network_alpha 0.001 --network_weights prev.safetensors", allow=True
     )
     assert code in codes(outcome), errors(outcome)
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_dim_from_weights_builds_the_network_from_the_file(tmp_path, mlp):
+    """create_network_from_weights: dim from the first tensor outside a qkv module, alpha from the first
+    `.alpha`, enable_all_linear when a tensor's name holds `_mlp`; network_dim / network_alpha unread."""
+    _oft_flux_file(tmp_path / "prev.safetensors", 8, 0.001, mlp)
+    outcome = _flux(tmp_path, "--network_dim 16 --network_weights prev.safetensors --dim_from_weights")
+    a = plan_of(outcome, tmp_path).adapter
+    stored = struct.unpack("f", struct.pack("f", 0.001))[0]  # the file's float32 alpha, as .item() reads it
+    assert (a.oft_blocks, a.oft_constraint) == (8, stored) and a.init_partial
+    assert ("proj_mlp" in " ".join(a.denoiser_targets)) == mlp
+    assert fate(outcome, "network_dim") == "inert" and fate(outcome, "dim_from_weights") == "mapped"

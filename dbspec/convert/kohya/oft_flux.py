@@ -26,7 +26,9 @@ What kohya does (networks/oft_flux.py):
   kohya_lora export writes it (runtime/flux_oft.py).
 - load_weights (--network_weights, after apply_to): load_state_dict(strict=False): adapter.init_weights with
   init_partial, as networks.oft's (a file alpha that is not network_alpha: DBS403).
---dim_from_weights (create_network_from_weights) is not converted yet (DBS403); nor is --model_type chroma."""
+- create_network_from_weights (--dim_from_weights): the block count from the first tensor outside a qkv
+  module, the constraint from the first alpha, enable_all_linear when a tensor's name holds `_mlp`.
+--model_type chroma is not converted (DBS403)."""
 
 from __future__ import annotations
 
@@ -45,40 +47,55 @@ MODULE = "networks.oft_flux"
 
 def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str, paths=None) -> bool:
     """[adapter] for networks.oft_flux; False when kohya would stop or the run is not expressed (reported)."""
-    module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
+    module = a["network_module"]
     facts = family_spec(family)
     if facts.kohya is None or facts.kohya.oft_network != MODULE:  # the registry's FLUX.1 alone
         conv.unsupported(module, f"{MODULE} with --model_type {family}: dbspec converts it for FLUX.1 only")
         return False
-    if a["dim_from_weights"].value:
-        conv.unsupported(
-            a["dim_from_weights"],
-            "create_network_from_weights of a networks.oft_flux file has no dbspec form yet",
-            "give network_dim, network_alpha and network_args as the file's run had them",
-        )
+    from_file = a["dim_from_weights"].value
+    network = _from_weights(a, conv, paths) if from_file else _create_network(a, conv)
+    if network is None:
         return False
-    ok = True
-    kwargs, problems = parse_network_args(args.value or [])
-    for problem in problems:  # train_network.py's `key, value = net_arg.split("=", 1)` raises
-        conv.invalid(args.key, args.value, args.source, problem)
-        ok = False
-    blocks = dim.value if dim.value is not None else 4
-    all_linear = bool(kwargs.pop("enable_all_linear", ""))  # create_network: bool() of kohya's string
+    blocks, constraint, all_linear, ok = network
+    where = a["dim_from_weights"] if from_file else a["network_dim"]
     if blocks < 1 or WIDTH % blocks:
         conv.invalid(
-            dim.key,
-            dim.value,
-            dim.source,
+            where.key,
+            where.value,
+            where.source,
             f"{MODULE} asserts each layer's part (FLUX.1's {WIDTH}-wide q, k, v ...) splits into {blocks} "
             "blocks: it does not",
             help=f"set network_dim to a divisor of {WIDTH} (4, 8, 16, 32, ...)",
         )
         ok = False
-    constraint = float(alpha.value)
     if constraint < 0:
-        conv.unsupported(alpha, "a negative alpha makes OFTModule's clamp flip the skew blocks' sign")
+        conv.unsupported(
+            where if from_file else a["network_alpha"],
+            "a negative alpha makes OFTModule's clamp flip the skew blocks' sign",
+        )
         ok = False
-    _put(a, conv, blocks, constraint, list(facts.kohya_lora_targets) if all_linear else None)
+    targets = list(facts.kohya_lora_targets) if all_linear else None
+    _put(
+        a,
+        conv,
+        blocks,
+        constraint,
+        targets,
+        f"kohya --dim_from_weights: from {a['network_weights'].value}" if from_file else "",
+    )
+    ok = the_rest(a, conv, MODULE) and ok
+    if ok and a["network_weights"].value:
+        ok = _load_weights(a, paths, conv, blocks, constraint)
+    return ok
+
+
+def _create_network(a: dict[str, Legacy], conv: Conversion) -> tuple[int, float, bool, bool]:
+    """create_network: (network_dim blocks, network_alpha's constraint, enable_all_linear, no problem)."""
+    dim, alpha, args = a["network_dim"], a["network_alpha"], a["network_args"]
+    kwargs, problems = parse_network_args(args.value or [])
+    for problem in problems:  # train_network.py's `key, value = net_arg.split("=", 1)` raises
+        conv.invalid(args.key, args.value, args.source, problem)
+    all_linear = bool(kwargs.pop("enable_all_linear", ""))  # create_network: bool() of kohya's string
     if args.value and not problems:
         conv.record(args, "mapped", "adapter.denoiser_targets")
     for key, value in kwargs.items():
@@ -86,10 +103,50 @@ def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str, path
             Legacy(key=f"{args.key} {key}", value=value, source=args.source),
             f"{MODULE}'s create_network reads only enable_all_linear",
         )
-    ok = the_rest(a, conv, MODULE) and ok
-    if ok and a["network_weights"].value:
-        ok = _load_weights(a, paths, conv, blocks, constraint)
-    return ok
+    blocks = dim.value if dim.value is not None else 4
+    return blocks, float(alpha.value), all_linear, not problems
+
+
+def _from_weights(a: dict[str, Legacy], conv: Conversion, paths) -> tuple[int, float, bool, bool] | None:
+    """create_network_from_weights (--dim_from_weights): the block count is the first dimension of the
+    first tensor (load_file's sorted keys) that is no `.alpha` and no `qkv` module's, the constraint the
+    first `.alpha`, enable_all_linear when such a tensor's name holds `_mlp`; network_dim, network_alpha and
+    network_args unread. None when it cannot be built (reported)."""
+    from dbspec.convert.kohya.oft import _weights_file
+
+    weights, from_file, args = a["network_weights"], a["dim_from_weights"], a["network_args"]
+    if not weights.value:
+        conv.invalid(
+            from_file.key, True, from_file.source, "--dim_from_weights reads --network_weights: not given"
+        )
+        return None
+    file = _weights_file(weights, paths, conv, required=True)
+    if file is False:
+        return None
+    first = next((k for k in file.keys if not k.endswith(".alpha") and "qkv" not in k), None)
+    alpha_key = next((k for k in file.keys if k.endswith(".alpha")), None)
+    if first is None or alpha_key is None:
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"`{weights.value}` has no {'alpha' if first else 'oft_blocks tensor outside a qkv module'}: "
+            "create_network_from_weights builds OFTModules with None for it and they fail",
+        )
+        return None
+    module = file.modules[first.split(".oft_blocks")[0]]
+    all_linear = any("_mlp" in k for k in file.keys if not k.endswith(".alpha") and "qkv" not in k)
+    for key in ("network_dim", "network_alpha"):
+        if a[key].given:
+            conv.inert(a[key], "--dim_from_weights takes the block count and constraint from the file")
+    kwargs, _ = parse_network_args(args.value or [])
+    for key, value in kwargs.items():
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=value, source=args.source),
+            f"{MODULE}'s create_network_from_weights reads none of the network_args",
+        )
+    conv.record(from_file, "mapped", "adapter.block_count, adapter.constraint, adapter.denoiser_targets")
+    return int(module.blocks or 0), float(file.alphas[alpha_key]), all_linear, True
 
 
 def _load_weights(a: dict[str, Legacy], paths, conv: Conversion, blocks: int, constraint: float) -> bool:
@@ -126,48 +183,39 @@ def _load_weights(a: dict[str, Legacy], paths, conv: Conversion, blocks: int, co
 
 
 def _put(
-    a: dict[str, Legacy], conv: Conversion, blocks: int, constraint: float, all_linear: list[str] | None
+    a: dict[str, Legacy],
+    conv: Conversion,
+    blocks: int,
+    constraint: float,
+    all_linear: list[str] | None,
+    from_file: str = "",
 ) -> None:
     """[adapter] of OFTNetwork(dim=blocks, alpha=constraint, enable_all_linear: the family's block Linears,
-    networks.lora_flux's set; None: the attention) on FLUX.1's diffusers names:
-    full paths where a suffix would also name a layer kohya leaves alone (the single blocks' attention
-    parts in the default set; the final layer's proj_out)."""
+    networks.lora_flux's set; None: the attention) on FLUX.1's diffusers names: full paths where a suffix
+    would also name a layer kohya leaves alone (the single blocks' attention parts in the default set; the
+    final layer's proj_out). `from_file`: --dim_from_weights's note (the values are the file's)."""
     module, dim, alpha, args = a["network_module"], a["network_dim"], a["network_alpha"], a["network_args"]
     conv.record(module, "mapped", "adapter.kind")
-    conv.put(
-        ("adapter", "kind"),
-        "diag-oft",
-        conv.comment(module, "kohya's own OFT for Flux (networks/oft_flux.py)"),
-    )
-    conv.put(
-        ("adapter", "form"), "kohya", conv.comment(module, "each fused layer's parts rotated on their own")
-    )
-    conv.mapped(
-        dim,
-        ("adapter", "block_count"),
-        blocks,
-        comment=conv.comment(
-            dim,
-            f"{MODULE}: the number of blocks per layer part"
-            + ("; defaults to 4" if dim.value is None else ""),
-        ),
-    )
-    conv.mapped(
-        alpha,
-        ("adapter", "constraint"),
-        constraint,
-        comment=conv.comment(alpha, f"{MODULE}: the constraint per output row (alpha x part width)"),
-    )
+    why = "kohya's own OFT for Flux (networks/oft_flux.py)"
+    conv.put(("adapter", "kind"), "diag-oft", conv.comment(module, why))
+    parts = "each fused layer's parts rotated on their own"
+    conv.put(("adapter", "form"), "kohya", conv.comment(module, parts))
+    if from_file:
+        conv.put(("adapter", "block_count"), blocks, from_file)
+        conv.put(("adapter", "constraint"), constraint, from_file)
+    else:
+        default = "; defaults to 4" if dim.value is None else ""
+        note = f"{MODULE}: the number of blocks per layer part{default}"
+        conv.mapped(dim, ("adapter", "block_count"), blocks, comment=conv.comment(dim, note))
+        note = f"{MODULE}: the constraint per output row (alpha x part width)"
+        conv.mapped(alpha, ("adapter", "constraint"), constraint, comment=conv.comment(alpha, note))
     if all_linear is not None:
         targets = _lokr_targets(all_linear, "all")
         note = "enable_all_linear: every Linear of the double and single blocks"
     else:
         targets = _lokr_targets(list(_DOUBLE_ATTENTION), "attention")
         note = f"kohya's SelfAttention: the {NUM_DOUBLE} double blocks' img_attn / txt_attn qkv and proj"
-    source = args if args.value else module
-    conv.put(("adapter", "denoiser_targets"), targets, conv.comment(source, note))
-    conv.put(
-        ("adapter", "text_encoder_targets"),
-        [],
-        conv.comment(module, "OFTNetwork adapts the transformer alone"),
-    )
+    source = args if args.value and not from_file else module
+    conv.put(("adapter", "denoiser_targets"), targets, from_file or conv.comment(source, note))
+    why = "OFTNetwork adapts the transformer alone"
+    conv.put(("adapter", "text_encoder_targets"), [], conv.comment(module, why))
