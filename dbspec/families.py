@@ -47,6 +47,8 @@ class KohyaFacts:
     lycoris_layout: bool = True
     ggpo: bool = False  # kohya's network for the family has LoRA-GGPO (adapter.ggpo: networks.lora_flux)
     network: str = "networks.lora"  # kohya's LoRA network module for the family
+    # kohya's own OFT network for the family (diag-oft's kohya form, its kohya_lora export); "" for none
+    oft_network: str = "networks.oft"
     # the denoiser modules (kohya name prefixes) its network from weights builds; () = every one in the file
     weights_scan: tuple[str, ...] = ()
 
@@ -550,6 +552,7 @@ FAMILIES: dict[str, FamilySpec] = {
             original_unet_names=False,
             lycoris_layout=False,
             network="networks.lora_sd3",
+            oft_network="",
         ),
         objective="flow",
         single_file_marker="model.diffusion_model.joint_blocks.",
@@ -679,6 +682,7 @@ FAMILIES: dict[str, FamilySpec] = {
             lycoris_layout=False,
             ggpo=True,
             network="networks.lora_flux",
+            oft_network="networks.oft_flux",  # networks/oft_flux.py (runtime/flux_oft.py)
             weights_scan=("lora_unet_double_blocks_", "lora_unet_single_blocks_"),
         ),
         objective="flow",
@@ -787,6 +791,7 @@ FAMILIES: dict[str, FamilySpec] = {
             lycoris_layout=False,
             ggpo=True,
             network="networks.lora_flux",
+            oft_network="",  # networks/oft_flux.py is for Flux.1 only here
             weights_scan=("lora_unet_double_blocks_", "lora_unet_single_blocks_"),
         ),
         objective="flow",

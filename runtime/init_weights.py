@@ -11,9 +11,9 @@ A DyLoRA (plan.adapter.kind "dylora", kohya networks.dylora's `load_weights`) lo
 layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit` ranks, as kohya's
 DyLoRAModule cuts them into its one-rank parameters.
 
-kohya's own OFT (plan.adapter.kind "diag-oft", oft_form "kohya"; networks/oft.py
-OFTNetwork.load_weights) loads its `oft_unet_*` modules' `oft_blocks` into each layer's blocks, named as the
-kohya export names them."""
+kohya's own OFT (plan.adapter.kind "diag-oft", oft_form "kohya"; networks/oft.py, on FLUX.1
+networks/oft_flux.py, OFTNetwork.load_weights) loads its `oft_unet_*` modules' `oft_blocks` into each layer's
+blocks, named as the kohya export names them."""
 
 from __future__ import annotations
 
@@ -118,14 +118,45 @@ def _dylora_layers(module: torch.nn.Module | None):
 
 def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
     """OFTNetwork.load_weights (load_state_dict(strict=False) of the file): each adapted layer's
-    `oft_unet_<kohya name>.oft_blocks`, a shape that differs refused as torch refuses it; with
-    init_partial a layer the file lacks keeps its zero blocks and a file module no layer matches is
+    `oft_unet_<kohya name>.oft_blocks` (networks.oft_flux on FLUX.1: `oft_unet_<Flux name>.oft_blocks.<part>`,
+    a fused layer's part its own entry, runtime/flux_oft.py), a shape that differs refused as torch refuses
+    it; with init_partial a layer the file lacks keeps its zero blocks and a file module no layer matches is
     ignored (else both are errors naming the file and the tensor). The alphas were checked at plan time
     (they equal the constraint)."""
-    from dbspec.runtime.lycoris_oft import KohyaOftLayer
-
     path = plan.adapter.init_weights
     state = load_file(path)
+    layers = _kohya_oft_layers(plan, unet)  # tensor key -> the layer's blocks
+    partial = plan.adapter.init_partial
+    ours = {key.split(".oft_blocks")[0] for key in layers}
+    modules = {key.split(".oft_blocks")[0].removesuffix(".alpha") for key in state}
+    extra = sorted(m for m in modules if m not in ours)
+    if extra and not partial:
+        raise ValueError(f"{path}: tensor `{extra[0]}.oft_blocks` matches no OFT layer of this run")
+    loaded = 0
+    with torch.no_grad():
+        for key, param in sorted(layers.items()):
+            value = state.get(key)
+            if value is None:
+                if partial:
+                    continue  # kohya's network keeps this layer's zero blocks
+                raise ValueError(f"{path}: the run's OFT layer has no tensor `{key}`")
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"{path}: tensor `{key}` has shape {list(value.shape)}; the run's layer has "
+                    f"{list(param.shape)}"
+                )
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+            loaded += 1
+    return loaded
+
+
+def _kohya_oft_layers(plan: Plan, unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The file's tensor key of each kohya OFT layer's blocks: kohya's networks.oft names (the kohya
+    export's), or on FLUX.1 networks.oft_flux's Flux names with the fused layer's part (flux_oft.py)."""
+    from dbspec.runtime.flux_kohya import original_name
+    from dbspec.runtime.lycoris_oft import KohyaOftLayer
+
+    flux = family_spec(plan.model.family).kohya.oft_network == "networks.oft_flux"
     layers: dict[str, torch.nn.Parameter] = {}
     for _prefix, module, to_path in kohya_parts(unet=unet, text_encoders=[], family=plan.model.family):
         found = lora_adapter(module)
@@ -133,27 +164,13 @@ def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
             continue
         module, adapter = found
         for name, layer in module.named_modules():
-            if isinstance(layer, KohyaOftLayer) and adapter in layer.lora_oft_blocks:
-                key = f"oft_unet_{to_path(name).replace('.', '_')}"
-                layers[key] = layer.lora_oft_blocks[adapter]
-    partial = plan.adapter.init_partial
-    modules = {key.rsplit(".", 1)[0] for key in state}
-    extra = sorted(m for m in modules if m not in layers)
-    if extra and not partial:
-        raise ValueError(f"{path}: tensor `{extra[0]}.oft_blocks` matches no OFT layer of this run")
-    loaded = 0
-    with torch.no_grad():
-        for key, param in sorted(layers.items()):
-            value = state.get(key + ".oft_blocks")
-            if value is None:
-                if partial:
-                    continue  # kohya's network keeps this layer's zero blocks
-                raise ValueError(f"{path}: the run's OFT layer `{key}` has no tensor `{key}.oft_blocks`")
-            if tuple(value.shape) != tuple(param.shape):
-                raise ValueError(
-                    f"{path}: tensor `{key}.oft_blocks` has shape {list(value.shape)}; the run's layer has "
-                    f"{list(param.shape)}"
-                )
-            param.copy_(value.to(device=param.device, dtype=param.dtype))
-            loaded += 1
-    return loaded
+            if not (isinstance(layer, KohyaOftLayer) and adapter in layer.lora_oft_blocks):
+                continue
+            if flux:
+                kohya, part = original_name(name)
+                layers[f"oft_unet_{kohya}.oft_blocks.{part or 0}"] = layer.lora_oft_blocks[adapter]
+            else:
+                layers[f"oft_unet_{to_path(name).replace('.', '_')}.oft_blocks"] = layer.lora_oft_blocks[
+                    adapter
+                ]
+    return layers

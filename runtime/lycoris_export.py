@@ -346,15 +346,22 @@ def export_kohya_oft(path: Path, plan: Plan, comps, metadata: dict[str, str]) ->
     """kohya's networks.oft file (OFTNetwork.save_weights: its state dict): `oft_unet_<kohya module
     name>.oft_blocks` (blocks, size, size) and `.alpha` (kohya's alpha, the constraint per row) for each
     U-Net layer, the names kohya's networks.lora gives the same layers with its `oft_unet` prefix (OFT_PREFIX_
-    UNET); the alpha in fp32 as dbspec's other writers keep it (kohya casts it to the save precision too)."""
-    tensors = lycoris_state(
-        unet=comps.unet, text_encoders=[], family=plan.model.family, dtype=plan.checkpoints.save_precision
-    )
-    tensors = {f"oft_unet_{key.removeprefix('lora_unet_')}": value for key, value in tensors.items()}
-    a = plan.adapter
-    args = kohya_oft_args(a)
+    UNET); the alpha in fp32 as dbspec's other writers keep it (kohya casts it to the save precision too).
+    On FLUX.1 kohya's networks.oft_flux file: its Flux module names, `oft_blocks.<part>` (flux_oft.py)."""
+    a, facts = plan.adapter, family_spec(plan.model.family).kohya
+    if facts.oft_network == "networks.oft_flux":  # kohya's Flux names, fused layers' parts (flux_oft.py)
+        from dbspec.runtime.flux_oft import all_linear, flux_oft_state
+
+        tensors = flux_oft_state(comps.unet, plan.model.family, plan.checkpoints.save_precision)
+        args = {"enable_all_linear": "True"} if all_linear(tensors) else {}
+    else:
+        tensors = lycoris_state(
+            unet=comps.unet, text_encoders=[], family=plan.model.family, dtype=plan.checkpoints.save_precision
+        )
+        tensors = {f"oft_unet_{key.removeprefix('lora_unet_')}": value for key, value in tensors.items()}
+        args = kohya_oft_args(a)
     kohya = {
-        "ss_network_module": "networks.oft",
+        "ss_network_module": facts.oft_network,
         "ss_network_dim": str(a.oft_blocks),
         "ss_network_alpha": str(float(a.oft_constraint)),
         **({"ss_network_args": json.dumps(args)} if args else {}),

@@ -338,11 +338,13 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
 
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    if spec.fused_projections or spec.kohya is None or spec.kohya.network != "networks.lora":
+    flux = spec.kohya is not None and spec.kohya.oft_network == "networks.oft_flux"
+    if not flux and (spec.fused_projections or spec.kohya is None or spec.kohya.network != "networks.lora"):
         ctx.report(
             "DBS356",
             "error",
-            f"`{path}`: kohya's networks.oft starts from a file on SD 1.x/2.x/SDXL, not on {spec.title}",
+            f"`{path}`: kohya's networks.oft starts from a file on SD 1.x/2.x/SDXL (networks.oft_flux's on "
+            f"FLUX.1), not on {spec.title}",
             KEY,
             help='set adapter.init_weights = ""',
         )
@@ -350,8 +352,11 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
     file = _read_file(ctx, path, read_oft_file, "OFT")
     if file is None:
         return "", 0
-    if spec.denoiser not in {c.name for c in components if c.trainable == "lora"}:
+    denoiser = "unet" if flux else spec.denoiser  # the plan names the flow families' denoiser `unet`
+    if denoiser not in {c.name for c in components if c.trainable == "lora"}:
         return _tally(ctx, path, {spec.denoiser: len(file.modules)}, 0)
+    if flux:  # kohya's Flux names: the run matches them to its layers when it loads the file
+        return _plan_flux_oft(ctx, path, file, adapter)
     targets = [*adapter.denoiser_targets, *adapter.conv_targets]
     used, unadapted = 0, []
     for module in file.modules.values():
@@ -413,3 +418,31 @@ def _read_file(ctx: Context, path, reader, what: str):
     except ModelFileError as exc:
         ctx.report("DBS357", "error", f"`{exc.path}` cannot start the {what}: {exc.reason}", KEY)
         return None
+
+
+def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[str, int]:
+    """kohya's networks.oft_flux file (`oft_unet_<Flux name>.oft_blocks.<part>`): every module's block count
+    and alpha must be the adapter's (OFTNetwork is built with one dim and alpha); which layers its modules
+    name is checked when the run loads it (runtime/init_weights.py: the names need the model)."""
+    for module in file.modules.values():
+        problem = ""
+        if module.blocks is not None and module.blocks != adapter.block_count:
+            problem = (
+                f"`{module.name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is "
+                f"{adapter.block_count}"
+            )
+        elif module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
+            problem = (
+                f"`{module.name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} "
+                "(kohya trains the network's constraint and saves the file's alpha)"
+            )
+        if problem:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}` does not fit the adapter: {problem}",
+                KEY,
+                help="make adapter.block_count and constraint the file's, or start from another file",
+            )
+            return "", 0
+    return _tally(ctx, path, {}, sum(m.blocks is not None for m in file.modules.values()))

@@ -308,6 +308,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and (kind := _lycoris_kind(ctx.spec.adapter))
             and not _fused_lokr(ctx.spec.adapter, ctx.spec.train.denoiser)  # runtime/lycoris_export.py
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
+            and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
         ):
             ctx.report(
                 "DBS381",
@@ -333,6 +334,12 @@ def _layout_convs(adapter: Adapter, named: tuple[str, ...]) -> bool:
     convolution: runtime/sd3_kohya.py writes it beside the Linears)."""
     plain = isinstance(adapter, LoraAdapter) and not adapter.dora
     return plain and adapter.conv_rank > 0 and set(adapter.conv_targets) <= set(named)
+
+
+def _kohya_oft(adapter: Adapter, network: str) -> bool:
+    """Diag-OFT's kohya form where kohya has an OFT network for the family (Flux.1: networks.oft_flux, its
+    file under kohya's Flux module names, runtime/flux_oft.py)."""
+    return isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and bool(network)
 
 
 def _written(formats: tuple[str, ...]) -> str:

@@ -17,7 +17,8 @@ kohya's groups, in order (its code is the ground truth):
   the schedule holds it at 0 too (then it never moves: untrained in dbspec).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
   network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's (else it
-  never moves and the run trains nothing: oft.py refuses it, DBS403).
+  never moves and the run trains nothing: oft.py refuses it, DBS403). The same for networks.oft_flux
+  with flux_train_network.py (the transformer's blocks).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty). With
@@ -71,6 +72,8 @@ def kohya_groups(
     lycoris_flow = script in ("flux_train_network", "sd3_train_network") and (
         a["network_module"].value == "lycoris.kohya"
     )
+    if script == "flux_train_network" and a["network_module"].value == "networks.oft_flux":
+        return [("unet", ("denoiser",))], ""  # OFTNetwork: the transformer's one group (oft_flux.py)
     if script in ("train_network", "sdxl_train_network") or lycoris_flow:  # LyCORIS's order on Flux, SD3 too
         return _networks_lora(a, written, script == "sdxl_train_network", split)
     if script in ("flux_train_network", "sd3_train_network"):

@@ -816,8 +816,19 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     module, wanted = a["network_module"], NETWORK_MODULES[script]
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
         return _map_lycoris_flow(a, script, paths, conv)
+    if module.value == "networks.oft_flux" and script == "flux_train_network":
+        from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
+
+        if not map_kohya_oft_flux(a, conv, family or "flux", paths):
+            return False
+        map_base_weights(a, paths, conv)
+        return True
     if module.value != wanted:
-        also = " and LyCORIS's lycoris.kohya" if script in ("flux_train_network", "sd3_train_network") else ""
+        flow = {
+            "flux_train_network": ", networks.oft_flux and LyCORIS's lycoris.kohya",
+            "sd3_train_network": " and LyCORIS's lycoris.kohya",
+        }
+        also = flow.get(script, "")
         conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network{also} only")
         return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))

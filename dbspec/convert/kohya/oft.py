@@ -72,7 +72,7 @@ def map_kohya_oft(a, conv: Conversion, paths=None, original_names: bool = False)
         ok = _from_weights(a, file, conv)
     else:
         ok = _create_network(a, conv)
-    ok = _the_rest(a, conv) and ok
+    ok = the_rest(a, conv) and ok
     if ok and weights.value:
         ok = _load_weights(a, file, paths, conv, original_names)
     return ok
@@ -290,12 +290,13 @@ def _relative_step(a) -> bool:
     return not problems and adafactor_flags(kwargs)["relative_step"]
 
 
-def _the_rest(a, conv: Conversion) -> bool:
-    """The train_network.py options networks.oft ignores (DBS405), crashes on (DBS402) or that dbspec does
-    not express with it (DBS403)."""
+def the_rest(a, conv: Conversion, network: str = "networks.oft") -> bool:
+    """The train_network.py options kohya's OFT `network` (networks.oft, networks.oft_flux) ignores (DBS405),
+    crashes on (DBS402) or that dbspec does not express with it (DBS403)."""
     ok = True
+    denoiser = "the transformer" if network.endswith("_flux") else "the U-Net"
     if a["network_dropout"].value:
-        conv.ignored(a["network_dropout"], "networks.oft's create_network never reads the dropout")
+        conv.ignored(a["network_dropout"], f"{network}'s create_network never reads the dropout")
     if a["scale_weight_norms"].value:
         conv.ignored(
             a["scale_weight_norms"],
@@ -306,17 +307,17 @@ def _the_rest(a, conv: Conversion) -> bool:
         conv.unsupported(
             rate,
             "with Adafactor's relative step kohya pops each group's rate (train_util.get_optimizer), so "
-            "networks.oft's blocks train at Adafactor's own step whatever the rate: not expressed",
+            f"{network}'s blocks train at Adafactor's own step whatever the rate: not expressed",
             help="give --unet_lr the --learning_rate (kohya ignores both with relative_step)",
         )
         ok = False
     elif rate.value == 0 and "unet_lr" not in schedule_lifts(a):  # a lifted rate trains (group_lists.py)
         conv.unsupported(
             rate,
-            "networks.oft keeps its one group, the U-Net's blocks, in the optimizer at rate 0 and the step "
+            f"{network} keeps its one group, {denoiser}'s blocks, in the optimizer at rate 0 and the step "
             "moves nothing (the blocks stay 0: R = I), so kohya's run trains nothing, a run dbspec refuses "
             "(DBS200: optimizer.lr = 0 holds a denoiser at rate 0 only beside a text encoder that trains)",
-            help="give networks.oft a rate above 0 (--unet_lr or --learning_rate), or a CyclicLR / "
+            help=f"give {network} a rate above 0 (--unet_lr or --learning_rate), or a CyclicLR / "
             "OneCycleLR schedule whose bounds lift it, as kohya's would",
         )
         ok = False
@@ -326,7 +327,7 @@ def _the_rest(a, conv: Conversion) -> bool:
             te_only.key,
             te_only.value,
             te_only.source,
-            "OFTNetwork.apply_to asserts apply_unet: networks.oft trains the U-Net alone",
+            f"OFTNetwork.apply_to asserts apply_unet: {network} trains {denoiser} alone",
         )
         ok = False
     return ok

@@ -754,13 +754,14 @@ def map_text_encoder(
             "builds no text-encoder LoRA",
         )
         return False
-    if not unet_only.value and "network_module" in a and a["network_module"].value == "networks.oft":
+    oft = a["network_module"].value if "network_module" in a else None
+    if not unet_only.value and oft in ("networks.oft", "networks.oft_flux"):
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.put(
             ("train", "text_encoder"),
             False,
-            "kohya networks.oft: OFTNetwork adapts the U-Net alone (the text encoders run, nothing of theirs "
-            "trains)",
+            f"kohya {oft}: OFTNetwork adapts the {'transformer' if oft.endswith('_flux') else 'U-Net'} alone "
+            "(the text encoders run, nothing of theirs trains)",
         )
         return False
     first = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
