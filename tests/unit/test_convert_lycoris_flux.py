@@ -148,6 +148,21 @@ def test_switches_off_convert(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
+@pytest.mark.parametrize("algo", ["locon", "loha"])
+def test_rs_lora_scales_alpha_by_the_square_root_of_the_rank(tmp_path, algo):
+    """LoConModule / LohaModule with rs_lora: scale alpha / sqrt(rank), saved as alpha x sqrt(rank): the
+    plain alpha of that scale (network_dim 8, network_alpha 4: 4 x sqrt(8))."""
+    outcome = _flux(tmp_path, f"--network_args algo={algo} rs_lora=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.rank == 8 and a.alpha == pytest.approx(4 * 8**0.5)
+    assert a.alpha / a.rank == pytest.approx(4 / 8**0.5)  # the scale LyCORIS trains at
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_rs_lora_on_lokr_is_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=lokr rs_lora=True"))
+
+
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):
     outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
     assert errors(outcome)

@@ -37,7 +37,7 @@ from typing import Any
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.loraplus import loraplus
-from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, parse_network_args
+from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _lycoris_rs_lora, parse_network_args
 from dbspec.families import family_spec
 
 _CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -66,7 +66,6 @@ _OFF = {
     "use_scalar": "false",
     "train_norm": "false",
     "dora_wd": "false",
-    "rs_lora": "false",
     "rescaled": "false",
     "train_t5xxl": "false",
 }
@@ -74,7 +73,6 @@ _WHY_OFF = {
     "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
     "dora_wd": "weight decomposition of the fused weight",
-    "rs_lora": "rank-stabilised scale on the fused layers",
     "rescaled": "LyCORIS's rescaled output",
     "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
     "flux_train_network.py then runs T5-XXL in training mode (its dropout on)",
@@ -180,6 +178,8 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         _lokr_args(kwargs, put, args, conv, algo)
     else:
         loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
+    # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank), the plain alpha x sqrt(rank) (LoKr refused)
+    _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
     for key, value in kwargs.items():
@@ -193,7 +193,8 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         conv.unsupported(
             args,
             f"network arguments dbspec does not express for LyCORIS on Flux: {rest} (dbspec maps algo, "
-            "preset, conv_dim, conv_alpha and the LoRA+ ratios there; dropouts and the other switches off)",
+            "preset, conv_dim, conv_alpha, rs_lora and the LoRA+ ratios there; dropouts and the other switches "
+            "off)",
         )
         return False
     conv.record(module, "mapped", "adapter")
