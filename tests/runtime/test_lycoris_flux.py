@@ -14,7 +14,7 @@ import torch
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.locon import LoConModule
 from lycoris.modules.lokr import LokrModule
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dbspec.families import family_spec
 from dbspec.runtime.execute import execute
@@ -244,3 +244,59 @@ def test_locon_dropouts_on_fused_layers_resume_bit_exact(tmp_path):
     for name, p in second.components.unet.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, ours[name]), name
+
+
+
+def _double_block_layers(attn) -> dict[str, tuple]:
+    """kohya's fused double-block attention Linears (kohya's names) -> their parts in dbspec's Flux."""
+    return {
+        "lora_unet_double_blocks_0_img_attn_qkv": (attn.to_q, attn.to_k, attn.to_v),
+        "lora_unet_double_blocks_0_txt_attn_qkv": (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+        "lora_unet_double_blocks_0_img_attn_proj": (attn.to_out[0],),
+    }
+
+
+def _fused_linear(parts) -> torch.nn.Linear:
+    """kohya's fused Linear: the parts' weights and biases stacked by rows."""
+    fused = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        fused.bias.copy_(torch.cat([p.bias for p in parts]))
+    return fused
+
+
+def test_network_weights_of_a_locon_load_as_lycoris_loads_them(tmp_path):
+    """--network_weights with `algo=locon rs_lora=True`, network_dim 4, network_alpha 2 (the plan's alpha
+    2 x sqrt(4)): a file of lycoris-lora's LoConModules on the fused Linears (their state_dict, random downs
+    and ups), loaded by dbspec (runtime/flow_init.py: the shared down into the tied parts, each part its up
+    rows) and by LyCORIS's load_state_dict(strict=False) into modules built at kohya's network_dim /
+    network_alpha after apply_to: the same outputs."""
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_flow_init import _loaded
+
+    layers = _double_block_layers(build_pipeline(BASE).transformer.float().transformer_blocks[0].attn)
+    torch.manual_seed(1)
+    tensors = {}
+    for name, parts in layers.items():
+        module = LoConModule(name, _fused_linear(parts), 1.0, 4, 2.0, rs_lora=True)
+        torch.nn.init.normal_(module.lora_up.weight, std=0.1)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    assert tensors["lora_unet_double_blocks_0_img_attn_qkv.alpha"].item() == 4.0  # 2 x sqrt(4)
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    init = f'fused_projections = true\nalpha = 4\ninit_weights = "{file}"\ninit_partial = true\n'
+    extra = ATTN_ONLY.replace("alpha = 2\n", "", 1).replace("fused_projections = true\n", init)
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
+    assert count == 3
+    ours = _double_block_layers(comps.unet.float().eval().transformer_blocks[0].attn)
+    x = torch.randn(3, ours["lora_unet_double_blocks_0_img_attn_qkv"][0].in_features)
+    for name, parts in ours.items():
+        theirs = LoConModule(name, _fused_linear([p.base_layer for p in parts]), 1.0, 4, 2.0, rs_lora=True)
+        theirs.apply_to()
+        own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+        theirs.load_state_dict(own, strict=False)
+        with torch.no_grad():
+            loaded = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            assert not torch.allclose(loaded, plain, atol=1e-3), name  # the file's update is there
+            torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-6)

@@ -163,6 +163,47 @@ def test_rs_lora_on_lokr_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=lokr rs_lora=True"))
 
 
+def _lycoris_flux_file(path, *, rank: int, alpha: float):
+    """A LoCon file as lycoris.kohya saves it on kohya's Flux at FLUX.1's widths (zero tensors): one
+    lora_down / lora_up / alpha per fused Linear (img_attn.qkv, single-block linear1) and per plain one,
+    CLIP-L's attention under lora_te1_."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 3072
+    layers = {
+        "lora_unet_double_blocks_0_img_attn_qkv": (3 * width, width),
+        "lora_unet_double_blocks_0_img_attn_proj": (width, width),
+        "lora_unet_single_blocks_0_linear1": (3 * width + 4 * width, width),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    }
+    tensors = {}
+    for name, (out, inp) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, inp), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_network_weights_of_a_locon_start_the_fused_lora(tmp_path):
+    """train_network.py: apply_to, then LyCORIS's load_weights (load_state_dict(strict=False)) of the file:
+    adapter.init_weights with init_partial, the fused Linears' shared downs as lora_flux's (an rs_lora file
+    saves alpha x sqrt(rank), the plan's alpha)."""
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4 * 8**0.5)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=locon rs_lora=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 4
+    assert len(a.fused) == 3 and a.alpha == pytest.approx(4 * 8**0.5)
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_network_weights_of_lokr_and_loha_are_refused(tmp_path, algo):
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo}")
+    assert fate(outcome, "network_weights") == "unsupported"
+
+
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):
     outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
     assert errors(outcome)

@@ -753,13 +753,15 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
 
 def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
     """lycoris.kohya with flux_train_network.py (lycoris_flux.py): algo=lora / locon as lora_flux's fused
-    network over LyCORIS's preset targets. --dim_from_weights (LyCORIS's create_network_from_weights),
-    --network_weights and --scale_weight_norms (LyCORIS's per-module max norm) are refused there."""
+    network over LyCORIS's preset targets. --network_weights of a LoCon: LyCORIS's load_weights
+    (`load_state_dict(strict=False)`) of its file, lora_flux's layout under kohya's Flux names (one down per
+    fused Linear), which runtime/flow_init.py splits onto the parts as it splits lora_flux's. Refused:
+    --dim_from_weights (LyCORIS's create_network_from_weights), a LoKr / LoHa --network_weights and
+    --scale_weight_norms (LyCORIS's per-module max norm)."""
     from dbspec.convert.kohya.lycoris_flux import map_lycoris_flux
 
     for key, why in (
         ("dim_from_weights", "LyCORIS's create_network_from_weights on Flux"),
-        ("network_weights", "a LyCORIS file loaded onto kohya's Flux before training"),
         ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Linears"),
     ):
         if key in a and a[key].value:
@@ -767,7 +769,15 @@ def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
             return False
     if not map_lycoris_flux(a, conv):
         return False
-    map_network_weights(a, paths, conv)  # none given: records its fate
+    kind = conv.values[("adapter", "kind")][0]
+    if a["network_weights"].value and kind != "lora":
+        conv.unsupported(
+            a["network_weights"],
+            f"a LyCORIS {kind} file loaded onto kohya's fused Flux Linears: dbspec starts a LoCon from a file "
+            "there, not a LoKr or LoHa yet",
+        )
+        return False
+    map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
     return True
