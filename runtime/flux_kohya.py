@@ -189,14 +189,16 @@ def flux_kohya_lora_state(
     ranks: set[int] = set()
     alphas: set[float] = set()
     if denoiser is not None:
-        layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser)}
+        layers = {
+            name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser, folded=True)
+        }
         found = lora_adapter(denoiser)
         widths = _widths(found[0]) if found else {}
         tensors.update(kohya_flux_tensors(layers, widths, cast, parts))
         ranks.update(layer[2] for layer in layers.values())
         alphas.update(layer[3] for layer in layers.values())
     for prefix, encoder in zip(prefixes, text_encoders):
-        for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
+        for name, down, up, rank, alpha in _kohya_lora_layers(encoder, folded=True):
             # T5-XXL's modules keep transformers' paths (kohya's lora_te3_encoder_block_...)
             path = name if prefix == "lora_te3" else clip_path(name)
             key = f"{prefix}_{path.replace('.', '_')}"

@@ -51,7 +51,8 @@ def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
         or adapter.conv_rank > 0
         or adapter.tucker
         or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
-        or norm_scalars(adapter)  # so is LyCORIS max norm's fixed one
+        or (norm_scalars(adapter) and not adapter.fused)  # so is LyCORIS max norm's fixed one (a fused
+        # LoCon's, lycoris.kohya on kohya's Flux: by the family's writer, which folds it too)
     )
 
 

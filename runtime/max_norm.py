@@ -158,15 +158,22 @@ def add_norm_scalars(module: torch.nn.Module) -> int:
 
 @attrs.frozen(eq=False)
 class LycorisNormModule:
-    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer."""
+    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer; a fused layer's LoCon parts (one shared
+    `lora_A`, plan.adapter.fused) in row order, `layer` the first."""
 
     name: str
     layer: torch.nn.Module
     kind: str  # "lora", "loha", "lokr", "oft" (diag-oft and boft)
+    parts: tuple[torch.nn.Module, ...] = ()
 
 
-def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterable[torch.nn.Module]) -> list:
-    """The LyCORIS modules in lycoris.kohya's order: the denoiser's, then the text encoders'."""
+def lycoris_norm_modules(
+    denoiser: torch.nn.Module | None,
+    text_encoders: Iterable[torch.nn.Module],
+    fused: tuple[FusedPlan, ...] = (),
+) -> list:
+    """The LyCORIS modules in lycoris.kohya's order: the denoiser's, then the text encoders'; the LoCon parts
+    of a fused layer (lycoris.kohya on kohya's Flux: one LoConModule on the fused Linear) joined into one."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
@@ -177,16 +184,31 @@ def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterab
     for model in [denoiser, *text_encoders]:
         if model is None:
             continue
+        locon: dict[int, list[tuple[str, torch.nn.Module]]] = {}  # by the shared lora_A
         for name, layer in model.named_modules():
             if isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
                 modules.append(LycorisNormModule(name, layer, "oft"))
             elif isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
-                modules.append(LycorisNormModule(name, layer, "lora"))
+                down = layer.lora_A[ADAPTER_NAME].weight
+                if id(down) not in locon:
+                    locon[id(down)] = []
+                    modules.append(locon[id(down)])  # its place; the parts joined below
+                locon[id(down)].append((name, layer))
             elif isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.r:
                 modules.append(LycorisNormModule(name, layer, "loha"))
             elif isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r:
                 modules.append(LycorisNormModule(name, layer, "lokr"))
-    return modules
+    return [_locon_module(m, fused) if isinstance(m, list) else m for m in modules]
+
+
+def _locon_module(
+    parts: list[tuple[str, torch.nn.Module]], fused: tuple[FusedPlan, ...]
+) -> LycorisNormModule:
+    """One LoCon module of a layer's LoRA, or of a fused layer's parts in their row order."""
+    parts = sorted(parts, key=lambda part: _row_order(part[0], fused))
+    name, first = parts[0]
+    layers = tuple(layer for _, layer in parts) if len(parts) > 1 else ()
+    return LycorisNormModule(name, first, "lora", layers)
 
 
 _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -209,6 +231,8 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
         layer, LycorisDora
     ):  # the update before the weight decomposition (its rank dropout drawn by the layer's mode too)
         return layer._update(ADAPTER_NAME)
+    if module.parts:  # the fused Linear's update: the parts' rows stacked
+        return torch.cat([part.get_delta_weight(ADAPTER_NAME) for part in module.parts])
     return layer.get_delta_weight(ADAPTER_NAME, **drop)
 
 
@@ -244,8 +268,9 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
                 ]
                 for factor in factors:
                     factor.mul_(ratio ** (1 / len(factors)))
-            else:
-                layer_scalar(module.layer).mul_(ratio)
+            else:  # a fused layer's parts: each its copy of the one module's scalar
+                for layer in module.parts or (module.layer,):
+                    layer_scalar(layer).mul_(ratio)
         norms.append(orig_norm * ratio)
         scaled_count += int(scaled)
     if scaled_count == 0:

@@ -8,6 +8,7 @@ the trained transformer's output to 1.2e-7, presets full and attn-only.)"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file, save_file
 
 from dbspec.families import family_spec
+from dbspec.runtime.lycoris_switches import layer_scalar
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import make_plan
 
@@ -246,13 +248,13 @@ def test_locon_dropouts_on_fused_layers_resume_bit_exact(tmp_path):
             assert torch.equal(p, ours[name]), name
 
 
-
 def _double_block_layers(attn) -> dict[str, tuple]:
     """kohya's fused double-block attention Linears (kohya's names) -> their parts in dbspec's Flux."""
     return {
         "lora_unet_double_blocks_0_img_attn_qkv": (attn.to_q, attn.to_k, attn.to_v),
         "lora_unet_double_blocks_0_txt_attn_qkv": (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
         "lora_unet_double_blocks_0_img_attn_proj": (attn.to_out[0],),
+        "lora_unet_double_blocks_0_txt_attn_proj": (attn.to_add_out,),
     }
 
 
@@ -265,38 +267,133 @@ def _fused_linear(parts) -> torch.nn.Linear:
     return fused
 
 
+def _lycoris_file(tmp: Path, std: tuple[float, ...] = (0.1, 0.1, 0.1, 0.1)):
+    """LoConModules (network_dim 4, network_alpha 2, rs_lora) on the tiny Flux's fused double-block
+    attention Linears, their ups random (each its std), saved as lycoris.kohya saves them: (tensors, file)."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    layers = _double_block_layers(build_pipeline(BASE).transformer.float().transformer_blocks[0].attn)
+    torch.manual_seed(1)
+    tensors = {}
+    for (name, parts), deviation in zip(layers.items(), std):
+        module = LoConModule(name, _fused_linear(parts), 1.0, 4, 2.0, rs_lora=True)
+        torch.nn.init.normal_(module.lora_up.weight, std=deviation)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp / "prev.safetensors"
+    save_file(tensors, str(file))
+    return tensors, file
+
+
+def _from_file(file: Path, more: str = "") -> str:
+    """The attn-only spec at rs_lora's alpha (2 x sqrt(4)), started from `file` (kohya's load_weights)."""
+    init = f'fused_projections = true\nalpha = 4\ninit_weights = "{file}"\ninit_partial = true\n{more}'
+    return ATTN_ONLY.replace("alpha = 2\n", "", 1).replace("fused_projections = true\n", init)
+
+
+def _their_locon(tensors, name: str, parts) -> LoConModule:
+    """lycoris-lora's LoConModule built at kohya's network_dim / network_alpha on the fused Linear of
+    `parts`' base layers, applied, then loaded from the file as lycoris.kohya's load_weights loads it."""
+    theirs = LoConModule(name, _fused_linear([p.base_layer for p in parts]), 1.0, 4, 2.0, rs_lora=True)
+    theirs.apply_to()
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    theirs.load_state_dict(own, strict=False)
+    return theirs
+
+
 def test_network_weights_of_a_locon_load_as_lycoris_loads_them(tmp_path):
     """--network_weights with `algo=locon rs_lora=True`, network_dim 4, network_alpha 2 (the plan's alpha
     2 x sqrt(4)): a file of lycoris-lora's LoConModules on the fused Linears (their state_dict, random downs
     and ups), loaded by dbspec (runtime/flow_init.py: the shared down into the tied parts, each part its up
     rows) and by LyCORIS's load_state_dict(strict=False) into modules built at kohya's network_dim /
     network_alpha after apply_to: the same outputs."""
-    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.test_flow_init import _loaded
 
-    layers = _double_block_layers(build_pipeline(BASE).transformer.float().transformer_blocks[0].attn)
-    torch.manual_seed(1)
-    tensors = {}
-    for name, parts in layers.items():
-        module = LoConModule(name, _fused_linear(parts), 1.0, 4, 2.0, rs_lora=True)
-        torch.nn.init.normal_(module.lora_up.weight, std=0.1)
-        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    tensors, file = _lycoris_file(tmp_path)
     assert tensors["lora_unet_double_blocks_0_img_attn_qkv.alpha"].item() == 4.0  # 2 x sqrt(4)
-    file = tmp_path / "prev.safetensors"
-    save_file(tensors, str(file))
-    init = f'fused_projections = true\nalpha = 4\ninit_weights = "{file}"\ninit_partial = true\n'
-    extra = ATTN_ONLY.replace("alpha = 2\n", "", 1).replace("fused_projections = true\n", init)
-    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
-    assert count == 3
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=_from_file(file)))
+    assert count == 4
     ours = _double_block_layers(comps.unet.float().eval().transformer_blocks[0].attn)
     x = torch.randn(3, ours["lora_unet_double_blocks_0_img_attn_qkv"][0].in_features)
     for name, parts in ours.items():
-        theirs = LoConModule(name, _fused_linear([p.base_layer for p in parts]), 1.0, 4, 2.0, rs_lora=True)
-        theirs.apply_to()
-        own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
-        theirs.load_state_dict(own, strict=False)
+        theirs = _their_locon(tensors, name, parts)
         with torch.no_grad():
             loaded = torch.cat([p(x) for p in parts], dim=-1)
             plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
             assert not torch.allclose(loaded, plain, atol=1e-3), name  # the file's update is there
             torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-6)
+
+
+def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
+    """--scale_weight_norms with lycoris.kohya on Flux (max_norm_form "lycoris"): one norm per fused Linear,
+    of its whole update (the parts' rows stacked), and the parts' scalars each times the module's ratio:
+    what lycoris.kohya's apply_max_norm_regularization does to LoConModules loaded from the same file."""
+    from types import SimpleNamespace
+
+    from lycoris.kohya import LycorisNetworkKohya
+
+    from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
+    from tests.runtime.test_flow_init import _loaded
+
+    tensors, file = _lycoris_file(tmp_path, std=(0.3, 0.01, 0.2, 0.02))
+    plan = make_plan(
+        tmp_path / "run",
+        base=BASE,
+        steps=1,
+        extra=_from_file(file, 'max_norm = 1.0\nmax_norm_form = "lycoris"\n'),
+    )
+    assert (plan.adapter.max_norm, plan.adapter.max_norm_form) == (1.0, "lycoris")
+    comps, _ = _loaded(plan)
+    modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused)
+    assert [len(m.parts) for m in modules] == [3, 0, 3, 0]  # img qkv, img proj, txt qkv, txt proj
+    ours = _double_block_layers(comps.unet.float().transformer_blocks[0].attn)
+    theirs = {name: _their_locon(tensors, name, parts) for name, parts in ours.items()}
+    with torch.no_grad():
+        norms = sorted(float(lycoris_update(m).norm()) for m in modules)
+    limit = (norms[1] * norms[2]) ** 0.5  # two modules scaled, two not
+    network = SimpleNamespace(unet_loras=list(theirs.values()), text_encoder_loras=[])
+    expected = LycorisNetworkKohya.apply_max_norm_regularization(network, limit, "cpu")
+    result = apply_max_norm(modules, limit)
+    assert result[0] == int(expected[0]) == 2
+    torch.testing.assert_close(torch.tensor(result[1:]), torch.tensor([float(v) for v in expected[1:]]))
+    x = torch.randn(3, 16)
+    for name, parts in ours.items():
+        for part in parts:  # the module's one scalar, in each part
+            torch.testing.assert_close(layer_scalar(part).detach(), theirs[name].scalar, rtol=1e-6, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                theirs[name].eval()(x), torch.cat([p(x) for p in parts], dim=-1), rtol=0, atol=1e-6
+            )
+
+
+def test_max_norm_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    """A run started from a LyCORIS file with LyCORIS's max norm on the fused layers: logged, resumed
+    bit-exact, and its export (the scalar folded into lora_up, as LyCORIS's custom_state_dict saves it)
+    is what lycoris-lora's LoConModule loads back: the trained outputs."""
+    _, file = _lycoris_file(tmp_path, std=(0.3, 0.01, 0.2, 0.02))
+    extra = (
+        _from_file(file, 'max_norm = 0.5\nmax_norm_form = "lycoris"\n')
+        + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    )
+    extra += "\n[logging]\nevery = 1\n"
+    whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra), keep_models=True)
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts_plan, stop_after=2)
+    second = execute(parts_plan, resume=True, keep_models=True)
+    assert whole.status == second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    rows = [json.loads(r) for r in next((tmp_path / "whole").rglob("metrics.jsonl")).read_text().splitlines()]
+    assert [r["max_norm/keys_scaled"] for r in rows if "loss" in r][0] == 2  # the two large modules
+    layers = _double_block_layers(whole.components.unet.float().eval().transformer_blocks[0].attn)
+    scalars = [float(layer_scalar(p)) for p in layers["lora_unet_double_blocks_0_img_attn_qkv"]]
+    assert scalars[0] < 1 and scalars.count(scalars[0]) == 3  # one ratio for the fused layer's parts
+    tensors = load_file(str(Path(whole.final) / f"{parts_plan.checkpoints.name}.kohya.safetensors"))
+    x = torch.randn(3, 16)
+    for name, parts in layers.items():
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in parts], dim=-1)
+            torch.testing.assert_close(
+                _their_locon(tensors, name, parts).eval()(x), trained, rtol=0, atol=1e-5
+            )

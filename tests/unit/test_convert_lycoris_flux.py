@@ -204,6 +204,29 @@ def test_network_weights_of_lokr_and_loha_are_refused(tmp_path, algo):
     assert fate(outcome, "network_weights") == "unsupported"
 
 
+def test_scale_weight_norms_is_lycoris_max_norm_per_fused_layer(tmp_path):
+    """train_network.py calls lycoris.kohya's apply_max_norm_regularization: each LoConModule (one per fused
+    Linear) scales its scalar by limit / norm of its whole update: max_norm in LyCORIS's form over the
+    fused layers (runtime/max_norm.py joins a fused layer's parts)."""
+    outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args algo=locon preset=attn-only")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form) == (1.5, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    assert not errors(outcome)
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_scale_weight_norms_of_lokr_and_loha_is_refused(tmp_path, algo):
+    outcome = _flux(tmp_path, f"--scale_weight_norms 1.5 --network_args algo={algo}")
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
+
+
+def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
+    outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args rank_dropout=0.1")
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
+
+
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):
     outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
     assert errors(outcome)

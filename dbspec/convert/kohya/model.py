@@ -755,28 +755,28 @@ def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
     """lycoris.kohya with flux_train_network.py (lycoris_flux.py): algo=lora / locon as lora_flux's fused
     network over LyCORIS's preset targets. --network_weights of a LoCon: LyCORIS's load_weights
     (`load_state_dict(strict=False)`) of its file, lora_flux's layout under kohya's Flux names (one down per
-    fused Linear), which runtime/flow_init.py splits onto the parts as it splits lora_flux's. Refused:
-    --dim_from_weights (LyCORIS's create_network_from_weights), a LoKr / LoHa --network_weights and
-    --scale_weight_norms (LyCORIS's per-module max norm)."""
+    fused Linear), which runtime/flow_init.py splits onto the parts as it splits lora_flux's.
+    --scale_weight_norms of a LoCon: LyCORIS's form, one norm and scalar per fused Linear (runtime/max_norm.py
+    joins its parts). Refused: --dim_from_weights (LyCORIS's create_network_from_weights), and a LoKr's /
+    LoHa's --network_weights or --scale_weight_norms."""
     from dbspec.convert.kohya.lycoris_flux import map_lycoris_flux
 
-    for key, why in (
-        ("dim_from_weights", "LyCORIS's create_network_from_weights on Flux"),
-        ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Linears"),
-    ):
-        if key in a and a[key].value:
-            conv.unsupported(a[key], f"{why} with flux_train_network.py has no dbspec form yet")
-            return False
+    if a["dim_from_weights"].value:
+        conv.unsupported(
+            a["dim_from_weights"],
+            "LyCORIS's create_network_from_weights on Flux with flux_train_network.py has no dbspec form yet",
+        )
+        return False
     if not map_lycoris_flux(a, conv):
         return False
     kind = conv.values[("adapter", "kind")][0]
-    if a["network_weights"].value and kind != "lora":
-        conv.unsupported(
-            a["network_weights"],
-            f"a LyCORIS {kind} file loaded onto kohya's fused Flux Linears: dbspec starts a LoCon from a file "
-            "there, not a LoKr or LoHa yet",
-        )
-        return False
+    for key, what in (
+        ("network_weights", "a LyCORIS file loaded onto kohya's fused Flux Linears"),
+        ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Flux Linears"),
+    ):
+        if a[key].value and kind != "lora":
+            conv.unsupported(a[key], f"{what}: dbspec expresses it for a LoCon there, not a {kind} yet")
+            return False
     map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
