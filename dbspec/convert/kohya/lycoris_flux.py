@@ -178,7 +178,7 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         _lokr_args(kwargs, put, args, conv, algo)
     else:
         loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
-    # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank), the plain alpha x sqrt(rank) (LoKr refused)
+    # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
@@ -193,8 +193,8 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         conv.unsupported(
             args,
             f"network arguments dbspec does not express for LyCORIS on Flux: {rest} (dbspec maps algo, "
-            "preset, conv_dim, conv_alpha, rs_lora and the LoRA+ ratios there; dropouts and the other switches "
-            "off)",
+            "preset, conv_dim, conv_alpha, rs_lora and the LoRA+ ratios there; dropouts and the other "
+            "switches off)",
         )
         return False
     conv.record(module, "mapped", "adapter")
