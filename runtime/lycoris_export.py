@@ -50,9 +50,9 @@ def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
         or adapter.dora
         or adapter.conv_rank > 0
         or adapter.tucker
-        or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
-        or (norm_scalars(adapter) and not adapter.fused)  # so is LyCORIS max norm's fixed one (a fused
-        # LoCon's, lycoris.kohya on kohya's Flux: by the family's writer, which folds it too)
+        # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused
+        # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
+        or ((adapter.scalar or norm_scalars(adapter)) and not adapter.fused)
     )
 
 

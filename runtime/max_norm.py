@@ -268,9 +268,10 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
                 ]
                 for factor in factors:
                     factor.mul_(ratio ** (1 / len(factors)))
-            else:  # a fused layer's parts: each its copy of the one module's scalar
-                for layer in module.parts or (module.layer,):
-                    layer_scalar(layer).mul_(ratio)
+            else:  # a fused layer's parts hold the one module's scalar (runtime/fused.py ties it): once
+                scalars = [layer_scalar(layer) for layer in module.parts or (module.layer,)]
+                for scalar in {id(s): s for s in scalars}.values():
+                    scalar.mul_(ratio)
         norms.append(orig_norm * ratio)
         scaled_count += int(scaled)
     if scaled_count == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.locon import LoConModule
@@ -365,19 +366,18 @@ def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
             )
 
 
-def test_max_norm_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    """A run started from a LyCORIS file with LyCORIS's max norm on the fused layers: logged, resumed
-    bit-exact, and its export (the scalar folded into lora_up, as LyCORIS's custom_state_dict saves it)
-    is what lycoris-lora's LoConModule loads back: the trained outputs."""
-    _, file = _lycoris_file(tmp_path, std=(0.3, 0.01, 0.2, 0.02))
-    extra = (
-        _from_file(file, 'max_norm = 0.5\nmax_norm_form = "lycoris"\n')
-        + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
-    )
-    extra += "\n[logging]\nevery = 1\n"
-    whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra), keep_models=True)
-    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
-    first = execute(parts_plan, stop_after=2)
+def test_use_scalar_and_max_norm_on_fused_layers_train_resume_and_export_as_lycoris(tmp_path):
+    """use_scalar with LyCORIS's max norm on the fused layers: the parts share one trained scalar
+    (LoConModule's), whose gradient is lycoris-lora's LoConModule's on the fused Linear holding the same
+    values, and which the max norm multiplies once per fused layer (logged as kohya logs it); the run
+    resumes bit-exact and its export (the scalar folded into lora_up) loads back in LyCORIS with the trained
+    outputs."""
+    switches = 'scalar = true\nmax_norm = 1e-5\nmax_norm_form = "lycoris"\n'
+    extra = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + switches)
+    extra += '\n[checkpoints]\nevery = 1\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
+    whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=2, extra=extra), keep_models=True)
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=2, extra=extra)
+    first = execute(parts_plan, stop_after=1)
     second = execute(parts_plan, resume=True, keep_models=True)
     assert whole.status == second.status == "finished" and first.losses + second.losses == whole.losses
     ours = dict(whole.components.unet.named_parameters())
@@ -385,15 +385,30 @@ def test_max_norm_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
         if p.requires_grad:
             assert torch.equal(p, ours[name]), name
     rows = [json.loads(r) for r in next((tmp_path / "whole").rglob("metrics.jsonl")).read_text().splitlines()]
-    assert [r["max_norm/keys_scaled"] for r in rows if "loss" in r][0] == 2  # the two large modules
+    assert [r["max_norm/keys_scaled"] for r in rows if "loss" in r] == [4, 4]  # the 4 fused-layer modules
     layers = _double_block_layers(whole.components.unet.float().eval().transformer_blocks[0].attn)
-    scalars = [float(layer_scalar(p)) for p in layers["lora_unet_double_blocks_0_img_attn_qkv"]]
-    assert scalars[0] < 1 and scalars.count(scalars[0]) == 3  # one ratio for the fused layer's parts
+    qkv = layers["lora_unet_double_blocks_0_img_attn_qkv"]
+    assert all(layer_scalar(p) is layer_scalar(qkv[0]) for p in qkv)  # one Parameter
+    assert layer_scalar(qkv[0]).item() != 0.0  # trained from 0
+    with torch.no_grad():  # the fused layer's whole update held to the limit
+        update = torch.cat([p.get_delta_weight("default") for p in qkv])
+    assert float(update.norm()) == pytest.approx(1e-5, rel=1e-4)
     tensors = load_file(str(Path(whole.final) / f"{parts_plan.checkpoints.name}.kohya.safetensors"))
     x = torch.randn(3, 16)
     for name, parts in layers.items():
         with torch.no_grad():
             trained = torch.cat([p(x) for p in parts], dim=-1)
-            torch.testing.assert_close(
-                _their_locon(tensors, name, parts).eval()(x), trained, rtol=0, atol=1e-5
-            )
+            torch.testing.assert_close(_fused_locon(tensors, name, parts)(x), trained, rtol=0, atol=1e-5)
+    # the gradients: LyCORIS's LoConModule(use_scalar) on the fused Linear, from the same values
+    theirs = LoConModule("qkv", _fused_linear([p.base_layer for p in qkv]), 1.0, 4, 2.0, use_scalar=True)
+    with torch.no_grad():
+        theirs.lora_down.weight.copy_(qkv[0].lora_A["default"].weight)
+        theirs.lora_up.weight.copy_(torch.cat([p.lora_B["default"].weight for p in qkv]))
+        theirs.scalar.copy_(layer_scalar(qkv[0]))
+    theirs.apply_to()
+    target = torch.randn(3, 48)
+    whole.components.unet.zero_grad()
+    torch.nn.functional.mse_loss(torch.cat([p(x) for p in qkv], dim=-1), target).backward()
+    torch.nn.functional.mse_loss(theirs(x), target).backward()
+    torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(qkv[0].lora_A["default"].weight.grad, theirs.lora_down.weight.grad)

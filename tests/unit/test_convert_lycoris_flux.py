@@ -126,7 +126,7 @@ def test_locon_bypass_rank_dropout_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
 
 
-@pytest.mark.parametrize("arg", ["dora_wd=True", "use_scalar=True", "train_t5xxl=True"])
+@pytest.mark.parametrize("arg", ["dora_wd=True", "train_t5xxl=True", "train_t5xxl="])
 def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
 
@@ -225,6 +225,35 @@ def test_scale_weight_norms_of_lokr_and_loha_is_refused(tmp_path, algo):
 def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
     outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args rank_dropout=0.1")
     assert fate(outcome, "scale_weight_norms") == "unsupported"
+
+
+@pytest.mark.parametrize("value", ["True", ""])  # LyCORIS's str_bool: "" is on too
+def test_use_scalar_is_one_trained_scalar_per_fused_layer(tmp_path, value):
+    """LoConModule's use_scalar: a trained scalar from 0 (the up kaiming-uniform), one per fused Linear
+    (runtime/fused.py ties the parts'): adapter.scalar with the fused layers."""
+    outcome = _flux(tmp_path, f"--network_args algo=locon use_scalar={value}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.scalar and [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+@pytest.mark.parametrize(
+    "extra", ["--network_args algo=lokr use_scalar=True", "--network_args algo=loha use_scalar=1"]
+)
+def test_use_scalar_of_lokr_and_loha_is_refused(tmp_path, extra):
+    assert "DBS403" in codes(_flux(tmp_path, extra))
+
+
+def test_use_scalar_with_network_weights_is_refused(tmp_path):
+    """LyCORIS's load hook sets the loaded modules' scalar to 1; dbspec's starts at 0 (DBS520)."""
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args use_scalar=True")
+    assert fate(outcome, "network_weights") == "unsupported"
+
+
+def test_use_scalar_false_is_inert(tmp_path):
+    outcome = _flux(tmp_path, "--network_args use_scalar=false")
+    assert not plan_of(outcome, tmp_path).adapter.scalar and "DBS403" not in codes(outcome)
 
 
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):

@@ -63,14 +63,12 @@ _NOTHING = {
 }
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
 _OFF = {
-    "use_scalar": "false",
     "train_norm": "false",
     "dora_wd": "false",
     "rescaled": "false",
     "train_t5xxl": "false",
 }
 _WHY_OFF = {
-    "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
     "dora_wd": "weight decomposition of the fused weight",
     "rescaled": "LyCORIS's rescaled output",
@@ -91,8 +89,9 @@ _INERT = {
 }
 
 
-def _off(key: str, value: str) -> bool:
-    return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
+def _off(value: str) -> bool:
+    """LyCORIS's str_bool: only "false" (any case) is off; "" too is on."""
+    return str(value).lower() == "false"
 
 
 def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
@@ -130,7 +129,7 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     rank = dim.value if dim.value is not None else 4
     for key in [k for k in kwargs if k in _OFF]:
         value = kwargs[key]
-        if not _off(key, value):
+        if not _off(value):
             conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
@@ -178,6 +177,14 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
         _lokr_args(kwargs, put, args, conv, algo)
     else:
         loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
+    if "use_scalar" in kwargs:
+        text = kwargs.pop("use_scalar")
+        if _off(text):
+            conv.inert(Legacy(key=f"{args.key} use_scalar", value=text, source=args.source), "off")
+        elif lokr:  # a fused LoKr / LoHa has no scalar yet (DBS575)
+            unsupported["use_scalar"] = f"{text} ({form}'s trained scalar on the fused layers)"
+        else:  # LoConModule's trained scalar from 0 (its up kaiming-uniform): one per fused Linear
+            put["scalar"] = True
     # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
