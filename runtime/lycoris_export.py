@@ -47,7 +47,7 @@ def needs_lycoris_layout(adapter: AdapterPlan) -> bool:
     """Plain LoRA keeps kohya's networks.lora writer; everything else is written here."""
     return (
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-        or adapter.dora
+        or (adapter.dora and not adapter.fused)  # a fused LoCon's: the family's kohya writer adds dora_scale
         or adapter.conv_rank > 0
         or adapter.tucker
         # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused

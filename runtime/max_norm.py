@@ -217,7 +217,6 @@ _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "l
 def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     """The update LyCORIS's apply_max_norm takes the norm of (LoCon's and LoHa's with the scalar, LoKr's
     without)."""
-    from dbspec.runtime.lycoris_dora import LycorisDora
     from dbspec.runtime.lycoris_switches import _ScalarLayer
 
     layer = module.layer
@@ -227,12 +226,19 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
         return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
+    if module.parts:  # the fused Linear's update: the parts' rows stacked (with dora_wd, before it)
+        return torch.cat([_own_update(part) for part in module.parts])
+    return _own_update(layer, **drop)
+
+
+def _own_update(layer: torch.nn.Module, **drop: bool) -> torch.Tensor:
+    """A layer's update, with LyCORIS's weight decomposition the update before it."""
+    from dbspec.runtime.lycoris_dora import LycorisDora
+
     if isinstance(
         layer, LycorisDora
     ):  # the update before the weight decomposition (its rank dropout drawn by the layer's mode too)
         return layer._update(ADAPTER_NAME)
-    if module.parts:  # the fused Linear's update: the parts' rows stacked
-        return torch.cat([part.get_delta_weight(ADAPTER_NAME) for part in module.parts])
     return layer.get_delta_weight(ADAPTER_NAME, **drop)
 
 

@@ -307,6 +307,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not spec.kohya.lycoris_layout
             and (kind := _lycoris_kind(ctx.spec.adapter))
             and not _fused_lokr(ctx.spec.adapter)  # kohya's Flux names: runtime/lycoris_export.py
+            and not (_fused_dora(ctx.spec.adapter) and spec.kohya_lora_excluded)  # runtime/flux_kohya.py
         ):
             ctx.report(
                 "DBS381",
@@ -323,6 +324,12 @@ def _fused_lokr(adapter: Adapter) -> bool:
     """lycoris.kohya algo=lokr / loha on kohya's fused Flux layers (their fused_projections): LyCORIS's file
     under kohya's Flux module names (compiler/fused.py refuses it in other families)."""
     return isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.fused_projections
+
+
+def _fused_dora(adapter: Adapter) -> bool:
+    """lycoris.kohya's LoCon with dora_wd on kohya's fused Flux layers: the Flux writer adds each fused
+    layer's `dora_scale` (compiler/fused.py holds it to LyCORIS's per-row form, DBS509)."""
+    return isinstance(adapter, LoraAdapter) and adapter.fused_projections and adapter.dora
 
 
 def _written(formats: tuple[str, ...]) -> str:

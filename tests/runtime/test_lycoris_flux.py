@@ -19,7 +19,9 @@ from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file, save_file
 
 from dbspec.families import family_spec
+from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_switches import layer_scalar
+from dbspec.runtime.max_norm import lycoris_norm_modules, lycoris_update
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import make_plan
 
@@ -40,14 +42,18 @@ def _plan(tmp: Path, steps: int):
 
 
 def _fused_locon(tensors, name: str, parts) -> LoConModule:
-    """lycoris-lora's LoConModule on the fused Linear (kohya's Flux layer), loaded from the file."""
+    """lycoris-lora's LoConModule on the fused Linear (kohya's Flux layer), loaded from the file (with its
+    weight decomposition where the file holds a dora_scale)."""
     base = [p.base_layer for p in parts]
     fused = torch.nn.Linear(base[0].in_features, sum(b.out_features for b in base))
     with torch.no_grad():
         fused.weight.copy_(torch.cat([b.weight for b in base]))
         fused.bias.copy_(torch.cat([b.bias for b in base]))
     down = tensors[f"{name}.lora_down.weight"]
-    module = LoConModule(name, fused, 1.0, down.shape[0], tensors[f"{name}.alpha"].item())
+    wd = f"{name}.dora_scale" in tensors
+    module = LoConModule(
+        name, fused, 1.0, down.shape[0], tensors[f"{name}.alpha"].item(), weight_decompose=wd
+    )
     module.load_state_dict(
         {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     )
@@ -332,7 +338,7 @@ def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
 
     from lycoris.kohya import LycorisNetworkKohya
 
-    from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
+    from dbspec.runtime.max_norm import apply_max_norm
     from tests.runtime.test_flow_init import _loaded
 
     tensors, file = _lycoris_file(tmp_path, std=(0.3, 0.01, 0.2, 0.02))
@@ -366,13 +372,16 @@ def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
             )
 
 
-def test_use_scalar_and_max_norm_on_fused_layers_train_resume_and_export_as_lycoris(tmp_path):
-    """use_scalar with LyCORIS's max norm on the fused layers: the parts share one trained scalar
-    (LoConModule's), whose gradient is lycoris-lora's LoConModule's on the fused Linear holding the same
-    values, and which the max norm multiplies once per fused layer (logged as kohya logs it); the run
-    resumes bit-exact and its export (the scalar folded into lora_up) loads back in LyCORIS with the trained
-    outputs."""
-    switches = 'scalar = true\nmax_norm = 1e-5\nmax_norm_form = "lycoris"\n'
+def test_dora_scalar_and_max_norm_on_fused_layers_train_resume_and_export_as_lycoris(tmp_path):
+    """dora_wd, use_scalar and LyCORIS's max norm on the fused layers (lycoris.kohya's LoConModule on each
+    fused Linear): the parts share one trained scalar, which the max norm multiplies once per fused layer
+    (logged as kohya logs it), and each part keeps its rows' magnitudes; the gradients (scalar, shared down,
+    the magnitudes) are lycoris-lora's LoConModule's on the fused Linear holding the same values; the run
+    resumes bit-exact and its export (the scalar folded into lora_up, the parts' dora_scale rows stacked)
+    loads back in LyCORIS with the trained outputs."""
+    switches = (
+        'dora = true\ndora_form = "lycoris"\nscalar = true\nmax_norm = 1e-5\nmax_norm_form = "lycoris"\n'
+    )
     extra = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + switches)
     extra += '\n[checkpoints]\nevery = 1\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
     whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=2, extra=extra), keep_models=True)
@@ -390,25 +399,30 @@ def test_use_scalar_and_max_norm_on_fused_layers_train_resume_and_export_as_lyco
     qkv = layers["lora_unet_double_blocks_0_img_attn_qkv"]
     assert all(layer_scalar(p) is layer_scalar(qkv[0]) for p in qkv)  # one Parameter
     assert layer_scalar(qkv[0]).item() != 0.0  # trained from 0
-    with torch.no_grad():  # the fused layer's whole update held to the limit
-        update = torch.cat([p.get_delta_weight("default") for p in qkv])
-    assert float(update.norm()) == pytest.approx(1e-5, rel=1e-4)
+    modules = lycoris_norm_modules(whole.components.unet, [], parts_plan.adapter.fused)
+    with torch.no_grad():  # every fused layer's whole update (before the decomposition) held to the limit
+        assert [float(lycoris_update(m).norm()) for m in modules] == pytest.approx([1e-5] * 4, rel=1e-4)
     tensors = load_file(str(Path(whole.final) / f"{parts_plan.checkpoints.name}.kohya.safetensors"))
+    assert tensors["lora_unet_double_blocks_0_img_attn_qkv.dora_scale"].shape == (48, 1)  # the parts' rows
     x = torch.randn(3, 16)
     for name, parts in layers.items():
         with torch.no_grad():
             trained = torch.cat([p(x) for p in parts], dim=-1)
             torch.testing.assert_close(_fused_locon(tensors, name, parts)(x), trained, rtol=0, atol=1e-5)
-    # the gradients: LyCORIS's LoConModule(use_scalar) on the fused Linear, from the same values
-    theirs = LoConModule("qkv", _fused_linear([p.base_layer for p in qkv]), 1.0, 4, 2.0, use_scalar=True)
+    # the gradients: LyCORIS's LoConModule(use_scalar, weight_decompose) on the fused Linear, same values
+    fused = _fused_linear([p.base_layer for p in qkv])
+    theirs = LoConModule("qkv", fused, 1.0, 4, 2.0, use_scalar=True, weight_decompose=True)
     with torch.no_grad():
         theirs.lora_down.weight.copy_(qkv[0].lora_A["default"].weight)
         theirs.lora_up.weight.copy_(torch.cat([p.lora_B["default"].weight for p in qkv]))
         theirs.scalar.copy_(layer_scalar(qkv[0]))
+        theirs.dora_scale.copy_(torch.cat([dora_scale_of(p, "default") for p in qkv]))
     theirs.apply_to()
     target = torch.randn(3, 48)
     whole.components.unet.zero_grad()
     torch.nn.functional.mse_loss(torch.cat([p(x) for p in qkv], dim=-1), target).backward()
     torch.nn.functional.mse_loss(theirs(x), target).backward()
-    torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-4, atol=1e-8)
     torch.testing.assert_close(qkv[0].lora_A["default"].weight.grad, theirs.lora_down.weight.grad)
+    magnitudes = torch.cat([dora_scale_of(p, "default").grad for p in qkv])
+    torch.testing.assert_close(magnitudes, theirs.dora_scale.grad)

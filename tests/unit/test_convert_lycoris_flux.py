@@ -126,7 +126,7 @@ def test_locon_bypass_rank_dropout_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
 
 
-@pytest.mark.parametrize("arg", ["dora_wd=True", "train_t5xxl=True", "train_t5xxl="])
+@pytest.mark.parametrize("arg", ["train_t5xxl=True", "train_t5xxl="])
 def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
 
@@ -254,6 +254,38 @@ def test_use_scalar_with_network_weights_is_refused(tmp_path):
 def test_use_scalar_false_is_inert(tmp_path):
     outcome = _flux(tmp_path, "--network_args use_scalar=false")
     assert not plan_of(outcome, tmp_path).adapter.scalar and "DBS403" not in codes(outcome)
+
+
+def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
+    """LoConModule's dora_wd on each fused Linear: one magnitude per output row (wd_on_output, LyCORIS's
+    default), so each part keeps its rows': adapter.dora in LyCORIS's form over the fused layers."""
+    outcome = _flux(tmp_path, "--scale_weight_norms 1 --network_args algo=locon dora_wd=True use_scalar=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis, a.scalar) == (True, "lycoris", "output", True)
+    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "algo=lokr dora_wd=True",
+        "algo=loha dora_wd=True",
+        "dora_wd=True wd_on_output=False",
+        "dora_wd=True bypass_mode=True",
+        "dora_wd=True rank_dropout=0.1",
+        "dora_wd=True module_dropout=0.1",
+    ],
+)
+def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+
+
+def test_dora_wd_with_network_weights_is_refused(tmp_path):
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args dora_wd=True")
+    assert fate(outcome, "network_weights") == "unsupported"
 
 
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):

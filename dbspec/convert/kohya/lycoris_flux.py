@@ -64,13 +64,11 @@ _NOTHING = {
 # LyCORIS's switches and values dbspec maps on Flux only in the value that changes nothing
 _OFF = {
     "train_norm": "false",
-    "dora_wd": "false",
     "rescaled": "false",
     "train_t5xxl": "false",
 }
 _WHY_OFF = {
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
-    "dora_wd": "weight decomposition of the fused weight",
     "rescaled": "LyCORIS's rescaled output",
     "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
     "flux_train_network.py then runs T5-XXL in training mode (its dropout on)",
@@ -133,6 +131,8 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
             conv.unsupported(args, f"{key}={value}: {_WHY_OFF[key]} on Flux has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    if not _dora_wd(kwargs, args, conv, algo):
+        return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
         return False
     flux = family_spec("flux")
@@ -207,6 +207,41 @@ def map_lycoris_flux(a: dict[str, Legacy], conv: Conversion) -> bool:
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")
+    return True
+
+
+def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) -> bool:
+    """LoConModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a fused Linear: one magnitude per
+    output row (wd_on_output, its default), so each part keeps its rows' (adapter.dora in LyCORIS's form,
+    DBS509). Refused: per input column (the norm spans every part), LoKr's / LoHa's on the fused layers, the
+    bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers draw
+    around peft's forward, not inside the decomposed weight. False when refused."""
+    if "dora_wd" not in kwargs:
+        return True
+    text = kwargs.pop("dora_wd")
+    legacy = Legacy(key=f"{args.key} dora_wd", value=text, source=args.source)
+    if _off(text):
+        conv.inert(legacy, "off")
+        return True
+    why = ""
+    if algo in ("lokr", "loha"):
+        why = f"algo={algo}'s weight decomposition on the fused layers has no dbspec form yet"
+    elif _off(kwargs.get("wd_on_output", "true")):
+        why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
+    elif not _off(kwargs.get("bypass_mode", "false")):
+        why = "with bypass_mode LoConModule's forward skips the decomposition, which dbspec does not express"
+    elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
+        why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
+    if why:
+        conv.unsupported(legacy, why)
+        return False
+    kwargs.pop("wd_on_output", None)  # on: LyCORIS's default, one magnitude per output row
+    conv.mapped(legacy, ("adapter", "dora"), True)
+    conv.put(
+        ("adapter", "dora_form"),
+        "lycoris",
+        conv.comment(args, "LoConModule's weight decomposition of each fused Linear, per output row"),
+    )
     return True
 
 

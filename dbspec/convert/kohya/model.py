@@ -777,13 +777,17 @@ def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
         if a[key].value and kind != "lora":
             conv.unsupported(a[key], f"{what}: dbspec expresses it for a LoCon there, not a {kind} yet")
             return False
-    if a["network_weights"].value and conv.values.get(("adapter", "scalar"), (False,))[0]:
-        conv.unsupported(
-            a["network_weights"],
+    for key, why in (
+        (
+            "scalar",
             "with use_scalar: LyCORIS's load hook sets each loaded module's trained scalar to 1 (the file's "
             "lora_up holds it folded), a start dbspec's scalar (from 0) does not take (DBS520)",
-        )
-        return False
+        ),
+        ("dora", "with dora_wd: dbspec starts a plain LoRA from a file, not the file's dora_scale (DBS356)"),
+    ):
+        if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
+            conv.unsupported(a["network_weights"], why)
+            return False
     map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
