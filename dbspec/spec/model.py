@@ -678,6 +678,30 @@ class LoraAdapter:
     )
 
 
+def _fused_init_weights(what: str):
+    # lycoris.kohya --network_weights on kohya's Flux: runtime/lycoris_init.py
+    return option(
+        "",
+        doc=f"Start the {what} from this `.safetensors` file (lycoris.kohya `--network_weights` with "
+        "flux_train_network.py), relative to the spec file: LyCORIS's layout under kohya's Flux module "
+        "names, one module per fused Linear, as LyCORIS saves it and dbspec's `kohya_lora` export writes "
+        "it; a fused layer's tensors go to its parts as they share them. Needs `fused_projections` on Flux. "
+        "Its modules' factor shapes must be the adapter's (checked when the run loads it). A resumed run "
+        "takes the checkpoint's weights instead. Empty: LyCORIS's random init.",
+        example="previous-run/final/lora.kohya.safetensors",
+    )
+
+
+def _fused_init_partial():
+    return option(
+        False,
+        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): a "
+        "layer the file lacks keeps its random init and a file module the adapter has not is ignored. A "
+        "tensor of the wrong shape still fails. false: the run refuses a file that does not cover the "
+        "adapter exactly, naming the file and the first module.",
+    )
+
+
 def _lycoris_max_norm(what: str):
     return option(
         0.0,
@@ -735,6 +759,8 @@ class LohaAdapter:
         "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
         "each part has its own LoHa. Families without fused layers refuse it.",
     )
+    init_weights: str = _fused_init_weights("LoHa")
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen
@@ -802,6 +828,8 @@ class LokrAdapter:
         "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
         "each part has its own LoKr. Families without fused layers refuse it.",
     )
+    init_weights: str = _fused_init_weights("LoKr")
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen

@@ -124,7 +124,9 @@ def _fused_lokr_module(tensors, name: str, parts) -> LokrModule:
 
 
 def test_lokr_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    extra = LOKR + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    """Started from a LyCORIS file (--network_weights; the layers it lacks at their init), trained, resumed
+    bit-exact; the export is what lycoris-lora's LokrModule loads."""
+    extra = _factor_file(tmp_path, "lokr")[1] + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
     plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     whole = execute(plan, keep_models=True)
@@ -426,3 +428,58 @@ def test_dora_scalar_and_max_norm_on_fused_layers_train_resume_and_export_as_lyc
     torch.testing.assert_close(qkv[0].lora_A["default"].weight.grad, theirs.lora_down.weight.grad)
     magnitudes = torch.cat([dora_scale_of(p, "default").grad for p in qkv])
     torch.testing.assert_close(magnitudes, theirs.dora_scale.grad)
+
+
+def _factor_layers(model) -> dict[str, tuple]:
+    """The tiny Flux's fused layers (double block 0's, single block 0's linear1) by kohya name -> parts."""
+    single = model.single_transformer_blocks[0]
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    layers = _double_block_layers(model.transformer_blocks[0].attn)
+    return {**layers, "lora_unet_single_blocks_0_linear1": linear1}
+
+
+def _factor_file(tmp: Path, kind: str):
+    """lycoris-lora's LokrModules / LohaModules (network_dim 2, alpha 1.5, every factor random) on the tiny
+    Flux's fused layers, saved as lycoris.kohya saves them: (tensors, the LOKR spec of `kind` started from
+    the file with kohya's strict=False, the single block's other layers keeping their init)."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    cls = LokrModule if kind == "lokr" else LohaModule
+    torch.manual_seed(3)
+    tensors = {}
+    for name, parts in _factor_layers(build_pipeline(BASE).transformer.float()).items():
+        module = cls(name, _fused_linear(parts), 1.0, 2, 1.5)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp / "prev.safetensors"
+    save_file(tensors, str(file))
+    init = f'fused_projections = true\ninit_weights = "{file}"\ninit_partial = true\n'
+    spec = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", init)
+    return tensors, spec
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_network_weights_of_lokr_and_loha_load_as_lycoris_loads_them(tmp_path, kind):
+    """--network_weights with algo=lokr / loha: a file of lycoris-lora's LokrModules / LohaModules on the
+    fused Linears (every factor random), loaded by dbspec (runtime/lycoris_init.py: a LoKr's factors into
+    the ones its parts share, a LoHa's w1_b / w2_b shared and its w1_a / w2_a rows to each part) and by
+    LyCORIS's load_state_dict into modules built at kohya's network_dim / network_alpha: the same
+    outputs."""
+    from tests.runtime.test_flow_init import _loaded
+
+    cls = LokrModule if kind == "lokr" else LohaModule
+    tensors, extra = _factor_file(tmp_path, kind)
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
+    assert count == 5
+    x = torch.randn(3, 16)
+    for name, parts in _factor_layers(comps.unet.float().eval()).items():
+        theirs = cls(name, _fused_linear([p.base_layer for p in parts]), 1.0, 2, 1.5)
+        theirs.apply_to()
+        own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+        theirs.load_state_dict(own, strict=False)
+        with torch.no_grad():
+            loaded = torch.cat([p(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
+            assert not torch.allclose(loaded, plain, atol=1e-3), name
+            torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-5)

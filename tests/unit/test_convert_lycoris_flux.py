@@ -198,10 +198,40 @@ def test_network_weights_of_a_locon_start_the_fused_lora(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_network_weights_of_lokr_and_loha_are_refused(tmp_path, algo):
-    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+def test_network_weights_of_lokr_and_loha_start_the_fused_factors(tmp_path, algo):
+    """LyCORIS's file of algo=lokr / loha on kohya's Flux (one module per fused Linear): init_weights with
+    init_partial on the fused LoKr / LoHa (their modules' names and kind checked at plan time)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    factors = ("lokr_w1", "lokr_w2_a", "lokr_w2_b") if algo == "lokr" else ("hada_w1_a", "hada_w1_b")
+    tensors = {
+        f"lora_unet_{m}.{f}": np.zeros((2, 2), np.float16)
+        for m in ("double_blocks_0_img_attn_qkv", "single_blocks_0_linear1")
+        for f in factors
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
     outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo}")
-    assert fate(outcome, "network_weights") == "unsupported"
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        algo,
+        str(tmp_path / "prev.safetensors"),
+        True,
+        2,
+    )
+
+
+def test_a_locon_file_does_not_start_a_lokr(tmp_path):
+    """The plan reads the file's kind: LoCon's lora_down / lora_up into a LoKr is DBS356."""
+    from convert_kit import GPU
+
+    from dbspec.frontend import plan_spec
+
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=lokr")
+    (d,) = [d for d in plan_spec(out_path(tmp_path), GPU).diagnostics if d.code == "DBS356"]
+    assert "lora_down" in d.message and "prev.safetensors" in d.message
 
 
 def test_scale_weight_norms_is_lycoris_max_norm_per_fused_layer(tmp_path):

@@ -227,7 +227,7 @@ def test_lokr_under_fsdp_is_refused(toy: Path):
     assert "DBS575" in codes(compile_in(toy), "error")
 
 
-# LoRA DoRA on fused layers (lycoris.kohya dora_wd on kohya's Flux: per output row of each fused Linear): DBS509
+# LoRA DoRA on fused layers (lycoris.kohya dora_wd on kohya's Flux: per output row of a fused Linear): DBS509
 @pytest.mark.parametrize(
     ("dora", "fits"),
     [
@@ -250,3 +250,24 @@ def test_dora_on_fused_layers_with_a_part_left_out_is_refused(toy: Path):
     write_spec(toy, model=FLUX, adapter=adapter)  # the default targets leave proj_mlp out of linear1
     planned = compile_in(toy)
     assert "linear1 without proj_mlp" in next(d.message for d in planned.diagnostics if d.code == "DBS509")
+
+
+def test_lokr_starts_from_a_file_on_the_fused_layers_only(toy: Path):
+    """A LoKr / LoHa init_weights is lycoris.kohya's file on kohya's fused Flux layers (DBS356 otherwise)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file(
+        {"lora_unet_double_blocks_0_img_attn_qkv.lokr_w1": np.zeros((2, 2), np.float16)}, str(toy / "a.st")
+    )
+    adapter = {
+        "kind": "lokr",
+        "denoiser_targets": _LOKR_TARGETS,
+        "init_weights": "a.st",
+        "init_partial": True,
+    }
+    write_spec(toy, model=FLUX, adapter=adapter)
+    assert "DBS356" in codes(compile_in(toy), "error")
+    write_spec(toy, model=FLUX, adapter={**adapter, "fused_projections": True})
+    planned = compile_in(toy)
+    assert planned.plan is not None and planned.plan.adapter.init_layers == 1

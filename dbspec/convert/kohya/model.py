@@ -753,12 +753,13 @@ def _flow_dim_from_weights(a: Args, wanted: str, paths: PathMapper, conv: Conver
 
 def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
     """lycoris.kohya with flux_train_network.py (lycoris_flux.py): algo=lora / locon as lora_flux's fused
-    network over LyCORIS's preset targets. --network_weights of a LoCon: LyCORIS's load_weights
-    (`load_state_dict(strict=False)`) of its file, lora_flux's layout under kohya's Flux names (one down per
-    fused Linear), which runtime/flow_init.py splits onto the parts as it splits lora_flux's.
-    --scale_weight_norms of a LoCon: LyCORIS's form, one norm and scalar per fused Linear (runtime/max_norm.py
-    joins its parts). Refused: --dim_from_weights (LyCORIS's create_network_from_weights), and a LoKr's /
-    LoHa's --network_weights or --scale_weight_norms."""
+    network over LyCORIS's preset targets. --network_weights: LyCORIS's load_weights
+    (`load_state_dict(strict=False)`) of its file under kohya's Flux names, one module per fused Linear: a
+    LoCon's is lora_flux's layout, which runtime/flow_init.py splits onto the parts as it splits lora_flux's;
+    a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py). --scale_weight_norms of
+    a LoCon: LyCORIS's form, one norm and scalar per fused Linear (runtime/max_norm.py joins its parts).
+    Refused: --dim_from_weights (LyCORIS's create_network_from_weights), a LoKr's / LoHa's
+    --scale_weight_norms."""
     from dbspec.convert.kohya.lycoris_flux import map_lycoris_flux
 
     if a["dim_from_weights"].value:
@@ -770,13 +771,13 @@ def _map_lycoris_flux(a: Args, paths: PathMapper, conv: Conversion) -> bool:
     if not map_lycoris_flux(a, conv):
         return False
     kind = conv.values[("adapter", "kind")][0]
-    for key, what in (
-        ("network_weights", "a LyCORIS file loaded onto kohya's fused Flux Linears"),
-        ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Flux Linears"),
-    ):
-        if a[key].value and kind != "lora":
-            conv.unsupported(a[key], f"{what}: dbspec expresses it for a LoCon there, not a {kind} yet")
-            return False
+    if a["scale_weight_norms"].value and kind != "lora":
+        conv.unsupported(
+            a["scale_weight_norms"],
+            f"LyCORIS's per-module max norm on kohya's fused Flux Linears: dbspec expresses it for a LoCon "
+            f"there, not a {kind} yet",
+        )
+        return False
     for key, why in (
         (
             "scalar",
