@@ -252,8 +252,8 @@ def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) 
 
 def _kohya_lora_layers(module: nn.Module | None, folded: bool = False):
     """(module path, lora_A weight, lora_B weight, rank, kohya alpha) for each LoRA layer of the adapter;
-    `folded` (what a file holds): lora_B times the layer's scalar where it has one (LyCORIS max norm's fixed
-    scalar, runtime/max_norm.py), as LyCORIS's custom_state_dict saves `lora_up.weight`."""
+    `folded` (what a file holds): lora_B times the layer's scalar where it has one (use_scalar's, or LyCORIS
+    max norm's fixed one, runtime/max_norm.py), as LyCORIS's custom_state_dict saves `lora_up.weight`."""
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_switches import layer_scalar

@@ -135,6 +135,9 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # LyCORIS's weight decomposition, dora_wd, the update before it: LyCORIS's norm ignores dora_scale), checked
 # against lycoris-lora's modules by tests/runtime/test_lycoris_max_norm.py. The fixed scalar lives in the
 # layer (lycoris_switches.py's `*_scalar`), so checkpoints resume it; LyCORIS's buffer is not persistent.
+# lycoris.kohya on kohya's Flux puts one LoConModule on each fused Linear: the parts of a fused layer (one
+# shared `lora_A`, runtime/fused.py, which ties their scalar too) are one module here, its update their rows
+# stacked in the fused layer's order, its one scalar multiplied once.
 # Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): the norm of the trained blocks themselves
 # (`oft_blocks`, not the rotation they make), the same clamps, the ratio taken on the blocks' device, and
 # the blocks multiplied by it in place: parameters, so checkpoints resume them with nothing else to keep.

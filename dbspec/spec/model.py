@@ -642,8 +642,10 @@ class LoraAdapter:
         "the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each joint block's q, k, v per attention) "
         "share one `lora_A` (rank `rank`), each keeps its own `lora_B` rows: kohya's LoRA on the fused "
         "Linear (networks.lora_flux and lora_sd3 without `split_qkv`); `down_dropout`, `rank_dropout` and "
-        "`module_dropout` are drawn once per fused layer, as kohya draws them. false: each part has its own "
-        "LoRA. Families without fused layers refuse it.",
+        "`module_dropout` are drawn once per fused layer, as kohya draws them; with LyCORIS's `scalar`, "
+        '`dora` (its form, per output row) and `max_norm_form = "lycoris"` the fused layer is one '
+        "LoConModule (lycoris.kohya on kohya's Flux): one scalar, each part its rows' magnitudes, one norm. "
+        "false: each part has its own LoRA. Families without fused layers refuse it.",
     )
     # kohya's lora_flux / lora_sd3 with split_qkv: separate LoRAs on the parts, one draw per fused layer.
     fused_dropout: bool = option(

@@ -28,7 +28,12 @@ factors shared by the parts, each its rows of the Kronecker product; runtime/fus
 w1_a / w2_a rows, w1_b / w2_b shared), written in LyCORIS's layout under kohya's Flux names, which
 lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the trained outputs (scratch
 run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
-through full-path targets."""
+through full-path targets.
+
+LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
+alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
+parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
+magnitudes. --network_weights and --scale_weight_norms: model.py `_map_lycoris_flux`."""
 
 from __future__ import annotations
 
