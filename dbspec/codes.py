@@ -2073,7 +2073,7 @@ in the Hugging Face cache (warning).""",
         help="pass --set model.base=<a local diffusers folder of the same model> to dbspec convert",
     ),
     # --- DBS5xx: options that contradict each other (continued) -------------------------------------------
-    # Shared down-projections of fused layers (adapter.fused_projections): DBS505-DBS508.
+    # Shared down-projections of fused layers (adapter.fused_projections): DBS505-DBS509.
     Code(
         "DBS505",
         ERROR,
@@ -2115,6 +2115,19 @@ to its own copy of the layer's input, where one fused Linear would drop the inpu
 `rank_dropout` and `module_dropout` are drawn once per fused layer and forward, as kohya's LoRA on the fused
 Linear draws them.) kohya's networks have no input dropout.""",
         help="accept the per-part draws, or use down_dropout (kohya's network_dropout) instead",
+    ),
+    Code(
+        "DBS509",
+        ERROR,
+        "A weight decomposition the fused layer's parts cannot share",
+        """\
+With `adapter.fused_projections` a LoRA's `dora` is LyCORIS's weight decomposition of the fused Linear
+(lycoris.kohya's `dora_wd` on kohya's Flux): one magnitude per output row, so each part keeps its rows'. That
+needs LyCORIS's form (`dora_form = "lycoris"`; peft's DoRA has no kohya file layout), the norm per output row
+(`dora_axis = "output"`: a norm per input column spans every part's rows), and every part of each fused layer
+adapted (LyCORIS decomposes all of the fused weight's rows).""",
+        help='set dora_form = "lycoris" and dora_axis = "output" and adapt every part, or set adapter.dora = '
+        "false",
     ),
     Code(
         "DBS510",

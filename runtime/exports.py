@@ -214,7 +214,7 @@ def kohya_lora_state(
     ranks: set[int] = set()
     alphas: set[float] = set()
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
-        for name, down, up, rank, alpha in _kohya_lora_layers(module):
+        for name, down, up, rank, alpha in _kohya_lora_layers(module, folded=True):
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", cast, copy=True).contiguous()
             tensors[f"{key}.lora_up.weight"] = up.detach().to("cpu", cast, copy=True).contiguous()
@@ -253,9 +253,13 @@ def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) 
     return parts
 
 
-def _kohya_lora_layers(module: nn.Module | None):
-    """(module path, lora_A weight, lora_B weight, rank, kohya alpha) for each LoRA layer of the adapter."""
+def _kohya_lora_layers(module: nn.Module | None, folded: bool = False):
+    """(module path, lora_A weight, lora_B weight, rank, kohya alpha) for each LoRA layer of the adapter;
+    `folded` (what a file holds): lora_B times the layer's scalar where it has one (use_scalar's, or LyCORIS
+    max norm's fixed one, runtime/max_norm.py), as LyCORIS's custom_state_dict saves `lora_up.weight`."""
     from peft.tuners.lora import LoraLayer
+
+    from dbspec.runtime.lycoris_switches import layer_scalar
 
     found = lora_adapter(module)
     if found is None:
@@ -272,7 +276,8 @@ def _kohya_lora_layers(module: nn.Module | None):
         rank = layer.r[adapter]
         # kohya scales by alpha / rank; peft by `scaling` (alpha / rank, or / sqrt(rank) with rsLoRA).
         alpha = float(layer.scaling[adapter]) * rank
-        yield name, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, rank, alpha
+        up, scalar = layer.lora_B[adapter].weight, layer_scalar(layer, adapter) if folded else None
+        yield name, layer.lora_A[adapter].weight, up if scalar is None else up * scalar, rank, alpha
 
 
 def export_kohya_lora(

@@ -189,14 +189,17 @@ def flux_kohya_lora_state(
     ranks: set[int] = set()
     alphas: set[float] = set()
     if denoiser is not None:
-        layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser)}
+        layers = {
+            name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser, folded=True)
+        }
         found = lora_adapter(denoiser)
         widths = _widths(found[0]) if found else {}
         tensors.update(kohya_flux_tensors(layers, widths, cast, parts))
+        tensors.update(_flux_dora_scales(denoiser, cast, parts))
         ranks.update(layer[2] for layer in layers.values())
         alphas.update(layer[3] for layer in layers.values())
     for prefix, encoder in zip(prefixes, text_encoders):
-        for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
+        for name, down, up, rank, alpha in _kohya_lora_layers(encoder, folded=True):
             # T5-XXL's modules keep transformers' paths (kohya's lora_te3_encoder_block_...)
             path = name if prefix == "lora_te3" else clip_path(name)
             key = f"{prefix}_{path.replace('.', '_')}"
@@ -209,7 +212,48 @@ def flux_kohya_lora_state(
             )
             ranks.add(rank)
             alphas.add(alpha)
+        for name, scale in dora_scales(encoder).items():
+            path = name if prefix == "lora_te3" else clip_path(name)
+            tensors[f"{prefix}_{path.replace('.', '_')}.dora_scale"] = (
+                scale.detach().to("cpu", cast).contiguous()
+            )
     return checked_layers(tensors, ranks, alphas)
+
+
+def dora_scales(module: nn.Module | None) -> dict[str, torch.Tensor]:
+    """Each adapted layer's LyCORIS `dora_scale` (runtime/lycoris_dora.py) by module path; {} without."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    found = lora_adapter(module)
+    if found is None:
+        return {}
+    module, adapter = found
+    scales = {name: dora_scale_of(layer, adapter) for name, layer in module.named_modules()}
+    return {name: scale for name, scale in scales.items() if scale is not None}
+
+
+def _flux_dora_scales(denoiser: nn.Module, dtype: torch.dtype, parts: Mapping) -> dict[str, torch.Tensor]:
+    """LyCORIS's `dora_scale` of each kohya module (lycoris.kohya's dora_wd on kohya's Flux: one magnitude
+    per output row of the fused Linear, the parts' rows stacked in the fused layer's order; `parts`: the
+    family's fused layers, fused_parts)."""
+    fused: dict[str, dict[int, torch.Tensor]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for path, scale in dora_scales(denoiser).items():
+        name, part = original_name(path)
+        scale = scale.detach().float()
+        if part is not None:
+            fused.setdefault(name, {})[part] = scale
+            continue
+        if name == _SWAPPED:  # the rows of the swapped (shift, scale) halves
+            shift, second = scale.chunk(2, dim=0)
+            scale = torch.cat([second, shift], dim=0)
+        tensors[f"lora_unet_{name}.dora_scale"] = scale.to("cpu", dtype).contiguous()
+    for name, found in fused.items():
+        if len(found) != len(parts[name.split("_", 3)[-1]]):  # the compiler refuses it (DBS509)
+            raise ValueError(f"`{name}`: a weight decomposition of a fused layer needs every part (DBS509)")
+        stacked = torch.cat([found[index] for index in sorted(found)])
+        tensors[f"lora_unet_{name}.dora_scale"] = stacked.to("cpu", dtype).contiguous()
+    return tensors
 
 
 def _widths(module: nn.Module) -> dict[str, int]:

@@ -79,5 +79,15 @@ def tie_fused_projections(module: torch.nn.Module, fused: tuple[FusedPlan, ...])
                     "down-projection needs one rank and scale"
                 )
             layer.lora_A[ADAPTER_NAME].weight = first.lora_A[ADAPTER_NAME].weight
+            _tie_scalar(layer, first)
         shared += 1
     return shared
+
+
+def _tie_scalar(layer: Any, first: Any) -> None:
+    """LyCORIS's one scalar per fused Linear (LoConModule's `scalar`: use_scalar's trained one, or the fixed
+    one its max norm multiplies; runtime/lycoris_switches.py): the parts' `lora_scalar` entries one
+    Parameter, the first part's (the parts' ups read it through that ParameterDict)."""
+    scalars, own = layer._modules.get("lora_scalar"), first._modules.get("lora_scalar")
+    if scalars is not None and own is not None and ADAPTER_NAME in scalars:
+        scalars[ADAPTER_NAME] = own[ADAPTER_NAME]

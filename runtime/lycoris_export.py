@@ -49,11 +49,12 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
     named = family_spec(family).kohya_conv_targets if family else ()
     return (
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-        or adapter.dora
+        or (adapter.dora and not adapter.fused)  # a fused LoCon's: the family's kohya writer adds dora_scale
         or (adapter.conv_rank > 0 and not (named and set(adapter.conv_targets) <= set(named)))
         or adapter.tucker
-        or adapter.scalar  # the scalar is folded into lora_up here (the kohya LoRA writer has no scalar)
-        or norm_scalars(adapter)  # so is LyCORIS max norm's fixed one
+        # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused
+        # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
+        or ((adapter.scalar or norm_scalars(adapter)) and not adapter.fused)
     )
 
 

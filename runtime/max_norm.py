@@ -135,6 +135,9 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # LyCORIS's weight decomposition, dora_wd, the update before it: LyCORIS's norm ignores dora_scale), checked
 # against lycoris-lora's modules by tests/runtime/test_lycoris_max_norm.py. The fixed scalar lives in the
 # layer (lycoris_switches.py's `*_scalar`), so checkpoints resume it; LyCORIS's buffer is not persistent.
+# lycoris.kohya on kohya's Flux puts one LoConModule on each fused Linear: the parts of a fused layer (one
+# shared `lora_A`, runtime/fused.py, which ties their scalar too) are one module here, its update their rows
+# stacked in the fused layer's order, its one scalar multiplied once.
 # Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): the norm of the trained blocks themselves
 # (`oft_blocks`, not the rotation they make), the same clamps, the ratio taken on the blocks' device, and
 # the blocks multiplied by it in place: parameters, so checkpoints resume them with nothing else to keep.
@@ -158,15 +161,22 @@ def add_norm_scalars(module: torch.nn.Module) -> int:
 
 @attrs.frozen(eq=False)
 class LycorisNormModule:
-    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer."""
+    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer; a fused layer's LoCon parts (one shared
+    `lora_A`, plan.adapter.fused) in row order, `layer` the first."""
 
     name: str
     layer: torch.nn.Module
     kind: str  # "lora", "loha", "lokr", "oft" (diag-oft and boft)
+    parts: tuple[torch.nn.Module, ...] = ()
 
 
-def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterable[torch.nn.Module]) -> list:
-    """The LyCORIS modules in lycoris.kohya's order: the denoiser's, then the text encoders'."""
+def lycoris_norm_modules(
+    denoiser: torch.nn.Module | None,
+    text_encoders: Iterable[torch.nn.Module],
+    fused: tuple[FusedPlan, ...] = (),
+) -> list:
+    """The LyCORIS modules in lycoris.kohya's order: the denoiser's, then the text encoders'; the LoCon parts
+    of a fused layer (lycoris.kohya on kohya's Flux: one LoConModule on the fused Linear) joined into one."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
@@ -177,16 +187,31 @@ def lycoris_norm_modules(denoiser: torch.nn.Module | None, text_encoders: Iterab
     for model in [denoiser, *text_encoders]:
         if model is None:
             continue
+        locon: dict[int, list[tuple[str, torch.nn.Module]]] = {}  # by the shared lora_A
         for name, layer in model.named_modules():
             if isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
                 modules.append(LycorisNormModule(name, layer, "oft"))
             elif isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
-                modules.append(LycorisNormModule(name, layer, "lora"))
+                down = layer.lora_A[ADAPTER_NAME].weight
+                if id(down) not in locon:
+                    locon[id(down)] = []
+                    modules.append(locon[id(down)])  # its place; the parts joined below
+                locon[id(down)].append((name, layer))
             elif isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.r:
                 modules.append(LycorisNormModule(name, layer, "loha"))
             elif isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r:
                 modules.append(LycorisNormModule(name, layer, "lokr"))
-    return modules
+    return [_locon_module(m, fused) if isinstance(m, list) else m for m in modules]
+
+
+def _locon_module(
+    parts: list[tuple[str, torch.nn.Module]], fused: tuple[FusedPlan, ...]
+) -> LycorisNormModule:
+    """One LoCon module of a layer's LoRA, or of a fused layer's parts in their row order."""
+    parts = sorted(parts, key=lambda part: _row_order(part[0], fused))
+    name, first = parts[0]
+    layers = tuple(layer for _, layer in parts) if len(parts) > 1 else ()
+    return LycorisNormModule(name, first, "lora", layers)
 
 
 _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -195,7 +220,6 @@ _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "l
 def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     """The update LyCORIS's apply_max_norm takes the norm of (LoCon's and LoHa's with the scalar, LoKr's
     without)."""
-    from dbspec.runtime.lycoris_dora import LycorisDora
     from dbspec.runtime.lycoris_switches import _ScalarLayer
 
     layer = module.layer
@@ -205,6 +229,15 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
         return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
+    if module.parts:  # the fused Linear's update: the parts' rows stacked (with dora_wd, before it)
+        return torch.cat([_own_update(part) for part in module.parts])
+    return _own_update(layer, **drop)
+
+
+def _own_update(layer: torch.nn.Module, **drop: bool) -> torch.Tensor:
+    """A layer's update, with LyCORIS's weight decomposition the update before it."""
+    from dbspec.runtime.lycoris_dora import LycorisDora
+
     if isinstance(
         layer, LycorisDora
     ):  # the update before the weight decomposition (its rank dropout drawn by the layer's mode too)
@@ -244,8 +277,10 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
                 ]
                 for factor in factors:
                     factor.mul_(ratio ** (1 / len(factors)))
-            else:
-                layer_scalar(module.layer).mul_(ratio)
+            else:  # a fused layer's parts hold the one module's scalar (runtime/fused.py ties it): once
+                scalars = [layer_scalar(layer) for layer in module.parts or (module.layer,)]
+                for scalar in {id(s): s for s in scalars}.values():
+                    scalar.mul_(ratio)
         norms.append(orig_norm * ratio)
         scaled_count += int(scaled)
     if scaled_count == 0:

@@ -87,7 +87,7 @@ def swapped(path: str, denoiser: nn.Module) -> bool:
 def kohya_sd3_tensors(denoiser: nn.Module, dtype: torch.dtype, parts) -> dict[str, torch.Tensor]:
     """kohya tensors (`lora_unet_<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`) of the
     transformer's LoRA; up/down in `dtype`, alpha fp32; `parts`: the family's fused layers (fused_parts)."""
-    layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser)}
+    layers = {name: (down, up, r, a) for name, down, up, r, a in _kohya_lora_layers(denoiser, folded=True)}
     found = lora_adapter(denoiser)
     plain = found[0] if found else denoiser
     widths = _widths(plain)
@@ -151,7 +151,7 @@ class SD3Exports:
                 alphas.add(alpha)
             version = {"ss_base_model_version": model_type(found[0])}
         for prefix, encoder in zip(TEXT_PREFIXES, text_encoders):
-            for name, down, up, rank, alpha in _kohya_lora_layers(encoder):
+            for name, down, up, rank, alpha in _kohya_lora_layers(encoder, folded=True):
                 # T5-XXL's modules keep transformers' paths (kohya's lora_te3_encoder_block_...)
                 path = name if prefix == "lora_te3" else clip_path(name)
                 key = f"{prefix}_{path.replace('.', '_')}"

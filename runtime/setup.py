@@ -234,7 +234,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         frozen_down=frozen_down,
     )
     if plan.adapter.max_norm and plan.adapter.max_norm_form == "lycoris":  # lycoris.kohya: denoiser first
-        run.norm_modules = lycoris_norm_modules(comps.unet, comps.text_encoders)
+        run.norm_modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused)
     elif plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
         run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
     if resumed is not None:

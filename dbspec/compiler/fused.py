@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from dbspec import codes
 from dbspec.compiler.context import Context
 from dbspec.families import FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
@@ -143,6 +144,8 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
                 missing = [p for p in group.parts if p not in found]
                 partial.append(f"{group.blocks}.{index}: {group.kohya_name} without {', '.join(missing)}")
                 break
+    if not lokr and adapter.dora:
+        _check_fused_dora(ctx, adapter, partial)
     if partial and lokr:
         ctx.report(
             "DBS575",
@@ -162,6 +165,27 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
             ("adapter", "denoiser_targets"),
             help="add the missing parts to adapter.denoiser_targets (kohya's Flux set adds proj_mlp), or "
             "accept the zero rows",
+        )
+
+
+def _check_fused_dora(ctx: Context, adapter: LoraAdapter, partial: list[str]) -> None:
+    """DBS509: a fused LoRA's DoRA is LyCORIS's weight decomposition of the whole fused Linear, per output
+    row (runtime/lycoris_dora.py on each part: its rows' magnitudes), over every part."""
+    why = []
+    if adapter.dora_form != "lycoris":
+        why.append(f'dora_form = "{adapter.dora_form}" (peft\'s DoRA has no kohya layout)')
+    if adapter.dora_axis != "output":
+        why.append('dora_axis = "input" (a norm per input column spans every part\'s rows)')
+    if partial:
+        why.append(f"parts left out: {'; '.join(partial)}")
+    if why:
+        ctx.report(
+            "DBS509",
+            "error",
+            "adapter.dora with fused_projections is LyCORIS's weight decomposition of each fused layer, per "
+            f"output row and over every part: {', '.join(why)}",
+            ("adapter", "dora"),
+            help=codes.help("DBS509"),
         )
 
 

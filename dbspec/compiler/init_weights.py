@@ -20,7 +20,7 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
-from dbspec.spec.model import DiagOftAdapter, DyloraAdapter, LoraAdapter
+from dbspec.spec.model import DiagOftAdapter, DyloraAdapter, LohaAdapter, LokrAdapter, LoraAdapter
 
 KEY = ("adapter", "init_weights")
 
@@ -40,6 +40,8 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     adapter = ctx.spec.adapter
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
+    if isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.init_weights:
+        return _plan_fused_lycoris(ctx, family, adapter, components)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
     path = ctx.resolve(adapter.init_weights)
@@ -406,6 +408,69 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
             ("adapter", "init_partial"),
         )
     return _tally(ctx, path, {}, used)
+
+
+# LyCORIS's LoKr / LoHa tensors of one module (lycoris/modules/lokr.py, loha.py state dicts)
+_FACTORS = {
+    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+}
+
+
+def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
+    """A LyCORIS LoKr / LoHa file on kohya's Flux names (lycoris.kohya --network_weights with
+    flux_train_network.py): one module per fused Linear, for `fused_projections` on Flux's layout. Its
+    modules' prefixes and kind are checked here; the factor shapes and alphas when the run loads it
+    (runtime/lycoris_init.py)."""
+    path = ctx.resolve(adapter.init_weights)
+    spec = family_spec(family)
+    if not (adapter.fused_projections and spec.fused_projections and spec.kohya_lora_excluded):
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: a {adapter.kind} starts from a file on kohya's fused Flux layers only "
+            "(lycoris.kohya's layout there), with adapter.fused_projections = true",
+            KEY,
+            help='set adapter.fused_projections = true on a Flux model, or set adapter.init_weights = ""',
+        )
+        return "", 0
+    from dbspec.compiler.safetensors_header import read_safetensors_header
+
+    header = _read_file(ctx, path, read_safetensors_header, adapter.kind)
+    if header is None:
+        return "", 0
+    factors = _FACTORS[adapter.kind]
+    modules = {key.rsplit(".", 1)[0] for key in header if key.rsplit(".", 1)[-1] in factors}
+    other = next((k for k in header if k.rsplit(".", 1)[-1] not in (*factors, "alpha")), None)
+    if other is not None:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: tensor `{other}` is not LyCORIS {adapter.kind}'s ({', '.join(factors)})",
+            KEY,
+            help=f"start from a lycoris.kohya algo={adapter.kind} file",
+        )
+        return "", 0
+    prefixes = flow_component_prefixes(family)
+    trained = {c.name for c in components if c.trainable == "lora"}
+    used, ignored = 0, {}
+    for name in sorted(modules):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}`: module `{name}` belongs to no model of this {family} run (kohya's prefixes: "
+                f"{', '.join(prefixes)})",
+                KEY,
+                help="start from a file of this model family",
+            )
+            return "", 0
+        if prefixes[prefix] in trained:
+            used += 1
+        else:
+            ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
+    return _tally(ctx, path, ignored, used)
 
 
 def _read_file(ctx: Context, path, reader, what: str):

@@ -309,6 +309,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not _fused_lokr(ctx.spec.adapter, ctx.spec.train.denoiser)  # runtime/lycoris_export.py
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
             and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
+            and not (_fused_dora(ctx.spec.adapter) and spec.kohya_lora_excluded)  # runtime/flux_kohya.py
         ):
             ctx.report(
                 "DBS381",
@@ -340,6 +341,12 @@ def _kohya_oft(adapter: Adapter, network: str) -> bool:
     """Diag-OFT's kohya form where kohya has an OFT network for the family (Flux.1: networks.oft_flux, its
     file under kohya's Flux module names, runtime/flux_oft.py)."""
     return isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and bool(network)
+
+
+def _fused_dora(adapter: Adapter) -> bool:
+    """lycoris.kohya's LoCon with dora_wd on kohya's fused Flux layers: the Flux writer adds each fused
+    layer's `dora_scale` (compiler/fused.py holds it to LyCORIS's per-row form, DBS509)."""
+    return isinstance(adapter, LoraAdapter) and adapter.fused_projections and adapter.dora
 
 
 def _written(formats: tuple[str, ...]) -> str:

@@ -3253,8 +3253,6 @@ def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hi
         why.append(
             "adapter.dora = true in peft's form (LyCORIS's weight decomposition: dora_form = \"lycoris\")"
         )
-    if getattr(a, "fused_projections", False):
-        why.append("adapter.fused_projections: kohya's fused layers, which lycoris.kohya has not")
     if getattr(a, "freeze_down", False):
         why.append("adapter.freeze_down = true: kohya's LoRA-FA, which lycoris.kohya has not")
     for reason in why:

@@ -642,8 +642,10 @@ class LoraAdapter:
         "the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each joint block's q, k, v per attention) "
         "share one `lora_A` (rank `rank`), each keeps its own `lora_B` rows: kohya's LoRA on the fused "
         "Linear (networks.lora_flux and lora_sd3 without `split_qkv`); `down_dropout`, `rank_dropout` and "
-        "`module_dropout` are drawn once per fused layer, as kohya draws them. false: each part has its own "
-        "LoRA. Families without fused layers refuse it.",
+        "`module_dropout` are drawn once per fused layer, as kohya draws them; with LyCORIS's `scalar`, "
+        '`dora` (its form, per output row) and `max_norm_form = "lycoris"` the fused layer is one '
+        "LoConModule (lycoris.kohya on kohya's Flux): one scalar, each part its rows' magnitudes, one norm. "
+        "false: each part has its own LoRA. Families without fused layers refuse it.",
     )
     # kohya's lora_flux / lora_sd3 with split_qkv: separate LoRAs on the parts, one draw per fused layer.
     fused_dropout: bool = option(
@@ -675,6 +677,30 @@ class LoraAdapter:
         0.01,
         doc="With `ggpo`: the gradient-norm share of the perturbation (kohya `ggpo_beta`).",
         minimum=0,
+    )
+
+
+def _fused_init_weights(what: str):
+    # lycoris.kohya --network_weights on kohya's Flux: runtime/lycoris_init.py
+    return option(
+        "",
+        doc=f"Start the {what} from this `.safetensors` file (lycoris.kohya `--network_weights` with "
+        "flux_train_network.py), relative to the spec file: LyCORIS's layout under kohya's Flux module "
+        "names, one module per fused Linear, as LyCORIS saves it and dbspec's `kohya_lora` export writes "
+        "it; a fused layer's tensors go to its parts as they share them. Needs `fused_projections` on Flux. "
+        "Its modules' factor shapes must be the adapter's (checked when the run loads it). A resumed run "
+        "takes the checkpoint's weights instead. Empty: LyCORIS's random init.",
+        example="previous-run/final/lora.kohya.safetensors",
+    )
+
+
+def _fused_init_partial():
+    return option(
+        False,
+        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): a "
+        "layer the file lacks keeps its random init and a file module the adapter has not is ignored. A "
+        "tensor of the wrong shape still fails. false: the run refuses a file that does not cover the "
+        "adapter exactly, naming the file and the first module.",
     )
 
 
@@ -735,6 +761,8 @@ class LohaAdapter:
         "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
         "each part has its own LoHa. Families without fused layers refuse it.",
     )
+    init_weights: str = _fused_init_weights("LoHa")
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen
@@ -802,6 +830,8 @@ class LokrAdapter:
         "be adapted, at one rank and alpha; no dropouts, `dora`, `scalar` or `max_norm` with it. false: "
         "each part has its own LoKr. Families without fused layers refuse it.",
     )
+    init_weights: str = _fused_init_weights("LoKr")
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen

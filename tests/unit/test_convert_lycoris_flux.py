@@ -126,7 +126,7 @@ def test_locon_bypass_rank_dropout_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
 
 
-@pytest.mark.parametrize("arg", ["dora_wd=True", "use_scalar=True", "train_t5xxl=True"])
+@pytest.mark.parametrize("arg", ["train_t5xxl=True", "train_t5xxl="])
 def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
 
@@ -146,6 +146,176 @@ def test_dropout_in_bypass_mode_is_refused(tmp_path):
 def test_switches_off_convert(tmp_path):
     outcome = _flux(tmp_path, "--network_args rank_dropout=0 dora_wd=False bypass_mode=True")
     assert "DBS403" not in codes(outcome)
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha"])
+def test_rs_lora_scales_alpha_by_the_square_root_of_the_rank(tmp_path, algo):
+    """LoConModule / LohaModule with rs_lora: scale alpha / sqrt(rank), saved as alpha x sqrt(rank): the
+    plain alpha of that scale (network_dim 8, network_alpha 4: 4 x sqrt(8))."""
+    outcome = _flux(tmp_path, f"--network_args algo={algo} rs_lora=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.rank == 8 and a.alpha == pytest.approx(4 * 8**0.5)
+    assert a.alpha / a.rank == pytest.approx(4 / 8**0.5)  # the scale LyCORIS trains at
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_rs_lora_on_lokr_is_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=lokr rs_lora=True"))
+
+
+def _lycoris_flux_file(path, *, rank: int, alpha: float):
+    """A LoCon file as lycoris.kohya saves it on kohya's Flux at FLUX.1's widths (zero tensors): one
+    lora_down / lora_up / alpha per fused Linear (img_attn.qkv, single-block linear1) and per plain one,
+    CLIP-L's attention under lora_te1_."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 3072
+    layers = {
+        "lora_unet_double_blocks_0_img_attn_qkv": (3 * width, width),
+        "lora_unet_double_blocks_0_img_attn_proj": (width, width),
+        "lora_unet_single_blocks_0_linear1": (3 * width + 4 * width, width),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    }
+    tensors = {}
+    for name, (out, inp) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, inp), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_network_weights_of_a_locon_start_the_fused_lora(tmp_path):
+    """train_network.py: apply_to, then LyCORIS's load_weights (load_state_dict(strict=False)) of the file:
+    adapter.init_weights with init_partial, the fused Linears' shared downs as lora_flux's (an rs_lora file
+    saves alpha x sqrt(rank), the plan's alpha)."""
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4 * 8**0.5)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=locon rs_lora=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 4
+    assert len(a.fused) == 3 and a.alpha == pytest.approx(4 * 8**0.5)
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_network_weights_of_lokr_and_loha_start_the_fused_factors(tmp_path, algo):
+    """LyCORIS's file of algo=lokr / loha on kohya's Flux (one module per fused Linear): init_weights with
+    init_partial on the fused LoKr / LoHa (their modules' names and kind checked at plan time)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    factors = ("lokr_w1", "lokr_w2_a", "lokr_w2_b") if algo == "lokr" else ("hada_w1_a", "hada_w1_b")
+    tensors = {
+        f"lora_unet_{m}.{f}": np.zeros((2, 2), np.float16)
+        for m in ("double_blocks_0_img_attn_qkv", "single_blocks_0_linear1")
+        for f in factors
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo}")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        algo,
+        str(tmp_path / "prev.safetensors"),
+        True,
+        2,
+    )
+
+
+def test_a_locon_file_does_not_start_a_lokr(tmp_path):
+    """The plan reads the file's kind: LoCon's lora_down / lora_up into a LoKr is DBS356."""
+    from convert_kit import GPU
+
+    from dbspec.frontend import plan_spec
+
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=lokr")
+    (d,) = [d for d in plan_spec(out_path(tmp_path), GPU).diagnostics if d.code == "DBS356"]
+    assert "lora_down" in d.message and "prev.safetensors" in d.message
+
+
+def test_scale_weight_norms_is_lycoris_max_norm_per_fused_layer(tmp_path):
+    """train_network.py calls lycoris.kohya's apply_max_norm_regularization: each LoConModule (one per fused
+    Linear) scales its scalar by limit / norm of its whole update: max_norm in LyCORIS's form over the
+    fused layers (runtime/max_norm.py joins a fused layer's parts)."""
+    outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args algo=locon preset=attn-only")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form) == (1.5, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    assert not errors(outcome)
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_scale_weight_norms_of_lokr_and_loha_is_refused(tmp_path, algo):
+    outcome = _flux(tmp_path, f"--scale_weight_norms 1.5 --network_args algo={algo}")
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
+
+
+def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
+    outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args rank_dropout=0.1")
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
+
+
+@pytest.mark.parametrize("value", ["True", ""])  # LyCORIS's str_bool: "" is on too
+def test_use_scalar_is_one_trained_scalar_per_fused_layer(tmp_path, value):
+    """LoConModule's use_scalar: a trained scalar from 0 (the up kaiming-uniform), one per fused Linear
+    (runtime/fused.py ties the parts'): adapter.scalar with the fused layers."""
+    outcome = _flux(tmp_path, f"--network_args algo=locon use_scalar={value}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.scalar and [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+@pytest.mark.parametrize(
+    "extra", ["--network_args algo=lokr use_scalar=True", "--network_args algo=loha use_scalar=1"]
+)
+def test_use_scalar_of_lokr_and_loha_is_refused(tmp_path, extra):
+    assert "DBS403" in codes(_flux(tmp_path, extra))
+
+
+def test_use_scalar_with_network_weights_is_refused(tmp_path):
+    """LyCORIS's load hook sets the loaded modules' scalar to 1; dbspec's starts at 0 (DBS520)."""
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args use_scalar=True")
+    assert fate(outcome, "network_weights") == "unsupported"
+
+
+def test_use_scalar_false_is_inert(tmp_path):
+    outcome = _flux(tmp_path, "--network_args use_scalar=false")
+    assert not plan_of(outcome, tmp_path).adapter.scalar and "DBS403" not in codes(outcome)
+
+
+def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
+    """LoConModule's dora_wd on each fused Linear: one magnitude per output row (wd_on_output, LyCORIS's
+    default), so each part keeps its rows': adapter.dora in LyCORIS's form over the fused layers."""
+    outcome = _flux(tmp_path, "--scale_weight_norms 1 --network_args algo=locon dora_wd=True use_scalar=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis, a.scalar) == (True, "lycoris", "output", True)
+    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "algo=lokr dora_wd=True",
+        "algo=loha dora_wd=True",
+        "dora_wd=True wd_on_output=False",
+        "dora_wd=True bypass_mode=True",
+        "dora_wd=True rank_dropout=0.1",
+        "dora_wd=True module_dropout=0.1",
+    ],
+)
+def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+
+
+def test_dora_wd_with_network_weights_is_refused(tmp_path):
+    _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args dora_wd=True")
+    assert fate(outcome, "network_weights") == "unsupported"
 
 
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):

@@ -1,5 +1,6 @@
 """adapter.fused_projections in the compiler (no torch): the family registry's fused layers in the plan, and
-DBS505 (no fused layers), DBS506 (some parts not adapted), DBS507 (parts at different ranks)."""
+DBS505 (no fused layers), DBS506 (some parts not adapted), DBS507 (parts at different ranks), DBS509 (a
+DoRA the parts cannot share)."""
 
 from __future__ import annotations
 
@@ -232,3 +233,49 @@ def test_lokr_under_fsdp_is_refused(toy: Path):
     with (toy / "spec.toml").open("a") as f:
         f.write('\n[distributed]\nstrategy = "fsdp"\n')
     assert "DBS575" in codes(compile_in(toy), "error")
+
+
+# LoRA DoRA on fused layers (lycoris.kohya dora_wd on kohya's Flux: per output row of a fused Linear): DBS509
+@pytest.mark.parametrize(
+    ("dora", "fits"),
+    [
+        ({"dora_form": "lycoris"}, True),
+        ({"dora_form": "lycoris", "dora_axis": "input"}, False),  # a column norm spans every part's rows
+        ({}, False),  # peft's DoRA
+    ],
+)
+def test_dora_on_fused_layers_is_lycoris_per_output_row(toy: Path, dora, fits):
+    adapter = {"kind": "lora", "fused_projections": True, "denoiser_targets": KOHYA, "dora": True, **dora}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert ("DBS509" in codes(planned, "error")) is not fits
+    if fits:
+        assert planned.plan.adapter.dora and len(planned.plan.adapter.fused) == 3
+
+
+def test_dora_on_fused_layers_with_a_part_left_out_is_refused(toy: Path):
+    adapter = {"kind": "lora", "fused_projections": True, "dora": True, "dora_form": "lycoris"}
+    write_spec(toy, model=FLUX, adapter=adapter)  # the default targets leave proj_mlp out of linear1
+    planned = compile_in(toy)
+    assert "linear1 without proj_mlp" in next(d.message for d in planned.diagnostics if d.code == "DBS509")
+
+
+def test_lokr_starts_from_a_file_on_the_fused_layers_only(toy: Path):
+    """A LoKr / LoHa init_weights is lycoris.kohya's file on kohya's fused Flux layers (DBS356 otherwise)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file(
+        {"lora_unet_double_blocks_0_img_attn_qkv.lokr_w1": np.zeros((2, 2), np.float16)}, str(toy / "a.st")
+    )
+    adapter = {
+        "kind": "lokr",
+        "denoiser_targets": _LOKR_TARGETS,
+        "init_weights": "a.st",
+        "init_partial": True,
+    }
+    write_spec(toy, model=FLUX, adapter=adapter)
+    assert "DBS356" in codes(compile_in(toy), "error")
+    write_spec(toy, model=FLUX, adapter={**adapter, "fused_projections": True})
+    planned = compile_in(toy)
+    assert planned.plan is not None and planned.plan.adapter.init_layers == 1

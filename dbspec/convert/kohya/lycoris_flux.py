@@ -30,6 +30,12 @@ lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the
 run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
 through full-path targets.
 
+LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
+alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
+parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
+magnitudes (Flux only: SD3's kohya writer stacks no dora_scale). --network_weights and
+--scale_weight_norms: model.py `_map_lycoris_flow` (Flux only).
+
 What differs on SD3 (sd3_train_network.py) is one LycorisLayout (lycoris_sd3.py); the mapping below is
 shared."""
 
@@ -45,6 +51,7 @@ from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SING
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
+    _lycoris_rs_lora,
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
@@ -91,18 +98,12 @@ class LycorisLayout:
 
 # LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
 _OFF = {
-    "use_scalar": "false",
     "train_norm": "false",
-    "dora_wd": "false",
-    "rs_lora": "false",
     "rescaled": "false",
     "train_t5xxl": "false",
 }
 _WHY_OFF = {
-    "use_scalar": "LoConModule's trained scalar (the up projection starts kaiming-uniform)",
     "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
-    "dora_wd": "weight decomposition of the fused weight",
-    "rs_lora": "rank-stabilised scale on the fused layers",
     "rescaled": "LyCORIS's rescaled output",
     "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
     "{script} then runs T5-XXL in training mode (its dropout on)",
@@ -121,8 +122,9 @@ _INERT = {
 }
 
 
-def _off(key: str, value: str) -> bool:
-    return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
+def _off(value: str) -> bool:
+    """LyCORIS's str_bool: only "false" (any case) is off; "" too is on."""
+    return str(value).lower() == "false"
 
 
 def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout) -> bool:
@@ -163,11 +165,13 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
     rank = dim.value if dim.value is not None else 4
     for key in [k for k in kwargs if k in _OFF]:
         value = kwargs[key]
-        if not _off(key, value):
+        if not _off(value):
             why = _WHY_OFF[key].format(script=layout.script)
             conv.unsupported(args, f"{key}={value}: {why} on {layout.title} has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    if not _dora_wd(kwargs, args, conv, algo, layout):
+        return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
@@ -215,6 +219,16 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
         _lokr_args(kwargs, put, args, conv, algo)
     else:
         loraplus(kwargs, put, unsupported)  # LyCORIS's LoRA+: `lora_up` parameters at rate x ratio
+    if "use_scalar" in kwargs:
+        text = kwargs.pop("use_scalar")
+        if _off(text):
+            conv.inert(Legacy(key=f"{args.key} use_scalar", value=text, source=args.source), "off")
+        elif lokr:  # a fused LoKr / LoHa has no scalar yet (DBS575)
+            unsupported["use_scalar"] = f"{text} ({form}'s trained scalar on the fused layers)"
+        else:  # LoConModule's trained scalar from 0 (its up kaiming-uniform): one per fused Linear
+            put["scalar"] = True
+    # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
+    _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
     for key, value in kwargs.items():
@@ -228,8 +242,8 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
         conv.unsupported(
             args,
             f"network arguments dbspec does not express for LyCORIS on {layout.title}: {rest} (dbspec maps "
-            "algo, preset, conv_dim, conv_alpha and the LoRA+ ratios there; dropouts and the other switches "
-            "off)",
+            "algo, preset, conv_dim, conv_alpha, rs_lora and the LoRA+ ratios there; dropouts and the other "
+            "switches off)",
         )
         return False
     conv.record(module, "mapped", "adapter")
@@ -298,6 +312,45 @@ FLUX = LycorisLayout(
     refused={},
     targets=_flux_targets,
 )
+
+
+def _dora_wd(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str, layout: LycorisLayout
+) -> bool:
+    """LoConModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a fused Linear: one magnitude per
+    output row (wd_on_output, its default), so each part keeps its rows' (adapter.dora in LyCORIS's form,
+    DBS509). Refused: per input column (the norm spans every part), LoKr's / LoHa's on the fused layers, the
+    bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers draw
+    around peft's forward, not inside the decomposed weight. False when refused."""
+    if "dora_wd" not in kwargs:
+        return True
+    text = kwargs.pop("dora_wd")
+    legacy = Legacy(key=f"{args.key} dora_wd", value=text, source=args.source)
+    if _off(text):
+        conv.inert(legacy, "off")
+        return True
+    why = ""
+    if layout is not FLUX:
+        why = f"LoConModule's weight decomposition on {layout.title}'s fused layers has no dbspec form yet"
+    elif algo in ("lokr", "loha"):
+        why = f"algo={algo}'s weight decomposition on the fused layers has no dbspec form yet"
+    elif _off(kwargs.get("wd_on_output", "true")):
+        why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
+    elif not _off(kwargs.get("bypass_mode", "false")):
+        why = "with bypass_mode LoConModule's forward skips the decomposition, which dbspec does not express"
+    elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
+        why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
+    if why:
+        conv.unsupported(legacy, why)
+        return False
+    kwargs.pop("wd_on_output", None)  # on: LyCORIS's default, one magnitude per output row
+    conv.mapped(legacy, ("adapter", "dora"), True)
+    conv.put(
+        ("adapter", "dora_form"),
+        "lycoris",
+        conv.comment(args, "LoConModule's weight decomposition of each fused Linear, per output row"),
+    )
+    return True
 
 
 def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:

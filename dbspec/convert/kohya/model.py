@@ -784,24 +784,49 @@ def _flow_dim_from_weights(
 def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion) -> bool:
     """lycoris.kohya with flux_train_network.py / sd3_train_network.py (lycoris_flux.py, the SD3 table in
     lycoris_sd3.py): algo=lora / locon as lora_flux's / lora_sd3's fused network over LyCORIS's preset
-    targets, lokr / loha one update per fused layer. --dim_from_weights (LyCORIS's
-    create_network_from_weights), --network_weights and --scale_weight_norms (LyCORIS's per-module max norm)
-    are refused there."""
+    targets, lokr / loha one update per fused layer. On Flux, --network_weights: LyCORIS's load_weights
+    (`load_state_dict(strict=False)`) of its file under kohya's Flux names, one module per fused Linear: a
+    LoCon's is lora_flux's layout, which runtime/flow_init.py splits onto the parts as it splits lora_flux's;
+    a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py); --scale_weight_norms of
+    a LoCon: LyCORIS's form, one norm and scalar per fused Linear (runtime/max_norm.py joins its parts).
+    Refused: --dim_from_weights (LyCORIS's create_network_from_weights), a LoKr's / LoHa's
+    --scale_weight_norms, and on SD3 --network_weights and --scale_weight_norms."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
     layout = SD3 if script == "sd3_train_network" else FLUX
-    for key, why in (
-        ("dim_from_weights", f"LyCORIS's create_network_from_weights on {layout.title}"),
-        ("network_weights", f"a LyCORIS file loaded onto kohya's {layout.title} before training"),
-        ("scale_weight_norms", "LyCORIS's per-module max norm on kohya's fused Linears"),
-    ):
+    refused = [("dim_from_weights", f"LyCORIS's create_network_from_weights on {layout.title}")]
+    if layout is SD3:
+        refused += [
+            ("network_weights", f"a LyCORIS file loaded onto kohya's {layout.title} before training"),
+            ("scale_weight_norms", f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears"),
+        ]
+    for key, why in refused:
         if key in a and a[key].value:
             conv.unsupported(a[key], f"{why} with {layout.script} has no dbspec form yet")
             return False
     if not map_lycoris_flow(a, conv, layout):
         return False
-    map_network_weights(a, paths, conv)  # none given: records its fate
+    kind = conv.values[("adapter", "kind")][0]
+    if a["scale_weight_norms"].value and kind != "lora":
+        conv.unsupported(
+            a["scale_weight_norms"],
+            f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
+            f"a LoCon there, not a {kind} yet",
+        )
+        return False
+    for key, why in (
+        (
+            "scalar",
+            "with use_scalar: LyCORIS's load hook sets each loaded module's trained scalar to 1 (the file's "
+            "lora_up holds it folded), a start dbspec's scalar (from 0) does not take (DBS520)",
+        ),
+        ("dora", "with dora_wd: dbspec starts a plain LoRA from a file, not the file's dora_scale (DBS356)"),
+    ):
+        if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
+            conv.unsupported(a["network_weights"], why)
+            return False
+    map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
     return True

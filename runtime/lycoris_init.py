@@ -1,0 +1,152 @@
+"""Start a fused LoKr / LoHa from LyCORIS's file (`plan.adapter.init_weights` with kind lokr / loha and
+`fused_projections`: lycoris.kohya `--network_weights` with flux_train_network.py, on kohya's Flux).
+
+train_network.py builds LyCORIS's network, applies it, then calls its `load_weights`:
+`load_state_dict(strict=False)` of the file into the modules, one per fused Linear, named as kohya's Flux
+names them (`lora_unet_double_blocks_0_img_attn_qkv.lokr_w1` ..., `lora_te1_*` for CLIP-L). The modules keep
+the scale their network_dim / network_alpha gave them (the file's `alpha` fills a buffer the training forward
+does not read), so the file's alpha must be the adapter's (a LoKr whose two factors are full trains at scale 1
+whatever it is). Here each module's tensors go where dbspec's export takes them from
+(runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
+(runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
+`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full
+`lokr_w1` beside a full `lokr_w2` holds the scale the export folds in. A tensor of another shape (a file of
+another rank, factor or decomposition) is an error naming the file and the tensor; a module or tensor the
+file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial` (LyCORIS's
+strict=False): then the layers keep their init and the file's other modules are ignored."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import load_file
+
+from dbspec.plan.model import Plan
+from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.exports import kohya_parts
+from dbspec.runtime.lycoris_export import _flux_original, _later_part
+
+_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]  # (the file tensor's shape, its copy)
+
+
+def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
+    """Copy the plan's LyCORIS LoKr / LoHa file into the adapters; returns the file modules set."""
+    path = plan.adapter.init_weights
+    state = load_file(path)
+    layers = _layers(plan, unet, text_encoders)
+    modules = {key.rsplit(".", 1)[0] for key in state}
+    partial = plan.adapter.init_partial  # LyCORIS's load_state_dict(strict=False)
+    extra = sorted(modules - layers.keys())
+    if extra and not partial:
+        raise ValueError(f"{path}: module `{extra[0]}` matches no {plan.adapter.kind} layer of this run")
+    loaded = 0
+    with torch.no_grad():
+        for key, (slots, alpha) in sorted(layers.items()):
+            if key not in modules:
+                if partial:
+                    continue  # LyCORIS's module keeps its own init
+                raise ValueError(f"{path}: the run's {plan.adapter.kind} layer `{key}` is not in the file")
+            stored = state.get(f"{key}.alpha")
+            if (
+                alpha is not None
+                and stored is not None
+                and not math.isclose(float(stored), alpha, rel_tol=1e-3)
+            ):
+                raise ValueError(
+                    f"{path}: tensor `{key}.alpha` is {float(stored):g}; the run's layer has {alpha:g}"
+                )
+            for name in sorted(k.rsplit(".", 1)[-1] for k in state if k.rsplit(".", 1)[0] == key):
+                if name != "alpha" and name not in slots:
+                    raise ValueError(
+                        f"{path}: tensor `{key}.{name}` has no place in the run's layer (its factors: "
+                        f"{', '.join(sorted(slots))}): another rank, factor or decompose_both"
+                    )
+            for name, (shape, copy) in slots.items():
+                value = state.get(f"{key}.{name}")
+                if value is None and partial:
+                    continue  # strict=False: the tensor keeps its init
+                if value is None:
+                    raise ValueError(f"{path}: the run's layer `{key}` has no tensor `{key}.{name}`")
+                if tuple(value.shape) != shape:
+                    raise ValueError(
+                        f"{path}: tensor `{key}.{name}` has shape {list(value.shape)}; the run's layer has "
+                        f"{list(shape)}"
+                    )
+                copy(value)
+            loaded += 1
+    return loaded
+
+
+def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
+    """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
+    adapted layer (a fused layer once, under its first part's, the fused, name)."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    out: dict[str, tuple[dict[str, Slot], float | None]] = {}
+    for prefix, module, to_path in kohya_parts(
+        unet=unet, text_encoders=list(text_encoders), family=plan.model.family
+    ):
+        found = lora_adapter(module)
+        if found is None:
+            continue  # a model that does not train: its modules are ignored, as kohya drops its network
+        if module is unet:
+            to_path = _flux_original
+        inner, adapter = found
+        for name, layer in inner.named_modules():
+            if isinstance(layer, LoKrLayer) and adapter in layer.r:
+                slots, alpha = _lokr_slots(layer, adapter)
+            elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
+                slots, alpha = _loha_slots(layer, adapter)
+            else:
+                continue
+            if module is unet and _later_part(module, name):
+                continue  # a fused layer's tensors go in through its first part
+            out[f"{prefix}_{to_path(name).replace('.', '_')}"] = (slots, alpha)
+    return out
+
+
+def _into(param: torch.Tensor, factor: float = 1.0) -> Slot:
+    def copy(value: torch.Tensor) -> None:
+        param.copy_((value.float() / factor if factor != 1.0 else value).to(param.device, param.dtype))
+
+    return tuple(param.shape), copy
+
+
+def _lokr_slots(layer, adapter: str) -> tuple[dict[str, Slot], float | None]:
+    """A (fused) LoKr's factors: the Parameters its parts share. Both factors full: LyCORIS trains at scale 1
+    and the export folds peft's scale into `lokr_w1`, which loading divides out again; no alpha check."""
+    params = {key: getattr(layer, key)[adapter] for key in _LOKR if adapter in getattr(layer, key)}
+    scaling = float(layer.scaling[adapter])
+    if "lokr_w1" in params and "lokr_w2" in params:
+        slots = {key: _into(p, scaling if key == "lokr_w1" else 1.0) for key, p in params.items()}
+        return slots, None
+    return {key: _into(p) for key, p in params.items()}, scaling * layer.r[adapter]
+
+
+def _loha_slots(layer, adapter: str) -> tuple[dict[str, Slot], float | None]:
+    """A LoHa's factors; a fused one's `hada_w1_a` / `hada_w2_a` cut into its parts' rows."""
+    alpha = float(layer.scaling[adapter]) * layer.r[adapter]
+    parts = getattr(layer, "fused_loha_parts", None)
+    if parts is None:
+        return {key: _into(getattr(layer, key)[adapter]) for key in _LOHA}, alpha
+    slots = {key: _into(getattr(layer, key)[adapter]) for key in ("hada_w1_b", "hada_w2_b")}
+    for key in ("hada_w1_a", "hada_w2_a"):
+        rows = [getattr(p, key)[adapter] for p in parts]
+        slots[key] = _rows(rows)
+    return slots, alpha
+
+
+def _rows(params: list[torch.Tensor]) -> Slot:
+    """The parts' row blocks as the one stacked tensor the file holds."""
+    sizes = [p.shape[0] for p in params]
+
+    def copy(value: torch.Tensor) -> None:
+        for param, block in zip(params, value.split(sizes, dim=0)):
+            param.copy_(block.to(param.device, param.dtype))
+
+    return (sum(sizes), *params[0].shape[1:]), copy
