@@ -106,3 +106,22 @@ def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
     assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=glora"))
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True"))
+
+
+def test_locon_rs_lora_and_use_scalar_convert_as_on_flux(tmp_path):
+    # LoConModule on a fused q/k/v: rs_lora scales by alpha / sqrt(rank) (alpha 8 x sqrt(16) = 32 at rank
+    # 16), use_scalar one trained scalar per fused Linear, as on Flux (lycoris_flux.py)
+    outcome = _sd3(tmp_path, "--network_args algo=locon preset=full-lin rs_lora=True use_scalar=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.scalar) == ("lora", 16, 32.0, True)
+    assert [f.name for f in a.fused] == FUSED
+    assert "DBS403" not in codes(outcome)
+
+
+def test_what_only_flux_converts_stays_refused_on_sd3(tmp_path):
+    for extra in (
+        "--network_args algo=locon preset=full-lin dora_wd=True",
+        "--network_args algo=locon preset=full-lin --scale_weight_norms 1.0",
+    ):
+        outcome = _sd3(tmp_path, extra)
+        assert "DBS403" in codes(outcome), extra
