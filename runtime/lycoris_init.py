@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import kohya_parts
-from dbspec.runtime.lycoris_export import _flux_original, _later_part
+from dbspec.runtime.lycoris_export import _later_part, _original_name
 
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -95,7 +95,7 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
         if found is None:
             continue  # a model that does not train: its modules are ignored, as kohya drops its network
         if module is unet:
-            to_path = _flux_original
+            to_path = _original_name(plan.model.family)  # kohya's Flux (or SD3) names
         inner, adapter = found
         for name, layer in inner.named_modules():
             if isinstance(layer, LoKrLayer) and adapter in layer.r:
