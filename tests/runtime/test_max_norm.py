@@ -50,24 +50,27 @@ def _modules(case: str) -> list[NormModule]:
 def _assert_weights(modules: list[NormModule], case: str, suffix: str) -> None:
     for i, module in enumerate(modules):
         up = torch.cat([u.detach() for u in module.ups])
-        assert torch.equal(module.down.detach(), REFERENCE[f"{case}.{i}.down_{suffix}"]), (case, i, "down")
-        assert torch.equal(up, REFERENCE[f"{case}.{i}.up_{suffix}"]), (case, i, "up")
+        # float32 to the last bits: the reference was made on another CPU, whose BLAS rounds up @ down
+        # differently in the last place (kohya's own function does too across machines)
+        for got, key in ((module.down.detach(), "down"), (up, "up")):
+            torch.testing.assert_close(got, REFERENCE[f"{case}.{i}.{key}_{suffix}"], rtol=2e-7, atol=1e-7)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_equals_kohyas_apply_max_norm_regularization(case):
     modules = _modules(case)
-    assert apply_max_norm(modules, LIMIT) == _as_result(REFERENCE[f"{case}.result"])
+    _assert_result(apply_max_norm(modules, LIMIT), REFERENCE[f"{case}.result"])
     _assert_weights(modules, case, "after")
     # kohya calls it again after every micro-batch: on the scaled weights (bf16 rounding scales one again)
-    again = apply_max_norm(modules, LIMIT)
-    assert again == _as_result(REFERENCE[f"{case}.result_again"])
+    _assert_result(apply_max_norm(modules, LIMIT), REFERENCE[f"{case}.result_again"])
     _assert_weights(modules, case, "again")
 
 
-def _as_result(row: torch.Tensor) -> tuple[int, float, float]:
+def _assert_result(got: tuple[int, float, float], row: torch.Tensor) -> None:
+    """The count exactly; the mean and largest norm to float32's last bits (see _assert_weights)."""
     scaled, mean, largest = row.tolist()
-    return int(scaled), mean, largest
+    assert got[0] == int(scaled)
+    assert got[1:] == pytest.approx((mean, largest), rel=2e-7, abs=0)
 
 
 def _update(up: np.ndarray, down: np.ndarray, alpha: float) -> np.ndarray:
