@@ -42,6 +42,7 @@ import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
+from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
@@ -125,8 +126,11 @@ def _off(key: str, value: str) -> bool:
     return str(value).lower() == "false" or (key in ("use_scalar", "train_t5xxl") and not value)
 
 
-def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout) -> bool:
-    """[adapter] for lycoris.kohya with the layout's script; False when dbspec cannot express it."""
+def map_lycoris_flow(
+    a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout, paths=None, family: str | None = None
+) -> bool:
+    """[adapter] for lycoris.kohya with the layout's script; False when dbspec cannot express it. `paths`
+    reads a preset file (lycoris_flow_file.py, Flux)."""
     module, args = a["network_module"], a["network_args"]
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -152,6 +156,16 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
+    if preset not in layout.presets and layout.title == "Flux":  # a preset file: lycoris_flow_file.py
+        file = flow_preset_file(preset, algo, a, paths, conv, family)
+        if file is None:
+            return False
+        note = "the layers LyCORIS builds for the preset file on kohya's Flux"
+        layout = attrs.evolve(
+            layout,
+            presets={preset: ("all" if file.denoiser else "none", file.text)},
+            targets=lambda _layers, _lokr: (file.denoiser, file.blocks, note),
+        )
     if preset not in layout.presets:
         conv.unsupported(
             args,

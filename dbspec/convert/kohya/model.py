@@ -781,7 +781,7 @@ def _flow_dim_from_weights(
     conv.record(from_file, "mapped", mapped)
 
 
-def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion) -> bool:
+def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
     """lycoris.kohya with flux_train_network.py / sd3_train_network.py (lycoris_flux.py, the SD3 table in
     lycoris_sd3.py): algo=lora / locon as lora_flux's / lora_sd3's fused network over LyCORIS's preset
     targets, lokr / loha one update per fused layer. --dim_from_weights (LyCORIS's
@@ -799,7 +799,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion)
         if key in a and a[key].value:
             conv.unsupported(a[key], f"{why} with {layout.script} has no dbspec form yet")
             return False
-    if not map_lycoris_flow(a, conv, layout):
+    if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
     map_network_weights(a, paths, conv)  # none given: records its fate
     map_base_weights(a, paths, conv)
@@ -815,7 +815,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
-        return _map_lycoris_flow(a, script, paths, conv)
+        return _map_lycoris_flow(a, script, paths, conv, family)
     if module.value != wanted:
         also = " and LyCORIS's lycoris.kohya" if script in ("flux_train_network", "sd3_train_network") else ""
         conv.unsupported(module, f"{script}.py with dbspec converts kohya's {wanted} network{also} only")

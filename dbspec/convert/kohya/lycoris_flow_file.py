@@ -1,0 +1,335 @@
+"""LyCORIS preset files (`--network_args preset=<file>.toml`, lycoris.kohya) with flux_train_network.py.
+
+lycoris_file.py reproduces LycorisNetworkKohya's walk (classes, names, fnmatch / regular expressions,
+exclude_name, module_algo_map / name_algo_map) on a torch-free inventory of kohya's model; here that
+inventory is kohya's Flux (library/flux_models.py Flux: FLUX.1 dev's 19 double and 38 single blocks, its
+guidance embedder) and the text encoders flux_train_network.py hands LyCORIS: CLIP-L (`lora_te1_`) and
+T5-XXL (`lora_te2_`). A preset's keys the file does not set keep lycoris-lora 4.1.3's class defaults (the
+`full` lists: DoubleStreamBlock and SingleStreamBlock among the classes, so every block Linear).
+
+The layers built on kohya's paths are written as dbspec's diffusers Flux targets: a fused Linear (the double
+blocks' img_attn.qkv / txt_attn.qkv, the single blocks' linear1) as all its diffusers parts
+(fused_projections: one LyCORIS module per fused layer), the embedders and final layer as diffusers' names,
+all as the shortest suffixes that pick exactly those layers among diffusers' Flux Linears. A map entry's
+dim / alpha are [[adapter.blocks]] on algo=lora / locon; LoKr / LoHa on Flux have no blocks, and their
+fused export covers the double and single blocks only, so per-layer dims and other layers are refused there.
+T5-XXL layers (a file naming T5's classes or paths) are refused: dbspec's T5 LoRA is kohya's lora_flux
+form, not LyCORIS's modules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_file import (
+    PresetError,
+    Row,
+    Targets,
+    _add,
+    _encoder_targets,
+    _settings,
+    _suffixes,
+    _walk,
+    clip_text,
+)
+from dbspec.convert.kohya.lycoris_maps import map_blocks
+from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
+
+NUM_DOUBLE, NUM_SINGLE = 19, 38  # FLUX.1's depth and depth_single_blocks
+# lycoris-lora 4.1.3 LycorisNetworkKohya's class lists (the `full` preset), which a file's missing keys keep
+FULL_UNET_MODULES = [
+    *("Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D", "HunYuanDiTBlock"),
+    *("DoubleStreamBlock", "SingleStreamBlock", "SingleDiTBlock", "MMDoubleStreamBlock"),
+    *("MMSingleStreamBlock", "WanAttentionBlock", "HunyuanVideoTransformerBlock"),
+    *(
+        "HunyuanVideoSingleTransformerBlock",
+        "JointTransformerBlock",
+        "FinalLayer",
+        "QwenImageTransformerBlock",
+    ),
+    *("LensTransformerBlock", "Ideogram4TransformerBlock", "ZImageTransformerBlock", "AceStepEncoderLayer"),
+    *("AceStepDiTLayer", "TextFusionBlock", "Block", "PatchEmbed", "TimestepEmbedding"),
+    "LLMAdapterTransformerBlock",
+]
+FULL_TEXT_MODULES = [
+    *("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP", "MT5Block", "BertLayer", "Gemma2Attention"),
+    *("Gemma2FlashAttention2", "Gemma2SdpaAttention", "Gemma2MLP", "Qwen3Attention", "Qwen3FlashAttention2"),
+    *("Qwen3SdpaAttention", "Qwen3MLP"),
+]
+
+# kohya's Flux Linear (inside a block) -> its diffusers parts
+_DOUBLE = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn.proj": ("attn.to_out.0",),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn.proj": ("attn.to_add_out",),
+    "img_mlp.0": ("ff.net.0.proj",),
+    "img_mlp.2": ("ff.net.2",),
+    "txt_mlp.0": ("ff_context.net.0.proj",),
+    "txt_mlp.2": ("ff_context.net.2",),
+    "img_mod.lin": ("norm1.linear",),
+    "txt_mod.lin": ("norm1_context.linear",),
+}
+_SINGLE = {
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear2": ("proj_out",),
+    "modulation.lin": ("norm.linear",),
+}
+_TOP = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+
+
+def _mlp_embedder(rows: list[Row], p: str) -> None:
+    _add(rows, p, "MLPEmbedder")
+    _add(rows, f"{p}.in_layer", "Linear", "linear")
+    _add(rows, f"{p}.silu", "SiLU")
+    _add(rows, f"{p}.out_layer", "Linear", "linear")
+
+
+def _qk_norm(rows: list[Row], p: str) -> None:
+    _add(rows, p, "QKNorm")
+    _add(rows, f"{p}.query_norm", "RMSNorm")
+    _add(rows, f"{p}.key_norm", "RMSNorm")
+
+
+def flux_model(double: int = NUM_DOUBLE, single: int = NUM_SINGLE) -> list[Row]:
+    """kohya's Flux (library/flux_models.py, guidance_embed on: FLUX.1 dev), its named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "Flux")
+    _add(rows, "pe_embedder", "EmbedND")
+    _add(rows, "img_in", "Linear", "linear")
+    for name in ("time_in", "vector_in", "guidance_in"):
+        _mlp_embedder(rows, name)
+    _add(rows, "txt_in", "Linear", "linear")
+    _add(rows, "double_blocks", "ModuleList")
+    for i in range(double):
+        p = f"double_blocks.{i}"
+        _add(rows, p, "DoubleStreamBlock")
+        for stream in ("img", "txt"):
+            _add(rows, f"{p}.{stream}_mod", "Modulation")
+            _add(rows, f"{p}.{stream}_mod.lin", "Linear", "linear")
+            _add(rows, f"{p}.{stream}_norm1", "LayerNorm")
+            _add(rows, f"{p}.{stream}_attn", "SelfAttention")
+            _add(rows, f"{p}.{stream}_attn.qkv", "Linear", "linear")
+            _qk_norm(rows, f"{p}.{stream}_attn.norm")
+            _add(rows, f"{p}.{stream}_attn.proj", "Linear", "linear")
+            _add(rows, f"{p}.{stream}_norm2", "LayerNorm")
+            _add(rows, f"{p}.{stream}_mlp", "Sequential")
+            _add(rows, f"{p}.{stream}_mlp.0", "Linear", "linear")
+            _add(rows, f"{p}.{stream}_mlp.1", "GELU")
+            _add(rows, f"{p}.{stream}_mlp.2", "Linear", "linear")
+    _add(rows, "single_blocks", "ModuleList")
+    for i in range(single):
+        p = f"single_blocks.{i}"
+        _add(rows, p, "SingleStreamBlock")
+        _add(rows, f"{p}.linear1", "Linear", "linear")
+        _add(rows, f"{p}.linear2", "Linear", "linear")
+        _qk_norm(rows, f"{p}.norm")
+        _add(rows, f"{p}.pre_norm", "LayerNorm")
+        _add(rows, f"{p}.mlp_act", "GELU")
+        _add(rows, f"{p}.modulation", "Modulation")
+        _add(rows, f"{p}.modulation.lin", "Linear", "linear")
+    _add(rows, "final_layer", "LastLayer")
+    _add(rows, "final_layer.norm_final", "LayerNorm")
+    _add(rows, "final_layer.linear", "Linear", "linear")
+    _add(rows, "final_layer.adaLN_modulation", "Sequential")
+    _add(rows, "final_layer.adaLN_modulation.0", "SiLU")
+    _add(rows, "final_layer.adaLN_modulation.1", "Linear", "linear")
+    return rows
+
+
+def t5_encoder(layers: int = 24) -> list[Row]:
+    """transformers' T5EncoderModel (T5-XXL: 24 blocks, gated-GELU feed-forward), named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "T5EncoderModel")
+    _add(rows, "shared", "Embedding")
+    _add(rows, "encoder", "T5Stack")
+    _add(rows, "encoder.embed_tokens", "Embedding")
+    _add(rows, "encoder.block", "ModuleList")
+    for i in range(layers):
+        p = f"encoder.block.{i}"
+        _add(rows, p, "T5Block")
+        _add(rows, f"{p}.layer", "ModuleList")
+        _add(rows, f"{p}.layer.0", "T5LayerSelfAttention")
+        _add(rows, f"{p}.layer.0.SelfAttention", "T5Attention")
+        for name in ("q", "k", "v", "o"):
+            _add(rows, f"{p}.layer.0.SelfAttention.{name}", "Linear", "linear")
+        if i == 0:
+            _add(rows, f"{p}.layer.0.SelfAttention.relative_attention_bias", "Embedding")
+        _add(rows, f"{p}.layer.0.layer_norm", "T5LayerNorm")
+        _add(rows, f"{p}.layer.0.dropout", "Dropout")
+        _add(rows, f"{p}.layer.1", "T5LayerFF")
+        _add(rows, f"{p}.layer.1.DenseReluDense", "T5DenseGatedActDense")
+        for name in ("wi_0", "wi_1", "wo"):
+            _add(rows, f"{p}.layer.1.DenseReluDense.{name}", "Linear", "linear")
+        _add(rows, f"{p}.layer.1.DenseReluDense.dropout", "Dropout")
+        _add(rows, f"{p}.layer.1.DenseReluDense.act", "NewGELUActivation")
+        _add(rows, f"{p}.layer.1.layer_norm", "T5LayerNorm")
+        _add(rows, f"{p}.layer.1.dropout", "Dropout")
+    _add(rows, "encoder.final_layer_norm", "T5LayerNorm")
+    _add(rows, "encoder.dropout", "Dropout")
+    return rows
+
+
+def diffusers_parts(path: str) -> tuple[str, ...]:
+    """The diffusers Flux Linears that kohya's Flux Linear `path` is (a fused one: all its parts)."""
+    if path in _TOP:
+        return (_TOP[path],)
+    group, index, inner = path.split(".", 2)
+    table, prefix = (
+        (_DOUBLE, "transformer_blocks")
+        if group == "double_blocks"
+        else (_SINGLE, "single_transformer_blocks")
+    )
+    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
+
+
+class FlowFile(NamedTuple):
+    """A preset file on kohya's Flux: the denoiser targets (diffusers' names; empty: no denoiser layer), the
+    CLIP-L targets, the [[adapter.blocks]] of its map entries' dims, the inert entry keys (entry, why)."""
+
+    denoiser: list[str]
+    text: list[str]
+    blocks: list[dict[str, Any]]
+    inert: list[tuple[str, str]]
+
+
+def flux_preset_file(
+    data: dict[str, Any], algo: str, dims, network: dict[str, Any], rs_lora: bool
+) -> FlowFile:
+    """The preset file's table on kohya's Flux (`dims`: the network's dim, alpha; `network`: the module
+    options create_network hands every module). PresetError where kohya stops or dbspec cannot express it."""
+    s = _settings(data, algo)
+    for key, full in (
+        ("unet_target_module", FULL_UNET_MODULES),
+        ("text_encoder_target_module", FULL_TEXT_MODULES),
+    ):
+        if key not in data:
+            s[key] = list(full)
+    dim, alpha = dims
+    unet = flux_model()
+    built = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, (dim, alpha, 0, 0))
+    clip = clip_text(12)
+    built_text = _walk(
+        clip, s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0)
+    )
+    t5 = _walk(
+        t5_encoder(), s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0)
+    )
+    for layers in (built, built_text, t5):
+        paths = [layer.path for layer in layers]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise PresetError(
+                f"it reaches {twice[0]} twice (a target class and a target name, or nested target classes): "
+                "LyCORIS builds the layer twice and asserts on the duplicate name",
+                True,
+            )
+    if t5:
+        raise PresetError(
+            f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's lora_te2_ modules): dbspec's "
+            "T5-XXL LoRA is kohya's lora_flux form (its own names and dims), not LyCORIS's modules; drop "
+            "T5's classes and paths from the file's text_encoder_target_module / text_encoder_target_name",
+            False,
+        )
+    lokr = algo in ("lokr", "loha")
+    outside = [
+        layer.path for layer in built if not layer.path.startswith(("double_blocks.", "single_blocks."))
+    ]
+    if lokr and outside:
+        raise PresetError(
+            f"it adapts {outside[0]} outside the double and single blocks: dbspec's fused LoKr / LoHa on "
+            "Flux (and its export in LyCORIS's layout) covers the blocks' Linears only",
+            False,
+        )
+    # the walk's layers and the inventory in diffusers' names (a fused layer: each part)
+    layers = {part: replace(layer, path=part) for layer in built for part in diffusers_parts(layer.path)}
+    rows = [(part, "Linear", "linear") for path, _, kind in unet if kind for part in diffusers_parts(path)]
+    text_layers = {
+        f"text_encoder.{layer.path}": replace(layer, path=f"text_encoder.{layer.path}")
+        for layer in built_text
+    }
+    found = Targets(
+        _suffixes(set(layers), rows),
+        _encoder_targets(clip, [layer.path for layer in built_text]),
+        [],
+        None,
+        layers,
+        text_layers,
+        rows,
+        [(f"text_encoder.{p}", cls, kind) for p, cls, kind in clip if p],
+    )
+    kind = algo if lokr else "lora"
+    blocks, text_blocks, inert = map_blocks(found, algo, kind, (dim, alpha, 0, 0), rs_lora, network)
+    if text_blocks:
+        raise PresetError(
+            f"`{_source(text_blocks)}` gives CLIP-L layers their own dim / alpha: dbspec's LyCORIS on Flux "
+            "has no [[adapter.text_encoder_blocks]] yet",
+            False,
+        )
+    if blocks and lokr:
+        raise PresetError(
+            f"`{_source(blocks)}` gives some layers their own dim / alpha: dbspec's LoKr / LoHa on Flux's "
+            "fused layers have no [[adapter.blocks]] (one rank for every layer)",
+            False,
+        )
+    return FlowFile(found.denoiser, found.text_encoder, blocks, inert)
+
+
+def _source(blocks: list[dict]) -> str:
+    return blocks[0]["_why"].split("`")[1]
+
+
+def flow_preset_file(
+    preset: str, algo: str, a: dict[str, Legacy], paths, conv: Conversion, family: str | None
+) -> FlowFile | None:
+    """The preset file `preset` on kohya's Flux for map_lycoris_flow, or None (reported: DBS402 where kohya
+    stops, DBS403 where dbspec cannot express it)."""
+    args = a["network_args"]
+    legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+    if family not in (None, "flux"):
+        conv.unsupported(
+            legacy,
+            f"dbspec converts LyCORIS preset files with flux_train_network.py on Flux's kohya model; "
+            f"{family}'s differs in its module classes and paths",
+        )
+        return None
+    data = load_preset_file(preset, paths, args, conv)
+    if data is None:
+        return None
+    kwargs, _ = parse_network_args(args.value or [])
+    dim = a["network_dim"].value if a["network_dim"].value is not None else 4
+    rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
+    try:
+        found = flux_preset_file(
+            data, algo, (dim, float(a["network_alpha"].value)), _module_options(kwargs), rs_lora
+        )
+    except PresetError as exc:
+        if exc.crash:
+            conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+        else:
+            conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+        return None
+    if not (found.denoiser or found.text):
+        conv.invalid(
+            legacy.key,
+            preset,
+            args.source,
+            "the LyCORIS preset file matches no layer of kohya's Flux or CLIP-L: the network has no module "
+            "and kohya has nothing to train (its optimizer gets an empty parameter list)",
+        )
+        return None
+    for key, why in found.inert:
+        conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)
+    return found
