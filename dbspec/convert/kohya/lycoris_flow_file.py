@@ -284,7 +284,24 @@ def flux_preset_file(
             "fused layers have no [[adapter.blocks]] (one rank for every layer)",
             False,
         )
-    return FlowFile(found.denoiser, found.text_encoder, blocks, inert)
+    targets = found.denoiser
+    if "proj_out" in layers and "proj_out" not in targets:
+        # the final layer's Linear is diffusers' top-level proj_out, a suffix of every single block's linear2:
+        # the target with a rank-0 block for the single blocks' the file leaves out
+        targets = [*targets, "proj_out"]
+        left = [p for p, _, _ in rows if p.endswith(".proj_out") and p not in layers]
+        if left:
+            indices = "|".join(p.split(".")[1] for p in left)
+            blocks = [
+                *blocks,
+                {
+                    "pattern": rf"^single_transformer_blocks\.({indices})\.proj_out$",
+                    "rank": 0,
+                    "alpha": 1.0,
+                    "_why": "the final layer's proj_out target: the single blocks' linear2 the file leaves out",
+                },
+            ]
+    return FlowFile(targets, found.text_encoder, blocks, inert)
 
 
 def _source(blocks: list[dict]) -> str:
