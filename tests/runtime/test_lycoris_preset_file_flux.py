@@ -116,7 +116,8 @@ def _converted(tmp_path: Path, preset: str, algo: str = "locon", overrides=None)
     outcome = kohya(
         tmp_path,
         command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
-        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors --ae ae.safetensors "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
         f'--network_args "algo={algo}" "preset={preset}" --learning_rate=1e-2 --max_train_steps=2 '
         "--save_model_as=safetensors --output_dir=out --model_prediction_type raw --guidance_scale 1.0",
@@ -165,7 +166,8 @@ def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_p
     export holds LyCORIS's modules that tiny-flux has, and a run stopped after 2 of 4 steps resumes to the
     same weights."""
     path = _file(tmp_path, "double_attention")
-    base = ["model.base=builtin:tiny-flux", "schedule.steps=4", 'checkpoints.exports=["kohya_lora"]']
+    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=4"]
+    base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
     plan = _converted(tmp_path, path.name, overrides=base)
     theirs = _lycoris_names(models, str(path), monkeypatch)
     whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]))

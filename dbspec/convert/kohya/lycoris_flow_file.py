@@ -298,7 +298,7 @@ def flux_preset_file(
                     "pattern": rf"^single_transformer_blocks\.({indices})\.proj_out$",
                     "rank": 0,
                     "alpha": 1.0,
-                    "_why": "the final layer's proj_out target: the single blocks' linear2 the file leaves out",
+                    "_why": "the final layer's proj_out target: the single blocks' linear2 left out",
                 },
             ]
     return FlowFile(targets, found.text_encoder, blocks, inert)
