@@ -19,7 +19,7 @@ form, not LyCORIS's modules."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_file import (
@@ -27,9 +27,9 @@ from dbspec.convert.kohya.lycoris_file import (
     Row,
     Targets,
     _add,
-    _encoder_targets,
     _settings,
     _suffixes,
+    _text_targets,
     _walk,
     clip_text,
 )
@@ -182,6 +182,93 @@ def t5_encoder(layers: int = 24) -> list[Row]:
     return rows
 
 
+def _sd3_block(rows: list[Row], p: str, pre_only: bool, attn2: bool) -> None:
+    _add(rows, p, "SingleDiTBlock")
+    _add(rows, f"{p}.norm1", "LayerNorm")
+    for name in ("attn", "attn2") if attn2 else ("attn",):
+        _add(rows, f"{p}.{name}", "AttentionLinears")
+        _add(rows, f"{p}.{name}.qkv", "Linear", "linear")
+        if not (pre_only and name == "attn"):
+            _add(rows, f"{p}.{name}.proj", "Linear", "linear")
+        _add(rows, f"{p}.{name}.ln_q", "RMSNorm")
+        _add(rows, f"{p}.{name}.ln_k", "RMSNorm")
+    if not pre_only:
+        _add(rows, f"{p}.norm2", "LayerNorm")
+        _add(rows, f"{p}.mlp", "MLP")
+        _add(rows, f"{p}.mlp.fc1", "Linear", "linear")
+        _add(rows, f"{p}.mlp.fc2", "Linear", "linear")
+        _add(rows, f"{p}.mlp.act", "GELU")
+        _add(rows, f"{p}.mlp.norm", "Identity")
+    _add(rows, f"{p}.adaLN_modulation", "Sequential")
+    _add(rows, f"{p}.adaLN_modulation.0", "SiLU")
+    _add(rows, f"{p}.adaLN_modulation.1", "Linear", "linear")
+
+
+def mmdit(depth: int = 38, attn2: tuple[int, ...] = tuple(range(13))) -> list[Row]:
+    """kohya's MMDiT (library/sd3_models.py; SD3.5 large's 38 joint blocks with RMS q/k norms, the blocks
+    `attn2` lists with SD3.5 medium's second image attention: a union of the variants, whose paths a file's
+    names match the same on each; layers a variant lacks match nothing there), named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "MMDiT")
+    _add(rows, "x_embedder", "PatchEmbed")
+    _add(rows, "x_embedder.proj", "Conv2d", "conv")
+    _add(rows, "x_embedder.norm", "Identity")
+    for name, cls in (("t_embedder", "TimestepEmbedding"), ("y_embedder", "Embedder")):
+        _add(rows, name, cls)
+        _add(rows, f"{name}.mlp", "Sequential")
+        _add(rows, f"{name}.mlp.0", "Linear", "linear")
+        _add(rows, f"{name}.mlp.1", "SiLU")
+        _add(rows, f"{name}.mlp.2", "Linear", "linear")
+    _add(rows, "context_embedder", "Linear", "linear")
+    _add(rows, "joint_blocks", "ModuleList")
+    for i in range(depth):
+        p = f"joint_blocks.{i}"
+        _add(rows, p, "MMDiTBlock")
+        _sd3_block(rows, f"{p}.context_block", i == depth - 1, False)
+        _sd3_block(rows, f"{p}.x_block", False, i in attn2)
+    _add(rows, "final_layer", "UnPatch")
+    _add(rows, "final_layer.norm_final", "LayerNorm")
+    _add(rows, "final_layer.linear", "Linear", "linear")
+    _add(rows, "final_layer.adaLN_modulation", "Sequential")
+    _add(rows, "final_layer.adaLN_modulation.0", "SiLU")
+    _add(rows, "final_layer.adaLN_modulation.1", "Linear", "linear")
+    return rows
+
+
+_SD3_BLOCK = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "x_block.attn.proj": ("attn.to_out.0",),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "x_block.attn2.proj": ("attn2.to_out.0",),
+    "x_block.mlp.fc1": ("ff.net.0.proj",),
+    "x_block.mlp.fc2": ("ff.net.2",),
+    "x_block.adaLN_modulation.1": ("norm1.linear",),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "context_block.attn.proj": ("attn.to_add_out",),
+    "context_block.mlp.fc1": ("ff_context.net.0.proj",),
+    "context_block.mlp.fc2": ("ff_context.net.2",),
+    "context_block.adaLN_modulation.1": ("norm1_context.linear",),
+}
+_SD3_TOP = {
+    "x_embedder.proj": "pos_embed.proj",
+    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+    "context_embedder": "context_embedder",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+
+
+def sd3_parts(path: str) -> tuple[str, ...]:
+    """The diffusers SD3 layers that kohya's MMDiT layer `path` is (a fused q/k/v: its three parts)."""
+    if path in _SD3_TOP:
+        return (_SD3_TOP[path],)
+    _, index, inner = path.split(".", 2)
+    return tuple(f"transformer_blocks.{index}.{part}" for part in _SD3_BLOCK[inner])
+
+
 def diffusers_parts(path: str) -> tuple[str, ...]:
     """The diffusers Flux Linears that kohya's Flux Linear `path` is (a fused one: all its parts)."""
     if path in _TOP:
@@ -203,13 +290,34 @@ class FlowFile(NamedTuple):
     text: list[str]
     blocks: list[dict[str, Any]]
     inert: list[tuple[str, str]]
+    convs: list[str] = []
+
+
+class FlowModel(NamedTuple):
+    """What a preset file is walked over with one kohya script: kohya's denoiser rows and their diffusers
+    parts, the CLIP encoders' rows (text_encoder, text_encoder_2), T5-XXL's prefix among LyCORIS's names, the
+    kohya paths LoKr / LoHa may adapt (their fused export's)."""
+
+    title: str
+    rows: Callable[[], list[Row]]
+    parts: Callable[[str], tuple[str, ...]]
+    clips: tuple[Callable[[], list[Row]], ...]
+    t5_prefix: str
+    lokr_prefixes: tuple[str, ...]
 
 
 def flux_preset_file(
-    data: dict[str, Any], algo: str, dims, network: dict[str, Any], rs_lora: bool
+    data: dict[str, Any],
+    algo: str,
+    dims,
+    network: dict[str, Any],
+    rs_lora: bool,
+    model: FlowModel | None = None,
 ) -> FlowFile:
-    """The preset file's table on kohya's Flux (`dims`: the network's dim, alpha; `network`: the module
-    options create_network hands every module). PresetError where kohya stops or dbspec cannot express it."""
+    """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
+    conv_alpha; `network`: the module options create_network hands every module). PresetError where kohya
+    stops or dbspec cannot express it."""
+    model = model or FLUX_MODEL
     s = _settings(data, algo)
     for key, full in (
         ("unet_target_module", FULL_UNET_MODULES),
@@ -217,17 +325,15 @@ def flux_preset_file(
     ):
         if key not in data:
             s[key] = list(full)
-    dim, alpha = dims
-    unet = flux_model()
-    built = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, (dim, alpha, 0, 0))
-    clip = clip_text(12)
-    built_text = _walk(
-        clip, s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0)
-    )
-    t5 = _walk(
-        t5_encoder(), s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0)
-    )
-    for layers in (built, built_text, t5):
+    dim, alpha, conv_dim, conv_alpha = (*dims, dims[0], dims[1])[:4]
+    unet = model.rows()
+    conv_dims = (dim, alpha, conv_dim if s["enable_conv"] else 0, conv_alpha)
+    built = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, conv_dims)
+    clips = [rows() for rows in model.clips]
+    text_args = (s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0))
+    built_texts = [_walk(rows, *text_args) for rows in clips]
+    t5 = _walk(t5_encoder(), *text_args)
+    for layers in (built, *built_texts, t5):
         paths = [layer.path for layer in layers]
         twice = sorted({p for p in paths if paths.count(p) > 1})
         if twice:
@@ -238,55 +344,65 @@ def flux_preset_file(
             )
     if t5:
         raise PresetError(
-            f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's lora_te2_ modules): dbspec's "
-            "T5-XXL LoRA is kohya's lora_flux form (its own names and dims), not LyCORIS's modules; drop "
-            "T5's classes and paths from the file's text_encoder_target_module / text_encoder_target_name",
+            f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} "
+            "modules): dbspec's T5-XXL LoRA is kohya's own network's form (its names and dims), not "
+            "LyCORIS's modules; drop T5's classes and paths from the file's text_encoder_target_module / "
+            "text_encoder_target_name",
             False,
         )
     lokr = algo in ("lokr", "loha")
-    outside = [
-        layer.path for layer in built if not layer.path.startswith(("double_blocks.", "single_blocks."))
-    ]
+    outside = [layer.path for layer in built if not layer.path.startswith(model.lokr_prefixes)]
     if lokr and outside:
         raise PresetError(
-            f"it adapts {outside[0]} outside the double and single blocks: dbspec's fused LoKr / LoHa on "
-            "Flux (and its export in LyCORIS's layout) covers the blocks' Linears only",
+            f"it adapts {outside[0]}: dbspec's fused LoKr / LoHa on {model.title} (and its export in "
+            f"LyCORIS's layout) covers {', '.join(p.rstrip('.') for p in model.lokr_prefixes)} only",
             False,
         )
     # the walk's layers and the inventory in diffusers' names (a fused layer: each part)
-    layers = {part: replace(layer, path=part) for layer in built for part in diffusers_parts(layer.path)}
-    rows = [(part, "Linear", "linear") for path, _, kind in unet if kind for part in diffusers_parts(path)]
-    text_layers = {
-        f"text_encoder.{layer.path}": replace(layer, path=f"text_encoder.{layer.path}")
-        for layer in built_text
-    }
+    layers = {part: replace(layer, path=part) for layer in built for part in model.parts(layer.path)}
+    rows = [(part, "Linear", kind) for path, _, kind in unet if kind for part in model.parts(path)]
+    components = ["text_encoder", "text_encoder_2"][: len(clips)]
+    text, text_2 = _text_targets(clips, [[layer.path for layer in built] for built in built_texts])
+    if text_2 is not None:
+        raise PresetError(
+            "it adapts other layers in CLIP-L than in CLIP-G: dbspec's LyCORIS on "
+            f"{model.title} has one target list for both encoders",
+            False,
+        )
+    linear = {p: layer for p, layer in layers.items() if layer.kind != "conv"}
     found = Targets(
-        _suffixes(set(layers), rows),
-        _encoder_targets(clip, [layer.path for layer in built_text]),
-        [],
+        _suffixes(set(linear), [r for r in rows if r[2] != "conv"]),
+        text,
+        _suffixes(
+            {p for p, layer in layers.items() if layer.kind == "conv"}, [r for r in rows if r[2] == "conv"]
+        ),
         None,
         layers,
-        text_layers,
+        {
+            f"{c}.{layer.path}": replace(layer, path=f"{c}.{layer.path}")
+            for c, built in zip(components, built_texts)
+            for layer in built
+        },
         rows,
-        [(f"text_encoder.{p}", cls, kind) for p, cls, kind in clip if p],
+        [(f"{c}.{p}", cls, kind) for c, crow in zip(components, clips) for p, cls, kind in crow if p],
     )
     kind = algo if lokr else "lora"
-    blocks, text_blocks, inert = map_blocks(found, algo, kind, (dim, alpha, 0, 0), rs_lora, network)
+    blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network)
     if text_blocks:
         raise PresetError(
-            f"`{_source(text_blocks)}` gives CLIP-L layers their own dim / alpha: dbspec's LyCORIS on Flux "
-            "has no [[adapter.text_encoder_blocks]] yet",
+            f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LyCORIS on "
+            f"{model.title} has no [[adapter.text_encoder_blocks]] yet",
             False,
         )
     if blocks and lokr:
         raise PresetError(
-            f"`{_source(blocks)}` gives some layers their own dim / alpha: dbspec's LoKr / LoHa on Flux's "
-            "fused layers have no [[adapter.blocks]] (one rank for every layer)",
+            f"`{_source(blocks)}` gives some layers their own dim / alpha: dbspec's LoKr / LoHa on "
+            f"{model.title}'s fused layers have no [[adapter.blocks]] (one rank for every layer)",
             False,
         )
     targets = found.denoiser
     if "proj_out" in layers and "proj_out" not in targets:
-        # the final layer's Linear is diffusers' top-level proj_out, a suffix of every single block's linear2:
+        # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:
         # the target with a rank-0 block for the single blocks' the file leaves out
         targets = [*targets, "proj_out"]
         left = [p for p, _, _ in rows if p.endswith(".proj_out") and p not in layers]
@@ -301,7 +417,25 @@ def flux_preset_file(
                     "_why": "the final layer's proj_out target: the single blocks' linear2 left out",
                 },
             ]
-    return FlowFile(targets, found.text_encoder, blocks, inert)
+    return FlowFile(targets, text, blocks, inert, found.convs)
+
+
+SD3_MODEL = FlowModel(
+    "SD3",
+    mmdit,
+    sd3_parts,
+    (lambda: clip_text(12, projection=True), lambda: clip_text(32, projection=True)),
+    "lora_te3_",
+    ("joint_blocks.", "t_embedder."),
+)
+FLUX_MODEL = FlowModel(
+    "Flux",
+    flux_model,
+    diffusers_parts,
+    (lambda: clip_text(12),),
+    "lora_te2_",
+    ("double_blocks.", "single_blocks."),
+)
 
 
 def _source(blocks: list[dict]) -> str:
@@ -309,13 +443,14 @@ def _source(blocks: list[dict]) -> str:
 
 
 def flow_preset_file(
-    preset: str, algo: str, a: dict[str, Legacy], paths, conv: Conversion, family: str | None
+    preset: str, algo: str, a: dict[str, Legacy], paths, conv: Conversion, family: str | None, title: str
 ) -> FlowFile | None:
-    """The preset file `preset` on kohya's Flux for map_lycoris_flow, or None (reported: DBS402 where kohya
-    stops, DBS403 where dbspec cannot express it)."""
+    """The preset file `preset` on kohya's Flux or SD3 (`title`) for map_lycoris_flow, or None (reported:
+    DBS402 where kohya stops, DBS403 where dbspec cannot express it)."""
     args = a["network_args"]
     legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
-    if family not in (None, "flux"):
+    model = SD3_MODEL if title == "SD3" else FLUX_MODEL
+    if model is FLUX_MODEL and family not in (None, "flux"):
         conv.unsupported(
             legacy,
             f"dbspec converts LyCORIS preset files with flux_train_network.py on Flux's kohya model; "
@@ -327,10 +462,14 @@ def flow_preset_file(
         return None
     kwargs, _ = parse_network_args(args.value or [])
     dim = a["network_dim"].value if a["network_dim"].value is not None else 4
+    alpha = float(a["network_alpha"].value)
+    # LyCORIS's create_network: conv_dim / conv_alpha default to network_dim / network_alpha (0 too)
+    conv_dim = int(kwargs.get("conv_dim", dim) or dim)
+    conv_alpha = float(kwargs.get("conv_alpha", alpha) or alpha)
     rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
     try:
         found = flux_preset_file(
-            data, algo, (dim, float(a["network_alpha"].value)), _module_options(kwargs), rs_lora
+            data, algo, (dim, alpha, conv_dim, conv_alpha), _module_options(kwargs), rs_lora, model
         )
     except PresetError as exc:
         if exc.crash:
@@ -338,13 +477,14 @@ def flow_preset_file(
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
-    if not (found.denoiser or found.text):
+    if not (found.denoiser or found.text or found.convs):
         conv.invalid(
             legacy.key,
             preset,
             args.source,
-            "the LyCORIS preset file matches no layer of kohya's Flux or CLIP-L: the network has no module "
-            "and kohya has nothing to train (its optimizer gets an empty parameter list)",
+            f"the LyCORIS preset file matches no layer of kohya's {model.title} or its CLIP encoders: the "
+            "network has no module and kohya has nothing to train (its optimizer gets an empty parameter "
+            "list)",
         )
         return None
     for key, why in found.inert:

@@ -130,7 +130,7 @@ def map_lycoris_flow(
     a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout, paths=None, family: str | None = None
 ) -> bool:
     """[adapter] for lycoris.kohya with the layout's script; False when dbspec cannot express it. `paths`
-    reads a preset file (lycoris_flow_file.py, Flux)."""
+    reads a preset file (lycoris_flow_file.py)."""
     module, args = a["network_module"], a["network_args"]
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -156,23 +156,18 @@ def map_lycoris_flow(
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
-    if preset not in layout.presets and layout.title == "Flux":  # a preset file: lycoris_flow_file.py
-        file = flow_preset_file(preset, algo, a, paths, conv, family)
+    if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
+        file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None:
             return False
-        note = "the layers LyCORIS builds for the preset file on kohya's Flux"
+        layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
+        note = f"the layers LyCORIS builds for the preset file on kohya's {layout.title}"
         layout = attrs.evolve(
             layout,
-            presets={preset: ("all" if file.denoiser else "none", file.text)},
+            presets={preset: (layers, file.text)},
             targets=lambda _layers, _lokr: (file.denoiser, file.blocks, note),
+            convs={"blocks+patch": tuple(file.convs)},
         )
-    if preset not in layout.presets:
-        conv.unsupported(
-            args,
-            f"preset={preset}: with {layout.script} dbspec converts LyCORIS's built-in presets "
-            f"({', '.join(layout.presets)}), not a preset file",
-        )
-        return False
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     for key in [k for k in kwargs if k in _OFF]:
