@@ -108,3 +108,53 @@ def test_a_file_matching_nothing_stops_kohya(tmp_path):
     preset = "unet_target_module = []\ntext_encoder_target_module = []\n"
     outcome = _flux(tmp_path, preset, '"algo=locon"', allow=True)
     assert "DBS402" in codes(outcome)
+
+
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+# the x blocks' attention (classes AttentionLinears under x_block by fnmatch) and the patch convolution
+SD3_X_ATTENTION = """\
+use_fnmatch = true
+unet_target_module = ["AttentionLinears", "PatchEmbed"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPMLP"]
+exclude_name = ["*.context_block.*"]
+"""
+
+
+def _sd3(tmp_path, preset: str, extra: str, *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
+    return kohya(
+        tmp_path,
+        allow=allow,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --sdpa --seed 42 "
+        "--network_module lycoris.kohya --network_dim 8 --network_alpha 4 --learning_rate 1e-4 "
+        f'--max_train_steps 100 --network_args "preset=preset.toml" {extra}',
+    )
+
+
+def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
+    outcome = _sd3(tmp_path, SD3_X_ATTENTION, '"algo=locon" "conv_dim=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and a.rank == 8 and (a.conv_rank, a.conv_alpha) == (4, 4.0)
+    assert list(a.conv_targets) == ["pos_embed.proj"]
+    parts = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn2.to_q", "attn2.to_out.0"]
+    x = [f"transformer_blocks.{i}.{p}" for i in range(24) for p in parts]
+    context = [f"transformer_blocks.{i}.attn.{p}" for i in range(24) for p in ("add_q_proj", "to_add_out")]
+    assert _picked([*x, *context, "proj_out"], a.denoiser_targets) == x
+    assert sorted(a.text_encoder_targets) == ["fc1", "fc2"] and not a.blocks
+    # a dim of its own for the patch convolution: DBS403 (kohya's SD3 file has one conv rank)
+    dim = SD3_X_ATTENTION + "\n[module_algo_map.PatchEmbed]\ndim = 2\n"
+    outcome = _sd3(tmp_path / "dim", dim, '"algo=locon" "conv_dim=4"', allow=True)
+    assert "patch convolution its own dim" in messages(outcome, "DBS403")
+
+
+def test_sd3_lokr_on_the_patch_convolution_is_refused(tmp_path):
+    preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
+    outcome = _sd3(tmp_path, preset, '"algo=lokr"', allow=True)
+    assert "DBS403" in codes(outcome)

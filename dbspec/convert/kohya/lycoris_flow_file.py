@@ -371,11 +371,9 @@ def flux_preset_file(
         )
     linear = {p: layer for p, layer in layers.items() if layer.kind != "conv"}
     found = Targets(
-        _suffixes(set(linear), [r for r in rows if r[2] != "conv"]),
+        _suffixes(set(linear), rows),
         text,
-        _suffixes(
-            {p for p, layer in layers.items() if layer.kind == "conv"}, [r for r in rows if r[2] == "conv"]
-        ),
+        _suffixes({p for p, layer in layers.items() if layer.kind == "conv"}, rows),
         None,
         layers,
         {
@@ -392,6 +390,13 @@ def flux_preset_file(
         raise PresetError(
             f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LyCORIS on "
             f"{model.title} has no [[adapter.text_encoder_blocks]] yet",
+            False,
+        )
+    convs = [block for block in blocks if "conv_rank" in block]
+    if convs:
+        raise PresetError(
+            f"`{_source(convs)}` gives the patch convolution its own dim / alpha: dbspec writes SD3's kohya "
+            "file with the convolution at the network's conv_dim / conv_alpha (network_args) only",
             False,
         )
     if blocks and lokr:
