@@ -1,8 +1,9 @@
-"""LyCORIS preset files with flux_train_network.py (dbspec/convert/kohya/lycoris_flow_file.py): the file's
-walk over kohya's Flux (lycoris_file._walk on lycoris_flow_file.flux_model) written as diffusers' Flux
-targets, fused layers whole, a name_algo_map dim as [[adapter.blocks]] (LoRA/LoCon); LoKr / LoHa per-layer
-dims, T5-XXL layers and Chroma refused (DBS403). tests/runtime/test_lycoris_preset_file_flux.py checks the
-walk against lycoris-lora 4.1.3's create_network."""
+"""LyCORIS preset files with flux_train_network.py and sd3_train_network.py
+(dbspec/convert/kohya/lycoris_flow_file.py): the file's walk over kohya's Flux / MMDiT (lycoris_file._walk on
+lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
+[[adapter.blocks]] (LoRA/LoCon), SD3's patch convolution as conv_targets; LoKr / LoHa per-layer dims,
+T5-XXL layers and the patch convolution's own dims refused (DBS403).
+tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's create_network."""
 
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
-"""LyCORIS preset files with flux_train_network.py (dbspec/convert/kohya/lycoris_flow_file.py) against
-lycoris-lora 4.1.3's create_network reading the same file in its kohya network.
+"""LyCORIS preset files with flux_train_network.py and sd3_train_network.py
+(dbspec/convert/kohya/lycoris_flow_file.py) against lycoris-lora 4.1.3's create_network reading the same file
+in its kohya network.
 
-kohya's Flux cannot be built here (sd-scripts is no dependency of dbspec), so LyCORIS walks a tree rebuilt on
-the meta device from the converter's own rows (lycoris_flow_file.flux_model: kohya's library/flux_models.py
-Flux, its named_modules() paths and class names, real nn.Linear layers), as the SDXL test does with its
-recorded fixture; the text encoders are transformers' CLIP-L and T5-XXL (the list flux_train_network.py hands
-LyCORIS) on the meta device. The rows' translation to diffusers is checked against diffusers' own
-FluxTransformer2DModel (meta device): every diffusers Linear is a part of exactly one kohya Linear. A tiny
-Flux run of a converted file then trains, resumes bit-exact and exports LyCORIS's module names."""
+kohya's Flux and MMDiT cannot be built here (sd-scripts is no dependency of dbspec), so LyCORIS walks trees
+rebuilt on the meta device from the converter's own rows (lycoris_flow_file.flux_model / mmdit: kohya's
+library/flux_models.py Flux and library/sd3_models.py MMDiT, their named_modules() paths and class names, real
+nn.Linear / nn.Conv2d layers), as the SDXL test does with its recorded fixture; the text encoders are
+transformers' (the lists the scripts hand LyCORIS: CLIP-L and T5-XXL; CLIP-L, CLIP-G and T5-XXL) on the meta
+device. The rows' translation to diffusers is checked against diffusers' own FluxTransformer2DModel and
+SD3Transformer2DModel (meta device): every diffusers layer is a part of exactly one kohya layer. A tiny Flux
+run of a converted file then trains, resumes bit-exact and exports LyCORIS's module names."""
 
 from __future__ import annotations
 
@@ -195,3 +197,102 @@ def _spec(tmp_path: Path) -> Path:
     from tests.unit.convert_kit import out_path
 
     return out_path(tmp_path)
+
+
+SD3_PRESETS = {
+    # the x blocks' attention (AttentionLinears; the context stream excluded by fnmatch), the patch conv
+    "x_attention": """\
+use_fnmatch = true
+unet_target_module = ["AttentionLinears", "PatchEmbed"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPMLP"]
+exclude_name = ["*.context_block.*"]
+""",
+    # names: the embedders, the final layer, blocks 30-37's context MLPs; CLIP's projection (both encoders)
+    "names": """\
+unet_target_module = []
+unet_target_name = ['t_embedder', 'y_embedder', 'context_embedder', 'final_layer\\..*',
+    'joint_blocks\\.3[0-7]\\.context_block\\.mlp']
+text_encoder_target_module = []
+text_encoder_target_name = ["text_projection"]
+""",
+    "defaults": "",
+}
+
+
+@pytest.fixture(scope="module")
+def sd3_models():
+    from diffusers import SD3Transformer2DModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit
+
+    with torch.device("meta"):
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(num_hidden_layers=12, hidden_act="quick_gelu"))
+        clip_g = CLIPTextModelWithProjection(
+            CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=32, num_attention_heads=4)
+        )
+        t5 = T5EncoderModel(
+            T5Config(d_model=64, d_kv=8, d_ff=128, num_layers=24, num_heads=8, feed_forward_proj="gated-gelu")
+        )
+        sd3 = SD3Transformer2DModel(
+            num_layers=38, attention_head_dim=8, num_attention_heads=2, dual_attention_layers=tuple(range(13))
+        )
+    te = [_pinned_clip(clip_l), _pinned_clip(clip_g), t5]
+    return {"kohya": _rebuilt(mmdit()), "te": te, "sd3": sd3}
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "conv" if isinstance(module, nn.Conv2d) else ""
+
+
+def test_mmdit_rows_translate_onto_diffusers_sd3(sd3_models):
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit, sd3_parts
+
+    parts = {p: kind for path, _, kind in mmdit() if kind for p in sd3_parts(path)}
+    layers = {n: _kind(m) for n, m in sd3_models["sd3"].named_modules() if _kind(m)}
+    assert parts == layers
+
+
+@pytest.mark.parametrize("preset", sorted(SD3_PRESETS))
+def test_sd3_preset_file_adapts_the_layers_lycoris_builds(sd3_models, preset, tmp_path, monkeypatch):
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit, sd3_parts
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    path = tmp_path / f"{preset}.toml"
+    path.write_text(SD3_PRESETS[preset], encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{name}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f'--network_dim=4 --network_alpha=1 --network_args "algo=locon" "preset={path.name}" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    theirs = _lycoris_names(sd3_models, str(path), monkeypatch)
+    ours = set()
+    for kohya_path, _, kind in mmdit():
+        if kind:
+            targets = a.conv_targets if kind == "conv" else a.denoiser_targets
+            hits = {_matches(p, targets) for p in sd3_parts(kohya_path)}
+            assert len(hits) == 1, kohya_path
+            if hits.pop():
+                ours.add("lora_unet_" + kohya_path.replace(".", "_"))
+    for prefix, model in zip(("lora_te1", "lora_te2"), sd3_models["te"]):
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and _matches(name, a.text_encoder_targets):
+                ours.add(f"{prefix}_{name.replace('.', '_')}")
+    assert theirs and not any(n.startswith("lora_te3") for n in theirs)
+    assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
