@@ -3,7 +3,8 @@
 lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
 [[adapter.blocks]] (LoRA/LoCon), SD3's patch convolution as conv_targets; LoKr / LoHa per-layer dims,
 T5-XXL layers and the patch convolution's own dims refused (DBS403).
-tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's create_network."""
+tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's
+create_network."""
 
 from __future__ import annotations
 
