@@ -1,20 +1,27 @@
-"""LyCORIS preset files (`--network_args preset=<file>.toml`, lycoris.kohya) with flux_train_network.py.
+"""LyCORIS preset files (`--network_args preset=<file>.toml`, lycoris.kohya) with flux_train_network.py and
+sd3_train_network.py.
 
 lycoris_file.py reproduces LycorisNetworkKohya's walk (classes, names, fnmatch / regular expressions,
 exclude_name, module_algo_map / name_algo_map) on a torch-free inventory of kohya's model; here that
 inventory is kohya's Flux (library/flux_models.py Flux: FLUX.1 dev's 19 double and 38 single blocks, its
-guidance embedder) and the text encoders flux_train_network.py hands LyCORIS: CLIP-L (`lora_te1_`) and
-T5-XXL (`lora_te2_`). A preset's keys the file does not set keep lycoris-lora 4.1.3's class defaults (the
-`full` lists: DoubleStreamBlock and SingleStreamBlock among the classes, so every block Linear).
+guidance embedder) with the text encoders flux_train_network.py hands LyCORIS, CLIP-L (`lora_te1_`) and
+T5-XXL (`lora_te2_`), or kohya's MMDiT (library/sd3_models.py: SD3.5 large's 38 joint blocks, SD3.5 medium's
+second image attention in blocks 0-12; a variant's missing layers match nothing there) with CLIP-L, CLIP-G
+(both CLIPTextModelWithProjection) and T5-XXL (`lora_te3_`). A preset's keys the file does not set keep
+lycoris-lora 4.1.3's class defaults (the `full` lists: DoubleStreamBlock, SingleStreamBlock, SingleDiTBlock,
+PatchEmbed and TimestepEmbedding among the classes).
 
-The layers built on kohya's paths are written as dbspec's diffusers Flux targets: a fused Linear (the double
-blocks' img_attn.qkv / txt_attn.qkv, the single blocks' linear1) as all its diffusers parts
+The layers built on kohya's paths are written as dbspec's diffusers targets: a fused Linear (Flux's
+img_attn.qkv / txt_attn.qkv / linear1, SD3's attn.qkv / attn2.qkv) as all its diffusers parts
 (fused_projections: one LyCORIS module per fused layer), the embedders and final layer as diffusers' names,
-all as the shortest suffixes that pick exactly those layers among diffusers' Flux Linears. A map entry's
-dim / alpha are [[adapter.blocks]] on algo=lora / locon; LoKr / LoHa on Flux have no blocks, and their
-fused export covers the double and single blocks only, so per-layer dims and other layers are refused there.
-T5-XXL layers (a file naming T5's classes or paths) are refused: dbspec's T5 LoRA is kohya's lora_flux
-form, not LyCORIS's modules."""
+all as the shortest suffixes that pick exactly those layers among the diffusers model's (Flux's final
+`proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
+conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
+[[adapter.blocks]] on algo=lora / locon; LoKr / LoHa there have no blocks and their fused export covers the
+blocks (and SD3's timestep embedder) only, so per-layer dims and other layers are refused with them. Refused
+too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
+LyCORIS's modules), CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
+convolution at a dim of its own (kohya's SD3 file holds it at conv_dim), Chroma's model."""
 
 from __future__ import annotations
 
