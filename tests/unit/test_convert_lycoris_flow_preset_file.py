@@ -160,3 +160,15 @@ def test_sd3_lokr_on_the_patch_convolution_is_refused(tmp_path):
     preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
     outcome = _sd3(tmp_path, preset, '"algo=lokr"', allow=True)
     assert "DBS403" in codes(outcome)
+
+
+def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):
+    """--network_train_unet_only: LycorisNetworkKohya.apply_to drops CLIP-L's modules, so an entry reaching
+    only them (another algorithm, a dim) changes nothing (DBS405) instead of being refused."""
+    preset = NO_SINGLES.replace("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPMLP"]')
+    preset += '\n[module_algo_map.CLIPMLP]\nalgo = "loha"\ndim = 2\n'
+    outcome = _flux(tmp_path / "refused", preset, '"algo=locon"', allow=True)
+    assert "DBS403" in codes(outcome)
+    outcome = _flux(tmp_path / "kept", preset, '"algo=locon" --network_train_unet_only')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert "apply_to drops" in messages(outcome, "DBS405")

@@ -320,9 +320,11 @@ def flux_preset_file(
     network: dict[str, Any],
     rs_lora: bool,
     model: FlowModel | None = None,
+    applied: tuple[bool, bool] = (True, True),
 ) -> FlowFile:
     """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
-    conv_alpha; `network`: the module options create_network hands every module). PresetError where kohya
+    conv_alpha; `network`: the module options create_network hands every module; `applied`: whether apply_to
+    keeps the (text-encoder, denoiser) modules, lycoris_maps.map_blocks). PresetError where kohya
     stops or dbspec cannot express it."""
     model = model or FLUX_MODEL
     s = _settings(data, algo)
@@ -392,7 +394,7 @@ def flux_preset_file(
         [(f"{c}.{p}", cls, kind) for c, crow in zip(components, clips) for p, cls, kind in crow if p],
     )
     kind = algo if lokr else "lora"
-    blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network)
+    blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
     if text_blocks:
         raise PresetError(
             f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LyCORIS on "
@@ -450,6 +452,10 @@ FLUX_MODEL = FlowModel(
 )
 
 
+def _given(a: dict[str, Legacy], key: str) -> bool:
+    return key in a and bool(a[key].value)
+
+
 def _source(blocks: list[dict]) -> str:
     return blocks[0]["_why"].split("`")[1]
 
@@ -481,7 +487,13 @@ def flow_preset_file(
     rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
     try:
         found = flux_preset_file(
-            data, algo, (dim, alpha, conv_dim, conv_alpha), _module_options(kwargs), rs_lora, model
+            data,
+            algo,
+            (dim, alpha, conv_dim, conv_alpha),
+            _module_options(kwargs),
+            rs_lora,
+            model,
+            (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
         )
     except PresetError as exc:
         if exc.crash:
