@@ -48,6 +48,7 @@ import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
+from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
@@ -127,8 +128,11 @@ def _off(value: str) -> bool:
     return str(value).lower() == "false"
 
 
-def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout) -> bool:
-    """[adapter] for lycoris.kohya with the layout's script; False when dbspec cannot express it."""
+def map_lycoris_flow(
+    a: dict[str, Legacy], conv: Conversion, layout: LycorisLayout, paths=None, family: str | None = None
+) -> bool:
+    """[adapter] for lycoris.kohya with the layout's script; False when dbspec cannot express it. `paths`
+    reads a preset file (lycoris_flow_file.py)."""
     module, args = a["network_module"], a["network_args"]
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -154,13 +158,18 @@ def map_lycoris_flow(a: dict[str, Legacy], conv: Conversion, layout: LycorisLayo
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
-    if preset not in layout.presets:
-        conv.unsupported(
-            args,
-            f"preset={preset}: with {layout.script} dbspec converts LyCORIS's built-in presets "
-            f"({', '.join(layout.presets)}), not a preset file",
+    if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
+        file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
+        if file is None:
+            return False
+        layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
+        note = f"the layers LyCORIS builds for the preset file on kohya's {layout.title}"
+        layout = attrs.evolve(
+            layout,
+            presets={preset: (layers, file.text)},
+            targets=lambda _layers, _lokr: (file.denoiser, file.blocks, note),
+            convs={"blocks+patch": tuple(file.convs)},
         )
-        return False
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     for key in [k for k in kwargs if k in _OFF]:

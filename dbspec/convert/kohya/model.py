@@ -781,7 +781,7 @@ def _flow_dim_from_weights(
     conv.record(from_file, "mapped", mapped)
 
 
-def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion) -> bool:
+def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
     """lycoris.kohya with flux_train_network.py / sd3_train_network.py (lycoris_flux.py, the SD3 table in
     lycoris_sd3.py): algo=lora / locon as lora_flux's / lora_sd3's fused network over LyCORIS's preset
     targets, lokr / loha one update per fused layer. On Flux, --network_weights: LyCORIS's load_weights
@@ -805,7 +805,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion)
         if key in a and a[key].value:
             conv.unsupported(a[key], f"{why} with {layout.script} has no dbspec form yet")
             return False
-    if not map_lycoris_flow(a, conv, layout):
+    if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
     kind = conv.values[("adapter", "kind")][0]
     if a["scale_weight_norms"].value and kind != "lora":
@@ -840,7 +840,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
-        return _map_lycoris_flow(a, script, paths, conv)
+        return _map_lycoris_flow(a, script, paths, conv, family)
     if module.value == "networks.oft_flux" and script == "flux_train_network":
         from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
 

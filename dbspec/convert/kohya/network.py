@@ -105,11 +105,9 @@ IA3_PRESET_BUILDS_NOTHING = (
 )
 
 
-def preset_file_targets(
-    preset: str, algo: str, dims, family: str | None, paths, args: Legacy, conv: Conversion
-) -> Targets | None:
-    """The targets and layers of a LyCORIS preset file, or None (reported); `dims`: the network's (dim,
-    alpha, conv_dim, conv_alpha)."""
+def load_preset_file(preset: str, paths, args: Legacy, conv: Conversion) -> dict[str, Any] | None:
+    """The table of a LyCORIS preset file (`preset`, read as LyCORIS's read_preset reads it), or None
+    (reported: not on this machine, unreadable, or a file LyCORIS refuses)."""
     legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
     local = paths.local(preset) if paths is not None else None
     if local is None:
@@ -127,6 +125,18 @@ def preset_file_targets(
     except PresetError as exc:
         conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
         return None
+    return data
+
+
+def preset_file_targets(
+    preset: str, algo: str, dims, family: str | None, paths, args: Legacy, conv: Conversion
+) -> Targets | None:
+    """The targets and layers of a LyCORIS preset file, or None (reported); `dims`: the network's (dim,
+    alpha, conv_dim, conv_alpha)."""
+    data = load_preset_file(preset, paths, args, conv)
+    if data is None:
+        return None
+    legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
     facts = family_spec(family).kohya if family else None
     # kohya's SD 1.x / 2.x U-Net (library/original_unet.py) keeps diffusers' paths, its SDXL U-Net
     # (library/sdxl_original_unet.py, sdxl_train_network.py; kohya has no refiner script) the original

@@ -1,0 +1,516 @@
+"""LyCORIS preset files (`--network_args preset=<file>.toml`, lycoris.kohya) with flux_train_network.py and
+sd3_train_network.py.
+
+lycoris_file.py reproduces LycorisNetworkKohya's walk (classes, names, fnmatch / regular expressions,
+exclude_name, module_algo_map / name_algo_map) on a torch-free inventory of kohya's model; here that
+inventory is kohya's Flux (library/flux_models.py Flux: FLUX.1 dev's 19 double and 38 single blocks, its
+guidance embedder) with the text encoders flux_train_network.py hands LyCORIS, CLIP-L (`lora_te1_`) and
+T5-XXL (`lora_te2_`), or kohya's MMDiT (library/sd3_models.py: SD3.5 large's 38 joint blocks, SD3.5 medium's
+second image attention in blocks 0-12; a variant's missing layers match nothing there) with CLIP-L, CLIP-G
+(both CLIPTextModelWithProjection) and T5-XXL (`lora_te3_`). A preset's keys the file does not set keep
+lycoris-lora 4.1.3's class defaults (the `full` lists: DoubleStreamBlock, SingleStreamBlock, SingleDiTBlock,
+PatchEmbed and TimestepEmbedding among the classes).
+
+The layers built on kohya's paths are written as dbspec's diffusers targets: a fused Linear (Flux's
+img_attn.qkv / txt_attn.qkv / linear1, SD3's attn.qkv / attn2.qkv) as all its diffusers parts
+(fused_projections: one LyCORIS module per fused layer), the embedders and final layer as diffusers' names,
+all as the shortest suffixes that pick exactly those layers among the diffusers model's (Flux's final
+`proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
+conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
+[[adapter.blocks]] on algo=lora / locon; LoKr / LoHa there have no blocks and their fused export covers the
+blocks (and SD3's timestep embedder) only, so per-layer dims and other layers are refused with them. Refused
+too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
+LyCORIS's modules), CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
+convolution at a dim of its own (kohya's SD3 file holds it at conv_dim), Chroma's model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, NamedTuple
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_file import (
+    PresetError,
+    Row,
+    Targets,
+    _add,
+    _settings,
+    _suffixes,
+    _text_targets,
+    _walk,
+    clip_text,
+)
+from dbspec.convert.kohya.lycoris_maps import map_blocks
+from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
+
+NUM_DOUBLE, NUM_SINGLE = 19, 38  # FLUX.1's depth and depth_single_blocks
+# lycoris-lora 4.1.3 LycorisNetworkKohya's class lists (the `full` preset), which a file's missing keys keep
+FULL_UNET_MODULES = [
+    *("Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D", "HunYuanDiTBlock"),
+    *("DoubleStreamBlock", "SingleStreamBlock", "SingleDiTBlock", "MMDoubleStreamBlock"),
+    *("MMSingleStreamBlock", "WanAttentionBlock", "HunyuanVideoTransformerBlock"),
+    *(
+        "HunyuanVideoSingleTransformerBlock",
+        "JointTransformerBlock",
+        "FinalLayer",
+        "QwenImageTransformerBlock",
+    ),
+    *("LensTransformerBlock", "Ideogram4TransformerBlock", "ZImageTransformerBlock", "AceStepEncoderLayer"),
+    *("AceStepDiTLayer", "TextFusionBlock", "Block", "PatchEmbed", "TimestepEmbedding"),
+    "LLMAdapterTransformerBlock",
+]
+FULL_TEXT_MODULES = [
+    *("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP", "MT5Block", "BertLayer", "Gemma2Attention"),
+    *("Gemma2FlashAttention2", "Gemma2SdpaAttention", "Gemma2MLP", "Qwen3Attention", "Qwen3FlashAttention2"),
+    *("Qwen3SdpaAttention", "Qwen3MLP"),
+]
+
+# kohya's Flux Linear (inside a block) -> its diffusers parts
+_DOUBLE = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn.proj": ("attn.to_out.0",),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn.proj": ("attn.to_add_out",),
+    "img_mlp.0": ("ff.net.0.proj",),
+    "img_mlp.2": ("ff.net.2",),
+    "txt_mlp.0": ("ff_context.net.0.proj",),
+    "txt_mlp.2": ("ff_context.net.2",),
+    "img_mod.lin": ("norm1.linear",),
+    "txt_mod.lin": ("norm1_context.linear",),
+}
+_SINGLE = {
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear2": ("proj_out",),
+    "modulation.lin": ("norm.linear",),
+}
+_TOP = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+
+
+def _mlp_embedder(rows: list[Row], p: str) -> None:
+    _add(rows, p, "MLPEmbedder")
+    _add(rows, f"{p}.in_layer", "Linear", "linear")
+    _add(rows, f"{p}.silu", "SiLU")
+    _add(rows, f"{p}.out_layer", "Linear", "linear")
+
+
+def _qk_norm(rows: list[Row], p: str) -> None:
+    _add(rows, p, "QKNorm")
+    _add(rows, f"{p}.query_norm", "RMSNorm")
+    _add(rows, f"{p}.key_norm", "RMSNorm")
+
+
+def flux_model(double: int = NUM_DOUBLE, single: int = NUM_SINGLE) -> list[Row]:
+    """kohya's Flux (library/flux_models.py, guidance_embed on: FLUX.1 dev), its named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "Flux")
+    _add(rows, "pe_embedder", "EmbedND")
+    _add(rows, "img_in", "Linear", "linear")
+    for name in ("time_in", "vector_in", "guidance_in"):
+        _mlp_embedder(rows, name)
+    _add(rows, "txt_in", "Linear", "linear")
+    _add(rows, "double_blocks", "ModuleList")
+    for i in range(double):
+        p = f"double_blocks.{i}"
+        _add(rows, p, "DoubleStreamBlock")
+        for stream in ("img", "txt"):
+            _add(rows, f"{p}.{stream}_mod", "Modulation")
+            _add(rows, f"{p}.{stream}_mod.lin", "Linear", "linear")
+            _add(rows, f"{p}.{stream}_norm1", "LayerNorm")
+            _add(rows, f"{p}.{stream}_attn", "SelfAttention")
+            _add(rows, f"{p}.{stream}_attn.qkv", "Linear", "linear")
+            _qk_norm(rows, f"{p}.{stream}_attn.norm")
+            _add(rows, f"{p}.{stream}_attn.proj", "Linear", "linear")
+            _add(rows, f"{p}.{stream}_norm2", "LayerNorm")
+            _add(rows, f"{p}.{stream}_mlp", "Sequential")
+            _add(rows, f"{p}.{stream}_mlp.0", "Linear", "linear")
+            _add(rows, f"{p}.{stream}_mlp.1", "GELU")
+            _add(rows, f"{p}.{stream}_mlp.2", "Linear", "linear")
+    _add(rows, "single_blocks", "ModuleList")
+    for i in range(single):
+        p = f"single_blocks.{i}"
+        _add(rows, p, "SingleStreamBlock")
+        _add(rows, f"{p}.linear1", "Linear", "linear")
+        _add(rows, f"{p}.linear2", "Linear", "linear")
+        _qk_norm(rows, f"{p}.norm")
+        _add(rows, f"{p}.pre_norm", "LayerNorm")
+        _add(rows, f"{p}.mlp_act", "GELU")
+        _add(rows, f"{p}.modulation", "Modulation")
+        _add(rows, f"{p}.modulation.lin", "Linear", "linear")
+    _add(rows, "final_layer", "LastLayer")
+    _add(rows, "final_layer.norm_final", "LayerNorm")
+    _add(rows, "final_layer.linear", "Linear", "linear")
+    _add(rows, "final_layer.adaLN_modulation", "Sequential")
+    _add(rows, "final_layer.adaLN_modulation.0", "SiLU")
+    _add(rows, "final_layer.adaLN_modulation.1", "Linear", "linear")
+    return rows
+
+
+def t5_encoder(layers: int = 24) -> list[Row]:
+    """transformers' T5EncoderModel (T5-XXL: 24 blocks, gated-GELU feed-forward), named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "T5EncoderModel")
+    _add(rows, "shared", "Embedding")
+    _add(rows, "encoder", "T5Stack")
+    _add(rows, "encoder.embed_tokens", "Embedding")
+    _add(rows, "encoder.block", "ModuleList")
+    for i in range(layers):
+        p = f"encoder.block.{i}"
+        _add(rows, p, "T5Block")
+        _add(rows, f"{p}.layer", "ModuleList")
+        _add(rows, f"{p}.layer.0", "T5LayerSelfAttention")
+        _add(rows, f"{p}.layer.0.SelfAttention", "T5Attention")
+        for name in ("q", "k", "v", "o"):
+            _add(rows, f"{p}.layer.0.SelfAttention.{name}", "Linear", "linear")
+        if i == 0:
+            _add(rows, f"{p}.layer.0.SelfAttention.relative_attention_bias", "Embedding")
+        _add(rows, f"{p}.layer.0.layer_norm", "T5LayerNorm")
+        _add(rows, f"{p}.layer.0.dropout", "Dropout")
+        _add(rows, f"{p}.layer.1", "T5LayerFF")
+        _add(rows, f"{p}.layer.1.DenseReluDense", "T5DenseGatedActDense")
+        for name in ("wi_0", "wi_1", "wo"):
+            _add(rows, f"{p}.layer.1.DenseReluDense.{name}", "Linear", "linear")
+        _add(rows, f"{p}.layer.1.DenseReluDense.dropout", "Dropout")
+        _add(rows, f"{p}.layer.1.DenseReluDense.act", "NewGELUActivation")
+        _add(rows, f"{p}.layer.1.layer_norm", "T5LayerNorm")
+        _add(rows, f"{p}.layer.1.dropout", "Dropout")
+    _add(rows, "encoder.final_layer_norm", "T5LayerNorm")
+    _add(rows, "encoder.dropout", "Dropout")
+    return rows
+
+
+def _sd3_block(rows: list[Row], p: str, pre_only: bool, attn2: bool) -> None:
+    _add(rows, p, "SingleDiTBlock")
+    _add(rows, f"{p}.norm1", "LayerNorm")
+    for name in ("attn", "attn2") if attn2 else ("attn",):
+        _add(rows, f"{p}.{name}", "AttentionLinears")
+        _add(rows, f"{p}.{name}.qkv", "Linear", "linear")
+        if not (pre_only and name == "attn"):
+            _add(rows, f"{p}.{name}.proj", "Linear", "linear")
+        _add(rows, f"{p}.{name}.ln_q", "RMSNorm")
+        _add(rows, f"{p}.{name}.ln_k", "RMSNorm")
+    if not pre_only:
+        _add(rows, f"{p}.norm2", "LayerNorm")
+        _add(rows, f"{p}.mlp", "MLP")
+        _add(rows, f"{p}.mlp.fc1", "Linear", "linear")
+        _add(rows, f"{p}.mlp.fc2", "Linear", "linear")
+        _add(rows, f"{p}.mlp.act", "GELU")
+        _add(rows, f"{p}.mlp.norm", "Identity")
+    _add(rows, f"{p}.adaLN_modulation", "Sequential")
+    _add(rows, f"{p}.adaLN_modulation.0", "SiLU")
+    _add(rows, f"{p}.adaLN_modulation.1", "Linear", "linear")
+
+
+def mmdit(depth: int = 38, attn2: tuple[int, ...] = tuple(range(13))) -> list[Row]:
+    """kohya's MMDiT (library/sd3_models.py; SD3.5 large's 38 joint blocks with RMS q/k norms, the blocks
+    `attn2` lists with SD3.5 medium's second image attention: a union of the variants, whose paths a file's
+    names match the same on each; layers a variant lacks match nothing there), named_modules() in order."""
+    rows: list[Row] = []
+    _add(rows, "", "MMDiT")
+    _add(rows, "x_embedder", "PatchEmbed")
+    _add(rows, "x_embedder.proj", "Conv2d", "conv")
+    _add(rows, "x_embedder.norm", "Identity")
+    for name, cls in (("t_embedder", "TimestepEmbedding"), ("y_embedder", "Embedder")):
+        _add(rows, name, cls)
+        _add(rows, f"{name}.mlp", "Sequential")
+        _add(rows, f"{name}.mlp.0", "Linear", "linear")
+        _add(rows, f"{name}.mlp.1", "SiLU")
+        _add(rows, f"{name}.mlp.2", "Linear", "linear")
+    _add(rows, "context_embedder", "Linear", "linear")
+    _add(rows, "joint_blocks", "ModuleList")
+    for i in range(depth):
+        p = f"joint_blocks.{i}"
+        _add(rows, p, "MMDiTBlock")
+        _sd3_block(rows, f"{p}.context_block", i == depth - 1, False)
+        _sd3_block(rows, f"{p}.x_block", False, i in attn2)
+    _add(rows, "final_layer", "UnPatch")
+    _add(rows, "final_layer.norm_final", "LayerNorm")
+    _add(rows, "final_layer.linear", "Linear", "linear")
+    _add(rows, "final_layer.adaLN_modulation", "Sequential")
+    _add(rows, "final_layer.adaLN_modulation.0", "SiLU")
+    _add(rows, "final_layer.adaLN_modulation.1", "Linear", "linear")
+    return rows
+
+
+_SD3_BLOCK = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "x_block.attn.proj": ("attn.to_out.0",),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "x_block.attn2.proj": ("attn2.to_out.0",),
+    "x_block.mlp.fc1": ("ff.net.0.proj",),
+    "x_block.mlp.fc2": ("ff.net.2",),
+    "x_block.adaLN_modulation.1": ("norm1.linear",),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "context_block.attn.proj": ("attn.to_add_out",),
+    "context_block.mlp.fc1": ("ff_context.net.0.proj",),
+    "context_block.mlp.fc2": ("ff_context.net.2",),
+    "context_block.adaLN_modulation.1": ("norm1_context.linear",),
+}
+_SD3_TOP = {
+    "x_embedder.proj": "pos_embed.proj",
+    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+    "context_embedder": "context_embedder",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+
+
+def sd3_parts(path: str) -> tuple[str, ...]:
+    """The diffusers SD3 layers that kohya's MMDiT layer `path` is (a fused q/k/v: its three parts)."""
+    if path in _SD3_TOP:
+        return (_SD3_TOP[path],)
+    _, index, inner = path.split(".", 2)
+    return tuple(f"transformer_blocks.{index}.{part}" for part in _SD3_BLOCK[inner])
+
+
+def diffusers_parts(path: str) -> tuple[str, ...]:
+    """The diffusers Flux Linears that kohya's Flux Linear `path` is (a fused one: all its parts)."""
+    if path in _TOP:
+        return (_TOP[path],)
+    group, index, inner = path.split(".", 2)
+    table, prefix = (
+        (_DOUBLE, "transformer_blocks")
+        if group == "double_blocks"
+        else (_SINGLE, "single_transformer_blocks")
+    )
+    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
+
+
+class FlowFile(NamedTuple):
+    """A preset file on kohya's Flux: the denoiser targets (diffusers' names; empty: no denoiser layer), the
+    CLIP-L targets, the [[adapter.blocks]] of its map entries' dims, the inert entry keys (entry, why)."""
+
+    denoiser: list[str]
+    text: list[str]
+    blocks: list[dict[str, Any]]
+    inert: list[tuple[str, str]]
+    convs: list[str] = []
+
+
+class FlowModel(NamedTuple):
+    """What a preset file is walked over with one kohya script: kohya's denoiser rows and their diffusers
+    parts, the CLIP encoders' rows (text_encoder, text_encoder_2), T5-XXL's prefix among LyCORIS's names, the
+    kohya paths LoKr / LoHa may adapt (their fused export's)."""
+
+    title: str
+    rows: Callable[[], list[Row]]
+    parts: Callable[[str], tuple[str, ...]]
+    clips: tuple[Callable[[], list[Row]], ...]
+    t5_prefix: str
+    lokr_prefixes: tuple[str, ...]
+
+
+def flux_preset_file(
+    data: dict[str, Any],
+    algo: str,
+    dims,
+    network: dict[str, Any],
+    rs_lora: bool,
+    model: FlowModel | None = None,
+    applied: tuple[bool, bool] = (True, True),
+) -> FlowFile:
+    """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
+    conv_alpha; `network`: the module options create_network hands every module; `applied`: whether apply_to
+    keeps the (text-encoder, denoiser) modules, lycoris_maps.map_blocks). PresetError where kohya
+    stops or dbspec cannot express it."""
+    model = model or FLUX_MODEL
+    s = _settings(data, algo)
+    for key, full in (
+        ("unet_target_module", FULL_UNET_MODULES),
+        ("text_encoder_target_module", FULL_TEXT_MODULES),
+    ):
+        if key not in data:
+            s[key] = list(full)
+    dim, alpha, conv_dim, conv_alpha = (*dims, dims[0], dims[1])[:4]
+    unet = model.rows()
+    conv_dims = (dim, alpha, conv_dim if s["enable_conv"] else 0, conv_alpha)
+    built = _walk(unet, s["unet_target_module"], s["unet_target_name"], s, conv_dims)
+    clips = [rows() for rows in model.clips]
+    text_args = (s["text_encoder_target_module"], s["text_encoder_target_name"], s, (dim, alpha, 0, 0))
+    built_texts = [_walk(rows, *text_args) for rows in clips]
+    t5 = _walk(t5_encoder(), *text_args)
+    for layers in (built, *built_texts, t5):
+        paths = [layer.path for layer in layers]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise PresetError(
+                f"it reaches {twice[0]} twice (a target class and a target name, or nested target classes): "
+                "LyCORIS builds the layer twice and asserts on the duplicate name",
+                True,
+            )
+    if t5:
+        raise PresetError(
+            f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} "
+            "modules): dbspec's T5-XXL LoRA is kohya's own network's form (its names and dims), not "
+            "LyCORIS's modules; drop T5's classes and paths from the file's text_encoder_target_module / "
+            "text_encoder_target_name",
+            False,
+        )
+    lokr = algo in ("lokr", "loha")
+    outside = [layer.path for layer in built if not layer.path.startswith(model.lokr_prefixes)]
+    if lokr and outside:
+        raise PresetError(
+            f"it adapts {outside[0]}: dbspec's fused LoKr / LoHa on {model.title} (and its export in "
+            f"LyCORIS's layout) covers {', '.join(p.rstrip('.') for p in model.lokr_prefixes)} only",
+            False,
+        )
+    # the walk's layers and the inventory in diffusers' names (a fused layer: each part)
+    layers = {part: replace(layer, path=part) for layer in built for part in model.parts(layer.path)}
+    rows = [(part, "Linear", kind) for path, _, kind in unet if kind for part in model.parts(path)]
+    components = ["text_encoder", "text_encoder_2"][: len(clips)]
+    text, text_2 = _text_targets(clips, [[layer.path for layer in built] for built in built_texts])
+    if text_2 is not None:
+        raise PresetError(
+            "it adapts other layers in CLIP-L than in CLIP-G: dbspec's LyCORIS on "
+            f"{model.title} has one target list for both encoders",
+            False,
+        )
+    linear = {p: layer for p, layer in layers.items() if layer.kind != "conv"}
+    found = Targets(
+        _suffixes(set(linear), rows),
+        text,
+        _suffixes({p for p, layer in layers.items() if layer.kind == "conv"}, rows),
+        None,
+        layers,
+        {
+            f"{c}.{layer.path}": replace(layer, path=f"{c}.{layer.path}")
+            for c, built in zip(components, built_texts)
+            for layer in built
+        },
+        rows,
+        [(f"{c}.{p}", cls, kind) for c, crow in zip(components, clips) for p, cls, kind in crow if p],
+    )
+    kind = algo if lokr else "lora"
+    blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
+    if text_blocks:
+        raise PresetError(
+            f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LyCORIS on "
+            f"{model.title} has no [[adapter.text_encoder_blocks]] yet",
+            False,
+        )
+    convs = [block for block in blocks if "conv_rank" in block]
+    if convs:
+        raise PresetError(
+            f"`{_source(convs)}` gives the patch convolution its own dim / alpha: dbspec writes SD3's kohya "
+            "file with the convolution at the network's conv_dim / conv_alpha (network_args) only",
+            False,
+        )
+    if blocks and lokr:
+        raise PresetError(
+            f"`{_source(blocks)}` gives some layers their own dim / alpha: dbspec's LoKr / LoHa on "
+            f"{model.title}'s fused layers have no [[adapter.blocks]] (one rank for every layer)",
+            False,
+        )
+    targets = found.denoiser
+    if "proj_out" in layers and "proj_out" not in targets:
+        # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:
+        # the target with a rank-0 block for the single blocks' the file leaves out
+        targets = [*targets, "proj_out"]
+        left = [p for p, _, _ in rows if p.endswith(".proj_out") and p not in layers]
+        if left:
+            indices = "|".join(p.split(".")[1] for p in left)
+            blocks = [
+                *blocks,
+                {
+                    "pattern": rf"^single_transformer_blocks\.({indices})\.proj_out$",
+                    "rank": 0,
+                    "alpha": 1.0,
+                    "_why": "the final layer's proj_out target: the single blocks' linear2 left out",
+                },
+            ]
+    return FlowFile(targets, text, blocks, inert, found.convs)
+
+
+SD3_MODEL = FlowModel(
+    "SD3",
+    mmdit,
+    sd3_parts,
+    (lambda: clip_text(12, projection=True), lambda: clip_text(32, projection=True)),
+    "lora_te3_",
+    ("joint_blocks.", "t_embedder."),
+)
+FLUX_MODEL = FlowModel(
+    "Flux",
+    flux_model,
+    diffusers_parts,
+    (lambda: clip_text(12),),
+    "lora_te2_",
+    ("double_blocks.", "single_blocks."),
+)
+
+
+def _given(a: dict[str, Legacy], key: str) -> bool:
+    return key in a and bool(a[key].value)
+
+
+def _source(blocks: list[dict]) -> str:
+    return blocks[0]["_why"].split("`")[1]
+
+
+def flow_preset_file(
+    preset: str, algo: str, a: dict[str, Legacy], paths, conv: Conversion, family: str | None, title: str
+) -> FlowFile | None:
+    """The preset file `preset` on kohya's Flux or SD3 (`title`) for map_lycoris_flow, or None (reported:
+    DBS402 where kohya stops, DBS403 where dbspec cannot express it)."""
+    args = a["network_args"]
+    legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+    model = SD3_MODEL if title == "SD3" else FLUX_MODEL
+    if model is FLUX_MODEL and family not in (None, "flux"):
+        conv.unsupported(
+            legacy,
+            f"dbspec converts LyCORIS preset files with flux_train_network.py on Flux's kohya model; "
+            f"{family}'s differs in its module classes and paths",
+        )
+        return None
+    data = load_preset_file(preset, paths, args, conv)
+    if data is None:
+        return None
+    kwargs, _ = parse_network_args(args.value or [])
+    dim = a["network_dim"].value if a["network_dim"].value is not None else 4
+    alpha = float(a["network_alpha"].value)
+    # LyCORIS's create_network: conv_dim / conv_alpha default to network_dim / network_alpha (0 too)
+    conv_dim = int(kwargs.get("conv_dim", dim) or dim)
+    conv_alpha = float(kwargs.get("conv_alpha", alpha) or alpha)
+    rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
+    try:
+        found = flux_preset_file(
+            data,
+            algo,
+            (dim, alpha, conv_dim, conv_alpha),
+            _module_options(kwargs),
+            rs_lora,
+            model,
+            (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
+        )
+    except PresetError as exc:
+        if exc.crash:
+            conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+        else:
+            conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+        return None
+    if not (found.denoiser or found.text or found.convs):
+        conv.invalid(
+            legacy.key,
+            preset,
+            args.source,
+            f"the LyCORIS preset file matches no layer of kohya's {model.title} or its CLIP encoders: the "
+            "network has no module and kohya has nothing to train (its optimizer gets an empty parameter "
+            "list)",
+        )
+        return None
+    for key, why in found.inert:
+        conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)
+    return found

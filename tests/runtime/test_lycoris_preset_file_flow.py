@@ -1,0 +1,298 @@
+"""LyCORIS preset files with flux_train_network.py and sd3_train_network.py
+(dbspec/convert/kohya/lycoris_flow_file.py) against lycoris-lora 4.1.3's create_network reading the same file
+in its kohya network.
+
+kohya's Flux and MMDiT cannot be built here (sd-scripts is no dependency of dbspec), so LyCORIS walks trees
+rebuilt on the meta device from the converter's own rows (lycoris_flow_file.flux_model / mmdit: kohya's
+library/flux_models.py Flux and library/sd3_models.py MMDiT, their named_modules() paths and class names, real
+nn.Linear / nn.Conv2d layers), as the SDXL test does with its recorded fixture; the text encoders are
+transformers' (the lists the scripts hand LyCORIS: CLIP-L and T5-XXL; CLIP-L, CLIP-G and T5-XXL) on the meta
+device. The rows' translation to diffusers is checked against diffusers' own FluxTransformer2DModel and
+SD3Transformer2DModel (meta device): every diffusers layer is a part of exactly one kohya layer. A tiny Flux
+run of a converted file then trains, resumes bit-exact and exports LyCORIS's module names."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, t5_encoder
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _pinned_clip, _rebuilt
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+PRESETS = {
+    # the double blocks' attention by fnmatch names, norms and single blocks excluded; a dim for one stream
+    "double_attention": """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["single_blocks.*", "*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+dim = 16
+alpha = 8
+""",
+    # LyCORIS's `full` lists but the single blocks (regular expression) and CLIP's MLPs
+    "no_singles": """\
+exclude_name = ['single_blocks\\..*', 'text_model\\.encoder\\.layers\\.\\d+\\.mlp.*']
+""",
+    # classes: the single blocks' modulation and the embedders (by name), blocks 0-3 of the double MLPs
+    "classes": """\
+unet_target_module = ["Modulation", "MLPEmbedder"]
+unet_target_name = ['double_blocks\\.[0-3]\\.(img|txt)_mlp', "img_in", "txt_in", "final_layer.linear"]
+text_encoder_target_module = []
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.1[01]\\.self_attn\\.q_proj']
+exclude_name = ['double_blocks\\.\\d+\\.txt_mod']
+""",
+    # an empty file: LyCORIS's defaults (the `full` preset's lists)
+    "defaults": "",
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        clip = CLIPTextModel(CLIPTextConfig(num_hidden_layers=12, hidden_act="quick_gelu"))
+        t5 = T5EncoderModel(
+            T5Config(d_model=64, d_kv=8, d_ff=128, num_layers=24, num_heads=8, feed_forward_proj="gated-gelu")
+        )
+        flux = FluxTransformer2DModel(guidance_embeds=True)
+    return {"kohya": _rebuilt(flux_model()), "te": [_pinned_clip(clip), t5], "flux": flux}
+
+
+def _lycoris_names(models, preset: str, monkeypatch, algo: str = "locon") -> set[str]:
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, models["te"], models["kohya"], algo=algo, preset=preset
+    )
+    return {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras]}
+
+
+def _matches(name: str, targets) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)  # peft's suffix match
+
+
+def _adapted(path: str, adapter) -> bool:
+    """A target picks the diffusers layer and the first block matching it (runtime/blocks.py) is no rank 0."""
+    block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
+    return _matches(path, adapter.denoiser_targets) and (block is None or block.rank > 0)
+
+
+def _planned_names(models, adapter) -> set[str]:
+    """kohya's names of the layers dbspec's targets adapt: a kohya Linear whose diffusers parts all match
+    (none may match part of a fused layer)."""
+    names = set()
+    for path, _, kind in flux_model():
+        if kind:
+            hits = [_adapted(p, adapter) for p in diffusers_parts(path)]
+            assert len(set(hits)) == 1, path
+            if hits[0]:
+                names.add("lora_unet_" + path.replace(".", "_"))
+    for name, module in models["te"][0].named_modules():
+        if isinstance(module, nn.Linear) and _matches(name, adapter.text_encoder_targets):
+            names.add(f"lora_te1_{name.replace('.', '_')}")
+    return names
+
+
+def _converted(tmp_path: Path, preset: str, algo: str = "locon", overrides=None):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "preset={preset}" --learning_rate=1e-2 --max_train_steps=2 '
+        "--save_model_as=safetensors --output_dir=out --model_prediction_type raw --guidance_scale 1.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+def _file(tmp_path: Path, preset: str) -> Path:
+    path = tmp_path / f"{preset}.toml"
+    path.write_text(PRESETS[preset], encoding="utf-8")
+    return path
+
+
+def test_rows_translate_onto_diffusers_flux_and_t5(models):
+    """Every diffusers Flux Linear is a part of exactly one Linear of the rows; the T5 rows are
+    transformers' T5EncoderModel's (class names and paths)."""
+    parts = [p for path, _, kind in flux_model() if kind for p in diffusers_parts(path)]
+    linears = [n for n, m in models["flux"].named_modules() if isinstance(m, nn.Linear)]
+    assert sorted(parts) == sorted(linears)
+    t5 = [(n, type(m).__name__) for n, m in models["te"][1].named_modules()]
+    assert t5 == [(p, c) for p, c, _ in t5_encoder()]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_flux_preset_file_adapts_the_layers_lycoris_builds(models, preset, tmp_path, monkeypatch):
+    path = _file(tmp_path, preset)
+    plan = _converted(tmp_path, path.name)
+    theirs = _lycoris_names(models, str(path), monkeypatch)
+    ours = _planned_names(models, plan.adapter)
+    assert theirs, "the preset builds modules on kohya's Flux"
+    assert not any(n.startswith("lora_te2") for n in theirs)  # no T5 module
+    assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+
+
+def test_t5_classes_build_lycoris_modules(models, tmp_path, monkeypatch):
+    """What dbspec refuses (DBS403): a file naming T5's classes gets LyCORIS modules on T5-XXL."""
+    path = tmp_path / "t5.toml"
+    path.write_text('text_encoder_target_module = ["T5Attention"]\n', encoding="utf-8")
+    theirs = _lycoris_names(models, str(path), monkeypatch)
+    assert any(n.startswith("lora_te2_encoder_block_0_layer_0_SelfAttention_q") for n in theirs)
+
+
+def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_path, monkeypatch):
+    """A tiny Flux run of the double-attention file (fused q/k/v whole, the img stream's at dim 16): its kohya
+    export holds LyCORIS's modules that tiny-flux has, and a run stopped after 2 of 4 steps resumes to the
+    same weights."""
+    path = _file(tmp_path, "double_attention")
+    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=4"]
+    base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
+    plan = _converted(tmp_path, path.name, overrides=base)
+    theirs = _lycoris_names(models, str(path), monkeypatch)
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]))
+    assert whole.status == "finished" and whole.steps == 4
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    tensors = load_file(str(export))
+    modules = {k.split(".")[0] for k in tensors}
+    assert modules and modules <= theirs
+    down = tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
+    assert (
+        down.shape[0] == 16
+        and tensors["lora_unet_double_blocks_0_txt_attn_qkv.lora_down.weight"].shape[0] == 4
+    )
+    assert plan.adapter.blocks[0].rank == 16
+    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and second.losses[-2:] == whole.losses[-2:]
+    (again,) = Path(second.final).glob("*.kohya.safetensors")
+    b = load_file(str(again))
+    assert tensors.keys() == b.keys() and all(torch.equal(tensors[k], b[k]) for k in tensors)
+
+
+def _spec(tmp_path: Path) -> Path:
+    from tests.unit.convert_kit import out_path
+
+    return out_path(tmp_path)
+
+
+SD3_PRESETS = {
+    # the x blocks' attention (AttentionLinears; the context stream excluded by fnmatch), the patch conv
+    "x_attention": """\
+use_fnmatch = true
+unet_target_module = ["AttentionLinears", "PatchEmbed"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPMLP"]
+exclude_name = ["*.context_block.*"]
+""",
+    # names: the embedders, the final layer, blocks 30-37's context MLPs; CLIP's projection (both encoders)
+    "names": """\
+unet_target_module = []
+unet_target_name = ['t_embedder', 'y_embedder', 'context_embedder', 'final_layer\\..*',
+    'joint_blocks\\.3[0-7]\\.context_block\\.mlp']
+text_encoder_target_module = []
+text_encoder_target_name = ["text_projection"]
+""",
+    "defaults": "",
+}
+
+
+@pytest.fixture(scope="module")
+def sd3_models():
+    from diffusers import SD3Transformer2DModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit
+
+    with torch.device("meta"):
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(num_hidden_layers=12, hidden_act="quick_gelu"))
+        clip_g = CLIPTextModelWithProjection(
+            CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=32, num_attention_heads=4)
+        )
+        t5 = T5EncoderModel(
+            T5Config(d_model=64, d_kv=8, d_ff=128, num_layers=24, num_heads=8, feed_forward_proj="gated-gelu")
+        )
+        sd3 = SD3Transformer2DModel(
+            num_layers=38, attention_head_dim=8, num_attention_heads=2, dual_attention_layers=tuple(range(13))
+        )
+    te = [_pinned_clip(clip_l), _pinned_clip(clip_g), t5]
+    return {"kohya": _rebuilt(mmdit()), "te": te, "sd3": sd3}
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "conv" if isinstance(module, nn.Conv2d) else ""
+
+
+def test_mmdit_rows_translate_onto_diffusers_sd3(sd3_models):
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit, sd3_parts
+
+    parts = {p: kind for path, _, kind in mmdit() if kind for p in sd3_parts(path)}
+    layers = {n: _kind(m) for n, m in sd3_models["sd3"].named_modules() if _kind(m)}
+    assert parts == layers
+
+
+@pytest.mark.parametrize("preset", sorted(SD3_PRESETS))
+def test_sd3_preset_file_adapts_the_layers_lycoris_builds(sd3_models, preset, tmp_path, monkeypatch):
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit, sd3_parts
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    path = tmp_path / f"{preset}.toml"
+    path.write_text(SD3_PRESETS[preset], encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{name}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f'--network_dim=4 --network_alpha=1 --network_args "algo=locon" "preset={path.name}" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    theirs = _lycoris_names(sd3_models, str(path), monkeypatch)
+    ours = set()
+    for kohya_path, _, kind in mmdit():
+        if kind:
+            targets = a.conv_targets if kind == "conv" else a.denoiser_targets
+            hits = {_matches(p, targets) for p in sd3_parts(kohya_path)}
+            assert len(hits) == 1, kohya_path
+            if hits.pop():
+                ours.add("lora_unet_" + kohya_path.replace(".", "_"))
+    for prefix, model in zip(("lora_te1", "lora_te2"), sd3_models["te"]):
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and _matches(name, a.text_encoder_targets):
+                ours.add(f"{prefix}_{name.replace('.', '_')}")
+    assert theirs and not any(n.startswith("lora_te3") for n in theirs)
+    assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []

@@ -1,0 +1,174 @@
+"""LyCORIS preset files with flux_train_network.py and sd3_train_network.py
+(dbspec/convert/kohya/lycoris_flow_file.py): the file's walk over kohya's Flux / MMDiT (lycoris_file._walk on
+lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
+[[adapter.blocks]] (LoRA/LoCon), SD3's patch convolution as conv_targets; LoKr / LoHa per-layer dims,
+T5-XXL layers and the patch convolution's own dims refused (DBS403).
+tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's
+create_network."""
+
+from __future__ import annotations
+
+import re
+
+from convert_kit import codes, component_file, errors, images, kohya, messages, plan_of
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+BASE = (
+    f"accelerate launch --mixed_precision bf16 flux_train_network.py --pretrained_model_name_or_path {FLUX} "
+    "--clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors --ae ae.safetensors --train_data_dir x "
+    "--resolution 512 --cache_latents_to_disk --save_model_as safetensors --sdpa --seed 42 "
+    "--mixed_precision bf16 --save_precision bf16 --network_module lycoris.kohya --network_dim 8 "
+    "--network_alpha 4 --optimizer_type adamw --learning_rate 1e-4 --max_train_steps 100 "
+    "--timestep_sampling shift --discrete_flow_shift 3.1582 --model_prediction_type raw --guidance_scale 1.0"
+)
+# the double blocks' attention (fnmatch names), single blocks excluded, the img stream's qkv at dim 16
+DOUBLE_ATTENTION = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["single_blocks.*", "*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+dim = 16
+alpha = 8
+"""
+# the `full` defaults but the single blocks (regular expression), no text encoder
+NO_SINGLES = """\
+exclude_name = ['single_blocks\\..*']
+text_encoder_target_module = []
+"""
+
+
+def _flux(tmp_path, preset: str, extra: str = "", *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
+    return kohya(tmp_path, allow=allow, command=f'{BASE} --network_args "preset=preset.toml" {extra}')
+
+
+def _picked(paths: list[str], targets) -> list[str]:
+    return [p for p in paths if any(p == t or p.endswith("." + t) for t in targets)]
+
+
+def test_double_block_attention_by_name_with_a_dim(tmp_path):
+    outcome = _flux(tmp_path, DOUBLE_ATTENTION, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == "lora" and a.rank == 8 and a.alpha == 4
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    parts = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"]
+    parts += ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"]
+    double = [f"transformer_blocks.{i}.{p}" for i in range(19) for p in parts]
+    single = [f"single_transformer_blocks.{i}.{p}" for i in range(38) for p in ("attn.to_q", "proj_out")]
+    assert _picked([*double, *single, "proj_out"], a.denoiser_targets) == double
+    assert sorted(a.text_encoder_targets) == ["k_proj", "out_proj", "q_proj", "v_proj"]
+    (block,) = a.blocks
+    assert (block.rank, block.alpha) == (16, 8.0)
+    hit = [f"transformer_blocks.{i}.attn.to_{n}" for i in range(19) for n in "qkv"]
+    hit.sort(key=double.index)
+    assert all(re.search(block.pattern, p) for p in hit)
+    # among the adapted layers (the blocks apply to them) the img stream's fused q/k/v alone
+    assert [p for p in double if re.search(block.pattern, p)] == hit
+
+
+def test_full_defaults_but_the_single_blocks(tmp_path):
+    """Keys the file leaves out keep LyCORIS's `full` lists: every double-block Linear, no embedder or final
+    layer (MLPEmbedder, LastLayer are in no list), no CLIP module (the file empties its classes)."""
+    outcome = _flux(tmp_path, NO_SINGLES, '"algo=lora"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    parts = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj"]
+    parts += ["attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj"]
+    parts += ["ff_context.net.2", "norm1.linear", "norm1_context.linear"]
+    double = [f"transformer_blocks.{i}.{p}" for i in range(19) for p in parts]
+    single = [f"single_transformer_blocks.{i}.{p}" for i in range(38) for p in ("attn.to_q", "proj_out")]
+    top = ["proj_out", "norm_out.linear", "x_embedder", "context_embedder"]
+    assert _picked([*double, *single, *top], a.denoiser_targets) == double
+    assert list(a.text_encoder_targets) == [] and not a.blocks
+
+
+def test_lokr_converts_without_dims_and_refuses_a_dim(tmp_path):
+    outcome = _flux(tmp_path / "plain", NO_SINGLES, '"algo=lokr"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path / "plain").adapter.kind == "lokr"
+    outcome = _flux(tmp_path / "dim", DOUBLE_ATTENTION, '"algo=lokr"', allow=True)
+    assert "DBS403" in codes(outcome)
+    assert "no [[adapter.blocks]]" in messages(outcome, "DBS403")
+
+
+def test_t5_classes_are_refused(tmp_path):
+    preset = 'text_encoder_target_module = ["CLIPAttention", "T5Attention"]\n'
+    outcome = _flux(tmp_path, preset, '"algo=locon"', allow=True)
+    assert "DBS403" in codes(outcome)
+    assert "T5-XXL layer" in messages(outcome, "DBS403")
+
+
+def test_a_file_matching_nothing_stops_kohya(tmp_path):
+    preset = "unet_target_module = []\ntext_encoder_target_module = []\n"
+    outcome = _flux(tmp_path, preset, '"algo=locon"', allow=True)
+    assert "DBS402" in codes(outcome)
+
+
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+# the x blocks' attention (classes AttentionLinears under x_block by fnmatch) and the patch convolution
+SD3_X_ATTENTION = """\
+use_fnmatch = true
+unet_target_module = ["AttentionLinears", "PatchEmbed"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPMLP"]
+exclude_name = ["*.context_block.*"]
+"""
+
+
+def _sd3(tmp_path, preset: str, extra: str, *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
+    return kohya(
+        tmp_path,
+        allow=allow,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --sdpa --seed 42 "
+        "--network_module lycoris.kohya --network_dim 8 --network_alpha 4 --learning_rate 1e-4 "
+        f'--max_train_steps 100 --network_args "preset=preset.toml" {extra}',
+    )
+
+
+def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
+    outcome = _sd3(tmp_path, SD3_X_ATTENTION, '"algo=locon" "conv_dim=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and a.rank == 8 and (a.conv_rank, a.conv_alpha) == (4, 4.0)
+    assert list(a.conv_targets) == ["pos_embed.proj"]
+    parts = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn2.to_q", "attn2.to_out.0"]
+    x = [f"transformer_blocks.{i}.{p}" for i in range(24) for p in parts]
+    context = [f"transformer_blocks.{i}.attn.{p}" for i in range(24) for p in ("add_q_proj", "to_add_out")]
+    assert _picked([*x, *context, "proj_out"], a.denoiser_targets) == x
+    assert sorted(a.text_encoder_targets) == ["fc1", "fc2"] and not a.blocks
+    # a dim of its own for the patch convolution: DBS403 (kohya's SD3 file has one conv rank)
+    dim = SD3_X_ATTENTION + "\n[module_algo_map.PatchEmbed]\ndim = 2\n"
+    outcome = _sd3(tmp_path / "dim", dim, '"algo=locon" "conv_dim=4"', allow=True)
+    assert "patch convolution its own dim" in messages(outcome, "DBS403")
+
+
+def test_sd3_lokr_on_the_patch_convolution_is_refused(tmp_path):
+    preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
+    outcome = _sd3(tmp_path, preset, '"algo=lokr"', allow=True)
+    assert "DBS403" in codes(outcome)
+
+
+def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):
+    """--network_train_unet_only: LycorisNetworkKohya.apply_to drops CLIP-L's modules, so an entry reaching
+    only them (another algorithm, a dim) changes nothing (DBS405) instead of being refused."""
+    preset = NO_SINGLES.replace("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPMLP"]')
+    preset += '\n[module_algo_map.CLIPMLP]\nalgo = "loha"\ndim = 2\n'
+    outcome = _flux(tmp_path / "refused", preset, '"algo=locon"', allow=True)
+    assert "DBS403" in codes(outcome)
+    outcome = _flux(tmp_path / "kept", preset, '"algo=locon" --network_train_unet_only')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert "apply_to drops" in messages(outcome, "DBS405")
