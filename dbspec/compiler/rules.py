@@ -2431,7 +2431,8 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                     "DBS576",
                     ("adapter", table, i, "factor"),
                     f"adapter.{table}[{i}].factor = {block.factor} with adapter.{why}: a block's factor "
-                    "splits LoKr layers built one by one",
+                    'splits the Kronecker factors of each LoKr layer it matches, which only kind = "lokr" '
+                    "without fused_projections builds",
                     codes.help("DBS576"),
                 )
 

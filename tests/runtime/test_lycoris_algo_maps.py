@@ -303,7 +303,7 @@ def test_lokr_blocks_resume_bit_exact(tmp_path):
     (theirs,) = Path(resumed.final).glob("*.kohya.safetensors")
     ours, theirs = load_file(str(ours)), load_file(str(theirs))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    # the run's own adapter folders load back (`dbspec sample`), each layer split as its block's factor split it
+    # the run's own adapter folders load back (`dbspec sample`), each layer split by its block's factor
     from peft import get_peft_model_state_dict
 
     from dbspec.runtime.tiny import build_pipeline
