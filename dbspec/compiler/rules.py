@@ -2425,7 +2425,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
     fused = getattr(a, "fused_projections", False)
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
-            if block.factor and (a.kind != "lokr" or fused):
+            if getattr(block, "factor", 0) and (a.kind != "lokr" or fused):  # DyLoRA's blocks have none
                 why = "fused_projections = true" if a.kind == "lokr" else f'kind = "{a.kind}"'
                 yield _err(
                     "DBS576",
