@@ -6,8 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr; a LoKr entry's own `factor` too), or PresetError (`crash` False) for what dbspec does not express: another algorithm on some
-layers, an entry's other options, per-layer dims on the other algorithms."""
+LoHa, LoKr; a LoKr entry's own `factor` too), or PresetError (`crash` False) for what dbspec does not express:
+another algorithm on some layers, an entry's other options, per-layer dims on the other algorithms."""
 
 from __future__ import annotations
 
