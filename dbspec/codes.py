@@ -2635,6 +2635,16 @@ written in kohya's Flux layout only, and train under `distributed.strategy = "dd
         help="adapt every part of each fused layer and remove those options, or set "
         "adapter.fused_projections = false",
     ),
+    Code(
+        "DBS576",
+        ERROR,
+        "A block's LoKr factor it cannot use",
+        """\
+`factor` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` splits the matched layers' LoKr Kronecker
+factors (a LyCORIS preset file's map entry with its own `factor`): it needs `kind = "lokr"` with LyCORIS's
+split (not `fused_projections`, whose parts share one product split from the fused layer).""",
+        help='remove the block\'s factor, or use kind = "lokr" without fused_projections',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

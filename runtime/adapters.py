@@ -166,9 +166,15 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
+            from dbspec.runtime.blocks import block_factors
             from dbspec.runtime.lokr_factor import lycoris_factors
 
-            with lycoris_factors(adapter.unbalanced_factorization):
+            factors = (
+                block_factors(module, config.target_modules, adapter, "" if conv else component)
+                if conv or component
+                else {}
+            )
+            with lycoris_factors(adapter.unbalanced_factorization, factors):
                 inject_lora(module, config)
         else:
             inject_lora(module, config)

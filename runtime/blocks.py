@@ -48,19 +48,12 @@ def with_blocks(
     the config from JSON); rank-0 modules excluded. A text encoder (`component` named) takes
     `adapter.text_encoder_blocks`, searched in `<component>.<path>` (CLIP paths with `text_model.`, T5's as
     they are)."""
-    from dbspec.runtime.exports import clip_path  # exports imports the family registry
-
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
-    # CLIP's paths with `text_model.`; T5-XXL's (Flux's, SD3's) as transformers names them
-    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     excluded: list[str] = []
-    for path, layer in module.named_modules():
-        if not path or not _targeted(path, config.target_modules):
-            continue
+    for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
         if block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:
@@ -89,6 +82,30 @@ def with_blocks(
     if custom:  # a custom layer's dispatch (DyLoRA's, runtime/dylora.py)
         out._register_custom_module(custom)
     return out
+
+
+def _blocks_of(module: torch.nn.Module, targets, blocks: tuple[BlockPlan, ...], component: str):
+    """(path, layer, its block or None) of each layer of `module` peft adapts (`targets`); a text encoder's
+    (`component` named) blocks are searched in `<component>.<path>`."""
+    from dbspec.runtime.exports import clip_path  # exports imports the family registry
+
+    # CLIP's paths with `text_model.`; T5-XXL's (Flux's, SD3's) as transformers names them
+    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
+    for path, layer in module.named_modules():
+        if path and _targeted(path, targets):
+            yield path, layer, block_of(blocks, f"{component}.{text_path(path)}" if component else path)
+
+
+def block_factors(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: LoKr factor} of the layers whose block sets its own `factor` (LyCORIS's map entries)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.factor for b in blocks):
+        return {}
+    return {
+        path: block.factor
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.factor
+    }
 
 
 def block_param_groups(

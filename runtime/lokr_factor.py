@@ -24,31 +24,49 @@ from dbspec.plan.lokr import factorization
 
 class _Splits:
     """peft's `factorization` as LyCORIS's; with `unbalanced` every second call (the output dimension's
-    split, peft asking for the input's first) swapped."""
+    split, peft asking for the input's first) swapped. `factors`: the layers (peft's module keys) split by a
+    factor of their own (a block's `factor`); `shapes`: layers whose (output, input) splits are given (read
+    off saved weights)."""
 
-    def __init__(self, unbalanced: bool) -> None:
+    def __init__(self, unbalanced: bool, factors: dict | None = None, shapes: dict | None = None) -> None:
         self.unbalanced = unbalanced
+        self.factors = factors or {}
+        self.shapes = shapes or {}
+        self.layer = ""  # the layer peft is building (set by lycoris_factors' _create_and_replace)
         self.calls = 0
 
     def __call__(self, dimension: int, factor: int = -1) -> tuple[int, int]:
         self.calls += 1
-        m, n = factorization(dimension, factor)
+        if self.layer in self.shapes:
+            out_split, in_split = self.shapes[self.layer]
+            return in_split if self.calls % 2 else out_split
+        m, n = factorization(dimension, self.factors.get(self.layer, factor))
         if self.unbalanced and self.calls % 2 == 0:
             return n, m
         return m, n
 
 
 @contextmanager
-def lycoris_factors(unbalanced: bool = False) -> Iterator[None]:
-    """peft builds its LoKr layers with LyCORIS's split (module docstring) inside the block."""
+def lycoris_factors(
+    unbalanced: bool = False, factors: dict | None = None, shapes: dict | None = None
+) -> Iterator[None]:
+    """peft builds its LoKr layers with LyCORIS's split (module docstring) inside the block; `factors` /
+    `shapes` (by module path): layers with a factor or splits of their own (_Splits)."""
     from peft.tuners.lokr import layer
+    from peft.tuners.lokr.model import LoKrModel
 
-    original = layer.factorization
-    layer.factorization = _Splits(unbalanced)
+    original, create = layer.factorization, LoKrModel._create_and_replace
+    splits = _Splits(unbalanced, factors, shapes)
+
+    def create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
+        splits.layer = current_key  # peft splits the layer's dimensions inside, by the module's path
+        return create(self, config, adapter_name, target, target_name, parent, current_key)
+
+    layer.factorization, LoKrModel._create_and_replace = splits, create_and_replace
     try:
         yield
     finally:
-        layer.factorization = original
+        layer.factorization, LoKrModel._create_and_replace = original, create
 
 
 def _first_factor(dims: tuple[int, int], factor: int, split: tuple[str, bool]) -> tuple[int, int]:
@@ -80,4 +98,21 @@ def split_of_state(module, state: dict, factor: int) -> tuple[str, bool]:
     for split in (("lycoris", False), ("lycoris", True), ("peft", False)):
         if all(_first_factor(dims[p], factor, split) == shapes[p] for p in shapes):
             return split
-    return ("peft", False)  # none fits: peft's own error names the layer
+    return ("layers", False)  # none fits every layer: layers with a factor of their own (shapes_of_state)
+
+
+def shapes_of_state(module, state: dict) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """{path: ((out_l, out_k), (in_m, in_n))}: each LoKr layer's splits read off its saved first factor
+    (a run whose [[adapter.blocks]] gave layers a factor of their own)."""
+    out = {}
+    for key, value in state.items():
+        path, _, name = key.rpartition(".")
+        if name == "lokr_w1":
+            first = tuple(value.shape)
+        elif name == "lokr_w1_a":
+            first = (value.shape[0], state[f"{path}.lokr_w1_b"].shape[1])
+        else:
+            continue
+        weight = module.get_submodule(path).weight  # (out, in, ...): a convolution's in per group
+        out[path] = ((first[0], weight.shape[0] // first[0]), (first[1], weight.shape[1] // first[1]))
+    return out

@@ -80,12 +80,14 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 lr_scale=b.lr_scale,
                 lr=b.lr,
                 group=b.group,
+                factor=b.factor,
             )
             for b in adapter.blocks
         )
     if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
+            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor)
+            for b in adapter.text_encoder_blocks
         )
     plan = AdapterPlan(
         kind=adapter.kind,

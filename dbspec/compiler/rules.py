@@ -2419,6 +2419,25 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own LoKr `factor` (runtime/lokr_factor.py) splits LoKr layers built one by one (DBS576)."""
+    a = spec.adapter
+    fused = getattr(a, "fused_projections", False)
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            if getattr(block, "factor", 0) and (a.kind != "lokr" or fused):  # DyLoRA's blocks have none
+                why = "fused_projections = true" if a.kind == "lokr" else f'kind = "{a.kind}"'
+                yield _err(
+                    "DBS576",
+                    ("adapter", table, i, "factor"),
+                    f"adapter.{table}[{i}].factor = {block.factor} with adapter.{why}: a block's factor "
+                    'splits the Kronecker factors of each LoKr layer it matches, which only kind = "lokr" '
+                    "without fused_projections builds",
+                    codes.help("DBS576"),
+                )
+
+
+@rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped."""

@@ -207,6 +207,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "blocks", "*", "lr"): 0.0,  # a block's own rate (kohya network_reg_lrs), added since
         ("adapter", "blocks", "*", "group"): "",  # a block's own optimizer group, added since
         ("adapter", "text_encoder_blocks", "*", "group"): "",
+        ("adapter", "blocks", "*", "factor"): 0,  # a block's own LoKr factor, added since
+        ("adapter", "text_encoder_blocks", "*", "factor"): 0,
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then

@@ -112,6 +112,7 @@ class BlockPlan:
     lr_scale: float = 1.0
     lr: float = 0.0  # the adapters' own rate in place of the denoiser's times lr_scale; 0: not set
     group: str = ""  # an optimizer group of their own: the group's name + "_" + this; "": none
+    factor: int = 0  # LoKr: the layers' Kronecker split factor in place of the adapter's; 0: the adapter's
 
 
 @frozen

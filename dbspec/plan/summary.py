@@ -635,11 +635,17 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 f"  block /{block.pattern}/",
                 f"rank {block.rank} alpha {block.alpha:g}{conv}, "
                 + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
-                + (f", optimizer group of its own (`_{block.group}`)" if block.group else ""),
+                + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
+                + _block_factor(block),
             )
         )
     for block in a.text_encoder_blocks:
-        rows.append((f"  text-encoder block /{block.pattern}/", f"rank {block.rank} alpha {block.alpha:g}"))
+        rows.append(
+            (
+                f"  text-encoder block /{block.pattern}/",
+                f"rank {block.rank} alpha {block.alpha:g}{_block_factor(block)}",
+            )
+        )
     for fused in a.fused:
         rows.append(
             (
@@ -1408,6 +1414,11 @@ def _fused_draw(a) -> str:
         n for n, v in (("down", a.down_dropout), ("rank", a.rank_dropout), ("module", a.module_dropout)) if v
     ]
     return f"; {', '.join(on)} dropout drawn once per layer" if on else ""
+
+
+def _block_factor(block) -> str:
+    """A block's own LoKr split factor (LyCORIS preset files' map entries)."""
+    return f", LoKr factor {block.factor}" if block.factor else ""
 
 
 def _ggpo_rows(a) -> list[tuple[str, str]]:

@@ -385,6 +385,18 @@ class OptimizerBlock:
     )
 
 
+def _block_factor():
+    return option(
+        0,
+        doc="LoKr: the matched layers' Kronecker split factor in place of the adapter's `factor` (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's `factor`); -1 splits near the square "
+        "root; 0 = the adapter's `factor`.",
+        minimum=-1,
+        maximum=65536,
+        example=8,
+    )
+
+
 @frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
@@ -408,6 +420,7 @@ class AdapterBlock:
         maximum=1024,
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    factor: int = _block_factor()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -448,6 +461,7 @@ class TextEncoderBlock:
     )
     rank: int = option(doc="Rank of the matched layers; 0 adapts none of them.", minimum=0, maximum=1024)
     alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
+    factor: int = _block_factor()
 
 
 def _adapter_blocks():

@@ -60,7 +60,8 @@ text_encoder_target_name = []
     alpha = 3
 """,
     # names: a name_algo_map key (exact, then a regex) before the layer's class entry; nested classes inside
-    # a target class (the first entry to reach a layer keeps it: Linear's inside BasicTransformerBlock)
+    # a target class (the first entry to reach a layer keeps it: Linear's inside BasicTransformerBlock);
+    # LoKr's own factor on some entries (LoCon and LoHa never read it: ignored)
     "names": """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel"]
@@ -71,6 +72,7 @@ text_encoder_target_name = ['text_model\\.encoder\\.layers\\.[01]\\.self_attn\\.
 [module_algo_map.Linear]
 dim = 6
 alpha = 2
+factor = 2
 [module_algo_map.BasicTransformerBlock]
 dim = 2
 [name_algo_map.conv_in]
@@ -81,6 +83,7 @@ dim = 8
 [name_algo_map.'text_model\\.encoder\\.layers\\.0\\.']
 dim = 2
 alpha = 0.5
+factor = 4
 """,
     # convolutions off: an entry's dim still adapts the ResNets' 3x3 convolutions (create_single_module)
     "no-conv": """\
@@ -169,6 +172,40 @@ def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkey
     assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    if algo == "lokr":  # the entries' own factors: every layer's Kronecker factors in LyCORIS's shapes
+        assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
+        theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
+        assert theirs and {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
+
+
+LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+
+
+def _lokr_shapes(made) -> dict[str, dict[str, tuple]]:
+    """Each LyCORIS LokrModule's factor tensors' shapes."""
+    return {
+        m.lora_name: {p: tuple(getattr(m, p).shape) for p in LOKR_PARTS if getattr(m, p, None) is not None}
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+
+
+def _lokr_shapes_of(pipe, plan) -> dict[str, dict[str, tuple]]:
+    """The same of each peft LoKr layer the plan's adapter builds."""
+    from peft.tuners.lokr import LoKrLayer
+
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    adapter = plan.adapter
+    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    out = {}
+    for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, LoKrLayer):
+                parts = {p: getattr(layer, p) for p in LOKR_PARTS}
+                out[prefix + name.replace(".", "_")] = {
+                    p: tuple(v["default"].shape) for p, v in parts.items() if "default" in v
+                }
+    return out
 
 
 def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
@@ -266,6 +303,19 @@ def test_lokr_blocks_resume_bit_exact(tmp_path):
     (theirs,) = Path(resumed.final).glob("*.kohya.safetensors")
     ours, theirs = load_file(str(ours)), load_file(str(theirs))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the run's own adapter folders load back (`dbspec sample`), each layer split by its block's factor
+    from peft import get_peft_model_state_dict
+
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline("builtin:tiny-sd1")
+    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
+    assert sorted(load_peft_adapters(Path(whole.final), modules, lokr_unit_scale=True)) == sorted(modules)
+    for name, module in modules.items():
+        saved = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(module)
+        assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved), name
 
 
 SDXL_MAPS = """\

@@ -58,6 +58,8 @@ def _dylora_file(pipe, path, monkeypatch) -> None:  # noqa: F811
             state[f"{name}.lora_up.weight"] = up[:, :, None, None].contiguous()
     for name in modules[::3]:  # every third module at alpha 1: two (rank, alpha) pairs in the file
         state[f"{name}.alpha"] = torch.tensor(1.0)
+    for name in modules[2::6]:  # and some at alpha 0, which LoConModule reads as its rank (scale 1)
+        state[f"{name}.alpha"] = torch.tensor(0.0)
     for name in modules[1::5]:  # and some modules left out: none is built there
         for key in [k for k in state if k.startswith(name + ".")]:
             del state[key]
@@ -89,6 +91,14 @@ def test_dylora_file_builds_lycoris_locon_modules(pipe, tmp_path, monkeypatch): 
     }
     assert {v[0] for v in theirs.values()} == {"LoConModule"}
     assert len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different scales"
+    from safetensors.torch import load_file
+
+    zero = {
+        k.split(".")[0]
+        for k, v in load_file(str(tmp_path / "prev.safetensors")).items()
+        if k.endswith(".alpha") and v == 0
+    }
+    assert zero and {k: theirs[k][2] for k in zero} == dict.fromkeys(zero, 1.0)  # alpha 0: the rank, scale 1
     ours = _ours(pipe, plan.adapter)
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != pytest.approx(v)} == {}

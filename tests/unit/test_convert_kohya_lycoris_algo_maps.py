@@ -208,9 +208,64 @@ def test_lycoris_example_mixes_algorithms(tmp_path):
 
 
 def test_module_options_are_not_expressed(tmp_path):
-    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nfactor = 8\n'
+    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\ndecompose_both = true\n'
     outcome = _convert(tmp_path, text, "lokr")
-    assert "DBS403" in codes(outcome) and "`factor` = 8" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "`decompose_both` = True" in messages(outcome, "DBS403")
+
+
+# lycoris-lora's example.toml with LoKr alone: the attention at factor 64 and the MLPs at factor 12, both at
+# its full-matrix idiom, CLIP's MLP in full at the network's factor, the ResNets at their own factor and dim
+LOKR_EXAMPLE = (
+    FULL
+    + """
+[module_algo_map]
+  [module_algo_map.CrossAttention]  # Attention Layer in UNet
+    algo = "lokr"
+    dim = 10000000000000
+    factor = 64                     # Try to fit the head dim (doesn't have special effect)
+  [module_algo_map.FeedForward]     # MLP Layer in UNet
+    algo = "lokr"
+    dim = 100000000000              # Trigger full matrix
+    factor = 12
+  [module_algo_map.ResnetBlock2D]
+    algo = "lokr"
+    dim = 4
+    alpha = 1
+    factor = 4
+  [module_algo_map.CLIPMLP]         # MLP Layer in TE
+    algo = "lokr"
+    dim = 100000000000              # Trigger full matrix
+"""
+)
+
+
+def test_lokr_entry_factors_become_block_factors(tmp_path):
+    """A LoKr entry's own `factor` (LokrModule's int(factor), in place of the network's) is its block's
+    `factor`; with LyCORIS's full-matrix idiom the block bound holds where every layer is full at 1024 by the
+    entry's factor (64: widths up to 10240 split 64 x 160; 12: 10 x 1024), as LokrModule builds it (issue
+    12)."""
+    outcome = expressible(_convert(tmp_path, LOKR_EXAMPLE, "lokr"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.factor) == ("lokr", 16, 8.0, -1)
+    assert [(*row, b.factor) for row, b in zip(_blocks(a.blocks), a.blocks)] == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 1024, 1024.0, 0, 1.0, 64),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 1024, 1024.0, 0, 1.0, 12),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 1.0, 4, 1.0, 4),
+    ]
+    assert [(b.pattern, b.rank, b.alpha, b.factor) for b in a.text_encoder_blocks] == [
+        (r"(?:^|\.)(?:fc1|fc2)$", 1024, 1024.0, 0)
+    ]
+
+
+def test_lokr_entry_factor_zero_and_negative(tmp_path):
+    """LokrModule's factor 0 splits as 1 (1 x dim), any negative one as -1; an entry factor equal to the
+    network's makes no block; one int() cannot read stops kohya (DBS402)."""
+    text = FULL + "[module_algo_map.FeedForward]\nfactor = 0\n[module_algo_map.ResnetBlock2D]\nfactor = -3\n"
+    a = plan_of(expressible(_convert(tmp_path, text, "lokr", args='"factor=8"')), tmp_path).adapter
+    assert [(b.rank, b.alpha, b.conv_rank, b.factor) for b in a.blocks] == [(16, 8.0, 0, 1), (16, 8.0, 8, -1)]
+    (tmp_path / "bad").mkdir()
+    outcome = _convert(tmp_path / "bad", FULL + '[module_algo_map.FeedForward]\nfactor = "x"\n', "lokr")
+    assert "DBS402" in codes(outcome) and "int() raises" in messages(outcome, "DBS402")
 
 
 def test_dims_on_diag_oft_are_not_expressed(tmp_path):
@@ -301,9 +356,11 @@ def test_options_equal_to_the_networks_change_nothing(tmp_path):
     text = FULL + "[module_algo_map.FeedForward]\nfactor = 8\nuse_tucker = false\ndim = 4\n"
     outcome = expressible(_convert(tmp_path, text, "lokr", args='"factor=8"'))
     a = plan_of(outcome, tmp_path).adapter
-    assert a.factor == 8 and [b.rank for b in a.blocks] == [4]
-    outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
-    assert "DBS403" in codes(outcome) and "`factor` = 8" in messages(outcome, "DBS403")
+    assert a.factor == 8 and [(b.rank, b.factor) for b in a.blocks] == [(4, 0)]
+    (tmp_path / "other").mkdir()
+    outcome = expressible(_convert(tmp_path / "other", text, "lokr", args='"factor=4"'))
+    a = plan_of(outcome, tmp_path / "other").adapter
+    assert a.factor == 4 and [(b.rank, b.factor) for b in a.blocks] == [(4, 8)]
 
 
 def test_sdxl_maps_name_kohyas_classes_and_paths(tmp_path):

@@ -1434,6 +1434,15 @@ CASES = [
         [("DBS573", "error", ("adapter", "rank_dropout_form"))],
         DOG + STEPS + LORA + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n',
     ),
+    # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
+    (
+        rules.block_factor_lokr,
+        DOG + STEPS + LORA + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
+        [("DBS576", "error", ("adapter", "blocks", 0, "factor"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
+    ),
     (
         rules.fused_dropout_draws,
         DOG + STEPS + LORA + "fused_dropout = true\n",

@@ -6,8 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr), or PresetError (`crash` False) for what dbspec does not express: another algorithm on some
-layers, an entry's other options, per-layer dims on the other algorithms."""
+LoHa, LoKr; a LoKr entry's own `factor` too), or PresetError (`crash` False) for what dbspec does not express:
+another algorithm on some layers, an entry's other options, per-layer dims on the other algorithms."""
 
 from __future__ import annotations
 
@@ -61,6 +61,21 @@ _READS = {
 }
 
 
+# The module options a map entry may give its layers that [[adapter.blocks]] express (a block's `factor`)
+_PER_BLOCK = {"lokr": ("factor",)}
+_MAX_FACTOR = 65536  # spec AdapterBlock.factor's bound; a larger factor splits as -1 on every width
+
+
+def _own_factor(layer: Layer, network: dict[str, Any]) -> int:
+    """The block `factor` of a LoKr layer whose entry gives its own (LokrModule's int(factor), 0 splitting as
+    1 and every negative as -1); 0 where it splits as the network's."""
+    value = dict(layer.options).get("factor")
+    if value is None or _algo(layer.algo) != "lokr" or _same("factor", value, network):
+        return 0
+    factor = int(value)
+    return 1 if factor == 0 else -1 if factor < 0 or factor > _MAX_FACTOR else factor
+
+
 def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
     """The entry's value is the one the network hands every module (`factor` through LokrModule's int(), the
     switches through the modules' truth tests)."""
@@ -92,12 +107,20 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
     inert: dict[str, str] = {}
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
-        read = [(k, v) for k, v in layer.options if k in reads and not _same(k, v, network)]
+        own = _PER_BLOCK.get(_algo(layer.algo), ())
+        read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
+        bad = [v for k, v in layer.options if k in own and not _int(v)]
+        if bad:
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) factor = {bad[0]!r}: LokrModule's "
+                "int() raises on it",
+                True,
+            )
         if read:
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
-                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha only)",
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, and LoKr's a factor)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -111,6 +134,15 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
                 False,
             )
     return list(inert.items())
+
+
+def _int(value: Any) -> bool:
+    """int(value) succeeds (a TOML integer or float, a string of an integer; a bool is 0 or 1)."""
+    try:
+        int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _pattern(chosen: set[str], rows: list[Row]) -> str:
@@ -128,7 +160,9 @@ def _alpha(alpha: float, dim: int, rs_lora: bool) -> float:
     return alpha * math.sqrt(dim) if rs_lora else alpha
 
 
-def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> list[dict[str, Any]]:
+def _blocks(
+    layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool, network: dict[str, Any]
+) -> list[dict[str, Any]]:
     dim, alpha, conv_dim, conv_alpha = dims
     defaults = {"linear": (dim, alpha), "conv1": (dim, alpha), "conv": (conv_dim, conv_alpha)}
     built = [row for row in rows if row[0] in layers]  # suffixes unique among the adapted layers
@@ -137,7 +171,8 @@ def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> l
         groups.setdefault(layer.source, []).append(layer)
     out = []
     for source, group in groups.items():
-        if all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group):
+        factor = _own_factor(group[0], network)  # one entry: one factor
+        if not factor and all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group):
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
@@ -149,7 +184,11 @@ def _blocks(layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool) -> l
         }
         if conv is not None:
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs_lora))
-        block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` dim / alpha"
+        what = "dim / alpha"
+        if factor:
+            block["factor"] = factor
+            what += " and factor"
+        block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out
 
@@ -173,8 +212,8 @@ def map_blocks(
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
-    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora)
-    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora)
+    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network)
+    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network)
     if (unet or text) and kind not in _BLOCK_KINDS:
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
@@ -220,7 +259,7 @@ def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool,
             f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
             False,
         )
-    factor = network.get("factor", -1)
+    factor = block.get("factor") or network.get("factor", -1)  # the entry's own factor, else the network's
     need, width = _full_from(factor)
     if not network.get("full_matrix") and need > _MAX_BLOCK_RANK:
         raise PresetError(

@@ -283,10 +283,11 @@ def _map_network(
                     found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied
                 )
             except PresetError as exc:
-                conv.unsupported(
-                    Legacy(key=f"{args.key} preset", value=preset, source=args.source),
-                    f"the LyCORIS preset file: {exc}",
-                )
+                legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+                if exc.crash:  # an entry LokrModule cannot read
+                    conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+                else:
+                    conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
                 return None
             for key, why in inert:
                 conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)
