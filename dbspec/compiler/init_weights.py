@@ -376,17 +376,7 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
                 help="set adapter.init_partial = true to ignore it, as kohya's load_state_dict(strict=False)",
             )
             return "", 0
-        problem = ""
-        if module.blocks is not None and module.blocks != adapter.block_count:
-            problem = (
-                f"`{name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is "
-                f"{adapter.block_count}"
-            )
-        elif module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
-            problem = (
-                f"`{name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} (kohya "
-                "trains the network's constraint and saves the file's alpha)"
-            )
+        problem = _oft_misfit(name, module, adapter)
         if problem:
             ctx.report(
                 "DBS356",
@@ -485,22 +475,26 @@ def _read_file(ctx: Context, path, reader, what: str):
         return None
 
 
+def _oft_misfit(name: str, module, adapter: DiagOftAdapter) -> str:
+    """Why a kohya OFT file's module does not fit the adapter (its block count, its alpha), or ""."""
+    if module.blocks is not None and module.blocks != adapter.block_count:
+        return (
+            f"`{name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is {adapter.block_count}"
+        )
+    if module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
+        return (
+            f"`{name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} (kohya trains "
+            "the network's constraint and saves the file's alpha)"
+        )
+    return ""
+
+
 def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[str, int]:
     """kohya's networks.oft_flux file (`oft_unet_<Flux name>.oft_blocks.<part>`): every module's block count
     and alpha must be the adapter's (OFTNetwork is built with one dim and alpha); which layers its modules
     name is checked when the run loads it (runtime/init_weights.py: the names need the model)."""
     for module in file.modules.values():
-        problem = ""
-        if module.blocks is not None and module.blocks != adapter.block_count:
-            problem = (
-                f"`{module.name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is "
-                f"{adapter.block_count}"
-            )
-        elif module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
-            problem = (
-                f"`{module.name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} "
-                "(kohya trains the network's constraint and saves the file's alpha)"
-            )
+        problem = _oft_misfit(module.name, module, adapter)
         if problem:
             ctx.report(
                 "DBS356",

@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "builtin": 1,
     "weightfiles": 1,  # where a component's tensors sit in a weight file (plan checks, runtime loads)
     "unet_layout": 1,  # the original <-> diffusers U-Net names (kohya SDXL files: converter, runtime exports)
+    "flow_layout": 1,  # kohya's Flux / SD3 Linears in diffusers' names (LyCORIS preset files, file ranks)
     "plan": 1,
     "spec": 1,
     "report": 2,  # reads a run folder and its plan; the runtime writes it at the end of a run
@@ -85,6 +86,7 @@ RUNTIME_MAY_IMPORT = {
     "report",
     "weightfiles",
     "unet_layout",
+    "flow_layout",
 }
 
 

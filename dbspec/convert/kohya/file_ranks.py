@@ -23,69 +23,25 @@ from collections import Counter, defaultdict
 
 from dbspec.compiler.lora_file import LoraFile, LoraModule
 from dbspec.families import family_spec, flow_text_prefixes
+from dbspec.flow_layout import FLUX_DOUBLE, FLUX_SINGLE, FLUX_TOP, SD3_BLOCK, SD3_TOP, underscored
 from dbspec.unet_layout import diffusers_name
 
 Pair = tuple[int, float]
 
 # kohya module name (after lora_unet_) inside a block -> the diffusers children it is
-_FLUX_DOUBLE = {
-    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "img_attn_proj": ("attn.to_out.0",),
-    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "txt_attn_proj": ("attn.to_add_out",),
-    "img_mlp_0": ("ff.net.0.proj",),
-    "img_mlp_2": ("ff.net.2",),
-    "txt_mlp_0": ("ff_context.net.0.proj",),
-    "txt_mlp_2": ("ff_context.net.2",),
-    "img_mod_lin": ("norm1.linear",),
-    "txt_mod_lin": ("norm1_context.linear",),
-}
-_FLUX_SINGLE = {
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-    "linear2": ("proj_out",),
-    "modulation_lin": ("norm.linear",),
-}
+_FLUX_DOUBLE = underscored(FLUX_DOUBLE)
+_FLUX_SINGLE = underscored(FLUX_SINGLE)
 # create_network_from_weights scans the embedders (in_dims [0] * 5) and not the final layer
-_FLUX_TOP = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
-    "time_in_in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in_out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "vector_in_in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in_out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in_out_layer": "time_text_embed.guidance_embedder.linear_2",
-}
+_FLUX_TOP = underscored(FLUX_TOP, lambda key: not key.startswith("final_layer."))
 # Chroma (library/chroma_models.py): Flux's blocks without the modulation Linears; of the embedders the
 # in_dims filters scan, only img_in and txt_in exist (its approximator, distilled_guidance_layer, matches
 # none of `_img_in`, `_time_in`, `_vector_in`, `_guidance_in`, `_txt_in`, and no block is named so)
 _CHROMA_DOUBLE = {k: v for k, v in _FLUX_DOUBLE.items() if not k.endswith("_mod_lin")}
 _CHROMA_SINGLE = {k: v for k, v in _FLUX_SINGLE.items() if k != "modulation_lin"}
 _CHROMA_TOP = {k: v for k, v in _FLUX_TOP.items() if k in ("img_in", "txt_in")}
-_SD3_BLOCK = {
-    "x_block_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "x_block_attn_proj": ("attn.to_out.0",),
-    "context_block_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "context_block_attn_proj": ("attn.to_add_out",),
-    "x_block_attn2_qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
-    "x_block_attn2_proj": ("attn2.to_out.0",),
-    "x_block_mlp_fc1": ("ff.net.0.proj",),
-    "x_block_mlp_fc2": ("ff.net.2",),
-    "context_block_mlp_fc1": ("ff_context.net.0.proj",),
-    "context_block_mlp_fc2": ("ff_context.net.2",),
-    "x_block_adaLN_modulation_1": ("norm1.linear",),
-    "context_block_adaLN_modulation_1": ("norm1_context.linear",),
-}
-# create_network_from_weights scans emb_dims' filters ([0] * 6): the final layer too
-_SD3_TOP = {
-    "context_embedder": "context_embedder",
-    "t_embedder_mlp_0": "time_text_embed.timestep_embedder.linear_1",
-    "t_embedder_mlp_2": "time_text_embed.timestep_embedder.linear_2",
-    "y_embedder_mlp_0": "time_text_embed.text_embedder.linear_1",
-    "y_embedder_mlp_2": "time_text_embed.text_embedder.linear_2",
-    "final_layer_adaLN_modulation_1": "norm_out.linear",
-    "final_layer_linear": "proj_out",
-}
+_SD3_BLOCK = underscored(SD3_BLOCK)
+# create_network_from_weights scans emb_dims' filters ([0] * 6): the final layer too, no patch convolution
+_SD3_TOP = underscored(SD3_TOP, lambda key: key != "x_embedder.proj")
 _LAYOUTS = {
     "flux": ({"double_blocks": ("transformer_blocks", _FLUX_DOUBLE), "single_blocks": (
         "single_transformer_blocks", _FLUX_SINGLE)}, _FLUX_TOP),

@@ -41,6 +41,7 @@ from dbspec.convert.kohya.lycoris_file import (
     clip_text,
 )
 from dbspec.convert.kohya.lycoris_maps import map_blocks
+from dbspec.flow_layout import FLUX_DOUBLE, FLUX_SINGLE, FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
 
 NUM_DOUBLE, NUM_SINGLE = 19, 38  # FLUX.1's depth and depth_single_blocks
@@ -64,37 +65,6 @@ FULL_TEXT_MODULES = [
     *("Gemma2FlashAttention2", "Gemma2SdpaAttention", "Gemma2MLP", "Qwen3Attention", "Qwen3FlashAttention2"),
     *("Qwen3SdpaAttention", "Qwen3MLP"),
 ]
-
-# kohya's Flux Linear (inside a block) -> its diffusers parts
-_DOUBLE = {
-    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "img_attn.proj": ("attn.to_out.0",),
-    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "txt_attn.proj": ("attn.to_add_out",),
-    "img_mlp.0": ("ff.net.0.proj",),
-    "img_mlp.2": ("ff.net.2",),
-    "txt_mlp.0": ("ff_context.net.0.proj",),
-    "txt_mlp.2": ("ff_context.net.2",),
-    "img_mod.lin": ("norm1.linear",),
-    "txt_mod.lin": ("norm1_context.linear",),
-}
-_SINGLE = {
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-    "linear2": ("proj_out",),
-    "modulation.lin": ("norm.linear",),
-}
-_TOP = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
-    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "final_layer.linear": "proj_out",
-    "final_layer.adaLN_modulation.1": "norm_out.linear",
-}
 
 
 def _mlp_embedder(rows: list[Row], p: str) -> None:
@@ -242,49 +212,23 @@ def mmdit(depth: int = 38, attn2: tuple[int, ...] = tuple(range(13))) -> list[Ro
     return rows
 
 
-_SD3_BLOCK = {
-    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "x_block.attn.proj": ("attn.to_out.0",),
-    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
-    "x_block.attn2.proj": ("attn2.to_out.0",),
-    "x_block.mlp.fc1": ("ff.net.0.proj",),
-    "x_block.mlp.fc2": ("ff.net.2",),
-    "x_block.adaLN_modulation.1": ("norm1.linear",),
-    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "context_block.attn.proj": ("attn.to_add_out",),
-    "context_block.mlp.fc1": ("ff_context.net.0.proj",),
-    "context_block.mlp.fc2": ("ff_context.net.2",),
-    "context_block.adaLN_modulation.1": ("norm1_context.linear",),
-}
-_SD3_TOP = {
-    "x_embedder.proj": "pos_embed.proj",
-    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
-    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
-    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
-    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
-    "context_embedder": "context_embedder",
-    "final_layer.linear": "proj_out",
-    "final_layer.adaLN_modulation.1": "norm_out.linear",
-}
-
-
 def sd3_parts(path: str) -> tuple[str, ...]:
     """The diffusers SD3 layers that kohya's MMDiT layer `path` is (a fused q/k/v: its three parts)."""
-    if path in _SD3_TOP:
-        return (_SD3_TOP[path],)
+    if path in SD3_TOP:
+        return (SD3_TOP[path],)
     _, index, inner = path.split(".", 2)
-    return tuple(f"transformer_blocks.{index}.{part}" for part in _SD3_BLOCK[inner])
+    return tuple(f"transformer_blocks.{index}.{part}" for part in SD3_BLOCK[inner])
 
 
 def diffusers_parts(path: str) -> tuple[str, ...]:
     """The diffusers Flux Linears that kohya's Flux Linear `path` is (a fused one: all its parts)."""
-    if path in _TOP:
-        return (_TOP[path],)
+    if path in FLUX_TOP:
+        return (FLUX_TOP[path],)
     group, index, inner = path.split(".", 2)
     table, prefix = (
-        (_DOUBLE, "transformer_blocks")
+        (FLUX_DOUBLE, "transformer_blocks")
         if group == "double_blocks"
-        else (_SINGLE, "single_transformer_blocks")
+        else (FLUX_SINGLE, "single_transformer_blocks")
     )
     return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
 

@@ -262,23 +262,32 @@ def _load_weights(a, file: OftFile | None, paths, conv: Conversion, original_nam
         for module in file.modules.values():
             if not adapts(module.name, targets, original_names):
                 continue  # strict=False: ignored
-            if module.blocks is not None and module.blocks != blocks:
-                conv.invalid(
-                    weights.key,
-                    weights.value,
-                    weights.source,
-                    f"`{module.name}.oft_blocks` holds {module.blocks} blocks, the network's layer {blocks}: "
-                    "load_state_dict raises on the shape",
-                )
-                return False
-            if module.alpha is not None and not math.isclose(module.alpha, constraint, rel_tol=1e-3):
-                conv.unsupported(
-                    weights,
-                    f"`{module.name}.alpha` is {module.alpha:g}, network_alpha {constraint:g}: kohya trains "
-                    "network_alpha's constraint and saves the file's alpha; not expressed",
-                )
+            if not file_module_fits(module, blocks, constraint, weights, conv):
                 return False
     map_init_weights(weights, paths, conv)
+    return True
+
+
+def file_module_fits(module, blocks: int, constraint: float, weights: Legacy, conv: Conversion) -> bool:
+    """A --network_weights module OFTNetwork.load_weights takes: `blocks` blocks (torch raises on another
+    shape: DBS402) and the network's alpha (kohya trains network_alpha's constraint and saves the file's:
+    DBS403). False when reported."""
+    if module.blocks is not None and module.blocks != blocks:
+        conv.invalid(
+            weights.key,
+            weights.value,
+            weights.source,
+            f"`{module.name}.oft_blocks` holds {module.blocks} blocks, the network's layer {blocks}: "
+            "load_state_dict raises on the shape",
+        )
+        return False
+    if module.alpha is not None and not math.isclose(module.alpha, constraint, rel_tol=1e-3):
+        conv.unsupported(
+            weights,
+            f"`{module.name}.alpha` is {module.alpha:g}, network_alpha {constraint:g}: kohya trains "
+            "network_alpha's constraint and saves the file's alpha; not expressed",
+        )
+        return False
     return True
 
 

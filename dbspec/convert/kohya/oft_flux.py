@@ -32,7 +32,6 @@ What kohya does (networks/oft_flux.py):
 
 from __future__ import annotations
 
-import math
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import NUM_DOUBLE
@@ -155,28 +154,14 @@ def _load_weights(a: dict[str, Legacy], paths, conv: Conversion, blocks: int, co
     must hold network_dim blocks (torch raises on another shape: DBS402) and network_alpha (kohya trains the
     network's constraint and saves the file's alpha: DBS403)."""
     from dbspec.convert.kohya.network import map_init_weights
-    from dbspec.convert.kohya.oft import _weights_file
+    from dbspec.convert.kohya.oft import _weights_file, file_module_fits
 
     weights = a["network_weights"]
     file = _weights_file(weights, paths, conv, required=False)
     if file is False:
         return False
     for module in file.modules.values() if file is not None else ():
-        if module.blocks is not None and module.blocks != blocks:
-            conv.invalid(
-                weights.key,
-                weights.value,
-                weights.source,
-                f"`{module.name}.oft_blocks` holds {module.blocks} blocks, the network's layer {blocks}: "
-                "load_state_dict raises on the shape",
-            )
-            return False
-        if module.alpha is not None and not math.isclose(module.alpha, constraint, rel_tol=1e-3):
-            conv.unsupported(
-                weights,
-                f"`{module.name}.alpha` is {module.alpha:g}, network_alpha {constraint:g}: kohya trains "
-                "network_alpha's constraint and saves the file's alpha; not expressed",
-            )
+        if not file_module_fits(module, blocks, constraint, weights, conv):
             return False
     map_init_weights(weights, paths, conv)
     return True
