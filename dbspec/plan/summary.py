@@ -545,8 +545,11 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         + ")",
     }[a.kind]
     if a.kind == "diag-oft" and a.oft_form == "kohya":
+        network, each = (
+            ("networks.oft", "layer") if denoiser == "unet" else ("networks.oft_flux", "layer part")
+        )
         what = (
-            f"diag-oft (kohya networks.oft: {a.oft_blocks} orthogonal blocks of output rows per layer, "
+            f"diag-oft (kohya's {network}: {a.oft_blocks} orthogonal blocks of output rows per {each}, "
             f"constraint {a.oft_constraint:g} x width)"
         )
     rows = [("adapter", what)]

@@ -54,7 +54,7 @@ def test_sd15_attention_blocks_and_constraint(tmp_path):
     assert plan.optimizer.lr == 1e-4
     from dbspec.plan.summary import adapter_rows
 
-    assert dict(adapter_rows(a))["adapter"].startswith("diag-oft (kohya networks.oft: 8 orthogonal blocks")
+    assert dict(adapter_rows(a))["adapter"].startswith("diag-oft (kohya's networks.oft: 8 orthogonal blocks")
 
 
 @pytest.mark.parametrize(

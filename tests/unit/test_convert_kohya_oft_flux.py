@@ -170,3 +170,12 @@ def test_dim_from_weights_builds_the_network_from_the_file(tmp_path, mlp):
     assert (a.oft_blocks, a.oft_constraint) == (8, stored) and a.init_partial
     assert ("proj_mlp" in " ".join(a.denoiser_targets)) == mlp
     assert fate(outcome, "network_dim") == "inert" and fate(outcome, "dim_from_weights") == "mapped"
+
+
+def test_plan_summary_names_oft_flux(tmp_path):
+    from dbspec.plan.summary import adapter_rows
+
+    a = plan_of(_flux(tmp_path, "--network_dim 8"), tmp_path).adapter
+    assert dict(adapter_rows(a, "transformer"))["adapter"].startswith(
+        "diag-oft (kohya's networks.oft_flux: 8 orthogonal blocks of output rows per layer part"
+    )
