@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,29 @@ def two_processes(tmp_path_factory) -> Path:
         assert done.returncode == 0, done.stderr[-4000:]
 
     return once_per_session(tmp_path_factory, "two-processes", make) / "out"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_folders_once(tmp_path_factory):
+    """Each built-in tiny model's diffusers folder is built and saved once per session (about a second per
+    run that materializes it: every run's own cache folder does), then copied wherever a run or a test
+    materializes it into a missing folder. The real `materialize` then checks the copy's marker and every
+    file's hash and keeps it: the path a second run into the same cache takes. Any other case (a folder that
+    is there, another seed) is the real `materialize`'s alone, and test_tiny.py calls that one directly."""
+    from dbspec.runtime import tiny
+
+    real = tiny.materialize
+
+    def materialize(name: str, folder: Path, seed: int = 0) -> Path:
+        folder = Path(folder)
+        if seed == 0 and not folder.exists():
+            made = once_per_session(
+                tmp_path_factory, f"tiny-{name.replace(':', '-')}", lambda f: real(name, f / "model")
+            )
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(made / "model", folder)
+        return real(name, folder, seed)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "materialize", materialize)
+        yield

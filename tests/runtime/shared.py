@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 import shutil
@@ -34,3 +35,28 @@ def once_per_session(
             make(folder)
             done.touch()
     return folder
+
+
+_MADE: dict[str, tuple[Path, object]] = {}
+
+
+def copy_of_run(
+    tmp_path: Path, folder: Path, key: str, make: Callable[[Path], object]
+) -> tuple[Path, object]:
+    """`make(into)` (a run into the folder `into`, returning what the caller keeps of it) done once per test
+    process for `key`, its folder copied to `folder` for each caller, with a deep copy of what it returned.
+
+    For the first runs several tests start from (a run whose export starts a second run): the same spec gives
+    the same run, bit for bit, so each test got its own identical copy by paying for a whole run. The copy is
+    the test's own: it may write into it (the made folder, under the worker's temporary folder, is read by
+    copying only). Kept objects (a run's trained components) are deep-copied alike. Per process, not per
+    session: the kept objects cannot cross processes."""
+    if key not in _MADE:
+        # in the worker's base temporary folder, beside the tests' own
+        made = tmp_path.parent / f"once-{key}"
+        shutil.rmtree(made, ignore_errors=True)  # a failed attempt's leftovers
+        made.mkdir()
+        _MADE[key] = (made, make(made))
+    made, kept = _MADE[key]
+    shutil.copytree(made, folder)
+    return folder, copy.deepcopy(kept)

@@ -20,6 +20,7 @@ from dbspec.runtime.families import family_runtime
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.prepare import configure_models
 from tests.runtime.runspec import CPU, compile_spec, write_spec
+from tests.runtime.shared import copy_of_run
 
 BASES = {"flux": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3"}
 
@@ -38,11 +39,20 @@ def _adapter(family: str, fused: bool, init: str = "") -> str:
 
 
 def _export(tmp_path: Path, family: str, fused: bool):
-    extra = _adapter(family, fused) + '\n[checkpoints]\nexports = ["kohya_lora"]\n'
-    spec = write_spec(tmp_path / "first", base=BASES[family], steps=2, extra=extra)
-    result = execute(compile_spec(spec, ["optimizer.lr=1e-2"]), keep_models=True)
-    (export,) = Path(result.final).glob("*.kohya.safetensors")
-    return export, result.components
+    """(the kohya export of a 2-step run in `tmp_path / "first"`, the run's trained components): the run made
+    once per test process for each (family, fused) and copied, the components deep-copied
+    (test_init_partial.py and test_flow_dim_from_weights.py start from it too)."""
+
+    def run(folder: Path):
+        extra = _adapter(family, fused) + '\n[checkpoints]\nexports = ["kohya_lora"]\n'
+        spec = write_spec(folder, base=BASES[family], steps=2, extra=extra)
+        result = execute(compile_spec(spec, ["optimizer.lr=1e-2"]), keep_models=True)
+        return str(Path(result.final).relative_to(folder)), result.components
+
+    key = f"flow-init-{family}-{'fused' if fused else 'split'}"
+    folder, (final, components) = copy_of_run(tmp_path, tmp_path / "first", key, run)
+    (export,) = (folder / final).glob("*.kohya.safetensors")
+    return export, components
 
 
 def _second(tmp_path: Path, family: str, fused: bool, export: Path, steps: int = 2) -> Path:

@@ -18,6 +18,7 @@ from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.prepare import configure_models
 from dbspec.runtime.setup import setup
 from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.shared import copy_of_run
 
 FIRST = """
 [adapter]
@@ -34,9 +35,15 @@ exports = ["kohya_lora"]
 
 
 def _first_export(tmp_path: Path) -> Path:
-    spec = write_spec(tmp_path / "first", steps=2, extra=FIRST)
-    result = execute(compile_spec(spec, ["optimizer.lr=1e-2"]))
-    (export,) = Path(result.final).glob("*.kohya.safetensors")
+    """The kohya export of a 2-step LoRA run in `tmp_path / "first"` (the run made once per test process and
+    copied: test_dylora_weights.py and test_sd_dim_from_weights.py start from it too)."""
+
+    def run(folder: Path) -> str:
+        result = execute(compile_spec(write_spec(folder, steps=2, extra=FIRST), ["optimizer.lr=1e-2"]))
+        return str(Path(result.final).relative_to(folder))
+
+    folder, final = copy_of_run(tmp_path, tmp_path / "first", "init-weights-first", run)
+    (export,) = (folder / final).glob("*.kohya.safetensors")
     return export
 
 

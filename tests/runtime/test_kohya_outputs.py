@@ -20,6 +20,7 @@ from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import load_components
 from dbspec.runtime.prepare import configure_models
 from tests.runtime.runspec import compile_spec, write_spec
+from tests.runtime.shared import copy_of_run
 
 LORA = '[adapter]\nkind = "lora"\nrank = 2\nalpha = 1\n[train]\ntext_encoder = true\n'
 # kohya's LoRA key: lora_unet_* / lora_te_* module name, then one of its three tensors
@@ -129,15 +130,26 @@ def _held(out: Path) -> tuple[list[int], list[int]]:
     return steps, [s for s, f in zip(steps, folders) if (f / STATE_FILE).is_file()]
 
 
+def _kept_run(tmp_path: Path) -> tuple[Path, list[float]]:
+    """(the `final` folder, the losses) of an uninterrupted 6-step run keeping states, in
+    `tmp_path / "whole"`: made once per test process and copied (both tests below read it)."""
+
+    def run(folder: Path) -> tuple[str, list[float]]:
+        result = execute(compile_spec(write_spec(folder, steps=6, extra=LORA + KEEP)))
+        return str(Path(result.final).relative_to(folder)), result.losses
+
+    folder, (final, losses) = copy_of_run(tmp_path, tmp_path / "whole", "kohya-outputs-keep-state", run)
+    return folder / final, losses
+
+
 def test_keep_state_prunes_older_kept_checkpoints_to_their_weights(tmp_path):
-    spec = write_spec(tmp_path, steps=6, extra=LORA + KEEP)
-    result = execute(compile_spec(spec))
-    assert _held(Path(result.final).parent) == ([3, 4, 5, 6], [5, 6])
+    final, _ = _kept_run(tmp_path)
+    assert _held(final.parent) == ([3, 4, 5, 6], [5, 6])
 
 
 def test_resume_continues_from_the_newest_checkpoint_with_state(tmp_path):
+    whole_final, whole_losses = _kept_run(tmp_path)
     spec = write_spec(tmp_path, steps=6, extra=LORA + KEEP)
-    whole = execute(compile_spec(spec, ["output.dir=whole"]))
     plan = compile_spec(spec, ["output.dir=parts"])
     first = execute(plan, stop_after=4)
     out = Path(plan.checkpoints.dir)
@@ -148,8 +160,8 @@ def test_resume_continues_from_the_newest_checkpoint_with_state(tmp_path):
     assert latest_checkpoint(out) == out / "checkpoints" / "step-000003"
     second = execute(plan, resume=True)
     assert second.status == "finished" and second.steps == 6
-    assert first.losses[:3] + second.losses == whole.losses
-    a = load_file(str(Path(whole.final) / "pytorch_lora_weights.safetensors"))
+    assert first.losses[:3] + second.losses == whole_losses
+    a = load_file(str(whole_final / "pytorch_lora_weights.safetensors"))
     b = load_file(str(Path(second.final) / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _held(out) == ([3, 4, 5, 6], [5, 6])
