@@ -86,7 +86,8 @@ def test_kohya_mode_steps_as_kohyas_lora_fa_network():
     """kohya's own lora_fa LoRAModule in train_network.py's order (tests/runtime/kohya_reference/
     kohya_lora_fa.safetensors): a peft LoRA layer with the same weights, its down frozen in kohya mode, the
     optimizer over the up only and dbspec's clip over the down and the up (in kohya's network order, as
-    runtime/setup.py lists them) ends with kohya's weights and accumulated down gradient, to the bit."""
+    runtime/setup.py lists them) ends with kohya's weights and accumulated down gradient, to float32's last
+    bits (1e-7)."""
     from dbspec.runtime.loop import clip_gradients
 
     ref = load_file(str(Path(__file__).parent / "kohya_reference" / "kohya_lora_fa.safetensors"))
@@ -107,9 +108,10 @@ def test_kohya_mode_steps_as_kohyas_lora_fa_network():
         torch.nn.functional.mse_loss(model(ref[f"x.{step}"]), ref[f"target.{step}"]).backward()
         clip_gradients([down, up], "norm", 0.05)
         optimizer.step()
-    assert torch.equal(down.detach(), ref["down.final"])
-    assert torch.equal(up.detach(), ref["up.final"])
-    assert torch.equal(down.grad, ref["down.grad"])
+    # to float32's last bits: the reference was made on another CPU, whose BLAS rounds the matmuls
+    # differently in the last place (kohya's own run does too across machines)
+    for got, key in ((down.detach(), "down.final"), (up.detach(), "up.final"), (down.grad, "down.grad")):
+        torch.testing.assert_close(got, ref[key], rtol=1e-6, atol=1e-7)
 
 
 LORA_FA = """
