@@ -49,6 +49,9 @@ _LAYOUTS = {
         "single_transformer_blocks", _CHROMA_SINGLE)}, _CHROMA_TOP),
     "sd3": ({"joint_blocks": ("transformer_blocks", _SD3_BLOCK)}, _SD3_TOP),
 }  # fmt: skip
+# LyCORIS's create_network_from_weights matches the file's names against every module of kohya's model
+# (unet.named_modules()), not a scan list: Flux's final layer too, SD3's patch convolution (refused below)
+_LYCORIS_TOP = {"flux": underscored(FLUX_TOP), "chroma": _CHROMA_TOP, "sd3": underscored(SD3_TOP)}
 
 
 def pair_of(module: LoraModule) -> Pair:
@@ -60,11 +63,15 @@ def _same(a: Pair, b: Pair) -> bool:
     return a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-3)
 
 
-def flow_paths(family: str, name: str) -> tuple[str, int | None, tuple[str, ...]] | None:
+def flow_paths(
+    family: str, name: str, lycoris: bool = False
+) -> tuple[str, int | None, tuple[str, ...]] | None:
     """(diffusers ModuleList or "", block index or None, children / the path) of kohya's denoiser module
     `name` (without lora_unet_); None where create_network_from_weights creates no LoRA (Flux's final
-    layer, names it does not scan: on Chroma the approximator and Flux's modulation Linears too)."""
+    layer, names it does not scan: on Chroma the approximator and Flux's modulation Linears too), or, for
+    LyCORIS's (`lycoris`), a name dbspec does not place on the model."""
     lists, top = _LAYOUTS[family]
+    top = _LYCORIS_TOP[family] if lycoris else top
     if name in top:
         return "", None, (top[name],)
     match = re.fullmatch(r"([a-z]+_blocks)_(\d+)_(.+)", name)
@@ -76,15 +83,19 @@ def flow_paths(family: str, name: str) -> tuple[str, int | None, tuple[str, ...]
     return None
 
 
-def flow_blocks(file: LoraFile, family: str) -> tuple[list[dict], list[str]]:
+def flow_blocks(file: LoraFile, family: str, lycoris: bool = False) -> tuple[list[dict], list[str]]:
     """[[adapter.blocks]] tables for the file's denoiser modules (rank, alpha each) and a last rank-0 block,
-    and the extra denoiser targets (embedders) they need; ValueError for a module dbspec cannot adapt."""
+    and the extra denoiser targets (embedders, LyCORIS's final layer) they need; ValueError for a module
+    dbspec cannot adapt. `lycoris`: LyCORIS's create_network_from_weights, which builds a LoCon on whatever
+    module of kohya's model the file names, so a name dbspec does not place is a ValueError too."""
     groups: dict[Pair, dict[str, dict[int | None, set[str]]]] = defaultdict(lambda: defaultdict(dict))
     extra: list[str] = []
     for module in file.modules.values():
         if not module.name.startswith("lora_unet_"):
             continue
-        found = flow_paths(family, module.name.removeprefix("lora_unet_"))
+        found = flow_paths(family, module.name.removeprefix("lora_unet_"), lycoris)
+        if found is None and lycoris:
+            raise ValueError(f"module `{module.name}` is no Linear of kohya's model dbspec places")
         if found is None:
             continue  # kohya's network has no such module: load_state_dict(strict=False) ignores it
         if module.conv:

@@ -699,7 +699,12 @@ def _fused_adafactor(a: Args, script: str) -> bool:
 
 
 def _flow_dim_from_weights(
-    a: Args, wanted: str, paths: PathMapper, conv: Conversion, family: str | None = None
+    a: Args,
+    wanted: str,
+    paths: PathMapper,
+    conv: Conversion,
+    family: str | None = None,
+    lycoris: bool = False,
 ) -> None:
     """--dim_from_weights with networks.lora_flux / lora_sd3: create_network_from_weights builds one LoRA per
     module of the file (among the network's own candidates) at the module's rank and alpha, split_qkv off, so
@@ -709,8 +714,10 @@ def _flow_dim_from_weights(
     four times the rank); the text encoders' (CLIP-L, CLIP-G, T5-XXL) modules, when their ranks differ or
     some layer's are missing, [[adapter.text_encoder_blocks]] likewise. A module without alpha is kohya's
     KeyError (modules_alpha[lora_name]). On Chroma (`family`) kohya's network has Chroma's modules only: a
-    file's modulation or approximator modules build nothing, and T5-XXL (lora_te3) is its only encoder."""
+    file's modulation or approximator modules build nothing, and T5-XXL (lora_te3) is its only encoder.
+    `lycoris`: LyCORIS's create_network_from_weights on `wanted`'s model (_lycoris_flow_from_weights)."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
+    builder = "LyCORIS" if lycoris else wanted
     if not weights.value:
         conv.invalid(
             from_file.key,
@@ -733,18 +740,29 @@ def _flow_dim_from_weights(
             from_file.key,
             True,
             from_file.source,
-            f"{wanted}'s create_network_from_weights reads each module's alpha, and `{bare}` has none "
-            "(kohya's KeyError)",
+            f"{builder}'s create_network_from_weights reads each module's alpha, and `{bare}` has none "
+            + ("(float(None): TypeError)" if lycoris else "(kohya's KeyError)"),
         )
         return
     family = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
     components = flow_components(family)
     try:
-        blocks, embedders = flow_blocks(file, family)
+        blocks, embedders = flow_blocks(file, family, lycoris)
     except ValueError as exc:
         conv.unsupported(
             from_file,
-            f"{wanted}'s create_network_from_weights builds each module of the file at its rank: {exc}",
+            f"{builder}'s create_network_from_weights builds each module of the file at its rank: {exc}",
+        )
+        return
+    text_names = [m.name for m in file.modules.values() if m.name.startswith("lora_te")]
+    if lycoris and text_names and not a["network_train_unet_only"].value:
+        # LyCORIS numbers kohya's text-encoder list (Flux: lora_te2 is T5-XXL, lora_flux's lora_te3)
+        conv.unsupported(
+            from_file,
+            f"LyCORIS's create_network_from_weights builds the file's text-encoder modules "
+            f"(`{text_names[0]}`) in its own numbering of kohya's encoders; dbspec does not express them yet",
+            help="train with --network_train_unet_only (LyCORIS's apply_to then drops them), or from a file "
+            "without lora_te* modules",
         )
         return
     pair = common_pair(file, prefixes=tuple(components)) or common_pair(file)
@@ -753,7 +771,7 @@ def _flow_dim_from_weights(
         return
     (rank, alpha), note = pair, f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
     map_init_weights(weights, paths, conv)
-    t5 = [m.name for m in file.modules.values() if m.name.startswith("lora_te3_")]
+    t5 = [m.name for m in file.modules.values() if m.name.startswith("lora_te3_") and not lycoris]
     if t5:  # create_network_from_weights (lora_flux, lora_sd3): train_t5xxl = "lora_te3" in a module's name
         from dbspec.convert.kohya.lora_flux import t5_trains
 
@@ -767,7 +785,8 @@ def _flow_dim_from_weights(
     conv.put(("adapter", "alpha"), alpha, note)
     targets = list(conv.values[("adapter", "denoiser_targets")][0])
     if embedders:
-        conv.put(("adapter", "denoiser_targets"), [*targets, *embedders], note + " (its embedders too)")
+        extra = [e for e in dict.fromkeys(embedders) if e not in targets]
+        conv.put(("adapter", "denoiser_targets"), [*targets, *extra], note + " (its embedders too)")
     first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", "blocks")), default=-1)
     for index, block in enumerate(blocks, start=first):
         why = note + (": the modules it lacks get none" if block["rank"] == 0 else ": its modules' rank")
@@ -775,7 +794,7 @@ def _flow_dim_from_weights(
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules (CLIP-L, CLIP-G, T5-XXL) at several ranks, or not every layer's: kohya builds
     # none where the file has none
-    text = per_module_text_blocks(file, components)
+    text = [] if lycoris else per_module_text_blocks(file, components)
     put_text_blocks(text, note, conv)
     mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
     conv.record(from_file, "mapped", mapped)
@@ -789,13 +808,15 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     LoCon's is lora_flux's layout, which runtime/flow_init.py splits onto the parts as it splits lora_flux's;
     a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py); --scale_weight_norms of
     a LoCon: LyCORIS's form, one norm and scalar per fused Linear (runtime/max_norm.py joins its parts).
-    Refused: --dim_from_weights (LyCORIS's create_network_from_weights), a LoKr's / LoHa's
-    --scale_weight_norms, and on SD3 --network_weights and --scale_weight_norms."""
+    --dim_from_weights: _lycoris_flow_from_weights. Refused: a LoKr's / LoHa's --scale_weight_norms, and
+    on SD3 --network_weights and --scale_weight_norms."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
     layout = SD3 if script == "sd3_train_network" else FLUX
-    refused = [("dim_from_weights", f"LyCORIS's create_network_from_weights on {layout.title}")]
+    if a["dim_from_weights"].value:
+        return _lycoris_flow_from_weights(a, script, paths, conv, family)
+    refused: list[tuple[str, str]] = []
     if layout is SD3:
         refused += [
             ("network_weights", f"a LyCORIS file loaded onto kohya's {layout.title} before training"),
@@ -829,6 +850,58 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
+    return True
+
+
+def _lycoris_flow_from_weights(
+    a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None
+) -> bool:
+    """lycoris.kohya --dim_from_weights on Flux / SD3: LyCORIS's create_network_from_weights matches the
+    file's module names against every module of kohya's model (unet.named_modules(): its preset lists play no
+    part, so the embedders and Flux's final layer build too; a name the model lacks builds nothing) and
+    builds each module's kind from its keys, the network_args unread (_lycoris_from_weights_args). A LoCon
+    file (lora_down / lora_up / alpha, what algo=lora / locon saves) is one LoConModule per fused Linear at
+    the file's rank and alpha: lora_flux's / lora_sd3's fused network without split_qkv, the file's modules
+    at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
+    LoKr's / LoHa's keys (lokr_w1, hada_w1_a...), lora_mid or dora_scale: DBS403 (read_lora_file)."""
+    from dbspec.convert.kohya.lora_flux import map_lora_flux
+    from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
+
+    module, weights = a["network_module"], a["network_weights"]
+    if weights.value and not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
+        )
+        return False
+    a = _lycoris_from_weights_args(a, conv)
+    wanted = NETWORK_MODULES[script]
+    conv.put(("adapter", "kind"), "lora", conv.comment(module))
+    dim, alpha = a["network_dim"], a["network_alpha"]
+    rank = dim.value if dim.value is not None else 4
+    conv.mapped(dim, ("adapter", "rank"), rank)
+    conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
+    conv.record(module, "mapped", "adapter")
+    flux = wanted == "networks.lora_flux"
+    built = (
+        map_lora_flux(a, rank, float(alpha.value), conv, family=family or "flux")
+        if flux
+        else map_lora_sd3(a, rank, float(alpha.value), conv)
+    )
+    if not built:
+        return False
+    # lora_flux's rank-0 final-layer block goes: LyCORIS builds the final layer where the file has it (the
+    # file's blocks end with a rank-0 block for every module it lacks)
+    for key in [k for k in conv.values if k[:2] == ("adapter", "blocks")]:
+        del conv.values[key]
+    _flow_dim_from_weights(a, wanted, paths, conv, family, lycoris=True)
+    map_base_weights(a, paths, conv)
+    norms = a["scale_weight_norms"]
+    if norms.value and not flux:
+        conv.unsupported(
+            norms, "LyCORIS's per-module max norm on kohya's fused SD3 Linears has no dbspec form yet"
+        )
+        return False
+    map_scale_weight_norms(a, conv, lycoris=True)  # a LoCon's: one norm per fused Linear, as on Flux
     return True
 
 

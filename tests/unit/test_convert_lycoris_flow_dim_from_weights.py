@@ -1,0 +1,158 @@
+"""lycoris.kohya --dim_from_weights on flux_train_network.py / sd3_train_network.py: LyCORIS 4.1.3's
+create_network_from_weights (lycoris/kohya.py) matches the file's module names against every module of kohya's
+model (unet.named_modules(), not its preset lists: the embedders and Flux's final layer build too) and builds
+each from the file's keys, the network_args unread. A LoCon file (lora_down / lora_up / alpha under kohya's
+names, what algo=lora / locon saves) is one LoConModule per fused Linear at the file's rank and alpha:
+dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. LoKr / LoHa keys and
+text-encoder modules (LyCORIS numbers Flux's T5-XXL lora_te2) stay DBS403."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
+from safetensors.numpy import save_file
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+FLUX_BASE = (
+    f"accelerate launch --mixed_precision bf16 flux_train_network.py --pretrained_model_name_or_path {FLUX} "
+    "--clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors --ae ae.safetensors --train_data_dir x "
+    "--resolution 512 --cache_latents_to_disk --save_model_as safetensors --sdpa --seed 42 "
+    "--mixed_precision bf16 --save_precision bf16 --network_module lycoris.kohya --network_dim 8 "
+    "--network_alpha 4 --optimizer_type adamw --learning_rate 1e-4 --max_train_steps 100 "
+    "--timestep_sampling shift --discrete_flow_shift 3.1582 --model_prediction_type raw --guidance_scale 1.0 "
+    "--network_weights prev.safetensors --dim_from_weights"
+)
+SD35 = "stabilityai/stable-diffusion-3.5-large"
+
+
+def _flux(tmp_path, extra: str = "", *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    return kohya(tmp_path, allow=allow, command=f"{FLUX_BASE} {extra}")
+
+
+def _sd3(tmp_path, extra: str = "", *, allow: bool = False):
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    return kohya(
+        tmp_path,
+        allow=allow,
+        command=f"accelerate launch sd3_train_network.py --pretrained_model_name_or_path {SD35} "
+        "--clip_l sd3/clip_l.safetensors --clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors "
+        "--train_data_dir x --resolution 512 --save_model_as safetensors --sdpa --seed 42 "
+        "--network_module lycoris.kohya --network_dim 8 --network_alpha 4 --learning_rate 1e-4 "
+        f"--max_train_steps 100 --network_weights prev.safetensors --dim_from_weights {extra}",
+    )
+
+
+def _locon_file(path, layers: dict[str, tuple[int, int, int, float]]):
+    """A LoCon file as LyCORIS saves algo=locon: name -> (out, in, rank, alpha), zero tensors."""
+    tensors = {}
+    for name, (out, inp, rank, alpha) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((rank, inp), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, rank), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+W = 3072  # FLUX.1's width
+FLUX_LAYERS = {
+    "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 16, 8.0),
+    "lora_unet_double_blocks_1_txt_mlp_2": (W, 4 * W, 4, 4.0),
+    "lora_unet_single_blocks_0_linear1": (7 * W, W, 16, 8.0),
+    "lora_unet_final_layer_linear": (64, W, 4, 2.0),  # outside LyCORIS's presets: built from a file
+    "lora_unet_img_in": (W, 64, 4, 2.0),
+}
+
+
+def _rank(adapter, path: str) -> tuple[int, float]:
+    block = next(b for b in adapter.blocks if re.search(b.pattern, path))
+    return block.rank, block.alpha
+
+
+def test_flux_locon_file_builds_its_modules_at_their_ranks(tmp_path):
+    """The file's modules at their ranks (the final layer and img_in too: LyCORIS walks every module of
+    kohya's Flux), none elsewhere; network_args unread (algo=lokr builds nothing here: the keys decide)."""
+    _locon_file(tmp_path / "prev.safetensors", FLUX_LAYERS)
+    outcome = _flux(tmp_path, "--network_args algo=lokr preset=attn-only --network_dropout 0.1")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
+    assert fate(outcome, "network_args") == fate(outcome, "network_dropout") == "inert"
+    assert "reads none of them" in messages(outcome, "DBS405")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and (a.rank, a.alpha) == (16, 8.0) and a.down_dropout == 0
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "linear1"]  # the file's, one shared down each
+    assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial
+    assert {"proj_out", "x_embedder"} <= set(a.denoiser_targets)
+    assert _rank(a, "transformer_blocks.0.attn.to_k") == (16, 8.0)  # the fused qkv, one shared down
+    assert _rank(a, "transformer_blocks.1.ff_context.net.2") == (4, 4.0)
+    assert _rank(a, "single_transformer_blocks.0.proj_mlp") == (16, 8.0)
+    assert _rank(a, "proj_out") == (4, 2.0) and _rank(a, "x_embedder") == (4, 2.0)
+    assert _rank(a, "transformer_blocks.1.attn.to_q") == (0, 1.0)  # not in the file: no module
+    assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)
+    assert _rank(a, "norm_out.linear") == (0, 1.0)
+
+
+def test_flux_lokr_file_is_refused(tmp_path):
+    """create_network_from_weights builds a LokrModule from lokr_w1 / lokr_w2 keys: no dbspec form from a
+    file."""
+    save_file(
+        {
+            "lora_unet_double_blocks_0_img_attn_proj.lokr_w1": np.zeros((4, 4), np.float16),
+            "lora_unet_double_blocks_0_img_attn_proj.lokr_w2": np.zeros((768, 768), np.float16),
+            "lora_unet_double_blocks_0_img_attn_proj.alpha": np.array(1.0, np.float32),
+        },
+        str(tmp_path / "prev.safetensors"),
+    )
+    outcome = _flux(tmp_path, allow=True)
+    assert fate(outcome, "dim_from_weights") == "unsupported" and "DBS403" in codes(outcome)
+
+
+def test_flux_file_with_text_encoder_modules(tmp_path):
+    """LyCORIS numbers kohya's encoder list (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): refused, unless
+    --network_train_unet_only, where LyCORIS's apply_to drops them."""
+    layers = {**FLUX_LAYERS, "lora_te1_text_model_encoder_layers_0_mlp_fc1": (3072, 768, 4, 4.0)}
+    _locon_file(tmp_path / "prev.safetensors", layers)
+    outcome = _flux(tmp_path, allow=True)
+    assert fate(outcome, "dim_from_weights") == "unsupported"
+    assert "lora_te1_text_model_encoder_layers_0_mlp_fc1" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path, "--network_train_unet_only")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert _rank(plan_of(outcome, tmp_path).adapter, "proj_out") == (4, 2.0)
+
+
+def test_sd3_locon_file_builds_its_modules_at_their_ranks(tmp_path):
+    w = 2432  # SD3.5 Large: 38 heads x 64
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": (3 * w, w, 16, 8.0),
+        "lora_unet_joint_blocks_2_context_block_mlp_fc2": (w, 4 * w, 4, 4.0),
+        "lora_unet_t_embedder_mlp_0": (w, 256, 4, 1.0),
+    }
+    _locon_file(tmp_path / "prev.safetensors", layers)
+    outcome = _sd3(tmp_path, "--network_args algo=locon")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and (a.rank, a.alpha) == (16, 8.0) and a.init_partial
+    assert len(a.fused) == 1  # the x block's qkv: one shared down
+    assert _rank(a, "transformer_blocks.0.attn.to_v") == (16, 8.0)
+    assert _rank(a, "transformer_blocks.2.ff_context.net.2") == (4, 4.0)
+    assert _rank(a, "time_text_embed.timestep_embedder.linear_1") == (4, 1.0)
+    assert _rank(a, "transformer_blocks.0.attn.add_q_proj") == (0, 1.0)
+
+
+def test_sd3_patch_convolution_in_the_file_is_refused(tmp_path):
+    save_file(
+        {
+            "lora_unet_x_embedder_proj.lora_down.weight": np.zeros((4, 16, 2, 2), np.float16),
+            "lora_unet_x_embedder_proj.lora_up.weight": np.zeros((2432, 4, 1, 1), np.float16),
+            "lora_unet_x_embedder_proj.alpha": np.array(4.0, np.float32),
+        },
+        str(tmp_path / "prev.safetensors"),
+    )
+    outcome = _sd3(tmp_path, allow=True)
+    assert fate(outcome, "dim_from_weights") == "unsupported" and "convolution" in messages(outcome, "DBS403")
