@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import torch
 from lycoris.modules.locon import LoConModule
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.lokr import LokrModule
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import make_plan
@@ -164,3 +166,65 @@ def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_pa
         theirs = module.eval()(x)
     assert not torch.allclose(trained, plain, atol=1e-7)  # the LoCon trained
     torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+def _kohya_rows(parts, order):
+    """kohya's row order of the stacked parts: the context modulation's halves (shift, scale)."""
+    if not order:
+        return None
+    half = parts[0].out_features // 2
+    return torch.cat([torch.arange(half, 2 * half), torch.arange(half)])
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo):
+    """--network_weights with algo=locon / lokr / loha (network_dim 2, alpha 1.5): a file of lycoris-lora's
+    LoConModules / LokrModules / LohaModules (every tensor random) on kohya's fused q/k/v Linears, the MLP's,
+    the timestep embedder's and the last block's context modulation (kohya's (shift, scale) rows), loaded by
+    dbspec (a LoCon's by runtime/flow_init.py, the factors by runtime/lycoris_init.py, the modulation's rows
+    swapped back) and by LyCORIS's load_state_dict(strict=False) into modules built at kohya's network_dim /
+    network_alpha after apply_to: the same outputs."""
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_flow_init import _loaded
+
+    cls = {"locon": LoConModule, "lokr": LokrModule, "loha": LohaModule}[algo]
+
+    def kohya_linear(parts, order):
+        fused = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
+        rows = _kohya_rows(parts, order)
+        with torch.no_grad():
+            weight, bias = torch.cat([p.weight for p in parts]), torch.cat([p.bias for p in parts])
+            fused.weight.copy_(weight if rows is None else weight[rows])
+            fused.bias.copy_(bias if rows is None else bias[rows])
+        return fused
+
+    torch.manual_seed(5)
+    tensors = {}
+    plain = build_pipeline(BASE).transformer.float()
+    for name, parts, order in _layers(plain):
+        module = cls(name, kohya_linear(parts, order), 1.0, 2, 1.5)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    init = f'fused_projections = true\ninit_weights = "{file}"\ninit_partial = true\n'
+    kind = "lora" if algo == "locon" else algo
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", init)
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
+    assert count == 5
+    for name, parts, order in _layers(comps.unet.float().eval()):
+        base = [p.base_layer for p in parts]
+        theirs = cls(name, kohya_linear(base, order), 1.0, 2, 1.5)
+        theirs.apply_to()
+        own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+        theirs.load_state_dict(own, strict=False)
+        x = torch.randn(3, base[0].in_features)
+        rows = _kohya_rows(base, order)
+        with torch.no_grad():
+            loaded = torch.cat([p(x) for p in parts], dim=-1)
+            before = torch.cat([b(x) for b in base], dim=-1)
+            if rows is not None:
+                loaded, before = loaded[:, rows], before[:, rows]
+            assert not torch.allclose(loaded, before, atol=1e-3), name
+            torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-5)

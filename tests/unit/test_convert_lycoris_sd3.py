@@ -6,6 +6,7 @@ algo=lora / locon with shared down-projections, lokr / loha one update per fused
 
 from __future__ import annotations
 
+import pytest
 from convert_kit import codes, component_file, errors, fate, images, kohya, messages, out_path, plan_of  # noqa: F401
 
 from dbspec.families import family_spec
@@ -116,6 +117,51 @@ def test_locon_rs_lora_and_use_scalar_convert_as_on_flux(tmp_path):
     assert (a.kind, a.rank, a.alpha, a.scalar) == ("lora", 16, 32.0, True)
     assert [f.name for f in a.fused] == FUSED
     assert "DBS403" not in codes(outcome)
+
+
+def _lycoris_sd3_file(path, algo: str):
+    """A file as lycoris.kohya saves it on kohya's SD3.5-large MMDiT (zero tensors, width 2432): a module per
+    fused q/k/v Linear and per plain one (the last block's context modulation too), CLIP-L's under lora_te1_;
+    a LoCon's lora_down / lora_up / alpha (rank 16, alpha 8), a LoKr's / LoHa's factors."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 2432
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": (3 * width, width),
+        "lora_unet_joint_blocks_0_context_block_attn_qkv": (3 * width, width),
+        "lora_unet_joint_blocks_37_context_block_adaLN_modulation_1": (2 * width, width),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    }
+    shapes = {
+        "locon": lambda out, inp: {"lora_down.weight": (16, inp), "lora_up.weight": (out, 16)},
+        "lokr": lambda out, inp: {"lokr_w1": (2, 2), "lokr_w2_a": (2, 2), "lokr_w2_b": (2, 2)},
+        "loha": lambda out, inp: {"hada_w1_a": (out, 16), "hada_w1_b": (16, inp)},
+    }[algo]
+    tensors = {}
+    for name, (out, inp) in layers.items():
+        tensors |= {f"{name}.{k}": np.zeros(shape, np.float16) for k, shape in shapes(out, inp).items()}
+        tensors[f"{name}.alpha"] = np.array(8.0, np.float32)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_network_weights_start_the_fused_network(tmp_path, algo):
+    """train_network.py: apply_to, then LyCORIS's load_weights (load_state_dict(strict=False)) of the file
+    on kohya's SD3 names: adapter.init_weights with init_partial (a LoCon's file in lora_sd3's layout,
+    runtime/flow_init.py; a LoKr's / LoHa's into the fused factors, runtime/lycoris_init.py)."""
+    _lycoris_sd3_file(tmp_path / "prev.safetensors", algo)
+    outcome = _sd3(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo} preset=full-lin")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    kind = "lora" if algo == "locon" else algo
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        kind,
+        str(tmp_path / "prev.safetensors"),
+        True,
+        4,
+    )
+    assert [f.name for f in a.fused] == FUSED
 
 
 def test_what_only_flux_converts_stays_refused_on_sd3(tmp_path):
