@@ -164,10 +164,19 @@ def test_network_weights_start_the_fused_network(tmp_path, algo):
     assert [f.name for f in a.fused] == FUSED
 
 
+def test_scale_weight_norms_of_a_locon_is_lycoris_max_norm(tmp_path):
+    """LyCORIS's apply_max_norm_regularization on the LoConModules: one norm and scalar per fused Linear (as
+    on Flux); a LoKr's / LoHa's stays refused there too."""
+    outcome = _sd3(tmp_path, "--network_args algo=locon preset=full-lin --scale_weight_norms 1.0")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == ("lora", 1.0, "lycoris")
+    assert [f.name for f in a.fused] == FUSED
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    assert "DBS403" in codes(
+        _sd3(tmp_path, "--network_args algo=lokr preset=full-lin --scale_weight_norms 1")
+    )
+
+
 def test_what_only_flux_converts_stays_refused_on_sd3(tmp_path):
-    for extra in (
-        "--network_args algo=locon preset=full-lin dora_wd=True",
-        "--network_args algo=locon preset=full-lin --scale_weight_norms 1.0",
-    ):
-        outcome = _sd3(tmp_path, extra)
-        assert "DBS403" in codes(outcome), extra
+    outcome = _sd3(tmp_path, "--network_args algo=locon preset=full-lin dora_wd=True")
+    assert "DBS403" in codes(outcome)

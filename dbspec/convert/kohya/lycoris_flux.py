@@ -34,7 +34,7 @@ LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha
 alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
 parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
 magnitudes (Flux only: SD3's kohya writer stacks no dora_scale). --network_weights and
---scale_weight_norms: model.py `_map_lycoris_flow` (the latter Flux only).
+--scale_weight_norms: model.py `_map_lycoris_flow`.
 
 What differs on SD3 (sd3_train_network.py) is one LycorisLayout (lycoris_sd3.py); the mapping below is
 shared."""

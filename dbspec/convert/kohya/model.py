@@ -788,19 +788,15 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     (`load_state_dict(strict=False)`) of its file under kohya's Flux / SD3 names, one module per fused
     Linear: a LoCon's is lora_flux's / lora_sd3's layout, which runtime/flow_init.py splits onto the parts as
     it splits theirs; a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py; SD3's
-    last context modulation's rows swapped back); on Flux --scale_weight_norms of a LoCon: LyCORIS's form,
-    one norm and scalar per fused Linear (runtime/max_norm.py joins its parts). Refused: --dim_from_weights
-    (LyCORIS's create_network_from_weights), a LoKr's / LoHa's --scale_weight_norms, and on SD3
+    last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
+    and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar).
+    Refused: --dim_from_weights (LyCORIS's create_network_from_weights), a LoKr's / LoHa's
     --scale_weight_norms."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
     layout = SD3 if script == "sd3_train_network" else FLUX
     refused = [("dim_from_weights", f"LyCORIS's create_network_from_weights on {layout.title}")]
-    if layout is SD3:
-        refused += [
-            ("scale_weight_norms", f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears"),
-        ]
     for key, why in refused:
         if key in a and a[key].value:
             conv.unsupported(a[key], f"{why} with {layout.script} has no dbspec form yet")
