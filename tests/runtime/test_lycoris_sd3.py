@@ -60,7 +60,8 @@ def _module(cls, tensors, name: str, parts, rows=None):
         fused.bias.copy_(bias)
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     rank = own["lokr_w2_a"].shape[1] if "lokr_w2_a" in own else own.get("hada_w1_b", torch.empty(2)).shape[0]
-    module = cls(name, fused, 1.0, rank, own["alpha"].item())
+    wd = {"weight_decompose": True} if "dora_scale" in own else {}
+    module = cls(name, fused, 1.0, rank, own["alpha"].item(), **wd)
     module.load_state_dict(own)
     module.apply_to()
     return module.eval()
@@ -136,23 +137,36 @@ def test_loha_export_is_what_lycoris_loads(tmp_path):
     _check_export(plan, result, LohaModule)
 
 
-def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_path):
+def test_locon_full_preset_dora_max_norm_resume_and_export_as_lycoris(tmp_path):
     """preset full's LoCon on the patch convolution (conv_dim 3, conv_alpha 1), in kohya's lora_sd3 layout
-    beside the fused Linears': lycoris-lora's LoConModule on kohya's x_embedder.proj (a 2x2 stride-2 Conv2d)
-    loaded from the file computes the trained layer; with --scale_weight_norms (LyCORIS's max norm, its
-    fixed scalars folded into lora_up by the lora_sd3 writer) the fused Linears' too."""
+    beside the fused Linears', with dora_wd and --scale_weight_norms (LyCORIS's max norm, its fixed scalars
+    folded into lora_up by the lora_sd3 writer; the parts' dora_scale rows stacked, the last context
+    modulation's swapped): resumes bit-exact, and lycoris-lora's LoConModule (weight_decompose) on each
+    kohya Linear and on kohya's x_embedder.proj (a 2x2 stride-2 Conv2d) loaded from the file computes the
+    trained layer."""
     conv = 'conv_rank = 3\nconv_alpha = 1\nconv_targets = ["pos_embed.proj"]\n'
-    conv += 'max_norm = 1e-3\nmax_norm_form = "lycoris"\n'
+    conv += 'max_norm = 1e-3\nmax_norm_form = "lycoris"\ndora = true\ndora_form = "lycoris"\n'
     extra = LOKR.replace('kind = "lokr"', 'kind = "lora"').replace(
         "\n\n[checkpoints]", "\n" + conv + "\n[checkpoints]"
     )
-    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra + "\n[logging]\nevery = 1\n")
+    extra = extra.replace("every = 2", "every = 1") + "\n[logging]\nevery = 1\n"
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=2, extra=extra)
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
-    metrics = next(tmp_path.rglob("metrics.jsonl")).read_text().splitlines()
+    parts = make_plan(tmp_path / "parts", base=BASE, steps=2, extra=extra)
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == result.losses
+    ours = dict(result.components.unet.named_parameters())
+    for key, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[key]), key
+    metrics = next((tmp_path / "whole").rglob("metrics.jsonl")).read_text().splitlines()
     assert all(json.loads(r)["max_norm/keys_scaled"] > 0 for r in metrics if "loss" in json.loads(r))
     _check_export(plan, result, LoConModule, text=False)
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    width = result.components.unet.transformer_blocks[0].attn.to_q.base_layer.out_features
+    assert tensors["lora_unet_joint_blocks_0_x_block_attn_qkv.dora_scale"].shape == (3 * width, 1)
     name = "lora_unet_x_embedder_proj"
     assert tensors[f"{name}.lora_down.weight"].shape == (3, 16, 2, 2)
     layer = result.components.unet.float().eval().pos_embed.proj
@@ -162,7 +176,7 @@ def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_pa
     with torch.no_grad():
         org.weight.copy_(base.weight)
         org.bias.copy_(base.bias)
-    module = LoConModule(name, org, 1.0, 3, own["alpha"].item())
+    module = LoConModule(name, org, 1.0, 3, own["alpha"].item(), weight_decompose="dora_scale" in own)
     module.load_state_dict(own)
     module.apply_to()
     torch.manual_seed(0)

@@ -177,6 +177,17 @@ def test_scale_weight_norms_of_a_locon_is_lycoris_max_norm(tmp_path):
     )
 
 
-def test_what_only_flux_converts_stays_refused_on_sd3(tmp_path):
-    outcome = _sd3(tmp_path, "--network_args algo=locon preset=full-lin dora_wd=True")
-    assert "DBS403" in codes(outcome)
+def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_path):
+    """LoConModule's dora_wd on each fused q/k/v: one magnitude per output row, adapter.dora in LyCORIS's
+    form, its kohya_lora export the lora_sd3 layout with the parts' dora_scale stacked (runtime/sd3_kohya.py,
+    no DBS381); a LoKr's stays refused as on Flux."""
+    extra = "--scale_weight_norms 1 --network_args algo=locon preset=full-lin dora_wd=True use_scalar=True"
+    outcome = _sd3(tmp_path, extra)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.checkpoints.exports == ("kohya_lora",)
+    assert (a.dora, a.dora_form, a.dora_axis, a.scalar) == (True, "lycoris", "output", True)
+    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
+    assert [f.name for f in a.fused] == FUSED
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True"))
