@@ -1,19 +1,22 @@
 """Start a fused LoKr / LoHa from LyCORIS's file (`plan.adapter.init_weights` with kind lokr / loha and
-`fused_projections`: lycoris.kohya `--network_weights` with flux_train_network.py, on kohya's Flux).
+`fused_projections`: lycoris.kohya `--network_weights` with flux_train_network.py / sd3_train_network.py).
 
 train_network.py builds LyCORIS's network, applies it, then calls its `load_weights`:
-`load_state_dict(strict=False)` of the file into the modules, one per fused Linear, named as kohya's Flux
-names them (`lora_unet_double_blocks_0_img_attn_qkv.lokr_w1` ..., `lora_te1_*` for CLIP-L). The modules keep
-the scale their network_dim / network_alpha gave them (the file's `alpha` fills a buffer the training forward
-does not read), so the file's alpha must be the adapter's (a LoKr whose two factors are full trains at scale 1
-whatever it is). Here each module's tensors go where dbspec's export takes them from
+`load_state_dict(strict=False)` of the file into the modules, one per fused Linear, named as kohya's Flux (or
+SD3) names them (`lora_unet_double_blocks_0_img_attn_qkv.lokr_w1` ..., `lora_te1_*` for CLIP-L). The modules
+keep the scale their network_dim / network_alpha gave them (the file's `alpha` fills a buffer the training
+forward does not read), so the file's alpha must be the adapter's (a LoKr whose two factors are full trains at
+scale 1 whatever it is). Here each module's tensors go where dbspec's export takes them from
 (runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
 (runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
-`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full
-`lokr_w1` beside a full `lokr_w2` holds the scale the export folds in. A tensor of another shape (a file of
-another rank, factor or decomposition) is an error naming the file and the tensor; a module or tensor the
-file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial` (LyCORIS's
-strict=False): then the layers keep their init and the file's other modules are ignored."""
+`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full `lokr_w1`
+beside a full `lokr_w2` holds the scale the export folds in. On SD3 the last block's context modulation holds
+(scale, shift) where kohya's Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`,
+`hada_w1_a` / `hada_w2_a`) have their halves swapped back, as the export swapped them
+(runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another
+shape (a file of another rank, factor or decomposition) is an error naming the file and the tensor; a module
+or tensor the file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial`
+(LyCORIS's strict=False): then the layers keep their init and the file's other modules are ignored."""
 
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ from safetensors.torch import load_file
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import kohya_parts
-from dbspec.runtime.lycoris_export import _later_part, _original_name
+from dbspec.runtime.lycoris_export import _later_part, _original_name, _swapped
 
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]  # (the file tensor's shape, its copy)
+_ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a")  # the factors holding the update's rows
 
 
 def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
@@ -106,8 +110,31 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
                 continue
             if module is unet and _later_part(module, name):
                 continue  # a fused layer's tensors go in through its first part
-            out[f"{prefix}_{to_path(name).replace('.', '_')}"] = (slots, alpha)
+            key = f"{prefix}_{to_path(name).replace('.', '_')}"
+            if module is unet and _swapped(module, name):
+                slots = {
+                    k: _halves_swapped(plan.adapter.init_weights, key, k, slot) if k in _ROW_FACTORS else slot
+                    for k, slot in slots.items()
+                }
+            out[key] = (slots, alpha)
     return out
+
+
+def _halves_swapped(path: str, key: str, name: str, slot: Slot) -> Slot:
+    """A row factor of a Linear whose halves of rows kohya holds the other way round, swapped back."""
+    shape, copy = slot
+
+    def swap(value: torch.Tensor) -> None:
+        if value.shape[0] % 2:
+            raise ValueError(
+                f"{path}: tensor `{key}.{name}` has {value.shape[0]} rows (odd): the update in diffusers' "
+                "(scale, shift) row order has no Kronecker form; start from a file whose first factor's rows "
+                "are even"
+            )
+        first, second = value.chunk(2, dim=0)
+        copy(torch.cat([second, first], dim=0))
+
+    return shape, swap
 
 
 def _into(param: torch.Tensor, factor: float = 1.0) -> Slot:

@@ -14,7 +14,9 @@ The fused layers are written as for Flux (runtime/flux_kohya.py): parts that sha
 own LoRA on the fused layer); separate parts block-diagonally, alpha times the number of parts. The
 adaLN Linears whose diffusers form holds (scale, shift) where the original holds (shift, scale) (the last
 block's context modulation and the final layer, AdaLayerNormContinuous) have their up rows swapped.
-kohya's loader scales by alpha / (rows of lora_down), as its LoRAModule does."""
+kohya's loader scales by alpha / (rows of lora_down), as its LoRAModule does. A LoCon with LyCORIS's weight
+decomposition (lycoris.kohya's dora_wd) adds each module's `dora_scale`, one magnitude per output row of
+the original Linear, as the Flux writer does."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from torch import nn
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _kohya_lora_layers, checked_layers, clip_path
-from dbspec.runtime.flux_kohya import _entry, _fuse, _widths, fused_parts
+from dbspec.runtime.flux_kohya import _entry, _fuse, _widths, dora_scales, fused_parts
 
 # diffusers child path inside transformer_blocks.{i} -> (original name inside joint_blocks_{i}, part index)
 _BLOCK = {
@@ -105,6 +107,31 @@ def kohya_sd3_tensors(denoiser: nn.Module, dtype: torch.dtype, parts) -> dict[st
         tensors.update(_entry(name, down, up, alpha, dtype))
     for (block, name), present in fused.items():
         tensors.update(_fuse(block, name, present, layers, widths, dtype, parts))
+    tensors.update(_sd3_dora_scales(plain, denoiser, dtype, parts))
+    return tensors
+
+
+def _sd3_dora_scales(plain: nn.Module, denoiser: nn.Module, dtype, parts) -> dict[str, torch.Tensor]:
+    """LyCORIS's `dora_scale` of each kohya module (lycoris.kohya's dora_wd on kohya's MMDiT: one magnitude
+    per output row, a fused q/k/v's parts' rows stacked in its order, the swapped layer's halves back in
+    kohya's (shift, scale) order), as the Flux writer stacks them (flux_kohya._flux_dora_scales)."""
+    fused: dict[str, dict[int, torch.Tensor]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for path, scale in dora_scales(denoiser).items():
+        name, part = original_name(path)
+        scale = scale.detach().float()
+        if part is not None:
+            fused.setdefault(name, {})[part] = scale
+            continue
+        if swapped(path, plain):
+            first, second = scale.chunk(2, dim=0)
+            scale = torch.cat([second, first], dim=0)
+        tensors[f"lora_unet_{name}.dora_scale"] = scale.to("cpu", dtype).contiguous()
+    for name, found in fused.items():
+        if len(found) != len(parts[name.split("_", 3)[-1]]):  # the compiler refuses it (DBS509)
+            raise ValueError(f"`{name}`: a weight decomposition of a fused layer needs every part (DBS509)")
+        stacked = torch.cat([found[index] for index in sorted(found)])
+        tensors[f"lora_unet_{name}.dora_scale"] = stacked.to("cpu", dtype).contiguous()
     return tensors
 
 
@@ -158,6 +185,11 @@ class SD3Exports:
                 tensors.update(_entry_te(key, down, up, alpha, cast))
                 ranks.add(rank)
                 alphas.add(alpha)
+            for name, scale in dora_scales(encoder).items():
+                path = name if prefix == "lora_te3" else clip_path(name)
+                tensors[f"{prefix}_{path.replace('.', '_')}.dora_scale"] = (
+                    scale.detach().to("cpu", cast).contiguous()
+                )
         out, dims = checked_layers(tensors, ranks, alphas)
         return out, {**dims, **version}
 

@@ -408,20 +408,20 @@ _FACTORS = {
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
-    """A LyCORIS LoKr / LoHa file on kohya's Flux names (lycoris.kohya --network_weights with
-    flux_train_network.py): one module per fused Linear, for `fused_projections` on Flux's layout. Its
-    modules' prefixes and kind are checked here; the factor shapes and alphas when the run loads it
-    (runtime/lycoris_init.py)."""
+    """A LyCORIS LoKr / LoHa file on kohya's Flux / SD3 names (lycoris.kohya --network_weights with
+    flux_train_network.py / sd3_train_network.py): one module per fused Linear, for `fused_projections` on
+    that layout. Its modules' prefixes and kind are checked here; the factor shapes and alphas when the run
+    loads it (runtime/lycoris_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    if not (adapter.fused_projections and spec.fused_projections and spec.kohya_lora_excluded):
+    if not (adapter.fused_projections and spec.fused_projections):
         ctx.report(
             "DBS356",
             "error",
-            f"`{path}`: a {adapter.kind} starts from a file on kohya's fused Flux layers only "
+            f"`{path}`: a {adapter.kind} starts from a file on kohya's fused Flux / SD3 layers only "
             "(lycoris.kohya's layout there), with adapter.fused_projections = true",
             KEY,
-            help='set adapter.fused_projections = true on a Flux model, or set adapter.init_weights = ""',
+            help='set adapter.fused_projections = true on a Flux or SD3 model, or adapter.init_weights = ""',
         )
         return "", 0
     from dbspec.compiler.safetensors_header import read_safetensors_header

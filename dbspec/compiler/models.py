@@ -309,7 +309,7 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not _fused_lokr(ctx.spec.adapter, ctx.spec.train.denoiser)  # runtime/lycoris_export.py
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
             and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
-            and not (_fused_dora(ctx.spec.adapter) and spec.kohya_lora_excluded)  # runtime/flux_kohya.py
+            and not (_fused_dora(ctx.spec.adapter) and spec.fused_projections)  # flux_kohya.py, sd3_kohya.py
         ):
             ctx.report(
                 "DBS381",
@@ -344,8 +344,8 @@ def _kohya_oft(adapter: Adapter, network: str) -> bool:
 
 
 def _fused_dora(adapter: Adapter) -> bool:
-    """lycoris.kohya's LoCon with dora_wd on kohya's fused Flux layers: the Flux writer adds each fused
-    layer's `dora_scale` (compiler/fused.py holds it to LyCORIS's per-row form, DBS509)."""
+    """lycoris.kohya's LoCon with dora_wd on kohya's fused Flux / SD3 layers: the family's writer adds each
+    fused layer's `dora_scale` (compiler/fused.py holds it to LyCORIS's per-row form, DBS509)."""
     return isinstance(adapter, LoraAdapter) and adapter.fused_projections and adapter.dora
 
 

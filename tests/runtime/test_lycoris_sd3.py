@@ -9,13 +9,16 @@ embedder at this width loaded every module of the LoKr, LoHa and LoCon files, ea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 import torch
 from lycoris.modules.locon import LoConModule
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.lokr import LokrModule
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import make_plan
@@ -57,7 +60,8 @@ def _module(cls, tensors, name: str, parts, rows=None):
         fused.bias.copy_(bias)
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     rank = own["lokr_w2_a"].shape[1] if "lokr_w2_a" in own else own.get("hada_w1_b", torch.empty(2)).shape[0]
-    module = cls(name, fused, 1.0, rank, own["alpha"].item())
+    wd = {"weight_decompose": True} if "dora_scale" in own else {}
+    module = cls(name, fused, 1.0, rank, own["alpha"].item(), **wd)
     module.load_state_dict(own)
     module.apply_to()
     return module.eval()
@@ -133,18 +137,36 @@ def test_loha_export_is_what_lycoris_loads(tmp_path):
     _check_export(plan, result, LohaModule)
 
 
-def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_path):
+def test_locon_full_preset_dora_max_norm_resume_and_export_as_lycoris(tmp_path):
     """preset full's LoCon on the patch convolution (conv_dim 3, conv_alpha 1), in kohya's lora_sd3 layout
-    beside the fused Linears': lycoris-lora's LoConModule on kohya's x_embedder.proj (a 2x2 stride-2 Conv2d)
-    loaded from the file computes the trained layer."""
+    beside the fused Linears', with dora_wd and --scale_weight_norms (LyCORIS's max norm, its fixed scalars
+    folded into lora_up by the lora_sd3 writer; the parts' dora_scale rows stacked, the last context
+    modulation's swapped): resumes bit-exact, and lycoris-lora's LoConModule (weight_decompose) on each
+    kohya Linear and on kohya's x_embedder.proj (a 2x2 stride-2 Conv2d) loaded from the file computes the
+    trained layer."""
     conv = 'conv_rank = 3\nconv_alpha = 1\nconv_targets = ["pos_embed.proj"]\n'
+    conv += 'max_norm = 1e-3\nmax_norm_form = "lycoris"\ndora = true\ndora_form = "lycoris"\n'
     extra = LOKR.replace('kind = "lokr"', 'kind = "lora"').replace(
         "\n\n[checkpoints]", "\n" + conv + "\n[checkpoints]"
     )
-    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    extra = extra.replace("every = 2", "every = 1") + "\n[logging]\nevery = 1\n"
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=2, extra=extra)
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
+    parts = make_plan(tmp_path / "parts", base=BASE, steps=2, extra=extra)
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == result.losses
+    ours = dict(result.components.unet.named_parameters())
+    for key, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[key]), key
+    metrics = next((tmp_path / "whole").rglob("metrics.jsonl")).read_text().splitlines()
+    assert all(json.loads(r)["max_norm/keys_scaled"] > 0 for r in metrics if "loss" in json.loads(r))
+    _check_export(plan, result, LoConModule, text=False)
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    width = result.components.unet.transformer_blocks[0].attn.to_q.base_layer.out_features
+    assert tensors["lora_unet_joint_blocks_0_x_block_attn_qkv.dora_scale"].shape == (3 * width, 1)
     name = "lora_unet_x_embedder_proj"
     assert tensors[f"{name}.lora_down.weight"].shape == (3, 16, 2, 2)
     layer = result.components.unet.float().eval().pos_embed.proj
@@ -154,7 +176,7 @@ def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_pa
     with torch.no_grad():
         org.weight.copy_(base.weight)
         org.bias.copy_(base.bias)
-    module = LoConModule(name, org, 1.0, 3, own["alpha"].item())
+    module = LoConModule(name, org, 1.0, 3, own["alpha"].item(), weight_decompose="dora_scale" in own)
     module.load_state_dict(own)
     module.apply_to()
     torch.manual_seed(0)
@@ -164,3 +186,123 @@ def test_locon_full_preset_patch_convolution_export_is_what_lycoris_loads(tmp_pa
         theirs = module.eval()(x)
     assert not torch.allclose(trained, plain, atol=1e-7)  # the LoCon trained
     torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
+def _kohya_rows(parts, order):
+    """kohya's row order of the stacked parts: the context modulation's halves (shift, scale)."""
+    if not order:
+        return None
+    half = parts[0].out_features // 2
+    return torch.cat([torch.arange(half, 2 * half), torch.arange(half)])
+
+
+def _kohya_linear(parts, order) -> torch.nn.Linear:
+    """kohya's Linear of the (plain) parts: their weights and biases stacked, in kohya's row order."""
+    fused = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
+    rows = _kohya_rows(parts, order)
+    with torch.no_grad():
+        weight, bias = torch.cat([p.weight for p in parts]), torch.cat([p.bias for p in parts])
+        fused.weight.copy_(weight if rows is None else weight[rows])
+        fused.bias.copy_(bias if rows is None else bias[rows])
+    return fused
+
+
+_CLASSES = {"locon": LoConModule, "lokr": LokrModule, "loha": LohaModule}
+
+
+def _sd3_file(tmp: Path, algo: str, more: str = ""):
+    """lycoris-lora's modules of `algo` (network_dim 2, alpha 1.5, every tensor random) on _layers' kohya
+    Linears, saved as lycoris.kohya saves them: (tensors, the LOKR spec of its kind started from the file
+    with kohya's strict=False, the other layers keeping their init)."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    torch.manual_seed(5)
+    tensors = {}
+    for name, parts, order in _layers(build_pipeline(BASE).transformer.float()):
+        module = _CLASSES[algo](name, _kohya_linear(parts, order), 1.0, 2, 1.5)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp / "prev.safetensors"
+    save_file(tensors, str(file))
+    init = f'fused_projections = true\ninit_weights = "{file}"\ninit_partial = true\n{more}'
+    kind = "lora" if algo == "locon" else algo
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", init)
+    return tensors, extra
+
+
+def _theirs(algo: str, tensors, name: str, parts, order):
+    """lycoris-lora's module built at kohya's network_dim / network_alpha on the kohya Linear of `parts`'
+    base layers, applied, then loaded from the file as lycoris.kohya's load_weights loads it."""
+    theirs = _CLASSES[algo](name, _kohya_linear([p.base_layer for p in parts], order), 1.0, 2, 1.5)
+    theirs.apply_to()
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    theirs.load_state_dict(own, strict=False)
+    return theirs
+
+
+def _same_outputs(theirs, parts, order, name: str, changed: bool = True) -> None:
+    base = [p.base_layer for p in parts]
+    x = torch.randn(3, base[0].in_features)
+    rows = _kohya_rows(base, order)
+    with torch.no_grad():
+        ours = torch.cat([p(x) for p in parts], dim=-1)
+        before = torch.cat([b(x) for b in base], dim=-1)
+        if rows is not None:
+            ours, before = ours[:, rows], before[:, rows]
+        if changed:
+            assert not torch.allclose(ours, before, atol=1e-3), name
+        torch.testing.assert_close(theirs.eval()(x), ours, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo):
+    """--network_weights with algo=locon / lokr / loha (network_dim 2, alpha 1.5): a file of lycoris-lora's
+    LoConModules / LokrModules / LohaModules (every tensor random) on kohya's fused q/k/v Linears, the MLP's,
+    the timestep embedder's and the last block's context modulation (kohya's (shift, scale) rows), loaded by
+    dbspec (a LoCon's by runtime/flow_init.py, the factors by runtime/lycoris_init.py, the modulation's rows
+    swapped back) and by LyCORIS's load_state_dict(strict=False) into modules built at kohya's network_dim /
+    network_alpha after apply_to: the same outputs."""
+    from tests.runtime.test_flow_init import _loaded
+
+    tensors, extra = _sd3_file(tmp_path, algo)
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
+    assert count == 5
+    for name, parts, order in _layers(comps.unet.float().eval()):
+        _same_outputs(_theirs(algo, tensors, name, parts, order), parts, order, name)
+
+
+def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
+    """--scale_weight_norms with algo=locon on SD3 (max_norm_form "lycoris"): one norm and scalar per kohya
+    Linear (a fused q/k/v's parts joined): what lycoris.kohya's apply_max_norm_regularization does to the
+    LoConModules loaded from the same file (the context modulation's row order changes no norm)."""
+    from types import SimpleNamespace
+
+    from lycoris.kohya import LycorisNetworkKohya
+
+    from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
+    from tests.runtime.test_flow_init import _loaded
+
+    tensors, extra = _sd3_file(tmp_path, "locon", 'max_norm = 1.0\nmax_norm_form = "lycoris"\n')
+    plan = make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra)
+    assert (plan.adapter.max_norm, plan.adapter.max_norm_form) == (1.0, "lycoris")
+    comps, _ = _loaded(plan)
+    layers = _layers(comps.unet.float().eval())
+    theirs = {name: _theirs("locon", tensors, name, parts, order) for name, parts, order in layers}
+    modules = [m for m in lycoris_norm_modules(comps.unet, [], plan.adapter.fused)]
+    with torch.no_grad():
+        file_norms = sorted(float(lycoris_update(m).norm()) for m in modules if _in_file(m, layers))
+    limit = (file_norms[1] * file_norms[2]) ** 0.5  # some of the file's modules scaled, some not
+    ours = [m for m in modules if _in_file(m, layers)]
+    network = SimpleNamespace(unet_loras=list(theirs.values()), text_encoder_loras=[])
+    expected = LycorisNetworkKohya.apply_max_norm_regularization(network, limit, "cpu")
+    result = apply_max_norm(ours, limit)
+    assert result[0] == int(expected[0]) == 3
+    torch.testing.assert_close(torch.tensor(result[1:]), torch.tensor([float(v) for v in expected[1:]]))
+    for name, parts, order in layers:
+        _same_outputs(theirs[name], parts, order, name, changed=False)
+
+
+def _in_file(module, layers) -> bool:
+    """The norm module is one of _layers' (the file's) kohya Linears."""
+    return any(module.layer is parts[0] for _, parts, _ in layers)

@@ -6,6 +6,7 @@ algo=lora / locon with shared down-projections, lokr / loha one update per fused
 
 from __future__ import annotations
 
+import pytest
 from convert_kit import codes, component_file, errors, fate, images, kohya, messages, out_path, plan_of  # noqa: F401
 
 from dbspec.families import family_spec
@@ -118,10 +119,75 @@ def test_locon_rs_lora_and_use_scalar_convert_as_on_flux(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
-def test_what_only_flux_converts_stays_refused_on_sd3(tmp_path):
-    for extra in (
-        "--network_args algo=locon preset=full-lin dora_wd=True",
-        "--network_args algo=locon preset=full-lin --scale_weight_norms 1.0",
-    ):
-        outcome = _sd3(tmp_path, extra)
-        assert "DBS403" in codes(outcome), extra
+def _lycoris_sd3_file(path, algo: str):
+    """A file as lycoris.kohya saves it on kohya's SD3.5-large MMDiT (zero tensors, width 2432): a module per
+    fused q/k/v Linear and per plain one (the last block's context modulation too), CLIP-L's under lora_te1_;
+    a LoCon's lora_down / lora_up / alpha (rank 16, alpha 8), a LoKr's / LoHa's factors."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    width = 2432
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": (3 * width, width),
+        "lora_unet_joint_blocks_0_context_block_attn_qkv": (3 * width, width),
+        "lora_unet_joint_blocks_37_context_block_adaLN_modulation_1": (2 * width, width),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    }
+    shapes = {
+        "locon": lambda out, inp: {"lora_down.weight": (16, inp), "lora_up.weight": (out, 16)},
+        "lokr": lambda out, inp: {"lokr_w1": (2, 2), "lokr_w2_a": (2, 2), "lokr_w2_b": (2, 2)},
+        "loha": lambda out, inp: {"hada_w1_a": (out, 16), "hada_w1_b": (16, inp)},
+    }[algo]
+    tensors = {}
+    for name, (out, inp) in layers.items():
+        tensors |= {f"{name}.{k}": np.zeros(shape, np.float16) for k, shape in shapes(out, inp).items()}
+        tensors[f"{name}.alpha"] = np.array(8.0, np.float32)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_network_weights_start_the_fused_network(tmp_path, algo):
+    """train_network.py: apply_to, then LyCORIS's load_weights (load_state_dict(strict=False)) of the file
+    on kohya's SD3 names: adapter.init_weights with init_partial (a LoCon's file in lora_sd3's layout,
+    runtime/flow_init.py; a LoKr's / LoHa's into the fused factors, runtime/lycoris_init.py)."""
+    _lycoris_sd3_file(tmp_path / "prev.safetensors", algo)
+    outcome = _sd3(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo} preset=full-lin")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    kind = "lora" if algo == "locon" else algo
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        kind,
+        str(tmp_path / "prev.safetensors"),
+        True,
+        4,
+    )
+    assert [f.name for f in a.fused] == FUSED
+
+
+def test_scale_weight_norms_of_a_locon_is_lycoris_max_norm(tmp_path):
+    """LyCORIS's apply_max_norm_regularization on the LoConModules: one norm and scalar per fused Linear (as
+    on Flux); a LoKr's / LoHa's stays refused there too."""
+    outcome = _sd3(tmp_path, "--network_args algo=locon preset=full-lin --scale_weight_norms 1.0")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == ("lora", 1.0, "lycoris")
+    assert [f.name for f in a.fused] == FUSED
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    assert "DBS403" in codes(
+        _sd3(tmp_path, "--network_args algo=lokr preset=full-lin --scale_weight_norms 1")
+    )
+
+
+def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_path):
+    """LoConModule's dora_wd on each fused q/k/v: one magnitude per output row, adapter.dora in LyCORIS's
+    form, its kohya_lora export the lora_sd3 layout with the parts' dora_scale stacked (runtime/sd3_kohya.py,
+    no DBS381); a LoKr's stays refused as on Flux."""
+    extra = "--scale_weight_norms 1 --network_args algo=locon preset=full-lin dora_wd=True use_scalar=True"
+    outcome = _sd3(tmp_path, extra)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.checkpoints.exports == ("kohya_lora",)
+    assert (a.dora, a.dora_form, a.dora_axis, a.scalar) == (True, "lycoris", "output", True)
+    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
+    assert [f.name for f in a.fused] == FUSED
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True"))

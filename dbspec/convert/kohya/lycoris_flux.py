@@ -33,8 +33,8 @@ through full-path targets.
 LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
 alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
 parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
-magnitudes (Flux only: SD3's kohya writer stacks no dora_scale). --network_weights and
---scale_weight_norms: model.py `_map_lycoris_flow` (Flux only).
+magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). --network_weights and
+--scale_weight_norms: model.py `_map_lycoris_flow`.
 
 What differs on SD3 (sd3_train_network.py) is one LycorisLayout (lycoris_sd3.py); the mapping below is
 shared."""
@@ -179,7 +179,7 @@ def map_lycoris_flow(
             conv.unsupported(args, f"{key}={value}: {why} on {layout.title} has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
-    if not _dora_wd(kwargs, args, conv, algo, layout):
+    if not _dora_wd(kwargs, args, conv, algo):
         return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
         return False
@@ -323,9 +323,7 @@ FLUX = LycorisLayout(
 )
 
 
-def _dora_wd(
-    kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str, layout: LycorisLayout
-) -> bool:
+def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) -> bool:
     """LoConModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a fused Linear: one magnitude per
     output row (wd_on_output, its default), so each part keeps its rows' (adapter.dora in LyCORIS's form,
     DBS509). Refused: per input column (the norm spans every part), LoKr's / LoHa's on the fused layers, the
@@ -339,9 +337,7 @@ def _dora_wd(
         conv.inert(legacy, "off")
         return True
     why = ""
-    if layout is not FLUX:
-        why = f"LoConModule's weight decomposition on {layout.title}'s fused layers has no dbspec form yet"
-    elif algo in ("lokr", "loha"):
+    if algo in ("lokr", "loha"):
         why = f"algo={algo}'s weight decomposition on the fused layers has no dbspec form yet"
     elif _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"

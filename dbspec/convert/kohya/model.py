@@ -803,29 +803,19 @@ def _flow_dim_from_weights(
 def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
     """lycoris.kohya with flux_train_network.py / sd3_train_network.py (lycoris_flux.py, the SD3 table in
     lycoris_sd3.py): algo=lora / locon as lora_flux's / lora_sd3's fused network over LyCORIS's preset
-    targets, lokr / loha one update per fused layer. On Flux, --network_weights: LyCORIS's load_weights
-    (`load_state_dict(strict=False)`) of its file under kohya's Flux names, one module per fused Linear: a
-    LoCon's is lora_flux's layout, which runtime/flow_init.py splits onto the parts as it splits lora_flux's;
-    a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py); --scale_weight_norms of
-    a LoCon: LyCORIS's form, one norm and scalar per fused Linear (runtime/max_norm.py joins its parts).
-    --dim_from_weights: _lycoris_flow_from_weights. Refused: a LoKr's / LoHa's --scale_weight_norms, and
-    on SD3 --network_weights and --scale_weight_norms."""
+    targets, lokr / loha one update per fused layer. --network_weights: LyCORIS's load_weights
+    (`load_state_dict(strict=False)`) of its file under kohya's Flux / SD3 names, one module per fused
+    Linear: a LoCon's is lora_flux's / lora_sd3's layout, which runtime/flow_init.py splits onto the parts as
+    it splits theirs; a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py; SD3's
+    last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
+    and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar).
+    --dim_from_weights: _lycoris_flow_from_weights. Refused: a LoKr's / LoHa's --scale_weight_norms."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
     layout = SD3 if script == "sd3_train_network" else FLUX
     if a["dim_from_weights"].value:
         return _lycoris_flow_from_weights(a, script, paths, conv, family)
-    refused: list[tuple[str, str]] = []
-    if layout is SD3:
-        refused += [
-            ("network_weights", f"a LyCORIS file loaded onto kohya's {layout.title} before training"),
-            ("scale_weight_norms", f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears"),
-        ]
-    for key, why in refused:
-        if key in a and a[key].value:
-            conv.unsupported(a[key], f"{why} with {layout.script} has no dbspec form yet")
-            return False
     if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
     kind = conv.values[("adapter", "kind")][0]
