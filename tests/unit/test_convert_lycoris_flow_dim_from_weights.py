@@ -133,11 +133,12 @@ def test_sd3_locon_file_builds_its_modules_at_their_ranks(tmp_path):
         "lora_unet_t_embedder_mlp_0": (w, 256, 4, 1.0),
     }
     _locon_file(tmp_path / "prev.safetensors", layers)
-    outcome = _sd3(tmp_path, "--network_args algo=locon")
+    outcome = _sd3(tmp_path, "--network_args algo=locon --scale_weight_norms 1.5")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert fate(outcome, "dim_from_weights") == "mapped"
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == "lora" and (a.rank, a.alpha) == (16, 8.0) and a.init_partial
+    assert (a.max_norm, a.max_norm_form) == (1.5, "lycoris")  # one norm per fused Linear, as on Flux
     assert len(a.fused) == 1  # the x block's qkv: one shared down
     assert _rank(a, "transformer_blocks.0.attn.to_v") == (16, 8.0)
     assert _rank(a, "transformer_blocks.2.ff_context.net.2") == (4, 4.0)

@@ -885,13 +885,7 @@ def _lycoris_flow_from_weights(
         del conv.values[key]
     _flow_dim_from_weights(a, wanted, paths, conv, family, lycoris=True)
     map_base_weights(a, paths, conv)
-    norms = a["scale_weight_norms"]
-    if norms.value and not flux:
-        conv.unsupported(
-            norms, "LyCORIS's per-module max norm on kohya's fused SD3 Linears has no dbspec form yet"
-        )
-        return False
-    map_scale_weight_norms(a, conv, lycoris=True)  # a LoCon's: one norm per fused Linear, as on Flux
+    map_scale_weight_norms(a, conv, lycoris=True)  # a LoCon's: one norm per fused Linear (Flux, SD3)
     return True
 
 
