@@ -104,34 +104,45 @@ def _stacked_full(
 ) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
     """The full algo's layers with each fused Linear's parts as one: its `diff` / `diff_b` the parts' stacked
     in the original layer's row order, under its first part's name (each part's trained copy is exactly its
-    rows of FullModule's copy of the fused weight). Every part must be adapted (LyCORIS's copy covers them
-    all)."""
+    rows of FullModule's copy of the fused weight); a part the run did not adapt is zero rows (unchanged)."""
     from dbspec.runtime import flux_kohya, sd3_kohya
 
-    table = sd3_kohya if family_spec(family).kohya.network == "networks.lora_sd3" else flux_kohya
-    counts = {g.kohya_name: len(g.parts) for g in family_spec(family).fused_projections}
-    groups: dict[str, list[tuple[int, str, dict[str, torch.Tensor]]]] = {}
+    spec = family_spec(family)
+    table = sd3_kohya if spec.kohya.network == "networks.lora_sd3" else flux_kohya
+    found = lora_adapter(module)
+    root = found[0] if found else module
+    groups: dict[str, dict[int, tuple[str, dict[str, torch.Tensor]]]] = {}
     for name, weights, alpha in layers:
         original, part = table.original_name(name)
         if part is None:
             yield name, weights, alpha
         else:
-            groups.setdefault(original, []).append((part, name, weights))
-    for original, parts in groups.items():
-        parts.sort(key=lambda p: p[0])
-        want = next((n for k, n in counts.items() if original.endswith(k)), len(parts))
-        if [p[0] for p in parts] != list(range(want)):
-            raise ValueError(
-                f"`{parts[0][1]}`: LyCORIS's full algo on kohya's `{original}` copies every part of the "
-                f"fused layer, the run adapts parts {[p[0] for p in parts]} of {want}: target them all for "
-                "a kohya file"
-            )
-        stacked = {
-            key: torch.cat([p[2][key] for p in parts], dim=0)
-            for key in parts[0][2]
-            if all(key in p[2] for p in parts)
-        }
-        yield parts[0][1], stacked, None
+            groups.setdefault(original, {})[part] = (name, weights)
+    for original, present in groups.items():
+        index, (name, weights) = min(present.items())
+        group = next(
+            g
+            for g in spec.fused_projections
+            if original.endswith(g.kohya_name)
+            and name.startswith(g.blocks + ".")
+            and name.endswith(g.parts[index])
+        )
+        prefix = name.removesuffix(group.parts[index])
+        stacked: dict[str, list[torch.Tensor]] = {key: [] for key in weights}
+        for i, child in enumerate(group.parts):
+            if i in present:
+                own = present[i][1]
+            else:  # not adapted: its rows of the fused copy stay the base's
+                layer = root.get_submodule(prefix + child)
+                base = getattr(layer, "base_layer", layer)
+                own = {"diff": torch.zeros_like(base.weight), "diff_b": torch.zeros_like(base.bias)}
+            for key in stacked:
+                stacked[key].append(own[key].to(weights[key].dtype))
+        yield (
+            prefix + group.parts[0],
+            {key: torch.cat(values, dim=0) for key, values in stacked.items()},
+            None,
+        )
 
 
 def _later_part(module: nn.Module, name: str) -> bool:

@@ -488,11 +488,11 @@ def test_network_weights_of_lokr_and_loha_load_as_lycoris_loads_them(tmp_path, k
 def test_full_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
     """algo=full (convert/kohya/lycoris_flux.py `_full`): a trained copy per diffusers part, resumed
     bit-exact; the export stacks the parts' diff / diff_b under kohya's fused names, which lycoris-lora's
-    FullModule on the fused Linear loads into the trained parts' outputs."""
+    FullModule on the fused Linear loads into the trained parts' outputs (a part not adapted: zero rows)."""
     from lycoris.modules.full import FullModule
 
     targets = '["attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", '
-    targets += '"attn.add_v_proj", "proj_mlp"]'
+    targets += '"attn.add_v_proj"]'  # not proj_mlp: linear1's MLP rows are written as zero diffs
     extra = f'[adapter]\nkind = "full"\ndenoiser_targets = {targets}\n'
     extra += '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
     plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
@@ -514,6 +514,8 @@ def test_full_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
     assert "lora_unet_single_blocks_0_linear1" in names and "lora_unet_double_blocks_0_img_attn_qkv" in names
     assert not any("to_q" in n or "proj_mlp" in n for n in names)
     assert {k.split(".", 1)[1] for k in tensors} == {"diff", "diff_b"}
+    mlp = transformer.single_transformer_blocks[0].proj_mlp
+    assert not tensors["lora_unet_single_blocks_0_linear1.diff"][-mlp.out_features :].any()
     block, single = transformer.transformer_blocks[0].attn, transformer.single_transformer_blocks[0]
     torch.manual_seed(0)
     x = torch.randn(3, block.to_q.base_layer.in_features)
@@ -525,7 +527,7 @@ def test_full_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
             (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
         ),
     ):
-        fused = _fused_linear([p.base_layer for p in layer_parts])
+        fused = _fused_linear([getattr(p, "base_layer", p) for p in layer_parts])
         assert tensors[f"{name}.diff"].shape == fused.weight.shape
         with torch.no_grad():
             trained = torch.cat([p(x) for p in layer_parts], dim=-1)
