@@ -66,9 +66,13 @@ def lycoris_state(
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
         fused = module is unet and _fused_lokr(unet)
-        if fused:  # LoKr on kohya's fused Flux / SD3 Linears: kohya's module names
+        full = module is unet and bool(family_spec(family).fused_projections) and _has_full(unet)
+        if fused or full:  # LoKr, LoHa or full on kohya's fused Flux / SD3 Linears: kohya's module names
             to_path = _original_name(family)
-        for name, weights, alpha in _layers(module):
+        layers = _layers(module)
+        if full:  # LyCORIS's full algo: one FullModule per fused Linear, its diff the parts' rows stacked
+            layers, fused = _stacked_full(module, family, list(layers)), True
+        for name, weights, alpha in layers:
             if fused and _later_part(module, name):
                 continue  # a fused layer's factors, written once under its first part's (the fused) name
             if fused and _swapped(module, name):
@@ -87,6 +91,58 @@ def _fused_lokr(unet: nn.Module) -> bool:
     """Whether the denoiser carries LyCORIS LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py)."""
     return any(hasattr(m, "fused_lokr_rows") or hasattr(m, "fused_loha_parts") for m in unet.modules())
+
+
+def _has_full(unet: nn.Module) -> bool:
+    from dbspec.runtime.lycoris_full import FullLayer
+
+    return any(isinstance(m, FullLayer) for m in unet.modules())
+
+
+def _stacked_full(
+    module: nn.Module, family: Family, layers: list[tuple[str, dict[str, torch.Tensor], float | None]]
+) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
+    """The full algo's layers with each fused Linear's parts as one: its `diff` / `diff_b` the parts' stacked
+    in the original layer's row order, under its first part's name (each part's trained copy is exactly its
+    rows of FullModule's copy of the fused weight); a part the run did not adapt is zero rows (unchanged)."""
+    from dbspec.runtime import flux_kohya, sd3_kohya
+
+    spec = family_spec(family)
+    table = sd3_kohya if spec.kohya.network == "networks.lora_sd3" else flux_kohya
+    found = lora_adapter(module)
+    root = found[0] if found else module
+    groups: dict[str, dict[int, tuple[str, dict[str, torch.Tensor]]]] = {}
+    for name, weights, alpha in layers:
+        original, part = table.original_name(name)
+        if part is None:
+            yield name, weights, alpha
+        else:
+            groups.setdefault(original, {})[part] = (name, weights)
+    for original, present in groups.items():
+        index, (name, weights) = min(present.items())
+        group = next(
+            g
+            for g in spec.fused_projections
+            if original.endswith(g.kohya_name)
+            and name.startswith(g.blocks + ".")
+            and name.endswith(g.parts[index])
+        )
+        prefix = name.removesuffix(group.parts[index])
+        stacked: dict[str, list[torch.Tensor]] = {key: [] for key in weights}
+        for i, child in enumerate(group.parts):
+            if i in present:
+                own = present[i][1]
+            else:  # not adapted: its rows of the fused copy stay the base's
+                layer = root.get_submodule(prefix + child)
+                base = getattr(layer, "base_layer", layer)
+                own = {"diff": torch.zeros_like(base.weight), "diff_b": torch.zeros_like(base.bias)}
+            for key in stacked:
+                stacked[key].append(own[key].to(weights[key].dtype))
+        yield (
+            prefix + group.parts[0],
+            {key: torch.cat(values, dim=0) for key, values in stacked.items()},
+            None,
+        )
 
 
 def _later_part(module: nn.Module, name: str) -> bool:
@@ -119,7 +175,7 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     """LoHa / LoKr factors of a Linear whose two halves of rows kohya holds the other way round: LoHa's row
     factors (hada_w1_a, hada_w2_a) swap their halves; LoKr's kron(w1, w2) rows follow w1's rows in blocks of
     w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
-    keys = [k for k in ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a") if k in weights]
+    keys = [k for k in ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b") if k in weights]
     if not keys:
         raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")
     out = dict(weights)

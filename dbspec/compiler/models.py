@@ -307,6 +307,8 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not spec.kohya.lycoris_layout
             and (kind := _lycoris_kind(ctx.spec.adapter))
             and not _fused_lokr(ctx.spec.adapter, ctx.spec.train.denoiser)  # runtime/lycoris_export.py
+            # LyCORIS's full algo: the parts' diffs stacked under kohya's names (runtime/lycoris_export.py)
+            and not (isinstance(ctx.spec.adapter, FullAdapter) and spec.fused_projections)
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
             and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
             and not (_fused_dora(ctx.spec.adapter) and spec.fused_projections)  # flux_kohya.py, sd3_kohya.py

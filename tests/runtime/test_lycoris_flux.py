@@ -483,3 +483,59 @@ def test_network_weights_of_lokr_and_loha_load_as_lycoris_loads_them(tmp_path, k
             plain = torch.cat([p.base_layer(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
             assert not torch.allclose(loaded, plain, atol=1e-3), name
             torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-5)
+
+
+def test_full_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    """algo=full (convert/kohya/lycoris_flux.py `_full`): a trained copy per diffusers part, resumed
+    bit-exact; the export stacks the parts' diff / diff_b under kohya's fused names, which lycoris-lora's
+    FullModule on the fused Linear loads into the trained parts' outputs (a part not adapted: zero rows)."""
+    from lycoris.modules.full import FullModule
+
+    targets = '["attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", '
+    targets += '"attn.add_v_proj"]'  # not proj_mlp: linear1's MLP rows are written as zero diffs
+    extra = f'[adapter]\nkind = "full"\ndenoiser_targets = {targets}\n'
+    extra += '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    first = execute(parts_plan, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts_plan, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    transformer = whole.components.unet.float().eval()
+    ours = dict(transformer.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert "lora_unet_single_blocks_0_linear1" in names and "lora_unet_double_blocks_0_img_attn_qkv" in names
+    assert not any("to_q" in n or "proj_mlp" in n for n in names)
+    assert {k.split(".", 1)[1] for k in tensors} == {"diff", "diff_b"}
+    mlp = transformer.single_transformer_blocks[0].proj_mlp
+    assert not tensors["lora_unet_single_blocks_0_linear1.diff"][-mlp.out_features :].any()
+    block, single = transformer.transformer_blocks[0].attn, transformer.single_transformer_blocks[0]
+    torch.manual_seed(0)
+    x = torch.randn(3, block.to_q.base_layer.in_features)
+    for name, layer_parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (block.to_q, block.to_k, block.to_v)),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (block.add_q_proj, block.add_k_proj, block.add_v_proj)),
+        (
+            "lora_unet_single_blocks_0_linear1",
+            (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
+        ),
+    ):
+        fused = _fused_linear([getattr(p, "base_layer", p) for p in layer_parts])
+        assert tensors[f"{name}.diff"].shape == fused.weight.shape
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layer_parts], dim=-1)
+            plain = fused(x)
+            theirs = FullModule.make_module_from_state_dict(
+                name, fused, tensors[f"{name}.diff"], tensors[f"{name}.diff_b"]
+            )
+            theirs.apply_to()
+            out = theirs.eval()(x)
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the copies trained
+        torch.testing.assert_close(out, trained, rtol=0, atol=1e-5)

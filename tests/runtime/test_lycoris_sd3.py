@@ -306,3 +306,28 @@ def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
 def _in_file(module, layers) -> bool:
     """The norm module is one of _layers' (the file's) kohya Linears."""
     return any(module.layer is parts[0] for _, parts, _ in layers)
+
+
+def test_full_export_is_what_lycoris_loads(tmp_path):
+    """algo=full preset full-lin (convert/kohya/lycoris_flux.py `_full`): the parts' diff / diff_b stacked
+    under kohya's names, the last context modulation's rows swapped; lycoris-lora's FullModule on each kohya
+    Linear, made from the file, computes the trained layer."""
+    from lycoris.modules.full import FullModule
+
+    extra = '[adapter]\nkind = "full"\ndenoiser_targets = [' + ", ".join(f'"{t}"' for t in TARGETS)
+    extra += ']\n\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    transformer = result.components.unet.float().eval()
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    assert not any("to_q" in k for k in tensors)
+    torch.manual_seed(0)
+    for name, parts, order in _layers(transformer):
+        fused = _kohya_linear([p.base_layer for p in parts], order)
+        with torch.no_grad():
+            theirs = FullModule.make_module_from_state_dict(
+                name, fused, tensors[f"{name}.diff"], tensors[f"{name}.diff_b"]
+            )
+        theirs.apply_to()
+        _same_outputs(theirs, parts, order, name)

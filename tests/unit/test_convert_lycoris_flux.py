@@ -81,7 +81,7 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3", "diag-oft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
 
@@ -321,3 +321,25 @@ def test_dora_wd_with_network_weights_is_refused(tmp_path):
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):
     outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
     assert errors(outcome)
+
+
+def test_full_is_a_trained_copy_of_each_fused_layers_parts(tmp_path):
+    # FullModule on each fused Linear: a copy per diffusers part is the fused copy's rows (no sharing), the
+    # LoCon preset's layers by full paths; rank and alpha mean nothing to it; its dropout is never applied
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=full use_scalar=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "full" and not a.fused and not a.blocks
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert "attn.to_q" in a.denoiser_targets and "proj_mlp" in a.denoiser_targets
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert fate(outcome, "network_module") == "mapped" and fate(outcome, "network_dim") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "never applies its dropout" in messages(outcome, "DBS405")
+
+
+@pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True"])
+def test_full_dropouts_and_bypass_are_refused(tmp_path, arg):
+    outcome = _flux(tmp_path, f"--network_args algo=full {arg}", allow=True)
+    assert "DBS403" in codes(outcome) or errors(outcome)

@@ -191,3 +191,15 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert [f.name for f in a.fused] == FUSED
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True"))
+
+
+def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_path):
+    outcome = _sd3(tmp_path, "--text_encoder_lr 5e-5 1e-5 --network_args algo=full preset=full-lin")
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == "full" and list(a.denoiser_targets) == TARGETS and not a.fused
+    assert list(a.text_encoder_targets) == CLIP and list(a.text_encoder_2_targets) == CLIP
+    # LyCORIS's prepare_optimizer_params: both CLIP encoders at text_encoder_lr's first value
+    assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr is None
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "DBS403" in codes(_sd3(tmp_path / "full", "--network_args algo=full"))

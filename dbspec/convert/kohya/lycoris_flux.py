@@ -1,6 +1,6 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
-library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr and loha; the other algos are refused
-(DBS403).
+library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha and full (`_full`); the other
+algos are refused (DBS403).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -52,6 +52,7 @@ from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
+    _lycoris_full,
     _lycoris_rs_lora,
     TUCKER_NAMES,
     lycoris_tucker,
@@ -138,11 +139,11 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha"):
+    if algo not in ("lora", "locon", "lokr", "loha", "full"):
         conv.unsupported(
             args,
-            f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr and "
-            "loha only",
+            f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha "
+            "and full only",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -179,6 +180,8 @@ def map_lycoris_flow(
             conv.unsupported(args, f"{key}={value}: {why} on {layout.title} has no dbspec form yet")
             return False
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+    if algo == "full":
+        return _full(kwargs, a, args, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
@@ -255,6 +258,66 @@ def map_lycoris_flow(
             "switches off)",
         )
         return False
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
+    return True
+
+
+def _full(
+    kwargs: dict[str, str], a: dict[str, Legacy], args: Legacy, conv: Conversion, layout, preset: str
+) -> bool:
+    """algo=full (lycoris/modules/full.py): FullModule trains a copy of each fused Linear's weight and bias;
+    its diff's rows are the parts' own, so a copy per diffusers part (`kind = "full"`, no sharing) trains the
+    same and the kohya_lora export stacks the parts' diffs under kohya's name (runtime/lycoris_export.py).
+    The LoCon targets by full paths (no [[adapter.blocks]]); network_dim / network_alpha and the switches
+    FullModule never reads are inert; its dropouts, bypass_mode and the convolutions are refused (network.py's
+    _lycoris_full). False when refused."""
+    layers, text = layout.presets[preset]
+    module = a["network_module"]
+    if layers in layout.convs:
+        where = ", ".join(layout.convs[layers])
+        conv.unsupported(args, f"LyCORIS's full algo on {layout.title}'s {where} has no dbspec form yet")
+        return False
+    put: dict[str, Any] = {}
+    unsupported: dict[str, str] = {}
+    _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"])
+    for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            "LyCORIS's FullModule never reads it",
+        )
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        conv.ignored(
+            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+            "LyCORIS's LoRA+ raises the rate of the `lora_up` parameters, which algo=full has not",
+        )
+    dropout = a["network_dropout"]
+    if dropout.value and float(dropout.value):
+        conv.ignored(dropout, "LyCORIS's FullModule never applies its dropout")
+    for key, value in kwargs.items():
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if key in _INERT:
+            conv.inert(legacy, _INERT[key])
+        else:
+            unsupported[key] = value
+    if unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
+        conv.unsupported(
+            args, f"network arguments dbspec does not express for algo=full on {layout.title}: {rest}"
+        )
+        return False
+    why = conv.comment(module, f"algo=full, preset {preset}: LyCORIS's FullModule on kohya's {layout.title}")
+    conv.put(("adapter", "kind"), "full", why)
+    for legacy in (a["network_dim"], a["network_alpha"]):
+        if legacy.given:
+            conv.inert(legacy, "LyCORIS's full algo has no rank or alpha")
+    targets, _blocks, note = layout.targets(layers, True)  # LoKr's: full paths, no rank-0 blocks
+    if layers == "none":
+        conv.put(("train", "denoiser"), False, conv.comment(module, note))
+    else:
+        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")
