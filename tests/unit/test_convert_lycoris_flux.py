@@ -81,7 +81,7 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3", "diag-oft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["full", "diag-oft", "glora", "dylora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
 
@@ -321,3 +321,23 @@ def test_dora_wd_with_network_weights_is_refused(tmp_path):
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):
     outcome = _flux(tmp_path, "--network_args preset=unet-convblock-only")
     assert errors(outcome)
+
+
+def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
+    """algo=ia3 with preset full: lycoris-lora 4.1.3 builds IA3Module (one scale per output row, from 0) on
+    every double/single-block Linear and CLIP-L's attention + MLP; a fused Linear's rows are its parts'."""
+    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=full")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "ia3"
+    assert "transformer_blocks.0.attn.to_q" not in a.denoiser_targets  # suffixes, the final layer out
+    assert "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    assert "proj_out" not in a.denoiser_targets and "attn.to_q" in a.denoiser_targets
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert not a.input_targets
+    assert fate(outcome, "network_module") == "mapped"
+    assert "DBS403" not in codes(outcome)
+
+
+def test_ia3_train_on_input_is_refused(tmp_path):
+    """train_on_input: one scale per input column of the fused qkv, which its parts share."""
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
