@@ -279,10 +279,13 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
             "input columns, which its parts share (dbspec's parts would each train their own scale)",
         )
         return False
-    if layers in layout.convs:
+    if layers in layout.convs:  # the preset's convolutions (enable_conv; conv_dim only switches them on)
         where = ", ".join(layout.convs[layers])
-        conv.unsupported(args, f"LyCORIS's IA^3 on {layout.title}'s {where} has no dbspec form yet")
-        return False
+        note = conv.comment(args, f"LyCORIS's IA^3 on {where} too (the preset's enable_conv)")
+        conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
+        for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
+            legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+            conv.inert(legacy, "IA3Module has no rank or alpha")
     network_dropout = a["network_dropout"]
     rates = {k: kwargs.pop(k) for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs}
     if network_dropout.value and "dropout" not in rates:
