@@ -2,8 +2,9 @@
 locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
-(their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; the other algos,
-LoKr / LoHa dropouts and the other switches stay DBS403."""
+(their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
+scale per output row (a fused layer's rows its parts'); the other algos, LoKr / LoHa dropouts and
+the other switches stay DBS403."""
 
 from __future__ import annotations
 
