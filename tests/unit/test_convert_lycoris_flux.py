@@ -342,3 +342,9 @@ def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
 def test_ia3_train_on_input_is_refused(tmp_path):
     """train_on_input: one scale per input column of the fused qkv, which its parts share."""
     assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
+
+
+def test_ia3_with_a_preset_file_is_refused(tmp_path):
+    (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
+    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=p.toml")
+    assert "DBS403" in codes(outcome) and "preset file" in " ".join(messages(outcome, "DBS403"))
