@@ -347,4 +347,4 @@ def test_ia3_train_on_input_is_refused(tmp_path):
 def test_ia3_with_a_preset_file_is_refused(tmp_path):
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
     outcome = _flux(tmp_path, "--network_args algo=ia3 preset=p.toml")
-    assert "DBS403" in codes(outcome) and "preset file" in " ".join(messages(outcome, "DBS403"))
+    assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
