@@ -69,6 +69,9 @@ def lycoris_state(
         full = module is unet and bool(family_spec(family).fused_projections) and _has_full(unet)
         if fused or full:  # LoKr, LoHa or full on kohya's fused Flux / SD3 Linears: kohya's module names
             to_path = _original_name(family)
+        if module is unet and family_spec(family).fused_projections and _has_ia3(unet):
+            tensors.update(_flow_ia3(unet, family, cast))  # IA^3's rows under kohya's fused names
+            continue
         layers = _layers(module)
         if full:  # LyCORIS's full algo: one FullModule per fused Linear, its diff the parts' rows stacked
             layers, fused = _stacked_full(module, family, list(layers)), True
@@ -85,6 +88,60 @@ def lycoris_state(
     if not tensors:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
+
+
+def _has_ia3(unet: nn.Module) -> bool:
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+
+    return any(isinstance(m, Ia3Layer) for m in unet.modules())
+
+
+def _flow_ia3(unet: nn.Module, family: Family, cast) -> dict[str, torch.Tensor]:
+    """IA3Module's tensors on kohya's Flux / SD3 (lycoris.kohya algo=ia3): a fused Linear's (qkv, linear1)
+    output-row scales are its parts' concatenated in the original row order, a part left unadapted all 0
+    (IA^3's identity); SD3's last context modulation with its (scale, shift) halves swapped to kohya's
+    (shift, scale)."""
+    found = lora_adapter(unet)
+    model = found[0] if found else unet
+    table = _table(family)
+    fused: dict[str, dict[int, torch.Tensor]] = {}  # kohya name -> part index -> scales
+    blocks: dict[str, str] = {}  # kohya name -> its block's module path
+    tensors: dict[str, torch.Tensor] = {}
+    for name, weights, _alpha in _layers(unet):
+        if int(weights["on_input"]):
+            raise ValueError(f"`{name}`: dbspec writes no kohya form of an IA^3 scale per input column")
+        scale = weights["weight"].detach()
+        original, part = table.original_name(name)
+        if part is not None:
+            fused.setdefault(original, {})[part] = scale
+            blocks[original] = ".".join(name.split(".")[:2])
+            continue
+        if _swapped(unet, name):
+            first, second = scale.chunk(2)
+            scale = torch.cat([second, first])
+        tensors[original] = scale
+    projections = family_spec(family).fused_projections
+    for original, rows in fused.items():
+        block = blocks[original]
+        (children,) = [
+            p.parts
+            for p in projections
+            if original.endswith(f"_{p.kohya_name}") and block.startswith(p.blocks)
+        ]
+        scales = []
+        for index, child in enumerate(children):
+            if index in rows:
+                scales.append(rows[index])
+            else:  # a part left unadapted keeps its rows: IA^3's identity, scale 0
+                layer = model.get_submodule(f"{block}.{child}")
+                width = getattr(layer, "base_layer", layer).out_features
+                scales.append(torch.zeros(width, dtype=next(iter(rows.values())).dtype))
+        tensors[original] = torch.cat(scales)
+    out: dict[str, torch.Tensor] = {}
+    for original, scale in tensors.items():
+        out[f"lora_unet_{original}.weight"] = scale.to("cpu", cast, copy=True).contiguous()
+        out[f"lora_unet_{original}.on_input"] = torch.tensor(0).to(cast)  # cast as the other writers'
+    return out
 
 
 def _fused_lokr(unet: nn.Module) -> bool:
@@ -156,10 +213,15 @@ def _later_part(module: nn.Module, name: str) -> bool:
 def _original_name(family: Family):
     """module path -> kohya's module name (library/flux_models.py or sd3_models.py, `.` for `_`) of the
     family's diffusers transformer."""
+    table = _table(family)
+    return lambda name: table.original_name(name)[0]
+
+
+def _table(family: Family):
+    """The family's diffusers-to-kohya name table (runtime/flux_kohya.py or sd3_kohya.py)."""
     from dbspec.runtime import flux_kohya, sd3_kohya
 
-    table = sd3_kohya if family_spec(family).kohya.network == "networks.lora_sd3" else flux_kohya
-    return lambda name: table.original_name(name)[0]
+    return sd3_kohya if family_spec(family).kohya.network == "networks.lora_sd3" else flux_kohya
 
 
 def _swapped(module: nn.Module, name: str) -> bool:

@@ -312,6 +312,8 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
             and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
             and not (_fused_dora(ctx.spec.adapter) and spec.fused_projections)  # flux_kohya.py, sd3_kohya.py
+            # IA^3's output rows under kohya's fused names (runtime/lycoris_export.py)
+            and not (isinstance(ctx.spec.adapter, Ia3Adapter) and spec.fused_projections)
         ):
             ctx.report(
                 "DBS381",

@@ -17,6 +17,7 @@ import pytest
 import torch
 from lycoris.modules.locon import LoConModule
 from lycoris.modules.loha import LohaModule
+from lycoris.modules.ia3 import IA3Module
 from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file, save_file
 
@@ -59,6 +60,11 @@ def _module(cls, tensors, name: str, parts, rows=None):
         fused.weight.copy_(weight)
         fused.bias.copy_(bias)
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    if cls is IA3Module:  # one scale per output row of the fused weight
+        module = IA3Module(name, fused, 1.0)
+        module.load_state_dict(own)
+        module.apply_to()
+        return module.eval()
     rank = own["lokr_w2_a"].shape[1] if "lokr_w2_a" in own else own.get("hada_w1_b", torch.empty(2)).shape[0]
     wd = {"weight_decompose": True} if "dora_scale" in own else {}
     module = cls(name, fused, 1.0, rank, own["alpha"].item(), **wd)
@@ -135,6 +141,31 @@ def test_loha_export_is_what_lycoris_loads(tmp_path):
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
     _check_export(plan, result, LohaModule)
+
+
+def test_ia3_full_preset_export_is_what_lycoris_loads(tmp_path):
+    """algo=ia3 preset=full (convert/kohya/lycoris_flux.py `_ia3`): the fused q/k/v's scales are the parts'
+    rows concatenated, the last context modulation's halves swapped, the patch convolution (1, out, 1, 1)."""
+    extra = _with_text(
+        LOKR.replace('kind = "lokr"\nrank = 2\nalpha = 1.5\nfused_projections = true', 'kind = "ia3"')
+    ).replace("\n\n[train]", '\nconv_targets = ["pos_embed.proj"]\n\n[train]')
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    assert plan.adapter.kind == "ia3"
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    _check_export(plan, result, IA3Module)
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    layer = result.components.unet.float().eval().pos_embed.proj
+    conv = torch.nn.Conv2d(layer.base_layer.in_channels, layer.base_layer.out_channels, 2, 2)
+    conv.load_state_dict(layer.base_layer.state_dict())
+    name = "lora_unet_x_embedder_proj"
+    theirs = IA3Module(name, conv, 1.0)
+    theirs.load_state_dict({k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name)})
+    theirs.apply_to()
+    x = torch.randn(1, conv.in_channels, 4, 4)
+    with torch.no_grad():
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)
+        torch.testing.assert_close(conv(x), layer(x), rtol=0, atol=1e-5)
 
 
 def test_locon_full_preset_dora_max_norm_resume_and_export_as_lycoris(tmp_path):

@@ -2,8 +2,9 @@
 locon is networks.lora_flux's fused network over the LyCORIS preset's layers (lycoris-lora 4.1.3 on kohya's
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
-(their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; the other algos,
-LoKr / LoHa dropouts and the other switches stay DBS403."""
+(their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
+scale per output row (a fused layer's rows its parts'); the other algos, LoKr / LoHa dropouts and
+the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["diag-oft", "glora", "dylora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
 
@@ -343,3 +344,29 @@ def test_full_is_a_trained_copy_of_each_fused_layers_parts(tmp_path):
 def test_full_dropouts_and_bypass_are_refused(tmp_path, arg):
     outcome = _flux(tmp_path, f"--network_args algo=full {arg}", allow=True)
     assert "DBS403" in codes(outcome) or errors(outcome)
+
+
+def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
+    """algo=ia3 with preset full: lycoris-lora 4.1.3 builds IA3Module (one scale per output row, from 0) on
+    every double/single-block Linear and CLIP-L's attention + MLP; a fused Linear's rows are its parts'."""
+    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=full")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "ia3"
+    assert "transformer_blocks.0.attn.to_q" not in a.denoiser_targets  # suffixes, the final layer out
+    assert "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    assert "proj_out" not in a.denoiser_targets and "attn.to_q" in a.denoiser_targets
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert not a.input_targets
+    assert fate(outcome, "network_module") == "mapped"
+    assert "DBS403" not in codes(outcome)
+
+
+def test_ia3_train_on_input_is_refused(tmp_path):
+    """train_on_input: one scale per input column of the fused qkv, which its parts share."""
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
+
+
+def test_ia3_with_a_preset_file_is_refused(tmp_path):
+    (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
+    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=p.toml")
+    assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")

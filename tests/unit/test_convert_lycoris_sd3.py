@@ -203,3 +203,18 @@ def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_p
     assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr is None
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     assert "DBS403" in codes(_sd3(tmp_path / "full", "--network_args algo=full"))
+
+
+def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_convolution(tmp_path):
+    """algo=ia3 preset=full: IA3Module (one scale per output row) on every Linear LoCon adapts, and on the
+    patch convolution (enable_conv; conv_dim only switches it on); CLIP-L's and CLIP-G's attention + MLP."""
+    outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=full conv_dim=4")
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == "ia3" and list(a.denoiser_targets) == TARGETS
+    assert list(a.conv_targets) == list(family_spec("sd3").kohya_conv_targets) and not a.input_targets
+    assert list(a.text_encoder_targets) == CLIP and list(a.text_encoder_2_targets) == CLIP
+    assert fate(outcome, "network_module") == "mapped"
+    assert "DBS403" not in codes(outcome)
+    outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=attn-mlp train_on_input=True")
+    assert "DBS403" in codes(outcome)

@@ -1,6 +1,6 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
-library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha and full (`_full`); the other
-algos are refused (DBS403).
+library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha, full (`_full`), ia3 (`_ia3`);
+the other algos are refused (DBS403).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -139,11 +139,11 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha", "full"):
+    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3"):
         conv.unsupported(
             args,
-            f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha "
-            "and full only",
+            f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha, "
+            "full and ia3 only",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -159,6 +159,11 @@ def map_lycoris_flow(
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
+    if algo == "ia3" and preset not in layout.presets:
+        conv.unsupported(
+            args, f"algo=ia3 with a preset file ({preset}) on {layout.title} has no dbspec form yet"
+        )
+        return False
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None:
@@ -171,6 +176,8 @@ def map_lycoris_flow(
             targets=lambda _layers, _lokr: (file.denoiser, file.blocks, note),
             convs={"blocks+patch": tuple(file.convs)},
         )
+    if algo == "ia3":
+        return _ia3(kwargs, a, conv, layout, preset)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     for key in [k for k in kwargs if k in _OFF]:
@@ -313,6 +320,58 @@ def _full(
         if legacy.given:
             conv.inert(legacy, "LyCORIS's full algo has no rank or alpha")
     targets, _blocks, note = layout.targets(layers, True)  # LoKr's: full paths, no rank-0 blocks
+
+
+def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str) -> bool:
+    """algo=ia3 (lycoris/modules/ia3.py): IA3Module on every Linear of the preset, one scale per output row
+    of its weight, from 0 (W x (1 + s), the bias unscaled). On a fused Linear (qkv, the single blocks'
+    linear1) its rows are the parts' rows, so each diffusers part scaling its own rows is the same update
+    (kind = "ia3" on the parts, no sharing; the kohya writer concatenates them). `train_on_input` (one
+    scale per input column, which the fused parts share) is refused; rank and alpha mean nothing to it, and
+    its dropouts are not expressed. False when refused."""
+    module, args = a["network_module"], a["network_args"]
+    layers, text = layout.presets[preset]
+    if "train_on_input" in kwargs and not _off(kwargs["train_on_input"]):
+        conv.unsupported(
+            args,
+            f"train_on_input={kwargs['train_on_input']} on {layout.title}: IA3Module scales a fused Linear's "
+            "input columns, which its parts share (dbspec's parts would each train their own scale)",
+        )
+        return False
+    if layers in layout.convs:  # the preset's convolutions (enable_conv; conv_dim only switches them on)
+        where = ", ".join(layout.convs[layers])
+        note = conv.comment(args, f"LyCORIS's IA^3 on {where} too (the preset's enable_conv)")
+        conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
+        for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
+            legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+            conv.inert(legacy, "IA3Module has no rank or alpha")
+    network_dropout = a["network_dropout"]
+    rates = {k: kwargs.pop(k) for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs}
+    if network_dropout.value and "dropout" not in rates:
+        rates["--network_dropout"] = str(network_dropout.value)
+    dropped = {k: v for k, v in rates.items() if float(v or 0)}
+    if dropped:
+        rest = ", ".join(f"{k}={v}" for k, v in dropped.items())
+        conv.unsupported(args, f"{rest} with algo=ia3 on {layout.title}: dbspec expresses no dropout there")
+        return False
+    for key in list(kwargs):
+        if key == "train_on_input" or key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
+            legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+            conv.inert(legacy, "off" if key == "train_on_input" else "IA3Module takes it and never reads it")
+    if kwargs:
+        rest = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        conv.unsupported(
+            args,
+            f"network arguments dbspec does not express for LyCORIS's IA^3 on {layout.title}: {rest} (dbspec "
+            "maps algo and preset there; train_on_input and the dropouts off)",
+        )
+        return False
+    why = conv.comment(module, f"algo=ia3, preset {preset}: LyCORIS's IA^3 on kohya's {layout.title}")
+    conv.put(("adapter", "kind"), "ia3", why)
+    for legacy in (a["network_dim"], a["network_alpha"]):
+        if legacy.given:
+            conv.inert(legacy, "IA3Module has no rank or alpha")
+    targets, _blocks, note = layout.targets(layers, True)  # full paths: no [[adapter.blocks]] for IA^3
     if layers == "none":
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
