@@ -320,6 +320,15 @@ def _full(
         if legacy.given:
             conv.inert(legacy, "LyCORIS's full algo has no rank or alpha")
     targets, _blocks, note = layout.targets(layers, True)  # LoKr's: full paths, no rank-0 blocks
+    if layers == "none":
+        conv.put(("train", "denoiser"), False, conv.comment(module, note))
+    else:
+        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
+    return True
 
 
 def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str) -> bool:
