@@ -28,7 +28,7 @@ every loader).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -233,20 +233,33 @@ def dora_scales(module: nn.Module | None) -> dict[str, torch.Tensor]:
 
 
 def _flux_dora_scales(denoiser: nn.Module, dtype: torch.dtype, parts: Mapping) -> dict[str, torch.Tensor]:
-    """LyCORIS's `dora_scale` of each kohya module (lycoris.kohya's dora_wd on kohya's Flux: one magnitude
-    per output row of the fused Linear, the parts' rows stacked in the fused layer's order; `parts`: the
-    family's fused layers, fused_parts)."""
+    """LyCORIS's `dora_scale` of each kohya module on kohya's Flux (stacked_dora_scales)."""
+    return stacked_dora_scales(denoiser, dtype, parts, original_name, lambda path, name: name == _SWAPPED)
+
+
+def stacked_dora_scales(
+    denoiser: nn.Module,
+    dtype: torch.dtype,
+    parts: Mapping,
+    kohya_name: Callable[[str], tuple[str, int | None]],
+    swapped: Callable[[str, str], bool],
+) -> dict[str, torch.Tensor]:
+    """LyCORIS's `dora_scale` of each kohya module (lycoris.kohya's dora_wd on kohya's Flux / MMDiT: one
+    magnitude per output row of the fused Linear, the parts' rows stacked in the fused layer's order, a
+    swapped layer's (scale, shift) halves back in kohya's (shift, scale) order); `parts`: the family's fused
+    layers (fused_parts), `kohya_name`: a diffusers path's (kohya name, part index or None), `swapped`:
+    whether (path, kohya name) holds its halves the other way round."""
     fused: dict[str, dict[int, torch.Tensor]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for path, scale in dora_scales(denoiser).items():
-        name, part = original_name(path)
+        name, part = kohya_name(path)
         scale = scale.detach().float()
         if part is not None:
             fused.setdefault(name, {})[part] = scale
             continue
-        if name == _SWAPPED:  # the rows of the swapped (shift, scale) halves
-            shift, second = scale.chunk(2, dim=0)
-            scale = torch.cat([second, shift], dim=0)
+        if swapped(path, name):
+            first, second = scale.chunk(2, dim=0)
+            scale = torch.cat([second, first], dim=0)
         tensors[f"lora_unet_{name}.dora_scale"] = scale.to("cpu", dtype).contiguous()
     for name, found in fused.items():
         if len(found) != len(parts[name.split("_", 3)[-1]]):  # the compiler refuses it (DBS509)

@@ -26,7 +26,7 @@ from torch import nn
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _kohya_lora_layers, checked_layers, clip_path
-from dbspec.runtime.flux_kohya import _entry, _fuse, _widths, dora_scales, fused_parts
+from dbspec.runtime.flux_kohya import _entry, _fuse, _widths, dora_scales, fused_parts, stacked_dora_scales
 
 # diffusers child path inside transformer_blocks.{i} -> (original name inside joint_blocks_{i}, part index)
 _BLOCK = {
@@ -112,27 +112,9 @@ def kohya_sd3_tensors(denoiser: nn.Module, dtype: torch.dtype, parts) -> dict[st
 
 
 def _sd3_dora_scales(plain: nn.Module, denoiser: nn.Module, dtype, parts) -> dict[str, torch.Tensor]:
-    """LyCORIS's `dora_scale` of each kohya module (lycoris.kohya's dora_wd on kohya's MMDiT: one magnitude
-    per output row, a fused q/k/v's parts' rows stacked in its order, the swapped layer's halves back in
-    kohya's (shift, scale) order), as the Flux writer stacks them (flux_kohya._flux_dora_scales)."""
-    fused: dict[str, dict[int, torch.Tensor]] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    for path, scale in dora_scales(denoiser).items():
-        name, part = original_name(path)
-        scale = scale.detach().float()
-        if part is not None:
-            fused.setdefault(name, {})[part] = scale
-            continue
-        if swapped(path, plain):
-            first, second = scale.chunk(2, dim=0)
-            scale = torch.cat([second, first], dim=0)
-        tensors[f"lora_unet_{name}.dora_scale"] = scale.to("cpu", dtype).contiguous()
-    for name, found in fused.items():
-        if len(found) != len(parts[name.split("_", 3)[-1]]):  # the compiler refuses it (DBS509)
-            raise ValueError(f"`{name}`: a weight decomposition of a fused layer needs every part (DBS509)")
-        stacked = torch.cat([found[index] for index in sorted(found)])
-        tensors[f"lora_unet_{name}.dora_scale"] = stacked.to("cpu", dtype).contiguous()
-    return tensors
+    """LyCORIS's `dora_scale` of each kohya module on kohya's MMDiT (flux_kohya.stacked_dora_scales), the
+    last block's context modulation's halves back in kohya's (shift, scale) order."""
+    return stacked_dora_scales(denoiser, dtype, parts, original_name, lambda path, name: swapped(path, plain))
 
 
 def model_type(denoiser: nn.Module) -> str:
