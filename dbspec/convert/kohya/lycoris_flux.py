@@ -250,12 +250,7 @@ def map_lycoris_flow(
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
-    for key, value in kwargs.items():
-        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if key in _INERT:
-            conv.inert(legacy, _INERT[key])
-        else:
-            unsupported[key] = value
+    _inert_or_unsupported(kwargs, args, conv, unsupported)
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(
@@ -269,6 +264,17 @@ def map_lycoris_flow(
     if args.given:
         conv.record(args, "mapped", "adapter")
     return True
+
+
+def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:
+    """The network arguments left: those that change nothing on the blocks' Linears inert (_INERT), the
+    others into `unsupported`."""
+    for key, value in kwargs.items():
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if key in _INERT:
+            conv.inert(legacy, _INERT[key])
+        else:
+            unsupported[key] = value
 
 
 def _full(
@@ -302,12 +308,7 @@ def _full(
     dropout = a["network_dropout"]
     if dropout.value and float(dropout.value):
         conv.ignored(dropout, "LyCORIS's FullModule never applies its dropout")
-    for key, value in kwargs.items():
-        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if key in _INERT:
-            conv.inert(legacy, _INERT[key])
-        else:
-            unsupported[key] = value
+    _inert_or_unsupported(kwargs, args, conv, unsupported)
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(
