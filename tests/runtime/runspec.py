@@ -134,6 +134,28 @@ def file_size_limit(nbytes: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
+def whole_and_resumed(tmp: Path, **kw):
+    """The run of `kw` uninterrupted (its models kept) and stopped after 2 of its steps and resumed: the
+    resumed run's losses and trained parameters equal the uninterrupted run's bit for bit. Returns the
+    uninterrupted run and its plan."""
+    import torch
+
+    from dbspec.runtime.execute import execute
+
+    whole = execute(plan := make_plan(tmp / "whole", **kw), keep_models=True)
+    assert whole.status == "finished"
+    parts = make_plan(tmp / "parts", **kw)
+    first = execute(parts, stop_after=2)
+    assert first.status == "interrupted" and first.steps == 2
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.float().eval().named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
+    return plan, whole
+
+
 def assert_lora_resumes_bit_exact(spec: Path, stop: int = 2) -> None:
     """A LoRA run stopped after `stop` steps and resumed gives the uninterrupted run's losses and its
     exported weights bit for bit."""

@@ -23,7 +23,7 @@ from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_switches import layer_scalar
 from dbspec.runtime.max_norm import lycoris_norm_modules, lycoris_update
 from dbspec.runtime.execute import execute
-from tests.runtime.runspec import make_plan
+from tests.runtime.runspec import make_plan, whole_and_resumed
 
 BASE = "builtin:tiny-flux"
 # what the converter writes for `--network_args preset=attn-only` (algo=lora, network_dim 4, alpha 2)
@@ -127,20 +127,9 @@ def test_lokr_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
     """Started from a LyCORIS file (--network_weights; the layers it lacks at their init), trained, resumed
     bit-exact; the export is what lycoris-lora's LokrModule loads."""
     extra = _factor_file(tmp_path, "lokr")[1] + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
-    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=extra)
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
-    whole = execute(plan, keep_models=True)
-    assert whole.status == "finished"
-    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
-    first = execute(parts_plan, stop_after=2)
-    assert first.status == "interrupted" and first.steps == 2
-    second = execute(parts_plan, resume=True, keep_models=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
-    transformer = whole.components.unet.float().eval()
-    ours = dict(transformer.named_parameters())
-    for name, p in second.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[name]), name
+    transformer = whole.components.unet
     single = transformer.single_transformer_blocks[0]
     linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
     for part in linear1[1:]:  # one set of factors, the first part's
@@ -204,19 +193,9 @@ def test_loha_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
         LOKR.replace('kind = "lokr"', 'kind = "loha"')
         + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
     )
-    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=extra)
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
-    whole = execute(plan, keep_models=True)
-    assert whole.status == "finished"
-    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
-    first = execute(parts_plan, stop_after=2)
-    second = execute(parts_plan, resume=True, keep_models=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
-    transformer = whole.components.unet.float().eval()
-    ours = dict(transformer.named_parameters())
-    for name, p in second.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[name]), name
+    transformer = whole.components.unet
     single = transformer.single_transformer_blocks[0]
     linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
     for part in linear1[1:]:  # the input-side factors shared, the row factors each part's own
@@ -495,19 +474,8 @@ def test_full_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
     targets += '"attn.add_v_proj"]'  # not proj_mlp: linear1's MLP rows are written as zero diffs
     extra = f'[adapter]\nkind = "full"\ndenoiser_targets = {targets}\n'
     extra += '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
-    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
-    whole = execute(plan, keep_models=True)
-    assert whole.status == "finished"
-    parts_plan = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
-    first = execute(parts_plan, stop_after=2)
-    assert first.status == "interrupted" and first.steps == 2
-    second = execute(parts_plan, resume=True, keep_models=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
-    transformer = whole.components.unet.float().eval()
-    ours = dict(transformer.named_parameters())
-    for name, p in second.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[name]), name
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=extra)
+    transformer = whole.components.unet
 
     tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     names = {k.split(".")[0] for k in tensors}
