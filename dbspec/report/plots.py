@@ -9,14 +9,22 @@ from dbspec.report.runfiles import Best
 Points = list[tuple[int, float]]
 FIRST = ("loss", "lr")  # plotted first, in this order; then every other metric by name
 TITLES = {"loss": "Training loss", "lr": "Learning rate"}
+LOSS_TERMS = ("instance", "prior")  # the loss's two terms: lines on the loss plot, not plots of their own
+NOT_METRICS = ("epoch",)  # the step -> epoch mapping: an axis of the run, not a curve worth a plot
 
 
 def group_series(series: dict[str, Points]) -> list[tuple[str, dict[str, Points]]]:
     """One plot per metric: `key[i]` series (a list-valued metric, e.g. eval loss per timestep band) share
-    their key's plot. Loss and learning rate first."""
+    their key's plot. The loss's instance and prior terms are lines on the loss plot, where a prior term was
+    logged (without class images the instance term is the loss). Loss and learning rate first."""
+    series = {name: points for name, points in series.items() if name not in NOT_METRICS}
+    terms = {name: series.pop(name) for name in LOSS_TERMS if name in series}
+    if any(value != 0 for _, value in terms.get("prior", ())):
+        series.update(terms)
     groups: dict[str, dict[str, Points]] = {}
     for name, points in series.items():
-        groups.setdefault(name.split("[", 1)[0], {})[name] = points
+        key = "loss" if name in LOSS_TERMS else name.split("[", 1)[0]
+        groups.setdefault(key, {})[name] = points
     order = [key for key in FIRST if key in groups] + sorted(key for key in groups if key not in FIRST)
     return [(key, groups[key]) for key in order]
 

@@ -31,7 +31,10 @@ def _rows(out: Path) -> list[dict]:
 def test_every_run_ends_with_a_report(run_out):
     page = (run_out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<svg") == len({key.split("[")[0] for row in _rows(run_out) for key in row} - {"step"})
+    # One plot per metric; no class images here, so the instance term is the loss and has no line of its own.
+    keys = {key.split("[")[0] for row in _rows(run_out) for key in row}
+    assert {"epoch", "instance", "prior"} <= keys
+    assert page.count("<svg") == len(keys - {"step", "epoch", "instance", "prior"})
     assert "step 2" in page and "step 4" in page and "a toy on a beach" in page
 
 
@@ -43,7 +46,7 @@ def test_the_report_plots_every_metric_and_marks_the_best_checkpoint(run_out):
     page = (run_out / "report.html").read_text()
     rows = _rows(run_out)
     # One plot per metric key; list-valued keys (eval loss bands) are one plot with a line per band.
-    keys = {key.split("[")[0] for row in rows for key in row} - {"step"}
+    keys = {key.split("[")[0] for row in rows for key in row} - {"step", "epoch", "instance", "prior"}
     assert {"loss", "lr", "eval_loss", "eval_loss_bands", "clip_t", "clip_i", "dino"} <= keys
     assert page.count("<svg") == len(keys)
     for label in ("eval_loss_bands[0]", "eval_loss_bands[2]", f"best (step {BEST['step']})"):
