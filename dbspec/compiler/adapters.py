@@ -81,12 +81,15 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 lr=b.lr,
                 group=b.group,
                 factor=b.factor,
+                **_block_switches(b, adapter),
             )
             for b in adapter.blocks
         )
     if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor)
+            BlockPlan(
+                pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor, **_block_switches(b, adapter)
+            )
             for b in adapter.text_encoder_blocks
         )
     plan = AdapterPlan(
@@ -210,6 +213,27 @@ def _lycoris_switches(adapter) -> dict:
     if adapter.kind == "lokr" and adapter.full_matrix:
         switches.update(full_matrix=True, decompose_both=False, tucker=False)
     return switches
+
+
+BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker")
+
+
+def _block_switches(block, adapter) -> dict[str, str]:
+    """A LoKr block's decompose_both / full_matrix / tucker as its layers train them: "on" / "off" where they
+    differ from the plan's adapter (whose full_matrix settles the other two off, _lycoris_switches), else
+    "adapter". A block's full_matrix settles its own two off alike (LokrModule never splits a full factor)."""
+    if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
+        return {}
+    given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
+    planned = {
+        "full_matrix": adapter.full_matrix,
+        "decompose_both": adapter.decompose_both and not adapter.full_matrix,
+        "tucker": adapter.tucker and not adapter.full_matrix,
+    }
+    own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
+    if own["full_matrix"]:
+        own.update(decompose_both=False, tucker=False)
+    return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
 
 
 def _lokr_split(factor: int) -> int:
