@@ -244,6 +244,12 @@ def _lokr_split(factor: int) -> int:
     return factor if factor > 0 else 8
 
 
+def _lokr_smallest_split(adapter, blocks) -> int:
+    """The smallest of _lokr_split over the adapter's factor and the blocks' own (a LyCORIS map entry's;
+    0 is the adapter's): the component's layers hold at most 1 / split^2 of it whichever block splits them."""
+    return min(_lokr_split(f) for f in [adapter.factor, *(b.factor for b in blocks if b.factor)])
+
+
 def _largest_ranks(adapter) -> tuple[int, int]:
     """The denoiser's largest linear and convolution ranks: with per-block ranks (adapter.blocks) the family's
     per-rank facts (whole-model sums) give an upper bound, the count at the largest rank anywhere."""
@@ -298,8 +304,10 @@ def adapter_params(
             total += _conv_params(adapter, public, conv_rank) * factor
         total *= size
         if adapter.kind == "lokr":
-            full = c.params / _lokr_split(adapter.factor) ** 2
-            total = full if adapter.full_matrix else min(total, full)
+            blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
+            full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
+            full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
+            total = full if full_matrix else min(total, full)
         out[c.name] = int(total)
     return out
 
