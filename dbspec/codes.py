@@ -2638,12 +2638,14 @@ written in kohya's Flux layout only, and train under `distributed.strategy = "dd
     Code(
         "DBS576",
         ERROR,
-        "A block's LoKr factor it cannot use",
+        "A block's LoKr factor or switch it cannot use",
         """\
-`factor` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` splits the matched layers' LoKr Kronecker
-factors (a LyCORIS preset file's map entry with its own `factor`): it needs `kind = "lokr"` with LyCORIS's
-split (not `fused_projections`, whose parts share one product split from the fused layer).""",
-        help='remove the block\'s factor, or use kind = "lokr" without fused_projections',
+`factor`, `decompose_both`, `full_matrix` and `tucker` in `[[adapter.blocks]]` /
+`[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors (a LyCORIS preset file's
+map entry with its own `factor`, `decompose_both`, `full_matrix` or `use_tucker`): they need `kind = "lokr"`
+with LyCORIS's split (not `fused_projections`, whose parts share one product built from the fused layer).""",
+        help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr" '
+        "without fused_projections",
     ),
 )
 

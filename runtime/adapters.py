@@ -165,27 +165,19 @@ def add_lora(
         config = with_tucker(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        own_full: dict[str, bool] = {}  # LoKr layers whose block sets its own full_matrix
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
-            from dbspec.runtime.blocks import block_factors
-            from dbspec.runtime.lokr_factor import lycoris_factors
-
-            factors = (
-                block_factors(module, config.target_modules, adapter, "" if conv else component)
-                if conv or component
-                else {}
-            )
-            with lycoris_factors(adapter.unbalanced_factorization, factors):
-                inject_lora(module, config)
+            own_full = _inject_lycoris_lokr(module, config, adapter, "" if conv else component, conv)
         else:
             inject_lora(module, config)
         if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers
             from dbspec.runtime.loha_weight import use_lycoris_loha
 
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
-        if adapter.full_matrix or adapter.scalar:  # LyCORIS's LoKr full_matrix, use_scalar (on LoHa's class)
+        if adapter.full_matrix or adapter.scalar or own_full:  # LyCORIS's LoKr full_matrix, use_scalar
             from dbspec.runtime.lycoris_switches import apply_switches
 
-            apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar)
+            apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar, own_full)
     if norm_scalars(adapter):  # LyCORIS's max norm multiplies a scalar LoCon and LoHa hold at 1 otherwise
         from dbspec.runtime.max_norm import add_norm_scalars
 
@@ -196,6 +188,28 @@ def add_lora(
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
         add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis)
+
+
+def _inject_lycoris_lokr(
+    module: torch.nn.Module, config: PeftConfig, adapter: AdapterPlan, component: str, conv: bool
+) -> dict[str, bool]:
+    """peft's LoKr layers split as LyCORIS's LokrModule splits them (lokr_factor.py), each layer with its
+    block's own factor, decompose_both and tucker (LyCORIS's map entries); {path: full_matrix} of the layers
+    whose block sets its own (made full after, by apply_switches)."""
+    from dbspec.runtime.blocks import block_factors, block_switches
+    from dbspec.runtime.lokr_factor import lycoris_factors
+
+    factors, switches = {}, {}
+    if conv or component:  # the denoiser's blocks, or a text encoder's
+        factors = block_factors(module, config.target_modules, adapter, component)
+        switches = block_switches(module, config.target_modules, adapter, component)
+    options = {
+        path: {"decompose_both": own["decompose_both"], "use_effective_conv2d": own["tucker"]}
+        for path, own in switches.items()
+    }
+    with lycoris_factors(adapter.unbalanced_factorization, factors, options=options):
+        inject_lora(module, config)
+    return {path: own["full_matrix"] for path, own in switches.items()}
 
 
 def unit_scale_full_lokr(module: torch.nn.Module) -> int:

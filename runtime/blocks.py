@@ -108,6 +108,23 @@ def block_factors(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
     }
 
 
+def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: {"decompose_both", "full_matrix", "tucker": bool}} of the LoKr layers whose block sets one of
+    them itself (LyCORIS's map entries; the plan settled a full layer's other two off)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    keys = ("decompose_both", "full_matrix", "tucker")
+    if not any(getattr(b, k) != "adapter" for b in blocks for k in keys):
+        return {}
+    return {
+        path: {
+            k: getattr(adapter, k) if getattr(block, k) == "adapter" else getattr(block, k) == "on"
+            for k in keys
+        }
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and any(getattr(block, k) != "adapter" for k in keys)
+    }
+
+
 def block_param_groups(
     groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan, ratio: float = 0.0
 ) -> list[dict]:

@@ -16,6 +16,7 @@ before, which keep their shapes and resume)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,18 +49,26 @@ class _Splits:
 
 @contextmanager
 def lycoris_factors(
-    unbalanced: bool = False, factors: dict | None = None, shapes: dict | None = None
+    unbalanced: bool = False,
+    factors: dict | None = None,
+    shapes: dict | None = None,
+    options: dict[str, dict[str, bool]] | None = None,
 ) -> Iterator[None]:
     """peft builds its LoKr layers with LyCORIS's split (module docstring) inside the block; `factors` /
-    `shapes` (by module path): layers with a factor or splits of their own (_Splits)."""
+    `shapes` (by module path): layers with a factor or splits of their own (_Splits); `options` (by module
+    path): layers built with a peft LoKrConfig `decompose_both` / `use_effective_conv2d` of their own (a
+    block's, LyCORIS's map entries)."""
     from peft.tuners.lokr import layer
     from peft.tuners.lokr.model import LoKrModel
 
     original, create = layer.factorization, LoKrModel._create_and_replace
     splits = _Splits(unbalanced, factors, shapes)
+    options = options or {}
 
     def create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
         splits.layer = current_key  # peft splits the layer's dimensions inside, by the module's path
+        if current_key in options:  # update_layer reads these off the config it is handed
+            config = dataclasses.replace(config, **options[current_key])
         return create(self, config, adapter_name, target, target_name, parent, current_key)
 
     layer.factorization, LoKrModel._create_and_replace = splits, create_and_replace
@@ -99,6 +108,30 @@ def split_of_state(module, state: dict, factor: int) -> tuple[str, bool]:
         if all(_first_factor(dims[p], factor, split) == shapes[p] for p in shapes):
             return split
     return ("layers", False)  # none fits every layer: layers with a factor of their own (shapes_of_state)
+
+
+def options_of_state(state: dict, config) -> dict[str, dict[str, bool]]:
+    """{path: peft LoKr options} of the saved layers built otherwise than peft's `config` says (a run whose
+    [[adapter.blocks]] gave layers their own decompose_both or tucker): a low-rank first factor
+    (`lokr_w1_a`) is decompose_both's, a Tucker core (`lokr_t2`) use_effective_conv2d's
+    (apply_switches_for_state then makes a full_matrix layer's factors full)."""
+    names: dict[str, set[str]] = {}
+    for key in state:
+        path, _, name = key.rpartition(".")
+        names.setdefault(path, set()).add(name)
+    out = {}
+    for path, held in names.items():
+        if not held & {"lokr_w1", "lokr_w1_a"}:
+            continue
+        # off where the saved factor is full: the same shapes as on (a rank at half the factor or more)
+        own = {"decompose_both": "lokr_w1_a" in held, "use_effective_conv2d": "lokr_t2" in held}
+        theirs = {
+            "decompose_both": config.decompose_both,
+            "use_effective_conv2d": config.use_effective_conv2d,
+        }
+        if own != theirs:
+            out[path] = own
+    return out
 
 
 def shapes_of_state(module, state: dict) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:

@@ -34,15 +34,24 @@ from dbspec.runtime.adapters import ADAPTER_NAME
 SCALAR_ATTRS = {"LoraLayer": "lora_scalar", "LoHaLayer": "hada_scalar", "LoKrLayer": "lokr_scalar"}
 
 
-def lokr_full_matrix(module: nn.Module, state: dict[str, torch.Tensor] | None = None) -> int:
+def lokr_full_matrix(
+    module: nn.Module,
+    state: dict[str, torch.Tensor] | None = None,
+    own: dict[str, bool] | None = None,
+    default: bool = True,
+) -> int:
     """Every LoKr layer of `module` with both factors full (LyCORIS full_matrix), scale 1; how many layers
     changed. With `state` (a peft adapter state dict, keys without the adapter name) only the factors it
-    holds in full are made full (what `weights.load_peft_adapters` needs), at no new random draw."""
+    holds in full are made full (what `weights.load_peft_adapters` needs), at no new random draw. `own`:
+    {path: full_matrix} of layers whose block sets its own (LyCORIS map entries); the others take
+    `default`."""
     from peft.tuners.lokr import LoKrLayer
 
     changed = 0
     for path, layer in module.named_modules():
         if not isinstance(layer, LoKrLayer) or ADAPTER_NAME not in layer.r:
+            continue
+        if not (own or {}).get(path, default):
             continue
         full = {
             key: state is None or any(k.endswith(f"{path}.{key}") for k in state)
@@ -197,11 +206,14 @@ def has_scalars(state: dict[str, torch.Tensor]) -> bool:
     return any(f".{attr}" in k for k in state for attr in SCALAR_ATTRS.values())
 
 
-def apply_switches(module: nn.Module, full_matrix: bool, scalar: bool) -> None:
+def apply_switches(
+    module: nn.Module, full_matrix: bool, scalar: bool, own_full: dict[str, bool] | None = None
+) -> None:
     """The plan's LyCORIS switches on a freshly adapted module (seeded by the caller): full_matrix first
-    (the scalar's init then restarts the full second factor)."""
-    if full_matrix:
-        lokr_full_matrix(module)
+    (the scalar's init then restarts the full second factor); `own_full`: {path: full_matrix} of the layers
+    whose block sets its own."""
+    if full_matrix or any((own_full or {}).values()):
+        lokr_full_matrix(module, own=own_full, default=full_matrix)
     if scalar:
         add_scalars(module)
 

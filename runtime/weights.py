@@ -314,12 +314,18 @@ def load_peft_adapters(
         if (
             getattr(config, "peft_type", None) == "LOKR"
         ):  # LyCORIS's Kronecker split or peft's (lokr_factor.py)
-            from dbspec.runtime.lokr_factor import lycoris_factors, shapes_of_state, split_of_state
+            from dbspec.runtime.lokr_factor import (
+                lycoris_factors,
+                options_of_state,
+                shapes_of_state,
+                split_of_state,
+            )
 
             split, unbalanced = split_of_state(module, state, config.decompose_factor)
             if split != "peft":  # "layers": blocks' own factors, each layer's splits read off its weights
                 shapes = shapes_of_state(module, state) if split == "layers" else None
-                with lycoris_factors(unbalanced, shapes=shapes):
+                options = options_of_state(state, config)  # blocks' own decompose_both / tucker
+                with lycoris_factors(unbalanced, shapes=shapes, options=options):
                     inject_adapter_in_model(config, module, adapter_name="default")
             else:
                 inject_adapter_in_model(config, module, adapter_name="default")

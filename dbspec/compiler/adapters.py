@@ -81,12 +81,15 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 lr=b.lr,
                 group=b.group,
                 factor=b.factor,
+                **_block_switches(b, adapter),
             )
             for b in adapter.blocks
         )
     if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor)
+            BlockPlan(
+                pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor, **_block_switches(b, adapter)
+            )
             for b in adapter.text_encoder_blocks
         )
     plan = AdapterPlan(
@@ -212,12 +215,39 @@ def _lycoris_switches(adapter) -> dict:
     return switches
 
 
+BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker")
+
+
+def _block_switches(block, adapter) -> dict[str, str]:
+    """A LoKr block's decompose_both / full_matrix / tucker as its layers train them: "on" / "off" where they
+    differ from the plan's adapter (whose full_matrix settles the other two off, _lycoris_switches), else
+    "adapter". A block's full_matrix settles its own two off alike (LokrModule never splits a full factor)."""
+    if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
+        return {}
+    given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
+    planned = {
+        "full_matrix": adapter.full_matrix,
+        "decompose_both": adapter.decompose_both and not adapter.full_matrix,
+        "tucker": adapter.tucker and not adapter.full_matrix,
+    }
+    own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
+    if own["full_matrix"]:
+        own.update(decompose_both=False, tucker=False)
+    return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
 def _lokr_split(factor: int) -> int:
     """LoKr's larger Kronecker factor of an (out, in) weight holds at most (out / f) x (in / f) numbers, the
     smaller
     f x f: at most 1 / f^2 of the layer, whatever the rank (LyCORIS's huge-rank recipes train both in full).
     factor -1 splits near the square root of each width, 8 or more on layers 64 wide or wider."""
     return factor if factor > 0 else 8
+
+
+def _lokr_smallest_split(adapter, blocks) -> int:
+    """The smallest of _lokr_split over the adapter's factor and the blocks' own (a LyCORIS map entry's;
+    0 is the adapter's): the component's layers hold at most 1 / split^2 of it whichever block splits them."""
+    return min(_lokr_split(f) for f in [adapter.factor, *(b.factor for b in blocks if b.factor)])
 
 
 def _largest_ranks(adapter) -> tuple[int, int]:
@@ -274,8 +304,10 @@ def adapter_params(
             total += _conv_params(adapter, public, conv_rank) * factor
         total *= size
         if adapter.kind == "lokr":
-            full = c.params / _lokr_split(adapter.factor) ** 2
-            total = full if adapter.full_matrix else min(total, full)
+            blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
+            full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
+            full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
+            total = full if full_matrix else min(total, full)
         out[c.name] = int(total)
     return out
 

@@ -28,7 +28,7 @@ import attrs
 
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
-from dbspec.compiler.adapters import lycoris_dora
+from dbspec.compiler.adapters import BLOCK_SWITCHES, lycoris_dora
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -2420,19 +2420,28 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A block's own LoKr `factor` (runtime/lokr_factor.py) splits LoKr layers built one by one (DBS576)."""
+    """A block's own LoKr `factor` (runtime/lokr_factor.py) and decompose_both / full_matrix / tucker shape
+    LoKr layers built one by one (DBS576)."""
     a = spec.adapter
-    fused = getattr(a, "fused_projections", False)
+    if a.kind == "lokr" and not getattr(a, "fused_projections", False):
+        return
+    why = "fused_projections = true" if a.kind == "lokr" else f'kind = "{a.kind}"'
     for table in ("blocks", "text_encoder_blocks"):
-        for i, block in enumerate(getattr(a, table, ())):
-            if getattr(block, "factor", 0) and (a.kind != "lokr" or fused):  # DyLoRA's blocks have none
-                why = "fused_projections = true" if a.kind == "lokr" else f'kind = "{a.kind}"'
+        for i, block in enumerate(getattr(a, table, ())):  # DyLoRA's blocks have none of them
+            given_keys = [("factor", block.factor)] if getattr(block, "factor", 0) else []
+            given_keys += [
+                (key, value)
+                for key in BLOCK_SWITCHES
+                if (value := getattr(block, key, "adapter")) != "adapter"
+            ]
+            for key, value in given_keys:
+                shown = f'"{value}"' if isinstance(value, str) else value
                 yield _err(
                     "DBS576",
-                    ("adapter", table, i, "factor"),
-                    f"adapter.{table}[{i}].factor = {block.factor} with adapter.{why}: a block's factor "
-                    'splits the Kronecker factors of each LoKr layer it matches, which only kind = "lokr" '
-                    "without fused_projections builds",
+                    ("adapter", table, i, key),
+                    f"adapter.{table}[{i}].{key} = {shown} with adapter.{why}: a block's {key} shapes the "
+                    'Kronecker factors of each LoKr layer it matches, which only kind = "lokr" without '
+                    "fused_projections builds",
                     codes.help("DBS576"),
                 )
 

@@ -209,6 +209,13 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "text_encoder_blocks", "*", "group"): "",
         ("adapter", "blocks", "*", "factor"): 0,  # a block's own LoKr factor, added since
         ("adapter", "text_encoder_blocks", "*", "factor"): 0,
+        # a block's own LoKr decompose_both / full_matrix / tucker (LyCORIS map entries), added since
+        ("adapter", "blocks", "*", "decompose_both"): "adapter",
+        ("adapter", "blocks", "*", "full_matrix"): "adapter",
+        ("adapter", "blocks", "*", "tucker"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "decompose_both"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "full_matrix"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "tucker"): "adapter",
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then

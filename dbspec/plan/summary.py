@@ -1420,8 +1420,12 @@ def _fused_draw(a) -> str:
 
 
 def _block_factor(block) -> str:
-    """A block's own LoKr split factor (LyCORIS preset files' map entries)."""
-    return f", LoKr factor {block.factor}" if block.factor else ""
+    """A block's own LoKr split factor and switches (LyCORIS preset files' map entries)."""
+    out = f", LoKr factor {block.factor}" if block.factor else ""
+    for key in ("decompose_both", "full_matrix", "tucker"):
+        if getattr(block, key) != "adapter":
+            out += f", {key} {getattr(block, key)}"
+    return out
 
 
 def _ggpo_rows(a) -> list[tuple[str, str]]:

@@ -397,6 +397,18 @@ def _block_factor():
     )
 
 
+BlockSwitch = Literal["adapter", "on", "off"]
+
+
+def _block_switch(key: str, what: str):
+    return option(
+        "adapter",
+        doc=f"LoKr: the matched layers' `{key}` in place of the adapter's (a LyCORIS preset file's "
+        f"`module_algo_map` / `name_algo_map` entry's `{what}`): on, off, or `adapter` (the adapter's).",
+        example="on",
+    )
+
+
 @frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
@@ -421,6 +433,9 @@ class AdapterBlock:
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
     factor: int = _block_factor()
+    decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
+    full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    tucker: BlockSwitch = _block_switch("tucker", "use_tucker")
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -462,6 +477,8 @@ class TextEncoderBlock:
     rank: int = option(doc="Rank of the matched layers; 0 adapts none of them.", minimum=0, maximum=1024)
     alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
     factor: int = _block_factor()
+    decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
+    full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
 
 
 def _adapter_blocks():

@@ -284,40 +284,6 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     assert moved, "the run trained the adapters"
 
 
-def test_lokr_blocks_resume_bit_exact(tmp_path):
-    """A LoKr run with the `names` file's per-layer ranks, stopped after a step and resumed: the losses and
-    the export of the uninterrupted run, bit for bit."""
-    from safetensors.torch import load_file
-
-    from tests.unit.convert_kit import out_path
-
-    _converted_plan(tmp_path, "names", "lokr")
-    spec = out_path(tmp_path)
-    base = ["model.base=builtin:tiny-sd1", "schedule.steps=3"]
-    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
-    plan = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(plan, stop_after=1)
-    resumed = execute(plan, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    (ours,) = Path(whole.final).glob("*.kohya.safetensors")
-    (theirs,) = Path(resumed.final).glob("*.kohya.safetensors")
-    ours, theirs = load_file(str(ours)), load_file(str(theirs))
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    # the run's own adapter folders load back (`dbspec sample`), each layer split by its block's factor
-    from peft import get_peft_model_state_dict
-
-    from dbspec.runtime.tiny import build_pipeline
-    from dbspec.runtime.weights import load_peft_adapters
-
-    fresh = build_pipeline("builtin:tiny-sd1")
-    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
-    assert sorted(load_peft_adapters(Path(whole.final), modules, lokr_unit_scale=True)) == sorted(modules)
-    for name, module in modules.items():
-        saved = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
-        loaded = get_peft_model_state_dict(module)
-        assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved), name
-
-
 SDXL_MAPS = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
@@ -403,3 +369,90 @@ def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
     assert len({v for v in theirs.values()}) > 3, "the file gives layers different ranks"
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+
+
+# LoKr entries switching LokrModule's options against the network's (network_args decompose_both=True): the
+# ResNets' k x k convolutions in Tucker form without decompose_both, the MLP's factors both full, conv_in
+# full by a truthy string, CLIP's MLP without decompose_both, its attention with (the network's); the MLP
+# and CLIP's attention at their own factor (issue 12)
+LOKR_SWITCHES = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["conv_in"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+dim = 1
+use_tucker = true
+decompose_both = false
+[module_algo_map.FeedForward]
+dim = 1
+full_matrix = true
+factor = 2
+[module_algo_map.CLIPMLP]
+dim = 1
+decompose_both = false
+[module_algo_map.CLIPAttention]
+dim = 1
+factor = 4
+[name_algo_map.conv_in]
+dim = 1
+full_matrix = "yes"
+"""
+
+
+def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
+    """Map entries' own decompose_both / full_matrix / use_tucker and factor: every LoKr layer in LyCORIS's
+    class, dim, scale and factor shapes; a tiny run exports LyCORIS's tensors in its shapes, stopped after a
+    step and resumed gives the uninterrupted run's losses and export bit for bit, and its adapter folders
+    load back (`dbspec sample`), each layer as its block built it (issue 12)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.unit.convert_kit import out_path
+
+    PRESETS["switches"] = LOKR_SWITCHES
+    try:
+        path, plan = _converted_plan(tmp_path, "switches", "lokr", '"decompose_both=True"')
+    finally:
+        del PRESETS["switches"]
+    blocks = [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks]
+    assert {(b.decompose_both, b.full_matrix, b.tucker) for b in blocks} == {
+        ("off", "adapter", "on"),
+        ("off", "on", "adapter"),
+        ("off", "adapter", "adapter"),
+        ("adapter", "adapter", "adapter"),  # CLIP's attention: its dim and factor only
+    }
+    assert sorted(b.factor for b in blocks) == [0, 0, 0, 2, 4]
+    made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
+    assert {k: v for k, v in _ours(pipe, plan.adapter).items() if _theirs(made)[k] != v} == {}
+    theirs, ours = _lokr_shapes(made), _lokr_shapes_of(pipe, plan)
+    assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    parts = {p for shapes in theirs.values() for p in shapes}
+    assert {"lokr_t2", "lokr_w1_a", "lokr_w2_a"} <= parts  # Tucker cores, decomposed and low-rank factors
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (a,) = Path(whole.final).glob("*.kohya.safetensors")
+    (b,) = Path(resumed.final).glob("*.kohya.safetensors")
+    a, b = load_file(str(a)), load_file(str(b))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = {
+        f"{m.lora_name}.{k}": v
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for k, v in m.state_dict().items()
+    }
+    assert {k: list(v.shape) for k, v in a.items()} == {k: list(v.shape) for k, v in saved.items()}
+    fresh = build_pipeline("builtin:tiny-sd1")  # the run's adapter folders load back (`dbspec sample`)
+    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
+    assert sorted(load_peft_adapters(Path(whole.final), modules, lokr_unit_scale=True)) == sorted(modules)
+    for name, module in modules.items():
+        state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(module)
+        assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name

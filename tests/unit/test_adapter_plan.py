@@ -132,6 +132,42 @@ def test_lokr_full_matrix_recipe_stays_a_small_share_of_the_unet(tmp_path):
     assert plan.memory.fits
 
 
+def test_lokr_bound_counts_each_blocks_factor_and_full_matrix(tmp_path):
+    """The LoKr bound (1 / split^2 of a component) takes the smallest split among the adapter's factor and
+    the blocks' own (a LyCORIS map entry's factor): a U-Net block at factor 4 bounds the U-Net by 1/16, a
+    text-encoder block at 2 the text encoder by 1/4, each table counting for its own component; a block's
+    full_matrix counts the full factors whatever the rank (issue 12)."""
+    base = 'kind = "lokr"\nrank = 100000\nfactor = 16\n'
+    te = 'text_encoder_targets = ["q_proj"]\n'
+    train = "[train]\ntext_encoder = true\n"
+    plain = _plan(tmp_path, base + te + train)
+    blocks = _plan(
+        tmp_path,
+        base
+        + te
+        + '[[adapter.blocks]]\npattern = "attn1"\nrank = 8\nalpha = 8.0\nfactor = 4\n'
+        + '[[adapter.blocks]]\npattern = "attn2"\nrank = 8\nalpha = 8.0\nfactor = 32\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "layers\\\\.0\\\\."\nrank = 8\nalpha = 8.0\n'
+        + "factor = 2\n"
+        + train,
+    )
+    sizes = {c.name: c.params for c in blocks.precision.components}
+    assert plain.adapter.params == {
+        "unet": int(sizes["unet"] / 256),
+        "text_encoder": int(sizes["text_encoder"] / 256),
+    }
+    assert blocks.adapter.params == {
+        "unet": int(sizes["unet"] / 16),
+        "text_encoder": int(sizes["text_encoder"] / 4),
+    }
+    low = (
+        'kind = "lokr"\nrank = 2\nfactor = 8\n[[adapter.blocks]]\npattern = "attn1"\nrank = 2\nalpha = 2.0\n'
+    )
+    full = _plan(tmp_path, low + 'full_matrix = "on"\n').adapter
+    assert full.params["unet"] == int(sizes["unet"] / 64) > _plan(tmp_path, low).adapter.params["unet"]
+    assert full.blocks[0].full_matrix == "on" and not full.full_matrix
+
+
 @pytest.mark.parametrize("kind", ["loha", "lokr"])
 def test_a_version_1_file_of_every_kind_reads_unet_targets_forward_and_upgrades(tmp_path, kind):
     """spec_version 1 named the denoiser targets `unet_targets` for every adapter kind: the migration renames

@@ -668,10 +668,34 @@ def test_kohya_oft_at_rate_0_otherwise_trains_nothing(tmp_path):
         "OneCycleLR --lr_scheduler_args max_lr=0 total_steps=400",
     )
     assert "DBS403" in codes(outcome) and "trains nothing" in messages(outcome, "DBS403")
-    outcome = _lycoris(  # Adafactor's relative step pops the rates: the blocks train (not expressed)
-        tmp_path, "--network_module=networks.oft --network_alpha=1e-3 --unet_lr=0 --optimizer_type Adafactor"
+
+
+@pytest.mark.parametrize(
+    "args, rate",
+    [("", 1e-2), ('--optimizer_args "relative_step=False" "warmup_init=True"', 1e-6)],
+)
+def test_kohya_oft_at_rate_0_trains_on_adafactors_relative_step(tmp_path, args, rate):
+    """--unet_lr 0 with kohya's Adafactor (relative_step, its default; warmup_init turns it on):
+    train_util.get_optimizer pops the group's rate and Adafactor computes its own, so kohya trains the
+    blocks: Adafactor with relative_step, the plan's rate Adafactor's first step's (only the logged initial
+    value) and its schedule Adafactor's own (issue 12)."""
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.oft --network_dim=8 --network_alpha=1e-3 --unet_lr=0 --optimizer_type "
+        f"Adafactor {args}",
     )
-    assert "DBS403" in codes(outcome) and "relative step" in messages(outcome, "DBS403")
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and not plan.train_text_encoder
+    assert (plan.adapter.kind, plan.adapter.oft_form, plan.adapter.oft_blocks) == ("diag-oft", "kohya", 8)
+    o = plan.optimizer
+    assert (o.kind, o.lr, o.adafactor.relative_step, o.adafactor.warmup_init) == (
+        "adafactor",
+        rate,
+        True,
+        rate == 1e-6,
+    )
+    assert plan.schedule.lr_schedule == "adafactor"
 
 
 def test_kohya_oft_list_longer_than_its_one_group_is_refused(tmp_path):

@@ -208,9 +208,54 @@ def test_lycoris_example_mixes_algorithms(tmp_path):
 
 
 def test_module_options_are_not_expressed(tmp_path):
-    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\ndecompose_both = true\n'
+    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nweight_decompose = true\n'
     outcome = _convert(tmp_path, text, "lokr")
-    assert "DBS403" in codes(outcome) and "`decompose_both` = True" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "`weight_decompose` = True" in messages(outcome, "DBS403")
+    (tmp_path / "loha").mkdir()  # LoHa's use_tucker per entry: not expressed (LoKr's switches are)
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nuse_tucker = true\n"
+    outcome = _convert(tmp_path / "loha", text, "loha")
+    assert "DBS403" in codes(outcome) and "`use_tucker` = True" in messages(outcome, "DBS403")
+
+
+# LoKr entries switching LokrModule's options against the network's (decompose_both=True, factor=8): the
+# attention without decompose_both, the ResNets' k x k convolutions in Tucker form, the MLPs and CLIP's MLP
+# with both factors full; a string is tested for truth as LokrModule tests it ("false" is on)
+LOKR_SWITCHES = (
+    FULL
+    + """
+[module_algo_map]
+  [module_algo_map.CrossAttention]
+    decompose_both = false
+  [module_algo_map.ResnetBlock2D]
+    use_tucker = true
+    dim = 4
+  [module_algo_map.FeedForward]
+    full_matrix = true
+    decompose_both = true
+  [module_algo_map.CLIPMLP]
+    full_matrix = "false"
+  [module_algo_map.CLIPAttention]
+    use_tucker = true
+"""
+)
+
+
+def test_lokr_entry_switches_become_block_switches(tmp_path):
+    """A LoKr entry's own decompose_both / full_matrix / use_tucker (LokrModule's truth tests, the entry's
+    value over the network's) become its block's "on" / "off"; use_tucker on linears only (CLIP) changes
+    nothing; the plan settles a full block's other switches off (issue 12)."""
+    outcome = expressible(_convert(tmp_path, LOKR_SWITCHES, "lokr", args='"factor=8" "decompose_both=True"'))
+    assert "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.decompose_both, a.full_matrix, a.tucker) == ("lokr", 8, True, False, False)
+    switches = [(b.pattern, b.rank, b.conv_rank, b.decompose_both, b.full_matrix, b.tucker) for b in a.blocks]
+    assert switches == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 16, 0, "off", "adapter", "adapter"),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 0, "off", "on", "adapter"),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 4, "adapter", "adapter", "on"),
+    ]
+    text = [(b.pattern, b.decompose_both, b.full_matrix) for b in a.text_encoder_blocks]
+    assert text == [(r"(?:^|\.)(?:fc1|fc2)$", "off", "on")]
 
 
 # lycoris-lora's example.toml with LoKr alone: the attention at factor 64 and the MLPs at factor 12, both at

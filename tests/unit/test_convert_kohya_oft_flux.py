@@ -124,6 +124,20 @@ def test_not_expressed(tmp_path, extra, code):
     assert code in codes(outcome), errors(outcome)
 
 
+def test_rate_0_trains_on_adafactors_relative_step(tmp_path):
+    """--unet_lr 0 with kohya's Adafactor (relative_step): kohya pops the group's rate and Adafactor
+    computes its own, so the blocks train: Adafactor's relative step at its first step's rate (issue 12)."""
+    outcome = _flux(tmp_path, "--optimizer_type Adafactor --unet_lr 0")  # the last --optimizer_type wins
+    assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.kind, plan.optimizer.lr, plan.optimizer.adafactor.relative_step) == (
+        "adafactor",
+        1e-2,
+        True,
+    )
+    assert plan.train_denoiser and plan.adapter.oft_form == "kohya"
+
+
 def _oft_flux_file(path, blocks: int, alpha: float, mlp: bool = False) -> None:
     """kohya's networks.oft_flux file (OFTNetwork.save_weights): a ParameterList of blocks per module, one
     entry per part of a fused layer's rows; small blocks (the plan reads the header alone)."""

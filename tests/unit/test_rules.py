@@ -1437,8 +1437,14 @@ CASES = [
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,
-        DOG + STEPS + LORA + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
-        [("DBS576", "error", ("adapter", "blocks", 0, "factor"))],
+        DOG
+        + STEPS
+        + LORA
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ntucker = "off"\n',
+        [
+            ("DBS576", "error", ("adapter", "blocks", 0, "factor")),
+            ("DBS576", "error", ("adapter", "blocks", 0, "tucker")),
+        ],
         DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',

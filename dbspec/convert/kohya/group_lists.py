@@ -16,9 +16,10 @@ kohya's groups, in order (its code is the ground truth):
   (lift_kept_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
   the schedule holds it at 0 too (then it never moves: untrained in dbspec).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
-  network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's (else it
-  never moves and the run trains nothing: oft.py refuses it, DBS403). The same for networks.oft_flux
-  with flux_train_network.py (the transformer's blocks).
+  network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's, or by
+  Adafactor's relative step, which pops the rate and computes its own (relative_step_lift; else it never
+  moves and the run trains nothing: oft.py refuses it, DBS403). The same for networks.oft_flux with
+  flux_train_network.py (the transformer's blocks).
 - lycoris.kohya (lycoris-lora 4.1.3 `prepare_optimizer_params`): the same order, a text-encoder group only
   where the network adapts a text-encoder layer; a plus group only for algo lora/locon (LoConModule's
   `lora_up`: LyCORIS's other modules have no parameter of that name, so their plus group is empty). With
@@ -46,6 +47,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.optimizers import adafactor_flags, parse_kohya_args
 from dbspec.convert.kohya.blocks import SDXL_BLOCKS
 from dbspec.convert.kohya.network import parse_network_args
 
@@ -249,10 +251,41 @@ def schedule_lifts(a: Args) -> dict[str, tuple[float, str, str]]:
     return out
 
 
+def relative_step_lift(a: Args) -> float:
+    """networks.oft's (and oft_flux's) one group at rate 0 under kohya's Adafactor with relative_step (its
+    default for Adafactor): train_util.get_optimizer pops every group's `lr` and Adafactor computes its own,
+    min(1e-2, 1/sqrt(step)) (min(1e-6 x step, 1/sqrt(step)) with warmup_init), so kohya trains the blocks
+    whatever the rate. The rate dbspec writes, Adafactor's first step's (the plan's lr is then only the
+    logged initial value); 0 where this does not apply."""
+    module = a["network_module"].value
+    if module not in ("networks.oft", "networks.oft_flux") or a["network_train_text_encoder_only"].value:
+        return 0.0
+    if str(a["optimizer_type"].value or "").lower() != "adafactor":
+        return 0.0
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    flags = {} if problems else adafactor_flags(kwargs)
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
+    if not flags.get("relative_step") or unet.value != 0:
+        return 0.0
+    return 1e-6 if flags["warmup_init"] else 1e-2
+
+
 def lift_kept_rates(a: Args, conv: Conversion) -> Args:
     """The rates of schedule_lifts' groups (networks.lora_fa, networks.oft): each the schedule's peak, which
     the schedule replaces alike, so dbspec trains the group on kohya's curve; a group the schedule holds at 0
-    too keeps rate 0."""
+    too keeps rate 0. networks.oft's at rate 0 under Adafactor's relative step: relative_step_lift's."""
+    relative = relative_step_lift(a)
+    if relative:
+        out = dict(a)
+        source = a["unet_lr"].source if a["unet_lr"].given else a["learning_rate"].source
+        out["unet_lr"] = Legacy(key="unet_lr", value=relative, source=source)
+        conv.notes.append(
+            f"kohya {a['network_module'].value} keeps its one group at rate 0 and Adafactor's relative "
+            "step pops that rate (train_util.get_optimizer) and computes its own, so kohya trains it: its "
+            "rate here is "
+            f"Adafactor's first step's, {relative:g}, only the logged initial value"
+        )
+        return out
     lifts = schedule_lifts(a)
     if not lifts:
         return a

@@ -6,7 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr; a LoKr entry's own `factor` too), or PresetError (`crash` False) for what dbspec does not express:
+LoHa, LoKr; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker` too), or
+PresetError (`crash` False) for what dbspec does not express:
 another algorithm on some layers, an entry's other options, per-layer dims on the other algorithms."""
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ _READS = {
 }
 
 
-# The module options a map entry may give its layers that [[adapter.blocks]] express (a block's `factor`)
-_PER_BLOCK = {"lokr": ("factor",)}
+# The module options a map entry may give its layers that [[adapter.blocks]] express (a block's `factor`,
+# and LokrModule's switches, which it tests for truth: `decompose_both`, `full_matrix`, `use_tucker`)
+_SWITCHES = {"decompose_both": "decompose_both", "full_matrix": "full_matrix", "use_tucker": "tucker"}
+_PER_BLOCK = {"lokr": ("factor", *_SWITCHES)}
 _MAX_FACTOR = 65536  # spec AdapterBlock.factor's bound; a larger factor splits as -1 on every width
 
 
@@ -74,6 +77,19 @@ def _own_factor(layer: Layer, network: dict[str, Any]) -> int:
         return 0
     factor = int(value)
     return 1 if factor == 0 else -1 if factor < 0 or factor > _MAX_FACTOR else factor
+
+
+def _own_switches(layer: Layer, network: dict[str, Any], convs: bool) -> dict[str, str]:
+    """A LoKr layer's block decompose_both / full_matrix / tucker ("on" / "off") where its entry gives a
+    value other than the network's (LokrModule's truth test; `tucker` only on k x k convolutions, `convs`:
+    whether the block has any)."""
+    if _algo(layer.algo) != "lokr":
+        return {}
+    out = {}
+    for key, value in layer.options:
+        if key in _SWITCHES and not _same(key, value, network) and (key != "use_tucker" or convs):
+            out[_SWITCHES[key]] = "on" if value else "off"
+    return out
 
 
 def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
@@ -109,7 +125,7 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
-        bad = [v for k, v in layer.options if k in own and not _int(v)]
+        bad = [v for k, v in layer.options if k == "factor" and k in own and not _int(v)]
         if bad:
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) factor = {bad[0]!r}: LokrModule's "
@@ -120,7 +136,8 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
-                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, and LoKr's a factor)",
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, and LoKr's a factor, "
+                "decompose_both, full_matrix and tucker)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -171,8 +188,10 @@ def _blocks(
         groups.setdefault(layer.source, []).append(layer)
     out = []
     for source, group in groups.items():
-        factor = _own_factor(group[0], network)  # one entry: one factor
-        if not factor and all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group):
+        factor = _own_factor(group[0], network)  # one entry: one factor and set of switches
+        switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
+        same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
+        if not factor and not switches and same:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
@@ -184,10 +203,10 @@ def _blocks(
         }
         if conv is not None:
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs_lora))
-        what = "dim / alpha"
         if factor:
             block["factor"] = factor
-            what += " and factor"
+        block.update(switches)
+        what = ", ".join(["dim / alpha", *(["factor"] if factor else []), *switches])
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out
@@ -226,7 +245,7 @@ def map_blocks(
         if high > _MAX_BLOCK_RANK:
             _full_lokr_block(block, high, kind, rs_lora, network)
     for block in text:
-        block.pop("conv_rank", None), block.pop("conv_alpha", None)
+        block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
 
 
@@ -260,8 +279,9 @@ def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool,
             False,
         )
     factor = block.get("factor") or network.get("factor", -1)  # the entry's own factor, else the network's
+    full_matrix = block["full_matrix"] == "on" if "full_matrix" in block else network.get("full_matrix")
     need, width = _full_from(factor)
-    if not network.get("full_matrix") and need > _MAX_BLOCK_RANK:
+    if not full_matrix and need > _MAX_BLOCK_RANK:
         raise PresetError(
             f"{where}: LyCORIS trains those layers' Kronecker factors in full; with factor {factor} a "
             f"{width}-wide layer is full only from dim {need}, so a block at {_MAX_BLOCK_RANK} is not the "

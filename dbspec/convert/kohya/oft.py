@@ -38,8 +38,7 @@ import math
 from dbspec.compiler.oft_file import OftFile, adapts, read_oft_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.common.optimizers import adafactor_flags, parse_kohya_args
-from dbspec.convert.kohya.group_lists import schedule_lifts
+from dbspec.convert.kohya.group_lists import relative_step_lift, schedule_lifts
 from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, parse_network_args
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -291,14 +290,6 @@ def file_module_fits(module, blocks: int, constraint: float, weights: Legacy, co
     return True
 
 
-def _relative_step(a) -> bool:
-    """kohya's Adafactor with relative_step (its default for Adafactor)."""
-    if str(a["optimizer_type"].value or "").lower() != "adafactor":
-        return False
-    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
-    return not problems and adafactor_flags(kwargs)["relative_step"]
-
-
 def the_rest(a, conv: Conversion, network: str = "networks.oft") -> bool:
     """The train_network.py options kohya's OFT `network` (networks.oft, networks.oft_flux) ignores (DBS405),
     crashes on (DBS402) or that dbspec does not express with it (DBS403)."""
@@ -312,15 +303,9 @@ def the_rest(a, conv: Conversion, network: str = "networks.oft") -> bool:
             "OFTNetwork has no apply_max_norm_regularization: train_network.py warns and turns it off",
         )
     rate = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
-    if rate.value == 0 and _relative_step(a):
-        conv.unsupported(
-            rate,
-            "with Adafactor's relative step kohya pops each group's rate (train_util.get_optimizer), so "
-            f"{network}'s blocks train at Adafactor's own step whatever the rate: not expressed",
-            help="give --unet_lr the --learning_rate (kohya ignores both with relative_step)",
-        )
-        ok = False
-    elif rate.value == 0 and "unet_lr" not in schedule_lifts(a):  # a lifted rate trains (group_lists.py)
+    # a rate CyclicLR / OneCycleLR or Adafactor's relative step lift trains (group_lists.py)
+    lifted = "unet_lr" in schedule_lifts(a) or relative_step_lift(a)
+    if rate.value == 0 and not lifted:
         conv.unsupported(
             rate,
             f"{network} keeps its one group, {denoiser}'s blocks, in the optimizer at rate 0 and the step "
