@@ -791,7 +791,8 @@ FAMILIES: dict[str, FamilySpec] = {
             lycoris_layout=False,
             ggpo=True,
             network="networks.lora_flux",
-            oft_network="",  # networks/oft_flux.py is for Flux.1 only here
+            # networks/oft_flux.py on Chroma: its modules by class, as on Flux (no modulation Linear)
+            oft_network="networks.oft_flux",
             weights_scan=("lora_unet_double_blocks_", "lora_unet_single_blocks_"),
         ),
         objective="flow",

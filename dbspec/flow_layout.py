@@ -1,8 +1,8 @@
-"""kohya's Flux (library/flux_models.py) and SD3 (library/sd3_models.py) Linears in diffusers' names: one
-table per model, shared by the converters that read kohya's module names (LyCORIS preset files walked over
-kohya's model, `--dim_from_weights` files). Keys are kohya's module paths with `.`; kohya's LoRA names write
-them with `_` (`img_attn.qkv` -> `lora_unet_double_blocks_0_img_attn_qkv`). A fused Linear is all its
-diffusers parts, in row order."""
+"""kohya's Flux (library/flux_models.py), Chroma (library/chroma_models.py) and SD3 (library/sd3_models.py)
+Linears in diffusers' names: one table per model, shared by the converters that read kohya's module names
+(LyCORIS preset files walked over kohya's model, `--dim_from_weights` files). Keys are kohya's module paths
+with `.`; kohya's LoRA names write them with `_` (`img_attn.qkv` -> `lora_unet_double_blocks_0_img_attn_qkv`).
+A fused Linear is all its diffusers parts, in row order."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ FLUX_TOP = {
     "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
     "final_layer.linear": "proj_out",
     "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+# Chroma (library/chroma_models.py; diffusers' ChromaTransformer2DModel): Flux's blocks without the
+# modulation Linears; outside them the embedders, the final layer and the approximator
+# (distilled_guidance_layer: Chroma1-HD's 5 MLPEmbedder layers, diffusers' PixArtAlphaTextProjection)
+CHROMA_APPROXIMATOR_DEPTH = 5
+CHROMA_TOP = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "distilled_guidance_layer.in_proj": "distilled_guidance_layer.in_proj",
+    **{
+        f"distilled_guidance_layer.layers.{i}.{kohya}": f"distilled_guidance_layer.layers.{i}.{ours}"
+        for i in range(CHROMA_APPROXIMATOR_DEPTH)
+        for kohya, ours in (("in_layer", "linear_1"), ("out_layer", "linear_2"))
+    },
+    "distilled_guidance_layer.out_proj": "distilled_guidance_layer.out_proj",
+    "final_layer.linear": "proj_out",
 }
 # a joint block's Linear -> its diffusers parts
 SD3_BLOCK = {

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from dbspec.flow_layout import CHROMA_TOP
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _kohya_lora_layers, checked_layers, clip_path
@@ -75,6 +76,12 @@ _TOP = {
     "time_text_embed.guidance_embedder.linear_2": "guidance_in_out_layer",
     "norm_out.linear": "final_layer_adaLN_modulation_1",
     "proj_out": "final_layer_linear",
+    # Chroma's approximator (LyCORIS builds its Linears from a preset file or a --dim_from_weights file)
+    **{
+        ours: kohya.replace(".", "_")
+        for kohya, ours in CHROMA_TOP.items()
+        if kohya.startswith("distilled_guidance_layer.")
+    },
 }
 _FINAL = ("final_layer_adaLN_modulation_1", "final_layer_linear")  # diffusers' converter drops their alpha
 _SWAPPED = "final_layer_adaLN_modulation_1"

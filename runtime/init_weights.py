@@ -12,8 +12,8 @@ layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit`
 DyLoRAModule cuts them into its one-rank parameters.
 
 kohya's own OFT (plan.adapter.kind "diag-oft", oft_form "kohya"; networks/oft.py, on FLUX.1
-networks/oft_flux.py, OFTNetwork.load_weights) loads its `oft_unet_*` modules' `oft_blocks` into each layer's
-blocks, named as the kohya export names them."""
+and Chroma networks/oft_flux.py, OFTNetwork.load_weights) loads its `oft_unet_*` modules' `oft_blocks` into
+each layer's blocks, named as the kohya export names them."""
 
 from __future__ import annotations
 
@@ -122,10 +122,11 @@ def _dylora_layers(module: torch.nn.Module | None):
 
 def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
     """OFTNetwork.load_weights (load_state_dict(strict=False) of the file): each adapted layer's
-    `oft_unet_<kohya name>.oft_blocks` (networks.oft_flux on FLUX.1: `oft_unet_<Flux name>.oft_blocks.<part>`,
-    a fused layer's part its own entry, runtime/flux_oft.py), a shape that differs refused as torch refuses
-    it; with init_partial a layer the file lacks keeps its zero blocks and a file module no layer matches is
-    ignored (else both are errors naming the file and the tensor). The alphas were checked at plan time
+    `oft_unet_<kohya name>.oft_blocks` (networks.oft_flux on FLUX.1 / Chroma:
+    `oft_unet_<Flux name>.oft_blocks.<part>`, a fused layer's part its own entry, runtime/flux_oft.py), a
+    shape that differs refused as torch refuses it; with init_partial a layer the file lacks keeps its zero
+    blocks and a file module no layer matches is ignored (else both are errors naming the file and the
+    tensor). The alphas were checked at plan time
     (they equal the constraint)."""
     path = plan.adapter.init_weights
     state = load_file(path)
@@ -156,7 +157,8 @@ def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
 
 def _kohya_oft_layers(plan: Plan, unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The file's tensor key of each kohya OFT layer's blocks: kohya's networks.oft names (the kohya
-    export's), or on FLUX.1 networks.oft_flux's Flux names with the fused layer's part (flux_oft.py)."""
+    export's), or on FLUX.1 / Chroma networks.oft_flux's Flux names with the fused layer's part
+    (flux_oft.py)."""
     from dbspec.runtime.flux_kohya import original_name
     from dbspec.runtime.lycoris_oft import KohyaOftLayer
 

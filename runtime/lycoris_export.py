@@ -466,7 +466,8 @@ def export_kohya_oft(path: Path, plan: Plan, comps, metadata: dict[str, str]) ->
     name>.oft_blocks` (blocks, size, size) and `.alpha` (kohya's alpha, the constraint per row) for each
     U-Net layer, the names kohya's networks.lora gives the same layers with its `oft_unet` prefix (OFT_PREFIX_
     UNET); the alpha in fp32 as dbspec's other writers keep it (kohya casts it to the save precision too).
-    On FLUX.1 kohya's networks.oft_flux file: its Flux module names, `oft_blocks.<part>` (flux_oft.py)."""
+    On FLUX.1 and Chroma kohya's networks.oft_flux file: its Flux module names, `oft_blocks.<part>`
+    (flux_oft.py)."""
     a, facts = plan.adapter, family_spec(plan.model.family).kohya
     if facts.oft_network == "networks.oft_flux":  # kohya's Flux names, fused layers' parts (flux_oft.py)
         from dbspec.runtime.flux_oft import all_linear, flux_oft_state

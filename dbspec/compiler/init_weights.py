@@ -346,7 +346,7 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
             "DBS356",
             "error",
             f"`{path}`: kohya's networks.oft starts from a file on SD 1.x/2.x/SDXL (networks.oft_flux's on "
-            f"FLUX.1), not on {spec.title}",
+            f"FLUX.1 and Chroma), not on {spec.title}",
             KEY,
             help='set adapter.init_weights = ""',
         )

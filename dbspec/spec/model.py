@@ -966,8 +966,8 @@ class DiagOftAdapter:
         "`block_count` blocks (`block_size` unused), the skew blocks always scaled by (min(|Q|, constraint "
         "x width) + 1e-8) / (|Q| + 1e-8), the layer run on its whole rotated weight R^T W computed in "
         "fp32; no rescale, no bypass. Exported as kohya's networks.oft file (`oft_unet_*` keys: "
-        "`oft_blocks`, `alpha`); on FLUX.1 as networks.oft_flux's (each part of a fused q/k/v or linear1 "
-        "layer its own blocks: `oft_blocks.<part>`).",
+        "`oft_blocks`, `alpha`); on FLUX.1 and Chroma as networks.oft_flux's (each part of a fused q/k/v "
+        "or linear1 layer its own blocks: `oft_blocks.<part>`).",
         example="kohya",
     )
     block_count: int = option(
@@ -989,8 +989,8 @@ class DiagOftAdapter:
         "",
         doc='With `form = "kohya"`: start the blocks from this `.safetensors` file (kohya networks.oft '
         "`--network_weights`), relative to the spec file: kohya's networks.oft layout (`oft_unet_*` "
-        "modules' `oft_blocks` and `alpha`; on FLUX.1 networks.oft_flux's, `oft_blocks.<part>`), as "
-        "kohya's OFTNetwork and dbspec's kohya export save it. Its "
+        "modules' `oft_blocks` and `alpha`; on FLUX.1 and Chroma networks.oft_flux's, "
+        "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it. Its "
         "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
         "time). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
         "identity rotation).",

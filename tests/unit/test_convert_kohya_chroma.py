@@ -125,3 +125,24 @@ def test_kohya_chroma_flux_shift_and_sigma_scaled_plan_as_for_flux(tmp_path):
     flow = plan_of(outcome, tmp_path).loss.flow
     assert (flow.base_shift, flow.max_shift, flow.draw) == (0.5, 1.15, "continuous")
     assert (flow.prediction, flow.guidance) == ("sigma_scaled", 1.0)  # the approximator's guidance input
+
+
+def test_kohya_chroma_lycoris_preset_file_over_chromas_modules(tmp_path):
+    """A LyCORIS preset file is walked over kohya's Chroma (chroma_rows.py): the approximator's MLPEmbedder
+    layers and the final layer are Linears LyCORIS builds there (a LoCon trains them); LoKr's fused export
+    covers the blocks only, and T5-XXL's classes are LyCORIS's lora_te2 modules (both DBS403)."""
+    (tmp_path / "approx.toml").write_text(
+        'unet_target_module = ["MLPEmbedder"]\nunet_target_name = ["final_layer.linear"]\n'
+        "text_encoder_target_module = []\n"
+    )
+    (tmp_path / "t5.toml").write_text('text_encoder_target_module = ["T5Attention"]\n')
+    outcome = _chroma(tmp_path, '--network_module lycoris.kohya --network_args "preset=approx.toml"')
+    plan = plan_of(outcome, tmp_path)
+    targets = set(plan.adapter.denoiser_targets)
+    assert {"linear_1", "linear_2", "proj_out"} <= targets and len(targets) == 3
+    assert [b.pattern for b in plan.adapter.blocks] == [
+        r"^single_transformer_blocks\.(" + "|".join(map(str, range(38))) + r")\.proj_out$"
+    ]
+    for args, why in (('"algo=lokr" "preset=approx.toml"', "covers"), ('"preset=t5.toml"', "T5-XXL")):
+        refused = _chroma(tmp_path, f"--network_module lycoris.kohya --network_args {args}", allow=True)
+        assert why in messages(refused, "DBS403"), errors(refused)

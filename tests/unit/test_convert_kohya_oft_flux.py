@@ -114,7 +114,6 @@ def test_a_dim_that_does_not_divide_the_width_is_refused(tmp_path):
         ("--dim_from_weights", "DBS402"),  # create_network_from_weights(1, None, ...)
         ("--unet_lr 0", "DBS403"),
         ("--network_train_text_encoder_only", "DBS402"),
-        ("--model_type chroma --apply_t5_attn_mask", "DBS403"),
         # kohya's oft_flux upcasts an fp8 weight; dbspec's OFT rotates float weights only (DBS522)
         ("--fp8_base --network_train_unet_only", "DBS403"),
     ],
@@ -136,6 +135,33 @@ def test_rate_0_trains_on_adafactors_relative_step(tmp_path):
         True,
     )
     assert plan.train_denoiser and plan.adapter.oft_form == "kohya"
+
+
+@pytest.mark.parametrize("all_linear", [False, True])
+def test_chroma_is_flux_without_the_modulation_linears(tmp_path, all_linear):
+    """--model_type chroma: OFTNetwork picks SelfAttention (or DoubleStreamBlock / SingleStreamBlock) by
+    class in library/chroma_models.py's Chroma as in Flux; its blocks have no modulation Linear and its
+    width is Flux's, so the layers are Flux's less norm1.linear / norm1_context.linear / norm.linear."""
+    from test_convert_kohya_chroma import _chroma
+
+    extra = "--network_module networks.oft_flux --network_dim 8 --network_alpha 0.001"
+    outcome = _chroma(tmp_path, extra + (" --network_args enable_all_linear=True" if all_linear else ""))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and "DBS403" not in codes(outcome)
+    assert (a.kind, a.oft_form, a.oft_blocks, a.oft_constraint) == ("diag-oft", "kohya", 8, 0.001)
+    if all_linear:
+        expected = {
+            f"transformer_blocks.{i}.{p}" for i in range(19) for p in DOUBLE_LINEARS if "norm" not in p
+        }
+        expected |= {
+            f"single_transformer_blocks.{i}.{p}" for i in range(38) for p in SINGLE_LINEARS - {"norm.linear"}
+        }
+    else:
+        expected = {f"transformer_blocks.{i}.{p}" for i in range(19) for p in ATTENTION}
+    assert _adapted(a.denoiser_targets) == expected  # no embedder, no final layer, no approximator
+    assert a.text_encoder_targets == () and not plan.train_text_encoder
+    assert plan.checkpoints.exports == ("kohya_lora",)
 
 
 def _oft_flux_file(path, blocks: int, alpha: float, mlp: bool = False) -> None:

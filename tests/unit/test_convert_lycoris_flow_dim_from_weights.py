@@ -157,3 +157,33 @@ def test_sd3_patch_convolution_in_the_file_is_refused(tmp_path):
     )
     outcome = _sd3(tmp_path, allow=True)
     assert fate(outcome, "dim_from_weights") == "unsupported" and "convolution" in messages(outcome, "DBS403")
+
+
+def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):
+    """--model_type chroma: LyCORIS matches the file's names against kohya's Chroma
+    (library/chroma_models.py): its final layer and approximator Linears build at the file's ranks; Flux's
+    modulation Linears, which Chroma lacks, build nothing (no module of that name)."""
+    from test_convert_kohya_chroma import _chroma
+
+    _locon_file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 16, 8.0),
+            "lora_unet_final_layer_linear": (64, W, 4, 2.0),
+            "lora_unet_distilled_guidance_layer_layers_0_in_layer": (5120, 5120, 4, 2.0),
+            "lora_unet_distilled_guidance_layer_out_proj": (W, 5120, 8, 8.0),
+            "lora_unet_double_blocks_0_img_mod_lin": (6 * W, W, 4, 2.0),
+        },
+    )
+    extra = "--network_module lycoris.kohya --network_weights prev.safetensors --dim_from_weights"
+    outcome = _chroma(tmp_path, extra)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and a.kind == "lora" and a.init_partial
+    assert _rank(a, "proj_out") == (4, 2.0)
+    assert _rank(a, "distilled_guidance_layer.layers.0.linear_1") == (4, 2.0)
+    assert _rank(a, "distilled_guidance_layer.out_proj") == (8, 8.0)
+    assert _rank(a, "transformer_blocks.0.attn.to_v") == (16, 8.0)
+    assert _rank(a, "distilled_guidance_layer.layers.0.linear_2") == (0, 1.0)
+    assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)

@@ -74,6 +74,24 @@ def test_double_block_attention_by_name_with_a_dim(tmp_path):
     assert [p for p in double if re.search(block.pattern, p)] == hit
 
 
+def test_a_final_layer_dim_leaves_the_single_blocks_out(tmp_path):
+    """A map entry's dim for final_layer.linear (diffusers' top-level proj_out, a suffix of every single
+    block's proj_out): the single blocks' proj_out the file leaves out stay rank 0 (the first block that
+    matches a layer decides, so the rank-0 block comes first), the final layer at its dim."""
+    preset = 'unet_target_module = []\nunet_target_name = ["final_layer.linear", "img_in"]\n'
+    preset += 'text_encoder_target_module = []\n\n[name_algo_map."final_layer.linear"]\ndim = 8\nalpha = 2\n'
+    a = plan_of(_flux(tmp_path, preset, '"algo=locon"'), tmp_path).adapter
+    first = lambda path: next(b for b in a.blocks if re.search(b.pattern, path))  # noqa: E731
+    assert (first("proj_out").rank, first("proj_out").alpha) == (8, 2.0)
+    assert first("single_transformer_blocks.7.proj_out").rank == 0
+    assert _picked(["proj_out", "x_embedder", "single_transformer_blocks.0.proj_out"], a.denoiser_targets)[
+        :2
+    ] == [
+        "proj_out",
+        "x_embedder",
+    ]
+
+
 def test_full_defaults_but_the_single_blocks(tmp_path):
     """Keys the file leaves out keep LyCORIS's `full` lists: every double-block Linear, no embedder or final
     layer (MLPEmbedder, LastLayer are in no list), no CLIP module (the file empties its classes)."""

@@ -23,7 +23,15 @@ from collections import Counter, defaultdict
 
 from dbspec.compiler.lora_file import LoraFile, LoraModule
 from dbspec.families import family_spec, flow_text_prefixes
-from dbspec.flow_layout import FLUX_DOUBLE, FLUX_SINGLE, FLUX_TOP, SD3_BLOCK, SD3_TOP, underscored
+from dbspec.flow_layout import (
+    CHROMA_TOP,
+    FLUX_DOUBLE,
+    FLUX_SINGLE,
+    FLUX_TOP,
+    SD3_BLOCK,
+    SD3_TOP,
+    underscored,
+)
 from dbspec.unet_layout import diffusers_name
 
 Pair = tuple[int, float]
@@ -50,8 +58,9 @@ _LAYOUTS = {
     "sd3": ({"joint_blocks": ("transformer_blocks", _SD3_BLOCK)}, _SD3_TOP),
 }  # fmt: skip
 # LyCORIS's create_network_from_weights matches the file's names against every module of kohya's model
-# (unet.named_modules()), not a scan list: Flux's final layer too, SD3's patch convolution (refused below)
-_LYCORIS_TOP = {"flux": underscored(FLUX_TOP), "chroma": _CHROMA_TOP, "sd3": underscored(SD3_TOP)}
+# (unet.named_modules()), not a scan list: Flux's and Chroma's final layer too, Chroma's approximator, SD3's
+# patch convolution (refused below)
+_LYCORIS_TOP = {"flux": underscored(FLUX_TOP), "chroma": underscored(CHROMA_TOP), "sd3": underscored(SD3_TOP)}
 
 
 def pair_of(module: LoraModule) -> Pair:
@@ -93,7 +102,10 @@ def flow_blocks(file: LoraFile, family: str, lycoris: bool = False) -> tuple[lis
     for module in file.modules.values():
         if not module.name.startswith("lora_unet_"):
             continue
-        found = flow_paths(family, module.name.removeprefix("lora_unet_"), lycoris)
+        name = module.name.removeprefix("lora_unet_")
+        found = flow_paths(family, name, lycoris)
+        if found is None and lycoris and family == "chroma" and flow_paths("flux", name, True) is not None:
+            continue  # a Flux Linear Chroma lacks (modulation, time / vector / guidance): LyCORIS builds none
         if found is None and lycoris:
             raise ValueError(f"module `{module.name}` is no Linear of kohya's model dbspec places")
         if found is None:

@@ -21,7 +21,12 @@ conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map
 blocks (and SD3's timestep embedder) only, so per-layer dims and other layers are refused with them. Refused
 too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
 LyCORIS's modules), CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
-convolution at a dim of its own (kohya's SD3 file holds it at conv_dim), Chroma's model."""
+convolution at a dim of its own (kohya's SD3 file holds it at conv_dim).
+
+With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
+modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
+and T5-XXL flux_train_network.py hands LyCORIS; its Linears are diffusers' ChromaTransformer2DModel's,
+the approximator's and the final layer's included (runtime/flux_kohya.py names them as LyCORIS does)."""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from dataclasses import replace
 from typing import Any, Callable, NamedTuple
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts, dummy_clip_l
 from dbspec.convert.kohya.lycoris_file import (
     PresetError,
     Row,
@@ -366,14 +372,16 @@ def flux_preset_file(
         left = [p for p, _, _ in rows if p.endswith(".proj_out") and p not in layers]
         if left:
             indices = "|".join(p.split(".")[1] for p in left)
+            # first: a map entry's dim for final_layer.linear is a `proj_out` suffix pattern, which would
+            # give the left-out single blocks' proj_out that dim (the first matching block decides)
             blocks = [
-                *blocks,
                 {
                     "pattern": rf"^single_transformer_blocks\.({indices})\.proj_out$",
                     "rank": 0,
                     "alpha": 1.0,
                     "_why": "the final layer's proj_out target: the single blocks' linear2 left out",
                 },
+                *blocks,
             ]
     return FlowFile(targets, text, blocks, inert, found.convs)
 
@@ -394,6 +402,15 @@ FLUX_MODEL = FlowModel(
     "lora_te2_",
     ("double_blocks.", "single_blocks."),
 )
+# --model_type chroma: kohya's Chroma (chroma_rows.py) with the dummy CLIP-L (no Linear) and T5-XXL
+CHROMA_MODEL = FlowModel(
+    "Chroma",
+    chroma_model,
+    chroma_parts,
+    (dummy_clip_l,),
+    "lora_te2_",
+    ("double_blocks.", "single_blocks."),
+)
 
 
 def _given(a: dict[str, Legacy], key: str) -> bool:
@@ -407,18 +424,11 @@ def _source(blocks: list[dict]) -> str:
 def flow_preset_file(
     preset: str, algo: str, a: dict[str, Legacy], paths, conv: Conversion, family: str | None, title: str
 ) -> FlowFile | None:
-    """The preset file `preset` on kohya's Flux or SD3 (`title`) for map_lycoris_flow, or None (reported:
-    DBS402 where kohya stops, DBS403 where dbspec cannot express it)."""
+    """The preset file `preset` on kohya's Flux (Chroma's with `family` "chroma") or SD3 (`title`) for
+    map_lycoris_flow, or None (reported: DBS402 where kohya stops, DBS403 where dbspec cannot express it)."""
     args = a["network_args"]
     legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
-    model = SD3_MODEL if title == "SD3" else FLUX_MODEL
-    if model is FLUX_MODEL and family not in (None, "flux"):
-        conv.unsupported(
-            legacy,
-            f"dbspec converts LyCORIS preset files with flux_train_network.py on Flux's kohya model; "
-            f"{family}'s differs in its module classes and paths",
-        )
-        return None
+    model = SD3_MODEL if title == "SD3" else CHROMA_MODEL if family == "chroma" else FLUX_MODEL
     data = load_preset_file(preset, paths, args, conv)
     if data is None:
         return None

@@ -169,7 +169,8 @@ def map_lycoris_flow(
         if file is None:
             return False
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
-        note = f"the layers LyCORIS builds for the preset file on kohya's {layout.title}"
+        title = "Chroma" if family == "chroma" else layout.title
+        note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
         layout = attrs.evolve(
             layout,
             presets={preset: (layers, file.text)},

@@ -846,11 +846,12 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
 def _lycoris_flow_from_weights(
     a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None
 ) -> bool:
-    """lycoris.kohya --dim_from_weights on Flux / SD3: LyCORIS's create_network_from_weights matches the
-    file's module names against every module of kohya's model (unet.named_modules(): its preset lists play no
-    part, so the embedders and Flux's final layer build too; a name the model lacks builds nothing) and
-    builds each module's kind from its keys, the network_args unread (_lycoris_from_weights_args). A LoCon
-    file (lora_down / lora_up / alpha, what algo=lora / locon saves) is one LoConModule per fused Linear at
+    """lycoris.kohya --dim_from_weights on Flux / Chroma / SD3: LyCORIS's create_network_from_weights matches
+    the file's module names against every module of kohya's model (unet.named_modules(): its preset lists play
+    no part, so the embedders and Flux's final layer build too, on Chroma its final layer and approximator; a
+    name the model lacks builds nothing: on Chroma Flux's modulation Linears) and builds each module's kind
+    from its keys, the network_args unread (_lycoris_from_weights_args). A LoCon file (lora_down / lora_up /
+    alpha, what algo=lora / locon saves) is one LoConModule per fused Linear at
     the file's rank and alpha: lora_flux's / lora_sd3's fused network without split_qkv, the file's modules
     at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
     LoKr's / LoHa's keys (lokr_w1, hada_w1_a...), lora_mid or dora_scale: DBS403 (read_lora_file)."""

@@ -28,7 +28,11 @@ What kohya does (networks/oft_flux.py):
   init_partial, as networks.oft's (a file alpha that is not network_alpha: DBS403).
 - create_network_from_weights (--dim_from_weights): the block count from the first tensor outside a qkv
   module, the constraint from the first alpha, enable_all_linear when a tensor's name holds `_mlp`.
---model_type chroma is not converted (DBS403)."""
+--model_type chroma (library/chroma_models.py): OFTNetwork picks the same classes there (SelfAttention,
+DoubleStreamBlock, SingleStreamBlock, imported or named as Flux's) in blocks without modulation Linears, at
+Flux's width (3072, split_dims the same), so the targets are the family's kohya_lora_targets (no
+norm1.linear / norm.linear) and the file the same names without mod_lin (a scratch run of kohya's
+create_network on its full-size Chroma on the meta device built exactly these modules and splits)."""
 
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ from dbspec.convert.kohya.network import parse_network_args
 from dbspec.convert.kohya.oft import the_rest
 from dbspec.families import family_spec
 
-WIDTH = 3072  # FLUX.1's hidden width: every Linear oft_flux adapts is a multiple of it (its split_dims)
+# FLUX.1's (and Chroma's) hidden width: every Linear oft_flux adapts is a multiple of it (its split_dims)
+WIDTH = 3072
 MODULE = "networks.oft_flux"
 
 
@@ -48,8 +53,10 @@ def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str, path
     """[adapter] for networks.oft_flux; False when kohya would stop or the run is not expressed (reported)."""
     module = a["network_module"]
     facts = family_spec(family)
-    if facts.kohya is None or facts.kohya.oft_network != MODULE:  # the registry's FLUX.1 alone
-        conv.unsupported(module, f"{MODULE} with --model_type {family}: dbspec converts it for FLUX.1 only")
+    if facts.kohya is None or facts.kohya.oft_network != MODULE:  # the registry's FLUX.1 and Chroma
+        conv.unsupported(
+            module, f"{MODULE} with --model_type {family}: dbspec converts it for FLUX.1 and Chroma"
+        )
         return False
     from_file = a["dim_from_weights"].value
     network = _from_weights(a, conv, paths) if from_file else _create_network(a, conv)
@@ -62,7 +69,7 @@ def map_kohya_oft_flux(a: dict[str, Legacy], conv: Conversion, family: str, path
             where.key,
             where.value,
             where.source,
-            f"{MODULE} asserts each layer's part (FLUX.1's {WIDTH}-wide q, k, v ...) splits into {blocks} "
+            f"{MODULE} asserts each layer's part ({WIDTH}-wide q, k, v ...) splits into {blocks} "
             "blocks: it does not",
             help=f"set network_dim to a divisor of {WIDTH} (4, 8, 16, 32, ...)",
         )
