@@ -2645,6 +2645,19 @@ factors (a LyCORIS preset file's map entry with its own `factor`): it needs `kin
 split (not `fused_projections`, whose parts share one product split from the fused layer).""",
         help='remove the block\'s factor, or use kind = "lokr" without fused_projections',
     ),
+    Code(
+        "DBS577",
+        ERROR,
+        "A fused Diag-OFT it cannot train",
+        """\
+`adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
+the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
+stacked rows, and each diffusers part rotates its own rows in them. That holds only where nothing spans the
+parts: LyCORIS's form, no `constraint` (one norm over all the fused layer's blocks), no `max_norm`,
+every part of a fused layer adapted, and a family with kohya's Flux / SD3 layout.""",
+        help="remove those options and adapt every part of each fused layer, or set "
+        "adapter.fused_projections = false",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -180,8 +180,9 @@ def _low_rank(adapter, family: str, targets_given: bool) -> dict:
 
 def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's full and IA^3 algos: no rank or alpha; the convolutions they train are `conv_targets`
-    alone; IA^3's input-side targets."""
-    return AdapterPlan(
+    alone; IA^3's input-side targets. Diag-OFT's fused layers (fused_projections): their parts' blocks split
+    the fused width (runtime/lycoris_oft.py fit_fused_oft)."""
+    plan = AdapterPlan(
         kind=adapter.kind,
         input_targets=tuple(getattr(adapter, "input_targets", ())),
         oft_block_size=getattr(adapter, "block_size", 0),
@@ -201,6 +202,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
     )
+    return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
 
 
 def _lycoris_switches(adapter) -> dict:

@@ -82,9 +82,56 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["diag-oft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["boft", "glora", "dylora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
+
+
+def test_boft_is_refused_because_its_butterfly_mixes_the_fused_parts(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=boft")
+    assert "mix the q, k, v" in messages(outcome, "DBS403")
+
+
+def test_diag_oft_is_one_block_split_per_fused_layer(tmp_path):
+    """algo=diag-oft: DiagOFTModule on every block Linear (LoKr's full paths: the final layer out), its
+    lora_dim network_dim (block size 8 on FLUX.1's 9216 / 21504-row fused layers: each block one part's
+    rows), the fused layers' parts in one block split; alpha and DiagOFT's unread switches inert / ignored."""
+    outcome = _flux(
+        tmp_path,
+        "--network_dropout 0.1 --network_args algo=diag-oft preset=full use_scalar=True constraint=0",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_form) == ("diag-oft", 8, 0.0, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert "attn.to_q" in a.denoiser_targets and "proj_mlp" in a.denoiser_targets
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert fate(outcome, "network_module") == "mapped" and fate(outcome, "network_alpha") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "only in bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_diag_oft_bypass_maps_and_its_dropout_is_invalid(tmp_path):
+    a = plan_of(_flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True"), tmp_path).adapter
+    assert a.bypass and a.fused
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True dropout=0.1", allow=True)
+    assert "DBS402" in codes(outcome)
+
+
+@pytest.mark.parametrize(
+    "arg", ["constraint=1e-3", "rank_dropout=0.1", "module_dropout=0.1", "rescaled=True"]
+)
+def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
+
+
+def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):
+    # network_dim 128: LyCORIS's factorization splits the 9216-row qkv as 72 x 128 (128 > 9216 / 128), so
+    # blocks of 72 rows, and 3072 / 72 is no integer: a block spans q and k
+    outcome = _flux(tmp_path, "--network_dim 128 --network_args algo=diag-oft")
+    assert "span its 3072-row parts" in messages(outcome, "DBS403")
 
 
 def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):

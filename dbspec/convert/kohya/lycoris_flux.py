@@ -49,6 +49,7 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
+from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
@@ -98,6 +99,11 @@ class LycorisLayout:
     convs: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
+# algos refused on Flux / SD3: why (their modules on a fused Linear mix the parts' rows)
+_REFUSED_ALGOS = {
+    "boft": ": ButterflyOFTModule's butterfly stages on a fused Linear regroup its stacked rows in strides "
+    "up to half its width, so its rotations mix the q, k, v (and MLP) rows dbspec trains as separate layers",
+}
 # LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
 _OFF = {
     "train_norm": "false",
@@ -139,11 +145,12 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3"):
+    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft"):
+        why = _REFUSED_ALGOS.get(algo, "")
         conv.unsupported(
             args,
             f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha, "
-            "full and ia3 only",
+            f"full, ia3 and diag-oft only{why}",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -189,6 +196,8 @@ def map_lycoris_flow(
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset)
+    if algo == "diag-oft":
+        return map_flow_diag_oft(kwargs, a, conv, layout, preset, family)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
