@@ -3,8 +3,8 @@ locon is networks.lora_flux's fused network over the LyCORIS preset's layers (ly
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
-scale per output row (a fused layer's rows its parts'); the other algos, LoKr / LoHa dropouts and
-the other switches stay DBS403."""
+scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer; the
+other algos, LoKr / LoHa dropouts and the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -125,6 +125,11 @@ def test_diag_oft_bypass_maps_and_its_dropout_is_invalid(tmp_path):
 )
 def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
+
+
+@pytest.mark.parametrize("extra", ["--scale_weight_norms 1", "--network_weights prev.safetensors"])
+def test_diag_oft_max_norm_and_network_weights_are_refused(tmp_path, extra):
+    assert "DBS403" in codes(_flux(tmp_path, f"{extra} --network_args algo=diag-oft"))
 
 
 def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):
