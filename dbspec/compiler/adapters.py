@@ -117,7 +117,7 @@ def lycoris_dora(adapter) -> bool:
 def _glora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's GLoRA: a rank and alpha (and conv_rank / conv_alpha on the convolutions), its use_scalar,
     module dropout and bypass forward, whose rank dropout and dropout act only there."""
-    return AdapterPlan(
+    plan = AdapterPlan(
         kind="glora",
         **_low_rank(adapter, family, targets_given),
         scalar=adapter.scalar,
@@ -128,6 +128,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         params=adapter_params(adapter, family, components),
     )
+    return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
 
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:

@@ -6,8 +6,8 @@ Adapter targets are module-name suffixes and per-block ranks regular expressions
 which parts of a fused layer are adapted, and at which rank, is settled here over the block indices a model
 can have (`_INDICES`), without the weights: DBS505 (a family without fused layers), DBS506 (a fused layer
 with some parts adapted and others not: those rows get no update), DBS507 (parts of one fused layer at
-different ranks, alphas or learning-rate scales: one down-projection has one of each). Diag-OFT's fused
-layers (LyCORIS's DiagOFTModule on the stacked rows, runtime/lycoris_oft.py fit_fused_oft): DBS577."""
+different ranks, alphas or learning-rate scales: one down-projection has one of each). Diag-OFT's and GLoRA's
+fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_glora.py): DBS577."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from dbspec import codes
 from dbspec.compiler.context import Context
 from dbspec.families import FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
-from dbspec.spec.model import DiagOftAdapter, LohaAdapter, LokrAdapter, LoraAdapter
+from dbspec.spec.model import DiagOftAdapter, GloraAdapter, LohaAdapter, LokrAdapter, LoraAdapter
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
 _OPTION = ("adapter", "fused_projections")
-_FUSED_KINDS = (LoraAdapter, LohaAdapter, LokrAdapter, DiagOftAdapter)
+_FUSED_KINDS = (LoraAdapter, LohaAdapter, LokrAdapter, DiagOftAdapter, GloraAdapter)
 
 
 def targeted(path: str, targets) -> bool:
@@ -113,8 +113,8 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
     if lokr:
         _check_fused_lokr(ctx, adapter, family)
-    if isinstance(adapter, DiagOftAdapter):
-        _check_fused_oft(ctx, adapter, family, plan)
+    if isinstance(adapter, (DiagOftAdapter, GloraAdapter)):
+        _check_fused_module(ctx, adapter, family, plan)
         return
     spec = family_spec(family)
     if not spec.fused_projections:
@@ -252,11 +252,14 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
         )
 
 
-def _check_fused_oft(ctx: Context, adapter: DiagOftAdapter, family: str, plan: AdapterPlan) -> None:
-    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT on a fused Linear has that
-    the separate parts cannot share (the constraint's norm and max_norm's span every part's blocks; kohya's
-    form is networks.oft_flux's, per part already), a family without kohya's Flux / SD3 layout, and fused
-    layers with parts left out (LyCORIS's module rotates every row)."""
+def _check_fused_module(
+    ctx: Context, adapter: DiagOftAdapter | GloraAdapter, family: str, plan: AdapterPlan
+) -> None:
+    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT or GLoRA on a fused Linear has
+    that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span every part's
+    blocks, kohya's form is networks.oft_flux's, per part already; GLoRA: its dropouts draw once per fused
+    module), a family without kohya's Flux / SD3 layout, and fused layers with parts left out (LyCORIS's
+    module spans every row)."""
     spec = family_spec(family)
     if not spec.fused_projections:
         ctx.report(
@@ -268,16 +271,19 @@ def _check_fused_oft(ctx: Context, adapter: DiagOftAdapter, family: str, plan: A
             help="remove adapter.fused_projections",
         )
         return
-    found = [
-        why
-        for why, on in (
+    if isinstance(adapter, DiagOftAdapter):
+        switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("constraint (its norm spans every part's blocks)", bool(adapter.constraint)),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
-            (f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),
         )
-        if on
-    ]
+    else:
+        switches = tuple(
+            (f"{key} (one draw per fused module)", bool(getattr(adapter, key)))
+            for key in ("module_dropout", "rank_dropout", "dropout")
+        )
+    layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
+    found = [why for why, on in (*switches, *layout) if on]
     for group in spec.fused_projections:
         for index in _INDICES:
             adapted = _adapted(group, index, plan)
@@ -289,7 +295,7 @@ def _check_fused_oft(ctx: Context, adapter: DiagOftAdapter, family: str, plan: A
         ctx.report(
             "DBS577",
             "error",
-            "adapter.fused_projections with diag-oft is LyCORIS's DiagOFTModule on each whole fused layer, "
+            f"adapter.fused_projections with {adapter.kind} is LyCORIS's module on each whole fused layer, "
             f"which dbspec trains without: {'; '.join(found)}",
             _OPTION,
             help=codes.help("DBS577"),

@@ -1078,6 +1078,18 @@ class GloraAdapter:
         minimum=0,
         maximum=1,
     )
+    # kohya lycoris.kohya algo=glora on kohya's Flux / SD3: one module per fused Linear (lycoris_glora.py)
+    fused_projections: bool = option(
+        False,
+        doc="One GLoRA per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's "
+        "GLoRAModule on kohya's fused Linear, whose update's rows are the parts' (W_p a1 a2 + b1_p b2) x "
+        "alpha / rank: the parts share `a1`, `a2`, `b2` (and `scalar`'s scalar), each keeps its rows of "
+        "`b1` (lycoris.kohya `algo=glora` with flux_train_network.py / sd3_train_network.py); exported under "
+        "kohya's module names, `b1` stacked. Every part of a fused layer adapted; no dropouts with it (one "
+        "draw spans every part). false: each part has its own GLoRA. Families without fused layers refuse "
+        "it.",
+    )
 
 
 @frozen

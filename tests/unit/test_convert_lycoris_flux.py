@@ -3,8 +3,9 @@ locon is networks.lora_flux's fused network over the LyCORIS preset's layers (ly
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
-scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer; the
-other algos, LoKr / LoHa dropouts and the other switches stay DBS403."""
+scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer;
+algo=glora one GLoRA per fused layer (a1, a2, b2 shared, b1 the parts' rows); the other algos, LoKr / LoHa
+dropouts and the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["boft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["boft", "dylora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
 
@@ -422,3 +423,31 @@ def test_ia3_with_a_preset_file_is_refused(tmp_path):
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
     outcome = _flux(tmp_path, "--network_args algo=ia3 preset=p.toml")
     assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+
+
+def test_glora_is_one_module_per_fused_layer(tmp_path):
+    """algo=glora: GLoRAModule on every block Linear (LoKr's full paths), network_dim / network_alpha its
+    rank / alpha, use_scalar one scalar per fused module, bypass_mode its forward; the dropouts outside bypass
+    ignored (GLoRAModule applies them only there); dora_wd never read."""
+    outcome = _flux(
+        tmp_path,
+        "--network_dropout 0.1 --network_args algo=glora use_scalar=True rank_dropout=0.2 dora_wd=True",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.scalar, a.bypass) == ("glora", 8, 4.0, True, False)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert (a.rank_dropout, a.module_dropout, a.bypass_dropout) == (0.0, 0.0, 0.0)
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "only in bypass_mode" in messages(outcome, "DBS405")
+    b = plan_of(_flux(tmp_path, "--network_args algo=glora bypass_mode=True rs_lora=True"), tmp_path).adapter
+    assert b.bypass and b.alpha == pytest.approx(4.0 * 8 / 8**0.5)
+
+
+@pytest.mark.parametrize(
+    "arg", ["module_dropout=0.1", "bypass_mode=True rank_dropout=0.1", "bypass_mode=True dropout=0.1"]
+)
+def test_glora_draws_per_fused_module_are_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=glora {arg}"))
