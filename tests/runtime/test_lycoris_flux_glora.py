@@ -28,7 +28,7 @@ GLORA = (
 
 
 def _theirs(tensors, name: str, parts) -> GLoRAModule:
-    """lycoris-lora's GLoRAModule on the fused Linear (the parts' base weights stacked), loaded from the file."""
+    """lycoris-lora's GLoRAModule on the fused Linear (the parts' weights stacked), loaded from the file."""
     base = [p.base_layer for p in parts]
     fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
     with torch.no_grad():
