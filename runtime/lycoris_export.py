@@ -151,17 +151,21 @@ def _fused_lokr(unet: nn.Module) -> bool:
 
 
 def _has_stacked(unet: nn.Module) -> bool:
-    """Whether the denoiser carries the full algo, Diag-OFT (LyCORIS's own form, not BOFT's) or GLoRA: their
-    fused Linears' tensors are the parts' stacked by rows (or blocks of rows; GLoRA's b1, the rest shared)."""
+    """Whether the denoiser carries the full algo, Diag-OFT (LyCORIS's own form, not BOFT's), GLoRA or
+    DyLoRA: their fused Linears' tensors are the parts' stacked by rows (or blocks of rows), what the parts
+    share written once."""
+    from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
-    return any(isinstance(m, (FullLayer, GloraLayer)) or type(m) is DiagOftLayer for m in unet.modules())
+    stacked = (FullLayer, GloraLayer, DyloraLayer)
+    return any(isinstance(m, stacked) or type(m) is DiagOftLayer for m in unet.modules())
 
 
-# GLoRAModule's tensors a fused Linear's parts share (runtime/lycoris_glora.py tie_fused_glora): written once
-_SHARED_BY_PARTS = ("a1.weight", "a2.weight", "b2.weight")
+# the tensors a fused Linear's parts share, written once: GLoRA's (runtime/lycoris_glora.py
+# tie_fused_glora), DyLoRA's down (runtime/dylora.py tie_fused_dylora)
+_SHARED_BY_PARTS = ("a1.weight", "a2.weight", "b2.weight", "lora_down.weight")
 
 
 def _unadapted(weights: dict[str, torch.Tensor], base: nn.Module) -> dict[str, torch.Tensor]:
@@ -265,7 +269,7 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     factors (hada_w1_a, hada_w2_a) swap their halves; LoKr's kron(w1, w2) rows follow w1's rows in blocks of
     w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
     names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
-    names += ("b1.weight",)  # GLoRA's rows (W a1 a2 follows W's rows, kohya's own)
+    names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
     keys = [k for k in names if k in weights]
     if not keys:
         raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")

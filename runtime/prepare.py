@@ -79,6 +79,10 @@ def _prepare(
             from dbspec.runtime.lycoris_oft import fit_fused_oft  # LyCORIS's Diag-OFT on fused Linears
 
             fit_fused_oft(module, plan.adapter.fused, adapters.ADAPTER_NAME)
+        elif plan.adapter.fused and denoiser and plan.adapter.kind == "dylora":
+            from dbspec.runtime.dylora import tie_fused_dylora  # LyCORIS's DyLoRA on fused Linears
+
+            tie_fused_dylora(module, plan.adapter.fused, adapters.ADAPTER_NAME)
         elif plan.adapter.fused and denoiser and plan.adapter.kind == "glora":
             from dbspec.runtime.lycoris_glora import tie_fused_glora  # LyCORIS's GLoRA on fused Linears
 

@@ -158,7 +158,9 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
             BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
         ),
     )
-    return attrs.evolve(plan, params=adapter_params(adapter, family, components, plan.denoiser_targets))
+    fused = fused_plan(adapter, family, plan)  # LyCORIS's DyLoRA on fused Linears (runtime/dylora.py)
+    params = adapter_params(adapter, family, components, plan.denoiser_targets)
+    return attrs.evolve(plan, params=params, fused=fused)
 
 
 def _low_rank(adapter, family: str, targets_given: bool) -> dict:

@@ -17,11 +17,19 @@ from dbspec import codes
 from dbspec.compiler.context import Context
 from dbspec.families import FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
-from dbspec.spec.model import DiagOftAdapter, GloraAdapter, LohaAdapter, LokrAdapter, LoraAdapter
+from dbspec.spec.model import (
+    DiagOftAdapter,
+    DyloraAdapter,
+    GloraAdapter,
+    LohaAdapter,
+    LokrAdapter,
+    LoraAdapter,
+)
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
 _OPTION = ("adapter", "fused_projections")
-_FUSED_KINDS = (LoraAdapter, LohaAdapter, LokrAdapter, DiagOftAdapter, GloraAdapter)
+_FUSED_KINDS = (LoraAdapter, LohaAdapter, LokrAdapter, DiagOftAdapter, GloraAdapter, DyloraAdapter)
+_MODULE_KINDS = (DiagOftAdapter, GloraAdapter, DyloraAdapter)  # LyCORIS's module per fused Linear: DBS577
 
 
 def targeted(path: str, targets) -> bool:
@@ -113,7 +121,7 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
     if lokr:
         _check_fused_lokr(ctx, adapter, family)
-    if isinstance(adapter, (DiagOftAdapter, GloraAdapter)):
+    if isinstance(adapter, _MODULE_KINDS):
         _check_fused_module(ctx, adapter, family, plan)
         return
     spec = family_spec(family)
@@ -253,13 +261,13 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
 
 
 def _check_fused_module(
-    ctx: Context, adapter: DiagOftAdapter | GloraAdapter, family: str, plan: AdapterPlan
+    ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
-    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT or GLoRA on a fused Linear has
-    that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span every part's
-    blocks, kohya's form is networks.oft_flux's, per part already; GLoRA: its dropouts draw once per fused
-    module), a family without kohya's Flux / SD3 layout, and fused layers with parts left out (LyCORIS's
-    module spans every row)."""
+    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, GLoRA or DyLoRA on a fused
+    Linear has that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span
+    every part's blocks, kohya's form is networks.oft_flux's, per part already; GLoRA, DyLoRA: their dropouts
+    draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
+    left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
     if not spec.fused_projections:
         ctx.report(
@@ -279,7 +287,7 @@ def _check_fused_module(
         )
     else:
         switches = tuple(
-            (f"{key} (one draw per fused module)", bool(getattr(adapter, key)))
+            (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))
             for key in ("module_dropout", "rank_dropout", "dropout")
         )
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
@@ -290,6 +298,9 @@ def _check_fused_module(
             if adapted and len(adapted) < len(group.parts):
                 missing = ", ".join(p for p in group.parts if p not in adapted)
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
+                break
+            if len(set(adapted.values())) > 1:
+                found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts at other ranks or alphas")
                 break
     if found:
         ctx.report(

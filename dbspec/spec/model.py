@@ -1140,6 +1140,18 @@ class DyloraAdapter:
         "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
         "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
     )
+    # kohya lycoris.kohya algo=dylora on kohya's Flux / SD3: one module per fused Linear (runtime/dylora.py)
+    fused_projections: bool = option(
+        False,
+        doc="One DyLoRA per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's "
+        "DyLoraModule on kohya's fused Linear, one block drawn per fused layer and step: the parts share the "
+        "down blocks and the draw, each keeps its rows of the up blocks (lycoris.kohya `algo=dylora` with "
+        "flux_train_network.py / sd3_train_network.py); exported under kohya's module names, `lora_up` "
+        "stacked. Every part of a fused layer adapted at one rank and alpha; no `module_dropout` with it "
+        "(one draw spans every part). false: each part has its own DyLoRA. Families without fused layers "
+        "refuse it.",
+    )
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()

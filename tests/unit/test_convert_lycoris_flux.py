@@ -4,7 +4,8 @@ Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
 scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer;
-algo=glora one GLoRA per fused layer (a1, a2, b2 shared, b1 the parts' rows); the other algos, LoKr / LoHa
+algo=glora one GLoRA per fused layer (a1, a2, b2 shared, b1 the parts' rows), algo=dylora one DyLoRA (the
+down and the draw shared); the other algos, LoKr / LoHa
 dropouts and the other switches stay DBS403."""
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["boft", "dylora"])
+@pytest.mark.parametrize("algo", ["boft", "tlora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
 
@@ -451,3 +452,19 @@ def test_glora_is_one_module_per_fused_layer(tmp_path):
 )
 def test_glora_draws_per_fused_module_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=glora {arg}"))
+
+
+def test_dylora_is_one_module_per_fused_layer(tmp_path):
+    """algo=dylora: DyLoraModule on every block Linear (LoKr's full paths), network_dim / network_alpha its
+    rank / alpha, block_size its unit, LyCORIS's forward; one module per fused Linear (its down and draw)."""
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=dylora block_size=2 use_scalar=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.dylora_unit, a.dylora_form) == ("dylora", 8, 4.0, 2, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "never reads it" in messages(outcome, "DBS405")
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=dylora module_dropout=0.1"))
+    assert "DBS402" in codes(_flux(tmp_path, "--network_args algo=dylora block_size=3", allow=True))

@@ -1,7 +1,7 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
 library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha, full (`_full`), ia3 (`_ia3`),
-diag-oft (lycoris_flow_oft.py), glora (lycoris_flow_glora.py); the other algos are refused (DBS403;
-boft: _REFUSED_ALGOS says why).
+diag-oft (lycoris_flow_oft.py), glora (lycoris_flow_glora.py), dylora (lycoris_flow_dylora.py); the other
+algos are refused (DBS403; boft: _REFUSED_ALGOS says why).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -50,6 +50,7 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
+from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
@@ -147,12 +148,12 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "glora"):
+    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "glora", "dylora"):
         why = _REFUSED_ALGOS.get(algo, "")
         conv.unsupported(
             args,
             f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha, "
-            f"full, ia3, diag-oft and glora only{why}",
+            f"full, ia3, diag-oft, glora and dylora only{why}",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -202,6 +203,8 @@ def map_lycoris_flow(
         return map_flow_diag_oft(kwargs, a, conv, layout, preset, family)
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset)
+    if algo == "dylora":
+        return map_flow_dylora(kwargs, a, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
