@@ -24,17 +24,21 @@ from tests.runtime.runspec import whole_and_resumed
 _PARTS = ("attn.to_q", "attn.to_k", "attn.to_v")
 
 
-def _theirs(parts, blocks: torch.Tensor, bypass: bool = False) -> DiagOFTModule:
-    """lycoris-lora's DiagOFTModule on the fused Linear (the parts' base weights stacked), its blocks set."""
+def _theirs(parts, blocks: torch.Tensor, bypass: bool = False, rescale=None) -> DiagOFTModule:
+    """lycoris-lora's DiagOFTModule on the fused Linear (the parts' base weights stacked), its blocks (and
+    row rescale) set."""
     base = [getattr(p, "base_layer", p) for p in parts]
     fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
     with torch.no_grad():
         fused.weight.copy_(torch.cat([b.weight for b in base]))
         fused.bias.copy_(torch.cat([b.bias for b in base]))
     size = blocks.shape[-1]
-    module = DiagOFTModule("fused", fused, 1.0, lora_dim=size, bypass_mode=bypass)
+    module = DiagOFTModule(
+        "fused", fused, 1.0, lora_dim=size, bypass_mode=bypass, rescaled=rescale is not None
+    )
     assert module.block_size == size  # the stacked width's split is the blocks' own
-    module.load_state_dict({"oft_blocks": blocks, "alpha": torch.tensor(0.0)})
+    state = {"oft_blocks": blocks, "alpha": torch.tensor(0.0)}
+    module.load_state_dict({**state, **({} if rescale is None else {"rescale": rescale})})
     module.apply_to()
     return module.eval()
 
@@ -47,14 +51,14 @@ class _Block(nn.Module):
             setattr(self.attn, name, nn.Linear(8, width))
 
 
-@pytest.mark.parametrize("bypass", [False, True])
-def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass):
+@pytest.mark.parametrize(("bypass", "rescaled"), [(False, False), (True, False), (False, True)])
+def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass, rescaled):
     # 48-row parts at lora_dim 8: the stacked 144 rows split as blocks of 8 (8 x 18), a part's own 48 as
     # blocks of 6 (6 x 8): the parts must take the fused module's 8
     torch.manual_seed(0)
     model = nn.Module()
     model.transformer_blocks = nn.ModuleList([_Block(48)])
-    config = oft_config(list(_PARTS), 8, 0.0, False, bypass=bypass)
+    config = oft_config(list(_PARTS), 8, 0.0, rescaled, bypass=bypass)
     inject_adapter_in_model(config, model, adapter_name="default")
     parts = [model.transformer_blocks[0].get_submodule(p) for p in _PARTS]
     assert parts[0].lora_oft_blocks["default"].shape == (8, 6, 6)
@@ -64,11 +68,14 @@ def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass):
         for part in parts:
             assert part.lora_oft_blocks["default"].shape == (6, 8, 8)
             part.lora_oft_blocks["default"].normal_(0, 0.1)
+            if rescaled:  # a row rescale per part: the fused module's rows, stacked
+                part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
     stacked = torch.cat([p.lora_oft_blocks["default"].detach() for p in parts])
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts]) if rescaled else None
     x = torch.randn(5, 8)
     with torch.no_grad():
         ours = torch.cat([p(x) for p in parts], dim=-1)
-        theirs = _theirs(parts, stacked, bypass)(x)
+        theirs = _theirs(parts, stacked, bypass, rescale)(x)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 

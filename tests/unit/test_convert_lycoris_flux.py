@@ -420,9 +420,10 @@ def test_ia3_train_on_input_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
 
 
-def test_ia3_with_a_preset_file_is_refused(tmp_path):
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])
+def test_whole_layer_algos_with_a_preset_file_are_refused(tmp_path, algo):
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
-    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=p.toml")
+    outcome = _flux(tmp_path, f"--network_args algo={algo} preset=p.toml")
     assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
 
 

@@ -169,9 +169,9 @@ def map_lycoris_flow(
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
-    if algo == "ia3" and preset not in layout.presets:
+    if algo in ("ia3", "diag-oft", "glora", "dylora") and preset not in layout.presets:
         conv.unsupported(
-            args, f"algo=ia3 with a preset file ({preset}) on {layout.title} has no dbspec form yet"
+            args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
         )
         return False
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
