@@ -50,7 +50,7 @@ def flux1_misfit(lora_dim: int) -> str:
 
 
 def map_flow_diag_oft(
-    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str, family: str | None
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
 ) -> bool:
     """[adapter] for algo=diag-oft on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False
     when refused (reported)."""
@@ -58,7 +58,7 @@ def map_flow_diag_oft(
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     legacy = lambda key: Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)  # noqa: E731
-    misfit = flux1_misfit(lora_dim) if layout.title == "Flux" and family in (None, "flux") else ""
+    misfit = flux1_misfit(lora_dim) if layout.title == "Flux" else ""  # FLUX.1's widths (Chroma's too)
     if misfit:
         conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
         return False

@@ -200,7 +200,7 @@ def map_lycoris_flow(
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset)
     if algo == "diag-oft":
-        return map_flow_diag_oft(kwargs, a, conv, layout, preset, family)
+        return map_flow_diag_oft(kwargs, a, conv, layout, preset)
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset)
     if algo == "dylora":
