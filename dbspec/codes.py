@@ -2647,6 +2647,23 @@ with LyCORIS's split (not `fused_projections`, whose parts share one product bui
         help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr" '
         "without fused_projections",
     ),
+    Code(
+        "DBS577",
+        ERROR,
+        "A fused Diag-OFT, GLoRA or DyLoRA it cannot train",
+        """\
+`adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
+the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
+stacked rows, and each diffusers part rotates its own rows in them. That holds only where nothing spans the
+parts: LyCORIS's form, no `constraint` (one norm over all the fused layer's blocks), no `max_norm`.
+With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
+of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
+fused Linear: the parts share the down blocks and the drawn block, each its rows of the up blocks; no
+`module_dropout`. All need every part of a fused layer adapted, at one rank and alpha, and a family with
+kohya's Flux / SD3 layout.""",
+        help="remove those options and adapt every part of each fused layer, or set "
+        "adapter.fused_projections = false",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -168,16 +168,51 @@ def draw_blocks(modules: list[nn.Module | None], generator: torch.Generator) -> 
     down to a multiple of `unit`, and LyCORIS's `random.randint(0, blocks - 1)`, are uniform over the
     blocks alike). Returns how many layers drew."""
     drawn = 0
+    followers = []  # a fused Linear's later parts (tie_fused_dylora): its first part's draw
     for module in modules:
         if module is None:
             continue
         for layer in module.modules():
-            if isinstance(layer, DyloraLayer):
+            if isinstance(layer, DyloraLayer) and "dylora_leader" in layer.__dict__:
+                followers.append(layer)
+            elif isinstance(layer, DyloraLayer):
                 for adapter in layer.drawn:
                     count = layer.blocks(adapter)
                     layer.drawn[adapter] = int(torch.randint(count, (1,), generator=generator))
                     drawn += 1
+    for layer in followers:
+        layer.drawn.update(layer.__dict__["dylora_leader"].drawn)
     return drawn
+
+
+def tie_fused_dylora(module: nn.Module, groups, adapter: str) -> int:
+    """LyCORIS's DyLoraModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
+    linear1, SD3's qkv): one `down_list` of blocks over the fused input, an `up_list` over the stacked rows,
+    and one block drawn per fused module and forward. Here the parts' down blocks are one Parameter each (the
+    first part's, as runtime/fused.py ties LoRA downs), each part keeps its rows of the up blocks, and the
+    later parts take the first part's draw (draw_blocks), so the parts' updates together are the fused
+    module's. ValueError when a fused layer's parts are adapted in part or at other ranks, units or alphas
+    (the compiler refuses those plans). How many fused layers were tied."""
+    from dbspec.runtime.fused import fused_parts
+
+    tied = 0
+    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, DyloraLayer)):
+        if not found:
+            continue
+        where = f"{group.blocks}.{index}: the fused {group.name}"
+        if len(found) != len(group.parts):
+            raise ValueError(f"{where}: DyLoRA on a fused layer needs every part adapted ({group.parts})")
+        first = found[0][2]
+        for _, part, layer in found[1:]:
+            mine = (layer.r[adapter], layer.unit, layer.scaling[adapter])
+            if mine != (first.r[adapter], first.unit, first.scaling[adapter]):
+                raise ValueError(f"{where}: {part} has another rank, unit or alpha than {found[0][1]}")
+            downs, leader = getattr(layer, _DOWN)[adapter], getattr(first, _DOWN)[adapter]
+            for block in range(len(downs)):
+                downs[block] = leader[block]
+            layer.__dict__["dylora_leader"] = first  # not a submodule: its draw, not its parameters
+        tied += 1
+    return tied
 
 
 def dispatch_dylora(unit: int, form: str, module_dropout: float = 0.0, bypass: bool = False):

@@ -66,14 +66,14 @@ def lycoris_state(
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
         fused = module is unet and _fused_lokr(unet)
-        full = module is unet and bool(family_spec(family).fused_projections) and _has_full(unet)
-        if fused or full:  # LoKr, LoHa or full on kohya's fused Flux / SD3 Linears: kohya's module names
+        full = module is unet and bool(family_spec(family).fused_projections) and _has_stacked(unet)
+        if fused or full:  # LoKr, LoHa, full, Diag-OFT on kohya's fused Flux / SD3 Linears: kohya's names
             to_path = _original_name(family)
         if module is unet and family_spec(family).fused_projections and _has_ia3(unet):
             tensors.update(_flow_ia3(unet, family, cast))  # IA^3's rows under kohya's fused names
             continue
         layers = _layers(module)
-        if full:  # LyCORIS's full algo: one FullModule per fused Linear, its diff the parts' rows stacked
+        if full:  # LyCORIS's full / Diag-OFT: one module per fused Linear, the parts' rows (blocks) stacked
             layers, fused = _stacked_full(module, family, list(layers)), True
         for name, weights, alpha in layers:
             if fused and _later_part(module, name):
@@ -150,18 +150,48 @@ def _fused_lokr(unet: nn.Module) -> bool:
     return any(hasattr(m, "fused_lokr_rows") or hasattr(m, "fused_loha_parts") for m in unet.modules())
 
 
-def _has_full(unet: nn.Module) -> bool:
+def _has_stacked(unet: nn.Module) -> bool:
+    """Whether the denoiser carries the full algo, Diag-OFT (LyCORIS's own form, not BOFT's), GLoRA or
+    DyLoRA: their fused Linears' tensors are the parts' stacked by rows (or blocks of rows), what the parts
+    share written once."""
+    from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
 
-    return any(isinstance(m, FullLayer) for m in unet.modules())
+    stacked = (FullLayer, GloraLayer, DyloraLayer)
+    return any(isinstance(m, stacked) or type(m) is DiagOftLayer for m in unet.modules())
+
+
+# the tensors a fused Linear's parts share, written once: GLoRA's (runtime/lycoris_glora.py
+# tie_fused_glora), DyLoRA's down (runtime/dylora.py tie_fused_dylora)
+_SHARED_BY_PARTS = ("a1.weight", "a2.weight", "b2.weight", "lora_down.weight")
+
+
+def _unadapted(weights: dict[str, torch.Tensor], base: nn.Module) -> dict[str, torch.Tensor]:
+    """A fused layer's part the run did not adapt, as the fused module holds its rows: the full algo's zero
+    diff, Diag-OFT's zero blocks (R = I, in the adapted parts' block size) and unit rescale."""
+    rows = base.weight.shape[0]
+    own: dict[str, torch.Tensor] = {}
+    for key, like in weights.items():
+        if key == "oft_blocks":
+            size = like.shape[-1]
+            own[key] = torch.zeros(rows // size, size, size)
+        elif key == "rescale":
+            own[key] = torch.ones(rows, *like.shape[1:])
+        else:
+            own[key] = torch.zeros_like(base.weight if key == "diff" else base.bias)
+    return own
 
 
 def _stacked_full(
     module: nn.Module, family: Family, layers: list[tuple[str, dict[str, torch.Tensor], float | None]]
 ) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
-    """The full algo's layers with each fused Linear's parts as one: its `diff` / `diff_b` the parts' stacked
-    in the original layer's row order, under its first part's name (each part's trained copy is exactly its
-    rows of FullModule's copy of the fused weight); a part the run did not adapt is zero rows (unchanged)."""
+    """The full algo's (Diag-OFT's) layers with each fused Linear's parts as one: its `diff` / `diff_b`
+    (`oft_blocks`, `rescale`) the parts' stacked in the original layer's row order, under its first part's
+    name (each part's trained copy is exactly its rows of FullModule's copy of the fused weight; each part's
+    blocks are DiagOFTModule's over its rows, runtime/lycoris_oft.py fit_fused_oft); a part the run did not
+    adapt is its rows unchanged. Diag-OFT's alpha (its constraint) is the parts' (one, DBS577)."""
     from dbspec.runtime import flux_kohya, sd3_kohya
 
     spec = family_spec(family)
@@ -174,9 +204,9 @@ def _stacked_full(
         if part is None:
             yield name, weights, alpha
         else:
-            groups.setdefault(original, {})[part] = (name, weights)
+            groups.setdefault(original, {})[part] = (name, weights, alpha)
     for original, present in groups.items():
-        index, (name, weights) = min(present.items())
+        index, (name, weights, alpha) = min(present.items())
         group = next(
             g
             for g in spec.fused_projections
@@ -191,14 +221,15 @@ def _stacked_full(
                 own = present[i][1]
             else:  # not adapted: its rows of the fused copy stay the base's
                 layer = root.get_submodule(prefix + child)
-                base = getattr(layer, "base_layer", layer)
-                own = {"diff": torch.zeros_like(base.weight), "diff_b": torch.zeros_like(base.bias)}
+                own = _unadapted(weights, getattr(layer, "base_layer", layer))
             for key in stacked:
                 stacked[key].append(own[key].to(weights[key].dtype))
+        for key in [k for k in _SHARED_BY_PARTS if k in stacked]:  # GLoRA's: one tensor, the first part's
+            stacked[key] = stacked[key][:1]
         yield (
             prefix + group.parts[0],
             {key: torch.cat(values, dim=0) for key, values in stacked.items()},
-            None,
+            alpha,
         )
 
 
@@ -237,7 +268,9 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     """LoHa / LoKr factors of a Linear whose two halves of rows kohya holds the other way round: LoHa's row
     factors (hada_w1_a, hada_w2_a) swap their halves; LoKr's kron(w1, w2) rows follow w1's rows in blocks of
     w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
-    keys = [k for k in ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b") if k in weights]
+    names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
+    names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
+    keys = [k for k in names if k in weights]
     if not keys:
         raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")
     out = dict(weights)

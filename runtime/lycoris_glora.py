@@ -219,3 +219,35 @@ def has_glora_scalar(state: dict[str, torch.Tensor]) -> bool:
 
 def has_glora(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_glora_a1" in key for key in state)
+
+
+# the tensors LyCORIS's GLoRAModule on a fused Linear holds once for all its rows (b1 is the parts' rows)
+SHARED = ("lora_glora_a1", "lora_glora_a2", "lora_glora_b2", "lora_glora_scalar")
+
+
+def tie_fused_glora(module: nn.Module, groups, adapter: str) -> int:
+    """LyCORIS's GLoRAModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
+    linear1, SD3's qkv): ΔW = (W a1 a2 + b1 b2) x scale over the stacked rows, so part p's rows are
+    (W_p a1 a2 + b1_p b2) x scale: a1, a2 and b2 (and use_scalar's scalar) one Parameter for every part (the
+    first's, as runtime/fused.py ties LoRA downs: the optimizer, resume state and EMA hold it once), b1 each
+    part's own rows. ValueError when a fused layer's parts are adapted in part or at other ranks (the
+    compiler refuses those plans). How many fused layers were tied."""
+    from dbspec.runtime.fused import fused_parts
+
+    tied = 0
+    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, GloraLayer)):
+        if not found:
+            continue
+        where = f"{group.blocks}.{index}: the fused {group.name}"
+        if len(found) != len(group.parts):
+            raise ValueError(f"{where}: GLoRA on a fused layer needs every part adapted ({group.parts})")
+        first = found[0][2]
+        for _, part, layer in found[1:]:
+            if (layer.r[adapter], layer.scaling[adapter]) != (first.r[adapter], first.scaling[adapter]):
+                raise ValueError(f"{where}: {part} has another rank or scale than {found[0][1]}")
+            for name in SHARED:
+                own, theirs = getattr(layer, name), getattr(first, name)
+                if adapter in theirs:
+                    own[adapter] = theirs[adapter]
+        tied += 1
+    return tied

@@ -72,6 +72,7 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         LoraLayer.__init__(self, base_layer)
         self.oft_bypass = bypass  # LyCORIS bypass_mode: the output rotated, its bias too
         self.oft_name = kwargs.get("target_name") or ""  # the module's path, for messages
+        self.oft_block_size = 0  # 0: LyCORIS's factorization of the layer's own width
         self.lora_oft_blocks = nn.ParameterDict()
         self.lora_oft_rescale = nn.ParameterDict()
         self.constraint: dict[str, float] = {}
@@ -86,6 +87,8 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
             raise ValueError("LyCORIS's diag-oft: grouped or non-zero-padded convolutions are not supported")
         out_dim = base.weight.shape[0]
         block_size, block_num = lycoris_factorization(out_dim, r)
+        if self.oft_block_size:  # a part of a fused Linear: the fused module's blocks (fit_fused_oft)
+            block_size, block_num = self.oft_block_size, out_dim // self.oft_block_size
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = 1.0
@@ -321,3 +324,70 @@ def kohya_oft_config(targets: list[str], blocks: int, alpha: float):
     """A LoraConfig building KohyaOftLayer on every target: peft's rank is kohya's dim (the block count),
     its alpha kohya's alpha (the constraint per output row)."""
     return oft_config(targets, blocks, alpha, False, layer=KohyaOftLayer)
+
+
+def _oft_layers(module: nn.Module) -> list[tuple[str, DiagOftLayer]]:
+    return [(n, m) for n, m in module.named_modules() if type(m) is DiagOftLayer]
+
+
+def resize_blocks(layer: DiagOftLayer, adapter: str, size: int) -> None:
+    """Give `layer` zero blocks of `size` rows (the identity rotation); ValueError when `size` does not
+    divide its rows. Before the optimizer is built: the old Parameter is dropped."""
+    out_dim = layer.get_base_layer().weight.shape[0]
+    if size < 1 or out_dim % size:
+        raise ValueError(
+            f"`{layer.oft_name}`: its {out_dim} rows do not split into blocks of {size} (LyCORIS's Diag-OFT "
+            "on the fused Linear it is part of would rotate rows of two parts together)"
+        )
+    old = layer.lora_oft_blocks[adapter]
+    layer.oft_block_size = size
+    zeros = torch.zeros(out_dim // size, size, size, dtype=old.dtype, device=old.device)
+    layer.lora_oft_blocks[adapter] = nn.Parameter(zeros, requires_grad=old.requires_grad)
+
+
+def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
+    """LyCORIS's DiagOFTModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
+    linear1, SD3's qkv): one block split of the stacked rows, block size factorization(sum of the parts'
+    widths, lora_dim), which each part's DiagOftLayer takes for its own rows (its blocks are the fused
+    module's blocks over its rows, in row order). With no constraint and no rescale across parts, each
+    block's rotation touches one part's rows alone, so the parts' rotations are exactly the fused module's.
+    ValueError when a block would span two parts. How many parts were resized."""
+    from dbspec.runtime.fused import fused_parts
+
+    resized = 0
+    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, DiagOftLayer)):
+        if not found:
+            continue
+        block = module.get_submodule(group.blocks)[index]
+        widths = [_rows(block.get_submodule(part)) for part in group.parts]
+        layer = found[0][2]
+        size, _ = lycoris_factorization(sum(widths), layer.r[adapter])
+        where = f"{group.blocks}.{index}: the fused {group.name} ({' + '.join(map(str, widths))} rows)"
+        if any(w % size for w in widths):
+            raise ValueError(
+                f"{where} splits into LyCORIS Diag-OFT blocks of {size} rows (factorization of "
+                f"{sum(widths)} by adapter.block_size = {layer.r[adapter]}), and a block would rotate rows "
+                "of two parts together, which the separate parts cannot: choose a block_size whose block "
+                "divides every part's width"
+            )
+        for _, _, part in found:
+            resize_blocks(part, adapter, size)
+            resized += 1
+    return resized
+
+
+def fit_oft_to_state(module: nn.Module, state: dict[str, torch.Tensor], adapter: str) -> None:
+    """Diag-OFT layers whose saved blocks (peft's state: `<path>.lora_oft_blocks`) have another block size
+    than their own factorization (a fused Linear's parts, fit_fused_oft) take the saved size."""
+    for name, layer in _oft_layers(module):
+        if adapter not in layer.lora_oft_blocks:
+            continue
+        key = f"{name}.lora_oft_blocks"
+        saved = next((v for k, v in state.items() if k == key or k.endswith(f".{key}")), None)
+        if saved is not None and saved.shape[-1] != layer.lora_oft_blocks[adapter].shape[-1]:
+            resize_blocks(layer, adapter, int(saved.shape[-1]))
+
+
+def _rows(layer: nn.Module) -> int:
+    base = layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+    return int(base.weight.shape[0])

@@ -75,6 +75,18 @@ def _prepare(
             from dbspec.runtime.fused_loha import tie_fused_loha  # LyCORIS's LoHa on fused Linears
 
             tie_fused_loha(module, plan.adapter.fused)
+        elif plan.adapter.fused and denoiser and plan.adapter.kind == "diag-oft":
+            from dbspec.runtime.lycoris_oft import fit_fused_oft  # LyCORIS's Diag-OFT on fused Linears
+
+            fit_fused_oft(module, plan.adapter.fused, adapters.ADAPTER_NAME)
+        elif plan.adapter.fused and denoiser and plan.adapter.kind == "dylora":
+            from dbspec.runtime.dylora import tie_fused_dylora  # LyCORIS's DyLoRA on fused Linears
+
+            tie_fused_dylora(module, plan.adapter.fused, adapters.ADAPTER_NAME)
+        elif plan.adapter.fused and denoiser and plan.adapter.kind == "glora":
+            from dbspec.runtime.lycoris_glora import tie_fused_glora  # LyCORIS's GLoRA on fused Linears
+
+            tie_fused_glora(module, plan.adapter.fused, adapters.ADAPTER_NAME)
         elif plan.adapter.fused and denoiser and plan.adapter.kind == "lokr":
             from dbspec.runtime.fused_lokr import tie_fused_lokr  # LyCORIS's LoKr on fused Linears
 

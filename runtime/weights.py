@@ -343,6 +343,10 @@ def load_peft_adapters(
 
             tie_fused_lokr(module, fused_lokr.fused, fused_lokr, 0)
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
+        if has_oft(state):  # a fused Linear's Diag-OFT parts: the fused module's block size (lycoris_oft.py)
+            from dbspec.runtime.lycoris_oft import fit_oft_to_state
+
+            fit_oft_to_state(module, state, "default")
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)
         result = set_peft_model_state_dict(module, state)

@@ -120,7 +120,7 @@ def lycoris_dora(adapter) -> bool:
 def _glora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's GLoRA: a rank and alpha (and conv_rank / conv_alpha on the convolutions), its use_scalar,
     module dropout and bypass forward, whose rank dropout and dropout act only there."""
-    return AdapterPlan(
+    plan = AdapterPlan(
         kind="glora",
         **_low_rank(adapter, family, targets_given),
         scalar=adapter.scalar,
@@ -131,6 +131,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         params=adapter_params(adapter, family, components),
     )
+    return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
 
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
@@ -160,7 +161,9 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
             BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
         ),
     )
-    return attrs.evolve(plan, params=adapter_params(adapter, family, components, plan.denoiser_targets))
+    fused = fused_plan(adapter, family, plan)  # LyCORIS's DyLoRA on fused Linears (runtime/dylora.py)
+    params = adapter_params(adapter, family, components, plan.denoiser_targets)
+    return attrs.evolve(plan, params=params, fused=fused)
 
 
 def _low_rank(adapter, family: str, targets_given: bool) -> dict:
@@ -183,8 +186,9 @@ def _low_rank(adapter, family: str, targets_given: bool) -> dict:
 
 def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's full and IA^3 algos: no rank or alpha; the convolutions they train are `conv_targets`
-    alone; IA^3's input-side targets."""
-    return AdapterPlan(
+    alone; IA^3's input-side targets. Diag-OFT's fused layers (fused_projections): their parts' blocks split
+    the fused width (runtime/lycoris_oft.py fit_fused_oft)."""
+    plan = AdapterPlan(
         kind=adapter.kind,
         input_targets=tuple(getattr(adapter, "input_targets", ())),
         oft_block_size=getattr(adapter, "block_size", 0),
@@ -204,6 +208,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
     )
+    return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
 
 
 def _lycoris_switches(adapter) -> dict:

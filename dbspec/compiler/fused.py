@@ -6,7 +6,8 @@ Adapter targets are module-name suffixes and per-block ranks regular expressions
 which parts of a fused layer are adapted, and at which rank, is settled here over the block indices a model
 can have (`_INDICES`), without the weights: DBS505 (a family without fused layers), DBS506 (a fused layer
 with some parts adapted and others not: those rows get no update), DBS507 (parts of one fused layer at
-different ranks, alphas or learning-rate scales: one down-projection has one of each)."""
+different ranks, alphas or learning-rate scales: one down-projection has one of each). Diag-OFT's and GLoRA's
+fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_glora.py): DBS577."""
 
 from __future__ import annotations
 
@@ -16,10 +17,19 @@ from dbspec import codes
 from dbspec.compiler.context import Context
 from dbspec.families import FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
-from dbspec.spec.model import LohaAdapter, LokrAdapter, LoraAdapter
+from dbspec.spec.model import (
+    DiagOftAdapter,
+    DyloraAdapter,
+    GloraAdapter,
+    LohaAdapter,
+    LokrAdapter,
+    LoraAdapter,
+)
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
 _OPTION = ("adapter", "fused_projections")
+_FUSED_KINDS = (LoraAdapter, LohaAdapter, LokrAdapter, DiagOftAdapter, GloraAdapter, DyloraAdapter)
+_MODULE_KINDS = (DiagOftAdapter, GloraAdapter, DyloraAdapter)  # LyCORIS's module per fused Linear: DBS577
 
 
 def targeted(path: str, targets) -> bool:
@@ -32,6 +42,8 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
+    if adapter.kind == "diag-oft":  # no rank or blocks: its block-size hint on every target
+        return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
     if block is None:
         return adapter.rank, adapter.alpha, 1.0, ""
@@ -53,8 +65,9 @@ def _adapted(
 
 def fused_plan(adapter, family: str, plan: AdapterPlan) -> tuple[FusedPlan, ...]:
     """The family's fused layers with at least one adapted part, when the spec asks for fused projections
-    (LoRA: shared down-projections; LoKr: one Kronecker update per fused layer, runtime/fused_lokr.py)."""
-    if not isinstance(adapter, (LoraAdapter, LohaAdapter, LokrAdapter)) or not adapter.fused_projections:
+    (LoRA: shared down-projections; LoKr: one Kronecker update per fused layer, runtime/fused_lokr.py;
+    Diag-OFT: the fused layer's block split, runtime/lycoris_oft.py)."""
+    if not isinstance(adapter, _FUSED_KINDS) or not adapter.fused_projections:
         return ()
     return tuple(
         FusedPlan(name=g.kohya_name, blocks=g.blocks, parts=g.parts)
@@ -103,11 +116,14 @@ def check_fused_dropout(ctx: Context, family: str) -> None:
 
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
-    if not isinstance(adapter, (LoraAdapter, LohaAdapter, LokrAdapter)) or not adapter.fused_projections:
+    if not isinstance(adapter, _FUSED_KINDS) or not adapter.fused_projections:
         return
     lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
     if lokr:
         _check_fused_lokr(ctx, adapter, family)
+    if isinstance(adapter, _MODULE_KINDS):
+        _check_fused_module(ctx, adapter, family, plan)
+        return
     spec = family_spec(family)
     if not spec.fused_projections:
         ctx.report(
@@ -241,4 +257,57 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             "LyCORIS update, which those would draw or rescale per part",
             _OPTION,
             help=f"remove {', '.join(found)}, or set adapter.fused_projections = false",
+        )
+
+
+def _check_fused_module(
+    ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
+) -> None:
+    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, GLoRA or DyLoRA on a fused
+    Linear has that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span
+    every part's blocks, kohya's form is networks.oft_flux's, per part already; GLoRA, DyLoRA: their dropouts
+    draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
+    left out or at other ranks (LyCORIS's module spans every row at one rank)."""
+    spec = family_spec(family)
+    if not spec.fused_projections:
+        ctx.report(
+            "DBS505",
+            "error",
+            f"adapter.fused_projections is true, but {spec.title} models have no fused layers (its "
+            "diffusers Linears are the original model's)",
+            _OPTION,
+            help="remove adapter.fused_projections",
+        )
+        return
+    if isinstance(adapter, DiagOftAdapter):
+        switches = (
+            ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
+            ("constraint (its norm spans every part's blocks)", bool(adapter.constraint)),
+            ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
+        )
+    else:
+        switches = tuple(
+            (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))
+            for key in ("module_dropout", "rank_dropout", "dropout")
+        )
+    layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
+    found = [why for why, on in (*switches, *layout) if on]
+    for group in spec.fused_projections:
+        for index in _INDICES:
+            adapted = _adapted(group, index, plan)
+            if adapted and len(adapted) < len(group.parts):
+                missing = ", ".join(p for p in group.parts if p not in adapted)
+                found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
+                break
+            if len(set(adapted.values())) > 1:
+                found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts at other ranks or alphas")
+                break
+    if found:
+        ctx.report(
+            "DBS577",
+            "error",
+            f"adapter.fused_projections with {adapter.kind} is LyCORIS's module on each whole fused layer, "
+            f"which dbspec trains without: {'; '.join(found)}",
+            _OPTION,
+            help=codes.help("DBS577"),
         )

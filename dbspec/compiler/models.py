@@ -311,6 +311,8 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not (isinstance(ctx.spec.adapter, FullAdapter) and spec.fused_projections)
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
             and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
+            # LyCORIS's Diag-OFT on the fused layers: the parts' blocks stacked (runtime/lycoris_export.py)
+            and not _fused_oft(ctx.spec.adapter)
             and not (_fused_dora(ctx.spec.adapter) and spec.fused_projections)  # flux_kohya.py, sd3_kohya.py
             # IA^3's output rows under kohya's fused names (runtime/lycoris_export.py)
             and not (isinstance(ctx.spec.adapter, Ia3Adapter) and spec.fused_projections)
@@ -345,6 +347,13 @@ def _kohya_oft(adapter: Adapter, network: str) -> bool:
     """Diag-OFT's kohya form where kohya has an OFT network for the family (Flux.1: networks.oft_flux, its
     file under kohya's Flux module names, runtime/flux_oft.py)."""
     return isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and bool(network)
+
+
+def _fused_oft(adapter: Adapter) -> bool:
+    """lycoris.kohya algo=diag-oft, glora or dylora on kohya's fused Flux / SD3 layers (fused_projections;
+    compiler/fused.py refuses it elsewhere): LyCORIS's file under kohya's module names."""
+    oft = isinstance(adapter, DiagOftAdapter) and adapter.form == "lycoris"
+    return (oft or isinstance(adapter, (GloraAdapter, DyloraAdapter))) and adapter.fused_projections
 
 
 def _fused_dora(adapter: Adapter) -> bool:

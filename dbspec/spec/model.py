@@ -984,6 +984,18 @@ class DiagOftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
+    # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
+    fused_projections: bool = option(
+        False,
+        doc="One Diag-OFT per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block "
+        "stream, and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): "
+        "LyCORIS's DiagOFTModule on kohya's fused Linear, whose blocks split the stacked rows (block size "
+        "from the fused width and `block_size`); each part rotates its own rows in those blocks, which "
+        "must not span two parts (checked when the adapter is built). lycoris.kohya `algo=diag-oft` with "
+        "flux_train_network.py / sd3_train_network.py; exported under kohya's module names, the parts' "
+        "blocks stacked. LyCORIS form only, no `constraint` or `max_norm` with it (their norms span every "
+        "part). false: each part splits its own width. Families without fused layers refuse it.",
+    )
     # kohya networks.oft --network_weights: the run starts from a saved OFT's blocks
     init_weights: str = option(
         "",
@@ -1083,6 +1095,18 @@ class GloraAdapter:
         minimum=0,
         maximum=1,
     )
+    # kohya lycoris.kohya algo=glora on kohya's Flux / SD3: one module per fused Linear (lycoris_glora.py)
+    fused_projections: bool = option(
+        False,
+        doc="One GLoRA per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's "
+        "GLoRAModule on kohya's fused Linear, whose update's rows are the parts' (W_p a1 a2 + b1_p b2) x "
+        "alpha / rank: the parts share `a1`, `a2`, `b2` (and `scalar`'s scalar), each keeps its rows of "
+        "`b1` (lycoris.kohya `algo=glora` with flux_train_network.py / sd3_train_network.py); exported under "
+        "kohya's module names, `b1` stacked. Every part of a fused layer adapted; no dropouts with it (one "
+        "draw spans every part). false: each part has its own GLoRA. Families without fused layers refuse "
+        "it.",
+    )
 
 
 @frozen
@@ -1132,6 +1156,18 @@ class DyloraAdapter:
         "unscaled (alpha and the block scale left out), in training, validation and sampling alike. "
         "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
         "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
+    )
+    # kohya lycoris.kohya algo=dylora on kohya's Flux / SD3: one module per fused Linear (runtime/dylora.py)
+    fused_projections: bool = option(
+        False,
+        doc="One DyLoRA per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's "
+        "DyLoraModule on kohya's fused Linear, one block drawn per fused layer and step: the parts share the "
+        "down blocks and the draw, each keeps its rows of the up blocks (lycoris.kohya `algo=dylora` with "
+        "flux_train_network.py / sd3_train_network.py); exported under kohya's module names, `lora_up` "
+        "stacked. Every part of a fused layer adapted at one rank and alpha; no `module_dropout` with it "
+        "(one draw spans every part). false: each part has its own DyLoRA. Families without fused layers "
+        "refuse it.",
     )
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()

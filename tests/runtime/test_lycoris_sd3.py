@@ -17,6 +17,7 @@ import pytest
 import torch
 from lycoris.modules.locon import LoConModule
 from lycoris.modules.loha import LohaModule
+from lycoris.modules.diag_oft import DiagOFTModule
 from lycoris.modules.ia3 import IA3Module
 from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file, save_file
@@ -60,6 +61,11 @@ def _module(cls, tensors, name: str, parts, rows=None):
         fused.weight.copy_(weight)
         fused.bias.copy_(bias)
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    if cls is DiagOFTModule:  # its blocks over the stacked rows (block size <= sqrt(rows): lora_dim is it)
+        module = DiagOFTModule(name, fused, 1.0, lora_dim=own["oft_blocks"].shape[-1])
+        module.load_state_dict(own)
+        module.apply_to()
+        return module.eval()
     if cls is IA3Module:  # one scale per output row of the fused weight
         module = IA3Module(name, fused, 1.0)
         module.load_state_dict(own)
@@ -141,6 +147,18 @@ def test_loha_export_is_what_lycoris_loads(tmp_path):
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
     _check_export(plan, result, LohaModule)
+
+
+def test_diag_oft_export_is_what_lycoris_loads(tmp_path):
+    """algo=diag-oft preset=full-lin (convert/kohya/lycoris_flow_oft.py): each fused q/k/v's blocks are the
+    parts' stacked (one block split of the stacked rows), the last context modulation's blocks swapped to
+    kohya's (shift, scale) rows; lycoris-lora's DiagOFTModule on kohya's layers computes the trained parts."""
+    extra = LOKR.replace('kind = "lokr"\nrank = 2\nalpha = 1.5', 'kind = "diag-oft"\nblock_size = 4')
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
+    assert plan.adapter.kind == "diag-oft" and plan.adapter.fused
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    _check_export(plan, result, DiagOFTModule, text=False)
 
 
 def test_ia3_full_preset_export_is_what_lycoris_loads(tmp_path):

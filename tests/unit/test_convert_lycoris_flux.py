@@ -3,8 +3,10 @@ locon is networks.lora_flux's fused network over the LyCORIS preset's layers (ly
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
-scale per output row (a fused layer's rows its parts'); the other algos, LoKr / LoHa dropouts and
-the other switches stay DBS403."""
+scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer;
+algo=glora one GLoRA per fused layer (a1, a2, b2 shared, b1 the parts' rows), algo=dylora one DyLoRA (the
+down and the draw shared); the other algos, LoKr / LoHa
+dropouts and the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -82,9 +84,61 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["diag-oft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["boft", "tlora"])
 def test_other_algos_are_refused(tmp_path, algo):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
+
+
+def test_boft_is_refused_because_its_butterfly_mixes_the_fused_parts(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=boft")
+    assert "mix the q, k, v" in messages(outcome, "DBS403")
+
+
+def test_diag_oft_is_one_block_split_per_fused_layer(tmp_path):
+    """algo=diag-oft: DiagOFTModule on every block Linear (LoKr's full paths: the final layer out), its
+    lora_dim network_dim (block size 8 on FLUX.1's 9216 / 21504-row fused layers: each block one part's
+    rows), the fused layers' parts in one block split; alpha and DiagOFT's unread switches inert / ignored."""
+    outcome = _flux(
+        tmp_path,
+        "--network_dropout 0.1 --network_args algo=diag-oft preset=full use_scalar=True constraint=0",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_form) == ("diag-oft", 8, 0.0, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert "attn.to_q" in a.denoiser_targets and "proj_mlp" in a.denoiser_targets
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert fate(outcome, "network_module") == "mapped" and fate(outcome, "network_alpha") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "only in bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_diag_oft_bypass_maps_and_its_dropout_is_invalid(tmp_path):
+    a = plan_of(_flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True"), tmp_path).adapter
+    assert a.bypass and a.fused
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True dropout=0.1", allow=True)
+    assert "DBS402" in codes(outcome)
+
+
+@pytest.mark.parametrize(
+    "arg", ["constraint=1e-3", "rank_dropout=0.1", "module_dropout=0.1", "rescaled=True"]
+)
+def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
+
+
+@pytest.mark.parametrize("extra", ["--scale_weight_norms 1", "--network_weights prev.safetensors"])
+def test_diag_oft_max_norm_and_network_weights_are_refused(tmp_path, extra):
+    assert "DBS403" in codes(_flux(tmp_path, f"{extra} --network_args algo=diag-oft"))
+
+
+def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):
+    # network_dim 128: LyCORIS's factorization splits the 9216-row qkv as 72 x 128 (128 > 9216 / 128), so
+    # blocks of 72 rows, and 3072 / 72 is no integer: a block spans q and k
+    outcome = _flux(tmp_path, "--network_dim 128 --network_args algo=diag-oft")
+    assert "span its 3072-row parts" in messages(outcome, "DBS403")
 
 
 def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):
@@ -366,7 +420,52 @@ def test_ia3_train_on_input_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
 
 
-def test_ia3_with_a_preset_file_is_refused(tmp_path):
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])
+def test_whole_layer_algos_with_a_preset_file_are_refused(tmp_path, algo):
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
-    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=p.toml")
+    outcome = _flux(tmp_path, f"--network_args algo={algo} preset=p.toml")
     assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+
+
+def test_glora_is_one_module_per_fused_layer(tmp_path):
+    """algo=glora: GLoRAModule on every block Linear (LoKr's full paths), network_dim / network_alpha its
+    rank / alpha, use_scalar one scalar per fused module, bypass_mode its forward; the dropouts outside bypass
+    ignored (GLoRAModule applies them only there); dora_wd never read."""
+    outcome = _flux(
+        tmp_path,
+        "--network_dropout 0.1 --network_args algo=glora use_scalar=True rank_dropout=0.2 dora_wd=True",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.scalar, a.bypass) == ("glora", 8, 4.0, True, False)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert (a.rank_dropout, a.module_dropout, a.bypass_dropout) == (0.0, 0.0, 0.0)
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "only in bypass_mode" in messages(outcome, "DBS405")
+    b = plan_of(_flux(tmp_path, "--network_args algo=glora bypass_mode=True rs_lora=True"), tmp_path).adapter
+    assert b.bypass and b.alpha == pytest.approx(4.0 * 8 / 8**0.5)
+
+
+@pytest.mark.parametrize(
+    "arg", ["module_dropout=0.1", "bypass_mode=True rank_dropout=0.1", "bypass_mode=True dropout=0.1"]
+)
+def test_glora_draws_per_fused_module_are_refused(tmp_path, arg):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=glora {arg}"))
+
+
+def test_dylora_is_one_module_per_fused_layer(tmp_path):
+    """algo=dylora: DyLoraModule on every block Linear (LoKr's full paths), network_dim / network_alpha its
+    rank / alpha, block_size its unit, LyCORIS's forward; one module per fused Linear (its down and draw)."""
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=dylora block_size=2 use_scalar=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.dylora_unit, a.dylora_form) == ("dylora", 8, 4.0, 2, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert (
+        "proj_out" not in a.denoiser_targets and "single_transformer_blocks.37.proj_out" in a.denoiser_targets
+    )
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "never reads it" in messages(outcome, "DBS405")
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=dylora module_dropout=0.1"))
+    assert "DBS402" in codes(_flux(tmp_path, "--network_args algo=dylora block_size=3", allow=True))

@@ -103,9 +103,28 @@ def test_lokr_or_tucker_on_the_patch_convolution_is_refused(tmp_path):
     assert "DBS403" not in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin use_tucker=True"))
 
 
+def test_diag_oft_full_is_one_block_split_per_fused_qkv_and_the_patch_convolution(tmp_path):
+    outcome = _sd3(tmp_path, "--network_train_unet_only --network_args algo=diag-oft preset=full")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint) == ("diag-oft", 16, 0.0)
+    assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
+    assert list(a.conv_targets) == ["pos_embed.proj"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=diag-oft preset=full conv_dim=8"))
+
+
+def test_glora_full_is_one_module_per_fused_qkv_and_the_patch_convolution(tmp_path):
+    outcome = _sd3(tmp_path, "--network_train_unet_only --network_args algo=glora preset=full conv_dim=4")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("glora", 16, 8.0, 4, 8.0)
+    assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
+    assert list(a.conv_targets) == ["pos_embed.proj"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
 def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
     assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=glora"))
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=boft"))
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True"))
 
 

@@ -279,3 +279,37 @@ def test_lokr_starts_from_a_file_on_the_fused_layers_only(toy: Path):
     write_spec(toy, model=FLUX, adapter={**adapter, "fused_projections": True})
     planned = compile_in(toy)
     assert planned.plan is not None and planned.plan.adapter.init_layers == 1
+
+
+# Diag-OFT on fused layers (DiagOftAdapter.fused_projections: lycoris.kohya algo=diag-oft on kohya's Flux)
+def test_diag_oft_plans_the_fused_layers(toy: Path):
+    adapter = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert planned.plan is not None and [f.name for f in planned.plan.adapter.fused] == [
+        "img_attn_qkv",
+        "txt_attn_qkv",
+        "linear1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"constraint": 1e-3}, "constraint"),
+        ({"max_norm": 1.0}, "max_norm"),
+        ({"form": "kohya", "block_count": 4}, 'form = "kohya"'),
+        ({"denoiser_targets": [t for t in KOHYA if t != "proj_mlp"]}, "linear1 without proj_mlp"),
+    ],
+)
+def test_diag_oft_what_spans_the_parts_is_dbs577(toy: Path, extra, why):
+    adapter = {"kind": "diag-oft", "fused_projections": True, "denoiser_targets": KOHYA, **extra}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert "DBS577" in codes(planned, "error")
+    assert why in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+
+
+def test_diag_oft_fused_projections_on_sd1_is_dbs505(toy: Path):
+    write_spec(toy, adapter={"kind": "diag-oft", "fused_projections": True})
+    assert "DBS505" in codes(compile_in(toy), "error")

@@ -1,6 +1,7 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
-library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha, full (`_full`), ia3 (`_ia3`);
-the other algos are refused (DBS403).
+library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha, full (`_full`), ia3 (`_ia3`),
+diag-oft (lycoris_flow_oft.py), glora (lycoris_flow_glora.py), dylora (lycoris_flow_dylora.py); the other
+algos are refused (DBS403; boft: _REFUSED_ALGOS says why).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -49,6 +50,9 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
+from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
+from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
+from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
@@ -98,6 +102,11 @@ class LycorisLayout:
     convs: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
+# algos refused on Flux / SD3: why (their modules on a fused Linear mix the parts' rows)
+_REFUSED_ALGOS = {
+    "boft": ": ButterflyOFTModule's butterfly stages on a fused Linear regroup its stacked rows in strides "
+    "up to half its width, so its rotations mix the q, k, v (and MLP) rows dbspec trains as separate layers",
+}
 # LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
 _OFF = {
     "train_norm": "false",
@@ -139,11 +148,12 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3"):
+    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "glora", "dylora"):
+        why = _REFUSED_ALGOS.get(algo, "")
         conv.unsupported(
             args,
             f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha, "
-            "full and ia3 only",
+            f"full, ia3, diag-oft, glora and dylora only{why}",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -159,9 +169,9 @@ def map_lycoris_flow(
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
-    if algo == "ia3" and preset not in layout.presets:
+    if algo in ("ia3", "diag-oft", "glora", "dylora") and preset not in layout.presets:
         conv.unsupported(
-            args, f"algo=ia3 with a preset file ({preset}) on {layout.title} has no dbspec form yet"
+            args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
         )
         return False
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
@@ -190,6 +200,12 @@ def map_lycoris_flow(
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset)
+    if algo == "diag-oft":
+        return map_flow_diag_oft(kwargs, a, conv, layout, preset)
+    if algo == "glora":
+        return map_flow_glora(kwargs, a, conv, layout, preset)
+    if algo == "dylora":
+        return map_flow_dylora(kwargs, a, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):

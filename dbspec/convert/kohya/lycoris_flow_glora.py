@@ -1,0 +1,107 @@
+"""LyCORIS's lycoris.kohya `algo=glora` with flux_train_network.py / sd3_train_network.py (lycoris-lora
+4.1.3 lycoris/modules/glora.py on kohya's Flux / SD3): [adapter] kind "glora" with `fused_projections = true`.
+lycoris_flux.py's map_lycoris_flow hands it the preset's layers.
+
+GLoRAModule on a Linear: ΔW = (W a1 a2 + b1 b2) x alpha / rank (alpha 0: the rank; rs_lora: alpha /
+sqrt(rank)), a1 (in x rank) and b1 (out x rank) kaiming-uniform, a2 and b2 zero (use_scalar: a trained scalar
+from 0, a2 and b2 kaiming too). On kohya's fused Linears (Flux's img_attn.qkv / txt_attn.qkv and the single
+blocks' linear1, SD3's attn.qkv) one module spans the stacked rows: part p's rows of ΔW are (W_p a1 a2 + b1_p
+b2) x scale, so diffusers' separate parts share a1, a2, b2 (and the scalar) and each keeps its rows of b1
+(runtime/lycoris_glora.py tie_fused_glora; b1's kaiming bound is 1 / sqrt(rank) whatever its rows, so the
+parts' own draws have the fused module's distribution). The kohya_lora export writes the shared tensors once
+and b1 stacked under kohya's name, the file lycoris-lora loads back. What draws once per fused module is
+refused (DBS403): `module_dropout`, and in bypass_mode `rank_dropout` and `dropout` (--network_dropout);
+outside bypass_mode those two are never applied (DBS405). bypass_mode alone: adapter.bypass (the pairs on
+activations, each part its rows). GLoRAModule never reads dora_wd or Tucker's switches (DBS405); LoRA+
+raises `lora_up` parameters, which it has not (DBS405). Convolutions (SD3's patch convolution with presets
+full / unet-only): at conv_dim / conv_alpha."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network import _lycoris_rs_lora
+
+# network_args GLoRAModule takes and never reads
+_UNREAD = ("dora_wd", "wd_on_output", "use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp")
+_UNREAD += ("rank_dropout_scale", "factor", "decompose_both", "full_matrix", "unbalanced_factorization")
+_UNREAD += ("block_size", "constraint", "verbose")
+
+
+def map_flow_glora(
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+) -> bool:
+    """[adapter] for algo=glora on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False
+    when refused (reported)."""
+    module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
+    layers, text = layout.presets[preset]
+    rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
+    scale_alpha = float(alpha.value)
+    legacy = lambda key: Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)  # noqa: E731
+    bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
+    refused = []
+    if float(kwargs.get("module_dropout") or 0):
+        refused.append(f"module_dropout={kwargs['module_dropout']} (one draw per fused Linear)")
+    rates = {k: legacy(k) for k in ("rank_dropout", "dropout") if k in kwargs}
+    if "dropout" not in rates and a["network_dropout"].value:  # train_network.py hands it on as `dropout`
+        rates["dropout"] = a["network_dropout"]
+    for key, given in rates.items():
+        if not float(given.value or 0):
+            conv.inert(given, "0 is off")
+        elif bypass:
+            refused.append(f"{key}={given.value} with bypass_mode (one draw per fused Linear)")
+        else:
+            conv.ignored(given, "GLoRAModule applies it only in bypass_mode (off here)")
+    if refused:
+        conv.unsupported(args, f"algo=glora on {layout.title}'s fused Linears: {', '.join(refused)}")
+        return False
+    if "module_dropout" in kwargs:
+        conv.inert(legacy("module_dropout"), "0 is off")
+    put: dict[str, Any] = {}
+    unsupported: dict[str, str] = {}
+    conv_targets = list(layout.convs.get(layers, ()))
+    if conv_targets:  # the preset's convolutions (enable_conv): conv_dim / conv_alpha, LyCORIS's defaults
+        put["conv_rank"] = int(float(kwargs.pop("conv_dim", "") or rank))
+        put["conv_alpha"] = float(kwargs.pop("conv_alpha", "") or scale_alpha)
+        put["conv_targets"] = conv_targets
+    for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
+        conv.inert(legacy(key), "the blocks have no convolutions for it to adapt")
+    scalar = kwargs.pop("use_scalar", "false")
+    if str(scalar).lower() != "false":  # LyCORIS's str_bool: one trained scalar per fused Linear
+        put["scalar"] = True
+    put["alpha"] = scale_alpha
+    _lycoris_rs_lora(kwargs, "glora", rank, scale_alpha, put, unsupported)
+    for key in [k for k in kwargs if k in _UNREAD]:
+        conv.ignored(legacy(key), "GLoRAModule takes it and never reads it")
+    for key in [k for k in kwargs if k.startswith("loraplus_")]:
+        conv.ignored(legacy(key), "LyCORIS's LoRA+ raises the `lora_up` parameters, which GLoRA has not")
+    unsupported.update(kwargs)
+    if unsupported:
+        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
+        conv.unsupported(
+            args, f"network arguments dbspec does not express for algo=glora on {layout.title}: {rest}"
+        )
+        return False
+    why = conv.comment(
+        module, f"algo=glora, preset {preset}: LyCORIS's GLoRAModule on kohya's {layout.title}"
+    )
+    conv.put(("adapter", "kind"), "glora", why)
+    conv.mapped(dim, ("adapter", "rank"), rank)
+    conv.mapped(alpha, ("adapter", "alpha"), put.pop("alpha"))
+    targets, _blocks, note = layout.targets(layers, True)  # full paths: GLoRA has no [[adapter.blocks]]
+    if layers == "none":
+        conv.put(("train", "denoiser"), False, conv.comment(module, note))
+    else:
+        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+        why = "one GLoRAModule per fused Linear: a1, a2, b2 shared, b1 the parts' rows"
+        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    if bypass:
+        put["bypass"] = True
+    for key, value in put.items():
+        conv.put(("adapter", key), value, conv.comment(args))
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
+    return True

@@ -1,0 +1,138 @@
+"""LyCORIS's lycoris.kohya `algo=diag-oft` with flux_train_network.py / sd3_train_network.py (lycoris-lora
+4.1.3 lycoris/modules/diag_oft.py on kohya's Flux / SD3): [adapter] kind "diag-oft" with
+`fused_projections = true`. lycoris_flux.py's map_lycoris_flow hands it the preset's layers.
+
+DiagOFTModule on a Linear of out rows splits them into blocks of block_size = factorization(out, lora_dim)
+(network_dim; the smaller of lora_dim and out / lora_dim when lora_dim divides out) and rotates each block of
+the weight's rows by its own Cayley rotation; the forward adds op(x, W' - W), no bias. On kohya's fused
+Linears (Flux's img_attn.qkv / txt_attn.qkv and the single blocks' linear1, SD3's attn.qkv) that is one
+module over the stacked rows: its block size comes from the fused width (9216 or 21504 on FLUX.1), not from
+a part's. A block touches the rows of one part alone when the block size divides every part's width (FLUX.1:
+3072 and 12288), and then each part of diffusers' split layer rotating its own rows in those blocks is the
+same update: `fused_projections = true` gives each part the fused module's block size (runtime/lycoris_oft.py
+fit_fused_oft, which refuses a block spanning two parts; on FLUX.1 the converter refuses it already), and the
+kohya_lora export stacks the parts' blocks under kohya's name, the file lycoris-lora loads back. What spans
+the parts is refused (DBS403): `constraint` (DiagOFTModule scales all its blocks by one norm) and the
+dropouts (rank_dropout: one mask over the fused module's blocks; module_dropout: one draw per fused module).
+`dropout` (--network_dropout) acts only in bypass_mode, where lycoris-lora 4.1.3 raises on it (DBS402, as
+network.py's U-Net rule); bypass_mode alone rotates the output, its bias too (adapter.bypass), per block of
+rows as well. DiagOFTModule takes and never reads network_alpha, use_scalar, dora_wd, rs_lora and Tucker's
+switches. Convolutions (SD3's patch convolution with presets full / unet-only): at conv_dim, which must be
+network_dim (dbspec has one block size)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.plan.lokr import factorization  # LyCORIS's (lycoris/functional/general.py)
+
+# 3072-wide parts (q, k, v) and the MLP input (12288): every FLUX.1 part width is a multiple of 3072
+FLUX1_PART = 3072
+FLUX1_FUSED = (3 * FLUX1_PART, 7 * FLUX1_PART)  # img_attn.qkv / txt_attn.qkv, linear1
+# network_args DiagOFTModule takes and never reads (LyCORIS passes them to every module)
+_UNREAD = ("use_scalar", "dora_wd", "wd_on_output", "rs_lora", "use_tucker", "use_cp", "use_conv_cp")
+_UNREAD += ("disable_conv_cp", "rank_dropout_scale", "factor", "decompose_both", "full_matrix")
+_UNREAD += ("unbalanced_factorization", "block_size", "verbose", "conv_alpha")
+
+
+def flux1_misfit(lora_dim: int) -> str:
+    """Why LyCORIS's blocks on FLUX.1's fused Linears would span two parts at this lora_dim, "" if not."""
+    for fused in FLUX1_FUSED:
+        size = factorization(fused, lora_dim)[0]
+        if FLUX1_PART % size:
+            return (
+                f"DiagOFTModule on FLUX.1's fused {fused}-row Linear splits it into blocks of {size} rows "
+                f"(LyCORIS's factorization by {lora_dim}), which span its {FLUX1_PART}-row parts (q, k, v): "
+                "dbspec trains the parts as separate layers"
+            )
+    return ""
+
+
+def map_flow_diag_oft(
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+) -> bool:
+    """[adapter] for algo=diag-oft on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False
+    when refused (reported)."""
+    module, args, dim = a["network_module"], a["network_args"], a["network_dim"]
+    layers, text = layout.presets[preset]
+    lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
+    legacy = lambda key: Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)  # noqa: E731
+    misfit = flux1_misfit(lora_dim) if layout.title == "Flux" else ""  # FLUX.1's widths (Chroma's too)
+    if misfit:
+        conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
+        return False
+    refused = []
+    if float(kwargs.get("constraint") or 0):
+        refused.append(f"constraint={kwargs['constraint']} (one norm over all the fused Linear's blocks)")
+    for key in ("rank_dropout", "module_dropout"):
+        if float(kwargs.get(key) or 0):
+            refused.append(f"{key}={kwargs[key]} (one draw over the fused Linear's blocks)")
+    conv_targets: list[str] = []
+    if layers in layout.convs:
+        conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
+        if conv_dim != lora_dim:
+            refused.append(f"conv_dim={conv_dim} (dbspec's Diag-OFT has one block size, network_dim's)")
+        conv_targets = list(layout.convs[layers])
+    if refused:
+        conv.unsupported(args, f"algo=diag-oft on {layout.title}'s fused Linears: {', '.join(refused)}")
+        return False
+    for key in [k for k in ("constraint", "rank_dropout", "module_dropout") if k in kwargs]:
+        conv.inert(legacy(key), "0 is off")
+    if "conv_dim" in kwargs:
+        conv.inert(legacy("conv_dim"), "network_dim's block size" if conv_targets else "no convolution here")
+    bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
+    dropout = legacy("dropout") if "dropout" in kwargs else a["network_dropout"]
+    if dropout.value and float(dropout.value) and bypass:
+        conv.invalid(
+            dropout.key,
+            dropout.value,
+            dropout.source,
+            "with algo=diag-oft and bypass_mode LyCORIS's DiagOFTModule multiplies its (blocks, size, size) "
+            "rotations by a dropout mask shaped like the layer's output in training mode: torch raises "
+            "RuntimeError on the first forward",
+            help="drop the dropout (or bypass_mode)",
+        )
+        return False
+    if dropout.value and float(dropout.value):
+        conv.ignored(dropout, "DiagOFTModule applies its dropout only in bypass_mode (off here)")
+    for key in [k for k in kwargs if k in _UNREAD or k.startswith("loraplus_")]:
+        conv.ignored(legacy(key), "LyCORIS's DiagOFTModule takes it and never reads it")
+    if kwargs:
+        rest = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        conv.unsupported(
+            args, f"network arguments dbspec does not express for algo=diag-oft on {layout.title}: {rest}"
+        )
+        return False
+    why = conv.comment(
+        module, f"algo=diag-oft, preset {preset}: LyCORIS's DiagOFTModule on kohya's {layout.title}"
+    )
+    conv.put(("adapter", "kind"), "diag-oft", why)
+    conv.mapped(dim, ("adapter", "block_size"), lora_dim)
+    if a["network_alpha"].given:
+        conv.inert(
+            a["network_alpha"], "DiagOFTModule takes alpha and never reads it (its constraint is its own)"
+        )
+    targets, _blocks, note = layout.targets(layers, True)  # full paths: Diag-OFT has no [[adapter.blocks]]
+    if layers == "none":
+        conv.put(("train", "denoiser"), False, conv.comment(module, note))
+    else:
+        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+        conv.put(
+            ("adapter", "fused_projections"),
+            True,
+            conv.comment(module, "one DiagOFTModule per fused Linear: its blocks split the stacked rows"),
+        )
+    if conv_targets:
+        note = conv.comment(
+            args, f"DiagOFTModule on {', '.join(conv_targets)} too (the preset's enable_conv)"
+        )
+        conv.put(("adapter", "conv_targets"), conv_targets, note)
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    extra: dict[str, Any] = {"bypass": True} if bypass else {}
+    for key, value in extra.items():
+        conv.put(("adapter", key), value, conv.comment(args, "LyCORIS's bypass_mode: the output rotated"))
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
+    return True

@@ -1,0 +1,132 @@
+"""LyCORIS's lycoris.kohya algo=diag-oft with flux_train_network.py (convert/kohya/lycoris_flow_oft.py): one
+DiagOFTModule per fused Linear, whose blocks (LyCORIS's factorization of the stacked width) each part of
+diffusers' split layer takes for its own rows (runtime/lycoris_oft.py fit_fused_oft). Checked against
+lycoris-lora 4.1.3's own DiagOFTModule built on the stacked Linear: where the fused block size differs from a
+part's own factorization, and on tiny-flux trained, resumed bit-exact and loaded from the kohya_lora
+export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lycoris.modules.diag_oft import DiagOFTModule
+from peft import inject_adapter_in_model
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.families import family_spec
+from dbspec.plan.model import FusedPlan
+from dbspec.runtime.lycoris_oft import DiagOftLayer, fit_fused_oft, oft_config
+from tests.runtime.runspec import whole_and_resumed
+
+_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v")
+
+
+def _theirs(parts, blocks: torch.Tensor, bypass: bool = False, rescale=None) -> DiagOFTModule:
+    """lycoris-lora's DiagOFTModule on the fused Linear (the parts' base weights stacked), its blocks (and
+    row rescale) set."""
+    base = [getattr(p, "base_layer", p) for p in parts]
+    fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([b.weight for b in base]))
+        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    size = blocks.shape[-1]
+    module = DiagOFTModule(
+        "fused", fused, 1.0, lora_dim=size, bypass_mode=bypass, rescaled=rescale is not None
+    )
+    assert module.block_size == size  # the stacked width's split is the blocks' own
+    state = {"oft_blocks": blocks, "alpha": torch.tensor(0.0)}
+    module.load_state_dict({**state, **({} if rescale is None else {"rescale": rescale})})
+    module.apply_to()
+    return module.eval()
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.attn = nn.Module()
+        for name in ("to_q", "to_k", "to_v"):
+            setattr(self.attn, name, nn.Linear(8, width))
+
+
+@pytest.mark.parametrize(("bypass", "rescaled"), [(False, False), (True, False), (False, True)])
+def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass, rescaled):
+    # 48-row parts at lora_dim 8: the stacked 144 rows split as blocks of 8 (8 x 18), a part's own 48 as
+    # blocks of 6 (6 x 8): the parts must take the fused module's 8
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.transformer_blocks = nn.ModuleList([_Block(48)])
+    config = oft_config(list(_PARTS), 8, 0.0, rescaled, bypass=bypass)
+    inject_adapter_in_model(config, model, adapter_name="default")
+    parts = [model.transformer_blocks[0].get_submodule(p) for p in _PARTS]
+    assert parts[0].lora_oft_blocks["default"].shape == (8, 6, 6)
+    group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
+    assert fit_fused_oft(model, (group,), "default") == 3
+    with torch.no_grad():
+        for part in parts:
+            assert part.lora_oft_blocks["default"].shape == (6, 8, 8)
+            part.lora_oft_blocks["default"].normal_(0, 0.1)
+            if rescaled:  # a row rescale per part: the fused module's rows, stacked
+                part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+    stacked = torch.cat([p.lora_oft_blocks["default"].detach() for p in parts])
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts]) if rescaled else None
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        ours = torch.cat([p(x) for p in parts], dim=-1)
+        theirs = _theirs(parts, stacked, bypass, rescale)(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_a_block_spanning_two_parts_is_refused():
+    model = nn.Module()
+    model.transformer_blocks = nn.ModuleList([_Block(16)])  # 48 rows at lora_dim 8: blocks of 6
+    inject_adapter_in_model(oft_config(list(_PARTS), 8, 0.0, False), model, adapter_name="default")
+    group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
+    with pytest.raises(ValueError, match="blocks of 6 rows"):
+        fit_fused_oft(model, (group,), "default")
+
+
+_TARGETS = [t for t in family_spec("flux").kohya_lora_targets if t != "proj_out"]
+# what the converter writes for `--network_args algo=diag-oft preset=unet-only` (tiny-flux: one single block)
+OFT = (
+    '[adapter]\nkind = "diag-oft"\nblock_size = 4\nfused_projections = true\ndenoiser_targets = ['
+    + ", ".join(f'"{t}"' for t in [*_TARGETS, "single_transformer_blocks.0.proj_out"])
+    + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+)
+
+
+def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    plan, whole = whole_and_resumed(tmp_path, base="builtin:tiny-flux", steps=4, extra=OFT)
+    assert plan.adapter.kind == "diag-oft" and [f.name for f in plan.adapter.fused] == [
+        "img_attn_qkv",
+        "txt_attn_qkv",
+        "linear1",
+    ]
+    transformer = whole.components.unet
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert {"lora_unet_single_blocks_0_linear1", "lora_unet_double_blocks_0_img_attn_qkv"} <= names
+    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
+    block, single = transformer.transformer_blocks[0], transformer.single_transformer_blocks[0]
+    attn = block.attn
+    assert isinstance(attn.to_q, DiagOftLayer)
+    torch.manual_seed(0)
+    x = torch.randn(3, attn.to_q.base_layer.in_features)
+    for name, parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (attn.to_q, attn.to_k, attn.to_v)),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)),
+        (
+            "lora_unet_single_blocks_0_linear1",
+            (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
+        ),
+        ("lora_unet_double_blocks_0_img_mod_lin", (block.norm1.linear,)),
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            theirs = _theirs(parts, tensors[f"{name}.oft_blocks"].float())(x)
+        assert float(tensors[f"{name}.alpha"]) == 0.0
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the blocks trained
+        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
