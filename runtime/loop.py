@@ -306,8 +306,9 @@ def _evaluate(run: Run, evaluator: Evaluator, step: int, log: MetricsLog) -> dic
 
 
 def _write_report(run: Run, console) -> None:
-    """<out>/report.html (dbspec report); a report that cannot be written is a note, never a failed run."""
-    if not run.main:
+    """<out>/report.html (dbspec report), unless the plan turns it off; a report that cannot be written is a
+    note, never a failed run."""
+    if not run.main or not run.plan.logging.report:
         return
     from dbspec.report import write_report
 

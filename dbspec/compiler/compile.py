@@ -508,10 +508,11 @@ def _assemble(
 def logging_plan(spec: Spec, out: Path) -> LoggingPlan:
     g = spec.logging
     if not g.wandb:
-        return LoggingPlan(every=g.every, tensorboard=g.tensorboard)
+        return LoggingPlan(every=g.every, tensorboard=g.tensorboard, report=g.report)
     return LoggingPlan(
         every=g.every,
         tensorboard=g.tensorboard,
+        report=g.report,
         wandb=True,
         wandb_project=g.wandb_project,
         wandb_run_name=g.wandb_run_name or out.name,

@@ -61,7 +61,8 @@ _VOLATILE = {
     ),
     "cache": ("latent_hits", "latent_misses", "text_hits", "text_misses", "notes"),
     "distributed": ("timeout_s",),  # how long a process waits for a dead peer; trains alike
-    "logging": ("wandb", "wandb_project", "wandb_run_name", "wandb_entity"),  # where W&B logs; trains alike
+    # where W&B logs, whether report.html is written at the end: trains alike
+    "logging": ("wandb", "wandb_project", "wandb_run_name", "wandb_entity", "report"),
 }
 _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")
 

@@ -1052,6 +1052,7 @@ class EmaPlan:
 class LoggingPlan:
     every: int
     tensorboard: bool
+    report: bool = True  # report.html at the end of the run (dbspec report OUT writes it at any time)
     # Weights & Biases: off, or the project, run name (the output folder's name when the spec leaves it empty)
     # and entity ("": the login's default). Where a run logs never changes what it trains (io._VOLATILE).
     wandb: bool = False

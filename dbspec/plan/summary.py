@@ -365,6 +365,11 @@ def schedule_table(plan: Plan) -> Table:
         *([("refines", _refine(plan.validation.refine))] if plan.validation.refine else []),
         ("text encoder", _te(plan)),
         *([("Weights & Biases", _wandb(plan.logging))] if plan.logging.wandb else []),
+        *(
+            [("report", "off: no report.html at the end (`dbspec report OUT` writes it)")]
+            if not plan.logging.report
+            else []
+        ),
         (
             "seed",
             f"{s.seed}: noise, timesteps, data order, flips and crops, adapter init"

@@ -2786,6 +2786,12 @@ class Output:
 class Logging:
     every: int = option(10, doc="Log metrics every N steps.", minimum=1)
     tensorboard: bool = option(True, doc="Write TensorBoard events.")
+    report: bool = option(
+        True,
+        doc="Write `report.html` into the output folder when the run ends or stops (plots of every metric, "
+        "validation grids, dataset thumbnails, the plan summary; about a second of CPU per run). Off: no "
+        "report at the end; `dbspec report OUT` writes it from the run's files at any time.",
+    )
     wandb: bool = option(
         False,
         doc="Also log to Weights & Biases (kohya's `--log_with wandb`, diffusers' `--report_to wandb`): the "

@@ -36,7 +36,7 @@ BEST = {"step": 4, "metric": "dino", "value": 0.47}
 
 
 def finished_run(tmp: Path) -> Path:
-    plan = make_plan(tmp, steps=4, extra=VALIDATION)
+    plan = make_plan(tmp, steps=4, extra=VALIDATION, report=True)
     result = execute(plan)
     assert result.status == "finished"
     return Path(plan.checkpoints.dir)

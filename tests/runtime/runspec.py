@@ -112,14 +112,22 @@ def write_spec(
     return path
 
 
-def compile_spec(path: Path, overrides: list[str] | None = None, env: TargetEnv = CPU) -> Plan:
-    planned = plan_spec(path, env, str(path), overrides or [])
+# Runs the tests make write no report.html (a quarter of a tiny run's CPU); test_report.py and
+# test_report_browser.py turn it back on, and test it.
+NO_REPORT = "logging.report=false"
+
+
+def compile_spec(
+    path: Path, overrides: list[str] | None = None, env: TargetEnv = CPU, report: bool = False
+) -> Plan:
+    overrides = [*([] if report else [NO_REPORT]), *(overrides or [])]
+    planned = plan_spec(path, env, str(path), overrides)
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     return planned.plan
 
 
-def make_plan(tmp: Path, **kw) -> Plan:
-    return compile_spec(write_spec(tmp, **kw))
+def make_plan(tmp: Path, report: bool = False, **kw) -> Plan:
+    return compile_spec(write_spec(tmp, **kw), report=report)
 
 
 @contextmanager

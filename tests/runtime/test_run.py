@@ -50,6 +50,7 @@ steps = 2
     assert metrics[0]["step"] == 1 and all(m["loss"] > 0 for m in metrics)
     assert any(m["prior"] > 0 for m in metrics)  # class images reach the prior term
     assert list((out / "logs").iterdir())  # TensorBoard events
+    assert plan.logging.report is False and not (out / "report.html").exists()  # runspec's NO_REPORT
 
 
 def test_lora_leaves_base_bit_identical_and_loads_in_diffusers(tmp_path):
