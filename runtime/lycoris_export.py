@@ -237,7 +237,8 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     """LoHa / LoKr factors of a Linear whose two halves of rows kohya holds the other way round: LoHa's row
     factors (hada_w1_a, hada_w2_a) swap their halves; LoKr's kron(w1, w2) rows follow w1's rows in blocks of
     w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
-    keys = [k for k in ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b") if k in weights]
+    rows = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "dora_scale")
+    keys = [k for k in rows if k in weights]
     if not keys:
         raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")
     out = dict(weights)
@@ -311,6 +312,9 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
             continue
         weights = _fold_scalar(layer, adapter, found[0])
         scale = dora_scale_of(layer, adapter)  # LyCORIS's weight decomposition (lycoris_dora.py)
+        parts = getattr(layer, "fused_lokr_parts", None) or getattr(layer, "fused_loha_parts", None)
+        if scale is not None and parts:  # a fused LoKr / LoHa's, per output row: its parts' rows stacked
+            scale = torch.cat([dora_scale_of(part, adapter) for part in parts])
         if scale is not None:
             weights = {**weights, "dora_scale": scale}  # already in LyCORIS's shape for its axis
         yield name, weights, found[1]

@@ -197,10 +197,11 @@ def lycoris_norm_modules(
                     locon[id(down)] = []
                     modules.append(locon[id(down)])  # its place; the parts joined below
                 locon[id(down)].append((name, layer))
-            elif isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.r:
-                modules.append(LycorisNormModule(name, layer, "loha"))
-            elif isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r:
-                modules.append(LycorisNormModule(name, layer, "lokr"))
+            elif isinstance(layer, (LoHaLayer, LoKrLayer)) and ADAPTER_NAME in layer.r:
+                kind = "loha" if isinstance(layer, LoHaLayer) else "lokr"
+                parts = getattr(layer, "fused_loha_parts", None) or getattr(layer, "fused_lokr_parts", ())
+                if parts or not _later_fused_part(layer):  # a fused layer's: one module, its first part's
+                    modules.append(LycorisNormModule(name, layer, kind, tuple(parts)))
     return [_locon_module(m, fused) if isinstance(m, list) else m for m in modules]
 
 
@@ -212,6 +213,12 @@ def _locon_module(
     name, first = parts[0]
     layers = tuple(layer for _, layer in parts) if len(parts) > 1 else ()
     return LycorisNormModule(name, first, "lora", layers)
+
+
+def _later_fused_part(layer: torch.nn.Module) -> bool:
+    """A fused LoKr's / LoHa's part after the first (runtime/fused_lokr.py, fused_loha.py)."""
+    rows = getattr(layer, "fused_lokr_rows", None)
+    return (rows is not None and rows[0] != 0) or getattr(layer, "fused_loha_later", False)
 
 
 _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -227,10 +234,14 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
         return layer.lora_oft_blocks[ADAPTER_NAME]
     # LoHa's and LoKr's get_weight in training mode: the rank-dropout mask drawn inside the norm
     drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
+    if module.kind == "lokr" and module.parts:  # a fused LoKr's whole product (lycoris.kohya on kohya's Flux)
+        from dbspec.runtime.fused_lokr import fused_lokr_update
+
+        return fused_lokr_update(layer)
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
         return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
     if module.parts:  # the fused Linear's update: the parts' rows stacked (with dora_wd, before it)
-        return torch.cat([_own_update(part) for part in module.parts])
+        return torch.cat([_own_update(part, **drop) for part in module.parts])
     return _own_update(layer, **drop)
 
 

@@ -71,15 +71,8 @@ def _prepare(
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
         adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
-        if plan.adapter.fused and denoiser and plan.adapter.kind == "loha":
-            from dbspec.runtime.fused_loha import tie_fused_loha  # LyCORIS's LoHa on fused Linears
-
-            tie_fused_loha(module, plan.adapter.fused)
-        elif plan.adapter.fused and denoiser and plan.adapter.kind == "lokr":
-            from dbspec.runtime.fused_lokr import tie_fused_lokr  # LyCORIS's LoKr on fused Linears
-
-            tie_fused_lokr(module, plan.adapter.fused, plan.adapter, seed)
-        elif plan.adapter.fused and denoiser:
+        # LyCORIS's LoKr / LoHa on fused Linears: tied in add_lora, before its switches wrap the parts
+        if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
             from dbspec.runtime.fused import tie_fused_projections  # kohya's LoRA on fused Linears
 
             tie_fused_projections(module, plan.adapter.fused)
