@@ -61,7 +61,7 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
     cls = LokrModule if kind == "lokr" else LohaModule
     extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"')
     extra = extra.replace("fused_projections = true\n", "fused_projections = true\n" + SWITCHES)
-    extra += '\n[checkpoints]\nevery = 1\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
+    extra += '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
     plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
     transformer = whole.components.unet
     attn, single = transformer.transformer_blocks[0].attn, transformer.single_transformer_blocks[0]

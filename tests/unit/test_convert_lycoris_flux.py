@@ -3,8 +3,9 @@ locon is networks.lora_flux's fused network over the LyCORIS preset's layers (ly
 Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn-only = the double blocks'
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
-scale per output row (a fused layer's rows its parts'); the other algos, LoKr / LoHa dropouts and
-the other switches stay DBS403."""
+scale per output row (a fused layer's rows its parts'); LoKr / LoHa dora_wd, use_scalar and
+--scale_weight_norms LyCORIS's on the fused layer; the other algos, LoKr / LoHa dropouts and the other
+switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -248,9 +249,17 @@ def test_scale_weight_norms_is_lycoris_max_norm_per_fused_layer(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_scale_weight_norms_of_lokr_and_loha_is_refused(tmp_path, algo):
-    outcome = _flux(tmp_path, f"--scale_weight_norms 1.5 --network_args algo={algo}")
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
+def test_dora_wd_use_scalar_and_max_norm_of_lokr_and_loha_are_lycoris_per_fused_layer(tmp_path, algo):
+    """LokrModule / LohaModule on each fused Linear with dora_wd (one magnitude per output row, each part
+    keeps its rows'), use_scalar (one trained scalar from 0) and --scale_weight_norms (apply_max_norm on the
+    whole fused update: LoKr's factors, LoHa's scalar scaled once)."""
+    extra = f"--scale_weight_norms 1.5 --network_args algo={algo} dora_wd=True use_scalar=True"
+    outcome = _flux(tmp_path, extra)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.scalar, a.max_norm) == (algo, True, "output", True, 1.5)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    assert not errors(outcome)
 
 
 def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
@@ -266,13 +275,6 @@ def test_use_scalar_is_one_trained_scalar_per_fused_layer(tmp_path, value):
     a = plan_of(outcome, tmp_path).adapter
     assert a.scalar and [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-
-
-@pytest.mark.parametrize(
-    "extra", ["--network_args algo=lokr use_scalar=True", "--network_args algo=loha use_scalar=1"]
-)
-def test_use_scalar_of_lokr_and_loha_is_refused(tmp_path, extra):
-    assert "DBS403" in codes(_flux(tmp_path, extra))
 
 
 def test_use_scalar_with_network_weights_is_refused(tmp_path):
@@ -301,8 +303,8 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
 @pytest.mark.parametrize(
     "arg",
     [
-        "algo=lokr dora_wd=True",
-        "algo=loha dora_wd=True",
+        "algo=lokr dora_wd=True wd_on_output=False",
+        "algo=loha dora_wd=True rank_dropout=0.1",
         "dora_wd=True wd_on_output=False",
         "dora_wd=True bypass_mode=True",
         "dora_wd=True rank_dropout=0.1",

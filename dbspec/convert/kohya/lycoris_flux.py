@@ -242,10 +242,8 @@ def map_lycoris_flow(
         text = kwargs.pop("use_scalar")
         if _off(text):
             conv.inert(Legacy(key=f"{args.key} use_scalar", value=text, source=args.source), "off")
-        elif lokr:  # a fused LoKr / LoHa has no scalar yet (DBS575)
-            unsupported["use_scalar"] = f"{text} ({form}'s trained scalar on the fused layers)"
-        else:  # LoConModule's trained scalar from 0 (its up kaiming-uniform): one per fused Linear
-            put["scalar"] = True
+        else:  # LoConModule's / LokrModule's / LohaModule's trained scalar from 0 (the factor it would zero
+            put["scalar"] = True  # random): one per fused Linear, the parts' tied (runtime/fused.py)
     # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
@@ -456,10 +454,10 @@ FLUX = LycorisLayout(
 
 
 def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) -> bool:
-    """LoConModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a fused Linear: one magnitude per
-    output row (wd_on_output, its default), so each part keeps its rows' (adapter.dora in LyCORIS's form,
-    DBS509). Refused: per input column (the norm spans every part), LoKr's / LoHa's on the fused layers, the
-    bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers draw
+    """LoConModule's, LokrModule's and LohaModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a
+    fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
+    (adapter.dora in LyCORIS's form, DBS509 / DBS575). Refused: per input column (the norm spans every
+    part), the bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers draw
     around peft's forward, not inside the decomposed weight. False when refused."""
     if "dora_wd" not in kwargs:
         return True
@@ -469,9 +467,7 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         conv.inert(legacy, "off")
         return True
     why = ""
-    if algo in ("lokr", "loha"):
-        why = f"algo={algo}'s weight decomposition on the fused layers has no dbspec form yet"
-    elif _off(kwargs.get("wd_on_output", "true")):
+    if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
     elif not _off(kwargs.get("bypass_mode", "false")):
         why = "with bypass_mode LoConModule's forward skips the decomposition, which dbspec does not express"
@@ -481,6 +477,11 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         conv.unsupported(legacy, why)
         return False
     kwargs.pop("wd_on_output", None)  # on: LyCORIS's default, one magnitude per output row
+    if algo in ("lokr", "loha"):  # their dora is LyCORIS's form only
+        form = "LokrModule" if algo == "lokr" else "LohaModule"
+        note = f"{form}'s weight decomposition of each fused Linear, per output row"
+        conv.mapped(legacy, ("adapter", "dora"), True, note=note)
+        return True
     conv.mapped(legacy, ("adapter", "dora"), True)
     conv.put(
         ("adapter", "dora_form"),
