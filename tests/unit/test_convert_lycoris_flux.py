@@ -112,9 +112,28 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-@pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True", "rank_dropout=0.1"])
-def test_lokr_and_loha_per_module_draws_are_refused(tmp_path, algo, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} {arg}"))
+def test_lokr_and_loha_bypass_is_refused(tmp_path, algo):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True"))
+
+
+def test_loha_dropouts_are_one_draw_per_fused_layer(tmp_path):
+    """LohaModule on each fused Linear: module_dropout one torch.rand(1) per forward, rank_dropout one row
+    mask over the fused update, unscaled (lycoris.kohya never hands rank_dropout_scale on)."""
+    extra = "--network_args algo=loha module_dropout=0.2 rank_dropout=0.1 rank_dropout_scale=True"
+    outcome = _flux(tmp_path, extra)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout, a.rank_dropout_scale) == ("loha", 0.2, 0.1, False)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args rank_dropout") == "mapped"
+    assert "does not pass it" in outcome.conversion.reports["network_args rank_dropout_scale"].note
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_lokr_module_dropout_maps_and_its_rank_dropout_is_invalid(tmp_path):
+    """LokrModule's rank-dropout mask stays on the CPU: kohya fails on a GPU (LyCORIS issue #291)."""
+    outcome = _flux(tmp_path, "--network_args algo=lokr module_dropout=0.2")
+    assert plan_of(outcome, tmp_path).adapter.module_dropout == 0.2 and not errors(outcome)
+    assert errors(_flux(tmp_path, "--network_args algo=lokr rank_dropout=0.1", allow=True))
 
 
 def test_locon_rank_dropout_is_lycoris_row_mask_over_each_fused_layer(tmp_path):

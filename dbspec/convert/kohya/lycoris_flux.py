@@ -53,7 +53,9 @@ from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
     _lycoris_full,
+    _lokr_rank_dropout_on_gpu,
     _lycoris_rs_lora,
+    _rank_dropout_scale_unread,
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
@@ -191,7 +193,9 @@ def map_lycoris_flow(
         return _full(kwargs, a, args, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
-    if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
+    if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo):
+        return False
+    if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
     if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, lokr):
@@ -596,11 +600,17 @@ def _lokr_args(
         )
 
 
-def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
+def _lokr_dropouts(
+    kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
+) -> bool:
     """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) never apply their `dropout` (they warn:
-    not implemented), so it and --network_dropout are ignored (DBS405); `module_dropout` (one `torch.rand(1)`
-    per fused module, which peft's parts would each draw) and `bypass_mode` are refused. False when
-    refused."""
+    not implemented), so it and --network_dropout are ignored (DBS405). `module_dropout`: one `torch.rand(1)`
+    per fused module and training forward, the update skipped below the rate; LoHa's `rank_dropout`: one
+    `torch.rand(out)` row mask over the fused update, kept rows unscaled (lycoris.kohya never hands
+    `rank_dropout_scale` on: ignored): adapter.module_dropout / rank_dropout, drawn once per fused layer for
+    all its parts (runtime/fused_lycoris_dropout.py). LoKr's rank_dropout is invalid (its mask stays on the
+    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu); `bypass_mode` is refused. False when
+    refused or invalid."""
     bypass = kwargs.pop("bypass_mode", "false")
     if str(bypass).lower() != "false":
         conv.unsupported(
@@ -608,21 +618,21 @@ def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy
             "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
         )
         return False
+    rank = float(kwargs.get("rank_dropout", 0) or 0)
+    if rank and algo == "lokr":
+        _lokr_rank_dropout_on_gpu(kwargs, args, conv)
+        return False
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
     if rank:
-        conv.unsupported(
-            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
-            "LyCORIS's LoKr / LoHa rank dropout (one torch.rand over the fused update's rows), which "
-            "dbspec's fused LoKr / LoHa parts do not share yet",
-        )
-        return False
+        legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
+        conv.mapped(legacy, ("adapter", "rank_dropout"), rank, note="LohaModule: one row mask per fused layer")
+        if "rank_dropout_scale" in kwargs:
+            _rank_dropout_scale_unread(kwargs, args, conv)
     module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
     if module_dropout:
-        conv.unsupported(
-            Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source),
-            "LyCORIS's one draw per fused Linear, which dbspec's fused LoKr / LoHa parts do not share yet",
-        )
-        return False
+        legacy = Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source)
+        note = f"{'LokrModule' if algo == 'lokr' else 'LohaModule'}: one torch.rand(1) per fused module"
+        conv.mapped(legacy, ("adapter", "module_dropout"), module_dropout, note=note)
     legacy = (
         Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
         if "dropout" in kwargs
