@@ -192,7 +192,12 @@ def add_lora(
         from dbspec.runtime.max_norm import add_norm_scalars
 
         add_norm_scalars(module)
-    if conv and adapter.fused and adapter.kind in ("lokr", "loha") and (adapter.scalar or norm_scalars(adapter)):
+    if (
+        conv
+        and adapter.fused
+        and adapter.kind in ("lokr", "loha")
+        and (adapter.scalar or norm_scalars(adapter))
+    ):
         from dbspec.runtime.fused import tie_fused_scalars  # one scalar per fused LoKr / LoHa
 
         tie_fused_scalars(module, adapter.fused)

@@ -1,5 +1,6 @@
 """LyCORIS's LoKr / LoHa dropouts on a fused Linear, drawn once for all its parts (`plan.adapter.fused` with
-kind lokr / loha and `module_dropout` or `rank_dropout`: lycoris.kohya algo=lokr / loha on kohya's Flux / SD3).
+kind lokr / loha and `module_dropout` or `rank_dropout`: lycoris.kohya algo=lokr / loha on kohya's Flux /
+SD3).
 
 LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py; rebuild forward) draw, per training forward of
 the fused Linear: `torch.rand(1) < module_dropout` (only when module_dropout is set; the whole update

@@ -80,9 +80,7 @@ def _prepare(
         if a.fused and denoiser and a.kind in ("lokr", "loha") and (a.rank_dropout or a.module_dropout):
             from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
 
-            add_fused_lycoris_dropout(
-                module, a.fused, a.module_dropout, a.rank_dropout, a.rank_dropout_scale
-            )
+            add_fused_lycoris_dropout(module, a.fused, a.module_dropout, a.rank_dropout, a.rank_dropout_scale)
         if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 

@@ -201,9 +201,9 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
     """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: the weight decomposition per input
     column (a norm spanning every part's rows; per output row each part decomposes its own rows, as LyCORIS's
     dora_wd on the fused Linear) and with the dropouts (drawn once per fused layer around the parts' update,
-    runtime/fused_lycoris_dropout.py, not inside a decomposed weight); and a family without a kohya network layout
-    of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original names;
-    the registry's `kohya_lora_targets` marks those layouts)."""
+    runtime/fused_lycoris_dropout.py, not inside a decomposed weight); and a family without a kohya network
+    layout of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original
+    names; the registry's `kohya_lora_targets` marks those layouts)."""
     spec = family_spec(family)
     if spec.fused_projections and not spec.kohya_lora_targets:
         ctx.report(

@@ -33,8 +33,11 @@ through full-path targets.
 LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
 alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
 parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
-magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). --network_weights and
---scale_weight_norms: model.py `_map_lycoris_flow`.
+magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). LokrModule's and LohaModule's alike:
+use_scalar one scalar per fused layer, dora_wd per output row (runtime/fused_lokr.py: each part's class under
+the switches'; the LyCORIS export stacks the parts' dora_scale), module_dropout (and LoHa's rank_dropout) one
+draw per fused layer (runtime/fused_lycoris_dropout.py). --network_weights and --scale_weight_norms: model.py
+`_map_lycoris_flow`.
 
 What differs on SD3 (sd3_train_network.py) is one LycorisLayout (lycoris_sd3.py); the mapping below is
 shared."""
@@ -461,8 +464,8 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     """LoConModule's, LokrModule's and LohaModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a
     fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
     (adapter.dora in LyCORIS's form, DBS509 / DBS575). Refused: per input column (the norm spans every
-    part), the bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers draw
-    around peft's forward, not inside the decomposed weight. False when refused."""
+    part), the bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers
+    draw around peft's forward, not inside the decomposed weight. False when refused."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -625,7 +628,9 @@ def _lokr_dropouts(
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
     if rank:
         legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
-        conv.mapped(legacy, ("adapter", "rank_dropout"), rank, note="LohaModule: one row mask per fused layer")
+        conv.mapped(
+            legacy, ("adapter", "rank_dropout"), rank, note="LohaModule: one row mask per fused layer"
+        )
         if "rank_dropout_scale" in kwargs:
             _rank_dropout_scale_unread(kwargs, args, conv)
     module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
