@@ -69,7 +69,7 @@ def add_fused_lycoris_dropout(
         draw = LycorisDraw(len(layers), start, module_dropout, rank_dropout, rank_dropout_scale)
         for layer in layers:
             layer.forward = _forward(layer, layer.forward, draw, rows[id(layer)])
-            layer.dbspec_fused_draw = draw
+            layer.dbspec_lycoris_draw = draw
         wrapped += 1
     return wrapped
 
