@@ -2628,10 +2628,13 @@ alone). `block_count` and `init_weights` (kohya's networks.oft file) mean nothin
         """\
 `adapter.fused_projections` with `kind = "lokr"` trains one LyCORIS LoKr per fused Linear of the original
 model (Flux's q, k, v), its parts updated by their rows of one Kronecker product: every part of a fused layer
-must be adapted (the product spans all its rows), and the options that would draw or rescale per part
-(`rank_dropout`, `module_dropout`, `dora`, `scalar`, `max_norm`) are not there. `kind = "loha"` likewise
-(each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` / `hada_w2_b`). Both are
-written in kohya's Flux layout only, and train under `distributed.strategy = "ddp"` only.""",
+must be adapted (the product spans all its rows). `dora` per output row, `scalar`, `max_norm`,
+`rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
+update, one draw per forward); `dora` per input column (`dora_axis = "input"`: a norm spanning every part's
+rows) and `dora` with a dropout are not there.
+`kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
+`hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under
+`distributed.strategy = "ddp"` only.""",
         help="adapt every part of each fused layer and remove those options, or set "
         "adapter.fused_projections = false",
     ),

@@ -174,6 +174,8 @@ def add_lora(
             from dbspec.runtime.loha_weight import use_lycoris_loha
 
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
+        if conv and adapter.fused and adapter.kind in ("lokr", "loha"):  # before the switches wrap them
+            tie_fused_lycoris(module, adapter, seed)
         if adapter.full_matrix or adapter.scalar or own_full:  # LyCORIS's LoKr full_matrix, use_scalar
             from dbspec.runtime.lycoris_switches import apply_switches
 
@@ -182,6 +184,15 @@ def add_lora(
         from dbspec.runtime.max_norm import add_norm_scalars
 
         add_norm_scalars(module)
+    if (
+        conv
+        and adapter.fused
+        and adapter.kind in ("lokr", "loha")
+        and (adapter.scalar or norm_scalars(adapter))
+    ):
+        from dbspec.runtime.fused import tie_fused_scalars  # one scalar per fused LoKr / LoHa
+
+        tie_fused_scalars(module, adapter.fused)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
         unit_scale_full_lokr(module)
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
@@ -210,6 +221,18 @@ def _inject_lycoris_lokr(
     with lycoris_factors(adapter.unbalanced_factorization, factors, options=options):
         inject_lora(module, config)
     return {path: own["full_matrix"] for path, own in switches.items()}
+
+
+def tie_fused_lycoris(module: torch.nn.Module, adapter, seed: int) -> int:
+    """LyCORIS's LoKr / LoHa on the fused Linears of the original model (plan.adapter.fused): the parts'
+    shared factors tied (runtime/fused_lokr.py, fused_loha.py); how many fused layers."""
+    if adapter.kind == "loha":
+        from dbspec.runtime.fused_loha import tie_fused_loha
+
+        return tie_fused_loha(module, adapter.fused)
+    from dbspec.runtime.fused_lokr import tie_fused_lokr
+
+    return tie_fused_lokr(module, adapter.fused, adapter, seed)
 
 
 def unit_scale_full_lokr(module: torch.nn.Module) -> int:

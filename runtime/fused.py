@@ -91,3 +91,33 @@ def _tie_scalar(layer: Any, first: Any) -> None:
     scalars, own = layer._modules.get("lora_scalar"), first._modules.get("lora_scalar")
     if scalars is not None and own is not None and ADAPTER_NAME in scalars:
         scalars[ADAPTER_NAME] = own[ADAPTER_NAME]
+
+
+def _lycoris_part(layer: Any) -> bool:
+    """A part of a fused LoKr / LoHa (tied by runtime/fused_lokr.py, fused_loha.py)."""
+    return (
+        hasattr(layer, "fused_lokr_rows")
+        or hasattr(layer, "fused_loha_parts")
+        or getattr(layer, "fused_loha_later", False)
+    )
+
+
+def tie_fused_scalars(module: torch.nn.Module, fused: tuple[FusedPlan, ...]) -> int:
+    """LyCORIS's one scalar per fused LoKr / LoHa module (use_scalar's trained one, or the fixed one its max
+    norm multiplies; runtime/lycoris_switches.py, max_norm.py): the parts' `lokr_scalar` / `hada_scalar`
+    entries one Parameter, the first part's; how many fused layers (runtime/fused_lokr.py, fused_loha.py tie
+    their factors first)."""
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    tied = 0
+    for _, _, found in fused_parts(module, fused, _lycoris_part):
+        layers = [layer for _, _, layer in found]
+        if len(layers) < 2 or layer_scalar(layers[0]) is None:
+            continue
+        for layer in layers[1:]:
+            for attr in ("lokr_scalar", "hada_scalar"):
+                own, first = layer._modules.get(attr), layers[0]._modules.get(attr)
+                if own is not None and first is not None and ADAPTER_NAME in own:
+                    own[ADAPTER_NAME] = first[ADAPTER_NAME]
+        tied += 1
+    return tied

@@ -11,13 +11,20 @@ runtime/fused.py ties LoRA downs: the optimizer, the resume state and EMA hold t
 part's names) and its delta is its own rows of the fused Kronecker product, so the parts' updates together are
 LokrModule's, and their gradients accumulate into the one set. Each part computes only the w1 rows its rows
 need (kron row R = w1 row R // out_k, w2 row R % out_k). The factors start as LyCORIS inits them: w1 (or
-w1_a, w1_b) and w2_a kaiming-uniform, w2_b (or a full w2) zero, drawn from the run's seeded generator."""
+w1_a, w1_b) and w2_a kaiming-uniform, w2_b (or a full w2) zero, drawn from the run's seeded generator.
+
+Each part's class becomes a subclass whose `get_delta_weight` is its rows (`FusedLokrPart`), tied before
+LyCORIS's switches wrap the class (runtime/adapters.py add_lora): use_scalar's class (one scalar per fused
+layer, its parts' tied by runtime/fused.py tie_fused_scalars) and the weight decomposition (dora_wd,
+runtime/lycoris_dora.py: per output row, so each part decomposes its own rows of the fused weight) then
+build on the part's rows as LokrModule builds on the fused update. The first part keeps the parts in row
+order (`fused_lokr_parts`: the export stacks their dora_scale rows, the max norm takes the whole
+product)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from types import MethodType
 from typing import Any
 
 import torch
@@ -103,6 +110,7 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
             (layer.r[ADAPTER_NAME], float(layer.alpha[ADAPTER_NAME])) != (rank, alpha) for _, layer in layers
         ):
             raise ValueError(f"{where}: its parts' LoKr ranks or alphas differ")
+        _check_unwrapped(where, [layer for _, layer in layers])
         bases = [layer.get_base_layer() for _, layer in layers]
         out_dim, in_dim = sum(b.out_features for b in bases), bases[0].in_features
         shapes = lokr_shapes(
@@ -128,8 +136,9 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
                 getattr(layer, key)[ADAPTER_NAME] = param
             layer.scaling[ADAPTER_NAME] = scale
             layer.fused_lokr_rows = (start, start + base.out_features, out_k)
-            layer.get_delta_weight = MethodType(_part_delta, layer)
+            layer.__class__ = _part_class(type(layer))
             start += base.out_features
+        first.fused_lokr_parts = [layer for _, layer in layers]
         made += 1
     return made
 
@@ -149,12 +158,45 @@ def fused_factors(layer, adapter: str = ADAPTER_NAME) -> tuple[torch.Tensor, tor
     return w1, w2
 
 
-def _part_delta(self, adapter_name: str, *, apply_rank_dropout: bool = False) -> torch.Tensor:
-    """This part's rows of kron(w1, w2) x scale (peft LoKrLayer.get_delta_weight's place)."""
-    if apply_rank_dropout:
-        raise ValueError("rank dropout on a fused LoKr layer is not supported")
-    start, stop, out_k = self.fused_lokr_rows
-    w1, w2 = fused_factors(self, adapter_name)
-    first, last = start // out_k, (stop - 1) // out_k + 1
-    rows = torch.kron(w1[first:last], w2)[start - first * out_k : stop - first * out_k]
-    return rows * self.scaling[adapter_name]
+class FusedLokrPart:
+    """Mixin put in front of peft's LoKr layer class: the update is this part's rows of the fused layer's
+    kron(w1, w2) x scale (peft LoKrLayer.get_delta_weight's place, under the switches' classes)."""
+
+    def get_delta_weight(self, adapter_name: str, *, apply_rank_dropout: bool = False) -> torch.Tensor:
+        if apply_rank_dropout:
+            raise ValueError("rank dropout on a fused LoKr layer is not supported")
+        start, stop, out_k = self.fused_lokr_rows
+        w1, w2 = fused_factors(self, adapter_name)
+        first, last = start // out_k, (stop - 1) // out_k + 1
+        rows = torch.kron(w1[first:last], w2)[start - first * out_k : stop - first * out_k]
+        return rows * self.scaling[adapter_name]
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _part_class(cls: type) -> type:
+    """peft LoKr layer class `cls` with FusedLokrPart in front (registered here by name)."""
+    if issubclass(cls, FusedLokrPart):
+        return cls
+    if cls not in _CLASSES:
+        made = type(f"FusedLokr_{cls.__name__}", (FusedLokrPart, cls), {"__module__": __name__})
+        _CLASSES[cls] = made
+        globals()[made.__name__] = made
+    return _CLASSES[cls]
+
+
+def _check_unwrapped(where: str, layers: list) -> None:
+    """The parts' classes are peft's own: LyCORIS's switches (use_scalar, dora_wd) wrap the fused part's
+    class, so the parts are tied before them."""
+    from dbspec.runtime.lycoris_dora import LycorisDora
+    from dbspec.runtime.lycoris_switches import _ScalarLayer
+
+    if any(isinstance(layer, (LycorisDora, _ScalarLayer)) for layer in layers):
+        raise ValueError(f"{where}: a fused LoKr's parts are tied before use_scalar / dora_wd wrap them")
+
+
+def fused_lokr_update(layer, adapter: str = ADAPTER_NAME) -> torch.Tensor:
+    """The whole fused layer's kron(w1, w2) x scale (LokrModule's get_weight: no scalar), from any part."""
+    w1, w2 = fused_factors(layer, adapter)
+    return torch.kron(w1, w2) * layer.scaling[adapter]

@@ -270,6 +270,7 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
     names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
     names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
+    names += ("dora_scale",)
     keys = [k for k in names if k in weights]
     if not keys:
         raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")
@@ -344,6 +345,9 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
             continue
         weights = _fold_scalar(layer, adapter, found[0])
         scale = dora_scale_of(layer, adapter)  # LyCORIS's weight decomposition (lycoris_dora.py)
+        parts = getattr(layer, "fused_lokr_parts", None) or getattr(layer, "fused_loha_parts", None)
+        if scale is not None and parts:  # a fused LoKr / LoHa's, per output row: its parts' rows stacked
+            scale = torch.cat([dora_scale_of(part, adapter) for part in parts])
         if scale is not None:
             weights = {**weights, "dora_scale": scale}  # already in LyCORIS's shape for its axis
         yield name, weights, found[1]

@@ -137,7 +137,9 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # layer (lycoris_switches.py's `*_scalar`), so checkpoints resume it; LyCORIS's buffer is not persistent.
 # lycoris.kohya on kohya's Flux puts one LoConModule on each fused Linear: the parts of a fused layer (one
 # shared `lora_A`, runtime/fused.py, which ties their scalar too) are one module here, its update their rows
-# stacked in the fused layer's order, its one scalar multiplied once.
+# stacked in the fused layer's order, its one scalar multiplied once. A fused LoKr / LoHa likewise
+# (runtime/fused_lokr.py, fused_loha.py): LoKr's whole Kronecker product, its shared factors scaled once;
+# LoHa's parts' rows stacked, its one scalar (runtime/fused.py tie_fused_scalars) multiplied once.
 # Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): the norm of the trained blocks themselves
 # (`oft_blocks`, not the rotation they make), the same clamps, the ratio taken on the blocks' device, and
 # the blocks multiplied by it in place: parameters, so checkpoints resume them with nothing else to keep.
@@ -161,8 +163,8 @@ def add_norm_scalars(module: torch.nn.Module) -> int:
 
 @attrs.frozen(eq=False)
 class LycorisNormModule:
-    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer; a fused layer's LoCon parts (one shared
-    `lora_A`, plan.adapter.fused) in row order, `layer` the first."""
+    """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer; a fused layer's LoCon, LoKr or LoHa parts
+    (their shared factors, plan.adapter.fused) in row order, `layer` the first."""
 
     name: str
     layer: torch.nn.Module
@@ -197,10 +199,11 @@ def lycoris_norm_modules(
                     locon[id(down)] = []
                     modules.append(locon[id(down)])  # its place; the parts joined below
                 locon[id(down)].append((name, layer))
-            elif isinstance(layer, LoHaLayer) and ADAPTER_NAME in layer.r:
-                modules.append(LycorisNormModule(name, layer, "loha"))
-            elif isinstance(layer, LoKrLayer) and ADAPTER_NAME in layer.r:
-                modules.append(LycorisNormModule(name, layer, "lokr"))
+            elif isinstance(layer, (LoHaLayer, LoKrLayer)) and ADAPTER_NAME in layer.r:
+                kind = "loha" if isinstance(layer, LoHaLayer) else "lokr"
+                parts = getattr(layer, "fused_loha_parts", None) or getattr(layer, "fused_lokr_parts", ())
+                if parts or not _later_fused_part(layer):  # a fused layer's: one module, its first part's
+                    modules.append(LycorisNormModule(name, layer, kind, tuple(parts)))
     return [_locon_module(m, fused) if isinstance(m, list) else m for m in modules]
 
 
@@ -212,6 +215,12 @@ def _locon_module(
     name, first = parts[0]
     layers = tuple(layer for _, layer in parts) if len(parts) > 1 else ()
     return LycorisNormModule(name, first, "lora", layers)
+
+
+def _later_fused_part(layer: torch.nn.Module) -> bool:
+    """A fused LoKr's / LoHa's part after the first (runtime/fused_lokr.py, fused_loha.py)."""
+    rows = getattr(layer, "fused_lokr_rows", None)
+    return (rows is not None and rows[0] != 0) or getattr(layer, "fused_loha_later", False)
 
 
 _LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -227,11 +236,32 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
         return layer.lora_oft_blocks[ADAPTER_NAME]
     # LoHa's and LoKr's get_weight in training mode: the rank-dropout mask drawn inside the norm
     drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
+    if module.kind in ("lokr", "loha") and module.parts:  # lycoris.kohya on kohya's fused Flux / SD3 Linear
+        return _fused_update(module)
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
         return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
     if module.parts:  # the fused Linear's update: the parts' rows stacked (with dora_wd, before it)
-        return torch.cat([_own_update(part) for part in module.parts])
+        return torch.cat([_own_update(part, **drop) for part in module.parts])
     return _own_update(layer, **drop)
+
+
+def _fused_update(module: LycorisNormModule) -> torch.Tensor:
+    """A fused LoKr's whole Kronecker product (without its scalar) or a fused LoHa's parts' rows stacked
+    (with it), in training mode times one rank-dropout mask over the fused rows (LyCORIS's get_weight:
+    `torch.rand(out)` on the CPU, divided by its mean with rank_dropout_scale)."""
+    layer = module.layer
+    if module.kind == "lokr":
+        from dbspec.runtime.fused_lokr import fused_lokr_update
+
+        update = fused_lokr_update(layer)
+    else:
+        update = torch.cat([_own_update(part) for part in module.parts])
+    if _draws_rank_dropout(module):
+        mask = (torch.rand(update.size(0)) > layer.rank_dropout[ADAPTER_NAME]).to(update.dtype)
+        if layer.rank_dropout_scale.get(ADAPTER_NAME):
+            mask = mask / mask.mean()
+        update = update * mask.to(update.device).view(-1, 1)
+    return update
 
 
 def _own_update(layer: torch.nn.Module, **drop: bool) -> torch.Tensor:

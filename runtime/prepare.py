@@ -71,31 +71,14 @@ def _prepare(
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
         adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
-        if plan.adapter.fused and denoiser and plan.adapter.kind == "loha":
-            from dbspec.runtime.fused_loha import tie_fused_loha  # LyCORIS's LoHa on fused Linears
-
-            tie_fused_loha(module, plan.adapter.fused)
-        elif plan.adapter.fused and denoiser and plan.adapter.kind == "diag-oft":
-            from dbspec.runtime.lycoris_oft import fit_fused_oft  # LyCORIS's Diag-OFT on fused Linears
-
-            fit_fused_oft(module, plan.adapter.fused, adapters.ADAPTER_NAME)
-        elif plan.adapter.fused and denoiser and plan.adapter.kind == "dylora":
-            from dbspec.runtime.dylora import tie_fused_dylora  # LyCORIS's DyLoRA on fused Linears
-
-            tie_fused_dylora(module, plan.adapter.fused, adapters.ADAPTER_NAME)
-        elif plan.adapter.fused and denoiser and plan.adapter.kind == "glora":
-            from dbspec.runtime.lycoris_glora import tie_fused_glora  # LyCORIS's GLoRA on fused Linears
-
-            tie_fused_glora(module, plan.adapter.fused, adapters.ADAPTER_NAME)
-        elif plan.adapter.fused and denoiser and plan.adapter.kind == "lokr":
-            from dbspec.runtime.fused_lokr import tie_fused_lokr  # LyCORIS's LoKr on fused Linears
-
-            tie_fused_lokr(module, plan.adapter.fused, plan.adapter, seed)
-        elif plan.adapter.fused and denoiser:
-            from dbspec.runtime.fused import tie_fused_projections  # kohya's LoRA on fused Linears
-
-            tie_fused_projections(module, plan.adapter.fused)
+        # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
+        if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
+            _tie_fused(module, plan.adapter)
         a = plan.adapter
+        if a.fused and denoiser and a.kind in ("lokr", "loha") and (a.rank_dropout or a.module_dropout):
+            from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
+
+            add_fused_lycoris_dropout(module, a.fused, a.module_dropout, a.rank_dropout, a.rank_dropout_scale)
         if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
@@ -152,6 +135,27 @@ def _prepare(
         else:  # transformers 5 renamed it; older releases only have the second name
             getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
     return adapters.trainable_parameters(module) if comp.trainable != "frozen" else []
+
+
+def _tie_fused(module: torch.nn.Module, adapter) -> None:
+    """The parts of each fused Linear of the original model (plan.adapter.fused) share what the one module
+    on the fused layer holds: kohya's LoRA, or LyCORIS's Diag-OFT, DyLoRA, GLoRA."""
+    if adapter.kind == "diag-oft":
+        from dbspec.runtime.lycoris_oft import fit_fused_oft
+
+        fit_fused_oft(module, adapter.fused, adapters.ADAPTER_NAME)
+    elif adapter.kind == "dylora":
+        from dbspec.runtime.dylora import tie_fused_dylora
+
+        tie_fused_dylora(module, adapter.fused, adapters.ADAPTER_NAME)
+    elif adapter.kind == "glora":
+        from dbspec.runtime.lycoris_glora import tie_fused_glora
+
+        tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
+    else:
+        from dbspec.runtime.fused import tie_fused_projections
+
+        tie_fused_projections(module, adapter.fused)
 
 
 def lora_up_ids(comps: Components) -> frozenset[int]:

@@ -333,15 +333,16 @@ def load_peft_adapters(
             inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state
 
+        fused = fused_lokr is not None and name == "unet"
+        if fused:  # the parts' fused factors (LoHa: w1_b / w2_b), tied as in training: before the switches
+            from dbspec.runtime.adapters import tie_fused_lycoris
+
+            tie_fused_lycoris(module, fused_lokr, 0)
         apply_switches_for_state(module, state)  # LoKr full_matrix, use_scalar: not in peft's config either
-        if fused_lokr is not None and name == "unet" and fused_lokr.kind == "loha":  # shared w1_b / w2_b
-            from dbspec.runtime.fused_loha import tie_fused_loha
+        if fused:  # one scalar per fused layer
+            from dbspec.runtime.fused import tie_fused_scalars
 
-            tie_fused_loha(module, fused_lokr.fused)
-        elif fused_lokr is not None and name == "unet":  # the parts' fused factors, tied as in training
-            from dbspec.runtime.fused_lokr import tie_fused_lokr
-
-            tie_fused_lokr(module, fused_lokr.fused, fused_lokr, 0)
+            tie_fused_scalars(module, fused_lokr.fused)
         module.train(training)  # new layers start in training mode: rank/module dropout would stay on
         if has_oft(state):  # a fused Linear's Diag-OFT parts: the fused module's block size (lycoris_oft.py)
             from dbspec.runtime.lycoris_oft import fit_oft_to_state

@@ -214,10 +214,12 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
 
 
 def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
-    """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: dropouts (peft's LoKr draws them per
-    part), LyCORIS's weight decomposition, scalar and max norm; and a family without a kohya network layout
-    of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original names;
-    the registry's `kohya_lora_targets` marks those layouts)."""
+    """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: the weight decomposition per input
+    column (a norm spanning every part's rows; per output row each part decomposes its own rows, as LyCORIS's
+    dora_wd on the fused Linear) and with the dropouts (drawn once per fused layer around the parts' update,
+    runtime/fused_lycoris_dropout.py, not inside a decomposed weight); and a family without a kohya network
+    layout of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original
+    names; the registry's `kohya_lora_targets` marks those layouts)."""
     spec = family_spec(family)
     if spec.fused_projections and not spec.kohya_lora_targets:
         ctx.report(
@@ -241,11 +243,9 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
     found = [
         name
         for name, on in (
-            ("rank_dropout", adapter.rank_dropout),
-            ("module_dropout", adapter.module_dropout),
-            ("dora", adapter.dora),
-            ("scalar", adapter.scalar),
-            ("max_norm", adapter.max_norm),
+            ('dora_axis = "input"', adapter.dora and adapter.dora_axis == "input"),
+            ("dora with rank_dropout", adapter.dora and adapter.rank_dropout),
+            ("dora with module_dropout", adapter.dora and adapter.module_dropout),
         )
         if on
     ]
@@ -254,7 +254,7 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             "DBS575",
             "error",
             f"adapter.fused_projections with {adapter.kind} has no {', '.join(found)}: its parts share one "
-            "LyCORIS update, which those would draw or rescale per part",
+            "LyCORIS update, which those would draw or normalise per part",
             _OPTION,
             help=f"remove {', '.join(found)}, or set adapter.fused_projections = false",
         )

@@ -5,8 +5,8 @@ SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
 scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer;
 algo=glora one GLoRA per fused layer (a1, a2, b2 shared, b1 the parts' rows), algo=dylora one DyLoRA (the
-down and the draw shared); the other algos, LoKr / LoHa
-dropouts and the other switches stay DBS403."""
+down and the draw shared); LoKr / LoHa dora_wd, use_scalar, --scale_weight_norms and dropouts LyCORIS's on
+the fused layer; the other algos and switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -165,9 +165,28 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-@pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True", "rank_dropout=0.1"])
-def test_lokr_and_loha_per_module_draws_are_refused(tmp_path, algo, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} {arg}"))
+def test_lokr_and_loha_bypass_is_refused(tmp_path, algo):
+    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True"))
+
+
+def test_loha_dropouts_are_one_draw_per_fused_layer(tmp_path):
+    """LohaModule on each fused Linear: module_dropout one torch.rand(1) per forward, rank_dropout one row
+    mask over the fused update, unscaled (lycoris.kohya never hands rank_dropout_scale on)."""
+    extra = "--network_args algo=loha module_dropout=0.2 rank_dropout=0.1 rank_dropout_scale=True"
+    outcome = _flux(tmp_path, extra)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout, a.rank_dropout_scale) == ("loha", 0.2, 0.1, False)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args rank_dropout") == "mapped"
+    assert "does not pass it" in outcome.conversion.reports["network_args rank_dropout_scale"].note
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_lokr_module_dropout_maps_and_its_rank_dropout_is_invalid(tmp_path):
+    """LokrModule's rank-dropout mask stays on the CPU: kohya fails on a GPU (LyCORIS issue #291)."""
+    outcome = _flux(tmp_path, "--network_args algo=lokr module_dropout=0.2")
+    assert plan_of(outcome, tmp_path).adapter.module_dropout == 0.2 and not errors(outcome)
+    assert errors(_flux(tmp_path, "--network_args algo=lokr rank_dropout=0.1", allow=True))
 
 
 def test_locon_rank_dropout_is_lycoris_row_mask_over_each_fused_layer(tmp_path):
@@ -302,9 +321,17 @@ def test_scale_weight_norms_is_lycoris_max_norm_per_fused_layer(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_scale_weight_norms_of_lokr_and_loha_is_refused(tmp_path, algo):
-    outcome = _flux(tmp_path, f"--scale_weight_norms 1.5 --network_args algo={algo}")
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
+def test_dora_wd_use_scalar_and_max_norm_of_lokr_and_loha_are_lycoris_per_fused_layer(tmp_path, algo):
+    """LokrModule / LohaModule on each fused Linear with dora_wd (one magnitude per output row, each part
+    keeps its rows'), use_scalar (one trained scalar from 0) and --scale_weight_norms (apply_max_norm on the
+    whole fused update: LoKr's factors, LoHa's scalar scaled once)."""
+    extra = f"--scale_weight_norms 1.5 --network_args algo={algo} dora_wd=True use_scalar=True"
+    outcome = _flux(tmp_path, extra)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.scalar, a.max_norm) == (algo, True, "output", True, 1.5)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    assert not errors(outcome)
 
 
 def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
@@ -320,13 +347,6 @@ def test_use_scalar_is_one_trained_scalar_per_fused_layer(tmp_path, value):
     a = plan_of(outcome, tmp_path).adapter
     assert a.scalar and [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-
-
-@pytest.mark.parametrize(
-    "extra", ["--network_args algo=lokr use_scalar=True", "--network_args algo=loha use_scalar=1"]
-)
-def test_use_scalar_of_lokr_and_loha_is_refused(tmp_path, extra):
-    assert "DBS403" in codes(_flux(tmp_path, extra))
 
 
 def test_use_scalar_with_network_weights_is_refused(tmp_path):
@@ -355,8 +375,8 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
 @pytest.mark.parametrize(
     "arg",
     [
-        "algo=lokr dora_wd=True",
-        "algo=loha dora_wd=True",
+        "algo=lokr dora_wd=True wd_on_output=False",
+        "algo=loha dora_wd=True rank_dropout=0.1",
         "dora_wd=True wd_on_output=False",
         "dora_wd=True bypass_mode=True",
         "dora_wd=True rank_dropout=0.1",

@@ -185,21 +185,20 @@ def test_network_weights_start_the_fused_network(tmp_path, algo):
 
 def test_scale_weight_norms_of_a_locon_is_lycoris_max_norm(tmp_path):
     """LyCORIS's apply_max_norm_regularization on the LoConModules: one norm and scalar per fused Linear (as
-    on Flux); a LoKr's / LoHa's stays refused there too."""
+    on Flux); a LoKr's too (one norm of its whole fused update)."""
     outcome = _sd3(tmp_path, "--network_args algo=locon preset=full-lin --scale_weight_norms 1.0")
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.max_norm, a.max_norm_form) == ("lora", 1.0, "lycoris")
     assert [f.name for f in a.fused] == FUSED
     assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
-    assert "DBS403" in codes(
-        _sd3(tmp_path, "--network_args algo=lokr preset=full-lin --scale_weight_norms 1")
-    )
+    lokr = _sd3(tmp_path, "--network_args algo=lokr preset=full-lin --scale_weight_norms 1")
+    assert plan_of(lokr, tmp_path).adapter.max_norm == 1.0 and "DBS403" not in codes(lokr)
 
 
 def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_path):
     """LoConModule's dora_wd on each fused q/k/v: one magnitude per output row, adapter.dora in LyCORIS's
     form, its kohya_lora export the lora_sd3 layout with the parts' dora_scale stacked (runtime/sd3_kohya.py,
-    no DBS381); a LoKr's stays refused as on Flux."""
+    no DBS381); a LoKr's as on Flux (its export stacks the parts' dora_scale too)."""
     extra = "--scale_weight_norms 1 --network_args algo=locon preset=full-lin dora_wd=True use_scalar=True"
     outcome = _sd3(tmp_path, extra)
     plan = plan_of(outcome, tmp_path)
@@ -209,7 +208,8 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
     assert [f.name for f in a.fused] == FUSED
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True"))
+    lokr = _sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True")
+    assert plan_of(lokr, tmp_path).adapter.dora and "DBS403" not in codes(lokr) and not errors(lokr)
 
 
 def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_path):

@@ -34,8 +34,11 @@ through full-path targets.
 LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
 alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
 parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
-magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). --network_weights and
---scale_weight_norms: model.py `_map_lycoris_flow`.
+magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). LokrModule's and LohaModule's alike:
+use_scalar one scalar per fused layer, dora_wd per output row (runtime/fused_lokr.py: each part's class under
+the switches'; the LyCORIS export stacks the parts' dora_scale), module_dropout (and LoHa's rank_dropout) one
+draw per fused layer (runtime/fused_lycoris_dropout.py). --network_weights and --scale_weight_norms: model.py
+`_map_lycoris_flow`.
 
 What differs on SD3 (sd3_train_network.py) is one LycorisLayout (lycoris_sd3.py); the mapping below is
 shared."""
@@ -57,7 +60,9 @@ from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
     KOHYA_TEXT_TARGETS,
     _lycoris_full,
+    _lokr_rank_dropout_on_gpu,
     _lycoris_rs_lora,
+    _rank_dropout_scale_unread,
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
@@ -208,7 +213,9 @@ def map_lycoris_flow(
         return map_flow_dylora(kwargs, a, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
-    if not (_lokr_dropouts if lokr else _dropouts)(kwargs, a["network_dropout"], args, conv):
+    if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo):
+        return False
+    if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
     if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, lokr):
@@ -259,10 +266,8 @@ def map_lycoris_flow(
         text = kwargs.pop("use_scalar")
         if _off(text):
             conv.inert(Legacy(key=f"{args.key} use_scalar", value=text, source=args.source), "off")
-        elif lokr:  # a fused LoKr / LoHa has no scalar yet (DBS575)
-            unsupported["use_scalar"] = f"{text} ({form}'s trained scalar on the fused layers)"
-        else:  # LoConModule's trained scalar from 0 (its up kaiming-uniform): one per fused Linear
-            put["scalar"] = True
+        else:  # LoConModule's / LokrModule's / LohaModule's trained scalar from 0 (the factor it would zero
+            put["scalar"] = True  # random): one per fused Linear, the parts' tied (runtime/fused.py)
     # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
@@ -473,11 +478,11 @@ FLUX = LycorisLayout(
 
 
 def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) -> bool:
-    """LoConModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a fused Linear: one magnitude per
-    output row (wd_on_output, its default), so each part keeps its rows' (adapter.dora in LyCORIS's form,
-    DBS509). Refused: per input column (the norm spans every part), LoKr's / LoHa's on the fused layers, the
-    bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers draw
-    around peft's forward, not inside the decomposed weight. False when refused."""
+    """LoConModule's, LokrModule's and LohaModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a
+    fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
+    (adapter.dora in LyCORIS's form, DBS509 / DBS575). Refused: per input column (the norm spans every
+    part), the bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers
+    draw around peft's forward, not inside the decomposed weight. False when refused."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -486,9 +491,7 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         conv.inert(legacy, "off")
         return True
     why = ""
-    if algo in ("lokr", "loha"):
-        why = f"algo={algo}'s weight decomposition on the fused layers has no dbspec form yet"
-    elif _off(kwargs.get("wd_on_output", "true")):
+    if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
     elif not _off(kwargs.get("bypass_mode", "false")):
         why = "with bypass_mode LoConModule's forward skips the decomposition, which dbspec does not express"
@@ -498,6 +501,11 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         conv.unsupported(legacy, why)
         return False
     kwargs.pop("wd_on_output", None)  # on: LyCORIS's default, one magnitude per output row
+    if algo in ("lokr", "loha"):  # their dora is LyCORIS's form only
+        form = "LokrModule" if algo == "lokr" else "LohaModule"
+        note = f"{form}'s weight decomposition of each fused Linear, per output row"
+        conv.mapped(legacy, ("adapter", "dora"), True, note=note)
+        return True
     conv.mapped(legacy, ("adapter", "dora"), True)
     conv.put(
         ("adapter", "dora_form"),
@@ -612,11 +620,17 @@ def _lokr_args(
         )
 
 
-def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:
+def _lokr_dropouts(
+    kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
+) -> bool:
     """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) never apply their `dropout` (they warn:
-    not implemented), so it and --network_dropout are ignored (DBS405); `module_dropout` (one `torch.rand(1)`
-    per fused module, which peft's parts would each draw) and `bypass_mode` are refused. False when
-    refused."""
+    not implemented), so it and --network_dropout are ignored (DBS405). `module_dropout`: one `torch.rand(1)`
+    per fused module and training forward, the update skipped below the rate; LoHa's `rank_dropout`: one
+    `torch.rand(out)` row mask over the fused update, kept rows unscaled (lycoris.kohya never hands
+    `rank_dropout_scale` on: ignored): adapter.module_dropout / rank_dropout, drawn once per fused layer for
+    all its parts (runtime/fused_lycoris_dropout.py). LoKr's rank_dropout is invalid (its mask stays on the
+    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu); `bypass_mode` is refused. False when
+    refused or invalid."""
     bypass = kwargs.pop("bypass_mode", "false")
     if str(bypass).lower() != "false":
         conv.unsupported(
@@ -624,21 +638,23 @@ def _lokr_dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy
             "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
         )
         return False
+    rank = float(kwargs.get("rank_dropout", 0) or 0)
+    if rank and algo == "lokr":
+        _lokr_rank_dropout_on_gpu(kwargs, args, conv)
+        return False
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
     if rank:
-        conv.unsupported(
-            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
-            "LyCORIS's LoKr / LoHa rank dropout (one torch.rand over the fused update's rows), which "
-            "dbspec's fused LoKr / LoHa parts do not share yet",
+        legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
+        conv.mapped(
+            legacy, ("adapter", "rank_dropout"), rank, note="LohaModule: one row mask per fused layer"
         )
-        return False
+        if "rank_dropout_scale" in kwargs:
+            _rank_dropout_scale_unread(kwargs, args, conv)
     module_dropout = float(kwargs.pop("module_dropout", 0) or 0)
     if module_dropout:
-        conv.unsupported(
-            Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source),
-            "LyCORIS's one draw per fused Linear, which dbspec's fused LoKr / LoHa parts do not share yet",
-        )
-        return False
+        legacy = Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source)
+        note = f"{'LokrModule' if algo == 'lokr' else 'LohaModule'}: one torch.rand(1) per fused module"
+        conv.mapped(legacy, ("adapter", "module_dropout"), module_dropout, note=note)
     legacy = (
         Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
         if "dropout" in kwargs

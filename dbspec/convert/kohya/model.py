@@ -808,8 +808,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     Linear: a LoCon's is lora_flux's / lora_sd3's layout, which runtime/flow_init.py splits onto the parts as
     it splits theirs; a LoKr's / LoHa's goes into the parts' shared factors (runtime/lycoris_init.py; SD3's
     last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
-    and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar).
-    --dim_from_weights: _lycoris_flow_from_weights. Refused: a LoKr's / LoHa's --scale_weight_norms."""
+    and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
+    a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
+    or its one scalar (LoHa) scaled once. --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
@@ -819,11 +820,11 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
     kind = conv.values[("adapter", "kind")][0]
-    if a["scale_weight_norms"].value and kind != "lora":
+    if a["scale_weight_norms"].value and kind not in ("lora", "lokr", "loha"):
         conv.unsupported(
             a["scale_weight_norms"],
             f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
-            f"a LoCon there, not a {kind} yet",
+            f"a LoCon, LoKr or LoHa there, not a {kind} yet",
         )
         return False
     for key, why in (
@@ -839,7 +840,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             return False
     map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
-    map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
+    map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
     return True
 
 

@@ -1,0 +1,99 @@
+"""LyCORIS's LoKr / LoHa dropouts on a fused Linear, drawn once for all its parts (`plan.adapter.fused` with
+kind lokr / loha and `module_dropout` or `rank_dropout`: lycoris.kohya algo=lokr / loha on kohya's Flux /
+SD3).
+
+LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py; rebuild forward) draw, per training forward of
+the fused Linear: `torch.rand(1) < module_dropout` (only when module_dropout is set; the whole update
+skipped), then, in get_weight, the row mask `torch.rand(out) > rank_dropout` over every output row of the
+fused update, from torch's global CPU generator, the kept rows unscaled (rank_dropout_scale: divided by the
+mask's mean). The parts of one fused layer share that draw (runtime/fused_dropout.py's protocol): the first
+part called in a forward draws, the others apply the same skip and their rows of the mask; the draw is kept
+until every part has run, so gradient checkpointing's recomputation (the generator restored) draws it again
+alike, and a resumed run draws what an uninterrupted one draws. Each part's update is its own rows of the
+fused update (with use_scalar times the one scalar), masked, then applied to the input as peft's LoKr / LoHa
+forward applies it. Outside training the parts run peft's forward. LyCORIS's weight decomposition with
+these dropouts is refused (DBS575)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dbspec.plan.model import FusedPlan
+from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.fused import _lycoris_part, fused_parts
+
+
+class LycorisDraw:
+    """One fused LoKr's / LoHa's draw for one forward, shared by its `parts`."""
+
+    def __init__(self, parts: int, rows: int, module_dropout: float, rank_dropout: float, scale: bool):
+        self.parts, self.rows = parts, rows
+        self.module_dropout, self.rank_dropout, self.scale = module_dropout, rank_dropout, scale
+        self.left = 0  # parts still to apply the current draw
+        self.skip = False
+        self.mask: torch.Tensor | None = None
+
+    def take(self) -> tuple[bool, torch.Tensor | None]:
+        """(skip, row mask or None) of the current forward, drawn when no part has one left."""
+        if self.left == 0:
+            self.skip = bool(self.module_dropout) and bool(torch.rand(1) < self.module_dropout)
+            self.mask = None
+            if not self.skip and self.rank_dropout:
+                mask = (torch.rand(self.rows) > self.rank_dropout).float()
+                self.mask = mask / mask.mean() if self.scale else mask
+            self.left = self.parts
+        self.left -= 1
+        return self.skip, self.mask
+
+
+def add_fused_lycoris_dropout(
+    module: torch.nn.Module,
+    fused: tuple[FusedPlan, ...],
+    module_dropout: float,
+    rank_dropout: float,
+    rank_dropout_scale: bool,
+) -> int:
+    """Wrap the forward of every fused LoKr's / LoHa's parts in `module` with one shared draw per fused layer
+    and forward; how many fused layers."""
+    wrapped = 0
+    for _group, _index, found in fused_parts(module, fused, _lycoris_part):
+        layers = [layer for _, _, layer in found]
+        if not layers:
+            continue
+        start, rows = 0, {}
+        for layer in layers:  # every part is adapted (DBS575): the fused layer's rows in part order
+            width = int(layer.get_base_layer().out_features)
+            rows[id(layer)] = (start, start + width)
+            start += width
+        draw = LycorisDraw(len(layers), start, module_dropout, rank_dropout, rank_dropout_scale)
+        for layer in layers:
+            layer.forward = _forward(layer, layer.forward, draw, rows[id(layer)])
+            layer.dbspec_lycoris_draw = draw
+        wrapped += 1
+    return wrapped
+
+
+def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
+    """The part's forward with its fused layer's draw while training; peft's otherwise."""
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if (
+            not layer.training
+            or layer.disable_adapters
+            or layer.merged
+            or ADAPTER_NAME not in layer.active_adapters
+            or kwargs.get("adapter_names")
+        ):
+            return peft_forward(x, *args, **kwargs)
+        result = layer.base_layer(x, *args, **kwargs)
+        skip, mask = draw.take()
+        if skip:
+            return result.to(x.dtype)
+        delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
+        if mask is not None:
+            delta = delta * mask[rows[0] : rows[1]].to(delta.device, delta.dtype).view(-1, 1)
+        result = result + F.linear(layer._cast_input_dtype(x, delta.dtype), delta)
+        return result.to(x.dtype)
+
+    return forward

@@ -1,0 +1,135 @@
+"""lycoris.kohya algo=lokr / loha on kohya's fused Flux Linears with dora_wd, use_scalar and
+--scale_weight_norms (convert/kohya/lycoris_flux.py): the parts share one scalar, the max norm takes the
+whole fused update and scales the shared factors (LoKr) or the one scalar (LoHa) once, each part keeps its
+rows' magnitudes; the run resumes bit-exact, its gradients are lycoris-lora's LokrModule's / LohaModule's on
+the fused Linear holding the same values, and its kohya_lora export (the scalar folded in, the parts'
+dora_scale rows stacked) loads back in lycoris-lora with the trained outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lycoris.modules.loha import LohaModule
+from lycoris.modules.lokr import LokrModule
+from safetensors.torch import load_file
+
+from dbspec.runtime.lycoris_dora import dora_scale_of
+from dbspec.runtime.lycoris_switches import layer_scalar
+from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules, lycoris_update
+from tests.runtime.runspec import whole_and_resumed
+from tests.runtime.test_lycoris_flux import BASE, LOKR, _fused_linear
+
+SWITCHES = {  # LokrModule with dora_wd; LohaModule with the dropouts (dora_wd refuses them, DBS575)
+    "lokr": "dora = true\nscalar = true\nmax_norm = 1e-4\n",
+    "loha": "scalar = true\nmax_norm = 1e-4\nrank_dropout = 0.3\nmodule_dropout = 0.3\n",
+}
+
+
+def _module(cls, tensors, name: str, parts):
+    """lycoris-lora's module on the fused Linear, loaded from the file (its weight decomposition too)."""
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    rank = own["lokr_w2_a"].shape[1] if cls is LokrModule else own["hada_w1_b"].shape[0]
+    fused = _fused_linear([p.base_layer for p in parts])
+    wd = "dora_scale" in own
+    module = cls(name, fused, 1.0, rank, own["alpha"].item(), weight_decompose=wd)
+    module.load_state_dict(own)
+    module.apply_to()
+    return module.eval()
+
+
+def _theirs(cls, parts, **switches):
+    """lycoris-lora's module (use_scalar and `switches`) on the fused Linear with the parts' values."""
+    fused = _fused_linear([p.base_layer for p in parts])
+    wd = dora_scale_of(parts[0], "default") is not None
+    theirs = cls("qkv", fused, 1.0, 2, 1.5, use_scalar=True, weight_decompose=wd, **switches)
+    first = parts[0]
+    with torch.no_grad():
+        if cls is LokrModule:
+            for key in ("lokr_w1", "lokr_w2_a", "lokr_w2_b"):
+                getattr(theirs, key).copy_(getattr(first, key)["default"])
+        else:
+            for key in ("hada_w1_b", "hada_w2_b"):
+                getattr(theirs, key).copy_(getattr(first, key)["default"])
+            for key in ("hada_w1_a", "hada_w2_a"):
+                getattr(theirs, key).copy_(torch.cat([getattr(p, key)["default"] for p in parts]))
+        theirs.scalar.copy_(layer_scalar(first))
+        if wd:
+            theirs.dora_scale.copy_(torch.cat([dora_scale_of(p, "default") for p in parts]))
+    theirs.apply_to()
+    return theirs
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, kind):
+    cls = LokrModule if kind == "lokr" else LohaModule
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"')
+    extra = extra.replace("fused_projections = true\n", "fused_projections = true\n" + SWITCHES[kind])
+    extra += '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    transformer = whole.components.unet
+    attn, single = transformer.transformer_blocks[0].attn, transformer.single_transformer_blocks[0]
+    qkv = (attn.to_q, attn.to_k, attn.to_v)
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    assert all(layer_scalar(p) is layer_scalar(qkv[0]) for p in qkv)  # one scalar per fused layer
+    assert layer_scalar(qkv[0]).item() != 0.0  # trained from 0
+    rows = [json.loads(r) for r in next((tmp_path / "whole").rglob("metrics.jsonl")).read_text().splitlines()]
+    scaled = [r["max_norm/keys_scaled"] for r in rows if "loss" in r]
+    assert scaled[0] == 13 if kind == "lokr" else 0 < scaled[0] <= 13  # LoHa: some skipped (module dropout)
+    modules = lycoris_norm_modules(transformer, [], plan.adapter.fused)
+    assert len(modules) == 13 and sum(len(m.parts) for m in modules) == 3 + 3 + 4
+    if kind == "lokr":  # every module's whole update held to the limit (without its scalar)
+        with torch.no_grad():
+            assert max(float(lycoris_update(m).norm()) for m in modules) == pytest.approx(1e-4, rel=1e-4)
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    if kind == "lokr":
+        assert tensors["lora_unet_single_blocks_0_linear1.dora_scale"].shape == (112, 1)  # the parts' rows
+    x = torch.randn(3, 16)
+    for name, parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", qkv),
+        ("lora_unet_single_blocks_0_linear1", linear1),
+    ):
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            assert not torch.allclose(trained, plain, atol=1e-6), name
+            torch.testing.assert_close(_module(cls, tensors, name, parts)(x), trained, rtol=0, atol=1e-5)
+
+    # the gradients: lycoris-lora's module (use_scalar, dora_wd) on the fused Linear, same values
+    theirs = _theirs(cls, qkv)
+    target = torch.randn(3, 48)
+    transformer.zero_grad()
+    torch.nn.functional.mse_loss(torch.cat([p(x) for p in qkv], dim=-1), target).backward()
+    torch.nn.functional.mse_loss(theirs(x), target).backward()
+    torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-4, atol=1e-8)
+    if kind == "lokr":
+        torch.testing.assert_close(qkv[0].lokr_w1["default"].grad, theirs.lokr_w1.grad)
+        magnitudes = torch.cat([dora_scale_of(p, "default").grad for p in qkv])
+        torch.testing.assert_close(magnitudes, theirs.dora_scale.grad)
+        return
+    torch.testing.assert_close(qkv[0].hada_w1_b["default"].grad, theirs.hada_w1_b.grad)
+    rows_grad = torch.cat([p.hada_w2_a["default"].grad for p in qkv])
+    torch.testing.assert_close(rows_grad, theirs.hada_w2_a.grad)
+    # the dropouts while training: LohaModule's draws (torch.rand(1) < module_dropout, then one row mask
+    # over the fused update), the parts of a fused layer sharing them
+    theirs = _theirs(cls, qkv, rank_dropout=0.3, module_dropout=0.3).train()
+    transformer.train()
+    skipped = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        ours = torch.cat([p(x) for p in qkv], dim=-1)
+        torch.manual_seed(seed)
+        expected = theirs(x)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+        skipped += int(torch.equal(expected, theirs.org_forward(x)))
+    assert 0 < skipped < 6
+    # the max norm while training: LohaModule's apply_max_norm (its norm with one fresh row mask)
+    (module,) = [m for m in modules if m.layer is qkv[0]]
+    torch.manual_seed(7)
+    assert apply_lycoris_max_norm([module], 1e-5)[0] == 1
+    torch.manual_seed(7)
+    theirs.apply_max_norm(1e-5)
+    torch.testing.assert_close(layer_scalar(qkv[0]).detach(), theirs.scalar.detach())
