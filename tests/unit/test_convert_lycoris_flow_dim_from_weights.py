@@ -3,8 +3,9 @@ create_network_from_weights (lycoris/kohya.py) matches the file's module names a
 model (unet.named_modules(), not its preset lists: the embedders and Flux's final layer build too) and builds
 each from the file's keys, the network_args unread. A LoCon file (lora_down / lora_up / alpha under kohya's
 names, what algo=lora / locon saves) is one LoConModule per fused Linear at the file's rank and alpha:
-dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. LoKr / LoHa keys and
-text-encoder modules (LyCORIS numbers Flux's T5-XXL lora_te2) stay DBS403."""
+dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. A LoKr / LoHa file
+(lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) at one rank and alpha is dbspec's fused LoKr / LoHa.
+Text-encoder modules (LyCORIS numbers Flux's T5-XXL lora_te2) stay DBS403."""
 
 from __future__ import annotations
 
@@ -97,19 +98,66 @@ def test_flux_locon_file_builds_its_modules_at_their_ranks(tmp_path):
     assert _rank(a, "norm_out.linear") == (0, 1.0)
 
 
-def test_flux_lokr_file_is_refused(tmp_path):
-    """create_network_from_weights builds a LokrModule from lokr_w1 / lokr_w2 keys: no dbspec form from a
-    file."""
-    save_file(
-        {
-            "lora_unet_double_blocks_0_img_attn_proj.lokr_w1": np.zeros((4, 4), np.float16),
-            "lora_unet_double_blocks_0_img_attn_proj.lokr_w2": np.zeros((768, 768), np.float16),
-            "lora_unet_double_blocks_0_img_attn_proj.alpha": np.array(1.0, np.float32),
-        },
-        str(tmp_path / "prev.safetensors"),
+def _factor_file(path, modules: dict[str, dict[str, tuple[int, ...]]], alpha: float | None = 1.0):
+    tensors = {}
+    for name, shapes in modules.items():
+        tensors |= {f"{name}.{k}": np.zeros(s, np.float16) for k, s in shapes.items()}
+        if alpha is not None:
+            tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_flux_lokr_file_builds_lycoris_lokr_modules(tmp_path):
+    """create_network_from_weights builds a LokrModule from lokr_w1 / lokr_w2 keys, its factor read back
+    from the shapes (4 here: w1 4 x 4 of a 3072 x 3072 Linear), both factors full (full_matrix, scale 1):
+    dbspec's fused LoKr over the file's layers, started from it (runtime test:
+    test_lycoris_flow_factor_file)."""
+    full = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    qkv = {"lokr_w1": (4, 4), "lokr_w2": (2304, 768)}  # 9216 x 3072 by factor 4
+    _factor_file(
+        tmp_path / "prev.safetensors",
+        {"lora_unet_double_blocks_0_img_attn_proj": full, "lora_unet_double_blocks_0_img_attn_qkv": qkv},
     )
-    outcome = _flux(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported" and "DBS403" in codes(outcome)
+    outcome = _flux(tmp_path, "--network_args algo=loha")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.full_matrix) == ("lokr", 4, True)
+    assert set(a.denoiser_targets) == {
+        "transformer_blocks.0.attn.to_out.0",
+        *(f"transformer_blocks.0.attn.to_{p}" for p in "qkv"),
+    }
+    assert [f.name for f in a.fused] == ["img_attn_qkv"] and a.init_partial
+
+
+def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
+    """LohaModule per module at hada_w1_b's rows and the file's alpha; several ranks, Flux's final layer
+    (proj_out, a suffix of every single block's), dora_scale: DBS403; no alpha: LyCORIS's TypeError."""
+
+    def loha(out, inp, rank):
+        return {
+            "hada_w1_a": (out, rank),
+            "hada_w1_b": (rank, inp),
+            "hada_w2_a": (out, rank),
+            "hada_w2_b": (rank, inp),
+        }
+
+    modules = {"lora_unet_single_blocks_0_linear1": loha(7 * W, W, 8), "lora_unet_img_in": loha(W, 64, 8)}
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=4.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0) and "x_embedder" in a.denoiser_targets
+    for extra, code, words in (
+        ({"lora_unet_double_blocks_0_img_attn_proj": loha(W, W, 4)}, "DBS403", "one rank and alpha"),
+        ({"lora_unet_final_layer_linear": loha(64, W, 8)}, "DBS403", "proj_out"),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 8)}, "DBS403", "lora_te1"),
+    ):
+        _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
+        outcome = _flux(tmp_path, allow=True)
+        assert words in messages(outcome, code), errors(outcome)
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=None)
+    assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
 
 
 def test_flux_file_with_text_encoder_modules(tmp_path):
