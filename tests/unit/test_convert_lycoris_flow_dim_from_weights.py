@@ -5,14 +5,14 @@ each from the file's keys, the network_args unread. A LoCon file (lora_down / lo
 names, what algo=lora / locon saves) is one LoConModule per fused Linear at the file's rank and alpha:
 dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. A LoKr / LoHa file
 (lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) at one rank and alpha is dbspec's fused LoKr / LoHa.
-Text-encoder modules (LyCORIS numbers Flux's T5-XXL lora_te2) stay DBS403."""
+CLIP modules are lora_flux's / lora_sd3's; T5-XXL's (Flux's lora_te2 in LyCORIS's numbering) stay DBS403."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
-from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, out_path, plan_of
 from safetensors.numpy import save_file
 
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -161,13 +161,31 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
 
 
 def test_flux_file_with_text_encoder_modules(tmp_path):
-    """LyCORIS numbers kohya's encoder list (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): refused, unless
-    --network_train_unet_only, where LyCORIS's apply_to drops them."""
-    layers = {**FLUX_LAYERS, "lora_te1_text_model_encoder_layers_0_mlp_fc1": (3072, 768, 4, 4.0)}
+    """LyCORIS numbers the encoder list kohya hands it (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): CLIP-L's
+    LoCon modules are lora_flux's, at their ranks ([[adapter.text_encoder_blocks]]); T5-XXL's are refused
+    (its network's train_t5xxl stays False), unless --network_train_unet_only, where apply_to drops them."""
+    clip = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    layers = {**FLUX_LAYERS, clip: (3072, 768, 4, 4.0)}
+    layers["lora_te1_text_model_encoder_layers_1_self_attn_q_proj"] = (768, 768, 2, 1.0)
     _locon_file(tmp_path / "prev.safetensors", layers)
+    outcome = _flux(tmp_path, "--text_encoder_lr 5e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5
+    blocks = plan.adapter.text_encoder_blocks
+
+    def te_rank(path):
+        block = next(b for b in blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    assert te_rank("text_encoder.text_model.encoder.layers.0.mlp.fc1") == (4, 4.0)
+    assert te_rank("text_encoder.text_model.encoder.layers.1.self_attn.q_proj") == (2, 1.0)
+    assert te_rank("text_encoder.text_model.encoder.layers.0.self_attn.q_proj") == (0, 1.0)
+    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    _locon_file(tmp_path / "prev.safetensors", {**layers, t5: (4096, 4096, 4, 4.0)})
     outcome = _flux(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported"
-    assert "lora_te1_text_model_encoder_layers_0_mlp_fc1" in messages(outcome, "DBS403")
+    assert fate(outcome, "dim_from_weights") == "unsupported" and t5 in messages(outcome, "DBS403")
+    _locon_file(tmp_path / "prev.safetensors", layers)
     outcome = _flux(tmp_path, "--network_train_unet_only")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert _rank(plan_of(outcome, tmp_path).adapter, "proj_out") == (4, 2.0)
@@ -192,6 +210,35 @@ def test_sd3_locon_file_builds_its_modules_at_their_ranks(tmp_path):
     assert _rank(a, "transformer_blocks.2.ff_context.net.2") == (4, 4.0)
     assert _rank(a, "time_text_embed.timestep_embedder.linear_1") == (4, 1.0)
     assert _rank(a, "transformer_blocks.0.attn.add_q_proj") == (0, 1.0)
+
+
+def test_sd3_file_with_clip_modules_and_t5(tmp_path):
+    """SD3's list [CLIP-L, CLIP-G, T5-XXL] numbers as lora_sd3 does: CLIP-G's lora_te2 modules at their
+    ranks (CLIP-L without any: it trains nothing), T5-XXL's lora_te3 refused, CLIP-G's text_projection (no
+    kohya CLIP target) too."""
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": (3 * 2432, 2432, 16, 8.0),
+        "lora_te2_text_model_encoder_layers_3_self_attn_out_proj": (1280, 1280, 8, 8.0),
+    }
+    _locon_file(tmp_path / "prev.safetensors", layers)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    spec = out_path(tmp_path).read_text(encoding="utf-8")
+    assert "text_encoder = false" in spec and "text_encoder_2 = true" in spec
+    block = next(
+        b
+        for b in plan.adapter.text_encoder_blocks
+        if re.search(b.pattern, "text_encoder_2.text_model.encoder.layers.3.self_attn.out_proj")
+    )
+    assert (block.rank, block.alpha) == (8, 8.0)
+    for extra in (
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q",
+        "lora_te2_text_projection",
+    ):
+        _locon_file(tmp_path / "prev.safetensors", {**layers, extra: (1280, 1280, 4, 4.0)})
+        outcome = _sd3(tmp_path, allow=True)
+        assert extra in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_sd3_patch_convolution_in_the_file_is_refused(tmp_path):

@@ -26,7 +26,7 @@ from dbspec.convert.kohya.file_ranks import (
     flow_components,
     per_module_text_blocks,
 )
-from dbspec.compiler.lora_file import read_lora_file
+from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_weights import (
     LycorisModule,
     check_loha,
@@ -764,17 +764,11 @@ def _flow_dim_from_weights(
             f"{builder}'s create_network_from_weights builds each module of the file at its rank: {exc}",
         )
         return
-    text_names = [m.name for m in file.modules.values() if m.name.startswith("lora_te")]
-    if lycoris and text_names and not a["network_train_unet_only"].value:
-        # LyCORIS numbers kohya's text-encoder list (Flux: lora_te2 is T5-XXL, lora_flux's lora_te3)
-        conv.unsupported(
-            from_file,
-            f"LyCORIS's create_network_from_weights builds the file's text-encoder modules "
-            f"(`{text_names[0]}`) in its own numbering of kohya's encoders; dbspec does not express them yet",
-            help="train with --network_train_unet_only (LyCORIS's apply_to then drops them), or from a file "
-            "without lora_te* modules",
-        )
-        return
+    text_components = components
+    if lycoris and not a["network_train_unet_only"].value:
+        text_components = _lycoris_clip(file, components, conv, from_file)
+        if text_components is None:
+            return
     pair = common_pair(file, prefixes=tuple(components)) or common_pair(file)
     if pair is None or len(blocks) == 1:
         conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear {wanted} adapts")
@@ -804,10 +798,39 @@ def _flow_dim_from_weights(
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules (CLIP-L, CLIP-G, T5-XXL) at several ranks, or not every layer's: kohya builds
     # none where the file has none
-    text = [] if lycoris else per_module_text_blocks(file, components)
+    text = per_module_text_blocks(file, text_components) if text_components else []
     put_text_blocks(text, note, conv)
     mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
     conv.record(from_file, "mapped", mapped)
+
+
+def _lycoris_clip(file, components: dict[str, str], conv: Conversion, from_file: Legacy) -> dict | None:
+    """The CLIP prefixes LyCORIS's create_network_from_weights builds the file's text-encoder modules under:
+    it numbers the encoder list kohya hands it (lora_te1 CLIP-L; SD3's lora_te2 CLIP-G; T5-XXL last: Flux's
+    lora_te2, SD3's lora_te3), so a LoCon on a CLIP Linear is lora_flux's / lora_sd3's module there (one group
+    at text_encoder_lr's first value: train.py). None (DBS403) for T5-XXL modules (LyCORIS builds them, but
+    its network's train_t5xxl stays False, so kohya runs T5-XXL as it does not train it) and for a CLIP
+    module no text target names (text_projection...). Flux's lora_te3_* name no module of LyCORIS's two
+    encoders: ignored, as LyCORIS ignores them."""
+    clip = {p: c for p, c in components.items() if p != "lora_te3_"}
+    t5 = f"lora_te{len(components)}_"  # T5-XXL last: Chroma's only, Flux's second, SD3's third
+    targets = conv.values.get(("adapter", "text_encoder_targets"), ([], ""))[0]
+    for module in file.modules.values():
+        name = module.name
+        if name.startswith(t5):
+            why = "a T5-XXL module, which LyCORIS builds while its network's train_t5xxl stays False"
+        elif name.startswith(tuple(clip)) and not any(name.endswith(kohya_suffix(t)) for t in targets):
+            why = "a CLIP module outside kohya's CLIP targets (CLIPAttention / CLIPMLP Linears)"
+        else:
+            continue
+        conv.unsupported(
+            from_file,
+            f"LyCORIS's create_network_from_weights builds `{name}`, {why}; dbspec does not express it",
+            help="train with --network_train_unet_only (LyCORIS's apply_to then drops the text-encoder "
+            "modules), or from a file without that module",
+        )
+        return None
+    return clip
 
 
 def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
