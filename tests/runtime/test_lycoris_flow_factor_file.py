@@ -96,7 +96,7 @@ def _converted(tmp_path):
         "--ae ae.safetensors "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=8 --network_alpha=8 "
         "--network_args algo=locon --network_weights prev.safetensors --dim_from_weights "
-        "--learning_rate=1e-2 --max_train_steps=4 --save_every_n_steps 2 --save_model_as=safetensors "
+        "--learning_rate=1e-2 --max_train_steps=3 --save_every_n_steps 2 --save_model_as=safetensors "
         "--output_dir=out --model_prediction_type raw --guidance_scale 1.0",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
@@ -134,11 +134,11 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     if kind == "loha":
         return
     whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
-    assert whole.status == "finished" and whole.steps == 4
+    assert whole.status == "finished" and whole.steps == 3
     parts = compile_spec(spec, [*RUN, "output.dir=parts"])
     assert execute(parts, stop_after=2).status == "interrupted"
     second = execute(parts, resume=True, keep_models=True)
-    assert second.status == "finished" and second.losses[-2:] == whole.losses[-2:]
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
     ours = dict(whole.components.unet.named_parameters())
     for name, p in second.components.unet.named_parameters():
         assert torch.equal(p, ours[name]), name

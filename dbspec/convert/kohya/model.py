@@ -870,7 +870,17 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
             conv.unsupported(a["network_weights"], why)
             return False
-    map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
+    weights = a["network_weights"]
+    if kind in ("full", "ia3") and weights.value:
+        # LyCORIS's load_weights into FullModule (W + diff) / IA3Module: runtime/lycoris_whole_init.py
+        if not str(weights.value).lower().endswith(".safetensors"):
+            conv.unsupported(
+                weights, "dbspec starts it from a .safetensors file only (kohya also torch.loads)"
+            )
+            return False
+        map_init_weights(weights, paths, conv)
+    else:
+        map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
     return True
