@@ -273,6 +273,18 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
     """Why the file's transformer module does not fit the adapter, or "" (per-block ranks: the run checks
     every tensor's shape against its layer when it loads the file)."""
     tensor = f"`{module.name}.lora_down.weight`"
+    if (
+        module.conv
+        and module.name == "lora_unet_x_embedder_proj"
+        and "pos_embed.proj" in adapter.conv_targets
+    ):
+        # SD3's patch convolution (lycoris.kohya's LoCon there): at conv_rank / conv_alpha
+        if module.rank != adapter.conv_rank:
+            return f"tensor {tensor} has rank {module.rank}; adapter.conv_rank is {adapter.conv_rank}"
+        if module.alpha is not None and not math.isclose(module.alpha, adapter.conv_alpha, rel_tol=1e-3):
+            conv_alpha = adapter.conv_alpha
+            return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.conv_alpha is {conv_alpha:g}"
+        return ""
     if module.conv:
         return f"tensor {tensor} adapts a convolution; kohya's {family} LoRA adapts Linears only"
     rank, alpha = adapter.rank, adapter.alpha

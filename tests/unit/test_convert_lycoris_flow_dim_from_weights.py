@@ -241,14 +241,24 @@ def test_sd3_file_with_clip_modules_and_t5(tmp_path):
         assert extra in messages(outcome, "DBS403"), errors(outcome)
 
 
-def test_sd3_patch_convolution_in_the_file_is_refused(tmp_path):
+def test_sd3_patch_convolution_in_the_file_at_its_rank(tmp_path):
+    """LyCORIS's LoConModule on SD3's patch convolution (x_embedder.proj) at the file's rank and alpha:
+    conv_targets = ["pos_embed.proj"] at conv_rank / conv_alpha, its block before the last rank-0 one
+    (runtime test: test_lycoris_sd3_patch_file)."""
     save_file(
         {
             "lora_unet_x_embedder_proj.lora_down.weight": np.zeros((4, 16, 2, 2), np.float16),
             "lora_unet_x_embedder_proj.lora_up.weight": np.zeros((2432, 4, 1, 1), np.float16),
-            "lora_unet_x_embedder_proj.alpha": np.array(4.0, np.float32),
+            "lora_unet_x_embedder_proj.alpha": np.array(2.0, np.float32),
+            "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": np.zeros((8, 2432), np.float16),
+            "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": np.zeros((3 * 2432, 8), np.float16),
+            "lora_unet_joint_blocks_0_x_block_attn_qkv.alpha": np.array(8.0, np.float32),
         },
         str(tmp_path / "prev.safetensors"),
     )
-    outcome = _sd3(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported" and "convolution" in messages(outcome, "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets) == (4, 2.0, ("pos_embed.proj",))
+    assert _rank(a, "pos_embed.proj") == (4, 2.0)
+    assert (a.rank, a.alpha) == (8, 8.0) and a.init_partial

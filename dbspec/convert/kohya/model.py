@@ -7,6 +7,8 @@ the weights.
 
 from __future__ import annotations
 
+import attrs
+
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
@@ -756,6 +758,9 @@ def _flow_dim_from_weights(
         return
     family = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
     components = flow_components(family)
+    patch = file.modules.get("lora_unet_x_embedder_proj") if lycoris and family == "sd3" else None
+    if patch is not None and patch.conv:  # LyCORIS's LoConModule on SD3's patch convolution
+        file = attrs.evolve(file, modules={k: m for k, m in file.modules.items() if m is not patch})
     try:
         blocks, embedders = flow_blocks(file, family, lycoris)
     except ValueError as exc:
@@ -787,6 +792,15 @@ def _flow_dim_from_weights(
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
     conv.put(("adapter", "rank"), rank, note)
     conv.put(("adapter", "alpha"), alpha, note)
+    if patch is not None and patch.conv:
+        why = note + ": LyCORIS's LoConModule on the patch convolution at its rank and alpha"
+        pair = {"rank": patch.rank, "alpha": float(patch.alpha or patch.rank)}
+        conv.put(("adapter", "conv_rank"), pair["rank"], why)
+        conv.put(("adapter", "conv_alpha"), pair["alpha"], why)
+        conv.put(("adapter", "conv_targets"), ["pos_embed.proj"], why)
+        # its block (conv_rank / conv_alpha: a 2x2 convolution) before the last rank-0 block
+        conv_pair = {"conv_rank": pair["rank"], "conv_alpha": pair["alpha"]}
+        blocks.insert(-1, {"pattern": r"^pos_embed\.proj$", **pair, **conv_pair})
     targets = list(conv.values[("adapter", "denoiser_targets")][0])
     if embedders:
         extra = [e for e in dict.fromkeys(embedders) if e not in targets]
