@@ -20,6 +20,7 @@ from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_flux import BASE, _double_block_layers, _fused_linear
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
+from lycoris.modules.ia3 import IA3Module  # noqa: E402
 from lycoris.modules.loha import LohaModule  # noqa: E402
 from lycoris.modules.lokr import LokrModule  # noqa: E402
 
@@ -83,7 +84,7 @@ def _file(tmp_path, cls, rank: int, options: dict):
     return file, linears
 
 
-def _converted(tmp_path):
+def _converted(tmp_path, allow: bool = False):
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -91,6 +92,7 @@ def _converted(tmp_path):
         component_file(tmp_path / name)
     outcome = kohya(
         tmp_path,
+        allow=allow,
         command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
         "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
         "--ae ae.safetensors "
@@ -99,6 +101,8 @@ def _converted(tmp_path):
         "--learning_rate=1e-2 --max_train_steps=3 --save_every_n_steps 2 --save_model_as=safetensors "
         "--output_dir=out --model_prediction_type raw --guidance_scale 1.0",
     )
+    if allow:
+        return outcome
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return out_path(tmp_path)
 
@@ -117,9 +121,9 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     plan = compile_spec(spec, RUN)
     kind = "lokr" if cls is LokrModule else "loha"
     assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == (kind, rank, 1.5)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     if kind == "lokr":
         assert (plan.adapter.factor, plan.adapter.decompose_both) == (4, True)
-    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     comps, count = _loaded(plan)
     assert count == 6
     torch.manual_seed(0)
@@ -156,3 +160,15 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
             torch.testing.assert_close(
                 fresh[name](x), torch.cat([p(x) for p in parts], -1), rtol=0, atol=1e-5
             )
+
+
+def test_ia3_file_stops_lycoris(tmp_path):
+    """lycoris-lora 4.1.3's get_module hands IA3Module.make_module_from_state_dict (weight, on_input), which
+    takes weight alone: kohya stops (the converter's DBS402)."""
+    from tests.unit.convert_kit import codes
+
+    file, linears = _file(tmp_path, IA3Module, 1, {})
+    with pytest.raises(TypeError):
+        lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    outcome = _converted(tmp_path, allow=True)
+    assert "DBS402" in codes(outcome)

@@ -262,3 +262,15 @@ def test_sd3_patch_convolution_in_the_file_at_its_rank(tmp_path):
     assert (a.conv_rank, a.conv_alpha, a.conv_targets) == (4, 2.0, ("pos_embed.proj",))
     assert _rank(a, "pos_embed.proj") == (4, 2.0)
     assert (a.rank, a.alpha) == (8, 8.0) and a.init_partial
+
+
+def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):
+    """LyCORIS builds FullModule at W + diff, then load_weights adds diff again (checked with lycoris-lora
+    4.1.3): W + 2 diff, which dbspec does not express (DBS403)."""
+    _factor_file(
+        tmp_path / "prev.safetensors",
+        {"lora_unet_img_in": {"diff": (W, 64), "diff_b": (W,)}},
+        alpha=None,
+    )
+    outcome = _flux(tmp_path, allow=True)
+    assert "W + 2 diff" in messages(outcome, "DBS403")

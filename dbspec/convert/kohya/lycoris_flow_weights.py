@@ -233,3 +233,56 @@ def diffusers_targets(names: list[str], family: str) -> list[str] | str:
             )
         out.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     return out
+
+
+def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
+    """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
+    builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
+    what dbspec cannot express."""
+    algos = sorted({m.algo or "none" for m in modules.values()})
+    denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
+    text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
+    algo = algos[0]
+    if algo == "full":  # checked against lycoris-lora 4.1.3: a file diff of 1 trains from W + 2
+        return (
+            "LyCORIS builds each FullModule at W + diff, and train_network.py's load_weights then adds the "
+            "file's diff again (its load hook): the run starts at W + 2 diff, which dbspec's full copies "
+            "(started at W + diff from a file) do not express"
+        )
+    extra = next((f"{m.name}.{k}" for m in denoiser for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
+    bare = next((m.name for m in denoiser if m.alpha is None), None)
+    if len(algos) > 1:
+        return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
+    if family == "chroma":
+        return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
+    if text and not unet_only:
+        return (
+            f"it builds the file's text-encoder modules (`{text[0]}`) in LyCORIS's numbering of kohya's "
+            "encoders"
+        )
+    if not denoiser:
+        return "it holds no module of the denoiser"
+    if any("dora_scale" in m.shapes for m in denoiser):
+        return f"its `dora_scale` (a fused {algo} has no weight decomposition)"
+    if extra:
+        return f"its Tucker tensor `{extra}`"
+    if bare and algo != "ia3":
+        return f"invalid:module `{bare}` has no alpha: make_module_from_state_dict's float(None) raises"
+    targets = diffusers_targets([m.name for m in denoiser], family)
+    if isinstance(targets, str):
+        return targets
+    if algo == "ia3":  # get_module hands it (weight, on_input); it takes weight alone
+        return (
+            "invalid:LyCORIS's IA3Module.make_module_from_state_dict takes a module's `weight` alone, but "
+            "get_module hands it `weight` and `on_input` (lycoris-lora 4.1.3): TypeError"
+        )
+    checked = (check_lokr if algo == "lokr" else check_loha)(denoiser)
+    if isinstance(checked, str):
+        return checked
+    options, alpha = checked
+    if isinstance(options, int):  # LoHa's rank
+        out: dict = {"kind": algo, "rank": options, "alpha": alpha}
+    else:
+        out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
+        out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
+    return {**out, "denoiser_targets": targets, "fused_projections": True}

@@ -29,13 +29,7 @@ from dbspec.convert.kohya.file_ranks import (
     per_module_text_blocks,
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
-from dbspec.convert.kohya.lycoris_flow_weights import (
-    LycorisModule,
-    check_loha,
-    check_lokr,
-    diffusers_targets,
-    read_lycoris_file,
-)
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, factor_file_adapter, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
 
@@ -951,73 +945,40 @@ def _lycoris_flow_from_weights(
 
 
 def _factor_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
-    """The --network_weights file's modules when one is a LyCORIS LoKr / LoHa (its keys decide); None
-    otherwise, or when it is unreadable (the LoCon mapping reports it)."""
+    """The --network_weights file's modules when one is a LyCORIS LoKr / LoHa / IA3 / full (its keys decide);
+    None otherwise, or when it is unreadable (the LoCon mapping reports it)."""
     local = paths.local(a["network_weights"].value)
     try:
         modules = read_lycoris_file(local) if local is not None else {}
     except (ModelFileError, ValueError, OSError):
         return None
-    return modules if any(m.algo in ("lokr", "loha") for m in modules.values()) else None
+    return modules if any(m.algo in ("lokr", "loha", "ia3", "full") for m in modules.values()) else None
 
 
 def _lycoris_flow_factor_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
     """lycoris.kohya --dim_from_weights with a LoKr / LoHa file on Flux / SD3: LyCORIS's LokrModule /
-    LohaModule per module of the file, one per fused Linear, as dbspec's fused LoKr / LoHa with the file's
-    one rank, alpha (and LoKr split) over its modules' diffusers parts, started from the file
-    (lycoris_flow_weights.py); what that cannot express is DBS403, what LyCORIS fails on DBS402."""
+    LohaModule per module of the file, one per fused Linear, as dbspec's fused LoKr / LoHa with the file's one
+    rank, alpha (and LoKr split) over its modules' diffusers parts, started from the file
+    (lycoris_flow_weights.py); what that cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3
+    file: lycoris-lora 4.1.3's IA3Module cannot be built from one)."""
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
-    algos = sorted({m.algo or "none" for m in modules.values()})
-    denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
-    text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
-    algo, why, invalid = algos[0], "", ""
-    extra = next((f"{m.name}.{k}" for m in denoiser for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
-    bare = next((m.name for m in denoiser if m.alpha is None), None)
-    if len(algos) > 1:
-        why = f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
-    elif family == "chroma":
-        why = "dbspec's fused LoKr / LoHa is written in kohya's Flux / SD3 layouts, not Chroma's"
-    elif text and not a["network_train_unet_only"].value:
-        why = (
-            f"it builds the file's text-encoder modules (`{text[0]}`) in LyCORIS's numbering of kohya's "
-            "encoders"
-        )
-    elif not denoiser:
-        why = "it holds no module of the denoiser"
-    elif any("dora_scale" in m.shapes for m in denoiser):
-        why = "its `dora_scale` (a fused LoKr / LoHa has no weight decomposition)"
-    elif extra:
-        why = f"its Tucker tensor `{extra}`"
-    elif bare:
-        invalid = f"module `{bare}` has no alpha: make_module_from_state_dict's float(None) raises TypeError"
-    targets = [] if why or invalid else diffusers_targets([m.name for m in denoiser], family)
-    if isinstance(targets, str):
-        why = targets
-    checked = None if why or invalid else (check_lokr if algo == "lokr" else check_loha)(denoiser)
-    if isinstance(checked, str):
-        invalid, why = (checked[8:], "") if checked.startswith("invalid:") else ("", checked)
-    if invalid:
+    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith("invalid:"):
         conv.invalid(
-            from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {invalid}"
+            from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"
         )
         return False
-    if why:
-        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {why}")
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
         return False
-    assert isinstance(checked, tuple) and isinstance(targets, list)
+    algo = found["kind"]
     note = f"kohya --dim_from_weights: LyCORIS's {algo} modules of {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), algo, conv.comment(module, note))
-    options, alpha = checked
-    put = {"rank": options, "alpha": alpha} if algo == "loha" else {"rank": options.rank, "alpha": alpha}
-    if algo == "lokr":
-        put["factor"] = options.factor
-        put.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
-    put["denoiser_targets"] = targets
-    put["fused_projections"] = True
-    for key, value in put.items():
-        conv.put(("adapter", key), value, note)
+    for key, value in found.items():
+        if key != "kind":
+            conv.put(("adapter", key), value, note)
     map_init_weights(weights, paths, conv)
     for key in ("network_dim", "network_alpha"):
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
