@@ -34,7 +34,7 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
     if plan.adapter.kind == "diag-oft":  # kohya's networks.oft (the plan allows its form alone)
         return _load_kohya_oft(plan, unet)
-    if plan.adapter.kind in ("lokr", "loha"):  # lycoris.kohya's file on kohya's fused Flux layers
+    if plan.adapter.kind in ("lokr", "loha", "full", "ia3"):  # lycoris.kohya's file on kohya's Flux / SD3
         from dbspec.runtime.lycoris_init import load_fused_lycoris_init
 
         return load_fused_lycoris_init(plan, unet, text_encoders)

@@ -1,5 +1,6 @@
-"""Start a fused LoKr / LoHa from LyCORIS's file (`plan.adapter.init_weights` with kind lokr / loha and
-`fused_projections`: lycoris.kohya `--network_weights` with flux_train_network.py / sd3_train_network.py).
+"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3: runtime/lycoris_whole_init.py)
+(`plan.adapter.init_weights` with kind lokr / loha and `fused_projections`: lycoris.kohya `--network_weights`
+with flux_train_network.py / sd3_train_network.py).
 
 train_network.py builds LyCORIS's network, applies it, then calls its `load_weights`:
 `load_state_dict(strict=False)` of the file into the modules, one per fused Linear, named as kohya's Flux (or
@@ -80,16 +81,27 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
                         f"{path}: tensor `{key}.{name}` has shape {list(value.shape)}; the run's layer has "
                         f"{list(shape)}"
                     )
-                copy(value)
+                try:
+                    copy(value)
+                except ValueError as exc:
+                    if str(exc).startswith(str(path)):
+                        raise
+                    raise ValueError(f"{path}: tensor `{key}.{name}`: {exc}") from exc
             loaded += 1
     return loaded
 
 
 def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
     """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
-    adapted layer (a fused layer once, under its first part's, the fused, name)."""
+    adapted layer (a fused layer once, under its first part's, the fused, name); LyCORIS's full algo and
+    IA^3: runtime/lycoris_whole_init.py."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
+
+    if plan.adapter.kind in ("full", "ia3"):
+        from dbspec.runtime.lycoris_whole_init import whole_layer_slots
+
+        return whole_layer_slots(plan, unet, text_encoders)
 
     out: dict[str, tuple[dict[str, Slot], float | None]] = {}
     for prefix, module, to_path in kohya_parts(

@@ -20,7 +20,15 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
-from dbspec.spec.model import DiagOftAdapter, DyloraAdapter, LohaAdapter, LokrAdapter, LoraAdapter
+from dbspec.spec.model import (
+    DiagOftAdapter,
+    DyloraAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    LohaAdapter,
+    LokrAdapter,
+    LoraAdapter,
+)
 
 KEY = ("adapter", "init_weights")
 
@@ -40,7 +48,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     adapter = ctx.spec.adapter
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
-    if isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.init_weights:
+    if isinstance(adapter, (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter)) and adapter.init_weights:
         return _plan_fused_lycoris(ctx, family, adapter, components)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
@@ -265,6 +273,18 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
     """Why the file's transformer module does not fit the adapter, or "" (per-block ranks: the run checks
     every tensor's shape against its layer when it loads the file)."""
     tensor = f"`{module.name}.lora_down.weight`"
+    if (
+        module.conv
+        and module.name == "lora_unet_x_embedder_proj"
+        and "pos_embed.proj" in adapter.conv_targets
+    ):
+        # SD3's patch convolution (lycoris.kohya's LoCon there): at conv_rank / conv_alpha
+        if module.rank != adapter.conv_rank:
+            return f"tensor {tensor} has rank {module.rank}; adapter.conv_rank is {adapter.conv_rank}"
+        if module.alpha is not None and not math.isclose(module.alpha, adapter.conv_alpha, rel_tol=1e-3):
+            conv_alpha = adapter.conv_alpha
+            return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.conv_alpha is {conv_alpha:g}"
+        return ""
     if module.conv:
         return f"tensor {tensor} adapts a convolution; kohya's {family} LoRA adapts Linears only"
     rank, alpha = adapter.rank, adapter.alpha
@@ -404,24 +424,29 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
 _FACTORS = {
     "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+    "full": ("diff", "diff_b"),  # FullModule's custom_state_dict
+    "ia3": ("weight", "on_input"),  # IA3Module's
 }
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
-    """A LyCORIS LoKr / LoHa file on kohya's Flux / SD3 names (lycoris.kohya --network_weights with
-    flux_train_network.py / sd3_train_network.py): one module per fused Linear, for `fused_projections` on
-    that layout. Its modules' prefixes and kind are checked here; the factor shapes and alphas when the run
-    loads it (runtime/lycoris_init.py)."""
+    """A LyCORIS LoKr / LoHa (full, IA3) file on kohya's Flux / SD3 names (lycoris.kohya --network_weights
+    with flux_train_network.py / sd3_train_network.py): one module per fused Linear, for LoKr / LoHa with
+    `fused_projections` on that layout. Its modules' prefixes and kind are checked here; the factor shapes
+    and alphas when the run loads it (runtime/lycoris_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    if not (adapter.fused_projections and spec.fused_projections):
+    if not (getattr(adapter, "fused_projections", True) and spec.fused_projections):
         ctx.report(
             "DBS356",
             "error",
             f"`{path}`: a {adapter.kind} starts from a file on kohya's fused Flux / SD3 layers only "
-            "(lycoris.kohya's layout there), with adapter.fused_projections = true",
+            "(lycoris.kohya's layout there)"
+            + (", with adapter.fused_projections = true" if hasattr(adapter, "fused_projections") else ""),
             KEY,
-            help='set adapter.fused_projections = true on a Flux or SD3 model, or adapter.init_weights = ""',
+            help='set adapter.fused_projections = true on a Flux or SD3 model, or adapter.init_weights = ""'
+            if hasattr(adapter, "fused_projections")
+            else 'start from it on a Flux or SD3 model, or set adapter.init_weights = ""',
         )
         return "", 0
     from dbspec.compiler.safetensors_header import read_safetensors_header

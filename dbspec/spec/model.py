@@ -725,6 +725,20 @@ def _fused_init_weights(what: str):
     )
 
 
+def _whole_init_weights(what: str):
+    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3: runtime/lycoris_init.py
+    return option(
+        "",
+        doc=f"Start the {what} from this `.safetensors` file (lycoris.kohya `--network_weights` with "
+        "flux_train_network.py / sd3_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's Flux / SD3 module names, one module per fused Linear, as LyCORIS saves it and dbspec's "
+        "`kohya_lora` export writes it; each diffusers part takes its rows of a fused module's tensors. "
+        "Flux and SD3 only. Its shapes must be the layers' (checked when the run loads it). A resumed run "
+        "takes the checkpoint's weights instead. Empty: LyCORIS's init.",
+        example="previous-run/final/lora.kohya.safetensors",
+    )
+
+
 def _fused_init_partial():
     return option(
         False,
@@ -883,6 +897,8 @@ class FullAdapter:
         "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
         example=list(KOHYA_CONV_TARGETS),
     )
+    init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)")
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen
@@ -907,6 +923,8 @@ class Ia3Adapter:
         "(LyCORIS `train_on_input`, which its ia3 preset sets for `ff.net.2` and `mlp.fc2`).",
         example=["ff.net.2", "mlp.fc2"],
     )
+    init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)")
+    init_partial: bool = _fused_init_partial()
 
 
 def _oft_rescaled():

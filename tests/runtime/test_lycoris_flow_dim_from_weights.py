@@ -62,3 +62,45 @@ def test_flux_file_builds_what_the_plan_blocks_say(tmp_path):
         for part in diffusers_parts(kohya):
             block = next(b for b in blocks if re.search(b["pattern"], part))
             assert (block["rank"], block["alpha"]) == want, (kohya, part)
+
+
+def test_text_encoder_modules_in_lycoris_numbering(tmp_path):
+    """create_network_from_weights numbers the encoder list flux_train_network.py hands it ([CLIP-L, T5-XXL]):
+    lora_te1 builds on CLIP-L (a LoConModule at the file's rank and alpha, lora_flux's CLIP module, which the
+    converter's text blocks give that rank), lora_te2 on T5-XXL (which the converter refuses), and lora_flux's
+    own T5 name lora_te3 builds nothing."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from dbspec.convert.kohya.file_ranks import per_module_text_blocks
+    from tests.runtime.test_lycoris_preset_file_sdxl import _pinned_clip
+
+    with torch.device("meta"):
+        clip = _pinned_clip(
+            CLIPTextModel(CLIPTextConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64))
+        )
+        t5 = T5EncoderModel(T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    shapes = {
+        "lora_te1_text_model_encoder_layers_1_mlp_fc1": (64, 32, 4, 2.0),
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": (32, 32, 2, 2.0),
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_k": (32, 32, 2, 2.0),
+        "lora_unet_img_in": (8, 8, 2, 1.0),
+    }
+    tensors = {}
+    for key, (out, inp, rank, alpha) in shapes.items():
+        tensors[f"{key}.lora_down.weight"] = torch.zeros(rank, inp)
+        tensors[f"{key}.lora_up.weight"] = torch.zeros(out, rank)
+        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    path = tmp_path / "locon.safetensors"
+    save_file(tensors, str(path))
+    rows = flux_model(double=1, single=1)
+    network, _ = lycoris_kohya.create_network_from_weights(1, str(path), None, [clip, t5], _rebuilt(rows))
+    built = {m.lora_name: (m.lora_dim, float(m.scale)) for m in network.text_encoder_loras}
+    assert built == {
+        "lora_te1_text_model_encoder_layers_1_mlp_fc1": (4, 0.5),
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": (2, 1.0),
+    }
+    blocks = per_module_text_blocks(read_lora_file(path), {"lora_te1_": "text_encoder"})
+    for layer, want in (("1.mlp.fc1", (4, 2.0)), ("0.mlp.fc1", (0, 1.0))):
+        name = f"text_encoder.text_model.encoder.layers.{layer}"
+        block = next(b for b in blocks if re.search(b["pattern"], name))
+        assert (block["rank"], block["alpha"]) == want, name

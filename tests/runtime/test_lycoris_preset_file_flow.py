@@ -296,3 +296,31 @@ def test_sd3_preset_file_adapts_the_layers_lycoris_builds(sd3_models, preset, tm
                 ours.add(f"{prefix}_{name.replace('.', '_')}")
     assert theirs and not any(n.startswith("lora_te3") for n in theirs)
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+
+
+def test_clip_dims_of_a_preset_file_are_lycoris_modules(models, tmp_path, monkeypatch):
+    """A map entry giving CLIP-L's MLPs a dim of their own: the text_encoder_blocks the converter writes
+    give every CLIP-L Linear lycoris-lora's LoConModule's rank and scale."""
+    path = tmp_path / "clip_dims.toml"
+    path.write_text(
+        "exclude_name = ['single_blocks\\\\..*']\ntext_encoder_target_module = ['CLIPAttention', 'CLIPMLP']\n"
+        "\n[module_algo_map.CLIPMLP]\ndim = 2\nalpha = 2\n",
+        encoding="utf-8",
+    )
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, models["te"], models["kohya"], algo="locon", preset=str(path)
+    )
+    theirs = {m.lora_name: (m.lora_dim, float(m.scale)) for m in made.text_encoder_loras}
+    assert {d for d, _ in theirs.values()} == {2, 4}
+    a = _converted(tmp_path, path.name).adapter
+    for name, module in models["te"][0].named_modules():
+        key = f"lora_te1_{name.replace('.', '_')}"
+        if not isinstance(module, nn.Linear) or not _matches(name, a.text_encoder_targets):
+            assert key not in theirs, key
+            continue
+        block = next((b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder.{name}")), None)
+        rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
+        assert theirs[key] == (rank, alpha / rank), key

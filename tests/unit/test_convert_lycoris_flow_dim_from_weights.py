@@ -3,15 +3,16 @@ create_network_from_weights (lycoris/kohya.py) matches the file's module names a
 model (unet.named_modules(), not its preset lists: the embedders and Flux's final layer build too) and builds
 each from the file's keys, the network_args unread. A LoCon file (lora_down / lora_up / alpha under kohya's
 names, what algo=lora / locon saves) is one LoConModule per fused Linear at the file's rank and alpha:
-dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. LoKr / LoHa keys and
-text-encoder modules (LyCORIS numbers Flux's T5-XXL lora_te2) stay DBS403."""
+dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. A LoKr / LoHa file
+(lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) at one rank and alpha is dbspec's fused LoKr / LoHa.
+CLIP modules are lora_flux's / lora_sd3's; T5-XXL's (Flux's lora_te2 in LyCORIS's numbering) stay DBS403."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
-from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, out_path, plan_of
 from safetensors.numpy import save_file
 
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -97,29 +98,94 @@ def test_flux_locon_file_builds_its_modules_at_their_ranks(tmp_path):
     assert _rank(a, "norm_out.linear") == (0, 1.0)
 
 
-def test_flux_lokr_file_is_refused(tmp_path):
-    """create_network_from_weights builds a LokrModule from lokr_w1 / lokr_w2 keys: no dbspec form from a
-    file."""
-    save_file(
-        {
-            "lora_unet_double_blocks_0_img_attn_proj.lokr_w1": np.zeros((4, 4), np.float16),
-            "lora_unet_double_blocks_0_img_attn_proj.lokr_w2": np.zeros((768, 768), np.float16),
-            "lora_unet_double_blocks_0_img_attn_proj.alpha": np.array(1.0, np.float32),
-        },
-        str(tmp_path / "prev.safetensors"),
+def _factor_file(path, modules: dict[str, dict[str, tuple[int, ...]]], alpha: float | None = 1.0):
+    tensors = {}
+    for name, shapes in modules.items():
+        tensors |= {f"{name}.{k}": np.zeros(s, np.float16) for k, s in shapes.items()}
+        if alpha is not None:
+            tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_flux_lokr_file_builds_lycoris_lokr_modules(tmp_path):
+    """create_network_from_weights builds a LokrModule from lokr_w1 / lokr_w2 keys, its factor read back
+    from the shapes (4 here: w1 4 x 4 of a 3072 x 3072 Linear), both factors full (full_matrix, scale 1):
+    dbspec's fused LoKr over the file's layers, started from it (runtime test:
+    test_lycoris_flow_factor_file)."""
+    full = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    qkv = {"lokr_w1": (4, 4), "lokr_w2": (2304, 768)}  # 9216 x 3072 by factor 4
+    _factor_file(
+        tmp_path / "prev.safetensors",
+        {"lora_unet_double_blocks_0_img_attn_proj": full, "lora_unet_double_blocks_0_img_attn_qkv": qkv},
     )
-    outcome = _flux(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported" and "DBS403" in codes(outcome)
+    outcome = _flux(tmp_path, "--network_args algo=loha")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.full_matrix) == ("lokr", 4, True)
+    assert set(a.denoiser_targets) == {
+        "transformer_blocks.0.attn.to_out.0",
+        *(f"transformer_blocks.0.attn.to_{p}" for p in "qkv"),
+    }
+    assert [f.name for f in a.fused] == ["img_attn_qkv"] and a.init_partial
+
+
+def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
+    """LohaModule per module at hada_w1_b's rows and the file's alpha; several ranks, Flux's final layer
+    (proj_out, a suffix of every single block's), dora_scale: DBS403; no alpha: LyCORIS's TypeError."""
+
+    def loha(out, inp, rank):
+        return {
+            "hada_w1_a": (out, rank),
+            "hada_w1_b": (rank, inp),
+            "hada_w2_a": (out, rank),
+            "hada_w2_b": (rank, inp),
+        }
+
+    modules = {"lora_unet_single_blocks_0_linear1": loha(7 * W, W, 8), "lora_unet_img_in": loha(W, 64, 8)}
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=4.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0) and "x_embedder" in a.denoiser_targets
+    for extra, code, words in (
+        ({"lora_unet_double_blocks_0_img_attn_proj": loha(W, W, 4)}, "DBS403", "one rank and alpha"),
+        ({"lora_unet_final_layer_linear": loha(64, W, 8)}, "DBS403", "proj_out"),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 8)}, "DBS403", "lora_te1"),
+    ):
+        _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
+        outcome = _flux(tmp_path, allow=True)
+        assert words in messages(outcome, code), errors(outcome)
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=None)
+    assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
 
 
 def test_flux_file_with_text_encoder_modules(tmp_path):
-    """LyCORIS numbers kohya's encoder list (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): refused, unless
-    --network_train_unet_only, where LyCORIS's apply_to drops them."""
-    layers = {**FLUX_LAYERS, "lora_te1_text_model_encoder_layers_0_mlp_fc1": (3072, 768, 4, 4.0)}
+    """LyCORIS numbers the encoder list kohya hands it (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): CLIP-L's
+    LoCon modules are lora_flux's, at their ranks ([[adapter.text_encoder_blocks]]); T5-XXL's are refused
+    (its network's train_t5xxl stays False), unless --network_train_unet_only, where apply_to drops them."""
+    clip = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    layers = {**FLUX_LAYERS, clip: (3072, 768, 4, 4.0)}
+    layers["lora_te1_text_model_encoder_layers_1_self_attn_q_proj"] = (768, 768, 2, 1.0)
     _locon_file(tmp_path / "prev.safetensors", layers)
+    outcome = _flux(tmp_path, "--text_encoder_lr 5e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5
+    blocks = plan.adapter.text_encoder_blocks
+
+    def te_rank(path):
+        block = next(b for b in blocks if re.search(b.pattern, path))
+        return block.rank, block.alpha
+
+    assert te_rank("text_encoder.text_model.encoder.layers.0.mlp.fc1") == (4, 4.0)
+    assert te_rank("text_encoder.text_model.encoder.layers.1.self_attn.q_proj") == (2, 1.0)
+    assert te_rank("text_encoder.text_model.encoder.layers.0.self_attn.q_proj") == (0, 1.0)
+    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    _locon_file(tmp_path / "prev.safetensors", {**layers, t5: (4096, 4096, 4, 4.0)})
     outcome = _flux(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported"
-    assert "lora_te1_text_model_encoder_layers_0_mlp_fc1" in messages(outcome, "DBS403")
+    assert fate(outcome, "dim_from_weights") == "unsupported" and t5 in messages(outcome, "DBS403")
+    _locon_file(tmp_path / "prev.safetensors", layers)
     outcome = _flux(tmp_path, "--network_train_unet_only")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert _rank(plan_of(outcome, tmp_path).adapter, "proj_out") == (4, 2.0)
@@ -146,17 +212,68 @@ def test_sd3_locon_file_builds_its_modules_at_their_ranks(tmp_path):
     assert _rank(a, "transformer_blocks.0.attn.add_q_proj") == (0, 1.0)
 
 
-def test_sd3_patch_convolution_in_the_file_is_refused(tmp_path):
+def test_sd3_file_with_clip_modules_and_t5(tmp_path):
+    """SD3's list [CLIP-L, CLIP-G, T5-XXL] numbers as lora_sd3 does: CLIP-G's lora_te2 modules at their
+    ranks (CLIP-L without any: it trains nothing), T5-XXL's lora_te3 refused, CLIP-G's text_projection (no
+    kohya CLIP target) too."""
+    layers = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": (3 * 2432, 2432, 16, 8.0),
+        "lora_te2_text_model_encoder_layers_3_self_attn_out_proj": (1280, 1280, 8, 8.0),
+    }
+    _locon_file(tmp_path / "prev.safetensors", layers)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    spec = out_path(tmp_path).read_text(encoding="utf-8")
+    assert "text_encoder = false" in spec and "text_encoder_2 = true" in spec
+    block = next(
+        b
+        for b in plan.adapter.text_encoder_blocks
+        if re.search(b.pattern, "text_encoder_2.text_model.encoder.layers.3.self_attn.out_proj")
+    )
+    assert (block.rank, block.alpha) == (8, 8.0)
+    for extra in (
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q",
+        "lora_te2_text_projection",
+    ):
+        _locon_file(tmp_path / "prev.safetensors", {**layers, extra: (1280, 1280, 4, 4.0)})
+        outcome = _sd3(tmp_path, allow=True)
+        assert extra in messages(outcome, "DBS403"), errors(outcome)
+
+
+def test_sd3_patch_convolution_in_the_file_at_its_rank(tmp_path):
+    """LyCORIS's LoConModule on SD3's patch convolution (x_embedder.proj) at the file's rank and alpha:
+    conv_targets = ["pos_embed.proj"] at conv_rank / conv_alpha, its block before the last rank-0 one
+    (runtime test: test_lycoris_sd3_patch_file)."""
     save_file(
         {
             "lora_unet_x_embedder_proj.lora_down.weight": np.zeros((4, 16, 2, 2), np.float16),
             "lora_unet_x_embedder_proj.lora_up.weight": np.zeros((2432, 4, 1, 1), np.float16),
-            "lora_unet_x_embedder_proj.alpha": np.array(4.0, np.float32),
+            "lora_unet_x_embedder_proj.alpha": np.array(2.0, np.float32),
+            "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": np.zeros((8, 2432), np.float16),
+            "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": np.zeros((3 * 2432, 8), np.float16),
+            "lora_unet_joint_blocks_0_x_block_attn_qkv.alpha": np.array(8.0, np.float32),
         },
         str(tmp_path / "prev.safetensors"),
     )
-    outcome = _sd3(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported" and "convolution" in messages(outcome, "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets) == (4, 2.0, ("pos_embed.proj",))
+    assert _rank(a, "pos_embed.proj") == (4, 2.0)
+    assert (a.rank, a.alpha) == (8, 8.0) and a.init_partial
+
+
+def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):
+    """LyCORIS builds FullModule at W + diff, then load_weights adds diff again (checked with lycoris-lora
+    4.1.3): W + 2 diff, which dbspec does not express (DBS403)."""
+    _factor_file(
+        tmp_path / "prev.safetensors",
+        {"lora_unet_img_in": {"diff": (W, 64), "diff_b": (W,)}},
+        alpha=None,
+    )
+    outcome = _flux(tmp_path, allow=True)
+    assert "W + 2 diff" in messages(outcome, "DBS403")
 
 
 def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):

@@ -190,3 +190,31 @@ def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):
     outcome = _flux(tmp_path / "kept", preset, '"algo=locon" --network_train_unet_only')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert "apply_to drops" in messages(outcome, "DBS405")
+
+
+# CLIP-L's MLPs at a dim of their own, its attention at the network's
+CLIP_DIMS = """\
+exclude_name = ['single_blocks\\..*']
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+
+[module_algo_map.CLIPMLP]
+dim = 2
+alpha = 2
+"""
+
+
+def test_clip_dims_of_their_own_are_text_encoder_blocks(tmp_path):
+    """A map entry's CLIP dim is [[adapter.text_encoder_blocks]] with LoCon (LoConModule on a CLIP Linear is
+    kohya's LoRA); with LoKr / LoHa (no blocks on Flux) DBS403."""
+    outcome = _flux(tmp_path, CLIP_DIMS, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+
+    def te_rank(path):
+        block = next((b for b in a.text_encoder_blocks if re.search(b.pattern, path)), None)
+        return (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
+
+    assert te_rank("text_encoder.text_model.encoder.layers.3.mlp.fc2") == (2, 2.0)
+    assert te_rank("text_encoder.text_model.encoder.layers.3.self_attn.q_proj") == (8, 4.0)
+    outcome = _flux(tmp_path / "lokr", CLIP_DIMS, '"algo=lokr"', allow=True)
+    assert "CLIP layers their own dim" in messages(outcome, "DBS403")

@@ -156,19 +156,23 @@ def _lycoris_sd3_file(path, algo: str):
         "locon": lambda out, inp: {"lora_down.weight": (16, inp), "lora_up.weight": (out, 16)},
         "lokr": lambda out, inp: {"lokr_w1": (2, 2), "lokr_w2_a": (2, 2), "lokr_w2_b": (2, 2)},
         "loha": lambda out, inp: {"hada_w1_a": (out, 16), "hada_w1_b": (16, inp)},
+        "full": lambda out, inp: {"diff": (out, inp), "diff_b": (out,)},  # FullModule's: no alpha
+        "ia3": lambda out, inp: {"weight": (out,), "on_input": ()},  # IA3Module's
     }[algo]
     tensors = {}
     for name, (out, inp) in layers.items():
         tensors |= {f"{name}.{k}": np.zeros(shape, np.float16) for k, shape in shapes(out, inp).items()}
-        tensors[f"{name}.alpha"] = np.array(8.0, np.float32)
+        if algo not in ("full", "ia3"):
+            tensors[f"{name}.alpha"] = np.array(8.0, np.float32)
     save_file(tensors, str(path))
 
 
-@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha", "full", "ia3"])
 def test_network_weights_start_the_fused_network(tmp_path, algo):
     """train_network.py: apply_to, then LyCORIS's load_weights (load_state_dict(strict=False)) of the file
     on kohya's SD3 names: adapter.init_weights with init_partial (a LoCon's file in lora_sd3's layout,
-    runtime/flow_init.py; a LoKr's / LoHa's into the fused factors, runtime/lycoris_init.py)."""
+    runtime/flow_init.py; a LoKr's / LoHa's into the fused factors, runtime/lycoris_init.py; full's diff /
+    diff_b and IA3's scales cut into the parts' rows, runtime/lycoris_whole_init.py)."""
     _lycoris_sd3_file(tmp_path / "prev.safetensors", algo)
     outcome = _sd3(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo} preset=full-lin")
     assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
@@ -180,7 +184,7 @@ def test_network_weights_start_the_fused_network(tmp_path, algo):
         True,
         4,
     )
-    assert [f.name for f in a.fused] == FUSED
+    assert [f.name for f in a.fused] == ([] if algo in ("full", "ia3") else FUSED)
 
 
 def test_scale_weight_norms_of_a_locon_is_lycoris_max_norm(tmp_path):

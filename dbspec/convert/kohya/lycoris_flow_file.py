@@ -20,8 +20,9 @@ conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map
 [[adapter.blocks]] on algo=lora / locon; LoKr / LoHa there have no blocks and their fused export covers the
 blocks (and SD3's timestep embedder) only, so per-layer dims and other layers are refused with them. Refused
 too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
-LyCORIS's modules), CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
-convolution at a dim of its own (kohya's SD3 file holds it at conv_dim).
+LyCORIS's modules), LoKr / LoHa CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
+convolution at a dim of its own (kohya's SD3 file holds it at conv_dim). CLIP dims of their own are
+[[adapter.text_encoder_blocks]] on lora / locon (LoConModule on a CLIP Linear is kohya's LoRA there).
 
 With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
 modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
@@ -248,6 +249,7 @@ class FlowFile(NamedTuple):
     blocks: list[dict[str, Any]]
     inert: list[tuple[str, str]]
     convs: list[str] = []
+    text_blocks: list[dict[str, Any]] = []  # the CLIP layers' map-entry dims (lora / locon)
 
 
 class FlowModel(NamedTuple):
@@ -345,10 +347,10 @@ def flux_preset_file(
     )
     kind = algo if lokr else "lora"
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
-    if text_blocks:
+    if text_blocks and lokr:
         raise PresetError(
-            f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LyCORIS on "
-            f"{model.title} has no [[adapter.text_encoder_blocks]] yet",
+            f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LoKr / LoHa on "
+            f"{model.title} has no [[adapter.text_encoder_blocks]] (one rank for every layer)",
             False,
         )
     convs = [block for block in blocks if "conv_rank" in block]
@@ -383,7 +385,7 @@ def flux_preset_file(
                 },
                 *blocks,
             ]
-    return FlowFile(targets, text, blocks, inert, found.convs)
+    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks)
 
 
 SD3_MODEL = FlowModel(

@@ -179,10 +179,12 @@ def map_lycoris_flow(
             args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
         )
         return False
+    text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None:
             return False
+        text_blocks = file.text_blocks
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
         note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
@@ -256,6 +258,10 @@ def map_lycoris_flow(
         block_note = conv.comment(module, block.pop("_why"))
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, block_note)
+    for index, block in enumerate(text_blocks):
+        block_note = conv.comment(module, block.pop("_why"))
+        for key, value in block.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), value, block_note)
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     if lokr:

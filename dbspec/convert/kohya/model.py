@@ -7,6 +7,8 @@ the weights.
 
 from __future__ import annotations
 
+import attrs
+
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
@@ -26,7 +28,8 @@ from dbspec.convert.kohya.file_ranks import (
     flow_components,
     per_module_text_blocks,
 )
-from dbspec.compiler.lora_file import read_lora_file
+from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, factor_file_adapter, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
 
@@ -374,7 +377,10 @@ def _file_modules(a: Args, paths: PathMapper) -> set[str] | None:
     try:
         file = read_lora_file(local) if local is not None else None
     except (ModelFileError, ValueError, OSError):
-        return None
+        try:  # a LyCORIS file (LoKr, LoHa): its module names as create_network_from_weights reads them
+            return set(read_lycoris_file(local)) if local is not None else None
+        except (ModelFileError, ValueError, OSError):
+            return None
     return None if file is None else {m.name for m in file.modules.values()}
 
 
@@ -746,6 +752,9 @@ def _flow_dim_from_weights(
         return
     family = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
     components = flow_components(family)
+    patch = file.modules.get("lora_unet_x_embedder_proj") if lycoris and family == "sd3" else None
+    if patch is not None and patch.conv:  # LyCORIS's LoConModule on SD3's patch convolution
+        file = attrs.evolve(file, modules={k: m for k, m in file.modules.items() if m is not patch})
     try:
         blocks, embedders = flow_blocks(file, family, lycoris)
     except ValueError as exc:
@@ -754,17 +763,11 @@ def _flow_dim_from_weights(
             f"{builder}'s create_network_from_weights builds each module of the file at its rank: {exc}",
         )
         return
-    text_names = [m.name for m in file.modules.values() if m.name.startswith("lora_te")]
-    if lycoris and text_names and not a["network_train_unet_only"].value:
-        # LyCORIS numbers kohya's text-encoder list (Flux: lora_te2 is T5-XXL, lora_flux's lora_te3)
-        conv.unsupported(
-            from_file,
-            f"LyCORIS's create_network_from_weights builds the file's text-encoder modules "
-            f"(`{text_names[0]}`) in its own numbering of kohya's encoders; dbspec does not express them yet",
-            help="train with --network_train_unet_only (LyCORIS's apply_to then drops them), or from a file "
-            "without lora_te* modules",
-        )
-        return
+    text_components = components
+    if lycoris and not a["network_train_unet_only"].value:
+        text_components = _lycoris_clip(file, components, conv, from_file)
+        if text_components is None:
+            return
     pair = common_pair(file, prefixes=tuple(components)) or common_pair(file)
     if pair is None or len(blocks) == 1:
         conv.unsupported(from_file, f"`{weights.value}` holds no LoRA module of a Linear {wanted} adapts")
@@ -783,6 +786,15 @@ def _flow_dim_from_weights(
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
     conv.put(("adapter", "rank"), rank, note)
     conv.put(("adapter", "alpha"), alpha, note)
+    if patch is not None and patch.conv:
+        why = note + ": LyCORIS's LoConModule on the patch convolution at its rank and alpha"
+        pair = {"rank": patch.rank, "alpha": float(patch.alpha or patch.rank)}
+        conv.put(("adapter", "conv_rank"), pair["rank"], why)
+        conv.put(("adapter", "conv_alpha"), pair["alpha"], why)
+        conv.put(("adapter", "conv_targets"), ["pos_embed.proj"], why)
+        # its block (conv_rank / conv_alpha: a 2x2 convolution) before the last rank-0 block
+        conv_pair = {"conv_rank": pair["rank"], "conv_alpha": pair["alpha"]}
+        blocks.insert(-1, {"pattern": r"^pos_embed\.proj$", **pair, **conv_pair})
     targets = list(conv.values[("adapter", "denoiser_targets")][0])
     if embedders:
         extra = [e for e in dict.fromkeys(embedders) if e not in targets]
@@ -794,10 +806,39 @@ def _flow_dim_from_weights(
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules (CLIP-L, CLIP-G, T5-XXL) at several ranks, or not every layer's: kohya builds
     # none where the file has none
-    text = [] if lycoris else per_module_text_blocks(file, components)
+    text = per_module_text_blocks(file, text_components) if text_components else []
     put_text_blocks(text, note, conv)
     mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
     conv.record(from_file, "mapped", mapped)
+
+
+def _lycoris_clip(file, components: dict[str, str], conv: Conversion, from_file: Legacy) -> dict | None:
+    """The CLIP prefixes LyCORIS's create_network_from_weights builds the file's text-encoder modules under:
+    it numbers the encoder list kohya hands it (lora_te1 CLIP-L; SD3's lora_te2 CLIP-G; T5-XXL last: Flux's
+    lora_te2, SD3's lora_te3), so a LoCon on a CLIP Linear is lora_flux's / lora_sd3's module there (one group
+    at text_encoder_lr's first value: train.py). None (DBS403) for T5-XXL modules (LyCORIS builds them, but
+    its network's train_t5xxl stays False, so kohya runs T5-XXL as it does not train it) and for a CLIP
+    module no text target names (text_projection...). Flux's lora_te3_* name no module of LyCORIS's two
+    encoders: ignored, as LyCORIS ignores them."""
+    clip = {p: c for p, c in components.items() if p != "lora_te3_"}
+    t5 = f"lora_te{len(components)}_"  # T5-XXL last: Chroma's only, Flux's second, SD3's third
+    targets = conv.values.get(("adapter", "text_encoder_targets"), ([], ""))[0]
+    for module in file.modules.values():
+        name = module.name
+        if name.startswith(t5):
+            why = "a T5-XXL module, which LyCORIS builds while its network's train_t5xxl stays False"
+        elif name.startswith(tuple(clip)) and not any(name.endswith(kohya_suffix(t)) for t in targets):
+            why = "a CLIP module outside kohya's CLIP targets (CLIPAttention / CLIPMLP Linears)"
+        else:
+            continue
+        conv.unsupported(
+            from_file,
+            f"LyCORIS's create_network_from_weights builds `{name}`, {why}; dbspec does not express it",
+            help="train with --network_train_unet_only (LyCORIS's apply_to then drops the text-encoder "
+            "modules), or from a file without that module",
+        )
+        return None
+    return clip
 
 
 def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
@@ -838,7 +879,17 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
             conv.unsupported(a["network_weights"], why)
             return False
-    map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
+    weights = a["network_weights"]
+    if kind in ("full", "ia3") and weights.value:
+        # LyCORIS's load_weights into FullModule (W + diff) / IA3Module: runtime/lycoris_whole_init.py
+        if not str(weights.value).lower().endswith(".safetensors"):
+            conv.unsupported(
+                weights, "dbspec starts it from a .safetensors file only (kohya also torch.loads)"
+            )
+            return False
+        map_init_weights(weights, paths, conv)
+    else:
+        map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
     return True
@@ -867,6 +918,10 @@ def _lycoris_flow_from_weights(
         return False
     a = _lycoris_from_weights_args(a, conv)
     wanted = NETWORK_MODULES[script]
+    factors = _factor_file(a, paths)
+    if factors is not None:
+        flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
+        return _lycoris_flow_factor_file(a, paths, conv, flow, factors)
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -888,6 +943,54 @@ def _lycoris_flow_from_weights(
     _flow_dim_from_weights(a, wanted, paths, conv, family, lycoris=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # a LoCon's: one norm per fused Linear (Flux, SD3)
+    return True
+
+
+def _factor_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
+    """The --network_weights file's modules when one is a LyCORIS LoKr / LoHa / IA3 / full (its keys decide);
+    None otherwise, or when it is unreadable (the LoCon mapping reports it)."""
+    local = paths.local(a["network_weights"].value)
+    try:
+        modules = read_lycoris_file(local) if local is not None else {}
+    except (ModelFileError, ValueError, OSError):
+        return None
+    return modules if any(m.algo in ("lokr", "loha", "ia3", "full") for m in modules.values()) else None
+
+
+def _lycoris_flow_factor_file(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+) -> bool:
+    """lycoris.kohya --dim_from_weights with a LoKr / LoHa file on Flux / SD3: LyCORIS's LokrModule /
+    LohaModule per module of the file, one per fused Linear, as dbspec's fused LoKr / LoHa with the file's one
+    rank, alpha (and LoKr split) over its modules' diffusers parts, started from the file
+    (lycoris_flow_weights.py); what that cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3
+    file: lycoris-lora 4.1.3's IA3Module cannot be built from one)."""
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith("invalid:"):
+        conv.invalid(
+            from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"
+        )
+        return False
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return False
+    algo = found["kind"]
+    note = f"kohya --dim_from_weights: LyCORIS's {algo} modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), algo, conv.comment(module, note))
+    for key, value in found.items():
+        if key != "kind":
+            conv.put(("adapter", key), value, note)
+    map_init_weights(weights, paths, conv)
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    if a["scale_weight_norms"].value:
+        conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {algo}: no dbspec form yet")
+        return False
+    map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
     return True
 
 

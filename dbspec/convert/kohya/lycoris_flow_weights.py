@@ -1,0 +1,288 @@
+"""lycoris.kohya --dim_from_weights on Flux / SD3 with a LoKr or LoHa file (lycoris-lora 4.1.3
+lycoris/kohya.py create_network_from_weights): each module of the file becomes the class whose detecting key
+it holds (lycoris/modules/__init__.py get_module: LoCon `lora_up.weight` first, then LoHa `hada_w1_a`, IA3
+`on_input`, LoKr `lokr_w1` / `lokr_w1_a`, ...), built by that class's make_module_from_state_dict on the
+kohya module of that name and filled with the file's tensors.
+
+LohaModule's: rank `hada_w1_b`'s rows, the file's alpha (0: the rank), scale alpha / rank. LokrModule's: the
+rank a low-rank factor's columns (both factors full: `full_matrix`, scale 1), `decompose_both` when both
+factors are low-rank, the factor read back from the first factor's shape (-1 when it is LyCORIS's
+factorization of the dimensions by -1), the file's alpha; a factor shape its constructor does not rebuild
+makes `copy_` raise (DBS402). dbspec's fused LoKr / LoHa (one module per fused Linear, as LyCORIS's) takes
+one rank, alpha and LoKr split for the adapter: the file converts when every module's rebuilt factor shapes
+and scale are those one set of options gives (checked module by module with LyCORIS's constructor rules,
+dbspec.plan.lokr.factorization), its modules' diffusers parts the full-path targets, the file
+`init_weights` (runtime/lycoris_init.py fills the shared factors). Several ranks or alphas, Tucker or
+`dora_scale` tensors, and Flux's final layer (its `proj_out` suffix names every single block's too):
+DBS403."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import attrs
+
+from dbspec.compiler.lora_file import _scalar
+from dbspec.compiler.safetensors_header import _read_raw_header
+from dbspec.convert.kohya.file_ranks import _LAYOUTS, flow_paths
+from dbspec.plan.lokr import factorization
+
+# LyCORIS's MODULE_LIST order and each class's weight_list_det (the first class a module matches builds it)
+_DETECT = (
+    ("locon", ("lora_up.weight",)),
+    ("loha", ("hada_w1_a",)),
+    ("ia3", ("on_input",)),
+    ("lokr", ("lokr_w1", "lokr_w1_a")),
+    ("full", ("diff",)),
+    ("norm", ("w_norm",)),
+    ("oft", ("oft_blocks",)),
+    ("glora", ("a1.weight",)),
+    ("tlora", ("lambda_layer",)),
+)
+_PREFIXES = ("lora_unet", "lora_te")  # LycorisNetworkKohya's LORA_PREFIX_UNET / _TEXT_ENCODER
+
+
+@attrs.frozen(kw_only=True)
+class LycorisModule:
+    name: str  # kohya's module name, e.g. lora_unet_double_blocks_0_img_attn_qkv
+    algo: str  # the class LyCORIS's get_module picks ("" for none)
+    shapes: dict[str, tuple[int, ...]]  # tensor (after the module name and `.`) -> shape
+    alpha: float | None
+
+
+def read_lycoris_file(path: str | Path) -> dict[str, LycorisModule]:
+    """The file's modules as create_network_from_weights groups them (the key up to its first `.`, under
+    kohya's prefixes); ModelFileError when it is no safetensors file or an alpha is no number."""
+    path = Path(path)
+    header, data_bytes = _read_raw_header(path)
+    header.pop("__metadata__", None)
+    data_start = path.stat().st_size - data_bytes
+    grouped: dict[str, dict[str, dict]] = {}
+    for key, entry in header.items():
+        if "." not in key:
+            continue
+        name, tensor = key.split(".", 1)
+        if name.startswith(_PREFIXES):
+            grouped.setdefault(name, {})[tensor] = entry
+    out = {}
+    for name, tensors in sorted(grouped.items()):
+        algo = next((a for a, keys in _DETECT if any(k in tensors for k in keys)), "")
+        alpha = tensors.get("alpha")
+        out[name] = LycorisModule(
+            name=name,
+            algo=algo,
+            shapes={k: tuple(v["shape"]) for k, v in tensors.items() if k != "alpha"},
+            alpha=None if alpha is None else _scalar(path, f"{name}.alpha", alpha, data_start),
+        )
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class LokrOptions:
+    rank: int
+    factor: int
+    decompose_both: bool
+    full_matrix: bool
+
+
+def lokr_shapes(out: int, inp: int, o: LokrOptions) -> dict[str, tuple[int, ...]]:
+    """The factors LokrModule (lycoris/modules/lokr.py) builds on an out x in Linear."""
+    in_m, in_n = factorization(inp, o.factor)
+    out_l, out_k = factorization(out, o.factor)
+    shapes: dict[str, tuple[int, ...]] = {}
+    if o.decompose_both and o.rank < max(out_l, in_m) / 2 and not o.full_matrix:
+        shapes["lokr_w1_a"], shapes["lokr_w1_b"] = (out_l, o.rank), (o.rank, in_m)
+    else:
+        shapes["lokr_w1"] = (out_l, in_m)
+    if o.rank < max(out_k, in_n) / 2 and not o.full_matrix:
+        shapes["lokr_w2_a"], shapes["lokr_w2_b"] = (out_k, o.rank), (o.rank, in_n)
+    else:
+        shapes["lokr_w2"] = (out_k, in_n)
+    return shapes
+
+
+def _factor_shapes(m: LycorisModule) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(w1's, w2's) full shapes, from the full factor or its two halves."""
+    s = m.shapes
+    w1 = s["lokr_w1"] if "lokr_w1" in s else (s["lokr_w1_a"][0], s["lokr_w1_b"][1])
+    w2 = s["lokr_w2"] if "lokr_w2" in s else (s["lokr_w2_a"][0], s["lokr_w2_b"][1])
+    return (int(w1[0]), int(w1[1])), (int(w2[0]), int(w2[1]))
+
+
+def lokr_rebuilt(m: LycorisModule) -> tuple[LokrOptions, int, int]:
+    """LokrModule.make_module_from_state_dict's options for the module, and the Linear's (out, in)."""
+    s = m.shapes
+    w1, w2 = _factor_shapes(m)
+    if "lokr_w1_a" in s:
+        rank, full = s["lokr_w1_a"][1], False
+    elif "lokr_w2_a" in s:
+        rank, full = s["lokr_w2_a"][1], False
+    else:
+        rank, full = 1, True
+    out, inp = w1[0] * w2[0], w1[1] * w2[1]
+    if w1[0] == factorization(out, -1)[0] and w1[1] == factorization(inp, -1)[0]:
+        factor = -1
+    else:
+        group_1, group_2 = (w1[0], w2[0]), (w1[1], w2[1])
+        # max(w1.shape) for a full w1, else max(w1a.size(0), w1b.size(1)): the same numbers
+        first, second = max(w1), max(w2)
+
+        def fits(f: int) -> bool:
+            return out % f == 0 and inp % f == 0 and f in group_1 and f in group_2
+
+        factor = first if fits(first) else second if fits(second) else min(first, second)
+    both = "lokr_w1" not in s and "lokr_w2" not in s
+    return LokrOptions(rank=int(rank), factor=factor, decompose_both=both, full_matrix=full), out, inp
+
+
+def lokr_scale(shapes: dict[str, tuple[int, ...]], rank: int, alpha: float) -> float:
+    """LokrModule's scale: 1 with both factors full, else alpha (0: the rank) / rank."""
+    if "lokr_w1" in shapes and "lokr_w2" in shapes:
+        return 1.0
+    return (alpha or rank) / rank
+
+
+def check_lokr(modules: list[LycorisModule]) -> tuple[LokrOptions, float] | str:
+    """One set of dbspec LoKr options and an alpha building every module as LyCORIS rebuilds it from the
+    file; else why not (a message naming the module)."""
+    rebuilt = {m.name: lokr_rebuilt(m) for m in modules}
+    for m in modules:
+        options, out, inp = rebuilt[m.name]
+        want = {k: v for k, v in m.shapes.items() if k.startswith("lokr_w")}
+        if lokr_shapes(out, inp, options) != want:
+            return (
+                f"invalid:LyCORIS's LokrModule rebuilt from `{m.name}` (factor {options.factor}) has factors "
+                f"{lokr_shapes(out, inp, options)}, not the file's {want}: its copy_ raises RuntimeError"
+            )
+    low = [m for m in modules if not rebuilt[m.name][0].full_matrix]
+    if low:
+        counted = Counter(
+            (o.rank, float(m.alpha or o.rank), o.factor) for m in low for o in [rebuilt[m.name][0]]
+        )
+        (rank, alpha, factor), _ = counted.most_common(1)[0]
+        # decompose_both splits the first factor only below half its larger side: one split one is enough
+        both = any("lokr_w1_a" in m.shapes for m in low)
+        common = LokrOptions(rank=rank, factor=factor, decompose_both=both, full_matrix=False)
+    else:
+        factor = Counter(rebuilt[m.name][0].factor for m in modules).most_common(1)[0][0]
+        common, alpha = LokrOptions(rank=1, factor=factor, decompose_both=False, full_matrix=True), 1.0
+    for m in modules:
+        options, out, inp = rebuilt[m.name]
+        ours = lokr_shapes(out, inp, common)
+        scale = lokr_scale(m.shapes, options.rank, float(m.alpha or 0))
+        if ours != lokr_shapes(out, inp, options) or not math.isclose(
+            lokr_scale(ours, common.rank, alpha), scale, rel_tol=1e-6
+        ):
+            return (
+                f"module `{m.name}` is a LoKr of rank {options.rank}, alpha {m.alpha:g}, factor "
+                f"{options.factor}{', decompose_both' if options.decompose_both else ''} beside modules "
+                f"of rank {common.rank}, alpha {alpha:g}, factor {common.factor}: dbspec's LoKr on the fused "
+                "layers takes one rank, alpha and split for all"
+            )
+    return common, alpha
+
+
+def check_loha(modules: list[LycorisModule]) -> tuple[int, float] | str:
+    """The one (rank, alpha) of every LohaModule the file builds; else why not."""
+    pairs = {}
+    for m in modules:
+        s = m.shapes
+        if not all(k in s for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")):
+            return f"invalid:module `{m.name}` lacks one of hada_w1_b / hada_w2_a / hada_w2_b: LyCORIS fails"
+        rank = s["hada_w1_b"][0]
+        out, inp = s["hada_w1_a"][0], s["hada_w1_b"][1]
+        if (s["hada_w1_a"], s["hada_w2_a"], s["hada_w2_b"]) != ((out, rank), (out, rank), (rank, inp)):
+            return (
+                f"invalid:module `{m.name}`'s LoHa factors do not chain at rank {rank} (LohaModule's copy_ "
+                "raises RuntimeError)"
+            )
+        pairs[m.name] = (int(rank), float(m.alpha or rank))
+    counted = Counter(pairs.values()).most_common()
+    if len(counted) > 1:
+        (first, _), (other, _) = counted[0], counted[1]
+        name = next(n for n, p in pairs.items() if p == other)
+        return (
+            f"module `{name}` is a LoHa of rank {other[0]}, alpha {other[1]:g} beside modules of rank "
+            f"{first[0]}, alpha {first[1]:g}: dbspec's LoHa on the fused layers takes one rank and alpha "
+            "for all"
+        )
+    return counted[0][0]
+
+
+def diffusers_targets(names: list[str], family: str) -> list[str] | str:
+    """The diffusers Linears (full paths) of the file's denoiser modules, a fused one's every part; else why
+    not: a name dbspec does not place, SD3's patch convolution, or a top-level Linear whose name is the tail
+    of a block's (Flux's final-layer `proj_out`: a target suffix would take every single block's too)."""
+    lists, _top = _LAYOUTS[family]
+    children = {c for _blocks, table in lists.values() for parts in table.values() for c in parts}
+    out: list[str] = []
+    for name in names:
+        found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
+        if found is None:
+            return f"module `{name}` is no Linear of kohya's model dbspec places"
+        blocks, index, parts = found
+        if not blocks and parts == ("pos_embed.proj",):
+            return f"module `{name}` adapts a convolution (the patch embedding)"
+        if not blocks and any(c == parts[0] or c.endswith("." + parts[0]) for c in children):
+            return (
+                f"module `{name}` is diffusers' top-level `{parts[0]}`, a name the blocks' Linears end in "
+                "too "
+                "(a LoKr / LoHa target is a name suffix, with no rank-0 block to keep them out)"
+            )
+        out.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
+    return out
+
+
+def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
+    """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
+    builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
+    what dbspec cannot express."""
+    algos = sorted({m.algo or "none" for m in modules.values()})
+    denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
+    text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
+    algo = algos[0]
+    if algo == "full":  # checked against lycoris-lora 4.1.3: a file diff of 1 trains from W + 2
+        return (
+            "LyCORIS builds each FullModule at W + diff, and train_network.py's load_weights then adds the "
+            "file's diff again (its load hook): the run starts at W + 2 diff, which dbspec's full copies "
+            "(started at W + diff from a file) do not express"
+        )
+    extra = next((f"{m.name}.{k}" for m in denoiser for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
+    bare = next((m.name for m in denoiser if m.alpha is None), None)
+    if len(algos) > 1:
+        return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
+    if family == "chroma":
+        return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
+    if text and not unet_only:
+        return (
+            f"it builds the file's text-encoder modules (`{text[0]}`) in LyCORIS's numbering of kohya's "
+            "encoders"
+        )
+    if not denoiser:
+        return "it holds no module of the denoiser"
+    if any("dora_scale" in m.shapes for m in denoiser):
+        return f"its `dora_scale` (a fused {algo} has no weight decomposition)"
+    if extra:
+        return f"its Tucker tensor `{extra}`"
+    if bare and algo != "ia3":
+        return f"invalid:module `{bare}` has no alpha: make_module_from_state_dict's float(None) raises"
+    targets = diffusers_targets([m.name for m in denoiser], family)
+    if isinstance(targets, str):
+        return targets
+    if algo == "ia3":  # get_module hands it (weight, on_input); it takes weight alone
+        return (
+            "invalid:LyCORIS's IA3Module.make_module_from_state_dict takes a module's `weight` alone, but "
+            "get_module hands it `weight` and `on_input` (lycoris-lora 4.1.3): TypeError"
+        )
+    checked = (check_lokr if algo == "lokr" else check_loha)(denoiser)
+    if isinstance(checked, str):
+        return checked
+    options, alpha = checked
+    if isinstance(options, int):  # LoHa's rank
+        out: dict = {"kind": algo, "rank": options, "alpha": alpha}
+    else:
+        out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
+        out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
+    return {**out, "denoiser_targets": targets, "fused_projections": True}

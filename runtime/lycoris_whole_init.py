@@ -1,0 +1,134 @@
+"""Start LyCORIS's full algo / IA^3 from its file (`plan.adapter.init_weights` with kind full / ia3:
+lycoris.kohya `--network_weights` with flux_train_network.py / sd3_train_network.py).
+
+train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
+False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
+encoders: FullModule's load hook adds the file's `diff` / `diff_b` to the layer's weight and bias (its trained
+copy becomes W + diff), IA3Module takes `weight` (the per-row scales) and `on_input` as they are. dbspec's
+parts of a fused Linear each train their own copy or scales (runtime/lycoris_full.py, lycoris_ia3.py), so each
+takes its rows of the fused tensors; rows of a part the run does not adapt must be 0 (a copy equal to the
+base, IA^3's identity), what dbspec's export writes for them. SD3's last context modulation's halves come back
+swapped, as the export swapped them (runtime/lycoris_export.py). The slots feed lycoris_init's loader, which
+checks names, shapes and `init_partial`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dbspec.families import family_spec
+from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.exports import kohya_parts
+
+Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]
+
+
+def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, tuple[dict[str, Slot], None]]:
+    """kohya module name -> its tensors' slots (no alpha) for every full / IA^3 layer of the run."""
+    from dbspec.runtime.lycoris_export import _swapped, _table
+
+    out: dict[str, tuple[dict[str, Slot], None]] = {}
+    family = plan.model.family
+    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=list(text_encoders), family=family):
+        found = lora_adapter(module)
+        if found is None:
+            continue  # a model that does not train: its modules are ignored, as kohya drops its network
+        inner, adapter = found
+        layers = {name: layer for name, layer in inner.named_modules() if _whole(layer, adapter)}
+        for name, layer in layers.items():
+            if module is not unet:
+                key = f"{prefix}_{to_path(name).replace('.', '_')}"
+                out[key] = (_slots([(layer, layer.get_base_layer())], adapter, swapped=False), None)
+                continue
+            original, part = _table(family).original_name(name)
+            rows = (
+                [(layer, layer.get_base_layer())]
+                if part is None
+                else _fused_rows(inner, layers, name, family)
+            )
+            if rows is None:
+                continue  # a later part: the fused layer's slots come with its first adapted part
+            key = f"{prefix}_{original.replace('.', '_')}"
+            out[key] = (_slots(rows, adapter, swapped=part is None and _swapped(module, name)), None)
+    return out
+
+
+def _whole(layer: nn.Module, adapter: str) -> bool:
+    from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+
+    return (isinstance(layer, FullLayer) and adapter in layer.lora_full) or (
+        isinstance(layer, Ia3Layer) and adapter in layer.lora_ia3
+    )
+
+
+def _fused_rows(root: nn.Module, layers: dict, name: str, family) -> list[tuple] | None:
+    """(layer or None, its base Linear) of each part of `name`'s fused Linear in kohya's row order; None when
+    an earlier part is adapted (the slots come once, with the first adapted part)."""
+    group = next(
+        g
+        for g in family_spec(family).fused_projections
+        if name.startswith(g.blocks + ".") and any(name.endswith("." + p) for p in g.parts)
+    )
+    index = next(i for i, p in enumerate(group.parts) if name.endswith("." + p))
+    head = name.removesuffix(group.parts[index])
+    rows = []
+    for child in group.parts:
+        layer = layers.get(head + child)
+        base = layer.get_base_layer() if layer is not None else root.get_submodule(head + child)
+        rows.append((layer, getattr(base, "base_layer", base)))
+    first = next(i for i, (layer, _) in enumerate(rows) if layer is not None)
+    return rows if first == index else None
+
+
+def _slots(rows: list[tuple], adapter: str, swapped: bool) -> dict[str, Slot]:
+    """The file tensors of one LyCORIS module over its rows' layers: full `diff` / `diff_b`, IA^3
+    `weight` / `on_input`."""
+    from dbspec.runtime.lycoris_full import FullLayer
+
+    layer = next(layer for layer, _ in rows if layer is not None)
+    sizes = [base.weight.shape[0] for _, base in rows]
+    if isinstance(layer, FullLayer):
+        weight_shape = (sum(sizes), *rows[0][1].weight.shape[1:])
+        slots = {"diff": (weight_shape, _rows_copy(rows, sizes, adapter, "weight", swapped))}
+        if all(base.bias is not None for _, base in rows):
+            slots["diff_b"] = ((sum(sizes),), _rows_copy(rows, sizes, adapter, "bias", swapped))
+        return slots
+    own = tuple(layer.lora_ia3[adapter].shape)
+    shape = own if len(rows) == 1 else (sum(sizes),)
+    on_input = layer.on_input[adapter]
+
+    def check(value: torch.Tensor) -> None:
+        if int(value) != int(on_input):
+            raise ValueError(
+                f"`on_input` is {int(value)}; the run's layer scales its {'in' if on_input else 'out'}puts"
+            )
+
+    return {"weight": (shape, _rows_copy(rows, sizes, adapter, "scale", swapped)), "on_input": ((), check)}
+
+
+def _rows_copy(rows: list[tuple], sizes: list[int], adapter: str, what: str, swapped: bool):
+    """Copy a fused tensor's row blocks into the parts: a full copy's weight / bias is the base's plus its
+    rows of `diff` / `diff_b`, an IA^3 part's scales its rows; an unadapted part's rows must be 0."""
+
+    def copy(value: torch.Tensor) -> None:
+        if swapped:  # kohya's (shift, scale) rows back to diffusers' (scale, shift)
+            first, second = value.chunk(2, dim=0)
+            value = torch.cat([second, first], dim=0)
+        blocks = value.split(sizes, dim=0) if len(rows) > 1 else [value]
+        for (layer, base), block in zip(rows, blocks):
+            if layer is None:
+                if torch.count_nonzero(block):
+                    raise ValueError("rows of a fused layer's part this run does not adapt are not 0")
+                continue
+            if what == "scale":
+                target = layer.lora_ia3[adapter]
+                target.copy_(block.reshape(target.shape).to(target.device, target.dtype))
+                continue
+            target = (layer.lora_full if what == "weight" else layer.lora_full_bias)[adapter]
+            original = base.weight if what == "weight" else base.bias
+            target.copy_((original.float() + block.float().to(original.device)).to(target.dtype))
+
+    return copy

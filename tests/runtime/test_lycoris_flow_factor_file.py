@@ -1,0 +1,174 @@
+"""lycoris.kohya --dim_from_weights on Flux with a LoKr / LoHa file (issue 12;
+dbspec/convert/kohya/lycoris_flow_weights.py): lycoris-lora 4.1.3 writes the file (its LokrModule /
+LohaModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v stacked, every factor random) and
+rebuilds it with create_network_from_weights on a tree of kohya's names; the converted spec, run on tiny-flux,
+starts every layer where LyCORIS's rebuilt modules are (same outputs), and the LoKr run trains and resumes
+bit-exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_flux import BASE, _double_block_layers, _fused_linear
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+from lycoris.modules.ia3 import IA3Module  # noqa: E402
+from lycoris.modules.loha import LohaModule  # noqa: E402
+from lycoris.modules.lokr import LokrModule  # noqa: E402
+
+RUN = [
+    "model.base=builtin:tiny-flux",
+    "model.text_encoder_files=[]",
+    'model.vae=""',
+    "model.t5_max_length=16",
+]
+
+
+def _layers(model) -> dict[str, tuple]:
+    """kohya name -> tiny-flux's parts: double block 0's attention, single block 0's linear1, img_in."""
+    single = model.single_transformer_blocks[0]
+    layers = _double_block_layers(model.transformer_blocks[0].attn)
+    layers["lora_unet_single_blocks_0_linear1"] = (
+        single.attn.to_q,
+        single.attn.to_k,
+        single.attn.to_v,
+        single.proj_mlp,
+    )
+    layers["lora_unet_img_in"] = (model.x_embedder,)
+    return layers
+
+
+def _tree(linears: dict[str, nn.Linear]) -> nn.Module:
+    """A module tree whose named_modules() are kohya's names (lora_unet_ dropped, `_` back to the paths)."""
+    paths = {
+        "double_blocks_0_img_attn_qkv": "double_blocks.0.img_attn.qkv",
+        "double_blocks_0_txt_attn_qkv": "double_blocks.0.txt_attn.qkv",
+        "double_blocks_0_img_attn_proj": "double_blocks.0.img_attn.proj",
+        "double_blocks_0_txt_attn_proj": "double_blocks.0.txt_attn.proj",
+        "single_blocks_0_linear1": "single_blocks.0.linear1",
+        "img_in": "img_in",
+    }
+    root = nn.Module()
+    for name, linear in linears.items():
+        *heads, last = paths[name.removeprefix("lora_unet_")].split(".")
+        node = root
+        for head in heads:
+            if not hasattr(node, head):
+                node.add_module(head, nn.Module())
+            node = getattr(node, head)
+        node.add_module(last, linear)
+    return root
+
+
+def _file(tmp_path, cls, rank: int, options: dict):
+    from dbspec.runtime.tiny import build_pipeline
+
+    torch.manual_seed(5)
+    tensors, linears = {}, {}
+    for name, parts in _layers(build_pipeline(BASE).transformer.float()).items():
+        linears[name] = _fused_linear(parts)
+        module = cls(name, linears[name], 1.0, rank, 1.5, **options)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    return file, linears
+
+
+def _converted(tmp_path, allow: bool = False):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        allow=allow,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=8 --network_alpha=8 "
+        "--network_args algo=locon --network_weights prev.safetensors --dim_from_weights "
+        "--learning_rate=1e-2 --max_train_steps=3 --save_every_n_steps 2 --save_model_as=safetensors "
+        "--output_dir=out --model_prediction_type raw --guidance_scale 1.0",
+    )
+    if allow:
+        return outcome
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return out_path(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cls", "rank", "options"),
+    [(LokrModule, 1, {"factor": 4, "decompose_both": True}), (LohaModule, 2, {})],
+)
+def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, options):
+    file, linears = _file(tmp_path, cls, rank, options)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == 6
+    for module in network.unet_loras:
+        module.apply_to()
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, RUN)
+    kind = "lokr" if cls is LokrModule else "loha"
+    assert (plan.adapter.kind, plan.adapter.rank, plan.adapter.alpha) == (kind, rank, 1.5)
+    assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    if kind == "lokr":
+        assert (plan.adapter.factor, plan.adapter.decompose_both) == (4, True)
+    comps, count = _loaded(plan)
+    assert count == 6
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval()).items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            theirs = linears[name](x)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+        assert not torch.allclose(ours, plain, atol=1e-3), name
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    if kind == "loha":
+        return
+    whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
+    assert whole.status == "finished" and whole.steps == 3
+    parts = compile_spec(spec, [*RUN, "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        assert torch.equal(p, ours[name]), name
+    # the trained export, rebuilt by LyCORIS's create_network_from_weights, computes the trained layers
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    trained = _layers(whole.components.unet.float().eval())
+    fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
+    assert len(network.unet_loras) == 6
+    for module in network.unet_loras:
+        module.apply_to()
+    for name, parts in trained.items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                fresh[name](x), torch.cat([p(x) for p in parts], -1), rtol=0, atol=1e-5
+            )
+
+
+def test_ia3_file_stops_lycoris(tmp_path):
+    """lycoris-lora 4.1.3's get_module hands IA3Module.make_module_from_state_dict (weight, on_input), which
+    takes weight alone: kohya stops (the converter's DBS402)."""
+    from tests.unit.convert_kit import codes
+
+    file, linears = _file(tmp_path, IA3Module, 1, {})
+    with pytest.raises(TypeError):
+        lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    outcome = _converted(tmp_path, allow=True)
+    assert "DBS402" in codes(outcome)
