@@ -4,7 +4,8 @@ Flux: full = every double/single-block Linear and CLIP-L's attention + MLP; attn
 SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard update per fused layer
 (their fused_projections); LoCon's rank dropout is LyCORIS's row mask over the fused layer; algo=ia3 one
 scale per output row (a fused layer's rows its parts'); the other algos, LoKr / LoHa dropouts and
-the other switches stay DBS403."""
+rescaled, train_t5xxl and train_norm with attn-only change nothing, train_norm on the blocks' LayerNorms
+is LyCORIS's AttributeError; the other switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -128,8 +129,50 @@ def test_locon_bypass_rank_dropout_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("arg", ["train_t5xxl=True", "train_t5xxl="])
-def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+def test_train_t5xxl_builds_no_t5_module_and_changes_nothing(tmp_path, arg):
+    # lycoris-lora 4.1.3 on transformers' T5EncoderModel builds no module (no T5 class in its lists, MT5Block
+    # is); kohya only flags T5-XXL as trained: the same plan as without, CLIP-L's LoCon and no T5 target
+    outcome = _flux(tmp_path, f"--network_args algo=locon {arg}")
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.adapter.t5_targets
+    assert list(plan.adapter.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert fate(outcome, "network_args train_t5xxl") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_train_t5xxl_with_cached_text_outputs_is_kohyas_value_error(tmp_path):
+    # flux_train_network.py's post_process_network raises ValueError on network.train_t5xxl with the cache
+    outcome = _flux(tmp_path, "--cache_text_encoder_outputs --network_args train_t5xxl=True")
+    assert "ValueError" in messages(outcome, "DBS402") and "DBS403" not in codes(outcome)
+
+
+@pytest.mark.parametrize("preset", ["full", "unet-only", "attn-mlp"])
+def test_train_norm_on_the_blocks_is_lycoris_attribute_error(tmp_path, preset):
+    # NormModule on Flux's affine-less LayerNorms (img_norm1, pre_norm ...) reads their weight, None: the
+    # first training forward of lycoris-lora 4.1.3's network on kohya's Flux raises AttributeError
+    outcome = _flux(tmp_path, f"--network_args preset={preset} train_norm=True")
+    assert "AttributeError" in messages(outcome, "DBS402") and "DBS403" not in codes(outcome)
+
+
+def test_train_norm_with_attn_only_and_rescaled_change_nothing(tmp_path):
+    # attn-only's SelfAttention holds QKNorm / RMSNorm only: NormModules without parameters; rescaled is
+    # read by OFT / BOFT only: the plan is attn-only's LoCon as without them
+    outcome = _flux(tmp_path, "--network_args preset=attn-only train_norm=True rescaled=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 8, 4.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    for key in ("train_norm", "rescaled"):
+        assert fate(outcome, f"network_args {key}") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_rescaled_and_train_t5xxl_with_lokr_and_ia3(tmp_path):
+    for algo in ("lokr", "ia3"):
+        outcome = _flux(
+            tmp_path, f"--network_args algo={algo} rescaled=True train_t5xxl=True train_norm=False"
+        )
+        assert plan_of(outcome, tmp_path).adapter.kind == algo
+        assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
 def test_module_dropout_maps_and_dropout_outside_bypass_is_ignored(tmp_path):

@@ -106,7 +106,20 @@ def test_lokr_or_tucker_on_the_patch_convolution_is_refused(tmp_path):
 def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
     assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=glora"))
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True"))
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=glora"))
+
+
+def test_switches_as_lycoris_builds_them_on_the_mmdit(tmp_path):
+    # train_t5xxl: no T5 module (lora_te3), inert; rescaled: OFT's only; train_norm: NormModule on each
+    # SingleDiTBlock's affine-less norm1 / norm2 fails at the first forward (lycoris-lora 4.1.3 on kohya's
+    # sd3_models.MMDiTBlock: AttributeError), and attn-only builds no MMDiT module (inert)
+    outcome = _sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True rescaled=True")
+    assert not plan_of(outcome, tmp_path).adapter.t5_targets
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    outcome = _sd3(tmp_path, "--network_args preset=full-lin train_norm=True")
+    assert "AttributeError" in messages(outcome, "DBS402")
+    outcome = _sd3(tmp_path, "--network_args preset=attn-only train_norm=True")
+    assert fate(outcome, "network_args train_norm") == "inert" and not errors(outcome)
 
 
 def test_locon_rs_lora_and_use_scalar_convert_as_on_flux(tmp_path):

@@ -96,20 +96,10 @@ class LycorisLayout:
     targets: Callable[[str, bool], tuple[list[str], list[dict[str, Any]], str]]
     # denoiser layers -> the convolutions LyCORIS's LoCon adapts there (conv_dim, conv_alpha; diffusers names)
     convs: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    # denoiser layers -> the affine-less LayerNorms train_norm's NormModule fails on there (_switches)
+    bare_norms: dict[str, str] = attrs.field(factory=dict)
 
 
-# LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
-_OFF = {
-    "train_norm": "false",
-    "rescaled": "false",
-    "train_t5xxl": "false",
-}
-_WHY_OFF = {
-    "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
-    "rescaled": "LyCORIS's rescaled output",
-    "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
-    "{script} then runs T5-XXL in training mode (its dropout on)",
-}
 # network_args LyCORIS reads that change nothing on the blocks' Linears
 _INERT = {
     "conv_dim": "the blocks have no convolutions for it to adapt",
@@ -159,6 +149,8 @@ def map_lycoris_flow(
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
+    if not _switches(kwargs, a, args, conv, layout, preset):
+        return False
     if algo == "ia3" and preset not in layout.presets:
         conv.unsupported(
             args, f"algo=ia3 with a preset file ({preset}) on {layout.title} has no dbspec form yet"
@@ -180,13 +172,6 @@ def map_lycoris_flow(
         return _ia3(kwargs, a, conv, layout, preset)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
-    for key in [k for k in kwargs if k in _OFF]:
-        value = kwargs[key]
-        if not _off(value):
-            why = _WHY_OFF[key].format(script=layout.script)
-            conv.unsupported(args, f"{key}={value}: {why} on {layout.title} has no dbspec form yet")
-            return False
-        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
@@ -263,6 +248,82 @@ def map_lycoris_flow(
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")
+    return True
+
+
+def _switches(
+    kwargs: dict[str, str], a: dict[str, Legacy], args: Legacy, conv: Conversion, layout, preset: str
+) -> bool:
+    """LyCORIS's network-wide switches (str_bool: only "false" is off), the same for every algo, as
+    lycoris-lora 4.1.3 builds them on kohya's models (scratch runs of create_network on kohya's
+    library/flux_models.py double and single blocks and sd3_models.MMDiTBlock, transformers' CLIP-L and
+    T5-XXL):
+
+    - `rescaled`: only the OFT / BOFT modules read it; LoCon, LoKr, LoHa, Full and IA^3 take it and never
+      do: inert.
+    - `train_norm`: a NormModule on each module with "Norm" in its class name inside the preset's classes.
+      Flux's QKNorm / RMSNorm and SD3's RMS q/k norms (no `weight` with `_norm`) get one that is "not
+      supported" (no parameter, the layer's own forward) and CLIP's CLIPAttention / CLIPMLP hold no norm, so
+      attn-only (and SD3's attn-only, no MMDiT module) changes nothing: inert. Flux's img_norm1 / img_norm2 /
+      txt_norm1 / txt_norm2 / pre_norm and SD3's norm1 / norm2 are LayerNorms without affine parameters:
+      NormModule gives them w_norm / b_norm and its make_weight reads the LayerNorm's `weight`, None, so the
+      first training forward raises AttributeError: invalid (DBS402). A preset file: DBS403.
+    - `train_t5xxl`: no T5 class is in LyCORIS's lists (MT5Block is), so no T5-XXL module is built; kohya's
+      script then flags T5-XXL as trained (its post_process_network reads network.train_t5xxl), which
+      changes no value: none of T5's parameters is in the optimizer, train_network.py sets every text
+      encoder's train / eval mode alike (train() for all with gradient checkpointing), and accelerate's
+      prepare only wraps T5's forward in the autocast it already runs under: inert; but the script raises
+      ValueError when text-encoder outputs are cached: invalid (DBS402).
+
+    False when invalid or refused."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    built_in = preset in layout.presets
+    layers = layout.presets[preset][0] if built_in else ""
+    for key in [k for k in ("rescaled", "train_norm", "train_t5xxl") if k in kwargs]:
+        value = kwargs.pop(key)
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if _off(value):
+            conv.inert(legacy, "off")
+        elif key == "rescaled":
+            conv.inert(legacy, "only LyCORIS's OFT / BOFT modules read it, not this algo's")
+        elif key == "train_norm" and not built_in:
+            conv.unsupported(legacy, f"LyCORIS's NormModule with a preset file on {layout.title}")
+            return False
+        elif key == "train_norm" and layers in layout.bare_norms:
+            conv.invalid(
+                legacy.key,
+                value,
+                args.source,
+                f"LyCORIS's NormModule on kohya's {layout.title} {layout.bare_norms[layers]} (LayerNorms "
+                "without weight or bias) reads their weight, None: kohya's first training step raises "
+                "AttributeError",
+                help="drop train_norm, or use preset attn-only",
+            )
+            return False
+        elif key == "train_norm":
+            conv.inert(
+                legacy,
+                f"preset {preset}'s classes hold no norm NormModule supports on {layout.title} or CLIP "
+                "(QKNorm / RMSNorm: no parameter, the layer's own forward)",
+            )
+        else:
+            cached = text_outputs_cached(a)
+            if cached is not None:
+                conv.invalid(
+                    cached.key,
+                    True,
+                    cached.source,
+                    f"{layout.script} raises ValueError when T5-XXL is flagged as trained "
+                    f"({legacy.key}): its text-encoder outputs cannot be cached",
+                    help="drop cache_text_encoder_outputs (and _to_disk), or train_t5xxl",
+                )
+                return False
+            conv.inert(
+                legacy,
+                "LyCORIS builds no T5-XXL module (no T5 class is in its lists); kohya's T5-XXL then only "
+                "counts as trained, which changes no value",
+            )
     return True
 
 
@@ -452,6 +513,9 @@ FLUX = LycorisLayout(
     nothing=_NOTHING,
     refused={},
     targets=_flux_targets,
+    bare_norms={
+        "all": "double blocks' img_norm1 / img_norm2 / txt_norm1 / txt_norm2 and single blocks' pre_norm"
+    },
 )
 
 
