@@ -84,10 +84,11 @@ def _prepare(
 
             tie_fused_projections(module, plan.adapter.fused)
         a = plan.adapter
-        if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
+        drops = a.rank_dropout or a.module_dropout or a.down_dropout or a.output_dropout
+        if a.kind == "lora" and (drops or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
-            if plan.adapter.fused and denoiser and (a.rank_dropout or a.module_dropout or a.down_dropout):
+            if plan.adapter.fused and denoiser and drops:
                 from dbspec.runtime.fused_dropout import add_fused_dropout  # one draw per fused layer
 
                 add_fused_dropout(
@@ -98,6 +99,7 @@ def _prepare(
                     a.multiplier,
                     a.down_dropout,
                     a.rank_dropout_form,
+                    a.output_dropout,
                 )
             if plan.adapter.split_fused and denoiser:
                 from dbspec.runtime.fused_dropout import add_split_dropout  # kohya's split_qkv draws
@@ -111,7 +113,13 @@ def _prepare(
                     a.down_dropout,
                 )
             add_lora_dropout(
-                module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout, a.rank_dropout_form
+                module,
+                a.rank_dropout,
+                a.module_dropout,
+                a.multiplier,
+                a.down_dropout,
+                a.rank_dropout_form,
+                a.output_dropout,
             )
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)

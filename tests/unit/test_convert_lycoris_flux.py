@@ -124,8 +124,13 @@ def test_locon_rank_dropout_is_lycoris_row_mask_over_each_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
-def test_locon_bypass_rank_dropout_is_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
+def test_locon_bypass_rank_dropout_is_one_rank_mask_per_fused_layer(tmp_path):
+    # LoConModule.bypass_forward_diff: torch.rand(rank) > rank_dropout over the shared down's output, unscaled
+    outcome = _flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1 module_dropout=0.2")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (0.1, "lycoris_bypass", 0.2)
+    assert fate(outcome, "network_args bypass_mode") == "mapped"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
 @pytest.mark.parametrize("arg", ["train_t5xxl=True", "train_t5xxl="])
@@ -182,9 +187,26 @@ def test_module_dropout_maps_and_dropout_outside_bypass_is_ignored(tmp_path):
     assert "DBS403" not in codes(outcome) and "bypass_mode" in messages(outcome, "DBS405")
 
 
-def test_dropout_in_bypass_mode_is_refused(tmp_path):
-    outcome = _flux(tmp_path, "--network_args bypass_mode=True dropout=0.1")
-    assert "DBS403" in codes(outcome)
+@pytest.mark.parametrize(
+    "extra",
+    ["--network_args bypass_mode=True dropout=0.1", "--network_dropout 0.1 --network_args bypass_mode=True"],
+)
+def test_dropout_in_bypass_mode_is_the_fused_output_dropout(tmp_path, extra):
+    # LoConModule.bypass_forward_diff: self.dropout (torch's Dropout) on the fused module's update, after the
+    # rank mask; --network_dropout is handed on as `dropout`
+    outcome = _flux(tmp_path, f"{extra} rank_dropout=0.2")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.output_dropout, a.rank_dropout, a.rank_dropout_form, a.dropout) == (
+        0.1,
+        0.2,
+        "lycoris_bypass",
+        0,
+    )
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_dropout_above_one_is_torchs_value_error(tmp_path):
+    assert "ValueError" in messages(_flux(tmp_path, "--network_args bypass_mode=True dropout=1.5"), "DBS402")
 
 
 def test_switches_off_convert(tmp_path):

@@ -558,9 +558,15 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
     """LoConModule.forward (lycoris/modules/locon.py): `module_dropout` is one `torch.rand(1)` per training
     forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once
     per fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
-    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode, on its output:
-    outside it ignored (DBS405), as LyCORIS rebuilds the weight, W + ΔW, without it; in bypass_mode refused.
-    bypass_mode without that dropout is the same update (x through down and up). False when refused."""
+    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode: torch's dropout on
+    the fused module's output (bypass_forward_diff's self.dropout, after the rank mask), adapter.output_dropout,
+    one draw over the fused layer's rows; outside bypass_mode ignored (DBS405), as LyCORIS rebuilds the
+    weight, W + ΔW, without it; a rate outside [0, 1] invalid (torch's Dropout raises ValueError).
+    `rank_dropout`: make_weight's one mask over the fused update's output rows (`rank_dropout_form =
+    "lycoris"`), in bypass_mode bypass_forward_diff's one `torch.rand(rank)` over the down output, which the
+    fused layer's parts share (`"lycoris_bypass"`), both unscaled (create_network never passes
+    rank_dropout_scale). bypass_mode without those is the same update (x through down and up). False when
+    refused."""
     bypass_text = kwargs.pop("bypass_mode", "false")
     bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
     if "dropout" in kwargs:
@@ -569,40 +575,55 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
         rate = float(text or 0.0)
     else:
         legacy, rate = network_dropout, float(network_dropout.value or 0.0)
-    if rate and bypass:
-        conv.unsupported(
-            legacy,
-            f"{rate:g} with bypass_mode: LyCORIS's bypass forward drops the fused module's output, which "
-            "dbspec's fused layers do not draw",
+    if not 0 <= rate <= 1:
+        conv.invalid(
+            legacy.key,
+            legacy.value,
+            legacy.source,
+            "LoConModule builds torch's Dropout with it, which raises ValueError outside [0, 1]",
         )
         return False
-    if rate:
+    if rate and bypass:  # LoConModule.bypass_forward_diff: self.dropout(update x scale x scalar)
+        conv.mapped(
+            legacy,
+            ("adapter", "output_dropout"),
+            rate,
+            note="LoConModule's bypass forward: torch's dropout over each fused layer's update, one draw",
+        )
+        conv.mapped(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
+            ("adapter", "output_dropout"),
+            rate,
+        )
+    elif rate:
         conv.ignored(
             legacy,
             "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
             "W + ΔW, with no dropout)",
         )
-    if bypass:
+    if bypass and not rate and not float(kwargs.get("rank_dropout", 0) or 0):
         conv.inert(
             Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
-            "without dropout or dora_wd LoConModule's bypass forward is the same update",
+            "without dropout, rank_dropout or dora_wd LoConModule's bypass forward is the same update",
         )
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
-    if rank and bypass:
-        conv.unsupported(
-            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
-            "LoConModule's bypass rank dropout (one torch.rand(rank) per fused module) has no fused form in "
-            "dbspec yet",
-        )
-        return False
-    if rank:  # LoConModule.make_weight: one torch.rand over the fused update's output rows, kept unscaled
+    if rank:  # LoConModule.make_weight: one torch.rand over the fused update's output rows, kept unscaled;
+        # bypass_forward_diff: one torch.rand(rank) over the shared down's output, kept unscaled
         legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
         conv.mapped(legacy, ("adapter", "rank_dropout"), rank)
         conv.put(
             ("adapter", "rank_dropout_form"),
-            "lycoris",
-            conv.comment(args, "LoConModule: one row mask over each fused layer's update"),
+            "lycoris_bypass" if bypass else "lycoris",
+            conv.comment(
+                args,
+                "LoConModule's bypass forward: one rank mask over each fused layer's down output"
+                if bypass
+                else "LoConModule: one row mask over each fused layer's update",
+            ),
         )
+        if bypass:
+            legacy = Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source)
+            conv.mapped(legacy, ("adapter", "rank_dropout_form"), "lycoris_bypass")
     if "module_dropout" in kwargs:
         value = float(kwargs.pop("module_dropout") or 0.0)
         legacy = Legacy(key=f"{args.key} module_dropout", value=value, source=args.source)
