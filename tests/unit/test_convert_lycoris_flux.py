@@ -426,9 +426,14 @@ def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
-def test_ia3_train_on_input_is_refused(tmp_path):
-    """train_on_input: one scale per input column of the fused qkv, which its parts share."""
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
+@pytest.mark.parametrize("value", ["True", "1", "False"])
+def test_ia3_train_on_input_in_network_args_is_never_read(tmp_path, value):
+    """lycoris-lora 4.1.3's create_network hands LycorisNetworkKohya a fixed argument list without
+    train_on_input: on kohya's Flux every IA3Module keeps on_input 0, whatever the value (scratch run)."""
+    outcome = _flux(tmp_path, f"--network_args algo=ia3 preset=full train_on_input={value}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "ia3" and not a.input_targets
+    assert "module_algo_map" in messages(outcome, "DBS405") and "DBS403" not in codes(outcome)
 
 
 def test_ia3_with_a_preset_file_is_refused(tmp_path):

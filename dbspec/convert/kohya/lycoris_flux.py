@@ -397,18 +397,19 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     """algo=ia3 (lycoris/modules/ia3.py): IA3Module on every Linear of the preset, one scale per output row
     of its weight, from 0 (W x (1 + s), the bias unscaled). On a fused Linear (qkv, the single blocks'
     linear1) its rows are the parts' rows, so each diffusers part scaling its own rows is the same update
-    (kind = "ia3" on the parts, no sharing; the kohya writer concatenates them). `train_on_input` (one
-    scale per input column, which the fused parts share) is refused; rank and alpha mean nothing to it, and
-    its dropouts are not expressed. False when refused."""
+    (kind = "ia3" on the parts, no sharing; the kohya writer concatenates them). `train_on_input` in
+    network_args is never read: create_network hands LycorisNetworkKohya a fixed list of arguments without
+    it, so IA3Module keeps its default, the output rows (lycoris-lora 4.1.3 on kohya's Flux, any value:
+    every module's `on_input` 0): ignored (DBS405); only a preset's module_algo_map sets it. Rank and alpha
+    mean nothing to it, and its dropouts are not expressed. False when refused."""
     module, args = a["network_module"], a["network_args"]
     layers, text = layout.presets[preset]
-    if "train_on_input" in kwargs and not _off(kwargs["train_on_input"]):
-        conv.unsupported(
-            args,
-            f"train_on_input={kwargs['train_on_input']} on {layout.title}: IA3Module scales a fused Linear's "
-            "input columns, which its parts share (dbspec's parts would each train their own scale)",
+    if "train_on_input" in kwargs:
+        conv.ignored(
+            Legacy(key=f"{args.key} train_on_input", value=kwargs.pop("train_on_input"), source=args.source),
+            "lycoris.kohya's create_network never hands it to IA3Module (only a preset file's module_algo_map "
+            "does): each module scales its output rows",
         )
-        return False
     if layers in layout.convs:  # the preset's convolutions (enable_conv; conv_dim only switches them on)
         where = ", ".join(layout.convs[layers])
         note = conv.comment(args, f"LyCORIS's IA^3 on {where} too (the preset's enable_conv)")
@@ -426,15 +427,15 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
         conv.unsupported(args, f"{rest} with algo=ia3 on {layout.title}: dbspec expresses no dropout there")
         return False
     for key in list(kwargs):
-        if key == "train_on_input" or key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
+        if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
-            conv.inert(legacy, "off" if key == "train_on_input" else "IA3Module takes it and never reads it")
+            conv.inert(legacy, "IA3Module takes it and never reads it")
     if kwargs:
         rest = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         conv.unsupported(
             args,
             f"network arguments dbspec does not express for LyCORIS's IA^3 on {layout.title}: {rest} (dbspec "
-            "maps algo and preset there; train_on_input and the dropouts off)",
+            "maps algo and preset there; the dropouts off)",
         )
         return False
     why = conv.comment(module, f"algo=ia3, preset {preset}: LyCORIS's IA^3 on kohya's {layout.title}")
