@@ -224,7 +224,8 @@ def test_loha_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
     [
         'rank_dropout = 0.3\nrank_dropout_form = "lycoris"\nmodule_dropout = 0.2\n',
         # bypass_mode: rank mask over the shared down, then `dropout` over the fused update
-        'rank_dropout = 0.3\nrank_dropout_form = "lycoris_bypass"\nmodule_dropout = 0.2\noutput_dropout = 0.25\n',
+        'rank_dropout = 0.3\nrank_dropout_form = "lycoris_bypass"\nmodule_dropout = 0.2\n'
+        "output_dropout = 0.25\n",
     ],
     ids=["rows", "bypass"],
 )

@@ -407,8 +407,8 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     if "train_on_input" in kwargs:
         conv.ignored(
             Legacy(key=f"{args.key} train_on_input", value=kwargs.pop("train_on_input"), source=args.source),
-            "lycoris.kohya's create_network never hands it to IA3Module (only a preset file's module_algo_map "
-            "does): each module scales its output rows",
+            "lycoris.kohya's create_network never hands it to IA3Module (only a preset file's "
+            "module_algo_map does): each module scales its output rows",
         )
     if layers in layout.convs:  # the preset's convolutions (enable_conv; conv_dim only switches them on)
         where = ", ".join(layout.convs[layers])
@@ -560,9 +560,10 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
     forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once
     per fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
     --network_dropout, which train_network.py hands on as it) acts only in bypass_mode: torch's dropout on
-    the fused module's output (bypass_forward_diff's self.dropout, after the rank mask), adapter.output_dropout,
-    one draw over the fused layer's rows; outside bypass_mode ignored (DBS405), as LyCORIS rebuilds the
-    weight, W + ΔW, without it; a rate outside [0, 1] invalid (torch's Dropout raises ValueError).
+    the fused module's output (bypass_forward_diff's self.dropout, after the rank mask),
+    adapter.output_dropout, one draw over the fused layer's rows; outside bypass_mode ignored (DBS405), as
+    LyCORIS rebuilds the weight, W + ΔW, without it; a rate outside [0, 1] invalid (torch's Dropout raises
+    ValueError).
     `rank_dropout`: make_weight's one mask over the fused update's output rows (`rank_dropout_form =
     "lycoris"`), in bypass_mode bypass_forward_diff's one `torch.rand(rank)` over the down output, which the
     fused layer's parts share (`"lycoris_bypass"`), both unscaled (create_network never passes
