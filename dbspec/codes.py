@@ -2599,12 +2599,13 @@ evaluation loss (`timesteps`, `timestep_spacing`, `bands`, `max_images`, `log`) 
         ERROR,
         "LyCORIS's rank dropout on fused layers",
         """\
-`adapter.rank_dropout_form = "lycoris_bypass"` (LyCORIS LoCon's bypass rank dropout, kohya's lycoris.kohya
-network) with `adapter.fused_projections`, or `"lycoris"` / `"lycoris_bypass"` with `adapter.fused_dropout`:
-those share kohya networks.lora_flux / lora_sd3's draws among a fused layer's parts, which LyCORIS's network
-has not. (`"lycoris"` with `fused_projections` is LoConModule on kohya's fused Flux Linear: one row mask over
-the whole layer.)""",
-        help='set adapter.rank_dropout_form = "kohya", or remove fused_projections / fused_dropout',
+`adapter.rank_dropout_form = "lycoris"` / `"lycoris_bypass"` (LyCORIS LoCon's rank dropout, kohya's
+lycoris.kohya network) or `adapter.output_dropout` (its bypass dropout) with `adapter.fused_dropout`: that
+shares kohya networks.lora_flux / lora_sd3's draws among split parts, which LyCORIS's network has not.
+(With `fused_projections` they are LoConModule's on kohya's fused Flux / SD3 Linear: one row mask over the
+whole layer, or in bypass mode one rank mask over its shared down-projection and one dropout over its
+output.)""",
+        help='set adapter.rank_dropout_form = "kohya" and output_dropout = 0, or remove fused_dropout',
     ),
     # adapter.form = "kohya" (kohya's networks.oft) against Diag-OFT's LyCORIS options: DBS574.
     Code(

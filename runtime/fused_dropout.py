@@ -28,29 +28,42 @@ from dbspec.runtime.fused import fused_layers
 class FusedDraw:
     """One fused layer's dropout draw, shared by its `parts` adapted parts for one forward."""
 
-    def __init__(self, parts: int, rows: int = 0):
+    def __init__(self, parts: int, rows: int = 0, form: str = "kohya"):
         self.parts = parts
-        self.rows = (
-            rows  # rank_dropout_form "lycoris": the fused layer's output rows (LoConModule.make_weight)
-        )
+        self.form = form  # rank_dropout_form: "lycoris" over the output rows, "lycoris_bypass" the ranks
+        self.rows = rows  # the fused layer's output rows (LoConModule's row mask, its bypass dropout)
         self.left = 0  # parts still to apply the current draw
         self.skip = False
         self.down: torch.Tensor | None = None  # network dropout's scaled mask (1 / (1 - p) where kept)
         self.rank: torch.Tensor | None = None  # rank dropout's mask (batch, rank)
+        self.output: torch.Tensor | None = None  # LyCORIS's bypass dropout's scaled mask over all `rows`
 
-    def take(self, lx_shape_of, module_dropout: float, down_dropout: float, rank_dropout: float, rank: int):
+    def take(
+        self,
+        lx_shape_of,
+        module_dropout: float,
+        down_dropout: float,
+        rank_dropout: float,
+        rank: int,
+        output_dropout: float = 0.0,
+    ):
         """The current draw, drawn first when no part has one left (`lx_shape_of()`: the down output)."""
         if self.left == 0:
             self.skip = bool(module_dropout) and bool(torch.rand(1) < module_dropout)
-            self.down = self.rank = None
+            self.down = self.rank = self.output = None
             if not self.skip:
                 lx = lx_shape_of()
                 if down_dropout:
                     self.down = torch.nn.functional.dropout(torch.ones_like(lx), p=down_dropout)
-                if rank_dropout and self.rows:  # LyCORIS LoCon: the fused update's output rows
+                if rank_dropout and self.form == "lycoris_bypass":  # bypass_forward_diff: the down's ranks
+                    self.rank = torch.rand(rank, device=lx.device) > rank_dropout
+                elif rank_dropout and self.form == "lycoris":  # LyCORIS LoCon: the fused update's output rows
                     self.rank = torch.rand(self.rows, device=lx.device) > rank_dropout
                 elif rank_dropout:
                     self.rank = torch.rand((lx.size(0), rank), device=lx.device) > rank_dropout
+                if output_dropout:  # LoConModule.bypass_forward_diff's self.dropout on the fused output
+                    ones = lx.new_ones((*lx.shape[:-1], self.rows))
+                    self.output = torch.nn.functional.dropout(ones, p=output_dropout)
             self.left = self.parts
         self.left -= 1
         return self
@@ -64,12 +77,16 @@ def add_fused_dropout(
     multiplier: float = 1.0,
     down_dropout: float = 0.0,
     form: str = "kohya",
+    output_dropout: float = 0.0,
 ) -> int:
     """Wrap the forward of the tied parts of every fused layer in `module` with one shared draw per layer
     and forward; marks them so runtime/lora_dropout.py leaves them alone. Returns the fused layers wrapped.
     `form` "lycoris" (kohya's lycoris.kohya LoCon on kohya's Flux: LoConModule.make_weight): the rank
     dropout is one `torch.rand(rows)` over the whole fused layer's output rows (every part's, adapted or
-    not), each part keeping its rows' mask, unscaled."""
+    not), each part keeping its rows' mask, unscaled; "lycoris_bypass" (its bypass_forward_diff): one
+    `torch.rand(rank)` over the shared down's output, unscaled. `output_dropout` (the bypass forward's
+    `dropout`): torch's dropout over the whole fused output (every row, as LoConModule's output), drawn
+    last, each part multiplying its update (x scale) by its rows of the mask."""
     wrapped = 0
     for group, found in fused_layers(module, fused):
         layers = [layer for _, layer in found if not layer.use_dora.get(ADAPTER_NAME)]  # DoRA: peft's own
@@ -77,12 +94,13 @@ def add_fused_dropout(
         shared = [layer for layer in layers if layer.lora_A[ADAPTER_NAME].weight is first]
         if len(shared) < 2:
             continue
-        offsets = _row_offsets(module, group, shared[0]) if form == "lycoris" else {}
-        draw = FusedDraw(len(shared), offsets.pop("", 0))
+        offsets = _row_offsets(module, group, shared[0]) if form == "lycoris" or output_dropout else {}
+        draw = FusedDraw(len(shared), offsets.pop("", 0), form)
         for index, layer in [(i, layer) for i, layer in found if layer in shared]:
-            masks = _shared_masks(draw, module_dropout, down_dropout, rank_dropout, layer.r[ADAPTER_NAME])
+            rank = layer.r[ADAPTER_NAME]
+            masks = _shared_masks(draw, module_dropout, down_dropout, rank_dropout, rank, output_dropout)
             rows = offsets.get(group.parts[index])
-            layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier, rows)
+            layer.forward = _forward(layer, layer.forward, masks, rank_dropout, multiplier, rows, form)
             layer.dbspec_fused_draw = draw
         wrapped += 1
     return wrapped
@@ -102,21 +120,26 @@ def _row_offsets(module: torch.nn.Module, group: FusedPlan, layer) -> dict[str, 
     return offsets
 
 
-# A part's masks for one forward: (skip, down mask or None, rank mask or None); `down()` is its down output.
-Masks = Callable[[Callable[[], torch.Tensor]], tuple[bool, torch.Tensor | None, torch.Tensor | None]]
+# A part's draw for one forward (skip, .down, .rank, .output masks or None); `down()` is its down output.
+Masks = Callable[[Callable[[], torch.Tensor]], FusedDraw]
 
 
-def _shared_masks(draw: FusedDraw, module_dropout, down_dropout, rank_dropout, rank: int) -> Masks:
+def _shared_masks(
+    draw: FusedDraw, module_dropout, down_dropout, rank_dropout, rank: int, output=0.0
+) -> Masks:
     def masks(down):
-        d = draw.take(down, module_dropout, down_dropout, rank_dropout, rank)
-        return d.skip, d.down, d.rank
+        return draw.take(down, module_dropout, down_dropout, rank_dropout, rank, output)
 
     return masks
 
 
-def _forward(layer, peft_forward, masks: Masks, rank_dropout: float, multiplier: float, rows=None):
+def _forward(
+    layer, peft_forward, masks: Masks, rank_dropout: float, multiplier: float, rows=None, form="kohya"
+):
     """The part's LoRA forward with the masks its layer's draw gives it while training; peft's otherwise.
-    `rows`: the part's (start, stop) rows of a LyCORIS row mask (rank_dropout_form "lycoris")."""
+    `rows`: the part's (start, stop) rows of the fused layer (a LyCORIS row mask, rank_dropout_form
+    "lycoris", or the bypass output dropout's); "lycoris_bypass": LoConModule's bypass rank mask over the
+    shared down's output, unscaled."""
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if layer.disable_adapters or layer.merged or kwargs.get("adapter_names"):
@@ -134,26 +157,33 @@ def _forward(layer, peft_forward, masks: Masks, rank_dropout: float, multiplier:
 
         if not layer.training:
             return (result + lora_b(down()) * scale).to(result.dtype)
-        skip, down_mask, rank_mask = masks(down)
-        if skip:
+        draw = masks(down)
+        if draw.skip:
             return result
         out = down()
-        if down_mask is not None:
-            out = out * down_mask
-        if rank_mask is not None and rows is not None:  # LoConModule: ΔW's output rows, unscaled
-            update = lora_b(out)
-            keep = rank_mask[rows[0] : rows[1]].to(update.dtype)
-            return (result + update * keep * scale).to(result.dtype)
-        if rank_mask is not None:
+        if draw.down is not None:
+            out = out * draw.down
+        rank_mask = draw.rank
+        if rank_mask is not None and form == "lycoris_bypass":  # LoConModule's bypass forward: unscaled
+            out = out * rank_mask.to(out.dtype)
+        elif rank_mask is not None and form == "lycoris":  # LoConModule: ΔW's output rows, unscaled
+            update = lora_b(out) * rank_mask[rows[0] : rows[1]].to(out.dtype)
+            return (result + _output(update * scale, draw, rows)).to(result.dtype)
+        elif rank_mask is not None:
             if out.dim() == 3:
                 rank_mask = rank_mask.unsqueeze(1)
             elif out.dim() == 4:
                 rank_mask = rank_mask.unsqueeze(-1).unsqueeze(-1)
             out = out * rank_mask
             scale = scale * (1.0 / (1.0 - rank_dropout))
-        return (result + lora_b(out) * scale).to(result.dtype)
+        return (result + _output(lora_b(out) * scale, draw, rows)).to(result.dtype)
 
     return forward
+
+
+def _output(update: torch.Tensor, draw: FusedDraw, rows) -> torch.Tensor:
+    """The part's rows of the layer's bypass output dropout (its scaled mask), when drawn."""
+    return update if draw.output is None else update * draw.output[..., rows[0] : rows[1]]
 
 
 # --- kohya's split_qkv: separate LoRAs on the parts, one draw per fused layer (adapter.fused_dropout) -------

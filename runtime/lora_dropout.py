@@ -18,7 +18,8 @@ forward rebuilds ΔW and multiplies its output rows by `torch.rand(out, device=x
 ("lycoris"), the same as masking the update's output channels; its bypass forward multiplies the down
 projection's output (after lora_mid) by `torch.rand(rank, device=...) > rank_dropout`, one mask for the whole
 batch ("lycoris_bypass"). Neither rescales the kept rows: kohya's network never passes
-`rank_dropout_scale`. The draw follows module_dropout's, as in LoConModule.forward."""
+`rank_dropout_scale`. The draw follows module_dropout's, as in LoConModule.forward. `output_dropout` is
+the bypass forward's `dropout`: torch's dropout of the update (x scale), drawn last."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def add_lora_dropout(
     multiplier: float = 1.0,
     down_dropout: float = 0.0,
     form: str = "kohya",
+    output_dropout: float = 0.0,
 ) -> int:
     """Wrap the forward of every plain LoRA layer in `module`; returns how many were wrapped. `multiplier`
     (kohya's network multiplier) scales the update in training and evaluation alike; alpha is untouched, so
@@ -48,7 +50,14 @@ def add_lora_dropout(
             and not hasattr(layer, "dbspec_fused_draw")  # a fused layer's part: runtime/fused_dropout.py
         ):
             layer.forward = _forward(
-                layer, layer.forward, rank_dropout, module_dropout, multiplier, down_dropout, form
+                layer,
+                layer.forward,
+                rank_dropout,
+                module_dropout,
+                multiplier,
+                down_dropout,
+                form,
+                output_dropout,
             )
             count += 1
     return count
@@ -62,6 +71,7 @@ def _forward(
     multiplier: float,
     down_dropout: float,
     form: str = "kohya",
+    output_dropout: float = 0.0,
 ):
     mids = getattr(layer, "lora_mid", None)
     mid = mids[ADAPTER_NAME] if mids is not None and ADAPTER_NAME in mids else None
@@ -90,7 +100,7 @@ def _forward(
             keep = torch.rand(update.size(1 if update.dim() == 4 else -1), device=x.device) > rank_dropout
             keep = keep.to(update.dtype)
             update = update * (keep.view(-1, 1, 1) if update.dim() == 4 else keep)
-            return (result + update * scale).to(result.dtype)
+            return (result + _dropped(update * scale, training, output_dropout)).to(result.dtype)
         elif training and rank_dropout:
             mask = torch.rand((lx.size(0), layer.r[ADAPTER_NAME]), device=lx.device) > rank_dropout
             if lx.dim() == 3:
@@ -99,6 +109,11 @@ def _forward(
                 mask = mask.unsqueeze(-1).unsqueeze(-1)
             lx = lx * mask
             scale = scale * (1.0 / (1.0 - rank_dropout))
-        return (result + lora_b(lx) * scale).to(result.dtype)
+        return (result + _dropped(lora_b(lx) * scale, training, output_dropout)).to(result.dtype)
 
     return forward
+
+
+def _dropped(update: torch.Tensor, training: bool, output_dropout: float) -> torch.Tensor:
+    """LoConModule's bypass `dropout` (torch's) on the scaled update while training."""
+    return torch.nn.functional.dropout(update, p=output_dropout) if training and output_dropout else update

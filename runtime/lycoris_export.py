@@ -435,7 +435,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         or adapter.scalar
         or norm_scalars(adapter)
         or adapter.rank_dropout_form != "kohya"
-    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar or LoCon's rank dropout
+        or adapter.output_dropout
+    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar or LoCon's dropouts
         args["algo"] = "locon"
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
@@ -455,7 +456,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
-    if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass":  # GLoRA's, LoCon's bypass forward
+    if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass" or adapter.output_dropout:
         args["bypass_mode"] = "True"
     return args
 

@@ -79,10 +79,11 @@ def _prepare(
             from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
 
             add_fused_lycoris_dropout(module, a.fused, a.module_dropout, a.rank_dropout, a.rank_dropout_scale)
-        if a.kind == "lora" and (a.rank_dropout or a.module_dropout or a.down_dropout or a.multiplier != 1.0):
+        drops = a.rank_dropout or a.module_dropout or a.down_dropout or a.output_dropout
+        if a.kind == "lora" and (drops or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
-            if plan.adapter.fused and denoiser and (a.rank_dropout or a.module_dropout or a.down_dropout):
+            if plan.adapter.fused and denoiser and drops:
                 from dbspec.runtime.fused_dropout import add_fused_dropout  # one draw per fused layer
 
                 add_fused_dropout(
@@ -93,6 +94,7 @@ def _prepare(
                     a.multiplier,
                     a.down_dropout,
                     a.rank_dropout_form,
+                    a.output_dropout,
                 )
             if plan.adapter.split_fused and denoiser:
                 from dbspec.runtime.fused_dropout import add_split_dropout  # kohya's split_qkv draws
@@ -106,7 +108,13 @@ def _prepare(
                     a.down_dropout,
                 )
             add_lora_dropout(
-                module, a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout, a.rank_dropout_form
+                module,
+                a.rank_dropout,
+                a.module_dropout,
+                a.multiplier,
+                a.down_dropout,
+                a.rank_dropout_form,
+                a.output_dropout,
             )
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)

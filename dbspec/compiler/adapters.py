@@ -41,6 +41,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         {
             "dropout": adapter.dropout,
             "down_dropout": adapter.down_dropout,
+            "output_dropout": adapter.output_dropout,
             "multiplier": adapter.multiplier,
             "max_norm": adapter.max_norm,
             "max_norm_form": adapter.max_norm_form if adapter.max_norm else "kohya",

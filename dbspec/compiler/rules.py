@@ -2399,15 +2399,24 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS LoCon's rank dropout (runtime/lora_dropout.py) acts on each LoRA layer alone (DBS573); its
-    default form on fused projections is LoConModule's on kohya's fused Flux Linear (lycoris.kohya on
-    flux_train_network.py): one row mask over the whole fused layer (runtime/fused_dropout.py)."""
+    """LyCORIS LoCon's rank dropout (runtime/lora_dropout.py) acts on each LoRA layer alone (DBS573); on
+    fused projections both forms are LoConModule's on kohya's fused Flux / SD3 Linear (lycoris.kohya on
+    flux_train_network.py): one row mask over the whole fused layer, or in bypass mode one rank mask over
+    its shared down-projection (runtime/fused_dropout.py)."""
     a = spec.adapter
+    if isinstance(a, LoraAdapter) and a.output_dropout and a.fused_dropout:
+        yield _err(
+            "DBS573",
+            ("adapter", "output_dropout"),
+            "adapter.output_dropout with adapter.fused_dropout = true: LyCORIS's network has no fused layer "
+            "whose parts share kohya's split draws",
+            codes.help("DBS573"),
+        )
     if not isinstance(a, LoraAdapter) or a.rank_dropout_form == "kohya" or not a.rank_dropout:
         return
     for key in ("fused_projections", "fused_dropout"):
-        if key == "fused_projections" and a.rank_dropout_form == "lycoris":
-            continue  # LoConModule on the fused Linear: one draw over its rows
+        if key == "fused_projections":
+            continue  # LoConModule on the fused Linear: one draw over its rows or its ranks
         if getattr(a, key):
             yield _err(
                 "DBS573",
@@ -2455,6 +2464,7 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     for key, off in (
         ("down_dropout", 0.0),
+        ("output_dropout", 0.0),
         ("rank_dropout", 0.0),
         ("module_dropout", 0.0),
         ("multiplier", 1.0),

@@ -193,6 +193,8 @@ class AdapterPlan:
     rank_dropout_form: Literal["kohya", "lycoris", "lycoris_bypass"] = "kohya"
     # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off
     down_dropout: float = 0.0
+    # lora: dropout on the update's output (LyCORIS LoCon's bypass `dropout`); 0 = off
+    output_dropout: float = 0.0
     # glora, diag-oft, boft: LyCORIS bypass_mode (the update computed on activations: OFT rotates the output,
     # its bias too); glora with bypass: torch's dropout on each pair's output (LyCORIS dropout)
     bypass: bool = False

@@ -626,6 +626,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  down dropout", f"{a.down_dropout:g} on the down projection's output (while training)")
         )
+    if a.output_dropout:
+        rows.append(("  output dropout", f"{a.output_dropout:g} on the update's output (while training)"))
     if a.max_norm:
         rows.append(("  max norm", _max_norm_row(a)))
     if a.freeze_down:
@@ -1419,7 +1421,14 @@ def _max_norm_row(a) -> str:
 def _fused_draw(a) -> str:
     """kohya's dropouts on a fused layer: one draw for all its parts (runtime/fused_dropout.py)."""
     on = [
-        n for n, v in (("down", a.down_dropout), ("rank", a.rank_dropout), ("module", a.module_dropout)) if v
+        n
+        for n, v in (
+            ("down", a.down_dropout),
+            ("rank", a.rank_dropout),
+            ("module", a.module_dropout),
+            ("output", a.output_dropout),
+        )
+        if v
     ]
     return f"; {', '.join(on)} dropout drawn once per layer" if on else ""
 

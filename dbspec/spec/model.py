@@ -572,6 +572,15 @@ class LoraAdapter:
         minimum=0,
         maximum=1,
     )
+    output_dropout: float = option(
+        0.0,
+        doc="Dropout on the LoRA update's output while training (LyCORIS LoCon's `dropout` in "
+        "`bypass_mode`, kohya's lycoris.kohya network): torch's dropout of up(down(x)) x scale, after rank "
+        "dropout, the kept values scaled by 1 / (1 - output_dropout); with `fused_projections` one draw over "
+        "the whole fused layer's output, each part taking its rows. 0 turns it off.",
+        minimum=0,
+        maximum=1,
+    )
     multiplier: float = option(
         1.0,
         doc="Scale the LoRA update by this while the run trains and validates (kohya's network multiplier, "

@@ -45,6 +45,7 @@ CASES = [
     ("lycoris", {"rank_dropout": 0.5, "scalar": True}),
     ("lycoris_bypass", {"rank_dropout": 0.4}),
     ("lycoris_bypass", {"rank_dropout": 0.3, "module_dropout": 0.4, "tucker": True}),
+    ("lycoris_bypass", {"rank_dropout": 0.3, "output_dropout": 0.25, "scalar": True}),  # its `dropout`
 ]
 
 
@@ -66,7 +67,13 @@ def _adapted(form: str, switches: dict) -> tuple[Net, Net]:
         scalar=switches.get("scalar", False),
     )
     add_lora(net, adapter, ("proj",), seed=3, conv=True)
-    add_lora_dropout(net, adapter.rank_dropout, adapter.module_dropout, form=form)
+    add_lora_dropout(
+        net,
+        adapter.rank_dropout,
+        adapter.module_dropout,
+        form=form,
+        output_dropout=switches.get("output_dropout", 0),
+    )
     return net, base
 
 
@@ -104,6 +111,7 @@ def test_locon_dropouts_equal_lycoris_locon_module(form, switches):
             1.0,
             lora_dim=RANK,
             alpha=ALPHA,
+            dropout=switches.get("output_dropout", 0.0),
             rank_dropout=switches["rank_dropout"],
             module_dropout=switches.get("module_dropout", 0.0),
             use_tucker=switches.get("tucker", False),

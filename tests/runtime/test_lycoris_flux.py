@@ -219,14 +219,26 @@ def test_loha_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_exp
         torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
 
 
-def test_locon_dropouts_on_fused_layers_resume_bit_exact(tmp_path):
-    """LoConModule's module dropout and row-mask rank dropout (rank_dropout_form "lycoris"), drawn once per
-    fused layer (runtime/fused_dropout.py), train and resume bit-exact."""
-    dropouts = 'rank_dropout = 0.3\nrank_dropout_form = "lycoris"\nmodule_dropout = 0.2\n'
+@pytest.mark.parametrize(
+    "dropouts",
+    [
+        'rank_dropout = 0.3\nrank_dropout_form = "lycoris"\nmodule_dropout = 0.2\n',
+        # bypass_mode: rank mask over the shared down, then `dropout` over the fused update
+        'rank_dropout = 0.3\nrank_dropout_form = "lycoris_bypass"\nmodule_dropout = 0.2\n'
+        "output_dropout = 0.25\n",
+    ],
+    ids=["rows", "bypass"],
+)
+def test_locon_dropouts_on_fused_layers_resume_bit_exact(tmp_path, dropouts):
+    """LoConModule's module dropout and row-mask rank dropout (rank_dropout_form "lycoris"), or its bypass
+    forward's rank mask and output dropout, drawn once per fused layer (runtime/fused_dropout.py), train and
+    resume bit-exact."""
     extra = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + dropouts)
     extra += "\n[checkpoints]\nevery = 2\n"
     whole = execute(make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra), keep_models=True)
     parts = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
+    a = parts.adapter
+    assert f'"{a.rank_dropout_form}"' in dropouts and (a.output_dropout > 0) == ("output" in dropouts)
     first = execute(parts, stop_after=2)
     second = execute(parts, resume=True, keep_models=True)
     assert whole.status == second.status == "finished" and first.losses + second.losses == whole.losses

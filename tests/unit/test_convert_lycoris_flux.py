@@ -6,7 +6,8 @@ SelfAttention and CLIP-L's attention); algo=lokr / loha one Kronecker / Hadamard
 scale per output row (a fused layer's rows its parts'); algo=diag-oft one block split per fused layer;
 algo=glora one GLoRA per fused layer (a1, a2, b2 shared, b1 the parts' rows), algo=dylora one DyLoRA (the
 down and the draw shared); LoKr / LoHa dora_wd, use_scalar, --scale_weight_norms and dropouts LyCORIS's on
-the fused layer; the other algos and switches stay DBS403."""
+the fused layer; rescaled (outside OFT), train_t5xxl and train_norm with attn-only change nothing, train_norm
+on the blocks' LayerNorms is LyCORIS's AttributeError; the other algos and switches stay DBS403."""
 
 from __future__ import annotations
 
@@ -115,16 +116,18 @@ def test_diag_oft_is_one_block_split_per_fused_layer(tmp_path):
     assert "only in bypass_mode" in messages(outcome, "DBS405")
 
 
-def test_diag_oft_bypass_maps_and_its_dropout_is_invalid(tmp_path):
+def test_diag_oft_bypass_and_rescaled_map_and_its_dropout_is_invalid(tmp_path):
     a = plan_of(_flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True"), tmp_path).adapter
-    assert a.bypass and a.fused
+    assert a.bypass and a.fused and not a.oft_rescaled
+    # rescaled: DiagOFTModule's learned scale per output row (each part its rows of the fused layer)
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft rescaled=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.oft_rescaled and a.fused and fate(outcome, "network_args rescaled") == "mapped"
     outcome = _flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True dropout=0.1", allow=True)
     assert "DBS402" in codes(outcome)
 
 
-@pytest.mark.parametrize(
-    "arg", ["constraint=1e-3", "rank_dropout=0.1", "module_dropout=0.1", "rescaled=True"]
-)
+@pytest.mark.parametrize("arg", ["constraint=1e-3", "rank_dropout=0.1", "module_dropout=0.1"])
 def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
 
@@ -196,13 +199,60 @@ def test_locon_rank_dropout_is_lycoris_row_mask_over_each_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
-def test_locon_bypass_rank_dropout_is_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1"))
+def test_locon_bypass_rank_dropout_is_one_rank_mask_per_fused_layer(tmp_path):
+    # LoConModule.bypass_forward_diff: torch.rand(rank) > rank_dropout over the shared down's output, unscaled
+    outcome = _flux(tmp_path, "--network_args bypass_mode=True rank_dropout=0.1 module_dropout=0.2")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (0.1, "lycoris_bypass", 0.2)
+    assert fate(outcome, "network_args bypass_mode") == "mapped"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
 @pytest.mark.parametrize("arg", ["train_t5xxl=True", "train_t5xxl="])
-def test_switches_without_a_fused_form_are_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+def test_train_t5xxl_builds_no_t5_module_and_changes_nothing(tmp_path, arg):
+    # lycoris-lora 4.1.3 on transformers' T5EncoderModel builds no module (no T5 class in its lists, MT5Block
+    # is); kohya only flags T5-XXL as trained: the same plan as without, CLIP-L's LoCon and no T5 target
+    outcome = _flux(tmp_path, f"--network_args algo=locon {arg}")
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.adapter.t5_targets
+    assert list(plan.adapter.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert fate(outcome, "network_args train_t5xxl") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_train_t5xxl_with_cached_text_outputs_is_kohyas_value_error(tmp_path):
+    # flux_train_network.py's post_process_network raises ValueError on network.train_t5xxl with the cache
+    outcome = _flux(tmp_path, "--cache_text_encoder_outputs --network_args train_t5xxl=True")
+    assert "ValueError" in messages(outcome, "DBS402") and "DBS403" not in codes(outcome)
+
+
+@pytest.mark.parametrize("preset", ["full", "unet-only", "attn-mlp"])
+def test_train_norm_on_the_blocks_is_lycoris_attribute_error(tmp_path, preset):
+    # NormModule on Flux's affine-less LayerNorms (img_norm1, pre_norm ...) reads their weight, None: the
+    # first training forward of lycoris-lora 4.1.3's network on kohya's Flux raises AttributeError
+    outcome = _flux(tmp_path, f"--network_args preset={preset} train_norm=True")
+    assert "AttributeError" in messages(outcome, "DBS402") and "DBS403" not in codes(outcome)
+
+
+def test_train_norm_with_attn_only_and_rescaled_change_nothing(tmp_path):
+    # attn-only's SelfAttention holds QKNorm / RMSNorm only: NormModules without parameters; rescaled is
+    # read by OFT / BOFT only: the plan is attn-only's LoCon as without them
+    outcome = _flux(tmp_path, "--network_args preset=attn-only train_norm=True rescaled=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 8, 4.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    for key in ("train_norm", "rescaled"):
+        assert fate(outcome, f"network_args {key}") == "inert"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_rescaled_and_train_t5xxl_with_lokr_and_ia3(tmp_path):
+    for algo in ("lokr", "ia3"):
+        outcome = _flux(
+            tmp_path, f"--network_args algo={algo} rescaled=True train_t5xxl=True train_norm=False"
+        )
+        assert plan_of(outcome, tmp_path).adapter.kind == algo
+        assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
 def test_module_dropout_maps_and_dropout_outside_bypass_is_ignored(tmp_path):
@@ -212,9 +262,26 @@ def test_module_dropout_maps_and_dropout_outside_bypass_is_ignored(tmp_path):
     assert "DBS403" not in codes(outcome) and "bypass_mode" in messages(outcome, "DBS405")
 
 
-def test_dropout_in_bypass_mode_is_refused(tmp_path):
-    outcome = _flux(tmp_path, "--network_args bypass_mode=True dropout=0.1")
-    assert "DBS403" in codes(outcome)
+@pytest.mark.parametrize(
+    "extra",
+    ["--network_args bypass_mode=True dropout=0.1", "--network_dropout 0.1 --network_args bypass_mode=True"],
+)
+def test_dropout_in_bypass_mode_is_the_fused_output_dropout(tmp_path, extra):
+    # LoConModule.bypass_forward_diff: self.dropout (torch's Dropout) on the fused module's update, after the
+    # rank mask; --network_dropout is handed on as `dropout`
+    outcome = _flux(tmp_path, f"{extra} rank_dropout=0.2")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.output_dropout, a.rank_dropout, a.rank_dropout_form, a.dropout) == (
+        0.1,
+        0.2,
+        "lycoris_bypass",
+        0,
+    )
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_dropout_above_one_is_torchs_value_error(tmp_path):
+    assert "ValueError" in messages(_flux(tmp_path, "--network_args bypass_mode=True dropout=1.5"), "DBS402")
 
 
 def test_switches_off_convert(tmp_path):
@@ -435,9 +502,14 @@ def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
-def test_ia3_train_on_input_is_refused(tmp_path):
-    """train_on_input: one scale per input column of the fused qkv, which its parts share."""
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full train_on_input=True"))
+@pytest.mark.parametrize("value", ["True", "1", "False"])
+def test_ia3_train_on_input_in_network_args_is_never_read(tmp_path, value):
+    """lycoris-lora 4.1.3's create_network hands LycorisNetworkKohya a fixed argument list without
+    train_on_input: on kohya's Flux every IA3Module keeps on_input 0, whatever the value (scratch run)."""
+    outcome = _flux(tmp_path, f"--network_args algo=ia3 preset=full train_on_input={value}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "ia3" and not a.input_targets
+    assert "module_algo_map" in messages(outcome, "DBS405") and "DBS403" not in codes(outcome)
 
 
 @pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])

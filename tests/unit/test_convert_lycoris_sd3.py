@@ -125,7 +125,27 @@ def test_glora_full_is_one_module_per_fused_qkv_and_the_patch_convolution(tmp_pa
 def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
     assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=boft"))
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True"))
+
+
+def test_switches_as_lycoris_builds_them_on_the_mmdit(tmp_path):
+    # train_t5xxl: no T5 module (lora_te3), inert; rescaled: OFT's only; train_norm: NormModule on each
+    # SingleDiTBlock's affine-less norm1 / norm2 fails at the first forward (lycoris-lora 4.1.3 on kohya's
+    # sd3_models.MMDiTBlock: AttributeError), and attn-only builds no MMDiT module (inert)
+    outcome = _sd3(tmp_path, "--network_args preset=full-lin train_t5xxl=True rescaled=True")
+    assert not plan_of(outcome, tmp_path).adapter.t5_targets
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    outcome = _sd3(tmp_path, "--network_args preset=full-lin train_norm=True")
+    assert "AttributeError" in messages(outcome, "DBS402")
+    outcome = _sd3(tmp_path, "--network_args preset=attn-only train_norm=True")
+    assert fate(outcome, "network_args train_norm") == "inert" and not errors(outcome)
+
+
+def test_locon_bypass_dropouts_are_drawn_per_fused_qkv(tmp_path):
+    # LoConModule's bypass forward on each fused q/k/v: one rank mask, then torch's dropout on the update
+    outcome = _sd3(tmp_path, "--network_args preset=full-lin bypass_mode=True rank_dropout=0.1 dropout=0.05")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (0.1, "lycoris_bypass", 0.05)
+    assert [f.name for f in a.fused] == FUSED and "DBS403" not in codes(outcome) and not errors(outcome)
 
 
 def test_locon_rs_lora_and_use_scalar_convert_as_on_flux(tmp_path):
@@ -239,5 +259,7 @@ def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_co
     assert list(a.text_encoder_targets) == CLIP and list(a.text_encoder_2_targets) == CLIP
     assert fate(outcome, "network_module") == "mapped"
     assert "DBS403" not in codes(outcome)
+    # train_on_input in network_args: create_network never hands it to IA3Module (output rows, DBS405)
     outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=attn-mlp train_on_input=True")
-    assert "DBS403" in codes(outcome)
+    assert "DBS403" not in codes(outcome) and not plan_of(outcome, tmp_path).adapter.input_targets
+    assert "module_algo_map" in messages(outcome, "DBS405")

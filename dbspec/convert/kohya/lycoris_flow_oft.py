@@ -96,6 +96,7 @@ def map_flow_diag_oft(
         return False
     if dropout.value and float(dropout.value):
         conv.ignored(dropout, "DiagOFTModule applies its dropout only in bypass_mode (off here)")
+    rescaled = legacy("rescaled") if "rescaled" in kwargs else None
     for key in [k for k in kwargs if k in _UNREAD or k.startswith("loraplus_")]:
         conv.ignored(legacy(key), "LyCORIS's DiagOFTModule takes it and never reads it")
     if kwargs:
@@ -109,6 +110,8 @@ def map_flow_diag_oft(
     )
     conv.put(("adapter", "kind"), "diag-oft", why)
     conv.mapped(dim, ("adapter", "block_size"), lora_dim)
+    if rescaled is not None:  # LyCORIS's str_bool: a learned scale per output row, the parts' rows their own
+        conv.mapped(rescaled, ("adapter", "rescaled"), str(rescaled.value).lower() != "false")
     if a["network_alpha"].given:
         conv.inert(
             a["network_alpha"], "DiagOFTModule takes alpha and never reads it (its constraint is its own)"

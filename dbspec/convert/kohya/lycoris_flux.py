@@ -105,24 +105,14 @@ class LycorisLayout:
     targets: Callable[[str, bool], tuple[list[str], list[dict[str, Any]], str]]
     # denoiser layers -> the convolutions LyCORIS's LoCon adapts there (conv_dim, conv_alpha; diffusers names)
     convs: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    # denoiser layers -> the affine-less LayerNorms train_norm's NormModule fails on there (_switches)
+    bare_norms: dict[str, str] = attrs.field(factory=dict)
 
 
 # algos refused on Flux / SD3: why (their modules on a fused Linear mix the parts' rows)
 _REFUSED_ALGOS = {
     "boft": ": ButterflyOFTModule's butterfly stages on a fused Linear regroup its stacked rows in strides "
     "up to half its width, so its rotations mix the q, k, v (and MLP) rows dbspec trains as separate layers",
-}
-# LyCORIS's switches and values dbspec maps on Flux and SD3 only in the value that changes nothing
-_OFF = {
-    "train_norm": "false",
-    "rescaled": "false",
-    "train_t5xxl": "false",
-}
-_WHY_OFF = {
-    "train_norm": "LyCORIS's NormModule on the blocks' RMSNorm / LayerNorm layers",
-    "rescaled": "LyCORIS's rescaled output",
-    "train_t5xxl": "train_t5xxl=True: LyCORIS builds no T5-XXL module (no T5 class is in its lists), yet "
-    "{script} then runs T5-XXL in training mode (its dropout on)",
 }
 # network_args LyCORIS reads that change nothing on the blocks' Linears
 _INERT = {
@@ -174,6 +164,8 @@ def map_lycoris_flow(
     if preset in layout.refused:
         conv.unsupported(args, f"preset={preset} on {layout.title}: {layout.refused[preset]}")
         return False
+    if not _switches(kwargs, a, args, conv, layout, preset, algo):
+        return False
     if algo in ("ia3", "diag-oft", "glora", "dylora") and preset not in layout.presets:
         conv.unsupported(
             args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
@@ -198,13 +190,6 @@ def map_lycoris_flow(
         return _ia3(kwargs, a, conv, layout, preset)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
-    for key in [k for k in kwargs if k in _OFF]:
-        value = kwargs[key]
-        if not _off(value):
-            why = _WHY_OFF[key].format(script=layout.script)
-            conv.unsupported(args, f"{key}={value}: {why} on {layout.title} has no dbspec form yet")
-            return False
-        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset)
     if algo == "diag-oft":
@@ -294,6 +279,89 @@ def map_lycoris_flow(
     return True
 
 
+def _switches(
+    kwargs: dict[str, str],
+    a: dict[str, Legacy],
+    args: Legacy,
+    conv: Conversion,
+    layout,
+    preset: str,
+    algo: str,
+) -> bool:
+    """LyCORIS's network-wide switches (str_bool: only "false" is off), the same for every algo, as
+    lycoris-lora 4.1.3 builds them on kohya's models (scratch runs of create_network on kohya's
+    library/flux_models.py double and single blocks and sd3_models.MMDiTBlock, transformers' CLIP-L and
+    T5-XXL):
+
+    - `rescaled`: only the OFT / BOFT modules read it (diag-oft's: lycoris_flow_oft.py); LoCon, LoKr, LoHa,
+      Full, IA^3, GLoRA and DyLoRA take it and never do: inert.
+    - `train_norm`: a NormModule on each module with "Norm" in its class name inside the preset's classes.
+      Flux's QKNorm / RMSNorm and SD3's RMS q/k norms (no `weight` with `_norm`) get one that is "not
+      supported" (no parameter, the layer's own forward) and CLIP's CLIPAttention / CLIPMLP hold no norm, so
+      attn-only (and SD3's attn-only, no MMDiT module) changes nothing: inert. Flux's img_norm1 / img_norm2 /
+      txt_norm1 / txt_norm2 / pre_norm and SD3's norm1 / norm2 are LayerNorms without affine parameters:
+      NormModule gives them w_norm / b_norm and its make_weight reads the LayerNorm's `weight`, None, so the
+      first training forward raises AttributeError: invalid (DBS402). A preset file: DBS403.
+    - `train_t5xxl`: no T5 class is in LyCORIS's lists (MT5Block is), so no T5-XXL module is built; kohya's
+      script then flags T5-XXL as trained (its post_process_network reads network.train_t5xxl), which
+      changes no value: none of T5's parameters is in the optimizer, train_network.py sets every text
+      encoder's train / eval mode alike (train() for all with gradient checkpointing), and accelerate's
+      prepare only wraps T5's forward in the autocast it already runs under: inert; but the script raises
+      ValueError when text-encoder outputs are cached: invalid (DBS402).
+
+    False when invalid or refused."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    built_in = preset in layout.presets
+    layers = layout.presets[preset][0] if built_in else ""
+    read = ("train_norm", "train_t5xxl") if algo == "diag-oft" else ("rescaled", "train_norm", "train_t5xxl")
+    for key in [k for k in read if k in kwargs]:
+        value = kwargs.pop(key)
+        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        if _off(value):
+            conv.inert(legacy, "off")
+        elif key == "rescaled":
+            conv.inert(legacy, "only LyCORIS's OFT / BOFT modules read it, not this algo's")
+        elif key == "train_norm" and not built_in:
+            conv.unsupported(legacy, f"LyCORIS's NormModule with a preset file on {layout.title}")
+            return False
+        elif key == "train_norm" and layers in layout.bare_norms:
+            conv.invalid(
+                legacy.key,
+                value,
+                args.source,
+                f"LyCORIS's NormModule on kohya's {layout.title} {layout.bare_norms[layers]} (LayerNorms "
+                "without weight or bias) reads their weight, None: kohya's first training step raises "
+                "AttributeError",
+                help="drop train_norm, or use preset attn-only",
+            )
+            return False
+        elif key == "train_norm":
+            conv.inert(
+                legacy,
+                f"preset {preset}'s classes hold no norm NormModule supports on {layout.title} or CLIP "
+                "(QKNorm / RMSNorm: no parameter, the layer's own forward)",
+            )
+        else:
+            cached = text_outputs_cached(a)
+            if cached is not None:
+                conv.invalid(
+                    cached.key,
+                    True,
+                    cached.source,
+                    f"{layout.script} raises ValueError when T5-XXL is flagged as trained "
+                    f"({legacy.key}): its text-encoder outputs cannot be cached",
+                    help="drop cache_text_encoder_outputs (and _to_disk), or train_t5xxl",
+                )
+                return False
+            conv.inert(
+                legacy,
+                "LyCORIS builds no T5-XXL module (no T5 class is in its lists); kohya's T5-XXL then only "
+                "counts as trained, which changes no value",
+            )
+    return True
+
+
 def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:
     """The network arguments left: those that change nothing on the blocks' Linears inert (_INERT), the
     others into `unsupported`."""
@@ -364,18 +432,19 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     """algo=ia3 (lycoris/modules/ia3.py): IA3Module on every Linear of the preset, one scale per output row
     of its weight, from 0 (W x (1 + s), the bias unscaled). On a fused Linear (qkv, the single blocks'
     linear1) its rows are the parts' rows, so each diffusers part scaling its own rows is the same update
-    (kind = "ia3" on the parts, no sharing; the kohya writer concatenates them). `train_on_input` (one
-    scale per input column, which the fused parts share) is refused; rank and alpha mean nothing to it, and
-    its dropouts are not expressed. False when refused."""
+    (kind = "ia3" on the parts, no sharing; the kohya writer concatenates them). `train_on_input` in
+    network_args is never read: create_network hands LycorisNetworkKohya a fixed list of arguments without
+    it, so IA3Module keeps its default, the output rows (lycoris-lora 4.1.3 on kohya's Flux, any value:
+    every module's `on_input` 0): ignored (DBS405); only a preset's module_algo_map sets it. Rank and alpha
+    mean nothing to it, and its dropouts are not expressed. False when refused."""
     module, args = a["network_module"], a["network_args"]
     layers, text = layout.presets[preset]
-    if "train_on_input" in kwargs and not _off(kwargs["train_on_input"]):
-        conv.unsupported(
-            args,
-            f"train_on_input={kwargs['train_on_input']} on {layout.title}: IA3Module scales a fused Linear's "
-            "input columns, which its parts share (dbspec's parts would each train their own scale)",
+    if "train_on_input" in kwargs:
+        conv.ignored(
+            Legacy(key=f"{args.key} train_on_input", value=kwargs.pop("train_on_input"), source=args.source),
+            "lycoris.kohya's create_network never hands it to IA3Module (only a preset file's "
+            "module_algo_map does): each module scales its output rows",
         )
-        return False
     if layers in layout.convs:  # the preset's convolutions (enable_conv; conv_dim only switches them on)
         where = ", ".join(layout.convs[layers])
         note = conv.comment(args, f"LyCORIS's IA^3 on {where} too (the preset's enable_conv)")
@@ -393,15 +462,15 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
         conv.unsupported(args, f"{rest} with algo=ia3 on {layout.title}: dbspec expresses no dropout there")
         return False
     for key in list(kwargs):
-        if key == "train_on_input" or key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
+        if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
-            conv.inert(legacy, "off" if key == "train_on_input" else "IA3Module takes it and never reads it")
+            conv.inert(legacy, "IA3Module takes it and never reads it")
     if kwargs:
         rest = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         conv.unsupported(
             args,
             f"network arguments dbspec does not express for LyCORIS's IA^3 on {layout.title}: {rest} (dbspec "
-            "maps algo and preset there; train_on_input and the dropouts off)",
+            "maps algo and preset there; the dropouts off)",
         )
         return False
     why = conv.comment(module, f"algo=ia3, preset {preset}: LyCORIS's IA^3 on kohya's {layout.title}")
@@ -480,6 +549,9 @@ FLUX = LycorisLayout(
     nothing=_NOTHING,
     refused={},
     targets=_flux_targets,
+    bare_norms={
+        "all": "double blocks' img_norm1 / img_norm2 / txt_norm1 / txt_norm2 and single blocks' pre_norm"
+    },
 )
 
 
@@ -525,9 +597,16 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
     """LoConModule.forward (lycoris/modules/locon.py): `module_dropout` is one `torch.rand(1)` per training
     forward, the module's base output alone below the rate: kohya's lora_flux rule, which dbspec draws once
     per fused layer for all its parts (runtime/fused_dropout.py): adapter.module_dropout. `dropout` (or
-    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode, on its output:
-    outside it ignored (DBS405), as LyCORIS rebuilds the weight, W + ΔW, without it; in bypass_mode refused.
-    bypass_mode without that dropout is the same update (x through down and up). False when refused."""
+    --network_dropout, which train_network.py hands on as it) acts only in bypass_mode: torch's dropout on
+    the fused module's output (bypass_forward_diff's self.dropout, after the rank mask),
+    adapter.output_dropout, one draw over the fused layer's rows; outside bypass_mode ignored (DBS405), as
+    LyCORIS rebuilds the weight, W + ΔW, without it; a rate outside [0, 1] invalid (torch's Dropout raises
+    ValueError).
+    `rank_dropout`: make_weight's one mask over the fused update's output rows (`rank_dropout_form =
+    "lycoris"`), in bypass_mode bypass_forward_diff's one `torch.rand(rank)` over the down output, which the
+    fused layer's parts share (`"lycoris_bypass"`), both unscaled (create_network never passes
+    rank_dropout_scale). bypass_mode without those is the same update (x through down and up). False when
+    refused."""
     bypass_text = kwargs.pop("bypass_mode", "false")
     bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
     if "dropout" in kwargs:
@@ -536,40 +615,55 @@ def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, con
         rate = float(text or 0.0)
     else:
         legacy, rate = network_dropout, float(network_dropout.value or 0.0)
-    if rate and bypass:
-        conv.unsupported(
-            legacy,
-            f"{rate:g} with bypass_mode: LyCORIS's bypass forward drops the fused module's output, which "
-            "dbspec's fused layers do not draw",
+    if not 0 <= rate <= 1:
+        conv.invalid(
+            legacy.key,
+            legacy.value,
+            legacy.source,
+            "LoConModule builds torch's Dropout with it, which raises ValueError outside [0, 1]",
         )
         return False
-    if rate:
+    if rate and bypass:  # LoConModule.bypass_forward_diff: self.dropout(update x scale x scalar)
+        conv.mapped(
+            legacy,
+            ("adapter", "output_dropout"),
+            rate,
+            note="LoConModule's bypass forward: torch's dropout over each fused layer's update, one draw",
+        )
+        conv.mapped(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
+            ("adapter", "output_dropout"),
+            rate,
+        )
+    elif rate:
         conv.ignored(
             legacy,
             "LyCORIS applies its `dropout` only in bypass_mode (off here: its modules rebuild the weight, "
             "W + ΔW, with no dropout)",
         )
-    if bypass:
+    if bypass and not rate and not float(kwargs.get("rank_dropout", 0) or 0):
         conv.inert(
             Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
-            "without dropout or dora_wd LoConModule's bypass forward is the same update",
+            "without dropout, rank_dropout or dora_wd LoConModule's bypass forward is the same update",
         )
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
-    if rank and bypass:
-        conv.unsupported(
-            Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source),
-            "LoConModule's bypass rank dropout (one torch.rand(rank) per fused module) has no fused form in "
-            "dbspec yet",
-        )
-        return False
-    if rank:  # LoConModule.make_weight: one torch.rand over the fused update's output rows, kept unscaled
+    if rank:  # LoConModule.make_weight: one torch.rand over the fused update's output rows, kept unscaled;
+        # bypass_forward_diff: one torch.rand(rank) over the shared down's output, kept unscaled
         legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
         conv.mapped(legacy, ("adapter", "rank_dropout"), rank)
         conv.put(
             ("adapter", "rank_dropout_form"),
-            "lycoris",
-            conv.comment(args, "LoConModule: one row mask over each fused layer's update"),
+            "lycoris_bypass" if bypass else "lycoris",
+            conv.comment(
+                args,
+                "LoConModule's bypass forward: one rank mask over each fused layer's down output"
+                if bypass
+                else "LoConModule: one row mask over each fused layer's update",
+            ),
         )
+        if bypass:
+            legacy = Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source)
+            conv.mapped(legacy, ("adapter", "rank_dropout_form"), "lycoris_bypass")
     if "module_dropout" in kwargs:
         value = float(kwargs.pop("module_dropout") or 0.0)
         legacy = Legacy(key=f"{args.key} module_dropout", value=value, source=args.source)

@@ -77,4 +77,7 @@ SD3 = LycorisLayout(
     refused={},
     targets=_sd3_targets,
     convs={"blocks+patch": family_spec("sd3").kohya_conv_targets},  # kohya's x_embedder.proj
+    bare_norms={
+        layers: "joint blocks' norm1 / norm2 (SingleDiTBlock)" for layers in ("blocks", "blocks+patch")
+    },
 )
