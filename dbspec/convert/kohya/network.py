@@ -260,6 +260,7 @@ def _map_network(
     unsupported: dict[str, str] = {}
     put: dict[str, Any] = {}
     targets_note = ""
+    file_convs = False  # a preset file's convolutions: with conv_dim 0 only those a map entry gives a dim
     if lycoris:
         preset = kwargs.pop("preset", "full")
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
@@ -274,6 +275,7 @@ def _map_network(
             if found is None:
                 return None
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
+            file_convs = bool(conv_targets)
             if found.text_encoder_2 is not None:  # SDXL's two encoders adapt different layers
                 put["text_encoder_2_targets"] = found.text_encoder_2
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
@@ -320,7 +322,9 @@ def _map_network(
         )
         if kind in ("diag-oft", "boft"):
             _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
-    elif conv_dim and conv_targets:
+    elif conv_targets and (conv_dim or file_convs):
+        if not conv_dim:  # LyCORIS's create_single_module: each at its map entry's dim, its block's conv_rank
+            conv_dim = max((b.get("conv_rank", 0) for b in put.get("_blocks", [])), default=0)
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
@@ -340,7 +344,7 @@ def _map_network(
     if lycoris and kind == "lora":
         _locon_dropouts(kwargs, bypass_mode, dora, put, unsupported)
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
-        _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
+        _tucker_and_scalar(kwargs, kind, bool(put.get("conv_rank")), put, unsupported)
         if kind == "lokr":
             _lokr_rank_dropout_on_gpu(kwargs, args, conv)
         _lycoris_bypass_and_dropout(kwargs, kind, dora, dropout, args, conv, put, unsupported)
