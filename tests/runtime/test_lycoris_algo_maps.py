@@ -109,7 +109,16 @@ def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", conv_dim: str =
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     return lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo=algo, conv_dim=conv_dim, preset=str(path), **args
+        1.0,
+        4,
+        1.0,
+        None,
+        named,
+        copy.deepcopy(pipe.unet),
+        algo=algo,
+        conv_dim=conv_dim,
+        preset=str(path),
+        **args,
     )
 
 
@@ -153,8 +162,8 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
         tmp_path,
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args "algo={algo}" "conv_dim={conv_dim}" "preset={path.name}" {args} --learning_rate=1e-2 '
-        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+        f'--network_args "algo={algo}" "conv_dim={conv_dim}" "preset={path.name}" {args} '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return path, plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
@@ -185,7 +194,9 @@ def test_conv_dim_zero_builds_the_entries_convolutions_in_tucker_form(pipe, tmp_
     path, plan = _converted_plan(tmp_path, "names", "locon", '"use_tucker=True"', conv_dim=0)
     assert plan.adapter.tucker and plan.adapter.conv_rank
     made = _lycoris(pipe, path, monkeypatch, "locon", conv_dim="0", use_tucker="True")
-    convs = {m.lora_name: m.tucker for m in made.unet_loras if m.isconv and m.org_module[0].kernel_size[0] > 1}
+    convs = {
+        m.lora_name: m.tucker for m in made.unet_loras if m.isconv and m.org_module[0].kernel_size[0] > 1
+    }
     assert convs and all(convs.values())
     theirs, ours = _theirs(made), _ours(pipe, plan.adapter)
     assert sorted(set(ours) ^ set(theirs)) == []

@@ -172,6 +172,12 @@ def map_lycoris_flow(
         )
         return False
     text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
+    if family == "chroma" and preset in layout.presets:  # the built-in presets' classes on kohya's Chroma:
+        layout = attrs.evolve(  # its blocks' Linears, and no CLIP-L one (flux_utils' dummy has none)
+            layout,
+            presets={name: (layers, []) for name, (layers, _clip) in layout.presets.items()},
+            targets=lambda layers, lokr: _flux_targets(layers, lokr, "chroma"),
+        )
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None:
@@ -522,10 +528,14 @@ def _convs(
     return True
 
 
-def _flux_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, Any]], str]:
+def _flux_targets(
+    layers: str, lokr: bool, family: str = "flux"
+) -> tuple[list[str], list[dict[str, Any]], str]:
     """Flux's denoiser targets for the preset's layers: networks.lora_flux's set without the final layer, or
-    the double blocks' attention (the single blocks at rank 0); LoKr's by full paths (_lokr_targets)."""
-    flux = family_spec("flux")
+    the double blocks' attention (the single blocks at rank 0); LoKr's by full paths (_lokr_targets).
+    `family` "chroma": kohya's Chroma, whose blocks have no modulation Linears (img_mod.lin, txt_mod.lin,
+    modulation.lin: its approximator computes the modulations), so LyCORIS builds none there."""
+    flux = family_spec(family)
     blocks: list[dict[str, Any]] = [
         {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL.replace("networks/lora_flux.py", "LyCORIS")}
         for p in flux.kohya_lora_excluded
@@ -533,6 +543,8 @@ def _flux_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, An
     if layers == "all":
         targets = list(flux.kohya_lora_targets)
         note = "every Linear of the double and single blocks (DoubleStreamBlock, SingleStreamBlock)"
+        if family == "chroma":
+            note += "; Chroma's have no modulation Linears"
     else:
         targets = list(_DOUBLE_ATTENTION)
         blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})
