@@ -46,6 +46,7 @@ CASES = [
     ("lycoris_bypass", {"rank_dropout": 0.4}),
     ("lycoris_bypass", {"rank_dropout": 0.3, "module_dropout": 0.4, "tucker": True}),
     ("lycoris_bypass", {"rank_dropout": 0.3, "output_dropout": 0.25, "scalar": True}),  # its `dropout`
+    ("lycoris_bypass", {"rank_dropout": 0.0, "output_dropout": 0.3, "module_dropout": 0.3, "tucker": True}),
 ]
 
 
@@ -186,10 +187,14 @@ def test_tiny_run_resumes_bit_exact(tmp_path):
     )
     finals = {}
     for form in ("kohya", "lycoris", "lycoris_bypass"):
-        spec = write_spec(tmp_path / form, steps=4, extra=table.format(form=form))
+        extra = table.format(form=form)
+        if form == "lycoris_bypass":  # with LoConModule's bypass `dropout` (kohya's --network_dropout)
+            extra = extra.replace("module_dropout = 0.2\n", "module_dropout = 0.2\noutput_dropout = 0.2\n")
+        spec = write_spec(tmp_path / form, steps=4, extra=extra)
         lr = ["optimizer.lr=1e-2"]
         plan = compile_spec(spec, [*lr, "output.dir=whole"])
         assert plan.adapter.rank_dropout_form == form
+        assert plan.adapter.output_dropout == (0.2 if form == "lycoris_bypass" else 0.0)
         whole = execute(plan)
         finals[form] = _files(Path(whole.final))
         if form == "kohya":  # the reference the LyCORIS forms must differ from (their own masks drawn)

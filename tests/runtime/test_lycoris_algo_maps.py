@@ -102,14 +102,23 @@ def pipe():
     return build_pipeline("builtin:tiny-sd1")
 
 
-def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", **args):
+def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", conv_dim: str = "4", **args):
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     return lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo=algo, conv_dim="4", preset=str(path), **args
+        1.0,
+        4,
+        1.0,
+        None,
+        named,
+        copy.deepcopy(pipe.unet),
+        algo=algo,
+        conv_dim=conv_dim,
+        preset=str(path),
+        **args,
     )
 
 
@@ -143,7 +152,7 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
     return out
 
 
-def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str = ""):
+def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str = "", conv_dim: int = 4):
     from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
 
     path = tmp_path / f"{preset}.toml"
@@ -153,8 +162,8 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
         tmp_path,
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args "algo={algo}" "conv_dim=4" "preset={path.name}" {args} --learning_rate=1e-2 '
-        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+        f'--network_args "algo={algo}" "conv_dim={conv_dim}" "preset={path.name}" {args} '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return path, plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
@@ -176,6 +185,30 @@ def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkey
         assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
         theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
         assert theirs and {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
+
+
+def test_conv_dim_zero_builds_the_entries_convolutions_in_tucker_form(pipe, tmp_path, monkeypatch):
+    """conv_dim=0: LyCORIS's create_single_module still builds each k x k convolution a map entry gives a dim
+    (no other; here conv_in at 2 and one ResNet's conv1 at 8), with the network's use_tucker: the plan adapts
+    the same convolutions at the same ranks and scales, each with LoCon's Tucker core (issue 12)."""
+    path, plan = _converted_plan(tmp_path, "names", "locon", '"use_tucker=True"', conv_dim=0)
+    assert plan.adapter.tucker and plan.adapter.conv_rank
+    made = _lycoris(pipe, path, monkeypatch, "locon", conv_dim="0", use_tucker="True")
+    convs = {
+        m.lora_name: m.tucker for m in made.unet_loras if m.isconv and m.org_module[0].kernel_size[0] > 1
+    }
+    assert convs and all(convs.values())
+    theirs, ours = _theirs(made), _ours(pipe, plan.adapter)
+    assert sorted(set(ours) ^ set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    unet = copy.deepcopy(pipe.unet)
+    add_lora(unet, plan.adapter, plan.adapter.denoiser_targets, seed=0, conv=True)
+    mids = {
+        "lora_unet_" + name.replace(".", "_")
+        for name, layer in unet.named_modules()
+        if "default" in getattr(layer, "lora_mid", {})
+    }
+    assert mids == set(convs)
 
 
 LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")

@@ -5,6 +5,7 @@ targets on Chroma's blocks (no modulation Linears), and plans."""
 
 from __future__ import annotations
 
+import pytest
 from convert_kit import (  # noqa: F401
     component_file,
     empty_hub_cache,
@@ -146,3 +147,46 @@ def test_kohya_chroma_lycoris_preset_file_over_chromas_modules(tmp_path):
     for args, why in (('"algo=lokr" "preset=approx.toml"', "covers"), ('"preset=t5.toml"', "T5-XXL")):
         refused = _chroma(tmp_path, f"--network_module lycoris.kohya --network_args {args}", allow=True)
         assert why in messages(refused, "DBS403"), errors(refused)
+
+
+def _adapted(adapter) -> set[str]:
+    """The diffusers Chroma Linears (kohya's Chroma's, chroma_rows.py) the plan's targets reach, without
+    those its rank-0 blocks drop."""
+    import re
+
+    from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
+
+    layers = {p for path, _cls, kind in chroma_model() if kind == "linear" for p in chroma_parts(path)}
+    zero = [b.pattern for b in adapter.blocks if b.rank == 0]
+    return {
+        p
+        for p in layers
+        if any(p == t or p.endswith("." + t) for t in adapter.denoiser_targets)
+        and not any(re.search(z, p) for z in zero)
+    }
+
+
+@pytest.mark.parametrize(
+    "args, classes",
+    [
+        ('"algo=locon"', '["DoubleStreamBlock", "SingleStreamBlock"]'),
+        ('"algo=lokr" "preset=unet-only"', '["DoubleStreamBlock", "SingleStreamBlock"]'),
+        ('"algo=locon" "preset=attn-only"', '["SelfAttention"]'),
+    ],
+)
+def test_kohya_chroma_lycoris_builtin_presets_target_chromas_layers(tmp_path, args, classes):
+    """LyCORIS's built-in presets pick DoubleStreamBlock / SingleStreamBlock (attn-only: SelfAttention), whose
+    Linears on kohya's Chroma are Flux's without the modulation ones, and no CLIP-L Linear (kohya's dummy):
+    the plan lists only layers Chroma has, the same a preset file of those classes walks to (checked with
+    lycoris-lora 4.1.3's own preset lists in a scratch run)."""
+    (tmp_path / "same.toml").write_text(f"unet_target_module = {classes}\ntext_encoder_target_module = []\n")
+    outcome = _chroma(tmp_path, f"--network_module lycoris.kohya --network_args {args}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert not any(
+        t.endswith(("norm1.linear", "norm1_context.linear", "norm.linear")) for t in a.denoiser_targets
+    )
+    assert a.text_encoder_targets == ()
+    preset = args.replace('"preset=unet-only"', "").replace('"preset=attn-only"', "")
+    walked = _chroma(tmp_path, f'--network_module lycoris.kohya --network_args {preset} "preset=same.toml"')
+    ours, theirs = _adapted(a), _adapted(plan_of(walked, tmp_path).adapter)
+    assert ours and ours == theirs

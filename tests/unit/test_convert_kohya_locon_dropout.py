@@ -65,3 +65,25 @@ def test_locon_dropouts_with_dora_are_not_expressed(tmp_path):
     assert "DBS403" in codes(outcome)
     text = messages(outcome, "DBS403")
     assert "rank_dropout=0.1 with dora_wd" in text and "module_dropout=0.1 with dora_wd" in text
+
+
+@pytest.mark.parametrize("given", ["--network_dropout=0.15", '"dropout=0.15"'])
+def test_locon_bypass_dropout_drops_the_update(tmp_path, given):
+    """LoConModule.bypass_forward_diff: torch's dropout of the scaled update (after the rank mask), from
+    --network_dropout or network_args `dropout` (runtime/lora_dropout.py, checked against LoConModule in
+    tests/runtime/test_locon_rank_dropout.py)."""
+    args = '"algo=locon" "conv_dim=4" "bypass_mode=True" "rank_dropout=0.2"'
+    if given.startswith('"'):
+        args += f" {given}"
+    outcome = _convert(tmp_path, args, script=f"train_network.py {given if given.startswith('--') else ''}")
+    a = plan_of(expressible(outcome), tmp_path).adapter
+    assert (a.output_dropout, a.dropout, a.down_dropout) == (0.15, 0.0, 0.0)
+    assert (a.rank_dropout, a.rank_dropout_form) == (0.2, "lycoris_bypass")
+    assert fate(outcome, "network_args") == "mapped"
+    if given.startswith("--"):
+        assert fate(outcome, "network_dropout") == "mapped"
+
+
+def test_locon_bypass_dropout_outside_torch_range_is_invalid(tmp_path):
+    outcome = _convert(tmp_path, '"algo=locon" "bypass_mode=True" "dropout=1.5"')
+    assert "DBS402" in codes(outcome) and "ValueError" in messages(outcome, "DBS402")

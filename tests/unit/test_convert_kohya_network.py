@@ -318,8 +318,8 @@ def test_lycoris_dropout_argument_wins_over_network_dropout(tmp_path):
 
 
 def test_lycoris_bypass_mode_is_peft_forward_unless_it_drops(tmp_path):
-    """bypass_mode adds ΔW x to W x, as peft's adapters compute: exact; with a dropout LyCORIS drops the
-    adapter's output, which peft cannot (it drops the input): unsupported."""
+    """bypass_mode adds ΔW x to W x, as peft's adapters compute: exact; with a dropout LyCORIS's LoHa drops
+    the adapter's output, which dbspec's LoHa cannot: unsupported (LoCon's: adapter.output_dropout)."""
     plain = _convert(
         tmp_path,
         SD15,
@@ -330,7 +330,7 @@ def test_lycoris_bypass_mode_is_peft_forward_unless_it_drops(tmp_path):
         tmp_path,
         SD15,
         "--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 "
-        '--network_args "algo=locon" "bypass_mode=True"',
+        '--network_args "algo=loha" "bypass_mode=True"',
     )
     assert fate(dropped, "network_args") == "unsupported"
     assert "drops the adapter's output" in messages(dropped, "DBS403")

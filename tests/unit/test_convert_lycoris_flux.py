@@ -246,6 +246,31 @@ def test_train_norm_with_attn_only_and_rescaled_change_nothing(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
+@pytest.mark.parametrize(
+    "classes, text, code",
+    [
+        ('["SelfAttention"]', "[]", None),  # QKNorm / RMSNorm only: NormModules without parameters
+        ('["SingleStreamBlock"]', "[]", "DBS402"),  # pre_norm: an affine-less LayerNorm (AttributeError)
+        ('["SelfAttention"]', '["CLIPEncoderLayer"]', "DBS403"),  # CLIP's affine LayerNorms would train
+    ],
+)
+def test_train_norm_with_a_preset_file_follows_the_norms_it_reaches(tmp_path, classes, text, code):
+    """train_norm with a preset file: create_single_module gives every "Norm" module the file's walk reaches a
+    NormModule, with the built-in presets' outcomes (lycoris-lora 4.1.3 lycoris/modules/norms.py)."""
+    (tmp_path / "p.toml").write_text(
+        f"unet_target_module = {classes}\nunet_target_name = []\ntext_encoder_target_module = {text}\n"
+    )
+    outcome = _flux(tmp_path, "--network_args preset=p.toml train_norm=True", allow=True)
+    if code is None:
+        a = plan_of(outcome, tmp_path).adapter
+        assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+        assert fate(outcome, "network_args train_norm") == "inert" and not errors(outcome)
+        assert "DBS403" not in codes(outcome)
+    else:
+        why = "AttributeError" if code == "DBS402" else "LayerNorm weight and bias"
+        assert why in messages(outcome, code), errors(outcome)
+
+
 def test_rescaled_and_train_t5xxl_with_lokr_and_ia3(tmp_path):
     for algo in ("lokr", "ia3"):
         outcome = _flux(

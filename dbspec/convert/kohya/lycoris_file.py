@@ -388,8 +388,12 @@ def _matcher(use_fnmatch: bool) -> Callable[[str, str], bool]:
     return match
 
 
-def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, Any], dims) -> list[Layer]:
-    """The layers LycorisNetworkKohya's create_modules builds in one model, in its order (duplicates kept).
+def _walk(
+    rows: list[Row], classes: list[str], names: list[str], s: dict[str, Any], dims, norms: bool = False
+) -> list[Layer]:
+    """The layers LycorisNetworkKohya's create_modules builds in one model, in its order (duplicates kept);
+    with `norms` (train_norm) also, as kind "norm", each module whose class name holds "Norm" (its
+    create_single_module gives those a NormModule before it looks at Linears and convolutions).
     `dims`: the network's (linear dim, alpha, convolution dim, alpha), the convolution dim 0 without
     enable_conv. A module of a target class takes its class's `module_algo_map` entry and, inside it
     (create_modules_), every sub-module whose class has an entry takes that entry for its own layers (the
@@ -406,6 +410,8 @@ def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, An
     def single(path: str, kind: str, algo: str, config: dict, source: str) -> Layer | None:
         # create_single_module: a map entry's dim / alpha, else the network's (`or`: 0 falls back too)
         dim, a = config.get("dim"), config.get("alpha")
+        if kind == "norm":
+            return Layer(path, kind, algo, 0, 0.0, (), source)
         if kind in ("linear", "conv1") and lora_dim > 0:
             dim, a = dim or lora_dim, a or alpha
         elif kind == "conv" and (conv_dim > 0 or dim):
@@ -437,7 +443,7 @@ def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, An
                 continue
             if sub in built:
                 continue
-            layer = single(sub, kind, algo, config, source)
+            layer = single(sub, "norm" if norms and "Norm" in cls else kind, algo, config, source)
             if layer is not None:
                 built[sub] = layer
         return built
@@ -459,6 +465,7 @@ def _walk(rows: list[Row], classes: list[str], names: list[str], s: dict[str, An
             if found is None:
                 found = (modules[cls], f"module_algo_map.{cls}") if cls in modules else ({}, "")
             config, source = found
+            kind = "norm" if norms and "Norm" in cls else kind
             layer = single(name, kind, config.get("algo", s["algo"]), config, source)
             if layer is not None:
                 built.append(layer)

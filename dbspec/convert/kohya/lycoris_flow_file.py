@@ -250,6 +250,8 @@ class FlowFile(NamedTuple):
     inert: list[tuple[str, str]]
     convs: list[str] = []
     text_blocks: list[dict[str, Any]] = []  # the CLIP layers' map-entry dims (lora / locon)
+    # the norms train_norm gives a NormModule, as (component, kohya path, class): "denoiser" or "clip"
+    norms: list[tuple[str, str, str]] = []
 
 
 class FlowModel(NamedTuple):
@@ -385,7 +387,30 @@ def flux_preset_file(
                 },
                 *blocks,
             ]
-    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks)
+    norms = _norms(unet, clips, s, conv_dims, applied)
+    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks, norms)
+
+
+def _norms(
+    unet: list[Row], clips: list[list[Row]], s: dict[str, Any], dims, applied: tuple[bool, bool]
+) -> list[tuple[str, str, str]]:
+    """The modules train_norm would give a NormModule that apply_to keeps: the walk's norms, with their
+    component and class."""
+    out = []
+    for component, rows, classes, names, keep in (
+        ("denoiser", unet, s["unet_target_module"], s["unet_target_name"], applied[1]),
+        *(
+            ("clip", rows, s["text_encoder_target_module"], s["text_encoder_target_name"], applied[0])
+            for rows in clips
+        ),
+    ):
+        if not keep:
+            continue
+        cls = {path: c for path, c, _ in rows}
+        for layer in _walk(rows, classes, names, s, dims, norms=True):
+            if layer.kind == "norm":
+                out.append((component, layer.path, cls[layer.path]))
+    return out
 
 
 SD3_MODEL = FlowModel(

@@ -172,9 +172,15 @@ def map_lycoris_flow(
         )
         return False
     text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
+    if family == "chroma" and preset in layout.presets:  # the built-in presets' classes on kohya's Chroma:
+        layout = attrs.evolve(  # its blocks' Linears, and no CLIP-L one (flux_utils' dummy has none)
+            layout,
+            presets={name: (layers, []) for name, (layers, _clip) in layout.presets.items()},
+            targets=lambda layers, lokr: _flux_targets(layers, lokr, "chroma"),
+        )
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is None:
+        if file is None or not _file_train_norm(kwargs, file, args, conv, layout):
             return False
         text_blocks = file.text_blocks
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
@@ -301,7 +307,8 @@ def _switches(
       attn-only (and SD3's attn-only, no MMDiT module) changes nothing: inert. Flux's img_norm1 / img_norm2 /
       txt_norm1 / txt_norm2 / pre_norm and SD3's norm1 / norm2 are LayerNorms without affine parameters:
       NormModule gives them w_norm / b_norm and its make_weight reads the LayerNorm's `weight`, None, so the
-      first training forward raises AttributeError: invalid (DBS402). A preset file: DBS403.
+      first training forward raises AttributeError: invalid (DBS402). A preset file: the norms its walk
+      reaches decide alike (_file_train_norm).
     - `train_t5xxl`: no T5 class is in LyCORIS's lists (MT5Block is), so no T5-XXL module is built; kohya's
       script then flags T5-XXL as trained (its post_process_network reads network.train_t5xxl), which
       changes no value: none of T5's parameters is in the optimizer, train_network.py sets every text
@@ -323,8 +330,7 @@ def _switches(
         elif key == "rescaled":
             conv.inert(legacy, "only LyCORIS's OFT / BOFT modules read it, not this algo's")
         elif key == "train_norm" and not built_in:
-            conv.unsupported(legacy, f"LyCORIS's NormModule with a preset file on {layout.title}")
-            return False
+            kwargs[key] = value  # the norms the file reaches decide (_file_train_norm)
         elif key == "train_norm" and layers in layout.bare_norms:
             conv.invalid(
                 legacy.key,
@@ -359,6 +365,46 @@ def _switches(
                 "LyCORIS builds no T5-XXL module (no T5 class is in its lists); kohya's T5-XXL then only "
                 "counts as trained, which changes no value",
             )
+    return True
+
+
+def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, layout) -> bool:
+    """`train_norm` with a preset file: create_single_module gives each module with "Norm" in its class name
+    that the file's walk reaches a NormModule (lycoris/modules/norms.py). QKNorm and RMSNorm (no `_norm`
+    method) are "not supported": no parameter, the layer's own forward. The blocks' and the final layer's
+    LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and kohya's
+    first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
+    offset of their weight and bias, which dbspec has no form for (DBS403). False when refused."""
+    if "train_norm" not in kwargs:
+        return True
+    legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
+    bare = [path for component, path, cls in file.norms if component == "denoiser" and cls == "LayerNorm"]
+    clip = [path for component, path, cls in file.norms if component == "clip" and cls == "LayerNorm"]
+    if bare:
+        conv.invalid(
+            legacy.key,
+            legacy.value,
+            legacy.source,
+            f"the preset file reaches {len(bare)} LayerNorm(s) of kohya's {layout.title} without weight or "
+            f"bias (e.g. {bare[0]}); LyCORIS's NormModule reads their weight, None: kohya's first training "
+            "step raises AttributeError",
+            help="drop train_norm, or keep the file's classes and names off the blocks' norms",
+        )
+        return False
+    if clip:
+        conv.unsupported(
+            legacy,
+            f"LyCORIS's NormModule trains CLIP's LayerNorm weight and bias offsets (e.g. {clip[0]}), which "
+            f"dbspec has no form for on {layout.title}",
+        )
+        return False
+    conv.inert(
+        legacy,
+        "the preset file reaches no norm NormModule trains (QKNorm / RMSNorm: no parameter, the layer's own "
+        "forward)"
+        if file.norms
+        else "the preset file reaches no norm",
+    )
     return True
 
 
@@ -522,10 +568,14 @@ def _convs(
     return True
 
 
-def _flux_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, Any]], str]:
+def _flux_targets(
+    layers: str, lokr: bool, family: str = "flux"
+) -> tuple[list[str], list[dict[str, Any]], str]:
     """Flux's denoiser targets for the preset's layers: networks.lora_flux's set without the final layer, or
-    the double blocks' attention (the single blocks at rank 0); LoKr's by full paths (_lokr_targets)."""
-    flux = family_spec("flux")
+    the double blocks' attention (the single blocks at rank 0); LoKr's by full paths (_lokr_targets).
+    `family` "chroma": kohya's Chroma, whose blocks have no modulation Linears (img_mod.lin, txt_mod.lin,
+    modulation.lin: its approximator computes the modulations), so LyCORIS builds none there."""
+    flux = family_spec(family)
     blocks: list[dict[str, Any]] = [
         {"pattern": p, "rank": 0, "alpha": 1.0, "_why": _FINAL.replace("networks/lora_flux.py", "LyCORIS")}
         for p in flux.kohya_lora_excluded
@@ -533,6 +583,8 @@ def _flux_targets(layers: str, lokr: bool) -> tuple[list[str], list[dict[str, An
     if layers == "all":
         targets = list(flux.kohya_lora_targets)
         note = "every Linear of the double and single blocks (DoubleStreamBlock, SingleStreamBlock)"
+        if family == "chroma":
+            note += "; Chroma's have no modulation Linears"
     else:
         targets = list(_DOUBLE_ATTENTION)
         blocks.append({"pattern": _SINGLE, "rank": 0, "alpha": 1.0, "_why": "attn-only: no SelfAttention"})

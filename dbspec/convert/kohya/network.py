@@ -260,6 +260,7 @@ def _map_network(
     unsupported: dict[str, str] = {}
     put: dict[str, Any] = {}
     targets_note = ""
+    file_convs = False  # a preset file's convolutions: with conv_dim 0 only those a map entry gives a dim
     if lycoris:
         preset = kwargs.pop("preset", "full")
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
@@ -274,6 +275,7 @@ def _map_network(
             if found is None:
                 return None
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
+            file_convs = bool(conv_targets)
             if found.text_encoder_2 is not None:  # SDXL's two encoders adapt different layers
                 put["text_encoder_2_targets"] = found.text_encoder_2
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
@@ -320,7 +322,9 @@ def _map_network(
         )
         if kind in ("diag-oft", "boft"):
             _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
-    elif conv_dim and conv_targets:
+    elif conv_targets and (conv_dim or file_convs):
+        if not conv_dim:  # LyCORIS's create_single_module: each at its map entry's dim, its block's conv_rank
+            conv_dim = max((b.get("conv_rank", 0) for b in put.get("_blocks", [])), default=0)
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
@@ -340,10 +344,10 @@ def _map_network(
     if lycoris and kind == "lora":
         _locon_dropouts(kwargs, bypass_mode, dora, put, unsupported)
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
-        _tucker_and_scalar(kwargs, kind, bool(conv_dim and conv_targets), put, unsupported)
+        _tucker_and_scalar(kwargs, kind, bool(put.get("conv_rank")), put, unsupported)
         if kind == "lokr":
             _lokr_rank_dropout_on_gpu(kwargs, args, conv)
-        _lycoris_bypass_and_dropout(kwargs, dora, dropout, args, conv, unsupported)
+        _lycoris_bypass_and_dropout(kwargs, kind, dora, dropout, args, conv, put, unsupported)
         if kind not in _WHOLE_LAYER_KINDS:
             _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
     for key in ("rank_dropout", "module_dropout"):
@@ -530,15 +534,20 @@ _KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def _lycoris_bypass_and_dropout(
     kwargs: dict[str, str],
+    kind: str,
     dora: bool,
     network_dropout: Legacy | None,
     args: Legacy,
     conv: Conversion,
+    put: dict[str, Any],
     unsupported: dict[str, str],
 ) -> None:
     """LyCORIS's modules (3.x and later) rebuild the weight, W + ΔW, and apply their `dropout` only with
     bypass_mode, which adds ΔW x to W x as peft's adapters do and drops that output. train_network.py hands
-    --network_dropout on as `dropout` unless network_args has one (both "or 0.0" when empty)."""
+    --network_dropout on as `dropout` unless network_args has one (both "or 0.0" when empty). LoCon's
+    (LoConModule.bypass_forward_diff) is torch's dropout of the scaled update, after its rank mask:
+    adapter.output_dropout (runtime/lora_dropout.py); a rate outside [0, 1] is LoConModule's ValueError
+    (torch's Dropout)."""
     bypass_text = kwargs.pop("bypass_mode", "false")
     bypass = _str_bool(bypass_text)
     if "dropout" in kwargs:
@@ -552,7 +561,19 @@ def _lycoris_bypass_and_dropout(
         unsupported["bypass_mode"] = (
             f"{bypass_text} with dora_wd (LyCORIS's bypass forward leaves the weight decomposition out)"
         )
-    if rate and bypass:
+    if rate and bypass and kind == "lora" and not dora:
+        if not 0 <= rate <= 1 and legacy is not None:
+            conv.invalid(
+                legacy.key,
+                legacy.value,
+                legacy.source,
+                "LoConModule builds torch's Dropout with it, which raises ValueError outside [0, 1]",
+            )
+            return
+        put["output_dropout"] = rate  # LoConModule.bypass_forward_diff: self.dropout(update x scale)
+        if legacy is network_dropout and legacy is not None:
+            conv.record(legacy, "mapped", "adapter.output_dropout", "LyCORIS's `dropout` in bypass_mode")
+    elif rate and bypass:
         unsupported["dropout"] = (
             f"{rate:g} (LyCORIS's bypass mode drops the adapter's output; peft's dropout acts on its input)"
         )
