@@ -870,6 +870,13 @@ class LokrAdapter:
         "rank (no low-rank split of the second factor, `decompose_both` and `tucker` then change nothing), "
         "trained at scale 1 (alpha unused), as LyCORIS's LokrModule does.",
     )
+    rank_stabilized: bool = option(
+        False,
+        doc="LyCORIS `rs_lora` on LoKr: a layer whose two Kronecker factors are both full trains at scale "
+        "sqrt(rank) (its block's rank, else `rank` or `conv_rank`) instead of 1, as LyCORIS's LokrModule "
+        "does. The low-rank layers keep alpha / rank (LyCORIS's alpha / sqrt(rank) is alpha x sqrt(rank) "
+        "here, which `dbspec convert` writes).",
+    )
     scalar: bool = _scalar()
     max_norm: float = _lycoris_max_norm("LoKr")
     blocks: list[AdapterBlock] = _adapter_blocks()

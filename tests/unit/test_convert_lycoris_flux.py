@@ -300,8 +300,13 @@ def test_rs_lora_scales_alpha_by_the_square_root_of_the_rank(tmp_path, algo):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
-def test_rs_lora_on_lokr_is_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=lokr rs_lora=True"))
+def test_rs_lora_on_lokr_scales_alpha_and_full_factors(tmp_path):
+    """LokrModule with rs_lora on the fused Linears: low-rank at alpha / sqrt(rank), as LoCon's; a fused layer
+    whose two Kronecker factors are full at sqrt(rank) (adapter.rank_stabilized)."""
+    outcome = _flux(tmp_path, "--network_args algo=lokr rs_lora=True")
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.lokr_rank_stabilized and a.fused and a.alpha == pytest.approx(4 * 8**0.5)
 
 
 def _lycoris_flux_file(path, *, rank: int, alpha: float):

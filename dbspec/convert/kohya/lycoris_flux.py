@@ -31,9 +31,9 @@ lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the
 run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
 through full-path targets.
 
-LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
-alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
-parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
+LoConModule's switches on a fused Linear: `rs_lora` (LoHa's and LoKr's too) scales by alpha / sqrt(rank), the
+plain alpha x sqrt(rank) (LoKr's full factors: sqrt(rank), adapter.rank_stabilized); `use_scalar` is one
+trained scalar for the whole fused weight (runtime/fused.py ties the parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
 magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). LokrModule's and LohaModule's alike:
 use_scalar one scalar per fused layer, dora_wd per output row (runtime/fused_lokr.py: each part's class under
 the switches'; the LyCORIS export stacks the parts' dora_scale), module_dropout (and LoHa's rank_dropout) one
@@ -259,7 +259,7 @@ def map_lycoris_flow(
             conv.inert(Legacy(key=f"{args.key} use_scalar", value=text, source=args.source), "off")
         else:  # LoConModule's / LokrModule's / LohaModule's trained scalar from 0 (the factor it would zero
             put["scalar"] = True  # random): one per fused Linear, the parts' tied (runtime/fused.py)
-    # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
+    # rs_lora: alpha / sqrt(rank), the plain alpha x sqrt(rank); LokrModule's full factors sqrt(rank)
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
