@@ -33,8 +33,9 @@ through full-path targets.
 
 LoConModule's switches on a fused Linear: `rs_lora` (LoHa's and LoKr's too) scales by alpha / sqrt(rank), the
 plain alpha x sqrt(rank) (LoKr's full factors: sqrt(rank), adapter.rank_stabilized); `use_scalar` is one
-trained scalar for the whole fused weight (runtime/fused.py ties the parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
-magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). LokrModule's and LohaModule's alike:
+trained scalar for the whole fused weight (runtime/fused.py ties the parts'); `dora_wd` decomposes the fused
+weight per output row (wd_on_output), so each part keeps its rows' magnitudes (the Flux / SD3 kohya writers
+stack the parts' dora_scale). LokrModule's and LohaModule's alike:
 use_scalar one scalar per fused layer, dora_wd per output row (runtime/fused_lokr.py: each part's class under
 the switches'; the LyCORIS export stacks the parts' dora_scale), module_dropout (and LoHa's rank_dropout) one
 draw per fused layer (runtime/fused_lycoris_dropout.py). --network_weights and --scale_weight_norms: model.py
