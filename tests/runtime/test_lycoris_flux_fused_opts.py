@@ -166,3 +166,38 @@ def test_rank_stabilized_full_lokr_on_fused_layers_is_lycoris_rs_lora(tmp_path):
             theirs.apply_to()
             ours = torch.cat([p(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
             torch.testing.assert_close(theirs.eval()(x), ours, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [LokrModule, LohaModule])
+def test_lycoris_bypass_on_a_fused_linear_is_the_rebuilt_forward(cls):
+    """lycoris-lora 4.1.3's LokrModule / LohaModule with bypass_mode on a fused Linear (48 rows: Flux's qkv
+    shape in the tiny model), training with module_dropout (LoHa: rank_dropout too; LoKr's bypass never
+    draws its rank mask) and use_scalar, from the same seed: the rebuilt-weight forward's outputs, which
+    dbspec trains (the tests above), so the converter leaves bypass_mode inert."""
+    torch.manual_seed(0)
+    fused = torch.nn.Linear(16, 48)
+    drops = {"module_dropout": 0.3, "rank_dropout": 0.3 if cls is LohaModule else 0.0}
+    built = []
+    for bypass in (False, True):
+        layer = torch.nn.Linear(16, 48)
+        layer.load_state_dict(fused.state_dict())
+        module = cls("qkv", layer, 1.0, 2, 1.5, use_scalar=True, bypass_mode=bypass, **drops)
+        built.append(module)
+    with torch.no_grad():
+        for key, param in built[0].named_parameters():
+            param.copy_(torch.randn(param.shape) * 0.3 + (0.5 if param.dim() == 0 else 0.0))
+            built[1].get_parameter(key).copy_(param)
+    for module in built:
+        module.apply_to()
+        module.train()
+    x = torch.randn(3, 16)
+    skipped = 0
+    for seed in range(6):
+        outs = []
+        for module in built:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outs.append(module(x))
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        skipped += int(torch.equal(outs[0], fused(x)))
+    assert 0 < skipped < 6

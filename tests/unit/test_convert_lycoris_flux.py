@@ -168,8 +168,24 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_lokr_and_loha_bypass_is_refused(tmp_path, algo):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True"))
+def test_lokr_and_loha_bypass_is_the_same_update_and_its_dropout_is_refused(tmp_path, algo):
+    """lycoris-lora 4.1.3's LokrModule / LohaModule bypass forward: scale x ΔW x x scalar after the same
+    module_dropout draw (LoHa: the same rank mask), so bypass_mode alone changes nothing (test_lycoris_flux_
+    fused_opts.py checks the modules' outputs); LoKr's rank_dropout is never drawn there (ignored); its
+    `dropout` (torch's Dropout on the fused update) and dora_wd (skipped in bypass) are not expressed."""
+    rank = "rank_dropout=0.1 " if algo == "loha" else ""
+    outcome = _flux(tmp_path, f"--network_args algo={algo} bypass_mode=True module_dropout=0.2 {rank}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout, a.bypass) == (algo, 0.2, 0.1 if rank else 0.0, False)
+    assert fate(outcome, "network_args bypass_mode") == "inert" and not errors(outcome)
+    if algo == "lokr":
+        outcome = _flux(tmp_path, "--network_args algo=lokr bypass_mode=True rank_dropout=0.1")
+        assert not errors(outcome) and "never draws" in messages(outcome, "DBS405")
+    for extra in ("dropout=0.1", "dora_wd=True"):
+        assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True {extra}"))
+    assert "DBS403" in codes(
+        _flux(tmp_path, f"--network_dropout 0.1 --network_args algo={algo} bypass_mode=1")
+    )
 
 
 def test_loha_dropouts_are_one_draw_per_fused_layer(tmp_path):

@@ -573,7 +573,7 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
     elif not _off(kwargs.get("bypass_mode", "false")):
-        why = "with bypass_mode LoConModule's forward skips the decomposition, which dbspec does not express"
+        why = "with bypass_mode LyCORIS's forward skips the decomposition, which dbspec does not express"
     elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
         why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
     if why:
@@ -730,19 +730,22 @@ def _lokr_dropouts(
     `torch.rand(out)` row mask over the fused update, kept rows unscaled (lycoris.kohya never hands
     `rank_dropout_scale` on: ignored): adapter.module_dropout / rank_dropout, drawn once per fused layer for
     all its parts (runtime/fused_lycoris_dropout.py). LoKr's rank_dropout is invalid (its mask stays on the
-    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu); `bypass_mode` is refused. False when
-    refused or invalid."""
-    bypass = kwargs.pop("bypass_mode", "false")
-    if str(bypass).lower() != "false":
-        conv.unsupported(
-            Legacy(key=f"{args.key} bypass_mode", value=bypass, source=args.source),
-            "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
-        )
+    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu). `bypass_mode` (lycoris-lora 4.1.3's
+    bypass_forward_diff: scale x ΔW x x scalar, after the same module_dropout draw, LoHa's rank mask from the
+    same get_weight) is the same update: inert, and LoKr's rank_dropout, which its bypass forward never draws,
+    ignored; there its `dropout` (torch's Dropout on the fused update) is refused (with dora_wd: _dora_wd).
+    False when refused or invalid."""
+    bypass_text = kwargs.get("bypass_mode", "false")
+    bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
+    if bypass and not _lokr_bypass(kwargs, network_dropout, args, conv, algo):
         return False
     rank = float(kwargs.get("rank_dropout", 0) or 0)
     if rank and algo == "lokr":
         _lokr_rank_dropout_on_gpu(kwargs, args, conv)
-        return False
+        kwargs.pop("bypass_mode", None)
+        if not bypass:
+            return False
+    kwargs.pop("bypass_mode", None)
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
     if rank:
         legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
@@ -763,4 +766,27 @@ def _lokr_dropouts(
     )
     if legacy.value and float(legacy.value):
         conv.ignored(legacy, "LyCORIS's LoKr and LoHa never apply their dropout (they warn: not implemented)")
+    return True
+
+
+def _lokr_bypass(
+    kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
+) -> bool:
+    """LokrModule's / LohaModule's bypass_mode on a fused Linear: without a `dropout` the same update as their
+    rebuilt-weight forward (inert); with one (network_args' or --network_dropout) torch's Dropout on the
+    fused update, which dbspec does not express for LoKr / LoHa (refused, False)."""
+    text = kwargs.get("dropout") if "dropout" in kwargs else network_dropout.value
+    legacy = Legacy(key=f"{args.key} bypass_mode", value=kwargs["bypass_mode"], source=args.source)
+    if text and float(text):
+        conv.unsupported(
+            legacy,
+            f"with dropout {text}: {'LokrModule' if algo == 'lokr' else 'LohaModule'}'s bypass forward drops "
+            "the fused update's output (torch's Dropout), which dbspec expresses for LoRA/LoCon only",
+        )
+        return False
+    conv.inert(
+        legacy,
+        "without a dropout LyCORIS's LoKr / LoHa bypass forward is the same update (scale, scalar, "
+        "module_dropout and LoHa's rank mask alike)",
+    )
     return True
