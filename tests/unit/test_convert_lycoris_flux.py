@@ -323,6 +323,10 @@ def test_rs_lora_on_lokr_scales_alpha_and_full_factors(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert a.lokr_rank_stabilized and a.fused and a.alpha == pytest.approx(4 * 8**0.5)
+    # --network_weights: LyCORIS's file holds full factors unscaled, dbspec's export sqrt(rank) x lokr_w1
+    (tmp_path / "prev.safetensors").write_bytes(b"")
+    extra = "--network_weights prev.safetensors --network_args algo=lokr rs_lora=True"
+    assert "trains them at sqrt(dim)" in messages(_flux(tmp_path, extra, allow=True), "DBS403")
 
 
 def _lycoris_flux_file(path, *, rank: int, alpha: float):
