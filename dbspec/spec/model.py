@@ -832,7 +832,7 @@ class LokrAdapter:
         "LoKr",
         100_000,
         " A rank of half the larger second factor or more trains it in full; a layer whose two factors are "
-        "both full trains at scale 1 (alpha unused), as LyCORIS.",
+        "both full trains at scale 1 (alpha unused; sqrt(rank) with `rank_stabilized`), as LyCORIS.",
     )
     alpha: float = _alpha()
     factor: int = option(
