@@ -225,8 +225,11 @@ def test_loraplus_leaves_the_scalar_out_of_the_up_group():
 
 
 SWITCH_KINDS = {
-    "lokr_full_matrix": (  # rank 2: without full_matrix every layer of the tiny model keeps w2 low-rank
-        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nfull_matrix = true\n',
+    # rank 2: without full_matrix every layer of the tiny model keeps w2 low-rank; rank_stabilized (rs_lora)
+    # trains them at sqrt(2), which the export folds into lokr_w1: LyCORIS loads it at scale 1, as trained
+    "lokr_full_matrix": (
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nfull_matrix = true\n'
+        "rank_stabilized = true\n",
         {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1", "full_matrix": "True"},
         {"lokr_w1", "lokr_w2", "alpha"},
     ),
