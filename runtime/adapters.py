@@ -8,6 +8,7 @@ what they both call."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -194,7 +195,7 @@ def add_lora(
 
         tie_fused_scalars(module, adapter.fused)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
-        unit_scale_full_lokr(module)
+        unit_scale_full_lokr(module, adapter.lokr_rank_stabilized)
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
@@ -235,10 +236,11 @@ def tie_fused_lycoris(module: torch.nn.Module, adapter, seed: int) -> int:
     return tie_fused_lokr(module, adapter.fused, adapter, seed)
 
 
-def unit_scale_full_lokr(module: torch.nn.Module) -> int:
+def unit_scale_full_lokr(module: torch.nn.Module, rank_stabilized: bool = False) -> int:
     """LyCORIS's LokrModule: with both Kronecker factors full matrices (no rank inside either) the update is
-    kron(w1, w2) at scale 1, its alpha replaced by the rank; peft keeps alpha / rank there. Sets peft's scale
-    of those layers to 1; how many there were."""
+    kron(w1, w2) at scale 1, its alpha replaced by the rank (rank / sqrt(rank) = sqrt(rank) with
+    `rank_stabilized`, LyCORIS's rs_lora); peft keeps alpha / rank there. Sets peft's scale of those layers;
+    how many there were."""
     from peft.tuners.lokr import LoKrLayer
 
     full = 0
@@ -247,9 +249,14 @@ def unit_scale_full_lokr(module: torch.nn.Module) -> int:
             continue
         for name in layer.scaling:
             if name in layer.lokr_w1 and name in layer.lokr_w2:
-                layer.scaling[name] = 1.0
+                layer.scaling[name] = full_lokr_scale(layer.r[name], rank_stabilized)
                 full += 1
     return full
+
+
+def full_lokr_scale(rank: int, rank_stabilized: bool) -> float:
+    """LokrModule's scale of a layer whose two Kronecker factors are full: 1, or sqrt(rank) with rs_lora."""
+    return math.sqrt(rank) if rank_stabilized else 1.0
 
 
 def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:

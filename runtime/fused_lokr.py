@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from dbspec.plan.model import FusedPlan
-from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.adapters import ADAPTER_NAME, full_lokr_scale
 from dbspec.runtime.fused import fused_parts
 from dbspec.runtime.lokr_factor import factorization
 
@@ -125,7 +125,8 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
         like = next(iter(first.lokr_w1.values()), None)
         like = like if like is not None else first.lokr_w1_a[ADAPTER_NAME]
         params = _init(shapes, generator, like)
-        scale = 1.0 if "lokr_w1" in shapes and "lokr_w2" in shapes else alpha / rank
+        full = "lokr_w1" in shapes and "lokr_w2" in shapes  # LokrModule: 1, sqrt(rank) with rs_lora
+        scale = full_lokr_scale(rank, adapter.lokr_rank_stabilized) if full else alpha / rank
         out_k = shapes["lokr_w2"][0] if "lokr_w2" in shapes else shapes["lokr_w2_a"][0]
         start = 0
         for (_, layer), base in zip(layers, bases):

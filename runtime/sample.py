@@ -148,6 +148,7 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         bool(adapter and adapter.bypass),
         adapter.oft_form if adapter else "lycoris",
         adapter if adapter and adapter.kind in ("lokr", "loha") and adapter.fused else None,
+        bool(adapter and adapter.lokr_rank_stabilized),
     )
     return pipe
 

@@ -264,13 +264,15 @@ def load_peft_adapters(
     bypass: bool = False,
     oft_form: str = "lycoris",
     fused_lokr: Any = None,
+    lokr_rank_stabilized: bool = False,
 ) -> list[str]:
     """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
     loaded. `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale
     1. `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
-    fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name."""
+    fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name.
+    `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank))."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -354,7 +356,7 @@ def load_peft_adapters(
         if lokr_unit_scale:
             from dbspec.runtime.adapters import unit_scale_full_lokr
 
-            unit_scale_full_lokr(module)
+            unit_scale_full_lokr(module, lokr_rank_stabilized)
         missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
         if result.unexpected_keys or missing:
             raise ValueError(

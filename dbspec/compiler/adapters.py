@@ -97,6 +97,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         kind=adapter.kind,
         **_low_rank(adapter, family, targets_given),
         lokr_unit_scale=adapter.kind == "lokr",
+        lokr_rank_stabilized=getattr(adapter, "rank_stabilized", False),
         t5_targets=_t5_targets(family, components),
         **extra,
     )

@@ -298,6 +298,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ),
         ("adapter", "unbalanced_factorization"): False,
         ("adapter", "scalar"): False,
+        ("adapter", "lokr_rank_stabilized"): False,  # LyCORIS's rs_lora on LoKr, added since (off then)
         ("adapter", "input_targets"): [],  # LyCORIS's IA^3, added since
         ("adapter", "oft_block_size"): 0,  # LyCORIS's Diag-OFT, added since
         ("adapter", "oft_constraint"): 0.0,

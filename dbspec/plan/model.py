@@ -168,6 +168,8 @@ class AdapterPlan:
     # lokr: a module whose two factors are both full matrices (the rank at least half the larger factor's
     # size) trains at scale 1, alpha unused, as LyCORIS's LokrModule does; False (plans before): alpha / rank
     lokr_unit_scale: bool = False
+    # lokr: with lokr_unit_scale, those modules train at scale sqrt(their rank) instead (LyCORIS rs_lora)
+    lokr_rank_stabilized: bool = False
     # lokr: both Kronecker factors full on every layer, whatever the rank (LyCORIS full_matrix), at scale 1
     full_matrix: bool = False
     # lora, loha, lokr: a trained scalar (from 0) multiplies each layer's update (LyCORIS use_scalar)

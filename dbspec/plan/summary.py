@@ -603,7 +603,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     if a.t5_targets:  # train.t5 (kohya's train_t5xxl)
         rows.append(("  T5-XXL targets", f"{', '.join(a.t5_targets)} (train.t5; outputs never cached)"))
     if a.kind == "lokr" and a.lokr_unit_scale:
-        rows.append(("  full factors", "a layer whose two factors are both full trains at scale 1 (LyCORIS)"))
+        scale = "sqrt(rank) (LyCORIS rs_lora)" if a.lokr_rank_stabilized else "1 (LyCORIS)"
+        rows.append(("  full factors", f"a layer whose two factors are both full trains at scale {scale}"))
     rows.extend(_lycoris_switch_rows(a))
     rows.extend(_dylora_rows(a))
     rows.extend(_bypass_rows(a))

@@ -832,7 +832,7 @@ class LokrAdapter:
         "LoKr",
         100_000,
         " A rank of half the larger second factor or more trains it in full; a layer whose two factors are "
-        "both full trains at scale 1 (alpha unused), as LyCORIS.",
+        "both full trains at scale 1 (alpha unused; sqrt(rank) with `rank_stabilized`), as LyCORIS.",
     )
     alpha: float = _alpha()
     factor: int = option(
@@ -869,6 +869,13 @@ class LokrAdapter:
         doc="LyCORIS `full_matrix`: both Kronecker factors of every layer are full matrices whatever the "
         "rank (no low-rank split of the second factor, `decompose_both` and `tucker` then change nothing), "
         "trained at scale 1 (alpha unused), as LyCORIS's LokrModule does.",
+    )
+    rank_stabilized: bool = option(
+        False,
+        doc="LyCORIS `rs_lora` on LoKr: a layer whose two Kronecker factors are both full trains at scale "
+        "sqrt(rank) (its block's rank, else `rank` or `conv_rank`) instead of 1, as LyCORIS's LokrModule "
+        "does. The low-rank layers keep alpha / rank (LyCORIS's alpha / sqrt(rank) is alpha x sqrt(rank) "
+        "here, which `dbspec convert` writes).",
     )
     scalar: bool = _scalar()
     max_norm: float = _lycoris_max_norm("LoKr")

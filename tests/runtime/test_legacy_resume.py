@@ -144,6 +144,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["lokr_factorization"]  # LyCORIS's LoKr factorisation, added since (peft's then)
     del data["adapter"]["unbalanced_factorization"]
     del data["adapter"]["lokr_unit_scale"]  # scale 1 on full LoKr factors, added since (alpha / rank then)
+    del data["adapter"]["lokr_rank_stabilized"]  # LyCORIS's rs_lora on LoKr, added since (off then)
     for key in ("full_matrix", "scalar", "input_targets", "oft_block_size", "oft_constraint", "oft_rescaled"):
         del data["adapter"][key]  # LyCORIS's LoKr full_matrix and use_scalar, added since (off then)
     del data["adapter"]["bypass"], data["adapter"]["bypass_dropout"]  # LyCORIS bypass_mode, added since

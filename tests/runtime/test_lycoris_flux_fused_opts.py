@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_switches import layer_scalar
 from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules, lycoris_update
-from tests.runtime.runspec import whole_and_resumed
+from tests.runtime.runspec import make_plan, whole_and_resumed
 from tests.runtime.test_lycoris_flux import BASE, LOKR, _fused_linear
 
 SWITCHES = {  # LokrModule with dora_wd; LohaModule with the dropouts (dora_wd refuses them, DBS575)
@@ -133,3 +133,71 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
     torch.manual_seed(7)
     theirs.apply_max_norm(1e-5)
     torch.testing.assert_close(layer_scalar(qkv[0]).detach(), theirs.scalar.detach())
+
+
+def test_rank_stabilized_full_lokr_on_fused_layers_is_lycoris_rs_lora(tmp_path):
+    """rs_lora with both Kronecker factors full (full_matrix): each fused layer at sqrt(rank), not 1, as
+    lycoris-lora's LokrModule (rs_lora=True) on the fused Linear holding the same factors."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+    from tests.runtime.test_lycoris_flux import _factor_layers
+
+    extra = LOKR.replace("fused_projections = true\n", "fused_projections = true\nfull_matrix = true\n")
+    extra = extra.replace("alpha = 1.5\n", "alpha = 1.5\nrank_stabilized = true\n")
+    plan = make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra)
+    assert plan.adapter.lokr_rank_stabilized and plan.adapter.full_matrix
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    transformer = comps.unet.float().eval()
+    torch.manual_seed(5)
+    x = torch.randn(3, 16)
+    for name, parts in _factor_layers(transformer).items():
+        first = parts[0]
+        assert first.scaling["default"] == pytest.approx(2**0.5)  # rank 2: sqrt(2)
+        with torch.no_grad():
+            for key in ("lokr_w1", "lokr_w2"):
+                torch.nn.init.normal_(getattr(first, key)["default"], std=0.3)  # shared by the parts
+        fused = _fused_linear([p.base_layer for p in parts])
+        theirs = LokrModule(name, fused, 1.0, 2, 1.5, full_matrix=True, rs_lora=True)
+        assert theirs.scale == pytest.approx(2**0.5)
+        with torch.no_grad():
+            for key in ("lokr_w1", "lokr_w2"):
+                getattr(theirs, key).copy_(getattr(first, key)["default"])
+            theirs.apply_to()
+            ours = torch.cat([p(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
+            torch.testing.assert_close(theirs.eval()(x), ours, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [LokrModule, LohaModule])
+def test_lycoris_bypass_on_a_fused_linear_is_the_rebuilt_forward(cls):
+    """lycoris-lora 4.1.3's LokrModule / LohaModule with bypass_mode on a fused Linear (48 rows: Flux's qkv
+    shape in the tiny model), training with module_dropout (LoHa: rank_dropout too; LoKr's bypass never
+    draws its rank mask) and use_scalar, from the same seed: the rebuilt-weight forward's outputs, which
+    dbspec trains (the tests above), so the converter leaves bypass_mode inert."""
+    torch.manual_seed(0)
+    fused = torch.nn.Linear(16, 48)
+    drops = {"module_dropout": 0.3, "rank_dropout": 0.3 if cls is LohaModule else 0.0}
+    built = []
+    for bypass in (False, True):
+        layer = torch.nn.Linear(16, 48)
+        layer.load_state_dict(fused.state_dict())
+        module = cls("qkv", layer, 1.0, 2, 1.5, use_scalar=True, bypass_mode=bypass, **drops)
+        built.append(module)
+    with torch.no_grad():
+        for key, param in built[0].named_parameters():
+            param.copy_(torch.randn(param.shape) * 0.3 + (0.5 if param.dim() == 0 else 0.0))
+            built[1].get_parameter(key).copy_(param)
+    for module in built:
+        module.apply_to()
+        module.train()
+    x = torch.randn(3, 16)
+    skipped = 0
+    for seed in range(6):
+        outs = []
+        for module in built:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outs.append(module(x))
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        skipped += int(torch.equal(outs[0], fused(x)))
+    assert 0 < skipped < 6

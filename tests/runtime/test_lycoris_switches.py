@@ -8,6 +8,7 @@ load back in LyCORIS's kohya loader (tests/runtime/test_lycoris.py's check)."""
 from __future__ import annotations
 
 import copy
+import math
 import json
 from pathlib import Path
 
@@ -39,12 +40,14 @@ def _adapted(kind: str, **switches) -> tuple[Net, Net]:
     torch.manual_seed(0)
     net = Net()
     base = copy.deepcopy(net)
+    # LyCORIS's rs_lora: alpha / sqrt(rank) on low-rank layers, the plain alpha x sqrt(rank) (as converted)
+    alpha = ALPHA * math.sqrt(RANK) if switches.get("lokr_rank_stabilized") else ALPHA
     adapter = AdapterPlan(
         kind=kind,
         rank=RANK,
-        alpha=ALPHA,
+        alpha=alpha,
         conv_rank=RANK,
-        conv_alpha=ALPHA,
+        conv_alpha=alpha,
         conv_targets=("conv",),
         lokr_unit_scale=kind == "lokr",
         **switches,
@@ -119,6 +122,8 @@ def test_full_matrix_lokr_has_lycoris_factor_shapes_init_and_scale_one():
     [
         ("lokr", {"full_matrix": True}),
         ("lokr", {"full_matrix": True, "scalar": True}),
+        ("lokr", {"full_matrix": True, "lokr_rank_stabilized": True}),  # rs_lora: sqrt(rank), not 1
+        ("lokr", {"lokr_rank_stabilized": True, "scalar": True}),
         ("lokr", {"scalar": True}),
         ("lokr", {"scalar": True, "decompose_both": True}),
         ("lokr", {"scalar": True, "tucker": True}),
@@ -142,6 +147,7 @@ def test_forward_merge_and_export_equal_lycoris_modules(kind, switches):
         "full_matrix": switches.get("full_matrix", False),
         "use_tucker": switches.get("tucker", False),
         "decompose_both": switches.get("decompose_both", False),
+        "rs_lora": switches.get("lokr_rank_stabilized", False),
     }
     if kind != "lokr":
         del theirs_switches["full_matrix"], theirs_switches["decompose_both"]
@@ -151,6 +157,7 @@ def test_forward_merge_and_export_equal_lycoris_modules(kind, switches):
         layer = getattr(net, name)
         reference = copy.deepcopy(getattr(base, name))
         lyco = _lycoris(kind, name, reference, **theirs_switches)
+        assert layer.scaling["default"] == pytest.approx(lyco.scale)
         _copy_into(lyco, layer, switches.get("scalar", False))
         lyco.apply_to()
         with torch.no_grad():
@@ -218,8 +225,11 @@ def test_loraplus_leaves_the_scalar_out_of_the_up_group():
 
 
 SWITCH_KINDS = {
-    "lokr_full_matrix": (  # rank 2: without full_matrix every layer of the tiny model keeps w2 low-rank
-        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nfull_matrix = true\n',
+    # rank 2: without full_matrix every layer of the tiny model keeps w2 low-rank; rank_stabilized (rs_lora)
+    # trains them at sqrt(2), which the export folds into lokr_w1: LyCORIS loads it at scale 1, as trained
+    "lokr_full_matrix": (
+        'kind = "lokr"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\nfull_matrix = true\n'
+        "rank_stabilized = true\n",
         {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1", "factor": "-1", "full_matrix": "True"},
         {"lokr_w1", "lokr_w2", "alpha"},
     ),

@@ -447,19 +447,14 @@ def test_lycoris_tucker_without_adapted_convolutions_is_inert(tmp_path, algo):
     assert plan_of(outcome, tmp_path).adapter.tucker is False  # no k x k convolution is adapted
 
 
-@pytest.mark.parametrize(
-    ("args", "why"),
-    [
-        # use_scalar with dora_wd trains now (test_convert_kohya_lycoris_switches.py), as DoRA on LoHa/LoKr,
-        # per input column, with Tucker (test_convert_kohya_lycoris_dora.py)
-        ('"algo=lokr", "rs_lora=True"', "rank-stabilised"),
-        # algo=diag-oft, bypass_mode and a dropout: DBS402 now, LyCORIS raises (test_convert_kohya_boft.py)
-    ],
-)
-def test_lycoris_arguments_peft_cannot_train_are_refused_with_the_reason(tmp_path, args, why):
-    outcome = _lycoris(tmp_path, args)
-    assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
-    assert why in outcome.conversion.reports["network_args"].note
+def test_lokr_rs_lora_scales_low_rank_alpha_and_full_factors_by_the_square_root_of_the_rank(tmp_path):
+    """LokrModule with rs_lora: a low-rank layer at alpha / sqrt(dim) (the plain alpha x sqrt(dim), conv_dim's
+    alike), a layer whose two Kronecker factors are full at dim / sqrt(dim) (adapter.rank_stabilized)."""
+    outcome = _lycoris(tmp_path, '"algo=lokr", "conv_dim=4", "conv_alpha=2", "rs_lora=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.lokr_unit_scale and a.lokr_rank_stabilized
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (16, 8 * 16**0.5, 4, 2 * 4**0.5)
 
 
 def test_wd_on_output_without_dora_changes_nothing(tmp_path):

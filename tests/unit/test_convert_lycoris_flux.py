@@ -168,8 +168,24 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_lokr_and_loha_bypass_is_refused(tmp_path, algo):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True"))
+def test_lokr_and_loha_bypass_is_the_same_update_and_its_dropout_is_refused(tmp_path, algo):
+    """lycoris-lora 4.1.3's LokrModule / LohaModule bypass forward: scale x ΔW x x scalar after the same
+    module_dropout draw (LoHa: the same rank mask), so bypass_mode alone changes nothing (test_lycoris_flux_
+    fused_opts.py checks the modules' outputs); LoKr's rank_dropout is never drawn there (ignored); its
+    `dropout` (torch's Dropout on the fused update) and dora_wd (skipped in bypass) are not expressed."""
+    rank = "rank_dropout=0.1 " if algo == "loha" else ""
+    outcome = _flux(tmp_path, f"--network_args algo={algo} bypass_mode=True module_dropout=0.2 {rank}")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout, a.bypass) == (algo, 0.2, 0.1 if rank else 0.0, False)
+    assert fate(outcome, "network_args bypass_mode") == "inert" and not errors(outcome)
+    if algo == "lokr":
+        outcome = _flux(tmp_path, "--network_args algo=lokr bypass_mode=True rank_dropout=0.1")
+        assert not errors(outcome) and "never draws" in messages(outcome, "DBS405")
+    for extra in ("dropout=0.1", "dora_wd=True"):
+        assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True {extra}"))
+    assert "DBS403" in codes(
+        _flux(tmp_path, f"--network_dropout 0.1 --network_args algo={algo} bypass_mode=1")
+    )
 
 
 def test_loha_dropouts_are_one_draw_per_fused_layer(tmp_path):
@@ -325,8 +341,17 @@ def test_rs_lora_scales_alpha_by_the_square_root_of_the_rank(tmp_path, algo):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
-def test_rs_lora_on_lokr_is_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=lokr rs_lora=True"))
+def test_rs_lora_on_lokr_scales_alpha_and_full_factors(tmp_path):
+    """LokrModule with rs_lora on the fused Linears: low-rank at alpha / sqrt(rank), as LoCon's; a fused layer
+    whose two Kronecker factors are full at sqrt(rank) (adapter.rank_stabilized)."""
+    outcome = _flux(tmp_path, "--network_args algo=lokr rs_lora=True")
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.lokr_rank_stabilized and a.fused and a.alpha == pytest.approx(4 * 8**0.5)
+    # --network_weights: LyCORIS's file holds full factors unscaled, dbspec's export sqrt(rank) x lokr_w1
+    (tmp_path / "prev.safetensors").write_bytes(b"")
+    extra = "--network_weights prev.safetensors --network_args algo=lokr rs_lora=True"
+    assert "trains them at sqrt(dim)" in messages(_flux(tmp_path, extra, allow=True), "DBS403")
 
 
 def _lycoris_flux_file(path, *, rank: int, alpha: float):

@@ -31,10 +31,11 @@ lycoris-lora's create_network_from_weights loads back onto kohya's Flux with the
 run: 6e-8). LoKr / LoHa have no [[adapter.blocks]]: the final layer (and attn-only's single blocks) stay out
 through full-path targets.
 
-LoConModule's switches on a fused Linear: `rs_lora` (LoHa's too) scales by alpha / sqrt(rank), the plain
-alpha x sqrt(rank); `use_scalar` is one trained scalar for the whole fused weight (runtime/fused.py ties the
-parts'); `dora_wd` decomposes the fused weight per output row (wd_on_output), so each part keeps its rows'
-magnitudes (the Flux / SD3 kohya writers stack the parts' dora_scale). LokrModule's and LohaModule's alike:
+LoConModule's switches on a fused Linear: `rs_lora` (LoHa's and LoKr's too) scales by alpha / sqrt(rank), the
+plain alpha x sqrt(rank) (LoKr's full factors: sqrt(rank), adapter.rank_stabilized); `use_scalar` is one
+trained scalar for the whole fused weight (runtime/fused.py ties the parts'); `dora_wd` decomposes the fused
+weight per output row (wd_on_output), so each part keeps its rows' magnitudes (the Flux / SD3 kohya writers
+stack the parts' dora_scale). LokrModule's and LohaModule's alike:
 use_scalar one scalar per fused layer, dora_wd per output row (runtime/fused_lokr.py: each part's class under
 the switches'; the LyCORIS export stacks the parts' dora_scale), module_dropout (and LoHa's rank_dropout) one
 draw per fused layer (runtime/fused_lycoris_dropout.py). --network_weights and --scale_weight_norms: model.py
@@ -265,7 +266,7 @@ def map_lycoris_flow(
             conv.inert(Legacy(key=f"{args.key} use_scalar", value=text, source=args.source), "off")
         else:  # LoConModule's / LokrModule's / LohaModule's trained scalar from 0 (the factor it would zero
             put["scalar"] = True  # random): one per fused Linear, the parts' tied (runtime/fused.py)
-    # rs_lora: LoConModule / LohaModule scale by alpha / sqrt(rank): the plain alpha x sqrt(rank) (LoKr: no)
+    # rs_lora: alpha / sqrt(rank), the plain alpha x sqrt(rank); LokrModule's full factors sqrt(rank)
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
@@ -624,7 +625,7 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
     elif not _off(kwargs.get("bypass_mode", "false")):
-        why = "with bypass_mode LoConModule's forward skips the decomposition, which dbspec does not express"
+        why = "with bypass_mode LyCORIS's forward skips the decomposition, which dbspec does not express"
     elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
         why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
     if why:
@@ -781,19 +782,22 @@ def _lokr_dropouts(
     `torch.rand(out)` row mask over the fused update, kept rows unscaled (lycoris.kohya never hands
     `rank_dropout_scale` on: ignored): adapter.module_dropout / rank_dropout, drawn once per fused layer for
     all its parts (runtime/fused_lycoris_dropout.py). LoKr's rank_dropout is invalid (its mask stays on the
-    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu); `bypass_mode` is refused. False when
-    refused or invalid."""
-    bypass = kwargs.pop("bypass_mode", "false")
-    if str(bypass).lower() != "false":
-        conv.unsupported(
-            Legacy(key=f"{args.key} bypass_mode", value=bypass, source=args.source),
-            "LyCORIS's LoKr / LoHa bypass forward on a fused Linear has no dbspec form yet",
-        )
+    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu). `bypass_mode` (lycoris-lora 4.1.3's
+    bypass_forward_diff: scale x ΔW x x scalar, after the same module_dropout draw, LoHa's rank mask from the
+    same get_weight) is the same update: inert, and LoKr's rank_dropout, which its bypass forward never draws,
+    ignored; there its `dropout` (torch's Dropout on the fused update) is refused (with dora_wd: _dora_wd).
+    False when refused or invalid."""
+    bypass_text = kwargs.get("bypass_mode", "false")
+    bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
+    if bypass and not _lokr_bypass(kwargs, network_dropout, args, conv, algo):
         return False
     rank = float(kwargs.get("rank_dropout", 0) or 0)
     if rank and algo == "lokr":
         _lokr_rank_dropout_on_gpu(kwargs, args, conv)
-        return False
+        kwargs.pop("bypass_mode", None)
+        if not bypass:
+            return False
+    kwargs.pop("bypass_mode", None)
     rank = float(kwargs.pop("rank_dropout", 0) or 0)
     if rank:
         legacy = Legacy(key=f"{args.key} rank_dropout", value=rank, source=args.source)
@@ -814,4 +818,27 @@ def _lokr_dropouts(
     )
     if legacy.value and float(legacy.value):
         conv.ignored(legacy, "LyCORIS's LoKr and LoHa never apply their dropout (they warn: not implemented)")
+    return True
+
+
+def _lokr_bypass(
+    kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
+) -> bool:
+    """LokrModule's / LohaModule's bypass_mode on a fused Linear: without a `dropout` the same update as their
+    rebuilt-weight forward (inert); with one (network_args' or --network_dropout) torch's Dropout on the
+    fused update, which dbspec does not express for LoKr / LoHa (refused, False)."""
+    text = kwargs.get("dropout") if "dropout" in kwargs else network_dropout.value
+    legacy = Legacy(key=f"{args.key} bypass_mode", value=kwargs["bypass_mode"], source=args.source)
+    if text and float(text):
+        conv.unsupported(
+            legacy,
+            f"with dropout {text}: {'LokrModule' if algo == 'lokr' else 'LohaModule'}'s bypass forward drops "
+            "the fused update's output (torch's Dropout), which dbspec expresses for LoRA/LoCon only",
+        )
+        return False
+    conv.inert(
+        legacy,
+        "without a dropout LyCORIS's LoKr / LoHa bypass forward is the same update (scale, scalar, "
+        "module_dropout and LoHa's rank mask alike)",
+    )
     return True

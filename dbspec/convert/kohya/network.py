@@ -643,15 +643,15 @@ def _lycoris_rs_lora(
     unsupported: dict[str, str],
 ) -> None:
     """LyCORIS's rs_lora scales an update by alpha / sqrt(rank) and saves alpha x sqrt(rank) as the alpha, the
-    plain alpha of the same scale (for LoRA/LoCon and LoHa; LoKr's full-matrix factors scale otherwise).
-    GLoRA scales the same way but saves the unscaled alpha (its file then loads at alpha / rank); dbspec's
-    export saves alpha x sqrt(rank), the scale it trained."""
+    plain alpha of the same scale (LoRA/LoCon, LoHa, and LoKr's low-rank layers). LokrModule's layers whose
+    two Kronecker factors are full scale by rank / sqrt(rank) instead of 1: adapter.rank_stabilized. GLoRA
+    scales the same way but saves the unscaled alpha (its file then loads at alpha / rank); dbspec's export
+    saves alpha x sqrt(rank), the scale it trained."""
     text = kwargs.pop("rs_lora", "false")
     if not _str_bool(text):
         return
     if kind == "lokr":
-        unsupported["rs_lora"] = f"{text} (LoKr: dbspec does not express its rank-stabilised scale)"
-        return
+        put["rank_stabilized"] = True
     put["alpha"] = (alpha or dim) * dim / math.sqrt(dim)
     if "conv_rank" in put:
         rank = put["conv_rank"]
@@ -948,6 +948,13 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py; with
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
+        return
+    if kind == "lokr" and conv.values.get(("adapter", "rank_stabilized"), (False,))[0]:
+        conv.unsupported(  # lycoris_init / the export: a full lokr_w1 holds sqrt(rank), divided out on load
+            weights,
+            "with rs_lora LokrModule loads a layer's full Kronecker factors as they are and trains them at "
+            "sqrt(dim), where dbspec reads a full lokr_w1 as its own export's (the scale folded in)",
+        )
         return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
