@@ -144,7 +144,7 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
 
 def _own_split(adapter: Any, path: str) -> tuple[int, bool, bool]:
     """(factor, decompose_both, full_matrix) of the fused layer whose first part is at `path`: its block's own
-    (a LyCORIS map entry's; the compiler gives every part of a fused layer one block's), else the adapter's."""
+    (a LyCORIS map entry's; one block covers every part of a fused layer), else the adapter's."""
     block = block_of(adapter.blocks, path)
     if block is None:
         return adapter.factor, adapter.decompose_both, adapter.full_matrix
