@@ -334,7 +334,8 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
     from dbspec.runtime.fused_lokr import lokr_shapes
 
     path = tmp_path / "dims.toml"  # tests/unit/test_convert_lycoris_flow_preset_file.py's LOKR_DIMS
-    own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\ndecompose_both = true\n'
+    own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
+    own += "decompose_both = true\n"
     path.write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:

@@ -112,7 +112,8 @@ def test_full_defaults_but_the_single_blocks(tmp_path):
 # stream's at dim 1 / alpha 1 with LoKr's factor 4 and decompose_both
 LOKR_DIMS = (
     DOUBLE_ATTENTION
-    + '\n[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\ndecompose_both = true\n'
+    + '\n[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
+    + "decompose_both = true\n"
 )
 
 
@@ -125,7 +126,7 @@ def test_lokr_and_loha_dims_are_blocks_over_whole_fused_layers(tmp_path):
         assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
         a = plan_of(outcome, tmp_path / algo).adapter
         assert (a.kind, a.rank, a.alpha, len(a.fused)) == (algo, 8, 4.0, 2)
-        first = lambda path: next((b for b in a.blocks if re.search(b.pattern, path)), None)  # noqa: E731
+        first = lambda p, a=a: next((b for b in a.blocks if re.search(b.pattern, p)), None)  # noqa: E731
         for i in (0, 18):
             img = {first(f"transformer_blocks.{i}.attn.to_{n}") for n in "qkv"}
             txt = {first(f"transformer_blocks.{i}.attn.add_{n}_proj") for n in "qkv"}

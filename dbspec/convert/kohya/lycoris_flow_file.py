@@ -365,7 +365,7 @@ def flux_preset_file(
     if capped and lokr:  # lycoris_maps' full-factor bound is worked out on SD's widths
         raise PresetError(
             f"`{_source(capped)}` gives some layers a dim above [[adapter.blocks]]' 1024: dbspec writes "
-            f"LoKr's full-factor idiom (dim = 100000) on SD's widths only, not on {model.title}'s fused layers",
+            f"LoKr's full-factor idiom (dim = 100000) on SD's widths only, not on {model.title}'s layers",
             False,
         )
     targets = found.denoiser
