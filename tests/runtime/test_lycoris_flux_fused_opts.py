@@ -114,6 +114,19 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
             theirs = _module(cls, tensors, name, parts, **kw)(x)
             torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
 
+    # the run's peft folder loads back with the block's split (sample, merge): the same outputs
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.single_transformer_blocks[0]
+    with torch.no_grad():
+        loaded = torch.cat(
+            [p(x) for p in (again.attn.to_q, again.attn.to_k, again.attn.to_v, again.proj_mlp)], -1
+        )
+        torch.testing.assert_close(loaded, torch.cat([p(x) for p in linear1], -1), rtol=0, atol=1e-6)
+
     # the gradients: lycoris-lora's module (use_scalar, dora_wd) on the fused Linear, same values
     theirs = _theirs(cls, qkv)
     target = torch.randn(3, 48)
