@@ -197,10 +197,16 @@ def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
     assert "patch convolution its own dim" in messages(outcome, "DBS403")
 
 
-def test_sd3_lokr_on_the_patch_convolution_is_refused(tmp_path):
+def test_sd3_lokr_on_the_patch_convolution_tucker_refused(tmp_path):
+    """A file reaching the patch convolution with algo=lokr: LokrModule on it at conv_dim / conv_alpha (peft's
+    LoKr on pos_embed.proj); with use_tucker (LokrModule's lokr_t2 on its 2x2 kernel): DBS403."""
     preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
-    outcome = _sd3(tmp_path, preset, '"algo=lokr"', allow=True)
-    assert "DBS403" in codes(outcome)
+    outcome = _sd3(tmp_path / "plain", preset, '"algo=lokr"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "plain").adapter
+    assert (a.kind, a.conv_rank, a.conv_targets) == ("lokr", 8, ("pos_embed.proj",))
+    outcome = _sd3(tmp_path / "tucker", preset, '"algo=lokr" "use_tucker=True"', allow=True)
+    assert "Tucker" in messages(outcome, "DBS403")
 
 
 def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):

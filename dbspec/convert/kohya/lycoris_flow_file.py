@@ -396,7 +396,7 @@ SD3_MODEL = FlowModel(
     sd3_parts,
     (lambda: clip_text(12, projection=True), lambda: clip_text(32, projection=True)),
     "lora_te3_",
-    ("joint_blocks.", "t_embedder."),
+    ("joint_blocks.", "t_embedder.", "x_embedder."),
 )
 FLUX_MODEL = FlowModel(
     "Flux",
