@@ -119,7 +119,7 @@ def _check_patch(tensors, transformer, cls) -> None:
 def _check_export(plan, result, cls, text: bool = True):
     transformer = result.components.unet.float().eval()
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
-    if plan.adapter.conv_targets:
+    if plan.adapter.conv_targets and cls in (LokrModule, LohaModule):  # the others' own tests check theirs
         _check_patch(tensors, transformer, cls)
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "final_layer" in n or "context_embedder" in n for n in names)
