@@ -2102,8 +2102,11 @@ add `proj_mlp` to `adapter.denoiser_targets` (kohya's networks.lora_flux set doe
         """\
 With `adapter.fused_projections` the parts of a fused layer share one down-projection, which has one rank and
 one learning rate; kohya's LoRA on the fused layer has one alpha. `[[adapter.blocks]]` patterns gave parts of
-one fused layer different ranks, alphas or `lr_scale`s.""",
-        help="give the parts one rank, alpha and lr_scale, or set adapter.fused_projections = false",
+one fused layer different ranks, alphas or `lr_scale`s. With `kind = "lokr"` or `"loha"` (one LyCORIS module
+per fused layer, its rank, alpha and LoKr factor a block's) the first block matching each part must be the
+same block: a pattern matching only some parts of a fused layer splits it.""",
+        help="give the parts one rank, alpha and lr_scale (LoKr, LoHa: one block whose pattern matches every "
+        "part), or set adapter.fused_projections = false",
     ),
     Code(
         "DBS508",
@@ -2647,9 +2650,8 @@ rows) and `dora` with a dropout are not there.
 `factor`, `decompose_both`, `full_matrix` and `tucker` in `[[adapter.blocks]]` /
 `[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors (a LyCORIS preset file's
 map entry with its own `factor`, `decompose_both`, `full_matrix` or `use_tucker`): they need `kind = "lokr"`
-with LyCORIS's split (not `fused_projections`, whose parts share one product built from the fused layer).""",
-        help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr" '
-        "without fused_projections",
+with LyCORIS's split (with `fused_projections` each fused layer's one product, its parts in one block).""",
+        help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr"',
     ),
     Code(
         "DBS577",

@@ -11,7 +11,10 @@ runtime/fused.py ties LoRA downs: the optimizer, the resume state and EMA hold t
 part's names) and its delta is its own rows of the fused Kronecker product, so the parts' updates together are
 LokrModule's, and their gradients accumulate into the one set. Each part computes only the w1 rows its rows
 need (kron row R = w1 row R // out_k, w2 row R % out_k). The factors start as LyCORIS inits them: w1 (or
-w1_a, w1_b) and w2_a kaiming-uniform, w2_b (or a full w2) zero, drawn from the run's seeded generator.
+w1_a, w1_b) and w2_a kaiming-uniform, w2_b (or a full w2) zero, drawn from the run's seeded generator. A
+fused layer's rank and alpha are its parts' (peft's, from [[adapter.blocks]]), its factor, decompose_both and
+full_matrix its block's own where that sets them (a LyCORIS map entry's; one block covers all its parts,
+compiler/fused.py), else the adapter's.
 
 Each part's class becomes a subclass whose `get_delta_weight` is its rows (`FusedLokrPart`), tied before
 LyCORIS's switches wrap the class (runtime/adapters.py add_lora): use_scalar's class (one scalar per fused
@@ -31,6 +34,7 @@ import torch
 
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME, full_lokr_scale
+from dbspec.runtime.blocks import block_of
 from dbspec.runtime.fused import fused_parts
 from dbspec.runtime.lokr_factor import factorization
 
@@ -113,14 +117,9 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
         _check_unwrapped(where, [layer for _, layer in layers])
         bases = [layer.get_base_layer() for _, layer in layers]
         out_dim, in_dim = sum(b.out_features for b in bases), bases[0].in_features
+        path = f"{group.blocks}.{index}.{layers[0][0]}"
         shapes = lokr_shapes(
-            out_dim,
-            in_dim,
-            rank,
-            adapter.factor,
-            adapter.decompose_both,
-            adapter.full_matrix,
-            adapter.unbalanced_factorization,
+            out_dim, in_dim, rank, *_own_split(adapter, path), adapter.unbalanced_factorization
         )
         like = next(iter(first.lokr_w1.values()), None)
         like = like if like is not None else first.lokr_w1_a[ADAPTER_NAME]
@@ -142,6 +141,19 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
         first.fused_lokr_parts = [layer for _, layer in layers]
         made += 1
     return made
+
+
+def _own_split(adapter: Any, path: str) -> tuple[int, bool, bool]:
+    """(factor, decompose_both, full_matrix) of the fused layer whose first part is at `path`: its block's own
+    (a LyCORIS map entry's; one block covers every part of a fused layer), else the adapter's."""
+    block = block_of(adapter.blocks, path)
+    if block is None:
+        return adapter.factor, adapter.decompose_both, adapter.full_matrix
+    switch = [
+        getattr(adapter, key) if getattr(block, key) == "adapter" else getattr(block, key) == "on"
+        for key in ("decompose_both", "full_matrix")
+    ]
+    return block.factor or adapter.factor, *switch
 
 
 def fused_factors(layer, adapter: str = ADAPTER_NAME) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,8 @@ Adapter targets are module-name suffixes and per-block ranks regular expressions
 which parts of a fused layer are adapted, and at which rank, is settled here over the block indices a model
 can have (`_INDICES`), without the weights: DBS505 (a family without fused layers), DBS506 (a fused layer
 with some parts adapted and others not: those rows get no update), DBS507 (parts of one fused layer at
-different ranks, alphas or learning-rate scales: one down-projection has one of each). Diag-OFT's and GLoRA's
+different ranks, alphas or learning-rate scales: one down-projection has one of each; LoKr / LoHa, one
+LyCORIS module per fused layer: parts matched by different [[adapter.blocks]] entries). Diag-OFT's and GLoRA's
 fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_glora.py): DBS577."""
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     for group in spec.fused_projections:
         for index in _INDICES:
             found = _adapted(group, index, plan)
+            if lokr and found and _split_by_blocks(ctx, group, index, plan):
+                return
             if len(set(found.values())) > 1:
                 shown = ", ".join(
                     f"{p} rank {r} alpha {a:g} lr x {lr:g}" + (f" group {g}" if g else "")
@@ -182,6 +185,34 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
             help="add the missing parts to adapter.denoiser_targets (kohya's Flux set adds proj_mlp), or "
             "accept the zero rows",
         )
+
+
+def _split_by_blocks(ctx: Context, group: FusedProjection, index: int, plan: AdapterPlan) -> bool:
+    """DBS507: LyCORIS's LoKr / LoHa on a fused layer is one module, whose rank, alpha and LoKr factor and
+    switches are one block's (runtime/fused_lokr.py reads its first part's): every part's first matching
+    [[adapter.blocks]] entry must be the same one. Whether it reported."""
+    paths = {part: f"{group.blocks}.{index}.{part}" for part in group.parts}
+    found = {
+        part: next((i for i, b in enumerate(plan.blocks) if re.search(b.pattern, path)), None)
+        for part, path in paths.items()
+    }
+    if len(set(found.values())) < 2:
+        return False
+    shown = ", ".join(
+        f"{part}: " + ("none" if i is None else f"adapter.blocks[{i}] ({plan.blocks[i].pattern})")
+        for part, i in found.items()
+    )
+    ctx.report(
+        "DBS507",
+        "error",
+        f"adapter.fused_projections with {plan.kind} trains one LyCORIS module on {group.blocks}.{index}'s "
+        f"fused {group.kohya_name}, whose rank, alpha and factor are one block's, but its parts' first "
+        f"matching [[adapter.blocks]] differ: {shown}",
+        ("adapter", "blocks"),
+        help="make each block's pattern match every part of the fused layers it covers (or none of them), "
+        "or set adapter.fused_projections = false",
+    )
+    return True
 
 
 def _check_fused_dora(ctx: Context, adapter: LoraAdapter, partial: list[str]) -> None:

@@ -2430,11 +2430,12 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LoKr `factor` (runtime/lokr_factor.py) and decompose_both / full_matrix / tucker shape
-    LoKr layers built one by one (DBS576)."""
+    LoKr layers (DBS576); on fused projections each fused layer's one product (runtime/fused_lokr.py, whose
+    parts one block covers: compiler/fused.py)."""
     a = spec.adapter
-    if a.kind == "lokr" and not getattr(a, "fused_projections", False):
+    if a.kind == "lokr":
         return
-    why = "fused_projections = true" if a.kind == "lokr" else f'kind = "{a.kind}"'
+    why = f'kind = "{a.kind}"'
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):  # DyLoRA's blocks have none of them
             given_keys = [("factor", block.factor)] if getattr(block, "factor", 0) else []

@@ -2,11 +2,12 @@
 dbspec/convert/kohya/lycoris_flow_weights.py): lycoris-lora 4.1.3 writes the file (its LokrModule /
 LohaModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v stacked, every factor random) and
 rebuilds it with create_network_from_weights on a tree of kohya's names; the converted spec, run on tiny-flux,
-starts every layer where LyCORIS's rebuilt modules are (same outputs), and the LoKr run trains and resumes
-bit-exact."""
+starts every layer where LyCORIS's rebuilt modules are (same outputs; the single block's linear1 at a rank,
+alpha and LoKr split of its own: a block), and the LoKr run trains and resumes bit-exact."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from lycoris.modules.ia3 import IA3Module  # noqa: E402
 from lycoris.modules.loha import LohaModule  # noqa: E402
 from lycoris.modules.lokr import LokrModule  # noqa: E402
 
+LINEAR1 = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
 RUN = [
     "model.base=builtin:tiny-flux",
     "model.text_encoder_files=[]",
@@ -68,6 +70,10 @@ def _tree(linears: dict[str, nn.Linear]) -> nn.Module:
     return root
 
 
+# single block 0's linear1 (112 x 16) at a rank, alpha and LoKr split of its own (one [[adapter.blocks]])
+OWN = {LokrModule: (3, 0.5, {"factor": 8, "decompose_both": True}), LohaModule: (3, 0.5, {})}
+
+
 def _file(tmp_path, cls, rank: int, options: dict):
     from dbspec.runtime.tiny import build_pipeline
 
@@ -75,7 +81,8 @@ def _file(tmp_path, cls, rank: int, options: dict):
     tensors, linears = {}, {}
     for name, parts in _layers(build_pipeline(BASE).transformer.float()).items():
         linears[name] = _fused_linear(parts)
-        module = cls(name, linears[name], 1.0, rank, 1.5, **options)
+        own = OWN[cls] if cls in OWN and name.endswith("single_blocks_0_linear1") else (rank, 1.5, options)
+        module = cls(name, linears[name], 1.0, own[0], own[1], **own[2])
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
         tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
@@ -124,6 +131,10 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     if kind == "lokr":
         assert (plan.adapter.factor, plan.adapter.decompose_both) == (4, True)
+    (block,) = plan.adapter.blocks  # linear1's parts, all of them
+    assert (block.rank, block.alpha, block.factor) == (3, 0.5, 8 if kind == "lokr" else 0)
+    assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
+    assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     comps, count = _loaded(plan)
     assert count == 6
     torch.manual_seed(0)

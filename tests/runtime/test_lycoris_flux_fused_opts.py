@@ -28,13 +28,22 @@ SWITCHES = {  # LokrModule with dora_wd; LohaModule with the dropouts (dora_wd r
 }
 
 
-def _module(cls, tensors, name: str, parts):
+# a block of its own for the single block's linear1 (a LyCORIS map entry's dim / alpha / factor): LoKr at
+# rank 1 with factor 4 and decompose_both (w1 = w1_a @ w1_b, 4 x 4 of 112 x 16), LoHa at rank 3
+BLOCK = '[[adapter.blocks]]\npattern = "^single_transformer_blocks\\\\.0\\\\.(attn\\\\.to_[qkv]|proj_mlp)$"\n'
+BLOCKS = {
+    "lokr": BLOCK + 'rank = 1\nalpha = 3\nfactor = 4\ndecompose_both = "on"\n',
+    "loha": BLOCK + "rank = 3\nalpha = 1\n",
+}
+
+
+def _module(cls, tensors, name: str, parts, **kw):
     """lycoris-lora's module on the fused Linear, loaded from the file (its weight decomposition too)."""
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     rank = own["lokr_w2_a"].shape[1] if cls is LokrModule else own["hada_w1_b"].shape[0]
     fused = _fused_linear([p.base_layer for p in parts])
     wd = "dora_scale" in own
-    module = cls(name, fused, 1.0, rank, own["alpha"].item(), weight_decompose=wd)
+    module = cls(name, fused, 1.0, rank, own["alpha"].item(), weight_decompose=wd, **kw)
     module.load_state_dict(own)
     module.apply_to()
     return module.eval()
@@ -67,7 +76,7 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
     cls = LokrModule if kind == "lokr" else LohaModule
     extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"')
     extra = extra.replace("fused_projections = true\n", "fused_projections = true\n" + SWITCHES[kind])
-    extra += '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
+    extra += BLOCKS[kind] + '\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n\n[logging]\nevery = 1\n'
     plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
     transformer = whole.components.unet
     attn, single = transformer.transformer_blocks[0].attn, transformer.single_transformer_blocks[0]
@@ -85,18 +94,38 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
             assert max(float(lycoris_update(m).norm()) for m in modules) == pytest.approx(1e-4, rel=1e-4)
 
     tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    own = "lora_unet_single_blocks_0_linear1"  # the block's layer: its rank, alpha and factor
     if kind == "lokr":
-        assert tensors["lora_unet_single_blocks_0_linear1.dora_scale"].shape == (112, 1)  # the parts' rows
+        assert tensors[f"{own}.dora_scale"].shape == (112, 1)  # the parts' rows
+        assert tensors[f"{own}.lokr_w1_a"].shape == (4, 1) and tensors[f"{own}.lokr_w2_a"].shape == (28, 1)
+    else:
+        assert tensors[f"{own}.hada_w1_b"].shape == (3, 16)
+    assert tensors[f"{own}.alpha"].item() == (3.0 if kind == "lokr" else 1.0)
+    assert tensors["lora_unet_double_blocks_0_img_attn_qkv.alpha"].item() == 1.5
     x = torch.randn(3, 16)
-    for name, parts in (
-        ("lora_unet_double_blocks_0_img_attn_qkv", qkv),
-        ("lora_unet_single_blocks_0_linear1", linear1),
+    for name, parts, kw in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", qkv, {}),
+        (own, linear1, {"factor": 4, "decompose_both": True} if kind == "lokr" else {}),
     ):
         with torch.no_grad():
             trained = torch.cat([p(x) for p in parts], dim=-1)
             plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
             assert not torch.allclose(trained, plain, atol=1e-6), name
-            torch.testing.assert_close(_module(cls, tensors, name, parts)(x), trained, rtol=0, atol=1e-5)
+            theirs = _module(cls, tensors, name, parts, **kw)(x)
+            torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+    # the run's peft folder loads back with the block's split (sample, merge): the same outputs
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.single_transformer_blocks[0]
+    with torch.no_grad():
+        loaded = torch.cat(
+            [p(x) for p in (again.attn.to_q, again.attn.to_k, again.attn.to_v, again.proj_mlp)], -1
+        )
+        torch.testing.assert_close(loaded, torch.cat([p(x) for p in linear1], -1), rtol=0, atol=1e-6)
 
     # the gradients: lycoris-lora's module (use_scalar, dora_wd) on the fused Linear, same values
     theirs = _theirs(cls, qkv)

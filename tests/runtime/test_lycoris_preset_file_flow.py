@@ -324,3 +324,55 @@ def test_clip_dims_of_a_preset_file_are_lycoris_modules(models, tmp_path, monkey
         block = next((b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder.{name}")), None)
         rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
         assert theirs[key] == (rank, alpha / rank), key
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatch, algo):
+    """LoKr / LoHa map entries with their own dim / alpha (and LoKr's factor, decompose_both): the blocks
+    the converter writes give each of kohya's Linears, a fused one through all its diffusers parts, the rank,
+    scale and factor shapes of the module lycoris-lora's create_network builds on it (meta device)."""
+    from dbspec.runtime.fused_lokr import lokr_shapes
+
+    path = tmp_path / "dims.toml"  # tests/unit/test_convert_lycoris_flow_preset_file.py's LOKR_DIMS
+    own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
+    own += "decompose_both = true\n"
+    path.write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kohya = copy.deepcopy(models["kohya"])  # the double blocks' attention at FLUX.1's widths: real splits
+    with torch.device("meta"):
+        for i, stream in ((i, s) for i in range(19) for s in ("img", "txt")):
+            attn = kohya.get_submodule(f"double_blocks.{i}.{stream}_attn")
+            attn.qkv, attn.proj = nn.Linear(3072, 9216), nn.Linear(3072, 3072)
+    made = lycoris_kohya.create_network(1.0, 4, 1.0, None, models["te"], kohya, algo=algo, preset=str(path))
+    theirs = {
+        m.lora_name: (m.lora_dim, float(m.scale), {k: tuple(v.shape) for k, v in m.state_dict().items()})
+        for m in made.unet_loras
+    }
+    assert {d for d, _, _ in theirs.values()} == {1, 4, 16}
+    a = _converted(tmp_path, path.name, algo).adapter
+    ours = {}
+    for kohya_path, _, kind in flux_model():
+        parts = diffusers_parts(kohya_path) if kind else ()
+        if not parts or not _adapted(parts[0], a):
+            continue
+        block = next((b for b in a.blocks if re.search(b.pattern, parts[0])), None)
+        rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
+        out_dim, in_dim = kohya.get_submodule(kohya_path).weight.shape
+        if algo == "lokr":
+            factor = block.factor if block is not None and block.factor else a.factor
+            both = block.decompose_both == "on" if block is not None else a.decompose_both
+            shapes = lokr_shapes(out_dim, in_dim, rank, factor, both, False, False)
+            scale = 1.0 if {"lokr_w1", "lokr_w2"} <= set(shapes) else alpha / rank
+        else:
+            shapes = {"hada_w1_a": (out_dim, rank), "hada_w1_b": (rank, in_dim)}
+            shapes |= {"hada_w2_a": (out_dim, rank), "hada_w2_b": (rank, in_dim)}
+            scale = alpha / rank
+        ours["lora_unet_" + kohya_path.replace(".", "_")] = (rank, scale, {**shapes, "alpha": ()})
+    assert sorted(ours) == sorted(theirs)
+    for name, (rank, scale, shapes) in ours.items():
+        assert theirs[name][0] == rank and theirs[name][1] == pytest.approx(scale), name
+        assert theirs[name][2] == shapes, name
+    if algo == "lokr":  # factor 4 and decompose_both: w1 (4 x 4 of 9216 x 3072) at rank 1
+        assert theirs["lora_unet_double_blocks_0_txt_attn_qkv"][2]["lokr_w1_a"] == (4, 1)

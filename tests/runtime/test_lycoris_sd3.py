@@ -9,6 +9,7 @@ embedder at this width loaded every module of the LoKr, LoHa and LoCon files, ea
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -95,9 +96,31 @@ def _layers(transformer):
     ]
 
 
+# the full / unet-only presets' patch convolution (PatchEmbed) at conv_dim 2 / conv_alpha 1 (LoKr: both
+# factors full on its 16 x 16 x 2 x 2 weight, scale 1)
+PATCH = 'fused_projections = true\nconv_rank = 2\nconv_alpha = 1\nconv_targets = ["pos_embed.proj"]\n'
+
+
+def _check_patch(tensors, transformer, cls) -> None:
+    """The patch convolution's export is what lycoris-lora's module on the 2x2 Conv2d loads (same output)."""
+    conv = transformer.pos_embed.proj
+    own = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("lora_unet_x_embedder_proj.")}
+    base = copy.deepcopy(conv.base_layer)
+    module = cls("x_embedder_proj", base, 1.0, 2, own["alpha"].item())
+    module.load_state_dict(own)
+    module.apply_to()
+    x = torch.randn(2, base.in_channels, 8, 8)
+    with torch.no_grad():
+        trained, theirs = conv(x), module.eval()(x)
+        assert not torch.allclose(trained, conv.base_layer(x), atol=1e-7)  # it trained
+    torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+
+
 def _check_export(plan, result, cls, text: bool = True):
     transformer = result.components.unet.float().eval()
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    if plan.adapter.conv_targets and cls in (LokrModule, LohaModule):  # the others' own tests check theirs
+        _check_patch(tensors, transformer, cls)
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "final_layer" in n or "context_embedder" in n for n in names)
     if text:
@@ -121,7 +144,8 @@ def _check_export(plan, result, cls, text: bool = True):
 
 
 def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=LOKR)
+    extra = LOKR.replace("fused_projections = true\n", PATCH)  # preset=full: the patch convolution too
+    plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
     assert [f.name for f in plan.adapter.fused] == [
         "x_block_attn_qkv",
         "context_block_attn_qkv",
@@ -129,7 +153,7 @@ def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
     ]
     whole = execute(plan, keep_models=True)
     assert whole.status == "finished"
-    parts = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=LOKR)
+    parts = make_plan(tmp_path / "parts", base=BASE, steps=4, extra=extra)
     first = execute(parts, stop_after=2)
     assert first.status == "interrupted" and first.steps == 2
     second = execute(parts, resume=True, keep_models=True)
@@ -142,7 +166,9 @@ def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
 
 
 def test_loha_export_is_what_lycoris_loads(tmp_path):
-    extra = _with_text(LOKR.replace('kind = "lokr"', 'kind = "loha"'))
+    extra = _with_text(
+        LOKR.replace('kind = "lokr"', 'kind = "loha"').replace("fused_projections = true\n", PATCH)
+    )
     plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
     result = execute(plan, keep_models=True)
     assert result.status == "finished"

@@ -4,7 +4,8 @@ model (unet.named_modules(), not its preset lists: the embedders and Flux's fina
 each from the file's keys, the network_args unread. A LoCon file (lora_down / lora_up / alpha under kohya's
 names, what algo=lora / locon saves) is one LoConModule per fused Linear at the file's rank and alpha:
 dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. A LoKr / LoHa file
-(lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) at one rank and alpha is dbspec's fused LoKr / LoHa.
+(lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) is dbspec's fused LoKr / LoHa, modules at a rank,
+alpha or LoKr split of their own as [[adapter.blocks]].
 CLIP modules are lora_flux's / lora_sd3's; T5-XXL's (Flux's lora_te2 in LyCORIS's numbering) stay DBS403."""
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ def test_flux_lokr_file_builds_lycoris_lokr_modules(tmp_path):
 
 
 def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
-    """LohaModule per module at hada_w1_b's rows and the file's alpha; several ranks, Flux's final layer
-    (proj_out, a suffix of every single block's), dora_scale: DBS403; no alpha: LyCORIS's TypeError."""
+    """LohaModule per module at hada_w1_b's rows and the file's alpha (a module at a rank of its own: a
+    block); Flux's final layer (proj_out, a suffix of every single block's), dora_scale: DBS403; no alpha:
+    LyCORIS's TypeError."""
 
     def loha(out, inp, rank):
         return {
@@ -148,8 +150,18 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0) and "x_embedder" in a.denoiser_targets
+    # a module at a rank of its own: a block over its diffusers Linear (the rest at the file's most common)
+    _factor_file(
+        tmp_path / "prev.safetensors",
+        {**modules, "lora_unet_double_blocks_0_img_attn_proj": loha(W, W, 4)},
+        4.0,
+    )
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 4.0) and _rank(a, "transformer_blocks.0.attn.to_out.0") == (4, 4.0)
+    assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
     for extra, code, words in (
-        ({"lora_unet_double_blocks_0_img_attn_proj": loha(W, W, 4)}, "DBS403", "one rank and alpha"),
         ({"lora_unet_final_layer_linear": loha(64, W, 8)}, "DBS403", "proj_out"),
         ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 8)}, "DBS403", "lora_te1"),
     ):

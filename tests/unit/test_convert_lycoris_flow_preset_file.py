@@ -1,8 +1,8 @@
 """LyCORIS preset files with flux_train_network.py and sd3_train_network.py
 (dbspec/convert/kohya/lycoris_flow_file.py): the file's walk over kohya's Flux / MMDiT (lycoris_file._walk on
 lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
-[[adapter.blocks]] (LoRA/LoCon), SD3's patch convolution as conv_targets; LoKr / LoHa per-layer dims,
-T5-XXL layers and the patch convolution's own dims refused (DBS403).
+[[adapter.blocks]] (LoRA/LoCon, LoKr / LoHa: a block per whole fused layer), SD3's patch convolution as
+conv_targets; T5-XXL layers and the patch convolution's own dims refused (DBS403).
 tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's
 create_network."""
 
@@ -108,13 +108,36 @@ def test_full_defaults_but_the_single_blocks(tmp_path):
     assert list(a.text_encoder_targets) == [] and not a.blocks
 
 
-def test_lokr_converts_without_dims_and_refuses_a_dim(tmp_path):
+# LoKr / LoHa map entries of their own: the img stream's qkv at dim 16 / alpha 8 (DOUBLE_ATTENTION), the txt
+# stream's at dim 1 / alpha 1 with LoKr's factor 4 and decompose_both
+LOKR_DIMS = (
+    DOUBLE_ATTENTION
+    + '\n[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
+    + "decompose_both = true\n"
+)
+
+
+def test_lokr_and_loha_dims_are_blocks_over_whole_fused_layers(tmp_path):
     outcome = _flux(tmp_path / "plain", NO_SINGLES, '"algo=lokr"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert plan_of(outcome, tmp_path / "plain").adapter.kind == "lokr"
-    outcome = _flux(tmp_path / "dim", DOUBLE_ATTENTION, '"algo=lokr"', allow=True)
-    assert "DBS403" in codes(outcome)
-    assert "no [[adapter.blocks]]" in messages(outcome, "DBS403")
+    for algo in ("lokr", "loha"):
+        outcome = _flux(tmp_path / algo, LOKR_DIMS, f'"algo={algo}"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / algo).adapter
+        assert (a.kind, a.rank, a.alpha, len(a.fused)) == (algo, 8, 4.0, 2)
+        first = lambda p, a=a: next((b for b in a.blocks if re.search(b.pattern, p)), None)  # noqa: E731
+        for i in (0, 18):
+            img = {first(f"transformer_blocks.{i}.attn.to_{n}") for n in "qkv"}
+            txt = {first(f"transformer_blocks.{i}.attn.add_{n}_proj") for n in "qkv"}
+            assert len(img) == len(txt) == 1  # one block per fused layer: all its parts
+            (img,), (txt,) = img, txt
+            assert (img.rank, img.alpha, img.factor) == (16, 8.0, 0)
+            assert first(f"transformer_blocks.{i}.attn.to_out.0") is None
+            if algo == "lokr":  # LoHa's module reads no factor (an inert key)
+                assert (txt.rank, txt.alpha, txt.factor, txt.decompose_both) == (1, 1.0, 4, "on")
+            else:
+                assert (txt.rank, txt.alpha, txt.factor) == (1, 1.0, 0)
 
 
 def test_t5_classes_are_refused(tmp_path):
@@ -174,10 +197,16 @@ def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
     assert "patch convolution its own dim" in messages(outcome, "DBS403")
 
 
-def test_sd3_lokr_on_the_patch_convolution_is_refused(tmp_path):
+def test_sd3_lokr_on_the_patch_convolution_tucker_refused(tmp_path):
+    """A file reaching the patch convolution with algo=lokr: LokrModule on it at conv_dim / conv_alpha (peft's
+    LoKr on pos_embed.proj); with use_tucker (LokrModule's lokr_t2 on its 2x2 kernel): DBS403."""
     preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
-    outcome = _sd3(tmp_path, preset, '"algo=lokr"', allow=True)
-    assert "DBS403" in codes(outcome)
+    outcome = _sd3(tmp_path / "plain", preset, '"algo=lokr"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "plain").adapter
+    assert (a.kind, a.conv_rank, a.conv_targets) == ("lokr", 8, ("pos_embed.proj",))
+    outcome = _sd3(tmp_path / "tucker", preset, '"algo=lokr" "use_tucker=True"', allow=True)
+    assert "Tucker" in messages(outcome, "DBS403")
 
 
 def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):

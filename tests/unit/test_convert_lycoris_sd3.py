@@ -95,8 +95,20 @@ def test_full_adds_locon_on_the_patch_convolution(tmp_path):
     assert not plan_of(outcome, tmp_path).train_text_encoder
 
 
-def test_lokr_or_tucker_on_the_patch_convolution_is_refused(tmp_path):
-    for args in ("algo=lokr", "algo=loha preset=unet-only", "use_tucker=True"):
+def test_lokr_and_loha_on_the_patch_convolution_tucker_refused(tmp_path):
+    """LokrModule / LohaModule on the patch convolution (x_embedder.proj) at conv_dim / conv_alpha: peft's
+    LoKr / LoHa on it (tests/runtime/test_lycoris_sd3.py checks its export against lycoris-lora); the Tucker
+    form there (LoCon's, LoKr's, LoHa's): DBS403."""
+    for algo in ("lokr", "loha"):
+        outcome = _sd3(tmp_path, f"--network_args algo={algo} preset=unet-only conv_dim=3 conv_alpha=2")
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.kind, a.conv_rank, a.conv_alpha, a.conv_targets) == (algo, 3, 2.0, ("pos_embed.proj",))
+    for args in (
+        "algo=lokr use_tucker=True",
+        "algo=loha preset=unet-only use_tucker=True",
+        "use_tucker=True",
+    ):
         outcome = _sd3(tmp_path, f"--network_args {args}")
         assert "DBS403" in codes(outcome)
         assert "pos_embed.proj" in messages(outcome, "DBS403")

@@ -193,6 +193,30 @@ def test_lokr_and_loha_on_every_part_plan_the_fused_layers(toy: Path, kind):
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
 
 
+@pytest.mark.parametrize(
+    ("pattern", "refused"),
+    [
+        ("^single_transformer_blocks\\\\.0\\\\.(attn\\\\.to_[qkv]|proj_mlp)$", False),  # all of linear1
+        ("^single_transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$", True),  # not proj_mlp: DBS507
+    ],
+)
+def test_a_lokr_block_covers_whole_fused_layers(toy: Path, pattern, refused):
+    """A LyCORIS map entry's own dim / alpha / factor on fused LoKr: one block per fused layer, even where
+    the values would agree (the rank of the block that misses proj_mlp equals the adapter's)."""
+    adapter = {"kind": "lokr", "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nrank = 2\nalpha = 2\nfactor = 4\n')
+    planned = compile_in(toy)
+    if not refused:
+        assert planned.plan is not None and not codes(planned, "error")
+        assert planned.plan.adapter.blocks[0].factor == 4
+        return
+    assert codes(planned, "error") == ["DBS507"]
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+    assert "single_transformer_blocks.0's fused linear1" in message and "proj_mlp: none" in message
+
+
 def test_lokr_with_a_part_left_out_is_refused(toy: Path):
     targets = [t for t in _LOKR_TARGETS if t != "proj_mlp"]
     write_spec(

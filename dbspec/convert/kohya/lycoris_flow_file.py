@@ -17,8 +17,9 @@ img_attn.qkv / txt_attn.qkv / linear1, SD3's attn.qkv / attn2.qkv) as all its di
 all as the shortest suffixes that pick exactly those layers among the diffusers model's (Flux's final
 `proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
 conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
-[[adapter.blocks]] on algo=lora / locon; LoKr / LoHa there have no blocks and their fused export covers the
-blocks (and SD3's timestep embedder) only, so per-layer dims and other layers are refused with them. Refused
+[[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; an entry names whole kohya layers,
+so its block covers every diffusers part of a fused one); LoKr / LoHa's fused export covers the blocks (and
+SD3's timestep embedder) only, so other layers are refused with them. Refused
 too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
 LyCORIS's modules), LoKr / LoHa CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
 convolution at a dim of its own (kohya's SD3 file holds it at conv_dim). CLIP dims of their own are
@@ -362,10 +363,11 @@ def flux_preset_file(
             "file with the convolution at the network's conv_dim / conv_alpha (network_args) only",
             False,
         )
-    if blocks and lokr:
+    capped = [b for b in blocks if "both Kronecker factors full" in b["_why"]]
+    if capped and lokr:  # lycoris_maps' full-factor bound is worked out on SD's widths
         raise PresetError(
-            f"`{_source(blocks)}` gives some layers their own dim / alpha: dbspec's LoKr / LoHa on "
-            f"{model.title}'s fused layers have no [[adapter.blocks]] (one rank for every layer)",
+            f"`{_source(capped)}` gives some layers a dim above [[adapter.blocks]]' 1024: dbspec writes "
+            f"LoKr's full-factor idiom (dim = 100000) on SD's widths only, not on {model.title}'s layers",
             False,
         )
     targets = found.denoiser
@@ -419,7 +421,7 @@ SD3_MODEL = FlowModel(
     sd3_parts,
     (lambda: clip_text(12, projection=True), lambda: clip_text(32, projection=True)),
     "lora_te3_",
-    ("joint_blocks.", "t_embedder."),
+    ("joint_blocks.", "t_embedder.", "x_embedder."),
 )
 FLUX_MODEL = FlowModel(
     "Flux",

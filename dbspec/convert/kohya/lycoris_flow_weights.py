@@ -9,12 +9,12 @@ rank a low-rank factor's columns (both factors full: `full_matrix`, scale 1), `d
 factors are low-rank, the factor read back from the first factor's shape (-1 when it is LyCORIS's
 factorization of the dimensions by -1), the file's alpha; a factor shape its constructor does not rebuild
 makes `copy_` raise (DBS402). dbspec's fused LoKr / LoHa (one module per fused Linear, as LyCORIS's) takes
-one rank, alpha and LoKr split for the adapter: the file converts when every module's rebuilt factor shapes
-and scale are those one set of options gives (checked module by module with LyCORIS's constructor rules,
-dbspec.plan.lokr.factorization), its modules' diffusers parts the full-path targets, the file
-`init_weights` (runtime/lycoris_init.py fills the shared factors). Several ranks or alphas, Tucker or
-`dora_scale` tensors, and Flux's final layer (its `proj_out` suffix names every single block's too):
-DBS403."""
+the rank, alpha and LoKr split most modules share for the adapter, and a module whose rebuilt factor shapes
+or scale those do not give (checked module by module with LyCORIS's constructor rules,
+dbspec.plan.lokr.factorization) a [[adapter.blocks]] entry at its own (over all its diffusers parts); its
+modules' diffusers parts are the full-path targets, the file `init_weights` (runtime/lycoris_init.py fills
+the shared factors). Tucker or `dora_scale` tensors, and Flux's final layer (its `proj_out` suffix names
+every single block's too): DBS403."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import attrs
 
 from dbspec.compiler.lora_file import _scalar
 from dbspec.compiler.safetensors_header import _read_raw_header
-from dbspec.convert.kohya.file_ranks import _LAYOUTS, flow_paths
+from dbspec.convert.kohya.file_ranks import _LAYOUTS, _patterns, flow_paths
 from dbspec.plan.lokr import factorization
 
 # LyCORIS's MODULE_LIST order and each class's weight_list_det (the first class a module matches builds it)
@@ -144,9 +144,12 @@ def lokr_scale(shapes: dict[str, tuple[int, ...]], rank: int, alpha: float) -> f
     return (alpha or rank) / rank
 
 
-def check_lokr(modules: list[LycorisModule]) -> tuple[LokrOptions, float] | str:
-    """One set of dbspec LoKr options and an alpha building every module as LyCORIS rebuilds it from the
-    file; else why not (a message naming the module)."""
+Own = dict[str, tuple[LokrOptions | int, float]]  # module name -> its own (LoKr options or LoHa rank, alpha)
+
+
+def check_lokr(modules: list[LycorisModule]) -> tuple[LokrOptions, float, Own] | str:
+    """The dbspec LoKr options and alpha building most modules as LyCORIS rebuilds them from the file, and
+    the other modules' own (their blocks'); else why not (a message naming the module)."""
     rebuilt = {m.name: lokr_rebuilt(m) for m in modules}
     for m in modules:
         options, out, inp = rebuilt[m.name]
@@ -168,24 +171,20 @@ def check_lokr(modules: list[LycorisModule]) -> tuple[LokrOptions, float] | str:
     else:
         factor = Counter(rebuilt[m.name][0].factor for m in modules).most_common(1)[0][0]
         common, alpha = LokrOptions(rank=1, factor=factor, decompose_both=False, full_matrix=True), 1.0
+    own: Own = {}
     for m in modules:
         options, out, inp = rebuilt[m.name]
         ours = lokr_shapes(out, inp, common)
         scale = lokr_scale(m.shapes, options.rank, float(m.alpha or 0))
         if ours != lokr_shapes(out, inp, options) or not math.isclose(
             lokr_scale(ours, common.rank, alpha), scale, rel_tol=1e-6
-        ):
-            return (
-                f"module `{m.name}` is a LoKr of rank {options.rank}, alpha {m.alpha:g}, factor "
-                f"{options.factor}{', decompose_both' if options.decompose_both else ''} beside modules "
-                f"of rank {common.rank}, alpha {alpha:g}, factor {common.factor}: dbspec's LoKr on the fused "
-                "layers takes one rank, alpha and split for all"
-            )
-    return common, alpha
+        ):  # a block of its own: LyCORIS's constructor options read off the file, at the file's alpha
+            own[m.name] = (options, float(m.alpha or options.rank))
+    return common, alpha, own
 
 
-def check_loha(modules: list[LycorisModule]) -> tuple[int, float] | str:
-    """The one (rank, alpha) of every LohaModule the file builds; else why not."""
+def check_loha(modules: list[LycorisModule]) -> tuple[int, float, Own] | str:
+    """The (rank, alpha) of most LohaModules the file builds and the other modules' own; else why not."""
     pairs = {}
     for m in modules:
         s = m.shapes
@@ -199,16 +198,34 @@ def check_loha(modules: list[LycorisModule]) -> tuple[int, float] | str:
                 "raises RuntimeError)"
             )
         pairs[m.name] = (int(rank), float(m.alpha or rank))
-    counted = Counter(pairs.values()).most_common()
-    if len(counted) > 1:
-        (first, _), (other, _) = counted[0], counted[1]
-        name = next(n for n, p in pairs.items() if p == other)
-        return (
-            f"module `{name}` is a LoHa of rank {other[0]}, alpha {other[1]:g} beside modules of rank "
-            f"{first[0]}, alpha {first[1]:g}: dbspec's LoHa on the fused layers takes one rank and alpha "
-            "for all"
-        )
-    return counted[0][0]
+    (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
+    return rank, alpha, {name: pair for name, pair in pairs.items() if pair != (rank, alpha)}
+
+
+def own_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
+    """[[adapter.blocks]] for the modules at options of their own: one per set of options, its pattern the
+    modules' diffusers parts (a fused Linear's all: one block covers it, compiler/fused.py)."""
+    groups: dict[tuple, dict[str, dict[int | None, set[str]]]] = {}
+    for name, (options, alpha) in own.items():
+        found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
+        assert found is not None  # diffusers_targets placed every module
+        blocks, index, parts = found
+        key = (options, alpha)
+        groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
+    out = []
+    for (options, alpha), lists in groups.items():
+        values: dict = {"rank": options, "alpha": alpha}
+        if isinstance(options, LokrOptions):
+            assert isinstance(common, LokrOptions)
+            values = {"rank": options.rank, "alpha": alpha}
+            if options.factor != common.factor:
+                values["factor"] = options.factor
+            for key in ("decompose_both", "full_matrix"):
+                if getattr(options, key) != getattr(common, key):
+                    values[key] = "on" if getattr(options, key) else "off"
+        for blocks, indices in lists.items():
+            out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
+    return out
 
 
 def diffusers_targets(names: list[str], family: str) -> list[str] | str:
@@ -279,10 +296,16 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     checked = (check_lokr if algo == "lokr" else check_loha)(denoiser)
     if isinstance(checked, str):
         return checked
-    options, alpha = checked
+    options, alpha, own = checked
     if isinstance(options, int):  # LoHa's rank
         out: dict = {"kind": algo, "rank": options, "alpha": alpha}
     else:
         out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
         out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
-    return {**out, "denoiser_targets": targets, "fused_projections": True}
+    blocks = own_blocks(own, options, family)
+    return {
+        **out,
+        "denoiser_targets": targets,
+        "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+    }

@@ -212,7 +212,7 @@ def map_lycoris_flow(
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
-    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, lokr):
+    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo):
         return False
     if layers == "none" and a["network_train_unet_only"].value:
         conv.invalid(
@@ -544,25 +544,25 @@ def _convs(
     conv: Conversion,
     layout,
     layers: str,
-    lokr: bool,
+    kind: str,
 ) -> bool:
     """The preset's convolutions (LyCORIS's enable_conv): LoConModule on each, a k x k `lora_down` with the
     layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
-    `conv_alpha` (LyCORIS's defaults: network_dim / network_alpha, 0 too). LoKr / LoHa and LoCon's Tucker
-    form there are refused. False when refused."""
+    `conv_alpha` (LyCORIS's defaults: network_dim / network_alpha, 0 too); LoKr / LoHa: LokrModule /
+    LohaModule on it, peft's LoKr / LoHa on the convolution (LyCORIS's split and init; exported under kohya's
+    name, checked against lycoris-lora 4.1.3). The Tucker form (LoCon's, LoKr's `lokr_t2`, LoHa's
+    `hada_t1` / `hada_t2`) there is refused. False when refused."""
     where = ", ".join(layout.convs[layers])
-    if lokr:
-        conv.unsupported(args, f"LyCORIS's LoKr / LoHa on {layout.title}'s {where} has no dbspec form yet")
-        return False
+    form = "LoKr" if kind == "lokr" else "LoHa" if kind == "loha" else "LoCon"
     if lycoris_tucker(kwargs):
-        conv.unsupported(args, f"LoCon's Tucker form (use_tucker) on {layout.title}'s {where}")
+        conv.unsupported(args, f"{form}'s Tucker form (use_tucker) on {layout.title}'s {where}")
         return False
     for key in [k for k in kwargs if k in TUCKER_NAMES]:
         conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
     rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
     conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
     conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)
-    note = conv.comment(args, f"LyCORIS's LoCon on {where} (enable_conv: conv_dim, conv_alpha)")
+    note = conv.comment(args, f"LyCORIS's {form} on {where} (enable_conv: conv_dim, conv_alpha)")
     conv.put(("adapter", "conv_rank"), conv_rank, note)
     conv.put(("adapter", "conv_alpha"), conv_alpha, note)
     conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
