@@ -175,6 +175,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     refine = plan_refine(ctx, model, datasets)
     if refine is not None:
         plan = attrs.evolve(plan, validation=attrs.evolve(plan.validation, refine=refine))
+    raise_if_errors(ctx.diagnostics)  # the checks while assembling (fused layers, GGPO, disk, refiner)
     return plan, tuple(sorted(ctx.diagnostics, key=Diagnostic.sort_key))
 
 

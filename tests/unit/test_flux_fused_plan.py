@@ -68,7 +68,7 @@ def test_parts_at_different_ranks_are_refused(toy: Path):
     with (toy / "spec.toml").open("a") as f:
         f.write('\n[[adapter.blocks]]\npattern = "attn\\\\.to_k$"\nrank = 2\nalpha = 2\n')
     planned = compile_in(toy)
-    assert "DBS507" in codes(planned, "error")
+    assert "DBS507" in codes(planned, "error") and planned.plan is None  # an error leaves no plan to run
     message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
     assert "attn.to_k rank 2" in message and "img_attn_qkv" in message
 
