@@ -16,7 +16,7 @@ training the parts run peft's forward."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -121,7 +121,7 @@ def _row_offsets(module: torch.nn.Module, group: FusedPlan, layer) -> dict[str, 
 
 
 # A part's draw for one forward (skip, .down, .rank, .output masks or None); `down()` is its down output.
-Masks = Callable[[Callable[[], torch.Tensor]], FusedDraw]
+Masks = Callable[[Callable[[], torch.Tensor]], "FusedDraw | PartDraw"]
 
 
 def _shared_masks(
@@ -196,6 +196,16 @@ def _output(update: torch.Tensor, draw: FusedDraw, rows) -> torch.Tensor:
 # and each part applies its own.
 
 
+class PartDraw(NamedTuple):
+    """One part's masks of a SplitDraw, as `_forward` reads a draw (kohya's split forward has no output
+    dropout)."""
+
+    skip: bool
+    down: torch.Tensor | None
+    rank: torch.Tensor | None
+    output: torch.Tensor | None = None
+
+
 class SplitDraw:
     """One split fused layer's draw for one forward: the skip, and each part's masks by part index."""
 
@@ -255,6 +265,6 @@ def add_split_dropout(
 def _part_masks(draw: SplitDraw, index: int, module_dropout, down_dropout, rank_dropout, rank: int) -> Masks:
     def masks(down):
         d = draw.take(down, module_dropout, down_dropout, rank_dropout, rank)
-        return d.skip, d.down[index] if d.down else None, d.rank[index] if d.rank else None
+        return PartDraw(d.skip, d.down[index] if d.down else None, d.rank[index] if d.rank else None)
 
     return masks
