@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from optimum.quanto import QLinear, QTensor
@@ -95,9 +97,15 @@ def test_int8_unet_with_lora_trains_while_quantised_base_stays_bit_identical():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("DBSPEC_INT4_CHECK") != "1",
+    reason="quanto's int4 CPU kernel is a C++ build on a fresh venv, ~2 min: DBSPEC_INT4_CHECK=1",
+)
 def test_int4_unet_with_lora_runs_a_step():
-    # On a fresh venv quanto compiles its int4 CPU kernel on this first use (~2 min, needs
-    # ninja + a compiler).
+    # On a fresh venv quanto compiles its int4 CPU kernel (its unpack) on this first use (~2 min, needs
+    # ninja + a compiler): a quarter of the suite's 15-minute budget on one of two cores, so CI leaves it
+    # out; run it after a quanto or torch upgrade. The other backends' 4-bit formats run in
+    # test_quantize_backends.py.
     unet = _tiny_unet()
     int8_bytes = quantize_frozen(_tiny_unet(), "int8").bytes_after
     report = quantize_frozen(unet, "int4")
