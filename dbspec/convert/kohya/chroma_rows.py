@@ -11,9 +11,9 @@ layer (LastLayer) holds norm_final and linear only. flux_train_network.py hands 
 
 from __future__ import annotations
 
-from dbspec.convert.kohya.flux_rows import flux_blocks, mlp_embedder
+from dbspec.convert.kohya.flux_rows import block_parts, flux_blocks, mlp_embedder
 from dbspec.convert.kohya.lycoris_file import Row, _add
-from dbspec.flow_layout import CHROMA_APPROXIMATOR_DEPTH, CHROMA_TOP, FLUX_DOUBLE, FLUX_SINGLE
+from dbspec.flow_layout import CHROMA_APPROXIMATOR_DEPTH, CHROMA_TOP
 
 
 def _approximator(rows: list[Row], depth: int) -> None:
@@ -49,12 +49,4 @@ def dummy_clip_l() -> list[Row]:
 def chroma_parts(path: str) -> tuple[str, ...]:
     """The diffusers ChromaTransformer2DModel Linears that kohya's Chroma Linear `path` is (a fused one: all
     its parts)."""
-    if path in CHROMA_TOP:
-        return (CHROMA_TOP[path],)
-    group, index, inner = path.split(".", 2)
-    table, prefix = (
-        (FLUX_DOUBLE, "transformer_blocks")
-        if group == "double_blocks"
-        else (FLUX_SINGLE, "single_transformer_blocks")
-    )
-    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
+    return block_parts(path, CHROMA_TOP)

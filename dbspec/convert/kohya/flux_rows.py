@@ -1,10 +1,11 @@
 """The rows kohya's Flux (lycoris_flow_file.py flux_model) and Chroma (chroma_rows.py chroma_model) share:
 library/flux_models.py's MLPEmbedder and QKNorm, and the double / single blocks and final layer, which Flux
-modulates with Linears of their own and Chroma does not."""
+modulates with Linears of their own and Chroma does not, and their Linears' diffusers names."""
 
 from __future__ import annotations
 
 from dbspec.convert.kohya.lycoris_file import Row, _add
+from dbspec.flow_layout import FLUX_DOUBLE, FLUX_SINGLE
 
 
 def mlp_embedder(rows: list[Row], p: str) -> None:
@@ -63,3 +64,17 @@ def flux_blocks(rows: list[Row], double: int, single: int, modulated: bool) -> N
         _add(rows, "final_layer.adaLN_modulation", "Sequential")
         _add(rows, "final_layer.adaLN_modulation.0", "SiLU")
         _add(rows, "final_layer.adaLN_modulation.1", "Linear", "linear")
+
+
+def block_parts(path: str, top: dict[str, str]) -> tuple[str, ...]:
+    """The diffusers Linears that kohya's Flux / Chroma Linear `path` is (a fused one: all its parts); `top`:
+    the layers outside the blocks, kohya's path to diffusers' name."""
+    if path in top:
+        return (top[path],)
+    group, index, inner = path.split(".", 2)
+    table, prefix = (
+        (FLUX_DOUBLE, "transformer_blocks")
+        if group == "double_blocks"
+        else (FLUX_SINGLE, "single_transformer_blocks")
+    )
+    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])

@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts, dummy_clip_l
-from dbspec.convert.kohya.flux_rows import flux_blocks, mlp_embedder
+from dbspec.convert.kohya.flux_rows import block_parts, flux_blocks, mlp_embedder
 from dbspec.convert.kohya.lycoris_file import (
     PresetError,
     Row,
@@ -50,7 +50,7 @@ from dbspec.convert.kohya.lycoris_file import (
     clip_text,
 )
 from dbspec.convert.kohya.lycoris_maps import map_blocks
-from dbspec.flow_layout import FLUX_DOUBLE, FLUX_SINGLE, FLUX_TOP, SD3_BLOCK, SD3_TOP
+from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
 
 NUM_DOUBLE, NUM_SINGLE = 19, 38  # FLUX.1's depth and depth_single_blocks
@@ -185,15 +185,7 @@ def sd3_parts(path: str) -> tuple[str, ...]:
 
 def diffusers_parts(path: str) -> tuple[str, ...]:
     """The diffusers Flux Linears that kohya's Flux Linear `path` is (a fused one: all its parts)."""
-    if path in FLUX_TOP:
-        return (FLUX_TOP[path],)
-    group, index, inner = path.split(".", 2)
-    table, prefix = (
-        (FLUX_DOUBLE, "transformer_blocks")
-        if group == "double_blocks"
-        else (FLUX_SINGLE, "single_transformer_blocks")
-    )
-    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
+    return block_parts(path, FLUX_TOP)
 
 
 class FlowFile(NamedTuple):
