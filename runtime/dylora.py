@@ -193,26 +193,19 @@ def tie_fused_dylora(module: nn.Module, groups, adapter: str) -> int:
     later parts take the first part's draw (draw_blocks), so the parts' updates together are the fused
     module's. ValueError when a fused layer's parts are adapted in part or at other ranks, units or alphas
     (the compiler refuses those plans). How many fused layers were tied."""
-    from dbspec.runtime.fused import fused_parts
+    from dbspec.runtime.fused import tie_parts
 
-    tied = 0
-    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, DyloraLayer)):
-        if not found:
-            continue
-        where = f"{group.blocks}.{index}: the fused {group.name}"
-        if len(found) != len(group.parts):
-            raise ValueError(f"{where}: DyLoRA on a fused layer needs every part adapted ({group.parts})")
-        first = found[0][2]
-        for _, part, layer in found[1:]:
-            mine = (layer.r[adapter], layer.unit, layer.scaling[adapter])
-            if mine != (first.r[adapter], first.unit, first.scaling[adapter]):
-                raise ValueError(f"{where}: {part} has another rank, unit or alpha than {found[0][1]}")
-            downs, leader = getattr(layer, _DOWN)[adapter], getattr(first, _DOWN)[adapter]
-            for block in range(len(downs)):
-                downs[block] = leader[block]
-            layer.__dict__["dylora_leader"] = first  # not a submodule: its draw, not its parameters
-        tied += 1
-    return tied
+    def same(layer: DyloraLayer) -> tuple:
+        return layer.r[adapter], layer.unit, layer.scaling[adapter]
+
+    def tie(layer: DyloraLayer, first: DyloraLayer) -> None:
+        downs, leader = getattr(layer, _DOWN)[adapter], getattr(first, _DOWN)[adapter]
+        for block in range(len(downs)):
+            downs[block] = leader[block]
+        layer.__dict__["dylora_leader"] = first  # not a submodule: its draw, not its parameters
+
+    adapted = lambda m: isinstance(m, DyloraLayer)  # noqa: E731
+    return tie_parts(module, groups, adapted, "DyLoRA", same, "rank, unit or alpha", tie)
 
 
 def dispatch_dylora(unit: int, form: str, module_dropout: float = 0.0, bypass: bool = False):

@@ -41,6 +41,34 @@ def fused_parts(
             yield group, index, found
 
 
+def tie_parts(
+    module: torch.nn.Module,
+    groups: tuple[FusedPlan, ...],
+    adapted: Callable[[Any], bool],
+    kind: str,
+    same: Callable[[Any], tuple],
+    differs: str,
+    tie: Callable[[Any, Any], None],
+) -> int:
+    """One LyCORIS module (`kind`) per fused layer: `tie(layer, first)` each later part to the first part.
+    ValueError when a fused layer's parts are adapted in part or `same` tells them apart (`differs` says
+    what differs). How many fused layers were tied."""
+    tied = 0
+    for group, index, found in fused_parts(module, groups, adapted):
+        if not found:
+            continue
+        where = f"{group.blocks}.{index}: the fused {group.name}"
+        if len(found) != len(group.parts):
+            raise ValueError(f"{where}: {kind} on a fused layer needs every part adapted ({group.parts})")
+        first = found[0][2]
+        for _, part, layer in found[1:]:
+            if same(layer) != same(first):
+                raise ValueError(f"{where}: {part} has another {differs} than {found[0][1]}")
+            tie(layer, first)
+        tied += 1
+    return tied
+
+
 def _lora_part(layer: Any) -> bool:
     from peft.tuners.lora import LoraLayer
 

@@ -232,22 +232,16 @@ def tie_fused_glora(module: nn.Module, groups, adapter: str) -> int:
     first's, as runtime/fused.py ties LoRA downs: the optimizer, resume state and EMA hold it once), b1 each
     part's own rows. ValueError when a fused layer's parts are adapted in part or at other ranks (the
     compiler refuses those plans). How many fused layers were tied."""
-    from dbspec.runtime.fused import fused_parts
+    from dbspec.runtime.fused import tie_parts
 
-    tied = 0
-    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, GloraLayer)):
-        if not found:
-            continue
-        where = f"{group.blocks}.{index}: the fused {group.name}"
-        if len(found) != len(group.parts):
-            raise ValueError(f"{where}: GLoRA on a fused layer needs every part adapted ({group.parts})")
-        first = found[0][2]
-        for _, part, layer in found[1:]:
-            if (layer.r[adapter], layer.scaling[adapter]) != (first.r[adapter], first.scaling[adapter]):
-                raise ValueError(f"{where}: {part} has another rank or scale than {found[0][1]}")
-            for name in SHARED:
-                own, theirs = getattr(layer, name), getattr(first, name)
-                if adapter in theirs:
-                    own[adapter] = theirs[adapter]
-        tied += 1
-    return tied
+    def same(layer: GloraLayer) -> tuple:
+        return layer.r[adapter], layer.scaling[adapter]
+
+    def tie(layer: GloraLayer, first: GloraLayer) -> None:
+        for name in SHARED:
+            own, theirs = getattr(layer, name), getattr(first, name)
+            if adapter in theirs:
+                own[adapter] = theirs[adapter]
+
+    adapted = lambda m: isinstance(m, GloraLayer)  # noqa: E731
+    return tie_parts(module, groups, adapted, "GLoRA", same, "rank or scale", tie)

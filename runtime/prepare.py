@@ -83,39 +83,17 @@ def _prepare(
         if a.kind == "lora" and (drops or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward
 
+            rates = (a.rank_dropout, a.module_dropout, a.multiplier, a.down_dropout)
+            forms = (a.rank_dropout_form, a.output_dropout)
             if plan.adapter.fused and denoiser and drops:
                 from dbspec.runtime.fused_dropout import add_fused_dropout  # one draw per fused layer
 
-                add_fused_dropout(
-                    module,
-                    plan.adapter.fused,
-                    a.rank_dropout,
-                    a.module_dropout,
-                    a.multiplier,
-                    a.down_dropout,
-                    a.rank_dropout_form,
-                    a.output_dropout,
-                )
+                add_fused_dropout(module, plan.adapter.fused, *rates, *forms)
             if plan.adapter.split_fused and denoiser:
                 from dbspec.runtime.fused_dropout import add_split_dropout  # kohya's split_qkv draws
 
-                add_split_dropout(
-                    module,
-                    plan.adapter.split_fused,
-                    a.rank_dropout,
-                    a.module_dropout,
-                    a.multiplier,
-                    a.down_dropout,
-                )
-            add_lora_dropout(
-                module,
-                a.rank_dropout,
-                a.module_dropout,
-                a.multiplier,
-                a.down_dropout,
-                a.rank_dropout_form,
-                a.output_dropout,
-            )
+                add_split_dropout(module, plan.adapter.split_fused, *rates)
+            add_lora_dropout(module, *rates, *forms)
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)

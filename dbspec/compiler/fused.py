@@ -16,7 +16,7 @@ import re
 
 from dbspec import codes
 from dbspec.compiler.context import Context
-from dbspec.families import FusedProjection, family_spec
+from dbspec.families import FamilySpec, FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
 from dbspec.spec.model import (
     DiagOftAdapter,
@@ -115,6 +115,21 @@ def check_fused_dropout(ctx: Context, family: str) -> None:
         )
 
 
+def _no_fused_layers(ctx: Context, spec: FamilySpec) -> bool:
+    """DBS505 when the family has no fused layers (reported); False when it has."""
+    if spec.fused_projections:
+        return False
+    ctx.report(
+        "DBS505",
+        "error",
+        f"adapter.fused_projections is true, but {spec.title} models have no fused layers (its "
+        "diffusers Linears are the original model's)",
+        _OPTION,
+        help="remove adapter.fused_projections",
+    )
+    return True
+
+
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
     if not isinstance(adapter, _FUSED_KINDS) or not adapter.fused_projections:
@@ -126,15 +141,7 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
         _check_fused_module(ctx, adapter, family, plan)
         return
     spec = family_spec(family)
-    if not spec.fused_projections:
-        ctx.report(
-            "DBS505",
-            "error",
-            f"adapter.fused_projections is true, but {spec.title} models have no fused layers (its "
-            "diffusers Linears are the original model's)",
-            _OPTION,
-            help="remove adapter.fused_projections",
-        )
+    if _no_fused_layers(ctx, spec):
         return
     partial = []
     for group in spec.fused_projections:
@@ -300,15 +307,7 @@ def _check_fused_module(
     draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
-    if not spec.fused_projections:
-        ctx.report(
-            "DBS505",
-            "error",
-            f"adapter.fused_projections is true, but {spec.title} models have no fused layers (its "
-            "diffusers Linears are the original model's)",
-            _OPTION,
-            help="remove adapter.fused_projections",
-        )
+    if _no_fused_layers(ctx, spec):
         return
     if isinstance(adapter, DiagOftAdapter):
         switches = (

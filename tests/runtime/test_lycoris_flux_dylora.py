@@ -7,35 +7,29 @@ stacked Linear."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from lycoris.modules.locon import LoConModule
-from safetensors.torch import load_file
-from torch import nn
 
-from dbspec.families import family_spec
 from dbspec.runtime.dylora import draw_blocks
+from tests.runtime.lycoris_flow_kit import (
+    BASE,
+    assert_lycoris_computes,
+    kohya_export,
+    stacked_linear,
+    unet_only_spec,
+)
 from tests.runtime.runspec import whole_and_resumed
 
-_TARGETS = [t for t in family_spec("flux").kohya_lora_targets if t != "proj_out"]
 # what the converter writes for `--network_dim 4 --network_alpha 2 --network_args algo=dylora block_size=2
 # preset=unet-only` (tiny-flux: one single block)
-DYLORA = (
-    '[adapter]\nkind = "dylora"\nrank = 4\nalpha = 2.0\nunit = 2\ndylora_form = "lycoris"\n'
-    "fused_projections = true\ndenoiser_targets = ["
-    + ", ".join(f'"{t}"' for t in [*_TARGETS, "single_transformer_blocks.0.proj_out"])
-    + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+DYLORA = unet_only_spec(
+    'kind = "dylora"\nrank = 4\nalpha = 2.0\nunit = 2\ndylora_form = "lycoris"\nfused_projections = true\n'
 )
 
 
 def _theirs(tensors, name: str, parts) -> LoConModule:
     """lycoris-lora's LoConModule on the fused Linear (the parts' weights stacked), loaded from the file."""
-    base = [p.base_layer for p in parts]
-    fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([b.weight for b in base]))
-        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    fused = stacked_linear(parts)
     own = {k.removeprefix(name + "."): v.float() for k, v in tensors.items() if k.startswith(name + ".")}
     rank = own["lora_down.weight"].shape[0]
     module = LoConModule(name, fused, 1.0, lora_dim=rank, alpha=float(own["alpha"]))
@@ -45,7 +39,7 @@ def _theirs(tensors, name: str, parts) -> LoConModule:
 
 
 def test_dylora_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    plan, whole = whole_and_resumed(tmp_path, base="builtin:tiny-flux", steps=4, extra=DYLORA)
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=DYLORA)
     assert plan.adapter.kind == "dylora" and len(plan.adapter.fused) == 3
     transformer = whole.components.unet
     block, single = transformer.transformer_blocks[0], transformer.single_transformer_blocks[0]
@@ -58,20 +52,5 @@ def test_dylora_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_e
         fused = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
         assert len({p.drawn["default"] for p in fused}) == 1
     transformer.eval()
-    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
-    names = {k.split(".")[0] for k in tensors}
-    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
-    torch.manual_seed(0)
-    x = torch.randn(3, attn.to_q.base_layer.in_features)
-    for name, parts in (
-        ("lora_unet_double_blocks_0_img_attn_qkv", (attn.to_q, attn.to_k, attn.to_v)),
-        ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)),
-        ("lora_unet_single_blocks_0_linear1", fused),
-        ("lora_unet_double_blocks_0_img_mod_lin", (block.norm1.linear,)),
-    ):
-        with torch.no_grad():
-            trained = torch.cat([p(x) for p in parts], dim=-1)
-            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
-            theirs = _theirs(tensors, name, parts)(x)
-        assert not torch.allclose(trained, plain, atol=1e-7), name  # the module trained
-        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+    tensors, _names = kohya_export(plan, whole)
+    assert_lycoris_computes(transformer, lambda name, parts: _theirs(tensors, name, parts))

@@ -7,18 +7,21 @@ export."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from lycoris.modules.diag_oft import DiagOFTModule
 from peft import inject_adapter_in_model
-from safetensors.torch import load_file
 from torch import nn
 
-from dbspec.families import family_spec
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.lycoris_oft import DiagOftLayer, fit_fused_oft, oft_config
+from tests.runtime.lycoris_flow_kit import (
+    BASE,
+    assert_lycoris_computes,
+    kohya_export,
+    stacked_linear,
+    unet_only_spec,
+)
 from tests.runtime.runspec import whole_and_resumed
 
 _PARTS = ("attn.to_q", "attn.to_k", "attn.to_v")
@@ -27,11 +30,7 @@ _PARTS = ("attn.to_q", "attn.to_k", "attn.to_v")
 def _theirs(parts, blocks: torch.Tensor, bypass: bool = False, rescale=None) -> DiagOFTModule:
     """lycoris-lora's DiagOFTModule on the fused Linear (the parts' base weights stacked), its blocks (and
     row rescale) set."""
-    base = [getattr(p, "base_layer", p) for p in parts]
-    fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([b.weight for b in base]))
-        fused.bias.copy_(torch.cat([b.bias for b in base]))
+    fused = stacked_linear(parts)
     size = blocks.shape[-1]
     module = DiagOFTModule(
         "fused", fused, 1.0, lora_dim=size, bypass_mode=bypass, rescaled=rescale is not None
@@ -88,45 +87,24 @@ def test_a_block_spanning_two_parts_is_refused():
         fit_fused_oft(model, (group,), "default")
 
 
-_TARGETS = [t for t in family_spec("flux").kohya_lora_targets if t != "proj_out"]
 # what the converter writes for `--network_args algo=diag-oft preset=unet-only` (tiny-flux: one single block)
-OFT = (
-    '[adapter]\nkind = "diag-oft"\nblock_size = 4\nfused_projections = true\ndenoiser_targets = ['
-    + ", ".join(f'"{t}"' for t in [*_TARGETS, "single_transformer_blocks.0.proj_out"])
-    + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
-)
+OFT = unet_only_spec('kind = "diag-oft"\nblock_size = 4\nfused_projections = true\n')
 
 
 def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    plan, whole = whole_and_resumed(tmp_path, base="builtin:tiny-flux", steps=4, extra=OFT)
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=OFT)
     assert plan.adapter.kind == "diag-oft" and [f.name for f in plan.adapter.fused] == [
         "img_attn_qkv",
         "txt_attn_qkv",
         "linear1",
     ]
     transformer = whole.components.unet
-    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
-    names = {k.split(".")[0] for k in tensors}
+    tensors, names = kohya_export(plan, whole)
     assert {"lora_unet_single_blocks_0_linear1", "lora_unet_double_blocks_0_img_attn_qkv"} <= names
-    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
-    block, single = transformer.transformer_blocks[0], transformer.single_transformer_blocks[0]
-    attn = block.attn
-    assert isinstance(attn.to_q, DiagOftLayer)
-    torch.manual_seed(0)
-    x = torch.randn(3, attn.to_q.base_layer.in_features)
-    for name, parts in (
-        ("lora_unet_double_blocks_0_img_attn_qkv", (attn.to_q, attn.to_k, attn.to_v)),
-        ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)),
-        (
-            "lora_unet_single_blocks_0_linear1",
-            (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
-        ),
-        ("lora_unet_double_blocks_0_img_mod_lin", (block.norm1.linear,)),
-    ):
-        with torch.no_grad():
-            trained = torch.cat([p(x) for p in parts], dim=-1)
-            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
-            theirs = _theirs(parts, tensors[f"{name}.oft_blocks"].float())(x)
+    assert isinstance(transformer.transformer_blocks[0].attn.to_q, DiagOftLayer)
+
+    def theirs(name: str, parts) -> DiagOFTModule:
         assert float(tensors[f"{name}.alpha"]) == 0.0
-        assert not torch.allclose(trained, plain, atol=1e-7), name  # the blocks trained
-        torch.testing.assert_close(theirs, trained, rtol=0, atol=1e-5)
+        return _theirs(parts, tensors[f"{name}.oft_blocks"].float())
+
+    assert_lycoris_computes(transformer, theirs)

@@ -11,14 +11,9 @@ layer (LastLayer) holds norm_final and linear only. flux_train_network.py hands 
 
 from __future__ import annotations
 
+from dbspec.convert.kohya.flux_rows import block_parts, flux_blocks, mlp_embedder
 from dbspec.convert.kohya.lycoris_file import Row, _add
-from dbspec.flow_layout import CHROMA_APPROXIMATOR_DEPTH, CHROMA_TOP, FLUX_DOUBLE, FLUX_SINGLE
-
-
-def _qk_norm(rows: list[Row], p: str) -> None:
-    _add(rows, p, "QKNorm")
-    _add(rows, f"{p}.query_norm", "RMSNorm")
-    _add(rows, f"{p}.key_norm", "RMSNorm")
+from dbspec.flow_layout import CHROMA_APPROXIMATOR_DEPTH, CHROMA_TOP
 
 
 def _approximator(rows: list[Row], depth: int) -> None:
@@ -27,10 +22,7 @@ def _approximator(rows: list[Row], depth: int) -> None:
     _add(rows, f"{p}.in_proj", "Linear", "linear")
     _add(rows, f"{p}.layers", "ModuleList")
     for i in range(depth):
-        _add(rows, f"{p}.layers.{i}", "MLPEmbedder")
-        _add(rows, f"{p}.layers.{i}.in_layer", "Linear", "linear")
-        _add(rows, f"{p}.layers.{i}.silu", "SiLU")
-        _add(rows, f"{p}.layers.{i}.out_layer", "Linear", "linear")
+        mlp_embedder(rows, f"{p}.layers.{i}")
     _add(rows, f"{p}.norms", "ModuleList")
     for i in range(depth):
         _add(rows, f"{p}.norms.{i}", "RMSNorm")
@@ -45,33 +37,7 @@ def chroma_model(double: int = 19, single: int = 38, depth: int = CHROMA_APPROXI
     _add(rows, "img_in", "Linear", "linear")
     _approximator(rows, depth)
     _add(rows, "txt_in", "Linear", "linear")
-    _add(rows, "double_blocks", "ModuleList")
-    for i in range(double):
-        p = f"double_blocks.{i}"
-        _add(rows, p, "DoubleStreamBlock")
-        for stream in ("img", "txt"):
-            _add(rows, f"{p}.{stream}_norm1", "LayerNorm")
-            _add(rows, f"{p}.{stream}_attn", "SelfAttention")
-            _add(rows, f"{p}.{stream}_attn.qkv", "Linear", "linear")
-            _qk_norm(rows, f"{p}.{stream}_attn.norm")
-            _add(rows, f"{p}.{stream}_attn.proj", "Linear", "linear")
-            _add(rows, f"{p}.{stream}_norm2", "LayerNorm")
-            _add(rows, f"{p}.{stream}_mlp", "Sequential")
-            _add(rows, f"{p}.{stream}_mlp.0", "Linear", "linear")
-            _add(rows, f"{p}.{stream}_mlp.1", "GELU")
-            _add(rows, f"{p}.{stream}_mlp.2", "Linear", "linear")
-    _add(rows, "single_blocks", "ModuleList")
-    for i in range(single):
-        p = f"single_blocks.{i}"
-        _add(rows, p, "SingleStreamBlock")
-        _add(rows, f"{p}.linear1", "Linear", "linear")
-        _add(rows, f"{p}.linear2", "Linear", "linear")
-        _qk_norm(rows, f"{p}.norm")
-        _add(rows, f"{p}.pre_norm", "LayerNorm")
-        _add(rows, f"{p}.mlp_act", "GELU")
-    _add(rows, "final_layer", "LastLayer")
-    _add(rows, "final_layer.norm_final", "LayerNorm")
-    _add(rows, "final_layer.linear", "Linear", "linear")
+    flux_blocks(rows, double, single, modulated=False)
     return rows
 
 
@@ -83,12 +49,4 @@ def dummy_clip_l() -> list[Row]:
 def chroma_parts(path: str) -> tuple[str, ...]:
     """The diffusers ChromaTransformer2DModel Linears that kohya's Chroma Linear `path` is (a fused one: all
     its parts)."""
-    if path in CHROMA_TOP:
-        return (CHROMA_TOP[path],)
-    group, index, inner = path.split(".", 2)
-    table, prefix = (
-        (FLUX_DOUBLE, "transformer_blocks")
-        if group == "double_blocks"
-        else (FLUX_SINGLE, "single_transformer_blocks")
-    )
-    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
+    return block_parts(path, CHROMA_TOP)

@@ -21,6 +21,14 @@ from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.lycoris_flow_args import (
+    ignore_args,
+    put_convs,
+    put_kind,
+    put_rest,
+    put_targets,
+    refuse_rest,
+)
 
 
 def map_flow_dylora(
@@ -42,46 +50,19 @@ def map_flow_dylora(
     if network_dropout.value and float(network_dropout.value) and "dropout" not in kwargs:
         conv.ignored(network_dropout, "LyCORIS's DyLoraModule takes it (as `dropout`) and never reads it")
     put: dict[str, Any] = {}
-    conv_targets = list(layout.convs.get(layers, ()))
-    if conv_targets:  # the preset's convolutions (enable_conv): conv_dim / conv_alpha, LyCORIS's defaults
-        put["conv_rank"] = int(float(kwargs.pop("conv_dim", "") or rank))
-        put["conv_alpha"] = float(kwargs.pop("conv_alpha", "") or alpha.value)
-        put["conv_targets"] = conv_targets
-    for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
-        legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
-        conv.inert(legacy, "the blocks have no convolutions for it to adapt")
+    put_convs(kwargs, args, conv, put, layout, layers, rank, alpha.value)
     unsupported: dict[str, str] = {}
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
     put.pop("module_dropout", None)  # 0 (refused above otherwise)
-    for key in [k for k in kwargs if k.startswith("loraplus_")]:
-        conv.ignored(
-            Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
-            "LyCORIS's LoRA+ raises the `lora_up` parameters, which DyLoraModule has not (its up_list)",
-        )
+    why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which DyLoraModule has not (its up_list)"
+    ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)
     unsupported.update(kwargs)
-    if unsupported:
-        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
-        conv.unsupported(
-            args, f"network arguments dbspec does not express for algo=dylora on {layout.title}: {rest}"
-        )
+    if refuse_rest(unsupported, args, conv, "dylora", layout.title):
         return False
-    why = conv.comment(
-        module, f"algo=dylora, preset {preset}: LyCORIS's DyLoraModule on kohya's {layout.title}"
-    )
-    conv.put(("adapter", "kind"), "dylora", why)
+    put_kind(conv, module, "dylora", preset, "DyLoraModule", layout.title)
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
-    targets, _blocks, note = layout.targets(layers, True)  # full paths: no rank-0 [[adapter.blocks]]
-    if layers == "none":
-        conv.put(("train", "denoiser"), False, conv.comment(module, note))
-    else:
-        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-        why = "one DyLoraModule per fused Linear: the down blocks and the draw shared, the up rows the parts'"
-        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
-    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
-    for key, value in put.items():
-        conv.put(("adapter", key), value, conv.comment(args))
-    conv.record(module, "mapped", "adapter")
-    if args.given:
-        conv.record(args, "mapped", "adapter")
+    why = "one DyLoraModule per fused Linear: the down blocks and the draw shared, the up rows the parts'"
+    put_targets(conv, module, layout, layers, why)  # full paths: no rank-0 [[adapter.blocks]]
+    put_rest(conv, module, args, preset, text, put)
     return True

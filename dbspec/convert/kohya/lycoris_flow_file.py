@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts, dummy_clip_l
+from dbspec.convert.kohya.flux_rows import block_parts, flux_blocks, mlp_embedder
 from dbspec.convert.kohya.lycoris_file import (
     PresetError,
     Row,
@@ -49,7 +50,7 @@ from dbspec.convert.kohya.lycoris_file import (
     clip_text,
 )
 from dbspec.convert.kohya.lycoris_maps import map_blocks
-from dbspec.flow_layout import FLUX_DOUBLE, FLUX_SINGLE, FLUX_TOP, SD3_BLOCK, SD3_TOP
+from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
 
 NUM_DOUBLE, NUM_SINGLE = 19, 38  # FLUX.1's depth and depth_single_blocks
@@ -75,19 +76,6 @@ FULL_TEXT_MODULES = [
 ]
 
 
-def _mlp_embedder(rows: list[Row], p: str) -> None:
-    _add(rows, p, "MLPEmbedder")
-    _add(rows, f"{p}.in_layer", "Linear", "linear")
-    _add(rows, f"{p}.silu", "SiLU")
-    _add(rows, f"{p}.out_layer", "Linear", "linear")
-
-
-def _qk_norm(rows: list[Row], p: str) -> None:
-    _add(rows, p, "QKNorm")
-    _add(rows, f"{p}.query_norm", "RMSNorm")
-    _add(rows, f"{p}.key_norm", "RMSNorm")
-
-
 def flux_model(double: int = NUM_DOUBLE, single: int = NUM_SINGLE) -> list[Row]:
     """kohya's Flux (library/flux_models.py, guidance_embed on: FLUX.1 dev), its named_modules() in order."""
     rows: list[Row] = []
@@ -95,42 +83,9 @@ def flux_model(double: int = NUM_DOUBLE, single: int = NUM_SINGLE) -> list[Row]:
     _add(rows, "pe_embedder", "EmbedND")
     _add(rows, "img_in", "Linear", "linear")
     for name in ("time_in", "vector_in", "guidance_in"):
-        _mlp_embedder(rows, name)
+        mlp_embedder(rows, name)
     _add(rows, "txt_in", "Linear", "linear")
-    _add(rows, "double_blocks", "ModuleList")
-    for i in range(double):
-        p = f"double_blocks.{i}"
-        _add(rows, p, "DoubleStreamBlock")
-        for stream in ("img", "txt"):
-            _add(rows, f"{p}.{stream}_mod", "Modulation")
-            _add(rows, f"{p}.{stream}_mod.lin", "Linear", "linear")
-            _add(rows, f"{p}.{stream}_norm1", "LayerNorm")
-            _add(rows, f"{p}.{stream}_attn", "SelfAttention")
-            _add(rows, f"{p}.{stream}_attn.qkv", "Linear", "linear")
-            _qk_norm(rows, f"{p}.{stream}_attn.norm")
-            _add(rows, f"{p}.{stream}_attn.proj", "Linear", "linear")
-            _add(rows, f"{p}.{stream}_norm2", "LayerNorm")
-            _add(rows, f"{p}.{stream}_mlp", "Sequential")
-            _add(rows, f"{p}.{stream}_mlp.0", "Linear", "linear")
-            _add(rows, f"{p}.{stream}_mlp.1", "GELU")
-            _add(rows, f"{p}.{stream}_mlp.2", "Linear", "linear")
-    _add(rows, "single_blocks", "ModuleList")
-    for i in range(single):
-        p = f"single_blocks.{i}"
-        _add(rows, p, "SingleStreamBlock")
-        _add(rows, f"{p}.linear1", "Linear", "linear")
-        _add(rows, f"{p}.linear2", "Linear", "linear")
-        _qk_norm(rows, f"{p}.norm")
-        _add(rows, f"{p}.pre_norm", "LayerNorm")
-        _add(rows, f"{p}.mlp_act", "GELU")
-        _add(rows, f"{p}.modulation", "Modulation")
-        _add(rows, f"{p}.modulation.lin", "Linear", "linear")
-    _add(rows, "final_layer", "LastLayer")
-    _add(rows, "final_layer.norm_final", "LayerNorm")
-    _add(rows, "final_layer.linear", "Linear", "linear")
-    _add(rows, "final_layer.adaLN_modulation", "Sequential")
-    _add(rows, "final_layer.adaLN_modulation.0", "SiLU")
-    _add(rows, "final_layer.adaLN_modulation.1", "Linear", "linear")
+    flux_blocks(rows, double, single, modulated=True)
     return rows
 
 
@@ -230,15 +185,7 @@ def sd3_parts(path: str) -> tuple[str, ...]:
 
 def diffusers_parts(path: str) -> tuple[str, ...]:
     """The diffusers Flux Linears that kohya's Flux Linear `path` is (a fused one: all its parts)."""
-    if path in FLUX_TOP:
-        return (FLUX_TOP[path],)
-    group, index, inner = path.split(".", 2)
-    table, prefix = (
-        (FLUX_DOUBLE, "transformer_blocks")
-        if group == "double_blocks"
-        else (FLUX_SINGLE, "single_transformer_blocks")
-    )
-    return tuple(f"{prefix}.{index}.{part}" for part in table[inner])
+    return block_parts(path, FLUX_TOP)
 
 
 class FlowFile(NamedTuple):

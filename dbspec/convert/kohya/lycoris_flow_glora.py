@@ -21,6 +21,15 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_flow_args import (
+    ignore_args,
+    popped,
+    put_convs,
+    put_kind,
+    put_rest,
+    put_targets,
+    refuse_rest,
+)
 from dbspec.convert.kohya.network import _lycoris_rs_lora
 
 # network_args GLoRAModule takes and never reads
@@ -38,7 +47,7 @@ def map_flow_glora(
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     scale_alpha = float(alpha.value)
-    legacy = lambda key: Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)  # noqa: E731
+    legacy = lambda key: popped(args, kwargs, key)  # noqa: E731
     bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
     refused = []
     if float(kwargs.get("module_dropout") or 0):
@@ -60,48 +69,24 @@ def map_flow_glora(
         conv.inert(legacy("module_dropout"), "0 is off")
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
-    conv_targets = list(layout.convs.get(layers, ()))
-    if conv_targets:  # the preset's convolutions (enable_conv): conv_dim / conv_alpha, LyCORIS's defaults
-        put["conv_rank"] = int(float(kwargs.pop("conv_dim", "") or rank))
-        put["conv_alpha"] = float(kwargs.pop("conv_alpha", "") or scale_alpha)
-        put["conv_targets"] = conv_targets
-    for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
-        conv.inert(legacy(key), "the blocks have no convolutions for it to adapt")
+    put_convs(kwargs, args, conv, put, layout, layers, rank, scale_alpha)
     scalar = kwargs.pop("use_scalar", "false")
     if str(scalar).lower() != "false":  # LyCORIS's str_bool: one trained scalar per fused Linear
         put["scalar"] = True
     put["alpha"] = scale_alpha
     _lycoris_rs_lora(kwargs, "glora", rank, scale_alpha, put, unsupported)
-    for key in [k for k in kwargs if k in _UNREAD]:
-        conv.ignored(legacy(key), "GLoRAModule takes it and never reads it")
-    for key in [k for k in kwargs if k.startswith("loraplus_")]:
-        conv.ignored(legacy(key), "LyCORIS's LoRA+ raises the `lora_up` parameters, which GLoRA has not")
+    ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "GLoRAModule takes it and never reads it")
+    why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which GLoRA has not"
+    ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)
     unsupported.update(kwargs)
-    if unsupported:
-        rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
-        conv.unsupported(
-            args, f"network arguments dbspec does not express for algo=glora on {layout.title}: {rest}"
-        )
+    if refuse_rest(unsupported, args, conv, "glora", layout.title):
         return False
-    why = conv.comment(
-        module, f"algo=glora, preset {preset}: LyCORIS's GLoRAModule on kohya's {layout.title}"
-    )
-    conv.put(("adapter", "kind"), "glora", why)
+    put_kind(conv, module, "glora", preset, "GLoRAModule", layout.title)
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), put.pop("alpha"))
-    targets, _blocks, note = layout.targets(layers, True)  # full paths: GLoRA has no [[adapter.blocks]]
-    if layers == "none":
-        conv.put(("train", "denoiser"), False, conv.comment(module, note))
-    else:
-        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-        why = "one GLoRAModule per fused Linear: a1, a2, b2 shared, b1 the parts' rows"
-        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
-    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    why = "one GLoRAModule per fused Linear: a1, a2, b2 shared, b1 the parts' rows"
+    put_targets(conv, module, layout, layers, why)  # full paths: GLoRA has no [[adapter.blocks]]
     if bypass:
         put["bypass"] = True
-    for key, value in put.items():
-        conv.put(("adapter", key), value, conv.comment(args))
-    conv.record(module, "mapped", "adapter")
-    if args.given:
-        conv.record(args, "mapped", "adapter")
+    put_rest(conv, module, args, preset, text, put)
     return True

@@ -25,6 +25,14 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_flow_args import (
+    ignore_args,
+    popped,
+    put_kind,
+    put_rest,
+    put_targets,
+    refuse_rest,
+)
 from dbspec.plan.lokr import factorization  # LyCORIS's (lycoris/functional/general.py)
 
 # 3072-wide parts (q, k, v) and the MLP input (12288): every FLUX.1 part width is a multiple of 3072
@@ -57,7 +65,7 @@ def map_flow_diag_oft(
     module, args, dim = a["network_module"], a["network_args"], a["network_dim"]
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
-    legacy = lambda key: Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)  # noqa: E731
+    legacy = lambda key: popped(args, kwargs, key)  # noqa: E731
     misfit = flux1_misfit(lora_dim) if layout.title == "Flux" else ""  # FLUX.1's widths (Chroma's too)
     if misfit:
         conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
@@ -97,18 +105,11 @@ def map_flow_diag_oft(
     if dropout.value and float(dropout.value):
         conv.ignored(dropout, "DiagOFTModule applies its dropout only in bypass_mode (off here)")
     rescaled = legacy("rescaled") if "rescaled" in kwargs else None
-    for key in [k for k in kwargs if k in _UNREAD or k.startswith("loraplus_")]:
-        conv.ignored(legacy(key), "LyCORIS's DiagOFTModule takes it and never reads it")
-    if kwargs:
-        rest = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        conv.unsupported(
-            args, f"network arguments dbspec does not express for algo=diag-oft on {layout.title}: {rest}"
-        )
+    unread = lambda k: k in _UNREAD or k.startswith("loraplus_")  # noqa: E731
+    ignore_args(kwargs, args, conv, unread, "LyCORIS's DiagOFTModule takes it and never reads it")
+    if refuse_rest(kwargs, args, conv, "diag-oft", layout.title):
         return False
-    why = conv.comment(
-        module, f"algo=diag-oft, preset {preset}: LyCORIS's DiagOFTModule on kohya's {layout.title}"
-    )
-    conv.put(("adapter", "kind"), "diag-oft", why)
+    put_kind(conv, module, "diag-oft", preset, "DiagOFTModule", layout.title)
     conv.mapped(dim, ("adapter", "block_size"), lora_dim)
     if rescaled is not None:  # LyCORIS's str_bool: a learned scale per output row, the parts' rows their own
         conv.mapped(rescaled, ("adapter", "rescaled"), str(rescaled.value).lower() != "false")
@@ -116,26 +117,13 @@ def map_flow_diag_oft(
         conv.inert(
             a["network_alpha"], "DiagOFTModule takes alpha and never reads it (its constraint is its own)"
         )
-    targets, _blocks, note = layout.targets(layers, True)  # full paths: Diag-OFT has no [[adapter.blocks]]
-    if layers == "none":
-        conv.put(("train", "denoiser"), False, conv.comment(module, note))
-    else:
-        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-        conv.put(
-            ("adapter", "fused_projections"),
-            True,
-            conv.comment(module, "one DiagOFTModule per fused Linear: its blocks split the stacked rows"),
-        )
+    why = "one DiagOFTModule per fused Linear: its blocks split the stacked rows"
+    put_targets(conv, module, layout, layers, why)  # full paths: Diag-OFT has no [[adapter.blocks]]
     if conv_targets:
         note = conv.comment(
             args, f"DiagOFTModule on {', '.join(conv_targets)} too (the preset's enable_conv)"
         )
         conv.put(("adapter", "conv_targets"), conv_targets, note)
-    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
     extra: dict[str, Any] = {"bypass": True} if bypass else {}
-    for key, value in extra.items():
-        conv.put(("adapter", key), value, conv.comment(args, "LyCORIS's bypass_mode: the output rotated"))
-    conv.record(module, "mapped", "adapter")
-    if args.given:
-        conv.record(args, "mapped", "adapter")
+    put_rest(conv, module, args, preset, text, extra, "LyCORIS's bypass_mode: the output rotated")
     return True

@@ -1,0 +1,83 @@
+"""What lycoris_flow_dylora.py, lycoris_flow_glora.py and lycoris_flow_oft.py share: the leftover
+network_args (unread ones, the unsupported rest), the preset's convolutions and the [adapter] puts of kind,
+targets and fused_projections."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+
+
+def popped(args: Legacy, kwargs: dict[str, str], key: str) -> Legacy:
+    """network_args' `key`, taken out of `kwargs`, as its own Legacy."""
+    return Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+
+
+def ignore_args(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, unread: Callable[[str], bool], why: str
+) -> None:
+    """Reports (DBS405) and takes out the network_args that `unread` picks."""
+    for key in [k for k in kwargs if unread(k)]:
+        conv.ignored(popped(args, kwargs, key), why)
+
+
+def refuse_rest(rest: dict[str, str], args: Legacy, conv: Conversion, algo: str, title: str) -> bool:
+    """Reports the network_args left over (DBS403); True when there were any."""
+    if not rest:
+        return False
+    listed = ", ".join(f"{k}={v}" for k, v in rest.items())
+    conv.unsupported(args, f"network arguments dbspec does not express for algo={algo} on {title}: {listed}")
+    return True
+
+
+def put_convs(
+    kwargs: dict[str, str],
+    args: Legacy,
+    conv: Conversion,
+    put: dict[str, Any],
+    layout,
+    layers: str,
+    rank: int,
+    alpha,
+) -> None:
+    """The preset's convolutions (enable_conv) at conv_dim / conv_alpha, LyCORIS's defaults network_dim /
+    network_alpha, into `put`; conv_dim / conv_alpha without convolutions are inert."""
+    conv_targets = list(layout.convs.get(layers, ()))
+    if conv_targets:
+        put["conv_rank"] = int(float(kwargs.pop("conv_dim", "") or rank))
+        put["conv_alpha"] = float(kwargs.pop("conv_alpha", "") or alpha)
+        put["conv_targets"] = conv_targets
+    for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
+        conv.inert(popped(args, kwargs, key), "the blocks have no convolutions for it to adapt")
+
+
+def put_kind(conv: Conversion, module: Legacy, algo: str, preset: str, cls: str, title: str) -> None:
+    """[adapter] kind `algo` (LyCORIS's module class `cls` on kohya's `title`)."""
+    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {cls} on kohya's {title}")
+    conv.put(("adapter", "kind"), algo, why)
+
+
+def put_targets(conv: Conversion, module: Legacy, layout, layers: str, fused_why: str) -> None:
+    """The preset's denoiser targets as full paths (no [[adapter.blocks]]) with fused_projections (why:
+    `fused_why`), or no denoiser training for layers "none"."""
+    targets, _blocks, note = layout.targets(layers, True)
+    if layers == "none":
+        conv.put(("train", "denoiser"), False, conv.comment(module, note))
+    else:
+        conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+        conv.put(("adapter", "fused_projections"), True, conv.comment(module, fused_why))
+
+
+def put_rest(
+    conv: Conversion, module: Legacy, args: Legacy, preset: str, text, put: dict[str, Any], note: str = ""
+) -> None:
+    """The preset's CLIP targets, then `put`'s [adapter] values (commented with `note`), and the module and
+    network_args mapped."""
+    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    for key, value in put.items():
+        conv.put(("adapter", key), value, conv.comment(args, note))
+    conv.record(module, "mapped", "adapter")
+    if args.given:
+        conv.record(args, "mapped", "adapter")
