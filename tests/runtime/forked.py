@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Imported by the fork server before it forks anything: what `dbspec run` imports.
@@ -58,3 +61,69 @@ def run_cli(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float) 
         return process.exitcode, log.read_text(errors="replace")
     finally:
         log.unlink(missing_ok=True)
+
+
+def run_ranks(
+    argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float, world: int = 2
+) -> subprocess.CompletedProcess:
+    """`dbspec <argv>` as `world` processes of one distributed run on this machine (gloo), each forked from
+    the fork server with the environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE,
+    MASTER_ADDR / MASTER_PORT on a free port): the runtime's own env:// start, without two fresh interpreters'
+    imports per launch. As torchrun does, the first process to fail gets the others stopped (SIGTERM, then
+    SIGKILL after a grace period). Returns the launch's exit code (0 when every process exits 0, else 1) and
+    every process's output, rank by rank, as stderr. The fault tests keep torchrun itself (its root-cause
+    report is what they check)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    with socket.socket() as probe:  # a free port for the rendezvous (parallel test workers never collide)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logs, processes = [], []
+    try:
+        for rank in range(world):
+            with tempfile.NamedTemporaryFile(prefix=f"dbspec-rank{rank}-", suffix=".log", delete=False) as h:
+                logs.append(Path(h.name))
+            rank_env = {
+                **env,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "LOCAL_WORLD_SIZE": str(world),
+                "GROUP_RANK": "0",
+            }
+            process = context.Process(target=_cli_main, args=(list(argv), rank_env, str(cwd), str(logs[-1])))
+            process.start()
+            processes.append(process)
+        _wait_together(processes, timeout)
+        codes = [p.exitcode for p in processes]
+        output = "".join(f"[rank {r}]\n{log.read_text(errors='replace')}" for r, log in enumerate(logs))
+        return subprocess.CompletedProcess(argv, 0 if codes == [0] * world else 1, "", output)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for log in logs:
+            log.unlink(missing_ok=True)
+
+
+def _wait_together(processes: list, timeout: float, grace: float = 30.0) -> None:
+    """Wait for every process; once one exits non-zero, SIGTERM the rest and SIGKILL what is left after
+    `grace` seconds. A launch still running after `timeout` seconds raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    stopping = None
+    while any(p.is_alive() for p in processes):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"a distributed launch still ran after {timeout} s")
+        if stopping is None and any(p.exitcode not in (None, 0) for p in processes):
+            stopping = time.monotonic()
+            for p in processes:
+                if p.is_alive():
+                    p.terminate()
+        if stopping is not None and time.monotonic() - stopping > grace:
+            for p in processes:
+                if p.is_alive():
+                    p.kill()
+        time.sleep(0.05)

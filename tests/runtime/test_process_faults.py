@@ -62,7 +62,7 @@ def _assert_resumes(spec: Path, reference: dict[str, torch.Tensor], from_step: i
 def test_an_exception_on_one_process_stops_both(two_processes, tmp_path):
     """Process 1 raises in its third micro-batch (step 3, after the step-2 checkpoint)."""
     spec = _spec(tmp_path, batch=1, accumulation=1)
-    failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "micro_batch@3:RAISE"})
+    failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "micro_batch@3:RAISE"}, torchrun=True)
     assert failed.returncode != 0
     _assert_one_clear_failure(failed.stderr, "InjectedFault: fault injected at `micro_batch`")
     assert "note: process 0: stopped: another process failed" in failed.stderr or "SIGTERM" in failed.stderr
@@ -71,7 +71,7 @@ def test_an_exception_on_one_process_stops_both(two_processes, tmp_path):
 
 def test_a_nan_loss_on_one_process_stops_both(two_processes, tmp_path):
     spec = _spec(tmp_path, batch=1, accumulation=1)
-    failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "loss@3:NAN"})
+    failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "loss@3:NAN"}, torchrun=True)
     assert failed.returncode != 0
     _assert_one_clear_failure(failed.stderr, "loss became nan at step 3")
     assert failed.stderr.count("= help: the last good checkpoint is intact") == 1, failed.stderr[-4000:]
@@ -88,7 +88,7 @@ def test_a_file_only_one_process_checks_stops_both(two_processes, tmp_path):
     image = Path(plan.datasets[0].images[1].path)  # in process 1's share
     original = image.read_bytes()
     image.write_bytes(original[:100])  # truncated: unreadable pixels, and not the planned bytes
-    failed = _launch(plan_file)
+    failed = _launch(plan_file, torchrun=True)
     assert failed.returncode != 0
     _assert_one_clear_failure(failed.stderr, f"cannot load `{image}`")
     image.write_bytes(original)

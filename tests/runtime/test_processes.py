@@ -1,6 +1,9 @@
-"""Two real processes on this CPU through torchrun (gloo): equivalence with one process, bit-exact resume.
+"""Two real processes on this CPU (gloo): equivalence with one process, bit-exact resume.
 
-Each launch pays the imports of two Python processes (5-7 s each on this machine), so the launches are few:
+The processes are forked from a fork server that imported the runtime once, with the environment torchrun
+gives its workers (tests/runtime/forked.py run_ranks): a fresh interpreter's imports cost 5-7 s per process
+on this machine, most of a launch. The fault tests (test_process_faults.py) and the killed-process test
+launch through torchrun itself, whose report they check. The launches are few:
 one uninterrupted two-process run shared by the tests (`two_processes`, a session fixture in conftest.py,
 shared with test_process_faults.py), one interrupted and resumed.
 """
@@ -19,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
-from tests.runtime.runspec import CLASS_DATASET, compile_spec, write_spec
+from tests.runtime.forked import run_ranks
+from tests.runtime.runspec import CLASS_DATASET, NO_REPORT, compile_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +36,18 @@ every = 2
 LAUNCH_TIMEOUT_S = 300  # a hang (a process waiting on a dead peer) fails the test instead of the suite
 
 
-def _launch(spec: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`dbspec run spec` under torchrun with two processes on this CPU (gloo)."""
+def _launch(
+    spec: Path, *args: str, env: dict | None = None, torchrun: bool = False
+) -> subprocess.CompletedProcess:
+    """`dbspec run spec` as two processes on this CPU (gloo): forked with torchrun's environment
+    (tests/runtime/forked.py run_ranks: no fresh interpreter's imports per process), or under torchrun itself
+    (`torchrun`: the fault tests, which check what torchrun reports)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "DBSPEC_KILL_AT"}
+    full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
+    # rank 0 would import matplotlib for report.html: about a second per launch
+    argv = ["run", str(spec), *(("--set", NO_REPORT) if spec.suffix == ".toml" else ()), *args]
+    if not torchrun:
+        return run_ranks(argv, env=full_env, cwd=Path.cwd(), timeout=LAUNCH_TIMEOUT_S)
     command = [
         sys.executable,
         "-m",
@@ -43,12 +57,8 @@ def _launch(spec: Path, *args: str, env: dict | None = None) -> subprocess.Compl
         "2",
         "-m",
         "dbspec.cli",
-        "run",
-        str(spec),
-        *args,
+        *argv,
     ]
-    full_env = {k: v for k, v in os.environ.items() if k != "DBSPEC_KILL_AT"}
-    full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
     return subprocess.run(
         command, capture_output=True, text=True, env=full_env, timeout=LAUNCH_TIMEOUT_S, check=False
     )
@@ -140,7 +150,8 @@ def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_
     barrier, is ended by the launcher instead of hanging (the launch's timeout, well below gloo's 30-minute
     one, fails the test on a hang); --resume from step 2 then ends with the uninterrupted run's weights."""
     spec = _spec(tmp_path, batch=1, accumulation=1)
-    killed = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest"})  # only process 0 saves checkpoints
+    # torchrun's own report of the killed process
+    killed = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest"}, torchrun=True)  # process 0 saves
     assert killed.returncode != 0
     assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr, killed.stderr[-4000:]
     assert (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "final").exists()
