@@ -78,6 +78,11 @@ def put_rest(
     conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args, note))
+    record_mapped(conv, module, args)
+
+
+def record_mapped(conv: Conversion, module: Legacy, args: Legacy) -> None:
+    """network_module, and network_args where given, mapped into [adapter]."""
     conv.record(module, "mapped", "adapter")
     if args.given:
         conv.record(args, "mapped", "adapter")

@@ -54,6 +54,7 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
+from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
@@ -280,9 +281,7 @@ def map_lycoris_flow(
             "switches off)",
         )
         return False
-    conv.record(module, "mapped", "adapter")
-    if args.given:
-        conv.record(args, "mapped", "adapter")
+    record_mapped(conv, module, args)
     return True
 
 
@@ -468,10 +467,7 @@ def _full(
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
-    conv.record(module, "mapped", "adapter")
-    if args.given:
-        conv.record(args, "mapped", "adapter")
+    put_rest(conv, module, args, preset, text, {})
     return True
 
 
@@ -530,10 +526,7 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-    conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
-    conv.record(module, "mapped", "adapter")
-    if args.given:
-        conv.record(args, "mapped", "adapter")
+    put_rest(conv, module, args, preset, text, {})
     return True
 
 
