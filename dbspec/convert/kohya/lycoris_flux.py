@@ -415,6 +415,14 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     return True
 
 
+def _rate(value: str | None) -> float:
+    """A dropout rate as LyCORIS's float() reads it; 0 for one it cannot read (its own mapping reports it)."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0
+
+
 def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
     """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
     if algo not in ("lora", "locon", "lokr", "loha"):
@@ -423,7 +431,7 @@ def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
         return "the file adapts no CLIP Linear, and dbspec trains CLIP with its adapters only"
     if len(set(file.clip_norms)) > 1:
         return "the file reaches other LayerNorms in each CLIP encoder (dbspec names one set for both)"
-    drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k, 0) or 0)]
+    drops = [k for k in ("rank_dropout", "module_dropout") if _rate(kwargs.get(k))]
     if drops:
         return f"with {drops[0]} (NormModule draws its own, which dbspec does not)"
     return ""
