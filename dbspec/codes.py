@@ -2670,6 +2670,16 @@ kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "
         "adapter.fused_projections = false",
     ),
+    Code(
+        "DBS585",
+        WARNING,
+        "adapter.text_encoder_norms without a trained CLIP text encoder",
+        """\
+`adapter.text_encoder_norms` (LyCORIS `train_norm`) trains offsets of the CLIP text encoders' LayerNorms
+beside their adapters. With neither `train.text_encoder` nor `train.text_encoder_2` no CLIP encoder trains,
+so the offsets are never added and the setting changes nothing.""",
+        help="set train.text_encoder = true, or remove adapter.text_encoder_norms",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

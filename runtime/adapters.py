@@ -282,11 +282,15 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
             "switch off)"
         )
     trainable = {p: p.requires_grad for layer in layers for p in layer.parameters()}
+    from dbspec.runtime.norm_offsets import set_disabled  # LyCORIS train_norm's offsets off too
+
     for layer in layers:
         layer.enable_adapters(False)
+    set_disabled(module, True)
     try:
         yield
     finally:
+        set_disabled(module, False)
         for layer in layers:
             layer.enable_adapters(True)
         for param, flag in trainable.items():

@@ -450,12 +450,29 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
                 text_encoders=list(comps.text_encoders) if plan.train_text_encoder else [],
                 dtype=dtype,
             )
+            tensors.update(kohya_norms(plan, comps))  # LyCORIS train_norm's NormModules
             path = folder / f"{name}.kohya.{ext}"
             training = {**metadata, **_kohya_training(plan, step)}
             written.append(write_kohya_lora(path, tensors, dims, family.kohya_metadata(prediction), training))
         else:
             raise ValueError(f"unknown export format {fmt!r}")
     return written
+
+
+def kohya_norms(plan: Plan, comps) -> dict[str, torch.Tensor]:
+    """LyCORIS's NormModule tensors (`w_norm` / `b_norm`) of the CLIP LayerNorms train_norm offsets
+    (runtime/norm_offsets.py), under the text encoders' kohya names."""
+    if not (plan.adapter.text_encoder_norms and plan.train_text_encoder):
+        return {}
+    from dbspec.runtime.norm_offsets import lycoris_norms
+
+    cast = to_dtype(plan.checkpoints.save_precision)
+    parts = kohya_parts(unet=None, text_encoders=list(comps.text_encoders), family=plan.model.family)
+    return {
+        k: v
+        for prefix, module, to_path in parts
+        for k, v in lycoris_norms(prefix, module, to_path, cast).items()
+    }
 
 
 def kohya_counters(plan: Plan, step: int = 0) -> tuple[int, int]:

@@ -456,6 +456,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
+    if adapter.text_encoder_norms:
+        args["train_norm"] = "True"
     if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass" or adapter.output_dropout:
         args["bypass_mode"] = "True"
     return args
@@ -473,6 +475,9 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
         family=plan.model.family,
         dtype=plan.checkpoints.save_precision,
     )
+    from dbspec.runtime.exports import kohya_norms
+
+    tensors.update(kohya_norms(plan, comps))  # LyCORIS train_norm's NormModules
     a = plan.adapter
     args = network_args(a)
     kohya = {

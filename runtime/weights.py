@@ -80,6 +80,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
+    if plan.adapter.text_encoder_norms:  # LyCORIS train_norm's offsets: beside the adapters, not in them
+        _save_norms(folder, trained, dtype)
     if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
         and not plan.adapter.tucker
@@ -109,6 +111,24 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     text = {name: m for name, m in trained.items() if name != "unet"}
     denoiser = family_spec(plan.model.family).denoiser  # its folder: unet, or SD3's transformer
     save_full_weights(folder, trained.get("unet"), text, dtype, denoiser=denoiser)
+
+
+def _save_norms(folder: Path, trained: dict[str, torch.nn.Module], dtype: str) -> None:
+    """`text_encoder_norms.safetensors`: each offset LayerNorm's `<component>.<path>.w_norm` / `.b_norm`
+    (runtime/norm_offsets.py), which neither peft's nor diffusers' adapter files have a place for."""
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.norm_offsets import norm_state
+
+    cast = to_dtype(dtype)
+    tensors = {
+        f"{name}.{key}": value.detach().to("cpu", cast, copy=True).contiguous()
+        for name, module in trained.items()
+        for key, value in norm_state(module).items()
+    }
+    if tensors:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / "text_encoder_norms.safetensors"))
 
 
 def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:

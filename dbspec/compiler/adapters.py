@@ -180,6 +180,7 @@ def _low_rank(adapter, family: str, targets_given: bool) -> dict:
         else family_spec(family).lora_targets,
         "text_encoder_targets": tuple(adapter.text_encoder_targets),
         "text_encoder_2_targets": tuple(adapter.text_encoder_2_targets),
+        "text_encoder_norms": tuple(getattr(adapter, "text_encoder_norms", ())),
         "conv_rank": adapter.conv_rank,
         "conv_alpha": adapter.conv_alpha if conv else 0.0,
         "conv_targets": tuple(adapter.conv_targets) if conv else (),

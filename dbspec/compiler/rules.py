@@ -2457,6 +2457,21 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS train_norm's CLIP LayerNorm offsets (runtime/norm_offsets.py) are added to the CLIP encoders
+    that train: with none, DBS585."""
+    norms = getattr(spec.adapter, "text_encoder_norms", ())
+    if norms and not (spec.train.text_encoder or spec.train.text_encoder_2):
+        yield _warn(
+            "DBS585",
+            ("adapter", "text_encoder_norms"),
+            f"adapter.text_encoder_norms = {list(norms)} but no CLIP text encoder trains (train.text_encoder "
+            "and train.text_encoder_2 are false): the offsets are never added",
+            codes.help("DBS585"),
+        )
+
+
+@rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped."""

@@ -105,6 +105,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             if run["adapter"].get("text_encoder_2_targets") is None
             else run["adapter"]["text_encoder_targets"]
         ),
+        ("adapter", "text_encoder_norms"): [],  # LyCORIS train_norm's CLIP LayerNorms, added since (none)
         ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)
         ("model", "t5_max_length"): 256,
         ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since

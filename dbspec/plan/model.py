@@ -145,6 +145,9 @@ class AdapterPlan:
     # train.t5: the T5 encoders' adapted Linears (kohya's T5Attention and T5DenseGatedActDense children); ()
     # when no T5 trains
     t5_targets: tuple[str, ...] = ()
+    # LyCORIS train_norm: the CLIP encoders' LayerNorms (suffixes) whose weight and bias train added offsets
+    # (runtime/norm_offsets.py); () when none
+    text_encoder_norms: tuple[str, ...] = ()
     # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is
     # 0.
     conv_rank: int = 0

@@ -235,6 +235,17 @@ def _text_encoder_2_targets():
     )
 
 
+def _text_encoder_norms():
+    return option(
+        factory=list,
+        doc="LyCORIS `train_norm` on the CLIP text encoders: module names (suffixes) of their LayerNorms "
+        "whose weight and bias each train an added offset, starting at 0 (LyCORIS's NormModule `w_norm` / "
+        "`b_norm`), with the text encoder's adapters; written under LyCORIS's names in the kohya_lora "
+        "export.",
+        example=["layer_norm1", "layer_norm2"],
+    )
+
+
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
@@ -643,6 +654,7 @@ class LoraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -794,6 +806,7 @@ class LohaAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -859,6 +872,7 @@ class LokrAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

@@ -267,7 +267,7 @@ def test_train_norm_with_attn_only_and_rescaled_change_nothing(tmp_path):
     [
         ('["SelfAttention"]', "[]", None),  # QKNorm / RMSNorm only: NormModules without parameters
         ('["SingleStreamBlock"]', "[]", "DBS402"),  # pre_norm: an affine-less LayerNorm (AttributeError)
-        ('["SelfAttention"]', '["CLIPEncoderLayer"]', "DBS403"),  # CLIP's affine LayerNorms would train
+        ('["SelfAttention"]', '["CLIPEncoderLayer"]', "mapped"),  # CLIP's affine LayerNorms train offsets
     ],
 )
 def test_train_norm_with_a_preset_file_follows_the_norms_it_reaches(tmp_path, classes, text, code):
@@ -282,9 +282,31 @@ def test_train_norm_with_a_preset_file_follows_the_norms_it_reaches(tmp_path, cl
         assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]
         assert fate(outcome, "network_args train_norm") == "inert" and not errors(outcome)
         assert "DBS403" not in codes(outcome)
+    elif code == "mapped":  # NormModule's w_norm / b_norm on each CLIP layer's two LayerNorms (issue 12)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and not errors(outcome)
+        assert {"q_proj", "fc2"} <= set(a.text_encoder_targets)
+        assert fate(outcome, "network_args train_norm") == "mapped"
     else:
-        why = "AttributeError" if code == "DBS402" else "LayerNorm weight and bias"
-        assert why in messages(outcome, code), errors(outcome)
+        assert "AttributeError" in messages(outcome, code), errors(outcome)
+
+
+@pytest.mark.parametrize(
+    "args, text, why",
+    [
+        ("module_dropout=0.1", '["CLIPEncoderLayer"]', "with module_dropout"),
+        ("", "[]\ntext_encoder_target_name = ['text_model\\.final_layer_norm']", "adapts no CLIP Linear"),
+    ],
+)
+def test_train_norm_on_clip_refusals(tmp_path, args, text, why):
+    """What dbspec does not express of NormModule on CLIP's LayerNorms: LyCORIS's own dropout draws, and
+    norms without a CLIP adapter (dbspec trains CLIP with its adapters only)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
+        f"text_encoder_target_module = {text}\n"
+    )
+    outcome = _flux(tmp_path, f"--network_args preset=p.toml train_norm=True {args}", allow=True)
+    assert why in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_rescaled_and_train_t5xxl_with_lokr_and_ia3(tmp_path):

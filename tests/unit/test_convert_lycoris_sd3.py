@@ -150,6 +150,14 @@ def test_switches_as_lycoris_builds_them_on_the_mmdit(tmp_path):
     assert "AttributeError" in messages(outcome, "DBS402")
     outcome = _sd3(tmp_path, "--network_args preset=attn-only train_norm=True")
     assert fate(outcome, "network_args train_norm") == "inert" and not errors(outcome)
+    # a preset file reaching both CLIP encoders' LayerNorms (CLIPEncoderLayer): their offsets, CLIP-L's and
+    # CLIP-G's alike (issue 12)
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = []\nunet_target_name = []\ntext_encoder_target_module = ["CLIPEncoderLayer"]\n'
+    )
+    outcome = _sd3(tmp_path, "--network_args preset=p.toml train_norm=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and not errors(outcome)
 
 
 def test_locon_bypass_dropouts_are_drawn_per_fused_qkv(tmp_path):

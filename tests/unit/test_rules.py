@@ -1091,6 +1091,12 @@ CASES = [
         + STEPS,
     ),
     (
+        rules.norms_without_clip_training,
+        LORA + 'text_encoder_norms = ["layer_norm1"]\n' + DOG + STEPS,
+        [("DBS585", "warning", ("adapter", "text_encoder_norms"))],
+        LORA + 'text_encoder_norms = ["layer_norm1"]\n' + DOG + STEPS + "[train]\ntext_encoder = true\n",
+    ),
+    (
         rules.lora_dropouts_without_dora,
         LORA + "dora = true\nrank_dropout = 0.1\n" + DOG + STEPS,
         [("DBS267", "error", ("adapter", "rank_dropout"))],

@@ -200,6 +200,8 @@ class FlowFile(NamedTuple):
     text_blocks: list[dict[str, Any]] = []  # the CLIP layers' map-entry dims (lora / locon)
     # the norms train_norm gives a NormModule, as (component, kohya path, class): "denoiser" or "clip"
     norms: list[tuple[str, str, str]] = []
+    # per CLIP encoder, the suffixes picking exactly its LayerNorms among them that train_norm offsets
+    clip_norms: tuple[tuple[str, ...], ...] = ()
 
 
 class FlowModel(NamedTuple):
@@ -337,7 +339,21 @@ def flux_preset_file(
                 *blocks,
             ]
     norms = _norms(unet, clips, s, conv_dims, applied)
-    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks, norms)
+    clip_norms = tuple(_clip_norms(rows, s, applied) for rows in clips)
+    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms)
+
+
+def _clip_norms(rows: list[Row], s: dict[str, Any], applied: tuple[bool, bool]) -> tuple[str, ...]:
+    """The suffixes (past `text_model`) that pick exactly the LayerNorms of one CLIP encoder the walk gives a
+    NormModule, among its LayerNorms; () without any."""
+    if not applied[0]:
+        return ()
+    walked = _walk(
+        rows, s["text_encoder_target_module"], s["text_encoder_target_name"], s, (0, 0, 0, 0), True
+    )
+    norms = [r for r in rows if r[1] == "LayerNorm"]
+    chosen = {layer.path for layer in walked if layer.kind == "norm"} & {r[0] for r in norms}
+    return tuple(_suffixes(chosen, norms, skip=1)) if chosen else ()
 
 
 def _norms(

@@ -182,7 +182,7 @@ def map_lycoris_flow(
         )
     if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is None or not _file_train_norm(kwargs, file, args, conv, layout):
+        if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks = file.text_blocks
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
@@ -368,13 +368,16 @@ def _switches(
     return True
 
 
-def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, layout) -> bool:
+def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, layout, algo: str) -> bool:
     """`train_norm` with a preset file: create_single_module gives each module with "Norm" in its class name
     that the file's walk reaches a NormModule (lycoris/modules/norms.py). QKNorm and RMSNorm (no `_norm`
     method) are "not supported": no parameter, the layer's own forward. The blocks' and the final layer's
     LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and kohya's
     first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
-    offset of their weight and bias, which dbspec has no form for (DBS403). False when refused."""
+    offset of their weight and bias, at the network's multiplier, with the CLIP modules: `[adapter]
+    text_encoder_norms` (runtime/norm_offsets.py), for algo lora / locon, lokr and loha with CLIP layers
+    adapted, each CLIP encoder's the same, and no rank or module dropout (NormModule draws its own). False
+    when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -391,21 +394,47 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
             help="drop train_norm, or keep the file's classes and names off the blocks' norms",
         )
         return False
-    if clip:
+    if not clip:
+        conv.inert(
+            legacy,
+            "the preset file reaches no norm NormModule trains (QKNorm / RMSNorm: no parameter, the layer's "
+            "own forward)"
+            if file.norms
+            else "the preset file reaches no norm",
+        )
+        return True
+    why = _clip_norms_refused(kwargs, file, algo)
+    if why:
         conv.unsupported(
             legacy,
-            f"LyCORIS's NormModule trains CLIP's LayerNorm weight and bias offsets (e.g. {clip[0]}), which "
-            f"dbspec has no form for on {layout.title}",
+            f"LyCORIS's NormModule trains CLIP's LayerNorm weight and bias offsets (e.g. {clip[0]}): {why}",
         )
         return False
-    conv.inert(
-        legacy,
-        "the preset file reaches no norm NormModule trains (QKNorm / RMSNorm: no parameter, the layer's own "
-        "forward)"
-        if file.norms
-        else "the preset file reaches no norm",
-    )
+    note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches"
+    conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     return True
+
+
+def _rate(value: str | None) -> float:
+    """A dropout rate as LyCORIS's float() reads it; 0 for one it cannot read (its own mapping reports it)."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0
+
+
+def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
+    """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
+    if algo not in ("lora", "locon", "lokr", "loha"):
+        return f"dbspec offsets them beside LoRA / LoCon, LoKr and LoHa, not algo={algo}"
+    if not file.text:
+        return "the file adapts no CLIP Linear, and dbspec trains CLIP with its adapters only"
+    if len(set(file.clip_norms)) > 1:
+        return "the file reaches other LayerNorms in each CLIP encoder (dbspec names one set for both)"
+    drops = [k for k in ("rank_dropout", "module_dropout") if _rate(kwargs.get(k))]
+    if drops:
+        return f"with {drops[0]} (NormModule draws its own, which dbspec does not)"
+    return ""
 
 
 def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:

@@ -12,10 +12,13 @@ convolution of the UNet's transformer and ResNet blocks), which dbspec has no li
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.paths import PathMapper
+from dbspec.plan.lokr import factorization
 
 KINDS = {"lokr": "lokr", "loha": "loha", "locon": "lora", "lora": "lora"}
 # The nn.Linear layers inside diffusers' Attention and FeedForward modules of SD/SDXL UNets.
@@ -169,15 +172,79 @@ def _preset(
         return
     algo_map = preset.get("module_algo_map", {})
     own = {k: settings[k] for k in ("factor", "linear_dim", "linear_alpha") if k in settings}
+    factors = _class_factors(algo_map, targets, settings)
     if not isinstance(algo_map, dict) or any(
-        not isinstance(v, dict) or any(own.get(k, object()) != x for k, x in v.items())
-        for v in algo_map.values()
+        not isinstance(v, dict)
+        or any(own.get(k, object()) != x for k, x in v.items() if not (k == "factor" and c in factors))
+        for c, v in algo_map.items()
     ):
         conv.unsupported(
             item["apply_preset"],
-            "module_algo_map gives modules their own settings; dbspec's adapter has one set for all",
-            help="drop module_algo_map, or make its values equal the top-level ones",
+            "module_algo_map gives modules their own settings; dbspec's adapter has one set for all, and "
+            "[[adapter.blocks]] a factor of their own for a target class's layers",
+            help="drop module_algo_map, or give its target classes only their own `factor`",
         )
+        return
+    if adapter == "lokr" and not _factor_blocks(factors, settings, item, conv, classes):
         return
     names = [name for t in targets for name in classes[t]]
     conv.mapped(item["apply_preset"], ("adapter", "denoiser_targets"), names)
+
+
+# The widths of the Linears inside the Attention and FeedForward modules SimpleTuner's LyCORIS adapts (SD
+# 1.x / 2.x and SDXL U-Nets, SD3 / SD3.5 and Flux transformers: channels, cross-attention contexts,
+# feed-forward inner widths), which bound the LoKr dim from which both Kronecker factors are full.
+_WIDTHS = (320, 640, 768, 1024, 1280, 1536, 2048, 2432, 3072, 4096, 5120, 6144, 9728, 10240, 12288)
+_MAX_BLOCK_RANK = 1024  # spec AdapterBlock.rank's bound
+
+
+def _class_factors(algo_map: Any, targets: list[str], settings: dict[str, Any]) -> dict[str, int]:
+    """The `factor` (LokrModule's int(); 0 splits as 1, negatives as -1) of each target class whose
+    module_algo_map entry gives one other than create_lycoris's (the top-level `factor`, default -1).
+    create_single_module hands a class entry's keys to the modules of that class's layers, before the
+    network's, so the entry's factor splits them."""
+    if not isinstance(algo_map, dict):
+        return {}
+    network = int(settings.get("factor", -1))
+    out = {}
+    for cls in targets:
+        value = algo_map.get(cls, {}).get("factor") if isinstance(algo_map.get(cls), dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if int(value) == network:
+            continue
+        factor = int(value)
+        out[cls] = 1 if factor == 0 else -1 if factor < 0 or factor > 65536 else factor
+    return out
+
+
+def _factor_blocks(
+    factors: dict[str, int], settings: dict, item: dict[str, Legacy], conv: Conversion, classes: dict
+) -> bool:
+    """A LoKr module_algo_map's per-class factors -> one [[adapter.blocks]] per class, its layers' suffixes,
+    at the adapter's rank and alpha. A dim above the blocks' bound (SimpleTuner's `linear_dim` 10000): every
+    layer is full in both Kronecker factors at scale 1 (LokrModule sets alpha to the dim), as it is at rank
+    1024 with alpha 1024 where each width's larger split part is at most 2048 (or `full_matrix`). False when
+    refused (DBS403)."""
+    rank, alpha = int(settings.get("linear_dim", 4)), float(int(settings.get("linear_alpha", 1)))
+    full = bool(settings.get("full_matrix"))  # what _switches hands [adapter] full_matrix
+    why = conv.comment(item["apply_preset"])
+    first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", "blocks")), default=-1)
+    for index, (cls, factor) in enumerate(factors.items(), start=first):
+        block = {"rank": rank, "alpha": alpha}
+        if rank > _MAX_BLOCK_RANK:
+            need = max(-(-max(factorization(w, factor)) // 2) for w in _WIDTHS)
+            if not full and need > _MAX_BLOCK_RANK:
+                conv.unsupported(
+                    item["apply_preset"],
+                    f"module_algo_map.{cls} factor {factor} at linear_dim {rank}: a layer is full only from "
+                    f"dim {need}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}",
+                    help="a factor that splits the widths more evenly, or full_matrix",
+                )
+                return False
+            block = {"rank": _MAX_BLOCK_RANK, "alpha": float(_MAX_BLOCK_RANK)}
+        pattern = r"(?:^|\.)(?:" + "|".join(re.escape(n) for n in classes[cls]) + ")$"
+        block = {"pattern": pattern, **block, "factor": factor}
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, f"{why}: module_algo_map.{cls} factor")
+    return True

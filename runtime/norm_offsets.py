@@ -1,0 +1,85 @@
+"""LyCORIS's `train_norm` on the CLIP text encoders (plan.adapter.text_encoder_norms): each named LayerNorm's
+weight and bias get a trained offset.
+
+lycoris-lora's NormModule (lycoris/modules/norms.py) holds `w_norm` and `b_norm`, zeros at the start, and
+returns the LayerNorm's own output plus layer_norm(x, w_norm x multiplier, b_norm x multiplier): the layer
+with weight + w_norm and bias + b_norm. Here the offsets are parameters of the LayerNorm itself,
+`lora_w_norm` / `lora_b_norm` (peft's `lora_` marker: the trainable-weight filter and checkpoints hold them;
+no adapter name in them, so peft's own state dicts and diffusers' LoRA files leave them out), and a forward
+hook adds the same term. The module tree and every other parameter name stay as they were. `disabled`
+switches the term off (a base-model prediction, adapters.adapters_disabled), as LyCORIS's multiplier 0 does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHT, BIAS = "lora_w_norm", "lora_b_norm"
+
+
+def _added(layer: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    if getattr(layer, "norm_offsets_disabled", False):
+        return output
+    x = args[0]
+    w, b = getattr(layer, WEIGHT), getattr(layer, BIAS, None)
+    added = F.layer_norm(
+        x, layer.normalized_shape, w.to(x.dtype), None if b is None else b.to(x.dtype), layer.eps
+    )
+    return output + added.to(output.dtype)
+
+
+def _named(path: str, suffixes: tuple[str, ...]) -> bool:
+    return any(path == s or path.endswith("." + s) for s in suffixes)
+
+
+def add_norm_offsets(module: nn.Module, suffixes: tuple[str, ...]) -> int:
+    """The offsets on every LayerNorm of `module` whose path ends in one of `suffixes`; how many layers. A
+    LayerNorm without weight (elementwise_affine off) is refused, as LyCORIS's NormModule fails on it."""
+    count = 0
+    for path, layer in module.named_modules():
+        if not (isinstance(layer, nn.LayerNorm) and _named(path, suffixes)):
+            continue
+        if layer.weight is None:
+            raise ValueError(f"train_norm: `{path}` is a LayerNorm without weight or bias to offset")
+        setattr(layer, WEIGHT, nn.Parameter(torch.zeros_like(layer.weight, dtype=torch.float32)))
+        if layer.bias is not None:
+            setattr(layer, BIAS, nn.Parameter(torch.zeros_like(layer.bias, dtype=torch.float32)))
+        layer.register_forward_hook(_added)
+        count += 1
+    if not count:
+        raise ValueError(f"train_norm: no LayerNorm of the text encoder is named {list(suffixes)}")
+    return count
+
+
+def norm_layers(module: nn.Module | None) -> list[tuple[str, nn.LayerNorm]]:
+    """(path, layer) of each LayerNorm carrying offsets."""
+    if module is None:
+        return []
+    return [(path, layer) for path, layer in module.named_modules() if hasattr(layer, WEIGHT)]
+
+
+def set_disabled(module: nn.Module, disabled: bool) -> None:
+    for _, layer in norm_layers(module):
+        layer.norm_offsets_disabled = disabled
+
+
+def norm_state(module: nn.Module | None) -> dict[str, torch.nn.Parameter]:
+    """`<path>.w_norm` / `<path>.b_norm`: NormModule's names of each offset LayerNorm's offsets."""
+    out = {}
+    for path, layer in norm_layers(module):
+        out[f"{path}.w_norm"] = getattr(layer, WEIGHT)
+        if hasattr(layer, BIAS):
+            out[f"{path}.b_norm"] = getattr(layer, BIAS)
+    return out
+
+
+def lycoris_norms(prefix: str, module: nn.Module, to_path, cast: torch.dtype) -> dict[str, torch.Tensor]:
+    """NormModule's tensors under its kohya name (`<prefix>_<path>.w_norm` / `.b_norm`), cast to `cast`."""
+    out = {}
+    for key, value in norm_state(module).items():
+        path, kind = key.rsplit(".", 1)
+        name = f"{prefix}_{to_path(path).replace('.', '_')}.{kind}"
+        out[name] = value.detach().to("cpu", cast, copy=True).contiguous()
+    return out

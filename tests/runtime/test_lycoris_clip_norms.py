@@ -1,0 +1,92 @@
+"""kohya lycoris.kohya `train_norm=True` with a preset file reaching CLIP's LayerNorms on Flux
+(flux_train_network.py): LyCORIS's NormModule trains an offset of each LayerNorm's weight and bias
+(`[adapter] text_encoder_norms`, runtime/norm_offsets.py). A tiny Flux run trains them, resumes bit-exact
+and exports them as NormModule's `w_norm` / `b_norm`, which lycoris-lora 4.1.3's
+create_network_from_weights loads onto the base CLIP-L (with the file's LoCon modules) to give the trained
+encoder's outputs (issue 12)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbspec.runtime.execute import execute
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.runspec import compile_spec
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+# Flux's attention (fused q/k/v) and every CLIP encoder layer: its Linears and both LayerNorms
+PRESET = """\
+unet_target_module = ["SelfAttention"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPEncoderLayer"]
+"""
+BASE = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
+BASE += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
+
+
+def _converted(tmp_path: Path) -> Path:
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
+
+    (tmp_path / "p.toml").write_text(PRESET, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_dim=4 --network_alpha=1 --network_args "preset=p.toml" "train_norm=True" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
+        "--model_prediction_type raw --guidance_scale 1.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return out_path(tmp_path)
+
+
+def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path):
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, [*BASE, "output.dir=whole"])
+    assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2")
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = compile_spec(spec, [*BASE, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    assert first.status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(second.final).glob("*.kohya.safetensors")
+    tensors, resumed = load_file(str(export)), load_file(str(again))
+    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+    norms = {k for k in tensors if k.endswith(("w_norm", "b_norm"))}
+    assert "lora_te1_text_model_encoder_layers_0_layer_norm1.w_norm" in norms
+    assert all(tensors[k].abs().max() > 0 for k in norms)  # trained away from LyCORIS's zeros
+    assert (Path(whole.final) / "text_encoder_norms.safetensors").is_file()
+
+    # lycoris-lora's loader on the base CLIP-L: its LoCon and Norm modules give the trained encoder's output
+    clip = build_pipeline("builtin:tiny-flux").text_encoder.float()
+    named = torch.nn.Module()
+    named.text_model = clip  # kohya's CLIP names its modules text_model.* (this transformers drops it)
+    encoders = [named, torch.nn.Module()]  # kohya's list (CLIP-L, T5-XXL): CLIP-L's modules are lora_te1_*
+    network, weights = lycoris_kohya.create_network_from_weights(
+        1.0, str(export), None, encoders, torch.nn.Module(), for_inference=True
+    )
+    kinds = {type(m).__name__ for m in network.text_encoder_loras}
+    assert kinds == {"LoConModule", "NormModule"}
+    ids = torch.arange(7).unsqueeze(0) % clip.config.vocab_size
+    with torch.no_grad():
+        plain = clip.eval()(ids).last_hidden_state
+    network.apply_to(encoders, torch.nn.Module(), apply_text_encoder=True, apply_unet=False)
+    network.load_state_dict(weights, strict=False)
+    trained = whole.components.text_encoders[0].float().eval()
+    with torch.no_grad():
+        ours = trained(ids).last_hidden_state
+        theirs = clip.eval()(ids).last_hidden_state
+    assert (ours - plain).abs().max() > 1e-2  # the trained encoder differs from the base
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
