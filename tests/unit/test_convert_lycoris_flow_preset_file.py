@@ -2,7 +2,7 @@
 (dbspec/convert/kohya/lycoris_flow_file.py): the file's walk over kohya's Flux / MMDiT (lycoris_file._walk on
 lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
 [[adapter.blocks]] (LoRA/LoCon, LoKr / LoHa: a block per whole fused layer), SD3's patch convolution as
-conv_targets; T5-XXL layers and the patch convolution's own dims refused (DBS403).
+conv_targets (a dim of its own: a block's conv_rank); T5-XXL layers refused (DBS403).
 tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's
 create_network."""
 
@@ -191,10 +191,15 @@ def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
     context = [f"transformer_blocks.{i}.attn.{p}" for i in range(24) for p in ("add_q_proj", "to_add_out")]
     assert _picked([*x, *context, "proj_out"], a.denoiser_targets) == x
     assert sorted(a.text_encoder_targets) == ["fc1", "fc2"] and not a.blocks
-    # a dim of its own for the patch convolution: DBS403 (kohya's SD3 file has one conv rank)
-    dim = SD3_X_ATTENTION + "\n[module_algo_map.PatchEmbed]\ndim = 2\n"
-    outcome = _sd3(tmp_path / "dim", dim, '"algo=locon" "conv_dim=4"', allow=True)
-    assert "patch convolution its own dim" in messages(outcome, "DBS403")
+    # a dim of its own for the patch convolution: a block at that conv rank (LoConModule's dim / alpha there)
+    dim = SD3_X_ATTENTION + "\n[module_algo_map.PatchEmbed]\ndim = 2\nalpha = 1\n"
+    outcome = _sd3(tmp_path / "dim", dim, '"algo=locon" "conv_dim=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "dim").adapter
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets) == (4, 4.0, ("pos_embed.proj",))
+    (block,) = a.blocks
+    assert re.search(block.pattern, "pos_embed.proj") and (block.conv_rank, block.conv_alpha) == (2, 1.0)
+    assert not any(re.search(block.pattern, p) for p in x)  # the attention keeps the network's rank
 
 
 def test_sd3_lokr_on_the_patch_convolution_tucker_refused(tmp_path):
@@ -234,7 +239,7 @@ alpha = 2
 
 def test_clip_dims_of_their_own_are_text_encoder_blocks(tmp_path):
     """A map entry's CLIP dim is [[adapter.text_encoder_blocks]] with LoCon (LoConModule on a CLIP Linear is
-    kohya's LoRA); with LoKr / LoHa (no blocks on Flux) DBS403."""
+    kohya's LoRA), LoKr and LoHa (LokrModule / LohaModule at the entry's dim and alpha)."""
     outcome = _flux(tmp_path, CLIP_DIMS, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
@@ -245,5 +250,9 @@ def test_clip_dims_of_their_own_are_text_encoder_blocks(tmp_path):
 
     assert te_rank("text_encoder.text_model.encoder.layers.3.mlp.fc2") == (2, 2.0)
     assert te_rank("text_encoder.text_model.encoder.layers.3.self_attn.q_proj") == (8, 4.0)
-    outcome = _flux(tmp_path / "lokr", CLIP_DIMS, '"algo=lokr"', allow=True)
-    assert "CLIP layers their own dim" in messages(outcome, "DBS403")
+    for algo in ("lokr", "loha"):
+        outcome = _flux(tmp_path / algo, CLIP_DIMS, f'"algo={algo}"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / algo).adapter
+        assert a.kind == algo and te_rank("text_encoder.text_model.encoder.layers.3.mlp.fc2") == (2, 2.0)
+        assert te_rank("text_encoder.text_model.encoder.layers.3.self_attn.q_proj") == (8, 4.0)

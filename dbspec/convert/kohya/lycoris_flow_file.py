@@ -18,12 +18,13 @@ all as the shortest suffixes that pick exactly those layers among the diffusers 
 `proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
 conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
 [[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; an entry names whole kohya layers,
-so its block covers every diffusers part of a fused one); LoKr / LoHa's fused export covers the blocks (and
-SD3's timestep embedder) only, so other layers are refused with them. Refused
-too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
-LyCORIS's modules), LoKr / LoHa CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
-convolution at a dim of its own (kohya's SD3 file holds it at conv_dim). CLIP dims of their own are
-[[adapter.text_encoder_blocks]] on lora / locon (LoConModule on a CLIP Linear is kohya's LoRA there).
+so its block covers every diffusers part of a fused one; SD3's patch convolution: the block's conv_rank);
+LoKr / LoHa's fused export covers the blocks (and SD3's timestep embedder and patch convolution) only, so
+other layers are refused with them. CLIP dims of their own are [[adapter.text_encoder_blocks]] (LoConModule
+on a CLIP Linear is kohya's LoRA there; LokrModule / LohaModule peft's LoKr / LoHa). SD3's CLIP-L is CLIP-G's
+first 12 layers by paths and classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
+Refused too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's
+form, not LyCORIS's modules).
 
 With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
 modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
@@ -200,6 +201,7 @@ class FlowFile(NamedTuple):
     text_blocks: list[dict[str, Any]] = []  # the CLIP layers' map-entry dims (lora / locon)
     # the norms train_norm gives a NormModule, as (component, kohya path, class): "denoiser" or "clip"
     norms: list[tuple[str, str, str]] = []
+    text_2: list[str] | None = None  # SD3's CLIP-G targets where they differ from CLIP-L's
 
 
 class FlowModel(NamedTuple):
@@ -273,11 +275,16 @@ def flux_preset_file(
     layers = {part: replace(layer, path=part) for layer in built for part in model.parts(layer.path)}
     rows = [(part, "Linear", kind) for path, _, kind in unet if kind for part in model.parts(path)]
     components = ["text_encoder", "text_encoder_2"][: len(clips)]
+    # SD3: CLIP-G's own list where the file adapts other layers there than in CLIP-L (text_encoder_2_targets)
     text, text_2 = _text_targets(clips, [[layer.path for layer in built] for built in built_texts])
-    if text_2 is not None:
+    if len(built_texts) == 2 and text and not built_texts[0]:
+        # SD3's CLIP-L is CLIP-G's first 12 layers by paths and classes, so a walk adapts CLIP-L's layers
+        # among CLIP-G's; one reaching CLIP-G's later layers alone builds no CLIP-L module
+        text, text_2 = [], text
+    if text_2 is not None and algo not in ("lora", "locon", "lokr", "loha"):
         raise PresetError(
-            "it adapts other layers in CLIP-L than in CLIP-G: dbspec's LyCORIS on "
-            f"{model.title} has one target list for both encoders",
+            f"it adapts other layers in CLIP-L than in CLIP-G: dbspec's algo={algo} on {model.title} has one "
+            "target list for both encoders",
             False,
         )
     linear = {p: layer for p, layer in layers.items() if layer.kind != "conv"}
@@ -297,26 +304,6 @@ def flux_preset_file(
     )
     kind = algo if lokr else "lora"
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
-    if text_blocks and lokr:
-        raise PresetError(
-            f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LoKr / LoHa on "
-            f"{model.title} has no [[adapter.text_encoder_blocks]] (one rank for every layer)",
-            False,
-        )
-    convs = [block for block in blocks if "conv_rank" in block]
-    if convs:
-        raise PresetError(
-            f"`{_source(convs)}` gives the patch convolution its own dim / alpha: dbspec writes SD3's kohya "
-            "file with the convolution at the network's conv_dim / conv_alpha (network_args) only",
-            False,
-        )
-    capped = [b for b in blocks if "both Kronecker factors full" in b["_why"]]
-    if capped and lokr:  # lycoris_maps' full-factor bound is worked out on SD's widths
-        raise PresetError(
-            f"`{_source(capped)}` gives some layers a dim above [[adapter.blocks]]' 1024: dbspec writes "
-            f"LoKr's full-factor idiom (dim = 100000) on SD's widths only, not on {model.title}'s layers",
-            False,
-        )
     targets = found.denoiser
     if "proj_out" in layers and "proj_out" not in targets:
         # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:
@@ -337,7 +324,7 @@ def flux_preset_file(
                 *blocks,
             ]
     norms = _norms(unet, clips, s, conv_dims, applied)
-    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks, norms)
+    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks, norms, text_2)
 
 
 def _norms(
@@ -391,10 +378,6 @@ CHROMA_MODEL = FlowModel(
 
 def _given(a: dict[str, Legacy], key: str) -> bool:
     return key in a and bool(a[key].value)
-
-
-def _source(blocks: list[dict]) -> str:
-    return blocks[0]["_why"].split("`")[1]
 
 
 def flow_preset_file(

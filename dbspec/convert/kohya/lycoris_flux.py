@@ -174,6 +174,7 @@ def map_lycoris_flow(
         )
         return False
     text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
+    text_2: list[str] | None = None  # a preset file's CLIP-G layers where they are not CLIP-L's
     if family == "chroma" and preset in layout.presets:  # the built-in presets' classes on kohya's Chroma:
         layout = attrs.evolve(  # its blocks' Linears, and no CLIP-L one (flux_utils' dummy has none)
             layout,
@@ -184,7 +185,7 @@ def map_lycoris_flow(
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout):
             return False
-        text_blocks = file.text_blocks
+        text_blocks, text_2 = file.text_blocks, file.text_2
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
         note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
@@ -235,6 +236,10 @@ def map_lycoris_flow(
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    if text_2 is not None:  # a preset file adapting other layers in SD3's CLIP-G than in its CLIP-L
+        conv.put(
+            ("adapter", "text_encoder_2_targets"), text_2, conv.comment(module, f"preset {preset} on CLIP-G")
+        )
     if layers != "none":
         conv.put(
             ("adapter", "fused_projections"),
