@@ -159,12 +159,39 @@ def test_flux_preset_file_adapts_the_layers_lycoris_builds(models, preset, tmp_p
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
 
 
-def test_t5_classes_build_lycoris_modules(models, tmp_path, monkeypatch):
-    """What dbspec refuses (DBS403): a file naming T5's classes gets LyCORIS modules on T5-XXL."""
+# CLIP-L's and T5-XXL's attention, T5's blocks 10-23 excluded, T5's attention at a dim of its own
+T5_FILE = """\
+unet_target_module = ["DoubleStreamBlock"]
+text_encoder_target_module = ["CLIPAttention", "T5Attention"]
+exclude_name = ['encoder\\.block\\.(1\\d|2\\d)\\..*']
+
+[module_algo_map.T5Attention]
+dim = 2
+alpha = 1
+"""
+
+
+def test_t5_layers_of_a_preset_file_are_t5_lora(models, tmp_path, monkeypatch):
+    """A file reaching T5-XXL: LyCORIS builds LoConModules there (`lora_te2_`, T5 being the second encoder
+    kohya hands it), which train with CLIP-L's at text_encoder_lr when T5 encodes every step: `train.t5` with
+    its Linears the file leaves out at rank 0, each T5 Linear at lycoris-lora's rank and scale."""
     path = tmp_path / "t5.toml"
-    path.write_text('text_encoder_target_module = ["T5Attention"]\n', encoding="utf-8")
-    theirs = _lycoris_names(models, str(path), monkeypatch)
-    assert any(n.startswith("lora_te2_encoder_block_0_layer_0_SelfAttention_q") for n in theirs)
+    path.write_text(T5_FILE, encoding="utf-8")
+    plan = _converted(tmp_path, path.name)
+    a = plan.adapter
+    assert {c.name for c in plan.precision.components if c.trainable == "lora"} >= {"text_encoder_2"}
+    made = _lycoris_modules(models, str(path), monkeypatch)
+    theirs = {m.lora_name: (m.lora_dim, float(m.scale)) for m in made if m.lora_name.startswith("lora_te2_")}
+    ours = {}
+    for name, module in models["te"][1].named_modules():
+        if isinstance(module, nn.Linear) and _matches(name, a.t5_targets):
+            block = next(
+                (b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder_2.{name}")), None
+            )
+            rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
+            if rank:
+                ours[f"lora_te2_{name.replace('.', '_')}"] = (rank, alpha / rank)
+    assert len(theirs) == 40 and ours == theirs  # blocks 0-9: q, k, v, o at dim 2, alpha 1
 
 
 def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_path, monkeypatch):
@@ -466,3 +493,38 @@ def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycori
             trained = torch.cat([p(x) for p in layers], dim=-1)
             assert not torch.allclose(trained, torch.cat([p.base_layer(x) for p in layers], -1), atol=1e-7)
             torch.testing.assert_close(theirs.eval()(x), trained, rtol=0, atol=1e-5)
+
+
+def test_flux_t5_file_trains_resumes_and_exports_lycoris_lora(tmp_path):
+    """A tiny Flux run of a file reaching T5-XXL's attention (its block 1 excluded, dim 2): train.t5 adapts
+    block 0's q, k, v, o at rank 2 and nothing else of T5, resumes bit-exact, and lycoris-lora's LoConModule
+    loaded from the export (kohya lora_flux's `lora_te3_` name) computes the trained T5 layer's output."""
+    from lycoris.modules.locon import LoConModule
+
+    text = T5_FILE.replace("(1\\d|2\\d)", "1")
+    (tmp_path / "t5.toml").write_text(text, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
+    base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
+    _converted(tmp_path, "t5.toml", overrides=base)
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    tensors, again = (
+        load_file(str(next(Path(r.final).glob("*.kohya.safetensors")))) for r in (whole, second)
+    )
+    assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
+    t5 = {k.split(".")[0] for k in tensors if k.startswith("lora_te3_")}
+    assert t5 == {f"lora_te3_encoder_block_0_layer_0_SelfAttention_{n}" for n in "qkvo"}
+    layer = dict(whole.components.text_encoders[1].named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
+    name = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
+    state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    assert state["lora_down.weight"].shape[0] == 2
+    theirs = LoConModule(name, copy.deepcopy(layer.base_layer), 1.0, 2, state["alpha"].item())
+    theirs.load_state_dict(state)
+    theirs.apply_to()
+    x = torch.randn(3, layer.base_layer.in_features)
+    with torch.no_grad():
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)  # T5's LoRA trained
+        torch.testing.assert_close(theirs.eval()(x), layer(x), rtol=0, atol=1e-5)
