@@ -195,26 +195,45 @@ def test_t5_layers_of_a_preset_file_are_t5_lora(models, tmp_path, monkeypatch):
 
 
 def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_path, monkeypatch):
-    """A tiny Flux run of the double-attention file (fused q/k/v whole, the img stream's at dim 16): its kohya
-    export holds LyCORIS's modules that tiny-flux has, and a run stopped after 2 of 4 steps resumes to the
-    same weights."""
-    path = _file(tmp_path, "double_attention")
+    """A tiny Flux run of the double-attention file (fused q/k/v whole, the img stream's at dim 16) with
+    T5-XXL's attention too (its block 1 excluded, dim 2: train.t5): its kohya export holds LyCORIS's modules
+    that tiny-flux has (T5's under kohya lora_flux's `lora_te3_` where LyCORIS says `lora_te2_`),
+    lycoris-lora's LoConModule loaded from it computes the trained T5 layer's output, and a run stopped after
+    2 of 4 steps resumes to the same weights."""
+    from lycoris.modules.locon import LoConModule
+
+    text = PRESETS["double_attention"].replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
+    text = text.replace('"*.norm*"]', '"*.norm*", "encoder.block.1.*"]')
+    path = tmp_path / "double_attention.toml"
+    path.write_text(text + "\n[module_algo_map.T5Attention]\ndim = 2\nalpha = 1\n", encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=4"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
     plan = _converted(tmp_path, path.name, overrides=base)
     theirs = _lycoris_names(models, str(path), monkeypatch)
-    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]))
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
     assert whole.status == "finished" and whole.steps == 4
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
-    modules = {k.split(".")[0] for k in tensors}
+    modules = {k.split(".")[0].replace("lora_te3_", "lora_te2_") for k in tensors}
     assert modules and modules <= theirs
+    t5 = {m for m in modules if m.startswith("lora_te2_")}
+    assert t5 == {f"lora_te2_encoder_block_0_layer_0_SelfAttention_{n}" for n in "qkvo"}
     down = tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
     assert (
         down.shape[0] == 16
         and tensors["lora_unet_double_blocks_0_txt_attn_qkv.lora_down.weight"].shape[0] == 4
     )
     assert plan.adapter.blocks[0].rank == 16
+    layer = dict(whole.components.text_encoders[1].named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
+    name = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
+    state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    theirs_q = LoConModule(name, copy.deepcopy(layer.base_layer), 1.0, 2, state["alpha"].item())
+    theirs_q.load_state_dict(state)
+    theirs_q.apply_to()
+    x = torch.randn(3, layer.base_layer.in_features)
+    with torch.no_grad():
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)  # T5's LoRA trained
+        torch.testing.assert_close(theirs_q.eval()(x), layer(x), rtol=0, atol=1e-5)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     assert execute(parts, stop_after=2).status == "interrupted"
     second = execute(parts, resume=True)
@@ -495,36 +514,54 @@ def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycori
             torch.testing.assert_close(theirs.eval()(x), trained, rtol=0, atol=1e-5)
 
 
-def test_flux_t5_file_trains_resumes_and_exports_lycoris_lora(tmp_path):
-    """A tiny Flux run of a file reaching T5-XXL's attention (its block 1 excluded, dim 2): train.t5 adapts
-    block 0's q, k, v, o at rank 2 and nothing else of T5, resumes bit-exact, and lycoris-lora's LoConModule
-    loaded from the export (kohya lora_flux's `lora_te3_` name) computes the trained T5 layer's output."""
+def test_sd3_patch_convolution_at_a_file_dim_is_lycoris_locon(tmp_path):
+    """The patch convolution at a map entry's dim of its own (2, alpha 1, beside conv_dim 4) on tiny-sd3: the
+    run's layer is rank 2 at scale 1/2, and its kohya_lora export (`lora_unet_x_embedder_proj`) loads in
+    lycoris-lora's LoConModule with the layer's output (no training: the LoRA up set at random)."""
     from lycoris.modules.locon import LoConModule
 
-    text = T5_FILE.replace("(1\\d|2\\d)", "1")
-    (tmp_path / "t5.toml").write_text(text, encoding="utf-8")
-    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
-    base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
-    _converted(tmp_path, "t5.toml", overrides=base)
-    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
-    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
-    assert execute(parts, stop_after=1).status == "interrupted"
-    second = execute(parts, resume=True)
-    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
-    tensors, again = (
-        load_file(str(next(Path(r.final).glob("*.kohya.safetensors")))) for r in (whole, second)
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
+
+    path = tmp_path / "patch.toml"
+    path.write_text(SD3_PRESETS["x_attention"] + "\n[module_algo_map.PatchEmbed]\ndim = 2\nalpha = 1\n")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{name}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_dim=4 --network_alpha=1 --network_args "algo=locon" "conv_dim=4" "preset=patch.toml" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
-    assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
-    t5 = {k.split(".")[0] for k in tensors if k.startswith("lora_te3_")}
-    assert t5 == {f"lora_te3_encoder_block_0_layer_0_SelfAttention_{n}" for n in "qkvo"}
-    layer = dict(whole.components.text_encoders[1].named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
-    name = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    run = [
+        "model.base=builtin:tiny-sd3",
+        "model.text_encoder_files=[]",
+        'model.vae=""',
+        "model.t5_max_length=16",
+    ]
+    plan = compile_spec(out_path(tmp_path), run)
+    comps = family_runtime("sd3").load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    proj = comps.unet.float().pos_embed.proj
+    assert proj.r["default"] == 2 and proj.scaling["default"] == 0.5
+    torch.manual_seed(0)
+    torch.nn.init.normal_(proj.lora_B["default"].weight, std=0.2)
+    tensors, _ = family_runtime("sd3").exports.kohya_lora_state(
+        denoiser=comps.unet, text_encoders=[], dtype="fp32"
+    )
+    name = "lora_unet_x_embedder_proj"
     state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
-    assert state["lora_down.weight"].shape[0] == 2
-    theirs = LoConModule(name, copy.deepcopy(layer.base_layer), 1.0, 2, state["alpha"].item())
+    conv = nn.Conv2d(proj.base_layer.in_channels, proj.base_layer.out_channels, 2, stride=2)
+    conv.load_state_dict(proj.base_layer.state_dict())
+    theirs = LoConModule(name, conv, 1.0, 2, state["alpha"].item())
     theirs.load_state_dict(state)
     theirs.apply_to()
-    x = torch.randn(3, layer.base_layer.in_features)
+    x = torch.randn(2, conv.in_channels, 8, 8)
     with torch.no_grad():
-        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)  # T5's LoRA trained
-        torch.testing.assert_close(theirs.eval()(x), layer(x), rtol=0, atol=1e-5)
+        assert not torch.allclose(proj(x), proj.base_layer(x), atol=1e-4)
+        torch.testing.assert_close(theirs.eval()(x), proj(x), rtol=0, atol=1e-5)
