@@ -432,15 +432,18 @@ class AdapterBlock:
         example="^down_blocks\\.0\\.",
     )
     rank: int = option(
-        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them.", minimum=0, maximum=1024
+        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. At most 1024, on LoKr "
+        "100000 (the adapter's bound: a LyCORIS preset file's full-matrix dims).",
+        minimum=0,
+        maximum=100_000,
     )
     alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
-        "none.",
+        "none. At most 1024, on LoKr 100000.",
         minimum=0,
-        maximum=1024,
+        maximum=100_000,
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
     factor: int = _block_factor()
@@ -485,7 +488,11 @@ class TextEncoderBlock:
         "matches a module sets its rank and alpha.",
         example="^text_encoder\\.text_model\\.encoder\\.layers\\.0\\.",
     )
-    rank: int = option(doc="Rank of the matched layers; 0 adapts none of them.", minimum=0, maximum=1024)
+    rank: int = option(
+        doc="Rank of the matched layers; 0 adapts none of them. At most 1024, on LoKr 100000.",
+        minimum=0,
+        maximum=100_000,
+    )
     alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")

@@ -242,15 +242,15 @@ def _lokr_shapes_of(pipe, plan) -> dict[str, dict[str, tuple]]:
 
 
 def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
-    """A map entry's LoKr dim of 100000 (LyCORIS's full-matrix idiom) converts to a block at rank 1024: each
-    layer LyCORIS builds at 100000 is full in both factors at scale 1, and so is the plan's at 1024, in the
-    same shapes (issue 12)."""
+    """A map entry's LoKr dim of 100000 (LyCORIS's full-matrix idiom) converts to a block at that rank (LoKr's
+    block bound): each layer LyCORIS builds at 100000 is full in both factors at scale 1, and so is the
+    plan's, in the same shapes (issue 12)."""
     PRESETS["huge-lokr"] = PRESETS["no-conv"].replace("dim = 2", "dim = 100000")
     try:
         path, plan = _converted_plan(tmp_path, "huge-lokr", "lokr")
     finally:
         del PRESETS["huge-lokr"]
-    assert [b.rank for b in plan.adapter.blocks] == [1024]
+    assert [b.rank for b in plan.adapter.blocks] == [100000]
     made = _lycoris(pipe, path, monkeypatch, "lokr")
     theirs = {m.lora_name: m for m in made.unet_loras}
     huge = {k for k, m in theirs.items() if m.lora_dim == 100000}

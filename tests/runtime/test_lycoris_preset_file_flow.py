@@ -73,14 +73,18 @@ def models():
     return {"kohya": _rebuilt(flux_model()), "te": [_pinned_clip(clip), t5], "flux": flux}
 
 
-def _lycoris_names(models, preset: str, monkeypatch, algo: str = "locon") -> set[str]:
+def _lycoris_modules(models, preset: str, monkeypatch, algo: str = "locon") -> list:
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya"], algo=algo, preset=preset
     )
-    return {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras]}
+    return [*made.unet_loras, *made.text_encoder_loras]
+
+
+def _lycoris_names(models, preset: str, monkeypatch, algo: str = "locon") -> set[str]:
+    return {m.lora_name for m in _lycoris_modules(models, preset, monkeypatch, algo)}
 
 
 def _matches(name: str, targets) -> bool:
@@ -155,35 +159,81 @@ def test_flux_preset_file_adapts_the_layers_lycoris_builds(models, preset, tmp_p
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
 
 
-def test_t5_classes_build_lycoris_modules(models, tmp_path, monkeypatch):
-    """What dbspec refuses (DBS403): a file naming T5's classes gets LyCORIS modules on T5-XXL."""
+# CLIP-L's and T5-XXL's attention, T5's blocks 10-23 excluded, T5's attention at a dim of its own
+T5_FILE = """\
+unet_target_module = ["DoubleStreamBlock"]
+text_encoder_target_module = ["CLIPAttention", "T5Attention"]
+exclude_name = ['encoder\\.block\\.(1\\d|2\\d)\\..*']
+
+[module_algo_map.T5Attention]
+dim = 2
+alpha = 1
+"""
+
+
+def test_t5_layers_of_a_preset_file_are_t5_lora(models, tmp_path, monkeypatch):
+    """A file reaching T5-XXL: LyCORIS builds LoConModules there (`lora_te2_`, T5 being the second encoder
+    kohya hands it), which train with CLIP-L's at text_encoder_lr when T5 encodes every step: `train.t5` with
+    its Linears the file leaves out at rank 0, each T5 Linear at lycoris-lora's rank and scale."""
     path = tmp_path / "t5.toml"
-    path.write_text('text_encoder_target_module = ["T5Attention"]\n', encoding="utf-8")
-    theirs = _lycoris_names(models, str(path), monkeypatch)
-    assert any(n.startswith("lora_te2_encoder_block_0_layer_0_SelfAttention_q") for n in theirs)
+    path.write_text(T5_FILE, encoding="utf-8")
+    plan = _converted(tmp_path, path.name)
+    a = plan.adapter
+    assert {c.name for c in plan.precision.components if c.trainable == "lora"} >= {"text_encoder_2"}
+    made = _lycoris_modules(models, str(path), monkeypatch)
+    theirs = {m.lora_name: (m.lora_dim, float(m.scale)) for m in made if m.lora_name.startswith("lora_te2_")}
+    ours = {}
+    for name, module in models["te"][1].named_modules():
+        if isinstance(module, nn.Linear) and _matches(name, a.t5_targets):
+            block = next(
+                (b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder_2.{name}")), None
+            )
+            rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
+            if rank:
+                ours[f"lora_te2_{name.replace('.', '_')}"] = (rank, alpha / rank)
+    assert len(theirs) == 40 and ours == theirs  # blocks 0-9: q, k, v, o at dim 2, alpha 1
 
 
 def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_path, monkeypatch):
-    """A tiny Flux run of the double-attention file (fused q/k/v whole, the img stream's at dim 16): its kohya
-    export holds LyCORIS's modules that tiny-flux has, and a run stopped after 2 of 4 steps resumes to the
-    same weights."""
-    path = _file(tmp_path, "double_attention")
+    """A tiny Flux run of the double-attention file (fused q/k/v whole, the img stream's at dim 16) with
+    T5-XXL's attention too (its block 1 excluded, dim 2: train.t5): its kohya export holds LyCORIS's modules
+    that tiny-flux has (T5's under kohya lora_flux's `lora_te3_` where LyCORIS says `lora_te2_`),
+    lycoris-lora's LoConModule loaded from it computes the trained T5 layer's output, and a run stopped after
+    2 of 4 steps resumes to the same weights."""
+    from lycoris.modules.locon import LoConModule
+
+    text = PRESETS["double_attention"].replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
+    text = text.replace('"*.norm*"]', '"*.norm*", "encoder.block.1.*"]')
+    path = tmp_path / "double_attention.toml"
+    path.write_text(text + "\n[module_algo_map.T5Attention]\ndim = 2\nalpha = 1\n", encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=4"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
     plan = _converted(tmp_path, path.name, overrides=base)
     theirs = _lycoris_names(models, str(path), monkeypatch)
-    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]))
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
     assert whole.status == "finished" and whole.steps == 4
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
-    modules = {k.split(".")[0] for k in tensors}
+    modules = {k.split(".")[0].replace("lora_te3_", "lora_te2_") for k in tensors}
     assert modules and modules <= theirs
+    t5 = {m for m in modules if m.startswith("lora_te2_")}
+    assert t5 == {f"lora_te2_encoder_block_0_layer_0_SelfAttention_{n}" for n in "qkvo"}
     down = tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
     assert (
         down.shape[0] == 16
         and tensors["lora_unet_double_blocks_0_txt_attn_qkv.lora_down.weight"].shape[0] == 4
     )
     assert plan.adapter.blocks[0].rank == 16
+    layer = dict(whole.components.text_encoders[1].named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
+    name = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
+    state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    theirs_q = LoConModule(name, copy.deepcopy(layer.base_layer), 1.0, 2, state["alpha"].item())
+    theirs_q.load_state_dict(state)
+    theirs_q.apply_to()
+    x = torch.randn(3, layer.base_layer.in_features)
+    with torch.no_grad():
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)  # T5's LoRA trained
+        torch.testing.assert_close(theirs_q.eval()(x), layer(x), rtol=0, atol=1e-5)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     assert execute(parts, stop_after=2).status == "interrupted"
     second = execute(parts, resume=True)
@@ -217,6 +267,17 @@ text_encoder_target_module = []
 text_encoder_target_name = ["text_projection"]
 """,
     "defaults": "",
+    # the patch convolution at a dim of its own (a block's conv_rank); CLIP-G's layers 12-31 alone (CLIP-L
+    # has 12: no CLIP-L module, text_encoder_2_targets)
+    "patch_dim": """\
+unet_target_module = ["PatchEmbed", "TimestepEmbedding"]
+text_encoder_target_module = []
+text_encoder_target_name = ['text_model\\.encoder\\.layers\\.(1[2-9]|2\\d|3[01])\\.self_attn\\.q_proj']
+
+[module_algo_map.PatchEmbed]
+dim = 2
+alpha = 1
+""",
 }
 
 
@@ -280,7 +341,8 @@ def test_sd3_preset_file_adapts_the_layers_lycoris_builds(sd3_models, preset, tm
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    a = plan_of(outcome, tmp_path).adapter
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
     theirs = _lycoris_names(sd3_models, str(path), monkeypatch)
     ours = set()
     for kohya_path, _, kind in mmdit():
@@ -290,12 +352,23 @@ def test_sd3_preset_file_adapts_the_layers_lycoris_builds(sd3_models, preset, tm
             assert len(hits) == 1, kohya_path
             if hits.pop():
                 ours.add("lora_unet_" + kohya_path.replace(".", "_"))
-    for prefix, model in zip(("lora_te1", "lora_te2"), sd3_models["te"]):
+    lora = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    trains = ("text_encoder" in lora, "text_encoder_2" in lora)
+    clip_g = a.text_encoder_targets if a.text_encoder_2_targets is None else a.text_encoder_2_targets
+    for prefix, model, targets, on in zip(
+        ("lora_te1", "lora_te2"), sd3_models["te"], (a.text_encoder_targets, clip_g), trains
+    ):
         for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and _matches(name, a.text_encoder_targets):
+            if on and isinstance(module, nn.Linear) and _matches(name, targets):
                 ours.add(f"{prefix}_{name.replace('.', '_')}")
     assert theirs and not any(n.startswith("lora_te3") for n in theirs)
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+    if preset == "patch_dim":  # LoConModule's dim / alpha on the patch convolution: its block's
+        made = {m.lora_name: m for m in _lycoris_modules(sd3_models, str(path), monkeypatch)}
+        patch = made["lora_unet_x_embedder_proj"]
+        (block,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+        assert (patch.lora_dim, float(patch.scale)) == (block.conv_rank, block.conv_alpha / block.conv_rank)
+        assert (a.conv_rank, trains) == (4, (False, True))
 
 
 def test_clip_dims_of_a_preset_file_are_lycoris_modules(models, tmp_path, monkeypatch):
@@ -328,14 +401,16 @@ def test_clip_dims_of_a_preset_file_are_lycoris_modules(models, tmp_path, monkey
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
 def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatch, algo):
-    """LoKr / LoHa map entries with their own dim / alpha (and LoKr's factor, decompose_both): the blocks
-    the converter writes give each of kohya's Linears, a fused one through all its diffusers parts, the rank,
-    scale and factor shapes of the module lycoris-lora's create_network builds on it (meta device)."""
-    from dbspec.runtime.fused_lokr import lokr_shapes
-
+    """LoKr / LoHa map entries with their own dim / alpha (and LoKr's factor, decompose_both; LoKr's
+    full-matrix dim of 100000 above the blocks' 1024), CLIP-L's attention at a dim of its own: the blocks and
+    text-encoder blocks the converter writes give each of kohya's Linears, a fused one through all its
+    diffusers parts, and each CLIP-L Linear the rank, scale and factor shapes of the module lycoris-lora's
+    create_network builds on it (meta device)."""
     path = tmp_path / "dims.toml"  # tests/unit/test_convert_lycoris_flow_preset_file.py's LOKR_DIMS
     own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
-    own += "decompose_both = true\n"
+    own += "decompose_both = true\n[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
+    if algo == "lokr":
+        own += '[name_algo_map."double_blocks.*.txt_attn.proj"]\ndim = 100000\n'
     path.write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
@@ -348,31 +423,145 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
     made = lycoris_kohya.create_network(1.0, 4, 1.0, None, models["te"], kohya, algo=algo, preset=str(path))
     theirs = {
         m.lora_name: (m.lora_dim, float(m.scale), {k: tuple(v.shape) for k, v in m.state_dict().items()})
-        for m in made.unet_loras
+        for m in [*made.unet_loras, *made.text_encoder_loras]
     }
-    assert {d for d, _, _ in theirs.values()} == {1, 4, 16}
+    assert {d for d, _, _ in theirs.values()} == {1, 2, 4, 16} | ({100000} if algo == "lokr" else set())
     a = _converted(tmp_path, path.name, algo).adapter
     ours = {}
+    for name, module in models["te"][0].named_modules():
+        if isinstance(module, nn.Linear) and _matches(name, a.text_encoder_targets):
+            block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder.{name}"))
+            out_dim, in_dim = module.weight.shape
+            ours[f"lora_te1_{name.replace('.', '_')}"] = _lycoris_form(algo, out_dim, in_dim, block, a)
     for kohya_path, _, kind in flux_model():
         parts = diffusers_parts(kohya_path) if kind else ()
         if not parts or not _adapted(parts[0], a):
             continue
         block = next((b for b in a.blocks if re.search(b.pattern, parts[0])), None)
-        rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
         out_dim, in_dim = kohya.get_submodule(kohya_path).weight.shape
-        if algo == "lokr":
-            factor = block.factor if block is not None and block.factor else a.factor
-            both = block.decompose_both == "on" if block is not None else a.decompose_both
-            shapes = lokr_shapes(out_dim, in_dim, rank, factor, both, False, False)
-            scale = 1.0 if {"lokr_w1", "lokr_w2"} <= set(shapes) else alpha / rank
-        else:
-            shapes = {"hada_w1_a": (out_dim, rank), "hada_w1_b": (rank, in_dim)}
-            shapes |= {"hada_w2_a": (out_dim, rank), "hada_w2_b": (rank, in_dim)}
-            scale = alpha / rank
-        ours["lora_unet_" + kohya_path.replace(".", "_")] = (rank, scale, {**shapes, "alpha": ()})
+        ours["lora_unet_" + kohya_path.replace(".", "_")] = _lycoris_form(algo, out_dim, in_dim, block, a)
     assert sorted(ours) == sorted(theirs)
     for name, (rank, scale, shapes) in ours.items():
         assert theirs[name][0] == rank and theirs[name][1] == pytest.approx(scale), name
         assert theirs[name][2] == shapes, name
     if algo == "lokr":  # factor 4 and decompose_both: w1 (4 x 4 of 9216 x 3072) at rank 1
         assert theirs["lora_unet_double_blocks_0_txt_attn_qkv"][2]["lokr_w1_a"] == (4, 1)
+        # dim 100000: both factors full at scale 1
+        assert theirs["lora_unet_double_blocks_0_txt_attn_proj"][:2] == (100000, 1.0)
+
+
+def _lycoris_form(algo: str, out_dim: int, in_dim: int, block, a) -> tuple:
+    """(rank, scale, state shapes) of LyCORIS's LokrModule / LohaModule on a Linear at the plan's rank (its
+    block's, when one matches), as runtime/fused_lokr.py's lokr_shapes splits it."""
+    from dbspec.runtime.fused_lokr import lokr_shapes
+
+    rank, alpha = (a.rank, a.alpha) if block is None else (block.rank, block.alpha)
+    if algo == "lokr":
+        factor = block.factor if block is not None and block.factor else a.factor
+        both = block.decompose_both == "on" if block is not None else a.decompose_both
+        shapes = lokr_shapes(out_dim, in_dim, rank, factor, both, False, False)
+        scale = 1.0 if {"lokr_w1", "lokr_w2"} <= set(shapes) else alpha / rank
+    else:
+        shapes = {"hada_w1_a": (out_dim, rank), "hada_w1_b": (rank, in_dim)}
+        shapes |= {"hada_w2_a": (out_dim, rank), "hada_w2_b": (rank, in_dim)}
+        scale = alpha / rank
+    return rank, scale, {**shapes, "alpha": ()}
+
+
+def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycoris(tmp_path):
+    """A tiny Flux LoKr run of a file giving CLIP-L's attention a dim of its own (text_encoder_blocks) and the
+    txt stream's q/k/v LyCORIS's full-matrix dim 100000 (a block above 1024): it resumes bit-exact, and
+    lycoris-lora's LokrModule loaded from the export computes what the trained layers compute (a CLIP-L
+    Linear at rank 2, the fused q/k/v with both factors full)."""
+    from lycoris.modules.lokr import LokrModule
+
+    from tests.runtime.lycoris_flow_kit import stacked_linear
+
+    own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 100000\n'
+    own += "[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
+    (tmp_path / "full_dim.toml").write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
+    base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
+    a = _converted(tmp_path, "full_dim.toml", "lokr", overrides=base).adapter
+    assert [b.rank for b in a.blocks] == [16, 100000] and [b.rank for b in a.text_encoder_blocks] == [2]
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    tensors, again = (
+        load_file(str(next(Path(r.final).glob("*.kohya.safetensors")))) for r in (whole, second)
+    )
+    assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
+    attn = whole.components.unet.transformer_blocks[0].attn
+    clip = dict(whole.components.text_encoders[0].named_modules())
+    for name, layers in (
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)),
+        (
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+            (clip["encoder.layers.0.self_attn.q_proj"],),
+        ),
+    ):
+        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        rank = state["lokr_w2_a"].shape[1] if "lokr_w2_a" in state else 100000
+        theirs = LokrModule(name, stacked_linear(layers), 1.0, rank, state["alpha"].item())
+        theirs.load_state_dict(state)
+        theirs.apply_to()
+        x = torch.randn(3, layers[0].base_layer.in_features)
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in layers], dim=-1)
+            assert not torch.allclose(trained, torch.cat([p.base_layer(x) for p in layers], -1), atol=1e-7)
+            torch.testing.assert_close(theirs.eval()(x), trained, rtol=0, atol=1e-5)
+
+
+def test_sd3_patch_convolution_at_a_file_dim_is_lycoris_locon(tmp_path):
+    """The patch convolution at a map entry's dim of its own (2, alpha 1, beside conv_dim 4) on tiny-sd3: the
+    run's layer is rank 2 at scale 1/2, and its kohya_lora export (`lora_unet_x_embedder_proj`) loads in
+    lycoris-lora's LoConModule with the layer's output (no training: the LoRA up set at random)."""
+    from lycoris.modules.locon import LoConModule
+
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
+
+    path = tmp_path / "patch.toml"
+    path.write_text(SD3_PRESETS["x_attention"] + "\n[module_algo_map.PatchEmbed]\ndim = 2\nalpha = 1\n")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{name}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_dim=4 --network_alpha=1 --network_args "algo=locon" "conv_dim=4" "preset=patch.toml" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    run = [
+        "model.base=builtin:tiny-sd3",
+        "model.text_encoder_files=[]",
+        'model.vae=""',
+        "model.t5_max_length=16",
+    ]
+    plan = compile_spec(out_path(tmp_path), run)
+    comps = family_runtime("sd3").load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    proj = comps.unet.float().pos_embed.proj
+    assert proj.r["default"] == 2 and proj.scaling["default"] == 0.5
+    torch.manual_seed(0)
+    torch.nn.init.normal_(proj.lora_B["default"].weight, std=0.2)
+    tensors, _ = family_runtime("sd3").exports.kohya_lora_state(
+        denoiser=comps.unet, text_encoders=[], dtype="fp32"
+    )
+    name = "lora_unet_x_embedder_proj"
+    state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    conv = nn.Conv2d(proj.base_layer.in_channels, proj.base_layer.out_channels, 2, stride=2)
+    conv.load_state_dict(proj.base_layer.state_dict())
+    theirs = LoConModule(name, conv, 1.0, 2, state["alpha"].item())
+    theirs.load_state_dict(state)
+    theirs.apply_to()
+    x = torch.randn(2, conv.in_channels, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(proj(x), proj.base_layer(x), atol=1e-4)
+        torch.testing.assert_close(theirs.eval()(x), proj(x), rtol=0, atol=1e-5)

@@ -286,19 +286,18 @@ LOKR_EXAMPLE = (
 
 def test_lokr_entry_factors_become_block_factors(tmp_path):
     """A LoKr entry's own `factor` (LokrModule's int(factor), in place of the network's) is its block's
-    `factor`; with LyCORIS's full-matrix idiom the block bound holds where every layer is full at 1024 by the
-    entry's factor (64: widths up to 10240 split 64 x 160; 12: 10 x 1024), as LokrModule builds it (issue
-    12)."""
+    `factor`; LyCORIS's full-matrix idiom (dim 10^11: every layer full at scale 1) is a block at LoKr's bound
+    of 100000, where LokrModule builds the same full factors on every layer (issue 12)."""
     outcome = expressible(_convert(tmp_path, LOKR_EXAMPLE, "lokr"))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha, a.factor) == ("lokr", 16, 8.0, -1)
     assert [(*row, b.factor) for row, b in zip(_blocks(a.blocks), a.blocks)] == [
-        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 1024, 1024.0, 0, 1.0, 64),
-        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 1024, 1024.0, 0, 1.0, 12),
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 100000, 100000.0, 0, 1.0, 64),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 100000, 100000.0, 0, 1.0, 12),
         (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 1.0, 4, 1.0, 4),
     ]
     assert [(b.pattern, b.rank, b.alpha, b.factor) for b in a.text_encoder_blocks] == [
-        (r"(?:^|\.)(?:fc1|fc2)$", 1024, 1024.0, 0)
+        (r"(?:^|\.)(?:fc1|fc2)$", 100000, 100000.0, 0)
     ]
 
 
@@ -338,30 +337,30 @@ FULL_LOKR = (
 
 
 def test_huge_lokr_dims_are_full_factors_at_the_block_bound(tmp_path):
-    """LokrModule trains a factor in full once dim >= half the larger part of its split and then scales by 1
-    (alpha = dim): with factor -1 every layer of SD 1.x / 2.x / SDXL is full from dim 64 on, so a dim of
-    100000 (or 10^13) builds on each layer what a block at rank 1024 builds (issue 12)."""
+    """A LoKr block keeps its dim up to LoKr's bound of 100000 (LokrModule's split and scale at that dim on
+    any width); above it (10^13) every layer is full in both factors at scale 1, as at 100000 (issue 12)."""
     outcome = expressible(_convert(tmp_path, FULL_LOKR, "lokr"))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha, a.factor) == ("lokr", 16, 8.0, 8, 4.0, -1)
     assert _blocks(a.blocks) == [
-        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 1024, 1024.0, 0, 1.0),
-        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 1024, 1024.0, 0, 1.0),
-        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 1024, 1024.0, 1024, 1024.0),
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 100000, 100000.0, 0, 1.0),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 100000, 1.0, 0, 1.0),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 100000, 8.0, 100000, 4.0),
     ]
     assert a.text_encoder_blocks == ()
 
 
-def test_huge_dims_that_no_block_builds_stay_refused(tmp_path):
-    """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560: LokrModule trains it in full only from dim
-    1280, above the block bound; LoCon / LoHa train at the dim itself."""
+def test_huge_dims_keep_their_rank_on_lokr_only(tmp_path):
+    """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560 (full only from dim 1280): a LoKr dim of
+    100000 is a block at 100000 (no width assumption); LoCon / LoHa train at the dim itself (DBS403), and
+    LoKr's 10^13 with rs_lora scales a full layer by sqrt(dim) (DBS403)."""
     text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
     outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
-    said = messages(outcome, "DBS403")
-    assert "DBS403" in codes(outcome) and "10240-wide layer is full only from dim 1280" in said
-    (tmp_path / "full").mkdir(), (tmp_path / "loha").mkdir()
-    outcome = _convert(tmp_path / "full", text, "lokr", args='"factor=4" "full_matrix=True"')
-    assert [b.rank for b in plan_of(expressible(outcome), tmp_path / "full").adapter.blocks] == [1024]
+    assert [b.rank for b in plan_of(expressible(outcome), tmp_path).adapter.blocks] == [100000]
+    (tmp_path / "rs").mkdir(), (tmp_path / "loha").mkdir()
+    huge = text.replace("100000", "10000000000000")
+    outcome = _convert(tmp_path / "rs", huge, "lokr", args='"rs_lora=True"')
+    assert "DBS403" in codes(outcome) and "dim / sqrt(dim)" in messages(outcome, "DBS403")
     outcome = _convert(tmp_path / "loha", text, "loha")
     assert "DBS403" in codes(outcome) and "only LoKr's factors cap" in messages(outcome, "DBS403")
 

@@ -2,7 +2,7 @@
 (dbspec/convert/kohya/lycoris_flow_file.py): the file's walk over kohya's Flux / MMDiT (lycoris_file._walk on
 lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
 [[adapter.blocks]] (LoRA/LoCon, LoKr / LoHa: a block per whole fused layer), SD3's patch convolution as
-conv_targets; T5-XXL layers and the patch convolution's own dims refused (DBS403).
+conv_targets (a dim of its own: a block's conv_rank); T5-XXL layers refused (DBS403).
 tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's
 create_network."""
 
@@ -140,10 +140,54 @@ def test_lokr_and_loha_dims_are_blocks_over_whole_fused_layers(tmp_path):
                 assert (txt.rank, txt.alpha, txt.factor) == (1, 1.0, 0)
 
 
-def test_t5_classes_are_refused(tmp_path):
-    preset = 'text_encoder_target_module = ["CLIPAttention", "T5Attention"]\n'
-    outcome = _flux(tmp_path, preset, '"algo=locon"', allow=True)
-    assert "DBS403" in codes(outcome)
+# CLIP-L's and T5-XXL's attention, T5's blocks 12-23 excluded, its attention at a dim of its own
+T5_FILE = """\
+text_encoder_target_module = ["CLIPAttention", "T5Attention"]
+exclude_name = ['single_blocks\\..*', 'encoder\\.block\\.(1[2-9]|2\\d)\\..*']
+
+[module_algo_map.T5Attention]
+dim = 4
+alpha = 4
+"""
+
+
+def _te_block(a, path: str):
+    return next((b for b in a.text_encoder_blocks if re.search(b.pattern, path)), None)
+
+
+def test_t5_layers_train_as_t5_lora(tmp_path):
+    """A file reaching T5-XXL: LyCORIS's LoConModules there train with CLIP-L's (one text group at
+    text_encoder_lr's first value) while T5 encodes every step, train_t5xxl or not: `train.t5`, the file's T5
+    Linears at their entry's dim, the others at rank 0; with text-encoder outputs cached T5 never runs and
+    with network_train_unet_only apply_to drops them (DBS405); LoKr's T5 modules are no T5 LoRA (DBS403)."""
+    outcome = _flux(tmp_path, T5_FILE, '"algo=locon" --text_encoder_lr 5e-5 1e-5')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert {c.name for c in plan.precision.components if c.trainable == "lora"} == {
+        "unet",
+        "text_encoder",
+        "text_encoder_2",
+    }
+    assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr in (None, 5e-5)
+    t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+    assert (_te_block(a, t5.format(3, "0.SelfAttention.q")).rank, a.alpha) == (4, 4.0)
+    assert _te_block(a, t5.format(3, "0.SelfAttention.q")).alpha == 4.0
+    assert _te_block(a, t5.format(12, "0.SelfAttention.o")).rank == 0
+    assert _te_block(a, t5.format(3, "1.DenseReluDense.wi_0")).rank == 0
+    assert _te_block(a, "text_encoder.text_model.encoder.layers.3.self_attn.q_proj") is None
+    for extra, why in (
+        ("--cache_text_encoder_outputs", "text-encoder outputs are cached"),
+        ("--network_train_unet_only", "apply_to drops them"),
+    ):
+        folder = tmp_path / extra.strip("-")
+        outcome = _flux(folder, T5_FILE, f'"algo=locon" {extra}')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        assert why in messages(outcome, "DBS405")
+        assert "text_encoder_2" not in {
+            c.name for c in plan_of(outcome, folder).precision.components if c.trainable == "lora"
+        }
+    outcome = _flux(tmp_path / "lokr", T5_FILE, '"algo=lokr"', allow=True)
     assert "T5-XXL layer" in messages(outcome, "DBS403")
 
 
@@ -191,10 +235,30 @@ def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
     context = [f"transformer_blocks.{i}.attn.{p}" for i in range(24) for p in ("add_q_proj", "to_add_out")]
     assert _picked([*x, *context, "proj_out"], a.denoiser_targets) == x
     assert sorted(a.text_encoder_targets) == ["fc1", "fc2"] and not a.blocks
-    # a dim of its own for the patch convolution: DBS403 (kohya's SD3 file has one conv rank)
-    dim = SD3_X_ATTENTION + "\n[module_algo_map.PatchEmbed]\ndim = 2\n"
-    outcome = _sd3(tmp_path / "dim", dim, '"algo=locon" "conv_dim=4"', allow=True)
-    assert "patch convolution its own dim" in messages(outcome, "DBS403")
+    # a dim of its own for the patch convolution: a block at that conv rank (LoConModule's dim / alpha there)
+    dim = SD3_X_ATTENTION + "\n[module_algo_map.PatchEmbed]\ndim = 2\nalpha = 1\n"
+    outcome = _sd3(tmp_path / "dim", dim, '"algo=locon" "conv_dim=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "dim").adapter
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets) == (4, 4.0, ("pos_embed.proj",))
+    (block,) = a.blocks
+    assert re.search(block.pattern, "pos_embed.proj") and (block.conv_rank, block.conv_alpha) == (2, 1.0)
+    assert not any(re.search(block.pattern, p) for p in x)  # the attention keeps the network's rank
+
+
+def test_sd3_t5_layers_train_as_t5_lora(tmp_path):
+    """On SD3 LyCORIS names T5-XXL `lora_te3_` (the third encoder kohya hands it): its file layers are
+    `train.t5` (text_encoder_3), at text_encoder_lr like both CLIP encoders."""
+    outcome = _sd3(tmp_path, SD3_X_ATTENTION.replace('"CLIPMLP"', '"T5DenseGatedActDense"'), '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    lora = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert "text_encoder_3" in lora and not {"text_encoder", "text_encoder_2"} & lora
+    (block,) = plan.adapter.text_encoder_blocks  # T5's attention left out
+    assert block.rank == 0 and re.search(
+        block.pattern, "text_encoder_3.encoder.block.5.layer.0.SelfAttention.o"
+    )
+    assert not re.search(block.pattern, "text_encoder_3.encoder.block.5.layer.1.DenseReluDense.wo")
 
 
 def test_sd3_lokr_on_the_patch_convolution_tucker_refused(tmp_path):
@@ -234,7 +298,7 @@ alpha = 2
 
 def test_clip_dims_of_their_own_are_text_encoder_blocks(tmp_path):
     """A map entry's CLIP dim is [[adapter.text_encoder_blocks]] with LoCon (LoConModule on a CLIP Linear is
-    kohya's LoRA); with LoKr / LoHa (no blocks on Flux) DBS403."""
+    kohya's LoRA), LoKr and LoHa (LokrModule / LohaModule at the entry's dim and alpha)."""
     outcome = _flux(tmp_path, CLIP_DIMS, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
@@ -245,5 +309,9 @@ def test_clip_dims_of_their_own_are_text_encoder_blocks(tmp_path):
 
     assert te_rank("text_encoder.text_model.encoder.layers.3.mlp.fc2") == (2, 2.0)
     assert te_rank("text_encoder.text_model.encoder.layers.3.self_attn.q_proj") == (8, 4.0)
-    outcome = _flux(tmp_path / "lokr", CLIP_DIMS, '"algo=lokr"', allow=True)
-    assert "CLIP layers their own dim" in messages(outcome, "DBS403")
+    for algo in ("lokr", "loha"):
+        outcome = _flux(tmp_path / algo, CLIP_DIMS, f'"algo={algo}"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / algo).adapter
+        assert a.kind == algo and te_rank("text_encoder.text_model.encoder.layers.3.mlp.fc2") == (2, 2.0)
+        assert te_rank("text_encoder.text_model.encoder.layers.3.self_attn.q_proj") == (8, 4.0)

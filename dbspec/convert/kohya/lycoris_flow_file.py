@@ -18,12 +18,15 @@ all as the shortest suffixes that pick exactly those layers among the diffusers 
 `proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
 conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
 [[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; an entry names whole kohya layers,
-so its block covers every diffusers part of a fused one); LoKr / LoHa's fused export covers the blocks (and
-SD3's timestep embedder) only, so other layers are refused with them. Refused
-too: T5-XXL layers (a file naming T5's classes or paths: dbspec's T5 LoRA is kohya's own network's form, not
-LyCORIS's modules), LoKr / LoHa CLIP dims of their own, different CLIP-L and CLIP-G layers on SD3, SD3's patch
-convolution at a dim of its own (kohya's SD3 file holds it at conv_dim). CLIP dims of their own are
-[[adapter.text_encoder_blocks]] on lora / locon (LoConModule on a CLIP Linear is kohya's LoRA there).
+so its block covers every diffusers part of a fused one; SD3's patch convolution: the block's conv_rank);
+LoKr / LoHa's fused export covers the blocks (and SD3's timestep embedder and patch convolution) only, so
+other layers are refused with them. CLIP dims of their own are [[adapter.text_encoder_blocks]] (LoConModule
+on a CLIP Linear is kohya's LoRA there; LokrModule / LohaModule peft's LoKr / LoHa). SD3's CLIP-L is CLIP-G's
+first 12 layers by paths and classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
+T5-XXL layers (a file naming T5's classes or paths): LyCORIS's LoConModules there train with CLIP's while T5
+encodes every step (train_t5xxl or not), dbspec's T5 LoRA (train.t5) with the layers left out at rank 0 and
+the entries' dims as text-encoder blocks; cached text-encoder outputs or network_train_unet_only leave them
+untrained (ignored); other algos' T5 modules are refused.
 
 With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
 modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
@@ -49,7 +52,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_maps import map_blocks
+from dbspec.convert.kohya.lycoris_maps import _pattern, map_blocks
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
 
@@ -202,6 +205,8 @@ class FlowFile(NamedTuple):
     norms: list[tuple[str, str, str]] = []
     # per CLIP encoder, the suffixes picking exactly its LayerNorms among them that train_norm offsets
     clip_norms: tuple[tuple[str, ...], ...] = ()
+    text_2: list[str] | None = None  # SD3's CLIP-G targets where they differ from CLIP-L's
+    t5: bool = False  # T5-XXL's LoConModules train (train.t5; text_blocks hold its ranks)
 
 
 class FlowModel(NamedTuple):
@@ -215,6 +220,9 @@ class FlowModel(NamedTuple):
     clips: tuple[Callable[[], list[Row]], ...]
     t5_prefix: str
     lokr_prefixes: tuple[str, ...]
+    t5_component: str = (
+        ""  # T5-XXL's pipeline component (train.t5), "" where dbspec trains none beside LyCORIS
+    )
 
 
 def flux_preset_file(
@@ -225,6 +233,7 @@ def flux_preset_file(
     rs_lora: bool,
     model: FlowModel | None = None,
     applied: tuple[bool, bool] = (True, True),
+    t5_idle: str = "",
 ) -> FlowFile:
     """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
     conv_alpha; `network`: the module options create_network hands every module; `applied`: whether apply_to
@@ -255,14 +264,10 @@ def flux_preset_file(
                 "LyCORIS builds the layer twice and asserts on the duplicate name",
                 True,
             )
-    if t5:
-        raise PresetError(
-            f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} "
-            "modules): dbspec's T5-XXL LoRA is kohya's own network's form (its names and dims), not "
-            "LyCORIS's modules; drop T5's classes and paths from the file's text_encoder_target_module / "
-            "text_encoder_target_name",
-            False,
-        )
+    idle = t5_idle if applied[0] else "LycorisNetworkKohya.apply_to drops them with network_train_unet_only"
+    if t5 and idle:
+        t5 = []  # built, never trained
+    _t5_trains(t5, algo, model)
     lokr = algo in ("lokr", "loha")
     outside = [layer.path for layer in built if not layer.path.startswith(model.lokr_prefixes)]
     if lokr and outside:
@@ -275,14 +280,25 @@ def flux_preset_file(
     layers = {part: replace(layer, path=part) for layer in built for part in model.parts(layer.path)}
     rows = [(part, "Linear", kind) for path, _, kind in unet if kind for part in model.parts(path)]
     components = ["text_encoder", "text_encoder_2"][: len(clips)]
+    # SD3: CLIP-G's own list where the file adapts other layers there than in CLIP-L (text_encoder_2_targets)
     text, text_2 = _text_targets(clips, [[layer.path for layer in built] for built in built_texts])
-    if text_2 is not None:
+    if len(built_texts) == 2 and text and not built_texts[0]:
+        # SD3's CLIP-L is CLIP-G's first 12 layers by paths and classes, so a walk adapts CLIP-L's layers
+        # among CLIP-G's; one reaching CLIP-G's later layers alone builds no CLIP-L module
+        text, text_2 = [], text
+    if text_2 is not None and algo not in ("lora", "locon", "lokr", "loha"):
         raise PresetError(
-            "it adapts other layers in CLIP-L than in CLIP-G: dbspec's LyCORIS on "
-            f"{model.title} has one target list for both encoders",
+            f"it adapts other layers in CLIP-L than in CLIP-G: dbspec's algo={algo} on {model.title} has one "
+            "target list for both encoders",
             False,
         )
     linear = {p: layer for p, layer in layers.items() if layer.kind != "conv"}
+    # the text encoders' layers and rows, T5-XXL's under its component when its modules train (train.t5)
+    encoders = [
+        *zip(components, clips, built_texts),
+        *([(model.t5_component, t5_encoder(), t5)] if t5 else []),
+    ]
+    text_rows = [(f"{c}.{p}", cls, kind) for c, crow, _ in encoders for p, cls, kind in crow if p]
     found = Targets(
         _suffixes(set(linear), rows),
         text,
@@ -291,34 +307,18 @@ def flux_preset_file(
         layers,
         {
             f"{c}.{layer.path}": replace(layer, path=f"{c}.{layer.path}")
-            for c, built in zip(components, built_texts)
+            for c, _, built in encoders
             for layer in built
         },
         rows,
-        [(f"{c}.{p}", cls, kind) for c, crow in zip(components, clips) for p, cls, kind in crow if p],
+        text_rows,
     )
     kind = algo if lokr else "lora"
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
-    if text_blocks and lokr:
-        raise PresetError(
-            f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LoKr / LoHa on "
-            f"{model.title} has no [[adapter.text_encoder_blocks]] (one rank for every layer)",
-            False,
-        )
-    convs = [block for block in blocks if "conv_rank" in block]
-    if convs:
-        raise PresetError(
-            f"`{_source(convs)}` gives the patch convolution its own dim / alpha: dbspec writes SD3's kohya "
-            "file with the convolution at the network's conv_dim / conv_alpha (network_args) only",
-            False,
-        )
-    capped = [b for b in blocks if "both Kronecker factors full" in b["_why"]]
-    if capped and lokr:  # lycoris_maps' full-factor bound is worked out on SD's widths
-        raise PresetError(
-            f"`{_source(capped)}` gives some layers a dim above [[adapter.blocks]]' 1024: dbspec writes "
-            f"LoKr's full-factor idiom (dim = 100000) on SD's widths only, not on {model.title}'s layers",
-            False,
-        )
+    if t5:
+        text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
+    elif idle and _walk(t5_encoder(), *text_args):
+        inert.append(("T5-XXL", f"the file reaches T5-XXL layers, whose LyCORIS modules never train: {idle}"))
     targets = found.denoiser
     if "proj_out" in layers and "proj_out" not in targets:
         # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:
@@ -338,9 +338,11 @@ def flux_preset_file(
                 },
                 *blocks,
             ]
-    norms = _norms(unet, clips, s, conv_dims, applied)
+    norms = _norms(unet, [*clips, *([t5_encoder()] if t5 else [])], s, conv_dims, applied)
     clip_norms = tuple(_clip_norms(rows, s, applied) for rows in clips)
-    return FlowFile(targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms)
+    return FlowFile(
+        targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms, text_2, bool(t5)
+    )
 
 
 def _clip_norms(rows: list[Row], s: dict[str, Any], applied: tuple[bool, bool]) -> tuple[str, ...]:
@@ -354,6 +356,32 @@ def _clip_norms(rows: list[Row], s: dict[str, Any], applied: tuple[bool, bool]) 
     norms = [r for r in rows if r[1] == "LayerNorm"]
     chosen = {layer.path for layer in walked if layer.kind == "norm"} & {r[0] for r in norms}
     return tuple(_suffixes(chosen, norms, skip=1)) if chosen else ()
+
+
+def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
+    """PresetError where T5-XXL's LyCORIS modules train (`t5`: its layers the file reaches) and dbspec's T5
+    LoRA (train.t5) is not that module."""
+    if not t5:
+        return
+    where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
+    if not model.t5_component:
+        raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
+    if algo not in ("lora", "locon"):
+        raise PresetError(
+            f"{where} with algo={algo}: dbspec's T5-XXL adapter (train.t5) is LoRA, LoConModule's form only",
+            False,
+        )
+
+
+def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:
+    """A rank-0 text-encoder block for T5-XXL's Linears the file leaves out (train.t5 targets all of them:
+    q, k, v, o, wi_0, wi_1, wo)."""
+    built = {f"{component}.{layer.path}" for layer in t5}
+    left = {p for p, _, kind in text_rows if kind and p.startswith(component + ".") and p not in built}
+    if not left:
+        return []
+    why = "kohya lycoris.kohya: T5-XXL's Linears the preset file leaves out (train.t5 adapts every one)"
+    return [{"pattern": _pattern(left, text_rows), "rank": 0, "alpha": 1.0, "_why": why}]
 
 
 def _norms(
@@ -385,6 +413,7 @@ SD3_MODEL = FlowModel(
     (lambda: clip_text(12, projection=True), lambda: clip_text(32, projection=True)),
     "lora_te3_",
     ("joint_blocks.", "t_embedder.", "x_embedder."),
+    "text_encoder_3",
 )
 FLUX_MODEL = FlowModel(
     "Flux",
@@ -393,6 +422,7 @@ FLUX_MODEL = FlowModel(
     (lambda: clip_text(12),),
     "lora_te2_",
     ("double_blocks.", "single_blocks."),
+    "text_encoder_2",
 )
 # --model_type chroma: kohya's Chroma (chroma_rows.py) with the dummy CLIP-L (no Linear) and T5-XXL
 CHROMA_MODEL = FlowModel(
@@ -405,12 +435,22 @@ CHROMA_MODEL = FlowModel(
 )
 
 
+def _t5_idle(a: dict[str, Legacy]) -> str:
+    """Why T5-XXL's LyCORIS modules never train though apply_to keeps them, or "": with text-encoder outputs
+    cached (train_t5xxl off; on, the script raises: lycoris_flux._switches) flux_train_network.py /
+    sd3_train_network.py encode with CLIP alone over the cache, T5-XXL never runs and its modules get no
+    gradient; at text_encoder_lr 0 LyCORIS's prepare_optimizer_params leaves the text group out."""
+    from dbspec.convert.kohya.train import lora_text_encoder_lr, text_outputs_cached
+
+    if text_outputs_cached(a) is not None:
+        return "text-encoder outputs are cached, so T5-XXL never encodes while training (no gradient)"
+    if lora_text_encoder_lr(a).value == 0:
+        return "text_encoder_lr is 0, so LyCORIS leaves the text encoders' group out of the optimizer"
+    return ""
+
+
 def _given(a: dict[str, Legacy], key: str) -> bool:
     return key in a and bool(a[key].value)
-
-
-def _source(blocks: list[dict]) -> str:
-    return blocks[0]["_why"].split("`")[1]
 
 
 def flow_preset_file(
@@ -440,6 +480,7 @@ def flow_preset_file(
             rs_lora,
             model,
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
+            _t5_idle(a),
         )
     except PresetError as exc:
         if exc.crash:
@@ -447,7 +488,7 @@ def flow_preset_file(
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
-    if not (found.denoiser or found.text or found.convs):
+    if not (found.denoiser or found.text or found.convs or found.text_2 or found.t5):
         conv.invalid(
             legacy.key,
             preset,

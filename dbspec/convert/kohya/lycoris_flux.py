@@ -174,6 +174,8 @@ def map_lycoris_flow(
         )
         return False
     text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
+    text_2: list[str] | None = None  # a preset file's CLIP-G layers where they are not CLIP-L's
+    t5_file = False  # a preset file's T5-XXL modules train
     if family == "chroma" and preset in layout.presets:  # the built-in presets' classes on kohya's Chroma:
         layout = attrs.evolve(  # its blocks' Linears, and no CLIP-L one (flux_utils' dummy has none)
             layout,
@@ -184,7 +186,7 @@ def map_lycoris_flow(
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
-        text_blocks = file.text_blocks
+        text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
         note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
@@ -235,6 +237,12 @@ def map_lycoris_flow(
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
+    if t5_file:  # a preset file's T5-XXL LoConModules, trained: T5's LoRA (its ranks in text_encoder_blocks)
+        conv.put(("train", "t5"), True, conv.comment(module, f"preset {preset}: LyCORIS's LoCon on T5-XXL"))
+    if text_2 is not None:  # a preset file adapting other layers in SD3's CLIP-G than in its CLIP-L
+        conv.put(
+            ("adapter", "text_encoder_2_targets"), text_2, conv.comment(module, f"preset {preset} on CLIP-G")
+        )
     if layers != "none":
         conv.put(
             ("adapter", "fused_projections"),
@@ -309,7 +317,8 @@ def _switches(
       NormModule gives them w_norm / b_norm and its make_weight reads the LayerNorm's `weight`, None, so the
       first training forward raises AttributeError: invalid (DBS402). A preset file: the norms its walk
       reaches decide alike (_file_train_norm).
-    - `train_t5xxl`: no T5 class is in LyCORIS's lists (MT5Block is), so no T5-XXL module is built; kohya's
+    - `train_t5xxl`: no T5 class is in LyCORIS's lists (MT5Block is), so no T5-XXL module is built (a preset
+      file's T5 modules train whether it is set or not: lycoris_flow_file.py); kohya's
       script then flags T5-XXL as trained (its post_process_network reads network.train_t5xxl), which
       changes no value: none of T5's parameters is in the optimizer, train_network.py sets every text
       encoder's train / eval mode alike (train() for all with gradient checkpointing), and accelerate's
@@ -363,7 +372,10 @@ def _switches(
             conv.inert(
                 legacy,
                 "LyCORIS builds no T5-XXL module (no T5 class is in its lists); kohya's T5-XXL then only "
-                "counts as trained, which changes no value",
+                "counts as trained, which changes no value"
+                if built_in
+                else "a preset file's T5-XXL modules train whether it is set or not (T5-XXL encodes every "
+                "step); kohya's T5-XXL then only counts as trained, which changes no value",
             )
     return True
 
@@ -382,7 +394,7 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
     bare = [path for component, path, cls in file.norms if component == "denoiser" and cls == "LayerNorm"]
-    clip = [path for component, path, cls in file.norms if component == "clip" and cls == "LayerNorm"]
+    clip = [path for c, path, cls in file.norms if c == "clip" and cls in ("LayerNorm", "T5LayerNorm")]
     if bare:
         conv.invalid(
             legacy.key,
@@ -427,6 +439,8 @@ def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
     """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
     if algo not in ("lora", "locon", "lokr", "loha"):
         return f"dbspec offsets them beside LoRA / LoCon, LoKr and LoHa, not algo={algo}"
+    if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
+        return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
     if not file.text:
         return "the file adapts no CLIP Linear, and dbspec trains CLIP with its adapters only"
     if len(set(file.clip_norms)) > 1:

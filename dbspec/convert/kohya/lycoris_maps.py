@@ -17,7 +17,6 @@ import re
 from typing import Any
 
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
-from dbspec.plan.lokr import factorization
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
 _CLASS = {"locon": "lora"}
@@ -26,6 +25,7 @@ _NO_DIMS = ("full", "ia3")
 # the adapter kinds whose spec has [[adapter.blocks]], and their ranks' bound (spec AdapterBlock.rank)
 _BLOCK_KINDS = ("lora", "loha", "lokr")
 _MAX_BLOCK_RANK = 1024
+_MAX_LOKR_RANK = 100_000  # a LoKr block's (spec AdapterBlock / TextEncoderBlock rank on kind "lokr")
 
 
 def _algo(name: str) -> str:
@@ -249,50 +249,30 @@ def map_blocks(
     return unet, text, inert
 
 
-# The widths of the layers LyCORIS's kohya network can adapt on SD 1.x / 2.x and SDXL (preset files are read
-# for these only): the U-Nets' linears and convolutions (4 to 1280 channels, skip concatenations up to 2560,
-# SDXL's added embedding 2816, GEGLU's 8 x 1280) and the CLIP encoders' (768 / 3072, 1024 / 4096, 1280 /
-# 5120).
-_WIDTHS = (4, 320, 640, 768, 960, 1024, 1280, 1920, 2048, 2560, 2816, 3072, 4096, 5120, 10240)
-
-
-def _full_from(factor: int) -> tuple[int, int]:
-    """(dim, width): the LoKr dim from which LokrModule makes both Kronecker factors full matrices on every
-    layer of those models, and the width that needs it. A factor is full unless dim < half the larger of its
-    two parts (the second factor's test; the first's under decompose_both compares the smaller parts), so
-    half the larger part of each width's split bounds both."""
-    return max((-(-max(factorization(w, factor)) // 2), w) for w in _WIDTHS)
-
-
 def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool, network: dict) -> None:
-    """A block's dim above [[adapter.blocks]]' bound: on LoKr (the `dim = 100000` idiom) every layer it
-    reaches trains both Kronecker factors in full at scale 1 (LokrModule sets alpha to the dim), which a block
-    at the bound builds alike where each layer is full from the bound on: the block at the bound. Else
-    PresetError."""
+    """A block's dim above [[adapter.blocks]]' bound of 1024: on LoKr the block keeps it up to LoKr's own
+    bound (100000, the adapter's rank bound: LokrModule's split, full factors and scale at that dim, on any
+    model's widths); above it (LyCORIS's `dim = 10000000000000` idiom) every layer trains both Kronecker
+    factors in full at scale 1 (LokrModule sets alpha to the dim; a factor is full once the dim reaches half
+    the larger part of its split, at most the layer's width), which a block at 100000 builds alike on layers
+    narrower than 200000. Else PresetError."""
     source = _source([block])
     where = f"`{source}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
     if kind != "lokr":
         raise PresetError(f"{where}: a {kind} layer trains at that rank (only LoKr's factors cap)", False)
+    if high <= _MAX_LOKR_RANK:
+        return
     if rs_lora:
         raise PresetError(
-            f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
-            False,
-        )
-    factor = block.get("factor") or network.get("factor", -1)  # the entry's own factor, else the network's
-    full_matrix = block["full_matrix"] == "on" if "full_matrix" in block else network.get("full_matrix")
-    need, width = _full_from(factor)
-    if not full_matrix and need > _MAX_BLOCK_RANK:
-        raise PresetError(
-            f"{where}: LyCORIS trains those layers' Kronecker factors in full; with factor {factor} a "
-            f"{width}-wide layer is full only from dim {need}, so a block at {_MAX_BLOCK_RANK} is not the "
-            "same module (network_args full_matrix=True, or a factor that splits the widths more evenly, is)",
+            f"{where} and {_MAX_LOKR_RANK}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), "
+            "which depends on it",
             False,
         )
     for rank, alpha in (("rank", "alpha"), ("conv_rank", "conv_alpha")):
-        if block.get(rank, 0) > _MAX_BLOCK_RANK:
-            block[rank], block[alpha] = _MAX_BLOCK_RANK, float(_MAX_BLOCK_RANK)
+        if block.get(rank, 0) > _MAX_LOKR_RANK:
+            block[rank], block[alpha] = _MAX_LOKR_RANK, float(_MAX_LOKR_RANK)
     block["_why"] += (
-        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_BLOCK_RANK} on every layer)"
+        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_LOKR_RANK} on every layer)"
     )
 
 
