@@ -296,11 +296,12 @@ def test_train_norm_with_a_preset_file_follows_the_norms_it_reaches(tmp_path, cl
     [
         ("module_dropout=0.1", '["CLIPEncoderLayer"]', "with module_dropout"),
         ("", "[]\ntext_encoder_target_name = ['text_model\\.final_layer_norm']", "adapts no CLIP Linear"),
+        ("", '["CLIPEncoderLayer", "T5Block"]', "T5-XXL's LayerNorms"),  # T5's train too (flowte)
     ],
 )
 def test_train_norm_on_clip_refusals(tmp_path, args, text, why):
     """What dbspec does not express of NormModule on CLIP's LayerNorms: LyCORIS's own dropout draws, and
-    norms without a CLIP adapter (dbspec trains CLIP with its adapters only)."""
+    norms without a CLIP adapter (dbspec trains CLIP with its adapters only), T5-XXL's norms (CLIP's only)."""
     (tmp_path / "p.toml").write_text(
         'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
         f"text_encoder_target_module = {text}\n"
