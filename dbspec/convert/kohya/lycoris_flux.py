@@ -60,6 +60,7 @@ from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
+    BYPASS_DORA,
     KOHYA_TEXT_TARGETS,
     _lycoris_full,
     _lokr_rank_dropout_on_gpu,
@@ -605,8 +606,8 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     """LoConModule's, LokrModule's and LohaModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a
     fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
     (adapter.dora in LyCORIS's form, DBS509 / DBS575). Refused: per input column (the norm spans every
-    part), the bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers
-    draw around peft's forward, not inside the decomposed weight. False when refused."""
+    part) and the dropouts dbspec's fused layers draw around peft's forward, not inside the decomposed
+    weight. With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -614,11 +615,12 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     if _off(text):
         conv.inert(legacy, "off")
         return True
+    if not _off(kwargs.get("bypass_mode", "false")):
+        conv.invalid(legacy.key, legacy.value, legacy.source, BYPASS_DORA, help="drop dora_wd or bypass_mode")
+        return False
     why = ""
     if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
-    elif not _off(kwargs.get("bypass_mode", "false")):
-        why = "with bypass_mode LyCORIS's forward skips the decomposition, which dbspec does not express"
     elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
         why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
     if why:

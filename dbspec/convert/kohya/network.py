@@ -532,6 +532,16 @@ _KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# lycoris-lora 4.1.3's LoConModule / LokrModule / LohaModule.forward take the bypass path before the weight
+# decomposition: dora_scale never gets a gradient, yet custom_state_dict saves it and a loader (bypass_mode
+# unset) decomposes with it (checked in a scratch run: the reloaded module's outputs differ by 0.1-0.4).
+BYPASS_DORA = (
+    "with bypass_mode LyCORIS's forward never applies the weight decomposition: dora_scale gets no gradient "
+    "and stays at the base weight's norms, yet the saved file carries it and its loaders (lycoris-lora's "
+    "create_network_from_weights, ComfyUI) decompose with it, so the file does not compute what kohya trained"
+)
+
+
 def _lycoris_bypass_and_dropout(
     kwargs: dict[str, str],
     kind: str,
@@ -558,8 +568,8 @@ def _lycoris_bypass_and_dropout(
         legacy = network_dropout
         rate = float(network_dropout.value or 0.0) if network_dropout is not None else 0.0
     if bypass and dora:
-        unsupported["bypass_mode"] = (
-            f"{bypass_text} with dora_wd (LyCORIS's bypass forward leaves the weight decomposition out)"
+        conv.invalid(
+            f"{args.key} dora_wd", "True", args.source, BYPASS_DORA, help="drop dora_wd or bypass_mode"
         )
     if rate and bypass and kind == "lora" and not dora:
         if not 0 <= rate <= 1 and legacy is not None:
