@@ -11,8 +11,10 @@ part called in a forward draws, the others apply the same skip and their rows of
 until every part has run, so gradient checkpointing's recomputation (the generator restored) draws it again
 alike, and a resumed run draws what an uninterrupted one draws. Each part's update is its own rows of the
 fused update (with use_scalar times the one scalar), masked, then applied to the input as peft's LoKr / LoHa
-forward applies it. Outside training the parts run peft's forward. LyCORIS's weight decomposition with
-these dropouts is refused (DBS575)."""
+forward applies it; with the weight decomposition (dora_wd, per output row: runtime/lycoris_dora.py) the
+part's masked rows of the update are decomposed with its rows' magnitudes, as LyCORIS's rebuild forward
+decomposes W + mask x ΔW x scalar (a skipped forward is the base output alone). Outside training the parts
+run peft's forward."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
 from dbspec.runtime.fused import _lycoris_part, fused_parts
+from dbspec.runtime.lycoris_dora import dora_scale_of
 
 
 class LycorisDraw:
@@ -90,9 +93,13 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
         skip, mask = draw.take()
         if skip:
             return result.to(x.dtype)
-        delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
-        if mask is not None:
-            delta = delta * mask[rows[0] : rows[1]].to(delta.device, delta.dtype).view(-1, 1)
+        if dora_scale_of(layer, ADAPTER_NAME) is not None:  # dora_wd: the masked update decomposed
+            part_mask = None if mask is None else mask[rows[0] : rows[1]]
+            delta = layer.dora_delta(ADAPTER_NAME, part_mask)
+        else:
+            delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
+            if mask is not None:
+                delta = delta * mask[rows[0] : rows[1]].to(delta.device, delta.dtype).view(-1, 1)
         result = result + F.linear(layer._cast_input_dtype(x, delta.dtype), delta)
         return result.to(x.dtype)
 

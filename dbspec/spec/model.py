@@ -813,7 +813,7 @@ class LohaAdapter:
         "`hada_w2_a` and the parts share `hada_w1_b` / `hada_w2_b` (lycoris.kohya `algo=loha` with "
         "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
         "be adapted, at one rank and alpha; `scalar`, `max_norm`, `dora` (per output row) and the dropouts "
-        "act on the fused layer (one scalar, one norm, one draw), `dora` with a dropout is refused. false: "
+        "act on the fused layer (one scalar, one norm, one draw, the masked update decomposed). false: "
         "each part has its own LoHa. Families without fused layers refuse it.",
     )
     init_weights: str = _fused_init_weights("LoHa")
@@ -890,7 +890,7 @@ class LokrAdapter:
         "part updated by its rows of the one Kronecker product (lycoris.kohya `algo=lokr` with "
         "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
         "be adapted, at one rank and alpha; `scalar`, `max_norm`, `dora` (per output row) and the dropouts "
-        "act on the fused layer (one scalar, one norm, one draw), `dora` with a dropout is refused. false: "
+        "act on the fused layer (one scalar, one norm, one draw, the masked update decomposed). false: "
         "each part has its own LoKr. Families without fused layers refuse it.",
     )
     init_weights: str = _fused_init_weights("LoKr")

@@ -492,7 +492,6 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
     "arg",
     [
         "algo=lokr dora_wd=True wd_on_output=False",
-        "algo=loha dora_wd=True rank_dropout=0.1",
         "dora_wd=True wd_on_output=False",
         "dora_wd=True rank_dropout=0.1",
         "dora_wd=True module_dropout=0.1",
@@ -500,6 +499,23 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
 )
 def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_lokr_and_loha_dora_wd_with_dropouts_decompose_the_masked_update(tmp_path, algo):
+    """LokrModule's / LohaModule's rebuild forward with weight_decompose: module_dropout's torch.rand(1)
+    skips the whole layer (the base output), LoHa's rank mask multiplies ΔW before the decomposition; on a
+    fused Linear one draw for all its parts (runtime/fused_lycoris_dropout.py, test_lycoris_flux_fused_opts.py
+    holds it to lycoris-lora's modules); LoKr's rank_dropout stays invalid (its CPU mask)."""
+    rank = "rank_dropout=0.1 " if algo == "loha" else ""
+    command = f"--network_args preset=attn-mlp algo={algo} dora_wd=True module_dropout=0.2 {rank}use_scalar=1"
+    outcome = _flux(tmp_path, "--network_train_unet_only " + command)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.scalar) == (algo, True, "output", True)
+    assert (a.module_dropout, a.rank_dropout) == (0.2, 0.1 if rank else 0.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args dora_wd") == "mapped" and not errors(outcome)
+    assert "DBS403" not in codes(outcome)
 
 
 @pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])

@@ -605,9 +605,11 @@ FLUX = LycorisLayout(
 def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) -> bool:
     """LoConModule's, LokrModule's and LohaModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a
     fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
-    (adapter.dora in LyCORIS's form, DBS509 / DBS575). Refused: per input column (the norm spans every
-    part) and the dropouts dbspec's fused layers draw around peft's forward, not inside the decomposed
-    weight. With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
+    (adapter.dora in LyCORIS's form, DBS509 / DBS575); LoKr's / LoHa's module_dropout and rank mask with it
+    are their rebuild forward's (one draw per fused layer, the masked update decomposed:
+    runtime/fused_lycoris_dropout.py). Refused: per input column (the norm spans every part) and LoCon's
+    dropouts, which dbspec's fused LoRA draws around peft's forward, not inside the decomposed weight. With
+    bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -621,8 +623,10 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     why = ""
     if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
-    elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
-        why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
+    elif algo not in ("lokr", "loha") and any(
+        float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")
+    ):
+        why = "with rank_dropout / module_dropout: dbspec's fused LoRA draws wrap no decomposed weight"
     if why:
         conv.unsupported(legacy, why)
         return False
