@@ -1,6 +1,6 @@
 """LyCORIS's LoKr / LoHa dropouts on a fused Linear, drawn once for all its parts (`plan.adapter.fused` with
-kind lokr / loha and `module_dropout` or `rank_dropout`: lycoris.kohya algo=lokr / loha on kohya's Flux /
-SD3).
+kind lokr / loha and `module_dropout`, `rank_dropout` or `output_dropout`: lycoris.kohya algo=lokr / loha
+on kohya's Flux / SD3).
 
 LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py; rebuild forward) draw, per training forward of
 the fused Linear: `torch.rand(1) < module_dropout` (only when module_dropout is set; the whole update
@@ -13,8 +13,11 @@ alike, and a resumed run draws what an uninterrupted one draws. Each part's upda
 fused update (with use_scalar times the one scalar), masked, then applied to the input as peft's LoKr / LoHa
 forward applies it; with the weight decomposition (dora_wd, per output row: runtime/lycoris_dora.py) the
 part's masked rows of the update are decomposed with its rows' magnitudes, as LyCORIS's rebuild forward
-decomposes W + mask x ΔW x scalar (a skipped forward is the base output alone). Outside training the parts
-run peft's forward."""
+decomposes W + mask x ΔW x scalar (a skipped forward is the base output alone). `output_dropout` is their
+bypass forward's `dropout` (bypass_forward_diff: torch's Dropout of the fused update x scalar, after the
+row mask; LoKr's bypass draws no row mask, so the converter leaves its rank_dropout out): one dropout mask
+over the fused output's shape, drawn as torch's dropout draws it for the update's shape and dtype, each part
+taking its columns of it. Outside training the parts run peft's forward."""
 
 from __future__ import annotations
 
@@ -30,24 +33,38 @@ from dbspec.runtime.lycoris_dora import dora_scale_of
 class LycorisDraw:
     """One fused LoKr's / LoHa's draw for one forward, shared by its `parts`."""
 
-    def __init__(self, parts: int, rows: int, module_dropout: float, rank_dropout: float, scale: bool):
+    def __init__(
+        self,
+        parts: int,
+        rows: int,
+        module_dropout: float,
+        rank_dropout: float,
+        scale: bool,
+        output_dropout: float = 0.0,
+    ):
         self.parts, self.rows = parts, rows
         self.module_dropout, self.rank_dropout, self.scale = module_dropout, rank_dropout, scale
+        self.output_dropout = output_dropout
         self.left = 0  # parts still to apply the current draw
         self.skip = False
         self.mask: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None  # the bypass dropout's scaled mask over the fused output
 
-    def take(self) -> tuple[bool, torch.Tensor | None]:
-        """(skip, row mask or None) of the current forward, drawn when no part has one left."""
+    def take(self, x: torch.Tensor) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
+        """(skip, row mask or None, output mask or None) of the current forward on input `x`, drawn when no
+        part has one left."""
         if self.left == 0:
             self.skip = bool(self.module_dropout) and bool(torch.rand(1) < self.module_dropout)
-            self.mask = None
+            self.mask = self.output = None
             if not self.skip and self.rank_dropout:
                 mask = (torch.rand(self.rows) > self.rank_dropout).float()
                 self.mask = mask / mask.mean() if self.scale else mask
+            if not self.skip and self.output_dropout:  # bypass_forward_diff's self.drop(update x scalar)
+                ones = x.new_ones((*x.shape[:-1], self.rows))
+                self.output = F.dropout(ones, p=self.output_dropout)
             self.left = self.parts
         self.left -= 1
-        return self.skip, self.mask
+        return self.skip, self.mask, self.output
 
 
 def add_fused_lycoris_dropout(
@@ -56,6 +73,7 @@ def add_fused_lycoris_dropout(
     module_dropout: float,
     rank_dropout: float,
     rank_dropout_scale: bool,
+    output_dropout: float = 0.0,
 ) -> int:
     """Wrap the forward of every fused LoKr's / LoHa's parts in `module` with one shared draw per fused layer
     and forward; how many fused layers."""
@@ -69,7 +87,8 @@ def add_fused_lycoris_dropout(
             width = int(layer.get_base_layer().out_features)
             rows[id(layer)] = (start, start + width)
             start += width
-        draw = LycorisDraw(len(layers), start, module_dropout, rank_dropout, rank_dropout_scale)
+        rates = (module_dropout, rank_dropout, rank_dropout_scale, output_dropout)
+        draw = LycorisDraw(len(layers), start, *rates)
         for layer in layers:
             layer.forward = _forward(layer, layer.forward, draw, rows[id(layer)])
             layer.dbspec_lycoris_draw = draw
@@ -90,7 +109,7 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
         ):
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args, **kwargs)
-        skip, mask = draw.take()
+        skip, mask, output = draw.take(x)
         if skip:
             return result.to(x.dtype)
         if dora_scale_of(layer, ADAPTER_NAME) is not None:  # dora_wd: the masked update decomposed
@@ -100,7 +119,9 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
             delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
             if mask is not None:
                 delta = delta * mask[rows[0] : rows[1]].to(delta.device, delta.dtype).view(-1, 1)
-        result = result + F.linear(layer._cast_input_dtype(x, delta.dtype), delta)
-        return result.to(x.dtype)
+        update = F.linear(layer._cast_input_dtype(x, delta.dtype), delta)
+        if output is not None:
+            update = update * output[..., rows[0] : rows[1]].to(update.dtype)
+        return (result + update).to(x.dtype)
 
     return forward

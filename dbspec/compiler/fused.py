@@ -132,6 +132,8 @@ def _no_fused_layers(ctx: Context, spec: FamilySpec) -> bool:
 
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
+    if isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.output_dropout:
+        _check_lycoris_output_dropout(ctx, adapter)
     if not isinstance(adapter, _FUSED_KINDS) or not adapter.fused_projections:
         return
     lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
@@ -249,6 +251,25 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
         check_fused(ctx, model.family, plan)
         check_fused_dropout(ctx, model.family)
     return plan
+
+
+def _check_lycoris_output_dropout(ctx: Context, adapter: LohaAdapter | LokrAdapter) -> None:
+    """DBS575: a LoKr's / LoHa's output_dropout is LyCORIS's bypass dropout over a fused layer's update
+    (runtime/fused_lycoris_dropout.py): it needs fused_projections, and LyCORIS's bypass forward, where it
+    acts, has no weight decomposition."""
+    why = []
+    if not adapter.fused_projections:
+        why.append("adapter.fused_projections is false (dbspec draws it over kohya's fused layers only)")
+    if adapter.dora:
+        why.append("adapter.dora is true (LyCORIS's bypass forward, where it acts, does not decompose)")
+    if why:
+        ctx.report(
+            "DBS575",
+            "error",
+            f"adapter.output_dropout with {adapter.kind}: {'; '.join(why)}",
+            ("adapter", "output_dropout"),
+            help="remove adapter.output_dropout, or set adapter.fused_projections = true without dora",
+        )
 
 
 def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:

@@ -530,6 +530,19 @@ class DyloraBlock:
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
 
+def _lycoris_output_dropout(what: str):
+    return option(
+        0.0,
+        doc=f"With `fused_projections`: LyCORIS {what}'s `dropout` in `bypass_mode` (kohya's lycoris.kohya "
+        "network on Flux / SD3): torch's dropout of each fused layer's update (x scalar) while training, "
+        "after `module_dropout`'s draw and the `rank_dropout` mask, the kept values scaled by "
+        "1 / (1 - output_dropout); one draw over the whole fused layer's output, each part taking its rows. "
+        "Not with `dora` (LyCORIS's bypass forward has no weight decomposition). 0 turns it off.",
+        minimum=0,
+        maximum=1,
+    )
+
+
 @frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
@@ -791,6 +804,7 @@ class LohaAdapter:
     rank_dropout: float = _rank_dropout()
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
+    output_dropout: float = _lycoris_output_dropout("LoHa")
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
@@ -856,6 +870,7 @@ class LokrAdapter:
     rank_dropout: float = _rank_dropout()
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
+    output_dropout: float = _lycoris_output_dropout("LoKr")
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()

@@ -176,6 +176,48 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
     torch.testing.assert_close(layer_scalar(qkv[0]).detach(), theirs.scalar.detach())
 
 
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_bypass_dropout_on_fused_lokr_and_loha_is_lycoris(tmp_path, kind):
+    """lycoris.kohya bypass_mode with a dropout (output_dropout): LokrModule's / LohaModule's bypass forward
+    drops the fused update x scalar (torch's Dropout) after module_dropout's draw and LoHa's row mask; the
+    parts of a fused layer share one draw over its output. The run resumes bit-exact, and its training
+    outputs and gradients are lycoris-lora's module in bypass_mode on the fused Linear from the same seed."""
+    cls = LokrModule if kind == "lokr" else LohaModule
+    drops = {**DROPS[kind], "dropout": 0.4}
+    fields = "scalar = true\n" + "".join(f"{k} = {v}\n" for k, v in DROPS[kind].items())
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"')
+    extra = extra.replace(
+        "fused_projections = true\n", f"fused_projections = true\n{fields}output_dropout = 0.4\n"
+    )
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    assert plan.adapter.output_dropout == 0.4
+    transformer = whole.components.unet
+    attn = transformer.transformer_blocks[0].attn
+    qkv = (attn.to_q, attn.to_k, attn.to_v)
+    theirs = _theirs(cls, qkv, bypass_mode=True, **drops).train()
+    transformer.train()
+    x, target = torch.randn(2, 5, 16), torch.randn(2, 5, 48)  # batch, tokens, width
+    shared = "lokr_w1" if kind == "lokr" else "hada_w1_b"
+    skipped = 0
+    for seed in range(6):
+        transformer.zero_grad()
+        theirs.zero_grad()
+        torch.manual_seed(seed)
+        ours = torch.cat([p(x) for p in qkv], dim=-1)
+        torch.manual_seed(seed)
+        expected = theirs(x)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+        if torch.equal(expected, theirs.org_forward(x)):
+            skipped += 1
+            continue
+        torch.nn.functional.mse_loss(ours, target).backward()
+        torch.nn.functional.mse_loss(expected, target).backward()
+        grad = getattr(qkv[0], shared)["default"].grad
+        torch.testing.assert_close(grad, getattr(theirs, shared).grad, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-4, atol=1e-7)
+    assert 0 < skipped < 6
+
+
 def test_rank_stabilized_full_lokr_on_fused_layers_is_lycoris_rs_lora(tmp_path):
     """rs_lora with both Kronecker factors full (full_matrix): each fused layer at sqrt(rank), not 1, as
     lycoris-lora's LokrModule (rs_lora=True) on the fused Linear holding the same factors."""

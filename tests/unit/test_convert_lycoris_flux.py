@@ -168,11 +168,10 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_lokr_and_loha_bypass_is_the_same_update_and_its_dropout_is_refused(tmp_path, algo):
+def test_lokr_and_loha_bypass_is_the_same_update(tmp_path, algo):
     """lycoris-lora 4.1.3's LokrModule / LohaModule bypass forward: scale x ΔW x x scalar after the same
     module_dropout draw (LoHa: the same rank mask), so bypass_mode alone changes nothing (test_lycoris_flux_
-    fused_opts.py checks the modules' outputs); LoKr's rank_dropout is never drawn there (ignored); its
-    `dropout` (torch's Dropout on the fused update) and dora_wd (skipped in bypass) are not expressed."""
+    fused_opts.py checks the modules' outputs); LoKr's rank_dropout is never drawn there (ignored)."""
     rank = "rank_dropout=0.1 " if algo == "loha" else ""
     outcome = _flux(tmp_path, f"--network_args algo={algo} bypass_mode=True module_dropout=0.2 {rank}")
     a = plan_of(outcome, tmp_path).adapter
@@ -181,10 +180,39 @@ def test_lokr_and_loha_bypass_is_the_same_update_and_its_dropout_is_refused(tmp_
     if algo == "lokr":
         outcome = _flux(tmp_path, "--network_args algo=lokr bypass_mode=True rank_dropout=0.1")
         assert not errors(outcome) and "never draws" in messages(outcome, "DBS405")
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True dropout=0.1"))
-    assert "DBS403" in codes(
-        _flux(tmp_path, f"--network_dropout 0.1 --network_args algo={algo} bypass_mode=1")
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+@pytest.mark.parametrize("where", ["network_args", "network_dropout"])
+def test_lokr_and_loha_dropout_in_bypass_mode_is_the_fused_output_dropout(tmp_path, algo, where):
+    """LokrModule's / LohaModule's bypass_forward_diff: self.drop (torch's Dropout, network_args' `dropout`
+    or --network_dropout, which train_network.py hands on as it) on the fused update x scalar, after the
+    module_dropout draw and LoHa's rank mask: adapter.output_dropout, one draw per fused layer
+    (test_lycoris_flux_fused_opts.py holds it to lycoris-lora's modules from the same seed)."""
+    rate = "dropout=0.25 " if where == "network_args" else ""
+    given = "--network_dropout 0.25 " if where == "network_dropout" else ""
+    rank = "rank_dropout=0.1 " if algo == "loha" else ""
+    command = (
+        f"{given}--network_args algo={algo} bypass_mode=True module_dropout=0.2 {rank}{rate}use_scalar=1"
     )
+    outcome = _flux(tmp_path, command)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.output_dropout, a.module_dropout, a.scalar) == (algo, 0.25, 0.2, True)
+    assert a.rank_dropout == (0.1 if rank else 0.0) and [f.name for f in a.fused][0] == "img_attn_qkv"
+    key = "network_args dropout" if rate else "network_dropout"
+    assert fate(outcome, key) == "mapped" and fate(outcome, "network_args bypass_mode") == "mapped"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_lokr_dropout_above_one_in_bypass_mode_is_torchs_value_error(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=lokr bypass_mode=True dropout=1.5", allow=True)
+    assert "ValueError" in messages(outcome, "DBS402")
+
+
+def test_lokr_and_loha_dropout_outside_bypass_mode_is_ignored(tmp_path):
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=loha")
+    assert plan_of(outcome, tmp_path).adapter.output_dropout == 0.0
+    assert "only in bypass_mode" in messages(outcome, "DBS405") and not errors(outcome)
 
 
 def test_loha_dropouts_are_one_draw_per_fused_layer(tmp_path):

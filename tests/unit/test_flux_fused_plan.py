@@ -235,6 +235,20 @@ def test_lokr_dora_per_input_column_is_refused(toy: Path):
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lokr_and_loha_output_dropout_is_lycoris_bypass_dropout_on_fused_layers(toy: Path, kind):
+    """output_dropout (LyCORIS's bypass dropout) is drawn over kohya's fused layers only, and never with dora
+    (LyCORIS's bypass forward does not decompose): DBS575."""
+    adapter = {"kind": kind, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    write_spec(toy, model=FLUX, adapter={**adapter, "output_dropout": 0.2, "module_dropout": 0.1})
+    assert planned_ok(toy).adapter.output_dropout == 0.2
+    for bad in ({"dora": True}, {"fused_projections": False}):
+        write_spec(toy, model=FLUX, adapter={**adapter, "output_dropout": 0.2, **bad})
+        planned = compile_in(toy)
+        message = next(d.message for d in planned.diagnostics if d.code == "DBS575")
+        assert "adapter.output_dropout" in message and next(iter(bad)) in message
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
 def test_lokr_and_loha_on_fused_layers_take_lycoris_switches_and_dropouts(toy: Path, kind):
     """dora_wd per output row, use_scalar, LyCORIS's max norm and the dropouts act on the fused layer as a
     whole."""
